@@ -1,0 +1,13 @@
+.PHONY: setup demo test crds lint
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@.venv/bin/agentpool demo
+
+test: setup
+	@bash scripts/test.sh
+
+crds: setup
+	@.venv/bin/agentpool crd > crds/agentpool.dev_agentpools.yaml

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need: redis-server (Debian package),
+# a virtualenv in .venv with the project and its dev tools, and helm in .tools/bin.
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "setup: installing redis-server"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    # The tests and the demo start their own redis-server; the packaged service is not needed.
+    as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+
+stamp=".venv/.setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    echo "setup: installing agentpool and its dev tools into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    rm -f .venv/.setup-*
+    touch "$stamp"
+fi
+
+if [ -f scripts/install-helm.sh ]; then
+    bash scripts/install-helm.sh
+fi
