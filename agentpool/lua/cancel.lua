@@ -1,0 +1,21 @@
+-- ARGV: prefix, id
+-- Returns 'cancelled' (removed before it ran), 'requested' (running: its worker stops it),
+-- 'finished' (already in a final state) or 'unknown'.
+local id = ARGV[2]
+local tk = task_key(id)
+local state = redis.call('HGET', tk, 'state')
+if not state then return 'unknown' end
+local now = now_ms()
+if state == 'queued' or state == 'delayed' or state == 'dead' then
+  redis.call('ZREM', K_QUEUED, id)
+  redis.call('ZREM', K_DELAYED, id)
+  redis.call('ZREM', K_DEAD, id)
+  redis.call('HSET', tk, 'error', 'cancelled')
+  finished(id, tk, 'cancelled', now)
+  return 'cancelled'
+end
+if state == 'running' then
+  redis.call('HSET', tk, 'cancel', '1')
+  return 'requested'
+end
+return 'finished'

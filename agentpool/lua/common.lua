@@ -1,0 +1,98 @@
+-- Shared by every script (prepended at load time).
+-- ARGV[1] is the queue's key prefix "ap:{queue}:"; every key of a queue shares its hash tag,
+-- and KEYS[1] (the queued set) routes the script to that slot on Redis Cluster.
+local P = ARGV[1]
+local K_QUEUED = P .. 'queued'
+local K_DELAYED = P .. 'delayed'
+local K_LEASES = P .. 'leases'
+local K_DEAD = P .. 'dead'
+local K_WORKERS = P .. 'workers'
+local K_DRAIN = P .. 'drain'
+local K_WAKE = P .. 'wake'
+local K_STATS = P .. 'stats'
+local K_CONFIG = P .. 'config'
+local K_DONE = P .. 'done'
+local WAKE_CAP = 1000
+local DEFAULT_MAX_ATTEMPTS = 3
+local DEFAULT_RESULT_TTL = 86400
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function task_key(id) return P .. 't:' .. id end
+local function owner_key(worker) return P .. 'owner:' .. worker end
+local function worker_key(worker) return P .. 'w:' .. worker end
+
+local function max_attempts(tk)
+  local m = redis.call('HGET', tk, 'max')
+  if not m then m = redis.call('HGET', K_CONFIG, 'max_attempts') end
+  return tonumber(m or DEFAULT_MAX_ATTEMPTS)
+end
+
+local function result_ttl()
+  return tonumber(redis.call('HGET', K_CONFIG, 'result_ttl') or DEFAULT_RESULT_TTL)
+end
+
+local function wake(n)
+  if redis.call('LLEN', K_WAKE) < WAKE_CAP then
+    for _ = 1, math.min(n, WAKE_CAP) do redis.call('RPUSH', K_WAKE, '1') end
+  end
+end
+
+-- A task reached a final state (succeeded, dead, cancelled): keep it for the result TTL
+-- (dead tasks stay until purged) and tell waiting producers.
+local function finished(id, tk, state, now)
+  redis.call('HSET', tk, 'state', state, 'finished', now)
+  if state == 'dead' then
+    redis.call('ZADD', K_DEAD, now, id)
+    redis.call('PERSIST', tk)
+  else
+    redis.call('EXPIRE', tk, result_ttl())
+  end
+  redis.call('HINCRBY', K_STATS, state, 1)
+  redis.call('PUBLISH', K_DONE, id)
+end
+
+-- Return a running task whose holder is gone. The lost run counts as an attempt, so a task
+-- that keeps killing its workers ends in the dead-letter queue.
+-- Returns 1 requeued, 2 dead-lettered, 3 cancelled, 0 nothing to do (not running any more).
+local function requeue_one(id, reason, now)
+  local tk = task_key(id)
+  redis.call('ZREM', K_LEASES, id)
+  local f = redis.call('HMGET', tk, 'state', 'owner', 'attempts', 'score', 'cancel')
+  if f[2] then redis.call('SREM', owner_key(f[2]), id) end
+  if f[1] ~= 'running' then return 0 end
+  local attempts = tonumber(f[3] or '0')
+  local limit = max_attempts(tk)
+  redis.call('HDEL', tk, 'owner', 'token')
+  if f[5] == '1' then
+    redis.call('HSET', tk, 'error', 'cancelled')
+    finished(id, tk, 'cancelled', now)
+    return 3
+  end
+  if attempts >= limit then
+    redis.call('HSET', tk, 'error', reason .. ' (attempt ' .. attempts .. ' of ' .. limit .. ')')
+    finished(id, tk, 'dead', now)
+    return 2
+  end
+  redis.call('HSET', tk, 'state', 'queued', 'error', reason)
+  redis.call('ZADD', K_QUEUED, f[4], id)
+  redis.call('HINCRBY', K_STATS, 'requeued', 1)
+  wake(1)
+  return 1
+end
+
+-- Requeue every task a worker instance holds and forget the instance.
+local function requeue_worker(worker, reason, now, counts)
+  local ids = redis.call('SMEMBERS', owner_key(worker))
+  for _, id in ipairs(ids) do
+    local r = requeue_one(id, reason, now)
+    if r > 0 then counts[r] = counts[r] + 1 end
+  end
+  redis.call('DEL', owner_key(worker))
+  redis.call('ZREM', K_WORKERS, worker)
+  redis.call('HSET', worker_key(worker), 'state', 'gone', 'in_flight', 0)
+  redis.call('EXPIRE', worker_key(worker), 3600)
+end

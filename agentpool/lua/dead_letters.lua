@@ -1,0 +1,26 @@
+-- ARGV: prefix, action ('requeue' | 'purge'), then task ids (none = every dead task)
+-- Returns how many tasks were requeued or purged.
+local action = ARGV[2]
+local ids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  ids = redis.call('ZRANGE', K_DEAD, 0, -1)
+end
+local n = 0
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', K_DEAD, id) == 1 then
+    local tk = task_key(id)
+    local score = redis.call('HGET', tk, 'score')
+    if action == 'purge' or not score then
+      redis.call('DEL', tk)
+    else
+      redis.call('HSET', tk, 'state', 'queued', 'attempts', 0)
+      redis.call('HDEL', tk, 'finished')
+      redis.call('ZADD', K_QUEUED, score, id)
+      wake(1)
+    end
+    n = n + 1
+  end
+end
+return n

@@ -1,0 +1,36 @@
+-- ARGV: prefix, id, token, error, retryable (1|0), retry delay ms, mode
+-- mode: 'fail' (the run failed), 'cancel' (stopped on a cancel request),
+--       'release' (handed back unfinished by a draining worker: not counted as an attempt).
+-- Returns 'retry', 'dead', 'cancelled', 'requeued' or 'stale' (caller no longer holds it).
+local id, token, err, retryable = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
+local delay_ms, mode = tonumber(ARGV[6]), ARGV[7]
+local tk = task_key(id)
+local f = redis.call('HMGET', tk, 'state', 'token', 'owner', 'attempts', 'cancel', 'score')
+if f[1] ~= 'running' or f[2] ~= token then return 'stale' end
+local now = now_ms()
+redis.call('ZREM', K_LEASES, id)
+redis.call('SREM', owner_key(f[3]), id)
+redis.call('HDEL', tk, 'token', 'owner')
+if mode == 'cancel' or f[5] == '1' then
+  redis.call('HSET', tk, 'error', 'cancelled')
+  finished(id, tk, 'cancelled', now)
+  return 'cancelled'
+end
+if mode == 'release' then
+  redis.call('HINCRBY', tk, 'attempts', -1)
+  redis.call('HSET', tk, 'state', 'queued', 'error', err)
+  redis.call('ZADD', K_QUEUED, f[6], id)
+  redis.call('HINCRBY', K_STATS, 'requeued', 1)
+  wake(1)
+  return 'requeued'
+end
+redis.call('HSET', tk, 'error', err)
+redis.call('HINCRBY', K_STATS, 'failed', 1)
+if retryable and tonumber(f[4]) < max_attempts(tk) then
+  redis.call('HSET', tk, 'state', 'delayed', 'due', now + delay_ms)
+  redis.call('ZADD', K_DELAYED, now + delay_ms, id)
+  redis.call('HINCRBY', K_STATS, 'retried', 1)
+  return 'retry'
+end
+finished(id, tk, 'dead', now)
+return 'dead'

@@ -1,0 +1,25 @@
+-- ARGV: prefix, worker id, pod, lease_ms, info (JSON), then pairs of (task id, token)
+-- Registers the worker as alive, extends the leases it still holds.
+-- Returns {lost ids, ids with a cancel request, drain requested (1|0)}.
+local worker, pod, lease_ms, info = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local now = now_ms()
+redis.call('ZADD', K_WORKERS, now, worker)
+local wk = worker_key(worker)
+redis.call('HSET', wk, 'info', info, 'heartbeat', now, 'pod', pod)
+redis.call('EXPIRE', wk, 86400)
+local lost, cancel = {}, {}
+for i = 6, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local f = redis.call('HMGET', task_key(id), 'state', 'token', 'cancel')
+  if f[1] == 'running' and f[2] == token then
+    redis.call('ZADD', K_LEASES, 'XX', now + lease_ms, id)
+    if f[3] == '1' then cancel[#cancel + 1] = id end
+  else
+    lost[#lost + 1] = id
+  end
+end
+local drain = 0
+if redis.call('HEXISTS', K_DRAIN, pod) == 1 or redis.call('HEXISTS', K_DRAIN, worker) == 1 then
+  drain = 1
+end
+return {lost, cancel, drain}

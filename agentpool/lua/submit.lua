@@ -1,0 +1,29 @@
+-- ARGV: prefix, id, payload, priority, delay_ms, max_attempts ('' = queue default),
+--       idempotency key ('' = none), idempotency ttl seconds
+-- Returns {created (1|0), id}: 0 when the idempotency key already names a task.
+local id, payload, prio = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local delay_ms, max, idem, idem_ttl = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
+if idem ~= '' then
+  local ik = P .. 'idem:' .. idem
+  local existing = redis.call('GET', ik)
+  if existing then return {0, existing} end
+  redis.call('SET', ik, id, 'EX', idem_ttl)
+end
+local now = now_ms()
+local seq = redis.call('INCR', P .. 'seq')
+local score = (9 - prio) * 1099511627776 + seq
+local tk = task_key(id)
+redis.call('HSET', tk, 'id', id, 'payload', payload, 'prio', prio, 'score', score,
+  'attempts', 0, 'created', now)
+if max ~= '' then redis.call('HSET', tk, 'max', max) end
+if idem ~= '' then redis.call('HSET', tk, 'idem', idem) end
+if delay_ms > 0 then
+  redis.call('HSET', tk, 'state', 'delayed', 'due', now + delay_ms)
+  redis.call('ZADD', K_DELAYED, now + delay_ms, id)
+else
+  redis.call('HSET', tk, 'state', 'queued')
+  redis.call('ZADD', K_QUEUED, score, id)
+  wake(1)
+end
+redis.call('HINCRBY', K_STATS, 'submitted', 1)
+return {1, id}

@@ -1,0 +1,423 @@
+"""The AgentPool custom resource as pydantic models: the one source of truth for its schema.
+
+`agentpool.crd` renders the CustomResourceDefinition from these classes. The validation rules
+the API server enforces with CEL (`x-kubernetes-validations`) are declared here next to the
+fields they guard, and each has a Python twin raising the same message, so that the operator
+refuses exactly what the API server refuses.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "agentpool.dev"
+VERSION = "v1alpha1"
+KIND = "AgentPool"
+PLURAL = "agentpools"
+SINGULAR = "agentpool"
+SHORT_NAMES = ("ap",)
+
+QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+PERCENT_PATTERN = r"^[0-9]{1,3}%$"
+
+
+class CelRule(NamedTuple):
+    """A `x-kubernetes-validations` entry: `rule` is CEL, `message` is what the user reads."""
+
+    rule: str
+    message: str
+
+
+REDIS_EXACTLY_ONE = CelRule(
+    "has(self.url) != has(self.urlSecretRef)",
+    "set exactly one of redis.url and redis.urlSecretRef",
+)
+REDIS_URL_SCHEME = CelRule(
+    "self.startsWith('redis://') || self.startsWith('rediss://')",
+    "redis.url must start with redis:// or rediss://",
+)
+REDIS_URL_NO_CREDENTIALS = CelRule(
+    "!self.contains('@')",
+    "redis.url must not contain credentials ('@'): credentials belong in a Secret, "
+    "use redis.urlSecretRef",
+)
+HANDLER_FORMAT = CelRule(
+    f"self.matches('{HANDLER_PATTERN}')",
+    "worker.handler must look like package.module:function",
+)
+MIN_LE_MAX = CelRule(
+    "self.minReplicas <= self.maxReplicas",
+    "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
+)
+SCALE_UP_STEP_MIN = CelRule(
+    "!has(self.scaleUpStep) || self.scaleUpStep >= 1",
+    "scaling.scaleUpStep must be at least 1 when set",
+)
+SCALE_DOWN_STEP_MIN = CelRule(
+    "!has(self.scaleDownStep) || self.scaleDownStep >= 1",
+    "scaling.scaleDownStep must be at least 1 when set",
+)
+MAX_UNAVAILABLE_FORMAT = CelRule(
+    f"type(self) == int ? self >= 0 : self.matches('{PERCENT_PATTERN}')",
+    "recovery.maxUnavailable must be a non-negative integer or a percentage such as 25%",
+)
+
+CEL_RULES: tuple[CelRule, ...] = (
+    REDIS_EXACTLY_ONE,
+    REDIS_URL_SCHEME,
+    REDIS_URL_NO_CREDENTIALS,
+    HANDLER_FORMAT,
+    MIN_LE_MAX,
+    SCALE_UP_STEP_MIN,
+    SCALE_DOWN_STEP_MIN,
+    MAX_UNAVAILABLE_FORMAT,
+)
+
+
+def cel(*rules: CelRule) -> dict[str, Any]:
+    """JSON-schema extra carrying CEL rules into the generated CRD."""
+    return {"x-kubernetes-validations": [rule._asdict() for rule in rules]}
+
+
+DEFAULT_EMPTY_OBJECT: dict[str, Any] = {"default": {}}
+
+IntOrString = int | str
+Quantity = Annotated[IntOrString, Field(description="A quantity such as 2, 500m or 1Gi.")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the pool's namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, description="Name of the Secret in the pool's namespace."
+    )
+    key: str = Field(
+        default="url", min_length=1, max_length=253, description="Key within the Secret."
+    )
+
+
+class RedisSpec(_Model):
+    """Where the queue lives. Set exactly one of `url` and `urlSecretRef`."""
+
+    model_config = ConfigDict(json_schema_extra=cel(REDIS_EXACTLY_ONE))
+
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description=(
+            "Redis URL without credentials, e.g. redis://redis.default:6379/0; use rediss:// "
+            "for TLS. A URL with a password belongs in a Secret: use urlSecretRef instead."
+        ),
+        json_schema_extra=cel(REDIS_URL_SCHEME, REDIS_URL_NO_CREDENTIALS),
+    )
+    url_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret key holding the full Redis URL (it may carry credentials). The operator "
+            "reads it and the workers receive it as AGENTPOOL_REDIS_URL."
+        ),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_plain_redis(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        if not url.startswith(("redis://", "rediss://")):
+            raise ValueError(REDIS_URL_SCHEME.message)
+        if "@" in url:
+            raise ValueError(REDIS_URL_NO_CREDENTIALS.message)
+        return url
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> RedisSpec:
+        if (self.url is None) == (self.url_secret_ref is None):
+            raise ValueError(REDIS_EXACTLY_ONE.message)
+        return self
+
+
+class ResourceRequirements(_Model):
+    """Compute resources of each worker container, as in a Pod spec."""
+
+    limits: dict[str, Quantity] | None = Field(
+        default=None, description="Maximum resources, e.g. {cpu: '1', memory: 1Gi}."
+    )
+    requests: dict[str, Quantity] | None = Field(
+        default=None, description="Resources the scheduler reserves, e.g. {cpu: 250m}."
+    )
+
+
+class EnvVar(_Model):
+    """An environment variable of the worker container, as in a Pod spec."""
+
+    name: str = Field(min_length=1, description="Variable name.")
+    value: str | None = Field(default=None, description="Literal value.")
+    value_from: dict[str, Any] | None = Field(
+        default=None,
+        description="Source of the value (secretKeyRef, configMapKeyRef, fieldRef, ...).",
+    )
+
+
+class LocalObjectReference(_Model):
+    """A reference to an object in the pool's namespace."""
+
+    name: str = Field(min_length=1, description="Name of the object.")
+
+
+class WorkerSpec(_Model):
+    """The worker pods: image, task handler and how they run."""
+
+    image: str = Field(min_length=1, description="Worker container image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy; the Kubernetes default when unset."
+    )
+    handler: str = Field(
+        max_length=512,
+        description=(
+            "Task handler as package.module:function, importable in the image, e.g. "
+            "agentpool_worker.builtin:simulated_agent."
+        ),
+        json_schema_extra=cel(HANDLER_FORMAT),
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=1000, description="Tasks one pod runs at the same time."
+    )
+    task_timeout_seconds: int = Field(
+        default=600,
+        ge=1,
+        le=604800,
+        description="A task running longer is cancelled and counts as a failed attempt.",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Attempts per task before it goes to the dead-letter list.",
+    )
+    drain_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description=(
+            "Time a pod gets to finish its in-flight tasks when it is stopped; tasks still "
+            "running after it are requeued."
+        ),
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Compute resources of each worker container."
+    )
+    env: list[EnvVar] | None = Field(
+        default=None, description="Extra environment variables of the worker container."
+    )
+    env_from: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Sources of environment variables (configMapRef, secretRef), as in a Pod.",
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels the worker pods must be scheduled on."
+    )
+    tolerations: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Tolerations of the worker pods, as in a Pod spec.",
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Affinity of the worker pods, as in a Pod spec.",
+    )
+    service_account_name: str | None = Field(
+        default=None, description="Service account the worker pods run as."
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        default=None, description="Secrets for pulling the worker image."
+    )
+    priority_class_name: str | None = Field(
+        default=None, description="Priority class of the worker pods."
+    )
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_format(cls, handler: str) -> str:
+        if not re.fullmatch(HANDLER_PATTERN, handler):
+            raise ValueError(HANDLER_FORMAT.message)
+        return handler
+
+
+class ScalingSpec(_Model):
+    """Queue-depth autoscaling. minReplicas == maxReplicas means a fixed size."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(MIN_LE_MAX, SCALE_UP_STEP_MIN, SCALE_DOWN_STEP_MIN)
+    )
+
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Fewest worker pods; 0 allows scaling to zero."
+    )
+    max_replicas: int = Field(default=10, ge=1, le=1000, description="Most worker pods.")
+    tasks_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description=(
+            "Queued plus in-flight tasks one pod is expected to carry; desired replicas = "
+            "ceil(backlog / tasksPerReplica). Defaults to worker.concurrency."
+        ),
+    )
+    activation_depth: int = Field(
+        default=0,
+        ge=0,
+        description="A pool at zero replicas wakes only when more tasks than this are queued.",
+    )
+    poll_seconds: float = Field(
+        default=2, ge=0.5, le=3600, description="How often the queue depth is measured."
+    )
+    scale_up_cooldown_seconds: int = Field(
+        default=0, ge=0, le=86400, description="Least time between two scale-ups."
+    )
+    scale_down_cooldown_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description=(
+            "Least time after any scaling before a scale-down; also the stabilisation window "
+            "(the highest recommendation within it wins)."
+        ),
+    )
+    scale_up_step: int | None = Field(
+        default=None, le=1000, description="Most pods added by one decision; unlimited if unset."
+    )
+    scale_down_step: int | None = Field(
+        default=None,
+        le=1000,
+        description="Most pods removed by one decision; unlimited if unset.",
+    )
+
+    def target_per_replica(self, concurrency: int) -> int:
+        return self.tasks_per_replica if self.tasks_per_replica is not None else concurrency
+
+    @model_validator(mode="after")
+    def _bounds_and_steps(self) -> ScalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(MIN_LE_MAX.message)
+        if self.scale_up_step is not None and self.scale_up_step < 1:
+            raise ValueError(SCALE_UP_STEP_MIN.message)
+        if self.scale_down_step is not None and self.scale_down_step < 1:
+            raise ValueError(SCALE_DOWN_STEP_MIN.message)
+        return self
+
+
+class RecoverySpec(_Model):
+    """Replacement of dead or stuck worker pods and requeueing of the tasks they held."""
+
+    unready_grace_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description="How long a pod may stay unready before it is drained and replaced.",
+    )
+    max_unavailable: IntOrString = Field(
+        default="25%",
+        description=(
+            "Most pods recovery replaces at the same time: a count or a percentage of the "
+            "desired replicas."
+        ),
+        json_schema_extra=cel(MAX_UNAVAILABLE_FORMAT),
+    )
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _max_unavailable_format(cls, value: IntOrString) -> IntOrString:
+        ok = value >= 0 if isinstance(value, int) else re.fullmatch(PERCENT_PATTERN, value)
+        if not ok:
+            raise ValueError(MAX_UNAVAILABLE_FORMAT.message)
+        return value
+
+
+class AgentPoolSpec(_Model):
+    """A pool of workers serving one Redis task queue."""
+
+    queue: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=QUEUE_PATTERN,
+        description="Name of the task queue; defaults to the pool's name.",
+    )
+    redis: RedisSpec = Field(description="Redis server holding the queue.")
+    worker: WorkerSpec = Field(description="The worker pods: image, handler, concurrency.")
+    scaling: ScalingSpec = Field(
+        default_factory=ScalingSpec,
+        description="Queue-depth autoscaling bounds and pace.",
+        json_schema_extra=DEFAULT_EMPTY_OBJECT,
+    )
+    recovery: RecoverySpec = Field(
+        default_factory=RecoverySpec,
+        description="Replacement of dead or stuck pods.",
+        json_schema_extra=DEFAULT_EMPTY_OBJECT,
+    )
+    paused: bool = Field(
+        default=False,
+        description="Stop scaling and recovery actions; status keeps being reported.",
+    )
+
+    def queue_name(self, pool_name: str) -> str:
+        return self.queue or pool_name
+
+
+class Condition(_Model):
+    """The latest observation of one aspect of the pool, the Kubernetes way."""
+
+    type: str = Field(description="Ready, QueueReachable, Scaling or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str | None = Field(default=None, description="CamelCase reason for the status.")
+    message: str | None = Field(default=None, description="Human-readable details.")
+    last_transition_time: datetime | None = Field(
+        default=None, description="When the status last changed."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the condition was set for."
+    )
+
+
+CONDITION_TYPES = ("Ready", "QueueReachable", "Scaling", "Degraded")
+
+
+class AgentPoolStatus(_Model):
+    """What the operator last observed of the pool and its queue."""
+
+    queue: str | None = Field(default=None, description="Name of the queue served.")
+    replicas: int = Field(default=0, description="Worker pods that exist.")
+    ready_replicas: int = Field(default=0, description="Worker pods that are ready.")
+    desired_replicas: int = Field(default=0, description="Worker pods the pool should have.")
+    queued: int = Field(default=0, description="Tasks waiting to be claimed.")
+    delayed: int = Field(default=0, description="Tasks scheduled for later or awaiting retry.")
+    in_flight: int = Field(default=0, description="Tasks being run by a worker.")
+    dead: int = Field(default=0, description="Tasks in the dead-letter list.")
+    workers: int = Field(default=0, description="Worker processes with a live heartbeat.")
+    last_scale_time: datetime | None = Field(
+        default=None, description="When the replica count was last changed."
+    )
+    last_scale_reason: str | None = Field(
+        default=None, description="Why the replica count was last changed."
+    )
+    recovered_tasks: int = Field(
+        default=0, description="Tasks requeued from dead or stuck workers."
+    )
+    replaced_pods: int = Field(default=0, description="Dead or stuck pods replaced.")
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the status reflects."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, QueueReachable, Scaling and Degraded."
+    )
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)

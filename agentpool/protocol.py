@@ -1,0 +1,530 @@
+"""The task protocol on Redis: the one module producers, workers and the operator share.
+
+Every state change is one Lua script (one round trip, atomic). A queue's keys live under
+``ap:{<queue>}:`` so they share a hash tag and one Redis Cluster slot. Task states:
+
+    queued --claim--> running --complete--> succeeded
+    delayed --due--> queued     running --fail--> delayed (retry) | dead
+                                running --holder lost--> queued | dead (attempts used up)
+    queued/delayed/dead --cancel--> cancelled;  running --cancel--> (its worker stops it)
+
+A claim hands out a fencing token; only the holder of the current token can complete or fail
+the task, so a worker that wakes up after its task was requeued cannot overwrite anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import random
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+MAX_PRIORITY = 9
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+DEFAULT_IDEMPOTENCY_TTL = 86_400
+DEFAULT_RESULT_TTL = 86_400
+WORKER_LIVENESS_WINDOW = 30.0
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
+
+
+class ProtocolError(ValueError):
+    """A request the protocol refuses; nothing was stored."""
+
+
+class PayloadTooLarge(ProtocolError):
+    pass
+
+
+class TaskNotFound(ProtocolError):
+    pass
+
+
+class FailOutcome(enum.StrEnum):
+    RETRY = "retry"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+    REQUEUED = "requeued"
+    STALE = "stale"
+
+
+class CancelOutcome(enum.StrEnum):
+    CANCELLED = "cancelled"
+    REQUESTED = "requested"
+    FINISHED = "finished"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    id: str
+    token: str
+    attempts: int
+    max_attempts: int
+    payload_raw: str
+    created_ms: int
+    claimed_ms: int
+
+    @property
+    def wait_seconds(self) -> float:
+        """Time from submit to this start (includes earlier attempts and backoff)."""
+        return max(0.0, (self.claimed_ms - self.created_ms) / 1000)
+
+
+@dataclass(frozen=True)
+class ClaimBatch:
+    tasks: list[ClaimedTask]
+    next_due_in: float | None
+    """Seconds until the earliest delayed task is due, if any."""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    lost: list[str]
+    cancel: list[str]
+    drain_requested: bool
+
+
+@dataclass(frozen=True)
+class RequeueResult:
+    requeued: int = 0
+    dead_lettered: int = 0
+    cancelled: int = 0
+    instances: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.requeued + self.dead_lettered + self.cancelled
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    queued_by_priority: dict[int, int]
+    due_delayed: int
+    delayed: int
+    in_flight: int
+    dead: int
+    workers: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def queued(self) -> int:
+        """Tasks ready to run now (due delayed tasks count: a worker will promote them)."""
+        return sum(self.queued_by_priority.values()) + self.due_delayed
+
+    @property
+    def backlog(self) -> int:
+        return self.queued + self.in_flight
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    id: str
+    state: str
+    payload: Any
+    attempts: int
+    priority: int
+    created_ms: int
+    started_ms: int | None
+    finished_ms: int | None
+    result: Any
+    error: str | None
+    owner: str | None
+    max_attempts: int | None
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass
+class WorkerInfo:
+    """What a worker instance reports about itself on every heartbeat."""
+
+    pod: str
+    instance: str
+    concurrency: int
+    state: str = "running"
+    in_flight: int = 0
+    done: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.time)
+
+    @property
+    def worker_id(self) -> str:
+        return worker_id(self.pod, self.instance)
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    worker_id: str
+    pod: str
+    instance: str
+    state: str
+    in_flight: int
+    done: int
+    failed: int
+    concurrency: int
+    last_heartbeat: float
+    started: float
+
+
+def worker_id(pod: str, instance: str) -> str:
+    return f"{pod}:{instance}"
+
+
+def new_instance_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def key_prefix(queue: str) -> str:
+    return f"ap:{{{queue}}}:"
+
+
+def retry_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0,
+                rng: random.Random | None = None) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
+    step = min(cap, base * 2 ** max(0, attempt - 1))
+    return step / 2 + (rng or random).uniform(0, step / 2)
+
+
+def encode_payload(payload: Any, limit: int) -> str:
+    try:
+        raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"payload is not JSON-serialisable: {exc}") from None
+    size = len(raw.encode())
+    if size > limit:
+        raise PayloadTooLarge(f"payload is {size} bytes; the limit is {limit} bytes")
+    return raw
+
+
+@cache
+def _lua(name: str) -> str:
+    folder = resources.files("agentpool") / "lua"
+    common = (folder / "common.lua").read_text()
+    return common + "\n" + (folder / f"{name}.lua").read_text()
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _json_or_raw(value: Any) -> Any:
+    if value is None:
+        return None
+    text = _s(value)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class TaskQueue:
+    """One named queue on one Redis. Cheap to create; scripts load on first use."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        name: str,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        if not QUEUE_NAME.match(name):
+            raise ProtocolError(
+                f"invalid queue name {name!r}: use 1-100 letters, digits, '.', '_' or '-'"
+            )
+        self.redis = redis
+        self.name = name
+        self.prefix = key_prefix(name)
+        self.max_payload_bytes = max_payload_bytes
+        self._scripts: dict[str, AsyncScript] = {}
+
+    def _script(self, name: str) -> AsyncScript:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.redis.register_script(_lua(name))
+        return script
+
+    async def _run(self, name: str, *args: Any, client: Any = None) -> Any:
+        return await self._script(name)(
+            keys=[self.prefix + "queued"], args=[self.prefix, *args], client=client
+        )
+
+    def task_key(self, task_id: str) -> str:
+        return f"{self.prefix}t:{task_id}"
+
+    # -- configuration ---------------------------------------------------------------------
+
+    async def configure(self, *, max_attempts: int | None = None,
+                        result_ttl: int | None = None) -> None:
+        """Queue-wide defaults used by the scripts (written by workers at start)."""
+        mapping: dict[str, int] = {}
+        if max_attempts is not None:
+            mapping["max_attempts"] = max_attempts
+        if result_ttl is not None:
+            mapping["result_ttl"] = result_ttl
+        if mapping:
+            await self.redis.hset(self.prefix + "config", mapping=mapping)  # type: ignore[arg-type]
+
+    # -- producers -------------------------------------------------------------------------
+
+    def _submit_args(self, payload: Any, priority: int, delay: float,
+                     idempotency_key: str | None, max_attempts: int | None) -> list[Any]:
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise ProtocolError(f"priority must be between 0 and {MAX_PRIORITY}, got {priority}")
+        if delay < 0:
+            raise ProtocolError(f"delay must not be negative, got {delay}")
+        if max_attempts is not None and max_attempts < 1:
+            raise ProtocolError(f"max_attempts must be at least 1, got {max_attempts}")
+        raw = encode_payload(payload, self.max_payload_bytes)
+        return [
+            uuid.uuid4().hex, raw, priority, int(delay * 1000),
+            "" if max_attempts is None else max_attempts,
+            idempotency_key or "", DEFAULT_IDEMPOTENCY_TTL,
+        ]
+
+    async def submit(
+        self,
+        payload: Any,
+        *,
+        priority: int = 0,
+        delay: float = 0,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        """Queue a task and return its id (the existing id for a known idempotency key).
+
+        Priorities run from 0 to 9, higher first; FIFO within a priority.
+        """
+        args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
+        _, task_id = await self._run("submit", *args)
+        return _s(task_id)
+
+    async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
+                          chunk: int = 500) -> list[str]:
+        """Queue many tasks with pipelined submits; every payload is checked before any is sent."""
+        all_args = [self._submit_args(p, priority, 0, None, None) for p in payloads]
+        ids: list[str] = []
+        for start in range(0, len(all_args), chunk):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for args in all_args[start:start + chunk]:
+                    await self._run("submit", *args, client=pipe)
+                replies = await pipe.execute()
+            ids.extend(_s(task_id) for _, task_id in replies)
+        return ids
+
+    async def get(self, task_id: str) -> TaskInfo | None:
+        raw = await self.redis.hgetall(self.task_key(task_id))  # type: ignore[misc]
+        if not raw:
+            return None
+        f = {_s(k): v for k, v in raw.items()}
+        return TaskInfo(
+            id=task_id,
+            state=_s(f.get("state", b"unknown")),
+            payload=_json_or_raw(f.get("payload")),
+            attempts=int(f.get("attempts", 0)),
+            priority=int(f.get("prio", 0)),
+            created_ms=int(f.get("created", 0)),
+            started_ms=_opt_int(f.get("started")),
+            finished_ms=_opt_int(f.get("finished")),
+            result=_json_or_raw(f.get("result")),
+            error=_s(f["error"]) if "error" in f else None,
+            owner=_s(f["owner"]) if "owner" in f else None,
+            max_attempts=_opt_int(f.get("max")),
+        )
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
+        """Wait until the task reaches a final state; raises TimeoutError after `timeout`."""
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.prefix + "done")
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    info = await self.get(task_id)
+                    if info is None:
+                        raise TaskNotFound(f"no task {task_id} in queue {self.name}")
+                    if info.done:
+                        return info
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is None or _s(message["data"]) == task_id:
+                            break
+        finally:
+            await pubsub.aclose()
+
+    async def cancel(self, task_id: str) -> CancelOutcome:
+        return CancelOutcome(_s(await self._run("cancel", task_id)))
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def claim(self, worker: str, count: int, lease_seconds: float,
+                    promote_limit: int = 100) -> ClaimBatch:
+        tasks, next_due, now = await self._run(
+            "claim", worker, count, int(lease_seconds * 1000), promote_limit
+        )
+        now = int(now)
+        claimed = [
+            ClaimedTask(
+                id=_s(t[0]), token=_s(t[1]), attempts=int(t[2]), payload_raw=_s(t[3]),
+                created_ms=int(t[4]), max_attempts=int(t[5]), claimed_ms=now,
+            )
+            for t in tasks
+        ]
+        due_in = None if next_due is None else max(0.0, (float(next_due) - now) / 1000)
+        return ClaimBatch(claimed, due_in)
+
+    async def complete(self, task: ClaimedTask, result: Any = None) -> bool:
+        """Record success; False when this holder was fenced off (the task moved on)."""
+        try:
+            raw = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError):
+            raw = json.dumps(repr(result))
+        return bool(await self._run("complete", task.id, task.token, raw))
+
+    async def fail(self, task: ClaimedTask, error: str, *, retryable: bool = True,
+                   delay: float | None = None) -> FailOutcome:
+        """Record a failed run: retry after a backoff while attempts remain, else dead-letter."""
+        if delay is None:
+            delay = retry_delay(task.attempts)
+        reply = await self._run(
+            "fail", task.id, task.token, error[:4000], int(retryable), int(delay * 1000), "fail"
+        )
+        return FailOutcome(_s(reply))
+
+    async def cancelled(self, task: ClaimedTask) -> FailOutcome:
+        """Record that a running task stopped on its cancel request."""
+        return FailOutcome(_s(await self._run("fail", task.id, task.token, "cancelled", 0, 0,
+                                              "cancel")))
+
+    async def release(self, task: ClaimedTask, reason: str) -> FailOutcome:
+        """Hand an unfinished task back to the queue without spending an attempt (drain)."""
+        return FailOutcome(_s(await self._run("fail", task.id, task.token, reason, 1, 0,
+                                              "release")))
+
+    async def heartbeat(self, worker: WorkerInfo, held: Mapping[str, str],
+                        lease_seconds: float) -> Heartbeat:
+        """Say the worker is alive and extend the leases of the tasks it holds (id -> token)."""
+        info = json.dumps({
+            "state": worker.state, "in_flight": worker.in_flight, "done": worker.done,
+            "failed": worker.failed, "concurrency": worker.concurrency,
+            "started": worker.started,
+        })
+        pairs = [x for item in held.items() for x in item]
+        lost, cancel, drain = await self._run(
+            "heartbeat", worker.worker_id, worker.pod, int(lease_seconds * 1000), info, *pairs
+        )
+        return Heartbeat([_s(i) for i in lost], [_s(i) for i in cancel], bool(drain))
+
+    async def request_drain(self, pod_or_worker: str) -> None:
+        """Ask a pod's workers (or one instance) to stop claiming and finish what they hold."""
+        await self.redis.hset(self.prefix + "drain", pod_or_worker, int(time.time()))  # type: ignore[misc]
+
+    async def clear_drain(self, pod_or_worker: str) -> None:
+        await self.redis.hdel(self.prefix + "drain", pod_or_worker)  # type: ignore[misc]
+
+    async def drain_requests(self) -> dict[str, float]:
+        raw = await self.redis.hgetall(self.prefix + "drain")  # type: ignore[misc]
+        return {_s(k): float(v) for k, v in raw.items()}
+
+    # -- recovery --------------------------------------------------------------------------
+
+    async def requeue_owner(self, worker: str, reason: str = "worker lost") -> RequeueResult:
+        """Return every task one worker instance holds to the queue, atomically."""
+        return _requeue_result(await self._run("requeue_workers", reason, "worker", worker, ""))
+
+    async def requeue_pod(self, pod: str, *, keep_instance: str | None = None,
+                          reason: str = "pod lost") -> RequeueResult:
+        """Return the tasks of every instance of `pod` (all but `keep_instance`) to the queue."""
+        keep = worker_id(pod, keep_instance) if keep_instance else ""
+        return _requeue_result(await self._run("requeue_workers", reason, "pod", pod, keep))
+
+    async def reap_expired(self, limit: int = 1000,
+                           stale_worker_seconds: float = 3600) -> RequeueResult:
+        """Requeue tasks whose lease ran out: the fallback when nobody saw a worker die."""
+        return _requeue_result(
+            await self._run("reap", limit, int(stale_worker_seconds * 1000))
+        )
+
+    # -- inspection ------------------------------------------------------------------------
+
+    async def figures(self) -> QueueFigures:
+        """Queue depth per priority, delayed, in flight, dead and live workers: one round trip."""
+        per, due, delayed, in_flight, dead, workers, stats = await self._run(
+            "figures", int(WORKER_LIVENESS_WINDOW * 1000)
+        )
+        flat = [_s(x) for x in stats]
+        return QueueFigures(
+            queued_by_priority={prio: int(n) for prio, n in enumerate(per)},
+            due_delayed=int(due), delayed=int(delayed), in_flight=int(in_flight),
+            dead=int(dead), workers=int(workers),
+            stats={flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)},
+        )
+
+    async def workers(self) -> list[WorkerState]:
+        """Worker instances that heart-beat recently, newest first."""
+        now = time.time()
+        members = await self.redis.zrevrangebyscore(
+            self.prefix + "workers", "+inf", int((now - WORKER_LIVENESS_WINDOW) * 1000),
+            withscores=True,
+        )
+        out: list[WorkerState] = []
+        for member, score in members:
+            wid = _s(member)
+            raw = await self.redis.hget(self.prefix + "w:" + wid, "info")  # type: ignore[misc]
+            info = json.loads(_s(raw)) if raw else {}
+            pod, _, instance = wid.rpartition(":")
+            out.append(WorkerState(
+                worker_id=wid, pod=pod, instance=instance,
+                state=str(info.get("state", "unknown")),
+                in_flight=int(info.get("in_flight", 0)), done=int(info.get("done", 0)),
+                failed=int(info.get("failed", 0)),
+                concurrency=int(info.get("concurrency", 0)),
+                last_heartbeat=float(score) / 1000, started=float(info.get("started", 0)),
+            ))
+        return out
+
+    async def held_by(self, worker: str) -> set[str]:
+        members = await self.redis.smembers(self.prefix + "owner:" + worker)  # type: ignore[misc]
+        return {_s(m) for m in members}
+
+    async def dead_letters(self, limit: int = 100) -> list[TaskInfo]:
+        ids = await self.redis.zrevrange(self.prefix + "dead", 0, limit - 1)
+        infos = [await self.get(_s(i)) for i in ids]
+        return [i for i in infos if i is not None]
+
+    async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
+        return int(await self._run("dead_letters", "requeue", *(task_ids or [])))
+
+    async def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
+        return int(await self._run("dead_letters", "purge", *(task_ids or [])))
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds for a submit's wake-up signal (one per worker waiting).
+
+        Needs a connection of its own; workers call it on a dedicated client.
+        """
+        reply = await self.redis.blpop([self.prefix + "wake"], timeout=max(timeout, 0.01))
+        return reply is not None
+
+
+def _requeue_result(reply: Sequence[Any]) -> RequeueResult:
+    values = [int(x) for x in reply]
+    return RequeueResult(*values)
