@@ -393,11 +393,16 @@ class TaskQueue:
 
     async def complete(self, task: ClaimedTask, result: Any = None) -> bool:
         """Record success; False when this holder was fenced off (the task moved on)."""
-        try:
-            raw = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError):
-            raw = json.dumps(repr(result))
-        return bool(await self._run("complete", task.id, task.token, raw))
+        return bool(await self._run("complete", task.id, task.token, _encode_result(result)))
+
+    async def complete_many(self, done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
+        """Record several successes in one round trip (a worker's completions batch up)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task, result in done:
+                await self._run("complete", task.id, task.token, _encode_result(result),
+                                client=pipe)
+            replies = await pipe.execute()
+        return [bool(r) for r in replies]
 
     async def fail(self, task: ClaimedTask, error: str, *, retryable: bool = True,
                    delay: float | None = None) -> FailOutcome:
@@ -523,6 +528,13 @@ class TaskQueue:
         """
         reply = await self.redis.blpop([self.prefix + "wake"], timeout=max(timeout, 0.01))
         return reply is not None
+
+
+def _encode_result(result: Any) -> str:
+    try:
+        return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        return json.dumps(repr(result))
 
 
 def _requeue_result(reply: Sequence[Any]) -> RequeueResult:

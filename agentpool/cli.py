@@ -1,0 +1,31 @@
+"""The `agentpool` command line.
+
+Each subcommand lives in its own module with `register(subparsers)`, which adds its parser and
+sets `func`, a callable taking the parsed arguments and returning the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from types import ModuleType
+
+from agentpool import crd_command
+
+SUBCOMMANDS: list[ModuleType] = [crd_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentpool", description="Run AI-agent tasks from a Redis queue on Kubernetes."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
