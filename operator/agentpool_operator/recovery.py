@@ -1,0 +1,212 @@
+"""Which worker pods are dead or stuck, and what to do about them: a pure decision.
+
+Inputs are plain data — the pool's pods as Kubernetes reports them, the worker instances Redis
+knows, the drains already requested — and the output is a list of actions for the operator to
+apply. Requeueing is idempotent in the protocol, so deciding the same thing twice (a replayed
+event, two operator replicas, a restart half-way) costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+WORKER_CONTAINER = "worker"
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What recovery needs to know about one worker pod."""
+
+    name: str
+    phase: str = "Running"
+    deleting: bool = False
+    reason: str | None = None
+    node: str | None = None
+    ready: bool = True
+    ready_changed_at: float | None = None
+    """When the Ready condition last changed (epoch seconds)."""
+    restarts: int = 0
+    container_started_at: float | None = None
+    """When the current worker container started (epoch seconds), if it is running."""
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """A worker process known in Redis."""
+
+    pod: str
+    instance: str
+    started: float
+    held: int = 0
+
+
+@dataclass(frozen=True)
+class Requeue:
+    pod: str
+    reason: str
+    instances: tuple[str, ...] | None = None
+    """Only these instances of the pod (a restarted container's predecessors); None = all."""
+
+
+@dataclass(frozen=True)
+class RequestDrain:
+    pod: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    pod: str
+    reason: str
+
+
+Action = Requeue | RequestDrain | DeletePod
+
+
+@dataclass(frozen=True)
+class RecoveryPolicy:
+    unready_grace_seconds: float = 60
+    drain_seconds: float = 60
+    max_unavailable: int | str = "25%"
+
+
+@dataclass(frozen=True)
+class RecoveryInputs:
+    pods: Sequence[PodView]
+    instances: Sequence[InstanceView] = ()
+    drains: Mapping[str, float] = field(default_factory=dict)
+    """Pods asked to drain by recovery, with the time the request was made."""
+    nodes: frozenset[str] | None = None
+    """Names of the cluster's nodes, when known; a pod on any other node is gone."""
+    desired_replicas: int = 1
+    pods_complete: bool = True
+    """The pod list is the full set of the pool's pods (not a single event)."""
+
+
+def unavailable_budget(max_unavailable: int | str, replicas: int) -> int:
+    """Pods that may be replaced at once; at least one, like maxUnavailable rounding down."""
+    if isinstance(max_unavailable, str) and max_unavailable.endswith("%"):
+        allowed = math.floor(replicas * float(max_unavailable[:-1]) / 100)
+    else:
+        allowed = int(max_unavailable)
+    return max(1, allowed)
+
+
+def pod_is_dead(pod: PodView, nodes: frozenset[str] | None) -> str | None:
+    """Why this pod's workers can no longer run tasks, or None when they still can."""
+    if pod.deleting:
+        return "pod deleted"
+    if pod.phase == "Failed":
+        return f"pod {pod.reason.lower() if pod.reason else 'failed'}"
+    if pod.phase == "Succeeded":
+        return "pod exited"
+    if pod.node is not None and nodes is not None and pod.node not in nodes:
+        return f"node {pod.node} is gone"
+    return None
+
+
+def decide_recovery(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) -> list[Action]:
+    actions: list[Action] = []
+    by_pod: dict[str, list[InstanceView]] = {}
+    for inst in inputs.instances:
+        by_pod.setdefault(inst.pod, []).append(inst)
+    pods = {pod.name: pod for pod in inputs.pods}
+
+    for pod in inputs.pods:
+        dead = pod_is_dead(pod, inputs.nodes)
+        if dead is not None:
+            actions.append(Requeue(pod.name, dead))
+            continue
+        previous = _previous_instances(pod, by_pod.get(pod.name, []))
+        if previous:
+            actions.append(Requeue(pod.name, "worker container restarted", instances=previous))
+
+    if inputs.pods_complete:
+        for pod_name, instances in sorted(by_pod.items()):
+            if pod_name not in pods and any(i.held for i in instances):
+                actions.append(Requeue(pod_name, "pod no longer exists"))
+
+    actions.extend(_replace_stuck(inputs, policy, now))
+    return actions
+
+
+def _previous_instances(pod: PodView, instances: Iterable[InstanceView]) -> tuple[str, ...]:
+    """Instances of a restarted container's earlier processes that still hold work.
+
+    An instance that started before the current container did belongs to a process that is
+    gone (liveness kill, OOM kill, crash).
+    """
+    if pod.restarts == 0 or pod.container_started_at is None:
+        return ()
+    started = pod.container_started_at
+    return tuple(sorted(i.instance for i in instances if i.started < started and i.held))
+
+
+def _replace_stuck(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) -> list[Action]:
+    """Drain, then delete, pods unready past the grace period, within the budget."""
+    budget = unavailable_budget(policy.max_unavailable, max(1, inputs.desired_replicas))
+    in_progress = {
+        pod.name for pod in inputs.pods if pod.name in inputs.drains or pod.deleting
+    }
+    actions: list[Action] = []
+    for pod in sorted(inputs.pods, key=lambda p: p.ready_changed_at or 0):
+        if pod.deleting or pod.phase != "Running" or pod.ready:
+            continue
+        unready_for = now - (pod.ready_changed_at or now)
+        if unready_for < policy.unready_grace_seconds:
+            continue
+        requested = inputs.drains.get(pod.name)
+        if requested is None:
+            if len(in_progress) >= budget:
+                continue
+            in_progress.add(pod.name)
+            actions.append(RequestDrain(pod.name, f"unready for {int(unready_for)}s"))
+        elif now - requested >= policy.drain_seconds or _holds_nothing(pod.name, inputs):
+            actions.append(DeletePod(pod.name, f"unready for {int(unready_for)}s, drained"))
+    return actions
+
+
+def _holds_nothing(pod: str, inputs: RecoveryInputs) -> bool:
+    return all(i.held == 0 for i in inputs.instances if i.pod == pod)
+
+
+def _timestamp(value: Any) -> float | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def pod_view(pod: Mapping[str, Any]) -> PodView:
+    """Reduce a Pod object (as the API returns it) to what recovery looks at."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    ready, ready_changed = True, None
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            ready = cond.get("status") == "True"
+            ready_changed = _timestamp(cond.get("lastTransitionTime"))
+    restarts, started = 0, None
+    statuses = status.get("containerStatuses") or []
+    for cs in statuses:
+        if cs.get("name") == WORKER_CONTAINER or len(statuses) == 1:
+            restarts = int(cs.get("restartCount") or 0)
+            running = (cs.get("state") or {}).get("running") or {}
+            started = _timestamp(running.get("startedAt"))
+    return PodView(
+        name=meta.get("name", ""),
+        phase=status.get("phase") or "Pending",
+        deleting=bool(meta.get("deletionTimestamp")),
+        reason=status.get("reason"),
+        node=spec.get("nodeName"),
+        ready=ready if status.get("phase") == "Running" else False,
+        ready_changed_at=ready_changed,
+        restarts=restarts,
+        container_started_at=started,
+    )

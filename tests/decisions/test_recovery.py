@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+from agentpool_operator.recovery import (
+    DeletePod,
+    InstanceView,
+    PodView,
+    RecoveryInputs,
+    RecoveryPolicy,
+    RequestDrain,
+    Requeue,
+    decide_recovery,
+    pod_view,
+    unavailable_budget,
+)
+
+NOW = 10_000.0
+POLICY = RecoveryPolicy(unready_grace_seconds=60, drain_seconds=30, max_unavailable=1)
+
+
+def decide(pods: list[PodView], **kw: object) -> list[object]:
+    return list(decide_recovery(RecoveryInputs(pods=pods, **kw), POLICY, NOW))  # type: ignore[arg-type]
+
+
+def test_healthy_pods_need_nothing() -> None:
+    pods = [PodView("a"), PodView("b")]
+    assert decide(pods, instances=[InstanceView("a", "i1", 1.0, held=3)]) == []
+
+
+def test_deleted_pod_gets_all_its_tasks_requeued() -> None:
+    assert decide([PodView("a", deleting=True)]) == [Requeue("a", "pod deleted")]
+
+
+def test_evicted_pod_gets_its_tasks_requeued() -> None:
+    actions = decide([PodView("a", phase="Failed", reason="Evicted")])
+    assert actions == [Requeue("a", "pod evicted")]
+
+
+def test_pod_on_a_vanished_node_gets_its_tasks_requeued() -> None:
+    actions = decide([PodView("a", node="n2"), PodView("b", node="n1")],
+                     nodes=frozenset({"n1"}))
+    assert actions == [Requeue("a", "node n2 is gone")]
+
+
+def test_unknown_nodes_do_not_count_as_gone() -> None:
+    assert decide([PodView("a", node="n2")], nodes=None) == []
+
+
+def test_restarted_container_requeues_only_earlier_instances() -> None:
+    pod = PodView("a", restarts=1, container_started_at=500.0)
+    instances = [
+        InstanceView("a", "old", started=100.0, held=2),
+        InstanceView("a", "new", started=501.0, held=1),
+    ]
+    assert decide([pod], instances=instances) == [
+        Requeue("a", "worker container restarted", instances=("old",))
+    ]
+
+
+def test_restart_with_nothing_held_by_earlier_instances_needs_nothing() -> None:
+    pod = PodView("a", restarts=2, container_started_at=500.0)
+    assert decide([pod], instances=[InstanceView("a", "old", 100.0, held=0)]) == []
+
+
+def test_instances_of_a_pod_that_no_longer_exists_are_requeued() -> None:
+    instances = [InstanceView("gone", "i", 1.0, held=1), InstanceView("a", "j", 1.0, held=1)]
+    assert decide([PodView("a")], instances=instances) == [
+        Requeue("gone", "pod no longer exists")
+    ]
+
+
+def test_single_pod_events_never_requeue_other_pods() -> None:
+    instances = [InstanceView("other", "i", 1.0, held=1)]
+    assert decide([PodView("a")], instances=instances, pods_complete=False) == []
+
+
+def test_unready_within_grace_is_left_alone() -> None:
+    pod = PodView("a", ready=False, ready_changed_at=NOW - 59)
+    assert decide([pod]) == []
+
+
+def test_unready_past_grace_is_drained_first() -> None:
+    pod = PodView("a", ready=False, ready_changed_at=NOW - 61)
+    assert decide([pod]) == [RequestDrain("a", "unready for 61s")]
+
+
+def test_drained_pod_is_deleted_after_drain_seconds() -> None:
+    pod = PodView("a", ready=False, ready_changed_at=NOW - 100)
+    instances = [InstanceView("a", "i", 1.0, held=1)]
+    assert decide([pod], instances=instances, drains={"a": NOW - 10}) == []
+    actions = decide([pod], instances=instances, drains={"a": NOW - 31})
+    assert actions == [DeletePod("a", "unready for 100s, drained")]
+
+
+def test_drained_pod_holding_nothing_is_deleted_at_once() -> None:
+    pod = PodView("a", ready=False, ready_changed_at=NOW - 100)
+    instances = [InstanceView("a", "i", 1.0, held=0)]
+    assert decide([pod], instances=instances, drains={"a": NOW - 1}) == [
+        DeletePod("a", "unready for 100s, drained")
+    ]
+
+
+def test_budget_limits_how_many_pods_are_replaced_at_once() -> None:
+    pods = [PodView(f"p{i}", ready=False, ready_changed_at=NOW - 100 - i) for i in range(5)]
+    actions = decide(pods, desired_replicas=5)
+    assert actions == [RequestDrain("p4", "unready for 104s")]
+    policy = RecoveryPolicy(unready_grace_seconds=60, drain_seconds=30, max_unavailable="40%")
+    drains = decide_recovery(RecoveryInputs(pods=pods, desired_replicas=5), policy, NOW)
+    assert len(drains) == 2
+
+
+def test_pods_already_being_replaced_use_up_the_budget() -> None:
+    pods = [
+        PodView("a", ready=False, ready_changed_at=NOW - 100),
+        PodView("b", ready=False, ready_changed_at=NOW - 100),
+    ]
+    actions = decide(pods, drains={"a": NOW - 1}, instances=[InstanceView("a", "i", 1, 1)],
+                     desired_replicas=4)
+    assert actions == []
+
+
+def test_budget_rounds_down_but_allows_one() -> None:
+    assert unavailable_budget("25%", 3) == 1
+    assert unavailable_budget("25%", 8) == 2
+    assert unavailable_budget(3, 10) == 3
+    assert unavailable_budget(0, 10) == 1
+
+
+def test_pod_view_reads_the_api_shape() -> None:
+    pod = {
+        "metadata": {"name": "w-1", "deletionTimestamp": None},
+        "spec": {"nodeName": "n1"},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "False",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "containerStatuses": [{
+                "name": "worker", "restartCount": 2,
+                "state": {"running": {"startedAt": "2026-01-01T00:00:10Z"}},
+            }],
+        },
+    }
+    view = pod_view(pod)
+    assert view.name == "w-1" and view.node == "n1" and not view.deleting
+    assert view.ready is False and view.restarts == 2
+    assert view.container_started_at is not None and view.ready_changed_at is not None
+    assert view.container_started_at - view.ready_changed_at == 10
