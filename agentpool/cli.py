@@ -10,9 +10,9 @@ import argparse
 from collections.abc import Sequence
 from types import ModuleType
 
-from agentpool import crd_command
+from agentpool import crd_command, demo
 
-SUBCOMMANDS: list[ModuleType] = [crd_command]
+SUBCOMMANDS: list[ModuleType] = [crd_command, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 _DROPPED_KEYS = {"title", "$defs"}
+_LEADING_KEYS = {"type": 0, "description": 1}
 
 
 class SchemaError(ValueError):
@@ -54,7 +55,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         del node["additionalProperties"]
 
     out: dict[str, Any] = {}
-    for key, value in node.items():
+    for key, value in sorted(node.items(), key=_key_order):
         if key in _DROPPED_KEYS:
             continue
         if key == "properties":
@@ -64,6 +65,11 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _key_order(item: tuple[str, Any]) -> tuple[int, str]:
+    """Type and description first, then the rest alphabetically: a stable, readable file."""
+    return (_LEADING_KEYS.get(item[0], len(_LEADING_KEYS)), item[0])
 
 
 def _collapse_any_of(branches: list[dict[str, Any]], defs: dict[str, Any]) -> dict[str, Any]:

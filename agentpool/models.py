@@ -416,7 +416,9 @@ class AgentPoolStatus(_Model):
         default=None, description="The .metadata.generation the status reflects."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, QueueReachable, Scaling and Degraded."
+        default_factory=list,
+        description="Ready, QueueReachable, Scaling and Degraded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 
     def condition(self, type_: str) -> Condition | None:

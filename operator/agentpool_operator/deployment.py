@@ -1,0 +1,284 @@
+"""The worker Deployment of a pool, and what it takes to put it back: pure decisions.
+
+`desired_deployment` renders the Deployment from the pool spec. `deployment_drift` compares it
+with the Deployment as the API server returns it and answers with a JSON merge patch
+(`application/merge-patch+json`: lists are replaced whole, so hand-added env entries go too)
+restoring only the fields the operator owns, or None when nothing owned differs. Fields the API
+server fills in (defaults, status, replicas) never count as drift, so reconciling an unchanged
+pool writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+from agentpool.models import AgentPoolSpec, WorkerSpec
+
+WORKER_CONTAINER = "worker"
+HTTP_PORT = 8080
+POOL_LABEL = "agentpool.dev/pool"
+GRACE_MARGIN_SECONDS = 15
+"""Added to drainSeconds so that the worker's own drain deadline fires before the SIGKILL."""
+
+RUN_AS_USER = 10001
+
+# Owned fields that mirror the user's spec: extra keys found in the cluster are drift too.
+_EXACT_KEYS = frozenset(
+    {"resources", "envFrom", "nodeSelector", "tolerations", "affinity", "imagePullSecrets"}
+)
+_QUANTITY_PARENTS = frozenset({"limits", "requests"})
+_POD_PASS_THROUGH = (
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "serviceAccountName",
+    "imagePullSecrets",
+    "priorityClassName",
+)
+_POD = ("spec", "template", "spec")
+_OWNED_PATHS: tuple[tuple[str, ...], ...] = (
+    ("metadata", "labels"),
+    ("spec", "strategy"),
+    ("spec", "template", "metadata", "labels"),
+    (*_POD, "securityContext"),
+    (*_POD, "terminationGracePeriodSeconds"),
+    (*_POD, "containers"),
+    (*_POD, "volumes"),
+    *((*_POD, key) for key in _POD_PASS_THROUGH),
+)
+
+
+def pool_labels(pool_name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "agentpool-worker",
+        "app.kubernetes.io/instance": pool_name,
+        "app.kubernetes.io/managed-by": "agentpool-operator",
+        POOL_LABEL: pool_name,
+    }
+
+
+def desired_deployment(
+    pool_name: str,
+    namespace: str,
+    spec: AgentPoolSpec,
+    *,
+    owner: Mapping[str, Any] | None = None,
+    initial_replicas: int | None = None,
+) -> dict[str, Any]:
+    """The apps/v1 Deployment running the pool's workers.
+
+    `replicas` belongs to scaling and is only set from `initial_replicas`, for the create call.
+    `owner` is the AgentPool object; when given, the Deployment is garbage-collected with it.
+    """
+    labels = pool_labels(pool_name)
+    metadata: dict[str, Any] = {"name": pool_name, "namespace": namespace, "labels": labels}
+    if owner is not None:
+        metadata["ownerReferences"] = [_owner_reference(owner)]
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": {POOL_LABEL: pool_name}},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"},
+        },
+        "template": {"metadata": {"labels": dict(labels)}, "spec": _pod_spec(pool_name, spec)},
+    }
+    if initial_replicas is not None:
+        deployment_spec = {"replicas": initial_replicas, **deployment_spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": deployment_spec,
+    }
+
+
+def _owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _pod_spec(pool_name: str, spec: AgentPoolSpec) -> dict[str, Any]:
+    worker = spec.worker
+    pod: dict[str, Any] = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": worker.drain_seconds + GRACE_MARGIN_SECONDS,
+        "containers": [_container(pool_name, spec)],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    pod.update(_passed_through(worker, _POD_PASS_THROUGH))
+    return pod
+
+
+def _container(pool_name: str, spec: AgentPoolSpec) -> dict[str, Any]:
+    worker = spec.worker
+    container: dict[str, Any] = {
+        "name": WORKER_CONTAINER,
+        "image": worker.image,
+        "imagePullPolicy": worker.image_pull_policy or _default_pull_policy(worker.image),
+        "env": _env(pool_name, spec),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "startupProbe": _http_probe("/livez", period=2, timeout=2, failures=30),
+        "livenessProbe": _http_probe("/livez", period=10, timeout=3, failures=3),
+        "readinessProbe": _http_probe("/readyz", period=5, timeout=2, failures=2),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    container.update(_passed_through(worker, ("envFrom", "resources")))
+    return container
+
+
+def _passed_through(worker: WorkerSpec, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The worker fields copied verbatim into the pod template (fresh copies, empties left out)."""
+    dumped = worker.model_dump(by_alias=True, exclude_none=True)
+    return {key: dumped[key] for key in keys if dumped.get(key)}
+
+
+def _env(pool_name: str, spec: AgentPoolSpec) -> list[dict[str, Any]]:
+    """The worker's settings, then the user's env; a user entry replaces ours of the same name."""
+    worker = spec.worker
+    redis_url: dict[str, Any]
+    if spec.redis.url_secret_ref is not None:
+        ref = spec.redis.url_secret_ref
+        redis_url = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    else:
+        redis_url = {"value": spec.redis.url}
+    ours: list[dict[str, Any]] = [
+        {"name": "AGENTPOOL_REDIS_URL", **redis_url},
+        {"name": "AGENTPOOL_QUEUE", "value": spec.queue_name(pool_name)},
+        {"name": "AGENTPOOL_HANDLER", "value": worker.handler},
+        {"name": "AGENTPOOL_CONCURRENCY", "value": str(worker.concurrency)},
+        {"name": "AGENTPOOL_TASK_TIMEOUT_SECONDS", "value": str(worker.task_timeout_seconds)},
+        {"name": "AGENTPOOL_MAX_ATTEMPTS", "value": str(worker.max_attempts)},
+        {"name": "AGENTPOOL_DRAIN_SECONDS", "value": str(worker.drain_seconds)},
+        {"name": "AGENTPOOL_PORT", "value": str(HTTP_PORT)},
+        _field_env("AGENTPOOL_POD_NAME", "metadata.name"),
+        _field_env("AGENTPOOL_POD_NAMESPACE", "metadata.namespace"),
+    ]
+    users = [e.model_dump(by_alias=True, exclude_none=True) for e in worker.env or []]
+    overridden = {e["name"] for e in users}
+    return [e for e in ours if e["name"] not in overridden] + users
+
+
+def _field_env(name: str, field_path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field_path}}}
+
+
+def _http_probe(path: str, *, period: int, timeout: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http", "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+        "successThreshold": 1,
+    }
+
+
+def _default_pull_policy(image: str) -> str:
+    """What the API server would pick, so that an unset policy does not read as drift."""
+    if "@" in image:
+        return "IfNotPresent"
+    last = image.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else "latest"
+    return "Always" if tag == "latest" else "IfNotPresent"
+
+
+def deployment_drift(
+    desired: Mapping[str, Any], actual: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """A JSON merge patch putting back the owned fields of `actual`, or None if they match.
+
+    The selector is immutable and `replicas` belongs to scaling: neither is compared.
+    """
+    patch: dict[str, Any] = {}
+    for path in _OWNED_PATHS:
+        want, have = _get(desired, path), _get(actual, path)
+        exact = path[-1] in _EXACT_KEYS
+        if _covers(want, have, key=path[-1], exact=exact):
+            continue
+        _put(patch, path, _merge_patch(want, have) if exact else want)
+        if path[-1] == "serviceAccountName":
+            # The deprecated twin would otherwise restore the old name when ours is removed.
+            _put(patch, (*_POD, "serviceAccount"), want)
+    return patch or None
+
+
+def _covers(want: Any, have: Any, *, key: str, exact: bool, parent: str = "") -> bool:
+    """Whether `have` carries everything of `want`; keys only `have` has are API defaults
+    unless `exact` (user-owned pass-through), where they are drift."""
+    if _empty(want) and _empty(have):
+        return True
+    if isinstance(want, dict):
+        if not isinstance(have, dict):
+            return False
+        if exact and any(k not in want and not _empty(v) for k, v in have.items()):
+            return False
+        return all(
+            _covers(v, have.get(k), key=k, exact=exact or k in _EXACT_KEYS, parent=key)
+            for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(want) == len(have)
+            and all(_covers(w, h, key=key, exact=exact) for w, h in zip(want, have, strict=True))
+        )
+    if want == have:
+        return True
+    return parent in _QUANTITY_PARENTS and _same_quantity(want, have)
+
+
+def _same_quantity(a: Any, b: Any) -> bool:
+    try:
+        return bool(parse_quantity(a) == parse_quantity(b))  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError):
+        return False
+
+
+def _empty(value: Any) -> bool:
+    """The API server drops empty optional fields, so missing and empty are the same."""
+    return value is None or value == "" or value == [] or value == {}
+
+
+def _merge_patch(want: Any, have: Any) -> Any:
+    """The merge patch turning `have` into `want` (keys only `have` has are removed)."""
+    if isinstance(want, dict) and isinstance(have, dict):
+        patch: dict[str, Any] = {k: None for k in have if k not in want}
+        patch.update({k: _merge_patch(v, have.get(k)) for k, v in want.items()})
+        return patch
+    return want
+
+
+def _get(obj: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = obj
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _put(patch: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = patch
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value

@@ -1,0 +1,375 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from agentpool.models import AgentPoolSpec
+from agentpool_operator.deployment import (
+    POOL_LABEL,
+    WORKER_CONTAINER,
+    deployment_drift,
+    desired_deployment,
+)
+
+POOL = "demo"
+NAMESPACE = "agents"
+
+
+def make_spec(**worker: Any) -> AgentPoolSpec:
+    return AgentPoolSpec.model_validate(
+        {
+            "redis": {"urlSecretRef": {"name": "agentpool-redis", "key": "url"}},
+            "worker": {
+                "image": "ghcr.io/agentpool/worker:0.1.0",
+                "handler": "agentpool_worker.builtin:simulated_agent",
+                **worker,
+            },
+        }
+    )
+
+
+def render(spec: AgentPoolSpec | None = None, **kwargs: Any) -> dict[str, Any]:
+    return desired_deployment(POOL, NAMESPACE, spec or make_spec(), **kwargs)
+
+
+def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    worker: dict[str, Any]
+    (worker,) = pod_spec(deployment)["containers"]
+    assert worker["name"] == WORKER_CONTAINER
+    return worker
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container(deployment)["env"]}
+
+
+def as_returned_by_the_api_server(desired: dict[str, Any]) -> dict[str, Any]:
+    """The Deployment as a GET returns it: defaults in, empties out, quantities canonical."""
+    actual = copy.deepcopy(desired)
+    actual["metadata"].update(
+        uid="0a1b", resourceVersion="42", generation=3, creationTimestamp="2026-01-01T00:00:00Z"
+    )
+    actual["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "3"}
+    actual["metadata"]["labels"]["team"] = "agents"
+    spec = actual["spec"]
+    spec.update(replicas=4, revisionHistoryLimit=10, progressDeadlineSeconds=600)
+    template = spec["template"]
+    template["metadata"]["annotations"] = {"kubectl.kubernetes.io/restartedAt": "2026-01-01"}
+    pod = template["spec"]
+    pod.update(
+        restartPolicy="Always",
+        dnsPolicy="ClusterFirst",
+        schedulerName="default-scheduler",
+    )
+    for c in pod["containers"]:
+        c.update(terminationMessagePath="/dev/termination-log", terminationMessagePolicy="File")
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            c[probe]["initialDelaySeconds"] = 0
+        for entry in c["env"]:
+            if entry.get("value") == "":
+                del entry["value"]
+        for section in c.get("resources", {}).values():
+            for name, quantity in section.items():
+                section[name] = {"1000m": "1", "1024Mi": "1Gi", 2: "2"}.get(quantity, quantity)
+    actual["status"] = {"replicas": 4, "readyReplicas": 4, "observedGeneration": 3}
+    return actual
+
+
+def test_name_labels_and_selector() -> None:
+    deployment = render()
+    assert deployment["apiVersion"] == "apps/v1"
+    assert deployment["kind"] == "Deployment"
+    assert deployment["metadata"]["name"] == POOL
+    assert deployment["metadata"]["namespace"] == NAMESPACE
+    labels = {
+        "app.kubernetes.io/name": "agentpool-worker",
+        "app.kubernetes.io/instance": POOL,
+        "app.kubernetes.io/managed-by": "agentpool-operator",
+        POOL_LABEL: POOL,
+    }
+    assert deployment["metadata"]["labels"] == labels
+    assert deployment["spec"]["template"]["metadata"]["labels"] == labels
+    assert deployment["spec"]["selector"] == {"matchLabels": {POOL_LABEL: POOL}}
+
+
+def test_replicas_only_at_creation() -> None:
+    assert "replicas" not in render()["spec"]
+    assert render(initial_replicas=3)["spec"]["replicas"] == 3
+
+
+def test_owner_reference_makes_the_pool_the_controller() -> None:
+    owner = {
+        "apiVersion": "agentpool.dev/v1alpha1",
+        "kind": "AgentPool",
+        "metadata": {"name": POOL, "namespace": NAMESPACE, "uid": "u-1"},
+    }
+    (ref,) = render(owner=owner)["metadata"]["ownerReferences"]
+    assert ref == {
+        "apiVersion": "agentpool.dev/v1alpha1",
+        "kind": "AgentPool",
+        "name": POOL,
+        "uid": "u-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert "ownerReferences" not in render()["metadata"]
+
+
+def test_redis_url_from_the_secret() -> None:
+    env = env_of(render())
+    assert env["AGENTPOOL_REDIS_URL"] == {
+        "name": "AGENTPOOL_REDIS_URL",
+        "valueFrom": {"secretKeyRef": {"name": "agentpool-redis", "key": "url"}},
+    }
+
+
+def test_redis_url_as_a_value() -> None:
+    spec = AgentPoolSpec.model_validate(
+        {"redis": {"url": "redis://redis:6379/0"}, "worker": {"image": "i", "handler": "m:f"}}
+    )
+    assert env_of(render(spec))["AGENTPOOL_REDIS_URL"] == {
+        "name": "AGENTPOOL_REDIS_URL",
+        "value": "redis://redis:6379/0",
+    }
+
+
+def test_worker_settings_and_downward_api() -> None:
+    env = env_of(render(make_spec(concurrency=8, taskTimeoutSeconds=30, maxAttempts=5)))
+    values = {name: e.get("value") for name, e in env.items()}
+    assert values["AGENTPOOL_QUEUE"] == POOL
+    assert values["AGENTPOOL_HANDLER"] == "agentpool_worker.builtin:simulated_agent"
+    assert values["AGENTPOOL_CONCURRENCY"] == "8"
+    assert values["AGENTPOOL_TASK_TIMEOUT_SECONDS"] == "30"
+    assert values["AGENTPOOL_MAX_ATTEMPTS"] == "5"
+    assert values["AGENTPOOL_DRAIN_SECONDS"] == "60"
+    assert values["AGENTPOOL_PORT"] == "8080"
+    assert env["AGENTPOOL_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    namespace_ref = env["AGENTPOOL_POD_NAMESPACE"]["valueFrom"]["fieldRef"]
+    assert namespace_ref["fieldPath"] == "metadata.namespace"
+
+
+def test_user_env_comes_last_and_replaces_ours_of_the_same_name() -> None:
+    deployment = render(
+        make_spec(
+            env=[{"name": "AGENTPOOL_CONCURRENCY", "value": "2"}, {"name": "X", "value": "1"}]
+        )
+    )
+    names = [e["name"] for e in container(deployment)["env"]]
+    assert names.count("AGENTPOOL_CONCURRENCY") == 1
+    assert names[-2:] == ["AGENTPOOL_CONCURRENCY", "X"]
+    assert env_of(deployment)["AGENTPOOL_CONCURRENCY"]["value"] == "2"
+
+
+def test_restricted_security_context() -> None:
+    deployment = render()
+    pod = pod_spec(deployment)["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["runAsUser"] == 10001
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    ctx = container(deployment)["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    assert ctx["readOnlyRootFilesystem"] is True
+
+
+def test_port_and_probes() -> None:
+    worker = container(render())
+    assert worker["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert worker[probe]["httpGet"]["port"] == "http"
+        assert worker[probe]["periodSeconds"] > 0
+        assert worker[probe]["failureThreshold"] >= 1
+
+
+def test_grace_period_covers_the_drain() -> None:
+    assert pod_spec(render(make_spec(drainSeconds=120)))["terminationGracePeriodSeconds"] == 135
+
+
+def test_rolling_update_never_removes_a_pod_first() -> None:
+    assert render()["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("image", "policy", "expected"),
+    [
+        ("ghcr.io/agentpool/worker:0.1.0", None, "IfNotPresent"),
+        ("ghcr.io/agentpool/worker", None, "Always"),
+        ("registry:5000/worker:latest", None, "Always"),
+        ("registry:5000/worker", None, "Always"),
+        ("worker@sha256:abc", None, "IfNotPresent"),
+        ("worker:1", "Always", "Always"),
+    ],
+)
+def test_image_pull_policy(image: str, policy: str | None, expected: str) -> None:
+    worker = container(render(make_spec(image=image, imagePullPolicy=policy)))
+    assert worker["imagePullPolicy"] == expected
+
+
+SCHEDULING: dict[str, Any] = {
+    "nodeSelector": {"pool": "agents"},
+    "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+    "serviceAccountName": "agents",
+    "imagePullSecrets": [{"name": "ghcr"}],
+    "priorityClassName": "batch",
+}
+
+
+def test_scheduling_resources_and_env_from_pass_through() -> None:
+    deployment = render(
+        make_spec(
+            **SCHEDULING,
+            resources={"limits": {"memory": "1Gi"}, "requests": {"cpu": "250m"}},
+            envFrom=[{"secretRef": {"name": "api-keys"}}],
+        )
+    )
+    pod = pod_spec(deployment)
+    for key, value in SCHEDULING.items():
+        assert pod[key] == value
+    worker = container(deployment)
+    assert worker["resources"] == {"limits": {"memory": "1Gi"}, "requests": {"cpu": "250m"}}
+    assert worker["envFrom"] == [{"secretRef": {"name": "api-keys"}}]
+
+
+def test_unset_pass_through_fields_are_absent() -> None:
+    deployment = render()
+    for key in SCHEDULING:
+        assert key not in pod_spec(deployment)
+    assert "resources" not in container(deployment)
+    assert "envFrom" not in container(deployment)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_manifest_is_a_valid_deployment(strict: bool) -> None:
+    spec = make_spec(**SCHEDULING, resources={"limits": {"cpu": 2}}, env=[{"name": "A"}])
+    kubernetes_validate.validate(render(spec, initial_replicas=1), "1.30", strict=strict)
+
+
+# --- drift -----------------------------------------------------------------------------------
+
+FULL_SPEC = make_spec(
+    **SCHEDULING,
+    resources={"limits": {"cpu": "1000m", "memory": "1024Mi"}, "requests": {"cpu": 2}},
+    env=[{"name": "EMPTY", "value": ""}, {"name": "B", "value": "2"}],
+    envFrom=[{"configMapRef": {"name": "settings"}}],
+)
+
+
+@pytest.mark.parametrize("spec", [make_spec(), FULL_SPEC])
+def test_no_drift_when_identical(spec: AgentPoolSpec) -> None:
+    desired = render(spec)
+    assert deployment_drift(desired, copy.deepcopy(desired)) is None
+
+
+@pytest.mark.parametrize("spec", [make_spec(), FULL_SPEC])
+def test_api_server_defaults_are_not_drift(spec: AgentPoolSpec) -> None:
+    desired = render(spec)
+    assert deployment_drift(desired, as_returned_by_the_api_server(desired)) is None
+
+
+def test_replicas_are_not_drift() -> None:
+    desired = render(initial_replicas=1)
+    actual = as_returned_by_the_api_server(desired)
+    actual["spec"]["replicas"] = 7
+    assert deployment_drift(render(), actual) is None
+
+
+def test_hand_edited_image_is_put_back() -> None:
+    desired = render()
+    actual = as_returned_by_the_api_server(desired)
+    container(actual)["image"] = "evil:latest"
+    patch = deployment_drift(desired, actual)
+    assert patch is not None
+    assert patch["spec"]["template"]["spec"]["containers"] == pod_spec(desired)["containers"]
+    assert "replicas" not in patch["spec"]
+    assert "selector" not in patch["spec"]
+
+
+def test_hand_added_or_changed_env_is_put_back() -> None:
+    desired = render()
+    added = as_returned_by_the_api_server(desired)
+    container(added)["env"].append({"name": "DEBUG", "value": "1"})
+    changed = as_returned_by_the_api_server(desired)
+    container(changed)["env"][1]["value"] = "other-queue"
+    for actual in (added, changed):
+        patch = deployment_drift(desired, actual)
+        assert patch is not None
+        (worker,) = patch["spec"]["template"]["spec"]["containers"]
+        assert worker["env"] == container(desired)["env"]
+
+
+def test_spec_change_shows_as_drift() -> None:
+    actual = as_returned_by_the_api_server(render())
+    patch = deployment_drift(render(make_spec(concurrency=9)), actual)
+    assert patch is not None
+    (worker,) = patch["spec"]["template"]["spec"]["containers"]
+    assert {"name": "AGENTPOOL_CONCURRENCY", "value": "9"} in worker["env"]
+
+
+def test_weakened_security_context_is_put_back() -> None:
+    desired = render()
+    actual = as_returned_by_the_api_server(desired)
+    pod_spec(actual)["securityContext"]["runAsUser"] = 0
+    patch = deployment_drift(desired, actual)
+    assert patch == {
+        "spec": {"template": {"spec": {"securityContext": pod_spec(desired)["securityContext"]}}}
+    }
+
+
+def test_removed_label_is_put_back_and_foreign_labels_stay() -> None:
+    desired = render()
+    actual = as_returned_by_the_api_server(desired)
+    del actual["metadata"]["labels"][POOL_LABEL]
+    patch = deployment_drift(desired, actual)
+    assert patch == {"metadata": {"labels": desired["metadata"]["labels"]}}
+
+
+def test_hand_added_scheduling_fields_are_removed() -> None:
+    desired = render()
+    actual = as_returned_by_the_api_server(desired)
+    pod_spec(actual).update(
+        nodeSelector={"zone": "a"}, serviceAccountName="admin", serviceAccount="admin"
+    )
+    patch = deployment_drift(desired, actual)
+    assert patch is not None
+    pod_patch = patch["spec"]["template"]["spec"]
+    assert pod_patch["nodeSelector"] is None
+    assert pod_patch["serviceAccountName"] is None
+    assert pod_patch["serviceAccount"] is None
+
+
+def test_extra_key_in_an_exact_pass_through_map_is_nulled() -> None:
+    desired = render(make_spec(nodeSelector={"pool": "agents"}))
+    actual = as_returned_by_the_api_server(desired)
+    pod_spec(actual)["nodeSelector"]["zone"] = "a"
+    patch = deployment_drift(desired, actual)
+    assert patch == {
+        "spec": {"template": {"spec": {"nodeSelector": {"pool": "agents", "zone": None}}}}
+    }
+
+
+def test_hand_added_resource_limit_is_drift() -> None:
+    desired = render(make_spec(resources={"requests": {"cpu": "250m"}}))
+    actual = as_returned_by_the_api_server(desired)
+    container(actual)["resources"]["limits"] = {"cpu": "1"}
+    assert deployment_drift(desired, actual) is not None
+
+
+def test_changed_quantity_is_drift() -> None:
+    desired = render(make_spec(resources={"limits": {"memory": "1Gi"}}))
+    actual = as_returned_by_the_api_server(desired)
+    container(actual)["resources"]["limits"]["memory"] = "2Gi"
+    assert deployment_drift(desired, actual) is not None

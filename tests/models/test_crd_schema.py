@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from agentpool import cli, models
+from agentpool.crd import open_api_schema, render_crd, render_crd_yaml
+
+CRD_FILE = Path(__file__).parents[2] / "crds" / "agentpool.dev_agentpools.yaml"
+
+
+def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from walk(child, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            yield from walk(node[key], f"{path}[{key}]")
+
+
+def spec_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = open_api_schema()["properties"]["spec"]
+    return schema
+
+
+def test_committed_crd_matches_the_models() -> None:
+    assert CRD_FILE.read_text() == render_crd_yaml(), (
+        f"{CRD_FILE.name} is out of date with agentpool/models.py: run `make crds`"
+    )
+
+
+def test_agentpool_crd_command_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["crd"]) == 0
+    assert capsys.readouterr().out == render_crd_yaml()
+
+
+def test_crd_is_a_valid_apiextensions_v1_object() -> None:
+    kubernetes_validate.validate(render_crd(), "1.30", strict=True)
+
+
+def test_schema_is_structural() -> None:
+    forbidden = {"$ref", "$defs", "anyOf", "oneOf", "allOf", "not", "title", "nullable"}
+    for path, node in walk(open_api_schema()):
+        assert not forbidden & node.keys(), f"{path or '<root>'} has {forbidden & node.keys()}"
+        is_int_or_string = node.get("x-kubernetes-int-or-string") is True
+        assert "type" in node or is_int_or_string, f"{path} has no type"
+        if "properties" in node:
+            assert "additionalProperties" not in node, f"{path} mixes properties and a map"
+        if node.get("type") == "array":
+            assert "type" in node["items"], f"{path} items have no type"
+        assert node.get("default", 0) is not None, f"{path} defaults to null"
+
+
+def test_names_scope_and_subresources() -> None:
+    crd = render_crd()
+    assert crd["metadata"]["name"] == "agentpools.agentpool.dev"
+    spec = crd["spec"]
+    assert spec["group"] == "agentpool.dev"
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["shortNames"] == ["ap"]
+    (version,) = spec["versions"]
+    assert version["name"] == "v1alpha1"
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns == {
+        "Queue": ".status.queue",
+        "Ready": ".status.readyReplicas",
+        "Desired": ".status.desiredReplicas",
+        "Queued": ".status.queued",
+        "In-Flight": ".status.inFlight",
+        "Age": ".metadata.creationTimestamp",
+    }
+
+
+def test_every_field_is_documented_for_kubectl_explain() -> None:
+    for section in ("spec", "status"):
+        for path, node in walk(open_api_schema()["properties"][section], section):
+            if path.endswith("]"):
+                continue
+            assert node.get("description"), f"{path} has no description"
+
+
+def test_int_or_string_fields() -> None:
+    props = spec_schema()["properties"]
+    max_unavailable = props["recovery"]["properties"]["maxUnavailable"]
+    assert max_unavailable["x-kubernetes-int-or-string"] is True
+    assert max_unavailable["default"] == "25%"
+    resources = props["worker"]["properties"]["resources"]["properties"]
+    for key in ("limits", "requests"):
+        assert resources[key]["additionalProperties"]["x-kubernetes-int-or-string"] is True
+
+
+def test_nested_sections_default_to_empty_objects_so_their_defaults_apply() -> None:
+    props = spec_schema()["properties"]
+    assert props["scaling"]["default"] == {}
+    assert props["recovery"]["default"] == {}
+    assert props["scaling"]["properties"]["minReplicas"]["default"] == 1
+
+
+def test_every_cel_rule_is_in_the_crd_with_its_message() -> None:
+    rendered = [
+        rule
+        for _, node in walk(open_api_schema())
+        for rule in node.get("x-kubernetes-validations", [])
+    ]
+    assert sorted((r["rule"], r["message"]) for r in rendered) == sorted(
+        (r.rule, r.message) for r in models.CEL_RULES
+    )
+    for rule in rendered:
+        assert set(rule) == {"rule", "message"}
+        assert rule["message"][0].isalpha()
+
+
+VALID_SPECS: list[dict[str, Any]] = [
+    {
+        "redis": {"url": "redis://redis:6379/0"},
+        "worker": {"image": "img:1", "handler": "pkg.mod:run"},
+    },
+    {
+        "queue": "jobs",
+        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+        "worker": {
+            "image": "img:1",
+            "handler": "pkg.mod:run",
+            "concurrency": 16,
+            "resources": {"limits": {"cpu": 2, "memory": "1Gi"}, "requests": {"cpu": "250m"}},
+            "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"fieldRef": {}}}],
+            "tolerations": [{"key": "gpu", "operator": "Exists"}],
+            "nodeSelector": {"pool": "agents"},
+        },
+        "scaling": {"minReplicas": 0, "maxReplicas": 50, "pollSeconds": 0.5},
+        "recovery": {"maxUnavailable": 2},
+        "paused": True,
+    },
+]
+
+INVALID_SPECS: list[dict[str, Any]] = [
+    {"redis": {"url": "redis://r"}},
+    {"redis": {"url": "redis://r"}, "worker": {"image": "", "handler": "m:f"}},
+    {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f", "concurrency": 0}},
+    {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f"}, "queue": "/x"},
+    {
+        "redis": {"url": "redis://r"},
+        "worker": {"image": "i", "handler": "m:f", "imagePullPolicy": "Sometimes"},
+    },
+    {
+        "redis": {"url": "redis://r"},
+        "worker": {"image": "i", "handler": "m:f"},
+        "scaling": {"maxReplicas": 0},
+    },
+    {
+        "redis": {"url": "redis://r"},
+        "worker": {"image": "i", "handler": "m:f", "resources": {"limits": {"cpu": 0.5}}},
+    },
+]
+
+
+@pytest.mark.parametrize("spec", VALID_SPECS)
+def test_valid_specs_pass_the_openapi_schema(spec: dict[str, Any]) -> None:
+    validator().validate(pool(spec))
+
+
+@pytest.mark.parametrize("spec", INVALID_SPECS)
+def test_invalid_specs_fail_the_openapi_schema(spec: dict[str, Any]) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        validator().validate(pool(spec))
+
+
+def validator() -> jsonschema.Draft7Validator:
+    """A JSON-schema validator with the Kubernetes int-or-string extension spelled out."""
+    schema = open_api_schema()
+    for _, node in walk(schema):
+        if node.pop("x-kubernetes-int-or-string", False):
+            node["type"] = ["integer", "string"]
+    return jsonschema.Draft7Validator(schema)
+
+
+def pool(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "agentpool.dev/v1alpha1",
+        "kind": "AgentPool",
+        "metadata": {"name": "p"},
+        "spec": spec,
+    }
+
+
+def test_committed_crd_file_is_plain_yaml() -> None:
+    assert yaml.safe_load(CRD_FILE.read_text()) == render_crd()
