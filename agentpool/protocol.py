@@ -195,13 +195,13 @@ def key_prefix(queue: str) -> str:
 def retry_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0,
                 rng: random.Random | None = None) -> float:
     """Exponential backoff with "equal jitter": half fixed, half random, capped."""
-    step = min(cap, base * 2 ** max(0, attempt - 1))
+    step = min(cap, base * 2.0 ** min(max(0, attempt - 1), 1023))
     return step / 2 + (rng or random).uniform(0, step / 2)
 
 
 def encode_payload(payload: Any, limit: int) -> str:
     try:
-        raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"payload is not JSON-serialisable: {exc}") from None
     size = len(raw.encode())
@@ -286,8 +286,10 @@ class TaskQueue:
 
     def _submit_args(self, payload: Any, priority: int, delay: float,
                      idempotency_key: str | None, max_attempts: int | None) -> list[Any]:
-        if not 0 <= priority <= MAX_PRIORITY:
-            raise ProtocolError(f"priority must be between 0 and {MAX_PRIORITY}, got {priority}")
+        if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+            raise ProtocolError(
+                f"priority must be an integer between 0 and {MAX_PRIORITY}, got {priority!r}"
+            )
         if delay < 0:
             raise ProtocolError(f"delay must not be negative, got {delay}")
         if max_attempts is not None and max_attempts < 1:

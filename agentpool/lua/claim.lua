@@ -19,6 +19,8 @@ local pod = string.match(worker, '^(.*):[^:]*$') or worker
 if redis.call('HEXISTS', K_DRAIN, worker) == 0 and redis.call('HEXISTS', K_DRAIN, pod) == 0 then
   local popped = redis.call('ZPOPMIN', K_QUEUED, count)
   local owner = owner_key(worker)
+  -- Known before its first heartbeat, so requeue_pod finds what it holds.
+  if #popped > 0 then redis.call('ZADD', K_WORKERS, 'NX', now, worker) end
   for i = 1, #popped, 2 do
     local id = popped[i]
     local tk = task_key(id)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-WORKER_CONTAINER = "worker"
+from agentpool_operator.deployment import WORKER_CONTAINER
+
 
 
 @dataclass(frozen=True)
