@@ -10,9 +10,35 @@ import argparse
 from collections.abc import Sequence
 from types import ModuleType
 
-from agentpool import crd_command, demo
+from agentpool import (
+    cancel_command,
+    crd_command,
+    dead_command,
+    demo,
+    get_command,
+    simulate_command,
+    stats_command,
+    status_command,
+    submit_command,
+    tasks_command,
+    wait_command,
+    workers_command,
+)
 
-SUBCOMMANDS: list[ModuleType] = [crd_command, demo]
+SUBCOMMANDS: list[ModuleType] = [
+    crd_command,
+    demo,
+    simulate_command,
+    submit_command,
+    get_command,
+    wait_command,
+    cancel_command,
+    stats_command,
+    dead_command,
+    tasks_command,
+    workers_command,
+    status_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

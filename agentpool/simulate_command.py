@@ -1,0 +1,160 @@
+"""`agentpool simulate`: replay an arrival trace through our scaling policy and through KEDA's
+defaults over the HPA, and compare waits, cost and interrupted tasks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from agentpool.models import ScalingSpec
+from agentpool_operator.scaling import ScalingPolicy
+from agentpool_operator.simulation import (
+    Cluster,
+    Comparison,
+    KedaSettings,
+    RunResult,
+    compare,
+    parse_trace,
+)
+
+ROWS = [
+    ("tasks", "tasks done"),
+    ("unfinished", "tasks unfinished"),
+    ("p50_wait_s", "p50 wait (s)"),
+    ("p95_wait_s", "p95 wait (s)"),
+    ("max_wait_s", "max wait (s)"),
+    ("replica_seconds", "replica-seconds"),
+    ("interrupted_tasks", "tasks interrupted by scale-down"),
+    ("scale_events", "scale events"),
+]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="compare our autoscaling with KEDA's defaults on an arrival trace",
+        description="Replay TRACE (CSV: arrival_seconds,service_seconds) through the pool's "
+        "scaling policy and through KEDA's defaults over the HPA, on the same simulated "
+        "cluster, and print waits, replica-seconds and tasks interrupted by scale-down.",
+    )
+    parser.add_argument("trace", type=Path, metavar="TRACE.csv")
+    pool = parser.add_argument_group("pool (as in the AgentPool spec)")
+    pool.add_argument("--concurrency", type=int, default=4, help="tasks per pod (default 4)")
+    pool.add_argument("--min-replicas", type=int, default=1)
+    pool.add_argument("--max-replicas", type=int, default=10)
+    pool.add_argument("--tasks-per-replica", type=int, help="default: --concurrency")
+    pool.add_argument("--activation-depth", type=int, default=0)
+    pool.add_argument("--poll-seconds", type=float, default=2.0)
+    pool.add_argument("--scale-up-cooldown", type=int, default=0, metavar="SECONDS")
+    pool.add_argument("--scale-down-cooldown", type=int, default=60, metavar="SECONDS")
+    pool.add_argument("--scale-up-step", type=int)
+    pool.add_argument("--scale-down-step", type=int)
+    pool.add_argument("--drain-seconds", type=float, default=60.0)
+    cluster = parser.add_argument_group("cluster and baseline")
+    cluster.add_argument(
+        "--startup-seconds", type=float, default=20.0, help="pod start to ready (default 20)"
+    )
+    cluster.add_argument(
+        "--keda-metric",
+        choices=["queued", "backlog"],
+        default="queued",
+        help="what KEDA measures: the queue length, as its Redis list scaler (default), or "
+        "queued + in-flight",
+    )
+    cluster.add_argument(
+        "--keda-grace-seconds",
+        type=float,
+        default=30.0,
+        help="terminationGracePeriodSeconds of the baseline's pods (default 30)",
+    )
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser.add_argument(
+        "--timeline", action="store_true", help="with -o json: add the sampled time series"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with args.trace.open() as lines:
+            trace = parse_trace(lines)
+        policy = ScalingPolicy.from_spec(_scaling_spec(args), args.concurrency)
+        cluster = Cluster(
+            concurrency=args.concurrency,
+            startup_seconds=args.startup_seconds,
+            drain_seconds=args.drain_seconds,
+        )
+        keda = KedaSettings(metric=args.keda_metric, grace_seconds=args.keda_grace_seconds)
+    except (OSError, ValueError) as error:
+        print(f"agentpool simulate: {error}", file=sys.stderr)
+        return 2
+    result = compare(trace, policy, cluster, keda)
+    if args.output == "json":
+        print(json.dumps(_as_json(args, result), indent=2))
+    else:
+        _print_table(args, result)
+    return 0
+
+
+def _scaling_spec(args: argparse.Namespace) -> ScalingSpec:
+    fields = {
+        "minReplicas": args.min_replicas,
+        "maxReplicas": args.max_replicas,
+        "tasksPerReplica": args.tasks_per_replica,
+        "activationDepth": args.activation_depth,
+        "pollSeconds": args.poll_seconds,
+        "scaleUpCooldownSeconds": args.scale_up_cooldown,
+        "scaleDownCooldownSeconds": args.scale_down_cooldown,
+        "scaleUpStep": args.scale_up_step,
+        "scaleDownStep": args.scale_down_step,
+    }
+    try:
+        return ScalingSpec.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as error:
+        problems = "; ".join(e["msg"] for e in error.errors())
+        raise ValueError(f"invalid scaling settings: {problems}") from None
+
+
+def _model(args: argparse.Namespace) -> str:
+    metric = "queue length" if args.keda_metric == "queued" else "queued + in-flight"
+    tpr = args.tasks_per_replica or args.concurrency
+    return (
+        f"{args.min_replicas}..{args.max_replicas} replicas, concurrency {args.concurrency}, "
+        f"tasksPerReplica {tpr}, pods ready {args.startup_seconds:g}s after start, "
+        f"drainSeconds {args.drain_seconds:g}; KEDA metric: {metric}, "
+        f"grace {args.keda_grace_seconds:g}s"
+    )
+
+
+def _as_json(args: argparse.Namespace, result: Comparison) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "trace": str(args.trace),
+        "model": _model(args),
+        "results": [result.ours.summary(), result.keda.summary()],
+    }
+    if args.timeline:
+        document["timeline"] = {run.name: _series(run) for run in (result.ours, result.keda)}
+    return document
+
+
+def _series(run: RunResult) -> dict[str, list[float]]:
+    names = ("at", "replicas", "pods", "ready", "queued", "in_flight")
+    return {name: [getattr(sample, name) for sample in run.timeline] for name in names}
+
+
+def _print_table(args: argparse.Namespace, result: Comparison) -> None:
+    ours, keda = result.ours.summary(), result.keda.summary()
+    table = Table(title=str(args.trace), caption=_model(args))
+    table.add_column("")
+    table.add_column("agentpool", justify="right")
+    table.add_column("KEDA defaults", justify="right")
+    for key, label in ROWS:
+        table.add_row(label, str(ours[key]), str(keda[key]))
+    Console().print(table)

@@ -1,0 +1,338 @@
+"""Desired replicas of a pool from its queue: the scaling policy as a pure function.
+
+The operator's loop gathers plain data (queue figures, current replicas, the history it
+persisted after the previous decision, the clock) and applies the `Decision`; everything that
+decides lives here, so every rule can be tested without a cluster, a Redis or a clock.
+
+Rules, in the order `decide` applies them:
+- missing figures (Redis unreachable): hold the current size, only clamped into the bounds —
+  a blind controller must neither shed workers nor scale to zero;
+- need = ceil(backlog / tasksPerReplica), backlog = ready-to-run queued + in-flight, so pods
+  busy with long tasks are never counted as spare;
+- activation: a pool at zero stays there until the backlog exceeds activationDepth;
+- bounds [minReplicas, maxReplicas]; minReplicas == maxReplicas is a fixed-size pool;
+- scale-up: at once (no stabilisation), unless inside scaleUpCooldownSeconds of the previous
+  scale-up; waking from zero ignores that cooldown, as no worker at all serves the queue;
+- scale-down: to the highest need recommended within the last scaleDownCooldownSeconds (the
+  HPA's stabilisation window), and never within that cooldown after any scale event;
+- scale to zero only after the queue held nothing queued or in flight for a whole cooldown;
+- step limits cap the change of one decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from agentpool.models import ScalingSpec
+
+TIMES = "\N{MULTIPLICATION SIGN}"
+MAX_RECOMMENDATIONS = 32
+"""Bound on remembered recommendations, so the history fits an annotation."""
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """The pool's scaling parameters, resolved (tasksPerReplica defaults to concurrency)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 10
+    tasks_per_replica: int = 4
+    activation_depth: int = 0
+    poll_seconds: float = 2.0
+    scale_up_cooldown_seconds: float = 0.0
+    scale_down_cooldown_seconds: float = 60.0
+    scale_up_step: int | None = None
+    scale_down_step: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas:
+            raise ValueError("need 0 <= min_replicas <= max_replicas")
+        if self.tasks_per_replica < 1:
+            raise ValueError("tasks_per_replica must be at least 1")
+        if self.activation_depth < 0 or self.poll_seconds <= 0:
+            raise ValueError("activation_depth must be >= 0 and poll_seconds > 0")
+        if self.scale_up_cooldown_seconds < 0 or self.scale_down_cooldown_seconds < 0:
+            raise ValueError("cooldowns must not be negative")
+        for step in (self.scale_up_step, self.scale_down_step):
+            if step is not None and step < 1:
+                raise ValueError("step limits must be at least 1 when set")
+
+    @classmethod
+    def from_spec(cls, scaling: ScalingSpec, concurrency: int) -> ScalingPolicy:
+        return cls(
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            tasks_per_replica=scaling.target_per_replica(concurrency),
+            activation_depth=scaling.activation_depth,
+            poll_seconds=scaling.poll_seconds,
+            scale_up_cooldown_seconds=scaling.scale_up_cooldown_seconds,
+            scale_down_cooldown_seconds=scaling.scale_down_cooldown_seconds,
+            scale_up_step=scaling.scale_up_step,
+            scale_down_step=scaling.scale_down_step,
+        )
+
+    @property
+    def fixed(self) -> bool:
+        return self.min_replicas == self.max_replicas
+
+    def clamp(self, replicas: int) -> int:
+        return max(self.min_replicas, min(self.max_replicas, replicas))
+
+
+@dataclass(frozen=True)
+class QueueLoad:
+    """The queue at one poll. `queued` counts ready-to-run tasks only (delayed ones wait for
+    their time, not for a worker). `figures_ok` is False when Redis could not be read."""
+
+    queued: int = 0
+    in_flight: int = 0
+    figures_ok: bool = True
+
+    @classmethod
+    def unavailable(cls) -> QueueLoad:
+        return cls(figures_ok=False)
+
+    @property
+    def backlog(self) -> int:
+        return self.queued + self.in_flight
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    at: float
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ScalingHistory:
+    """What a decision needs to remember until the next one; plain data, JSON round-trip.
+
+    `since` is when this history began. A fresh history (after an operator restart, or a
+    damaged annotation) holds scale-downs for one window, because the recommendations that
+    would justify one are unknown; so replacing a lost history by `ScalingHistory()` is safe.
+    """
+
+    recommendations: tuple[Recommendation, ...] = ()
+    since: float | None = None
+    last_scale_up: float | None = None
+    last_scale_down: float | None = None
+    idle_since: float | None = None
+
+    @property
+    def last_scale(self) -> float | None:
+        times = [t for t in (self.last_scale_up, self.last_scale_down) if t is not None]
+        return max(times) if times else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recommendations": [[r.at, r.replicas] for r in self.recommendations],
+            "since": self.since,
+            "lastScaleUp": self.last_scale_up,
+            "lastScaleDown": self.last_scale_down,
+            "idleSince": self.idle_since,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ScalingHistory:
+        """Inverse of `to_json`; raises ValueError on anything else."""
+        try:
+            recommendations = tuple(
+                Recommendation(_number(at), _count(replicas))
+                for at, replicas in data.get("recommendations", [])
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"malformed scaling history: {error}") from error
+        return cls(
+            recommendations=recommendations[-MAX_RECOMMENDATIONS:],
+            since=_optional_number(data.get("since")),
+            last_scale_up=_optional_number(data.get("lastScaleUp")),
+            last_scale_down=_optional_number(data.get("lastScaleDown")),
+            idle_since=_optional_number(data.get("idleSince")),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one poll: replicas to set, why (for status and Events), what to keep."""
+
+    replicas: int
+    reason: str
+    history: ScalingHistory
+    current: int
+
+    @property
+    def changed(self) -> bool:
+        return self.replicas != self.current
+
+
+def decide(
+    policy: ScalingPolicy,
+    load: QueueLoad,
+    current: int,
+    history: ScalingHistory,
+    now: float,
+) -> Decision:
+    """Desired replicas for a pool running `current` replicas, observed at `now` (seconds)."""
+    history = replace(history, since=history.since if history.since is not None else now)
+    if not load.figures_ok:
+        held = replace(history, idle_since=None)
+        return _settle(policy, current, current, "queue figures unavailable", held, now)
+    backlog = load.backlog
+    idle_since = history.idle_since if history.idle_since is not None else now
+    history = replace(history, idle_since=None if backlog else idle_since)
+    if policy.fixed:
+        return _settle(policy, current, policy.min_replicas, "fixed-size pool", history, now)
+
+    tpr = policy.tasks_per_replica
+    asleep = current == 0 and backlog <= policy.activation_depth
+    raw = 0 if asleep else math.ceil(backlog / tpr)
+    need = policy.clamp(raw)
+    window = policy.scale_down_cooldown_seconds
+    history = replace(
+        history,
+        recommendations=_remember(history.recommendations, Recommendation(now, need), window),
+    )
+    if need > current:
+        explain = f"backlog {backlog} > {_replicas(current)} {TIMES} {tpr} tasks"
+        if raw > policy.max_replicas:
+            explain += f", capped at maxReplicas {policy.max_replicas}"
+        return _scale_up(policy, current, need, explain, history, now)
+    highest = max(r.replicas for r in history.recommendations)
+    if highest < current:
+        return _scale_down(policy, current, highest, backlog, history, now)
+    if asleep and not backlog:
+        explain = "nothing queued or in flight"
+    elif asleep:
+        explain = f"backlog {backlog} ≤ activationDepth {policy.activation_depth}"
+    elif need < current:
+        explain = f"backlog {backlog} needs {need}, but {highest} were needed within {window:g}s"
+    else:
+        explain = f"backlog {backlog} fits {_replicas(current)} {TIMES} {tpr} tasks"
+    return _settle(policy, current, current, explain, history, now)
+
+
+def _scale_up(
+    policy: ScalingPolicy,
+    current: int,
+    need: int,
+    explain: str,
+    history: ScalingHistory,
+    now: float,
+) -> Decision:
+    last_up = history.last_scale_up
+    cooldown = policy.scale_up_cooldown_seconds
+    awake_in_bounds = current >= max(policy.min_replicas, 1)
+    if awake_in_bounds and last_up is not None and now - last_up < cooldown:
+        explain += (
+            f"; scale-up held: last scale-up {_ago(now - last_up)} ago, cooldown {cooldown:g}s"
+        )
+        return _settle(policy, current, current, explain, history, now)
+    target = need
+    if policy.scale_up_step is not None and target > current + policy.scale_up_step:
+        target = current + policy.scale_up_step
+        explain += f", limited by scaleUpStep {policy.scale_up_step}"
+    return _settle(policy, current, target, explain, history, now)
+
+
+def _scale_down(
+    policy: ScalingPolicy,
+    current: int,
+    highest: int,
+    backlog: int,
+    history: ScalingHistory,
+    now: float,
+) -> Decision:
+    window = policy.scale_down_cooldown_seconds
+    quiet_since = max(t for t in (history.since, history.last_scale) if t is not None)
+    if current <= policy.max_replicas and now - quiet_since < window:
+        explain = (
+            f"backlog {backlog} needs {highest}; scale-down held: last scaling "
+            f"{_ago(now - quiet_since)} ago, cooldown {window:g}s"
+        )
+        return _settle(policy, current, current, explain, history, now)
+    target = highest
+    limited = ""
+    if policy.scale_down_step is not None and target < current - policy.scale_down_step:
+        target = current - policy.scale_down_step
+        limited = f", limited by scaleDownStep {policy.scale_down_step}"
+    if target == 0:
+        idle_for = now - history.idle_since if history.idle_since is not None else 0.0
+        if idle_for < window:
+            explain = f"queue idle for {_ago(idle_for)} < {window:g}s before scaling to zero"
+            return _settle(policy, current, min(1, current), explain, history, now)
+        explain = f"nothing queued or in flight for {_ago(idle_for)}"
+    else:
+        explain = (
+            f"backlog ≤ {_replicas(target)} {TIMES} {policy.tasks_per_replica} tasks "
+            f"for {window:g}s (now {backlog})"
+        )
+    return _settle(policy, current, target, explain + limited, history, now)
+
+
+def _settle(
+    policy: ScalingPolicy,
+    current: int,
+    target: int,
+    explain: str,
+    history: ScalingHistory,
+    now: float,
+) -> Decision:
+    """Clamp into the bounds (always, whatever held the decision) and record scale times."""
+    replicas = policy.clamp(target)
+    if replicas != target:
+        explain += f"; {_replicas(target)} outside [{policy.min_replicas}, {policy.max_replicas}]"
+    if replicas == current:
+        reason = f"{explain}: holding {_replicas(current)}"
+    else:
+        reason = f"{explain}: scaling {current} → {replicas}"
+    if replicas > current:
+        history = replace(history, last_scale_up=now)
+    elif replicas < current:
+        history = replace(history, last_scale_down=now)
+    return Decision(replicas=replicas, reason=reason, history=history, current=current)
+
+
+def _remember(
+    kept: tuple[Recommendation, ...], new: Recommendation, window: float
+) -> tuple[Recommendation, ...]:
+    """Recommendations that can still be the window's highest, oldest first.
+
+    An older recommendation no higher than the new one never wins again (the new one stays in
+    the window longer), so the kept ones strictly decrease and there are few. If they still
+    exceed the bound, the two oldest merge into the higher value at the later time, which
+    only ever delays a scale-down.
+    """
+    cutoff = new.at - window
+    result = [r for r in kept if r.at > cutoff and r.replicas > new.replicas]
+    result.append(new)
+    while len(result) > MAX_RECOMMENDATIONS:
+        oldest, second = result[0], result[1]
+        result[:2] = [Recommendation(second.at, oldest.replicas)]
+    return tuple(result)
+
+
+def _replicas(count: int) -> str:
+    return f"{count} replica" if count == 1 else f"{count} replicas"
+
+
+def _ago(seconds: float) -> str:
+    return f"{round(seconds, 1):g}s"
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a replica count, got {value!r}")
+    return value
+
+
+def _optional_number(value: Any) -> float | None:
+    return None if value is None else _number(value)

@@ -1,0 +1,497 @@
+"""Replays a task arrival trace through an autoscaler: waits, cost, interrupted tasks.
+
+A pure discrete-event simulation (no clock, no threads, no I/O), so a trace gives the same
+figures on every machine and a policy change can be judged before it reaches a cluster. It
+runs the same trace through two autoscalers on the same simulated cluster:
+
+- ours: `scaling.decide` every pollSeconds on queued + in-flight; a scale-down removes the
+  pods `scaledown.choose_pods_to_remove` picks (idle before busy, then the least busy); a
+  busy one drains: it claims nothing new and gets drainSeconds to finish before the rest of
+  its work is requeued;
+- KEDA's defaults over the HPA: the KEDA operator polls every pollingInterval (30 s) and
+  alone moves 0 -> 1 and, after cooldownPeriod (300 s) without activity, 1 -> 0; between 1
+  and max the HPA syncs every 15 s on a fresh metric (KEDA's default, no metric caching) with
+  an AverageValue target of tasksPerReplica, tolerance 0.1, a 300 s scale-down stabilisation
+  window, no scale-up window, and its default scale-up limit (the larger of +4 pods and
+  +100 % per 15 s). Its metric is the queue length by default, as KEDA's Redis list scaler
+  reads it (LLEN: tasks a worker already holds are not counted); `metric="backlog"` gives it
+  queued + in-flight instead. On scale-down the ReplicaSet removes pods blindly (not-ready
+  ones first, then the newest); each removed pod gets terminationGracePeriodSeconds (30 s)
+  to finish before its tasks are interrupted.
+
+Shared model: each replica runs `concurrency` tasks; a new pod serves after
+`startup_seconds`; a queued task goes to the ready pod with the most free slots (the slot
+waiting longest wins a blocking claim); an interrupted task goes back to the head of the
+queue and runs again from the start (the kindest case for the baseline: no visibility
+timeout, no lost task). A task's wait is from its arrival to the start of the run that
+completed it. The run ends once every task is done and the pool is back at its minimum;
+replica-seconds count every pod from creation to exit, draining ones included.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import Literal, Protocol
+
+from agentpool_operator.scaledown import PodLoad, choose_pods_to_remove
+from agentpool_operator.scaling import QueueLoad, ScalingHistory, ScalingPolicy, decide
+
+
+@dataclass(frozen=True)
+class TraceTask:
+    arrival: float
+    service: float
+
+
+def parse_trace(lines: Iterable[str]) -> list[TraceTask]:
+    """CSV rows `arrival_seconds,service_seconds`, sorted by arrival. Blank lines, `#`
+    comments and one header row before the data are skipped; anything else is refused with
+    its line number."""
+    tasks: list[TraceTask] = []
+    header_allowed = True
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        cells = text.split(",")
+        try:
+            arrival, service = float(cells[0]), float(cells[1])
+        except (IndexError, ValueError):
+            if header_allowed:
+                header_allowed = False
+                continue
+            message = f"line {number}: expected arrival,service in seconds: {text!r}"
+            raise ValueError(message) from None
+        header_allowed = False
+        if not (math.isfinite(arrival) and math.isfinite(service)) or min(arrival, service) < 0:
+            raise ValueError(f"line {number}: times must be finite and non-negative")
+        tasks.append(TraceTask(arrival, service))
+    return sorted(tasks, key=lambda task: task.arrival)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What both autoscalers run on."""
+
+    concurrency: int = 4
+    startup_seconds: float = 20.0
+    drain_seconds: float = 60.0
+    sample_seconds: float = 10.0
+    give_up_after_seconds: float = 6 * 3600.0
+    """How long after the last arrival a run that never settles is stopped."""
+
+
+@dataclass(frozen=True)
+class KedaSettings:
+    """KEDA's and the HPA's defaults; bounds and target come from the pool's policy."""
+
+    polling_interval: float = 30.0
+    cooldown_period: float = 300.0
+    activation_value: float = 0.0
+    hpa_sync_seconds: float = 15.0
+    tolerance: float = 0.1
+    scale_down_stabilization: float = 300.0
+    scale_up_pods: int = 4
+    scale_up_percent: int = 100
+    scale_up_period: float = 15.0
+    grace_seconds: float = 30.0
+    metric: Literal["queued", "backlog"] = "queued"
+
+
+@dataclass(frozen=True)
+class ScaleEvent:
+    at: float
+    before: int
+    after: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    replicas: int
+    pods: int
+    ready: int
+    queued: int
+    in_flight: int
+
+
+@dataclass(frozen=True)
+class RunResult:
+    name: str
+    waits: tuple[float, ...]
+    replica_seconds: float
+    interrupted: int
+    scale_events: tuple[ScaleEvent, ...]
+    timeline: tuple[Sample, ...]
+    end: float
+    final_pods: int
+    unfinished: int
+
+    def extended_to(self, horizon: float) -> RunResult:
+        """The same run kept idle until `horizon`, so runs of one trace compare in cost."""
+        extra = self.final_pods * max(0.0, horizon - self.end)
+        return replace(
+            self, replica_seconds=self.replica_seconds + extra, end=max(horizon, self.end)
+        )
+
+    def summary(self) -> dict[str, float | int | str]:
+        waits = sorted(self.waits)
+        return {
+            "autoscaler": self.name,
+            "tasks": len(waits),
+            "unfinished": self.unfinished,
+            "p50_wait_s": round(percentile(waits, 50), 2),
+            "p95_wait_s": round(percentile(waits, 95), 2),
+            "max_wait_s": round(waits[-1], 2) if waits else 0.0,
+            "replica_seconds": round(self.replica_seconds, 1),
+            "interrupted_tasks": self.interrupted,
+            "scale_events": len(self.scale_events),
+        }
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks of an ascending sequence (numpy default)."""
+    if not ordered:
+        return 0.0
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class Autoscaler(Protocol):
+    name: str
+    policy: ScalingPolicy
+    grace_seconds: float
+    """How long a removed busy pod may finish its tasks before they are interrupted."""
+
+    def next_tick(self, now: float) -> float:
+        """The first evaluation time strictly after `now`."""
+
+    def evaluate(self, now: float, queued: int, in_flight: int, replicas: int) -> ScaleEvent:
+        """Replicas wanted now; `before == after` when nothing changes."""
+
+    def choose_removals(self, pods: Sequence[SimPod], count: int, now: float) -> list[SimPod]:
+        """The `count` pods a scale-down removes."""
+
+
+@dataclass
+class SimPod:
+    ident: int
+    created: float
+    ready_at: float
+    running: dict[int, int] = field(default_factory=dict)
+    """Task index -> run number, to tell a live completion from one of an interrupted run."""
+    leaving: bool = False
+    exited_at: float | None = None
+
+    def ready(self, now: float) -> bool:
+        return self.ready_at <= now
+
+
+class OurAutoscaler:
+    """`scaling.decide` in a loop, with idle-first draining on scale-down."""
+
+    name = "agentpool"
+
+    def __init__(self, policy: ScalingPolicy, drain_seconds: float) -> None:
+        self.policy = policy
+        self.grace_seconds = drain_seconds
+        self.history = ScalingHistory()
+
+    def next_tick(self, now: float) -> float:
+        return _next_multiple(now, self.policy.poll_seconds)
+
+    def evaluate(self, now: float, queued: int, in_flight: int, replicas: int) -> ScaleEvent:
+        decision = decide(self.policy, QueueLoad(queued, in_flight), replicas, self.history, now)
+        self.history = decision.history
+        return ScaleEvent(now, replicas, decision.replicas, decision.reason)
+
+    def choose_removals(self, pods: Sequence[SimPod], count: int, now: float) -> list[SimPod]:
+        """The operator's own choice (`scaledown.choose_pods_to_remove`): idle pods first."""
+        by_name = {f"{pod.ident:09d}": pod for pod in pods}
+        loads = [PodLoad(name, len(pod.running), pod.ready(now)) for name, pod in by_name.items()]
+        return [by_name[name] for name in choose_pods_to_remove(loads, count)]
+
+
+class KedaAutoscaler:
+    """KEDA's operator loop (0 <-> 1) and the HPA (1 <-> max) with their default behaviour."""
+
+    name = "keda"
+
+    def __init__(self, policy: ScalingPolicy, settings: KedaSettings) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.grace_seconds = settings.grace_seconds
+        self.hpa_min = max(1, policy.min_replicas)
+        self.last_active: float | None = None
+        self.recommendations: list[tuple[float, int]] = []
+        self.changes: list[tuple[float, int]] = []
+
+    def next_tick(self, now: float) -> float:
+        return min(
+            _next_multiple(now, self.settings.polling_interval),
+            _next_multiple(now, self.settings.hpa_sync_seconds),
+        )
+
+    def evaluate(self, now: float, queued: int, in_flight: int, replicas: int) -> ScaleEvent:
+        metric = queued if self.settings.metric == "queued" else queued + in_flight
+        if _on_multiple(now, self.settings.polling_interval):
+            event = self._keda_poll(now, metric, replicas)
+            if event.after != replicas:
+                return event
+        if replicas > 0 and _on_multiple(now, self.settings.hpa_sync_seconds):
+            return self._hpa_sync(now, metric, replicas)
+        return ScaleEvent(now, replicas, replicas, "")
+
+    def choose_removals(self, pods: Sequence[SimPod], count: int, now: float) -> list[SimPod]:
+        """The ReplicaSet's blind choice: pods not ready yet, then the newest."""
+        return sorted(pods, key=lambda pod: (pod.ready(now), -pod.created))[:count]
+
+    def _keda_poll(self, now: float, metric: int, replicas: int) -> ScaleEvent:
+        if metric > self.settings.activation_value:
+            self.last_active = now
+            if replicas == 0:
+                return ScaleEvent(now, 0, self.hpa_min, f"KEDA activation: metric {metric}")
+        elif replicas > 0 and self.policy.min_replicas == 0:
+            idle_since = self.last_active if self.last_active is not None else 0.0
+            if now - idle_since >= self.settings.cooldown_period:
+                return ScaleEvent(now, replicas, 0, "KEDA cooldownPeriod passed")
+        return ScaleEvent(now, replicas, replicas, "")
+
+    def _hpa_sync(self, now: float, metric: int, replicas: int) -> ScaleEvent:
+        s = self.settings
+        target = self.policy.tasks_per_replica
+        ratio = metric / (target * replicas)
+        recommended = replicas if abs(ratio - 1) <= s.tolerance else math.ceil(metric / target)
+        window_start = now - s.scale_down_stabilization
+        self.recommendations = [r for r in self.recommendations if r[0] > window_start]
+        stabilized = recommended
+        if recommended < replicas:
+            highest = max([recommended, *(r for _, r in self.recommendations)])
+            stabilized = min(replicas, highest)
+        self.recommendations.append((now, recommended))
+        desired = stabilized
+        self.changes = [c for c in self.changes if c[0] > now - s.scale_up_period]
+        if desired > replicas:
+            base = replicas - sum(delta for _, delta in self.changes)
+            limit = max(base + s.scale_up_pods, math.ceil(base * (1 + s.scale_up_percent / 100)))
+            desired = min(desired, max(limit, replicas))
+        desired = max(self.hpa_min, min(self.policy.max_replicas, desired))
+        if desired != replicas:
+            self.changes.append((now, desired - replicas))
+        reason = f"HPA: metric {metric}, target {target}/pod, recommended {recommended}"
+        return ScaleEvent(now, replicas, desired, reason)
+
+
+class _Kind(IntEnum):
+    """Same-time events run in this order: capacity first, then work, then decisions."""
+
+    READY = 0
+    DONE = 1
+    DEADLINE = 2
+    ARRIVAL = 3
+    TICK = 4
+    SAMPLE = 5
+
+
+@dataclass
+class _Run:
+    """Mutable state of one simulation; `simulate` drives it event by event."""
+
+    trace: Sequence[TraceTask]
+    scaler: Autoscaler
+    cluster: Cluster
+    replicas: int
+    pods: list[SimPod] = field(default_factory=list)
+    live: list[SimPod] = field(default_factory=list)
+    queue: deque[int] = field(default_factory=deque)
+    events: list[tuple[float, int, int, int, int]] = field(default_factory=list)
+    runs: list[int] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)
+    waits: dict[int, float] = field(default_factory=dict)
+    interrupted: int = 0
+    arrived: int = 0
+    scale_events: list[ScaleEvent] = field(default_factory=list)
+    timeline: list[Sample] = field(default_factory=list)
+    seq: int = 0
+
+    def push(self, at: float, kind: _Kind, a: int = 0, b: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (at, kind, self.seq, a, b))
+
+    def in_flight(self) -> int:
+        return sum(len(pod.running) for pod in self.live)
+
+    def add_pods(self, count: int, now: float, startup: float) -> None:
+        for _ in range(count):
+            pod = SimPod(ident=len(self.pods), created=now, ready_at=now + startup)
+            self.pods.append(pod)
+            self.live.append(pod)
+            if startup > 0:
+                self.push(pod.ready_at, _Kind.READY, pod.ident)
+
+    def remove_pods(self, count: int, now: float) -> None:
+        serving = [pod for pod in self.live if not pod.leaving]
+        for pod in self.scaler.choose_removals(serving, count, now):
+            pod.leaving = True
+            if pod.running:
+                self.push(now + self.scaler.grace_seconds, _Kind.DEADLINE, pod.ident)
+            else:
+                self.exit(pod, now)
+
+    def exit(self, pod: SimPod, now: float) -> None:
+        pod.exited_at = now
+        self.live.remove(pod)
+
+    def dispatch(self, now: float) -> None:
+        while self.queue:
+            free = [
+                pod
+                for pod in self.live
+                if not pod.leaving
+                and pod.ready(now)
+                and len(pod.running) < self.cluster.concurrency
+            ]
+            if not free:
+                return
+            pod = min(free, key=lambda p: (len(p.running), p.ident))
+            task = self.queue.popleft()
+            self.runs[task] += 1
+            self.started[task] = now
+            pod.running[task] = self.runs[task]
+            self.push(now + self.trace[task].service, _Kind.DONE, pod.ident, task)
+
+    def finish(self, now: float, pod: SimPod, task: int) -> None:
+        if pod.exited_at is not None or pod.running.get(task) != self.runs[task]:
+            return
+        del pod.running[task]
+        self.waits[task] = self.started[task] - self.trace[task].arrival
+        if pod.leaving and not pod.running:
+            self.exit(pod, now)
+
+    def interrupt(self, now: float, pod: SimPod) -> None:
+        if pod.exited_at is not None:
+            return
+        stopped = sorted(pod.running, reverse=True)
+        self.interrupted += len(stopped)
+        self.queue.extendleft(stopped)
+        pod.running.clear()
+        self.exit(pod, now)
+
+    def settled(self) -> bool:
+        return (
+            self.arrived == len(self.trace)
+            and not self.queue
+            and all(not pod.leaving and not pod.running for pod in self.live)
+            and self.replicas == self.scaler.policy.min_replicas
+        )
+
+
+def simulate(
+    trace: Sequence[TraceTask], scaler: Autoscaler, cluster: Cluster = Cluster()
+) -> RunResult:
+    """Run `trace` through `scaler`, starting from a warm pool at its minimum size."""
+    trace = sorted(trace, key=lambda task: task.arrival)
+    run = _Run(trace=trace, scaler=scaler, cluster=cluster, replicas=scaler.policy.min_replicas)
+    run.runs = [0] * len(trace)
+    run.started = [0.0] * len(trace)
+    run.add_pods(run.replicas, 0.0, 0.0)
+    for index, task in enumerate(trace):
+        run.push(task.arrival, _Kind.ARRIVAL, index)
+    run.push(0.0, _Kind.TICK)
+    run.push(0.0, _Kind.SAMPLE)
+    give_up = (trace[-1].arrival if trace else 0.0) + cluster.give_up_after_seconds
+    now = 0.0
+    while run.events and not run.settled():
+        now, kind, _, a, b = heapq.heappop(run.events)
+        if now > give_up:
+            break
+        if kind == _Kind.ARRIVAL:
+            run.arrived += 1
+            run.queue.append(a)
+        elif kind == _Kind.DONE:
+            run.finish(now, run.pods[a], b)
+        elif kind == _Kind.DEADLINE:
+            run.interrupt(now, run.pods[a])
+        elif kind == _Kind.TICK:
+            _tick(run, now)
+            run.push(scaler.next_tick(now), _Kind.TICK)
+        elif kind == _Kind.SAMPLE:
+            run.timeline.append(_sample(run, now))
+            run.push(now + cluster.sample_seconds, _Kind.SAMPLE)
+        run.dispatch(now)
+    run.timeline.append(_sample(run, now))
+    return RunResult(
+        name=scaler.name,
+        waits=tuple(run.waits[task] for task in sorted(run.waits)),
+        replica_seconds=sum(
+            (pod.exited_at if pod.exited_at is not None else now) - pod.created for pod in run.pods
+        ),
+        interrupted=run.interrupted,
+        scale_events=tuple(run.scale_events),
+        timeline=tuple(run.timeline),
+        end=now,
+        final_pods=len(run.live),
+        unfinished=len(trace) - len(run.waits),
+    )
+
+
+def _tick(run: _Run, now: float) -> None:
+    event = run.scaler.evaluate(now, len(run.queue), run.in_flight(), run.replicas)
+    if event.after == run.replicas:
+        return
+    run.scale_events.append(event)
+    if event.after > run.replicas:
+        run.add_pods(event.after - run.replicas, now, run.cluster.startup_seconds)
+    else:
+        run.remove_pods(run.replicas - event.after, now)
+    run.replicas = event.after
+
+
+def _sample(run: _Run, now: float) -> Sample:
+    live = run.live
+    return Sample(
+        at=now,
+        replicas=run.replicas,
+        pods=len(live),
+        ready=sum(1 for pod in live if pod.ready(now) and not pod.leaving),
+        queued=len(run.queue),
+        in_flight=run.in_flight(),
+    )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    ours: RunResult
+    keda: RunResult
+
+
+def compare(
+    trace: Sequence[TraceTask],
+    policy: ScalingPolicy,
+    cluster: Cluster = Cluster(),
+    keda: KedaSettings = KedaSettings(),
+) -> Comparison:
+    """Both autoscalers on one trace, costs counted up to the same moment."""
+    ours = simulate(trace, OurAutoscaler(policy, cluster.drain_seconds), cluster)
+    baseline = simulate(trace, KedaAutoscaler(policy, keda), cluster)
+    horizon = max(ours.end, baseline.end)
+    return Comparison(ours.extended_to(horizon), baseline.extended_to(horizon))
+
+
+def _next_multiple(now: float, period: float) -> float:
+    """Ticks fall on multiples of the period, so no floating-point drift accumulates."""
+    step = math.floor(now / period + 1e-9) + 1
+    return step * period
+
+
+def _on_multiple(now: float, period: float) -> bool:
+    ratio = now / period
+    return abs(ratio - round(ratio)) < 1e-9

@@ -1,0 +1,428 @@
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentpool.models import ScalingSpec
+from agentpool_operator.scaling import (
+    MAX_RECOMMENDATIONS,
+    QueueLoad,
+    Recommendation,
+    ScalingHistory,
+    ScalingPolicy,
+    decide,
+)
+
+NOW = 10_000.0
+LONG_AGO = NOW - 3600
+
+
+def settled(
+    *,
+    recommendations: tuple[Recommendation, ...] = (),
+    last_scale_up: float | None = None,
+    last_scale_down: float | None = None,
+    idle_since: float | None = None,
+) -> ScalingHistory:
+    """A history begun long ago: only the scale times given here are recent."""
+    return ScalingHistory(
+        recommendations=recommendations,
+        since=LONG_AGO,
+        last_scale_up=last_scale_up,
+        last_scale_down=last_scale_down,
+        idle_since=idle_since,
+    )
+
+
+def load(queued: int = 0, in_flight: int = 0) -> QueueLoad:
+    return QueueLoad(queued=queued, in_flight=in_flight)
+
+
+# --- target and bounds -------------------------------------------------------------------
+
+
+def test_backlog_over_capacity_scales_up_to_ceil_of_backlog_per_replica() -> None:
+    decision = decide(ScalingPolicy(), load(queued=37), 3, settled(), NOW)
+    assert decision.replicas == math.ceil(37 / 4)
+    assert decision.changed
+    assert decision.reason.startswith("backlog 37 > 3 replicas \N{MULTIPLICATION SIGN} 4 tasks")
+
+
+def test_in_flight_tasks_count_as_backlog() -> None:
+    decision = decide(ScalingPolicy(), load(queued=1, in_flight=11), 2, settled(), NOW)
+    assert decision.replicas == 3
+
+
+def test_tasks_per_replica_is_the_target() -> None:
+    policy = ScalingPolicy(tasks_per_replica=10)
+    assert decide(policy, load(queued=25), 1, settled(), NOW).replicas == 3
+
+
+def test_never_above_max_replicas_and_reason_says_capped() -> None:
+    decision = decide(ScalingPolicy(max_replicas=5), load(queued=1000), 1, settled(), NOW)
+    assert decision.replicas == 5
+    assert "capped at maxReplicas 5" in decision.reason
+
+
+def test_never_below_min_replicas() -> None:
+    decision = decide(ScalingPolicy(min_replicas=2), load(), 2, settled(), NOW)
+    assert decision.replicas == 2
+    assert not decision.changed
+
+
+def test_current_above_max_is_clamped_at_once_despite_cooldown() -> None:
+    history = settled(last_scale_up=NOW - 1)
+    decision = decide(ScalingPolicy(max_replicas=4), load(queued=100), 9, history, NOW)
+    assert decision.replicas == 4
+
+
+def test_steady_backlog_holds_and_says_it_fits() -> None:
+    decision = decide(ScalingPolicy(), load(queued=3, in_flight=8), 3, settled(), NOW)
+    assert decision.replicas == 3
+    assert "fits 3 replicas" in decision.reason
+
+
+# --- activation and scale to zero --------------------------------------------------------
+
+
+def test_pool_at_zero_stays_there_until_backlog_exceeds_activation_depth() -> None:
+    policy = ScalingPolicy(min_replicas=0, activation_depth=5)
+    asleep = decide(policy, load(queued=5), 0, settled(), NOW)
+    assert asleep.replicas == 0
+    assert "activationDepth 5" in asleep.reason
+    assert decide(policy, load(queued=6), 0, settled(), NOW).replicas == 2
+
+
+def test_activation_depth_does_not_apply_to_an_awake_pool() -> None:
+    policy = ScalingPolicy(min_replicas=0, activation_depth=5)
+    assert decide(policy, load(queued=3), 1, settled(), NOW).replicas == 1
+
+
+def test_wakes_from_zero_despite_scale_up_cooldown() -> None:
+    policy = ScalingPolicy(min_replicas=0, scale_up_cooldown_seconds=600)
+    history = settled(last_scale_up=NOW - 1)
+    assert decide(policy, load(queued=1), 0, history, NOW).replicas == 1
+
+
+def test_scales_to_zero_only_after_idle_for_the_whole_cooldown() -> None:
+    policy = ScalingPolicy(min_replicas=0, scale_down_cooldown_seconds=60)
+    early = decide(policy, load(), 1, settled(idle_since=NOW - 59), NOW)
+    assert early.replicas == 1
+    assert "before scaling to zero" in early.reason
+    late = decide(policy, load(), 1, settled(idle_since=NOW - 60), NOW)
+    assert late.replicas == 0
+    assert "nothing queued or in flight for 60s" in late.reason
+
+
+def test_work_in_flight_blocks_scale_to_zero_and_restarts_the_idle_clock() -> None:
+    policy = ScalingPolicy(min_replicas=0)
+    decision = decide(policy, load(in_flight=1), 1, settled(idle_since=LONG_AGO), NOW)
+    assert decision.replicas == 1
+    assert decision.history.idle_since is None
+
+
+def test_idle_clock_starts_at_first_empty_poll() -> None:
+    decision = decide(ScalingPolicy(min_replicas=0), load(), 1, settled(), NOW)
+    assert decision.history.idle_since == NOW
+    assert decision.replicas == 1
+
+
+# --- cooldowns and stabilisation ---------------------------------------------------------
+
+
+def test_scale_up_cooldown_holds_a_second_scale_up() -> None:
+    policy = ScalingPolicy(scale_up_cooldown_seconds=30)
+    held = decide(policy, load(queued=40), 2, settled(last_scale_up=NOW - 10), NOW)
+    assert held.replicas == 2
+    assert "scale-up held" in held.reason
+    free = decide(policy, load(queued=40), 2, settled(last_scale_up=NOW - 30), NOW)
+    assert free.replicas == 10
+
+
+def test_scale_up_cooldown_does_not_follow_a_scale_down() -> None:
+    policy = ScalingPolicy(scale_up_cooldown_seconds=30)
+    history = settled(last_scale_down=NOW - 1)
+    assert decide(policy, load(queued=40), 2, history, NOW).replicas == 10
+
+
+def test_scale_down_uses_highest_recommendation_within_the_window() -> None:
+    policy = ScalingPolicy(scale_down_cooldown_seconds=60)
+    history = settled(
+        recommendations=(Recommendation(NOW - 90, 9), Recommendation(NOW - 50, 6)),
+    )
+    decision = decide(policy, load(queued=4), 8, history, NOW)
+    assert decision.replicas == 6
+    assert "for 60s" in decision.reason
+
+
+def test_recommendations_older_than_the_window_are_forgotten() -> None:
+    policy = ScalingPolicy(scale_down_cooldown_seconds=60)
+    history = settled(recommendations=(Recommendation(NOW - 61, 9),))
+    assert decide(policy, load(queued=4), 8, history, NOW).replicas == 1
+
+
+def test_no_scale_down_within_cooldown_after_any_scale_event() -> None:
+    policy = ScalingPolicy(scale_down_cooldown_seconds=60)
+    for held_since, free_since in [
+        (settled(last_scale_up=NOW - 59), settled(last_scale_up=NOW - 60)),
+        (settled(last_scale_down=NOW - 59), settled(last_scale_down=NOW - 60)),
+    ]:
+        held = decide(policy, load(), 5, held_since, NOW)
+        assert held.replicas == 5
+        assert "scale-down held" in held.reason
+        assert decide(policy, load(), 5, free_since, NOW).replicas == 1
+
+
+def test_fresh_history_holds_scale_down_for_one_window() -> None:
+    policy = ScalingPolicy(scale_down_cooldown_seconds=60)
+    first = decide(policy, load(), 5, ScalingHistory(), NOW)
+    assert first.replicas == 5
+    later = decide(policy, load(), 5, first.history, NOW + 60)
+    assert later.replicas == 1
+
+
+def test_zero_cooldown_scales_down_at_once() -> None:
+    policy = ScalingPolicy(scale_down_cooldown_seconds=0)
+    history = settled(last_scale_up=NOW, recommendations=(Recommendation(NOW, 9),))
+    assert decide(policy, load(queued=4), 9, history, NOW).replicas == 1
+
+
+# --- steps, fixed pools, missing figures -------------------------------------------------
+
+
+def test_scale_up_step_limits_pods_added_per_decision() -> None:
+    decision = decide(ScalingPolicy(scale_up_step=2), load(queued=40), 3, settled(), NOW)
+    assert decision.replicas == 5
+    assert "scaleUpStep 2" in decision.reason
+
+
+def test_scale_down_step_limits_pods_removed_per_decision() -> None:
+    decision = decide(ScalingPolicy(scale_down_step=3), load(), 9, settled(), NOW)
+    assert decision.replicas == 6
+    assert "scaleDownStep 3" in decision.reason
+
+
+def test_step_limit_never_keeps_a_pool_below_min() -> None:
+    policy = ScalingPolicy(min_replicas=5, scale_up_step=1)
+    assert decide(policy, load(), 1, settled(), NOW).replicas == 5
+
+
+def test_fixed_size_pool_ignores_the_queue() -> None:
+    policy = ScalingPolicy(min_replicas=3, max_replicas=3)
+    for queued in (0, 3, 1000):
+        decision = decide(policy, load(queued=queued), 3, settled(), NOW)
+        assert decision.replicas == 3
+        assert decision.reason.startswith("fixed-size pool")
+    assert decide(policy, load(), 7, settled(), NOW).replicas == 3
+
+
+def test_missing_figures_hold_the_current_size() -> None:
+    policy = ScalingPolicy(min_replicas=0)
+    decision = decide(policy, QueueLoad.unavailable(), 4, settled(idle_since=LONG_AGO), NOW)
+    assert decision.replicas == 4
+    assert decision.reason.startswith("queue figures unavailable")
+    assert decision.history.idle_since is None
+
+
+def test_missing_figures_still_clamp_into_bounds() -> None:
+    policy = ScalingPolicy(min_replicas=2, max_replicas=6)
+    assert decide(policy, QueueLoad.unavailable(), 9, settled(), NOW).replicas == 6
+    assert decide(policy, QueueLoad.unavailable(), 0, settled(), NOW).replicas == 2
+
+
+def test_scale_times_are_recorded() -> None:
+    up = decide(ScalingPolicy(), load(queued=20), 1, settled(), NOW)
+    assert up.history.last_scale_up == NOW
+    down = decide(ScalingPolicy(), load(), 5, settled(), NOW)
+    assert down.history.last_scale_down == NOW
+
+
+# --- policy from the spec, history as data -----------------------------------------------
+
+
+def test_policy_from_spec_defaults_tasks_per_replica_to_concurrency() -> None:
+    spec = ScalingSpec.model_validate({"minReplicas": 0, "maxReplicas": 20, "scaleUpStep": 3})
+    policy = ScalingPolicy.from_spec(spec, concurrency=8)
+    assert policy.tasks_per_replica == 8
+    assert (policy.min_replicas, policy.max_replicas, policy.scale_up_step) == (0, 20, 3)
+    explicit = ScalingSpec.model_validate({"tasksPerReplica": 2})
+    assert ScalingPolicy.from_spec(explicit, concurrency=8).tasks_per_replica == 2
+
+
+def test_policy_refuses_inverted_bounds() -> None:
+    with pytest.raises(ValueError, match="min_replicas"):
+        ScalingPolicy(min_replicas=5, max_replicas=2)
+
+
+def test_history_round_trips_through_json() -> None:
+    policy = ScalingPolicy(min_replicas=0)
+    history = ScalingHistory()
+    for step, queued in enumerate([40, 30, 0, 0, 12]):
+        history = decide(policy, load(queued=queued), 3, history, NOW + step).history
+    restored = ScalingHistory.from_json(json.loads(json.dumps(history.to_json())))
+    assert restored == history
+
+
+def test_history_stays_bounded() -> None:
+    policy = ScalingPolicy(max_replicas=1000, tasks_per_replica=1, scale_down_cooldown_seconds=3600)
+    history = ScalingHistory()
+    for step in range(500):
+        history = decide(policy, load(queued=1000 - step), 1000, history, NOW + step).history
+    assert len(history.recommendations) <= MAX_RECOMMENDATIONS
+    assert history.recommendations[0].replicas == 1000
+
+
+def test_malformed_history_is_refused() -> None:
+    with pytest.raises(ValueError, match="malformed"):
+        ScalingHistory.from_json({"recommendations": [["soon", 3]]})
+    with pytest.raises(ValueError):
+        ScalingHistory.from_json({"lastScaleUp": "yesterday"})
+
+
+# --- properties --------------------------------------------------------------------------
+
+
+@st.composite
+def policies(draw: st.DrawFn) -> ScalingPolicy:
+    low = draw(st.integers(0, 5))
+    return ScalingPolicy(
+        min_replicas=low,
+        max_replicas=draw(st.integers(max(low, 1), 12)),
+        tasks_per_replica=draw(st.integers(1, 8)),
+        activation_depth=draw(st.integers(0, 10)),
+        scale_up_cooldown_seconds=draw(st.sampled_from([0, 15, 60])),
+        scale_down_cooldown_seconds=draw(st.sampled_from([0, 30, 60, 300])),
+        scale_up_step=draw(st.none() | st.integers(1, 4)),
+        scale_down_step=draw(st.none() | st.integers(1, 4)),
+    )
+
+
+times = st.none() | st.floats(NOW - 400, NOW)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> ScalingHistory:
+    at = sorted(draw(st.lists(st.floats(NOW - 400, NOW), max_size=6)))
+    return ScalingHistory(
+        recommendations=tuple(Recommendation(t, draw(st.integers(0, 15))) for t in at),
+        since=draw(times),
+        last_scale_up=draw(times),
+        last_scale_down=draw(times),
+        idle_since=draw(times),
+    )
+
+
+loads = st.builds(QueueLoad, st.integers(0, 100), st.integers(0, 100), st.booleans())
+currents = st.integers(0, 15)
+quick = settings(max_examples=200, deadline=None)
+
+
+@quick
+@given(policies(), loads, currents, histories())
+def test_property_never_outside_bounds(
+    policy: ScalingPolicy, queue: QueueLoad, current: int, history: ScalingHistory
+) -> None:
+    replicas = decide(policy, queue, current, history, NOW).replicas
+    assert policy.min_replicas <= replicas <= policy.max_replicas
+
+
+@quick
+@given(policies(), loads, currents, histories())
+def test_property_never_scales_down_inside_the_cooldown(
+    policy: ScalingPolicy, queue: QueueLoad, current: int, history: ScalingHistory
+) -> None:
+    replicas = decide(policy, queue, current, history, NOW).replicas
+    if replicas < current <= policy.max_replicas:
+        for event in (history.since, history.last_scale_up, history.last_scale_down):
+            assert event is None or NOW - event >= policy.scale_down_cooldown_seconds
+
+
+@quick
+@given(policies(), loads, st.integers(1, 15), histories())
+def test_property_never_to_zero_with_work_queued_or_in_flight(
+    policy: ScalingPolicy, queue: QueueLoad, current: int, history: ScalingHistory
+) -> None:
+    if decide(policy, queue, current, history, NOW).replicas == 0:
+        assert queue.figures_ok
+        assert queue.queued == queue.in_flight == 0
+
+
+@quick
+@given(
+    policies(),
+    st.integers(0, 100),
+    st.integers(0, 100),
+    st.integers(0, 50),
+    currents,
+    histories(),
+)
+def test_property_monotone_in_the_backlog(
+    policy: ScalingPolicy,
+    queued: int,
+    in_flight: int,
+    more: int,
+    current: int,
+    history: ScalingHistory,
+) -> None:
+    fewer = decide(policy, load(queued, in_flight), current, history, NOW).replicas
+    assert decide(policy, load(queued + more, in_flight), current, history, NOW).replicas >= fewer
+    assert decide(policy, load(queued, in_flight + more), current, history, NOW).replicas >= fewer
+
+
+@quick
+@given(policies(), currents, histories())
+def test_property_holds_on_missing_figures(
+    policy: ScalingPolicy, current: int, history: ScalingHistory
+) -> None:
+    decision = decide(policy, QueueLoad.unavailable(), current, history, NOW)
+    assert decision.replicas == policy.clamp(current)
+
+
+@quick
+@given(policies(), st.integers(0, 100), histories())
+def test_property_activation_from_zero(
+    policy: ScalingPolicy, backlog: int, history: ScalingHistory
+) -> None:
+    replicas = decide(policy, load(queued=backlog), 0, history, NOW).replicas
+    if backlog > policy.activation_depth:
+        assert replicas >= 1
+    elif policy.min_replicas == 0:
+        assert replicas == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    policies(),
+    st.lists(
+        st.tuples(st.sampled_from([1.0, 2.0, 5.0, 30.0]), loads),
+        min_size=1,
+        max_size=60,
+    ),
+)
+def test_property_a_run_of_decisions_respects_cooldowns_and_idle_time(
+    policy: ScalingPolicy, polls: list[tuple[float, QueueLoad]]
+) -> None:
+    """Checked against what the test itself observed, not against the history's bookkeeping."""
+    now, current, history = NOW, policy.min_replicas, ScalingHistory()
+    start, last_scale = NOW, NOW
+    seen: list[tuple[float, QueueLoad]] = []
+    for gap, queue in polls:
+        now += gap
+        seen.append((now, queue))
+        decision = decide(policy, queue, current, history, now)
+        cooldown = policy.scale_down_cooldown_seconds
+        if decision.replicas < current:
+            assert now - last_scale >= cooldown
+            assert now - start >= cooldown
+        if decision.replicas == 0 and current > 0:
+            window = [q for t, q in seen if t >= now - cooldown]
+            assert all(q.figures_ok and q.backlog == 0 for q in window)
+            assert now - start >= cooldown
+        if decision.replicas != current:
+            last_scale = now
+        current, history = decision.replicas, decision.history
+        assert len(history.recommendations) <= MAX_RECOMMENDATIONS

@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentpool_operator.scaling import ScalingPolicy
+from agentpool_operator.simulation import (
+    Cluster,
+    KedaAutoscaler,
+    KedaSettings,
+    OurAutoscaler,
+    RunResult,
+    TraceTask,
+    compare,
+    parse_trace,
+    percentile,
+    simulate,
+)
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+CLUSTER = Cluster(concurrency=4, startup_seconds=10.0, drain_seconds=60.0)
+
+
+def burst(
+    count: int, at: float = 5.0, service: float = 20.0, spacing: float = 0.1
+) -> list[TraceTask]:
+    return [TraceTask(at + index * spacing, service) for index in range(count)]
+
+
+def all_done(result: RunResult, trace: list[TraceTask]) -> bool:
+    return result.unfinished == 0 and len(result.waits) == len(trace)
+
+
+# --- trace files -------------------------------------------------------------------------
+
+
+def test_trace_parsing_skips_header_comments_and_blank_lines_and_sorts() -> None:
+    text = ["# a trace", "arrival_seconds,service_seconds", "", "5, 1.5", "2,3"]
+    assert parse_trace(text) == [TraceTask(2.0, 3.0), TraceTask(5.0, 1.5)]
+
+
+def test_trace_parsing_names_the_bad_line() -> None:
+    with pytest.raises(ValueError, match="line 3"):
+        parse_trace(["arrival,service", "1,2", "three,4"])
+    with pytest.raises(ValueError, match="line 1: times must be finite and non-negative"):
+        parse_trace(["-1,2"])
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+    assert percentile([], 95) == 0.0
+
+
+def load_make_traces() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_traces", BENCH / "make_traces.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_traces_are_what_the_generator_makes_from_its_seed(tmp_path: Path) -> None:
+    make_traces = load_make_traces()
+    for name in make_traces.TRACES:
+        shipped = BENCH / "traces" / f"{name}.csv"
+        seed = int(shipped.read_text().splitlines()[0].rsplit(" ", 1)[1])
+        regenerated = tmp_path / f"{name}.csv"
+        make_traces.write_trace(regenerated, name, seed)
+        assert regenerated.read_text() == shipped.read_text()
+        assert parse_trace(shipped.read_text().splitlines())
+
+
+# --- behaviour on small traces -----------------------------------------------------------
+
+
+def test_both_autoscalers_end_at_min_once_the_work_is_done() -> None:
+    trace = burst(30)
+    for low in (0, 2):
+        result = compare(trace, ScalingPolicy(min_replicas=low, max_replicas=8), CLUSTER)
+        for run in (result.ours, result.keda):
+            assert all_done(run, trace)
+            assert run.final_pods == low
+            assert run.timeline[-1].replicas == low
+            assert run.timeline[-1].queued == run.timeline[-1].in_flight == 0
+
+
+def test_no_work_means_no_scaling_and_min_pods_for_the_whole_run() -> None:
+    policy = ScalingPolicy(min_replicas=2, max_replicas=8)
+    result = compare([], policy, CLUSTER)
+    for run in (result.ours, result.keda):
+        assert run.scale_events == ()
+        assert run.replica_seconds == 2 * run.end
+
+
+def test_keda_drops_busy_pods_when_the_queue_empties_and_ours_does_not() -> None:
+    """Long tasks leave the queue as soon as they start: KEDA's queue-length metric reads
+    zero, the HPA scales down after its window and kills pods mid-task. Ours counts the
+    tasks in flight and keeps their pods."""
+    trace = burst(32, service=600.0)
+    result = compare(trace, ScalingPolicy(min_replicas=1, max_replicas=8), CLUSTER)
+    assert result.ours.interrupted == 0
+    assert result.keda.interrupted > 0
+    assert all_done(result.keda, trace)
+    assert max(result.keda.waits) > max(result.ours.waits)
+
+
+def test_keda_wakes_from_zero_on_its_polling_interval_and_ours_on_its_poll() -> None:
+    trace = [TraceTask(1.0, 5.0)]
+    policy = ScalingPolicy(min_replicas=0, max_replicas=4, poll_seconds=2.0)
+    keda = KedaSettings()
+    result = compare(trace, policy, CLUSTER, keda)
+    ours_wake, keda_wake = result.ours.scale_events[0], result.keda.scale_events[0]
+    assert (ours_wake.before, keda_wake.before) == (0, 0)
+    assert ours_wake.at - trace[0].arrival <= policy.poll_seconds
+    assert keda_wake.at >= keda.polling_interval
+    assert keda_wake.at % keda.polling_interval == 0
+    assert result.keda.waits[0] - result.ours.waits[0] == keda_wake.at - ours_wake.at
+
+
+def test_keda_scale_up_is_limited_to_four_pods_or_double_per_period() -> None:
+    trace = burst(200, service=120.0)
+    policy = ScalingPolicy(min_replicas=1, max_replicas=50)
+    run = simulate(trace, KedaAutoscaler(policy, KedaSettings()), CLUSTER)
+    first = run.scale_events[0]
+    assert (first.before, first.after) == (1, 5)
+    second = run.scale_events[1]
+    assert second.after == 2 * second.before
+
+
+def test_ours_scales_up_to_the_backlog_in_one_decision() -> None:
+    trace = burst(40, at=0.5, service=120.0, spacing=0.0)
+    policy = ScalingPolicy(min_replicas=1, max_replicas=50)
+    run = simulate(trace, OurAutoscaler(policy, drain_seconds=60.0), CLUSTER)
+    assert (run.scale_events[0].at, run.scale_events[0].after) == (2.0, 10)
+
+
+def test_fixed_size_pool_never_scales() -> None:
+    result = compare(burst(100), ScalingPolicy(min_replicas=3, max_replicas=3), CLUSTER)
+    for run in (result.ours, result.keda):
+        assert run.scale_events == ()
+        assert {sample.replicas for sample in run.timeline} == {3}
+
+
+def test_costs_are_counted_to_the_same_moment() -> None:
+    result = compare(burst(20), ScalingPolicy(min_replicas=1), CLUSTER)
+    assert result.ours.end == result.keda.end
+
+
+# --- properties --------------------------------------------------------------------------
+
+traces = st.lists(
+    st.builds(TraceTask, st.floats(0, 600), st.floats(0.5, 60)),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(traces, st.integers(0, 2), st.integers(2, 6), st.sampled_from(["queued", "backlog"]))
+def test_property_every_task_runs_within_bounds_and_ours_interrupts_none(
+    trace: list[TraceTask], low: int, high: int, metric: str
+) -> None:
+    """With service times within drainSeconds our scale-down interrupts nothing, whatever
+    the trace; both runs finish every task, stay within the bounds, and pay at least for the
+    work done."""
+    policy = ScalingPolicy(min_replicas=low, max_replicas=high)
+    keda = KedaSettings(metric="queued" if metric == "queued" else "backlog")
+    result = compare(trace, policy, CLUSTER, keda)
+    assert result.ours.interrupted == 0
+    work = sum(task.service for task in trace)
+    for run in (result.ours, result.keda):
+        assert all_done(run, trace)
+        assert min(run.waits, default=0.0) >= 0
+        assert all(low <= sample.replicas <= high for sample in run.timeline)
+        assert run.replica_seconds * CLUSTER.concurrency >= work - 1e-6
