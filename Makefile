@@ -11,3 +11,4 @@ test: setup
 
 crds: setup
 	@.venv/bin/agentpool crd > crds/agentpool.dev_agentpools.yaml
+	@cp crds/agentpool.dev_agentpools.yaml charts/agentpool-operator/crds/agentpool.dev_agentpools.yaml

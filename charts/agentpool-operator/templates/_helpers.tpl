@@ -1,0 +1,89 @@
+{{/* Name prefix of every object: fullnameOverride or the release name. */}}
+{{- define "agentpool.fullname" -}}
+{{- default .Release.Name .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "agentpool.operatorName" -}}
+{{- printf "%s-operator" (include "agentpool.fullname" .) -}}
+{{- end -}}
+
+{{- define "agentpool.redisName" -}}
+{{- printf "%s-redis" (include "agentpool.fullname" .) -}}
+{{- end -}}
+
+{{- define "agentpool.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "agentpool.operatorName" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "agentpool.commonLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
+app.kubernetes.io/part-of: agentpool
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "agentpool.operatorSelectorLabels" -}}
+app.kubernetes.io/name: agentpool-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "agentpool.operatorLabels" -}}
+{{ include "agentpool.commonLabels" . }}
+{{ include "agentpool.operatorSelectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "agentpool.redisSelectorLabels" -}}
+app.kubernetes.io/name: agentpool-redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "agentpool.redisLabels" -}}
+{{ include "agentpool.commonLabels" . }}
+{{ include "agentpool.redisSelectorLabels" . }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{/* Peering (kopf leader election between operator replicas) is on with more than one replica. */}}
+{{- define "agentpool.peering" -}}
+{{- if gt (int .Values.operator.replicas) 1 }}true{{ end -}}
+{{- end -}}
+
+{{/* Namespaces holding a Role for reading Secrets, one per line. */}}
+{{- define "agentpool.secretNamespaces" -}}
+{{- $namespaces := .Values.secretNamespaces -}}
+{{- if not $namespaces -}}
+{{- $namespaces = prepend .Values.watchNamespaces .Release.Namespace -}}
+{{- end -}}
+{{- range ($namespaces | uniq) }}
+{{ . }}
+{{- end -}}
+{{- end -}}
+
+{{- define "agentpool.image" -}}
+{{- printf "%s:%s" .image.repository (toString (default .appVersion .image.tag)) -}}
+{{- end -}}
+
+{{/*
+Checks across values that values.schema.json cannot express with a readable message.
+Included by the operator Deployment, so every render runs it.
+*/}}
+{{- define "agentpool.validate" -}}
+{{- $external := .Values.redis.external -}}
+{{- if and .Values.redis.enabled (or $external.url $external.existingSecret) -}}
+{{- fail "redis.external.url / redis.external.existingSecret need redis.enabled=false (the bundled Redis is on)" -}}
+{{- end -}}
+{{- if and $external.url $external.existingSecret -}}
+{{- fail "set only one of redis.external.url and redis.external.existingSecret" -}}
+{{- end -}}
+{{- if not (or .Values.redis.enabled $external.url $external.existingSecret) -}}
+{{- fail "redis.enabled=false needs redis.external.url or redis.external.existingSecret" -}}
+{{- end -}}
+{{- if and .Values.networkPolicy.enabled (not .Values.redis.enabled) -}}
+{{- fail "networkPolicy.enabled protects the bundled Redis: it needs redis.enabled=true" -}}
+{{- end -}}
+{{- end -}}

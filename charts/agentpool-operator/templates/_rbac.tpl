@@ -1,0 +1,34 @@
+{{/* Rules the operator needs on namespaced resources, wherever it watches pools. */}}
+{{- define "agentpool.namespacedRules" -}}
+- apiGroups: ["agentpool.dev"]
+  resources: ["agentpools"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["agentpool.dev"]
+  resources: ["agentpools/status"]
+  verbs: ["get", "patch", "update"]
+# Deployments carry an owner reference with blockOwnerDeletion to their pool, which clusters
+# with the OwnerReferencesPermissionEnforcement admission plugin only allow with this grant.
+- apiGroups: ["agentpool.dev"]
+  resources: ["agentpools/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "delete", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
+{{- define "agentpool.crdRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}
+
+{{- define "agentpool.operatorSubject" -}}
+- kind: ServiceAccount
+  name: {{ include "agentpool.serviceAccountName" . }}
+  namespace: {{ .Release.Namespace }}
+{{- end -}}
