@@ -1,0 +1,481 @@
+"""The demo's orchestration: a private redis-server, worker processes, a batch of tasks, one
+worker killed half-way and its tasks requeued the way the operator does it.
+
+Everything the demo starts is stopped on the way out, whether it finished, failed, or was
+interrupted by SIGINT or SIGTERM; a second signal during that clean-up does not cut it short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aioredis
+
+from agentpool.demo.fleet import WorkerFleet, WorkerProcess, worker_command
+from agentpool.demo.summary import Summary, TaskRecord, summarize
+from agentpool.demo.view import Reporter, Snapshot, WorkerRow
+from agentpool.protocol import QueueFigures, TaskQueue, WorkerState, key_prefix
+from agentpool.redis_server import RedisServer
+
+HANDLER = "agentpool_worker.builtin:simulated_agent"
+
+
+class DemoError(RuntimeError):
+    """The demo could not run to the end (a worker failed to start, nothing progressed)."""
+
+
+class DemoInterrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    workers: int = 3
+    tasks: int = 300
+    concurrency: int = 8
+    mean_seconds: float = 2.0
+    fail_rate: float = 0.05
+    seed: int | None = None
+    redis_url: str | None = None
+    queue: str = field(default_factory=lambda: f"demo-{uuid.uuid4().hex[:8]}")
+    max_attempts: int = 5
+    kill_at: float = 0.5
+    drain_seconds: int = 2
+    ready_timeout: float = 30.0
+    stall_timeout: float = 60.0
+    poll_seconds: float = 0.25
+    worker_command: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    summary: Summary
+    queue: str
+    redis_url: str
+    pods: list[str]
+    pids: list[int]
+
+
+def task_payloads(config: DemoConfig) -> list[dict[str, Any]]:
+    """The simulated-agent handler's payloads; with a seed, each task gets its own."""
+    payloads: list[dict[str, Any]] = []
+    for index in range(config.tasks):
+        payload: dict[str, Any] = {
+            "mean_seconds": config.mean_seconds,
+            "fail_rate": config.fail_rate,
+        }
+        if config.seed is not None:
+            payload["seed"] = config.seed + index
+        payloads.append(payload)
+    return payloads
+
+
+def worker_env(config: DemoConfig, redis_url: str) -> dict[str, str]:
+    """The worker settings the operator would set from a pool spec, plus a short lease so
+    heartbeats (every third of a lease) keep the view's done counts fresh."""
+    return {
+        "AGENTPOOL_REDIS_URL": redis_url,
+        "AGENTPOOL_QUEUE": config.queue,
+        "AGENTPOOL_HANDLER": HANDLER,
+        "AGENTPOOL_CONCURRENCY": str(config.concurrency),
+        "AGENTPOOL_MAX_ATTEMPTS": str(config.max_attempts),
+        "AGENTPOOL_DRAIN_SECONDS": str(config.drain_seconds),
+        "AGENTPOOL_POD_NAMESPACE": "demo",
+        "AGENTPOOL_LOG_LEVEL": "info",
+        "AGENTPOOL_LEASE_SECONDS": "3",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class Interrupts:
+    """SIGINT/SIGTERM recorded rather than raised, so no step is cut in half.
+
+    The demo checks `check()` between steps and waits on `stopped` instead of sleeping, so it
+    notices a signal at once. (Cancelling the demo's task is no substitute: a Redis client
+    caught mid-command may swallow the cancellation.)
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stopped = asyncio.Event()
+        self._previous: dict[int, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def attach(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.signum is not None:
+            self.stopped.set()
+
+    def detach(self) -> None:
+        self._loop = None
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise DemoInterrupted(self.signum)
+
+    async def pause(self, seconds: float, until: asyncio.Event | None = None) -> None:
+        """Sleep up to `seconds`, less if a signal arrives or `until` is set."""
+        events = [self.stopped] if until is None else [self.stopped, until]
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self.check()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.stopped.set)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.start
+
+
+def run_demo(config: DemoConfig, reporter: Reporter) -> DemoOutcome:
+    """Run the whole demo; raises DemoInterrupted on SIGINT/SIGTERM, DemoError on failure.
+
+    Whatever happens, on return every worker and the private redis-server have exited and the
+    demo's temporary directory (worker logs, Redis data) is gone.
+    """
+    clock = Clock()
+    interrupts = Interrupts()
+    command = list(config.worker_command or worker_command())
+    with contextlib.ExitStack() as stack:
+        interrupts.install()
+        stack.callback(interrupts.restore)
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentpool-demo-")))
+        if config.redis_url is None:
+            (workdir / "redis").mkdir()
+            server = RedisServer(workdir=workdir / "redis")
+            stack.callback(server.close)
+            server.start()
+            url = server.url
+            reporter.event(clock(), f"started redis-server on {url}")
+        else:
+            url = config.redis_url
+            stack.callback(delete_queue_keys, url, config.queue)
+        fleet = WorkerFleet(command, worker_env(config, url), workdir)
+        stack.callback(fleet.stop_all)
+        interrupts.check()
+        demo = DemoRun(config, fleet, reporter, clock, interrupts)
+        summary = asyncio.run(demo.main(url))
+        return DemoOutcome(
+            summary=summary,
+            queue=config.queue,
+            redis_url=redact(url),
+            pods=list(fleet.workers),
+            pids=[w.pid for w in fleet.workers.values()],
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def delete_queue_keys(url: str, queue: str) -> None:
+    """Remove the demo queue's keys from a Redis the demo did not start itself."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=key_prefix(queue) + "*", count=500))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
+class DemoRun:
+    def __init__(self, config: DemoConfig, fleet: WorkerFleet, reporter: Reporter,
+                 clock: Clock, interrupts: Interrupts) -> None:
+        self.config = config
+        self.interrupts = interrupts
+        self.fleet = fleet
+        self.reporter = reporter
+        self.clock = clock
+        self.killed_pod: str | None = None
+        self.requeued_after_kill = 0
+        self.requeued_ids: set[str] = set()
+        """What the killed worker held when it died: the tasks requeue_pod hands back."""
+        self._done_seen: dict[str, int] = {}
+        self._reported_exits: set[str] = set()
+
+    def event(self, message: str) -> None:
+        self.reporter.event(self.clock(), message)
+
+    async def main(self, url: str) -> Summary:
+        self.interrupts.attach()
+        client = aioredis.Redis.from_url(url)
+        try:
+            self.interrupts.check()
+            return await self.run(TaskQueue(client, self.config.queue))
+        finally:
+            self.interrupts.detach()
+            await client.aclose()
+
+    async def run(self, queue: TaskQueue) -> Summary:
+        config = self.config
+        await queue.configure(max_attempts=config.max_attempts)
+        for _ in range(config.workers):
+            self.start_worker()
+        await self.wait_ready(queue)
+        half_way = FinishCounter(queue, math.ceil(config.tasks * config.kill_at))
+        await half_way.start()
+        try:
+            ids = await queue.submit_many(task_payloads(config))
+            self.interrupts.check()
+            self.event(f"submitted {len(ids)} tasks to queue {queue.name}")
+            await self.watch(queue, len(ids), half_way)
+        finally:
+            await half_way.stop()
+        records = await read_records(queue, ids)
+        self.interrupts.check()
+        figures = await queue.figures()
+        return summarize(
+            records,
+            retried=figures.stats.get("retried", 0),
+            requeued_after_kill=self.requeued_after_kill,
+            requeued_ids=self.requeued_ids,
+            killed_worker=self.killed_pod,
+        )
+
+    def start_worker(self, replacing: str | None = None) -> WorkerProcess:
+        pod = f"demo-worker-{len(self.fleet.workers) + 1}"
+        worker = self.fleet.start(pod)
+        if replacing:
+            self.event(f"started {pod} (pid {worker.pid}) to replace {replacing}")
+        else:
+            self.event(f"started {pod} (pid {worker.pid}, port {worker.port})")
+        return worker
+
+    async def wait_ready(self, queue: TaskQueue) -> None:
+        """Until every worker has sent its first heartbeat, so waits measure the queue only."""
+        deadline = self.clock() + self.config.ready_timeout
+        expected = set(self.fleet.workers)
+        while True:
+            self.check_processes(fatal=True)
+            seen = {state.pod for state in await queue.workers()}
+            self.reporter.update(self.snapshot(self.config.tasks, 0, [], {}, None))
+            if expected <= seen:
+                return
+            if self.clock() > deadline:
+                missing = ", ".join(sorted(expected - seen))
+                raise DemoError(
+                    f"{missing} did not start within {self.config.ready_timeout:.0f} s"
+                    + self.log_tails(expected - seen)
+                )
+            await self.interrupts.pause(self.config.poll_seconds)
+
+    async def watch(self, queue: TaskQueue, total: int, half_way: FinishCounter) -> None:
+        """Refresh the view until every task finished; kill a busy worker once half are done.
+
+        The kill is triggered by the finish notifications rather than by the next refresh, so
+        it lands half-way even in a run shorter than a refresh interval.
+        """
+        last_finished, last_change = -1, self.clock()
+        while True:
+            figures = await queue.figures()
+            stats = figures.stats
+            finished = sum(stats.get(state, 0) for state in ("succeeded", "dead", "cancelled"))
+            states = await queue.workers()
+            held = await self.held_by_pod(queue, states)
+            self.reporter.update(self.snapshot(total, finished, states, held, figures))
+            if finished >= total:
+                return
+            past_half = half_way.reached.is_set() or finished >= half_way.threshold
+            if past_half and self.killed_pod is None:
+                await self.kill_busy_worker(queue, states, held)
+            self.check_processes(fatal=False)
+            if finished != last_finished:
+                last_finished, last_change = finished, self.clock()
+            elif self.clock() - last_change > self.config.stall_timeout:
+                raise DemoError(
+                    f"no task finished in {self.config.stall_timeout:.0f} s "
+                    f"({finished}/{total} finished)" + self.log_tails(self.fleet.workers)
+                )
+            if self.killed_pod is not None:
+                await self.interrupts.pause(self.config.poll_seconds)
+            elif past_half:
+                await self.interrupts.pause(0.02)
+            else:
+                await self.interrupts.pause(self.config.poll_seconds, until=half_way.reached)
+
+    async def held_by_pod(self, queue: TaskQueue, states: list[WorkerState]) -> dict[str, int]:
+        """Tasks each running worker holds right now (its heartbeat may be seconds old)."""
+        alive = {w.pod for w in self.fleet.alive() if not w.killed}
+        held: dict[str, int] = {}
+        for state in states:
+            if state.pod in alive:
+                held[state.pod] = held.get(state.pod, 0) + len(
+                    await queue.held_by(state.worker_id))
+        return held
+
+    async def kill_busy_worker(self, queue: TaskQueue, states: list[WorkerState],
+                               held: dict[str, int]) -> None:
+        """SIGKILL the worker holding the most tasks, requeue them, start a replacement.
+
+        A worker holding nothing at this instant is not busy; the caller tries again shortly.
+        """
+        if not held or max(held.values()) == 0:
+            return
+        pod = max(held, key=lambda p: held[p])
+        victim = self.fleet.workers[pod]
+        self.killed_pod = pod
+        self.event(f"half-way: kill -9 {pod} (pid {victim.pid}) while it runs {held[pod]} tasks")
+        self.fleet.kill(pod)
+        for state in states:
+            if state.pod == pod:
+                self.requeued_ids |= await queue.held_by(state.worker_id)
+        result = await queue.requeue_pod(pod, reason="pod killed by the demo")
+        self.requeued_after_kill = result.requeued
+        message = (f"requeued its {result.requeued} tasks (requeue_pod, the operator's recovery "
+                   "path)")
+        if result.dead_lettered:
+            message += f"; {result.dead_lettered} dead-lettered (attempts used up)"
+        self.event(message)
+        self.start_worker(replacing=pod)
+
+    def check_processes(self, *, fatal: bool) -> None:
+        """Report workers that exited on their own; fail when none is left to do the work."""
+        for worker in self.fleet.workers.values():
+            code = worker.exit_code
+            if worker.killed or code is None or worker.pod in self._reported_exits:
+                continue
+            self._reported_exits.add(worker.pod)
+            if fatal:
+                raise DemoError(f"{worker.pod} exited with code {code}"
+                                + self.log_tails([worker.pod]))
+            self.event(f"{worker.pod} exited with code {code}")
+        if not self.fleet.alive():
+            raise DemoError("no worker is running any more" + self.log_tails(self.fleet.workers))
+
+    def log_tails(self, pods: Iterable[str]) -> str:
+        parts = []
+        for pod in sorted(pods):
+            tail = self.fleet.workers[pod].log_tail()
+            if tail:
+                parts.append(f"\n--- last lines of {pod}'s log ---\n{tail}")
+        return "".join(parts)
+
+    def snapshot(self, total: int, finished: int, states: list[WorkerState],
+                 held: dict[str, int], figures: QueueFigures | None) -> Snapshot:
+        latest: dict[str, WorkerState] = {}
+        for beat in states:
+            if beat.pod not in latest or beat.last_heartbeat > latest[beat.pod].last_heartbeat:
+                latest[beat.pod] = beat
+        rows = []
+        for pod, worker in self.fleet.workers.items():
+            state = latest.get(pod)
+            if state is not None and not worker.killed:
+                self._done_seen[pod] = state.done
+            done = self._done_seen.get(pod, 0)
+            if worker.killed:
+                rows.append(WorkerRow(pod, "killed", None, done))
+            elif worker.exit_code is not None:
+                rows.append(WorkerRow(pod, f"exited {worker.exit_code}", None, done))
+            elif state is None:
+                rows.append(WorkerRow(pod, "starting", 0, done))
+            else:
+                rows.append(WorkerRow(pod, state.state, held.get(pod, state.in_flight), done))
+        return Snapshot(
+            total=total,
+            finished=finished,
+            elapsed=self.clock(),
+            queued=figures.queued if figures else 0,
+            in_flight=figures.in_flight if figures else 0,
+            retrying=figures.delayed if figures else 0,
+            dead=figures.dead if figures else 0,
+            workers=rows,
+        )
+
+
+class FinishCounter:
+    """Counts the queue's finish notifications and sets `reached` at `threshold`."""
+
+    def __init__(self, queue: TaskQueue, threshold: int) -> None:
+        self.queue = queue
+        self.threshold = threshold
+        self.reached = asyncio.Event()
+        self.count = 0
+        self._pubsub = queue.redis.pubsub()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._pubsub.subscribe(self.queue.prefix + "done")
+        self._task = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        while self.count < self.threshold:
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None and message["type"] == "message":
+                self.count += 1
+        self.reached.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def read_records(queue: TaskQueue, ids: Sequence[str], batch: int = 64) -> list[TaskRecord]:
+    """Every task's state as stored now, a batch of reads at a time."""
+    records: list[TaskRecord] = []
+    for start in range(0, len(ids), batch):
+        records += await asyncio.gather(*(read_record(queue, i) for i in ids[start:start + batch]))
+    return records
+
+
+async def read_record(queue: TaskQueue, task_id: str) -> TaskRecord:
+    info = await queue.get(task_id)
+    if info is None:
+        return TaskRecord(id=task_id, state=None)
+    return TaskRecord(
+        id=task_id,
+        state=info.state,
+        attempts=info.attempts,
+        created_ms=info.created_ms,
+        started_ms=info.started_ms,
+        finished_ms=info.finished_ms,
+    )

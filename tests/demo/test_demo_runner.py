@@ -1,0 +1,72 @@
+"""The demo's runner in-process: an external Redis, and a worker that cannot start."""
+
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import redis
+from rich.console import Console
+
+from agentpool.demo.runner import DemoConfig, DemoError, redact, run_demo, task_payloads
+from agentpool.demo.view import PlainReporter
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def reporter() -> tuple[PlainReporter, io.StringIO]:
+    out = io.StringIO()
+    return PlainReporter(Console(file=out, width=200), "test"), out
+
+
+def test_payloads_follow_the_options() -> None:
+    config = DemoConfig(tasks=3, mean_seconds=0.5, fail_rate=0.1, seed=7)
+    assert task_payloads(config) == [
+        {"mean_seconds": 0.5, "fail_rate": 0.1, "seed": 7},
+        {"mean_seconds": 0.5, "fail_rate": 0.1, "seed": 8},
+        {"mean_seconds": 0.5, "fail_rate": 0.1, "seed": 9},
+    ]
+    assert "seed" not in task_payloads(DemoConfig(tasks=1))[0]
+
+
+def test_redact_hides_the_password() -> None:
+    assert redact("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact("rediss://user:pw@host/1") == "rediss://user:***@host/1"
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_external_redis_is_used_and_left_clean(redis_url: str, private_tmp: Path) -> None:
+    pytest.importorskip("agentpool_worker.main", reason="needs the agentpool-worker entrypoint")
+    config = DemoConfig(tasks=40, workers=2, mean_seconds=0.05, fail_rate=0.0,
+                        redis_url=redis_url)
+    view, out = reporter()
+    outcome = run_demo(config, view)
+    assert outcome.summary.ok, out.getvalue()
+    assert outcome.summary.succeeded == 40
+    assert "started redis-server" not in out.getvalue()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.keys(f"ap:{{{config.queue}}}:*") == []
+    finally:
+        client.close()
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_worker_that_cannot_start_fails_the_demo_cleanly(private_tmp: Path) -> None:
+    script = private_tmp.parent / "broken_worker.py"
+    script.write_text("import sys\nprint('cannot start: bad configuration')\nsys.exit(2)\n")
+    config = DemoConfig(tasks=5, workers=2, worker_command=[sys.executable, str(script)])
+    view, _ = reporter()
+    with pytest.raises(DemoError, match="exited with code 2") as caught:
+        run_demo(config, view)
+    assert "cannot start: bad configuration" in str(caught.value)
+    assert list(private_tmp.iterdir()) == []
