@@ -1,0 +1,88 @@
+"""Helpers shared by the task protocol tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from agentpool.protocol import ClaimedTask, FailOutcome, TaskQueue
+
+
+class RoundTrips:
+    """Wraps a client's `execute_command`: every call is one request/reply with the server."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.commands: list[str] = []
+        original = cast(Callable[..., Awaitable[Any]], client.execute_command)
+
+        async def counting(*args: Any, **options: Any) -> Any:
+            self.commands.append(str(args[0]).upper())
+            return await original(*args, **options)
+
+        client.execute_command = counting  # type: ignore[method-assign]
+
+    @property
+    def count(self) -> int:
+        return len(self.commands)
+
+    def reset(self) -> None:
+        self.commands.clear()
+
+
+async def claim_one(queue: TaskQueue, worker: str, lease: float = 30.0) -> ClaimedTask:
+    batch = await queue.claim(worker, 1, lease)
+    assert len(batch.tasks) == 1, f"{worker} expected one task, got {batch.tasks}"
+    return batch.tasks[0]
+
+
+async def claim_within(queue: TaskQueue, worker: str, *, within: float = 3.0,
+                       lease: float = 30.0) -> ClaimedTask:
+    """Claim one task, polling until one is claimable or the deadline passes."""
+    deadline = time.monotonic() + within
+    while True:
+        batch = await queue.claim(worker, 1, lease)
+        if batch.tasks:
+            return batch.tasks[0]
+        assert time.monotonic() < deadline, f"nothing claimable within {within}s"
+        await asyncio.sleep(0.01)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"condition not met within {within}s"
+        await asyncio.sleep(0.01)
+
+
+async def scan_keys(redis: aioredis.Redis, match: str = "*") -> set[str]:
+    return {_text(k) async for k in redis.scan_iter(match=match, count=1000)}
+
+
+async def queue_keys(redis: aioredis.Redis, queue: TaskQueue) -> set[str]:
+    return await scan_keys(redis, queue.prefix + "*")
+
+
+async def task_keys(redis: aioredis.Redis, queue: TaskQueue) -> set[str]:
+    return await scan_keys(redis, queue.prefix + "t:*")
+
+
+async def queued_ids(redis: aioredis.Redis, queue: TaskQueue) -> list[str]:
+    return [_text(i) for i in await redis.zrange(queue.prefix + "queued", 0, -1)]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def fail_until_dead(queue: TaskQueue, worker: str, task_id: str) -> None:
+    """Claim and fail `task_id` (retry delay 0) until it is dead-lettered."""
+    for _ in range(100):
+        task = await claim_within(queue, worker)
+        assert task.id == task_id
+        if await queue.fail(task, f"error {task.attempts}", delay=0) == FailOutcome.DEAD:
+            return
+    raise AssertionError("task never reached the dead-letter queue")

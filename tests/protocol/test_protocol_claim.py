@@ -1,0 +1,155 @@
+"""Claiming: one round trip, fencing tokens, fenced acks, drains and concurrent claimers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from protocol_helpers import RoundTrips, claim_one, queued_ids
+
+from agentpool.protocol import ClaimedTask, FailOutcome, TaskQueue, WorkerInfo
+
+
+async def test_claim_and_ack_take_one_round_trip_each(
+    queue: TaskQueue, round_trips: RoundTrips
+) -> None:
+    for i in range(5):
+        await queue.submit(i)
+    warm = await claim_one(queue, "w:1")  # loads the scripts
+    await queue.complete(warm, None)
+    warm = await claim_one(queue, "w:1")
+    await queue.fail(warm, "warm-up", delay=0)
+
+    round_trips.reset()
+    batch = await queue.claim("w:1", 3, 30)
+    assert len(batch.tasks) == 3
+    assert round_trips.commands == ["EVALSHA"]
+
+    round_trips.reset()
+    assert await queue.complete(batch.tasks[0], "ok")
+    assert round_trips.commands == ["EVALSHA"]
+
+    round_trips.reset()
+    assert await queue.fail(batch.tasks[1], "boom", delay=0) == FailOutcome.RETRY
+    assert round_trips.commands == ["EVALSHA"]
+
+
+async def test_fencing_tokens_increase_with_every_claim(queue: TaskQueue) -> None:
+    for i in range(4):
+        await queue.submit(i)
+    batch = await queue.claim("w:1", 3, 30)
+    tokens = [int(t.token) for t in batch.tasks]
+    assert tokens == sorted(set(tokens))
+
+    await queue.requeue_owner("w:1")
+    again = await queue.claim("w:2", 4, 30)
+    assert len(again.tasks) == 4
+    assert min(int(t.token) for t in again.tasks) > max(tokens)
+
+
+async def test_old_holder_cannot_complete_or_fail_after_reclaim(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    task_id = await queue.submit("job")
+    zombie = await claim_one(queue, "pod-a:old", lease=30)
+    await queue.requeue_owner("pod-a:old")
+    holder = await claim_one(queue, "pod-b:new", lease=30)
+    assert holder.id == task_id
+    assert int(holder.token) > int(zombie.token)
+    lease_before = await redis.zscore(queue.prefix + "leases", task_id)
+
+    assert await queue.complete(zombie, "zombie result") is False
+    assert await queue.fail(zombie, "zombie error") == FailOutcome.STALE
+    assert await queue.fail(zombie, "zombie error", retryable=False) == FailOutcome.STALE
+    assert await queue.release(zombie, "zombie release") == FailOutcome.STALE
+    assert await queue.cancelled(zombie) == FailOutcome.STALE
+    beat = await queue.heartbeat(WorkerInfo("pod-a", "old", 1), {task_id: zombie.token}, 600)
+    assert beat.lost == [task_id]
+
+    info = await queue.get(task_id)
+    assert info is not None
+    assert (info.state, info.owner, info.result, info.attempts) == (
+        "running", "pod-b:new", None, 2)
+    assert await redis.zscore(queue.prefix + "leases", task_id) == lease_before
+    assert await queue.held_by("pod-b:new") == {task_id}
+
+    assert await queue.complete(holder, "real result") is True
+    assert await queue.complete(zombie, "zombie result") is False
+    done = await queue.get(task_id)
+    assert done is not None and (done.state, done.result) == ("succeeded", "real result")
+
+
+async def test_many_concurrent_claimers_get_every_task_exactly_once(
+    redis_url: str, queue_name: str, queue: TaskQueue
+) -> None:
+    submitted = set(await queue.submit_many(range(300)))
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(20)]
+    try:
+        async def claimer(n: int, client: aioredis.Redis) -> list[ClaimedTask]:
+            mine = TaskQueue(client, queue_name)
+            got: list[ClaimedTask] = []
+            for _ in range(300):
+                batch = (await mine.claim(f"pod-{n}:i", 2, 30)).tasks
+                if not batch:
+                    return got
+                got.extend(batch)
+                await asyncio.sleep(0)
+            raise AssertionError(f"claimer {n} never saw an empty queue")
+
+        results = await asyncio.gather(*(claimer(n, c) for n, c in enumerate(clients)))
+    finally:
+        for client in clients:
+            await client.aclose()
+    claimed = [t for got in results for t in got]
+    ids = [t.id for t in claimed]
+    assert len(ids) == len(set(ids)) == 300
+    assert set(ids) == submitted
+    assert len({t.token for t in claimed}) == 300
+    assert sum(1 for got in results if got) > 1
+
+
+async def test_drain_request_stops_that_pods_claims_and_is_reported(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    for i in range(4):
+        await queue.submit(i)
+    await queue.request_drain("pod-a")
+    assert (await queue.claim("pod-a:i1", 5, 30)).tasks == []
+    assert (await queue.claim("pod-a:i2", 5, 30)).tasks == []
+    assert len(await queued_ids(redis, queue)) == 4
+
+    drained = await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
+    other = await queue.heartbeat(WorkerInfo("pod-ab", "i1", 4), {}, 30)
+    assert drained.drain_requested is True
+    assert other.drain_requested is False
+    await claim_one(queue, "pod-ab:i1")
+
+    await queue.clear_drain("pod-a")
+    assert (await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)).drain_requested is False
+    await claim_one(queue, "pod-a:i1")
+
+
+async def test_drain_request_for_one_instance_spares_the_others(queue: TaskQueue) -> None:
+    for i in range(2):
+        await queue.submit(i)
+    await queue.request_drain("pod-a:old")
+    assert (await queue.claim("pod-a:old", 5, 30)).tasks == []
+    assert (await queue.heartbeat(WorkerInfo("pod-a", "old", 4), {}, 30)).drain_requested
+    assert not (await queue.heartbeat(WorkerInfo("pod-a", "new", 4), {}, 30)).drain_requested
+    assert len((await queue.claim("pod-a:new", 5, 30)).tasks) == 2
+
+
+async def test_release_returns_a_task_without_spending_an_attempt(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    task_id = await queue.submit("job", max_attempts=1)
+    for _ in range(3):
+        task = await claim_one(queue, "pod-a:i1")
+        assert task.attempts == 1
+        assert await queue.release(task, "draining") == FailOutcome.REQUEUED
+        info = await queue.get(task_id)
+        assert info is not None and (info.state, info.attempts) == ("queued", 0)
+        assert await queued_ids(redis, queue) == [task_id]
+        assert await queue.held_by("pod-a:i1") == set()
+    task = await claim_one(queue, "pod-a:i1")
+    assert await queue.fail(task, "real failure") == FailOutcome.DEAD

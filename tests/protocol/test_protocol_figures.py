@@ -1,0 +1,113 @@
+"""Queue figures in one round trip, and every key of a queue in one Redis Cluster slot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from protocol_helpers import RoundTrips, claim_one, eventually, scan_keys
+
+from agentpool.protocol import TaskQueue, WorkerInfo
+
+
+def crc16_xmodem(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def cluster_slot(key: str) -> int:
+    """The Redis Cluster slot of a key, honouring a `{hash tag}` as Redis does."""
+    raw = key.encode()
+    start = raw.find(b"{")
+    if start != -1:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1:end]
+    return crc16_xmodem(raw) % 16384
+
+
+def test_cluster_slot_matches_redis() -> None:
+    assert crc16_xmodem(b"123456789") == 0x31C3
+    assert cluster_slot("foo") == 12182
+    assert cluster_slot("{user1000}.following") == cluster_slot("{user1000}.followers")
+    assert cluster_slot("foo{}{bar}") == crc16_xmodem(b"foo{}{bar}") % 16384
+
+
+async def test_figures_count_every_state_in_one_round_trip(
+    queue: TaskQueue, round_trips: RoundTrips
+) -> None:
+    dead_id = await queue.submit("dead", max_attempts=1, priority=9)
+    await queue.fail(await claim_one(queue, "pod-a:i1"), "boom")
+    await queue.submit("running", priority=9)
+    await claim_one(queue, "pod-a:i1")
+    for prio in (0, 0, 5):
+        await queue.submit("queued", priority=prio)
+    await queue.submit("due soon", delay=0.05)
+    await queue.submit("later", delay=60)
+    await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
+    assert dead_id
+
+    async def due() -> bool:
+        return (await queue.figures()).due_delayed == 1
+
+    await eventually(due)
+    round_trips.reset()
+    figures = await queue.figures()
+    assert round_trips.commands == ["EVALSHA"]
+
+    assert figures.queued_by_priority == {p: {0: 2, 5: 1}.get(p, 0) for p in range(10)}
+    assert figures.due_delayed == 1
+    assert figures.queued == 4
+    assert (figures.delayed, figures.in_flight, figures.dead, figures.workers) == (1, 1, 1, 1)
+    assert figures.backlog == 5
+    assert figures.stats["submitted"] == 7
+    assert (figures.stats["failed"], figures.stats["dead"]) == (1, 1)
+
+
+async def test_every_key_of_a_queue_shares_one_hash_tag_and_slot(
+    redis_url: str, queue_name: str
+) -> None:
+    """A whole lifecycle on a database of its own; afterwards every key is in one slot."""
+    client = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/9")
+    try:
+        await client.flushdb()
+        queue = TaskQueue(client, queue_name)
+        await queue.configure(max_attempts=2, result_ttl=600)
+        await queue.submit("first", idempotency_key="k1", priority=9)
+        await queue.submit_many(["b", "c", "d", "e"], priority=5)
+        await queue.submit("delayed", delay=60)
+        await queue.submit("last", priority=0)
+        await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
+
+        task = await claim_one(queue, "pod-a:i1")
+        await queue.complete(task, "ok")
+        task = await claim_one(queue, "pod-a:i1")
+        await queue.fail(task, "boom", retryable=False)
+        await queue.claim("pod-b:i1", 1, 30)
+        await queue.requeue_pod("pod-b")
+        cancelled = (await queue.claim("pod-c:i1", 2, 30)).tasks[1]
+        await queue.cancel(cancelled.id)
+        await queue.cancelled(cancelled)
+        await queue.claim("pod-c:i1", 1, 0.01)
+        await asyncio.sleep(0.02)
+        await queue.reap_expired()
+        await queue.request_drain("pod-x")
+        await queue.claim("pod-a:i2", 1, 30)
+        await queue.heartbeat(WorkerInfo("pod-a", "i2", 4), {}, 30)
+        await queue.figures()
+
+        keys = sorted(await scan_keys(client))
+        tag = "{" + queue_name + "}"
+        assert keys and all(tag in key for key in keys), keys
+        suffixes = {key.removeprefix(queue.prefix).split(":")[0] for key in keys}
+        assert {"queued", "delayed", "leases", "dead", "workers", "stats", "config", "seq",
+                "fence", "wake", "drain", "idem", "t", "owner", "w"} <= suffixes
+        assert {cluster_slot(key) for key in keys} == {cluster_slot(tag)}
+    finally:
+        await client.flushdb()
+        await client.aclose()

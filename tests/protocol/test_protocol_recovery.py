@@ -1,0 +1,139 @@
+"""Recovery: requeue by owner and by pod, the lease reaper and heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from protocol_helpers import RoundTrips, claim_one, queued_ids
+
+from agentpool.protocol import RequeueResult, TaskQueue, WorkerInfo
+
+
+async def test_requeue_owner_returns_all_its_tasks_in_one_step_and_spares_others(
+    redis: aioredis.Redis, queue: TaskQueue, round_trips: RoundTrips
+) -> None:
+    await queue.submit_many(range(5))
+    lost = {t.id for t in (await queue.claim("pod-a:i1", 3, 30)).tasks}
+    kept = {t.id for t in (await queue.claim("pod-b:i1", 2, 30)).tasks}
+    await queue.requeue_owner("pod-x:warm-up")
+
+    round_trips.reset()
+    result = await queue.requeue_owner("pod-a:i1")
+    assert round_trips.commands == ["EVALSHA"]
+    assert result == RequeueResult(requeued=3, instances=1)
+
+    assert set(await queued_ids(redis, queue)) == lost
+    for task_id in lost:
+        info = await queue.get(task_id)
+        assert info is not None and (info.state, info.owner) == ("queued", None)
+    for task_id in kept:
+        info = await queue.get(task_id)
+        assert info is not None and (info.state, info.owner) == ("running", "pod-b:i1")
+    assert await queue.held_by("pod-a:i1") == set()
+    assert await queue.held_by("pod-b:i1") == kept
+    assert set(await redis.zrange(queue.prefix + "leases", 0, -1)) == {k.encode() for k in kept}
+
+
+async def test_requeue_pod_keeps_the_current_instance_and_other_pods(queue: TaskQueue) -> None:
+    workers = ["pod-a:old1", "pod-a:old2", "pod-a:cur", "pod-ab:x", "pod-b:x"]
+    await queue.submit_many(range(len(workers)))
+    held = {}
+    for wid in workers:
+        pod, _, instance = wid.partition(":")
+        await queue.heartbeat(WorkerInfo(pod, instance, 1), {}, 30)
+        held[wid] = (await claim_one(queue, wid)).id
+
+    result = await queue.requeue_pod("pod-a", keep_instance="cur")
+    assert (result.requeued, result.instances) == (2, 2)
+    for wid, task_id in held.items():
+        info = await queue.get(task_id)
+        assert info is not None
+        expected = "queued" if wid in ("pod-a:old1", "pod-a:old2") else "running"
+        assert info.state == expected, wid
+
+
+async def test_requeue_pod_finds_an_instance_that_never_heart_beat(queue: TaskQueue) -> None:
+    task_id = await queue.submit("job")
+    await claim_one(queue, "pod-a:i1")
+    result = await queue.requeue_pod("pod-a")
+    assert result.requeued == 1
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "queued"
+
+
+async def test_requeueing_twice_is_harmless(redis: aioredis.Redis, queue: TaskQueue) -> None:
+    submitted = set(await queue.submit_many(range(4)))
+    await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
+    await queue.claim("pod-a:i1", 4, 0.05)
+
+    first = await queue.requeue_owner("pod-a:i1")
+    second = await queue.requeue_owner("pod-a:i1")
+    by_pod = await queue.requeue_pod("pod-a")
+    await asyncio.sleep(0.06)
+    reaped = await queue.reap_expired()
+    assert first.requeued == 4
+    assert (second.total, by_pod.total, reaped.total) == (0, 0, 0)
+
+    ids = await queued_ids(redis, queue)
+    assert await redis.zcard(queue.prefix + "queued") == 4
+    assert len(ids) == len(set(ids)) and set(ids) == submitted
+    claimed = (await queue.claim("pod-b:i1", 10, 30)).tasks
+    assert {t.id for t in claimed} == submitted and len(claimed) == 4
+    assert all(t.attempts == 2 for t in claimed)
+
+
+async def test_reaper_requeues_only_expired_leases(queue: TaskQueue) -> None:
+    short_id = await queue.submit("short")
+    long_id = await queue.submit("long")
+    await claim_one(queue, "pod-a:i1", lease=0.2)
+    await claim_one(queue, "pod-b:i1", lease=30)
+    assert (await queue.reap_expired()).total == 0
+
+    await asyncio.sleep(0.2)
+    result = RequeueResult()
+    for _ in range(100):
+        result = await queue.reap_expired()
+        if result.total:
+            break
+        await asyncio.sleep(0.01)
+    assert result == RequeueResult(requeued=1)
+    short = await queue.get(short_id)
+    long = await queue.get(long_id)
+    assert short is not None and (short.state, short.error) == ("queued", "lease expired")
+    assert long is not None and (long.state, long.owner) == ("running", "pod-b:i1")
+    assert await queue.held_by("pod-a:i1") == set()
+
+
+async def test_heartbeat_extends_leases(queue: TaskQueue) -> None:
+    task_id = await queue.submit("long job")
+    task = await claim_one(queue, "pod-a:i1", lease=0.2)
+    beat = await queue.heartbeat(WorkerInfo("pod-a", "i1", 1, in_flight=1),
+                                 {task.id: task.token}, 30)
+    assert (beat.lost, beat.cancel, beat.drain_requested) == ([], [], False)
+    await asyncio.sleep(0.3)
+    assert (await queue.reap_expired()).total == 0
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "running"
+    assert await queue.complete(task, "done")
+
+
+async def test_heartbeat_reports_lost_tasks_without_renewing_them(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    await queue.submit("job")
+    task = await claim_one(queue, "pod-a:i1")
+    await queue.requeue_owner("pod-a:i1")
+    beat = await queue.heartbeat(WorkerInfo("pod-a", "i1", 1),
+                                 {task.id: task.token, "no-such-task": "1"}, 30)
+    assert sorted(beat.lost) == sorted([task.id, "no-such-task"])
+    assert await redis.zcard(queue.prefix + "leases") == 0
+    info = await queue.get(task.id)
+    assert info is not None and info.state == "queued"
+
+
+async def test_heartbeat_registers_the_worker(queue: TaskQueue) -> None:
+    await queue.heartbeat(WorkerInfo("pod-a", "i1", 4, in_flight=2, done=7, failed=1), {}, 30)
+    [state] = await queue.workers()
+    assert (state.worker_id, state.pod, state.instance) == ("pod-a:i1", "pod-a", "i1")
+    assert (state.in_flight, state.done, state.failed, state.concurrency) == (2, 7, 1, 4)

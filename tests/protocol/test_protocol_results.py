@@ -1,0 +1,90 @@
+"""Results: kept with a TTL, dead tasks kept until purged, and waiting for a result."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from protocol_helpers import claim_one, eventually
+
+from agentpool.protocol import TaskNotFound, TaskQueue
+
+
+async def test_unfinished_tasks_never_expire(redis: aioredis.Redis, queue: TaskQueue) -> None:
+    running = await queue.submit("running")
+    await claim_one(queue, "w:1")
+    queued = await queue.submit("queued")
+    delayed = await queue.submit("delayed", delay=60)
+    for task_id in (running, queued, delayed):
+        assert await redis.ttl(queue.task_key(task_id)) == -1
+
+
+async def test_result_is_kept_with_the_queue_result_ttl(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    first = await queue.submit("job")
+    await queue.complete(await claim_one(queue, "w:1"), "ok")
+    assert 86_000 < await redis.ttl(queue.task_key(first)) <= 86_400
+
+    await queue.configure(result_ttl=60)
+    second = await queue.submit("job")
+    await queue.complete(await claim_one(queue, "w:1"), "ok")
+    assert 0 < await redis.ttl(queue.task_key(second)) <= 60
+    cancelled = await queue.submit("job")
+    await queue.cancel(cancelled)
+    assert 0 < await redis.ttl(queue.task_key(cancelled)) <= 60
+
+
+async def test_dead_task_is_kept_until_purged(redis: aioredis.Redis, queue: TaskQueue) -> None:
+    await queue.configure(result_ttl=60)
+    task_id = await queue.submit("job", max_attempts=1)
+    await queue.fail(await claim_one(queue, "w:1"), "boom")
+    assert await redis.ttl(queue.task_key(task_id)) == -1
+
+
+async def test_wait_returns_when_another_coroutine_completes_the_task(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    task_id = await queue.submit("job")
+    waiter = asyncio.create_task(queue.wait(task_id, timeout=5))
+
+    async def subscribed() -> bool:
+        [(_, n)] = await redis.pubsub_numsub(queue.prefix + "done")
+        return int(n) == 1
+
+    await eventually(subscribed)
+    assert not waiter.done()
+    await queue.complete(await claim_one(queue, "w:1"), {"answer": 42})
+    info = await waiter
+    assert (info.id, info.state, info.result) == (task_id, "succeeded", {"answer": 42})
+
+
+async def test_wait_is_woken_by_the_completion_not_by_polling(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    """The completion notifies the waiter; the 1 s re-check alone would miss this deadline."""
+    task_id = await queue.submit("job")
+    task = await claim_one(queue, "w:1")
+    waiter = asyncio.create_task(queue.wait(task_id, timeout=0.8))
+
+    async def subscribed() -> bool:
+        [(_, n)] = await redis.pubsub_numsub(queue.prefix + "done")
+        return int(n) == 1
+
+    await eventually(subscribed)
+    await asyncio.sleep(0.05)
+    await queue.fail(task, "boom", retryable=False)
+    info = await waiter
+    assert (info.state, info.error) == ("dead", "boom")
+
+
+async def test_wait_times_out_on_an_unfinished_task(queue: TaskQueue) -> None:
+    task_id = await queue.submit("job")
+    with pytest.raises(TimeoutError):
+        await queue.wait(task_id, timeout=0.1)
+
+
+async def test_wait_for_an_unknown_task_raises_task_not_found(queue: TaskQueue) -> None:
+    with pytest.raises(TaskNotFound):
+        await queue.wait("no-such-task", timeout=1)

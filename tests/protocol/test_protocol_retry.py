@@ -1,0 +1,120 @@
+"""Retries: backoff with jitter, attempts, crashes counted, dead-lettering."""
+
+from __future__ import annotations
+
+import random
+
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+from protocol_helpers import claim_one, claim_within, eventually
+
+from agentpool.protocol import FailOutcome, TaskQueue, retry_delay
+
+
+@given(
+    attempt=st.integers(min_value=1, max_value=10_000),
+    base=st.floats(min_value=0.001, max_value=10),
+    cap=st.floats(min_value=0.01, max_value=3600),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_retry_delay_is_between_half_and_all_of_a_capped_doubling_step(
+    attempt: int, base: float, cap: float, seed: int
+) -> None:
+    step = min(cap, base * 2.0 ** min(attempt - 1, 200))
+    delay = retry_delay(attempt, base=base, cap=cap, rng=random.Random(seed))
+    assert step / 2 <= delay <= step
+
+
+def test_retry_delay_is_jittered() -> None:
+    rng = random.Random(7)
+    delays = [retry_delay(3, base=1.0, cap=300.0, rng=rng) for _ in range(500)]
+    assert len(set(delays)) > 400
+    assert min(delays) < 2.2 and max(delays) > 3.8
+
+
+async def test_failed_task_waits_out_a_backoff_before_its_retry(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    task_id = await queue.submit("flaky")
+    task = await claim_one(queue, "w:1")
+    assert await queue.fail(task, "boom") == FailOutcome.RETRY
+    raw_due = await redis.hget(queue.task_key(task_id), "due")
+    assert raw_due is not None
+    due = int(raw_due)
+    seconds, micros = await redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    assert 450 <= due - now_ms <= 1000  # first retry: 0.5-1 s
+    info = await queue.get(task_id)
+    assert info is not None and (info.state, info.error) == ("delayed", "boom")
+    batch = await queue.claim("w:1", 1, 30)
+    assert batch.tasks == []
+    assert batch.next_due_in is not None and batch.next_due_in > 0.4
+
+
+async def test_task_is_retried_up_to_max_attempts_then_dead_with_last_error(
+    queue: TaskQueue,
+) -> None:
+    task_id = await queue.submit("flaky")
+    outcomes = []
+    for n in range(1, 4):
+        task = await claim_within(queue, "w:1")
+        assert (task.id, task.attempts, task.max_attempts) == (task_id, n, 3)
+        outcomes.append(await queue.fail(task, f"boom {n}", delay=0))
+    assert outcomes == [FailOutcome.RETRY, FailOutcome.RETRY, FailOutcome.DEAD]
+    assert (await queue.claim("w:1", 1, 30)).tasks == []
+    dead = await queue.dead_letters()
+    assert [(d.id, d.state, d.error, d.attempts) for d in dead] == [
+        (task_id, "dead", "boom 3", 3)]
+
+
+async def test_non_retryable_failure_is_dead_at_once(queue: TaskQueue) -> None:
+    task_id = await queue.submit("bad input", max_attempts=5)
+    task = await claim_one(queue, "w:1")
+    assert await queue.fail(task, "invalid payload", retryable=False) == FailOutcome.DEAD
+    info = await queue.get(task_id)
+    assert info is not None and (info.state, info.error) == ("dead", "invalid payload")
+
+
+async def test_worker_crash_counts_as_an_attempt(queue: TaskQueue) -> None:
+    task_id = await queue.submit("poison")
+    results = []
+    for n in range(1, 4):
+        task = await claim_one(queue, f"pod-a:i{n}")
+        assert task.attempts == n
+        results.append(await queue.requeue_owner(f"pod-a:i{n}"))
+    assert [(r.requeued, r.dead_lettered) for r in results] == [(1, 0), (1, 0), (0, 1)]
+    info = await queue.get(task_id)
+    assert info is not None
+    assert info.state == "dead"
+    assert info.error == "worker lost (attempt 3 of 3)"
+    assert [d.id for d in await queue.dead_letters()] == [task_id]
+
+
+async def test_expired_lease_counts_as_an_attempt(queue: TaskQueue) -> None:
+    task_id = await queue.submit("poison", max_attempts=1)
+    await claim_one(queue, "pod-a:i1", lease=0.05)
+
+    async def reaped() -> bool:
+        return (await queue.reap_expired()).dead_lettered == 1
+
+    await eventually(reaped)
+    info = await queue.get(task_id)
+    assert info is not None
+    assert (info.state, info.error) == ("dead", "lease expired (attempt 1 of 1)")
+
+
+async def test_queue_default_max_attempts_and_per_task_override(queue: TaskQueue) -> None:
+    await queue.configure(max_attempts=1)
+    default_id = await queue.submit("default")
+    override_id = await queue.submit("override", max_attempts=2)
+
+    task = await claim_one(queue, "w:1")
+    assert (task.id, task.max_attempts) == (default_id, 1)
+    assert await queue.fail(task, "boom", delay=0) == FailOutcome.DEAD
+
+    task = await claim_one(queue, "w:1")
+    assert (task.id, task.max_attempts) == (override_id, 2)
+    assert await queue.fail(task, "boom", delay=0) == FailOutcome.RETRY
+    task = await claim_within(queue, "w:1")
+    assert await queue.fail(task, "boom", delay=0) == FailOutcome.DEAD

@@ -1,0 +1,161 @@
+"""Submitting tasks: round trip, ordering, delays, idempotency and what submit refuses."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from protocol_helpers import claim_one, claim_within, queue_keys, queued_ids, task_keys
+
+from agentpool.protocol import PayloadTooLarge, ProtocolError, TaskQueue
+
+
+async def test_submitted_task_is_claimed_and_completed_with_its_result(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    payload = {"prompt": "summarise", "n": [1, 2, 3], "text": "héllo"}
+    task_id = await queue.submit(payload)
+    info = await queue.get(task_id)
+    assert info is not None
+    assert (info.state, info.payload, info.attempts) == ("queued", payload, 0)
+
+    task = await claim_one(queue, "pod-a:i1")
+    assert task.id == task_id
+    assert json.loads(task.payload_raw) == payload
+    assert task.attempts == 1
+    running = await queue.get(task_id)
+    assert running is not None
+    assert (running.state, running.owner) == ("running", "pod-a:i1")
+
+    assert await queue.complete(task, {"summary": "ok"}) is True
+    done = await queue.get(task_id)
+    assert done is not None
+    assert (done.state, done.result, done.error) == ("succeeded", {"summary": "ok"}, None)
+    assert done.finished_ms is not None and done.finished_ms >= done.created_ms
+    assert (await queue.claim("pod-a:i1", 10, 30)).tasks == []
+    assert await redis.zcard(queue.prefix + "leases") == 0
+    assert await queue.held_by("pod-a:i1") == set()
+
+
+async def test_higher_priority_is_claimed_first(queue: TaskQueue) -> None:
+    ids = {}
+    for name, prio in [("low", 0), ("top", 9), ("mid", 5), ("top2", 9), ("low2", 0), ("one", 1)]:
+        ids[await queue.submit(name, priority=prio)] = name
+    batch = await queue.claim("w:1", 10, 30)
+    assert [ids[t.id] for t in batch.tasks] == ["top", "top2", "mid", "one", "low", "low2"]
+
+
+async def test_tasks_of_one_priority_are_claimed_in_submit_order(queue: TaskQueue) -> None:
+    submitted = [await queue.submit(i, priority=3) for i in range(30)]
+    claimed = [(await claim_one(queue, "w:1")).id for _ in range(30)]
+    assert claimed == submitted
+
+
+async def test_delayed_task_is_claimable_only_once_due(queue: TaskQueue) -> None:
+    delay = 0.2
+    start = time.monotonic()
+    task_id = await queue.submit("later", delay=delay)
+    batch = await queue.claim("w:1", 1, 30)
+    assert batch.tasks == []
+    assert batch.next_due_in is not None and 0 < batch.next_due_in <= delay
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "delayed"
+
+    task = await claim_within(queue, "w:1")
+    assert task.id == task_id
+    assert time.monotonic() - start >= delay - 0.01
+
+
+async def test_idempotency_key_returns_the_same_task(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    first = await queue.submit({"n": 1}, idempotency_key="order-42")
+    again = await queue.submit({"n": 2}, idempotency_key="order-42")
+    other = await queue.submit({"n": 3}, idempotency_key="order-43")
+    assert again == first
+    assert other != first
+    assert len(await task_keys(redis, queue)) == 2
+    assert sorted(await queued_ids(redis, queue)) == sorted([first, other])
+    info = await queue.get(first)
+    assert info is not None and info.payload == {"n": 1}
+
+
+async def test_payload_over_the_limit_is_refused_and_nothing_stored(
+    redis: aioredis.Redis, queue_name: str
+) -> None:
+    queue = TaskQueue(redis, queue_name, max_payload_bytes=100)
+    with pytest.raises(PayloadTooLarge) as excinfo:
+        await queue.submit("x" * 200, idempotency_key="big")
+    message = str(excinfo.value)
+    assert "202 bytes" in message and "limit is 100 bytes" in message
+    assert isinstance(excinfo.value, ProtocolError)
+    assert await queue_keys(redis, queue) == set()
+
+    # The limit counts encoded bytes, not characters.
+    with pytest.raises(PayloadTooLarge):
+        await queue.submit("é" * 60)
+    await queue.submit("x" * 98)
+    assert len(await task_keys(redis, queue)) == 1
+
+
+@pytest.mark.parametrize("payload", [object(), {"when": time}, {1, 2}, float("nan")],
+                         ids=["object", "module", "set", "nan"])
+async def test_payload_that_is_not_json_is_refused(
+    redis: aioredis.Redis, queue: TaskQueue, payload: Any
+) -> None:
+    with pytest.raises(ProtocolError, match="JSON"):
+        await queue.submit(payload)
+    assert await queue_keys(redis, queue) == set()
+
+
+@pytest.mark.parametrize("priority", [-1, 10, 2.5, "3"])
+async def test_priority_outside_0_to_9_is_refused(
+    redis: aioredis.Redis, queue: TaskQueue, priority: Any
+) -> None:
+    with pytest.raises(ProtocolError, match="priority"):
+        await queue.submit("x", priority=priority)
+    assert await queue_keys(redis, queue) == set()
+
+
+async def test_negative_delay_and_zero_max_attempts_are_refused(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    with pytest.raises(ProtocolError, match="delay"):
+        await queue.submit("x", delay=-1)
+    with pytest.raises(ProtocolError, match="max_attempts"):
+        await queue.submit("x", max_attempts=0)
+    assert await queue_keys(redis, queue) == set()
+
+
+@pytest.mark.parametrize("name", ["", "has space", "{tag}", "-dash-first", "a" * 101, "a:b"])
+def test_invalid_queue_name_is_refused(redis: aioredis.Redis, name: str) -> None:
+    with pytest.raises(ProtocolError, match="invalid queue name"):
+        TaskQueue(redis, name)
+
+
+def test_valid_queue_names_are_accepted(redis: aioredis.Redis) -> None:
+    for name in ["a", "A" * 100, "jobs.v2_high-prio", "9lives"]:
+        assert TaskQueue(redis, name).name == name
+
+
+async def test_submit_many_stores_every_task_in_order(queue: TaskQueue) -> None:
+    payloads = [{"i": i} for i in range(10)]
+    ids = await queue.submit_many(payloads, priority=4, chunk=3)
+    assert len(ids) == len(set(ids)) == 10
+    batch = await queue.claim("w:1", 20, 30)
+    assert [t.id for t in batch.tasks] == ids
+    assert [json.loads(t.payload_raw) for t in batch.tasks] == payloads
+    info = await queue.get(ids[0])
+    assert info is not None and info.priority == 4
+
+
+async def test_submit_many_with_one_bad_payload_stores_nothing(
+    redis: aioredis.Redis, queue_name: str
+) -> None:
+    queue = TaskQueue(redis, queue_name, max_payload_bytes=50)
+    with pytest.raises(PayloadTooLarge):
+        await queue.submit_many(["ok", "ok", "x" * 100, "ok"], chunk=2)
+    assert await queue_keys(redis, queue) == set()
