@@ -1,0 +1,239 @@
+"""Plumbing shared by the `agentpool` subcommands: options, connection, output, exit codes.
+
+Exit codes: 0 ok, 1 the operation failed (unknown task, timeout, Redis unreachable), 2 usage
+error (bad arguments or input), 130 interrupted. Errors are one line on stderr; set
+``AGENTPOOL_DEBUG=1`` to get the traceback of an unexpected error instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import redis.exceptions
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
+from agentpool.protocol import ProtocolError, TaskNotFound
+from agentpool.urls import redact_url
+from agentpool.views import Grid, to_table
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+ENV_QUEUE = "AGENTPOOL_QUEUE"
+CLI_CONNECT_TIMEOUT = 5.0
+PIPE_WIDTH = 200
+CLI_CLIENT_NAME = "agentpool-cli"
+
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """Bad arguments or input: exit 2."""
+
+
+class CommandFailed(Exception):
+    """The operation could not be done: exit 1."""
+
+
+# -- options -------------------------------------------------------------------------------
+
+
+def add_redis_option(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    parser.add_argument(
+        "--redis-url", metavar="URL", default=None,
+        help=help_text or f"Redis holding the queue (default: ${ENV_REDIS_URL})",
+    )
+
+
+def add_queue_options(parser: argparse.ArgumentParser) -> None:
+    add_redis_option(parser)
+    parser.add_argument(
+        "-q", "--queue", metavar="NAME", default=None,
+        help=f"queue name (default: ${ENV_QUEUE}); an AgentPool's queue is its name "
+        "unless its spec says otherwise",
+    )
+
+
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o", "--output", choices=("table", "json"), default="table",
+        help="table for people (default), json for programs",
+    )
+
+
+def add_watch_options(parser: argparse.ArgumentParser, interval: float = 2.0) -> None:
+    parser.add_argument(
+        "-w", "--watch", action="store_true",
+        help="refresh in place until Ctrl-C (with -o json: one JSON document per line)",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=interval, metavar="SECONDS",
+        help=f"seconds between refreshes with --watch (default {interval:g})",
+    )
+
+
+def redis_url(args: argparse.Namespace) -> str | None:
+    url: str | None = getattr(args, "redis_url", None) or os.environ.get(ENV_REDIS_URL)
+    return url
+
+
+def queue_name(args: argparse.Namespace) -> str:
+    name: str | None = getattr(args, "queue", None) or os.environ.get(ENV_QUEUE)
+    if not name:
+        raise UsageError(f"no queue: pass --queue or set {ENV_QUEUE}")
+    return name
+
+
+def connect(args: argparse.Namespace) -> Client:
+    """The client of a queue verb; its connections are named so CLIENT LIST shows them."""
+    return Client.from_url(redis_url(args), connect_timeout=CLI_CONNECT_TIMEOUT,
+                           client_name=CLI_CLIENT_NAME)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+_CONNECT_ERROR = re.compile(r"^Error (-?\d+) connecting to \S+\.\s+(.*)$", re.S)
+
+
+def describe_redis_error(exc: BaseException) -> str:
+    """The reason in a redis-py connection error, without its boilerplate."""
+    text = str(exc).strip()
+    match = _CONNECT_ERROR.match(text)
+    if match:
+        errno = int(match[1])
+        if errno > 0:
+            return os.strerror(errno)
+        return match[2].rstrip(".") or text
+    if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError) and not text:
+        return "timed out"
+    return text.rstrip(".") or type(exc).__name__
+
+
+def redis_failure(url: str | None, exc: BaseException) -> str:
+    where = redact_url(url) if url else "Redis"
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return f"Redis at {where} refused the credentials: {describe_redis_error(exc)}"
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+                  | ConnectionError):
+        return f"cannot reach Redis at {where}: {describe_redis_error(exc)}"
+    return f"Redis error at {where}: {describe_redis_error(exc)}"
+
+
+def error_line(message: str) -> None:
+    first = " ".join(message.split())
+    sys.stderr.write(f"agentpool: {first}\n")
+    sys.stderr.flush()
+
+
+def command(
+    fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+) -> Callable[[argparse.Namespace], int]:
+    """Run an async subcommand and turn every error into one stderr line and an exit code."""
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(fn(args))
+        except KeyboardInterrupt:
+            return EXIT_OK if getattr(args, "watch", False) else EXIT_INTERRUPTED
+        except (UsageError, ClientConfigError) as exc:
+            error_line(str(exc))
+            return EXIT_USAGE
+        except (CommandFailed, TaskNotFound) as exc:
+            error_line(str(exc))
+            return EXIT_FAILED
+        except ProtocolError as exc:
+            error_line(str(exc))
+            return EXIT_USAGE
+        except (redis.exceptions.RedisError, ConnectionError) as exc:
+            error_line(redis_failure(redis_url(args), exc))
+            return EXIT_FAILED
+        except Exception as exc:
+            if os.environ.get("AGENTPOOL_DEBUG"):
+                raise
+            error_line(f"unexpected error: {type(exc).__name__}: {exc}")
+            return EXIT_FAILED
+
+    return run
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def stdout_console() -> Console:
+    """Rich console on stdout; wide when piped so that ids and errors are not cut."""
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=PIPE_WIDTH)
+    return console
+
+
+def print_json(data: Any, *, one_line: bool = False) -> None:
+    text = json.dumps(data, ensure_ascii=False, default=str,
+                      indent=None if one_line else 2)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def emit(renderable: RenderableType) -> None:
+    """Print to stdout; when piped, without the trailing blanks rich pads table cells with."""
+    console = stdout_console()
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    lines = [line.rstrip() for line in captured.get().splitlines()]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def render(grids: Grid | list[Grid]) -> RenderableType:
+    """Tables with their notes; a table without rows shows only its title."""
+    items: list[RenderableType] = []
+    for grid in grids if isinstance(grids, list) else [grids]:
+        if grid.title:
+            items.append(Text(grid.title, style="bold"))
+        if grid.rows or not grid.headers:
+            items.append(to_table(grid))
+        if grid.notes:
+            items.append(Text(""))
+            items.extend(Text(note, style="dim") for note in grid.notes)
+    return items[0] if len(items) == 1 else Group(*items)
+
+
+async def show(
+    args: argparse.Namespace,
+    snapshot: Callable[[], Awaitable[T]],
+    grids: Callable[[T], Grid | list[Grid]],
+    to_json: Callable[[T], Any],
+) -> int:
+    """Print one snapshot, or with --watch keep refreshing it until Ctrl-C."""
+    watch = bool(getattr(args, "watch", False))
+    interval = max(0.1, float(getattr(args, "interval", 2.0)))
+    if args.output == "json":
+        while True:
+            print_json(to_json(await snapshot()), one_line=watch)
+            if not watch:
+                return EXIT_OK
+            await asyncio.sleep(interval)
+    first = render(grids(await snapshot()))
+    if not watch:
+        emit(first)
+        return EXIT_OK
+    with Live(first, console=stdout_console(), auto_refresh=False, transient=False) as live:
+        while True:
+            await asyncio.sleep(interval)
+            live.update(render(grids(await snapshot())), refresh=True)

@@ -1,0 +1,272 @@
+"""The producer-facing Python API.
+
+Async code uses :class:`Client`::
+
+    async with Client.from_url("redis://redis:6379/0") as client:
+        queue = client.queue("agents")
+        task_id = await queue.submit({"prompt": "..."})
+        info = await queue.wait(task_id, timeout=600)
+
+Synchronous code uses :class:`SyncClient`, which offers the same operations as blocking calls::
+
+    with SyncClient.from_url("redis://redis:6379/0") as client:
+        queue = client.queue("agents")
+        info = queue.wait(queue.submit({"prompt": "..."}), timeout=600)
+
+Both read the URL from ``AGENTPOOL_REDIS_URL`` when none is given. The protocol itself lives in
+:mod:`agentpool.protocol`; these classes only manage the connection around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import redis.asyncio as aioredis
+
+from agentpool.protocol import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    CancelOutcome,
+    QueueFigures,
+    TaskInfo,
+    TaskQueue,
+    WorkerState,
+)
+from agentpool.urls import redact_url
+
+ENV_REDIS_URL = "AGENTPOOL_REDIS_URL"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+class ClientConfigError(ValueError):
+    """No usable Redis URL was given."""
+
+
+def resolve_redis_url(url: str | None = None) -> str:
+    """`url`, else ``$AGENTPOOL_REDIS_URL``; raises ClientConfigError when neither is set."""
+    resolved = url or os.environ.get(ENV_REDIS_URL)
+    if not resolved:
+        raise ClientConfigError(f"no Redis URL: pass --redis-url or set {ENV_REDIS_URL}")
+    return resolved
+
+
+def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.Redis:
+    redis_kwargs.setdefault("socket_connect_timeout", connect_timeout)
+    try:
+        return aioredis.Redis.from_url(url, **redis_kwargs)
+    except ValueError as exc:
+        raise ClientConfigError(f"invalid Redis URL {redact_url(url)}: {exc}") from None
+
+
+class Client:
+    """A Redis connection pool and the queues on it. Close it (or use ``async with``)."""
+
+    def __init__(self, redis: aioredis.Redis, *, url: str | None = None) -> None:
+        self.redis = redis
+        self.url = url
+        self._queues: dict[tuple[str, int], TaskQueue] = {}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | None = None,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        **redis_kwargs: Any,
+    ) -> Client:
+        """Connect lazily to `url` (default ``$AGENTPOOL_REDIS_URL``); extra arguments go to
+        ``redis.asyncio.Redis.from_url``."""
+        resolved = resolve_redis_url(url)
+        return cls(_connect(resolved, connect_timeout, **redis_kwargs), url=resolved)
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for messages."""
+        return redact_url(self.url) if self.url else "Redis"
+
+    def queue(self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> TaskQueue:
+        key = (name, max_payload_bytes)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = TaskQueue(
+                self.redis, name, max_payload_bytes=max_payload_bytes
+            )
+        return queue
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _LoopThread:
+    """An event loop running in a daemon thread; `call` runs a coroutine on it and blocks."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="agentpool-client", daemon=True
+        )
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class SyncClient:
+    """Blocking facade over :class:`Client` for producers in synchronous code.
+
+    The async protocol runs on a private event loop in a background thread. A
+    ``redis.asyncio`` connection belongs to the loop that opened it, so one long-lived loop
+    lets every call reuse the same connections; ``asyncio.run`` per call would reconnect
+    each time and fails where a loop is already running (a notebook, an async framework).
+    Calls are thread-safe; an interrupted call (Ctrl-C) is cancelled on the loop.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        **redis_kwargs: Any,
+    ) -> None:
+        resolved = resolve_redis_url(url)
+        self._runner = _LoopThread()
+        try:
+            self._client = self._runner.call(
+                _make_client(resolved, connect_timeout, redis_kwargs)
+            )
+        except BaseException:
+            self._runner.stop()
+            raise
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | None = None,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        **redis_kwargs: Any,
+    ) -> SyncClient:
+        return cls(url, connect_timeout=connect_timeout, **redis_kwargs)
+
+    @property
+    def display_url(self) -> str:
+        return self._client.display_url
+
+    def queue(
+        self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    ) -> SyncQueue:
+        return SyncQueue(self._client.queue(name, max_payload_bytes=max_payload_bytes),
+                         self._runner)
+
+    def ping(self) -> None:
+        self._runner.call(self._client.ping())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._runner.call(self._client.aclose())
+        finally:
+            self._runner.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+async def _make_client(url: str, connect_timeout: float, redis_kwargs: dict[str, Any]) -> Client:
+    """Create the client on the loop that will use it."""
+    return Client.from_url(url, connect_timeout=connect_timeout, **redis_kwargs)
+
+
+class SyncQueue:
+    """Blocking counterparts of the producer-side :class:`TaskQueue` methods."""
+
+    def __init__(self, queue: TaskQueue, runner: _LoopThread) -> None:
+        self.queue = queue
+        self._run = runner.call
+
+    @property
+    def name(self) -> str:
+        return self.queue.name
+
+    def submit(
+        self,
+        payload: Any,
+        *,
+        priority: int = 0,
+        delay: float = 0,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        return self._run(self.queue.submit(
+            payload, priority=priority, delay=delay, idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+        ))
+
+    def submit_many(self, payloads: Iterable[Any], *, priority: int = 0) -> list[str]:
+        return self._run(self.queue.submit_many(list(payloads), priority=priority))
+
+    def get(self, task_id: str) -> TaskInfo | None:
+        return self._run(self.queue.get(task_id))
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
+        """Block until the task is final; raises TimeoutError after `timeout` seconds."""
+        return self._run(self.queue.wait(task_id, timeout))
+
+    def cancel(self, task_id: str) -> CancelOutcome:
+        return self._run(self.queue.cancel(task_id))
+
+    def figures(self) -> QueueFigures:
+        return self._run(self.queue.figures())
+
+    def workers(self) -> list[WorkerState]:
+        return self._run(self.queue.workers())
+
+    def dead_letters(self, limit: int = 100) -> list[TaskInfo]:
+        return self._run(self.queue.dead_letters(limit))
+
+    def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
+        return self._run(self.queue.requeue_dead(task_ids))
+
+    def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
+        return self._run(self.queue.purge_dead(task_ids))

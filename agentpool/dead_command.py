@@ -1,0 +1,103 @@
+"""`agentpool dead list|requeue|purge`: inspect and act on a queue's dead-letter queue."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from agentpool.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    add_output_option,
+    add_queue_options,
+    command,
+    connect,
+    emit,
+    error_line,
+    print_json,
+    queue_name,
+    render,
+)
+from agentpool.views import dead_grid, task_json
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "dead",
+        help="list, requeue or purge dead-lettered tasks",
+        description="The dead-letter queue: tasks that used up their attempts or could not "
+        "run, each with its last error.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list dead tasks, newest first")
+    add_queue_options(listing)
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    add_output_option(listing)
+    listing.set_defaults(func=run_list)
+    for action, summary, func in (
+        ("requeue", "Requeue dead tasks; their attempts start again from 0.", run_requeue),
+        ("purge", "Delete dead tasks for good.", run_purge),
+    ):
+        sub = actions.add_parser(
+            action, help=f"{action} the given dead tasks, or --all",
+            description=f"{summary} Exit 1 if some of the given ids were not in the "
+            "dead-letter queue.",
+        )
+        add_queue_options(sub)
+        sub.add_argument("task_ids", nargs="*", metavar="TASK_ID")
+        sub.add_argument("--all", action="store_true", help="every dead task of the queue")
+        add_output_option(sub)
+        sub.set_defaults(func=func)
+
+
+@command
+async def run_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    name = queue_name(args)
+    async with connect(args) as client:
+        tasks = await client.queue(name).dead_letters(args.limit)
+    if args.output == "json":
+        print_json({"queue": name, "tasks": [task_json(name, t) for t in tasks]})
+    else:
+        emit(render(dead_grid(tasks, time.time(), name)))
+    return EXIT_OK
+
+
+def selected_ids(args: argparse.Namespace) -> list[str] | None:
+    """The ids to act on; None means every dead task."""
+    if args.all and args.task_ids:
+        raise UsageError("give task ids or --all, not both")
+    if not args.all and not args.task_ids:
+        raise UsageError(f"give the task ids to {args.action}, or --all")
+    return None if args.all else list(dict.fromkeys(args.task_ids))
+
+
+async def _act(args: argparse.Namespace, past: str) -> int:
+    name = queue_name(args)
+    ids = selected_ids(args)
+    async with connect(args) as client:
+        queue = client.queue(name)
+        count = await (queue.requeue_dead(ids) if args.action == "requeue"
+                       else queue.purge_dead(ids))
+    if args.output == "json":
+        print_json({"queue": name, past: count})
+    else:
+        noun = "task" if count == 1 else "tasks"
+        emit(f"{past.capitalize()} {count} dead {noun} of queue {name}")
+    if ids is not None and count < len(ids):
+        error_line(f"{len(ids) - count} of {len(ids)} given tasks were not in the "
+                   "dead-letter queue")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+@command
+async def run_requeue(args: argparse.Namespace) -> int:
+    return await _act(args, "requeued")
+
+
+@command
+async def run_purge(args: argparse.Namespace) -> int:
+    return await _act(args, "purged")

@@ -1,0 +1,179 @@
+"""Plain-data side of the fleet view: pool summaries and task rates.
+
+No I/O here: summaries are built from AgentPool objects (as the API returns them) or from a
+queue's figures, and rates from samples of a queue's cumulative counters (the ``stats`` hash
+the protocol's scripts increment: submitted, succeeded, failed, retried, requeued, dead,
+cancelled).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from agentpool.models import AgentPoolStatus, Condition
+from agentpool.protocol import QueueFigures
+
+DEFAULT_RATE_WINDOW = 300.0
+
+
+@dataclass(frozen=True)
+class CounterSample:
+    at: float
+    """Seconds on a monotonic clock."""
+    counters: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Rates:
+    window_seconds: float
+    submitted_per_second: float
+    succeeded_per_second: float
+    failed_per_second: float
+    failure_rate: float | None
+    """Failed runs / finished runs (succeeded + failed) in the window; None when none finished.
+    A failed run is one whose handler raised or timed out, whether it was retried or not."""
+
+
+def rates_between(old: CounterSample, new: CounterSample) -> Rates | None:
+    """Rates over the span between two samples; None when the span is empty.
+
+    A counter that went down (its hash was reset) counts as zero progress, not negative.
+    """
+    span = new.at - old.at
+    if span <= 0:
+        return None
+
+    def delta(name: str) -> int:
+        return max(0, new.counters.get(name, 0) - old.counters.get(name, 0))
+
+    succeeded, failed = delta("succeeded"), delta("failed")
+    finished = succeeded + failed
+    return Rates(
+        window_seconds=span,
+        submitted_per_second=delta("submitted") / span,
+        succeeded_per_second=succeeded / span,
+        failed_per_second=failed / span,
+        failure_rate=failed / finished if finished else None,
+    )
+
+
+class RateTracker:
+    """Counter samples over a sliding window; rates span the oldest to the newest sample."""
+
+    def __init__(self, window_seconds: float = DEFAULT_RATE_WINDOW) -> None:
+        self.window_seconds = window_seconds
+        self._samples: deque[CounterSample] = deque()
+
+    def add(self, sample: CounterSample) -> None:
+        self._samples.append(sample)
+        cutoff = sample.at - self.window_seconds
+        while len(self._samples) > 2 and self._samples[1].at <= cutoff:
+            self._samples.popleft()
+
+    def rates(self) -> Rates | None:
+        if len(self._samples) < 2:
+            return None
+        return rates_between(self._samples[0], self._samples[-1])
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class PoolSummary:
+    """One row of the fleet view. Replica fields are None for a bare queue (no cluster)."""
+
+    name: str
+    queue: str
+    namespace: str | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    desired_replicas: int | None = None
+    queued: int = 0
+    delayed: int = 0
+    in_flight: int = 0
+    dead: int = 0
+    workers: int = 0
+    health: str = "Unknown"
+    created: datetime | None = None
+    last_scale_reason: str | None = None
+    redis_url: str | None = None
+    redis_secret: SecretRef | None = None
+
+
+def pool_health(conditions: Sequence[Condition], paused: bool) -> str:
+    """One word for a pool's state, from its conditions (Degraded outranks Ready)."""
+    if paused:
+        return "Paused"
+    status = {c.type: c.status for c in conditions}
+    if status.get("Degraded") == "True":
+        return "Degraded"
+    if status.get("QueueReachable") == "False":
+        return "QueueUnreachable"
+    if "Ready" in status:
+        return "Ready" if status["Ready"] == "True" else "NotReady"
+    return "Pending"
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
+    """Summary of one AgentPool object; a status the operator has not written yet reads as 0."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    name = str(meta.get("name", ""))
+    try:
+        status = AgentPoolStatus.model_validate(obj.get("status") or {})
+    except ValidationError:
+        status = AgentPoolStatus()
+    redis = spec.get("redis") or {}
+    ref = redis.get("urlSecretRef")
+    return PoolSummary(
+        name=name,
+        namespace=meta.get("namespace"),
+        queue=str(spec.get("queue") or status.queue or name),
+        replicas=status.replicas,
+        ready_replicas=status.ready_replicas,
+        desired_replicas=status.desired_replicas,
+        queued=status.queued,
+        delayed=status.delayed,
+        in_flight=status.in_flight,
+        dead=status.dead,
+        workers=status.workers,
+        health=pool_health(status.conditions, bool(spec.get("paused", False))),
+        created=_parse_time(meta.get("creationTimestamp")),
+        last_scale_reason=status.last_scale_reason,
+        redis_url=redis.get("url"),
+        redis_secret=SecretRef(str(ref["name"]), str(ref.get("key") or "url"))
+        if isinstance(ref, Mapping) and ref.get("name") else None,
+    )
+
+
+def queue_summary(queue: str, figures: QueueFigures) -> PoolSummary:
+    """Summary of a bare queue read from Redis (no AgentPool, so no replica figures)."""
+    return PoolSummary(
+        name=queue,
+        queue=queue,
+        queued=figures.queued,
+        delayed=figures.delayed,
+        in_flight=figures.in_flight,
+        dead=figures.dead,
+        workers=figures.workers,
+        health="Active" if figures.workers else "NoWorkers",
+    )

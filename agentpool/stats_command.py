@@ -1,0 +1,57 @@
+"""`agentpool stats`: one queue's figures and counters; with --watch, also live rates."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from agentpool.cli_common import (
+    add_output_option,
+    add_queue_options,
+    add_watch_options,
+    command,
+    connect,
+    queue_name,
+    show,
+)
+from agentpool.fleet import CounterSample, Rates, RateTracker
+from agentpool.protocol import QueueFigures
+from agentpool.views import Grid, figures_grid, figures_json
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "stats",
+        help="show a queue's figures",
+        description="Show a queue's figures (queued per priority, delayed, in flight, dead, "
+        "live workers) and its cumulative counters. With --watch the view refreshes and adds "
+        "rates computed over the refreshes of the last --window seconds.",
+    )
+    add_queue_options(parser)
+    add_output_option(parser)
+    add_watch_options(parser)
+    parser.add_argument("--window", type=float, default=300, metavar="SECONDS",
+                        help="with --watch: span of the rates (default 300)")
+    parser.set_defaults(func=run)
+
+
+@command
+async def run(args: argparse.Namespace) -> int:
+    name = queue_name(args)
+    tracker = RateTracker(args.window)
+    async with connect(args) as client:
+        queue = client.queue(name)
+
+        async def snapshot() -> tuple[QueueFigures, Rates | None]:
+            figures = await queue.figures()
+            tracker.add(CounterSample(time.monotonic(), figures.stats))
+            return figures, tracker.rates()
+
+        def grids(data: tuple[QueueFigures, Rates | None]) -> Grid:
+            return figures_grid(name, *data)
+
+        def to_json(data: tuple[QueueFigures, Rates | None]) -> Any:
+            return figures_json(name, *data)
+
+        return await show(args, snapshot, grids, to_json)

@@ -1,0 +1,169 @@
+"""`agentpool submit`: queue tasks from arguments or a JSON-lines file, and optionally wait."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from agentpool.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    add_output_option,
+    add_queue_options,
+    command,
+    connect,
+    emit,
+    error_line,
+    print_json,
+    queue_name,
+    render,
+)
+from agentpool.protocol import TaskInfo, TaskQueue, encode_payload
+from agentpool.views import submitted_grid, submitted_json, waited_grid, waited_json
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "submit",
+        help="queue tasks",
+        description="Queue tasks. Payloads come from --json (repeat it for several tasks) or "
+        "from a JSON-lines file (one payload per line, '-' reads stdin); a file is sent in "
+        "pipelined batches. Prints the task ids, or with --wait the outcomes.",
+    )
+    add_queue_options(parser)
+    parser.add_argument("--json", dest="payloads", action="append", default=None,
+                        metavar="PAYLOAD", help="a task payload as JSON (repeatable)")
+    parser.add_argument("-f", "--file", metavar="FILE",
+                        help="JSON lines, one payload per line; '-' reads stdin")
+    parser.add_argument("-p", "--priority", type=int, default=0,
+                        help="0-9, higher runs first (default 0)")
+    parser.add_argument("--delay", type=float, default=0, metavar="SECONDS",
+                        help="run no earlier than this many seconds from now")
+    parser.add_argument("--idempotency-key", metavar="KEY",
+                        help="a key seen before returns the existing task's id (single task)")
+    parser.add_argument("--max-attempts", type=int, metavar="N",
+                        help="attempts before dead-lettering (default: the pool's setting)")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for the tasks to finish; exit 1 unless all succeeded")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="with --wait: give up after this many seconds (exit 1)")
+    add_output_option(parser)
+    parser.set_defaults(func=run)
+
+
+def parse_json_payload(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{where} is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
+        ) from None
+
+
+def parse_json_lines(lines: Iterable[str], source: str) -> list[Any]:
+    """Payloads of a JSON-lines text; blank lines are skipped."""
+    payloads = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            payloads.append(parse_json_payload(line, f"line {number} of {source}"))
+    return payloads
+
+
+def read_payloads(args: argparse.Namespace) -> list[Any]:
+    texts: list[str] = args.payloads or []
+    payloads = [
+        parse_json_payload(text, "--json" if len(texts) == 1 else f"--json #{i}")
+        for i, text in enumerate(texts, start=1)
+    ]
+    if args.file == "-":
+        payloads += parse_json_lines(sys.stdin, "stdin")
+    elif args.file:
+        try:
+            with open(args.file, encoding="utf-8") as handle:
+                payloads += parse_json_lines(handle, args.file)
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"cannot read {args.file}: not UTF-8 text ({exc.reason})") from None
+    if not payloads:
+        raise UsageError("nothing to submit: give --json PAYLOAD or --file FILE")
+    return payloads
+
+
+async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
+                     args: argparse.Namespace) -> list[str]:
+    """One submit with every option, or a pipelined batch when only a priority is set."""
+    if args.idempotency_key and len(payloads) > 1:
+        raise UsageError("--idempotency-key names one task; it cannot be used with "
+                         f"{len(payloads)} payloads")
+    options = {"priority": args.priority, "delay": args.delay,
+               "idempotency_key": args.idempotency_key, "max_attempts": args.max_attempts}
+    if len(payloads) == 1:
+        return [await queue.submit(payloads[0], **options)]
+    if not args.delay and args.max_attempts is None:
+        return await queue.submit_many(payloads, priority=args.priority)
+    for payload in payloads:
+        encode_payload(payload, queue.max_payload_bytes)
+    return [await queue.submit(p, **options) for p in payloads]
+
+
+async def wait_all(queue: TaskQueue, ids: Sequence[str],
+                   seconds: float | None) -> tuple[list[TaskInfo], list[str]]:
+    """Final infos, and the ids still pending when `seconds` ran out. One wait at a time:
+    each holds a pub/sub connection, and later tasks are often done when their turn comes."""
+    done: list[TaskInfo] = []
+    try:
+        async with asyncio.timeout(seconds):
+            for task_id in ids:
+                done.append(await queue.wait(task_id))
+    except TimeoutError:
+        return done, list(ids[len(done):])
+    return done, []
+
+
+def wait_failure(tasks: Sequence[TaskInfo], pending: Sequence[str],
+                 timeout: float | None) -> str | None:
+    """The one-line complaint for a --wait that did not end in success, if any."""
+    parts = []
+    if pending:
+        parts.append(f"{len(pending)} of {len(tasks) + len(pending)} tasks not finished "
+                     f"after {timeout:g}s")
+    unhappy: dict[str, int] = {}
+    for t in tasks:
+        if t.state != "succeeded":
+            unhappy[t.state] = unhappy.get(t.state, 0) + 1
+    if unhappy:
+        parts.append(", ".join(f"{n} {state}" for state, n in sorted(unhappy.items())))
+    return "; ".join(parts) or None
+
+
+@command
+async def run(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout applies to --wait")
+    name = queue_name(args)
+    payloads = read_payloads(args)
+    async with connect(args) as client:
+        queue = client.queue(name)
+        ids = await submit_all(queue, payloads, args)
+        if not args.wait:
+            if args.output == "json":
+                print_json(submitted_json(name, ids))
+            else:
+                emit(render(submitted_grid(name, ids)))
+            return EXIT_OK
+        tasks, pending = await wait_all(queue, ids, args.timeout)
+    if args.output == "json":
+        print_json(waited_json(name, tasks, pending))
+    else:
+        emit(render(waited_grid(name, tasks, pending)))
+    problem = wait_failure(tasks, pending, args.timeout)
+    if problem:
+        error_line(problem)
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,57 @@
+"""`agentpool tasks`: list a queue's tasks by state."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from agentpool.cli_common import (
+    EXIT_OK,
+    UsageError,
+    add_output_option,
+    add_queue_options,
+    command,
+    connect,
+    emit,
+    print_json,
+    queue_name,
+    render,
+)
+from agentpool.protocol import TASK_LIST_STATES, TaskInfo
+from agentpool.views import state_totals, tasks_grids, tasks_json
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "tasks",
+        help="list tasks by state",
+        description="List a queue's tasks by state: queued (in claim order), delayed (by due "
+        "time), running (by lease expiry), dead (newest first). Finished tasks are not "
+        "listed; read one with `get`.",
+    )
+    add_queue_options(parser)
+    parser.add_argument("-s", "--state", action="append", choices=TASK_LIST_STATES,
+                        help="only this state (repeatable; default: all four)")
+    parser.add_argument("--limit", type=int, default=20,
+                        help="at most this many tasks per state (default 20)")
+    add_output_option(parser)
+    parser.set_defaults(func=run)
+
+
+@command
+async def run(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    name = queue_name(args)
+    states = list(dict.fromkeys(args.state or TASK_LIST_STATES))
+    async with connect(args) as client:
+        queue = client.queue(name)
+        totals = state_totals(await queue.figures())
+        groups: dict[str, list[TaskInfo]] = {
+            state: await queue.list_tasks(state, args.limit) for state in states
+        }
+    if args.output == "json":
+        print_json(tasks_json(name, groups, totals))
+    else:
+        emit(render(tasks_grids(name, groups, totals, time.time())))
+    return EXIT_OK

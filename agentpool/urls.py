@@ -1,0 +1,50 @@
+"""Helpers for Redis URLs that may carry credentials."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+MASK = "***"
+_SECRET_QUERY_KEYS = frozenset({"password", "pass", "passwd", "token"})
+
+
+def redact_url(url: str) -> str:
+    """The URL with every secret replaced by ``***``, safe for messages and logs.
+
+    ``redis://user:pw@host`` keeps the user name; a lone ``redis://secret@host`` is masked
+    whole, because some clients read a single user-info part as the password; a
+    ``?password=`` query parameter is masked too. A string that does not parse as a URL is
+    masked entirely rather than risk echoing a secret.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    changed = False
+    if "@" in netloc:
+        changed = True
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hostport}" if sep else f"{MASK}@{hostport}"
+    elif not host and port is None and not parts.scheme:
+        return MASK
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(key.lower() in _SECRET_QUERY_KEYS for key, _ in pairs):
+            changed = True
+            query = urlencode(
+                [(k, MASK if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs],
+                safe="*",
+            )
+    if not changed:
+        return url
+    rebuilt = f"{parts.scheme}://{netloc}{parts.path}"
+    if query:
+        rebuilt += f"?{query}"
+    if parts.fragment:
+        rebuilt += f"#{parts.fragment}"
+    return rebuilt

@@ -1,0 +1,438 @@
+"""Pure rendering for the CLI: plain data in, table rows or JSON-ready dicts out.
+
+Each view has a ``*_json`` function (the ``-o json`` document) and a ``*_grid`` function (the
+human table as headers and string cells); :func:`to_table` turns a grid into a rich Table.
+Times are passed in (``now`` in seconds since the epoch) so output is deterministic in tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from agentpool.fleet import PoolSummary, Rates
+from agentpool.protocol import CancelOutcome, QueueFigures, TaskInfo, WorkerState
+
+PREVIEW_CHARS = 60
+DETAIL_CHARS = 500
+COUNTER_LABELS = {
+    "submitted": "Submitted",
+    "succeeded": "Succeeded",
+    "failed": "Failed runs",
+    "retried": "Retried",
+    "requeued": "Requeued",
+    "dead": "Dead-lettered",
+    "cancelled": "Cancelled",
+}
+
+
+@dataclass(frozen=True)
+class Grid:
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    title: str | None = None
+    notes: list[str] = field(default_factory=list)
+    """Lines printed under the table (e.g. why a figure is missing)."""
+
+
+def to_table(grid: Grid) -> Table:
+    """A borderless, kubectl-like table (without the title: titles are printed as their own
+    line, so a narrow table does not wrap them); no headers renders as key/value pairs."""
+    table = Table(
+        box=box.SIMPLE_HEAD if grid.headers else None,
+        show_header=bool(grid.headers), show_edge=False, pad_edge=False, highlight=False,
+    )
+    columns = grid.headers or ([""] * max((len(r) for r in grid.rows), default=0))
+    for i, header in enumerate(columns):
+        table.add_column(header, no_wrap=i == 0, overflow="fold", style="bold" if
+                         not grid.headers and i == 0 else None)
+    for row in grid.rows:
+        table.add_row(*row)
+    return table
+
+
+# -- small formatters ----------------------------------------------------------------------
+
+
+def format_age(seconds: float | None) -> str:
+    """kubectl-style age: 42s, 5m10s, 3h4m, 2d5h."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s" if s % 60 else f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60}m" if s % 3600 // 60 else f"{s // 3600}h"
+    return f"{s // 86400}d{s % 86400 // 3600}h" if s % 86400 // 3600 else f"{s // 86400}d"
+
+
+def format_span(seconds: float) -> str:
+    """A measuring window: 2.5s below ten seconds, else like an age."""
+    return f"{seconds:.1f}s" if seconds < 10 else format_age(seconds)
+
+
+def iso_ms(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def iso_s(seconds: float | None) -> str | None:
+    return None if seconds is None else iso_ms(int(seconds * 1000))
+
+
+def compact(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    """A one-line JSON preview, cut at `limit` characters."""
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ago(now: float, ms: int | None) -> str:
+    return "-" if ms is None else format_age(now - ms / 1000)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}/s"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _num(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+
+def task_json(queue: str, info: TaskInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "queue": queue,
+        "state": info.state,
+        "priority": info.priority,
+        "attempts": info.attempts,
+        "max_attempts": info.max_attempts,
+        "created": iso_ms(info.created_ms),
+        "started": iso_ms(info.started_ms),
+        "finished": iso_ms(info.finished_ms),
+        "owner": info.owner,
+        "error": info.error,
+        "payload": info.payload,
+        "result": info.result,
+    }
+
+
+def task_detail_grid(queue: str, info: TaskInfo, now: float) -> Grid:
+    attempts = str(info.attempts)
+    if info.max_attempts is not None:
+        attempts += f" of {info.max_attempts}"
+
+    def when(ms: int | None) -> str:
+        return "-" if ms is None else f"{iso_ms(ms)} ({format_age(now - ms / 1000)} ago)"
+
+    rows = [
+        ["ID", info.id],
+        ["Queue", queue],
+        ["State", info.state],
+        ["Priority", str(info.priority)],
+        ["Attempts", attempts],
+        ["Created", when(info.created_ms)],
+        ["Started", when(info.started_ms)],
+        ["Finished", when(info.finished_ms)],
+        ["Owner", info.owner or "-"],
+        ["Error", info.error or "-"],
+        ["Payload", compact(info.payload, DETAIL_CHARS)],
+        ["Result", compact(info.result, DETAIL_CHARS)],
+    ]
+    return Grid(headers=[], rows=rows)
+
+
+def task_list_grid(tasks: Sequence[TaskInfo], now: float, title: str | None = None) -> Grid:
+    rows = [
+        [
+            t.id, t.state, str(t.priority), str(t.attempts), _ago(now, t.created_ms),
+            t.owner or "-", compact(t.error, 40) if t.error else "-", compact(t.payload),
+        ]
+        for t in tasks
+    ]
+    return Grid(
+        headers=["ID", "STATE", "PRIO", "ATTEMPTS", "AGE", "OWNER", "ERROR", "PAYLOAD"],
+        rows=rows, title=title,
+    )
+
+
+def submitted_json(queue: str, ids: Sequence[str]) -> dict[str, Any]:
+    return {"queue": queue, "ids": list(ids)}
+
+
+def submitted_grid(queue: str, ids: Sequence[str]) -> Grid:
+    noun = "task" if len(ids) == 1 else "tasks"
+    return Grid(headers=["ID"], rows=[[i] for i in ids],
+                title=f"Submitted {len(ids)} {noun} to queue {queue}")
+
+
+def waited_json(queue: str, tasks: Sequence[TaskInfo],
+                pending: Sequence[str]) -> dict[str, Any]:
+    return {"queue": queue, "tasks": [task_json(queue, t) for t in tasks],
+            "pending": list(pending)}
+
+
+def waited_grid(queue: str, tasks: Sequence[TaskInfo], pending: Sequence[str]) -> Grid:
+    rows = [
+        [t.id, t.state, str(t.attempts),
+         compact(t.result) if t.state == "succeeded" else compact(t.error)]
+        for t in tasks
+    ]
+    rows += [[task_id, "pending", "-", "-"] for task_id in pending]
+    return Grid(headers=["ID", "STATE", "ATTEMPTS", "RESULT / ERROR"], rows=rows,
+                title=f"Queue {queue}")
+
+
+CANCEL_TEXT = {
+    CancelOutcome.CANCELLED: "cancelled",
+    CancelOutcome.REQUESTED: "cancel requested: the task is running and its worker will stop it",
+    CancelOutcome.FINISHED: "not cancelled: the task already finished",
+    CancelOutcome.UNKNOWN: "not cancelled: no such task",
+}
+
+
+def cancel_json(queue: str, task_id: str, outcome: CancelOutcome) -> dict[str, Any]:
+    return {"id": task_id, "queue": queue, "outcome": outcome.value}
+
+
+def cancel_line(task_id: str, outcome: CancelOutcome) -> str:
+    return f"{task_id}: {CANCEL_TEXT[outcome]}"
+
+
+# -- queue figures -------------------------------------------------------------------------
+
+
+def figures_json(queue: str, figures: QueueFigures,
+                 rates: Rates | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "queue": queue,
+        "queued": figures.queued,
+        "queued_by_priority": {
+            str(p): n for p, n in sorted(figures.queued_by_priority.items(), reverse=True) if n
+        },
+        "delayed": figures.delayed,
+        "in_flight": figures.in_flight,
+        "dead": figures.dead,
+        "workers": figures.workers,
+        "counters": {name: figures.stats.get(name, 0) for name in _counter_names(figures.stats)},
+    }
+    if rates is not None:
+        doc["rates"] = rates_json(rates)
+    return doc
+
+
+def rates_json(rates: Rates) -> dict[str, Any]:
+    return {
+        "window_seconds": round(rates.window_seconds, 3),
+        "submitted_per_second": round(rates.submitted_per_second, 3),
+        "succeeded_per_second": round(rates.succeeded_per_second, 3),
+        "failed_per_second": round(rates.failed_per_second, 3),
+        "failure_rate": None if rates.failure_rate is None else round(rates.failure_rate, 4),
+    }
+
+
+def _counter_names(stats: Mapping[str, int]) -> list[str]:
+    return [*COUNTER_LABELS, *sorted(set(stats) - set(COUNTER_LABELS))]
+
+
+def figures_grid(queue: str, figures: QueueFigures, rates: Rates | None = None) -> Grid:
+    by_prio = ", ".join(
+        f"p{p}: {n}" for p, n in sorted(figures.queued_by_priority.items(), reverse=True) if n
+    )
+    queued = f"{figures.queued} ({by_prio})" if by_prio else str(figures.queued)
+    rows = [
+        ["Queued", queued],
+        ["Delayed", str(figures.delayed)],
+        ["In flight", str(figures.in_flight)],
+        ["Dead", str(figures.dead)],
+        ["Workers", str(figures.workers)],
+    ]
+    rows += [[f"{COUNTER_LABELS.get(name, name.capitalize())} (total)",
+              str(figures.stats.get(name, 0))]
+             for name in _counter_names(figures.stats)]
+    if rates is not None:
+        window = format_span(rates.window_seconds)
+        rows += [
+            [f"Submitted (last {window})", _rate(rates.submitted_per_second)],
+            [f"Succeeded (last {window})", _rate(rates.succeeded_per_second)],
+            [f"Failure rate (last {window})", _percent(rates.failure_rate)],
+        ]
+    return Grid(headers=[], rows=rows, title=f"Queue {queue}")
+
+
+# -- dead letters --------------------------------------------------------------------------
+
+
+def dead_grid(tasks: Sequence[TaskInfo], now: float, queue: str) -> Grid:
+    rows = [
+        [t.id, str(t.attempts), _ago(now, t.finished_ms), compact(t.error, 50),
+         compact(t.payload, 40)]
+        for t in tasks
+    ]
+    return Grid(headers=["ID", "ATTEMPTS", "DIED", "ERROR", "PAYLOAD"], rows=rows,
+                title=f"Dead-letter queue of {queue}: {len(tasks)} shown")
+
+
+# -- workers -------------------------------------------------------------------------------
+
+
+def worker_state(worker: WorkerState, drains: Collection[str]) -> str:
+    if worker.state == "running" and (worker.pod in drains or worker.worker_id in drains):
+        return "drain-requested"
+    return worker.state
+
+
+def workers_json(workers: Sequence[WorkerState], now: float,
+                 drains: Collection[str] = ()) -> list[dict[str, Any]]:
+    return [
+        {
+            "worker_id": w.worker_id,
+            "pod": w.pod,
+            "instance": w.instance,
+            "state": worker_state(w, drains),
+            "in_flight": w.in_flight,
+            "concurrency": w.concurrency,
+            "done": w.done,
+            "failed": w.failed,
+            "last_heartbeat": iso_s(w.last_heartbeat),
+            "heartbeat_age_seconds": round(max(0.0, now - w.last_heartbeat), 3),
+            "started": iso_s(w.started) if w.started else None,
+        }
+        for w in workers
+    ]
+
+
+def workers_grid(workers: Sequence[WorkerState], now: float, queue: str,
+                 drains: Collection[str] = ()) -> Grid:
+    rows = [
+        [
+            w.pod, w.instance, worker_state(w, drains), f"{w.in_flight}/{w.concurrency}",
+            str(w.done), str(w.failed), format_age(now - w.last_heartbeat),
+            format_age(now - w.started) if w.started else "-",
+        ]
+        for w in sorted(workers, key=lambda w: (w.pod, w.instance))
+    ]
+    return Grid(
+        headers=["POD", "INSTANCE", "STATE", "IN-FLIGHT", "DONE", "FAILED", "HEARTBEAT", "UP"],
+        rows=rows, title=f"Workers of queue {queue}: {len(workers)}",
+    )
+
+
+# -- fleet ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    pool: PoolSummary
+    rates: Rates | None = None
+    rates_error: str | None = None
+
+
+def fleet_json(rows: Sequence[FleetRow], now: float) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        p = row.pool
+        out.append({
+            "namespace": p.namespace,
+            "name": p.name,
+            "queue": p.queue,
+            "health": p.health,
+            "replicas": p.replicas,
+            "ready_replicas": p.ready_replicas,
+            "desired_replicas": p.desired_replicas,
+            "queued": p.queued,
+            "delayed": p.delayed,
+            "in_flight": p.in_flight,
+            "dead": p.dead,
+            "workers": p.workers,
+            "last_scale_reason": p.last_scale_reason,
+            "created": p.created.isoformat() if p.created else None,
+            "age_seconds": round(now - p.created.timestamp(), 3) if p.created else None,
+            "rates": rates_json(row.rates) if row.rates else None,
+            "rates_error": row.rates_error,
+        })
+    return out
+
+
+def fleet_grid(rows: Sequence[FleetRow], now: float, *, all_namespaces: bool) -> Grid:
+    headers = ["NAME", "QUEUE", "READY", "QUEUED", "IN-FLIGHT", "DEAD", "WORKERS",
+               "DONE/S", "FAILED", "HEALTH", "AGE"]
+    if all_namespaces:
+        headers.insert(0, "NAMESPACE")
+    out: list[list[str]] = []
+    notes: list[str] = []
+    windows = set()
+    for row in rows:
+        p = row.pool
+        ready = ("-" if p.desired_replicas is None
+                 else f"{_num(p.ready_replicas)}/{p.desired_replicas}")
+        cells = [
+            p.name, p.queue, ready, str(p.queued), str(p.in_flight), str(p.dead), str(p.workers),
+            _rate(row.rates.succeeded_per_second) if row.rates else "-",
+            _percent(row.rates.failure_rate) if row.rates else "-",
+            p.health, format_age(now - p.created.timestamp()) if p.created else "-",
+        ]
+        if all_namespaces:
+            cells.insert(0, p.namespace or "-")
+        out.append(cells)
+        if row.rates:
+            windows.add(format_span(row.rates.window_seconds))
+        if row.rates_error:
+            where = f"{p.namespace}/{p.name}" if p.namespace else p.name
+            notes.append(f"{where}: no rates: {row.rates_error}")
+    if windows:
+        notes.insert(0, f"DONE/S and FAILED over the last {', '.join(sorted(windows))}; "
+                        "FAILED = failed runs / finished runs")
+    return Grid(headers=headers, rows=out, notes=notes)
+
+
+# -- tasks by state ------------------------------------------------------------------------
+
+
+def state_totals(figures: QueueFigures) -> dict[str, int]:
+    """How many tasks each listable state holds (due delayed tasks are still delayed)."""
+    return {
+        "queued": sum(figures.queued_by_priority.values()),
+        "delayed": figures.due_delayed + figures.delayed,
+        "running": figures.in_flight,
+        "dead": figures.dead,
+    }
+
+
+def tasks_json(queue: str, groups: Mapping[str, Sequence[TaskInfo]],
+               totals: Mapping[str, int]) -> dict[str, Any]:
+    return {
+        "queue": queue,
+        "totals": {state: totals.get(state, 0) for state in groups},
+        "tasks": [task_json(queue, t) for tasks in groups.values() for t in tasks],
+    }
+
+
+def tasks_grids(queue: str, groups: Mapping[str, Sequence[TaskInfo]],
+                totals: Mapping[str, int], now: float) -> list[Grid]:
+    grids = []
+    for state, tasks in groups.items():
+        total = totals.get(state, len(tasks))
+        shown = f"{len(tasks)} of {total}" if total > len(tasks) else str(len(tasks))
+        grids.append(task_list_grid(tasks, now, title=f"{state.capitalize()} in {queue}: {shown}"))
+    return grids

@@ -1,0 +1,57 @@
+"""`agentpool workers`: every live worker instance of a queue."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from agentpool.cli_common import (
+    add_output_option,
+    add_queue_options,
+    add_watch_options,
+    command,
+    connect,
+    queue_name,
+    show,
+)
+from agentpool.protocol import WORKER_LIVENESS_WINDOW, WorkerState
+from agentpool.views import Grid, workers_grid, workers_json
+
+Snapshot = tuple[list[WorkerState], set[str], float]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "workers",
+        help="list the worker instances of a queue",
+        description="List worker instances (pod + per-process instance id) that heart-beat "
+        f"within the last {WORKER_LIVENESS_WINDOW:g}s: state, tasks in flight / concurrency, "
+        "tasks done and failed, time since the last heartbeat, uptime.",
+    )
+    add_queue_options(parser)
+    add_output_option(parser)
+    add_watch_options(parser)
+    parser.set_defaults(func=run)
+
+
+@command
+async def run(args: argparse.Namespace) -> int:
+    name = queue_name(args)
+    async with connect(args) as client:
+        queue = client.queue(name)
+
+        async def snapshot() -> Snapshot:
+            workers = await queue.workers()
+            drains = set(await queue.drain_requests())
+            return workers, drains, time.time()
+
+        def grids(data: Snapshot) -> Grid:
+            workers, drains, now = data
+            return workers_grid(workers, now, name, drains)
+
+        def to_json(data: Snapshot) -> Any:
+            workers, drains, now = data
+            return {"queue": name, "workers": workers_json(workers, now, drains)}
+
+        return await show(args, snapshot, grids, to_json)

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import time
+
+from cli_helpers import Cli, key_values, make_dead, table_rows, with_queue
+
+from agentpool.protocol import TaskQueue, WorkerInfo
+
+
+async def mixed_queue(q: TaskQueue) -> dict[str, list[str]]:
+    """Two queued (priorities 0 and 5), one delayed, one running, one dead, one succeeded."""
+    dead = await make_dead(q, [{"k": "dead"}])
+    low = await q.submit({"k": "low"})
+    high = await q.submit({"k": "high"}, priority=5)
+    running = await q.submit({"k": "run"}, priority=9)
+    batch = await q.claim("pod-a:i1", 1, 30)
+    assert [t.id for t in batch.tasks] == [running]
+    done = await q.submit({"k": "done"}, priority=9)
+    [claimed] = (await q.claim("pod-a:i1", 1, 30)).tasks
+    await q.complete(claimed, "ok")
+    delayed = await q.submit({"k": "later"}, delay=300)
+    return {"queued": [high, low], "delayed": [delayed], "running": [running],
+            "dead": dead, "succeeded": [done]}
+
+
+def test_stats_table_and_json(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, mixed_queue)
+    table = key_values(cli.ok("stats").out)
+    assert table["Queued"] == "2 (p5: 1, p0: 1)"
+    assert (table["Delayed"], table["In flight"], table["Dead"]) == ("1", "1", "1")
+    assert table["Submitted (total)"] == "6"
+    assert table["Succeeded (total)"] == "1"
+    assert table["Failed runs (total)"] == "1"
+    doc = cli.ok("stats", "-o", "json").json()
+    assert doc["queued"] == 2
+    assert doc["queued_by_priority"] == {"5": 1, "0": 1}
+    assert (doc["delayed"], doc["in_flight"], doc["dead"]) == (1, 1, 1)
+    assert doc["counters"]["submitted"] == 6
+    assert "rates" not in doc
+
+
+def test_tasks_lists_each_state_in_order(cli: Cli) -> None:
+    ids = with_queue(cli.redis_url, cli.queue, mixed_queue)
+    doc = cli.ok("tasks", "-o", "json").json()
+    by_state: dict[str, list[str]] = {}
+    for task in doc["tasks"]:
+        by_state.setdefault(task["state"], []).append(task["id"])
+    assert by_state == {k: v for k, v in ids.items() if k != "succeeded"}
+    assert doc["totals"] == {"queued": 2, "delayed": 1, "running": 1, "dead": 1}
+    running = next(t for t in doc["tasks"] if t["state"] == "running")
+    assert running["owner"] == "pod-a:i1"
+
+
+def test_tasks_table_with_state_filter_and_limit(cli: Cli) -> None:
+    ids = with_queue(cli.redis_url, cli.queue, mixed_queue)
+    out = cli.ok("tasks", "--state", "queued", "--limit", "1").out
+    assert out.splitlines()[0] == f"Queued in {cli.queue}: 1 of 2"
+    [row] = table_rows(out)
+    assert row[:4] == [ids["queued"][0], "queued", "5", "0"]
+    assert "Running" not in out
+
+
+def test_tasks_of_an_empty_queue(cli: Cli) -> None:
+    out = cli.ok("tasks").out
+    assert out.splitlines() == [f"{s} in {cli.queue}: 0"
+                                for s in ("Queued", "Delayed", "Running", "Dead")]
+
+
+def test_dead_list_table_and_json(cli: Cli) -> None:
+    ids = with_queue(cli.redis_url, cli.queue,
+                     lambda q: make_dead(q, [{"n": 1}, {"n": 2}], "bad input"))
+    rows = table_rows(cli.ok("dead", "list").out)
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    assert {r[3] for r in rows} == {"bad input"}
+    doc = cli.ok("dead", "list", "-o", "json").json()
+    assert sorted(t["id"] for t in doc["tasks"]) == sorted(ids)
+    assert {t["error"] for t in doc["tasks"]} == {"bad input"}
+
+
+def test_dead_requeue_some_then_purge_all(cli: Cli) -> None:
+    ids = with_queue(cli.redis_url, cli.queue, lambda q: make_dead(q, [1, 2, 3]))
+    result = cli.ok("dead", "requeue", ids[0], ids[1])
+    assert result.out.strip() == f"Requeued 2 dead tasks of queue {cli.queue}"
+    info = with_queue(cli.redis_url, cli.queue, lambda q: q.get(ids[0]))
+    assert info is not None and (info.state, info.attempts) == ("queued", 0)
+    doc = cli.ok("dead", "purge", "--all", "-o", "json").json()
+    assert doc == {"queue": cli.queue, "purged": 1}
+    figures = with_queue(cli.redis_url, cli.queue, TaskQueue.figures)
+    assert (figures.dead, figures.queued) == (0, 2)
+    assert with_queue(cli.redis_url, cli.queue, lambda q: q.get(ids[2])) is None
+
+
+def test_dead_requeue_all_json(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, lambda q: make_dead(q, [1, 2]))
+    assert cli.ok("dead", "requeue", "--all", "-o", "json").json()["requeued"] == 2
+
+
+def test_dead_ids_not_dead_exit_1(cli: Cli) -> None:
+    [task_id] = with_queue(cli.redis_url, cli.queue, lambda q: make_dead(q, [1]))
+    result = cli("dead", "purge", task_id, "missing")
+    assert result.code == 1
+    assert result.out.strip() == f"Purged 1 dead task of queue {cli.queue}"
+    assert result.err_lines == ["agentpool: 1 of 2 given tasks were not in the dead-letter queue"]
+
+
+def test_dead_needs_ids_or_all_but_not_both(cli: Cli) -> None:
+    none = cli("dead", "requeue")
+    assert (none.code, none.err_lines) == (2, ["agentpool: give the task ids to requeue, or --all"])
+    both = cli("dead", "purge", "x", "--all")
+    assert (both.code, both.err_lines) == (2, ["agentpool: give task ids or --all, not both"])
+
+
+
+async def two_workers(q: TaskQueue) -> None:
+    busy = WorkerInfo(pod="pod-a", instance="i1", concurrency=4, in_flight=3, done=10, failed=1,
+                      started=time.time() - 120)
+    idle = WorkerInfo(pod="pod-b", instance="i2", concurrency=4, done=2)
+    await q.heartbeat(busy, {}, 30)
+    await q.heartbeat(idle, {}, 30)
+    await q.request_drain("pod-b")
+
+
+def test_workers_table(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, two_workers)
+    out = cli.ok("workers").out
+    assert out.splitlines()[0] == f"Workers of queue {cli.queue}: 2"
+    rows = table_rows(out)
+    assert [r[:6] for r in rows] == [
+        ["pod-a", "i1", "running", "3/4", "10", "1"],
+        ["pod-b", "i2", "drain-requested", "0/4", "2", "0"],
+    ]
+    assert rows[0][6] in ("0s", "1s")
+    assert rows[0][7].startswith("2m")
+
+
+def test_workers_json(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, two_workers)
+    doc = cli.ok("workers", "-o", "json").json()
+    assert doc["queue"] == cli.queue
+    by_pod = {w["pod"]: w for w in doc["workers"]}
+    assert by_pod["pod-a"]["worker_id"] == "pod-a:i1"
+    assert (by_pod["pod-a"]["in_flight"], by_pod["pod-a"]["done"]) == (3, 10)
+    assert by_pod["pod-b"]["state"] == "drain-requested"
+    assert 0 <= by_pod["pod-a"]["heartbeat_age_seconds"] < 5
+
+
+def test_workers_none(cli: Cli) -> None:
+    assert cli.ok("workers").out.strip() == f"Workers of queue {cli.queue}: 0"
+    assert cli.ok("workers", "-o", "json").json() == {"queue": cli.queue, "workers": []}

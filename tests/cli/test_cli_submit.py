@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from cli_helpers import Cli, background_worker, table_rows, with_queue
+
+from agentpool.protocol import TaskQueue
+
+
+def test_submit_one_payload_prints_its_id(cli: Cli) -> None:
+    result = cli.ok("submit", "--json", '{"prompt": "hello"}')
+    assert result.out.splitlines()[0] == f"Submitted 1 task to queue {cli.queue}"
+    [[task_id]] = table_rows(result.out)
+    info = with_queue(cli.redis_url, cli.queue, lambda q: q.get(task_id))
+    assert info is not None
+    assert (info.state, info.payload) == ("queued", {"prompt": "hello"})
+    assert result.err == ""
+
+
+def test_submit_json_output_lists_ids_in_order(cli: Cli) -> None:
+    doc = cli.ok("submit", "--json", "1", "--json", '"two"', "--json", "[3]", "-o", "json").json()
+    assert doc["queue"] == cli.queue
+    infos = [with_queue(cli.redis_url, cli.queue, lambda q, i=i: q.get(i)) for i in doc["ids"]]
+    assert [i.payload for i in infos if i] == [1, "two", [3]]
+
+
+def test_submit_options_reach_the_task(cli: Cli) -> None:
+    doc = cli.ok("submit", "--json", "{}", "--priority", "7", "--delay", "60",
+                 "--max-attempts", "2", "-o", "json").json()
+    info = with_queue(cli.redis_url, cli.queue, lambda q: q.get(doc["ids"][0]))
+    assert info is not None
+    assert (info.state, info.priority, info.max_attempts) == ("delayed", 7, 2)
+
+
+def test_submit_json_lines_file_in_one_batch(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{"n": 1}\n\n{"n": 2}\n   \n{"n": 3}\n')
+    doc = cli.ok("submit", "--file", str(path), "-p", "4", "-o", "json").json()
+    assert len(doc["ids"]) == 3
+    figures = with_queue(cli.redis_url, cli.queue, TaskQueue.figures)
+    assert figures.queued_by_priority[4] == 3
+
+
+def test_submit_json_lines_from_stdin_with_table(cli: Cli,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"a": 1}\n{"a": 2}\n'))
+    result = cli.ok("submit", "-f", "-")
+    assert result.out.splitlines()[0] == f"Submitted 2 tasks to queue {cli.queue}"
+    assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).queued == 2
+
+
+def test_submit_file_with_a_delay_submits_each_task_with_it(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text("1\n2\n")
+    cli.ok("submit", "-f", str(path), "--delay", "30")
+    figures = with_queue(cli.redis_url, cli.queue, TaskQueue.figures)
+    assert (figures.queued, figures.delayed) == (0, 2)
+
+
+def test_idempotency_key_returns_the_same_task(cli: Cli) -> None:
+    first = cli.ok("submit", "--json", '{"x": 1}', "--idempotency-key", "order-42", "-o", "json")
+    again = cli.ok("submit", "--json", '{"x": 1}', "--idempotency-key", "order-42", "-o", "json")
+    assert first.json()["ids"] == again.json()["ids"]
+    assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).queued == 1
+
+
+def test_idempotency_key_with_several_payloads_is_a_usage_error(cli: Cli) -> None:
+    result = cli("submit", "--json", "1", "--json", "2", "--idempotency-key", "k")
+    assert result.code == 2
+    assert len(result.err_lines) == 1
+    assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).queued == 0
+
+
+def test_bad_json_payload_is_one_line_and_exit_2(cli: Cli) -> None:
+    result = cli("submit", "--json", "{bad")
+    assert result.code == 2
+    assert result.err_lines == [
+        "agentpool: --json is not valid JSON: Expecting property name enclosed in double "
+        "quotes (line 1 column 2)"
+    ]
+    assert result.out == ""
+    assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).stats.get("submitted") is None
+
+
+def test_bad_line_in_a_file_names_the_line_and_stores_nothing(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"ok": 1}\nnot json\n')
+    result = cli("submit", "-f", str(path))
+    assert result.code == 2
+    assert result.err_lines == [f"agentpool: line 2 of {path} is not valid JSON: Expecting "
+                                "value (line 1 column 1)"]
+    assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).queued == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "nothing to submit: give --json PAYLOAD or --file FILE"),
+        (["-f", "/nonexistent/t.jsonl"], "cannot read /nonexistent/t.jsonl: No such file or "
+         "directory"),
+        (["--json", "1", "--timeout", "3"], "--timeout applies to --wait"),
+    ],
+)
+def test_submit_usage_errors(cli: Cli, argv: list[str], message: str) -> None:
+    result = cli("submit", *argv)
+    assert (result.code, result.err_lines) == (2, [f"agentpool: {message}"])
+
+
+def test_protocol_refusal_is_a_usage_error(cli: Cli) -> None:
+    result = cli("submit", "--json", "1", "--priority", "12")
+    assert result.code == 2
+    assert len(result.err_lines) == 1
+    assert result.err.startswith("agentpool: priority must be")
+
+
+def test_queue_and_url_are_required(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    no_queue = cli.raw("submit", "--redis-url", cli.redis_url, "--json", "1")
+    assert (no_queue.code, no_queue.err_lines) == (
+        2, ["agentpool: no queue: pass --queue or set AGENTPOOL_QUEUE"])
+    no_url = cli.raw("submit", "--queue", cli.queue, "--json", "1")
+    assert (no_url.code, no_url.err_lines) == (
+        2, ["agentpool: no Redis URL: pass --redis-url or set AGENTPOOL_REDIS_URL"])
+
+
+def test_environment_supplies_url_and_queue(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTPOOL_REDIS_URL", cli.redis_url)
+    monkeypatch.setenv("AGENTPOOL_QUEUE", cli.queue)
+    assert cli.raw("submit", "--json", "1").code == 0
+    assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).queued == 1
+
+
+def test_submit_wait_prints_results(cli: Cli) -> None:
+    with background_worker(cli.redis_url, cli.queue):
+        doc = cli.ok("submit", "--json", '"a"', "--json", '"b"', "--wait", "--timeout", "10",
+                     "-o", "json").json()
+    assert [(t["state"], t["result"]) for t in doc["tasks"]] == [
+        ("succeeded", {"echo": "a"}), ("succeeded", {"echo": "b"})]
+    assert doc["pending"] == []
+
+
+def test_submit_wait_table_and_a_failed_task_exit_1(cli: Cli) -> None:
+    with background_worker(cli.redis_url, cli.queue, fail_payloads=("bad",)):
+        result = cli("submit", "--json", '"good"', "--json", '"bad"', "--wait",
+                     "--timeout", "10")
+    assert result.code == 1
+    assert result.err_lines == ["agentpool: 1 dead"]
+    rows = {row[1]: row for row in table_rows(result.out)}
+    assert rows["succeeded"][3] == '{"echo":"good"}'
+    assert rows["dead"][3] == "handler raised"
+
+
+def test_submit_wait_timeout_lists_pending_and_exits_1(cli: Cli) -> None:
+    result = cli("submit", "--json", "1", "--wait", "--timeout", "0.3", "-o", "json")
+    assert result.code == 1
+    assert result.err_lines == ["agentpool: 1 of 1 tasks not finished after 0.3s"]
+    assert len(result.json()["pending"]) == 1

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from typing import Any
+
+from cli_helpers import Cli, background_worker, key_values, make_dead, with_queue
+
+from agentpool.protocol import TaskQueue
+
+
+def submit(cli: Cli, payload: Any = None, **options: Any) -> str:
+    async def go(q: TaskQueue) -> str:
+        return await q.submit(payload if payload is not None else {"n": 1}, **options)
+
+    return with_queue(cli.redis_url, cli.queue, go)
+
+
+def test_get_table_shows_the_task(cli: Cli) -> None:
+    task_id = submit(cli, {"prompt": "summarise"}, priority=3)
+    fields = key_values(cli.ok("get", task_id).out)
+    assert fields["ID"] == task_id
+    assert fields["Queue"] == cli.queue
+    assert fields["State"] == "queued"
+    assert fields["Priority"] == "3"
+    assert fields["Payload"] == '{"prompt":"summarise"}'
+    assert fields["Result"] == "-"
+
+
+def test_get_json_has_every_field(cli: Cli) -> None:
+    task_id = submit(cli, {"prompt": "x"})
+    doc = cli.ok("get", task_id, "-o", "json").json()
+    assert doc["id"] == task_id
+    assert doc["state"] == "queued"
+    assert doc["payload"] == {"prompt": "x"}
+    assert doc["created"].endswith("+00:00")
+    assert set(doc) == {"id", "queue", "state", "priority", "attempts", "max_attempts",
+                        "created", "started", "finished", "owner", "error", "payload", "result"}
+
+
+def test_get_unknown_task_exits_1_with_one_line(cli: Cli) -> None:
+    for output in ("table", "json"):
+        result = cli("get", "nope", "-o", output)
+        assert (result.code, result.out) == (1, "")
+        assert result.err_lines == [f"agentpool: no task nope in queue {cli.queue}"]
+
+
+def test_wait_returns_the_result(cli: Cli) -> None:
+    task_id = submit(cli, "hi")
+    with background_worker(cli.redis_url, cli.queue, start_after=0.2):
+        doc = cli.ok("wait", task_id, "--timeout", "10", "-o", "json").json()
+    assert (doc["state"], doc["result"]) == ("succeeded", {"echo": "hi"})
+
+
+def test_wait_table_for_a_dead_task_exits_1(cli: Cli) -> None:
+    [task_id] = with_queue(cli.redis_url, cli.queue, lambda q: make_dead(q, ["x"], "kaput"))
+    result = cli("wait", task_id, "--timeout", "5")
+    assert result.code == 1
+    assert key_values(result.out)["State"] == "dead"
+    assert result.err_lines == [f"agentpool: task {task_id} ended dead: kaput"]
+
+
+def test_wait_timeout_exits_1(cli: Cli) -> None:
+    task_id = submit(cli)
+    result = cli("wait", task_id, "--timeout", "0.2")
+    assert (result.code, result.out) == (1, "")
+    assert result.err_lines == [f"agentpool: task {task_id} not finished after 0.2s"]
+
+
+def test_wait_unknown_task_exits_1(cli: Cli) -> None:
+    result = cli("wait", "nope", "--timeout", "1")
+    assert result.code == 1
+    assert result.err_lines == [f"agentpool: no task nope in queue {cli.queue}"]
+
+
+def test_cancel_a_queued_task(cli: Cli) -> None:
+    task_id = submit(cli)
+    result = cli.ok("cancel", task_id)
+    assert result.out.strip() == f"{task_id}: cancelled"
+    info = with_queue(cli.redis_url, cli.queue, lambda q: q.get(task_id))
+    assert info is not None and info.state == "cancelled"
+
+
+def test_cancel_a_running_task_requests_it_json(cli: Cli) -> None:
+    task_id = submit(cli)
+    with_queue(cli.redis_url, cli.queue, lambda q: q.claim("pod-a:i1", 1, 30))
+    doc = cli.ok("cancel", task_id, "-o", "json").json()
+    assert doc == {"id": task_id, "queue": cli.queue, "outcome": "requested"}
+
+
+def test_cancel_finished_or_unknown_exits_1(cli: Cli) -> None:
+    task_id = submit(cli)
+    cli.ok("cancel", task_id)
+    again = cli("cancel", task_id, "-o", "json")
+    assert again.code == 1
+    assert again.json()["outcome"] == "finished"
+    assert again.err_lines == [f"agentpool: {task_id}: not cancelled: the task already finished"]
+    unknown = cli("cancel", "nope")
+    assert (unknown.code, unknown.out) == (1, "")
+    assert unknown.err_lines == ["agentpool: nope: not cancelled: no such task"]
