@@ -1,0 +1,51 @@
+"""Where scaling and recovery act on a pool: called once per observation of each pool.
+
+The operator's per-pool loop observes the pool (its Deployment, its queue), calls `act`, and
+writes the status with what `act` returns. `act` applies the pure decisions of `scaling` and
+`recovery` (patch the Deployment's replicas, drain or replace pods, requeue tasks) and reports
+their outcome as status fields and conditions. Until it does, pools keep the replica count
+their Deployment has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agentpool.models import AgentPoolSpec
+from agentpool.protocol import QueueFigures, TaskQueue
+
+from .kube import KubeApi
+from .status import ConditionUpdate
+
+
+@dataclass(frozen=True)
+class PoolObservation:
+    """Everything observed about one pool in one round."""
+
+    namespace: str
+    name: str
+    pool: Mapping[str, Any]
+    """The AgentPool object as last seen (metadata, spec, status)."""
+    spec: AgentPoolSpec
+    deployment: Mapping[str, Any] | None
+    figures: QueueFigures | None
+    """None when the queue could not be read (then `queue` is None too)."""
+    queue: TaskQueue | None
+    previous_status: Mapping[str, Any]
+    now: datetime
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    status_fields: Mapping[str, Any] = field(default_factory=dict)
+    """Status fields to set, e.g. desiredReplicas, lastScaleTime, recoveredTasks."""
+    conditions: tuple[ConditionUpdate, ...] = ()
+    """Conditions to set, e.g. Scaling."""
+
+
+async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
+    """Apply scaling and recovery to one observed pool; nothing yet."""
+    return ActionResult()

@@ -1,0 +1,104 @@
+"""What the operator keeps in memory: clients, and per pool its loop's state."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .kube import KubeApi
+from .redis_access import RedisClients
+from .settings import OperatorSettings
+
+SECRET_TTL_SECONDS = 60.0
+"""How long a Redis URL read from a Secret is reused before the Secret is read again."""
+
+DEPLOYMENT_RESYNC_SECONDS = 60.0
+"""How long the watched copy of a Deployment is trusted before it is read again."""
+
+
+@dataclass
+class PoolState:
+    """One pool's loop state, shared by its daemon and the handlers that wake it."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Serialises Deployment writes of the create/update handler and the daemon."""
+
+    deployment: dict[str, Any] | None = None
+    deployment_known: bool = False
+    """Whether `deployment` is current (None then means: there is no Deployment)."""
+    deployment_seen: float = 0.0
+    """Monotonic time `deployment` was last confirmed by a read, a write or the watch."""
+    reconciled_generation: int | None = None
+    """The pool generation the Deployment was last made to match."""
+
+    redis_url: str | None = None
+    redis_url_read: float = 0.0
+
+    last_status: dict[str, Any] | None = None
+    """The status as last written, the base of the next write."""
+    last_write: datetime | None = None
+    failing_since: float | None = None
+    """Monotonic time since which every observation found a problem; drives the backoff."""
+
+    def remember_deployment(self, body: dict[str, Any] | None, now: float) -> None:
+        """Keep the newest known Deployment; a late watch event for an older spec is ignored."""
+        current = self.deployment
+        if (
+            body is not None
+            and current is not None
+            and _uid(body) == _uid(current)
+            and _generation(body) < _generation(current)
+        ):
+            return
+        self.deployment = body
+        self.deployment_known = True
+        self.deployment_seen = now
+
+    def deployment_current(self, now: float) -> bool:
+        return self.deployment_known and now - self.deployment_seen < DEPLOYMENT_RESYNC_SECONDS
+
+    def failing_for(self, now: float) -> float | None:
+        return None if self.failing_since is None else now - self.failing_since
+
+    def cached_redis_url(self, now: float) -> str | None:
+        if self.redis_url is not None and now - self.redis_url_read < SECRET_TTL_SECONDS:
+            return self.redis_url
+        return None
+
+
+def _uid(body: dict[str, Any]) -> Any:
+    return (body.get("metadata") or {}).get("uid")
+
+
+def _generation(body: dict[str, Any]) -> int:
+    return int((body.get("metadata") or {}).get("generation") or 0)
+
+
+@dataclass
+class OperatorContext:
+    settings: OperatorSettings
+    kube: KubeApi | None = None
+    redis: RedisClients = field(default_factory=RedisClients)
+    pools: dict[tuple[str, str], PoolState] = field(default_factory=dict)
+
+    @property
+    def api(self) -> KubeApi:
+        if self.kube is None:
+            raise RuntimeError("the Kubernetes client is not configured yet")
+        return self.kube
+
+    def pool(self, namespace: str, name: str) -> PoolState:
+        return self.pools.setdefault((namespace, name), PoolState())
+
+    async def forget(self, namespace: str, name: str) -> None:
+        self.pools.pop((namespace, name), None)
+        await self.redis.forget(namespace, name)
+
+    async def close(self) -> None:
+        await self.redis.close()
+        if self.kube is not None:
+            self.kube.close()
+            self.kube = None

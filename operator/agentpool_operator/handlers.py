@@ -1,0 +1,345 @@
+"""kopf handlers: gather inputs, call the pure decisions, apply their outputs.
+
+- create/update/resume of an AgentPool: make its Deployment match the spec;
+- one daemon per pool: every pollSeconds (or at once when its Deployment changes) observe the
+  Deployment and the queue, put back hand edits, let `actions.act` scale and recover, and write
+  the status when `status.status_write_needed` says so;
+- events of the pools' Deployments: remember the newest copy and wake the pool's daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from agentpool.models import GROUP, PLURAL, VERSION, AgentPoolSpec
+from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
+
+from . import actions, metrics
+from .context import OperatorContext, PoolState
+from .deployment import POOL_LABEL, deployment_drift, desired_deployment
+from .kube import KubeApi, api_error_message
+from .redis_access import QueueAccessError, read_figures, resolve_redis_url
+from .status import (
+    DeploymentView,
+    Problem,
+    StatusEvent,
+    build_status,
+    condition_events,
+    sanitize,
+    status_write_needed,
+)
+
+MIN_POLL_SECONDS = 1.0
+MAX_RETRY_SECONDS = 60.0
+CONFLICT_RETRY_SECONDS = 60.0
+
+
+class DeploymentConflict(Exception):
+    """A Deployment with the pool's name exists and another owner controls it."""
+
+
+def context(memo: Any) -> OperatorContext:
+    ctx = memo["context"]
+    if not isinstance(ctx, OperatorContext):
+        raise RuntimeError("the operator was started without its context")
+    return ctx
+
+
+def pool_key(body: Mapping[str, Any]) -> tuple[str, str]:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
+
+
+def generation_of(body: Mapping[str, Any]) -> int:
+    return int(body["metadata"].get("generation") or 0)
+
+
+def parse_spec(body: Mapping[str, Any]) -> AgentPoolSpec:
+    return AgentPoolSpec.model_validate(dict(body.get("spec") or {}))
+
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+def post(body: Any, event: StatusEvent, logger: Logger) -> None:
+    if event.type == "Warning":
+        logger.warning(f"{event.reason}: {event.message}")
+        kopf.warn(body, reason=event.reason, message=event.message)
+    else:
+        logger.info(f"{event.reason}: {event.message}")
+        kopf.info(body, reason=event.reason, message=event.message)
+
+
+def patch_paths(patch: Mapping[str, Any], prefix: str = "", depth: int = 4) -> list[str]:
+    """Readable names of what a patch changes, e.g. spec.template.spec.containers."""
+    paths: list[str] = []
+    for key, value in patch.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping) and value and depth > 1:
+            paths.extend(patch_paths(value, path, depth - 1))
+        else:
+            paths.append(path)
+    return paths
+
+
+def controlled_by(deployment: Mapping[str, Any], pool: Mapping[str, Any]) -> bool:
+    uid = pool["metadata"].get("uid")
+    references = (deployment.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in references)
+
+
+async def ensure_deployment(
+    kube: KubeApi,
+    state: PoolState,
+    body: Any,
+    spec: AgentPoolSpec,
+    logger: Logger,
+) -> dict[str, Any]:
+    """Create the pool's Deployment if missing, patch it if owned fields drifted; else no write.
+
+    Call with `state.lock` held. Raises `DeploymentConflict` and `ApiException`.
+    """
+    namespace, name = pool_key(body)
+    generation = generation_of(body)
+    now = time.monotonic()
+    if not state.deployment_current(now):
+        state.remember_deployment(await kube.get_deployment(namespace, name), now)
+    desired = desired_deployment(
+        name, namespace, spec, owner=body, initial_replicas=spec.scaling.min_replicas
+    )
+
+    actual = state.deployment
+    if actual is None:
+        try:
+            created = await kube.create_deployment(namespace, desired)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            actual = await kube.get_deployment(namespace, name)
+            state.remember_deployment(actual, time.monotonic())
+            if actual is None:
+                raise
+        else:
+            state.remember_deployment(created, time.monotonic())
+            state.reconciled_generation = generation
+            metrics.DEPLOYMENT_WRITES.labels("created").inc()
+            post(body, StatusEvent(
+                "Normal", "DeploymentCreated",
+                f"created Deployment {namespace}/{name} ({spec.worker.image})",
+            ), logger)
+            return created
+
+    if not controlled_by(actual, body):
+        raise DeploymentConflict(
+            f"Deployment {namespace}/{name} exists and is not controlled by this pool; "
+            "delete or rename it"
+        )
+    patch = deployment_drift(desired, actual)
+    if patch is None:
+        state.reconciled_generation = generation
+        return actual
+
+    patched = await kube.patch_deployment(namespace, name, patch)
+    state.remember_deployment(patched, time.monotonic())
+    changed = ", ".join(patch_paths(patch))
+    restored = state.reconciled_generation == generation
+    metrics.DEPLOYMENT_WRITES.labels("restored" if restored else "updated").inc()
+    if restored:
+        event = StatusEvent(
+            "Normal", "DeploymentRestored",
+            f"put back Deployment {namespace}/{name} fields changed outside the pool: {changed}",
+        )
+    else:
+        event = StatusEvent(
+            "Normal", "DeploymentUpdated",
+            f"updated Deployment {namespace}/{name} to pool generation {generation}: {changed}",
+        )
+    state.reconciled_generation = generation
+    post(body, event, logger)
+    return patched
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def reconcile(
+    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any
+) -> None:
+    """Make the Deployment match the spec at once, without waiting for the daemon's round."""
+    ctx = context(memo)
+    state = ctx.pool(*pool_key(body))
+    try:
+        spec = parse_spec(body)
+    except ValidationError as error:
+        raise kopf.PermanentError(f"invalid spec: {sanitize(str(error))}") from None
+    try:
+        async with state.lock:
+            await ensure_deployment(ctx.api, state, body, spec, logger)
+    except DeploymentConflict as error:
+        raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_SECONDS) from None
+    except ApiException as error:
+        delay = min(MAX_RETRY_SECONDS, 2.0 ** min(retry, 6))
+        raise kopf.TemporaryError(
+            f"cannot reconcile the Deployment: {api_error_message(error)}", delay=delay
+        ) from None
+    finally:
+        state.wake.set()
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={POOL_LABEL: kopf.PRESENT})
+async def deployment_event(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """A pool's Deployment changed (rollout, readiness, hand edit, deletion): wake the pool."""
+    namespace = body.metadata.namespace
+    pool = body.metadata.labels.get(POOL_LABEL)
+    if namespace is None or pool is None:
+        return
+    state = context(memo).pools.get((namespace, pool))
+    if state is None:
+        return
+    gone = event.get("type") == "DELETED"
+    state.remember_deployment(None if gone else dict(body), time.monotonic())
+    state.wake.set()
+
+
+@kopf.daemon(
+    GROUP, VERSION, PLURAL, id="observe", cancellation_backoff=2.0, cancellation_timeout=5.0
+)
+async def observe_pool(
+    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
+    """The pool's loop: observe, act, report; then sleep until the next poll or a wake-up."""
+    ctx = context(memo)
+    namespace, name = pool_key(body)
+    state = ctx.pool(namespace, name)
+    try:
+        while not stopped:
+            state.wake.clear()
+            try:
+                delay = await observe_once(ctx, state, body, logger)
+            except Exception as error:
+                logger.exception(f"observing the pool failed: {sanitize(str(error))}")
+                state.failing_since = state.failing_since or time.monotonic()
+                delay = retry_delay(MIN_POLL_SECONDS, state.failing_for(time.monotonic()))
+            await sleep(state, stopped, delay)
+    finally:
+        await ctx.forget(namespace, name)
+        metrics.forget_pool(namespace, name)
+
+
+async def sleep(state: PoolState, stopped: kopf.DaemonStopped, delay: float) -> None:
+    """Until `delay` passed, the pool is woken, or its daemon is asked to stop."""
+    waiters = {
+        asyncio.ensure_future(state.wake.wait()),
+        asyncio.ensure_future(stopped.wait(delay)),
+    }
+    try:
+        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def retry_delay(poll_seconds: float, failing_for: float | None) -> float:
+    """The poll interval; while failing, as long as the failure lasts (so retries back off
+    exponentially however often the pool is woken), capped."""
+    base = max(MIN_POLL_SECONDS, poll_seconds)
+    return min(MAX_RETRY_SECONDS, max(base, failing_for or 0.0))
+
+
+async def observe_queue(
+    ctx: OperatorContext, state: PoolState, namespace: str, name: str, spec: AgentPoolSpec
+) -> tuple[QueueFigures | None, TaskQueue | None, Problem | None]:
+    now = time.monotonic()
+    try:
+        url = state.cached_redis_url(now)
+        if url is None:
+            url = await resolve_redis_url(ctx.api, namespace, spec.redis)
+            state.redis_url, state.redis_url_read = url, now
+        client = await ctx.redis.client(namespace, name, url)
+        try:
+            queue = TaskQueue(client, spec.queue_name(name))
+        except ProtocolError as error:
+            raise QueueAccessError("InvalidQueueName", str(error)) from None
+        return await read_figures(queue), queue, None
+    except QueueAccessError as error:
+        state.redis_url = None
+        return None, None, error.problem
+
+
+async def observe_once(
+    ctx: OperatorContext,
+    state: PoolState,
+    body: kopf.Body,
+    logger: kopf.Logger,
+) -> float:
+    """One round for one pool; returns the seconds until the next round."""
+    namespace, name = pool_key(body)
+    generation = generation_of(body)
+    spec = parse_spec(body)
+    now = datetime.now(UTC)
+
+    deployment_problem: Problem | None = None
+    async with state.lock:
+        try:
+            deployment: dict[str, Any] | None = await ensure_deployment(
+                ctx.api, state, body, spec, logger
+            )
+        except DeploymentConflict as error:
+            deployment, deployment_problem = None, Problem("DeploymentConflict", str(error))
+        except ApiException as error:
+            deployment = state.deployment
+            deployment_problem = Problem("DeploymentError", api_error_message(error))
+
+    figures, queue, queue_problem = await observe_queue(ctx, state, namespace, name, spec)
+    previous = state.last_status
+    if previous is None:
+        previous = dict(body.get("status") or {})
+
+    observation = actions.PoolObservation(
+        namespace=namespace, name=name, pool=body, spec=spec, deployment=deployment,
+        figures=figures, queue=queue, previous_status=previous, now=now,
+    )
+    try:
+        result = await actions.act(observation, ctx.api)
+    except Exception as error:
+        logger.exception(f"scaling and recovery failed: {sanitize(str(error))}")
+        result = actions.ActionResult()
+
+    new = build_status(
+        queue=spec.queue_name(name),
+        generation=generation,
+        deployment=DeploymentView.from_body(deployment),
+        figures=figures,
+        previous=previous,
+        now=now,
+        queue_problem=queue_problem,
+        deployment_problem=deployment_problem,
+        extra_fields=result.status_fields,
+        extra_conditions=result.conditions,
+    )
+    if status_write_needed(previous, new, now, state.last_write,
+                           ctx.settings.status_refresh_seconds):
+        await ctx.api.patch_pool_status(namespace, name, new)
+        metrics.STATUS_WRITES.inc()
+        state.last_status, state.last_write = new, now
+        for event in condition_events(previous, new):
+            post(body, event, logger)
+    metrics.record_status(namespace, name, new)
+
+    for problem in (queue_problem, deployment_problem):
+        if problem is not None:
+            metrics.PROBLEMS.labels(problem.reason).inc()
+    failing = queue_problem is not None or deployment_problem is not None
+    state.failing_since = (state.failing_since or time.monotonic()) if failing else None
+    return retry_delay(spec.scaling.poll_seconds, state.failing_for(time.monotonic()))

@@ -1,0 +1,124 @@
+"""The few Kubernetes API calls the operator makes, on plain JSON dicts.
+
+The official client's typed models are skipped on purpose: the desired Deployment is built and
+compared as plain data, and the raw bodies keep every field the server returns. Calls run in a
+worker thread so the operator's event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from agentpool.models import GROUP, PLURAL, VERSION
+
+Body = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = 30.0
+
+
+def load_configuration() -> Any:
+    """In-cluster service account if there is one, else the kubeconfig ($KUBECONFIG, read now)."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.environ.get("KUBECONFIG") or None,
+            client_configuration=configuration,
+        )
+    return configuration
+
+
+class KubeApi:
+    def __init__(self, api_client: Any) -> None:
+        self._client = api_client
+
+    @classmethod
+    def from_environment(cls) -> KubeApi:
+        return cls(kubernetes.client.ApiClient(configuration=load_configuration()))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, method: str, path: str, body: Any = None,
+              content_type: str = "application/json") -> Body:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self._client.param_serialize(
+            method=method,
+            resource_path=path,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(
+                http_resp=response, body=data.decode(errors="replace"), data=None
+            )
+        result: Body = json.loads(data) if data else {}
+        return result
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      content_type: str = "application/json") -> Body:
+        return await asyncio.to_thread(self._call, method, path, body, content_type)
+
+    async def get(self, path: str) -> Body | None:
+        try:
+            return await self.request("GET", path)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def get_deployment(self, namespace: str, name: str) -> Body | None:
+        return await self.get(deployment_path(namespace, name))
+
+    async def create_deployment(self, namespace: str, body: Mapping[str, Any]) -> Body:
+        return await self.request("POST", deployment_path(namespace), dict(body))
+
+    async def patch_deployment(self, namespace: str, name: str, patch: Mapping[str, Any],
+                               content_type: str = MERGE_PATCH) -> Body:
+        return await self.request(
+            "PATCH", deployment_path(namespace, name), dict(patch), content_type
+        )
+
+    async def get_secret(self, namespace: str, name: str) -> Body | None:
+        return await self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+
+    async def patch_pool_status(self, namespace: str, name: str,
+                                status: Mapping[str, Any]) -> Body | None:
+        """Merge-patch the status through the /status subresource; None if the pool is gone."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        try:
+            return await self.request("PATCH", path, {"status": dict(status)}, MERGE_PATCH)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+
+def deployment_path(namespace: str, name: str | None = None) -> str:
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    return f"{path}/{name}" if name else path
+
+
+def api_error_message(error: ApiException) -> str:
+    """The server's own message of a failed call (its Status body), not the whole HTTP dump."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    status = f"{error.status} {error.reason}"
+    return f"{status}: {message}" if message else status

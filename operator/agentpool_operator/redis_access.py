@@ -1,0 +1,139 @@
+"""A pool's Redis: its URL (literal or from a Secret), a cached client, its queue figures.
+
+Every failure becomes a `QueueAccessError` whose reason and message go into the pool's
+conditions and Events, so messages never carry the URL's credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from kubernetes.client.exceptions import ApiException
+
+from agentpool.models import RedisSpec
+from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
+
+from .kube import api_error_message
+from .status import Problem, sanitize
+
+CONNECT_TIMEOUT = 3.0
+COMMAND_TIMEOUT = 5.0
+
+
+class QueueAccessError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(sanitize(message))
+        self.reason = reason
+        self.message = sanitize(message)
+
+    @property
+    def problem(self) -> Problem:
+        return Problem(self.reason, self.message)
+
+
+class SecretReader(Protocol):
+    async def get_secret(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+
+async def resolve_redis_url(secrets: SecretReader, namespace: str, spec: RedisSpec) -> str:
+    """The pool's Redis URL: `spec.url`, or the value of `urlSecretRef` in the pool's namespace."""
+    if spec.url is not None:
+        return spec.url
+    ref = spec.url_secret_ref
+    if ref is None:
+        raise QueueAccessError("RedisNotConfigured", "set redis.url or redis.urlSecretRef")
+    where = f"Secret {namespace}/{ref.name}"
+    try:
+        secret = await secrets.get_secret(namespace, ref.name)
+    except ApiException as error:
+        if error.status == 403:
+            raise QueueAccessError(
+                "SecretForbidden", f"the operator may not read {where}: {api_error_message(error)}"
+            ) from None
+        raise QueueAccessError(
+            "SecretUnreadable", f"cannot read {where}: {api_error_message(error)}"
+        ) from None
+    if secret is None:
+        raise QueueAccessError("SecretNotFound", f"{where} not found")
+    data = secret.get("data") or {}
+    string_data = secret.get("stringData") or {}
+    if ref.key in data:
+        try:
+            url = base64.b64decode(data[ref.key], validate=True).decode().strip()
+        except (binascii.Error, UnicodeDecodeError, TypeError):
+            raise QueueAccessError(
+                "SecretInvalid", f"{where} key {ref.key!r} is not valid base64 text"
+            ) from None
+    elif ref.key in string_data:
+        url = str(string_data[ref.key]).strip()
+    else:
+        raise QueueAccessError("SecretKeyMissing", f"{where} has no key {ref.key!r}")
+    if not url.startswith(("redis://", "rediss://")):
+        raise QueueAccessError(
+            "SecretInvalid", f"{where} key {ref.key!r} does not hold a redis:// or rediss:// URL"
+        )
+    return url
+
+
+def url_digest(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+class RedisClients:
+    """One `redis.asyncio.Redis` per pool and URL; a changed URL replaces the pool's client."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str], tuple[str, aioredis.Redis]] = {}
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    async def client(self, namespace: str, pool: str, url: str) -> aioredis.Redis:
+        digest = url_digest(url)
+        cached = self._clients.get((namespace, pool))
+        if cached is not None and cached[0] == digest:
+            return cached[1]
+        await self.forget(namespace, pool)
+        try:
+            client = aioredis.Redis.from_url(
+                url,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=COMMAND_TIMEOUT,
+                health_check_interval=30,
+            )
+        except ValueError as error:
+            raise QueueAccessError("InvalidRedisURL", f"invalid Redis URL: {error}") from None
+        self._clients[(namespace, pool)] = (digest, client)
+        return client
+
+    async def forget(self, namespace: str, pool: str) -> None:
+        cached = self._clients.pop((namespace, pool), None)
+        if cached is not None:
+            await cached[1].aclose()
+
+    async def close(self) -> None:
+        for namespace, pool in list(self._clients):
+            await self.forget(namespace, pool)
+
+
+async def read_figures(queue: TaskQueue) -> QueueFigures:
+    """The queue's figures, with every Redis failure turned into a `QueueAccessError`."""
+    try:
+        return await asyncio.wait_for(queue.figures(), timeout=CONNECT_TIMEOUT + COMMAND_TIMEOUT)
+    except redis.exceptions.AuthenticationError as error:
+        raise QueueAccessError(
+            "RedisAuthFailed", f"Redis refused the credentials: {error}"
+        ) from None
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
+            TimeoutError) as error:
+        detail = str(error) or type(error).__name__
+        raise QueueAccessError("RedisUnreachable", f"cannot reach Redis: {detail}") from None
+    except (redis.exceptions.RedisError, ProtocolError) as error:
+        raise QueueAccessError("RedisError", f"Redis answered with an error: {error}") from None

@@ -1,0 +1,89 @@
+"""Operator configuration from the environment (prefix ``AGENTPOOL_OPERATOR_``)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "AGENTPOOL_OPERATOR_"
+PEERING_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Namespaces to serve, comma-separated (kopf patterns allowed); "
+        "empty = cluster-wide.",
+    )
+    peering: str = Field(
+        default="",
+        description="kopf peering object shared by the operator's replicas (one of them is "
+        "active at a time); empty = standalone.",
+    )
+    port: int = Field(default=8080, ge=1, le=65535, description="Port of /healthz.")
+    log_level: LogLevel = "info"
+    status_refresh_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Least time between two status writes that change only queue figures.",
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("peering")
+    @classmethod
+    def _peering_name(cls, value: str) -> str:
+        value = value.strip()
+        if value and not PEERING_NAME.match(value):
+            raise ValueError("must be a Kubernetes object name (lower-case letters, digits, '-')")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    @property
+    def standalone(self) -> bool:
+        return not self.peering
+
+
+def describe_errors(error: ValidationError) -> str:
+    """All problems on one line, each named by the environment variable that caused it."""
+    parts = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "configuration"
+        message = item["msg"].removeprefix("Value error, ")
+        got = item.get("input")
+        suffix = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+        parts.append(f"{name}: {message}{suffix}")
+    return "; ".join(parts)
+
+
+def load_settings() -> OperatorSettings:
+    """Read the environment; on a bad value print one line to stderr and exit with status 2."""
+    try:
+        return OperatorSettings()
+    except ValidationError as error:
+        print(f"agentpool-operator: invalid configuration: {describe_errors(error)}",
+              file=sys.stderr)
+        raise SystemExit(2) from None

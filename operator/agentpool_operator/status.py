@@ -1,0 +1,271 @@
+"""A pool's status and conditions as pure functions of what the operator observed.
+
+The handlers gather the inputs (the pool, its Deployment, the queue figures or the error that
+prevented reading them, the status last written, the clock) and apply the outputs (a status
+patch, Kubernetes Events). Conditions follow the Kubernetes conventions: `lastTransitionTime`
+moves only when a condition's status changes, and each carries the generation it was set for.
+
+Conditions owned here: Ready, QueueReachable, Degraded. Others (Scaling, set by the scaling
+policy) pass through `build_status` untouched unless given as `extra_conditions`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from agentpool.models import CONDITION_TYPES
+from agentpool.protocol import QueueFigures
+from agentpool.urls import redact_url
+
+Status = dict[str, Any]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+FIGURE_FIELDS = frozenset({"queued", "delayed", "inFlight", "dead", "workers"})
+"""Fields that move with the queue; written at most every refresh interval."""
+
+MAX_MESSAGE_LENGTH = 1024
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why something the pool needs cannot be used; `message` is already safe to publish."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ConditionUpdate:
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """The replica counts of a pool's Deployment."""
+
+    desired: int
+    replicas: int
+    ready: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any] | None) -> DeploymentView | None:
+        if body is None:
+            return None
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        return cls(
+            desired=int(spec.get("replicas", 1)),
+            replicas=int(status.get("replicas") or 0),
+            ready=int(status.get("readyReplicas") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """A Kubernetes Event to post about the pool."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sanitize(text: str) -> str:
+    """Mask credentials of any URL in `text` and cap its length, for status and Events."""
+    cleaned = _URL.sub(lambda match: redact_url(match.group(0)), text).strip()
+    if len(cleaned) > MAX_MESSAGE_LENGTH:
+        cleaned = cleaned[: MAX_MESSAGE_LENGTH - 3] + "..."
+    return cleaned
+
+
+def set_condition(
+    conditions: Iterable[Mapping[str, Any]],
+    update: ConditionUpdate,
+    *,
+    now: datetime,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """Return `conditions` with `update` applied; other condition types are kept as they are."""
+    result: list[dict[str, Any]] = []
+    previous: Mapping[str, Any] | None = None
+    for condition in conditions:
+        if condition.get("type") == update.type:
+            previous = condition
+        else:
+            result.append(dict(condition))
+    unchanged = previous is not None and previous.get("status") == update.status
+    transition = previous.get("lastTransitionTime") if previous is not None else None
+    result.append({
+        "type": update.type,
+        "status": update.status,
+        "reason": update.reason,
+        "message": sanitize(update.message),
+        "lastTransitionTime": transition if unchanged and transition else rfc3339(now),
+        "observedGeneration": generation,
+    })
+    order = {name: index for index, name in enumerate(CONDITION_TYPES)}
+    return sorted(result, key=lambda c: order.get(str(c.get("type")), len(order)))
+
+
+def pool_conditions(
+    *,
+    queue: str,
+    deployment: DeploymentView | None,
+    queue_problem: Problem | None,
+    deployment_problem: Problem | None,
+) -> list[ConditionUpdate]:
+    """Ready, QueueReachable and Degraded from the observations."""
+    if queue_problem is not None:
+        reachable = ConditionUpdate(
+            "QueueReachable", "False", queue_problem.reason, queue_problem.message
+        )
+    else:
+        reachable = ConditionUpdate(
+            "QueueReachable", "True", "Reachable", f"queue {queue!r} is reachable"
+        )
+
+    problems = [p for p in (deployment_problem, queue_problem) if p is not None]
+    if problems:
+        degraded = ConditionUpdate(
+            "Degraded", "True", problems[0].reason, "; ".join(p.message for p in problems)
+        )
+    elif deployment is None:
+        degraded = ConditionUpdate(
+            "Degraded", "True", "DeploymentMissing", "the worker Deployment does not exist"
+        )
+    else:
+        degraded = ConditionUpdate("Degraded", "False", "AsExpected", "no problem observed")
+
+    counts = (
+        f"{deployment.ready}/{deployment.desired} replicas ready" if deployment is not None else ""
+    )
+    if problems:
+        ready = ConditionUpdate("Ready", "False", problems[0].reason, problems[0].message)
+    elif deployment is None:
+        ready = ConditionUpdate(
+            "Ready", "False", "DeploymentMissing", "the worker Deployment does not exist"
+        )
+    elif deployment.desired == 0:
+        ready = ConditionUpdate(
+            "Ready", "True", "ScaledToZero", "no worker wanted; the pool wakes when tasks arrive"
+        )
+    elif deployment.ready == 0:
+        ready = ConditionUpdate("Ready", "False", "NoReadyReplicas", counts)
+    else:
+        ready = ConditionUpdate("Ready", "True", "ReplicasReady", counts)
+    return [ready, reachable, degraded]
+
+
+def build_status(
+    *,
+    queue: str,
+    generation: int,
+    deployment: DeploymentView | None,
+    figures: QueueFigures | None,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+    queue_problem: Problem | None = None,
+    deployment_problem: Problem | None = None,
+    extra_fields: Mapping[str, Any] | None = None,
+    extra_conditions: Sequence[ConditionUpdate] = (),
+) -> Status:
+    """The complete new status of a pool.
+
+    Fields this module does not own (those of scaling and recovery) are carried over from
+    `previous` unless `extra_fields` sets them. Without figures (the queue could not be read)
+    the last known figures stay, and QueueReachable=False says they are stale.
+    """
+    status: Status = dict(previous or {})
+    view = deployment or DeploymentView(desired=0, replicas=0, ready=0)
+    status.update(
+        queue=queue,
+        replicas=view.replicas,
+        readyReplicas=view.ready,
+        desiredReplicas=view.desired,
+        observedGeneration=generation,
+    )
+    if figures is not None:
+        status.update(
+            queued=figures.queued,
+            delayed=figures.delayed,
+            inFlight=figures.in_flight,
+            dead=figures.dead,
+            workers=figures.workers,
+        )
+    else:
+        for name in sorted(FIGURE_FIELDS):
+            status.setdefault(name, 0)
+    status.update(extra_fields or {})
+
+    conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []]
+    updates = pool_conditions(
+        queue=queue,
+        deployment=deployment,
+        queue_problem=queue_problem,
+        deployment_problem=deployment_problem,
+    )
+    for update in [*updates, *extra_conditions]:
+        conditions = set_condition(conditions, update, now=now, generation=generation)
+    status["conditions"] = conditions
+    return status
+
+
+def status_write_needed(
+    previous: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    now: datetime,
+    last_figures_write: datetime | None,
+    refresh_seconds: float,
+) -> bool:
+    """Whether `new` must be written now.
+
+    Any change besides the queue figures (replicas, generation, conditions) is written at once;
+    a change of figures alone waits until `refresh_seconds` passed since the last write.
+    """
+    old = previous or {}
+    keys = set(old) | set(new)
+    if any(old.get(key) != new.get(key) for key in keys - FIGURE_FIELDS):
+        return True
+    if all(old.get(key) == new.get(key) for key in FIGURE_FIELDS):
+        return False
+    if last_figures_write is None:
+        return True
+    return (now - last_figures_write).total_seconds() >= refresh_seconds
+
+
+_BAD_WHEN = {"QueueReachable": "False", "Degraded": "True"}
+
+
+def condition_events(
+    previous: Mapping[str, Any] | None, new: Mapping[str, Any]
+) -> list[StatusEvent]:
+    """Events for conditions that turned bad (or changed reason while bad) or recovered."""
+    before = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
+    events: list[StatusEvent] = []
+    for condition in new.get("conditions") or []:
+        kind = condition.get("type")
+        bad = _BAD_WHEN.get(str(kind))
+        if bad is None:
+            continue
+        old = before.get(kind)
+        was_bad = old is not None and old.get("status") == bad
+        if condition.get("status") == bad:
+            if not was_bad or old is None or old.get("reason") != condition.get("reason"):
+                events.append(StatusEvent("Warning", condition["reason"], condition["message"]))
+        elif was_bad:
+            events.append(StatusEvent("Normal", "Recovered", f"{kind}: {condition['message']}"))
+    unique: dict[str, StatusEvent] = {}
+    for event in events:
+        unique.setdefault(event.reason, event)
+    return list(unique.values())

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+from kubernetes.config import kube_config
+from operator_harness import (
+    Cluster,
+    ClusterEmulator,
+    OperatorThread,
+    seed_resources,
+    write_kubeconfig,
+)
+
+from agentpool.redis_server import free_port
+from agentpool_operator.settings import OperatorSettings
+
+
+@pytest.fixture
+def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
+    return {**kmock_options, "cls": ClusterEmulator}
+
+
+@pytest.fixture
+def cluster(
+    kmock: kmock.KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Cluster:
+    seed_resources(kmock)
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    # The kubernetes client read $KUBECONFIG once, at import; kopf's login uses that default.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    return Cluster(kmock)
+
+
+@pytest.fixture
+def operator_settings() -> OperatorSettings:
+    return OperatorSettings(port=free_port(), status_refresh_seconds=0.5)
+
+
+@pytest.fixture
+async def operator(
+    cluster: Cluster, operator_settings: OperatorSettings
+) -> AsyncIterator[OperatorThread]:
+    thread = OperatorThread(operator_settings)
+    await thread.start()
+    yield thread
+    await thread.stop()
+    assert thread.error is None, thread.error

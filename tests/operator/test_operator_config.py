@@ -1,0 +1,89 @@
+"""Operator settings from the environment, and how kopf is configured from them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import kopf
+import pytest
+
+from agentpool.redis_server import free_port
+from agentpool_operator.main import FINALIZER, kopf_settings
+from agentpool_operator.settings import OperatorSettings, load_settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("AGENTPOOL_OPERATOR_"):
+            monkeypatch.delenv(name)
+    settings = OperatorSettings()
+    assert (settings.namespaces, settings.peering, settings.port) == ((), "", 8080)
+    assert (settings.log_level, settings.status_refresh_seconds) == ("info", 5.0)
+    assert settings.clusterwide and settings.standalone
+
+
+def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_NAMESPACES", " team-a, team-b ,,")
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_PEERING", "agentpool")
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_PORT", "9090")
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_STATUS_REFRESH_SECONDS", "2.5")
+    settings = OperatorSettings()
+    assert settings.namespaces == ("team-a", "team-b")
+    assert not settings.clusterwide and not settings.standalone
+    assert (settings.port, settings.log_level, settings.status_refresh_seconds) == (
+        9090, "debug", 2.5)
+
+
+def test_kopf_keeps_its_state_in_annotations_and_peers_when_asked() -> None:
+    settings = kopf_settings(OperatorSettings(peering="agentpool"))
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert settings.persistence.finalizer == FINALIZER
+    assert (settings.peering.name, settings.peering.mandatory) == ("agentpool", True)
+    assert not settings.peering.standalone
+    assert kopf_settings(OperatorSettings()).peering.standalone
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("AGENTPOOL_OPERATOR_PORT", "eighty", "AGENTPOOL_OPERATOR_PORT: Input should be a valid"),
+    ("AGENTPOOL_OPERATOR_PORT", "70000", "AGENTPOOL_OPERATOR_PORT: Input should be less"),
+    ("AGENTPOOL_OPERATOR_LOG_LEVEL", "loud", "AGENTPOOL_OPERATOR_LOG_LEVEL: Input should be"),
+    ("AGENTPOOL_OPERATOR_PEERING", "Not_A_Name", "AGENTPOOL_OPERATOR_PEERING: must be"),
+    ("AGENTPOOL_OPERATOR_STATUS_REFRESH_SECONDS", "0",
+     "AGENTPOOL_OPERATOR_STATUS_REFRESH_SECONDS: Input should be greater than 0"),
+])
+def test_bad_value_is_one_line_and_status_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    name: str, value: str, expected: str,
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        load_settings()
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("agentpool-operator: invalid configuration: ")
+    assert expected in lines[0]
+
+
+@pytest.mark.parametrize(("env", "code", "expected"), [
+    ({"AGENTPOOL_OPERATOR_PORT": "eighty"}, 2, "AGENTPOOL_OPERATOR_PORT"),
+    ({"KUBECONFIG": "/nonexistent/kubeconfig"}, 1, "no Kubernetes credentials"),
+])
+def test_entrypoint_fails_with_one_line(env: dict[str, str], code: int, expected: str) -> None:
+    clean = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("AGENTPOOL_OPERATOR_", "KUBERNETES_SERVICE_"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", "from agentpool_operator.main import main; main()"],
+        env={**clean, "AGENTPOOL_OPERATOR_PORT": str(free_port()), **env},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == code
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr

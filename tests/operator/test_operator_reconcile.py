@@ -1,0 +1,281 @@
+"""The operator against kmock's Kubernetes emulation and a real redis-server."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import redis.asyncio as aioredis
+from operator_harness import (
+    NAMESPACE,
+    Cluster,
+    OperatorThread,
+    eventually,
+    pool_manifest,
+)
+
+from agentpool.protocol import TaskQueue, WorkerInfo
+from agentpool.redis_server import free_port
+
+IMAGE = "registry.example/agent-worker:1.0"
+
+
+def container(deployment: dict) -> dict:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["worker"]
+    return dict(containers[0])
+
+
+def env_of(deployment: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container(deployment)["env"]}
+
+
+def deployment_patches(cluster: Cluster, name: str) -> list:
+    """PATCHes to the Deployment itself (not to its status, which the test writes)."""
+    return cluster.requests("PATCH", f"/deployments/{name}")
+
+
+async def test_pool_gets_an_owned_deployment(
+    cluster: Cluster, operator: OperatorThread, redis_url: str
+) -> None:
+    pool = await cluster.create_pool(pool_manifest("alpha", redis_url=redis_url, queue="jobs"))
+
+    deployment = await eventually(lambda: cluster.deployment("alpha"))
+    owners = deployment["metadata"]["ownerReferences"]
+    assert owners == [{
+        "apiVersion": "agentpool.dev/v1alpha1", "kind": "AgentPool", "name": "alpha",
+        "uid": pool["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
+    }]
+    assert deployment["metadata"]["labels"]["agentpool.dev/pool"] == "alpha"
+    assert deployment["spec"]["replicas"] == 1
+    worker = container(deployment)
+    assert worker["image"] == IMAGE
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http",
+                                                  "scheme": "HTTP"}
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = env_of(deployment)
+    assert env["AGENTPOOL_REDIS_URL"]["value"] == redis_url
+    assert env["AGENTPOOL_QUEUE"]["value"] == "jobs"
+    assert env["AGENTPOOL_HANDLER"]["value"] == "agentpool_worker.builtin:echo"
+
+    event = (await eventually(lambda: cluster.events("DeploymentCreated")))[0]
+    assert event["type"] == "Normal"
+    assert event["involvedObject"]["name"] == "alpha"
+
+    await eventually(lambda: cluster.pool("alpha")["status"]["conditions"])
+    annotations = await eventually(lambda: cluster.pool("alpha")["metadata"]["annotations"])
+    assert "agentpool.dev/last-handled-configuration" in annotations
+    watches = cluster.requests("GET", "/apis/apps/v1/deployments")
+    assert watches and all(r.params.get("labelSelector") == "agentpool.dev/pool"
+                           for r in watches), "only the pools' Deployments are watched"
+    status_keys = set(cluster.pool("alpha")["status"])
+    assert status_keys <= {
+        "queue", "replicas", "readyReplicas", "desiredReplicas", "queued", "delayed",
+        "inFlight", "dead", "workers", "observedGeneration", "conditions",
+    }, "kopf must keep its progress out of the status"
+
+
+async def test_spec_change_patches_the_deployment(
+    cluster: Cluster, operator: OperatorThread, redis_url: str
+) -> None:
+    await cluster.create_pool(pool_manifest("beta", redis_url=redis_url))
+    await eventually(lambda: cluster.pool("beta")["status"]["observedGeneration"] == 1)
+
+    await cluster.patch_pool("beta", {"spec": {"worker": {"image": "registry.example/w:2.0",
+                                                          "concurrency": 8}}})
+
+    deployment = await eventually(
+        lambda: (d := cluster.deployment("beta"))
+        and container(d)["image"] == "registry.example/w:2.0" and d
+    )
+    assert env_of(deployment)["AGENTPOOL_CONCURRENCY"]["value"] == "8"
+    assert len(deployment_patches(cluster, "beta")) == 1
+    event = (await eventually(lambda: cluster.events("DeploymentUpdated")))[0]
+    assert "containers" in event["message"]
+    await eventually(lambda: cluster.pool("beta")["status"]["observedGeneration"] == 2)
+    assert cluster.condition("beta", "Ready")["observedGeneration"] == 2
+
+
+async def test_unchanged_pool_writes_nothing_to_its_deployment(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    await cluster.create_pool(pool_manifest("gamma", redis_url=redis_url))
+    await eventually(lambda: cluster.deployment("gamma"))
+
+    # More rounds, each provably run: Deployment status changes wake the pool, a queue change
+    # shows in the next timed round; a metadata-only change of the pool is not a spec change.
+    await cluster.patch_deployment("gamma", {"status": {"replicas": 1, "readyReplicas": 1}},
+                                   subresource="status")
+    await eventually(lambda: cluster.pool("gamma")["status"]["readyReplicas"] == 1)
+    await TaskQueue(redis, "gamma").submit({"n": 1})
+    await eventually(lambda: cluster.pool("gamma")["status"]["queued"] == 1)
+    await cluster.patch_pool("gamma", {"metadata": {"labels": {"team": "search"}}})
+    await cluster.patch_deployment("gamma", {"status": {"replicas": 2, "readyReplicas": 1}},
+                                   subresource="status")
+    await eventually(lambda: cluster.pool("gamma")["status"]["replicas"] == 2)
+
+    assert deployment_patches(cluster, "gamma") == []
+    assert len(cluster.requests("POST", f"/namespaces/{NAMESPACE}/deployments")) == 1
+
+
+async def test_hand_edit_of_the_deployment_is_put_back(
+    cluster: Cluster, operator: OperatorThread, redis_url: str
+) -> None:
+    await cluster.create_pool(pool_manifest("delta", redis_url=redis_url))
+    original = await eventually(lambda: cluster.deployment("delta"))
+    edited = original["spec"]["template"]["spec"]["containers"]
+    edited[0]["image"] = "registry.example/hacked:latest"
+
+    await cluster.patch_deployment(
+        "delta", {"spec": {"template": {"spec": {"containers": edited}}}}
+    )
+
+    await eventually(lambda: container(cluster.deployment("delta"))["image"] == IMAGE)
+    event = (await eventually(lambda: cluster.events("DeploymentRestored")))[0]
+    assert "spec.template.spec.containers" in event["message"]
+    assert cluster.events("DeploymentUpdated") == []
+
+
+async def test_deleted_deployment_is_recreated(
+    cluster: Cluster, operator: OperatorThread, redis_url: str
+) -> None:
+    await cluster.create_pool(pool_manifest("epsilon", redis_url=redis_url))
+    first = await eventually(lambda: cluster.deployment("epsilon"))
+
+    async with cluster.emulator.delete(
+        f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/epsilon"
+    ) as response:
+        assert response.status == 200
+
+    second = await eventually(
+        lambda: (d := cluster.deployment("epsilon"))
+        and d["metadata"]["uid"] != first["metadata"]["uid"] and d
+    )
+    assert container(second)["image"] == IMAGE
+    await eventually(lambda: len(cluster.events("DeploymentCreated")) == 2)
+
+
+async def test_foreign_deployment_is_left_alone(
+    cluster: Cluster, operator: OperatorThread, redis_url: str
+) -> None:
+    foreign = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "zeta", "namespace": NAMESPACE,
+                     "labels": {"agentpool.dev/pool": "zeta"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "other"}},
+                 "template": {"metadata": {"labels": {"app": "other"}},
+                              "spec": {"containers": [{"name": "x", "image": "other:1"}]}}},
+    }
+    await cluster.create(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments", foreign)
+    await cluster.create_pool(pool_manifest("zeta", redis_url=redis_url))
+
+    degraded = await eventually(lambda: cluster.condition("zeta", "Degraded"))
+    assert (degraded["status"], degraded["reason"]) == ("True", "DeploymentConflict")
+    assert "not controlled by this pool" in degraded["message"]
+    await eventually(lambda: cluster.events("DeploymentConflict"))
+    assert deployment_patches(cluster, "zeta") == []
+    pod = cluster.deployment("zeta")["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "other:1"
+
+
+async def test_status_reports_replicas_and_queue_figures(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    queue = TaskQueue(redis, "eta-jobs")
+    await queue.submit_many([{"n": n} for n in range(5)])
+    await queue.submit({"later": True}, delay=3600)
+    await queue.heartbeat(WorkerInfo(pod="eta-abc", instance="i1", concurrency=4), {}, 30)
+    claimed = await queue.claim("eta-abc:i1", 2, lease_seconds=60)
+    assert len(claimed.tasks) == 2
+
+    await cluster.create_pool(pool_manifest("eta", redis_url=redis_url, queue="eta-jobs"))
+    await eventually(lambda: cluster.deployment("eta"))
+    await cluster.patch_deployment("eta", {"status": {"replicas": 1, "readyReplicas": 1}},
+                                   subresource="status")
+
+    status = await eventually(
+        lambda: (s := cluster.pool("eta").get("status", {})).get("readyReplicas") == 1 and s
+    )
+    assert {k: status[k] for k in (
+        "queue", "replicas", "readyReplicas", "desiredReplicas", "queued", "delayed",
+        "inFlight", "dead", "workers", "observedGeneration",
+    )} == {
+        "queue": "eta-jobs", "replicas": 1, "readyReplicas": 1, "desiredReplicas": 1,
+        "queued": 3, "delayed": 1, "inFlight": 2, "dead": 0, "workers": 1,
+        "observedGeneration": 1,
+    }
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+        "True", "ReplicasReady")
+    assert conditions["Ready"]["message"] == "1/1 replicas ready"
+    assert conditions["QueueReachable"]["status"] == "True"
+    assert conditions["Degraded"]["status"] == "False"
+    assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"]
+               for c in conditions.values())
+    status_patches = cluster.requests("PATCH", "/agentpools/eta/status")
+    assert status_patches, "status goes through the /status subresource"
+
+
+async def test_missing_secret_is_reported_and_retried(
+    cluster: Cluster, operator: OperatorThread, redis_url: str
+) -> None:
+    await cluster.create_pool(pool_manifest("theta", secret="theta-redis"))
+
+    reachable = await eventually(lambda: cluster.condition("theta", "QueueReachable"))
+    assert (reachable["status"], reachable["reason"]) == ("False", "SecretNotFound")
+    assert reachable["message"] == "Secret default/theta-redis not found"
+    assert cluster.condition("theta", "Ready")["status"] == "False"
+    assert cluster.condition("theta", "Degraded")["reason"] == "SecretNotFound"
+    event = (await eventually(lambda: cluster.events("SecretNotFound")))[0]
+    assert event["type"] == "Warning"
+    # The Deployment does not wait for the Secret: pods start once it exists.
+    ref = env_of(cluster.deployment("theta"))["AGENTPOOL_REDIS_URL"]["valueFrom"]
+    assert ref == {"secretKeyRef": {"name": "theta-redis", "key": "url"}}
+
+    await cluster.create_secret("theta-redis", {"url": redis_url})
+
+    await eventually(lambda: cluster.condition("theta", "QueueReachable")["status"] == "True")
+    await eventually(lambda: cluster.events("Recovered"))
+    assert operator.alive
+
+
+async def test_secret_without_the_key_is_reported(
+    cluster: Cluster, operator: OperatorThread
+) -> None:
+    await cluster.create_secret("agentpool-redis", {"uri": "redis://nowhere:6379/0"})
+    await cluster.create_pool(pool_manifest("iota", secret="agentpool-redis"))
+
+    reachable = await eventually(lambda: cluster.condition("iota", "QueueReachable"))
+    assert (reachable["reason"], reachable["message"]) == (
+        "SecretKeyMissing", "Secret default/agentpool-redis has no key 'url'")
+
+
+async def test_unreachable_redis_is_reported_without_credentials(
+    cluster: Cluster, operator: OperatorThread, redis_url: str
+) -> None:
+    closed = f"redis://agent:s3cr3t-pw@127.0.0.1:{free_port()}/0"
+    await cluster.create_secret("kappa-redis", {"url": closed})
+    await cluster.create_pool(pool_manifest("kappa", secret="kappa-redis"))
+    await cluster.create_pool(pool_manifest("lambda", redis_url=redis_url))
+
+    reachable = await eventually(lambda: cluster.condition("kappa", "QueueReachable"))
+    assert (reachable["status"], reachable["reason"]) == ("False", "RedisUnreachable")
+    assert cluster.condition("kappa", "Degraded")["status"] == "True"
+    warning = (await eventually(lambda: cluster.events("RedisUnreachable")))[0]
+    assert warning["type"] == "Warning"
+    assert "s3cr3t-pw" not in json.dumps(cluster.pool("kappa"))
+    assert all("s3cr3t-pw" not in json.dumps(e) for e in cluster.events())
+
+    # The operator keeps serving: other pools, and its liveness endpoint.
+    await eventually(lambda: cluster.condition("lambda", "QueueReachable")["status"] == "True")
+    base = f"http://127.0.0.1:{operator.settings.port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/healthz") as response:
+            assert response.status == 200
+        async with session.get(f"{base}/metrics") as response:
+            assert response.status == 200
+            exposition = await response.text()
+    assert 'agentpool_pool_condition{namespace="default",pool="kappa",type="QueueReachable"}' \
+        ' 0.0' in exposition
+    assert 'agentpool_operator_pool_problems_total{reason="RedisUnreachable"}' in exposition
+    assert operator.alive
