@@ -29,6 +29,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -37,6 +38,8 @@ DEFAULT_RESULT_TTL = 86_400
 WORKER_LIVENESS_WINDOW = 30.0
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
+_STATE_SETS = {"queued": "queued", "delayed": "delayed", "running": "leases"}
+TASK_LIST_STATES = ("queued", "delayed", "running", "dead")
 
 
 class ProtocolError(ValueError):
@@ -228,7 +231,7 @@ def _opt_int(value: Any) -> int | None:
 def _json_or_raw(value: Any) -> Any:
     if value is None:
         return None
-    text = _s(value)
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
     try:
         return json.loads(text)
     except ValueError:
@@ -379,19 +382,9 @@ class TaskQueue:
 
     async def claim(self, worker: str, count: int, lease_seconds: float,
                     promote_limit: int = 100) -> ClaimBatch:
-        tasks, next_due, now = await self._run(
+        return _claim_batch(await self._run(
             "claim", worker, count, int(lease_seconds * 1000), promote_limit
-        )
-        now = int(now)
-        claimed = [
-            ClaimedTask(
-                id=_s(t[0]), token=_s(t[1]), attempts=int(t[2]), payload_raw=_s(t[3]),
-                created_ms=int(t[4]), max_attempts=int(t[5]), claimed_ms=now,
-            )
-            for t in tasks
-        ]
-        due_in = None if next_due is None else max(0.0, (float(next_due) - now) / 1000)
-        return ClaimBatch(claimed, due_in)
+        ))
 
     async def complete(self, task: ClaimedTask, result: Any = None) -> bool:
         """Record success; False when this holder was fenced off (the task moved on)."""
@@ -399,11 +392,19 @@ class TaskQueue:
 
     async def complete_many(self, done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
         """Record several successes in one round trip (a worker's completions batch up)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for task, result in done:
-                await self._run("complete", task.id, task.token, _encode_result(result),
-                                client=pipe)
-            replies = await pipe.execute()
+        script = self._script("complete")
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task, result in done:
+                    pipe.evalsha(script.sha, 1, self.prefix + "queued", self.prefix, task.id,
+                                 task.token, _encode_result(result))
+                replies = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in replies):
+                break
+            await self.redis.script_load(script.script)  # e.g. Redis restarted
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return [bool(r) for r in replies]
 
     async def fail(self, task: ClaimedTask, error: str, *, retryable: bool = True,
@@ -517,6 +518,15 @@ class TaskQueue:
         infos = [await self.get(_s(i)) for i in ids]
         return [i for i in infos if i is not None]
 
+    async def list_tasks(self, state: str, limit: int = 100) -> list[TaskInfo]:
+        """Up to `limit` tasks in one of TASK_LIST_STATES (read-only): queued in claim order,
+        delayed by due time, running by lease expiry, dead newest first."""
+        if state == "dead":
+            return await self.dead_letters(limit)
+        ids = await self.redis.zrange(self.prefix + _STATE_SETS[state], 0, limit - 1)
+        infos = [await self.get(_s(i)) for i in ids]
+        return [i for i in infos if i is not None]
+
     async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
         return int(await self._run("dead_letters", "requeue", *(task_ids or [])))
 
@@ -530,6 +540,23 @@ class TaskQueue:
         """
         reply = await self.redis.blpop([self.prefix + "wake"], timeout=max(timeout, 0.01))
         return reply is not None
+
+
+def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
+    tasks, next_due, now = reply
+    now = int(now)
+    claimed = [
+        ClaimedTask(
+            # a payload written behind the protocol's back may not even be UTF-8: let the
+            # worker dead-letter it as malformed instead of failing the whole claim
+            id=_s(t[0]), token=_s(t[1]), attempts=int(t[2]),
+            payload_raw=t[3].decode(errors="replace") if isinstance(t[3], bytes) else str(t[3]),
+            created_ms=int(t[4]), max_attempts=int(t[5]), claimed_ms=now,
+        )
+        for t in tasks
+    ]
+    due_in = None if next_due is None else max(0.0, (float(next_due) - now) / 1000)
+    return ClaimBatch(claimed, due_in)
 
 
 def _encode_result(result: Any) -> str:

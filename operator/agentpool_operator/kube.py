@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -94,6 +95,41 @@ class KubeApi:
             "PATCH", deployment_path(namespace, name), dict(patch), content_type
         )
 
+    async def list_pods(self, namespace: str, label_selector: str) -> list[Body]:
+        """The pods of one pool (the label selector is the pool's `agentpool.dev/pool=<name>`)."""
+        path = f"/api/v1/namespaces/{namespace}/pods?labelSelector={quote(label_selector)}"
+        items: list[Body] = (await self.request("GET", path)).get("items") or []
+        return items
+
+    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Body | None:
+        """Merge-patch a pod (e.g. its annotations); None if the pod is gone."""
+        try:
+            return await self.request("PATCH", pod_path(namespace, name), dict(patch), MERGE_PATCH)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def delete_pod(self, namespace: str, name: str) -> bool:
+        """Delete a pod with its grace period; False if it was already gone."""
+        try:
+            await self.request("DELETE", pod_path(namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    async def list_node_names(self) -> frozenset[str] | None:
+        """Names of the cluster's nodes, or None when the operator may not list them."""
+        try:
+            body = await self.request("GET", "/api/v1/nodes")
+        except ApiException as error:
+            if error.status in (401, 403, 404):
+                return None
+            raise
+        return frozenset((n.get("metadata") or {}).get("name", "") for n in body.get("items") or [])
+
     async def get_secret(self, namespace: str, name: str) -> Body | None:
         return await self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
 
@@ -107,6 +143,10 @@ class KubeApi:
             if error.status == 404:
                 return None
             raise
+
+
+def pod_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods/{name}"
 
 
 def deployment_path(namespace: str, name: str | None = None) -> str:
