@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -335,7 +335,7 @@ class TaskQueue:
         return ids
 
     async def get(self, task_id: str) -> TaskInfo | None:
-        raw = await self.redis.hgetall(self.task_key(task_id))  # type: ignore[misc]
+        raw = await self.redis.hgetall(self.task_key(task_id))
         if not raw:
             return None
         f = {_s(k): v for k, v in raw.items()}
@@ -373,7 +373,7 @@ class TaskQueue:
                         if message is None or _s(message["data"]) == task_id:
                             break
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def cancel(self, task_id: str) -> CancelOutcome:
         return CancelOutcome(_s(await self._run("cancel", task_id)))
@@ -443,13 +443,13 @@ class TaskQueue:
 
     async def request_drain(self, pod_or_worker: str) -> None:
         """Ask a pod's workers (or one instance) to stop claiming and finish what they hold."""
-        await self.redis.hset(self.prefix + "drain", pod_or_worker, int(time.time()))  # type: ignore[misc]
+        await self.redis.hset(self.prefix + "drain", pod_or_worker, int(time.time()))
 
     async def clear_drain(self, pod_or_worker: str) -> None:
-        await self.redis.hdel(self.prefix + "drain", pod_or_worker)  # type: ignore[misc]
+        await self.redis.hdel(self.prefix + "drain", pod_or_worker)
 
     async def drain_requests(self) -> dict[str, float]:
-        raw = await self.redis.hgetall(self.prefix + "drain")  # type: ignore[misc]
+        raw = await self.redis.hgetall(self.prefix + "drain")
         return {_s(k): float(v) for k, v in raw.items()}
 
     # -- recovery --------------------------------------------------------------------------
@@ -494,9 +494,10 @@ class TaskQueue:
             withscores=True,
         )
         out: list[WorkerState] = []
-        for member, score in members:
+        pairs = cast(list[tuple[bytes | str, float]], members)
+        for member, score in pairs:
             wid = _s(member)
-            raw = await self.redis.hget(self.prefix + "w:" + wid, "info")  # type: ignore[misc]
+            raw = await self.redis.hget(self.prefix + "w:" + wid, "info")
             info = json.loads(_s(raw)) if raw else {}
             pod, _, instance = wid.rpartition(":")
             out.append(WorkerState(
@@ -510,7 +511,7 @@ class TaskQueue:
         return out
 
     async def held_by(self, worker: str) -> set[str]:
-        members = await self.redis.smembers(self.prefix + "owner:" + worker)  # type: ignore[misc]
+        members = await self.redis.smembers(self.prefix + "owner:" + worker)
         return {_s(m) for m in members}
 
     async def dead_letters(self, limit: int = 100) -> list[TaskInfo]:

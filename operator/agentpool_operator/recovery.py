@@ -17,7 +17,6 @@ from typing import Any
 from agentpool_operator.deployment import WORKER_CONTAINER
 
 
-
 @dataclass(frozen=True)
 class PodView:
     """What recovery needs to know about one worker pod."""
