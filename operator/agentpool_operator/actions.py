@@ -17,6 +17,8 @@ from typing import Any
 from agentpool.models import AgentPoolSpec
 from agentpool.protocol import QueueFigures, TaskQueue
 
+from . import recovery_actions, scaling_actions
+from .deployment import POOL_LABEL
 from .kube import KubeApi
 from .status import ConditionUpdate
 
@@ -46,6 +48,22 @@ class ActionResult:
     """Conditions to set, e.g. Scaling."""
 
 
+def merge(*results: ActionResult) -> ActionResult:
+    fields: dict[str, Any] = {}
+    conditions: list[ConditionUpdate] = []
+    for result in results:
+        fields.update(result.status_fields)
+        conditions.extend(result.conditions)
+    return ActionResult(fields, tuple(conditions))
+
+
 async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
-    """Apply scaling and recovery to one observed pool; nothing yet."""
-    return ActionResult()
+    """Apply recovery, then scaling, to one observed pool.
+
+    Recovery runs first so that the tasks of dead pods are back in the queue before scaling
+    looks at the backlog.
+    """
+    pods = await kube.list_pods(observation.namespace, {POOL_LABEL: observation.name})
+    recovered = await recovery_actions.recover(observation, pods, kube)
+    scaled = await scaling_actions.scale(observation, pods, kube)
+    return merge(recovered, scaled)

@@ -95,11 +95,16 @@ class KubeApi:
             "PATCH", deployment_path(namespace, name), dict(patch), content_type
         )
 
-    async def list_pods(self, namespace: str, label_selector: str) -> list[Body]:
-        """The pods of one pool (the label selector is the pool's `agentpool.dev/pool=<name>`)."""
-        path = f"/api/v1/namespaces/{namespace}/pods?labelSelector={quote(label_selector)}"
+    async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[Body]:
+        """Pods carrying all these labels (also filtered here, whatever the server did)."""
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        path = f"/api/v1/namespaces/{namespace}/pods?labelSelector={quote(selector)}"
         items: list[Body] = (await self.request("GET", path)).get("items") or []
-        return items
+        return [
+            pod for pod in items
+            if all(((pod.get("metadata") or {}).get("labels") or {}).get(k) == v
+                   for k, v in labels.items())
+        ]
 
     async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Body | None:
         """Merge-patch a pod (e.g. its annotations); None if the pod is gone."""
