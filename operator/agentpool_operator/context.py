@@ -84,6 +84,10 @@ class OperatorContext:
     redis: RedisClients = field(default_factory=RedisClients)
     pools: dict[tuple[str, str], PoolState] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.settings.redis_address_map:
+            self.redis = RedisClients(self.settings.redis_address_map)
+
     @property
     def api(self) -> KubeApi:
         if self.kube is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sys
 import threading
 
@@ -41,6 +42,8 @@ def kopf_settings(config: OperatorSettings) -> kopf.OperatorSettings:
     if config.peering:
         settings.peering.name = config.peering
         settings.peering.mandatory = True
+        # Peers of equal priority all pause; a random one per process lets exactly one lead.
+        settings.peering.priority = random.randint(1, 32767)
     return settings
 
 

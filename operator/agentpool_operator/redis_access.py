@@ -12,6 +12,7 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -86,11 +87,27 @@ def url_digest(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+def rewrite_address(url: str, address_map: Mapping[str, str]) -> str:
+    """Replace the URL's host:port when the map names it (an operator outside the cluster
+    reaches an in-cluster Redis through a port-forward)."""
+    parts = urlsplit(url)
+    host_port = parts.netloc.rpartition("@")[2]
+    target = address_map.get(host_port)
+    if target is None and parts.port is None:
+        target = address_map.get(f"{host_port}:6379")
+    if target is None:
+        return url
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@{target}" if credentials else target
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class RedisClients:
     """One `redis.asyncio.Redis` per pool and URL; a changed URL replaces the pool's client."""
 
-    def __init__(self) -> None:
+    def __init__(self, address_map: Mapping[str, str] | None = None) -> None:
         self._clients: dict[tuple[str, str], tuple[str, aioredis.Redis]] = {}
+        self._address_map = dict(address_map or {})
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -103,7 +120,7 @@ class RedisClients:
         await self.forget(namespace, pool)
         try:
             client = aioredis.Redis.from_url(
-                url,
+                rewrite_address(url, self._address_map),
                 socket_connect_timeout=CONNECT_TIMEOUT,
                 socket_timeout=COMMAND_TIMEOUT,
                 health_check_interval=30,

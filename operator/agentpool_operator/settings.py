@@ -37,6 +37,25 @@ class OperatorSettings(BaseSettings):
         description="Least time between two status writes that change only queue figures.",
     )
 
+    redis_address_map: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="host:port=host:port pairs, comma-separated: Redis addresses to reach "
+        "another way (an operator outside the cluster, through a port-forward).",
+    )
+
+    @field_validator("redis_address_map", mode="before")
+    @classmethod
+    def _parse_address_map(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            source, sep, target = item.partition("=")
+            if not sep or ":" not in source or ":" not in target:
+                raise ValueError(f"expected host:port=host:port pairs, got {item!r}")
+            pairs[source.strip()] = target.strip()
+        return pairs
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:

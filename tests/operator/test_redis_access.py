@@ -97,3 +97,30 @@ async def test_unreachable_redis_is_a_clean_error(queue_name: str) -> None:
         assert "hunter2" not in caught.value.message
     finally:
         await clients.close()
+
+
+def test_address_map_rewrites_only_the_named_redis() -> None:
+    from agentpool_operator.redis_access import rewrite_address
+
+    mapping = {"agentpool-redis.agentpool.svc:6379": "127.0.0.1:16379"}
+    assert (
+        rewrite_address("redis://:pw@agentpool-redis.agentpool.svc:6379/0", mapping)
+        == "redis://:pw@127.0.0.1:16379/0"
+    )
+    assert (
+        rewrite_address("redis://agentpool-redis.agentpool.svc/1", mapping)
+        == "redis://127.0.0.1:16379/1"
+    )
+    assert rewrite_address("redis://other:6379/0", mapping) == "redis://other:6379/0"
+
+
+def test_address_map_setting_is_parsed_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from agentpool_operator.settings import OperatorSettings
+
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_REDIS_ADDRESS_MAP", "a.svc:6379=127.0.0.1:1, b:1=c:2")
+    assert OperatorSettings().redis_address_map == {"a.svc:6379": "127.0.0.1:1", "b:1": "c:2"}
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_REDIS_ADDRESS_MAP", "nonsense")
+    with pytest.raises(ValidationError):
+        OperatorSettings()
