@@ -1,4 +1,4 @@
-.PHONY: setup demo test crds lint
+.PHONY: setup demo test crds e2e
 
 setup:
 	@bash scripts/setup.sh
@@ -12,3 +12,6 @@ test: setup
 crds: setup
 	@.venv/bin/agentpool crd > crds/agentpool.dev_agentpools.yaml
 	@cp crds/agentpool.dev_agentpools.yaml charts/agentpool-operator/crds/agentpool.dev_agentpools.yaml
+
+e2e: setup
+	@bash e2e/kind-up.sh

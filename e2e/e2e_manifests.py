@@ -1,0 +1,146 @@
+"""The AgentPools the suite applies, all derived from examples/agentpool.yaml.
+
+Task payloads for `agentpool_worker.builtin:simulated_agent` (the example's handler) are here
+too. Its latency is log-normal around `mean_seconds`; a `seed` makes it reproducible. The seeds
+below were picked because they draw latencies close to the mean for the first attempts, which
+keeps the scaling and recovery scenarios short and their timing predictable. Any seed would
+be correct: the assertions never depend on a latency, and each scenario checks its own
+precondition (a task really was running when it mattered).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from e2e_config import DEFAULT_REDIS_SECRET, EXAMPLE_POOL
+
+from agentpool.models import MIN_LE_MAX, REDIS_URL_NO_CREDENTIALS
+
+SUITE_LABEL = "e2e.agentpool.dev/suite"
+"""On every pool the suite creates, so that it can clean up after itself."""
+
+Manifest = dict[str, Any]
+
+
+def load_example() -> Manifest:
+    manifest: Manifest = yaml.safe_load(EXAMPLE_POOL.read_text(encoding="utf-8"))
+    return manifest
+
+
+def example_pool(worker_image: str, *, redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
+    """examples/agentpool.yaml as a user would apply it, with the image under test.
+
+    IfNotPresent, so that an image loaded into the nodes (kind load) is used as is.
+    """
+    pool = load_example()
+    pool.setdefault("metadata", {}).setdefault("labels", {})[SUITE_LABEL] = "true"
+    worker = pool["spec"]["worker"]
+    worker["image"] = worker_image
+    worker["imagePullPolicy"] = "IfNotPresent"
+    pool["spec"]["redis"]["urlSecretRef"]["name"] = redis_secret
+    return pool
+
+
+def derived_pool(name: str, worker_image: str, *, redis_secret: str = DEFAULT_REDIS_SECRET,
+                 worker: dict[str, Any] | None = None,
+                 scaling: dict[str, Any] | None = None) -> Manifest:
+    """The example under another name and queue, with some worker/scaling fields replaced."""
+    pool = example_pool(worker_image, redis_secret=redis_secret)
+    pool["metadata"]["name"] = name
+    pool["spec"]["queue"] = name
+    pool["spec"]["worker"].update(worker or {})
+    pool["spec"]["scaling"] = {**pool["spec"].get("scaling", {}), **(scaling or {})}
+    return pool
+
+
+# -- scenario pools ---------------------------------------------------------------------------
+
+SCALE_POOL_MIN = 1
+SCALE_POOL_MAX = 4
+
+
+def scale_pool(name: str, worker_image: str, *,
+               redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
+    """Two tasks per pod, 1..4 pods, quick polling and a short scale-down window.
+
+    drainSeconds (and the task timeout) exceed the longest latency simulated_agent can draw
+    for the long tasks (ten times their mean), so a drain can never cut a task short: any
+    requeue or second attempt is a real interruption.
+    """
+    return derived_pool(
+        name, worker_image, redis_secret=redis_secret,
+        worker={"concurrency": 2, "drainSeconds": 900, "taskTimeoutSeconds": 900},
+        scaling={"minReplicas": SCALE_POOL_MIN, "maxReplicas": SCALE_POOL_MAX,
+                 "pollSeconds": 1, "scaleDownCooldownSeconds": 5},
+    )
+
+
+RECOVERY_POOL_REPLICAS = 2
+
+
+def recovery_pool(name: str, worker_image: str, *,
+                  redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
+    """A fixed pool of two pods. drainSeconds is short, so a deleted pod cannot simply finish
+    its tasks while it terminates: they have to go back to the queue."""
+    return derived_pool(
+        name, worker_image, redis_secret=redis_secret,
+        worker={"concurrency": 2, "drainSeconds": 2},
+        scaling={"minReplicas": RECOVERY_POOL_REPLICAS, "maxReplicas": RECOVERY_POOL_REPLICAS,
+                 "pollSeconds": 1},
+    )
+
+
+def small_pool(name: str, worker_image: str, *,
+               redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
+    """One pod, for lifecycle checks."""
+    return derived_pool(name, worker_image, redis_secret=redis_secret,
+                        worker={"drainSeconds": 5},
+                        scaling={"minReplicas": 1, "maxReplicas": 1})
+
+
+@dataclass(frozen=True)
+class InvalidPool:
+    case: str
+    manifest: Manifest
+    message: str
+    """The CEL rule message (agentpool.models) the API server must answer with."""
+
+
+def invalid_pools(worker_image: str) -> list[InvalidPool]:
+    min_above_max = derived_pool("e2e-invalid-bounds", worker_image,
+                                 scaling={"minReplicas": 5, "maxReplicas": 2})
+    with_credentials = derived_pool("e2e-invalid-url", worker_image)
+    with_credentials["spec"]["redis"] = {"url": "redis://:hunter2@redis.example:6379/0"}
+    return [
+        InvalidPool("min-above-max", min_above_max, MIN_LE_MAX.message),
+        InvalidPool("url-with-credentials", with_credentials, REDIS_URL_NO_CREDENTIALS.message),
+    ]
+
+
+# -- task payloads ----------------------------------------------------------------------------
+
+LONG_TASK_SEEDS = ("long-3", "long-6", "long-7", "long-24")
+"""About 55-65 s each at 60 s mean (first attempt)."""
+
+RECOVERY_TASK_SEEDS = ("recover-10", "recover-21", "recover-66", "recover-124")
+"""About 25-40 s each at 30 s mean, on each of the first three attempts."""
+
+
+def quick_tasks(count: int, *, mean_seconds: float = 0.5, tag: str = "quick") -> list[Any]:
+    return [{"mean_seconds": mean_seconds, "prompt": f"{tag} task {i}"} for i in range(count)]
+
+
+def scale_tasks() -> list[Any]:
+    """Four long tasks first (claimed early, still running when the backlog is gone and the
+    pool shrinks), then eight short ones that make the backlog."""
+    long = [{"mean_seconds": 60, "seed": seed, "prompt": f"long task {seed}"}
+            for seed in LONG_TASK_SEEDS]
+    return long + quick_tasks(8, mean_seconds=2, tag="short")
+
+
+def recovery_tasks() -> list[Any]:
+    return [{"mean_seconds": 30, "seed": seed, "prompt": f"recoverable task {seed}"}
+            for seed in RECOVERY_TASK_SEEDS]
+

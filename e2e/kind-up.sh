@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# Creates (or reuses) a kind cluster, builds both images, loads them into the cluster, installs
+# the chart with them and runs the end-to-end suite against it. The cluster stays up afterwards
+# (e2e/kind-down.sh deletes it).
+#
+# Usage: e2e/kind-up.sh [options] [-- PYTEST_ARGS...]
+#   --mode chart|local  chart (default): the operator runs in the cluster, installed by the
+#                       chart. local: only the worker image is built; the suite installs the
+#                       chart's Redis and runs agentpool-operator on this machine.
+#   --no-tests          stop once everything is installed
+#   --check             check the prerequisites and exit
+#   --dry-run           print the commands instead of running them
+#   -h, --help
+#
+# Environment (defaults in brackets):
+#   KIND_CLUSTER [agentpool-e2e]       name of the kind cluster
+#   KIND_NODE_IMAGE [kind's default]   kindest/node image, i.e. the Kubernetes version
+#   KIND_KUBECONFIG [.tools/kind-<cluster>.kubeconfig]  kubeconfig written for the cluster
+#   E2E_OPERATOR [chart]               the default of --mode
+#   E2E_WORKER_IMAGE [ghcr.io/agentpool/worker:e2e]
+#   E2E_OPERATOR_IMAGE [ghcr.io/agentpool/operator:e2e]
+#   E2E_RELEASE [agentpool], E2E_NAMESPACE [agentpool]  the chart's release (chart mode)
+#   E2E_POD_SECURITY [restricted]      Pod Security Standard enforced on that namespace
+#   E2E_HELM_ARGS                      extra helm arguments, e.g. "--set operator.logLevel=debug"
+#   HELM [.tools/bin/helm, installed by scripts/install-helm.sh; else helm on PATH]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+MODE="${E2E_OPERATOR:-chart}"
+DRY_RUN=0
+CHECK_ONLY=0
+RUN_TESTS=1
+PYTEST_ARGS=()
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --mode) MODE="${2:-}"; shift 2 ;;
+        --mode=*) MODE="${1#--mode=}"; shift ;;
+        --no-tests) RUN_TESTS=0; shift ;;
+        --check) CHECK_ONLY=1; shift ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; PYTEST_ARGS=("$@"); break ;;
+        *) echo "kind-up: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+case "$MODE" in
+    chart|local) ;;
+    *) echo "kind-up: --mode must be chart or local, not '$MODE'" >&2; exit 2 ;;
+esac
+
+CLUSTER="${KIND_CLUSTER:-agentpool-e2e}"
+KUBECONFIG_FILE="${KIND_KUBECONFIG:-$ROOT/.tools/kind-$CLUSTER.kubeconfig}"
+WORKER_IMAGE="${E2E_WORKER_IMAGE:-ghcr.io/agentpool/worker:e2e}"
+OPERATOR_IMAGE="${E2E_OPERATOR_IMAGE:-ghcr.io/agentpool/operator:e2e}"
+RELEASE="${E2E_RELEASE:-agentpool}"
+NAMESPACE="${E2E_NAMESPACE:-agentpool}"
+POD_SECURITY="${E2E_POD_SECURITY-restricted}"
+read -r -a HELM_EXTRA <<<"${E2E_HELM_ARGS:-}"
+CHART="charts/agentpool-operator"
+PYTEST="$ROOT/.venv/bin/pytest"
+
+say() { echo "kind-up: $*"; }
+
+# Prints the command (dry run) or runs it.
+run() {
+    if [ "$DRY_RUN" = 1 ]; then
+        printf '+'
+        printf ' %q' "$@"
+        printf '\n'
+    else
+        "$@"
+    fi
+}
+
+# "repository tag" of an image reference, as the chart's image values take it.
+split_image() {
+    local image="$1" last
+    if [[ "$image" == *@* ]]; then
+        echo "kind-up: $image: use a tag, not a digest (the chart takes repository and tag)" >&2
+        return 1
+    fi
+    last="${image##*/}"
+    if [[ "$last" == *:* ]]; then
+        echo "${image%:*} ${last##*:}"
+    else
+        echo "$image latest"
+    fi
+}
+
+if [ "$MODE" = chart ]; then
+    operator_ref="$(split_image "$OPERATOR_IMAGE")" || exit 2
+    worker_ref="$(split_image "$WORKER_IMAGE")" || exit 2
+    read -r operator_repository operator_tag <<<"$operator_ref"
+    read -r worker_repository worker_tag <<<"$worker_ref"
+fi
+
+# -- prerequisites ---------------------------------------------------------------------------
+
+HELM_BIN=""
+
+find_helm() {
+    if [ -n "${HELM:-}" ]; then
+        [ -x "$HELM" ] && HELM_BIN="$HELM"
+        return 0
+    fi
+    if [ -x "$ROOT/.tools/bin/helm" ]; then
+        HELM_BIN="$ROOT/.tools/bin/helm"
+        return 0
+    fi
+    if [ "$DRY_RUN" = 0 ] && [ "$CHECK_ONLY" = 0 ]; then
+        say "installing helm into .tools/bin (scripts/install-helm.sh)"
+        if bash "$ROOT/scripts/install-helm.sh" >&2 && [ -x "$ROOT/.tools/bin/helm" ]; then
+            HELM_BIN="$ROOT/.tools/bin/helm"
+            return 0
+        fi
+    fi
+    HELM_BIN="$(command -v helm || true)"
+}
+
+check_prerequisites() {
+    local missing=()
+    if ! command -v docker >/dev/null 2>&1; then
+        missing+=("docker: not found; install Docker (https://docs.docker.com/engine/install/)")
+    elif [ "$DRY_RUN" = 0 ] && ! docker info >/dev/null 2>&1; then
+        missing+=("docker: the Docker engine does not answer (docker info failed); start it or check DOCKER_HOST")
+    fi
+    command -v kind >/dev/null 2>&1 \
+        || missing+=("kind: not found; install it (https://kind.sigs.k8s.io/docs/user/quick-start/#installation)")
+    command -v kubectl >/dev/null 2>&1 \
+        || missing+=("kubectl: not found; install it (https://kubernetes.io/docs/tasks/tools/)")
+    find_helm
+    if [ -z "$HELM_BIN" ]; then
+        if [ -n "${HELM:-}" ]; then
+            missing+=("helm: HELM=$HELM is not an executable")
+        else
+            missing+=("helm: not in .tools/bin nor on PATH; run scripts/install-helm.sh (linux-amd64) or install helm 3.10+")
+        fi
+    fi
+    [ -x "$PYTEST" ] \
+        || missing+=("pytest: $PYTEST missing; run make setup")
+    if [ ${#missing[@]} -gt 0 ]; then
+        local line
+        for line in "${missing[@]}"; do
+            echo "kind-up: missing prerequisite: $line" >&2
+        done
+        return 1
+    fi
+}
+
+if ! check_prerequisites; then
+    if [ "$DRY_RUN" = 1 ]; then
+        say "dry run: continuing without the missing prerequisites"
+        HELM_BIN="${HELM_BIN:-helm}"
+    else
+        exit 1
+    fi
+fi
+if [ "$CHECK_ONLY" = 1 ]; then
+    say "all prerequisites found"
+    exit 0
+fi
+
+# -- cluster ---------------------------------------------------------------------------------
+
+cluster_exists() {
+    [ "$DRY_RUN" = 0 ] && kind get clusters 2>/dev/null | grep -qx "$CLUSTER"
+}
+
+run mkdir -p "$(dirname "$KUBECONFIG_FILE")"
+if cluster_exists; then
+    say "reusing kind cluster $CLUSTER"
+    run kind export kubeconfig --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE"
+else
+    say "creating kind cluster $CLUSTER"
+    node_image=()
+    [ -n "${KIND_NODE_IMAGE:-}" ] && node_image=(--image "$KIND_NODE_IMAGE")
+    run kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" --wait 180s \
+        ${node_image[@]+"${node_image[@]}"}
+fi
+export KUBECONFIG="$KUBECONFIG_FILE"
+say "KUBECONFIG=$KUBECONFIG"
+
+# -- images ----------------------------------------------------------------------------------
+
+images=("$WORKER_IMAGE")
+run docker build -f Dockerfile.worker -t "$WORKER_IMAGE" .
+if [ "$MODE" = chart ]; then
+    run docker build -f Dockerfile.operator -t "$OPERATOR_IMAGE" .
+    images+=("$OPERATOR_IMAGE")
+fi
+run kind load docker-image --name "$CLUSTER" "${images[@]}"
+
+# -- chart -----------------------------------------------------------------------------------
+
+release_installed() {
+    [ "$DRY_RUN" = 0 ] && "$HELM_BIN" status "$RELEASE" --namespace "$NAMESPACE" >/dev/null 2>&1
+}
+
+if [ "$MODE" = chart ]; then
+    # The CRD first: helm installs a chart's crds/ only when they are missing, never upgrades.
+    run kubectl apply --server-side --force-conflicts --field-manager agentpool-e2e \
+        -f crds/agentpool.dev_agentpools.yaml
+    if [ "$DRY_RUN" = 1 ] || ! kubectl get namespace "$NAMESPACE" >/dev/null 2>&1; then
+        run kubectl create namespace "$NAMESPACE"
+    fi
+    if [ -n "$POD_SECURITY" ]; then
+        run kubectl label namespace "$NAMESPACE" --overwrite \
+            "pod-security.kubernetes.io/enforce=$POD_SECURITY" \
+            "pod-security.kubernetes.io/warn=$POD_SECURITY"
+    fi
+    upgrading=0
+    release_installed && upgrading=1
+    say "installing the chart as release $RELEASE in namespace $NAMESPACE"
+    run "$HELM_BIN" upgrade --install "$RELEASE" "$CHART" --namespace "$NAMESPACE" \
+        --set-string "operator.image.repository=$operator_repository" \
+        --set-string "operator.image.tag=$operator_tag" \
+        --set-string "operator.image.pullPolicy=IfNotPresent" \
+        --set-string "worker.image.repository=$worker_repository" \
+        --set-string "worker.image.tag=$worker_tag" \
+        ${HELM_EXTRA[@]+"${HELM_EXTRA[@]}"}
+    if [ "$upgrading" = 1 ]; then
+        # The image was rebuilt under the same tag: restart so that the new one runs.
+        run kubectl --namespace "$NAMESPACE" rollout restart "deployment/$RELEASE-operator"
+    fi
+    say "waiting for Redis and the operator"
+    run kubectl --namespace "$NAMESPACE" rollout status "statefulset/$RELEASE-redis" --timeout=300s
+    run kubectl --namespace "$NAMESPACE" rollout status "deployment/$RELEASE-operator" --timeout=300s
+elif release_installed; then
+    # A chart-installed operator would serve the local run's pools too.
+    say "local mode: uninstalling release $RELEASE (its operator would compete)"
+    run "$HELM_BIN" uninstall "$RELEASE" --namespace "$NAMESPACE" --wait
+fi
+
+if [ "$RUN_TESTS" = 0 ]; then
+    say "ready; run the suite with: KUBECONFIG=$KUBECONFIG .venv/bin/pytest e2e -m e2e"
+    exit 0
+fi
+
+# -- suite -----------------------------------------------------------------------------------
+
+suite_env=(
+    "KUBECONFIG=$KUBECONFIG"
+    "E2E_OPERATOR=$MODE"
+    "E2E_WORKER_IMAGE=$WORKER_IMAGE"
+    "E2E_OPERATOR_IMAGE=$OPERATOR_IMAGE"
+    "E2E_RELEASE=$RELEASE"
+    "E2E_POD_SECURITY=$POD_SECURITY"
+    "E2E_HELM=$HELM_BIN"
+)
+if [ "$MODE" = chart ]; then
+    # The suite uses the release installed above, pools in its namespace (as the README does).
+    suite_env+=("E2E_SKIP_INSTALL=1" "E2E_NAMESPACE=$NAMESPACE")
+fi
+say "running the e2e suite ($MODE mode)"
+status=0
+run env "${suite_env[@]}" "$PYTEST" e2e -m e2e -rs ${PYTEST_ARGS[@]+"${PYTEST_ARGS[@]}"} \
+    || status=$?
+say "the cluster stays up (KUBECONFIG=$KUBECONFIG); delete it with e2e/kind-down.sh"
+exit "$status"

@@ -1,0 +1,72 @@
+"""A pool's Deployment belongs to the pool: labelled, owned, and gone when the pool is deleted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from e2e_config import E2EConfig
+from e2e_kube import Kubectl, Waiter
+from e2e_manifests import Manifest, small_pool
+from e2e_pools import POOL_LABEL, Pools
+
+from agentpool.models import GROUP, KIND, VERSION
+
+pytestmark = pytest.mark.e2e
+
+WORKER_LABELS = {
+    "app.kubernetes.io/name": "agentpool-worker",
+    "app.kubernetes.io/managed-by": "agentpool-operator",
+}
+
+
+def test_deleting_the_pool_removes_its_deployment(
+    make_pool: Callable[[Manifest], str], pools: Pools, waiter: Waiter,
+    e2e_config: E2EConfig, run_id: str,
+) -> None:
+    name = make_pool(small_pool(f"e2e-gc-{run_id}", e2e_config.worker_image,
+                                redis_secret=e2e_config.redis_secret))
+    deployment = pools.wait_serving(name, 1)
+    pool = pools.get(name)
+    assert pool is not None
+    labels = deployment["metadata"].get("labels") or {}
+    assert labels.get(POOL_LABEL) == name
+    assert WORKER_LABELS.items() <= labels.items()
+    owners = deployment["metadata"].get("ownerReferences") or []
+    assert [(o["apiVersion"], o["kind"], o["name"], o["uid"], o.get("controller"))
+            for o in owners] == [(f"{GROUP}/{VERSION}", KIND, name,
+                                  pool["metadata"]["uid"], True)]
+
+    pools.kube("delete", "agentpool", name, "--wait=true",
+               f"--timeout={int(120 * waiter.scale)}s", timeout=120 * waiter.scale + 30)
+    assert pools.get(name) is None
+    waiter.true(lambda: pools.deployment(name) is None, timeout=120,
+                what=f"garbage collection of the Deployment of deleted pool {name}")
+    waiter.true(lambda: not pools.pods(name), timeout=180,
+                what=f"the worker pods of deleted pool {name} to go")
+
+
+def test_worker_pods_run_under_the_restricted_pod_security_standard(
+    make_pool: Callable[[Manifest], str], pools: Pools, kube: Kubectl, cluster: Kubectl,
+    e2e_config: E2EConfig, run_id: str,
+) -> None:
+    assert kube.namespace is not None
+    namespace = cluster.get("namespace", kube.namespace) or {}
+    enforced = (namespace["metadata"].get("labels") or {}).get(
+        "pod-security.kubernetes.io/enforce")
+    if enforced != "restricted":
+        pytest.skip(f"namespace {kube.namespace} does not enforce the restricted Pod Security "
+                    "Standard (the suite labels only namespaces it creates; "
+                    "E2E_POD_SECURITY=restricted)")
+    name = make_pool(small_pool(f"e2e-pss-{run_id}", e2e_config.worker_image,
+                                redis_secret=e2e_config.redis_secret))
+    pools.wait_serving(name, 1)
+    (pod,) = pools.live_pods(name)
+    security = pod["spec"].get("securityContext") or {}
+    assert security.get("runAsNonRoot") is True
+    assert (security.get("seccompProfile") or {}).get("type") == "RuntimeDefault"
+    for container in pod["spec"]["containers"]:
+        context = container.get("securityContext") or {}
+        assert context.get("allowPrivilegeEscalation") is False
+        assert (context.get("capabilities") or {}).get("drop") == ["ALL"]
+        assert context.get("readOnlyRootFilesystem") is True

@@ -1,0 +1,157 @@
+"""Helpers of the e2e suite that can be exercised without a cluster: kubectl's output
+formats, Redis URL rewriting for a port-forward, deadline-bound waits, the self-healing
+port-forward (against a stand-in kubectl that only prints what the real one prints)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_install import RedisAccess, serves
+from e2e_kube import KUBECTL_AGE, CommandError, Kubectl, PortForward, Waiter, parse_table
+
+from agentpool_operator.redis_access import rewrite_address
+from agentpool_operator.settings import OperatorSettings
+
+# -- kubectl's formats -----------------------------------------------------------------------
+
+AGENTPOOLS_TABLE = """\
+NAME          QUEUE         READY   DESIRED   QUEUED   IN-FLIGHT   AGE
+demo          demo          2       3         17       8           4m12s
+e2e-scale-1                                                        3s
+"""
+"""As kubectl prints it: cells aligned under their headers, a missing value left blank."""
+
+
+def test_parse_table_keys_cells_by_header() -> None:
+    rows = parse_table(AGENTPOOLS_TABLE)
+    assert rows[0] == {"NAME": "demo", "QUEUE": "demo", "READY": "2", "DESIRED": "3",
+                       "QUEUED": "17", "IN-FLIGHT": "8", "AGE": "4m12s"}
+    assert rows[1] == {"NAME": "e2e-scale-1", "QUEUE": "", "READY": "", "DESIRED": "",
+                       "QUEUED": "", "IN-FLIGHT": "", "AGE": "3s"}
+    assert parse_table("") == []
+    with pytest.raises(ValueError, match="not aligned"):
+        parse_table("NAME   AGE\nlong-name-x  3s\n")
+
+
+@pytest.mark.parametrize("age", ["3s", "4m12s", "5h", "2d3h", "400d", "3y20d"])
+def test_kubectl_ages(age: str) -> None:
+    assert KUBECTL_AGE.match(age)
+
+
+@pytest.mark.parametrize("age", ["<none>", "", "4 m", "-3s"])
+def test_not_kubectl_ages(age: str) -> None:
+    assert not KUBECTL_AGE.match(age)
+
+
+def test_redis_url_rewritten_for_a_port_forward() -> None:
+    access = RedisAccess("redis://:p%40ss%3Aw0rd@agentpool-redis.e2e.svc:6379/0")
+    assert access.host_port() == "agentpool-redis.e2e.svc:6379"
+    assert access.via("127.0.0.1", 40123) == "redis://:p%40ss%3Aw0rd@127.0.0.1:40123/0"
+    assert access.address_map("127.0.0.1", 40123) == (
+        "agentpool-redis.e2e.svc:6379=127.0.0.1:40123,"
+        "agentpool-redis.e2e.svc.cluster.local:6379=127.0.0.1:40123")
+    assert RedisAccess("redis://redis.example/2").via("localhost", 7000) == (
+        "redis://localhost:7000/2")
+
+
+def test_operator_namespaces_decide_who_serves_a_namespace() -> None:
+    def deployment(namespaces: str | None) -> dict[str, Any]:
+        env = [] if namespaces is None else [
+            {"name": "AGENTPOOL_OPERATOR_NAMESPACES", "value": namespaces}]
+        return {"spec": {"template": {"spec": {"containers": [{"name": "op", "env": env}]}}}}
+
+    assert serves(deployment(None), "e2e")
+    assert serves(deployment(""), "e2e")
+    assert serves(deployment("a, e2e"), "e2e")
+    assert serves(deployment("agentpool-e2e-*"), "agentpool-e2e-1a2b3c")
+    assert not serves(deployment("prod,staging"), "e2e")
+
+
+def test_the_operator_reads_the_address_map_the_suite_gives_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    in_cluster = "redis://:secret@agentpool-redis.e2e.svc:6379/0"
+    access = RedisAccess(in_cluster)
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_REDIS_ADDRESS_MAP",
+                       access.address_map("127.0.0.1", 40123))
+    settings = OperatorSettings()
+    assert rewrite_address(in_cluster, settings.redis_address_map) == access.via(
+        "127.0.0.1", 40123)
+
+
+# -- waiting ----------------------------------------------------------------------------------
+
+
+def test_waiter_returns_the_first_value_that_satisfies() -> None:
+    values = iter([1, 2, 3, 4])
+    assert Waiter().until(lambda: next(values), lambda v: v >= 3, timeout=5, what="3",
+                          interval=0.01) == 3
+
+
+def test_waiter_timeout_names_what_it_waited_for_and_what_it_saw() -> None:
+    waiter = Waiter(scale=0.5, diagnose=lambda: "--- cluster ---\npods: none")
+    started = time.monotonic()
+    with pytest.raises(AssertionError) as error:
+        waiter.until(lambda: {"ready": 0}, lambda v: v["ready"] > 0, timeout=0.2,
+                     what="a ready pod", interval=0.02)
+    assert time.monotonic() - started < 2
+    message = str(error.value)
+    assert message.startswith("timed out after 0.1s waiting for a ready pod")
+    assert "last seen: {'ready': 0}" in message
+    assert "pods: none" in message
+
+
+# -- port-forward -----------------------------------------------------------------------------
+
+FAKE_KUBECTL = """#!{bash}
+# Prints what kubectl port-forward prints; the first run dies after a moment.
+echo "$*" >> "{calls}"
+ports="${{@: -1}}"
+local="${{ports%%:*}}"
+echo "Forwarding from 127.0.0.1:${{local:-41234}} -> ${{ports##*:}}"
+[ "$(wc -l < "{calls}")" -le 1 ] && {{ sleep 0.5; exit 1; }}
+exec sleep 60
+"""
+
+
+@pytest.fixture
+def fake_kubectl(tmp_path: Path) -> Path:
+    path = tmp_path / "kubectl"
+    path.write_text(FAKE_KUBECTL.format(bash=shutil.which("bash") or "/bin/bash",
+                                        calls=tmp_path / "calls"))
+    path.chmod(0o755)
+    return path
+
+
+def test_port_forward_restarts_on_the_same_local_port(fake_kubectl: Path) -> None:
+    forward = PortForward(Kubectl("e2e", binary=str(fake_kubectl)), "svc/agentpool-redis",
+                          6379, fake_kubectl.parent / "forward.log")
+    try:
+        assert forward.start() == 41234
+        Waiter().true(lambda: forward.restarts >= 1 and forward.alive, timeout=10,
+                      what="the port-forward to restart", interval=0.05)
+    finally:
+        forward.stop()
+    assert not forward.alive
+    calls = (fake_kubectl.parent / "calls").read_text().splitlines()
+    assert calls[0] == "--namespace e2e port-forward --address 127.0.0.1 svc/agentpool-redis :6379"
+    assert calls[1].endswith("svc/agentpool-redis 41234:6379")
+
+
+def test_port_forward_that_never_forwards_fails_readably(tmp_path: Path) -> None:
+    silent = tmp_path / "kubectl"
+    silent.write_text(f"#!{shutil.which('bash')}\necho 'error: no pods' >&2\nexit 1\n")
+    silent.chmod(0o755)
+    forward = PortForward(Kubectl("e2e", binary=str(silent)), "svc/x", 6379,
+                          tmp_path / "forward.log", start_timeout=5)
+    with pytest.raises(CommandError, match="no port forwarded") as error:
+        forward.start()
+    assert "error: no pods" in str(error.value)
+    assert os.path.exists(tmp_path / "forward.log")
+
+

@@ -1,0 +1,217 @@
+"""e2e/kind-up.sh and e2e/kind-down.sh without Docker or a cluster.
+
+Syntax, the prerequisite messages, the plan of a dry run, and the real code path with the
+four tools replaced by stubs that only record how they were called.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KIND_UP = REPO / "e2e" / "kind-up.sh"
+KIND_DOWN = REPO / "e2e" / "kind-down.sh"
+BASH = shutil.which("bash") or "/bin/bash"
+
+STUB = """#!{bash}
+echo "${{0##*/}} $*" >> "$STUB_LOG"
+case "${{0##*/}} ${{1:-}} ${{2:-}}" in
+    "kind get clusters") [ -n "${{STUB_CLUSTERS:-}}" ] && echo "$STUB_CLUSTERS"; exit 0 ;;
+    "helm status "*|"kubectl get namespace") [ "${{STUB_EXISTING:-0}}" = 1 ]; exit ;;
+esac
+exit 0
+"""
+
+
+def script(path: Path, *args: str, env: dict[str, str] | None = None,
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BASH, str(path), *args], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=REPO)
+
+
+def plain_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("E2E_", "KIND_")) and k not in ("HELM", "KUBECONFIG")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def stubs(tmp_path: Path) -> Path:
+    """A bin folder whose docker, kind, kubectl and helm only append their argv to a log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("docker", "kind", "kubectl", "helm"):
+        stub = bin_dir / tool
+        stub.write_text(STUB.format(bash=BASH))
+        stub.chmod(0o755)
+    return bin_dir
+
+
+def stub_env(stubs: Path, **extra: str) -> dict[str, str]:
+    settings = {
+        "PATH": f"{stubs}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HELM": str(stubs / "helm"),
+        "STUB_LOG": str(stubs.parent / "calls.log"),
+        "KIND_CLUSTER": "c1",
+        "KIND_KUBECONFIG": str(stubs.parent / "kubeconfig"),
+        "E2E_WORKER_IMAGE": "registry.local:5000/agentpool/worker:t1",
+        "E2E_OPERATOR_IMAGE": "registry.local:5000/agentpool/operator:t2",
+    }
+    return plain_env(**{**settings, **extra})
+
+
+def calls(stubs: Path) -> list[str]:
+    log = stubs.parent / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def index_of(lines: list[str], prefix: str) -> int:
+    matches = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+    assert matches, f"no line starting with {prefix!r} in:\n" + "\n".join(lines)
+    return matches[0]
+
+
+@pytest.mark.parametrize("path", [KIND_UP, KIND_DOWN], ids=lambda p: p.name)
+def test_script_is_valid_bash(path: Path) -> None:
+    result = subprocess.run([BASH, "-n", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert os.access(path, os.X_OK), f"{path.name} is not executable"
+
+
+def test_help_lists_options_and_environment() -> None:
+    result = script(KIND_UP, "--help")
+    assert result.returncode == 0
+    for word in ("--mode", "--dry-run", "--check", "--no-tests", "KIND_CLUSTER",
+                 "E2E_WORKER_IMAGE", "E2E_OPERATOR_IMAGE"):
+        assert word in result.stdout
+
+
+def test_unknown_argument_is_a_usage_error() -> None:
+    result = script(KIND_UP, "--bogus")
+    assert result.returncode == 2
+    assert "unknown argument --bogus" in result.stderr
+
+
+def test_check_names_each_missing_tool_on_its_own_line(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname"):
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+    result = script(KIND_UP, "--check",
+                    env=plain_env(PATH=str(bin_dir), HELM=str(tmp_path / "no-helm")))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    for tool in ("docker", "kind", "kubectl", "helm"):
+        (line,) = [x for x in lines if x.startswith(f"kind-up: missing prerequisite: {tool}:")]
+        assert len(line) < 200
+
+
+def test_digest_images_are_refused_before_anything_runs(stubs: Path) -> None:
+    env = stub_env(stubs, E2E_OPERATOR_IMAGE="registry.local/op@sha256:0123")
+    result = script(KIND_UP, "--no-tests", env=env)
+    assert result.returncode == 2
+    assert "use a tag, not a digest" in result.stderr
+    assert calls(stubs) == []
+
+
+def test_dry_run_prints_the_plan_in_order(stubs: Path) -> None:
+    result = script(KIND_UP, "--dry-run", "--", "-k", "scale", env=stub_env(stubs))
+    assert result.returncode == 0, result.stderr
+    plan = [line[2:] for line in result.stdout.splitlines() if line.startswith("+ ")]
+    steps = [
+        "kind create cluster --name c1 --kubeconfig",
+        "docker build -f Dockerfile.worker -t registry.local:5000/agentpool/worker:t1 .",
+        "docker build -f Dockerfile.operator -t registry.local:5000/agentpool/operator:t2 .",
+        "kind load docker-image --name c1 registry.local:5000/agentpool/worker:t1 "
+        "registry.local:5000/agentpool/operator:t2",
+        "kubectl apply --server-side",
+        f"{stubs / 'helm'} upgrade --install agentpool charts/agentpool-operator",
+        "kubectl --namespace agentpool rollout status statefulset/agentpool-redis",
+        "kubectl --namespace agentpool rollout status deployment/agentpool-operator",
+        "env KUBECONFIG=",
+    ]
+    positions = [index_of(plan, step) for step in steps]
+    assert positions == sorted(positions)
+    helm = plan[positions[5]]
+    for value in ("operator.image.repository=registry.local:5000/agentpool/operator",
+                  "operator.image.tag=t2", "operator.image.pullPolicy=IfNotPresent"):
+        assert f"--set-string {value}" in helm
+    suite = plan[-1]
+    for setting in ("E2E_OPERATOR=chart", "E2E_SKIP_INSTALL=1", "E2E_NAMESPACE=agentpool",
+                    "E2E_RELEASE=agentpool",
+                    "E2E_WORKER_IMAGE=registry.local:5000/agentpool/worker:t1"):
+        assert setting in suite.split()
+    assert suite.endswith("pytest e2e -m e2e -rs -k scale")
+    assert calls(stubs) == [], "a dry run must not run the tools"
+
+
+def test_dry_run_in_local_mode_builds_only_the_worker(stubs: Path) -> None:
+    result = script(KIND_UP, "--dry-run", "--mode", "local", env=stub_env(stubs))
+    assert result.returncode == 0, result.stderr
+    plan = [line[2:] for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert not [line for line in plan if "Dockerfile.operator" in line]
+    assert not [line for line in plan if "upgrade --install" in line]
+    suite = plan[-1].split()
+    assert "E2E_OPERATOR=local" in suite
+    assert not [s for s in suite if s.startswith(("E2E_SKIP_INSTALL", "E2E_NAMESPACE"))]
+
+
+def test_fresh_cluster_is_created_and_the_chart_installed(stubs: Path) -> None:
+    result = script(KIND_UP, "--no-tests", env=stub_env(stubs))
+    assert result.returncode == 0, result.stderr
+    log = calls(stubs)
+    order = [index_of(log, step) for step in (
+        "kind create cluster --name c1",
+        "docker build -f Dockerfile.worker",
+        "docker build -f Dockerfile.operator",
+        "kind load docker-image --name c1",
+        "kubectl apply --server-side",
+        "kubectl create namespace agentpool",
+        "kubectl label namespace agentpool --overwrite "
+        "pod-security.kubernetes.io/enforce=restricted",
+        "helm upgrade --install agentpool charts/agentpool-operator",
+        "kubectl --namespace agentpool rollout status statefulset/agentpool-redis",
+        "kubectl --namespace agentpool rollout status deployment/agentpool-operator",
+    )]
+    assert order == sorted(order)
+    assert not [line for line in log if "rollout restart" in line]
+    assert "ready; run the suite with" in result.stdout
+
+
+def test_existing_cluster_and_release_are_reused(stubs: Path) -> None:
+    result = script(KIND_UP, "--no-tests", env=stub_env(stubs, STUB_CLUSTERS="c1",
+                                                          STUB_EXISTING="1"))
+    assert result.returncode == 0, result.stderr
+    log = calls(stubs)
+    assert not [line for line in log if line.startswith("kind create")]
+    assert not [line for line in log if line.startswith("kubectl create namespace")]
+    index_of(log, "kind export kubeconfig --name c1")
+    restart = index_of(log, "kubectl --namespace agentpool rollout restart "
+                            "deployment/agentpool-operator")
+    assert restart > index_of(log, "helm upgrade --install")
+
+
+def test_local_mode_uninstalls_a_chart_operator_that_would_compete(stubs: Path) -> None:
+    env = stub_env(stubs, STUB_CLUSTERS="c1", STUB_EXISTING="1")
+    result = script(KIND_UP, "--no-tests", "--mode", "local", env=env)
+    assert result.returncode == 0, result.stderr
+    log = calls(stubs)
+    index_of(log, "helm uninstall agentpool --namespace agentpool")
+    assert not [line for line in log if "Dockerfile.operator" in line]
+
+
+def test_kind_down_deletes_the_cluster_and_its_kubeconfig(stubs: Path) -> None:
+    kubeconfig = stubs.parent / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\n")
+    result = script(KIND_DOWN, env=stub_env(stubs))
+    assert result.returncode == 0, result.stderr
+    assert calls(stubs) == [f"kind delete cluster --name c1 --kubeconfig {kubeconfig}"]
+    assert not kubeconfig.exists()

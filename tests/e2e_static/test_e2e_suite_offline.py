@@ -1,0 +1,189 @@
+"""The e2e suite's own code, checked without a cluster: it collects, its pools are valid, its
+helpers read kubectl's formats right. Nothing here stands in for cluster behaviour."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from e2e_config import DEFAULT_OPERATOR_IMAGE, ConfigError, E2EConfig, ImageRef
+from e2e_manifests import (
+    LONG_TASK_SEEDS,
+    SUITE_LABEL,
+    example_pool,
+    invalid_pools,
+    load_example,
+    recovery_pool,
+    recovery_tasks,
+    scale_pool,
+    scale_tasks,
+    small_pool,
+)
+from pydantic import ValidationError
+
+from agentpool.crd import open_api_schema
+from agentpool.models import CEL_RULES, QUEUE_PATTERN, AgentPoolSpec
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "ghcr.io/agentpool/worker:e2e"
+
+EXPECTED_E2E_TESTS = {
+    "e2e/test_e2e_api.py::test_crd_is_established_with_printer_columns_and_cel_rules",
+    "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message[min-above-max]",
+    "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
+    "[url-with-credentials]",
+    "e2e/test_e2e_demo_pool.py::test_tasks_submitted_with_the_cli_all_finish",
+    "e2e/test_e2e_demo_pool.py::test_get_agentpools_shows_queue_replicas_and_tasks",
+    "e2e/test_e2e_demo_pool.py::test_status_reports_the_pool_ready",
+    "e2e/test_e2e_scaling.py::"
+    "test_backlog_scales_up_and_empty_queue_scales_down_without_interrupting_tasks",
+    "e2e/test_e2e_recovery.py::test_deleted_busy_pod_has_its_tasks_requeued_and_finished",
+    "e2e/test_e2e_lifecycle.py::test_deleting_the_pool_removes_its_deployment",
+    "e2e/test_e2e_lifecycle.py::"
+    "test_worker_pods_run_under_the_restricted_pod_security_standard",
+}
+
+
+@pytest.fixture(scope="module")
+def collections() -> dict[str, subprocess.CompletedProcess[str]]:
+    """`pytest --collect-only e2e` with `-m e2e` and with the default selection, run side by
+    side in subprocesses (each pays pytest's start-up)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2E_")}
+    runs = {name: subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", *args, "e2e"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+        for name, args in (("e2e", ("-m", "e2e")), ("default", ()))}
+    done = {}
+    for name, process in runs.items():
+        out, err = process.communicate(timeout=120)
+        done[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return done
+
+
+def test_e2e_tests_collect_under_the_e2e_marker(
+    collections: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    result = collections["e2e"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    collected = {line for line in result.stdout.splitlines() if "::" in line}
+    assert collected == EXPECTED_E2E_TESTS
+
+
+def test_default_selection_leaves_e2e_out(
+    collections: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    result = collections["default"]
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert f"{len(EXPECTED_E2E_TESTS)} deselected" in result.stdout
+
+
+# -- pools ------------------------------------------------------------------------------------
+
+
+def applied_pools() -> list[dict[str, Any]]:
+    return [
+        example_pool(IMAGE),
+        scale_pool("e2e-scale-abc123", IMAGE),
+        recovery_pool("e2e-recover-abc123", IMAGE),
+        small_pool("e2e-gc-abc123", IMAGE),
+    ]
+
+
+@pytest.mark.parametrize("pool", applied_pools(), ids=lambda p: p["metadata"]["name"])
+def test_pools_the_suite_applies_pass_the_models_and_the_crd_schema(pool: dict[str, Any]) -> None:
+    spec = AgentPoolSpec.model_validate(pool["spec"])
+    assert spec.model_dump(by_alias=True, exclude_unset=True, mode="json") == pool["spec"], (
+        "the pool sets a field the model does not know (the API server would prune it)")
+    jsonschema.Draft7Validator(open_api_schema()).validate(pool)
+    assert spec.worker.image == IMAGE
+    assert spec.worker.image_pull_policy == "IfNotPresent"
+    assert pool["metadata"]["labels"][SUITE_LABEL] == "true"
+    queue = spec.queue_name(pool["metadata"]["name"])
+    assert re.match(QUEUE_PATTERN, queue)
+
+
+def test_the_demo_pool_is_the_example_with_only_the_image_changed() -> None:
+    example, applied = load_example(), example_pool(IMAGE)
+    assert applied["metadata"]["name"] == example["metadata"]["name"]
+    assert applied["spec"]["queue"] == example["spec"]["queue"]
+    del applied["spec"]["worker"]["image"], example["spec"]["worker"]["image"]
+    del applied["spec"]["worker"]["imagePullPolicy"]
+    assert applied["spec"] == example["spec"]
+
+
+@pytest.mark.parametrize("invalid", invalid_pools(IMAGE), ids=lambda p: p.case)
+def test_invalid_pools_fail_the_models_with_the_cel_message(invalid: Any) -> None:
+    assert invalid.message in {rule.message for rule in CEL_RULES}
+    with pytest.raises(ValidationError) as error:
+        AgentPoolSpec.model_validate(invalid.manifest["spec"])
+    assert invalid.message in str(error.value)
+    # The OpenAPI part of the schema accepts them: the refusal can only come from the CEL
+    # rule, whose message the e2e test expects in kubectl's error.
+    jsonschema.Draft7Validator(open_api_schema()).validate(invalid.manifest)
+
+
+def test_no_drain_or_timeout_can_cut_a_long_scaling_task_short() -> None:
+    worker = AgentPoolSpec.model_validate(scale_pool("s", IMAGE)["spec"]).worker
+    longest = max(10 * float(t["mean_seconds"]) for t in scale_tasks())
+    assert worker.drain_seconds >= longest
+    assert worker.task_timeout_seconds >= longest
+    assert len({t["seed"] for t in scale_tasks() if "seed" in t}) == len(LONG_TASK_SEEDS)
+
+
+def test_recovery_tasks_outnumber_one_pod_and_fit_the_pool() -> None:
+    spec = AgentPoolSpec.model_validate(recovery_pool("r", IMAGE)["spec"])
+    slots = spec.worker.concurrency * spec.scaling.max_replicas
+    assert spec.worker.concurrency < len(recovery_tasks()) <= slots
+    assert spec.worker.drain_seconds < min(t["mean_seconds"] for t in recovery_tasks()) / 2
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def test_configuration_defaults() -> None:
+    config = E2EConfig.from_env({})
+    assert config.operator_mode == "chart"
+    assert config.installs_chart and not config.installs_redis_only
+    assert config.namespace is None
+    assert config.release == "agentpool"
+    assert config.operator_image == DEFAULT_OPERATOR_IMAGE
+    assert config.timeout_scale == 1
+
+
+def test_local_mode_with_an_installed_release_elsewhere() -> None:
+    config = E2EConfig.from_env({"E2E_OPERATOR": "local", "E2E_SKIP_INSTALL": "1",
+                                 "E2E_NAMESPACE": "pools", "E2E_RELEASE_NAMESPACE": "infra",
+                                 "E2E_HELM_ARGS": "--set a=b --set 'c=d e'"})
+    assert not config.installs_chart and not config.installs_redis_only
+    assert config.release_namespace("pools") == "infra"
+    assert config.helm_args == ("--set", "a=b", "--set", "c=d e")
+
+
+@pytest.mark.parametrize(("env", "complaint"), [
+    ({"E2E_OPERATOR": "cluster"}, "E2E_OPERATOR=cluster"),
+    ({"E2E_SKIP_INSTALL": "1"}, "E2E_NAMESPACE"),
+    ({"E2E_SKIP_INSTALL": "maybe"}, "use 1 or 0"),
+    ({"E2E_RELEASE_NAMESPACE": "infra"}, "needs E2E_SKIP_INSTALL=1"),
+    ({"E2E_NAMESPACE": "Not_A_Name"}, "not a Kubernetes name"),
+    ({"E2E_OPERATOR_IMAGE": "reg/op@sha256:00"}, "not a digest"),
+    ({"E2E_TIMEOUT_SCALE": "fast"}, "E2E_TIMEOUT_SCALE"),
+])
+def test_bad_configuration_is_one_readable_error(env: dict[str, str], complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint.replace(".", r"\.")):
+        E2EConfig.from_env(env)
+
+
+@pytest.mark.parametrize(("image", "expected"), [
+    ("ghcr.io/agentpool/operator:e2e", ("ghcr.io/agentpool/operator", "e2e")),
+    ("localhost:5000/operator", ("localhost:5000/operator", "latest")),
+    ("localhost:5000/operator:v1", ("localhost:5000/operator", "v1")),
+])
+def test_image_references_split_for_the_chart(image: str, expected: tuple[str, str]) -> None:
+    ref = ImageRef.parse(image, "E2E_OPERATOR_IMAGE")
+    assert (ref.repository, ref.tag) == expected
