@@ -15,6 +15,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "setup: installing promtool (Debian package prometheus) to check alert rules"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        prometheus >/dev/null
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"

@@ -175,17 +175,21 @@ async def reconcile(
 ) -> None:
     """Make the Deployment match the spec at once, without waiting for the daemon's round."""
     ctx = context(memo)
-    state = ctx.pool(*pool_key(body))
+    namespace, name = pool_key(body)
+    state = ctx.pool(namespace, name)
     try:
         spec = parse_spec(body)
     except ValidationError as error:
+        metrics.record_reconcile_error(namespace, name, "deployment")
         raise kopf.PermanentError(f"invalid spec: {sanitize(str(error))}") from None
     try:
         async with state.lock:
             await ensure_deployment(ctx.api, state, body, spec, logger)
     except DeploymentConflict as error:
+        metrics.record_reconcile_error(namespace, name, "deployment")
         raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_SECONDS) from None
     except ApiException as error:
+        metrics.record_reconcile_error(namespace, name, "deployment")
         delay = min(MAX_RETRY_SECONDS, 2.0 ** min(retry, 6))
         raise kopf.TemporaryError(
             f"cannot reconcile the Deployment: {api_error_message(error)}", delay=delay
@@ -229,6 +233,7 @@ async def observe_pool(
                 delay = await observe_once(ctx, state, body, logger)
             except Exception as error:
                 logger.exception(f"observing the pool failed: {sanitize(str(error))}")
+                metrics.record_reconcile_error(namespace, name, "observe")
                 state.failing_since = state.failing_since or time.monotonic()
                 delay = retry_delay(MIN_POLL_SECONDS, state.failing_for(time.monotonic()))
             await sleep(state, stopped, delay)
@@ -308,12 +313,13 @@ async def observe_once(
 
     observation = actions.PoolObservation(
         namespace=namespace, name=name, pool=body, spec=spec, deployment=deployment,
-        figures=figures, queue=queue, previous_status=previous, now=now,
+        figures=figures, queue=queue, previous_status=previous, now=now, state=state,
     )
     try:
         result = await actions.act(observation, ctx.api)
     except Exception as error:
         logger.exception(f"scaling and recovery failed: {sanitize(str(error))}")
+        metrics.record_reconcile_error(namespace, name, "act")
         result = actions.ActionResult()
 
     new = build_status(
@@ -336,10 +342,13 @@ async def observe_once(
         for event in condition_events(previous, new):
             post(body, event, logger)
     metrics.record_status(namespace, name, new)
+    metrics.record_spec(namespace, name, spec)
 
     for problem in (queue_problem, deployment_problem):
         if problem is not None:
             metrics.PROBLEMS.labels(problem.reason).inc()
     failing = queue_problem is not None or deployment_problem is not None
+    if not failing:
+        metrics.record_observed(namespace, name)
     state.failing_since = (state.failing_since or time.monotonic()) if failing else None
     return retry_delay(spec.scaling.poll_seconds, state.failing_for(time.monotonic()))

@@ -2,18 +2,35 @@
 
 Served from the operator's event loop on purpose: a loop too blocked to answer `/healthz` is an
 operator that needs a restart. `/metrics` carries each pool's status figures (the same numbers
-as `kubectl get agentpools`, for dashboards and alerts across pools) and counters of what the
-operator did.
+as `kubectl get agentpools`, for dashboards and alerts across pools), its scaling bounds,
+counters of what the operator did to it, and the operator's own health. docs/metrics.md lists
+every series; the chart's alerts and dashboard are built on them.
+
+Label values stay few: the `record_*` functions take either a short code (`backlog`,
+`pod_deleted`) or the human-readable reason a decision gave, which they reduce to a code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+import time
 from collections.abc import Mapping
+from importlib import metadata
 from typing import Any
 
 import aiohttp.web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Info,
+    generate_latest,
+)
+
+from agentpool.models import AgentPoolSpec
+from agentpool.protocol import RequeueResult
 
 POOL_LABELS = ("namespace", "pool")
 _FIGURES = {
@@ -51,6 +68,128 @@ PROBLEMS = Counter(
     "Observations of a pool that found a problem (Secret missing, Redis unreachable, ...)",
     ["reason"],
 )
+POOL_MIN_REPLICAS = Gauge(
+    "agentpool_pool_min_replicas", "The pool's spec.scaling.minReplicas", POOL_LABELS
+)
+POOL_MAX_REPLICAS = Gauge(
+    "agentpool_pool_max_replicas", "The pool's spec.scaling.maxReplicas", POOL_LABELS
+)
+POOL_PAUSED = Gauge(
+    "agentpool_pool_paused", "1 when the pool's spec.paused is set (no scaling, no recovery)",
+    POOL_LABELS,
+)
+POOL_LAST_OBSERVED = Gauge(
+    "agentpool_operator_pool_last_observed_timestamp_seconds",
+    "Unix time of the pool's last round that read its Deployment and its queue without a problem",
+    POOL_LABELS,
+)
+SCALE_DECISIONS = Counter(
+    "agentpool_operator_scale_decisions",
+    "Changes of a pool's replica count decided by the autoscaler",
+    [*POOL_LABELS, "direction", "reason"],
+)
+PODS_REPLACED = Counter(
+    "agentpool_operator_pods_replaced",
+    "Worker pods deleted by recovery (dead, or unready past the grace period) to be recreated",
+    POOL_LABELS,
+)
+DRAINS_REQUESTED = Counter(
+    "agentpool_operator_drains_requested",
+    "Worker pods asked to drain (finish their tasks, claim no more)",
+    [*POOL_LABELS, "purpose"],
+)
+TASKS_REQUEUED = Counter(
+    "agentpool_operator_tasks_requeued",
+    "Tasks of lost workers put back in the queue by the operator",
+    [*POOL_LABELS, "cause"],
+)
+TASKS_DEAD_LETTERED = Counter(
+    "agentpool_operator_tasks_dead_lettered",
+    "Tasks of lost workers that had no attempt left, sent to the dead-letter list by the operator",
+    [*POOL_LABELS, "cause"],
+)
+RECONCILE_ERRORS = Counter(
+    "agentpool_operator_reconcile_errors",
+    "Failed reconcile steps of a pool (the error is in the operator's log)",
+    [*POOL_LABELS, "step"],
+)
+OPERATOR_UP = Gauge("agentpool_operator_up", "1 while the operator runs")
+OPERATOR_INFO = Info("agentpool_operator", "The running operator")
+
+SCALE_DIRECTIONS = ("up", "down")
+DRAIN_PURPOSES = ("scale_down", "recovery")
+RECONCILE_STEPS = ("deployment", "observe", "act")
+SCALE_REASONS = ("backlog", "idle", "bounds", "fixed", "other")
+"""What `scale_reason` reduces a decision's reason to."""
+REQUEUE_CAUSES = (
+    "pod_deleted", "pod_failed", "pod_exited", "pod_gone", "node_gone",
+    "container_restarted", "pod_unready", "lease_expired", "other",
+)
+"""What `requeue_cause` reduces a recovery reason to."""
+
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_NODE_GONE = re.compile(r"node \S+ is gone")
+
+
+def version() -> str:
+    try:
+        return metadata.version("agentpool")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+OPERATOR_INFO.info({"version": version()})
+
+_series: dict[tuple[str, str], set[tuple[Any, tuple[str, ...]]]] = {}
+"""Every labelled series recorded for a pool, so `forget_pool` can remove them all."""
+
+
+def _child(metric: Any, namespace: str, pool: str, *labels: str) -> Any:
+    values = (namespace, pool, *labels)
+    _series.setdefault((namespace, pool), set()).add((metric, values))
+    return metric.labels(*values)
+
+
+def scale_reason(reason: str) -> str:
+    """A label value for why a pool was scaled: a short code is kept as it is, the sentence
+    `scaling.decide` gives is reduced to one of SCALE_REASONS."""
+    if _CODE.fullmatch(reason):
+        return reason
+    text = reason.lower()
+    if text.startswith("fixed-size"):
+        return "fixed"
+    if " outside [" in text:
+        return "bounds"
+    if text.startswith(("nothing queued", "queue idle")):
+        return "idle"
+    if text.startswith("backlog"):
+        return "backlog"
+    return "other"
+
+
+def requeue_cause(reason: str) -> str:
+    """A label value for why tasks were requeued: a short code is kept as it is, the reason
+    `recovery.decide_recovery` gives is reduced to one of REQUEUE_CAUSES."""
+    if _CODE.fullmatch(reason):
+        return reason
+    text = reason.lower()
+    if text == "pod deleted":
+        return "pod_deleted"
+    if text == "pod exited":
+        return "pod_exited"
+    if text.startswith("pod no longer exists"):
+        return "pod_gone"
+    if _NODE_GONE.fullmatch(text):
+        return "node_gone"
+    if "restarted" in text:
+        return "container_restarted"
+    if "unready" in text:
+        return "pod_unready"
+    if "lease" in text:
+        return "lease_expired"
+    if text.startswith("pod "):
+        return "pod_failed"
+    return "other"
 
 
 def record_status(namespace: str, pool: str, status: Mapping[str, Any]) -> None:
@@ -64,16 +203,76 @@ def record_status(namespace: str, pool: str, status: Mapping[str, Any]) -> None:
         )
 
 
+def record_spec(namespace: str, pool: str, spec: AgentPoolSpec) -> None:
+    """The spec values alerts compare the figures with (maxReplicas) or filter on (paused)."""
+    POOL_MIN_REPLICAS.labels(namespace, pool).set(spec.scaling.min_replicas)
+    POOL_MAX_REPLICAS.labels(namespace, pool).set(spec.scaling.max_replicas)
+    POOL_PAUSED.labels(namespace, pool).set(1 if spec.paused else 0)
+
+
+def record_observed(namespace: str, pool: str, when: float | None = None) -> None:
+    """The pool's round read its Deployment and its queue without a problem."""
+    POOL_LAST_OBSERVED.labels(namespace, pool).set(time.time() if when is None else when)
+
+
+def record_scale(namespace: str, pool: str, direction: str, reason: str) -> None:
+    """The autoscaler changed the pool's replicas. `direction`: "up" or "down"; `reason`: a
+    short code, or the decision's reason (see `scale_reason`)."""
+    if direction not in SCALE_DIRECTIONS:
+        raise ValueError(f"direction must be one of {SCALE_DIRECTIONS}, got {direction!r}")
+    _child(SCALE_DECISIONS, namespace, pool, direction, scale_reason(reason)).inc()
+
+
+def record_pods_replaced(namespace: str, pool: str, n: int = 1) -> None:
+    _child(PODS_REPLACED, namespace, pool).inc(n)
+
+
+def record_drains(namespace: str, pool: str, purpose: str, n: int = 1) -> None:
+    """Pods asked to drain. `purpose`: "scale_down" or "recovery"."""
+    if purpose not in DRAIN_PURPOSES:
+        raise ValueError(f"purpose must be one of {DRAIN_PURPOSES}, got {purpose!r}")
+    _child(DRAINS_REQUESTED, namespace, pool, purpose).inc(n)
+
+
+def record_requeued(namespace: str, pool: str, cause: str, n: int) -> None:
+    """`n` tasks put back in the queue. `cause`: a short code, or the recovery reason (see
+    `requeue_cause`)."""
+    _child(TASKS_REQUEUED, namespace, pool, requeue_cause(cause)).inc(n)
+
+
+def record_requeue_result(namespace: str, pool: str, cause: str, result: RequeueResult) -> None:
+    """What one `TaskQueue.requeue_*` call did: requeued tasks, and those it dead-lettered."""
+    record_requeued(namespace, pool, cause, result.requeued)
+    if result.dead_lettered:
+        _child(TASKS_DEAD_LETTERED, namespace, pool, requeue_cause(cause)).inc(
+            result.dead_lettered
+        )
+
+
+def record_reconcile_error(namespace: str, pool: str, step: str) -> None:
+    """A reconcile step failed. `step`: "deployment" (the create/update handler), "observe"
+    (a round of the pool's loop crashed) or "act" (scaling or recovery raised)."""
+    if step not in RECONCILE_STEPS:
+        raise ValueError(f"step must be one of {RECONCILE_STEPS}, got {step!r}")
+    _child(RECONCILE_ERRORS, namespace, pool, step).inc()
+
+
 def forget_pool(namespace: str, pool: str) -> None:
-    for gauge in POOL_FIGURES.values():
+    """Drop every series of a pool whose loop stopped (deleted, or another replica leads)."""
+    for gauge in (
+        *POOL_FIGURES.values(), POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, POOL_PAUSED,
+        POOL_LAST_OBSERVED,
+    ):
         _remove(gauge, namespace, pool)
     for condition_type in ("Ready", "QueueReachable", "Scaling", "Degraded"):
         _remove(POOL_CONDITION, namespace, pool, condition_type)
+    for metric, values in _series.pop((namespace, pool), set()):
+        _remove(metric, *values)
 
 
-def _remove(gauge: Gauge, *labels: str) -> None:
+def _remove(metric: Any, *labels: str) -> None:
     with contextlib.suppress(KeyError):
-        gauge.remove(*labels)
+        metric.remove(*labels)
 
 
 async def _healthz(request: aiohttp.web.Request) -> aiohttp.web.Response:
@@ -88,6 +287,7 @@ async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
 
 async def serve(port: int, host: str = "0.0.0.0") -> aiohttp.web.AppRunner:
     """Start serving; the caller cleans the returned runner up."""
+    OPERATOR_UP.set(1)
     app = aiohttp.web.Application()
     app.add_routes([aiohttp.web.get("/healthz", _healthz), aiohttp.web.get("/metrics", _metrics)])
     runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
