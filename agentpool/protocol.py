@@ -183,6 +183,20 @@ class WorkerState:
     started: float
 
 
+@dataclass(frozen=True)
+class InstanceState:
+    """A registered worker instance, heart-beating or not, with what Redis says it holds."""
+
+    worker_id: str
+    pod: str
+    instance: str
+    started: float
+    last_seen: float
+    """Its last heartbeat (or its first claim, before any heartbeat), epoch seconds."""
+    held: int
+    """Tasks leased to it."""
+
+
 def worker_id(pod: str, instance: str) -> str:
     return f"{pod}:{instance}"
 
@@ -509,6 +523,44 @@ class TaskQueue:
                 last_heartbeat=float(score) / 1000, started=float(info.get("started", 0)),
             ))
         return out
+
+    async def instances(self, pod: str | None = None) -> list[InstanceState]:
+        """Every registered worker instance (of `pod` only, when given), including those that
+        stopped heart-beating but still hold tasks: what recovery decides on. Read-only."""
+        members = cast(list[tuple[bytes | str, float]], await self.redis.zrange(
+            self.prefix + "workers", 0, -1, withscores=True))
+        found = [(_s(member), float(score)) for member, score in members]
+        if pod is not None:
+            found = [(wid, score) for wid, score in found if wid.rpartition(":")[0] == pod]
+        if not found:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for wid, _ in found:
+                pipe.hget(self.prefix + "w:" + wid, "info")
+                pipe.scard(self.prefix + "owner:" + wid)
+            replies = await pipe.execute()
+        out: list[InstanceState] = []
+        for index, (wid, score) in enumerate(found):
+            raw, held = replies[2 * index], replies[2 * index + 1]
+            info = json.loads(_s(raw)) if raw else {}
+            pod_name, _, instance = wid.rpartition(":")
+            out.append(InstanceState(
+                worker_id=wid, pod=pod_name, instance=instance,
+                started=float(info.get("started") or score / 1000),
+                last_seen=score / 1000, held=int(held),
+            ))
+        return out
+
+    async def next_lease_expiry(self) -> float | None:
+        """Seconds until the earliest lease runs out, on Redis's clock (<= 0: it already has);
+        None when no task is leased. Read-only: lets a reaper wake when it matters."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.prefix + "leases", 0, 0, withscores=True)
+            pipe.time()
+            earliest, (seconds, micros) = await pipe.execute()
+        if not earliest:
+            return None
+        return float(earliest[0][1]) / 1000 - (int(seconds) + int(micros) / 1_000_000)
 
     async def held_by(self, worker: str) -> set[str]:
         members = await self.redis.smembers(self.prefix + "owner:" + worker)

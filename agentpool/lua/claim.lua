@@ -35,5 +35,8 @@ if redis.call('HEXISTS', K_DRAIN, worker) == 0 and redis.call('HEXISTS', K_DRAIN
     end
   end
 end
+-- Nothing left to claim: wake-up signals still in the list are stale (one per submit, and
+-- this claim took the tasks they announced); drop them so idle workers do not spin on them.
+if redis.call('ZCARD', K_QUEUED) == 0 then redis.call('DEL', K_WAKE) end
 local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
 return {out, nxt[2] or false, now}

@@ -1,0 +1,11 @@
+"""Handlers used only by bench/worker_bench.py (loaded by worker processes from bench/)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+async def stamp(payload: Any) -> float:
+    """Return the wall-clock time the run started (for submit→start latency)."""
+    return time.time()

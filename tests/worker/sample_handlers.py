@@ -1,0 +1,89 @@
+"""Handlers the worker tests run (in-process, and in worker subprocesses via PYTHONPATH)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+from agentpool.errors import PermanentError
+from agentpool_worker.handlers import TaskContext
+
+
+async def pid(payload: Any) -> dict[str, int]:
+    return {"pid": os.getpid()}
+
+
+async def sleep(payload: Any) -> dict[str, int]:
+    await asyncio.sleep(float(payload.get("seconds", 0)))
+    return {"pid": os.getpid()}
+
+
+async def first_attempt_sleeps(payload: Any, ctx: TaskContext) -> dict[str, int]:
+    """Long on the first attempt only, so a task re-run after a crash finishes quickly."""
+    if ctx.attempt == 1:
+        await asyncio.sleep(float(payload["seconds"]))
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+class Gauge:
+    """Counts simultaneous runs (shared by async and thread handlers)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.current = 0
+        self.peak = 0
+        self.threads: set[str] = set()
+
+    def enter(self) -> None:
+        with self.lock:
+            self.current += 1
+            self.peak = max(self.peak, self.current)
+            self.threads.add(threading.current_thread().name)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.current -= 1
+
+
+GAUGE = Gauge()
+
+
+async def counted(payload: Any) -> None:
+    GAUGE.enter()
+    try:
+        await asyncio.sleep(float(payload["seconds"]))
+    finally:
+        GAUGE.leave()
+
+
+def sync_counted(payload: Any, ctx: TaskContext) -> str:
+    GAUGE.enter()
+    try:
+        time.sleep(float(payload["seconds"]))
+    finally:
+        GAUGE.leave()
+    return threading.current_thread().name
+
+
+async def block_loop(payload: Any) -> None:
+    """A badly written handler: blocks the event loop."""
+    time.sleep(float(payload["seconds"]))  # noqa: ASYNC251 - on purpose
+
+
+def crash(payload: Any) -> None:
+    """A poison task: takes its worker process down."""
+    os._exit(17)
+
+
+async def zombie(payload: Any) -> dict[str, int]:
+    await asyncio.sleep(float(payload["seconds"]))
+    if payload.get("fail"):
+        raise RuntimeError("zombie failure")
+    return {"pid": os.getpid()}
+
+
+async def refuse(payload: Any) -> None:
+    raise PermanentError("cannot ever work")

@@ -1,0 +1,149 @@
+"""Configuration is checked at start: one readable line on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from worker_helpers import HANDLERS, HERE, WorkerProcess, eventually, worker_env
+
+from agentpool_worker.main import main
+from agentpool_worker.settings import redact_url
+
+
+def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentpool_worker.main"], env=env, capture_output=True,
+        text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+
+
+def run_main(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+             capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """main() in this process: the same checks, without a process start per case."""
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else -1), capsys.readouterr().err
+
+
+def base_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
+    env["PYTHONPATH"] = str(HERE)
+    env.update({
+        "AGENTPOOL_REDIS_URL": "redis://127.0.0.1:1/0",
+        "AGENTPOOL_HANDLER": "agentpool_worker.builtin:noop",
+    })
+    env.update({f"AGENTPOOL_{k.upper()}": v for k, v in values.items()})
+    return env
+
+
+@pytest.mark.parametrize(("env", "line"), [
+    ({"concurrency": "abc"},
+     "agentpool-worker: AGENTPOOL_CONCURRENCY must be an integer between 1 and 1000, got 'abc'"),
+    ({"concurrency": "0"},
+     "agentpool-worker: AGENTPOOL_CONCURRENCY must be an integer between 1 and 1000, got '0'"),
+    ({"task_timeout_seconds": "-5"},
+     "agentpool-worker: AGENTPOOL_TASK_TIMEOUT_SECONDS must be a number of seconds above 0 "
+     "(at most a week), got '-5'"),
+    ({"log_level": "loud"},
+     "agentpool-worker: AGENTPOOL_LOG_LEVEL must be one of debug, info, warning, error, "
+     "critical, got 'loud'"),
+    ({"queue": "no spaces"},
+     "agentpool-worker: AGENTPOOL_QUEUE must be a queue name of 1-100 letters, digits, "
+     "'.', '_' or '-', got 'no spaces'"),
+    ({"handler": "nocolon"},
+     "agentpool-worker: AGENTPOOL_HANDLER must be a handler named as package.module:function, "
+     "got 'nocolon'"),
+    ({"handler": "no_such_module_xyz:run"},
+     "agentpool-worker: cannot import handler 'no_such_module_xyz:run': "
+     "ModuleNotFoundError: No module named 'no_such_module_xyz'"),
+    ({"handler": f"{HANDLERS}:missing"},
+     f"agentpool-worker: cannot import handler '{HANDLERS}:missing': module "
+     f"'{HANDLERS}' has no 'missing'"),
+])
+def test_bad_configuration_is_one_line_and_exit_2(
+    env: dict[str, str], line: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, stderr = run_main(base_env(**env), monkeypatch, capsys)
+    assert code == 2
+    assert stderr == line + "\n"
+
+
+def test_a_worker_process_with_bad_configuration_prints_no_traceback() -> None:
+    result = run_worker(base_env(concurrency="abc", handler="no_such_module_xyz:run"))
+    assert result.returncode == 2
+    assert result.stderr == (
+        "agentpool-worker: AGENTPOOL_CONCURRENCY must be an integer between 1 and 1000, "
+        "got 'abc'\n"
+    )
+
+
+def test_missing_redis_url_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = base_env()
+    del env["AGENTPOOL_REDIS_URL"]
+    code, stderr = run_main(env, monkeypatch, capsys)
+    assert code == 2
+    assert stderr.splitlines() == [
+        "agentpool-worker: AGENTPOOL_REDIS_URL is required "
+        "(a redis://, rediss:// or unix:// URL)"
+    ]
+
+
+def test_a_password_in_a_bad_url_is_not_printed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, stderr = run_main(
+        base_env(redis_url="http://user:s3cret@redis:6379/0"), monkeypatch, capsys)
+    assert code == 2
+    assert "s3cret" not in stderr
+    assert "http://user:***@redis:6379/0" in stderr
+
+
+def test_redact_url() -> None:
+    assert redact_url("redis://:pw@h:6379/0") == "redis://***@h:6379/0"
+    assert redact_url("rediss://u:pw@h/0") == "rediss://u:***@h/0"
+    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+async def test_a_password_never_reaches_the_logs(tmp_path: Path, redis_url: str) -> None:
+    url = redis_url.replace("redis://", "redis://:s3cret@")
+    proc = WorkerProcess(worker_env(url, "q-secret"), tmp_path / "worker.log")
+    try:
+        await eventually(lambda: "worker started" in proc.logs(), 15, "the start log line")
+        assert "s3cret" not in proc.logs()
+        assert '"redis": "redis://***@127.0.0.1' in proc.logs()
+    finally:
+        proc.close()
+
+
+async def test_an_unexpected_crash_is_one_log_line_and_exit_1(
+    tmp_path: Path, redis_url: str,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = WorkerProcess(worker_env(redis_url, "q-crash", port=port),
+                             tmp_path / "worker.log")
+        try:
+            assert await proc.exit_code(15) == 1
+        finally:
+            proc.close()
+    lines = proc.logs().splitlines()
+    assert len(lines) == 1
+    line = json.loads(lines[0])
+    assert line["msg"] == "worker crashed" and line["level"] == "error"
+    assert "Address already in use" in line["error"]

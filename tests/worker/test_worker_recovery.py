@@ -1,0 +1,176 @@
+"""Worker deaths and Redis restarts lose nothing; a zombie cannot overwrite a result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from worker_helpers import (
+    HANDLERS,
+    eventually,
+    running,
+    settings,
+    task_in,
+    worker_env,
+    worker_processes,
+)
+
+from agentpool.protocol import TaskQueue, worker_id
+from agentpool.redis_server import RedisServer
+
+
+async def held_by_pod(queue: TaskQueue, pod: str) -> set[str]:
+    held: set[str] = set()
+    for w in await queue.workers():
+        if w.pod == pod:
+            held |= await queue.held_by(w.worker_id)
+    return held
+
+
+async def all_succeeded(queue: TaskQueue, ids: list[str]) -> bool:
+    infos = [await queue.get(t) for t in ids]
+    return all(i is not None and i.state == "succeeded" for i in infos)
+
+
+async def test_kill_9_then_requeue_by_owner_loses_nothing(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    ids = await queue.submit_many([{"seconds": 60}] * 6)
+    with worker_processes(tmp_path) as start:
+        victim = start(worker_env(redis_url, queue_name, f"{HANDLERS}:first_attempt_sleeps",
+                                  pod_name="pod-k", concurrency=4, lease_seconds=30))
+        held = await eventually(lambda: _exactly(held_by_pod(queue, "pod-k"), 4), 15, "claims")
+        victim.signal(signal.SIGKILL)
+        assert await victim.exit_code(5) == -signal.SIGKILL
+        returned = await queue.requeue_pod("pod-k")
+        assert returned.requeued == 4
+        async with running(settings(redis_url, queue_name, f"{HANDLERS}:pid",
+                                    pod_name="pod-other")):
+            await eventually(lambda: all_succeeded(queue, ids), 15, "every task to finish")
+    for task_id in ids:
+        info = await queue.get(task_id)
+        assert info is not None and info.result == {"pid": os.getpid()}
+        assert info.attempts == (2 if task_id in held else 1)
+    figures = await queue.figures()
+    assert (figures.queued, figures.in_flight, figures.dead) == (0, 0, 0)
+
+
+async def _exactly(held: object, n: int) -> set[str] | None:
+    tasks: set[str] = await held  # type: ignore[misc]
+    return tasks if len(tasks) == n else None
+
+
+async def test_start_up_returns_tasks_of_an_earlier_instance_of_the_pod(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    ids = await queue.submit_many([{"seconds": 60}] * 3)
+    with worker_processes(tmp_path) as start:
+        first = start(worker_env(redis_url, queue_name, f"{HANDLERS}:first_attempt_sleeps",
+                                 pod_name="pod-r", lease_seconds=30))
+        await eventually(lambda: _exactly(held_by_pod(queue, "pod-r"), 3), 15, "claims")
+        first.signal(signal.SIGKILL)
+        await first.exit_code(5)
+        # the container restarts: same pod name, new instance; leases are far from expiry
+        second = start(worker_env(redis_url, queue_name, f"{HANDLERS}:first_attempt_sleeps",
+                                  pod_name="pod-r", lease_seconds=30))
+        await eventually(lambda: all_succeeded(queue, ids), 15, "every task to finish")
+        started = next(json.loads(line) for line in second.logs().splitlines()
+                       if '"worker started"' in line)
+    assert started["returned_from_earlier_instances"] == 3
+    assert started["earlier_instances"] == 1
+    for task_id in ids:
+        info = await queue.get(task_id)
+        assert info is not None and info.result["pid"] == second.pid
+
+
+@pytest.mark.parametrize("zombie_fails", [False, True], ids=["complete", "fail"])
+async def test_a_zombie_cannot_complete_or_fail_a_task_it_lost(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+    zombie_fails: bool,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"seconds": 1.0, "fail": zombie_fails})
+    with worker_processes(tmp_path) as start:
+        # a long lease: the zombie's next heartbeat is far off, so on waking it tries to
+        # record its outcome before it could learn from a heartbeat that it lost the task
+        zombie = start(worker_env(redis_url, queue_name, f"{HANDLERS}:zombie",
+                                  pod_name="pod-z", lease_seconds=60))
+        await eventually(lambda: task_in(queue, task_id, "running"), 15, "the zombie's claim")
+        zombie.signal(signal.SIGSTOP)
+        # frozen past its lease: expire it the way time would, and let the reaper act
+        await redis.zadd(queue.prefix + "leases", {task_id: 0}, xx=True)
+        assert (await queue.reap_expired()).requeued == 1
+        async with running(settings(redis_url, queue_name, f"{HANDLERS}:pid",
+                                    pod_name="pod-new")):
+            done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "re-run")
+        zombie.signal(signal.SIGCONT)
+        refusal = "completion refused" if not zombie_fails else "outcome refused"
+        await eventually(lambda: refusal in zombie.logs(), 10, "the zombie's attempt")
+        assert zombie.alive()
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "succeeded"
+    assert info.result == {"pid": os.getpid()} == done.result
+    assert info.attempts == 2 and info.error is None
+
+
+async def test_a_poison_task_that_kills_its_worker_ends_in_the_dead_letter_queue(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    poison = await queue.submit({"poison": True})
+    env = worker_env(redis_url, queue_name, f"{HANDLERS}:crash", pod_name="pod-p",
+                     max_attempts=3, lease_seconds=30)
+    crashes = 0
+    with worker_processes(tmp_path) as start:
+        # each process stands for a restart of the pod's container
+        while not await task_in(queue, poison, "dead"):
+            assert crashes <= 3, "the poison task kept killing workers"
+            proc = start(env)
+            dead_or_crashed = await eventually(
+                lambda p=proc: (not p.alive()) or task_in(queue, poison, "dead"), 15, "a crash")
+            if not proc.alive():
+                assert proc.proc.returncode == 17
+                crashes += 1
+            else:
+                assert dead_or_crashed
+    assert crashes == 3
+    info = await queue.get(poison)
+    assert info is not None and info.attempts == 3
+    assert info.error == "worker restarted (attempt 3 of 3)"
+
+
+async def test_a_redis_restart_with_appendonly_loses_nothing(queue_name: str) -> None:
+    with RedisServer(appendonly=True) as server:
+        client = aioredis.Redis.from_url(server.url)
+        queue = TaskQueue(client, queue_name)
+        ids = await queue.submit_many([{"seconds": 0.02}] * 300)
+        async with running(settings(server.url, queue_name, f"{HANDLERS}:sleep",
+                                    concurrency=8, redis_timeout_seconds=0.5)) as worker:
+            await eventually(lambda: worker.info.done >= 60, 15, "some progress")
+            server.stop()  # a restart, held open until the worker has noticed the outage
+            await eventually(lambda: not worker.health.redis_ok, 10, "the worker to notice")
+            server.start()
+            assert worker.info.done < 300
+
+            async def finished() -> bool:
+                try:
+                    return await all_succeeded(queue, ids)
+                except RedisError:  # this test's own client meets the restart too
+                    return False
+
+            await eventually(finished, 30, "every task to finish")
+        figures = await queue.figures()
+        assert (figures.queued, figures.in_flight, figures.dead) == (0, 0, 0)
+        assert figures.stats["succeeded"] == 300
+        await client.aclose()
+
+
+def test_worker_ids_are_pod_and_instance() -> None:
+    assert worker_id("pod-a", "abc123") == "pod-a:abc123"

@@ -1,0 +1,54 @@
+"""Built-in handlers for demos, end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from typing import Any
+
+from agentpool.errors import PermanentError
+from agentpool_worker.handlers import TaskContext
+
+LATENCY_SIGMA = 0.6
+"""Spread of the simulated latency: LLM calls have a long right tail."""
+
+
+class SimulatedFailure(Exception):
+    """The simulated agent failed this attempt (retryable)."""
+
+
+async def noop(payload: Any) -> None:
+    return None
+
+
+async def echo(payload: Any) -> Any:
+    return payload
+
+
+async def simulated_agent(payload: Any, ctx: TaskContext) -> dict[str, Any]:
+    """Sleep an LLM-like latency, then maybe fail.
+
+    Payload (all optional): ``mean_seconds`` (default 2.0), ``fail_rate`` (0..1, default 0),
+    ``seed`` (makes every attempt's latency and outcome reproducible). The latency is
+    log-normal with the given mean, capped at ten times the mean.
+    """
+    options = payload if payload is not None else {}
+    if not isinstance(options, dict):
+        raise PermanentError("simulated_agent needs a JSON object payload (or null)")
+    try:
+        mean = float(options.get("mean_seconds", 2.0))
+        fail_rate = float(options.get("fail_rate", 0.0))
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(f"bad simulated_agent option: {exc}") from None
+    if mean < 0 or not 0 <= fail_rate <= 1:
+        raise PermanentError("mean_seconds must be >= 0 and fail_rate between 0 and 1")
+    seed = options.get("seed")
+    rng = random.Random(f"{seed}:{ctx.attempt}") if seed is not None else random.Random()
+    latency = min(
+        mean * 10, mean * math.exp(rng.gauss(0, LATENCY_SIGMA) - LATENCY_SIGMA**2 / 2)
+    )
+    await asyncio.sleep(latency)
+    if rng.random() < fail_rate:
+        raise SimulatedFailure(f"simulated failure after {latency:.3f}s")
+    return {"latency_seconds": round(latency, 4), "attempt": ctx.attempt}

@@ -1,0 +1,109 @@
+"""Prometheus metrics of a worker process (default registry, so process_* metrics come too).
+
+Every series carries the ``queue`` label. Children are bound once per queue (:func:`for_queue`)
+so the per-task cost is an attribute lookup and an increment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from prometheus_client import Counter, Gauge, Histogram
+
+BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+)
+
+TASKS_STARTED = Counter(
+    "agentpool_worker_tasks_started", "Task runs started", ["queue"])
+TASKS_SUCCEEDED = Counter(
+    "agentpool_worker_tasks_succeeded", "Task runs that succeeded", ["queue"])
+TASKS_FAILED = Counter(
+    "agentpool_worker_tasks_failed",
+    "Task runs that failed (errors and timeouts; retried or dead-lettered)", ["queue"])
+TASKS_RETRIED = Counter(
+    "agentpool_worker_tasks_retried", "Failed runs scheduled for another attempt", ["queue"])
+TASKS_DEAD_LETTERED = Counter(
+    "agentpool_worker_tasks_dead_lettered", "Tasks this worker sent to the dead-letter queue",
+    ["queue"])
+TASKS_REQUEUED = Counter(
+    "agentpool_worker_tasks_requeued",
+    "Tasks handed back to the queue: released on shutdown, or left by an earlier instance",
+    ["queue"])
+TASKS_CANCELLED = Counter(
+    "agentpool_worker_tasks_cancelled", "Running tasks stopped on a cancel request", ["queue"])
+TASKS_LOST = Counter(
+    "agentpool_worker_tasks_lost",
+    "Runs abandoned because their lease was lost (the task went to another worker)", ["queue"])
+TASKS_IN_FLIGHT = Gauge(
+    "agentpool_worker_tasks_in_flight", "Task runs in progress", ["queue"])
+TASK_DURATION = Histogram(
+    "agentpool_worker_task_duration_seconds", "Run time of a task's handler", ["queue"],
+    buckets=BUCKETS)
+TASK_WAIT = Histogram(
+    "agentpool_worker_task_wait_seconds", "Time from submit to the start of a run", ["queue"],
+    buckets=BUCKETS)
+REDIS_ROUND_TRIPS = Counter(
+    "agentpool_worker_redis_round_trips", "Requests this worker sent to Redis", ["queue"])
+REDIS_ERRORS = Counter(
+    "agentpool_worker_redis_errors", "Redis requests that failed (connection or timeout)",
+    ["queue"])
+WORKER_READY = Gauge(
+    "agentpool_worker_ready", "1 when the worker claims tasks (what /readyz reports)", ["queue"])
+
+NAMES = (
+    "agentpool_worker_tasks_started_total",
+    "agentpool_worker_tasks_succeeded_total",
+    "agentpool_worker_tasks_failed_total",
+    "agentpool_worker_tasks_retried_total",
+    "agentpool_worker_tasks_dead_lettered_total",
+    "agentpool_worker_tasks_requeued_total",
+    "agentpool_worker_tasks_cancelled_total",
+    "agentpool_worker_tasks_lost_total",
+    "agentpool_worker_tasks_in_flight",
+    "agentpool_worker_task_duration_seconds",
+    "agentpool_worker_task_wait_seconds",
+    "agentpool_worker_redis_round_trips_total",
+    "agentpool_worker_redis_errors_total",
+    "agentpool_worker_ready",
+)
+"""The documented series names as they appear in the text format."""
+
+
+@dataclass(frozen=True)
+class QueueMetrics:
+    started: Counter
+    succeeded: Counter
+    failed: Counter
+    retried: Counter
+    dead_lettered: Counter
+    requeued: Counter
+    cancelled: Counter
+    lost: Counter
+    in_flight: Gauge
+    duration: Histogram
+    wait: Histogram
+    round_trips: Counter
+    redis_errors: Counter
+    ready: Gauge
+
+
+@cache
+def for_queue(queue: str) -> QueueMetrics:
+    return QueueMetrics(
+        started=TASKS_STARTED.labels(queue),
+        succeeded=TASKS_SUCCEEDED.labels(queue),
+        failed=TASKS_FAILED.labels(queue),
+        retried=TASKS_RETRIED.labels(queue),
+        dead_lettered=TASKS_DEAD_LETTERED.labels(queue),
+        requeued=TASKS_REQUEUED.labels(queue),
+        cancelled=TASKS_CANCELLED.labels(queue),
+        lost=TASKS_LOST.labels(queue),
+        in_flight=TASKS_IN_FLIGHT.labels(queue),
+        duration=TASK_DURATION.labels(queue),
+        wait=TASK_WAIT.labels(queue),
+        round_trips=REDIS_ROUND_TRIPS.labels(queue),
+        redis_errors=REDIS_ERRORS.labels(queue),
+        ready=WORKER_READY.labels(queue),
+    )

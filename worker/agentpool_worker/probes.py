@@ -1,0 +1,124 @@
+"""``/livez``, ``/readyz`` and ``/metrics`` on one port, served from a thread of their own.
+
+The probes must answer when the event loop cannot: a handler that blocks the loop is exactly
+what liveness has to catch, so the server runs in a daemon thread (stdlib ``http.server``)
+and only reads the :class:`Health` record the loop keeps up to date.
+
+- ``/livez`` fails (503, with the reason) when the event loop has not ticked for
+  ``loop_stall_seconds`` or no heartbeat attempt has finished for ``heartbeat_stall_seconds``
+  (lease + Redis timeout). A heartbeat that fails because Redis is down still counts as an
+  attempt: an unreachable Redis is a readiness problem, and restarting the pod would not fix it.
+- ``/readyz`` fails when the last Redis request failed, or the worker is not claiming work
+  (starting, draining, drained, stopping).
+Both recover by themselves when the cause goes away.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+
+@dataclass
+class Health:
+    """Written by the event loop, read by the probe thread (plain attribute reads and writes,
+    atomic under the GIL)."""
+
+    loop_stall_seconds: float
+    heartbeat_stall_seconds: float
+    state: str = "starting"
+    redis_ok: bool = False
+    redis_error: str = "not connected yet"
+    last_tick: float = field(default_factory=time.monotonic)
+    last_heartbeat: float = field(default_factory=time.monotonic)
+
+    def tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    def heartbeat_attempted(self) -> None:
+        self.last_heartbeat = time.monotonic()
+
+    def redis_up(self) -> None:
+        self.redis_ok = True
+        self.redis_error = ""
+
+    def redis_down(self, error: BaseException | str) -> None:
+        self.redis_ok = False
+        self.redis_error = error if isinstance(error, str) else (
+            f"{type(error).__name__}: {error}"
+        )
+
+    def liveness(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        stalled = now - self.last_tick
+        if stalled > self.loop_stall_seconds:
+            return False, f"event loop blocked for {stalled:.1f}s"
+        silent = now - self.last_heartbeat
+        if silent > self.heartbeat_stall_seconds:
+            return False, f"no heartbeat attempt for {silent:.1f}s"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.redis_ok:
+            return False, f"redis unreachable: {self.redis_error}"
+        if self.state != "running":
+            return False, f"worker is {self.state}"
+        return True, "ok"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _ProbeServer
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            return
+        check = {"/livez": self.server.health.liveness,
+                 "/readyz": self.server.health.readiness}.get(path)
+        if check is None:
+            self._send(404, b"not found\n")
+            return
+        ok, reason = check()
+        self._send(200 if ok else 503, f"{reason}\n".encode())
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _ProbeServer(ThreadingHTTPServer):
+    daemon_threads = True
+    health: Health
+
+
+class ProbeServer:
+    """The HTTP endpoint in a daemon thread; ``port`` is the bound port (useful with 0)."""
+
+    def __init__(self, health: Health, port: int, host: str = "0.0.0.0") -> None:
+        self._server = _ProbeServer((host, port), _Handler)
+        self._server.health = health
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+            name="agentpool-probes", daemon=True,
+        )
+
+    def start(self) -> ProbeServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

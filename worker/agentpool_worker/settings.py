@@ -1,0 +1,159 @@
+"""Worker configuration from the environment (prefix ``AGENTPOOL_``), checked at start.
+
+The operator sets these from the pool spec. A bad value stops the worker before it touches
+Redis, with one line that names the variable, what it must be and what it got.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agentpool.protocol import QUEUE_NAME
+
+ENV_PREFIX = "AGENTPOOL_"
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for a person."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe to log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    masked = f"{user}:***@{hostport}" if user else f"***@{hostport}"
+    return urlunsplit(parts._replace(netloc=masked))
+
+
+class WorkerSettings(BaseSettings):
+    """Every knob of a worker process. Field descriptions double as error messages."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True
+    )
+
+    redis_url: str = Field(description="a redis://, rediss:// or unix:// URL")
+    queue: str = Field(
+        "default", description="a queue name of 1-100 letters, digits, '.', '_' or '-'"
+    )
+    handler: str = Field(description="a handler named as package.module:function")
+    concurrency: int = Field(4, ge=1, le=1000, description="an integer between 1 and 1000")
+    task_timeout_seconds: float = Field(
+        600, gt=0, le=7 * 86400, description="a number of seconds above 0 (at most a week)"
+    )
+    max_attempts: int = Field(3, ge=1, le=100, description="an integer between 1 and 100")
+    drain_seconds: float = Field(
+        60, ge=0, le=86400, description="a number of seconds between 0 and 86400"
+    )
+    pod_name: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=253,
+        pattern=r"^[^:\s]+$", description="a pod name without ':' or spaces",
+    )
+    pod_namespace: str = Field("", description="a namespace name")
+    port: int = Field(
+        8080, ge=0, le=65535,
+        description="a TCP port between 1 and 65535 (0 turns the HTTP server off)",
+    )
+    log_level: LogLevel = Field(
+        "info", description="one of debug, info, warning, error, critical"
+    )
+    lease_seconds: float = Field(
+        30, ge=0.3, le=3600, description="a number of seconds between 0.3 and 3600"
+    )
+    claim_batch: int = Field(100, ge=1, le=1000, description="an integer between 1 and 1000")
+    poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="a number of seconds above 0 (at most 60)"
+    )
+    retry_backoff_base_seconds: float = Field(
+        1.0, gt=0, le=3600, description="a number of seconds above 0 (at most 3600)"
+    )
+    retry_backoff_cap_seconds: float = Field(
+        300, gt=0, le=86400, description="a number of seconds above 0 (at most 86400)"
+    )
+    result_ttl_seconds: int = Field(
+        86400, ge=1, le=365 * 86400, description="a whole number of seconds of at least 1"
+    )
+    redis_timeout_seconds: float = Field(
+        5, gt=0, le=300, description="a number of seconds above 0 (at most 300)"
+    )
+    loop_stall_seconds: float = Field(
+        10, gt=0, le=3600, description="a number of seconds above 0 (at most 3600)"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("bad scheme")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _check_queue(cls, value: str) -> str:
+        if not QUEUE_NAME.match(value):
+            raise ValueError("bad queue name")
+        return value
+
+    @field_validator("handler")
+    @classmethod
+    def _check_handler(cls, value: str) -> str:
+        module, sep, func = value.partition(":")
+        if not sep or not module or not func.isidentifier():
+            raise ValueError("bad handler name")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """Three heartbeats per lease: one lost beat never costs a lease."""
+        return self.lease_seconds / 3
+
+    @property
+    def heartbeat_stall_seconds(self) -> float:
+        """No heartbeat attempt finished for this long: the heartbeat is stuck (liveness)."""
+        return self.lease_seconds + self.redis_timeout_seconds
+
+    @property
+    def safe_redis_url(self) -> str:
+        return redact_url(self.redis_url)
+
+
+def load_settings(**overrides: Any) -> WorkerSettings:
+    """Read the environment (keyword arguments win) and check it; ConfigError on a bad value."""
+    try:
+        return WorkerSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    problems: list[str] = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        field = WorkerSettings.model_fields.get(name)
+        var = ENV_PREFIX + name.upper()
+        rule = field.description if field is not None and field.description else error["msg"]
+        if error["type"] == "missing":
+            problems.append(f"{var} is required ({rule})")
+            continue
+        got = error.get("input")
+        if name == "redis_url" and isinstance(got, str):
+            got = redact_url(got)
+        problems.append(f"{var} must be {rule}, got {got!r}")
+    return "; ".join(problems)

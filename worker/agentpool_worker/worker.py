@@ -1,0 +1,686 @@
+"""The worker: claims tasks from one queue and runs up to ``concurrency`` of them at once.
+
+Four loops share one event loop:
+
+- the fetcher claims ``min(free slots, claim_batch)`` tasks in one round trip; when a claim
+  came back short (the queue is empty) it blocks on the queue's wake-up list on a connection
+  of its own, for at most the poll interval or until the next delayed task is due;
+- the flusher records successes: whatever completed while the previous flush was on the wire
+  goes out in the next one (group commit: one round trip for many tasks, no added delay);
+- the heartbeat, every lease/3, extends the leases of every task the worker holds and learns
+  which it lost (stop those runs, never report them), which were cancelled (stop them, record
+  the cancel) and whether the operator asked the pod to drain;
+- a ticker that proves the loop is responsive to the probe thread.
+
+States: ``starting`` → ``running``; a drain requested through Redis → ``draining`` (no more
+claims, in-flight work finishes) → ``drained`` (idle, not ready, alive until SIGTERM; a
+withdrawn request returns it to ``running``). SIGTERM/SIGINT → ``stopping``: no more claims,
+in-flight work gets ``drain_seconds``, what is still running then is released back to the
+queue without spending an attempt, and :meth:`Worker.run` returns.
+
+A task is *held* from its claim until Redis has recorded its outcome; the heartbeat keeps the
+leases of held tasks alive, so a success waiting for Redis to come back is not reaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from agentpool.errors import PermanentError
+from agentpool.protocol import (
+    ClaimedTask,
+    FailOutcome,
+    TaskQueue,
+    WorkerInfo,
+    new_instance_id,
+    retry_delay,
+)
+from agentpool_worker import metrics
+from agentpool_worker.handlers import Handler, TaskContext, load_handler
+from agentpool_worker.probes import Health, ProbeServer
+from agentpool_worker.settings import WorkerSettings
+
+log = structlog.get_logger("agentpool.worker")
+T = TypeVar("T")
+
+MAX_FLUSH = 500
+"""Completions per flush round trip."""
+TICK_SECONDS = 0.25
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+ERROR_TEXT_LIMIT = 4000
+
+RUNNING, STARTING, DRAINING, DRAINED, STOPPING = (
+    "running", "starting", "draining", "drained", "stopping",
+)
+LOST, CANCELLED, RELEASE = "lost", "cancelled", "release"
+
+
+class _Run:
+    """One task's run in progress."""
+
+    __slots__ = ("ctx", "stop_reason", "task", "thread", "worker_task")
+
+    def __init__(self, task: ClaimedTask, ctx: TaskContext | None) -> None:
+        self.task = task
+        self.ctx = ctx
+        self.stop_reason: str | None = None
+        self.worker_task: asyncio.Task[None] | None = None
+        self.thread: Future[Any] | None = None
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        if self.ctx is not None:
+            self.ctx.cancelled.set()
+        if self.worker_task is not None:
+            self.worker_task.cancel()
+
+
+class _Backoff:
+    def __init__(self, base: float = 0.05, cap: float = 2.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    async def sleep(self) -> None:
+        self.failures += 1
+        step = min(self.cap, self.base * 2 ** min(self.failures, 16))
+        await asyncio.sleep(step / 2 + random.uniform(0, step / 2))
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        handler: Handler | None = None,
+        *,
+        instance: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handler = handler or load_handler(settings.handler)
+        self.instance = instance or new_instance_id()
+        self.info = WorkerInfo(
+            pod=settings.pod_name, instance=self.instance,
+            concurrency=settings.concurrency, state=STARTING,
+        )
+        self.worker_id = self.info.worker_id
+        self.health = Health(settings.loop_stall_seconds, settings.heartbeat_stall_seconds)
+        self.metrics = metrics.for_queue(settings.queue)
+        self.probe_port: int | None = None
+        self._log = log.bind(worker=self.worker_id, queue=settings.queue)
+
+        self._held: dict[str, ClaimedTask] = {}
+        self._runs: dict[str, _Run] = {}
+        self._reporting: set[str] = set()
+        self._reports: set[asyncio.Task[None]] = set()
+        self._completions: list[tuple[ClaimedTask, Any]] = []
+        self._threads: set[Future[Any]] = set()
+        self._free = settings.concurrency
+        self._executor: ThreadPoolExecutor | None = None
+
+        self._fetch_wake = asyncio.Event()
+        """Set when a slot frees or the state changes: the fetcher may have work to do."""
+        self._state_changed = asyncio.Event()
+        """Set on state changes only: cuts a wait for new tasks short."""
+        self._flush_wanted = asyncio.Event()
+        self._beat_now = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._started = asyncio.Event()
+        self._claim_uncertain = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self.info.state
+
+    def stop(self) -> None:
+        """Begin the SIGTERM drain (safe to call more than once, from the loop's thread)."""
+        if not self._stop_requested.is_set():
+            self._log.info("stop requested", state=self.state, in_flight=len(self._runs))
+            self._stop_requested.set()
+
+    @property
+    def busy_threads(self) -> int:
+        """Sync handler threads still running (abandoned ones included)."""
+        return sum(1 for f in list(self._threads) if not f.done())
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def run(self, *, install_signal_handlers: bool = False) -> None:
+        """Run until stopped (SIGTERM/SIGINT or :meth:`stop`), then drain and return."""
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self.stop)
+        if not self.handler.is_async:
+            self._executor = ThreadPoolExecutor(
+                max_workers=s.concurrency, thread_name_prefix="agentpool-handler"
+            )
+        probes = ProbeServer(self.health, s.port).start() if s.port else None
+        self.probe_port = probes.port if probes else None
+        self._redis = _client(s.redis_url, s.redis_timeout_seconds)
+        self._wait_redis = _client(s.redis_url, s.redis_timeout_seconds + s.poll_seconds)
+        self.queue = TaskQueue(self._redis, s.queue)
+        self._wait_queue = TaskQueue(self._wait_redis, s.queue)
+        background = [asyncio.create_task(self._tick(), name="agentpool-ticker")]
+        try:
+            if await self._start_up():
+                background += [
+                    asyncio.create_task(self._heartbeat_loop(), name="agentpool-heartbeat"),
+                    asyncio.create_task(self._flush_loop(), name="agentpool-flusher"),
+                ]
+                fetcher = asyncio.create_task(self._fetch_loop(), name="agentpool-fetcher")
+                stop = asyncio.create_task(self._stop_requested.wait())
+                done, _ = await asyncio.wait(
+                    [fetcher, stop, *background], return_when=asyncio.FIRST_COMPLETED
+                )
+                stop.cancel()
+                for crashed in done - {stop}:
+                    crashed.result()  # a loop that ends by itself is a bug: surface it
+                await self._shut_down(fetcher)
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            for run in list(self._runs.values()):
+                run.stop(RELEASE)
+            await self._redis.aclose()
+            await self._wait_redis.aclose()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+            if probes is not None:
+                probes.stop()
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    self._loop.remove_signal_handler(sig)
+
+    # -- start and stop --------------------------------------------------------------------
+
+    async def _start_up(self) -> bool:
+        """Configure the queue, register, return what earlier instances of this pod held."""
+        s = self.settings
+        backoff = _Backoff()
+        attempts = 0
+        while not self._stop_requested.is_set():
+            attempts += 1
+            try:
+                await self._rt(self.queue.configure(
+                    max_attempts=s.max_attempts, result_ttl=s.result_ttl_seconds))
+                beat = await self._rt(self.queue.heartbeat(self.info, {}, s.lease_seconds))
+                returned = await self._rt(self.queue.requeue_pod(
+                    s.pod_name, keep_instance=self.instance, reason="worker restarted"))
+            except REDIS_ERRORS as exc:
+                self.health.heartbeat_attempted()
+                self._redis_failed(exc, "start", log=attempts % 10 == 1)
+                await _until(backoff.sleep(), self._stop_requested)
+                continue
+            self.health.heartbeat_attempted()
+            self._redis_ok()
+            self.metrics.requeued.inc(returned.requeued)
+            self._set_state(DRAINED if beat.drain_requested else RUNNING)
+            self._log.info(
+                "worker started", pod=s.pod_name, namespace=s.pod_namespace,
+                redis=s.safe_redis_url,
+                handler=self.handler.name, concurrency=s.concurrency,
+                lease_seconds=s.lease_seconds, probe_port=self.probe_port,
+                returned_from_earlier_instances=returned.total,
+                returned_requeued=returned.requeued,
+                returned_dead_lettered=returned.dead_lettered,
+                earlier_instances=returned.instances, state=self.state,
+            )
+            self._started.set()
+            return True
+        return False
+
+    async def _shut_down(self, fetcher: asyncio.Task[None]) -> None:
+        s = self.settings
+        previous = self.state
+        self._set_state(STOPPING)
+        await fetcher
+        if self._claim_uncertain:
+            await self._release_orphans()
+        self._log.info("draining", previous_state=previous, in_flight=len(self._runs),
+                       drain_seconds=s.drain_seconds)
+        runs = [r.worker_task for r in self._runs.values() if r.worker_task is not None]
+        if runs:
+            await asyncio.wait(runs, timeout=s.drain_seconds)
+        unfinished = list(self._runs.values())
+        for run in unfinished:
+            run.stop(RELEASE)
+        if unfinished:
+            await asyncio.wait([r.worker_task for r in unfinished if r.worker_task])
+        grace = max(2 * s.redis_timeout_seconds, 1.0)
+        if not await self._settled(grace):
+            self._log.error(
+                "could not record every outcome before exit; their leases will expire",
+                unrecorded=len(self._held),
+            )
+        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
+            async with asyncio.timeout(s.redis_timeout_seconds):
+                await self._rt(self.queue.requeue_owner(self.worker_id, reason="worker stopped"))
+        self._log.info("worker stopped", released=len(unfinished), done=self.info.done,
+                       failed=self.info.failed)
+
+    async def _settled(self, grace: float) -> bool:
+        """Wait until Redis has recorded every outcome (flushes and reports)."""
+        self._flush_wanted.set()
+        deadline = time.monotonic() + grace
+        while self._held or self._reports:
+            if time.monotonic() > deadline:
+                return False
+            if self._reports:
+                await asyncio.wait(list(self._reports), timeout=0.05)
+            else:
+                await asyncio.sleep(0.01)
+        return True
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        if state == self.info.state:
+            return
+        self.info.state = state
+        self.health.state = state
+        self.metrics.ready.set(1 if state == RUNNING else 0)
+        self._fetch_wake.set()
+        self._state_changed.set()
+        self._beat_now.set()
+        if state in (DRAINING, DRAINED, RUNNING) and self._started.is_set():
+            self._log.info("state changed", state=state, in_flight=len(self._runs))
+
+    def _on_drain_flag(self, requested: bool) -> None:
+        if requested and self.state == RUNNING:
+            self._set_state(DRAINING)
+            self._maybe_drained()
+        elif not requested and self.state in (DRAINING, DRAINED):
+            self._set_state(RUNNING)
+
+    def _maybe_drained(self) -> None:
+        if self.state == DRAINING and not self._runs and not self._held:
+            self._set_state(DRAINED)
+
+    def _redis_ok(self) -> None:
+        if not self.health.redis_ok and self._started.is_set():
+            self._log.info("redis reachable again")
+        self.health.redis_up()
+
+    def _redis_failed(self, exc: BaseException, during: str, *, log: bool = False) -> None:
+        """Count a failed request; log only when Redis was reachable until now (or `log`)."""
+        self.metrics.redis_errors.inc()
+        if self.health.redis_ok or log:
+            self._log.warning("redis unreachable", during=during,
+                              redis=self.settings.safe_redis_url,
+                              error=f"{type(exc).__name__}: {exc}")
+        self.health.redis_down(exc)
+
+    async def _rt(self, call: Awaitable[T]) -> T:
+        """One counted round trip to Redis."""
+        self.metrics.round_trips.inc()
+        return await call
+
+    # -- background loops ------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        while True:
+            self.health.tick()
+            await asyncio.sleep(TICK_SECONDS)
+
+    async def _heartbeat_loop(self) -> None:
+        s = self.settings
+        while True:
+            self._beat_now.clear()
+            await self._beat()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(s.heartbeat_seconds):
+                    await self._beat_now.wait()
+
+    async def _beat(self) -> None:
+        self.info.in_flight = len(self._held)
+        held = {task_id: task.token for task_id, task in self._held.items()}
+        try:
+            beat = await self._rt(
+                self.queue.heartbeat(self.info, held, self.settings.lease_seconds)
+            )
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc, "heartbeat")
+            return
+        finally:
+            self.health.heartbeat_attempted()
+        self._redis_ok()
+        for task_id in beat.lost:
+            self._lose(task_id)
+        for task_id in beat.cancel:
+            run = self._runs.get(task_id)
+            if run is not None:
+                run.stop(CANCELLED)
+        if self.state != STOPPING:
+            self._on_drain_flag(beat.drain_requested)
+
+    async def _fetch_loop(self) -> None:
+        s = self.settings
+        backoff = _Backoff()
+        wait_first = False
+        next_due: float | None = None
+        while True:
+            if self.state == STOPPING:
+                return
+            if self.state != RUNNING or self._free == 0:
+                if self._claim_uncertain and self.health.redis_ok:
+                    await self._release_orphans()
+                self._fetch_wake.clear()
+                await self._fetch_wake.wait()
+                continue
+            want = min(self._free, s.claim_batch)
+            claiming = False
+            try:
+                if wait_first:
+                    block = s.poll_seconds if next_due is None else min(s.poll_seconds, next_due)
+                    woken = await self._interruptible(self._wait_queue.wait_for_work(block))
+                    if woken is None or self.state != RUNNING:
+                        continue
+                claiming = True
+                batch = await self._rt(self.queue.claim(self.worker_id, want, s.lease_seconds))
+            except REDIS_ERRORS as exc:
+                self._claim_uncertain = self._claim_uncertain or claiming
+                self._redis_failed(exc, "claim" if claiming else "wait")
+                await _until(backoff.sleep(), self._stop_requested)
+                wait_first = False
+                continue
+            backoff.reset()
+            self._redis_ok()
+            for task in batch.tasks:
+                self._start(task)
+            if self._claim_uncertain:
+                await self._release_orphans()
+            wait_first = len(batch.tasks) < want
+            next_due = batch.next_due_in
+
+    async def _interruptible(self, call: Awaitable[T]) -> T | None:
+        """A blocking wait that a state change (stop, drain) cuts short (then None).
+
+        The wait only pops a wake-up signal; the claim is a separate request, so a worker that
+        is frozen or wedged while it waits takes no task with it.
+        """
+        self._state_changed.clear()
+        self.metrics.round_trips.inc()
+        request = asyncio.ensure_future(call)
+        nudged = asyncio.ensure_future(self._state_changed.wait())
+        try:
+            await asyncio.wait([request, nudged], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            nudged.cancel()
+            if not request.done():
+                request.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
+                    await request
+        return None if request.cancelled() else request.result()
+
+    async def _release_orphans(self) -> None:
+        """Hand back tasks Redis leased to this worker in a claim whose reply never came
+        (connection lost, or the wait cut short), without spending an attempt."""
+        try:
+            owned = await self._rt(self.queue.held_by(self.worker_id))
+            orphans = owned - self._held.keys()
+            for task_id in orphans:
+                token, owner = await self._rt(self._redis.hmget(
+                    self.queue.task_key(task_id), ["token", "owner"]))
+                if token is None or owner is None or _text(owner) != self.worker_id:
+                    continue
+                orphan = ClaimedTask(task_id, _text(token), 0, 0, "", 0, 0)
+                await self._rt(self.queue.release(orphan, "claim reply lost"))
+        except REDIS_ERRORS as exc:
+            self._redis_failed(exc, "release orphans")
+            return
+        self._claim_uncertain = False
+        if orphans:
+            self._log.warning("released tasks whose claim reply was lost", count=len(orphans))
+
+    async def _flush_loop(self) -> None:
+        backoff = _Backoff()
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            while self._completions:
+                batch = [c for c in self._completions[:MAX_FLUSH] if c[0].id in self._held]
+                del self._completions[:MAX_FLUSH]
+                if not batch:
+                    continue
+                ids = [task.id for task, _ in batch]
+                self._reporting.update(ids)
+                try:
+                    recorded = await self._rt(self.queue.complete_many(batch))
+                except REDIS_ERRORS as exc:
+                    self._completions[:0] = batch
+                    self._redis_failed(exc, "complete")
+                    await backoff.sleep()
+                    continue
+                finally:
+                    self._reporting.difference_update(ids)
+                backoff.reset()
+                self._redis_ok()
+                held = self._held
+                for task_id in ids:
+                    held.pop(task_id, None)
+                fenced = [i for i, ok in zip(ids, recorded, strict=True) if not ok]
+                if fenced:
+                    self._log.warning(
+                        "completion refused: the task is no longer held by this worker",
+                        count=len(fenced), tasks=fenced[:10],
+                    )
+            self._maybe_drained()
+
+    # -- running tasks ---------------------------------------------------------------------
+
+    def _start(self, task: ClaimedTask) -> None:
+        handler = self.handler
+        ctx = None
+        if handler.wants_context or not handler.is_async:
+            ctx = TaskContext(task.id, task.attempts, task.max_attempts,
+                              self.settings.queue, self.worker_id)
+        run = _Run(task, ctx)
+        self._free -= 1
+        self._held[task.id] = task
+        self._runs[task.id] = run
+        self.metrics.started.inc()
+        self.metrics.in_flight.inc()
+        self.metrics.wait.observe(task.wait_seconds)
+        run.worker_task = asyncio.create_task(self._execute(run))
+
+    async def _execute(self, run: _Run) -> None:
+        task = run.task
+        began = time.monotonic()
+        try:
+            try:
+                payload = json.loads(task.payload_raw)
+            except ValueError as exc:
+                self._failed(run, f"malformed payload (not JSON): {exc}", retryable=False)
+                return
+            try:
+                async with asyncio.timeout(self.settings.task_timeout_seconds) as deadline:
+                    result = await self._call(run, payload)
+            except asyncio.CancelledError:
+                if run.stop_reason is None:
+                    raise
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                self._stopped(run)
+                return
+            except Exception as exc:
+                if run.stop_reason is not None:
+                    self._stopped(run)
+                elif isinstance(exc, TimeoutError) and deadline.expired():
+                    if run.ctx is not None:
+                        run.ctx.cancelled.set()
+                    timeout = self.settings.task_timeout_seconds
+                    self._failed(run, f"timed out after {timeout:g}s", retryable=True)
+                else:
+                    self._failed(run, _describe(exc),
+                                 retryable=not isinstance(exc, PermanentError))
+                return
+            self.metrics.succeeded.inc()
+            self.info.done += 1
+            self._completions.append((task, result))
+            self._flush_wanted.set()
+        finally:
+            self.metrics.duration.observe(time.monotonic() - began)
+            del self._runs[task.id]
+            thread = run.thread
+            if thread is not None and not thread.done():
+                thread.add_done_callback(self._thread_returned)
+            else:
+                self._release_slot()
+
+    def _call(self, run: _Run, payload: Any) -> Awaitable[Any]:
+        handler, ctx = self.handler, run.ctx
+        args = (payload, ctx) if handler.wants_context else (payload,)
+        if handler.is_async:
+            coro: Awaitable[Any] = handler.func(*args)
+            return coro
+        assert self._executor is not None
+        future = self._executor.submit(handler.func, *args)
+        run.thread = future
+        self._threads.add(future)
+        future.add_done_callback(self._threads.discard)
+        return asyncio.wrap_future(future)
+
+    def _thread_returned(self, _: Future[Any]) -> None:
+        """An abandoned sync run's thread returned (called in that thread): free its slot."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is already closed at exit
+            self._loop.call_soon_threadsafe(self._release_slot)
+
+    def _release_slot(self) -> None:
+        self._free += 1
+        self.metrics.in_flight.dec()
+        self._fetch_wake.set()
+        if self.state == DRAINING:
+            self._maybe_drained()
+
+    def _lose(self, task_id: str) -> None:
+        """The lease is gone (reaped, requeued): stop the run, never report it."""
+        if task_id in self._reporting or self._held.pop(task_id, None) is None:
+            return
+        self.metrics.lost.inc()
+        run = self._runs.get(task_id)
+        self._log.warning("lease lost; abandoning the task", task=task_id,
+                          running=run is not None)
+        if run is not None:
+            run.stop(LOST)
+        self._maybe_drained()
+
+    def _failed(self, run: _Run, error: str, *, retryable: bool) -> None:
+        task = run.task
+        self.metrics.failed.inc()
+        self.info.failed += 1
+        self._log.warning("task failed", task=task.id, attempt=task.attempts,
+                          retryable=retryable, error=error.splitlines()[0][:500])
+        s = self.settings
+        delay = retry_delay(task.attempts, base=s.retry_backoff_base_seconds,
+                            cap=s.retry_backoff_cap_seconds)
+        self._report(task, lambda: self.queue.fail(task, error, retryable=retryable,
+                                                   delay=delay))
+
+    def _stopped(self, run: _Run) -> None:
+        task = run.task
+        if run.stop_reason == CANCELLED:
+            self._report(task, lambda: self.queue.cancelled(task))
+        elif run.stop_reason == RELEASE:
+            self._report(task, lambda: self.queue.release(task, "worker shutting down"))
+
+    def _report(self, task: ClaimedTask, send: Callable[[], Awaitable[FailOutcome]]) -> None:
+        report = asyncio.create_task(self._send_report(task, send))
+        self._reports.add(report)
+        report.add_done_callback(self._reports.discard)
+
+    async def _send_report(self, task: ClaimedTask,
+                           send: Callable[[], Awaitable[FailOutcome]]) -> None:
+        backoff = _Backoff()
+        while task.id in self._held:
+            self._reporting.add(task.id)
+            try:
+                outcome = await self._rt(send())
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc, "report")
+                await backoff.sleep()
+                continue
+            finally:
+                self._reporting.discard(task.id)
+            self._redis_ok()
+            self._held.pop(task.id, None)
+            self._count(task, outcome)
+            break
+        self._maybe_drained()
+
+    def _count(self, task: ClaimedTask, outcome: FailOutcome) -> None:
+        m = self.metrics
+        if outcome is FailOutcome.RETRY:
+            m.retried.inc()
+        elif outcome is FailOutcome.DEAD:
+            m.dead_lettered.inc()
+            self._log.warning("task dead-lettered", task=task.id, attempt=task.attempts)
+        elif outcome is FailOutcome.REQUEUED:
+            m.requeued.inc()
+        elif outcome is FailOutcome.CANCELLED:
+            m.cancelled.inc()
+            self._log.info("task cancelled", task=task.id)
+        elif outcome is FailOutcome.STALE:
+            self._log.warning("outcome refused: the task is no longer held by this worker",
+                              task=task.id)
+
+
+def _client(url: str, timeout: float) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_keepalive=True,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` first, then as much of the traceback's end as fits."""
+    head = f"{type(exc).__name__}: {exc}"
+    tb = "".join(traceback.format_exception(exc))
+    room = ERROR_TEXT_LIMIT - len(head) - 1
+    return head if room <= 0 else f"{head}\n{tb[-room:]}"
+
+
+async def _first(*aws: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _until(aw: Awaitable[Any], event: asyncio.Event) -> None:
+    """Await `aw`, but give up early when `event` is set."""
+    await _first(aw, event.wait())
