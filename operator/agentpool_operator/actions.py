@@ -18,6 +18,7 @@ from agentpool.models import AgentPoolSpec
 from agentpool.protocol import QueueFigures, TaskQueue
 
 from . import recovery_actions, scaling_actions
+from .context import PoolState
 from .deployment import POOL_LABEL
 from .kube import KubeApi
 from .status import ConditionUpdate
@@ -38,6 +39,8 @@ class PoolObservation:
     queue: TaskQueue | None
     previous_status: Mapping[str, Any]
     now: datetime
+    state: PoolState | None = None
+    """The pool's loop state (scaling history); None gives every round a fresh one."""
 
 
 @dataclass(frozen=True)

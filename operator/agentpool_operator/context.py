@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from .kube import KubeApi
+from .recovery_actions import PoolRecovery
 from .redis_access import RedisClients
+from .scaling import ScalingHistory
 from .settings import OperatorSettings
 
 SECRET_TTL_SECONDS = 60.0
@@ -42,6 +44,13 @@ class PoolState:
     last_write: datetime | None = None
     failing_since: float | None = None
     """Monotonic time since which every observation found a problem; drives the backoff."""
+    recovery: PoolRecovery = field(default_factory=PoolRecovery)
+    """Shared by the pool's loop and its pods' event handler."""
+
+    scaling_history: ScalingHistory | None = None
+    """The scaling policy's memory; None until restored from the Deployment's annotation."""
+    drains_swept: float | None = None
+    """Monotonic time stale drain requests of the pool's pods were last cleared."""
 
     def remember_deployment(self, body: dict[str, Any] | None, now: float) -> None:
         """Keep the newest known Deployment; a late watch event for an older spec is ignored."""

@@ -188,7 +188,10 @@ async def test_status_reports_replicas_and_queue_figures(
     claimed = await queue.claim("eta-abc:i1", 2, lease_seconds=60)
     assert len(claimed.tasks) == 2
 
-    await cluster.create_pool(pool_manifest("eta", redis_url=redis_url, queue="eta-jobs"))
+    await cluster.create_pool(pool_manifest(
+        "eta", redis_url=redis_url, queue="eta-jobs",
+        scaling={"minReplicas": 1, "maxReplicas": 3, "pollSeconds": 1, "tasksPerReplica": 10},
+    ))
     await eventually(lambda: cluster.deployment("eta"))
     await cluster.patch_deployment("eta", {"status": {"replicas": 1, "readyReplicas": 1}},
                                    subresource="status")

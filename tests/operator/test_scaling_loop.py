@@ -1,0 +1,242 @@
+"""The scaling loop against kmock and a real redis-server: the operator sizes the Deployment
+from the queue and removes idle pods first.
+
+kmock runs no controllers, so the tests create the worker Pods themselves and register their
+workers in Redis; the ReplicaSet never removes the marked pods, which lets a test watch the
+marks stay put round after round.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from operator_harness import (
+    NAMESPACE,
+    Cluster,
+    OperatorThread,
+    eventually,
+    pool_manifest,
+)
+
+from agentpool.protocol import ClaimedTask, TaskQueue, WorkerInfo
+from agentpool.redis_server import free_port
+from agentpool_operator.deployment import pool_labels
+from agentpool_operator.scaledown import DELETION_COST_ANNOTATION
+from agentpool_operator.scaling_actions import HISTORY_ANNOTATION
+from agentpool_operator.settings import OperatorSettings
+
+PODS = "v1/pods"
+LEASE = 120.0
+
+
+def scaling(**fields: Any) -> dict[str, Any]:
+    return {"minReplicas": 1, "maxReplicas": 5, "pollSeconds": 1,
+            "scaleDownCooldownSeconds": 1, **fields}
+
+
+def pod_manifest(pool: str, name: str) -> dict[str, Any]:
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": pool_labels(pool)},
+        "spec": {"containers": [{"name": "worker", "image": "registry.example/w:1"}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": started}],
+            "containerStatuses": [{
+                "name": "worker", "ready": True, "restartCount": 0,
+                "state": {"running": {"startedAt": started}},
+            }],
+        },
+    }
+
+
+async def create_pods(cluster: Cluster, pool: str, names: list[str]) -> None:
+    for name in names:
+        await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", pod_manifest(pool, name))
+
+
+def cost_of(cluster: Cluster, pod: str) -> str | None:
+    annotations = cluster.get(PODS, pod)["metadata"].get("annotations") or {}
+    return annotations.get(DELETION_COST_ANNOTATION)
+
+
+def deployment_writes(cluster: Cluster, name: str) -> list[Any]:
+    return cluster.requests("PATCH", f"/deployments/{name}")
+
+
+async def one_more_round(cluster: Cluster, pool: str, ready: int) -> None:
+    """Change the Deployment's status (which wakes the pool) and wait until a round saw it."""
+    await cluster.patch_deployment(pool, {"status": {"replicas": 5, "readyReplicas": ready}},
+                                   subresource="status")
+    await eventually(lambda: cluster.pool(pool)["status"]["readyReplicas"] == ready)
+
+
+async def drains_are(queue: TaskQueue, pods: set[str]) -> bool:
+    return set(await queue.drain_requests()) == pods
+
+
+async def start_worker(queue: TaskQueue, pod: str, *, busy: bool) -> ClaimedTask | None:
+    worker = WorkerInfo(pod=pod, instance="i1", concurrency=1)
+    if not busy:
+        await queue.heartbeat(worker, {}, LEASE)
+        return None
+    task = (await queue.claim(worker.worker_id, 1, LEASE)).tasks[0]
+    worker.in_flight = 1
+    await queue.heartbeat(worker, {task.id: task.token}, LEASE)
+    return task
+
+
+async def test_scale_down_drains_and_marks_only_idle_pods(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    pods = [f"nu-7c9d5-{suffix}" for suffix in ("a1b2c", "d3e4f", "g5h6i", "j7k8l", "m9n0p")]
+    busy = [pods[0], pods[2], pods[4]]
+    idle = [pods[1], pods[3]]
+    gone = "nu-7c9d5-zzzzz"
+    await queue.submit_many([{"n": n} for n in range(3)])
+    tasks = {pod: await start_worker(queue, pod, busy=pod in busy) for pod in pods}
+    await redis.hset(queue.prefix + "drain", gone, 1)
+    await create_pods(cluster, "nu", pods)
+    await cluster.create_pool(pool_manifest(
+        "nu", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=5, tasksPerReplica=1),
+    ))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: cluster.condition("nu", "Scaling")["reason"] == "FixedSize")
+        assert cluster.deployment("nu")["spec"]["replicas"] == 5
+        assert deployment_writes(cluster, "nu") == []
+
+        await cluster.patch_pool("nu", {"spec": {"scaling": {"minReplicas": 1}}})
+
+        await eventually(lambda: cluster.deployment("nu")["spec"]["replicas"] == 3)
+        assert set(await queue.drain_requests()) == set(idle)
+        assert {pod: cost_of(cluster, pod) for pod in pods} == {
+            pod: "-1000" if pod in idle else None for pod in pods
+        }
+        for pod in busy:
+            task = tasks[pod]
+            assert task is not None
+            assert await queue.held_by(f"{pod}:i1") == {task.id}
+            info = await queue.get(task.id)
+            assert info is not None
+            assert (info.state, info.owner, info.attempts) == ("running", f"{pod}:i1", 1)
+        figures = await queue.figures()
+        assert (figures.queued, figures.in_flight) == (0, 3)
+
+        status = await eventually(
+            lambda: (s := cluster.pool("nu")["status"]).get("desiredReplicas") == 3 and s
+        )
+        assert "scaling 5 → 3" in status["lastScaleReason"]
+        assert status["lastScaleTime"]
+        scaled = (await eventually(lambda: cluster.events("ScaledDown")))[0]
+        assert all(pod in scaled["message"] for pod in idle)
+        draining = (await eventually(lambda: cluster.events("DrainingPods")))[0]
+        assert "all idle" in draining["message"]
+        assert len(deployment_writes(cluster, "nu")) == 1
+
+        # Later rounds, and a restarted operator, keep the marks and choose no other pod.
+        await one_more_round(cluster, "nu", ready=4)
+        await operator.stop()
+        operator = OperatorThread(operator_settings.model_copy(update={"port": free_port()}))
+        await operator.start()
+        await one_more_round(cluster, "nu", ready=3)
+        assert set(await queue.drain_requests()) == set(idle)
+        assert [pod for pod in pods if cost_of(cluster, pod)] == idle
+        assert len(deployment_writes(cluster, "nu")) == 1
+        assert cluster.events("DrainWithdrawn") == []
+
+        # Work arrives before the ReplicaSet removed them: the idle pods go back to work.
+        await queue.submit_many([{"n": n} for n in range(2)])
+        await eventually(lambda: cluster.deployment("nu")["spec"]["replicas"] == 5)
+        await eventually(lambda: all(cost_of(cluster, pod) is None for pod in pods))
+        await eventually(lambda: drains_are(queue, set()))
+        await eventually(lambda: cluster.events("DrainWithdrawn"))
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
+async def test_backlog_scales_up_once_and_then_holds(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    await TaskQueue(redis, queue_name).submit_many([{"n": n} for n in range(9)])
+    await cluster.create_pool(pool_manifest(
+        "xi", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(maxReplicas=4, tasksPerReplica=2),
+    ))
+
+    await eventually(lambda: cluster.deployment("xi")["spec"]["replicas"] == 4)
+    status = await eventually(
+        lambda: (s := cluster.pool("xi")["status"]).get("desiredReplicas") == 4 and s
+    )
+    assert status["lastScaleReason"] == (
+        "backlog 9 > 1 replica × 2 tasks, capped at maxReplicas 4: scaling 1 → 4"
+    )
+    event = (await eventually(lambda: cluster.events("ScaledUp")))[0]
+    assert event["type"] == "Normal"
+    assert event["involvedObject"]["name"] == "xi"
+    assert "scaling 1 → 4" in event["message"]
+    history = json.loads(cluster.deployment("xi")["metadata"]["annotations"][HISTORY_ANNOTATION])
+    assert history["lastScaleUp"] is not None
+
+    for ready in (1, 2, 3):
+        await one_more_round(cluster, "xi", ready=ready)
+    assert cluster.condition("xi", "Scaling")["reason"] == "AtMaximum"
+    assert len(deployment_writes(cluster, "xi")) == 1
+    assert len(cluster.events("ScaledUp")) == 1
+
+
+async def test_paused_pool_is_not_scaled(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    await TaskQueue(redis, queue_name).submit_many([{"n": n} for n in range(8)])
+    await cluster.create_pool(pool_manifest(
+        "omicron", redis_url=redis_url, queue=queue_name, scaling=scaling(), paused=True,
+    ))
+
+    paused = await eventually(lambda: cluster.condition("omicron", "Scaling"))
+    assert (paused["status"], paused["reason"]) == ("False", "Paused")
+    await one_more_round(cluster, "omicron", ready=1)
+    assert cluster.deployment("omicron")["spec"]["replicas"] == 1
+    assert deployment_writes(cluster, "omicron") == []
+
+    await cluster.patch_pool("omicron", {"spec": {"paused": False}})
+    await eventually(lambda: cluster.deployment("omicron")["spec"]["replicas"] == 2)
+
+
+async def test_unreachable_redis_holds_the_size(
+    cluster: Cluster, operator: OperatorThread, redis_url: str,
+) -> None:
+    await cluster.create_secret("pi-redis", {"url": f"redis://127.0.0.1:{free_port()}/0"})
+    await cluster.create_pool(pool_manifest(
+        "pi", secret="pi-redis", scaling=scaling(scaleDownCooldownSeconds=0),
+    ))
+    await eventually(lambda: cluster.deployment("pi"))
+    await cluster.patch_deployment("pi", {"spec": {"replicas": 3}})
+
+    held = await eventually(lambda: (c := cluster.condition("pi", "Scaling"))["message"]
+                            == "queue figures unavailable: holding 3 replicas" and c)
+    assert (held["status"], held["reason"]) == ("False", "QueueUnavailable")
+    await one_more_round(cluster, "pi", ready=2)
+    assert cluster.deployment("pi")["spec"]["replicas"] == 3
+    assert len(deployment_writes(cluster, "pi")) == 1, "only the hand-scale by the test"
+    assert cluster.pool("pi")["status"]["desiredReplicas"] == 3
+
+    # With the queue readable again, the idle queue scales the pool down to its minimum.
+    await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "pi-redis-2", "namespace": NAMESPACE},
+        "stringData": {"url": redis_url},
+    })
+    await cluster.patch_pool("pi", {"spec": {"redis": {"urlSecretRef": {"name": "pi-redis-2"}}}})
+    await eventually(lambda: cluster.deployment("pi")["spec"]["replicas"] == 1)
