@@ -19,6 +19,7 @@ from agentpool.models import GROUP
 
 from . import handlers as _handlers  # noqa: F401  (registers the handlers with kopf)
 from . import metrics
+from . import pod_events as _pod_events  # noqa: F401  (registers the pod event handler)
 from .context import OperatorContext
 from .deployment import POOL_LABEL
 from .kube import KubeApi
@@ -36,8 +37,9 @@ def kopf_settings(config: OperatorSettings) -> kopf.OperatorSettings:
     )
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
-    # Only the pools' Deployments are of interest: let the API server filter them.
+    # Only the pools' Deployments and pods are of interest: let the API server filter them.
     settings.watching.label_selectors["apps", "v1", "deployments"] = POOL_LABEL
+    settings.watching.label_selectors["v1", "pods"] = POOL_LABEL
     settings.peering.standalone = config.standalone
     if config.peering:
         settings.peering.name = config.peering

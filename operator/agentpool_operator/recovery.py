@@ -24,6 +24,8 @@ class PodView:
     name: str
     phase: str = "Running"
     deleting: bool = False
+    deletion_deadline: float | None = None
+    """When a deleted pod's grace period ends and its containers are killed (epoch seconds)."""
     reason: str | None = None
     node: str | None = None
     ready: bool = True
@@ -109,6 +111,24 @@ def pod_is_dead(pod: PodView, nodes: frozenset[str] | None) -> str | None:
     return None
 
 
+def shutting_down_gracefully(pod: PodView, nodes: frozenset[str] | None, now: float) -> bool:
+    """A deleted pod whose worker container still runs within the pod's grace period.
+
+    The worker got SIGTERM: it finishes what it can within drainSeconds and hands the rest back
+    itself, without spending an attempt. Requeueing now would abort that work on every rollout
+    and scale-down and count a lost attempt, so its tasks wait until the container stops, the
+    pod is gone or the grace period is over (or their leases expire).
+    """
+    return (
+        pod.deleting
+        and pod.phase == "Running"
+        and pod.container_started_at is not None
+        and pod.deletion_deadline is not None
+        and now < pod.deletion_deadline
+        and (pod.node is None or nodes is None or pod.node in nodes)
+    )
+
+
 def decide_recovery(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) -> list[Action]:
     actions: list[Action] = []
     by_pod: dict[str, list[InstanceView]] = {}
@@ -119,7 +139,8 @@ def decide_recovery(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) 
     for pod in inputs.pods:
         dead = pod_is_dead(pod, inputs.nodes)
         if dead is not None:
-            actions.append(Requeue(pod.name, dead))
+            if not shutting_down_gracefully(pod, inputs.nodes, now):
+                actions.append(Requeue(pod.name, dead))
             continue
         previous = _previous_instances(pod, by_pod.get(pod.name, []))
         if previous:
@@ -203,6 +224,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         name=meta.get("name", ""),
         phase=status.get("phase") or "Pending",
         deleting=bool(meta.get("deletionTimestamp")),
+        deletion_deadline=_timestamp(meta.get("deletionTimestamp")),
         reason=status.get("reason"),
         node=spec.get("nodeName"),
         ready=ready if status.get("phase") == "Running" else False,

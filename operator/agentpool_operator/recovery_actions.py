@@ -1,19 +1,307 @@
-"""Recovery applied to one pool: requeue the tasks of dead pods, drain and replace stuck ones."""
+"""Recovery applied to one pool: requeue the tasks of dead pods, drain and replace stuck ones.
+
+Two paths apply `recovery.decide_recovery`:
+- every round of the pool's loop (`recover`), over the full pod list, the worker instances
+  Redis knows and the drains requested; it also reaps expired leases (the fallback for deaths
+  nobody saw: the loop is woken when the earliest lease runs out, so this costs the lease, not
+  the lease plus a poll) and reports the counters in the status;
+- every event of one of the pool's pods (`recover_pod`), for speed: a pod deleted, failed or
+  restarted has its tasks requeued as soon as Kubernetes reports it. A single pod is not the
+  full picture, so this path only requeues; draining and deleting wait for the next round.
+
+Requeueing is idempotent in the protocol (only tasks still leased move, each at most once), so
+both paths, a replayed event, or two operators racing never duplicate a queue entry; the
+counters add up what the protocol says it actually moved.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import asyncio
+import dataclasses
+import logging
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .kube import KubeApi
+import kopf
+import redis.exceptions
+from kubernetes.client.exceptions import ApiException
+
+from agentpool.protocol import WORKER_LIVENESS_WINDOW, RequeueResult, TaskQueue, worker_id
+
+from .kube import KubeApi, api_error_message
+from .recovery import (
+    DeletePod,
+    InstanceView,
+    PodView,
+    RecoveryInputs,
+    RecoveryPolicy,
+    RequestDrain,
+    Requeue,
+    decide_recovery,
+    pod_is_dead,
+    pod_view,
+)
 
 if TYPE_CHECKING:
     from .actions import ActionResult, PoolObservation
+
+logger = logging.getLogger(__name__)
+
+NODE_CACHE_SECONDS = 30.0
+"""How long a node list (or the refusal to list nodes) is reused."""
+NODE_RECHECK_SECONDS = 10.0
+"""A pod on a node missing from the cached list: the soonest the list is read again."""
+EXPIRY_MARGIN_SECONDS = 0.005
+
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+
+
+@dataclass
+class PoolRecovery:
+    """What pod events need between the pool's rounds, and what they did since the last one.
+
+    Lives in the pool's `PoolState`; each round refreshes the queue, pool and policy.
+    """
+
+    queue: TaskQueue | None = None
+    pool: Mapping[str, Any] | None = None
+    policy: RecoveryPolicy = dataclasses.field(default_factory=RecoveryPolicy)
+    unreported: int = 0
+    """Tasks requeued by pod events, not yet counted into the status."""
+    expiry_wake: asyncio.TimerHandle | None = None
+
+    def take_unreported(self) -> int:
+        count, self.unreported = self.unreported, 0
+        return count
+
+    def wake_at_expiry(self, delay: float | None, wake: asyncio.Event, poll: float) -> None:
+        """Wake the pool's loop when the earliest lease runs out, if that comes before the
+        round after next: a silent death then costs the lease, not the lease plus a poll."""
+        if self.expiry_wake is not None:
+            self.expiry_wake.cancel()
+            self.expiry_wake = None
+        if delay is not None and delay < 2 * poll:
+            self.expiry_wake = asyncio.get_running_loop().call_later(
+                max(0.0, delay) + EXPIRY_MARGIN_SECONDS, wake.set
+            )
+
+
+def policy_of(observation: PoolObservation) -> RecoveryPolicy:
+    spec = observation.spec
+    return RecoveryPolicy(
+        unready_grace_seconds=spec.recovery.unready_grace_seconds,
+        drain_seconds=spec.worker.drain_seconds,
+        max_unavailable=spec.recovery.max_unavailable,
+    )
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def requeue_message(action: Requeue, result: RequeueResult) -> str:
+    whose = f"pod {action.pod}"
+    if action.instances is not None:
+        whose += f" ({plural(len(action.instances), 'earlier instance')})"
+    return f"requeued {outcome_text(result)} of {whose} ({action.reason})"
+
+
+def outcome_text(result: RequeueResult) -> str:
+    parts = [plural(result.requeued, "task")]
+    if result.dead_lettered:
+        parts.append(f"{result.dead_lettered} dead-lettered after their last attempt")
+    if result.cancelled:
+        parts.append(f"{result.cancelled} cancelled as requested")
+    return ", ".join(parts)
+
+
+def post(pool: Any, reason: str, message: str) -> None:
+    """Log, and post an Event about the pool (kopf.Body or a plain dict; None: log only)."""
+    logger.info("%s: %s", reason, message)
+    if pool is not None:
+        kopf.info(pool, reason=reason, message=message)
+
+
+async def apply_requeue(queue: TaskQueue, action: Requeue) -> RequeueResult:
+    if action.instances is None:
+        return await queue.requeue_pod(action.pod, reason=action.reason)
+    total = RequeueResult()
+    for instance in action.instances:
+        result = await queue.requeue_owner(worker_id(action.pod, instance), reason=action.reason)
+        total = RequeueResult(
+            total.requeued + result.requeued,
+            total.dead_lettered + result.dead_lettered,
+            total.cancelled + result.cancelled,
+            total.instances + result.instances,
+        )
+    return total
+
+
+async def requeue_and_report(
+    queue: TaskQueue, pool: Mapping[str, Any] | None, action: Requeue
+) -> int:
+    """Requeue, post an Event when anything moved; the number of tasks taken back."""
+    result = await apply_requeue(queue, action)
+    if result.total:
+        post(pool, "TasksRequeued", requeue_message(action, result))
+    return result.total
+
+
+# -- pod events ---------------------------------------------------------------------------
+
+
+async def recover_pod(recovery: PoolRecovery, event_type: str | None,
+                      pod: Mapping[str, Any]) -> int:
+    """Requeue at once what a deleted, failed or restarted pod's workers held.
+
+    Returns the number of tasks taken back (0 for a replay: the protocol moves each task once).
+    Before the pool's first round (no queue known yet) this does nothing: that round sees it.
+    """
+    queue = recovery.queue
+    if queue is None:
+        return 0
+    view = pod_view(pod)
+    if event_type == "DELETED":
+        view = dataclasses.replace(view, deleting=True, container_started_at=None)
+    now = time.time()
+    instances: list[InstanceView] = []
+    if pod_is_dead(view, None) is None and view.restarts and view.container_started_at:
+        instances = [
+            InstanceView(i.pod, i.instance, i.started, i.held)
+            for i in await queue.instances(pod=view.name)
+        ]
+    inputs = RecoveryInputs(pods=[view], instances=instances, pods_complete=False)
+    taken = 0
+    for action in decide_recovery(inputs, recovery.policy, now):
+        if isinstance(action, Requeue):
+            taken += await requeue_and_report(queue, recovery.pool, action)
+    recovery.unreported += taken
+    return taken
+
+
+# -- the pool's round ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Nodes:
+    names: frozenset[str] | None
+    read: float
+
+
+class NodeLister(Protocol):
+    async def list_node_names(self) -> frozenset[str] | None: ...
+
+
+_node_lists: weakref.WeakKeyDictionary[NodeLister, _Nodes] = weakref.WeakKeyDictionary()
+
+
+async def known_nodes(kube: NodeLister, pods: Sequence[PodView]) -> frozenset[str] | None:
+    """The cluster's node names for judging "node is gone", or None (then nobody is judged).
+
+    Lists are cached (a node list is big, and the chart's RBAC usually refuses it); a pod on a
+    node missing from the cached list triggers a new read, since a new node may have joined,
+    and that pod is only judged on a list read after the pod list.
+    """
+    wanted = {pod.node for pod in pods if pod.node}
+    now = time.monotonic()
+    cached = _node_lists.get(kube)
+    if cached is not None:
+        age = now - cached.read
+        if age < NODE_CACHE_SECONDS and (cached.names is None or wanted <= cached.names):
+            return cached.names
+        if age < NODE_RECHECK_SECONDS:
+            return None
+    try:
+        names = await kube.list_node_names()
+    except ApiException as error:
+        logger.warning("cannot list nodes: %s", api_error_message(error))
+        names = None
+    _node_lists[kube] = _Nodes(names, time.monotonic())
+    return names
+
+
+def desired_replicas(observation: PoolObservation, pods: Sequence[PodView]) -> int:
+    spec = (observation.deployment or {}).get("spec") or {}
+    replicas = spec.get("replicas")
+    return int(replicas) if replicas is not None else len(pods)
 
 
 async def recover(
     observation: PoolObservation, pods: Sequence[dict[str, Any]], kube: KubeApi
 ) -> ActionResult:
+    """One round: decide over the pool's pods and workers, apply, reap expired leases.
+
+    A paused pool keeps its pods (no drain, no delete), but the tasks of dead workers are
+    still requeued: the queue's at-least-once guarantee depends on it.
+    """
     from .actions import ActionResult
 
-    return ActionResult()
+    state = observation.state
+    recovery = state.recovery if state is not None else PoolRecovery()
+    recovery.queue, recovery.pool = observation.queue, observation.pool
+    recovery.policy = policy_of(observation)
+    queue = observation.queue
+    if queue is None:
+        return ActionResult()
+
+    recovered = replaced = 0
+    try:
+        reaped = await queue.reap_expired()
+        if reaped.total:
+            recovered += reaped.total
+            post(observation.pool, "LeasesExpired",
+                 f"requeued {outcome_text(reaped)} whose lease expired")
+        views = [pod_view(pod) for pod in pods]
+        now = observation.now.timestamp()
+        instances = await queue.instances()
+        drains = await queue.drain_requests()
+        names = {view.name for view in views}
+        inputs = RecoveryInputs(
+            pods=views,
+            # An instance of a pod not in the list is judged only once it stopped
+            # heart-beating: it may belong to a pod created after the list was read.
+            instances=[
+                InstanceView(i.pod, i.instance, i.started, i.held) for i in instances
+                if i.pod in names or now - i.last_seen >= WORKER_LIVENESS_WINDOW
+            ],
+            drains=drains,
+            nodes=await known_nodes(kube, views),
+            desired_replicas=desired_replicas(observation, views),
+            pods_complete=True,
+        )
+        for action in decide_recovery(inputs, recovery.policy, now):
+            if isinstance(action, Requeue):
+                recovered += await requeue_and_report(queue, observation.pool, action)
+            elif observation.spec.paused:
+                continue
+            elif isinstance(action, RequestDrain):
+                await queue.request_drain(action.pod)
+                post(observation.pool, "DrainRequested",
+                     f"asked pod {action.pod} to drain: {action.reason}")
+            elif isinstance(action, DeletePod) and await kube.delete_pod(
+                observation.namespace, action.pod
+            ):
+                replaced += 1
+                post(observation.pool, "PodReplaced",
+                     f"deleted pod {action.pod} to have it replaced: {action.reason}")
+        if state is not None:
+            recovery.wake_at_expiry(await queue.next_lease_expiry(), state.wake,
+                                    observation.spec.scaling.poll_seconds)
+    except (*REDIS_ERRORS, ApiException) as error:
+        detail = api_error_message(error) if isinstance(error, ApiException) else repr(error)
+        logger.warning("recovery of %s/%s stopped early: %s",
+                       observation.namespace, observation.name, detail)
+    recovered += recovery.take_unreported()
+    return ActionResult(status_fields=counters(observation.previous_status, recovered, replaced))
+
+
+def counters(previous: Mapping[str, Any], recovered: int, replaced: int) -> dict[str, int]:
+    """recoveredTasks and replacedPods, carried over and increased; absent until first used."""
+    fields: dict[str, int] = {}
+    for key, count in (("recoveredTasks", recovered), ("replacedPods", replaced)):
+        if count or key in previous:
+            fields[key] = int(previous.get(key) or 0) + count
+    return fields

@@ -144,3 +144,31 @@ def test_pod_view_reads_the_api_shape() -> None:
     assert view.ready is False and view.restarts == 2
     assert view.container_started_at is not None and view.ready_changed_at is not None
     assert view.container_started_at - view.ready_changed_at == 10
+
+
+def test_deleted_pod_whose_worker_still_runs_is_left_to_drain() -> None:
+    draining = PodView("a", deleting=True, deletion_deadline=NOW + 30,
+                       container_started_at=NOW - 600)
+    assert decide([draining]) == []
+    assert decide([draining], nodes=frozenset({"n1"})) == []
+
+
+def test_deleted_pod_is_requeued_once_its_worker_stopped_or_its_grace_ended() -> None:
+    stopped = PodView("a", deleting=True, deletion_deadline=NOW + 30)
+    overdue = PodView("b", deleting=True, deletion_deadline=NOW - 1,
+                      container_started_at=NOW - 600)
+    assert decide([stopped, overdue]) == [Requeue("a", "pod deleted"), Requeue("b", "pod deleted")]
+
+
+def test_deleted_pod_on_a_vanished_node_is_requeued_at_once() -> None:
+    pod = PodView("a", deleting=True, deletion_deadline=NOW + 30, node="n2",
+                  container_started_at=NOW - 600)
+    assert decide([pod], nodes=frozenset({"n1"})) == [Requeue("a", "pod deleted")]
+
+
+def test_pod_view_reads_the_deletion_deadline() -> None:
+    pod = {"metadata": {"name": "w-1", "deletionTimestamp": "2026-01-01T00:01:00Z"},
+           "status": {"phase": "Running"}}
+    view = pod_view(pod)
+    assert view.deleting and view.deletion_deadline is not None
+    assert pod_view({"metadata": {"name": "w-2"}}).deletion_deadline is None

@@ -1,0 +1,169 @@
+"""How fast the operator gives a dead worker's tasks back (a benchmark, not a test).
+
+    .venv/bin/python bench/recovery.py [--runs 10] [--lease-runs 5] [--lease 2] [--poll 1]
+
+The real operator (kopf, in its own thread) runs against kmock's Kubernetes emulation and a
+private redis-server. kmock has no kubelet or controllers, so the benchmark creates the worker
+pods itself and leases tasks in Redis under `<pod>:<instance>`, as a worker would. Prints:
+
+- pod deletion → tasks claimable: from just before the DELETE request of a busy pod (kmock
+  emits the DELETED watch event while answering it) until another worker's claim gets every
+  task back; the pool polls every 30 s, so this is the pod-event path alone (target ≤ 1 s);
+- silent death → requeue: a worker leases tasks and then never heart-beats again while its pod
+  looks healthy; from the claim (the last time its lease was set) until another worker's claim
+  gets every task back, through lease expiry and the pool's poll (target ≤ lease + poll).
+
+Claims are tried every 5 ms, which bounds the resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import kmock
+import redis.asyncio as aioredis
+from kubernetes.config import kube_config
+
+from agentpool.protocol import TaskQueue, WorkerInfo
+from agentpool.redis_server import RedisServer, free_port
+from agentpool_operator.settings import OperatorSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "operator"))
+
+from operator_harness import (  # noqa: E402
+    NAMESPACE,
+    Cluster,
+    ClusterEmulator,
+    OperatorThread,
+    eventually,
+    pool_manifest,
+    seed_resources,
+    write_kubeconfig,
+)
+
+PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
+TASKS_PER_POD = 5
+PROBE_INTERVAL = 0.005
+
+
+def pod_manifest(pool: str, name: str) -> dict[str, Any]:
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE,
+                     "labels": {"agentpool.dev/pool": pool}},
+        "spec": {"containers": [{"name": "worker", "image": "w:1"}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": started}],
+            "containerStatuses": [{"name": "worker", "restartCount": 0, "ready": True,
+                                   "state": {"running": {"startedAt": started}}}],
+        },
+    }
+
+
+async def lease(queue: TaskQueue, pod: str, lease_seconds: float) -> tuple[set[str], float]:
+    worker = WorkerInfo(pod=pod, instance="i1", concurrency=TASKS_PER_POD)
+    await queue.heartbeat(worker, {}, lease_seconds)
+    await queue.submit_many([{"pod": pod, "n": n} for n in range(TASKS_PER_POD)])
+    leased_at = time.perf_counter()
+    batch = await queue.claim(worker.worker_id, TASKS_PER_POD, lease_seconds)
+    assert len(batch.tasks) == TASKS_PER_POD
+    return {task.id for task in batch.tasks}, leased_at
+
+
+async def claimable(queue: TaskQueue, ids: set[str], timeout: float) -> float:
+    """Claim until every task in `ids` was handed out again; the time that happened."""
+    found: set[str] = set()
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        batch = await queue.claim("probe-0-0:p", TASKS_PER_POD, 60)
+        found |= {task.id for task in batch.tasks}
+        if ids <= found:
+            moment = time.perf_counter()
+            for task in batch.tasks:
+                await queue.complete(task)
+            return moment
+        for task in batch.tasks:
+            await queue.complete(task)
+        await asyncio.sleep(PROBE_INTERVAL)
+    raise TimeoutError(f"tasks not claimable within {timeout}s")
+
+
+async def delete_path(cluster: Cluster, queue: TaskQueue, runs: int) -> list[float]:
+    times = []
+    for run in range(runs):
+        pod = f"fast-{run}"
+        await cluster.create(PODS, pod_manifest("fast", pod))
+        ids, _ = await lease(queue, pod, 60)
+        start = time.perf_counter()
+        async with cluster.emulator.delete(f"{PODS}/{pod}") as response:
+            assert response.status == 200
+        times.append(await claimable(queue, ids, 10) - start)
+    return times
+
+
+async def lease_path(cluster: Cluster, queue: TaskQueue, runs: int,
+                     lease_seconds: float) -> list[float]:
+    times = []
+    for run in range(runs):
+        pod = f"slow-{run}"
+        await cluster.create(PODS, pod_manifest("slow", pod))
+        ids, leased_at = await lease(queue, pod, lease_seconds)
+        times.append(await claimable(queue, ids, lease_seconds + 10) - leased_at)
+    return times
+
+
+def summary(name: str, times: list[float], target: float) -> str:
+    p50 = statistics.median(times)
+    worst = max(times)
+    verdict = "ok" if worst <= target else "OVER TARGET"
+    return (f"{name:<46} runs={len(times):<3} p50={p50 * 1000:7.1f} ms  "
+            f"max={worst * 1000:7.1f} ms  target≤{target * 1000:.0f} ms  {verdict}")
+
+
+async def main(args: argparse.Namespace) -> None:
+    with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
+        async with ClusterEmulator() as emulator, kmock.Server(emulator):
+            seed_resources(emulator)
+            kubeconfig = write_kubeconfig(Path(tmp) / "kubeconfig", str(emulator.url).rstrip("/"))
+            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
+            os.environ["KUBECONFIG"] = str(kubeconfig)
+            cluster = Cluster(emulator)
+            operator = OperatorThread(OperatorSettings(port=free_port()))
+            await operator.start()
+            redis = aioredis.Redis.from_url(server.url)
+            try:
+                for pool, poll in (("fast", 30.0), ("slow", args.poll)):
+                    manifest = pool_manifest(pool, redis_url=server.url, queue=pool,
+                                             poll_seconds=poll)
+                    manifest["spec"]["scaling"].update(minReplicas=1, maxReplicas=1)
+                    await cluster.create_pool(manifest)
+                    await eventually(lambda p=pool: cluster.pool(p)["status"]["conditions"])
+                fast = await delete_path(cluster, TaskQueue(redis, "fast"), args.runs)
+                slow = await lease_path(cluster, TaskQueue(redis, "slow"), args.lease_runs,
+                                        args.lease)
+            finally:
+                await redis.aclose()
+                await operator.stop()
+    print(summary("pod deletion -> tasks claimable", fast, 1.0))
+    print(summary(f"silent death -> requeue (lease {args.lease:g}s, poll {args.poll:g}s)",
+                  slow, args.lease + args.poll))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10, help="pod deletions")
+    parser.add_argument("--lease-runs", type=int, default=5, help="silent deaths")
+    parser.add_argument("--lease", type=float, default=2.0, help="lease seconds")
+    parser.add_argument("--poll", type=float, default=1.0, help="the pool's pollSeconds")
+    asyncio.run(main(parser.parse_args()))

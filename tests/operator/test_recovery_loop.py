@@ -1,0 +1,324 @@
+"""Recovery by the running operator: pod events and rounds against kmock and a real redis-server.
+
+kmock runs no controllers, so the tests create the worker pods themselves (with the pool's
+labels) and lease tasks in Redis under worker ids `<pod>:<instance>`, as workers would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
+
+from agentpool.protocol import TaskQueue, WorkerInfo, key_prefix
+from agentpool_operator import recovery_actions
+from agentpool_operator.recovery import PodView
+from agentpool_operator.recovery_actions import PoolRecovery, known_nodes, recover_pod
+
+PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
+LONG_POLL = 30
+"""A poll interval no test waits for: what happens within a test came from a pod event."""
+
+
+def stamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_status(*, ready: bool = True, ready_since: float | None = None, restarts: int = 0,
+               started: float | None = None, phase: str = "Running",
+               terminated: bool = False) -> dict[str, Any]:
+    now = time.time()
+    state: dict[str, Any] = (
+        {"terminated": {"exitCode": 0, "finishedAt": stamp(now)}} if terminated
+        else {"running": {"startedAt": stamp(started or now - 300)}}
+    )
+    return {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                        "lastTransitionTime": stamp(ready_since or now - 300)}],
+        "containerStatuses": [{"name": "worker", "restartCount": restarts, "ready": ready,
+                               "state": state}],
+    }
+
+
+def pod_manifest(pool: str, name: str, status: dict[str, Any] | None = None,
+                 **metadata: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE,
+                     "labels": {"agentpool.dev/pool": pool}, **metadata},
+        "spec": {"containers": [{"name": "worker", "image": "w:1"}]},
+        "status": status or pod_status(),
+    }
+
+
+async def send(cluster: Cluster, method: str, path: str, body: Any = None) -> None:
+    headers = {"Content-Type": "application/merge-patch+json"}
+    async with cluster.emulator.request(method, path, json=body, headers=headers) as response:
+        assert response.status < 300, (response.status, await response.text())
+
+
+async def patch_status(cluster: Cluster, pod: str, status: dict[str, Any]) -> None:
+    await send(cluster, "PATCH", f"{PODS}/{pod}/status", {"status": status})
+
+
+async def start_pool(cluster: Cluster, redis_url: str, name: str, *, pods: int,
+                     poll_seconds: float = 1, **extra: Any) -> None:
+    """A fixed-size pool (the scaler leaves its pods alone) after its first round."""
+    manifest = pool_manifest(name, redis_url=redis_url, queue=name,
+                             poll_seconds=poll_seconds, **extra)
+    manifest["spec"]["scaling"].update(minReplicas=pods, maxReplicas=pods)
+    await cluster.create_pool(manifest)
+    await eventually(lambda: cluster.pool(name)["status"]["conditions"])
+
+
+async def lease(queue: TaskQueue, pod: str, instance: str, count: int, *,
+                started: float | None = None, lease_seconds: float = 60) -> list[str]:
+    worker = WorkerInfo(pod=pod, instance=instance, concurrency=count,
+                        started=started if started is not None else time.time())
+    await queue.heartbeat(worker, {}, lease_seconds)
+    await queue.submit_many([{"pod": pod, "n": n} for n in range(count)])
+    batch = await queue.claim(worker.worker_id, count, lease_seconds)
+    assert len(batch.tasks) == count
+    return [task.id for task in batch.tasks]
+
+
+async def queued(redis: aioredis.Redis, queue: str) -> set[str]:
+    return {m.decode() for m in await redis.zrange(key_prefix(queue) + "queued", 0, -1)}
+
+
+def messages(cluster: Cluster, reason: str) -> list[str]:
+    return [str(e["message"]) for e in cluster.events(reason)]
+
+
+async def posted(cluster: Cluster, reason: str, count: int = 1) -> list[str]:
+    """The messages of Events with this reason, once `count` are there (kopf posts later)."""
+    await eventually(lambda: len(messages(cluster, reason)) >= count, within=3)
+    return messages(cluster, reason)
+
+
+async def test_deleted_busy_pod_has_its_tasks_back_in_the_queue_at_once(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    await start_pool(cluster, redis_url, "del", pods=2, poll_seconds=LONG_POLL)
+    queue = TaskQueue(redis, "del")
+    for pod in ("del-a", "del-b"):
+        await cluster.create(PODS, pod_manifest("del", pod))
+    lost = await lease(queue, "del-a", "i1", 3)
+    kept = await lease(queue, "del-b", "i1", 2)
+
+    await send(cluster, "DELETE", f"{PODS}/del-a")
+
+    await eventually(lambda: queued(redis, "del"), within=2)
+    assert await queued(redis, "del") == set(lost)
+    again = await queue.claim("del-c:i1", 10, 60)
+    assert {t.id for t in again.tasks} == set(lost), "requeued tasks are claimable"
+    assert await queue.held_by("del-b:i1") == set(kept)
+    assert await posted(cluster, "TasksRequeued") == ["requeued 3 tasks of pod del-a (pod deleted)"]
+    await eventually(lambda: cluster.pool("del")["status"]["recoveredTasks"] == 3)
+    watches = cluster.requests("GET", "/api/v1/pods")
+    assert watches and all(r.params.get("labelSelector") == "agentpool.dev/pool"
+                           for r in watches), "only the pools' pods are watched"
+
+
+async def test_restarted_container_gives_back_only_the_earlier_instance_tasks(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    await start_pool(cluster, redis_url, "rst", pods=1, poll_seconds=LONG_POLL)
+    queue = TaskQueue(redis, "rst")
+    now = time.time()
+    await cluster.create(PODS, pod_manifest("rst", "rst-a", pod_status(started=now - 100)))
+    old = await lease(queue, "rst-a", "old", 2, started=now - 99)
+    new = await lease(queue, "rst-a", "new", 1, started=now - 9)
+
+    await patch_status(cluster, "rst-a", pod_status(restarts=1, started=now - 10))
+
+    await eventually(lambda: queued(redis, "rst"), within=2)
+    assert await queued(redis, "rst") == set(old)
+    assert await queue.held_by("rst-a:new") == set(new)
+    assert await posted(cluster, "TasksRequeued") == [
+        "requeued 2 tasks of pod rst-a (1 earlier instance) (worker container restarted)"
+    ]
+
+
+async def test_pod_unready_past_the_grace_is_drained_deleted_and_requeued(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    await start_pool(
+        cluster, redis_url, "unr", pods=1,
+        worker={"image": "w:1", "handler": "m:f", "drainSeconds": 1},
+        recovery={"unreadyGraceSeconds": 5, "maxUnavailable": 1},
+    )
+    queue = TaskQueue(redis, "unr")
+    held = await lease(queue, "unr-a", "i1", 2)
+    await cluster.create(PODS, pod_manifest("unr", "unr-a", pod_status(
+        ready=False, ready_since=time.time() - 60)))
+
+    drains = await eventually(queue.drain_requests, within=3)
+    assert set(drains) == {"unr-a"}
+    await eventually(lambda: cluster.requests("DELETE", "/pods/unr-a"), within=4)
+    await eventually(lambda: queued(redis, "unr"), within=2)
+    assert await queued(redis, "unr") == set(held)
+    assert await queue.drain_requests() == {}, "the requeue clears the drain request"
+
+    [drain] = await posted(cluster, "DrainRequested")
+    assert re.fullmatch(r"asked pod unr-a to drain: unready for 6[01]s", drain)
+    [replaced] = await posted(cluster, "PodReplaced")
+    assert re.fullmatch(r"deleted pod unr-a to have it replaced: unready for 6\ds, drained",
+                        replaced)
+    assert await posted(cluster, "TasksRequeued") == ["requeued 2 tasks of pod unr-a (pod deleted)"]
+    status = await eventually(
+        lambda: (s := cluster.pool("unr")["status"]).get("recoveredTasks") == 2 and s
+    )
+    assert status["replacedPods"] == 1
+
+
+async def test_replacements_stay_within_the_budget(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    names = [f"bud-{i}" for i in range(3)]
+    for index, name in enumerate(names):
+        await cluster.create(PODS, pod_manifest("bud", name, pod_status(
+            ready=False, ready_since=time.time() - 60 - index)))
+    await start_pool(
+        cluster, redis_url, "bud", pods=3,
+        worker={"image": "w:1", "handler": "m:f", "drainSeconds": 1},
+        recovery={"unreadyGraceSeconds": 5, "maxUnavailable": 1},
+    )
+    queue = TaskQueue(redis, "bud")
+
+    def existing() -> set[str]:
+        alive = set()
+        for name in names:
+            try:
+                cluster.get("v1/pods", name)
+                alive.add(name)
+            except KeyError:
+                pass
+        return alive
+
+    most_at_once = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 12
+    while existing() and loop.time() < deadline:
+        in_progress = set(await queue.drain_requests()) & existing()
+        most_at_once = max(most_at_once, len(in_progress))
+        await asyncio.sleep(0.02)
+
+    assert not existing(), "every unready pod got replaced"
+    assert most_at_once == 1
+    await posted(cluster, "PodReplaced", 3)
+    steps = [(e["reason"], e["message"].split()[2]) for e in cluster.events()
+             if e["reason"] in ("DrainRequested", "PodReplaced")]
+    assert steps == [(reason, pod) for pod in ("bud-2", "bud-1", "bud-0")
+                     for reason in ("DrainRequested", "PodReplaced")], \
+        "one at a time, the longest unready first"
+    await eventually(lambda: cluster.pool("bud")["status"]["replacedPods"] == 3)
+
+
+async def test_replayed_pod_events_requeue_nothing_twice(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    await start_pool(cluster, redis_url, "dup", pods=2, poll_seconds=LONG_POLL)
+    queue = TaskQueue(redis, "dup")
+    await cluster.create(PODS, pod_manifest("dup", "dup-a"))
+    held = await lease(queue, "dup-a", "i1", 3)
+    evicted = pod_status(phase="Failed", terminated=True)
+    evicted["reason"] = "Evicted"
+
+    await patch_status(cluster, "dup-a", evicted)
+    assert await posted(cluster, "TasksRequeued") == [
+        "requeued 3 tasks of pod dup-a (pod evicted)"]
+    assert await queued(redis, "dup") == set(held)
+    retaken = {t.id for t in (await queue.claim("dup-b:i1", 3, 60)).tasks}
+    assert retaken == set(held)
+
+    # The pod's state delivered again (an unrelated change): only what an instance of the dead
+    # pod still holds moves (here a task a late claim handed to it), not what moved before.
+    late = await lease(queue, "dup-a", "i2", 1)
+    await send(cluster, "PATCH", f"{PODS}/dup-a", {"metadata": {"labels": {"seen": "again"}}})
+    assert (await posted(cluster, "TasksRequeued", 2))[1] == (
+        "requeued 1 task of pod dup-a (pod evicted)")
+
+    # Two operator replicas handling the same deletion at once, and a replay: nothing to move.
+    body = cluster.get("v1/pods", "dup-a")
+    replicas = [PoolRecovery(queue=queue), PoolRecovery(queue=queue)]
+    taken = await asyncio.gather(*(recover_pod(r, "DELETED", body) for r in replicas),
+                                 recover_pod(replicas[0], "MODIFIED", body))
+    assert taken == [0, 0, 0]
+
+    every = set(held) | set(late)
+    waiting = await redis.zrange(key_prefix("dup") + "queued", 0, -1)
+    running = await redis.zrange(key_prefix("dup") + "leases", 0, -1)
+    assert len(waiting) + len(running) == len(every) == 4
+    assert {m.decode() for m in waiting} | {m.decode() for m in running} == every
+    assert await queue.held_by("dup-b:i1") == retaken
+    assert await redis.hget(key_prefix("dup") + "stats", "requeued") == b"4"
+    await eventually(lambda: cluster.pool("dup")["status"].get("recoveredTasks") == 4)
+    assert len(messages(cluster, "TasksRequeued")) == 2
+
+
+async def test_expired_leases_of_a_silently_dead_worker_are_requeued(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    await start_pool(cluster, redis_url, "exp", pods=1)
+    queue = TaskQueue(redis, "exp")
+    await cluster.create(PODS, pod_manifest("exp", "exp-a"))
+    held = await lease(queue, "exp-a", "i1", 2, lease_seconds=1)
+
+    await eventually(lambda: queued(redis, "exp"), within=4)
+    assert await queued(redis, "exp") == set(held)
+    assert await posted(cluster, "LeasesExpired") == ["requeued 2 tasks whose lease expired"]
+    await eventually(lambda: cluster.pool("exp")["status"].get("recoveredTasks") == 2)
+
+
+async def test_deleted_pod_whose_worker_drains_keeps_its_tasks_until_it_stops(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    await start_pool(cluster, redis_url, "grc", pods=1)
+    queue = TaskQueue(redis, "grc")
+    rounds = len(cluster.requests("GET", f"{PODS}"))
+    await cluster.create(PODS, pod_manifest(
+        "grc", "grc-a", finalizers=["example.com/hold"],
+        deletionTimestamp=stamp(time.time() + 60),
+    ))
+    held = await lease(queue, "grc-a", "i1", 2)
+    await eventually(lambda: len(cluster.requests("GET", f"{PODS}")) >= rounds + 2, within=4)
+    assert await queued(redis, "grc") == set(), "a draining worker finishes its tasks"
+
+    await patch_status(cluster, "grc-a", pod_status(terminated=True))
+
+    await eventually(lambda: queued(redis, "grc"), within=2)
+    assert await queued(redis, "grc") == set(held)
+    await send(cluster, "PATCH", f"{PODS}/grc-a", {"metadata": {"finalizers": None}})
+
+
+async def test_node_list_is_cached_and_read_again_for_a_pod_on_an_unknown_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Nodes:
+        def __init__(self) -> None:
+            self.reads = 0
+            self.names = frozenset({"n1"})
+
+        async def list_node_names(self) -> frozenset[str]:
+            self.reads += 1
+            return self.names
+
+    kube = Nodes()
+    on_n1, on_n2 = [PodView("a", node="n1")], [PodView("a", node="n1"), PodView("b", node="n2")]
+    assert await known_nodes(kube, on_n1) == {"n1"}
+    assert await known_nodes(kube, on_n1) == {"n1"}
+    assert kube.reads == 1
+    kube.names = frozenset({"n1", "n2"})
+    assert await known_nodes(kube, on_n2) is None, "no verdict from a list older than the pod"
+    monkeypatch.setattr(recovery_actions, "NODE_RECHECK_SECONDS", 0.0)
+    assert await known_nodes(kube, on_n2) == {"n1", "n2"}
+    assert kube.reads == 2
+
