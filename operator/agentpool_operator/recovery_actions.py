@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agentpool.protocol import WORKER_LIVENESS_WINDOW, RequeueResult, TaskQueue, worker_id
 
+from . import metrics
 from .kube import KubeApi, api_error_message
 from .recovery import (
     DeletePod,
@@ -147,7 +148,15 @@ async def requeue_and_report(
     result = await apply_requeue(queue, action)
     if result.total:
         post(pool, "TasksRequeued", requeue_message(action, result))
+        namespace, name = pool_identity(pool)
+        if name:
+            metrics.record_requeue_result(namespace, name, action.reason, result)
     return result.total
+
+
+def pool_identity(pool: Mapping[str, Any] | None) -> tuple[str, str]:
+    meta = (pool or {}).get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
 # -- pod events ---------------------------------------------------------------------------
@@ -252,6 +261,9 @@ async def recover(
         reaped = await queue.reap_expired()
         if reaped.total:
             recovered += reaped.total
+            metrics.record_requeue_result(
+                observation.namespace, observation.name, "lease_expired", reaped
+            )
             post(observation.pool, "LeasesExpired",
                  f"requeued {outcome_text(reaped)} whose lease expired")
         views = [pod_view(pod) for pod in pods]
@@ -279,12 +291,14 @@ async def recover(
                 continue
             elif isinstance(action, RequestDrain):
                 await queue.request_drain(action.pod)
+                metrics.record_drains(observation.namespace, observation.name, "recovery")
                 post(observation.pool, "DrainRequested",
                      f"asked pod {action.pod} to drain: {action.reason}")
             elif isinstance(action, DeletePod) and await kube.delete_pod(
                 observation.namespace, action.pod
             ):
                 replaced += 1
+                metrics.record_pods_replaced(observation.namespace, observation.name)
                 post(observation.pool, "PodReplaced",
                      f"deleted pod {action.pod} to have it replaced: {action.reason}")
         if state is not None:

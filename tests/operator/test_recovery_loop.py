@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
+from prometheus_client import REGISTRY
 
 from agentpool.protocol import TaskQueue, WorkerInfo, key_prefix
 from agentpool_operator import recovery_actions
@@ -122,6 +123,11 @@ async def test_deleted_busy_pod_has_its_tasks_back_in_the_queue_at_once(
     assert await queue.held_by("del-b:i1") == set(kept)
     assert await posted(cluster, "TasksRequeued") == ["requeued 3 tasks of pod del-a (pod deleted)"]
     await eventually(lambda: cluster.pool("del")["status"]["recoveredTasks"] == 3)
+    requeued = REGISTRY.get_sample_value(
+        "agentpool_operator_tasks_requeued_total",
+        {"namespace": "default", "pool": "del", "cause": "pod_deleted"},
+    )
+    assert requeued == 3
     watches = cluster.requests("GET", "/api/v1/pods")
     assert watches and all(r.params.get("labelSelector") == "agentpool.dev/pool"
                            for r in watches), "only the pools' pods are watched"
