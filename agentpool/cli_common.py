@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -137,6 +138,45 @@ def error_line(message: str) -> None:
     sys.stderr.flush()
 
 
+INTERRUPT_RETRY_SECONDS = 0.2
+
+
+async def interruptible(coro: Coroutine[Any, Any, int]) -> int:
+    """Run `coro`; Ctrl-C cancels it and raises KeyboardInterrupt.
+
+    The cancel is repeated until the command stops: a cancel that lands while redis-py waits
+    under a timeout can be swallowed (Python 3.11's timeouts turn it into a TimeoutError),
+    which would leave `wait` or `--watch` running after Ctrl-C.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    interrupted = False
+
+    def cancel_until_done() -> None:
+        if not task.done():
+            task.cancel()
+            loop.call_later(INTERRUPT_RETRY_SECONDS, cancel_until_done)
+
+    def on_interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        cancel_until_done()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    except (NotImplementedError, RuntimeError):
+        return await coro
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 def command(
     fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
 ) -> Callable[[argparse.Namespace], int]:
@@ -145,7 +185,7 @@ def command(
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         try:
-            return asyncio.run(fn(args))
+            return asyncio.run(interruptible(fn(args)))
         except KeyboardInterrupt:
             return EXIT_OK if getattr(args, "watch", False) else EXIT_INTERRUPTED
         except (UsageError, ClientConfigError) as exc:
