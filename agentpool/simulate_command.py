@@ -1,5 +1,6 @@
 """`agentpool simulate`: replay an arrival trace through our scaling policy and through KEDA's
-defaults over the HPA, and compare waits, cost and interrupted tasks."""
+defaults over the HPA, and compare waits, cost and interrupted tasks; `--plot` draws both
+runs' queue depth and replicas over time (needs matplotlib, the `bench` extra)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentpool.models import ScalingSpec
+from agentpool.simulate_plot import PlotUnavailable, require_matplotlib, write_plot
 from agentpool_operator.scaling import ScalingPolicy
 from agentpool_operator.simulation import (
     Cluster,
@@ -78,11 +80,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--timeline", action="store_true", help="with -o json: add the sampled time series"
     )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="write a PNG of queue depth and replicas over time for both autoscalers "
+        "(needs matplotlib: pip install 'agentpool[bench]')",
+    )
+    parser.add_argument(
+        "--sample-seconds",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="time between samples of --timeline and --plot (default 2)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.plot is not None:
+            require_matplotlib()
+        if not args.sample_seconds > 0:
+            raise ValueError("--sample-seconds must be positive")
         with args.trace.open() as lines:
             trace = parse_trace(lines)
         policy = ScalingPolicy.from_spec(_scaling_spec(args), args.concurrency)
@@ -90,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             startup_seconds=args.startup_seconds,
             drain_seconds=args.drain_seconds,
+            sample_seconds=args.sample_seconds,
         )
         keda = KedaSettings(metric=args.keda_metric, grace_seconds=args.keda_grace_seconds)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, PlotUnavailable) as error:
         print(f"agentpool simulate: {error}", file=sys.stderr)
         return 2
     result = compare(trace, policy, cluster, keda)
@@ -100,6 +121,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(_as_json(args, result), indent=2))
     else:
         _print_table(args, result)
+    if args.plot is not None:
+        try:
+            write_plot(result, args.plot, trace=args.trace.name, caption=_model(args))
+        except (OSError, PlotUnavailable) as error:
+            print(f"agentpool simulate: cannot write the plot: {error}", file=sys.stderr)
+            return 1
+        print(f"agentpool simulate: plot written to {args.plot}", file=sys.stderr)
     return 0
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,49 @@ def test_simulate_refuses_bad_settings_and_missing_files(
     assert "minReplicas must be less than or equal" in capsys.readouterr().err
     assert main(["simulate", str(trace.with_name("missing.csv"))]) == 2
     assert "missing.csv" in capsys.readouterr().err
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_plot_writes_a_png(
+    trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "plot.png"
+    assert main(["simulate", str(trace), "-o", "json", "--plot", str(plot)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["results"]
+    assert str(plot) in captured.err
+    data = plot.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1200, 700)
+    assert len(data) > 20_000
+
+
+def test_simulate_plot_without_matplotlib_says_how_to_install_it(
+    trace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    plot = tmp_path / "plot.png"
+    assert main(["simulate", str(trace), "--plot", str(plot)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == (
+        "agentpool simulate: --plot needs matplotlib: pip install 'agentpool[bench]'"
+    )
+    assert not plot.exists()
+
+
+def test_the_cli_does_not_import_matplotlib() -> None:
+    check = "import sys, agentpool.cli; sys.exit('matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
+
+
+def test_simulate_refuses_a_non_positive_sample_period(
+    trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", str(trace), "--sample-seconds", "0"]) == 2
+    assert "--sample-seconds must be positive" in capsys.readouterr().err
