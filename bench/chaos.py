@@ -1,0 +1,501 @@
+"""Chaos soak: many tasks through real worker processes while workers and Redis misbehave.
+
+    .venv/bin/python -m bench.chaos [--seed 1] [--tasks 20000] [--json]
+
+N ``agentpool-worker`` processes (handler ``bench.chaos_handler:run``: the simulated agent
+with every run on record) serve one queue on a private ``redis-server`` with AOF on. The
+tasks are submitted at the start; meanwhile, on a schedule drawn from the seed:
+
+- ``kill``: kill -9 a worker, then either the operator's path (after a short delay,
+  ``TaskQueue.requeue_pod`` and a replacement pod of a new name) or a container restart (a new
+  process under the same pod name, which returns its earlier instance's tasks itself);
+- ``stop``: SIGSTOP a worker for longer than its lease, then SIGCONT: a zombie that wakes up
+  after its tasks were reaped and claimed again. Besides these, ``--freezes`` tasks stop
+  their own worker right after their work is done and before it is reported (see
+  bench/chaos_handler.py); the soak resumes such a worker the same way, so its completion
+  reaches Redis after the task was claimed again;
+- ``drain``: SIGTERM a worker (a scale-down) and start a replacement;
+- ``redis``: restart redis-server (SIGTERM, start again on the same AOF).
+
+All along, ``reap_expired`` runs every 2 s (the operator's lease-expiry fallback, on every pass
+of a pool's loop). The run
+ends when every task is finished or ``--timeout`` passes. Printed, and checked:
+
+- lost: tasks not finished (neither succeeded nor dead-lettered) at the end. Must be 0.
+- zombie completions accepted: succeeded tasks whose result was written by a run other than
+  the task's last claim (the result names its worker and attempt; the task keeps the last
+  claimant's worker and attempt count). Must be 0.
+- duplicate executions: runs beyond the first per task (from the handler's run records).
+  Bound: a second run needs the first run's lease to be lost, which only happens to tasks
+  held by a worker killed, stopped (or frozen) or drained, or in flight at a Redis restart;
+  the soak adds up those holdings at each event (a killed or stopped worker's set is read
+  once it is frozen; a drained worker counts its full concurrency). Must stay within it.
+- late finishes fenced off: runs that finished after their task had been claimed again,
+  outside killed workers (their completion was refused, or never sent); and the completions
+  the fence refused, counted from the workers' own log lines.
+
+The schedule, targets and task latencies come from ``--seed``; process timing does not, so
+two runs of one seed meet the same events, not the same interleavings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from agentpool.protocol import TaskQueue
+from agentpool.redis_server import RedisServer
+from bench.chaos_handler import FINISHED_KEY, RUNS_KEY, run_key
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLER = "bench.chaos_handler:run"
+QUEUE = "chaos"
+KINDS = ("kill", "stop", "drain", "redis")
+WEIGHTS = (0.4, 0.25, 0.2, 0.15)
+REAP_EVERY = 2.0
+"""The operator reaps expired leases on every pass of a pool's loop (pollSeconds, 2 s)."""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Options:
+    tasks: int = 20_000
+    workers: int = 4
+    concurrency: int = 20
+    mean_seconds: float = 0.4
+    lease_seconds: float = 4.0
+    max_attempts: int = 10
+    event_gap: float = 3.0
+    """Mean seconds between chaos events."""
+    stop_at: float = 0.9
+    """No new events once this fraction of the tasks has finished."""
+    timeout: float = 1200.0
+    seed: int = 1
+    freezes: int = 6
+    """Tasks that stop their own worker between finishing and reporting (first attempt)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    """Seconds after the submission finished."""
+    kind: str
+    target: int
+    """Picks the worker slot (modulo the slots that can take this event)."""
+    delay: float
+    """kill: the operator's reaction time; stop: how long past the lease the worker sleeps."""
+    same_pod: bool
+    """kill: restart the container under the same pod name instead of replacing the pod."""
+
+
+def plan_events(opts: Options) -> list[Event]:
+    """The chaos schedule: every kind once in the first four events, then drawn by weight."""
+    rng = random.Random(f"events:{opts.seed}")
+    count = max(4, int(opts.timeout / opts.event_gap))
+    kinds = rng.sample(KINDS, len(KINDS)) + rng.choices(KINDS, WEIGHTS, k=count - len(KINDS))
+    events, at = [], 1.0
+    for kind in kinds:
+        events.append(Event(at=round(at, 3), kind=kind, target=rng.randrange(1 << 16),
+                            delay=round(rng.uniform(0, 1), 3), same_pod=rng.random() < 0.5))
+        at += rng.uniform(0.5, 1.5) * opts.event_gap
+    return events
+
+
+@dataclass
+class Slot:
+    index: int
+    generation: int = 0
+    pod: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    stopped: bool = False
+
+
+@dataclass
+class Tally:
+    events: Counter[str] = field(default_factory=Counter)
+    bound: int = 0
+    killed: set[str] = field(default_factory=set)
+    """Worker instances killed with kill -9."""
+    log: list[str] = field(default_factory=list)
+
+
+class Soak:
+    def __init__(self, opts: Options, logs: Path) -> None:
+        self.opts = opts
+        self.logs = logs
+        self.server = RedisServer(appendonly=True)
+        self.slots = [Slot(i) for i in range(opts.workers)]
+        self.tally = Tally()
+        self.started = time.monotonic()
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.pods: dict[int, str] = {}
+        self.paused: set[int] = set()
+        """Worker pids stopped now, with a SIGCONT scheduled."""
+        self.redis: aioredis.Redis
+        self.queue: TaskQueue
+
+    def note(self, message: str) -> None:
+        line = f"{time.monotonic() - self.started:7.2f}s {message}"
+        self.tally.log.append(line)
+        print(line, file=sys.stderr, flush=True)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def spawn(self, slot: Slot, *, new_pod: bool = True) -> None:
+        if new_pod or not slot.pod:
+            slot.generation += 1
+            slot.pod = f"chaos-{slot.index}-{slot.generation}"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
+                                                        str(ROOT)])),
+            "AGENTPOOL_REDIS_URL": self.server.url, "AGENTPOOL_QUEUE": QUEUE,
+            "AGENTPOOL_HANDLER": HANDLER, "AGENTPOOL_CONCURRENCY": str(self.opts.concurrency),
+            "AGENTPOOL_POD_NAME": slot.pod, "AGENTPOOL_PORT": "0",
+            "AGENTPOOL_LEASE_SECONDS": str(self.opts.lease_seconds),
+            "AGENTPOOL_MAX_ATTEMPTS": str(self.opts.max_attempts),
+            "AGENTPOOL_DRAIN_SECONDS": "1", "AGENTPOOL_LOG_LEVEL": "warning",
+        }
+        script = Path(sys.executable).parent / "agentpool-worker"
+        argv = [str(script)] if script.exists() else [sys.executable, "-m",
+                                                       "agentpool_worker.main"]
+        with (self.logs / f"{slot.pod}.log").open("ab") as out:
+            slot.process = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                            stdout=out, stderr=subprocess.STDOUT)
+        slot.stopped = False
+        self.children.append(slot.process)
+        self.pods[slot.process.pid] = slot.pod
+
+    async def held_by_pod(self, pod: str) -> tuple[int, list[str]]:
+        """Tasks held by the pod's registered instances, and those instances."""
+        async def count() -> tuple[int, list[str]]:
+            total, instances = 0, []
+            for member in await self.redis.zrange(self.queue.prefix + "workers", 0, -1):
+                wid = _text(member)
+                if wid.rpartition(":")[0] == pod:
+                    instances.append(wid)
+                    total += len(await self.queue.held_by(wid))
+            return total, instances
+
+        return await self.patient(count)
+
+    async def patient(self, call: Callable[[], Awaitable[T]], patience: float = 60.0) -> T:
+        """Retry a Redis call while the server is away (it restarts during the soak)."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return await call()
+            except (RedisError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def pick(self, event: Event) -> Slot | None:
+        ready = [s for s in self.slots if not s.stopped and s.process is not None]
+        return ready[event.target % len(ready)] if ready else None
+
+    async def apply(self, event: Event, background: set[asyncio.Task[Any]]) -> None:
+        if event.kind == "redis":
+            in_flight = await self.patient(lambda: self.redis.zcard(self.queue.prefix + "leases"))
+            self.tally.bound += in_flight
+            self.note(f"redis restart ({in_flight} tasks in flight)")
+            await asyncio.to_thread(self.server.restart)
+            self.tally.events["redis"] += 1
+            return
+        slot = self.pick(event)
+        if slot is None or slot.process is None:
+            return
+        pod, process = slot.pod, slot.process
+        if event.kind == "kill":
+            process.kill()
+            await asyncio.to_thread(process.wait)
+            held, instances = await self.held_by_pod(pod)
+            self.tally.bound += held
+            self.tally.killed.update(instances)
+            if event.same_pod:
+                self.note(f"kill -9 {pod} ({held} held); container restart, same pod")
+                self.spawn(slot, new_pod=False)
+            else:
+                self.note(f"kill -9 {pod} ({held} held); operator requeues after "
+                          f"{event.delay:.2f}s, new pod")
+                await asyncio.sleep(event.delay)
+                result = await self.patient(lambda: self.queue.requeue_pod(pod,
+                                                                           reason="pod killed"))
+                self.note(f"requeue_pod({pod}): {result.requeued} requeued, "
+                          f"{result.dead_lettered} dead-lettered")
+                self.spawn(slot)
+        elif event.kind == "stop":
+            process.send_signal(signal.SIGSTOP)
+            await self.pause(process, background, "SIGSTOP", event.delay)
+        elif event.kind == "drain":
+            process.send_signal(signal.SIGTERM)
+            self.tally.bound += self.opts.concurrency
+            self.note(f"SIGTERM {pod} (drain); replacement pod")
+            background.add(asyncio.create_task(asyncio.to_thread(process.wait)))
+            self.spawn(slot)
+        self.tally.events[event.kind] += 1
+
+    async def pause(self, process: subprocess.Popen[bytes], background: set[asyncio.Task[Any]],
+                    how: str, extra: float = 0.0) -> None:
+        """A stopped worker: count what it holds, resume it once its leases are gone."""
+        self.paused.add(process.pid)
+        slot = next((s for s in self.slots if s.process is process), None)
+        if slot is not None:
+            slot.stopped = True
+        pod = self.pods[process.pid]
+        held, _ = await self.held_by_pod(pod)
+        self.tally.bound += held
+        pause = self.opts.lease_seconds * 1.5 + 2 * REAP_EVERY + extra * 3
+        self.note(f"{how} {pod} ({held} held) for {pause:.1f}s")
+        background.add(asyncio.create_task(self.resume(process, pause)))
+
+    async def resume(self, process: subprocess.Popen[bytes], pause: float) -> None:
+        await asyncio.sleep(pause)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGCONT)
+        self.paused.discard(process.pid)
+        for slot in self.slots:
+            if slot.process is process:
+                slot.stopped = False
+        self.note(f"SIGCONT {self.pods[process.pid]}")
+
+    async def thaw_watch(self, background: set[asyncio.Task[Any]]) -> None:
+        """Find workers a freezing task stopped, and treat them like a SIGSTOP event."""
+        for child in self.children:
+            if child.pid in self.paused or child.poll() is not None:
+                continue
+            if _proc_state(child.pid) == "T":
+                self.tally.events["freeze"] += 1
+                await self.pause(child, background, "frozen by its task:")
+
+    async def reaper(self) -> None:
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                result = await self.queue.reap_expired()
+                if result.total:
+                    self.note(f"reap_expired: {result.requeued} requeued, "
+                              f"{result.dead_lettered} dead-lettered")
+            await asyncio.sleep(REAP_EVERY)
+
+    async def finished(self) -> int:
+        stats = await self.redis.hmget(self.queue.prefix + "stats",
+                                       ["succeeded", "dead", "cancelled"])
+        return sum(int(x or 0) for x in stats)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        opts = self.opts
+        self.server.start()
+        self.redis = aioredis.Redis.from_url(self.server.url, socket_timeout=5)
+        self.queue = TaskQueue(self.redis, QUEUE)
+        background: set[asyncio.Task[Any]] = set()
+        try:
+            await self.queue.configure(max_attempts=opts.max_attempts)
+            for slot in self.slots:
+                self.spawn(slot)
+            rng = random.Random(f"tasks:{opts.seed}")
+            payloads: list[dict[str, Any]] = [
+                {"mean_seconds": opts.mean_seconds, "seed": rng.randrange(1 << 30)}
+                for _ in range(opts.tasks)
+            ]
+            for index in rng.sample(range(opts.tasks), min(opts.freezes, opts.tasks)):
+                payloads[index]["freeze"] = True
+            ids = await self.queue.submit_many(payloads)
+            self.note(f"submitted {len(ids)} tasks")
+            chaos_start = time.monotonic()
+            reaper = asyncio.create_task(self.reaper())
+            events = plan_events(opts)
+            deadline = self.started + opts.timeout
+            pending = list(events)
+            done = 0
+            while time.monotonic() < deadline:
+                with contextlib.suppress(RedisError, OSError):
+                    done = await self.finished()
+                if done >= len(ids):
+                    break
+                await self.thaw_watch(background)
+                due = bool(pending) and time.monotonic() - chaos_start >= pending[0].at
+                if due and done < opts.stop_at * len(ids):
+                    await self.apply(pending.pop(0), background)
+                    continue
+                await asyncio.sleep(0.2)
+            elapsed = time.monotonic() - self.started
+            self.note(f"{done} of {len(ids)} finished; stopping")
+            reaper.cancel()
+            return await self.account(ids, elapsed)
+        finally:
+            for task in background:
+                task.cancel()
+            await self.stop_workers()
+            await self.redis.aclose()
+            self.server.close()
+
+    async def stop_workers(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGCONT)
+                    child.send_signal(signal.SIGTERM)
+        for child in self.children:
+            try:
+                await asyncio.to_thread(child.wait, 15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                await asyncio.to_thread(child.wait)
+
+    def refused_in_logs(self) -> int:
+        """Completions the fence refused, as the workers logged them."""
+        total = 0
+        for path in self.logs.glob("*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if "completion refused" in line:
+                    with contextlib.suppress(ValueError, TypeError):
+                        total += int(json.loads(line).get("count", 0))
+        return total
+
+    async def account(self, ids: list[str], elapsed: float) -> dict[str, Any]:
+        states: Counter[str] = Counter()
+        zombies: list[str] = []
+        writers: dict[str, str] = {}
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in chunk:
+                    pipe.hmget(self.queue.task_key(task_id), ["state", "owner", "attempts",
+                                                              "result"])
+                rows = await pipe.execute()
+            for task_id, (state, owner, attempts, result) in zip(chunk, rows, strict=True):
+                name = state.decode() if state else "missing"
+                states[name] += 1
+                if name != "succeeded":
+                    continue
+                body = json.loads(result) if result else {}
+                writer = run_key(task_id, str(body.get("worker")), int(body.get("attempt", -1)))
+                last = run_key(task_id, owner.decode() if owner else "?", int(attempts or -1))
+                writers[task_id] = writer
+                if writer != last:
+                    zombies.append(f"{task_id}: result by {writer}, last claim {last}")
+        runs = [_text(m) for m in await self.redis.smembers(RUNS_KEY)]
+        finishes = [_text(m) for m in await self.redis.smembers(FINISHED_KEY)]
+        per_task = Counter(m.split("|", 1)[0] for m in runs)
+        duplicates = sum(n - 1 for n in per_task.values() if n > 1)
+        killed = self.tally.killed
+        fenced = sum(
+            1 for m in finishes
+            if writers.get(m.split("|", 1)[0]) != m and m.split("|")[1] not in killed
+        )
+        submitted = len(ids)
+        lost = submitted - states["succeeded"] - states["dead"] - states["cancelled"]
+        report: dict[str, Any] = {
+            "seed": self.opts.seed,
+            "options": asdict(self.opts),
+            "submitted": submitted,
+            "succeeded": states["succeeded"],
+            "dead_lettered": states["dead"],
+            "lost": lost,
+            "unfinished_states": {k: v for k, v in states.items()
+                                  if k not in ("succeeded", "dead", "cancelled")},
+            "executions": len(runs),
+            "duplicate_executions": duplicates,
+            "duplicate_bound": self.tally.bound,
+            "zombie_completions_accepted": len(zombies),
+            "zombie_examples": zombies[:5],
+            "late_finishes_fenced": fenced,
+            "completions_refused": self.refused_in_logs(),
+            "events": dict(self.tally.events),
+            "total_seconds": round(elapsed, 2),
+        }
+        report["ok"] = bool(lost == 0 and not zombies and duplicates <= self.tally.bound)
+        return report
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def parse(argv: list[str] | None) -> tuple[Options, bool]:
+    d = Options()
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--tasks", type=int, default=d.tasks)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--concurrency", type=int, default=d.concurrency)
+    p.add_argument("--mean-seconds", type=float, default=d.mean_seconds,
+                   help="mean simulated task latency (log-normal)")
+    p.add_argument("--lease-seconds", type=float, default=d.lease_seconds)
+    p.add_argument("--max-attempts", type=int, default=d.max_attempts)
+    p.add_argument("--event-gap", type=float, default=d.event_gap,
+                   help="mean seconds between chaos events")
+    p.add_argument("--freezes", type=int, default=d.freezes,
+                   help="tasks that stop their worker between finishing and reporting")
+    p.add_argument("--timeout", type=float, default=d.timeout)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    a = p.parse_args(argv)
+    opts = Options(tasks=a.tasks, workers=a.workers, concurrency=a.concurrency,
+                   mean_seconds=a.mean_seconds, lease_seconds=a.lease_seconds,
+                   max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,
+                   seed=a.seed, freezes=a.freezes)
+    return opts, a.json
+
+
+def render(report: dict[str, Any]) -> str:
+    rows = [
+        ("seed", report["seed"]),
+        ("submitted", report["submitted"]),
+        ("succeeded", report["succeeded"]),
+        ("dead-lettered", report["dead_lettered"]),
+        ("lost (must be 0)", report["lost"]),
+        ("runs recorded", report["executions"]),
+        ("duplicate executions", f"{report['duplicate_executions']} "
+                                 f"(bound {report['duplicate_bound']})"),
+        ("zombie completions accepted (must be 0)", report["zombie_completions_accepted"]),
+        ("late finishes fenced off", report["late_finishes_fenced"]),
+        ("completions refused (worker logs)", report["completions_refused"]),
+        ("events", ", ".join(f"{k} {v}" for k, v in sorted(report["events"].items()))),
+        ("total time", f"{report['total_seconds']:.1f} s"),
+        ("verdict", "OK" if report["ok"] else "FAILED"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts, as_json = parse(argv)
+    logs = ROOT / "bench" / "results" / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}-seed{opts.seed}"
+    logs.mkdir(parents=True, exist_ok=True)
+    soak = Soak(opts, logs)
+    report = asyncio.run(soak.run())
+    (logs / "report.json").write_text(json.dumps({**report, "log": soak.tally.log}, indent=2))
+    print(json.dumps(report) if as_json else render(report))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

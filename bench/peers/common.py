@@ -1,0 +1,100 @@
+"""What every driver shares. Runs inside each peer's environment: stdlib and redis-py only.
+
+A driver is run as ``python -m bench.peers.drv_<system> <command> '<json options>'`` with the
+Redis URL in ``BENCH_REDIS_URL`` and the configuration profile (``throughput``, ``default`` or
+``reliable``) in ``BENCH_PROFILE`` — both read at import, because a system's app object is
+configured when its module loads. It prints one JSON object on its last line. The commands:
+
+- ``enqueue {n, mode}``: submit ``n`` no-op tasks one at a time (``single``) or with the
+  system's batch API (``batch``); reply ``{n, seconds}``.
+- ``fill {n}``: queue ``n`` no-op tasks the fastest way the system offers.
+- ``latency {n, interval}``: submit ``n`` stamp tasks, one every ``interval`` seconds on
+  a fixed schedule; each carries its submit time and records its start delay (``LATENCY_KEY``).
+- ``long {seconds}``: submit one task that records its start (``STARTS_KEY``)
+  and then sleeps ``seconds``.
+
+Workers also record their own readiness (``READY_KEY``) so that the orchestrator starts a
+measurement only once every worker process is up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+QUEUE = "bench"
+LATENCY_KEY = "bench:latency"
+STARTS_KEY = "bench:starts"
+READY_KEY = "bench:ready"
+URL_ENV = "BENCH_REDIS_URL"
+PROFILE_ENV = "BENCH_PROFILE"
+BATCH_CHUNK = 500
+"""Tasks per batch call, for every system with a batch API (agentpool's submit_many default)."""
+
+_client: redis.Redis | None = None
+
+
+def env_url() -> str:
+    return os.environ[URL_ENV]
+
+
+def env_profile() -> str:
+    return os.environ.get(PROFILE_ENV, "throughput")
+
+
+def recorder() -> redis.Redis:
+    """A client of its own for the bench's records, apart from the system's broker client."""
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(env_url())
+    return _client
+
+
+def record_latency(sent: float) -> None:
+    started = time.time()
+    recorder().rpush(LATENCY_KEY, started - sent)
+
+
+def record_start() -> None:
+    recorder().rpush(STARTS_KEY, json.dumps({"pid": os.getpid(), "t": time.time()}))
+
+
+def record_ready() -> None:
+    recorder().incr(READY_KEY)
+
+
+def timed(n: int, submit: Callable[[], Any]) -> dict[str, float]:
+    start = time.perf_counter()
+    submit()
+    return {"n": n, "seconds": time.perf_counter() - start}
+
+
+def paced(n: int, interval: float, send: Callable[[float], Any]) -> None:
+    """Call ``send(now)`` n times on a fixed schedule (no drift from slow sends)."""
+    t0 = time.perf_counter()
+    for i in range(n):
+        delay = t0 + i * interval - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        send(time.time())
+
+
+def chunks(n: int, size: int = BATCH_CHUNK) -> list[int]:
+    return [min(size, n - start) for start in range(0, n, size)]
+
+
+def reply(result: dict[str, Any]) -> None:
+    print(json.dumps(result), flush=True)
+
+
+def command_line() -> tuple[str, dict[str, Any]]:
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m bench.peers.drv_<system> COMMAND 'JSON'")
+    options: dict[str, Any] = json.loads(sys.argv[2])
+    return sys.argv[1], options

@@ -1,0 +1,70 @@
+"""agentpool. Worker: ``agentpool-worker`` with ``AGENTPOOL_*`` settings from the orchestrator.
+
+The worker runs one handler for all its tasks, so the orchestrator names the handler per
+workload: ``agentpool_worker.builtin:noop`` for the drain, ``bench.peers.drv_agentpool:stamp``
+for latency and ``bench.peers.drv_agentpool:long_task`` for recovery.
+
+Profiles:
+- ``throughput``: concurrency 100 (one claim fetches up to 100 tasks), everything else default.
+- ``default``: the defaults (30 s lease). Recovery is then measured two ways: with the
+  operator's requeue-by-owner on the pod event (``TaskQueue.requeue_pod``), and with lease
+  expiry alone (the operator's periodic ``reap_expired``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from agentpool.protocol import TaskQueue
+from bench.peers import common
+
+
+async def stamp(payload: Any) -> None:
+    common.record_latency(float(payload["sent"]))
+
+
+async def long_task(payload: Any) -> None:
+    common.record_start()
+    await asyncio.sleep(float(payload["seconds"]))
+
+
+async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
+    client = aioredis.Redis.from_url(common.env_url())
+    queue = TaskQueue(client, common.QUEUE)
+    n = int(options.get("n", 0))
+    try:
+        start = time.perf_counter()
+        if command == "enqueue" and options.get("mode") != "batch":
+            for _ in range(n):
+                await queue.submit(None)
+            return {"n": n, "seconds": time.perf_counter() - start}
+        if command in ("enqueue", "fill"):
+            await queue.submit_many([None] * n, chunk=common.BATCH_CHUNK)
+            return {"n": n, "seconds": time.perf_counter() - start}
+        if command == "latency":
+            interval = float(options["interval"])
+            for i in range(n):
+                delay = start + i * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await queue.submit({"sent": time.time()})
+            return {}
+        if command == "long":
+            await queue.submit({"seconds": float(options["seconds"])})
+            return {}
+        raise SystemExit(f"unknown command {command!r}")
+    finally:
+        await client.aclose()
+
+
+def main() -> None:
+    command, options = common.command_line()
+    common.reply(asyncio.run(_produce(command, options)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,780 @@
+"""Run the same workloads through agentpool, Celery, RQ, arq and Dramatiq; print the tables.
+
+    .venv/bin/python -m bench.peers [--quick] [--only agentpool,celery,...] [--json FILE]
+
+Everything runs against one private ``redis-server`` (no persistence, like a default
+redis.conf), each workload on a flushed database. Workloads, in order:
+
+1. enqueue: one producer submits no-op tasks one at a time, then with the system's batch API.
+2. drain: the queue is filled, set aside (``RENAME``), the worker processes are started and
+   reported ready, then the queue is put back; the rate is read from the queue depth between
+   90 % and 10 % of the fill (or over a capped window), so start-up and the tail do not count.
+3. latency: one worker process; one stamp task every 10 ms; the task records how long after
+   its submit it started (both clocks are this machine's).
+4. recovery: two worker processes; one 20 s task; kill -9 of the process tree running it (as
+   when a container dies); time until the other worker starts it. All recovery scenarios run
+   at once (each on its own database): they spend their time waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from agentpool.protocol import TaskQueue
+from agentpool.redis_server import RedisServer, free_port
+from bench.peers import common, venvs
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ("celery", "rq", "arq", "dramatiq")
+SYSTEMS = ("agentpool", *PEERS)
+LONG_TASK_SECONDS = 20.0
+REAP_EVERY = 2.0
+"""How often the lease-expiry-only scenarios run ``reap_expired``: the operator does it on
+every pass of a pool's loop, every ``scaling.pollSeconds`` (default 2 s)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    enqueue_single: int
+    enqueue_batch: int
+    drain_window: float
+    latency_tasks: int
+    recovery_cap: float
+
+    @staticmethod
+    def full() -> Plan:
+        return Plan(enqueue_single=5_000, enqueue_batch=20_000, drain_window=8.0,
+                    latency_tasks=1_000, recovery_cap=120.0)
+
+    @staticmethod
+    def quick() -> Plan:
+        return Plan(enqueue_single=1_000, enqueue_batch=5_000, drain_window=2.0,
+                    latency_tasks=200, recovery_cap=45.0)
+
+
+# -- systems --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    depth_key: str
+    depth_is_list: bool
+    hold_keys: tuple[str, ...]
+    """Keys renamed away while workers start, so a drain starts with every worker ready."""
+
+    @property
+    def driver(self) -> str:
+        return f"bench.peers.drv_{self.name}"
+
+
+SYSTEM_INFO = {
+    "agentpool": System("agentpool", "ap:{bench}:queued", False,
+                        ("ap:{bench}:queued", "ap:{bench}:wake")),
+    "celery": System("celery", common.QUEUE, True, (common.QUEUE,)),
+    "rq": System("rq", f"rq:queue:{common.QUEUE}", True, (f"rq:queue:{common.QUEUE}",)),
+    "arq": System("arq", common.QUEUE, False, (common.QUEUE,)),
+    "dramatiq": System("dramatiq", f"dramatiq:{common.QUEUE}", True,
+                       (f"dramatiq:{common.QUEUE}",)),
+}
+
+
+@dataclass
+class Env:
+    """Where things are: the Redis server, each system's interpreter, the log folder."""
+
+    server: RedisServer
+    pythons: dict[str, Path]
+    logs: Path
+
+    def url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.server.port}/{db}"
+
+    def client(self, db: int) -> redis.Redis:
+        return redis.Redis.from_url(self.url(db))
+
+    def bin(self, system: str, script: str) -> str:
+        return str(self.pythons[system].parent / script)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How one worker process of a configuration is started (argv and extra environment)."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    pod: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A worker configuration of one system: a column of the worker tables."""
+
+    label: str
+    system: str
+    describe: str
+    spec: Callable[[Env, str, str, str], WorkerSpec]
+    """(env, phase, profile, name) -> how to start one worker process."""
+
+
+def _agentpool(concurrency: int | None) -> Callable[[Env, str, str, str], WorkerSpec]:
+    handlers = {"drain": "agentpool_worker.builtin:noop",
+                "latency": "bench.peers.drv_agentpool:stamp",
+                "recovery": "bench.peers.drv_agentpool:long_task"}
+
+    def spec(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
+        port = free_port()
+        script = Path(sys.executable).parent / "agentpool-worker"
+        argv = [str(script)] if script.exists() else [sys.executable, "-m",
+                                                       "agentpool_worker.main"]
+        extra = {"AGENTPOOL_QUEUE": common.QUEUE, "AGENTPOOL_HANDLER": handlers[phase],
+                 "AGENTPOOL_POD_NAME": name, "AGENTPOOL_PORT": str(port),
+                 "AGENTPOOL_LOG_LEVEL": "warning", "AGENTPOOL_DRAIN_SECONDS": "1"}
+        if concurrency is not None and profile == "throughput":
+            extra["AGENTPOOL_CONCURRENCY"] = str(concurrency)
+        return WorkerSpec(argv, extra, port=port, pod=name)
+
+    return spec
+
+
+def _celery(pool: str | None, concurrency: int | None) -> Callable[[Env, str, str, str],
+                                                                    WorkerSpec]:
+    def spec(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
+        argv = [env.bin("celery", "celery"), "-A", "bench.peers.drv_celery", "worker",
+                "-Q", common.QUEUE, "-l", "warning", "-n", f"{name}@%h"]
+        if profile == "throughput":
+            argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+            if pool:
+                argv += ["--pool", pool]
+            if concurrency:
+                argv += ["--concurrency", str(concurrency)]
+        return WorkerSpec(argv)
+
+    return spec
+
+
+def _rq(worker_class: str | None) -> Callable[[Env, str, str, str], WorkerSpec]:
+    def spec(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
+        argv = [env.bin("rq", "rq"), "worker", "--url", env_url_placeholder, "--name", name,
+                "--logging_level", "WARNING"]
+        if worker_class and profile == "throughput":
+            argv += ["--worker-class", worker_class]
+        if profile == "reliable":
+            argv += ["--maintenance-interval", "10", "--job-monitoring-interval", "5",
+                     "--worker-ttl", "25"]
+        return WorkerSpec([*argv, common.QUEUE])
+
+    return spec
+
+
+def _arq(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
+    return WorkerSpec([str(env.pythons["arq"]), "-m", "bench.peers.drv_arq", "worker", "{}"])
+
+
+def _dramatiq(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
+    return WorkerSpec([env.bin("dramatiq", "dramatiq"), "bench.peers.drv_dramatiq",
+                       "--processes", "1", "--threads", "8", "--queues", common.QUEUE])
+
+
+env_url_placeholder = "{url}"
+"""Replaced by the database's URL when a worker starts."""
+
+CONFIGS = [
+    Config("agentpool", "agentpool", "agentpool-worker, concurrency 100", _agentpool(100)),
+    Config("celery prefork", "celery", "prefork pool, 1 child per worker, prefetch x64, "
+           "without gossip/mingle/heartbeat", _celery("prefork", 1)),
+    Config("celery threads", "celery", "threads pool, 8 threads, prefetch x64, "
+           "without gossip/mingle/heartbeat", _celery("threads", 8)),
+    Config("rq SimpleWorker", "rq", "rq worker --worker-class rq.SimpleWorker",
+           _rq("rq.SimpleWorker")),
+    Config("rq Worker", "rq", "rq worker (forks a work horse per job; RQ's default)", _rq(None)),
+    Config("arq", "arq", "max_jobs 100, poll_delay 0.05 s", _arq),
+    Config("dramatiq", "dramatiq", "1 process x 8 threads (defaults), prefetch 16", _dramatiq),
+]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    label: str
+    config: Config
+    profile: str
+    setting: str
+    requeue_on_kill: bool = False
+    reaper: bool = False
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra worker environment."""
+
+
+RECOVERY_CONFIG = {
+    "agentpool": Config("agentpool", "agentpool", "", _agentpool(None)),
+    "celery": Config("celery", "celery", "", _celery(None, None)),
+    "rq": Config("rq", "rq", "", _rq(None)),
+    "arq": Config("arq", "arq", "", _arq),
+    "dramatiq": Config("dramatiq", "dramatiq", "", _dramatiq),
+}
+SCENARIOS = [
+    Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
+             "requeue-by-owner on the pod event (TaskQueue.requeue_pod)", requeue_on_kill=True),
+    Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
+             f"lease expiry only (30 s lease, reaper every {REAP_EVERY:g} s)", reaper=True),
+    Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
+             f"lease expiry only (15 s lease, reaper every {REAP_EVERY:g} s)", reaper=True,
+             env=(("AGENTPOOL_LEASE_SECONDS", "15"),)),
+    Scenario("celery", RECOVERY_CONFIG["celery"], "default", "defaults (early ack)"),
+    Scenario("celery", RECOVERY_CONFIG["celery"], "reliable",
+             "acks_late + reject_on_worker_lost, visibility_timeout 60 s, restore sweep 10 s"),
+    Scenario("rq", RECOVERY_CONFIG["rq"], "default", "defaults (no retry)"),
+    Scenario("rq", RECOVERY_CONFIG["rq"], "reliable",
+             "Retry(max=3), maintenance every 10 s, job heartbeat every 5 s, worker TTL 25 s"),
+    Scenario("arq", RECOVERY_CONFIG["arq"], "default", "defaults (job_timeout 300 s)"),
+    Scenario("arq", RECOVERY_CONFIG["arq"], "reliable", "job_timeout 30 s"),
+    Scenario("dramatiq", RECOVERY_CONFIG["dramatiq"], "default",
+             "defaults (heartbeat timeout 60 s, maintenance chance 0.1 %)"),
+    Scenario("dramatiq", RECOVERY_CONFIG["dramatiq"], "reliable",
+             "heartbeat timeout 15 s, maintenance chance 10 %"),
+]
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    spec: WorkerSpec
+
+    def tree(self) -> list[int]:
+        return process_tree(self.process.pid)
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (from /proc), parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def kill_tree(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def start_worker(env: Env, config: Config, phase: str, profile: str, name: str,
+                 db: int, extra: dict[str, str] | None = None) -> Worker:
+    spec = config.spec(env, phase, profile, name)
+    url = env.url(db)
+    argv = [a.replace(env_url_placeholder, url) for a in spec.argv]
+    environ = {**os.environ, **spec.env, **(extra or {}), "PYTHONPATH": str(ROOT),
+               common.URL_ENV: url, common.PROFILE_ENV: profile, "AGENTPOOL_REDIS_URL": url}
+    log = (env.logs / f"{name}.log").open("ab")
+    process = subprocess.Popen(argv, env=environ, cwd=ROOT, stdin=subprocess.DEVNULL,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    return Worker(process, spec)
+
+
+@contextlib.contextmanager
+def workers(env: Env, config: Config, phase: str, profile: str, count: int, db: int,
+            tag: str, extra: dict[str, str] | None = None) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    try:
+        for i in range(count):
+            started.append(start_worker(env, config, phase, profile,
+                                        f"{tag}-{config.system}-{i}", db, extra))
+        yield started
+    finally:
+        for w in started:
+            kill_tree(w.tree())
+        for w in started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.process.wait(timeout=10)
+
+
+def ready_count(env: Env, system: str, db: int, started: list[Worker]) -> int:
+    if system == "agentpool":
+        count = 0
+        for w in started:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{w.spec.port}/readyz",
+                                            timeout=1) as reply:
+                    count += reply.status == 200
+            except OSError:
+                pass
+        return count
+    with env.client(db) as r:
+        if system == "rq":
+            return int(r.scard(f"rq:workers:{common.QUEUE}"))
+        return int(r.get(common.READY_KEY) or 0)
+
+
+def wait_ready(env: Env, system: str, db: int, started: list[Worker],
+               timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while ready_count(env, system, db, started) < len(started):
+        for w in started:
+            if w.process.poll() is not None:
+                raise RuntimeError(f"{w.spec.argv[0]} exited with {w.process.returncode}; "
+                                   f"see {env.logs}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{system} workers not ready after {timeout:g} s; see {env.logs}")
+        time.sleep(0.1)
+
+
+def drive(env: Env, system: str, db: int, command: str, profile: str = "throughput",
+          **options: Any) -> dict[str, Any]:
+    url = env.url(db)
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), common.URL_ENV: url,
+               common.PROFILE_ENV: profile}
+    reply = subprocess.run(
+        [str(env.pythons[system]), "-m", SYSTEM_INFO[system].driver, command,
+         json.dumps(options)],
+        env=environ, cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    if reply.returncode != 0:
+        raise RuntimeError(f"{system} {command} failed:\n{reply.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(reply.stdout.strip().splitlines()[-1])
+    return result
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- workloads ------------------------------------------------------------------------------
+
+
+def bench_enqueue(env: Env, plan: Plan, systems: list[str]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for system in systems:
+        figures: dict[str, float | None] = {}
+        for mode, n in (("single", plan.enqueue_single), ("batch", plan.enqueue_batch)):
+            with env.client(0) as r:
+                r.flushdb()
+            reply = drive(env, system, 0, "enqueue", n=n, mode=mode)
+            figures[mode] = None if reply.get("unsupported") else n / float(reply["seconds"])
+        log(f"enqueue {system}: {_fmt_rates(figures)}")
+        out[system] = figures
+    return out
+
+
+def _fmt_rates(figures: dict[str, float | None]) -> str:
+    return ", ".join(f"{k} {v:,.0f}/s" if v else f"{k} -" for k, v in figures.items())
+
+
+FILL = {"agentpool": 40_000, "celery": 12_000, "rq": 6_000, "arq": 8_000,
+        "dramatiq": 20_000}
+FILL_RQ_FORK = 3_000
+
+
+def depth(r: redis.Redis, system: System) -> int:
+    key = system.depth_key
+    return int(r.llen(key) if system.depth_is_list else r.zcard(key))
+
+
+def bench_drain(env: Env, plan: Plan, config: Config, procs: int, quick: bool) -> float | None:
+    system = SYSTEM_INFO[config.system]
+    total = FILL_RQ_FORK if config.label == "rq Worker" else FILL[config.system]
+    if quick:
+        total //= 4
+    with env.client(0) as r:
+        r.flushdb()
+        drive(env, config.system, 0, "fill", n=total)
+        held = [k for k in system.hold_keys if r.exists(k)]
+        for key in held:
+            r.rename(key, key + ":hold")
+        with workers(env, config, "drain", "throughput", procs, 0, "drain") as started:
+            wait_ready(env, config.system, 0, started)
+            time.sleep(1.0)
+            for key in held:
+                r.rename(key + ":hold", key)
+            return _measure_drain(r, system, total, plan.drain_window)
+
+
+def _measure_drain(r: redis.Redis, system: System, total: int, window: float) -> float | None:
+    first = last_seen = time.monotonic()
+    start: tuple[float, int] | None = None
+    previous = total
+    while True:
+        d = depth(r, system)
+        now = time.monotonic()
+        if d < previous:
+            last_seen, previous = now, d
+        if start is None:
+            if d <= 0.9 * total:
+                start = (now, d)
+            elif now - first > 60:
+                return None
+        elif d <= 0.1 * total or now - start[0] >= window:
+            return (start[1] - d) / (now - start[0])
+        if now - last_seen > 30:
+            return None
+        time.sleep(0.002)
+
+
+def bench_latency(env: Env, plan: Plan, config: Config) -> dict[str, float] | None:
+    with env.client(0) as r:
+        r.flushdb()
+        with workers(env, config, "latency", "throughput", 1, 0, "latency") as started:
+            wait_ready(env, config.system, 0, started)
+            time.sleep(1.0)
+            n = plan.latency_tasks
+            drive(env, config.system, 0, "latency", n=n, interval=0.01)
+            deadline = time.monotonic() + 30
+            while r.llen(common.LATENCY_KEY) < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            samples = sorted(float(x) * 1000 for x in r.lrange(common.LATENCY_KEY, 0, -1))
+    if len(samples) < n:
+        log(f"latency {config.label}: only {len(samples)} of {n} tasks started")
+    if len(samples) < 2:
+        return None
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50_ms": statistics.median(samples), "p99_ms": cuts[98], "samples": len(samples)}
+
+
+@dataclass
+class RecoveryResult:
+    seconds: float | None = None
+    outcome: str = ""
+    error: str = ""
+
+
+def bench_recovery(env: Env, plan: Plan, scenarios: list[Scenario]) -> list[RecoveryResult]:
+    results = [RecoveryResult() for _ in scenarios]
+    barrier = threading.Barrier(len(scenarios))
+    threads = [
+        threading.Thread(target=_recovery_one,
+                         args=(env, plan, scn, db, barrier, results[db - 1]), daemon=True)
+        for db, scn in enumerate(scenarios, start=1)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=plan.recovery_cap + 300)
+    return results
+
+
+def _recovery_one(env: Env, plan: Plan, scn: Scenario, db: int, barrier: threading.Barrier,
+                  result: RecoveryResult) -> None:
+    tag = f"recovery{db}"
+    try:
+        with env.client(db) as r:
+            r.flushdb()
+            with workers(env, scn.config, "recovery", scn.profile, 2, db, tag,
+                         dict(scn.env)) as started:
+                try:
+                    wait_ready(env, scn.config.system, db, started)
+                finally:
+                    barrier.wait(timeout=300)
+                time.sleep(1.0)
+                drive(env, scn.config.system, db, "long", scn.profile,
+                      seconds=LONG_TASK_SECONDS)
+                first = _wait_start(r, 1, time.monotonic() + 60)
+                if first is None:
+                    raise RuntimeError("the long task never started")
+                victim = next(w for w in started if first["pid"] in w.tree())
+                doomed = victim.tree()
+                killed_at = time.time()
+                kill_tree(doomed)
+                stop = threading.Event()
+                if scn.requeue_on_kill:
+                    asyncio.run(_requeue_pod(env.url(db), victim.spec.pod))
+                if scn.reaper:
+                    threading.Thread(target=_reaper, args=(env.url(db), stop),
+                                     daemon=True).start()
+                try:
+                    second = _wait_start(r, 2, time.monotonic() + plan.recovery_cap,
+                                         lost=lambda: _lost(r, scn.config.system))
+                finally:
+                    stop.set()
+                if second is None:
+                    lost = _lost(r, scn.config.system)
+                    result.outcome = "lost" if lost else f">{plan.recovery_cap:g} s"
+                elif second.get("lost"):
+                    result.outcome = "lost"
+                else:
+                    if second["pid"] in doomed:
+                        raise RuntimeError("the killed worker started the task again")
+                    result.seconds = float(second["t"]) - killed_at
+                    result.outcome = f"{result.seconds:.2f} s"
+    except Exception as exc:  # one scenario's failure must not end the others
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.outcome = "error"
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.abort()
+    log(f"recovery {scn.label} [{scn.setting}]: {result.outcome} {result.error}")
+
+
+def _wait_start(r: redis.Redis, count: int, deadline: float,
+                lost: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+    next_check = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        starts = r.lrange(common.STARTS_KEY, 0, -1)
+        if len(starts) >= count:
+            parsed: dict[str, Any] = json.loads(starts[count - 1])
+            return parsed
+        if lost is not None and time.monotonic() >= next_check:
+            next_check = time.monotonic() + 1
+            if lost():
+                return {"lost": True}
+        time.sleep(0.01)
+    return None
+
+
+def _lost(r: redis.Redis, system: str) -> bool:
+    """The task is provably gone: nothing left in Redis could ever deliver it again."""
+    if system == "celery":
+        return int(r.llen(common.QUEUE)) == 0 and int(r.hlen("unacked")) == 0
+    return False
+
+
+async def _requeue_pod(url: str, pod: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        await TaskQueue(client, common.QUEUE).requeue_pod(pod, reason="pod killed")
+    finally:
+        await client.aclose()
+
+
+def _reaper(url: str, stop: threading.Event) -> None:
+    async def loop() -> None:
+        client = aioredis.Redis.from_url(url)
+        queue = TaskQueue(client, common.QUEUE)
+        try:
+            while not stop.is_set():
+                await queue.reap_expired()
+                await asyncio.sleep(REAP_EVERY)
+        finally:
+            await client.aclose()
+
+    asyncio.run(loop())
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                            capture_output=True, text=True)
+    return {"cores": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version(),
+            "kernel": platform.release(), "redis_server": server.stdout.strip(),
+            "commit": commit.stdout.strip()}
+
+
+def _num(value: float | None, unit: str = "/s", digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _ratio(ours: float | None, best: float | None) -> str:
+    if ours is None or best is None or best == 0:
+        return "—"
+    ratio = ours / best
+    return f"{ratio:.2g}×" if ratio < 0.1 else f"{ratio:.2f}×"
+
+
+def render(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    enqueue: dict[str, dict[str, float | None]] = results["enqueue"]
+    if enqueue:
+        lines += ["### Enqueue (one producer, no-op tasks)", "",
+                  "| system | single (tasks/s) | batch (tasks/s) |", "|---|---:|---:|"]
+        for system, fig in enqueue.items():
+            lines.append(f"| {system} | {_num(fig['single'])} | {_num(fig['batch'])} |")
+        lines.append("")
+    if any(len(fig) > 1 for fig in results["workers"].values()):
+        lines += ["### Workers (no-op drain; submit→start latency at one task per 10 ms)", "",
+                  "| configuration | drain, 1 process | drain, 2 processes | p50 latency "
+                  "| p99 latency |", "|---|---:|---:|---:|---:|"]
+        overloaded = False
+        for label, fig in results["workers"].items():
+            lat = fig.get("latency") or {}
+            mark = ""
+            if fig.get("drain_1") is not None and fig["drain_1"] < 100:
+                mark, overloaded = " *", True
+            lines.append(
+                f"| {label} | {_num(fig.get('drain_1'))} | {_num(fig.get('drain_2'))} "
+                f"| {_num(lat.get('p50_ms'), ' ms', 2)}{mark} "
+                f"| {_num(lat.get('p99_ms'), ' ms', 2)}{mark} |"
+            )
+        if overloaded:
+            lines += ["", "\\* drains fewer than 100 tasks/s with one process: one task per "
+                      "10 ms overloads it, so its latency is mostly queueing."]
+        lines.append("")
+    if results["recovery"]:
+        lines += [f"### Recovery after kill -9 of the worker running a "
+                  f"{LONG_TASK_SECONDS:g} s task (time until another worker starts it)", "",
+                  "| system | setting | recovery |", "|---|---|---:|"]
+        for item in results["recovery"]:
+            text = item["outcome"] + (f" ({item['error']})" if item["error"] else "")
+            lines.append(f"| {item['system']} | {item['setting']} | {text} |")
+        lines.append("")
+    lines += ["### agentpool against the best peer", "",
+              "| figure | agentpool | best peer | agentpool ÷ best peer | better |",
+              "|---|---:|---:|---:|---|"]
+    for row in summary(results):
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def summary(results: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    enqueue: dict[str, dict[str, float | None]] = results["enqueue"]
+    work: dict[str, dict[str, Any]] = results["workers"]
+
+    def best(values: dict[str, float | None], higher: bool) -> tuple[str, float | None]:
+        known = {k: v for k, v in values.items() if v is not None}
+        if not known:
+            return "—", None
+        name = (max if higher else min)(known, key=lambda k: known[k])
+        return name, known[name]
+
+    def add(figure: str, ours: float | None, peers: dict[str, float | None], higher: bool,
+            unit: str, digits: int) -> None:
+        name, value = best(peers, higher)
+        if ours is None and value is None:
+            return
+        rows.append([figure, _num(ours, unit, digits),
+                     f"{_num(value, unit, digits)} ({name})" if value is not None else "—",
+                     _ratio(ours, value), "higher" if higher else "lower"])
+
+    if "agentpool" in enqueue:
+        for mode in ("single", "batch"):
+            add(f"enqueue, {mode}", enqueue["agentpool"][mode],
+                {k: v[mode] for k, v in enqueue.items() if k != "agentpool"}, True, "/s", 0)
+    if "agentpool" in work:
+        for key, figure in (("drain_1", "no-op drain, 1 process"),
+                            ("drain_2", "no-op drain, 2 processes")):
+            add(figure, work["agentpool"].get(key),
+                {k: v.get(key) for k, v in work.items() if k != "agentpool"}, True, "/s", 0)
+        for key, figure in (("p50_ms", "p50 submit→start"), ("p99_ms", "p99 submit→start")):
+            add(figure, (work["agentpool"].get("latency") or {}).get(key),
+                {k: (v.get("latency") or {}).get(key) for k, v in work.items()
+                 if k != "agentpool"}, False, " ms", 2)
+    recovery: list[dict[str, Any]] = results["recovery"]
+    ours = [r for r in recovery if r["system"] == "agentpool"]
+    peers = {f"{r['system']} {r['profile']}": r["seconds"] for r in recovery
+             if r["system"] != "agentpool"}
+    for item in ours:
+        add(f"recovery, {item['setting']}", item["seconds"], peers, False, " s", 2)
+    return rows
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer tasks, shorter windows, 45 s recovery cap (~2 min)")
+    parser.add_argument("--only", default=",".join(SYSTEMS),
+                        help="comma-separated systems to run (default: all)")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated workloads to skip: enqueue,drain,latency,recovery")
+    parser.add_argument("--venvs", type=Path, default=venvs.DEFAULT_ROOT,
+                        help="where the peers' environments live (default: %(default)s)")
+    parser.add_argument("--upgrade-peers", action="store_true",
+                        help="reinstall the peers' latest releases before running")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the raw results here (default: bench/results/)")
+    args = parser.parse_args(argv)
+    plan = Plan.quick() if args.quick else Plan.full()
+    systems = [s for s in SYSTEMS if s in args.only.split(",")]
+    skip = set(filter(None, args.skip.split(",")))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = ROOT / "bench" / "results"
+    logs = out_dir / f"peers-{stamp}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    pythons: dict[str, Path] = {"agentpool": Path(sys.executable)}
+    for peer in (s for s in systems if s != "agentpool"):
+        log(f"environment for {peer} ({args.venvs / peer})")
+        pythons[peer] = venvs.ensure(args.venvs, peer, upgrade=args.upgrade_peers,
+                                     log=logs / "pip.log")
+    results: dict[str, Any] = {
+        "command": " ".join(["python -m bench.peers", *(argv or sys.argv[1:])]),
+        "machine": machine(),
+        "versions": {s: venvs.versions(pythons[s], s) for s in systems},
+        "plan": plan.__dict__, "enqueue": {}, "workers": {}, "recovery": [],
+    }
+    started = time.monotonic()
+    results["machine"]["load_at_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    with RedisServer() as server:
+        env = Env(server, pythons, logs)
+        if "enqueue" not in skip:
+            results["enqueue"] = bench_enqueue(env, plan, systems)
+        configs = [c for c in CONFIGS if c.system in systems]
+        for config in configs:
+            fig: dict[str, Any] = results["workers"].setdefault(config.label, {
+                "describe": config.describe})
+            if "drain" not in skip:
+                for procs in (1, 2):
+                    fig[f"drain_{procs}"] = bench_drain(env, plan, config, procs, args.quick)
+                log(f"drain {config.label}: 1 process {_num(fig['drain_1'])}, "
+                    f"2 processes {_num(fig['drain_2'])}")
+            if "latency" not in skip:
+                fig["latency"] = bench_latency(env, plan, config)
+                lat = fig["latency"] or {}
+                log(f"latency {config.label}: p50 {_num(lat.get('p50_ms'), ' ms', 2)}, "
+                    f"p99 {_num(lat.get('p99_ms'), ' ms', 2)}")
+        if "recovery" not in skip:
+            scenarios = [s for s in SCENARIOS if s.config.system in systems]
+            log(f"recovery: {len(scenarios)} scenarios at once, cap {plan.recovery_cap:g} s")
+            outcomes = bench_recovery(env, plan, scenarios)
+            results["recovery"] = [
+                {"system": s.config.system, "profile": s.profile, "setting": s.setting,
+                 "seconds": o.seconds, "outcome": o.outcome, "error": o.error}
+                for s, o in zip(scenarios, outcomes, strict=True)
+            ]
+    results["total_seconds"] = time.monotonic() - started
+    results["machine"]["load_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    path = args.json or out_dir / f"peers-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(render(results))
+    print(f"\n{results['total_seconds']:.0f} s; raw results: {path}; worker logs: {logs}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The short chaos soak (opt-in: ``pytest -m chaos``; about a minute).
+
+Runs ``python -m bench.chaos`` with a fixed seed on a few thousand tasks: worker kill -9
+(operator requeue and container restart), SIGSTOP past the lease, SIGTERM drains and Redis
+restarts with AOF, while the lease reaper runs. The soak itself accounts for every task.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARGS = [
+    "--seed", "7", "--tasks", "2000", "--workers", "3", "--concurrency", "10",
+    "--mean-seconds", "0.3", "--lease-seconds", "3", "--event-gap", "2", "--freezes", "3",
+    "--timeout", "240",
+]
+
+
+@pytest.mark.chaos
+def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie() -> None:
+    run = subprocess.run([sys.executable, "-m", "bench.chaos", *ARGS, "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=420, check=False)
+    assert run.stdout.strip(), f"no report; stderr:\n{run.stderr[-4000:]}"
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    context = f"report: {json.dumps(report, indent=1)}\nevents:\n{run.stderr[-4000:]}"
+    assert report["submitted"] == 2000, context
+    assert report["lost"] == 0, context
+    assert report["zombie_completions_accepted"] == 0, context
+    assert report["duplicate_executions"] <= report["duplicate_bound"], context
+    assert report["succeeded"] + report["dead_lettered"] == report["submitted"], context
+    assert all(report["events"].get(kind, 0) >= 1 for kind in ("kill", "stop", "drain",
+                                                               "redis", "freeze")), context
+    assert run.returncode == 0, context
