@@ -9,7 +9,7 @@ their Deployment has.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +41,8 @@ class PoolObservation:
     now: datetime
     state: PoolState | None = None
     """The pool's loop state (scaling history); None gives every round a fresh one."""
+    pods: Sequence[dict[str, Any]] | None = None
+    """The pool's pods as the watch knows them; None: `act` lists them."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
     Recovery runs first so that the tasks of dead pods are back in the queue before scaling
     looks at the backlog.
     """
-    pods = await kube.list_pods(observation.namespace, {POOL_LABEL: observation.name})
+    pods = observation.pods
+    if pods is None:
+        pods = await kube.list_pods(observation.namespace, {POOL_LABEL: observation.name})
     recovered = await recovery_actions.recover(observation, pods, kube)
     scaled = await scaling_actions.scale(observation, pods, kube)
     return merge(recovered, scaled)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import kopf
+
 from .kube import KubeApi
 from .recovery_actions import PoolRecovery
 from .redis_access import RedisClients
@@ -16,8 +18,12 @@ from .settings import OperatorSettings
 SECRET_TTL_SECONDS = 60.0
 """How long a Redis URL read from a Secret is reused before the Secret is read again."""
 
-DEPLOYMENT_RESYNC_SECONDS = 60.0
-"""How long the watched copy of a Deployment is trusted before it is read again."""
+PoolPods = kopf.Index[tuple[str, str], dict[str, Any]]
+"""kopf's index of the pools' pods (`pod_events.pool_pods`): (namespace, pool) -> pods."""
+
+
+def pods_of(index: PoolPods, namespace: str, pool: str) -> list[dict[str, Any]]:
+    return list(index.get((namespace, pool), ()))
 
 
 @dataclass
@@ -29,10 +35,10 @@ class PoolState:
     """Serialises Deployment writes of the create/update handler and the daemon."""
 
     deployment: dict[str, Any] | None = None
+    """The newest copy of the pool's Deployment, from a read, a write or the watch."""
     deployment_known: bool = False
-    """Whether `deployment` is current (None then means: there is no Deployment)."""
-    deployment_seen: float = 0.0
-    """Monotonic time `deployment` was last confirmed by a read, a write or the watch."""
+    """Whether `deployment` is known (None then means: there is no Deployment). Once known,
+    the watch keeps it current: it is not read again."""
     reconciled_generation: int | None = None
     """The pool generation the Deployment was last made to match."""
 
@@ -52,7 +58,7 @@ class PoolState:
     drains_swept: float | None = None
     """Monotonic time stale drain requests of the pool's pods were last cleared."""
 
-    def remember_deployment(self, body: dict[str, Any] | None, now: float) -> None:
+    def remember_deployment(self, body: dict[str, Any] | None) -> None:
         """Keep the newest known Deployment; a late watch event for an older spec is ignored."""
         current = self.deployment
         if (
@@ -64,10 +70,6 @@ class PoolState:
             return
         self.deployment = body
         self.deployment_known = True
-        self.deployment_seen = now
-
-    def deployment_current(self, now: float) -> bool:
-        return self.deployment_known and now - self.deployment_seen < DEPLOYMENT_RESYNC_SECONDS
 
     def failing_for(self, now: float) -> float | None:
         return None if self.failing_since is None else now - self.failing_since

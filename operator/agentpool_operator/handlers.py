@@ -3,7 +3,9 @@
 - create/update/resume of an AgentPool: make its Deployment match the spec;
 - one daemon per pool: every pollSeconds (or at once when its Deployment changes) observe the
   Deployment and the queue, put back hand edits, let `actions.act` scale and recover, and write
-  the status when `status.status_write_needed` says so;
+  the status when `status.status_write_needed` says so. The Deployment and the pods come from
+  the watch (the Deployment is read once, when the pool has no copy yet), so a pool where
+  nothing changes costs no API request;
 - events of the pools' Deployments: remember the newest copy and wake the pool's daemon.
 """
 
@@ -24,7 +26,7 @@ from agentpool.models import GROUP, PLURAL, VERSION, AgentPoolSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
 
 from . import actions, metrics
-from .context import OperatorContext, PoolState
+from .context import OperatorContext, PoolPods, PoolState, pods_of
 from .deployment import POOL_LABEL, deployment_drift, desired_deployment
 from .kube import KubeApi, api_error_message
 from .redis_access import QueueAccessError, read_figures, resolve_redis_url
@@ -109,9 +111,8 @@ async def ensure_deployment(
     """
     namespace, name = pool_key(body)
     generation = generation_of(body)
-    now = time.monotonic()
-    if not state.deployment_current(now):
-        state.remember_deployment(await kube.get_deployment(namespace, name), now)
+    if not state.deployment_known:
+        state.remember_deployment(await kube.get_deployment(namespace, name))
     desired = desired_deployment(
         name, namespace, spec, owner=body, initial_replicas=spec.scaling.min_replicas
     )
@@ -124,11 +125,11 @@ async def ensure_deployment(
             if error.status != 409:
                 raise
             actual = await kube.get_deployment(namespace, name)
-            state.remember_deployment(actual, time.monotonic())
+            state.remember_deployment(actual)
             if actual is None:
                 raise
         else:
-            state.remember_deployment(created, time.monotonic())
+            state.remember_deployment(created)
             state.reconciled_generation = generation
             metrics.DEPLOYMENT_WRITES.labels("created").inc()
             post(body, StatusEvent(
@@ -148,7 +149,7 @@ async def ensure_deployment(
         return actual
 
     patched = await kube.patch_deployment(namespace, name, patch)
-    state.remember_deployment(patched, time.monotonic())
+    state.remember_deployment(patched)
     changed = ", ".join(patch_paths(patch))
     restored = state.reconciled_generation == generation
     metrics.DEPLOYMENT_WRITES.labels("restored" if restored else "updated").inc()
@@ -202,7 +203,10 @@ async def reconcile(
 async def deployment_event(
     event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A pool's Deployment changed (rollout, readiness, hand edit, deletion): wake the pool."""
+    """A pool's Deployment changed (rollout, readiness, hand edit, deletion): wake the pool.
+
+    A copy the pool already has (a watch replaying its listing) changes nothing: no wake-up.
+    """
     namespace = body.metadata.namespace
     pool = body.metadata.labels.get(POOL_LABEL)
     if namespace is None or pool is None:
@@ -211,8 +215,16 @@ async def deployment_event(
     if state is None:
         return
     gone = event.get("type") == "DELETED"
-    state.remember_deployment(None if gone else dict(body), time.monotonic())
-    state.wake.set()
+    known = state.deployment if state.deployment_known else None
+    replayed = (
+        not gone
+        and known is not None
+        and (known.get("metadata") or {}).get("resourceVersion")
+        == body.metadata.get("resourceVersion")
+    )
+    state.remember_deployment(None if gone else dict(body))
+    if not replayed:
+        state.wake.set()
 
 
 @kopf.daemon(
@@ -220,9 +232,10 @@ async def deployment_event(
 )
 async def observe_pool(
     body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """The pool's loop: observe, act, report; then sleep until the next poll or a wake-up."""
+    pool_pods: PoolPods = kwargs["pool_pods"]  # kopf's index of `pod_events.pool_pods`
     ctx = context(memo)
     namespace, name = pool_key(body)
     state = ctx.pool(namespace, name)
@@ -230,7 +243,7 @@ async def observe_pool(
         while not stopped:
             state.wake.clear()
             try:
-                delay = await observe_once(ctx, state, body, logger)
+                delay = await observe_once(ctx, state, body, logger, pool_pods)
             except Exception as error:
                 logger.exception(f"observing the pool failed: {sanitize(str(error))}")
                 metrics.record_reconcile_error(namespace, name, "observe")
@@ -287,8 +300,12 @@ async def observe_once(
     state: PoolState,
     body: kopf.Body,
     logger: kopf.Logger,
+    pool_pods: PoolPods | None = None,
 ) -> float:
-    """One round for one pool; returns the seconds until the next round."""
+    """One round for one pool; returns the seconds until the next round.
+
+    The pool's pods come from `pool_pods` (the watch); without it, `actions.act` lists them.
+    """
     namespace, name = pool_key(body)
     generation = generation_of(body)
     spec = parse_spec(body)
@@ -314,6 +331,7 @@ async def observe_once(
     observation = actions.PoolObservation(
         namespace=namespace, name=name, pool=body, spec=spec, deployment=deployment,
         figures=figures, queue=queue, previous_status=previous, now=now, state=state,
+        pods=None if pool_pods is None else pods_of(pool_pods, namespace, name),
     )
     try:
         result = await actions.act(observation, ctx.api)

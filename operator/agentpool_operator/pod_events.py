@@ -1,7 +1,11 @@
-"""Events of the pools' worker pods: requeue a dead or restarted pod's tasks at once.
+"""The pools' worker pods, from the watch: an index of them, and quick requeueing.
 
-The pool's loop would find them on its next round too; acting on the event itself saves up to
-a poll interval (and the rest of a round: the Deployment, the queue figures, the pod list).
+- `pool_pods` keeps every pool's pods in memory, (namespace, pool) -> pod bodies. The pool's
+  loop reads them there instead of listing them every round; kopf fills the index from its
+  initial listing before any pool's loop starts, and keeps it current from the pod events.
+- `pod_event` requeues a dead or restarted pod's tasks at once. The pool's loop would find
+  them on its next round too; acting on the event itself saves up to a poll interval (and the
+  rest of a round: the Deployment, the queue figures).
 """
 
 from __future__ import annotations
@@ -13,6 +17,14 @@ import kopf
 from . import recovery_actions
 from .deployment import POOL_LABEL
 from .handlers import context
+
+
+@kopf.index("v1", "pods", labels={POOL_LABEL: kopf.PRESENT})
+def pool_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Index each pool pod under its pool; managedFields (often most of a pod) are left out."""
+    meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
+    pod = {**body, "metadata": meta}
+    return {(meta.get("namespace", ""), meta.get("labels", {}).get(POOL_LABEL, "")): pod}
 
 
 @kopf.on.event("v1", "pods", labels={POOL_LABEL: kopf.PRESENT})

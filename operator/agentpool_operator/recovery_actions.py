@@ -205,6 +205,7 @@ class NodeLister(Protocol):
 
 
 _node_lists: weakref.WeakKeyDictionary[NodeLister, _Nodes] = weakref.WeakKeyDictionary()
+_node_locks: weakref.WeakKeyDictionary[NodeLister, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 async def known_nodes(kube: NodeLister, pods: Sequence[PodView]) -> frozenset[str] | None:
@@ -212,24 +213,25 @@ async def known_nodes(kube: NodeLister, pods: Sequence[PodView]) -> frozenset[st
 
     Lists are cached (a node list is big, and the chart's RBAC usually refuses it); a pod on a
     node missing from the cached list triggers a new read, since a new node may have joined,
-    and that pod is only judged on a list read after the pod list.
+    and that pod is only judged on a list read after the pod list. One read at a time: the
+    rounds of many pools that find the cache expired together share the read.
     """
     wanted = {pod.node for pod in pods if pod.node}
-    now = time.monotonic()
-    cached = _node_lists.get(kube)
-    if cached is not None:
-        age = now - cached.read
-        if age < NODE_CACHE_SECONDS and (cached.names is None or wanted <= cached.names):
-            return cached.names
-        if age < NODE_RECHECK_SECONDS:
-            return None
-    try:
-        names = await kube.list_node_names()
-    except ApiException as error:
-        logger.warning("cannot list nodes: %s", api_error_message(error))
-        names = None
-    _node_lists[kube] = _Nodes(names, time.monotonic())
-    return names
+    async with _node_locks.setdefault(kube, asyncio.Lock()):
+        cached = _node_lists.get(kube)
+        if cached is not None:
+            age = time.monotonic() - cached.read
+            if age < NODE_CACHE_SECONDS and (cached.names is None or wanted <= cached.names):
+                return cached.names
+            if age < NODE_RECHECK_SECONDS:
+                return None
+        try:
+            names = await kube.list_node_names()
+        except ApiException as error:
+            logger.warning("cannot list nodes: %s", api_error_message(error))
+            names = None
+        _node_lists[kube] = _Nodes(names, time.monotonic())
+        return names
 
 
 def desired_replicas(observation: PoolObservation, pods: Sequence[PodView]) -> int:

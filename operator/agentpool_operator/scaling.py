@@ -14,7 +14,10 @@ Rules, in the order `decide` applies them:
 - scale-up: at once (no stabilisation), unless inside scaleUpCooldownSeconds of the previous
   scale-up; waking from zero ignores that cooldown, as no worker at all serves the queue;
 - scale-down: to the highest need recommended within the last scaleDownCooldownSeconds (the
-  HPA's stabilisation window), and never within that cooldown after any scale event;
+  HPA's stabilisation window), and never within that cooldown after a scale-up, so capacity
+  just added is not taken away at once. A scale-down does not hold the next one: as the high
+  recommendations of a burst age out of the window, the pool follows them down poll by poll;
+- a fresh history (see `ScalingHistory`) holds scale-downs for one window;
 - scale to zero only after the queue held nothing queued or in flight for a whole cooldown;
 - step limits cap the change of one decision.
 """
@@ -120,11 +123,6 @@ class ScalingHistory:
     last_scale_up: float | None = None
     last_scale_down: float | None = None
     idle_since: float | None = None
-
-    @property
-    def last_scale(self) -> float | None:
-        times = [t for t in (self.last_scale_up, self.last_scale_down) if t is not None]
-        return max(times) if times else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -246,12 +244,9 @@ def _scale_down(
     now: float,
 ) -> Decision:
     window = policy.scale_down_cooldown_seconds
-    quiet_since = max(t for t in (history.since, history.last_scale) if t is not None)
-    if current <= policy.max_replicas and now - quiet_since < window:
-        explain = (
-            f"backlog {backlog} needs {highest}; scale-down held: last scaling "
-            f"{_ago(now - quiet_since)} ago, cooldown {window:g}s"
-        )
+    held = _scale_down_held(history, now, window)
+    if current <= policy.max_replicas and held:
+        explain = f"backlog {backlog} needs {highest}; scale-down held: {held}"
         return _settle(policy, current, current, explain, history, now)
     target = highest
     limited = ""
@@ -270,6 +265,18 @@ def _scale_down(
             f"for {window:g}s (now {backlog})"
         )
     return _settle(policy, current, target, explain + limited, history, now)
+
+
+def _scale_down_held(history: ScalingHistory, now: float, window: float) -> str | None:
+    """Why no scale-down may happen now, or None. Only a scale-up holds one (a scale-down
+    does not hold the next: the stabilisation window paces them), and so does a history
+    younger than a window, whose recommendations before it began are unknown."""
+    last_up = history.last_scale_up
+    if last_up is not None and now - last_up < window:
+        return f"last scale-up {_ago(now - last_up)} ago, cooldown {window:g}s"
+    if history.since is not None and now - history.since < window:
+        return f"history begun {_ago(now - history.since)} ago, window {window:g}s"
+    return None
 
 
 def _settle(

@@ -415,7 +415,7 @@ async def _patch_replicas(
     try:
         async with state.lock:
             patched = await kube.patch_deployment(observation.namespace, observation.name, patch)
-            state.remember_deployment(patched, time.monotonic())
+            state.remember_deployment(patched)
     except ApiException as error:
         log.warning(f"{observation.namespace}/{observation.name}: scaling failed: "
                     f"{api_error_message(error)}")

@@ -4,7 +4,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agentpool.models import ScalingSpec
@@ -165,16 +165,50 @@ def test_recommendations_older_than_the_window_are_forgotten() -> None:
     assert decide(policy, load(queued=4), 8, history, NOW).replicas == 1
 
 
-def test_no_scale_down_within_cooldown_after_any_scale_event() -> None:
+def test_no_scale_down_within_cooldown_after_a_scale_up() -> None:
     policy = ScalingPolicy(scale_down_cooldown_seconds=60)
-    for held_since, free_since in [
-        (settled(last_scale_up=NOW - 59), settled(last_scale_up=NOW - 60)),
-        (settled(last_scale_down=NOW - 59), settled(last_scale_down=NOW - 60)),
-    ]:
-        held = decide(policy, load(), 5, held_since, NOW)
-        assert held.replicas == 5
-        assert "scale-down held" in held.reason
-        assert decide(policy, load(), 5, free_since, NOW).replicas == 1
+    held = decide(policy, load(), 5, settled(last_scale_up=NOW - 59), NOW)
+    assert held.replicas == 5
+    assert "scale-down held: last scale-up 59s ago, cooldown 60s" in held.reason
+    assert decide(policy, load(), 5, settled(last_scale_up=NOW - 60), NOW).replicas == 1
+
+
+def test_a_scale_down_does_not_hold_the_next_one() -> None:
+    policy = ScalingPolicy(scale_down_cooldown_seconds=60)
+    history = settled(last_scale_up=NOW - 120, last_scale_down=NOW - 1)
+    assert decide(policy, load(), 5, history, NOW).replicas == 1
+
+
+def test_consecutive_scale_downs_follow_the_window() -> None:
+    """After a burst the pool steps down as each high recommendation ages out of the window,
+    not one step per cooldown."""
+    policy = ScalingPolicy(max_replicas=20, scale_down_cooldown_seconds=60)
+    history = settled(
+        recommendations=(
+            Recommendation(NOW - 50, 20),
+            Recommendation(NOW - 40, 12),
+            Recommendation(NOW - 30, 6),
+        ),
+        last_scale_up=NOW - 70,
+    )
+    current, steps = 20, []
+    for at in range(0, 40, 2):
+        decision = decide(policy, load(queued=1), current, history, NOW + at)
+        if decision.changed:
+            steps.append((at, current, decision.replicas))
+        current, history = decision.replicas, decision.history
+    assert steps == [(10, 20, 12), (20, 12, 6), (30, 6, 1)]
+
+
+def test_consecutive_scale_downs_respect_the_step_limit() -> None:
+    policy = ScalingPolicy(scale_down_cooldown_seconds=60, scale_down_step=3)
+    current, history = 10, settled()
+    sizes = []
+    for at in range(0, 10, 2):
+        decision = decide(policy, load(), current, history, NOW + at)
+        current, history = decision.replicas, decision.history
+        sizes.append(current)
+    assert sizes == [7, 4, 1, 1, 1]
 
 
 def test_fresh_history_holds_scale_down_for_one_window() -> None:
@@ -330,15 +364,77 @@ def test_property_never_outside_bounds(
     assert policy.min_replicas <= replicas <= policy.max_replicas
 
 
+Case = tuple[ScalingPolicy, QueueLoad, int, ScalingHistory]
+
+
+@st.composite
+def awake_pools(draw: st.DrawFn, *, free: bool = False) -> Case:
+    """An awake pool within its bounds, a backlog up to about its capacity and a history whose
+    times fall on either side of the window: the cases where a scale-down is in question.
+
+    `free`: figures readable, an autoscaled pool, and a history that allows a scale-down
+    (begun before the window, no scale-up within it); recommendations, recent scale-downs
+    and the idle clock stay arbitrary.
+    """
+    policy = draw(policies().filter(lambda p: not p.fixed) if free else policies())
+    window = policy.scale_down_cooldown_seconds
+    current = draw(st.integers(max(policy.min_replicas, 1), policy.max_replicas))
+    capacity = current * policy.tasks_per_replica
+    ok = free or draw(st.sampled_from([True, True, True, False]))
+    in_flight = draw(st.integers(0, capacity))
+    queue = QueueLoad(draw(st.integers(0, capacity - in_flight + 1)), in_flight, ok)
+
+    def ago(windows: st.SearchStrategy[float]) -> st.SearchStrategy[float]:
+        return windows.map(lambda fraction: NOW - fraction * window)
+
+    before_window = ago(st.floats(1, 3))
+    anytime = ago(st.floats(0, 1, exclude_max=True)) | before_window
+    begun = before_window if free else before_window | anytime
+    at = sorted(draw(st.lists(anytime, min_size=1, max_size=6)))
+    return policy, queue, current, ScalingHistory(
+        recommendations=tuple(Recommendation(t, draw(st.integers(0, current))) for t in at),
+        since=draw(begun),
+        last_scale_up=draw(st.none() | (before_window if free else anytime)),
+        last_scale_down=draw(st.none() | anytime),
+        idle_since=draw(st.none() | anytime),
+    )
+
+
+def highest_in_window(policy: ScalingPolicy, queue: QueueLoad, history: ScalingHistory) -> int:
+    """The highest need recommended within the window ending at NOW, this poll's included,
+    for an awake pool with readable figures."""
+    window = policy.scale_down_cooldown_seconds
+    need = policy.clamp(math.ceil(queue.backlog / policy.tasks_per_replica))
+    recent = [r.replicas for r in history.recommendations if r.at > NOW - window]
+    return max([need, *recent])
+
+
 @quick
-@given(policies(), loads, currents, histories())
-def test_property_never_scales_down_inside_the_cooldown(
-    policy: ScalingPolicy, queue: QueueLoad, current: int, history: ScalingHistory
-) -> None:
+@given(st.one_of(st.tuples(policies(), loads, currents, histories()), awake_pools()))
+def test_property_never_down_after_a_scale_up_nor_below_the_window(case: Case) -> None:
+    policy, queue, current, history = case
     replicas = decide(policy, queue, current, history, NOW).replicas
     if replicas < current <= policy.max_replicas:
-        for event in (history.since, history.last_scale_up, history.last_scale_down):
+        for event in (history.since, history.last_scale_up):
             assert event is None or NOW - event >= policy.scale_down_cooldown_seconds
+        assert replicas >= highest_in_window(policy, queue, history)
+
+
+@quick
+@given(awake_pools(free=True))
+def test_property_otherwise_down_to_the_window_within_the_step(case: Case) -> None:
+    """Outside the cooldown of a scale-up, only the window and the step limit (and the idle
+    time before zero) bound a scale-down; a recent scale-down does not."""
+    policy, queue, current, history = case
+    highest = highest_in_window(policy, queue, history)
+    assume(highest < current)
+    expected = highest
+    if policy.scale_down_step is not None:
+        expected = max(expected, current - policy.scale_down_step)
+    idle_for = NOW - history.idle_since if history.idle_since is not None else 0.0
+    if expected == 0 and idle_for < policy.scale_down_cooldown_seconds:
+        expected = 1
+    assert decide(policy, queue, current, history, NOW).replicas == expected
 
 
 @quick
@@ -408,21 +504,27 @@ def test_property_a_run_of_decisions_respects_cooldowns_and_idle_time(
 ) -> None:
     """Checked against what the test itself observed, not against the history's bookkeeping."""
     now, current, history = NOW, policy.min_replicas, ScalingHistory()
-    start, last_scale = NOW, NOW
+    start, last_up = NOW + polls[0][0], None
+    cooldown = policy.scale_down_cooldown_seconds
     seen: list[tuple[float, QueueLoad]] = []
+    needs: list[tuple[float, int]] = []
     for gap, queue in polls:
         now += gap
         seen.append((now, queue))
+        if queue.figures_ok and not policy.fixed:
+            asleep = current == 0 and queue.backlog <= policy.activation_depth
+            need = policy.clamp(math.ceil(queue.backlog / policy.tasks_per_replica))
+            needs.append((now, 0 if asleep else need))
         decision = decide(policy, queue, current, history, now)
-        cooldown = policy.scale_down_cooldown_seconds
         if decision.replicas < current:
-            assert now - last_scale >= cooldown
+            assert last_up is None or now - last_up >= cooldown
             assert now - start >= cooldown
+            assert decision.replicas >= max((n for t, n in needs if t > now - cooldown), default=0)
         if decision.replicas == 0 and current > 0:
             window = [q for t, q in seen if t >= now - cooldown]
             assert all(q.figures_ok and q.backlog == 0 for q in window)
             assert now - start >= cooldown
-        if decision.replicas != current:
-            last_scale = now
+        if decision.replicas > current:
+            last_up = now
         current, history = decision.replicas, decision.history
         assert len(history.recommendations) <= MAX_RECOMMENDATIONS
