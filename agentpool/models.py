@@ -288,7 +288,7 @@ class ScalingSpec(_Model):
         ge=0,
         le=86400,
         description=(
-            "Least time after any scaling before a scale-down; also the stabilisation window "
+            "Least time after a scale-up before a scale-down; also the stabilisation window "
             "(the highest recommendation within it wins)."
         ),
     )

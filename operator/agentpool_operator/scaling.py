@@ -268,9 +268,9 @@ def _scale_down(
 
 
 def _scale_down_held(history: ScalingHistory, now: float, window: float) -> str | None:
-    """Why no scale-down may happen now, or None. Only a scale-up holds one (a scale-down
-    does not hold the next: the stabilisation window paces them), and so does a history
-    younger than a window, whose recommendations before it began are unknown."""
+    """Why no scale-down may happen now, or None. A scale-up within the window holds one (a
+    scale-down does not hold the next: the stabilisation window paces them), and so does a
+    history younger than a window, whose recommendations before it began are unknown."""
     last_up = history.last_scale_up
     if last_up is not None and now - last_up < window:
         return f"last scale-up {_ago(now - last_up)} ago, cooldown {window:g}s"

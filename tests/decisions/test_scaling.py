@@ -215,6 +215,7 @@ def test_fresh_history_holds_scale_down_for_one_window() -> None:
     policy = ScalingPolicy(scale_down_cooldown_seconds=60)
     first = decide(policy, load(), 5, ScalingHistory(), NOW)
     assert first.replicas == 5
+    assert "scale-down held: history begun 0s ago, window 60s" in first.reason
     later = decide(policy, load(), 5, first.history, NOW + 60)
     assert later.replicas == 1
 
@@ -384,19 +385,21 @@ def awake_pools(draw: st.DrawFn, *, free: bool = False) -> Case:
     in_flight = draw(st.integers(0, capacity))
     queue = QueueLoad(draw(st.integers(0, capacity - in_flight + 1)), in_flight, ok)
 
-    def ago(windows: st.SearchStrategy[float]) -> st.SearchStrategy[float]:
-        return windows.map(lambda fraction: NOW - fraction * window)
+    def moment(*ages: str) -> float | None:
+        """None ("never"), within the window ("recent") or one to three windows ago ("old")."""
+        age = draw(st.sampled_from(ages))
+        if age == "never":
+            return None
+        recent = age == "recent"
+        return NOW - window * draw(st.floats(0, 1, exclude_max=True) if recent else st.floats(1, 3))
 
-    before_window = ago(st.floats(1, 3))
-    anytime = ago(st.floats(0, 1, exclude_max=True)) | before_window
-    begun = before_window if free else before_window | anytime
-    at = sorted(draw(st.lists(anytime, min_size=1, max_size=6)))
+    at = sorted(NOW - window * f for f in draw(st.lists(st.floats(0, 2), min_size=1, max_size=6)))
     return policy, queue, current, ScalingHistory(
         recommendations=tuple(Recommendation(t, draw(st.integers(0, current))) for t in at),
-        since=draw(begun),
-        last_scale_up=draw(st.none() | (before_window if free else anytime)),
-        last_scale_down=draw(st.none() | anytime),
-        idle_since=draw(st.none() | anytime),
+        since=moment("old") if free else moment("old", "old", "recent", "never"),
+        last_scale_up=moment("never", "old") if free else moment("never", "old", "recent"),
+        last_scale_down=moment("never", "old", "recent"),
+        idle_since=moment("never", "old", "recent"),
     )
 
 
@@ -409,8 +412,8 @@ def highest_in_window(policy: ScalingPolicy, queue: QueueLoad, history: ScalingH
     return max([need, *recent])
 
 
-@quick
-@given(st.one_of(st.tuples(policies(), loads, currents, histories()), awake_pools()))
+@settings(max_examples=500, deadline=None)
+@given(awake_pools())
 def test_property_never_down_after_a_scale_up_nor_below_the_window(case: Case) -> None:
     policy, queue, current, history = case
     replicas = decide(policy, queue, current, history, NOW).replicas
@@ -504,7 +507,8 @@ def test_property_a_run_of_decisions_respects_cooldowns_and_idle_time(
 ) -> None:
     """Checked against what the test itself observed, not against the history's bookkeeping."""
     now, current, history = NOW, policy.min_replicas, ScalingHistory()
-    start, last_up = NOW + polls[0][0], None
+    start = NOW + polls[0][0]
+    last_up: float | None = None
     cooldown = policy.scale_down_cooldown_seconds
     seen: list[tuple[float, QueueLoad]] = []
     needs: list[tuple[float, int]] = []
