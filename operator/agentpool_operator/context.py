@@ -15,7 +15,8 @@ from .redis_access import RedisClients
 from .scaling import ScalingHistory
 from .settings import OperatorSettings
 
-SECRET_TTL_SECONDS = 60.0
+SECRET_RECHECK_SECONDS = 3600.0
+"""A Redis URL read from a Secret is read again at least this often, whatever else happens."""
 """How long a Redis URL read from a Secret is reused before the Secret is read again."""
 
 PoolPods = kopf.Index[tuple[str, str], dict[str, Any]]
@@ -44,6 +45,10 @@ class PoolState:
 
     redis_url: str | None = None
     redis_url_read: float = 0.0
+    redis_url_source: str = ""
+    """The `spec.redis` the cached URL was resolved from."""
+    redis_url_pods: frozenset[str] = frozenset()
+    """The pool's pods when the URL was read: a new pod took the Secret's value of its time."""
 
     last_status: dict[str, Any] | None = None
     """The status as last written, the base of the next write."""
@@ -74,10 +79,27 @@ class PoolState:
     def failing_for(self, now: float) -> float | None:
         return None if self.failing_since is None else now - self.failing_since
 
-    def cached_redis_url(self, now: float) -> str | None:
-        if self.redis_url is not None and now - self.redis_url_read < SECRET_TTL_SECONDS:
-            return self.redis_url
-        return None
+    def cached_redis_url(self, now: float, source: str, pods: frozenset[str] | None) -> str | None:
+        """The URL read before, while it can still be trusted.
+
+        It is read again when `spec.redis` changed, when the queue could not be reached (the
+        caller forgets the URL), when a pod appeared since (it started with the Secret's
+        current value, which may be new), and at least every SECRET_RECHECK_SECONDS. A steady
+        pool so costs no Secret reads.
+        """
+        if (
+            self.redis_url is None
+            or source != self.redis_url_source
+            or now - self.redis_url_read >= SECRET_RECHECK_SECONDS
+            or (pods is not None and not pods <= self.redis_url_pods)
+        ):
+            return None
+        return self.redis_url
+
+    def remember_redis_url(self, url: str, now: float, source: str,
+                           pods: frozenset[str] | None) -> None:
+        self.redis_url, self.redis_url_read, self.redis_url_source = url, now, source
+        self.redis_url_pods = pods or frozenset()
 
 
 def _uid(body: dict[str, Any]) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -276,14 +276,20 @@ def retry_delay(poll_seconds: float, failing_for: float | None) -> float:
 
 
 async def observe_queue(
-    ctx: OperatorContext, state: PoolState, namespace: str, name: str, spec: AgentPoolSpec
+    ctx: OperatorContext, state: PoolState, namespace: str, name: str, spec: AgentPoolSpec,
+    pods: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[QueueFigures | None, TaskQueue | None, Problem | None]:
     now = time.monotonic()
+    source = spec.redis.model_dump_json()
+    pod_names = (
+        None if pods is None
+        else frozenset(str((p.get("metadata") or {}).get("name")) for p in pods)
+    )
     try:
-        url = state.cached_redis_url(now)
+        url = state.cached_redis_url(now, source, pod_names)
         if url is None:
             url = await resolve_redis_url(ctx.api, namespace, spec.redis)
-            state.redis_url, state.redis_url_read = url, now
+            state.remember_redis_url(url, now, source, pod_names)
         client = await ctx.redis.client(namespace, name, url)
         try:
             queue = TaskQueue(client, spec.queue_name(name))
@@ -323,7 +329,8 @@ async def observe_once(
             deployment = state.deployment
             deployment_problem = Problem("DeploymentError", api_error_message(error))
 
-    figures, queue, queue_problem = await observe_queue(ctx, state, namespace, name, spec)
+    pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)
+    figures, queue, queue_problem = await observe_queue(ctx, state, namespace, name, spec, pods)
     previous = state.last_status
     if previous is None:
         previous = dict(body.get("status") or {})
@@ -331,7 +338,7 @@ async def observe_once(
     observation = actions.PoolObservation(
         namespace=namespace, name=name, pool=body, spec=spec, deployment=deployment,
         figures=figures, queue=queue, previous_status=previous, now=now, state=state,
-        pods=None if pool_pods is None else pods_of(pool_pods, namespace, name),
+        pods=pods,
     )
     try:
         result = await actions.act(observation, ctx.api)
