@@ -31,9 +31,13 @@ fi
 
 stamp=".venv/.setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-    echo "setup: installing agentpool and its dev tools into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    echo "setup: installing agentpool and its dev tools into .venv (log: .venv/setup.log)"
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+           .venv/bin/python -m pip install -q -e '.[dev]'; } > .venv/setup.log 2>&1; then
+        tail -n 30 .venv/setup.log
+        echo "setup: pip install failed (full log: .venv/setup.log)" >&2
+        exit 1
+    fi
     rm -f .venv/.setup-*
     touch "$stamp"
 fi
