@@ -13,6 +13,7 @@ from operator_harness import (
     eventually,
     pool_manifest,
 )
+from prometheus_client import REGISTRY
 
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import free_port
@@ -282,3 +283,30 @@ async def test_unreachable_redis_is_reported_without_credentials(
         ' 0.0' in exposition
     assert 'agentpool_operator_pool_problems_total{reason="RedisUnreachable"}' in exposition
     assert operator.alive
+
+
+async def test_deleted_pool_is_released_and_forgotten(
+    cluster: Cluster, operator: OperatorThread, redis_url: str
+) -> None:
+    pool = await cluster.create_pool(pool_manifest("omega", redis_url=redis_url))
+    await eventually(lambda: cluster.pool("omega")["status"]["observedGeneration"] == 1)
+    assert cluster.pool("omega")["metadata"]["finalizers"] == ["agentpool.dev/finalizer"]
+    labels = {"namespace": NAMESPACE, "pool": "omega"}
+    await eventually(lambda: REGISTRY.get_sample_value("agentpool_pool_queued", labels) == 0)
+
+    path = f"/apis/agentpool.dev/v1alpha1/namespaces/{NAMESPACE}/agentpools/omega"
+    await cluster._send("DELETE", path)
+
+    def gone() -> bool:
+        try:
+            cluster.pool("omega")
+        except KeyError:
+            return True
+        return False
+
+    await eventually(gone)
+    await eventually(lambda: REGISTRY.get_sample_value("agentpool_pool_queued", labels) is None)
+    owner = cluster.deployment("omega")["metadata"]["ownerReferences"][0]
+    assert (owner["uid"], owner["blockOwnerDeletion"]) == (pool["metadata"]["uid"], True), (
+        "the cluster's garbage collector deletes the Deployment with its pool"
+    )
