@@ -6,7 +6,8 @@ local delay_ms, max, idem, idem_ttl = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[
 if idem ~= '' then
   local ik = P .. 'idem:' .. idem
   local existing = redis.call('GET', ik)
-  if existing then return {0, existing} end
+  -- A key whose task was purged or expired no longer dedupes: the submit goes ahead.
+  if existing and redis.call('EXISTS', task_key(existing)) == 1 then return {0, existing} end
   redis.call('SET', ik, id, 'EX', idem_ttl)
 end
 local now = now_ms()

@@ -83,6 +83,21 @@ async def test_idempotency_key_returns_the_same_task(
     assert info is not None and info.payload == {"n": 1}
 
 
+async def test_idempotency_key_of_a_purged_task_no_longer_dedupes(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    first = await queue.submit({"n": 1}, idempotency_key="order-7", max_attempts=1)
+    task = await claim_one(queue, "w:1")
+    assert await queue.fail(task, "boom", retryable=False) == "dead"
+    assert await queue.purge_dead([first]) == 1
+
+    again = await queue.submit({"n": 2}, idempotency_key="order-7")
+    assert again != first
+    info = await queue.get(again)
+    assert info is not None and info.state == "queued" and info.payload == {"n": 2}
+    assert await queue.submit({"n": 3}, idempotency_key="order-7") == again
+
+
 async def test_payload_over_the_limit_is_refused_and_nothing_stored(
     redis: aioredis.Redis, queue_name: str
 ) -> None:
