@@ -20,7 +20,7 @@ from worker_helpers import (
     worker_processes,
 )
 
-from agentpool.protocol import TaskQueue, worker_id
+from agentpool.protocol import ClaimedTask, TaskQueue, worker_id
 from agentpool.redis_server import RedisServer
 
 
@@ -174,3 +174,31 @@ async def test_a_redis_restart_with_appendonly_loses_nothing(queue_name: str) ->
 
 def test_worker_ids_are_pod_and_instance() -> None:
     assert worker_id("pod-a", "abc123") == "pod-a:abc123"
+
+
+async def test_reclaiming_a_task_it_lost_keeps_the_worker_whole(
+    redis: aioredis.Redis, redis_url: str, queue_name: str
+) -> None:
+    """The worker claims a task again after losing its lease (requeued while it still ran):
+    the earlier run is abandoned, the new claim completes, and no slot leaks."""
+    queue = TaskQueue(redis, queue_name)
+    worker_settings = settings(redis_url, queue_name, f"{HANDLERS}:sleep",
+                               concurrency=2, lease_seconds=6)
+    async with running(worker_settings) as worker:
+        task_id = await queue.submit({"seconds": 1.0})
+        await eventually(lambda: task_in(queue, task_id, "running"), what="first claim")
+
+        assert (await queue.requeue_owner(worker.worker_id)).requeued == 1
+        def reclaimed() -> ClaimedTask | None:
+            task = worker._held.get(task_id)
+            return task if task is not None and task.attempts == 2 else None
+
+        second = await eventually(reclaimed, what="the worker claims the requeued task again")
+
+        info = await eventually(lambda: task_in(queue, task_id, "succeeded"), within=10,
+                                what="the second claim's success recorded")
+        assert info is not None and info.attempts == second.attempts == 2
+        def idle() -> bool:
+            return worker._free == 2 and not worker._runs and not worker._held
+
+        await eventually(idle, what="both slots free again")

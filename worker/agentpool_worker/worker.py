@@ -369,7 +369,7 @@ class Worker:
             self.health.heartbeat_attempted()
         self._redis_ok()
         for task_id in beat.lost:
-            self._lose(task_id)
+            self._lose(task_id, held.get(task_id, ""))
         for task_id in beat.cancel:
             run = self._runs.get(task_id)
             if run is not None:
@@ -462,7 +462,8 @@ class Worker:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
             while self._completions:
-                batch = [c for c in self._completions[:MAX_FLUSH] if c[0].id in self._held]
+                batch = [c for c in self._completions[:MAX_FLUSH]
+                         if self._held.get(c[0].id) is c[0]]
                 del self._completions[:MAX_FLUSH]
                 if not batch:
                     continue
@@ -480,8 +481,9 @@ class Worker:
                 backoff.reset()
                 self._redis_ok()
                 held = self._held
-                for task_id in ids:
-                    held.pop(task_id, None)
+                for task, _ in batch:
+                    if held.get(task.id) is task:
+                        del held[task.id]
                 fenced = [i for i, ok in zip(ids, recorded, strict=True) if not ok]
                 if fenced:
                     self._log.warning(
@@ -499,6 +501,11 @@ class Worker:
             ctx = TaskContext(task.id, task.attempts, task.max_attempts,
                               self.settings.queue, self.worker_id)
         run = _Run(task, ctx)
+        earlier = self._runs.get(task.id)
+        if earlier is not None:
+            # Claimed again after its lease was lost (a Redis outage, a stalled loop): the
+            # earlier run's token is dead; stop it, and keep books by claim, not by id.
+            earlier.stop(LOST)
         self._free -= 1
         self._held[task.id] = task
         self._runs[task.id] = run
@@ -545,7 +552,8 @@ class Worker:
             self._flush_wanted.set()
         finally:
             self.metrics.duration.observe(time.monotonic() - began)
-            del self._runs[task.id]
+            if self._runs.get(task.id) is run:
+                del self._runs[task.id]
             thread = run.thread
             if thread is not None and not thread.done():
                 thread.add_done_callback(self._thread_returned)
@@ -578,12 +586,16 @@ class Worker:
         if self.state == DRAINING:
             self._maybe_drained()
 
-    def _lose(self, task_id: str) -> None:
-        """The lease is gone (reaped, requeued): stop the run, never report it."""
-        if task_id in self._reporting or self._held.pop(task_id, None) is None:
+    def _lose(self, task_id: str, token: str) -> None:
+        """The lease of this claim is gone (reaped, requeued): stop the run, never report it."""
+        task = self._held.get(task_id)
+        if task is None or task.token != token or task_id in self._reporting:
             return
+        del self._held[task_id]
         self.metrics.lost.inc()
         run = self._runs.get(task_id)
+        if run is not None and run.task is not task:
+            run = None
         self._log.warning("lease lost; abandoning the task", task=task_id,
                           running=run is not None)
         if run is not None:
@@ -617,7 +629,7 @@ class Worker:
     async def _send_report(self, task: ClaimedTask,
                            send: Callable[[], Awaitable[FailOutcome]]) -> None:
         backoff = _Backoff()
-        while task.id in self._held:
+        while self._held.get(task.id) is task:
             self._reporting.add(task.id)
             try:
                 outcome = await self._rt(send())
@@ -628,7 +640,8 @@ class Worker:
             finally:
                 self._reporting.discard(task.id)
             self._redis_ok()
-            self._held.pop(task.id, None)
+            if self._held.get(task.id) is task:
+                del self._held[task.id]
             self._count(task, outcome)
             break
         self._maybe_drained()
