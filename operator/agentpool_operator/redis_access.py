@@ -125,8 +125,13 @@ class RedisClients:
                 socket_timeout=COMMAND_TIMEOUT,
                 health_check_interval=30,
             )
-        except ValueError as error:
-            raise QueueAccessError("InvalidRedisURL", f"invalid Redis URL: {error}") from None
+        except ValueError:
+            # The parser's message can quote part of the password: never pass it on.
+            raise QueueAccessError(
+                "InvalidRedisURL",
+                "invalid Redis URL (a password with '/', '#', '?' or '@' must be "
+                "percent-encoded)",
+            ) from None
         self._clients[(namespace, pool)] = (digest, client)
         return client
 

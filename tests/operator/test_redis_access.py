@@ -124,3 +124,17 @@ def test_address_map_setting_is_parsed_and_checked(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AGENTPOOL_OPERATOR_REDIS_ADDRESS_MAP", "nonsense")
     with pytest.raises(ValidationError):
         OperatorSettings()
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cr/etXYZ@redis:6379/0",
+                                 "redis://default:abc#def@redis:6379/0"])
+async def test_an_unparsable_url_is_reported_without_any_of_its_password(url: str) -> None:
+    from agentpool_operator.redis_access import QueueAccessError, RedisClients
+
+    clients = RedisClients()
+    with pytest.raises(QueueAccessError) as excinfo:
+        await clients.client("ns", "pool", url)
+    message = excinfo.value.problem.message
+    assert excinfo.value.problem.reason == "InvalidRedisURL"
+    assert "s3cr" not in message and "abc" not in message
+    await clients.close()
