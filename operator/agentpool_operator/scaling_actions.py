@@ -29,7 +29,6 @@ Its messages avoid figures that move every poll, so holding does not rewrite the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -279,13 +278,11 @@ class ScaleAborted(Exception):
 
 
 async def in_flight_by_pod(queue: TaskQueue) -> dict[str, int]:
-    """Tasks held per pod: what each instance reported, or its owned tasks if more (a claim
-    made since its last heartbeat)."""
-    workers = await queue.workers()
-    held = await asyncio.gather(*(queue.held_by(w.worker_id) for w in workers))
+    """Tasks leased per pod, over every registered instance — also those whose heartbeat is
+    late, so a busy pod never looks idle because its worker missed a beat."""
     per_pod: dict[str, int] = defaultdict(int)
-    for worker, tasks in zip(workers, held, strict=True):
-        per_pod[worker.pod] += max(worker.in_flight, len(tasks))
+    for instance in await queue.instances():
+        per_pod[instance.pod] += instance.held
     return dict(per_pod)
 
 
