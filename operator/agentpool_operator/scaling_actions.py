@@ -426,15 +426,19 @@ async def _patch_replicas(
 async def _withdraw_marks(
     observation: PoolObservation, names: Sequence[str], kube: KubeApi
 ) -> None:
-    """Put pods that no longer leave back to work: drop the deletion cost, then the drain."""
+    """Put pods that no longer leave back to work: clear the drain, then the deletion cost.
+
+    In this order a failure half-way leaves the pod marked, so the next round tries again;
+    the other order could leave a drained pod that nothing marks any more.
+    """
     if not names:
         return
     patch = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: None}}}
     try:
         for name in names:
-            await kube.patch_pod(observation.namespace, name, patch)
             if observation.queue is not None:
                 await observation.queue.clear_drain(name)
+            await kube.patch_pod(observation.namespace, name, patch)
     except ApiException as error:
         log.warning(f"cannot withdraw the removal mark of a pod: {api_error_message(error)}")
         return
