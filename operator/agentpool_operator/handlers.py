@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,7 @@ from .status import (
     StatusEvent,
     build_status,
     condition_events,
+    mask_urls,
     sanitize,
     status_write_needed,
 )
@@ -43,6 +45,13 @@ from .status import (
 MIN_POLL_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
 CONFLICT_RETRY_SECONDS = 60.0
+trace_log = logging.getLogger("agentpool.operator")
+
+
+def log_traceback(what: str) -> None:
+    """The current exception's traceback, credentials masked, to the operator's own log —
+    not to the pool's logger, whose records kopf posts as Events."""
+    trace_log.error("%s\n%s", what, mask_urls(traceback.format_exc()))
 
 
 class DeploymentConflict(Exception):
@@ -245,7 +254,8 @@ async def observe_pool(
             try:
                 delay = await observe_once(ctx, state, body, logger, pool_pods)
             except Exception as error:
-                logger.exception(f"observing the pool failed: {sanitize(str(error))}")
+                logger.error(f"observing the pool failed: {sanitize(str(error))}")
+                log_traceback(f"observing pool {namespace}/{name} failed")
                 metrics.record_reconcile_error(namespace, name, "observe")
                 state.failing_since = state.failing_since or time.monotonic()
                 delay = retry_delay(MIN_POLL_SECONDS, state.failing_for(time.monotonic()))
@@ -343,7 +353,8 @@ async def observe_once(
     try:
         result = await actions.act(observation, ctx.api)
     except Exception as error:
-        logger.exception(f"scaling and recovery failed: {sanitize(str(error))}")
+        logger.error(f"scaling and recovery failed: {sanitize(str(error))}")
+        log_traceback(f"scaling and recovery of {namespace}/{name} failed")
         metrics.record_reconcile_error(namespace, name, "act")
         result = actions.ActionResult()
 

@@ -28,7 +28,7 @@ FIGURE_FIELDS = frozenset({"queued", "delayed", "inFlight", "dead", "workers"})
 """Fields that move with the queue; written at most every refresh interval."""
 
 MAX_MESSAGE_LENGTH = 1024
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S+")
+URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,14 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def mask_urls(text: str) -> str:
+    """Mask the credentials of any URL in `text`."""
+    return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
 def sanitize(text: str) -> str:
     """Mask credentials of any URL in `text` and cap its length, for status and Events."""
-    cleaned = _URL.sub(lambda match: redact_url(match.group(0)), text).strip()
+    cleaned = mask_urls(text).strip()
     if len(cleaned) > MAX_MESSAGE_LENGTH:
         cleaned = cleaned[: MAX_MESSAGE_LENGTH - 3] + "..."
     return cleaned
