@@ -319,6 +319,18 @@ async def scale(
 
     try:
         plan = await _place_marks(observation, summaries, decision, kube)
+        if decision.changed and decision.replicas < current and observation.queue is not None:
+            drains = await _drain_times(observation.queue, current)
+            waiting = still_ready(plan.leaving, summaries, drains, now)
+            if waiting:
+                return ActionResult(
+                    status_fields={"desiredReplicas": current},
+                    conditions=(ConditionUpdate(
+                        "Scaling", "True", "Draining",
+                        f"scaling {current} → {decision.replicas} once "
+                        f"{', '.join(waiting)} stopped taking work",
+                    ),),
+                )
         if decision.changed:
             await _patch_replicas(observation, state, decision, kube)
         await _withdraw_marks(observation, plan.unmark, kube)
@@ -342,6 +354,33 @@ async def scale(
     return ActionResult(
         status_fields=fields, conditions=(scaling_condition(policy, load, decision),)
     )
+
+
+DRAIN_READY_TIMEOUT_SECONDS = 60.0
+"""How long a scale-down waits for its chosen pods to turn unready before it goes ahead."""
+
+
+def still_ready(leaving: Sequence[str], pods: Sequence[PodSummary],
+                drains: Mapping[str, float], now: float) -> list[str]:
+    """Chosen pods that are still Ready, within the wait since their drain was requested.
+
+    The ReplicaSet removes unready pods before it looks at deletion costs, so lowering the
+    replica count while a chosen pod is still Ready and another (busy) pod happens to be
+    unready would remove the busy one. Waiting until the chosen pods have drained (a draining
+    worker fails /readyz) makes the marked pods the ReplicaSet's first choice.
+    """
+    ready = {p.name for p in pods if p.ready and not p.gone}
+    return [
+        name for name in leaving
+        if name in ready and now - drains.get(name, now) < DRAIN_READY_TIMEOUT_SECONDS
+    ]
+
+
+async def _drain_times(queue: TaskQueue, current: int) -> dict[str, float]:
+    try:
+        return await queue.drain_requests()
+    except REDIS_ERRORS as error:
+        raise ScaleAborted(_redis_problem(current, error)) from None
 
 
 async def _place_marks(

@@ -209,3 +209,16 @@ def test_messages_of_a_held_size_do_not_move_with_the_backlog() -> None:
         return scaling_condition(POLICY, load, decision).message
 
     assert message(3) == message(4)
+
+
+def test_scale_down_waits_for_chosen_pods_to_turn_unready() -> None:
+    from agentpool_operator.scaling_actions import DRAIN_READY_TIMEOUT_SECONDS, still_ready
+
+    pods = [PodSummary("a", ready=True, marked=True), PodSummary("b", ready=False, marked=True),
+            PodSummary("c", ready=True)]
+    now = 1000.0
+    assert still_ready(["a", "b"], pods, {"a": now - 5, "b": now - 5}, now) == ["a"]
+    assert still_ready(["b"], pods, {"b": now}, now) == []
+    late = now - DRAIN_READY_TIMEOUT_SECONDS
+    assert still_ready(["a"], pods, {"a": late}, now) == [], "the wait is bounded"
+    assert still_ready(["a"], pods, {}, now) == ["a"], "a drain requested just now"

@@ -59,6 +59,16 @@ async def create_pods(cluster: Cluster, pool: str, names: list[str]) -> None:
         await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", pod_manifest(pool, name))
 
 
+async def set_unready(cluster: Cluster, pod: str) -> None:
+    """What the kubelet does once a draining worker fails /readyz."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await cluster._send("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}/status", {
+        "status": {"conditions": [
+            {"type": "Ready", "status": "False", "lastTransitionTime": now},
+        ]},
+    })
+
+
 def cost_of(cluster: Cluster, pod: str) -> str | None:
     annotations = cluster.get(PODS, pod)["metadata"].get("annotations") or {}
     return annotations.get(DELETION_COST_ANNOTATION)
@@ -115,6 +125,14 @@ async def test_scale_down_drains_and_marks_only_idle_pods(
         assert deployment_writes(cluster, "nu") == []
 
         await cluster.patch_pool("nu", {"spec": {"scaling": {"minReplicas": 1}}})
+
+        # The chosen pods are marked and asked to drain; the replica count waits until they
+        # stop being Ready, so the ReplicaSet cannot prefer some other, unready, busy pod.
+        await eventually(lambda: cluster.condition("nu", "Scaling")["reason"] == "Draining")
+        assert set(idle) <= set(await queue.drain_requests())
+        assert cluster.deployment("nu")["spec"]["replicas"] == 5
+        for pod in idle:
+            await set_unready(cluster, pod)
 
         await eventually(lambda: cluster.deployment("nu")["spec"]["replicas"] == 3)
         assert set(await queue.drain_requests()) == set(idle)
