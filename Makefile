@@ -3,7 +3,8 @@
 setup:
 	@bash scripts/setup.sh
 
-demo: setup
+demo:
+	@bash scripts/setup.sh --demo
 	@.venv/bin/agentpool demo
 
 test: setup

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need: redis-server (Debian package),
-# a virtualenv in .venv with the project and its dev tools, and helm in .tools/bin.
+# a virtualenv in .venv with the project and its dev tools, and, for the tests, promtool
+# (Debian package prometheus) and helm in .tools/bin. `--demo` skips what only the tests use.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for_tests=1
+[ "${1:-}" = "--demo" ] && for_tests=0
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -15,7 +18,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
     as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 
-if ! command -v promtool >/dev/null 2>&1; then
+if [ "$for_tests" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
     echo "setup: installing promtool (Debian package prometheus) to check alert rules"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -42,6 +45,6 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
-if [ -f scripts/install-helm.sh ]; then
+if [ "$for_tests" = 1 ]; then
     bash scripts/install-helm.sh
 fi
