@@ -40,12 +40,11 @@ async def run(args: argparse.Namespace) -> int:
     async with connect(args) as client:
         outcome = await client.queue(name).cancel(args.task_id)
     ok = outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED)
+    line = cancel_line(args.task_id, outcome)
     if args.output == "json":
         print_json(cancel_json(name, args.task_id, outcome))
-        if not ok:
-            error_line(cancel_line(args.task_id, outcome))
     elif ok:
-        emit(cancel_line(args.task_id, outcome))
-    else:
-        error_line(cancel_line(args.task_id, outcome))
+        emit(line)
+    if not ok:
+        error_line(line)
     return EXIT_OK if ok else EXIT_FAILED

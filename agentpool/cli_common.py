@@ -240,6 +240,14 @@ def emit(renderable: RenderableType) -> None:
     sys.stdout.flush()
 
 
+def print_view(args: argparse.Namespace, grids: Grid | list[Grid], doc: Any) -> None:
+    """Print one view: `doc` as JSON with ``-o json``, else the tables."""
+    if args.output == "json":
+        print_json(doc)
+    else:
+        emit(render(grids))
+
+
 def render(grids: Grid | list[Grid]) -> RenderableType:
     """Tables with their notes; a table without rows shows only its title."""
     items: list[RenderableType] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Awaitable, Callable
 
 from agentpool.cli_common import (
     EXIT_FAILED,
@@ -16,9 +17,10 @@ from agentpool.cli_common import (
     emit,
     error_line,
     print_json,
+    print_view,
     queue_name,
-    render,
 )
+from agentpool.protocol import TaskQueue
 from agentpool.views import dead_grid, task_json
 
 
@@ -58,10 +60,8 @@ async def run_list(args: argparse.Namespace) -> int:
     name = queue_name(args)
     async with connect(args) as client:
         tasks = await client.queue(name).dead_letters(args.limit)
-    if args.output == "json":
-        print_json({"queue": name, "tasks": [task_json(name, t) for t in tasks]})
-    else:
-        emit(render(dead_grid(tasks, time.time(), name)))
+    print_view(args, dead_grid(tasks, time.time(), name),
+               {"queue": name, "tasks": [task_json(name, t) for t in tasks]})
     return EXIT_OK
 
 
@@ -74,13 +74,12 @@ def selected_ids(args: argparse.Namespace) -> list[str] | None:
     return None if args.all else list(dict.fromkeys(args.task_ids))
 
 
-async def _act(args: argparse.Namespace, past: str) -> int:
+async def _act(args: argparse.Namespace, past: str,
+               operation: Callable[[TaskQueue, list[str] | None], Awaitable[int]]) -> int:
     name = queue_name(args)
     ids = selected_ids(args)
     async with connect(args) as client:
-        queue = client.queue(name)
-        count = await (queue.requeue_dead(ids) if args.action == "requeue"
-                       else queue.purge_dead(ids))
+        count = await operation(client.queue(name), ids)
     if args.output == "json":
         print_json({"queue": name, past: count})
     else:
@@ -95,9 +94,9 @@ async def _act(args: argparse.Namespace, past: str) -> int:
 
 @command
 async def run_requeue(args: argparse.Namespace) -> int:
-    return await _act(args, "requeued")
+    return await _act(args, "requeued", TaskQueue.requeue_dead)
 
 
 @command
 async def run_purge(args: argparse.Namespace) -> int:
-    return await _act(args, "purged")
+    return await _act(args, "purged", TaskQueue.purge_dead)

@@ -12,10 +12,8 @@ from agentpool.cli_common import (
     add_queue_options,
     command,
     connect,
-    emit,
-    print_json,
+    print_view,
     queue_name,
-    render,
 )
 from agentpool.protocol import TaskInfo
 from agentpool.views import task_detail_grid, task_json
@@ -35,10 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def print_task(args: argparse.Namespace, queue: str, info: TaskInfo) -> None:
-    if args.output == "json":
-        print_json(task_json(queue, info))
-    else:
-        emit(render(task_detail_grid(queue, info, time.time())))
+    print_view(args, task_detail_grid(queue, info, time.time()), task_json(queue, info))
 
 
 @command

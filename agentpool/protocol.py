@@ -34,7 +34,6 @@ from redis.exceptions import NoScriptError
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 DEFAULT_IDEMPOTENCY_TTL = 86_400
-DEFAULT_RESULT_TTL = 86_400
 WORKER_LIVENESS_WINDOW = 30.0
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})

@@ -40,7 +40,7 @@ from agentpool.cli_common import (
     redis_url,
 )
 from agentpool.cli_common import show as show_view
-from agentpool.client import Client, ClientConfigError
+from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
 from agentpool.fleet import (
     CounterSample,
     PoolSummary,
@@ -338,7 +338,7 @@ async def show_cluster(args: argparse.Namespace) -> int:
 async def show_queue(args: argparse.Namespace) -> int:
     if redis_url(args) is None:
         raise UsageError("--queue reads the queue from Redis: pass --redis-url or set "
-                         "AGENTPOOL_REDIS_URL")
+                         f"{ENV_REDIS_URL}")
     name: str = args.queue
     tracker = RateTracker(args.window)
     async with connect(args) as client:

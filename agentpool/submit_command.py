@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,11 +18,9 @@ from agentpool.cli_common import (
     add_queue_options,
     command,
     connect,
-    emit,
     error_line,
-    print_json,
+    print_view,
     queue_name,
-    render,
 )
 from agentpool.protocol import TaskInfo, TaskQueue, encode_payload
 from agentpool.views import submitted_grid, submitted_json, waited_grid, waited_json
@@ -133,10 +132,7 @@ def wait_failure(tasks: Sequence[TaskInfo], pending: Sequence[str],
     if pending:
         parts.append(f"{len(pending)} of {len(tasks) + len(pending)} tasks not finished "
                      f"after {timeout:g}s")
-    unhappy: dict[str, int] = {}
-    for t in tasks:
-        if t.state != "succeeded":
-            unhappy[t.state] = unhappy.get(t.state, 0) + 1
+    unhappy = Counter(t.state for t in tasks if t.state != "succeeded")
     if unhappy:
         parts.append(", ".join(f"{n} {state}" for state, n in sorted(unhappy.items())))
     return "; ".join(parts) or None
@@ -152,16 +148,10 @@ async def run(args: argparse.Namespace) -> int:
         queue = client.queue(name)
         ids = await submit_all(queue, payloads, args)
         if not args.wait:
-            if args.output == "json":
-                print_json(submitted_json(name, ids))
-            else:
-                emit(render(submitted_grid(name, ids)))
+            print_view(args, submitted_grid(name, ids), submitted_json(name, ids))
             return EXIT_OK
         tasks, pending = await wait_all(queue, ids, args.timeout)
-    if args.output == "json":
-        print_json(waited_json(name, tasks, pending))
-    else:
-        emit(render(waited_grid(name, tasks, pending)))
+    print_view(args, waited_grid(name, tasks, pending), waited_json(name, tasks, pending))
     problem = wait_failure(tasks, pending, args.timeout)
     if problem:
         error_line(problem)

@@ -12,10 +12,8 @@ from agentpool.cli_common import (
     add_queue_options,
     command,
     connect,
-    emit,
-    print_json,
+    print_view,
     queue_name,
-    render,
 )
 from agentpool.protocol import TASK_LIST_STATES, TaskInfo
 from agentpool.views import state_totals, tasks_grids, tasks_json
@@ -50,8 +48,6 @@ async def run(args: argparse.Namespace) -> int:
         groups: dict[str, list[TaskInfo]] = {
             state: await queue.list_tasks(state, args.limit) for state in states
         }
-    if args.output == "json":
-        print_json(tasks_json(name, groups, totals))
-    else:
-        emit(render(tasks_grids(name, groups, totals, time.time())))
+    print_view(args, tasks_grids(name, groups, totals, time.time()),
+               tasks_json(name, groups, totals))
     return EXIT_OK

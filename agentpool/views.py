@@ -203,6 +203,12 @@ def waited_grid(queue: str, tasks: Sequence[TaskInfo], pending: Sequence[str]) -
                 title=f"Queue {queue}")
 
 
+def ended_line(info: TaskInfo) -> str:
+    """How a finished task ended, with its error unless that only repeats the state."""
+    detail = f": {info.error}" if info.error and info.error != info.state else ""
+    return f"task {info.id} ended {info.state}{detail}"
+
+
 CANCEL_TEXT = {
     CancelOutcome.CANCELLED: "cancelled",
     CancelOutcome.REQUESTED: "cancel requested: the task is running and its worker will stop it",
@@ -227,9 +233,7 @@ def figures_json(queue: str, figures: QueueFigures,
     doc: dict[str, Any] = {
         "queue": queue,
         "queued": figures.queued,
-        "queued_by_priority": {
-            str(p): n for p, n in sorted(figures.queued_by_priority.items(), reverse=True) if n
-        },
+        "queued_by_priority": {str(p): n for p, n in _queued_priorities(figures)},
         "delayed": figures.delayed,
         "in_flight": figures.in_flight,
         "dead": figures.dead,
@@ -251,14 +255,17 @@ def rates_json(rates: Rates) -> dict[str, Any]:
     }
 
 
+def _queued_priorities(figures: QueueFigures) -> list[tuple[int, int]]:
+    """(priority, queued) for the priorities holding tasks, highest first."""
+    return [(p, n) for p, n in sorted(figures.queued_by_priority.items(), reverse=True) if n]
+
+
 def _counter_names(stats: Mapping[str, int]) -> list[str]:
     return [*COUNTER_LABELS, *sorted(set(stats) - set(COUNTER_LABELS))]
 
 
 def figures_grid(queue: str, figures: QueueFigures, rates: Rates | None = None) -> Grid:
-    by_prio = ", ".join(
-        f"p{p}: {n}" for p, n in sorted(figures.queued_by_priority.items(), reverse=True) if n
-    )
+    by_prio = ", ".join(f"p{p}: {n}" for p, n in _queued_priorities(figures))
     queued = f"{figures.queued} ({by_prio})" if by_prio else str(figures.queued)
     rows = [
         ["Queued", queued],

@@ -16,6 +16,7 @@ from agentpool.cli_common import (
     queue_name,
 )
 from agentpool.get_command import print_task
+from agentpool.views import ended_line
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +47,6 @@ async def run(args: argparse.Namespace) -> int:
             ) from None
     print_task(args, name, info)
     if info.state != "succeeded":
-        error_line(f"task {info.id} ended {info.state}"
-                   + (f": {info.error}" if info.error and info.error != info.state else ""))
+        error_line(ended_line(info))
         return EXIT_FAILED
     return EXIT_OK

@@ -20,23 +20,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import kmock
 import redis.asyncio as aioredis
-from kubernetes.config import kube_config
 
 from agentpool.protocol import TaskQueue
-from agentpool.redis_server import RedisServer, free_port
 from agentpool_operator.scaling import ScalingPolicy
-from agentpool_operator.settings import OperatorSettings
 from agentpool_operator.simulation import (
     Autoscaler,
     KedaAutoscaler,
@@ -49,14 +43,10 @@ from agentpool_operator.simulation import (
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
+from kopf_bench import operator_with_pools  # noqa: E402
 from operator_harness import (  # noqa: E402
     Cluster,
-    ClusterEmulator,
-    OperatorThread,
     eventually,
-    pool_manifest,
-    seed_resources,
-    write_kubeconfig,
 )
 
 POOLS = {"warm": 1, "cold": 0}
@@ -126,28 +116,11 @@ def line(name: str, times: list[float], target: float | None) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
-        async with ClusterEmulator() as emulator, kmock.Server(emulator):
-            seed_resources(emulator)
-            kubeconfig = write_kubeconfig(Path(tmp) / "kubeconfig", str(emulator.url).rstrip("/"))
-            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
-            os.environ["KUBECONFIG"] = str(kubeconfig)
-            cluster = Cluster(emulator)
-            operator = OperatorThread(OperatorSettings(port=free_port()))
-            await operator.start()
-            redis = aioredis.Redis.from_url(server.url)
-            try:
-                for pool, floor in POOLS.items():
-                    manifest = pool_manifest(pool, redis_url=server.url, queue=pool,
-                                             poll_seconds=args.poll)
-                    manifest["spec"]["scaling"].update(
-                        minReplicas=floor, maxReplicas=10, scaleDownCooldownSeconds=1)
-                    await cluster.create_pool(manifest)
-                    await eventually(lambda p=pool: cluster.pool(p)["status"]["conditions"])
-                measured = await measure(cluster, redis, args)
-            finally:
-                await redis.aclose()
-                await operator.stop()
+    pools = {pool: (args.poll, {"minReplicas": floor, "maxReplicas": 10,
+                                "scaleDownCooldownSeconds": 1})
+             for pool, floor in POOLS.items()}
+    async with operator_with_pools(pools) as (cluster, redis):
+        measured = await measure(cluster, redis, args)
 
     target = args.poll + 1
     keda = KedaSettings()

@@ -20,34 +20,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import kmock
-import redis.asyncio as aioredis
-from kubernetes.config import kube_config
-
 from agentpool.protocol import TaskQueue, WorkerInfo
-from agentpool.redis_server import RedisServer, free_port
-from agentpool_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
+from kopf_bench import operator_with_pools  # noqa: E402
 from operator_harness import (  # noqa: E402
     NAMESPACE,
     Cluster,
-    ClusterEmulator,
-    OperatorThread,
-    eventually,
-    pool_manifest,
-    seed_resources,
-    write_kubeconfig,
 )
 
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
@@ -132,29 +119,11 @@ def summary(name: str, times: list[float], target: float) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
-        async with ClusterEmulator() as emulator, kmock.Server(emulator):
-            seed_resources(emulator)
-            kubeconfig = write_kubeconfig(Path(tmp) / "kubeconfig", str(emulator.url).rstrip("/"))
-            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
-            os.environ["KUBECONFIG"] = str(kubeconfig)
-            cluster = Cluster(emulator)
-            operator = OperatorThread(OperatorSettings(port=free_port()))
-            await operator.start()
-            redis = aioredis.Redis.from_url(server.url)
-            try:
-                for pool, poll in (("fast", 30.0), ("slow", args.poll)):
-                    manifest = pool_manifest(pool, redis_url=server.url, queue=pool,
-                                             poll_seconds=poll)
-                    manifest["spec"]["scaling"].update(minReplicas=1, maxReplicas=1)
-                    await cluster.create_pool(manifest)
-                    await eventually(lambda p=pool: cluster.pool(p)["status"]["conditions"])
-                fast = await delete_path(cluster, TaskQueue(redis, "fast"), args.runs)
-                slow = await lease_path(cluster, TaskQueue(redis, "slow"), args.lease_runs,
-                                        args.lease)
-            finally:
-                await redis.aclose()
-                await operator.stop()
+    pools = {pool: (poll, {"minReplicas": 1, "maxReplicas": 1})
+             for pool, poll in (("fast", 30.0), ("slow", args.poll))}
+    async with operator_with_pools(pools) as (cluster, redis):
+        fast = await delete_path(cluster, TaskQueue(redis, "fast"), args.runs)
+        slow = await lease_path(cluster, TaskQueue(redis, "slow"), args.lease_runs, args.lease)
     print(summary("pod deletion -> tasks claimable", fast, 1.0))
     print(summary(f"silent death -> requeue (lease {args.lease:g}s, poll {args.poll:g}s)",
                   slow, args.lease + args.poll))

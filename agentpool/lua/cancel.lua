@@ -10,8 +10,7 @@ if state == 'queued' or state == 'delayed' or state == 'dead' then
   redis.call('ZREM', K_QUEUED, id)
   redis.call('ZREM', K_DELAYED, id)
   redis.call('ZREM', K_DEAD, id)
-  redis.call('HSET', tk, 'error', 'cancelled')
-  finished(id, tk, 'cancelled', now)
+  cancelled(id, tk, now)
   return 'cancelled'
 end
 if state == 'running' then

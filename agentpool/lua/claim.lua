@@ -16,7 +16,7 @@ for _, id in ipairs(due) do
 end
 local out = {}
 local pod = string.match(worker, '^(.*):[^:]*$') or worker
-if redis.call('HEXISTS', K_DRAIN, worker) == 0 and redis.call('HEXISTS', K_DRAIN, pod) == 0 then
+if not drain_requested(worker, pod) then
   local popped = redis.call('ZPOPMIN', K_QUEUED, count)
   local owner = owner_key(worker)
   -- Known before its first heartbeat, so requeue_pod finds what it holds.
@@ -30,8 +30,8 @@ if redis.call('HEXISTS', K_DRAIN, worker) == 0 and redis.call('HEXISTS', K_DRAIN
       redis.call('HSET', tk, 'state', 'running', 'owner', worker, 'token', token, 'started', now)
       redis.call('ZADD', K_LEASES, now + lease_ms, id)
       redis.call('SADD', owner, id)
-      local f = redis.call('HMGET', tk, 'payload', 'created')
-      out[#out + 1] = {id, token, attempts, f[1] or '', f[2] or '0', max_attempts(tk)}
+      local f = redis.call('HMGET', tk, 'payload', 'created', 'max')
+      out[#out + 1] = {id, token, attempts, f[1] or '', f[2] or '0', max_attempts(f[3])}
     end
   end
 end

@@ -25,14 +25,30 @@ local function task_key(id) return P .. 't:' .. id end
 local function owner_key(worker) return P .. 'owner:' .. worker end
 local function worker_key(worker) return P .. 'w:' .. worker end
 
-local function max_attempts(tk)
-  local m = redis.call('HGET', tk, 'max')
-  if not m then m = redis.call('HGET', K_CONFIG, 'max_attempts') end
-  return tonumber(m or DEFAULT_MAX_ATTEMPTS)
+-- Queue-wide defaults, read at most once per script run (a reap may touch many tasks).
+local config_max_attempts, config_result_ttl
+
+-- A task's attempt limit from its own 'max' field (already read by the caller), else the
+-- queue's default.
+local function max_attempts(own)
+  if own then return tonumber(own) end
+  if not config_max_attempts then
+    config_max_attempts = tonumber(
+      redis.call('HGET', K_CONFIG, 'max_attempts') or DEFAULT_MAX_ATTEMPTS)
+  end
+  return config_max_attempts
 end
 
 local function result_ttl()
-  return tonumber(redis.call('HGET', K_CONFIG, 'result_ttl') or DEFAULT_RESULT_TTL)
+  if not config_result_ttl then
+    config_result_ttl = tonumber(redis.call('HGET', K_CONFIG, 'result_ttl') or DEFAULT_RESULT_TTL)
+  end
+  return config_result_ttl
+end
+
+-- The operator asked this worker instance, or its whole pod, to stop claiming.
+local function drain_requested(worker, pod)
+  return redis.call('HEXISTS', K_DRAIN, pod) == 1 or redis.call('HEXISTS', K_DRAIN, worker) == 1
 end
 
 local function wake(n)
@@ -55,32 +71,41 @@ local function finished(id, tk, state, now)
   redis.call('PUBLISH', K_DONE, id)
 end
 
+local function cancelled(id, tk, now)
+  redis.call('HSET', tk, 'error', 'cancelled')
+  finished(id, tk, 'cancelled', now)
+end
+
+-- Back to the queue at its original place (score), with the reason it left its holder.
+local function requeue(id, tk, score, err)
+  redis.call('HSET', tk, 'state', 'queued', 'error', err)
+  redis.call('ZADD', K_QUEUED, score, id)
+  redis.call('HINCRBY', K_STATS, 'requeued', 1)
+  wake(1)
+end
+
 -- Return a running task whose holder is gone. The lost run counts as an attempt, so a task
 -- that keeps killing its workers ends in the dead-letter queue.
 -- Returns 1 requeued, 2 dead-lettered, 3 cancelled, 0 nothing to do (not running any more).
 local function requeue_one(id, reason, now)
   local tk = task_key(id)
   redis.call('ZREM', K_LEASES, id)
-  local f = redis.call('HMGET', tk, 'state', 'owner', 'attempts', 'score', 'cancel')
+  local f = redis.call('HMGET', tk, 'state', 'owner', 'attempts', 'score', 'cancel', 'max')
   if f[2] then redis.call('SREM', owner_key(f[2]), id) end
   if f[1] ~= 'running' then return 0 end
-  local attempts = tonumber(f[3] or '0')
-  local limit = max_attempts(tk)
   redis.call('HDEL', tk, 'owner', 'token')
   if f[5] == '1' then
-    redis.call('HSET', tk, 'error', 'cancelled')
-    finished(id, tk, 'cancelled', now)
+    cancelled(id, tk, now)
     return 3
   end
+  local attempts = tonumber(f[3] or '0')
+  local limit = max_attempts(f[6])
   if attempts >= limit then
     redis.call('HSET', tk, 'error', reason .. ' (attempt ' .. attempts .. ' of ' .. limit .. ')')
     finished(id, tk, 'dead', now)
     return 2
   end
-  redis.call('HSET', tk, 'state', 'queued', 'error', reason)
-  redis.call('ZADD', K_QUEUED, f[4], id)
-  redis.call('HINCRBY', K_STATS, 'requeued', 1)
-  wake(1)
+  requeue(id, tk, f[4], reason)
   return 1
 end
 

@@ -5,28 +5,25 @@
 local id, token, err, retryable = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local delay_ms, mode = tonumber(ARGV[6]), ARGV[7]
 local tk = task_key(id)
-local f = redis.call('HMGET', tk, 'state', 'token', 'owner', 'attempts', 'cancel', 'score')
+local f = redis.call('HMGET', tk, 'state', 'token', 'owner', 'attempts', 'cancel', 'score',
+  'max')
 if f[1] ~= 'running' or f[2] ~= token then return 'stale' end
 local now = now_ms()
 redis.call('ZREM', K_LEASES, id)
 redis.call('SREM', owner_key(f[3]), id)
 redis.call('HDEL', tk, 'token', 'owner')
 if mode == 'cancel' or f[5] == '1' then
-  redis.call('HSET', tk, 'error', 'cancelled')
-  finished(id, tk, 'cancelled', now)
+  cancelled(id, tk, now)
   return 'cancelled'
 end
 if mode == 'release' then
   redis.call('HINCRBY', tk, 'attempts', -1)
-  redis.call('HSET', tk, 'state', 'queued', 'error', err)
-  redis.call('ZADD', K_QUEUED, f[6], id)
-  redis.call('HINCRBY', K_STATS, 'requeued', 1)
-  wake(1)
+  requeue(id, tk, f[6], err)
   return 'requeued'
 end
 redis.call('HSET', tk, 'error', err)
 redis.call('HINCRBY', K_STATS, 'failed', 1)
-if retryable and tonumber(f[4]) < max_attempts(tk) then
+if retryable and tonumber(f[4]) < max_attempts(f[7]) then
   redis.call('HSET', tk, 'state', 'delayed', 'due', now + delay_ms)
   redis.call('ZADD', K_DELAYED, now + delay_ms, id)
   redis.call('HINCRBY', K_STATS, 'retried', 1)

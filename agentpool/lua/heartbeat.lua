@@ -18,8 +18,4 @@ for i = 6, #ARGV, 2 do
     lost[#lost + 1] = id
   end
 end
-local drain = 0
-if redis.call('HEXISTS', K_DRAIN, pod) == 1 or redis.call('HEXISTS', K_DRAIN, worker) == 1 then
-  drain = 1
-end
-return {lost, cancel, drain}
+return {lost, cancel, drain_requested(worker, pod) and 1 or 0}

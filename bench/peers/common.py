@@ -98,3 +98,35 @@ def command_line() -> tuple[str, dict[str, Any]]:
         raise SystemExit("usage: python -m bench.peers.drv_<system> COMMAND 'JSON'")
     options: dict[str, Any] = json.loads(sys.argv[2])
     return sys.argv[1], options
+
+
+def produce_one_at_a_time(
+    noop: Callable[[], Any],
+    stamp: Callable[[float], Any],
+    long: Callable[[float], Any],
+) -> None:
+    """The producer side for a system with no batch enqueue, from its three submit calls.
+
+    Reads the command line and replies; ``enqueue``/``fill`` submit ``noop()`` n times,
+    ``latency`` submits ``stamp(sent)`` on a schedule, ``long`` submits ``long(seconds)``.
+    """
+    command, options = command_line()
+    n = int(options.get("n", 0))
+    if command in ("enqueue", "fill"):
+        if options.get("mode") == "batch":
+            reply({"unsupported": True})
+            return
+
+        def send() -> None:
+            for _ in range(n):
+                noop()
+
+        reply(timed(n, send))
+    elif command == "latency":
+        paced(n, float(options["interval"]), stamp)
+        reply({})
+    elif command == "long":
+        long(float(options["seconds"]))
+        reply({})
+    else:
+        raise SystemExit(f"unknown command {command!r}")

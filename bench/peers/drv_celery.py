@@ -65,26 +65,7 @@ def _ready(**_: Any) -> None:
 
 
 def main() -> None:
-    command, options = common.command_line()
-    n = int(options.get("n", 0))
-    if command in ("enqueue", "fill"):
-        if options.get("mode") == "batch":
-            common.reply({"unsupported": True})
-            return
-
-        def send() -> None:
-            for _ in range(n):
-                noop.delay()
-
-        common.reply(common.timed(n, send))
-    elif command == "latency":
-        common.paced(n, float(options["interval"]), lambda now: stamp.delay(now))
-        common.reply({})
-    elif command == "long":
-        long_task.delay(float(options["seconds"]))
-        common.reply({})
-    else:
-        raise SystemExit(f"unknown command {command!r}")
+    common.produce_one_at_a_time(noop.delay, stamp.delay, long_task.delay)
 
 
 if __name__ == "__main__":

@@ -54,26 +54,7 @@ def long_task(seconds: float) -> None:
 
 
 def main() -> None:
-    command, options = common.command_line()
-    n = int(options.get("n", 0))
-    if command in ("enqueue", "fill"):
-        if options.get("mode") == "batch":
-            common.reply({"unsupported": True})
-            return
-
-        def send() -> None:
-            for _ in range(n):
-                noop.send()
-
-        common.reply(common.timed(n, send))
-    elif command == "latency":
-        common.paced(n, float(options["interval"]), lambda now: stamp.send(now))
-        common.reply({})
-    elif command == "long":
-        long_task.send(float(options["seconds"]))
-        common.reply({})
-    else:
-        raise SystemExit(f"unknown command {command!r}")
+    common.produce_one_at_a_time(noop.send, stamp.send, long_task.send)
 
 
 if __name__ == "__main__":

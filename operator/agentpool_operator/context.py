@@ -17,7 +17,6 @@ from .settings import OperatorSettings
 
 SECRET_RECHECK_SECONDS = 3600.0
 """A Redis URL read from a Secret is read again at least this often, whatever else happens."""
-"""How long a Redis URL read from a Secret is reused before the Secret is read again."""
 
 PoolPods = kopf.Index[tuple[str, str], dict[str, Any]]
 """kopf's index of the pools' pods (`pod_events.pool_pods`): (namespace, pool) -> pods."""

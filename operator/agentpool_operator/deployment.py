@@ -222,6 +222,17 @@ def deployment_drift(
     return patch or None
 
 
+def replayed(known: Mapping[str, Any] | None, seen: Mapping[str, Any] | None) -> bool:
+    """Whether a watched copy `seen` (None: deleted) is the copy already `known`: a watch
+    replaying its listing, which changes nothing."""
+    if known is None or seen is None:
+        return False
+    return bool(
+        (known.get("metadata") or {}).get("resourceVersion")
+        == (seen.get("metadata") or {}).get("resourceVersion")
+    )
+
+
 def _covers(want: Any, have: Any, *, key: str, exact: bool, parent: str = "") -> bool:
     """Whether `have` carries everything of `want`; keys only `have` has are API defaults
     unless `exact` (user-owned pass-through), where they are drift."""

@@ -28,7 +28,7 @@ from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
 
 from . import actions, metrics
 from .context import OperatorContext, PoolPods, PoolState, pods_of
-from .deployment import POOL_LABEL, deployment_drift, desired_deployment
+from .deployment import POOL_LABEL, deployment_drift, desired_deployment, replayed
 from .kube import KubeApi, api_error_message
 from .redis_access import QueueAccessError, read_figures, resolve_redis_url
 from .status import (
@@ -223,16 +223,11 @@ async def deployment_event(
     state = context(memo).pools.get((namespace, pool))
     if state is None:
         return
-    gone = event.get("type") == "DELETED"
+    seen = None if event.get("type") == "DELETED" else dict(body)
     known = state.deployment if state.deployment_known else None
-    replayed = (
-        not gone
-        and known is not None
-        and (known.get("metadata") or {}).get("resourceVersion")
-        == body.metadata.get("resourceVersion")
-    )
-    state.remember_deployment(None if gone else dict(body))
-    if not replayed:
+    unchanged = replayed(known, seen)
+    state.remember_deployment(seen)
+    if not unchanged:
         state.wake.set()
 
 

@@ -9,11 +9,12 @@ event, two operator replicas, a restart half-way) costs nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from agentpool.protocol import WORKER_LIVENESS_WINDOW, InstanceState
 from agentpool_operator.deployment import WORKER_CONTAINER
 
 
@@ -67,6 +68,22 @@ class DeletePod:
 
 
 Action = Requeue | RequestDrain | DeletePod
+
+
+def instance_view(instance: InstanceState) -> InstanceView:
+    return InstanceView(instance.pod, instance.instance, instance.started, instance.held)
+
+
+def judged_instances(
+    instances: Iterable[InstanceState], pods: Collection[str], now: float
+) -> list[InstanceView]:
+    """The instances to judge against a full pod list: those of the listed pods, and those of
+    other pods once they stopped heart-beating (until then, an instance may belong to a pod
+    created after the list was read)."""
+    return [
+        instance_view(i) for i in instances
+        if i.pod in pods or now - i.last_seen >= WORKER_LIVENESS_WINDOW
+    ]
 
 
 @dataclass(frozen=True)

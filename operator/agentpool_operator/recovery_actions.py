@@ -29,7 +29,7 @@ import kopf
 import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from agentpool.protocol import WORKER_LIVENESS_WINDOW, RequeueResult, TaskQueue, worker_id
+from agentpool.protocol import RequeueResult, TaskQueue, worker_id
 
 from . import metrics
 from .kube import KubeApi, api_error_message
@@ -42,6 +42,8 @@ from .recovery import (
     RequestDrain,
     Requeue,
     decide_recovery,
+    instance_view,
+    judged_instances,
     pod_is_dead,
     pod_view,
 )
@@ -178,10 +180,7 @@ async def recover_pod(recovery: PoolRecovery, event_type: str | None,
     now = time.time()
     instances: list[InstanceView] = []
     if pod_is_dead(view, None) is None and view.restarts and view.container_started_at:
-        instances = [
-            InstanceView(i.pod, i.instance, i.started, i.held)
-            for i in await queue.instances(pod=view.name)
-        ]
+        instances = [instance_view(i) for i in await queue.instances(pod=view.name)]
     inputs = RecoveryInputs(pods=[view], instances=instances, pods_complete=False)
     taken = 0
     for action in decide_recovery(inputs, recovery.policy, now):
@@ -272,15 +271,9 @@ async def recover(
         now = observation.now.timestamp()
         instances = await queue.instances()
         drains = await queue.drain_requests()
-        names = {view.name for view in views}
         inputs = RecoveryInputs(
             pods=views,
-            # An instance of a pod not in the list is judged only once it stopped
-            # heart-beating: it may belong to a pod created after the list was read.
-            instances=[
-                InstanceView(i.pod, i.instance, i.started, i.held) for i in instances
-                if i.pod in names or now - i.last_seen >= WORKER_LIVENESS_WINDOW
-            ],
+            instances=judged_instances(instances, {view.name for view in views}, now),
             drains=drains,
             nodes=await known_nodes(kube, views),
             desired_replicas=desired_replicas(observation, views),

@@ -318,9 +318,8 @@ async def scale(
     summaries = [PodSummary.from_body(pod) for pod in pods]
 
     try:
-        plan = await _place_marks(observation, summaries, decision, kube)
+        plan, drains = await _place_marks(observation, summaries, decision, kube)
         if decision.changed and decision.replicas < current and observation.queue is not None:
-            drains = await _drain_times(observation.queue, current)
             waiting = still_ready(plan.leaving, summaries, drains, now)
             if waiting:
                 return ActionResult(
@@ -376,26 +375,20 @@ def still_ready(leaving: Sequence[str], pods: Sequence[PodSummary],
     ]
 
 
-async def _drain_times(queue: TaskQueue, current: int) -> dict[str, float]:
-    try:
-        return await queue.drain_requests()
-    except REDIS_ERRORS as error:
-        raise ScaleAborted(_redis_problem(current, error)) from None
-
-
 async def _place_marks(
     observation: PoolObservation,
     pods: Sequence[PodSummary],
     decision: Decision,
     kube: KubeApi,
-) -> RemovalPlan:
+) -> tuple[RemovalPlan, dict[str, float]]:
     """Mark the pods that leave (deletion cost first, then the drain request, so a crash in
-    between leaves a mark the next round completes); return the whole plan."""
+    between leaves a mark the next round completes); return the whole plan and the drain
+    requests read before it (a drain requested here is as old as the round: absent)."""
     current, target = decision.current, decision.replicas
     wanted = marks_wanted(pods, current, target)
     marked = [p.name for p in pods if p.marked and not p.gone]
     if wanted == 0 and not marked:
-        return RemovalPlan()
+        return RemovalPlan(), {}
     queue = observation.queue
     in_flight: dict[str, int] = {}
     draining: dict[str, float] = {}
@@ -437,7 +430,7 @@ async def _place_marks(
         detail = f"{busy} tasks in flight get drainSeconds to finish" if busy else "all idle"
         _post(observation, "DrainingPods",
               f"asked pods {', '.join(plan.mark)} to drain before removal ({detail})")
-    return plan
+    return plan, draining
 
 
 async def _patch_replicas(

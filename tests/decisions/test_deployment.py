@@ -12,6 +12,7 @@ from agentpool_operator.deployment import (
     WORKER_CONTAINER,
     deployment_drift,
     desired_deployment,
+    replayed,
 )
 
 POOL = "demo"
@@ -373,3 +374,11 @@ def test_changed_quantity_is_drift() -> None:
     actual = as_returned_by_the_api_server(desired)
     container(actual)["resources"]["limits"]["memory"] = "2Gi"
     assert deployment_drift(desired, actual) is not None
+
+
+def test_a_watched_copy_with_the_known_resource_version_is_a_replay() -> None:
+    known = {"metadata": {"name": POOL, "resourceVersion": "7"}}
+    assert replayed(known, {"metadata": {"name": POOL, "resourceVersion": "7"}})
+    assert not replayed(known, {"metadata": {"name": POOL, "resourceVersion": "8"}})
+    assert not replayed(known, None), "a deletion is news"
+    assert not replayed(None, {"metadata": {"resourceVersion": "7"}}), "nothing known yet"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from agentpool.protocol import WORKER_LIVENESS_WINDOW, InstanceState
 from agentpool_operator.recovery import (
     DeletePod,
     InstanceView,
@@ -9,6 +10,7 @@ from agentpool_operator.recovery import (
     RequestDrain,
     Requeue,
     decide_recovery,
+    judged_instances,
     pod_view,
     unavailable_budget,
 )
@@ -172,3 +174,15 @@ def test_pod_view_reads_the_deletion_deadline() -> None:
     view = pod_view(pod)
     assert view.deleting and view.deletion_deadline is not None
     assert pod_view({"metadata": {"name": "w-2"}}).deletion_deadline is None
+
+
+def test_instances_of_unlisted_pods_are_judged_once_they_stopped_beating() -> None:
+    def state(pod: str, last_seen: float) -> InstanceState:
+        return InstanceState(f"{pod}:i", pod, "i", started=1.0, last_seen=last_seen, held=2)
+
+    judged = judged_instances(
+        [state("listed", NOW), state("new", NOW - 1),
+         state("gone", NOW - WORKER_LIVENESS_WINDOW)],
+        {"listed"}, NOW,
+    )
+    assert judged == [InstanceView("listed", "i", 1.0, 2), InstanceView("gone", "i", 1.0, 2)]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import socket
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentpool import urls
 from agentpool.protocol import QUEUE_NAME
 
 ENV_PREFIX = "AGENTPOOL_"
@@ -24,17 +24,9 @@ class ConfigError(Exception):
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to log)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-    masked = f"{user}:***@{hostport}" if user else f"***@{hostport}"
-    return urlunsplit(parts._replace(netloc=masked))
+    """:func:`agentpool.urls.redact_url`, with an empty user name left out
+    (``redis://***@host`` rather than ``redis://:***@host``)."""
+    return urls.redact_url(url).replace(f"://:{urls.MASK}@", f"://{urls.MASK}@", 1)
 
 
 class WorkerSettings(BaseSettings):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import signal
 import time
 import traceback
@@ -101,8 +100,7 @@ class _Backoff:
 
     async def sleep(self) -> None:
         self.failures += 1
-        step = min(self.cap, self.base * 2 ** min(self.failures, 16))
-        await asyncio.sleep(step / 2 + random.uniform(0, step / 2))
+        await asyncio.sleep(retry_delay(self.failures + 1, base=self.base, cap=self.cap))
 
 
 class Worker:
