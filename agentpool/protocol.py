@@ -348,24 +348,16 @@ class TaskQueue:
         return ids
 
     async def get(self, task_id: str) -> TaskInfo | None:
-        raw = await self.redis.hgetall(self.task_key(task_id))
-        if not raw:
-            return None
-        f = {_s(k): v for k, v in raw.items()}
-        return TaskInfo(
-            id=task_id,
-            state=_s(f.get("state", b"unknown")),
-            payload=_json_or_raw(f.get("payload")),
-            attempts=int(f.get("attempts", 0)),
-            priority=int(f.get("prio", 0)),
-            created_ms=int(f.get("created", 0)),
-            started_ms=_opt_int(f.get("started")),
-            finished_ms=_opt_int(f.get("finished")),
-            result=_json_or_raw(f.get("result")),
-            error=_s(f["error"]) if "error" in f else None,
-            owner=_s(f["owner"]) if "owner" in f else None,
-            max_attempts=_opt_int(f.get("max")),
-        )
+        return _task_info(task_id, await self.redis.hgetall(self.task_key(task_id)))
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskInfo]:
+        """Several tasks in one round trip; ids with no task are left out."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self.task_key(task_id))
+            replies = await pipe.execute()
+        infos = (_task_info(i, raw) for i, raw in zip(task_ids, replies, strict=True))
+        return [info for info in infos if info is not None]
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
         """Wait until the task reaches a final state; raises TimeoutError after `timeout`."""
@@ -567,8 +559,7 @@ class TaskQueue:
 
     async def dead_letters(self, limit: int = 100) -> list[TaskInfo]:
         ids = await self.redis.zrevrange(self.prefix + "dead", 0, limit - 1)
-        infos = [await self.get(_s(i)) for i in ids]
-        return [i for i in infos if i is not None]
+        return await self.get_many([_s(i) for i in ids])
 
     async def list_tasks(self, state: str, limit: int = 100) -> list[TaskInfo]:
         """Up to `limit` tasks in one of TASK_LIST_STATES (read-only): queued in claim order,
@@ -576,8 +567,7 @@ class TaskQueue:
         if state == "dead":
             return await self.dead_letters(limit)
         ids = await self.redis.zrange(self.prefix + _STATE_SETS[state], 0, limit - 1)
-        infos = [await self.get(_s(i)) for i in ids]
-        return [i for i in infos if i is not None]
+        return await self.get_many([_s(i) for i in ids])
 
     async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
         return int(await self._run("dead_letters", "requeue", *(task_ids or [])))
@@ -609,6 +599,27 @@ def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
     ]
     due_in = None if next_due is None else max(0.0, (float(next_due) - now) / 1000)
     return ClaimBatch(claimed, due_in)
+
+
+def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:
+    """A task hash as read from Redis (bytes or str keys), or None when there is none."""
+    if not raw:
+        return None
+    f = {_s(k): v for k, v in raw.items()}
+    return TaskInfo(
+        id=task_id,
+        state=_s(f.get("state", b"unknown")),
+        payload=_json_or_raw(f.get("payload")),
+        attempts=int(f.get("attempts", 0)),
+        priority=int(f.get("prio", 0)),
+        created_ms=int(f.get("created", 0)),
+        started_ms=_opt_int(f.get("started")),
+        finished_ms=_opt_int(f.get("finished")),
+        result=_json_or_raw(f.get("result")),
+        error=_s(f["error"]) if "error" in f else None,
+        owner=_s(f["owner"]) if "owner" in f else None,
+        max_attempts=_opt_int(f.get("max")),
+    )
 
 
 def _encode_result(result: Any) -> str:

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from agentpool.demo.fleet import WorkerFleet, WorkerProcess, worker_command
 from agentpool.demo.summary import Summary, TaskRecord, summarize
 from agentpool.demo.view import Reporter, Snapshot, WorkerRow
-from agentpool.protocol import QueueFigures, TaskQueue, WorkerState, key_prefix
+from agentpool.protocol import QueueFigures, TaskInfo, TaskQueue, WorkerState, key_prefix
 from agentpool.redis_server import RedisServer
 
 HANDLER = "agentpool_worker.builtin:simulated_agent"
@@ -459,16 +459,17 @@ class FinishCounter:
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-async def read_records(queue: TaskQueue, ids: Sequence[str], batch: int = 64) -> list[TaskRecord]:
-    """Every task's state as stored now, a batch of reads at a time."""
+async def read_records(queue: TaskQueue, ids: Sequence[str], batch: int = 500) -> list[TaskRecord]:
+    """Every task's state as stored now, one round trip per batch; a missing task has none."""
     records: list[TaskRecord] = []
     for start in range(0, len(ids), batch):
-        records += await asyncio.gather(*(read_record(queue, i) for i in ids[start:start + batch]))
+        chunk = ids[start:start + batch]
+        found = {info.id: info for info in await queue.get_many(chunk)}
+        records += [record_of(task_id, found.get(task_id)) for task_id in chunk]
     return records
 
 
-async def read_record(queue: TaskQueue, task_id: str) -> TaskRecord:
-    info = await queue.get(task_id)
+def record_of(task_id: str, info: TaskInfo | None) -> TaskRecord:
     if info is None:
         return TaskRecord(id=task_id, state=None)
     return TaskRecord(

@@ -88,3 +88,15 @@ async def test_wait_times_out_on_an_unfinished_task(queue: TaskQueue) -> None:
 async def test_wait_for_an_unknown_task_raises_task_not_found(queue: TaskQueue) -> None:
     with pytest.raises(TaskNotFound):
         await queue.wait("no-such-task", timeout=1)
+
+
+async def test_get_many_reads_tasks_in_the_order_asked_and_skips_unknown_ids(
+    queue: TaskQueue,
+) -> None:
+    first = await queue.submit({"n": 1})
+    second = await queue.submit({"n": 2}, priority=3)
+    infos = await queue.get_many([second, "no-such-task", first])
+    assert [(i.id, i.payload, i.priority) for i in infos] == [
+        (second, {"n": 2}, 3), (first, {"n": 1}, 0),
+    ]
+    assert infos == [await queue.get(second), await queue.get(first)]
