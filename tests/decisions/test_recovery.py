@@ -37,6 +37,14 @@ def test_evicted_pod_gets_its_tasks_requeued() -> None:
     assert actions == [Requeue("a", "pod evicted")]
 
 
+def test_failed_pod_gets_its_tasks_requeued() -> None:
+    assert decide([PodView("a", phase="Failed")]) == [Requeue("a", "pod failed")]
+
+
+def test_pod_whose_container_exited_gets_its_tasks_requeued() -> None:
+    assert decide([PodView("a", phase="Succeeded")]) == [Requeue("a", "pod exited")]
+
+
 def test_pod_on_a_vanished_node_gets_its_tasks_requeued() -> None:
     actions = decide([PodView("a", node="n2"), PodView("b", node="n1")],
                      nodes=frozenset({"n1"}))

@@ -18,9 +18,11 @@ from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, poo
 from prometheus_client import REGISTRY
 
 from agentpool.protocol import TaskQueue, WorkerInfo, key_prefix
+from agentpool.redis_server import free_port
 from agentpool_operator import recovery_actions
 from agentpool_operator.recovery import PodView
 from agentpool_operator.recovery_actions import PoolRecovery, known_nodes, recover_pod
+from agentpool_operator.settings import OperatorSettings
 
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 LONG_POLL = 30
@@ -191,6 +193,42 @@ async def test_pod_unready_past_the_grace_is_drained_deleted_and_requeued(
         lambda: (s := cluster.pool("unr")["status"]).get("recoveredTasks") == 2 and s
     )
     assert status["replacedPods"] == 1
+
+
+async def test_operator_restart_between_drain_and_delete_loses_and_duplicates_nothing(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis,
+) -> None:
+    first = OperatorThread(operator_settings)
+    await first.start()
+    try:
+        await start_pool(
+            cluster, redis_url, "rsd", pods=1,
+            worker={"image": "w:1", "handler": "m:f", "drainSeconds": 3},
+            recovery={"unreadyGraceSeconds": 5, "maxUnavailable": 1},
+        )
+        queue = TaskQueue(redis, "rsd")
+        held = await lease(queue, "rsd-a", "i1", 2)
+        await cluster.create(PODS, pod_manifest("rsd", "rsd-a", pod_status(
+            ready=False, ready_since=time.time() - 60)))
+        await eventually(queue.drain_requests, within=3)
+        assert not cluster.requests("DELETE", "/pods/rsd-a"), "the drain gets its time"
+    finally:
+        await first.stop()
+    assert first.error is None, first.error
+
+    second = OperatorThread(operator_settings.model_copy(update={"port": free_port()}))
+    await second.start()
+    try:
+        await eventually(lambda: cluster.requests("DELETE", "/pods/rsd-a"), within=8)
+        await eventually(lambda: queued(redis, "rsd"), within=2)
+        entries = await redis.zrange(key_prefix("rsd") + "queued", 0, -1)
+        assert sorted(m.decode() for m in entries) == sorted(held), "each task queued once"
+        assert len(messages(cluster, "DrainRequested")) == 1, "the restart did not ask again"
+        assert len(await posted(cluster, "PodReplaced")) == 1
+    finally:
+        await second.stop()
+    assert second.error is None, second.error
 
 
 async def test_replacements_stay_within_the_budget(

@@ -55,6 +55,7 @@ async def test_drain_requested_through_redis_finishes_then_idles_until_sigterm(
         assert (await probe(port, "/readyz"))[0] == 200
         await queue.request_drain("pod-d")
         await eventually(lambda: _status(port, "/readyz", 503), 5, "readiness to fail")
+        assert (await probe(port, "/livez"))[0] == 200, "draining is not dead"
         later = await queue.submit_many([{"seconds": 0}] * 2)
         await eventually(lambda: task_in(queue, first, "succeeded"), 10, "in-flight work")
         drained = await eventually(lambda: _worker_in(queue, "pod-d", "drained"), 5, "drained")
