@@ -158,7 +158,6 @@ class WorkerInfo:
     instance: str
     concurrency: int
     state: str = "running"
-    in_flight: int = 0
     done: int = 0
     failed: int = 0
     started: float = field(default_factory=time.time)
@@ -175,11 +174,14 @@ class WorkerState:
     instance: str
     state: str
     in_flight: int
+    """Tasks leased to it now (what `list_tasks("running")` shows as its own), not a count
+    from its last heartbeat."""
     done: int
     failed: int
     concurrency: int
     last_heartbeat: float
     started: float
+    drain_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -436,9 +438,8 @@ class TaskQueue:
                         lease_seconds: float) -> Heartbeat:
         """Say the worker is alive and extend the leases of the tasks it holds (id -> token)."""
         info = json.dumps({
-            "state": worker.state, "in_flight": worker.in_flight, "done": worker.done,
-            "failed": worker.failed, "concurrency": worker.concurrency,
-            "started": worker.started,
+            "state": worker.state, "done": worker.done, "failed": worker.failed,
+            "concurrency": worker.concurrency, "started": worker.started,
         })
         pairs = [x for item in held.items() for x in item]
         lost, cancel, drain = await self._run(
@@ -492,26 +493,22 @@ class TaskQueue:
         )
 
     async def workers(self) -> list[WorkerState]:
-        """Worker instances that heart-beat recently, newest first."""
-        now = time.time()
-        members = await self.redis.zrevrangebyscore(
-            self.prefix + "workers", "+inf", int((now - WORKER_LIVENESS_WINDOW) * 1000),
-            withscores=True,
-        )
+        """Worker instances that heart-beat recently, newest first: one round trip."""
         out: list[WorkerState] = []
-        pairs = cast(list[tuple[bytes | str, float]], members)
-        for member, score in pairs:
-            wid = _s(member)
-            raw = await self.redis.hget(self.prefix + "w:" + wid, "info")
+        for wid_raw, score, raw, held, drain in await self._run(
+            "workers", int(WORKER_LIVENESS_WINDOW * 1000)
+        ):
+            wid = _s(wid_raw)
             info = json.loads(_s(raw)) if raw else {}
             pod, _, instance = wid.rpartition(":")
             out.append(WorkerState(
                 worker_id=wid, pod=pod, instance=instance,
                 state=str(info.get("state", "unknown")),
-                in_flight=int(info.get("in_flight", 0)), done=int(info.get("done", 0)),
+                in_flight=int(held), done=int(info.get("done", 0)),
                 failed=int(info.get("failed", 0)),
                 concurrency=int(info.get("concurrency", 0)),
                 last_heartbeat=float(score) / 1000, started=float(info.get("started", 0)),
+                drain_requested=bool(int(drain)),
             ))
         return out
 
