@@ -109,6 +109,20 @@ class RequeueResult:
     def total(self) -> int:
         return self.requeued + self.dead_lettered + self.cancelled
 
+    def __add__(self, other: RequeueResult) -> RequeueResult:
+        return RequeueResult(
+            self.requeued + other.requeued,
+            self.dead_lettered + other.dead_lettered,
+            self.cancelled + other.cancelled,
+            self.instances + other.instances,
+        )
+
+
+@dataclass(frozen=True)
+class ReapResult(RequeueResult):
+    by_worker: Mapping[str, RequeueResult] = field(default_factory=dict)
+    """What was moved of each worker instance that held a task whose lease expired."""
+
 
 @dataclass(frozen=True)
 class QueueFigures:
@@ -471,11 +485,18 @@ class TaskQueue:
         return _requeue_result(await self._run("requeue_workers", reason, "pod", pod, keep))
 
     async def reap_expired(self, limit: int = 1000,
-                           stale_worker_seconds: float = 3600) -> RequeueResult:
+                           stale_worker_seconds: float = 3600) -> ReapResult:
         """Requeue tasks whose lease ran out: the fallback when nobody saw a worker die."""
-        return _requeue_result(
-            await self._run("reap", limit, int(stale_worker_seconds * 1000))
-        )
+        *counts, moved = await self._run("reap", limit, int(stale_worker_seconds * 1000))
+        by_worker: dict[str, RequeueResult] = {}
+        for index in range(0, len(moved), 2):
+            holder, outcome = _s(moved[index]), int(moved[index + 1])
+            one = RequeueResult(requeued=int(outcome == 1), dead_lettered=int(outcome == 2),
+                                cancelled=int(outcome == 3))
+            by_worker[holder] = by_worker.get(holder, RequeueResult()) + one
+        requeued, dead_lettered, cancelled = (int(c) for c in counts)
+        return ReapResult(requeued=requeued, dead_lettered=dead_lettered, cancelled=cancelled,
+                          by_worker=by_worker)
 
     # -- inspection ------------------------------------------------------------------------
 

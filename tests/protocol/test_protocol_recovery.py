@@ -7,7 +7,7 @@ import asyncio
 import redis.asyncio as aioredis
 from protocol_helpers import RoundTrips, claim_one, queued_ids
 
-from agentpool.protocol import RequeueResult, TaskQueue, WorkerInfo
+from agentpool.protocol import ReapResult, RequeueResult, TaskQueue, WorkerInfo
 
 
 async def test_requeue_owner_returns_all_its_tasks_in_one_step_and_spares_others(
@@ -97,12 +97,31 @@ async def test_reaper_requeues_only_expired_leases(queue: TaskQueue) -> None:
         if result.total:
             break
         await asyncio.sleep(0.01)
-    assert result == RequeueResult(requeued=1)
+    assert result == ReapResult(requeued=1, by_worker={"pod-a:i1": RequeueResult(requeued=1)})
     short = await queue.get(short_id)
     long = await queue.get(long_id)
     assert short is not None and (short.state, short.error) == ("queued", "lease expired")
     assert long is not None and (long.state, long.owner) == ("running", "pod-b:i1")
     assert await queue.held_by("pod-a:i1") == set()
+
+
+async def test_reaper_names_the_holder_of_every_task_it_moves(queue: TaskQueue) -> None:
+    await queue.submit_many(range(2))
+    await queue.claim("pod-a:i1", 2, 0.05)
+    await queue.submit("last try", max_attempts=1)
+    await queue.claim("pod-b:i1", 1, 0.05)
+    await queue.submit("spared")
+    await queue.claim("pod-c:i1", 1, 30)
+
+    result = ReapResult()
+    for _ in range(100):
+        await asyncio.sleep(0.06)
+        result = await queue.reap_expired()
+        if result.total:
+            break
+    assert (result.requeued, result.dead_lettered, result.total) == (2, 1, 3)
+    assert result.by_worker == {"pod-a:i1": RequeueResult(requeued=2),
+                                "pod-b:i1": RequeueResult(dead_lettered=1)}
 
 
 async def test_heartbeat_extends_leases(queue: TaskQueue) -> None:
