@@ -109,6 +109,20 @@ class RequeueResult:
     def total(self) -> int:
         return self.requeued + self.dead_lettered + self.cancelled
 
+    def __add__(self, other: RequeueResult) -> RequeueResult:
+        return RequeueResult(
+            self.requeued + other.requeued,
+            self.dead_lettered + other.dead_lettered,
+            self.cancelled + other.cancelled,
+            self.instances + other.instances,
+        )
+
+
+@dataclass(frozen=True)
+class ReapResult(RequeueResult):
+    by_worker: Mapping[str, RequeueResult] = field(default_factory=dict)
+    """What was moved of each worker instance that held a task whose lease expired."""
+
 
 @dataclass(frozen=True)
 class QueueFigures:
@@ -158,7 +172,6 @@ class WorkerInfo:
     instance: str
     concurrency: int
     state: str = "running"
-    in_flight: int = 0
     done: int = 0
     failed: int = 0
     started: float = field(default_factory=time.time)
@@ -175,11 +188,14 @@ class WorkerState:
     instance: str
     state: str
     in_flight: int
+    """Tasks leased to it now (what `list_tasks("running")` shows as its own), not a count
+    from its last heartbeat."""
     done: int
     failed: int
     concurrency: int
     last_heartbeat: float
     started: float
+    drain_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -436,9 +452,8 @@ class TaskQueue:
                         lease_seconds: float) -> Heartbeat:
         """Say the worker is alive and extend the leases of the tasks it holds (id -> token)."""
         info = json.dumps({
-            "state": worker.state, "in_flight": worker.in_flight, "done": worker.done,
-            "failed": worker.failed, "concurrency": worker.concurrency,
-            "started": worker.started,
+            "state": worker.state, "done": worker.done, "failed": worker.failed,
+            "concurrency": worker.concurrency, "started": worker.started,
         })
         pairs = [x for item in held.items() for x in item]
         lost, cancel, drain = await self._run(
@@ -470,11 +485,18 @@ class TaskQueue:
         return _requeue_result(await self._run("requeue_workers", reason, "pod", pod, keep))
 
     async def reap_expired(self, limit: int = 1000,
-                           stale_worker_seconds: float = 3600) -> RequeueResult:
+                           stale_worker_seconds: float = 3600) -> ReapResult:
         """Requeue tasks whose lease ran out: the fallback when nobody saw a worker die."""
-        return _requeue_result(
-            await self._run("reap", limit, int(stale_worker_seconds * 1000))
-        )
+        *counts, moved = await self._run("reap", limit, int(stale_worker_seconds * 1000))
+        by_worker: dict[str, RequeueResult] = {}
+        for index in range(0, len(moved), 2):
+            holder, outcome = _s(moved[index]), int(moved[index + 1])
+            one = RequeueResult(requeued=int(outcome == 1), dead_lettered=int(outcome == 2),
+                                cancelled=int(outcome == 3))
+            by_worker[holder] = by_worker.get(holder, RequeueResult()) + one
+        requeued, dead_lettered, cancelled = (int(c) for c in counts)
+        return ReapResult(requeued=requeued, dead_lettered=dead_lettered, cancelled=cancelled,
+                          by_worker=by_worker)
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -492,26 +514,22 @@ class TaskQueue:
         )
 
     async def workers(self) -> list[WorkerState]:
-        """Worker instances that heart-beat recently, newest first."""
-        now = time.time()
-        members = await self.redis.zrevrangebyscore(
-            self.prefix + "workers", "+inf", int((now - WORKER_LIVENESS_WINDOW) * 1000),
-            withscores=True,
-        )
+        """Worker instances that heart-beat recently, newest first: one round trip."""
         out: list[WorkerState] = []
-        pairs = cast(list[tuple[bytes | str, float]], members)
-        for member, score in pairs:
-            wid = _s(member)
-            raw = await self.redis.hget(self.prefix + "w:" + wid, "info")
+        for wid_raw, score, raw, held, drain in await self._run(
+            "workers", int(WORKER_LIVENESS_WINDOW * 1000)
+        ):
+            wid = _s(wid_raw)
             info = json.loads(_s(raw)) if raw else {}
             pod, _, instance = wid.rpartition(":")
             out.append(WorkerState(
                 worker_id=wid, pod=pod, instance=instance,
                 state=str(info.get("state", "unknown")),
-                in_flight=int(info.get("in_flight", 0)), done=int(info.get("done", 0)),
+                in_flight=int(held), done=int(info.get("done", 0)),
                 failed=int(info.get("failed", 0)),
                 concurrency=int(info.get("concurrency", 0)),
                 last_heartbeat=float(score) / 1000, started=float(info.get("started", 0)),
+                drain_requested=bool(int(drain)),
             ))
         return out
 

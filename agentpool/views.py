@@ -8,7 +8,7 @@ Times are passed in (``now`` in seconds since the epoch) so output is determinis
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -303,20 +303,19 @@ def dead_grid(tasks: Sequence[TaskInfo], now: float, queue: str) -> Grid:
 # -- workers -------------------------------------------------------------------------------
 
 
-def worker_state(worker: WorkerState, drains: Collection[str]) -> str:
-    if worker.state == "running" and (worker.pod in drains or worker.worker_id in drains):
+def worker_state(worker: WorkerState) -> str:
+    if worker.state == "running" and worker.drain_requested:
         return "drain-requested"
     return worker.state
 
 
-def workers_json(workers: Sequence[WorkerState], now: float,
-                 drains: Collection[str] = ()) -> list[dict[str, Any]]:
+def workers_json(workers: Sequence[WorkerState], now: float) -> list[dict[str, Any]]:
     return [
         {
             "worker_id": w.worker_id,
             "pod": w.pod,
             "instance": w.instance,
-            "state": worker_state(w, drains),
+            "state": worker_state(w),
             "in_flight": w.in_flight,
             "concurrency": w.concurrency,
             "done": w.done,
@@ -329,11 +328,10 @@ def workers_json(workers: Sequence[WorkerState], now: float,
     ]
 
 
-def workers_grid(workers: Sequence[WorkerState], now: float, queue: str,
-                 drains: Collection[str] = ()) -> Grid:
+def workers_grid(workers: Sequence[WorkerState], now: float, queue: str) -> Grid:
     rows = [
         [
-            w.pod, w.instance, worker_state(w, drains), f"{w.in_flight}/{w.concurrency}",
+            w.pod, w.instance, worker_state(w), f"{w.in_flight}/{w.concurrency}",
             str(w.done), str(w.failed), format_age(now - w.last_heartbeat),
             format_age(now - w.started) if w.started else "-",
         ]

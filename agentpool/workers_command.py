@@ -18,7 +18,7 @@ from agentpool.cli_common import (
 from agentpool.protocol import WORKER_LIVENESS_WINDOW, WorkerState
 from agentpool.views import Grid, workers_grid, workers_json
 
-Snapshot = tuple[list[WorkerState], set[str], float]
+Snapshot = tuple[list[WorkerState], float]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "workers",
         help="list the worker instances of a queue",
         description="List worker instances (pod + per-process instance id) that heart-beat "
-        f"within the last {WORKER_LIVENESS_WINDOW:g}s: state, tasks in flight / concurrency, "
-        "tasks done and failed, time since the last heartbeat, uptime.",
+        f"within the last {WORKER_LIVENESS_WINDOW:g}s: state, tasks leased to it now / "
+        "concurrency (the tasks `tasks -s running` lists as its own), tasks done and failed "
+        "(as of its last heartbeat), time since the last heartbeat, uptime.",
     )
     add_queue_options(parser)
     add_output_option(parser)
@@ -42,16 +43,14 @@ async def run(args: argparse.Namespace) -> int:
         queue = client.queue(name)
 
         async def snapshot() -> Snapshot:
-            workers = await queue.workers()
-            drains = set(await queue.drain_requests())
-            return workers, drains, time.time()
+            return await queue.workers(), time.time()
 
         def grids(data: Snapshot) -> Grid:
-            workers, drains, now = data
-            return workers_grid(workers, now, name, drains)
+            workers, now = data
+            return workers_grid(workers, now, name)
 
         def to_json(data: Snapshot) -> Any:
-            workers, drains, now = data
-            return {"queue": name, "workers": workers_json(workers, now, drains)}
+            workers, now = data
+            return {"queue": name, "workers": workers_json(workers, now)}
 
         return await show(args, snapshot, grids, to_json)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 from e2e_cli import AgentpoolCli
-from e2e_config import ConfigError, E2EConfig
+from e2e_config import CRD_FILE, REPO, ConfigError, E2EConfig
 from e2e_install import (
     LocalOperator,
     RedisAccess,
@@ -194,7 +194,12 @@ def installation(e2e_config: E2EConfig, cluster: Kubectl, namespace: str,
 @pytest.fixture(scope="session")
 def crd(cluster: Kubectl, installation: Installation, waiter: Waiter) -> dict[str, Any]:
     """The AgentPool CRD of crds/, applied (the chart installs it only when it is missing)."""
-    return apply_crd(cluster, waiter)
+    applied: list[dict[str, Any]] = []
+    problem = attempt(lambda: applied.append(apply_crd(cluster, waiter)))
+    if problem:
+        pytest.fail(f"e2e: cannot apply the AgentPool CRD ({CRD_FILE.relative_to(REPO)}): "
+                    f"{problem}", pytrace=False)
+    return applied[0]
 
 
 @pytest.fixture(scope="session")

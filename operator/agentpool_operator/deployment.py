@@ -22,6 +22,10 @@ HTTP_PORT = 8080
 POOL_LABEL = "agentpool.dev/pool"
 GRACE_MARGIN_SECONDS = 15
 """Added to drainSeconds so that the worker's own drain deadline fires before the SIGKILL."""
+PROBE_KILL_GRACE_SECONDS = 5
+"""Grace after a failed liveness or startup probe. A container that fails them is wedged (a
+stalled event loop, a stopped process): waiting drainSeconds for it only delays the restart
+that gives its tasks back. A SIGTERM for any other reason still gets the pod's full grace."""
 
 RUN_AS_USER = 10001
 
@@ -132,8 +136,12 @@ def _container(pool_name: str, spec: AgentPoolSpec) -> dict[str, Any]:
         "imagePullPolicy": worker.image_pull_policy or _default_pull_policy(worker.image),
         "env": _env(pool_name, spec),
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        "startupProbe": _http_probe("/livez", period=2, timeout=2, failures=30),
-        "livenessProbe": _http_probe("/livez", period=10, timeout=3, failures=3),
+        "startupProbe": _http_probe(
+            "/livez", period=2, timeout=2, failures=30, kill_grace=PROBE_KILL_GRACE_SECONDS
+        ),
+        "livenessProbe": _http_probe(
+            "/livez", period=10, timeout=3, failures=3, kill_grace=PROBE_KILL_GRACE_SECONDS
+        ),
         "readinessProbe": _http_probe("/readyz", period=5, timeout=2, failures=2),
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -183,14 +191,19 @@ def _field_env(name: str, field_path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field_path}}}
 
 
-def _http_probe(path: str, *, period: int, timeout: int, failures: int) -> dict[str, Any]:
-    return {
+def _http_probe(
+    path: str, *, period: int, timeout: int, failures: int, kill_grace: int | None = None
+) -> dict[str, Any]:
+    probe: dict[str, Any] = {
         "httpGet": {"path": path, "port": "http", "scheme": "HTTP"},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
         "successThreshold": 1,
     }
+    if kill_grace is not None:
+        probe["terminationGracePeriodSeconds"] = kill_grace
+    return probe
 
 
 def _default_pull_policy(image: str) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
+import socket
 import sys
 import threading
 
@@ -26,6 +28,7 @@ from .kube import KubeApi
 from .settings import OperatorSettings, load_settings
 
 FINALIZER = f"{GROUP}/finalizer"
+REPORTING_COMPONENT = "agentpool-operator"
 
 
 def kopf_settings(config: OperatorSettings) -> kopf.OperatorSettings:
@@ -37,6 +40,9 @@ def kopf_settings(config: OperatorSettings) -> kopf.OperatorSettings:
     )
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
+    settings.posting.reporting_component = REPORTING_COMPONENT
+    settings.posting.reporting_instance = socket.gethostname()  # the pod's name in a cluster
+    settings.posting.event_name_prefix = f"{REPORTING_COMPONENT}-"
     # Only the pools' Deployments and pods are of interest: let the API server filter them.
     settings.watching.label_selectors["apps", "v1", "deployments"] = POOL_LABEL
     settings.watching.label_selectors["v1", "pods"] = POOL_LABEL
@@ -49,9 +55,37 @@ def kopf_settings(config: OperatorSettings) -> kopf.OperatorSettings:
     return settings
 
 
+class DebugLevel(logging.Filter):
+    """Logs a library writes at INFO that are routine: kopf's "Handler 'pod_event' succeeded."
+    after every watch event, the access line of every probe and scrape. They go out at DEBUG
+    (and only when DEBUG is on), so the INFO log is what the operator did."""
+
+    def __init__(self, logger: str, message: re.Pattern[str] | None = None) -> None:
+        super().__init__(logger)
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        if self.message is not None and not self.message.match(str(record.msg)):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+ROUTINE = (
+    DebugLevel("kopf.objects", re.compile(r"Handler '[^']+' succeeded\.$")),
+    DebugLevel("aiohttp.access"),
+)
+
+
 def configure_logging(level: str) -> None:
     kopf.configure(debug=level == "debug", log_format=kopf.LogFormat.JSON)
     logging.getLogger().setLevel(level.upper())
+    for routine in ROUTINE:
+        logger = logging.getLogger(routine.name)
+        logger.removeFilter(routine)
+        logger.addFilter(routine)
 
 
 async def run(

@@ -121,9 +121,12 @@ def outcome_text(result: RequeueResult) -> str:
     return ", ".join(parts)
 
 
-def post(pool: Any, reason: str, message: str) -> None:
-    """Log, and post an Event about the pool (kopf.Body or a plain dict; None: log only)."""
-    logger.info("%s: %s", reason, message)
+def post(pool: Any, reason: str, message: str, *, pod: str) -> None:
+    """Log naming the namespace, pool and pod, and post an Event about the pool (kopf.Body or
+    a plain dict; None: log only)."""
+    namespace, name = pool_identity(pool)
+    logger.info("%s/%s: %s: %s", namespace, name, reason, message,
+                extra={"namespace": namespace, "pool": name, "pod": pod, "reason": reason})
     if pool is not None:
         kopf.info(pool, reason=reason, message=message)
 
@@ -133,13 +136,7 @@ async def apply_requeue(queue: TaskQueue, action: Requeue) -> RequeueResult:
         return await queue.requeue_pod(action.pod, reason=action.reason)
     total = RequeueResult()
     for instance in action.instances:
-        result = await queue.requeue_owner(worker_id(action.pod, instance), reason=action.reason)
-        total = RequeueResult(
-            total.requeued + result.requeued,
-            total.dead_lettered + result.dead_lettered,
-            total.cancelled + result.cancelled,
-            total.instances + result.instances,
-        )
+        total += await queue.requeue_owner(worker_id(action.pod, instance), reason=action.reason)
     return total
 
 
@@ -149,11 +146,20 @@ async def requeue_and_report(
     """Requeue, post an Event when anything moved; the number of tasks taken back."""
     result = await apply_requeue(queue, action)
     if result.total:
-        post(pool, "TasksRequeued", requeue_message(action, result))
+        post(pool, "TasksRequeued", requeue_message(action, result), pod=action.pod)
         namespace, name = pool_identity(pool)
         if name:
             metrics.record_requeue_result(namespace, name, action.reason, result)
     return result.total
+
+
+def by_pod(by_worker: Mapping[str, RequeueResult]) -> dict[str, RequeueResult]:
+    """Per-instance results added up per pod (a worker id is `<pod>:<instance>`)."""
+    pods: dict[str, RequeueResult] = {}
+    for worker, result in by_worker.items():
+        pod = worker.rpartition(":")[0] or worker
+        pods[pod] = pods.get(pod, RequeueResult()) + result
+    return pods
 
 
 def pool_identity(pool: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -265,8 +271,9 @@ async def recover(
             metrics.record_requeue_result(
                 observation.namespace, observation.name, "lease_expired", reaped
             )
-            post(observation.pool, "LeasesExpired",
-                 f"requeued {outcome_text(reaped)} whose lease expired")
+            for pod, result in by_pod(reaped.by_worker).items():
+                post(observation.pool, "LeasesExpired",
+                     f"requeued {outcome_text(result)} of pod {pod} whose lease expired", pod=pod)
         views = [pod_view(pod) for pod in pods]
         now = observation.now.timestamp()
         instances = await queue.instances()
@@ -288,14 +295,15 @@ async def recover(
                 await queue.request_drain(action.pod)
                 metrics.record_drains(observation.namespace, observation.name, "recovery")
                 post(observation.pool, "DrainRequested",
-                     f"asked pod {action.pod} to drain: {action.reason}")
+                     f"asked pod {action.pod} to drain: {action.reason}", pod=action.pod)
             elif isinstance(action, DeletePod) and await kube.delete_pod(
                 observation.namespace, action.pod
             ):
                 replaced += 1
                 metrics.record_pods_replaced(observation.namespace, observation.name)
                 post(observation.pool, "PodReplaced",
-                     f"deleted pod {action.pod} to have it replaced: {action.reason}")
+                     f"deleted pod {action.pod} to have it replaced: {action.reason}",
+                     pod=action.pod)
         if state is not None:
             recovery.wake_at_expiry(await queue.next_lease_expiry(), state.wake,
                                     observation.spec.scaling.poll_seconds)

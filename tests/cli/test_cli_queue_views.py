@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
-from cli_helpers import Cli, key_values, make_dead, table_rows, with_queue
+import pytest
+from cli_helpers import Cli, key_values, make_dead, table_rows, wait_until, with_queue
 
 from agentpool.protocol import TaskQueue, WorkerInfo
 
@@ -112,11 +119,14 @@ def test_dead_needs_ids_or_all_but_not_both(cli: Cli) -> None:
 
 
 async def two_workers(q: TaskQueue) -> None:
-    busy = WorkerInfo(pod="pod-a", instance="i1", concurrency=4, in_flight=3, done=10, failed=1,
+    """pod-a holds three tasks, claimed after its last heartbeat; pod-b is idle and draining."""
+    busy = WorkerInfo(pod="pod-a", instance="i1", concurrency=4, done=10, failed=1,
                       started=time.time() - 120)
     idle = WorkerInfo(pod="pod-b", instance="i2", concurrency=4, done=2)
     await q.heartbeat(busy, {}, 30)
     await q.heartbeat(idle, {}, 30)
+    await q.submit_many([{"n": n} for n in range(3)])
+    assert len((await q.claim(busy.worker_id, 3, 30)).tasks) == 3
     await q.request_drain("pod-b")
 
 
@@ -142,6 +152,44 @@ def test_workers_json(cli: Cli) -> None:
     assert (by_pod["pod-a"]["in_flight"], by_pod["pod-a"]["done"]) == (3, 10)
     assert by_pod["pod-b"]["state"] == "drain-requested"
     assert 0 <= by_pod["pod-a"]["heartbeat_age_seconds"] < 5
+
+
+@pytest.fixture
+def worker_process(cli: Cli, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `agentpool-worker` on the CLI's queue: 4 at a time, the default 30 s lease (so a
+    heartbeat every 10 s), tasks that run for minutes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
+    env.update(AGENTPOOL_REDIS_URL=cli.redis_url, AGENTPOOL_QUEUE=cli.queue,
+               AGENTPOOL_HANDLER="agentpool_worker.builtin:simulated_agent",
+               AGENTPOOL_CONCURRENCY="4", AGENTPOOL_POD_NAME="pod-w", AGENTPOOL_PORT="0")
+    with (tmp_path / "worker.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "agentpool_worker.main"], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def running_owners(cli: Cli) -> Counter[str]:
+    doc = cli.ok("tasks", "-s", "running", "-o", "json").json()
+    return Counter(task["owner"] for task in doc["tasks"])
+
+
+def test_workers_in_flight_agrees_with_the_running_tasks_of_a_real_worker(
+    cli: Cli, worker_process: subprocess.Popen[bytes]
+) -> None:
+    wait_until(lambda: bool(cli.ok("workers", "-o", "json").json()["workers"]), within=20)
+    cli.ok("submit", *["--json", '{"mean_seconds": 600}'] * 6)
+    wait_until(lambda: sum(running_owners(cli).values()) == 4, within=10)
+
+    [worker] = cli.ok("workers", "-o", "json").json()["workers"]
+    assert running_owners(cli) == {worker["worker_id"]: 4}
+    assert (worker["pod"], worker["in_flight"], worker["concurrency"]) == ("pod-w", 4, 4)
+    [row] = table_rows(cli.ok("workers").out)
+    assert row[:4] == ["pod-w", worker["instance"], "running", "4/4"]
+    assert worker_process.poll() is None
 
 
 def test_workers_none(cli: Cli) -> None:

@@ -175,9 +175,9 @@ def test_task_views() -> None:
 def test_workers_grid_sorts_and_ages() -> None:
     workers = [
         WorkerState("b:2", "b", "2", "draining", 1, 5, 0, 4, NOW - 3, NOW - 4000),
-        WorkerState("a:1", "a", "1", "running", 0, 9, 1, 4, NOW - 12, 0),
+        WorkerState("a:1", "a", "1", "running", 0, 9, 1, 4, NOW - 12, 0, drain_requested=True),
     ]
-    grid = workers_grid(workers, NOW, "q", drains={"a"})
+    grid = workers_grid(workers, NOW, "q")
     assert grid.rows == [
         ["a", "1", "drain-requested", "0/4", "9", "1", "12s", "-"],
         ["b", "2", "draining", "1/4", "5", "0", "3s", "1h6m"],

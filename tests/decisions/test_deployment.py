@@ -9,6 +9,7 @@ import pytest
 from agentpool.models import AgentPoolSpec
 from agentpool_operator.deployment import (
     POOL_LABEL,
+    PROBE_KILL_GRACE_SECONDS,
     WORKER_CONTAINER,
     deployment_drift,
     desired_deployment,
@@ -196,6 +197,19 @@ def test_grace_period_covers_the_drain() -> None:
     assert pod_spec(render(make_spec(drainSeconds=120)))["terminationGracePeriodSeconds"] == 135
 
 
+@pytest.mark.parametrize("drain", [1, 60, 3600])
+def test_a_wedged_worker_is_killed_within_seconds_whatever_the_drain(drain: int) -> None:
+    deployment = render(make_spec(drainSeconds=drain))
+    worker = container(deployment)
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] == drain + 15
+    for probe in ("livenessProbe", "startupProbe"):
+        assert worker[probe]["terminationGracePeriodSeconds"] == PROBE_KILL_GRACE_SECONDS
+    assert PROBE_KILL_GRACE_SECONDS <= 10
+    assert "terminationGracePeriodSeconds" not in worker["readinessProbe"], (
+        "the API server refuses it on a readiness probe"
+    )
+
+
 def test_rolling_update_never_removes_a_pod_first() -> None:
     assert render()["spec"]["strategy"] == {
         "type": "RollingUpdate",
@@ -253,10 +267,19 @@ def test_unset_pass_through_fields_are_absent() -> None:
     assert "envFrom" not in container(deployment)
 
 
+@pytest.mark.parametrize("version", ["1.30", "1.36"])
 @pytest.mark.parametrize("strict", [False, True])
-def test_manifest_is_a_valid_deployment(strict: bool) -> None:
+def test_manifest_is_a_valid_deployment(strict: bool, version: str) -> None:
     spec = make_spec(**SCHEDULING, resources={"limits": {"cpu": 2}}, env=[{"name": "A"}])
-    kubernetes_validate.validate(render(spec, initial_replicas=1), "1.30", strict=strict)
+    kubernetes_validate.validate(render(spec, initial_replicas=1), version, strict=strict)
+
+
+def test_strict_validation_checks_the_probe_fields() -> None:
+    deployment = render(initial_replicas=1)
+    probe = container(deployment)["livenessProbe"]
+    probe["terminationGracePeriodSecond"] = probe.pop("terminationGracePeriodSeconds")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, "1.30", strict=True)
 
 
 # --- drift -----------------------------------------------------------------------------------
@@ -310,6 +333,16 @@ def test_hand_added_or_changed_env_is_put_back() -> None:
         assert patch is not None
         (worker,) = patch["spec"]["template"]["spec"]["containers"]
         assert worker["env"] == container(desired)["env"]
+
+
+def test_a_deployment_without_the_probe_grace_gets_it() -> None:
+    desired = render()
+    actual = as_returned_by_the_api_server(desired)
+    del container(actual)["livenessProbe"]["terminationGracePeriodSeconds"]
+    patch = deployment_drift(desired, actual)
+    assert patch is not None
+    (worker,) = patch["spec"]["template"]["spec"]["containers"]
+    assert worker["livenessProbe"]["terminationGracePeriodSeconds"] == PROBE_KILL_GRACE_SECONDS
 
 
 def test_spec_change_shows_as_drift() -> None:

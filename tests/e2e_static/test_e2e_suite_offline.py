@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,53 @@ def test_bad_configuration_is_one_readable_error(env: dict[str, str], complaint:
 def test_image_references_split_for_the_chart(image: str, expected: tuple[str, str]) -> None:
     ref = ImageRef.parse(image, "E2E_OPERATOR_IMAGE")
     assert (ref.repository, ref.tag) == expected
+
+
+# -- fixtures failing -------------------------------------------------------------------------
+
+REFUSING_KUBECTL = """#!{bash}
+# A cluster that answers and has the namespace, but refuses the CRD as an API server would.
+echo "$*" >> "{calls}"
+case "$*" in
+  "version --output json") echo '{{"serverVersion": {{"gitVersion": "v1.36.0"}}}}' ;;
+  "get namespace e2e-offline --output json --ignore-not-found")
+    echo '{{"apiVersion": "v1", "kind": "Namespace", "metadata": {{"name": "e2e-offline"}}}}' ;;
+  apply*)
+    cat > "{manifest}"
+    echo 'Error from server (Forbidden): customresourcedefinitions.apiextensions.k8s.io' \\
+         '"agentpools.agentpool.dev" is forbidden: User "dev" cannot patch resource' \\
+         '"customresourcedefinitions" at the cluster scope' >&2
+    exit 1 ;;
+  *) echo "unexpected: $*" >&2; exit 1 ;;
+esac
+"""
+
+
+def test_a_crd_the_cluster_refuses_fails_the_suite_with_one_readable_message(
+    tmp_path: Path,
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(REFUSING_KUBECTL.format(
+        bash=shutil.which("bash") or "/bin/bash", calls=tmp_path / "calls",
+        manifest=tmp_path / "applied.yaml"))
+    kubectl.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2E_")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+               KUBECONFIG=str(tmp_path / "kubeconfig"), E2E_SKIP_INSTALL="1",
+               E2E_NAMESPACE="e2e-offline", E2E_REDIS_URL="redis://127.0.0.1:1/0")
+    test = "e2e/test_e2e_api.py::test_crd_is_established_with_printer_columns_and_cel_rules"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "e2e", test],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "1 error" in output, output
+    assert ("e2e: cannot apply the AgentPool CRD (crds/agentpool.dev_agentpools.yaml): "
+            "`kubectl apply --filename - --server-side --force-conflicts --field-manager "
+            "agentpool-e2e` exited 1: Error from server (Forbidden): ") in output, output
+    assert "Traceback" not in output and "CommandError" not in output, output
+    assert "raise " not in output, "no source lines of the fixture or of e2e_kube"
+    assert (tmp_path / "applied.yaml").read_text() == (
+        REPO / "crds" / "agentpool.dev_agentpools.yaml").read_text()

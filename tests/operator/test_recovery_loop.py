@@ -326,7 +326,9 @@ async def test_expired_leases_of_a_silently_dead_worker_are_requeued(
 
     await eventually(lambda: queued(redis, "exp"), within=4)
     assert await queued(redis, "exp") == set(held)
-    assert await posted(cluster, "LeasesExpired") == ["requeued 2 tasks whose lease expired"]
+    assert await posted(cluster, "LeasesExpired") == [
+        "requeued 2 tasks of pod exp-a whose lease expired"
+    ]
     await eventually(lambda: cluster.pool("exp")["status"].get("recoveredTasks") == 2)
 
 

@@ -95,7 +95,6 @@ async def start_worker(queue: TaskQueue, pod: str, *, busy: bool) -> ClaimedTask
         await queue.heartbeat(worker, {}, LEASE)
         return None
     task = (await queue.claim(worker.worker_id, 1, LEASE)).tasks[0]
-    worker.in_flight = 1
     await queue.heartbeat(worker, {task.id: task.token}, LEASE)
     return task
 

@@ -7,7 +7,7 @@ import asyncio
 import redis.asyncio as aioredis
 from protocol_helpers import RoundTrips, claim_one, queued_ids
 
-from agentpool.protocol import RequeueResult, TaskQueue, WorkerInfo
+from agentpool.protocol import ReapResult, RequeueResult, TaskQueue, WorkerInfo
 
 
 async def test_requeue_owner_returns_all_its_tasks_in_one_step_and_spares_others(
@@ -97,7 +97,7 @@ async def test_reaper_requeues_only_expired_leases(queue: TaskQueue) -> None:
         if result.total:
             break
         await asyncio.sleep(0.01)
-    assert result == RequeueResult(requeued=1)
+    assert result == ReapResult(requeued=1, by_worker={"pod-a:i1": RequeueResult(requeued=1)})
     short = await queue.get(short_id)
     long = await queue.get(long_id)
     assert short is not None and (short.state, short.error) == ("queued", "lease expired")
@@ -105,10 +105,29 @@ async def test_reaper_requeues_only_expired_leases(queue: TaskQueue) -> None:
     assert await queue.held_by("pod-a:i1") == set()
 
 
+async def test_reaper_names_the_holder_of_every_task_it_moves(queue: TaskQueue) -> None:
+    await queue.submit_many(range(2))
+    await queue.claim("pod-a:i1", 2, 0.05)
+    await queue.submit("last try", max_attempts=1)
+    await queue.claim("pod-b:i1", 1, 0.05)
+    await queue.submit("spared")
+    await queue.claim("pod-c:i1", 1, 30)
+
+    result = ReapResult()
+    for _ in range(100):
+        await asyncio.sleep(0.06)
+        result = await queue.reap_expired()
+        if result.total:
+            break
+    assert (result.requeued, result.dead_lettered, result.total) == (2, 1, 3)
+    assert result.by_worker == {"pod-a:i1": RequeueResult(requeued=2),
+                                "pod-b:i1": RequeueResult(dead_lettered=1)}
+
+
 async def test_heartbeat_extends_leases(queue: TaskQueue) -> None:
     task_id = await queue.submit("long job")
     task = await claim_one(queue, "pod-a:i1", lease=0.2)
-    beat = await queue.heartbeat(WorkerInfo("pod-a", "i1", 1, in_flight=1),
+    beat = await queue.heartbeat(WorkerInfo("pod-a", "i1", 1),
                                  {task.id: task.token}, 30)
     assert (beat.lost, beat.cancel, beat.drain_requested) == ([], [], False)
     await asyncio.sleep(0.3)
@@ -133,7 +152,43 @@ async def test_heartbeat_reports_lost_tasks_without_renewing_them(
 
 
 async def test_heartbeat_registers_the_worker(queue: TaskQueue) -> None:
-    await queue.heartbeat(WorkerInfo("pod-a", "i1", 4, in_flight=2, done=7, failed=1), {}, 30)
+    await queue.heartbeat(WorkerInfo("pod-a", "i1", 4, done=7, failed=1), {}, 30)
     [state] = await queue.workers()
     assert (state.worker_id, state.pod, state.instance) == ("pod-a:i1", "pod-a", "i1")
-    assert (state.in_flight, state.done, state.failed, state.concurrency) == (2, 7, 1, 4)
+    assert (state.in_flight, state.done, state.failed, state.concurrency) == (0, 7, 1, 4)
+    assert not state.drain_requested
+
+
+async def running_by_owner(queue: TaskQueue) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for info in await queue.list_tasks("running"):
+        assert info.owner is not None
+        counts[info.owner] = counts.get(info.owner, 0) + 1
+    return counts
+
+
+async def test_workers_in_flight_is_the_leases_held_not_the_last_heartbeat(
+    queue: TaskQueue, round_trips: RoundTrips
+) -> None:
+    busy, idle = WorkerInfo("pod-a", "i1", 4), WorkerInfo("pod-b", "i1", 4)
+    for worker in (busy, idle):
+        await queue.heartbeat(worker, {}, 30)
+    await queue.submit_many(range(5))
+    tasks = (await queue.claim(busy.worker_id, 3, 30)).tasks
+    await queue.claim(idle.worker_id, 1, 30)
+    await queue.request_drain("pod-b")
+
+    await queue.workers()  # the script loads on first use
+    round_trips.reset()
+    states = {w.worker_id: w for w in await queue.workers()}
+    assert round_trips.commands == ["EVALSHA"]
+    assert {wid: w.in_flight for wid, w in states.items()} == await running_by_owner(queue)
+    assert (states[busy.worker_id].in_flight, states[idle.worker_id].in_flight) == (3, 1)
+    assert (states[busy.worker_id].drain_requested, states[idle.worker_id].drain_requested) == (
+        False, True)
+
+    assert await queue.complete(tasks[0], "ok")
+    await queue.requeue_owner(idle.worker_id)
+    states = {w.worker_id: w for w in await queue.workers()}
+    assert {wid: w.in_flight for wid, w in states.items()} == (
+        await running_by_owner(queue)) == {busy.worker_id: 2}

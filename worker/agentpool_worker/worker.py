@@ -354,7 +354,6 @@ class Worker:
                     await self._beat_now.wait()
 
     async def _beat(self) -> None:
-        self.info.in_flight = len(self._held)
         held = {task_id: task.token for task_id, task in self._held.items()}
         try:
             beat = await self._rt(
