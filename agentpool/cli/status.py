@@ -101,8 +101,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _kube() -> Any:
     """The official client, imported on first use: it is slow to import and only `status`
     needs it."""
-    import kubernetes
-
+    try:
+        import kubernetes
+    except ImportError:
+        raise CommandFailed(
+            "reading AgentPools needs the Kubernetes client: pip install 'agentpool[cli]' "
+            "(or --queue NAME with --redis-url to read one queue without a cluster)"
+        ) from None
     return kubernetes
 
 
