@@ -4,6 +4,14 @@
 the API server enforces with CEL (`x-kubernetes-validations`) are declared here next to the
 fields they guard, and each has a Python twin raising the same message, so that the operator
 refuses exactly what the API server refuses.
+
+A real API server holds these rules to more than a CEL runtime does, and the test suite checks
+each point with Google's CEL runtime: every rule must compile (in a CEL string literal a
+backslash-dot is no valid escape, so patterns spell a literal dot `[.]`); every `default` must
+pass the rules of its node as written, without the defaults nested inside it (so an object's
+default is written out in full, see `full_default`); and a failing rule on a scalar field quotes
+that field's value back to the user, so rules about a field that may carry a secret sit on its
+parent object.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ SINGULAR = "agentpool"
 SHORT_NAMES = ("ap",)
 
 QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 PERCENT_PATTERN = r"^[0-9]{1,3}%$"
 
 
@@ -39,13 +47,13 @@ REDIS_EXACTLY_ONE = CelRule(
     "set exactly one of redis.url and redis.urlSecretRef",
 )
 REDIS_URL_SCHEME = CelRule(
-    "self.startsWith('redis://') || self.startsWith('rediss://')",
+    "!has(self.url) || self.url.startsWith('redis://') || self.url.startsWith('rediss://')",
     "redis.url must start with redis:// or rediss://",
 )
 REDIS_URL_NO_CREDENTIALS = CelRule(
-    "!self.contains('@')",
-    "redis.url must not contain credentials ('@'): credentials belong in a Secret, "
-    "use redis.urlSecretRef",
+    "!has(self.url) || !(self.url.contains('@') || self.url.contains('password='))",
+    "redis.url must not carry credentials (user:password@ or password=): put the whole URL "
+    "in a Secret and use redis.urlSecretRef",
 )
 HANDLER_FORMAT = CelRule(
     f"self.matches('{HANDLER_PATTERN}')",
@@ -85,7 +93,14 @@ def cel(*rules: CelRule) -> dict[str, Any]:
     return {"x-kubernetes-validations": [rule._asdict() for rule in rules]}
 
 
-DEFAULT_EMPTY_OBJECT: dict[str, Any] = {"default": {}}
+def full_default(model: type[BaseModel]) -> dict[str, Any]:
+    """JSON-schema extra giving an object field its model's defaults, written out in full.
+
+    The API server checks a `default` against its node's rules without filling in the
+    defaults nested inside it, so `default: {}` would fail a rule such as
+    `self.minReplicas <= self.maxReplicas`.
+    """
+    return {"default": model().model_dump(by_alias=True, exclude_none=True, mode="json")}
 
 IntOrString = int | str
 Quantity = Annotated[IntOrString, Field(description="A quantity such as 2, 500m or 1Gi.")]
@@ -109,7 +124,9 @@ class SecretKeyRef(_Model):
 class RedisSpec(_Model):
     """Where the queue lives. Set exactly one of `url` and `urlSecretRef`."""
 
-    model_config = ConfigDict(json_schema_extra=cel(REDIS_EXACTLY_ONE))
+    model_config = ConfigDict(
+        json_schema_extra=cel(REDIS_EXACTLY_ONE, REDIS_URL_SCHEME, REDIS_URL_NO_CREDENTIALS)
+    )
 
     url: str | None = Field(
         default=None,
@@ -118,7 +135,6 @@ class RedisSpec(_Model):
             "Redis URL without credentials, e.g. redis://redis.default:6379/0; use rediss:// "
             "for TLS. A URL with a password belongs in a Secret: use urlSecretRef instead."
         ),
-        json_schema_extra=cel(REDIS_URL_SCHEME, REDIS_URL_NO_CREDENTIALS),
     )
     url_secret_ref: SecretKeyRef | None = Field(
         default=None,
@@ -133,10 +149,10 @@ class RedisSpec(_Model):
     def _url_is_plain_redis(cls, url: str | None) -> str | None:
         if url is None:
             return url
+        if "@" in url or "password=" in url:
+            raise ValueError(REDIS_URL_NO_CREDENTIALS.message)
         if not url.startswith(("redis://", "rediss://")):
             raise ValueError(REDIS_URL_SCHEME.message)
-        if "@" in url:
-            raise ValueError(REDIS_URL_NO_CREDENTIALS.message)
         return url
 
     @model_validator(mode="after")
@@ -356,12 +372,12 @@ class AgentPoolSpec(_Model):
     scaling: ScalingSpec = Field(
         default_factory=ScalingSpec,
         description="Queue-depth autoscaling bounds and pace.",
-        json_schema_extra=DEFAULT_EMPTY_OBJECT,
+        json_schema_extra=full_default(ScalingSpec),
     )
     recovery: RecoverySpec = Field(
         default_factory=RecoverySpec,
         description="Replacement of dead or stuck pods.",
-        json_schema_extra=DEFAULT_EMPTY_OBJECT,
+        json_schema_extra=full_default(RecoverySpec),
     )
     paused: bool = Field(
         default=False,

@@ -73,6 +73,10 @@ REAP_EVERY = 2.0
 T = TypeVar("T")
 
 
+PROGRESS_SECONDS = 5.0
+"""How often the soak says how far it is (on stderr, with the events)."""
+
+
 @dataclass(frozen=True)
 class Options:
     tasks: int = 20_000
@@ -327,11 +331,16 @@ class Soak:
             deadline = self.started + opts.timeout
             pending = list(events)
             done = 0
+            next_progress = time.monotonic() + PROGRESS_SECONDS
             while time.monotonic() < deadline:
                 with contextlib.suppress(RedisError, OSError):
                     done = await self.finished()
                 if done >= len(ids):
                     break
+                if time.monotonic() >= next_progress:
+                    next_progress += PROGRESS_SECONDS
+                    self.note(f"progress: {done} of {len(ids)} finished, "
+                              f"{len(events) - len(pending)} of {len(events)} events applied")
                 await self.thaw_watch(background)
                 due = bool(pending) and time.monotonic() - chaos_start >= pending[0].at
                 if due and done < opts.stop_at * len(ids):
@@ -490,9 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     opts, as_json = parse(argv)
     logs = ROOT / "bench" / "results" / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}-seed{opts.seed}"
     logs.mkdir(parents=True, exist_ok=True)
+    print(f"chaos: {opts.tasks} tasks, {opts.workers} workers, seed {opts.seed}; "
+          f"worker logs and the report go to {logs}", file=sys.stderr, flush=True)
     soak = Soak(opts, logs)
     report = asyncio.run(soak.run())
     (logs / "report.json").write_text(json.dumps({**report, "log": soak.tally.log}, indent=2))
+    print(f"chaos: report in {logs / 'report.json'}", file=sys.stderr, flush=True)
     print(json.dumps(report) if as_json else render(report))
     return 0 if report["ok"] else 1
 

@@ -100,22 +100,36 @@ def small_pool(name: str, worker_image: str, *,
                         scaling={"minReplicas": 1, "maxReplicas": 1})
 
 
+def applied_pools(worker_image: str) -> list[Manifest]:
+    """Every pool the suite applies, under names like the ones it generates."""
+    return [
+        example_pool(worker_image),
+        scale_pool("e2e-scale-abc123", worker_image),
+        recovery_pool("e2e-recover-abc123", worker_image),
+        small_pool("e2e-gc-abc123", worker_image),
+    ]
+
+
 @dataclass(frozen=True)
 class InvalidPool:
     case: str
     manifest: Manifest
     message: str
     """The CEL rule message (agentpool.models) the API server must answer with."""
+    secret: str | None = None
+    """A credential in the manifest that the API server's answer must not quote."""
 
 
 def invalid_pools(worker_image: str) -> list[InvalidPool]:
     min_above_max = derived_pool("e2e-invalid-bounds", worker_image,
                                  scaling={"minReplicas": 5, "maxReplicas": 2})
     with_credentials = derived_pool("e2e-invalid-url", worker_image)
-    with_credentials["spec"]["redis"] = {"url": "redis://:hunter2@redis.example:6379/0"}
+    password = "hunter2"
+    with_credentials["spec"]["redis"] = {"url": f"redis://:{password}@redis.example:6379/0"}
     return [
         InvalidPool("min-above-max", min_above_max, MIN_LE_MAX.message),
-        InvalidPool("url-with-credentials", with_credentials, REDIS_URL_NO_CREDENTIALS.message),
+        InvalidPool("url-with-credentials", with_credentials, REDIS_URL_NO_CREDENTIALS.message,
+                    secret=password),
     ]
 
 

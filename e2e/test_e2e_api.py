@@ -66,4 +66,6 @@ def test_invalid_pool_is_refused_with_a_readable_message(
     assert invalid.message in result.stderr, (
         f"kubectl's error does not carry the rule's message {invalid.message!r}:\n"
         f"{result.stderr}")
+    if invalid.secret:
+        assert invalid.secret not in result.stderr, "the API server's answer quotes a credential"
     assert kube.get("agentpool", name) is None

@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from agentpool.redis_server import RedisServer
+
+E2E_DIR = Path(__file__).resolve().parents[1] / "e2e"
+"""The e2e suite's modules (pools, helpers) are checked offline too, imported as e2e/ does."""
+if str(E2E_DIR) not in sys.path:
+    sys.path.insert(0, str(E2E_DIR))
 
 
 @pytest.fixture(scope="session")

@@ -24,11 +24,13 @@ ARGS = [
 
 @pytest.mark.chaos
 def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie() -> None:
+    # The soak's progress and events go to stderr as they happen: live under `pytest -s`,
+    # otherwise captured and shown with a failure.
     run = subprocess.run([sys.executable, "-m", "bench.chaos", *ARGS, "--json"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=420, check=False)
-    assert run.stdout.strip(), f"no report; stderr:\n{run.stderr[-4000:]}"
+                         stdout=subprocess.PIPE, text=True, timeout=420, check=False)
+    assert run.stdout.strip(), "no report (the soak's own output is above)"
     report = json.loads(run.stdout.strip().splitlines()[-1])
-    context = f"report: {json.dumps(report, indent=1)}\nevents:\n{run.stderr[-4000:]}"
+    context = f"report: {json.dumps(report, indent=1)}"
     assert report["submitted"] == 2000, context
     assert report["lost"] == 0, context
     assert report["zombie_completions_accepted"] == 0, context

@@ -16,6 +16,7 @@ from e2e_config import DEFAULT_OPERATOR_IMAGE, ConfigError, E2EConfig, ImageRef
 from e2e_manifests import (
     LONG_TASK_SEEDS,
     SUITE_LABEL,
+    applied_pools,
     example_pool,
     invalid_pools,
     load_example,
@@ -23,7 +24,6 @@ from e2e_manifests import (
     recovery_tasks,
     scale_pool,
     scale_tasks,
-    small_pool,
 )
 from pydantic import ValidationError
 
@@ -86,16 +86,7 @@ def test_default_selection_leaves_e2e_out(
 # -- pools ------------------------------------------------------------------------------------
 
 
-def applied_pools() -> list[dict[str, Any]]:
-    return [
-        example_pool(IMAGE),
-        scale_pool("e2e-scale-abc123", IMAGE),
-        recovery_pool("e2e-recover-abc123", IMAGE),
-        small_pool("e2e-gc-abc123", IMAGE),
-    ]
-
-
-@pytest.mark.parametrize("pool", applied_pools(), ids=lambda p: p["metadata"]["name"])
+@pytest.mark.parametrize("pool", applied_pools(IMAGE), ids=lambda p: p["metadata"]["name"])
 def test_pools_the_suite_applies_pass_the_models_and_the_crd_schema(pool: dict[str, Any]) -> None:
     spec = AgentPoolSpec.model_validate(pool["spec"])
     assert spec.model_dump(by_alias=True, exclude_unset=True, mode="json") == pool["spec"], (

@@ -8,6 +8,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pool_fixtures import INVALID_SPECS, VALID_SPECS, pool
 
 from agentpool import models
 from agentpool.cli import main as cli
@@ -97,10 +98,14 @@ def test_int_or_string_fields() -> None:
         assert resources[key]["additionalProperties"]["x-kubernetes-int-or-string"] is True
 
 
-def test_nested_sections_default_to_empty_objects_so_their_defaults_apply() -> None:
+def test_nested_sections_default_to_their_models_defaults_written_out() -> None:
     props = spec_schema()["properties"]
-    assert props["scaling"]["default"] == {}
-    assert props["recovery"]["default"] == {}
+    assert props["scaling"]["default"] == models.ScalingSpec().model_dump(
+        by_alias=True, exclude_none=True, mode="json"
+    )
+    assert props["scaling"]["default"]["minReplicas"] == 1
+    assert props["scaling"]["default"]["maxReplicas"] == 10
+    assert props["recovery"]["default"] == {"unreadyGraceSeconds": 60, "maxUnavailable": "25%"}
     assert props["scaling"]["properties"]["minReplicas"]["default"] == 1
 
 
@@ -116,50 +121,6 @@ def test_every_cel_rule_is_in_the_crd_with_its_message() -> None:
     for rule in rendered:
         assert set(rule) == {"rule", "message"}
         assert rule["message"][0].isalpha()
-
-
-VALID_SPECS: list[dict[str, Any]] = [
-    {
-        "redis": {"url": "redis://redis:6379/0"},
-        "worker": {"image": "img:1", "handler": "pkg.mod:run"},
-    },
-    {
-        "queue": "jobs",
-        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
-        "worker": {
-            "image": "img:1",
-            "handler": "pkg.mod:run",
-            "concurrency": 16,
-            "resources": {"limits": {"cpu": 2, "memory": "1Gi"}, "requests": {"cpu": "250m"}},
-            "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"fieldRef": {}}}],
-            "tolerations": [{"key": "gpu", "operator": "Exists"}],
-            "nodeSelector": {"pool": "agents"},
-        },
-        "scaling": {"minReplicas": 0, "maxReplicas": 50, "pollSeconds": 0.5},
-        "recovery": {"maxUnavailable": 2},
-        "paused": True,
-    },
-]
-
-INVALID_SPECS: list[dict[str, Any]] = [
-    {"redis": {"url": "redis://r"}},
-    {"redis": {"url": "redis://r"}, "worker": {"image": "", "handler": "m:f"}},
-    {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f", "concurrency": 0}},
-    {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f"}, "queue": "/x"},
-    {
-        "redis": {"url": "redis://r"},
-        "worker": {"image": "i", "handler": "m:f", "imagePullPolicy": "Sometimes"},
-    },
-    {
-        "redis": {"url": "redis://r"},
-        "worker": {"image": "i", "handler": "m:f"},
-        "scaling": {"maxReplicas": 0},
-    },
-    {
-        "redis": {"url": "redis://r"},
-        "worker": {"image": "i", "handler": "m:f", "resources": {"limits": {"cpu": 0.5}}},
-    },
-]
 
 
 @pytest.mark.parametrize("spec", VALID_SPECS)
@@ -180,15 +141,6 @@ def validator() -> jsonschema.Draft7Validator:
         if node.pop("x-kubernetes-int-or-string", False):
             node["type"] = ["integer", "string"]
     return jsonschema.Draft7Validator(schema)
-
-
-def pool(spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "agentpool.dev/v1alpha1",
-        "kind": "AgentPool",
-        "metadata": {"name": "p"},
-        "spec": spec,
-    }
 
 
 def test_committed_crd_file_is_plain_yaml() -> None:

@@ -4,19 +4,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pool_fixtures import CEL_VIOLATIONS, NEAR_THE_RULES, minimal_spec
 from pydantic import ValidationError
 
 from agentpool import models
 from agentpool.models import AgentPoolSpec, AgentPoolStatus, CelRule, Condition, ScalingSpec
-
-
-def minimal_spec(**overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "redis": {"urlSecretRef": {"name": "agentpool-redis"}},
-        "worker": {"image": "ghcr.io/agentpool/worker:0.1.0", "handler": "pkg.mod:run"},
-    }
-    spec.update(overrides)
-    return spec
 
 
 def test_defaults_fill_a_minimal_spec() -> None:
@@ -72,31 +64,6 @@ def test_schema_bounds_are_enforced(spec: dict[str, Any]) -> None:
         AgentPoolSpec.model_validate(spec)
 
 
-def _worker(**fields: Any) -> dict[str, Any]:
-    return {"image": "img", "handler": "pkg.mod:run", **fields}
-
-
-# One spec breaking each CEL rule: the operator must refuse what the API server refuses.
-CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
-    (models.REDIS_EXACTLY_ONE, minimal_spec(redis={})),
-    (
-        models.REDIS_EXACTLY_ONE,
-        minimal_spec(redis={"url": "redis://r:6379", "urlSecretRef": {"name": "s"}}),
-    ),
-    (models.REDIS_URL_SCHEME, minimal_spec(redis={"url": "http://r:6379"})),
-    (models.REDIS_URL_NO_CREDENTIALS, minimal_spec(redis={"url": "redis://:pw@r:6379"})),
-    (models.HANDLER_FORMAT, minimal_spec(worker=_worker(handler="pkg.mod.run"))),
-    (models.HANDLER_FORMAT, minimal_spec(worker=_worker(handler="pkg mod:run"))),
-    (models.HANDLER_FORMAT, minimal_spec(worker=_worker(handler="pkg.mod:"))),
-    (models.MIN_LE_MAX, minimal_spec(scaling={"minReplicas": 5, "maxReplicas": 4})),
-    (models.MIN_LE_MAX, minimal_spec(scaling={"minReplicas": 11})),
-    (models.SCALE_UP_STEP_MIN, minimal_spec(scaling={"scaleUpStep": 0})),
-    (models.SCALE_DOWN_STEP_MIN, minimal_spec(scaling={"scaleDownStep": -2})),
-    (models.MAX_UNAVAILABLE_FORMAT, minimal_spec(recovery={"maxUnavailable": -1})),
-    (models.MAX_UNAVAILABLE_FORMAT, minimal_spec(recovery={"maxUnavailable": "half"})),
-]
-
-
 @pytest.mark.parametrize(("rule", "spec"), CEL_VIOLATIONS)
 def test_python_twin_of_each_cel_rule_refuses_with_its_message(
     rule: CelRule, spec: dict[str, Any]
@@ -110,19 +77,7 @@ def test_every_cel_rule_has_a_violating_case() -> None:
     assert {rule for rule, _ in CEL_VIOLATIONS} == set(models.CEL_RULES)
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        minimal_spec(redis={"url": "redis://redis.default:6379/0"}),
-        minimal_spec(redis={"url": "rediss://redis.example:6380"}),
-        minimal_spec(worker=_worker(handler="agentpool_worker.builtin:simulated_agent")),
-        minimal_spec(worker=_worker(handler="handlers:run")),
-        minimal_spec(scaling={"minReplicas": 0, "maxReplicas": 1}),
-        minimal_spec(scaling={"minReplicas": 3, "maxReplicas": 3, "scaleUpStep": 1}),
-        minimal_spec(recovery={"maxUnavailable": 0}),
-        minimal_spec(recovery={"maxUnavailable": "100%"}),
-    ],
-)
+@pytest.mark.parametrize("spec", NEAR_THE_RULES)
 def test_specs_near_the_rules_are_accepted(spec: dict[str, Any]) -> None:
     AgentPoolSpec.model_validate(spec)
 

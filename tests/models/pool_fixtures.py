@@ -1,0 +1,108 @@
+"""AgentPool specs shared by the model, CRD and API-server tests: valid ones, ones near each
+rule, and ones that break a rule or the schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentpool import models
+from agentpool.models import CelRule
+
+
+def minimal_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "redis": {"urlSecretRef": {"name": "agentpool-redis"}},
+        "worker": {"image": "ghcr.io/agentpool/worker:0.1.0", "handler": "pkg.mod:run"},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def worker(**fields: Any) -> dict[str, Any]:
+    return {"image": "img", "handler": "pkg.mod:run", **fields}
+
+
+# One spec breaking each CEL rule: the operator must refuse what the API server refuses.
+CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
+    (models.REDIS_EXACTLY_ONE, minimal_spec(redis={})),
+    (
+        models.REDIS_EXACTLY_ONE,
+        minimal_spec(redis={"url": "redis://r:6379", "urlSecretRef": {"name": "s"}}),
+    ),
+    (models.REDIS_URL_SCHEME, minimal_spec(redis={"url": "http://r:6379"})),
+    (models.REDIS_URL_NO_CREDENTIALS, minimal_spec(redis={"url": "redis://:pw@r:6379"})),
+    (models.REDIS_URL_NO_CREDENTIALS, minimal_spec(redis={"url": "redis://r:6379/0?password=pw"})),
+    (models.HANDLER_FORMAT, minimal_spec(worker=worker(handler="pkg.mod.run"))),
+    (models.HANDLER_FORMAT, minimal_spec(worker=worker(handler="pkg mod:run"))),
+    (models.HANDLER_FORMAT, minimal_spec(worker=worker(handler="pkg.mod:"))),
+    (models.MIN_LE_MAX, minimal_spec(scaling={"minReplicas": 5, "maxReplicas": 4})),
+    (models.MIN_LE_MAX, minimal_spec(scaling={"minReplicas": 11})),
+    (models.SCALE_UP_STEP_MIN, minimal_spec(scaling={"scaleUpStep": 0})),
+    (models.SCALE_DOWN_STEP_MIN, minimal_spec(scaling={"scaleDownStep": -2})),
+    (models.MAX_UNAVAILABLE_FORMAT, minimal_spec(recovery={"maxUnavailable": -1})),
+    (models.MAX_UNAVAILABLE_FORMAT, minimal_spec(recovery={"maxUnavailable": "half"})),
+]
+
+NEAR_THE_RULES: list[dict[str, Any]] = [
+    minimal_spec(redis={"url": "redis://redis.default:6379/0"}),
+    minimal_spec(redis={"url": "rediss://redis.example:6380"}),
+    minimal_spec(worker=worker(handler="agentpool_worker.builtin:simulated_agent")),
+    minimal_spec(worker=worker(handler="handlers:run")),
+    minimal_spec(scaling={"minReplicas": 0, "maxReplicas": 1}),
+    minimal_spec(scaling={"minReplicas": 3, "maxReplicas": 3, "scaleUpStep": 1}),
+    minimal_spec(recovery={"maxUnavailable": 0}),
+    minimal_spec(recovery={"maxUnavailable": "100%"}),
+]
+"""Specs just inside a rule: both the models and the API server accept them."""
+
+VALID_SPECS: list[dict[str, Any]] = [
+    {
+        "redis": {"url": "redis://redis:6379/0"},
+        "worker": {"image": "img:1", "handler": "pkg.mod:run"},
+    },
+    {
+        "queue": "jobs",
+        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+        "worker": {
+            "image": "img:1",
+            "handler": "pkg.mod:run",
+            "concurrency": 16,
+            "resources": {"limits": {"cpu": 2, "memory": "1Gi"}, "requests": {"cpu": "250m"}},
+            "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"fieldRef": {}}}],
+            "tolerations": [{"key": "gpu", "operator": "Exists"}],
+            "nodeSelector": {"pool": "agents"},
+        },
+        "scaling": {"minReplicas": 0, "maxReplicas": 50, "pollSeconds": 0.5},
+        "recovery": {"maxUnavailable": 2},
+        "paused": True,
+    },
+]
+
+INVALID_SPECS: list[dict[str, Any]] = [
+    {"redis": {"url": "redis://r"}},
+    {"redis": {"url": "redis://r"}, "worker": {"image": "", "handler": "m:f"}},
+    {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f", "concurrency": 0}},
+    {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f"}, "queue": "/x"},
+    {
+        "redis": {"url": "redis://r"},
+        "worker": {"image": "i", "handler": "m:f", "imagePullPolicy": "Sometimes"},
+    },
+    {
+        "redis": {"url": "redis://r"},
+        "worker": {"image": "i", "handler": "m:f"},
+        "scaling": {"maxReplicas": 0},
+    },
+    {
+        "redis": {"url": "redis://r"},
+        "worker": {"image": "i", "handler": "m:f", "resources": {"limits": {"cpu": 0.5}}},
+    },
+]
+
+
+def pool(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "agentpool.dev/v1alpha1",
+        "kind": "AgentPool",
+        "metadata": {"name": "p"},
+        "spec": spec,
+    }
