@@ -69,8 +69,8 @@ import redis.asyncio as aioredis
 
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer, free_port
+from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION
 from agentpool_operator.deployment import POOL_LABEL, WORKER_CONTAINER
-from agentpool_operator.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "operator"))

@@ -30,8 +30,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from agentpool.protocol import TaskQueue
-from agentpool_operator.scaling import ScalingPolicy
-from agentpool_operator.simulation import (
+from agentpool.scaling.policy import ScalingPolicy
+from agentpool.scaling.simulation import (
     Autoscaler,
     KedaAutoscaler,
     KedaSettings,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need: redis-server (Debian package),
 # a virtualenv in .venv with the project and its dev tools, and, for the tests, promtool
-# (Debian package prometheus) and helm in .tools/bin. `--demo` skips what only the tests use.
+# (Debian package prometheus) and helm in .tools/bin. `--demo` installs only what the demo
+# runs: the project with its `demo` extra (the command line and the worker), no dev tools.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,17 +33,20 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 
-stamp=".venv/.setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-    echo "setup: installing agentpool and its dev tools into .venv (log: .venv/setup.log)"
+extra=dev
+[ "$for_tests" = 0 ] && extra=demo
+hash="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+# A dev install holds everything the demo needs, so it serves both.
+if [ ! -f ".venv/.setup-dev-$hash" ] && [ ! -f ".venv/.setup-$extra-$hash" ]; then
+    echo "setup: installing agentpool[$extra] into .venv (log: .venv/setup.log)"
     if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-           .venv/bin/python -m pip install -q -e '.[dev]'; } > .venv/setup.log 2>&1; then
+           .venv/bin/python -m pip install -q -e ".[$extra]"; } > .venv/setup.log 2>&1; then
         tail -n 30 .venv/setup.log
         echo "setup: pip install failed (full log: .venv/setup.log)" >&2
         exit 1
     fi
     rm -f .venv/.setup-*
-    touch "$stamp"
+    touch ".venv/.setup-$extra-$hash"
 fi
 
 if [ "$for_tests" = 1 ]; then

@@ -9,48 +9,13 @@ their Deployment has.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from agentpool.models import AgentPoolSpec
-from agentpool.protocol import QueueFigures, TaskQueue
-
 from . import recovery_actions, scaling_actions
-from .context import PoolState
 from .deployment import POOL_LABEL
 from .kube import KubeApi
+from .observation import ActionResult, PoolObservation
 from .status import ConditionUpdate
-
-
-@dataclass(frozen=True)
-class PoolObservation:
-    """Everything observed about one pool in one round."""
-
-    namespace: str
-    name: str
-    pool: Mapping[str, Any]
-    """The AgentPool object as last seen (metadata, spec, status)."""
-    spec: AgentPoolSpec
-    deployment: Mapping[str, Any] | None
-    figures: QueueFigures | None
-    """None when the queue could not be read (then `queue` is None too)."""
-    queue: TaskQueue | None
-    previous_status: Mapping[str, Any]
-    now: datetime
-    state: PoolState | None = None
-    """The pool's loop state (scaling history); None gives every round a fresh one."""
-    pods: Sequence[dict[str, Any]] | None = None
-    """The pool's pods as the watch knows them; None: `act` lists them."""
-
-
-@dataclass(frozen=True)
-class ActionResult:
-    status_fields: Mapping[str, Any] = field(default_factory=dict)
-    """Status fields to set, e.g. desiredReplicas, lastScaleTime, recoveredTasks."""
-    conditions: tuple[ConditionUpdate, ...] = ()
-    """Conditions to set, e.g. Scaling."""
 
 
 def merge(*results: ActionResult) -> ActionResult:

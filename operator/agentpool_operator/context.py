@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import kopf
 
+from agentpool.protocol import TaskQueue
+from agentpool.scaling.policy import ScalingHistory
+
 from .kube import KubeApi
-from .recovery_actions import PoolRecovery
+from .recovery import RecoveryPolicy
 from .redis_access import RedisClients
-from .scaling import ScalingHistory
 from .settings import OperatorSettings
 
 SECRET_RECHECK_SECONDS = 3600.0
 """A Redis URL read from a Secret is read again at least this often, whatever else happens."""
+EXPIRY_MARGIN_SECONDS = 0.005
 
 PoolPods = kopf.Index[tuple[str, str], dict[str, Any]]
 """kopf's index of the pools' pods (`pod_events.pool_pods`): (namespace, pool) -> pods."""
@@ -24,6 +28,36 @@ PoolPods = kopf.Index[tuple[str, str], dict[str, Any]]
 
 def pods_of(index: PoolPods, namespace: str, pool: str) -> list[dict[str, Any]]:
     return list(index.get((namespace, pool), ()))
+
+
+@dataclass
+class PoolRecovery:
+    """What pod events need between the pool's rounds, and what they did since the last one.
+
+    Lives in the pool's `PoolState`; each round refreshes the queue, pool and policy.
+    """
+
+    queue: TaskQueue | None = None
+    pool: Mapping[str, Any] | None = None
+    policy: RecoveryPolicy = field(default_factory=RecoveryPolicy)
+    unreported: int = 0
+    """Tasks requeued by pod events, not yet counted into the status."""
+    expiry_wake: asyncio.TimerHandle | None = None
+
+    def take_unreported(self) -> int:
+        count, self.unreported = self.unreported, 0
+        return count
+
+    def wake_at_expiry(self, delay: float | None, wake: asyncio.Event, poll: float) -> None:
+        """Wake the pool's loop when the earliest lease runs out, if that comes before the
+        round after next: a silent death then costs the lease, not the lease plus a poll."""
+        if self.expiry_wake is not None:
+            self.expiry_wake.cancel()
+            self.expiry_wake = None
+        if delay is not None and delay < 2 * poll:
+            self.expiry_wake = asyncio.get_running_loop().call_later(
+                max(0.0, delay) + EXPIRY_MARGIN_SECONDS, wake.set
+            )
 
 
 @dataclass

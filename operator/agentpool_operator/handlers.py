@@ -30,6 +30,7 @@ from . import actions, metrics
 from .context import OperatorContext, PoolPods, PoolState, pods_of
 from .deployment import POOL_LABEL, deployment_drift, desired_deployment, replayed
 from .kube import KubeApi, api_error_message
+from .observation import ActionResult, PoolObservation
 from .redis_access import QueueAccessError, read_figures, resolve_redis_url
 from .status import (
     DeploymentView,
@@ -340,7 +341,7 @@ async def observe_once(
     if previous is None:
         previous = dict(body.get("status") or {})
 
-    observation = actions.PoolObservation(
+    observation = PoolObservation(
         namespace=namespace, name=name, pool=body, spec=spec, deployment=deployment,
         figures=figures, queue=queue, previous_status=previous, now=now, state=state,
         pods=pods,
@@ -351,7 +352,7 @@ async def observe_once(
         logger.error(f"scaling and recovery failed: {sanitize(str(error))}")
         log_traceback(f"scaling and recovery of {namespace}/{name} failed")
         metrics.record_reconcile_error(namespace, name, "act")
-        result = actions.ActionResult()
+        result = ActionResult()
 
     new = build_status(
         queue=spec.queue_name(name),

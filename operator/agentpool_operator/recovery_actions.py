@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import kopf
 import redis.exceptions
@@ -32,7 +32,9 @@ from kubernetes.client.exceptions import ApiException
 from agentpool.protocol import RequeueResult, TaskQueue, worker_id
 
 from . import metrics
+from .context import PoolRecovery
 from .kube import KubeApi, api_error_message
+from .observation import ActionResult, PoolObservation
 from .recovery import (
     DeletePod,
     InstanceView,
@@ -48,48 +50,14 @@ from .recovery import (
     pod_view,
 )
 
-if TYPE_CHECKING:
-    from .actions import ActionResult, PoolObservation
-
 logger = logging.getLogger(__name__)
 
 NODE_CACHE_SECONDS = 30.0
 """How long a node list (or the refusal to list nodes) is reused."""
 NODE_RECHECK_SECONDS = 10.0
 """A pod on a node missing from the cached list: the soonest the list is read again."""
-EXPIRY_MARGIN_SECONDS = 0.005
 
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
-
-
-@dataclass
-class PoolRecovery:
-    """What pod events need between the pool's rounds, and what they did since the last one.
-
-    Lives in the pool's `PoolState`; each round refreshes the queue, pool and policy.
-    """
-
-    queue: TaskQueue | None = None
-    pool: Mapping[str, Any] | None = None
-    policy: RecoveryPolicy = dataclasses.field(default_factory=RecoveryPolicy)
-    unreported: int = 0
-    """Tasks requeued by pod events, not yet counted into the status."""
-    expiry_wake: asyncio.TimerHandle | None = None
-
-    def take_unreported(self) -> int:
-        count, self.unreported = self.unreported, 0
-        return count
-
-    def wake_at_expiry(self, delay: float | None, wake: asyncio.Event, poll: float) -> None:
-        """Wake the pool's loop when the earliest lease runs out, if that comes before the
-        round after next: a silent death then costs the lease, not the lease plus a poll."""
-        if self.expiry_wake is not None:
-            self.expiry_wake.cancel()
-            self.expiry_wake = None
-        if delay is not None and delay < 2 * poll:
-            self.expiry_wake = asyncio.get_running_loop().call_later(
-                max(0.0, delay) + EXPIRY_MARGIN_SECONDS, wake.set
-            )
 
 
 def policy_of(observation: PoolObservation) -> RecoveryPolicy:
@@ -253,8 +221,6 @@ async def recover(
     A paused pool keeps its pods (no drain, no delete), but the tasks of dead workers are
     still requeued: the queue's at-least-once guarantee depends on it.
     """
-    from .actions import ActionResult
-
     state = observation.state
     recovery = state.recovery if state is not None else PoolRecovery()
     recovery.queue, recovery.pool = observation.queue, observation.pool

@@ -37,29 +37,34 @@ import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import kopf
 import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from agentpool.protocol import TaskQueue
-
-from . import metrics
-from .context import PoolState
-from .kube import KubeApi, api_error_message
-from .scaledown import (
+from agentpool.scaling.policy import (
+    TIMES,
+    Decision,
+    QueueLoad,
+    ScalingHistory,
+    ScalingPolicy,
+    decide,
+)
+from agentpool.scaling.scaledown import (
     CHOSEN_COST,
     DELETION_COST_ANNOTATION,
     choose_pods_to_remove,
     interrupted_if_removed,
     pod_loads,
 )
-from .scaling import TIMES, Decision, QueueLoad, ScalingHistory, ScalingPolicy, decide
-from .status import ConditionUpdate, rfc3339, sanitize
 
-if TYPE_CHECKING:
-    from .actions import ActionResult, PoolObservation
+from . import metrics
+from .context import PoolState
+from .kube import KubeApi, api_error_message
+from .observation import ActionResult, PoolObservation
+from .status import ConditionUpdate, rfc3339, sanitize
 
 HISTORY_ANNOTATION = "agentpool.dev/scaling-history"
 STALE_DRAIN_SECONDS = 30.0
@@ -289,8 +294,6 @@ async def in_flight_by_pod(queue: TaskQueue) -> dict[str, int]:
 async def scale(
     observation: PoolObservation, pods: Sequence[dict[str, Any]], kube: KubeApi
 ) -> ActionResult:
-    from .actions import ActionResult
-
     spec = observation.spec
     deployment = observation.deployment
     if deployment is None:

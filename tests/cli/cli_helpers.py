@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 import redis.asyncio as aioredis
 
-from agentpool.cli import main
+from agentpool.cli.main import main
 from agentpool.protocol import TaskQueue
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ import pytest
 import redis.exceptions
 from cli_helpers import Cli, wait_until, with_queue
 
-from agentpool.cli_common import CLI_CLIENT_NAME, describe_redis_error, redis_failure
+from agentpool.cli.common import CLI_CLIENT_NAME, describe_redis_error, redis_failure
 from agentpool.protocol import TaskQueue, key_prefix
 from agentpool.redis_server import free_port
 
@@ -87,7 +87,7 @@ def test_describe_redis_error() -> None:
 
 
 def spawn(*argv: str) -> subprocess.Popen[str]:
-    code = "import sys; from agentpool.cli import main; sys.exit(main())"
+    code = "import sys; from agentpool.cli.main import main; sys.exit(main())"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
     return subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)

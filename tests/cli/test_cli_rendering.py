@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agentpool.fleet import (
+from agentpool.cli.fleet import (
     CounterSample,
     PoolSummary,
     RateTracker,
@@ -15,10 +15,7 @@ from agentpool.fleet import (
     pool_summary,
     rates_between,
 )
-from agentpool.models import Condition
-from agentpool.protocol import QueueFigures, TaskInfo, WorkerState
-from agentpool.urls import redact_url
-from agentpool.views import (
+from agentpool.cli.views import (
     FleetRow,
     compact,
     figures_grid,
@@ -30,6 +27,9 @@ from agentpool.views import (
     task_json,
     workers_grid,
 )
+from agentpool.models import Condition
+from agentpool.protocol import QueueFigures, TaskInfo, WorkerState
+from agentpool.urls import redact_url
 
 NOW = 1_700_000_000.0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,19 @@ def test_status_without_any_cluster_configuration(cli: Cli, tmp_path: Path,
     assert result.err_lines == [
         "agentpool: no Kubernetes configuration (no kubeconfig, not in a cluster): pass "
         "--kubeconfig, or --queue with --redis-url to read one queue without a cluster"
+    ]
+
+
+def test_status_without_the_kubernetes_client(cli: Cli,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """As installed for the demo (`agentpool[demo]`): no Kubernetes client."""
+    monkeypatch.setitem(sys.modules, "kubernetes", None)
+    result = cli.raw("status")
+    assert result.code == 1
+    assert result.err_lines == [
+        "agentpool: reading AgentPools needs the Kubernetes client: pip install "
+        "'agentpool[cli]' (or --queue NAME with --redis-url to read one queue without a "
+        "cluster)"
     ]
 
 

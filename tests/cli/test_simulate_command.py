@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentpool.cli import main
+from agentpool.cli.main import main
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_simulate_plot_without_matplotlib_says_how_to_install_it(
 
 
 def test_the_cli_does_not_import_matplotlib() -> None:
-    check = "import sys, agentpool.cli; sys.exit('matplotlib' in sys.modules)"
+    check = "import sys, agentpool.cli.main; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
 
 

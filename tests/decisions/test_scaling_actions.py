@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentpool_operator.scaling import (
+from agentpool.scaling.policy import (
     QueueLoad,
     Recommendation,
     ScalingHistory,

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("agentpool_worker.main", reason="needs the agentpool-worker entrypoint")
 
-DEMO = [sys.executable, "-c", "import sys; from agentpool.cli import main; sys.exit(main())",
+DEMO = [sys.executable, "-c", "import sys; from agentpool.cli.main import main; sys.exit(main())",
         "demo"]
 
 

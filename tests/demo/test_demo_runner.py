@@ -11,8 +11,8 @@ import pytest
 import redis
 from rich.console import Console
 
-from agentpool.demo.runner import DemoConfig, DemoError, redact, run_demo, task_payloads
-from agentpool.demo.view import PlainReporter
+from agentpool.cli.demo.runner import DemoConfig, DemoError, redact, run_demo, task_payloads
+from agentpool.cli.demo.view import PlainReporter
 
 
 @pytest.fixture

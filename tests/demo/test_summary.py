@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from agentpool.demo.summary import TaskRecord, percentile, summarize, wait_seconds
+from agentpool.cli.demo.summary import TaskRecord, percentile, summarize, wait_seconds
 
 _ids = (f"t{n}" for n in itertools.count())
 

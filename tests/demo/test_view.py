@@ -4,8 +4,8 @@ import io
 
 from rich.console import Console
 
-from agentpool.demo.summary import TaskRecord, summarize
-from agentpool.demo.view import (
+from agentpool.cli.demo.summary import TaskRecord, summarize
+from agentpool.cli.demo.view import (
     PlainReporter,
     Snapshot,
     WorkerRow,

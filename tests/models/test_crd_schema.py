@@ -10,7 +10,8 @@ import pytest
 import yaml
 from pool_fixtures import INVALID_SPECS, VALID_SPECS, pool
 
-from agentpool import cli, models
+from agentpool import models
+from agentpool.cli import main as cli
 from agentpool.crd import open_api_schema, render_crd, render_crd_yaml
 
 CRD_FILE = Path(__file__).parents[2] / "crds" / "agentpool.dev_agentpools.yaml"

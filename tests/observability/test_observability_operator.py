@@ -13,6 +13,7 @@ from prometheus_client.samples import Sample
 
 from agentpool.models import AgentPoolSpec
 from agentpool.protocol import RequeueResult
+from agentpool.scaling.policy import QueueLoad, ScalingHistory, ScalingPolicy, decide
 from agentpool_operator import metrics
 from agentpool_operator.recovery import (
     InstanceView,
@@ -22,7 +23,6 @@ from agentpool_operator.recovery import (
     Requeue,
     decide_recovery,
 )
-from agentpool_operator.scaling import QueueLoad, ScalingHistory, ScalingPolicy, decide
 
 NS = "team-a"
 POOL_SERIES = {

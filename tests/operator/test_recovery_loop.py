@@ -20,8 +20,9 @@ from prometheus_client import REGISTRY
 from agentpool.protocol import TaskQueue, WorkerInfo, key_prefix
 from agentpool.redis_server import free_port
 from agentpool_operator import recovery_actions
+from agentpool_operator.context import PoolRecovery
 from agentpool_operator.recovery import PodView
-from agentpool_operator.recovery_actions import PoolRecovery, known_nodes, recover_pod
+from agentpool_operator.recovery_actions import known_nodes, recover_pod
 from agentpool_operator.settings import OperatorSettings
 
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"

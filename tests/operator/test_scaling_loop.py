@@ -23,8 +23,8 @@ from operator_harness import (
 
 from agentpool.protocol import ClaimedTask, TaskQueue, WorkerInfo
 from agentpool.redis_server import free_port
+from agentpool.scaling.scaledown import DELETION_COST_ANNOTATION
 from agentpool_operator.deployment import pool_labels
-from agentpool_operator.scaledown import DELETION_COST_ANNOTATION
 from agentpool_operator.scaling_actions import HISTORY_ANNOTATION
 from agentpool_operator.settings import OperatorSettings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from agentpool.cli_common import (
+from agentpool.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     CommandFailed,
@@ -15,8 +15,8 @@ from agentpool.cli_common import (
     error_line,
     queue_name,
 )
-from agentpool.get_command import print_task
-from agentpool.views import ended_line
+from agentpool.cli.get import print_task
+from agentpool.cli.views import ended_line
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentpool_operator.scaling import ScalingPolicy
-from agentpool_operator.simulation import (
+from agentpool.scaling.policy import ScalingPolicy
+from agentpool.scaling.simulation import (
     Cluster,
     KedaAutoscaler,
     KedaSettings,

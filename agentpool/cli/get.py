@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from agentpool.cli_common import (
+from agentpool.cli.common import (
     EXIT_OK,
     CommandFailed,
     add_output_option,
@@ -15,8 +15,8 @@ from agentpool.cli_common import (
     print_view,
     queue_name,
 )
+from agentpool.cli.views import task_detail_grid, task_json
 from agentpool.protocol import TaskInfo
-from agentpool.views import task_detail_grid, task_json
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

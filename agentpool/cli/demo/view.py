@@ -17,7 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from agentpool.demo.summary import Summary
+from agentpool.cli.demo.summary import Summary
 
 STATE_STYLES = {
     "running": "green",

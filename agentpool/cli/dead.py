@@ -6,7 +6,7 @@ import argparse
 import time
 from collections.abc import Awaitable, Callable
 
-from agentpool.cli_common import (
+from agentpool.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
@@ -20,8 +20,8 @@ from agentpool.cli_common import (
     print_view,
     queue_name,
 )
+from agentpool.cli.views import dead_grid, task_json
 from agentpool.protocol import TaskQueue
-from agentpool.views import dead_grid, task_json
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

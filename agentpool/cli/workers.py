@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from agentpool.cli_common import (
+from agentpool.cli.common import (
     add_output_option,
     add_queue_options,
     add_watch_options,
@@ -15,8 +15,8 @@ from agentpool.cli_common import (
     queue_name,
     show,
 )
+from agentpool.cli.views import Grid, workers_grid, workers_json
 from agentpool.protocol import WORKER_LIVENESS_WINDOW, WorkerState
-from agentpool.views import Grid, workers_grid, workers_json
 
 Snapshot = tuple[list[WorkerState], float]
 

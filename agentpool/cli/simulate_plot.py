@@ -11,7 +11,7 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
-from agentpool_operator.simulation import Comparison, RunResult
+from agentpool.scaling.simulation import Comparison, RunResult
 
 MISSING = "--plot needs matplotlib: pip install 'agentpool[bench]'"
 COLOURS = {"agentpool": "#1f77b4", "keda": "#ff7f0e"}

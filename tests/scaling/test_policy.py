@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agentpool.models import ScalingSpec
-from agentpool_operator.scaling import (
+from agentpool.scaling.policy import (
     MAX_RECOMMENDATIONS,
     QueueLoad,
     Recommendation,

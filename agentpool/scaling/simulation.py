@@ -4,7 +4,7 @@ A pure discrete-event simulation (no clock, no threads, no I/O), so a trace give
 figures on every machine and a policy change can be judged before it reaches a cluster. It
 runs the same trace through two autoscalers on the same simulated cluster:
 
-- ours: `scaling.decide` every pollSeconds on queued + in-flight; a scale-down removes the
+- ours: `policy.decide` every pollSeconds on queued + in-flight; a scale-down removes the
   pods `scaledown.choose_pods_to_remove` picks (idle before busy, then the least busy); a
   busy one drains: it claims nothing new and gets drainSeconds to finish before the rest of
   its work is requeued;
@@ -38,8 +38,8 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Literal, Protocol
 
-from agentpool_operator.scaledown import PodLoad, choose_pods_to_remove
-from agentpool_operator.scaling import QueueLoad, ScalingHistory, ScalingPolicy, decide
+from agentpool.scaling.policy import QueueLoad, ScalingHistory, ScalingPolicy, decide
+from agentpool.scaling.scaledown import PodLoad, choose_pods_to_remove
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from agentpool.demo.fleet import WorkerCommandNotFound
-from agentpool.demo.runner import DemoConfig, DemoError, DemoInterrupted, run_demo
-from agentpool.demo.view import LiveReporter, PlainReporter, summary_json, summary_table
+from agentpool.cli.demo.fleet import WorkerCommandNotFound
+from agentpool.cli.demo.runner import DemoConfig, DemoError, DemoInterrupted, run_demo
+from agentpool.cli.demo.view import LiveReporter, PlainReporter, summary_json, summary_table
 from agentpool.redis_server import RedisServerError
 
 

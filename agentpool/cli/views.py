@@ -16,7 +16,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from agentpool.fleet import PoolSummary, Rates
+from agentpool.cli.fleet import PoolSummary, Rates
 from agentpool.protocol import CancelOutcome, QueueFigures, TaskInfo, WorkerState
 
 PREVIEW_CHARS = 60

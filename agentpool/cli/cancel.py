@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from agentpool.cli_common import (
+from agentpool.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     add_output_option,
@@ -16,8 +16,8 @@ from agentpool.cli_common import (
     print_json,
     queue_name,
 )
+from agentpool.cli.views import cancel_json, cancel_line
 from agentpool.protocol import CancelOutcome
-from agentpool.views import cancel_json, cancel_line
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

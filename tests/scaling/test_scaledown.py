@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentpool_operator.scaledown import (
+from agentpool.scaling.scaledown import (
     PodLoad,
     choose_pods_to_remove,
     interrupted_if_removed,

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.asyncio as aioredis
 
-from agentpool.demo.fleet import WorkerFleet, WorkerProcess, worker_command
-from agentpool.demo.summary import Summary, TaskRecord, summarize
-from agentpool.demo.view import Reporter, Snapshot, WorkerRow
+from agentpool.cli.demo.fleet import WorkerFleet, WorkerProcess, worker_command
+from agentpool.cli.demo.summary import Summary, TaskRecord, summarize
+from agentpool.cli.demo.view import Reporter, Snapshot, WorkerRow
 from agentpool.protocol import QueueFigures, TaskInfo, TaskQueue, WorkerState, key_prefix
 from agentpool.redis_server import RedisServer
 

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from agentpool.cli_common import (
+from agentpool.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
@@ -22,8 +22,8 @@ from agentpool.cli_common import (
     print_view,
     queue_name,
 )
+from agentpool.cli.views import submitted_grid, submitted_json, waited_grid, waited_json
 from agentpool.protocol import TaskInfo, TaskQueue, encode_payload
-from agentpool.views import submitted_grid, submitted_json, waited_grid, waited_json
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from agentpool.cli_common import (
+from agentpool.cli.common import (
     add_output_option,
     add_queue_options,
     add_watch_options,
@@ -15,9 +15,9 @@ from agentpool.cli_common import (
     queue_name,
     show,
 )
-from agentpool.fleet import CounterSample, Rates, RateTracker
+from agentpool.cli.fleet import CounterSample, Rates, RateTracker
+from agentpool.cli.views import Grid, figures_grid, figures_json
 from agentpool.protocol import QueueFigures
-from agentpool.views import Grid, figures_grid, figures_json
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis.exceptions
 
-from agentpool.cli_common import (
+from agentpool.cli.common import (
     CommandFailed,
     UsageError,
     add_output_option,
@@ -39,19 +39,19 @@ from agentpool.cli_common import (
     redis_failure,
     redis_url,
 )
-from agentpool.cli_common import show as show_view
-from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
-from agentpool.fleet import (
+from agentpool.cli.common import show as show_view
+from agentpool.cli.fleet import (
     CounterSample,
     PoolSummary,
     RateTracker,
     pool_summary,
     queue_summary,
 )
+from agentpool.cli.views import FleetRow, Grid, fleet_grid, fleet_json
+from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
 from agentpool.models import GROUP, PLURAL, VERSION
 from agentpool.protocol import TaskQueue
 from agentpool.urls import redact_url
-from agentpool.views import FleetRow, Grid, fleet_grid, fleet_json
 
 REQUEST_TIMEOUT = 15.0
 POOL_REDIS_TIMEOUT = 3.0
@@ -101,8 +101,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _kube() -> Any:
     """The official client, imported on first use: it is slow to import and only `status`
     needs it."""
-    import kubernetes
-
+    try:
+        import kubernetes
+    except ImportError:
+        raise CommandFailed(
+            "reading AgentPools needs the Kubernetes client: pip install 'agentpool[cli]' "
+            "(or --queue NAME with --redis-url to read one queue without a cluster)"
+        ) from None
     return kubernetes
 
 

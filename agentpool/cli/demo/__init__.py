@@ -4,6 +4,6 @@ command.py wires the CLI, runner.py starts and stops processes and drives the ru
 renders it, summary.py computes the end figures from plain task records.
 """
 
-from agentpool.demo.command import register
+from agentpool.cli.demo.command import register
 
 __all__ = ["register"]

@@ -10,34 +10,34 @@ import argparse
 from collections.abc import Sequence
 from types import ModuleType
 
-from agentpool import (
-    cancel_command,
-    crd_command,
-    dead_command,
+from agentpool.cli import (
+    cancel,
+    crd,
+    dead,
     demo,
-    get_command,
-    simulate_command,
-    stats_command,
-    status_command,
-    submit_command,
-    tasks_command,
-    wait_command,
-    workers_command,
+    get,
+    simulate,
+    stats,
+    status,
+    submit,
+    tasks,
+    wait,
+    workers,
 )
 
 SUBCOMMANDS: list[ModuleType] = [
-    crd_command,
+    crd,
     demo,
-    simulate_command,
-    submit_command,
-    get_command,
-    wait_command,
-    cancel_command,
-    stats_command,
-    dead_command,
-    tasks_command,
-    workers_command,
-    status_command,
+    simulate,
+    submit,
+    get,
+    wait,
+    cancel,
+    stats,
+    dead,
+    tasks,
+    workers,
+    status,
 ]
 
 

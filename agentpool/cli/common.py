@@ -23,10 +23,10 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
+from agentpool.cli.views import Grid, to_table
 from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
 from agentpool.protocol import ProtocolError, TaskNotFound
 from agentpool.urls import redact_url
-from agentpool.views import Grid, to_table
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from agentpool.cli.simulate_plot import PlotUnavailable, require_matplotlib, write_plot
 from agentpool.models import ScalingSpec
-from agentpool.simulate_plot import PlotUnavailable, require_matplotlib, write_plot
-from agentpool_operator.scaling import ScalingPolicy
-from agentpool_operator.simulation import (
+from agentpool.scaling.policy import ScalingPolicy
+from agentpool.scaling.simulation import (
     Cluster,
     Comparison,
     KedaSettings,

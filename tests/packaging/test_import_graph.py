@@ -1,0 +1,72 @@
+"""The layering of the three packages, read from their imports.
+
+- `agentpool` (models, protocol, client, scaling policy) imports neither the operator, nor the
+  worker, nor its own command line;
+- `agentpool.cli` imports neither the operator nor the worker (it runs the worker as a process);
+- the operator and the worker do not import each other;
+- the scaling policy needs nothing but the standard library and the models;
+- no module reaches itself through its imports.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from import_graph import Module, cycles, import_graph, imported_names, outside_imports
+
+
+def imports_of(prefix: str) -> dict[str, set[str]]:
+    return {
+        module: targets
+        for module, targets in import_graph().items()
+        if module == prefix or module.startswith(prefix + ".")
+    }
+
+
+def offending(prefix: str, *, forbidden: tuple[str, ...], exempt: str | None = None) -> list[str]:
+    found = []
+    for module, targets in imports_of(prefix).items():
+        if exempt and (module == exempt or module.startswith(exempt + ".")):
+            continue
+        found.extend(f"{module} -> {t}" for t in sorted(targets) if t.startswith(forbidden))
+    return found
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_shared_package_imports_no_operator_worker_or_cli() -> None:
+    forbidden = ("agentpool_operator", "agentpool_worker", "agentpool.cli")
+    assert offending("agentpool", forbidden=forbidden, exempt="agentpool.cli") == []
+
+
+def test_cli_imports_neither_operator_nor_worker() -> None:
+    forbidden = ("agentpool_operator", "agentpool_worker")
+    assert offending("agentpool.cli", forbidden=forbidden) == []
+
+
+def test_operator_and_worker_stay_apart() -> None:
+    assert offending("agentpool_operator", forbidden=("agentpool_worker", "agentpool.cli")) == []
+    assert offending("agentpool_worker", forbidden=("agentpool_operator", "agentpool.cli")) == []
+
+
+def test_scaling_policy_needs_only_the_standard_library() -> None:
+    scaling = [m for m in import_graph() if m.startswith("agentpool.scaling")]
+    assert scaling
+    outside = {m: outside_imports(m) - sys.stdlib_module_names for m in scaling}
+    assert {m: names for m, names in outside.items() if names} == {}
+
+
+def test_cycle_finder_sees_a_circle_through_any_import(tmp_path: Path) -> None:
+    source = tmp_path / "late.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from .types import Result\n"
+        "def act():\n    from . import actions\n"
+    )
+    names = set(imported_names(Module("pkg.late", source)))
+    assert {"pkg.types.Result", "pkg.actions"} <= names
+    graph = {"pkg.late": {"pkg.actions"}, "pkg.actions": {"pkg.late"}, "pkg.types": set()}
+    assert cycles(graph) == [["pkg.actions", "pkg.late"]]
