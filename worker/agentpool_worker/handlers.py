@@ -15,15 +15,22 @@ Cancellation: async handlers receive ``asyncio.CancelledError`` when their task 
 times out, or its lease is lost. Threads cannot be interrupted, so sync handlers should look at
 ``ctx.cancelled`` (a ``threading.Event``; ``ctx.cancelled.wait(n)`` is an interruptible sleep).
 A sync run that is abandoned keeps its thread, and its concurrency slot, until it returns.
+
+The handler's module may also define hooks (each sync or async): ``startup(worker_ctx)`` and
+``shutdown(worker_ctx)`` run once per process (``worker_ctx.state`` reaches every task as
+``ctx.state``), ``after_task(ctx, outcome)`` runs after every run whatever its outcome, and
+``ready()`` is a check that joins ``/readyz``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 
@@ -43,10 +50,48 @@ class TaskContext:
     worker_id: str
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set when the run should stop: cancel requested, timeout, lease lost, or shutdown."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """The worker process's shared state, as the ``startup`` hook left it."""
 
     @property
     def last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
+
+
+@dataclass
+class WorkerContext:
+    """What the ``startup`` and ``shutdown`` hooks receive: one per worker process."""
+
+    queue: str
+    worker_id: str
+    concurrency: int
+    state: dict[str, Any] = field(default_factory=dict)
+    """Put clients and pools here in ``startup``; every task sees it as ``ctx.state``."""
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """How a run ended, as ``after_task`` sees it."""
+
+    status: str
+    """``succeeded``, ``failed`` (the handler raised or timed out), ``cancelled``, ``lost``
+    (the lease went to another worker) or ``released`` (handed back by a stopping worker)."""
+    duration_seconds: float
+    result: Any = None
+    error: str | None = None
+    retryable: bool = False
+    """For ``failed``: another attempt may follow (when attempts remain)."""
+
+
+@dataclass(frozen=True)
+class Hooks:
+    startup: Callable[..., Any] | None = None
+    shutdown: Callable[..., Any] | None = None
+    after_task: Callable[..., Any] | None = None
+    ready: Callable[..., Any] | None = None
+
+
+HOOK_NAMES = ("startup", "shutdown", "after_task", "ready")
 
 
 @dataclass(frozen=True)
@@ -55,6 +100,14 @@ class Handler:
     func: Callable[..., Any]
     is_async: bool
     wants_context: bool
+    hooks: Hooks = field(default_factory=Hooks)
+
+
+async def call_hook(hook: Callable[..., Any], *args: Any) -> Any:
+    """Await an async hook; run a sync one in a thread so it cannot block the loop."""
+    if _is_async(hook):
+        return await hook(*args)
+    return await asyncio.to_thread(hook, *args)
 
 
 def load_handler(name: str) -> Handler:
@@ -78,7 +131,20 @@ def load_handler(name: str) -> Handler:
             ) from None
     if not callable(obj):
         raise HandlerError(f"handler {name!r} is not callable")
-    return Handler(name, obj, _is_async(obj), _wants_context(name, obj))
+    return Handler(name, obj, _is_async(obj), _wants_context(name, obj),
+                   _hooks(name, module))
+
+
+def _hooks(name: str, module: ModuleType) -> Hooks:
+    found: dict[str, Callable[..., Any]] = {}
+    for hook in HOOK_NAMES:
+        value = getattr(module, hook, None)
+        if value is None:
+            continue
+        if not callable(value):
+            raise HandlerError(f"handler {name!r}: the module's {hook!r} is not callable")
+        found[hook] = value
+    return Hooks(**found)
 
 
 def _is_async(func: Callable[..., Any]) -> bool:

@@ -1,7 +1,8 @@
 """``agentpool-worker``: the worker image's entrypoint.
 
 Exit codes: 0 after a drain (SIGTERM/SIGINT), 2 on a configuration error (one line on stderr,
-before anything else happens), 1 on an unexpected crash (one JSON log line).
+before anything else happens), 3 when the handler module's ``startup`` hook fails (one line on
+stderr), 1 on an unexpected crash (one JSON log line).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from prometheus_client import disable_created_metrics
 from agentpool_worker.handlers import HandlerError, load_handler
 from agentpool_worker.logs import configure_logging
 from agentpool_worker.settings import ConfigError, load_settings
-from agentpool_worker.worker import Worker
+from agentpool_worker.worker import StartupFailed, Worker
 
 PROG = "agentpool-worker"
+EXIT_STARTUP_FAILED = 3
 
 
 def main() -> None:
@@ -34,6 +36,9 @@ def main() -> None:
     code = 0
     try:
         asyncio.run(worker.run(install_signal_handlers=True))
+    except StartupFailed as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_STARTUP_FAILED
     except Exception as exc:
         structlog.get_logger("agentpool.worker").error(
             "worker crashed", worker=worker.worker_id, error=f"{type(exc).__name__}: {exc}"

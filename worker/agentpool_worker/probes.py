@@ -9,7 +9,7 @@ and only reads the :class:`Health` record the loop keeps up to date.
   (lease + Redis timeout). A heartbeat that fails because Redis is down still counts as an
   attempt: an unreachable Redis is a readiness problem, and restarting the pod would not fix it.
 - ``/readyz`` fails when the last Redis request failed, or the worker is not claiming work
-  (starting, draining, drained, stopping).
+  (starting, draining, drained, stopping), or the handler's ``ready`` hook failed its last check.
 Both recover by themselves when the cause goes away.
 """
 
@@ -36,6 +36,8 @@ class Health:
     redis_error: str = "not connected yet"
     last_tick: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
+    check_error: str = ""
+    """Why the handler's ``ready`` hook failed its last check ("" when it passed)."""
 
     def tick(self) -> None:
         self.last_tick = time.monotonic()
@@ -53,6 +55,9 @@ class Health:
             f"{type(error).__name__}: {error}"
         )
 
+    def check_failed(self, reason: str) -> None:
+        self.check_error = reason
+
     def liveness(self) -> tuple[bool, str]:
         now = time.monotonic()
         stalled = now - self.last_tick
@@ -68,6 +73,8 @@ class Health:
             return False, f"redis unreachable: {self.redis_error}"
         if self.state != "running":
             return False, f"worker is {self.state}"
+        if self.check_error:
+            return False, f"ready check failed: {self.check_error}"
         return True, "ok"
 
 

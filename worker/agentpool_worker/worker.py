@@ -50,7 +50,14 @@ from agentpool.protocol import (
     retry_delay,
 )
 from agentpool_worker import metrics
-from agentpool_worker.handlers import Handler, TaskContext, load_handler
+from agentpool_worker.handlers import (
+    Handler,
+    TaskContext,
+    TaskOutcome,
+    WorkerContext,
+    call_hook,
+    load_handler,
+)
 from agentpool_worker.probes import Health, ProbeServer
 from agentpool_worker.settings import WorkerSettings
 
@@ -62,11 +69,20 @@ MAX_FLUSH = 500
 TICK_SECONDS = 0.25
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 ERROR_TEXT_LIMIT = 4000
+AFTER_TASK_SECONDS = 30.0
+"""Longest an ``after_task`` hook may hold a run's slot."""
+READY_CHECK_SECONDS = 5.0
+"""Longest a ``ready`` hook may take before it counts as failed."""
 
 RUNNING, STARTING, DRAINING, DRAINED, STOPPING = (
     "running", "starting", "draining", "drained", "stopping",
 )
 LOST, CANCELLED, RELEASE = "lost", "cancelled", "release"
+STOPPED_STATUS = {LOST: "lost", CANCELLED: "cancelled", RELEASE: "released"}
+
+
+class StartupFailed(Exception):
+    """The handler module's ``startup`` hook raised: the worker cannot serve."""
 
 
 class _Run:
@@ -74,7 +90,7 @@ class _Run:
 
     __slots__ = ("ctx", "stop_reason", "task", "thread", "worker_task")
 
-    def __init__(self, task: ClaimedTask, ctx: TaskContext | None) -> None:
+    def __init__(self, task: ClaimedTask, ctx: TaskContext) -> None:
         self.task = task
         self.ctx = ctx
         self.stop_reason: str | None = None
@@ -85,8 +101,7 @@ class _Run:
         if self.stop_reason is not None:
             return
         self.stop_reason = reason
-        if self.ctx is not None:
-            self.ctx.cancelled.set()
+        self.ctx.cancelled.set()
         if self.worker_task is not None:
             self.worker_task.cancel()
 
@@ -123,6 +138,9 @@ class Worker:
         self.metrics = metrics.for_queue(settings.queue)
         self.probe_port: int | None = None
         self._log = log.bind(worker=self.worker_id, queue=settings.queue)
+        self.worker_ctx = WorkerContext(settings.queue, self.worker_id, settings.concurrency)
+        self._check_ok = True
+        """The handler's ``ready`` hook passed its last check (or there is none)."""
 
         self._held: dict[str, ClaimedTask] = {}
         self._runs: dict[str, _Run] = {}
@@ -182,7 +200,14 @@ class Worker:
         self.queue = TaskQueue(self._redis, s.queue)
         self._wait_queue = TaskQueue(self._wait_redis, s.queue)
         background = [asyncio.create_task(self._tick(), name="agentpool-ticker")]
+        started_hooks = False
         try:
+            await self._startup_hook()
+            started_hooks = True
+            if self.handler.hooks.ready is not None:
+                await self._check_ready()
+                background.append(
+                    asyncio.create_task(self._ready_loop(), name="agentpool-ready-check"))
             if await self._start_up():
                 background += [
                     asyncio.create_task(self._heartbeat_loop(), name="agentpool-heartbeat"),
@@ -203,6 +228,8 @@ class Worker:
             await asyncio.gather(*background, return_exceptions=True)
             for run in list(self._runs.values()):
                 run.stop(RELEASE)
+            if started_hooks:
+                await self._shutdown_hook()
             await self._redis.aclose()
             await self._wait_redis.aclose()
             if self._executor is not None:
@@ -212,6 +239,75 @@ class Worker:
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
+
+    # -- handler hooks ---------------------------------------------------------------------
+
+    async def _startup_hook(self) -> None:
+        hook = self.handler.hooks.startup
+        if hook is None:
+            return
+        try:
+            await call_hook(hook, self.worker_ctx)
+        except Exception as exc:
+            raise StartupFailed(f"startup hook of {self.handler.name!r} failed: "
+                                f"{type(exc).__name__}: {exc}") from exc
+
+    async def _shutdown_hook(self) -> None:
+        hook = self.handler.hooks.shutdown
+        if hook is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.drain_seconds + 5):
+                await call_hook(hook, self.worker_ctx)
+        except Exception as exc:
+            self._log.error("shutdown hook failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _after_task(self, ctx: TaskContext, outcome: TaskOutcome) -> None:
+        hook = self.handler.hooks.after_task
+        if hook is None:
+            return
+        try:
+            async with asyncio.timeout(AFTER_TASK_SECONDS):
+                await call_hook(hook, ctx, outcome)
+        except Exception as exc:
+            self._log.warning("after_task hook failed", task=ctx.task_id,
+                              outcome=outcome.status, error=f"{type(exc).__name__}: {exc}")
+
+    async def _ready_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            await self._check_ready()
+
+    async def _check_ready(self) -> None:
+        """Run the ``ready`` hook: None or True is ready; False, a reason (str) or an
+        exception is not. Not ready stops claims; ``/livez`` is not affected."""
+        assert self.handler.hooks.ready is not None
+        try:
+            async with asyncio.timeout(READY_CHECK_SECONDS):
+                answer = await call_hook(self.handler.hooks.ready)
+        except TimeoutError:
+            reason = f"no answer within {READY_CHECK_SECONDS:g}s"
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "" if answer is None or answer is True else (
+                "ready() returned False" if answer is False else str(answer))
+        ok = not reason
+        if ok != self._check_ok:
+            if ok:
+                self._log.info("ready check passes again")
+            else:
+                self._log.warning("ready check failed; not claiming", reason=reason)
+        self._check_ok = ok
+        self.health.check_failed(reason[:500])
+        self.metrics.ready.set(1 if self._claiming else 0)
+        self._fetch_wake.set()
+        if not ok:
+            self._state_changed.set()
+
+    @property
+    def _claiming(self) -> bool:
+        return self.state == RUNNING and self._check_ok
 
     # -- start and stop --------------------------------------------------------------------
 
@@ -300,7 +396,7 @@ class Worker:
             return
         self.info.state = state
         self.health.state = state
-        self.metrics.ready.set(1 if state == RUNNING else 0)
+        self.metrics.ready.set(1 if self._claiming else 0)
         self._fetch_wake.set()
         self._state_changed.set()
         self._beat_now.set()
@@ -382,7 +478,7 @@ class Worker:
         while True:
             if self.state == STOPPING:
                 return
-            if self.state != RUNNING or self._free == 0:
+            if not self._claiming or self._free == 0:
                 if self._claim_uncertain and self.health.redis_ok:
                     await self._release_orphans()
                 self._fetch_wake.clear()
@@ -394,7 +490,7 @@ class Worker:
                 if wait_first:
                     block = s.poll_seconds if next_due is None else min(s.poll_seconds, next_due)
                     woken = await self._interruptible(self._wait_queue.wait_for_work(block))
-                    if woken is None or self.state != RUNNING:
+                    if woken is None or not self._claiming:
                         continue
                 claiming = True
                 batch = await self._rt(self.queue.claim(self.worker_id, want, s.lease_seconds))
@@ -492,11 +588,8 @@ class Worker:
     # -- running tasks ---------------------------------------------------------------------
 
     def _start(self, task: ClaimedTask) -> None:
-        handler = self.handler
-        ctx = None
-        if handler.wants_context or not handler.is_async:
-            ctx = TaskContext(task.id, task.attempts, task.max_attempts,
-                              self.settings.queue, self.worker_id)
+        ctx = TaskContext(task.id, task.attempts, task.max_attempts,
+                          self.settings.queue, self.worker_id, state=self.worker_ctx.state)
         run = _Run(task, ctx)
         earlier = self._runs.get(task.id)
         if earlier is not None:
@@ -514,11 +607,18 @@ class Worker:
     async def _execute(self, run: _Run) -> None:
         task = run.task
         began = time.monotonic()
+        outcome: TaskOutcome | None = None
+
+        def ended(status: str, **details: Any) -> TaskOutcome:
+            return TaskOutcome(status, time.monotonic() - began, **details)
+
         try:
             try:
                 payload = json.loads(task.payload_raw)
             except ValueError as exc:
-                self._failed(run, f"malformed payload (not JSON): {exc}", retryable=False)
+                error = f"malformed payload (not JSON): {exc}"
+                self._failed(run, error, retryable=False)
+                outcome = ended("failed", error=error)
                 return
             try:
                 async with asyncio.timeout(self.settings.task_timeout_seconds) as deadline:
@@ -530,27 +630,34 @@ class Worker:
                 if current is not None:
                     current.uncancel()
                 self._stopped(run)
+                outcome = ended(STOPPED_STATUS[run.stop_reason])
                 return
             except Exception as exc:
                 if run.stop_reason is not None:
                     self._stopped(run)
-                elif isinstance(exc, TimeoutError) and deadline.expired():
-                    if run.ctx is not None:
-                        run.ctx.cancelled.set()
-                    timeout = self.settings.task_timeout_seconds
-                    self._failed(run, f"timed out after {timeout:g}s", retryable=True)
+                    outcome = ended(STOPPED_STATUS[run.stop_reason])
+                    return
+                if isinstance(exc, TimeoutError) and deadline.expired():
+                    run.ctx.cancelled.set()
+                    error = f"timed out after {self.settings.task_timeout_seconds:g}s"
+                    retryable = True
                 else:
-                    self._failed(run, _describe(exc),
-                                 retryable=not isinstance(exc, PermanentError))
+                    error = _describe(exc)
+                    retryable = not isinstance(exc, PermanentError)
+                self._failed(run, error, retryable=retryable)
+                outcome = ended("failed", error=error, retryable=retryable)
                 return
             self.metrics.succeeded.inc()
             self.info.done += 1
             self._completions.append((task, result))
             self._flush_wanted.set()
+            outcome = ended("succeeded", result=result)
         finally:
             self.metrics.duration.observe(time.monotonic() - began)
             if self._runs.get(task.id) is run:
                 del self._runs[task.id]
+            if outcome is not None:
+                await self._after_task(run.ctx, outcome)
             thread = run.thread
             if thread is not None and not thread.done():
                 thread.add_done_callback(self._thread_returned)

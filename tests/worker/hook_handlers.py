@@ -1,0 +1,48 @@
+"""A handler module with every hook, for the worker hook tests (in-process and subprocess)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from agentpool.errors import PermanentError
+from agentpool_worker.handlers import TaskContext, TaskOutcome, WorkerContext
+
+CALLS: list[str] = []
+OUTCOMES: dict[str, list[TaskOutcome]] = {}
+READY: dict[str, Any] = {"answer": True, "checks": 0}
+
+
+def startup(worker_ctx: WorkerContext) -> None:
+    if os.environ.get("HOOKS_STARTUP_FAILS"):
+        raise RuntimeError("OPENAI_API_KEY is not set")
+    CALLS.append("startup")
+    worker_ctx.state["client"] = f"client-of-{worker_ctx.worker_id}"
+
+
+async def shutdown(worker_ctx: WorkerContext) -> None:
+    CALLS.append("shutdown")
+    worker_ctx.state.pop("client", None)
+
+
+async def run(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    mode = payload.get("mode", "ok")
+    if mode == "fail":
+        raise PermanentError("bad prompt")
+    if mode == "sleep":
+        await asyncio.sleep(float(payload["seconds"]))
+    return {"client": ctx.state["client"]}
+
+
+def after_task(ctx: TaskContext, outcome: TaskOutcome) -> None:
+    OUTCOMES.setdefault(ctx.task_id, []).append(outcome)
+    raise RuntimeError("billing service down")
+
+
+async def ready() -> Any:
+    READY["checks"] += 1
+    answer = READY["answer"]
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
