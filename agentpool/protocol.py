@@ -10,6 +10,10 @@ Every state change is one Lua script (one round trip, atomic). A queue's keys li
 
 A claim hands out a fencing token; only the holder of the current token can complete or fail
 the task, so a worker that wakes up after its task was requeued cannot overwrite anything.
+
+A task may have an event stream (``ev:<id>``, capped, kept as long as the task): the events its
+runs emit, each tagged with its attempt, closed by a ``final`` event written in the same step
+as the final state, so :meth:`TaskQueue.events` can follow it live and know when it has all.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -29,7 +33,9 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -39,6 +45,10 @@ QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
 _STATE_SETS = {"queued": "queued", "delayed": "delayed", "running": "leases"}
 TASK_LIST_STATES = ("queued", "delayed", "running", "dead")
+MAX_EVENT_BYTES = 65_536
+FINAL_EVENT = "final"
+"""The kind of the event that closes a task's stream (data: ``{"state", "error"?}``)."""
+EVENT_KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 class ProtocolError(ValueError):
@@ -145,6 +155,30 @@ class QueueFigures:
 
 
 @dataclass(frozen=True)
+class TaskEvent:
+    id: str
+    """The stream entry id (``<ms>-<seq>``): resume after it with ``events(after=id)``."""
+    kind: str
+    data: Any
+    attempt: int
+
+    @property
+    def time(self) -> float:
+        """When it was appended, epoch seconds (Redis's clock)."""
+        return int(self.id.partition("-")[0]) / 1000
+
+    @property
+    def final(self) -> bool:
+        return self.kind == FINAL_EVENT
+
+
+@dataclass(frozen=True)
+class Progress:
+    fraction: float
+    message: str | None = None
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     id: str
     state: str
@@ -158,6 +192,8 @@ class TaskInfo:
     error: str | None
     owner: str | None
     max_attempts: int | None
+    progress: Progress | None = None
+    """The latest ``progress`` event of any of its runs."""
 
     @property
     def done(self) -> bool:
@@ -229,6 +265,31 @@ def retry_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0,
     """Exponential backoff with "equal jitter": half fixed, half random, capped."""
     step = min(cap, base * 2.0 ** min(max(0, attempt - 1), 1023))
     return step / 2 + (rng or random).uniform(0, step / 2)
+
+
+def encode_event(kind: str, data: Any) -> str:
+    """An event's data as JSON, after checking its kind and size (ProtocolError if refused)."""
+    if not isinstance(kind, str) or not EVENT_KIND.match(kind) or kind == FINAL_EVENT:
+        raise ProtocolError(
+            f"invalid event kind {kind!r}: use 1-64 letters, digits, '.', '_', ':' or '-' "
+            f"(and not {FINAL_EVENT!r})"
+        )
+    try:
+        raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"event data is not JSON-serialisable: {exc}") from None
+    if len(raw) > MAX_EVENT_BYTES // 4 and len(raw.encode()) > MAX_EVENT_BYTES:
+        raise ProtocolError(f"event data is over the {MAX_EVENT_BYTES}-byte limit")
+    return raw
+
+
+def encode_progress(fraction: float, message: str | None = None) -> dict[str, Any]:
+    if not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+        raise ProtocolError(f"progress must be a number between 0 and 1, got {fraction!r}")
+    data: dict[str, Any] = {"fraction": round(float(fraction), 4)}
+    if message is not None:
+        data["message"] = str(message)[:500]
+    return data
 
 
 def encode_payload(payload: Any, limit: int) -> str:
@@ -396,6 +457,58 @@ class TaskQueue:
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    def events_key(self, task_id: str) -> str:
+        return f"{self.prefix}ev:{task_id}"
+
+    async def events(self, task_id: str, *, after: str | None = None, follow: bool = True,
+                     block_seconds: float = 1.0) -> AsyncIterator[TaskEvent]:
+        """The task's events, oldest first, from the start or after the event id `after`.
+
+        With `follow`, waits for new ones until the task is final (its ``final`` event is the
+        last one yielded; a task that never emitted ends without one). Resumes from the last
+        event it yielded after a lost connection, so none is missed or repeated (unless the
+        stream's cap dropped it first). Raises TaskNotFound for an unknown task.
+        """
+        key = self.events_key(task_id)
+        last = after or "0-0"
+        if await self.get(task_id) is None:
+            raise TaskNotFound(f"no task {task_id} in queue {self.name}")
+        failures = 0
+        while True:
+            try:
+                entries: list[Any]
+                if follow:
+                    reply = cast(list[Any], await self.redis.xread(
+                        {key: last}, count=1000, block=int(block_seconds * 1000)))
+                    entries = reply[0][1] if reply else []
+                else:
+                    entries = cast(list[Any], await self.redis.xrange(
+                        key, min=f"({last}", count=1000))
+                if not entries:
+                    info = await self.get(task_id)
+                    if info is None and not follow:
+                        return
+                    if info is None:
+                        raise TaskNotFound(f"task {task_id} in queue {self.name} is gone")
+                    if not info.done and follow:
+                        continue
+                    # final: whatever is left (a stream that outlived no final event)
+                    entries = cast(list[Any], await self.redis.xrange(
+                        key, min=f"({last}", count=1000))
+                    if not entries:
+                        return
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                failures += 1
+                await asyncio.sleep(retry_delay(failures, base=0.1, cap=2.0))
+                continue
+            failures = 0
+            for entry_id, fields in entries:
+                event = _task_event(entry_id, fields)
+                last = event.id
+                yield event
+                if event.final:
+                    return
+
     async def cancel(self, task_id: str) -> CancelOutcome:
         return CancelOutcome(_s(await self._run("cancel", task_id)))
 
@@ -413,20 +526,38 @@ class TaskQueue:
 
     async def complete_many(self, done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
         """Record several successes in one round trip (a worker's completions batch up)."""
-        script = self._script("complete")
+        return await self.record([], done)
+
+    async def record(self, events: Sequence[tuple[str, int, Sequence[tuple[str, str]]]],
+                     done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
+        """Append events (task id, attempt, [(kind, data JSON)]) and record successes, in that
+        order and one round trip. Returns, per success, False when it was fenced off."""
+        names = ("events", "complete")
+        scripts = [self._script(name) for name in names]
+        queued = self.prefix + "queued"
         for _ in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id, attempt, items in events:
+                    flat = [x for item in items for x in item]
+                    pipe.evalsha(scripts[0].sha, 1, queued, self.prefix, task_id, attempt,
+                                 *flat)
                 for task, result in done:
-                    pipe.evalsha(script.sha, 1, self.prefix + "queued", self.prefix, task.id,
+                    pipe.evalsha(scripts[1].sha, 1, queued, self.prefix, task.id,
                                  task.token, _encode_result(result))
                 replies = await pipe.execute(raise_on_error=False)
             if not any(isinstance(r, NoScriptError) for r in replies):
                 break
-            await self.redis.script_load(script.script)  # e.g. Redis restarted
+            for script in scripts:  # e.g. Redis restarted
+                await self.redis.script_load(script.script)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return [bool(r) for r in replies]
+        return [bool(r) for r in replies[len(events):]]
+
+    async def emit(self, task_id: str, kind: str, data: Any = None, *, attempt: int = 0) -> int:
+        """Append one event to a task's stream (workers batch theirs through :meth:`record`)."""
+        raw = encode_event(kind, data)
+        return int(await self._run("events", task_id, attempt, kind, raw))
 
     async def fail(self, task: ClaimedTask, error: str, *, retryable: bool = True,
                    delay: float | None = None) -> FailOutcome:
@@ -637,7 +768,22 @@ def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:
         error=_s(f["error"]) if "error" in f else None,
         owner=_s(f["owner"]) if "owner" in f else None,
         max_attempts=_opt_int(f.get("max")),
+        progress=_progress(f.get("progress")),
     )
+
+
+def _progress(raw: Any) -> Progress | None:
+    data = _json_or_raw(raw)
+    if not isinstance(data, dict) or not isinstance(data.get("fraction"), int | float):
+        return None
+    message = data.get("message")
+    return Progress(float(data["fraction"]), None if message is None else str(message))
+
+
+def _task_event(entry_id: Any, fields: Mapping[Any, Any]) -> TaskEvent:
+    f = {_s(k): v for k, v in fields.items()}
+    return TaskEvent(id=_s(entry_id), kind=_s(f.get("kind", "")),
+                     data=_json_or_raw(f.get("data")), attempt=int(f.get("attempt", 0)))
 
 
 def _encode_result(result: Any) -> str:

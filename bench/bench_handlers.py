@@ -9,3 +9,9 @@ from typing import Any
 async def stamp(payload: Any) -> float:
     """Return the wall-clock time the run started (for submit→start latency)."""
     return time.time()
+
+
+async def emitter(payload: Any, ctx: Any) -> None:
+    """Emit `events` token-sized events (for bench/events_bench.py)."""
+    for i in range(int(payload["events"])):
+        await ctx.emit("token", {"i": i, "text": " token"})

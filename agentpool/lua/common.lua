@@ -15,6 +15,7 @@ local K_DONE = P .. 'done'
 local WAKE_CAP = 1000
 local DEFAULT_MAX_ATTEMPTS = 3
 local DEFAULT_RESULT_TTL = 86400
+local EVENT_CAP = 10000
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -24,6 +25,8 @@ end
 local function task_key(id) return P .. 't:' .. id end
 local function owner_key(worker) return P .. 'owner:' .. worker end
 local function worker_key(worker) return P .. 'w:' .. worker end
+local function events_key(id) return P .. 'ev:' .. id end
+local function checkpoint_key(id) return P .. 'cp:' .. id end
 
 -- Queue-wide defaults, read at most once per script run (a reap may touch many tasks).
 local config_max_attempts, config_result_ttl
@@ -59,13 +62,26 @@ end
 
 -- A task reached a final state (succeeded, dead, cancelled): keep it for the result TTL
 -- (dead tasks stay until purged) and tell waiting producers.
+-- A task's event stream (when it has one) ends with a 'final' event written in the same step,
+-- so a follower knows it has seen everything; the stream lives as long as the task.
 local function finished(id, tk, state, now)
   redis.call('HSET', tk, 'state', state, 'finished', now)
+  local ek = events_key(id)
+  local has_events = redis.call('EXISTS', ek) == 1
+  if has_events then
+    local f = redis.call('HMGET', tk, 'attempts', 'error')
+    local data = {state = state}
+    if state ~= 'succeeded' and f[2] then data.error = string.sub(f[2], 1, 500) end
+    redis.call('XADD', ek, 'MAXLEN', '~', EVENT_CAP, '*', 'kind', 'final',
+      'data', cjson.encode(data), 'attempt', f[1] or '0')
+  end
   if state == 'dead' then
     redis.call('ZADD', K_DEAD, now, id)
     redis.call('PERSIST', tk)
+    if has_events then redis.call('PERSIST', ek) end
   else
     redis.call('EXPIRE', tk, result_ttl())
+    if has_events then redis.call('EXPIRE', ek, result_ttl()) end
   end
   redis.call('HINCRBY', K_STATS, state, 1)
   redis.call('PUBLISH', K_DONE, id)

@@ -13,7 +13,7 @@ for _, id in ipairs(ids) do
     local tk = task_key(id)
     local score = redis.call('HGET', tk, 'score')
     if action == 'purge' or not score then
-      redis.call('DEL', tk)
+      redis.call('DEL', tk, events_key(id), checkpoint_key(id))
     else
       redis.call('HSET', tk, 'state', 'queued', 'attempts', 0)
       redis.call('HDEL', tk, 'finished')

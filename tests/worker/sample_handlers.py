@@ -87,3 +87,24 @@ async def zombie(payload: Any) -> dict[str, int]:
 
 async def refuse(payload: Any) -> None:
     raise PermanentError("cannot ever work")
+
+
+async def streamer(payload: Any, ctx: TaskContext) -> dict[str, int]:
+    """Streams `tokens` token events and progress; fails while `ctx.attempt < fail_until`."""
+    count = int(payload["tokens"])
+    for i in range(count):
+        await ctx.emit("token", {"i": i})
+        await ctx.progress((i + 1) / count, f"token {i + 1} of {count}")
+        if payload.get("pause"):
+            await asyncio.sleep(float(payload["pause"]))
+    if ctx.attempt < int(payload.get("fail_until", 0)):
+        raise RuntimeError("flaky model")
+    return {"tokens": count, "attempt": ctx.attempt}
+
+
+def sync_streamer(payload: Any, ctx: TaskContext) -> dict[str, int]:
+    count = int(payload["tokens"])
+    for i in range(count):
+        ctx.emit_sync("token", {"i": i})
+    ctx.progress_sync(1.0, "all tokens")
+    return {"tokens": count}

@@ -31,16 +31,31 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
+
+from agentpool.protocol import encode_event, encode_progress
 
 
 class HandlerError(Exception):
     """The handler named in the configuration cannot be used (phrased for a person)."""
 
 
+class RunChannel(Protocol):
+    """The worker side of a TaskContext: where its events go."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    async def emit(self, ctx: TaskContext, kind: str, raw: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class TaskContext:
-    """What a handler may know about the run it is doing."""
+    """What a handler may know about the run it is doing, and how it reports along the way.
+
+    ``emit`` and ``progress`` are for async handlers; sync handlers (in threads) call
+    ``emit_sync`` and ``progress_sync``.
+    """
 
     task_id: str
     attempt: int
@@ -52,6 +67,34 @@ class TaskContext:
     """Set when the run should stop: cancel requested, timeout, lease lost, or shutdown."""
     state: dict[str, Any] = field(default_factory=dict)
     """The worker process's shared state, as the ``startup`` hook left it."""
+    channel: RunChannel | None = field(default=None, repr=False, compare=False)
+
+    async def emit(self, kind: str, data: Any = None) -> None:
+        """Append an event (JSON `data`, at most 64 KiB) to the task's stream. Batched: it is
+        on its way to Redis when this returns, and recorded before the run's outcome."""
+        raw = encode_event(kind, data)
+        if self.channel is not None:
+            await self.channel.emit(self, kind, raw)
+
+    async def progress(self, fraction: float, message: str | None = None) -> None:
+        """A ``progress`` event (0..1, optional message): views show the latest."""
+        await self.emit("progress", encode_progress(fraction, message))
+
+    def emit_sync(self, kind: str, data: Any = None) -> None:
+        """:meth:`emit` for sync handlers (called from their thread)."""
+        raw = encode_event(kind, data)
+        self._from_thread(kind, raw)
+
+    def progress_sync(self, fraction: float, message: str | None = None) -> None:
+        self.emit_sync("progress", encode_progress(fraction, message))
+
+    def _from_thread(self, kind: str, raw: str) -> None:
+        channel = self.channel
+        if channel is None:
+            return
+        if _running_loop() is channel.loop:
+            raise RuntimeError("emit_sync is for sync handlers; use `await ctx.emit(...)`")
+        asyncio.run_coroutine_threadsafe(channel.emit(self, kind, raw), channel.loop).result()
 
     @property
     def last_attempt(self) -> bool:
@@ -108,6 +151,13 @@ async def call_hook(hook: Callable[..., Any], *args: Any) -> Any:
     if _is_async(hook):
         return await hook(*args)
     return await asyncio.to_thread(hook, *args)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def load_handler(name: str) -> Handler:

@@ -44,6 +44,13 @@ TASK_DURATION = Histogram(
 TASK_WAIT = Histogram(
     "agentpool_worker_task_wait_seconds", "Time from submit to the start of a run", ["queue"],
     buckets=BUCKETS)
+EVENTS = Counter(
+    "agentpool_worker_events", "Events handlers emitted (ctx.emit, ctx.progress)", ["queue"])
+CHECKPOINTS = Counter(
+    "agentpool_worker_checkpoints", "Checkpoints saved (ctx.checkpoint)", ["queue"])
+CHECKPOINTS_REFUSED = Counter(
+    "agentpool_worker_checkpoints_refused",
+    "Checkpoints refused because the run no longer held its task", ["queue"])
 REDIS_ROUND_TRIPS = Counter(
     "agentpool_worker_redis_round_trips", "Requests this worker sent to Redis", ["queue"])
 REDIS_ERRORS = Counter(
@@ -64,6 +71,9 @@ NAMES = (
     "agentpool_worker_tasks_in_flight",
     "agentpool_worker_task_duration_seconds",
     "agentpool_worker_task_wait_seconds",
+    "agentpool_worker_events_total",
+    "agentpool_worker_checkpoints_total",
+    "agentpool_worker_checkpoints_refused_total",
     "agentpool_worker_redis_round_trips_total",
     "agentpool_worker_redis_errors_total",
     "agentpool_worker_ready",
@@ -84,6 +94,9 @@ class QueueMetrics:
     in_flight: Gauge
     duration: Histogram
     wait: Histogram
+    events: Counter
+    checkpoints: Counter
+    checkpoints_refused: Counter
     round_trips: Counter
     redis_errors: Counter
     ready: Gauge
@@ -103,6 +116,9 @@ def for_queue(queue: str) -> QueueMetrics:
         in_flight=TASKS_IN_FLIGHT.labels(queue),
         duration=TASK_DURATION.labels(queue),
         wait=TASK_WAIT.labels(queue),
+        events=EVENTS.labels(queue),
+        checkpoints=CHECKPOINTS.labels(queue),
+        checkpoints_refused=CHECKPOINTS_REFUSED.labels(queue),
         round_trips=REDIS_ROUND_TRIPS.labels(queue),
         redis_errors=REDIS_ERRORS.labels(queue),
         ready=WORKER_READY.labels(queue),

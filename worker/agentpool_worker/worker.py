@@ -66,6 +66,10 @@ T = TypeVar("T")
 
 MAX_FLUSH = 500
 """Completions per flush round trip."""
+MAX_FLUSH_EVENTS = 2000
+"""Events per flush round trip."""
+MAX_PENDING_EVENTS = 20_000
+"""Events waiting for Redis before ``ctx.emit`` waits for a flush (back-pressure)."""
 TICK_SECONDS = 0.25
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 ERROR_TEXT_LIMIT = 4000
@@ -104,6 +108,18 @@ class _Run:
         self.ctx.cancelled.set()
         if self.worker_task is not None:
             self.worker_task.cancel()
+
+
+_Event = tuple[int, str, int, str, str]
+"""(sequence number, task id, attempt, kind, data JSON)"""
+
+
+def _group(events: list[_Event]) -> list[tuple[str, int, list[tuple[str, str]]]]:
+    """One script call per run, its events in the order they were emitted."""
+    groups: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for _, task_id, attempt, kind, raw in events:
+        groups.setdefault((task_id, attempt), []).append((kind, raw))
+    return [(task_id, attempt, items) for (task_id, attempt), items in groups.items()]
 
 
 class _Backoff:
@@ -147,6 +163,11 @@ class Worker:
         self._reporting: set[str] = set()
         self._reports: set[asyncio.Task[None]] = set()
         self._completions: list[tuple[ClaimedTask, Any]] = []
+        self._events: list[_Event] = []
+        self._event_seq = 0
+        """Sequence number of the last event emitted; events go to Redis in this order."""
+        self._flushed_seq = 0
+        self._event_cond = asyncio.Condition()
         self._threads: set[Future[Any]] = set()
         self._free = settings.concurrency
         self._executor: ThreadPoolExecutor | None = None
@@ -550,22 +571,28 @@ class Worker:
             self._log.warning("released tasks whose claim reply was lost", count=len(orphans))
 
     async def _flush_loop(self) -> None:
+        """Group commit: events and successes that arrived while the previous flush was on the
+        wire go out together in the next one (events first, so a task's events are recorded
+        before its outcome)."""
         backoff = _Backoff()
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
-            while self._completions:
-                batch = [c for c in self._completions[:MAX_FLUSH]
-                         if self._held.get(c[0].id) is c[0]]
-                del self._completions[:MAX_FLUSH]
-                if not batch:
-                    continue
+            while self._completions or self._events:
+                events = self._events[:MAX_FLUSH_EVENTS]
+                del self._events[:MAX_FLUSH_EVENTS]
+                batch: list[tuple[ClaimedTask, Any]] = []
+                if not self._events:  # never a success ahead of its own events
+                    batch = [c for c in self._completions[:MAX_FLUSH]
+                             if self._held.get(c[0].id) is c[0]]
+                    del self._completions[:MAX_FLUSH]
                 ids = [task.id for task, _ in batch]
                 self._reporting.update(ids)
                 try:
-                    recorded = await self._rt(self.queue.complete_many(batch))
+                    recorded = await self._rt(self.queue.record(_group(events), batch))
                 except REDIS_ERRORS as exc:
                     self._completions[:0] = batch
+                    self._events[:0] = events
                     self._redis_failed(exc, "complete")
                     await backoff.sleep()
                     continue
@@ -573,6 +600,8 @@ class Worker:
                     self._reporting.difference_update(ids)
                 backoff.reset()
                 self._redis_ok()
+                if events:
+                    await self._events_flushed(events[-1][0])
                 held = self._held
                 for task, _ in batch:
                     if held.get(task.id) is task:
@@ -585,11 +614,39 @@ class Worker:
                     )
             self._maybe_drained()
 
+    async def _events_flushed(self, seq: int) -> None:
+        async with self._event_cond:
+            self._flushed_seq = seq
+            self._event_cond.notify_all()
+
+    async def _wait_events_flushed(self, seq: int) -> None:
+        if self._flushed_seq >= seq:
+            return
+        self._flush_wanted.set()
+        async with self._event_cond:
+            await self._event_cond.wait_for(lambda: self._flushed_seq >= seq)
+
+    # -- what handlers call through their TaskContext ---------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    async def emit(self, ctx: TaskContext, kind: str, raw: str) -> None:
+        if len(self._events) >= MAX_PENDING_EVENTS:
+            await self._wait_events_flushed(self._event_seq - MAX_PENDING_EVENTS // 2)
+        self._event_seq += 1
+        self._events.append((self._event_seq, ctx.task_id, ctx.attempt, kind, raw))
+        self.metrics.events.inc()
+        self._flush_wanted.set()
+
     # -- running tasks ---------------------------------------------------------------------
 
     def _start(self, task: ClaimedTask) -> None:
         ctx = TaskContext(task.id, task.attempts, task.max_attempts,
-                          self.settings.queue, self.worker_id, state=self.worker_ctx.state)
+                          self.settings.queue, self.worker_id, state=self.worker_ctx.state,
+                          channel=self)
         run = _Run(task, ctx)
         earlier = self._runs.get(task.id)
         if earlier is not None:
@@ -732,6 +789,7 @@ class Worker:
 
     async def _send_report(self, task: ClaimedTask,
                            send: Callable[[], Awaitable[FailOutcome]]) -> None:
+        await self._wait_events_flushed(self._event_seq)
         backoff = _Backoff()
         while self._held.get(task.id) is task:
             self._reporting.add(task.id)

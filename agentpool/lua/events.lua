@@ -1,0 +1,17 @@
+-- ARGV: prefix, id, attempt, then pairs of (kind, data JSON)
+-- Appends a run's events to the task's capped stream; a 'progress' event is also kept on the
+-- task as its latest progress. Returns how many were appended (0: no such task).
+local id, attempt = ARGV[2], ARGV[3]
+local tk = task_key(id)
+if redis.call('EXISTS', tk) == 0 then return 0 end
+local ek = events_key(id)
+local progress
+for i = 4, #ARGV, 2 do
+  redis.call('XADD', ek, 'MAXLEN', '~', EVENT_CAP, '*', 'kind', ARGV[i], 'data', ARGV[i + 1],
+    'attempt', attempt)
+  if ARGV[i] == 'progress' then progress = ARGV[i + 1] end
+end
+if progress then redis.call('HSET', tk, 'progress', progress) end
+local ttl = redis.call('PTTL', tk)
+if ttl > 0 then redis.call('PEXPIRE', ek, ttl) end
+return (#ARGV - 3) / 2

@@ -1,0 +1,187 @@
+"""Task event streams: append tagged with the attempt, follow live to the final event, resume
+across a lost connection without a miss or a repeat, kept as long as the task."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from protocol_helpers import RoundTrips, claim_one
+from redis.asyncio.client import Pipeline
+
+from agentpool.protocol import (
+    ProtocolError,
+    TaskEvent,
+    TaskNotFound,
+    TaskQueue,
+    encode_event,
+    encode_progress,
+)
+from agentpool.redis_server import RedisServer
+
+
+async def collect(queue: TaskQueue, task_id: str, **kwargs: object) -> list[TaskEvent]:
+    return [event async for event in queue.events(task_id, **kwargs)]  # type: ignore[arg-type]
+
+
+async def test_events_of_every_attempt_are_kept_in_order_with_their_attempt(
+    queue: TaskQueue,
+) -> None:
+    task_id = await queue.submit({})
+    first = await claim_one(queue, "pod-a:i1")
+    await queue.record([(task_id, 1, [("token", '"a"'), ("token", '"b"')])], [])
+    assert await queue.fail(first, "flaky", delay=0) == "retry"
+    second = await claim_one(queue, "pod-a:i1")
+    await queue.record([(task_id, 2, [("progress", encode_event(
+        "progress", encode_progress(0.5, "half")))])], [(second, {"ok": True})])
+
+    events = await collect(queue, task_id, follow=False)
+    assert [(e.kind, e.data, e.attempt) for e in events] == [
+        ("token", "a", 1), ("token", "b", 1),
+        ("progress", {"fraction": 0.5, "message": "half"}, 2),
+        ("final", {"state": "succeeded"}, 2),
+    ]
+    assert [e.id for e in events] == sorted({e.id for e in events}, key=events_order)
+    info = await queue.get(task_id)
+    assert info is not None and info.progress is not None
+    assert (info.progress.fraction, info.progress.message) == (0.5, "half")
+
+
+def events_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
+async def test_events_and_the_completion_go_in_one_round_trip(
+    queue: TaskQueue, round_trips: RoundTrips, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = await queue.submit_many(range(3))
+    tasks = (await queue.claim("pod-a:i1", 3, 30)).tasks
+    await queue.record([], [])  # load the scripts
+    pipelines: list[int] = []
+    real_execute = Pipeline.execute
+
+    async def counted(self: Pipeline, raise_on_error: bool = True) -> list[object]:
+        pipelines.append(len(self.command_stack))
+        return await real_execute(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", counted)
+    round_trips.reset()
+    recorded = await queue.record(
+        [(t.id, 1, [("token", '"x"')] * 5) for t in tasks], [(t, None) for t in tasks])
+    assert recorded == [True, True, True]
+    assert (round_trips.count, pipelines) == (0, [6])
+    for task_id in ids:
+        assert [e.kind for e in await collect(queue, task_id, follow=False)] == \
+            ["token"] * 5 + ["final"]
+
+
+async def test_a_follower_sees_every_event_live_and_stops_at_the_final_one(
+    queue: TaskQueue,
+) -> None:
+    task_id = await queue.submit({})
+    seen: list[TaskEvent] = []
+    got_three = asyncio.Event()
+
+    async def follow() -> None:
+        async for event in queue.events(task_id, block_seconds=0.2):
+            seen.append(event)
+            if len(seen) == 3:
+                got_three.set()
+
+    follower = asyncio.create_task(follow())
+    task = await claim_one(queue, "pod-a:i1")
+    for i in range(3):
+        await queue.emit(task_id, "token", i, attempt=1)
+    await asyncio.wait_for(got_three.wait(), 5)
+    assert not follower.done()
+    await queue.emit(task_id, "token", 3, attempt=1)
+    await queue.complete(task, "done")
+    await asyncio.wait_for(follower, 5)
+    assert [e.data for e in seen] == [0, 1, 2, 3, {"state": "succeeded"}]
+
+    later = await collect(queue, task_id, after=seen[1].id)
+    assert [e.data for e in later] == [2, 3, {"state": "succeeded"}]
+
+
+async def test_following_a_task_without_events_ends_when_it_is_final(queue: TaskQueue) -> None:
+    task_id = await queue.submit({})
+    follower = asyncio.create_task(collect(queue, task_id, block_seconds=0.1))
+    task = await claim_one(queue, "pod-a:i1")
+    await queue.fail(task, "bad", retryable=False)
+    assert await asyncio.wait_for(follower, 5) == []
+    with pytest.raises(TaskNotFound):
+        await collect(queue, "no-such-task")
+
+
+async def test_the_stream_lives_as_long_as_the_task(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    await queue.configure(result_ttl=600)
+    done, dead = await queue.submit_many([1, 2])
+    for task_id in (done, dead):
+        await queue.emit(task_id, "note", task_id)
+    assert await redis.ttl(queue.events_key(done)) == -1
+    task = await claim_one(queue, "pod-a:i1")
+    await queue.complete(task)
+    assert 590 <= await redis.ttl(queue.events_key(done)) <= 600
+    task = await claim_one(queue, "pod-a:i1")
+    await queue.fail(task, "bad", retryable=False)
+    assert await redis.ttl(queue.events_key(dead)) == -1
+    final = (await collect(queue, dead))[-1]
+    assert final.data == {"state": "dead", "error": "bad"}
+    await queue.purge_dead([dead])
+    assert not await redis.exists(queue.events_key(dead))
+    assert await queue.emit("purged-or-unknown", "note") == 0
+    assert not await redis.exists(queue.events_key("purged-or-unknown"))
+
+
+async def test_bad_events_are_refused_with_a_reason() -> None:
+    with pytest.raises(ProtocolError, match="invalid event kind"):
+        encode_event("final", None)
+    with pytest.raises(ProtocolError, match="invalid event kind"):
+        encode_event("has space", None)
+    with pytest.raises(ProtocolError, match="not JSON-serialisable"):
+        encode_event("x", {1, 2})
+    with pytest.raises(ProtocolError, match="65536-byte limit"):
+        encode_event("x", "é" * 40_000)
+    with pytest.raises(ProtocolError, match="between 0 and 1"):
+        encode_progress(1.5)
+
+
+async def test_a_follower_resumes_after_a_redis_restart_without_a_miss_or_a_repeat(
+    queue_name: str,
+) -> None:
+    with RedisServer(appendonly=True) as server:
+        client = aioredis.Redis.from_url(server.url)
+        follower_client = aioredis.Redis.from_url(server.url)
+        queue = TaskQueue(client, queue_name)
+        task_id = await queue.submit({})
+        seen: list[TaskEvent] = []
+        first_half = asyncio.Event()
+
+        async def follow() -> None:
+            async for event in TaskQueue(follower_client, queue_name).events(
+                    task_id, block_seconds=0.2):
+                seen.append(event)
+                if len(seen) == 5:
+                    first_half.set()
+
+        follower = asyncio.create_task(follow())
+        task = await claim_one(queue, "pod-a:i1")
+        for i in range(5):
+            await queue.emit(task_id, "token", i, attempt=1)
+        await asyncio.wait_for(first_half.wait(), 5)
+        await asyncio.to_thread(server.restart)
+        await client.aclose()
+        client = aioredis.Redis.from_url(server.url)
+        queue = TaskQueue(client, queue_name)
+        for i in range(5, 10):
+            await queue.emit(task_id, "token", i, attempt=1)
+        await queue.complete(task)
+        await asyncio.wait_for(follower, 20)
+        await client.aclose()
+        await follower_client.aclose()
+    assert [e.data for e in seen] == [*range(10), {"state": "succeeded"}]
+    assert len({e.id for e in seen}) == len(seen)
