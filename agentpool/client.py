@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -32,6 +32,7 @@ from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     CancelOutcome,
     QueueFigures,
+    TaskEvent,
     TaskInfo,
     TaskQueue,
     WorkerState,
@@ -253,6 +254,20 @@ class SyncQueue:
         """Block until the task is final; raises TimeoutError after `timeout` seconds."""
         return self._run(self.queue.wait(task_id, timeout))
 
+    def events(self, task_id: str, *, after: str | None = None,
+               follow: bool = True) -> Iterator[TaskEvent]:
+        """The task's events as :meth:`TaskQueue.events` yields them, one blocking step at a
+        time (with `follow`, until the task is final)."""
+        stream = self.queue.events(task_id, after=after, follow=follow)
+        try:
+            while True:
+                try:
+                    yield self._run(_next(stream))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(stream.aclose())
+
     def cancel(self, task_id: str) -> CancelOutcome:
         return self._run(self.queue.cancel(task_id))
 
@@ -270,3 +285,7 @@ class SyncQueue:
 
     def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
         return self._run(self.queue.purge_dead(task_ids))
+
+
+async def _next(stream: AsyncGenerator[T, None]) -> T:
+    return await anext(stream)

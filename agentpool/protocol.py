@@ -25,7 +25,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -461,7 +461,7 @@ class TaskQueue:
         return f"{self.prefix}ev:{task_id}"
 
     async def events(self, task_id: str, *, after: str | None = None, follow: bool = True,
-                     block_seconds: float = 1.0) -> AsyncIterator[TaskEvent]:
+                     block_seconds: float = 1.0) -> AsyncGenerator[TaskEvent, None]:
         """The task's events, oldest first, from the start or after the event id `after`.
 
         With `follow`, waits for new ones until the task is final (its ``final`` event is the

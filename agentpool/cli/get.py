@@ -1,4 +1,5 @@
-"""`agentpool get TASK_ID`: a task's state, attempts, error, payload and result."""
+"""`agentpool get TASK_ID`: a task's state, attempts, error, payload and result; with
+``--follow``, its events as they come, then the task, exiting with its outcome."""
 
 from __future__ import annotations
 
@@ -6,17 +7,20 @@ import argparse
 import time
 
 from agentpool.cli.common import (
+    EXIT_FAILED,
     EXIT_OK,
     CommandFailed,
     add_output_option,
     add_queue_options,
     command,
     connect,
+    error_line,
+    print_json,
     print_view,
     queue_name,
 )
-from agentpool.cli.views import task_detail_grid, task_json
-from agentpool.protocol import TaskInfo
+from agentpool.cli.views import ended_line, event_json, event_line, task_detail_grid, task_json
+from agentpool.protocol import TaskInfo, TaskNotFound, TaskQueue
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,10 +28,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "get",
         help="show one task",
         description="Show one task: state, attempts, owner, last error, payload and result. "
-        "Exit 1 if the queue has no such task (results expire after their TTL).",
+        "Exit 1 if the queue has no such task (results expire after their TTL). With "
+        "--follow, print its events (every attempt's) as they come until it is final, then "
+        "the task; exit 0 if it succeeded, 1 otherwise.",
     )
     add_queue_options(parser)
     parser.add_argument("task_id", metavar="TASK_ID")
+    parser.add_argument("-f", "--follow", action="store_true",
+                        help="print the task's events live until it is final")
+    parser.add_argument("--after", metavar="EVENT_ID",
+                        help="with --follow: start after this event id (default: the first)")
     add_output_option(parser)
     parser.set_defaults(func=run)
 
@@ -40,8 +50,30 @@ def print_task(args: argparse.Namespace, queue: str, info: TaskInfo) -> None:
 async def run(args: argparse.Namespace) -> int:
     name = queue_name(args)
     async with connect(args) as client:
+        if args.follow:
+            return await follow(args, client.queue(name))
         info = await client.queue(name).get(args.task_id)
     if info is None:
         raise CommandFailed(f"no task {args.task_id} in queue {name}")
     print_task(args, name, info)
+    return EXIT_OK
+
+
+async def follow(args: argparse.Namespace, queue: TaskQueue) -> int:
+    """Events as JSON lines (``-o json``) or one line each; then the task as `get` shows it."""
+    async for event in queue.events(args.task_id, after=args.after):
+        if args.output == "json":
+            print_json(event_json(event), one_line=True)
+        elif not event.final:
+            print(event_line(event), flush=True)
+    info = await queue.get(args.task_id)
+    if info is None:
+        raise TaskNotFound(f"task {args.task_id} in queue {queue.name} is gone")
+    if args.output == "json":
+        print_json(task_json(queue.name, info), one_line=True)
+    else:
+        print_task(args, queue.name, info)
+    if info.state != "succeeded":
+        error_line(ended_line(info))
+        return EXIT_FAILED
     return EXIT_OK

@@ -8,6 +8,7 @@ Times are passed in (``now`` in seconds since the epoch) so output is determinis
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +18,14 @@ from rich import box
 from rich.table import Table
 
 from agentpool.cli.fleet import PoolSummary, Rates
-from agentpool.protocol import CancelOutcome, QueueFigures, TaskInfo, WorkerState
+from agentpool.protocol import (
+    CancelOutcome,
+    Progress,
+    QueueFigures,
+    TaskEvent,
+    TaskInfo,
+    WorkerState,
+)
 
 PREVIEW_CHARS = 60
 DETAIL_CHARS = 500
@@ -134,7 +142,35 @@ def task_json(queue: str, info: TaskInfo) -> dict[str, Any]:
         "error": info.error,
         "payload": info.payload,
         "result": info.result,
+        "progress": None if info.progress is None else {
+            "fraction": info.progress.fraction, "message": info.progress.message},
     }
+
+
+def format_progress(progress: Progress | None) -> str:
+    if progress is None:
+        return "-"
+    text = f"{progress.fraction:.0%}"
+    return f"{text} {compact(progress.message, 40)}" if progress.message else text
+
+
+def event_json(event: TaskEvent) -> dict[str, Any]:
+    return {"id": event.id, "time": iso_s(event.time), "attempt": event.attempt,
+            "kind": event.kind, "data": event.data}
+
+
+def event_line(event: TaskEvent) -> str:
+    """One event for people: time, attempt, kind, data (progress as a percentage)."""
+    clock = time.strftime("%H:%M:%S", time.gmtime(event.time))
+    millis = int(event.id.partition("-")[0]) % 1000
+    if event.kind == "progress" and isinstance(event.data, dict):
+        fraction = event.data.get("fraction")
+        message = event.data.get("message")
+        detail = (f"{fraction:.0%}" if isinstance(fraction, int | float) else "?") + (
+            f" {message}" if message else "")
+    else:
+        detail = compact(event.data, DETAIL_CHARS)
+    return f"{clock}.{millis:03d} attempt {event.attempt} {event.kind} {detail}"
 
 
 def task_detail_grid(queue: str, info: TaskInfo, now: float) -> Grid:
@@ -156,24 +192,27 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float) -> Grid:
         ["Finished", when(info.finished_ms)],
         ["Owner", info.owner or "-"],
         ["Error", info.error or "-"],
+        ["Progress", format_progress(info.progress)],
         ["Payload", compact(info.payload, DETAIL_CHARS)],
         ["Result", compact(info.result, DETAIL_CHARS)],
     ]
     return Grid(headers=[], rows=rows)
 
 
-def task_list_grid(tasks: Sequence[TaskInfo], now: float, title: str | None = None) -> Grid:
+def task_list_grid(tasks: Sequence[TaskInfo], now: float, title: str | None = None,
+                   *, progress: bool = False) -> Grid:
+    """Tasks one per row; `progress` adds each task's latest progress (for running ones)."""
     rows = [
         [
-            t.id, t.state, str(t.priority), str(t.attempts), _ago(now, t.created_ms),
+            t.id, t.state, str(t.priority), str(t.attempts),
+            *([format_progress(t.progress)] if progress else []), _ago(now, t.created_ms),
             t.owner or "-", compact(t.error, 40) if t.error else "-", compact(t.payload),
         ]
         for t in tasks
     ]
-    return Grid(
-        headers=["ID", "STATE", "PRIO", "ATTEMPTS", "AGE", "OWNER", "ERROR", "PAYLOAD"],
-        rows=rows, title=title,
-    )
+    headers = ["ID", "STATE", "PRIO", "ATTEMPTS", *(["PROGRESS"] if progress else []), "AGE",
+               "OWNER", "ERROR", "PAYLOAD"]
+    return Grid(headers=headers, rows=rows, title=title)
 
 
 def submitted_json(queue: str, ids: Sequence[str]) -> dict[str, Any]:
@@ -439,5 +478,6 @@ def tasks_grids(queue: str, groups: Mapping[str, Sequence[TaskInfo]],
     for state, tasks in groups.items():
         total = totals.get(state, len(tasks))
         shown = f"{len(tasks)} of {total}" if total > len(tasks) else str(len(tasks))
-        grids.append(task_list_grid(tasks, now, title=f"{state.capitalize()} in {queue}: {shown}"))
+        grids.append(task_list_grid(tasks, now, title=f"{state.capitalize()} in {queue}: {shown}",
+                                    progress=state == "running"))
     return grids
