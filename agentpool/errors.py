@@ -9,3 +9,8 @@ class PermanentError(Exception):
     Any other exception counts as a transient failure and the task is retried with backoff
     until it runs out of attempts.
     """
+
+
+class LeaseLost(Exception):
+    """This run no longer holds its task (another worker has it now): its checkpoint was
+    refused. Stop; whatever the run returns or raises from here on is ignored."""

@@ -87,6 +87,8 @@ class ClaimedTask:
     payload_raw: str
     created_ms: int
     claimed_ms: int
+    checkpoint_raw: str | None = None
+    """The last checkpoint an earlier attempt saved (JSON), if any."""
 
     @property
     def wait_seconds(self) -> float:
@@ -290,6 +292,16 @@ def encode_progress(fraction: float, message: str | None = None) -> dict[str, An
     if message is not None:
         data["message"] = str(message)[:500]
     return data
+
+
+def encode_checkpoint(state: Any, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
+    try:
+        raw = json.dumps(state, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"checkpoint is not JSON-serialisable: {exc}") from None
+    if len(raw.encode()) > limit:
+        raise PayloadTooLarge(f"checkpoint is over the {limit}-byte limit")
+    return raw
 
 
 def encode_payload(payload: Any, limit: int) -> str:
@@ -554,6 +566,15 @@ class TaskQueue:
                 raise reply
         return [bool(r) for r in replies[len(events):]]
 
+    async def checkpoint(self, task: ClaimedTask, raw_state: str) -> bool:
+        """Save a run's checkpoint (JSON from :func:`encode_checkpoint`); False when this
+        holder was fenced off (the task moved on), which Redis counts."""
+        return bool(await self._run("checkpoint", task.id, task.token, raw_state))
+
+    async def checkpoint_state(self, task_id: str) -> Any:
+        """The task's saved checkpoint, decoded (None when there is none)."""
+        return _json_or_raw(await self.redis.get(f"{self.prefix}cp:{task_id}"))
+
     async def emit(self, task_id: str, kind: str, data: Any = None, *, attempt: int = 0) -> int:
         """Append one event to a task's stream (workers batch theirs through :meth:`record`)."""
         raw = encode_event(kind, data)
@@ -743,6 +764,7 @@ def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
             id=_s(t[0]), token=_s(t[1]), attempts=int(t[2]),
             payload_raw=t[3].decode(errors="replace") if isinstance(t[3], bytes) else str(t[3]),
             created_ms=int(t[4]), max_attempts=int(t[5]), claimed_ms=now,
+            checkpoint_raw=None if len(t) < 7 or t[6] is None else _s(t[6]),
         )
         for t in tasks
     ]

@@ -1,7 +1,7 @@
 -- ARGV: prefix, worker id, count, lease_ms, promote limit
 -- Moves due delayed tasks to the queue, then leases up to `count` tasks to the worker.
 -- Returns {tasks, next_due_ms|false, now}; each task is
--- {id, token, attempts, payload, created_ms, max_attempts}.
+-- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|nil}.
 local worker, count, lease_ms, promote = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, promote)
@@ -31,7 +31,8 @@ if not drain_requested(worker, pod) then
       redis.call('ZADD', K_LEASES, now + lease_ms, id)
       redis.call('SADD', owner, id)
       local f = redis.call('HMGET', tk, 'payload', 'created', 'max')
-      out[#out + 1] = {id, token, attempts, f[1] or '', f[2] or '0', max_attempts(f[3])}
+      out[#out + 1] = {id, token, attempts, f[1] or '', f[2] or '0', max_attempts(f[3]),
+        redis.call('GET', checkpoint_key(id))}
     end
   end
 end

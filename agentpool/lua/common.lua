@@ -75,6 +75,7 @@ local function finished(id, tk, state, now)
     redis.call('XADD', ek, 'MAXLEN', '~', EVENT_CAP, '*', 'kind', 'final',
       'data', cjson.encode(data), 'attempt', f[1] or '0')
   end
+  -- a dead task keeps its checkpoint: requeued from the dead letters, it resumes from it
   if state == 'dead' then
     redis.call('ZADD', K_DEAD, now, id)
     redis.call('PERSIST', tk)
@@ -82,6 +83,7 @@ local function finished(id, tk, state, now)
   else
     redis.call('EXPIRE', tk, result_ttl())
     if has_events then redis.call('EXPIRE', ek, result_ttl()) end
+    redis.call('DEL', checkpoint_key(id))
   end
   redis.call('HINCRBY', K_STATS, state, 1)
   redis.call('PUBLISH', K_DONE, id)

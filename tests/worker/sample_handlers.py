@@ -108,3 +108,19 @@ def sync_streamer(payload: Any, ctx: TaskContext) -> dict[str, int]:
         ctx.emit_sync("token", {"i": i})
     ctx.progress_sync(1.0, "all tokens")
     return {"tokens": count}
+
+
+async def stepper(payload: Any, ctx: TaskContext) -> dict[str, Any]:
+    """`steps` steps of `pause` seconds, a checkpoint every `every`; resumes from the last one.
+    The result sums the step numbers, so a resumed run must equal an uninterrupted one."""
+    state = ctx.checkpoint_state or {"step": 0, "total": 0}
+    resumed_from = state["step"]
+    every = int(payload.get("every", 1))
+    for step in range(state["step"], int(payload["steps"])):
+        await asyncio.sleep(float(payload.get("pause", 0)))
+        state = {"step": step + 1, "total": state["total"] + step, "by": ctx.attempt}
+        await ctx.progress(state["step"] / int(payload["steps"]))
+        if state["step"] % every == 0:
+            await ctx.checkpoint(state)
+    return {"total": state["total"], "attempt": ctx.attempt, "resumed_from": resumed_from,
+            "pid": os.getpid()}

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
-from agentpool.protocol import encode_event, encode_progress
+from agentpool.protocol import encode_checkpoint, encode_event, encode_progress
 
 
 class HandlerError(Exception):
@@ -47,6 +47,8 @@ class RunChannel(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop: ...
 
     async def emit(self, ctx: TaskContext, kind: str, raw: str) -> None: ...
+
+    async def checkpoint(self, ctx: TaskContext, raw: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,30 @@ class TaskContext:
     """Set when the run should stop: cancel requested, timeout, lease lost, or shutdown."""
     state: dict[str, Any] = field(default_factory=dict)
     """The worker process's shared state, as the ``startup`` hook left it."""
+    checkpoint_state: Any = None
+    """The state the last checkpoint of an earlier attempt saved; None on a first attempt
+    (or when no attempt checkpointed)."""
     channel: RunChannel | None = field(default=None, repr=False, compare=False)
+
+    async def checkpoint(self, state: Any) -> None:
+        """Save `state` (JSON) for the next attempt, should this one be lost; it becomes that
+        attempt's ``ctx.checkpoint_state``. Fenced: only the current lease holder's write is
+        accepted; a run that lost its task gets :class:`agentpool.errors.LeaseLost`. The run's
+        events emitted so far are recorded first. One round trip."""
+        raw = encode_checkpoint(state)
+        if self.channel is not None:
+            await self.channel.checkpoint(self, raw)
+
+    def checkpoint_sync(self, state: Any) -> None:
+        """:meth:`checkpoint` for sync handlers (called from their thread)."""
+        raw = encode_checkpoint(state)
+        channel = self.channel
+        if channel is None:
+            return
+        if _running_loop() is channel.loop:
+            raise RuntimeError("checkpoint_sync is for sync handlers; "
+                               "use `await ctx.checkpoint(...)`")
+        asyncio.run_coroutine_threadsafe(channel.checkpoint(self, raw), channel.loop).result()
 
     async def emit(self, kind: str, data: Any = None) -> None:
         """Append an event (JSON `data`, at most 64 KiB) to the task's stream. Batched: it is

@@ -40,7 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from agentpool.errors import PermanentError
+from agentpool.errors import LeaseLost, PermanentError
 from agentpool.protocol import (
     ClaimedTask,
     FailOutcome,
@@ -101,12 +101,14 @@ class _Run:
         self.worker_task: asyncio.Task[None] | None = None
         self.thread: Future[Any] | None = None
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, *, interrupt: bool = True) -> None:
+        """Ask the run to stop; `interrupt` cancels an async run (a run that learns it from a
+        call it made, such as a refused checkpoint, stops by the exception instead)."""
         if self.stop_reason is not None:
             return
         self.stop_reason = reason
         self.ctx.cancelled.set()
-        if self.worker_task is not None:
+        if interrupt and self.worker_task is not None:
             self.worker_task.cancel()
 
 
@@ -633,6 +635,35 @@ class Worker:
         assert self._loop is not None
         return self._loop
 
+    async def checkpoint(self, ctx: TaskContext, raw: str) -> None:
+        run = self._runs.get(ctx.task_id)
+        if run is None or run.ctx is not ctx or run.stop_reason is not None:
+            raise LeaseLost(f"task {ctx.task_id}: this run is over; checkpoint not saved")
+        task = run.task
+        await self._wait_events_flushed(self._event_seq)
+        backoff = _Backoff()
+        while True:
+            try:
+                saved = await self._rt(self.queue.checkpoint(task, raw))
+                break
+            except REDIS_ERRORS as exc:
+                self._redis_failed(exc, "checkpoint")
+                if run.stop_reason is not None:
+                    raise LeaseLost(f"task {task.id}: run stopped; checkpoint not saved") from exc
+                await backoff.sleep()
+        self._redis_ok()
+        if saved:
+            self.metrics.checkpoints.inc()
+            return
+        self.metrics.checkpoints_refused.inc()
+        self._log.warning("checkpoint refused: the task is no longer held by this worker",
+                          task=task.id, attempt=task.attempts)
+        run.stop(LOST, interrupt=False)
+        if self._held.get(task.id) is task and task.id not in self._reporting:
+            del self._held[task.id]
+            self.metrics.lost.inc()
+        raise LeaseLost(f"task {task.id} is held by another run now; checkpoint refused")
+
     async def emit(self, ctx: TaskContext, kind: str, raw: str) -> None:
         if len(self._events) >= MAX_PENDING_EVENTS:
             await self._wait_events_flushed(self._event_seq - MAX_PENDING_EVENTS // 2)
@@ -646,7 +677,7 @@ class Worker:
     def _start(self, task: ClaimedTask) -> None:
         ctx = TaskContext(task.id, task.attempts, task.max_attempts,
                           self.settings.queue, self.worker_id, state=self.worker_ctx.state,
-                          channel=self)
+                          checkpoint_state=_checkpoint(task), channel=self)
         run = _Run(task, ctx)
         earlier = self._runs.get(task.id)
         if earlier is not None:
@@ -703,6 +734,10 @@ class Worker:
                     retryable = not isinstance(exc, PermanentError)
                 self._failed(run, error, retryable=retryable)
                 outcome = ended("failed", error=error, retryable=retryable)
+                return
+            if run.stop_reason is not None:  # e.g. it returned after a LeaseLost
+                self._stopped(run)
+                outcome = ended(STOPPED_STATUS[run.stop_reason])
                 return
             self.metrics.succeeded.inc()
             self.info.done += 1
@@ -833,6 +868,15 @@ def _client(url: str, timeout: float) -> aioredis.Redis:
         socket_keepalive=True,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
     )
+
+
+def _checkpoint(task: ClaimedTask) -> Any:
+    if task.checkpoint_raw is None:
+        return None
+    try:
+        return json.loads(task.checkpoint_raw)
+    except ValueError:
+        return None
 
 
 def _text(value: bytes | str) -> str:
