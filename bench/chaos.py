@@ -34,6 +34,19 @@ ends when every task is finished or ``--timeout`` passes. Printed, and checked:
   outside killed workers (their completion was refused, or never sent); and the completions
   the fence refused, counted from the workers' own log lines.
 
+With ``--checkpoint-every K`` the handler is ``bench.chaos_handler:stepped`` instead: each task
+runs ``--steps`` steps (``--mean-seconds`` in all) and checkpoints every K steps, resuming from
+its last checkpoint after a lost run. Then also checked:
+
+- wrong results: succeeded tasks whose result differs from an uninterrupted run's. Must be 0.
+- work redone: steps executed beyond each task's own steps (every step is counted). Bound:
+  K per lost run (runs of the task beyond the first), reported as total and worst per task.
+- zombie checkpoints accepted: checkpoints accepted from a run although they were sent after
+  a later run of the same task had started (the host's monotonic clock orders run starts and
+  checkpoint sends; see bench/chaos_handler.py). Here the ``--freezes`` tasks stop their
+  worker right before their second checkpoint, so that it is sent by a zombie. Must be 0.
+  Refused: Redis's counter.
+
 The schedule, targets and task latencies come from ``--seed``; process timing does not, so
 two runs of one seed meet the same events, not the same interleavings.
 """
@@ -61,10 +74,19 @@ from redis.exceptions import RedisError
 
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer
-from bench.chaos_handler import FINISHED_KEY, RUNS_KEY, run_key
+from bench.chaos_handler import (
+    FINISHED_KEY,
+    RESUMED_KEY,
+    RUNS_KEY,
+    SAVED_KEY,
+    STEPS_KEY,
+    expected_total,
+    run_key,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER = "bench.chaos_handler:run"
+STEPPED_HANDLER = "bench.chaos_handler:stepped"
 QUEUE = "chaos"
 KINDS = ("kill", "stop", "drain", "redis")
 WEIGHTS = (0.4, 0.25, 0.2, 0.15)
@@ -93,6 +115,9 @@ class Options:
     seed: int = 1
     freezes: int = 6
     """Tasks that stop their own worker between finishing and reporting (first attempt)."""
+    checkpoint_every: int = 0
+    """0: the simulated agent; K: the stepped handler, checkpointing every K steps."""
+    steps: int = 20
 
 
 @dataclass(frozen=True)
@@ -170,7 +195,8 @@ class Soak:
             "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
                                                         str(ROOT)])),
             "AGENTPOOL_REDIS_URL": self.server.url, "AGENTPOOL_QUEUE": QUEUE,
-            "AGENTPOOL_HANDLER": HANDLER, "AGENTPOOL_CONCURRENCY": str(self.opts.concurrency),
+            "AGENTPOOL_HANDLER": STEPPED_HANDLER if self.opts.checkpoint_every else HANDLER,
+            "AGENTPOOL_CONCURRENCY": str(self.opts.concurrency),
             "AGENTPOOL_POD_NAME": slot.pod, "AGENTPOOL_PORT": "0",
             "AGENTPOOL_LEASE_SECONDS": str(self.opts.lease_seconds),
             "AGENTPOOL_MAX_ATTEMPTS": str(self.opts.max_attempts),
@@ -321,6 +347,10 @@ class Soak:
                 {"mean_seconds": opts.mean_seconds, "seed": rng.randrange(1 << 30)}
                 for _ in range(opts.tasks)
             ]
+            if opts.checkpoint_every:
+                payloads = [{"steps": opts.steps, "every": opts.checkpoint_every,
+                             "step_seconds": opts.mean_seconds / opts.steps, "seed": p["seed"]}
+                            for p in payloads]
             for index in rng.sample(range(opts.tasks), min(opts.freezes, opts.tasks)):
                 payloads[index]["freeze"] = True
             ids = await self.queue.submit_many(payloads)
@@ -434,7 +464,60 @@ class Soak:
             "total_seconds": round(elapsed, 2),
         }
         report["ok"] = bool(lost == 0 and not zombies and duplicates <= self.tally.bound)
+        if self.opts.checkpoint_every:
+            checks = await self.checkpoint_account(ids, per_task)
+            report["checkpoints"] = checks
+            report["ok"] = report["ok"] and checks["ok"]
         return report
+
+    async def checkpoint_account(self, ids: list[str], runs: Counter[str]) -> dict[str, Any]:
+        opts = self.opts
+        wrong = 0
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in chunk:
+                    pipe.hmget(self.queue.task_key(task_id), ["state", "result", "payload"])
+                rows = await pipe.execute()
+            for state, result, payload in rows:
+                if state == b"succeeded":
+                    seed = json.loads(payload)["seed"]
+                    if json.loads(result).get("acc") != expected_total(seed, opts.steps):
+                        wrong += 1
+        executed = {_text(k): int(v) for k, v in (await self.redis.hgetall(STEPS_KEY)).items()}
+        starts: dict[str, dict[str, float]] = {}
+        for member, value in (await self.redis.hgetall(RESUMED_KEY)).items():
+            run = _text(member)
+            starts.setdefault(run.split("|", 1)[0], {})[run] = float(_text(value).split("|")[0])
+        redone_total, lost_runs, worst, over_bound = 0, 0, 0.0, 0
+        for task_id in ids:
+            lost = max(0, runs.get(task_id, 1) - 1)
+            redone = max(0, executed.get(task_id, 0) - opts.steps)
+            redone_total += redone
+            lost_runs += lost
+            if lost:
+                worst = max(worst, redone / lost)
+            if redone > opts.checkpoint_every * lost:
+                over_bound += 1
+        zombie_accepted = 0
+        for saved in await self.redis.smembers(SAVED_KEY):
+            run, _, sent = _text(saved).rpartition("|")
+            task_runs = starts.get(run.split("|", 1)[0], {})
+            began = task_runs.get(run)
+            if began is not None and any(began < other < float(sent)
+                                         for other in task_runs.values()):
+                zombie_accepted += 1
+        refused = int(await self.redis.hget(self.queue.prefix + "stats",
+                                            "checkpoints_refused") or 0)
+        return {
+            "every": opts.checkpoint_every, "steps": opts.steps, "wrong_results": wrong,
+            "lost_runs": lost_runs, "steps_redone": redone_total,
+            "worst_redone_per_lost_run": round(worst, 2),
+            "tasks_over_bound": over_bound,
+            "zombie_checkpoints_accepted": zombie_accepted,
+            "zombie_checkpoints_refused": refused,
+            "ok": wrong == 0 and over_bound == 0 and zombie_accepted == 0,
+        }
 
 
 def _text(value: Any) -> str:
@@ -464,13 +547,18 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
                    help="mean seconds between chaos events")
     p.add_argument("--freezes", type=int, default=d.freezes,
                    help="tasks that stop their worker between finishing and reporting")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K",
+                   help="run the checkpointing handler: a checkpoint every K steps")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help="with --checkpoint-every: steps per task")
     p.add_argument("--timeout", type=float, default=d.timeout)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
     opts = Options(tasks=a.tasks, workers=a.workers, concurrency=a.concurrency,
                    mean_seconds=a.mean_seconds, lease_seconds=a.lease_seconds,
                    max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,
-                   seed=a.seed, freezes=a.freezes)
+                   seed=a.seed, freezes=a.freezes, checkpoint_every=a.checkpoint_every,
+                   steps=a.steps)
     return opts, a.json
 
 
@@ -488,6 +576,20 @@ def render(report: dict[str, Any]) -> str:
         ("late finishes fenced off", report["late_finishes_fenced"]),
         ("completions refused (worker logs)", report["completions_refused"]),
         ("events", ", ".join(f"{k} {v}" for k, v in sorted(report["events"].items()))),
+    ]
+    checks = report.get("checkpoints")
+    if checks:
+        k = checks["every"]
+        rows += [
+            ("checkpoint every", f"{k} of {checks['steps']} steps"),
+            ("wrong results (must be 0)", checks["wrong_results"]),
+            ("steps redone", f"{checks['steps_redone']} over {checks['lost_runs']} lost runs "
+                             f"(worst {checks['worst_redone_per_lost_run']} per lost run; "
+                             f"bound {k}; tasks over it: {checks['tasks_over_bound']})"),
+            ("zombie checkpoints accepted (must be 0)", checks["zombie_checkpoints_accepted"]),
+            ("zombie checkpoints refused", checks["zombie_checkpoints_refused"]),
+        ]
+    rows += [
         ("total time", f"{report['total_seconds']:.1f} s"),
         ("verdict", "OK" if report["ok"] else "FAILED"),
     ]

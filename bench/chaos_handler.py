@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -65,3 +66,74 @@ async def run(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     if isinstance(payload, dict) and payload.get("freeze") and ctx.attempt == 1:
         os.kill(os.getpid(), signal.SIGSTOP)
     return {**result, "worker": ctx.worker_id}
+
+
+# -- the checkpointing variant (python -m bench.chaos --checkpoint-every K) -------------------
+
+STEPS_KEY = "chaos:steps"
+SAVED_KEY = "chaos:saved"
+"""Set of "<run>|<time just before the checkpoint was sent>" per accepted checkpoint."""
+RESUMED_KEY = "chaos:resumed"
+"""Hash: run -> "<start time>|<run whose checkpoint it resumed from, or ''>"."""
+
+
+def step_value(acc: int, step: int) -> int:
+    return (acc * 1_000_003 + step) % (1 << 61)
+
+
+def expected_total(seed: int, steps: int) -> int:
+    """What an uninterrupted run returns."""
+    acc = seed
+    for step in range(steps):
+        acc = step_value(acc, step)
+    return acc
+
+
+async def _patiently(call: Any) -> Any:
+    global _client
+    if _client is None:
+        _client = aioredis.Redis.from_url(os.environ["AGENTPOOL_REDIS_URL"], socket_timeout=2,
+                                          socket_connect_timeout=2)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RECORD_PATIENCE
+    delay = 0.05
+    while True:
+        try:
+            return await call(_client)
+        except (RedisError, OSError):
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+async def stepped(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """`steps` steps of `step_seconds`, a checkpoint every `every` steps, resuming from the
+    last one. Every step executed is counted (STEPS_KEY), every accepted checkpoint recorded
+    (SAVED_KEY), and each run notes its start order and the run it resumed from.
+
+    Times are this host's monotonic clock, shared by every process of the soak: a run's start
+    is taken after its claim, a checkpoint's time before it is sent, so an accepted checkpoint
+    sent after a later run of the same task started reached Redis after that run's claim: a
+    sound fence must have refused it. A task with ``"freeze": true`` stops its worker
+    (SIGSTOP) on its first attempt right before its second checkpoint: the soak resumes it
+    once the task has been claimed again, so that checkpoint is a zombie's."""
+    member = run_key(ctx.task_id, ctx.worker_id, ctx.attempt)
+    await _record(RUNS_KEY, member)
+    began = time.monotonic()
+    state = ctx.checkpoint_state or {"step": 0, "acc": int(payload["seed"]), "by": ""}
+    await _patiently(lambda c: c.hset(RESUMED_KEY, member, f"{began}|{state['by']}"))
+    steps, every = int(payload["steps"]), int(payload["every"])
+    for step in range(int(state["step"]), steps):
+        await asyncio.sleep(float(payload["step_seconds"]))
+        state = {"step": step + 1, "acc": step_value(int(state["acc"]), step), "by": member}
+        await _patiently(lambda c: c.hincrby(STEPS_KEY, ctx.task_id, 1))
+        if state["step"] % every == 0 and state["step"] < steps:
+            if payload.get("freeze") and ctx.attempt == 1 and state["step"] == 2 * every:
+                os.kill(os.getpid(), signal.SIGSTOP)
+            sent = time.monotonic()
+            await ctx.checkpoint(state)
+            # recorded even if the run is being cancelled (a zombie told by its heartbeat)
+            await asyncio.shield(_record(SAVED_KEY, f"{member}|{sent}"))
+    await _record(FINISHED_KEY, member)
+    return {"acc": state["acc"], "attempt": ctx.attempt, "worker": ctx.worker_id}

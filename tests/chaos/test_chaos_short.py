@@ -3,6 +3,7 @@
 Runs ``python -m bench.chaos`` with a fixed seed on a few thousand tasks: worker kill -9
 (operator requeue and container restart), SIGSTOP past the lease, SIGTERM drains and Redis
 restarts with AOF, while the lease reaper runs. The soak itself accounts for every task.
+The checkpointing variant runs a few hundred multi-step tasks that checkpoint every 4 steps.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,15 +24,26 @@ ARGS = [
 ]
 
 
-@pytest.mark.chaos
-def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie() -> None:
+CHECKPOINT_ARGS = [
+    "--seed", "7", "--tasks", "300", "--workers", "3", "--concurrency", "10",
+    "--mean-seconds", "2", "--lease-seconds", "3", "--event-gap", "2", "--freezes", "3",
+    "--checkpoint-every", "4", "--steps", "20", "--timeout", "240",
+]
+
+
+def soak(args: list[str]) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], str]:
     # The soak's progress and events go to stderr as they happen: live under `pytest -s`,
     # otherwise captured and shown with a failure.
-    run = subprocess.run([sys.executable, "-m", "bench.chaos", *ARGS, "--json"], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "bench.chaos", *args, "--json"], cwd=ROOT,
                          stdout=subprocess.PIPE, text=True, timeout=420, check=False)
     assert run.stdout.strip(), "no report (the soak's own output is above)"
     report = json.loads(run.stdout.strip().splitlines()[-1])
-    context = f"report: {json.dumps(report, indent=1)}"
+    return run, report, f"report: {json.dumps(report, indent=1)}"
+
+
+@pytest.mark.chaos
+def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie() -> None:
+    run, report, context = soak(ARGS)
     assert report["submitted"] == 2000, context
     assert report["lost"] == 0, context
     assert report["zombie_completions_accepted"] == 0, context
@@ -38,4 +51,21 @@ def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie() -> None:
     assert report["succeeded"] + report["dead_lettered"] == report["submitted"], context
     assert all(report["events"].get(kind, 0) >= 1 for kind in ("kill", "stop", "drain",
                                                                "redis", "freeze")), context
+    assert run.returncode == 0, context
+
+
+@pytest.mark.chaos
+def test_checkpointing_tasks_end_as_if_uninterrupted_and_redo_at_most_an_interval() -> None:
+    run, report, context = soak(CHECKPOINT_ARGS)
+    checks = report["checkpoints"]
+    assert report["lost"] == 0, context
+    assert report["succeeded"] == report["submitted"] == 300, context
+    assert checks["wrong_results"] == 0, context
+    assert checks["lost_runs"] > 0, context
+    assert checks["tasks_over_bound"] == 0, context
+    assert checks["worst_redone_per_lost_run"] <= 4, context
+    assert checks["zombie_checkpoints_accepted"] == 0, context
+    assert report["zombie_completions_accepted"] == 0, context
+    assert all(report["events"].get(kind, 0) >= 1 for kind in ("kill", "stop", "drain",
+                                                               "redis")), context
     assert run.returncode == 0, context
