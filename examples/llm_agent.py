@@ -1,0 +1,152 @@
+"""An agent handler: streams an OpenAI-style chat model's tokens as task events, runs the tools
+it asks for, checkpoints after each tool call, and resumes from there after a lost run.
+
+    AGENTPOOL_HANDLER=llm_agent:run  LLM_BASE_URL=https://api.example.com  LLM_API_KEY=...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+import aiohttp
+import structlog
+
+from agentpool.errors import PermanentError
+from agentpool_worker.handlers import TaskContext, TaskOutcome, WorkerContext
+
+MODEL = os.environ.get("LLM_MODEL", "gpt-4o-mini")
+MAX_TURNS = 8
+MAX_RATE_LIMIT_WAITS = 3
+TOOLS: dict[str, Any] = {
+    "add": lambda a, b: a + b,
+    "word_count": lambda text: len(text.split()),
+}
+TOOL_SPECS = [
+    {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}},
+    {"type": "function", "function": {"name": "word_count", "parameters": {
+        "type": "object", "properties": {"text": {"type": "string"}}}}},
+]
+log = structlog.get_logger("llm_agent")
+_session: aiohttp.ClientSession | None = None
+
+
+class RateLimited(Exception):
+    """The API kept answering 429: let the worker retry the task later (with backoff)."""
+
+
+async def startup(worker_ctx: WorkerContext) -> None:
+    """One HTTP session per worker process, shared by every task."""
+    global _session
+    key = os.environ.get("LLM_API_KEY")
+    if not key:
+        raise RuntimeError("LLM_API_KEY is not set")
+    _session = aiohttp.ClientSession(
+        base_url=os.environ["LLM_BASE_URL"],
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=aiohttp.ClientTimeout(total=300, sock_read=60),
+    )
+    worker_ctx.state["llm"] = _session
+
+
+async def shutdown(worker_ctx: WorkerContext) -> None:
+    await worker_ctx.state["llm"].close()
+
+
+async def ready() -> str | None:
+    """Not ready (no claims, /readyz 503) while the API cannot be reached."""
+    assert _session is not None
+    try:
+        async with _session.get("/v1/models", timeout=aiohttp.ClientTimeout(total=3)) as resp:
+            return None if resp.status < 500 else f"LLM API answers {resp.status}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return f"LLM API unreachable: {type(exc).__name__}"
+
+
+async def after_task(ctx: TaskContext, outcome: TaskOutcome) -> None:
+    log.info("agent run ended", task=ctx.task_id, attempt=ctx.attempt, status=outcome.status,
+             seconds=round(outcome.duration_seconds, 3))
+
+
+async def run(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("prompt"), str):
+        raise PermanentError("payload needs a 'prompt' string")
+    state = ctx.checkpoint_state or {
+        "messages": [{"role": "user", "content": payload["prompt"]}], "tool_calls": 0,
+    }
+    if ctx.checkpoint_state:
+        await ctx.emit("resumed", {"tool_calls": state["tool_calls"]})
+    messages = state["messages"]
+    for turn in range(MAX_TURNS):
+        await ctx.progress(turn / MAX_TURNS, f"turn {turn + 1}")
+        reply = await chat(ctx.state["llm"], messages, ctx)
+        messages.append(reply)
+        if not reply.get("tool_calls"):
+            return {"answer": reply["content"], "tool_calls": state["tool_calls"]}
+        for call in reply["tool_calls"]:
+            result = run_tool(call["function"]["name"], call["function"]["arguments"])
+            await ctx.emit("tool", {"name": call["function"]["name"], "result": result})
+            messages.append({"role": "tool", "tool_call_id": call["id"],
+                             "content": json.dumps(result)})
+            state["tool_calls"] += 1
+        await ctx.checkpoint(state)
+    raise PermanentError(f"no answer after {MAX_TURNS} turns")
+
+
+def run_tool(name: str, arguments: str) -> Any:
+    tool = TOOLS.get(name)
+    if tool is None:
+        return {"error": f"no tool {name!r}"}
+    try:
+        return tool(**json.loads(arguments or "{}"))
+    except (TypeError, ValueError) as exc:
+        return {"error": str(exc)}
+
+
+async def chat(session: aiohttp.ClientSession, messages: list[dict[str, Any]],
+               ctx: TaskContext) -> dict[str, Any]:
+    """One streamed completion: tokens go out as events; returns the assistant message."""
+    body = {"model": MODEL, "messages": messages, "tools": TOOL_SPECS, "stream": True}
+    for _ in range(MAX_RATE_LIMIT_WAITS):
+        async with session.post("/v1/chat/completions", json=body) as resp:
+            if resp.status == 429:
+                wait = float(resp.headers.get("Retry-After", "1"))
+                await ctx.emit("rate_limited", {"retry_after": wait})
+                await asyncio.sleep(wait)
+                continue
+            if 400 <= resp.status < 500:
+                raise PermanentError(f"LLM API refused the request: {resp.status} "
+                                     f"{(await resp.text())[:200]}")
+            resp.raise_for_status()  # 5xx: retried by the worker, from the last checkpoint
+            return await read_stream(resp, ctx)
+    raise RateLimited(f"still rate limited after {MAX_RATE_LIMIT_WAITS} waits")
+
+
+async def read_stream(resp: aiohttp.ClientResponse, ctx: TaskContext) -> dict[str, Any]:
+    content: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    async for raw in resp.content:
+        line = raw.decode().strip()
+        if not line.startswith("data:"):
+            continue
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            break
+        delta = json.loads(data)["choices"][0]["delta"]
+        if delta.get("content"):
+            content.append(delta["content"])
+            await ctx.emit("token", {"text": delta["content"]})
+        for part in delta.get("tool_calls") or []:
+            call = calls.setdefault(part["index"], {
+                "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            call["id"] = part.get("id") or call["id"]
+            function = part.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return message

@@ -1,0 +1,134 @@
+"""The documented agent handler (examples/llm_agent.py) against a fake OpenAI-style server:
+streamed tokens as events, a tool call, a 429, and a resumed attempt after a 5xx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from agentpool.protocol import TaskEvent, TaskQueue
+from agentpool.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "tests" / "worker"))
+
+from worker_helpers import running, settings  # noqa: E402
+
+KEY = "test-key"
+
+
+@dataclass
+class FakeLLM:
+    """Answers a prompt with a tool call to `add`, then, given the tool's result, the answer.
+    The first completion request gets a 429; `fail_after_tool` makes the first request that
+    carries a tool result fail with a 500."""
+
+    fail_after_tool: bool = False
+    requests: list[list[dict[str, Any]]] = field(default_factory=list)
+    rate_limited: int = 0
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "fake"}]})
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {KEY}":
+            return web.json_response({"error": "bad key"}, status=401)
+        if not self.rate_limited:
+            self.rate_limited += 1
+            return web.json_response({"error": "slow down"}, status=429,
+                                     headers={"Retry-After": "0.05"})
+        messages = (await request.json())["messages"]
+        self.requests.append(messages)
+        if messages[-1]["role"] == "tool":
+            if self.fail_after_tool:
+                self.fail_after_tool = False
+                return web.json_response({"error": "overloaded"}, status=500)
+            deltas = [{"content": piece} for piece in ("The", " answer", " is", " 5")]
+        else:
+            deltas = [
+                {"content": "Adding."},
+                {"tool_calls": [{"index": 0, "id": "call-1", "function": {
+                    "name": "add", "arguments": '{"a": 2,'}}]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": ' "b": 3}'}}]},
+            ]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for delta in deltas:
+            chunk = {"choices": [{"index": 0, "delta": delta}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def fake_llm(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeLLM]:
+    llm = FakeLLM()
+    app = web.Application()
+    app.router.add_get("/v1/models", llm.models)
+    app.router.add_post("/v1/chat/completions", llm.completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    monkeypatch.setenv("LLM_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("LLM_API_KEY", KEY)
+    yield llm
+    await runner.cleanup()
+
+
+async def follow(queue: TaskQueue, task_id: str) -> list[TaskEvent]:
+    async with asyncio.timeout(20):
+        return [event async for event in queue.events(task_id, block_seconds=0.2)]
+
+
+async def test_the_agent_streams_tokens_calls_a_tool_and_waits_out_a_429(
+    fake_llm: FakeLLM, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, "llm_agent:run")):
+        task_id = await queue.submit({"prompt": "What is 2 + 3?"})
+        events = await follow(queue, task_id)
+    kinds = [e.kind for e in events]
+    assert kinds == ["progress", "rate_limited", "token", "tool", "progress",
+                     "token", "token", "token", "token", "final"]
+    assert events[1].data == {"retry_after": 0.05}
+    assert events[3].data == {"name": "add", "result": 5}
+    assert "".join(e.data["text"] for e in events if e.kind == "token") == \
+        "Adding.The answer is 5"
+    assert events[-1].data == {"state": "succeeded"}
+    info = await queue.get(task_id)
+    assert info is not None and info.result == {"answer": "The answer is 5", "tool_calls": 1}
+
+
+async def test_after_a_failed_turn_the_next_attempt_resumes_after_the_tool_call(
+    fake_llm: FakeLLM, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    fake_llm.fail_after_tool = True
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, "llm_agent:run")):
+        task_id = await queue.submit({"prompt": "What is 2 + 3?"})
+        events = await follow(queue, task_id)
+    assert [e.data for e in events if e.kind == "resumed"] == [{"tool_calls": 1}]
+    assert [e.attempt for e in events if e.kind == "tool"] == [1]
+    asked_for_tools = [m for m in fake_llm.requests if m[-1]["role"] == "user"]
+    assert len(asked_for_tools) == 1, "the second attempt repeated the tool call"
+    info = await queue.get(task_id)
+    assert info is not None and info.attempts == 2
+    assert info.result == {"answer": "The answer is 5", "tool_calls": 1}
+
+
+def test_the_worker_docs_show_this_example_verbatim() -> None:
+    code = (ROOT / "examples" / "llm_agent.py").read_text()
+    docs = (ROOT / "docs" / "worker.md").read_text()
+    assert f"```python\n{code}```" in docs
