@@ -31,9 +31,9 @@ def reporter() -> tuple[PlainReporter, io.StringIO]:
 def test_payloads_follow_the_options() -> None:
     config = DemoConfig(tasks=3, mean_seconds=0.5, fail_rate=0.1, seed=7)
     assert task_payloads(config) == [
-        {"mean_seconds": 0.5, "fail_rate": 0.1, "seed": 7},
-        {"mean_seconds": 0.5, "fail_rate": 0.1, "seed": 8},
-        {"mean_seconds": 0.5, "fail_rate": 0.1, "seed": 9},
+        {"mean_seconds": 0.5, "fail_rate": 0.1, "steps": 5, "seed": 7},
+        {"mean_seconds": 0.5, "fail_rate": 0.1, "steps": 5, "seed": 8},
+        {"mean_seconds": 0.5, "fail_rate": 0.1, "steps": 5, "seed": 9},
     ]
     assert "seed" not in task_payloads(DemoConfig(tasks=1))[0]
 

@@ -86,6 +86,17 @@ def test_requeued_tasks_that_succeeded_later() -> None:
     assert summary.requeued_then_succeeded == 1
 
 
+def test_tasks_that_resumed_from_a_checkpoint_are_counted() -> None:
+    records = [
+        TaskRecord(id="a", state="succeeded", attempts=2, resumed_from_step=3),
+        TaskRecord(id="b", state="succeeded", attempts=2, resumed_from_step=0),
+        TaskRecord(id="c", state="dead", attempts=5, resumed_from_step=2),
+    ]
+    summary = summarize(records, retried=0, requeued_after_kill=3, requeued_ids={"a", "b", "c"})
+    assert summary.resumed_from_checkpoint == 1
+    assert summary.as_dict()["resumed_from_checkpoint"] == 1
+
+
 def test_wait_counts_started_tasks_only() -> None:
     records = [record("succeeded", 1000, 1250, 2000), record("queued", 1000),
                record(None, started=5)]

@@ -7,6 +7,7 @@ from rich.console import Console
 from agentpool.cli.demo.summary import TaskRecord, summarize
 from agentpool.cli.demo.view import (
     PlainReporter,
+    RunningRow,
     Snapshot,
     WorkerRow,
     progress_line,
@@ -37,6 +38,16 @@ def test_live_view_fits_a_small_terminal() -> None:
     assert "150/300" in text and "50%" in text
     assert "demo-worker-2" in text and "killed" in text
     assert "queued 120 · in flight 24" in text
+
+
+def test_live_view_shows_the_progress_of_running_tasks() -> None:
+    running = [RunningRow("3d8eea95", 2, 0.8, "step 4 of 5"), RunningRow("a1b2c3d4", 1, 0.2,
+                                                                          "step 1 of 5")]
+    snapshot = Snapshot(total=300, finished=150, elapsed=14.2, workers=ROWS, running=running)
+    text = render(render_live(snapshot, "agentpool demo: 300 tasks"))
+    assert all(len(line) <= 80 for line in text.splitlines())
+    [row] = [line for line in text.splitlines() if "3d8eea95" in line]
+    assert "step 4 of 5" in row and " 2 " in row
 
 
 def test_progress_line() -> None:

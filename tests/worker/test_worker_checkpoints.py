@@ -85,3 +85,31 @@ async def _reaped(queue: TaskQueue, task_id: str) -> bool:
     await queue.reap_expired()
     info = await queue.get(task_id)
     return info is not None and info.state == "queued"
+
+
+async def test_the_simulated_agent_reports_progress_and_resumes_after_kill_9(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"mean_seconds": 2.0, "steps": 8, "seed": 3})
+    handler = "agentpool_worker.builtin:simulated_agent"
+    with worker_processes(tmp_path) as start:
+        first = start(worker_env(redis_url, queue_name, handler, pod_name="pod-a"))
+        await eventually(lambda: _step_saved(queue, task_id, 2), 20, "two steps checkpointed")
+        first.signal(signal.SIGKILL)
+        await first.exit_code(10)
+        await queue.requeue_pod("pod-a")
+        start(worker_env(redis_url, queue_name, handler, pod_name="pod-b"))
+        done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 30, "success")
+    assert done.result["attempt"] == 2
+    assert done.result["resumed_from_step"] >= 2
+    assert done.progress is not None and done.progress.message == "step 8 of 8"
+    progress = [e for e in [e async for e in queue.events(task_id, follow=False)]
+                if e.kind == "progress"]
+    assert {e.attempt for e in progress} == {1, 2}
+    assert progress[-1].data == {"fraction": 1.0, "message": "step 8 of 8"}
+
+
+async def _step_saved(queue: TaskQueue, task_id: str, step: int) -> bool:
+    state = await queue.checkpoint_state(task_id)
+    return bool(state) and state["step"] >= step

@@ -12,6 +12,7 @@ from agentpool_worker.handlers import TaskContext
 
 LATENCY_SIGMA = 0.6
 """Spread of the simulated latency: LLM calls have a long right tail."""
+MAX_STEPS = 1000
 
 
 class SimulatedFailure(Exception):
@@ -30,8 +31,11 @@ async def simulated_agent(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     """Sleep an LLM-like latency, then maybe fail.
 
     Payload (all optional): ``mean_seconds`` (default 2.0), ``fail_rate`` (0..1, default 0),
-    ``seed`` (makes every attempt's latency and outcome reproducible). The latency is
-    log-normal with the given mean, capped at ten times the mean.
+    ``seed`` (makes every attempt's latency and outcome reproducible), ``steps`` (default 0).
+    The latency is log-normal with the given mean, capped at ten times the mean. With
+    ``steps``, the work is that many equal steps, each followed by a ``progress`` event and a
+    checkpoint (the last one excepted), and a run that was lost resumes after the last
+    checkpointed step; the result then says where it resumed (``resumed_from_step``).
     """
     options = payload if payload is not None else {}
     if not isinstance(options, dict):
@@ -39,16 +43,29 @@ async def simulated_agent(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     try:
         mean = float(options.get("mean_seconds", 2.0))
         fail_rate = float(options.get("fail_rate", 0.0))
+        steps = int(options.get("steps", 0))
     except (TypeError, ValueError) as exc:
         raise PermanentError(f"bad simulated_agent option: {exc}") from None
-    if mean < 0 or not 0 <= fail_rate <= 1:
-        raise PermanentError("mean_seconds must be >= 0 and fail_rate between 0 and 1")
+    if mean < 0 or not 0 <= fail_rate <= 1 or not 0 <= steps <= MAX_STEPS:
+        raise PermanentError(f"mean_seconds must be >= 0, fail_rate between 0 and 1 and "
+                             f"steps between 0 and {MAX_STEPS}")
     seed = options.get("seed")
     rng = random.Random(f"{seed}:{ctx.attempt}") if seed is not None else random.Random()
     latency = min(
         mean * 10, mean * math.exp(rng.gauss(0, LATENCY_SIGMA) - LATENCY_SIGMA**2 / 2)
     )
-    await asyncio.sleep(latency)
+    result: dict[str, Any] = {"latency_seconds": round(latency, 4), "attempt": ctx.attempt}
+    if steps:
+        saved = ctx.checkpoint_state
+        first = int(saved["step"]) if isinstance(saved, dict) and "step" in saved else 0
+        for step in range(min(first, steps), steps):
+            await asyncio.sleep(latency / steps)
+            await ctx.progress((step + 1) / steps, f"step {step + 1} of {steps}")
+            if step + 1 < steps:
+                await ctx.checkpoint({"step": step + 1})
+        result["resumed_from_step"] = first
+    else:
+        await asyncio.sleep(latency)
     if rng.random() < fail_rate:
         raise SimulatedFailure(f"simulated failure after {latency:.3f}s")
-    return {"latency_seconds": round(latency, 4), "attempt": ctx.attempt}
+    return result

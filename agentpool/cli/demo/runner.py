@@ -26,11 +26,13 @@ import redis.asyncio as aioredis
 
 from agentpool.cli.demo.fleet import WorkerFleet, WorkerProcess, worker_command
 from agentpool.cli.demo.summary import Summary, TaskRecord, summarize
-from agentpool.cli.demo.view import Reporter, Snapshot, WorkerRow
+from agentpool.cli.demo.view import Reporter, RunningRow, Snapshot, WorkerRow
 from agentpool.protocol import QueueFigures, TaskInfo, TaskQueue, WorkerState, key_prefix
 from agentpool.redis_server import RedisServer
 
 HANDLER = "agentpool_worker.builtin:simulated_agent"
+RUNNING_ROWS = 6
+"""Running tasks the live view shows with their progress."""
 
 
 class DemoError(RuntimeError):
@@ -50,6 +52,8 @@ class DemoConfig:
     concurrency: int = 8
     mean_seconds: float = 2.0
     fail_rate: float = 0.05
+    steps: int = 5
+    """Each task's work in steps, each reporting progress and checkpointed."""
     seed: int | None = None
     redis_url: str | None = None
     queue: str = field(default_factory=lambda: f"demo-{uuid.uuid4().hex[:8]}")
@@ -78,6 +82,7 @@ def task_payloads(config: DemoConfig) -> list[dict[str, Any]]:
         payload: dict[str, Any] = {
             "mean_seconds": config.mean_seconds,
             "fail_rate": config.fail_rate,
+            "steps": config.steps,
         }
         if config.seed is not None:
             payload["seed"] = config.seed + index
@@ -319,7 +324,8 @@ class DemoRun:
             finished = sum(stats.get(state, 0) for state in ("succeeded", "dead", "cancelled"))
             states = await queue.workers()
             held = await self.held_by_pod(queue, states)
-            self.reporter.update(self.snapshot(total, finished, states, held, figures))
+            running = await queue.list_tasks("running", RUNNING_ROWS)
+            self.reporter.update(self.snapshot(total, finished, states, held, figures, running))
             if finished >= total:
                 return
             past_half = half_way.reached.is_set() or finished >= half_way.threshold
@@ -373,6 +379,14 @@ class DemoRun:
         if result.dead_lettered:
             message += f"; {result.dead_lettered} dead-lettered (attempts used up)"
         self.event(message)
+        saved = {task_id: await queue.checkpoint_state(task_id)
+                 for task_id in sorted(self.requeued_ids)}
+        steps = {task_id: state["step"] for task_id, state in saved.items()
+                 if isinstance(state, dict) and state.get("step")}
+        if steps:
+            example = max(steps, key=lambda t: steps[t])
+            self.event(f"{len(steps)} of them will resume from a checkpoint, e.g. task "
+                       f"{example[:8]} after step {steps[example]} of {self.config.steps}")
         self.start_worker(replacing=pod)
 
     def check_processes(self, *, fatal: bool) -> None:
@@ -398,7 +412,8 @@ class DemoRun:
         return "".join(parts)
 
     def snapshot(self, total: int, finished: int, states: list[WorkerState],
-                 held: dict[str, int], figures: QueueFigures | None) -> Snapshot:
+                 held: dict[str, int], figures: QueueFigures | None,
+                 running: Sequence[TaskInfo] = ()) -> Snapshot:
         latest: dict[str, WorkerState] = {}
         for beat in states:
             if beat.pod not in latest or beat.last_heartbeat > latest[beat.pod].last_heartbeat:
@@ -426,6 +441,9 @@ class DemoRun:
             retrying=figures.delayed if figures else 0,
             dead=figures.dead if figures else 0,
             workers=rows,
+            running=[RunningRow(t.id[:8], t.attempts, t.progress.fraction if t.progress else 0.0,
+                                t.progress.message if t.progress and t.progress.message
+                                else "") for t in running],
         )
 
 
@@ -479,4 +497,6 @@ def record_of(task_id: str, info: TaskInfo | None) -> TaskRecord:
         created_ms=info.created_ms,
         started_ms=info.started_ms,
         finished_ms=info.finished_ms,
+        resumed_from_step=int(info.result.get("resumed_from_step") or 0)
+        if isinstance(info.result, dict) else 0,
     )

@@ -21,6 +21,8 @@ class TaskRecord:
     created_ms: int = 0
     started_ms: int | None = None
     finished_ms: int | None = None
+    resumed_from_step: int = 0
+    """The step its last run resumed after (0: it ran from the start)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class Summary:
     wait_p50_seconds: float | None
     wait_p95_seconds: float | None
     killed_worker: str | None
+    resumed_from_checkpoint: int = 0
+    """Tasks whose last run resumed from a checkpoint instead of starting over."""
 
     @property
     def ok(self) -> bool:
@@ -120,4 +124,6 @@ def summarize(
         wait_p50_seconds=percentile(waits, 50),
         wait_p95_seconds=percentile(waits, 95),
         killed_worker=killed_worker,
+        resumed_from_checkpoint=sum(
+            1 for r in records if r.state == "succeeded" and r.resumed_from_step > 0),
     )

@@ -37,6 +37,14 @@ class WorkerRow:
 
 
 @dataclass(frozen=True)
+class RunningRow:
+    task: str
+    attempt: int
+    fraction: float
+    message: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     total: int
     finished: int
@@ -46,6 +54,7 @@ class Snapshot:
     retrying: int = 0
     dead: int = 0
     workers: list[WorkerRow] = field(default_factory=list)
+    running: list[RunningRow] = field(default_factory=list)
 
     @property
     def fraction(self) -> float:
@@ -75,7 +84,23 @@ def render_live(snapshot: Snapshot, title: str) -> RenderableType:
         f"retrying {snapshot.retrying} · dead {snapshot.dead}",
         style="dim",
     )
-    return Group(Text(title, style="bold"), bar, figures, workers_table(snapshot.workers))
+    parts: list[RenderableType] = [Text(title, style="bold"), bar, figures,
+                                   workers_table(snapshot.workers)]
+    if snapshot.running:
+        parts.append(running_table(snapshot.running))
+    return Group(*parts)
+
+
+def running_table(rows: list[RunningRow]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    table.add_column("running task")
+    table.add_column("attempt", justify="right")
+    table.add_column("progress")
+    table.add_column("")
+    for row in rows:
+        table.add_row(row.task, str(row.attempt),
+                      ProgressBar(total=1.0, completed=row.fraction, width=20), row.message)
+    return table
 
 
 def workers_table(rows: list[WorkerRow]) -> Table:
@@ -127,6 +152,8 @@ def summary_table(summary: Summary) -> Table:
         ("dead-lettered", str(summary.dead_lettered), ""),
         ("requeued after the kill", str(summary.requeued_after_kill), killed),
         ("  then succeeded", str(summary.requeued_then_succeeded), "on the other workers"),
+        ("resumed from a checkpoint", str(summary.resumed_from_checkpoint),
+         "after the kill or a failure, not from scratch"),
         ("lost", Text(str(summary.lost), style=lost_style),
          "must be 0"),
         ("throughput", f"{summary.throughput_per_second:.1f}", "tasks/s"),
