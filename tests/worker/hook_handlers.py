@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from agentpool.errors import PermanentError
@@ -12,6 +13,7 @@ from agentpool_worker.handlers import TaskContext, TaskOutcome, WorkerContext
 CALLS: list[str] = []
 OUTCOMES: dict[str, list[TaskOutcome]] = {}
 READY: dict[str, Any] = {"answer": True, "checks": 0}
+AFTER_TASK: dict[str, Any] = {"delay": 0.0, "finished": []}
 
 
 def startup(worker_ctx: WorkerContext) -> None:
@@ -23,6 +25,7 @@ def startup(worker_ctx: WorkerContext) -> None:
 
 async def shutdown(worker_ctx: WorkerContext) -> None:
     CALLS.append("shutdown")
+    AFTER_TASK["at_shutdown"] = list(AFTER_TASK["finished"])
     worker_ctx.state.pop("client", None)
 
 
@@ -37,6 +40,8 @@ async def run(payload: dict[str, Any], ctx: TaskContext) -> Any:
 
 def after_task(ctx: TaskContext, outcome: TaskOutcome) -> None:
     OUTCOMES.setdefault(ctx.task_id, []).append(outcome)
+    time.sleep(AFTER_TASK["delay"])
+    AFTER_TASK["finished"].append(ctx.task_id)
     raise RuntimeError("billing service down")
 
 

@@ -30,6 +30,7 @@ def fresh_hook_records() -> None:
     hook_handlers.CALLS.clear()
     hook_handlers.OUTCOMES.clear()
     hook_handlers.READY.update(answer=True, checks=0)
+    hook_handlers.AFTER_TASK.update(delay=0.0, finished=[])
 
 
 async def outcome_of(task_id: str) -> str | None:
@@ -49,6 +50,18 @@ async def test_startup_state_reaches_tasks_and_shutdown_runs_once(
                                     "the task to succeed")
             assert done.result == {"client": f"client-of-{worker.worker_id}"}
     assert hook_handlers.CALLS == ["startup", "shutdown"]
+
+
+async def test_shutdown_waits_for_after_task_hooks_still_running(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    hook_handlers.AFTER_TASK["delay"] = 0.5
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        task_id = await queue.submit({})
+        await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "success")
+        assert hook_handlers.AFTER_TASK["finished"] == []
+    assert hook_handlers.AFTER_TASK["at_shutdown"] == [task_id]
 
 
 async def test_after_task_sees_every_outcome_and_its_errors_change_nothing(

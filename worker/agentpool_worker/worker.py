@@ -171,6 +171,8 @@ class Worker:
         self._flushed_seq = 0
         self._event_cond = asyncio.Condition()
         self._threads: set[Future[Any]] = set()
+        self._executing: set[asyncio.Task[None]] = set()
+        """Runs not over yet, their after_task hook included."""
         self._free = settings.concurrency
         self._executor: ThreadPoolExecutor | None = None
 
@@ -393,6 +395,8 @@ class Worker:
                 "could not record every outcome before exit; their leases will expire",
                 unrecorded=len(self._held),
             )
+        if self._executing:  # after_task hooks still running
+            await asyncio.wait(list(self._executing), timeout=AFTER_TASK_SECONDS)
         with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
             async with asyncio.timeout(s.redis_timeout_seconds):
                 await self._rt(self.queue.requeue_owner(self.worker_id, reason="worker stopped"))
@@ -691,6 +695,8 @@ class Worker:
         self.metrics.in_flight.inc()
         self.metrics.wait.observe(task.wait_seconds)
         run.worker_task = asyncio.create_task(self._execute(run))
+        self._executing.add(run.worker_task)
+        run.worker_task.add_done_callback(self._executing.discard)
 
     async def _execute(self, run: _Run) -> None:
         task = run.task
