@@ -483,8 +483,10 @@ class TaskQueue:
         """
         key = self.events_key(task_id)
         last = after or "0-0"
-        if await self.get(task_id) is None:
+        info = await self.get(task_id)
+        if info is None:
             raise TaskNotFound(f"no task {task_id} in queue {self.name}")
+        follow = follow and not info.done  # a final task's stream is complete: no waiting
         failures = 0
         while True:
             try:

@@ -101,7 +101,7 @@ async def test_a_follower_sees_every_event_live_and_stops_at_the_final_one(
     await asyncio.wait_for(follower, 5)
     assert [e.data for e in seen] == [0, 1, 2, 3, {"state": "succeeded"}]
 
-    later = await collect(queue, task_id, after=seen[1].id)
+    later = await collect(queue, task_id, after=seen[1].id, block_seconds=30)
     assert [e.data for e in later] == [2, 3, {"state": "succeeded"}]
 
 
@@ -111,6 +111,7 @@ async def test_following_a_task_without_events_ends_when_it_is_final(queue: Task
     task = await claim_one(queue, "pod-a:i1")
     await queue.fail(task, "bad", retryable=False)
     assert await asyncio.wait_for(follower, 5) == []
+    assert await asyncio.wait_for(collect(queue, task_id, block_seconds=30), 5) == []
     with pytest.raises(TaskNotFound):
         await collect(queue, "no-such-task")
 

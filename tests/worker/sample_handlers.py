@@ -124,3 +124,15 @@ async def stepper(payload: Any, ctx: TaskContext) -> dict[str, Any]:
             await ctx.checkpoint(state)
     return {"total": state["total"], "attempt": ctx.attempt, "resumed_from": resumed_from,
             "pid": os.getpid()}
+
+
+def sync_stepper(payload: Any, ctx: TaskContext) -> dict[str, Any]:
+    """Checkpoints every step from its thread; the first attempt fails after `fail_at` steps."""
+    state = ctx.checkpoint_state or {"step": 0}
+    resumed_from = state["step"]
+    for step in range(state["step"], int(payload["steps"])):
+        if ctx.attempt == 1 and step == int(payload["fail_at"]):
+            raise RuntimeError("tool crashed")
+        ctx.checkpoint_sync({"step": step + 1})
+        ctx.progress_sync((step + 1) / int(payload["steps"]))
+    return {"resumed_from": resumed_from, "attempt": ctx.attempt}

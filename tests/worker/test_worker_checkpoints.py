@@ -113,3 +113,14 @@ async def test_the_simulated_agent_reports_progress_and_resumes_after_kill_9(
 async def _step_saved(queue: TaskQueue, task_id: str, step: int) -> bool:
     state = await queue.checkpoint_state(task_id)
     return bool(state) and state["step"] >= step
+
+
+async def test_a_sync_handler_checkpoints_from_its_thread_and_resumes_after_a_failure(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:sync_stepper")) as worker:
+        task_id = await queue.submit({"steps": 6, "fail_at": 3})
+        done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "success")
+        assert worker.metrics.checkpoints._value.get() >= 6
+    assert done.result == {"resumed_from": 3, "attempt": 2}
