@@ -1,9 +1,13 @@
 -- ARGV: prefix, id, attempt, then pairs of (kind, data JSON)
 -- Appends a run's events to the task's capped stream; a 'progress' event is also kept on the
--- task as its latest progress. Returns how many were appended (0: no such task).
+-- task as its latest progress. A task in a final state takes no more events (its stream ends
+-- with its 'final' event; what arrives later is a zombie's). Returns how many were appended.
 local id, attempt = ARGV[2], ARGV[3]
 local tk = task_key(id)
-if redis.call('EXISTS', tk) == 0 then return 0 end
+local state = redis.call('HGET', tk, 'state')
+if not state or state == 'succeeded' or state == 'dead' or state == 'cancelled' then
+  return 0
+end
 local ek = events_key(id)
 local progress
 for i = 4, #ARGV, 2 do
@@ -12,6 +16,4 @@ for i = 4, #ARGV, 2 do
   if ARGV[i] == 'progress' then progress = ARGV[i + 1] end
 end
 if progress then redis.call('HSET', tk, 'progress', progress) end
-local ttl = redis.call('PTTL', tk)
-if ttl > 0 then redis.call('PEXPIRE', ek, ttl) end
 return (#ARGV - 3) / 2

@@ -100,6 +100,7 @@ async def test_a_follower_sees_every_event_live_and_stops_at_the_final_one(
     await queue.complete(task, "done")
     await asyncio.wait_for(follower, 5)
     assert [e.data for e in seen] == [0, 1, 2, 3, {"state": "succeeded"}]
+    assert await queue.emit(task_id, "token", "late, from a zombie", attempt=1) == 0
 
     later = await collect(queue, task_id, after=seen[1].id, block_seconds=30)
     assert [e.data for e in later] == [2, 3, {"state": "succeeded"}]
