@@ -36,6 +36,7 @@ def test_payloads_follow_the_options() -> None:
         {"mean_seconds": 0.5, "fail_rate": 0.1, "steps": 5, "seed": 9},
     ]
     assert "seed" not in task_payloads(DemoConfig(tasks=1))[0]
+    assert "steps" not in task_payloads(DemoConfig(tasks=1, steps=0))[0]
 
 
 def test_redact_hides_the_password() -> None:

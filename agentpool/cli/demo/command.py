@@ -50,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--fail-rate", type=_bounded(float, 0, 1, open_high=True),
                         default=0.05, metavar="P",
                         help="chance that a run fails and is retried (default: 0.05)")
+    parser.add_argument("--steps", type=_bounded(int, 0, 1000), default=5, metavar="N",
+                        help="steps per task, each reporting progress and checkpointed, so a "
+                        "task the kill interrupts resumes (default: 5; 0: one step, no "
+                        "checkpoint)")
     parser.add_argument("--seed", type=int, metavar="N",
                         help="seed for the simulated tasks (task i gets N+i)")
     parser.add_argument("--no-live", action="store_true",
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         concurrency=int(args.concurrency),
         mean_seconds=float(args.mean_seconds),
         fail_rate=float(args.fail_rate),
+        steps=int(args.steps),
         seed=args.seed,
         redis_url=args.redis_url,
     )

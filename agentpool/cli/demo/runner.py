@@ -82,8 +82,9 @@ def task_payloads(config: DemoConfig) -> list[dict[str, Any]]:
         payload: dict[str, Any] = {
             "mean_seconds": config.mean_seconds,
             "fail_rate": config.fail_rate,
-            "steps": config.steps,
         }
+        if config.steps:
+            payload["steps"] = config.steps
         if config.seed is not None:
             payload["seed"] = config.seed + index
         payloads.append(payload)
