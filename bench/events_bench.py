@@ -6,7 +6,9 @@ One ``agentpool-worker`` process (handler ``bench_handlers:emitter``: emits N to
 events, then returns) drains a pre-loaded queue, for N = 0, 10 and 100 events per task. Printed
 per N: tasks/s and events/s (Redis's clock, first start to last finish), worker round trips
 per task (its own counter), and CPU time per event beyond the N = 0 run, in the worker process
-(``/proc/<pid>/stat``) and in redis-server (``INFO cpu``). Private redis-server on a free port.
+(``/proc/<pid>/stat``) and in redis-server (``INFO cpu``). Then the time of one
+``checkpoint`` call (a 1 KiB state, one client, one call at a time: a round trip plus the
+fenced write). Private redis-server on a free port.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import redis.asyncio as aioredis
 from worker_bench import scrape_round_trips, start_worker, stop, wait_for
 
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import TaskQueue, encode_checkpoint
 from agentpool.redis_server import RedisServer, free_port
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -75,6 +78,21 @@ async def run(url: str, tasks: int, events: int, concurrency: int) -> dict[str, 
             "redis_cpu": server_cpu}
 
 
+async def checkpoint_seconds(url: str, calls: int = 2000) -> float:
+    client = aioredis.Redis.from_url(url)
+    queue = TaskQueue(client, f"cp-{uuid.uuid4().hex[:6]}")
+    await queue.submit({})
+    [task] = (await queue.claim("bench-cp:1", 1, 60)).tasks
+    raw = encode_checkpoint({"messages": ["x" * 100] * 10})
+    await queue.checkpoint(task, raw)
+    began = time.perf_counter()
+    for _ in range(calls):
+        assert await queue.checkpoint(task, raw)
+    elapsed = time.perf_counter() - began
+    await client.aclose()
+    return elapsed / calls
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
@@ -97,6 +115,8 @@ async def main() -> None:
                          f"{(r['worker_cpu'] - base['worker_cpu']) / n * 1e6:.1f} us, redis CPU "
                          f"{(r['redis_cpu'] - base['redis_cpu']) / n * 1e6:.1f} us")
             print(line, flush=True)
+        per_call = await checkpoint_seconds(server.url)
+        print(f"checkpoint (1 KiB state): {per_call * 1e6:.0f} us per call", flush=True)
 
 
 if __name__ == "__main__":
