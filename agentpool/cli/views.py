@@ -313,7 +313,7 @@ def figures_grid(queue: str, figures: QueueFigures, rates: Rates | None = None) 
         ["Dead", str(figures.dead)],
         ["Workers", str(figures.workers)],
     ]
-    rows += [[f"{COUNTER_LABELS.get(name, name.capitalize())} (total)",
+    rows += [[f"{COUNTER_LABELS.get(name, name.replace('_', ' ').capitalize())} (total)",
               str(figures.stats.get(name, 0))]
              for name in _counter_names(figures.stats)]
     if rates is not None:

@@ -12,8 +12,9 @@ from contextlib import contextmanager
 import redis.asyncio as aioredis
 from cli_helpers import Cli, key_values, with_queue
 
+from agentpool.cli.views import figures_grid
 from agentpool.client import SyncClient
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import QueueFigures, TaskQueue
 
 
 async def _followed(client: aioredis.Redis) -> bool:
@@ -129,3 +130,10 @@ def test_the_sync_client_follows_events(redis_url: str, queue_name: str) -> None
         assert [e.kind for e in events] == ["progress", "token", "token", "final"]
         assert [e.data for e in queue.events(task_id, after=events[1].id, follow=False)] == [
             {"text": "t1"}, {"state": "succeeded"}]
+
+
+def test_stats_name_the_refused_checkpoints_counter() -> None:
+    figures = QueueFigures(queued_by_priority={0: 0}, due_delayed=0, delayed=0, in_flight=0,
+                           dead=0, workers=0, stats={"checkpoints_refused": 2})
+    rows = figures_grid("q", figures).rows
+    assert ["Checkpoints refused (total)", "2"] in rows
