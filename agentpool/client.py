@@ -13,6 +13,12 @@ Synchronous code uses :class:`SyncClient`, which offers the same operations as b
         queue = client.queue("agents")
         info = queue.wait(queue.submit({"prompt": "..."}), timeout=600)
 
+A payload is any JSON value: an object, a list, a string (a prompt), a number or ``None``.
+The handler receives it decoded, as it was given. Encoded as JSON it may take at most 1 MiB
+(``DEFAULT_MAX_PAYLOAD_BYTES``; ``client.queue(name, max_payload_bytes=...)`` sets another
+limit); a larger payload raises :class:`agentpool.protocol.PayloadTooLarge` and nothing is
+stored. Put large inputs in object storage and submit their address.
+
 Both read the URL from ``AGENTPOOL_REDIS_URL`` when none is given. The protocol itself lives in
 :mod:`agentpool.protocol`; these classes only manage the connection around it.
 """

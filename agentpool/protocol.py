@@ -36,6 +36,8 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 DEFAULT_IDEMPOTENCY_TTL = 86_400
 WORKER_LIVENESS_WINDOW = 30.0
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+"""What `submit` returns: a random UUID in 32 lowercase hexadecimal digits."""
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
 _STATE_SETS = {"queued": "queued", "delayed": "delayed", "running": "leases"}
 TASK_LIST_STATES = ("queued", "delayed", "running", "dead")
@@ -133,6 +135,9 @@ class QueueFigures:
     dead: int
     workers: int
     stats: dict[str, int] = field(default_factory=dict)
+    used: bool = True
+    """Something was ever submitted to the queue or a worker serves it; False for a name
+    nobody used (a typo looks like an empty queue otherwise)."""
 
     @property
     def queued(self) -> int:
@@ -232,14 +237,25 @@ def retry_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0,
 
 
 def encode_payload(payload: Any, limit: int) -> str:
+    """The payload as compact JSON: any JSON value, at most `limit` bytes once encoded."""
     try:
         raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"payload is not JSON-serialisable: {exc}") from None
     size = len(raw.encode())
     if size > limit:
-        raise PayloadTooLarge(f"payload is {size} bytes; the limit is {limit} bytes")
+        raise PayloadTooLarge(
+            f"payload is {size} bytes encoded as JSON; the limit is {limit} bytes"
+            f"{_in_binary_units(limit)}"
+        )
     return raw
+
+
+def _in_binary_units(size: int) -> str:
+    for unit, factor in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            return f" ({size / factor:.3g} {unit})"
+    return ""
 
 
 @cache
@@ -344,7 +360,10 @@ class TaskQueue:
     ) -> str:
         """Queue a task and return its id (the existing id for a known idempotency key).
 
-        Priorities run from 0 to 9, higher first; FIFO within a priority.
+        The payload is any JSON value (an object, a list, a prompt string, a number, None) of
+        at most `max_payload_bytes` (1 MiB by default) once encoded as JSON; a larger one raises
+        PayloadTooLarge and nothing is stored. Priorities run from 0 to 9, higher first; FIFO
+        within a priority.
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
         _, task_id = await self._run("submit", *args)
@@ -502,7 +521,7 @@ class TaskQueue:
 
     async def figures(self) -> QueueFigures:
         """Queue depth per priority, delayed, in flight, dead and live workers: one round trip."""
-        per, due, delayed, in_flight, dead, workers, stats = await self._run(
+        per, due, delayed, in_flight, dead, workers, stats, used = await self._run(
             "figures", int(WORKER_LIVENESS_WINDOW * 1000)
         )
         flat = [_s(x) for x in stats]
@@ -511,7 +530,13 @@ class TaskQueue:
             due_delayed=int(due), delayed=int(delayed), in_flight=int(in_flight),
             dead=int(dead), workers=int(workers),
             stats={flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)},
+            used=bool(used),
         )
+
+    async def used(self) -> bool:
+        """Whether anything was ever submitted to this queue or a worker serves (or served) it:
+        its counters, config, worker registry or task sets exist. One round trip."""
+        return bool(await self._run("used"))
 
     async def workers(self) -> list[WorkerState]:
         """Worker instances that heart-beat recently, newest first: one round trip."""
@@ -600,6 +625,34 @@ class TaskQueue:
         """
         reply = await self.redis.blpop([self.prefix + "wake"], timeout=max(timeout, 0.01))
         return reply is not None
+
+
+_QUEUE_MARK = re.compile(r"^ap:\{([A-Za-z0-9][A-Za-z0-9._-]{0,99})\}:(?:stats|config|workers)$")
+
+
+async def known_queues(redis: aioredis.Redis, max_keys: int = 20_000) -> tuple[list[str], bool]:
+    """Names of the queues used on this Redis database, and whether the list is complete.
+
+    The protocol keeps no registry of queues (a global key would leave the queue's hash slot
+    and its ACL key pattern), so this scans the keyspace for each queue's counters, config or
+    worker registry, and stops after about `max_keys` keys: meant for a hint after a typo,
+    not for a hot path.
+    """
+    names: set[str] = set()
+    cursor = 0
+    seen = 0
+    while True:
+        reply, keys = await redis.scan(cursor, match="ap:{*}:[scw]*", count=1000)
+        cursor = int(reply)
+        for key in keys:
+            match = _QUEUE_MARK.match(_s(key))
+            if match:
+                names.add(match[1])
+        seen += 1000
+        if not cursor:
+            return sorted(names), True
+        if seen >= max_keys:
+            return sorted(names), False
 
 
 def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:

@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 
 class RedisServerError(RuntimeError):
@@ -28,17 +29,21 @@ def free_port() -> int:
 
 @dataclass
 class RedisServer:
-    """A ``redis-server`` child process; ``appendonly`` turns on AOF persistence."""
+    """A ``redis-server`` child process; ``appendonly`` turns on AOF persistence and
+    ``password`` makes clients authenticate (``requirepass``)."""
 
     port: int = 0
     appendonly: bool = False
+    password: str | None = None
     workdir: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _own_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL a client connects with, the password included."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -60,6 +65,8 @@ class RedisServer:
             "--daemonize", "no",
             "--loglevel", "warning",
         ]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
@@ -71,7 +78,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    # with a password set, an unauthenticated PING is refused: still an answer
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 time.sleep(0.02)

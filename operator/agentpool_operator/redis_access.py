@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agentpool.models import RedisSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
+from agentpool.redis_errors import POOL_PASSWORD_PLACE, redis_failure
 
 from .kube import api_error_message
 from .status import Problem, sanitize
@@ -151,7 +152,7 @@ async def read_figures(queue: TaskQueue) -> QueueFigures:
         return await asyncio.wait_for(queue.figures(), timeout=CONNECT_TIMEOUT + COMMAND_TIMEOUT)
     except redis.exceptions.AuthenticationError as error:
         raise QueueAccessError(
-            "RedisAuthFailed", f"Redis refused the credentials: {error}"
+            "RedisAuthFailed", redis_failure(None, error, password_place=POOL_PASSWORD_PLACE)
         ) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
             TimeoutError) as error:
