@@ -2,8 +2,8 @@
 
 Exit codes: 0 ok, 1 the operation failed (unknown task, a queue never used, timeout, Redis
 unreachable or refusing the password), 2 usage error (bad arguments or input), 130
-interrupted. Errors are one line on stderr; set
-``AGENTPOOL_DEBUG=1`` to get the traceback of an unexpected error instead.
+interrupted. Errors are one line on stderr; set ``AGENTPOOL_DEBUG=1`` to get the traceback
+of an unexpected error instead.
 """
 
 from __future__ import annotations
