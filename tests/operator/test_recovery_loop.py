@@ -7,6 +7,7 @@ labels) and lease tasks in Redis under worker ids `<pod>:<instance>`, as workers
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from datetime import UTC, datetime
@@ -229,6 +230,62 @@ async def test_operator_restart_between_drain_and_delete_loses_and_duplicates_no
     finally:
         await second.stop()
     assert second.error is None, second.error
+
+
+async def test_pods_gone_while_no_operator_ran_get_their_tasks_requeued_at_start(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """out-a died while no operator ran: nobody will ever see an event for it. Its worker
+    beat a moment ago and its leases run for ten minutes, so neither the liveness window nor
+    lease expiry can explain a requeue within the test. out-b is the pool's live pod, out-c a
+    pod outside the pool's watch (its label removed), laptop a worker outside the cluster."""
+    caplog.set_level(logging.INFO, logger=recovery_actions.__name__)
+    manifest = pool_manifest("out", redis_url=redis_url, queue="out", poll_seconds=LONG_POLL)
+    manifest["spec"]["scaling"].update(minReplicas=2, maxReplicas=2)
+    await cluster.create_pool(manifest)
+    await cluster.create(PODS, pod_manifest("out", "out-b"))
+    outside = pod_manifest("out", "out-c")
+    outside["metadata"]["labels"] = {"app": "debugging"}
+    await cluster.create(PODS, outside)
+    queue = TaskQueue(redis, "out")
+    lost = await lease(queue, "out-a", "i1", 3, lease_seconds=600)
+    kept = await lease(queue, "out-b", "i1", 2, lease_seconds=600)
+    unlabelled = await lease(queue, "out-c", "i1", 1, lease_seconds=600)
+    external = await lease(queue, "laptop", "i1", 1, lease_seconds=600)
+
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: queued(redis, "out"), within=5)
+        assert await queued(redis, "out") == set(lost)
+        assert await queue.held_by("out-b:i1") == set(kept)
+        assert await queue.held_by("out-c:i1") == set(unlabelled), "an existing pod keeps its work"
+        assert await queue.held_by("laptop:i1") == set(external), "so does a worker off-cluster"
+        assert await posted(cluster, "TasksRequeued") == [
+            "requeued 3 tasks of pod out-a (pod no longer exists)"]
+        [event] = cluster.events("TasksRequeued")
+        assert (event["involvedObject"]["kind"], event["involvedObject"]["namespace"],
+                event["involvedObject"]["name"]) == ("AgentPool", NAMESPACE, "out")
+        assert any(r.getMessage() == "TasksRequeued: pool default/out: requeued 3 tasks of pod "
+                   "out-a (pod no longer exists)" for r in caplog.records)
+        assert not cluster.events("LeasesExpired")
+        patches = await eventually(lambda: cluster.requests("PATCH", "/agentpools/out/status"))
+        first = patches[0].data["status"]
+        assert (first["queued"], first["inFlight"], first["recoveredTasks"]) == (3, 4, 3), \
+            "requeued before the pool's first round read the queue"
+        requeued = REGISTRY.get_sample_value(
+            "agentpool_operator_tasks_requeued_total",
+            {"namespace": NAMESPACE, "pool": "out", "cause": "pod_gone"},
+        )
+        assert requeued == 3
+        pod_reads = [r.url.path for r in cluster.requests("GET", "")
+                     if "/pods/" in str(r.url.path)]
+        assert sorted(pod_reads) == [f"{PODS}/out-a", f"{PODS}/out-c"], \
+            "only pods the watch does not know are read"
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
 
 
 async def test_replacements_stay_within_the_budget(
