@@ -6,7 +6,7 @@
   the status when `status.status_write_needed` says so. The Deployment and the pods come from
   the watch (the Deployment is read once, when the pool has no copy yet), so a pool where
   nothing changes costs no API request. Its first round that reaches the queue starts by
-  requeueing the tasks of pods that went away while no operator ran (`recover_gone_pods`);
+  requeueing the tasks of pods that went away while no operator ran (`recover_gone_pods_once`);
 - events of the pools' Deployments: remember the newest copy and wake the pool's daemon.
 """
 
@@ -320,12 +320,13 @@ async def observe_queue(
         return None, None, error.problem
 
 
-async def recover_gone_pods(
+async def recover_gone_pods_once(
     ctx: OperatorContext, state: PoolState, queue: TaskQueue, body: kopf.Body,
     pods: Sequence[Mapping[str, Any]] | None, logger: Logger,
 ) -> None:
-    """Once per loop, before its first round: requeue the tasks of pods that went away while
-    no operator ran (no pod event reports them). Retried next round if Redis or the API fails."""
+    """Once per loop, in its first round that reaches the queue, before the figures are read:
+    requeue the tasks of pods that went away while no operator ran (no pod event reports
+    them). Tried again next round if Redis or the API fails."""
     known = [str((p.get("metadata") or {}).get("name")) for p in pods or ()]
     try:
         state.recovery.unreported += await recovery_actions.recover_gone_pods(
@@ -333,7 +334,8 @@ async def recover_gone_pods(
         )
     except (*recovery_actions.REDIS_ERRORS, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else repr(error)
-        logger.warning(f"cannot check for pods gone while the operator was away: {detail}")
+        logger.warning("cannot check for pods gone while the operator was away: "
+                       f"{sanitize(detail)}")
         return
     state.recovery.gone_pods_checked = True
 
@@ -369,7 +371,7 @@ async def observe_once(
     pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)
     queue, queue_problem = await open_queue(ctx, state, namespace, name, spec, pods)
     if queue is not None and not state.recovery.gone_pods_checked:
-        await recover_gone_pods(ctx, state, queue, body, pods, logger)
+        await recover_gone_pods_once(ctx, state, queue, body, pods, logger)
     figures, queue, queue_problem = await observe_queue(state, queue, queue_problem)
     previous = state.last_status
     if previous is None:

@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from kubernetes.client.exceptions import ApiException
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
 from prometheus_client import REGISTRY
 
 from agentpool.protocol import TaskQueue, WorkerInfo, key_prefix
 from agentpool.redis_server import free_port
 from agentpool_operator import recovery_actions
+from agentpool_operator.kube import KubeApi
 from agentpool_operator.recovery import PodView
 from agentpool_operator.recovery_actions import PoolRecovery, known_nodes, recover_pod
 from agentpool_operator.settings import OperatorSettings
@@ -283,6 +285,34 @@ async def test_pods_gone_while_no_operator_ran_get_their_tasks_requeued_at_start
                      if "/pods/" in str(r.url.path)]
         assert sorted(pod_reads) == [f"{PODS}/out-a", f"{PODS}/out-c"], \
             "only pods the watch does not know are read"
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
+async def test_the_start_up_check_is_tried_again_when_the_api_fails(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await cluster.create_pool(pool_manifest("rty", redis_url=redis_url, queue="rty"))
+    queue = TaskQueue(redis, "rty")
+    lost = await lease(queue, "rty-a", "i1", 2, lease_seconds=600)
+    reads: list[str] = []
+    get_pod = KubeApi.get_pod
+
+    async def failing_once(self: KubeApi, namespace: str, name: str) -> dict[str, Any] | None:
+        reads.append(name)
+        if len(reads) == 1:
+            raise ApiException(status=500, reason="Internal Server Error")
+        return await get_pod(self, namespace, name)
+
+    monkeypatch.setattr(KubeApi, "get_pod", failing_once)
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: queued(redis, "rty"), within=5)
+        assert await queued(redis, "rty") == set(lost)
+        assert reads == ["rty-a", "rty-a"], "the next round read the pod again"
     finally:
         await operator.stop()
     assert operator.error is None, operator.error
