@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from importlib import metadata
 from typing import Any
 
@@ -114,6 +114,10 @@ RECONCILE_ERRORS = Counter(
     [*POOL_LABELS, "step"],
 )
 OPERATOR_UP = Gauge("agentpool_operator_up", "1 while the operator runs")
+REDIS_CLIENTS = Gauge(
+    "agentpool_operator_redis_clients",
+    "Redis clients (connection pools) the operator holds: one per distinct Redis URL in use",
+)
 OPERATOR_INFO = Info("agentpool_operator", "The running operator")
 
 SCALE_DIRECTIONS = ("up", "down")
@@ -283,6 +287,11 @@ async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
     response = aiohttp.web.Response(body=generate_latest(REGISTRY))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
+
+
+def count_redis_clients(clients: Sized) -> None:
+    """Report how many Redis clients the operator holds, read at each scrape."""
+    REDIS_CLIENTS.set_function(lambda: len(clients))
 
 
 async def serve(port: int, host: str = "0.0.0.0") -> aiohttp.web.AppRunner:

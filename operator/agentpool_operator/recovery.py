@@ -172,6 +172,23 @@ def decide_recovery(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) 
     return actions
 
 
+def gone_pod_requeues(
+    instances: Iterable[InstanceView], pods: Collection[str], pool: str
+) -> list[Requeue]:
+    """The pool's pods whose worker instances hold tasks although the pod is not among `pods`.
+
+    For a pool's first round after the operator (re)starts: deaths while no operator ran
+    produced no event anyone saw. Unlike a regular round, no liveness window is waited for, so
+    `pods` must name the pods that exist as read *after* `instances`: a pod exists before its
+    worker registers, so an instance read first whose pod a later read does not find belongs to
+    a pod that is gone, not to one created since. Only pods named as the pool's Deployment names
+    them (`<pool>-…`) are judged: a worker outside the cluster, or of another pool on the same
+    queue, keeps its tasks until its heartbeat or its leases run out.
+    """
+    held = {i.pod for i in instances if i.held and i.pod.startswith(f"{pool}-")}
+    return [Requeue(pod, "pod no longer exists") for pod in sorted(held - set(pods))]
+
+
 def _previous_instances(pod: PodView, instances: Iterable[InstanceView]) -> tuple[str, ...]:
     """Instances of a restarted container's earlier processes that still hold work.
 

@@ -62,18 +62,6 @@ async def test_secret_problems(secrets: dict, reason: str, message: str) -> None
     assert "pw" not in caught.value.message
 
 
-async def test_clients_are_cached_per_pool_and_url(redis_url: str) -> None:
-    clients = RedisClients()
-    first = await clients.client("ns", "pool", redis_url)
-    assert await clients.client("ns", "pool", redis_url) is first
-    other = await clients.client("ns", "pool", redis_url.replace("/0", "/1"))
-    assert other is not first and len(clients) == 1
-    await clients.client("ns", "another", redis_url)
-    assert len(clients) == 2
-    await clients.close()
-    assert len(clients) == 0
-
-
 async def test_figures_from_a_real_redis(redis_url: str, queue_name: str) -> None:
     clients = RedisClients()
     try:
