@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
+
 GROUP = "agentpool.dev"
 VERSION = "v1alpha1"
 KIND = "AgentPool"
@@ -47,8 +49,8 @@ REDIS_EXACTLY_ONE = CelRule(
     "set exactly one of redis.url and redis.urlSecretRef",
 )
 REDIS_URL_SCHEME = CelRule(
-    "!has(self.url) || self.url.startsWith('redis://') || self.url.startsWith('rediss://')",
-    "redis.url must start with redis:// or rediss://",
+    "!has(self.url) || " + " || ".join(f"self.url.startsWith('{p}')" for p in URL_PREFIXES),
+    f"redis.url must start with {URL_PREFIXES_TEXT}",
 )
 REDIS_URL_NO_CREDENTIALS = CelRule(
     "!has(self.url) || !(self.url.contains('@') || self.url.contains('password='))",
@@ -151,7 +153,7 @@ class RedisSpec(_Model):
             return url
         if "@" in url or "password=" in url:
             raise ValueError(REDIS_URL_NO_CREDENTIALS.message)
-        if not url.startswith(("redis://", "rediss://")):
+        if not url.startswith(URL_PREFIXES):
             raise ValueError(REDIS_URL_SCHEME.message)
         return url
 

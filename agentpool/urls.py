@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+URL_PREFIXES = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://")
+"""What a Redis URL of the product starts with: one server, or a Sentinel-managed primary
+(see `agentpool.connection`)."""
+URL_PREFIXES_TEXT = ", ".join(URL_PREFIXES[:-1]) + " or " + URL_PREFIXES[-1]
+
 MASK = "***"
 _SECRET_QUERY_KEYS = frozenset({"password", "pass", "passwd", "token"})
 

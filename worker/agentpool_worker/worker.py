@@ -40,6 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from agentpool.connection import redis_from_url
 from agentpool.errors import PermanentError
 from agentpool.protocol import (
     ClaimedTask,
@@ -665,7 +666,7 @@ class Worker:
 
 
 def _client(url: str, timeout: float) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    return redis_from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
