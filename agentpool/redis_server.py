@@ -103,6 +103,13 @@ class RedisServer:
                 self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """kill -9, as a crashed machine would stop it."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
     def restart(self) -> None:
         """Stop and start on the same port and data directory (AOF, if on, is reloaded)."""
         self.stop()
@@ -177,18 +184,27 @@ class SentinelGroup:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             ))
             self.sentinel_ports.append(port)
+        try:
+            self.wait_healthy(timeout)
+        except RedisServerError:
+            self.close()
+            raise
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every sentinel sees every replica up, and each replica has the primary's
+        writes: a steady state from which a failover loses nothing acknowledged."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._sentinels_agree() and self._replica_synced():
-                return self
+            if self._sentinels_agree() and self._replicas_synced():
+                return
             time.sleep(0.1)
-        self.close()
-        raise RedisServerError("the sentinels did not come up with the primary and its replica")
+        raise RedisServerError("the sentinels do not see a healthy primary and replica")
 
     def primary_port(self) -> int | None:
         """The primary's port as the first sentinel that answers sees it."""
         for port in self.sentinel_ports:
-            with contextlib.suppress(redis.RedisError), _admin(port) as sentinel:
+            with contextlib.suppress(redis.RedisError), sentinel_admin(port) as sentinel:
                 address = sentinel.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
                 if address:
                     return int(address[1])
@@ -197,25 +213,49 @@ class SentinelGroup:
     def server_on(self, port: int) -> RedisServer:
         return next(server for server in self.servers if server.port == port)
 
+    def restore(self, port: int, *, primary: int) -> None:
+        """Start a killed server again, as a replica of the current primary."""
+        server = self.server_on(port)
+        server.replica_of = primary
+        server.start()
+        self.wait_healthy()
+
     def _sentinels_agree(self) -> bool:
-        """Every sentinel knows the replica and the other sentinels."""
+        """Every sentinel knows the other sentinels and sees every replica up."""
+        primary = self.primary_port()
+        replicas = {server.port for server in self.servers if server.port != primary}
         try:
             for port in self.sentinel_ports:
-                with _admin(port) as sentinel:
-                    replicas = sentinel.sentinel_slaves(SENTINEL_SERVICE)
+                with sentinel_admin(port) as sentinel:
+                    seen = sentinel.sentinel_slaves(SENTINEL_SERVICE)
                     others = sentinel.sentinel_sentinels(SENTINEL_SERVICE)
-                if not replicas or len(others) < self.sentinel_count - 1:
+                healthy = {
+                    int(r["port"]) for r in seen
+                    if not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])
+                }
+                if not replicas <= healthy or len(others) < self.sentinel_count - 1:
                     return False
         except redis.RedisError:
             return False
         return True
 
-    def _replica_synced(self) -> bool:
+    def _replicas_synced(self) -> bool:
+        primary = self.primary_port()
         try:
-            with _admin(self.servers[1].port, self.password) as replica:
-                return bool(replica.info("replication").get("master_link_status") == "up")
-        except redis.RedisError:
+            with sentinel_admin(primary or 0, self.password) as server:
+                offset = int(server.info("replication")["master_repl_offset"])
+            for replica in self.servers:
+                if replica.port == primary:
+                    continue
+                with sentinel_admin(replica.port, self.password) as server:
+                    info = server.info("replication")
+                if info.get("master_link_status") != "up":
+                    return False
+                if int(info.get("slave_repl_offset", -1)) < offset:
+                    return False
+        except (redis.RedisError, KeyError, ValueError):
             return False
+        return True
 
     def close(self) -> None:
         for process in self.sentinels:
@@ -237,5 +277,6 @@ class SentinelGroup:
         self.close()
 
 
-def _admin(port: int, password: str | None = None) -> redis.Redis:
+def sentinel_admin(port: int, password: str | None = None) -> redis.Redis:
+    """A plain client of one loopback server or sentinel, for set-up and checks."""
     return redis.Redis(port=port, password=password, socket_timeout=2, decode_responses=True)

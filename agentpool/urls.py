@@ -10,7 +10,7 @@ URL_PREFIXES = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel:/
 URL_PREFIXES_TEXT = ", ".join(URL_PREFIXES[:-1]) + " or " + URL_PREFIXES[-1]
 
 MASK = "***"
-_SECRET_QUERY_KEYS = frozenset({"password", "pass", "passwd", "token"})
+_SECRET_QUERY_KEYS = frozenset({"password", "pass", "passwd", "token", "sentinel_password"})
 
 
 def redact_url(url: str) -> str:
@@ -24,7 +24,8 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         host = parts.hostname
-        port = parts.port
+        # A Sentinel URL names several host:port pairs, which no single port parses from.
+        port = None if "," in parts.netloc else parts.port
     except ValueError:
         return MASK
     netloc = parts.netloc
