@@ -34,6 +34,7 @@ ROWS = [
     ("max_wait_s", "max wait (s)"),
     ("replica_seconds", "replica-seconds"),
     ("interrupted_tasks", "tasks interrupted by scale-down"),
+    ("pod_starts", "pod starts"),
     ("scale_events", "scale events"),
 ]
 
@@ -58,7 +59,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pool.add_argument("--scale-down-cooldown", type=int, default=60, metavar="SECONDS")
     pool.add_argument("--scale-up-step", type=int)
     pool.add_argument("--scale-down-step", type=int)
-    pool.add_argument("--drain-seconds", type=float, default=60.0)
     cluster = parser.add_argument_group("cluster and baseline")
     cluster.add_argument(
         "--startup-seconds", type=float, default=20.0, help="pod start to ready (default 20)"
@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
         cluster = Cluster(
             concurrency=args.concurrency,
             startup_seconds=args.startup_seconds,
-            drain_seconds=args.drain_seconds,
             sample_seconds=args.sample_seconds,
         )
         keda = KedaSettings(metric=args.keda_metric, grace_seconds=args.keda_grace_seconds)
@@ -156,7 +155,7 @@ def _model(args: argparse.Namespace) -> str:
     return (
         f"{args.min_replicas}..{args.max_replicas} replicas, concurrency {args.concurrency}, "
         f"tasksPerReplica {tpr}, pods ready {args.startup_seconds:g}s after start, "
-        f"drainSeconds {args.drain_seconds:g}; KEDA metric: {metric}, "
+        f"scale-down drains until runs end; KEDA metric: {metric}, "
         f"grace {args.keda_grace_seconds:g}s"
     )
 
