@@ -159,6 +159,16 @@ async def test_heartbeat_registers_the_worker(queue: TaskQueue) -> None:
     assert not state.drain_requested
 
 
+async def test_heartbeat_records_when_the_runs_began(queue: TaskQueue) -> None:
+    worker = WorkerInfo("pod-a", "i1", 4, runs_since=(1_700_000_000_000, 1_700_000_005_500))
+    await queue.heartbeat(worker, {}, 30)
+    [state] = await queue.instances("pod-a")
+    assert state.runs_since == (1_700_000_000.0, 1_700_000_005.5)
+    await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
+    [state] = await queue.instances("pod-a")
+    assert state.runs_since == ()
+
+
 async def running_by_owner(queue: TaskQueue) -> dict[str, int]:
     counts: dict[str, int] = {}
     for info in await queue.list_tasks("running"):
