@@ -413,6 +413,16 @@ class AgentPoolStatus(_Model):
     replicas: int = Field(default=0, description="Worker pods that exist.")
     ready_replicas: int = Field(default=0, description="Worker pods that are ready.")
     desired_replicas: int = Field(default=0, description="Worker pods the pool should have.")
+    draining_replicas: int = Field(
+        default=0,
+        description=(
+            "Worker pods chosen by a scale-down that claim no new task and keep their replica "
+            "until their runs end."
+        ),
+    )
+    draining_since: datetime | None = Field(
+        default=None, description="When the longest-draining of those pods was asked to drain."
+    )
     queued: int = Field(default=0, description="Tasks waiting to be claimed.")
     delayed: int = Field(default=0, description="Tasks scheduled for later or awaiting retry.")
     in_flight: int = Field(default=0, description="Tasks being run by a worker.")

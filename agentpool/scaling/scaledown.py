@@ -23,6 +23,9 @@ from dataclasses import dataclass
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 CHOSEN_COST = "-1000"
 """Lower cost is deleted first; pods we did not choose keep the default of 0."""
+RELEASED_COST = "-2000"
+"""A chosen pod whose runs ended: lower still, so that the ReplicaSet, which sees every
+draining pod unready, removes it and not a pod that still finishes its runs."""
 
 
 @dataclass(frozen=True)
