@@ -225,8 +225,9 @@ class WorkerSpec(_Model):
         ge=0,
         le=86400,
         description=(
-            "Time a pod gets to finish its in-flight tasks when it is stopped; tasks still "
-            "running after it are requeued."
+            "Time a pod gets to finish its in-flight tasks when it is stopped (eviction, node "
+            "drain, rollout); tasks still running after it are requeued. A scale-down does "
+            "not use it: a pod chosen for removal leaves once its runs ended."
         ),
     )
     resources: ResourceRequirements | None = Field(
