@@ -167,6 +167,9 @@ class ScalePlan:
     """Every live pod whose replica was given back, for the Deployment's annotation."""
     start: int = 0
     """New pods this round asks for."""
+    delete: tuple[str, ...] = ()
+    """Given back, yet the ReplicaSet kept them (it removed another pod, or the count rose
+    again): drained pods that serve nothing, deleted so that it replaces them."""
 
 
 DRAIN_READY_TIMEOUT_SECONDS = 60.0
@@ -189,8 +192,10 @@ def plan_scale(
     ReplicaSet has not created yet are removed by just not creating them; pods beyond the
     count, a rollout's surge, are not ours to choose). `work` None (the queue is unreadable)
     counts every pod as busy: nothing is released on missing data. A released pod gives its
-    replica back once it is unready (or its drain is DRAIN_READY_TIMEOUT_SECONDS old) and no
-    unmarked pod is unready, so that the ReplicaSet's first choice is that pod.
+    replica back once it is unready and no unmarked pod is (so that it is the ReplicaSet's
+    first choice), or once its drain is DRAIN_READY_TIMEOUT_SECONDS old (a pod that never
+    turns ready must not hold it forever; should the ReplicaSet then remove another pod, the
+    released one is deleted, see `ScalePlan.delete`).
     """
     requested = drains or {}
     if work is None:
@@ -218,15 +223,16 @@ def plan_scale(
     release = [n for n in plan.drain if n in idle]
     release += [n for n in plan.release if n not in chosen and not by_name[n].released]
     starting = any(not p.ready for p in unmarked)
-    def drained(name: str) -> bool:
-        age = now - requested.get(name, now)
-        return not by_name[name].ready or age >= DRAIN_READY_TIMEOUT_SECONDS
+
+    def may_go(name: str) -> bool:
+        waited = now - requested.get(name, now) >= DRAIN_READY_TIMEOUT_SECONDS
+        return waited or (not by_name[name].ready and not starting)
 
     give_back = [
-        n for n in plan.release
-        if n not in chosen and by_name[n].released and drained(n) and not starting
+        n for n in plan.release if n not in chosen and by_name[n].released and may_go(n)
     ]
     kept = len(held) - len(plan.withdraw) - len(give_back) + len(plan.drain)
+    orphans = given if len(live) <= replicas else ()
     return ScalePlan(
         replicas=target + kept,
         drain=tuple(n for n in plan.drain if n not in idle),
@@ -235,6 +241,7 @@ def plan_scale(
         give_back=tuple(give_back),
         given_back=tuple(sorted({*given, *give_back})),
         start=plan.start,
+        delete=orphans,
     )
 
 
@@ -414,6 +421,7 @@ async def scale(
         if plan.replicas != replicas:
             await _patch_replicas(observation, state, decision, plan, kube)
         await _withdraw_marks(observation, plan.withdraw, kube)
+        await _delete_orphans(observation, plan.delete, kube)
         await _sweep_drains(observation, state, summaries)
     except ScaleAborted as aborted:
         return ActionResult(
@@ -550,6 +558,20 @@ async def _withdraw_marks(
         return
     _post(observation, "DrainWithdrawn",
           f"pods {', '.join(names)} are no longer removed and return to work")
+
+
+async def _delete_orphans(
+    observation: PoolObservation, names: Sequence[str], kube: KubeApi
+) -> None:
+    for name in names:
+        try:
+            await kube.delete_pod(observation.namespace, name)
+        except ApiException as error:
+            log.warning(f"cannot delete drained pod {name}: {api_error_message(error)}")
+            continue
+        _post(observation, "DrainedPodDeleted",
+              f"deleted pod {name}: drained and its replica given back, but the ReplicaSet "
+              "kept it")
 
 
 async def _sweep_drains(

@@ -131,8 +131,18 @@ def test_a_starting_pod_holds_the_give_back() -> None:
     summaries = pods("a", "b", "c", released=("b",), unready=("b", "c"))
     assert plan_scale(summaries, 3, (), 2, work(a=1), NOW).give_back == ()
     late = {"b": NOW - DRAIN_READY_TIMEOUT_SECONDS}
+    assert plan_scale(summaries, 3, (), 2, work(a=1), NOW, late).give_back == ("b",), (
+        "a pod that never turns ready does not hold it forever")
     ready_b = pods("a", "b", released=("b",))
     assert plan_scale(ready_b, 2, (), 1, work(a=1), NOW, late).give_back == ("b",)
+
+
+def test_a_released_pod_the_replicaset_kept_is_deleted() -> None:
+    before = pods("a", "b", "c", released=("b",), unready=("b", "c"))
+    assert plan_scale(before, 2, ("b",), 2, work(a=1), NOW).delete == (), "not acted yet"
+    other_removed = pods("a", "b", "c", released=("b",), unready=("b", "c"), gone=("c",))
+    plan = plan_scale(other_removed, 2, ("b",), 2, work(a=1), NOW)
+    assert (plan.delete, plan.replicas) == (("b",), 2)
 
 
 def test_pods_not_created_yet_are_removed_by_not_creating_them() -> None:
