@@ -7,7 +7,7 @@ runs the same trace through two autoscalers on the same simulated cluster:
 - ours: `policy.decide` every pollSeconds on the serving pods (live, not draining) and the
   tasks queued or running on them; `scaledown.plan_drains` applies the decision. A
   scale-down drains the pods `scaledown.choose_pods_to_remove` picks (idle first, then the
-  fewest and youngest runs): an idle one leaves at once, a busy one claims nothing new and
+  fewest runs, then the oldest run): an idle one leaves at once, a busy one claims nothing new and
   keeps its replica until its runs end, then leaves at the next poll, so no run is ever
   interrupted. A scale-up takes draining pods back into service before it starts new ones;
 - KEDA's defaults over the HPA: the KEDA operator polls every pollingInterval (30 s) and
@@ -24,7 +24,8 @@ runs the same trace through two autoscalers on the same simulated cluster:
 Shared model: each replica runs `concurrency` tasks; a new pod serves after
 `startup_seconds`; a queued task goes to the ready pod with the most free slots (the slot
 waiting longest wins a blocking claim); an interrupted task goes back to the head of the
-queue and runs again from the start (the kindest case for the baseline: no visibility
+queue (its place: ahead of every task that arrived after it, as the task protocol requeues)
+and runs again from the start (the kindest case for the baseline: no visibility
 timeout, no lost task). A task's wait is from its arrival to the start of the run that
 completed it. The run ends once every task is done and the pool is back at its minimum;
 replica-seconds count every pod from creation to exit, draining ones included; pod starts
