@@ -496,7 +496,7 @@ async def _apply_marks(
             for name in dict.fromkeys(to_drain):
                 await queue.request_drain(name)
         except REDIS_ERRORS as error:
-            raise ScaleAborted(_redis_problem(len(pods), error)) from None
+            raise ScaleAborted(_redis_problem(plan.replicas, error)) from None
     was_marked = {p.name for p in pods if p.marked}
     chosen = [n for n in (*plan.drain, *plan.release) if n not in was_marked]
     if chosen:
