@@ -417,7 +417,7 @@ async def scale(
         if decision.replicas < serving:
             await read_work()
         plan = plan_scale(summaries, replicas, given_back, decision.replicas, work, now, drains)
-        await _apply_marks(observation, plan, summaries, work or {}, drains, kube)
+        await _apply_marks(observation, plan, replicas, summaries, work or {}, drains, kube)
         if plan.replicas != replicas:
             await _patch_replicas(observation, state, decision, plan, kube)
         await _withdraw_marks(observation, plan.withdraw, kube)
@@ -470,6 +470,7 @@ def _draining_fields(pods: Sequence[PodSummary], plan: ScalePlan,
 async def _apply_marks(
     observation: PoolObservation,
     plan: ScalePlan,
+    current: int,
     pods: Sequence[PodSummary],
     work: Mapping[str, PodWork],
     drains: Mapping[str, float],
@@ -496,7 +497,7 @@ async def _apply_marks(
             for name in dict.fromkeys(to_drain):
                 await queue.request_drain(name)
         except REDIS_ERRORS as error:
-            raise ScaleAborted(_redis_problem(plan.replicas, error)) from None
+            raise ScaleAborted(_redis_problem(current, error)) from None
     was_marked = {p.name for p in pods if p.marked}
     chosen = [n for n in (*plan.drain, *plan.release) if n not in was_marked]
     if chosen:
