@@ -240,6 +240,38 @@ async def test_a_busy_pod_chosen_keeps_its_replica_until_its_runs_end_and_a_burs
     assert operator.error is None, operator.error
 
 
+async def test_a_drained_pod_the_replicaset_kept_is_deleted(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    """Its replica was given back, but the ReplicaSet removed another pod: the drained one
+    serves nothing, so it is deleted and the ReplicaSet replaces it."""
+    queue = TaskQueue(redis, queue_name)
+    await queue.submit({"n": 0})
+    serving, drained = "tau-6f7d8-aaaaa", "tau-6f7d8-bbbbb"
+    await start_worker(queue, serving, busy=True)
+    await cluster.create_pool(pool_manifest(
+        "tau", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=2, maxReplicas=2), paused=True,
+    ))
+    await eventually(lambda: cluster.deployment("tau"))
+    await create_pods(cluster, "tau", [serving, drained])
+    await cluster._send("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{drained}", {
+        "metadata": {"annotations": {DELETION_COST_ANNOTATION: "-2000"}},
+    })
+    await cluster.patch_deployment("tau", {
+        "metadata": {"annotations": {RELEASED_ANNOTATION: drained}},
+        "spec": {"replicas": 2},
+    })
+    await cluster.patch_pool("tau", {"spec": {"paused": False}})
+
+    await eventually(lambda: cluster.requests("DELETE", f"/pods/{drained}"))
+    event = (await eventually(lambda: cluster.events("DrainedPodDeleted")))[0]
+    assert drained in event["message"]
+    assert not cluster.requests("DELETE", f"/pods/{serving}")
+    assert cluster.deployment("tau")["spec"]["replicas"] == 2
+
+
 async def test_backlog_scales_up_once_and_then_holds(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
     queue_name: str,
