@@ -43,7 +43,7 @@ from enum import IntEnum
 from typing import Literal, Protocol
 
 from agentpool.scaling.policy import QueueLoad, ScalingHistory, ScalingPolicy, decide
-from agentpool.scaling.scaledown import PodLoad, plan_drains
+from agentpool.scaling.scaledown import PodLoad, plan_drains, serving_view
 
 
 @dataclass(frozen=True)
@@ -239,10 +239,9 @@ class OurAutoscaler:
                     run_ages=tuple(now - at for at in pod.since.values()))
             for name, pod in by_name.items()
         ]
-        serving = [pod for pod in pods if not pod.draining]
-        in_flight = sum(len(pod.running) for pod in serving)
+        view = serving_view(loads)
         decision = decide(
-            self.policy, QueueLoad(queued, in_flight), len(serving), self.history, now
+            self.policy, QueueLoad(queued, view.in_flight), view.serving, self.history, now
         )
         self.history = decision.history
         plan = plan_drains(loads, decision.replicas)
