@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentpool.scaling.policy import (
@@ -280,3 +280,49 @@ def test_messages_of_a_held_size_do_not_move_with_the_backlog() -> None:
         return scaling_condition(POLICY, load, decision).message
 
     assert message(3) == message(4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.lists(st.integers(0, 9), max_size=4),
+                          st.integers(0, 3)), min_size=1, max_size=25))
+def test_rounds_never_remove_a_pod_with_a_run_in_flight(
+    rounds: list[tuple[int, list[int], int]],
+) -> None:
+    """Round after round, with a ReplicaSet that removes the lowest-cost unready pod first
+    and creates the missing ones (ready a round later), runs that end and new runs on
+    serving pods: no pod holding a run is ever removed, and the serving replicas follow
+    each round's target."""
+    live: dict[str, PodSummary] = {}
+    runs: dict[str, int] = {}
+    replicas, given_back, serial = 0, (), 0
+    for target, finished, started in rounds:
+        for index in finished:
+            names = sorted(n for n, count in runs.items() if count)
+            if names:
+                runs[names[index % len(names)]] -= 1
+        serving_pods = sorted(n for n, p in live.items() if not p.marked and p.ready)
+        for index in range(started):
+            if serving_pods:
+                runs[serving_pods[index % len(serving_pods)]] += 1
+        pods = list(live.values())
+        busy = {n: PodWork(c) for n, c in runs.items()}
+        plan = plan_scale(pods, replicas, given_back, target, busy, NOW)
+        assert serving_replicas(applied(pods, plan), plan.replicas, plan.given_back) == target
+        live = {p.name: p for p in applied(pods, plan)}
+        for name in plan.delete:
+            assert runs[name] == 0
+            del live[name]
+        replicas, given_back = plan.replicas, plan.given_back
+        # the ReplicaSet
+        while len(live) > replicas:
+            ranked = sorted(live.values(), key=lambda p: (p.ready, 0 if not p.marked else (
+                -2 if p.released else -1), p.name))
+            victim = ranked[0].name
+            assert runs[victim] == 0, f"removed {victim} with a run in flight"
+            del live[victim]
+        live = {n: replace(p, ready=not p.marked) for n, p in live.items()}
+        while len(live) < replicas:
+            serial += 1
+            name = f"p{serial}"
+            live[name] = PodSummary(name, ready=False)
+            runs[name] = 0
