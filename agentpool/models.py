@@ -227,8 +227,9 @@ class WorkerSpec(_Model):
         ge=0,
         le=86400,
         description=(
-            "Time a pod gets to finish its in-flight tasks when it is stopped; tasks still "
-            "running after it are requeued."
+            "Time a pod gets to finish its in-flight tasks when it is stopped (eviction, node "
+            "drain, rollout); tasks still running after it are requeued. A scale-down does "
+            "not use it: a pod chosen for removal leaves once its runs ended."
         ),
     )
     resources: ResourceRequirements | None = Field(
@@ -415,6 +416,16 @@ class AgentPoolStatus(_Model):
     replicas: int = Field(default=0, description="Worker pods that exist.")
     ready_replicas: int = Field(default=0, description="Worker pods that are ready.")
     desired_replicas: int = Field(default=0, description="Worker pods the pool should have.")
+    draining_replicas: int = Field(
+        default=0,
+        description=(
+            "Worker pods chosen by a scale-down that claim no new task and keep their replica "
+            "until their runs end."
+        ),
+    )
+    draining_since: datetime | None = Field(
+        default=None, description="When the longest-draining of those pods was asked to drain."
+    )
     queued: int = Field(default=0, description="Tasks waiting to be claimed.")
     delayed: int = Field(default=0, description="Tasks scheduled for later or awaiting retry.")
     in_flight: int = Field(default=0, description="Tasks being run by a worker.")

@@ -180,6 +180,9 @@ class WorkerInfo:
     done: int = 0
     failed: int = 0
     started: float = field(default_factory=time.time)
+    runs_since: tuple[int, ...] = ()
+    """When each task it holds was claimed (ms, Redis clock): how long its runs have been
+    going, which scale-down reads to drain the pods that will empty first."""
 
     @property
     def worker_id(self) -> str:
@@ -215,6 +218,8 @@ class InstanceState:
     """Its last heartbeat (or its first claim, before any heartbeat), epoch seconds."""
     held: int
     """Tasks leased to it."""
+    runs_since: tuple[float, ...] = ()
+    """When each of its runs began (epoch seconds, Redis clock), as of its last heartbeat."""
 
 
 def worker_id(pod: str, instance: str) -> str:
@@ -473,6 +478,7 @@ class TaskQueue:
         info = json.dumps({
             "state": worker.state, "done": worker.done, "failed": worker.failed,
             "concurrency": worker.concurrency, "started": worker.started,
+            "runsSince": list(worker.runs_since),
         })
         pairs = [x for item in held.items() for x in item]
         lost, cancel, drain = await self._run(
@@ -582,6 +588,7 @@ class TaskQueue:
                 worker_id=wid, pod=pod_name, instance=instance,
                 started=float(info.get("started") or score / 1000),
                 last_seen=score / 1000, held=int(held),
+                runs_since=_runs_since(info.get("runsSince")),
             ))
         return out
 
@@ -698,6 +705,15 @@ def _encode_result(result: Any) -> str:
         return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError):
         return json.dumps(repr(result))
+
+
+def _runs_since(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        float(ms) / 1000 for ms in value
+        if isinstance(ms, int | float) and not isinstance(ms, bool)
+    )
 
 
 def _requeue_result(reply: Sequence[Any]) -> RequeueResult:

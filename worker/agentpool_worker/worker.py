@@ -360,6 +360,7 @@ class Worker:
 
     async def _beat(self) -> None:
         held = {task_id: task.token for task_id, task in self._held.items()}
+        self.info.runs_since = tuple(sorted(task.claimed_ms for task in self._held.values()))
         try:
             beat = await self._rt(
                 self.queue.heartbeat(self.info, held, self.settings.lease_seconds)
