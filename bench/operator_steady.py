@@ -1,5 +1,5 @@
-"""The operator at steady state: resident memory and API requests per minute (a benchmark, not
-a test).
+"""The operator at steady state: resident memory, Redis connections and API requests per minute
+(a benchmark, not a test).
 
     .venv/bin/python bench/operator_steady.py [--pools 1,200] [--window 60] [--busy 10]
     .venv/bin/python bench/operator_steady.py --quick      # 20 s windows: may miss what
@@ -21,9 +21,11 @@ For each pool count, a fresh emulated cluster (kmock with the operator tests'
 - the pools are created, then the bench waits until the pools are steady: every pool has its
   Deployment with ready pods, a status for its generation, and neither the operator nor the
   bench wrote anything for `--settle` seconds;
-- then, for `--window` seconds, it samples the operator's VmRSS and CPU time and counts the
-  API requests the operator makes, by verb and path kind, attributed to a pool where the path,
-  label selector, event or Secret names one. `--busy` pools (at most half of them) see their
+- then, for `--window` seconds, it samples the operator's VmRSS, CPU time and Redis
+  connections (every pool uses the same redis-server: its CLIENT LIST, less the bench's own
+  connections, which carry a client name of their own), and counts the API requests the
+  operator makes, by verb and path kind, attributed to a pool where the path, label selector,
+  event or Secret names one. `--busy` pools (at most half of them) see their
   queue figures change every second during the window (one more delayed task);
   the other pools change in nothing, and their requests are the "unchanged" column.
 
@@ -69,7 +71,7 @@ import redis.asyncio as aioredis
 
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer, free_port
-from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION
+from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION, RELEASED_COST
 from agentpool_operator.deployment import POOL_LABEL, WORKER_CONTAINER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +91,8 @@ NODES = ("node-a", "node-b", "node-c")
 POLL_SECONDS = 2.0
 """The pools' pollSeconds (the product's default)."""
 RSS_TARGET_MB = 150.0
+BENCH_CLIENT = "agentpool-bench"
+"""The client name of the bench's own Redis connections."""
 CONTROLLER_PERIOD = 0.5
 STEADY_TIMEOUT = 900.0
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -291,7 +295,8 @@ class Controllers:
         if len(pods) > wanted:
             def cost(pod: Mapping[str, Any]) -> int:
                 annotations = (pod.get("metadata") or {}).get("annotations") or {}
-                return 0 if annotations.get(DELETION_COST_ANNOTATION) == CHOSEN_COST else 1
+                value = annotations.get(DELETION_COST_ANNOTATION)
+                return int(value) if value in (CHOSEN_COST, RELEASED_COST) else 0
             for pod in sorted(pods, key=cost)[: len(pods) - wanted]:
                 await self.cluster._send(
                     "DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}"
@@ -385,6 +390,8 @@ class Result:
     peak_rss_mb: float
     threads: int
     cpu_percent: float
+    redis_connections_max: int
+    redis_connections_end: int
     calls: list[Call] = field(default_factory=list)
     busy_pools: frozenset[str] = frozenset()
 
@@ -457,6 +464,16 @@ async def wait_steady(emulator: MeteredEmulator, cluster: Cluster, controllers: 
         await asyncio.sleep(0.5)
 
 
+async def operator_connections(redis: aioredis.Redis) -> int:
+    """Connections to the bench's redis-server other than the bench's own."""
+    clients = await redis.client_list()
+    return sum(1 for c in clients if _text(c.get("name")) != BENCH_CLIENT)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
 async def churn(queues: Sequence[TaskQueue]) -> None:
     """Change the busy pools' queue figures every second: one more delayed task (due after the
     run, so the backlog the scaling policy sees stays empty)."""
@@ -505,10 +522,12 @@ async def scenario(count: int, busy: int, args: argparse.Namespace, redis_url: s
             window_start = time.monotonic()
             cpu_start = operator.cpu_seconds()
             samples = [operator.rss_mb()]
+            connections = [await operator_connections(redis)]
             while time.monotonic() - window_start < args.window:
                 await asyncio.sleep(1.0)
                 operator.check_alive()
                 samples.append(operator.rss_mb())
+                connections.append(await operator_connections(redis))
             window_end = time.monotonic()
             elapsed = window_end - window_start
             cpu = operator.cpu_seconds() - cpu_start
@@ -519,7 +538,9 @@ async def scenario(count: int, busy: int, args: argparse.Namespace, redis_url: s
                 rss_start_mb=samples[0], rss_mean_mb=sum(samples) / len(samples),
                 rss_max_mb=max(samples), rss_end_mb=samples[-1],
                 peak_rss_mb=operator.peak_rss_mb(), threads=operator.threads(),
-                cpu_percent=100.0 * cpu / elapsed, calls=calls,
+                cpu_percent=100.0 * cpu / elapsed,
+                redis_connections_max=max(connections),
+                redis_connections_end=connections[-1], calls=calls,
                 busy_pools=frozenset(busy_pools),
             )
         finally:
@@ -540,6 +561,7 @@ async def scenario(count: int, busy: int, args: argparse.Namespace, redis_url: s
 
 def summary_table(results: Sequence[Result]) -> str:
     header = (f"{'pools':>5} {'busy':>4} {'RSS MB mean/max':>16} {'peak':>6} {'CPU %':>6} "
+              f"{'Redis conns max/end':>19} "
               f"{'req/min':>8} {'unchanged':>10} {'busy':>8} {'cluster':>8}  targets")
     lines = [header, "-" * len(header)]
     for r in results:
@@ -550,7 +572,9 @@ def summary_table(results: Sequence[Result]) -> str:
             ", unchanged ok" if not kinds else f", unchanged MISSED: {', '.join(kinds)}")
         lines.append(
             f"{r.pools:>5} {r.busy:>4} {r.rss_mean_mb:>8.1f}/{r.rss_max_mb:<7.1f} "
-            f"{r.peak_rss_mb:>6.1f} {r.cpu_percent:>6.1f} {r.per_minute(r.calls):>8.1f} "
+            f"{r.peak_rss_mb:>6.1f} {r.cpu_percent:>6.1f} "
+            f"{f'{r.redis_connections_max}/{r.redis_connections_end}':>19} "
+            f"{r.per_minute(r.calls):>8.1f} "
             f"{unchanged:>10.1f} {r.per_minute(r.changing):>8.1f} "
             f"{r.per_minute(r.cluster_wide):>8.1f}  {verdict}"
         )
@@ -584,6 +608,8 @@ def to_json(result: Result) -> dict[str, Any]:
                    "max": result.rss_max_mb, "end": result.rss_end_mb,
                    "peak_since_start": result.peak_rss_mb},
         "threads": result.threads, "cpu_percent": result.cpu_percent,
+        "redis_connections": {"max": result.redis_connections_max,
+                              "end": result.redis_connections_end},
         "requests_per_minute": {
             "total": result.per_minute(result.calls),
             "unchanged_pools": result.per_minute(result.unchanged),
@@ -602,7 +628,10 @@ async def main(args: argparse.Namespace) -> int:
     results: list[Result] = []
     with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        redis = aioredis.Redis.from_url(server.url)
+        # One connection, named from the start: a second one, opened while CLIENT LIST runs,
+        # would be listed before it is named and counted as the operator's.
+        redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            server.url, client_name=BENCH_CLIENT, max_connections=1))
         try:
             for count in counts:
                 busy = min(args.busy, count // 2)

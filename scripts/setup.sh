@@ -33,14 +33,42 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 
+# pip with its full output in .venv/setup.log and a short account of its progress on the
+# terminal: one line that counts the packages as they resolve (every tenth when not a tty).
+pip_with_progress() {
+    local count=0 status=1 line name
+    while IFS= read -r line; do
+        case "$line" in
+            "pip-exit-status "*) status=${line#pip-exit-status }; continue ;;
+        esac
+        printf '%s\n' "$line" >> .venv/setup.log
+        case "$line" in
+            Collecting*)
+                count=$((count + 1)); name=${line#Collecting }; name=${name%%[ <>=\[]*}
+                if [ -t 1 ]; then
+                    printf '\rsetup:   %d packages resolved (%s)\033[K' "$count" "$name"
+                elif [ $((count % 10)) = 0 ]; then
+                    echo "setup:   $count packages resolved ($name)"
+                fi ;;
+            "Installing collected packages: "*)
+                [ -t 1 ] && [ "$count" -gt 0 ] && printf '\n'
+                name=${line#Installing collected packages: }
+                echo "setup:   installing $(tr ',' '\n' <<< "$name" | wc -l) packages" ;;
+            "Successfully installed"*) echo "setup:   installed" ;;
+        esac
+    done < <("$@" 2>&1; echo "pip-exit-status $?")
+    return "$status"
+}
+
 extra=dev
 [ "$for_tests" = 0 ] && extra=demo
 hash="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 # A dev install holds everything the demo needs, so it serves both.
 if [ ! -f ".venv/.setup-dev-$hash" ] && [ ! -f ".venv/.setup-$extra-$hash" ]; then
-    echo "setup: installing agentpool[$extra] into .venv (log: .venv/setup.log)"
-    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-           .venv/bin/python -m pip install -q -e ".[$extra]"; } > .venv/setup.log 2>&1; then
+    echo "setup: installing agentpool[$extra] into .venv (about a minute; log: .venv/setup.log)"
+    : > .venv/setup.log
+    if ! { .venv/bin/python -m pip install -q --upgrade pip >> .venv/setup.log 2>&1 &&
+           pip_with_progress .venv/bin/python -m pip install -e ".[$extra]"; }; then
         tail -n 30 .venv/setup.log
         echo "setup: pip install failed (full log: .venv/setup.log)" >&2
         exit 1

@@ -6,9 +6,9 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.tools/bin:$PWD/.venv/bin:$PATH"
 echo "== ruff";   ruff check .
 echo "== mypy";   mypy
+echo "== pytest"; pytest -q "$@"
 echo "== chaos (short soak: kill -9, SIGSTOP, Redis restarts; nothing may be lost)"
 pytest -q -s -m chaos tests/chaos
-echo "== pytest"; pytest -q "$@"
 if [ -n "${KUBECONFIG:-}" ] || [ -n "${KUBERNETES_SERVICE_HOST:-}" ] || [ -f "$HOME/.kube/config" ]; then
     echo "== e2e (cluster: ${KUBECONFIG:-~/.kube/config})"
     pytest -q -m e2e e2e

@@ -18,6 +18,7 @@ from agentpool.cli.common import (
     print_json,
     print_view,
     queue_name,
+    task_id,
 )
 from agentpool.cli.views import ended_line, event_json, event_line, task_detail_grid, task_json
 from agentpool.protocol import TaskInfo, TaskNotFound, TaskQueue
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the task; exit 0 if it succeeded, 1 otherwise.",
     )
     add_queue_options(parser)
-    parser.add_argument("task_id", metavar="TASK_ID")
+    parser.add_argument("task_id", metavar="TASK_ID", help="the id submit printed (32 hex digits)")
     parser.add_argument("-f", "--follow", action="store_true",
                         help="print the task's events live until it is final")
     parser.add_argument("--after", metavar="EVENT_ID",
@@ -48,6 +49,7 @@ def print_task(args: argparse.Namespace, queue: str, info: TaskInfo) -> None:
 
 @command
 async def run(args: argparse.Namespace) -> int:
+    args.task_id = task_id(args.task_id)
     name = queue_name(args)
     async with connect(args) as client:
         if args.follow:

@@ -42,6 +42,8 @@ class PoolRecovery:
     policy: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     unreported: int = 0
     """Tasks requeued by pod events, not yet counted into the status."""
+    gone_pods_checked: bool = False
+    """`recover_gone_pods` ran for this loop."""
     expiry_wake: asyncio.TimerHandle | None = None
 
     def take_unreported(self) -> int:

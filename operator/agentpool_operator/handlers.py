@@ -5,7 +5,8 @@
   Deployment and the queue, put back hand edits, let `actions.act` scale and recover, and write
   the status when `status.status_write_needed` says so. The Deployment and the pods come from
   the watch (the Deployment is read once, when the pool has no copy yet), so a pool where
-  nothing changes costs no API request;
+  nothing changes costs no API request. Its first round that reaches the queue starts by
+  requeueing the tasks of pods that went away while no operator ran (`recover_gone_pods_once`);
 - events of the pools' Deployments: remember the newest copy and wake the pool's daemon.
 """
 
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 from agentpool.models import GROUP, PLURAL, VERSION, AgentPoolSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
 
-from . import actions, metrics
+from . import actions, metrics, recovery_actions
 from .context import OperatorContext, PoolPods, PoolState, pods_of
 from .deployment import POOL_LABEL, deployment_drift, desired_deployment, replayed
 from .kube import KubeApi, api_error_message
@@ -281,10 +282,11 @@ def retry_delay(poll_seconds: float, failing_for: float | None) -> float:
     return min(MAX_RETRY_SECONDS, max(base, failing_for or 0.0))
 
 
-async def observe_queue(
+async def open_queue(
     ctx: OperatorContext, state: PoolState, namespace: str, name: str, spec: AgentPoolSpec,
     pods: Sequence[Mapping[str, Any]] | None = None,
-) -> tuple[QueueFigures | None, TaskQueue | None, Problem | None]:
+) -> tuple[TaskQueue | None, Problem | None]:
+    """The pool's queue on its Redis (no round trip yet), or why there is none."""
     now = time.monotonic()
     source = spec.redis.model_dump_json()
     pod_names = (
@@ -298,13 +300,45 @@ async def observe_queue(
             state.remember_redis_url(url, now, source, pod_names)
         client = await ctx.redis.client(namespace, name, url)
         try:
-            queue = TaskQueue(client, spec.queue_name(name))
+            return TaskQueue(client, spec.queue_name(name)), None
         except ProtocolError as error:
             raise QueueAccessError("InvalidQueueName", str(error)) from None
+    except QueueAccessError as error:
+        state.redis_url = None
+        return None, error.problem
+
+
+async def observe_queue(
+    state: PoolState, queue: TaskQueue | None, problem: Problem | None
+) -> tuple[QueueFigures | None, TaskQueue | None, Problem | None]:
+    """The queue's figures; the queue is dropped (and its URL read again) when they fail."""
+    if queue is None:
+        return None, None, problem
+    try:
         return await read_figures(queue), queue, None
     except QueueAccessError as error:
         state.redis_url = None
         return None, None, error.problem
+
+
+async def recover_gone_pods_once(
+    ctx: OperatorContext, state: PoolState, queue: TaskQueue, body: kopf.Body,
+    pods: Sequence[Mapping[str, Any]] | None, logger: Logger,
+) -> None:
+    """Once per loop, in its first round that reaches the queue, before the figures are read:
+    requeue the tasks of pods that went away while no operator ran (no pod event reports
+    them). Tried again next round if Redis or the API fails."""
+    known = [str((p.get("metadata") or {}).get("name")) for p in pods or ()]
+    try:
+        state.recovery.unreported += await recovery_actions.recover_gone_pods(
+            queue, ctx.api, body, known
+        )
+    except (*recovery_actions.REDIS_ERRORS, ApiException) as error:
+        detail = api_error_message(error) if isinstance(error, ApiException) else repr(error)
+        logger.warning("cannot check for pods gone while the operator was away: "
+                       f"{sanitize(detail)}")
+        return
+    state.recovery.gone_pods_checked = True
 
 
 async def observe_once(
@@ -336,7 +370,10 @@ async def observe_once(
             deployment_problem = Problem("DeploymentError", api_error_message(error))
 
     pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)
-    figures, queue, queue_problem = await observe_queue(ctx, state, namespace, name, spec, pods)
+    queue, queue_problem = await open_queue(ctx, state, namespace, name, spec, pods)
+    if queue is not None and not state.recovery.gone_pods_checked:
+        await recover_gone_pods_once(ctx, state, queue, body, pods, logger)
+    figures, queue, queue_problem = await observe_queue(state, queue, queue_problem)
     previous = state.last_status
     if previous is None:
         previous = dict(body.get("status") or {})

@@ -106,6 +106,9 @@ class KubeApi:
                    for k, v in labels.items())
         ]
 
+    async def get_pod(self, namespace: str, name: str) -> Body | None:
+        return await self.get(pod_path(namespace, name))
+
     async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Body | None:
         """Merge-patch a pod (e.g. its annotations); None if the pod is gone."""
         try:

@@ -97,6 +97,7 @@ async def run(
     """Run the operator until it is stopped (a signal, or `stop_flag`)."""
     kube = await asyncio.to_thread(KubeApi.from_environment)
     ctx = OperatorContext(settings=config, kube=kube)
+    metrics.count_redis_clients(ctx.redis)
     server = await metrics.serve(config.port)
     try:
         await kopf.operator(

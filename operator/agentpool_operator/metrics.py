@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from importlib import metadata
 from typing import Any
 
@@ -42,6 +42,8 @@ _FIGURES = {
     "replicas": "Worker pods that exist",
     "readyReplicas": "Worker pods that are ready",
     "desiredReplicas": "Worker pods the pool should have",
+    "drainingReplicas": "Worker pods chosen by a scale-down that finish their runs before "
+    "they go",
 }
 
 
@@ -88,6 +90,11 @@ SCALE_DECISIONS = Counter(
     "Changes of a pool's replica count decided by the autoscaler",
     [*POOL_LABELS, "direction", "reason"],
 )
+POD_STARTS = Counter(
+    "agentpool_operator_pod_starts",
+    "Worker pods the autoscaler added (scale-ups that no withdrawn drain could serve)",
+    POOL_LABELS,
+)
 PODS_REPLACED = Counter(
     "agentpool_operator_pods_replaced",
     "Worker pods deleted by recovery (dead, or unready past the grace period) to be recreated",
@@ -114,6 +121,10 @@ RECONCILE_ERRORS = Counter(
     [*POOL_LABELS, "step"],
 )
 OPERATOR_UP = Gauge("agentpool_operator_up", "1 while the operator runs")
+REDIS_CLIENTS = Gauge(
+    "agentpool_operator_redis_clients",
+    "Redis clients (connection pools) the operator holds: one per distinct Redis URL in use",
+)
 OPERATOR_INFO = Info("agentpool_operator", "The running operator")
 
 SCALE_DIRECTIONS = ("up", "down")
@@ -223,6 +234,10 @@ def record_scale(namespace: str, pool: str, direction: str, reason: str) -> None
     _child(SCALE_DECISIONS, namespace, pool, direction, scale_reason(reason)).inc()
 
 
+def record_pod_starts(namespace: str, pool: str, n: int) -> None:
+    _child(POD_STARTS, namespace, pool).inc(n)
+
+
 def record_pods_replaced(namespace: str, pool: str, n: int = 1) -> None:
     _child(PODS_REPLACED, namespace, pool).inc(n)
 
@@ -283,6 +298,11 @@ async def _metrics(request: aiohttp.web.Request) -> aiohttp.web.Response:
     response = aiohttp.web.Response(body=generate_latest(REGISTRY))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
+
+
+def count_redis_clients(clients: Sized) -> None:
+    """Report how many Redis clients the operator holds, read at each scrape."""
+    REDIS_CLIENTS.set_function(lambda: len(clients))
 
 
 async def serve(port: int, host: str = "0.0.0.0") -> aiohttp.web.AppRunner:

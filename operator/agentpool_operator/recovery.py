@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from agentpool.protocol import WORKER_LIVENESS_WINDOW, InstanceState
+from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION, RELEASED_COST
 from agentpool_operator.deployment import WORKER_CONTAINER
 
 
@@ -35,6 +36,8 @@ class PodView:
     restarts: int = 0
     container_started_at: float | None = None
     """When the current worker container started (epoch seconds), if it is running."""
+    scaling_down: bool = False
+    """Chosen by a scale-down: unready on purpose while it finishes its runs; not stuck."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,23 @@ def decide_recovery(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) 
     return actions
 
 
+def gone_pod_requeues(
+    instances: Iterable[InstanceView], pods: Collection[str], pool: str
+) -> list[Requeue]:
+    """The pool's pods whose worker instances hold tasks although the pod is not among `pods`.
+
+    For a pool's first round after the operator (re)starts: deaths while no operator ran
+    produced no event anyone saw. Unlike a regular round, no liveness window is waited for, so
+    `pods` must name the pods that exist as read *after* `instances`: a pod exists before its
+    worker registers, so an instance read first whose pod a later read does not find belongs to
+    a pod that is gone, not to one created since. Only pods named as the pool's Deployment names
+    them (`<pool>-…`) are judged: a worker outside the cluster, or of another pool on the same
+    queue, keeps its tasks until its heartbeat or its leases run out.
+    """
+    held = {i.pod for i in instances if i.held and i.pod.startswith(f"{pool}-")}
+    return [Requeue(pod, "pod no longer exists") for pod in sorted(held - set(pods))]
+
+
 def _previous_instances(pod: PodView, instances: Iterable[InstanceView]) -> tuple[str, ...]:
     """Instances of a restarted container's earlier processes that still hold work.
 
@@ -187,11 +207,12 @@ def _previous_instances(pod: PodView, instances: Iterable[InstanceView]) -> tupl
 def _replace_stuck(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) -> list[Action]:
     """Drain, then delete, pods unready past the grace period, within the budget."""
     budget = unavailable_budget(policy.max_unavailable, max(1, inputs.desired_replicas))
+    candidates = [pod for pod in inputs.pods if not pod.scaling_down]
     in_progress = {
-        pod.name for pod in inputs.pods if pod.name in inputs.drains or pod.deleting
+        pod.name for pod in candidates if pod.name in inputs.drains or pod.deleting
     }
     actions: list[Action] = []
-    for pod in sorted(inputs.pods, key=lambda p: p.ready_changed_at or 0):
+    for pod in sorted(candidates, key=lambda p: p.ready_changed_at or 0):
         if pod.deleting or pod.phase != "Running" or pod.ready:
             continue
         unready_for = now - (pod.ready_changed_at or now)
@@ -248,4 +269,6 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         ready_changed_at=ready_changed,
         restarts=restarts,
         container_started_at=started,
+        scaling_down=(meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
+        in (CHOSEN_COST, RELEASED_COST),
     )

@@ -1,6 +1,9 @@
 """Recovery applied to one pool: requeue the tasks of dead pods, drain and replace stuck ones.
 
-Two paths apply `recovery.decide_recovery`:
+Three paths requeue:
+- once when a pool's loop starts (`recover_gone_pods`: operator start, restart, a new leader),
+  before its first round: the tasks of worker instances whose pod went away while no operator
+  ran, which no pod event will ever report;
 - every round of the pool's loop (`recover`), over the full pod list, the worker instances
   Redis knows and the drains requested; it also reaps expired leases (the fallback for deaths
   nobody saw: the loop is woken when the earliest lease runs out, so this costs the lease, not
@@ -8,10 +11,11 @@ Two paths apply `recovery.decide_recovery`:
 - every event of one of the pool's pods (`recover_pod`), for speed: a pod deleted, failed or
   restarted has its tasks requeued as soon as Kubernetes reports it. A single pod is not the
   full picture, so this path only requeues; draining and deleting wait for the next round.
+The last two apply `recovery.decide_recovery`.
 
 Requeueing is idempotent in the protocol (only tasks still leased move, each at most once), so
-both paths, a replayed event, or two operators racing never duplicate a queue entry; the
-counters add up what the protocol says it actually moved.
+overlapping paths, a replayed event, or two operators racing never duplicate a queue entry;
+the counters add up what the protocol says it actually moved.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import dataclasses
 import logging
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +48,7 @@ from .recovery import (
     RequestDrain,
     Requeue,
     decide_recovery,
+    gone_pod_requeues,
     instance_view,
     judged_instances,
     pod_is_dead,
@@ -161,6 +166,37 @@ async def recover_pod(recovery: PoolRecovery, event_type: str | None,
         if isinstance(action, Requeue):
             taken += await requeue_and_report(queue, recovery.pool, action)
     recovery.unreported += taken
+    return taken
+
+
+# -- the start of a pool's loop -----------------------------------------------------------
+
+
+class PodReader(Protocol):
+    async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+
+async def recover_gone_pods(
+    queue: TaskQueue, kube: PodReader, pool: Mapping[str, Any], known_pods: Collection[str]
+) -> int:
+    """Requeue what worker instances of pods that no longer exist hold; the tasks taken back.
+
+    `known_pods` are the pool's pods from the watch. An instance whose pod is among them is
+    left to the regular round; the other pods are read from the API after the instances were
+    read from Redis (the order `gone_pod_requeues` needs), so a pod created since, or one
+    outside the pool's watch, keeps its tasks. When every pod is known, this costs a Redis
+    read and no API request.
+    """
+    namespace, name = pool_identity(pool)
+    instances = [instance_view(i) for i in await queue.instances()]
+    suspects = gone_pod_requeues(instances, known_pods, name)
+    if not suspects:
+        return 0
+    found = await asyncio.gather(*(kube.get_pod(namespace, a.pod) for a in suspects))
+    existing = {*known_pods, *(a.pod for a, pod in zip(suspects, found, strict=True) if pod)}
+    taken = 0
+    for action in gone_pod_requeues(instances, existing, name):
+        taken += await requeue_and_report(queue, pool, action)
     return taken
 
 

@@ -1,4 +1,4 @@
-"""A pool's Redis: its URL (literal or from a Secret), a cached client, its queue figures.
+"""A pool's Redis: its URL (literal or from a Secret), a shared client, its queue figures.
 
 Every failure becomes a `QueueAccessError` whose reason and message go into the pool's
 conditions and Events, so messages never carry the URL's credentials.
@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,14 +19,25 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from agentpool.connection import (
+    INVALID_URL_MESSAGE,
+    RedisURLError,
+    is_sentinel_url,
+    redis_from_url,
+)
 from agentpool.models import RedisSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
+from agentpool.redis_errors import POOL_PASSWORD_PLACE, redis_failure
+from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
 
 from .kube import api_error_message
 from .status import Problem, sanitize
 
 CONNECT_TIMEOUT = 3.0
 COMMAND_TIMEOUT = 5.0
+MAX_CONNECTIONS_PER_REDIS = 16
+"""Connections one Redis's client may open. A pool's round uses one at a time, so when the
+rounds of more pools meet, the others wait a moment for one."""
 
 
 class QueueAccessError(Exception):
@@ -76,15 +88,15 @@ async def resolve_redis_url(secrets: SecretReader, namespace: str, spec: RedisSp
         url = str(string_data[ref.key]).strip()
     else:
         raise QueueAccessError("SecretKeyMissing", f"{where} has no key {ref.key!r}")
-    if not url.startswith(("redis://", "rediss://")):
+    if not url.startswith(URL_PREFIXES):
         raise QueueAccessError(
-            "SecretInvalid", f"{where} key {ref.key!r} does not hold a redis:// or rediss:// URL"
+            "SecretInvalid", f"{where} key {ref.key!r} does not hold a {URL_PREFIXES_TEXT} URL"
         )
     return url
 
 
 def url_digest(url: str) -> str:
-    return hashlib.sha256(url.encode()).hexdigest()[:16]
+    return hashlib.sha256(url.encode()).hexdigest()
 
 
 def rewrite_address(url: str, address_map: Mapping[str, str]) -> str:
@@ -102,47 +114,79 @@ def rewrite_address(url: str, address_map: Mapping[str, str]) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+@dataclass
+class _SharedClient:
+    client: aioredis.Redis
+    pools: set[tuple[str, str]] = field(default_factory=set)
+
+
 class RedisClients:
-    """One `redis.asyncio.Redis` per pool and URL; a changed URL replaces the pool's client."""
+    """One `redis.asyncio.Redis`, and so one connection pool, per distinct Redis URL.
+
+    Every pool whose URL (credentials included) is the same shares it; a pool whose URL
+    changes moves to the client of its new URL, and a client is closed when its last pool
+    goes. Clients are keyed by a digest: the URL itself is never a key, a label or a log field.
+    A client opens at most MAX_CONNECTIONS_PER_REDIS connections, however many pools use it.
+    """
 
     def __init__(self, address_map: Mapping[str, str] | None = None) -> None:
-        self._clients: dict[tuple[str, str], tuple[str, aioredis.Redis]] = {}
+        self._shared: dict[str, _SharedClient] = {}
+        self._pool_keys: dict[tuple[str, str], str] = {}
         self._address_map = dict(address_map or {})
 
     def __len__(self) -> int:
-        return len(self._clients)
+        """Distinct Redis connection pools open."""
+        return len(self._shared)
 
     async def client(self, namespace: str, pool: str, url: str) -> aioredis.Redis:
-        digest = url_digest(url)
-        cached = self._clients.get((namespace, pool))
-        if cached is not None and cached[0] == digest:
-            return cached[1]
-        await self.forget(namespace, pool)
-        try:
-            client = aioredis.Redis.from_url(
-                rewrite_address(url, self._address_map),
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=COMMAND_TIMEOUT,
-                health_check_interval=30,
-            )
-        except ValueError:
-            # The parser's message can quote part of the password: never pass it on.
-            raise QueueAccessError(
-                "InvalidRedisURL",
-                "invalid Redis URL (a password with '/', '#', '?' or '@' must be "
-                "percent-encoded)",
-            ) from None
-        self._clients[(namespace, pool)] = (digest, client)
-        return client
+        key = url_digest(url)
+        previous = self._pool_keys.get((namespace, pool))
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = self._shared[key] = _SharedClient(_connect(url, self._address_map))
+        shared.pools.add((namespace, pool))
+        self._pool_keys[(namespace, pool)] = key
+        if previous is not None and previous != key:
+            await self._release(namespace, pool, previous)
+        return shared.client
 
     async def forget(self, namespace: str, pool: str) -> None:
-        cached = self._clients.pop((namespace, pool), None)
-        if cached is not None:
-            await cached[1].aclose()
+        key = self._pool_keys.pop((namespace, pool), None)
+        if key is not None:
+            await self._release(namespace, pool, key)
 
     async def close(self) -> None:
-        for namespace, pool in list(self._clients):
-            await self.forget(namespace, pool)
+        shared, self._shared, self._pool_keys = list(self._shared.values()), {}, {}
+        for entry in shared:
+            await entry.client.aclose()
+
+    async def _release(self, namespace: str, pool: str, key: str) -> None:
+        shared = self._shared.get(key)
+        if shared is None:
+            return
+        shared.pools.discard((namespace, pool))
+        if not shared.pools:
+            del self._shared[key]
+            await shared.client.aclose()
+
+
+def _connect(url: str, address_map: Mapping[str, str]) -> aioredis.Redis:
+    try:
+        if not is_sentinel_url(url):
+            url = rewrite_address(url, address_map)
+        return redis_from_url(
+            url,
+            max_connections=MAX_CONNECTIONS_PER_REDIS,
+            pool_timeout=COMMAND_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
+            health_check_interval=30,
+        )
+    except RedisURLError as error:
+        raise QueueAccessError("InvalidRedisURL", str(error)) from None
+    except ValueError:
+        # The URL parser's message can quote part of the password: never pass it on.
+        raise QueueAccessError("InvalidRedisURL", INVALID_URL_MESSAGE) from None
 
 
 async def read_figures(queue: TaskQueue) -> QueueFigures:
@@ -151,7 +195,7 @@ async def read_figures(queue: TaskQueue) -> QueueFigures:
         return await asyncio.wait_for(queue.figures(), timeout=CONNECT_TIMEOUT + COMMAND_TIMEOUT)
     except redis.exceptions.AuthenticationError as error:
         raise QueueAccessError(
-            "RedisAuthFailed", f"Redis refused the credentials: {error}"
+            "RedisAuthFailed", redis_failure(None, error, password_place=POOL_PASSWORD_PLACE)
         ) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
             TimeoutError) as error:

@@ -101,9 +101,10 @@ def test_get_follow_json_lines_and_a_failed_task_exits_1(cli: Cli) -> None:
 
 
 def test_get_follow_of_an_unknown_task_exits_1(cli: Cli) -> None:
-    result = cli("get", "nope", "--follow")
+    unknown = "0" * 32
+    result = cli("get", unknown, "--follow")
     assert (result.code, result.out) == (1, "")
-    assert result.err_lines == [f"agentpool: no task nope in queue {cli.queue}"]
+    assert result.err_lines == [f"agentpool: no task {unknown} in queue {cli.queue}"]
 
 
 def test_tasks_shows_the_progress_of_running_tasks(cli: Cli) -> None:

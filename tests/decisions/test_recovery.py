@@ -10,6 +10,7 @@ from agentpool_operator.recovery import (
     RequestDrain,
     Requeue,
     decide_recovery,
+    gone_pod_requeues,
     judged_instances,
     pod_view,
     unavailable_budget,
@@ -109,6 +110,22 @@ def test_drained_pod_holding_nothing_is_deleted_at_once() -> None:
     ]
 
 
+def test_a_pod_draining_for_a_scale_down_is_not_stuck() -> None:
+    """Chosen by a scale-down, a pod is unready on purpose while its runs go on, for as long
+    as they last; it neither gets replaced nor uses up the budget of stuck pods."""
+    leaving = PodView("a", ready=False, ready_changed_at=NOW - 900, scaling_down=True)
+    stuck = PodView("b", ready=False, ready_changed_at=NOW - 100)
+    instances = [InstanceView("a", "i", 1.0, held=2)]
+    assert decide([leaving], instances=instances, drains={"a": NOW - 900}) == []
+    actions = decide([leaving, stuck], instances=instances, drains={"a": NOW - 900},
+                     desired_replicas=2)
+    assert actions == [RequestDrain("b", "unready for 100s")]
+    marked = {"metadata": {"name": "a", "annotations": {
+        "controller.kubernetes.io/pod-deletion-cost": "-1000"}}, "status": {"phase": "Running"}}
+    assert pod_view(marked).scaling_down
+    assert not pod_view({"metadata": {"name": "b"}}).scaling_down
+
+
 def test_budget_limits_how_many_pods_are_replaced_at_once() -> None:
     pods = [PodView(f"p{i}", ready=False, ready_changed_at=NOW - 100 - i) for i in range(5)]
     actions = decide(pods, desired_replicas=5)
@@ -194,3 +211,39 @@ def test_instances_of_unlisted_pods_are_judged_once_they_stopped_beating() -> No
         {"listed"}, NOW,
     )
     assert judged == [InstanceView("listed", "i", 1.0, 2), InstanceView("gone", "i", 1.0, 2)]
+
+
+def test_pods_gone_at_start_are_requeued_without_waiting_for_a_liveness_window() -> None:
+    instances = [
+        InstanceView("w-gone", "i1", 1.0, held=2),
+        InstanceView("w-gone", "i2", 1.0, held=1),
+        InstanceView("w-alive", "i1", 1.0, held=3),
+    ]
+    assert gone_pod_requeues(instances, {"w-alive"}, "w") == [
+        Requeue("w-gone", "pod no longer exists")]
+
+
+def test_gone_pods_holding_nothing_need_nothing() -> None:
+    instances = [InstanceView("w-gone", "i1", 1.0, held=0),
+                 InstanceView("w-alive", "i1", 1.0, held=1)]
+    assert gone_pod_requeues(instances, {"w-alive"}, "w") == []
+
+
+def test_each_gone_pod_is_requeued_once_in_name_order() -> None:
+    instances = [InstanceView("w-b", "i1", 1.0, held=1), InstanceView("w-a", "i1", 1.0, held=1),
+                 InstanceView("w-b", "i2", 1.0, held=1)]
+    assert gone_pod_requeues(instances, set(), "w") == [
+        Requeue("w-a", "pod no longer exists"), Requeue("w-b", "pod no longer exists")]
+
+
+def test_workers_not_named_like_the_pools_pods_keep_their_tasks() -> None:
+    instances = [InstanceView("laptop", "i1", 1.0, held=1),
+                 InstanceView("other-7f9c-x2k4p", "i1", 1.0, held=1),
+                 InstanceView("w-7f9c-x2k4p", "i1", 1.0, held=1),
+                 InstanceView("w", "i1", 1.0, held=1)]
+    assert gone_pod_requeues(instances, set(), "w") == [
+        Requeue("w-7f9c-x2k4p", "pod no longer exists")]
+
+
+def test_no_instances_nothing_to_requeue() -> None:
+    assert gone_pod_requeues([], {"w-a"}, "w") == []

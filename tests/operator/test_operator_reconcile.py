@@ -72,7 +72,8 @@ async def test_pool_gets_an_owned_deployment(
     status_keys = set(cluster.pool("alpha")["status"])
     assert status_keys <= {
         "queue", "replicas", "readyReplicas", "desiredReplicas", "queued", "delayed",
-        "inFlight", "dead", "workers", "observedGeneration", "conditions",
+        "inFlight", "dead", "workers", "observedGeneration", "conditions", "drainingReplicas",
+        "drainingSince",
     }, "kopf must keep its progress out of the status"
 
 
@@ -182,6 +183,12 @@ async def test_foreign_deployment_is_left_alone(
 async def test_status_reports_replicas_and_queue_figures(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
 ) -> None:
+    await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "eta-abc", "namespace": NAMESPACE,
+                     "labels": {"agentpool.dev/pool": "eta"}},
+        "spec": {"containers": [{"name": "worker", "image": IMAGE}]},
+    })
     queue = TaskQueue(redis, "eta-jobs")
     await queue.submit_many([{"n": n} for n in range(5)])
     await queue.submit({"later": True}, delay=3600)

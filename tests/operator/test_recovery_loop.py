@@ -7,6 +7,7 @@ labels) and lease tasks in Redis under worker ids `<pod>:<instance>`, as workers
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from kubernetes.client.exceptions import ApiException
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
 from prometheus_client import REGISTRY
 
@@ -21,6 +23,7 @@ from agentpool.protocol import TaskQueue, WorkerInfo, key_prefix
 from agentpool.redis_server import free_port
 from agentpool_operator import recovery_actions
 from agentpool_operator.context import PoolRecovery
+from agentpool_operator.kube import KubeApi
 from agentpool_operator.recovery import PodView
 from agentpool_operator.recovery_actions import known_nodes, recover_pod
 from agentpool_operator.settings import OperatorSettings
@@ -230,6 +233,90 @@ async def test_operator_restart_between_drain_and_delete_loses_and_duplicates_no
     finally:
         await second.stop()
     assert second.error is None, second.error
+
+
+async def test_pods_gone_while_no_operator_ran_get_their_tasks_requeued_at_start(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """out-a died while no operator ran: nobody will ever see an event for it. Its worker
+    beat a moment ago and its leases run for ten minutes, so neither the liveness window nor
+    lease expiry can explain a requeue within the test. out-b is the pool's live pod, out-c a
+    pod outside the pool's watch (its label removed), laptop a worker outside the cluster."""
+    caplog.set_level(logging.INFO, logger=recovery_actions.__name__)
+    manifest = pool_manifest("out", redis_url=redis_url, queue="out", poll_seconds=LONG_POLL)
+    manifest["spec"]["scaling"].update(minReplicas=2, maxReplicas=2)
+    await cluster.create_pool(manifest)
+    await cluster.create(PODS, pod_manifest("out", "out-b"))
+    outside = pod_manifest("out", "out-c")
+    outside["metadata"]["labels"] = {"app": "debugging"}
+    await cluster.create(PODS, outside)
+    queue = TaskQueue(redis, "out")
+    lost = await lease(queue, "out-a", "i1", 3, lease_seconds=600)
+    kept = await lease(queue, "out-b", "i1", 2, lease_seconds=600)
+    unlabelled = await lease(queue, "out-c", "i1", 1, lease_seconds=600)
+    external = await lease(queue, "laptop", "i1", 1, lease_seconds=600)
+
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: queued(redis, "out"), within=5)
+        assert await queued(redis, "out") == set(lost)
+        assert await queue.held_by("out-b:i1") == set(kept)
+        assert await queue.held_by("out-c:i1") == set(unlabelled), "an existing pod keeps its work"
+        assert await queue.held_by("laptop:i1") == set(external), "so does a worker off-cluster"
+        assert await posted(cluster, "TasksRequeued") == [
+            "requeued 3 tasks of pod out-a (pod no longer exists)"]
+        [event] = cluster.events("TasksRequeued")
+        assert (event["involvedObject"]["kind"], event["involvedObject"]["namespace"],
+                event["involvedObject"]["name"]) == ("AgentPool", NAMESPACE, "out")
+        assert any(r.getMessage() == "default/out: TasksRequeued: requeued 3 tasks of pod "
+                   "out-a (pod no longer exists)" for r in caplog.records)
+        assert not cluster.events("LeasesExpired")
+        patches = await eventually(lambda: cluster.requests("PATCH", "/agentpools/out/status"))
+        first = patches[0].data["status"]
+        assert (first["queued"], first["inFlight"], first["recoveredTasks"]) == (3, 4, 3), \
+            "requeued before the pool's first round read the queue"
+        requeued = REGISTRY.get_sample_value(
+            "agentpool_operator_tasks_requeued_total",
+            {"namespace": NAMESPACE, "pool": "out", "cause": "pod_gone"},
+        )
+        assert requeued == 3
+        pod_reads = [r.url.path for r in cluster.requests("GET", "")
+                     if "/pods/" in str(r.url.path)]
+        assert sorted(pod_reads) == [f"{PODS}/out-a", f"{PODS}/out-c"], \
+            "only pods the watch does not know are read"
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
+async def test_the_start_up_check_is_tried_again_when_the_api_fails(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await cluster.create_pool(pool_manifest("rty", redis_url=redis_url, queue="rty"))
+    queue = TaskQueue(redis, "rty")
+    lost = await lease(queue, "rty-a", "i1", 2, lease_seconds=600)
+    reads: list[str] = []
+    get_pod = KubeApi.get_pod
+
+    async def failing_once(self: KubeApi, namespace: str, name: str) -> dict[str, Any] | None:
+        reads.append(name)
+        if len(reads) == 1:
+            raise ApiException(status=500, reason="Internal Server Error")
+        return await get_pod(self, namespace, name)
+
+    monkeypatch.setattr(KubeApi, "get_pod", failing_once)
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: queued(redis, "rty"), within=5)
+        assert await queued(redis, "rty") == set(lost)
+        assert reads == ["rty-a", "rty-a"], "the next round read the pod again"
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
 
 
 async def test_replacements_stay_within_the_budget(

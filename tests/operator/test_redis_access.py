@@ -51,7 +51,8 @@ async def test_url_from_secret() -> None:
      "SecretKeyMissing", "Secret default/agentpool-redis has no key 'url'"),
     ({"default/agentpool-redis": {"data": {"url": encoded("http://:pw@r")}}},
      "SecretInvalid",
-     "Secret default/agentpool-redis key 'url' does not hold a redis:// or rediss:// URL"),
+     "Secret default/agentpool-redis key 'url' does not hold a redis://, rediss://, "
+     "redis+sentinel:// or rediss+sentinel:// URL"),
     ({"default/agentpool-redis": {"data": {"url": "not base64!"}}},
      "SecretInvalid", "Secret default/agentpool-redis key 'url' is not valid base64 text"),
 ])
@@ -60,18 +61,6 @@ async def test_secret_problems(secrets: dict, reason: str, message: str) -> None
         await resolve_redis_url(Secrets(secrets), "default", secret_spec())
     assert (caught.value.reason, caught.value.message) == (reason, message)
     assert "pw" not in caught.value.message
-
-
-async def test_clients_are_cached_per_pool_and_url(redis_url: str) -> None:
-    clients = RedisClients()
-    first = await clients.client("ns", "pool", redis_url)
-    assert await clients.client("ns", "pool", redis_url) is first
-    other = await clients.client("ns", "pool", redis_url.replace("/0", "/1"))
-    assert other is not first and len(clients) == 1
-    await clients.client("ns", "another", redis_url)
-    assert len(clients) == 2
-    await clients.close()
-    assert len(clients) == 0
 
 
 async def test_figures_from_a_real_redis(redis_url: str, queue_name: str) -> None:

@@ -40,6 +40,7 @@ class Summary:
     throughput_per_second: float
     wait_p50_seconds: float | None
     wait_p95_seconds: float | None
+    wait_max_seconds: float | None
     killed_worker: str | None
     resumed_from_checkpoint: int = 0
     """Tasks whose last run resumed from a checkpoint instead of starting over."""
@@ -123,6 +124,7 @@ def summarize(
         throughput_per_second=len(finished) / duration if duration > 0 else 0.0,
         wait_p50_seconds=percentile(waits, 50),
         wait_p95_seconds=percentile(waits, 95),
+        wait_max_seconds=max(waits, default=None),
         killed_worker=killed_worker,
         resumed_from_checkpoint=sum(
             1 for r in records if r.state == "succeeded" and r.resumed_from_step > 0),
