@@ -484,12 +484,14 @@ class Soak:
                     seed = json.loads(payload)["seed"]
                     if json.loads(result).get("acc") != expected_total(seed, opts.steps):
                         wrong += 1
-        executed = {_text(k): int(v) for k, v in (await self.redis.hgetall(STEPS_KEY)).items()}
+        executed = Counter(_text(m).split("|", 1)[0]
+                           for m in await self.redis.smembers(STEPS_KEY))
         starts: dict[str, dict[str, float]] = {}
         for member, value in (await self.redis.hgetall(RESUMED_KEY)).items():
             run = _text(member)
             starts.setdefault(run.split("|", 1)[0], {})[run] = float(_text(value).split("|")[0])
         redone_total, lost_runs, worst, over_bound = 0, 0, 0.0, 0
+        over_examples: list[str] = []
         for task_id in ids:
             lost = max(0, runs.get(task_id, 1) - 1)
             redone = max(0, executed.get(task_id, 0) - opts.steps)
@@ -499,6 +501,7 @@ class Soak:
                 worst = max(worst, redone / lost)
             if redone > opts.checkpoint_every * lost:
                 over_bound += 1
+                over_examples.append(f"{task_id}: {redone} steps redone over {lost} lost runs")
         zombie_accepted = 0
         for saved in await self.redis.smembers(SAVED_KEY):
             run, _, sent = _text(saved).rpartition("|")
@@ -514,6 +517,7 @@ class Soak:
             "lost_runs": lost_runs, "steps_redone": redone_total,
             "worst_redone_per_lost_run": round(worst, 2),
             "tasks_over_bound": over_bound,
+            "over_bound_examples": over_examples[:5],
             "zombie_checkpoints_accepted": zombie_accepted,
             "zombie_checkpoints_refused": refused,
             "ok": wrong == 0 and over_bound == 0 and zombie_accepted == 0,

@@ -71,6 +71,8 @@ async def run(payload: Any, ctx: TaskContext) -> dict[str, Any]:
 # -- the checkpointing variant (python -m bench.chaos --checkpoint-every K) -------------------
 
 STEPS_KEY = "chaos:steps"
+"""Set of "<run>|<step>" per step executed (a set: a write retried across a Redis restart
+still counts once)."""
 SAVED_KEY = "chaos:saved"
 """Set of "<run>|<time just before the checkpoint was sent>" per accepted checkpoint."""
 RESUMED_KEY = "chaos:resumed"
@@ -127,7 +129,7 @@ async def stepped(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     for step in range(int(state["step"]), steps):
         await asyncio.sleep(float(payload["step_seconds"]))
         state = {"step": step + 1, "acc": step_value(int(state["acc"]), step), "by": member}
-        await _patiently(lambda c: c.hincrby(STEPS_KEY, ctx.task_id, 1))
+        await _record(STEPS_KEY, f"{member}|{step}")
         if state["step"] % every == 0 and state["step"] < steps:
             if payload.get("freeze") and ctx.attempt == 1 and state["step"] == 2 * every:
                 os.kill(os.getpid(), signal.SIGSTOP)
