@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--redis-only", action="store_true",
                         help="do not read AgentPools from Kubernetes even when configured")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("-n", "--namespace", help="namespace of the pools (default: the "
-                       "context's)")
+    where.add_argument("-n", "--namespace", action="append",
+                       help="namespace of the pools (repeatable; default: the context's)")
     where.add_argument("-A", "--all-namespaces", action="store_true",
                        help="pools of every namespace")
     parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file")
@@ -105,7 +105,7 @@ async def run(args: argparse.Namespace) -> int:
     from agentpool.console.sources import Sources
 
     kube: KubeReader | None = None
-    namespace: str | None = None
+    namespaces: list[str] | None = None
     if not (args.redis_only or args.queue):
         try:
             kube = await asyncio.to_thread(KubeReader.from_config, args.kubeconfig,
@@ -115,11 +115,11 @@ async def run(args: argparse.Namespace) -> int:
                 raise
             print(f"agentpool console: pools from Redis alone ({exc})", file=sys.stderr)
         else:
-            namespace = None if args.all_namespaces else (args.namespace
-                                                           or kube.default_namespace)
+            namespaces = None if args.all_namespaces else (args.namespace
+                                                            or [kube.default_namespace])
     client = Client.from_url(redis_url(args), connect_timeout=CLI_CONNECT_TIMEOUT,
                              client_name="agentpool-console")
-    sources = Sources(client.redis, kube=kube, namespace=namespace, queues=args.queue or ())
+    sources = Sources(client.redis, kube=kube, namespaces=namespaces, queues=args.queue or ())
     runner = web.AppRunner(build_app(sources, ConsoleConfig(token=token)), access_log=None)
     await runner.setup()
     try:

@@ -107,7 +107,7 @@ async def serve(request: web.Request, kind: str, load: Loader) -> web.StreamResp
 async def console_info(request: web.Request) -> web.StreamResponse:
     sources = request.app[SOURCES]
     return web.json_response({"writes": request.app[CONFIG].token is not None,
-                              "source": sources.source, "namespace": sources.namespace})
+                              "source": sources.source, "namespaces": sources.namespaces})
 
 
 async def fleet(request: web.Request) -> web.StreamResponse:

@@ -71,8 +71,8 @@ class Sources:
 
     redis: aioredis.Redis
     kube: KubeReader | None = None
-    namespace: str | None = None
-    """With Kubernetes: the namespace watched (None: all)."""
+    namespaces: Sequence[str] | None = None
+    """With Kubernetes: the namespaces shown (None: all)."""
     queues: Sequence[str] = ()
     """Without Kubernetes: the queues to show (empty: every queue found in Redis)."""
     pools: dict[tuple[str, str], PoolRecord] = field(default_factory=dict)
@@ -111,8 +111,11 @@ class Sources:
     async def _summaries(self) -> list[tuple[PoolSummary, Mapping[str, Any] | None]]:
         if self.kube is None:
             return [(PoolSummary(name=q, queue=q), None) for q in await self.discover_queues()]
-        objects = await asyncio.to_thread(self.kube.list_pools, self.namespace)
-        pairs = [(pool_summary(o), o) for o in objects]
+        kube = self.kube
+        lists = await asyncio.gather(*(
+            asyncio.to_thread(kube.list_pools, namespace)
+            for namespace in (self.namespaces if self.namespaces is not None else [None])))
+        pairs = [(pool_summary(o), o) for objects in lists for o in objects]
         return sorted(pairs, key=lambda p: (p[0].namespace or "", p[0].name))
 
     async def refresh_fleet(self) -> dict[str, Any]:
@@ -147,7 +150,7 @@ class Sources:
         for doc, conds in zip(pools, conditions, strict=True):
             doc["namespace"] = doc["namespace"] or NO_NAMESPACE
             doc["conditions"] = conds
-        self.fleet = {"source": self.source, "namespace": self.namespace, "at": now,
+        self.fleet = {"source": self.source, "namespaces": self.namespaces, "at": now,
                       "pools": pools}
         return self.fleet
 

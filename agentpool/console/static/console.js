@@ -127,7 +127,7 @@ function fleetPage() {
       "In flight#", "Dead#", "Workers#", "Done#", "Health", "Conditions"];
     render(
       el("h1", {}, "Fleet"),
-      el("p", { class: "muted" }, kube ? `AgentPools from Kubernetes (${doc.namespace || "all namespaces"})`
+      el("p", { class: "muted" }, kube ? `AgentPools from Kubernetes (${doc.namespaces ? doc.namespaces.join(", ") : "all namespaces"})`
         : "Queues found in Redis (no Kubernetes access)"),
       rows.length ? table(headers, rows, { id: "fleet" }) : el("p", { class: "muted" }, "No pools yet."));
   });
