@@ -23,9 +23,10 @@ from agentpool.protocol import ProtocolError
 STATIC = resources.files("agentpool.console") / "static"
 FLEET_SECONDS = 2.0
 KEEPALIVE_SECONDS = 15.0
-INTERVALS = {"fleet": 1.0, "pool": 2.0, "tasks": 2.0, "task": 1.0, "dead": 2.0}
-"""Seconds between reloads of a watched page, per kind: the pool page is one Redis round
-trip, a task list two, a task one; the fleet page reads the recorder's latest snapshot."""
+INTERVALS = {"fleet": 1.0, "pool": 2.0, "tasks": 2.5, "task": 1.0, "dead": 2.5}
+"""Seconds between the end of a watched page's reload and the next, per kind: the pool page
+is one Redis round trip, a task list two, a task one (so at most one per second per page,
+however many watch it); the fleet page reads the recorder's latest snapshot."""
 MAX_IDS = 1000
 
 SOURCES: web.AppKey[Sources] = web.AppKey("sources", Sources)

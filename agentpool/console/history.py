@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 
 HISTORY_SECONDS = 3600.0
-SAMPLE_SECONDS = 10.0
+SAMPLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)

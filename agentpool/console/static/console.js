@@ -138,10 +138,12 @@ function chart(history) {
   svg.setAttribute("class", "chart");
   svg.setAttribute("viewBox", "0 0 1000 220");
   svg.setAttribute("preserveAspectRatio", "none");
+  // the last hour, or the span the console has seen so far (at least a minute)
   const now = Date.now() / 1000;
-  const start = now - 3600;
+  const start = Math.min(now - 60, Math.max(now - 3600, history.length ? history[0][0] : now));
+  const span = now - start;
   const max = Math.max(1, ...history.flatMap((p) => [p[1], p[2], p[3] || 0]));
-  const x = (t) => (((t - start) / 3600) * 960 + 30).toFixed(1);
+  const x = (t) => (((t - start) / span) * 960 + 30).toFixed(1);
   const y = (v) => (200 - (v / max) * 180).toFixed(1);
   [["queued", 1], ["in_flight", 2], ["replicas", 3]].forEach(([name, i]) => {
     const points = history.filter((p) => p[i] !== null).map((p) => `${x(p[0])},${y(p[i])}`);
@@ -151,6 +153,11 @@ function chart(history) {
     line.setAttribute("points", points.join(" "));
     svg.append(line);
   });
+  const since = document.createElementNS(SVG, "text");
+  since.setAttribute("x", "30");
+  since.setAttribute("y", "216");
+  since.textContent = `${Math.round(span / 60)} min ago`;
+  svg.append(since);
   for (const [label, v] of [[String(max), max], ["0", 0]]) {
     const text = document.createElementNS(SVG, "text");
     text.setAttribute("x", "2");
