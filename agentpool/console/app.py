@@ -31,6 +31,9 @@ MAX_IDS = 1000
 
 SOURCES: web.AppKey[Sources] = web.AppKey("sources", Sources)
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
+STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("streams")
+"""The open live streams, ended when the console shuts down (they would otherwise hold the
+shutdown until the browsers go away)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ async def serve(request: web.Request, kind: str, load: Loader) -> web.StreamResp
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
     updates = hub.watch(key, kind, load, INTERVALS[kind])
+    streams, me = request.app[STREAMS], asyncio.current_task()
+    assert me is not None
+    streams.add(me)
     try:
         while True:
             try:
@@ -100,6 +106,7 @@ async def serve(request: web.Request, kind: str, load: Loader) -> web.StreamResp
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
+        streams.discard(me)
         with contextlib.suppress(Exception):
             await updates.aclose()
     return response
@@ -254,11 +261,19 @@ async def _recorder(app: web.Application) -> Any:
     await app[HUB].aclose()
 
 
+async def _end_streams(app: web.Application) -> None:
+    streams = app[STREAMS]
+    for stream in [*streams]:
+        stream.cancel()
+
+
 def build_app(sources: Sources, config: ConsoleConfig) -> web.Application:
     app = web.Application(middlewares=[secure_headers])
     app[SOURCES] = sources
     app[CONFIG] = config
     app[HUB] = Hub(error_doc)
+    streams: set[asyncio.Task[Any]] = set()
+    app[STREAMS] = streams
     for path in ("/", "/pools/{namespace}/{name}", "/queues/{queue}/tasks",
                  "/queues/{queue}/tasks/{id}", "/queues/{queue}/dead"):
         app.router.add_get(path, shell)
@@ -274,4 +289,5 @@ def build_app(sources: Sources, config: ConsoleConfig) -> web.Application:
     app.router.add_post("/api/queues/{queue}/dead/requeue", requeue_dead)
     app.router.add_post("/api/queues/{queue}/dead/purge", purge_dead)
     app.cleanup_ctx.append(_recorder)
+    app.on_shutdown.append(_end_streams)
     return app

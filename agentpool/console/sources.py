@@ -205,6 +205,8 @@ class Sources:
                 "last": _iso(e.last_timestamp or e.event_time or e.first_timestamp),
             }
             for e in body.items or []
+            if e.involved_object is None or (e.involved_object.name == name
+                                             and e.involved_object.kind == "AgentPool")
         ]
         events.sort(key=lambda e: e["last"] or "", reverse=True)
         return events[:100], None

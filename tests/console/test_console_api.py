@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -210,3 +214,22 @@ async def test_live_updates_stream_the_page_as_it_changes(api: Client, redis: ai
     await queue.cancel(task_id)
     assert await asyncio.wait_for(next_state(), 10) == "cancelled"
     response.close()
+
+
+def test_the_console_stops_on_sigterm_while_browsers_still_watch(redis_url: str) -> None:
+    """aiohttp would wait up to a minute for the open live streams; the console ends them."""
+    console = subprocess.Popen(
+        [str(Path(sys.executable).with_name("agentpool")), "console", "--redis-url", redis_url,
+         "--redis-only", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert console.stdout is not None
+        url = console.stdout.readline().split()[2]
+        request = urllib.request.Request(url + "api/fleet",
+                                         headers={"Accept": "text/event-stream"})
+        with urllib.request.urlopen(request, timeout=10) as stream:
+            assert stream.readline().startswith(b"data: ")
+            console.terminate()
+            assert console.wait(timeout=15) == 0
+    finally:
+        console.kill()
+        console.wait()
