@@ -120,7 +120,9 @@ async def run(args: argparse.Namespace) -> int:
     client = Client.from_url(redis_url(args), connect_timeout=CLI_CONNECT_TIMEOUT,
                              client_name="agentpool-console")
     sources = Sources(client.redis, kube=kube, namespaces=namespaces, queues=args.queue or ())
-    runner = web.AppRunner(build_app(sources, ConsoleConfig(token=token)), access_log=None)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    runner = web.AppRunner(build_app(sources, ConsoleConfig(token=token, loopback_only=loopback)),
+                           access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, args.host, args.port)

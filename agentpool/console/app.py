@@ -13,10 +13,16 @@ from typing import Any
 
 import redis.exceptions
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from agentpool.cli.common import CommandFailed, describe_redis_error
 from agentpool.console.hub import Hub, Loader
-from agentpool.console.security import Handler, secure_headers, write_refusal
+from agentpool.console.security import (
+    Handler,
+    loopback_only,
+    secure_headers,
+    write_refusal,
+)
 from agentpool.console.sources import NotFound, Sources
 from agentpool.protocol import ProtocolError
 
@@ -40,6 +46,8 @@ shutdown until the browsers go away)."""
 class ConsoleConfig:
     token: str | None = None
     """Write actions are enabled exactly when a token is set."""
+    loopback_only: bool = False
+    """Answer only requests addressed to the loopback (the console listens there)."""
     fleet_seconds: float = FLEET_SECONDS
 
 
@@ -268,7 +276,10 @@ async def _end_streams(app: web.Application) -> None:
 
 
 def build_app(sources: Sources, config: ConsoleConfig) -> web.Application:
-    app = web.Application(middlewares=[secure_headers])
+    middlewares: list[Middleware] = [secure_headers]
+    if config.loopback_only:
+        middlewares.append(loopback_only)
+    app = web.Application(middlewares=middlewares)
     app[SOURCES] = sources
     app[CONFIG] = config
     app[HUB] = Hub(error_doc)

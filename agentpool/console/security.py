@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -31,6 +32,23 @@ async def secure_headers(request: web.Request, handler: Handler) -> web.StreamRe
         raise
     response.headers.update(HEADERS)
     return response
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@web.middleware
+async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse requests that name another host than this machine's loopback: a console bound
+    to 127.0.0.1 must not be readable by a web page that rebinds its own name to 127.0.0.1."""
+    try:
+        host = urlsplit("//" + (request.host or "")).hostname or ""
+    except ValueError:
+        host = ""
+    if host.lower() not in LOOPBACK_NAMES:
+        raise web.HTTPMisdirectedRequest(
+            text="this console answers only to 127.0.0.1, localhost or [::1]")
+    return await handler(request)
 
 
 def write_refusal(request: web.Request, token: str | None) -> tuple[int, str] | None:

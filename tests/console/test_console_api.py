@@ -233,3 +233,13 @@ def test_the_console_stops_on_sigterm_while_browsers_still_watch(redis_url: str)
     finally:
         console.kill()
         console.wait()
+
+
+async def test_a_loopback_console_refuses_other_host_names(redis: aioredis.Redis,
+                                                           queue_name: str) -> None:
+    app = build_app(Sources(redis, queues=[queue_name]), ConsoleConfig(loopback_only=True))
+    async with TestClient(TestServer(app)) as client:
+        for host, status in [("127.0.0.1:8080", 200), ("localhost", 200), ("[::1]:8080", 200),
+                             ("attacker.example:8080", 421), ("127.0.0.1.nip.io", 421)]:
+            response = await client.get("/api/console", headers={"Host": host})
+            assert response.status == status, host

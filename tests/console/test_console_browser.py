@@ -215,3 +215,18 @@ def test_a_script_in_a_payload_or_error_renders_as_text(console: Console, page: 
     dead_page(console, page, task_id)
     expect(page.locator(f'#tasks tr[data-task="{task_id}"]')).to_contain_text(image)
     assert page.locator("main script, main img").count() == 0
+
+
+def test_find_a_task_by_its_idempotency_key(console: Console, page: Page) -> None:
+    key = f"order-{uuid.uuid4().hex[:8]}"
+    task_id = console.submit({"echo": key}, idempotency_key=key)
+    page.goto(f"{console.url}queues/{console.queue}/tasks")
+    page.locator("#search input[name=q]").fill(key)
+    page.locator("#search button").click()
+    expect(page).to_have_url(f"{console.url}queues/{console.queue}/tasks/{task_id}")
+    expect(page.locator("#task-payload")).to_contain_text(key, timeout=LIVE)
+    page.goto(f"{console.url}queues/{console.queue}/tasks")
+    page.locator("#search input[name=q]").fill("no-such-key")
+    page.locator("#search button").click()
+    expect(page.locator("#search-result")).to_have_text(
+        "no task with id or idempotency key no-such-key")
