@@ -50,6 +50,7 @@ PAGE_SIZE = 50
 PREVIEW_CHARS = 120
 DISCOVERY_SECONDS = 30.0
 REQUEST_TIMEOUT = 10.0
+MAX_CACHED_QUEUES = 10_000
 
 
 class NotFound(LookupError):
@@ -77,6 +78,7 @@ class Sources:
     """Without Kubernetes: the queues to show (empty: every queue found in Redis)."""
     pools: dict[tuple[str, str], PoolRecord] = field(default_factory=dict)
     fleet: dict[str, Any] | None = None
+    _queues: dict[str, TaskQueue] = field(default_factory=dict)
     _found: list[str] = field(default_factory=list)
     _found_at: float = float("-inf")
 
@@ -85,9 +87,14 @@ class Sources:
         return "kubernetes" if self.kube is not None else "redis"
 
     def queue(self, name: str) -> TaskQueue:
-        if not QUEUE_NAME.match(name):
-            raise NotFound(f"no queue named {name!r}")
-        return TaskQueue(self.redis, name)
+        queue = self._queues.get(name)
+        if queue is None:
+            if not QUEUE_NAME.match(name):
+                raise NotFound(f"no queue named {name!r}")
+            if len(self._queues) > MAX_CACHED_QUEUES:
+                self._queues.clear()
+            queue = self._queues[name] = TaskQueue(self.redis, name)
+        return queue
 
     # -- fleet -----------------------------------------------------------------------------
 
