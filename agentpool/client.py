@@ -13,6 +13,12 @@ Synchronous code uses :class:`SyncClient`, which offers the same operations as b
         queue = client.queue("agents")
         info = queue.wait(queue.submit({"prompt": "..."}), timeout=600)
 
+A payload is any JSON value: an object, a list, a string (a prompt), a number or ``None``.
+The handler receives it decoded, as it was given. Encoded as JSON it may take at most 1 MiB
+(``DEFAULT_MAX_PAYLOAD_BYTES``; ``client.queue(name, max_payload_bytes=...)`` sets another
+limit); a larger payload raises :class:`agentpool.protocol.PayloadTooLarge` and nothing is
+stored. Put large inputs in object storage and submit their address.
+
 Both read the URL from ``AGENTPOOL_REDIS_URL`` when none is given. The protocol itself lives in
 :mod:`agentpool.protocol`; these classes only manage the connection around it.
 """
@@ -28,6 +34,7 @@ from typing import Any, Self, TypeVar
 
 import redis.asyncio as aioredis
 
+from agentpool.connection import redis_from_url
 from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     CancelOutcome,
@@ -59,7 +66,7 @@ def resolve_redis_url(url: str | None = None) -> str:
 def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.Redis:
     redis_kwargs.setdefault("socket_connect_timeout", connect_timeout)
     try:
-        return aioredis.Redis.from_url(url, **redis_kwargs)
+        return redis_from_url(url, **redis_kwargs)
     except ValueError as exc:
         raise ClientConfigError(f"invalid Redis URL {redact_url(url)}: {exc}") from None
 

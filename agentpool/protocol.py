@@ -36,6 +36,8 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 DEFAULT_IDEMPOTENCY_TTL = 86_400
 WORKER_LIVENESS_WINDOW = 30.0
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+"""What `submit` returns: a random UUID in 32 lowercase hexadecimal digits."""
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
 _STATE_SETS = {"queued": "queued", "delayed": "delayed", "running": "leases"}
 TASK_LIST_STATES = ("queued", "delayed", "running", "dead")
@@ -133,6 +135,9 @@ class QueueFigures:
     dead: int
     workers: int
     stats: dict[str, int] = field(default_factory=dict)
+    used: bool = True
+    """Something was ever submitted to the queue or a worker serves it; False for a name
+    nobody used (a typo looks like an empty queue otherwise)."""
 
     @property
     def queued(self) -> int:
@@ -175,6 +180,9 @@ class WorkerInfo:
     done: int = 0
     failed: int = 0
     started: float = field(default_factory=time.time)
+    runs_since: tuple[int, ...] = ()
+    """When each task it holds was claimed (ms, Redis clock): how long its runs have been
+    going, which scale-down reads to drain the pods that will empty first."""
 
     @property
     def worker_id(self) -> str:
@@ -210,6 +218,8 @@ class InstanceState:
     """Its last heartbeat (or its first claim, before any heartbeat), epoch seconds."""
     held: int
     """Tasks leased to it."""
+    runs_since: tuple[float, ...] = ()
+    """When each of its runs began (epoch seconds, Redis clock), as of its last heartbeat."""
 
 
 def worker_id(pod: str, instance: str) -> str:
@@ -232,14 +242,25 @@ def retry_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0,
 
 
 def encode_payload(payload: Any, limit: int) -> str:
+    """The payload as compact JSON: any JSON value, at most `limit` bytes once encoded."""
     try:
         raw = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"payload is not JSON-serialisable: {exc}") from None
     size = len(raw.encode())
     if size > limit:
-        raise PayloadTooLarge(f"payload is {size} bytes; the limit is {limit} bytes")
+        raise PayloadTooLarge(
+            f"payload is {size} bytes encoded as JSON; the limit is {limit} bytes"
+            f"{_in_binary_units(limit)}"
+        )
     return raw
+
+
+def _in_binary_units(size: int) -> str:
+    for unit, factor in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            return f" ({size / factor:.3g} {unit})"
+    return ""
 
 
 @cache
@@ -344,7 +365,10 @@ class TaskQueue:
     ) -> str:
         """Queue a task and return its id (the existing id for a known idempotency key).
 
-        Priorities run from 0 to 9, higher first; FIFO within a priority.
+        The payload is any JSON value (an object, a list, a prompt string, a number, None) of
+        at most `max_payload_bytes` (1 MiB by default) once encoded as JSON; a larger one raises
+        PayloadTooLarge and nothing is stored. Priorities run from 0 to 9, higher first; FIFO
+        within a priority.
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
         _, task_id = await self._run("submit", *args)
@@ -454,6 +478,7 @@ class TaskQueue:
         info = json.dumps({
             "state": worker.state, "done": worker.done, "failed": worker.failed,
             "concurrency": worker.concurrency, "started": worker.started,
+            "runsSince": list(worker.runs_since),
         })
         pairs = [x for item in held.items() for x in item]
         lost, cancel, drain = await self._run(
@@ -504,6 +529,11 @@ class TaskQueue:
         """Queue depth per priority, delayed, in flight, dead and live workers: one round trip."""
         return _queue_figures(await self._run("figures", int(WORKER_LIVENESS_WINDOW * 1000)))
 
+    async def used(self) -> bool:
+        """Whether anything was ever submitted to this queue or a worker serves (or served) it:
+        its counters, config, worker registry or task sets exist. One round trip."""
+        return bool(await self._run("used"))
+
     async def workers(self) -> list[WorkerState]:
         """Worker instances that heart-beat recently, newest first: one round trip."""
         return _worker_states(await self._run("workers", int(WORKER_LIVENESS_WINDOW * 1000)))
@@ -532,6 +562,7 @@ class TaskQueue:
                 worker_id=wid, pod=pod_name, instance=instance,
                 started=float(info.get("started") or score / 1000),
                 last_seen=score / 1000, held=int(held),
+                runs_since=_runs_since(info.get("runsSince")),
             ))
         return out
 
@@ -577,6 +608,34 @@ class TaskQueue:
         return reply is not None
 
 
+_QUEUE_MARK = re.compile(r"^ap:\{([A-Za-z0-9][A-Za-z0-9._-]{0,99})\}:(?:stats|config|workers)$")
+
+
+async def known_queues(redis: aioredis.Redis, max_keys: int = 20_000) -> tuple[list[str], bool]:
+    """Names of the queues used on this Redis database, and whether the list is complete.
+
+    The protocol keeps no registry of queues (a global key would leave the queue's hash slot
+    and its ACL key pattern), so this scans the keyspace for each queue's counters, config or
+    worker registry, and stops after about `max_keys` keys: meant for a hint after a typo,
+    not for a hot path.
+    """
+    names: set[str] = set()
+    cursor = 0
+    seen = 0
+    while True:
+        reply, keys = await redis.scan(cursor, match="ap:{*}:[scw]*", count=1000)
+        cursor = int(reply)
+        for key in keys:
+            match = _QUEUE_MARK.match(_s(key))
+            if match:
+                names.add(match[1])
+        seen += 1000
+        if not cursor:
+            return sorted(names), True
+        if seen >= max_keys:
+            return sorted(names), False
+
+
 def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
     tasks, next_due, now = reply
     now = int(now)
@@ -616,13 +675,14 @@ def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:
 
 
 def _queue_figures(reply: Sequence[Any]) -> QueueFigures:
-    per, due, delayed, in_flight, dead, workers, stats = reply
+    per, due, delayed, in_flight, dead, workers, stats, used = reply
     flat = [_s(x) for x in stats]
     return QueueFigures(
         queued_by_priority={prio: int(n) for prio, n in enumerate(per)},
         due_delayed=int(due), delayed=int(delayed), in_flight=int(in_flight),
         dead=int(dead), workers=int(workers),
         stats={flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)},
+        used=bool(used),
     )
 
 
@@ -649,6 +709,15 @@ def _encode_result(result: Any) -> str:
         return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError):
         return json.dumps(repr(result))
+
+
+def _runs_since(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        float(ms) / 1000 for ms in value
+        if isinstance(ms, int | float) and not isinstance(ms, bool)
+    )
 
 
 def _requeue_result(reply: Sequence[Any]) -> RequeueResult:

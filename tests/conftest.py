@@ -38,3 +38,13 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def queue_name() -> str:
     return f"q-{uuid.uuid4().hex[:10]}"
+
+
+REDIS_PASSWORD = "s3cret-pw"
+
+
+@pytest.fixture(scope="session")
+def protected_redis() -> Iterator[RedisServer]:
+    """A real redis-server that requires the password REDIS_PASSWORD (``requirepass``)."""
+    with RedisServer(password=REDIS_PASSWORD) as server:
+        yield server

@@ -15,6 +15,7 @@ from agentpool.cli.common import (
     error_line,
     print_json,
     queue_name,
+    task_id,
 )
 from agentpool.cli.views import cancel_json, cancel_line
 from agentpool.protocol import CancelOutcome
@@ -29,13 +30,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the task is unknown or already finished.",
     )
     add_queue_options(parser)
-    parser.add_argument("task_id", metavar="TASK_ID")
+    parser.add_argument("task_id", metavar="TASK_ID", help="the id submit printed (32 hex digits)")
     add_output_option(parser)
     parser.set_defaults(func=run)
 
 
 @command
 async def run(args: argparse.Namespace) -> int:
+    args.task_id = task_id(args.task_id)
     name = queue_name(args)
     async with connect(args) as client:
         outcome = await client.queue(name).cancel(args.task_id)

@@ -1,8 +1,9 @@
 """Plumbing shared by the `agentpool` subcommands: options, connection, output, exit codes.
 
-Exit codes: 0 ok, 1 the operation failed (unknown task, timeout, Redis unreachable), 2 usage
-error (bad arguments or input), 130 interrupted. Errors are one line on stderr; set
-``AGENTPOOL_DEBUG=1`` to get the traceback of an unexpected error instead.
+Exit codes: 0 ok, 1 the operation failed (unknown task, a queue never used, timeout, Redis
+unreachable or refusing the password), 2 usage error (bad arguments or input), 130
+interrupted. Errors are one line on stderr; set ``AGENTPOOL_DEBUG=1`` to get the traceback
+of an unexpected error instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import functools
 import json
 import os
-import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -23,10 +23,10 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
+from agentpool import redis_errors
 from agentpool.cli.views import Grid, to_table
 from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
-from agentpool.protocol import ProtocolError, TaskNotFound
-from agentpool.urls import redact_url
+from agentpool.protocol import TASK_ID, ProtocolError, TaskNotFound, TaskQueue, known_queues
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -97,6 +97,19 @@ def queue_name(args: argparse.Namespace) -> str:
     return name
 
 
+def task_id(text: str) -> str:
+    """A task id as given on the command line, checked before anything else: an empty or cut
+    id would otherwise read as an unknown task (or a missing queue)."""
+    given = text.strip().lower()
+    if not given:
+        raise UsageError("empty task id: give the id that submit printed "
+                         "(32 hexadecimal digits)")
+    if not TASK_ID.match(given):
+        raise UsageError(f"invalid task id {text!r}: a task id is 32 hexadecimal digits, "
+                         "as submit prints it")
+    return given
+
+
 def connect(args: argparse.Namespace) -> Client:
     """The client of a queue verb; its connections are named so CLIENT LIST shows them."""
     return Client.from_url(redis_url(args), connect_timeout=CLI_CONNECT_TIMEOUT,
@@ -105,31 +118,44 @@ def connect(args: argparse.Namespace) -> Client:
 
 # -- errors --------------------------------------------------------------------------------
 
-_CONNECT_ERROR = re.compile(r"^Error (-?\d+) connecting to \S+\.\s+(.*)$", re.S)
-
-
-def describe_redis_error(exc: BaseException) -> str:
-    """The reason in a redis-py connection error, without its boilerplate."""
-    text = str(exc).strip()
-    match = _CONNECT_ERROR.match(text)
-    if match:
-        errno = int(match[1])
-        if errno > 0:
-            return os.strerror(errno)
-        return match[2].rstrip(".") or text
-    if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError) and not text:
-        return "timed out"
-    return text.rstrip(".") or type(exc).__name__
+PASSWORD_PLACE = (f"the URL ({redis_errors.URL_WITH_PASSWORD}) of --redis-url or "
+                  f"{ENV_REDIS_URL}")
 
 
 def redis_failure(url: str | None, exc: BaseException) -> str:
-    where = redact_url(url) if url else "Redis"
-    if isinstance(exc, redis.exceptions.AuthenticationError):
-        return f"Redis at {where} refused the credentials: {describe_redis_error(exc)}"
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
-                  | ConnectionError):
-        return f"cannot reach Redis at {where}: {describe_redis_error(exc)}"
-    return f"Redis error at {where}: {describe_redis_error(exc)}"
+    return redis_errors.redis_failure(url, exc, password_place=PASSWORD_PLACE)
+
+
+# -- queues nobody used ---------------------------------------------------------------------
+
+LISTED_QUEUES = 10
+
+
+def never_used_message(name: str, known: list[str], complete: bool) -> str:
+    """Why a view of queue `name` shows nothing: nobody used that name (a typo, often)."""
+    others = [q for q in known if q != name]
+    shown = ", ".join(others[:LISTED_QUEUES])
+    if len(others) > LISTED_QUEUES:
+        shown += f" and {len(others) - LISTED_QUEUES} more"
+    if others and complete:
+        hint = f" (queues here: {shown})"
+    elif others:
+        hint = f" (queues here include: {shown})"
+    elif complete:
+        hint = " (this Redis database has no queues yet)"
+    else:
+        hint = ""
+    return (f'queue "{name}" has never been used: nothing was submitted to it and no worker '
+            f"serves it{hint}")
+
+
+async def never_used(queue: TaskQueue) -> str:
+    """The never-used message of `queue`, with the queues this Redis has when it can tell."""
+    try:
+        known, complete = await known_queues(queue.redis)
+    except redis.exceptions.ResponseError:
+        known, complete = [], False
+    return never_used_message(queue.name, known, complete)
 
 
 def error_line(message: str) -> None:
@@ -267,21 +293,41 @@ async def show(
     snapshot: Callable[[], Awaitable[T]],
     grids: Callable[[T], Grid | list[Grid]],
     to_json: Callable[[T], Any],
+    unused: Callable[[T], Awaitable[str | None]] | None = None,
 ) -> int:
-    """Print one snapshot, or with --watch keep refreshing it until Ctrl-C."""
+    """Print one snapshot, or with --watch keep refreshing it until Ctrl-C.
+
+    `unused` tells from a snapshot whether its queue was never used (the message, or None).
+    Then a single snapshot fails (exit 1, nothing on stdout); --watch says it once on stderr
+    and keeps watching for the queue to appear.
+    """
     watch = bool(getattr(args, "watch", False))
     interval = max(0.1, float(getattr(args, "interval", 2.0)))
+    said = False
+
+    async def take() -> T:
+        nonlocal said
+        data = await snapshot()
+        if unused is not None and not said:
+            message = await unused(data)
+            if message and not watch:
+                raise CommandFailed(message)
+            if message:
+                error_line(f"{message}; watching for it")
+                said = True
+        return data
+
     if args.output == "json":
         while True:
-            print_json(to_json(await snapshot()), one_line=watch)
+            print_json(to_json(await take()), one_line=watch)
             if not watch:
                 return EXIT_OK
             await asyncio.sleep(interval)
-    first = render(grids(await snapshot()))
+    first = render(grids(await take()))
     if not watch:
         emit(first)
         return EXIT_OK
     with Live(first, console=stdout_console(), auto_refresh=False, transient=False) as live:
         while True:
             await asyncio.sleep(interval)
-            live.update(render(grids(await snapshot())), refresh=True)
+            live.update(render(grids(await take())), refresh=True)

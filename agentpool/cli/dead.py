@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from agentpool.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    CommandFailed,
     UsageError,
     add_output_option,
     add_queue_options,
@@ -16,9 +17,11 @@ from agentpool.cli.common import (
     connect,
     emit,
     error_line,
+    never_used,
     print_json,
     print_view,
     queue_name,
+    task_id,
 )
 from agentpool.cli.views import dead_grid, task_json
 from agentpool.protocol import TaskQueue
@@ -32,7 +35,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "run, each with its last error.",
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="list dead tasks, newest first")
+    listing = actions.add_parser(
+        "list", help="list dead tasks, newest first",
+        description="List dead tasks, newest first, each with its last error. Exit 1 if "
+        "nothing was ever submitted to the queue and no worker serves it.",
+    )
     add_queue_options(listing)
     listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     add_output_option(listing)
@@ -59,7 +66,10 @@ async def run_list(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
     name = queue_name(args)
     async with connect(args) as client:
-        tasks = await client.queue(name).dead_letters(args.limit)
+        queue = client.queue(name)
+        tasks = await queue.dead_letters(args.limit)
+        if not tasks and not await queue.used():
+            raise CommandFailed(await never_used(queue))
     print_view(args, dead_grid(tasks, time.time(), name),
                {"queue": name, "tasks": [task_json(name, t) for t in tasks]})
     return EXIT_OK
@@ -71,7 +81,7 @@ def selected_ids(args: argparse.Namespace) -> list[str] | None:
         raise UsageError("give task ids or --all, not both")
     if not args.all and not args.task_ids:
         raise UsageError(f"give the task ids to {args.action}, or --all")
-    return None if args.all else list(dict.fromkeys(args.task_ids))
+    return None if args.all else list(dict.fromkeys(task_id(t) for t in args.task_ids))
 
 
 async def _act(args: argparse.Namespace, past: str,

@@ -14,6 +14,7 @@ from agentpool.cli.common import (
     connect,
     print_view,
     queue_name,
+    task_id,
 )
 from agentpool.cli.views import task_detail_grid, task_json
 from agentpool.protocol import TaskInfo
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Exit 1 if the queue has no such task (results expire after their TTL).",
     )
     add_queue_options(parser)
-    parser.add_argument("task_id", metavar="TASK_ID")
+    parser.add_argument("task_id", metavar="TASK_ID", help="the id submit printed (32 hex digits)")
     add_output_option(parser)
     parser.set_defaults(func=run)
 
@@ -38,6 +39,7 @@ def print_task(args: argparse.Namespace, queue: str, info: TaskInfo) -> None:
 
 @command
 async def run(args: argparse.Namespace) -> int:
+    args.task_id = task_id(args.task_id)
     name = queue_name(args)
     async with connect(args) as client:
         info = await client.queue(name).get(args.task_id)

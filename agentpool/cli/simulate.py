@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from agentpool.cli.simulate_plot import PlotUnavailable, require_matplotlib, write_plot
-from agentpool.models import ScalingSpec
+from agentpool.models import ScalingSpec, WorkerSpec
 from agentpool.scaling.policy import ScalingPolicy
 from agentpool.scaling.simulation import (
     Cluster,
@@ -34,65 +34,103 @@ ROWS = [
     ("max_wait_s", "max wait (s)"),
     ("replica_seconds", "replica-seconds"),
     ("interrupted_tasks", "tasks interrupted by scale-down"),
+    ("pod_starts", "pod starts"),
     ("scale_events", "scale events"),
 ]
+
+
+TRACE_HELP = (
+    "TRACE.csv has one task per row: arrival_seconds,service_seconds (when the task arrives, "
+    "counted from the start of the trace, and how long it runs once a worker has it). One header "
+    "row, blank lines and '#' comments are skipped. Sample traces (steady, bursty, "
+    "diurnal, and the long agent runs of longrun, heavytail and mixed) are in the source "
+    "tree: bench/traces/*.csv, made by bench/make_traces.py."
+)
+
+
+def _default(model: type[BaseModel], name: str) -> Any:
+    """An AgentPool spec field's default, so the simulation starts from what a pool gets."""
+    return model.model_fields[name].default
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "simulate",
         help="compare our autoscaling with KEDA's defaults on an arrival trace",
-        description="Replay TRACE (CSV: arrival_seconds,service_seconds) through the pool's "
-        "scaling policy and through KEDA's defaults over the HPA, on the same simulated "
-        "cluster, and print waits, replica-seconds and tasks interrupted by scale-down.",
+        description="Replay TRACE.csv through the pool's scaling policy and through KEDA's "
+        "defaults over the HPA, on the same simulated cluster, and print waits, "
+        "replica-seconds and tasks interrupted by scale-down. " + TRACE_HELP,
     )
-    parser.add_argument("trace", type=Path, metavar="TRACE.csv")
-    pool = parser.add_argument_group("pool (as in the AgentPool spec)")
-    pool.add_argument("--concurrency", type=int, default=4, help="tasks per pod (default 4)")
-    pool.add_argument("--min-replicas", type=int, default=1)
-    pool.add_argument("--max-replicas", type=int, default=10)
-    pool.add_argument("--tasks-per-replica", type=int, help="default: --concurrency")
-    pool.add_argument("--activation-depth", type=int, default=0)
-    pool.add_argument("--poll-seconds", type=float, default=2.0)
-    pool.add_argument("--scale-up-cooldown", type=int, default=0, metavar="SECONDS")
-    pool.add_argument("--scale-down-cooldown", type=int, default=60, metavar="SECONDS")
-    pool.add_argument("--scale-up-step", type=int)
-    pool.add_argument("--scale-down-step", type=int)
-    pool.add_argument("--drain-seconds", type=float, default=60.0)
+    parser.add_argument("trace", type=Path, metavar="TRACE.csv",
+                        help="the arrival trace, e.g. bench/traces/bursty.csv")
+    pool = parser.add_argument_group("pool (as in the AgentPool spec; defaults are the spec's)")
+    pool.add_argument("--concurrency", type=int, default=_default(WorkerSpec, "concurrency"),
+                      metavar="N",
+                      help="tasks per pod (default %(default)s)")
+    pool.add_argument("--min-replicas", type=int, metavar="N",
+                      default=_default(ScalingSpec, "min_replicas"),
+                      help="fewest pods; 0 allows scaling to zero (default %(default)s)")
+    pool.add_argument("--max-replicas", type=int, metavar="N",
+                      default=_default(ScalingSpec, "max_replicas"),
+                      help="most pods (default %(default)s)")
+    pool.add_argument("--tasks-per-replica", type=int, metavar="N",
+                      help="queued + in-flight tasks one pod carries (default: --concurrency)")
+    pool.add_argument("--activation-depth", type=int, metavar="TASKS",
+                      default=_default(ScalingSpec, "activation_depth"),
+                      help="a pool at zero wakes when more tasks than this are queued "
+                      "(default %(default)s)")
+    pool.add_argument("--poll-seconds", type=float,
+                      default=_default(ScalingSpec, "poll_seconds"), metavar="SECONDS",
+                      help="how often the queue depth is measured (default %(default)s)")
+    pool.add_argument("--scale-up-cooldown", type=int, metavar="SECONDS",
+                      default=_default(ScalingSpec, "scale_up_cooldown_seconds"),
+                      help="least time between two scale-ups (default %(default)s)")
+    pool.add_argument("--scale-down-cooldown", type=int, metavar="SECONDS",
+                      default=_default(ScalingSpec, "scale_down_cooldown_seconds"),
+                      help="least time after a scale-up before a scale-down, and the "
+                      "stabilisation window (default %(default)s)")
+    pool.add_argument("--scale-up-step", type=int, metavar="PODS",
+                      help="most pods added by one decision (default: unlimited)")
+    pool.add_argument("--scale-down-step", type=int, metavar="PODS",
+                      help="most pods removed by one decision (default: unlimited)")
     cluster = parser.add_argument_group("cluster and baseline")
     cluster.add_argument(
-        "--startup-seconds", type=float, default=20.0, help="pod start to ready (default 20)"
+        "--startup-seconds", type=float, default=20, metavar="SECONDS",
+        help="pod start to ready (default %(default)s)",
     )
     cluster.add_argument(
         "--keda-metric",
         choices=["queued", "backlog"],
         default="queued",
-        help="what KEDA measures: the queue length, as its Redis list scaler (default), or "
-        "queued + in-flight",
+        help="what KEDA measures: the queue length, as its Redis list scaler (queued), or "
+        "queued + in-flight (backlog) (default %(default)s)",
     )
     cluster.add_argument(
         "--keda-grace-seconds",
         type=float,
-        default=30.0,
-        help="terminationGracePeriodSeconds of the baseline's pods (default 30)",
+        default=30,
+        metavar="SECONDS",
+        help="terminationGracePeriodSeconds of the baseline's pods (default %(default)s)",
     )
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table",
+                        help="table for people, json for programs (default %(default)s)")
     parser.add_argument(
-        "--timeline", action="store_true", help="with -o json: add the sampled time series"
+        "--timeline", action="store_true",
+        help="with -o json: add the sampled time series (default: off)",
     )
     parser.add_argument(
         "--plot",
         type=Path,
         metavar="FILE.png",
         help="write a PNG of queue depth and replicas over time for both autoscalers "
-        "(needs matplotlib: pip install 'agentpool[bench]')",
+        "(needs matplotlib: pip install 'agentpool[bench]'; default: no plot)",
     )
     parser.add_argument(
         "--sample-seconds",
         type=float,
-        default=2.0,
+        default=2,
         metavar="SECONDS",
-        help="time between samples of --timeline and --plot (default 2)",
+        help="time between samples of --timeline and --plot (default %(default)s)",
     )
     parser.set_defaults(func=run)
 
@@ -109,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
         cluster = Cluster(
             concurrency=args.concurrency,
             startup_seconds=args.startup_seconds,
-            drain_seconds=args.drain_seconds,
             sample_seconds=args.sample_seconds,
         )
         keda = KedaSettings(metric=args.keda_metric, grace_seconds=args.keda_grace_seconds)
@@ -156,7 +193,7 @@ def _model(args: argparse.Namespace) -> str:
     return (
         f"{args.min_replicas}..{args.max_replicas} replicas, concurrency {args.concurrency}, "
         f"tasksPerReplica {tpr}, pods ready {args.startup_seconds:g}s after start, "
-        f"drainSeconds {args.drain_seconds:g}; KEDA metric: {metric}, "
+        f"scale-down drains until runs end; KEDA metric: {metric}, "
         f"grace {args.keda_grace_seconds:g}s"
     )
 

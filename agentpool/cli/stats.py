@@ -12,6 +12,7 @@ from agentpool.cli.common import (
     add_watch_options,
     command,
     connect,
+    never_used,
     queue_name,
     show,
 )
@@ -26,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="show a queue's figures",
         description="Show a queue's figures (queued per priority, delayed, in flight, dead, "
         "live workers) and its cumulative counters. With --watch the view refreshes and adds "
-        "rates computed over the refreshes of the last --window seconds.",
+        "rates computed over the refreshes of the last --window seconds. Exit 1 if nothing was "
+        "ever submitted to the queue and no worker serves it (with --watch: said once, and "
+        "the watch goes on until it appears).",
     )
     add_queue_options(parser)
     add_output_option(parser)
@@ -54,4 +57,7 @@ async def run(args: argparse.Namespace) -> int:
         def to_json(data: tuple[QueueFigures, Rates | None]) -> Any:
             return figures_json(name, *data)
 
-        return await show(args, snapshot, grids, to_json)
+        async def unused(data: tuple[QueueFigures, Rates | None]) -> str | None:
+            return None if data[0].used else await never_used(queue)
+
+        return await show(args, snapshot, grids, to_json, unused)

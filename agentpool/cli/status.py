@@ -36,6 +36,7 @@ from agentpool.cli.common import (
     add_watch_options,
     command,
     connect,
+    never_used,
     redis_failure,
     redis_url,
 )
@@ -346,22 +347,29 @@ async def show_queue(args: argparse.Namespace) -> int:
                          f"{ENV_REDIS_URL}")
     name: str = args.queue
     tracker = RateTracker(args.window)
+    used = True
     async with connect(args) as client:
         queue = client.queue(name)
 
         async def snapshot() -> Snapshot:
+            nonlocal used
             figures = await queue.figures()
             tracker.add(CounterSample(time.monotonic(), figures.stats))
-            if args.sample > 0 and tracker.rates() is None:
+            if figures.used and args.sample > 0 and tracker.rates() is None:
                 await asyncio.sleep(args.sample)
                 figures = await queue.figures()
                 tracker.add(CounterSample(time.monotonic(), figures.stats))
+            used = figures.used
             return [FleetRow(queue_summary(name, figures), tracker.rates())], time.time()
+
+        async def unused(_: Snapshot) -> str | None:
+            return None if used else await never_used(queue)
 
         return await show_view(
             args, snapshot,
             lambda snap: fleet_grid(snap[0], snap[1], all_namespaces=False),
             lambda snap: {"namespace": None, "pools": fleet_json(*snap)},
+            unused,
         )
 
 

@@ -23,7 +23,13 @@ from agentpool.cli.common import (
     queue_name,
 )
 from agentpool.cli.views import submitted_grid, submitted_json, waited_grid, waited_json
-from agentpool.protocol import TaskInfo, TaskQueue, encode_payload
+from agentpool.protocol import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    PayloadTooLarge,
+    TaskInfo,
+    TaskQueue,
+    encode_payload,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,11 +38,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="queue tasks",
         description="Queue tasks. Payloads come from --json (repeat it for several tasks) or "
         "from a JSON-lines file (one payload per line, '-' reads stdin); a file is sent in "
-        "pipelined batches. Prints the task ids, or with --wait the outcomes.",
+        "pipelined batches. A payload is any JSON value: an object, a list, a string (a "
+        "prompt), a number or null, of at most "
+        f"{DEFAULT_MAX_PAYLOAD_BYTES // (1 << 20)} MiB ({DEFAULT_MAX_PAYLOAD_BYTES} bytes) "
+        "encoded as JSON; the handler receives it decoded. Prints the task ids, or with "
+        "--wait the outcomes.",
     )
     add_queue_options(parser)
     parser.add_argument("--json", dest="payloads", action="append", default=None,
-                        metavar="PAYLOAD", help="a task payload as JSON (repeatable)")
+                        metavar="PAYLOAD",
+                        help="a task payload: any JSON value, e.g. '{\"prompt\": \"hi\"}', "
+                        "'\"hi\"' or '[1, 2]' (repeatable)")
     parser.add_argument("-f", "--file", metavar="FILE",
                         help="JSON lines, one payload per line; '-' reads stdin")
     parser.add_argument("-p", "--priority", type=int, default=0,
@@ -64,21 +76,23 @@ def parse_json_payload(text: str, where: str) -> Any:
         ) from None
 
 
-def parse_json_lines(lines: Iterable[str], source: str) -> list[Any]:
-    """Payloads of a JSON-lines text; blank lines are skipped."""
+def parse_json_lines(lines: Iterable[str], source: str) -> list[tuple[str, Any]]:
+    """Payloads of a JSON-lines text, each with where it came from; blank lines are skipped."""
     payloads = []
     for number, line in enumerate(lines, start=1):
         if line.strip():
-            payloads.append(parse_json_payload(line, f"line {number} of {source}"))
+            where = f"line {number} of {source}"
+            payloads.append((where, parse_json_payload(line, where)))
     return payloads
 
 
 def read_payloads(args: argparse.Namespace) -> list[Any]:
+    """Every payload given, each checked against the size limit before anything is sent."""
     texts: list[str] = args.payloads or []
-    payloads = [
-        parse_json_payload(text, "--json" if len(texts) == 1 else f"--json #{i}")
-        for i, text in enumerate(texts, start=1)
-    ]
+    payloads: list[tuple[str, Any]] = []
+    for i, text in enumerate(texts, start=1):
+        where = "--json" if len(texts) == 1 else f"--json #{i}"
+        payloads.append((where, parse_json_payload(text, where)))
     if args.file == "-":
         payloads += parse_json_lines(sys.stdin, "stdin")
     elif args.file:
@@ -91,7 +105,12 @@ def read_payloads(args: argparse.Namespace) -> list[Any]:
             raise UsageError(f"cannot read {args.file}: not UTF-8 text ({exc.reason})") from None
     if not payloads:
         raise UsageError("nothing to submit: give --json PAYLOAD or --file FILE")
-    return payloads
+    for where, payload in payloads:
+        try:
+            encode_payload(payload, DEFAULT_MAX_PAYLOAD_BYTES)
+        except PayloadTooLarge as exc:
+            raise UsageError(f"{where}: {exc}") from None
+    return [payload for _, payload in payloads]
 
 
 async def submit_all(queue: TaskQueue, payloads: Sequence[Any],

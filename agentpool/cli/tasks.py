@@ -7,11 +7,13 @@ import time
 
 from agentpool.cli.common import (
     EXIT_OK,
+    CommandFailed,
     UsageError,
     add_output_option,
     add_queue_options,
     command,
     connect,
+    never_used,
     print_view,
     queue_name,
 )
@@ -25,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="list tasks by state",
         description="List a queue's tasks by state: queued (in claim order), delayed (by due "
         "time), running (by lease expiry), dead (newest first). Finished tasks are not "
-        "listed; read one with `get`.",
+        "listed; read one with `get`. Exit 1 if nothing was ever submitted to the queue and "
+        "no worker serves it.",
     )
     add_queue_options(parser)
     parser.add_argument("-s", "--state", action="append", choices=TASK_LIST_STATES,
@@ -44,7 +47,10 @@ async def run(args: argparse.Namespace) -> int:
     states = list(dict.fromkeys(args.state or TASK_LIST_STATES))
     async with connect(args) as client:
         queue = client.queue(name)
-        totals = state_totals(await queue.figures())
+        figures = await queue.figures()
+        if not figures.used:
+            raise CommandFailed(await never_used(queue))
+        totals = state_totals(figures)
         groups: dict[str, list[TaskInfo]] = {
             state: await queue.list_tasks(state, args.limit) for state in states
         }

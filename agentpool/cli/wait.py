@@ -14,6 +14,7 @@ from agentpool.cli.common import (
     connect,
     error_line,
     queue_name,
+    task_id,
 )
 from agentpool.cli.get import print_task
 from agentpool.cli.views import ended_line
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "passed.",
     )
     add_queue_options(parser)
-    parser.add_argument("task_id", metavar="TASK_ID")
+    parser.add_argument("task_id", metavar="TASK_ID", help="the id submit printed (32 hex digits)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="give up after this many seconds (default: wait forever)")
     add_output_option(parser)
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 @command
 async def run(args: argparse.Namespace) -> int:
+    args.task_id = task_id(args.task_id)
     name = queue_name(args)
     async with connect(args) as client:
         try:

@@ -12,6 +12,7 @@ from agentpool.cli.common import (
     add_watch_options,
     command,
     connect,
+    never_used,
     queue_name,
     show,
 )
@@ -28,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="List worker instances (pod + per-process instance id) that heart-beat "
         f"within the last {WORKER_LIVENESS_WINDOW:g}s: state, tasks leased to it now / "
         "concurrency (the tasks `tasks -s running` lists as its own), tasks done and failed "
-        "(as of its last heartbeat), time since the last heartbeat, uptime.",
+        "(as of its last heartbeat), time since the last heartbeat, uptime. Exit 1 if "
+        "nothing was ever submitted to the queue and no worker serves it (with --watch: said "
+        "once, and the watch goes on).",
     )
     add_queue_options(parser)
     add_output_option(parser)
@@ -53,4 +56,8 @@ async def run(args: argparse.Namespace) -> int:
             workers, now = data
             return {"queue": name, "workers": workers_json(workers, now)}
 
-        return await show(args, snapshot, grids, to_json)
+        async def unused(data: Snapshot) -> str | None:
+            workers, _ = data
+            return None if workers or await queue.used() else await never_used(queue)
+
+        return await show(args, snapshot, grids, to_json, unused)

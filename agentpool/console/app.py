@@ -15,7 +15,7 @@ import redis.exceptions
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from agentpool.cli.common import CommandFailed, describe_redis_error
+from agentpool.cli.common import CommandFailed
 from agentpool.console.hub import Hub, Loader
 from agentpool.console.security import (
     Handler,
@@ -25,6 +25,7 @@ from agentpool.console.security import (
 )
 from agentpool.console.sources import NotFound, Sources
 from agentpool.protocol import ProtocolError
+from agentpool.redis_errors import describe_redis_error
 
 STATIC = resources.files("agentpool.console") / "static"
 FLEET_SECONDS = 2.0

@@ -40,6 +40,7 @@ from agentpool.protocol import (
     TaskQueue,
     figures_and_workers,
     figures_of,
+    known_queues,
     task_for_idempotency_key,
     task_page,
 )
@@ -49,6 +50,7 @@ NO_NAMESPACE = "-"
 PAGE_SIZE = 50
 PREVIEW_CHARS = 120
 DISCOVERY_SECONDS = 30.0
+DISCOVERY_MAX_KEYS = 5_000_000
 REQUEST_TIMEOUT = 10.0
 MAX_CACHED_QUEUES = 10_000
 
@@ -99,19 +101,14 @@ class Sources:
     # -- fleet -----------------------------------------------------------------------------
 
     async def discover_queues(self) -> list[str]:
-        """Queues that ever had a task submitted or a worker started (their `seq`, `stats`
-        or `config` key), rescanned every DISCOVERY_SECONDS."""
+        """Queues that ever had a task submitted or a worker started, rescanned every
+        DISCOVERY_SECONDS (at most DISCOVERY_MAX_KEYS keys looked at per scan)."""
         if self.queues:
             return sorted(self.queues)
         if time.monotonic() - self._found_at < DISCOVERY_SECONDS:
             return self._found
-        found: set[str] = set()
-        async for key in self.redis.scan_iter(match="ap:{*}:[sc]*", count=5000):
-            text = key.decode() if isinstance(key, bytes) else str(key)
-            head, sep, tail = text.rpartition("}:")
-            if sep and tail in ("seq", "stats", "config") and head.startswith("ap:{"):
-                found.add(head[4:])
-        self._found = sorted(q for q in found if QUEUE_NAME.match(q))
+        found, _ = await known_queues(self.redis, max_keys=DISCOVERY_MAX_KEYS)
+        self._found = found
         self._found_at = time.monotonic()
         return self._found
 

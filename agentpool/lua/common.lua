@@ -51,6 +51,13 @@ local function drain_requested(worker, pod)
   return redis.call('HEXISTS', K_DRAIN, pod) == 1 or redis.call('HEXISTS', K_DRAIN, worker) == 1
 end
 
+-- Anything was ever submitted to the queue, or a worker serves it (or served it: its config
+-- stays). The stats hash is created by the first submit and never deleted by the protocol.
+local function queue_used()
+  return redis.call('EXISTS', K_STATS, K_CONFIG, K_WORKERS, K_QUEUED, K_DELAYED, K_LEASES,
+    K_DEAD) > 0 and 1 or 0
+end
+
 local function wake(n)
   if redis.call('LLEN', K_WAKE) < WAKE_CAP then
     for _ = 1, math.min(n, WAKE_CAP) do redis.call('RPUSH', K_WAKE, '1') end

@@ -1,6 +1,6 @@
 -- ARGV: prefix, worker liveness window ms
 -- Returns {queued per priority 0..9, due delayed, delayed not yet due, in flight, dead,
---          live workers, stats as a flat list}.
+--          live workers, stats as a flat list, used (1|0)}.
 local window = tonumber(ARGV[2])
 local now = now_ms()
 local band = 1099511627776
@@ -17,4 +17,5 @@ return {
   redis.call('ZCARD', K_DEAD),
   redis.call('ZCOUNT', K_WORKERS, now - window, '+inf'),
   redis.call('HGETALL', K_STATS),
+  queue_used(),
 }

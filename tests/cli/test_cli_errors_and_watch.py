@@ -8,18 +8,18 @@ import sys
 import time
 
 import pytest
-import redis.exceptions
 from cli_helpers import Cli, wait_until, with_queue
 
-from agentpool.cli.common import CLI_CLIENT_NAME, describe_redis_error, redis_failure
+from agentpool.cli.common import CLI_CLIENT_NAME
 from agentpool.protocol import TaskQueue, key_prefix
-from agentpool.redis_server import free_port
+from agentpool.redis_server import RedisServer, free_port
 
+SOME_ID = "0123456789abcdef0123456789abcdef"
 VERBS = [
     ["submit", "--json", "1"],
-    ["get", "abc"],
-    ["wait", "abc"],
-    ["cancel", "abc"],
+    ["get", SOME_ID],
+    ["wait", SOME_ID],
+    ["cancel", SOME_ID],
     ["stats"],
     ["dead", "list"],
     ["dead", "purge", "--all"],
@@ -39,6 +39,41 @@ def test_unreachable_redis_is_one_line_and_exit_1(cli: Cli, argv: list[str],
     assert result.err_lines == [
         f"agentpool: cannot reach Redis at redis://:***@127.0.0.1:{port}/0: Connection refused"
     ]
+
+
+@pytest.mark.parametrize("argv", VERBS, ids=lambda a: " ".join(a[:2]))
+def test_a_password_protected_redis_without_the_password_says_where_to_put_it(
+    cli: Cli, protected_redis: RedisServer, argv: list[str],
+) -> None:
+    url = f"redis://127.0.0.1:{protected_redis.port}/0"
+    cli.redis_url = url
+    result = cli(*argv)
+    assert (result.code, result.out) == (1, "")
+    assert result.err_lines == [
+        f"agentpool: Redis at {url} requires a password: put it in the URL "
+        "(redis://:PASSWORD@host:port/db) of --redis-url or AGENTPOOL_REDIS_URL"]
+
+
+@pytest.mark.parametrize("argv", [["submit", "--json", "1"], ["stats"]],
+                         ids=lambda a: a[0])
+def test_a_wrong_password_is_refused_in_one_line_without_echoing_it(
+    cli: Cli, protected_redis: RedisServer, argv: list[str],
+) -> None:
+    cli.redis_url = f"redis://:wrong-pw@127.0.0.1:{protected_redis.port}/0"
+    result = cli(*argv, "-o", "json")
+    assert (result.code, result.out) == (1, "")
+    assert result.err_lines == [
+        f"agentpool: Redis at redis://:***@127.0.0.1:{protected_redis.port}/0 refused the "
+        "password"]
+
+
+def test_the_password_from_the_environment_is_used(
+    cli: Cli, protected_redis: RedisServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENTPOOL_REDIS_URL", protected_redis.url)
+    submitted = cli.raw("submit", "-q", cli.queue, "--json", '"hello"', "-o", "json")
+    assert submitted.code == 0, submitted
+    assert cli.raw("stats", "-q", cli.queue, "-o", "json").json()["queued"] == 1
 
 
 def test_status_queue_mode_unreachable(cli: Cli) -> None:
@@ -72,20 +107,6 @@ def test_invalid_queue_name_is_a_usage_error(cli: Cli) -> None:
     assert result.err.startswith("agentpool: invalid queue name 'bad name!'")
 
 
-def test_describe_redis_error() -> None:
-    assert describe_redis_error(redis.exceptions.ConnectionError(
-        "Error 111 connecting to 127.0.0.1:1. Connect call failed ('127.0.0.1', 1).")
-    ) == "Connection refused"
-    assert describe_redis_error(redis.exceptions.ConnectionError(
-        "Error -2 connecting to a.example.invalid:6379. Name or service not known.")
-    ) == "Name or service not known"
-    assert describe_redis_error(redis.exceptions.TimeoutError("Timeout connecting to server")
-                                ) == "Timeout connecting to server"
-    assert redis_failure("redis://:pw@h:1/0", redis.exceptions.AuthenticationError(
-        "invalid password")) == "Redis at redis://:***@h:1/0 refused the credentials: " \
-                                "invalid password"
-
-
 def spawn(*argv: str) -> subprocess.Popen[str]:
     code = "import sys; from agentpool.cli.main import main; sys.exit(main())"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
@@ -94,6 +115,7 @@ def spawn(*argv: str) -> subprocess.Popen[str]:
 
 
 def test_watch_json_streams_lines_until_ctrl_c(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, lambda q: q.submit(1))
     proc = spawn("stats", "--redis-url", cli.redis_url, "--queue", cli.queue, "--watch",
                  "--interval", "0.1", "-o", "json")
     assert proc.stdout is not None
@@ -107,6 +129,7 @@ def test_watch_json_streams_lines_until_ctrl_c(cli: Cli) -> None:
 
 
 def test_watch_table_refreshes_until_ctrl_c(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, lambda q: q.submit(1))
     proc = spawn("workers", "--redis-url", cli.redis_url, "--queue", cli.queue, "-w",
                  "--interval", "0.1")
 
@@ -119,6 +142,51 @@ def test_watch_table_refreshes_until_ctrl_c(cli: Cli) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
     assert (proc.returncode, err) == (0, "")
+    assert f"Workers of queue {cli.queue}: 0" in out
+
+
+def never_used_line(queue: str) -> str:
+    return (f'agentpool: queue "{queue}" has never been used: nothing was submitted to it and '
+            "no worker serves it")
+
+
+def test_watch_of_a_never_used_queue_says_so_once_then_shows_it_when_it_appears(
+    cli: Cli,
+) -> None:
+    proc = spawn("stats", "--redis-url", cli.redis_url, "--queue", cli.queue, "--watch",
+                 "--interval", "0.1", "-o", "json")
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["queued"] == 0
+    with_queue(cli.redis_url, cli.queue, lambda q: q.submit({"n": 1}))
+    queued = [json.loads(proc.stdout.readline())["queued"] for _ in range(3)]
+    for _ in range(100):
+        if queued[-1] == 1:
+            break
+        queued.append(json.loads(proc.stdout.readline())["queued"])
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert queued[-1] == 1
+    assert proc.returncode == 0
+    [line] = err.splitlines()
+    assert line.startswith(never_used_line(cli.queue))
+    assert line.endswith("; watching for it")
+
+
+def test_watch_table_of_a_never_used_queue_says_so_once(cli: Cli) -> None:
+    proc = spawn("workers", "--redis-url", cli.redis_url, "--queue", cli.queue, "-w",
+                 "--interval", "0.1")
+
+    async def cli_connections(q: TaskQueue) -> int:
+        clients = await q.redis.client_list()
+        return sum(c.get("name") == CLI_CLIENT_NAME for c in clients)
+
+    wait_until(lambda: with_queue(cli.redis_url, cli.queue, cli_connections) > 0, within=20)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    [line] = err.splitlines()
+    assert line.startswith(never_used_line(cli.queue))
     assert f"Workers of queue {cli.queue}: 0" in out
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from cli_helpers import Cli, key_values, make_dead, table_rows, wait_until, with_queue
 
+from agentpool.cli.common import never_used_message
 from agentpool.protocol import TaskQueue, WorkerInfo
+from agentpool.redis_server import RedisServer
 
 
 async def mixed_queue(q: TaskQueue) -> dict[str, list[str]]:
@@ -67,7 +69,12 @@ def test_tasks_table_with_state_filter_and_limit(cli: Cli) -> None:
     assert "Running" not in out
 
 
+async def used_then_emptied(q: TaskQueue) -> None:
+    await q.cancel(await q.submit({"n": 1}))
+
+
 def test_tasks_of_an_empty_queue(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, used_then_emptied)
     out = cli.ok("tasks").out
     assert out.splitlines() == [f"{s} in {cli.queue}: 0"
                                 for s in ("Queued", "Delayed", "Running", "Dead")]
@@ -104,7 +111,7 @@ def test_dead_requeue_all_json(cli: Cli) -> None:
 
 def test_dead_ids_not_dead_exit_1(cli: Cli) -> None:
     [task_id] = with_queue(cli.redis_url, cli.queue, lambda q: make_dead(q, [1]))
-    result = cli("dead", "purge", task_id, "missing")
+    result = cli("dead", "purge", task_id, "0123456789abcdef0123456789abcdef")
     assert result.code == 1
     assert result.out.strip() == f"Purged 1 dead task of queue {cli.queue}"
     assert result.err_lines == ["agentpool: 1 of 2 given tasks were not in the dead-letter queue"]
@@ -180,7 +187,11 @@ def running_owners(cli: Cli) -> Counter[str]:
 def test_workers_in_flight_agrees_with_the_running_tasks_of_a_real_worker(
     cli: Cli, worker_process: subprocess.Popen[bytes]
 ) -> None:
-    wait_until(lambda: bool(cli.ok("workers", "-o", "json").json()["workers"]), within=20)
+    def registered() -> bool:
+        result = cli("workers", "-o", "json")
+        return result.code == 0 and bool(result.json()["workers"])
+
+    wait_until(registered, within=20)
     cli.ok("submit", *["--json", '{"mean_seconds": 600}'] * 6)
     wait_until(lambda: sum(running_owners(cli).values()) == 4, within=10)
 
@@ -193,5 +204,82 @@ def test_workers_in_flight_agrees_with_the_running_tasks_of_a_real_worker(
 
 
 def test_workers_none(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, used_then_emptied)
     assert cli.ok("workers").out.strip() == f"Workers of queue {cli.queue}: 0"
     assert cli.ok("workers", "-o", "json").json() == {"queue": cli.queue, "workers": []}
+
+
+NEVER_USED_VIEWS = [["stats"], ["tasks"], ["dead", "list"], ["workers"]]
+
+
+def never_used(queue: str) -> str:
+    return (f'agentpool: queue "{queue}" has never been used: nothing was submitted to it and '
+            "no worker serves it")
+
+
+@pytest.mark.parametrize("argv", NEVER_USED_VIEWS, ids=" ".join)
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_a_never_used_queue_is_not_shown_as_an_empty_one(cli: Cli, argv: list[str],
+                                                         output: str) -> None:
+    result = cli(*argv, "-o", output)
+    assert (result.code, result.out) == (1, "")
+    [line] = result.err_lines
+    assert line.startswith(never_used(cli.queue) + " (")
+
+
+def test_status_of_a_never_used_queue(cli: Cli) -> None:
+    result = cli.raw("status", "--redis-url", cli.redis_url, "--queue", cli.queue)
+    assert (result.code, result.out) == (1, "")
+    [line] = result.err_lines
+    assert line.startswith(never_used(cli.queue))
+
+
+@pytest.fixture
+def own_redis() -> Iterator[str]:
+    """A redis-server of this test's own, so that the queues it holds are known exactly."""
+    with RedisServer() as server:
+        yield server.url
+
+
+def test_the_message_lists_the_queues_this_redis_has(
+    capsys: pytest.CaptureFixture[str], own_redis: str,
+) -> None:
+    cli = Cli(capsys, own_redis, "demo2")
+    result = cli("stats")
+    assert result.err_lines == [never_used("demo2") + " (this Redis database has no queues yet)"]
+
+    async def use(q: TaskQueue) -> None:
+        if q.name == "demo":
+            await q.submit({"n": 1})
+        elif q.name == "jobs":
+            await q.heartbeat(WorkerInfo(pod="pod-j", instance="i1", concurrency=1), {}, 30)
+        else:
+            await q.configure(max_attempts=2)
+
+    for name in ("demo", "jobs", "old"):
+        with_queue(own_redis, name, use)
+    for argv in NEVER_USED_VIEWS:
+        result = cli(*argv)
+        assert (result.code, result.err_lines) == (
+            1, [never_used("demo2") + " (queues here: demo, jobs, old)"])
+    for name in ("demo", "jobs", "old"):
+        assert Cli(capsys, own_redis, name).ok("stats").err == ""
+
+
+def test_a_queue_only_a_worker_serves_is_shown(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, lambda q: q.heartbeat(
+        WorkerInfo(pod="pod-s", instance="i1", concurrency=2), {}, 30))
+    assert key_values(cli.ok("stats").out)["Workers"] == "1"
+    assert cli.ok("tasks", "-o", "json").json()["totals"]["queued"] == 0
+    assert cli.ok("dead", "list", "-o", "json").json()["tasks"] == []
+    [worker] = cli.ok("workers", "-o", "json").json()["workers"]
+    assert worker["pod"] == "pod-s"
+
+
+def test_never_used_message_lists_at_most_ten_queues() -> None:
+    names = [f"q{i:02d}" for i in range(13)]
+    assert never_used_message("typo", names, complete=True).endswith(
+        "(queues here: q00, q01, q02, q03, q04, q05, q06, q07, q08, q09 and 3 more)")
+    assert never_used_message("q00", ["q00", "q01"], complete=False).endswith(
+        "(queues here include: q01)")
+    assert never_used_message("typo", [], complete=False).endswith("no worker serves it")

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_helpers import Cli, background_worker, table_rows, with_queue
 
-from agentpool.protocol import TaskQueue
+from agentpool.cli.main import main
+from agentpool.protocol import DEFAULT_MAX_PAYLOAD_BYTES, TaskQueue
+
+HERE = Path(__file__).resolve().parent
 
 
 def test_submit_one_payload_prints_its_id(cli: Cli) -> None:
@@ -156,3 +164,60 @@ def test_submit_wait_timeout_lists_pending_and_exits_1(cli: Cli) -> None:
     assert result.code == 1
     assert result.err_lines == ["agentpool: 1 of 1 tasks not finished after 0.3s"]
     assert len(result.json()["pending"]) == 1
+
+
+@pytest.fixture
+def describing_worker(cli: Cli, tmp_path: Path) -> Iterator[None]:
+    """A real `agentpool-worker` on the CLI's queue whose handler returns the type and value
+    of the payload it received."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
+    env.update(AGENTPOOL_REDIS_URL=cli.redis_url, AGENTPOOL_QUEUE=cli.queue,
+               AGENTPOOL_HANDLER="payload_handlers:describe", AGENTPOOL_POD_NAME="pod-p",
+               AGENTPOOL_PORT="0",
+               PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]))
+    with (tmp_path / "worker.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "agentpool_worker.main"], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_any_json_value_reaches_the_handler_as_given(cli: Cli, describing_worker: None,
+                                                     tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('"Summarise the attached report."\n[1, "two", {"three": 3}]\n')
+    doc = cli.ok("submit", "--file", str(path), "--json", "null", "--wait", "--timeout", "60",
+                 "-o", "json").json()
+    assert [t["state"] for t in doc["tasks"]] == ["succeeded"] * 3
+    assert [t["result"] for t in doc["tasks"]] == [
+        {"type": "NoneType", "payload": None},
+        {"type": "str", "payload": "Summarise the attached report."},
+        {"type": "list", "payload": [1, "two", {"three": 3}]},
+    ]
+
+
+def test_a_payload_over_the_limit_is_refused_in_one_line(cli: Cli, tmp_path: Path) -> None:
+    big = "x" * DEFAULT_MAX_PAYLOAD_BYTES
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(f'{{"n": 1}}\n{json.dumps(big)}\n')
+    result = cli("submit", "--file", str(path))
+    assert (result.code, result.out) == (2, "")
+    assert result.err_lines == [
+        f"agentpool: line 2 of {path}: payload is {DEFAULT_MAX_PAYLOAD_BYTES + 2} bytes "
+        "encoded as JSON; the limit is 1048576 bytes (1 MiB)"]
+    single = cli("submit", "--json", json.dumps([big]))
+    assert single.err_lines == [
+        f"agentpool: --json: payload is {DEFAULT_MAX_PAYLOAD_BYTES + 4} bytes encoded as JSON; "
+        "the limit is 1048576 bytes (1 MiB)"]
+    assert not with_queue(cli.redis_url, cli.queue, TaskQueue.used)
+
+
+def test_submit_help_states_what_a_payload_may_be(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["submit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "A payload is any JSON value: an object, a list, a string (a prompt)" in text
+    assert "at most 1 MiB (1048576 bytes) encoded as JSON" in text

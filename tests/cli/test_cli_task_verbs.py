@@ -2,9 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from cli_helpers import Cli, background_worker, key_values, make_dead, with_queue
 
 from agentpool.protocol import TaskQueue
+
+UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
 
 
 def submit(cli: Cli, payload: Any = None, **options: Any) -> str:
@@ -38,9 +41,42 @@ def test_get_json_has_every_field(cli: Cli) -> None:
 
 def test_get_unknown_task_exits_1_with_one_line(cli: Cli) -> None:
     for output in ("table", "json"):
-        result = cli("get", "nope", "-o", output)
+        result = cli("get", UNKNOWN_ID, "-o", output)
         assert (result.code, result.out) == (1, "")
-        assert result.err_lines == [f"agentpool: no task nope in queue {cli.queue}"]
+        assert result.err_lines == [f"agentpool: no task {UNKNOWN_ID} in queue {cli.queue}"]
+
+
+@pytest.mark.parametrize("verb", ["get", "wait", "cancel"])
+def test_an_empty_task_id_is_named_as_the_problem(cli: Cli, verb: str) -> None:
+    for argv in ([verb, ""], [verb, "  ", "--redis-url", cli.redis_url, "-q", cli.queue]):
+        result = cli.raw(*argv)
+        assert (result.code, result.out) == (2, "")
+        assert result.err_lines == [
+            "agentpool: empty task id: give the id that submit printed (32 hexadecimal digits)"]
+
+
+@pytest.mark.parametrize("verb", ["get", "wait", "cancel"])
+def test_a_malformed_task_id_is_named_as_the_problem(cli: Cli, verb: str) -> None:
+    task_id = submit(cli)
+    for bad in ("nope", task_id[:-1], task_id + "0", f"{task_id[:8]}-{task_id[8:]}"):
+        result = cli(verb, bad)
+        assert (result.code, result.out) == (2, "")
+        assert result.err_lines == [
+            f"agentpool: invalid task id {bad!r}: a task id is 32 hexadecimal digits, as "
+            "submit prints it"]
+    info = with_queue(cli.redis_url, cli.queue, lambda q: q.get(task_id))
+    assert info is not None and info.state == "queued"
+
+
+def test_a_task_id_pasted_with_blanks_or_in_capitals_is_found(cli: Cli) -> None:
+    task_id = submit(cli)
+    assert cli.ok("get", f" {task_id.upper()}\n", "-o", "json").json()["id"] == task_id
+
+
+def test_dead_requeue_checks_every_id(cli: Cli) -> None:
+    result = cli("dead", "requeue", UNKNOWN_ID, "")
+    assert (result.code, result.out) == (2, "")
+    assert result.err_lines[0].startswith("agentpool: empty task id")
 
 
 def test_wait_returns_the_result(cli: Cli) -> None:
@@ -66,9 +102,9 @@ def test_wait_timeout_exits_1(cli: Cli) -> None:
 
 
 def test_wait_unknown_task_exits_1(cli: Cli) -> None:
-    result = cli("wait", "nope", "--timeout", "1")
+    result = cli("wait", UNKNOWN_ID, "--timeout", "1")
     assert result.code == 1
-    assert result.err_lines == [f"agentpool: no task nope in queue {cli.queue}"]
+    assert result.err_lines == [f"agentpool: no task {UNKNOWN_ID} in queue {cli.queue}"]
 
 
 def test_cancel_a_queued_task(cli: Cli) -> None:
@@ -93,6 +129,6 @@ def test_cancel_finished_or_unknown_exits_1(cli: Cli) -> None:
     assert again.code == 1
     assert again.json()["outcome"] == "finished"
     assert again.err_lines == [f"agentpool: {task_id}: not cancelled: the task already finished"]
-    unknown = cli("cancel", "nope")
+    unknown = cli("cancel", UNKNOWN_ID)
     assert (unknown.code, unknown.out) == (1, "")
-    assert unknown.err_lines == ["agentpool: nope: not cancelled: no such task"]
+    assert unknown.err_lines == [f"agentpool: {UNKNOWN_ID}: not cancelled: no such task"]

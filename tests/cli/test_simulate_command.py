@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from agentpool.cli.main import main
+from agentpool.cli.main import build_parser, main
+from agentpool.models import ScalingSpec
+from agentpool.scaling.simulation import parse_trace
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -90,3 +96,39 @@ def test_simulate_refuses_a_non_positive_sample_period(
 ) -> None:
     assert main(["simulate", str(trace), "--sample-seconds", "0"]) == 2
     assert "--sample-seconds must be positive" in capsys.readouterr().err
+
+
+def simulate_parser() -> argparse.ArgumentParser:
+    subparsers = next(a for a in build_parser()._actions
+                      if isinstance(a, argparse._SubParsersAction))
+    parser: argparse.ArgumentParser = subparsers.choices["simulate"]
+    return parser
+
+
+def test_simulate_help_shows_every_default() -> None:
+    parser = simulate_parser()
+    options = [a for a in parser._actions
+               if a.option_strings and not isinstance(a, argparse._HelpAction)]
+    assert options
+    help_text = " ".join(parser.format_help().split())
+    for action in options:
+        assert action.help and "default" in action.help, action.option_strings
+        if action.default not in (None, False):
+            assert f"(default {action.default})" in help_text, action.option_strings
+    spec = ScalingSpec()
+    for option, value in (("--max-replicas", spec.max_replicas),
+                          ("--min-replicas", spec.min_replicas),
+                          ("--scale-down-cooldown", spec.scale_down_cooldown_seconds)):
+        assert parser.get_default(option.lstrip("-").replace("-", "_")) == value
+        assert re.search(rf"{option} \S+ .*?\(default {value:g}\)", help_text), option
+
+
+def test_simulate_help_says_what_a_trace_is_and_where_samples_are() -> None:
+    help_text = " ".join(simulate_parser().format_help().split())
+    assert "one task per row: arrival_seconds,service_seconds" in help_text
+    assert "bench/traces/*.csv" in help_text
+    samples = sorted(REPO.glob("bench/traces/*.csv"))
+    assert samples
+    for sample in samples:
+        assert sample.stem in help_text
+        assert parse_trace(sample.read_text().splitlines())

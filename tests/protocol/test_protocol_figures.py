@@ -7,7 +7,7 @@ import asyncio
 import redis.asyncio as aioredis
 from protocol_helpers import RoundTrips, claim_one, eventually, scan_keys
 
-from agentpool.protocol import TaskQueue, WorkerInfo
+from agentpool.protocol import TaskQueue, WorkerInfo, known_queues
 
 
 def crc16_xmodem(data: bytes) -> int:
@@ -108,6 +108,43 @@ async def test_every_key_of_a_queue_shares_one_hash_tag_and_slot(
         assert {"queued", "delayed", "leases", "dead", "workers", "stats", "config", "seq",
                 "fence", "wake", "drain", "idem", "t", "owner", "w"} <= suffixes
         assert {cluster_slot(key) for key in keys} == {cluster_slot(tag)}
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+async def test_a_queue_is_used_once_submitted_to_or_served(
+    redis: aioredis.Redis, queue_name: str, round_trips: RoundTrips
+) -> None:
+    submitted, served, configured, never = (
+        TaskQueue(redis, f"{queue_name}-{suffix}") for suffix in ("s", "w", "c", "n"))
+    await submitted.cancel(await submitted.submit("x"))
+    await served.heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
+    await configured.configure(max_attempts=2)
+    for queue in (submitted, served, configured):
+        assert (await queue.figures()).used
+        assert await queue.used()
+    round_trips.reset()
+    assert not (await never.figures()).used
+    assert round_trips.commands == ["EVALSHA"]
+    assert not await never.used()
+
+
+async def test_known_queues_lists_used_queues_and_says_when_it_stopped_early(
+    redis_url: str, queue_name: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/8")
+    try:
+        await client.flushdb()
+        assert await known_queues(client) == ([], True)
+        await TaskQueue(client, "jobs").submit("x")
+        await TaskQueue(client, "demo").heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
+        await TaskQueue(client, "old.q").configure(max_attempts=2)
+        await client.mset({f"other:{i}": 1 for i in range(5000)})
+        assert await known_queues(client) == (["demo", "jobs", "old.q"], True)
+        names, complete = await known_queues(client, max_keys=1000)
+        assert not complete
+        assert set(names) <= {"demo", "jobs", "old.q"}
     finally:
         await client.flushdb()
         await client.aclose()

@@ -33,7 +33,7 @@ class Health:
     heartbeat_stall_seconds: float
     state: str = "starting"
     redis_ok: bool = False
-    redis_error: str = "not connected yet"
+    redis_error: str = "redis not connected yet"
     last_tick: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
 
@@ -48,9 +48,11 @@ class Health:
         self.redis_error = ""
 
     def redis_down(self, error: BaseException | str) -> None:
+        """Not ready; a string is a complete sentence (a refused password), an exception is
+        shown as why Redis is unreachable."""
         self.redis_ok = False
         self.redis_error = error if isinstance(error, str) else (
-            f"{type(error).__name__}: {error}"
+            f"redis unreachable: {type(error).__name__}: {error}"
         )
 
     def liveness(self) -> tuple[bool, str]:
@@ -65,7 +67,7 @@ class Health:
 
     def readiness(self) -> tuple[bool, str]:
         if not self.redis_ok:
-            return False, f"redis unreachable: {self.redis_error}"
+            return False, self.redis_error
         if self.state != "running":
             return False, f"worker is {self.state}"
         return True, "ok"

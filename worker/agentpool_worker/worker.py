@@ -40,6 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from agentpool.connection import redis_from_url
 from agentpool.errors import PermanentError
 from agentpool.protocol import (
     ClaimedTask,
@@ -49,6 +50,7 @@ from agentpool.protocol import (
     new_instance_id,
     retry_delay,
 )
+from agentpool.redis_errors import URL_WITH_PASSWORD, auth_failure
 from agentpool_worker import metrics
 from agentpool_worker.handlers import Handler, TaskContext, load_handler
 from agentpool_worker.probes import Health, ProbeServer
@@ -62,6 +64,7 @@ MAX_FLUSH = 500
 TICK_SECONDS = 0.25
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 ERROR_TEXT_LIMIT = 4000
+PASSWORD_PLACE = f"AGENTPOOL_REDIS_URL ({URL_WITH_PASSWORD}), set from the pool's spec.redis"
 
 RUNNING, STARTING, DRAINING, DRAINED, STOPPING = (
     "running", "starting", "draining", "drained", "stopping",
@@ -326,11 +329,13 @@ class Worker:
     def _redis_failed(self, exc: BaseException, during: str, *, log: bool = False) -> None:
         """Count a failed request; log only when Redis was reachable until now (or `log`)."""
         self.metrics.redis_errors.inc()
+        refused = auth_failure(exc, url=self.settings.redis_url,
+                               password_place=PASSWORD_PLACE)
         if self.health.redis_ok or log:
-            self._log.warning("redis unreachable", during=during,
-                              redis=self.settings.safe_redis_url,
-                              error=f"{type(exc).__name__}: {exc}")
-        self.health.redis_down(exc)
+            self._log.warning("redis refused the worker" if refused else "redis unreachable",
+                              during=during, redis=self.settings.safe_redis_url,
+                              error=refused or f"{type(exc).__name__}: {exc}")
+        self.health.redis_down(refused or exc)
 
     async def _rt(self, call: Awaitable[T]) -> T:
         """One counted round trip to Redis."""
@@ -355,6 +360,7 @@ class Worker:
 
     async def _beat(self) -> None:
         held = {task_id: task.token for task_id, task in self._held.items()}
+        self.info.runs_since = tuple(sorted(task.claimed_ms for task in self._held.values()))
         try:
             beat = await self._rt(
                 self.queue.heartbeat(self.info, held, self.settings.lease_seconds)
@@ -661,7 +667,7 @@ class Worker:
 
 
 def _client(url: str, timeout: float) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    return redis_from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

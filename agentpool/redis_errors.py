@@ -1,0 +1,100 @@
+"""Redis failures in one line a person can act on, shared by the CLI, the worker and the operator.
+
+redis-py passes on the server's own wording, which for a missing password is a paragraph about
+``HELLO AUTH`` and for a wrong one names neither the server nor what to change. The functions
+here say which Redis (its URL without the password), what is wrong and where to fix it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from urllib.parse import urlsplit
+
+import redis.exceptions
+
+from agentpool.urls import redact_url
+
+URL_WITH_PASSWORD = "redis://:PASSWORD@host:port/db"
+DEFAULT_PASSWORD_PLACE = f"the Redis URL ({URL_WITH_PASSWORD})"
+POOL_PASSWORD_PLACE = ("the pool's Redis URL: spec.redis.url, or the Secret named by "
+                       "spec.redis.urlSecretRef")
+"""Without the URL form: status messages mask anything that looks like a URL with a password."""
+
+_CONNECT_ERROR = re.compile(r"^Error (-?\d+) connecting to \S+\.\s+(.*)$", re.S)
+
+
+class AuthProblem(enum.Enum):
+    PASSWORD_REQUIRED = "password required"
+    PASSWORD_REFUSED = "password refused"
+    OTHER = "other"
+
+
+def auth_problem(exc: BaseException) -> AuthProblem | None:
+    """What kind of authentication failure `exc` is; None when it is none."""
+    if not isinstance(exc, redis.exceptions.AuthenticationError):
+        return None
+    text = str(exc)
+    code = getattr(exc, "status_code", None)
+    if code == "NOAUTH" or text.startswith(("HELLO must be called", "Authentication required")):
+        return AuthProblem.PASSWORD_REQUIRED
+    if code == "WRONGPASS" or "invalid username-password pair" in text \
+            or text.startswith("invalid password"):
+        return AuthProblem.PASSWORD_REFUSED
+    return AuthProblem.OTHER
+
+
+def describe_redis_error(exc: BaseException) -> str:
+    """The reason in a redis-py error, without its boilerplate (``Error 111 connecting to``)."""
+    text = str(exc).strip()
+    match = _CONNECT_ERROR.match(text)
+    if match:
+        errno = int(match[1])
+        if errno > 0:
+            return os.strerror(errno)
+        return match[2].rstrip(".") or text
+    if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError) and not text:
+        return "timed out"
+    return " ".join(text.rstrip(".").split()) or type(exc).__name__
+
+
+def _has_user(url: str | None) -> bool:
+    try:
+        return bool(url and urlsplit(url).username)
+    except ValueError:
+        return False
+
+
+def auth_failure(exc: BaseException, *, url: str | None = None,
+                 password_place: str = DEFAULT_PASSWORD_PLACE) -> str | None:
+    """One line for an authentication failure, None when `exc` is not one.
+
+    `url` (shown without its password) names the server; `password_place` says where the
+    reader puts a password (a CLI option, an environment variable, a Secret) and how.
+    """
+    problem = auth_problem(exc)
+    if problem is None:
+        return None
+    where = f"Redis at {redact_url(url)}" if url else "Redis"
+    credentials = "user name and password" if _has_user(url) else "password"
+    if problem is AuthProblem.PASSWORD_REQUIRED:
+        return f"{where} requires a password: put it in {password_place}"
+    if problem is AuthProblem.PASSWORD_REFUSED:
+        return f"{where} refused the {credentials}"
+    return f"{where} refused the {credentials}: {describe_redis_error(exc)}"
+
+
+def redis_failure(url: str | None, exc: BaseException, *,
+                  password_place: str = DEFAULT_PASSWORD_PLACE) -> str:
+    """One line for any failed Redis request: authentication, reachability or an error reply."""
+    auth = auth_failure(exc, url=url, password_place=password_place)
+    if auth is not None:
+        return auth
+    where = f"Redis at {redact_url(url)}" if url else "Redis"
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return f"{where} refused a command to this user: {describe_redis_error(exc)}"
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+                  | ConnectionError | TimeoutError):
+        return f"cannot reach {where}: {describe_redis_error(exc)}"
+    return f"{where} answered with an error: {describe_redis_error(exc)}"

@@ -1,0 +1,93 @@
+"""Redis failures in one line: what a real password-protected redis-server makes redis-py
+raise, as the CLI, the worker and the operator describe it."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from agentpool.redis_errors import (
+    AuthProblem,
+    auth_failure,
+    auth_problem,
+    describe_redis_error,
+    redis_failure,
+)
+from agentpool.redis_server import RedisServer
+
+
+async def failure_of(url: str) -> BaseException:
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.ping()
+    except redis.exceptions.RedisError as exc:
+        return exc
+    finally:
+        await client.aclose()
+    raise AssertionError(f"{url} accepted the connection")
+
+
+def plain_url(server: RedisServer, userinfo: str = "") -> str:
+    return f"redis://{userinfo}127.0.0.1:{server.port}/0"
+
+
+async def test_no_password_says_where_to_put_one(protected_redis: RedisServer) -> None:
+    url = plain_url(protected_redis)
+    exc = await failure_of(url)
+    assert auth_problem(exc) is AuthProblem.PASSWORD_REQUIRED
+    assert redis_failure(url, exc) == (
+        f"Redis at {url} requires a password: put it in the Redis URL "
+        "(redis://:PASSWORD@host:port/db)")
+    assert auth_failure(exc, password_place="AGENTPOOL_REDIS_URL") == (
+        "Redis requires a password: put it in AGENTPOOL_REDIS_URL")
+
+
+@pytest.mark.parametrize(("userinfo", "shown", "refused"), [
+    (":not-it@", ":***@", "password"),
+    ("default:not-it@", "default:***@", "user name and password"),
+], ids=["password", "user-and-password"])
+async def test_a_wrong_password_is_refused_without_echoing_it(
+    protected_redis: RedisServer, userinfo: str, shown: str, refused: str,
+) -> None:
+    url = plain_url(protected_redis, userinfo)
+    exc = await failure_of(url)
+    assert auth_problem(exc) is AuthProblem.PASSWORD_REFUSED
+    message = redis_failure(url, exc)
+    assert message == f"Redis at {plain_url(protected_redis, shown)} refused the {refused}"
+    assert "not-it" not in message
+
+
+async def test_the_right_password_connects(protected_redis: RedisServer) -> None:
+    client = aioredis.Redis.from_url(protected_redis.url)
+    try:
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_other_failures_keep_their_reason(redis_server: RedisServer) -> None:
+    url = plain_url(redis_server)
+    client = aioredis.Redis.from_url(url)
+    try:
+        with pytest.raises(redis.exceptions.ResponseError) as excinfo:
+            await client.execute_command("NO-SUCH-COMMAND")
+    finally:
+        await client.aclose()
+    assert auth_problem(excinfo.value) is None
+    assert redis_failure(url, excinfo.value).startswith(
+        f"Redis at {url} answered with an error: unknown command 'NO-SUCH-COMMAND'")
+
+
+def test_connection_errors_lose_their_boilerplate() -> None:
+    assert describe_redis_error(redis.exceptions.ConnectionError(
+        "Error 111 connecting to 127.0.0.1:1. Connect call failed ('127.0.0.1', 1).")
+    ) == "Connection refused"
+    assert describe_redis_error(redis.exceptions.ConnectionError(
+        "Error -2 connecting to a.example.invalid:6379. Name or service not known.")
+    ) == "Name or service not known"
+    assert describe_redis_error(redis.exceptions.TimeoutError("Timeout connecting to server")
+                                ) == "Timeout connecting to server"
+    assert redis_failure("redis://:pw@h:1/0", redis.exceptions.ConnectionError(
+        "Error 111 connecting to h:1. Connection refused.")
+    ) == "cannot reach Redis at redis://:***@h:1/0: Connection refused"
