@@ -141,6 +141,14 @@ class KubeApi:
     async def get_secret(self, namespace: str, name: str) -> Body | None:
         return await self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
 
+    async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> Body:
+        return await self.request("POST", f"/api/v1/namespaces/{namespace}/secrets", dict(body))
+
+    async def patch_secret(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Body:
+        return await self.request(
+            "PATCH", f"/api/v1/namespaces/{namespace}/secrets/{name}", dict(patch), MERGE_PATCH
+        )
+
     async def patch_pool_status(self, namespace: str, name: str,
                                 status: Mapping[str, Any]) -> Body | None:
         """Merge-patch the status through the /status subresource; None if the pool is gone."""
