@@ -38,9 +38,11 @@ class Role(enum.StrEnum):
     PRODUCER = "producer"
 
 
-CONNECTION_COMMANDS = ("ping", "client|setname", "hello")
-"""What a client sends on connecting or to check a connection (redis-py names its library
-with CLIENT SETINFO, a named client sets its name, RESP3 clients say HELLO)."""
+CONNECTION_COMMANDS = ("ping", "select", "client|setname", "hello")
+"""What a client sends on connecting or to check a connection: SELECT for a URL's database
+other than 0, CLIENT SETNAME for a named client, HELLO for RESP3. Key patterns hold in every
+database. (redis-py also tries CLIENT SETINFO, which Redis 7.0 does not know and which a
+refusal does not disturb: it is left out so that the rules load on Redis 6 and 7.0.)"""
 
 SCRIPTING_COMMANDS = ("evalsha", "script|load", "script|exists")
 """How redis-py runs a registered script: EVALSHA, loading it on NOSCRIPT (SCRIPT EXISTS and

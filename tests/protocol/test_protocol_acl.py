@@ -12,6 +12,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from agentpool.acl import Role
 from agentpool.protocol import FailOutcome, TaskQueue, WorkerInfo
+from agentpool.redis_server import RedisServer
 
 AclUrl = Callable[[str, Role], Awaitable[str]]
 Connect = Callable[[str, Role], Awaitable[aioredis.Redis]]
@@ -73,6 +74,24 @@ async def test_the_worker_protocol_runs_with_nothing_more_than_its_acl(
                       fourth.id: "cancelled"}
     assert (await worker.figures()).dead == 1
     assert [w.worker_id for w in await worker.workers()] == [info.worker_id]
+
+
+async def test_a_url_naming_another_database_works(
+    acl_url: AclUrl, queue_name: str, redis_server: RedisServer,
+) -> None:
+    url = (await acl_url(queue_name, Role.WORKER)).removesuffix("/0") + "/3"
+    client = aioredis.Redis.from_url(url, client_name="agentpool-test")
+    try:
+        queue = TaskQueue(client, queue_name)
+        await queue.submit("in db 3")
+        assert (await queue.figures()).queued == 1
+    finally:
+        await client.aclose()
+    admin = aioredis.Redis.from_url(redis_server.url.removesuffix("/0") + "/3")
+    try:
+        assert await admin.exists(f"ap:{{{queue_name}}}:queued")
+    finally:
+        await admin.aclose()
 
 
 async def test_a_worker_scripts_still_load_after_the_server_forgets_them(
