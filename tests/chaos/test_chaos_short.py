@@ -2,7 +2,8 @@
 
 Runs ``python -m bench.chaos`` with a fixed seed on a few thousand tasks: worker kill -9
 (operator requeue and container restart), SIGSTOP past the lease, SIGTERM drains and Redis
-restarts with AOF, while the lease reaper runs. The soak itself accounts for every task.
+restarts with AOF, while the lease reaper runs. The soak itself accounts for every task. The
+second run does the same with per-queue Redis ACL users for the workers and the producer.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ ARGS = [
 
 
 @pytest.mark.chaos
-def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie() -> None:
+@pytest.mark.parametrize("credentials", [[], ["--acl"]], ids=["shared-url", "acl-users"])
+def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie(credentials: list[str]) -> None:
+    """With --acl the workers and the producer are Redis users confined to the queue, and no
+    command of the whole soak is refused for permissions."""
     # The soak's progress and events go to stderr as they happen: live under `pytest -s`,
     # otherwise captured and shown with a failure.
-    run = subprocess.run([sys.executable, "-m", "bench.chaos", *ARGS, "--json"], cwd=ROOT,
-                         stdout=subprocess.PIPE, text=True, timeout=420, check=False)
+    run = subprocess.run([sys.executable, "-m", "bench.chaos", *ARGS, *credentials, "--json"],
+                         cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=420, check=False)
     assert run.stdout.strip(), "no report (the soak's own output is above)"
     report = json.loads(run.stdout.strip().splitlines()[-1])
     context = f"report: {json.dumps(report, indent=1)}"
@@ -38,4 +42,6 @@ def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie() -> None:
     assert report["succeeded"] + report["dead_lettered"] == report["submitted"], context
     assert all(report["events"].get(kind, 0) >= 1 for kind in ("kill", "stop", "drain",
                                                                "redis", "freeze")), context
+    assert report["acl"] is bool(credentials), context
+    assert report["permission_denials"] == 0, context
     assert run.returncode == 0, context
