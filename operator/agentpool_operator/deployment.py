@@ -20,6 +20,8 @@ from agentpool.models import AgentPoolSpec, SecretKeyRef, WorkerSpec
 WORKER_CONTAINER = "worker"
 HTTP_PORT = 8080
 POOL_LABEL = "agentpool.dev/pool"
+CREDENTIALS_VERSION = "agentpool.dev/credentials-version"
+"""Pod template annotation: the version of the workers' Redis password (see credentials.py)."""
 GRACE_MARGIN_SECONDS = 15
 """Added to drainSeconds so that the worker's own drain deadline fires before the SIGKILL."""
 PROBE_KILL_GRACE_SECONDS = 5
@@ -43,10 +45,13 @@ _POD_PASS_THROUGH = (
     "priorityClassName",
 )
 _POD = ("spec", "template", "spec")
+_TEMPLATE_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
+"""Owned only when the pool sets one (the credentials version); others' stay."""
 _OWNED_PATHS: tuple[tuple[str, ...], ...] = (
     ("metadata", "labels"),
     ("spec", "strategy"),
     ("spec", "template", "metadata", "labels"),
+    _TEMPLATE_ANNOTATIONS,
     (*_POD, "securityContext"),
     (*_POD, "terminationGracePeriodSeconds"),
     (*_POD, "containers"),
@@ -72,13 +77,15 @@ def desired_deployment(
     owner: Mapping[str, Any] | None = None,
     initial_replicas: int | None = None,
     worker_redis_secret: SecretKeyRef | None = None,
+    credentials_version: str | None = None,
 ) -> dict[str, Any]:
     """The apps/v1 Deployment running the pool's workers.
 
     `replicas` belongs to scaling and is only set from `initial_replicas`, for the create call.
     `owner` is the AgentPool object; when given, the Deployment is garbage-collected with it.
     `worker_redis_secret` (the pool's own Redis user) replaces `spec.redis` as the workers'
-    AGENTPOOL_REDIS_URL.
+    AGENTPOOL_REDIS_URL; `credentials_version` goes on the pod template, so that a new
+    password in that Secret rolls the pods.
     """
     labels = pool_labels(pool_name)
     metadata: dict[str, Any] = {"name": pool_name, "namespace": namespace, "labels": labels}
@@ -91,7 +98,11 @@ def desired_deployment(
             "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"},
         },
         "template": {
-            "metadata": {"labels": dict(labels)},
+            "metadata": {
+                "labels": dict(labels),
+                **({"annotations": {CREDENTIALS_VERSION: credentials_version}}
+                   if credentials_version else {}),
+            },
             "spec": _pod_spec(pool_name, spec, worker_redis_secret),
         },
     }
@@ -234,6 +245,8 @@ def deployment_drift(
     patch: dict[str, Any] = {}
     for path in _OWNED_PATHS:
         want, have = _get(desired, path), _get(actual, path)
+        if want is None and path == _TEMPLATE_ANNOTATIONS:
+            continue
         exact = path[-1] in _EXACT_KEYS
         if _covers(want, have, key=path[-1], exact=exact):
             continue

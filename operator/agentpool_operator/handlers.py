@@ -26,15 +26,18 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from agentpool.acl import Role
 from agentpool.models import GROUP, PLURAL, VERSION, AgentPoolSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
 
 from . import actions, metrics, recovery_actions
 from .context import OperatorContext, PoolPods, PoolState, pods_of
 from .credentials import (
+    ROTATE_ANNOTATION,
+    ensure_producer_credentials,
     ensure_worker_credentials,
     per_pool,
-    remove_worker_user,
+    remove_user,
     worker_secret_name,
 )
 from .deployment import POOL_LABEL, deployment_drift, desired_deployment, replayed
@@ -136,6 +139,7 @@ async def ensure_deployment(
     desired = desired_deployment(
         name, namespace, spec, owner=body, initial_replicas=spec.scaling.min_replicas,
         worker_redis_secret=credentials.secret if credentials is not None else None,
+        credentials_version=credentials.version if credentials is not None else None,
     )
 
     actual = state.deployment
@@ -249,10 +253,12 @@ async def deployment_event(
 async def refresh_credentials(
     ctx: OperatorContext, state: PoolState, body: Any, spec: AgentPoolSpec,
     queue: TaskQueue | None, logger: Logger,
+    pods: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
     """Decide what the pool's workers connect with (see `credentials`), creating or
-    re-applying the pool's Redis user and its Secret. When Redis or the API cannot be asked,
-    an earlier decision stands; with none, an existing worker Secret means a pool user."""
+    re-applying the pool's Redis user and its Secret, and moving a rotation on (with the
+    pool's pods known). When Redis or the API cannot be asked, an earlier decision stands;
+    with none, an existing worker Secret means a pool user."""
     if not ctx.settings.per_pool_credentials:
         state.worker_credentials = None
         return
@@ -260,9 +266,21 @@ async def refresh_credentials(
     try:
         if queue is None or state.redis_url is None:
             raise QueueAccessError("RedisUnreachable", "the pool's Redis cannot be opened")
-        credentials, note = await ensure_worker_credentials(
-            ctx.api, queue.redis, body, queue.name, state.redis_url
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        outcome = await ensure_worker_credentials(
+            ctx.api, queue.redis, body, queue.name, state.redis_url,
+            rotate=pods is not None and ROTATE_ANNOTATION in annotations, pods=pods,
         )
+        if outcome.rotation_started:
+            await ctx.api.patch_pool(
+                namespace, name, {"metadata": {"annotations": {ROTATE_ANNOTATION: None}}}
+            )
+        producer_event = None
+        if outcome.credentials.secret is not None:
+            producer_event = await ensure_producer_credentials(
+                ctx.api, queue.redis, body, queue.name, state.redis_url,
+                wanted=spec.redis.producer_credentials,
+            )
     except (QueueAccessError, RedisError, OSError, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else str(error)
         logger.debug(f"cannot check the workers' Redis user: {sanitize(detail)}")
@@ -271,9 +289,9 @@ async def refresh_credentials(
                 if await ctx.api.get_secret(namespace, worker_secret_name(name)) is not None:
                     state.worker_credentials = per_pool(namespace, name, spec.queue_name(name))
         return
-    state.worker_credentials = credentials
-    if note is not None:
-        post(body, StatusEvent("Normal", "CredentialsApplied", note), logger)
+    state.worker_credentials = outcome.credentials
+    for reason, message in (*outcome.events, *([producer_event] if producer_event else [])):
+        post(body, StatusEvent("Normal", reason, message), logger)
 
 
 def _per_pool_credentials(memo: kopf.Memo, **_: Any) -> bool:
@@ -291,7 +309,8 @@ async def remove_credentials(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logg
         spec = parse_spec(body)
         url = await resolve_redis_url(ctx.api, namespace, spec.redis)
         client = await ctx.redis.client(namespace, name, url)
-        removed = await remove_worker_user(client, namespace, name)
+        removed = await remove_user(client, namespace, name, Role.WORKER)
+        await remove_user(client, namespace, name, Role.PRODUCER)
     except (ValidationError, QueueAccessError, RedisError, OSError) as error:
         logger.warning(f"the pool's Redis user was left on Redis: {sanitize(str(error))}")
         return
@@ -427,7 +446,7 @@ async def observe_once(
 
     pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)
     queue, queue_problem = await open_queue(ctx, state, namespace, name, spec, pods)
-    await refresh_credentials(ctx, state, body, spec, queue, logger)
+    await refresh_credentials(ctx, state, body, spec, queue, logger, pods)
 
     deployment_problem: Problem | None = None
     async with state.lock:

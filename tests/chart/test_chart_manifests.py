@@ -54,7 +54,7 @@ NAMESPACE_GRANTS = grants("", "namespaces", "list", "watch")
 CLUSTER_PEERING_GRANTS = grants("kopf.dev", "clusterkopfpeerings", "get", "list", "watch", "patch")
 PEERING_GRANTS = grants("kopf.dev", "kopfpeerings", "get", "list", "watch", "patch")
 SECRET_GRANTS = grants("", "secrets", "get")
-WORKER_SECRET_GRANTS = grants("", "secrets", "create", "patch")
+WORKER_SECRET_GRANTS = grants("", "secrets", "create", "patch", "delete")
 
 
 def test_every_manifest_is_a_valid_kubernetes_object(rendered: Rendered) -> None:

@@ -398,3 +398,6 @@ class Cluster:
         return await self._send(
             "DELETE", f"/apis/agentpool.dev/v1alpha1/namespaces/{NAMESPACE}/agentpools/{name}"
         )
+
+    async def delete(self, path: str) -> dict[str, Any]:
+        return await self._send("DELETE", path)

@@ -10,16 +10,19 @@ import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
-from redis.exceptions import AuthenticationError, NoPermissionError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer, free_port
 from agentpool.urls import with_credentials
+from agentpool_operator.credentials import ROTATE_ANNOTATION as ROTATE
+from agentpool_operator.deployment import CREDENTIALS_VERSION, pool_labels
 from agentpool_operator.settings import OperatorSettings
 
 SECRETS = "v1/secrets"
@@ -94,7 +97,7 @@ async def test_a_pool_gets_its_own_redis_user_and_the_workers_only_its_secret(
 
     published = json.dumps([cluster.pool(pool_name), cluster.events()])
     assert password not in published, "the password is in the pool's status or its events"
-    assert "CredentialsApplied" in caplog.text
+    assert "CredentialsCreated" in caplog.text
     assert password not in caplog.text
 
 
@@ -170,3 +173,124 @@ async def test_a_credential_that_may_not_manage_users_leaves_the_workers_on_the_
         assert password not in json.dumps([cluster.pool(pool_name), cluster.events()])
     finally:
         await redis.execute_command("ACL", "DELUSER", limited)
+
+
+def pod_manifest(pool: str, name: str, version: str) -> dict:
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": pool_labels(pool),
+                     "annotations": {CREDENTIALS_VERSION: version}},
+        "spec": {"containers": [{"name": "worker", "image": "registry.example/w:1"}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": started}],
+            "containerStatuses": [{"name": "worker", "ready": True, "restartCount": 0,
+                                   "state": {"running": {"startedAt": started}}}],
+        },
+    }
+
+
+def template_version(cluster: Cluster, pool: str) -> str:
+    template = cluster.deployment(pool)["spec"]["template"]
+    return str(template["metadata"]["annotations"][CREDENTIALS_VERSION])
+
+
+async def can_claim(url: str, queue: str) -> bool:
+    """A new connection with `url` claims a task (a worker pod starting or reconnecting)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        batch = await TaskQueue(client, queue).claim(f"pod-{uuid.uuid4().hex[:6]}:i", 1, 30)
+        return len(batch.tasks) == 1
+    except AuthenticationError:
+        return False
+    finally:
+        await client.aclose()
+
+
+async def test_rotation_fails_no_claim_and_drops_the_old_password_once_the_pods_rolled(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str, worker_client: list[aioredis.Redis],
+) -> None:
+    queue = f"q-{pool_name}"
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url, queue=queue))
+    await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-worker"))
+    old_url = worker_url(cluster, pool_name)
+    old_version = await eventually(lambda: template_version(cluster, pool_name))
+    pods = f"/api/v1/namespaces/{NAMESPACE}/pods"
+    await cluster.create(pods, pod_manifest(pool_name, "w-old", old_version))
+    connected = aioredis.Redis.from_url(old_url)
+    worker_client.append(connected)
+    assert await connected.ping()
+    await TaskQueue(redis, queue).submit_many(list(range(5)))
+
+    await cluster.patch_pool(pool_name, {"metadata": {"annotations": {ROTATE: "now"}}})
+    new_url = await eventually(
+        lambda: worker_url(cluster, pool_name) != old_url and worker_url(cluster, pool_name))
+    new_version = await eventually(
+        lambda: template_version(cluster, pool_name) != old_version
+        and template_version(cluster, pool_name))
+    await eventually(lambda: ROTATE not in cluster.pool(pool_name)["metadata"]["annotations"])
+    await eventually(lambda: cluster.events("CredentialsRotating"))
+
+    # the old pod still runs: its open connection, a reconnect with the old password and a
+    # new pod with the new one all claim
+    assert len((await TaskQueue(connected, queue).claim("w-old:i", 1, 30)).tasks) == 1
+    assert await can_claim(old_url, queue)
+    assert await can_claim(new_url, queue)
+    assert not cluster.events("CredentialsRotated")
+
+    await cluster.create(pods, pod_manifest(pool_name, "w-new", new_version))
+    await cluster.delete(f"{pods}/w-old")
+    await eventually(lambda: cluster.events("CredentialsRotated"), within=10)
+
+    async def old_refused() -> bool:
+        return not await can_claim(old_url, queue)
+
+    assert await eventually(old_refused, within=10)
+    assert await can_claim(new_url, queue)
+    secret = cluster.get(SECRETS, f"{pool_name}-redis-worker")
+    assert not (secret["metadata"].get("annotations") or {}).get(
+        "agentpool.dev/retiring-password-sha256")
+    published = json.dumps([cluster.pool(pool_name), cluster.events()])
+    for url in (old_url, new_url):
+        password = urlsplit(url).password
+        assert password and password not in published
+
+
+async def test_a_pool_can_publish_a_producer_credential_that_submits_but_cannot_claim(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str, worker_client: list[aioredis.Redis],
+) -> None:
+    queue = f"q-{pool_name}"
+    await cluster.create_pool(pool_manifest(
+        pool_name, redis_url=redis_url, queue=queue,
+        redis={"url": redis_url, "producerCredentials": True}))
+    secret = await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-producer"))
+    user = f"agentpool:{NAMESPACE}:{pool_name}:producer"
+    assert secret["metadata"]["ownerReferences"][0]["name"] == pool_name
+    url = base64.b64decode(secret["data"]["url"]).decode()
+    assert urlsplit(url).username == user.replace(":", "%3A")
+    client = aioredis.Redis.from_url(url)
+    worker_client.append(client)
+    producer = TaskQueue(client, queue)
+    task_id = await producer.submit({"prompt": "hi"})
+    admin = TaskQueue(redis, queue)
+    waiting = producer.wait(task_id, timeout=10)
+    [task] = (await admin.claim("pod:i", 1, 30)).tasks
+    await admin.complete(task, "answer")
+    assert (await waiting).result == "answer"
+    await producer.submit("another")
+    with pytest.raises(ResponseError, match="can't run this command"):
+        await producer.claim("pod:p", 1, 30)
+    assert (await admin.figures()).queued == 1
+
+    await cluster.patch_pool(pool_name, {"spec": {"redis": {"producerCredentials": False}}})
+
+    async def user_gone() -> bool:
+        return await redis.execute_command("ACL", "GETUSER", user) is None
+
+    await eventually(user_gone, within=10)
+    await eventually(lambda: cluster.events("CredentialsRemoved"))
+    with pytest.raises(KeyError):
+        cluster.get(SECRETS, f"{pool_name}-redis-producer")
