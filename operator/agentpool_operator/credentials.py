@@ -26,7 +26,7 @@ import base64
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -50,6 +50,9 @@ CONDITION = "Credentials"
 SHARED = "CredentialsShared"
 SECRET_KEY = "url"
 PASSWORD_BYTES = 32
+SECRET_RECHECK_SECONDS = 300.0
+"""A credential Secret the operator read or wrote is read again after this long (a hand edit
+or deletion is put right then); in between a steady pool costs no Secret read."""
 
 
 def worker_secret_name(pool: str) -> str:
@@ -210,6 +213,25 @@ class ProducerSecretStore(SecretStore, Protocol):
     async def delete_secret(self, namespace: str, name: str) -> bool: ...
 
 
+@dataclass
+class KnownSecrets:
+    """A pool's credential Secrets as last read or written, by name (None: there is none)."""
+
+    bodies: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    read_at: dict[str, float] = field(default_factory=dict)
+
+    async def get(self, kube: SecretStore, namespace: str, name: str,
+                  now: float) -> Mapping[str, Any] | None:
+        if name in self.bodies and now - self.read_at[name] < SECRET_RECHECK_SECONDS:
+            return self.bodies[name]
+        body = await kube.get_secret(namespace, name)
+        self.remember(name, body, now)
+        return body
+
+    def remember(self, name: str, body: Mapping[str, Any] | None, now: float) -> None:
+        self.bodies[name], self.read_at[name] = body, now
+
+
 @dataclass(frozen=True)
 class CredentialsRound:
     credentials: WorkerCredentials
@@ -220,16 +242,18 @@ class CredentialsRound:
 
 async def ensure_worker_credentials(
     kube: SecretStore, admin: aioredis.Redis, pool: Mapping[str, Any], queue: str,
-    pool_url: str, *, rotate: bool = False, pods: Sequence[Mapping[str, Any]] | None = None,
+    pool_url: str, *, known: KnownSecrets, now: float, rotate: bool = False,
+    pods: Sequence[Mapping[str, Any]] | None = None,
 ) -> CredentialsRound:
     """Make the pool's worker user and Secret exist and match, and move a rotation on;
-    `pods` are the pool's pods (None: unknown, a rotation waits).
+    `pods` are the pool's pods (None: unknown, a rotation waits); `known` keeps the Secret
+    between rounds (`now` is monotonic time).
 
     Raises `redis.exceptions.RedisError` (other than a refusal) and `ApiException`.
     """
     namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
     secret_name = worker_secret_name(name)
-    existing = await kube.get_secret(namespace, secret_name)
+    existing = await known.get(kube, namespace, secret_name, now)
     current = password_of(existing)
     retiring = (((existing or {}).get("metadata") or {}).get("annotations") or {}).get(
         RETIRING_ANNOTATION) or None
@@ -251,13 +275,14 @@ async def ensure_worker_credentials(
                                     plan.retiring)
     events: list[tuple[str, str]] = []
     if existing is None:
-        await kube.create_secret(namespace, desired)
+        known.remember(secret_name, await kube.create_secret(namespace, desired), now)
         events.append(("CredentialsCreated", f"created Redis user {user} and Secret "
                                              f"{namespace}/{secret_name} for the workers"))
     else:
         patch = secret_drift(desired, existing)
         if patch is not None:
-            await kube.patch_secret(namespace, secret_name, patch)
+            known.remember(secret_name, await kube.patch_secret(namespace, secret_name, patch),
+                           now)
             if not plan.started and not plan.finished:
                 events.append(("CredentialsRestored",
                                f"put back Secret {namespace}/{secret_name} of Redis user {user}"))
@@ -274,7 +299,7 @@ async def ensure_worker_credentials(
 
 async def ensure_producer_credentials(
     kube: ProducerSecretStore, admin: aioredis.Redis, pool: Mapping[str, Any], queue: str,
-    pool_url: str, *, wanted: bool,
+    pool_url: str, *, wanted: bool, known: KnownSecrets, now: float,
 ) -> tuple[str, str] | None:
     """Make the pool's producer user and Secret exist (`wanted`) or go; returns (reason,
     message) for an Event when something changed. A Redis that refuses users is left alone:
@@ -282,12 +307,13 @@ async def ensure_producer_credentials(
     namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
     secret_name = producer_secret_name(name)
     user = acl_username(namespace, name, Role.PRODUCER)
-    existing = await kube.get_secret(namespace, secret_name)
+    existing = await known.get(kube, namespace, secret_name, now)
     if not wanted:
         if existing is None:
             return None
         await remove_user(admin, namespace, name, Role.PRODUCER)
         await kube.delete_secret(namespace, secret_name)
+        known.remember(secret_name, None, now)
         return ("CredentialsRemoved",
                 f"deleted producer Redis user {user} and Secret {namespace}/{secret_name}")
     password = password_of(existing) or secrets.token_urlsafe(PASSWORD_BYTES)
@@ -301,12 +327,12 @@ async def ensure_producer_credentials(
                                     with_credentials(pool_url, user, password),
                                     role=Role.PRODUCER)
     if existing is None:
-        await kube.create_secret(namespace, desired)
+        known.remember(secret_name, await kube.create_secret(namespace, desired), now)
         return ("CredentialsCreated", f"created producer Redis user {user} and Secret "
                                       f"{namespace}/{secret_name}")
     patch = secret_drift(desired, existing)
     if patch is not None:
-        await kube.patch_secret(namespace, secret_name, patch)
+        known.remember(secret_name, await kube.patch_secret(namespace, secret_name, patch), now)
     return None
 
 

@@ -269,6 +269,7 @@ async def refresh_credentials(
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         outcome = await ensure_worker_credentials(
             ctx.api, queue.redis, body, queue.name, state.redis_url,
+            known=state.credential_secrets, now=time.monotonic(),
             rotate=pods is not None and ROTATE_ANNOTATION in annotations, pods=pods,
         )
         if outcome.rotation_started:
@@ -279,7 +280,8 @@ async def refresh_credentials(
         if outcome.credentials.secret is not None:
             producer_event = await ensure_producer_credentials(
                 ctx.api, queue.redis, body, queue.name, state.redis_url,
-                wanted=spec.redis.producer_credentials,
+                wanted=spec.redis.producer_credentials, known=state.credential_secrets,
+                now=time.monotonic(),
             )
     except (QueueAccessError, RedisError, OSError, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else str(error)

@@ -123,6 +123,9 @@ async def test_a_forgotten_user_is_applied_again_with_the_same_password(
     assert await eventually(usable, within=10)
     assert worker_url(cluster, pool_name) == url, "the password changed: pods would roll"
     assert not cluster.requests("PATCH", f"/secrets/{pool_name}-redis-worker")
+    # the round that created the Secret and the one that restored the user are two rounds
+    assert len(cluster.requests("GET", f"/secrets/{pool_name}-redis-worker")) <= 1, \
+        "a steady pool reads its worker Secret every round"
 
 
 async def test_deleting_the_pool_deletes_its_redis_user(
