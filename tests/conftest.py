@@ -63,7 +63,8 @@ async def acl_url(redis: aioredis.Redis, redis_server: RedisServer) -> AsyncIter
     users: list[str] = []
 
     async def create(queue: str, role: Role) -> str:
-        username, password = f"test-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(24)
+        username = f"agentpool:tests:{uuid.uuid4().hex[:8]}:{role.value}"
+        password = secrets.token_urlsafe(24)
         await set_user(redis, username, acl_rules(queue, role, [password_hash(password)]))
         users.append(username)
         return with_credentials(redis_server.url, username, password)
