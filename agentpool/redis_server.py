@@ -30,12 +30,14 @@ def free_port() -> int:
 @dataclass
 class RedisServer:
     """A ``redis-server`` child process; ``appendonly`` turns on AOF persistence and
-    ``password`` makes clients authenticate (``requirepass``)."""
+    ``password`` makes clients authenticate (``requirepass``); ``extra_args`` go to
+    redis-server as they are (e.g. ``("--rename-command", "ACL", "")``)."""
 
     port: int = 0
     appendonly: bool = False
     password: str | None = None
     workdir: Path | None = None
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _own_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
@@ -67,6 +69,7 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )

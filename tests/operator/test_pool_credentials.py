@@ -297,3 +297,17 @@ async def test_a_pool_can_publish_a_producer_credential_that_submits_but_cannot_
     await eventually(lambda: cluster.events("CredentialsRemoved"))
     with pytest.raises(KeyError):
         cluster.get(SECRETS, f"{pool_name}-redis-producer")
+
+
+async def test_a_redis_without_the_acl_command_leaves_the_workers_on_the_pool_url(
+    cluster: Cluster, operator: OperatorThread, pool_name: str,
+) -> None:
+    with RedisServer(extra_args=("--rename-command", "ACL", "")) as no_acl:
+        await cluster.create_pool(pool_manifest(pool_name, redis_url=no_acl.url))
+        condition = await eventually(lambda: cluster.condition(pool_name, "Credentials"))
+        assert (condition["status"], condition["reason"]) == ("False", "CredentialsShared")
+        assert "this Redis has no ACLs" in condition["message"]
+        assert cluster.condition(pool_name, "QueueReachable")["status"] == "True"
+        assert cluster.condition(pool_name, "Degraded")["status"] == "False"
+        assert redis_env(cluster.deployment(pool_name)) == {
+            "name": "AGENTPOOL_REDIS_URL", "value": no_acl.url}
