@@ -208,11 +208,11 @@ async def reconcile(
     except ValidationError as error:
         metrics.record_reconcile_error(namespace, name, "deployment")
         raise kopf.PermanentError(f"invalid spec: {sanitize(str(error))}") from None
-    if ctx.settings.per_pool_credentials and state.worker_credentials is None:
-        queue, _problem = await open_queue(ctx, state, namespace, name, spec)
-        await refresh_credentials(ctx, state, body, spec, queue, logger)
     try:
         async with state.lock:
+            if ctx.settings.per_pool_credentials and state.worker_credentials is None:
+                queue, _problem = await open_queue(ctx, state, namespace, name, spec)
+                await refresh_credentials(ctx, state, body, spec, queue, logger)
             await ensure_deployment(ctx.api, state, body, spec, logger)
     except DeploymentConflict as error:
         metrics.record_reconcile_error(namespace, name, "deployment")
@@ -258,7 +258,8 @@ async def refresh_credentials(
     """Decide what the pool's workers connect with (see `credentials`), creating or
     re-applying the pool's Redis user and its Secret, and moving a rotation on (with the
     pool's pods known). When Redis or the API cannot be asked, an earlier decision stands;
-    with none, an existing worker Secret means a pool user."""
+    with none, an existing worker Secret means a pool user. Call with `state.lock` held: the
+    create handler and the pool's loop must not both draw a first password."""
     if not ctx.settings.per_pool_credentials:
         state.worker_credentials = None
         return
@@ -448,10 +449,10 @@ async def observe_once(
 
     pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)
     queue, queue_problem = await open_queue(ctx, state, namespace, name, spec, pods)
-    await refresh_credentials(ctx, state, body, spec, queue, logger, pods)
 
     deployment_problem: Problem | None = None
     async with state.lock:
+        await refresh_credentials(ctx, state, body, spec, queue, logger, pods)
         try:
             deployment: dict[str, Any] | None = await ensure_deployment(
                 ctx.api, state, body, spec, logger
