@@ -34,6 +34,7 @@ from typing import Any, Self, TypeVar
 
 import redis.asyncio as aioredis
 
+from agentpool.connection import redis_from_url
 from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     CancelOutcome,
@@ -65,7 +66,7 @@ def resolve_redis_url(url: str | None = None) -> str:
 def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.Redis:
     redis_kwargs.setdefault("socket_connect_timeout", connect_timeout)
     try:
-        return aioredis.Redis.from_url(url, **redis_kwargs)
+        return redis_from_url(url, **redis_kwargs)
     except ValueError as exc:
         raise ClientConfigError(f"invalid Redis URL {redact_url(url)}: {exc}") from None
 

@@ -22,6 +22,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
     {"name": "Queued", "type": "integer", "jsonPath": ".status.queued"},
     {"name": "In-Flight", "type": "integer", "jsonPath": ".status.inFlight"},
+    {"name": "Draining", "type": "integer", "jsonPath": ".status.drainingReplicas",
+     "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
+
 GROUP = "agentpool.dev"
 VERSION = "v1alpha1"
 KIND = "AgentPool"
@@ -47,8 +49,8 @@ REDIS_EXACTLY_ONE = CelRule(
     "set exactly one of redis.url and redis.urlSecretRef",
 )
 REDIS_URL_SCHEME = CelRule(
-    "!has(self.url) || self.url.startsWith('redis://') || self.url.startsWith('rediss://')",
-    "redis.url must start with redis:// or rediss://",
+    "!has(self.url) || " + " || ".join(f"self.url.startsWith('{p}')" for p in URL_PREFIXES),
+    f"redis.url must start with {URL_PREFIXES_TEXT}",
 )
 REDIS_URL_NO_CREDENTIALS = CelRule(
     "!has(self.url) || !(self.url.contains('@') || self.url.contains('password='))",
@@ -161,7 +163,7 @@ class RedisSpec(_Model):
             return url
         if "@" in url or "password=" in url:
             raise ValueError(REDIS_URL_NO_CREDENTIALS.message)
-        if not url.startswith(("redis://", "rediss://")):
+        if not url.startswith(URL_PREFIXES):
             raise ValueError(REDIS_URL_SCHEME.message)
         return url
 
@@ -235,8 +237,9 @@ class WorkerSpec(_Model):
         ge=0,
         le=86400,
         description=(
-            "Time a pod gets to finish its in-flight tasks when it is stopped; tasks still "
-            "running after it are requeued."
+            "Time a pod gets to finish its in-flight tasks when it is stopped (eviction, node "
+            "drain, rollout); tasks still running after it are requeued. A scale-down does "
+            "not use it: a pod chosen for removal leaves once its runs ended."
         ),
     )
     resources: ResourceRequirements | None = Field(
@@ -423,6 +426,16 @@ class AgentPoolStatus(_Model):
     replicas: int = Field(default=0, description="Worker pods that exist.")
     ready_replicas: int = Field(default=0, description="Worker pods that are ready.")
     desired_replicas: int = Field(default=0, description="Worker pods the pool should have.")
+    draining_replicas: int = Field(
+        default=0,
+        description=(
+            "Worker pods chosen by a scale-down that claim no new task and keep their replica "
+            "until their runs end."
+        ),
+    )
+    draining_since: datetime | None = Field(
+        default=None, description="When the longest-draining of those pods was asked to drain."
+    )
     queued: int = Field(default=0, description="Tasks waiting to be claimed.")
     delayed: int = Field(default=0, description="Tasks scheduled for later or awaiting retry.")
     in_flight: int = Field(default=0, description="Tasks being run by a worker.")

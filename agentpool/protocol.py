@@ -180,6 +180,9 @@ class WorkerInfo:
     done: int = 0
     failed: int = 0
     started: float = field(default_factory=time.time)
+    runs_since: tuple[int, ...] = ()
+    """When each task it holds was claimed (ms, Redis clock): how long its runs have been
+    going, which scale-down reads to drain the pods that will empty first."""
 
     @property
     def worker_id(self) -> str:
@@ -215,6 +218,8 @@ class InstanceState:
     """Its last heartbeat (or its first claim, before any heartbeat), epoch seconds."""
     held: int
     """Tasks leased to it."""
+    runs_since: tuple[float, ...] = ()
+    """When each of its runs began (epoch seconds, Redis clock), as of its last heartbeat."""
 
 
 def worker_id(pod: str, instance: str) -> str:
@@ -473,6 +478,7 @@ class TaskQueue:
         info = json.dumps({
             "state": worker.state, "done": worker.done, "failed": worker.failed,
             "concurrency": worker.concurrency, "started": worker.started,
+            "runsSince": list(worker.runs_since),
         })
         pairs = [x for item in held.items() for x in item]
         lost, cancel, drain = await self._run(
@@ -521,17 +527,7 @@ class TaskQueue:
 
     async def figures(self) -> QueueFigures:
         """Queue depth per priority, delayed, in flight, dead and live workers: one round trip."""
-        per, due, delayed, in_flight, dead, workers, stats, used = await self._run(
-            "figures", int(WORKER_LIVENESS_WINDOW * 1000)
-        )
-        flat = [_s(x) for x in stats]
-        return QueueFigures(
-            queued_by_priority={prio: int(n) for prio, n in enumerate(per)},
-            due_delayed=int(due), delayed=int(delayed), in_flight=int(in_flight),
-            dead=int(dead), workers=int(workers),
-            stats={flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)},
-            used=bool(used),
-        )
+        return _queue_figures(await self._run("figures", int(WORKER_LIVENESS_WINDOW * 1000)))
 
     async def used(self) -> bool:
         """Whether anything was ever submitted to this queue or a worker serves (or served) it:
@@ -540,23 +536,7 @@ class TaskQueue:
 
     async def workers(self) -> list[WorkerState]:
         """Worker instances that heart-beat recently, newest first: one round trip."""
-        out: list[WorkerState] = []
-        for wid_raw, score, raw, held, drain in await self._run(
-            "workers", int(WORKER_LIVENESS_WINDOW * 1000)
-        ):
-            wid = _s(wid_raw)
-            info = json.loads(_s(raw)) if raw else {}
-            pod, _, instance = wid.rpartition(":")
-            out.append(WorkerState(
-                worker_id=wid, pod=pod, instance=instance,
-                state=str(info.get("state", "unknown")),
-                in_flight=int(held), done=int(info.get("done", 0)),
-                failed=int(info.get("failed", 0)),
-                concurrency=int(info.get("concurrency", 0)),
-                last_heartbeat=float(score) / 1000, started=float(info.get("started", 0)),
-                drain_requested=bool(int(drain)),
-            ))
-        return out
+        return _worker_states(await self._run("workers", int(WORKER_LIVENESS_WINDOW * 1000)))
 
     async def instances(self, pod: str | None = None) -> list[InstanceState]:
         """Every registered worker instance (of `pod` only, when given), including those that
@@ -582,6 +562,7 @@ class TaskQueue:
                 worker_id=wid, pod=pod_name, instance=instance,
                 started=float(info.get("started") or score / 1000),
                 last_seen=score / 1000, held=int(held),
+                runs_since=_runs_since(info.get("runsSince")),
             ))
         return out
 
@@ -693,6 +674,36 @@ def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:
     )
 
 
+def _queue_figures(reply: Sequence[Any]) -> QueueFigures:
+    per, due, delayed, in_flight, dead, workers, stats, used = reply
+    flat = [_s(x) for x in stats]
+    return QueueFigures(
+        queued_by_priority={prio: int(n) for prio, n in enumerate(per)},
+        due_delayed=int(due), delayed=int(delayed), in_flight=int(in_flight),
+        dead=int(dead), workers=int(workers),
+        stats={flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)},
+        used=bool(used),
+    )
+
+
+def _worker_states(reply: Sequence[Any]) -> list[WorkerState]:
+    out: list[WorkerState] = []
+    for wid_raw, score, raw, held, drain in reply:
+        wid = _s(wid_raw)
+        info = json.loads(_s(raw)) if raw else {}
+        pod, _, instance = wid.rpartition(":")
+        out.append(WorkerState(
+            worker_id=wid, pod=pod, instance=instance,
+            state=str(info.get("state", "unknown")),
+            in_flight=int(held), done=int(info.get("done", 0)),
+            failed=int(info.get("failed", 0)),
+            concurrency=int(info.get("concurrency", 0)),
+            last_heartbeat=float(score) / 1000, started=float(info.get("started", 0)),
+            drain_requested=bool(int(drain)),
+        ))
+    return out
+
+
 def _encode_result(result: Any) -> str:
     try:
         return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
@@ -700,6 +711,79 @@ def _encode_result(result: Any) -> str:
         return json.dumps(repr(result))
 
 
+def _runs_since(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        float(ms) / 1000 for ms in value
+        if isinstance(ms, int | float) and not isinstance(ms, bool)
+    )
+
+
 def _requeue_result(reply: Sequence[Any]) -> RequeueResult:
     values = [int(x) for x in reply]
     return RequeueResult(*values)
+
+
+# -- read-only views over several queues or a page of one (one round trip each) -------------
+
+
+async def _scripts_in_one_trip(redis: aioredis.Redis,
+                               calls: Sequence[tuple[TaskQueue, str, Sequence[Any]]]) -> list[Any]:
+    """Run read-only scripts of queues on one Redis in one pipeline (no SCRIPT EXISTS trip:
+    a script Redis does not know yet is loaded and the batch sent again)."""
+    for _ in range(2):
+        async with redis.pipeline(transaction=False) as pipe:
+            for queue, name, args in calls:
+                pipe.evalsha(queue._script(name).sha, 1, queue.prefix + "queued", queue.prefix,
+                             *args)
+            replies = await pipe.execute(raise_on_error=False)
+        missing = {name for (_, name, _), r in zip(calls, replies, strict=True)
+                   if isinstance(r, NoScriptError)}
+        if not missing:
+            break
+        for name in missing:
+            await redis.script_load(_lua(name))
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return list(replies)
+
+
+async def figures_of(queues: Sequence[TaskQueue]) -> list[QueueFigures]:
+    """The figures of several queues on the same Redis, in one round trip."""
+    if not queues:
+        return []
+    window = int(WORKER_LIVENESS_WINDOW * 1000)
+    replies = await _scripts_in_one_trip(queues[0].redis,
+                                         [(q, "figures", [window]) for q in queues])
+    return [_queue_figures(reply) for reply in replies]
+
+
+async def figures_and_workers(queue: TaskQueue) -> tuple[QueueFigures, list[WorkerState]]:
+    """A queue's figures and live workers, in one round trip."""
+    window = int(WORKER_LIVENESS_WINDOW * 1000)
+    figures, workers = await _scripts_in_one_trip(
+        queue.redis, [(queue, "figures", [window]), (queue, "workers", [window])])
+    return _queue_figures(figures), _worker_states(workers)
+
+
+async def task_page(queue: TaskQueue, state: str, offset: int,
+                    limit: int) -> tuple[int, list[TaskInfo]]:
+    """How many tasks are in `state` (one of TASK_LIST_STATES) and one page of them, in the
+    order of `TaskQueue.list_tasks`: two round trips."""
+    key = queue.prefix + ("dead" if state == "dead" else _STATE_SETS[state])
+    async with queue.redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(key)
+        if state == "dead":
+            pipe.zrevrange(key, offset, offset + limit - 1)
+        else:
+            pipe.zrange(key, offset, offset + limit - 1)
+        total, ids = await pipe.execute()
+    return int(total), await queue.get_many([_s(i) for i in ids])
+
+
+async def task_for_idempotency_key(queue: TaskQueue, key: str) -> str | None:
+    """The id of the task an idempotency key names, if it is still known."""
+    task_id = await queue.redis.get(queue.prefix + "idem:" + key)
+    return None if task_id is None else _s(task_id)

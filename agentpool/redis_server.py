@@ -6,6 +6,7 @@ that someone else started.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+import redis
 
 
 class RedisServerError(RuntimeError):
@@ -29,13 +32,15 @@ def free_port() -> int:
 
 @dataclass
 class RedisServer:
-    """A ``redis-server`` child process; ``appendonly`` turns on AOF persistence and
-    ``password`` makes clients authenticate (``requirepass``); ``extra_args`` go to
-    redis-server as they are (e.g. ``("--rename-command", "ACL", "")``)."""
+    """A ``redis-server`` child process; ``appendonly`` turns on AOF persistence,
+    ``password`` makes clients authenticate (``requirepass``), ``replica_of`` makes it a
+    replica of the server on that loopback port; ``extra_args`` go to redis-server as they
+    are (e.g. ``("--rename-command", "ACL", "")``)."""
 
     port: int = 0
     appendonly: bool = False
     password: str | None = None
+    replica_of: int | None = None
     workdir: Path | None = None
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -68,7 +73,9 @@ class RedisServer:
             "--loglevel", "warning",
         ]
         if self.password:
-            args += ["--requirepass", self.password]
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         args += self.extra_args
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
@@ -99,6 +106,13 @@ class RedisServer:
                 self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """kill -9, as a crashed machine would stop it."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
     def restart(self) -> None:
         """Stop and start on the same port and data directory (AOF, if on, is reloaded)."""
         self.stop()
@@ -115,3 +129,157 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+SENTINEL_SERVICE = "agentpool"
+
+
+@dataclass
+class SentinelGroup:
+    """A primary, one replica and three sentinels on loopback: a Redis that fails over.
+
+    ``url`` is the ``redis+sentinel://`` URL every component connects with. Sentinels notice
+    a dead primary after ``down_after_ms`` and promote the replica.
+    """
+
+    password: str | None = None
+    down_after_ms: int = 1000
+    sentinel_count: int = 3
+    servers: list[RedisServer] = field(default_factory=list, init=False)
+    sentinels: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
+    sentinel_ports: list[int] = field(default_factory=list, init=False)
+    _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{auth}{hosts}/{SENTINEL_SERVICE}/0"
+
+    def start(self, timeout: float = 20.0) -> SentinelGroup:
+        self._dir = tempfile.TemporaryDirectory(prefix="agentpool-sentinel-")
+        root = Path(self._dir.name)
+        primary = RedisServer(password=self.password, workdir=root / "primary")
+        primary.workdir.mkdir()  # type: ignore[union-attr]
+        self.servers.append(primary.start())
+        replica = RedisServer(password=self.password, workdir=root / "replica",
+                              replica_of=primary.port)
+        replica.workdir.mkdir()  # type: ignore[union-attr]
+        self.servers.append(replica.start())
+        binary = shutil.which("redis-server") or "redis-server"
+        for index in range(self.sentinel_count):
+            port = free_port()
+            conf = root / f"sentinel-{index}.conf"
+            lines = [
+                f"port {port}",
+                "bind 127.0.0.1",
+                f"dir {root}",
+                f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {primary.port} 2",
+                f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {self.down_after_ms}",
+                f"sentinel failover-timeout {SENTINEL_SERVICE} 10000",
+                f"sentinel parallel-syncs {SENTINEL_SERVICE} 1",
+            ]
+            if self.password:
+                lines.append(f"sentinel auth-pass {SENTINEL_SERVICE} {self.password}")
+            conf.write_text("\n".join(lines) + "\n")
+            self.sentinels.append(subprocess.Popen(
+                [binary, str(conf), "--sentinel", "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            ))
+            self.sentinel_ports.append(port)
+        try:
+            self.wait_healthy(timeout)
+        except RedisServerError:
+            self.close()
+            raise
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every sentinel sees every replica up, and each replica has the primary's
+        writes: a steady state from which a failover loses nothing acknowledged."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._sentinels_agree() and self._replicas_synced():
+                return
+            time.sleep(0.1)
+        raise RedisServerError("the sentinels do not see a healthy primary and replica")
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the first sentinel that answers sees it."""
+        for port in self.sentinel_ports:
+            with contextlib.suppress(redis.RedisError), sentinel_admin(port) as sentinel:
+                address = sentinel.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
+                if address:
+                    return int(address[1])
+        return None
+
+    def server_on(self, port: int) -> RedisServer:
+        return next(server for server in self.servers if server.port == port)
+
+    def restore(self, port: int, *, primary: int) -> None:
+        """Start a killed server again, as a replica of the current primary."""
+        server = self.server_on(port)
+        server.replica_of = primary
+        server.start()
+        self.wait_healthy()
+
+    def _sentinels_agree(self) -> bool:
+        """Every sentinel knows the other sentinels and sees every replica up."""
+        primary = self.primary_port()
+        replicas = {server.port for server in self.servers if server.port != primary}
+        try:
+            for port in self.sentinel_ports:
+                with sentinel_admin(port) as sentinel:
+                    seen = sentinel.sentinel_slaves(SENTINEL_SERVICE)
+                    others = sentinel.sentinel_sentinels(SENTINEL_SERVICE)
+                healthy = {
+                    int(r["port"]) for r in seen
+                    if not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])
+                }
+                if not replicas <= healthy or len(others) < self.sentinel_count - 1:
+                    return False
+        except redis.RedisError:
+            return False
+        return True
+
+    def _replicas_synced(self) -> bool:
+        primary = self.primary_port()
+        try:
+            with sentinel_admin(primary or 0, self.password) as server:
+                offset = int(server.info("replication")["master_repl_offset"])
+            for replica in self.servers:
+                if replica.port == primary:
+                    continue
+                with sentinel_admin(replica.port, self.password) as server:
+                    info = server.info("replication")
+                if info.get("master_link_status") != "up":
+                    return False
+                if int(info.get("slave_repl_offset", -1)) < offset:
+                    return False
+        except (redis.RedisError, KeyError, ValueError):
+            return False
+        return True
+
+    def close(self) -> None:
+        for process in self.sentinels:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=10)
+        self.sentinels.clear()
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> SentinelGroup:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def sentinel_admin(port: int, password: str | None = None) -> redis.Redis:
+    """A plain client of one loopback server or sentinel, for set-up and checks."""
+    return redis.Redis(port=port, password=password, socket_timeout=2, decode_responses=True)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+URL_PREFIXES = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://")
+"""What a Redis URL of the product starts with: one server, or a Sentinel-managed primary
+(see `agentpool.connection`)."""
+URL_PREFIXES_TEXT = ", ".join(URL_PREFIXES[:-1]) + " or " + URL_PREFIXES[-1]
+
 MASK = "***"
-_SECRET_QUERY_KEYS = frozenset({"password", "pass", "passwd", "token"})
+_SECRET_QUERY_KEYS = frozenset({"password", "pass", "passwd", "token", "sentinel_password"})
 
 
 def redact_url(url: str) -> str:
@@ -19,7 +24,8 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         host = parts.hostname
-        port = parts.port
+        # A Sentinel URL names several host:port pairs, which no single port parses from.
+        port = None if "," in parts.netloc else parts.port
     except ValueError:
         return MASK
     netloc = parts.netloc

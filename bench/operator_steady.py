@@ -71,7 +71,7 @@ import redis.asyncio as aioredis
 
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer, free_port
-from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION
+from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION, RELEASED_COST
 from agentpool_operator.deployment import POOL_LABEL, WORKER_CONTAINER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,7 +295,8 @@ class Controllers:
         if len(pods) > wanted:
             def cost(pod: Mapping[str, Any]) -> int:
                 annotations = (pod.get("metadata") or {}).get("annotations") or {}
-                return 0 if annotations.get(DELETION_COST_ANNOTATION) == CHOSEN_COST else 1
+                value = annotations.get(DELETION_COST_ANNOTATION)
+                return int(value) if value in (CHOSEN_COST, RELEASED_COST) else 0
             for pod in sorted(pods, key=cost)[: len(pods) - wanted]:
                 await self.cluster._send(
                     "DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}"

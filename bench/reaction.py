@@ -130,7 +130,7 @@ async def main(args: argparse.Namespace) -> None:
     for floor in POOLS.values():
         policy = ScalingPolicy(min_replicas=floor, max_replicas=10, poll_seconds=args.poll,
                                scale_down_cooldown_seconds=1)
-        ours = simulated(lambda p=policy: OurAutoscaler(p, 60), args.burst, args.poll)
+        ours = simulated(lambda p=policy: OurAutoscaler(p), args.burst, args.poll)
         baseline = simulated(lambda p=policy: KedaAutoscaler(p, keda), args.burst,
                              keda.polling_interval)
         print(line(f"agentpool simulated, from {floor}", ours, target))

@@ -59,19 +59,22 @@ def derived_pool(name: str, worker_image: str, *, redis_secret: str = DEFAULT_RE
 
 SCALE_POOL_MIN = 1
 SCALE_POOL_MAX = 4
+SCALE_POOL_DRAIN_SECONDS = 5
 
 
 def scale_pool(name: str, worker_image: str, *,
                redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
     """Two tasks per pod, 1..4 pods, quick polling and a short scale-down window.
 
-    drainSeconds (and the task timeout) exceed the longest latency simulated_agent can draw
-    for the long tasks (ten times their mean), so a drain can never cut a task short: any
-    requeue or second attempt is a real interruption.
+    drainSeconds is far shorter than the long tasks: a scale-down that relied on SIGTERM's
+    drain would cut them short. The task timeout exceeds the longest latency simulated_agent
+    can draw for them (ten times their mean), so any requeue or second attempt is a real
+    interruption.
     """
     return derived_pool(
         name, worker_image, redis_secret=redis_secret,
-        worker={"concurrency": 2, "drainSeconds": 900, "taskTimeoutSeconds": 900},
+        worker={"concurrency": 2, "drainSeconds": SCALE_POOL_DRAIN_SECONDS,
+                "taskTimeoutSeconds": 900},
         scaling={"minReplicas": SCALE_POOL_MIN, "maxReplicas": SCALE_POOL_MAX,
                  "pollSeconds": 1, "scaleDownCooldownSeconds": 5},
     )

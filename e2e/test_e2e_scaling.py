@@ -1,5 +1,6 @@
 """Queue-depth scaling on a real cluster: up for a backlog, back down to minReplicas once the
-queue is empty, and no task interrupted on the way down."""
+queue is empty, and no task interrupted on the way down, though the long tasks outlast the
+pool's drainSeconds: a pod chosen for removal keeps its replica until its runs end."""
 
 from __future__ import annotations
 

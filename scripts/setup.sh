@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need: redis-server (Debian package),
 # a virtualenv in .venv with the project and its dev tools, and, for the tests, promtool
-# (Debian package prometheus) and helm in .tools/bin. `--demo` installs only what the demo
-# runs: the project with its `demo` extra (the command line and the worker), no dev tools.
+# (Debian package prometheus), Chromium (Debian packages chromium and chromium-driver, driven
+# by Playwright in the console's browser tests; no browser download) and helm in .tools/bin.
+# `--demo` installs only what the demo runs: the project with its `demo` extra (the command
+# line, the worker and the console), no dev tools.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,13 @@ if [ "$for_tests" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         prometheus >/dev/null
     as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
+if [ "$for_tests" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing chromium (Debian package) for the console's browser tests"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+        >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

@@ -12,6 +12,7 @@ from types import ModuleType
 
 from agentpool.cli import (
     cancel,
+    console,
     crd,
     dead,
     demo,
@@ -38,6 +39,7 @@ SUBCOMMANDS: list[ModuleType] = [
     tasks,
     workers,
     status,
+    console,
 ]
 
 

@@ -34,6 +34,7 @@ ROWS = [
     ("max_wait_s", "max wait (s)"),
     ("replica_seconds", "replica-seconds"),
     ("interrupted_tasks", "tasks interrupted by scale-down"),
+    ("pod_starts", "pod starts"),
     ("scale_events", "scale events"),
 ]
 
@@ -42,7 +43,8 @@ TRACE_HELP = (
     "TRACE.csv has one task per row: arrival_seconds,service_seconds (when the task arrives, "
     "counted from the start of the trace, and how long it runs once a worker has it). One header "
     "row, blank lines and '#' comments are skipped. Sample traces (steady, bursty, "
-    "diurnal) are in the source tree: bench/traces/*.csv, made by bench/make_traces.py."
+    "diurnal, and the long agent runs of longrun, heavytail and mixed) are in the source "
+    "tree: bench/traces/*.csv, made by bench/make_traces.py."
 )
 
 
@@ -91,10 +93,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="most pods added by one decision (default: unlimited)")
     pool.add_argument("--scale-down-step", type=int, metavar="PODS",
                       help="most pods removed by one decision (default: unlimited)")
-    pool.add_argument("--drain-seconds", type=float, metavar="SECONDS",
-                      default=_default(WorkerSpec, "drain_seconds"),
-                      help="time a pod being scaled down gets to finish its tasks "
-                      "(default %(default)s)")
     cluster = parser.add_argument_group("cluster and baseline")
     cluster.add_argument(
         "--startup-seconds", type=float, default=20, metavar="SECONDS",
@@ -149,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
         cluster = Cluster(
             concurrency=args.concurrency,
             startup_seconds=args.startup_seconds,
-            drain_seconds=args.drain_seconds,
             sample_seconds=args.sample_seconds,
         )
         keda = KedaSettings(metric=args.keda_metric, grace_seconds=args.keda_grace_seconds)
@@ -196,7 +193,7 @@ def _model(args: argparse.Namespace) -> str:
     return (
         f"{args.min_replicas}..{args.max_replicas} replicas, concurrency {args.concurrency}, "
         f"tasksPerReplica {tpr}, pods ready {args.startup_seconds:g}s after start, "
-        f"drainSeconds {args.drain_seconds:g}; KEDA metric: {metric}, "
+        f"scale-down drains until runs end; KEDA metric: {metric}, "
         f"grace {args.keda_grace_seconds:g}s"
     )
 

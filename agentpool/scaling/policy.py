@@ -8,7 +8,9 @@ Rules, in the order `decide` applies them:
 - missing figures (Redis unreachable): hold the current size, only clamped into the bounds —
   a blind controller must neither shed workers nor scale to zero;
 - need = ceil(backlog / tasksPerReplica), backlog = ready-to-run queued + in-flight, so pods
-  busy with long tasks are never counted as spare;
+  busy with long tasks are never counted as spare. `current` and the in-flight count are
+  those of the serving pods: pods draining after a scale-down are neither capacity nor
+  backlog (see `scaledown.serving_view`);
 - activation: a pool at zero stays there until the backlog exceeds activationDepth;
 - bounds [minReplicas, maxReplicas]; minReplicas == maxReplicas is a fixed-size pool;
 - scale-up: at once (no stabilisation), unless inside scaleUpCooldownSeconds of the previous

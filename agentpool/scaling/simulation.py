@@ -4,10 +4,12 @@ A pure discrete-event simulation (no clock, no threads, no I/O), so a trace give
 figures on every machine and a policy change can be judged before it reaches a cluster. It
 runs the same trace through two autoscalers on the same simulated cluster:
 
-- ours: `policy.decide` every pollSeconds on queued + in-flight; a scale-down removes the
-  pods `scaledown.choose_pods_to_remove` picks (idle before busy, then the least busy); a
-  busy one drains: it claims nothing new and gets drainSeconds to finish before the rest of
-  its work is requeued;
+- ours: `policy.decide` every pollSeconds on the serving pods (live, not draining) and the
+  tasks queued or running on them; `scaledown.plan_drains` applies the decision. A
+  scale-down drains the pods `scaledown.choose_pods_to_remove` picks (idle first, then the
+  fewest runs, then the oldest run): an idle one leaves at once, a busy one claims nothing new and
+  keeps its replica until its runs end, then leaves at the next poll, so no run is ever
+  interrupted. A scale-up takes draining pods back into service before it starts new ones;
 - KEDA's defaults over the HPA: the KEDA operator polls every pollingInterval (30 s) and
   alone moves 0 -> 1 and, after cooldownPeriod (300 s) without activity, 1 -> 0; between 1
   and max the HPA syncs every 15 s on a fresh metric (KEDA's default, no metric caching) with
@@ -22,10 +24,12 @@ runs the same trace through two autoscalers on the same simulated cluster:
 Shared model: each replica runs `concurrency` tasks; a new pod serves after
 `startup_seconds`; a queued task goes to the ready pod with the most free slots (the slot
 waiting longest wins a blocking claim); an interrupted task goes back to the head of the
-queue and runs again from the start (the kindest case for the baseline: no visibility
+queue (its place: ahead of every task that arrived after it, as the task protocol requeues)
+and runs again from the start (the kindest case for the baseline: no visibility
 timeout, no lost task). A task's wait is from its arrival to the start of the run that
 completed it. The run ends once every task is done and the pool is back at its minimum;
-replica-seconds count every pod from creation to exit, draining ones included.
+replica-seconds count every pod from creation to exit, draining ones included; pod starts
+count every pod created after the warm start.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from enum import IntEnum
 from typing import Literal, Protocol
 
 from agentpool.scaling.policy import QueueLoad, ScalingHistory, ScalingPolicy, decide
-from agentpool.scaling.scaledown import PodLoad, choose_pods_to_remove
+from agentpool.scaling.scaledown import PodLoad, plan_drains, serving_view
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,6 @@ class Cluster:
 
     concurrency: int = 4
     startup_seconds: float = 20.0
-    drain_seconds: float = 60.0
     sample_seconds: float = 10.0
     give_up_after_seconds: float = 6 * 3600.0
     """How long after the last arrival a run that never settles is stopped."""
@@ -127,6 +130,7 @@ class RunResult:
     waits: tuple[float, ...]
     replica_seconds: float
     interrupted: int
+    pod_starts: int
     scale_events: tuple[ScaleEvent, ...]
     timeline: tuple[Sample, ...]
     end: float
@@ -151,6 +155,7 @@ class RunResult:
             "max_wait_s": round(waits[-1], 2) if waits else 0.0,
             "replica_seconds": round(self.replica_seconds, 1),
             "interrupted_tasks": self.interrupted,
+            "pod_starts": self.pod_starts,
             "scale_events": len(self.scale_events),
         }
 
@@ -165,22 +170,6 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-class Autoscaler(Protocol):
-    name: str
-    policy: ScalingPolicy
-    grace_seconds: float
-    """How long a removed busy pod may finish its tasks before they are interrupted."""
-
-    def next_tick(self, now: float) -> float:
-        """The first evaluation time strictly after `now`."""
-
-    def evaluate(self, now: float, queued: int, in_flight: int, replicas: int) -> ScaleEvent:
-        """Replicas wanted now; `before == after` when nothing changes."""
-
-    def choose_removals(self, pods: Sequence[SimPod], count: int, now: float) -> list[SimPod]:
-        """The `count` pods a scale-down removes."""
-
-
 @dataclass
 class SimPod:
     ident: int
@@ -188,36 +177,84 @@ class SimPod:
     ready_at: float
     running: dict[int, int] = field(default_factory=dict)
     """Task index -> run number, to tell a live completion from one of an interrupted run."""
+    since: dict[int, float] = field(default_factory=dict)
+    """Task index -> when its run began."""
     leaving: bool = False
+    """Removed from the Deployment: its tasks get the grace period, then are interrupted."""
+    draining: bool = False
+    """Chosen by our scale-down: claims nothing, keeps its replica until its runs end."""
     exited_at: float | None = None
 
     def ready(self, now: float) -> bool:
         return self.ready_at <= now
 
+    def serving(self, now: float) -> bool:
+        return not self.leaving and not self.draining and self.ready(now)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one evaluation does to the simulated cluster."""
+
+    event: ScaleEvent | None = None
+    start: int = 0
+    stop: tuple[SimPod, ...] = ()
+    """Removed by the ReplicaSet: they get the grace period, then their tasks are interrupted."""
+    drain: tuple[SimPod, ...] = ()
+    withdraw: tuple[SimPod, ...] = ()
+    release: tuple[SimPod, ...] = ()
+    """Draining pods with no run left: they exit now."""
+
+
+class Autoscaler(Protocol):
+    name: str
+    policy: ScalingPolicy
+    grace_seconds: float
+    """How long a stopped busy pod may finish its tasks before they are interrupted."""
+
+    def next_tick(self, now: float) -> float:
+        """The first evaluation time strictly after `now`."""
+
+    def step(self, now: float, queued: int, pods: Sequence[SimPod]) -> Step:
+        """What to do now, given the queue and the live pods."""
+
 
 class OurAutoscaler:
-    """`scaling.decide` in a loop, with idle-first draining on scale-down."""
+    """`scaling.decide` in a loop over the serving pods; `scaledown.plan_drains` applies it."""
 
     name = "agentpool"
+    grace_seconds = math.inf
 
-    def __init__(self, policy: ScalingPolicy, drain_seconds: float) -> None:
+    def __init__(self, policy: ScalingPolicy) -> None:
         self.policy = policy
-        self.grace_seconds = drain_seconds
         self.history = ScalingHistory()
 
     def next_tick(self, now: float) -> float:
         return _next_multiple(now, self.policy.poll_seconds)
 
-    def evaluate(self, now: float, queued: int, in_flight: int, replicas: int) -> ScaleEvent:
-        decision = decide(self.policy, QueueLoad(queued, in_flight), replicas, self.history, now)
-        self.history = decision.history
-        return ScaleEvent(now, replicas, decision.replicas, decision.reason)
-
-    def choose_removals(self, pods: Sequence[SimPod], count: int, now: float) -> list[SimPod]:
-        """The operator's own choice (`scaledown.choose_pods_to_remove`): idle pods first."""
+    def step(self, now: float, queued: int, pods: Sequence[SimPod]) -> Step:
         by_name = {f"{pod.ident:09d}": pod for pod in pods}
-        loads = [PodLoad(name, len(pod.running), pod.ready(now)) for name, pod in by_name.items()]
-        return [by_name[name] for name in choose_pods_to_remove(loads, count)]
+        loads = [
+            PodLoad(name, len(pod.running), pod.ready(now), draining=pod.draining,
+                    run_ages=tuple(now - at for at in pod.since.values()))
+            for name, pod in by_name.items()
+        ]
+        view = serving_view(loads)
+        decision = decide(
+            self.policy, QueueLoad(queued, view.in_flight), view.serving, self.history, now
+        )
+        self.history = decision.history
+        plan = plan_drains(loads, decision.replicas)
+        event = None
+        if decision.changed:
+            event = ScaleEvent(now, decision.current, decision.replicas, decision.reason)
+        return Step(
+            event=event,
+            start=plan.start,
+            drain=tuple(by_name[name] for name in plan.drain),
+            withdraw=tuple(by_name[name] for name in plan.withdraw),
+            release=tuple(by_name[name] for name in plan.release),
+        )
 
 
 class KedaAutoscaler:
@@ -239,6 +276,18 @@ class KedaAutoscaler:
             _next_multiple(now, self.settings.polling_interval),
             _next_multiple(now, self.settings.hpa_sync_seconds),
         )
+
+    def step(self, now: float, queued: int, pods: Sequence[SimPod]) -> Step:
+        """The HPA's replica count; the ReplicaSet stops pods blindly to meet it."""
+        serving = [pod for pod in pods if not pod.leaving]
+        in_flight = sum(len(pod.running) for pod in pods)
+        event = self.evaluate(now, queued, in_flight, len(serving))
+        if event.after == event.before:
+            return Step()
+        if event.after > event.before:
+            return Step(event=event, start=event.after - event.before)
+        count = event.before - event.after
+        return Step(event=event, stop=tuple(self.choose_removals(serving, count, now)))
 
     def evaluate(self, now: float, queued: int, in_flight: int, replicas: int) -> ScaleEvent:
         metric = queued if self.settings.metric == "queued" else queued + in_flight
@@ -317,6 +366,7 @@ class _Run:
     started: list[float] = field(default_factory=list)
     waits: dict[int, float] = field(default_factory=dict)
     interrupted: int = 0
+    starts: int = 0
     arrived: int = 0
     scale_events: list[ScaleEvent] = field(default_factory=list)
     timeline: list[Sample] = field(default_factory=list)
@@ -337,14 +387,22 @@ class _Run:
             if startup > 0:
                 self.push(pod.ready_at, _Kind.READY, pod.ident)
 
-    def remove_pods(self, count: int, now: float) -> None:
-        serving = [pod for pod in self.live if not pod.leaving]
-        for pod in self.scaler.choose_removals(serving, count, now):
+    def apply(self, step: Step, now: float) -> None:
+        for pod in step.withdraw:
+            pod.draining = False
+        for pod in step.drain:
+            pod.draining = True
+        for pod in step.release:
+            self.exit(pod, now)
+        for pod in step.stop:
             pod.leaving = True
             if pod.running:
                 self.push(now + self.scaler.grace_seconds, _Kind.DEADLINE, pod.ident)
             else:
                 self.exit(pod, now)
+        self.add_pods(step.start, now, self.cluster.startup_seconds)
+        self.starts += step.start
+        self.replicas = sum(1 for pod in self.live if not pod.leaving)
 
     def exit(self, pod: SimPod, now: float) -> None:
         pod.exited_at = now
@@ -355,9 +413,7 @@ class _Run:
             free = [
                 pod
                 for pod in self.live
-                if not pod.leaving
-                and pod.ready(now)
-                and len(pod.running) < self.cluster.concurrency
+                if pod.serving(now) and len(pod.running) < self.cluster.concurrency
             ]
             if not free:
                 return
@@ -366,12 +422,14 @@ class _Run:
             self.runs[task] += 1
             self.started[task] = now
             pod.running[task] = self.runs[task]
+            pod.since[task] = now
             self.push(now + self.trace[task].service, _Kind.DONE, pod.ident, task)
 
     def finish(self, now: float, pod: SimPod, task: int) -> None:
         if pod.exited_at is not None or pod.running.get(task) != self.runs[task]:
             return
         del pod.running[task]
+        del pod.since[task]
         self.waits[task] = self.started[task] - self.trace[task].arrival
         if pod.leaving and not pod.running:
             self.exit(pod, now)
@@ -383,13 +441,16 @@ class _Run:
         self.interrupted += len(stopped)
         self.queue.extendleft(stopped)
         pod.running.clear()
+        pod.since.clear()
         self.exit(pod, now)
 
     def settled(self) -> bool:
         return (
             self.arrived == len(self.trace)
             and not self.queue
-            and all(not pod.leaving and not pod.running for pod in self.live)
+            and all(
+                not pod.leaving and not pod.draining and not pod.running for pod in self.live
+            )
             and self.replicas == self.scaler.policy.min_replicas
         )
 
@@ -435,6 +496,7 @@ def simulate(
             (pod.exited_at if pod.exited_at is not None else now) - pod.created for pod in run.pods
         ),
         interrupted=run.interrupted,
+        pod_starts=run.starts,
         scale_events=tuple(run.scale_events),
         timeline=tuple(run.timeline),
         end=now,
@@ -444,15 +506,10 @@ def simulate(
 
 
 def _tick(run: _Run, now: float) -> None:
-    event = run.scaler.evaluate(now, len(run.queue), run.in_flight(), run.replicas)
-    if event.after == run.replicas:
-        return
-    run.scale_events.append(event)
-    if event.after > run.replicas:
-        run.add_pods(event.after - run.replicas, now, run.cluster.startup_seconds)
-    else:
-        run.remove_pods(run.replicas - event.after, now)
-    run.replicas = event.after
+    step = run.scaler.step(now, len(run.queue), list(run.live))
+    if step.event is not None:
+        run.scale_events.append(step.event)
+    run.apply(step, now)
 
 
 def _sample(run: _Run, now: float) -> Sample:
@@ -461,7 +518,7 @@ def _sample(run: _Run, now: float) -> Sample:
         at=now,
         replicas=run.replicas,
         pods=len(live),
-        ready=sum(1 for pod in live if pod.ready(now) and not pod.leaving),
+        ready=sum(1 for pod in live if pod.serving(now)),
         queued=len(run.queue),
         in_flight=run.in_flight(),
     )
@@ -480,7 +537,7 @@ def compare(
     keda: KedaSettings = KedaSettings(),
 ) -> Comparison:
     """Both autoscalers on one trace, costs counted up to the same moment."""
-    ours = simulate(trace, OurAutoscaler(policy, cluster.drain_seconds), cluster)
+    ours = simulate(trace, OurAutoscaler(policy), cluster)
     baseline = simulate(trace, KedaAutoscaler(policy, keda), cluster)
     horizon = max(ours.end, baseline.end)
     return Comparison(ours.extended_to(horizon), baseline.extended_to(horizon))

@@ -42,6 +42,8 @@ _FIGURES = {
     "replicas": "Worker pods that exist",
     "readyReplicas": "Worker pods that are ready",
     "desiredReplicas": "Worker pods the pool should have",
+    "drainingReplicas": "Worker pods chosen by a scale-down that finish their runs before "
+    "they go",
 }
 
 
@@ -87,6 +89,11 @@ SCALE_DECISIONS = Counter(
     "agentpool_operator_scale_decisions",
     "Changes of a pool's replica count decided by the autoscaler",
     [*POOL_LABELS, "direction", "reason"],
+)
+POD_STARTS = Counter(
+    "agentpool_operator_pod_starts",
+    "Worker pods the autoscaler added (scale-ups that no withdrawn drain could serve)",
+    POOL_LABELS,
 )
 PODS_REPLACED = Counter(
     "agentpool_operator_pods_replaced",
@@ -225,6 +232,10 @@ def record_scale(namespace: str, pool: str, direction: str, reason: str) -> None
     if direction not in SCALE_DIRECTIONS:
         raise ValueError(f"direction must be one of {SCALE_DIRECTIONS}, got {direction!r}")
     _child(SCALE_DECISIONS, namespace, pool, direction, scale_reason(reason)).inc()
+
+
+def record_pod_starts(namespace: str, pool: str, n: int) -> None:
+    _child(POD_STARTS, namespace, pool).inc(n)
 
 
 def record_pods_replaced(namespace: str, pool: str, n: int = 1) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from agentpool.protocol import WORKER_LIVENESS_WINDOW, InstanceState
+from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION, RELEASED_COST
 from agentpool_operator.deployment import WORKER_CONTAINER
 
 
@@ -35,6 +36,8 @@ class PodView:
     restarts: int = 0
     container_started_at: float | None = None
     """When the current worker container started (epoch seconds), if it is running."""
+    scaling_down: bool = False
+    """Chosen by a scale-down: unready on purpose while it finishes its runs; not stuck."""
 
 
 @dataclass(frozen=True)
@@ -204,11 +207,12 @@ def _previous_instances(pod: PodView, instances: Iterable[InstanceView]) -> tupl
 def _replace_stuck(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) -> list[Action]:
     """Drain, then delete, pods unready past the grace period, within the budget."""
     budget = unavailable_budget(policy.max_unavailable, max(1, inputs.desired_replicas))
+    candidates = [pod for pod in inputs.pods if not pod.scaling_down]
     in_progress = {
-        pod.name for pod in inputs.pods if pod.name in inputs.drains or pod.deleting
+        pod.name for pod in candidates if pod.name in inputs.drains or pod.deleting
     }
     actions: list[Action] = []
-    for pod in sorted(inputs.pods, key=lambda p: p.ready_changed_at or 0):
+    for pod in sorted(candidates, key=lambda p: p.ready_changed_at or 0):
         if pod.deleting or pod.phase != "Running" or pod.ready:
             continue
         unready_for = now - (pod.ready_changed_at or now)
@@ -265,4 +269,6 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         ready_changed_at=ready_changed,
         restarts=restarts,
         container_started_at=started,
+        scaling_down=(meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
+        in (CHOSEN_COST, RELEASED_COST),
     )

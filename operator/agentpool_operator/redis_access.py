@@ -19,9 +19,16 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from agentpool.connection import (
+    INVALID_URL_MESSAGE,
+    RedisURLError,
+    is_sentinel_url,
+    redis_from_url,
+)
 from agentpool.models import RedisSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
 from agentpool.redis_errors import POOL_PASSWORD_PLACE, redis_failure
+from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
 
 from .kube import api_error_message
 from .status import Problem, sanitize
@@ -81,9 +88,9 @@ async def resolve_redis_url(secrets: SecretReader, namespace: str, spec: RedisSp
         url = str(string_data[ref.key]).strip()
     else:
         raise QueueAccessError("SecretKeyMissing", f"{where} has no key {ref.key!r}")
-    if not url.startswith(("redis://", "rediss://")):
+    if not url.startswith(URL_PREFIXES):
         raise QueueAccessError(
-            "SecretInvalid", f"{where} key {ref.key!r} does not hold a redis:// or rediss:// URL"
+            "SecretInvalid", f"{where} key {ref.key!r} does not hold a {URL_PREFIXES_TEXT} URL"
         )
     return url
 
@@ -165,21 +172,21 @@ class RedisClients:
 
 def _connect(url: str, address_map: Mapping[str, str]) -> aioredis.Redis:
     try:
-        connections = aioredis.BlockingConnectionPool.from_url(
-            rewrite_address(url, address_map),
+        if not is_sentinel_url(url):
+            url = rewrite_address(url, address_map)
+        return redis_from_url(
+            url,
             max_connections=MAX_CONNECTIONS_PER_REDIS,
-            timeout=COMMAND_TIMEOUT,
+            pool_timeout=COMMAND_TIMEOUT,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=COMMAND_TIMEOUT,
             health_check_interval=30,
         )
+    except RedisURLError as error:
+        raise QueueAccessError("InvalidRedisURL", str(error)) from None
     except ValueError:
-        # The parser's message can quote part of the password: never pass it on.
-        raise QueueAccessError(
-            "InvalidRedisURL",
-            "invalid Redis URL (a password with '/', '#', '?' or '@' must be percent-encoded)",
-        ) from None
-    return aioredis.Redis.from_pool(connections)
+        # The URL parser's message can quote part of the password: never pass it on.
+        raise QueueAccessError("InvalidRedisURL", INVALID_URL_MESSAGE) from None
 
 
 async def read_figures(queue: TaskQueue) -> QueueFigures:

@@ -1,19 +1,26 @@
-"""Scaling applied to one pool: size the Deployment, drain idle pods first on scale-down.
+"""Scaling applied to one pool: size the Deployment, drain pods until their runs end.
 
-Each round of the pool's loop calls `scale` with what it observed. It runs `scaling.decide`
-on the queue figures (None: the policy's missing-data fallback holds the size), the
-Deployment's `spec.replicas`, the pool's history and the clock, and writes the Deployment only
-when the decision changes the replica count.
+Each round of the pool's loop calls `scale` with what it observed. The scaling policy sees
+the pool's *serving* replicas (the Deployment's count less the pods that drain) and the tasks
+queued or running on serving pods: a draining pod is neither capacity nor a pod to remove
+again. The Deployment is written only when its replica count (or the list of replicas given
+back) changes.
 
-Scale-down is task-aware. The pods that leave are *marked*: they carry
-``controller.kubernetes.io/pod-deletion-cost: -1000``, so the ReplicaSet removes exactly them,
-and a drain request in Redis, so their workers claim nothing new and finish what they hold
-(a busy pod, chosen only when no idle one is left, then gets drainSeconds after its SIGTERM).
-Marks are the state, kept in the cluster and in Redis, never only in memory: every round
-wants `marks_wanted` pods marked, keeps the marks already placed (a retried round or a
-restarted operator chooses no more pods), chooses more only when a scale-down needs them and
-withdraws marks that are no longer needed (the ReplicaSet took another pod, or the pool
-scaled up again before it acted). Drain requests of pods that no longer exist are cleared.
+Scale-down never interrupts a run. A pod chosen for removal (idle first, then the fewest and
+oldest runs, `scaledown.removal_rank`) is *marked* with
+``controller.kubernetes.io/pod-deletion-cost: -1000`` and asked to drain in Redis: its worker
+claims nothing new, turns unready and finishes its runs however long they take (at most
+taskTimeoutSeconds); its replica stays. Once it holds no run its mark becomes ``-2000``
+(released), and at a later round, when it is unready and no unmarked pod is, the replica
+count drops by one: the ReplicaSet, which removes unready pods first and then the lowest
+cost, removes exactly that pod. The names of the pods whose replica was given back are kept
+in an annotation of the Deployment, written with the replica count, so no replica is given
+back twice. SIGTERM's drainSeconds is left to evictions, node drains and rollouts.
+
+A scale-up first takes draining pods back into service (the drain and the mark are
+withdrawn: a running pod serves at once, a new one after its start-up) and starts new pods
+only for the rest. Marks and drain requests are the state, kept in the cluster and in Redis,
+never only in memory, so a retried round or a restarted operator chooses no more pods.
 
 The policy's history lives in the pool's `PoolState`; each scale also records it in an
 annotation of the Deployment, in the same write as the replica count, so a restarted operator
@@ -24,7 +31,8 @@ The `Scaling` condition says whether the autoscaler is in control and what it la
 True with ScaledUp, ScaledDown, Stable, Stabilizing (a scale-down waits for the
 stabilisation window or the cooldown), CoolingDown (a scale-up waits for its cooldown) or
 AtMaximum; False with Paused, FixedSize or QueueUnavailable; Unknown with DeploymentMissing.
-Its messages avoid figures that move every poll, so holding does not rewrite the status.
+Its messages avoid figures that move every poll, so holding does not rewrite the status;
+status.drainingReplicas and status.drainingSince say how many pods drain, since when.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
@@ -55,9 +64,9 @@ from agentpool.scaling.policy import (
 from agentpool.scaling.scaledown import (
     CHOSEN_COST,
     DELETION_COST_ANNOTATION,
-    choose_pods_to_remove,
-    interrupted_if_removed,
-    pod_loads,
+    RELEASED_COST,
+    PodLoad,
+    plan_drains,
 )
 
 from . import metrics
@@ -89,7 +98,9 @@ class PodSummary:
     gone: bool = False
     """Being deleted, or finished (Succeeded/Failed): not a live replica any more."""
     marked: bool = False
-    """Carries the deletion cost this module sets on the pods it chose."""
+    """Carries a deletion cost this module sets on the pods it chose."""
+    released: bool = False
+    """Its mark says its runs ended and its replica may go."""
 
     @classmethod
     def from_body(cls, pod: Mapping[str, Any]) -> PodSummary:
@@ -102,77 +113,135 @@ class PodSummary:
         gone = bool(meta.get("deletionTimestamp")) or status.get("phase") in (
             "Succeeded", "Failed",
         )
-        annotations = meta.get("annotations") or {}
+        cost = (meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
         return cls(
             name=str(meta.get("name", "")),
             ready=ready,
             gone=gone,
-            marked=annotations.get(DELETION_COST_ANNOTATION) == CHOSEN_COST,
+            marked=cost in (CHOSEN_COST, RELEASED_COST),
+            released=cost == RELEASED_COST,
         )
 
 
 @dataclass(frozen=True)
-class RemovalPlan:
-    keep: tuple[str, ...] = ()
-    """Marked before, still leaving."""
-    mark: tuple[str, ...] = ()
-    """Chosen now."""
-    unmark: tuple[str, ...] = ()
-    """Marked before, no longer leaving: back to work."""
+class PodWork:
+    """A pod's runs, as its workers' heartbeats report them."""
 
-    @property
-    def leaving(self) -> tuple[str, ...]:
-        return self.keep + self.mark
+    in_flight: int = 0
+    runs_since: tuple[float, ...] = ()
 
 
-def marks_wanted(pods: Sequence[PodSummary], current: int, target: int) -> int:
-    """How many live pods should be marked once the Deployment asks for `target` replicas.
-
-    The marked pods are the ones the ReplicaSet has not removed yet, so the live pods it keeps
-    are at most `current` plus those; of the live pods, all beyond `target` should be marked.
-    Pods beyond that (a rollout's surge, say) are not ours to choose, and pods that do not
-    exist yet need no mark: the ReplicaSet just creates fewer.
-    """
-    live = [p for p in pods if not p.gone]
-    marked = sum(p.marked for p in live)
-    return max(0, min(len(live), current + marked) - target)
+def holding(pods: Sequence[PodSummary], given_back: Collection[str]) -> list[PodSummary]:
+    """Marked live pods that still hold a replica of the Deployment."""
+    return [p for p in pods if p.marked and not p.gone and p.name not in given_back]
 
 
-def loads_needed(pods: Sequence[PodSummary], current: int, target: int) -> bool:
-    """Whether planning needs the pods' in-flight counts (a choice among pods is to be made)."""
-    live = [p for p in pods if not p.gone]
-    marked = sum(p.marked for p in live)
-    wanted = marks_wanted(pods, current, target)
-    return (wanted > marked and marked < len(live)) or 0 < wanted < marked
+def serving_replicas(pods: Sequence[PodSummary], replicas: int,
+                     given_back: Collection[str]) -> int:
+    """The replicas that take work: the Deployment's count less the marked pods holding one."""
+    return max(0, replicas - len(holding(pods, given_back)))
 
 
-def plan_removal(
+def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str, PodWork],
+                 given_back: Collection[str]) -> QueueLoad:
+    """The queue as the policy must see it: the runs of draining pods need no capacity."""
+    if not load.figures_ok:
+        return load
+    draining = sum(work.get(p.name, PodWork()).in_flight for p in holding(pods, given_back))
+    return replace(load, in_flight=max(0, load.in_flight - draining))
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    replicas: int
+    """The Deployment's replica count after this round."""
+    drain: tuple[str, ...] = ()
+    """Chosen now, busy: marked and asked to drain."""
+    release: tuple[str, ...] = ()
+    """No run left (chosen now idle, or drained): marked released, asked to drain."""
+    withdraw: tuple[str, ...] = ()
+    """Marked before, back to work."""
+    give_back: tuple[str, ...] = ()
+    """Released, unready: their replicas are taken off `replicas` now."""
+    given_back: tuple[str, ...] = ()
+    """Every live pod whose replica was given back, for the Deployment's annotation."""
+    start: int = 0
+    """New pods this round asks for."""
+    delete: tuple[str, ...] = ()
+    """Given back, yet the ReplicaSet kept them (it removed another pod, or the count rose
+    again): drained pods that serve nothing, deleted so that it replaces them."""
+
+
+DRAIN_READY_TIMEOUT_SECONDS = 60.0
+"""A released pod that still reads Ready this long after its drain request gives back its
+replica anyway (a worker image without the readiness probe, say)."""
+
+
+def plan_scale(
     pods: Sequence[PodSummary],
-    current: int,
+    replicas: int,
+    given_back: Collection[str],
     target: int,
-    in_flight: Mapping[str, int],
-    draining: Collection[str] = (),
-) -> RemovalPlan:
-    """Which pods leave as the Deployment goes from `current` to `target` replicas.
+    work: Mapping[str, PodWork] | None,
+    now: float,
+    drains: Mapping[str, float] | None = None,
+) -> ScalePlan:
+    """Move the Deployment from `replicas` towards `target` serving replicas.
 
-    Marks already placed are kept (they count towards the pods to remove), new ones are chosen
-    idle first by `choose_pods_to_remove`; when fewer pods should leave than are marked, the
-    busiest marked ones go back to work.
+    Only live unmarked pods are chosen, and no more of them than leave `target` (pods the
+    ReplicaSet has not created yet are removed by just not creating them; pods beyond the
+    count, a rollout's surge, are not ours to choose). `work` None (the queue is unreadable)
+    counts every pod as busy: nothing is released on missing data. A released pod gives its
+    replica back once it is unready and no unmarked pod is (so that it is the ReplicaSet's
+    first choice), or once its drain is DRAIN_READY_TIMEOUT_SECONDS old (a pod that never
+    turns ready must not hold it forever; should the ReplicaSet then remove another pod, the
+    released one is deleted, see `ScalePlan.delete`).
     """
+    requested = drains or {}
+    if work is None:
+        work = {p.name: PodWork(in_flight=1) for p in pods}
     live = [p for p in pods if not p.gone]
-    marked = [p for p in live if p.marked]
-    wanted = marks_wanted(pods, current, target)
+    names = {p.name for p in live if p.marked}
+    given = tuple(sorted(n for n in given_back if n in names))
+    held = holding(pods, given)
+    unmarked = [p for p in live if not p.marked]
+    serving = max(0, replicas - len(held))
+    if target < serving:
+        live_target = len(unmarked) - max(0, min(serving - target, len(unmarked) - target))
+    else:
+        live_target = len(unmarked) + target - serving
 
-    def loads(group: Sequence[PodSummary]) -> list[Any]:
-        return pod_loads([(p.name, p.ready, False) for p in group], in_flight, list(draining))
+    def load(p: PodSummary) -> PodLoad:
+        w = work.get(p.name, PodWork())
+        ages = tuple(max(0.0, now - since) for since in w.runs_since)
+        return PodLoad(p.name, w.in_flight, p.ready, draining=p.marked, run_ages=ages)
 
-    if wanted >= len(marked):
-        others = [p for p in live if not p.marked]
-        chosen = choose_pods_to_remove(loads(others), wanted - len(marked))
-        return RemovalPlan(keep=tuple(p.name for p in marked), mark=tuple(chosen))
-    keep = choose_pods_to_remove(loads(marked), wanted)
-    return RemovalPlan(
-        keep=tuple(keep), unmark=tuple(p.name for p in marked if p.name not in keep)
+    plan = plan_drains([load(p) for p in unmarked + held], live_target)
+    by_name = {p.name: p for p in live}
+    chosen = set(plan.drain)
+    idle = set(plan.release)
+    release = [n for n in plan.drain if n in idle]
+    release += [n for n in plan.release if n not in chosen and not by_name[n].released]
+    starting = any(not p.ready for p in unmarked)
+
+    def may_go(name: str) -> bool:
+        waited = now - requested.get(name, now) >= DRAIN_READY_TIMEOUT_SECONDS
+        return waited or (not by_name[name].ready and not starting)
+
+    give_back = [
+        n for n in plan.release if n not in chosen and by_name[n].released and may_go(n)
+    ]
+    kept = len(held) - len(plan.withdraw) - len(give_back) + len(plan.drain)
+    orphans = given if len(live) <= replicas else ()
+    return ScalePlan(
+        replicas=target + kept,
+        drain=tuple(n for n in plan.drain if n not in idle),
+        release=tuple(release),
+        withdraw=plan.withdraw,
+        give_back=tuple(give_back),
+        given_back=tuple(sorted({*given, *give_back})),
+        start=plan.start,
+        delete=orphans,
     )
 
 
@@ -282,13 +351,20 @@ class ScaleAborted(Exception):
         self.condition = condition
 
 
-async def in_flight_by_pod(queue: TaskQueue) -> dict[str, int]:
-    """Tasks leased per pod, over every registered instance — also those whose heartbeat is
-    late, so a busy pod never looks idle because its worker missed a beat."""
-    per_pod: dict[str, int] = defaultdict(int)
+RELEASED_ANNOTATION = "agentpool.dev/replicas-given-back"
+"""On the Deployment: the drained pods whose replica the last replica count already left out."""
+
+
+async def work_by_pod(queue: TaskQueue) -> dict[str, PodWork]:
+    """Tasks leased per pod, and when their runs began, over every registered instance —
+    also those whose heartbeat is late, so a busy pod never looks idle because its worker
+    missed a beat."""
+    held: dict[str, int] = defaultdict(int)
+    since: dict[str, list[float]] = defaultdict(list)
     for instance in await queue.instances():
-        per_pod[instance.pod] += instance.held
-    return dict(per_pod)
+        held[instance.pod] += instance.held
+        since[instance.pod].extend(instance.runs_since)
+    return {pod: PodWork(count, tuple(since[pod])) for pod, count in held.items()}
 
 
 async def scale(
@@ -300,117 +376,111 @@ async def scale(
         return ActionResult(conditions=(ConditionUpdate(
             "Scaling", "Unknown", "DeploymentMissing", "no Deployment to scale",
         ),))
-    current = int((deployment.get("spec") or {}).get("replicas", 1))
+    replicas = int((deployment.get("spec") or {}).get("replicas", 1))
     if spec.paused:
         return ActionResult(
-            status_fields={"desiredReplicas": current},
+            status_fields={"desiredReplicas": replicas},
             conditions=(ConditionUpdate(
                 "Scaling", "False", "Paused",
-                f"spec.paused is set: the pool keeps {_replicas(current)}",
+                f"spec.paused is set: the pool keeps {_replicas(replicas)}",
             ),),
         )
 
     state = observation.state if observation.state is not None else PoolState()
     now = observation.now.timestamp()
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
     if state.scaling_history is None:
-        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
         state.scaling_history = restore_history(annotations.get(HISTORY_ANNOTATION), now)
+    given_back = _names(annotations.get(RELEASED_ANNOTATION))
     policy = ScalingPolicy.from_spec(spec.scaling, spec.worker.concurrency)
-    load = queue_load(observation.figures)
-    decision = decide(policy, load, current, state.scaling_history, now)
     summaries = [PodSummary.from_body(pod) for pod in pods]
+    queue = observation.queue
+    work: dict[str, PodWork] | None = None
+    drains: dict[str, float] = {}
+
+    async def read_work() -> None:
+        nonlocal work, drains
+        if queue is None or work is not None:
+            return
+        try:
+            work = await work_by_pod(queue)
+            drains = await queue.drain_requests()
+        except REDIS_ERRORS as error:
+            raise ScaleAborted(_redis_problem(replicas, error)) from None
 
     try:
-        plan, drains = await _place_marks(observation, summaries, decision, kube)
-        if decision.changed and decision.replicas < current and observation.queue is not None:
-            waiting = still_ready(plan.leaving, summaries, drains, now)
-            if waiting:
-                return ActionResult(
-                    status_fields={"desiredReplicas": current},
-                    conditions=(ConditionUpdate(
-                        "Scaling", "True", "Draining",
-                        f"scaling {current} → {decision.replicas} once "
-                        f"{', '.join(waiting)} stopped taking work",
-                    ),),
-                )
-        if decision.changed:
-            await _patch_replicas(observation, state, decision, kube)
-        await _withdraw_marks(observation, plan.unmark, kube)
+        if holding(summaries, given_back):
+            await read_work()
+        serving = serving_replicas(summaries, replicas, given_back)
+        load = serving_load(queue_load(observation.figures), summaries, work or {}, given_back)
+        decision = decide(policy, load, serving, state.scaling_history, now)
+        if decision.replicas < serving:
+            await read_work()
+        plan = plan_scale(summaries, replicas, given_back, decision.replicas, work, now, drains)
+        await _apply_marks(observation, plan, replicas, summaries, work or {}, drains, kube)
+        if plan.replicas != replicas:
+            await _patch_replicas(observation, state, decision, plan, kube)
+        await _withdraw_marks(observation, plan.withdraw, kube)
+        await _delete_orphans(observation, plan.delete, kube)
         await _sweep_drains(observation, state, summaries)
     except ScaleAborted as aborted:
         return ActionResult(
-            status_fields={"desiredReplicas": current}, conditions=(aborted.condition,)
+            status_fields={"desiredReplicas": replicas}, conditions=(aborted.condition,)
         )
 
     state.scaling_history = decision.history
-    fields: dict[str, Any] = {"desiredReplicas": decision.replicas}
+    fields: dict[str, Any] = {"desiredReplicas": plan.replicas, **_draining_fields(
+        summaries, plan, drains)}
+    if plan.start:
+        metrics.record_pod_starts(observation.namespace, observation.name, plan.start)
+    if plan.give_back:
+        _post(observation, "DrainedPodsRemoved",
+              f"pods {', '.join(plan.give_back)} finished their runs; their replicas go")
     if decision.changed:
         fields["lastScaleTime"] = rfc3339(observation.now)
         fields["lastScaleReason"] = sanitize(decision.reason)
-        direction = "up" if decision.replicas > current else "down"
+        direction = "up" if decision.replicas > serving else "down"
         metrics.record_scale(observation.namespace, observation.name, direction, decision.reason)
         message = decision.reason
-        if plan.leaving and decision.replicas < current:
-            message += f"; leaving: {', '.join(plan.leaving)}"
+        leaving = plan.drain + tuple(n for n in plan.release if n not in given_back)
+        if direction == "down" and leaving:
+            message += f"; leaving: {', '.join(sorted(leaving))}"
+        if plan.withdraw:
+            message += f"; back from draining: {', '.join(plan.withdraw)}"
         _post(observation, "ScaledUp" if direction == "up" else "ScaledDown", message)
     return ActionResult(
         status_fields=fields, conditions=(scaling_condition(policy, load, decision),)
     )
 
 
-DRAIN_READY_TIMEOUT_SECONDS = 60.0
-"""How long a scale-down waits for its chosen pods to turn unready before it goes ahead."""
+def _names(annotation: str | None) -> tuple[str, ...]:
+    return tuple(n for n in (annotation or "").split(",") if n)
 
 
-def still_ready(leaving: Sequence[str], pods: Sequence[PodSummary],
-                drains: Mapping[str, float], now: float) -> list[str]:
-    """Chosen pods that are still Ready, within the wait since their drain was requested.
-
-    The ReplicaSet removes unready pods before it looks at deletion costs, so lowering the
-    replica count while a chosen pod is still Ready and another (busy) pod happens to be
-    unready would remove the busy one. Waiting until the chosen pods have drained (a draining
-    worker fails /readyz) makes the marked pods the ReplicaSet's first choice.
-    """
-    ready = {p.name for p in pods if p.ready and not p.gone}
-    return [
-        name for name in leaving
-        if name in ready and now - drains.get(name, now) < DRAIN_READY_TIMEOUT_SECONDS
-    ]
+def _draining_fields(pods: Sequence[PodSummary], plan: ScalePlan,
+                     drains: Mapping[str, float]) -> dict[str, Any]:
+    gone = {*plan.withdraw, *plan.given_back}
+    draining = [p.name for p in pods if p.marked and not p.gone and p.name not in gone]
+    draining += [*plan.drain, *(n for n in plan.release if n not in draining)]
+    times = [drains[n] for n in draining if n in drains]
+    since = rfc3339(datetime.fromtimestamp(min(times), UTC)) if times else None
+    return {"drainingReplicas": len(draining), "drainingSince": since}
 
 
-async def _place_marks(
+async def _apply_marks(
     observation: PoolObservation,
+    plan: ScalePlan,
+    current: int,
     pods: Sequence[PodSummary],
-    decision: Decision,
+    work: Mapping[str, PodWork],
+    drains: Mapping[str, float],
     kube: KubeApi,
-) -> tuple[RemovalPlan, dict[str, float]]:
-    """Mark the pods that leave (deletion cost first, then the drain request, so a crash in
-    between leaves a mark the next round completes); return the whole plan and the drain
-    requests read before it (a drain requested here is as old as the round: absent)."""
-    current, target = decision.current, decision.replicas
-    wanted = marks_wanted(pods, current, target)
-    marked = [p.name for p in pods if p.marked and not p.gone]
-    if wanted == 0 and not marked:
-        return RemovalPlan(), {}
-    queue = observation.queue
-    in_flight: dict[str, int] = {}
-    draining: dict[str, float] = {}
-    if queue is not None:
-        try:
-            if loads_needed(pods, current, target):
-                in_flight = await in_flight_by_pod(queue)
-            draining = await queue.drain_requests()
-        except REDIS_ERRORS as error:
-            raise ScaleAborted(_redis_problem(current, error)) from None
-    elif target < current:
-        log.warning(
-            f"{observation.namespace}/{observation.name}: choosing pods to remove without "
-            "the queue: in-flight counts unknown, no drain requested"
-        )
-    plan = plan_removal(pods, current, target, in_flight, draining)
-
-    for name in plan.mark:
-        patch = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: CHOSEN_COST}}}
+) -> None:
+    """Mark the pods chosen now (deletion cost first, then the drain request, so a crash in
+    between leaves a mark the next round completes) and the drained ones released."""
+    marks = [(n, CHOSEN_COST) for n in plan.drain] + [(n, RELEASED_COST) for n in plan.release]
+    for name, cost in marks:
+        patch = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: cost}}}
         try:
             await kube.patch_pod(observation.namespace, name, patch)
         except ApiException as error:
@@ -418,31 +488,38 @@ async def _place_marks(
                 "Scaling", "False", "ScaleFailed",
                 f"cannot mark pod {name} for removal: {api_error_message(error)}",
             )) from None
-    to_drain = [name for name in plan.leaving if name not in draining]
+    queue = observation.queue
+    back = set(plan.withdraw) | set(plan.given_back)
+    marked = [p.name for p in pods if p.marked and not p.gone and p.name not in back]
+    to_drain = [n for n in (*marked, *plan.drain, *plan.release) if n not in drains]
     if queue is not None and to_drain:
         try:
-            for name in to_drain:
+            for name in dict.fromkeys(to_drain):
                 await queue.request_drain(name)
         except REDIS_ERRORS as error:
             raise ScaleAborted(_redis_problem(current, error)) from None
-    if plan.mark:
+    was_marked = {p.name for p in pods if p.marked}
+    chosen = [n for n in (*plan.drain, *plan.release) if n not in was_marked]
+    if chosen:
         metrics.record_drains(observation.namespace, observation.name, "scale_down",
-                              len(plan.mark))
-        loads = pod_loads([(p.name, p.ready, p.gone) for p in pods], in_flight)
-        busy = interrupted_if_removed(loads, plan.mark)
-        detail = f"{busy} tasks in flight get drainSeconds to finish" if busy else "all idle"
+                              len(chosen))
+        runs = sum(work.get(n, PodWork()).in_flight for n in chosen)
+        detail = f"{runs} runs in flight finish first" if runs else "all idle"
         _post(observation, "DrainingPods",
-              f"asked pods {', '.join(plan.mark)} to drain before removal ({detail})")
-    return plan, draining
+              f"asked pods {', '.join(chosen)} to drain before removal ({detail})")
 
 
 async def _patch_replicas(
-    observation: PoolObservation, state: PoolState, decision: Decision, kube: KubeApi
+    observation: PoolObservation, state: PoolState, decision: Decision, plan: ScalePlan,
+    kube: KubeApi,
 ) -> None:
     history = json.dumps(decision.history.to_json(), separators=(",", ":"))
     patch = {
-        "metadata": {"annotations": {HISTORY_ANNOTATION: history}},
-        "spec": {"replicas": decision.replicas},
+        "metadata": {"annotations": {
+            HISTORY_ANNOTATION: history,
+            RELEASED_ANNOTATION: ",".join(plan.given_back) or None,
+        }},
+        "spec": {"replicas": plan.replicas},
     }
     try:
         async with state.lock:
@@ -453,7 +530,7 @@ async def _patch_replicas(
                     f"{api_error_message(error)}")
         raise ScaleAborted(ConditionUpdate(
             "Scaling", "False", "ScaleFailed",
-            f"cannot set the Deployment's replicas to {decision.replicas}: "
+            f"cannot set the Deployment's replicas to {plan.replicas}: "
             f"{api_error_message(error)}",
         )) from None
 
@@ -482,6 +559,20 @@ async def _withdraw_marks(
         return
     _post(observation, "DrainWithdrawn",
           f"pods {', '.join(names)} are no longer removed and return to work")
+
+
+async def _delete_orphans(
+    observation: PoolObservation, names: Sequence[str], kube: KubeApi
+) -> None:
+    for name in names:
+        try:
+            await kube.delete_pod(observation.namespace, name)
+        except ApiException as error:
+            log.warning(f"cannot delete drained pod {name}: {api_error_message(error)}")
+            continue
+        _post(observation, "DrainedPodDeleted",
+              f"deleted pod {name}: drained and its replica given back, but the ReplicaSet "
+              "kept it")
 
 
 async def _sweep_drains(

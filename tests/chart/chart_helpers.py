@@ -51,6 +51,9 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "watchNamespaces": ["team-a"],
     },
     "no-persistence": {"redis": {"persistence": {"enabled": False}}},
+    "console": {"console": {"enabled": True, "writeActions": {"enabled": True}},
+                "networkPolicy": {"enabled": True}},
+    "console-namespaced": {"console": {"enabled": True}, "watchNamespaces": ["team-a", "team-b"]},
 }
 
 

@@ -110,6 +110,22 @@ def test_drained_pod_holding_nothing_is_deleted_at_once() -> None:
     ]
 
 
+def test_a_pod_draining_for_a_scale_down_is_not_stuck() -> None:
+    """Chosen by a scale-down, a pod is unready on purpose while its runs go on, for as long
+    as they last; it neither gets replaced nor uses up the budget of stuck pods."""
+    leaving = PodView("a", ready=False, ready_changed_at=NOW - 900, scaling_down=True)
+    stuck = PodView("b", ready=False, ready_changed_at=NOW - 100)
+    instances = [InstanceView("a", "i", 1.0, held=2)]
+    assert decide([leaving], instances=instances, drains={"a": NOW - 900}) == []
+    actions = decide([leaving, stuck], instances=instances, drains={"a": NOW - 900},
+                     desired_replicas=2)
+    assert actions == [RequestDrain("b", "unready for 100s")]
+    marked = {"metadata": {"name": "a", "annotations": {
+        "controller.kubernetes.io/pod-deletion-cost": "-1000"}}, "status": {"phase": "Running"}}
+    assert pod_view(marked).scaling_down
+    assert not pod_view({"metadata": {"name": "b"}}).scaling_down
+
+
 def test_budget_limits_how_many_pods_are_replaced_at_once() -> None:
     pods = [PodView(f"p{i}", ready=False, ready_changed_at=NOW - 100 - i) for i in range(5)]
     actions = decide(pods, desired_replicas=5)

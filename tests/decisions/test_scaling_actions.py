@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentpool.scaling.policy import (
@@ -17,18 +17,34 @@ from agentpool.scaling.policy import (
     decide,
 )
 from agentpool_operator.scaling_actions import (
+    DRAIN_READY_TIMEOUT_SECONDS,
     PodSummary,
-    loads_needed,
-    marks_wanted,
-    plan_removal,
+    PodWork,
+    ScalePlan,
+    holding,
+    plan_scale,
     restore_history,
     scaling_condition,
+    serving_load,
+    serving_replicas,
     stale_drains,
 )
 
 
-def pods(*names: str, marked: tuple[str, ...] = (), gone: tuple[str, ...] = ()) -> list[PodSummary]:
-    return [PodSummary(n, marked=n in marked, gone=n in gone) for n in names]
+def pods(*names: str, marked: tuple[str, ...] = (), released: tuple[str, ...] = (),
+         gone: tuple[str, ...] = (), unready: tuple[str, ...] = ()) -> list[PodSummary]:
+    return [
+        PodSummary(n, ready=n not in unready, gone=n in gone,
+                   marked=n in marked or n in released, released=n in released)
+        for n in names
+    ]
+
+
+def work(**in_flight: int) -> dict[str, PodWork]:
+    return {name: PodWork(count) for name, count in in_flight.items()}
+
+
+NOW = 1000.0
 
 
 def test_pod_summary_from_the_api_object() -> None:
@@ -38,6 +54,10 @@ def test_pod_summary_from_the_api_object() -> None:
         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
     }
     assert PodSummary.from_body(pod) == PodSummary("p", ready=True, gone=False, marked=True)
+    released = {"metadata": {"name": "p", "annotations": {
+        "controller.kubernetes.io/pod-deletion-cost": "-2000"}}}
+    assert PodSummary.from_body(released) == PodSummary(
+        "p", ready=False, marked=True, released=True)
     deleting = {"metadata": {"name": "q", "deletionTimestamp": "2025-01-01T00:00:00Z"}}
     assert PodSummary.from_body(deleting) == PodSummary("q", ready=False, gone=True)
     evicted = {"metadata": {"name": "r"}, "status": {"phase": "Failed"}}
@@ -47,92 +67,143 @@ def test_pod_summary_from_the_api_object() -> None:
     assert not PodSummary.from_body(foreign_cost).marked
 
 
-def test_scale_down_marks_the_idle_pods() -> None:
+def test_the_policy_sees_serving_replicas_and_their_runs_only() -> None:
+    summaries = pods("a", "b", "c", "d", marked=("b",), released=("c",), gone=("d",))
+    assert serving_replicas(summaries, 4, given_back=()) == 2
+    assert serving_replicas(summaries, 3, given_back=("c",)) == 2
+    load = serving_load(QueueLoad(queued=2, in_flight=6), summaries, work(a=2, b=4), ())
+    assert load == QueueLoad(queued=2, in_flight=2)
+
+
+def test_idle_pods_chosen_are_released_and_their_replicas_go_once_unready() -> None:
     five = pods("a", "b", "c", "d", "e")
-    busy = {"a": 1, "c": 2, "e": 1}
-    plan = plan_removal(five, 5, 3, busy)
-    assert sorted(plan.mark) == ["b", "d"]
-    assert (plan.keep, plan.unmark) == ((), ())
+    busy = work(a=1, c=2, e=1)
+    plan = plan_scale(five, 5, (), 3, busy, NOW)
+    assert (sorted(plan.release), plan.drain, plan.replicas) == (["b", "d"], (), 5)
+
+    after = pods("a", "b", "c", "d", "e", released=("b", "d"))
+    assert plan_scale(after, 5, (), 3, busy, NOW).give_back == (), "still Ready"
+    drained = pods("a", "b", "c", "d", "e", released=("b", "d"), unready=("b", "d"))
+    plan = plan_scale(drained, 5, (), 3, busy, NOW)
+    assert (plan.give_back, plan.given_back, plan.replicas) == (("b", "d"), ("b", "d"), 3)
+    again = plan_scale(drained, 3, ("b", "d"), 3, busy, NOW)
+    assert (again.replicas, again.give_back, again.release, again.drain) == (3, (), (), ())
 
 
-def test_the_least_busy_go_when_no_idle_pod_is_left() -> None:
-    plan = plan_removal(pods("a", "b", "c"), 3, 1, {"a": 3, "b": 1, "c": 2})
-    assert plan.mark == ("b", "c")
+def test_busy_pods_chosen_keep_their_replicas_until_their_runs_end() -> None:
+    three = pods("a", "b", "c")
+    plan = plan_scale(three, 3, (), 1, work(a=3, b=1, c=2), NOW)
+    assert (plan.drain, plan.release, plan.replicas) == (("b", "c"), (), 3)
+
+    draining = pods("a", "b", "c", marked=("b", "c"), unready=("b", "c"))
+    still = plan_scale(draining, 3, (), 1, work(a=3, b=1, c=2), NOW)
+    assert (still.drain, still.release, still.give_back, still.replicas) == ((), (), (), 3)
+    b_done = plan_scale(draining, 3, (), 1, work(a=3, c=2), NOW)
+    assert (b_done.release, b_done.replicas) == (("b",), 3)
+    released = pods("a", "b", "c", marked=("c",), released=("b",), unready=("b", "c"))
+    assert plan_scale(released, 3, (), 1, work(a=3, c=2), NOW).replicas == 2
 
 
-def test_marks_already_placed_count_and_no_more_are_chosen() -> None:
-    after = pods("a", "b", "c", "d", "e", marked=("b", "d"))
-    assert plan_removal(after, 3, 3, {}) == plan_removal(after, 5, 3, {})
-    plan = plan_removal(after, 3, 3, {})
-    assert (plan.keep, plan.mark, plan.unmark) == (("b", "d"), (), ())
-    assert not loads_needed(after, 3, 3)
+def test_at_equal_runs_the_pod_with_the_oldest_run_is_drained() -> None:
+    runs = {"a": PodWork(1, (NOW - 10,)), "b": PodWork(1, (NOW - 300,)),
+            "c": PodWork(1, (NOW - 40,))}
+    assert plan_scale(pods("a", "b", "c"), 3, (), 2, runs, NOW).drain == ("b",)
 
 
-def test_a_further_scale_down_adds_to_the_marks() -> None:
-    after = pods("a", "b", "c", "d", "e", marked=("b", "d"))
-    plan = plan_removal(after, 3, 2, {"a": 1, "c": 0, "e": 1})
-    assert (plan.keep, plan.mark) == (("b", "d"), ("c",))
+def test_a_scale_up_withdraws_drains_before_it_starts_pods() -> None:
+    summaries = pods("a", "b", "c", marked=("b", "c"), unready=("b", "c"))
+    busy = work(a=4, b=1, c=2)
+    plan = plan_scale(summaries, 3, (), 2, busy, NOW)
+    assert (plan.withdraw, plan.start, plan.replicas) == (("c",), 0, 3)
+    plan = plan_scale(summaries, 3, (), 4, busy, NOW)
+    assert (sorted(plan.withdraw), plan.start, plan.replicas) == (["b", "c"], 1, 4)
 
 
-def test_scale_up_before_the_replicaset_acted_withdraws_the_marks() -> None:
-    after = pods("a", "b", "c", "d", "e", marked=("b", "d"))
-    plan = plan_removal(after, 3, 5, {})
-    assert (plan.keep, plan.mark, sorted(plan.unmark)) == ((), (), ["b", "d"])
-    partly = plan_removal(after, 3, 4, {"b": 2, "d": 0})
-    assert (partly.keep, partly.unmark) == (("d",), ("b",))
+def test_nothing_is_released_while_the_queue_is_unreadable() -> None:
+    summaries = pods("a", "b", "c", marked=("b",), unready=("b",))
+    plan = plan_scale(summaries, 3, (), 1, None, NOW)
+    assert (plan.release, plan.give_back, len(plan.drain), plan.replicas) == ((), (), 1, 3)
 
 
-def test_a_mark_the_replicaset_did_not_honour_is_withdrawn() -> None:
-    # 5 -> 3 with b and d marked, but the ReplicaSet removed b and c (c was unready).
-    after = pods("a", "b", "c", "d", "e", marked=("b", "d"), gone=("b", "c"))
-    assert marks_wanted(after, 3, 3) == 0
-    assert plan_removal(after, 3, 3, {}).unmark == ("d",)
+def test_a_starting_pod_holds_the_give_back() -> None:
+    """The ReplicaSet removes unready pods first: while an unmarked pod is still starting
+    (unready), lowering the count could remove it instead of the released one."""
+    summaries = pods("a", "b", "c", released=("b",), unready=("b", "c"))
+    assert plan_scale(summaries, 3, (), 2, work(a=1), NOW).give_back == ()
+    late = {"b": NOW - DRAIN_READY_TIMEOUT_SECONDS}
+    assert plan_scale(summaries, 3, (), 2, work(a=1), NOW, late).give_back == ("b",), (
+        "a pod that never turns ready does not hold it forever")
+    ready_b = pods("a", "b", released=("b",))
+    assert plan_scale(ready_b, 2, (), 1, work(a=1), NOW, late).give_back == ("b",)
+
+
+def test_a_released_pod_the_replicaset_kept_is_deleted() -> None:
+    before = pods("a", "b", "c", released=("b",), unready=("b", "c"))
+    assert plan_scale(before, 2, ("b",), 2, work(a=1), NOW).delete == (), "not acted yet"
+    other_removed = pods("a", "b", "c", released=("b",), unready=("b", "c"), gone=("c",))
+    plan = plan_scale(other_removed, 2, ("b",), 2, work(a=1), NOW)
+    assert (plan.delete, plan.replicas) == (("b",), 2)
+
+
+def test_pods_not_created_yet_are_removed_by_not_creating_them() -> None:
+    plan = plan_scale(pods("a", "b", "c"), 5, (), 2, work(a=1, b=1, c=1), NOW)
+    assert (plan.drain, plan.replicas) == (("a",), 3)
 
 
 def test_surge_pods_of_a_rollout_are_not_chosen() -> None:
     six = pods("a", "b", "c", "d", "e", "f")
-    assert marks_wanted(six, 5, 5) == 0
-    assert marks_wanted(six, 5, 4) == 1
-
-
-def test_pods_not_created_yet_need_no_mark() -> None:
-    assert marks_wanted(pods("a", "b"), 3, 2) == 0
-    assert marks_wanted(pods("a", "b"), 3, 1) == 1
+    assert plan_scale(six, 5, (), 5, {}, NOW).release == ()
+    plan = plan_scale(six, 5, (), 4, {}, NOW)
+    assert (len(plan.release), plan.replicas) == (1, 5)
 
 
 def test_pods_being_deleted_are_neither_counted_nor_chosen() -> None:
-    plan = plan_removal(pods("a", "b", "c", gone=("a",)), 3, 1, {})
-    assert plan.mark == ("b",)
+    plan = plan_scale(pods("a", "b", "c", gone=("a",)), 3, (), 1, work(b=1, c=2), NOW)
+    assert plan.drain == ("b",)
+
+
+def applied(summaries: list[PodSummary], plan: ScalePlan) -> list[PodSummary]:
+    out = []
+    for p in summaries:
+        marked = (p.marked and p.name not in plan.withdraw) or p.name in (
+            *plan.drain, *plan.release)
+        released = (p.released and p.name not in plan.withdraw) or p.name in plan.release
+        out.append(replace(p, marked=marked, released=released))
+    return out
 
 
 @given(
-    st.lists(st.tuples(st.integers(0, 3), st.booleans(), st.booleans()), max_size=10),
-    st.integers(0, 12),
-    st.integers(0, 12),
+    st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["", "m", "r"]), st.booleans(),
+                       st.booleans()), max_size=8),
+    st.integers(0, 10),
+    st.integers(0, 10),
+    st.sets(st.integers(0, 7)),
 )
-def test_plan_invariants(spec: list[tuple[int, bool, bool]], current: int, target: int) -> None:
-    summaries = [PodSummary(f"p{i}", marked=m, gone=g) for i, (_, m, g) in enumerate(spec)]
-    in_flight = {f"p{i}": n for i, (n, _, _) in enumerate(spec)}
-    plan = plan_removal(summaries, current, target, in_flight)
-    wanted = marks_wanted(summaries, current, target)
+def test_plan_invariants(spec: list[tuple[int, str, bool, bool]], replicas: int, target: int,
+                         back: set[int]) -> None:
+    summaries = [
+        PodSummary(f"p{i}", ready=ready, gone=gone, marked=bool(mark), released=mark == "r")
+        for i, (_, mark, ready, gone) in enumerate(spec)
+    ]
+    busy = {f"p{i}": PodWork(n) for i, (n, *_) in enumerate(spec)}
+    given = [f"p{i}" for i in back]
+    plan = plan_scale(summaries, replicas, given, target, busy, NOW)
     live = {p.name for p in summaries if not p.gone}
-    marked = {p.name for p in summaries if p.marked and not p.gone}
-    leaving = set(plan.leaving)
 
-    assert len(plan.leaving) == len(leaving) == wanted
-    assert leaving <= live
-    assert set(plan.keep) <= marked and set(plan.unmark) <= marked
-    assert not set(plan.mark) & marked
-    assert set(plan.keep) | set(plan.unmark) == marked
-    if plan.mark:
-        assert not plan.unmark, "marks placed before are never swapped for new ones"
-    idle_left = [p for p in live - leaving - marked if in_flight[p] == 0]
-    assert not (idle_left and any(in_flight[p] for p in plan.mark))
-
-    # Applied, the plan is stable: the next round with the same target changes nothing.
-    applied = [replace(p, marked=p.name in leaving) for p in summaries]
-    again = plan_removal(applied, target, target, in_flight)
-    assert (set(again.keep), again.mark, again.unmark) == (leaving, (), ())
+    # never the replica of a pod with a run in flight; only live pods are touched
+    assert all(busy[n].in_flight == 0 for n in plan.give_back)
+    assert all(busy[n].in_flight == 0 for n in plan.release)
+    assert set(plan.drain) | set(plan.release) | set(plan.withdraw) <= live
+    assert set(plan.given_back) <= live
+    # the serving replicas reach the target
+    after = applied(summaries, plan)
+    assert serving_replicas(after, plan.replicas, plan.given_back) == target
+    # pods start only once every drain is withdrawn
+    if plan.start:
+        assert holding(after, plan.given_back) == []
+    # applied, the plan is stable: no other pod is chosen and none withdrawn
+    again = plan_scale(after, plan.replicas, plan.given_back, target, busy, NOW)
+    assert (again.drain, again.withdraw, again.start) == ((), (), 0)
 
 
 def test_stale_drains_are_those_of_gone_pods_of_this_pool() -> None:
@@ -211,14 +282,47 @@ def test_messages_of_a_held_size_do_not_move_with_the_backlog() -> None:
     assert message(3) == message(4)
 
 
-def test_scale_down_waits_for_chosen_pods_to_turn_unready() -> None:
-    from agentpool_operator.scaling_actions import DRAIN_READY_TIMEOUT_SECONDS, still_ready
-
-    pods = [PodSummary("a", ready=True, marked=True), PodSummary("b", ready=False, marked=True),
-            PodSummary("c", ready=True)]
-    now = 1000.0
-    assert still_ready(["a", "b"], pods, {"a": now - 5, "b": now - 5}, now) == ["a"]
-    assert still_ready(["b"], pods, {"b": now}, now) == []
-    late = now - DRAIN_READY_TIMEOUT_SECONDS
-    assert still_ready(["a"], pods, {"a": late}, now) == [], "the wait is bounded"
-    assert still_ready(["a"], pods, {}, now) == ["a"], "a drain requested just now"
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.lists(st.integers(0, 9), max_size=4),
+                          st.integers(0, 3)), min_size=1, max_size=25))
+def test_rounds_never_remove_a_pod_with_a_run_in_flight(
+    rounds: list[tuple[int, list[int], int]],
+) -> None:
+    """Round after round, with a ReplicaSet that removes the lowest-cost unready pod first
+    and creates the missing ones (ready a round later), runs that end and new runs on
+    serving pods: no pod holding a run is ever removed, and the serving replicas follow
+    each round's target."""
+    live: dict[str, PodSummary] = {}
+    runs: dict[str, int] = {}
+    replicas, given_back, serial = 0, (), 0
+    for target, finished, started in rounds:
+        for index in finished:
+            names = sorted(n for n, count in runs.items() if count)
+            if names:
+                runs[names[index % len(names)]] -= 1
+        serving_pods = sorted(n for n, p in live.items() if not p.marked and p.ready)
+        for index in range(started):
+            if serving_pods:
+                runs[serving_pods[index % len(serving_pods)]] += 1
+        pods = list(live.values())
+        busy = {n: PodWork(c) for n, c in runs.items()}
+        plan = plan_scale(pods, replicas, given_back, target, busy, NOW)
+        assert serving_replicas(applied(pods, plan), plan.replicas, plan.given_back) == target
+        live = {p.name: p for p in applied(pods, plan)}
+        for name in plan.delete:
+            assert runs[name] == 0
+            del live[name]
+        replicas, given_back = plan.replicas, plan.given_back
+        # the ReplicaSet
+        while len(live) > replicas:
+            ranked = sorted(live.values(), key=lambda p: (p.ready, 0 if not p.marked else (
+                -2 if p.released else -1), p.name))
+            victim = ranked[0].name
+            assert runs[victim] == 0, f"removed {victim} with a run in flight"
+            del live[victim]
+        live = {n: replace(p, ready=not p.marked) for n, p in live.items()}
+        while len(live) < replicas:
+            serial += 1
+            name = f"p{serial}"
+            live[name] = PodSummary(name, ready=False)
+            runs[name] = 0

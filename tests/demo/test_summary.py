@@ -49,6 +49,7 @@ def test_all_succeeded() -> None:
     assert summary.throughput_per_second == pytest.approx(10 / 1.9)
     assert summary.wait_p50_seconds == pytest.approx(0.4)
     assert summary.wait_p95_seconds == pytest.approx(0.9)
+    assert summary.wait_max_seconds == pytest.approx(0.9)
 
 
 def test_final_states_and_pending_are_not_lost() -> None:

@@ -70,8 +70,18 @@ def test_summary_table_shows_every_figure() -> None:
     text = render(summary_table(summary))
     for label in ("submitted", "succeeded", "retried", "dead-lettered",
                   "requeued after the kill", "then succeeded", "lost", "throughput",
-                  "wait p50", "wait p95"):
+                  "wait p50", "wait p95", "wait max"):
         assert label in text
     assert "demo-worker-2" in text
     assert all(len(line) <= 80 for line in text.splitlines())
     assert "still pending" not in text
+
+
+def test_pending_tasks_are_shown_next_to_the_lost_ones() -> None:
+    records = [TaskRecord(id="a", state="succeeded", created_ms=0, started_ms=5,
+                          finished_ms=10),
+               TaskRecord(id="b", state="queued", created_ms=0, started_ms=None,
+                          finished_ms=None)]
+    lines = render(summary_table(summarize(records, retried=0, requeued_after_kill=0))).splitlines()
+    pending = next(i for i, line in enumerate(lines) if "still pending" in line)
+    assert "lost" in lines[pending + 1]

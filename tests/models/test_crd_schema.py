@@ -76,8 +76,11 @@ def test_names_scope_and_subresources() -> None:
         "Desired": ".status.desiredReplicas",
         "Queued": ".status.queued",
         "In-Flight": ".status.inFlight",
+        "Draining": ".status.drainingReplicas",
         "Age": ".metadata.creationTimestamp",
     }
+    wide_only = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
+    assert wide_only == ["Draining"]
 
 
 def test_every_field_is_documented_for_kubectl_explain() -> None:

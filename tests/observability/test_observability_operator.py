@@ -28,6 +28,8 @@ NS = "team-a"
 POOL_SERIES = {
     "agentpool_operator_scale_decisions_total": {"direction", "reason"},
     "agentpool_operator_pods_replaced_total": set(),
+    "agentpool_operator_pod_starts_total": set(),
+    "agentpool_pool_draining_replicas": set(),
     "agentpool_operator_drains_requested_total": {"purpose"},
     "agentpool_operator_tasks_requeued_total": {"cause"},
     "agentpool_operator_tasks_dead_lettered_total": {"cause"},
@@ -68,7 +70,7 @@ def spec(**scaling: int) -> AgentPoolSpec:
 def record_everything(pool: str) -> None:
     metrics.record_status(NS, pool, {
         "queued": 12, "delayed": 1, "inFlight": 4, "dead": 2, "workers": 2, "replicas": 2,
-        "readyReplicas": 1, "desiredReplicas": 3,
+        "readyReplicas": 1, "desiredReplicas": 3, "drainingReplicas": 2,
         "conditions": [{"type": "Ready", "status": "False"},
                        {"type": "QueueReachable", "status": "True"}],
     })
@@ -78,6 +80,7 @@ def record_everything(pool: str) -> None:
     metrics.record_scale(NS, pool, "up", "backlog")
     metrics.record_scale(NS, pool, "down", "nothing queued or in flight for 2m: scaling 1 → 0")
     metrics.record_pods_replaced(NS, pool, 2)
+    metrics.record_pod_starts(NS, pool, 6)
     metrics.record_drains(NS, pool, "scale_down", 3)
     metrics.record_requeued(NS, pool, "pod deleted", 5)
     metrics.record_requeue_result(NS, pool, "node n2 is gone",
@@ -111,6 +114,8 @@ def test_every_record_function_exports_its_series_with_the_documented_labels(
     assert v("agentpool_operator_scale_decisions_total", direction="up", reason="backlog") == 2
     assert v("agentpool_operator_scale_decisions_total", direction="down", reason="idle") == 1
     assert v("agentpool_operator_pods_replaced_total") == 2
+    assert v("agentpool_operator_pod_starts_total") == 6
+    assert v("agentpool_pool_draining_replicas") == 2
     assert v("agentpool_operator_drains_requested_total", purpose="scale_down") == 3
     assert v("agentpool_operator_tasks_requeued_total", cause="pod_deleted") == 5
     assert v("agentpool_operator_tasks_requeued_total", cause="node_gone") == 4

@@ -72,7 +72,8 @@ async def test_pool_gets_an_owned_deployment(
     status_keys = set(cluster.pool("alpha")["status"])
     assert status_keys <= {
         "queue", "replicas", "readyReplicas", "desiredReplicas", "queued", "delayed",
-        "inFlight", "dead", "workers", "observedGeneration", "conditions",
+        "inFlight", "dead", "workers", "observedGeneration", "conditions", "drainingReplicas",
+        "drainingSince",
     }, "kopf must keep its progress out of the status"
 
 

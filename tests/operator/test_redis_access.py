@@ -51,7 +51,8 @@ async def test_url_from_secret() -> None:
      "SecretKeyMissing", "Secret default/agentpool-redis has no key 'url'"),
     ({"default/agentpool-redis": {"data": {"url": encoded("http://:pw@r")}}},
      "SecretInvalid",
-     "Secret default/agentpool-redis key 'url' does not hold a redis:// or rediss:// URL"),
+     "Secret default/agentpool-redis key 'url' does not hold a redis://, rediss://, "
+     "redis+sentinel:// or rediss+sentinel:// URL"),
     ({"default/agentpool-redis": {"data": {"url": "not base64!"}}},
      "SecretInvalid", "Secret default/agentpool-redis key 'url' is not valid base64 text"),
 ])

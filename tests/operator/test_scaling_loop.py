@@ -1,5 +1,5 @@
 """The scaling loop against kmock and a real redis-server: the operator sizes the Deployment
-from the queue and removes idle pods first.
+from the queue, removes idle pods first and keeps a busy pod's replica until its runs end.
 
 kmock runs no controllers, so the tests create the worker Pods themselves and register their
 workers in Redis; the ReplicaSet never removes the marked pods, which lets a test watch the
@@ -25,7 +25,7 @@ from agentpool.protocol import ClaimedTask, TaskQueue, WorkerInfo
 from agentpool.redis_server import free_port
 from agentpool.scaling.scaledown import DELETION_COST_ANNOTATION
 from agentpool_operator.deployment import pool_labels
-from agentpool_operator.scaling_actions import HISTORY_ANNOTATION
+from agentpool_operator.scaling_actions import HISTORY_ANNOTATION, RELEASED_ANNOTATION
 from agentpool_operator.settings import OperatorSettings
 
 PODS = "v1/pods"
@@ -95,6 +95,7 @@ async def start_worker(queue: TaskQueue, pod: str, *, busy: bool) -> ClaimedTask
         await queue.heartbeat(worker, {}, LEASE)
         return None
     task = (await queue.claim(worker.worker_id, 1, LEASE)).tasks[0]
+    worker.runs_since = (task.claimed_ms,)
     await queue.heartbeat(worker, {task.id: task.token}, LEASE)
     return task
 
@@ -125,18 +126,20 @@ async def test_scale_down_drains_and_marks_only_idle_pods(
 
         await cluster.patch_pool("nu", {"spec": {"scaling": {"minReplicas": 1}}})
 
-        # The chosen pods are marked and asked to drain; the replica count waits until they
-        # stop being Ready, so the ReplicaSet cannot prefer some other, unready, busy pod.
-        await eventually(lambda: cluster.condition("nu", "Scaling")["reason"] == "Draining")
-        assert set(idle) <= set(await queue.drain_requests())
+        # The chosen pods are marked released (they hold no run) and asked to drain; the
+        # replica count waits until they stop being Ready, so the ReplicaSet cannot prefer
+        # some other, unready, busy pod.
+        await eventually(lambda: all(cost_of(cluster, pod) == "-2000" for pod in idle))
+        await eventually(lambda: drains_are(queue, set(idle)))
         assert cluster.deployment("nu")["spec"]["replicas"] == 5
         for pod in idle:
             await set_unready(cluster, pod)
 
         await eventually(lambda: cluster.deployment("nu")["spec"]["replicas"] == 3)
-        assert set(await queue.drain_requests()) == set(idle)
+        given_back = cluster.deployment("nu")["metadata"]["annotations"][RELEASED_ANNOTATION]
+        assert sorted(given_back.split(",")) == sorted(idle)
         assert {pod: cost_of(cluster, pod) for pod in pods} == {
-            pod: "-1000" if pod in idle else None for pod in pods
+            pod: "-2000" if pod in idle else None for pod in pods
         }
         for pod in busy:
             task = tasks[pod]
@@ -157,6 +160,7 @@ async def test_scale_down_drains_and_marks_only_idle_pods(
         assert all(pod in scaled["message"] for pod in idle)
         draining = (await eventually(lambda: cluster.events("DrainingPods")))[0]
         assert "all idle" in draining["message"]
+        await eventually(lambda: cluster.events("DrainedPodsRemoved"))
         assert len(deployment_writes(cluster, "nu")) == 1
 
         # Later rounds, and a restarted operator, keep the marks and choose no other pod.
@@ -169,16 +173,103 @@ async def test_scale_down_drains_and_marks_only_idle_pods(
         assert [pod for pod in pods if cost_of(cluster, pod)] == idle
         assert len(deployment_writes(cluster, "nu")) == 1
         assert cluster.events("DrainWithdrawn") == []
-
-        # Work arrives before the ReplicaSet removed them: the idle pods go back to work.
-        await queue.submit_many([{"n": n} for n in range(2)])
-        await eventually(lambda: cluster.deployment("nu")["spec"]["replicas"] == 5)
-        await eventually(lambda: all(cost_of(cluster, pod) is None for pod in pods))
-        await eventually(lambda: drains_are(queue, set()))
-        await eventually(lambda: cluster.events("DrainWithdrawn"))
     finally:
         await operator.stop()
     assert operator.error is None, operator.error
+
+
+async def test_a_busy_pod_chosen_keeps_its_replica_until_its_runs_end_and_a_burst_takes_it_back(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    pods = [f"rho-5b8c7-{suffix}" for suffix in ("aaaaa", "bbbbb", "ccccc")]
+    await queue.submit_many([{"n": n} for n in range(3)])
+    tasks = {}
+    for pod in pods:  # the first pod's run is the oldest
+        task = await start_worker(queue, pod, busy=True)
+        assert task is not None
+        tasks[pod] = task
+    await create_pods(cluster, "rho", pods)
+    await cluster.create_pool(pool_manifest(
+        "rho", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=3, maxReplicas=3, tasksPerReplica=3),
+    ))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: cluster.condition("rho", "Scaling")["reason"] == "FixedSize")
+        await cluster.patch_pool("rho", {"spec": {"scaling": {"minReplicas": 1}}})
+
+        # Three runs need one pod of three tasks: the two pods with the oldest runs drain,
+        # and keep their replicas while their runs go on, round after round.
+        draining = pods[:2]
+        await eventually(lambda: all(cost_of(cluster, pod) == "-1000" for pod in draining))
+        await eventually(lambda: drains_are(queue, set(draining)))
+        for pod in draining:
+            await set_unready(cluster, pod)
+        await eventually(lambda: (s := cluster.pool("rho")["status"]).get(
+            "drainingReplicas") == 2 and s.get("drainingSince"))
+        event = (await eventually(lambda: cluster.events("DrainingPods")))[0]
+        assert "2 runs in flight finish first" in event["message"]
+        for ready in (2, 1, 2):
+            await one_more_round(cluster, "rho", ready=ready)
+        assert cluster.deployment("rho")["spec"]["replicas"] == 3
+        assert deployment_writes(cluster, "rho") == []
+        for pod, task in tasks.items():
+            info = await queue.get(task.id)
+            assert info is not None and (info.state, info.owner) == ("running", f"{pod}:i1")
+
+        # The first run ends: that pod is released and its replica goes.
+        assert await queue.complete(tasks[pods[0]], "ok")
+        await eventually(lambda: cost_of(cluster, pods[0]) == "-2000")
+        await eventually(lambda: cluster.deployment("rho")["spec"]["replicas"] == 2)
+        assert cost_of(cluster, pods[1]) == "-1000"
+        await eventually(lambda: cluster.events("DrainedPodsRemoved"))
+
+        # A burst: the pod still draining goes back to work instead of a new pod starting.
+        await queue.submit_many([{"n": n} for n in range(3)])
+        await eventually(lambda: cost_of(cluster, pods[1]) is None)
+        await eventually(lambda: drains_are(queue, {pods[0]}))
+        await eventually(lambda: cluster.events("DrainWithdrawn"))
+        await eventually(lambda: cluster.pool("rho")["status"].get("drainingReplicas") == 0)
+        assert cluster.deployment("rho")["spec"]["replicas"] == 2
+        assert len(deployment_writes(cluster, "rho")) == 1
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
+async def test_a_drained_pod_the_replicaset_kept_is_deleted(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    """Its replica was given back, but the ReplicaSet removed another pod: the drained one
+    serves nothing, so it is deleted and the ReplicaSet replaces it."""
+    queue = TaskQueue(redis, queue_name)
+    await queue.submit({"n": 0})
+    serving, drained = "tau-6f7d8-aaaaa", "tau-6f7d8-bbbbb"
+    await start_worker(queue, serving, busy=True)
+    await cluster.create_pool(pool_manifest(
+        "tau", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=2, maxReplicas=2), paused=True,
+    ))
+    await eventually(lambda: cluster.deployment("tau"))
+    await create_pods(cluster, "tau", [serving, drained])
+    await cluster._send("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{drained}", {
+        "metadata": {"annotations": {DELETION_COST_ANNOTATION: "-2000"}},
+    })
+    await cluster.patch_deployment("tau", {
+        "metadata": {"annotations": {RELEASED_ANNOTATION: drained}},
+        "spec": {"replicas": 2},
+    })
+    await cluster.patch_pool("tau", {"spec": {"paused": False}})
+
+    await eventually(lambda: cluster.requests("DELETE", f"/pods/{drained}"))
+    event = (await eventually(lambda: cluster.events("DrainedPodDeleted")))[0]
+    assert drained in event["message"]
+    assert not cluster.requests("DELETE", f"/pods/{serving}")
+    assert cluster.deployment("tau")["spec"]["replicas"] == 2
 
 
 async def test_backlog_scales_up_once_and_then_holds(

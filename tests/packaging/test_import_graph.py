@@ -3,6 +3,8 @@
 - `agentpool` (models, protocol, client, scaling policy) imports neither the operator, nor the
   worker, nor its own command line;
 - `agentpool.cli` imports neither the operator nor the worker (it runs the worker as a process);
+- `agentpool.console` (served by `agentpool console`, reusing the command line's fleet view)
+  imports neither the operator nor the worker, and nothing shared imports the console;
 - the operator and the worker do not import each other;
 - the scaling policy needs nothing but the standard library and the models;
 - no module reaches itself through its imports.
@@ -24,10 +26,11 @@ def imports_of(prefix: str) -> dict[str, set[str]]:
     }
 
 
-def offending(prefix: str, *, forbidden: tuple[str, ...], exempt: str | None = None) -> list[str]:
+def offending(prefix: str, *, forbidden: tuple[str, ...],
+              exempt: tuple[str, ...] = ()) -> list[str]:
     found = []
     for module, targets in imports_of(prefix).items():
-        if exempt and (module == exempt or module.startswith(exempt + ".")):
+        if any(module == e or module.startswith(e + ".") for e in exempt):
             continue
         found.extend(f"{module} -> {t}" for t in sorted(targets) if t.startswith(forbidden))
     return found
@@ -37,9 +40,16 @@ def test_no_import_cycles() -> None:
     assert cycles(import_graph()) == []
 
 
-def test_shared_package_imports_no_operator_worker_or_cli() -> None:
-    forbidden = ("agentpool_operator", "agentpool_worker", "agentpool.cli")
-    assert offending("agentpool", forbidden=forbidden, exempt="agentpool.cli") == []
+def test_shared_package_imports_no_operator_worker_cli_or_console() -> None:
+    forbidden = ("agentpool_operator", "agentpool_worker", "agentpool.cli", "agentpool.console")
+    assert offending("agentpool", forbidden=forbidden,
+                     exempt=("agentpool.cli", "agentpool.console")) == []
+
+
+def test_console_imports_neither_operator_nor_worker() -> None:
+    assert imports_of("agentpool.console")
+    forbidden = ("agentpool_operator", "agentpool_worker")
+    assert offending("agentpool.console", forbidden=forbidden) == []
 
 
 def test_cli_imports_neither_operator_nor_worker() -> None:

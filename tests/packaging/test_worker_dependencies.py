@@ -24,7 +24,7 @@ from import_graph import ROOT
 
 from agentpool.protocol import TaskQueue
 
-NOT_FOR_THE_WORKER = ["kopf", "kubernetes", "aiohttp", "rich", "yaml", "matplotlib"]
+NOT_FOR_THE_WORKER = ["kopf", "kubernetes", "aiohttp", "rich", "yaml", "matplotlib", "playwright"]
 
 
 def image_files() -> list[Path]:

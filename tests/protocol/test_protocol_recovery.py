@@ -35,6 +35,22 @@ async def test_requeue_owner_returns_all_its_tasks_in_one_step_and_spares_others
     assert set(await redis.zrange(queue.prefix + "leases", 0, -1)) == {k.encode() for k in kept}
 
 
+async def test_an_interrupted_task_goes_back_ahead_of_the_tasks_submitted_after_it(
+    queue: TaskQueue,
+) -> None:
+    """Requeued by owner or by pod, or handed back by a draining worker, a task regains its
+    place: it is claimed before every task that arrived after it."""
+    first = await queue.submit_many(range(4))
+    claims = [await claim_one(queue, f"pod-{index}:i1") for index in range(4)]
+    assert [task.id for task in claims] == first
+    later = await queue.submit_many(range(3))
+    await queue.requeue_owner("pod-2:i1")
+    await queue.requeue_pod("pod-0")
+    assert await queue.release(claims[3], "worker shutting down") == "requeued"
+    claimed = [(await claim_one(queue, "pod-z:i1")).id for _ in range(6)]
+    assert claimed == [first[0], first[2], first[3], *later]
+
+
 async def test_requeue_pod_keeps_the_current_instance_and_other_pods(queue: TaskQueue) -> None:
     workers = ["pod-a:old1", "pod-a:old2", "pod-a:cur", "pod-ab:x", "pod-b:x"]
     await queue.submit_many(range(len(workers)))
@@ -157,6 +173,16 @@ async def test_heartbeat_registers_the_worker(queue: TaskQueue) -> None:
     assert (state.worker_id, state.pod, state.instance) == ("pod-a:i1", "pod-a", "i1")
     assert (state.in_flight, state.done, state.failed, state.concurrency) == (0, 7, 1, 4)
     assert not state.drain_requested
+
+
+async def test_heartbeat_records_when_the_runs_began(queue: TaskQueue) -> None:
+    worker = WorkerInfo("pod-a", "i1", 4, runs_since=(1_700_000_000_000, 1_700_000_005_500))
+    await queue.heartbeat(worker, {}, 30)
+    [state] = await queue.instances("pod-a")
+    assert state.runs_since == (1_700_000_000.0, 1_700_000_005.5)
+    await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
+    [state] = await queue.instances("pod-a")
+    assert state.runs_since == ()
 
 
 async def running_by_owner(queue: TaskQueue) -> dict[str, int]:

@@ -4,10 +4,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentpool.scaling.scaledown import (
+    DrainPlan,
     PodLoad,
     choose_pods_to_remove,
     interrupted_if_removed,
+    plan_drains,
     pod_loads,
+    serving_view,
 )
 
 
@@ -38,8 +41,51 @@ def test_nothing_to_remove() -> None:
 
 
 def test_pod_loads_joins_kubernetes_and_redis_views() -> None:
-    loads = pod_loads([("a", True, False), ("b", False, True)], {"a": 3}, draining=["b"])
-    assert loads == [PodLoad("a", 3, True, False, False), PodLoad("b", 0, False, True, True)]
+    loads = pod_loads([("a", True, False), ("b", False, True)], {"a": 3}, draining=["b"],
+                      run_ages={"a": [5.0, 1.0, 9.0]})
+    assert loads == [
+        PodLoad("a", 3, True, False, False, (5.0, 1.0, 9.0)),
+        PodLoad("b", 0, False, True, True),
+    ]
+
+
+def test_at_equal_runs_the_pod_with_the_oldest_run_goes_first() -> None:
+    loads = [
+        PodLoad("a", 2, run_ages=(10.0, 30.0)),
+        PodLoad("b", 1, run_ages=(5.0,)),
+        PodLoad("c", 2, run_ages=(400.0, 1.0)),
+        PodLoad("d", 1, run_ages=(50.0,)),
+    ]
+    assert choose_pods_to_remove(loads, 4) == ["d", "b", "c", "a"]
+
+
+def test_the_policy_sees_serving_pods_and_their_runs_only() -> None:
+    loads = [
+        PodLoad("a", 3), PodLoad("b", 1, draining=True), PodLoad("c", 0),
+        PodLoad("d", 2, deleting=True),
+    ]
+    view = serving_view(loads)
+    assert (view.serving, view.in_flight, view.draining) == (2, 3, 1)
+
+
+def test_a_scale_down_drains_busy_pods_and_releases_idle_ones_at_once() -> None:
+    loads = [PodLoad("a", 3), PodLoad("b", 0), PodLoad("c", 1), PodLoad("d", 2)]
+    plan = plan_drains(loads, 1)
+    assert plan == DrainPlan(drain=("b", "c", "d"), release=("b",))
+
+
+def test_a_drained_pod_is_released_once_its_last_run_ended() -> None:
+    loads = [PodLoad("a", 1), PodLoad("b", 0, draining=True), PodLoad("c", 2, draining=True)]
+    assert plan_drains(loads, 1) == DrainPlan(release=("b",))
+
+
+def test_a_scale_up_withdraws_drains_before_starting_pods() -> None:
+    loads = [
+        PodLoad("a", 4), PodLoad("b", 1, draining=True, run_ages=(30.0,)),
+        PodLoad("c", 2, draining=True, run_ages=(5.0, 9.0)),
+    ]
+    assert plan_drains(loads, 2) == DrainPlan(withdraw=("c",))
+    assert plan_drains(loads, 5) == DrainPlan(withdraw=("c", "b"), start=2)
 
 
 @given(
@@ -53,3 +99,39 @@ def test_never_a_busy_pod_while_an_idle_one_is_left(loads_in: list[int], count: 
     idle_left = [p for p in loads if p.in_flight == 0 and p.pod not in chosen]
     busy_chosen = [p for p in loads if p.in_flight > 0 and p.pod in chosen]
     assert not (idle_left and busy_chosen)
+
+
+pods = st.lists(
+    st.builds(
+        PodLoad,
+        pod=st.text("abcdefgh", min_size=1, max_size=3),
+        in_flight=st.integers(0, 4),
+        draining=st.booleans(),
+        deleting=st.booleans(),
+    ),
+    max_size=10,
+    unique_by=lambda p: p.pod,
+)
+
+
+@given(pods, st.integers(min_value=0, max_value=12))
+def test_property_never_releases_the_replica_of_a_pod_with_a_run_in_flight(
+    loads: list[PodLoad], target: int
+) -> None:
+    plan = plan_drains(loads, target)
+    by_name = {p.pod: p for p in loads}
+    assert all(by_name[name].in_flight == 0 for name in plan.release)
+    assert not set(plan.release) & set(plan.withdraw)
+
+
+@given(pods, st.integers(min_value=0, max_value=12))
+def test_property_the_plan_reaches_the_target_and_starts_only_when_nothing_drains(
+    loads: list[PodLoad], target: int
+) -> None:
+    plan = plan_drains(loads, target)
+    view = serving_view(loads)
+    serving_after = view.serving - len(plan.drain) + len(plan.withdraw) + plan.start
+    assert serving_after == target
+    assert plan.start == 0 or len(plan.withdraw) == view.draining
+    live_after = view.serving + view.draining + plan.start - len(plan.release)
+    assert live_after <= max(view.serving + view.draining, target)

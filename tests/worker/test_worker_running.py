@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 import sample_handlers
 from worker_helpers import HANDLERS, eventually, running, settings, task_in
@@ -82,6 +84,32 @@ async def test_heartbeats_extend_leases(redis_url: str, queue_name: str,
     info = await queue.get(task_id)
     assert info is not None and info.attempts == 1
     assert reaped == 0
+
+
+async def test_heartbeats_report_when_each_run_began(redis_url: str, queue_name: str,
+                                                     redis: aioredis.Redis) -> None:
+    """Scale-down reads how long a pod's runs have been going from its heartbeats."""
+    queue = TaskQueue(redis, queue_name)
+    ids = await queue.submit_many([{"seconds": 30.0}] * 2)
+
+    async def reported() -> tuple[float, ...]:
+        instances = await queue.instances("pod-local")
+        return instances[0].runs_since if instances else ()
+
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:sleep",
+                                lease_seconds=0.6, drain_seconds=0.1)):
+        since = await eventually(lambda: _two(reported()), 10, "both runs in a heartbeat")
+        began = []
+        for task_id in ids:
+            info = await queue.get(task_id)
+            assert info is not None and info.started_ms is not None
+            began.append(info.started_ms / 1000)
+        assert sorted(since) == pytest.approx(sorted(began))
+
+
+async def _two(reported: Any) -> tuple[float, ...] | None:
+    since = await reported
+    return since if len(since) == 2 else None
 
 
 async def test_malformed_payload_is_dead_lettered_and_the_worker_goes_on(

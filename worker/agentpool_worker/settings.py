@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentpool import urls
 from agentpool.protocol import QUEUE_NAME
+from agentpool.urls import URL_PREFIXES
 
 ENV_PREFIX = "AGENTPOOL_"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -36,7 +37,7 @@ class WorkerSettings(BaseSettings):
         env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True
     )
 
-    redis_url: str = Field(description="a redis://, rediss:// or unix:// URL")
+    redis_url: str = Field(description=f"a {', '.join(URL_PREFIXES)} or unix:// URL")
     queue: str = Field(
         "default", description="a queue name of 1-100 letters, digits, '.', '_' or '-'"
     )
@@ -87,7 +88,7 @@ class WorkerSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
+        if not value.startswith((*URL_PREFIXES, "unix://")):
             raise ValueError("bad scheme")
         return value
 

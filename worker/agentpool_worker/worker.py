@@ -40,6 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from agentpool.connection import redis_from_url
 from agentpool.errors import PermanentError
 from agentpool.protocol import (
     ClaimedTask,
@@ -359,6 +360,7 @@ class Worker:
 
     async def _beat(self) -> None:
         held = {task_id: task.token for task_id, task in self._held.items()}
+        self.info.runs_since = tuple(sorted(task.claimed_ms for task in self._held.values()))
         try:
             beat = await self._rt(
                 self.queue.heartbeat(self.info, held, self.settings.lease_seconds)
@@ -665,7 +667,7 @@ class Worker:
 
 
 def _client(url: str, timeout: float) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    return redis_from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

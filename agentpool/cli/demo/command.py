@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Start a private redis-server (unless --redis-url is given) and a few "
         "agentpool-worker processes running the simulated-agent handler, submit a batch of "
         "tasks, kill one busy worker with SIGKILL half-way, requeue its tasks the way the "
-        "operator does, and end with a summary. Exits 1 if any task was lost.",
+        "operator does, and end with a summary. The web console serves the demo's queue "
+        "while it runs (its URL is printed first). Exits 1 if any task was lost.",
     )
     parser.add_argument("--redis-url", metavar="URL",
                         help="use this Redis instead of starting a redis-server")
@@ -52,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="chance that a run fails and is retried (default: 0.05)")
     parser.add_argument("--seed", type=int, metavar="N",
                         help="seed for the simulated tasks (task i gets N+i)")
+    parser.add_argument("--no-console", action="store_true",
+                        help="do not serve the web console while the demo runs")
     parser.add_argument("--no-live", action="store_true",
                         help="plain progress lines instead of the live view")
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text",
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         fail_rate=float(args.fail_rate),
         seed=args.seed,
         redis_url=args.redis_url,
+        console=not args.no_console,
     )
     as_json = args.output == "json"
     out = Console(highlight=False)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.asyncio as aioredis
 
+from agentpool.cli.demo.console import DemoConsole, start_console
 from agentpool.cli.demo.fleet import WorkerFleet, WorkerProcess, worker_command
 from agentpool.cli.demo.summary import Summary, TaskRecord, summarize
 from agentpool.cli.demo.view import Reporter, Snapshot, WorkerRow
@@ -60,6 +61,7 @@ class DemoConfig:
     stall_timeout: float = 60.0
     poll_seconds: float = 0.25
     worker_command: Sequence[str] | None = None
+    console: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,14 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> DemoOutcome:
         else:
             url = config.redis_url
             stack.callback(delete_queue_keys, url, config.queue)
+        if config.console:
+            console = start_console(url, config.queue, workdir)
+            if isinstance(console, DemoConsole):
+                stack.callback(console.stop)
+                reporter.event(clock(), f"console: {console.url} (open it to watch the fleet, "
+                               "the kill -9 and the requeue live)")
+            else:
+                reporter.event(clock(), f"no console: {console}")
         fleet = WorkerFleet(command, worker_env(config, url), workdir)
         stack.callback(fleet.stop_all)
         interrupts.check()

@@ -38,6 +38,7 @@ class Summary:
     throughput_per_second: float
     wait_p50_seconds: float | None
     wait_p95_seconds: float | None
+    wait_max_seconds: float | None
     killed_worker: str | None
 
     @property
@@ -119,5 +120,6 @@ def summarize(
         throughput_per_second=len(finished) / duration if duration > 0 else 0.0,
         wait_p50_seconds=percentile(waits, 50),
         wait_p95_seconds=percentile(waits, 95),
+        wait_max_seconds=max(waits, default=None),
         killed_worker=killed_worker,
     )

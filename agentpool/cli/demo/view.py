@@ -132,12 +132,13 @@ def summary_table(summary: Summary) -> Table:
         ("throughput", f"{summary.throughput_per_second:.1f}", "tasks/s"),
         ("wait p50", _seconds(summary.wait_p50_seconds), "submit to start"),
         ("wait p95", _seconds(summary.wait_p95_seconds), ""),
+        ("wait max", _seconds(summary.wait_max_seconds), ""),
         ("duration", f"{summary.duration_seconds:.1f} s", "first submit to last finish"),
     ]
     if summary.cancelled:
         rows.insert(4, ("cancelled", str(summary.cancelled), ""))
     if summary.pending:
-        rows.insert(-5, ("still pending", Text(str(summary.pending), style="bold red"),
+        rows.insert(-6, ("still pending", Text(str(summary.pending), style="bold red"),
                          "not finished when the demo stopped"))
     for row in rows:
         table.add_row(*row)

@@ -87,3 +87,28 @@ Included by the operator Deployment, so every render runs it.
 {{- fail "networkPolicy.enabled protects the bundled Redis: it needs redis.enabled=true" -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "agentpool.consoleName" -}}
+{{- printf "%s-console" (include "agentpool.fullname" .) -}}
+{{- end -}}
+
+{{- define "agentpool.consoleSelectorLabels" -}}
+app.kubernetes.io/name: agentpool-console
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "agentpool.consoleLabels" -}}
+{{ include "agentpool.commonLabels" . }}
+{{ include "agentpool.consoleSelectorLabels" . }}
+app.kubernetes.io/component: console
+{{- end -}}
+
+{{/* The Secret holding the console's write token (key `token`). */}}
+{{- define "agentpool.consoleTokenSecret" -}}
+{{- default (printf "%s-token" (include "agentpool.consoleName" .)) .Values.console.writeActions.existingSecret -}}
+{{- end -}}
+
+{{/* The Secret holding the Redis URL the console reads (key `url`). */}}
+{{- define "agentpool.consoleRedisSecret" -}}
+{{- coalesce .Values.console.redisUrlSecret .Values.redis.external.existingSecret .Values.redis.urlSecretName -}}
+{{- end -}}

@@ -32,3 +32,16 @@
   name: {{ include "agentpool.serviceAccountName" . }}
   namespace: {{ .Release.Namespace }}
 {{- end -}}
+
+{{/* What the console reads: pools, their Deployments and pods, and their Events. Nothing else. */}}
+{{- define "agentpool.consoleRules" -}}
+- apiGroups: ["agentpool.dev"]
+  resources: ["agentpools"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["pods", "events"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}

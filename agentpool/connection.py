@@ -1,0 +1,154 @@
+"""Redis from a URL, the same way for the client, the CLI, the worker and the operator.
+
+Two kinds of URL:
+
+- ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://`` (TLS): one server, as
+  redis-py reads them.
+- ``redis+sentinel://[[user]:password@]host1[:26379],host2[:26379]/<service>[/<db>]`` and
+  ``rediss+sentinel://`` (TLS to the data nodes): the sentinels are asked for the primary
+  of `<service>`, and every new connection asks again, so after a failover each component
+  follows the new primary without a restart. The user and password are those of the data
+  nodes; sentinels that need a password of their own take ``?sentinel_password=...`` (and
+  ``sentinel_username``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+DEFAULT_SENTINEL_PORT = 26379
+INVALID_URL_MESSAGE = (
+    "invalid Redis URL (a password with '/', '#', '?' or '@' must be percent-encoded)"
+)
+
+
+class RedisURLError(ValueError):
+    """A URL that names no Redis; the message never quotes the URL's credentials."""
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """The parts of a ``redis+sentinel://`` URL."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    tls: bool = False
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        raise RedisURLError("a Sentinel URL starts with redis+sentinel:// or rediss+sentinel://")
+    parts = urlsplit(f"sentinel://{rest}")
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at:
+        userinfo, hosts = "", parts.netloc
+    username: str | None = None
+    password: str | None = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = tuple(_host_port(item) for item in hosts.split(",") if item)
+    if not sentinels:
+        raise RedisURLError("a Sentinel URL names at least one sentinel host:port")
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2:
+        raise RedisURLError("a Sentinel URL ends in /<service> or /<service>/<db>")
+    db = 0
+    if len(path) == 2:
+        if not path[1].isdigit():
+            raise RedisURLError("the database of a Sentinel URL is a number")
+        db = int(path[1])
+    query = dict(parse_qsl(parts.query))
+    return SentinelURL(
+        sentinels=sentinels,
+        service=unquote(path[0]),
+        db=db,
+        username=username,
+        password=password,
+        sentinel_username=query.get("sentinel_username"),
+        sentinel_password=query.get("sentinel_password"),
+        tls=scheme.lower() == "rediss+sentinel",
+    )
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    if item.startswith("["):
+        host, _, port = item[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = item.partition(":")
+    port = port or str(DEFAULT_SENTINEL_PORT)
+    if not host or not port.isdigit():
+        raise RedisURLError("each sentinel is host or host:port")
+    return host, int(port)
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Connections to the Sentinel primary, at most `max_connections`; callers wait for one."""
+
+
+def redis_from_url(
+    url: str, *, max_connections: int | None = None, pool_timeout: float = 5.0, **kwargs: Any
+) -> aioredis.Redis:
+    """A client for `url`; `kwargs` are redis-py connection options (timeouts, retry, name).
+
+    With `max_connections`, callers beyond it wait up to `pool_timeout` for a connection
+    instead of opening another.
+    """
+    if not is_sentinel_url(url):
+        try:
+            if max_connections is None:
+                return aioredis.Redis.from_url(url, **kwargs)
+            pool = BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=pool_timeout, **kwargs
+            )
+        except ValueError:
+            raise RedisURLError(INVALID_URL_MESSAGE) from None
+        return aioredis.Redis.from_pool(pool)
+    parsed = parse_sentinel_url(url)
+    sentinel_kwargs = {
+        key: value
+        for key, value in kwargs.items()
+        if key in ("socket_timeout", "socket_connect_timeout", "socket_keepalive")
+    }
+    if parsed.sentinel_password is not None:
+        sentinel_kwargs["password"] = parsed.sentinel_password
+    if parsed.sentinel_username is not None:
+        sentinel_kwargs["username"] = parsed.sentinel_username
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs
+    )
+    node_kwargs: dict[str, Any] = dict(kwargs, db=parsed.db)
+    if parsed.password is not None:
+        node_kwargs["password"] = parsed.password
+    if parsed.username is not None:
+        node_kwargs["username"] = parsed.username
+    if parsed.tls:
+        node_kwargs["ssl"] = True
+    if max_connections is not None:
+        node_kwargs.update(max_connections=max_connections, timeout=pool_timeout)
+        pool_class: type[SentinelConnectionPool] = BlockingSentinelConnectionPool
+    else:
+        pool_class = SentinelConnectionPool
+    client: aioredis.Redis = sentinel.master_for(
+        parsed.service, connection_pool_class=pool_class, **node_kwargs
+    )
+    return client

@@ -1,0 +1,305 @@
+"""The console's web application: page routes (one HTML shell), JSON and live (SSE) data for
+each page, and the write actions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.exceptions
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from agentpool.cli.common import CommandFailed
+from agentpool.console.hub import Hub, Loader
+from agentpool.console.security import (
+    Handler,
+    loopback_only,
+    secure_headers,
+    write_refusal,
+)
+from agentpool.console.sources import NotFound, Sources
+from agentpool.protocol import ProtocolError
+from agentpool.redis_errors import describe_redis_error
+
+STATIC = resources.files("agentpool.console") / "static"
+FLEET_SECONDS = 2.0
+KEEPALIVE_SECONDS = 15.0
+INTERVALS = {"fleet": 1.0, "pool": 2.0, "tasks": 2.5, "task": 1.0, "dead": 2.5}
+"""Seconds between the end of a watched page's reload and the next, per kind: the pool page
+is one Redis round trip, a task list two, a task one (so at most one per second per page,
+however many watch it); the fleet page reads the recorder's latest snapshot."""
+MAX_IDS = 1000
+
+SOURCES: web.AppKey[Sources] = web.AppKey("sources", Sources)
+HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
+STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("streams")
+"""The open live streams, ended when the console shuts down (they would otherwise hold the
+shutdown until the browsers go away)."""
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    token: str | None = None
+    """Write actions are enabled exactly when a token is set."""
+    loopback_only: bool = False
+    """Answer only requests addressed to the loopback (the console listens there)."""
+    fleet_seconds: float = FLEET_SECONDS
+
+
+CONFIG = web.AppKey("config", ConsoleConfig)
+
+
+def error_doc(exc: BaseException) -> dict[str, Any]:
+    """A page's error as shown to people: never a Redis URL or a password."""
+    if isinstance(exc, NotFound):
+        return {"error": str(exc), "not_found": True}
+    if isinstance(exc, redis.exceptions.RedisError | ConnectionError | TimeoutError):
+        return {"error": f"cannot read Redis: {describe_redis_error(exc)}"}
+    if isinstance(exc, CommandFailed | ProtocolError):
+        return {"error": str(exc)}
+    return {"error": f"unexpected error: {type(exc).__name__}"}
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+
+async def shell(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=(STATIC / "index.html").read_bytes(),
+                        content_type="text/html", charset="utf-8")
+
+
+async def asset(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+    kind = next((t for ext, t in types.items() if name.endswith(ext)), None)
+    item = STATIC / name
+    if kind is None or "/" in name or not item.is_file():
+        raise web.HTTPNotFound(text="no such asset")
+    return web.Response(body=item.read_bytes(), content_type=kind, charset="utf-8")
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+async def serve(request: web.Request, kind: str, load: Loader) -> web.StreamResponse:
+    """The page's snapshot as JSON, or (Accept: text/event-stream) every new one, live."""
+    hub = request.app[HUB]
+    key = request.path_qs
+    if "text/event-stream" not in request.headers.get("Accept", ""):
+        text = await hub.get(key, kind, load)
+        status = 200
+        if text.startswith('{"error"'):
+            status = 404 if json.loads(text).get("not_found") else 502
+        return web.Response(text=text, status=status, content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    updates = hub.watch(key, kind, load, INTERVALS[kind])
+    streams, me = request.app[STREAMS], asyncio.current_task()
+    assert me is not None
+    streams.add(me)
+    try:
+        while True:
+            try:
+                text = await asyncio.wait_for(anext(updates), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            await response.write(f"data: {text}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        streams.discard(me)
+        with contextlib.suppress(Exception):
+            await updates.aclose()
+    return response
+
+
+async def console_info(request: web.Request) -> web.StreamResponse:
+    sources = request.app[SOURCES]
+    return web.json_response({"writes": request.app[CONFIG].token is not None,
+                              "source": sources.source, "namespaces": sources.namespaces})
+
+
+async def fleet(request: web.Request) -> web.StreamResponse:
+    sources = request.app[SOURCES]
+
+    async def load() -> dict[str, Any]:
+        return sources.fleet or await sources.refresh_fleet()
+
+    return await serve(request, "fleet", load)
+
+
+async def pool(request: web.Request) -> web.StreamResponse:
+    sources, info = request.app[SOURCES], request.match_info
+    return await serve(request, "pool", lambda: sources.pool(info["namespace"], info["name"]))
+
+
+def _page(request: web.Request) -> int:
+    try:
+        return max(1, int(request.query.get("page", "1")))
+    except ValueError:
+        return 1
+
+
+async def tasks(request: web.Request) -> web.StreamResponse:
+    sources, queue = request.app[SOURCES], request.match_info["queue"]
+    state = request.query.get("state", "queued")
+    return await serve(request, "tasks", lambda: sources.tasks(queue, state, _page(request)))
+
+
+async def dead(request: web.Request) -> web.StreamResponse:
+    sources, queue = request.app[SOURCES], request.match_info["queue"]
+    return await serve(request, "dead", lambda: sources.tasks(queue, "dead", _page(request)))
+
+
+async def task(request: web.Request) -> web.StreamResponse:
+    sources, info = request.app[SOURCES], request.match_info
+    return await serve(request, "task", lambda: sources.task(info["queue"], info["id"]))
+
+
+async def find(request: web.Request) -> web.StreamResponse:
+    sources, queue = request.app[SOURCES], request.match_info["queue"]
+    try:
+        found = await sources.find(queue, request.query.get("q", ""))
+    except Exception as exc:
+        return web.json_response(error_doc(exc), status=502)
+    return web.json_response({"queue": queue, "id": found})
+
+
+# -- write actions ---------------------------------------------------------------------------
+
+
+async def _write_body(request: web.Request) -> dict[str, Any]:
+    refusal = write_refusal(request, request.app[CONFIG].token)
+    if refusal is not None:
+        status, message = refusal
+        raise _http_error(status, message)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _http_error(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _http_error(400, "the body must be a JSON object")
+    return body
+
+
+def _http_error(status: int, message: str) -> web.HTTPException:
+    error = web.HTTPException(text=json.dumps({"error": message}),
+                              content_type="application/json")
+    error.set_status(status)
+    return error
+
+
+def _ids(body: dict[str, Any]) -> list[str]:
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS or not all(
+            isinstance(i, str) and i for i in ids):
+        raise _http_error(400, f"give the task ids as \"ids\": a list of 1 to {MAX_IDS} strings")
+    return ids
+
+
+def write_action(fn: Handler) -> Handler:
+    """Errors of a write action as a JSON answer the page can show."""
+
+    @functools.wraps(fn)
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            return await fn(request)
+        except web.HTTPException:
+            raise
+        except NotFound as exc:
+            return web.json_response(error_doc(exc), status=404)
+        except Exception as exc:
+            return web.json_response(error_doc(exc), status=502)
+
+    return run
+
+
+@write_action
+async def requeue_dead(request: web.Request) -> web.StreamResponse:
+    body = await _write_body(request)
+    queue = request.app[SOURCES].queue(request.match_info["queue"])
+    return web.json_response({"requeued": await queue.requeue_dead(_ids(body))})
+
+
+@write_action
+async def purge_dead(request: web.Request) -> web.StreamResponse:
+    body = await _write_body(request)
+    queue = request.app[SOURCES].queue(request.match_info["queue"])
+    return web.json_response({"purged": await queue.purge_dead(_ids(body))})
+
+
+@write_action
+async def cancel(request: web.Request) -> web.StreamResponse:
+    await _write_body(request)
+    queue = request.app[SOURCES].queue(request.match_info["queue"])
+    outcome = await queue.cancel(request.match_info["id"])
+    return web.json_response({"outcome": outcome.value})
+
+
+# -- application -----------------------------------------------------------------------------
+
+
+async def record_fleet(app: web.Application) -> None:
+    """Refresh the fleet for as long as the console runs: its history must not have gaps
+    while nobody watches."""
+    sources, seconds = app[SOURCES], app[CONFIG].fleet_seconds
+    while True:
+        try:
+            await sources.refresh_fleet()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            sources.fleet = {"source": sources.source, "pools": [], **error_doc(exc)}
+        await asyncio.sleep(seconds)
+
+
+async def _recorder(app: web.Application) -> Any:
+    recorder = asyncio.create_task(record_fleet(app), name="console:fleet")
+    yield
+    recorder.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await recorder
+    await app[HUB].aclose()
+
+
+async def _end_streams(app: web.Application) -> None:
+    streams = app[STREAMS]
+    for stream in [*streams]:
+        stream.cancel()
+
+
+def build_app(sources: Sources, config: ConsoleConfig) -> web.Application:
+    middlewares: list[Middleware] = [secure_headers]
+    if config.loopback_only:
+        middlewares.append(loopback_only)
+    app = web.Application(middlewares=middlewares)
+    app[SOURCES] = sources
+    app[CONFIG] = config
+    app[HUB] = Hub(error_doc)
+    streams: set[asyncio.Task[Any]] = set()
+    app[STREAMS] = streams
+    for path in ("/", "/pools/{namespace}/{name}", "/queues/{queue}/tasks",
+                 "/queues/{queue}/tasks/{id}", "/queues/{queue}/dead"):
+        app.router.add_get(path, shell)
+    app.router.add_get("/static/{name}", asset)
+    app.router.add_get("/api/console", console_info)
+    app.router.add_get("/api/fleet", fleet)
+    app.router.add_get("/api/pools/{namespace}/{name}", pool)
+    app.router.add_get("/api/queues/{queue}/tasks", tasks)
+    app.router.add_get("/api/queues/{queue}/find", find)
+    app.router.add_get("/api/queues/{queue}/tasks/{id}", task)
+    app.router.add_get("/api/queues/{queue}/dead", dead)
+    app.router.add_post("/api/queues/{queue}/tasks/{id}/cancel", cancel)
+    app.router.add_post("/api/queues/{queue}/dead/requeue", requeue_dead)
+    app.router.add_post("/api/queues/{queue}/dead/purge", purge_dead)
+    app.cleanup_ctx.append(_recorder)
+    app.on_shutdown.append(_end_streams)
+    return app

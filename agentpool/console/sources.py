@@ -1,0 +1,272 @@
+"""What each page shows, read from Redis (and from Kubernetes when the console has access).
+
+The fleet is read by one recorder that runs all the time: one pipelined round trip for the
+figures of every queue per refresh, which also feeds each pool's rates and its last hour of
+history. The other pages are read on demand by their topic in the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from agentpool.cli.fleet import (
+    CounterSample,
+    PoolSummary,
+    RateTracker,
+    pool_summary,
+    queue_summary,
+)
+from agentpool.cli.status import KubeReader
+from agentpool.cli.views import (
+    FleetRow,
+    compact,
+    figures_json,
+    fleet_json,
+    iso_ms,
+    task_json,
+    workers_json,
+)
+from agentpool.console.history import History, Point
+from agentpool.protocol import (
+    QUEUE_NAME,
+    TASK_LIST_STATES,
+    TaskInfo,
+    TaskQueue,
+    figures_and_workers,
+    figures_of,
+    known_queues,
+    task_for_idempotency_key,
+    task_page,
+)
+
+NO_NAMESPACE = "-"
+"""The namespace part of a pool's address when the fleet comes from Redis alone."""
+PAGE_SIZE = 50
+PREVIEW_CHARS = 120
+DISCOVERY_SECONDS = 30.0
+DISCOVERY_MAX_KEYS = 5_000_000
+REQUEST_TIMEOUT = 10.0
+MAX_CACHED_QUEUES = 10_000
+
+
+class NotFound(LookupError):
+    pass
+
+
+@dataclass
+class PoolRecord:
+    summary: PoolSummary
+    obj: Mapping[str, Any] | None
+    rates: RateTracker
+    history: History
+    rates_error: str | None = None
+
+
+@dataclass
+class Sources:
+    """The console's view of one Redis and, optionally, the AgentPools of a cluster."""
+
+    redis: aioredis.Redis
+    kube: KubeReader | None = None
+    namespaces: Sequence[str] | None = None
+    """With Kubernetes: the namespaces shown (None: all)."""
+    queues: Sequence[str] = ()
+    """Without Kubernetes: the queues to show (empty: every queue found in Redis)."""
+    pools: dict[tuple[str, str], PoolRecord] = field(default_factory=dict)
+    fleet: dict[str, Any] | None = None
+    _queues: dict[str, TaskQueue] = field(default_factory=dict)
+    _found: list[str] = field(default_factory=list)
+    _found_at: float = float("-inf")
+
+    @property
+    def source(self) -> str:
+        return "kubernetes" if self.kube is not None else "redis"
+
+    def queue(self, name: str) -> TaskQueue:
+        queue = self._queues.get(name)
+        if queue is None:
+            if not QUEUE_NAME.match(name):
+                raise NotFound(f"no queue named {name!r}")
+            if len(self._queues) > MAX_CACHED_QUEUES:
+                self._queues.clear()
+            queue = self._queues[name] = TaskQueue(self.redis, name)
+        return queue
+
+    # -- fleet -----------------------------------------------------------------------------
+
+    async def discover_queues(self) -> list[str]:
+        """Queues that ever had a task submitted or a worker started, rescanned every
+        DISCOVERY_SECONDS (at most DISCOVERY_MAX_KEYS keys looked at per scan)."""
+        if self.queues:
+            return sorted(self.queues)
+        if time.monotonic() - self._found_at < DISCOVERY_SECONDS:
+            return self._found
+        found, _ = await known_queues(self.redis, max_keys=DISCOVERY_MAX_KEYS)
+        self._found = found
+        self._found_at = time.monotonic()
+        return self._found
+
+    async def _summaries(self) -> list[tuple[PoolSummary, Mapping[str, Any] | None]]:
+        if self.kube is None:
+            return [(PoolSummary(name=q, queue=q), None) for q in await self.discover_queues()]
+        kube = self.kube
+        lists = await asyncio.gather(*(
+            asyncio.to_thread(kube.list_pools, namespace)
+            for namespace in (self.namespaces if self.namespaces is not None else [None])))
+        pairs = [(pool_summary(o), o) for objects in lists for o in objects]
+        return sorted(pairs, key=lambda p: (p[0].namespace or "", p[0].name))
+
+    async def refresh_fleet(self) -> dict[str, Any]:
+        """Read the fleet (one Redis round trip), record rates and history, keep the snapshot."""
+        pairs = await self._summaries()
+        queues = [self.queue(summary.queue) for summary, _ in pairs]
+        figures = await figures_of(queues)
+        now, clock = time.time(), time.monotonic()
+        seen: set[tuple[str, str]] = set()
+        rows: list[FleetRow] = []
+        conditions: list[list[dict[str, Any]]] = []
+        for (summary, obj), fig in zip(pairs, figures, strict=True):
+            if obj is None:
+                summary = queue_summary(summary.queue, fig)
+            else:
+                summary = replace(summary, queued=fig.queued, delayed=fig.delayed,
+                                  in_flight=fig.in_flight, dead=fig.dead, workers=fig.workers)
+            key = (summary.namespace or NO_NAMESPACE, summary.name)
+            seen.add(key)
+            record = self.pools.get(key)
+            if record is None:
+                record = self.pools[key] = PoolRecord(summary, obj, RateTracker(), History())
+            record.summary, record.obj = summary, obj
+            record.rates.add(CounterSample(clock, fig.stats))
+            record.history.add(Point(now, summary.queued, summary.in_flight, summary.replicas,
+                                     summary.ready_replicas))
+            rows.append(FleetRow(summary, record.rates.rates()))
+            conditions.append(_conditions(obj))
+        for gone in set(self.pools) - seen:
+            del self.pools[gone]
+        pools = fleet_json(rows, now)
+        for doc, conds in zip(pools, conditions, strict=True):
+            doc["namespace"] = doc["namespace"] or NO_NAMESPACE
+            doc["conditions"] = conds
+        self.fleet = {"source": self.source, "namespaces": self.namespaces, "at": now,
+                      "pools": pools}
+        return self.fleet
+
+    # -- pool ------------------------------------------------------------------------------
+
+    async def pool(self, namespace: str, name: str) -> dict[str, Any]:
+        record = self.pools.get((namespace, name))
+        if record is None:
+            raise NotFound(f"no pool {name} in namespace {namespace}"
+                           if namespace != NO_NAMESPACE else f"no queue {name}")
+        figures, workers = await figures_and_workers(self.queue(record.summary.queue))
+        now = time.time()
+        spec = (record.obj or {}).get("spec") or {}
+        rates = record.rates.rates()
+        events, events_note = await self._events(namespace, name)
+        return {
+            "namespace": namespace, "name": name, "queue": record.summary.queue,
+            "source": self.source, "at": now,
+            "health": record.summary.health,
+            "replicas": record.summary.replicas,
+            "ready_replicas": record.summary.ready_replicas,
+            "desired_replicas": record.summary.desired_replicas,
+            "last_scale_reason": record.summary.last_scale_reason,
+            "conditions": _conditions(record.obj),
+            "figures": figures_json(record.summary.queue, figures, rates),
+            "history": [[round(p.at, 1), p.queued, p.in_flight, p.replicas, p.ready_replicas]
+                        for p in record.history.points()],
+            "workers": workers_json(workers, now),
+            "rate_limits": spec.get("rateLimits"),
+            "events": events,
+            "events_note": events_note,
+        }
+
+    async def _events(self, namespace: str,
+                      name: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+        if self.kube is None:
+            return None, "Scaling decisions and recovery actions are the pool's Kubernetes " \
+                "Events: start the console with access to the cluster to see them."
+        from kubernetes import client
+
+        api = client.CoreV1Api(self.kube.api_client)
+        selector = f"involvedObject.kind=AgentPool,involvedObject.name={name}"
+        try:
+            body = await asyncio.to_thread(
+                api.list_namespaced_event, namespace, field_selector=selector,
+                _request_timeout=REQUEST_TIMEOUT)
+        except Exception as exc:
+            return None, f"cannot read the pool's Events: {getattr(exc, 'reason', None) or exc}"
+        events = [
+            {
+                "type": e.type, "reason": e.reason, "message": e.message, "count": e.count,
+                "last": _iso(e.last_timestamp or e.event_time or e.first_timestamp),
+            }
+            for e in body.items or []
+            if e.involved_object is None or (e.involved_object.name == name
+                                             and e.involved_object.kind == "AgentPool")
+        ]
+        events.sort(key=lambda e: e["last"] or "", reverse=True)
+        return events[:100], None
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def tasks(self, queue_name: str, state: str, page: int) -> dict[str, Any]:
+        if state not in TASK_LIST_STATES:
+            raise NotFound(f"no task state {state!r}: use one of {', '.join(TASK_LIST_STATES)}")
+        page = max(1, page)
+        total, infos = await task_page(self.queue(queue_name), state, (page - 1) * PAGE_SIZE,
+                                       PAGE_SIZE)
+        return {
+            "queue": queue_name, "state": state, "page": page, "per_page": PAGE_SIZE,
+            "total": total, "states": list(TASK_LIST_STATES), "at": time.time(),
+            "tasks": [task_row(info) for info in infos],
+        }
+
+    async def find(self, queue_name: str, text: str) -> str | None:
+        """The id of a task given its id or its idempotency key."""
+        queue = self.queue(queue_name)
+        text = text.strip()
+        if not text:
+            return None
+        if await queue.redis.exists(queue.task_key(text)):
+            return text
+        return await task_for_idempotency_key(queue, text)
+
+    async def task(self, queue_name: str, task_id: str) -> dict[str, Any]:
+        info = await self.queue(queue_name).get(task_id)
+        if info is None:
+            raise NotFound(f"no task {task_id} in queue {queue_name} (it may have expired)")
+        return {"queue": queue_name, "at": time.time(), "task": task_json(queue_name, info),
+                "done": info.done}
+
+
+def task_row(info: TaskInfo) -> dict[str, Any]:
+    return {
+        "id": info.id, "state": info.state, "priority": info.priority,
+        "attempts": info.attempts, "max_attempts": info.max_attempts,
+        "created": iso_ms(info.created_ms), "finished": iso_ms(info.finished_ms),
+        "owner": info.owner, "error": None if info.error is None else compact(info.error,
+                                                                               PREVIEW_CHARS),
+        "payload": compact(info.payload, PREVIEW_CHARS),
+    }
+
+
+def _conditions(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    status = (obj or {}).get("status") or {}
+    return [
+        {k: c.get(k) for k in ("type", "status", "reason", "message", "lastTransitionTime")}
+        for c in status.get("conditions") or [] if isinstance(c, Mapping)
+    ]
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

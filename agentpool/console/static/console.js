@@ -1,0 +1,300 @@
+// agentpool console: one page shell, one renderer per page kind, live data over SSE.
+// Everything a task or a pool says is put in the page as text (textContent), never as HTML.
+"use strict";
+
+const main = document.getElementById("main");
+const SVG = "http://www.w3.org/2000/svg";
+const FINAL = new Set(["succeeded", "dead", "cancelled"]);
+let consoleInfo = { writes: false, source: "redis" };
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const present = (nodes) => nodes.flat().filter((n) => n !== null && n !== undefined);
+const render = (...nodes) => main.replaceChildren(...present(nodes));
+const enc = encodeURIComponent;
+const show = (value) => (value === null || value === undefined ? "-" : String(value));
+const pretty = (value) =>
+  value === null || value === undefined ? "-" :
+    typeof value === "string" ? value : JSON.stringify(value, null, 2);
+const rate = (value) => (value === null || value === undefined ? "-" : `${value.toFixed(1)}/s`);
+const state = (name) => el("span", { class: `state ${name}` }, show(name));
+function ago(iso) {
+  if (!iso) return "-";
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m ago`;
+}
+function table(headers, rows, attrs) {
+  return el("table", attrs,
+    el("thead", {}, el("tr", {}, headers.map((h) =>
+      el("th", { class: h.endsWith("#") ? "num" : null }, h.replace(/#$/, ""))))),
+    el("tbody", {}, rows));
+}
+const num = (value) => el("td", { class: "num" }, show(value));
+const card = (label, value, id) =>
+  el("div", { class: "card" }, el("div", { class: "label" }, label),
+    el("div", { class: "value", id }, show(value)));
+
+function crumbs(...parts) {
+  const nav = document.getElementById("crumbs");
+  nav.replaceChildren(...parts.flatMap((p, i) => [i ? " / " : "",
+    Array.isArray(p) ? el("a", { href: p[1] }, p[0]) : p]));
+}
+
+// -- live data ---------------------------------------------------------------------------
+
+let stream = null;
+function live(url, draw) {
+  const indicator = document.getElementById("live");
+  if (stream) stream.close();
+  stream = new EventSource(url);
+  stream.onopen = () => { indicator.textContent = "live"; indicator.className = "live on"; };
+  stream.onerror = () => { indicator.textContent = "reconnecting"; indicator.className = "live off"; };
+  stream.onmessage = (event) => {
+    const doc = JSON.parse(event.data);
+    if (doc.error) {
+      render(el("p", { class: "error", id: "page-error" }, doc.error));
+      if (doc.not_found) stream.close();
+      return;
+    }
+    draw(doc);
+  };
+}
+
+// -- write actions -----------------------------------------------------------------------
+
+function tokenBox() {
+  if (!consoleInfo.writes) return null;
+  return el("label", {}, "Token ",
+    el("input", { type: "password", id: "token", autocomplete: "off",
+      value: sessionStorage.getItem("agentpool-token") || "",
+      oninput: (e) => sessionStorage.setItem("agentpool-token", e.target.value) }));
+}
+
+async function act(url, body) {
+  const message = document.getElementById("action-message");
+  const token = (document.getElementById("token") || {}).value || "";
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let text;
+  try {
+    const response = await fetch(url, { method: "POST", headers, body: JSON.stringify(body),
+      credentials: "same-origin" });
+    const doc = await response.json();
+    text = response.ok ? Object.entries(doc).map(([k, v]) => `${k}: ${v}`).join(", ")
+      : `refused: ${doc.error || response.status}`;
+    message.className = response.ok ? "ok" : "error";
+  } catch (error) {
+    text = `failed: ${error}`;
+    message.className = "error";
+  }
+  message.textContent = text;
+}
+
+// -- pages -------------------------------------------------------------------------------
+
+function fleetPage() {
+  crumbs("Fleet");
+  live("/api/fleet", (doc) => {
+    const kube = doc.source === "kubernetes";
+    const rows = doc.pools.map((p) => el("tr", { "data-pool": p.name },
+      el("td", {}, el("a", { href: `/pools/${enc(p.namespace)}/${enc(p.name)}` }, p.name)),
+      kube ? el("td", {}, p.namespace) : null,
+      el("td", { class: "mono" }, el("a", { href: `/queues/${enc(p.queue)}/tasks` }, p.queue)),
+      el("td", { class: "num" }, p.desired_replicas === null ? "-" :
+        `${show(p.ready_replicas)}/${p.desired_replicas}`),
+      num(p.queued), num(p.in_flight),
+      el("td", { class: "num" }, el("a", { href: `/queues/${enc(p.queue)}/dead` }, show(p.dead))),
+      num(p.workers), el("td", { class: "num" }, rate(p.rates && p.rates.succeeded_per_second)),
+      el("td", {}, state(p.health)),
+      el("td", {}, p.conditions.map((c) =>
+        el("span", { class: `state ${c.status}`, title: c.message || "" }, `${c.type} `)))));
+    const headers = ["Pool", ...(kube ? ["Namespace"] : []), "Queue", "Ready#", "Queued#",
+      "In flight#", "Dead#", "Workers#", "Done#", "Health", "Conditions"];
+    render(
+      el("h1", {}, "Fleet"),
+      el("p", { class: "muted" }, kube ? `AgentPools from Kubernetes (${doc.namespaces ? doc.namespaces.join(", ") : "all namespaces"})`
+        : "Queues found in Redis (no Kubernetes access)"),
+      rows.length ? table(headers, rows, { id: "fleet" }) : el("p", { class: "muted" }, "No pools yet."));
+  });
+}
+
+function chart(history) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("viewBox", "0 0 1000 220");
+  svg.setAttribute("preserveAspectRatio", "none");
+  // the last hour, or the span the console has seen so far (at least a minute)
+  const now = Date.now() / 1000;
+  const start = Math.min(now - 60, Math.max(now - 3600, history.length ? history[0][0] : now));
+  const span = now - start;
+  const max = Math.max(1, ...history.flatMap((p) => [p[1], p[2], p[3] || 0]));
+  const x = (t) => (((t - start) / span) * 960 + 30).toFixed(1);
+  const y = (v) => (200 - (v / max) * 180).toFixed(1);
+  [["queued", 1], ["in_flight", 2], ["replicas", 3]].forEach(([name, i]) => {
+    const points = history.filter((p) => p[i] !== null).map((p) => `${x(p[0])},${y(p[i])}`);
+    if (!points.length) return;
+    const line = document.createElementNS(SVG, "polyline");
+    line.setAttribute("class", name);
+    line.setAttribute("points", points.join(" "));
+    svg.append(line);
+  });
+  const since = document.createElementNS(SVG, "text");
+  since.setAttribute("x", "30");
+  since.setAttribute("y", "216");
+  since.textContent = `${Math.round(span / 60)} min ago`;
+  svg.append(since);
+  for (const [label, v] of [[String(max), max], ["0", 0]]) {
+    const text = document.createElementNS(SVG, "text");
+    text.setAttribute("x", "2");
+    text.setAttribute("y", String(Number(y(v)) + 4));
+    text.textContent = label;
+    svg.append(text);
+  }
+  return svg;
+}
+
+function poolPage(namespace, name) {
+  crumbs(["Fleet", "/"], name);
+  live(`/api/pools/${enc(namespace)}/${enc(name)}`, (doc) => {
+    const f = doc.figures;
+    const q = enc(doc.queue);
+    render(
+      el("h1", {}, `Pool ${doc.name} `, state(doc.health)),
+      el("p", {}, "Queue ", el("span", { class: "mono" }, doc.queue), " · ",
+        el("a", { href: `/queues/${q}/tasks` }, "tasks"), " · ",
+        el("a", { href: `/queues/${q}/dead` }, "dead letters")),
+      el("div", { class: "cards" },
+        card("Ready / desired", doc.desired_replicas === null ? "-" :
+          `${show(doc.ready_replicas)} / ${doc.desired_replicas}`),
+        card("Queued", f.queued, "pool-queued"), card("In flight", f.in_flight, "pool-in-flight"),
+        card("Delayed", f.delayed), card("Dead", f.dead), card("Workers", f.workers),
+        card("Done", f.rates ? rate(f.rates.succeeded_per_second) : "-")),
+      el("h2", {}, "Last hour"),
+      el("div", { class: "legend" }, el("span", { class: "queued" }, "— queued"),
+        el("span", { class: "in_flight" }, "— in flight"),
+        el("span", { class: "replicas" }, "- - replicas")),
+      chart(doc.history),
+      doc.conditions.length ? el("h2", {}, "Conditions") : null,
+      doc.conditions.length ? table(["Type", "Status", "Reason", "Message"], doc.conditions.map((c) =>
+        el("tr", {}, el("td", {}, c.type), el("td", {}, state(c.status)), el("td", {}, show(c.reason)),
+          el("td", {}, show(c.message))))) : null,
+      el("h2", {}, "Workers"),
+      doc.workers.length ? table(["Pod", "Instance", "State", "In flight#", "Done#", "Failed#", "Last heartbeat"],
+        doc.workers.map((w) => el("tr", {}, el("td", { class: "mono" }, w.pod),
+          el("td", { class: "mono" }, w.instance), el("td", {}, state(w.state)),
+          num(`${w.in_flight}/${w.concurrency}`), num(w.done), num(w.failed),
+          el("td", {}, `${w.heartbeat_age_seconds.toFixed(0)}s ago`))), { id: "workers" })
+        : el("p", { class: "muted" }, "No live workers."),
+      doc.rate_limits ? el("h2", {}, "Rate limits") : null,
+      doc.rate_limits ? el("pre", {}, pretty(doc.rate_limits)) : null,
+      el("h2", {}, "Scaling decisions and recovery actions"),
+      doc.events ? (doc.events.length ? table(["When", "Type", "Reason", "Message", "Count#"],
+        doc.events.map((e) => el("tr", {}, el("td", {}, ago(e.last)), el("td", {}, show(e.type)),
+          el("td", {}, show(e.reason)), el("td", {}, show(e.message)), num(e.count)))) :
+        el("p", { class: "muted" }, "No events."))
+        : el("p", { class: "muted" }, show(doc.events_note)));
+  });
+}
+
+function tasksPage(queue, dead) {
+  const params = new URLSearchParams(location.search);
+  const taskState = dead ? "dead" : params.get("state") || "queued";
+  const page = Math.max(1, Number(params.get("page")) || 1);
+  const base = `/queues/${enc(queue)}`;
+  crumbs(["Fleet", "/"], queue, dead ? "Dead letters" : "Tasks");
+  const selected = new Set();
+  const api = dead ? `/api${base}/dead?page=${page}` : `/api${base}/tasks?state=${enc(taskState)}&page=${page}`;
+  const search = el("form", { class: "toolbar", id: "search", onsubmit: async (event) => {
+    event.preventDefault();
+    const text = event.target.elements.q.value.trim();
+    const out = document.getElementById("search-result");
+    const response = await fetch(`/api${base}/find?q=${enc(text)}`);
+    const doc = await response.json();
+    if (doc.id) location.assign(`${base}/tasks/${enc(doc.id)}`);
+    else out.textContent = doc.error || `no task with id or idempotency key ${text}`;
+  } }, el("input", { type: "text", name: "q", placeholder: "task id or idempotency key" }),
+  el("button", { type: "submit" }, "Find"), el("span", { id: "search-result", class: "muted" }));
+  const actions = dead && consoleInfo.writes ? el("div", { class: "toolbar" }, tokenBox(),
+    el("button", { id: "requeue", onclick: () => act(`/api${base}/dead/requeue`, { ids: [...selected] }) },
+      "Requeue selected"),
+    el("button", { id: "purge", class: "danger", onclick: () => {
+      if (confirm(`Purge ${selected.size} dead task(s) for good?`)) act(`/api${base}/dead/purge`, { ids: [...selected] });
+    } }, "Purge selected"),
+    el("span", { id: "action-message" })) : null;
+  const holder = el("div", {}, el("p", { class: "muted" }, "Loading…"));
+  render(el("h1", {}, dead ? `Dead letters of ${queue}` : `Tasks of ${queue}`),
+    dead ? null : el("div", { class: "tabs" }, ["queued", "delayed", "running", "dead"].map((s) =>
+      el("a", { href: `${base}/tasks?state=${s}`, class: s === taskState ? "current" : null }, s))),
+    search, actions, holder);
+  live(api, (doc) => {
+    const rows = doc.tasks.map((t) => el("tr", { "data-task": t.id },
+      dead && consoleInfo.writes ? el("td", {}, el("input", { type: "checkbox", "data-id": t.id,
+        checked: selected.has(t.id), onchange: (e) => (e.target.checked ? selected.add(t.id) : selected.delete(t.id)) })) : null,
+      el("td", { class: "mono" }, el("a", { href: `${base}/tasks/${enc(t.id)}` }, t.id)),
+      el("td", {}, state(t.state)), num(t.max_attempts ? `${t.attempts}/${t.max_attempts}` : t.attempts), el("td", {}, ago(t.created)),
+      el("td", { class: "mono" }, show(t.owner)), el("td", { class: "mono" }, t.payload),
+      el("td", { class: "mono" }, show(t.error))));
+    const pages = Math.max(1, Math.ceil(doc.total / doc.per_page));
+    const link = (p) => dead ? `${base}/dead?page=${p}` : `${base}/tasks?state=${enc(taskState)}&page=${p}`;
+    holder.replaceChildren(...present([
+      el("p", { class: "muted", id: "task-total" }, `${doc.total} ${doc.state} task(s)`),
+      rows.length ? table([...(dead && consoleInfo.writes ? [""] : []), "Id", "State", "Attempts#", "Created", "Owner",
+        "Payload", "Error"], rows, { id: "tasks" }) : el("p", { class: "muted" }, "None."),
+      el("div", { class: "pager" }, page > 1 ? el("a", { href: link(page - 1) }, "← newer") : null,
+        `page ${doc.page} of ${pages}`, page < pages ? el("a", { href: link(page + 1) }, "older →") : null)]));
+  });
+}
+
+function taskPage(queue, id) {
+  const base = `/queues/${enc(queue)}`;
+  crumbs(["Fleet", "/"], [queue, `${base}/tasks`], id);
+  live(`/api${base}/tasks/${enc(id)}`, (doc) => {
+    const t = doc.task;
+    const running = !FINAL.has(t.state);
+    render(
+      el("h1", {}, "Task ", el("span", { class: "mono" }, t.id), " ",
+        el("span", { class: `state ${t.state}`, id: "task-state" }, t.state)),
+      el("dl", { class: "detail" }, [
+        ["Queue", t.queue], ["Priority", t.priority], ["Attempts", t.max_attempts ? `${t.attempts} of ${t.max_attempts}` : t.attempts],
+        ["Owner", show(t.owner)], ["Created", show(t.created)], ["Started", show(t.started)],
+        ["Finished", show(t.finished)]
+      ].flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, String(v))])),
+      consoleInfo.writes && running ? el("div", { class: "toolbar" }, tokenBox(),
+        el("button", { id: "cancel", class: "danger", onclick: () => act(`/api${base}/tasks/${enc(id)}/cancel`, {}) }, "Cancel"),
+        el("span", { id: "action-message" })) : null,
+      el("h2", {}, "Payload"), el("pre", { id: "task-payload" }, pretty(t.payload)),
+      el("h2", {}, "Result"), el("pre", { id: "task-result" }, pretty(t.result)),
+      el("h2", {}, "Error"), el("pre", { id: "task-error" }, pretty(t.error)));
+  });
+}
+
+async function start() {
+  try {
+    consoleInfo = await (await fetch("/api/console")).json();
+  } catch (error) { /* the page still renders read-only */ }
+  document.getElementById("mode").textContent = consoleInfo.writes ? "write actions on" : "read-only";
+  const parts = location.pathname.split("/").filter(Boolean).map(decodeURIComponent);
+  if (parts.length === 0) fleetPage();
+  else if (parts[0] === "pools" && parts.length === 3) poolPage(parts[1], parts[2]);
+  else if (parts[0] === "queues" && parts[2] === "tasks" && parts.length === 3) tasksPage(parts[1], false);
+  else if (parts[0] === "queues" && parts[2] === "tasks" && parts.length === 4) taskPage(parts[1], parts[3]);
+  else if (parts[0] === "queues" && parts[2] === "dead") tasksPage(parts[1], true);
+  else render(el("p", { class: "error" }, "No such page."));
+}
+
+start();

@@ -1,0 +1,111 @@
+"""The optional console: off by default; when on, a Deployment and a Service run
+`agentpool console` with its own ServiceAccount that can only read pools, Deployments, pods and
+Events where the operator watches, and the write token comes from a Secret."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from chart_helpers import COMBINATIONS, NAMESPACE, RELEASE, Helm, Rendered
+
+CONSOLE = f"{RELEASE}-console"
+READ = {"get", "list", "watch"}
+CONSOLE_GRANTS = {
+    (group, resource, verb)
+    for group, resource in [("agentpool.dev", "agentpools"), ("apps", "deployments"),
+                            ("", "pods"), ("", "events")]
+    for verb in READ
+}
+
+
+def console_grants(rendered: Rendered) -> dict[str, set[tuple[str, str, str]]]:
+    roles = {(m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"]): m["rules"]
+             for m in rendered.of_kind("Role") + rendered.of_kind("ClusterRole")}
+    found: dict[str, set[tuple[str, str, str]]] = defaultdict(set)
+    for binding in rendered.of_kind("RoleBinding") + rendered.of_kind("ClusterRoleBinding"):
+        if not any(s["name"] == CONSOLE and s["namespace"] == NAMESPACE
+                   for s in binding["subjects"]):
+            continue
+        ref = binding["roleRef"]
+        namespace = binding["metadata"].get("namespace")
+        scope = "cluster" if binding["kind"] == "ClusterRoleBinding" else namespace
+        for rule in roles[(ref["kind"], namespace if ref["kind"] == "Role" else None,
+                           ref["name"])]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    found[scope] |= {(group, resource, verb) for verb in rule["verbs"]}
+    return dict(found)
+
+
+def console_container(rendered: Rendered) -> dict[str, Any]:
+    deployment = rendered.one("Deployment", CONSOLE)
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def test_no_console_by_default(helm: Helm) -> None:
+    names = {m["metadata"]["name"] for m in helm.render({}).manifests}
+    assert not {n for n in names if "console" in n}
+
+
+def test_console_reads_only_pools_deployments_pods_and_events_cluster_wide(helm: Helm) -> None:
+    rendered = helm.render(COMBINATIONS["console"])
+    assert console_grants(rendered) == {"cluster": CONSOLE_GRANTS}
+    spec = rendered.one("Deployment", CONSOLE)["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == CONSOLE
+    assert "--all-namespaces" in console_container(rendered)["command"]
+
+
+def test_console_reads_only_the_watched_namespaces(helm: Helm) -> None:
+    rendered = helm.render(COMBINATIONS["console-namespaced"])
+    assert console_grants(rendered) == {"team-a": CONSOLE_GRANTS, "team-b": CONSOLE_GRANTS}
+    command = console_container(rendered)["command"]
+    assert command[command.index("--namespace") + 1] == "team-a"
+    assert "--all-namespaces" not in command
+
+
+def test_read_only_console_has_no_token_and_no_write_flag(helm: Helm) -> None:
+    rendered = helm.render(COMBINATIONS["console-namespaced"])
+    container = console_container(rendered)
+    assert "--allow-writes" not in container["command"]
+    assert {e["name"] for e in container["env"]} == {"AGENTPOOL_REDIS_URL"}
+    assert not [m for m in rendered.of_kind("Secret") if m["metadata"]["name"].endswith(
+        "-console-token")]
+
+
+def test_write_actions_take_their_token_from_a_secret(helm: Helm) -> None:
+    rendered = helm.render(COMBINATIONS["console"])
+    container = console_container(rendered)
+    env = {e["name"]: e for e in container["env"]}
+    assert "--allow-writes" in container["command"]
+    ref = env["AGENTPOOL_CONSOLE_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": f"{CONSOLE}-token", "key": "token"}
+    secret = rendered.one("Secret", f"{CONSOLE}-token")
+    assert len(secret["data"]["token"]) >= 40
+    redis_ref = env["AGENTPOOL_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert redis_ref == {"name": "agentpool-redis", "key": "url"}
+
+    own = helm.render({"console": {"enabled": True, "writeActions": {
+        "enabled": True, "existingSecret": "my-console-token"}}})
+    own_env = {e["name"]: e for e in console_container(own)["env"]}
+    assert own_env["AGENTPOOL_CONSOLE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == \
+        "my-console-token"
+    assert not [m for m in own.of_kind("Secret") if "console" in m["metadata"]["name"]]
+
+
+def test_console_service_and_network_policy(helm: Helm) -> None:
+    rendered = helm.render(COMBINATIONS["console"])
+    service = rendered.one("Service", CONSOLE)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    policy = rendered.one("NetworkPolicy")
+    clients = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
+    assert "agentpool-console" in clients["values"]
+
+
+def test_console_uses_the_external_redis_secret(helm: Helm) -> None:
+    rendered = helm.render({"console": {"enabled": True},
+                            "redis": {"enabled": False, "external": {"existingSecret": "mine"}}})
+    env = {e["name"]: e for e in console_container(rendered)["env"]}
+    assert env["AGENTPOOL_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "mine"

@@ -1,0 +1,245 @@
+"""The console's data and write actions over HTTP, on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+from console_helpers import TOKEN
+
+from agentpool.console.app import ConsoleConfig, build_app
+from agentpool.console.sources import PAGE_SIZE, Sources
+from agentpool.protocol import TaskQueue, WorkerInfo
+
+Client = TestClient  # type: ignore[type-arg]
+WRITE = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def get_json(api: Client, path: str, status: int = 200) -> Any:
+    response = await api.get(path)
+    assert response.status == status, await response.text()
+    return await response.json()
+
+
+async def dead_task(queue: TaskQueue, error: str = "boom") -> str:
+    task_id = await queue.submit({"n": 1}, max_attempts=1)
+    [claimed] = (await queue.claim("pod-x:i1", 1, 30)).tasks
+    await queue.fail(claimed, error, retryable=False)
+    return task_id
+
+
+async def test_fleet_lists_the_queue_with_its_figures(api: Client, redis: aioredis.Redis,
+                                                      queue_name: str) -> None:
+    queue = TaskQueue(redis, queue_name)
+    await queue.submit({"a": 2}, delay=60)
+    await queue.submit({"a": 1})
+
+    async def fleet_shows_it() -> dict[str, Any]:
+        while True:
+            doc = await get_json(api, "/api/fleet")
+            pools = {p["name"]: p for p in doc["pools"]}
+            if queue_name in pools and pools[queue_name]["queued"] == 1:
+                return doc
+            await asyncio.sleep(0.05)
+
+    doc = await asyncio.wait_for(fleet_shows_it(), 10)
+    [pool] = doc["pools"]
+    assert doc["source"] == "redis"
+    assert (pool["namespace"], pool["queue"], pool["delayed"], pool["health"]) == (
+        "-", queue_name, 1, "NoWorkers")
+
+
+async def test_pool_page_has_figures_workers_and_history(api: Client, redis: aioredis.Redis,
+                                                         queue_name: str) -> None:
+    queue = TaskQueue(redis, queue_name)
+    await queue.submit({"a": 1})
+    await queue.heartbeat(WorkerInfo(pod="pod-a", instance="i1", concurrency=4, done=7), {}, 30)
+
+    async def known() -> dict[str, Any]:
+        while True:
+            response = await api.get(f"/api/pools/-/{queue_name}")
+            if response.status == 200:
+                doc = dict(await response.json())
+                if doc["history"][-1][1] == 1:
+                    return doc
+            await asyncio.sleep(0.05)
+
+    doc = await asyncio.wait_for(known(), 10)  # the last hour's chart got the queued task
+    assert doc["figures"]["queued"] == 1
+    [worker] = doc["workers"]
+    assert (worker["pod"], worker["done"], worker["concurrency"]) == ("pod-a", 7, 4)
+    assert doc["events"] is None and "Kubernetes" in doc["events_note"]
+
+
+async def test_unknown_pool_and_task_are_404(api: Client, queue_name: str) -> None:
+    doc = await get_json(api, "/api/pools/-/no-such-queue", 404)
+    assert doc["error"] == "no queue no-such-queue"
+    doc = await get_json(api, f"/api/queues/{queue_name}/tasks/nope", 404)
+    assert doc["error"].startswith("no task nope")
+
+
+async def test_tasks_are_paged_in_claim_order(api: Client, redis: aioredis.Redis,
+                                              queue_name: str) -> None:
+    queue = TaskQueue(redis, queue_name)
+    ids = await queue.submit_many([{"i": i} for i in range(PAGE_SIZE + 5)])
+    first = await get_json(api, f"/api/queues/{queue_name}/tasks?state=queued")
+    second = await get_json(api, f"/api/queues/{queue_name}/tasks?state=queued&page=2")
+    assert first["total"] == second["total"] == PAGE_SIZE + 5
+    assert [t["id"] for t in first["tasks"] + second["tasks"]] == ids
+    assert second["tasks"][0]["payload"] == json.dumps({"i": PAGE_SIZE}, separators=(",", ":"))
+
+
+async def test_task_detail_and_search_by_id_and_idempotency_key(
+    api: Client, redis: aioredis.Redis, queue_name: str
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"prompt": "hi"}, idempotency_key="order-42")
+    doc = await get_json(api, f"/api/queues/{queue_name}/tasks/{task_id}")
+    assert (doc["task"]["state"], doc["task"]["payload"], doc["done"]) == (
+        "queued", {"prompt": "hi"}, False)
+    for text in (task_id, "order-42", f"  {task_id} "):
+        found = await get_json(api, f"/api/queues/{queue_name}/find?q={text}")
+        assert found["id"] == task_id
+    assert (await get_json(api, f"/api/queues/{queue_name}/find?q=other"))["id"] is None
+
+
+async def test_dead_letters_requeue_with_the_token_only(api: Client, redis: aioredis.Redis,
+                                                        queue_name: str) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await dead_task(queue)
+    dead = await get_json(api, f"/api/queues/{queue_name}/dead")
+    assert [(t["id"], t["error"]) for t in dead["tasks"]] == [(task_id, "boom")]
+    url = f"/api/queues/{queue_name}/dead/requeue"
+    body = {"ids": [task_id]}
+    refusals = [
+        (await api.post(url, json=body), 401),
+        (await api.post(url, json=body, headers={"Authorization": "Bearer wrong-token"}), 401),
+        (await api.post(url, json=body, headers={**WRITE, "Origin": "https://evil.example"}),
+         403),
+        (await api.post(url, json=body, headers={**WRITE, "Sec-Fetch-Site": "cross-site"}), 403),
+        (await api.post(url, data=f"ids={task_id}", headers={
+            **WRITE, "Content-Type": "application/x-www-form-urlencoded"}), 415),
+    ]
+    for response, status in refusals:
+        assert response.status == status, await response.text()
+    assert (await queue.get(task_id)).state == "dead"  # type: ignore[union-attr]
+
+    response = await api.post(url, json=body, headers=WRITE)
+    assert (response.status, await response.json()) == (200, {"requeued": 1})
+    assert (await queue.get(task_id)).state == "queued"  # type: ignore[union-attr]
+
+
+async def test_purge_and_cancel(api: Client, redis: aioredis.Redis, queue_name: str) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await dead_task(queue)
+    response = await api.post(f"/api/queues/{queue_name}/dead/purge", json={"ids": [task_id]},
+                              headers=WRITE)
+    assert (response.status, await response.json()) == (200, {"purged": 1})
+    assert await queue.get(task_id) is None
+
+    queued = await queue.submit({"x": 1})
+    response = await api.post(f"/api/queues/{queue_name}/tasks/{queued}/cancel", json={},
+                              headers=WRITE)
+    assert (response.status, await response.json()) == (200, {"outcome": "cancelled"})
+    response = await api.post(f"/api/queues/{queue_name}/dead/purge", json={"ids": []},
+                              headers=WRITE)
+    assert response.status == 400
+
+
+async def test_read_only_console_refuses_every_write(redis: aioredis.Redis,
+                                                     queue_name: str) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await dead_task(queue)
+    app = build_app(Sources(redis, queues=[queue_name]), ConsoleConfig(token=None))
+    async with TestClient(TestServer(app)) as client:
+        info = await get_json(client, "/api/console")
+        response = await client.post(f"/api/queues/{queue_name}/dead/requeue",
+                                     json={"ids": [task_id]}, headers=WRITE)
+        assert info["writes"] is False
+        assert response.status == 403
+        assert "--allow-writes" in (await response.json())["error"]
+    assert (await queue.get(task_id)).state == "dead"  # type: ignore[union-attr]
+
+
+async def test_pages_and_assets_carry_a_strict_content_security_policy(api: Client) -> None:
+    for path in ("/", "/queues/q/tasks/abc", "/static/console.js", "/api/fleet"):
+        response = await api.get(path)
+        assert response.status == 200, path
+        policy = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy and "default-src 'none'" in policy
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert (await api.get("/static/..%2Fapp.py")).status == 404
+
+
+async def test_an_unreachable_redis_shows_the_reason_without_url_or_password() -> None:
+    secret = "s3cret-pass"
+    redis = aioredis.Redis.from_url(f"redis://user:{secret}@127.0.0.1:1/0",
+                                    socket_connect_timeout=1)
+    app = build_app(Sources(redis, queues=["q"]), ConsoleConfig(fleet_seconds=0.1))
+    try:
+        async with TestClient(TestServer(app)) as client:
+            response = await client.get("/api/queues/q/tasks?state=queued")
+            text = await response.text()
+            fleet = await (await client.get("/api/fleet")).text()
+    finally:
+        await redis.aclose()
+    assert response.status == 502
+    assert json.loads(text)["error"].startswith("cannot read Redis: ")
+    for shown in (text, fleet):
+        assert secret not in shown and "127.0.0.1:1" not in shown and "redis://" not in shown
+
+
+async def test_live_updates_stream_the_page_as_it_changes(api: Client, redis: aioredis.Redis,
+                                                         queue_name: str) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"x": 1})
+    response = await api.get(f"/api/queues/{queue_name}/tasks/{task_id}",
+                             headers={"Accept": "text/event-stream"})
+    assert response.headers["Content-Type"] == "text/event-stream"
+
+    async def next_state() -> str:
+        while True:
+            line = (await response.content.readline()).decode()
+            if line.startswith("data: "):
+                return str(json.loads(line[6:])["task"]["state"])
+
+    assert await asyncio.wait_for(next_state(), 10) == "queued"
+    await queue.cancel(task_id)
+    assert await asyncio.wait_for(next_state(), 10) == "cancelled"
+    response.close()
+
+
+def test_the_console_stops_on_sigterm_while_browsers_still_watch(redis_url: str) -> None:
+    """aiohttp would wait up to a minute for the open live streams; the console ends them."""
+    console = subprocess.Popen(
+        [str(Path(sys.executable).with_name("agentpool")), "console", "--redis-url", redis_url,
+         "--redis-only", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert console.stdout is not None
+        url = console.stdout.readline().split()[2]
+        request = urllib.request.Request(url + "api/fleet",
+                                         headers={"Accept": "text/event-stream"})
+        with urllib.request.urlopen(request, timeout=10) as stream:
+            assert stream.readline().startswith(b"data: ")
+            console.terminate()
+            assert console.wait(timeout=15) == 0
+    finally:
+        console.kill()
+        console.wait()
+
+
+async def test_a_loopback_console_refuses_other_host_names(redis: aioredis.Redis,
+                                                           queue_name: str) -> None:
+    app = build_app(Sources(redis, queues=[queue_name]), ConsoleConfig(loopback_only=True))
+    async with TestClient(TestServer(app)) as client:
+        for host, status in [("127.0.0.1:8080", 200), ("localhost", 200), ("[::1]:8080", 200),
+                             ("attacker.example:8080", 421), ("127.0.0.1.nip.io", 421)]:
+            response = await client.get("/api/console", headers={"Host": host})
+            assert response.status == status, host

@@ -1,0 +1,93 @@
+"""With a cluster: the fleet is the AgentPools of the chosen namespaces (kmock), with their
+status and conditions, live queue figures from Redis, and each pool's Events."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import yaml
+
+from agentpool.cli.status import KubeReader
+from agentpool.console.sources import Sources
+from agentpool.protocol import TaskQueue
+
+RESOURCE = "agentpool.dev/v1alpha1/agentpools"
+
+
+def agentpool(namespace: str, name: str, queue: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "agentpool.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": name, "namespace": namespace,
+                     "creationTimestamp": "2026-01-01T10:00:00Z"},
+        "spec": {"queue": queue, "redis": {"url": "redis://unused:6379/0"},
+                 "worker": {"image": "w:1", "handler": "m:f"},
+                 "rateLimits": [{"name": "openai", "requestsPerMinute": 500}]},
+        "status": {"replicas": 3, "readyReplicas": 2, "desiredReplicas": 3, "queued": 99,
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "Ready",
+                                   "message": "2/3 ready"}]},
+    }
+
+
+def event(namespace: str, name: str, pool: str, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": namespace},
+        "involvedObject": {"kind": "AgentPool", "name": pool, "namespace": namespace},
+        "reason": reason, "message": message, "type": "Normal", "count": 1,
+        "lastTimestamp": "2026-01-01T10:05:00Z",
+    }
+
+
+@pytest.fixture
+def reader(kmock: Any, tmp_path: Path, queue_name: str) -> KubeReader:
+    kmock.resources[RESOURCE] = {
+        "namespaced": True, "kind": "AgentPool", "singular": "agentpool",
+        "verbs": ["get", "list", "watch", "patch"], "shortnames": ["ap"], "categories": [],
+        "subresources": ["status"],
+    }
+    kmock.objects[RESOURCE, "team-a", "alpha"] = agentpool("team-a", "alpha", queue_name)
+    kmock.objects[RESOURCE, "team-b", "beta"] = agentpool("team-b", "beta", "other")
+    kmock.objects["v1/events", "team-a", "e1"] = event(
+        "team-a", "e1", "alpha", "ScaledUp", "1 → 3 replicas: 40 queued")
+    kmock.objects["v1/events", "team-a", "e2"] = event(
+        "team-a", "e2", "someone-else", "ScaledUp", "not this pool")
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+        "users": [{"name": "me", "user": {"token": "t"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "kmock", "user": "me"}}],
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return KubeReader.from_config(str(path), None)
+
+
+async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredis.Redis,
+                                              queue_name: str) -> None:
+    await TaskQueue(redis, queue_name).submit({"x": 1})
+    sources = Sources(redis, kube=reader, namespaces=["team-a"])
+    try:
+        fleet = await sources.refresh_fleet()
+        [pool] = fleet["pools"]
+        assert fleet["source"] == "kubernetes"
+        assert (pool["namespace"], pool["name"], pool["queue"]) == ("team-a", "alpha",
+                                                                     queue_name)
+        assert (pool["ready_replicas"], pool["desired_replicas"]) == (2, 3)
+        assert pool["queued"] == 1  # live from Redis, not the status's last figure
+        assert pool["conditions"][0]["message"] == "2/3 ready"
+
+        page = await sources.pool("team-a", "alpha")
+        assert [(e["reason"], e["message"]) for e in page["events"]] == [
+            ("ScaledUp", "1 → 3 replicas: 40 queued")]
+        assert page["rate_limits"] == [{"name": "openai", "requestsPerMinute": 500}]
+        assert page["history"][-1][3:] == [3, 2]
+
+        everywhere = await Sources(redis, kube=reader).refresh_fleet()
+        assert [(p["namespace"], p["name"]) for p in everywhere["pools"]] == [
+            ("team-a", "alpha"), ("team-b", "beta")]
+    finally:
+        await asyncio.to_thread(reader.close)
