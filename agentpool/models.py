@@ -142,7 +142,17 @@ class RedisSpec(_Model):
         default=None,
         description=(
             "Secret key holding the full Redis URL (it may carry credentials). The operator "
-            "reads it and the workers receive it as AGENTPOOL_REDIS_URL."
+            "reads it; the workers receive it as AGENTPOOL_REDIS_URL unless the operator gives "
+            "them a Redis user of the pool's own (per-pool credentials)."
+        ),
+    )
+    producer_credentials: bool = Field(
+        default=False,
+        description=(
+            "With per-pool credentials: also publish a producer credential for the services "
+            "that submit tasks (submit, read tasks and results, wait, cancel; no claim, no "
+            "delete), as the URL under key url of Secret <pool>-redis-producer. Turning it off "
+            "deletes that Secret and its Redis user."
         ),
     )
 

@@ -34,13 +34,15 @@ def free_port() -> int:
 class RedisServer:
     """A ``redis-server`` child process; ``appendonly`` turns on AOF persistence,
     ``password`` makes clients authenticate (``requirepass``), ``replica_of`` makes it a
-    replica of the server on that loopback port."""
+    replica of the server on that loopback port; ``extra_args`` go to redis-server as they
+    are (e.g. ``("--rename-command", "ACL", "")``)."""
 
     port: int = 0
     appendonly: bool = False
     password: str | None = None
     replica_of: int | None = None
     workdir: Path | None = None
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _own_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
@@ -74,6 +76,7 @@ class RedisServer:
             args += ["--requirepass", self.password, "--masterauth", self.password]
         if self.replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        args += self.extra_args
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )

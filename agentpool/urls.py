@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 URL_PREFIXES = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://")
 """What a Redis URL of the product starts with: one server, or a Sentinel-managed primary
@@ -54,3 +54,12 @@ def redact_url(url: str) -> str:
     if parts.fragment:
         rebuilt += f"#{parts.fragment}"
     return rebuilt
+
+
+def with_credentials(url: str, username: str, password: str) -> str:
+    """The URL with its user info replaced by ``username:password`` (both percent-encoded);
+    scheme, host, port, database and query stay as they were."""
+    parts = urlsplit(url)
+    hostport = parts.netloc.rpartition("@")[2]
+    userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}"))

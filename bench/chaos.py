@@ -72,8 +72,10 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from agentpool.acl import Role, acl_rules, password_hash, set_user
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer
+from agentpool.urls import with_credentials
 from bench.chaos_handler import (
     FINISHED_KEY,
     RESUMED_KEY,
@@ -118,6 +120,10 @@ class Options:
     checkpoint_every: int = 0
     """0: the simulated agent; K: the stepped handler, checkpointing every K steps."""
     steps: int = 20
+    acl: bool = False
+    """Workers and the producer connect as Redis ACL users confined to the queue (the rules
+    the operator gives a pool's users); the reaper, standing for the operator, applies them
+    again on every pass, as Redis forgets them on a restart."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,8 @@ class Soak:
         """Worker pids stopped now, with a SIGCONT scheduled."""
         self.redis: aioredis.Redis
         self.queue: TaskQueue
+        self.passwords = {role: f"chaos-{role.value}-{random.Random(opts.seed).getrandbits(64):x}"
+                          for role in Role}
 
     def note(self, message: str) -> None:
         line = f"{time.monotonic() - self.started:7.2f}s {message}"
@@ -194,7 +202,8 @@ class Soak:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
                                                         str(ROOT)])),
-            "AGENTPOOL_REDIS_URL": self.server.url, "AGENTPOOL_QUEUE": QUEUE,
+            "AGENTPOOL_REDIS_URL": self.url_of(Role.WORKER), "AGENTPOOL_QUEUE": QUEUE,
+            "CHAOS_RECORD_URL": self.server.url,
             "AGENTPOOL_HANDLER": STEPPED_HANDLER if self.opts.checkpoint_every else HANDLER,
             "AGENTPOOL_CONCURRENCY": str(self.opts.concurrency),
             "AGENTPOOL_POD_NAME": slot.pod, "AGENTPOOL_PORT": "0",
@@ -316,9 +325,21 @@ class Soak:
                 self.tally.events["freeze"] += 1
                 await self.pause(child, background, "frozen by its task:")
 
+    def url_of(self, role: Role) -> str:
+        if not self.opts.acl:
+            return self.server.url
+        return with_credentials(self.server.url, f"chaos-{role.value}", self.passwords[role])
+
+    async def apply_users(self) -> None:
+        if self.opts.acl:
+            for role in Role:
+                await set_user(self.redis, f"chaos-{role.value}",
+                               acl_rules(QUEUE, role, [password_hash(self.passwords[role])]))
+
     async def reaper(self) -> None:
         while True:
             with contextlib.suppress(RedisError, OSError):
+                await self.apply_users()
                 result = await self.queue.reap_expired()
                 if result.total:
                     self.note(f"reap_expired: {result.requeued} requeued, "
@@ -338,7 +359,9 @@ class Soak:
         self.redis = aioredis.Redis.from_url(self.server.url, socket_timeout=5)
         self.queue = TaskQueue(self.redis, QUEUE)
         background: set[asyncio.Task[Any]] = set()
+        producer = aioredis.Redis.from_url(self.url_of(Role.PRODUCER), socket_timeout=5)
         try:
+            await self.apply_users()
             await self.queue.configure(max_attempts=opts.max_attempts)
             for slot in self.slots:
                 self.spawn(slot)
@@ -353,7 +376,7 @@ class Soak:
                             for p in payloads]
             for index in rng.sample(range(opts.tasks), min(opts.freezes, opts.tasks)):
                 payloads[index]["freeze"] = True
-            ids = await self.queue.submit_many(payloads)
+            ids = await TaskQueue(producer, QUEUE).submit_many(payloads)
             self.note(f"submitted {len(ids)} tasks")
             chaos_start = time.monotonic()
             reaper = asyncio.create_task(self.reaper())
@@ -385,6 +408,7 @@ class Soak:
             for task in background:
                 task.cancel()
             await self.stop_workers()
+            await producer.aclose()
             await self.redis.aclose()
             self.server.close()
 
@@ -400,6 +424,14 @@ class Soak:
             except subprocess.TimeoutExpired:
                 child.kill()
                 await asyncio.to_thread(child.wait)
+
+    def denied_in_logs(self) -> int:
+        """Lines where Redis refused a worker a command or key (its ACL was too narrow)."""
+        return sum(
+            line.count("NOPERM") + line.count("no permissions")
+            for path in self.logs.glob("*.log")
+            for line in path.read_text(errors="replace").splitlines()
+        )
 
     def refused_in_logs(self) -> int:
         """Completions the fence refused, as the workers logged them."""
@@ -460,10 +492,13 @@ class Soak:
             "zombie_examples": zombies[:5],
             "late_finishes_fenced": fenced,
             "completions_refused": self.refused_in_logs(),
+            "acl": self.opts.acl,
+            "permission_denials": self.denied_in_logs(),
             "events": dict(self.tally.events),
             "total_seconds": round(elapsed, 2),
         }
-        report["ok"] = bool(lost == 0 and not zombies and duplicates <= self.tally.bound)
+        report["ok"] = bool(lost == 0 and not zombies and duplicates <= self.tally.bound
+                            and report["permission_denials"] == 0)
         if self.opts.checkpoint_every:
             checks = await self.checkpoint_account(ids, per_task)
             report["checkpoints"] = checks
@@ -556,13 +591,15 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
     p.add_argument("--steps", type=int, default=d.steps,
                    help="with --checkpoint-every: steps per task")
     p.add_argument("--timeout", type=float, default=d.timeout)
+    p.add_argument("--acl", action="store_true",
+                   help="workers and producer as Redis ACL users confined to the queue")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
     opts = Options(tasks=a.tasks, workers=a.workers, concurrency=a.concurrency,
                    mean_seconds=a.mean_seconds, lease_seconds=a.lease_seconds,
                    max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,
                    seed=a.seed, freezes=a.freezes, checkpoint_every=a.checkpoint_every,
-                   steps=a.steps)
+                   steps=a.steps, acl=a.acl)
     return opts, a.json
 
 
@@ -579,6 +616,8 @@ def render(report: dict[str, Any]) -> str:
         ("zombie completions accepted (must be 0)", report["zombie_completions_accepted"]),
         ("late finishes fenced off", report["late_finishes_fenced"]),
         ("completions refused (worker logs)", report["completions_refused"]),
+        ("ACL users / permission denials (must be 0)",
+         f"{'yes' if report['acl'] else 'no'} / {report['permission_denials']}"),
         ("events", ", ".join(f"{k} {v}" for k, v in sorted(report["events"].items()))),
     ]
     checks = report.get("checkpoints")

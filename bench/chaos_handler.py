@@ -40,22 +40,7 @@ def run_key(task_id: str, worker: str, attempt: int) -> str:
 
 
 async def _record(key: str, member: str) -> None:
-    global _client
-    if _client is None:
-        _client = aioredis.Redis.from_url(os.environ["AGENTPOOL_REDIS_URL"], socket_timeout=2,
-                                          socket_connect_timeout=2)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + RECORD_PATIENCE
-    delay = 0.05
-    while True:
-        try:
-            await _client.sadd(key, member)
-            return
-        except (RedisError, OSError):
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+    await _patiently(lambda client: client.sadd(key, member))
 
 
 async def run(payload: Any, ctx: TaskContext) -> dict[str, Any]:
@@ -94,8 +79,9 @@ def expected_total(seed: int, steps: int) -> int:
 async def _patiently(call: Any) -> Any:
     global _client
     if _client is None:
-        _client = aioredis.Redis.from_url(os.environ["AGENTPOOL_REDIS_URL"], socket_timeout=2,
-                                          socket_connect_timeout=2)
+        # the soak's own record, outside the queue: with ACL users it needs its own URL
+        url = os.environ.get("CHAOS_RECORD_URL") or os.environ["AGENTPOOL_REDIS_URL"]
+        _client = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RECORD_PATIENCE
     delay = 0.05

@@ -7,19 +7,22 @@ if #ARGV > 2 then
 else
   ids = redis.call('ZRANGE', K_DEAD, 0, -1)
 end
+-- The dead set is left last, and HDEL comes before HSET: a credential that may not delete
+-- (a producer's) is refused by its first write, before anything changed.
 local n = 0
 for _, id in ipairs(ids) do
-  if redis.call('ZREM', K_DEAD, id) == 1 then
+  if redis.call('ZSCORE', K_DEAD, id) then
     local tk = task_key(id)
     local score = redis.call('HGET', tk, 'score')
     if action == 'purge' or not score then
       redis.call('DEL', tk, events_key(id), checkpoint_key(id))
     else
-      redis.call('HSET', tk, 'state', 'queued', 'attempts', 0)
       redis.call('HDEL', tk, 'finished')
+      redis.call('HSET', tk, 'state', 'queued', 'attempts', 0)
       redis.call('ZADD', K_QUEUED, score, id)
       wake(1)
     end
+    redis.call('ZREM', K_DEAD, id)
     n = n + 1
   end
 end

@@ -13,6 +13,7 @@ import kopf
 from agentpool.protocol import TaskQueue
 from agentpool.scaling.policy import ScalingHistory
 
+from .credentials import KnownSecrets, WorkerCredentials
 from .kube import KubeApi
 from .recovery import RecoveryPolicy
 from .redis_access import RedisClients
@@ -97,6 +98,9 @@ class PoolState:
     """The scaling policy's memory; None until restored from the Deployment's annotation."""
     drains_swept: float | None = None
     """Monotonic time stale drain requests of the pool's pods were last cleared."""
+    worker_credentials: WorkerCredentials | None = None
+    """What the workers connect with, once decided (None: the pool's URL, no condition)."""
+    credential_secrets: KnownSecrets = field(default_factory=KnownSecrets)
 
     def remember_deployment(self, body: dict[str, Any] | None) -> None:
         """Keep the newest known Deployment; a late watch event for an older spec is ignored."""

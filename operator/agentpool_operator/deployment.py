@@ -15,11 +15,13 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-from agentpool.models import AgentPoolSpec, WorkerSpec
+from agentpool.models import AgentPoolSpec, SecretKeyRef, WorkerSpec
 
 WORKER_CONTAINER = "worker"
 HTTP_PORT = 8080
 POOL_LABEL = "agentpool.dev/pool"
+CREDENTIALS_VERSION = "agentpool.dev/credentials-version"
+"""Pod template annotation: the version of the workers' Redis password (see credentials.py)."""
 GRACE_MARGIN_SECONDS = 15
 """Added to drainSeconds so that the worker's own drain deadline fires before the SIGKILL."""
 PROBE_KILL_GRACE_SECONDS = 5
@@ -43,10 +45,13 @@ _POD_PASS_THROUGH = (
     "priorityClassName",
 )
 _POD = ("spec", "template", "spec")
+_TEMPLATE_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
+"""Owned only when the pool sets one (the credentials version); others' stay."""
 _OWNED_PATHS: tuple[tuple[str, ...], ...] = (
     ("metadata", "labels"),
     ("spec", "strategy"),
     ("spec", "template", "metadata", "labels"),
+    _TEMPLATE_ANNOTATIONS,
     (*_POD, "securityContext"),
     (*_POD, "terminationGracePeriodSeconds"),
     (*_POD, "containers"),
@@ -71,23 +76,35 @@ def desired_deployment(
     *,
     owner: Mapping[str, Any] | None = None,
     initial_replicas: int | None = None,
+    worker_redis_secret: SecretKeyRef | None = None,
+    credentials_version: str | None = None,
 ) -> dict[str, Any]:
     """The apps/v1 Deployment running the pool's workers.
 
     `replicas` belongs to scaling and is only set from `initial_replicas`, for the create call.
     `owner` is the AgentPool object; when given, the Deployment is garbage-collected with it.
+    `worker_redis_secret` (the pool's own Redis user) replaces `spec.redis` as the workers'
+    AGENTPOOL_REDIS_URL; `credentials_version` goes on the pod template, so that a new
+    password in that Secret rolls the pods.
     """
     labels = pool_labels(pool_name)
     metadata: dict[str, Any] = {"name": pool_name, "namespace": namespace, "labels": labels}
     if owner is not None:
-        metadata["ownerReferences"] = [_owner_reference(owner)]
+        metadata["ownerReferences"] = [owner_reference(owner)]
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": {POOL_LABEL: pool_name}},
         "strategy": {
             "type": "RollingUpdate",
             "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"},
         },
-        "template": {"metadata": {"labels": dict(labels)}, "spec": _pod_spec(pool_name, spec)},
+        "template": {
+            "metadata": {
+                "labels": dict(labels),
+                **({"annotations": {CREDENTIALS_VERSION: credentials_version}}
+                   if credentials_version else {}),
+            },
+            "spec": _pod_spec(pool_name, spec, worker_redis_secret),
+        },
     }
     if initial_replicas is not None:
         deployment_spec = {"replicas": initial_replicas, **deployment_spec}
@@ -99,7 +116,7 @@ def desired_deployment(
     }
 
 
-def _owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": owner["apiVersion"],
         "kind": owner["kind"],
@@ -110,7 +127,8 @@ def _owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _pod_spec(pool_name: str, spec: AgentPoolSpec) -> dict[str, Any]:
+def _pod_spec(pool_name: str, spec: AgentPoolSpec,
+              redis_secret: SecretKeyRef | None) -> dict[str, Any]:
     worker = spec.worker
     pod: dict[str, Any] = {
         "securityContext": {
@@ -121,20 +139,21 @@ def _pod_spec(pool_name: str, spec: AgentPoolSpec) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": worker.drain_seconds + GRACE_MARGIN_SECONDS,
-        "containers": [_container(pool_name, spec)],
+        "containers": [_container(pool_name, spec, redis_secret)],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     pod.update(_passed_through(worker, _POD_PASS_THROUGH))
     return pod
 
 
-def _container(pool_name: str, spec: AgentPoolSpec) -> dict[str, Any]:
+def _container(pool_name: str, spec: AgentPoolSpec,
+               redis_secret: SecretKeyRef | None) -> dict[str, Any]:
     worker = spec.worker
     container: dict[str, Any] = {
         "name": WORKER_CONTAINER,
         "image": worker.image,
         "imagePullPolicy": worker.image_pull_policy or _default_pull_policy(worker.image),
-        "env": _env(pool_name, spec),
+        "env": _env(pool_name, spec, redis_secret),
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "startupProbe": _http_probe(
             "/livez", period=2, timeout=2, failures=30, kill_grace=PROBE_KILL_GRACE_SECONDS
@@ -161,12 +180,13 @@ def _passed_through(worker: WorkerSpec, keys: tuple[str, ...]) -> dict[str, Any]
     return {key: dumped[key] for key in keys if dumped.get(key)}
 
 
-def _env(pool_name: str, spec: AgentPoolSpec) -> list[dict[str, Any]]:
+def _env(pool_name: str, spec: AgentPoolSpec,
+         redis_secret: SecretKeyRef | None) -> list[dict[str, Any]]:
     """The worker's settings, then the user's env; a user entry replaces ours of the same name."""
     worker = spec.worker
     redis_url: dict[str, Any]
-    if spec.redis.url_secret_ref is not None:
-        ref = spec.redis.url_secret_ref
+    ref = redis_secret or spec.redis.url_secret_ref
+    if ref is not None:
         redis_url = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
     else:
         redis_url = {"value": spec.redis.url}
@@ -225,6 +245,8 @@ def deployment_drift(
     patch: dict[str, Any] = {}
     for path in _OWNED_PATHS:
         want, have = _get(desired, path), _get(actual, path)
+        if want is None and path == _TEMPLATE_ANNOTATIONS:
+            continue
         exact = path[-1] in _EXACT_KEYS
         if _covers(want, have, key=path[-1], exact=exact):
             continue

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -23,12 +24,22 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
+from agentpool.acl import Role
 from agentpool.models import GROUP, PLURAL, VERSION, AgentPoolSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
 
 from . import actions, metrics, recovery_actions
 from .context import OperatorContext, PoolPods, PoolState, pods_of
+from .credentials import (
+    ROTATE_ANNOTATION,
+    ensure_producer_credentials,
+    ensure_worker_credentials,
+    per_pool,
+    remove_user,
+    worker_secret_name,
+)
 from .deployment import POOL_LABEL, deployment_drift, desired_deployment, replayed
 from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
@@ -124,8 +135,11 @@ async def ensure_deployment(
     generation = generation_of(body)
     if not state.deployment_known:
         state.remember_deployment(await kube.get_deployment(namespace, name))
+    credentials = state.worker_credentials
     desired = desired_deployment(
-        name, namespace, spec, owner=body, initial_replicas=spec.scaling.min_replicas
+        name, namespace, spec, owner=body, initial_replicas=spec.scaling.min_replicas,
+        worker_redis_secret=credentials.secret if credentials is not None else None,
+        credentials_version=credentials.version if credentials is not None else None,
     )
 
     actual = state.deployment
@@ -196,6 +210,9 @@ async def reconcile(
         raise kopf.PermanentError(f"invalid spec: {sanitize(str(error))}") from None
     try:
         async with state.lock:
+            if ctx.settings.per_pool_credentials and state.worker_credentials is None:
+                queue, _problem = await open_queue(ctx, state, namespace, name, spec)
+                await refresh_credentials(ctx, state, body, spec, queue, logger)
             await ensure_deployment(ctx.api, state, body, spec, logger)
     except DeploymentConflict as error:
         metrics.record_reconcile_error(namespace, name, "deployment")
@@ -231,6 +248,79 @@ async def deployment_event(
     state.remember_deployment(seen)
     if not unchanged:
         state.wake.set()
+
+
+async def refresh_credentials(
+    ctx: OperatorContext, state: PoolState, body: Any, spec: AgentPoolSpec,
+    queue: TaskQueue | None, logger: Logger,
+    pods: Sequence[Mapping[str, Any]] | None = None,
+) -> None:
+    """Decide what the pool's workers connect with (see `credentials`), creating or
+    re-applying the pool's Redis user and its Secret, and moving a rotation on (with the
+    pool's pods known). When Redis or the API cannot be asked, an earlier decision stands;
+    with none, an existing worker Secret means a pool user. Call with `state.lock` held: the
+    create handler and the pool's loop must not both draw a first password."""
+    if not ctx.settings.per_pool_credentials:
+        state.worker_credentials = None
+        return
+    namespace, name = pool_key(body)
+    try:
+        if queue is None or state.redis_url is None:
+            raise QueueAccessError("RedisUnreachable", "the pool's Redis cannot be opened")
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        outcome = await ensure_worker_credentials(
+            ctx.api, queue.redis, body, queue.name, state.redis_url,
+            known=state.credential_secrets, now=time.monotonic(),
+            rotate=pods is not None and ROTATE_ANNOTATION in annotations, pods=pods,
+        )
+        if outcome.rotation_started:
+            await ctx.api.patch_pool(
+                namespace, name, {"metadata": {"annotations": {ROTATE_ANNOTATION: None}}}
+            )
+        producer_event = None
+        if outcome.credentials.secret is not None:
+            producer_event = await ensure_producer_credentials(
+                ctx.api, queue.redis, body, queue.name, state.redis_url,
+                wanted=spec.redis.producer_credentials, known=state.credential_secrets,
+                now=time.monotonic(),
+            )
+    except (QueueAccessError, RedisError, OSError, ApiException) as error:
+        detail = api_error_message(error) if isinstance(error, ApiException) else str(error)
+        logger.debug(f"cannot check the workers' Redis user: {sanitize(detail)}")
+        if state.worker_credentials is None:
+            with contextlib.suppress(ApiException):
+                if await ctx.api.get_secret(namespace, worker_secret_name(name)) is not None:
+                    state.worker_credentials = per_pool(namespace, name, spec.queue_name(name))
+        return
+    state.worker_credentials = outcome.credentials
+    for reason, message in (*outcome.events, *([producer_event] if producer_event else [])):
+        post(body, StatusEvent("Normal", reason, message), logger)
+
+
+def _per_pool_credentials(memo: kopf.Memo, **_: Any) -> bool:
+    return context(memo).settings.per_pool_credentials
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_per_pool_credentials)
+async def remove_credentials(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
+                             **_: Any) -> None:
+    """Delete the pool's Redis user (its Secret goes with the pool, as its owner). A Redis
+    that cannot be reached does not hold the deletion up: the user is reported left over."""
+    ctx = context(memo)
+    namespace, name = pool_key(body)
+    try:
+        spec = parse_spec(body)
+        url = await resolve_redis_url(ctx.api, namespace, spec.redis)
+        client = await ctx.redis.client(namespace, name, url)
+        removed = await remove_user(client, namespace, name, Role.WORKER)
+        await remove_user(client, namespace, name, Role.PRODUCER)
+    except (ValidationError, QueueAccessError, RedisError, OSError) as error:
+        logger.warning(f"the pool's Redis user was left on Redis: {sanitize(str(error))}")
+        return
+    finally:
+        await ctx.redis.forget(namespace, name)
+    if removed:
+        logger.info(f"deleted the Redis user of pool {namespace}/{name}")
 
 
 @kopf.daemon(
@@ -357,8 +447,12 @@ async def observe_once(
     spec = parse_spec(body)
     now = datetime.now(UTC)
 
+    pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)
+    queue, queue_problem = await open_queue(ctx, state, namespace, name, spec, pods)
+
     deployment_problem: Problem | None = None
     async with state.lock:
+        await refresh_credentials(ctx, state, body, spec, queue, logger, pods)
         try:
             deployment: dict[str, Any] | None = await ensure_deployment(
                 ctx.api, state, body, spec, logger
@@ -369,8 +463,6 @@ async def observe_once(
             deployment = state.deployment
             deployment_problem = Problem("DeploymentError", api_error_message(error))
 
-    pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)
-    queue, queue_problem = await open_queue(ctx, state, namespace, name, spec, pods)
     if queue is not None and not state.recovery.gone_pods_checked:
         await recover_gone_pods_once(ctx, state, queue, body, pods, logger)
     figures, queue, queue_problem = await observe_queue(state, queue, queue_problem)
@@ -401,7 +493,10 @@ async def observe_once(
         queue_problem=queue_problem,
         deployment_problem=deployment_problem,
         extra_fields=result.status_fields,
-        extra_conditions=result.conditions,
+        extra_conditions=[
+            *result.conditions,
+            *([state.worker_credentials.condition] if state.worker_credentials else []),
+        ],
     )
     if status_write_needed(previous, new, now, state.last_write,
                            ctx.settings.status_refresh_seconds):

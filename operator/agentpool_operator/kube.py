@@ -141,6 +141,34 @@ class KubeApi:
     async def get_secret(self, namespace: str, name: str) -> Body | None:
         return await self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
 
+    async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> Body:
+        return await self.request("POST", f"/api/v1/namespaces/{namespace}/secrets", dict(body))
+
+    async def patch_secret(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Body:
+        return await self.request(
+            "PATCH", f"/api/v1/namespaces/{namespace}/secrets/{name}", dict(patch), MERGE_PATCH
+        )
+
+    async def delete_secret(self, namespace: str, name: str) -> bool:
+        """False when there was none."""
+        try:
+            await self.request("DELETE", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    async def patch_pool(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Body | None:
+        """Merge-patch the pool itself (its metadata); None if the pool is gone."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+        try:
+            return await self.request("PATCH", path, dict(patch), MERGE_PATCH)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
     async def patch_pool_status(self, namespace: str, name: str,
                                 status: Mapping[str, Any]) -> Body | None:
         """Merge-patch the status through the /status subresource; None if the pool is gone."""

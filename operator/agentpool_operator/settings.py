@@ -37,6 +37,12 @@ class OperatorSettings(BaseSettings):
         description="Least time between two status writes that change only queue figures.",
     )
 
+    per_pool_credentials: bool = Field(
+        default=False,
+        description="Give each pool's workers a Redis ACL user confined to the pool's queue, "
+        "created with the pool's own Redis URL, instead of that URL itself.",
+    )
+
     redis_address_map: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="host:port=host:port pairs, comma-separated: Redis addresses to reach "

@@ -2,8 +2,9 @@
 
 Runs ``python -m bench.chaos`` with a fixed seed on a few thousand tasks: worker kill -9
 (operator requeue and container restart), SIGSTOP past the lease, SIGTERM drains and Redis
-restarts with AOF, while the lease reaper runs. The soak itself accounts for every task.
-The checkpointing variant runs a few hundred multi-step tasks that checkpoint every 4 steps.
+restarts with AOF, while the lease reaper runs. The soak itself accounts for every task. The
+second run does the same with per-queue Redis ACL users for the workers and the producer; the
+checkpointing variant runs a few hundred multi-step tasks that checkpoint every 4 steps.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ def soak(args: list[str]) -> tuple[subprocess.CompletedProcess[str], dict[str, A
 
 
 @pytest.mark.chaos
-def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie() -> None:
-    run, report, context = soak(ARGS)
+@pytest.mark.parametrize("credentials", [[], ["--acl"]], ids=["shared-url", "acl-users"])
+def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie(credentials: list[str]) -> None:
+    """With --acl the workers and the producer are Redis users confined to the queue, and no
+    command of the whole soak is refused for permissions."""
+    run, report, context = soak([*ARGS, *credentials])
     assert report["submitted"] == 2000, context
     assert report["lost"] == 0, context
     assert report["zombie_completions_accepted"] == 0, context
@@ -51,6 +55,8 @@ def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie() -> None:
     assert report["succeeded"] + report["dead_lettered"] == report["submitted"], context
     assert all(report["events"].get(kind, 0) >= 1 for kind in ("kill", "stop", "drain",
                                                                "redis", "freeze")), context
+    assert report["acl"] is bool(credentials), context
+    assert report["permission_denials"] == 0, context
     assert run.returncode == 0, context
 
 

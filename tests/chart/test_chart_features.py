@@ -54,6 +54,7 @@ def test_operator_defaults(helm: Helm) -> None:
         "AGENTPOOL_OPERATOR_PORT": "8080",
         "AGENTPOOL_OPERATOR_LOG_LEVEL": "info",
         "AGENTPOOL_OPERATOR_STATUS_REFRESH_SECONDS": "5",
+        "AGENTPOOL_OPERATOR_PER_POOL_CREDENTIALS": "true",
     }
     spec = deployment["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == rendered.one("ServiceAccount")["metadata"]["name"]

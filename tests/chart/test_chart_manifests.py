@@ -54,6 +54,7 @@ NAMESPACE_GRANTS = grants("", "namespaces", "list", "watch")
 CLUSTER_PEERING_GRANTS = grants("kopf.dev", "clusterkopfpeerings", "get", "list", "watch", "patch")
 PEERING_GRANTS = grants("kopf.dev", "kopfpeerings", "get", "list", "watch", "patch")
 SECRET_GRANTS = grants("", "secrets", "get")
+WORKER_SECRET_GRANTS = grants("", "secrets", "create", "patch", "delete")
 
 
 def test_every_manifest_is_a_valid_kubernetes_object(rendered: Rendered) -> None:
@@ -259,8 +260,9 @@ def expected_grants(values: dict[str, Any]) -> dict[str, set[Grant]]:
             | NAMESPACE_GRANTS
             | (CLUSTER_PEERING_GRANTS if peering else set())
         )
+    per_pool = values.get("operator", {}).get("perPoolCredentials", True)
     for namespace in values.get("secretNamespaces") or [NAMESPACE, *watched]:
-        expected[namespace] |= SECRET_GRANTS
+        expected[namespace] |= SECRET_GRANTS | (WORKER_SECRET_GRANTS if per_pool else set())
     return dict(expected)
 
 
@@ -283,6 +285,13 @@ def test_secret_namespaces_can_be_chosen(helm: Helm) -> None:
     values = {"watchNamespaces": ["team-a"], "secretNamespaces": ["vault"]}
     got = operator_grants(helm.render(values))
     assert {scope for scope, g in got.items() if g & SECRET_GRANTS} == {"vault"}
+
+
+def test_without_per_pool_credentials_the_operator_only_reads_secrets(helm: Helm) -> None:
+    values = {"operator": {"perPoolCredentials": False}}
+    got = operator_grants(helm.render(values))
+    assert got[NAMESPACE] & (SECRET_GRANTS | WORKER_SECRET_GRANTS) == SECRET_GRANTS
+    assert got == expected_grants(values)
 
 
 def test_rbac_can_be_left_to_the_cluster_admin(helm: Helm) -> None:

@@ -393,3 +393,11 @@ class Cluster:
             r for r in self.emulator
             if r.method.value == method and str(r.url.path).endswith(path_suffix)
         ]
+
+    async def delete_pool(self, name: str) -> dict[str, Any]:
+        return await self._send(
+            "DELETE", f"/apis/agentpool.dev/v1alpha1/namespaces/{NAMESPACE}/agentpools/{name}"
+        )
+
+    async def delete(self, path: str) -> dict[str, Any]:
+        return await self._send("DELETE", path)

@@ -127,6 +127,18 @@ def _group(events: list[_Event]) -> list[tuple[str, int, list[tuple[str, str]]]]
     return [(task_id, attempt, items) for (task_id, attempt), items in groups.items()]
 
 
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel until every task has ended. One ``cancel()`` is not a guarantee: a cancellation
+    that meets a library's own timeout at the same moment can come out as a timeout error,
+    which a loop that retries on Redis errors would survive."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class _Backoff:
     def __init__(self, base: float = 0.05, cap: float = 2.0) -> None:
         self.base, self.cap, self.failures = base, cap, 0
@@ -251,9 +263,7 @@ class Worker:
                     crashed.result()  # a loop that ends by itself is a bug: surface it
                 await self._shut_down(fetcher)
         finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await _cancel_all(background)
             for run in list(self._runs.values()):
                 run.stop(RELEASE)
             if started_hooks:

@@ -1,0 +1,132 @@
+"""Redis ACL rules that confine a credential to one queue.
+
+A queue's keys and its pub/sub channels all live under ``ap:{<queue>}:`` (see
+`agentpool.protocol.key_prefix`), and the protocol's Lua scripts touch nothing else, so one key
+pattern and one channel pattern confine a user to one queue. Scripts run with the caller's ACL:
+every command a script calls must be allowed here too.
+
+Roles:
+- ``worker``: the whole worker protocol (claim, heartbeat, complete, fail, release, requeue of
+  its own pod's earlier instances, queue defaults) on its queue's keys and channels;
+- ``producer``: submit, read tasks and results, wait for them, cancel, read the queue's figures.
+  It reads every key of its queue but writes only the keys a submit or a cancel writes, and has
+  none of the commands a claim or a delete needs (ZPOPMIN, SADD, SREM, DEL, BLPOP), so a claim
+  or a purge with it fails before it changes anything.
+
+Neither role has a command that reaches beyond its keys (KEYS, SCAN, FLUSHALL, FLUSHDB,
+CONFIG, ACL, SCRIPT FLUSH, DEBUG, MONITOR, CLIENT KILL...).
+
+Adding a command to the protocol is one entry in `SCRIPT_COMMANDS` (called inside a script) or
+in a role's direct list; the tests check every script's commands against these lists.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable
+
+import redis.asyncio as aioredis
+
+from .protocol import QUEUE_NAME, ProtocolError, key_prefix
+
+ACL_USER_PREFIX = "agentpool"
+
+
+class Role(enum.StrEnum):
+    WORKER = "worker"
+    PRODUCER = "producer"
+
+
+CONNECTION_COMMANDS = ("ping", "select", "client|setname", "hello")
+"""What a client sends on connecting or to check a connection: SELECT for a URL's database
+other than 0, CLIENT SETNAME for a named client, HELLO for RESP3. Key patterns hold in every
+database. (redis-py also tries CLIENT SETINFO, which Redis 7.0 does not know and which a
+refusal does not disturb: it is left out so that the rules load on Redis 6 and 7.0.)"""
+
+SCRIPTING_COMMANDS = ("evalsha", "script|load", "script|exists")
+"""How redis-py runs a registered script: EVALSHA, loading it on NOSCRIPT (SCRIPT EXISTS and
+SCRIPT LOAD before a pipeline). Not EVAL, not SCRIPT FLUSH/KILL."""
+
+SCRIPT_COMMANDS = (
+    "time", "exists", "get", "set", "incr", "expire", "persist",
+    "hget", "hmget", "hgetall", "hset", "hdel", "hexists", "hincrby",
+    "zadd", "zrem", "zscore", "zpopmin", "zcard", "zcount", "zrange", "zrangebyscore",
+    "zrevrangebyscore",
+    "sadd", "srem", "smembers", "scard",
+    "llen", "rpush", "del", "publish",
+)
+"""Every command the protocol's Lua scripts (agentpool/lua/*.lua) call."""
+
+WORKER_DIRECT_COMMANDS = (
+    "hset", "hget", "hmget", "hgetall", "smembers", "scard", "zrange", "zrevrange", "blpop",
+)
+"""Outside scripts: queue defaults, a task's hash, orphaned claims, the wake-up list."""
+
+PRODUCER_COMMANDS = (
+    "time", "exists", "get", "set", "incr", "expire", "persist",
+    "hget", "hmget", "hgetall", "hset", "hincrby",
+    "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
+    "scard", "llen", "rpush", "publish",
+    "subscribe", "unsubscribe",
+)
+"""What submit, get, wait, cancel and the figures call, in scripts and outside them."""
+
+PRODUCER_WRITABLE_KEYS = ("t:*", "queued", "delayed", "dead", "stats", "wake", "seq", "idem:*")
+"""The keys a submit or a cancel writes; every other key of the queue is read-only to a
+producer (leases, owner sets, the worker registry, the fence counter, config, drain)."""
+
+
+def _commands(role: Role) -> tuple[str, ...]:
+    if role is Role.WORKER:
+        wanted: Iterable[str] = (*SCRIPT_COMMANDS, *WORKER_DIRECT_COMMANDS)
+    else:
+        wanted = PRODUCER_COMMANDS
+    return tuple(dict.fromkeys((*CONNECTION_COMMANDS, *SCRIPTING_COMMANDS, *wanted)))
+
+
+def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = ()) -> list[str]:
+    """The ``ACL SETUSER <user>`` rules that confine `role` to `queue`.
+
+    `password_hashes` are SHA-256 hex digests (see `password_hash`): the password itself is
+    never sent in the command, so it cannot show in SLOWLOG, MONITOR or ACL LOG. Several
+    hashes are allowed at once (a rotation adds the new one before removing the old). The
+    rules start with ``reset``: applying them again replaces whatever the user had.
+    """
+    if not QUEUE_NAME.match(queue):
+        raise ProtocolError(f"invalid queue name {queue!r}")
+    hashes = list(password_hashes)
+    for digest in hashes:
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError("a password hash is 64 lowercase hexadecimal digits (SHA-256)")
+    prefix = key_prefix(queue)
+    rules = ["reset", "resetchannels", "on" if hashes else "off"]
+    rules += [f"#{digest}" for digest in hashes]
+    if role is Role.WORKER:
+        rules.append(f"~{prefix}*")
+    else:
+        rules.append(f"%R~{prefix}*")
+        rules += [f"~{prefix}{key}" for key in PRODUCER_WRITABLE_KEYS]
+    rules.append(f"&{prefix}*")
+    rules += [f"+{command}" for command in _commands(role)]
+    return rules
+
+
+def password_hash(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def acl_username(namespace: str, pool: str, role: Role) -> str:
+    """One user per pool and role: ``agentpool:<namespace>:<pool>:<role>`` (names and
+    namespaces hold no ':', so two pools never share a user)."""
+    return f"{ACL_USER_PREFIX}:{namespace}:{pool}:{role.value}"
+
+
+async def set_user(admin: aioredis.Redis, username: str, rules: Iterable[str]) -> None:
+    """Create or replace the user (the rules start with ``reset``)."""
+    await admin.execute_command("ACL", "SETUSER", username, *rules)  # type: ignore[no-untyped-call]
+
+
+async def delete_user(admin: aioredis.Redis, username: str) -> bool:
+    """Remove the user; its open connections are closed by Redis. False when it did not exist."""
+    return bool(await admin.execute_command("ACL", "DELUSER", username))  # type: ignore[no-untyped-call]

@@ -1,0 +1,348 @@
+"""Per-pool Redis users: each pool's workers get a Redis ACL user confined to the pool's queue.
+
+The pool's own Redis URL (`spec.redis`) is the operator's credential: with it the operator
+creates the user ``agentpool:<namespace>:<pool>:worker`` (rules from `agentpool.acl`) and writes
+that user's URL into a Secret it owns, ``<pool>-redis-worker`` (key ``url``, garbage-collected
+with the pool). The worker Deployment reads only that Secret. The user is applied again every
+round (one command; Redis keeps ACL users in memory, so a restart without an ACL file loses
+them), and deleted with the pool.
+
+Rotation (annotation ``agentpool.dev/rotate-credentials`` on the pool, any value) fails no claim:
+the user accepts the old and a new password, the Secret gets the new one and the pod template a
+new credentials version (so the pods roll), and only when every pod of the pool carries that
+version is the old password removed. The old password's hash waits on the Secret meanwhile,
+so an operator restart resumes the rotation where it was.
+
+A Redis that cannot have such a user (no ACL command, or the pool's credential may not manage
+users) leaves the workers on the pool's URL, with the condition ``Credentials`` False, reason
+``CredentialsShared``: visible, but not a degradation of the pool.
+
+Nothing here logs or reports a password: messages name users and Secrets only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from agentpool.acl import Role, acl_rules, acl_username, delete_user, password_hash, set_user
+from agentpool.models import SecretKeyRef
+from agentpool.urls import with_credentials
+
+from .deployment import CREDENTIALS_VERSION, owner_reference, pool_labels
+from .status import ConditionUpdate
+
+ROTATE_ANNOTATION = "agentpool.dev/rotate-credentials"
+VERSION_ANNOTATION = CREDENTIALS_VERSION
+"""On the pod template: changes with the password, so a new password rolls the pods."""
+RETIRING_ANNOTATION = "agentpool.dev/retiring-password-sha256"
+"""On the worker Secret during a rotation: the old password, still accepted until the pods
+rolled."""
+CONDITION = "Credentials"
+SHARED = "CredentialsShared"
+SECRET_KEY = "url"
+PASSWORD_BYTES = 32
+SECRET_RECHECK_SECONDS = 300.0
+"""A credential Secret the operator read or wrote is read again after this long (a hand edit
+or deletion is put right then); in between a steady pool costs no Secret read."""
+
+
+def worker_secret_name(pool: str) -> str:
+    return f"{pool}-redis-worker"
+
+
+def producer_secret_name(pool: str) -> str:
+    return f"{pool}-redis-producer"
+
+
+@dataclass(frozen=True)
+class WorkerCredentials:
+    """What the workers of a pool connect with: the pool's own user, or the shared URL."""
+
+    secret: SecretKeyRef | None
+    """The Secret of the pool's own user; None: the workers use `spec.redis`."""
+    condition: ConditionUpdate
+    version: str | None = None
+    """The pod template's credentials version (None: not known, leave the template as is)."""
+
+
+def credentials_version(password: str) -> str:
+    return hashlib.sha256(f"agentpool-credentials:{password}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """One round's passwords: the one the Secret holds after it, and those Redis accepts."""
+
+    password: str
+    accepted: tuple[str, ...]
+    """SHA-256 hashes for ACL SETUSER."""
+    retiring: str | None
+    """The old password's hash while the pods roll, kept on the Secret."""
+    started: bool = False
+    finished: bool = False
+
+
+def plan_rotation(current: str | None, retiring: str | None, *, requested: bool,
+                  rolled_out: bool, new_password: str) -> Rotation:
+    """What this round does with the passwords (see the module's docstring)."""
+    if current is None:
+        return Rotation(new_password, (password_hash(new_password),), None)
+    if retiring is not None:
+        if rolled_out:
+            return Rotation(current, (password_hash(current),), None, finished=True)
+        return Rotation(current, (password_hash(current), retiring), retiring)
+    if requested:
+        old = password_hash(current)
+        return Rotation(new_password, (old, password_hash(new_password)), old, started=True)
+    return Rotation(current, (password_hash(current),), None)
+
+
+def rolled_out(pods: Sequence[Mapping[str, Any]] | None, version: str) -> bool:
+    """Every pod of the pool (terminating ones too) started with this credentials version."""
+    if pods is None:
+        return False
+    return all(
+        ((p.get("metadata") or {}).get("annotations") or {}).get(VERSION_ANNOTATION) == version
+        for p in pods
+    )
+
+
+def per_pool(namespace: str, pool: str, queue: str,
+             version: str | None = None) -> WorkerCredentials:
+    user = acl_username(namespace, pool, Role.WORKER)
+    return WorkerCredentials(
+        SecretKeyRef(name=worker_secret_name(pool), key=SECRET_KEY),
+        ConditionUpdate(
+            CONDITION, "True", "PerPoolUser",
+            f"workers use Redis user {user}, confined to queue {queue!r}, from Secret "
+            f"{namespace}/{worker_secret_name(pool)}",
+        ),
+        version,
+    )
+
+
+def shared(why: str) -> WorkerCredentials:
+    message = f"workers use the pool's Redis URL: {why}"
+    return WorkerCredentials(None, ConditionUpdate(CONDITION, "False", SHARED, message))
+
+
+def password_of(secret: Mapping[str, Any] | None) -> str | None:
+    """The password in the URL of a worker Secret, or None when there is none to reuse."""
+    if not secret:
+        return None
+    raw = (secret.get("data") or {}).get(SECRET_KEY)
+    if not raw:
+        return None
+    try:
+        password = urlsplit(base64.b64decode(raw).decode()).password
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return unquote(password) if password else None
+
+
+def desired_worker_secret(namespace: str, pool: str, owner: Mapping[str, Any],
+                          url: str, retiring: str | None = None,
+                          role: Role = Role.WORKER) -> dict[str, Any]:
+    """The Secret holding the URL of the pool's worker (or producer) user, owned by (and
+    deleted with) the pool."""
+    name = worker_secret_name(pool) if role is Role.WORKER else producer_secret_name(pool)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**pool_labels(pool), "app.kubernetes.io/component": "redis-credentials"},
+            "ownerReferences": [owner_reference(owner)],
+            "annotations": {RETIRING_ANNOTATION: retiring} if retiring else {},
+        },
+        "data": {SECRET_KEY: base64.b64encode(url.encode()).decode()},
+    }
+
+
+def secret_drift(desired: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A merge patch putting back the data, owner and rotation state of the worker Secret
+    (None: nothing to change). A None annotation value means: absent."""
+    patch: dict[str, Any] = {}
+    if actual.get("data") != desired["data"]:
+        patch["data"] = desired["data"]
+    meta = actual.get("metadata") or {}
+    wanted = desired["metadata"]
+    metadata: dict[str, Any] = {}
+    if meta.get("ownerReferences") != wanted["ownerReferences"]:
+        metadata["ownerReferences"] = wanted["ownerReferences"]
+    retiring = wanted["annotations"].get(RETIRING_ANNOTATION)
+    if (meta.get("annotations") or {}).get(RETIRING_ANNOTATION) != retiring:
+        metadata["annotations"] = {RETIRING_ANNOTATION: retiring}
+    if metadata:
+        patch["metadata"] = metadata
+    return patch or None
+
+
+def refusal(error: redis.exceptions.ResponseError) -> str | None:
+    """Why this Redis cannot have per-pool users, from its answer to ACL SETUSER; None when
+    the error says nothing about that (try again next round)."""
+    text = str(error)
+    if isinstance(error, redis.exceptions.NoPermissionError) or "NOPERM" in text:
+        return "the pool's Redis credential may not manage ACL users (it needs ACL SETUSER)"
+    if "unknown command" in text.lower():
+        return "this Redis has no ACLs (Redis 6 or later has them)"
+    return None
+
+
+class SecretStore(Protocol):
+    """The Kubernetes calls this module needs (KubeApi has them)."""
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def patch_secret(self, namespace: str, name: str,
+                           patch: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+class ProducerSecretStore(SecretStore, Protocol):
+    async def delete_secret(self, namespace: str, name: str) -> bool: ...
+
+
+@dataclass
+class KnownSecrets:
+    """A pool's credential Secrets as last read or written, by name (None: there is none)."""
+
+    bodies: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    read_at: dict[str, float] = field(default_factory=dict)
+
+    async def get(self, kube: SecretStore, namespace: str, name: str,
+                  now: float) -> Mapping[str, Any] | None:
+        if name in self.bodies and now - self.read_at[name] < SECRET_RECHECK_SECONDS:
+            return self.bodies[name]
+        body = await kube.get_secret(namespace, name)
+        self.remember(name, body, now)
+        return body
+
+    def remember(self, name: str, body: Mapping[str, Any] | None, now: float) -> None:
+        self.bodies[name], self.read_at[name] = body, now
+
+
+@dataclass(frozen=True)
+class CredentialsRound:
+    credentials: WorkerCredentials
+    events: tuple[tuple[str, str], ...] = ()
+    """(reason, message) of what changed."""
+    rotation_started: bool = False
+
+
+async def ensure_worker_credentials(
+    kube: SecretStore, admin: aioredis.Redis, pool: Mapping[str, Any], queue: str,
+    pool_url: str, *, known: KnownSecrets, now: float, rotate: bool = False,
+    pods: Sequence[Mapping[str, Any]] | None = None,
+) -> CredentialsRound:
+    """Make the pool's worker user and Secret exist and match, and move a rotation on;
+    `pods` are the pool's pods (None: unknown, a rotation waits); `known` keeps the Secret
+    between rounds (`now` is monotonic time).
+
+    Raises `redis.exceptions.RedisError` (other than a refusal) and `ApiException`.
+    """
+    namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
+    secret_name = worker_secret_name(name)
+    existing = await known.get(kube, namespace, secret_name, now)
+    current = password_of(existing)
+    retiring = (((existing or {}).get("metadata") or {}).get("annotations") or {}).get(
+        RETIRING_ANNOTATION) or None
+    plan = plan_rotation(
+        current, retiring, requested=rotate,
+        rolled_out=current is not None and rolled_out(pods, credentials_version(current)),
+        new_password=secrets.token_urlsafe(PASSWORD_BYTES),
+    )
+    user = acl_username(namespace, name, Role.WORKER)
+    try:
+        await set_user(admin, user, acl_rules(queue, Role.WORKER, plan.accepted))
+    except redis.exceptions.ResponseError as error:
+        why = refusal(error)
+        if why is None:
+            raise
+        return CredentialsRound(shared(why))
+    desired = desired_worker_secret(namespace, name, pool,
+                                    with_credentials(pool_url, user, plan.password),
+                                    plan.retiring)
+    events: list[tuple[str, str]] = []
+    if existing is None:
+        known.remember(secret_name, await kube.create_secret(namespace, desired), now)
+        events.append(("CredentialsCreated", f"created Redis user {user} and Secret "
+                                             f"{namespace}/{secret_name} for the workers"))
+    else:
+        patch = secret_drift(desired, existing)
+        if patch is not None:
+            known.remember(secret_name, await kube.patch_secret(namespace, secret_name, patch),
+                           now)
+            if not plan.started and not plan.finished:
+                events.append(("CredentialsRestored",
+                               f"put back Secret {namespace}/{secret_name} of Redis user {user}"))
+    if plan.started:
+        events.append(("CredentialsRotating", f"new password for Redis user {user}; the old "
+                                              "one is accepted until every pod rolled"))
+    if plan.finished:
+        events.append(("CredentialsRotated",
+                       f"every pod uses the new password of Redis user {user}; the old one "
+                       "is removed"))
+    credentials = per_pool(namespace, name, queue, credentials_version(plan.password))
+    return CredentialsRound(credentials, tuple(events), plan.started)
+
+
+async def ensure_producer_credentials(
+    kube: ProducerSecretStore, admin: aioredis.Redis, pool: Mapping[str, Any], queue: str,
+    pool_url: str, *, wanted: bool, known: KnownSecrets, now: float,
+) -> tuple[str, str] | None:
+    """Make the pool's producer user and Secret exist (`wanted`) or go; returns (reason,
+    message) for an Event when something changed. A Redis that refuses users is left alone:
+    the workers' credentials report that."""
+    namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
+    secret_name = producer_secret_name(name)
+    user = acl_username(namespace, name, Role.PRODUCER)
+    existing = await known.get(kube, namespace, secret_name, now)
+    if not wanted:
+        if existing is None:
+            return None
+        await remove_user(admin, namespace, name, Role.PRODUCER)
+        await kube.delete_secret(namespace, secret_name)
+        known.remember(secret_name, None, now)
+        return ("CredentialsRemoved",
+                f"deleted producer Redis user {user} and Secret {namespace}/{secret_name}")
+    password = password_of(existing) or secrets.token_urlsafe(PASSWORD_BYTES)
+    try:
+        await set_user(admin, user, acl_rules(queue, Role.PRODUCER, [password_hash(password)]))
+    except redis.exceptions.ResponseError as error:
+        if refusal(error) is None:
+            raise
+        return None
+    desired = desired_worker_secret(namespace, name, pool,
+                                    with_credentials(pool_url, user, password),
+                                    role=Role.PRODUCER)
+    if existing is None:
+        known.remember(secret_name, await kube.create_secret(namespace, desired), now)
+        return ("CredentialsCreated", f"created producer Redis user {user} and Secret "
+                                      f"{namespace}/{secret_name}")
+    patch = secret_drift(desired, existing)
+    if patch is not None:
+        known.remember(secret_name, await kube.patch_secret(namespace, secret_name, patch), now)
+    return None
+
+
+async def remove_user(admin: aioredis.Redis, namespace: str, pool: str,
+                      role: Role = Role.WORKER) -> bool:
+    """Delete one of the pool's users (Redis closes its connections); False if it was gone."""
+    try:
+        return await delete_user(admin, acl_username(namespace, pool, role))
+    except redis.exceptions.ResponseError as error:
+        if refusal(error) is None:
+            raise
+        return False
+

@@ -1,0 +1,131 @@
+"""The pure parts of per-pool Redis users: the worker Secret, its drift, Redis's refusals."""
+
+from __future__ import annotations
+
+import base64
+import copy
+
+import redis.exceptions
+
+from agentpool.acl import password_hash
+from agentpool.models import AgentPoolSpec, SecretKeyRef
+from agentpool_operator.credentials import (
+    credentials_version,
+    desired_worker_secret,
+    password_of,
+    per_pool,
+    plan_rotation,
+    refusal,
+    rolled_out,
+    secret_drift,
+    shared,
+)
+from agentpool_operator.deployment import (
+    CREDENTIALS_VERSION,
+    deployment_drift,
+    desired_deployment,
+)
+
+POOL = {"apiVersion": "agentpool.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": "summaries", "namespace": "team-a", "uid": "u-1"}}
+URL = "redis://agentpool%3Ateam-a%3Asummaries%3Aworker:p%2Fw%40rd@redis.team-a:6379/0"
+
+
+def test_the_worker_secret_is_owned_by_the_pool_and_holds_the_url() -> None:
+    secret = desired_worker_secret("team-a", "summaries", POOL, URL)
+    assert secret["metadata"]["name"] == "summaries-redis-worker"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert secret["metadata"]["ownerReferences"][0]["controller"] is True
+    assert base64.b64decode(secret["data"]["url"]).decode() == URL
+    assert password_of(secret) == "p/w@rd"
+
+
+def test_a_secret_without_a_usable_url_has_no_password_to_reuse() -> None:
+    assert password_of(None) is None
+    assert password_of({"data": {}}) is None
+    assert password_of({"data": {"url": base64.b64encode(b"redis://host:1/0").decode()}}) is None
+    assert password_of({"data": {"url": "%%%"}}) is None
+
+
+def test_drift_puts_back_data_and_owner_only() -> None:
+    desired = desired_worker_secret("team-a", "summaries", POOL, URL)
+    same = {**desired, "metadata": {**desired["metadata"], "labels": {"x": "y"}}}
+    assert secret_drift(desired, same) is None
+    edited = {**desired, "data": {"url": "eA=="}, "metadata": {"name": "summaries-redis-worker"}}
+    assert secret_drift(desired, edited) == {
+        "data": desired["data"],
+        "metadata": {"ownerReferences": desired["metadata"]["ownerReferences"]},
+    }
+
+
+def test_refusals_that_mean_no_per_pool_user_and_others_that_do_not() -> None:
+    assert "may not manage" in str(refusal(redis.exceptions.NoPermissionError("NOPERM x")))
+    assert "no ACLs" in str(refusal(redis.exceptions.ResponseError("unknown command 'ACL'")))
+    assert refusal(redis.exceptions.ResponseError("LOADING Redis is loading")) is None
+
+
+def test_conditions_name_the_user_and_secret_never_a_password() -> None:
+    own = per_pool("team-a", "summaries", "jobs")
+    assert own.secret is not None and own.secret.name == "summaries-redis-worker"
+    assert (own.condition.status, own.condition.reason) == ("True", "PerPoolUser")
+    assert "agentpool:team-a:summaries:worker" in own.condition.message
+    fallback = shared("this Redis has no ACLs")
+    assert fallback.secret is None
+    assert (fallback.condition.status, fallback.condition.reason) == ("False",
+                                                                     "CredentialsShared")
+
+
+def test_a_rotation_accepts_both_passwords_until_every_pod_rolled() -> None:
+    old, new = password_hash("old"), password_hash("new")
+    start = plan_rotation("old", None, requested=True, rolled_out=True, new_password="new")
+    assert (start.password, start.accepted, start.retiring, start.started) == (
+        "new", (old, new), old, True)
+    waiting = plan_rotation("new", old, requested=True, rolled_out=False, new_password="x")
+    assert (waiting.password, waiting.accepted, waiting.retiring) == ("new", (new, old), old)
+    assert not waiting.started and not waiting.finished
+    done = plan_rotation("new", old, requested=False, rolled_out=True, new_password="x")
+    assert (done.password, done.accepted, done.retiring, done.finished) == (
+        "new", (new,), None, True)
+
+
+def test_without_a_request_the_password_stays_and_a_first_one_is_drawn() -> None:
+    steady = plan_rotation("pw", None, requested=False, rolled_out=False, new_password="x")
+    assert (steady.password, steady.accepted, steady.started) == (
+        "pw", (password_hash("pw"),), False)
+    first = plan_rotation(None, None, requested=True, rolled_out=False, new_password="x")
+    assert (first.password, first.accepted, first.started) == ("x", (password_hash("x"),), False)
+
+
+def test_rolled_out_means_every_pod_carries_the_version() -> None:
+    def pod(version: str | None) -> dict:
+        annotations = {} if version is None else {CREDENTIALS_VERSION: version}
+        return {"metadata": {"annotations": annotations}}
+
+    assert rolled_out([pod("v2"), pod("v2")], "v2")
+    assert not rolled_out([pod("v2"), pod("v1")], "v2")
+    assert not rolled_out([pod(None)], "v2")
+    assert rolled_out([], "v2")
+    assert not rolled_out(None, "v2"), "pods unknown: wait"
+    assert credentials_version("a") != credentials_version("b")
+
+
+def test_a_new_credentials_version_rolls_the_pods_and_foreign_annotations_stay() -> None:
+    spec = AgentPoolSpec.model_validate({
+        "redis": {"url": "redis://redis:6379/0"},
+        "worker": {"image": "registry.example/w:1", "handler": "m:f"},
+    })
+    ref = SecretKeyRef(name="summaries-redis-worker")
+    first = desired_deployment("summaries", "team-a", spec, worker_redis_secret=ref,
+                               credentials_version="v1")
+    live = copy.deepcopy(first)
+    live["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] = "t"
+    assert deployment_drift(first, live) is None
+    second = desired_deployment("summaries", "team-a", spec, worker_redis_secret=ref,
+                                credentials_version="v2")
+    assert deployment_drift(second, live) == {"spec": {"template": {"metadata": {
+        "annotations": {CREDENTIALS_VERSION: "v2"}}}}}
+    shared_url = desired_deployment("summaries", "team-a", spec)
+    assert "annotations" not in shared_url["spec"]["template"]["metadata"]
+    env = {e["name"]: e for e in first["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AGENTPOOL_REDIS_URL"]["valueFrom"] == {
+        "secretKeyRef": {"name": "summaries-redis-worker", "key": "url"}}

@@ -1,0 +1,313 @@
+"""Per-pool Redis users: the operator creates one per pool, gives the workers only its Secret,
+re-applies it when Redis forgot it, deletes it with the pool, and falls back to the pool's URL
+(visibly, not as a degradation) where Redis cannot have one."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import pytest
+import redis.asyncio as aioredis
+from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+from agentpool.protocol import TaskQueue, WorkerInfo
+from agentpool.redis_server import RedisServer, free_port
+from agentpool.urls import with_credentials
+from agentpool_operator.credentials import ROTATE_ANNOTATION as ROTATE
+from agentpool_operator.deployment import CREDENTIALS_VERSION, pool_labels
+from agentpool_operator.settings import OperatorSettings
+
+SECRETS = "v1/secrets"
+
+
+@pytest.fixture
+def operator_settings() -> OperatorSettings:
+    return OperatorSettings(port=free_port(), status_refresh_seconds=0.5,
+                            per_pool_credentials=True)
+
+
+@pytest.fixture
+def pool_name() -> str:
+    return f"p-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def worker_client() -> AsyncIterator[list[aioredis.Redis]]:
+    clients: list[aioredis.Redis] = []
+    yield clients
+    for client in clients:
+        await client.aclose()
+
+
+def worker_url(cluster: Cluster, pool: str) -> str:
+    secret = cluster.get(SECRETS, f"{pool}-redis-worker")
+    return base64.b64decode(secret["data"]["url"]).decode()
+
+
+def redis_env(deployment: dict) -> dict:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return next(e for e in container["env"] if e["name"] == "AGENTPOOL_REDIS_URL")
+
+
+async def test_a_pool_gets_its_own_redis_user_and_the_workers_only_its_secret(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str, worker_client: list[aioredis.Redis], caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    pool = await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url, queue="jobs"))
+    user = f"agentpool:{NAMESPACE}:{pool_name}:worker"
+
+    secret = await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-worker"))
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == pool["metadata"]["uid"]
+    url = worker_url(cluster, pool_name)
+    assert url.startswith(f"redis://agentpool%3A{NAMESPACE}%3A{pool_name}%3Aworker:")
+    password = urlsplit(url).password
+    assert password is not None and len(password) >= 40
+
+    await eventually(lambda: cluster.deployment(pool_name))
+    [created] = [json.loads(r.data) if isinstance(r.data, bytes) else r.data
+                 for r in cluster.requests("POST", "/deployments")]
+    assert redis_env(created) == {"name": "AGENTPOOL_REDIS_URL", "valueFrom": {
+        "secretKeyRef": {"name": f"{pool_name}-redis-worker", "key": "url"}}}, \
+        "the Deployment is created with the pool's user: no rollout from shared to own"
+    condition = await eventually(lambda: cluster.condition(pool_name, "Credentials"))
+    assert (condition["status"], condition["reason"]) == ("True", "PerPoolUser")
+    assert user in condition["message"]
+    assert cluster.condition(pool_name, "Degraded")["status"] == "False"
+
+    assert (await redis.execute_command("ACL", "GETUSER", user)) is not None
+    client = aioredis.Redis.from_url(url)
+    worker_client.append(client)
+    jobs = TaskQueue(client, "jobs")
+    await TaskQueue(redis, "jobs").submit({"n": 1})
+    batch = await jobs.claim(WorkerInfo("pod", "i", 1).worker_id, 1, 30)
+    assert len(batch.tasks) == 1 and await jobs.complete(batch.tasks[0], "done")
+    with pytest.raises(NoPermissionError):
+        await TaskQueue(client, "other-jobs").figures()
+    with pytest.raises(NoPermissionError):
+        await client.execute_command("FLUSHALL")
+
+    published = json.dumps([cluster.pool(pool_name), cluster.events()])
+    assert password not in published, "the password is in the pool's status or its events"
+    assert "CredentialsCreated" in caplog.text
+    assert password not in caplog.text
+
+
+async def test_a_forgotten_user_is_applied_again_with_the_same_password(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str,
+) -> None:
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url))
+    user = f"agentpool:{NAMESPACE}:{pool_name}:worker"
+    await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-worker"))
+    url = worker_url(cluster, pool_name)
+    await redis.execute_command("ACL", "DELUSER", user)  # as a Redis restart without ACL file
+
+    async def usable() -> bool:
+        client = aioredis.Redis.from_url(url)
+        try:
+            return bool(await client.ping())
+        except AuthenticationError:
+            return False
+        finally:
+            await client.aclose()
+
+    assert await eventually(usable, within=10)
+    assert worker_url(cluster, pool_name) == url, "the password changed: pods would roll"
+    assert not cluster.requests("PATCH", f"/secrets/{pool_name}-redis-worker")
+    # the round that created the Secret and the one that restored the user are two rounds
+    assert len(cluster.requests("GET", f"/secrets/{pool_name}-redis-worker")) <= 1, \
+        "a steady pool reads its worker Secret every round"
+
+
+async def test_deleting_the_pool_deletes_its_redis_user(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str,
+) -> None:
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url))
+    user = f"agentpool:{NAMESPACE}:{pool_name}:worker"
+    await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-worker"))
+    assert await redis.execute_command("ACL", "GETUSER", user) is not None
+    await cluster.delete_pool(pool_name)
+
+    async def user_gone() -> bool:
+        return await redis.execute_command("ACL", "GETUSER", user) is None
+
+    await eventually(user_gone, within=10)
+    await eventually(lambda: _gone(cluster, pool_name), within=10)
+
+
+def _gone(cluster: Cluster, pool: str) -> bool:
+    try:
+        cluster.pool(pool)
+    except KeyError:
+        return True
+    return False
+
+
+async def test_a_credential_that_may_not_manage_users_leaves_the_workers_on_the_pool_url(
+    cluster: Cluster, operator: OperatorThread, redis_server: RedisServer,
+    redis: aioredis.Redis, pool_name: str,
+) -> None:
+    limited, password = f"limited-{uuid.uuid4().hex[:6]}", secrets.token_urlsafe(16)
+    await redis.execute_command("ACL", "SETUSER", limited, "on", f">{password}", "~*", "&*",
+                                "+@all", "-acl")
+    try:
+        await cluster.create_secret(f"{pool_name}-url", {
+            "url": with_credentials(redis_server.url, limited, password)})
+        await cluster.create_pool(pool_manifest(pool_name, secret=f"{pool_name}-url"))
+        condition = await eventually(lambda: cluster.condition(pool_name, "Credentials"))
+        assert (condition["status"], condition["reason"]) == ("False", "CredentialsShared")
+        assert "may not manage ACL users" in condition["message"]
+        assert cluster.condition(pool_name, "Degraded")["status"] == "False"
+        assert cluster.condition(pool_name, "QueueReachable")["status"] == "True"
+        assert redis_env(cluster.deployment(pool_name))["valueFrom"]["secretKeyRef"] == {
+            "name": f"{pool_name}-url", "key": "url"}
+        with pytest.raises(KeyError):
+            cluster.get(SECRETS, f"{pool_name}-redis-worker")
+        assert password not in json.dumps([cluster.pool(pool_name), cluster.events()])
+    finally:
+        await redis.execute_command("ACL", "DELUSER", limited)
+
+
+def pod_manifest(pool: str, name: str, version: str) -> dict:
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": pool_labels(pool),
+                     "annotations": {CREDENTIALS_VERSION: version}},
+        "spec": {"containers": [{"name": "worker", "image": "registry.example/w:1"}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": started}],
+            "containerStatuses": [{"name": "worker", "ready": True, "restartCount": 0,
+                                   "state": {"running": {"startedAt": started}}}],
+        },
+    }
+
+
+def template_version(cluster: Cluster, pool: str) -> str:
+    template = cluster.deployment(pool)["spec"]["template"]
+    return str(template["metadata"]["annotations"][CREDENTIALS_VERSION])
+
+
+async def can_claim(url: str, queue: str) -> bool:
+    """A new connection with `url` claims a task (a worker pod starting or reconnecting)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        batch = await TaskQueue(client, queue).claim(f"pod-{uuid.uuid4().hex[:6]}:i", 1, 30)
+        return len(batch.tasks) == 1
+    except AuthenticationError:
+        return False
+    finally:
+        await client.aclose()
+
+
+async def test_rotation_fails_no_claim_and_drops_the_old_password_once_the_pods_rolled(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str, worker_client: list[aioredis.Redis],
+) -> None:
+    queue = f"q-{pool_name}"
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url, queue=queue))
+    await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-worker"))
+    old_url = worker_url(cluster, pool_name)
+    old_version = await eventually(lambda: template_version(cluster, pool_name))
+    pods = f"/api/v1/namespaces/{NAMESPACE}/pods"
+    await cluster.create(pods, pod_manifest(pool_name, "w-old", old_version))
+    connected = aioredis.Redis.from_url(old_url)
+    worker_client.append(connected)
+    assert await connected.ping()
+    await TaskQueue(redis, queue).submit_many(list(range(5)))
+
+    await cluster.patch_pool(pool_name, {"metadata": {"annotations": {ROTATE: "now"}}})
+    new_url = await eventually(
+        lambda: worker_url(cluster, pool_name) != old_url and worker_url(cluster, pool_name))
+    new_version = await eventually(
+        lambda: template_version(cluster, pool_name) != old_version
+        and template_version(cluster, pool_name))
+    await eventually(lambda: ROTATE not in cluster.pool(pool_name)["metadata"]["annotations"])
+    await eventually(lambda: cluster.events("CredentialsRotating"))
+
+    # the old pod still runs: its open connection, a reconnect with the old password and a
+    # new pod with the new one all claim
+    assert len((await TaskQueue(connected, queue).claim("w-old:i", 1, 30)).tasks) == 1
+    assert await can_claim(old_url, queue)
+    assert await can_claim(new_url, queue)
+    assert not cluster.events("CredentialsRotated")
+
+    await cluster.create(pods, pod_manifest(pool_name, "w-new", new_version))
+    await cluster.delete(f"{pods}/w-old")
+    await eventually(lambda: cluster.events("CredentialsRotated"), within=10)
+
+    async def old_refused() -> bool:
+        return not await can_claim(old_url, queue)
+
+    assert await eventually(old_refused, within=10)
+    assert await can_claim(new_url, queue)
+    secret = cluster.get(SECRETS, f"{pool_name}-redis-worker")
+    assert not (secret["metadata"].get("annotations") or {}).get(
+        "agentpool.dev/retiring-password-sha256")
+    published = json.dumps([cluster.pool(pool_name), cluster.events()])
+    for url in (old_url, new_url):
+        password = urlsplit(url).password
+        assert password and password not in published
+
+
+async def test_a_pool_can_publish_a_producer_credential_that_submits_but_cannot_claim(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str, worker_client: list[aioredis.Redis],
+) -> None:
+    queue = f"q-{pool_name}"
+    await cluster.create_pool(pool_manifest(
+        pool_name, redis_url=redis_url, queue=queue,
+        redis={"url": redis_url, "producerCredentials": True}))
+    secret = await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-producer"))
+    user = f"agentpool:{NAMESPACE}:{pool_name}:producer"
+    assert secret["metadata"]["ownerReferences"][0]["name"] == pool_name
+    url = base64.b64decode(secret["data"]["url"]).decode()
+    assert urlsplit(url).username == user.replace(":", "%3A")
+    client = aioredis.Redis.from_url(url)
+    worker_client.append(client)
+    producer = TaskQueue(client, queue)
+    task_id = await producer.submit({"prompt": "hi"})
+    admin = TaskQueue(redis, queue)
+    waiting = producer.wait(task_id, timeout=10)
+    [task] = (await admin.claim("pod:i", 1, 30)).tasks
+    await admin.complete(task, "answer")
+    assert (await waiting).result == "answer"
+    await producer.submit("another")
+    with pytest.raises(ResponseError, match="can't run this command"):
+        await producer.claim("pod:p", 1, 30)
+    assert (await admin.figures()).queued == 1
+
+    await cluster.patch_pool(pool_name, {"spec": {"redis": {"producerCredentials": False}}})
+
+    async def user_gone() -> bool:
+        return await redis.execute_command("ACL", "GETUSER", user) is None
+
+    await eventually(user_gone, within=10)
+    await eventually(lambda: cluster.events("CredentialsRemoved"))
+    with pytest.raises(KeyError):
+        cluster.get(SECRETS, f"{pool_name}-redis-producer")
+
+
+async def test_a_redis_without_the_acl_command_leaves_the_workers_on_the_pool_url(
+    cluster: Cluster, operator: OperatorThread, pool_name: str,
+) -> None:
+    with RedisServer(extra_args=("--rename-command", "ACL", "")) as no_acl:
+        await cluster.create_pool(pool_manifest(pool_name, redis_url=no_acl.url))
+        condition = await eventually(lambda: cluster.condition(pool_name, "Credentials"))
+        assert (condition["status"], condition["reason"]) == ("False", "CredentialsShared")
+        assert "this Redis has no ACLs" in condition["message"]
+        assert cluster.condition(pool_name, "QueueReachable")["status"] == "True"
+        assert cluster.condition(pool_name, "Degraded")["status"] == "False"
+        assert redis_env(cluster.deployment(pool_name)) == {
+            "name": "AGENTPOOL_REDIS_URL", "value": no_acl.url}

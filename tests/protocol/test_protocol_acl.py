@@ -1,0 +1,242 @@
+"""Per-queue ACL users on a real redis-server: a worker or producer credential works for its own
+queue with nothing more than its ACL, and is refused everything beyond it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError, ResponseError
+
+from agentpool.acl import Role
+from agentpool.protocol import FailOutcome, TaskQueue, WorkerInfo
+from agentpool.redis_server import RedisServer
+
+AclUrl = Callable[[str, Role], Awaitable[str]]
+Connect = Callable[[str, Role], Awaitable[aioredis.Redis]]
+
+
+@pytest.fixture
+async def connect_as(acl_url: AclUrl) -> AsyncIterator[Connect]:
+    """Connects as a new ACL user confined to (queue, role)."""
+    clients: list[aioredis.Redis] = []
+
+    async def connect(queue: str, role: Role) -> aioredis.Redis:
+        client = aioredis.Redis.from_url(await acl_url(queue, role))
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        await client.aclose()
+
+
+def other_queue() -> str:
+    return f"q-{uuid.uuid4().hex[:10]}"
+
+
+async def test_the_worker_protocol_runs_with_nothing_more_than_its_acl(
+    connect_as: Connect, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    producer = TaskQueue(redis, queue_name)
+    worker = TaskQueue(await connect_as(queue_name, Role.WORKER), queue_name)
+    await worker.configure(max_attempts=2, result_ttl=60)
+    info = WorkerInfo("pod-a", "i1", 4)
+    beat = await worker.heartbeat(info, {}, 30)
+    assert beat.lost == [] and not beat.drain_requested
+    assert (await worker.requeue_pod("pod-a", keep_instance="i1")).total == 0
+
+    ids = await producer.submit_many([{"n": n} for n in range(4)])
+    assert await worker.wait_for_work(1)
+    batch = await worker.claim(info.worker_id, 4, 30)
+    assert sorted(t.id for t in batch.tasks) == sorted(ids)
+    first, second, third, fourth = batch.tasks
+    assert await worker.held_by(info.worker_id) == set(ids)
+    beat = await worker.heartbeat(info, {t.id: t.token for t in batch.tasks}, 30)
+    assert beat.lost == []
+
+    assert await worker.complete(first, {"ok": True})
+    assert await worker.complete_many([(second, 2)]) == [True]
+    assert await worker.fail(third, "boom", delay=0) is FailOutcome.RETRY
+    assert await worker.release(fourth, "draining") is FailOutcome.REQUEUED
+    again = await worker.claim(info.worker_id, 4, 30)
+    assert {t.id for t in again.tasks} == {third.id, fourth.id}
+    assert await worker.fail(
+        next(t for t in again.tasks if t.id == third.id), "boom again") is FailOutcome.DEAD
+    await producer.cancel(fourth.id)
+    assert await worker.cancelled(next(t for t in again.tasks if t.id == fourth.id)) \
+        is FailOutcome.CANCELLED
+
+    states = {i.id: i.state for i in await worker.get_many(ids)}
+    assert states == {first.id: "succeeded", second.id: "succeeded", third.id: "dead",
+                      fourth.id: "cancelled"}
+    assert (await worker.figures()).dead == 1
+    assert [w.worker_id for w in await worker.workers()] == [info.worker_id]
+
+
+async def test_a_url_naming_another_database_works(
+    acl_url: AclUrl, queue_name: str, redis_server: RedisServer,
+) -> None:
+    url = (await acl_url(queue_name, Role.WORKER)).removesuffix("/0") + "/3"
+    client = aioredis.Redis.from_url(url, client_name="agentpool-test")
+    try:
+        queue = TaskQueue(client, queue_name)
+        await queue.submit("in db 3")
+        assert (await queue.figures()).queued == 1
+    finally:
+        await client.aclose()
+    admin = aioredis.Redis.from_url(redis_server.url.removesuffix("/0") + "/3")
+    try:
+        assert await admin.exists(f"ap:{{{queue_name}}}:queued")
+    finally:
+        await admin.aclose()
+
+
+async def test_a_worker_scripts_still_load_after_the_server_forgets_them(
+    connect_as: Connect, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    worker = TaskQueue(await connect_as(queue_name, Role.WORKER), queue_name)
+    await TaskQueue(redis, queue_name).submit_many([1, 2])
+    batch = await worker.claim("pod:i", 2, 30)
+    await redis.script_flush()
+    assert await worker.complete_many([(t, None) for t in batch.tasks]) == [True, True]
+
+
+@pytest.mark.parametrize("command", [
+    ("KEYS", "*"), ("SCAN", "0"), ("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"),
+    ("ACL", "LIST"), ("ACL", "WHOAMI"), ("SCRIPT", "FLUSH"), ("EVAL", "return 1", "0"),
+    ("CLIENT", "LIST"), ("MONITOR",), ("INFO",), ("RANDOMKEY",), ("DBSIZE",),
+], ids=lambda c: " ".join(c[:2]))
+@pytest.mark.parametrize("role", list(Role))
+async def test_commands_beyond_the_queue_are_refused(
+    connect_as: Connect, queue_name: str, role: Role, command: tuple[str, ...],
+    redis: aioredis.Redis,
+) -> None:
+    await redis.set("not-agentpool", "kept")
+    client = await connect_as(queue_name, role)
+    with pytest.raises(NoPermissionError):
+        await client.execute_command(*command)
+    assert await redis.get("not-agentpool") == b"kept"
+
+
+@pytest.mark.parametrize("role", list(Role))
+async def test_another_queues_keys_and_channels_are_refused(
+    connect_as: Connect, queue_name: str, role: Role, redis: aioredis.Redis,
+) -> None:
+    other = other_queue()
+    theirs = TaskQueue(redis, other)
+    task_id = await theirs.submit({"secret": "pool b"})
+    client = await connect_as(queue_name, role)
+    mine_on_theirs = TaskQueue(client, other)
+    for attempt in (
+        client.hgetall(theirs.task_key(task_id)),
+        client.get(theirs.prefix + "seq"),
+        client.publish(theirs.prefix + "done", task_id),
+        mine_on_theirs.submit("x"),
+        mine_on_theirs.figures(),
+        mine_on_theirs.cancel(task_id),
+        mine_on_theirs.claim("pod:i", 1, 30),
+    ):
+        with pytest.raises(NoPermissionError):
+            await attempt
+    info = await theirs.get(task_id)
+    assert info is not None and info.state == "queued"
+    assert (await theirs.figures()).queued == 1
+
+
+async def test_a_script_of_its_own_cannot_reach_another_queue(
+    connect_as: Connect, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A loaded script runs with the caller's ACL: declaring one of its own keys does not
+    open another queue's keys, nor channels, nor other commands."""
+    other = other_queue()
+    await redis.set(f"ap:{{{other}}}:secret", "pool b")
+    client = await connect_as(queue_name, Role.WORKER)
+    own_key = f"ap:{{{queue_name}}}:queued"
+    for body in (
+        f"return redis.call('GET', 'ap:{{{other}}}:secret')",
+        f"return redis.call('PUBLISH', 'ap:{{{other}}}:done', 'x')",
+        "return redis.call('FLUSHALL')",
+        "return redis.call('KEYS', '*')",
+    ):
+        sha = await client.script_load(body)
+        with pytest.raises(ResponseError, match="The user executing the script can't"):
+            await client.evalsha(sha, 1, own_key)
+    assert await redis.get(f"ap:{{{other}}}:secret") == b"pool b"
+
+
+async def test_a_producer_submits_waits_and_cancels_with_its_acl(
+    connect_as: Connect, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    producer = TaskQueue(await connect_as(queue_name, Role.PRODUCER), queue_name)
+    worker = TaskQueue(redis, queue_name)
+    task_id = await producer.submit({"prompt": "hi"}, priority=3, idempotency_key="k1")
+    assert await producer.submit({"prompt": "hi"}, idempotency_key="k1") == task_id
+    later = await producer.submit("later", delay=60)
+    [doomed] = await producer.submit_many(["doomed"])
+    assert await producer.cancel(doomed) == "cancelled"
+    assert await producer.cancel(later) == "cancelled"
+    figures = await producer.figures()
+    assert figures.queued == 1 and figures.stats["submitted"] == 3
+
+    batch = await worker.claim("pod:i", 1, 30)
+    assert [t.id for t in batch.tasks] == [task_id]
+    waiting = producer.wait(task_id, timeout=10)
+    await worker.complete(batch.tasks[0], {"answer": 42})
+    info = await waiting
+    assert info.state == "succeeded" and info.result == {"answer": 42}
+
+
+async def test_a_producer_cannot_claim_complete_or_delete_and_changes_nothing_trying(
+    connect_as: Connect, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    admin = TaskQueue(redis, queue_name)
+    producer = TaskQueue(await connect_as(queue_name, Role.PRODUCER), queue_name)
+    running_id = await admin.submit("running")
+    dead_id = await admin.submit("dead", max_attempts=1)
+    batch = await admin.claim("pod:i", 2, 0.001)  # leases already expired: a reap has work
+    running = next(t for t in batch.tasks if t.id == running_id)
+    await admin.fail(next(t for t in batch.tasks if t.id == dead_id), "x", retryable=False)
+    queued = await admin.submit("queued")
+    await admin.submit("later", delay=60)
+    keys_before = await snapshot(redis, admin)
+
+    for attempt in (
+        producer.claim("pod:p", 1, 30),
+        producer.complete(running, "stolen"),
+        producer.fail(running, "stolen"),
+        producer.heartbeat(WorkerInfo("pod", "p", 1), {running.id: running.token}, 30),
+        producer.requeue_owner("pod:i"),
+        producer.reap_expired(),
+        producer.purge_dead(),
+        producer.requeue_dead(),
+        producer.request_drain("pod"),
+        producer.configure(max_attempts=99),
+        producer.wait_for_work(0.01),
+        producer.redis.delete(admin.task_key(queued)),
+    ):
+        with pytest.raises(ResponseError) as refused:
+            await attempt
+        assert isinstance(refused.value, NoPermissionError) or \
+            "The user executing the script can't" in str(refused.value)
+    assert await snapshot(redis, admin) == keys_before
+
+
+async def snapshot(redis: aioredis.Redis, queue: TaskQueue) -> dict[str, object]:
+    """Every key of the queue with its type and content."""
+    out: dict[str, object] = {}
+    async for key in redis.scan_iter(match=queue.prefix + "*"):
+        kind = (await redis.type(key)).decode()
+        if kind == "hash":
+            out[key.decode()] = await redis.hgetall(key)
+        elif kind == "zset":
+            out[key.decode()] = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            out[key.decode()] = await redis.smembers(key)
+        elif kind == "list":
+            out[key.decode()] = await redis.lrange(key, 0, -1)
+        else:
+            out[key.decode()] = await redis.get(key)
+    return out

@@ -1,0 +1,37 @@
+"""A worker whose Redis user is confined to its queue's keys runs, retries and drains its
+tasks; a producer confined the same way submits and waits for them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from worker_helpers import HANDLERS, eventually, running, settings, task_in
+
+from agentpool.acl import Role
+from agentpool.protocol import TaskQueue
+
+AclUrl = Callable[[str, Role], Awaitable[str]]
+
+
+async def test_a_worker_with_only_its_acl_runs_and_releases_tasks(
+    acl_url: AclUrl, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    worker_url = await acl_url(queue_name, Role.WORKER)
+    producer_client = aioredis.Redis.from_url(await acl_url(queue_name, Role.PRODUCER))
+    producer = TaskQueue(producer_client, queue_name)
+    try:
+        async with running(settings(worker_url, queue_name, f"{HANDLERS}:sleep",
+                                    concurrency=2, drain_seconds=0.2)) as worker:
+            quick = [await producer.submit({"seconds": 0}) for _ in range(3)]
+            results = await asyncio.gather(*(producer.wait(t, timeout=10) for t in quick))
+            assert [r.state for r in results] == ["succeeded"] * 3
+            slow = await producer.submit({"seconds": 60})
+            await eventually(lambda: task_in(producer, slow, "running"), 10, "the slow claim")
+            assert worker.health.redis_ok
+        released = await task_in(producer, slow, "queued")
+        assert released is not None and released.attempts == 0
+        assert released.error == "worker shutting down"
+    finally:
+        await producer_client.aclose()
