@@ -941,16 +941,54 @@ async def figures_and_workers(queue: TaskQueue) -> tuple[QueueFigures, list[Work
 async def task_page(queue: TaskQueue, state: str, offset: int,
                     limit: int) -> tuple[int, list[TaskInfo]]:
     """How many tasks are in `state` (one of TASK_LIST_STATES) and one page of them, in the
-    order of `TaskQueue.list_tasks`: two round trips."""
-    key = queue.prefix + ("dead" if state == "dead" else _STATE_SETS[state])
+    order of `TaskQueue.list_tasks`, in one round trip."""
+    if state not in TASK_LIST_STATES:
+        raise ProtocolError(f"no task state {state!r}: use one of {', '.join(TASK_LIST_STATES)}")
+    name = "dead" if state == "dead" else _STATE_SETS[state]
+    [reply] = await _scripts_in_one_trip(
+        queue.redis, [(queue, "task_page", [name, offset, limit, int(state == "dead")])])
+    infos = (_task_info(_s(reply[i]), _pairs(reply[i + 1])) for i in range(1, len(reply), 2))
+    return int(reply[0]), [info for info in infos if info is not None]
+
+
+def _pairs(flat: Sequence[Any]) -> dict[Any, Any]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What a page showing one task reads on each refresh."""
+
+    info: TaskInfo | None
+    events: list[TaskEvent]
+    """Events after the id asked for, oldest first."""
+    checkpoint: str | None
+    """The start of its checkpoint's JSON (at most the bytes asked for), None without one."""
+    checkpoint_bytes: int
+
+
+async def task_view(queue: TaskQueue, task_id: str, *, after: str | None, count: int,
+                    checkpoint_bytes: int) -> TaskView:
+    """A task, the start of its checkpoint and up to `count` of its events after the event
+    id `after` (from the first when None), in one round trip."""
+    checkpoint_key = f"{queue.prefix}cp:{task_id}"
     async with queue.redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(key)
-        if state == "dead":
-            pipe.zrevrange(key, offset, offset + limit - 1)
-        else:
-            pipe.zrange(key, offset, offset + limit - 1)
-        total, ids = await pipe.execute()
-    return int(total), await queue.get_many([_s(i) for i in ids])
+        pipe.hgetall(queue.task_key(task_id))
+        pipe.strlen(checkpoint_key)
+        pipe.getrange(checkpoint_key, 0, max(0, checkpoint_bytes - 1))
+        if count > 0:
+            pipe.xrange(queue.events_key(task_id), min="-" if after is None else f"({after}",
+                        count=count)
+        raw, size, start, *rest = await pipe.execute()
+    entries = rest[0] if rest else []
+    checkpoint = None
+    if size:
+        checkpoint = start.decode(errors="replace") if isinstance(start, bytes) else str(start)
+    return TaskView(
+        info=_task_info(task_id, raw),
+        events=[_task_event(entry_id, fields) for entry_id, fields in entries],
+        checkpoint=checkpoint, checkpoint_bytes=int(size),
+    )
 
 
 async def task_for_idempotency_key(queue: TaskQueue, key: str) -> str | None:

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from agentpool.cli.common import CommandFailed
-from agentpool.console.hub import Hub, Loader
+from agentpool.console.hub import FeedLoader, Hub, Loader, Message, event_key, plain
 from agentpool.console.security import (
     Handler,
     loopback_only,
@@ -87,8 +87,10 @@ async def asset(request: web.Request) -> web.StreamResponse:
 # -- data ------------------------------------------------------------------------------------
 
 
-async def serve(request: web.Request, kind: str, load: Loader) -> web.StreamResponse:
-    """The page's snapshot as JSON, or (Accept: text/event-stream) every new one, live."""
+async def serve(request: web.Request, kind: str, load: Loader,
+                feed: FeedLoader | None = None) -> web.StreamResponse:
+    """The page's snapshot as JSON, or (Accept: text/event-stream) every new one, live, and
+    the page's events (`feed`) after the browser's Last-Event-ID."""
     hub = request.app[HUB]
     key = request.path_qs
     if "text/event-stream" not in request.headers.get("Accept", ""):
@@ -100,18 +102,19 @@ async def serve(request: web.Request, kind: str, load: Loader) -> web.StreamResp
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
-    updates = hub.watch(key, kind, load, INTERVALS[kind])
+    updates = hub.watch(key, kind, feed or plain(load), INTERVALS[kind],
+                        after=last_event_id(request))
     streams, me = request.app[STREAMS], asyncio.current_task()
     assert me is not None
     streams.add(me)
     try:
         while True:
             try:
-                text = await asyncio.wait_for(anext(updates), KEEPALIVE_SECONDS)
+                message = await asyncio.wait_for(anext(updates), KEEPALIVE_SECONDS)
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue
-            await response.write(f"data: {text}\n\n".encode())
+            await response.write(sse(message))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -119,6 +122,24 @@ async def serve(request: web.Request, kind: str, load: Loader) -> web.StreamResp
         with contextlib.suppress(Exception):
             await updates.aclose()
     return response
+
+
+def sse(message: Message) -> bytes:
+    head = f"event: {message.name}\n" if message.name else ""
+    if message.event_id:
+        head += f"id: {message.event_id}\n"
+    return f"{head}data: {message.text}\n\n".encode()
+
+
+def last_event_id(request: web.Request) -> str | None:
+    """The last event a reconnecting browser got (None: from the first, also when the header
+    is not an event id)."""
+    value = request.headers.get("Last-Event-ID", "").strip()
+    try:
+        event_key(value)
+    except ValueError:
+        return None
+    return value
 
 
 async def console_info(request: web.Request) -> web.StreamResponse:
@@ -161,7 +182,9 @@ async def dead(request: web.Request) -> web.StreamResponse:
 
 async def task(request: web.Request) -> web.StreamResponse:
     sources, info = request.app[SOURCES], request.match_info
-    return await serve(request, "task", lambda: sources.task(info["queue"], info["id"]))
+    queue, task_id = info["queue"], info["id"]
+    return await serve(request, "task", lambda: sources.task(queue, task_id),
+                       lambda after: sources.task_feed(queue, task_id, after))
 
 
 async def find(request: web.Request) -> web.StreamResponse:

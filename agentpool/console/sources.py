@@ -8,6 +8,8 @@ history. The other pages are read on demand by their topic in the hub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +28,7 @@ from agentpool.cli.status import KubeReader
 from agentpool.cli.views import (
     FleetRow,
     compact,
+    event_json,
     figures_json,
     fleet_json,
     iso_ms,
@@ -33,16 +36,20 @@ from agentpool.cli.views import (
     workers_json,
 )
 from agentpool.console.history import History, Point
+from agentpool.console.hub import Feed, encode
 from agentpool.protocol import (
     QUEUE_NAME,
     TASK_LIST_STATES,
+    TaskEvent,
     TaskInfo,
     TaskQueue,
+    TaskView,
     figures_and_workers,
     figures_of,
     known_queues,
     task_for_idempotency_key,
     task_page,
+    task_view,
 )
 
 NO_NAMESPACE = "-"
@@ -53,6 +60,10 @@ DISCOVERY_SECONDS = 30.0
 DISCOVERY_MAX_KEYS = 5_000_000
 REQUEST_TIMEOUT = 10.0
 MAX_CACHED_QUEUES = 10_000
+EVENT_BATCH = 1000
+"""Events a task page reads per round trip (more are read at once, not after the interval)."""
+EVENT_DATA_CHARS = 2000
+CHECKPOINT_PREVIEW_BYTES = 65_536
 
 
 class NotFound(LookupError):
@@ -240,11 +251,42 @@ class Sources:
         return await task_for_idempotency_key(queue, text)
 
     async def task(self, queue_name: str, task_id: str) -> dict[str, Any]:
-        info = await self.queue(queue_name).get(task_id)
+        return (await self.task_feed(queue_name, task_id, None, events=False)).snapshot
+
+    async def task_feed(self, queue_name: str, task_id: str, after: str | None, *,
+                        events: bool = True) -> Feed:
+        """The task page: the task, its checkpoint and its events after `after`, one round
+        trip."""
+        view = await task_view(self.queue(queue_name), task_id, after=after,
+                               count=EVENT_BATCH if events else 0,
+                               checkpoint_bytes=CHECKPOINT_PREVIEW_BYTES)
+        info = view.info
         if info is None:
             raise NotFound(f"no task {task_id} in queue {queue_name} (it may have expired)")
-        return {"queue": queue_name, "at": time.time(), "task": task_json(queue_name, info),
-                "done": info.done}
+        snapshot = {"queue": queue_name, "at": time.time(), "task": task_json(queue_name, info),
+                    "done": info.done, "checkpoint": checkpoint_json(view)}
+        return Feed(snapshot, [page_event(e) for e in view.events],
+                    more=len(view.events) >= EVENT_BATCH)
+
+
+def page_event(event: TaskEvent) -> dict[str, Any]:
+    """An event as the task page shows it: data past EVENT_DATA_CHARS is cut, as text."""
+    doc = event_json(event)
+    text = encode(event.data)
+    if len(text) > EVENT_DATA_CHARS:
+        doc["data"], doc["cut"] = text[:EVENT_DATA_CHARS - 1] + "…", True
+    return doc
+
+
+def checkpoint_json(view: TaskView) -> dict[str, Any] | None:
+    if view.checkpoint is None:
+        return None
+    complete = view.checkpoint_bytes <= CHECKPOINT_PREVIEW_BYTES
+    state: Any = view.checkpoint
+    if complete:
+        with contextlib.suppress(ValueError):
+            state = json.loads(view.checkpoint)
+    return {"state": state, "bytes": view.checkpoint_bytes, "complete": complete}
 
 
 def task_row(info: TaskInfo) -> dict[str, Any]:
@@ -255,6 +297,8 @@ def task_row(info: TaskInfo) -> dict[str, Any]:
         "owner": info.owner, "error": None if info.error is None else compact(info.error,
                                                                                PREVIEW_CHARS),
         "payload": compact(info.payload, PREVIEW_CHARS),
+        "progress": None if info.progress is None else {
+            "fraction": info.progress.fraction, "message": info.progress.message},
     }
 
 

@@ -13,12 +13,22 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from console_helpers import TOKEN
+from redis.asyncio.connection import Connection
 
 from agentpool.console.app import ConsoleConfig, build_app
-from agentpool.console.sources import PAGE_SIZE, Sources
-from agentpool.protocol import TaskQueue, WorkerInfo
+from agentpool.console.sources import CHECKPOINT_PREVIEW_BYTES, PAGE_SIZE, Sources
+from agentpool.protocol import TaskQueue, WorkerInfo, encode_checkpoint
 
 Client = TestClient  # type: ignore[type-arg]
+
+
+class CountingConnection(Connection):
+    trips = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.trips += 1
+        await super().send_packed_command(command, check_health)
+
 WRITE = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -243,3 +253,111 @@ async def test_a_loopback_console_refuses_other_host_names(redis: aioredis.Redis
                              ("attacker.example:8080", 421), ("127.0.0.1.nip.io", 421)]:
             response = await client.get("/api/console", headers={"Host": host})
             assert response.status == status, host
+
+
+async def read_stream(response: Any, events: list[dict[str, Any]], until: int) -> list[Any]:
+    """Read an SSE response until `until` events came; returns the snapshots seen and sets
+    nothing else (a batch's `id:` must be its last event's id)."""
+    snapshots: list[Any] = []
+    name = event_id = None
+    while len(events) < until:
+        line = (await response.content.readline()).decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("data: "):
+            doc = json.loads(line[6:])
+            if name == "events":
+                assert event_id == doc[-1]["id"]
+                events.extend(doc)
+            else:
+                snapshots.append(doc)
+            name = event_id = None
+    return snapshots
+
+
+async def test_a_task_page_streams_its_events_and_resumes_after_the_last_event_id(
+    api: Client, redis: aioredis.Redis, queue_name: str
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"steps": 5}, max_attempts=2)
+    [claimed] = (await queue.claim("pod-a:i1", 1, 30)).tasks
+    await queue.emit(task_id, "progress", {"fraction": 0.2, "message": "<b>one</b>"}, attempt=1)
+    await queue.emit(task_id, "token", "Hel", attempt=1)
+    url = f"/api/queues/{queue_name}/tasks/{task_id}"
+    sse = {"Accept": "text/event-stream"}
+
+    response = await api.get(url, headers=sse)
+    seen: list[dict[str, Any]] = []
+    snapshots = await asyncio.wait_for(read_stream(response, seen, 2), 10)
+    assert snapshots[0]["task"]["progress"] == {"fraction": 0.2, "message": "<b>one</b>"}
+    await queue.emit(task_id, "token", "lo", attempt=1)
+    await asyncio.wait_for(read_stream(response, seen, 3), 10)
+    response.close()  # the browser loses its connection; events go on meanwhile
+
+    await queue.fail(claimed, "lost", delay=0)
+    [again] = (await queue.claim("pod-b:i1", 1, 30)).tasks
+    await queue.emit(task_id, "progress", {"fraction": 0.6}, attempt=2)
+    await queue.complete(again, {"ok": True})
+    resumed = await api.get(url, headers={**sse, "Last-Event-ID": seen[-1]["id"]})
+    await asyncio.wait_for(read_stream(resumed, seen, 5), 10)
+    resumed.close()
+
+    assert [(e["kind"], e["attempt"], e["data"]) for e in seen] == [
+        ("progress", 1, {"fraction": 0.2, "message": "<b>one</b>"}), ("token", 1, "Hel"),
+        ("token", 1, "lo"), ("progress", 2, {"fraction": 0.6}),
+        ("final", 2, {"state": "succeeded"})]
+    assert len({e["id"] for e in seen}) == 5
+    everything: list[dict[str, Any]] = []
+    fresh = await api.get(url, headers=sse)  # a new page starts from the first event
+    await asyncio.wait_for(read_stream(fresh, everything, 5), 10)
+    fresh.close()
+    assert everything == seen
+
+
+async def test_a_task_page_shows_its_checkpoint(api: Client, redis: aioredis.Redis,
+                                                queue_name: str) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"steps": 9})
+    url = f"/api/queues/{queue_name}/tasks/{task_id}"
+    assert (await get_json(api, url))["checkpoint"] is None
+    [claimed] = (await queue.claim("pod-a:i1", 1, 30)).tasks
+    assert await queue.checkpoint(claimed, encode_checkpoint({"step": 4, "notes": ["<i>"]}))
+    doc = await get_json(api, url)
+    assert doc["checkpoint"] == {"state": {"step": 4, "notes": ["<i>"]}, "bytes": 26,
+                                 "complete": True}
+    big = {"blob": "x" * (CHECKPOINT_PREVIEW_BYTES + 10)}
+    assert await queue.checkpoint(claimed, encode_checkpoint(big))
+    doc = await get_json(api, url)
+    assert doc["checkpoint"]["complete"] is False
+    assert doc["checkpoint"]["bytes"] == len(encode_checkpoint(big))
+    assert doc["checkpoint"]["state"] == encode_checkpoint(big)[:CHECKPOINT_PREVIEW_BYTES]
+
+
+async def test_task_lists_and_task_pages_read_redis_in_one_round_trip(
+    redis_url: str, queue_name: str
+) -> None:
+    counting = aioredis.Redis.from_url(redis_url, connection_class=CountingConnection)
+    sources = Sources(counting, queues=[queue_name])
+    queue = sources.queue(queue_name)
+    task_id = await queue.submit({"n": 1})
+    await queue.submit_many([{"n": n} for n in range(3)])
+    [claimed] = (await queue.claim("pod-a:i1", 1, 30)).tasks
+    await queue.emit(task_id, "progress", {"fraction": 0.5}, attempt=1)
+    for state in ("queued", "running", "dead"):
+        await sources.tasks(queue_name, state, 1)  # loads the read script once
+    reads: list[int] = []
+    for read in (lambda: sources.tasks(queue_name, "queued", 1),
+                 lambda: sources.tasks(queue_name, "running", 1),
+                 lambda: sources.task_feed(queue_name, task_id, None)):
+        before = CountingConnection.trips
+        await read()
+        reads.append(CountingConnection.trips - before)
+    assert reads == [1, 1, 1]
+    running = await sources.tasks(queue_name, "running", 1)
+    assert [(t["id"], t["progress"]) for t in running["tasks"]] == [
+        (claimed.id, {"fraction": 0.5, "message": None})]
+    feed = await sources.task_feed(queue_name, task_id, None)
+    assert [e["kind"] for e in feed.events] == ["progress"]
+    await counting.aclose()

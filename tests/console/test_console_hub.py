@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 
 from agentpool.cli.main import main
 from agentpool.console.history import History, Point
-from agentpool.console.hub import Hub
+from agentpool.console.hub import Feed, Hub, Message, event_key, plain
 
 
 async def test_many_watchers_of_a_page_share_one_reload_per_refresh() -> None:
@@ -22,9 +24,9 @@ async def test_many_watchers_of_a_page_share_one_reload_per_refresh() -> None:
         reloads += 1
         return {"n": reloads}
 
-    watchers = [hub.watch("/api/x", "x", load, 0.01) for _ in range(50)]
+    watchers = [hub.watch("/api/x", "x", plain(load), 0.01) for _ in range(50)]
     for _ in range(5):
-        seen = await asyncio.gather(*(anext(w) for w in watchers))
+        seen = [m.text for m in await asyncio.gather(*(anext(w) for w in watchers))]
         assert len(set(seen)) == 1  # every watcher got the same snapshot
     assert reloads <= 6  # five snapshots (one more may be in flight), not 5 x 50
     assert hub.loads["x"] == reloads
@@ -44,10 +46,88 @@ async def test_a_failing_page_shows_its_error_and_recovers() -> None:
             raise ConnectionError("down")
         return {"ok": True}
 
-    watcher = hub.watch("/api/y", "y", load, 0.01)
-    assert await anext(watcher) == '{"error":"down"}'
-    assert await anext(watcher) == '{"ok":true}'
+    watcher = hub.watch("/api/y", "y", plain(load), 0.01)
+    assert (await anext(watcher)).text == '{"error":"down"}'
+    assert (await anext(watcher)).text == '{"ok":true}'
     await watcher.aclose()
+
+
+class EventSource:
+    """A task page's data: its events grow while the test runs; every read is counted."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.reads = 0
+        self.ms = 1_700_000_000_000
+
+    def emit(self, n: int) -> None:
+        for _ in range(n):
+            self.ms += 1
+            self.events.append({"id": f"{self.ms}-0", "kind": "step", "n": len(self.events)})
+
+    async def load(self, after: str | None) -> Feed:
+        self.reads += 1
+        new = [e for e in self.events if after is None or event_key(e["id"]) > event_key(after)]
+        return Feed({"events": len(self.events)}, new[:5], more=len(new) > 5)
+
+
+async def collect(watcher: AsyncGenerator[Message, None], until: int,
+                  got: list[dict[str, Any]]) -> str | None:
+    """Events from a watcher until `until` were seen; returns the last batch's event id."""
+    last = None
+    while len(got) < until:
+        message = await anext(watcher)
+        if message.name == "events":
+            batch = json.loads(message.text)
+            assert message.event_id == batch[-1]["id"]
+            got.extend(batch)
+            last = message.event_id
+    return last
+
+
+async def test_watchers_of_a_task_share_each_read_and_get_every_event_once_in_order() -> None:
+    hub = Hub(lambda exc: {"error": str(exc)})
+    source = EventSource()
+    source.emit(3)
+    early = [hub.watch("/api/t", "task", source.load, 0.01) for _ in range(20)]
+    got: list[list[dict[str, Any]]] = [[] for _ in early]
+    await asyncio.gather(*(collect(w, 3, g) for w, g in zip(early, got, strict=True)))
+    source.emit(12)  # more than one read's worth: read again at once
+    late = hub.watch("/api/t", "task", source.load, 0.01)
+    late_got: list[dict[str, Any]] = []
+    await asyncio.gather(*(collect(w, 15, g) for w, g in zip(early, got, strict=True)),
+                         collect(late, 15, late_got))
+    expected = list(range(15))
+    assert all([e["n"] for e in g] == expected for g in got)
+    assert [e["n"] for e in late_got] == expected  # a late watcher starts from the first
+    reads = source.reads
+    await asyncio.sleep(0.1)  # ~10 refreshes, whatever the number of watchers
+    assert source.reads - reads <= 15
+    for watcher in [*early, late]:
+        await watcher.aclose()
+    assert hub.topics == {}
+
+
+async def test_a_reconnecting_watcher_resumes_after_its_last_event() -> None:
+    hub = Hub(lambda exc: {"error": str(exc)})
+    source = EventSource()
+    keeper = hub.watch("/api/t", "task", source.load, 0.01)  # keeps the topic alive
+    source.emit(4)
+    first = hub.watch("/api/t", "task", source.load, 0.01)
+    before: list[dict[str, Any]] = []
+    last = await collect(first, 4, before)
+    await first.aclose()  # the browser lost its connection
+    source.emit(3)
+    await collect(keeper, 7, [])
+    again = hub.watch("/api/t", "task", source.load, 0.01, after=last)
+    after: list[dict[str, Any]] = []
+    await collect(again, 3, after)
+    assert [e["n"] for e in before + after] == list(range(7))
+    source.emit(1)
+    await collect(again, 4, after)
+    assert [e["n"] for e in after] == [4, 5, 6, 7]
+    await again.aclose()
+    await keeper.aclose()
 
 
 def test_history_keeps_one_point_per_step_and_the_latest_sample() -> None:

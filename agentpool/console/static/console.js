@@ -58,7 +58,7 @@ function crumbs(...parts) {
 // -- live data ---------------------------------------------------------------------------
 
 let stream = null;
-function live(url, draw) {
+function live(url, draw, events) {
   const indicator = document.getElementById("live");
   if (stream) stream.close();
   stream = new EventSource(url);
@@ -66,13 +66,20 @@ function live(url, draw) {
   stream.onerror = () => { indicator.textContent = "reconnecting"; indicator.className = "live off"; };
   stream.onmessage = (event) => {
     const doc = JSON.parse(event.data);
-    if (doc.error) {
+    const shown = document.getElementById("page-error");
+    if (doc.not_found) {
       render(el("p", { class: "error", id: "page-error" }, doc.error));
-      if (doc.not_found) stream.close();
-      return;
+      stream.close();
+    } else if (doc.error) {  // e.g. Redis unreachable: say so above what the page last showed
+      if (shown) shown.textContent = doc.error;
+      else main.prepend(el("p", { class: "error", id: "page-error" }, doc.error));
+    } else {
+      if (shown) shown.remove();
+      draw(doc);
     }
-    draw(doc);
   };
+  // a batch of the page's events; the browser resumes after the last one it got (Last-Event-ID)
+  if (events) stream.addEventListener("events", (event) => events(JSON.parse(event.data)));
 }
 
 // -- write actions -----------------------------------------------------------------------
@@ -214,6 +221,7 @@ function poolPage(namespace, name) {
 function tasksPage(queue, dead) {
   const params = new URLSearchParams(location.search);
   const taskState = dead ? "dead" : params.get("state") || "queued";
+  const running = taskState === "running";
   const page = Math.max(1, Number(params.get("page")) || 1);
   const base = `/queues/${enc(queue)}`;
   crumbs(["Fleet", "/"], queue, dead ? "Dead letters" : "Tasks");
@@ -246,27 +254,61 @@ function tasksPage(queue, dead) {
       dead && consoleInfo.writes ? el("td", {}, el("input", { type: "checkbox", "data-id": t.id,
         checked: selected.has(t.id), onchange: (e) => (e.target.checked ? selected.add(t.id) : selected.delete(t.id)) })) : null,
       el("td", { class: "mono" }, el("a", { href: `${base}/tasks/${enc(t.id)}` }, t.id)),
-      el("td", {}, state(t.state)), num(t.max_attempts ? `${t.attempts}/${t.max_attempts}` : t.attempts), el("td", {}, ago(t.created)),
+      el("td", {}, state(t.state)), num(t.max_attempts ? `${t.attempts}/${t.max_attempts}` : t.attempts),
+      running ? el("td", {}, progressBar(t.progress) || "-") : null, el("td", {}, ago(t.created)),
       el("td", { class: "mono" }, show(t.owner)), el("td", { class: "mono" }, t.payload),
       el("td", { class: "mono" }, show(t.error))));
     const pages = Math.max(1, Math.ceil(doc.total / doc.per_page));
     const link = (p) => dead ? `${base}/dead?page=${p}` : `${base}/tasks?state=${enc(taskState)}&page=${p}`;
     holder.replaceChildren(...present([
       el("p", { class: "muted", id: "task-total" }, `${doc.total} ${doc.state} task(s)`),
-      rows.length ? table([...(dead && consoleInfo.writes ? [""] : []), "Id", "State", "Attempts#", "Created", "Owner",
+      rows.length ? table([...(dead && consoleInfo.writes ? [""] : []), "Id", "State", "Attempts#",
+        ...(running ? ["Progress"] : []), "Created", "Owner",
         "Payload", "Error"], rows, { id: "tasks" }) : el("p", { class: "muted" }, "None."),
       el("div", { class: "pager" }, page > 1 ? el("a", { href: link(page - 1) }, "← newer") : null,
         `page ${doc.page} of ${pages}`, page < pages ? el("a", { href: link(page + 1) }, "older →") : null)]));
   });
 }
 
+const percent = (fraction) => `${Math.round(fraction * 100)}%`;
+function progressBar(progress, id) {
+  if (!progress) return null;
+  return el("span", { class: "progress", id },
+    el("progress", { max: "1", value: String(progress.fraction) }),
+    ` ${percent(progress.fraction)}${progress.message ? ` ${progress.message}` : ""}`);
+}
+function clock(iso) {
+  return iso ? iso.slice(11, 23) : "-";
+}
+function eventDetail(e) {
+  if (e.kind === "progress" && e.data && typeof e.data.fraction === "number") {
+    return `${percent(e.data.fraction)}${e.data.message ? ` ${e.data.message}` : ""}`;
+  }
+  return typeof e.data === "string" && e.cut ? e.data : JSON.stringify(e.data);
+}
+
 function taskPage(queue, id) {
   const base = `/queues/${enc(queue)}`;
   crumbs(["Fleet", "/"], [queue, `${base}/tasks`], id);
+  const head = el("div", {}, el("p", { class: "muted" }, "Loading…"));
+  const progress = el("div", { id: "task-progress-box" });
+  const rows = el("tbody", {});
+  const noEvents = el("p", { class: "muted", id: "no-events" }, "No events yet.");
+  const tail = el("div", {});
+  let latest = null;  // the newest progress: its event (with its attempt) or the task's own
+  const drawProgress = () => progress.replaceChildren(...present([latest ?
+    el("div", { class: "toolbar" }, latest.attempt ? el("span", { class: "attempt" }, `attempt ${latest.attempt}`) : null,
+      progressBar(latest, "task-progress")) : null]));
+  render(head, progress,
+    el("h2", {}, "Events"),
+    el("table", { id: "events" }, el("thead", {}, el("tr", {},
+      ["Time", "Attempt", "Kind", "Data"].map((h) => el("th", {}, h)))), rows),
+    noEvents, tail);
   live(`/api${base}/tasks/${enc(id)}`, (doc) => {
     const t = doc.task;
     const running = !FINAL.has(t.state);
-    render(
+    if (!latest && t.progress) { latest = t.progress; drawProgress(); }
+    head.replaceChildren(
       el("h1", {}, "Task ", el("span", { class: "mono" }, t.id), " ",
         el("span", { class: `state ${t.state}`, id: "task-state" }, t.state)),
       el("dl", { class: "detail" }, [
@@ -274,12 +316,28 @@ function taskPage(queue, id) {
         ["Owner", show(t.owner)], ["Created", show(t.created)], ["Started", show(t.started)],
         ["Finished", show(t.finished)]
       ].flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, String(v))])),
-      consoleInfo.writes && running ? el("div", { class: "toolbar" }, tokenBox(),
+      ...present([consoleInfo.writes && running ? el("div", { class: "toolbar" }, tokenBox(),
         el("button", { id: "cancel", class: "danger", onclick: () => act(`/api${base}/tasks/${enc(id)}/cancel`, {}) }, "Cancel"),
-        el("span", { id: "action-message" })) : null,
+        el("span", { id: "action-message" })) : null]));
+    const cp = doc.checkpoint;
+    tail.replaceChildren(...present([
+      el("h2", {}, "Checkpoint"),
+      cp ? el("p", { class: "muted" }, cp.complete ? `${cp.bytes} bytes; the next attempt resumes from it`
+        : `the first ${cp.state.length} characters of ${cp.bytes} bytes`) : null,
+      cp ? el("pre", { id: "task-checkpoint" }, pretty(cp.state))
+        : el("p", { class: "muted", id: "task-checkpoint" }, "None."),
       el("h2", {}, "Payload"), el("pre", { id: "task-payload" }, pretty(t.payload)),
       el("h2", {}, "Result"), el("pre", { id: "task-result" }, pretty(t.result)),
-      el("h2", {}, "Error"), el("pre", { id: "task-error" }, pretty(t.error)));
+      el("h2", {}, "Error"), el("pre", { id: "task-error" }, pretty(t.error))]));
+  }, (events) => {
+    noEvents.remove();
+    rows.append(...events.map((e) => el("tr", { "data-event": e.id, class: e.kind === "final" ? "final" : null },
+      el("td", { class: "mono" }, clock(e.time)),
+      el("td", {}, el("span", { class: "attempt" }, show(e.attempt))),
+      el("td", { class: "mono" }, e.kind),
+      el("td", { class: "mono" }, eventDetail(e)))));
+    const last = events.filter((e) => e.kind === "progress" && e.data && typeof e.data.fraction === "number").pop();
+    if (last) { latest = { ...last.data, attempt: last.attempt }; drawProgress(); }
   });
 }
 
