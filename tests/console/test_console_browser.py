@@ -6,6 +6,7 @@ Screenshots of each page go to .test-output/console/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -157,6 +158,47 @@ def test_a_submitted_task_appears_and_turns_succeeded_without_a_reload(
     expect(page.locator("#task-result")).to_contain_text('"gate": "opened"')
     assert navigations == []
     shot(page, "task")
+
+
+def test_a_running_task_streams_its_events_and_progress_without_a_reload(
+    console: Console, page: Page
+) -> None:
+    gates = console.tmp / f"steps-{uuid.uuid4().hex[:6]}"
+    note = '<script>alert(3)</script><img src=x onerror="alert(4)">'
+    task_id = console.submit({"steps": 3, "gates": str(gates), "note": note})
+    page.goto(f"{console.url}queues/{console.queue}/tasks?state=running")
+    row = page.locator(f'#tasks tr[data-task="{task_id}"]')
+    expect(row).to_be_visible(timeout=LIVE)
+    (gates.parent / f"{gates.name}-1").touch()
+    expect(row).to_contain_text("33% step 1 of 3", timeout=LIVE)  # the list shows progress
+    row.get_by_role("link", name=task_id).click()
+    events = page.locator("#events tbody tr")
+    expect(events).to_have_count(2, timeout=LIVE)
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    bar = page.locator("#task-progress progress")
+    for step in (2, 3):
+        (gates.parent / f"{gates.name}-{step}").touch()
+        expect(page.locator("#task-progress")).to_contain_text(
+            f"{round(100 * step / 3)}% step {step} of 3", timeout=LIVE)
+        assert abs(float(bar.evaluate("p => p.value")) - step / 3) < 0.001
+        if step == 2:
+            expect(events).to_have_count(4)
+            expect(page.locator("#task-checkpoint")).to_contain_text('"step": 2', timeout=LIVE)
+            shot(page, "task-events")
+    expect(page.locator("#task-state")).to_have_text("succeeded", timeout=LIVE)
+    expect(events).to_have_count(7, timeout=LIVE)  # the last step's two and the final one
+    shown = [[cell.strip() for cell in row.split("\t")[1:]] for row in events.evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.textContent).join('\\t'))")]
+    expected = []
+    for step in (1, 2, 3):
+        expected += [["1", "note", json.dumps({"step": step, "text": note},
+                                             separators=(",", ":"))],
+                     ["1", "progress", f"{round(100 * step / 3)}% step {step} of 3"]]
+    assert shown == [*expected, ["1", "final", '{"state":"succeeded"}']]
+    assert page.locator("main script, main img").count() == 0
+    assert navigations == []
+    shot(page, "task-done")
 
 
 def dead_page(console: Console, page: Page, task_id: str) -> None:
