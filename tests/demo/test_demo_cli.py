@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -160,6 +161,11 @@ def test_demo_finishes_every_task_and_leaves_nothing(demo_tmp: Path, spawn: Spaw
     assert summary["wait_p50_seconds"] <= summary["wait_p95_seconds"]
     assert summary["throughput_per_second"] > 0
     assert "half-way: kill -9" in demo.output("stderr")
+    events = demo.output("stderr")
+    assert "console: http://127.0.0.1:" in events
+    if "will resume from a checkpoint" in events:  # its task page, to watch attempt 2 go on
+        assert re.search(r"watch it resume: http://127\.0\.0\.1:\d+/queues/[^/]+/tasks/"
+                         r"[0-9a-f]{32}\n", events), events
     assert set(summary["pids"]) <= set(demo.children)
     assert demo.survivors() == []
     assert not _port_open(summary["redis_url"])

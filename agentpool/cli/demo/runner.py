@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -205,9 +205,11 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> DemoOutcome:
         else:
             url = config.redis_url
             stack.callback(delete_queue_keys, url, config.queue)
+        console_url = None
         if config.console:
             console = start_console(url, config.queue, workdir)
             if isinstance(console, DemoConsole):
+                console_url = console.url
                 stack.callback(console.stop)
                 reporter.event(clock(), f"console: {console.url} (open it to watch the fleet, "
                                "the kill -9 and the requeue live)")
@@ -216,7 +218,7 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> DemoOutcome:
         fleet = WorkerFleet(command, worker_env(config, url), workdir)
         stack.callback(fleet.stop_all)
         interrupts.check()
-        demo = DemoRun(config, fleet, reporter, clock, interrupts)
+        demo = DemoRun(config, fleet, reporter, clock, interrupts, console_url)
         summary = asyncio.run(demo.main(url))
         return DemoOutcome(
             summary=summary,
@@ -243,8 +245,9 @@ def delete_queue_keys(url: str, queue: str) -> None:
 
 class DemoRun:
     def __init__(self, config: DemoConfig, fleet: WorkerFleet, reporter: Reporter,
-                 clock: Clock, interrupts: Interrupts) -> None:
+                 clock: Clock, interrupts: Interrupts, console_url: str | None = None) -> None:
         self.config = config
+        self.console_url = console_url
         self.interrupts = interrupts
         self.fleet = fleet
         self.reporter = reporter
@@ -398,6 +401,9 @@ class DemoRun:
             example = max(steps, key=lambda t: steps[t])
             self.event(f"{len(steps)} of them will resume from a checkpoint, e.g. task "
                        f"{example[:8]} after step {steps[example]} of {self.config.steps}")
+            if self.console_url:
+                self.event(f"watch it resume: {self.console_url}queues/"
+                           f"{quote(queue.name, safe='')}/tasks/{example}")
         self.start_worker(replacing=pod)
 
     def check_processes(self, *, fatal: bool) -> None:
