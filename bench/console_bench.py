@@ -7,7 +7,9 @@ trips. Measured:
 - server time of the fleet page (one refresh of every queue's figures, then the JSON the page
   gets) and of a task list page, a deep page and a task's detail (median and p95 of 30);
 - round trips per second with nobody watching, then with 50 browsers (SSE connections)
-  watching the fleet page, then 50 more watching one task list page;
+  watching the fleet page, then 50 more watching one task list page, then 50 more watching a
+  running task that emits 20 events a second (and whether each got every event once);
+- server time of a task page's first read when the task has 1,000 events;
 - the cost of finding the queues in Redis (a SCAN of the keyspace, every 30 s, when the
   console has no Kubernetes access and no --queue), apart from the figures above.
 
@@ -89,6 +91,36 @@ async def watch(session: aiohttp.ClientSession, url: str, stop: asyncio.Event) -
     return updates
 
 
+async def watch_events(session: aiohttp.ClientSession, url: str,
+                       stop: asyncio.Event) -> list[str]:
+    """The ids of the events a task page's stream delivered."""
+    ids: list[str] = []
+    async with session.get(url, headers={"Accept": "text/event-stream"}) as response:
+        name = None
+        while not stop.is_set():
+            try:
+                line = await asyncio.wait_for(response.content.readline(), 0.5)
+            except TimeoutError:
+                continue
+            if line.startswith(b"event: "):
+                name = line[7:].strip()
+            elif line.startswith(b"data: "):
+                if name == b"events":
+                    ids += [e["id"] for e in json.loads(line[6:])]
+                name = None
+    return ids
+
+
+async def emit_events(queue: TaskQueue, task_id: str, per_second: float,
+                      stop: asyncio.Event) -> int:
+    sent = 0
+    while not stop.is_set():
+        await queue.emit(task_id, "token", {"text": f"chunk {sent}"}, attempt=1)
+        sent += 1
+        await asyncio.sleep(1 / per_second)
+    return sent
+
+
 async def trips_per_second(seconds: float) -> float:
     before = CountingConnection.trips
     await asyncio.sleep(seconds)
@@ -123,7 +155,8 @@ async def run(pools: int, tasks: int, watchers: int, window: float) -> dict[str,
                                "queue_discovery": discovery,
                                "fleet_refresh": summary(fleet_refresh)}
         try:
-            async with aiohttp.ClientSession() as session:
+            # one connection per browser: the default pool of 100 would queue the last 50
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
                 doc["fleet_page"] = await timed(session, base + "api/fleet")
                 doc["tasks_page"] = await timed(session,
                                                 base + "api/queues/pool-007/tasks?state=queued")
@@ -145,9 +178,37 @@ async def run(pools: int, tasks: int, watchers: int, window: float) -> dict[str,
                             for _ in range(watchers)]
                 await asyncio.sleep(3)
                 doc["watched_trips_per_second"] = round(await trips_per_second(window), 2)
+                emitter_redis = aioredis.Redis.from_url(server.url)  # not counted: a worker
+                emitter = TaskQueue(emitter_redis, "pool-007")
+                running = (await emitter.list_tasks("running", 1))[0].id
+                for n in range(1000):
+                    await emitter.emit(running, "token", {"text": f"before {n}"}, attempt=1)
+                first_reads = []
+                for _ in range(30):
+                    start = time.perf_counter()
+                    await sources.task_feed("pool-007", running, None)
+                    first_reads.append(time.perf_counter() - start)
+                doc["task_page_first_read_1000_events"] = summary(first_reads)
+                emitting = asyncio.Event()
+                sender = asyncio.create_task(emit_events(emitter, running, 20, emitting))
+                task_url = base + f"api/queues/pool-007/tasks/{running}"
+                followers = [asyncio.create_task(watch_events(session, task_url, stop))
+                             for _ in range(watchers)]
+                await asyncio.sleep(3)
+                doc["task_watched_trips_per_second"] = round(await trips_per_second(window), 2)
+                emitting.set()
+                sent = await sender
+                await asyncio.sleep(2.5)  # the last refresh reaches every follower
                 stop.set()
                 updates = await asyncio.gather(*clients)
-                doc["watchers"] = {"fleet": watchers, "tasks": watchers,
+                delivered = await asyncio.gather(*followers)
+                await emitter_redis.aclose()
+                expected = 1000 + sent
+                doc["task_events"] = {
+                    "per_second": 20, "sent_while_watched": sent, "followers": watchers,
+                    "followers_with_every_event_once": sum(
+                        len(ids) == len(set(ids)) == expected for ids in delivered)}
+                doc["watchers"] = {"fleet": watchers, "tasks": watchers, "task": watchers,
                                    "updates_received": sum(updates),
                                    "page_reloads_by_kind": dict(app[HUB].loads)}
         finally:
@@ -158,6 +219,8 @@ async def run(pools: int, tasks: int, watchers: int, window: float) -> dict[str,
                                 - doc["idle_trips_per_second"], 2),
             "tasks_page": round(doc["watched_trips_per_second"]
                                 - doc["fleet_watched_trips_per_second"], 2),
+            "task_page_with_events": round(doc["task_watched_trips_per_second"]
+                                           - doc["watched_trips_per_second"], 2),
         }
         return doc
 
