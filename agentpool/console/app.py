@@ -30,6 +30,8 @@ from agentpool.redis_errors import describe_redis_error
 STATIC = resources.files("agentpool.console") / "static"
 FLEET_SECONDS = 2.0
 KEEPALIVE_SECONDS = 15.0
+RECONNECT_MS = 1000
+"""How soon a browser reconnects a live stream the console ended (a restart, a redeploy)."""
 INTERVALS = {"fleet": 1.0, "pool": 2.0, "tasks": 2.5, "task": 1.0, "dead": 2.5}
 """Seconds between the end of a watched page's reload and the next, per kind: the pool page
 is one Redis round trip, a task list two, a task one (so at most one per second per page,
@@ -102,6 +104,7 @@ async def serve(request: web.Request, kind: str, load: Loader,
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
+    await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
     updates = hub.watch(key, kind, feed or plain(load), INTERVALS[kind],
                         after=last_event_id(request))
     streams, me = request.app[STREAMS], asyncio.current_task()

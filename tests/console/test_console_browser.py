@@ -6,20 +6,29 @@ Screenshots of each page go to .test-output/console/.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
 from console_helpers import TOKEN, worker_env
 
 from agentpool.client import SyncClient
+from agentpool.console.app import ConsoleConfig, build_app
+from agentpool.console.sources import Sources
+from agentpool.protocol import TaskQueue
+from agentpool.redis_server import free_port
 
 try:
     from playwright.sync_api import Browser, Error, Page, expect, sync_playwright
@@ -67,6 +76,26 @@ class Console:
         return None if info is None else info.state
 
 
+def start_console(redis_url: str, queue: str, port: int, log: Path,
+                  *options: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
+    env["AGENTPOOL_CONSOLE_TOKEN"] = TOKEN
+    binary = Path(sys.executable).with_name("agentpool")
+    return subprocess.Popen(
+        [str(binary), "console", "--redis-url", redis_url, "--port", str(port),
+         "--redis-only", "--queue", queue, *options],
+        env=env, stdout=subprocess.PIPE, stderr=log.open("ab"), text=True)
+
+
+def console_url(process: subprocess.Popen[str], log: Path) -> str:
+    """The URL the console printed (and not the Redis URL)."""
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("agentpool console: http://127.0.0.1:"), line + log.read_text()
+    assert "redis://" not in line
+    return line.split()[2]
+
+
 @pytest.fixture(scope="module")
 def console(redis_server: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     """`agentpool console` with write actions (TOKEN) on one queue, and two real workers."""
@@ -75,13 +104,7 @@ def console(redis_server: object, tmp_path_factory: pytest.TempPathFactory) -> I
     assert isinstance(redis_server, RedisServer)
     tmp = tmp_path_factory.mktemp("console")
     queue = f"console-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
-    env["AGENTPOOL_CONSOLE_TOKEN"] = TOKEN
-    binary = Path(sys.executable).with_name("agentpool")
-    process = subprocess.Popen(
-        [str(binary), "console", "--redis-url", redis_server.url, "--port", "0",
-         "--redis-only", "--queue", queue, "--allow-writes"],
-        env=env, stdout=subprocess.PIPE, stderr=(tmp / "console.log").open("wb"), text=True)
+    process = start_console(redis_server.url, queue, 0, tmp / "console.log", "--allow-writes")
     workers = []
     for pod in ("pod-a", "pod-b"):
         with (tmp / f"{pod}.log").open("wb") as log:
@@ -90,12 +113,8 @@ def console(redis_server: object, tmp_path_factory: pytest.TempPathFactory) -> I
                 env=worker_env(redis_server.url, queue, pod), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log))
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("agentpool console: http://127.0.0.1:"), (
-            line + (tmp / "console.log").read_text())
-        assert redis_server.url not in line
-        yield Console(line.split()[2], queue, redis_server.url, tmp)
+        url = console_url(process, tmp / "console.log")
+        yield Console(url, queue, redis_server.url, tmp)
     finally:
         for child in [process, *workers]:
             child.terminate()
@@ -199,6 +218,81 @@ def test_a_running_task_streams_its_events_and_progress_without_a_reload(
     assert page.locator("main script, main img").count() == 0
     assert navigations == []
     shot(page, "task-done")
+
+
+class InProcessConsole:
+    """The console's app served from a thread of this process, so a test can stop it and
+    start it again on the same port in milliseconds (the browser sees a console restart)."""
+
+    def __init__(self, redis_url: str, queue: str) -> None:
+        self.redis_url, self.queue = redis_url, queue
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.redis = aioredis.Redis.from_url(redis_url)
+        self.runner: web.AppRunner | None = None
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=20)
+
+    def start(self) -> None:
+        async def serve() -> None:
+            sources = Sources(self.redis, queues=[self.queue])
+            self.runner = web.AppRunner(build_app(sources, ConsoleConfig(loopback_only=True)))
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+        self.call(serve())
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.call(self.runner.cleanup())
+            self.runner = None
+
+    def emit(self, task_id: str, numbers: range) -> None:
+        """Events as a worker appends them."""
+
+        async def append() -> None:
+            for n in numbers:
+                await TaskQueue(self.redis, self.queue).emit(task_id, "note", {"n": n},
+                                                             attempt=1)
+
+        self.call(append())
+
+    def close(self) -> None:
+        self.stop()
+        self.call(self.redis.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=20)
+
+
+def test_a_task_page_misses_and_repeats_no_event_across_a_console_restart(
+    redis_url: str, page: Page
+) -> None:
+    queue = f"restart-{uuid.uuid4().hex[:8]}"
+    with SyncClient.from_url(redis_url) as client:
+        task_id = client.queue(queue).submit({"n": 0})  # no worker: it stays queued
+    console = InProcessConsole(redis_url, queue)
+    try:
+        console.emit(task_id, range(0, 2))
+        console.start()
+        page.goto(f"{console.url}queues/{queue}/tasks/{task_id}")
+        rows = page.locator("#events tbody tr")
+        expect(rows).to_have_count(2, timeout=LIVE)
+        console.stop()
+        expect(page.locator("#live")).to_have_text("reconnecting", timeout=LIVE)
+        console.emit(task_id, range(2, 4))  # while the page is cut off
+        console.start()
+        expect(page.locator("#live")).to_have_text("live", timeout=LIVE)
+        expect(rows).to_have_count(4, timeout=LIVE)
+        console.emit(task_id, range(4, 5))
+        expect(rows).to_have_count(5, timeout=LIVE)
+        shown = rows.evaluate_all("rows => rows.map(r => r.cells[3].textContent)")
+        assert shown == [json.dumps({"n": n}, separators=(",", ":")) for n in range(5)]
+    finally:
+        console.close()
 
 
 def dead_page(console: Console, page: Page, task_id: str) -> None:
