@@ -1,6 +1,6 @@
 """The optional console: off by default; when on, a Deployment and a Service run
-`agentpool console` with its own ServiceAccount that can only read pools, Deployments, pods and
-Events where the operator watches, and the write token comes from a Secret."""
+`agentpool console` with its own ServiceAccount that can only read pools and their Events where
+the operator watches (all it shows), and the write token comes from a Secret."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ CONSOLE = f"{RELEASE}-console"
 READ = {"get", "list", "watch"}
 CONSOLE_GRANTS = {
     (group, resource, verb)
-    for group, resource in [("agentpool.dev", "agentpools"), ("apps", "deployments"),
-                            ("", "pods"), ("", "events")]
+    for group, resource in [("agentpool.dev", "agentpools"), ("", "events")]
     for verb in READ
 }
 
@@ -49,7 +48,7 @@ def test_no_console_by_default(helm: Helm) -> None:
     assert not {n for n in names if "console" in n}
 
 
-def test_console_reads_only_pools_deployments_pods_and_events_cluster_wide(helm: Helm) -> None:
+def test_console_reads_only_pools_and_events_cluster_wide(helm: Helm) -> None:
     rendered = helm.render(COMBINATIONS["console"])
     assert console_grants(rendered) == {"cluster": CONSOLE_GRANTS}
     spec = rendered.one("Deployment", CONSOLE)["spec"]["template"]["spec"]

@@ -33,15 +33,13 @@
   namespace: {{ .Release.Namespace }}
 {{- end -}}
 
-{{/* What the console reads: pools, their Deployments and pods, and their Events. Nothing else. */}}
+{{/* What the console reads: the pools (status, conditions) and their Events. Nothing else:
+it never reads Deployments, pods or Secrets (its Redis URL and token come through the kubelet). */}}
 {{- define "agentpool.consoleRules" -}}
 - apiGroups: ["agentpool.dev"]
   resources: ["agentpools"]
   verbs: ["get", "list", "watch"]
-- apiGroups: ["apps"]
-  resources: ["deployments"]
-  verbs: ["get", "list", "watch"]
 - apiGroups: [""]
-  resources: ["pods", "events"]
+  resources: ["events"]
   verbs: ["get", "list", "watch"]
 {{- end -}}
