@@ -190,6 +190,7 @@ def test_a_running_task_streams_its_events_and_progress_without_a_reload(
     expect(row).to_be_visible(timeout=LIVE)
     (gates.parent / f"{gates.name}-1").touch()
     expect(row).to_contain_text("33% step 1 of 3", timeout=LIVE)  # the list shows progress
+    shot(page, "tasks-progress")
     row.get_by_role("link", name=task_id).click()
     events = page.locator("#events tbody tr")
     expect(events).to_have_count(2, timeout=LIVE)

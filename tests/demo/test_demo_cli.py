@@ -162,8 +162,11 @@ def test_demo_finishes_every_task_and_leaves_nothing(demo_tmp: Path, spawn: Spaw
     assert summary["throughput_per_second"] > 0
     assert "half-way: kill -9" in demo.output("stderr")
     events = demo.output("stderr")
-    assert "console: http://127.0.0.1:" in events
-    if "will resume from a checkpoint" in events:  # its task page, to watch attempt 2 go on
+    # where its console is, or why it has none (a console slower than 15 s to start, on a
+    # loaded machine: the demo goes on without it)
+    assert re.search(r"\] (console: http://127\.0\.0\.1:\d+/|no console: )", events), events
+    if "] console: " in events and "will resume from a checkpoint" in events:
+        # its task page, to watch attempt 2 go on from the checkpoint
         assert re.search(r"watch it resume: http://127\.0\.0\.1:\d+/queues/[^/]+/tasks/"
                          r"[0-9a-f]{32}\n", events), events
     assert set(summary["pids"]) <= set(demo.children)

@@ -293,7 +293,7 @@ function taskPage(queue, id) {
   const head = el("div", {}, el("p", { class: "muted" }, "Loading…"));
   const progress = el("div", { id: "task-progress-box" });
   const rows = el("tbody", {});
-  const noEvents = el("p", { class: "muted", id: "no-events" }, "No events yet.");
+  const noEvents = el("p", { class: "muted", id: "no-events" }, "No events.");
   const tail = el("div", {});
   let latest = null;  // the newest progress: its event (with its attempt) or the task's own
   const drawProgress = () => progress.replaceChildren(...present([latest ?
