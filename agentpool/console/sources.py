@@ -56,6 +56,7 @@ NO_NAMESPACE = "-"
 """The namespace part of a pool's address when the fleet comes from Redis alone."""
 PAGE_SIZE = 50
 PREVIEW_CHARS = 120
+PROGRESS_CHARS = 60
 DISCOVERY_SECONDS = 30.0
 DISCOVERY_MAX_KEYS = 5_000_000
 REQUEST_TIMEOUT = 10.0
@@ -298,7 +299,9 @@ def task_row(info: TaskInfo) -> dict[str, Any]:
                                                                                PREVIEW_CHARS),
         "payload": compact(info.payload, PREVIEW_CHARS),
         "progress": None if info.progress is None else {
-            "fraction": info.progress.fraction, "message": info.progress.message},
+            "fraction": info.progress.fraction,
+            "message": None if info.progress.message is None else compact(
+                info.progress.message, PROGRESS_CHARS)},
     }
 
 
