@@ -52,7 +52,7 @@ SCRIPT_COMMANDS = (
     "time", "exists", "get", "set", "incr", "expire", "persist",
     "hget", "hmget", "hgetall", "hset", "hdel", "hexists", "hincrby",
     "zadd", "zrem", "zscore", "zpopmin", "zcard", "zcount", "zrange", "zrangebyscore",
-    "zrevrangebyscore",
+    "zrevrange", "zrevrangebyscore",
     "sadd", "srem", "smembers", "scard",
     "llen", "rpush", "del", "publish", "xadd",
 )

@@ -322,8 +322,9 @@ function taskPage(queue, id) {
     const cp = doc.checkpoint;
     tail.replaceChildren(...present([
       el("h2", {}, "Checkpoint"),
-      cp ? el("p", { class: "muted" }, cp.complete ? `${cp.bytes} bytes; the next attempt resumes from it`
-        : `the first ${cp.state.length} characters of ${cp.bytes} bytes`) : null,
+      cp ? el("p", { class: "muted" }, `${cp.complete ? `${cp.bytes} bytes`
+        : `the first ${cp.state.length} characters of ${cp.bytes} bytes`}${
+        running ? "; the next attempt resumes from it" : ""}`) : null,
       cp ? el("pre", { id: "task-checkpoint" }, pretty(cp.state))
         : el("p", { class: "muted", id: "task-checkpoint" }, "None."),
       el("h2", {}, "Payload"), el("pre", { id: "task-payload" }, pretty(t.payload)),
