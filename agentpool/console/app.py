@@ -33,9 +33,9 @@ KEEPALIVE_SECONDS = 15.0
 RECONNECT_MS = 1000
 """How soon a browser reconnects a live stream the console ended (a restart, a redeploy)."""
 INTERVALS = {"fleet": 1.0, "pool": 2.0, "tasks": 2.5, "task": 1.0, "dead": 2.5}
-"""Seconds between the end of a watched page's reload and the next, per kind: the pool page
-is one Redis round trip, a task list two, a task one (so at most one per second per page,
-however many watch it); the fleet page reads the recorder's latest snapshot."""
+"""Seconds between the end of a watched page's reload and the next, per kind: each reload of a
+pool, a task list or a task (with its new events) is one Redis round trip, so at most one per
+second per page however many watch it; the fleet page reads the recorder's latest snapshot."""
 MAX_IDS = 1000
 
 SOURCES: web.AppKey[Sources] = web.AppKey("sources", Sources)
