@@ -29,6 +29,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from agentpool.models import RateLimitSpec
+
 NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 REGISTRY_KEY = "ap:ratelimits"
 DECREASE = 0.5
@@ -114,6 +116,15 @@ class LimitConfig:
     @classmethod
     def from_wire(cls, name: str, rpm: str, tpm: str, burst: str) -> LimitConfig:
         return cls(name, int(rpm) if rpm else None, int(tpm) if tpm else None, float(burst))
+
+
+def limit_configs(limits: Iterable[RateLimitSpec] | None) -> list[LimitConfig]:
+    """The limits of a pool's spec.rateLimits."""
+    return [
+        LimitConfig(spec.name, spec.requests_per_minute, spec.tokens_per_minute,
+                    spec.burst_seconds)
+        for spec in limits or ()
+    ]
 
 
 def encode_limits(limits: Iterable[LimitConfig]) -> str:
@@ -286,7 +297,7 @@ class RateLimiter:
         has not been confirmed for OWNER_STALE_SECONDS."""
         outcome, holder, rpm, tpm, burst = (_s(x) for x in await self._run(
             "declare", *config.wire, owner, int(OWNER_STALE_SECONDS * 1000)))
-        await self.redis.sadd(REGISTRY_KEY, self.name)  # type: ignore[misc]
+        await self.redis.sadd(REGISTRY_KEY, self.name)
         return Declaration(outcome, holder, LimitConfig.from_wire(self.name, rpm, tpm, burst))
 
     async def state(self) -> LimitState:
@@ -309,12 +320,12 @@ async def give_back(limiter: RateLimiter, reservation: Reservation) -> None:
         await asyncio.shield(release)
     except asyncio.CancelledError:
         await asyncio.wait([release], timeout=5.0)
-    except Exception:  # noqa: BLE001 - a failed give-back only leaves the slot spent
+    except Exception:  # a failed give-back only leaves the slot spent
         return
 
 
 async def declared_limits(redis: aioredis.Redis) -> list[str]:
-    names = await redis.smembers(REGISTRY_KEY)  # type: ignore[misc]
+    names = await redis.smembers(REGISTRY_KEY)
     return sorted(_s(n) for n in names)
 
 
