@@ -29,6 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from agentpool.errors import PermanentError
 from agentpool.models import RateLimitSpec
 
 NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -48,6 +49,11 @@ MAX_RETRY_AFTER = 3600.0
 
 class RateLimitError(ValueError):
     """A limit that cannot be used as asked (undeclared, malformed); phrased for a person."""
+
+
+class UndeclaredLimit(RateLimitError, PermanentError):
+    """A handler asked for a limit its pool does not declare: a configuration error that no
+    retry mends, so its task is dead-lettered at once with this message."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +259,7 @@ class RateLimiter:
         declare = list(self.config.wire) if self.config is not None else []
         reply = await self._run("acquire", requests, tokens, self.caller, *declare)
         if int(reply[0]) < 0:
-            raise RateLimitError(
+            raise UndeclaredLimit(
                 f"rate limit {self.name!r} is not declared on this Redis: name it in an "
                 "AgentPool's spec.rateLimits"
             )

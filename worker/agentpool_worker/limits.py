@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from agentpool.ratelimit import (
     LimitConfig,
     RateLimiter,
-    RateLimitError,
     Reservation,
     Throttle,
+    UndeclaredLimit,
     give_back,
 )
 from agentpool_worker import metrics
@@ -63,7 +63,7 @@ class WorkerLimits:
         found = self._limiters.get(name)
         if found is None:
             declared = ", ".join(sorted(self._limiters)) or "none"
-            raise RateLimitError(
+            raise UndeclaredLimit(
                 f"rate limit {name!r} is not declared for this pool: add it to the pool's "
                 f"spec.rateLimits (declared: {declared})"
             )
