@@ -14,8 +14,7 @@ import redis.asyncio as aioredis
 from agentpool.ratelimit import RateLimiter
 
 
-async def main(url: str, name: str, total: int, concurrency: int, start: str,
-               out: str) -> None:
+async def main(url: str, name: str, total: int, concurrency: int, start: str) -> list[int]:
     redis = aioredis.Redis.from_url(url)
     limiter = RateLimiter(redis, name, caller=f"proc-{os.getpid()}")
     grants: list[int] = []
@@ -28,11 +27,12 @@ async def main(url: str, name: str, total: int, concurrency: int, start: str,
             grants.append(reservation.grant_us)
 
     await asyncio.gather(*(user() for _ in range(concurrency)))
-    with open(out, "w") as file:
-        file.write("\n".join(str(g) for g in grants))
     await redis.aclose()
+    return grants
 
 
 if __name__ == "__main__":
     url, name, total, concurrency, start, out = sys.argv[1:7]
-    asyncio.run(main(url, name, int(total), int(concurrency), start, out))
+    taken = asyncio.run(main(url, name, int(total), int(concurrency), start))
+    with open(out, "w") as file:
+        file.write("\n".join(str(g) for g in taken))

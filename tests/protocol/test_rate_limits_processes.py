@@ -4,12 +4,12 @@ each gets its fair share. Grant times are Redis's; no assertion reads the wall c
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from protocol_helpers import eventually
 from test_rate_limits import max_in_window
 
 from agentpool.ratelimit import LimitConfig, RateLimiter
@@ -28,22 +28,25 @@ async def run_processes(redis: aioredis.Redis, redis_url: str, name: str,
     start = f"start-{uuid.uuid4().hex[:8]}"
     outs = [tmp_path / f"grants-{i}.txt" for i in range(PROCESSES)]
     procs = [
-        subprocess.Popen([sys.executable, str(HERE / "limit_clients.py"), redis_url, name,
-                          str(TOTAL), str(PER_PROCESS), start, str(out)])
+        await asyncio.create_subprocess_exec(
+            sys.executable, str(HERE / "limit_clients.py"), redis_url, name, str(TOTAL),
+            str(PER_PROCESS), start, str(out))
         for out in outs
     ]
+
+    async def all_ready() -> bool:
+        return int(await redis.llen(start + ":ready")) == PROCESSES
+
     try:
+        await eventually(all_ready, within=30)
+        await redis.rpush(start, *["go"] * PROCESSES)
         async with asyncio.timeout(60):
-            while await redis.llen(start + ":ready") < PROCESSES:
-                await asyncio.sleep(0.05)
-            await redis.rpush(start, *["go"] * PROCESSES)
-            while any(p.poll() is None for p in procs):
-                await asyncio.sleep(0.05)
+            codes = [await p.wait() for p in procs]
     finally:
         for p in procs:
-            if p.poll() is None:
+            if p.returncode is None:
                 p.kill()
-    assert [p.returncode for p in procs] == [0] * PROCESSES
+    assert codes == [0] * PROCESSES
     return [[int(x) for x in out.read_text().split()] for out in outs]
 
 
