@@ -14,7 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 from protocol_helpers import RoundTrips, eventually
+from redis.exceptions import NoPermissionError
 
+from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
 from agentpool.errors import PermanentError
 from agentpool.ratelimit import (
     MIN_FACTOR,
@@ -28,6 +30,7 @@ from agentpool.ratelimit import (
     limit_states,
 )
 from agentpool.redis_server import RedisServer
+from agentpool.urls import with_credentials
 
 US = 1_000_000
 
@@ -272,3 +275,21 @@ async def test_a_wait_fails_fast_when_redis_is_unavailable(name: str) -> None:
             with pytest.raises((redis.exceptions.ConnectionError, OSError)):
                 await limiter.acquire()
         await client.aclose()
+
+
+async def test_a_pools_worker_user_may_use_its_limits_and_no_other(
+    redis: aioredis.Redis, redis_server: RedisServer, name: str, queue_name: str
+) -> None:
+    other = f"{name}-other"
+    password = uuid.uuid4().hex
+    username = f"agentpool:tests:{uuid.uuid4().hex[:8]}:worker"
+    rules = acl_rules(queue_name, Role.WORKER, [password_hash(password)], [name])
+    await set_user(redis, username, rules)
+    client = aioredis.Redis.from_url(with_credentials(redis_server.url, username, password))
+    try:
+        await limiter_for(client, name, requests_per_minute=60).acquire()
+        with pytest.raises(NoPermissionError):
+            await limiter_for(client, other, requests_per_minute=60).acquire()
+    finally:
+        await client.aclose()
+        await delete_user(redis, username)
