@@ -93,10 +93,10 @@ if op == 'acquire' then
   redis.call('HINCRBY', K_STATE, 'grants', 1)
   if costs[2] > 0 then redis.call('HINCRBY', K_STATE, 'tokens', costs[2]) end
   if grant > now then
+    redis.call('ZREMRANGEBYSCORE', K_WAITING, '-inf', now)
     redis.call('ZADD', K_WAITING, grant, caller)
     redis.call('HINCRBY', K_STATE, 'waited_us', math.ceil(grant - now))
   end
-  redis.call('ZREMRANGEBYSCORE', K_WAITING, '-inf', now)
   return {math.ceil(grant - now), math.floor(grant), math.floor(f * 1e6)}
 end
 

@@ -24,12 +24,19 @@ Rules, in the order `decide` applies them:
 - step limits cap the change of one decision;
 - rate limits: when the serving pods' runs spend at least RATE_LIMITED_SHARE of their time
   waiting for one rate limit's grants (the share their heartbeats report over the last minute),
-  more pods cannot add throughput, only more waiting. The need is capped at the size that
-  limit can feed, ceil(current * (1 - share) / (1 - RATE_LIMIT_TARGET_SHARE)): the pods
-  that would be busy if the waits shrank to the target share, which keeps the limit fully
-  used. A pool above the cap scales down to it through the usual stabilisation window and
-  cooldown. The cap holds (hysteresis) until the share drops below RATE_LIMIT_RELEASE_SHARE,
-  so the smaller pool, which waits less, does not scale straight back up.
+  more pods cannot add throughput, only more waiting. The limit then *holds* the pool and
+  caps its need at the size it can feed, ceil(current * (1 - share) /
+  (1 - RATE_LIMIT_TARGET_SHARE)): the pods that would be busy if the waits shrank to the
+  target share, which keeps the limit fully used. A pool above the cap scales down to it
+  through the usual stabilisation window and cooldown. While held: within
+  RATE_LIMIT_SETTLE_SECONDS of a change of size the cap is the current size (the share still
+  describes the old size); a share between RATE_LIMIT_RELEASE_SHARE and RATE_LIMITED_SHARE
+  keeps the size; a share below RATE_LIMIT_RELEASE_SHARE (the limit got faster, the tasks
+  slower) lets the pool grow by RATE_LIMIT_PROBE_FACTOR per settle period. The pool remembers
+  the size the limit last capped it at (it can feed that many), so when the backlog comes
+  back it scales up to that size at once and no further: the next burst does not scale into
+  the limit again. A limit only holds a pool whose runs waited on it; the memory is in the
+  scaling history.
 """
 
 from __future__ import annotations
@@ -51,6 +58,11 @@ RATE_LIMIT_RELEASE_SHARE = 0.05
 """A limit that held the pool lets go only when the waiting share falls below this."""
 RATE_LIMIT_TARGET_SHARE = 0.10
 """The waiting share a rate-limited pool is sized for: a little waiting keeps the limit full."""
+RATE_LIMIT_SETTLE_SECONDS = 60.0
+"""The waiting share covers the last minute of run time, so after a change of size it takes a
+minute to describe the new size: a held pool makes no new rate-limit move within it."""
+RATE_LIMIT_PROBE_FACTOR = 1.25
+"""A held pool that hardly waits grows by this factor per settle period (at least one pod)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +163,9 @@ class ScalingHistory:
     last_scale_down: float | None = None
     idle_since: float | None = None
     rate_limited: str | None = None
-    """The rate limit that capped the last decision (for the hysteresis), if any."""
+    """The rate limit that holds the pool (it capped a decision), if any."""
+    rate_limited_size: int | None = None
+    """The size that limit last capped the pool at: what it can feed, as far as is known."""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -163,6 +177,7 @@ class ScalingHistory:
         }
         if self.rate_limited is not None:
             data["rateLimited"] = self.rate_limited
+            data["rateLimitedSize"] = self.rate_limited_size
         return data
 
     @classmethod
@@ -182,6 +197,7 @@ class ScalingHistory:
             last_scale_down=_optional_number(data.get("lastScaleDown")),
             idle_since=_optional_number(data.get("idleSince")),
             rate_limited=_optional_text(data.get("rateLimited")),
+            rate_limited_size=_optional_count(data.get("rateLimitedSize")),
         )
 
 
@@ -232,18 +248,37 @@ def _is_number(value: Any) -> bool:
 
 
 def rate_limit_cap(
-    policy: ScalingPolicy, waits: tuple[LimitWait, ...], current: int, held_by: str | None
+    policy: ScalingPolicy,
+    waits: tuple[LimitWait, ...],
+    current: int,
+    history: ScalingHistory,
+    now: float,
 ) -> RateLimitCap | None:
-    """The cap a binding rate limit puts on the pool, or None (need is filled in later)."""
-    if not waits or current < 1:
+    """The size a rate limit lets the pool have now, or None when no limit holds it (`need`
+    is filled in by `decide`). See the module docstring for the rules."""
+    held, fed = history.rate_limited, history.rate_limited_size or 0
+    shares = {wait.name: min(1.0, wait.share) for wait in waits}
+    top = max(waits, key=lambda w: (w.share, w.name)) if waits else None
+    if top is not None and top.share >= RATE_LIMITED_SHARE and (
+        held is None or top.share > shares.get(held, 0.0)
+    ):
+        name = top.name
+    elif held is not None:
+        name = held
+    else:
         return None
-    top = max(waits, key=lambda w: (w.share, w.name))
-    threshold = RATE_LIMIT_RELEASE_SHARE if top.name == held_by else RATE_LIMITED_SHARE
-    if top.share < threshold:
-        return None
-    share = min(top.share, 1.0)
-    cap = math.ceil(current * (1 - share) / (1 - RATE_LIMIT_TARGET_SHARE) - 1e-9)
-    return RateLimitCap(top.name, share, policy.clamp(max(1, cap)), 0)
+    if name != held:
+        fed = 0
+    share = shares.get(name, 0.0)
+    changes = [t for t in (history.last_scale_up, history.last_scale_down) if t is not None]
+    settling = name == held and bool(changes) and now - max(changes) < RATE_LIMIT_SETTLE_SECONDS
+    if share >= RATE_LIMITED_SHARE and not settling:
+        cap = math.ceil(current * (1 - share) / (1 - RATE_LIMIT_TARGET_SHARE) - 1e-9)
+    elif settling or share >= RATE_LIMIT_RELEASE_SHARE or current < fed:
+        cap = max(current, fed)
+    else:
+        cap = max(current + 1, math.ceil(current * RATE_LIMIT_PROBE_FACTOR))
+    return RateLimitCap(name, share, policy.clamp(max(1, cap)), 0)
 
 
 @dataclass(frozen=True)
@@ -284,13 +319,17 @@ def decide(
     asleep = current == 0 and backlog <= policy.activation_depth
     raw = 0 if asleep else math.ceil(backlog / tpr)
     need = policy.clamp(raw)
-    limited = rate_limit_cap(policy, load.limit_waits, current, history.rate_limited)
-    history = replace(history, rate_limited=limited.limit if limited else None)
-    if limited is not None and need > limited.cap:
-        limited = replace(limited, need=need)
-        need = limited.cap
-    else:
-        limited = None
+    limited = rate_limit_cap(policy, load.limit_waits, current, history, now)
+    if limited is not None:
+        fed = history.rate_limited_size if history.rate_limited == limited.limit else None
+        if need > limited.cap:
+            fed = limited.cap
+            limited = replace(limited, need=need)
+            need = limited.cap
+        else:
+            limited = None
+        history = replace(history, rate_limited=limited.limit if limited else history.rate_limited,
+                          rate_limited_size=fed)
     window = policy.scale_down_cooldown_seconds
     history = replace(
         history,
@@ -458,6 +497,10 @@ def _count(value: Any) -> int:
 
 def _optional_number(value: Any) -> float | None:
     return None if value is None else _number(value)
+
+
+def _optional_count(value: Any) -> int | None:
+    return None if value is None else _count(value)
 
 
 def _optional_text(value: Any) -> str | None:

@@ -301,8 +301,8 @@ def scaling_condition(
             action = f"holding {_replicas(current)}"
         return ConditionUpdate(
             "Scaling", "True", "RateLimited",
-            f"rate limit {limited.limit} holds the pool: its runs mostly wait for grants, "
-            f"so more pods would only wait; {_replicas(limited.cap)} can feed it "
+            f"rate limit {limited.limit} holds the pool: its runs wait for its grants, "
+            f"so more pods would only wait longer; {_replicas(limited.cap)} can feed it "
             f"(the backlog asks for {limited.need}); {action}",
         )
     if replicas > current:

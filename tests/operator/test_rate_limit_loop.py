@@ -13,6 +13,7 @@ from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, poo
 
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.ratelimit import LimitConfig, RateLimiter
+from agentpool_operator.scaling_actions import HISTORY_ANNOTATION as HISTORY
 
 LEASE = 120.0
 
@@ -52,7 +53,7 @@ async def test_limits_reach_the_workers_and_are_declared_in_redis(
     assert state.config == LimitConfig(name, 500, 30000, 1.0)
 
 
-async def test_a_pool_waiting_on_its_limit_stops_scaling_up_until_the_waiting_stops(
+async def test_a_pool_waiting_on_its_limit_stops_scaling_up_and_probes_when_waits_stop(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
     queue_name: str,
 ) -> None:
@@ -73,13 +74,16 @@ async def test_a_pool_waiting_on_its_limit_stops_scaling_up_until_the_waiting_st
     assert cluster.pool("rl")["status"]["rateLimitedBy"] == name
     assert cluster.deployment("rl")["spec"]["replicas"] == 2
 
-    # the limit was raised: the runs no longer wait, the backlog decides again
+    # the limit was raised: the runs no longer wait, the pool grows a step at a time
     await report(queue, "rl-1-a", name, busy=100.0, waited=0.0)
-    await eventually(lambda: cluster.deployment("rl")["spec"]["replicas"] == 10)
-    status = await eventually(
-        lambda: (s := cluster.pool("rl")["status"]).get("rateLimitedBy") is None and s)
-    assert cluster.condition("rl", "Scaling")["reason"] in ("ScaledUp", "AtMaximum")
-    assert status["desiredReplicas"] == 10
+    await eventually(lambda: cluster.deployment("rl")["spec"]["replicas"] == 3)
+    condition = await eventually(
+        lambda: (c := cluster.condition("rl", "Scaling"))["message"].count("3 replicas can")
+        and c)
+    assert condition["reason"] == "RateLimited"
+    assert "3 replicas can feed it" in condition["message"]
+    history = json.loads(cluster.deployment("rl")["metadata"]["annotations"][HISTORY])
+    assert (history["rateLimited"], history["rateLimitedSize"]) == (name, 3)
 
 
 async def test_a_pool_declaring_other_rates_for_a_limit_is_degraded_and_keeps_serving(

@@ -62,16 +62,34 @@ def test_below_the_threshold_the_limit_does_not_hold_a_new_pool() -> None:
     assert decision.limited is None and decision.replicas == 20
 
 
-def test_a_held_pool_stays_held_until_the_waiting_stops() -> None:
-    first = decide(POLICY, waiting(0.5), 4, SETTLED, NOW)
-    assert first.limited is not None
-    # sized for the limit, the pool waits ~10 %: still held, no scale-up
-    steady = decide(POLICY, waiting(0.1), 4, first.history, NOW + 10)
+def test_a_held_pool_keeps_its_size_then_probes_upwards_when_the_waiting_stops() -> None:
+    recent = replace(SETTLED, recommendations=(Recommendation(NOW - 10, 4),))
+    first = decide(POLICY, waiting(0.5), 4, recent, NOW)
+    assert first.limited is not None and first.replicas == 4
+    # sized for the limit, the pool waits ~10 %: held, no scale-up
+    steady = decide(POLICY, waiting(0.1), 4, first.history, NOW + 100)
     assert steady.limited is not None and steady.replicas == 4
-    # the limit was raised: nobody waits any more, the backlog decides again
-    free = decide(POLICY, waiting(RATE_LIMIT_RELEASE_SHARE / 2), 4, steady.history, NOW + 20)
-    assert free.limited is None and free.replicas == 20
-    assert free.history.rate_limited is None
+    # the limit was raised: nobody waits any more; the pool grows by a quarter per minute
+    probe = decide(POLICY, waiting(RATE_LIMIT_RELEASE_SHARE / 2), 4, steady.history, NOW + 200)
+    assert probe.limited is not None and probe.replicas == 5
+    settling = decide(POLICY, waiting(0.0), 5, probe.history, NOW + 230)
+    assert settling.replicas == 5  # the share still describes the old size
+    again = decide(POLICY, waiting(0.0), 5, settling.history, NOW + 261)
+    assert again.replicas == 7
+
+
+def test_the_next_burst_scales_at_once_to_the_size_the_limit_fed_and_no_further() -> None:
+    held = replace(SETTLED, rate_limited="openai", rate_limited_size=6)
+    decision = decide(POLICY, waiting(0.0), 2, held, NOW)
+    assert decision.replicas == 6
+    assert decision.limited is not None and decision.limited.cap == 6
+
+
+def test_a_backlog_below_the_fed_size_is_not_rate_limited_and_the_memory_stays() -> None:
+    held = replace(SETTLED, rate_limited="openai", rate_limited_size=6)
+    decision = decide(POLICY, waiting(0.0, queued=12), 2, held, NOW)
+    assert decision.replicas == 3 and decision.limited is None
+    assert (decision.history.rate_limited, decision.history.rate_limited_size) == ("openai", 6)
 
 
 def test_a_backlog_the_limit_can_feed_is_not_rate_limited_even_when_runs_wait() -> None:
@@ -89,7 +107,7 @@ def test_the_limit_the_pool_waits_on_most_is_the_one_named() -> None:
 def test_the_history_keeps_the_holding_limit_through_json() -> None:
     decision = decide(POLICY, waiting(0.6), 5, SETTLED, NOW)
     again = ScalingHistory.from_json(decision.history.to_json())
-    assert again.rate_limited == "openai"
+    assert (again.rate_limited, again.rate_limited_size) == ("openai", 3)
     assert ScalingHistory.from_json({}).rate_limited is None
 
 
