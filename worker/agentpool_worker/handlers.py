@@ -37,7 +37,7 @@ from agentpool.protocol import encode_checkpoint, encode_event, encode_progress
 from agentpool.ratelimit import RateLimitError, Reservation, Throttle
 
 
-class LimitWaitCancelled(Exception):  # noqa: N818 - reads as what happened
+class LimitWaitCancelled(Exception):
     """A sync handler's ``ctx.limit_sync`` wait ended because the run was cancelled; its
     reservation was given back. Let it propagate: the run is being stopped."""
 
