@@ -45,6 +45,8 @@ RECOVERY_INTERVAL = 6.0
 OWNER_STALE_SECONDS = 300.0
 """A declaration its pool has not confirmed for this long may be replaced by another pool's."""
 MAX_RETRY_AFTER = 3600.0
+MAX_BATCH = 500
+"""Most grants one round trip asks for."""
 
 
 class RateLimitError(ValueError):
@@ -176,6 +178,9 @@ class Reservation:
     factor: float
 
 
+_Pending = tuple[int, int, "asyncio.Future[Reservation]"]
+
+
 @dataclass(frozen=True)
 class Throttle:
     pause: float
@@ -244,6 +249,9 @@ class RateLimiter:
         self.caller = caller or "client"
         self.prefix = key_prefix(name)
         self._script: AsyncScript | None = None
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Future[None] | None = None
+        self._orphans: set[asyncio.Future[bool]] = set()
 
     async def _run(self, *args: Any) -> Any:
         if self._script is None:
@@ -251,21 +259,57 @@ class RateLimiter:
         return await self._script(keys=[self.prefix + "state"], args=[self.prefix, *args])
 
     async def reserve(self, *, tokens: int = 0, requests: int = 1) -> Reservation:
-        """Take a reservation (one round trip); the caller must wait `wait` seconds."""
+        """Take a reservation; the caller must wait `wait` seconds. One round trip, shared
+        with the calls of this limiter that arrive while the previous one is on the wire
+        (group commit: no added delay, fewer round trips under contention)."""
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
             raise RateLimitError(f"tokens must be a non-negative integer, got {tokens!r}")
         if isinstance(requests, bool) or not isinstance(requests, int) or requests < 0:
             raise RateLimitError(f"requests must be a non-negative integer, got {requests!r}")
-        declare = list(self.config.wire) if self.config is not None else []
-        reply = await self._run("acquire", requests, tokens, self.caller, *declare)
-        if int(reply[0]) < 0:
-            raise UndeclaredLimit(
+        future: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
+        self._pending.append((requests, tokens, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            args = [x for requests, tokens, _ in batch for x in (requests, tokens)]
+            declare = list(self.config.wire) if self.config is not None else []
+            try:
+                reply = await self._run("acquire", self.caller, len(batch), *args, *declare)
+            except BaseException as error:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                continue
+            self._settle(batch, [int(x) for x in reply])
+
+    def _settle(self, batch: list[_Pending], reply: list[int]) -> None:
+        if reply[0] < 0:
+            error = UndeclaredLimit(
                 f"rate limit {self.name!r} is not declared on this Redis: name it in an "
                 "AgentPool's spec.rateLimits"
             )
-        wait_us, grant_us, factor_ppm = (int(x) for x in reply)
-        return Reservation(self.name, requests, tokens, wait_us / 1e6, grant_us,
-                           factor_ppm / 1e6)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        factor = reply[0] / 1e6
+        for index, (requests, tokens, future) in enumerate(batch):
+            wait_us, grant_us = reply[1 + 2 * index], reply[2 + 2 * index]
+            reservation = Reservation(self.name, requests, tokens, wait_us / 1e6, grant_us,
+                                      factor)
+            if future.cancelled():
+                if wait_us > 0:  # granted to a caller that left: give it back
+                    self._orphans.add(asyncio.ensure_future(self.release(reservation)))
+                    for orphan in [o for o in self._orphans if o.done()]:
+                        self._orphans.discard(orphan)
+                continue
+            future.set_result(reservation)
 
     async def release(self, reservation: Reservation) -> bool:
         """Give back a reservation whose time has not come (the call will not be made)."""

@@ -19,9 +19,12 @@
 -- once the pause is over, rises by STEP every INTERVAL until it is back to 1.
 --
 -- Ops (ARGV[2]):
---   acquire requests tokens caller [rpm tpm burst]  -> {wait_us, grant_us, factor_ppm} or
---                                                       {-1} when the limit is not declared
---     (the optional rates declare it when nothing is, so a flushed Redis heals itself)
+--   acquire caller n (requests tokens) x n [rpm tpm burst]
+--                       -> {factor_ppm, wait_us 1, grant_us 1, ..., wait_us n, grant_us n}, or
+--                          {-1} when the limit is not declared (the optional rates declare it
+--                          when nothing is, so an emptied Redis heals itself). The n grants
+--                          are handed out in order: a client batches the calls that arrived
+--                          while its previous round trip was on the wire.
 --   release requests tokens grant_us caller         -> 1 when the unspent grant was given back
 --   throttle retry_after_us                         -> {pause_us, factor_ppm, decreased}
 --   declare rpm tpm burst owner stale_ms            -> {outcome, owner, rpm, tpm, burst}
@@ -66,38 +69,48 @@ local function load_state(now)
 end
 
 if op == 'acquire' then
-  local costs = {tonumber(ARGV[3]), tonumber(ARGV[4])}
-  local caller = ARGV[5]
+  local caller, count = ARGV[3], tonumber(ARGV[4])
   local cfg = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst')
+  local declare = 5 + 2 * count
   if not cfg[3] then
-    if not ARGV[8] then return {-1} end
-    redis.call('HSET', K_CONFIG, 'rpm', ARGV[6], 'tpm', ARGV[7], 'burst', ARGV[8], 'owner', '',
-      'seen', 0)
-    cfg = {ARGV[6], ARGV[7], ARGV[8]}
+    if not ARGV[declare + 2] then return {-1} end
+    redis.call('HSET', K_CONFIG, 'rpm', ARGV[declare], 'tpm', ARGV[declare + 1],
+      'burst', ARGV[declare + 2], 'owner', '', 'seen', 0)
+    cfg = {ARGV[declare], ARGV[declare + 1], ARGV[declare + 2]}
   end
   local now = now_us()
   local tats, f, pause_until = load_state(now)
   local d = dims(cfg, f, tonumber(cfg[3]))
-  local grant = math.max(now, pause_until)
-  for i = 1, 2 do
-    if d[i] and costs[i] > 0 then
-      grant = math.max(grant, tats[i] - math.max(0, d[i].cap - costs[i]) * d[i].per)
+  local out = {math.floor(f * 1e6)}
+  local latest, waited, tokens = now, 0, 0
+  for k = 0, count - 1 do
+    local costs = {tonumber(ARGV[5 + 2 * k]), tonumber(ARGV[6 + 2 * k])}
+    local grant = math.max(now, pause_until)
+    for i = 1, 2 do
+      if d[i] and costs[i] > 0 then
+        grant = math.max(grant, tats[i] - math.max(0, d[i].cap - costs[i]) * d[i].per)
+      end
     end
-  end
-  for i = 1, 2 do
-    if d[i] and costs[i] > 0 then
-      tats[i] = math.max(tats[i], grant) + costs[i] * d[i].per
+    for i = 1, 2 do
+      if d[i] and costs[i] > 0 then
+        tats[i] = math.max(tats[i], grant) + costs[i] * d[i].per
+      end
     end
+    out[#out + 1] = math.ceil(grant - now)
+    out[#out + 1] = math.floor(grant)
+    latest = math.max(latest, grant)
+    waited = waited + (grant - now)
+    tokens = tokens + costs[2]
   end
   redis.call('HSET', K_STATE, 'tat_r', num(tats[1]), 'tat_t', num(tats[2]))
-  redis.call('HINCRBY', K_STATE, 'grants', 1)
-  if costs[2] > 0 then redis.call('HINCRBY', K_STATE, 'tokens', costs[2]) end
-  if grant > now then
+  redis.call('HINCRBY', K_STATE, 'grants', count)
+  if tokens > 0 then redis.call('HINCRBY', K_STATE, 'tokens', tokens) end
+  if latest > now then
     redis.call('ZREMRANGEBYSCORE', K_WAITING, '-inf', now)
-    redis.call('ZADD', K_WAITING, grant, caller)
-    redis.call('HINCRBY', K_STATE, 'waited_us', math.ceil(grant - now))
+    redis.call('ZADD', K_WAITING, latest, caller)
+    redis.call('HINCRBY', K_STATE, 'waited_us', math.ceil(waited))
   end
-  return {math.ceil(grant - now), math.floor(grant), math.floor(f * 1e6)}
+  return out
 end
 
 if op == 'release' then
