@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from agentpool.cli.fleet import (
     CounterSample,
@@ -33,6 +34,7 @@ from agentpool.cli.views import (
     workers_json,
 )
 from agentpool.console.history import History, Point
+from agentpool.models import RateLimitSpec
 from agentpool.protocol import (
     QUEUE_NAME,
     TASK_LIST_STATES,
@@ -44,6 +46,7 @@ from agentpool.protocol import (
     task_for_idempotency_key,
     task_page,
 )
+from agentpool.ratelimit import RateLimiter, RateLimitError, limit_configs
 
 NO_NAMESPACE = "-"
 """The namespace part of a pool's address when the fleet comes from Redis alone."""
@@ -184,6 +187,7 @@ class Sources:
                         for p in record.history.points()],
             "workers": workers_json(workers, now),
             "rate_limits": spec.get("rateLimits"),
+            "limits": await limit_rows(self.redis, spec.get("rateLimits"), now),
             "events": events,
             "events_note": events_note,
         }
@@ -245,6 +249,40 @@ class Sources:
             raise NotFound(f"no task {task_id} in queue {queue_name} (it may have expired)")
         return {"queue": queue_name, "at": time.time(), "task": task_json(queue_name, info),
                 "done": info.done}
+
+
+async def limit_rows(redis: aioredis.Redis, declared: Any, now: float) -> list[dict[str, Any]]:
+    """The pool's rate limits as it declares them, with what Redis says of each (the serving
+    declaration, effective rate, waiting workers, grants, 429s); None figures when unread."""
+    rows: list[dict[str, Any]] = []
+    for item in declared if isinstance(declared, list) else []:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            continue
+        row: dict[str, Any] = {"name": item["name"], "declared": dict(item), "serving": None,
+                               "conflict": False, "effective_rpm": None, "effective_tpm": None,
+                               "paused_seconds": None, "waiting": None, "grants": None,
+                               "throttles": None, "last_throttle_age_seconds": None}
+        try:
+            state = await RateLimiter(redis, item["name"]).state()
+        except (RateLimitError, RedisError, OSError):
+            rows.append(row)
+            continue
+        config = state.config
+        if config is not None:
+            row["serving"] = config.to_json()
+            try:
+                row["conflict"] = limit_configs([RateLimitSpec.model_validate(item)]) != [config]
+            except ValueError:
+                row["conflict"] = True
+        row.update(
+            effective_rpm=state.effective_rpm, effective_tpm=state.effective_tpm,
+            paused_seconds=round(state.paused_for, 1), waiting=state.waiting,
+            grants=state.grants, throttles=state.throttles,
+            last_throttle_age_seconds=None if state.last_throttle is None
+            else round(now - state.last_throttle, 1),
+        )
+        rows.append(row)
+    return rows
 
 
 def task_row(info: TaskInfo) -> dict[str, Any]:
