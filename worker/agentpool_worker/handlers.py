@@ -28,6 +28,7 @@ import asyncio
 import importlib
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -155,8 +156,9 @@ class TaskContext:
         limits, loop = self._limits(), self._loop_for_sync("limit_sync")
         reservation = asyncio.run_coroutine_threadsafe(
             limits.reserve(name, tokens, requests), loop).result()
+        began = time.monotonic()
         if reservation.wait > 0 and self.cancelled.wait(reservation.wait):
-            remaining = reservation.wait  # an upper bound: the books only shrink by it
+            remaining = reservation.wait - (time.monotonic() - began)
             asyncio.run_coroutine_threadsafe(
                 limits.release(reservation, remaining), loop).result()
             raise LimitWaitCancelled(f"run cancelled while waiting for rate limit {name!r}")
