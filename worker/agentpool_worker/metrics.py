@@ -94,6 +94,10 @@ NAMES = (
     "agentpool_worker_redis_round_trips_total",
     "agentpool_worker_redis_errors_total",
     "agentpool_worker_ready",
+)
+"""The documented series names as they appear in the text format."""
+
+LIMIT_NAMES = (
     "agentpool_worker_limit_grants_total",
     "agentpool_worker_limit_tokens_total",
     "agentpool_worker_limit_wait_seconds_total",
@@ -101,7 +105,7 @@ NAMES = (
     "agentpool_worker_limit_throttles_total",
     "agentpool_worker_limit_rate_factor",
 )
-"""The documented series names as they appear in the text format."""
+"""The rate-limit series: exposed once a handler used a limit (one series per limit)."""
 
 
 @dataclass(frozen=True)
