@@ -279,12 +279,15 @@ class RateLimiter:
             declare = list(self.config.wire) if self.config is not None else []
             try:
                 reply = await self._run("acquire", self.caller, len(batch), *args, *declare)
-            except BaseException as error:
+            except asyncio.CancelledError:
+                for _, _, future in batch + self._pending:
+                    future.cancel()
+                self._pending = []
+                raise
+            except Exception as error:
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(error)
-                if isinstance(error, asyncio.CancelledError):
-                    raise
                 continue
             self._settle(batch, [int(x) for x in reply])
 

@@ -142,6 +142,25 @@ async def test_a_cancelled_wait_gives_its_reservation_back_to_the_next_caller(
     assert after.wait > 0.5
 
 
+async def test_a_caller_cancelled_before_its_reply_came_gives_the_grant_back(
+    redis: aioredis.Redis, name: str
+) -> None:
+    limiter = limiter_for(redis, name, requests_per_minute=60, burst_seconds=1)
+    await limiter.reserve()  # the bucket is empty: the next grant is a second away
+    leaving = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)  # its request is queued for the next round trip
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+
+    async def given_back() -> bool:
+        state = await limiter.state()
+        return state.grants == 2 and state.released == 1
+
+    await eventually(given_back)
+    assert (await limiter.reserve()).wait < 1.05  # the slot it left, not the one after
+
+
 async def _until_reserved(limiter: RateLimiter, grants: int) -> None:
     async def reserved() -> bool:
         return (await limiter.state()).grants >= grants
