@@ -29,6 +29,8 @@ from collections.abc import Iterable
 import redis.asyncio as aioredis
 
 from .protocol import QUEUE_NAME, ProtocolError, key_prefix
+from .ratelimit import NAME as LIMIT_NAME
+from .ratelimit import key_prefix as limit_prefix
 
 ACL_USER_PREFIX = "agentpool"
 
@@ -52,7 +54,7 @@ SCRIPT_COMMANDS = (
     "time", "exists", "get", "set", "incr", "expire", "persist",
     "hget", "hmget", "hgetall", "hset", "hdel", "hexists", "hincrby",
     "zadd", "zrem", "zscore", "zpopmin", "zcard", "zcount", "zrange", "zrangebyscore",
-    "zrevrange", "zrevrangebyscore",
+    "zrevrange", "zrevrangebyscore", "zremrangebyscore",
     "sadd", "srem", "smembers", "scard",
     "llen", "rpush", "del", "publish", "xadd",
 )
@@ -89,8 +91,12 @@ def _commands(role: Role) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*CONNECTION_COMMANDS, *SCRIPTING_COMMANDS, *wanted)))
 
 
-def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = ()) -> list[str]:
+def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = (),
+              rate_limits: Iterable[str] = ()) -> list[str]:
     """The ``ACL SETUSER <user>`` rules that confine `role` to `queue`.
+
+    A worker also gets the keys of the pool's `rate_limits` (``ap:{rl:<name>}:*``, see
+    `agentpool.ratelimit`).
 
     `password_hashes` are SHA-256 hex digests (see `password_hash`): the password itself is
     never sent in the command, so it cannot show in SLOWLOG, MONITOR or ACL LOG. Several
@@ -108,6 +114,10 @@ def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = ()) -> li
     rules += [f"#{digest}" for digest in hashes]
     if role is Role.WORKER:
         rules.append(f"~{prefix}*")
+        for name in sorted(set(rate_limits)):
+            if not LIMIT_NAME.match(name):
+                raise ProtocolError(f"invalid rate limit name {name!r}")
+            rules.append(f"~{limit_prefix(name)}*")
     else:
         rules.append(f"%R~{prefix}*")
         rules += [f"~{prefix}{key}" for key in PRODUCER_WRITABLE_KEYS]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -44,6 +45,7 @@ from agentpool.protocol import (
     TaskQueue,
     WorkerState,
 )
+from agentpool.ratelimit import LimitState, RateLimiter, Reservation, Throttle
 from agentpool.urls import redact_url
 
 ENV_REDIS_URL = "AGENTPOOL_REDIS_URL"
@@ -106,6 +108,13 @@ class Client:
                 self.redis, name, max_payload_bytes=max_payload_bytes
             )
         return queue
+
+    def rate_limit(self, name: str) -> RateLimiter:
+        """The shared rate limit `name` as the pools on this Redis declare it (their
+        spec.rateLimits): ``await limiter.acquire(tokens=n)`` waits for a grant, ``await
+        limiter.throttled(retry_after)`` reports a 429. An undeclared name raises
+        :class:`agentpool.ratelimit.UndeclaredLimit` at the first call."""
+        return RateLimiter(self.redis, name, caller=f"client:{os.getpid()}")
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -197,6 +206,10 @@ class SyncClient:
         return SyncQueue(self._client.queue(name, max_payload_bytes=max_payload_bytes),
                          self._runner)
 
+    def rate_limit(self, name: str) -> SyncRateLimit:
+        """Blocking twin of :meth:`Client.rate_limit`."""
+        return SyncRateLimit(self._client.rate_limit(name), self._runner)
+
     def ping(self) -> None:
         self._runner.call(self._client.ping())
 
@@ -224,6 +237,31 @@ class SyncClient:
 async def _make_client(url: str, connect_timeout: float, redis_kwargs: dict[str, Any]) -> Client:
     """Create the client on the loop that will use it."""
     return Client.from_url(url, connect_timeout=connect_timeout, **redis_kwargs)
+
+
+class SyncRateLimit:
+    """Blocking counterparts of :class:`RateLimiter`: ``acquire`` sleeps in the caller's thread
+    (not on the client's loop), so one waiting caller never holds up another."""
+
+    def __init__(self, limiter: RateLimiter, runner: _LoopThread) -> None:
+        self.limiter = limiter
+        self._run = runner.call
+
+    def acquire(self, *, tokens: int = 0, requests: int = 1) -> Reservation:
+        reservation = self._run(self.limiter.reserve(tokens=tokens, requests=requests))
+        if reservation.wait > 0:
+            try:
+                time.sleep(reservation.wait)
+            except BaseException:
+                self._run(self.limiter.release(reservation))
+                raise
+        return reservation
+
+    def throttled(self, retry_after: float | None = None) -> Throttle:
+        return self._run(self.limiter.throttled(retry_after))
+
+    def state(self) -> LimitState:
+        return self._run(self.limiter.state())
 
 
 class SyncQueue:

@@ -24,6 +24,10 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "In-Flight", "type": "integer", "jsonPath": ".status.inFlight"},
     {"name": "Draining", "type": "integer", "jsonPath": ".status.drainingReplicas",
      "priority": 1},
+    {"name": "Scaling", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Scaling")].reason', "priority": 1},
+    {"name": "Rate-Limited", "type": "string", "jsonPath": ".status.rateLimitedBy",
+     "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

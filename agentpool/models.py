@@ -35,6 +35,8 @@ SHORT_NAMES = ("ap",)
 QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 PERCENT_PATTERN = r"^[0-9]{1,3}%$"
+LIMIT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+MAX_RATE_LIMITS = 16
 
 
 class CelRule(NamedTuple):
@@ -78,6 +80,20 @@ MAX_UNAVAILABLE_FORMAT = CelRule(
     "recovery.maxUnavailable must be a non-negative integer or a percentage such as 25%",
 )
 
+RATE_LIMIT_NAME_FORMAT = CelRule(
+    f"self.matches('{LIMIT_NAME_PATTERN}')",
+    "rateLimits[].name must be 1-63 lowercase letters, digits, '.', '_' or '-', starting and "
+    "ending with a letter or digit",
+)
+RATE_LIMIT_HAS_RATE = CelRule(
+    "has(self.requestsPerMinute) || has(self.tokensPerMinute)",
+    "each rate limit needs requestsPerMinute, tokensPerMinute or both",
+)
+RATE_LIMIT_NAMES_UNIQUE = CelRule(
+    "self.all(a, self.exists_one(b, b.name == a.name))",
+    "rateLimits names must be unique within a pool",
+)
+
 CEL_RULES: tuple[CelRule, ...] = (
     REDIS_EXACTLY_ONE,
     REDIS_URL_SCHEME,
@@ -87,6 +103,9 @@ CEL_RULES: tuple[CelRule, ...] = (
     SCALE_UP_STEP_MIN,
     SCALE_DOWN_STEP_MIN,
     MAX_UNAVAILABLE_FORMAT,
+    RATE_LIMIT_NAME_FORMAT,
+    RATE_LIMIT_HAS_RATE,
+    RATE_LIMIT_NAMES_UNIQUE,
 )
 
 
@@ -371,6 +390,61 @@ class RecoverySpec(_Model):
         return value
 
 
+class RateLimitSpec(_Model):
+    """A named budget of requests and/or tokens per minute (one LLM API key, say). Every pool
+    on the same Redis naming the same limit shares one budget; the first declaration of a name
+    serves, a pool declaring other rates for it is reported Degraded."""
+
+    model_config = ConfigDict(json_schema_extra=cel(RATE_LIMIT_HAS_RATE))
+
+    name: str = Field(
+        max_length=63,
+        description=(
+            "Name of the limit, e.g. openai; handlers call ctx.limit(name, tokens=n). The "
+            "same name on another pool of the same Redis is the same budget."
+        ),
+        json_schema_extra=cel(RATE_LIMIT_NAME_FORMAT),
+    )
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Calls per minute; every ctx.limit call spends one.",
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000_000,
+        description=(
+            "Tokens (or any unit a handler spends) per minute; ctx.limit(name, tokens=n) "
+            "spends n."
+        ),
+    )
+    burst_seconds: float = Field(
+        default=1.0,
+        ge=0.01,
+        le=60,
+        description=(
+            "The burst: how much of the budget may be spent at once after a quiet spell, in "
+            "seconds of the declared rate (600 requests/min with burstSeconds 2 lets 20 "
+            "calls go at once)."
+        ),
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_format(cls, name: str) -> str:
+        if not re.fullmatch(LIMIT_NAME_PATTERN, name):
+            raise ValueError(RATE_LIMIT_NAME_FORMAT.message)
+        return name
+
+    @model_validator(mode="after")
+    def _some_rate(self) -> RateLimitSpec:
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise ValueError(RATE_LIMIT_HAS_RATE.message)
+        return self
+
+
 class AgentPoolSpec(_Model):
     """A pool of workers serving one Redis task queue."""
 
@@ -396,6 +470,25 @@ class AgentPoolSpec(_Model):
         default=False,
         description="Stop scaling and recovery actions; status keeps being reported.",
     )
+    rate_limits: list[RateLimitSpec] | None = Field(
+        default=None,
+        max_length=MAX_RATE_LIMITS,
+        description=(
+            "Shared request/token budgets the handlers wait on (ctx.limit): one per LLM API "
+            "key. Scale-up stops at the size a limit can feed."
+        ),
+        json_schema_extra=cel(RATE_LIMIT_NAMES_UNIQUE),
+    )
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _unique_limit_names(
+        cls, limits: list[RateLimitSpec] | None
+    ) -> list[RateLimitSpec] | None:
+        names = [limit.name for limit in limits or ()]
+        if len(names) != len(set(names)):
+            raise ValueError(RATE_LIMIT_NAMES_UNIQUE.message)
+        return limits
 
     def queue_name(self, pool_name: str) -> str:
         return self.queue or pool_name
@@ -451,6 +544,13 @@ class AgentPoolStatus(_Model):
         default=0, description="Tasks requeued from dead or stuck workers."
     )
     replaced_pods: int = Field(default=0, description="Dead or stuck pods replaced.")
+    rate_limited_by: str | None = Field(
+        default=None,
+        description=(
+            "The rate limit that holds the pool's size (its workers mostly wait on it), with "
+            "the share of run time spent waiting; unset when no limit binds."
+        ),
+    )
     observed_generation: int | None = Field(
         default=None, description="The .metadata.generation the status reflects."
     )

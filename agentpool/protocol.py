@@ -221,6 +221,9 @@ class WorkerInfo:
     runs_since: tuple[int, ...] = ()
     """When each task it holds was claimed (ms, Redis clock): how long its runs have been
     going, which scale-down reads to drain the pods that will empty first."""
+    limit_window: Mapping[str, Any] | None = None
+    """Run-seconds busy and spent waiting on each rate limit over the last minute
+    (``{"busy": s, "waited": {limit: s}}``), when the pool declares rate limits."""
 
     @property
     def worker_id(self) -> str:
@@ -242,6 +245,8 @@ class WorkerState:
     last_heartbeat: float
     started: float
     drain_requested: bool = False
+    limit_window: Mapping[str, Any] | None = None
+    """What the worker reported of its rate-limit waits (see WorkerInfo.limit_window)."""
 
 
 @dataclass(frozen=True)
@@ -633,6 +638,7 @@ class TaskQueue:
             "state": worker.state, "done": worker.done, "failed": worker.failed,
             "concurrency": worker.concurrency, "started": worker.started,
             "runsSince": list(worker.runs_since),
+            **({"limitWindow": worker.limit_window} if worker.limit_window is not None else {}),
         })
         pairs = [x for item in held.items() for x in item]
         lost, cancel, drain = await self._run(
@@ -870,8 +876,13 @@ def _worker_states(reply: Sequence[Any]) -> list[WorkerState]:
             concurrency=int(info.get("concurrency", 0)),
             last_heartbeat=float(score) / 1000, started=float(info.get("started", 0)),
             drain_requested=bool(int(drain)),
+            limit_window=_limit_window(info.get("limitWindow")),
         ))
     return out
+
+
+def _limit_window(value: Any) -> Mapping[str, Any] | None:
+    return value if isinstance(value, dict) else None
 
 
 def _encode_result(result: Any) -> str:

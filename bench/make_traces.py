@@ -5,8 +5,9 @@
 Each trace is CSV `arrival_seconds,service_seconds`. Service times are log-normal, the shape
 of agent tasks that chain model calls: median 15 s clipped at 240 s for steady, bursty and
 diurnal; the long-run traces (longrun, heavytail, mixed) have runs of minutes, up to 600 s
-(the pool's default taskTimeoutSeconds). Arrivals are Poisson processes; the varying rates
-are drawn by thinning.
+(the pool's default taskTimeoutSeconds); ratelimited has LLM calls (median 20 s) arriving
+faster than a 120/min quota in bursts. Arrivals are Poisson processes; the varying rates are
+drawn by thinning.
 """
 
 from __future__ import annotations
@@ -111,6 +112,21 @@ def mixed(rng: random.Random) -> list[float]:
     return arrivals
 
 
+def llm_service(rng: random.Random) -> float:
+    """One model call and the work around it: median 20 s, 5-120 s."""
+    return lognormal(rng, 20.0, 0.5, 5.0, 120.0)
+
+
+def ratelimited(rng: random.Random) -> list[float]:
+    """For a pool behind an LLM quota of 120 calls/min (one per task): 0.6 tasks/s for 40
+    minutes (30 % of the quota) and three bursts of 600 tasks within a minute, each five
+    minutes of the quota's work."""
+    arrivals = poisson(rng, lambda _: 0.6, 0.6, 40 * 60.0)
+    for index in range(3):
+        arrivals += burst(rng, 180.0 + index * 780.0 + rng.uniform(0.0, 60.0), 600, 60.0)
+    return arrivals
+
+
 Arrivals = Callable[[random.Random], list[float]]
 Service = Callable[[random.Random], float]
 TRACES: dict[str, tuple[Arrivals, Service]] = {
@@ -120,6 +136,7 @@ TRACES: dict[str, tuple[Arrivals, Service]] = {
     "longrun": (longrun, long_service),
     "heavytail": (heavytail, heavy_service),
     "mixed": (mixed, mixed_service),
+    "ratelimited": (ratelimited, llm_service),
 }
 
 

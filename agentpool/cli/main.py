@@ -17,6 +17,7 @@ from agentpool.cli import (
     dead,
     demo,
     get,
+    limits,
     simulate,
     stats,
     status,
@@ -38,6 +39,7 @@ SUBCOMMANDS: list[ModuleType] = [
     dead,
     tasks,
     workers,
+    limits,
     status,
     console,
 ]

@@ -28,6 +28,7 @@ from agentpool.scaling.simulation import (
 
 ROWS = [
     ("tasks", "tasks done"),
+    ("tasks_per_minute", "throughput (tasks/min)"),
     ("unfinished", "tasks unfinished"),
     ("p50_wait_s", "p50 wait (s)"),
     ("p95_wait_s", "p95 wait (s)"),
@@ -39,11 +40,17 @@ ROWS = [
 ]
 
 
+COLUMN_TITLES = {
+    "agentpool": "agentpool",
+    "agentpool-unaware": "agentpool, blind to the limit",
+    "keda": "KEDA defaults",
+}
 TRACE_HELP = (
     "TRACE.csv has one task per row: arrival_seconds,service_seconds (when the task arrives, "
     "counted from the start of the trace, and how long it runs once a worker has it). One header "
     "row, blank lines and '#' comments are skipped. Sample traces (steady, bursty, "
-    "diurnal, and the long agent runs of longrun, heavytail and mixed) are in the source "
+    "diurnal, the long agent runs of longrun, heavytail and mixed, and ratelimited, made "
+    "for --rate-limit 120/min) are in the source "
     "tree: bench/traces/*.csv, made by bench/make_traces.py."
 )
 
@@ -99,6 +106,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="pod start to ready (default %(default)s)",
     )
     cluster.add_argument(
+        "--rate-limit", type=_rate, metavar="N/min", default=None,
+        help="a shared rate limit every task takes one grant of before its work starts, "
+        "e.g. 600/min or 10/s; adds a run of our policy blind to it (default: none)",
+    )
+    cluster.add_argument(
+        "--rate-limit-burst", type=float, metavar="GRANTS", default=None,
+        help="grants the limit lets go at once after a quiet spell (default: one second of "
+        "the rate, at least 1)",
+    )
+    cluster.add_argument(
         "--keda-metric",
         choices=["queued", "backlog"],
         default="queued",
@@ -144,10 +161,17 @@ def run(args: argparse.Namespace) -> int:
         with args.trace.open() as lines:
             trace = parse_trace(lines)
         policy = ScalingPolicy.from_spec(_scaling_spec(args), args.concurrency)
+        burst = args.rate_limit_burst
+        if args.rate_limit is not None and burst is None:
+            burst = max(1.0, args.rate_limit / 60)
+        if burst is not None and not burst >= 1:
+            raise ValueError("--rate-limit-burst must be at least 1")
         cluster = Cluster(
             concurrency=args.concurrency,
             startup_seconds=args.startup_seconds,
             sample_seconds=args.sample_seconds,
+            rate_limit_per_minute=args.rate_limit,
+            rate_limit_burst=burst or 1.0,
         )
         keda = KedaSettings(metric=args.keda_metric, grace_seconds=args.keda_grace_seconds)
     except (OSError, ValueError, PlotUnavailable) as error:
@@ -166,6 +190,20 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"agentpool simulate: plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def _rate(text: str) -> float:
+    """`600/min`, `10/s` or `36000/h` as grants per minute."""
+    number, _, unit = text.partition("/")
+    per = {"s": 60.0, "sec": 60.0, "min": 1.0, "m": 1.0, "h": 1 / 60, "hour": 1 / 60}
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit.strip().lower() not in per or not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a rate such as 600/min or 10/s, got {text!r}")
+    return value * per[unit.strip().lower()]
 
 
 def _scaling_spec(args: argparse.Namespace) -> ScalingSpec:
@@ -190,11 +228,15 @@ def _scaling_spec(args: argparse.Namespace) -> ScalingSpec:
 def _model(args: argparse.Namespace) -> str:
     metric = "queue length" if args.keda_metric == "queued" else "queued + in-flight"
     tpr = args.tasks_per_replica or args.concurrency
+    limit = ""
+    if args.rate_limit is not None:
+        burst = args.rate_limit_burst or max(1.0, args.rate_limit / 60)
+        limit = f", rate limit {args.rate_limit:g}/min (burst {burst:g})"
     return (
         f"{args.min_replicas}..{args.max_replicas} replicas, concurrency {args.concurrency}, "
         f"tasksPerReplica {tpr}, pods ready {args.startup_seconds:g}s after start, "
         f"scale-down drains until runs end; KEDA metric: {metric}, "
-        f"grace {args.keda_grace_seconds:g}s"
+        f"grace {args.keda_grace_seconds:g}s{limit}"
     )
 
 
@@ -202,10 +244,10 @@ def _as_json(args: argparse.Namespace, result: Comparison) -> dict[str, Any]:
     document: dict[str, Any] = {
         "trace": str(args.trace),
         "model": _model(args),
-        "results": [result.ours.summary(), result.keda.summary()],
+        "results": [run.summary() for run in result.runs],
     }
     if args.timeline:
-        document["timeline"] = {run.name: _series(run) for run in (result.ours, result.keda)}
+        document["timeline"] = {run.name: _series(run) for run in result.runs}
     return document
 
 
@@ -215,11 +257,11 @@ def _series(run: RunResult) -> dict[str, list[float]]:
 
 
 def _print_table(args: argparse.Namespace, result: Comparison) -> None:
-    ours, keda = result.ours.summary(), result.keda.summary()
+    summaries = [run.summary() for run in result.runs]
     table = Table(title=str(args.trace), caption=_model(args))
     table.add_column("")
-    table.add_column("agentpool", justify="right")
-    table.add_column("KEDA defaults", justify="right")
+    for run in result.runs:
+        table.add_column(COLUMN_TITLES[run.name], justify="right")
     for key, label in ROWS:
-        table.add_row(label, str(ours[key]), str(keda[key]))
+        table.add_row(label, *(str(summary[key]) for summary in summaries))
     Console().print(table)

@@ -14,9 +14,10 @@ from pathlib import Path
 from agentpool.scaling.simulation import Comparison, RunResult
 
 MISSING = "--plot needs matplotlib: pip install 'agentpool[bench]'"
-COLOURS = {"agentpool": "#1f77b4", "keda": "#ff7f0e"}
-LABELS = {"agentpool": "agentpool", "keda": "KEDA defaults over the HPA"}
-SHORT = {"agentpool": "agentpool", "keda": "KEDA"}
+COLOURS = {"agentpool": "#1f77b4", "agentpool-unaware": "#2ca02c", "keda": "#ff7f0e"}
+LABELS = {"agentpool": "agentpool", "agentpool-unaware": "agentpool, blind to the rate limit",
+          "keda": "KEDA defaults over the HPA"}
+SHORT = {"agentpool": "agentpool", "agentpool-unaware": "blind", "keda": "KEDA"}
 
 
 class PlotUnavailable(RuntimeError):
@@ -41,7 +42,7 @@ def write_plot(result: Comparison, path: Path, *, trace: str, caption: str) -> N
     except ImportError as error:
         raise PlotUnavailable(MISSING) from error
 
-    runs = (result.ours, result.keda)
+    runs = result.runs
     figure = Figure(figsize=(12, 7), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     queue_axes, replica_axes = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
@@ -58,7 +59,8 @@ def write_plot(result: Comparison, path: Path, *, trace: str, caption: str) -> N
         axes.set_ylim(bottom=0)
         axes.set_xlim(left=0, right=max(run.end for run in runs) / 60)
         axes.grid(alpha=0.3)
-    figure.legend(*queue_axes.get_legend_handles_labels(), loc="outside lower center", ncols=2)
+    figure.legend(*queue_axes.get_legend_handles_labels(), loc="outside lower center",
+                  ncols=len(runs))
     figure.suptitle(f"{trace}: p95 wait {_p95_line(runs)}", fontsize=13)
     queue_axes.set_title(caption, fontsize=9, color="dimgray")
     figure.savefig(path, format="png")

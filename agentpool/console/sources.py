@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from agentpool.cli.fleet import (
     CounterSample,
@@ -37,6 +38,7 @@ from agentpool.cli.views import (
 )
 from agentpool.console.history import History, Point
 from agentpool.console.hub import Feed, encode
+from agentpool.models import RateLimitSpec
 from agentpool.protocol import (
     QUEUE_NAME,
     TASK_LIST_STATES,
@@ -51,6 +53,7 @@ from agentpool.protocol import (
     task_page,
     task_view,
 )
+from agentpool.ratelimit import RateLimiter, RateLimitError, limit_configs
 
 NO_NAMESPACE = "-"
 """The namespace part of a pool's address when the fleet comes from Redis alone."""
@@ -196,6 +199,7 @@ class Sources:
                         for p in record.history.points()],
             "workers": workers_json(workers, now),
             "rate_limits": spec.get("rateLimits"),
+            "limits": await limit_rows(self.redis, spec.get("rateLimits"), now),
             "events": events,
             "events_note": events_note,
         }
@@ -288,6 +292,40 @@ def checkpoint_json(view: TaskView) -> dict[str, Any] | None:
         with contextlib.suppress(ValueError):
             state = json.loads(view.checkpoint)
     return {"state": state, "bytes": view.checkpoint_bytes, "complete": complete}
+
+
+async def limit_rows(redis: aioredis.Redis, declared: Any, now: float) -> list[dict[str, Any]]:
+    """The pool's rate limits as it declares them, with what Redis says of each (the serving
+    declaration, effective rate, waiting workers, grants, 429s); None figures when unread."""
+    rows: list[dict[str, Any]] = []
+    for item in declared if isinstance(declared, list) else []:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            continue
+        row: dict[str, Any] = {"name": item["name"], "declared": dict(item), "serving": None,
+                               "conflict": False, "effective_rpm": None, "effective_tpm": None,
+                               "paused_seconds": None, "waiting": None, "grants": None,
+                               "throttles": None, "last_throttle_age_seconds": None}
+        try:
+            state = await RateLimiter(redis, item["name"]).state()
+        except (RateLimitError, RedisError, OSError):
+            rows.append(row)
+            continue
+        config = state.config
+        if config is not None:
+            row["serving"] = config.to_json()
+            try:
+                row["conflict"] = limit_configs([RateLimitSpec.model_validate(item)]) != [config]
+            except ValueError:
+                row["conflict"] = True
+        row.update(
+            effective_rpm=state.effective_rpm, effective_tpm=state.effective_tpm,
+            paused_seconds=round(state.paused_for, 1), waiting=state.waiting,
+            grants=state.grants, throttles=state.throttles,
+            last_throttle_age_seconds=None if state.last_throttle is None
+            else round(now - state.last_throttle, 1),
+        )
+        rows.append(row)
+    return rows
 
 
 def task_row(info: TaskInfo) -> dict[str, Any]:

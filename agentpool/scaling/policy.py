@@ -21,13 +21,28 @@ Rules, in the order `decide` applies them:
   recommendations of a burst age out of the window, the pool follows them down poll by poll;
 - a fresh history (see `ScalingHistory`) holds scale-downs for one window;
 - scale to zero only after the queue held nothing queued or in flight for a whole cooldown;
-- step limits cap the change of one decision.
+- step limits cap the change of one decision;
+- rate limits: when the serving pods' runs spend at least RATE_LIMITED_SHARE of their time
+  waiting for one rate limit's grants (the share their heartbeats report over the last minute),
+  more pods cannot add throughput, only more waiting. The limit then *holds* the pool and
+  caps its need at the size it can feed, ceil(current * (1 - share) /
+  (1 - RATE_LIMIT_TARGET_SHARE)): the pods that would be busy if the waits shrank to the
+  target share, which keeps the limit fully used. A pool above the cap scales down to it
+  through the usual stabilisation window and cooldown. While held: within
+  RATE_LIMIT_SETTLE_SECONDS of a change of size the cap is the current size (the share still
+  describes the old size); a share between RATE_LIMIT_RELEASE_SHARE and RATE_LIMITED_SHARE
+  keeps the size; a share below RATE_LIMIT_RELEASE_SHARE (the limit got faster, the tasks
+  slower) lets the pool grow by RATE_LIMIT_PROBE_FACTOR per settle period. The pool remembers
+  the size the limit last capped it at (it can feed that many), so when the backlog comes
+  back it scales up to that size at once and no further: the next burst does not scale into
+  the limit again. A limit only holds a pool whose runs waited on it; the memory is in the
+  scaling history.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,6 +51,18 @@ from agentpool.models import ScalingSpec
 TIMES = "\N{MULTIPLICATION SIGN}"
 MAX_RECOMMENDATIONS = 32
 """Bound on remembered recommendations, so the history fits an annotation."""
+RATE_LIMITED_SHARE = 0.25
+"""A rate limit holds the pool when its runs spend at least this share of their run time
+waiting for its grants."""
+RATE_LIMIT_RELEASE_SHARE = 0.05
+"""A limit that held the pool lets go only when the waiting share falls below this."""
+RATE_LIMIT_TARGET_SHARE = 0.10
+"""The waiting share a rate-limited pool is sized for: a little waiting keeps the limit full."""
+RATE_LIMIT_SETTLE_SECONDS = 60.0
+"""The waiting share covers the last minute of run time, so after a change of size it takes a
+minute to describe the new size: a held pool makes no new rate-limit move within it."""
+RATE_LIMIT_PROBE_FACTOR = 1.25
+"""A held pool that hardly waits grows by this factor per settle period (at least one pod)."""
 
 
 @dataclass(frozen=True)
@@ -88,13 +115,23 @@ class ScalingPolicy:
 
 
 @dataclass(frozen=True)
+class LimitWait:
+    """Share of the serving pods' run time spent waiting for one rate limit's grants."""
+
+    name: str
+    share: float
+
+
+@dataclass(frozen=True)
 class QueueLoad:
     """The queue at one poll. `queued` counts ready-to-run tasks only (delayed ones wait for
-    their time, not for a worker). `figures_ok` is False when Redis could not be read."""
+    their time, not for a worker). `figures_ok` is False when Redis could not be read.
+    `limit_waits`: what the workers report of their rate-limit waits (none without limits)."""
 
     queued: int = 0
     in_flight: int = 0
     figures_ok: bool = True
+    limit_waits: tuple[LimitWait, ...] = ()
 
     @classmethod
     def unavailable(cls) -> QueueLoad:
@@ -125,15 +162,23 @@ class ScalingHistory:
     last_scale_up: float | None = None
     last_scale_down: float | None = None
     idle_since: float | None = None
+    rate_limited: str | None = None
+    """The rate limit that holds the pool (it capped a decision), if any."""
+    rate_limited_size: int | None = None
+    """The size that limit last capped the pool at: what it can feed, as far as is known."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "recommendations": [[r.at, r.replicas] for r in self.recommendations],
             "since": self.since,
             "lastScaleUp": self.last_scale_up,
             "lastScaleDown": self.last_scale_down,
             "idleSince": self.idle_since,
         }
+        if self.rate_limited is not None:
+            data["rateLimited"] = self.rate_limited
+            data["rateLimitedSize"] = self.rate_limited_size
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ScalingHistory:
@@ -151,7 +196,89 @@ class ScalingHistory:
             last_scale_up=_optional_number(data.get("lastScaleUp")),
             last_scale_down=_optional_number(data.get("lastScaleDown")),
             idle_since=_optional_number(data.get("idleSince")),
+            rate_limited=_optional_text(data.get("rateLimited")),
+            rate_limited_size=_optional_count(data.get("rateLimitedSize")),
         )
+
+
+@dataclass(frozen=True)
+class RateLimitCap:
+    """A rate limit holding the pool: its waiting share and the size it can feed."""
+
+    limit: str
+    share: float
+    cap: int
+    need: int
+    """What the backlog alone would ask for."""
+
+    def describe(self) -> str:
+        return (f"rate limit {self.limit}: runs wait {self.share:.0%} of their time, "
+                f"{_replicas(self.cap)} can feed it")
+
+
+MIN_BUSY_SECONDS = 5.0
+"""Run-seconds a pool must have been busy within the window before its waiting share counts."""
+
+
+def limit_waits(reports: Iterable[Mapping[str, Any] | None]) -> tuple[LimitWait, ...]:
+    """The pool's waiting share per limit from its workers' heartbeat reports
+    (``{"busy": s, "waited": {limit: s}}``): waited run-seconds over busy run-seconds, summed
+    over the workers. Malformed reports are skipped."""
+    busy = 0.0
+    waited: dict[str, float] = {}
+    for report in reports:
+        if not isinstance(report, Mapping):
+            continue
+        spent, waits = report.get("busy"), report.get("waited")
+        if not isinstance(spent, int | float) or isinstance(spent, bool):
+            continue
+        if not isinstance(waits, Mapping):
+            continue
+        busy += max(0.0, float(spent))
+        for name, seconds in waits.items():
+            if isinstance(name, str) and _is_number(seconds):
+                waited[name] = waited.get(name, 0.0) + max(0.0, float(seconds))
+    if busy < MIN_BUSY_SECONDS:
+        return ()
+    return tuple(LimitWait(name, min(1.0, total / busy)) for name, total in sorted(waited.items()))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def rate_limit_cap(
+    policy: ScalingPolicy,
+    waits: tuple[LimitWait, ...],
+    current: int,
+    history: ScalingHistory,
+    now: float,
+) -> RateLimitCap | None:
+    """The size a rate limit lets the pool have now, or None when no limit holds it (`need`
+    is filled in by `decide`). See the module docstring for the rules."""
+    held, fed = history.rate_limited, history.rate_limited_size or 0
+    shares = {wait.name: min(1.0, wait.share) for wait in waits}
+    top = max(waits, key=lambda w: (w.share, w.name)) if waits else None
+    if top is not None and top.share >= RATE_LIMITED_SHARE and (
+        held is None or top.share > shares.get(held, 0.0)
+    ):
+        name = top.name
+    elif held is not None:
+        name = held
+    else:
+        return None
+    if name != held:
+        fed = 0
+    share = shares.get(name, 0.0)
+    changes = [t for t in (history.last_scale_up, history.last_scale_down) if t is not None]
+    settling = name == held and bool(changes) and now - max(changes) < RATE_LIMIT_SETTLE_SECONDS
+    if share >= RATE_LIMITED_SHARE and not settling:
+        cap = math.ceil(current * (1 - share) / (1 - RATE_LIMIT_TARGET_SHARE) - 1e-9)
+    elif settling or share >= RATE_LIMIT_RELEASE_SHARE or current < fed:
+        cap = max(current, fed)
+    else:
+        cap = max(current + 1, math.ceil(current * RATE_LIMIT_PROBE_FACTOR))
+    return RateLimitCap(name, share, policy.clamp(max(1, cap)), 0)
 
 
 @dataclass(frozen=True)
@@ -162,6 +289,8 @@ class Decision:
     reason: str
     history: ScalingHistory
     current: int
+    limited: RateLimitCap | None = None
+    """Set when a rate limit capped the need below what the backlog asked for."""
 
     @property
     def changed(self) -> bool:
@@ -190,6 +319,17 @@ def decide(
     asleep = current == 0 and backlog <= policy.activation_depth
     raw = 0 if asleep else math.ceil(backlog / tpr)
     need = policy.clamp(raw)
+    limited = rate_limit_cap(policy, load.limit_waits, current, history, now)
+    if limited is not None:
+        fed = history.rate_limited_size if history.rate_limited == limited.limit else None
+        if need > limited.cap:
+            fed = limited.cap
+            limited = replace(limited, need=need)
+            need = limited.cap
+        else:
+            limited = None
+        history = replace(history, rate_limited=limited.limit if limited else history.rate_limited,
+                          rate_limited_size=fed)
     window = policy.scale_down_cooldown_seconds
     history = replace(
         history,
@@ -199,10 +339,22 @@ def decide(
         explain = f"backlog {backlog} > {_replicas(current)} {TIMES} {tpr} tasks"
         if raw > policy.max_replicas:
             explain += f", capped at maxReplicas {policy.max_replicas}"
-        return _scale_up(policy, current, need, explain, history, now)
+        if limited is not None:
+            explain += f"; {limited.describe()}"
+        return replace(_scale_up(policy, current, need, explain, history, now), limited=limited)
     highest = max(r.replicas for r in history.recommendations)
     if highest < current:
-        return _scale_down(policy, current, highest, backlog, history, now)
+        decision = _scale_down(policy, current, highest, backlog, history, now)
+        if limited is not None:
+            decision = replace(decision, limited=limited,
+                               reason=f"{limited.describe()}; {decision.reason}")
+        return decision
+    if limited is not None:
+        explain = f"backlog {backlog} needs {_replicas(limited.need)}; {limited.describe()}"
+        if need < current:
+            explain += f"; scale-down waits for the {window:g}s window"
+        return replace(_settle(policy, current, current, explain, history, now),
+                       limited=limited)
     if asleep and not backlog:
         explain = "nothing queued or in flight"
     elif asleep:
@@ -345,3 +497,15 @@ def _count(value: Any) -> int:
 
 def _optional_number(value: Any) -> float | None:
     return None if value is None else _number(value)
+
+
+def _optional_count(value: Any) -> int | None:
+    return None if value is None else _count(value)
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a limit name, got {value!r}")
+    return value

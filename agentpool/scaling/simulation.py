@@ -27,9 +27,18 @@ waiting longest wins a blocking claim); an interrupted task goes back to the hea
 queue (its place: ahead of every task that arrived after it, as the task protocol requeues)
 and runs again from the start (the kindest case for the baseline: no visibility
 timeout, no lost task). A task's wait is from its arrival to the start of the run that
-completed it. The run ends once every task is done and the pool is back at its minimum;
-replica-seconds count every pod from creation to exit, draining ones included; pod starts
-count every pod created after the warm start.
+completed it.
+
+A rate limit (`Cluster.rate_limit_per_minute`) is the shared limiter of the product: every
+run takes one grant from a GCRA bucket of `rate_limit_burst` grants before its work starts,
+holding its slot while it waits for the reserved time (the grant time is then the run's start
+for its wait; an interrupted run gives back a grant it had not reached). Our autoscaler reads
+the share of run time spent waiting over the last minute, as the workers' heartbeats report
+it; `rate_aware=False` runs the same policy blind to it, as a comparison.
+
+The run ends once every task is done and the pool is back at its minimum; replica-seconds
+count every pod from creation to exit, draining ones included; pod starts count every pod
+created after the warm start.
 """
 
 from __future__ import annotations
@@ -42,8 +51,19 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Literal, Protocol
 
-from agentpool.scaling.policy import QueueLoad, ScalingHistory, ScalingPolicy, decide
+from agentpool.scaling.policy import (
+    LimitWait,
+    QueueLoad,
+    ScalingHistory,
+    ScalingPolicy,
+    decide,
+    limit_waits,
+)
 from agentpool.scaling.scaledown import PodLoad, plan_drains, serving_view
+
+WAIT_WINDOW = 60.0
+"""Seconds of run time the waiting share covers (as agentpool_worker.limits reports it)."""
+LIMIT_NAME = "llm"
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,10 @@ class Cluster:
     sample_seconds: float = 10.0
     give_up_after_seconds: float = 6 * 3600.0
     """How long after the last arrival a run that never settles is stopped."""
+    rate_limit_per_minute: float | None = None
+    """Grants per minute of a shared rate limit every run waits on; None: no limit."""
+    rate_limit_burst: float = 1.0
+    """Grants the limit's bucket holds (its burst)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,8 @@ class RunResult:
     end: float
     final_pods: int
     unfinished: int
+    last_done: float = 0.0
+    """When the last task completed."""
 
     def extended_to(self, horizon: float) -> RunResult:
         """The same run kept idle until `horizon`, so runs of one trace compare in cost."""
@@ -146,9 +172,11 @@ class RunResult:
 
     def summary(self) -> dict[str, float | int | str]:
         waits = sorted(self.waits)
+        per_minute = 60 * len(waits) / self.last_done if self.last_done > 0 else 0.0
         return {
             "autoscaler": self.name,
             "tasks": len(waits),
+            "tasks_per_minute": round(per_minute, 2),
             "unfinished": self.unfinished,
             "p50_wait_s": round(percentile(waits, 50), 2),
             "p95_wait_s": round(percentile(waits, 95), 2),
@@ -179,6 +207,8 @@ class SimPod:
     """Task index -> run number, to tell a live completion from one of an interrupted run."""
     since: dict[int, float] = field(default_factory=dict)
     """Task index -> when its run began."""
+    granted: dict[int, float] = field(default_factory=dict)
+    """Task index -> when its rate-limit grant comes (its work starts)."""
     leaving: bool = False
     """Removed from the Deployment: its tasks get the grace period, then are interrupted."""
     draining: bool = False
@@ -215,24 +245,28 @@ class Autoscaler(Protocol):
     def next_tick(self, now: float) -> float:
         """The first evaluation time strictly after `now`."""
 
-    def step(self, now: float, queued: int, pods: Sequence[SimPod]) -> Step:
-        """What to do now, given the queue and the live pods."""
+    def step(self, now: float, queued: int, pods: Sequence[SimPod],
+             limit_waits: tuple[LimitWait, ...] = ()) -> Step:
+        """What to do now, given the queue, the live pods and the runs' rate-limit waits."""
 
 
 class OurAutoscaler:
-    """`scaling.decide` in a loop over the serving pods; `scaledown.plan_drains` applies it."""
+    """`scaling.decide` in a loop over the serving pods; `scaledown.plan_drains` applies it.
+    `rate_aware=False` hides the rate-limit waits from the policy."""
 
-    name = "agentpool"
     grace_seconds = math.inf
 
-    def __init__(self, policy: ScalingPolicy) -> None:
+    def __init__(self, policy: ScalingPolicy, *, rate_aware: bool = True) -> None:
         self.policy = policy
         self.history = ScalingHistory()
+        self.rate_aware = rate_aware
+        self.name = "agentpool" if rate_aware else "agentpool-unaware"
 
     def next_tick(self, now: float) -> float:
         return _next_multiple(now, self.policy.poll_seconds)
 
-    def step(self, now: float, queued: int, pods: Sequence[SimPod]) -> Step:
+    def step(self, now: float, queued: int, pods: Sequence[SimPod],
+             limit_waits: tuple[LimitWait, ...] = ()) -> Step:
         by_name = {f"{pod.ident:09d}": pod for pod in pods}
         loads = [
             PodLoad(name, len(pod.running), pod.ready(now), draining=pod.draining,
@@ -240,9 +274,9 @@ class OurAutoscaler:
             for name, pod in by_name.items()
         ]
         view = serving_view(loads)
-        decision = decide(
-            self.policy, QueueLoad(queued, view.in_flight), view.serving, self.history, now
-        )
+        waits = limit_waits if self.rate_aware else ()
+        load = QueueLoad(queued, view.in_flight, limit_waits=waits)
+        decision = decide(self.policy, load, view.serving, self.history, now)
         self.history = decision.history
         plan = plan_drains(loads, decision.replicas)
         event = None
@@ -277,7 +311,8 @@ class KedaAutoscaler:
             _next_multiple(now, self.settings.hpa_sync_seconds),
         )
 
-    def step(self, now: float, queued: int, pods: Sequence[SimPod]) -> Step:
+    def step(self, now: float, queued: int, pods: Sequence[SimPod],
+             limit_waits: tuple[LimitWait, ...] = ()) -> Step:
         """The HPA's replica count; the ReplicaSet stops pods blindly to meet it."""
         serving = [pod for pod in pods if not pod.leaving]
         in_flight = sum(len(pod.running) for pod in pods)
@@ -371,6 +406,43 @@ class _Run:
     scale_events: list[ScaleEvent] = field(default_factory=list)
     timeline: list[Sample] = field(default_factory=list)
     seq: int = 0
+    tat: float = 0.0
+    """The rate limit's theoretical arrival time (GCRA)."""
+    granted: list[float] = field(default_factory=list)
+    ended: deque[tuple[float, float, float]] = field(default_factory=deque)
+    """(run start, grant, end) of runs that ended within the last WAIT_WINDOW."""
+    last_done: float = 0.0
+
+    def reserve(self, now: float) -> float:
+        """One grant of the rate limit for a run starting at `now`: when its work may start."""
+        rate = self.cluster.rate_limit_per_minute
+        if rate is None:
+            return now
+        per = 60.0 / rate
+        grant = max(now, self.tat - max(0.0, self.cluster.rate_limit_burst - 1) * per)
+        self.tat = max(self.tat, grant) + per
+        return grant
+
+    def give_back(self, now: float, grant: float) -> None:
+        rate = self.cluster.rate_limit_per_minute
+        if rate is not None and grant > now:
+            self.tat -= 60.0 / rate
+
+    def limit_waits(self, now: float) -> tuple[LimitWait, ...]:
+        """The runs' waiting share over the last WAIT_WINDOW, as the heartbeats report it."""
+        if self.cluster.rate_limit_per_minute is None:
+            return ()
+        start = now - WAIT_WINDOW
+        while self.ended and self.ended[0][2] <= start:
+            self.ended.popleft()
+        spans = list(self.ended) + [
+            (pod.since[task], pod.granted[task], now) for pod in self.live for task in pod.running
+        ]
+        busy = sum(max(0.0, end - max(begin, start)) for begin, _, end in spans)
+        waited = sum(
+            max(0.0, min(grant, end) - max(begin, start)) for begin, grant, end in spans
+        )
+        return limit_waits([{"busy": busy, "waited": {LIMIT_NAME: waited}}])
 
     def push(self, at: float, kind: _Kind, a: int = 0, b: int = 0) -> None:
         self.seq += 1
@@ -420,17 +492,20 @@ class _Run:
             pod = min(free, key=lambda p: (len(p.running), p.ident))
             task = self.queue.popleft()
             self.runs[task] += 1
-            self.started[task] = now
+            grant = self.reserve(now)
+            self.started[task] = grant
             pod.running[task] = self.runs[task]
             pod.since[task] = now
-            self.push(now + self.trace[task].service, _Kind.DONE, pod.ident, task)
+            pod.granted[task] = grant
+            self.push(grant + self.trace[task].service, _Kind.DONE, pod.ident, task)
 
     def finish(self, now: float, pod: SimPod, task: int) -> None:
         if pod.exited_at is not None or pod.running.get(task) != self.runs[task]:
             return
         del pod.running[task]
-        del pod.since[task]
+        self.ended.append((pod.since.pop(task), pod.granted.pop(task), now))
         self.waits[task] = self.started[task] - self.trace[task].arrival
+        self.last_done = now
         if pod.leaving and not pod.running:
             self.exit(pod, now)
 
@@ -440,8 +515,12 @@ class _Run:
         stopped = sorted(pod.running, reverse=True)
         self.interrupted += len(stopped)
         self.queue.extendleft(stopped)
+        for task in stopped:
+            self.give_back(now, pod.granted[task])
+            self.ended.append((pod.since[task], pod.granted[task], now))
         pod.running.clear()
         pod.since.clear()
+        pod.granted.clear()
         self.exit(pod, now)
 
     def settled(self) -> bool:
@@ -502,11 +581,12 @@ def simulate(
         end=now,
         final_pods=len(run.live),
         unfinished=len(trace) - len(run.waits),
+        last_done=run.last_done,
     )
 
 
 def _tick(run: _Run, now: float) -> None:
-    step = run.scaler.step(now, len(run.queue), list(run.live))
+    step = run.scaler.step(now, len(run.queue), list(run.live), run.limit_waits(now))
     if step.event is not None:
         run.scale_events.append(step.event)
     run.apply(step, now)
@@ -528,6 +608,12 @@ def _sample(run: _Run, now: float) -> Sample:
 class Comparison:
     ours: RunResult
     keda: RunResult
+    unaware: RunResult | None = None
+    """Our policy blind to rate-limit waits (only when the cluster has a rate limit)."""
+
+    @property
+    def runs(self) -> tuple[RunResult, ...]:
+        return (self.ours, *((self.unaware,) if self.unaware else ()), self.keda)
 
 
 def compare(
@@ -536,11 +622,18 @@ def compare(
     cluster: Cluster = Cluster(),
     keda: KedaSettings = KedaSettings(),
 ) -> Comparison:
-    """Both autoscalers on one trace, costs counted up to the same moment."""
+    """Both autoscalers on one trace, costs counted up to the same moment; with a rate limit,
+    also our policy blind to it."""
     ours = simulate(trace, OurAutoscaler(policy), cluster)
     baseline = simulate(trace, KedaAutoscaler(policy, keda), cluster)
-    horizon = max(ours.end, baseline.end)
-    return Comparison(ours.extended_to(horizon), baseline.extended_to(horizon))
+    unaware = None
+    if cluster.rate_limit_per_minute is not None:
+        unaware = simulate(trace, OurAutoscaler(policy, rate_aware=False), cluster)
+    horizon = max(ours.end, baseline.end, unaware.end if unaware else 0.0)
+    return Comparison(
+        ours.extended_to(horizon), baseline.extended_to(horizon),
+        unaware.extended_to(horizon) if unaware else None,
+    )
 
 
 def _next_multiple(now: float, period: float) -> float:

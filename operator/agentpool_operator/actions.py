@@ -9,33 +9,38 @@ their Deployment has.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from . import recovery_actions, scaling_actions
+from . import rate_limit_actions, recovery_actions, scaling_actions
 from .deployment import POOL_LABEL
 from .kube import KubeApi
 from .observation import ActionResult, PoolObservation
-from .status import ConditionUpdate
+from .status import ConditionUpdate, Problem
 
 
 def merge(*results: ActionResult) -> ActionResult:
     fields: dict[str, Any] = {}
     conditions: list[ConditionUpdate] = []
+    problems: list[Problem] = []
     for result in results:
         fields.update(result.status_fields)
         conditions.extend(result.conditions)
-    return ActionResult(fields, tuple(conditions))
+        problems.extend(result.problems)
+    return ActionResult(fields, tuple(conditions), tuple(problems))
 
 
 async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
     """Apply recovery, then scaling, to one observed pool.
 
     Recovery runs first so that the tasks of dead pods are back in the queue before scaling
-    looks at the backlog.
+    looks at the backlog; the rate limits are declared and their waits read before scaling.
     """
     pods = observation.pods
     if pods is None:
         pods = await kube.list_pods(observation.namespace, {POOL_LABEL: observation.name})
     recovered = await recovery_actions.recover(observation, pods, kube)
+    limits = await rate_limit_actions.observe_limits(observation)
+    observation = replace(observation, limit_waits=limits.waits)
     scaled = await scaling_actions.scale(observation, pods, kube)
-    return merge(recovered, scaled)
+    return merge(recovered, scaled, ActionResult(problems=limits.problems))

@@ -264,7 +264,9 @@ async def ensure_worker_credentials(
     )
     user = acl_username(namespace, name, Role.WORKER)
     try:
-        await set_user(admin, user, acl_rules(queue, Role.WORKER, plan.accepted))
+        limits = [limit.get("name", "") for limit in
+                  (pool.get("spec") or {}).get("rateLimits") or ()]
+        await set_user(admin, user, acl_rules(queue, Role.WORKER, plan.accepted, limits))
     except redis.exceptions.ResponseError as error:
         why = refusal(error)
         if why is None:

@@ -16,6 +16,7 @@ from typing import Any
 from kubernetes.utils.quantity import parse_quantity
 
 from agentpool.models import AgentPoolSpec, SecretKeyRef, WorkerSpec
+from agentpool.ratelimit import encode_limits, limit_configs
 
 WORKER_CONTAINER = "worker"
 HTTP_PORT = 8080
@@ -202,6 +203,9 @@ def _env(pool_name: str, spec: AgentPoolSpec,
         _field_env("AGENTPOOL_POD_NAME", "metadata.name"),
         _field_env("AGENTPOOL_POD_NAMESPACE", "metadata.namespace"),
     ]
+    if spec.rate_limits:
+        limits = encode_limits(limit_configs(spec.rate_limits))
+        ours.append({"name": "AGENTPOOL_RATE_LIMITS", "value": limits})
     users = [e.model_dump(by_alias=True, exclude_none=True) for e in worker.env or []]
     overridden = {e["name"] for e in users}
     return [e for e in ours if e["name"] not in overridden] + users

@@ -31,6 +31,7 @@ from prometheus_client import (
 
 from agentpool.models import AgentPoolSpec
 from agentpool.protocol import RequeueResult
+from agentpool.ratelimit import LimitState
 
 POOL_LABELS = ("namespace", "pool")
 _FIGURES = {
@@ -120,6 +121,30 @@ RECONCILE_ERRORS = Counter(
     "Failed reconcile steps of a pool (the error is in the operator's log)",
     [*POOL_LABELS, "step"],
 )
+POOL_LIMIT_WAIT_SHARE = Gauge(
+    "agentpool_pool_limit_wait_share",
+    "Share of the pool's run time spent waiting for a rate limit's grants (last minute)",
+    [*POOL_LABELS, "limit"],
+)
+LIMIT_LABELS = ("limit",)
+LIMIT_DECLARED_RATE = Gauge(
+    "agentpool_limit_declared_rate", "A rate limit's declared rate per minute (serving "
+    "declaration)", [*LIMIT_LABELS, "unit"])
+LIMIT_EFFECTIVE_RATE = Gauge(
+    "agentpool_limit_effective_rate", "A rate limit's rate per minute now (lower after a 429, "
+    "recovering step by step)", [*LIMIT_LABELS, "unit"])
+LIMIT_GRANTS = Gauge(
+    "agentpool_limit_grants", "Grants a rate limit handed out (its counter in Redis)",
+    LIMIT_LABELS)
+LIMIT_THROTTLES = Gauge(
+    "agentpool_limit_throttles", "429s reported on a rate limit (its counter in Redis)",
+    LIMIT_LABELS)
+LIMIT_WAITING = Gauge(
+    "agentpool_limit_waiting_workers", "Workers holding a reservation of a rate limit that "
+    "is still in the future", LIMIT_LABELS)
+LIMIT_WAITED = Gauge(
+    "agentpool_limit_wait_seconds", "Run-seconds callers were told to wait for a rate "
+    "limit's grants (its counter in Redis)", LIMIT_LABELS)
 OPERATOR_UP = Gauge("agentpool_operator_up", "1 while the operator runs")
 REDIS_CLIENTS = Gauge(
     "agentpool_operator_redis_clients",
@@ -130,7 +155,7 @@ OPERATOR_INFO = Info("agentpool_operator", "The running operator")
 SCALE_DIRECTIONS = ("up", "down")
 DRAIN_PURPOSES = ("scale_down", "recovery")
 RECONCILE_STEPS = ("deployment", "observe", "act")
-SCALE_REASONS = ("backlog", "idle", "bounds", "fixed", "other")
+SCALE_REASONS = ("backlog", "idle", "bounds", "fixed", "rate_limit", "other")
 """What `scale_reason` reduces a decision's reason to."""
 REQUEUE_CAUSES = (
     "pod_deleted", "pod_failed", "pod_exited", "pod_gone", "node_gone",
@@ -173,6 +198,8 @@ def scale_reason(reason: str) -> str:
         return "bounds"
     if text.startswith(("nothing queued", "queue idle")):
         return "idle"
+    if text.startswith("rate limit") or "; rate limit " in text:
+        return "rate_limit"
     if text.startswith("backlog"):
         return "backlog"
     return "other"
@@ -270,6 +297,29 @@ def record_reconcile_error(namespace: str, pool: str, step: str) -> None:
     if step not in RECONCILE_STEPS:
         raise ValueError(f"step must be one of {RECONCILE_STEPS}, got {step!r}")
     _child(RECONCILE_ERRORS, namespace, pool, step).inc()
+
+
+def record_limit_waits(namespace: str, pool: str, shares: Mapping[str, float]) -> None:
+    for limit, share in shares.items():
+        _child(POOL_LIMIT_WAIT_SHARE, namespace, pool, limit).set(share)
+
+
+def record_limit(state: LimitState) -> None:
+    """A limit's figures as Redis holds them (shared by every pool naming it)."""
+    name = state.name
+    config = state.config
+    if config is not None:
+        for unit, declared, effective in (
+            ("requests", config.requests_per_minute, state.effective_rpm),
+            ("tokens", config.tokens_per_minute, state.effective_tpm),
+        ):
+            if declared is not None and effective is not None:
+                LIMIT_DECLARED_RATE.labels(name, unit).set(declared)
+                LIMIT_EFFECTIVE_RATE.labels(name, unit).set(effective)
+    LIMIT_GRANTS.labels(name).set(state.grants)
+    LIMIT_THROTTLES.labels(name).set(state.throttles)
+    LIMIT_WAITING.labels(name).set(state.waiting)
+    LIMIT_WAITED.labels(name).set(state.waited_seconds)
 
 
 def forget_pool(namespace: str, pool: str) -> None:

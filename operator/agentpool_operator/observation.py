@@ -13,9 +13,10 @@ from typing import Any
 
 from agentpool.models import AgentPoolSpec
 from agentpool.protocol import QueueFigures, TaskQueue
+from agentpool.scaling.policy import LimitWait
 
 from .context import PoolState
-from .status import ConditionUpdate
+from .status import ConditionUpdate, Problem
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class PoolObservation:
     """The pool's loop state (scaling history); None gives every round a fresh one."""
     pods: Sequence[dict[str, Any]] | None = None
     """The pool's pods as the watch knows them; None: `act` lists them."""
+    limit_waits: tuple[LimitWait, ...] = ()
+    """Share of the workers' run time spent waiting per rate limit (see rate_limit_actions)."""
 
 
 @dataclass(frozen=True)
@@ -45,3 +48,5 @@ class ActionResult:
     """Status fields to set, e.g. desiredReplicas, lastScaleTime, recoveredTasks."""
     conditions: tuple[ConditionUpdate, ...] = ()
     """Conditions to set, e.g. Scaling."""
+    problems: tuple[Problem, ...] = ()
+    """Problems that make the pool Degraded without stopping it (a conflicting rate limit)."""

@@ -291,6 +291,20 @@ def scaling_condition(
 ) -> ConditionUpdate:
     """The Scaling condition after `decision` was applied."""
     current, replicas = decision.current, decision.replicas
+    if decision.limited is not None:
+        limited = decision.limited
+        if replicas < current:
+            action = f"scaling down {current} → {replicas}"
+        elif replicas > current:
+            action = f"scaling up {current} → {replicas}"
+        else:
+            action = f"holding {_replicas(current)}"
+        return ConditionUpdate(
+            "Scaling", "True", "RateLimited",
+            f"rate limit {limited.limit} holds the pool: its runs wait for its grants, "
+            f"so more pods would only wait longer; {_replicas(limited.cap)} can feed it "
+            f"(the backlog asks for {limited.need}); {action}",
+        )
     if replicas > current:
         return ConditionUpdate("Scaling", "True", "ScaledUp", decision.reason)
     if replicas < current:
@@ -413,6 +427,7 @@ async def scale(
             await read_work()
         serving = serving_replicas(summaries, replicas, given_back)
         load = serving_load(queue_load(observation.figures), summaries, work or {}, given_back)
+        load = replace(load, limit_waits=observation.limit_waits)
         decision = decide(policy, load, serving, state.scaling_history, now)
         if decision.replicas < serving:
             await read_work()
@@ -431,6 +446,7 @@ async def scale(
     state.scaling_history = decision.history
     fields: dict[str, Any] = {"desiredReplicas": plan.replicas, **_draining_fields(
         summaries, plan, drains)}
+    fields["rateLimitedBy"] = decision.limited.limit if decision.limited else None
     if plan.start:
         metrics.record_pod_starts(observation.namespace, observation.name, plan.start)
     if plan.give_back:

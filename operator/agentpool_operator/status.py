@@ -129,8 +129,10 @@ def pool_conditions(
     deployment: DeploymentView | None,
     queue_problem: Problem | None,
     deployment_problem: Problem | None,
+    degraded_only: Sequence[Problem] = (),
 ) -> list[ConditionUpdate]:
-    """Ready, QueueReachable and Degraded from the observations."""
+    """Ready, QueueReachable and Degraded from the observations. `degraded_only` problems
+    make the pool Degraded but not unready (it still serves)."""
     if queue_problem is not None:
         reachable = ConditionUpdate(
             "QueueReachable", "False", queue_problem.reason, queue_problem.message
@@ -141,9 +143,10 @@ def pool_conditions(
         )
 
     problems = [p for p in (deployment_problem, queue_problem) if p is not None]
-    if problems:
+    if problems or degraded_only:
+        every = [*problems, *degraded_only]
         degraded = ConditionUpdate(
-            "Degraded", "True", problems[0].reason, "; ".join(p.message for p in problems)
+            "Degraded", "True", every[0].reason, "; ".join(p.message for p in every)
         )
     elif deployment is None:
         degraded = ConditionUpdate(
@@ -184,6 +187,7 @@ def build_status(
     deployment_problem: Problem | None = None,
     extra_fields: Mapping[str, Any] | None = None,
     extra_conditions: Sequence[ConditionUpdate] = (),
+    degraded_problems: Sequence[Problem] = (),
 ) -> Status:
     """The complete new status of a pool.
 
@@ -219,6 +223,7 @@ def build_status(
         deployment=deployment,
         queue_problem=queue_problem,
         deployment_problem=deployment_problem,
+        degraded_only=degraded_problems,
     )
     for update in [*updates, *extra_conditions]:
         conditions = set_condition(conditions, update, now=now, generation=generation)

@@ -14,6 +14,7 @@ import yaml
 from agentpool.cli.status import KubeReader
 from agentpool.console.sources import Sources
 from agentpool.protocol import TaskQueue
+from agentpool.ratelimit import LimitConfig, RateLimiter
 
 RESOURCE = "agentpool.dev/v1alpha1/agentpools"
 
@@ -69,6 +70,10 @@ def reader(kmock: Any, tmp_path: Path, queue_name: str) -> KubeReader:
 async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredis.Redis,
                                               queue_name: str) -> None:
     await TaskQueue(redis, queue_name).submit({"x": 1})
+    await redis.delete("ap:{rl:openai}:config", "ap:{rl:openai}:state")
+    first = LimitConfig("openai", requests_per_minute=600)
+    await RateLimiter(redis, "openai").declare(first, "team-z/first")
+    await RateLimiter(redis, "openai").throttled(retry_after=600)
     sources = Sources(redis, kube=reader, namespaces=["team-a"])
     try:
         fleet = await sources.refresh_fleet()
@@ -84,6 +89,11 @@ async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredi
         assert [(e["reason"], e["message"]) for e in page["events"]] == [
             ("ScaledUp", "1 → 3 replicas: 40 queued")]
         assert page["rate_limits"] == [{"name": "openai", "requestsPerMinute": 500}]
+        [limit] = page["limits"]
+        assert limit["declared"] == {"name": "openai", "requestsPerMinute": 500}
+        assert limit["serving"] == first.to_json() and limit["conflict"] is True
+        assert (limit["effective_rpm"], limit["throttles"], limit["grants"]) == (300, 1, 0)
+        assert limit["last_throttle_age_seconds"] is not None
         assert page["history"][-1][3:] == [3, 2]
 
         everywhere = await Sources(redis, kube=reader).refresh_fleet()

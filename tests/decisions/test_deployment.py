@@ -7,6 +7,7 @@ import kubernetes_validate
 import pytest
 
 from agentpool.models import AgentPoolSpec
+from agentpool.ratelimit import LimitConfig, decode_limits
 from agentpool_operator.deployment import (
     POOL_LABEL,
     PROBE_KILL_GRACE_SECONDS,
@@ -415,3 +416,16 @@ def test_a_watched_copy_with_the_known_resource_version_is_a_replay() -> None:
     assert not replayed(known, {"metadata": {"name": POOL, "resourceVersion": "8"}})
     assert not replayed(known, None), "a deletion is news"
     assert not replayed(None, {"metadata": {"resourceVersion": "7"}}), "nothing known yet"
+
+
+def test_rate_limits_reach_the_workers_as_json_and_only_when_declared() -> None:
+    assert "AGENTPOOL_RATE_LIMITS" not in env_of(render())
+    spec = AgentPoolSpec.model_validate({
+        "redis": {"url": "redis://redis:6379/0"},
+        "worker": {"image": "i", "handler": "m:f"},
+        "rateLimits": [{"name": "openai", "tokensPerMinute": 90000, "burstSeconds": 2}],
+    })
+    entry = env_of(render(spec))["AGENTPOOL_RATE_LIMITS"]
+    assert decode_limits(entry["value"]) == {
+        "openai": LimitConfig("openai", tokens_per_minute=90000, burst_seconds=2.0)
+    }

@@ -41,6 +41,18 @@ CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
     (models.SCALE_DOWN_STEP_MIN, minimal_spec(scaling={"scaleDownStep": -2})),
     (models.MAX_UNAVAILABLE_FORMAT, minimal_spec(recovery={"maxUnavailable": -1})),
     (models.MAX_UNAVAILABLE_FORMAT, minimal_spec(recovery={"maxUnavailable": "half"})),
+    (models.RATE_LIMIT_HAS_RATE, minimal_spec(rateLimits=[{"name": "openai"}])),
+    (models.RATE_LIMIT_HAS_RATE, minimal_spec(rateLimits=[{"name": "a", "burstSeconds": 2}])),
+    (models.RATE_LIMIT_NAME_FORMAT,
+     minimal_spec(rateLimits=[{"name": "OpenAI", "requestsPerMinute": 60}])),
+    (models.RATE_LIMIT_NAME_FORMAT,
+     minimal_spec(rateLimits=[{"name": "a}b", "requestsPerMinute": 60}])),
+    (models.RATE_LIMIT_NAME_FORMAT,
+     minimal_spec(rateLimits=[{"name": "-x", "requestsPerMinute": 60}])),
+    (models.RATE_LIMIT_NAMES_UNIQUE, minimal_spec(rateLimits=[
+        {"name": "openai", "requestsPerMinute": 60},
+        {"name": "openai", "tokensPerMinute": 9000},
+    ])),
 ]
 
 NEAR_THE_RULES: list[dict[str, Any]] = [
@@ -54,6 +66,13 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
     minimal_spec(scaling={"minReplicas": 3, "maxReplicas": 3, "scaleUpStep": 1}),
     minimal_spec(recovery={"maxUnavailable": 0}),
     minimal_spec(recovery={"maxUnavailable": "100%"}),
+    minimal_spec(rateLimits=[{"name": "openai", "requestsPerMinute": 1}]),
+    minimal_spec(rateLimits=[{"name": "a", "tokensPerMinute": 90000, "burstSeconds": 0.01}]),
+    minimal_spec(rateLimits=[
+        {"name": "openai.gpt-4o_mini", "requestsPerMinute": 500, "tokensPerMinute": 30000},
+        {"name": "anthropic", "requestsPerMinute": 50, "burstSeconds": 60},
+    ]),
+    minimal_spec(rateLimits=[]),
 ]
 """Specs just inside a rule: both the models and the API server accept them."""
 
@@ -77,6 +96,7 @@ VALID_SPECS: list[dict[str, Any]] = [
         "scaling": {"minReplicas": 0, "maxReplicas": 50, "pollSeconds": 0.5},
         "recovery": {"maxUnavailable": 2},
         "paused": True,
+        "rateLimits": [{"name": "openai", "requestsPerMinute": 600, "tokensPerMinute": 90000}],
     },
 ]
 

@@ -200,6 +200,17 @@ SPEC_CHANGES = st.fixed_dictionaries(
         "maxUnavailable": st.one_of(
             st.integers(-2, 3), st.sampled_from(["0%", "25%", "100%", "1000%", "half", "5"])
         ),
+        "rateLimits": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["openai", "a", "a.b-c_d", "A", "-a", "a-", "x" * 64])},
+                optional={
+                    "requestsPerMinute": st.integers(-1, 2),
+                    "tokensPerMinute": st.integers(-1, 2),
+                    "burstSeconds": st.sampled_from([0, 0.005, 0.01, 1, 60, 61]),
+                },
+            ),
+            max_size=3,
+        ),
     },
 )
 
@@ -220,6 +231,8 @@ def spec_with(changes: dict[str, Any]) -> dict[str, Any]:
             spec.setdefault("scaling", {})[key] = changes[key]
     if "maxUnavailable" in changes:
         spec["recovery"] = {"maxUnavailable": changes["maxUnavailable"]}
+    if "rateLimits" in changes:
+        spec["rateLimits"] = copy.deepcopy(changes["rateLimits"])
     return spec
 
 

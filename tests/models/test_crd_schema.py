@@ -77,10 +77,12 @@ def test_names_scope_and_subresources() -> None:
         "Queued": ".status.queued",
         "In-Flight": ".status.inFlight",
         "Draining": ".status.drainingReplicas",
+        "Scaling": '.status.conditions[?(@.type=="Scaling")].reason',
+        "Rate-Limited": ".status.rateLimitedBy",
         "Age": ".metadata.creationTimestamp",
     }
     wide_only = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
-    assert wide_only == ["Draining"]
+    assert wide_only == ["Draining", "Scaling", "Rate-Limited"]
 
 
 def test_every_field_is_documented_for_kubectl_explain() -> None:

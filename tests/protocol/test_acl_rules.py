@@ -99,3 +99,13 @@ def test_usernames_differ_per_pool_and_role() -> None:
              for role in Role}
     assert len(names) == 8
     assert acl_username("team-a", "summaries", Role.WORKER) == "agentpool:team-a:summaries:worker"
+
+
+def test_a_worker_gets_the_keys_of_its_pools_rate_limits_and_a_producer_none() -> None:
+    rules = acl_rules("qa", Role.WORKER, [HASH], ["openai", "anthropic"])
+    assert [r for r in rules if r.startswith("~")] == [
+        "~ap:{qa}:*", "~ap:{rl:anthropic}:*", "~ap:{rl:openai}:*",
+    ]
+    assert not any("rl:" in r for r in acl_rules("qa", Role.PRODUCER, [HASH]))
+    with pytest.raises(ProtocolError):
+        acl_rules("qa", Role.WORKER, [HASH], ["*"])

@@ -28,12 +28,19 @@ import asyncio
 import importlib
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
 from agentpool.protocol import encode_checkpoint, encode_event, encode_progress
+from agentpool.ratelimit import RateLimitError, Reservation, Throttle
+
+
+class LimitWaitCancelled(Exception):
+    """A sync handler's ``ctx.limit_sync`` wait ended because the run was cancelled; its
+    reservation was given back. Let it propagate: the run is being stopped."""
 
 
 class HandlerError(Exception):
@@ -49,6 +56,21 @@ class RunChannel(Protocol):
     async def emit(self, ctx: TaskContext, kind: str, raw: str) -> None: ...
 
     async def checkpoint(self, ctx: TaskContext, raw: str) -> None: ...
+
+    @property
+    def limits(self) -> LimitChannel | None: ...
+
+
+class LimitChannel(Protocol):
+    """The worker's rate limits (see agentpool_worker.limits.WorkerLimits)."""
+
+    async def limit(self, name: str, tokens: int, requests: int) -> Reservation: ...
+
+    async def reserve(self, name: str, tokens: int, requests: int) -> Reservation: ...
+
+    async def release(self, reservation: Reservation, remaining: float) -> None: ...
+
+    async def throttled(self, name: str, retry_after: float | None) -> Throttle: ...
 
 
 @dataclass(frozen=True)
@@ -120,6 +142,49 @@ class TaskContext:
         if _running_loop() is channel.loop:
             raise RuntimeError("emit_sync is for sync handlers; use `await ctx.emit(...)`")
         asyncio.run_coroutine_threadsafe(channel.emit(self, kind, raw), channel.loop).result()
+
+    async def limit(self, name: str, tokens: int = 0, *, requests: int = 1) -> Reservation:
+        """Wait until rate limit `name` (one of the pool's spec.rateLimits) allows a call
+        spending `requests` requests and `tokens` tokens, then return. One round trip to
+        Redis; the wait is a sleep until the reserved time. Cancelled while it waits, it
+        gives the reservation back. An undeclared name raises RateLimitError."""
+        return await self._limits().limit(name, tokens, requests)
+
+    def limit_sync(self, name: str, tokens: int = 0, *, requests: int = 1) -> Reservation:
+        """:meth:`limit` for sync handlers. The wait ends early when ``ctx.cancelled`` is set:
+        the reservation is given back and LimitWaitCancelled is raised."""
+        limits, loop = self._limits(), self._loop_for_sync("limit_sync")
+        reservation = asyncio.run_coroutine_threadsafe(
+            limits.reserve(name, tokens, requests), loop).result()
+        began = time.monotonic()
+        if reservation.wait > 0 and self.cancelled.wait(reservation.wait):
+            remaining = reservation.wait - (time.monotonic() - began)
+            asyncio.run_coroutine_threadsafe(
+                limits.release(reservation, remaining), loop).result()
+            raise LimitWaitCancelled(f"run cancelled while waiting for rate limit {name!r}")
+        return reservation
+
+    async def throttled(self, name: str, retry_after: float | None = None) -> Throttle:
+        """The provider answered 429 (rate limited): pause limit `name` for every worker of
+        every pool for `retry_after` seconds, then let its rate recover step by step."""
+        return await self._limits().throttled(name, retry_after)
+
+    def throttled_sync(self, name: str, retry_after: float | None = None) -> Throttle:
+        limits, loop = self._limits(), self._loop_for_sync("throttled_sync")
+        return asyncio.run_coroutine_threadsafe(limits.throttled(name, retry_after),
+                                                loop).result()
+
+    def _limits(self) -> LimitChannel:
+        limits = self.channel.limits if self.channel is not None else None
+        if limits is None:
+            raise RateLimitError("no rate limits here: this run has no worker behind it")
+        return limits
+
+    def _loop_for_sync(self, what: str) -> asyncio.AbstractEventLoop:
+        assert self.channel is not None
+        if _running_loop() is self.channel.loop:
+            raise RuntimeError(f"{what} is for sync handlers; use the async method")
+        return self.channel.loop
 
     @property
     def last_attempt(self) -> bool:

@@ -56,6 +56,23 @@ REDIS_ROUND_TRIPS = Counter(
 REDIS_ERRORS = Counter(
     "agentpool_worker_redis_errors", "Redis requests that failed (connection or timeout)",
     ["queue"])
+LIMIT_GRANTS = Counter(
+    "agentpool_worker_limit_grants", "Grants of a rate limit (ctx.limit calls)",
+    ["queue", "limit"])
+LIMIT_TOKENS = Counter(
+    "agentpool_worker_limit_tokens", "Tokens granted by a rate limit", ["queue", "limit"])
+LIMIT_WAITED = Counter(
+    "agentpool_worker_limit_wait_seconds",
+    "Run-seconds spent waiting for a rate limit's grants", ["queue", "limit"])
+LIMIT_RELEASED = Counter(
+    "agentpool_worker_limit_released",
+    "Reservations given back by runs cancelled while they waited", ["queue", "limit"])
+LIMIT_THROTTLES = Counter(
+    "agentpool_worker_limit_throttles", "429s reported with ctx.throttled", ["queue", "limit"])
+LIMIT_FACTOR = Gauge(
+    "agentpool_worker_limit_rate_factor",
+    "Effective rate of a limit as a share of its declared rate (below 1 after a 429)",
+    ["queue", "limit"])
 WORKER_READY = Gauge(
     "agentpool_worker_ready", "1 when the worker claims tasks (what /readyz reports)", ["queue"])
 
@@ -79,6 +96,16 @@ NAMES = (
     "agentpool_worker_ready",
 )
 """The documented series names as they appear in the text format."""
+
+LIMIT_NAMES = (
+    "agentpool_worker_limit_grants_total",
+    "agentpool_worker_limit_tokens_total",
+    "agentpool_worker_limit_wait_seconds_total",
+    "agentpool_worker_limit_released_total",
+    "agentpool_worker_limit_throttles_total",
+    "agentpool_worker_limit_rate_factor",
+)
+"""The rate-limit series: exposed once a handler used a limit (one series per limit)."""
 
 
 @dataclass(frozen=True)
@@ -122,4 +149,26 @@ def for_queue(queue: str) -> QueueMetrics:
         round_trips=REDIS_ROUND_TRIPS.labels(queue),
         redis_errors=REDIS_ERRORS.labels(queue),
         ready=WORKER_READY.labels(queue),
+    )
+
+
+@dataclass(frozen=True)
+class LimitMetrics:
+    grants: Counter
+    tokens: Counter
+    waited: Counter
+    released: Counter
+    throttles: Counter
+    factor: Gauge
+
+
+@cache
+def for_limit(queue: str, limit: str) -> LimitMetrics:
+    return LimitMetrics(
+        grants=LIMIT_GRANTS.labels(queue, limit),
+        tokens=LIMIT_TOKENS.labels(queue, limit),
+        waited=LIMIT_WAITED.labels(queue, limit),
+        released=LIMIT_RELEASED.labels(queue, limit),
+        throttles=LIMIT_THROTTLES.labels(queue, limit),
+        factor=LIMIT_FACTOR.labels(queue, limit),
     )

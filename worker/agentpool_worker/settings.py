@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentpool import urls
 from agentpool.protocol import QUEUE_NAME
+from agentpool.ratelimit import LimitConfig, decode_limits
 from agentpool.urls import URL_PREFIXES
 
 ENV_PREFIX = "AGENTPOOL_"
@@ -84,6 +85,23 @@ class WorkerSettings(BaseSettings):
     loop_stall_seconds: float = Field(
         10, gt=0, le=3600, description="a number of seconds above 0 (at most 3600)"
     )
+    rate_limits: str = Field(
+        "",
+        description=(
+            "a JSON list of rate limits ({name, requestsPerMinute, tokensPerMinute, "
+            "burstSeconds}), as the operator sets it from spec.rateLimits"
+        ),
+    )
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: str) -> str:
+        decode_limits(value)
+        return value
+
+    @property
+    def limits(self) -> dict[str, LimitConfig]:
+        return decode_limits(self.rate_limits)
 
     @field_validator("redis_url")
     @classmethod

@@ -60,6 +60,7 @@ from agentpool_worker.handlers import (
     call_hook,
     load_handler,
 )
+from agentpool_worker.limits import WorkerLimits
 from agentpool_worker.probes import Health, ProbeServer
 from agentpool_worker.settings import WorkerSettings
 
@@ -189,6 +190,7 @@ class Worker:
         self._executing: set[asyncio.Task[None]] = set()
         """Runs not over yet, their after_task hook included."""
         self._free = settings.concurrency
+        self._limits: WorkerLimits | None = None
         self._executor: ThreadPoolExecutor | None = None
 
         self._fetch_wake = asyncio.Event()
@@ -238,6 +240,9 @@ class Worker:
         self._redis = _client(s.redis_url, s.redis_timeout_seconds)
         self._wait_redis = _client(s.redis_url, s.redis_timeout_seconds + s.poll_seconds)
         self.queue = TaskQueue(self._redis, s.queue)
+        if s.limits:
+            self._limits = WorkerLimits(self._redis, s.limits, caller=self.worker_id,
+                                        queue=s.queue)
         self._wait_queue = TaskQueue(self._wait_redis, s.queue)
         background = [asyncio.create_task(self._tick(), name="agentpool-ticker")]
         started_hooks = False
@@ -494,6 +499,8 @@ class Worker:
     async def _beat(self) -> None:
         held = {task_id: task.token for task_id, task in self._held.items()}
         self.info.runs_since = tuple(sorted(task.claimed_ms for task in self._held.values()))
+        if self._limits is not None:
+            self.info.limit_window = self._limits.window()
         try:
             beat = await self._rt(
                 self.queue.heartbeat(self.info, held, self.settings.lease_seconds)
@@ -655,6 +662,10 @@ class Worker:
         assert self._loop is not None
         return self._loop
 
+    @property
+    def limits(self) -> WorkerLimits | None:
+        return self._limits
+
     async def checkpoint(self, ctx: TaskContext, raw: str) -> None:
         run = self._runs.get(ctx.task_id)
         if run is None or run.ctx is not ctx or run.stop_reason is not None:
@@ -705,6 +716,8 @@ class Worker:
             # earlier run's token is dead; stop it, and keep books by claim, not by id.
             earlier.stop(LOST)
         self._free -= 1
+        if self._limits is not None:
+            self._limits.runs_changed(+1)
         self._held[task.id] = task
         self._runs[task.id] = run
         self.metrics.started.inc()
@@ -768,6 +781,8 @@ class Worker:
             outcome = ended("succeeded", result=result)
         finally:
             self.metrics.duration.observe(time.monotonic() - began)
+            if self._limits is not None:
+                self._limits.runs_changed(-1)
             if self._runs.get(task.id) is run:
                 del self._runs[task.id]
             if outcome is not None:

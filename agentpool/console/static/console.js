@@ -175,6 +175,22 @@ function chart(history) {
   return svg;
 }
 
+function limitRates(d) {
+  if (!d) return "-";
+  const parts = [];
+  if (d.requestsPerMinute) parts.push(`${d.requestsPerMinute}/min req`);
+  if (d.tokensPerMinute) parts.push(`${d.tokensPerMinute}/min tok`);
+  return parts.join(", ") + `, burst ${d.burstSeconds ?? 1}s`;
+}
+
+function effectiveRates(l) {
+  const parts = [];
+  if (l.effective_rpm !== null) parts.push(`${Math.round(l.effective_rpm)}/min req`);
+  if (l.effective_tpm !== null) parts.push(`${Math.round(l.effective_tpm)}/min tok`);
+  if (l.paused_seconds) parts.push(`paused ${l.paused_seconds.toFixed(0)}s`);
+  return parts.length ? parts.join(", ") : "-";
+}
+
 function poolPage(namespace, name) {
   crumbs(["Fleet", "/"], name);
   live(`/api/pools/${enc(namespace)}/${enc(name)}`, (doc) => {
@@ -207,8 +223,16 @@ function poolPage(namespace, name) {
           num(`${w.in_flight}/${w.concurrency}`), num(w.done), num(w.failed),
           el("td", {}, `${w.heartbeat_age_seconds.toFixed(0)}s ago`))), { id: "workers" })
         : el("p", { class: "muted" }, "No live workers."),
-      doc.rate_limits ? el("h2", {}, "Rate limits") : null,
-      doc.rate_limits ? el("pre", {}, pretty(doc.rate_limits)) : null,
+      doc.limits && doc.limits.length ? el("h2", {}, "Rate limits") : null,
+      doc.limits && doc.limits.length ? table(
+        ["Limit", "Declared", "Effective", "Waiting#", "Grants#", "429s#", "Last 429"],
+        doc.limits.map((l) => el("tr", {}, el("td", { class: "mono" }, l.name),
+          el("td", {}, limitRates(l.declared),
+            l.conflict ? el("div", { class: "muted" }, `serving: ${limitRates(l.serving)}`) : null),
+          el("td", {}, effectiveRates(l)), num(show(l.waiting)), num(show(l.grants)),
+          num(show(l.throttles)),
+          el("td", {}, l.last_throttle_age_seconds === null ? "never" :
+            `${l.last_throttle_age_seconds.toFixed(0)}s ago`))), { id: "limits" }) : null,
       el("h2", {}, "Scaling decisions and recovery actions"),
       doc.events ? (doc.events.length ? table(["When", "Type", "Reason", "Message", "Count#"],
         doc.events.map((e) => el("tr", {}, el("td", {}, ago(e.last)), el("td", {}, show(e.type)),

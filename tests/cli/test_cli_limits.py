@@ -1,0 +1,52 @@
+"""`agentpool limits` and the client's rate limiter, on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from cli_helpers import Cli, table_rows
+
+from agentpool.client import Client, SyncClient
+from agentpool.ratelimit import LimitConfig, RateLimiter, UndeclaredLimit
+
+
+async def declare(url: str, config: LimitConfig, owner: str) -> None:
+    async with Client.from_url(url) as client:
+        await RateLimiter(client.redis, config.name).declare(config, owner)
+
+
+def test_limits_table_and_json(cli: Cli) -> None:
+    name = f"l-{uuid.uuid4().hex[:8]}"
+    config = LimitConfig(name, requests_per_minute=600, tokens_per_minute=90000)
+    asyncio.run(declare(cli.redis_url, config, "team-a/agents"))
+    with SyncClient.from_url(cli.redis_url) as client:
+        limit = client.rate_limit(name)
+        limit.acquire(tokens=100)
+        limit.throttled(retry_after=30)
+    rows = {row[0]: row for row in table_rows(
+        cli.raw("limits", "--redis-url", cli.redis_url).out)}
+    assert rows[name][1] == "600/min req, 90000/min tok"
+    assert rows[name][2].startswith("300/min req, 45000/min tok, paused ")
+    assert rows[name][4:6] == ["1", "1"]
+    assert rows[name][7] == "team-a/agents"
+    doc = cli.raw("limits", "--redis-url", cli.redis_url, "-o", "json").json()
+    (found,) = [item for item in doc["limits"] if item["limit"] == name]
+    assert found["declared"] == config.to_json()
+    assert (found["effectiveRequestsPerMinute"], found["effectiveTokensPerMinute"]) == (
+        300, 45000)
+    assert (found["grants"], found["tokens"], found["throttles"]) == (1, 100, 1)
+    assert found["pausedSeconds"] > 25
+
+
+async def test_a_producer_waits_on_the_same_budget_as_the_workers(redis_url: str) -> None:
+    name = f"l-{uuid.uuid4().hex[:8]}"
+    await declare(redis_url, LimitConfig(name, requests_per_minute=60), "ns/p")
+    async with Client.from_url(redis_url) as client:
+        limit = client.rate_limit(name)
+        first = await limit.acquire()
+        second = await limit.reserve()
+        assert first.wait == 0 and second.wait == pytest.approx(1.0, abs=0.05)
+        with pytest.raises(UndeclaredLimit, match="not declared"):
+            await client.rate_limit(f"{name}-nope").acquire()

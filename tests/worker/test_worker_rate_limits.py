@@ -1,0 +1,176 @@
+"""Handlers wait on the pool's rate limits through their context (real Redis, real workers).
+
+Assertions are on the grant times Redis computed and on what Redis recorded, not on timing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from worker_helpers import (
+    eventually,
+    probe,
+    running,
+    settings,
+    task_in,
+    worker_env,
+    worker_processes,
+)
+
+from agentpool.protocol import TaskQueue
+from agentpool.ratelimit import LimitConfig, RateLimiter, encode_limits
+from agentpool.redis_server import free_port
+from agentpool_worker import metrics
+from agentpool_worker.settings import ConfigError, load_settings
+
+US = 1_000_000
+ASYNC = "limit_handlers:limited"
+SYNC = "limit_handlers:limited_sync"
+
+
+@pytest.fixture
+def limit() -> str:
+    return f"l-{uuid.uuid4().hex[:10]}"
+
+
+def limits_env(*configs: LimitConfig) -> str:
+    return encode_limits(configs)
+
+
+async def results(queue: TaskQueue, ids: list[str]) -> list[Any]:
+    infos = [await queue.wait(task_id, timeout=60) for task_id in ids]
+    assert [i.state for i in infos] == ["succeeded"] * len(ids), [i.error for i in infos]
+    return [i.result for i in infos]
+
+
+async def test_worker_processes_share_one_budget_and_stay_inside_it(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str, tmp_path: Path
+) -> None:
+    config = LimitConfig(limit, requests_per_minute=1200, burst_seconds=0.25)  # 20/s, burst 5
+    queue = TaskQueue(redis, queue_name)
+    env = worker_env(redis_url, queue_name, ASYNC, concurrency=10, lease_seconds=30,
+                     rate_limits=limits_env(config))
+    with worker_processes(tmp_path) as start:
+        workers = [start(env), start(env)]
+        ids = await queue.submit_many([{"limit": limit}] * 60)
+        done = await results(queue, ids)
+        assert all(w.alive() for w in workers)
+    grants = sorted(r["grant"] for r in done)
+    for window in (0.25, 1.0, 2.0):
+        counted = [g for g in grants if g - grants[0] < window * US]
+        assert len(counted) <= 5 + 20 * window + 1
+    assert (grants[-1] - grants[0]) / US >= (60 - 5 - 1) / 20
+    assert len({r["pid"] for r in done}) == 2
+    # a run that lost its lease on a starved machine runs again and takes another grant
+    assert (await RateLimiter(redis, limit).state()).grants >= 60
+
+
+async def test_the_heartbeat_reports_the_time_runs_spent_waiting(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str
+) -> None:
+    config = LimitConfig(limit, requests_per_minute=600, burst_seconds=0.1)  # 10/s, burst 1
+    queue = TaskQueue(redis, queue_name)
+    port = free_port()
+    async with running(settings(redis_url, queue_name, ASYNC, concurrency=8, port=port,
+                                rate_limits=limits_env(config))):
+        ids = await queue.submit_many([{"limit": limit}] * 16)
+        done = await results(queue, ids)
+        waited = sum(r["wait"] for r in done)
+
+        async def reported() -> bool:
+            (worker,) = await queue.workers()
+            window = worker.limit_window or {}
+            return window.get("waited", {}).get(limit, 0) == pytest.approx(waited, abs=0.01)
+
+        await eventually(reported, 5, "a heartbeat reporting the waits")
+        (worker,) = await queue.workers()
+        status, text = await probe(port, "/metrics")
+    assert worker.limit_window is not None
+    assert worker.limit_window["busy"] >= worker.limit_window["waited"][limit] > 0
+    assert status == 200
+    for name in metrics.LIMIT_NAMES:
+        assert f'{name}{{limit="{limit}",queue="{queue_name}"}}' in text, name
+    assert f'agentpool_worker_limit_grants_total{{limit="{limit}",queue="{queue_name}"}} 16.0' \
+        in text
+
+
+async def spend(redis: aioredis.Redis, config: LimitConfig, seconds: int) -> None:
+    """Spend the budget so that the next grant is about `seconds` away."""
+    assert config.requests_per_minute == 60
+    await RateLimiter(redis, config.name, config=config).reserve(requests=seconds + 1)
+
+
+@pytest.mark.parametrize("handler", [ASYNC, SYNC])
+async def test_a_run_cancelled_while_it_waits_gives_its_reservation_back(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str, handler: str
+) -> None:
+    config = LimitConfig(limit, requests_per_minute=60)
+    await spend(redis, config, 60)
+    queue = TaskQueue(redis, queue_name)
+    limiter = RateLimiter(redis, limit)
+    async with running(settings(redis_url, queue_name, handler,
+                                rate_limits=limits_env(config))):
+        task_id = await queue.submit({"limit": limit})
+
+        async def waiting() -> bool:
+            return (await limiter.state()).waiting >= 1 and (await limiter.state()).grants == 2
+
+        await eventually(waiting, 5, "the run to wait for its grant")
+        await queue.cancel(task_id)
+        await eventually(lambda: task_in(queue, task_id, "cancelled"), 5, "the cancel")
+
+        async def released() -> bool:
+            return (await limiter.state()).released == 1
+
+        await eventually(released, 5, "the reservation to be given back")
+
+
+async def test_an_undeclared_limit_dead_letters_the_task_with_a_clear_message(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    config = LimitConfig(limit, requests_per_minute=60)
+    async with running(settings(redis_url, queue_name, ASYNC, rate_limits=limits_env(config))):
+        task_id = await queue.submit({"limit": "not-declared"})
+        info = await queue.wait(task_id, timeout=10)
+    assert info.state == "dead"
+    assert info.attempts == 1
+    assert "rate limit 'not-declared' is not declared for this pool" in (info.error or "")
+    assert f"declared: {limit}" in (info.error or "")
+
+
+async def test_a_handler_reporting_a_429_pauses_the_limit_for_everyone(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str
+) -> None:
+    config = LimitConfig(limit, requests_per_minute=600)
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, "limit_handlers:throttled",
+                                rate_limits=limits_env(config))):
+        task_id = await queue.submit({"limit": limit, "retryAfter": 30})
+        info = await queue.wait(task_id, timeout=10)
+    assert info.state == "succeeded"
+    assert info.result["factor"] == 0.5
+    state = await RateLimiter(redis, limit).state()
+    assert state.throttles == 1 and state.paused_for > 25
+    other = await RateLimiter(redis, limit, config=config, caller="elsewhere").reserve()
+    assert other.wait > 25
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("{", "AGENTPOOL_RATE_LIMITS must be a JSON list of rate limits"),
+        ('[{"name": "openai"}]', "AGENTPOOL_RATE_LIMITS must be a JSON list of rate limits"),
+        ('[{"name": "a", "requestsPerMinute": 1}, {"name": "a", "requestsPerMinute": 2}]',
+         "AGENTPOOL_RATE_LIMITS must be"),
+    ],
+)
+def test_malformed_rate_limits_stop_the_worker_with_one_line(value: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(redis_url="redis://r", handler="m:f", rate_limits=value)
+    assert why in str(caught.value)
+    assert "\n" not in str(caught.value)

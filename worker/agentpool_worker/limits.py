@@ -1,0 +1,143 @@
+"""The worker's side of shared rate limits: ``ctx.limit``, ``ctx.throttled``, and the waiting
+share its heartbeat reports.
+
+The limits come from ``AGENTPOOL_RATE_LIMITS`` (set by the operator from ``spec.rateLimits``).
+The waiting share over the last WINDOW_SECONDS is the time runs spent waiting for a grant
+divided by the time runs were in progress (both in run-seconds, so 4 runs waiting for 10 s is
+40): the operator sums both over the pool's workers to decide whether a limit, rather than
+the number of pods, is what holds the pool back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from agentpool.ratelimit import (
+    LimitConfig,
+    RateLimiter,
+    Reservation,
+    Throttle,
+    UndeclaredLimit,
+    give_back,
+)
+from agentpool_worker import metrics
+
+WINDOW_SECONDS = 60.0
+"""How far back the reported waiting share looks."""
+
+
+@dataclass
+class _Sample:
+    at: float
+    busy: float
+    waited: dict[str, float] = field(default_factory=dict)
+
+
+class WorkerLimits:
+    """The limits one worker process may use, and its books of time spent waiting on them."""
+
+    def __init__(self, redis: aioredis.Redis, limits: Mapping[str, LimitConfig], *,
+                 caller: str, queue: str) -> None:
+        self.configs = dict(limits)
+        self._limiters = {
+            name: RateLimiter(redis, name, config=config, caller=caller)
+            for name, config in self.configs.items()
+        }
+        self._queue = queue
+        self.waited: dict[str, float] = dict.fromkeys(self.configs, 0.0)
+        """Run-seconds spent waiting per limit since start (reservation waits, counted when
+        granted; a wait given back counts only what was waited)."""
+        self._busy = 0.0
+        self._active = 0
+        self._changed = time.monotonic()
+        self._samples: deque[_Sample] = deque()
+
+    def limiter(self, name: str) -> RateLimiter:
+        found = self._limiters.get(name)
+        if found is None:
+            declared = ", ".join(sorted(self._limiters)) or "none"
+            raise UndeclaredLimit(
+                f"rate limit {name!r} is not declared for this pool: add it to the pool's "
+                f"spec.rateLimits (declared: {declared})"
+            )
+        return found
+
+    # -- books -------------------------------------------------------------------------------
+
+    def runs_changed(self, delta: int) -> None:
+        now = time.monotonic()
+        self._busy += self._active * (now - self._changed)
+        self._active = max(0, self._active + delta)
+        self._changed = now
+
+    def busy(self) -> float:
+        return self._busy + self._active * (time.monotonic() - self._changed)
+
+    def window(self) -> dict[str, Any]:
+        """Run-seconds busy and waited per limit over the last WINDOW_SECONDS (heartbeat)."""
+        now = time.monotonic()
+        sample = _Sample(now, self.busy(), dict(self.waited))
+        self._samples.append(sample)
+        while len(self._samples) > 1 and now - self._samples[1].at >= WINDOW_SECONDS:
+            self._samples.popleft()
+        first = self._samples[0]
+        return {
+            "busy": round(sample.busy - first.busy, 3),
+            "waited": {
+                name: round(total - first.waited.get(name, 0.0), 3)
+                for name, total in sample.waited.items()
+            },
+        }
+
+    def _granted(self, reservation: Reservation) -> None:
+        self.waited[reservation.limit] += reservation.wait
+        bound = metrics.for_limit(self._queue, reservation.limit)
+        bound.grants.inc()
+        bound.waited.inc(reservation.wait)
+        bound.factor.set(reservation.factor)
+        if reservation.tokens:
+            bound.tokens.inc(reservation.tokens)
+
+    def _unwaited(self, reservation: Reservation, remaining: float) -> None:
+        self.waited[reservation.limit] -= max(0.0, remaining)
+        metrics.for_limit(self._queue, reservation.limit).released.inc()
+
+    # -- for handlers -------------------------------------------------------------------------
+
+    async def limit(self, name: str, tokens: int, requests: int) -> Reservation:
+        limiter = self.limiter(name)
+        reservation = await limiter.reserve(tokens=tokens, requests=requests)
+        self._granted(reservation)
+        if reservation.wait <= 0:
+            return reservation
+        until = time.monotonic() + reservation.wait
+        try:
+            await asyncio.sleep(reservation.wait)
+        except asyncio.CancelledError:
+            self._unwaited(reservation, until - time.monotonic())
+            await give_back(limiter, reservation)
+            raise
+        return reservation
+
+    async def reserve(self, name: str, tokens: int, requests: int) -> Reservation:
+        reservation = await self.limiter(name).reserve(tokens=tokens, requests=requests)
+        self._granted(reservation)
+        return reservation
+
+    async def release(self, reservation: Reservation, remaining: float) -> None:
+        self._unwaited(reservation, remaining)
+        await give_back(self.limiter(reservation.limit), reservation)
+
+    async def throttled(self, name: str, retry_after: float | None) -> Throttle:
+        throttle = await self.limiter(name).throttled(retry_after)
+        bound = metrics.for_limit(self._queue, name)
+        bound.throttles.inc()
+        bound.factor.set(throttle.factor)
+        return throttle
