@@ -60,19 +60,22 @@ SCRIPT_COMMANDS = (
 
 WORKER_DIRECT_COMMANDS = (
     "hset", "hget", "hmget", "hgetall", "smembers", "scard", "zrange", "zrevrange", "blpop",
+    "incr", "wait",
 )
-"""Outside scripts: queue defaults, a task's hash, orphaned claims, the wake-up list."""
+"""Outside scripts: queue defaults, a task's hash, orphaned claims, the wake-up list, and
+what replicated durability sends (INCR of the queue's ``durable`` key, WAIT)."""
 
 PRODUCER_COMMANDS = (
     "time", "exists", "get", "set", "incr", "expire", "persist",
     "hget", "hmget", "hgetall", "hset", "hincrby",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
     "scard", "llen", "rpush", "publish",
-    "subscribe", "unsubscribe",
+    "subscribe", "unsubscribe", "wait",
 )
 """What submit, get, wait, cancel and the figures call, in scripts and outside them."""
 
-PRODUCER_WRITABLE_KEYS = ("t:*", "queued", "delayed", "dead", "stats", "wake", "seq", "idem:*")
+PRODUCER_WRITABLE_KEYS = ("t:*", "queued", "delayed", "dead", "stats", "wake", "seq", "idem:*",
+                          "durable")
 """The keys a submit or a cancel writes; every other key of the queue is read-only to a
 producer (leases, owner sets, the worker registry, the fence counter, config, drain)."""
 

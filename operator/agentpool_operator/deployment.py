@@ -202,6 +202,8 @@ def _env(pool_name: str, spec: AgentPoolSpec,
         _field_env("AGENTPOOL_POD_NAME", "metadata.name"),
         _field_env("AGENTPOOL_POD_NAMESPACE", "metadata.namespace"),
     ]
+    if spec.redis.durability != "none":
+        ours.append({"name": "AGENTPOOL_DURABILITY", "value": spec.redis.durability})
     users = [e.model_dump(by_alias=True, exclude_none=True) for e in worker.env or []]
     overridden = {e["name"] for e in users}
     return [e for e in ours if e["name"] not in overridden] + users
