@@ -161,11 +161,14 @@ class SentinelGroup:
     def start(self, timeout: float = 20.0) -> SentinelGroup:
         self._dir = tempfile.TemporaryDirectory(prefix="agentpool-sentinel-")
         root = Path(self._dir.name)
-        primary = RedisServer(password=self.password, workdir=root / "primary")
+        # a replica (re)joining syncs at once instead of after the default 5 s delay
+        fast_sync = ("--repl-diskless-sync-delay", "0")
+        primary = RedisServer(password=self.password, workdir=root / "primary",
+                              extra_args=fast_sync)
         primary.workdir.mkdir()  # type: ignore[union-attr]
         self.servers.append(primary.start())
         replica = RedisServer(password=self.password, workdir=root / "replica",
-                              replica_of=primary.port)
+                              replica_of=primary.port, extra_args=fast_sync)
         replica.workdir.mkdir()  # type: ignore[union-attr]
         self.servers.append(replica.start())
         binary = shutil.which("redis-server") or "redis-server"
