@@ -136,7 +136,8 @@ SENTINEL_SERVICE = "agentpool"
 
 @dataclass
 class SentinelGroup:
-    """A primary, one replica and three sentinels on loopback: a Redis that fails over.
+    """A primary, ``replicas`` replicas (one by default) and three sentinels on loopback: a
+    Redis that fails over.
 
     ``url`` is the ``redis+sentinel://`` URL every component connects with. Sentinels notice
     a dead primary after ``down_after_ms`` and promote the replica.
@@ -147,6 +148,7 @@ class SentinelGroup:
     failover_timeout_ms: int = 10000
     """Also how soon the sentinels may retry a failover of the same primary (twice this)."""
     sentinel_count: int = 3
+    replicas: int = 1
     servers: list[RedisServer] = field(default_factory=list, init=False)
     sentinels: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
     sentinel_ports: list[int] = field(default_factory=list, init=False)
@@ -167,10 +169,11 @@ class SentinelGroup:
                               extra_args=fast_sync)
         primary.workdir.mkdir()  # type: ignore[union-attr]
         self.servers.append(primary.start())
-        replica = RedisServer(password=self.password, workdir=root / "replica",
-                              replica_of=primary.port, extra_args=fast_sync)
-        replica.workdir.mkdir()  # type: ignore[union-attr]
-        self.servers.append(replica.start())
+        for index in range(self.replicas):
+            replica = RedisServer(password=self.password, workdir=root / f"replica-{index}",
+                                  replica_of=primary.port, extra_args=fast_sync)
+            replica.workdir.mkdir()  # type: ignore[union-attr]
+            self.servers.append(replica.start())
         binary = shutil.which("redis-server") or "redis-server"
         for index in range(self.sentinel_count):
             port = free_port()

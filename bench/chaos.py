@@ -131,6 +131,8 @@ class Options:
     """With --sentinel: the producer's and the workers' durability (none or replicated)."""
     submit_rate: float = 0.0
     """With --sentinel: tasks submitted per second all along the run (0: 80% of capacity)."""
+    replicas: int = 1
+    """With --sentinel: replicas of the primary."""
 
 
 @dataclass(frozen=True)
@@ -615,6 +617,8 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
     p.add_argument("--submit-rate", type=float, default=d.submit_rate,
                    help="with --sentinel: tasks per second submitted during the run "
                         "(default: 80%% of the workers' capacity)")
+    p.add_argument("--replicas", type=int, default=d.replicas,
+                   help="with --sentinel: replicas of the primary")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
     if a.sentinel and (a.acl or a.checkpoint_every):
@@ -624,7 +628,7 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
                    max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,
                    seed=a.seed, freezes=a.freezes, checkpoint_every=a.checkpoint_every,
                    steps=a.steps, acl=a.acl, sentinel=a.sentinel, durability=a.durability,
-                   submit_rate=a.submit_rate)
+                   submit_rate=a.submit_rate, replicas=a.replicas)
     return opts, a.json
 
 
@@ -637,7 +641,9 @@ def render(report: dict[str, Any]) -> str:
         ("lost (must be 0)", report["lost"]),
         ("runs recorded", report["executions"]),
         ("duplicate executions", f"{report['duplicate_executions']} "
-                                 f"(bound {report['duplicate_bound']})"),
+                                 + (f"(bound {report['duplicate_bound']})"
+                                    if report["duplicate_bound"] is not None
+                                    else "(no bound: lost claims, see below)")),
         ("zombie completions accepted (must be 0)", report["zombie_completions_accepted"]),
         ("late finishes fenced off", report["late_finishes_fenced"]),
         ("completions refused (worker logs)", report["completions_refused"]),
