@@ -17,6 +17,7 @@ Two kinds of URL:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
@@ -111,10 +114,38 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
     """Connections to the Sentinel primary that leave a primary the sentinels no longer name.
 
     Taking a connection asks the sentinels for the primary when the last answer is older than
-    PRIMARY_CHECK_SECONDS; once they name another server, every connection to the old one is
-    closed, those in use included (their call fails, as on a lost connection)."""
+    PRIMARY_CHECK_SECONDS. Whenever an answer names another server, every connection to any
+    other server is closed, those in use included (their call fails, as on a lost
+    connection)."""
 
     _checked_at = float("-inf")
+
+    async def get_master_address(self) -> Any:
+        # SENTINEL GET-MASTER-ADDR-BY-NAME names the promoted replica as soon as it is a
+        # primary; redis-py's own lookup (SENTINEL MASTERS) only once the failover is over.
+        address = await self._named_primary()
+        if address is None:
+            return await super().get_master_address()  # type: ignore[no-untyped-call]
+        if self.is_master and address != self.master_address:
+            self.master_address = address
+        if self.is_master:
+            stale = [c for c in (*self._get_free_connections(), *self._get_in_use_connections())
+                     if c.is_connected and (getattr(c, "host", None), getattr(c, "port", None))
+                     != tuple(address)]
+            await asyncio.gather(*(c.disconnect() for c in stale), return_exceptions=True)
+        return address
+
+    async def _named_primary(self) -> tuple[str, int] | None:
+        for sentinel in self.sentinel_manager.sentinels:
+            try:
+                reply = await sentinel.execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service_name)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                continue
+            if reply:
+                host, port = (x.decode() if isinstance(x, bytes) else str(x) for x in reply)
+                return host, int(port)
+        return None
 
     async def get_connection(self, command_name: Any = None, *keys: Any,
                              **options: Any) -> Any:
@@ -123,13 +154,10 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
             now - self._checked_at >= PRIMARY_CHECK_SECONDS
         ):
             self._checked_at = now
-            previous = self.master_address
             with contextlib.suppress(MasterNotFoundError):
-                await self.get_master_address()  # type: ignore[no-untyped-call]
-            if self.master_address != previous:
-                await self.disconnect(inuse_connections=True)
-        return await super().get_connection(  # type: ignore[no-untyped-call]
-            command_name, *keys, **options)
+                await self.get_master_address()
+        # redis-py ignores the command name since 5.3 and warns when it is passed on
+        return await super().get_connection()  # type: ignore[no-untyped-call]
 
 
 class BlockingSentinelConnectionPool(FollowingSentinelConnectionPool, BlockingConnectionPool):
