@@ -49,6 +49,7 @@ MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 DEFAULT_IDEMPOTENCY_TTL = 86_400
 WORKER_LIVENESS_WINDOW = 30.0
+WAIT_RECONNECT_SECONDS = 30.0
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 """What `submit` returns: a random UUID in 32 lowercase hexadecimal digits."""
@@ -512,23 +513,35 @@ class TaskQueue:
         return [info for info in infos if info is not None]
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
-        """Wait until the task reaches a final state; raises TimeoutError after `timeout`."""
+        """Wait until the task reaches a final state; raises TimeoutError after `timeout`.
+
+        Once waiting, a lost connection (a Redis failover) is retried for up to
+        WAIT_RECONNECT_SECONDS in a row; an unreachable Redis at the start raises at once."""
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(self.prefix + "done")
+        failing_since: float | None = None
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    info = await self.get(task_id)
-                    if info is None:
-                        raise TaskNotFound(f"no task {task_id} in queue {self.name}")
-                    if info.done:
-                        return info
-                    while True:
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=1.0
-                        )
-                        if message is None or _s(message["data"]) == task_id:
-                            break
+                    try:
+                        info = await self.get(task_id)
+                        if info is None:
+                            raise TaskNotFound(f"no task {task_id} in queue {self.name}")
+                        if info.done:
+                            return info
+                        while True:
+                            message = await pubsub.get_message(
+                                ignore_subscribe_messages=True, timeout=1.0
+                            )
+                            if message is None or _s(message["data"]) == task_id:
+                                break
+                        failing_since = None
+                    except (RedisConnectionError, RedisTimeoutError, OSError):
+                        now = time.monotonic()
+                        failing_since = failing_since or now
+                        if now - failing_since > WAIT_RECONNECT_SECONDS:
+                            raise
+                        await asyncio.sleep(0.2)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
