@@ -493,7 +493,7 @@ class TaskQueue:
         """A write of its own, then WAIT: the connection's last write is then this one, so
         the WAIT also covers any earlier write of the same server that a call repeated with
         no write of its own (a duplicate submit, a completion already recorded)."""
-        pipe.incr(self.prefix + "durable")
+        pipe.execute_command("INCR", self.prefix + "durable")
         pipe.execute_command(*wait_command(self.replica_timeout))
 
     def _check_replicated(self, what: str, acked: Any, result: Any) -> None:

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import claim_one
 
+from agentpool.acl import Role, acl_rules, password_hash, set_user
 from agentpool.client import Client
 from agentpool.durability import DEFAULT_REPLICA_TIMEOUT, Durability, NotReplicated
 from agentpool.protocol import TaskQueue
@@ -134,3 +135,24 @@ def test_durability_is_checked_with_a_clear_message() -> None:
     client = Client.from_url("redis://127.0.0.1:1/0", durability="REPLICATED")
     assert client.queue("a").durability is Durability.REPLICATED
     assert client.queue("a", durability="none").durability is Durability.NONE
+
+
+@pytest.mark.parametrize("role", list(Role))
+async def test_the_queues_acl_users_may_send_replicated_writes(
+    pair: tuple[RedisServer, RedisServer], clients: tuple[aioredis.Redis, aioredis.Redis],
+    role: Role,
+) -> None:
+    on_primary, on_replica = clients
+    name = f"q-{uuid.uuid4().hex[:8]}"
+    user = f"durable-{role.value}-{name}"
+    await set_user(on_primary, user, acl_rules(name, role, [password_hash("pw")]))
+    async with aioredis.Redis(port=pair[0].port, username=user, password="pw") as as_user:
+        queue = TaskQueue(as_user, name, durability="replicated")
+        if role is Role.PRODUCER:
+            task_id = await queue.submit({"n": 1})
+            assert await on_replica.hget(queue.task_key(task_id), "state") == b"queued"
+        else:
+            await TaskQueue(on_primary, name).submit({"n": 1})
+            task = await claim_one(queue, "pod:1")
+            assert await queue.complete_many([(task, "done")]) == [True]
+            assert await on_replica.hget(queue.task_key(task.id), "state") == b"succeeded"
