@@ -1,6 +1,7 @@
 """Chaos soak: many tasks through real worker processes while workers and Redis misbehave.
 
     .venv/bin/python -m bench.chaos [--seed 1] [--tasks 20000] [--json]
+    .venv/bin/python -m bench.chaos --sentinel [--durability replicated]  (bench/chaos_sentinel.py)
 
 N ``agentpool-worker`` processes (handler ``bench.chaos_handler:run``: the simulated agent
 with every run on record) serve one queue on a private ``redis-server`` with AOF on. The
