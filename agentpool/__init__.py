@@ -1,5 +1,6 @@
 """agentpool: run AI-agent tasks from a Redis queue on Kubernetes."""
 
+from agentpool.durability import Durability, NotReplicated
 from agentpool.protocol import (
     CancelOutcome,
     ClaimedTask,
@@ -14,7 +15,9 @@ from agentpool.protocol import (
 __all__ = [
     "CancelOutcome",
     "ClaimedTask",
+    "Durability",
     "FailOutcome",
+    "NotReplicated",
     "PayloadTooLarge",
     "ProtocolError",
     "QueueFigures",

@@ -62,21 +62,23 @@ SCRIPT_COMMANDS = (
 
 WORKER_DIRECT_COMMANDS = (
     "hset", "hget", "hmget", "hgetall", "smembers", "scard", "zrange", "zrevrange", "blpop",
+    "incr", "wait",
 )
-"""Outside scripts: queue defaults, a task's hash, orphaned claims, the wake-up list."""
+"""Outside scripts: queue defaults, a task's hash, orphaned claims, the wake-up list, and
+what replicated durability sends (INCR of the queue's ``durable`` key, WAIT)."""
 
 PRODUCER_COMMANDS = (
     "time", "exists", "get", "set", "incr", "expire", "persist",
     "hget", "hmget", "hgetall", "hset", "hincrby",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
     "scard", "llen", "rpush", "publish", "xadd", "xread", "xrange",
-    "subscribe", "unsubscribe",
+    "subscribe", "unsubscribe", "wait",
 )
 """What submit, get, wait, cancel, following a task's events and the figures call, in scripts
 and outside them."""
 
 PRODUCER_WRITABLE_KEYS = ("t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake",
-                          "seq", "idem:*")
+                          "seq", "idem:*", "durable")
 """The keys a submit or a cancel writes (a cancel closes the task's event stream and sets the
 result TTL on the checkpoint of a task that was waiting for its next attempt); every other key
 of the queue is read-only to a producer (leases, owner sets, the worker registry, the fence

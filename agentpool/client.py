@@ -19,6 +19,10 @@ The handler receives it decoded, as it was given. Encoded as JSON it may take at
 limit); a larger payload raises :class:`agentpool.protocol.PayloadTooLarge` and nothing is
 stored. Put large inputs in object storage and submit their address.
 
+``durability="replicated"`` (per client, or per queue with ``client.queue(name,
+durability=...)``) makes submits wait for one Redis replica, so a failover loses no task that
+``submit`` returned; see :mod:`agentpool.durability`.
+
 Both read the URL from ``AGENTPOOL_REDIS_URL`` when none is given. The protocol itself lives in
 :mod:`agentpool.protocol`; these classes only manage the connection around it.
 """
@@ -36,6 +40,7 @@ from typing import Any, Self, TypeVar
 import redis.asyncio as aioredis
 
 from agentpool.connection import redis_from_url
+from agentpool.durability import Durability, parse_durability
 from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     CancelOutcome,
@@ -77,10 +82,12 @@ def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.
 class Client:
     """A Redis connection pool and the queues on it. Close it (or use ``async with``)."""
 
-    def __init__(self, redis: aioredis.Redis, *, url: str | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis, *, url: str | None = None,
+                 durability: Durability | str = Durability.NONE) -> None:
         self.redis = redis
         self.url = url
-        self._queues: dict[tuple[str, int], TaskQueue] = {}
+        self.durability = parse_durability(durability)
+        self._queues: dict[tuple[str, int, Durability], TaskQueue] = {}
 
     @classmethod
     def from_url(
@@ -88,24 +95,30 @@ class Client:
         url: str | None = None,
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        durability: Durability | str = Durability.NONE,
         **redis_kwargs: Any,
     ) -> Client:
         """Connect lazily to `url` (default ``$AGENTPOOL_REDIS_URL``); extra arguments go to
         ``redis.asyncio.Redis.from_url``."""
         resolved = resolve_redis_url(url)
-        return cls(_connect(resolved, connect_timeout, **redis_kwargs), url=resolved)
+        durability = parse_durability(durability)
+        return cls(_connect(resolved, connect_timeout, **redis_kwargs), url=resolved,
+                   durability=durability)
 
     @property
     def display_url(self) -> str:
         """The URL without its password, for messages."""
         return redact_url(self.url) if self.url else "Redis"
 
-    def queue(self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> TaskQueue:
-        key = (name, max_payload_bytes)
+    def queue(self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+              durability: Durability | str | None = None) -> TaskQueue:
+        """The queue `name`; `durability` defaults to the client's."""
+        chosen = self.durability if durability is None else parse_durability(durability)
+        key = (name, max_payload_bytes, chosen)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = TaskQueue(
-                self.redis, name, max_payload_bytes=max_payload_bytes
+                self.redis, name, max_payload_bytes=max_payload_bytes, durability=chosen
             )
         return queue
 
@@ -173,13 +186,15 @@ class SyncClient:
         url: str | None = None,
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        durability: Durability | str = Durability.NONE,
         **redis_kwargs: Any,
     ) -> None:
         resolved = resolve_redis_url(url)
+        durability = parse_durability(durability)
         self._runner = _LoopThread()
         try:
             self._client = self._runner.call(
-                _make_client(resolved, connect_timeout, redis_kwargs)
+                _make_client(resolved, connect_timeout, durability, redis_kwargs)
             )
         except BaseException:
             self._runner.stop()
@@ -192,19 +207,21 @@ class SyncClient:
         url: str | None = None,
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        durability: Durability | str = Durability.NONE,
         **redis_kwargs: Any,
     ) -> SyncClient:
-        return cls(url, connect_timeout=connect_timeout, **redis_kwargs)
+        return cls(url, connect_timeout=connect_timeout, durability=durability, **redis_kwargs)
 
     @property
     def display_url(self) -> str:
         return self._client.display_url
 
     def queue(
-        self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+        self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        durability: Durability | str | None = None,
     ) -> SyncQueue:
-        return SyncQueue(self._client.queue(name, max_payload_bytes=max_payload_bytes),
-                         self._runner)
+        return SyncQueue(self._client.queue(name, max_payload_bytes=max_payload_bytes,
+                                            durability=durability), self._runner)
 
     def rate_limit(self, name: str) -> SyncRateLimit:
         """Blocking twin of :meth:`Client.rate_limit`."""
@@ -234,9 +251,11 @@ class SyncClient:
         self.close()
 
 
-async def _make_client(url: str, connect_timeout: float, redis_kwargs: dict[str, Any]) -> Client:
+async def _make_client(url: str, connect_timeout: float, durability: Durability,
+                       redis_kwargs: dict[str, Any]) -> Client:
     """Create the client on the loop that will use it."""
-    return Client.from_url(url, connect_timeout=connect_timeout, **redis_kwargs)
+    return Client.from_url(url, connect_timeout=connect_timeout, durability=durability,
+                           **redis_kwargs)
 
 
 class SyncRateLimit:

@@ -7,23 +7,32 @@ Two kinds of URL:
 - ``redis+sentinel://[[user]:password@]host1[:26379],host2[:26379]/<service>[/<db>]`` and
   ``rediss+sentinel://`` (TLS to the data nodes): the sentinels are asked for the primary
   of `<service>`, and every new connection asks again, so after a failover each component
-  follows the new primary without a restart. The user and password are those of the data
+  follows the new primary without a restart. A client also asks again at most once a
+  second while it is in use (:data:`PRIMARY_CHECK_SECONDS`): after a graceful failover the
+  old primary keeps accepting writes until the sentinels turn it into a replica (about ten
+  seconds), and writes sent to it there are lost. The user and password are those of the data
   nodes; sentinels that need a password of their own take ``?sentinel_password=...`` (and
   ``sentinel_username``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
+PRIMARY_CHECK_SECONDS = 1.0
 INVALID_URL_MESSAGE = (
     "invalid Redis URL (a password with '/', '#', '?' or '@' must be percent-encoded)"
 )
@@ -101,7 +110,57 @@ def _host_port(item: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+class FollowingSentinelConnectionPool(SentinelConnectionPool):
+    """Connections to the Sentinel primary that leave a primary the sentinels no longer name.
+
+    Taking a connection asks the sentinels for the primary when the last answer is older than
+    PRIMARY_CHECK_SECONDS. Whenever an answer names another server, every connection to any
+    other server is closed, those in use included (their call fails, as on a lost
+    connection)."""
+
+    _checked_at = float("-inf")
+
+    async def get_master_address(self) -> Any:
+        # SENTINEL GET-MASTER-ADDR-BY-NAME names the promoted replica as soon as it is a
+        # primary; redis-py's own lookup (SENTINEL MASTERS) only once the failover is over.
+        address = await self._named_primary()
+        if address is None:
+            return await super().get_master_address()  # type: ignore[no-untyped-call]
+        if self.is_master and address != self.master_address:
+            self.master_address = address
+        if self.is_master:
+            stale = [c for c in (*self._get_free_connections(), *self._get_in_use_connections())
+                     if c.is_connected and (getattr(c, "host", None), getattr(c, "port", None))
+                     != tuple(address)]
+            await asyncio.gather(*(c.disconnect() for c in stale), return_exceptions=True)
+        return address
+
+    async def _named_primary(self) -> tuple[str, int] | None:
+        for sentinel in self.sentinel_manager.sentinels:
+            try:
+                reply = await sentinel.execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service_name)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                continue
+            if reply:
+                host, port = (x.decode() if isinstance(x, bytes) else str(x) for x in reply)
+                return host, int(port)
+        return None
+
+    async def get_connection(self, command_name: Any = None, *keys: Any,
+                             **options: Any) -> Any:
+        now = time.monotonic()
+        if self.is_master and self.master_address is not None and (
+            now - self._checked_at >= PRIMARY_CHECK_SECONDS
+        ):
+            self._checked_at = now
+            with contextlib.suppress(MasterNotFoundError):
+                await self.get_master_address()
+        # redis-py ignores the command name since 5.3 and warns when it is passed on
+        return await super().get_connection()  # type: ignore[no-untyped-call]
+
+
+class BlockingSentinelConnectionPool(FollowingSentinelConnectionPool, BlockingConnectionPool):
     """Connections to the Sentinel primary, at most `max_connections`; callers wait for one."""
 
 
@@ -147,7 +206,7 @@ def redis_from_url(
         node_kwargs.update(max_connections=max_connections, timeout=pool_timeout)
         pool_class: type[SentinelConnectionPool] = BlockingSentinelConnectionPool
     else:
-        pool_class = SentinelConnectionPool
+        pool_class = FollowingSentinelConnectionPool
     client: aioredis.Redis = sentinel.master_for(
         parsed.service, connection_pool_class=pool_class, **node_kwargs
     )

@@ -175,6 +175,17 @@ class RedisSpec(_Model):
         ),
     )
 
+    durability: Literal["none", "replicated"] = Field(
+        default="none",
+        description=(
+            "none: a write counts once the Redis primary has it (replication is "
+            "asynchronous; a failover can lose the last writes, so a task may run again). "
+            "replicated: the workers' completions also wait for one replica (WAIT 1), so a "
+            "failover loses none; needs a Redis with a replica (Sentinel or Cluster). "
+            "Producers choose the same for their submits on their client."
+        ),
+    )
+
     @field_validator("url")
     @classmethod
     def _url_is_plain_redis(cls, url: str | None) -> str | None:

@@ -37,10 +37,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agentpool.durability import (
+    DEFAULT_REPLICA_TIMEOUT,
+    Durability,
+    NotReplicated,
+    parse_durability,
+    wait_command,
+)
+
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 DEFAULT_IDEMPOTENCY_TTL = 86_400
 WORKER_LIVENESS_WINDOW = 30.0
+WAIT_RECONNECT_SECONDS = 30.0
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 """What `submit` returns: a random UUID in 32 lowercase hexadecimal digits."""
@@ -375,7 +384,11 @@ class TaskQueue:
         name: str,
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        durability: Durability | str = Durability.NONE,
+        replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
     ) -> None:
+        """`durability` replicated: submits and completions wait for one replica
+        (agentpool.durability)."""
         if not QUEUE_NAME.match(name):
             raise ProtocolError(
                 f"invalid queue name {name!r}: use 1-100 letters, digits, '.', '_' or '-'"
@@ -384,6 +397,8 @@ class TaskQueue:
         self.name = name
         self.prefix = key_prefix(name)
         self.max_payload_bytes = max_payload_bytes
+        self.durability = parse_durability(durability)
+        self.replica_timeout = replica_timeout
         self._scripts: dict[str, AsyncScript] = {}
 
     def _script(self, name: str) -> AsyncScript:
@@ -449,7 +464,14 @@ class TaskQueue:
         within a priority.
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
-        _, task_id = await self._run("submit", *args)
+        if self.durability is Durability.NONE:
+            _, task_id = await self._run("submit", *args)
+            return _s(task_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._run("submit", *args, client=pipe)
+            self._queue_wait(pipe)
+            (_, task_id), _, acked = await pipe.execute()
+        self._check_replicated("submit", acked, _s(task_id))
         return _s(task_id)
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
@@ -457,13 +479,31 @@ class TaskQueue:
         """Queue many tasks with pipelined submits; every payload is checked before any is sent."""
         all_args = [self._submit_args(p, priority, 0, None, None) for p in payloads]
         ids: list[str] = []
+        replicated = True
         for start in range(0, len(all_args), chunk):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for args in all_args[start:start + chunk]:
                     await self._run("submit", *args, client=pipe)
+                if self.durability is Durability.REPLICATED:
+                    self._queue_wait(pipe)
                 replies = await pipe.execute()
+            if self.durability is Durability.REPLICATED:
+                *replies, _, acked = replies
+                replicated = replicated and int(acked) >= 1
             ids.extend(_s(task_id) for _, task_id in replies)
+        self._check_replicated("submit", int(replicated), ids)
         return ids
+
+    def _queue_wait(self, pipe: Any) -> None:
+        """A write of its own, then WAIT: the connection's last write is then this one, so
+        the WAIT also covers any earlier write of the same server that a call repeated with
+        no write of its own (a duplicate submit, a completion already recorded)."""
+        pipe.execute_command("INCR", self.prefix + "durable")
+        pipe.execute_command(*wait_command(self.replica_timeout))
+
+    def _check_replicated(self, what: str, acked: Any, result: Any) -> None:
+        if int(acked) < 1:
+            raise NotReplicated(what, result, self.replica_timeout)
 
     async def get(self, task_id: str) -> TaskInfo | None:
         return _task_info(task_id, await self.redis.hgetall(self.task_key(task_id)))
@@ -478,23 +518,35 @@ class TaskQueue:
         return [info for info in infos if info is not None]
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
-        """Wait until the task reaches a final state; raises TimeoutError after `timeout`."""
+        """Wait until the task reaches a final state; raises TimeoutError after `timeout`.
+
+        Once waiting, a lost connection (a Redis failover) is retried for up to
+        WAIT_RECONNECT_SECONDS in a row; an unreachable Redis at the start raises at once."""
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(self.prefix + "done")
+        failing_since: float | None = None
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    info = await self.get(task_id)
-                    if info is None:
-                        raise TaskNotFound(f"no task {task_id} in queue {self.name}")
-                    if info.done:
-                        return info
-                    while True:
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=1.0
-                        )
-                        if message is None or _s(message["data"]) == task_id:
-                            break
+                    try:
+                        info = await self.get(task_id)
+                        if info is None:
+                            raise TaskNotFound(f"no task {task_id} in queue {self.name}")
+                        if info.done:
+                            return info
+                        while True:
+                            message = await pubsub.get_message(
+                                ignore_subscribe_messages=True, timeout=1.0
+                            )
+                            if message is None or _s(message["data"]) == task_id:
+                                break
+                        failing_since = None
+                    except (RedisConnectionError, RedisTimeoutError, OSError):
+                        now = time.monotonic()
+                        failing_since = failing_since or now
+                        if now - failing_since > WAIT_RECONNECT_SECONDS:
+                            raise
+                        await asyncio.sleep(0.2)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -560,7 +612,8 @@ class TaskQueue:
     async def claim(self, worker: str, count: int, lease_seconds: float,
                     promote_limit: int = 100) -> ClaimBatch:
         return _claim_batch(await self._run(
-            "claim", worker, count, int(lease_seconds * 1000), promote_limit
+            "claim", worker, count, int(lease_seconds * 1000), promote_limit,
+            uuid.uuid4().hex[:8] + "-",
         ))
 
     async def complete(self, task: ClaimedTask, result: Any = None) -> bool:
@@ -574,8 +627,11 @@ class TaskQueue:
     async def record(self, events: Sequence[tuple[str, int, Sequence[tuple[str, str]]]],
                      done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
         """Append events (task id, attempt, [(kind, data JSON)]) and record successes, in that
-        order and one round trip. Returns, per success, False when it was fenced off."""
+        order and one round trip. Returns, per success, False when it was fenced off (with
+        replicated durability, successes wait for a replica: NotReplicated carries that list
+        when none acknowledged in time)."""
         names = ("events", "complete")
+        wait = self.durability is Durability.REPLICATED and bool(done)
         scripts = [self._script(name) for name in names]
         queued = self.prefix + "queued"
         for _ in range(2):
@@ -587,6 +643,8 @@ class TaskQueue:
                 for task, result in done:
                     pipe.evalsha(scripts[1].sha, 1, queued, self.prefix, task.id,
                                  task.token, _encode_result(result))
+                if wait:
+                    self._queue_wait(pipe)
                 replies = await pipe.execute(raise_on_error=False)
             if not any(isinstance(r, NoScriptError) for r in replies):
                 break
@@ -595,6 +653,11 @@ class TaskQueue:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        if wait:
+            *replies, _, acked = replies
+            recorded = [bool(r) for r in replies[len(events):]]
+            self._check_replicated("completion", acked, recorded)
+            return recorded
         return [bool(r) for r in replies[len(events):]]
 
     async def checkpoint(self, task: ClaimedTask, raw_state: str) -> bool:

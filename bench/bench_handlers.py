@@ -1,4 +1,4 @@
-"""Handlers used only by bench/worker_bench.py (loaded by worker processes from bench/)."""
+"""Handlers used only by the benchmarks (loaded by worker processes from bench/)."""
 
 from __future__ import annotations
 
@@ -15,3 +15,8 @@ async def emitter(payload: Any, ctx: Any) -> None:
     """Emit `events` token-sized events (for bench/events_bench.py)."""
     for i in range(int(payload["events"])):
         await ctx.emit("token", {"i": i, "text": " token"})
+
+
+async def reply(payload: Any) -> dict[str, str]:
+    """A result of about 100 bytes of JSON (for the sizing figures of bench/durability_bench.py)."""
+    return {"reply": "Thanks for the report: the fix ships in the next release."}

@@ -1,6 +1,7 @@
 """Chaos soak: many tasks through real worker processes while workers and Redis misbehave.
 
     .venv/bin/python -m bench.chaos [--seed 1] [--tasks 20000] [--json]
+    .venv/bin/python -m bench.chaos --sentinel [--durability replicated]  (bench/chaos_sentinel.py)
 
 N ``agentpool-worker`` processes (handler ``bench.chaos_handler:run``: the simulated agent
 with every run on record) serve one queue on a private ``redis-server`` with AOF on. The
@@ -124,6 +125,15 @@ class Options:
     """Workers and the producer connect as Redis ACL users confined to the queue (the rules
     the operator gives a pool's users); the reaper, standing for the operator, applies them
     again on every pass, as Redis forgets them on a restart."""
+    sentinel: bool = False
+    """Against a primary, a replica and three sentinels, with failovers as the only events
+    (bench/chaos_sentinel.py)."""
+    durability: str = "none"
+    """With --sentinel: the producer's and the workers' durability (none or replicated)."""
+    submit_rate: float = 0.0
+    """With --sentinel: tasks submitted per second all along the run (0: 80% of capacity)."""
+    replicas: int = 1
+    """With --sentinel: replicas of the primary."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,8 @@ class Soak:
         self.paused: set[int] = set()
         """Worker pids stopped now, with a SIGCONT scheduled."""
         self.redis: aioredis.Redis
+        self.records: aioredis.Redis
+        """Where the handler keeps its run records (bench/chaos_handler.py)."""
         self.queue: TaskQueue
         self.passwords = {role: f"chaos-{role.value}-{random.Random(opts.seed).getrandbits(64):x}"
                           for role in Role}
@@ -210,6 +222,7 @@ class Soak:
             "AGENTPOOL_LEASE_SECONDS": str(self.opts.lease_seconds),
             "AGENTPOOL_MAX_ATTEMPTS": str(self.opts.max_attempts),
             "AGENTPOOL_DRAIN_SECONDS": "1", "AGENTPOOL_LOG_LEVEL": "warning",
+            **self.extra_env(),
         }
         script = Path(sys.executable).parent / "agentpool-worker"
         argv = [str(script)] if script.exists() else [sys.executable, "-m",
@@ -220,6 +233,9 @@ class Soak:
         slot.stopped = False
         self.children.append(slot.process)
         self.pods[slot.process.pid] = slot.pod
+
+    def extra_env(self) -> dict[str, str]:
+        return {}
 
     async def held_by_pod(self, pod: str) -> tuple[int, list[str]]:
         """Tasks held by the pod's registered instances, and those instances."""
@@ -357,6 +373,7 @@ class Soak:
         opts = self.opts
         self.server.start()
         self.redis = aioredis.Redis.from_url(self.server.url, socket_timeout=5)
+        self.records = self.redis
         self.queue = TaskQueue(self.redis, QUEUE)
         background: set[asyncio.Task[Any]] = set()
         producer = aioredis.Redis.from_url(self.url_of(Role.PRODUCER), socket_timeout=5)
@@ -465,8 +482,8 @@ class Soak:
                 writers[task_id] = writer
                 if writer != last:
                     zombies.append(f"{task_id}: result by {writer}, last claim {last}")
-        runs = [_text(m) for m in await self.redis.smembers(RUNS_KEY)]
-        finishes = [_text(m) for m in await self.redis.smembers(FINISHED_KEY)]
+        runs = [_text(m) for m in await self.records.smembers(RUNS_KEY)]
+        finishes = [_text(m) for m in await self.records.smembers(FINISHED_KEY)]
         per_task = Counter(m.split("|", 1)[0] for m in runs)
         duplicates = sum(n - 1 for n in per_task.values() if n > 1)
         killed = self.tally.killed
@@ -520,9 +537,9 @@ class Soak:
                     if json.loads(result).get("acc") != expected_total(seed, opts.steps):
                         wrong += 1
         executed = Counter(_text(m).split("|", 1)[0]
-                           for m in await self.redis.smembers(STEPS_KEY))
+                           for m in await self.records.smembers(STEPS_KEY))
         starts: dict[str, dict[str, float]] = {}
-        for member, value in (await self.redis.hgetall(RESUMED_KEY)).items():
+        for member, value in (await self.records.hgetall(RESUMED_KEY)).items():
             run = _text(member)
             starts.setdefault(run.split("|", 1)[0], {})[run] = float(_text(value).split("|")[0])
         redone_total, lost_runs, worst, over_bound = 0, 0, 0.0, 0
@@ -538,7 +555,7 @@ class Soak:
                 over_bound += 1
                 over_examples.append(f"{task_id}: {redone} steps redone over {lost} lost runs")
         zombie_accepted = 0
-        for saved in await self.redis.smembers(SAVED_KEY):
+        for saved in await self.records.smembers(SAVED_KEY):
             run, _, sent = _text(saved).rpartition("|")
             task_runs = starts.get(run.split("|", 1)[0], {})
             began = task_runs.get(run)
@@ -593,13 +610,26 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
     p.add_argument("--timeout", type=float, default=d.timeout)
     p.add_argument("--acl", action="store_true",
                    help="workers and producer as Redis ACL users confined to the queue")
+    p.add_argument("--sentinel", action="store_true",
+                   help="a primary, a replica and three sentinels; fail the primary over "
+                        "(kill -9 and SENTINEL FAILOVER) instead of the other events")
+    p.add_argument("--durability", choices=("none", "replicated"), default=d.durability,
+                   help="with --sentinel: submits and completions wait for a replica")
+    p.add_argument("--submit-rate", type=float, default=d.submit_rate,
+                   help="with --sentinel: tasks per second submitted during the run "
+                        "(default: 80%% of the workers' capacity)")
+    p.add_argument("--replicas", type=int, default=d.replicas,
+                   help="with --sentinel: replicas of the primary")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
+    if a.sentinel and (a.acl or a.checkpoint_every):
+        p.error("--sentinel runs the plain soak: without --acl and --checkpoint-every")
     opts = Options(tasks=a.tasks, workers=a.workers, concurrency=a.concurrency,
                    mean_seconds=a.mean_seconds, lease_seconds=a.lease_seconds,
                    max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,
                    seed=a.seed, freezes=a.freezes, checkpoint_every=a.checkpoint_every,
-                   steps=a.steps, acl=a.acl)
+                   steps=a.steps, acl=a.acl, sentinel=a.sentinel, durability=a.durability,
+                   submit_rate=a.submit_rate, replicas=a.replicas)
     return opts, a.json
 
 
@@ -612,7 +642,9 @@ def render(report: dict[str, Any]) -> str:
         ("lost (must be 0)", report["lost"]),
         ("runs recorded", report["executions"]),
         ("duplicate executions", f"{report['duplicate_executions']} "
-                                 f"(bound {report['duplicate_bound']})"),
+                                 + (f"(bound {report['duplicate_bound']})"
+                                    if report["duplicate_bound"] is not None
+                                    else "(no bound: lost claims, see below)")),
         ("zombie completions accepted (must be 0)", report["zombie_completions_accepted"]),
         ("late finishes fenced off", report["late_finishes_fenced"]),
         ("completions refused (worker logs)", report["completions_refused"]),
@@ -632,6 +664,9 @@ def render(report: dict[str, Any]) -> str:
             ("zombie checkpoints accepted (must be 0)", checks["zombie_checkpoints_accepted"]),
             ("zombie checkpoints refused", checks["zombie_checkpoints_refused"]),
         ]
+    if "failovers" in report:
+        from bench.chaos_sentinel import render_rows
+        rows += render_rows(report)
     rows += [
         ("total time", f"{report['total_seconds']:.1f} s"),
         ("verdict", "OK" if report["ok"] else "FAILED"),
@@ -646,7 +681,11 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     print(f"chaos: {opts.tasks} tasks, {opts.workers} workers, seed {opts.seed}; "
           f"worker logs and the report go to {logs}", file=sys.stderr, flush=True)
-    soak = Soak(opts, logs)
+    if opts.sentinel:
+        from bench.chaos_sentinel import SentinelSoak
+        soak: Soak = SentinelSoak(opts, logs)
+    else:
+        soak = Soak(opts, logs)
     report = asyncio.run(soak.run())
     (logs / "report.json").write_text(json.dumps({**report, "log": soak.tally.log}, indent=2))
     print(f"chaos: report in {logs / 'report.json'}", file=sys.stderr, flush=True)

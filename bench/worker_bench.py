@@ -43,14 +43,15 @@ WORKER_COMMANDS = ("evalsha", "eval", "blpop", "script|exists", "script|load", "
 
 
 def start_worker(url: str, queue: str, handler: str, concurrency: int, pod: str,
-                 port: int = 0) -> subprocess.Popen[bytes]:
+                 port: int = 0, extra_env: dict[str, str] | None = None,
+                 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")]),
         "AGENTPOOL_REDIS_URL": url, "AGENTPOOL_QUEUE": queue, "AGENTPOOL_HANDLER": handler,
         "AGENTPOOL_CONCURRENCY": str(concurrency), "AGENTPOOL_POD_NAME": pod,
         "AGENTPOOL_PORT": str(port), "AGENTPOOL_LOG_LEVEL": "warning",
-        "AGENTPOOL_DRAIN_SECONDS": "5",
+        "AGENTPOOL_DRAIN_SECONDS": "5", **(extra_env or {}),
     }
     return subprocess.Popen(WORKER, env=env, stdin=subprocess.DEVNULL)
 
@@ -87,7 +88,8 @@ def scrape_round_trips(port: int) -> float:
                if line.startswith("agentpool_worker_redis_round_trips_total{"))
 
 
-async def throughput(url: str, workers: int, tasks: int, concurrency: int) -> dict[str, float]:
+async def throughput(url: str, workers: int, tasks: int, concurrency: int,
+                     extra_env: dict[str, str] | None = None) -> dict[str, float]:
     client = aioredis.Redis.from_url(url)
     queue_name = f"tp-{uuid.uuid4().hex[:6]}"
     queue = TaskQueue(client, queue_name)
@@ -95,7 +97,7 @@ async def throughput(url: str, workers: int, tasks: int, concurrency: int) -> di
     before = await command_calls(client)
     ports = [free_port() for _ in range(workers)]
     procs = [start_worker(url, queue_name, "agentpool_worker.builtin:noop", concurrency,
-                          f"bench-{i}", ports[i]) for i in range(workers)]
+                          f"bench-{i}", ports[i], extra_env) for i in range(workers)]
     try:
         async def drained() -> bool:
             f = await queue.figures()

@@ -1,4 +1,4 @@
--- ARGV: prefix, worker id, count, lease_ms, promote limit
+-- ARGV: prefix, worker id, count, lease_ms, promote limit, token prefix (random per call)
 -- Moves due delayed tasks to the queue, then leases up to `count` tasks to the worker.
 -- Returns {tasks, next_due_ms|false, now}; each task is
 -- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|nil}.
@@ -25,7 +25,8 @@ if not drain_requested(worker, pod) then
     local id = popped[i]
     local tk = task_key(id)
     if redis.call('EXISTS', tk) == 1 then
-      local token = redis.call('INCR', P .. 'fence')
+      -- The random prefix keeps tokens unique when a failover rolls the counter back.
+      local token = (ARGV[6] or '') .. redis.call('INCR', P .. 'fence')
       local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
       redis.call('HSET', tk, 'state', 'running', 'owner', worker, 'token', token, 'started', now)
       redis.call('ZADD', K_LEASES, now + lease_ms, id)

@@ -206,6 +206,8 @@ def _env(pool_name: str, spec: AgentPoolSpec,
     if spec.rate_limits:
         limits = encode_limits(limit_configs(spec.rate_limits))
         ours.append({"name": "AGENTPOOL_RATE_LIMITS", "value": limits})
+    if spec.redis.durability != "none":
+        ours.append({"name": "AGENTPOOL_DURABILITY", "value": spec.redis.durability})
     users = [e.model_dump(by_alias=True, exclude_none=True) for e in worker.env or []]
     overridden = {e["name"] for e in users}
     return [e for e in ours if e["name"] not in overridden] + users

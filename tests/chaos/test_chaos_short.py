@@ -4,7 +4,10 @@ Runs ``python -m bench.chaos`` with a fixed seed on a few thousand tasks: worker
 (operator requeue and container restart), SIGSTOP past the lease, SIGTERM drains and Redis
 restarts with AOF, while the lease reaper runs. The soak itself accounts for every task. The
 second run does the same with per-queue Redis ACL users for the workers and the producer; the
-checkpointing variant runs a few hundred multi-step tasks that checkpoint every 4 steps.
+checkpointing variant runs a few hundred multi-step tasks that checkpoint every 4 steps. The
+Sentinel variant (about a minute each) fails a primary with one replica over, by kill -9 and
+by SENTINEL FAILOVER in turn, while a producer submits all along; with durability replicated
+no acknowledged submit or completion may be lost.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ CHECKPOINT_ARGS = [
     "--seed", "7", "--tasks", "300", "--workers", "3", "--concurrency", "10",
     "--mean-seconds", "2", "--lease-seconds", "3", "--event-gap", "2", "--freezes", "3",
     "--checkpoint-every", "4", "--steps", "20", "--timeout", "240",
+]
+
+
+SENTINEL_ARGS = [
+    "--sentinel", "--seed", "7", "--tasks", "1200", "--workers", "3", "--concurrency", "10",
+    "--mean-seconds", "0.3", "--lease-seconds", "10", "--event-gap", "6", "--freezes", "0",
+    "--timeout", "150",
 ]
 
 
@@ -74,4 +84,23 @@ def test_checkpointing_tasks_end_as_if_uninterrupted_and_redo_at_most_an_interva
     assert report["zombie_completions_accepted"] == 0, context
     assert all(report["events"].get(kind, 0) >= 1 for kind in ("kill", "stop", "drain",
                                                                "redis")), context
+    assert run.returncode == 0, context
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("durability", ["none", "replicated"])
+def test_sentinel_failovers_lose_no_task_and_replicated_loses_no_acknowledged_write(
+    durability: str,
+) -> None:
+    run, report, context = soak([*SENTINEL_ARGS, "--durability", durability])
+    assert report["lost"] == 0, context
+    assert report["succeeded"] + report["dead_lettered"] == report["submitted"] == 1200, context
+    assert report["zombie_completions_accepted"] == 0, context
+    kinds = {f["kind"] for f in report["failovers"]}
+    assert kinds == {"kill", "graceful"}, context
+    assert all(f["work_resumed_seconds"] is not None for f in report["failovers"]), context
+    lost = report["lost_writes"]
+    if durability == "replicated":
+        assert lost["submits_acknowledged_then_lost"] == 0, context
+        assert lost["completions_lost"] == 0, context
     assert run.returncode == 0, context

@@ -35,6 +35,20 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "external-redis-secret": {
         "redis": {"enabled": False, "external": {"existingSecret": "my-redis"}}
     },
+    "external-redis-sentinel": {
+        "redis": {
+            "enabled": False,
+            "external": {
+                "mode": "sentinel",
+                "url": "redis+sentinel://:s3cret@s1.example.com:26379,s2.example.com:26379"
+                       "/mymaster/0",
+            },
+        }
+    },
+    "external-redis-cluster": {
+        "redis": {"enabled": False,
+                  "external": {"mode": "cluster", "existingSecret": "my-cluster"}}
+    },
     "monitoring": {
         "monitoring": {
             "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},

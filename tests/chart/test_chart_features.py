@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from chart_helpers import NAMESPACE, RELEASE, Helm, Manifest, Rendered
 from fake_kube_api import KOPF_PEERING, fake_kube_api
@@ -230,6 +231,35 @@ def test_external_redis_url(helm: Helm) -> None:
     assert not rendered.of_kind("StatefulSet")
     assert not [s for s in rendered.of_kind("Service") if s["metadata"]["name"] == REDIS]
     assert secret_data(rendered.one("Secret", URL_SECRET)) == {"url": url}
+
+
+@pytest.mark.parametrize("url", [
+    "redis+sentinel://:s3cret@s1.example.com:26379,s2.example.com:26379/mymaster/0",
+    "rediss+sentinel://:s3cret@s1.example.com:26379/mymaster?sentinel_password=s3ntinel",
+])
+def test_an_external_sentinel_url_reaches_components_only_through_the_secret(
+    helm: Helm, url: str
+) -> None:
+    rendered = helm.render({
+        "redis": {"enabled": False, "external": {"mode": "sentinel", "url": url}},
+        "console": {"enabled": True},
+    })
+    assert not rendered.of_kind("StatefulSet")
+    assert secret_data(rendered.one("Secret", URL_SECRET)) == {"url": url}
+    for manifest in rendered.manifests:
+        if manifest["kind"] != "Secret":
+            assert "s3cret" not in json.dumps(manifest), manifest["metadata"]["name"]
+    console = rendered.one("Deployment", f"{RELEASE}-console")
+    env = {e["name"]: e for e in console["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AGENTPOOL_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": URL_SECRET, "key": "url"}
+
+
+def test_an_external_cluster_secret(helm: Helm) -> None:
+    rendered = helm.render({"redis": {"enabled": False, "external": {
+        "mode": "cluster", "existingSecret": "my-cluster"}}})
+    assert not rendered.of_kind("StatefulSet")
+    assert not rendered.of_kind("Secret")
 
 
 def test_external_redis_secret(helm: Helm) -> None:

@@ -49,6 +49,8 @@ BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
     ({"watchNamespaces": "team-a"}, ["/watchNamespaces", "want array"]),
     ({"redis": {"external": {"url": "http://redis:6379"}}}, ["/redis/external/url"]),
     ({"redis": {"persistence": {"size": "lots"}}}, ["/redis/persistence/size"]),
+    ({"redis": {"external": {"mode": "replicated"}}}, ["/redis/external/mode"]),
+    ({"redis": {"external": {"url": "sentinel://s1:26379/m"}}}, ["/redis/external/url"]),
     ({"monitoring": {"serviceMonitor": {"enabled": 1}}}, ["/monitoring/serviceMonitor/enabled"]),
     # Rules across values, checked by the templates:
     ({"redis": {"external": {"url": "redis://r:6379/0"}}}, ["need redis.enabled=false"]),
@@ -56,6 +58,26 @@ BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
     (
         {"redis": {"enabled": False, "external": {"url": "redis://r:6379", "existingSecret": "s"}}},
         ["only one of redis.external.url and redis.external.existingSecret"],
+    ),
+    (
+        {"redis": {"external": {"mode": "cluster"}}},
+        ["redis.external.mode=cluster needs redis.enabled=false"],
+    ),
+    (
+        {"redis": {"enabled": False,
+                   "external": {"mode": "sentinel", "url": "redis://r:6379/0"}}},
+        ["redis.external.mode=sentinel takes a URL starting with redis+sentinel:// or "
+         "rediss+sentinel://"],
+    ),
+    (
+        {"redis": {"enabled": False,
+                   "external": {"url": "redis+sentinel://s1:26379/mymaster"}}},
+        ["redis.external.mode=standalone takes a URL starting with redis:// or rediss://"],
+    ),
+    (
+        {"redis": {"enabled": False,
+                   "external": {"mode": "cluster", "url": "rediss+sentinel://s1/m"}}},
+        ["redis.external.mode=cluster takes a URL starting with redis+cluster://"],
     ),
     (
         {
@@ -90,6 +112,19 @@ def test_notes_tell_the_next_three_commands(helm: Helm) -> None:
     assert -1 not in positions and positions == sorted(positions), notes
     assert f"port-forward svc/{NAMESPACE}-redis 6379:6379" in notes
     assert "agentpool-redis" in notes
+
+
+@pytest.mark.parametrize(("mode", "says"), [
+    ("standalone", "Redis: external, one server."),
+    ("sentinel", "follow a failover without a restart"),
+    ("cluster", "Redis: external, Redis Cluster."),
+])
+def test_notes_name_the_external_redis_mode(helm: Helm, mode: str, says: str) -> None:
+    notes = helm.notes({"redis": {"enabled": False,
+                                  "external": {"mode": mode, "existingSecret": "my-redis"}}})
+    assert says in notes, notes
+    if mode == "sentinel":
+        assert "spec.redis.durability: replicated" in notes
 
 
 def test_notes_for_an_external_redis_and_watched_namespaces(helm: Helm) -> None:

@@ -144,6 +144,16 @@ def test_redis_url_as_a_value() -> None:
     }
 
 
+def test_replicated_durability_reaches_the_workers_and_none_adds_nothing() -> None:
+    replicated = AgentPoolSpec.model_validate({
+        "redis": {"url": "redis+sentinel://s1:26379/mymaster", "durability": "replicated"},
+        "worker": {"image": "i", "handler": "m:f"},
+    })
+    assert env_of(render(replicated))["AGENTPOOL_DURABILITY"] == {
+        "name": "AGENTPOOL_DURABILITY", "value": "replicated"}
+    assert "AGENTPOOL_DURABILITY" not in env_of(render())
+
+
 def test_worker_settings_and_downward_api() -> None:
     env = env_of(render(make_spec(concurrency=8, taskTimeoutSeconds=30, maxAttempts=5)))
     values = {name: e.get("value") for name, e in env.items()}

@@ -34,17 +34,46 @@ async def test_claim_and_ack_take_one_round_trip_each(
     assert round_trips.commands == ["EVALSHA"]
 
 
+def counter(token: str) -> int:
+    """The queue's fence counter in a token (after the claim's random prefix)."""
+    return int(token.rpartition("-")[2])
+
+
 async def test_fencing_tokens_increase_with_every_claim(queue: TaskQueue) -> None:
     for i in range(4):
         await queue.submit(i)
     batch = await queue.claim("w:1", 3, 30)
-    tokens = [int(t.token) for t in batch.tasks]
+    tokens = [counter(t.token) for t in batch.tasks]
     assert tokens == sorted(set(tokens))
 
     await queue.requeue_owner("w:1")
     again = await queue.claim("w:2", 4, 30)
     assert len(again.tasks) == 4
-    assert min(int(t.token) for t in again.tasks) > max(tokens)
+    assert min(counter(t.token) for t in again.tasks) > max(tokens)
+
+
+async def test_a_claim_lost_in_a_failover_gets_no_token_of_the_next_claim(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    """A failover can lose a claim the old primary acknowledged: the new primary has the task
+    queued and the fence counter as it was before. The next claim must not hand out the lost
+    claim's token, or the lost claim's holder could complete the task in the new holder's name."""
+    task_id = await queue.submit("job")
+    before = await redis.dump(queue.task_key(task_id))
+    lost = await claim_one(queue, "pod-a:1", lease=30)
+    # The new primary's view: the claim never happened.
+    await redis.restore(queue.task_key(task_id), 0, before, replace=True)
+    await redis.zrem(queue.prefix + "leases", task_id)
+    await redis.srem(queue.prefix + "owner:pod-a:1", task_id)
+    await redis.zadd(queue.prefix + "queued", {task_id: 0})
+    await redis.decr(queue.prefix + "fence")
+    holder = await claim_one(queue, "pod-b:1", lease=30)
+    assert holder.id == task_id and counter(holder.token) == counter(lost.token)
+    assert holder.token != lost.token
+    assert await queue.complete(lost, "from the lost claim") is False
+    assert await queue.complete(holder, "from the holder") is True
+    info = await queue.get(task_id)
+    assert info is not None and info.result == "from the holder"
 
 
 async def test_old_holder_cannot_complete_or_fail_after_reclaim(
@@ -55,7 +84,7 @@ async def test_old_holder_cannot_complete_or_fail_after_reclaim(
     await queue.requeue_owner("pod-a:old")
     holder = await claim_one(queue, "pod-b:new", lease=30)
     assert holder.id == task_id
-    assert int(holder.token) > int(zombie.token)
+    assert counter(holder.token) > counter(zombie.token)
     lease_before = await redis.zscore(queue.prefix + "leases", task_id)
 
     assert await queue.complete(zombie, "zombie result") is False

@@ -61,6 +61,9 @@ def base_env(**values: str) -> dict[str, str]:
     ({"queue": "no spaces"},
      "agentpool-worker: AGENTPOOL_QUEUE must be a queue name of 1-100 letters, digits, "
      "'.', '_' or '-', got 'no spaces'"),
+    ({"durability": "sync"},
+     "agentpool-worker: AGENTPOOL_DURABILITY must be one of none, replicated (completions wait "
+     "for a replica), got 'sync'"),
     ({"handler": "nocolon"},
      "agentpool-worker: AGENTPOOL_HANDLER must be a handler named as package.module:function, "
      "got 'nocolon'"),

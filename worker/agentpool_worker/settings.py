@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentpool import urls
+from agentpool.durability import DEFAULT_REPLICA_TIMEOUT, Durability
 from agentpool.protocol import QUEUE_NAME
 from agentpool.ratelimit import LimitConfig, decode_limits
 from agentpool.urls import URL_PREFIXES
@@ -82,6 +83,9 @@ class WorkerSettings(BaseSettings):
     redis_timeout_seconds: float = Field(
         5, gt=0, le=300, description="a number of seconds above 0 (at most 300)"
     )
+    durability: Durability = Field(
+        Durability.NONE, description="one of none, replicated (completions wait for a replica)"
+    )
     loop_stall_seconds: float = Field(
         10, gt=0, le=3600, description="a number of seconds above 0 (at most 3600)"
     )
@@ -125,7 +129,7 @@ class WorkerSettings(BaseSettings):
             raise ValueError("bad handler name")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "durability", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -139,6 +143,11 @@ class WorkerSettings(BaseSettings):
     def heartbeat_stall_seconds(self) -> float:
         """No heartbeat attempt finished for this long: the heartbeat is stuck (liveness)."""
         return self.lease_seconds + self.redis_timeout_seconds
+
+    @property
+    def replica_timeout_seconds(self) -> float:
+        """How long a replicated completion waits for a replica: within the Redis timeout."""
+        return min(DEFAULT_REPLICA_TIMEOUT, self.redis_timeout_seconds / 2)
 
     @property
     def safe_redis_url(self) -> str:

@@ -41,6 +41,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from agentpool.connection import redis_from_url
+from agentpool.durability import NotReplicated
 from agentpool.errors import LeaseLost, PermanentError
 from agentpool.protocol import (
     ClaimedTask,
@@ -179,6 +180,9 @@ class Worker:
         self._held: dict[str, ClaimedTask] = {}
         self._runs: dict[str, _Run] = {}
         self._reporting: set[str] = set()
+        self._resent: set[str] = set()
+        """Completions sent again because no replica acknowledged them (durability
+        replicated): a refusal of the repeat means the first one counted."""
         self._reports: set[asyncio.Task[None]] = set()
         self._completions: list[tuple[ClaimedTask, Any]] = []
         self._events: list[_Event] = []
@@ -239,7 +243,8 @@ class Worker:
         self.probe_port = probes.port if probes else None
         self._redis = _client(s.redis_url, s.redis_timeout_seconds)
         self._wait_redis = _client(s.redis_url, s.redis_timeout_seconds + s.poll_seconds)
-        self.queue = TaskQueue(self._redis, s.queue)
+        self.queue = TaskQueue(self._redis, s.queue, durability=s.durability,
+                               replica_timeout=s.replica_timeout_seconds)
         if s.limits:
             self._limits = WorkerLimits(self._redis, s.limits, caller=self.worker_id,
                                         queue=s.queue)
@@ -617,8 +622,11 @@ class Worker:
                     del self._completions[:MAX_FLUSH]
                 ids = [task.id for task, _ in batch]
                 self._reporting.update(ids)
+                unreplicated = False
                 try:
                     recorded = await self._rt(self.queue.record(_group(events), batch))
+                except NotReplicated as exc:
+                    recorded, unreplicated = exc.result, True
                 except REDIS_ERRORS as exc:
                     self._completions[:0] = batch
                     self._events[:0] = events
@@ -631,11 +639,20 @@ class Worker:
                 self._redis_ok()
                 if events:
                     await self._events_flushed(events[-1][0])
+                if unreplicated:
+                    # on the primary only: sent again, still held, until a replica has it
+                    self._completions[:0] = batch
+                    self._resent.update(ids)
+                    self._log.warning("completions not yet on a replica; sending them again",
+                                      count=len(batch), timeout=self.queue.replica_timeout)
+                    continue
                 held = self._held
                 for task, _ in batch:
                     if held.get(task.id) is task:
                         del held[task.id]
-                fenced = [i for i, ok in zip(ids, recorded, strict=True) if not ok]
+                fenced = [i for i, ok in zip(ids, recorded, strict=True)
+                          if not ok and i not in self._resent]
+                self._resent.difference_update(ids)
                 if fenced:
                     self._log.warning(
                         "completion refused: the task is no longer held by this worker",

@@ -83,6 +83,17 @@ Included by the operator Deployment, so every render runs it.
 {{- if not (or .Values.redis.enabled $external.url $external.existingSecret) -}}
 {{- fail "redis.enabled=false needs redis.external.url or redis.external.existingSecret" -}}
 {{- end -}}
+{{- $mode := default "standalone" $external.mode -}}
+{{- if and .Values.redis.enabled (ne $mode "standalone") -}}
+{{- fail (printf "redis.external.mode=%s needs redis.enabled=false and an external Redis (the bundled Redis is one server)" $mode) -}}
+{{- end -}}
+{{- $schemes := dict "standalone" (list "redis://" "rediss://") "sentinel" (list "redis+sentinel://" "rediss+sentinel://") "cluster" (list "redis+cluster://" "rediss+cluster://") -}}
+{{- if $external.url -}}
+{{- $wanted := get $schemes $mode -}}
+{{- if not (or (hasPrefix (index $wanted 0) $external.url) (hasPrefix (index $wanted 1) $external.url)) -}}
+{{- fail (printf "redis.external.mode=%s takes a URL starting with %s or %s" $mode (index $wanted 0) (index $wanted 1)) -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.networkPolicy.enabled (not .Values.redis.enabled) -}}
 {{- fail "networkPolicy.enabled protects the bundled Redis: it needs redis.enabled=true" -}}
 {{- end -}}
