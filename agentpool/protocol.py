@@ -34,8 +34,10 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .connection import is_cluster
 
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -453,10 +455,8 @@ class TaskQueue:
         all_args = [self._submit_args(p, priority, 0, None, None) for p in payloads]
         ids: list[str] = []
         for start in range(0, len(all_args), chunk):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for args in all_args[start:start + chunk]:
-                    await self._run("submit", *args, client=pipe)
-                replies = await pipe.execute()
+            replies = await _scripts_in_one_trip(
+                self.redis, [(self, "submit", args) for args in all_args[start:start + chunk]])
             ids.extend(_s(task_id) for _, task_id in replies)
         return ids
 
@@ -474,8 +474,7 @@ class TaskQueue:
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
         """Wait until the task reaches a final state; raises TimeoutError after `timeout`."""
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self.prefix + "done")
+        done = DoneSignal(self.redis, self.prefix + "done")
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -485,13 +484,11 @@ class TaskQueue:
                     if info.done:
                         return info
                     while True:
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=1.0
-                        )
-                        if message is None or _s(message["data"]) == task_id:
+                        finished = await done.next(timeout=1.0)
+                        if finished is None or finished == task_id:
                             break
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await done.aclose()
 
     def events_key(self, task_id: str) -> str:
         return f"{self.prefix}ev:{task_id}"
@@ -570,26 +567,13 @@ class TaskQueue:
                      done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
         """Append events (task id, attempt, [(kind, data JSON)]) and record successes, in that
         order and one round trip. Returns, per success, False when it was fenced off."""
-        names = ("events", "complete")
-        scripts = [self._script(name) for name in names]
-        queued = self.prefix + "queued"
-        for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for task_id, attempt, items in events:
-                    flat = [x for item in items for x in item]
-                    pipe.evalsha(scripts[0].sha, 1, queued, self.prefix, task_id, attempt,
-                                 *flat)
-                for task, result in done:
-                    pipe.evalsha(scripts[1].sha, 1, queued, self.prefix, task.id,
-                                 task.token, _encode_result(result))
-                replies = await pipe.execute(raise_on_error=False)
-            if not any(isinstance(r, NoScriptError) for r in replies):
-                break
-            for script in scripts:  # e.g. Redis restarted
-                await self.redis.script_load(script.script)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        calls: list[tuple[TaskQueue, str, Sequence[Any]]] = [
+            (self, "events", [task_id, attempt, *(x for item in items for x in item)])
+            for task_id, attempt, items in events
+        ]
+        calls += [(self, "complete", [task.id, task.token, _encode_result(result)])
+                  for task, result in done]
+        replies = await _scripts_in_one_trip(self.redis, calls) if calls else []
         return [bool(r) for r in replies[len(events):]]
 
     async def checkpoint(self, task: ClaimedTask, raw_state: str) -> bool:
@@ -723,9 +707,13 @@ class TaskQueue:
     async def next_lease_expiry(self) -> float | None:
         """Seconds until the earliest lease runs out, on Redis's clock (<= 0: it already has);
         None when no task is leased. Read-only: lets a reaper wake when it matters."""
+        key = self.prefix + "leases"
+        # on a cluster, the clock of the node that holds the queue
+        node = {"target_nodes": cast(Any, self.redis).get_node_from_key(key)} if is_cluster(
+            self.redis) else {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(self.prefix + "leases", 0, 0, withscores=True)
-            pipe.time()
+            pipe.zrange(key, 0, 0, withscores=True)
+            pipe.execute_command("TIME", **node)
             earliest, (seconds, micros) = await pipe.execute()
         if not earliest:
             return None
@@ -762,6 +750,51 @@ class TaskQueue:
         return reply is not None
 
 
+class DoneSignal:
+    """The ids of a queue's tasks as they reach a final state, from its ``done`` channel.
+
+    The scripts publish on a shard channel (SPUBLISH, Redis 7+), so on a cluster the
+    subscription is held by the node of the queue's slot and a message crosses no other
+    shard. On a server without sharded pub/sub (Redis 6, whose scripts PUBLISH) `next`
+    returns None after each `timeout` and the caller polls.
+    """
+
+    def __init__(self, redis: aioredis.Redis, channel: str) -> None:
+        self._pubsub: Any = redis.pubsub()
+        self._channel = channel
+        self._cluster = is_cluster(redis)
+        self._state = "new"
+
+    async def next(self, timeout: float) -> str | None:
+        """The next task id published, or None after `timeout` seconds without one."""
+        if self._state == "new":
+            await self._subscribe()
+        if self._state == "polling":
+            await asyncio.sleep(timeout)
+            return None
+        try:
+            if self._cluster:
+                message = await self._pubsub.get_sharded_message(
+                    ignore_subscribe_messages=True, timeout=timeout)
+            else:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=timeout)
+        except ResponseError:
+            self._state = "polling"
+            return None
+        return None if message is None else _s(message["data"])
+
+    async def _subscribe(self) -> None:
+        try:
+            await self._pubsub.ssubscribe(self._channel)
+            self._state = "subscribed"
+        except ResponseError:
+            self._state = "polling"
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()
+
+
 _QUEUE_MARK = re.compile(r"^ap:\{([A-Za-z0-9][A-Za-z0-9._-]{0,99})\}:(?:stats|config|workers)$")
 
 
@@ -771,23 +804,30 @@ async def known_queues(redis: aioredis.Redis, max_keys: int = 20_000) -> tuple[l
     The protocol keeps no registry of queues (a global key would leave the queue's hash slot
     and its ACL key pattern), so this scans the keyspace for each queue's counters, config or
     worker registry, and stops after about `max_keys` keys: meant for a hint after a typo,
-    not for a hot path.
+    not for a hot path. On a cluster each primary is scanned in turn (a queue lives on the
+    primary of its slot), sharing the `max_keys` budget.
     """
     names: set[str] = set()
-    cursor = 0
+    nodes: list[Any] = cast(Any, redis).get_primaries() if is_cluster(redis) else [None]
     seen = 0
-    while True:
-        reply, keys = await redis.scan(cursor, match="ap:{*}:[scw]*", count=1000)
-        cursor = int(reply)
-        for key in keys:
-            match = _QUEUE_MARK.match(_s(key))
-            if match:
-                names.add(match[1])
-        seen += 1000
-        if not cursor:
-            return sorted(names), True
-        if seen >= max_keys:
-            return sorted(names), False
+    for node in nodes:
+        target = {} if node is None else {"target_nodes": node}
+        cursor = 0
+        while True:
+            reply, keys = await redis.scan(cursor, match="ap:{*}:[scw]*", count=1000, **target)
+            if node is not None:  # a cluster answers with the cursor of each node
+                reply = cast(dict[str, int], reply)[node.name]
+            cursor = int(reply)
+            for key in keys:
+                match = _QUEUE_MARK.match(_s(key))
+                if match:
+                    names.add(match[1])
+            seen += 1000
+            if not cursor:
+                break
+            if seen >= max_keys:
+                return sorted(names), False
+    return sorted(names), True
 
 
 def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
@@ -900,16 +940,20 @@ def _requeue_result(reply: Sequence[Any]) -> RequeueResult:
 
 async def _scripts_in_one_trip(redis: aioredis.Redis,
                                calls: Sequence[tuple[TaskQueue, str, Sequence[Any]]]) -> list[Any]:
-    """Run read-only scripts of queues on one Redis in one pipeline (no SCRIPT EXISTS trip:
-    a script Redis does not know yet is loaded and the batch sent again)."""
+    """Run scripts of queues on one Redis in one pipeline (no SCRIPT EXISTS trip: a script
+    Redis does not know yet is loaded and only the calls it refused are sent again). On a
+    cluster the pipeline sends each call to the node of its queue's slot."""
+    replies: list[Any] = [NoScriptError()] * len(calls)
     for _ in range(2):
+        pending = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         async with redis.pipeline(transaction=False) as pipe:
-            for queue, name, args in calls:
-                pipe.evalsha(queue._script(name).sha, 1, queue.prefix + "queued", queue.prefix,
-                             *args)
-            replies = await pipe.execute(raise_on_error=False)
-        missing = {name for (_, name, _), r in zip(calls, replies, strict=True)
-                   if isinstance(r, NoScriptError)}
+            for i in pending:
+                queue, name, args = calls[i]
+                pipe.execute_command("EVALSHA", queue._script(name).sha, 1,
+                                     queue.prefix + "queued", queue.prefix, *args)
+            for i, reply in zip(pending, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        missing = {calls[i][1] for i in pending if isinstance(replies[i], NoScriptError)}
         if not missing:
             break
         for name in missing:
@@ -917,7 +961,7 @@ async def _scripts_in_one_trip(redis: aioredis.Redis,
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
-    return list(replies)
+    return replies
 
 
 async def figures_of(queues: Sequence[TaskQueue]) -> list[QueueFigures]:

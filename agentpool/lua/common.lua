@@ -1,6 +1,10 @@
 -- Shared by every script (prepended at load time).
 -- ARGV[1] is the queue's key prefix "ap:{queue}:"; every key of a queue shares its hash tag,
 -- and KEYS[1] (the queued set) routes the script to that slot on Redis Cluster.
+-- Cluster: every script declares KEYS[1] = P .. 'queued' and touches only keys (and the
+-- 'done' shard channel) built as P .. <suffix>: their hash slot is that of the tag {queue},
+-- the slot of KEYS[1], so a script never leaves the node that runs it. No script reads a key
+-- or channel named in ARGV beyond the prefix, and none touches another queue.
 local P = ARGV[1]
 local K_QUEUED = P .. 'queued'
 local K_DELAYED = P .. 'delayed'
@@ -93,7 +97,12 @@ local function finished(id, tk, state, now)
     redis.call('DEL', checkpoint_key(id))
   end
   redis.call('HINCRBY', K_STATS, state, 1)
-  redis.call('PUBLISH', K_DONE, id)
+  -- sharded pub/sub (Redis 7+): on a cluster the message stays on the queue's shard
+  if redis.REDIS_VERSION_NUM then
+    redis.call('SPUBLISH', K_DONE, id)
+  else
+    redis.call('PUBLISH', K_DONE, id)
+  end
 end
 
 local function cancelled(id, tk, now)

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from agentpool.acl import Role
+from agentpool.connection import redis_from_url
 from agentpool.protocol import FailOutcome, TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer
 
@@ -24,7 +25,7 @@ async def connect_as(acl_url: AclUrl) -> AsyncIterator[Connect]:
     clients: list[aioredis.Redis] = []
 
     async def connect(queue: str, role: Role) -> aioredis.Redis:
-        client = aioredis.Redis.from_url(await acl_url(queue, role))
+        client = redis_from_url(await acl_url(queue, role))
         clients.append(client)
         return client
 
