@@ -42,10 +42,13 @@ class Role(enum.StrEnum):
     PRODUCER = "producer"
 
 
-CONNECTION_COMMANDS = ("ping", "select", "client|setname", "hello")
+CONNECTION_COMMANDS = (
+    "ping", "select", "client|setname", "hello", "cluster|slots", "command",
+)
 """What a client sends on connecting or to check a connection: SELECT for a URL's database
-other than 0, CLIENT SETNAME for a named client, HELLO for RESP3. Key patterns hold in every
-database. (redis-py also tries CLIENT SETINFO, which Redis 7.0 does not know and which a
+other than 0, CLIENT SETNAME for a named client, HELLO for RESP3, CLUSTER SLOTS and COMMAND
+for a cluster client to learn which node holds which slot and where each command's keys are.
+Key patterns hold in every database. (redis-py also tries CLIENT SETINFO, which Redis 7.0 does not know and which a
 refusal does not disturb: it is left out so that the rules load on Redis 6 and 7.0.)"""
 
 SCRIPTING_COMMANDS = ("evalsha", "script|load", "script|exists")
@@ -140,19 +143,19 @@ async def set_user(admin: aioredis.Redis, username: str, rules: Iterable[str]) -
     """Create or replace the user (the rules start with ``reset``)."""
     rules = list(rules)
     try:
-        await admin.execute_command("ACL", "SETUSER", username, *rules, **_every_node(admin))  # type: ignore[no-untyped-call]
+        await admin.execute_command("ACL SETUSER", username, *rules, **_every_node(admin))  # type: ignore[no-untyped-call]
     except ResponseError as error:
         if "unknown command" not in str(error).lower():
             raise
         known = [r for r in rules if r.removeprefix("+") not in SHARDED_PUBSUB_COMMANDS]
         if known == rules:
             raise
-        await admin.execute_command("ACL", "SETUSER", username, *known, **_every_node(admin))  # type: ignore[no-untyped-call]
+        await admin.execute_command("ACL SETUSER", username, *known, **_every_node(admin))  # type: ignore[no-untyped-call]
 
 
 async def delete_user(admin: aioredis.Redis, username: str) -> bool:
     """Remove the user; its open connections are closed by Redis. False when it did not exist."""
-    reply = await admin.execute_command("ACL", "DELUSER", username, **_every_node(admin))  # type: ignore[no-untyped-call]
+    reply = await admin.execute_command("ACL DELUSER", username, **_every_node(admin))  # type: ignore[no-untyped-call]
     if isinstance(reply, dict):  # a cluster answers per node
         return any(bool(r) for r in reply.values())
     return bool(reply)

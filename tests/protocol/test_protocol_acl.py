@@ -19,6 +19,11 @@ AclUrl = Callable[[str, Role], Awaitable[str]]
 Connect = Callable[[str, Role], Awaitable[aioredis.Redis]]
 
 
+ONE_SERVER = pytest.mark.parametrize("redis_mode", ["standalone"])
+"""For what one server's ACL enforces whatever the deployment (commands and keys refused,
+databases, its script cache): a cluster or Sentinel adds nothing to it."""
+
+
 @pytest.fixture
 async def connect_as(acl_url: AclUrl) -> AsyncIterator[Connect]:
     """Connects as a new ACL user confined to (queue, role)."""
@@ -77,6 +82,7 @@ async def test_the_worker_protocol_runs_with_nothing_more_than_its_acl(
     assert [w.worker_id for w in await worker.workers()] == [info.worker_id]
 
 
+@ONE_SERVER
 async def test_a_url_naming_another_database_works(
     acl_url: AclUrl, queue_name: str, redis_server: RedisServer,
 ) -> None:
@@ -95,6 +101,7 @@ async def test_a_url_naming_another_database_works(
         await admin.aclose()
 
 
+@ONE_SERVER
 async def test_a_worker_scripts_still_load_after_the_server_forgets_them(
     connect_as: Connect, queue_name: str, redis: aioredis.Redis,
 ) -> None:
@@ -105,6 +112,7 @@ async def test_a_worker_scripts_still_load_after_the_server_forgets_them(
     assert await worker.complete_many([(t, None) for t in batch.tasks]) == [True, True]
 
 
+@ONE_SERVER
 @pytest.mark.parametrize("command", [
     ("KEYS", "*"), ("SCAN", "0"), ("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"),
     ("ACL", "LIST"), ("ACL", "WHOAMI"), ("SCRIPT", "FLUSH"), ("EVAL", "return 1", "0"),
@@ -122,6 +130,7 @@ async def test_commands_beyond_the_queue_are_refused(
     assert await redis.get("not-agentpool") == b"kept"
 
 
+@ONE_SERVER
 @pytest.mark.parametrize("role", list(Role))
 async def test_another_queues_keys_and_channels_are_refused(
     connect_as: Connect, queue_name: str, role: Role, redis: aioredis.Redis,
@@ -147,6 +156,7 @@ async def test_another_queues_keys_and_channels_are_refused(
     assert (await theirs.figures()).queued == 1
 
 
+@ONE_SERVER
 async def test_a_script_of_its_own_cannot_reach_another_queue(
     connect_as: Connect, queue_name: str, redis: aioredis.Redis,
 ) -> None:
