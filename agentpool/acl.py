@@ -48,8 +48,9 @@ CONNECTION_COMMANDS = (
 """What a client sends on connecting or to check a connection: SELECT for a URL's database
 other than 0, CLIENT SETNAME for a named client, HELLO for RESP3, CLUSTER SLOTS and COMMAND
 for a cluster client to learn which node holds which slot and where each command's keys are.
-Key patterns hold in every database. (redis-py also tries CLIENT SETINFO, which Redis 7.0 does not know and which a
-refusal does not disturb: it is left out so that the rules load on Redis 6 and 7.0.)"""
+Key patterns hold in every database. (redis-py also tries CLIENT SETINFO, which Redis 7.0
+does not know and which a refusal does not disturb: it is left out so that the rules load on
+Redis 6 and 7.0.)"""
 
 SCRIPTING_COMMANDS = ("evalsha", "script|load", "script|exists")
 """How redis-py runs a registered script: EVALSHA, loading it on NOSCRIPT (SCRIPT EXISTS and

@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import redis
 import redis.asyncio as aioredis
+import redis.cluster
+import redis.sentinel
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -230,3 +233,28 @@ def cluster_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
         username=parsed.username, password=parsed.password, **options,
     )
     return client  # type: ignore[return-value]
+
+
+def sync_redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
+    """A blocking client for `url`, for set-up and clean-up outside an event loop."""
+    if is_cluster_url(url):
+        parsed = parse_cluster_url(url)
+        cluster = redis.cluster.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                           for host, port in parsed.nodes],
+            username=parsed.username, password=parsed.password, ssl=parsed.tls, **kwargs)
+        return cluster  # type: ignore[return-value]
+    if is_sentinel_url(url):
+        sentinel_url = parse_sentinel_url(url)
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(sentinel_url.sentinels), sentinel_kwargs={
+            "username": sentinel_url.sentinel_username,
+            "password": sentinel_url.sentinel_password})
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            sentinel_url.service, db=sentinel_url.db, username=sentinel_url.username,
+            password=sentinel_url.password, ssl=sentinel_url.tls, **kwargs)
+        return client
+    try:
+        return redis.Redis.from_url(url, **kwargs)
+    except ValueError:
+        raise RedisURLError(INVALID_URL_MESSAGE) from None

@@ -765,10 +765,18 @@ class DoneSignal:
         self._cluster = is_cluster(redis)
         self._state = "new"
 
+    async def subscribe(self) -> None:
+        """Subscribe now (else the first `next` does): ids published from here on arrive."""
+        if self._state == "new":
+            try:
+                await self._pubsub.ssubscribe(self._channel)
+                self._state = "subscribed"
+            except ResponseError:
+                self._state = "polling"
+
     async def next(self, timeout: float) -> str | None:
         """The next task id published, or None after `timeout` seconds without one."""
-        if self._state == "new":
-            await self._subscribe()
+        await self.subscribe()
         if self._state == "polling":
             await asyncio.sleep(timeout)
             return None
@@ -783,13 +791,6 @@ class DoneSignal:
             self._state = "polling"
             return None
         return None if message is None else _s(message["data"])
-
-    async def _subscribe(self) -> None:
-        try:
-            await self._pubsub.ssubscribe(self._channel)
-            self._state = "subscribed"
-        except ResponseError:
-            self._state = "polling"
 
     async def aclose(self) -> None:
         await self._pubsub.aclose()

@@ -308,7 +308,8 @@ class RedisCluster:
     """A Redis Cluster of `primaries` primaries (no replicas) on free loopback ports.
 
     ``url`` is the ``redis+cluster://`` URL every component connects with; the slots are
-    spread evenly over the primaries by ``redis-cli --cluster create``.
+    spread evenly over the primaries by ``redis-cli --cluster create`` (by hand below three
+    primaries, which it refuses).
     """
 
     primaries: int = 3
@@ -342,20 +343,35 @@ class RedisCluster:
                                 "--cluster-config-file", str(workdir / "nodes.conf"),
                                 "--cluster-node-timeout", "5000"),
                 ).start())
-            args = [cli, "--cluster", "create",
-                    *(f"127.0.0.1:{port}" for port in self.ports),
-                    "--cluster-replicas", "0", "--cluster-yes"]
-            if self.password:
-                args += ["-a", self.password, "--no-auth-warning"]
-            created = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-            if created.returncode != 0:
-                raise RedisServerError(f"redis-cli --cluster create failed: {created.stdout}"
-                                       f"{created.stderr}".strip())
+            if self.primaries >= 3:
+                self._create(cli, timeout)
+            else:  # redis-cli --cluster create wants 3 primaries at least
+                self._assign_slots()
             self.wait_ok(timeout)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _create(self, cli: str, timeout: float) -> None:
+        args = [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas", "0", "--cluster-yes"]
+        if self.password:
+            args += ["-a", self.password, "--no-auth-warning"]
+        created = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        if created.returncode != 0:
+            raise RedisServerError(
+                f"redis-cli --cluster create failed: {created.stdout}{created.stderr}".strip())
+
+    def _assign_slots(self) -> None:
+        """Split the 16384 slots over the primaries by hand and introduce them."""
+        share = -(-16384 // self.primaries)
+        for index, port in enumerate(self.ports):
+            with sentinel_admin(port, self.password) as node:
+                first, last = index * share, min(16383, (index + 1) * share - 1)
+                node.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                if index:
+                    node.execute_command("CLUSTER", "MEET", "127.0.0.1", self.ports[0])
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every node reports ``cluster_state:ok`` and knows every other node."""
