@@ -13,7 +13,8 @@ pipelined round trip, repeat, the loop a worker runs without a handler. Reported
   end;
 - Redis CPU per task: the user + system CPU every redis-server spent during the drain
   (``INFO cpu``, summed over the primaries) over the tasks drained;
-- the busiest shard's share of that CPU, and how many queues each shard holds.
+- client CPU per task: what the drainer processes spent (their own CPU time, start to end);
+- the busiest shard's share of the Redis CPU, and how many queues each shard holds.
 
 Raw figures go to bench/results/cluster.json.
 """
@@ -49,6 +50,7 @@ class Run:
     seconds: float
     tasks_per_second: float
     redis_cpu_us_per_task: float
+    client_cpu_us_per_task: float
     busiest_shard_cpu_share: float
     queues_per_shard: list[int]
 
@@ -82,13 +84,14 @@ async def fill(url: str, names: list[str], tasks: int) -> None:
 
 
 def drain(url: str, name: str, tasks: int, batch: int, go: Event,
-          out: multiprocessing.Queue[tuple[str, int, float]]) -> None:
-    async def run() -> tuple[int, float]:
+          out: multiprocessing.Queue[tuple[str, int, float, float]]) -> None:
+    async def run() -> tuple[int, float, float]:
         redis = redis_from_url(url)
         queue = TaskQueue(redis, name)
         worker = f"bench-{os.getpid()}:{name}"
         await queue.figures()  # connect and learn the slot map before the start
         await asyncio.to_thread(go.wait)
+        cpu = time.process_time()
         done = 0
         while done < tasks:
             claimed = (await queue.claim(worker, batch, 60)).tasks
@@ -97,11 +100,12 @@ def drain(url: str, name: str, tasks: int, batch: int, go: Event,
             await queue.complete_many([(task, None) for task in claimed])
             done += len(claimed)
         end = time.monotonic()
+        cpu = time.process_time() - cpu
         await redis.aclose()
-        return done, end
+        return done, end, cpu
 
-    done, end = asyncio.run(run())
-    out.put((name, done, end))
+    done, end, cpu = asyncio.run(run())
+    out.put((name, done, end, cpu))
 
 
 def redis_cpu(ports: list[int]) -> list[float]:
@@ -119,7 +123,7 @@ def one_run(shards: int, queues: int, tasks: int, batch: int) -> Run:
         asyncio.run(fill(cluster.url, names, tasks))
         context = multiprocessing.get_context("fork")
         go = context.Event()
-        out: multiprocessing.Queue[tuple[str, int, float]] = context.Queue()
+        out: multiprocessing.Queue[tuple[str, int, float, float]] = context.Queue()
         drainers = [context.Process(target=drain, args=(cluster.url, name, tasks, batch, go, out))
                     for name in names]
         for process in drainers:
@@ -137,10 +141,11 @@ def one_run(shards: int, queues: int, tasks: int, batch: int) -> Run:
             left = sum(int(check.zcard(key_prefix(name) + "queued")) for name in names)
         finally:
             check.close()
-    drained = sum(done for _, done, _ in results)
+    drained = sum(done for _, done, _, _ in results)
     if left or drained != queues * tasks:
         raise SystemExit(f"drained {drained} of {queues * tasks} tasks, {left} left queued")
-    seconds = max(end for _, _, end in results) - start
+    seconds = max(end for _, _, end, _ in results) - start
+    client_cpu = sum(cpu for _, _, _, cpu in results)
     spent = [after - before for before, after in zip(cpu_before, cpu_after, strict=True)]
     per_shard = [0] * shards
     for name in names:
@@ -149,6 +154,7 @@ def one_run(shards: int, queues: int, tasks: int, batch: int) -> Run:
         shards=shards, queues=queues, tasks=drained, seconds=round(seconds, 2),
         tasks_per_second=round(drained / seconds),
         redis_cpu_us_per_task=round(sum(spent) / drained * 1e6, 1),
+        client_cpu_us_per_task=round(client_cpu / drained * 1e6, 1),
         busiest_shard_cpu_share=round(max(spent) / sum(spent), 2),
         queues_per_shard=per_shard,
     )
@@ -164,14 +170,16 @@ def main() -> None:
     runs = [one_run(int(s), args.queues, args.tasks, args.batch)
             for s in args.shards.split(",")]
     print(f"{'shards':>6} {'queues':>6} {'tasks':>7} {'seconds':>8} {'tasks/s':>8} "
-          f"{'Redis CPU/task':>15} {'busiest shard':>14}  queues per shard")
+          f"{'Redis CPU/task':>15} {'client CPU/task':>16} {'busiest shard':>14}  "
+          "queues per shard")
     for r in runs:
         print(f"{r.shards:>6} {r.queues:>6} {r.tasks:>7} {r.seconds:>8} {r.tasks_per_second:>8} "
-              f"{r.redis_cpu_us_per_task:>12} µs {r.busiest_shard_cpu_share:>13.0%}  "
-              f"{r.queues_per_shard}")
+              f"{r.redis_cpu_us_per_task:>12} µs {r.client_cpu_us_per_task:>13} µs "
+              f"{r.busiest_shard_cpu_share:>13.0%}  {r.queues_per_shard}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cluster.json").write_text(json.dumps(
-        {"cpus": os.cpu_count(), "runs": [asdict(r) for r in runs]}, indent=2) + "\n")
+        {"cpus": os.cpu_count(), "load_average": os.getloadavg(),
+         "runs": [asdict(r) for r in runs]}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
