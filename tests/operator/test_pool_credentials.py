@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from agentpool.connection import redis_from_url
