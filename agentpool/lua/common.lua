@@ -2,9 +2,9 @@
 -- ARGV[1] is the queue's key prefix "ap:{queue}:"; every key of a queue shares its hash tag,
 -- and KEYS[1] (the queued set) routes the script to that slot on Redis Cluster.
 -- Cluster: every script declares KEYS[1] = P .. 'queued' and touches only keys (and the
--- 'done' shard channel) built as P .. <suffix>: their hash slot is that of the tag {queue},
--- the slot of KEYS[1], so a script never leaves the node that runs it. No script reads a key
--- or channel named in ARGV beyond the prefix, and none touches another queue.
+-- 'done' shard channel) built as P .. <suffix>, task and worker ids included. Queue names hold
+-- no braces, so the first {...} of each such name is {queue}: its slot is that of KEYS[1],
+-- and a script never touches another queue or leaves the node that runs it.
 local P = ARGV[1]
 local K_QUEUED = P .. 'queued'
 local K_DELAYED = P .. 'delayed'
