@@ -25,9 +25,13 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
+from .connection import is_cluster
 from .protocol import QUEUE_NAME, ProtocolError, key_prefix
 from .ratelimit import NAME as LIMIT_NAME
 from .ratelimit import key_prefix as limit_prefix
@@ -40,11 +44,15 @@ class Role(enum.StrEnum):
     PRODUCER = "producer"
 
 
-CONNECTION_COMMANDS = ("ping", "select", "client|setname", "hello")
+CONNECTION_COMMANDS = (
+    "ping", "select", "client|setname", "hello", "cluster|slots", "command",
+)
 """What a client sends on connecting or to check a connection: SELECT for a URL's database
-other than 0, CLIENT SETNAME for a named client, HELLO for RESP3. Key patterns hold in every
-database. (redis-py also tries CLIENT SETINFO, which Redis 7.0 does not know and which a
-refusal does not disturb: it is left out so that the rules load on Redis 6 and 7.0.)"""
+other than 0, CLIENT SETNAME for a named client, HELLO for RESP3, CLUSTER SLOTS and COMMAND
+for a cluster client to learn which node holds which slot and where each command's keys are.
+Key patterns hold in every database. (redis-py also tries CLIENT SETINFO, which Redis 7.0
+does not know and which a refusal does not disturb: it is left out so that the rules load on
+Redis 6 and 7.0.)"""
 
 SCRIPTING_COMMANDS = ("evalsha", "script|load", "script|exists")
 """How redis-py runs a registered script: EVALSHA, loading it on NOSCRIPT (SCRIPT EXISTS and
@@ -56,9 +64,10 @@ SCRIPT_COMMANDS = (
     "zadd", "zrem", "zscore", "zpopmin", "zcard", "zcount", "zrange", "zrangebyscore",
     "zrevrange", "zrevrangebyscore", "zremrangebyscore",
     "sadd", "srem", "smembers", "scard",
-    "llen", "rpush", "del", "publish", "xadd",
+    "llen", "rpush", "del", "publish", "spublish", "xadd",
 )
-"""Every command the protocol's Lua scripts (agentpool/lua/*.lua) call."""
+"""Every command the protocol's Lua scripts (agentpool/lua/*.lua) call (PUBLISH on Redis 6,
+SPUBLISH on 7 and later)."""
 
 WORKER_DIRECT_COMMANDS = (
     "hset", "hget", "hmget", "hgetall", "smembers", "scard", "zrange", "zrevrange", "blpop",
@@ -71,8 +80,8 @@ PRODUCER_COMMANDS = (
     "time", "exists", "get", "set", "incr", "expire", "persist",
     "hget", "hmget", "hgetall", "hset", "hincrby",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
-    "scard", "llen", "rpush", "publish", "xadd", "xread", "xrange",
-    "subscribe", "unsubscribe", "wait",
+    "scard", "llen", "rpush", "publish", "spublish", "xadd", "xread", "xrange",
+    "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "wait",
 )
 """What submit, get, wait, cancel, following a task's events and the figures call, in scripts
 and outside them."""
@@ -138,11 +147,32 @@ def acl_username(namespace: str, pool: str, role: Role) -> str:
     return f"{ACL_USER_PREFIX}:{namespace}:{pool}:{role.value}"
 
 
+SHARDED_PUBSUB_COMMANDS = frozenset({"spublish", "ssubscribe", "sunsubscribe"})
+"""Redis 7's sharded pub/sub, which Redis 6 does not know (its scripts PUBLISH instead)."""
+
+
+def _every_node(admin: aioredis.Redis) -> dict[str, Any]:
+    """ACL users are per node: on a cluster, every primary and replica gets the same."""
+    return {"target_nodes": RedisCluster.ALL_NODES} if is_cluster(admin) else {}
+
+
 async def set_user(admin: aioredis.Redis, username: str, rules: Iterable[str]) -> None:
     """Create or replace the user (the rules start with ``reset``)."""
-    await admin.execute_command("ACL", "SETUSER", username, *rules)  # type: ignore[no-untyped-call]
+    rules = list(rules)
+    try:
+        await admin.execute_command("ACL SETUSER", username, *rules, **_every_node(admin))  # type: ignore[no-untyped-call]
+    except ResponseError as error:
+        if "unknown command" not in str(error).lower():
+            raise
+        known = [r for r in rules if r.removeprefix("+") not in SHARDED_PUBSUB_COMMANDS]
+        if known == rules:
+            raise
+        await admin.execute_command("ACL SETUSER", username, *known, **_every_node(admin))  # type: ignore[no-untyped-call]
 
 
 async def delete_user(admin: aioredis.Redis, username: str) -> bool:
     """Remove the user; its open connections are closed by Redis. False when it did not exist."""
-    return bool(await admin.execute_command("ACL", "DELUSER", username))  # type: ignore[no-untyped-call]
+    reply = await admin.execute_command("ACL DELUSER", username, **_every_node(admin))  # type: ignore[no-untyped-call]
+    if isinstance(reply, dict):  # a cluster answers per node
+        return any(bool(r) for r in reply.values())
+    return bool(reply)

@@ -1,6 +1,6 @@
 """Redis from a URL, the same way for the client, the CLI, the worker and the operator.
 
-Two kinds of URL:
+Three kinds of URL:
 
 - ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://`` (TLS): one server, as
   redis-py reads them.
@@ -13,6 +13,11 @@ Two kinds of URL:
   seconds), and writes sent to it there are lost. The user and password are those of the data
   nodes; sentinels that need a password of their own take ``?sentinel_password=...`` (and
   ``sentinel_username``).
+- ``redis+cluster://[[user]:password@]host1[:6379],host2[:6379][/]`` and ``rediss+cluster://``
+  (TLS): a Redis Cluster. The nodes named are where the client starts: it reads the slot map
+  from the first that answers and routes every command, script and pipeline to the node of
+  its key's slot (all of a queue's keys share one slot, see `agentpool.protocol`). A cluster
+  has no database other than 0.
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import redis
 import redis.asyncio as aioredis
+import redis.cluster
+import redis.sentinel
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,6 +42,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
 PRIMARY_CHECK_SECONDS = 1.0
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+DEFAULT_CLUSTER_PORT = 6379
 INVALID_URL_MESSAGE = (
     "invalid Redis URL (a password with '/', '#', '?' or '@' must be percent-encoded)"
 )
@@ -56,8 +67,57 @@ class SentinelURL:
     tls: bool = False
 
 
+@dataclass(frozen=True)
+class ClusterURL:
+    """The parts of a ``redis+cluster://`` URL."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
 def is_sentinel_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def is_cluster(redis: Any) -> bool:
+    """Whether a client from `redis_from_url` talks to a Redis Cluster."""
+    return isinstance(redis, RedisCluster)
+
+
+def _userinfo(netloc: str) -> tuple[str | None, str | None, str]:
+    """(username, password, hosts) of a URL's network location."""
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        return None, None, netloc
+    user, colon, secret = userinfo.partition(":")
+    return unquote(user) or None, unquote(secret) if colon else None, hosts
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+        raise RedisURLError("a cluster URL starts with redis+cluster:// or rediss+cluster://")
+    try:
+        parts = urlsplit(f"cluster://{rest}")
+    except ValueError:
+        raise RedisURLError(INVALID_URL_MESSAGE) from None
+    username, password, hosts = _userinfo(parts.netloc)
+    nodes = tuple(
+        _host_port(item, DEFAULT_CLUSTER_PORT, "each cluster node is host or host:port")
+        for item in hosts.split(",") if item
+    )
+    if not nodes:
+        raise RedisURLError("a cluster URL names at least one node host:port")
+    if parts.path.strip("/") not in ("", "0"):
+        raise RedisURLError("a Redis Cluster has only database 0: end the URL in / or /0")
+    return ClusterURL(nodes=nodes, username=username, password=password,
+                      tls=scheme.lower() == "rediss+cluster")
 
 
 def parse_sentinel_url(url: str) -> SentinelURL:
@@ -98,15 +158,16 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
-def _host_port(item: str) -> tuple[str, int]:
+def _host_port(item: str, default_port: int = DEFAULT_SENTINEL_PORT,
+               message: str = "each sentinel is host or host:port") -> tuple[str, int]:
     if item.startswith("["):
         host, _, port = item[1:].partition("]")
         port = port.removeprefix(":")
     else:
         host, _, port = item.partition(":")
-    port = port or str(DEFAULT_SENTINEL_PORT)
+    port = port or str(default_port)
     if not host or not port.isdigit():
-        raise RedisURLError("each sentinel is host or host:port")
+        raise RedisURLError(message)
     return host, int(port)
 
 
@@ -170,8 +231,10 @@ def redis_from_url(
     """A client for `url`; `kwargs` are redis-py connection options (timeouts, retry, name).
 
     With `max_connections`, callers beyond it wait up to `pool_timeout` for a connection
-    instead of opening another.
+    instead of opening another (on a cluster: see `cluster_from_url`).
     """
+    if is_cluster_url(url):
+        return cluster_from_url(url, **kwargs)
     if not is_sentinel_url(url):
         try:
             if max_connections is None:
@@ -211,3 +274,46 @@ def redis_from_url(
         parsed.service, connection_pool_class=pool_class, **node_kwargs
     )
     return client
+
+
+def cluster_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
+    """A Redis Cluster client, typed as a `Redis`: it offers the same commands, scripts and
+    pipelines (a pipeline sends each slot's commands to that slot's node).
+
+    Connections are not capped per node: redis-py's cluster client fails a call beyond its
+    cap instead of waiting for a connection, which would turn a busy moment into errors.
+    """
+    parsed = parse_cluster_url(url)
+    options = dict(kwargs)
+    if parsed.tls:
+        options["ssl"] = True
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
+        username=parsed.username, password=parsed.password, **options,
+    )
+    return client  # type: ignore[return-value]
+
+
+def sync_redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
+    """A blocking client for `url`, for set-up and clean-up outside an event loop."""
+    if is_cluster_url(url):
+        parsed = parse_cluster_url(url)
+        cluster = redis.cluster.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                           for host, port in parsed.nodes],
+            username=parsed.username, password=parsed.password, ssl=parsed.tls, **kwargs)
+        return cluster  # type: ignore[return-value]
+    if is_sentinel_url(url):
+        sentinel_url = parse_sentinel_url(url)
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(sentinel_url.sentinels), sentinel_kwargs={
+            "username": sentinel_url.sentinel_username,
+            "password": sentinel_url.sentinel_password})
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            sentinel_url.service, db=sentinel_url.db, username=sentinel_url.username,
+            password=sentinel_url.password, ssl=sentinel_url.tls, **kwargs)
+        return client
+    try:
+        return redis.Redis.from_url(url, **kwargs)
+    except ValueError:
+        raise RedisURLError(INVALID_URL_MESSAGE) from None

@@ -34,9 +34,10 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agentpool.connection import is_cluster
 from agentpool.durability import (
     DEFAULT_REPLICA_TIMEOUT,
     Durability,
@@ -467,10 +468,8 @@ class TaskQueue:
         if self.durability is Durability.NONE:
             _, task_id = await self._run("submit", *args)
             return _s(task_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._run("submit", *args, client=pipe)
-            self._queue_wait(pipe)
-            (_, task_id), _, acked = await pipe.execute()
+        (_, task_id), _, acked = await _scripts_in_one_trip(
+            self.redis, [(self, "submit", args)], then=self._wait_commands())
         self._check_replicated("submit", acked, _s(task_id))
         return _s(task_id)
 
@@ -481,12 +480,9 @@ class TaskQueue:
         ids: list[str] = []
         replicated = True
         for start in range(0, len(all_args), chunk):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for args in all_args[start:start + chunk]:
-                    await self._run("submit", *args, client=pipe)
-                if self.durability is Durability.REPLICATED:
-                    self._queue_wait(pipe)
-                replies = await pipe.execute()
+            replies = await _scripts_in_one_trip(
+                self.redis, [(self, "submit", args) for args in all_args[start:start + chunk]],
+                then=self._wait_commands())
             if self.durability is Durability.REPLICATED:
                 *replies, _, acked = replies
                 replicated = replicated and int(acked) >= 1
@@ -494,12 +490,14 @@ class TaskQueue:
         self._check_replicated("submit", int(replicated), ids)
         return ids
 
-    def _queue_wait(self, pipe: Any) -> None:
-        """A write of its own, then WAIT: the connection's last write is then this one, so
-        the WAIT also covers any earlier write of the same server that a call repeated with
-        no write of its own (a duplicate submit, a completion already recorded)."""
-        pipe.execute_command("INCR", self.prefix + "durable")
-        pipe.execute_command(*wait_command(self.replica_timeout))
+    def _wait_commands(self) -> tuple[tuple[Any, ...], ...]:
+        """With replicated durability, what follows the writes in their pipeline: a write of
+        its own, then WAIT. The connection's last write is then this one, so the WAIT also
+        covers any earlier write of the same server that a call repeated with no write of its
+        own (a duplicate submit, a completion already recorded)."""
+        if self.durability is not Durability.REPLICATED:
+            return ()
+        return (("INCR", self.prefix + "durable"), wait_command(self.replica_timeout))
 
     def _check_replicated(self, what: str, acked: Any, result: Any) -> None:
         if int(acked) < 1:
@@ -522,8 +520,7 @@ class TaskQueue:
 
         Once waiting, a lost connection (a Redis failover) is retried for up to
         WAIT_RECONNECT_SECONDS in a row; an unreachable Redis at the start raises at once."""
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self.prefix + "done")
+        done = DoneSignal(self.redis, self.prefix + "done")
         failing_since: float | None = None
         try:
             async with asyncio.timeout(timeout):
@@ -535,10 +532,8 @@ class TaskQueue:
                         if info.done:
                             return info
                         while True:
-                            message = await pubsub.get_message(
-                                ignore_subscribe_messages=True, timeout=1.0
-                            )
-                            if message is None or _s(message["data"]) == task_id:
+                            finished = await done.next(timeout=1.0)
+                            if finished is None or finished == task_id:
                                 break
                         failing_since = None
                     except (RedisConnectionError, RedisTimeoutError, OSError):
@@ -548,7 +543,7 @@ class TaskQueue:
                             raise
                         await asyncio.sleep(0.2)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await done.aclose()
 
     def events_key(self, task_id: str) -> str:
         return f"{self.prefix}ev:{task_id}"
@@ -630,29 +625,16 @@ class TaskQueue:
         order and one round trip. Returns, per success, False when it was fenced off (with
         replicated durability, successes wait for a replica: NotReplicated carries that list
         when none acknowledged in time)."""
-        names = ("events", "complete")
-        wait = self.durability is Durability.REPLICATED and bool(done)
-        scripts = [self._script(name) for name in names]
-        queued = self.prefix + "queued"
-        for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for task_id, attempt, items in events:
-                    flat = [x for item in items for x in item]
-                    pipe.evalsha(scripts[0].sha, 1, queued, self.prefix, task_id, attempt,
-                                 *flat)
-                for task, result in done:
-                    pipe.evalsha(scripts[1].sha, 1, queued, self.prefix, task.id,
-                                 task.token, _encode_result(result))
-                if wait:
-                    self._queue_wait(pipe)
-                replies = await pipe.execute(raise_on_error=False)
-            if not any(isinstance(r, NoScriptError) for r in replies):
-                break
-            for script in scripts:  # e.g. Redis restarted
-                await self.redis.script_load(script.script)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        calls: list[tuple[TaskQueue, str, Sequence[Any]]] = [
+            (self, "events", [task_id, attempt, *(x for item in items for x in item)])
+            for task_id, attempt, items in events
+        ]
+        calls += [(self, "complete", [task.id, task.token, _encode_result(result)])
+                  for task, result in done]
+        if not calls:
+            return []
+        wait = self._wait_commands() if done else ()
+        replies = await _scripts_in_one_trip(self.redis, calls, then=wait)
         if wait:
             *replies, _, acked = replies
             recorded = [bool(r) for r in replies[len(events):]]
@@ -792,9 +774,13 @@ class TaskQueue:
     async def next_lease_expiry(self) -> float | None:
         """Seconds until the earliest lease runs out, on Redis's clock (<= 0: it already has);
         None when no task is leased. Read-only: lets a reaper wake when it matters."""
+        key = self.prefix + "leases"
+        # on a cluster, the clock of the node that holds the queue
+        node = {"target_nodes": cast(Any, self.redis).get_node_from_key(key)} if is_cluster(
+            self.redis) else {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(self.prefix + "leases", 0, 0, withscores=True)
-            pipe.time()
+            pipe.zrange(key, 0, 0, withscores=True)
+            pipe.execute_command("TIME", **node)
             earliest, (seconds, micros) = await pipe.execute()
         if not earliest:
             return None
@@ -831,6 +817,52 @@ class TaskQueue:
         return reply is not None
 
 
+class DoneSignal:
+    """The ids of a queue's tasks as they reach a final state, from its ``done`` channel.
+
+    The scripts publish on a shard channel (SPUBLISH, Redis 7+), so on a cluster the
+    subscription is held by the node of the queue's slot and a message crosses no other
+    shard. On a server without sharded pub/sub (Redis 6, whose scripts PUBLISH) `next`
+    returns None after each `timeout` and the caller polls.
+    """
+
+    def __init__(self, redis: aioredis.Redis, channel: str) -> None:
+        self._pubsub: Any = redis.pubsub()
+        self._channel = channel
+        self._cluster = is_cluster(redis)
+        self._state = "new"
+
+    async def subscribe(self) -> None:
+        """Subscribe now (else the first `next` does): ids published from here on arrive."""
+        if self._state == "new":
+            try:
+                await self._pubsub.ssubscribe(self._channel)
+                self._state = "subscribed"
+            except ResponseError:
+                self._state = "polling"
+
+    async def next(self, timeout: float) -> str | None:
+        """The next task id published, or None after `timeout` seconds without one."""
+        await self.subscribe()
+        if self._state == "polling":
+            await asyncio.sleep(timeout)
+            return None
+        try:
+            if self._cluster:
+                message = await self._pubsub.get_sharded_message(
+                    ignore_subscribe_messages=True, timeout=timeout)
+            else:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=timeout)
+        except ResponseError:
+            self._state = "polling"
+            return None
+        return None if message is None else _s(message["data"])
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()
+
+
 _QUEUE_MARK = re.compile(r"^ap:\{([A-Za-z0-9][A-Za-z0-9._-]{0,99})\}:(?:stats|config|workers)$")
 
 
@@ -840,23 +872,30 @@ async def known_queues(redis: aioredis.Redis, max_keys: int = 20_000) -> tuple[l
     The protocol keeps no registry of queues (a global key would leave the queue's hash slot
     and its ACL key pattern), so this scans the keyspace for each queue's counters, config or
     worker registry, and stops after about `max_keys` keys: meant for a hint after a typo,
-    not for a hot path.
+    not for a hot path. On a cluster each primary is scanned in turn (a queue lives on the
+    primary of its slot), sharing the `max_keys` budget.
     """
     names: set[str] = set()
-    cursor = 0
+    nodes: list[Any] = cast(Any, redis).get_primaries() if is_cluster(redis) else [None]
     seen = 0
-    while True:
-        reply, keys = await redis.scan(cursor, match="ap:{*}:[scw]*", count=1000)
-        cursor = int(reply)
-        for key in keys:
-            match = _QUEUE_MARK.match(_s(key))
-            if match:
-                names.add(match[1])
-        seen += 1000
-        if not cursor:
-            return sorted(names), True
-        if seen >= max_keys:
-            return sorted(names), False
+    for node in nodes:
+        target = {} if node is None else {"target_nodes": node}
+        cursor = 0
+        while True:
+            reply, keys = await redis.scan(cursor, match="ap:{*}:[scw]*", count=1000, **target)
+            if node is not None:  # a cluster answers with the cursor of each node
+                reply = cast(dict[str, int], reply)[node.name]
+            cursor = int(reply)
+            for key in keys:
+                match = _QUEUE_MARK.match(_s(key))
+                if match:
+                    names.add(match[1])
+            seen += 1000
+            if not cursor:
+                break
+            if seen >= max_keys:
+                return sorted(names), False
+    return sorted(names), True
 
 
 def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
@@ -973,25 +1012,37 @@ def _requeue_result(reply: Sequence[Any]) -> RequeueResult:
 
 
 async def _scripts_in_one_trip(redis: aioredis.Redis,
-                               calls: Sequence[tuple[TaskQueue, str, Sequence[Any]]]) -> list[Any]:
-    """Run read-only scripts of queues on one Redis in one pipeline (no SCRIPT EXISTS trip:
-    a script Redis does not know yet is loaded and the batch sent again)."""
+                               calls: Sequence[tuple[TaskQueue, str, Sequence[Any]]], *,
+                               then: Sequence[Sequence[Any]] = ()) -> list[Any]:
+    """Run scripts of queues on one Redis in one pipeline (no SCRIPT EXISTS trip: a script
+    Redis does not know yet is loaded and only the calls it refused are sent again). On a
+    cluster the pipeline sends each call to the node of its queue's slot. The commands of
+    `then` follow the calls in every pipeline sent; their replies (of the last one) follow
+    the calls' replies."""
+    replies: list[Any] = [NoScriptError()] * len(calls)
+    after: list[Any] = []
     for _ in range(2):
+        pending = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         async with redis.pipeline(transaction=False) as pipe:
-            for queue, name, args in calls:
-                pipe.evalsha(queue._script(name).sha, 1, queue.prefix + "queued", queue.prefix,
-                             *args)
-            replies = await pipe.execute(raise_on_error=False)
-        missing = {name for (_, name, _), r in zip(calls, replies, strict=True)
-                   if isinstance(r, NoScriptError)}
+            for i in pending:
+                queue, name, args = calls[i]
+                pipe.execute_command("EVALSHA", queue._script(name).sha, 1,
+                                     queue.prefix + "queued", queue.prefix, *args)
+            for command in then:
+                pipe.execute_command(*command)
+            sent = await pipe.execute(raise_on_error=False)
+        after = sent[len(pending):]
+        for i, reply in zip(pending, sent[:len(pending)], strict=True):
+            replies[i] = reply
+        missing = {calls[i][1] for i in pending if isinstance(replies[i], NoScriptError)}
         if not missing:
             break
         for name in missing:
             await redis.script_load(_lua(name))
-    for reply in replies:
+    for reply in (*replies, *after):
         if isinstance(reply, Exception):
             raise reply
-    return list(replies)
+    return [*replies, *after]
 
 
 async def figures_of(queues: Sequence[TaskQueue]) -> list[QueueFigures]:

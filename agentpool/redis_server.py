@@ -293,3 +293,126 @@ class SentinelGroup:
 def sentinel_admin(port: int, password: str | None = None) -> redis.Redis:
     """A plain client of one loopback server or sentinel, for set-up and checks."""
     return redis.Redis(port=port, password=password, socket_timeout=2, decode_responses=True)
+
+
+CLUSTER_BUS_OFFSET = 10000
+"""A cluster node also listens on its port + 10000 (the cluster bus)."""
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port is a valid port, and free too."""
+    while True:
+        port = free_port()
+        if port + CLUSTER_BUS_OFFSET > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+            except OSError:
+                continue
+        return port
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of `primaries` primaries (no replicas) on free loopback ports.
+
+    ``url`` is the ``redis+cluster://`` URL every component connects with; the slots are
+    spread evenly over the primaries by ``redis-cli --cluster create`` (by hand below three
+    primaries, which it refuses).
+    """
+
+    primaries: int = 3
+    password: str | None = None
+    servers: list[RedisServer] = field(default_factory=list, init=False)
+    _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        hosts = ",".join(f"127.0.0.1:{server.port}" for server in self.servers)
+        return f"redis+cluster://{auth}{hosts}/"
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+    def start(self, timeout: float = 30.0) -> RedisCluster:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RedisServerError("redis-cli not found on PATH (Debian package redis-tools)")
+        self._dir = tempfile.TemporaryDirectory(prefix="agentpool-cluster-")
+        root = Path(self._dir.name)
+        try:
+            for index in range(self.primaries):
+                workdir = root / f"node-{index}"
+                workdir.mkdir()
+                self.servers.append(RedisServer(
+                    port=_cluster_port(), password=self.password, workdir=workdir,
+                    extra_args=("--cluster-enabled", "yes",
+                                "--cluster-config-file", str(workdir / "nodes.conf"),
+                                "--cluster-node-timeout", "5000"),
+                ).start())
+            if self.primaries >= 3:
+                self._create(cli, timeout)
+            else:  # redis-cli --cluster create wants 3 primaries at least
+                self._assign_slots()
+            self.wait_ok(timeout)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _create(self, cli: str, timeout: float) -> None:
+        args = [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas", "0", "--cluster-yes"]
+        if self.password:
+            args += ["-a", self.password, "--no-auth-warning"]
+        created = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        if created.returncode != 0:
+            raise RedisServerError(
+                f"redis-cli --cluster create failed: {created.stdout}{created.stderr}".strip())
+
+    def _assign_slots(self) -> None:
+        """Split the 16384 slots over the primaries by hand and introduce them."""
+        share = -(-16384 // self.primaries)
+        for index, port in enumerate(self.ports):
+            with sentinel_admin(port, self.password) as node:
+                first, last = index * share, min(16383, (index + 1) * share - 1)
+                node.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                if index:
+                    node.execute_command("CLUSTER", "MEET", "127.0.0.1", self.ports[0])
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node reports ``cluster_state:ok`` and knows every other node."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self._node_ok(port) for port in self.ports):
+                return
+            time.sleep(0.05)
+        raise RedisServerError("the cluster did not reach cluster_state:ok")
+
+    def _node_ok(self, port: int) -> bool:
+        try:
+            with sentinel_admin(port, self.password) as node:
+                info = node.execute_command("CLUSTER", "INFO")
+        except redis.RedisError:
+            return False
+        text = info if isinstance(info, str) else info.decode()
+        fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+        return (fields.get("cluster_state") == "ok"
+                and fields.get("cluster_known_nodes") == str(self.primaries))
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-URL_PREFIXES = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://")
-"""What a Redis URL of the product starts with: one server, or a Sentinel-managed primary
-(see `agentpool.connection`)."""
+URL_PREFIXES = (
+    "redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://",
+    "redis+cluster://", "rediss+cluster://",
+)
+"""What a Redis URL of the product starts with: one server, a Sentinel-managed primary or a
+Redis Cluster (see `agentpool.connection`)."""
 URL_PREFIXES_TEXT = ", ".join(URL_PREFIXES[:-1]) + " or " + URL_PREFIXES[-1]
 
 MASK = "***"
@@ -24,7 +27,7 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         host = parts.hostname
-        # A Sentinel URL names several host:port pairs, which no single port parses from.
+        # Sentinel and cluster URLs name several host:port pairs, which no port parses from.
         port = None if "," in parts.netloc else parts.port
     except ValueError:
         return MASK

@@ -13,10 +13,12 @@ for_tests=1
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "setup: installing redis-server"
+# redis-cli (Debian package redis-tools) joins the tests' Redis Cluster nodes.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "setup: installing redis-server and redis-tools"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools \
+        >/dev/null
     # The tests and the demo start their own redis-server; the packaged service is not needed.
     as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi

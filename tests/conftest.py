@@ -10,7 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
-from agentpool.redis_server import RedisServer
+from agentpool.connection import redis_from_url
+from agentpool.redis_server import RedisCluster, RedisServer, SentinelGroup
 from agentpool.urls import with_credentials
 
 E2E_DIR = Path(__file__).resolve().parents[1] / "e2e"
@@ -26,14 +27,40 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-primary Redis Cluster on loopback ports, started on first use."""
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelGroup]:
+    """A primary, a replica and three sentinels, started on first use (never failed over:
+    tests that fail over start their own)."""
+    with SentinelGroup() as group:
+        yield group
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
+def redis_mode() -> str:
+    """How `redis_url` (and `redis`) reach Redis: "standalone", "sentinel" or "cluster".
+    Standalone here; tests/protocol, whose tests must hold on every deployment, overrides it
+    with all three."""
+    return "standalone"
+
+
+@pytest.fixture
+def redis_url(redis_mode: str, request: pytest.FixtureRequest) -> str:
+    server = {"standalone": "redis_server", "sentinel": "redis_sentinel",
+              "cluster": "redis_cluster"}[redis_mode]
+    url: str = request.getfixturevalue(server).url
+    return url
 
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_from_url(redis_url)
     yield client
     await client.aclose()
 
@@ -57,9 +84,9 @@ AclUrl = Callable[[str, Role], Awaitable[str]]
 
 
 @pytest.fixture
-async def acl_url(redis: aioredis.Redis, redis_server: RedisServer) -> AsyncIterator[AclUrl]:
-    """Creates a Redis ACL user confined to (queue, role) on the session's redis-server and
-    returns its URL; the users are deleted after the test."""
+async def acl_url(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[AclUrl]:
+    """Creates a Redis ACL user confined to (queue, role) on the test's Redis and returns its
+    URL; the users are deleted after the test."""
     users: list[str] = []
 
     async def create(queue: str, role: Role) -> str:
@@ -67,7 +94,7 @@ async def acl_url(redis: aioredis.Redis, redis_server: RedisServer) -> AsyncIter
         password = secrets.token_urlsafe(24)
         await set_user(redis, username, acl_rules(queue, role, [password_hash(password)]))
         users.append(username)
-        return with_credentials(redis_server.url, username, password)
+        return with_credentials(redis_url, username, password)
 
     yield create
     for username in users:

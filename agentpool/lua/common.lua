@@ -1,6 +1,10 @@
 -- Shared by every script (prepended at load time).
 -- ARGV[1] is the queue's key prefix "ap:{queue}:"; every key of a queue shares its hash tag,
 -- and KEYS[1] (the queued set) routes the script to that slot on Redis Cluster.
+-- Cluster: every script declares KEYS[1] = P .. 'queued' and touches only keys (and the
+-- 'done' shard channel) built as P .. <suffix>, task and worker ids included. Queue names hold
+-- no braces, so the first {...} of each such name is {queue}: its slot is that of KEYS[1],
+-- and a script never touches another queue or leaves the node that runs it.
 local P = ARGV[1]
 local K_QUEUED = P .. 'queued'
 local K_DELAYED = P .. 'delayed'
@@ -93,7 +97,12 @@ local function finished(id, tk, state, now)
     redis.call('EXPIRE', checkpoint_key(id), result_ttl())
   end
   redis.call('HINCRBY', K_STATS, state, 1)
-  redis.call('PUBLISH', K_DONE, id)
+  -- sharded pub/sub (Redis 7+): on a cluster the message stays on the queue's shard
+  if redis.REDIS_VERSION_NUM then
+    redis.call('SPUBLISH', K_DONE, id)
+  else
+    redis.call('PUBLISH', K_DONE, id)
+  end
 end
 
 local function cancelled(id, tk, now)

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from agentpool.connection import (
     INVALID_URL_MESSAGE,
     RedisURLError,
+    is_cluster_url,
     is_sentinel_url,
     redis_from_url,
 )
@@ -172,7 +173,7 @@ class RedisClients:
 
 def _connect(url: str, address_map: Mapping[str, str]) -> aioredis.Redis:
     try:
-        if not is_sentinel_url(url):
+        if not (is_sentinel_url(url) or is_cluster_url(url)):
             url = rewrite_address(url, address_map)
         return redis_from_url(
             url,

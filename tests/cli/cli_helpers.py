@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
-import redis.asyncio as aioredis
 
 from agentpool.cli.main import main
+from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue
 
 T = TypeVar("T")
@@ -66,7 +66,7 @@ def with_queue(redis_url: str, queue: str, fn: Callable[[TaskQueue], Awaitable[T
     """Run `fn(queue)` on a fresh connection, from synchronous test code."""
 
     async def go() -> T:
-        client = aioredis.Redis.from_url(redis_url)
+        client = redis_from_url(redis_url)
         try:
             return await fn(TaskQueue(client, queue))
         finally:
@@ -93,7 +93,7 @@ def background_worker(redis_url: str, queue: str, *, fail_payloads: tuple[Any, .
     stop = threading.Event()
 
     async def work() -> None:
-        client = aioredis.Redis.from_url(redis_url)
+        client = redis_from_url(redis_url)
         q = TaskQueue(client, queue)
         try:
             await asyncio.sleep(start_after)

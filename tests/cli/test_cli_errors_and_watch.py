@@ -196,7 +196,7 @@ def test_ctrl_c_while_waiting_exits_130_quietly(cli: Cli) -> None:
     done_channel = key_prefix(cli.queue) + "done"
 
     async def subscribers(q: TaskQueue) -> int:
-        [(_, count)] = await q.redis.pubsub_numsub(done_channel)
+        [(_, count)] = await q.redis.pubsub_shardnumsub(done_channel)
         return int(count)
 
     wait_until(lambda: with_queue(cli.redis_url, cli.queue, subscribers) == 1, within=20)

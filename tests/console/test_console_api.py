@@ -1,4 +1,5 @@
-"""The console's data and write actions over HTTP, on a real redis-server."""
+"""The console's data and write actions over HTTP, on a real redis-server (and some on a Redis
+Cluster)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from console_helpers import TOKEN
@@ -38,6 +40,10 @@ async def get_json(api: Client, path: str, status: int = 200) -> Any:
     return await response.json()
 
 
+ALSO_ON_A_CLUSTER = pytest.mark.parametrize("redis_mode", ["standalone", "cluster"])
+"""The console's reads (figures of many queues in one pipeline, pages, dead letters) on one
+server and on a 3-shard Redis Cluster."""
+
 async def dead_task(queue: TaskQueue, error: str = "boom") -> str:
     task_id = await queue.submit({"n": 1}, max_attempts=1)
     [claimed] = (await queue.claim("pod-x:i1", 1, 30)).tasks
@@ -45,6 +51,7 @@ async def dead_task(queue: TaskQueue, error: str = "boom") -> str:
     return task_id
 
 
+@ALSO_ON_A_CLUSTER
 async def test_fleet_lists_the_queue_with_its_figures(api: Client, redis: aioredis.Redis,
                                                       queue_name: str) -> None:
     queue = TaskQueue(redis, queue_name)
@@ -66,6 +73,7 @@ async def test_fleet_lists_the_queue_with_its_figures(api: Client, redis: aiored
         "-", queue_name, 1, "NoWorkers")
 
 
+@ALSO_ON_A_CLUSTER
 async def test_pool_page_has_figures_workers_and_history(api: Client, redis: aioredis.Redis,
                                                          queue_name: str) -> None:
     queue = TaskQueue(redis, queue_name)
@@ -95,6 +103,7 @@ async def test_unknown_pool_and_task_are_404(api: Client, queue_name: str) -> No
     assert doc["error"].startswith("no task nope")
 
 
+@ALSO_ON_A_CLUSTER
 async def test_tasks_are_paged_in_claim_order(api: Client, redis: aioredis.Redis,
                                               queue_name: str) -> None:
     queue = TaskQueue(redis, queue_name)
@@ -120,6 +129,7 @@ async def test_task_detail_and_search_by_id_and_idempotency_key(
     assert (await get_json(api, f"/api/queues/{queue_name}/find?q=other"))["id"] is None
 
 
+@ALSO_ON_A_CLUSTER
 async def test_dead_letters_requeue_with_the_token_only(api: Client, redis: aioredis.Redis,
                                                         queue_name: str) -> None:
     queue = TaskQueue(redis, queue_name)

@@ -60,6 +60,8 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
     minimal_spec(redis={"url": "rediss://redis.example:6380"}),
     minimal_spec(redis={"url": "redis+sentinel://s1:26379,s2:26379/agentpool/0"}),
     minimal_spec(redis={"url": "rediss+sentinel://s1/agentpool"}),
+    minimal_spec(redis={"url": "redis+cluster://n1:6379,n2:6379,n3:6379/"}),
+    minimal_spec(redis={"url": "rediss+cluster://n1"}),
     minimal_spec(worker=worker(handler="agentpool_worker.builtin:simulated_agent")),
     minimal_spec(worker=worker(handler="handlers:run")),
     minimal_spec(scaling={"minReplicas": 0, "maxReplicas": 1}),

@@ -178,6 +178,8 @@ SPEC_CHANGES = st.fixed_dictionaries(
                 {"url": "rediss://r:6380"},
                 {"url": "redis+sentinel://s1,s2:26380/svc/0"},
                 {"url": "sentinel://s1/svc"},
+                {"url": "redis+cluster://n1,n2:7001/"},
+                {"url": "cluster://n1"},
                 {"url": "http://r"},
                 {"url": f"redis://:{SECRET}@r:6379"},
                 {"url": f"redis://r/0?password={SECRET}"},

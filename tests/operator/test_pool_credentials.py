@@ -16,8 +16,10 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
+from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer, free_port
 from agentpool.urls import with_credentials
@@ -99,6 +101,30 @@ async def test_a_pool_gets_its_own_redis_user_and_the_workers_only_its_secret(
     assert password not in published, "the password is in the pool's status or its events"
     assert "CredentialsCreated" in caplog.text
     assert password not in caplog.text
+
+
+@pytest.mark.parametrize("redis_mode", ["cluster"])
+async def test_on_a_redis_cluster_the_pools_user_is_on_every_node(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str, worker_client: list[aioredis.Redis],
+) -> None:
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url, queue="jobs"))
+    user = f"agentpool:{NAMESPACE}:{pool_name}:worker"
+    await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-worker"))
+    url = worker_url(cluster, pool_name)
+    assert url.startswith(f"redis+cluster://agentpool%3A{NAMESPACE}%3A{pool_name}%3Aworker:")
+    on_nodes = await redis.execute_command(  # type: ignore[no-untyped-call]
+        "ACL GETUSER", user, target_nodes=RedisCluster.ALL_NODES)
+    assert len(on_nodes) == 3 and all(on_nodes.values()), on_nodes
+
+    client = redis_from_url(url)
+    worker_client.append(client)
+    jobs = TaskQueue(client, "jobs")
+    await TaskQueue(redis, "jobs").submit({"n": 1})
+    batch = await jobs.claim(WorkerInfo("pod", "i", 1).worker_id, 1, 30)
+    assert len(batch.tasks) == 1 and await jobs.complete(batch.tasks[0], "done")
+    with pytest.raises(NoPermissionError):
+        await TaskQueue(client, "other-jobs").figures()
 
 
 async def test_a_forgotten_user_is_applied_again_with_the_same_password(

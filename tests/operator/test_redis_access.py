@@ -52,7 +52,7 @@ async def test_url_from_secret() -> None:
     ({"default/agentpool-redis": {"data": {"url": encoded("http://:pw@r")}}},
      "SecretInvalid",
      "Secret default/agentpool-redis key 'url' does not hold a redis://, rediss://, "
-     "redis+sentinel:// or rediss+sentinel:// URL"),
+     "redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster:// URL"),
     ({"default/agentpool-redis": {"data": {"url": "not base64!"}}},
      "SecretInvalid", "Secret default/agentpool-redis key 'url' is not valid base64 text"),
 ])

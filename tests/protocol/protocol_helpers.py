@@ -7,9 +7,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import pytest
 import redis.asyncio as aioredis
 
+from agentpool.connection import is_cluster, is_cluster_url, redis_from_url
 from agentpool.protocol import ClaimedTask, FailOutcome, TaskQueue
+
+ONE_SERVER = pytest.mark.parametrize("redis_mode", ["standalone"])
+"""For what one server shows whatever the deployment (the commands and keys its ACL refuses,
+databases, its script cache, its keyspace through KEYS): a cluster or Sentinel adds nothing."""
 
 
 class RoundTrips:
@@ -86,3 +92,21 @@ async def fail_until_dead(queue: TaskQueue, worker: str, task_id: str) -> None:
         if await queue.fail(task, f"error {task.attempts}", delay=0) == FailOutcome.DEAD:
             return
     raise AssertionError("task never reached the dead-letter queue")
+
+
+async def shard_subscribers(redis: aioredis.Redis, channel: str) -> int:
+    """Subscribers of a shard channel, asked of the node that holds its slot."""
+    target: dict[str, Any] = {}
+    if is_cluster(redis):
+        target["target_nodes"] = cast(Any, redis).get_node_from_key(channel)
+    reply = await redis.pubsub_shardnumsub(channel, **target)
+    return int(reply[0][1])
+
+
+def database_of_its_own(redis_url: str, db: int) -> aioredis.Redis:
+    """A client of database `db` of the test's Redis, for a test that flushes what it reads.
+    A cluster has only database 0: the client is the cluster's (the session's other tests
+    keep nothing there that a later test reads)."""
+    if is_cluster_url(redis_url):
+        return redis_from_url(redis_url)
+    return redis_from_url(redis_url.rsplit("/", 1)[0] + f"/{db}")

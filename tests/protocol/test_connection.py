@@ -1,13 +1,18 @@
-"""Redis URLs: the Sentinel form's parts, its errors, and that no message quotes a password."""
+"""Redis URLs: the Sentinel and cluster forms' parts, their errors, and that no message quotes
+a password."""
 
 from __future__ import annotations
 
 import pytest
 
 from agentpool.connection import (
+    ClusterURL,
     RedisURLError,
     SentinelURL,
+    is_cluster,
+    is_cluster_url,
     is_sentinel_url,
+    parse_cluster_url,
     parse_sentinel_url,
     redis_from_url,
 )
@@ -75,3 +80,46 @@ def test_a_standalone_url_is_not_sentinel() -> None:
 )
 def test_sentinel_urls_are_shown_with_hosts_and_without_secrets(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis+cluster://n1:7000,n2,[::1]:7002/",
+         ClusterURL(nodes=(("n1", 7000), ("n2", 6379), ("::1", 7002)))),
+        ("rediss+cluster://agent:s%40cret@n1:7000/0",
+         ClusterURL(nodes=(("n1", 7000),), username="agent", password="s@cret", tls=True)),
+        ("redis+cluster://:pw@n1", ClusterURL(nodes=(("n1", 6379),), password="pw")),
+    ],
+)
+def test_cluster_urls_parse_into_their_parts(url: str, expected: ClusterURL) -> None:
+    assert is_cluster_url(url) and not is_sentinel_url(url)
+    assert parse_cluster_url(url) == expected
+
+
+def test_a_cluster_url_gives_a_cluster_client_without_connecting() -> None:
+    client = redis_from_url("redis+cluster://:pw@127.0.0.1:1,127.0.0.1:2/")
+    assert is_cluster(client)
+    assert not is_cluster(redis_from_url("redis://127.0.0.1:1/0"))
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+cluster://:hunter2@/", "at least one node"),
+        ("redis+cluster://:hunter2@n1/3", "only database 0"),
+        ("redis+cluster://:hunter2@n1:port", "host:port"),
+    ],
+)
+def test_a_bad_cluster_url_is_refused_without_quoting_its_password(
+    url: str, problem: str
+) -> None:
+    with pytest.raises(RedisURLError) as caught:
+        redis_from_url(url)
+    assert problem in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_cluster_urls_are_shown_with_hosts_and_without_secrets() -> None:
+    assert (redact_url("rediss+cluster://u:pw@n1:7000,n2:7001/")
+            == "rediss+cluster://u:***@n1:7000,n2:7001/")

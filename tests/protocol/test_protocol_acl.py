@@ -8,14 +8,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
+from protocol_helpers import ONE_SERVER
 from redis.exceptions import NoPermissionError, ResponseError
 
 from agentpool.acl import Role
+from agentpool.connection import redis_from_url
 from agentpool.protocol import FailOutcome, TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer
 
 AclUrl = Callable[[str, Role], Awaitable[str]]
 Connect = Callable[[str, Role], Awaitable[aioredis.Redis]]
+
+
 
 
 @pytest.fixture
@@ -24,7 +28,7 @@ async def connect_as(acl_url: AclUrl) -> AsyncIterator[Connect]:
     clients: list[aioredis.Redis] = []
 
     async def connect(queue: str, role: Role) -> aioredis.Redis:
-        client = aioredis.Redis.from_url(await acl_url(queue, role))
+        client = redis_from_url(await acl_url(queue, role))
         clients.append(client)
         return client
 
@@ -76,6 +80,7 @@ async def test_the_worker_protocol_runs_with_nothing_more_than_its_acl(
     assert [w.worker_id for w in await worker.workers()] == [info.worker_id]
 
 
+@ONE_SERVER
 async def test_a_url_naming_another_database_works(
     acl_url: AclUrl, queue_name: str, redis_server: RedisServer,
 ) -> None:
@@ -94,6 +99,7 @@ async def test_a_url_naming_another_database_works(
         await admin.aclose()
 
 
+@ONE_SERVER
 async def test_a_worker_scripts_still_load_after_the_server_forgets_them(
     connect_as: Connect, queue_name: str, redis: aioredis.Redis,
 ) -> None:
@@ -104,6 +110,7 @@ async def test_a_worker_scripts_still_load_after_the_server_forgets_them(
     assert await worker.complete_many([(t, None) for t in batch.tasks]) == [True, True]
 
 
+@ONE_SERVER
 @pytest.mark.parametrize("command", [
     ("KEYS", "*"), ("SCAN", "0"), ("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"),
     ("ACL", "LIST"), ("ACL", "WHOAMI"), ("SCRIPT", "FLUSH"), ("EVAL", "return 1", "0"),
@@ -121,6 +128,7 @@ async def test_commands_beyond_the_queue_are_refused(
     assert await redis.get("not-agentpool") == b"kept"
 
 
+@ONE_SERVER
 @pytest.mark.parametrize("role", list(Role))
 async def test_another_queues_keys_and_channels_are_refused(
     connect_as: Connect, queue_name: str, role: Role, redis: aioredis.Redis,
@@ -146,6 +154,7 @@ async def test_another_queues_keys_and_channels_are_refused(
     assert (await theirs.figures()).queued == 1
 
 
+@ONE_SERVER
 async def test_a_script_of_its_own_cannot_reach_another_queue(
     connect_as: Connect, queue_name: str, redis: aioredis.Redis,
 ) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import redis.asyncio as aioredis
 from protocol_helpers import RoundTrips, claim_one, queued_ids
 
+from agentpool.connection import redis_from_url
 from agentpool.protocol import ClaimedTask, FailOutcome, TaskQueue, WorkerInfo
 
 
@@ -112,7 +113,7 @@ async def test_many_concurrent_claimers_get_every_task_exactly_once(
     redis_url: str, queue_name: str, queue: TaskQueue
 ) -> None:
     submitted = set(await queue.submit_many(range(300)))
-    clients = [aioredis.Redis.from_url(redis_url) for _ in range(20)]
+    clients = [redis_from_url(redis_url) for _ in range(20)]
     try:
         async def claimer(n: int, client: aioredis.Redis) -> list[ClaimedTask]:
             mine = TaskQueue(client, queue_name)

@@ -60,13 +60,14 @@ async def test_events_and_the_completion_go_in_one_round_trip(
     tasks = (await queue.claim("pod-a:i1", 3, 30)).tasks
     await queue.record([], [])  # load the scripts
     pipelines: list[int] = []
-    real_execute = Pipeline.execute
+    pipeline_class = type(queue.redis.pipeline(transaction=False))  # a cluster's has its own
+    real_execute = pipeline_class.execute
 
     async def counted(self: Pipeline, raise_on_error: bool = True) -> list[object]:
-        pipelines.append(len(self.command_stack))
+        pipelines.append(len(self))
         return await real_execute(self, raise_on_error)
 
-    monkeypatch.setattr(Pipeline, "execute", counted)
+    monkeypatch.setattr(pipeline_class, "execute", counted)
     round_trips.reset()
     recorded = await queue.record(
         [(t.id, 1, [("token", '"x"')] * 5) for t in tasks], [(t, None) for t in tasks])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
-from protocol_helpers import RoundTrips, claim_one, eventually, scan_keys
+from protocol_helpers import RoundTrips, claim_one, database_of_its_own, eventually, scan_keys
 
 from agentpool.protocol import TaskQueue, WorkerInfo, known_queues
 
@@ -73,7 +73,7 @@ async def test_every_key_of_a_queue_shares_one_hash_tag_and_slot(
     redis_url: str, queue_name: str
 ) -> None:
     """A whole lifecycle on a database of its own; afterwards every key is in one slot."""
-    client = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/9")
+    client = database_of_its_own(redis_url, 9)
     try:
         await client.flushdb()
         queue = TaskQueue(client, queue_name)
@@ -133,14 +133,17 @@ async def test_a_queue_is_used_once_submitted_to_or_served(
 async def test_known_queues_lists_used_queues_and_says_when_it_stopped_early(
     redis_url: str, queue_name: str
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/8")
+    client = database_of_its_own(redis_url, 8)
     try:
         await client.flushdb()
         assert await known_queues(client) == ([], True)
         await TaskQueue(client, "jobs").submit("x")
         await TaskQueue(client, "demo").heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
         await TaskQueue(client, "old.q").configure(max_attempts=2)
-        await client.mset({f"other:{i}": 1 for i in range(5000)})
+        async with client.pipeline(transaction=False) as pipe:  # keys of many slots
+            for i in range(5000):
+                pipe.set(f"other:{i}", 1)
+            await pipe.execute()
         assert await known_queues(client) == (["demo", "jobs", "old.q"], True)
         names, complete = await known_queues(client, max_keys=1000)
         assert not complete

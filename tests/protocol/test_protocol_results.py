@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
-from protocol_helpers import claim_one, eventually
+from protocol_helpers import claim_one, eventually, shard_subscribers
 
 from agentpool.protocol import TaskNotFound, TaskQueue
 
@@ -50,8 +50,7 @@ async def test_wait_returns_when_another_coroutine_completes_the_task(
     waiter = asyncio.create_task(queue.wait(task_id, timeout=5))
 
     async def subscribed() -> bool:
-        [(_, n)] = await redis.pubsub_numsub(queue.prefix + "done")
-        return int(n) == 1
+        return await shard_subscribers(redis, queue.prefix + "done") == 1
 
     await eventually(subscribed)
     assert not waiter.done()
@@ -69,8 +68,7 @@ async def test_wait_is_woken_by_the_completion_not_by_polling(
     waiter = asyncio.create_task(queue.wait(task_id, timeout=0.8))
 
     async def subscribed() -> bool:
-        [(_, n)] = await redis.pubsub_numsub(queue.prefix + "done")
-        return int(n) == 1
+        return await shard_subscribers(redis, queue.prefix + "done") == 1
 
     await eventually(subscribed)
     await asyncio.sleep(0.05)

@@ -92,7 +92,7 @@ async def test_agentpool_wait_follows_a_failover(group: SentinelGroup, kill: boo
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             async def subscribed() -> bool:
-                numsub = await client.redis.pubsub_numsub(queue.prefix + "done")
+                numsub = await client.redis.pubsub_shardnumsub(queue.prefix + "done")
                 return bool(numsub and numsub[0][1] >= 1)
 
             await eventually(subscribed, within=20, what="agentpool wait subscribed")

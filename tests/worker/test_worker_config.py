@@ -101,7 +101,8 @@ def test_missing_redis_url_is_named(
     assert code == 2
     assert stderr.splitlines() == [
         "agentpool-worker: AGENTPOOL_REDIS_URL is required "
-        "(a redis://, rediss://, redis+sentinel://, rediss+sentinel:// or unix:// URL)"
+        "(a redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster://, "
+        "rediss+cluster:// or unix:// URL)"
     ]
 
 

@@ -22,13 +22,20 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
-import redis.asyncio as aioredis
 
 from agentpool.cli.demo.console import DemoConsole, start_console
 from agentpool.cli.demo.fleet import WorkerFleet, WorkerProcess, worker_command
 from agentpool.cli.demo.summary import Summary, TaskRecord, summarize
 from agentpool.cli.demo.view import Reporter, RunningRow, Snapshot, WorkerRow
-from agentpool.protocol import QueueFigures, TaskInfo, TaskQueue, WorkerState, key_prefix
+from agentpool.connection import redis_from_url, sync_redis_from_url
+from agentpool.protocol import (
+    DoneSignal,
+    QueueFigures,
+    TaskInfo,
+    TaskQueue,
+    WorkerState,
+    key_prefix,
+)
 from agentpool.redis_server import RedisServer
 
 HANDLER = "agentpool_worker.builtin:simulated_agent"
@@ -232,7 +239,7 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> DemoOutcome:
 
 def delete_queue_keys(url: str, queue: str) -> None:
     """Remove the demo queue's keys from a Redis the demo did not start itself."""
-    client = redis.Redis.from_url(url)
+    client = sync_redis_from_url(url)
     try:
         keys = list(client.scan_iter(match=key_prefix(queue) + "*", count=500))
         for start in range(0, len(keys), 500):
@@ -264,7 +271,7 @@ class DemoRun:
 
     async def main(self, url: str) -> Summary:
         self.interrupts.attach()
-        client = aioredis.Redis.from_url(url)
+        client = redis_from_url(url)
         try:
             self.interrupts.check()
             return await self.run(TaskQueue(client, self.config.queue))
@@ -472,17 +479,16 @@ class FinishCounter:
         self.threshold = threshold
         self.reached = asyncio.Event()
         self.count = 0
-        self._pubsub = queue.redis.pubsub()
+        self._done = DoneSignal(queue.redis, queue.prefix + "done")
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._pubsub.subscribe(self.queue.prefix + "done")
+        await self._done.subscribe()
         self._task = asyncio.create_task(self._listen())
 
     async def _listen(self) -> None:
         while self.count < self.threshold:
-            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None and message["type"] == "message":
+            if await self._done.next(timeout=1.0) is not None:
                 self.count += 1
         self.reached.set()
 
@@ -491,7 +497,7 @@ class FinishCounter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._done.aclose()
 
 
 async def read_records(queue: TaskQueue, ids: Sequence[str], batch: int = 500) -> list[TaskRecord]:
