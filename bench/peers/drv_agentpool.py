@@ -2,7 +2,8 @@
 
 The worker runs one handler for all its tasks, so the orchestrator names the handler per
 workload: ``agentpool_worker.builtin:noop`` for the drain, ``bench.peers.drv_agentpool:stamp``
-for latency and ``bench.peers.drv_agentpool:long_task`` for recovery.
+for latency, ``bench.peers.drv_agentpool:long_task`` for recovery and
+``bench.peers.drv_agentpool:work`` for the end-to-end runs.
 
 Profiles:
 - ``throughput``: concurrency 100 (one claim fetches up to 100 tasks), everything else default.
@@ -22,6 +23,17 @@ import redis.asyncio as aioredis
 from agentpool.protocol import TaskQueue
 from bench.peers import common
 
+_recorder: aioredis.Redis | None = None
+
+
+async def work(payload: Any) -> None:
+    """One Redis write of the task's own, on a client of the handler's (as a real task's)."""
+    global _recorder
+    if _recorder is None:
+        _recorder = aioredis.Redis.from_url(common.env_url())
+    if await _recorder.incr(common.WORK_KEY) == common.total():
+        await _recorder.rpush(common.END_KEY, time.time())
+
 
 async def stamp(payload: Any) -> None:
     common.record_latency(float(payload["sent"]))
@@ -38,6 +50,15 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
     n = int(options.get("n", 0))
     try:
         start = time.perf_counter()
+        if command in ("e2e", "fill_work"):
+            first, cpu = time.time(), time.process_time()
+            if options.get("mode") == "batch":
+                await queue.submit_many([None] * n, chunk=common.BATCH_CHUNK)
+            else:
+                for _ in range(n):
+                    await queue.submit(None)
+            return {"n": n, "seconds": time.perf_counter() - start, "first": first,
+                    "cpu": time.process_time() - cpu}
         if command == "enqueue" and options.get("mode") != "batch":
             for _ in range(n):
                 await queue.submit(None)
