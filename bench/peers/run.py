@@ -106,7 +106,7 @@ SYSTEM_INFO = {
 def pythonpath(system: str) -> str:
     if system == BEFORE and _before_root is not None:
         return f"{_before_root}:{_before_root / 'worker'}"
-    return str(ROOT)
+    return f"{ROOT}:{ROOT / 'worker'}"
 
 
 @dataclass
