@@ -54,7 +54,7 @@ SCRIPT_COMMANDS = (
     "zadd", "zrem", "zscore", "zpopmin", "zcard", "zcount", "zrange", "zrangebyscore",
     "zrevrangebyscore",
     "sadd", "srem", "smembers", "scard",
-    "llen", "rpush", "del", "publish",
+    "llen", "rpush", "del", "publish", "xadd",
 )
 """Every command the protocol's Lua scripts (agentpool/lua/*.lua) call."""
 
@@ -67,14 +67,18 @@ PRODUCER_COMMANDS = (
     "time", "exists", "get", "set", "incr", "expire", "persist",
     "hget", "hmget", "hgetall", "hset", "hincrby",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
-    "scard", "llen", "rpush", "publish",
+    "scard", "llen", "rpush", "publish", "xadd", "xread", "xrange",
     "subscribe", "unsubscribe",
 )
-"""What submit, get, wait, cancel and the figures call, in scripts and outside them."""
+"""What submit, get, wait, cancel, following a task's events and the figures call, in scripts
+and outside them."""
 
-PRODUCER_WRITABLE_KEYS = ("t:*", "queued", "delayed", "dead", "stats", "wake", "seq", "idem:*")
-"""The keys a submit or a cancel writes; every other key of the queue is read-only to a
-producer (leases, owner sets, the worker registry, the fence counter, config, drain)."""
+PRODUCER_WRITABLE_KEYS = ("t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake",
+                          "seq", "idem:*")
+"""The keys a submit or a cancel writes (a cancel closes the task's event stream and sets the
+result TTL on the checkpoint of a task that was waiting for its next attempt); every other key
+of the queue is read-only to a producer (leases, owner sets, the worker registry, the fence
+counter, config, drain)."""
 
 
 def _commands(role: Role) -> tuple[str, ...]:

@@ -90,7 +90,7 @@ local function finished(id, tk, state, now)
   else
     redis.call('EXPIRE', tk, result_ttl())
     if has_events then redis.call('EXPIRE', ek, result_ttl()) end
-    redis.call('DEL', checkpoint_key(id))
+    redis.call('EXPIRE', checkpoint_key(id), result_ttl())
   end
   redis.call('HINCRBY', K_STATS, state, 1)
   redis.call('PUBLISH', K_DONE, id)

@@ -71,7 +71,8 @@ def test_a_producer_reads_its_queue_and_writes_only_what_submit_and_cancel_write
     keys = [r for r in rules if "~" in r]
     assert keys[0] == "%R~ap:{qa}:*"
     writable = {k.removeprefix("~ap:{qa}:") for k in keys[1:]}
-    assert {"t:*", "queued", "delayed", "dead", "stats", "wake", "seq", "idem:*"} == writable
+    assert {"t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake", "seq",
+            "idem:*"} == writable
 
 
 def test_passwords_are_given_as_hashes_and_several_may_be_valid_at_once() -> None:

@@ -25,8 +25,11 @@ async def test_only_the_holder_saves_and_the_next_attempt_receives_it(
 
     assert await queue.checkpoint(second, encode_checkpoint({"step": 5}))
     assert await queue.complete(second, "ok")
-    assert not await redis.exists(queue.prefix + f"cp:{task_id}")
     assert not await queue.checkpoint(second, encode_checkpoint({"step": 6}))
+    # kept for the result TTL, like the task and its events, then gone with them
+    assert await queue.checkpoint_state(task_id) == {"step": 5}
+    ttl = await redis.ttl(queue.prefix + f"cp:{task_id}")
+    assert 0 < ttl == await redis.ttl(queue.task_key(task_id))
 
 
 async def test_a_dead_task_keeps_its_checkpoint_until_purged(
