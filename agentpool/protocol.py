@@ -40,6 +40,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 DEFAULT_IDEMPOTENCY_TTL = 86_400
+LISTEN_SECONDS = 30
+"""How long one `TaskQueue.listen_for_finishes` keeps finishes published on ``done``."""
+COMPLETE_CHUNK = 500
+"""Completions per script call of a group commit."""
 WORKER_LIVENESS_WINDOW = 30.0
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -476,9 +480,13 @@ class TaskQueue:
         """Wait until the task reaches a final state; raises TimeoutError after `timeout`."""
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(self.prefix + "done")
+        listened = -LISTEN_SECONDS
         try:
             async with asyncio.timeout(timeout):
                 while True:
+                    if time.monotonic() - listened > LISTEN_SECONDS / 3:
+                        listened = time.monotonic()
+                        await self.listen_for_finishes()
                     info = await self.get(task_id)
                     if info is None:
                         raise TaskNotFound(f"no task {task_id} in queue {self.name}")
@@ -492,6 +500,15 @@ class TaskQueue:
                             break
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def listen_for_finishes(self) -> None:
+        """Ask the scripts to publish finishes on the ``done`` channel for a while.
+
+        Finishes are published only while someone listens: call this after subscribing, before
+        reading what the finishes would change, and again at least every
+        ``LISTEN_SECONDS / 2`` while listening.
+        """
+        await self.redis.set(self.prefix + "listening", 1, ex=LISTEN_SECONDS)
 
     def events_key(self, task_id: str) -> str:
         return f"{self.prefix}ev:{task_id}"
@@ -560,7 +577,8 @@ class TaskQueue:
 
     async def complete(self, task: ClaimedTask, result: Any = None) -> bool:
         """Record success; False when this holder was fenced off (the task moved on)."""
-        return bool(await self._run("complete", task.id, task.token, _encode_result(result)))
+        reply = await self._run("complete", task.id, task.token, _encode_result(result))
+        return bool(reply[0])
 
     async def complete_many(self, done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
         """Record several successes in one round trip (a worker's completions batch up)."""
@@ -573,15 +591,17 @@ class TaskQueue:
         names = ("events", "complete")
         scripts = [self._script(name) for name in names]
         queued = self.prefix + "queued"
+        chunks = [done[i:i + COMPLETE_CHUNK] for i in range(0, len(done), COMPLETE_CHUNK)]
         for _ in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for task_id, attempt, items in events:
                     flat = [x for item in items for x in item]
                     pipe.evalsha(scripts[0].sha, 1, queued, self.prefix, task_id, attempt,
                                  *flat)
-                for task, result in done:
-                    pipe.evalsha(scripts[1].sha, 1, queued, self.prefix, task.id,
-                                 task.token, _encode_result(result))
+                for chunk in chunks:
+                    flat = [x for task, result in chunk
+                            for x in (task.id, task.token, _encode_result(result))]
+                    pipe.evalsha(scripts[1].sha, 1, queued, self.prefix, *flat)
                 replies = await pipe.execute(raise_on_error=False)
             if not any(isinstance(r, NoScriptError) for r in replies):
                 break
@@ -590,7 +610,7 @@ class TaskQueue:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return [bool(r) for r in replies[len(events):]]
+        return [bool(r) for reply in replies[len(events):] for r in reply]
 
     async def checkpoint(self, task: ClaimedTask, raw_state: str) -> bool:
         """Save a run's checkpoint (JSON from :func:`encode_checkpoint`); False when this

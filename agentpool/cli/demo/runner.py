@@ -28,7 +28,14 @@ from agentpool.cli.demo.console import DemoConsole, start_console
 from agentpool.cli.demo.fleet import WorkerFleet, WorkerProcess, worker_command
 from agentpool.cli.demo.summary import Summary, TaskRecord, summarize
 from agentpool.cli.demo.view import Reporter, RunningRow, Snapshot, WorkerRow
-from agentpool.protocol import QueueFigures, TaskInfo, TaskQueue, WorkerState, key_prefix
+from agentpool.protocol import (
+    LISTEN_SECONDS,
+    QueueFigures,
+    TaskInfo,
+    TaskQueue,
+    WorkerState,
+    key_prefix,
+)
 from agentpool.redis_server import RedisServer
 
 HANDLER = "agentpool_worker.builtin:simulated_agent"
@@ -471,10 +478,15 @@ class FinishCounter:
 
     async def start(self) -> None:
         await self._pubsub.subscribe(self.queue.prefix + "done")
+        await self.queue.listen_for_finishes()
         self._task = asyncio.create_task(self._listen())
 
     async def _listen(self) -> None:
+        listened = time.monotonic()
         while self.count < self.threshold:
+            if time.monotonic() - listened > LISTEN_SECONDS / 3:
+                listened = time.monotonic()
+                await self.queue.listen_for_finishes()
             message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is not None and message["type"] == "message":
                 self.count += 1
