@@ -480,7 +480,7 @@ class TaskQueue:
         """Wait until the task reaches a final state; raises TimeoutError after `timeout`."""
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(self.prefix + "done")
-        listened = -LISTEN_SECONDS
+        listened = -float(LISTEN_SECONDS)
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -895,6 +895,8 @@ def _worker_states(reply: Sequence[Any]) -> list[WorkerState]:
 
 
 def _encode_result(result: Any) -> str:
+    if result is None:
+        return "null"
     try:
         return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError):

@@ -7,7 +7,7 @@ for latency, ``bench.peers.drv_agentpool:long_task`` for recovery and
 
 Profiles:
 - ``throughput``: concurrency 100 (one claim fetches up to 100 tasks), everything else default.
-- ``default``: the defaults (30 s lease). Recovery is then measured two ways: with the
+- ``default``: the defaults (7 s lease). Recovery is then measured two ways: with the
   operator's requeue-by-owner on the pod event (``TaskQueue.requeue_pod``), and with lease
   expiry alone (the operator's periodic ``reap_expired``).
 """

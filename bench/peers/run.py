@@ -267,10 +267,11 @@ SCENARIOS = [
     Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
              "requeue-by-owner on the pod event (TaskQueue.requeue_pod)", requeue_on_kill=True),
     Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
-             f"lease expiry only (30 s lease, reaper every {REAP_EVERY:g} s)", reaper=True),
+             f"lease expiry only (default 7 s lease, reaper every {REAP_EVERY:g} s)",
+             reaper=True),
     Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
-             f"lease expiry only (15 s lease, reaper every {REAP_EVERY:g} s)", reaper=True,
-             env=(("AGENTPOOL_LEASE_SECONDS", "15"),)),
+             f"lease expiry only (30 s lease, the earlier default; reaper every "
+             f"{REAP_EVERY:g} s)", reaper=True, env=(("AGENTPOOL_LEASE_SECONDS", "30"),)),
     Scenario("celery", RECOVERY_CONFIG["celery"], "default", "defaults (early ack)"),
     Scenario("celery", RECOVERY_CONFIG["celery"], "reliable",
              "acks_late + reject_on_worker_lost, visibility_timeout 60 s, restore sweep 10 s"),
@@ -723,10 +724,15 @@ def summary(results: dict[str, Any]) -> list[list[str]]:
             add(figure, work["agentpool"].get(key),
                 {k: v.get(key) for k, v in work.items() if not k.startswith("agentpool")},
                 True, "/s", 0)
-        for key, figure in (("p50_ms", "p50 submit→start"), ("p99_ms", "p99 submit→start")):
-            add(figure, (work["agentpool"].get("latency") or {}).get(key),
-                {k: (v.get("latency") or {}).get(key) for k, v in work.items()
-                 if not k.startswith("agentpool")}, False, " ms", 2)
+        for label in ("agentpool", "agentpool concurrency 8"):
+            if label not in work:
+                continue
+            suffix = "" if label == "agentpool" else ", concurrency 8"
+            for key, figure in (("p50_ms", "p50 submit→start"),
+                                ("p99_ms", "p99 submit→start")):
+                add(figure + suffix, (work[label].get("latency") or {}).get(key),
+                    {k: (v.get("latency") or {}).get(key) for k, v in work.items()
+                     if not k.startswith("agentpool")}, False, " ms", 2)
     recovery: list[dict[str, Any]] = results["recovery"]
     ours = [r for r in recovery if r["system"] == "agentpool"]
     peers = {f"{r['system']} {r['profile']}": r["seconds"] for r in recovery
@@ -799,10 +805,14 @@ def main(argv: list[str] | None = None) -> None:
         if "enqueue" not in skip:
             results["enqueue"] = bench_enqueue(env, plan, systems)
         configs = [c for c in CONFIGS if c.system in systems]
+        if _before_root is not None and "agentpool" in systems:
+            configs[:0] = [Config(f"agentpool before, concurrency {n}", BEFORE,
+                                  f"agentpool-worker of --before, concurrency {n}",
+                                  _agentpool(n)) for n in (100, 8)]
         for config in configs:
             fig: dict[str, Any] = results["workers"].setdefault(config.label, {
                 "describe": config.describe})
-            if "drain" not in skip and config.system != "taskiq":  # a stream has no depth
+            if "drain" not in skip and config.system not in ("taskiq", BEFORE):
                 for procs in (1, 2):
                     fig[f"drain_{procs}"] = bench_drain(env, plan, config, procs, args.quick)
                 log(f"drain {config.label}: 1 process {_num(fig['drain_1'])}, "
