@@ -64,7 +64,7 @@ WORKER_DIRECT_COMMANDS = (
 """Outside scripts: queue defaults, a task's hash, orphaned claims, the wake-up list."""
 
 PRODUCER_COMMANDS = (
-    "time", "exists", "get", "set", "incr", "expire", "persist",
+    "time", "exists", "get", "set", "incr", "incrby", "expire", "persist",
     "hget", "hmget", "hgetall", "hset", "hincrby",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
     "scard", "llen", "rpush", "publish", "xadd", "xread", "xrange",

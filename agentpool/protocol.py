@@ -453,15 +453,14 @@ class TaskQueue:
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
                           chunk: int = 500) -> list[str]:
-        """Queue many tasks with pipelined submits; every payload is checked before any is sent."""
+        """Queue many tasks, one script call per `chunk`; every payload is checked before any
+        is sent."""
         all_args = [self._submit_args(p, priority, 0, None, None) for p in payloads]
         ids: list[str] = []
         for start in range(0, len(all_args), chunk):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for args in all_args[start:start + chunk]:
-                    await self._run("submit", *args, client=pipe)
-                replies = await pipe.execute()
-            ids.extend(_s(task_id) for _, task_id in replies)
+            part = all_args[start:start + chunk]
+            await self._run("submit_many", priority, *(x for args in part for x in args[:2]))
+            ids.extend(args[0] for args in part)
         return ids
 
     async def get(self, task_id: str) -> TaskInfo | None:

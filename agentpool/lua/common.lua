@@ -16,7 +16,7 @@ local K_STATS = P .. 'stats'
 local K_CONFIG = P .. 'config'
 local K_DONE = P .. 'done'
 local K_LISTENING = P .. 'listening'
-local WAKE_CAP = 1000
+local WAKE_BURST = 64
 local DEFAULT_MAX_ATTEMPTS = 3
 local DEFAULT_RESULT_TTL = 86400
 local EVENT_CAP = 10000
@@ -76,13 +76,13 @@ end
 
 -- Wake-up signals for idle workers blocked on the list. A signal already waiting will wake
 -- a worker whose claim takes everything there is (and passes a signal on when it leaves
--- tasks behind, see claim.lua), so a submit adds one only to an empty list.
+-- tasks behind, see claim.lua), so only an empty list gets signals: one per new task, up to
+-- WAKE_BURST in one push.
 local function wake(n)
-  local waiting = redis.call('LLEN', K_WAKE)
-  if waiting == 0 then
-    redis.call('RPUSH', K_WAKE, '1')
-  elseif n > 1 and waiting < WAKE_CAP then
-    for _ = 1, math.min(n, WAKE_CAP - waiting) do redis.call('RPUSH', K_WAKE, '1') end
+  if redis.call('LLEN', K_WAKE) == 0 then
+    local signals = {}
+    for i = 1, math.min(n, WAKE_BURST) do signals[i] = '1' end
+    redis.call('RPUSH', K_WAKE, unpack(signals))
   end
 end
 
