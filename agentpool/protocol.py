@@ -31,6 +31,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, cast
 
+import redis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -450,6 +451,28 @@ class TaskQueue:
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
         _, task_id = await self._run("submit", *args)
         return _s(task_id)
+
+    def submit_blocking(
+        self,
+        client: redis.Redis,
+        payload: Any,
+        *,
+        priority: int = 0,
+        delay: float = 0,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        """:meth:`submit` on a blocking redis-py client of the same Redis (the blocking
+        producer's path: one round trip, no event loop in between)."""
+        args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
+        script = self._script("submit")
+        call = (script.sha, 1, self.prefix + "queued", self.prefix, *args)
+        try:
+            reply = client.evalsha(*call)
+        except NoScriptError:
+            client.script_load(script.script)
+            reply = client.evalsha(*call)
+        return _s(cast(list[Any], reply)[1])
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
                           chunk: int = 500) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from agentpool.client import SyncClient
 from agentpool.protocol import TaskQueue
 from bench.peers import common
 
@@ -82,8 +83,21 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
         await client.aclose()
 
 
+def _produce_sync(n: int) -> dict[str, Any]:
+    """Single submits through the blocking client (a web handler's way)."""
+    with SyncClient.from_url(common.env_url()) as client:
+        queue = client.queue(common.QUEUE)
+        start = time.perf_counter()
+        for _ in range(n):
+            queue.submit(None)
+        return {"n": n, "seconds": time.perf_counter() - start}
+
+
 def main() -> None:
     command, options = common.command_line()
+    if command == "enqueue" and options.get("mode") == "sync":
+        common.reply(_produce_sync(int(options["n"])))
+        return
     common.reply(asyncio.run(_produce(command, options)))
 
 

@@ -416,7 +416,10 @@ def bench_enqueue(env: Env, plan: Plan, systems: list[str]) -> dict[str, dict[st
     out: dict[str, dict[str, float | None]] = {}
     for system in systems:
         figures: dict[str, float | None] = {}
-        for mode, n in (("single", plan.enqueue_single), ("batch", plan.enqueue_batch)):
+        modes = [("single", plan.enqueue_single), ("batch", plan.enqueue_batch)]
+        if system == "agentpool":
+            modes.insert(1, ("sync", plan.enqueue_single))
+        for mode, n in modes:
             with env.client(0) as r:
                 r.flushdb()
             reply = drive(env, system, 0, "enqueue", n=n, mode=mode)
@@ -657,6 +660,9 @@ def render(results: dict[str, Any]) -> str:
                   "| system | single (tasks/s) | batch (tasks/s) |", "|---|---:|---:|"]
         for system, fig in enqueue.items():
             lines.append(f"| {system} | {_num(fig['single'])} | {_num(fig['batch'])} |")
+            if fig.get("sync") is not None:
+                lines.append(f"| {system}, blocking client (`SyncClient`) "
+                             f"| {_num(fig['sync'])} | — |")
         lines.append("")
     if any(len(fig) > 1 for fig in results["workers"].values()):
         lines += ["### Workers (no-op drain; submit→start latency at one task per 10 ms)", "",
@@ -718,6 +724,9 @@ def summary(results: dict[str, Any]) -> list[list[str]]:
         for mode in ("single", "batch"):
             add(f"enqueue, {mode}", enqueue["agentpool"][mode],
                 {k: v[mode] for k, v in enqueue.items() if k != "agentpool"}, True, "/s", 0)
+        if enqueue["agentpool"].get("sync") is not None:
+            add("enqueue, single, blocking client", enqueue["agentpool"]["sync"],
+                {k: v["single"] for k, v in enqueue.items() if k != "agentpool"}, True, "/s", 0)
     if "agentpool" in work:
         for key, figure in (("drain_1", "no-op drain, 1 process"),
                             ("drain_2", "no-op drain, 2 processes")):
