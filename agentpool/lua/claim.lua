@@ -3,6 +3,7 @@
 -- Returns {tasks, next_due_ms|false, now}; each task is
 -- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|false}.
 -- One fencing INCRBY, one lease ZADD and one owner SADD per claim, whatever its size.
+-- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
 local worker, count, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local promote = tonumber(ARGV[5])
 local now = now_ms()

@@ -127,12 +127,6 @@ local function cancelled(id, tk, now, f)
   finished(id, tk, 'cancelled', now, f, {'error', 'cancelled'})
 end
 
--- The flags finished() needs, for callers that have not read them.
-local function flags(tk)
-  local f = redis.call('HMGET', tk, 'ev', 'cp')
-  return {ev = f[1], cp = f[2]}
-end
-
 -- Back to the queue at its original place (score), with the reason it left its holder.
 local function requeue(id, tk, score, err)
   redis.call('HSET', tk, 'state', 'queued', 'error', err)

@@ -4,6 +4,7 @@
 -- The token and owner stay on the task: the state alone fences off every later write, and
 -- the owner names the run that finished it. The leases go first: a credential that may not
 -- touch them (a producer's) is refused before anything changed.
+-- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
 local now = now_ms()
 local out, ids, owners, fields = {}, {}, {}, {}
 for i = 2, #ARGV, 3 do

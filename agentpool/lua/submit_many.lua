@@ -1,6 +1,7 @@
 -- ARGV: prefix, priority, then pairs of (id, payload)
 -- Queues many tasks in one step (submit_many: no delay, idempotency key or own attempt
 -- limit). One INCRBY, ZADD, wake-up and stats count for the whole batch. Returns the count.
+-- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
 local prio = tonumber(ARGV[2])
 local n = (#ARGV - 2) / 2
 local now = now_ms()
