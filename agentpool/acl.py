@@ -59,7 +59,7 @@ SCRIPTING_COMMANDS = ("evalsha", "script|load", "script|exists")
 SCRIPT LOAD before a pipeline). Not EVAL, not SCRIPT FLUSH/KILL."""
 
 SCRIPT_COMMANDS = (
-    "time", "exists", "get", "set", "incr", "expire", "persist",
+    "time", "exists", "get", "set", "incr", "incrby", "expire", "persist",
     "hget", "hmget", "hgetall", "hset", "hdel", "hexists", "hincrby",
     "zadd", "zrem", "zscore", "zpopmin", "zcard", "zcount", "zrange", "zrangebyscore",
     "zrevrange", "zrevrangebyscore", "zremrangebyscore",
@@ -77,7 +77,7 @@ WORKER_DIRECT_COMMANDS = (
 what replicated durability sends (INCR of the queue's ``durable`` key, WAIT)."""
 
 PRODUCER_COMMANDS = (
-    "time", "exists", "get", "set", "incr", "expire", "persist",
+    "time", "exists", "get", "set", "incr", "incrby", "expire", "persist",
     "hget", "hmget", "hgetall", "hset", "hincrby",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
     "scard", "llen", "rpush", "publish", "spublish", "xadd", "xread", "xrange",
@@ -87,11 +87,11 @@ PRODUCER_COMMANDS = (
 and outside them."""
 
 PRODUCER_WRITABLE_KEYS = ("t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake",
-                          "seq", "idem:*", "durable")
+                          "seq", "idem:*", "durable", "listening")
 """The keys a submit or a cancel writes (a cancel closes the task's event stream and sets the
-result TTL on the checkpoint of a task that was waiting for its next attempt); every other key
-of the queue is read-only to a producer (leases, owner sets, the worker registry, the fence
-counter, config, drain)."""
+result TTL on the checkpoint of a task that was waiting for its next attempt), and the flag a
+producer waiting for results sets; every other key of the queue is read-only to a producer
+(leases, owner sets, the worker registry, the fence counter, config, drain)."""
 
 
 def _commands(role: Role) -> tuple[str, ...]:

@@ -37,9 +37,10 @@ from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Seque
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import redis
 import redis.asyncio as aioredis
 
-from agentpool.connection import redis_from_url
+from agentpool.connection import is_sentinel_url, redis_from_url, sync_redis_from_url
 from agentpool.durability import Durability, parse_durability
 from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -178,7 +179,9 @@ class SyncClient:
     ``redis.asyncio`` connection belongs to the loop that opened it, so one long-lived loop
     lets every call reuse the same connections; ``asyncio.run`` per call would reconnect
     each time and fails where a loop is already running (a notebook, an async framework).
-    Calls are thread-safe; an interrupted call (Ctrl-C) is cancelled on the loop.
+    Calls are thread-safe; an interrupted call (Ctrl-C) is cancelled on the loop. ``submit``
+    skips the loop: it runs the same script on a blocking redis-py client of its own (except
+    for Sentinel URLs), one round trip with no thread hand-over.
     """
 
     def __init__(
@@ -192,10 +195,16 @@ class SyncClient:
         resolved = resolve_redis_url(url)
         durability = parse_durability(durability)
         self._runner = _LoopThread()
+        # Submits, the call a web handler makes per request, go straight to Redis on a
+        # blocking client (Sentinel URLs keep the loop's client, which follows failovers).
+        self._blocking: redis.Redis | None = None
         try:
             self._client = self._runner.call(
                 _make_client(resolved, connect_timeout, durability, redis_kwargs)
             )
+            if not is_sentinel_url(resolved):
+                self._blocking = sync_redis_from_url(
+                    resolved, **{"socket_connect_timeout": connect_timeout, **redis_kwargs})
         except BaseException:
             self._runner.stop()
             raise
@@ -220,8 +229,10 @@ class SyncClient:
         self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         durability: Durability | str | None = None,
     ) -> SyncQueue:
-        return SyncQueue(self._client.queue(name, max_payload_bytes=max_payload_bytes,
-                                            durability=durability), self._runner)
+        queue = self._client.queue(name, max_payload_bytes=max_payload_bytes,
+                                   durability=durability)
+        blocking = self._blocking if queue.durability is Durability.NONE else None
+        return SyncQueue(queue, self._runner, blocking)
 
     def rate_limit(self, name: str) -> SyncRateLimit:
         """Blocking twin of :meth:`Client.rate_limit`."""
@@ -235,6 +246,8 @@ class SyncClient:
             return
         self._closed = True
         try:
+            if self._blocking is not None:
+                self._blocking.close()
             self._runner.call(self._client.aclose())
         finally:
             self._runner.stop()
@@ -286,9 +299,11 @@ class SyncRateLimit:
 class SyncQueue:
     """Blocking counterparts of the producer-side :class:`TaskQueue` methods."""
 
-    def __init__(self, queue: TaskQueue, runner: _LoopThread) -> None:
+    def __init__(self, queue: TaskQueue, runner: _LoopThread,
+                 blocking: redis.Redis | None = None) -> None:
         self.queue = queue
         self._run = runner.call
+        self._blocking = blocking
 
     @property
     def name(self) -> str:
@@ -303,6 +318,11 @@ class SyncQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
+        if self._blocking is not None:
+            return self.queue.submit_blocking(
+                self._blocking, payload, priority=priority, delay=delay,
+                idempotency_key=idempotency_key, max_attempts=max_attempts,
+            )
         return self._run(self.queue.submit(
             payload, priority=priority, delay=delay, idempotency_key=idempotency_key,
             max_attempts=max_attempts,

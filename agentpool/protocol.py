@@ -31,6 +31,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, cast
 
+import redis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -49,6 +50,10 @@ from agentpool.durability import (
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 DEFAULT_IDEMPOTENCY_TTL = 86_400
+LISTEN_SECONDS = 30
+"""How long one `TaskQueue.listen_for_finishes` keeps finishes published on ``done``."""
+COMPLETE_CHUNK = 500
+"""Completions per script call of a group commit."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -473,20 +478,44 @@ class TaskQueue:
         self._check_replicated("submit", acked, _s(task_id))
         return _s(task_id)
 
+    def submit_blocking(
+        self,
+        client: redis.Redis,
+        payload: Any,
+        *,
+        priority: int = 0,
+        delay: float = 0,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        """:meth:`submit` on a blocking redis-py client of the same Redis (the blocking
+        producer's path: one round trip, no event loop in between)."""
+        args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
+        script = self._script("submit")
+        call = (script.sha, 1, self.prefix + "queued", self.prefix, *args)
+        try:
+            reply = client.evalsha(*call)
+        except NoScriptError:
+            client.script_load(script.script)
+            reply = client.evalsha(*call)
+        return _s(cast(list[Any], reply)[1])
+
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
                           chunk: int = 500) -> list[str]:
-        """Queue many tasks with pipelined submits; every payload is checked before any is sent."""
+        """Queue many tasks, one script call per `chunk`; every payload is checked before any
+        is sent."""
         all_args = [self._submit_args(p, priority, 0, None, None) for p in payloads]
         ids: list[str] = []
         replicated = True
         for start in range(0, len(all_args), chunk):
+            part = all_args[start:start + chunk]
+            flat = [x for args in part for x in args[:2]]
             replies = await _scripts_in_one_trip(
-                self.redis, [(self, "submit", args) for args in all_args[start:start + chunk]],
+                self.redis, [(self, "submit_many", [priority, *flat])],
                 then=self._wait_commands())
             if self.durability is Durability.REPLICATED:
-                *replies, _, acked = replies
-                replicated = replicated and int(acked) >= 1
-            ids.extend(_s(task_id) for _, task_id in replies)
+                replicated = replicated and int(replies[-1]) >= 1
+            ids.extend(args[0] for args in part)
         self._check_replicated("submit", int(replicated), ids)
         return ids
 
@@ -522,10 +551,15 @@ class TaskQueue:
         WAIT_RECONNECT_SECONDS in a row; an unreachable Redis at the start raises at once."""
         done = DoneSignal(self.redis, self.prefix + "done")
         failing_since: float | None = None
+        listened = -float(LISTEN_SECONDS)
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     try:
+                        if time.monotonic() - listened > LISTEN_SECONDS / 3:
+                            await done.subscribe()
+                            await self.listen_for_finishes()
+                            listened = time.monotonic()
                         info = await self.get(task_id)
                         if info is None:
                             raise TaskNotFound(f"no task {task_id} in queue {self.name}")
@@ -544,6 +578,15 @@ class TaskQueue:
                         await asyncio.sleep(0.2)
         finally:
             await done.aclose()
+
+    async def listen_for_finishes(self) -> None:
+        """Ask the scripts to publish finishes on the ``done`` channel for a while.
+
+        Finishes are published only while someone listens: call this after subscribing, before
+        reading what the finishes would change, and again at least every
+        ``LISTEN_SECONDS / 2`` while listening.
+        """
+        await self.redis.set(self.prefix + "listening", 1, ex=LISTEN_SECONDS)
 
     def events_key(self, task_id: str) -> str:
         return f"{self.prefix}ev:{task_id}"
@@ -613,7 +656,7 @@ class TaskQueue:
 
     async def complete(self, task: ClaimedTask, result: Any = None) -> bool:
         """Record success; False when this holder was fenced off (the task moved on)."""
-        return bool(await self._run("complete", task.id, task.token, _encode_result(result)))
+        return (await self.record([], [(task, result)]))[0]
 
     async def complete_many(self, done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
         """Record several successes in one round trip (a worker's completions batch up)."""
@@ -629,18 +672,20 @@ class TaskQueue:
             (self, "events", [task_id, attempt, *(x for item in items for x in item)])
             for task_id, attempt, items in events
         ]
-        calls += [(self, "complete", [task.id, task.token, _encode_result(result)])
-                  for task, result in done]
+        for start in range(0, len(done), COMPLETE_CHUNK):
+            flat = [x for task, result in done[start:start + COMPLETE_CHUNK]
+                    for x in (task.id, task.token, _encode_result(result))]
+            calls.append((self, "complete", flat))
         if not calls:
             return []
         wait = self._wait_commands() if done else ()
         replies = await _scripts_in_one_trip(self.redis, calls, then=wait)
+        acked = replies.pop() if wait else 1
         if wait:
-            *replies, _, acked = replies
-            recorded = [bool(r) for r in replies[len(events):]]
-            self._check_replicated("completion", acked, recorded)
-            return recorded
-        return [bool(r) for r in replies[len(events):]]
+            replies.pop()  # the INCR
+        recorded = [bool(r) for reply in replies[len(events):] for r in reply]
+        self._check_replicated("completion", acked, recorded)
+        return recorded
 
     async def checkpoint(self, task: ClaimedTask, raw_state: str) -> bool:
         """Save a run's checkpoint (JSON from :func:`encode_checkpoint`); False when this
@@ -988,6 +1033,8 @@ def _limit_window(value: Any) -> Mapping[str, Any] | None:
 
 
 def _encode_result(result: Any) -> str:
+    if result is None:
+        return "null"
     try:
         return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError):

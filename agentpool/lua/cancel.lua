@@ -3,14 +3,15 @@
 -- 'finished' (already in a final state) or 'unknown'.
 local id = ARGV[2]
 local tk = task_key(id)
-local state = redis.call('HGET', tk, 'state')
+local f = redis.call('HMGET', tk, 'state', 'ev', 'cp')
+local state = f[1]
 if not state then return 'unknown' end
 local now = now_ms()
 if state == 'queued' or state == 'delayed' or state == 'dead' then
   redis.call('ZREM', K_QUEUED, id)
   redis.call('ZREM', K_DELAYED, id)
   redis.call('ZREM', K_DEAD, id)
-  cancelled(id, tk, now)
+  cancelled(id, tk, now, {ev = f[2], cp = f[3]})
   return 'cancelled'
 end
 if state == 'running' then

@@ -1,44 +1,75 @@
 -- ARGV: prefix, worker id, count, lease_ms, promote limit, token prefix (random per call)
 -- Moves due delayed tasks to the queue, then leases up to `count` tasks to the worker.
 -- Returns {tasks, next_due_ms|false, now}; each task is
--- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|nil}.
-local worker, count, lease_ms, promote = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+-- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|false}.
+-- One fencing INCRBY, one lease ZADD and one owner SADD per claim, whatever its size.
+-- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
+local worker, count, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local promote = tonumber(ARGV[5])
 local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, promote)
-for _, id in ipairs(due) do
-  redis.call('ZREM', K_DELAYED, id)
+-- the delayed head: the due tasks to promote and, after them, the next due time
+local head = redis.call('ZRANGE', K_DELAYED, 0, promote, 'WITHSCORES')
+local nxt = false
+local due, back = {}, {}
+for i = 1, #head, 2 do
+  if #due >= promote or tonumber(head[i + 1]) > now then
+    nxt = head[i + 1]
+    break
+  end
+  local id = head[i]
+  due[#due + 1] = id
   local tk = task_key(id)
   local score = redis.call('HGET', tk, 'score')
   if score then
     redis.call('HSET', tk, 'state', 'queued')
-    redis.call('ZADD', K_QUEUED, score, id)
+    back[#back + 1] = score
+    back[#back + 1] = id
   end
 end
+if #due > 0 then redis.call('ZREM', K_DELAYED, unpack(due)) end
+if #back > 0 then redis.call('ZADD', K_QUEUED, unpack(back)) end
 local out = {}
 local pod = string.match(worker, '^(.*):[^:]*$') or worker
+local taken = 0
 if not drain_requested(worker, pod) then
   local popped = redis.call('ZPOPMIN', K_QUEUED, count)
-  local owner = owner_key(worker)
-  -- Known before its first heartbeat, so requeue_pod finds what it holds.
-  if #popped > 0 then redis.call('ZADD', K_WORKERS, 'NX', now, worker) end
-  for i = 1, #popped, 2 do
-    local id = popped[i]
-    local tk = task_key(id)
-    if redis.call('EXISTS', tk) == 1 then
-      -- The random prefix keeps tokens unique when a failover rolls the counter back.
-      local token = (ARGV[6] or '') .. redis.call('INCR', P .. 'fence')
-      local attempts = redis.call('HINCRBY', tk, 'attempts', 1)
-      redis.call('HSET', tk, 'state', 'running', 'owner', worker, 'token', token, 'started', now)
-      redis.call('ZADD', K_LEASES, now + lease_ms, id)
-      redis.call('SADD', owner, id)
-      local f = redis.call('HMGET', tk, 'payload', 'created', 'max')
-      out[#out + 1] = {id, token, attempts, f[1] or '', f[2] or '0', max_attempts(f[3]),
-        redis.call('GET', checkpoint_key(id))}
+  taken = #popped / 2
+  if taken > 0 then
+    -- Known before its first heartbeat, so requeue_pod finds what it holds.
+    redis.call('ZADD', K_WORKERS, 'NX', now, worker)
+    local fence = redis.call('INCRBY', P .. 'fence', taken) - taken
+    local leases, held = {}, {}
+    for i = 1, taken do
+      local id = popped[2 * i - 1]
+      local tk = task_key(id)
+      local f = redis.call('HMGET', tk, 'payload', 'created', 'max', 'attempts', 'cp')
+      if f[1] or f[4] then
+        -- The random prefix keeps tokens unique when a failover rolls the counter back.
+        local token = (ARGV[6] or '') .. (fence + i)
+        local attempts = tonumber(f[4] or '0') + 1
+        redis.call('HSET', tk, 'state', 'running', 'owner', worker, 'token', token,
+          'started', now, 'attempts', attempts)
+        leases[#leases + 1] = now + lease_ms
+        leases[#leases + 1] = id
+        held[#held + 1] = id
+        local checkpoint = false
+        if f[5] then checkpoint = redis.call('GET', checkpoint_key(id)) end
+        out[#out + 1] = {id, token, attempts, f[1] or '', f[2] or '0', max_attempts(f[3]),
+          checkpoint}
+      end
+    end
+    if #held > 0 then
+      redis.call('ZADD', K_LEASES, unpack(leases))
+      redis.call('SADD', owner_key(worker), unpack(held))
     end
   end
 end
--- Nothing left to claim: wake-up signals still in the list are stale (one per submit, and
--- this claim took the tasks they announced); drop them so idle workers do not spin on them.
-if redis.call('ZCARD', K_QUEUED) == 0 then redis.call('DEL', K_WAKE) end
-local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
-return {out, nxt[2] or false, now}
+-- Nothing left to claim: wake-up signals still in the list are stale (this claim took the
+-- tasks they announced); drop them so idle workers do not spin on them. Tasks left behind
+-- (the claim was full): pass a signal on to the next idle worker.
+if redis.call('ZCARD', K_QUEUED) == 0 then
+  redis.call('DEL', K_WAKE)
+elseif taken > 0 then
+  wake(1)
+end
+return {out, nxt, now}

@@ -5,6 +5,8 @@
 -- 'done' shard channel) built as P .. <suffix>, task and worker ids included. Queue names hold
 -- no braces, so the first {...} of each such name is {queue}: its slot is that of KEYS[1],
 -- and a script never touches another queue or leaves the node that runs it.
+-- A task's hash carries flags that spare a lookup per task: 'ev' (it has an event stream) and
+-- 'cp' (it has a checkpoint), set by the scripts that create them.
 local P = ARGV[1]
 local K_QUEUED = P .. 'queued'
 local K_DELAYED = P .. 'delayed'
@@ -16,7 +18,8 @@ local K_WAKE = P .. 'wake'
 local K_STATS = P .. 'stats'
 local K_CONFIG = P .. 'config'
 local K_DONE = P .. 'done'
-local WAKE_CAP = 1000
+local K_LISTENING = P .. 'listening'
+local WAKE_BURST = 64
 local DEFAULT_MAX_ATTEMPTS = 3
 local DEFAULT_RESULT_TTL = 86400
 local EVENT_CAP = 10000
@@ -55,7 +58,22 @@ end
 
 -- The operator asked this worker instance, or its whole pod, to stop claiming.
 local function drain_requested(worker, pod)
-  return redis.call('HEXISTS', K_DRAIN, pod) == 1 or redis.call('HEXISTS', K_DRAIN, worker) == 1
+  local f = redis.call('HMGET', K_DRAIN, pod, worker)
+  return f[1] ~= false or f[2] ~= false
+end
+
+-- Someone follows finishes on the 'done' channel (a producer waiting for a result sets the
+-- flag, with a TTL, before it reads the task): a finish is published only then.
+local listening
+local function announce(id)
+  if listening == nil then listening = redis.call('EXISTS', K_LISTENING) == 1 end
+  if not listening then return end
+  -- sharded pub/sub (Redis 7+): on a cluster the message stays on the queue's shard
+  if redis.REDIS_VERSION_NUM then
+    redis.call('SPUBLISH', K_DONE, id)
+  else
+    redis.call('PUBLISH', K_DONE, id)
+  end
 end
 
 -- Anything was ever submitted to the queue, or a worker serves it (or served it: its config
@@ -65,20 +83,32 @@ local function queue_used()
     K_DEAD) > 0 and 1 or 0
 end
 
+-- Wake-up signals for idle workers blocked on the list. A signal already waiting will wake
+-- a worker whose claim takes everything there is (and passes a signal on when it leaves
+-- tasks behind, see claim.lua), so only an empty list gets signals: one per new task, up to
+-- WAKE_BURST in one push.
 local function wake(n)
-  if redis.call('LLEN', K_WAKE) < WAKE_CAP then
-    for _ = 1, math.min(n, WAKE_CAP) do redis.call('RPUSH', K_WAKE, '1') end
+  if redis.call('LLEN', K_WAKE) == 0 then
+    local signals = {}
+    for i = 1, math.min(n, WAKE_BURST) do signals[i] = '1' end
+    redis.call('RPUSH', K_WAKE, unpack(signals))
   end
 end
 
 -- A task reached a final state (succeeded, dead, cancelled): keep it for the result TTL
--- (dead tasks stay until purged) and tell waiting producers.
+-- (dead tasks stay until purged) and tell waiting producers. `f` holds the task's 'ev' and
+-- 'cp' flags (read by the caller); `extra` more field/value pairs for the same HSET; `count`
+-- false when the caller counts the outcome in the stats itself (a batch).
 -- A task's event stream (when it has one) ends with a 'final' event written in the same step,
 -- so a follower knows it has seen everything; the stream lives as long as the task.
-local function finished(id, tk, state, now)
-  redis.call('HSET', tk, 'state', state, 'finished', now)
+local function finished(id, tk, state, now, f, extra, count)
+  if extra then
+    redis.call('HSET', tk, 'state', state, 'finished', now, unpack(extra))
+  else
+    redis.call('HSET', tk, 'state', state, 'finished', now)
+  end
   local ek = events_key(id)
-  local has_events = redis.call('EXISTS', ek) == 1
+  local has_events = f.ev ~= false and f.ev ~= nil
   if has_events then
     local f = redis.call('HMGET', tk, 'attempts', 'error')
     local data = {state = state}
@@ -94,20 +124,16 @@ local function finished(id, tk, state, now)
   else
     redis.call('EXPIRE', tk, result_ttl())
     if has_events then redis.call('EXPIRE', ek, result_ttl()) end
-    redis.call('EXPIRE', checkpoint_key(id), result_ttl())
+    if f.cp ~= false and f.cp ~= nil then
+      redis.call('EXPIRE', checkpoint_key(id), result_ttl())
+    end
   end
-  redis.call('HINCRBY', K_STATS, state, 1)
-  -- sharded pub/sub (Redis 7+): on a cluster the message stays on the queue's shard
-  if redis.REDIS_VERSION_NUM then
-    redis.call('SPUBLISH', K_DONE, id)
-  else
-    redis.call('PUBLISH', K_DONE, id)
-  end
+  if count ~= false then redis.call('HINCRBY', K_STATS, state, 1) end
+  announce(id)
 end
 
-local function cancelled(id, tk, now)
-  redis.call('HSET', tk, 'error', 'cancelled')
-  finished(id, tk, 'cancelled', now)
+local function cancelled(id, tk, now, f)
+  finished(id, tk, 'cancelled', now, f, {'error', 'cancelled'})
 end
 
 -- Back to the queue at its original place (score), with the reason it left its holder.
@@ -124,19 +150,21 @@ end
 local function requeue_one(id, reason, now)
   local tk = task_key(id)
   redis.call('ZREM', K_LEASES, id)
-  local f = redis.call('HMGET', tk, 'state', 'owner', 'attempts', 'score', 'cancel', 'max')
+  local f = redis.call('HMGET', tk, 'state', 'owner', 'attempts', 'score', 'cancel', 'max',
+    'ev', 'cp')
   if f[2] then redis.call('SREM', owner_key(f[2]), id) end
   if f[1] ~= 'running' then return 0 end
   redis.call('HDEL', tk, 'owner', 'token')
+  local fl = {ev = f[7], cp = f[8]}
   if f[5] == '1' then
-    cancelled(id, tk, now)
+    cancelled(id, tk, now, fl)
     return 3
   end
   local attempts = tonumber(f[3] or '0')
   local limit = max_attempts(f[6])
   if attempts >= limit then
-    redis.call('HSET', tk, 'error', reason .. ' (attempt ' .. attempts .. ' of ' .. limit .. ')')
-    finished(id, tk, 'dead', now)
+    finished(id, tk, 'dead', now, fl,
+      {'error', reason .. ' (attempt ' .. attempts .. ' of ' .. limit .. ')'})
     return 2
   end
   requeue(id, tk, f[4], reason)

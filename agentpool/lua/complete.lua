@@ -1,13 +1,41 @@
--- ARGV: prefix, id, token, result (JSON)
--- Returns 1 when recorded, 0 when the caller no longer holds the task (fenced off).
-local id, token, result = ARGV[2], ARGV[3], ARGV[4]
-local tk = task_key(id)
-local f = redis.call('HMGET', tk, 'state', 'token', 'owner')
-if f[1] ~= 'running' or f[2] ~= token then return 0 end
+-- ARGV: prefix, then triples (id, token, result JSON)
+-- Records successes (a worker's group commit sends all its completions in one call).
+-- Returns, per triple, 1 when recorded, 0 when the caller no longer holds the task (fenced off).
+-- The token and owner stay on the task: the state alone fences off every later write, and
+-- the owner names the run that finished it. The leases go first: a credential that may not
+-- touch them (a producer's) is refused before anything changed.
+-- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
 local now = now_ms()
-redis.call('ZREM', K_LEASES, id)
-redis.call('SREM', owner_key(f[3]), id)
-redis.call('HSET', tk, 'result', result)
-redis.call('HDEL', tk, 'error', 'token')
-finished(id, tk, 'succeeded', now)
-return 1
+local out, ids, owners, fields = {}, {}, {}, {}
+for i = 2, #ARGV, 3 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local f = redis.call('HMGET', task_key(id), 'state', 'token', 'owner', 'error', 'ev', 'cp')
+  if f[1] ~= 'running' or f[2] ~= token then
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = 1
+    ids[#ids + 1] = id
+    fields[#fields + 1] = f
+    local held = owners[f[3]]
+    if not held then
+      held = {}
+      owners[f[3]] = held
+    end
+    held[#held + 1] = id
+  end
+end
+if #ids == 0 then return out end
+redis.call('ZREM', K_LEASES, unpack(ids))
+for owner, held in pairs(owners) do redis.call('SREM', owner_key(owner), unpack(held)) end
+local n = 0
+for i = 2, #ARGV, 3 do
+  if out[(i + 1) / 3] == 1 then
+    n = n + 1
+    local id, f = ids[n], fields[n]
+    local tk = task_key(id)
+    if f[4] then redis.call('HDEL', tk, 'error') end
+    finished(id, tk, 'succeeded', now, {ev = f[5], cp = f[6]}, {'result', ARGV[i + 2]}, false)
+  end
+end
+redis.call('HINCRBY', K_STATS, 'succeeded', n)
+return out

@@ -4,7 +4,8 @@
 -- with its 'final' event; what arrives later is a zombie's). Returns how many were appended.
 local id, attempt = ARGV[2], ARGV[3]
 local tk = task_key(id)
-local state = redis.call('HGET', tk, 'state')
+local f = redis.call('HMGET', tk, 'state', 'ev')
+local state = f[1]
 if not state or state == 'succeeded' or state == 'dead' or state == 'cancelled' then
   return 0
 end
@@ -15,5 +16,11 @@ for i = 4, #ARGV, 2 do
     'attempt', attempt)
   if ARGV[i] == 'progress' then progress = ARGV[i + 1] end
 end
-if progress then redis.call('HSET', tk, 'progress', progress) end
+if progress and not f[2] then
+  redis.call('HSET', tk, 'progress', progress, 'ev', '1')
+elseif progress then
+  redis.call('HSET', tk, 'progress', progress)
+elseif not f[2] then
+  redis.call('HSET', tk, 'ev', '1')
+end
 return (#ARGV - 3) / 2

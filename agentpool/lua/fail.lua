@@ -6,14 +6,15 @@ local id, token, err, retryable = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local delay_ms, mode = tonumber(ARGV[6]), ARGV[7]
 local tk = task_key(id)
 local f = redis.call('HMGET', tk, 'state', 'token', 'owner', 'attempts', 'cancel', 'score',
-  'max')
+  'max', 'ev', 'cp')
 if f[1] ~= 'running' or f[2] ~= token then return 'stale' end
 local now = now_ms()
 redis.call('ZREM', K_LEASES, id)
 redis.call('SREM', owner_key(f[3]), id)
 redis.call('HDEL', tk, 'token', 'owner')
+local fl = {ev = f[8], cp = f[9]}
 if mode == 'cancel' or f[5] == '1' then
-  cancelled(id, tk, now)
+  cancelled(id, tk, now, fl)
   return 'cancelled'
 end
 if mode == 'release' then
@@ -21,13 +22,12 @@ if mode == 'release' then
   requeue(id, tk, f[6], err)
   return 'requeued'
 end
-redis.call('HSET', tk, 'error', err)
 redis.call('HINCRBY', K_STATS, 'failed', 1)
 if retryable and tonumber(f[4]) < max_attempts(f[7]) then
-  redis.call('HSET', tk, 'state', 'delayed', 'due', now + delay_ms)
+  redis.call('HSET', tk, 'error', err, 'state', 'delayed', 'due', now + delay_ms)
   redis.call('ZADD', K_DELAYED, now + delay_ms, id)
   redis.call('HINCRBY', K_STATS, 'retried', 1)
   return 'retry'
 end
-finished(id, tk, 'dead', now)
+finished(id, tk, 'dead', now, fl, {'error', err})
 return 'dead'

@@ -13,16 +13,22 @@ end
 local now = now_ms()
 local seq = redis.call('INCR', P .. 'seq')
 local score = (9 - prio) * 1099511627776 + seq
+local fields = {'id', id, 'payload', payload, 'prio', prio, 'score', score, 'attempts', 0,
+  'created', now}
+if max ~= '' then
+  fields[#fields + 1] = 'max'
+  fields[#fields + 1] = max
+end
+if idem ~= '' then
+  fields[#fields + 1] = 'idem'
+  fields[#fields + 1] = idem
+end
 local tk = task_key(id)
-redis.call('HSET', tk, 'id', id, 'payload', payload, 'prio', prio, 'score', score,
-  'attempts', 0, 'created', now)
-if max ~= '' then redis.call('HSET', tk, 'max', max) end
-if idem ~= '' then redis.call('HSET', tk, 'idem', idem) end
 if delay_ms > 0 then
-  redis.call('HSET', tk, 'state', 'delayed', 'due', now + delay_ms)
+  redis.call('HSET', tk, 'state', 'delayed', 'due', now + delay_ms, unpack(fields))
   redis.call('ZADD', K_DELAYED, now + delay_ms, id)
 else
-  redis.call('HSET', tk, 'state', 'queued')
+  redis.call('HSET', tk, 'state', 'queued', unpack(fields))
   redis.call('ZADD', K_QUEUED, score, id)
   wake(1)
 end

@@ -12,6 +12,10 @@ configured when its module loads. It prints one JSON object on its last line. Th
   a fixed schedule; each carries its submit time and records its start delay (``LATENCY_KEY``).
 - ``long {seconds}``: submit one task that records its start (``STARTS_KEY``)
   and then sleeps ``seconds``.
+- ``e2e {n, mode}``: submit ``n`` work tasks (each does one Redis write of its own:
+  ``record_work``), one call at a time or with the batch API, while the workers drain them;
+  reply ``{n, seconds, first, cpu}``: the wall-clock time of the first submit and the CPU
+  seconds the producer spent submitting. ``fill_work {n}`` queues them the fastest way.
 
 Workers also record their own readiness (``READY_KEY``) so that the orchestrator starts a
 measurement only once every worker process is up.
@@ -32,6 +36,9 @@ QUEUE = "bench"
 LATENCY_KEY = "bench:latency"
 STARTS_KEY = "bench:starts"
 READY_KEY = "bench:ready"
+WORK_KEY = "bench:done"
+END_KEY = "bench:end"
+TOTAL_ENV = "BENCH_TOTAL"
 URL_ENV = "BENCH_REDIS_URL"
 PROFILE_ENV = "BENCH_PROFILE"
 BATCH_CHUNK = 500
@@ -69,6 +76,26 @@ def record_ready() -> None:
     recorder().incr(READY_KEY)
 
 
+def total() -> int:
+    return int(os.environ.get(TOTAL_ENV, "0"))
+
+
+def record_work() -> None:
+    """A work task's own Redis write; the last one also stamps the end of the run."""
+    if recorder().incr(WORK_KEY) == total():
+        recorder().rpush(END_KEY, time.time())
+
+
+def timed_e2e(n: int, submit: Callable[[], Any]) -> dict[str, float]:
+    """Time a producer run: wall-clock start, duration and the CPU it spent."""
+    first = time.time()
+    cpu = time.process_time()
+    start = time.perf_counter()
+    submit()
+    return {"n": n, "seconds": time.perf_counter() - start, "first": first,
+            "cpu": time.process_time() - cpu}
+
+
 def timed(n: int, submit: Callable[[], Any]) -> dict[str, float]:
     start = time.perf_counter()
     submit()
@@ -104,6 +131,7 @@ def produce_one_at_a_time(
     noop: Callable[[], Any],
     stamp: Callable[[float], Any],
     long: Callable[[float], Any],
+    work: Callable[[], Any] | None = None,
 ) -> None:
     """The producer side for a system with no batch enqueue, from its three submit calls.
 
@@ -112,7 +140,17 @@ def produce_one_at_a_time(
     """
     command, options = command_line()
     n = int(options.get("n", 0))
-    if command in ("enqueue", "fill"):
+    if command in ("e2e", "fill_work") and work is not None:
+        if options.get("mode") == "batch":
+            reply({"unsupported": True})
+            return
+
+        def send_work() -> None:
+            for _ in range(n):
+                work()
+
+        reply(timed_e2e(n, send_work))
+    elif command in ("enqueue", "fill"):
         if options.get("mode") == "batch":
             reply({"unsupported": True})
             return

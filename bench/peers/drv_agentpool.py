@@ -2,11 +2,12 @@
 
 The worker runs one handler for all its tasks, so the orchestrator names the handler per
 workload: ``agentpool_worker.builtin:noop`` for the drain, ``bench.peers.drv_agentpool:stamp``
-for latency and ``bench.peers.drv_agentpool:long_task`` for recovery.
+for latency, ``bench.peers.drv_agentpool:long_task`` for recovery and
+``bench.peers.drv_agentpool:work`` for the end-to-end runs.
 
 Profiles:
 - ``throughput``: concurrency 100 (one claim fetches up to 100 tasks), everything else default.
-- ``default``: the defaults (30 s lease). Recovery is then measured two ways: with the
+- ``default``: the defaults (7 s lease). Recovery is then measured two ways: with the
   operator's requeue-by-owner on the pod event (``TaskQueue.requeue_pod``), and with lease
   expiry alone (the operator's periodic ``reap_expired``).
 """
@@ -19,8 +20,20 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from agentpool.client import SyncClient
 from agentpool.protocol import TaskQueue
 from bench.peers import common
+
+_recorder: aioredis.Redis | None = None
+
+
+async def work(payload: Any) -> None:
+    """One Redis write of the task's own, on a client of the handler's (as a real task's)."""
+    global _recorder
+    if _recorder is None:
+        _recorder = aioredis.Redis.from_url(common.env_url())
+    if await _recorder.incr(common.WORK_KEY) == common.total():
+        await _recorder.rpush(common.END_KEY, time.time())
 
 
 async def stamp(payload: Any) -> None:
@@ -38,6 +51,15 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
     n = int(options.get("n", 0))
     try:
         start = time.perf_counter()
+        if command in ("e2e", "fill_work"):
+            first, cpu = time.time(), time.process_time()
+            if options.get("mode") == "batch":
+                await queue.submit_many([None] * n, chunk=common.BATCH_CHUNK)
+            else:
+                for _ in range(n):
+                    await queue.submit(None)
+            return {"n": n, "seconds": time.perf_counter() - start, "first": first,
+                    "cpu": time.process_time() - cpu}
         if command == "enqueue" and options.get("mode") != "batch":
             for _ in range(n):
                 await queue.submit(None)
@@ -61,8 +83,21 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
         await client.aclose()
 
 
+def _produce_sync(n: int) -> dict[str, Any]:
+    """Single submits through the blocking client (a web handler's way)."""
+    with SyncClient.from_url(common.env_url()) as client:
+        queue = client.queue(common.QUEUE)
+        start = time.perf_counter()
+        for _ in range(n):
+            queue.submit(None)
+        return {"n": n, "seconds": time.perf_counter() - start}
+
+
 def main() -> None:
     command, options = common.command_line()
+    if command == "enqueue" and options.get("mode") == "sync":
+        common.reply(_produce_sync(int(options["n"])))
+        return
     common.reply(asyncio.run(_produce(command, options)))
 
 

@@ -43,6 +43,11 @@ def noop() -> None:
 
 
 @dramatiq.actor(queue_name=common.QUEUE)
+def work() -> None:
+    common.record_work()
+
+
+@dramatiq.actor(queue_name=common.QUEUE)
 def stamp(sent: float) -> None:
     common.record_latency(sent)
 
@@ -54,7 +59,7 @@ def long_task(seconds: float) -> None:
 
 
 def main() -> None:
-    common.produce_one_at_a_time(noop.send, stamp.send, long_task.send)
+    common.produce_one_at_a_time(noop.send, stamp.send, long_task.send, work.send)
 
 
 if __name__ == "__main__":

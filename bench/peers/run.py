@@ -41,12 +41,15 @@ import redis.asyncio as aioredis
 
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer, free_port
-from bench.peers import common, venvs
+from bench.peers import common, e2e, venvs
 
 ROOT = Path(__file__).resolve().parents[2]
-PEERS = ("celery", "rq", "arq", "dramatiq")
+PEERS = ("celery", "rq", "arq", "dramatiq", "taskiq")
 SYSTEMS = ("agentpool", *PEERS)
 LONG_TASK_SECONDS = 20.0
+BEFORE = "before"
+"""agentpool from another checkout (``--before DIR``), run side by side with this one."""
+_before_root: Path | None = None
 REAP_EVERY = 2.0
 """How often the lease-expiry-only scenarios run ``reap_expired``: the operator does it on
 every pass of a pool's loop, every ``scaling.pollSeconds`` (default 2 s)."""
@@ -84,7 +87,7 @@ class System:
 
     @property
     def driver(self) -> str:
-        return f"bench.peers.drv_{self.name}"
+        return f"bench.peers.drv_{'agentpool' if self.name == BEFORE else self.name}"
 
 
 SYSTEM_INFO = {
@@ -95,7 +98,15 @@ SYSTEM_INFO = {
     "arq": System("arq", common.QUEUE, False, (common.QUEUE,)),
     "dramatiq": System("dramatiq", f"dramatiq:{common.QUEUE}", True,
                        (f"dramatiq:{common.QUEUE}",)),
+    "taskiq": System("taskiq", common.QUEUE, False, (common.QUEUE,)),
+    BEFORE: System(BEFORE, "ap:{bench}:queued", False, ("ap:{bench}:queued", "ap:{bench}:wake")),
 }
+
+
+def pythonpath(system: str) -> str:
+    if system == BEFORE and _before_root is not None:
+        return f"{_before_root}:{_before_root / 'worker'}"
+    return f"{ROOT}:{ROOT / 'worker'}"
 
 
 @dataclass
@@ -139,6 +150,7 @@ class Config:
 
 def _agentpool(concurrency: int | None) -> Callable[[Env, str, str, str], WorkerSpec]:
     handlers = {"drain": "agentpool_worker.builtin:noop",
+                "e2e": "bench.peers.drv_agentpool:work",
                 "latency": "bench.peers.drv_agentpool:stamp",
                 "recovery": "bench.peers.drv_agentpool:long_task"}
 
@@ -196,11 +208,18 @@ def _dramatiq(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
                        "--processes", "1", "--threads", "8", "--queues", common.QUEUE])
 
 
+def _taskiq(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
+    return WorkerSpec([env.bin("taskiq", "taskiq"), "worker", "bench.peers.drv_taskiq:broker",
+                       "--workers", "1", "--log-level", "WARNING"])
+
+
 env_url_placeholder = "{url}"
 """Replaced by the database's URL when a worker starts."""
 
 CONFIGS = [
     Config("agentpool", "agentpool", "agentpool-worker, concurrency 100", _agentpool(100)),
+    Config("agentpool concurrency 8", "agentpool", "agentpool-worker, concurrency 8",
+           _agentpool(8)),
     Config("celery prefork", "celery", "prefork pool, 1 child per worker, prefetch x64, "
            "without gossip/mingle/heartbeat", _celery("prefork", 1)),
     Config("celery threads", "celery", "threads pool, 8 threads, prefetch x64, "
@@ -210,7 +229,18 @@ CONFIGS = [
     Config("rq Worker", "rq", "rq worker (forks a work horse per job; RQ's default)", _rq(None)),
     Config("arq", "arq", "max_jobs 100, poll_delay 0.05 s", _arq),
     Config("dramatiq", "dramatiq", "1 process x 8 threads (defaults), prefetch 16", _dramatiq),
+    Config("taskiq", "taskiq", "stream broker, 1 process, 100 async tasks (defaults)", _taskiq),
 ]
+E2E_CONFIGS = {
+    "agentpool": CONFIGS[0],
+    **{c.system: c for c in CONFIGS if c.label in (
+        "celery threads", "rq SimpleWorker", "arq", "dramatiq", "taskiq")},
+}
+"""The configuration of each system in the end-to-end runs: its high-throughput one."""
+E2E_CONFIGS[BEFORE] = Config(BEFORE, BEFORE, "agentpool-worker of --before, concurrency 100",
+                             _agentpool(100))
+E2E_BATCH = {"agentpool": True, BEFORE: True}
+"""Systems with a batch submit in the end-to-end producer (RQ's enqueue_many is not wired)."""
 
 
 @dataclass(frozen=True)
@@ -231,15 +261,17 @@ RECOVERY_CONFIG = {
     "rq": Config("rq", "rq", "", _rq(None)),
     "arq": Config("arq", "arq", "", _arq),
     "dramatiq": Config("dramatiq", "dramatiq", "", _dramatiq),
+    "taskiq": Config("taskiq", "taskiq", "", _taskiq),
 }
 SCENARIOS = [
     Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
              "requeue-by-owner on the pod event (TaskQueue.requeue_pod)", requeue_on_kill=True),
     Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
-             f"lease expiry only (30 s lease, reaper every {REAP_EVERY:g} s)", reaper=True),
+             f"lease expiry only (default 7 s lease, reaper every {REAP_EVERY:g} s)",
+             reaper=True),
     Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
-             f"lease expiry only (15 s lease, reaper every {REAP_EVERY:g} s)", reaper=True,
-             env=(("AGENTPOOL_LEASE_SECONDS", "15"),)),
+             f"lease expiry only (30 s lease, the earlier default; reaper every "
+             f"{REAP_EVERY:g} s)", reaper=True, env=(("AGENTPOOL_LEASE_SECONDS", "30"),)),
     Scenario("celery", RECOVERY_CONFIG["celery"], "default", "defaults (early ack)"),
     Scenario("celery", RECOVERY_CONFIG["celery"], "reliable",
              "acks_late + reject_on_worker_lost, visibility_timeout 60 s, restore sweep 10 s"),
@@ -252,6 +284,8 @@ SCENARIOS = [
              "defaults (heartbeat timeout 60 s, maintenance chance 0.1 %)"),
     Scenario("dramatiq", RECOVERY_CONFIG["dramatiq"], "reliable",
              "heartbeat timeout 15 s, maintenance chance 10 %"),
+    Scenario("taskiq", RECOVERY_CONFIG["taskiq"], "default",
+             "defaults (XAUTOCLAIM of messages idle for 10 min)"),
 ]
 
 
@@ -298,7 +332,8 @@ def start_worker(env: Env, config: Config, phase: str, profile: str, name: str,
     spec = config.spec(env, phase, profile, name)
     url = env.url(db)
     argv = [a.replace(env_url_placeholder, url) for a in spec.argv]
-    environ = {**os.environ, **spec.env, **(extra or {}), "PYTHONPATH": str(ROOT),
+    environ = {**os.environ, **spec.env, **(extra or {}),
+               "PYTHONPATH": pythonpath(config.system),
                common.URL_ENV: url, common.PROFILE_ENV: profile, "AGENTPOOL_REDIS_URL": url}
     log = (env.logs / f"{name}.log").open("ab")
     process = subprocess.Popen(argv, env=environ, cwd=ROOT, stdin=subprocess.DEVNULL,
@@ -325,7 +360,7 @@ def workers(env: Env, config: Config, phase: str, profile: str, count: int, db: 
 
 
 def ready_count(env: Env, system: str, db: int, started: list[Worker]) -> int:
-    if system == "agentpool":
+    if system in ("agentpool", BEFORE):
         count = 0
         for w in started:
             try:
@@ -357,7 +392,7 @@ def wait_ready(env: Env, system: str, db: int, started: list[Worker],
 def drive(env: Env, system: str, db: int, command: str, profile: str = "throughput",
           **options: Any) -> dict[str, Any]:
     url = env.url(db)
-    environ = {**os.environ, "PYTHONPATH": str(ROOT), common.URL_ENV: url,
+    environ = {**os.environ, "PYTHONPATH": pythonpath(system), common.URL_ENV: url,
                common.PROFILE_ENV: profile}
     reply = subprocess.run(
         [str(env.pythons[system]), "-m", SYSTEM_INFO[system].driver, command,
@@ -381,7 +416,10 @@ def bench_enqueue(env: Env, plan: Plan, systems: list[str]) -> dict[str, dict[st
     out: dict[str, dict[str, float | None]] = {}
     for system in systems:
         figures: dict[str, float | None] = {}
-        for mode, n in (("single", plan.enqueue_single), ("batch", plan.enqueue_batch)):
+        modes = [("single", plan.enqueue_single), ("batch", plan.enqueue_batch)]
+        if system == "agentpool":
+            modes.insert(1, ("sync", plan.enqueue_single))
+        for mode, n in modes:
             with env.client(0) as r:
                 r.flushdb()
             reply = drive(env, system, 0, "enqueue", n=n, mode=mode)
@@ -622,6 +660,9 @@ def render(results: dict[str, Any]) -> str:
                   "| system | single (tasks/s) | batch (tasks/s) |", "|---|---:|---:|"]
         for system, fig in enqueue.items():
             lines.append(f"| {system} | {_num(fig['single'])} | {_num(fig['batch'])} |")
+            if fig.get("sync") is not None:
+                lines.append(f"| {system}, blocking client (`SyncClient`) "
+                             f"| {_num(fig['sync'])} | — |")
         lines.append("")
     if any(len(fig) > 1 for fig in results["workers"].values()):
         lines += ["### Workers (no-op drain; submit→start latency at one task per 10 ms)", "",
@@ -683,15 +724,24 @@ def summary(results: dict[str, Any]) -> list[list[str]]:
         for mode in ("single", "batch"):
             add(f"enqueue, {mode}", enqueue["agentpool"][mode],
                 {k: v[mode] for k, v in enqueue.items() if k != "agentpool"}, True, "/s", 0)
+        if enqueue["agentpool"].get("sync") is not None:
+            add("enqueue, single, blocking client", enqueue["agentpool"]["sync"],
+                {k: v["single"] for k, v in enqueue.items() if k != "agentpool"}, True, "/s", 0)
     if "agentpool" in work:
         for key, figure in (("drain_1", "no-op drain, 1 process"),
                             ("drain_2", "no-op drain, 2 processes")):
             add(figure, work["agentpool"].get(key),
-                {k: v.get(key) for k, v in work.items() if k != "agentpool"}, True, "/s", 0)
-        for key, figure in (("p50_ms", "p50 submit→start"), ("p99_ms", "p99 submit→start")):
-            add(figure, (work["agentpool"].get("latency") or {}).get(key),
-                {k: (v.get("latency") or {}).get(key) for k, v in work.items()
-                 if k != "agentpool"}, False, " ms", 2)
+                {k: v.get(key) for k, v in work.items() if not k.startswith("agentpool")},
+                True, "/s", 0)
+        for label in ("agentpool", "agentpool concurrency 8"):
+            if label not in work:
+                continue
+            suffix = "" if label == "agentpool" else ", concurrency 8"
+            for key, figure in (("p50_ms", "p50 submit→start"),
+                                ("p99_ms", "p99 submit→start")):
+                add(figure + suffix, (work[label].get("latency") or {}).get(key),
+                    {k: (v.get("latency") or {}).get(key) for k, v in work.items()
+                     if not k.startswith("agentpool")}, False, " ms", 2)
     recovery: list[dict[str, Any]] = results["recovery"]
     ours = [r for r in recovery if r["system"] == "agentpool"]
     peers = {f"{r['system']} {r['profile']}": r["seconds"] for r in recovery
@@ -712,7 +762,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=",".join(SYSTEMS),
                         help="comma-separated systems to run (default: all)")
     parser.add_argument("--skip", default="",
-                        help="comma-separated workloads to skip: enqueue,drain,latency,recovery")
+                        help="comma-separated workloads to skip: "
+                             "e2e,enqueue,drain,latency,recovery")
+    parser.add_argument("--tasks", type=int, default=None,
+                        help="tasks per end-to-end run (default 10,000; 2,000 with --quick)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a checkout of an earlier agentpool, run side by side in the "
+                             "end-to-end runs (as 'before')")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the end-to-end runs (default 3; medians)")
     parser.add_argument("--venvs", type=Path, default=venvs.DEFAULT_ROOT,
                         help="where the peers' environments live (default: %(default)s)")
     parser.add_argument("--upgrade-peers", action="store_true",
@@ -728,7 +786,10 @@ def main(argv: list[str] | None = None) -> None:
     logs = out_dir / f"peers-{stamp}-logs"
     logs.mkdir(parents=True, exist_ok=True)
 
-    pythons: dict[str, Path] = {"agentpool": Path(sys.executable)}
+    pythons: dict[str, Path] = {"agentpool": Path(sys.executable), BEFORE: Path(sys.executable)}
+    if args.before is not None:
+        global _before_root
+        _before_root = args.before.resolve()
     for peer in (s for s in systems if s != "agentpool"):
         log(f"environment for {peer} ({args.venvs / peer})")
         pythons[peer] = venvs.ensure(args.venvs, peer, upgrade=args.upgrade_peers,
@@ -737,19 +798,30 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["python -m bench.peers", *(argv or sys.argv[1:])]),
         "machine": machine(),
         "versions": {s: venvs.versions(pythons[s], s) for s in systems},
-        "plan": plan.__dict__, "enqueue": {}, "workers": {}, "recovery": [],
+        "before": str(_before_root) if _before_root else None,
+        "plan": plan.__dict__, "e2e": {}, "enqueue": {}, "workers": {}, "recovery": [],
     }
+    e2e_systems = [BEFORE, *systems] if _before_root else systems
     started = time.monotonic()
     results["machine"]["load_at_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with RedisServer() as server:
         env = Env(server, pythons, logs)
+        if "e2e" not in skip:
+            n = args.tasks or (2_000 if args.quick else 10_000)
+            results["e2e"] = e2e.bench_e2e(env, e2e_systems, n, args.rounds,
+                                           sys.modules[__name__], E2E_BATCH)
+            print(e2e.render(results["e2e"], e2e_systems), flush=True)
         if "enqueue" not in skip:
             results["enqueue"] = bench_enqueue(env, plan, systems)
         configs = [c for c in CONFIGS if c.system in systems]
+        if _before_root is not None and "agentpool" in systems:
+            configs[:0] = [Config(f"agentpool before, concurrency {n}", BEFORE,
+                                  f"agentpool-worker of --before, concurrency {n}",
+                                  _agentpool(n)) for n in (100, 8)]
         for config in configs:
             fig: dict[str, Any] = results["workers"].setdefault(config.label, {
                 "describe": config.describe})
-            if "drain" not in skip:
+            if "drain" not in skip and config.system not in ("taskiq", BEFORE):
                 for procs in (1, 2):
                     fig[f"drain_{procs}"] = bench_drain(env, plan, config, procs, args.quick)
                 log(f"drain {config.label}: 1 process {_num(fig['drain_1'])}, "
@@ -772,6 +844,8 @@ def main(argv: list[str] | None = None) -> None:
     results["machine"]["load_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     path = args.json or out_dir / f"peers-{stamp}.json"
     path.write_text(json.dumps(results, indent=2))
+    if results["e2e"]:
+        print(e2e.render(results["e2e"], e2e_systems) + "\n")
     print(render(results))
     print(f"\n{results['total_seconds']:.0f} s; raw results: {path}; worker logs: {logs}")
 

@@ -23,12 +23,14 @@ REQUIREMENTS: dict[str, list[str]] = {
     "rq": ["rq", "hiredis"],
     "arq": ["arq"],  # arq depends on redis[hiredis] itself
     "dramatiq": ["dramatiq[redis]", "hiredis"],
+    "taskiq": ["taskiq", "taskiq-redis", "hiredis"],
 }
 DISTRIBUTIONS: dict[str, list[str]] = {
     "celery": ["celery", "kombu", "redis", "hiredis"],
     "rq": ["rq", "redis", "hiredis"],
     "arq": ["arq", "redis", "hiredis"],
     "dramatiq": ["dramatiq", "redis", "hiredis"],
+    "taskiq": ["taskiq", "taskiq-redis", "redis", "hiredis"],
     "agentpool": ["agentpool", "redis", "hiredis"],
 }
 _VERSIONS = (

@@ -163,8 +163,8 @@ def test_workers_json(cli: Cli) -> None:
 
 @pytest.fixture
 def worker_process(cli: Cli, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `agentpool-worker` on the CLI's queue: 4 at a time, the default 30 s lease (so a
-    heartbeat every 10 s), tasks that run for minutes."""
+    """A real `agentpool-worker` on the CLI's queue: 4 at a time, the default lease, tasks that
+    run for minutes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
     env.update(AGENTPOOL_REDIS_URL=cli.redis_url, AGENTPOOL_QUEUE=cli.queue,
                AGENTPOOL_HANDLER="agentpool_worker.builtin:simulated_agent",

@@ -183,3 +183,21 @@ async def test_release_returns_a_task_without_spending_an_attempt(
         assert await queue.held_by("pod-a:i1") == set()
     task = await claim_one(queue, "pod-a:i1")
     assert await queue.fail(task, "real failure") == FailOutcome.DEAD
+
+
+async def test_wake_up_signals_one_per_idle_spell_and_passed_on_by_a_full_claim(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    """A submit signals only into an empty list; a claim that leaves tasks behind passes one
+    signal on, and the claim that empties the queue drops what is left."""
+    wake = queue.prefix + "wake"
+    await queue.submit("a")
+    await queue.submit("b")
+    await queue.submit_many(["c", "d"])
+    assert await redis.llen(wake) == 1
+    assert await queue.wait_for_work(1)
+    assert await redis.llen(wake) == 0
+    assert len((await queue.claim("w:1", 1, 30)).tasks) == 1
+    assert await redis.llen(wake) == 1  # three left: the next idle worker is woken
+    assert len((await queue.claim("w:1", 10, 30)).tasks) == 3
+    assert await redis.llen(wake) == 0

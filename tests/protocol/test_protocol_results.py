@@ -77,6 +77,30 @@ async def test_wait_is_woken_by_the_completion_not_by_polling(
     assert (info.state, info.error) == ("dead", "boom")
 
 
+async def test_finishes_are_published_only_while_someone_listens(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    """Nobody listening: no PUBLISH per finish. The channel is ordered, so the first message
+    after `listen_for_finishes` names the task that finished after it, never the one before."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(queue.prefix + "done")
+    try:
+        unheard, heard = await queue.submit_many(["before", "after"])
+        first, second = (await queue.claim("w:1", 2, 30)).tasks
+        assert await queue.complete(first, None)
+        await queue.listen_for_finishes()
+        assert 0 < await redis.ttl(queue.prefix + "listening") <= 30
+        assert await queue.complete(second, None)
+        message = None
+        async with asyncio.timeout(10):
+            while message is None:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        assert (first.id, second.id) == (unheard, heard)
+        assert message["data"].decode() == heard
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
 async def test_wait_times_out_on_an_unfinished_task(queue: TaskQueue) -> None:
     task_id = await queue.submit("job")
     with pytest.raises(TimeoutError):

@@ -22,6 +22,12 @@ ENV_PREFIX = "AGENTPOOL_"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
+DEFAULT_LEASE_SECONDS = 7.0
+"""A worker that dies unseen (its node lost, a partition) holds its tasks at most this long after
+its last heartbeat; with the operator's reaper every 2 s they are claimable again within 10 s.
+Heartbeats every lease/3 keep a live worker's leases; fencing keeps a late zombie's writes out."""
+
+
 class ConfigError(Exception):
     """A configuration problem, already phrased for a person."""
 
@@ -65,7 +71,8 @@ class WorkerSettings(BaseSettings):
         "info", description="one of debug, info, warning, error, critical"
     )
     lease_seconds: float = Field(
-        30, ge=0.3, le=3600, description="a number of seconds between 0.3 and 3600"
+        DEFAULT_LEASE_SECONDS, ge=0.3, le=3600,
+        description="a number of seconds between 0.3 and 3600",
     )
     claim_batch: int = Field(100, ge=1, le=1000, description="an integer between 1 and 1000")
     poll_seconds: float = Field(

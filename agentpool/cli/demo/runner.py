@@ -29,6 +29,7 @@ from agentpool.cli.demo.summary import Summary, TaskRecord, summarize
 from agentpool.cli.demo.view import Reporter, RunningRow, Snapshot, WorkerRow
 from agentpool.connection import redis_from_url, sync_redis_from_url
 from agentpool.protocol import (
+    LISTEN_SECONDS,
     DoneSignal,
     QueueFigures,
     TaskInfo,
@@ -484,10 +485,15 @@ class FinishCounter:
 
     async def start(self) -> None:
         await self._done.subscribe()
+        await self.queue.listen_for_finishes()
         self._task = asyncio.create_task(self._listen())
 
     async def _listen(self) -> None:
+        listened = time.monotonic()
         while self.count < self.threshold:
+            if time.monotonic() - listened > LISTEN_SECONDS / 3:
+                listened = time.monotonic()
+                await self.queue.listen_for_finishes()
             if await self._done.next(timeout=1.0) is not None:
                 self.count += 1
         self.reached.set()
