@@ -656,7 +656,10 @@ class TaskQueue:
 
     async def complete(self, task: ClaimedTask, result: Any = None) -> bool:
         """Record success; False when this holder was fenced off (the task moved on)."""
-        return (await self.record([], [(task, result)]))[0]
+        if self.durability is Durability.REPLICATED:
+            return (await self.record([], [(task, result)]))[0]
+        reply = await self._run("complete", task.id, task.token, _encode_result(result))
+        return bool(reply[0])
 
     async def complete_many(self, done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
         """Record several successes in one round trip (a worker's completions batch up)."""
@@ -872,6 +875,7 @@ class DoneSignal:
     """
 
     def __init__(self, redis: aioredis.Redis, channel: str) -> None:
+        self._redis = redis
         self._pubsub: Any = redis.pubsub()
         self._channel = channel
         self._cluster = is_cluster(redis)
@@ -880,6 +884,8 @@ class DoneSignal:
     async def subscribe(self) -> None:
         """Subscribe now (else the first `next` does): ids published from here on arrive."""
         if self._state == "new":
+            if self._cluster:  # a cluster client learns the slot map on its first command
+                await cast(Any, self._redis).initialize()
             try:
                 await self._pubsub.ssubscribe(self._channel)
                 self._state = "subscribed"

@@ -9,13 +9,12 @@ import asyncio
 import os
 import sys
 
-import redis.asyncio as aioredis
-
+from agentpool.connection import redis_from_url
 from agentpool.ratelimit import RateLimiter
 
 
 async def main(url: str, name: str, total: int, concurrency: int, start: str) -> list[int]:
-    redis = aioredis.Redis.from_url(url)
+    redis = redis_from_url(url)
     limiter = RateLimiter(redis, name, caller=f"proc-{os.getpid()}")
     grants: list[int] = []
     await redis.rpush(start + ":ready", os.getpid())

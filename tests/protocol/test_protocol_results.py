@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import claim_one, eventually, shard_subscribers
 
-from agentpool.protocol import TaskNotFound, TaskQueue
+from agentpool.protocol import DoneSignal, TaskNotFound, TaskQueue
 
 
 async def test_unfinished_tasks_never_expire(redis: aioredis.Redis, queue: TaskQueue) -> None:
@@ -82,8 +82,8 @@ async def test_finishes_are_published_only_while_someone_listens(
 ) -> None:
     """Nobody listening: no PUBLISH per finish. The channel is ordered, so the first message
     after `listen_for_finishes` names the task that finished after it, never the one before."""
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(queue.prefix + "done")
+    done = DoneSignal(redis, queue.prefix + "done")
+    await done.subscribe()
     try:
         unheard, heard = await queue.submit_many(["before", "after"])
         first, second = (await queue.claim("w:1", 2, 30)).tasks
@@ -94,11 +94,11 @@ async def test_finishes_are_published_only_while_someone_listens(
         message = None
         async with asyncio.timeout(10):
             while message is None:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                message = await done.next(timeout=1)
         assert (first.id, second.id) == (unheard, heard)
-        assert message["data"].decode() == heard
+        assert message == heard
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await done.aclose()
 
 
 async def test_wait_times_out_on_an_unfinished_task(queue: TaskQueue) -> None:
