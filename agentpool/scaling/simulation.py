@@ -240,11 +240,13 @@ class OurAutoscaler:
             for name, pod in by_name.items()
         ]
         view = serving_view(loads)
+        ages = tuple(age for load in loads if not load.draining for age in load.run_ages)
         decision = decide(
-            self.policy, QueueLoad(queued, view.in_flight), view.serving, self.history, now
+            self.policy, QueueLoad(queued, view.in_flight, run_ages=ages), view.serving,
+            self.history, now,
         )
         self.history = decision.history
-        plan = plan_drains(loads, decision.replicas)
+        plan = plan_drains(loads, decision.replicas, decision.keep)
         event = None
         if decision.changed:
             event = ScaleEvent(now, decision.current, decision.replicas, decision.reason)
