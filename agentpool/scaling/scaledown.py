@@ -141,5 +141,5 @@ def plan_drains(loads: Sequence[PodLoad], target: int, keep: int | None = None) 
     release += [p.pod for p in serving if p.pod in chosen and p.in_flight == 0]
     serving_after = len(serving) - len(drain) + len(withdraw) + start
     staying = serving_after + len(live) - len(serving) - len(withdraw) + len(drain) - len(release)
-    spare = max(0, (target if keep is None else keep) - staying)
+    spare = max(0, max(target, keep or 0) - staying)
     return DrainPlan(tuple(drain), tuple(withdraw), start, tuple(release[spare:]))
