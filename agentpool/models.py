@@ -313,7 +313,7 @@ class ScalingSpec(_Model):
         default=0, ge=0, le=86400, description="Least time between two scale-ups."
     )
     scale_down_cooldown_seconds: int = Field(
-        default=30,
+        default=20,
         ge=0,
         le=86400,
         description=(
@@ -323,13 +323,13 @@ class ScalingSpec(_Model):
         ),
     )
     keep_drained_seconds: int = Field(
-        default=120,
+        default=600,
         ge=0,
         le=86400,
         description=(
-            "A drained pod whose runs have ended keeps its replica while the highest need "
-            "within this window calls for it, so a returning load takes it back instead of "
-            "starting a new pod."
+            "One drained pod whose runs have ended keeps its replica while the need within "
+            "this window rose above the serving pods, so a load that comes and goes takes it "
+            "back instead of starting a new pod."
         ),
     )
     scale_up_step: int | None = Field(

@@ -25,9 +25,10 @@ Rules, in the order `decide` applies them:
   HPA's stabilisation window), and never within that cooldown after a scale-up, so capacity
   just added is not taken away at once. A scale-down does not hold the next one: as the high
   recommendations of a burst age out of the window, the pool follows them down poll by poll.
-  A scale-down only drains (the pods stop taking work, which is cheap to undo); `keep` is the
-  highest need within keepDrainedSeconds, the replicas that stay while a returning load may
-  take drained pods back instead of starting new ones (never beyond a scale to zero);
+  A scale-down only drains (the pods stop taking work, which is cheap to undo); `keep` adds
+  one drained pod (KEPT_SPARE) to the serving ones while the need within keepDrainedSeconds
+  rose above them, so a load that comes and goes takes it back instead of starting a pod
+  (nothing is kept by a scale to zero);
 - a fresh history (see `ScalingHistory`) holds scale-downs for one window;
 - scale to zero only after the queue held nothing queued or in flight for a whole cooldown;
 - step limits cap the change of one decision.
@@ -45,6 +46,10 @@ from agentpool.models import ScalingSpec
 TIMES = "\N{MULTIPLICATION SIGN}"
 MAX_RECOMMENDATIONS = 32
 """Bound on remembered recommendations, so the history fits an annotation."""
+KEPT_SPARE = 1
+"""Drained pods without runs kept beyond the serving count. One spare takes back the load that
+comes and goes around a pod's worth; keeping a burst's pods would cost keepDrainedSeconds each
+for a burst that seldom returns within it (measured in bench/simulate.md)."""
 ABSORB_AFTER_SECONDS = 120.0
 """A history younger than this absorbs nothing: the runs it sees may all have just begun (a
 burst on a fresh pool), and their young ages would pass for short runs."""
@@ -60,10 +65,10 @@ class ScalingPolicy:
     activation_depth: int = 0
     poll_seconds: float = 2.0
     scale_up_cooldown_seconds: float = 0.0
-    scale_down_cooldown_seconds: float = 30.0
+    scale_down_cooldown_seconds: float = 20.0
     scale_up_step: int | None = None
     scale_down_step: int | None = None
-    keep_drained_seconds: float = 120.0
+    keep_drained_seconds: float = 600.0
     start_seconds: float = 10.0
     """Expected time from a new pod's creation to serving: runs ending sooner than that serve
     the queue before a new pod could."""
@@ -243,8 +248,10 @@ def decide(
     decision = _decide_serving(policy, load, current, history, now, need, raw, absorbed)
     if decision.replicas == 0:
         return decision
-    kept = [r.replicas for r in history.recommendations if r.at > now - policy.keep_drained_seconds]
-    return replace(decision, keep=policy.clamp(max([decision.replicas, *kept])))
+    since_keep = now - policy.keep_drained_seconds
+    recent = [r.replicas for r in history.recommendations if r.at > since_keep]
+    keep = min(max([decision.replicas, *recent]), decision.replicas + KEPT_SPARE)
+    return replace(decision, keep=policy.clamp(keep))
 
 
 def _decide_serving(

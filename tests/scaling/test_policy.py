@@ -338,12 +338,14 @@ def test_young_runs_do_not_pass_for_short_ones_after_long_runs_were_seen() -> No
     assert decision.history.run_seconds == pytest.approx(400.0 * math.exp(-20 / 600))
 
 
-def test_a_scale_down_keeps_the_replicas_needed_within_keep_drained_seconds() -> None:
+def test_a_scale_down_keeps_one_spare_while_more_was_needed_within_keep_drained_seconds(
+) -> None:
+    policy = ScalingPolicy(keep_drained_seconds=120)
     history = settled(recommendations=(Recommendation(NOW - 100, 5),))
-    decision = decide(ScalingPolicy(), load(in_flight=4), 5, history, NOW)
-    assert (decision.replicas, decision.keep) == (1, 5)
+    decision = decide(policy, load(in_flight=4), 5, history, NOW)
+    assert (decision.replicas, decision.keep) == (1, 2)
     history = settled(recommendations=(Recommendation(NOW - 130, 5),))
-    decision = decide(ScalingPolicy(), load(in_flight=4), 5, history, NOW)
+    decision = decide(policy, load(in_flight=4), 5, history, NOW)
     assert (decision.replicas, decision.keep) == (1, 1)
 
 
