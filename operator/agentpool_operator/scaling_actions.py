@@ -17,7 +17,9 @@ cost, removes exactly that pod. The names of the pods whose replica was given ba
 in an annotation of the Deployment, written with the replica count, so no replica is given
 back twice. SIGTERM's drainSeconds is left to evictions, node drains and rollouts.
 
-A scale-up first takes draining pods back into service (the drain and the mark are
+One drained pod whose runs ended may stay as a spare (the decision's `keep`, see
+`scaling.policy`): it keeps its mark and its replica until the recent need no longer calls
+for it. A scale-up first takes draining pods back into service (the drain and the mark are
 withdrawn: a running pod serves at once, a new one after its start-up) and starts new pods
 only for the rest. Marks and drain requests are the state, kept in the cluster and in Redis,
 never only in memory, so a retried round or a restarted operator chooses no more pods.
