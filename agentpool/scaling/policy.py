@@ -236,7 +236,8 @@ def decide(
                       run_seconds_at=now if run_seconds is not None else None)
     absorbed = 0.0
     if now - since >= ABSORB_AFTER_SECONDS:
-        absorbed = min(load.queued, _ending_soon(policy, load.run_ages, run_seconds))
+        ending = _ending_soon(policy, load.run_ages, run_seconds)
+        absorbed = min(load.queued, load.in_flight, ending)
     raw = 0 if asleep else math.ceil(round((backlog - absorbed) / tpr, 6))
     need = policy.clamp(raw)
     window = policy.scale_down_cooldown_seconds

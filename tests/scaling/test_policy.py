@@ -331,6 +331,13 @@ def test_a_fresh_history_or_unreported_ages_absorb_nothing() -> None:
     assert decide(ScalingPolicy(), QueueLoad(1, 4), 1, settled(), NOW).replicas == 2
 
 
+def test_ages_reported_for_runs_no_longer_in_flight_never_empty_the_need() -> None:
+    policy = ScalingPolicy(min_replicas=0, scale_down_cooldown_seconds=0)
+    history = settled(idle_since=LONG_AGO)
+    decision = decide(policy, QueueLoad(1, 0, run_ages=(5.0,) * 3), 1, history, NOW)
+    assert decision.replicas == 1
+
+
 def test_young_runs_do_not_pass_for_short_ones_after_long_runs_were_seen() -> None:
     history = replace(settled(), run_seconds=400.0, run_seconds_at=NOW - 20)
     decision = decide(ScalingPolicy(), QueueLoad(1, 4, run_ages=(2.0,) * 4), 1, history, NOW)
@@ -586,3 +593,39 @@ def test_property_a_run_of_decisions_respects_cooldowns_and_idle_time(
             last_up = now
         current, history = decision.replicas, decision.history
         assert len(history.recommendations) <= MAX_RECOMMENDATIONS
+
+
+ages = st.lists(st.floats(0, 900), max_size=12).map(tuple)
+
+
+@quick
+@given(policies(), loads, ages, currents, histories(), st.one_of(st.none(), st.floats(1, 900)))
+def test_property_runs_ending_soon_only_ever_lower_the_replicas(
+    policy: ScalingPolicy, queue: QueueLoad, run_ages: tuple[float, ...], current: int,
+    history: ScalingHistory, estimate: float | None,
+) -> None:
+    """Absorbed tasks lower the need, never raise it, and change nothing without a queue;
+    the decision stays within its bounds and never scales a live pool to zero with work."""
+    history = replace(history, run_seconds=estimate,
+                      run_seconds_at=None if estimate is None else NOW - 30)
+    plain = decide(policy, queue, current, history, NOW)
+    aged = decide(policy, replace(queue, run_ages=run_ages), current, history, NOW)
+    assert aged.replicas <= plain.replicas
+    if queue.queued == 0:
+        assert aged.replicas == plain.replicas
+    assert policy.min_replicas <= aged.replicas <= policy.max_replicas
+    if aged.replicas == 0 and current > 0:
+        assert queue.figures_ok and queue.queued == queue.in_flight == 0
+
+
+@quick
+@given(policies(), loads, ages, currents, histories())
+def test_property_keep_is_the_replicas_and_at_most_one_spare(
+    policy: ScalingPolicy, queue: QueueLoad, run_ages: tuple[float, ...], current: int,
+    history: ScalingHistory,
+) -> None:
+    decision = decide(policy, replace(queue, run_ages=run_ages), current, history, NOW)
+    assert decision.replicas <= decision.keep <= decision.replicas + 1
+    assert decision.keep <= policy.max_replicas
+    if decision.replicas == 0:
+        assert decision.keep == 0
