@@ -200,6 +200,9 @@ class Decision:
     current: int
     keep: int = -1
     """Replicas to keep, draining ones included (at least `replicas`); -1 means `replicas`."""
+    need: int | None = None
+    """The need this poll, within the bounds, the absorbed tasks left out; None when the
+    figures were not read or the pool has a fixed size."""
 
     def __post_init__(self) -> None:
         if self.keep < self.replicas:
@@ -246,7 +249,9 @@ def decide(
         history,
         recommendations=_remember(history.recommendations, Recommendation(now, need), memory),
     )
-    decision = _decide_serving(policy, load, current, history, now, need, raw, absorbed)
+    decision = replace(
+        _decide_serving(policy, load, current, history, now, need, raw, absorbed), need=need
+    )
     if decision.replicas == 0:
         return decision
     since_keep = now - policy.keep_drained_seconds

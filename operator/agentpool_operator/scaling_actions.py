@@ -318,7 +318,7 @@ def scaling_condition(
         )
     tpr = policy.tasks_per_replica
     raw = math.ceil(load.backlog / tpr)
-    need = policy.clamp(raw)
+    need = decision.need if decision.need is not None else policy.clamp(raw)
     if raw > policy.max_replicas and current == policy.max_replicas:
         return ConditionUpdate(
             "Scaling", "True", "AtMaximum",
@@ -340,6 +340,12 @@ def scaling_condition(
             "Scaling", "True", "Stabilizing",
             f"the backlog needs {_replicas(need)} of {current}; the scale-down waits for the "
             f"{policy.scale_down_cooldown_seconds:g}s stabilisation window",
+        )
+    if policy.clamp(raw) > current:
+        return ConditionUpdate(
+            "Scaling", "True", "Stable",
+            f"{_replicas(current)} {TIMES} {tpr} tasks fit the backlog once the runs about to "
+            "end take the queued tasks, sooner than a new pod could",
         )
     return ConditionUpdate(
         "Scaling", "True", "Stable", f"{_replicas(current)} {TIMES} {tpr} tasks fit the backlog"

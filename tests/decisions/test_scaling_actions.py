@@ -292,6 +292,15 @@ def test_held_decisions_say_what_they_wait_for() -> None:
     assert condition(QueueLoad(queued=2), 0, policy=asleep) == ("True", "Stable")
 
 
+def test_a_queue_the_runs_about_to_end_take_is_stable_not_cooling_down() -> None:
+    settled = ScalingHistory(since=0.0)
+    load = QueueLoad(queued=1, in_flight=4, run_ages=(3.0,) * 4)
+    assert condition(load, 2, settled, now=500.0) == ("True", "Stable")
+    decision = decide(POLICY, load, 2, settled, 500.0)
+    assert "runs about to end" in scaling_condition(POLICY, load, decision).message
+    assert condition(replace(load, run_ages=()), 2, settled, now=500.0) == ("True", "ScaledUp")
+
+
 def test_messages_of_a_held_size_do_not_move_with_the_backlog() -> None:
     def message(queued: int) -> str:
         load = QueueLoad(queued=queued)
