@@ -277,7 +277,8 @@ def _decide_serving(
     if need > current:
         explain = f"backlog {backlog} > {_replicas(current)} {TIMES} {tpr} tasks"
         if absorbed:
-            explain += f" + {absorbed:.1f} runs ending within {policy.start_seconds:g}s"
+            explain += (f", {absorbed:.1f} of them taken by runs ending within "
+                        f"{policy.start_seconds:g}s")
         if raw > policy.max_replicas:
             explain += f", capped at maxReplicas {policy.max_replicas}"
         return _scale_up(policy, current, need, explain, history, now)
@@ -291,8 +292,8 @@ def _decide_serving(
     elif need < current:
         explain = f"backlog {backlog} needs {need}, but {highest} were needed within {window:g}s"
     elif absorbed and backlog > current * tpr:
-        explain = (f"backlog {backlog} fits {_replicas(current)} {TIMES} {tpr} tasks once "
-                   f"{absorbed:.1f} runs end within {policy.start_seconds:g}s")
+        explain = (f"backlog {backlog} fits {_replicas(current)} {TIMES} {tpr} tasks: runs "
+                   f"ending within {policy.start_seconds:g}s take {absorbed:.1f} of the queued")
     else:
         explain = f"backlog {backlog} fits {_replicas(current)} {TIMES} {tpr} tasks"
     return _settle(policy, current, current, explain, history, now)

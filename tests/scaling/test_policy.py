@@ -312,7 +312,7 @@ def test_history_round_trips_through_json() -> None:
 def test_runs_about_to_end_absorb_a_short_queue_and_long_runs_do_not() -> None:
     short = decide(ScalingPolicy(), QueueLoad(1, 4, run_ages=(6.0,) * 4), 1, settled(), NOW)
     assert short.replicas == 1
-    assert "runs end within 10s" in short.reason
+    assert "runs ending within 10s take 1.0 of the queued" in short.reason
     long = decide(ScalingPolicy(), QueueLoad(1, 4, run_ages=(300.0,) * 4), 1, settled(), NOW)
     assert long.replicas == 2
 
