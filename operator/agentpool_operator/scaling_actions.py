@@ -427,7 +427,7 @@ async def scale(
 
     try:
         figures = queue_load(observation.figures)
-        if figures.figures_ok or holding(summaries, given_back):
+        if (figures.figures_ok and figures.in_flight) or holding(summaries, given_back):
             await read_work()
         serving = serving_replicas(summaries, replicas, given_back)
         load = serving_load(figures, summaries, work or {}, given_back, now)
