@@ -343,12 +343,23 @@ class ScalingSpec(_Model):
         default=0, ge=0, le=86400, description="Least time between two scale-ups."
     )
     scale_down_cooldown_seconds: int = Field(
-        default=60,
+        default=20,
         ge=0,
         le=86400,
         description=(
             "Least time after a scale-up before a scale-down; also the stabilisation window "
-            "(the highest recommendation within it wins)."
+            "(the highest recommendation within it wins). A scale-down drains pods: they take "
+            "no new work and keep their replicas until their runs end."
+        ),
+    )
+    keep_drained_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description=(
+            "One drained pod whose runs have ended keeps its replica while the need within "
+            "this window rose above the serving pods, so a load that comes and goes takes it "
+            "back instead of starting a new pod."
         ),
     )
     scale_up_step: int | None = Field(

@@ -64,7 +64,8 @@ SCALE_POOL_DRAIN_SECONDS = 5
 
 def scale_pool(name: str, worker_image: str, *,
                redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
-    """Two tasks per pod, 1..4 pods, quick polling and a short scale-down window.
+    """Two tasks per pod, 1..4 pods, quick polling, a short scale-down window and a short
+    keepDrainedSeconds (so the spare drained pod goes within the test's wait).
 
     drainSeconds is far shorter than the long tasks: a scale-down that relied on SIGTERM's
     drain would cut them short. The task timeout exceeds the longest latency simulated_agent
@@ -76,7 +77,7 @@ def scale_pool(name: str, worker_image: str, *,
         worker={"concurrency": 2, "drainSeconds": SCALE_POOL_DRAIN_SECONDS,
                 "taskTimeoutSeconds": 900},
         scaling={"minReplicas": SCALE_POOL_MIN, "maxReplicas": SCALE_POOL_MAX,
-                 "pollSeconds": 1, "scaleDownCooldownSeconds": 5},
+                 "pollSeconds": 1, "scaleDownCooldownSeconds": 5, "keepDrainedSeconds": 5},
     )
 
 

@@ -96,6 +96,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       default=_default(ScalingSpec, "scale_down_cooldown_seconds"),
                       help="least time after a scale-up before a scale-down, and the "
                       "stabilisation window (default %(default)s)")
+    pool.add_argument("--keep-drained-seconds", type=int, metavar="SECONDS",
+                      default=_default(ScalingSpec, "keep_drained_seconds"),
+                      help="how long a drained pod with no run left keeps its replica while "
+                      "the recent need may call it back (default %(default)s)")
     pool.add_argument("--scale-up-step", type=int, metavar="PODS",
                       help="most pods added by one decision (default: unlimited)")
     pool.add_argument("--scale-down-step", type=int, metavar="PODS",
@@ -215,6 +219,7 @@ def _scaling_spec(args: argparse.Namespace) -> ScalingSpec:
         "pollSeconds": args.poll_seconds,
         "scaleUpCooldownSeconds": args.scale_up_cooldown,
         "scaleDownCooldownSeconds": args.scale_down_cooldown,
+        "keepDrainedSeconds": args.keep_drained_seconds,
         "scaleUpStep": args.scale_up_step,
         "scaleDownStep": args.scale_down_step,
     }

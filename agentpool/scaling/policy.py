@@ -7,10 +7,16 @@ decides lives here, so every rule can be tested without a cluster, a Redis or a 
 Rules, in the order `decide` applies them:
 - missing figures (Redis unreachable): hold the current size, only clamped into the bounds —
   a blind controller must neither shed workers nor scale to zero;
-- need = ceil(backlog / tasksPerReplica), backlog = ready-to-run queued + in-flight, so pods
-  busy with long tasks are never counted as spare. `current` and the in-flight count are
-  those of the serving pods: pods draining after a scale-down are neither capacity nor
-  backlog (see `scaledown.serving_view`);
+- need = ceil((in-flight + queued - absorbed) / tasksPerReplica), so pods busy with long
+  tasks are never counted as spare. `current` and the in-flight count are those of the
+  serving pods: pods draining after a scale-down are neither capacity nor backlog (see
+  `scaledown.serving_view`). `absorbed` is the number of runs expected to end within the
+  start-up of a new pod (`start_seconds`): a task they will take starts no pod, as the pod
+  would come too late for it. A run's remaining time is estimated by the mean age of the
+  running runs (for runs arriving steadily, the mean age equals the mean remaining time),
+  remembered with a slow decay (`run_memory_seconds`) so that the young runs of a burst do
+  not pass for short ones; without reported run ages, or within ABSORB_AFTER_SECONDS of a
+  fresh history, nothing is absorbed;
 - activation: a pool at zero stays there until the backlog exceeds activationDepth;
 - bounds [minReplicas, maxReplicas]; minReplicas == maxReplicas is a fixed-size pool;
 - scale-up: at once (no stabilisation), unless inside scaleUpCooldownSeconds of the previous
@@ -18,7 +24,11 @@ Rules, in the order `decide` applies them:
 - scale-down: to the highest need recommended within the last scaleDownCooldownSeconds (the
   HPA's stabilisation window), and never within that cooldown after a scale-up, so capacity
   just added is not taken away at once. A scale-down does not hold the next one: as the high
-  recommendations of a burst age out of the window, the pool follows them down poll by poll;
+  recommendations of a burst age out of the window, the pool follows them down poll by poll.
+  A scale-down only drains (the pods stop taking work, which is cheap to undo); `keep` adds
+  one drained pod (KEPT_SPARE) to the serving ones while the need within keepDrainedSeconds
+  rose above them, so a load that comes and goes takes it back instead of starting a pod
+  (nothing is kept by a scale to zero);
 - a fresh history (see `ScalingHistory`) holds scale-downs for one window;
 - scale to zero only after the queue held nothing queued or in flight for a whole cooldown;
 - step limits cap the change of one decision;
@@ -63,6 +73,13 @@ RATE_LIMIT_SETTLE_SECONDS = 60.0
 minute to describe the new size: a held pool makes no new rate-limit move within it."""
 RATE_LIMIT_PROBE_FACTOR = 1.25
 """A held pool that hardly waits grows by this factor per settle period (at least one pod)."""
+KEPT_SPARE = 1
+"""Drained pods without runs kept beyond the serving count. One spare takes back the load that
+comes and goes around a pod's worth; keeping a burst's pods would cost keepDrainedSeconds each
+for a burst that seldom returns within it (measured in bench/simulate.md)."""
+ABSORB_AFTER_SECONDS = 120.0
+"""A history younger than this absorbs nothing: the runs it sees may all have just begun (a
+burst on a fresh pool), and their young ages would pass for short runs."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +92,15 @@ class ScalingPolicy:
     activation_depth: int = 0
     poll_seconds: float = 2.0
     scale_up_cooldown_seconds: float = 0.0
-    scale_down_cooldown_seconds: float = 60.0
+    scale_down_cooldown_seconds: float = 20.0
     scale_up_step: int | None = None
     scale_down_step: int | None = None
+    keep_drained_seconds: float = 600.0
+    start_seconds: float = 10.0
+    """Expected time from a new pod's creation to serving: runs ending sooner than that serve
+    the queue before a new pod could."""
+    run_memory_seconds: float = 600.0
+    """How slowly the estimate of a run's remaining time forgets longer runs seen before."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -88,6 +111,8 @@ class ScalingPolicy:
             raise ValueError("activation_depth must be >= 0 and poll_seconds > 0")
         if self.scale_up_cooldown_seconds < 0 or self.scale_down_cooldown_seconds < 0:
             raise ValueError("cooldowns must not be negative")
+        if min(self.keep_drained_seconds, self.start_seconds, self.run_memory_seconds) < 0:
+            raise ValueError("keep, start and memory times must not be negative")
         for step in (self.scale_up_step, self.scale_down_step):
             if step is not None and step < 1:
                 raise ValueError("step limits must be at least 1 when set")
@@ -104,6 +129,7 @@ class ScalingPolicy:
             scale_down_cooldown_seconds=scaling.scale_down_cooldown_seconds,
             scale_up_step=scaling.scale_up_step,
             scale_down_step=scaling.scale_down_step,
+            keep_drained_seconds=scaling.keep_drained_seconds,
         )
 
     @property
@@ -132,6 +158,9 @@ class QueueLoad:
     in_flight: int = 0
     figures_ok: bool = True
     limit_waits: tuple[LimitWait, ...] = ()
+    run_ages: tuple[float, ...] = ()
+    """Seconds each in-flight run has been going, as the workers report them (may be fewer
+    than `in_flight`)."""
 
     @classmethod
     def unavailable(cls) -> QueueLoad:
@@ -166,6 +195,9 @@ class ScalingHistory:
     """The rate limit that holds the pool (it capped a decision), if any."""
     rate_limited_size: int | None = None
     """The size that limit last capped the pool at: what it can feed, as far as is known."""
+    run_seconds: float | None = None
+    """The estimate of a run's remaining time, as of `run_seconds_at`."""
+    run_seconds_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -174,6 +206,8 @@ class ScalingHistory:
             "lastScaleUp": self.last_scale_up,
             "lastScaleDown": self.last_scale_down,
             "idleSince": self.idle_since,
+            "runSeconds": self.run_seconds,
+            "runSecondsAt": self.run_seconds_at,
         }
         if self.rate_limited is not None:
             data["rateLimited"] = self.rate_limited
@@ -198,6 +232,8 @@ class ScalingHistory:
             idle_since=_optional_number(data.get("idleSince")),
             rate_limited=_optional_text(data.get("rateLimited")),
             rate_limited_size=_optional_count(data.get("rateLimitedSize")),
+            run_seconds=_optional_number(data.get("runSeconds")),
+            run_seconds_at=_optional_number(data.get("runSecondsAt")),
         )
 
 
@@ -291,6 +327,15 @@ class Decision:
     current: int
     limited: RateLimitCap | None = None
     """Set when a rate limit capped the need below what the backlog asked for."""
+    keep: int = -1
+    """Replicas to keep, draining ones included (at least `replicas`); -1 means `replicas`."""
+    need: int | None = None
+    """The need this poll, within the bounds, the absorbed tasks left out; None when the
+    figures were not read or the pool has a fixed size."""
+
+    def __post_init__(self) -> None:
+        if self.keep < self.replicas:
+            object.__setattr__(self, "keep", self.replicas)
 
     @property
     def changed(self) -> bool:
@@ -305,7 +350,8 @@ def decide(
     now: float,
 ) -> Decision:
     """Desired replicas for a pool running `current` replicas, observed at `now` (seconds)."""
-    history = replace(history, since=history.since if history.since is not None else now)
+    since = history.since if history.since is not None else now
+    history = replace(history, since=since)
     if not load.figures_ok:
         held = replace(history, idle_since=None)
         return _settle(policy, current, current, "queue figures unavailable", held, now)
@@ -317,7 +363,14 @@ def decide(
 
     tpr = policy.tasks_per_replica
     asleep = current == 0 and backlog <= policy.activation_depth
-    raw = 0 if asleep else math.ceil(backlog / tpr)
+    run_seconds = _run_estimate(policy, load.run_ages, history, now)
+    history = replace(history, run_seconds=run_seconds,
+                      run_seconds_at=now if run_seconds is not None else None)
+    absorbed = 0.0
+    if now - since >= ABSORB_AFTER_SECONDS:
+        ending = _ending_soon(policy, load.run_ages, run_seconds)
+        absorbed = min(load.queued, load.in_flight, ending)
+    raw = 0 if asleep else math.ceil(round((backlog - absorbed) / tpr, 6))
     need = policy.clamp(raw)
     limited = rate_limit_cap(policy, load.limit_waits, current, history, now)
     if limited is not None:
@@ -331,18 +384,49 @@ def decide(
         history = replace(history, rate_limited=limited.limit if limited else history.rate_limited,
                           rate_limited_size=fed)
     window = policy.scale_down_cooldown_seconds
+    memory = max(window, policy.keep_drained_seconds)
     history = replace(
         history,
-        recommendations=_remember(history.recommendations, Recommendation(now, need), window),
+        recommendations=_remember(history.recommendations, Recommendation(now, need), memory),
     )
+    decision = replace(
+        _decide_serving(policy, load, current, history, now, need, raw, absorbed, limited),
+        need=need,
+    )
+    if decision.replicas == 0:
+        return decision
+    since_keep = now - policy.keep_drained_seconds
+    recent = [r.replicas for r in history.recommendations if r.at > since_keep]
+    keep = min(max([decision.replicas, *recent]), decision.replicas + KEPT_SPARE)
+    return replace(decision, keep=policy.clamp(keep))
+
+
+def _decide_serving(
+    policy: ScalingPolicy,
+    load: QueueLoad,
+    current: int,
+    history: ScalingHistory,
+    now: float,
+    need: int,
+    raw: int,
+    absorbed: float,
+    limited: RateLimitCap | None,
+) -> Decision:
+    backlog = load.backlog
+    tpr = policy.tasks_per_replica
+    window = policy.scale_down_cooldown_seconds
+    asleep = current == 0 and backlog <= policy.activation_depth
     if need > current:
         explain = f"backlog {backlog} > {_replicas(current)} {TIMES} {tpr} tasks"
+        if absorbed:
+            explain += (f", {absorbed:.1f} of them taken by runs ending within "
+                        f"{policy.start_seconds:g}s")
         if raw > policy.max_replicas:
             explain += f", capped at maxReplicas {policy.max_replicas}"
         if limited is not None:
             explain += f"; {limited.describe()}"
         return replace(_scale_up(policy, current, need, explain, history, now), limited=limited)
-    highest = max(r.replicas for r in history.recommendations)
+    highest = max([need, *(r.replicas for r in history.recommendations if r.at > now - window)])
     if highest < current:
         decision = _scale_down(policy, current, highest, backlog, history, now)
         if limited is not None:
@@ -361,9 +445,37 @@ def decide(
         explain = f"backlog {backlog} ≤ activationDepth {policy.activation_depth}"
     elif need < current:
         explain = f"backlog {backlog} needs {need}, but {highest} were needed within {window:g}s"
+    elif absorbed and backlog > current * tpr:
+        explain = (f"backlog {backlog} fits {_replicas(current)} {TIMES} {tpr} tasks: runs "
+                   f"ending within {policy.start_seconds:g}s take {absorbed:.1f} of the queued")
     else:
         explain = f"backlog {backlog} fits {_replicas(current)} {TIMES} {tpr} tasks"
     return _settle(policy, current, current, explain, history, now)
+
+
+def _run_estimate(
+    policy: ScalingPolicy, ages: tuple[float, ...], history: ScalingHistory, now: float
+) -> float | None:
+    """A run's expected remaining time: the mean age of the running runs, or the previous
+    estimate decayed by exp(-elapsed / run_memory_seconds) when that is longer."""
+    current = sum(ages) / len(ages) if ages else None
+    previous = history.run_seconds
+    if previous is not None and history.run_seconds_at is not None:
+        elapsed = max(0.0, now - history.run_seconds_at)
+        memory = policy.run_memory_seconds
+        previous = previous * math.exp(-elapsed / memory) if memory > 0 else None
+    known = [v for v in (current, previous) if v is not None]
+    return max(known) if known else None
+
+
+def _ending_soon(
+    policy: ScalingPolicy, ages: tuple[float, ...], run_seconds: float | None
+) -> float:
+    """Runs expected to end within start_seconds, each with an exponential remaining time
+    of mean `run_seconds` (at least a second)."""
+    if not ages or run_seconds is None or policy.start_seconds <= 0:
+        return 0.0
+    return len(ages) * -math.expm1(-policy.start_seconds / max(1.0, run_seconds))
 
 
 def _scale_up(

@@ -118,10 +118,11 @@ class DrainPlan:
         return self.start - len(self.release)
 
 
-def plan_drains(loads: Sequence[PodLoad], target: int) -> DrainPlan:
+def plan_drains(loads: Sequence[PodLoad], target: int, keep: int | None = None) -> DrainPlan:
     """Move the serving pods to `target`: drain (idle first, by `removal_rank`), or withdraw
     drains (the pods that would have stayed longest first) and start the rest; release the
-    replica of every draining pod that holds no run."""
+    replica of every draining pod that holds no run, except as many as it takes to keep
+    `keep` live pods (default `target`): those wait, drained, to be taken back."""
     live = [p for p in loads if not p.deleting]
     serving = [p for p in live if not p.draining]
     draining = [p for p in live if p.draining]
@@ -138,4 +139,7 @@ def plan_drains(loads: Sequence[PodLoad], target: int) -> DrainPlan:
     back = set(withdraw)
     release = [p.pod for p in draining if p.in_flight == 0 and p.pod not in back]
     release += [p.pod for p in serving if p.pod in chosen and p.in_flight == 0]
-    return DrainPlan(tuple(drain), tuple(withdraw), start, tuple(release))
+    serving_after = len(serving) - len(drain) + len(withdraw) + start
+    staying = serving_after + len(live) - len(serving) - len(withdraw) + len(drain) - len(release)
+    spare = max(0, max(target, keep or 0) - staying)
+    return DrainPlan(tuple(drain), tuple(withdraw), start, tuple(release[spare:]))

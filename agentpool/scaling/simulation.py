@@ -4,12 +4,13 @@ A pure discrete-event simulation (no clock, no threads, no I/O), so a trace give
 figures on every machine and a policy change can be judged before it reaches a cluster. It
 runs the same trace through two autoscalers on the same simulated cluster:
 
-- ours: `policy.decide` every pollSeconds on the serving pods (live, not draining) and the
-  tasks queued or running on them; `scaledown.plan_drains` applies the decision. A
-  scale-down drains the pods `scaledown.choose_pods_to_remove` picks (idle first, then the
-  fewest runs, then the oldest run): an idle one leaves at once, a busy one claims nothing new and
-  keeps its replica until its runs end, then leaves at the next poll, so no run is ever
-  interrupted. A scale-up takes draining pods back into service before it starts new ones;
+- ours: `policy.decide` every pollSeconds on the serving pods (live, not draining), the
+  tasks queued or running on them and the ages of those runs; `scaledown.plan_drains`
+  applies the decision. A scale-down drains the pods `scaledown.choose_pods_to_remove` picks
+  (idle first, then the fewest runs, then the oldest run): an idle one leaves at once
+  (unless it is the spare the decision keeps), a busy one claims nothing new and keeps its
+  replica until its runs end, then leaves at the next poll, so no run is ever interrupted.
+  A scale-up takes draining pods back into service before it starts new ones;
 - KEDA's defaults over the HPA: the KEDA operator polls every pollingInterval (30 s) and
   alone moves 0 -> 1 and, after cooldownPeriod (300 s) without activity, 1 -> 0; between 1
   and max the HPA syncs every 15 s on a fresh metric (KEDA's default, no metric caching) with
@@ -274,11 +275,12 @@ class OurAutoscaler:
             for name, pod in by_name.items()
         ]
         view = serving_view(loads)
+        ages = tuple(age for load in loads if not load.draining for age in load.run_ages)
         waits = limit_waits if self.rate_aware else ()
-        load = QueueLoad(queued, view.in_flight, limit_waits=waits)
+        load = QueueLoad(queued, view.in_flight, limit_waits=waits, run_ages=ages)
         decision = decide(self.policy, load, view.serving, self.history, now)
         self.history = decision.history
-        plan = plan_drains(loads, decision.replicas)
+        plan = plan_drains(loads, decision.replicas, decision.keep)
         event = None
         if decision.changed:
             event = ScaleEvent(now, decision.current, decision.replicas, decision.reason)

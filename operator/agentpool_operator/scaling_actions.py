@@ -17,7 +17,9 @@ cost, removes exactly that pod. The names of the pods whose replica was given ba
 in an annotation of the Deployment, written with the replica count, so no replica is given
 back twice. SIGTERM's drainSeconds is left to evictions, node drains and rollouts.
 
-A scale-up first takes draining pods back into service (the drain and the mark are
+One drained pod whose runs ended may stay as a spare (the decision's `keep`, see
+`scaling.policy`): it keeps its mark and its replica until the recent need no longer calls
+for it. A scale-up first takes draining pods back into service (the drain and the mark are
 withdrawn: a running pod serves at once, a new one after its start-up) and starts new pods
 only for the rest. Marks and drain requests are the state, kept in the cluster and in Redis,
 never only in memory, so a retried round or a restarted operator chooses no more pods.
@@ -143,12 +145,18 @@ def serving_replicas(pods: Sequence[PodSummary], replicas: int,
 
 
 def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str, PodWork],
-                 given_back: Collection[str]) -> QueueLoad:
-    """The queue as the policy must see it: the runs of draining pods need no capacity."""
+                 given_back: Collection[str], now: float | None = None) -> QueueLoad:
+    """The queue as the policy must see it: the runs of draining pods need no capacity; the
+    ages of the serving pods' runs (at `now`) tell how soon they free a slot."""
     if not load.figures_ok:
         return load
-    draining = sum(work.get(p.name, PodWork()).in_flight for p in holding(pods, given_back))
-    return replace(load, in_flight=max(0, load.in_flight - draining))
+    held = {p.name for p in holding(pods, given_back)}
+    draining = sum(work.get(name, PodWork()).in_flight for name in held)
+    ages = () if now is None else tuple(
+        max(0.0, now - since)
+        for name, w in sorted(work.items()) if name not in held for since in w.runs_since
+    )
+    return replace(load, in_flight=max(0, load.in_flight - draining), run_ages=ages)
 
 
 @dataclass(frozen=True)
@@ -185,8 +193,10 @@ def plan_scale(
     work: Mapping[str, PodWork] | None,
     now: float,
     drains: Mapping[str, float] | None = None,
+    keep: int | None = None,
 ) -> ScalePlan:
-    """Move the Deployment from `replicas` towards `target` serving replicas.
+    """Move the Deployment from `replicas` towards `target` serving replicas, keeping up to
+    `keep` (default `target`) live: drained pods without runs wait to be taken back.
 
     Only live unmarked pods are chosen, and no more of them than leave `target` (pods the
     ReplicaSet has not created yet are removed by just not creating them; pods beyond the
@@ -216,7 +226,8 @@ def plan_scale(
         ages = tuple(max(0.0, now - since) for since in w.runs_since)
         return PodLoad(p.name, w.in_flight, p.ready, draining=p.marked, run_ages=ages)
 
-    plan = plan_drains([load(p) for p in unmarked + held], live_target)
+    live_keep = live_target + max(0, (target if keep is None else keep) - target)
+    plan = plan_drains([load(p) for p in unmarked + held], live_target, live_keep)
     by_name = {p.name: p for p in live}
     chosen = set(plan.drain)
     idle = set(plan.release)
@@ -321,7 +332,7 @@ def scaling_condition(
         )
     tpr = policy.tasks_per_replica
     raw = math.ceil(load.backlog / tpr)
-    need = policy.clamp(raw)
+    need = decision.need if decision.need is not None else policy.clamp(raw)
     if raw > policy.max_replicas and current == policy.max_replicas:
         return ConditionUpdate(
             "Scaling", "True", "AtMaximum",
@@ -343,6 +354,12 @@ def scaling_condition(
             "Scaling", "True", "Stabilizing",
             f"the backlog needs {_replicas(need)} of {current}; the scale-down waits for the "
             f"{policy.scale_down_cooldown_seconds:g}s stabilisation window",
+        )
+    if policy.clamp(raw) > current:
+        return ConditionUpdate(
+            "Scaling", "True", "Stable",
+            f"{_replicas(current)} {TIMES} {tpr} tasks fit the backlog once the runs about to "
+            "end take the queued tasks, sooner than a new pod could",
         )
     return ConditionUpdate(
         "Scaling", "True", "Stable", f"{_replicas(current)} {TIMES} {tpr} tasks fit the backlog"
@@ -423,15 +440,17 @@ async def scale(
             raise ScaleAborted(_redis_problem(replicas, error)) from None
 
     try:
-        if holding(summaries, given_back):
+        figures = queue_load(observation.figures)
+        if (figures.figures_ok and figures.in_flight) or holding(summaries, given_back):
             await read_work()
         serving = serving_replicas(summaries, replicas, given_back)
-        load = serving_load(queue_load(observation.figures), summaries, work or {}, given_back)
+        load = serving_load(figures, summaries, work or {}, given_back, now)
         load = replace(load, limit_waits=observation.limit_waits)
         decision = decide(policy, load, serving, state.scaling_history, now)
         if decision.replicas < serving:
             await read_work()
-        plan = plan_scale(summaries, replicas, given_back, decision.replicas, work, now, drains)
+        plan = plan_scale(summaries, replicas, given_back, decision.replicas, work, now, drains,
+                          decision.keep)
         await _apply_marks(observation, plan, replicas, summaries, work or {}, drains, kube)
         if plan.replicas != replicas:
             await _patch_replicas(observation, state, decision, plan, kube)

@@ -75,6 +75,25 @@ def test_the_policy_sees_serving_replicas_and_their_runs_only() -> None:
     assert load == QueueLoad(queued=2, in_flight=2)
 
 
+def test_the_policy_sees_the_run_ages_of_serving_pods_only() -> None:
+    summaries = pods("a", "b", marked=("b",))
+    runs = {"a": PodWork(2, (NOW - 30, NOW - 5)), "b": PodWork(1, (NOW - 400,))}
+    load = serving_load(QueueLoad(queued=1, in_flight=3), summaries, runs, (), NOW)
+    assert load == QueueLoad(queued=1, in_flight=2, run_ages=(30.0, 5.0))
+
+
+def test_a_kept_drained_pod_holds_its_replica_and_is_not_released() -> None:
+    summaries = pods("a", "b", "c")
+    busy = work(a=3)
+    plan = plan_scale(summaries, 3, (), 1, busy, NOW, keep=2)
+    assert (plan.drain, plan.release, plan.replicas) == (("b",), ("c",), 3)
+    after = pods("a", "b", "c", marked=("b",), released=("c",), unready=("b", "c"))
+    plan = plan_scale(after, 3, (), 1, busy, NOW, keep=2)
+    assert (plan.give_back, plan.replicas) == (("c",), 2)
+    plan = plan_scale(after, 3, (), 2, busy, NOW, keep=2)
+    assert (len(plan.withdraw), plan.start, plan.replicas) == (1, 0, 3)
+
+
 def test_idle_pods_chosen_are_released_and_their_replicas_go_once_unready() -> None:
     five = pods("a", "b", "c", "d", "e")
     busy = work(a=1, c=2, e=1)
@@ -271,6 +290,15 @@ def test_held_decisions_say_what_they_wait_for() -> None:
     assert condition(QueueLoad(queued=50), 3, policy=fixed) == ("False", "FixedSize")
     asleep = ScalingPolicy(min_replicas=0, max_replicas=3, activation_depth=5)
     assert condition(QueueLoad(queued=2), 0, policy=asleep) == ("True", "Stable")
+
+
+def test_a_queue_the_runs_about_to_end_take_is_stable_not_cooling_down() -> None:
+    settled = ScalingHistory(since=0.0)
+    load = QueueLoad(queued=1, in_flight=4, run_ages=(3.0,) * 4)
+    assert condition(load, 2, settled, now=500.0) == ("True", "Stable")
+    decision = decide(POLICY, load, 2, settled, 500.0)
+    assert "runs about to end" in scaling_condition(POLICY, load, decision).message
+    assert condition(replace(load, run_ages=()), 2, settled, now=500.0) == ("True", "ScaledUp")
 
 
 def test_messages_of_a_held_size_do_not_move_with_the_backlog() -> None:

@@ -240,6 +240,59 @@ async def test_a_busy_pod_chosen_keeps_its_replica_until_its_runs_end_and_a_burs
     assert operator.error is None, operator.error
 
 
+async def test_a_drained_idle_pod_keeps_its_replica_while_recent_need_calls_for_it(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """The load falls: the pod whose run ended drains but keeps its replica (the need of the
+    last keepDrainedSeconds was two pods); the load returns: it is taken back, no pod starts."""
+    queue = TaskQueue(redis, queue_name)
+    pods = [f"phi-4d2e1-{suffix}" for suffix in ("aaaaa", "bbbbb")]
+    await queue.submit_many([{"n": n} for n in range(2)])
+    tasks = {}
+    for pod in pods:
+        task = await start_worker(queue, pod, busy=True)
+        assert task is not None
+        tasks[pod] = task
+    await create_pods(cluster, "phi", pods)
+    await cluster.create_pool(pool_manifest(
+        "phi", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=2, maxReplicas=2, tasksPerReplica=1),
+    ))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: cluster.condition("phi", "Scaling")["reason"] == "FixedSize")
+        await cluster.patch_pool("phi", {"spec": {"scaling": {
+            "minReplicas": 1, "maxReplicas": 3, "keepDrainedSeconds": 3600}}})
+        await eventually(lambda: cluster.condition("phi", "Scaling")["reason"] == "Stable")
+
+        idle = pods[1]
+        assert await queue.complete(tasks[idle], "ok")
+        await start_worker(queue, idle, busy=False)
+        await eventually(lambda: cost_of(cluster, idle) == "-1000")
+        await eventually(lambda: drains_are(queue, {idle}))
+        await set_unready(cluster, idle)
+        await eventually(lambda: cluster.pool("phi")["status"].get("drainingReplicas") == 1)
+        for ready in (1, 2, 1):
+            await one_more_round(cluster, "phi", ready=ready)
+        assert cost_of(cluster, idle) == "-1000"
+        assert cluster.deployment("phi")["spec"]["replicas"] == 2
+        assert deployment_writes(cluster, "phi") == []
+        assert cluster.events("DrainedPodsRemoved") == []
+
+        await queue.submit({"n": 2})
+        await eventually(lambda: cost_of(cluster, idle) is None)
+        await eventually(lambda: drains_are(queue, set()))
+        await eventually(lambda: cluster.events("DrainWithdrawn"))
+        await eventually(lambda: cluster.pool("phi")["status"].get("drainingReplicas") == 0)
+        assert cluster.deployment("phi")["spec"]["replicas"] == 2
+        assert deployment_writes(cluster, "phi") == []
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
 async def test_a_drained_pod_the_replicaset_kept_is_deleted(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
     queue_name: str,

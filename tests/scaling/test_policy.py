@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import assume, given, settings
@@ -297,9 +298,69 @@ def test_history_round_trips_through_json() -> None:
     policy = ScalingPolicy(min_replicas=0)
     history = ScalingHistory()
     for step, queued in enumerate([40, 30, 0, 0, 12]):
-        history = decide(policy, load(queued=queued), 3, history, NOW + step).history
+        ages = (float(step), 20.0)
+        decision = decide(policy, QueueLoad(queued, 2, run_ages=ages), 3, history, NOW + step)
+        history = decision.history
+    assert history.run_seconds is not None
     restored = ScalingHistory.from_json(json.loads(json.dumps(history.to_json())))
     assert restored == history
+
+
+# --- runs about to end, drained pods kept --------------------------------------------------
+
+
+def test_runs_about_to_end_absorb_a_short_queue_and_long_runs_do_not() -> None:
+    short = decide(ScalingPolicy(), QueueLoad(1, 4, run_ages=(6.0,) * 4), 1, settled(), NOW)
+    assert short.replicas == 1
+    assert "runs ending within 10s take 1.0 of the queued" in short.reason
+    long = decide(ScalingPolicy(), QueueLoad(1, 4, run_ages=(300.0,) * 4), 1, settled(), NOW)
+    assert long.replicas == 2
+
+
+def test_a_burst_beyond_what_ends_soon_still_scales_up() -> None:
+    decision = decide(ScalingPolicy(max_replicas=20), QueueLoad(40, 4, run_ages=(6.0,) * 4), 1,
+                      settled(), NOW)
+    assert decision.replicas == math.ceil((44 - 4 * -math.expm1(-10 / 6)) / 4)
+    assert "runs ending within 10s" in decision.reason
+
+
+def test_a_fresh_history_or_unreported_ages_absorb_nothing() -> None:
+    fresh = ScalingHistory(since=NOW - 10)
+    young = decide(ScalingPolicy(), QueueLoad(1, 4, run_ages=(6.0,) * 4), 1, fresh, NOW)
+    assert young.replicas == 2
+    assert decide(ScalingPolicy(), QueueLoad(1, 4), 1, settled(), NOW).replicas == 2
+
+
+def test_ages_reported_for_runs_no_longer_in_flight_never_empty_the_need() -> None:
+    policy = ScalingPolicy(min_replicas=0, scale_down_cooldown_seconds=0)
+    history = settled(idle_since=LONG_AGO)
+    decision = decide(policy, QueueLoad(1, 0, run_ages=(5.0,) * 3), 1, history, NOW)
+    assert decision.replicas == 1
+
+
+def test_young_runs_do_not_pass_for_short_ones_after_long_runs_were_seen() -> None:
+    history = replace(settled(), run_seconds=400.0, run_seconds_at=NOW - 20)
+    decision = decide(ScalingPolicy(), QueueLoad(1, 4, run_ages=(2.0,) * 4), 1, history, NOW)
+    assert decision.replicas == 2
+    assert decision.history.run_seconds == pytest.approx(400.0 * math.exp(-20 / 600))
+
+
+def test_a_scale_down_keeps_one_spare_while_more_was_needed_within_keep_drained_seconds(
+) -> None:
+    policy = ScalingPolicy(keep_drained_seconds=120)
+    history = settled(recommendations=(Recommendation(NOW - 100, 5),))
+    decision = decide(policy, load(in_flight=4), 5, history, NOW)
+    assert (decision.replicas, decision.keep) == (1, 2)
+    history = settled(recommendations=(Recommendation(NOW - 130, 5),))
+    decision = decide(policy, load(in_flight=4), 5, history, NOW)
+    assert (decision.replicas, decision.keep) == (1, 1)
+
+
+def test_a_scale_to_zero_keeps_no_drained_pod() -> None:
+    policy = ScalingPolicy(min_replicas=0)
+    history = settled(recommendations=(Recommendation(NOW - 60, 3),), idle_since=NOW - 100)
+    decision = decide(policy, load(), 3, history, NOW)
+    assert (decision.replicas, decision.keep) == (0, 0)
 
 
 def test_history_stays_bounded() -> None:
@@ -532,3 +593,39 @@ def test_property_a_run_of_decisions_respects_cooldowns_and_idle_time(
             last_up = now
         current, history = decision.replicas, decision.history
         assert len(history.recommendations) <= MAX_RECOMMENDATIONS
+
+
+ages = st.lists(st.floats(0, 900), max_size=12).map(tuple)
+
+
+@quick
+@given(policies(), loads, ages, currents, histories(), st.one_of(st.none(), st.floats(1, 900)))
+def test_property_runs_ending_soon_only_ever_lower_the_replicas(
+    policy: ScalingPolicy, queue: QueueLoad, run_ages: tuple[float, ...], current: int,
+    history: ScalingHistory, estimate: float | None,
+) -> None:
+    """Absorbed tasks lower the need, never raise it, and change nothing without a queue;
+    the decision stays within its bounds and never scales a live pool to zero with work."""
+    history = replace(history, run_seconds=estimate,
+                      run_seconds_at=None if estimate is None else NOW - 30)
+    plain = decide(policy, queue, current, history, NOW)
+    aged = decide(policy, replace(queue, run_ages=run_ages), current, history, NOW)
+    assert aged.replicas <= plain.replicas
+    if queue.queued == 0:
+        assert aged.replicas == plain.replicas
+    assert policy.min_replicas <= aged.replicas <= policy.max_replicas
+    if aged.replicas == 0 and current > 0:
+        assert queue.figures_ok and queue.queued == queue.in_flight == 0
+
+
+@quick
+@given(policies(), loads, ages, currents, histories())
+def test_property_keep_is_the_replicas_and_at_most_one_spare(
+    policy: ScalingPolicy, queue: QueueLoad, run_ages: tuple[float, ...], current: int,
+    history: ScalingHistory,
+) -> None:
+    decision = decide(policy, replace(queue, run_ages=run_ages), current, history, NOW)
+    assert decision.replicas <= decision.keep <= decision.replicas + 1
+    assert decision.keep <= policy.max_replicas
+    if decision.replicas == 0:
+        assert decision.keep == 0

@@ -135,3 +135,32 @@ def test_property_the_plan_reaches_the_target_and_starts_only_when_nothing_drain
     assert plan.start == 0 or len(plan.withdraw) == view.draining
     live_after = view.serving + view.draining + plan.start - len(plan.release)
     assert live_after <= max(view.serving + view.draining, target)
+
+
+def test_drained_idle_pods_keep_their_replicas_up_to_keep() -> None:
+    loads = [PodLoad("a", 3), PodLoad("b", 0), PodLoad("c", 0), PodLoad("d", 0, draining=True)]
+    assert plan_drains(loads, 1, keep=3) == DrainPlan(drain=("b", "c"), release=("c",))
+    assert plan_drains(loads, 1, keep=4) == DrainPlan(drain=("b", "c"))
+    assert plan_drains(loads, 1) == DrainPlan(drain=("b", "c"), release=("d", "b", "c"))
+
+
+def test_a_kept_drained_pod_is_taken_back_instead_of_a_new_one() -> None:
+    loads = [PodLoad("a", 4), PodLoad("b", 0, draining=True)]
+    assert plan_drains(loads, 1, keep=2) == DrainPlan()
+    assert plan_drains(loads, 2, keep=2) == DrainPlan(withdraw=("b",))
+
+
+@given(pods, st.integers(min_value=0, max_value=12), st.integers(min_value=0, max_value=12))
+def test_property_keep_only_holds_back_idle_releases(
+    loads: list[PodLoad], target: int, keep: int
+) -> None:
+    plain = plan_drains(loads, target)
+    plan = plan_drains(loads, target, keep)
+    assert (plan.drain, plan.withdraw, plan.start) == (plain.drain, plain.withdraw, plain.start)
+    assert set(plan.release) <= set(plain.release)
+    view = serving_view(loads)
+    live_after = view.serving + view.draining + plan.start - len(plan.release)
+    live_before = view.serving + view.draining + plan.start
+    assert live_after >= min(max(keep, target), live_before)
+    if len(plan.release) < len(plain.release):
+        assert live_after == min(max(keep, target), live_before)
