@@ -120,6 +120,15 @@ INVALID_SPECS: list[dict[str, Any]] = [
         "redis": {"url": "redis://r"},
         "worker": {"image": "i", "handler": "m:f", "resources": {"limits": {"cpu": 0.5}}},
     },
+    {
+        "redis": {"url": "redis://r", "durability": "sometimes"},
+        "worker": {"image": "i", "handler": "m:f"},
+    },
+    {
+        "redis": {"url": "redis://r"},
+        "worker": {"image": "i", "handler": "m:f"},
+        "scaling": {"keepDrainedSeconds": -1},
+    },
 ]
 
 
