@@ -555,13 +555,17 @@ class Soak:
                 over_bound += 1
                 over_examples.append(f"{task_id}: {redone} steps redone over {lost} lost runs")
         zombie_accepted = 0
+        zombie_examples: list[str] = []
         for saved in await self.records.smembers(SAVED_KEY):
             run, _, sent = _text(saved).rpartition("|")
             task_runs = starts.get(run.split("|", 1)[0], {})
             began = task_runs.get(run)
-            if began is not None and any(began < other < float(sent)
-                                         for other in task_runs.values()):
+            later = [other for other, at in task_runs.items()
+                     if began is not None and began < at < float(sent)]
+            if later:
                 zombie_accepted += 1
+                zombie_examples.append(f"{run} (began {began:.3f}) saved at {float(sent):.3f}, "
+                                       f"after {', '.join(later)} began")
         refused = int(await self.redis.hget(self.queue.prefix + "stats",
                                             "checkpoints_refused") or 0)
         return {
@@ -571,6 +575,7 @@ class Soak:
             "tasks_over_bound": over_bound,
             "over_bound_examples": over_examples[:5],
             "zombie_checkpoints_accepted": zombie_accepted,
+            "zombie_checkpoint_examples": zombie_examples[:5],
             "zombie_checkpoints_refused": refused,
             "ok": wrong == 0 and over_bound == 0 and zombie_accepted == 0,
         }
