@@ -226,6 +226,20 @@ class SentinelGroup:
     def server_on(self, port: int) -> RedisServer:
         return next(server for server in self.servers if server.port == port)
 
+    def wait_demoted(self, port: int, within: float = 30.0) -> None:
+        """Wait until the server on `port` is a replica. After SENTINEL FAILOVER the old
+        primary takes writes until the sentinels demote it, and those writes are lost."""
+        deadline = time.monotonic() + within
+        with redis.Redis.from_url(self.server_on(port).url) as server:
+            while True:
+                with contextlib.suppress(redis.RedisError):
+                    role = server.role()[0]
+                    if role in (b"slave", "slave"):
+                        return
+                if time.monotonic() > deadline:
+                    raise RedisServerError(f"the server on port {port} was not demoted")
+                time.sleep(0.05)
+
     def restore(self, port: int, *, primary: int, synced: bool = True) -> None:
         """Start a killed server again, as a replica of the current primary."""
         server = self.server_on(port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -62,6 +63,10 @@ def fail_over(group: SentinelGroup, *, kill: bool) -> None:
         time.sleep(0.05)
     if kill:
         group.restore(old, primary=new)
+        return
+    # the tests are about following the new primary, not the writes the old one takes
+    # until it is demoted (the failover soak counts those)
+    group.wait_demoted(old)
 
 
 async def patiently(call: Any, within: float = 15.0) -> Any:
@@ -124,9 +129,13 @@ async def test_the_console_reads_the_new_primary(group: SentinelGroup, kill: boo
 
             assert await eventually(queued_in_console, within=10) == 1
             await asyncio.to_thread(fail_over, group, kill=kill)
-            await patiently(lambda: queue.submit({"n": 2}))
 
             async def shows_two() -> bool:
+                # A submit the old primary acknowledged in the moments before the sentinels
+                # demoted it is lost with it (docs/redis.md): submitted again under the same
+                # idempotency key until the new primary has it, never twice.
+                with contextlib.suppress(RedisError, OSError):
+                    await queue.submit({"n": 2}, idempotency_key="second")
                 return await queued_in_console() == 2
 
             await eventually(shows_two, within=20, what="the console shows the new primary")

@@ -47,6 +47,8 @@ def fail_over(group: SentinelGroup, *, kill: bool) -> tuple[int, int]:
     while time.monotonic() < deadline:
         new = group.primary_port()
         if new is not None and new != old:
+            if not kill:  # following the new primary is tested, not the old one's last writes
+                group.wait_demoted(old)
             return old, new
         time.sleep(0.05)
     raise AssertionError("the sentinels promoted no replica within 30 s")
