@@ -22,14 +22,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.exceptions import RedisError
-from worker_helpers import eventually, running, settings
+from worker_helpers import eventually, fail_over, running, settings
 
 from agentpool.client import Client
 from agentpool.console.app import ConsoleConfig, build_app
 from agentpool.console.sources import Sources
 from agentpool.models import RedisSpec
 from agentpool.protocol import TaskQueue
-from agentpool.redis_server import SENTINEL_SERVICE, SentinelGroup, sentinel_admin
+from agentpool.redis_server import SentinelGroup
 from agentpool_operator.redis_access import (
     QueueAccessError,
     RedisClients,
@@ -45,28 +45,6 @@ KINDS = pytest.mark.parametrize("kill", [False, True], ids=["sentinel-failover",
 def group() -> Iterator[SentinelGroup]:
     with SentinelGroup(password=PASSWORD) as started:
         yield started
-
-
-def fail_over(group: SentinelGroup, *, kill: bool) -> None:
-    """Fail the primary over and, after a kill, start the old one again as a replica."""
-    group.wait_healthy()
-    old = group.primary_port()
-    assert old is not None
-    if kill:
-        group.server_on(old).kill()
-    else:
-        with sentinel_admin(group.sentinel_ports[0]) as sentinel:
-            sentinel.sentinel_failover(SENTINEL_SERVICE)
-    deadline = time.monotonic() + 30
-    while (new := group.primary_port()) in (None, old):
-        assert time.monotonic() < deadline, "no replica promoted within 30 s"
-        time.sleep(0.05)
-    if kill:
-        group.restore(old, primary=new)
-        return
-    # the tests are about following the new primary, not the writes the old one takes
-    # until it is demoted (the failover soak counts those)
-    group.wait_demoted(old)
 
 
 async def patiently(call: Any, within: float = 15.0) -> Any:
@@ -101,7 +79,7 @@ async def test_agentpool_wait_follows_a_failover(group: SentinelGroup, kill: boo
                 return bool(numsub and numsub[0][1] >= 1)
 
             await eventually(subscribed, within=20, what="agentpool wait subscribed")
-            await asyncio.to_thread(fail_over, group, kill=kill)
+            await asyncio.to_thread(fail_over, group, kill=kill, restore=True)
             claimed = await patiently(lambda: queue.claim("pod:1", 1, 30))
             assert [t.id for t in claimed.tasks] == [task_id]
             assert await patiently(lambda: queue.complete(claimed.tasks[0], "done")) is True
@@ -128,7 +106,7 @@ async def test_the_console_reads_the_new_primary(group: SentinelGroup, kill: boo
                 return sum(p["queued"] for p in pools if p["name"] == name)
 
             assert await eventually(queued_in_console, within=10) == 1
-            await asyncio.to_thread(fail_over, group, kill=kill)
+            await asyncio.to_thread(fail_over, group, kill=kill, restore=True)
 
             async def shows_two() -> bool:
                 # A submit the old primary acknowledged in the moments before the sentinels
@@ -159,7 +137,7 @@ async def test_the_operators_client_from_a_pool_secret_follows_a_failover(
         queue = TaskQueue(await clients.client("team-a", "pool", url), queue_name())
         await queue.submit({"n": 1})
         assert (await read_figures(queue)).queued == 1
-        await asyncio.to_thread(fail_over, group, kill=True)
+        await asyncio.to_thread(fail_over, group, kill=True, restore=True)
         await patiently(lambda: queue.submit({"n": 2}))
 
         async def reads_both() -> bool:
@@ -192,7 +170,7 @@ async def test_runs_in_flight_keep_their_leases_across_a_failover(
                 return all(i.state == "running" for i in infos)
 
             await eventually(all_running, within=10, what="4 tasks running")
-            await asyncio.to_thread(fail_over, group, kill=kill)
+            await asyncio.to_thread(fail_over, group, kill=kill, restore=True)
 
             async def all_succeeded() -> list[Any]:
                 infos = await patiently(lambda: queue.get_many(ids))

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 from redis.exceptions import RedisError
-from worker_helpers import eventually, running, settings
+from worker_helpers import eventually, fail_over, running, settings
 
 from agentpool.client import Client
 from agentpool.protocol import TaskQueue
-from agentpool.redis_server import SENTINEL_SERVICE, SentinelGroup, sentinel_admin
+from agentpool.redis_server import SentinelGroup
 from agentpool_operator.redis_access import QueueAccessError, RedisClients, read_figures
 
 PASSWORD = "sentinel-test-pw"
@@ -31,27 +31,6 @@ TASKS = 24
 def group() -> Iterator[SentinelGroup]:
     with SentinelGroup(password=PASSWORD) as started:
         yield started
-
-
-def fail_over(group: SentinelGroup, *, kill: bool) -> tuple[int, int]:
-    """Fail the primary over, by kill -9 or by SENTINEL FAILOVER: (old port, new port)."""
-    group.wait_healthy()
-    old = group.primary_port()
-    assert old is not None
-    if kill:
-        group.server_on(old).kill()
-    else:
-        with sentinel_admin(group.sentinel_ports[0]) as sentinel:
-            sentinel.sentinel_failover(SENTINEL_SERVICE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        new = group.primary_port()
-        if new is not None and new != old:
-            if not kill:  # following the new primary is tested, not the old one's last writes
-                group.wait_demoted(old)
-            return old, new
-        time.sleep(0.05)
-    raise AssertionError("the sentinels promoted no replica within 30 s")
 
 
 async def finish_all(queue: TaskQueue, ids: list[str], within: float) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agentpool.protocol import TaskInfo, TaskQueue
+from agentpool.redis_server import SENTINEL_SERVICE, SentinelGroup, sentinel_admin
 from agentpool_worker.settings import WorkerSettings
 from agentpool_worker.worker import Worker
 
@@ -163,3 +164,30 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 
 async def probe(port: int, path: str) -> tuple[int, str]:
     return await asyncio.to_thread(http_get, port, path)
+
+
+def fail_over(group: SentinelGroup, *, kill: bool, restore: bool = False) -> tuple[int, int]:
+    """Fail the primary over, by kill -9 or by SENTINEL FAILOVER: (old port, new port).
+
+    After a kill, `restore` starts the old server again as a replica. After SENTINEL FAILOVER
+    it returns once the old primary is demoted: the tests follow the new primary, while the
+    writes the old one takes until then (lost, docs/redis.md) are the failover soak's to count.
+    """
+    group.wait_healthy()
+    old = group.primary_port()
+    assert old is not None
+    if kill:
+        group.server_on(old).kill()
+    else:
+        with sentinel_admin(group.sentinel_ports[0]) as sentinel:
+            sentinel.sentinel_failover(SENTINEL_SERVICE)
+    deadline = time.monotonic() + 30
+    while (new := group.primary_port()) in (None, old):
+        assert time.monotonic() < deadline, "the sentinels promoted no replica within 30 s"
+        time.sleep(0.05)
+    assert new is not None
+    if not kill:
+        group.wait_demoted(old)
+    elif restore:
+        group.restore(old, primary=new)
+    return old, new
