@@ -37,8 +37,9 @@ def redis_cluster() -> Iterator[RedisCluster]:
 @pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[SentinelGroup]:
     """A primary, a replica and three sentinels, started on first use (never failed over:
-    tests that fail over start their own)."""
-    with SentinelGroup() as group:
+    tests that fail over start their own, so a machine stalled for seconds must not make the
+    sentinels fail this one over behind the tests' backs)."""
+    with SentinelGroup(down_after_ms=60_000) as group:
         yield group
 
 

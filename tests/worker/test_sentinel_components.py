@@ -22,7 +22,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.exceptions import RedisError
-from worker_helpers import eventually, fail_over, running, settings
+from worker_helpers import (
+    STALL_PROOF_DOWN_AFTER_MS,
+    eventually,
+    fail_over,
+    running,
+    settings,
+)
 
 from agentpool.client import Client
 from agentpool.console.app import ConsoleConfig, build_app
@@ -43,7 +49,7 @@ KINDS = pytest.mark.parametrize("kill", [False, True], ids=["sentinel-failover",
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[SentinelGroup]:
-    with SentinelGroup(password=PASSWORD) as started:
+    with SentinelGroup(password=PASSWORD, down_after_ms=STALL_PROOF_DOWN_AFTER_MS) as started:
         yield started
 
 
@@ -167,14 +173,15 @@ async def test_runs_in_flight_keep_their_leases_across_a_failover(
 
             async def all_running() -> bool:
                 infos = await queue.get_many(ids)
-                return all(i.state == "running" for i in infos)
+                return len(infos) == len(ids) and all(i.state == "running" for i in infos)
 
             await eventually(all_running, within=10, what="4 tasks running")
             await asyncio.to_thread(fail_over, group, kill=kill, restore=True)
 
             async def all_succeeded() -> list[Any]:
                 infos = await patiently(lambda: queue.get_many(ids))
-                return infos if all(i.state == "succeeded" for i in infos) else []
+                succeeded = len(infos) == len(ids) and all(i.state == "succeeded" for i in infos)
+                return infos if succeeded else []
 
             infos = await eventually(all_succeeded, within=40, what="the 4 tasks succeeded")
         assert [i.attempts for i in infos] == [1, 1, 1, 1]

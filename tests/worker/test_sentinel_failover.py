@@ -16,7 +16,13 @@ from collections.abc import Iterator
 
 import pytest
 from redis.exceptions import RedisError
-from worker_helpers import eventually, fail_over, running, settings
+from worker_helpers import (
+    STALL_PROOF_DOWN_AFTER_MS,
+    eventually,
+    fail_over,
+    running,
+    settings,
+)
 
 from agentpool.client import Client
 from agentpool.protocol import TaskQueue
@@ -29,7 +35,7 @@ TASKS = 24
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[SentinelGroup]:
-    with SentinelGroup(password=PASSWORD) as started:
+    with SentinelGroup(password=PASSWORD, down_after_ms=STALL_PROOF_DOWN_AFTER_MS) as started:
         yield started
 
 

@@ -166,6 +166,12 @@ async def probe(port: int, path: str) -> tuple[int, str]:
     return await asyncio.to_thread(http_get, port, path)
 
 
+STALL_PROOF_DOWN_AFTER_MS = 3000
+"""Sentinel's down-after for the failover tests: long enough that a loaded machine stalling a
+server for a second does not fail it over on its own in the middle of a test (the test's
+writes would go to a primary about to be overwritten), short enough for quick kill -9 tests."""
+
+
 def fail_over(group: SentinelGroup, *, kill: bool, restore: bool = False) -> tuple[int, int]:
     """Fail the primary over, by kill -9 or by SENTINEL FAILOVER: (old port, new port).
 
