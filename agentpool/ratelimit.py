@@ -24,13 +24,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from agentpool.errors import PermanentError
-from agentpool.models import RateLimitSpec
+
+if TYPE_CHECKING:  # the worker reads limits from its environment and never loads the models
+    from agentpool.models import RateLimitSpec
 
 NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 REGISTRY_KEY = "ap:ratelimits"

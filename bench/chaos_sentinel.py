@@ -71,6 +71,8 @@ PRODUCER_TICK = 0.1
 class Failover:
     kind: str
     in_flight: int = 0
+    queued: int = 0
+    """Work waiting when the primary went: with none (a lull), "work resumed" is not measured."""
     detection_seconds: float | None = None
     """kill: from the kill to the promotion; graceful: from the command to the promotion."""
     work_resumed_seconds: float | None = None
@@ -193,6 +195,8 @@ class SentinelSoak(Soak):
         record = Failover(kind)
         record.in_flight = await self.patient(
             lambda: self.redis.zcard(self.queue.prefix + "leases"))
+        record.queued = await self.patient(
+            lambda: self.redis.zcard(self.queue.prefix + "queued"))
         self.tally.bound += record.in_flight
         began = time.monotonic()
         if kind == "kill":
@@ -217,6 +221,7 @@ class SentinelSoak(Soak):
                   f"{record.work_resumed_seconds}s, every worker after "
                   f"{record.workers_back_seconds}s, operator after "
                   f"{record.operator_back_seconds}s; {record.in_flight} in flight, "
+                  f"{record.queued} queued, "
                   f"{record.submits_lost} acknowledged submits lost")
 
     async def measure_recovery(self, record: Failover, promoted: float, wall: float,
@@ -349,13 +354,14 @@ class SentinelSoak(Soak):
             if any(a > done for a in attempts.get(task_id, []))
         )
         claims_lost = sum(len(a) - len(set(a)) for a in attempts.values())
-        resumed = [f.work_resumed_seconds for f in self.failovers]
+        resumed = [f.work_resumed_seconds for f in self.failovers if f.in_flight + f.queued]
         measured = [x for x in resumed if x is not None]
         report.update(
             durability=self.durability.value,
             failovers=[asdict(f) for f in self.failovers],
             failover_summary={
                 "count": len(self.failovers),
+                "with_work_waiting": len(resumed),
                 "work_resumed_max": max(measured, default=None),
                 "work_resumed_median": statistics.median(measured) if measured else None,
                 "workers_back_max": _max(f.workers_back_seconds for f in self.failovers),

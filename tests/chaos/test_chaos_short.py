@@ -98,7 +98,9 @@ def test_sentinel_failovers_lose_no_task_and_replicated_loses_no_acknowledged_wr
     assert report["zombie_completions_accepted"] == 0, context
     kinds = {f["kind"] for f in report["failovers"]}
     assert kinds == {"kill", "graceful"}, context
-    assert all(f["work_resumed_seconds"] is not None for f in report["failovers"]), context
+    busy = [f for f in report["failovers"] if f["in_flight"] + f["queued"]]
+    assert len(busy) >= len(report["failovers"]) // 2, context
+    assert all(f["work_resumed_seconds"] is not None for f in busy), context
     lost = report["lost_writes"]
     if durability == "replicated":
         assert lost["submits_acknowledged_then_lost"] == 0, context
