@@ -29,14 +29,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
 import redis.cluster
 import redis.sentinel
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -225,6 +227,35 @@ class BlockingSentinelConnectionPool(FollowingSentinelConnectionPool, BlockingCo
     """Connections to the Sentinel primary, at most `max_connections`; callers wait for one."""
 
 
+class PackingInC(AbstractConnection):
+    """Packs commands with hiredis's C packer, as redis-py's blocking client does; its asyncio
+    connections pack in Python, which costs about a fifth of a command's client CPU (a
+    single submit: 300 -> 230 us here). The bytes sent are the same."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        name, rest = args[0], args[1:]
+        words = name.encode().split() if isinstance(name, str) else name.split()
+        try:
+            return [hiredis.pack_command((*words, *rest))]
+        except TypeError:
+            wrong = next(a for a in rest if isinstance(a, bool)
+                         or not isinstance(a, str | bytes | int | float | memoryview))
+            raise DataError(f"Invalid input of type: '{type(wrong).__name__}'. "
+                            "Convert to a bytes, string, int or float first.") from None
+
+
+_PACKING_IN_C: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _pack_in_c(pool: ConnectionPool) -> None:
+    """The pool's connections (plain, TLS or Sentinel-managed) pack with hiredis. A Cluster
+    client keeps redis-py's packer: it builds its nodes' connections itself."""
+    base = pool.connection_class
+    if base not in _PACKING_IN_C:
+        _PACKING_IN_C[base] = type(base.__name__, (PackingInC, base), {})
+    pool.connection_class = _PACKING_IN_C[base]
+
+
 def redis_from_url(
     url: str, *, max_connections: int | None = None, pool_timeout: float = 5.0, **kwargs: Any
 ) -> aioredis.Redis:
@@ -238,12 +269,14 @@ def redis_from_url(
     if not is_sentinel_url(url):
         try:
             if max_connections is None:
-                return aioredis.Redis.from_url(url, **kwargs)
-            pool = BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=pool_timeout, **kwargs
-            )
+                pool = ConnectionPool.from_url(url, **kwargs)
+            else:
+                pool = BlockingConnectionPool.from_url(
+                    url, max_connections=max_connections, timeout=pool_timeout, **kwargs
+                )
         except ValueError:
             raise RedisURLError(INVALID_URL_MESSAGE) from None
+        _pack_in_c(pool)
         return aioredis.Redis.from_pool(pool)
     parsed = parse_sentinel_url(url)
     sentinel_kwargs = {
@@ -273,6 +306,7 @@ def redis_from_url(
     client: aioredis.Redis = sentinel.master_for(
         parsed.service, connection_pool_class=pool_class, **node_kwargs
     )
+    _pack_in_c(client.connection_pool)
     return client
 
 

@@ -1,12 +1,15 @@
 """Redis URLs: the Sentinel and cluster forms' parts, their errors, and that no message quotes
-a password."""
+a password; the clients made from them pack commands in C, to the same bytes."""
 
 from __future__ import annotations
 
 import pytest
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.exceptions import DataError
 
 from agentpool.connection import (
     ClusterURL,
+    PackingInC,
     RedisURLError,
     SentinelURL,
     is_cluster,
@@ -123,3 +126,48 @@ def test_a_bad_cluster_url_is_refused_without_quoting_its_password(
 def test_cluster_urls_are_shown_with_hosts_and_without_secrets() -> None:
     assert (redact_url("rediss+cluster://u:pw@n1:7000,n2:7001/")
             == "rediss+cluster://u:***@n1:7000,n2:7001/")
+
+
+COMMANDS = [
+    ("EVALSHA", "a" * 40, 1, "ap:{q}:queued", "ap:{q}:", "ü", b"\x00\xff", 7, -1, 2**70),
+    ("SET", "k", 0.1, "EX", 10),
+    ("SET", "k", 1e20),
+    ("SET", memoryview(b"view"), b"x" * 10_000),
+    ("CONFIG GET", "maxmemory"),
+    (b"CLIENT SETNAME", "agentpool"),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: str(c[0]))
+def test_commands_packed_in_c_are_the_bytes_redis_py_packs(command: tuple[object, ...]) -> None:
+    python = b"".join(bytes(part) for part in Connection().pack_command(*command))
+    packed_in_c = b"".join(_packing(Connection).pack_command(*command))
+    assert packed_in_c == python
+
+
+@pytest.mark.parametrize("value", [True, None, object()], ids=["bool", "none", "object"])
+def test_a_value_redis_cannot_take_is_refused_as_redis_py_refuses_it(value: object) -> None:
+    with pytest.raises(DataError) as by_redis_py:
+        Connection().pack_command("SET", "k", value)
+    with pytest.raises(DataError) as in_c:
+        _packing(Connection).pack_command("SET", "k", value)
+    assert str(in_c.value) == str(by_redis_py.value)
+
+
+@pytest.mark.parametrize("url", [
+    "redis://localhost:6379/0",
+    "rediss://localhost:6380/0",
+    "redis+sentinel://localhost:26379/agentpool",
+])
+@pytest.mark.parametrize("max_connections", [None, 4])
+def test_clients_from_urls_pack_in_c(url: str, max_connections: int | None) -> None:
+    client = redis_from_url(url, max_connections=max_connections)
+    connection_class = client.connection_pool.connection_class
+    assert issubclass(connection_class, PackingInC)
+    if url.startswith("rediss"):
+        assert issubclass(connection_class, SSLConnection)
+
+
+def _packing(connection_class: type[Connection]) -> PackingInC:
+    packing = type("Packing", (PackingInC, connection_class), {})
+    return packing()  # type: ignore[no-any-return]
