@@ -247,13 +247,24 @@ class PackingInC(AbstractConnection):
 _PACKING_IN_C: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 
-def _pack_in_c(pool: ConnectionPool) -> None:
-    """The pool's connections (plain, TLS or Sentinel-managed) pack with hiredis. A Cluster
-    client keeps redis-py's packer: it builds its nodes' connections itself."""
-    base = pool.connection_class
+def _in_c(base: type[Any]) -> type[Any]:
+    """`base` (a plain, TLS or Sentinel-managed connection) packing with hiredis."""
     if base not in _PACKING_IN_C:
         _PACKING_IN_C[base] = type(base.__name__, (PackingInC, base), {})
-    pool.connection_class = _PACKING_IN_C[base]
+    return _PACKING_IN_C[base]
+
+
+def _pack_in_c(pool: ConnectionPool) -> None:
+    pool.connection_class = _in_c(pool.connection_class)
+
+
+def _cluster_packs_in_c(cluster: RedisCluster) -> None:
+    """A Cluster client builds its nodes' connections itself, from the connection options it
+    keeps (nodes it discovers) or those of the nodes it was given (where it starts)."""
+    options = cluster.connection_kwargs
+    options["connection_class"] = _in_c(options["connection_class"])
+    for node in cluster.startup_nodes:
+        node.connection_class = _in_c(node.connection_class)
 
 
 def redis_from_url(
@@ -325,6 +336,7 @@ def cluster_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
         startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
         username=parsed.username, password=parsed.password, **options,
     )
+    _cluster_packs_in_c(client)
     return client  # type: ignore[return-value]
 
 

@@ -19,6 +19,7 @@ from agentpool.connection import (
     parse_sentinel_url,
     redis_from_url,
 )
+from agentpool.redis_server import RedisCluster
 from agentpool.urls import URL_PREFIXES, redact_url
 
 
@@ -166,6 +167,32 @@ def test_clients_from_urls_pack_in_c(url: str, max_connections: int | None) -> N
     assert issubclass(connection_class, PackingInC)
     if url.startswith("rediss"):
         assert issubclass(connection_class, SSLConnection)
+
+
+def test_a_tls_cluster_client_packs_in_c() -> None:
+    client = redis_from_url("rediss+cluster://127.0.0.1:1")
+    node = client.startup_nodes[0]  # type: ignore[attr-defined]
+    assert issubclass(node.connection_class, PackingInC)
+    assert issubclass(node.connection_class, SSLConnection)
+
+
+async def test_a_cluster_client_packs_in_c_on_the_nodes_it_discovers(
+    redis_cluster: RedisCluster,
+) -> None:
+    """Given one node, the client finds the others: their connections pack in C too."""
+    one_node = redis_cluster.url.replace(
+        ",".join(f"127.0.0.1:{port}" for port in redis_cluster.ports),
+        f"127.0.0.1:{redis_cluster.ports[0]}")
+    client = redis_from_url(one_node)
+    try:
+        for queue in ("a", "b", "c", "d", "e", "f"):
+            await client.set(f"ap:{{{queue}}}:packed", "ü")
+            assert await client.get(f"ap:{{{queue}}}:packed") == "ü".encode()
+        nodes = client.get_nodes()  # type: ignore[attr-defined]
+        assert len(nodes) == redis_cluster.primaries
+        assert all(issubclass(node.connection_class, PackingInC) for node in nodes)
+    finally:
+        await client.aclose()
 
 
 def _packing(connection_class: type[Connection]) -> PackingInC:
