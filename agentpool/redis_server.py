@@ -290,18 +290,24 @@ class SentinelGroup:
                 process.terminate()
                 process.wait(timeout=10)
         self.sentinels.clear()
-        for server in self.servers:
-            server.close()
-        self.servers.clear()
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
+        _close_servers(self.servers, self._dir)
+        self._dir = None
 
     def __enter__(self) -> SentinelGroup:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _close_servers(servers: list[RedisServer],
+                   folder: tempfile.TemporaryDirectory[str] | None) -> None:
+    """Stop every server of a group and remove the folder they kept their files in."""
+    for server in servers:
+        server.close()
+    servers.clear()
+    if folder is not None:
+        folder.cleanup()
 
 
 def sentinel_admin(port: int, password: str | None = None) -> redis.Redis:
@@ -418,12 +424,8 @@ class RedisCluster:
                 and fields.get("cluster_known_nodes") == str(self.primaries))
 
     def close(self) -> None:
-        for server in self.servers:
-            server.close()
-        self.servers.clear()
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
+        _close_servers(self.servers, self._dir)
+        self._dir = None
 
     def __enter__(self) -> RedisCluster:
         return self.start()
