@@ -238,8 +238,8 @@ class PackingInC(AbstractConnection):
         try:
             return [hiredis.pack_command((*words, *rest))]
         except TypeError:
-            wrong = next(a for a in rest if isinstance(a, bool)
-                         or not isinstance(a, str | bytes | int | float | memoryview))
+            wrong = next((a for a in rest if isinstance(a, bool)
+                          or not isinstance(a, str | bytes | int | float | memoryview)), None)
             raise DataError(f"Invalid input of type: '{type(wrong).__name__}'. "
                             "Convert to a bytes, string, int or float first.") from None
 
