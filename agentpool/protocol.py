@@ -118,6 +118,8 @@ class ClaimBatch:
     tasks: list[ClaimedTask]
     next_due_in: float | None
     """Seconds until the earliest delayed task is due, if any."""
+    queued_left: int = 0
+    """Tasks still queued after this claim."""
 
 
 @dataclass(frozen=True)
@@ -650,9 +652,35 @@ class TaskQueue:
     async def claim(self, worker: str, count: int, lease_seconds: float,
                     promote_limit: int = 100) -> ClaimBatch:
         return _claim_batch(await self._run(
-            "claim", worker, count, int(lease_seconds * 1000), promote_limit,
-            uuid.uuid4().hex[:8] + "-",
-        ))
+            "claim", *_claim_args(worker, count, lease_seconds, promote_limit)))
+
+    async def wait_and_claim(self, worker: str, count: int, lease_seconds: float,
+                             timeout: float, promote_limit: int = 100) -> ClaimBatch:
+        """Block up to `timeout` seconds for a submit's wake-up signal, then claim, in one
+        round trip: the claim is pipelined behind the BLPOP, so Redis runs it the moment the
+        wait ends (a signal, or the timeout, when due delayed tasks are promoted).
+
+        Redis runs that claim even when the worker cannot take the reply (frozen, its loop
+        blocked, partitioned): the tasks then wait for their lease to run out. Workers keep
+        `count` at 1 and claim the rest with :meth:`claim` when `queued_left` says there is
+        more, so such a worker holds back one task at most.
+
+        Needs a connection of its own; workers call it on a dedicated client. A wait cut
+        short (cancelled) may have claimed: its caller hands back what it holds unknowingly.
+        """
+        args = _claim_args(worker, count, lease_seconds, promote_limit)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.blpop([self.prefix + "wake"], timeout=max(timeout, 0.01))
+            pipe.execute_command("EVALSHA", self._script("claim").sha, 1,
+                                 self.prefix + "queued", self.prefix, *args)
+            woken, reply = await pipe.execute(raise_on_error=False)
+        if isinstance(woken, Exception):
+            raise woken
+        if isinstance(reply, NoScriptError):  # Redis restarted: the claim did not run
+            reply = await self._run("claim", *args)
+        elif isinstance(reply, Exception):
+            raise reply
+        return _claim_batch(reply)
 
     async def complete(self, task: ClaimedTask, result: Any = None) -> bool:
         """Record success; False when this holder was fenced off (the task moved on)."""
@@ -856,14 +884,6 @@ class TaskQueue:
     async def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
         return int(await self._run("dead_letters", "purge", *(task_ids or [])))
 
-    async def wait_for_work(self, timeout: float) -> bool:
-        """Block up to `timeout` seconds for a submit's wake-up signal (one per worker waiting).
-
-        Needs a connection of its own; workers call it on a dedicated client.
-        """
-        reply = await self.redis.blpop([self.prefix + "wake"], timeout=max(timeout, 0.01))
-        return reply is not None
-
 
 class DoneSignal:
     """The ids of a queue's tasks as they reach a final state, from its ``done`` channel.
@@ -949,8 +969,15 @@ async def known_queues(redis: aioredis.Redis, max_keys: int = 20_000) -> tuple[l
     return sorted(names), True
 
 
+def _claim_args(worker: str, count: int, lease_seconds: float,
+                promote_limit: int) -> list[Any]:
+    """claim.lua's arguments after the prefix; a random token prefix per claim keeps fencing
+    tokens unique when a failover rolls the fence counter back."""
+    return [worker, count, int(lease_seconds * 1000), promote_limit, uuid.uuid4().hex[:8] + "-"]
+
+
 def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
-    tasks, next_due, now = reply
+    tasks, next_due, now, left = reply
     now = int(now)
     claimed = [
         ClaimedTask(
@@ -964,7 +991,7 @@ def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
         for t in tasks
     ]
     due_in = None if next_due is None else max(0.0, (float(next_due) - now) / 1000)
-    return ClaimBatch(claimed, due_in)
+    return ClaimBatch(claimed, due_in, int(left))
 
 
 def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:

@@ -4,7 +4,8 @@
 
 One process plays N idle ``agentpool-worker`` instances on one queue, each doing what an idle
 worker does (see ``Worker._fetch_loop`` and ``_heartbeat_loop``): a blocking wait for a wake-up
-signal on a connection of its own (``AGENTPOOL_POLL_SECONDS``, default 1 s) and a heartbeat
+signal with its claim pipelined behind it, on a connection of its own
+(``AGENTPOOL_POLL_SECONDS``, default 1 s), and a heartbeat
 every lease/3, plus the operator's ``reap_expired`` every 2 s. It runs the same fleet twice,
 with the 30 s lease of earlier releases and with the default lease, and reports the
 ``redis-server`` process's CPU (``/proc``) and the commands it executed per second.
@@ -57,7 +58,7 @@ async def idle_worker(url: str, queue_name: str, i: int, lease: float,
     async def waits() -> None:
         await asyncio.sleep(random.random() * POLL_SECONDS)
         while not stop.is_set():
-            await waiter.wait_for_work(POLL_SECONDS)
+            await waiter.wait_and_claim(info.worker_id, 1, lease, POLL_SECONDS)
 
     try:
         await asyncio.gather(beats(), waits())

@@ -1,6 +1,6 @@
 -- ARGV: prefix, worker id, count, lease_ms, promote limit, token prefix (random per call)
 -- Moves due delayed tasks to the queue, then leases up to `count` tasks to the worker.
--- Returns {tasks, next_due_ms|false, now}; each task is
+-- Returns {tasks, next_due_ms|false, now, tasks left queued}; each task is
 -- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|false}.
 -- One fencing INCRBY, one lease ZADD and one owner SADD per claim, whatever its size.
 -- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
@@ -67,9 +67,10 @@ end
 -- Nothing left to claim: wake-up signals still in the list are stale (this claim took the
 -- tasks they announced); drop them so idle workers do not spin on them. Tasks left behind
 -- (the claim was full): pass a signal on to the next idle worker.
-if redis.call('ZCARD', K_QUEUED) == 0 then
+local left = redis.call('ZCARD', K_QUEUED)
+if left == 0 then
   redis.call('DEL', K_WAKE)
 elseif taken > 0 then
   wake(1)
 end
-return {out, nxt, now}
+return {out, nxt, now, left}

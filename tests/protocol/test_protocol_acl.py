@@ -53,8 +53,7 @@ async def test_the_worker_protocol_runs_with_nothing_more_than_its_acl(
     assert (await worker.requeue_pod("pod-a", keep_instance="i1")).total == 0
 
     ids = await producer.submit_many([{"n": n} for n in range(4)])
-    assert await worker.wait_for_work(1)
-    batch = await worker.claim(info.worker_id, 4, 30)
+    batch = await worker.wait_and_claim(info.worker_id, 4, 30, timeout=1)
     assert sorted(t.id for t in batch.tasks) == sorted(ids)
     first, second, third, fourth = batch.tasks
     assert await worker.held_by(info.worker_id) == set(ids)
@@ -223,7 +222,7 @@ async def test_a_producer_cannot_claim_complete_or_delete_and_changes_nothing_tr
         producer.requeue_dead(),
         producer.request_drain("pod"),
         producer.configure(max_attempts=99),
-        producer.wait_for_work(0.01),
+        producer.wait_and_claim("pod:p", 1, 30, timeout=0.01),
         producer.redis.delete(admin.task_key(queued)),
     ):
         with pytest.raises(ResponseError) as refused:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import RoundTrips, claim_one, queued_ids
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 
-from agentpool.connection import redis_from_url
+from agentpool.connection import is_cluster, redis_from_url
 from agentpool.protocol import ClaimedTask, FailOutcome, TaskQueue, WorkerInfo
 
 
@@ -195,9 +200,98 @@ async def test_wake_up_signals_one_per_idle_spell_and_passed_on_by_a_full_claim(
     await queue.submit("b")
     await queue.submit_many(["c", "d"])
     assert await redis.llen(wake) == 1
-    assert await queue.wait_for_work(1)
-    assert await redis.llen(wake) == 0
-    assert len((await queue.claim("w:1", 1, 30)).tasks) == 1
+    assert len((await queue.wait_and_claim("w:1", 1, 30, timeout=1)).tasks) == 1
     assert await redis.llen(wake) == 1  # three left: the next idle worker is woken
     assert len((await queue.claim("w:1", 10, 30)).tasks) == 3
     assert await redis.llen(wake) == 0
+
+
+@pytest.fixture
+async def waiter(redis_url: str, queue_name: str) -> AsyncIterator[TaskQueue]:
+    """The queue on a client of its own, as a worker waits (a blocked connection whose reads
+    outlast the longest wait)."""
+    client = redis_from_url(redis_url, socket_timeout=30)
+    yield TaskQueue(client, queue_name)
+    await client.aclose()
+
+
+async def test_a_wait_and_its_claim_take_one_round_trip(
+    queue: TaskQueue, waiter: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await waiter.wait_and_claim("w:1", 1, 30, timeout=0.01)  # loads the script, learns slots
+    ids = [await queue.submit(i) for i in range(3)]
+    sends: list[object] = []
+    send = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        if b"SENTINEL" not in b"".join(args[0])[:40]:  # asking a sentinel for the primary
+            sends.append(args[0])
+        await send(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    batch = await waiter.wait_and_claim("w:1", 5, 30, timeout=1)
+    assert sorted(t.id for t in batch.tasks) == sorted(ids)
+    assert len(sends) == 1
+
+
+async def test_a_submit_during_a_wait_ends_it_with_the_task_claimed(
+    queue: TaskQueue, waiter: TaskQueue
+) -> None:
+    waiting = asyncio.create_task(waiter.wait_and_claim("w:1", 4, 30, timeout=20))
+    task_id = await queue.submit("now")
+    async with asyncio.timeout(10):
+        batch = await waiting
+    assert [t.id for t in batch.tasks] == [task_id]
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "running"
+    assert await queue.held_by("w:1") == {task_id}
+
+
+async def test_a_wait_that_times_out_still_claims_delayed_tasks_now_due(
+    queue: TaskQueue, waiter: TaskQueue
+) -> None:
+    task_id = await queue.submit("later", delay=0.2)
+    first = await waiter.wait_and_claim("w:1", 4, 30, timeout=0.01)
+    assert first.tasks == [] and first.next_due_in is not None
+    batch = await waiter.wait_and_claim("w:1", 4, 30, timeout=first.next_due_in + 0.05)
+    assert [t.id for t in batch.tasks] == [task_id]
+
+
+async def test_a_wait_claims_after_the_server_forgot_the_script(
+    redis: aioredis.Redis, queue: TaskQueue, waiter: TaskQueue
+) -> None:
+    await waiter.wait_and_claim("w:1", 1, 30, timeout=0.01)
+    task_id = await queue.submit("after a restart")
+    await redis.script_flush()
+    batch = await waiter.wait_and_claim("w:1", 4, 30, timeout=1)
+    assert [t.id for t in batch.tasks] == [task_id]
+
+
+async def test_a_cancelled_wait_leaves_its_client_usable_and_claims_nothing(
+    queue: TaskQueue, waiter: TaskQueue
+) -> None:
+    """Cancelling a blocked wait must not leave its reply behind on a pooled connection, where
+    the next call would read it as its own."""
+    waiting = asyncio.create_task(waiter.wait_and_claim("w:1", 4, 30, timeout=20))
+    await blocked_on_the_server(queue.redis)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await queue.held_by("w:1") == set()
+    task_id = await queue.submit("next")
+    batch = await waiter.wait_and_claim("w:1", 4, 30, timeout=1)
+    assert [t.id for t in batch.tasks] == [task_id]
+
+
+async def blocked_on_the_server(redis: aioredis.Redis) -> None:
+    """Wait until a client is blocked in a command on the server (or a cluster's nodes)."""
+    async with asyncio.timeout(10):
+        while True:
+            if is_cluster(redis):
+                info: Any = await redis.info("clients", target_nodes=RedisCluster.PRIMARIES)
+                nodes = list(info.values())
+            else:
+                nodes = [await redis.info("clients")]
+            if sum(int(node.get("blocked_clients", 0)) for node in nodes) > 0:
+                return
+            await asyncio.sleep(0.01)

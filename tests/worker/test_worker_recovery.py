@@ -99,9 +99,10 @@ async def test_a_zombie_cannot_complete_or_fail_a_task_it_lost(
     task_id = await queue.submit({"seconds": 1.0, "fail": zombie_fails})
     with worker_processes(tmp_path) as start:
         # a long lease: the zombie's next heartbeat is far off, so on waking it tries to
-        # record its outcome before it could learn from a heartbeat that it lost the task
+        # record its outcome before it could learn from a heartbeat that it lost the task;
+        # one slot, so it has no wait pending that could claim the task again while frozen
         zombie = start(worker_env(redis_url, queue_name, f"{HANDLERS}:zombie",
-                                  pod_name="pod-z", lease_seconds=60))
+                                  pod_name="pod-z", lease_seconds=60, concurrency=1))
         await eventually(lambda: task_in(queue, task_id, "running"), 15, "the zombie's claim")
         zombie.signal(signal.SIGSTOP)
         # frozen past its lease: expire it the way time would, and let the reaper act
@@ -118,6 +119,38 @@ async def test_a_zombie_cannot_complete_or_fail_a_task_it_lost(
     assert info is not None and info.state == "succeeded"
     assert info.result == {"pid": os.getpid()} == done.result
     assert info.attempts == 2 and info.error is None
+
+
+async def test_a_frozen_idle_worker_holds_back_one_task_at_most_and_only_for_its_lease(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """An idle worker's wait carries its claim, which Redis runs even when the worker is
+    frozen: that claim takes one task, which returns to the queue when its lease runs out."""
+    queue = TaskQueue(redis, queue_name)
+    with worker_processes(tmp_path) as start:
+        frozen = start(worker_env(redis_url, queue_name, pod_name="pod-f", lease_seconds=2,
+                                  concurrency=8, poll_seconds=30))
+        await eventually(lambda: blocked_clients(redis), 15, "the idle worker's wait")
+        frozen.signal(signal.SIGSTOP)
+        try:
+            ids = await queue.submit_many(list(range(6)))
+            assert len(await held_by_pod(queue, "pod-f")) <= 1
+            async with running(settings(redis_url, queue_name, f"{HANDLERS}:pid",
+                                        pod_name="pod-live")):
+                async def reaped_and_done() -> bool:
+                    await queue.reap_expired()
+                    return await all_succeeded(queue, ids)
+                await eventually(reaped_and_done, 15, "every task run by the live worker")
+        finally:
+            frozen.signal(signal.SIGCONT)
+    infos = [await queue.get(i) for i in ids]
+    assert all(i is not None and i.result == {"pid": os.getpid()} for i in infos)
+    assert sum(1 for i in infos if i is not None and i.attempts == 2) <= 1
+
+
+async def blocked_clients(redis: aioredis.Redis) -> bool:
+    info = await redis.info("clients")
+    return int(info["blocked_clients"]) > 0
 
 
 async def test_a_poison_task_that_kills_its_worker_ends_in_the_dead_letter_queue(

@@ -540,18 +540,22 @@ class Worker:
                 await self._fetch_wake.wait()
                 continue
             want = min(self._free, s.claim_batch)
-            claiming = False
             try:
                 if wait_first:
+                    want = 1  # see wait_and_claim: a frozen waiter holds back one task at most
                     block = s.poll_seconds if next_due is None else min(s.poll_seconds, next_due)
-                    woken = await self._interruptible(self._wait_queue.wait_for_work(block))
-                    if woken is None or not self._claiming:
+                    waited = await self._interruptible(self._wait_queue.wait_and_claim(
+                        self.worker_id, want, s.lease_seconds, block))
+                    if waited is None:  # cut short by a stop or a drain: it may have claimed
+                        self._claim_uncertain = True
                         continue
-                claiming = True
-                batch = await self._rt(self.queue.claim(self.worker_id, want, s.lease_seconds))
+                    batch = waited
+                else:
+                    batch = await self._rt(self.queue.claim(self.worker_id, want,
+                                                            s.lease_seconds))
             except REDIS_ERRORS as exc:
-                self._claim_uncertain = self._claim_uncertain or claiming
-                self._redis_failed(exc, "claim" if claiming else "wait")
+                self._claim_uncertain = True
+                self._redis_failed(exc, "claim")
                 await _until(backoff.sleep(), self._stop_requested)
                 wait_first = False
                 continue
@@ -561,15 +565,11 @@ class Worker:
                 self._start(task)
             if self._claim_uncertain:
                 await self._release_orphans()
-            wait_first = len(batch.tasks) < want
+            wait_first = len(batch.tasks) < want or batch.queued_left == 0
             next_due = batch.next_due_in
 
     async def _interruptible(self, call: Awaitable[T]) -> T | None:
-        """A blocking wait that a state change (stop, drain) cuts short (then None).
-
-        The wait only pops a wake-up signal; the claim is a separate request, so a worker that
-        is frozen or wedged while it waits takes no task with it.
-        """
+        """A blocking wait that a state change (stop, drain) cuts short (then None)."""
         self._state_changed.clear()
         self.metrics.round_trips.inc()
         request = asyncio.ensure_future(call)
