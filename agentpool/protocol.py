@@ -1098,7 +1098,11 @@ async def _scripts_in_one_trip(redis: aioredis.Redis,
     Redis does not know yet is loaded and only the calls it refused are sent again). On a
     cluster the pipeline sends each call to the node of its queue's slot. The commands of
     `then` follow the calls in every pipeline sent; their replies (of the last one) follow
-    the calls' replies."""
+    the calls' replies. A single call without `then` goes without a pipeline, which costs
+    redis-py more than the command itself (a worker's flush of one completion, often)."""
+    if len(calls) == 1 and not then:
+        queue, name, args = calls[0]
+        return [await queue._run(name, *args, client=redis)]
     replies: list[Any] = [NoScriptError()] * len(calls)
     after: list[Any] = []
     for _ in range(2):
