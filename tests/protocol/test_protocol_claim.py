@@ -200,9 +200,11 @@ async def test_wake_up_signals_one_per_idle_spell_and_passed_on_by_a_full_claim(
     await queue.submit("b")
     await queue.submit_many(["c", "d"])
     assert await redis.llen(wake) == 1
-    assert len((await queue.wait_and_claim("w:1", 1, 30, timeout=1)).tasks) == 1
+    first = await queue.wait_and_claim("w:1", 1, 30, timeout=1)
+    assert (len(first.tasks), first.queued_left) == (1, 3)
     assert await redis.llen(wake) == 1  # three left: the next idle worker is woken
-    assert len((await queue.claim("w:1", 10, 30)).tasks) == 3
+    rest = await queue.claim("w:1", 10, 30)
+    assert (len(rest.tasks), rest.queued_left) == (3, 0)
     assert await redis.llen(wake) == 0
 
 
