@@ -44,6 +44,7 @@ from agentpool.connection import redis_from_url
 from agentpool.durability import NotReplicated
 from agentpool.errors import LeaseLost, PermanentError
 from agentpool.protocol import (
+    ClaimBatch,
     ClaimedTask,
     FailOutcome,
     TaskQueue,
@@ -544,12 +545,11 @@ class Worker:
                 if wait_first:
                     want = 1  # see wait_and_claim: a frozen waiter holds back one task at most
                     block = s.poll_seconds if next_due is None else min(s.poll_seconds, next_due)
-                    waited = await self._interruptible(self._wait_queue.wait_and_claim(
+                    batch = await self._interruptible(self._wait_queue.wait_and_claim(
                         self.worker_id, want, s.lease_seconds, block))
-                    if waited is None:  # cut short by a stop or a drain: it may have claimed
+                    if batch is None:  # cut short by a stop or a drain: it may have claimed
                         self._claim_uncertain = True
                         continue
-                    batch = waited
                 else:
                     batch = await self._rt(self.queue.claim(self.worker_id, want,
                                                             s.lease_seconds))
@@ -565,7 +565,7 @@ class Worker:
                 self._start(task)
             if self._claim_uncertain:
                 await self._release_orphans()
-            wait_first = len(batch.tasks) < want or batch.queued_left == 0
+            wait_first = wait_before_next_claim(batch, want)
             next_due = batch.next_due_in
 
     async def _interruptible(self, call: Awaitable[T]) -> T | None:
@@ -912,6 +912,13 @@ class Worker:
         elif outcome is FailOutcome.STALE:
             self._log.warning("outcome refused: the task is no longer held by this worker",
                               task=task.id)
+
+
+def wait_before_next_claim(batch: ClaimBatch, asked: int) -> bool:
+    """Whether the next claim waits for a wake-up signal: unless the claim got all it asked
+    for and tasks are still queued. A claim refused for a drain gets nothing with tasks left,
+    and waits rather than spins."""
+    return len(batch.tasks) < asked or batch.queued_left == 0
 
 
 def _client(url: str, timeout: float) -> aioredis.Redis:
