@@ -7,7 +7,8 @@ Starts ``python -m agentpool_worker.main`` (the built-in ``noop`` handler, a pri
 ``--python`` picks the interpreter, e.g. one of a virtual environment holding only what the
 worker image installs (``pip install .``, no extras: no kopf, no Kubernetes client, no rich),
 which is what a pod runs. With ``--before DIR`` an earlier checkout runs in alternation with
-this one, on the same interpreter (its code first on ``PYTHONPATH``).
+this one, on the same interpreter (its code first on ``PYTHONPATH`` and its directory the
+working directory, which ``python -m`` puts first on the path).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def one(python: str, code: Path, url: str) -> tuple[float, float, list[str]]:
            "AGENTPOOL_HANDLER": "agentpool_worker.builtin:noop", "AGENTPOOL_PORT": str(port),
            "AGENTPOOL_POD_NAME": "startup", "AGENTPOOL_LOG_LEVEL": "warning"}
     start = time.perf_counter()
-    process = subprocess.Popen([python, "-m", "agentpool_worker.main"], env=env,
+    process = subprocess.Popen([python, "-m", "agentpool_worker.main"], env=env, cwd=code,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:
@@ -64,7 +65,8 @@ def one(python: str, code: Path, url: str) -> tuple[float, float, list[str]]:
 def _imports(python: str, env: dict[str, str], module: str) -> bool:
     probe = (f"import sys, agentpool_worker.main, agentpool_worker.worker; "
              f"print('{module}' in sys.modules)")
-    reply = subprocess.run([python, "-c", probe], env=env, capture_output=True, text=True)
+    reply = subprocess.run([python, "-c", probe], env=env, cwd=env["PYTHONPATH"].split(":")[0],
+                           capture_output=True, text=True)
     return reply.stdout.strip() == "True"
 
 

@@ -1,0 +1,91 @@
+"""The worker's settings table: every kind of rule accepts what it should and refuses the rest."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentpool.durability import Durability
+from agentpool_worker.settings import DEFAULT_LEASE_SECONDS, ConfigError, load_settings
+
+REQUIRED = {"AGENTPOOL_REDIS_URL": "redis://r:6379/0", "AGENTPOOL_HANDLER": "m:f"}
+
+
+def settings_from(**variables: str) -> object:
+    return load_settings({**REQUIRED, **{f"AGENTPOOL_{k.upper()}": v
+                                         for k, v in variables.items()}})
+
+
+def test_defaults() -> None:
+    settings = load_settings(REQUIRED)
+    assert (settings.queue, settings.concurrency, settings.port, settings.log_level,
+            settings.durability, settings.lease_seconds, settings.rate_limits,
+            settings.limits) == ("default", 4, 8080, "info", Durability.NONE,
+                                 DEFAULT_LEASE_SECONDS, "", {})
+    assert settings.pod_name
+
+
+@pytest.mark.parametrize(("name", "text", "value"), [
+    ("concurrency", " 8 ", 8),
+    ("concurrency", "1000", 1000),
+    ("port", "0", 0),
+    ("task_timeout_seconds", "604800", 604800.0),
+    ("drain_seconds", "0", 0.0),
+    ("lease_seconds", "0.3", 0.3),
+    ("poll_seconds", "1e-3", 0.001),
+    ("log_level", " WARNING ", "warning"),
+    ("durability", "Replicated", Durability.REPLICATED),
+    ("pod_name", "pool-7d9f-abcde", "pool-7d9f-abcde"),
+    ("queue", "jobs.v2_x-y", "jobs.v2_x-y"),
+    ("redis_url", "rediss+sentinel://s:26379/mymaster", "rediss+sentinel://s:26379/mymaster"),
+])
+def test_accepted(name: str, text: str, value: object) -> None:
+    assert getattr(settings_from(**{name: text}), name) == value
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("concurrency", "1001"),
+    ("concurrency", "2.5"),
+    ("concurrency", ""),
+    ("port", "-1"),
+    ("port", "65536"),
+    ("task_timeout_seconds", "0"),
+    ("task_timeout_seconds", "inf"),
+    ("drain_seconds", "nan"),
+    ("lease_seconds", "0.29"),
+    ("poll_seconds", "60.5"),
+    ("result_ttl_seconds", "0"),
+    ("pod_name", "pod:1"),
+    ("pod_name", "pod 1"),
+    ("pod_name", ""),
+    ("queue", "-starts-with-dash"),
+    ("handler", "module:not-an-identifier"),
+    ("handler", ":f"),
+    ("redis_url", "http://r:6379"),
+    ("rate_limits", "[1]"),
+])
+def test_refused_with_the_variable_and_the_value(name: str, text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from(**{name: text})
+    assert str(caught.value).startswith(f"AGENTPOOL_{name.upper()} must be ")
+    assert str(caught.value).endswith(f", got {text!r}")
+
+
+def test_every_problem_is_named_on_one_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from(concurrency="0", port="x")
+    assert str(caught.value) == (
+        "AGENTPOOL_CONCURRENCY must be an integer between 1 and 1000, got '0'; "
+        "AGENTPOOL_PORT must be a TCP port between 1 and 65535 (0 turns the HTTP server off), "
+        "got 'x'")
+
+
+def test_names_in_any_case_and_overrides_win() -> None:
+    settings = load_settings({**REQUIRED, "agentpool_concurrency": "9",
+                              "AGENTPOOL_QUEUE": "from-env"}, queue="from-call")
+    assert (settings.concurrency, settings.queue) == (9, "from-call")
+
+
+def test_typed_values_are_checked_too() -> None:
+    with pytest.raises(ConfigError, match="AGENTPOOL_CONCURRENCY must be"):
+        load_settings(REQUIRED, concurrency=True)
+    assert load_settings(REQUIRED, concurrency=4.0, lease_seconds=2).concurrency == 4
