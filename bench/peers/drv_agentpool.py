@@ -20,8 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from agentpool.client import SyncClient
-from agentpool.protocol import TaskQueue
+from agentpool.client import Client, SyncClient
 from bench.peers import common
 
 _recorder: aioredis.Redis | None = None
@@ -46,8 +45,9 @@ async def long_task(payload: Any) -> None:
 
 
 async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
-    client = aioredis.Redis.from_url(common.env_url())
-    queue = TaskQueue(client, common.QUEUE)
+    """The producer as the README shows it: ``Client.from_url`` and its queue."""
+    client = Client.from_url(common.env_url())
+    queue = client.queue(common.QUEUE)
     n = int(options.get("n", 0))
     try:
         start = time.perf_counter()
