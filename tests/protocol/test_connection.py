@@ -1,15 +1,22 @@
 """Redis URLs: the Sentinel and cluster forms' parts, their errors, and that no message quotes
-a password; the clients made from them pack commands in C, to the same bytes."""
+a password; the clients made from them pack commands in C, to the same bytes, and bound a
+write by the socket timeout only when it has to wait."""
 
 from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine, Generator
+from typing import Any
 
 import pytest
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentpool.connection import (
     ClusterURL,
-    PackingInC,
+    LeanConnection,
     RedisURLError,
     SentinelURL,
     is_cluster,
@@ -19,7 +26,7 @@ from agentpool.connection import (
     parse_sentinel_url,
     redis_from_url,
 )
-from agentpool.redis_server import RedisCluster
+from agentpool.redis_server import RedisCluster, RedisServer
 from agentpool.urls import URL_PREFIXES, redact_url
 
 
@@ -150,7 +157,7 @@ def test_a_value_redis_cannot_take_is_refused_as_redis_py_refuses_it(value: obje
 def test_clients_from_urls_pack_in_c(url: str, max_connections: int | None) -> None:
     client = redis_from_url(url, max_connections=max_connections)
     connection_class = client.connection_pool.connection_class
-    assert issubclass(connection_class, PackingInC)
+    assert issubclass(connection_class, LeanConnection)
     if url.startswith("rediss"):
         assert issubclass(connection_class, SSLConnection)
 
@@ -158,7 +165,7 @@ def test_clients_from_urls_pack_in_c(url: str, max_connections: int | None) -> N
 def test_a_tls_cluster_client_packs_in_c() -> None:
     client = redis_from_url("rediss+cluster://127.0.0.1:1")
     node = client.startup_nodes[0]  # type: ignore[attr-defined]
-    assert issubclass(node.connection_class, PackingInC)
+    assert issubclass(node.connection_class, LeanConnection)
     assert issubclass(node.connection_class, SSLConnection)
 
 
@@ -176,11 +183,55 @@ async def test_a_cluster_client_packs_in_c_on_the_nodes_it_discovers(
             assert await client.get(f"ap:{{{queue}}}:packed") == "ü".encode()
         nodes = client.get_nodes()  # type: ignore[attr-defined]
         assert len(nodes) == redis_cluster.primaries
-        assert all(issubclass(node.connection_class, PackingInC) for node in nodes)
+        assert all(issubclass(node.connection_class, LeanConnection) for node in nodes)
     finally:
         await client.aclose()
 
 
-def _packing(connection_class: type[Connection]) -> PackingInC:
-    packing = type("Packing", (PackingInC, connection_class), {})
+async def test_a_write_that_need_not_wait_runs_in_the_callers_task(redis_url: str) -> None:
+    """redis-py's own connections start a task per write when a socket timeout is set (on
+    Python 3.11); these do not, and still answer as usual. (On Sentinel, the once-a-second
+    question to the sentinels goes through redis-py's connections.)"""
+    client = redis_from_url(redis_url, socket_timeout=5)
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+
+    def counting_factory(loop: asyncio.AbstractEventLoop,
+                         coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
+                         **kwargs: Any) -> asyncio.Future[Any]:
+        frame = getattr(coro, "cr_frame", None)
+        made.append(frame.f_locals.get("self") if frame is not None else coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        await client.set("ap:{lean}:k", "v")
+        loop.set_task_factory(counting_factory)
+        for n in range(50):
+            await client.set("ap:{lean}:k", n)
+        assert await client.get("ap:{lean}:k") == b"49"
+    finally:
+        loop.set_task_factory(None)
+        await client.aclose()
+    assert [m for m in made if isinstance(m, LeanConnection)] == []
+
+
+async def test_a_write_redis_does_not_read_times_out() -> None:
+    """Redis frozen (SIGSTOP) while a large command is sent: once the socket's buffers are
+    full the write waits, and the socket timeout ends it."""
+    with RedisServer() as server:
+        client = redis_from_url(server.url, socket_timeout=0.5)
+        assert server.process is not None
+        try:
+            await client.ping()
+            server.process.send_signal(signal.SIGSTOP)
+            with pytest.raises(RedisTimeoutError, match="Timeout writing to socket"):
+                async with asyncio.timeout(30):
+                    await client.set("big", b"x" * 64 * 1024 * 1024)
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+            await client.aclose()
+
+
+def _packing(connection_class: type[Connection]) -> LeanConnection:
+    packing = type("Packing", (LeanConnection, connection_class), {})
     return packing()  # type: ignore[no-any-return]

@@ -3,9 +3,10 @@
 The operator sets these from the pool spec. A bad value stops the worker before it touches
 Redis, with one line that names the variable, what it must be and what it got.
 
-The rules are a table of plain converters rather than a pydantic-settings model: the worker
-imports nothing of pydantic, which is a quarter of its start-up time and a fifth of its idle
-memory, and a worker's start-up is part of how fast a pool reacts to a burst.
+The rules are a table of plain converters rather than a pydantic-settings model, so that the
+worker imports nothing of pydantic: importing pydantic-settings took about 0.1 s and 10 MB of
+the worker's start-up here, and a worker's start-up is part of how fast a pool reacts to a
+burst (bench/README.md, "Idle fleet and start-up").
 """
 
 from __future__ import annotations

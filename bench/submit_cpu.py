@@ -1,0 +1,78 @@
+"""Client CPU per single ``submit``: the producer's cost of one task, as a web handler pays it.
+
+    .venv/bin/python bench/submit_cpu.py [--n 5000] [--rounds 5] [--before DIR]
+
+Each round starts a fresh process that opens ``Client.from_url`` on a private redis-server
+and awaits ``submit(None)`` N times, one after the other; it reports the process's CPU time
+and the wall time per submit. With ``--before DIR`` an earlier checkout runs in alternation
+with this one (its directory first on the path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agentpool.redis_server import RedisServer  # noqa: E402
+
+ROUND = """
+import asyncio, json, sys, time
+from agentpool.client import Client
+
+async def main(url, n):
+    async with Client.from_url(url) as client:
+        queue = client.queue("submit-cpu")
+        await queue.submit(None)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            await queue.submit(None)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        await client.redis.delete("ap:{submit-cpu}:queued")
+    print(json.dumps({"cpu_us": cpu / n * 1e6, "per_second": n / wall}))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def one(code: Path, url: str, n: int) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    reply = subprocess.run([sys.executable, "-c", ROUND, url, str(n)], env=env, cwd=code,
+                           capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(reply.stdout)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--before", type=Path, default=None)
+    args = parser.parse_args()
+    codes = {"this checkout": ROOT}
+    if args.before is not None:
+        codes = {"before": args.before.resolve(), **codes}
+    print(f"{sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f}")
+    results: dict[str, list[dict[str, float]]] = {label: [] for label in codes}
+    with RedisServer() as server:
+        for _ in range(args.rounds):
+            for label, code in codes.items():
+                results[label].append(one(code, server.url, args.n))
+    for label, rounds in results.items():
+        cpu = statistics.median(r["cpu_us"] for r in rounds)
+        rate = statistics.median(r["per_second"] for r in rounds)
+        print(f"{label}: client CPU per submit median {cpu:.0f} µs, {rate:,.0f} submits/s "
+              f"({args.rounds} rounds of {args.n:,})")
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
