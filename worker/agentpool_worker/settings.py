@@ -98,6 +98,10 @@ def _handler_name(value: str) -> bool:
     return bool(sep and module and func.isidentifier())
 
 
+def _pod_name(value: str) -> bool:
+    return 0 < len(value) <= 253 and not any(c == ":" or c.isspace() for c in value)
+
+
 def _rate_limits(value: str) -> bool:
     decode_limits(value)
     return True
@@ -127,11 +131,8 @@ class WorkerSettings:
     max_attempts: int = _setting("an integer between 1 and 100", _integer(1, 100), 3)
     drain_seconds: float = _setting(
         "a number of seconds between 0 and 86400", _seconds(0, 86400), 60.0)
-    pod_name: str = _setting(
-        "a pod name without ':' or spaces",
-        _text(lambda name: 0 < len(name) <= 253 and not any(c == ":" or c.isspace()
-                                                             for c in name)),
-        default_factory=socket.gethostname)
+    pod_name: str = _setting("a pod name without ':' or spaces", _text(_pod_name),
+                             default_factory=socket.gethostname)
     pod_namespace: str = _setting("a namespace name", _text(lambda _: True), "")
     port: int = _setting(
         "a TCP port between 1 and 65535 (0 turns the HTTP server off)", _integer(0, 65535), 8080)
