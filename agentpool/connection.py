@@ -229,14 +229,14 @@ class BlockingSentinelConnectionPool(FollowingSentinelConnectionPool, BlockingCo
 
 class LeanConnection(AbstractConnection):
     """A redis-py asyncio connection that costs its caller less CPU per command, sending the
-    same bytes with the same timeouts (bench/README.md, "Client CPU per submit"):
+    same bytes with the same timeouts (bench/README.md, "Submits alone"):
 
     - commands are packed with hiredis's C packer, as redis-py's blocking client packs them
       (its asyncio connections pack in Python);
     - a write is bounded by the socket timeout only when it has to wait. redis-py wraps every
-      write in ``asyncio.wait_for``, which on Python 3.11 runs it in a task of its own, a
-      third of a single submit's client CPU; a write waits only when the transport's buffer
-      is over its limit (Redis stopped reading), and exactly then the timeout applies.
+      write in ``asyncio.wait_for``, which on Python 3.11 runs it in a task of its own (a
+      quarter of a single submit's client CPU); a write waits only when the transport's
+      buffer is over its limit (Redis stopped reading), and exactly then the timeout applies.
     """
 
     def pack_command(self, *args: Any) -> list[bytes]:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need: redis-server (Debian package),
-# a virtualenv in .venv with the project and its dev tools, and, for the tests, promtool
-# (Debian package prometheus), Chromium (Debian packages chromium and chromium-driver, driven
-# by Playwright in the console's browser tests; no browser download) and helm in .tools/bin.
+# a virtualenv in .venv with the project and its dev tools, and, for the tests, openssl (a
+# certificate for a TLS redis-server), promtool (Debian package prometheus), Chromium (Debian
+# packages chromium and chromium-driver, driven by Playwright in the console's browser tests;
+# no browser download) and helm in .tools/bin.
 # `--demo` installs only what the demo runs: the project with its `demo` extra (the command
 # line, the worker and the console), no dev tools.
 # Safe to run again: each step is skipped when already done.
@@ -21,6 +22,12 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
         >/dev/null
     # The tests and the demo start their own redis-server; the packaged service is not needed.
     as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+
+if [ "$for_tests" = 1 ] && ! command -v openssl >/dev/null 2>&1; then
+    echo "setup: installing openssl (a certificate for the TLS tests' redis-server)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
 if [ "$for_tests" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
