@@ -24,7 +24,8 @@ from import_graph import ROOT
 
 from agentpool.protocol import TaskQueue
 
-NOT_FOR_THE_WORKER = ["kopf", "kubernetes", "aiohttp", "rich", "yaml", "matplotlib", "playwright"]
+NOT_FOR_THE_WORKER = ["kopf", "kubernetes", "aiohttp", "rich", "yaml", "matplotlib", "playwright",
+                      "pydantic_settings"]
 
 
 def image_files() -> list[Path]:
@@ -90,6 +91,18 @@ def test_worker_entry_point_and_client_import_with_base_dependencies(worker_env:
         capture_output=True, text=True, env=clean_env(), cwd=worker_env,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_worker_imports_nothing_of_pydantic(worker_env: Path) -> None:
+    """pydantic is installed (the shared models use it) but the worker's start does not load
+    it: about 0.1 s and 10 MB of every worker start (bench/README.md, start-up)."""
+    probe = ("import sys, agentpool_worker.main, agentpool_worker.worker;"
+             "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('pydantic')))")
+    result = subprocess.run(
+        [str(worker_env / "bin" / "python"), "-c", probe],
+        capture_output=True, text=True, env=clean_env(), cwd=worker_env, check=True,
+    )
+    assert result.stdout.strip() == "[]"
 
 
 async def test_worker_runs_a_task_with_only_its_own_dependencies(
