@@ -103,10 +103,15 @@ SYSTEM_INFO = {
 }
 
 
+def code_root(system: str) -> Path:
+    """The checkout a system's agentpool code comes from. Its processes also start there:
+    ``python -m`` puts the working directory first on the path."""
+    return _before_root if system == BEFORE and _before_root is not None else ROOT
+
+
 def pythonpath(system: str) -> str:
-    if system == BEFORE and _before_root is not None:
-        return f"{_before_root}:{_before_root / 'worker'}"
-    return f"{ROOT}:{ROOT / 'worker'}"
+    root = code_root(system)
+    return f"{root}:{root / 'worker'}"
 
 
 @dataclass
@@ -336,7 +341,8 @@ def start_worker(env: Env, config: Config, phase: str, profile: str, name: str,
                "PYTHONPATH": pythonpath(config.system),
                common.URL_ENV: url, common.PROFILE_ENV: profile, "AGENTPOOL_REDIS_URL": url}
     log = (env.logs / f"{name}.log").open("ab")
-    process = subprocess.Popen(argv, env=environ, cwd=ROOT, stdin=subprocess.DEVNULL,
+    process = subprocess.Popen(argv, env=environ, cwd=code_root(config.system),
+                               stdin=subprocess.DEVNULL,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     return Worker(process, spec)
@@ -397,7 +403,7 @@ def drive(env: Env, system: str, db: int, command: str, profile: str = "throughp
     reply = subprocess.run(
         [str(env.pythons[system]), "-m", SYSTEM_INFO[system].driver, command,
          json.dumps(options)],
-        env=environ, cwd=ROOT, capture_output=True, text=True, check=False,
+        env=environ, cwd=code_root(system), capture_output=True, text=True, check=False,
     )
     if reply.returncode != 0:
         raise RuntimeError(f"{system} {command} failed:\n{reply.stderr[-3000:]}")
