@@ -540,10 +540,11 @@ class Worker:
                 self._fetch_wake.clear()
                 await self._fetch_wake.wait()
                 continue
-            want = min(self._free, s.claim_batch)
+            # A waiting claim asks for one task: a waiter frozen while Redis runs its claim
+            # holds back one task at most (see wait_and_claim).
+            want = 1 if wait_first else min(self._free, s.claim_batch)
             try:
                 if wait_first:
-                    want = 1  # see wait_and_claim: a frozen waiter holds back one task at most
                     block = s.poll_seconds if next_due is None else min(s.poll_seconds, next_due)
                     batch = await self._interruptible(self._wait_queue.wait_and_claim(
                         self.worker_id, want, s.lease_seconds, block))
