@@ -37,10 +37,15 @@ from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Seque
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import redis
 import redis.asyncio as aioredis
 
-from agentpool.connection import is_sentinel_url, redis_from_url, sync_redis_from_url
+from agentpool.connection import (
+    is_cluster_url,
+    is_sentinel_url,
+    redis_from_url,
+    sync_redis_from_url,
+)
+from agentpool.direct import DEFAULT_LIMIT, BlockingScriptLine, ScriptLine
 from agentpool.durability import Durability, parse_durability
 from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -56,6 +61,8 @@ from agentpool.urls import redact_url
 
 ENV_REDIS_URL = "AGENTPOOL_REDIS_URL"
 DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 100
+"""Per client, besides its line's; redis-py's default, but callers beyond it wait."""
 
 T = TypeVar("T")
 
@@ -73,21 +80,34 @@ def resolve_redis_url(url: str | None = None) -> str:
 
 
 def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.Redis:
+    """Callers beyond `max_connections` at once wait for a connection (redis-py's own pool
+    would fail them: ``asyncio.gather`` over a few hundred submits is a normal producer)."""
     redis_kwargs.setdefault("socket_connect_timeout", connect_timeout)
+    redis_kwargs.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
+    redis_kwargs.setdefault("pool_timeout", None)
     try:
         return redis_from_url(url, **redis_kwargs)
     except ValueError as exc:
         raise ClientConfigError(f"invalid Redis URL {redact_url(url)}: {exc}") from None
 
 
+def _standalone(url: str) -> bool:
+    return not is_sentinel_url(url) and not is_cluster_url(url)
+
+
 class Client:
-    """A Redis connection pool and the queues on it. Close it (or use ``async with``)."""
+    """A Redis connection pool and the queues on it. Close it (or use ``async with``).
+
+    On a standalone Redis (not Sentinel, not Cluster) the queues' script calls, a submit
+    first, go on a :class:`agentpool.direct.ScriptLine` of the client's.
+    """
 
     def __init__(self, redis: aioredis.Redis, *, url: str | None = None,
                  durability: Durability | str = Durability.NONE) -> None:
         self.redis = redis
         self.url = url
         self.durability = parse_durability(durability)
+        self._line = ScriptLine(redis) if url is not None and _standalone(url) else None
         self._queues: dict[tuple[str, int, Durability], TaskQueue] = {}
 
     @classmethod
@@ -119,7 +139,8 @@ class Client:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = TaskQueue(
-                self.redis, name, max_payload_bytes=max_payload_bytes, durability=chosen
+                self.redis, name, max_payload_bytes=max_payload_bytes, durability=chosen,
+                line=self._line,
             )
         return queue
 
@@ -134,6 +155,8 @@ class Client:
         await self.redis.ping()
 
     async def aclose(self) -> None:
+        if self._line is not None:
+            await self._line.aclose()
         await self.redis.aclose()
 
     async def __aenter__(self) -> Self:
@@ -180,8 +203,10 @@ class SyncClient:
     lets every call reuse the same connections; ``asyncio.run`` per call would reconnect
     each time and fails where a loop is already running (a notebook, an async framework).
     Calls are thread-safe; an interrupted call (Ctrl-C) is cancelled on the loop. ``submit``
-    skips the loop: it runs the same script on a blocking redis-py client of its own (except
-    for Sentinel URLs), one round trip with no thread hand-over.
+    skips the loop: it runs the same script on a blocking line of its own
+    (:class:`agentpool.direct.BlockingScriptLine`; a blocking Cluster client's calls, and
+    Sentinel URLs the loop's client, which follows failovers), one round trip with no thread
+    hand-over.
     """
 
     def __init__(
@@ -195,16 +220,16 @@ class SyncClient:
         resolved = resolve_redis_url(url)
         durability = parse_durability(durability)
         self._runner = _LoopThread()
-        # Submits, the call a web handler makes per request, go straight to Redis on a
-        # blocking client (Sentinel URLs keep the loop's client, which follows failovers).
-        self._blocking: redis.Redis | None = None
+        self._blocking: BlockingScriptLine | None = None
         try:
             self._client = self._runner.call(
                 _make_client(resolved, connect_timeout, durability, redis_kwargs)
             )
             if not is_sentinel_url(resolved):
-                self._blocking = sync_redis_from_url(
-                    resolved, **{"socket_connect_timeout": connect_timeout, **redis_kwargs})
+                self._blocking = BlockingScriptLine(
+                    sync_redis_from_url(resolved, **{"socket_connect_timeout": connect_timeout,
+                                                     **redis_kwargs}),
+                    limit=0 if is_cluster_url(resolved) else DEFAULT_LIMIT)
         except BaseException:
             self._runner.stop()
             raise
@@ -300,7 +325,7 @@ class SyncQueue:
     """Blocking counterparts of the producer-side :class:`TaskQueue` methods."""
 
     def __init__(self, queue: TaskQueue, runner: _LoopThread,
-                 blocking: redis.Redis | None = None) -> None:
+                 blocking: BlockingScriptLine | None = None) -> None:
         self.queue = queue
         self._run = runner.call
         self._blocking = blocking

@@ -306,12 +306,14 @@ def _make_cluster_lean(cluster: RedisCluster) -> None:
 
 
 def redis_from_url(
-    url: str, *, max_connections: int | None = None, pool_timeout: float = 5.0, **kwargs: Any
+    url: str, *, max_connections: int | None = None, pool_timeout: float | None = 5.0,
+    **kwargs: Any
 ) -> aioredis.Redis:
     """A client for `url`; `kwargs` are redis-py connection options (timeouts, retry, name).
 
-    With `max_connections`, callers beyond it wait up to `pool_timeout` for a connection
-    instead of opening another (on a cluster: see `cluster_from_url`).
+    With `max_connections`, callers beyond it wait up to `pool_timeout` (None: as long as it
+    takes) for a connection instead of opening another (on a cluster: see
+    `cluster_from_url`).
     """
     if is_cluster_url(url):
         return cluster_from_url(url, **kwargs)

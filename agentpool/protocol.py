@@ -31,7 +31,6 @@ from functools import cache
 from importlib import resources
 from typing import Any, cast
 
-import redis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -39,6 +38,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentpool.connection import is_cluster
+from agentpool.direct import BlockingScriptLine, ScriptLine
 from agentpool.durability import (
     DEFAULT_REPLICA_TIMEOUT,
     Durability,
@@ -394,9 +394,11 @@ class TaskQueue:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         durability: Durability | str = Durability.NONE,
         replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
+        line: ScriptLine | None = None,
     ) -> None:
         """`durability` replicated: submits and completions wait for one replica
-        (agentpool.durability)."""
+        (agentpool.durability). With a `line` (agentpool.direct), script calls on the queue's
+        own client go on the line's connections."""
         if not QUEUE_NAME.match(name):
             raise ProtocolError(
                 f"invalid queue name {name!r}: use 1-100 letters, digits, '.', '_' or '-'"
@@ -407,6 +409,7 @@ class TaskQueue:
         self.max_payload_bytes = max_payload_bytes
         self.durability = parse_durability(durability)
         self.replica_timeout = replica_timeout
+        self.line = line
         self._scripts: dict[str, AsyncScript] = {}
 
     def _script(self, name: str) -> AsyncScript:
@@ -416,9 +419,10 @@ class TaskQueue:
         return script
 
     async def _run(self, name: str, *args: Any, client: Any = None) -> Any:
-        return await self._script(name)(
-            keys=[self.prefix + "queued"], args=[self.prefix, *args], client=client
-        )
+        keys, argv = [self.prefix + "queued"], [self.prefix, *args]
+        if self.line is not None and (client is None or client is self.redis):
+            return await self.line.run(self._script(name), keys, argv)
+        return await self._script(name)(keys=keys, args=argv, client=client)
 
     def task_key(self, task_id: str) -> str:
         return f"{self.prefix}t:{task_id}"
@@ -482,7 +486,7 @@ class TaskQueue:
 
     def submit_blocking(
         self,
-        client: redis.Redis,
+        line: BlockingScriptLine,
         payload: Any,
         *,
         priority: int = 0,
@@ -490,16 +494,12 @@ class TaskQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
-        """:meth:`submit` on a blocking redis-py client of the same Redis (the blocking
-        producer's path: one round trip, no event loop in between)."""
+        """:meth:`submit` through a blocking line to the same Redis (the blocking producer's
+        path: one round trip, no event loop in between)."""
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
         script = self._script("submit")
-        call = (script.sha, 1, self.prefix + "queued", self.prefix, *args)
-        try:
-            reply = client.evalsha(*call)
-        except NoScriptError:
-            client.script_load(script.script)
-            reply = client.evalsha(*call)
+        reply = line.run(script.sha, script.script, [self.prefix + "queued"],
+                         [self.prefix, *args])
         return _s(cast(list[Any], reply)[1])
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,

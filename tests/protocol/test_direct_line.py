@@ -1,0 +1,199 @@
+"""A client's script calls go on connections of their own (agentpool.direct), past redis-py's
+pool, and whatever goes wrong on them is finished the usual way: a script Redis forgot, a
+connection Redis closed, a call cancelled half-way, more callers than the line keeps, a
+process forked with the line open. Against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from agentpool.client import Client, SyncClient
+from agentpool.direct import DEFAULT_LIMIT
+from agentpool.redis_server import RedisServer
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A server of the test's own: these tests kill clients, flush scripts and freeze it."""
+    with RedisServer() as own:
+        yield own
+
+
+def _line_clients(server: RedisServer) -> int:
+    """Connections to `server` other than the caller's own, by CLIENT LIST."""
+    admin = redis.Redis.from_url(server.url)
+    try:
+        return len(admin.client_list()) - 1
+    finally:
+        admin.close()
+
+
+def _payload(client: redis.Redis, queue: str, task_id: str) -> Any:
+    raw = client.hget(f"ap:{{{queue}}}:t:{task_id}", "payload")
+    assert isinstance(raw, bytes)
+    return raw.decode()
+
+
+async def test_submits_take_no_connection_from_the_clients_pool(
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once Redis knows the script (its first call loads it through the client)."""
+    taken: list[object] = []
+    async with Client.from_url(server.url) as client:
+        await client.queue("direct").submit("loads the script")
+        pool = client.redis.connection_pool
+        original = pool.get_connection
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            taken.append(args)
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(pool, "get_connection", counting)
+        queue = client.queue("direct")
+        ids = [await queue.submit(i) for i in range(20)]
+        taken_by_submits = len(taken)
+        info = await queue.get(ids[-1])
+    assert len(set(ids)) == 20
+    assert info is not None and info.payload == 19
+    assert taken_by_submits == 0
+
+
+async def test_a_script_redis_forgot_is_loaded_and_the_submit_goes_through(
+        server: RedisServer) -> None:
+    admin = redis.Redis.from_url(server.url)
+    async with Client.from_url(server.url) as client:
+        queue = client.queue("forgot")
+        await queue.submit("first")
+        admin.script_flush()
+        task_id = await queue.submit("second")
+        info = await queue.get(task_id)
+    admin.close()
+    assert info is not None and info.payload == "second"
+
+
+async def test_a_connection_redis_closed_is_reopened_and_the_submit_goes_through(
+        server: RedisServer) -> None:
+    admin = redis.Redis.from_url(server.url)
+    async with Client.from_url(server.url) as client:
+        queue = client.queue("closed")
+        await queue.submit("first")
+        killed = admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        task_id = await queue.submit("second")
+        after = await queue.submit("third")
+    assert _payload(admin, "closed", task_id) == '"second"'
+    assert _payload(admin, "closed", after) == '"third"'
+    admin.close()
+
+
+async def test_a_cancelled_submit_never_answers_the_next_one(server: RedisServer) -> None:
+    """Redis frozen while a submit waits for its reply; the submit is cancelled, Redis thaws
+    and runs it. The next submit must get its own reply, not the one left on the wire."""
+    assert server.process is not None
+    async with Client.from_url(server.url) as client:
+        queue = client.queue("cancelled")
+        await queue.submit("warm")
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await queue.submit("cancelled")
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        task_id = await queue.submit("next")
+        info = await queue.get(task_id)
+    assert info is not None and info.payload == "next"
+
+
+async def test_callers_beyond_the_lines_connections_share_the_pool(server: RedisServer) -> None:
+    """200 submits at once: 8 on the line, the rest on the pool, whose callers beyond its
+    100 connections wait for one instead of failing."""
+    async with Client.from_url(server.url) as client:
+        queue = client.queue("many")
+        ids = await asyncio.gather(*(queue.submit(i) for i in range(200)))
+        infos = [await queue.get(task_id) for task_id in ids[::40]]
+        opened = _line_clients(server)
+    assert len(set(ids)) == 200
+    assert [info.payload for info in infos if info is not None] == list(range(0, 200, 40))
+    assert opened > DEFAULT_LIMIT, "the pool's connections took the callers beyond the line"
+
+
+def test_blocking_submits_from_many_threads_get_their_own_replies(server: RedisServer) -> None:
+    admin = redis.Redis.from_url(server.url)
+    wrong: list[str] = []
+    with SyncClient.from_url(server.url) as client:
+        queue = client.queue("threads")
+
+        def submit_all(thread: int) -> None:
+            for i in range(200):
+                payload = f"{thread}-{i}"
+                task_id = queue.submit(payload)
+                if _payload(admin, "threads", task_id) != f'"{payload}"':
+                    wrong.append(payload)
+
+        threads = [threading.Thread(target=submit_all, args=(t,)) for t in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    admin.close()
+    assert wrong == []
+
+
+def test_a_forked_child_submits_on_connections_of_its_own(server: RedisServer) -> None:
+    """Parent and child submit at the same moment after a fork. A child writing on its
+    parent's socket would read replies meant for the parent (and the parent the child's)."""
+    admin = redis.Redis.from_url(server.url)
+    with SyncClient.from_url(server.url) as client:
+        queue = client.queue("forked")
+        queue.submit("before the fork")
+        start_reading, start_writing = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 when every reply was its own
+            os.read(start_reading, 1)
+            status = 0
+            try:
+                for i in range(2_000):
+                    task_id = queue.submit(f"child-{i}")
+                    if _payload(admin, "forked", task_id) != f'"child-{i}"':
+                        status = 1
+            except BaseException:  # the child reports through its status
+                status = 2
+            os._exit(status)
+        os.write(start_writing, b"go")
+        wrong = 0
+        for i in range(2_000):
+            task_id = queue.submit(f"parent-{i}")
+            if _payload(admin, "forked", task_id) != f'"parent-{i}"':
+                wrong += 1
+        _, status = os.waitpid(pid, 0)
+    admin.close()
+    assert wrong == 0
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_a_line_closes_its_connections_with_the_client(server: RedisServer) -> None:
+    client = Client.from_url(server.url)
+    queue = client.queue("closing")
+    await asyncio.gather(*(queue.submit(i) for i in range(4)))
+    assert _line_clients(server) >= 1
+    await client.aclose()
+    assert _line_clients(server) == 0
+
+
+def test_a_blocking_connection_redis_closed_is_reopened(server: RedisServer) -> None:
+    admin = redis.Redis.from_url(server.url)
+    with SyncClient.from_url(server.url) as client:
+        queue = client.queue("closed-blocking")
+        queue.submit("first")
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        task_id = queue.submit("second")
+        assert _payload(admin, "closed-blocking", task_id) == '"second"'
+    admin.close()
