@@ -3,9 +3,10 @@
     .venv/bin/python bench/submit_cpu.py [--n 5000] [--rounds 5] [--before DIR]
 
 Each round starts a fresh process that opens ``Client.from_url`` on a private redis-server
-and awaits ``submit(None)`` N times, one after the other; it reports the process's CPU time
-and the wall time per submit. With ``--before DIR`` an earlier checkout runs in alternation
-with this one (its directory first on the path).
+and awaits ``submit(None)`` N times, one after the other, then one that does the same with
+the blocking ``SyncClient``; each reports the process's CPU time and the wall time per
+submit. With ``--before DIR`` an earlier checkout runs in alternation with this one (its
+directory first on the path).
 """
 
 from __future__ import annotations
@@ -41,10 +42,29 @@ async def main(url, n):
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
+BLOCKING_ROUND = """
+import json, sys, time
+from agentpool.client import SyncClient
 
-def one(code: Path, url: str, n: int) -> dict[str, float]:
+def main(url, n):
+    with SyncClient.from_url(url) as client:
+        queue = client.queue("submit-cpu")
+        queue.submit(None)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            queue.submit(None)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(json.dumps({"cpu_us": cpu / n * 1e6, "per_second": n / wall}))
+
+main(sys.argv[1], int(sys.argv[2]))
+"""
+
+CLIENTS = {"Client": ROUND, "SyncClient": BLOCKING_ROUND}
+
+
+def one(code: Path, program: str, url: str, n: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(code)}
-    reply = subprocess.run([sys.executable, "-c", ROUND, url, str(n)], env=env, cwd=code,
+    reply = subprocess.run([sys.executable, "-c", program, url, str(n)], env=env, cwd=code,
                            capture_output=True, text=True, check=True)
     result: dict[str, float] = json.loads(reply.stdout)
     return result
@@ -61,16 +81,17 @@ def main() -> None:
     if args.before is not None:
         codes = {"before": args.before.resolve(), **codes}
     print(f"{sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f}")
-    results: dict[str, list[dict[str, float]]] = {label: [] for label in codes}
+    results: dict[tuple[str, str], list[dict[str, float]]] = {
+        (label, kind): [] for kind in CLIENTS for label in codes}
     with RedisServer() as server:
         for _ in range(args.rounds):
-            for label, code in codes.items():
-                results[label].append(one(code, server.url, args.n))
-    for label, rounds in results.items():
+            for (label, kind), rounds in results.items():
+                rounds.append(one(codes[label], CLIENTS[kind], server.url, args.n))
+    for (label, kind), rounds in results.items():
         cpu = statistics.median(r["cpu_us"] for r in rounds)
         rate = statistics.median(r["per_second"] for r in rounds)
-        print(f"{label}: client CPU per submit median {cpu:.0f} µs, {rate:,.0f} submits/s "
-              f"({args.rounds} rounds of {args.n:,})")
+        print(f"{label}, {kind}: client CPU per submit median {cpu:.0f} µs, {rate:,.0f} "
+              f"submits/s ({args.rounds} rounds of {args.n:,})")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
