@@ -42,6 +42,7 @@ import redis.asyncio as aioredis
 from agentpool.connection import (
     is_cluster_url,
     is_sentinel_url,
+    is_standalone_url,
     redis_from_url,
     sync_redis_from_url,
 )
@@ -91,10 +92,6 @@ def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.
         raise ClientConfigError(f"invalid Redis URL {redact_url(url)}: {exc}") from None
 
 
-def _standalone(url: str) -> bool:
-    return not is_sentinel_url(url) and not is_cluster_url(url)
-
-
 class Client:
     """A Redis connection pool and the queues on it. Close it (or use ``async with``).
 
@@ -107,7 +104,7 @@ class Client:
         self.redis = redis
         self.url = url
         self.durability = parse_durability(durability)
-        self._line = ScriptLine(redis) if url is not None and _standalone(url) else None
+        self._line = ScriptLine(redis) if url is not None and is_standalone_url(url) else None
         self._queues: dict[tuple[str, int, Durability], TaskQueue] = {}
 
     @classmethod

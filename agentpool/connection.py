@@ -87,6 +87,11 @@ def is_cluster_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
 
 
+def is_standalone_url(url: str) -> bool:
+    """One server: neither Sentinel nor Cluster."""
+    return not is_sentinel_url(url) and not is_cluster_url(url)
+
+
 def is_cluster(redis: Any) -> bool:
     """Whether a client from `redis_from_url` talks to a Redis Cluster."""
     return isinstance(redis, RedisCluster)
