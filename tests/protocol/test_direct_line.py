@@ -9,7 +9,7 @@ import asyncio
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -49,7 +49,7 @@ async def test_submits_take_no_connection_from_the_clients_pool(
     async with Client.from_url(server.url) as client:
         await client.queue("direct").submit("loads the script")
         pool = client.redis.connection_pool
-        original = pool.get_connection
+        original: Callable[..., Awaitable[Any]] = pool.get_connection
 
         async def counting(*args: Any, **kwargs: Any) -> Any:
             taken.append(args)
@@ -197,3 +197,19 @@ def test_a_blocking_connection_redis_closed_is_reopened(server: RedisServer) -> 
         task_id = queue.submit("second")
         assert _payload(admin, "closed-blocking", task_id) == '"second"'
     admin.close()
+
+
+async def test_every_call_of_a_client_survives_connections_redis_closed(
+        server: RedisServer) -> None:
+    """Not only the line's: the pool's connections, which reads and other calls use, are
+    made again too."""
+    admin = redis.Redis.from_url(server.url)
+    async with Client.from_url(server.url) as client:
+        queue = client.queue("closed-pool")
+        task_id = await queue.submit("kept")
+        assert (await queue.figures()).queued == 1
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 2
+        info = await queue.get(task_id)
+        assert (await queue.figures()).queued == 1
+    admin.close()
+    assert info is not None and info.payload == "kept"
