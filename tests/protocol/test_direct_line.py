@@ -213,3 +213,20 @@ async def test_every_call_of_a_client_survives_connections_redis_closed(
         assert (await queue.figures()).queued == 1
     admin.close()
     assert info is not None and info.payload == "kept"
+
+
+async def test_producers_submit_across_a_redis_restart() -> None:
+    """Redis restarts (same port, AOF on) between two submits of each client: the second is
+    made on new connections, after the script is loaded again, and raises nothing."""
+    with RedisServer(appendonly=True) as restarting:
+        admin = redis.Redis.from_url(restarting.url)
+        async with Client.from_url(restarting.url) as client:
+            queue = client.queue("restart")
+            with SyncClient.from_url(restarting.url) as blocking_client:
+                blocking = blocking_client.queue("restart")
+                before = [await queue.submit("async, before"), blocking.submit("sync, before")]
+                restarting.restart()
+                after = [await queue.submit("async, after"), blocking.submit("sync, after")]
+        payloads = [_payload(admin, "restart", task_id) for task_id in before + after]
+        admin.close()
+    assert payloads == ['"async, before"', '"sync, before"', '"async, after"', '"sync, after"']
