@@ -65,32 +65,30 @@ async def test_submits_take_no_connection_from_the_clients_pool(
     assert taken_by_submits == 0
 
 
-async def test_a_script_redis_forgot_is_loaded_and_the_submit_goes_through(
-        server: RedisServer) -> None:
+def _flush_scripts(admin: redis.Redis) -> None:
+    admin.script_flush()
+
+
+def _close_connections(admin: redis.Redis) -> None:
+    assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+
+
+@pytest.mark.parametrize("forget", [_flush_scripts, _close_connections],
+                         ids=["scripts", "connections"])
+async def test_what_redis_forgot_between_two_submits_is_made_again(
+        server: RedisServer, forget: Callable[[redis.Redis], None]) -> None:
+    """The script (loaded again through the client) or the line's connection (replaced, the
+    call sent once more); the submit after it, and the one after that, go through."""
     admin = redis.Redis.from_url(server.url)
     async with Client.from_url(server.url) as client:
         queue = client.queue("forgot")
         await queue.submit("first")
-        admin.script_flush()
-        task_id = await queue.submit("second")
-        info = await queue.get(task_id)
+        forget(admin)
+        second = await queue.submit("second")
+        third = await queue.submit("third")
+    payloads = [_payload(admin, "forgot", task_id) for task_id in (second, third)]
     admin.close()
-    assert info is not None and info.payload == "second"
-
-
-async def test_a_connection_redis_closed_is_reopened_and_the_submit_goes_through(
-        server: RedisServer) -> None:
-    admin = redis.Redis.from_url(server.url)
-    async with Client.from_url(server.url) as client:
-        queue = client.queue("closed")
-        await queue.submit("first")
-        killed = admin.client_kill_filter(_type="normal", skipme=True)
-        assert killed >= 1
-        task_id = await queue.submit("second")
-        after = await queue.submit("third")
-    assert _payload(admin, "closed", task_id) == '"second"'
-    assert _payload(admin, "closed", after) == '"third"'
-    admin.close()
+    assert payloads == ['"second"', '"third"']
 
 
 async def test_a_cancelled_submit_never_answers_the_next_one(server: RedisServer) -> None:
