@@ -101,8 +101,8 @@ def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.
 class Client:
     """A Redis connection pool and the queues on it. Close it (or use ``async with``).
 
-    On a standalone Redis (not Sentinel, not Cluster) the queues' script calls, a submit
-    first, go on a :class:`agentpool.direct.ScriptLine` of the client's.
+    On a standalone Redis (not Sentinel, not Cluster) the queues' script calls, submits
+    above all, go on a :class:`agentpool.direct.ScriptLine` of the client's.
     """
 
     def __init__(self, redis: aioredis.Redis, *, url: str | None = None,
@@ -206,10 +206,10 @@ class SyncClient:
     lets every call reuse the same connections; ``asyncio.run`` per call would reconnect
     each time and fails where a loop is already running (a notebook, an async framework).
     Calls are thread-safe; an interrupted call (Ctrl-C) is cancelled on the loop. ``submit``
-    skips the loop: it runs the same script on a blocking line of its own
-    (:class:`agentpool.direct.BlockingScriptLine`; a blocking Cluster client's calls, and
-    Sentinel URLs the loop's client, which follows failovers), one round trip with no thread
-    hand-over.
+    skips the loop: one round trip on a blocking line of its own
+    (:class:`agentpool.direct.BlockingScriptLine`), with no thread hand-over. On a Cluster
+    the line sends through a blocking Cluster client; Sentinel URLs keep the loop's client,
+    which follows failovers.
     """
 
     def __init__(
