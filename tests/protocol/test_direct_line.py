@@ -15,9 +15,12 @@ from typing import Any
 import pytest
 import redis
 
+from agentpool.acl import Role
 from agentpool.client import Client, SyncClient
 from agentpool.direct import DEFAULT_LIMIT
 from agentpool.redis_server import RedisServer
+
+AclUrl = Callable[[str, Role], Awaitable[str]]
 
 
 @pytest.fixture
@@ -228,3 +231,17 @@ async def test_producers_submit_across_a_redis_restart() -> None:
         payloads = [_payload(admin, "restart", task_id) for task_id in before + after]
         admin.close()
     assert payloads == ['"async, before"', '"sync, before"', '"async, after"', '"sync, after"']
+
+
+async def test_a_producer_credential_submits_through_both_clients(
+        acl_url: AclUrl, queue_name: str, redis_mode: str) -> None:
+    """The lines' connections authenticate as the URL says, and the producer's ACL user (no
+    CLIENT, no SCRIPT LOAD beyond its own scripts) is enough for them; on every deployment."""
+    url = await acl_url(queue_name, Role.PRODUCER)
+    async with Client.from_url(url) as client:
+        queue = client.queue(queue_name)
+        first = await queue.submit("async")
+        with SyncClient.from_url(url) as blocking_client:
+            second = blocking_client.queue(queue_name).submit("sync")
+        infos = [await queue.get(task_id) for task_id in (first, second)]
+    assert [info.payload for info in infos if info is not None] == ["async", "sync"]
