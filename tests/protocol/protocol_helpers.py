@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -12,6 +15,7 @@ import redis.asyncio as aioredis
 
 from agentpool.connection import is_cluster, is_cluster_url, redis_from_url
 from agentpool.protocol import ClaimedTask, FailOutcome, TaskQueue
+from agentpool.redis_server import RedisServer, free_port
 
 ONE_SERVER = pytest.mark.parametrize("redis_mode", ["standalone"])
 """For what one server shows whatever the deployment (the commands and keys its ACL refuses,
@@ -110,3 +114,18 @@ def database_of_its_own(redis_url: str, db: int) -> aioredis.Redis:
     if is_cluster_url(redis_url):
         return redis_from_url(redis_url)
     return redis_from_url(redis_url.rsplit("/", 1)[0] + f"/{db}")
+
+
+@contextmanager
+def tls_redis(directory: Path) -> Iterator[tuple[RedisServer, str]]:
+    """A redis-server that also listens with TLS (a self-signed certificate for 127.0.0.1);
+    yields it and the ``rediss://`` URL of its TLS port."""
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    tls_port = free_port()
+    with RedisServer(extra_args=(
+            "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")) as server:
+        yield server, f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"

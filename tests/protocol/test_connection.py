@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-from collections.abc import Coroutine, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Coroutine, Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from protocol_helpers import tls_redis
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -31,7 +30,7 @@ from agentpool.connection import (
     redis_from_url,
 )
 from agentpool.protocol import TaskQueue
-from agentpool.redis_server import RedisCluster, RedisServer, free_port
+from agentpool.redis_server import RedisCluster
 from agentpool.urls import URL_PREFIXES, redact_url
 
 
@@ -218,21 +217,6 @@ async def test_a_write_that_need_not_wait_runs_in_the_callers_task(redis_url: st
         loop.set_task_factory(None)
         await client.aclose()
     assert [m for m in made if isinstance(m, LeanConnection)] == []
-
-
-@contextmanager
-def tls_redis(directory: Path) -> Iterator[tuple[RedisServer, str]]:
-    """A redis-server that also listens with TLS (a self-signed certificate for 127.0.0.1);
-    yields it and the ``rediss://`` URL of its TLS port."""
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    tls_port = free_port()
-    with RedisServer(extra_args=(
-            "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")) as server:
-        yield server, f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
 
 
 async def test_a_queue_over_tls(tmp_path: Path) -> None:

@@ -10,10 +10,12 @@ import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from protocol_helpers import tls_redis
 
 from agentpool.acl import Role
 from agentpool.client import Client, SyncClient
@@ -245,3 +247,19 @@ async def test_a_producer_credential_submits_through_both_clients(
             second = blocking_client.queue(queue_name).submit("sync")
         infos = [await queue.get(task_id) for task_id in (first, second)]
     assert [info.payload for info in infos if info is not None] == ["async", "sync"]
+
+
+async def test_producers_submit_over_tls_on_their_lines(tmp_path: Path) -> None:
+    """rediss:// against a real TLS listener: the lines' connections are TLS connections as
+    the pool's are (a line that opened plain ones would get no reply from the TLS port)."""
+    with tls_redis(tmp_path) as (plain, tls_url):
+        admin = redis.Redis.from_url(plain.url)
+        async with Client.from_url(tls_url) as client:
+            queue = client.queue("tls")
+            ids = [await queue.submit(f"async {i}") for i in range(3)]
+            with SyncClient.from_url(tls_url) as blocking_client:
+                blocking = blocking_client.queue("tls")
+                ids += [blocking.submit(f"sync {i}") for i in range(3)]
+        payloads = [_payload(admin, "tls", task_id) for task_id in ids]
+        admin.close()
+    assert payloads == [f'"{kind} {i}"' for kind in ("async", "sync") for i in range(3)]
