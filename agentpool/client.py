@@ -64,8 +64,6 @@ from agentpool.urls import redact_url
 
 ENV_REDIS_URL = "AGENTPOOL_REDIS_URL"
 DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_MAX_CONNECTIONS = 100
-"""Per client, besides its line's; redis-py's default, but callers beyond it wait."""
 
 T = TypeVar("T")
 
@@ -83,15 +81,11 @@ def resolve_redis_url(url: str | None = None) -> str:
 
 
 def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.Redis:
-    """Callers beyond `max_connections` at once wait for a connection (redis-py's own pool
-    would fail them: ``asyncio.gather`` over a few hundred submits is a normal producer). A
-    call on a connection Redis closed while it sat idle (a restart, its ``timeout`` setting)
-    is made once more on a new one, as the worker's are; a pool built from a URL gets no
-    retry from redis-py."""
+    """A call on a connection Redis closed while it sat idle (a restart, its ``timeout``
+    setting) is made once more on a new one, as the worker's are; a pool built from a URL
+    gets no retry from redis-py."""
     redis_kwargs.setdefault("socket_connect_timeout", connect_timeout)
     redis_kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.2, base=0.02), 1))
-    redis_kwargs.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
-    redis_kwargs.setdefault("pool_timeout", None)
     try:
         return redis_from_url(url, **redis_kwargs)
     except ValueError as exc:

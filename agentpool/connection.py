@@ -79,6 +79,9 @@ class ClusterURL:
     tls: bool = False
 
 
+DEFAULT_MAX_CONNECTIONS = 100
+"""Per client (per node on a cluster: see `cluster_from_url`); redis-py's own default."""
+
 def is_sentinel_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
 
@@ -311,25 +314,24 @@ def _make_cluster_lean(cluster: RedisCluster) -> None:
 
 
 def redis_from_url(
-    url: str, *, max_connections: int | None = None, pool_timeout: float | None = 5.0,
-    **kwargs: Any
+    url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    pool_timeout: float | None = None, **kwargs: Any
 ) -> aioredis.Redis:
     """A client for `url`; `kwargs` are redis-py connection options (timeouts, retry, name).
 
-    With `max_connections`, callers beyond it wait up to `pool_timeout` (None: as long as it
-    takes) for a connection instead of opening another (on a cluster: see
+    Callers beyond `max_connections` at once wait up to `pool_timeout` (None: as long as it
+    takes) for a connection instead of failing, as redis-py's own pool does beyond its 100:
+    a worker of concurrency 400 whose runs checkpoint at the same moment, or a producer's
+    ``asyncio.gather`` over a few hundred submits, is normal use (on a cluster: see
     `cluster_from_url`).
     """
     if is_cluster_url(url):
         return cluster_from_url(url, **kwargs)
     if not is_sentinel_url(url):
         try:
-            if max_connections is None:
-                pool = ConnectionPool.from_url(url, **kwargs)
-            else:
-                pool = BlockingConnectionPool.from_url(
-                    url, max_connections=max_connections, timeout=pool_timeout, **kwargs
-                )
+            pool = BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=pool_timeout, **kwargs
+            )
         except ValueError:
             raise RedisURLError(INVALID_URL_MESSAGE) from None
         _make_lean(pool)
@@ -354,13 +356,9 @@ def redis_from_url(
         node_kwargs["username"] = parsed.username
     if parsed.tls:
         node_kwargs["ssl"] = True
-    if max_connections is not None:
-        node_kwargs.update(max_connections=max_connections, timeout=pool_timeout)
-        pool_class: type[SentinelConnectionPool] = BlockingSentinelConnectionPool
-    else:
-        pool_class = FollowingSentinelConnectionPool
+    node_kwargs.update(max_connections=max_connections, timeout=pool_timeout)
     client: aioredis.Redis = sentinel.master_for(
-        parsed.service, connection_pool_class=pool_class, **node_kwargs
+        parsed.service, connection_pool_class=BlockingSentinelConnectionPool, **node_kwargs
     )
     _make_lean(client.connection_pool)
     return client

@@ -124,3 +124,23 @@ async def test_a_sync_handler_checkpoints_from_its_thread_and_resumes_after_a_fa
         done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "success")
         assert worker.metrics.checkpoints._value.get() >= 6
     assert done.result == {"resumed_from": 3, "attempt": 2}
+
+
+async def test_hundreds_of_runs_checkpoint_at_once_without_a_redis_error(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Concurrency 400, every run checkpointing at the same moments: more requests at once than
+    the client keeps connections (100). They wait for one; none fails, so the worker neither
+    counts a Redis error nor reports Redis down (redis-py's own pool fails them)."""
+    queue = TaskQueue(redis, queue_name)
+    ids = await queue.submit_many([{"steps": 3, "every": 1, "pause": 0.05}] * 400)
+    async with running(settings(redis_url, queue_name, HANDLER, concurrency=400,
+                                lease_seconds=10)) as worker:
+        async def all_done() -> bool:
+            return (await queue.figures()).stats.get("succeeded", 0) == 400
+
+        await eventually(all_done, 60, "400 successes")
+        assert worker.metrics.redis_errors._value.get() == 0
+        assert worker.metrics.checkpoints._value.get() == 1200
+    results = [info.result for info in [await queue.get(task_id) for task_id in ids] if info]
+    assert [r["attempt"] for r in results] == [1] * 400
