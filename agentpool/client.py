@@ -38,8 +38,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from agentpool.connection import (
     is_cluster_url,
@@ -81,11 +79,7 @@ def resolve_redis_url(url: str | None = None) -> str:
 
 
 def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.Redis:
-    """A call on a connection Redis closed while it sat idle (a restart, its ``timeout``
-    setting) is made once more on a new one, as the worker's are; a pool built from a URL
-    gets no retry from redis-py."""
     redis_kwargs.setdefault("socket_connect_timeout", connect_timeout)
-    redis_kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.2, base=0.02), 1))
     try:
         return redis_from_url(url, **redis_kwargs)
     except ValueError as exc:

@@ -36,7 +36,9 @@ import redis.cluster
 import redis.sentinel
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -323,10 +325,14 @@ def redis_from_url(
     takes) for a connection instead of failing, as redis-py's own pool does beyond its 100:
     a worker of concurrency 400 whose runs checkpoint at the same moment, or a producer's
     ``asyncio.gather`` over a few hundred submits, is normal use (on a cluster: see
-    `cluster_from_url`).
+    `cluster_from_url`). Unless `kwargs` say otherwise, a call on a connection Redis closed
+    while it sat idle (a restart, its ``timeout`` setting) is made once more on a new one: a
+    pool built from a URL gets no retry from redis-py, so the first call on each pooled
+    connection after a restart would fail.
     """
     if is_cluster_url(url):
         return cluster_from_url(url, **kwargs)
+    kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.2, base=0.02), 1))
     if not is_sentinel_url(url):
         try:
             pool = BlockingConnectionPool.from_url(

@@ -19,6 +19,7 @@ from protocol_helpers import tls_redis
 
 from agentpool.acl import Role
 from agentpool.client import Client, SyncClient
+from agentpool.connection import redis_from_url
 from agentpool.direct import DEFAULT_LIMIT
 from agentpool.redis_server import RedisServer
 
@@ -263,3 +264,19 @@ async def test_producers_submit_over_tls_on_their_lines(tmp_path: Path) -> None:
         payloads = [_payload(admin, "tls", task_id) for task_id in ids]
         admin.close()
     assert payloads == [f'"{kind} {i}"' for kind in ("async", "sync") for i in range(3)]
+
+
+@pytest.mark.parametrize("redis_mode", ["standalone", "sentinel"])
+async def test_a_client_from_a_url_survives_connections_redis_closed(
+        redis_url: str, redis_mode: str) -> None:
+    """Every client the project makes from a URL (worker, operator, console, producer): a call
+    on a pooled connection Redis closed while it sat idle is made once more on a new one."""
+    client = redis_from_url(redis_url)
+    admin = redis_from_url(redis_url)
+    try:
+        await client.set("survivor", "before")
+        assert await admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        assert await client.get("survivor") == b"before"
+    finally:
+        await client.aclose()
+        await admin.aclose()

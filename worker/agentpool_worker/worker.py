@@ -36,8 +36,6 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from agentpool.connection import redis_from_url
@@ -928,7 +926,6 @@ def _client(url: str, timeout: float) -> aioredis.Redis:
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
     )
 
 
