@@ -82,7 +82,9 @@ class ClusterURL:
 
 
 DEFAULT_MAX_CONNECTIONS = 100
-"""Per client (per node on a cluster: see `cluster_from_url`); redis-py's own default."""
+"""Per client on one server or through Sentinel, redis-py's own default (a Cluster client's
+per-node pools are not capped: see `cluster_from_url`)."""
+
 
 def is_sentinel_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
