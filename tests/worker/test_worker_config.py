@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from worker_helpers import HANDLERS, HERE, WorkerProcess, eventually, worker_env
+import redis.asyncio as aioredis
+from worker_helpers import HANDLERS, HERE, WorkerProcess, eventually, task_in, worker_env
 
+from agentpool.protocol import TaskQueue
 from agentpool_worker.main import main
 from agentpool_worker.settings import redact_url
 
@@ -151,3 +153,19 @@ async def test_an_unexpected_crash_is_one_log_line_and_exit_1(
     line = json.loads(lines[0])
     assert line["msg"] == "worker crashed" and line["level"] == "error"
     assert "Address already in use" in line["error"]
+
+
+async def test_what_exists_at_start_is_left_out_of_garbage_collection(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis,
+) -> None:
+    """Modules and the handler live as long as the process: a worker process freezes them, so
+    a full collection under load walks only what came later (docs/worker.md, Probes and states)."""
+    queue = TaskQueue(redis, "q-gc")
+    proc = WorkerProcess(worker_env(redis_url, "q-gc", f"{HANDLERS}:collector"),
+                         tmp_path / "worker.log")
+    try:
+        task_id = await queue.submit({})
+        done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 15, "the task")
+    finally:
+        proc.close()
+    assert done.result["frozen"] > 2 * done.result["watched"] > 0

@@ -8,6 +8,7 @@ stderr), 1 on an unexpected crash (one JSON log line).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 
@@ -32,6 +33,7 @@ def main() -> None:
         sys.exit(2)
     configure_logging(settings.log_level)
     disable_created_metrics()  # type: ignore[no-untyped-call]
+    _exempt_from_collection()
     worker = Worker(settings, handler)
     code = 0
     try:
@@ -50,6 +52,16 @@ def main() -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _exempt_from_collection() -> None:
+    """Take what exists now (modules, the handler and what it imported) out of the cyclic
+    collector's care: it lives as long as the process. Left in, it is walked by every full
+    collection, which a worker under load ran every second or so, stopping the event loop
+    (claims, heartbeats, probes) for 33-46 ms each time; frozen, a full collection walks only
+    what came later (2-4 ms)."""
+    gc.collect()
+    gc.freeze()
 
 
 if __name__ == "__main__":
