@@ -43,8 +43,9 @@ its last checkpoint after a lost run. Then also checked:
 - work redone: steps executed beyond each task's own steps (every step is counted). Bound:
   K per lost run (runs of the task beyond the first), reported as total and worst per task.
 - zombie checkpoints accepted: checkpoints accepted from a run although they were sent after
-  a later run of the same task had started (the host's monotonic clock orders run starts and
-  checkpoint sends; see bench/chaos_handler.py). Here the ``--freezes`` tasks stop their
+  the run of a later claim of the same task had started (claims ordered by attempt; the
+  host's monotonic clock orders run starts and checkpoint sends; see ``zombie_checkpoints``
+  and bench/chaos_handler.py). Here the ``--freezes`` tasks stop their
   worker right before their second checkpoint, so that it is sent by a zombie. Must be 0.
   Refused: Redis's counter.
 
@@ -554,18 +555,9 @@ class Soak:
             if redone > opts.checkpoint_every * lost:
                 over_bound += 1
                 over_examples.append(f"{task_id}: {redone} steps redone over {lost} lost runs")
-        zombie_accepted = 0
-        zombie_examples: list[str] = []
-        for saved in await self.records.smembers(SAVED_KEY):
-            run, _, sent = _text(saved).rpartition("|")
-            task_runs = starts.get(run.split("|", 1)[0], {})
-            began = task_runs.get(run)
-            later = [other for other, at in task_runs.items()
-                     if began is not None and began < at < float(sent)]
-            if later:
-                zombie_accepted += 1
-                zombie_examples.append(f"{run} (began {began:.3f}) saved at {float(sent):.3f}, "
-                                       f"after {', '.join(later)} began")
+        zombie_examples = zombie_checkpoints(
+            [_text(saved) for saved in await self.records.smembers(SAVED_KEY)], starts)
+        zombie_accepted = len(zombie_examples)
         refused = int(await self.redis.hget(self.queue.prefix + "stats",
                                             "checkpoints_refused") or 0)
         return {
@@ -579,6 +571,34 @@ class Soak:
             "zombie_checkpoints_refused": refused,
             "ok": wrong == 0 and over_bound == 0 and zombie_accepted == 0,
         }
+
+
+def zombie_checkpoints(saved: list[str], starts: dict[str, dict[str, float]]) -> list[str]:
+    """The accepted checkpoints (``run|sent``) that a sound fence must have refused: sent after
+    a later claim of the same task had started its run. ``starts`` maps each task to its runs
+    (``task|worker|attempt``) and the time each began.
+
+    Runs are ordered by claim, which is the attempt number and, between two runs of the same
+    attempt (a run handed back without spending one, then claimed again), the time each began.
+    Not by start alone: a worker frozen between its claim's reply and the start of the run
+    begins that run late, after the task was claimed again; that run is the zombie, and the
+    checkpoints the current holder sends meanwhile are not."""
+    def claimed(run: str) -> tuple[int, float]:
+        return int(run.rsplit("|", 1)[1]), starts.get(run.split("|", 1)[0], {})[run]
+
+    found = []
+    for record in saved:
+        run, _, sent = record.rpartition("|")
+        task_runs = starts.get(run.split("|", 1)[0], {})
+        if run not in task_runs:
+            continue
+        began = task_runs[run]
+        later = [other for other, at in task_runs.items()
+                 if claimed(other) > claimed(run) and at < float(sent)]
+        if later:
+            found.append(f"{run} (began {began:.3f}) saved at {float(sent):.3f}, "
+                         f"after {', '.join(later)} began")
+    return found
 
 
 def _text(value: Any) -> str:

@@ -102,8 +102,8 @@ async def stepped(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
     Times are this host's monotonic clock, shared by every process of the soak: a run's start
     is taken after its claim, a checkpoint's time before it is sent, so an accepted checkpoint
-    sent after a later run of the same task started reached Redis after that run's claim: a
-    sound fence must have refused it. A task with ``"freeze": true`` stops its worker
+    sent after the run of a later claim of the same task started reached Redis after that
+    claim: a sound fence must have refused it. A task with ``"freeze": true`` stops its worker
     (SIGSTOP) on its first attempt right before its second checkpoint: the soak resumes it
     once the task has been claimed again, so that checkpoint is a zombie's."""
     member = run_key(ctx.task_id, ctx.worker_id, ctx.attempt)
