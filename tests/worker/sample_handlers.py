@@ -9,6 +9,8 @@ import threading
 import time
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from agentpool.errors import PermanentError
 from agentpool_worker.handlers import TaskContext
 
@@ -21,6 +23,16 @@ async def collector(payload: Any) -> dict[str, int]:
     """What the cyclic garbage collector watches in this process, and what it was told to
     leave alone."""
     return {"frozen": gc.get_freeze_count(), "watched": len(gc.get_objects())}
+
+
+async def recorded(payload: Any) -> dict[str, int]:
+    """Notes the start of every run, by the pid running it, in the list payload["key"]."""
+    client = aioredis.Redis.from_url(payload["url"])
+    try:
+        await client.rpush(payload["key"], os.getpid())
+    finally:
+        await client.aclose()
+    return {"pid": os.getpid()}
 
 
 async def sleep(payload: Any) -> dict[str, int]:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,7 +21,7 @@ from worker_helpers import (
     worker_processes,
 )
 
-from agentpool.protocol import ClaimedTask, TaskQueue, worker_id
+from agentpool.protocol import ClaimedTask, TaskInfo, TaskQueue, worker_id
 from agentpool.redis_server import RedisServer
 
 
@@ -146,6 +147,48 @@ async def test_a_frozen_idle_worker_holds_back_one_task_at_most_and_only_for_its
     infos = [await queue.get(i) for i in ids]
     assert all(i is not None and i.result == {"pid": os.getpid()} for i in infos)
     assert sum(1 for i in infos if i is not None and i.attempts == 2) <= 1
+
+
+async def test_a_worker_frozen_past_the_lease_does_not_run_what_was_claimed_elsewhere(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """The claim an idle worker's wait carried is read only after the worker wakes; by then
+    the task was reaped and run by another worker. The woken worker asks Redis before it
+    starts the run and drops the task as lost: a second run would repeat the work (an
+    agent's model calls and tool actions, which no fence stops)."""
+    queue = TaskQueue(redis, queue_name)
+    payload = {"url": redis_url, "key": f"{queue_name}:runs"}
+    with worker_processes(tmp_path) as start:
+        frozen = start(worker_env(redis_url, queue_name, f"{HANDLERS}:recorded",
+                                  pod_name="pod-f", lease_seconds=2, poll_seconds=30))
+        await eventually(lambda: blocked_clients(redis), 15, "the idle worker's wait")
+        frozen.signal(signal.SIGSTOP)
+        try:
+            task_id = await queue.submit(payload)
+            await eventually(lambda: held_by_pod(queue, "pod-f"), 10, "the wait's claim")
+            async with running(settings(redis_url, queue_name, f"{HANDLERS}:recorded",
+                                        pod_name="pod-live")):
+                async def reaped_and_done() -> TaskInfo | None:
+                    await queue.reap_expired()
+                    return await task_in(queue, task_id, "succeeded")
+                await eventually(reaped_and_done, 15, "the task run by the live worker")
+        finally:
+            frozen.signal(signal.SIGCONT)
+
+        def verdict() -> dict[str, Any] | None:
+            """The woken worker's word on the task: dropped as lost, or its zombie run's
+            completion refused."""
+            lines = [json.loads(line) for line in frozen.logs().splitlines()
+                     if line.startswith("{")]
+            return next((line for line in lines
+                         if line["msg"].startswith(("lease lost", "completion refused"))), None)
+
+        said = await eventually(verdict, 15, "the woken worker to learn it lost the task")
+        assert said["msg"].startswith("lease lost"), said
+        assert said["task"] == task_id and said["running"] is False
+        assert frozen.alive()
+    runs = await redis.lrange(payload["key"], 0, -1)
+    assert [int(pid) for pid in runs] == [os.getpid()]
 
 
 async def blocked_clients(redis: aioredis.Redis) -> bool:

@@ -4,7 +4,8 @@ Four loops share one event loop:
 
 - the fetcher claims ``min(free slots, claim_batch)`` tasks in one round trip; when a claim
   came back short (the queue is empty) it blocks on the queue's wake-up list on a connection
-  of its own, for at most the poll interval or until the next delayed task is due;
+  of its own, for at most the poll interval or until the next delayed task is due; a reply
+  read late is confirmed with a heartbeat before its runs start (see ``_confirm``);
 - the flusher records successes: whatever completed while the previous flush was on the wire
   goes out in the next one (group commit: one round trip for many tasks, no added delay);
 - the heartbeat, every lease/3, extends the leases of every task the worker holds and learns
@@ -541,6 +542,7 @@ class Worker:
             # A waiting claim asks for one task: a waiter frozen while Redis runs its claim
             # holds back one task at most (see wait_and_claim).
             want = 1 if wait_first else min(self._free, s.claim_batch)
+            sent = time.monotonic()
             try:
                 if wait_first:
                     block = s.poll_seconds if next_due is None else min(s.poll_seconds, next_due)
@@ -560,12 +562,31 @@ class Worker:
                 continue
             backoff.reset()
             self._redis_ok()
-            for task in batch.tasks:
+            tasks = batch.tasks
+            if tasks and time.monotonic() - sent > s.heartbeat_seconds:
+                tasks = await self._confirm(tasks)
+            for task in tasks:
                 self._start(task)
             if self._claim_uncertain:
                 await self._release_orphans()
             wait_first = wait_before_next_claim(batch, want)
             next_due = batch.next_due_in
+
+    async def _confirm(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
+        """Of the tasks of a claim whose reply was read late, those whose leases still hold
+        (now extended), asked with a heartbeat before any of their runs starts.
+
+        Late is more than a heartbeat interval (a third of the lease) after the claim was
+        sent: the worker was frozen, starved of CPU or its loop blocked by a handler while the
+        claim stood in Redis (a waiting claim waits up to pollSeconds, 1 s by default, before
+        Redis runs it). A lease may then have run out and the task been claimed elsewhere;
+        starting its run would redo the work beside the new holder (an agent's model calls
+        and tool actions, which no fence stops). Those are dropped as lost. When Redis cannot
+        say, the runs start and their next heartbeat decides."""
+        for task in tasks:
+            self._held[task.id] = task
+        await self._beat()
+        return [task for task in tasks if self._held.get(task.id) is task]
 
     async def _interruptible(self, call: Awaitable[T]) -> T | None:
         """A blocking wait that a state change (stop, drain) cuts short (then None)."""
