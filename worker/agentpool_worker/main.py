@@ -57,9 +57,9 @@ def main() -> None:
 def _exempt_from_collection() -> None:
     """Take what exists now (modules, the handler and what it imported) out of the cyclic
     collector's care: it lives as long as the process. Left in, it is walked by every full
-    collection, which a worker under load ran every second or so, stopping the event loop
-    (claims, heartbeats, probes) for 33-46 ms each time; frozen, a full collection walks only
-    what came later (2-4 ms)."""
+    collection, which a worker under load ran about every 0.7 s, stopping the event loop
+    (claims, heartbeats, completions) for about 30 ms each time; frozen, a full collection
+    walks only what came later (3-8 ms at most; bench/worker_gc.py)."""
     gc.collect()
     gc.freeze()
 
