@@ -85,6 +85,9 @@ class PoolState:
     """The `spec.redis` the cached URL was resolved from."""
     redis_url_pods: frozenset[str] = frozenset()
     """The pool's pods when the URL was read: a new pod took the Secret's value of its time."""
+    queue_address: str | None = None
+    """The Redis server and queue the pool's workers serve, as last opened (see
+    `queue_sharing`); None while the queue cannot be opened."""
 
     last_status: dict[str, Any] | None = None
     """The status as last written, the base of the next write."""

@@ -43,6 +43,7 @@ from .credentials import (
 from .deployment import POOL_LABEL, deployment_drift, desired_deployment, replayed
 from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
+from .queue_sharing import queue_address, sharing_problem
 from .redis_access import QueueAccessError, read_figures, resolve_redis_url
 from .status import (
     DeploymentView,
@@ -449,6 +450,10 @@ async def observe_once(
 
     pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)
     queue, queue_problem = await open_queue(ctx, state, namespace, name, spec, pods)
+    state.queue_address = (
+        None if queue is None or state.redis_url is None
+        else queue_address(state.redis_url, queue.name)
+    )
 
     deployment_problem: Problem | None = None
     async with state.lock:
@@ -483,6 +488,8 @@ async def observe_once(
         metrics.record_reconcile_error(namespace, name, "act")
         result = ActionResult()
 
+    shared = sharing_problem(
+        (namespace, name), {key: pool.queue_address for key, pool in ctx.pools.items()})
     new = build_status(
         queue=spec.queue_name(name),
         generation=generation,
@@ -493,7 +500,7 @@ async def observe_once(
         queue_problem=queue_problem,
         deployment_problem=deployment_problem,
         extra_fields=result.status_fields,
-        degraded_problems=result.problems,
+        degraded_problems=[*result.problems, *([shared] if shared else [])],
         extra_conditions=[
             *result.conditions,
             *([state.worker_credentials.condition] if state.worker_credentials else []),

@@ -317,3 +317,32 @@ async def test_deleted_pool_is_released_and_forgotten(
     assert (owner["uid"], owner["blockOwnerDeletion"]) == (pool["metadata"]["uid"], True), (
         "the cluster's garbage collector deletes the Deployment with its pool"
     )
+
+
+async def test_pools_serving_one_queue_on_one_redis_are_degraded_until_one_leaves(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, queue_name: str
+) -> None:
+    """Their workers would take each other's tasks (with their own images) and each pool
+    scale for the whole queue: both pools say so, naming the other, and keep running."""
+    await cluster.create_pool(pool_manifest("first", redis_url=redis_url, queue=queue_name))
+    await cluster.create_pool(pool_manifest("second", redis_url=redis_url, queue=queue_name))
+    await cluster.create_pool(pool_manifest("apart", redis_url=redis_url))
+
+    def degraded(pool: str) -> dict | None:
+        condition = cluster.condition(pool, "Degraded")
+        return condition if condition["status"] == "True" else None
+
+    first = await eventually(lambda: degraded("first"))
+    second = await eventually(lambda: degraded("second"))
+    where = f"queue '{queue_name}' on {redis_url.rstrip('/')}"
+    assert first["reason"] == second["reason"] == "QueueShared"
+    assert first["message"].startswith(f"{where} is also served by {NAMESPACE}/second: ")
+    assert second["message"].startswith(f"{where} is also served by {NAMESPACE}/first: ")
+    await eventually(lambda: any(e["involvedObject"]["name"] == "first"
+                                 and e["type"] == "Warning"
+                                 for e in cluster.events("QueueShared")))
+    assert cluster.condition("apart", "Degraded")["status"] == "False"
+    assert cluster.deployment("first") and cluster.deployment("second")
+
+    await cluster.delete_pool("second")
+    await eventually(lambda: cluster.condition("first", "Degraded")["status"] == "False")
