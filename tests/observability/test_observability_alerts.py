@@ -18,7 +18,8 @@ HERE = Path(__file__).resolve().parent
 MONITORING = COMBINATIONS["monitoring"]
 OPERATOR_ALERTS = ["AgentPoolOperatorDown", "AgentPoolReconcileErrors", "AgentPoolNotObserved"]
 POOL_ALERTS = [
-    "AgentPoolQueueUnreachable", "AgentPoolQueueDepthHigh", "AgentPoolQueueDepthCritical",
+    "AgentPoolQueueUnreachable", "AgentPoolDegraded", "AgentPoolQueueDepthHigh",
+    "AgentPoolQueueDepthCritical",
     "AgentPoolTaskFailureRateHigh", "AgentPoolNoReadyWorkers", "AgentPoolWaitTimeHigh",
     "AgentPoolDeadLettersGrowing", "AgentPoolStuckAtMaxReplicas",
 ]
