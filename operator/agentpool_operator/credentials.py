@@ -13,6 +13,11 @@ new credentials version (so the pods roll), and only when every pod of the pool 
 version is the old password removed. The old password's hash waits on the Secret meanwhile,
 so an operator restart resumes the rotation where it was.
 
+The same annotation rotates the producer user's password (with `spec.redis.producerCredentials`).
+Its Secret gets the new one at once; the services that submit are not the operator's to roll,
+so the old password stays accepted for a grace period (`AGENTPOOL_OPERATOR_PRODUCER_PASSWORD_
+GRACE_SECONDS`, an hour by default), its end written on the Secret, then it is removed.
+
 A Redis that cannot have such a user (no ACL command, or the pool's credential may not manage
 users) leaves the workers on the pool's URL, with the condition ``Credentials`` False, reason
 ``CredentialsShared``: visible, but not a degradation of the pool.
@@ -27,6 +32,7 @@ import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -46,6 +52,8 @@ VERSION_ANNOTATION = CREDENTIALS_VERSION
 RETIRING_ANNOTATION = "agentpool.dev/retiring-password-sha256"
 """On the worker Secret during a rotation: the old password, still accepted until the pods
 rolled."""
+RETIRING_UNTIL_ANNOTATION = "agentpool.dev/retiring-password-until"
+"""On the producer Secret during a rotation: when (Unix time, seconds) the old password goes."""
 CONDITION = "Credentials"
 SHARED = "CredentialsShared"
 SECRET_KEY = "url"
@@ -151,10 +159,14 @@ def password_of(secret: Mapping[str, Any] | None) -> str | None:
 
 def desired_worker_secret(namespace: str, pool: str, owner: Mapping[str, Any],
                           url: str, retiring: str | None = None,
-                          role: Role = Role.WORKER) -> dict[str, Any]:
+                          role: Role = Role.WORKER,
+                          retiring_until: float | None = None) -> dict[str, Any]:
     """The Secret holding the URL of the pool's worker (or producer) user, owned by (and
     deleted with) the pool."""
     name = worker_secret_name(pool) if role is Role.WORKER else producer_secret_name(pool)
+    annotations = {RETIRING_ANNOTATION: retiring} if retiring else {}
+    if retiring and retiring_until is not None:
+        annotations[RETIRING_UNTIL_ANNOTATION] = str(int(retiring_until))
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -164,7 +176,7 @@ def desired_worker_secret(namespace: str, pool: str, owner: Mapping[str, Any],
             "namespace": namespace,
             "labels": {**pool_labels(pool), "app.kubernetes.io/component": "redis-credentials"},
             "ownerReferences": [owner_reference(owner)],
-            "annotations": {RETIRING_ANNOTATION: retiring} if retiring else {},
+            "annotations": annotations,
         },
         "data": {SECRET_KEY: base64.b64encode(url.encode()).decode()},
     }
@@ -181,9 +193,12 @@ def secret_drift(desired: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[
     metadata: dict[str, Any] = {}
     if meta.get("ownerReferences") != wanted["ownerReferences"]:
         metadata["ownerReferences"] = wanted["ownerReferences"]
-    retiring = wanted["annotations"].get(RETIRING_ANNOTATION)
-    if (meta.get("annotations") or {}).get(RETIRING_ANNOTATION) != retiring:
-        metadata["annotations"] = {RETIRING_ANNOTATION: retiring}
+    have = meta.get("annotations") or {}
+    annotations = {key: wanted["annotations"].get(key)
+                   for key in (RETIRING_ANNOTATION, RETIRING_UNTIL_ANNOTATION)
+                   if have.get(key) != wanted["annotations"].get(key)}
+    if annotations:
+        metadata["annotations"] = annotations
     if metadata:
         patch["metadata"] = metadata
     return patch or None
@@ -301,11 +316,13 @@ async def ensure_worker_credentials(
 
 async def ensure_producer_credentials(
     kube: ProducerSecretStore, admin: aioredis.Redis, pool: Mapping[str, Any], queue: str,
-    pool_url: str, *, wanted: bool, known: KnownSecrets, now: float,
+    pool_url: str, *, wanted: bool, known: KnownSecrets, now: float, rotate: bool = False,
+    clock: float, grace: float,
 ) -> tuple[str, str] | None:
-    """Make the pool's producer user and Secret exist (`wanted`) or go; returns (reason,
-    message) for an Event when something changed. A Redis that refuses users is left alone:
-    the workers' credentials report that."""
+    """Make the pool's producer user and Secret exist (`wanted`) or go, and move a rotation
+    on (`clock` is Unix time, `grace` how long the old password stays accepted); returns
+    (reason, message) for an Event when something changed. A Redis that refuses users is
+    left alone: the workers' credentials report that."""
     namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
     secret_name = producer_secret_name(name)
     user = acl_username(namespace, name, Role.PRODUCER)
@@ -318,16 +335,26 @@ async def ensure_producer_credentials(
         known.remember(secret_name, None, now)
         return ("CredentialsRemoved",
                 f"deleted producer Redis user {user} and Secret {namespace}/{secret_name}")
-    password = password_of(existing) or secrets.token_urlsafe(PASSWORD_BYTES)
+    annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
+    retiring = annotations.get(RETIRING_ANNOTATION) or None
+    until = _seconds(annotations.get(RETIRING_UNTIL_ANNOTATION))
+    plan = plan_rotation(
+        # a rotation asked for during another one's grace starts over: a password rotated
+        # twice (after a leak, say) must not wait for the first grace to end
+        password_of(existing), None if rotate else retiring, requested=rotate,
+        rolled_out=until is None or clock >= until,
+        new_password=secrets.token_urlsafe(PASSWORD_BYTES),
+    )
+    until = clock + grace if plan.started else until
     try:
-        await set_user(admin, user, acl_rules(queue, Role.PRODUCER, [password_hash(password)]))
+        await set_user(admin, user, acl_rules(queue, Role.PRODUCER, plan.accepted))
     except redis.exceptions.ResponseError as error:
         if refusal(error) is None:
             raise
         return None
     desired = desired_worker_secret(namespace, name, pool,
-                                    with_credentials(pool_url, user, password),
-                                    role=Role.PRODUCER)
+                                    with_credentials(pool_url, user, plan.password),
+                                    plan.retiring, Role.PRODUCER, until)
     if existing is None:
         known.remember(secret_name, await kube.create_secret(namespace, desired), now)
         return ("CredentialsCreated", f"created producer Redis user {user} and Secret "
@@ -335,7 +362,22 @@ async def ensure_producer_credentials(
     patch = secret_drift(desired, existing)
     if patch is not None:
         known.remember(secret_name, await kube.patch_secret(namespace, secret_name, patch), now)
+    if plan.started:
+        ends = datetime.fromtimestamp(int(until or clock), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return ("CredentialsRotating", f"new password for producer Redis user {user} in Secret "
+                                       f"{namespace}/{secret_name}; the old one is accepted "
+                                       f"until {ends}")
+    if plan.finished:
+        return ("CredentialsRotated", f"the old password of producer Redis user {user} is "
+                                      "removed")
     return None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 async def remove_user(admin: aioredis.Redis, namespace: str, pool: str,

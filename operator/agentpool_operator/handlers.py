@@ -283,7 +283,8 @@ async def refresh_credentials(
             producer_event = await ensure_producer_credentials(
                 ctx.api, queue.redis, body, queue.name, state.redis_url,
                 wanted=spec.redis.producer_credentials, known=state.credential_secrets,
-                now=time.monotonic(),
+                now=time.monotonic(), rotate=outcome.rotation_started, clock=time.time(),
+                grace=ctx.settings.producer_password_grace_seconds,
             )
     except (QueueAccessError, RedisError, OSError, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else str(error)

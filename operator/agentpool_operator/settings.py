@@ -43,6 +43,14 @@ class OperatorSettings(BaseSettings):
         "created with the pool's own Redis URL, instead of that URL itself.",
     )
 
+    producer_password_grace_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        le=30 * 86400,
+        description="After a rotation, how long a pool's producer user still accepts its old "
+        "password (the services that submit read the new one from the Secret meanwhile).",
+    )
+
     redis_address_map: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="host:port=host:port pairs, comma-separated: Redis addresses to reach "

@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -323,6 +324,71 @@ async def test_a_pool_can_publish_a_producer_credential_that_submits_but_cannot_
     await eventually(lambda: cluster.events("CredentialsRemoved"))
     with pytest.raises(KeyError):
         cluster.get(SECRETS, f"{pool_name}-redis-producer")
+
+
+async def can_submit(url: str, queue: str) -> bool:
+    """A new connection with `url` submits a task (a producer starting or reconnecting)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        return bool(await TaskQueue(client, queue).submit("hi"))
+    except AuthenticationError:
+        return False
+    finally:
+        await client.aclose()
+
+
+def producer_url(cluster: Cluster, pool: str) -> str:
+    secret = cluster.get(SECRETS, f"{pool}-redis-producer")
+    return base64.b64decode(secret["data"]["url"]).decode()
+
+
+@pytest.mark.parametrize("operator_settings", [OperatorSettings(
+    port=free_port(), status_refresh_seconds=0.5, per_pool_credentials=True,
+    producer_password_grace_seconds=4)])
+async def test_rotation_gives_producers_a_new_password_and_the_old_one_a_grace_period(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, pool_name: str,
+) -> None:
+    """The services that submit are not the operator's to roll: their Secret gets the new
+    password at once, and the old one is accepted until the grace period ends."""
+    queue = f"q-{pool_name}"
+    await cluster.create_pool(pool_manifest(
+        pool_name, redis_url=redis_url, queue=queue,
+        redis={"url": redis_url, "producerCredentials": True}))
+    await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-producer"))
+    old_url = producer_url(cluster, pool_name)
+
+    await cluster.patch_pool(pool_name, {"metadata": {"annotations": {ROTATE: "now"}}})
+    new_url = await eventually(
+        lambda: producer_url(cluster, pool_name) != old_url and producer_url(cluster, pool_name))
+    [rotating] = await eventually(lambda: [e for e in cluster.events("CredentialsRotating")
+                                           if "producer" in e["message"]])
+    assert "the old one is accepted until 20" in rotating["message"]
+    annotations = cluster.get(SECRETS, f"{pool_name}-redis-producer")["metadata"]["annotations"]
+    assert float(annotations["agentpool.dev/retiring-password-until"]) > time.time()
+    assert await can_submit(old_url, queue)
+    assert await can_submit(new_url, queue)
+
+    # rotated again within the grace (after a leak, say): the first password goes at once
+    await cluster.patch_pool(pool_name, {"metadata": {"annotations": {ROTATE: "again"}}})
+    newest = await eventually(
+        lambda: producer_url(cluster, pool_name) != new_url and producer_url(cluster, pool_name))
+
+    async def refused(url: str) -> bool:
+        return not await can_submit(url, queue)
+
+    assert await refused(old_url)
+    assert await can_submit(new_url, queue)
+    assert await eventually(lambda: refused(new_url), within=15)
+    assert await can_submit(newest, queue)
+    await eventually(lambda: [e for e in cluster.events("CredentialsRotated")
+                              if "producer" in e["message"]])
+    annotations = cluster.get(SECRETS, f"{pool_name}-redis-producer")["metadata"].get(
+        "annotations") or {}
+    assert not annotations.get("agentpool.dev/retiring-password-until")
+    published = json.dumps([cluster.pool(pool_name), cluster.events()])
+    for url in (old_url, new_url, newest):
+        password = urlsplit(url).password
+        assert password and password not in published
 
 
 async def test_a_redis_without_the_acl_command_leaves_the_workers_on_the_pool_url(
