@@ -97,11 +97,14 @@ def recovery_pool(name: str, worker_image: str, *,
 
 
 def small_pool(name: str, worker_image: str, *,
-               redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
-    """One pod, for lifecycle checks."""
-    return derived_pool(name, worker_image, redis_secret=redis_secret,
+               redis_secret: str = DEFAULT_REDIS_SECRET, queue: str | None = None) -> Manifest:
+    """One pod, for lifecycle checks; on its own queue unless `queue` names one."""
+    pool = derived_pool(name, worker_image, redis_secret=redis_secret,
                         worker={"drainSeconds": 5},
                         scaling={"minReplicas": 1, "maxReplicas": 1})
+    if queue is not None:
+        pool["spec"]["queue"] = queue
+    return pool
 
 
 def applied_pools(worker_image: str) -> list[Manifest]:
@@ -111,6 +114,7 @@ def applied_pools(worker_image: str) -> list[Manifest]:
         scale_pool("e2e-scale-abc123", worker_image),
         recovery_pool("e2e-recover-abc123", worker_image),
         small_pool("e2e-gc-abc123", worker_image),
+        small_pool("e2e-shared-1-abc123", worker_image, queue="e2e-shared-abc123"),
     ]
 
 

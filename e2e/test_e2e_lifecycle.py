@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import pytest
 from e2e_config import E2EConfig
@@ -70,3 +72,34 @@ def test_worker_pods_run_under_the_restricted_pod_security_standard(
         assert context.get("allowPrivilegeEscalation") is False
         assert (context.get("capabilities") or {}).get("drop") == ["ALL"]
         assert context.get("readOnlyRootFilesystem") is True
+
+
+def test_two_pools_on_one_queue_are_degraded_until_one_goes(
+    make_pool: Callable[[Manifest], str], pools: Pools, waiter: Waiter,
+    e2e_config: E2EConfig, run_id: str,
+) -> None:
+    """Their workers would run each other's tasks: both name the other in a Degraded condition
+    (QueueShared) and keep serving; the survivor's condition clears."""
+    queue = f"e2e-shared-{run_id}"
+    first, second = (
+        make_pool(small_pool(f"e2e-shared-{n}-{run_id}", e2e_config.worker_image,
+                             redis_secret=e2e_config.redis_secret, queue=queue))
+        for n in (1, 2))
+
+    def degraded(name: str) -> dict[str, Any] | None:
+        for condition in pools.status(name).get("conditions") or []:
+            if condition["type"] == "Degraded" and condition["status"] == "True":
+                return dict(condition)
+        return None
+
+    for name, other in ((first, second), (second, first)):
+        condition = waiter.until(partial(degraded, name), bool, timeout=120,
+                                 what=f"pool {name} to report its shared queue")
+        assert condition is not None
+        assert condition["reason"] == "QueueShared"
+        assert f"queue '{queue}'" in condition["message"] and other in condition["message"]
+    pools.wait_serving(first, 1)
+
+    pools.delete(second)
+    waiter.true(lambda: degraded(first) is None, timeout=120,
+                what=f"pool {first}'s Degraded condition to clear")

@@ -48,6 +48,7 @@ EXPECTED_E2E_TESTS = {
     "e2e/test_e2e_lifecycle.py::test_deleting_the_pool_removes_its_deployment",
     "e2e/test_e2e_lifecycle.py::"
     "test_worker_pods_run_under_the_restricted_pod_security_standard",
+    "e2e/test_e2e_lifecycle.py::test_two_pools_on_one_queue_are_degraded_until_one_goes",
 }
 
 
