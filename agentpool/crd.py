@@ -28,6 +28,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
      "jsonPath": '.status.conditions[?(@.type=="Scaling")].reason', "priority": 1},
     {"name": "Rate-Limited", "type": "string", "jsonPath": ".status.rateLimitedBy",
      "priority": 1},
+    {"name": "Degraded", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Degraded")].reason', "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -10,11 +10,12 @@ from e2e_config import E2EConfig
 from e2e_kube import Kubectl
 from e2e_manifests import invalid_pools
 
+from agentpool.crd import PRINTER_COLUMNS
 from agentpool.models import CEL_RULES, GROUP, KIND, PLURAL, SHORT_NAMES, VERSION
 
 pytestmark = pytest.mark.e2e
 
-PRINTER_COLUMNS = ["Queue", "Ready", "Desired", "Queued", "In-Flight", "Age"]
+DEFAULT_COLUMNS = ["Queue", "Ready", "Desired", "Queued", "In-Flight", "Age"]
 INVALID_CASES = [pool.case for pool in invalid_pools("example.invalid/worker:0")]
 
 
@@ -40,8 +41,10 @@ def test_crd_is_established_with_printer_columns_and_cel_rules(
     (version,) = [v for v in spec["versions"] if v["name"] == VERSION]
     assert version["served"] and version["storage"]
     assert "status" in (version.get("subresources") or {}), "status must be a subresource"
-    columns = [c["name"] for c in version.get("additionalPrinterColumns") or []]
-    assert columns == PRINTER_COLUMNS
+    served = version.get("additionalPrinterColumns") or []
+    assert [(c["name"], c["jsonPath"]) for c in served] == [
+        (c["name"], c["jsonPath"]) for c in PRINTER_COLUMNS]
+    assert [c["name"] for c in served if not c.get("priority")] == DEFAULT_COLUMNS
     served_messages = {
         rule.get("message")
         for node in walk(version["schema"]["openAPIV3Schema"])

@@ -79,10 +79,11 @@ def test_names_scope_and_subresources() -> None:
         "Draining": ".status.drainingReplicas",
         "Scaling": '.status.conditions[?(@.type=="Scaling")].reason',
         "Rate-Limited": ".status.rateLimitedBy",
+        "Degraded": '.status.conditions[?(@.type=="Degraded")].reason',
         "Age": ".metadata.creationTimestamp",
     }
     wide_only = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
-    assert wide_only == ["Draining", "Scaling", "Rate-Limited"]
+    assert wide_only == ["Draining", "Scaling", "Rate-Limited", "Degraded"]
 
 
 def test_every_field_is_documented_for_kubectl_explain() -> None:
