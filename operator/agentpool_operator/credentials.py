@@ -114,6 +114,23 @@ def plan_rotation(current: str | None, retiring: str | None, *, requested: bool,
     return Rotation(current, (password_hash(current),), None)
 
 
+def plan_producer_rotation(current: str | None, retiring: str | None, until: float | None, *,
+                           requested: bool, clock: float, grace: float,
+                           new_password: str) -> tuple[Rotation, float | None]:
+    """This round's passwords of a producer user, and when (Unix time) the retiring one goes.
+
+    Producers are not the operator's to roll, so the old password is retired by the clock:
+    `grace` seconds after the rotation began (`until`; a retiring password without one goes
+    now). A rotation asked for during another one's grace starts over, dropping the oldest
+    password at once: a password rotated twice (after a leak, say) must not wait out the
+    first grace."""
+    plan = plan_rotation(current, None if requested else retiring, requested=requested,
+                         rolled_out=until is None or clock >= until, new_password=new_password)
+    if plan.started:
+        return plan, clock + grace
+    return plan, until if plan.retiring else None
+
+
 def rolled_out(pods: Sequence[Mapping[str, Any]] | None, version: str) -> bool:
     """Every pod of the pool (terminating ones too) started with this credentials version."""
     if pods is None:
@@ -336,16 +353,11 @@ async def ensure_producer_credentials(
         return ("CredentialsRemoved",
                 f"deleted producer Redis user {user} and Secret {namespace}/{secret_name}")
     annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
-    retiring = annotations.get(RETIRING_ANNOTATION) or None
-    until = _seconds(annotations.get(RETIRING_UNTIL_ANNOTATION))
-    plan = plan_rotation(
-        # a rotation asked for during another one's grace starts over: a password rotated
-        # twice (after a leak, say) must not wait for the first grace to end
-        password_of(existing), None if rotate else retiring, requested=rotate,
-        rolled_out=until is None or clock >= until,
-        new_password=secrets.token_urlsafe(PASSWORD_BYTES),
+    plan, until = plan_producer_rotation(
+        password_of(existing), annotations.get(RETIRING_ANNOTATION) or None,
+        _seconds(annotations.get(RETIRING_UNTIL_ANNOTATION)), requested=rotate, clock=clock,
+        grace=grace, new_password=secrets.token_urlsafe(PASSWORD_BYTES),
     )
-    until = clock + grace if plan.started else until
     try:
         await set_user(admin, user, acl_rules(queue, Role.PRODUCER, plan.accepted))
     except redis.exceptions.ResponseError as error:

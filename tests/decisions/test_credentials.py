@@ -14,6 +14,7 @@ from agentpool_operator.credentials import (
     desired_worker_secret,
     password_of,
     per_pool,
+    plan_producer_rotation,
     plan_rotation,
     refusal,
     rolled_out,
@@ -94,6 +95,34 @@ def test_without_a_request_the_password_stays_and_a_first_one_is_drawn() -> None
         "pw", (password_hash("pw"),), False)
     first = plan_rotation(None, None, requested=True, rolled_out=False, new_password="x")
     assert (first.password, first.accepted, first.started) == ("x", (password_hash("x"),), False)
+
+
+def test_a_producer_rotation_keeps_the_old_password_for_the_grace_period() -> None:
+    old, new = password_hash("old"), password_hash("new")
+    start, until = plan_producer_rotation("old", None, None, requested=True, clock=1000.0,
+                                          grace=600.0, new_password="new")
+    assert (start.password, start.accepted, start.retiring, start.started, until) == (
+        "new", (old, new), old, True, 1600.0)
+    during, until = plan_producer_rotation("new", old, 1600.0, requested=False, clock=1599.0,
+                                           grace=600.0, new_password="x")
+    assert (during.password, during.accepted, during.retiring, until) == (
+        "new", (new, old), old, 1600.0)
+    assert not during.started and not during.finished
+    over, until = plan_producer_rotation("new", old, 1600.0, requested=False, clock=1600.0,
+                                         grace=600.0, new_password="x")
+    assert (over.accepted, over.retiring, over.finished, until) == ((new,), None, True, None)
+    lost, until = plan_producer_rotation("new", old, None, requested=False, clock=0.0,
+                                         grace=600.0, new_password="x")
+    assert (lost.accepted, lost.finished, until) == ((new,), True, None), (
+        "a retiring password without its end (a hand edit) goes at once")
+
+
+def test_a_producer_rotation_asked_for_during_the_grace_starts_over() -> None:
+    again, until = plan_producer_rotation("new", password_hash("old"), 1600.0, requested=True,
+                                          clock=1200.0, grace=600.0, new_password="newest")
+    assert (again.password, again.retiring, again.started, until) == (
+        "newest", password_hash("new"), True, 1800.0)
+    assert again.accepted == (password_hash("new"), password_hash("newest"))
 
 
 def test_rolled_out_means_every_pod_carries_the_version() -> None:
