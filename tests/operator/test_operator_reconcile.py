@@ -341,6 +341,7 @@ async def test_pools_serving_one_queue_on_one_redis_are_degraded_until_one_leave
     await eventually(lambda: any(e["involvedObject"]["name"] == "first"
                                  and e["type"] == "Warning"
                                  for e in cluster.events("QueueShared")))
+    await eventually(lambda: cluster.pool("apart").get("status", {}).get("conditions"))
     assert cluster.condition("apart", "Degraded")["status"] == "False"
     assert cluster.deployment("first") and cluster.deployment("second")
 
