@@ -302,6 +302,13 @@ class WorkerSpec(_Model):
     priority_class_name: str | None = Field(
         default=None, description="Priority class of the worker pods."
     )
+    topology_spread_constraints: list[dict[str, Any]] | None = Field(
+        default=None,
+        description=(
+            "How the worker pods spread over zones or nodes, as in a Pod spec. A constraint "
+            "without labelSelector spreads this pool's pods (label agentpool.dev/pool)."
+        ),
+    )
 
     @field_validator("handler")
     @classmethod

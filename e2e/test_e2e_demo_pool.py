@@ -114,3 +114,16 @@ def test_status_reports_the_pool_ready(demo_pool: str, pools: Pools, waiter: Wai
     assert status["queue"] == DEMO_QUEUE
     assert status["readyReplicas"] >= DEMO_MIN
     assert DEMO_MIN <= status["desiredReplicas"] <= DEMO_MAX
+
+
+def test_worker_pods_spread_by_the_pools_own_label(demo_pool: str, pools: Pools) -> None:
+    """The example's spread constraint has no labelSelector: the API server took the one the
+    operator filled in (this pool's pods), and the pods carry that label."""
+    deployment = pools.deployment(demo_pool)
+    assert deployment is not None
+    template = deployment["spec"]["template"]
+    (constraint,) = template["spec"]["topologySpreadConstraints"]
+    assert constraint["topologyKey"] == "kubernetes.io/hostname"
+    selector = constraint["labelSelector"]["matchLabels"]
+    assert selector == {"agentpool.dev/pool": demo_pool}
+    assert template["metadata"]["labels"]["agentpool.dev/pool"] == demo_pool

@@ -33,9 +33,10 @@ that gives its tasks back. A SIGTERM for any other reason still gets the pod's f
 RUN_AS_USER = 10001
 
 # Owned fields that mirror the user's spec: extra keys found in the cluster are drift too.
-_EXACT_KEYS = frozenset(
-    {"resources", "envFrom", "nodeSelector", "tolerations", "affinity", "imagePullSecrets"}
-)
+_EXACT_KEYS = frozenset({
+    "resources", "envFrom", "nodeSelector", "tolerations", "affinity", "imagePullSecrets",
+    "topologySpreadConstraints",
+})
 _QUANTITY_PARENTS = frozenset({"limits", "requests"})
 _POD_PASS_THROUGH = (
     "nodeSelector",
@@ -44,6 +45,7 @@ _POD_PASS_THROUGH = (
     "serviceAccountName",
     "imagePullSecrets",
     "priorityClassName",
+    "topologySpreadConstraints",
 )
 _POD = ("spec", "template", "spec")
 _TEMPLATE_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
@@ -144,6 +146,8 @@ def _pod_spec(pool_name: str, spec: AgentPoolSpec,
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     pod.update(_passed_through(worker, _POD_PASS_THROUGH))
+    for constraint in pod.get("topologySpreadConstraints", ()):
+        constraint.setdefault("labelSelector", {"matchLabels": {POOL_LABEL: pool_name}})
     return pod
 
 

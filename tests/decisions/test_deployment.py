@@ -251,6 +251,11 @@ SCHEDULING: dict[str, Any] = {
     "serviceAccountName": "agents",
     "imagePullSecrets": [{"name": "ghcr"}],
     "priorityClassName": "batch",
+    "topologySpreadConstraints": [{
+        "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {"team": "agents"}},
+    }],
 }
 
 
@@ -268,6 +273,30 @@ def test_scheduling_resources_and_env_from_pass_through() -> None:
     worker = container(deployment)
     assert worker["resources"] == {"limits": {"memory": "1Gi"}, "requests": {"cpu": "250m"}}
     assert worker["envFrom"] == [{"secretRef": {"name": "api-keys"}}]
+
+
+def test_a_spread_constraint_without_selector_spreads_the_pools_pods() -> None:
+    by_zone = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+               "whenUnsatisfiable": "DoNotSchedule"}
+    (by_team,) = SCHEDULING["topologySpreadConstraints"]
+    spec = make_spec(topologySpreadConstraints=[by_zone, by_team])
+    (own, given) = pod_spec(render(spec))["topologySpreadConstraints"]
+    assert own == {**by_zone, "labelSelector": {"matchLabels": {POOL_LABEL: POOL}}}
+    assert given == by_team
+    assert "labelSelector" not in spec.worker.topology_spread_constraints[0]  # type: ignore[index]
+
+
+def test_a_hand_edited_spread_constraint_is_put_back() -> None:
+    spec = make_spec(topologySpreadConstraints=[
+        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+         "whenUnsatisfiable": "ScheduleAnyway"}])
+    desired = render(spec)
+    assert deployment_drift(desired, as_returned_by_the_api_server(desired)) is None
+    actual = as_returned_by_the_api_server(desired)
+    pod_spec(actual)["topologySpreadConstraints"][0]["maxSkew"] = 5
+    patch = deployment_drift(desired, actual)
+    assert patch == {"spec": {"template": {"spec": {
+        "topologySpreadConstraints": pod_spec(desired)["topologySpreadConstraints"]}}}}
 
 
 def test_unset_pass_through_fields_are_absent() -> None:

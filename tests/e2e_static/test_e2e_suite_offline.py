@@ -42,6 +42,7 @@ EXPECTED_E2E_TESTS = {
     "e2e/test_e2e_demo_pool.py::test_tasks_submitted_with_the_cli_all_finish",
     "e2e/test_e2e_demo_pool.py::test_get_agentpools_shows_queue_replicas_and_tasks",
     "e2e/test_e2e_demo_pool.py::test_status_reports_the_pool_ready",
+    "e2e/test_e2e_demo_pool.py::test_worker_pods_spread_by_the_pools_own_label",
     "e2e/test_e2e_scaling.py::"
     "test_backlog_scales_up_and_empty_queue_scales_down_without_interrupting_tasks",
     "e2e/test_e2e_recovery.py::test_deleted_busy_pod_has_its_tasks_requeued_and_finished",
