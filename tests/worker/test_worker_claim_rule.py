@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentpool.protocol import ClaimBatch, ClaimedTask
-from agentpool_worker.worker import wait_before_next_claim
+from agentpool_worker.claim_pace import ArrivalRate, lingers, wait_before_next_claim
 
 
 def batch(tasks: int, left: int) -> ClaimBatch:
@@ -26,3 +26,40 @@ def test_the_next_claim_waits_unless_more_is_queued_behind_a_full_claim(
     tasks: int, asked: int, left: int, waits: bool
 ) -> None:
     assert wait_before_next_claim(batch(tasks, left), asked) is waits
+
+
+def rate_after(gaps: list[float], tasks: int = 1) -> ArrivalRate:
+    """The arrival rate after claims `gaps` seconds apart, each bringing `tasks`."""
+    rate, now = ArrivalRate(), 100.0
+    rate.claimed(tasks, now)
+    for gap in gaps:
+        now += gap
+        rate.claimed(tasks, now)
+    return rate
+
+
+def test_the_arrival_rate_follows_the_claims() -> None:
+    assert rate_after([0.01] * 20).per_second == pytest.approx(100, rel=0.01)
+    assert rate_after([0.001] * 20, tasks=3).per_second == pytest.approx(3000, rel=0.01)
+    assert ArrivalRate().per_second == 0
+    assert rate_after([]).per_second == 0  # one claim is no interval yet
+
+
+def test_a_dense_stream_lingers_and_a_sparse_one_never_does() -> None:
+    linger = 0.002
+    assert lingers(rate_after([0.0002] * 20), linger)     # 5,000 tasks/s: ten per linger
+    assert not lingers(rate_after([0.002] * 20), linger)  # 500 tasks/s: one per linger
+    assert not lingers(rate_after([0.01] * 20), linger)   # 100 tasks/s
+    assert not lingers(rate_after([0.0002] * 20), 0.0)    # turned off
+
+
+def test_a_stream_that_stops_stops_lingering_at_the_first_empty_claim() -> None:
+    rate = rate_after([0.0002] * 20)
+    rate.claimed(0, 100.0 + 20 * 0.0002 + 0.002)  # the linger's claim found nothing
+    assert not lingers(rate, 0.002)
+
+
+def test_one_fast_claim_after_a_sparse_stream_is_not_enough_to_linger() -> None:
+    rate = rate_after([0.01] * 20)
+    rate.claimed(1, 100.0 + 20 * 0.01 + 0.0003)
+    assert not lingers(rate, 0.002)

@@ -57,6 +57,9 @@ def base_env(**values: str) -> dict[str, str]:
     ({"task_timeout_seconds": "-5"},
      "agentpool-worker: AGENTPOOL_TASK_TIMEOUT_SECONDS must be a number of seconds above 0 "
      "(at most a week), got '-5'"),
+    ({"claim_linger_seconds": "1"},
+     "agentpool-worker: AGENTPOOL_CLAIM_LINGER_SECONDS must be a number of seconds between 0 "
+     "and 0.1, got '1'"),
     ({"log_level": "loud"},
      "agentpool-worker: AGENTPOOL_LOG_LEVEL must be one of debug, info, warning, error, "
      "critical, got 'loud'"),

@@ -141,6 +141,8 @@ class WorkerSettings:
     lease_seconds: float = _setting(
         "a number of seconds between 0.3 and 3600", _seconds(0.3, 3600), DEFAULT_LEASE_SECONDS)
     claim_batch: int = _setting("an integer between 1 and 1000", _integer(1, 1000), 100)
+    claim_linger_seconds: float = _setting(
+        "a number of seconds between 0 and 0.1", _seconds(0, 0.1), 0.002)
     poll_seconds: float = _setting(
         "a number of seconds above 0 (at most 60)", _seconds(0, 60, above=True), 1.0)
     retry_backoff_base_seconds: float = _setting(

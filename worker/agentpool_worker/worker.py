@@ -43,7 +43,6 @@ from agentpool.connection import redis_from_url
 from agentpool.durability import NotReplicated
 from agentpool.errors import LeaseLost, PermanentError
 from agentpool.protocol import (
-    ClaimBatch,
     ClaimedTask,
     FailOutcome,
     TaskQueue,
@@ -53,6 +52,7 @@ from agentpool.protocol import (
 )
 from agentpool.redis_errors import URL_WITH_PASSWORD, auth_failure
 from agentpool_worker import metrics
+from agentpool_worker.claim_pace import ArrivalRate, lingers, wait_before_next_claim
 from agentpool_worker.handlers import (
     Handler,
     TaskContext,
@@ -530,6 +530,7 @@ class Worker:
         backoff = _Backoff()
         wait_first = False
         next_due: float | None = None
+        arrivals = ArrivalRate()
         while True:
             if self.state == STOPPING:
                 return
@@ -571,6 +572,10 @@ class Worker:
                 await self._release_orphans()
             wait_first = wait_before_next_claim(batch, want)
             next_due = batch.next_due_in
+            arrivals.claimed(len(batch.tasks), time.monotonic())
+            if wait_first and lingers(arrivals, s.claim_linger_seconds):
+                await asyncio.sleep(s.claim_linger_seconds)
+                wait_first = False
 
     async def _confirm(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
         """Of the tasks of a claim whose reply was read late, those whose leases still hold
@@ -932,13 +937,6 @@ class Worker:
         elif outcome is FailOutcome.STALE:
             self._log.warning("outcome refused: the task is no longer held by this worker",
                               task=task.id)
-
-
-def wait_before_next_claim(batch: ClaimBatch, asked: int) -> bool:
-    """Whether the next claim waits for a wake-up signal: unless the claim got all it asked
-    for and tasks are still queued. A claim refused for a drain gets nothing with tasks left,
-    and waits rather than spins."""
-    return len(batch.tasks) < asked or batch.queued_left == 0
 
 
 def _client(url: str, timeout: float) -> aioredis.Redis:
