@@ -46,20 +46,26 @@ def test_the_arrival_rate_follows_the_claims() -> None:
 
 
 def test_a_dense_stream_lingers_and_a_sparse_one_never_does() -> None:
-    linger = 0.002
-    assert lingers(rate_after([0.0002] * 20), linger)     # 5,000 tasks/s: ten per linger
-    assert not lingers(rate_after([0.002] * 20), linger)  # 500 tasks/s: one per linger
-    assert not lingers(rate_after([0.01] * 20), linger)   # 100 tasks/s
-    assert not lingers(rate_after([0.0002] * 20), 0.0)    # turned off
+    linger, free = 0.002, 50
+    assert lingers(rate_after([0.0002] * 20), linger, free)     # 5,000 tasks/s: ten per linger
+    assert not lingers(rate_after([0.002] * 20), linger, free)  # 500 tasks/s: one per linger
+    assert not lingers(rate_after([0.01] * 20), linger, free)   # 100 tasks/s
+    assert not lingers(rate_after([0.0002] * 20), 0.0, free)    # turned off
+
+
+def test_a_worker_with_one_free_slot_does_not_linger() -> None:
+    dense = rate_after([0.0002] * 20)
+    assert not lingers(dense, 0.002, free=1)
+    assert lingers(dense, 0.002, free=2)
 
 
 def test_a_stream_that_stops_stops_lingering_at_the_first_empty_claim() -> None:
     rate = rate_after([0.0002] * 20)
     rate.claimed(0, 100.0 + 20 * 0.0002 + 0.002)  # the linger's claim found nothing
-    assert not lingers(rate, 0.002)
+    assert not lingers(rate, 0.002, 50)
 
 
 def test_one_fast_claim_after_a_sparse_stream_is_not_enough_to_linger() -> None:
     rate = rate_after([0.01] * 20)
     rate.claimed(1, 100.0 + 20 * 0.01 + 0.0003)
-    assert not lingers(rate, 0.002)
+    assert not lingers(rate, 0.002, 50)

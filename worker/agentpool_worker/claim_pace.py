@@ -42,13 +42,15 @@ class ArrivalRate:
         self._last = now
 
 
-def lingers(rate: ArrivalRate, linger: float) -> bool:
-    """Whether a worker about to wait for its next task should instead sleep `linger` seconds
-    and claim what gathered meanwhile in one claim.
+def lingers(rate: ArrivalRate, linger: float, free: int) -> bool:
+    """Whether a worker about to wait for its next task, with `free` slots, should instead
+    sleep `linger` seconds and claim what gathered meanwhile in one claim.
 
     Every wake-up is a round trip and a claim script, for Redis (which the whole fleet
     shares) and for the worker, and its task's completion usually goes alone too. Under a
     dense stream of single submits a short linger turns several of those into one, at the
     price of at most `linger` of start latency; so only when the recent arrival rate says it
-    will gather at least LINGER_GATHERS tasks. A sparse stream never lingers."""
-    return linger > 0 and rate.per_second * linger >= LINGER_GATHERS
+    will gather at least LINGER_GATHERS tasks and there are slots to take them. A sparse
+    stream never lingers, nor does a worker with one slot free (it would claim one anyway)."""
+    return (linger > 0 and free >= LINGER_GATHERS
+            and rate.per_second * linger >= LINGER_GATHERS)

@@ -573,7 +573,7 @@ class Worker:
             wait_first = wait_before_next_claim(batch, want)
             next_due = batch.next_due_in
             arrivals.claimed(len(batch.tasks), time.monotonic())
-            if wait_first and lingers(arrivals, s.claim_linger_seconds):
+            if wait_first and lingers(arrivals, s.claim_linger_seconds, self._free):
                 await asyncio.sleep(s.claim_linger_seconds)
                 wait_first = False
 
