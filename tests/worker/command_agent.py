@@ -1,0 +1,61 @@
+"""An agent program for the command handler's tests: what it does is the payload's "mode"."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def say(message: object) -> None:
+    print(json.dumps(message), flush=True)
+
+
+def main() -> None:
+    payload = json.load(sys.stdin)
+    mode = payload.get("mode")
+    attempt = int(os.environ["AGENTPOOL_TASK_ATTEMPT"])
+    if mode == "result":
+        say({"result": {"payload": payload, "attempt": attempt,
+                        "task": os.environ["AGENTPOOL_TASK_ID"],
+                        "queue": os.environ["AGENTPOOL_QUEUE"]}})
+    elif mode == "text":
+        print("line one\nline two")
+    elif mode == "events":
+        say({"event": "token", "data": {"text": "Hel"}})
+        say({"progress": 0.5, "message": "half way"})
+        print("plain output between messages")
+        say({"event": "token", "data": {"text": "lo"}})
+        say({"result": "done"})
+    elif mode == "checkpoint":
+        path = os.environ.get("AGENTPOOL_CHECKPOINT_FILE")
+        if path is None:
+            say({"checkpoint": {"step": 3}})
+            print("first attempt gives up", file=sys.stderr)
+            sys.exit(1)
+        with open(path) as file:
+            say({"result": {"resumed": json.load(file), "attempt": attempt, "file": path}})
+    elif mode == "fail":
+        print("warming up", file=sys.stderr)
+        print(f"boom on attempt {attempt}", file=sys.stderr)
+        sys.exit(3)
+    elif mode == "permanent":
+        say({"error": "the prompt is empty", "retry": False})
+    elif mode == "bad-message":
+        say({"progress": "half"})
+        time.sleep(60)
+    elif mode in ("sleep", "ignore-term"):
+        if mode == "ignore-term":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        with open(payload["pids"], "w") as file:
+            file.write(f"{os.getpid()} {child.pid}")
+        time.sleep(60)
+    elif mode == "leftover":
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        say({"result": {"left_behind": child.pid}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Tasks run as a command (agentpool_worker.command): the payload on stdin, messages on stdout
+(result, events, progress, checkpoints, errors), stderr in the error of a failed run, and a
+stopped run leaving no process behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from worker_helpers import (
+    HERE,
+    eventually,
+    running,
+    settings,
+    task_in,
+    worker_env,
+    worker_processes,
+)
+
+from agentpool.protocol import TaskEvent, TaskQueue
+from agentpool_worker.command import (
+    COMMAND_ENV,
+    GRACE_ENV,
+    CommandConfigError,
+    CommandSettings,
+    command_settings,
+)
+
+HANDLER = "agentpool_worker.command:run"
+AGENT = [sys.executable, str(HERE / "command_agent.py")]
+
+
+@pytest.fixture(autouse=True)
+def agent_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(COMMAND_ENV, json.dumps(AGENT))
+    monkeypatch.setenv(GRACE_ENV, "0.5")
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def exists(path: str) -> bool:
+    return Path(path).exists()
+
+
+async def finished(queue: TaskQueue, task_id: str, state: str) -> Any:
+    return await eventually(lambda: task_in(queue, task_id, state), 20, f"the task {state}")
+
+
+async def test_the_payload_goes_in_and_the_result_message_comes_back(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        task_id = await queue.submit({"mode": "result", "prompt": "héllo"})
+        done = await finished(queue, task_id, "succeeded")
+    assert done.result == {"payload": {"mode": "result", "prompt": "héllo"}, "attempt": 1,
+                           "task": task_id, "queue": queue_name}
+
+
+async def test_output_without_a_result_message_is_the_result(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        task_id = await queue.submit({"mode": "text"})
+        done = await finished(queue, task_id, "succeeded")
+    assert done.result == "line one\nline two\n"
+
+
+async def test_event_and_progress_messages_become_task_events(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        task_id = await queue.submit({"mode": "events"})
+        done = await finished(queue, task_id, "succeeded")
+    events: list[TaskEvent] = [e async for e in queue.events(task_id, follow=False)]
+    assert [(e.kind, e.data) for e in events] == [
+        ("token", {"text": "Hel"}),
+        ("progress", {"fraction": 0.5, "message": "half way"}),
+        ("token", {"text": "lo"}),
+        ("final", {"state": "succeeded"}),
+    ]
+    assert done.result == "done"
+    assert done.progress is not None and done.progress.message == "half way"
+
+
+async def test_a_checkpoint_reaches_the_next_attempt_through_a_file(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        task_id = await queue.submit({"mode": "checkpoint"})
+        done = await finished(queue, task_id, "succeeded")
+    file = done.result.pop("file")
+    assert done.result == {"resumed": {"step": 3}, "attempt": 2}
+    assert not exists(file), "the checkpoint file outlived the run"
+
+
+async def test_a_failing_command_is_retried_and_its_stderr_is_the_error(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=2)):
+        task_id = await queue.submit({"mode": "fail"})
+        dead = await finished(queue, task_id, "dead")
+    assert dead.attempts == 2
+    assert dead.error is not None
+    assert "command exited with status 3: warming up\nboom on attempt 2" in dead.error
+
+
+async def test_an_error_message_without_retry_dead_letters_at_once(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=3)):
+        task_id = await queue.submit({"mode": "permanent"})
+        dead = await finished(queue, task_id, "dead")
+    assert dead.attempts == 1
+    assert dead.error is not None and "the prompt is empty" in dead.error
+
+
+async def test_a_malformed_message_names_its_line_and_stops_the_command(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=30)):
+        task_id = await queue.submit({"mode": "bad-message"})
+        dead = await finished(queue, task_id, "dead")
+    assert dead.attempts == 1
+    assert dead.error is not None
+    assert "output line 1: \"progress\" must be a number between 0 and 1" in dead.error
+
+
+async def pids_of(path: Path) -> list[int]:
+    text = await eventually(lambda: path.exists() and path.read_text(), 20,
+                            "the command to start")
+    return [int(pid) for pid in text.split()]
+
+
+@pytest.mark.parametrize("mode", ["sleep", "ignore-term"])
+async def test_a_cancelled_run_leaves_no_process_behind(
+    mode: str, tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    pids_file = tmp_path / "pids"
+    async with running(settings(redis_url, queue_name, HANDLER, lease_seconds=0.6)):
+        task_id = await queue.submit({"mode": mode, "pids": str(pids_file)})
+        command, grandchild = await pids_of(pids_file)
+        assert alive(command) and alive(grandchild)
+        await queue.cancel(task_id)
+        await finished(queue, task_id, "cancelled")
+        await eventually(lambda: not alive(command) and not alive(grandchild), 10,
+                         "the command and what it started to end")
+
+
+async def test_a_run_that_times_out_leaves_no_process_behind(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    pids_file = tmp_path / "pids"
+    async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=2,
+                                max_attempts=1)):
+        task_id = await queue.submit({"mode": "sleep", "pids": str(pids_file)})
+        command, grandchild = await pids_of(pids_file)
+        dead = await finished(queue, task_id, "dead")
+        assert dead.error is not None and "timed out after 2s" in dead.error
+        await eventually(lambda: not alive(command) and not alive(grandchild), 10,
+                         "the command and what it started to end")
+
+
+async def test_a_process_left_behind_neither_holds_the_run_nor_outlives_it(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=60)):
+        task_id = await queue.submit({"mode": "leftover"})
+        done = await finished(queue, task_id, "succeeded")
+    left_behind = done.result["left_behind"]
+    await eventually(lambda: not alive(left_behind), 10, "the process left behind to end")
+
+
+def test_the_command_is_a_json_array_or_words() -> None:
+    assert command_settings({COMMAND_ENV: '["python3", "-c", "print(1)"]'}) == \
+        CommandSettings(("python3", "-c", "print(1)"))
+    assert command_settings({COMMAND_ENV: "python3 -c 'print(1)'", GRACE_ENV: "2"}) == \
+        CommandSettings(("python3", "-c", "print(1)"), 2.0)
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({}, "AGENTPOOL_TASK_COMMAND must name the command each task runs"),
+    ({COMMAND_ENV: "   "}, "AGENTPOOL_TASK_COMMAND must name the command each task runs"),
+    ({COMMAND_ENV: '["node", '}, "AGENTPOOL_TASK_COMMAND is not a JSON array"),
+    ({COMMAND_ENV: '["node", 3]'}, "must be a JSON array of non-empty strings"),
+    ({COMMAND_ENV: "node 'agent.js"}, "cannot be split into words: No closing quotation"),
+    ({COMMAND_ENV: "no-such-agent-binary run"},
+     "'no-such-agent-binary' is not an executable found on PATH"),
+    ({COMMAND_ENV: "python3", GRACE_ENV: "60"}, "must be seconds between 0 and 10, got '60'"),
+    ({COMMAND_ENV: "python3", GRACE_ENV: "soon"}, "got 'soon'"),
+])
+def test_bad_command_settings_are_refused(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(CommandConfigError) as refused:
+        command_settings(environ)
+    assert message in str(refused.value)
+
+
+async def test_a_worker_with_a_missing_command_stops_at_start_with_one_line(
+    tmp_path: Path, redis_url: str, queue_name: str,
+) -> None:
+    env = worker_env(redis_url, queue_name, HANDLER)
+    env[COMMAND_ENV] = "/opt/agent/missing --fast"
+    with worker_processes(tmp_path) as start:
+        worker = start(env)
+        assert await worker.exit_code(20) == 3
+        lines = worker.logs().strip().splitlines()
+    assert lines == [
+        "agentpool-worker: startup hook of 'agentpool_worker.command:run' failed: "
+        "CommandConfigError: AGENTPOOL_TASK_COMMAND: '/opt/agent/missing' is not an "
+        "executable found on PATH"
+    ]
+
+
+async def test_a_worker_process_runs_a_command_task(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    env = worker_env(redis_url, queue_name, HANDLER, retry_backoff_base_seconds=0.05,
+                     retry_backoff_cap_seconds=0.2)
+    env[COMMAND_ENV] = json.dumps(AGENT)
+    with worker_processes(tmp_path) as start:
+        start(env)
+        task_id = await queue.submit({"mode": "fail"})
+        dead = await asyncio.wait_for(finished(queue, task_id, "dead"), 60)
+        logs = (tmp_path / "worker-0.log").read_text()
+    assert dead.error is not None and "boom on attempt 3" in dead.error
+    stderr_lines = [json.loads(line) for line in logs.splitlines()
+                    if line.startswith("{") and '"task stderr"' in line]
+    assert {(entry["task"], entry["line"]) for entry in stderr_lines} >= {
+        (task_id, "boom on attempt 1"), (task_id, "boom on attempt 3")}
