@@ -63,6 +63,11 @@ HANDLER_FORMAT = CelRule(
     f"self.matches('{HANDLER_PATTERN}')",
     "worker.handler must look like package.module:function",
 )
+WORKER_HANDLER_OR_COMMAND = CelRule(
+    "has(self.handler) != has(self.taskCommand)",
+    "set exactly one of worker.handler (a Python function) and worker.taskCommand (a "
+    "program each task runs)",
+)
 MIN_LE_MAX = CelRule(
     "self.minReplicas <= self.maxReplicas",
     "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
@@ -99,6 +104,7 @@ CEL_RULES: tuple[CelRule, ...] = (
     REDIS_URL_SCHEME,
     REDIS_URL_NO_CREDENTIALS,
     HANDLER_FORMAT,
+    WORKER_HANDLER_OR_COMMAND,
     MIN_LE_MAX,
     SCALE_UP_STEP_MIN,
     SCALE_DOWN_STEP_MIN,
@@ -235,17 +241,31 @@ class LocalObjectReference(_Model):
 class WorkerSpec(_Model):
     """The worker pods: image, task handler and how they run."""
 
+    model_config = ConfigDict(json_schema_extra=cel(WORKER_HANDLER_OR_COMMAND))
+
     image: str = Field(min_length=1, description="Worker container image.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Image pull policy; the Kubernetes default when unset."
     )
-    handler: str = Field(
+    handler: str | None = Field(
+        default=None,
         max_length=512,
         description=(
             "Task handler as package.module:function, importable in the image, e.g. "
-            "agentpool_worker.builtin:simulated_agent."
+            "agentpool_worker.builtin:simulated_agent. Set this or taskCommand."
         ),
         json_schema_extra=cel(HANDLER_FORMAT),
+    )
+    task_command: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description=(
+            "A program each task runs instead of a Python handler, as a container's command, "
+            "e.g. [node, /app/agent.js]: the payload on its stdin, its result (and events, "
+            "progress, checkpoints) as JSON lines on its stdout. It must be in the image. Set "
+            "this or handler."
+        ),
     )
     concurrency: int = Field(
         default=4, ge=1, le=1000, description="Tasks one pod runs at the same time."
@@ -312,10 +332,16 @@ class WorkerSpec(_Model):
 
     @field_validator("handler")
     @classmethod
-    def _handler_format(cls, handler: str) -> str:
-        if not re.fullmatch(HANDLER_PATTERN, handler):
+    def _handler_format(cls, handler: str | None) -> str | None:
+        if handler is not None and not re.fullmatch(HANDLER_PATTERN, handler):
             raise ValueError(HANDLER_FORMAT.message)
         return handler
+
+    @model_validator(mode="after")
+    def _handler_or_command(self) -> WorkerSpec:
+        if (self.handler is None) == (self.task_command is None):
+            raise ValueError(WORKER_HANDLER_OR_COMMAND.message)
+        return self
 
 
 class ScalingSpec(_Model):

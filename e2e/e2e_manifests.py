@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from e2e_config import DEFAULT_REDIS_SECRET, EXAMPLE_POOL
 
-from agentpool.models import MIN_LE_MAX, REDIS_URL_NO_CREDENTIALS
+from agentpool.models import MIN_LE_MAX, REDIS_URL_NO_CREDENTIALS, WORKER_HANDLER_OR_COMMAND
 
 SUITE_LABEL = "e2e.agentpool.dev/suite"
 """On every pool the suite creates, so that it can clean up after itself."""
@@ -107,6 +107,25 @@ def small_pool(name: str, worker_image: str, *,
     return pool
 
 
+COMMAND_AGENT = """\
+import json, os, sys
+payload = json.load(sys.stdin)
+print(json.dumps({"progress": 0.5, "message": "half way"}), flush=True)
+attempt = int(os.environ["AGENTPOOL_TASK_ATTEMPT"])
+print(json.dumps({"result": {"echo": payload, "attempt": attempt}}))
+"""
+"""A program each task of the command pool runs: the worker image's own Python, no handler."""
+
+
+def command_pool(name: str, worker_image: str, *,
+                 redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
+    """One pod whose tasks run a program (spec.worker.taskCommand) instead of a handler."""
+    pool = small_pool(name, worker_image, redis_secret=redis_secret)
+    del pool["spec"]["worker"]["handler"]
+    pool["spec"]["worker"]["taskCommand"] = ["python", "-c", COMMAND_AGENT]
+    return pool
+
+
 def applied_pools(worker_image: str) -> list[Manifest]:
     """Every pool the suite applies, under names like the ones it generates."""
     return [
@@ -115,6 +134,7 @@ def applied_pools(worker_image: str) -> list[Manifest]:
         recovery_pool("e2e-recover-abc123", worker_image),
         small_pool("e2e-gc-abc123", worker_image),
         small_pool("e2e-shared-1-abc123", worker_image, queue="e2e-shared-abc123"),
+        command_pool("e2e-command-abc123", worker_image),
     ]
 
 
@@ -134,8 +154,11 @@ def invalid_pools(worker_image: str) -> list[InvalidPool]:
     with_credentials = derived_pool("e2e-invalid-url", worker_image)
     password = "hunter2"
     with_credentials["spec"]["redis"] = {"url": f"redis://:{password}@redis.example:6379/0"}
+    no_handler = derived_pool("e2e-invalid-handler", worker_image)
+    del no_handler["spec"]["worker"]["handler"]
     return [
         InvalidPool("min-above-max", min_above_max, MIN_LE_MAX.message),
+        InvalidPool("neither-handler-nor-command", no_handler, WORKER_HANDLER_OR_COMMAND.message),
         InvalidPool("url-with-credentials", with_credentials, REDIS_URL_NO_CREDENTIALS.message,
                     secret=password),
     ]

@@ -7,9 +7,10 @@ from functools import partial
 from typing import Any
 
 import pytest
+from e2e_cli import AgentpoolCli
 from e2e_config import E2EConfig
 from e2e_kube import Kubectl, Waiter
-from e2e_manifests import Manifest, small_pool
+from e2e_manifests import Manifest, command_pool, small_pool
 from e2e_pools import POOL_LABEL, Pools
 
 from agentpool.models import GROUP, KIND, VERSION
@@ -103,3 +104,20 @@ def test_two_pools_on_one_queue_are_degraded_until_one_goes(
     pools.delete(second)
     waiter.true(lambda: degraded(first) is None, timeout=120,
                 what=f"pool {first}'s Degraded condition to clear")
+
+
+def test_a_pool_with_a_task_command_runs_its_program(
+    make_pool: Callable[[Manifest], str], pools: Pools, cli: AgentpoolCli,
+    e2e_config: E2EConfig, run_id: str,
+) -> None:
+    """spec.worker.taskCommand instead of a handler: each task's payload reaches the program
+    on stdin and its JSON result line comes back, in a pod under the pool's security context."""
+    name = make_pool(command_pool(f"e2e-command-{run_id}", e2e_config.worker_image,
+                                  redis_secret=e2e_config.redis_secret))
+    pools.wait_serving(name, 1)
+    payloads = [{"prompt": f"command task {i}"} for i in range(3)]
+    ids = cli.submit(name, payloads)
+    outcomes = [cli.wait(name, task_id, timeout=120) for task_id in ids]
+    assert [o["state"] for o in outcomes] == ["succeeded"] * len(payloads)
+    assert [o["result"] for o in outcomes] == [
+        {"echo": payload, "attempt": 1} for payload in payloads]

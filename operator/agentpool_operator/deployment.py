@@ -10,6 +10,7 @@ pool writes nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ CREDENTIALS_VERSION = "agentpool.dev/credentials-version"
 """Pod template annotation: the version of the workers' Redis password (see credentials.py)."""
 GRACE_MARGIN_SECONDS = 15
 """Added to drainSeconds so that the worker's own drain deadline fires before the SIGKILL."""
+COMMAND_HANDLER = "agentpool_worker.command:run"
+"""The worker's handler that runs spec.worker.taskCommand for each task."""
 PROBE_KILL_GRACE_SECONDS = 5
 """Grace after a failed liveness or startup probe. A container that fails them is wedged (a
 stalled event loop, a stopped process): waiting drainSeconds for it only delays the restart
@@ -198,7 +201,7 @@ def _env(pool_name: str, spec: AgentPoolSpec,
     ours: list[dict[str, Any]] = [
         {"name": "AGENTPOOL_REDIS_URL", **redis_url},
         {"name": "AGENTPOOL_QUEUE", "value": spec.queue_name(pool_name)},
-        {"name": "AGENTPOOL_HANDLER", "value": worker.handler},
+        {"name": "AGENTPOOL_HANDLER", "value": worker.handler or COMMAND_HANDLER},
         {"name": "AGENTPOOL_CONCURRENCY", "value": str(worker.concurrency)},
         {"name": "AGENTPOOL_TASK_TIMEOUT_SECONDS", "value": str(worker.task_timeout_seconds)},
         {"name": "AGENTPOOL_MAX_ATTEMPTS", "value": str(worker.max_attempts)},
@@ -207,6 +210,9 @@ def _env(pool_name: str, spec: AgentPoolSpec,
         _field_env("AGENTPOOL_POD_NAME", "metadata.name"),
         _field_env("AGENTPOOL_POD_NAMESPACE", "metadata.namespace"),
     ]
+    if worker.task_command is not None:
+        ours.append({"name": "AGENTPOOL_TASK_COMMAND",
+                     "value": json.dumps(worker.task_command, ensure_ascii=False)})
     if spec.rate_limits:
         limits = encode_limits(limit_configs(spec.rate_limits))
         ours.append({"name": "AGENTPOOL_RATE_LIMITS", "value": limits})

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 import kubernetes_validate
@@ -16,6 +17,8 @@ from agentpool_operator.deployment import (
     desired_deployment,
     replayed,
 )
+from agentpool_worker.command import COMMAND_ENV, command_settings
+from agentpool_worker.handlers import load_handler
 
 POOL = "demo"
 NAMESPACE = "agents"
@@ -167,6 +170,20 @@ def test_worker_settings_and_downward_api() -> None:
     assert env["AGENTPOOL_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     namespace_ref = env["AGENTPOOL_POD_NAMESPACE"]["valueFrom"]["fieldRef"]
     assert namespace_ref["fieldPath"] == "metadata.namespace"
+
+
+def test_a_task_command_runs_through_the_workers_command_handler() -> None:
+    program = [sys.executable, "/app/agent.py", "--model", "modèle-4"]
+    spec = AgentPoolSpec.model_validate({
+        "redis": {"url": "redis://redis:6379"},
+        "worker": {"image": "ghcr.io/me/agent:1", "taskCommand": program},
+    })
+    values = {name: e.get("value") for name, e in env_of(render(spec)).items()}
+    handler = load_handler(values["AGENTPOOL_HANDLER"])
+    assert handler.hooks.startup is not None
+    worker_sees = command_settings({COMMAND_ENV: values[COMMAND_ENV]})
+    assert worker_sees.argv == tuple(program)
+    assert "AGENTPOOL_TASK_COMMAND" not in env_of(render())
 
 
 def test_user_env_comes_last_and_replaces_ours_of_the_same_name() -> None:

@@ -38,6 +38,8 @@ EXPECTED_E2E_TESTS = {
     "e2e/test_e2e_api.py::test_crd_is_established_with_printer_columns_and_cel_rules",
     "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message[min-above-max]",
     "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
+    "[neither-handler-nor-command]",
+    "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
     "[url-with-credentials]",
     "e2e/test_e2e_demo_pool.py::test_tasks_submitted_with_the_cli_all_finish",
     "e2e/test_e2e_demo_pool.py::test_get_agentpools_shows_queue_replicas_and_tasks",
@@ -50,6 +52,7 @@ EXPECTED_E2E_TESTS = {
     "e2e/test_e2e_lifecycle.py::"
     "test_worker_pods_run_under_the_restricted_pod_security_standard",
     "e2e/test_e2e_lifecycle.py::test_two_pools_on_one_queue_are_degraded_until_one_goes",
+    "e2e/test_e2e_lifecycle.py::test_a_pool_with_a_task_command_runs_its_program",
 }
 
 

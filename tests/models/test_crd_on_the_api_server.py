@@ -191,8 +191,10 @@ SPEC_CHANGES = st.fixed_dictionaries(
             ]
         ),
         "handler": st.sampled_from(
-            ["m:f", "a.b.c:run", "_p._q:_r", "a.b", "a..b:f", "a.b:", ":f", "1a:f", "a b:f"]
+            ["m:f", "a.b.c:run", "_p._q:_r", "a.b", "a..b:f", "a.b:", ":f", "1a:f", "a b:f",
+             None]
         ),
+        "taskCommand": st.sampled_from([["node", "/app/agent.js"], ["agent"], [], [""]]),
         "concurrency": st.integers(-2, 1002),
         "minReplicas": st.integers(-1, 12),
         "maxReplicas": st.integers(-1, 12),
@@ -225,9 +227,11 @@ def spec_with(changes: dict[str, Any]) -> dict[str, Any]:
     for key in ("queue", "redis"):
         if key in changes:
             spec[key] = copy.deepcopy(changes[key])
-    for key in ("handler", "concurrency"):
+    for key in ("handler", "taskCommand", "concurrency"):
         if key in changes:
             spec["worker"][key] = changes[key]
+    if spec["worker"]["handler"] is None:
+        del spec["worker"]["handler"]
     for key in ("minReplicas", "maxReplicas", "scaleUpStep", "scaleDownStep", "pollSeconds"):
         if key in changes:
             spec.setdefault("scaling", {})[key] = changes[key]
