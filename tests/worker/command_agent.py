@@ -20,6 +20,9 @@ def main() -> None:
         say({"result": {"payload": payload, "attempt": attempt,
                         "task": os.environ["AGENTPOOL_TASK_ID"],
                         "queue": os.environ["AGENTPOOL_QUEUE"]}})
+    elif mode == "env":
+        say({"result": {"agentpool": sorted(k for k in os.environ if k.startswith("AGENTPOOL_")),
+                        "marker": os.environ.get("AGENT_MARKER")}})
     elif mode == "text":
         print("line one\nline two")
     elif mode == "events":

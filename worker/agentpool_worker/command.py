@@ -6,7 +6,8 @@ words (``node /app/agent.js``; no shell runs it). Each run starts it in a proces
 its own, with:
 
 - **stdin**: the task's payload as JSON, then end of file;
-- **environment**: the worker's, plus ``AGENTPOOL_TASK_ID``, ``AGENTPOOL_TASK_ATTEMPT``,
+- **environment**: the worker's without its own ``AGENTPOOL_`` settings (the Redis URL
+  among them), plus ``AGENTPOOL_TASK_ID``, ``AGENTPOOL_TASK_ATTEMPT``,
   ``AGENTPOOL_TASK_MAX_ATTEMPTS`` and ``AGENTPOOL_QUEUE``; and ``AGENTPOOL_CHECKPOINT_FILE``,
   a file holding the JSON state an earlier attempt checkpointed, when one did.
 
@@ -43,6 +44,7 @@ import shutil
 import signal
 import tempfile
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +78,7 @@ class CommandSettings:
     grace_seconds: float = DEFAULT_GRACE_SECONDS
 
 
-def command_settings(environ: dict[str, str] | os._Environ[str]) -> CommandSettings:
+def command_settings(environ: Mapping[str, str]) -> CommandSettings:
     """Read and check the command settings; the executable must be found now, not at the
     first task."""
     raw = environ.get(COMMAND_ENV, "").strip()
@@ -134,7 +136,7 @@ class _Outcome:
 async def run(payload: Any, ctx: TaskContext) -> Any:
     settings: CommandSettings = ctx.state[STATE_KEY]
     checkpoint_file = _checkpoint_file(ctx.checkpoint_state)
-    env = {**os.environ, "AGENTPOOL_TASK_ID": ctx.task_id,
+    env = {**_inherited(os.environ), "AGENTPOOL_TASK_ID": ctx.task_id,
            "AGENTPOOL_TASK_ATTEMPT": str(ctx.attempt),
            "AGENTPOOL_TASK_MAX_ATTEMPTS": str(ctx.max_attempts), "AGENTPOOL_QUEUE": ctx.queue}
     if checkpoint_file is not None:
@@ -149,6 +151,12 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
         if checkpoint_file is not None:
             with contextlib.suppress(OSError):
                 os.unlink(checkpoint_file)
+
+
+def _inherited(environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment less its own settings: the Redis URL carries the queue's
+    password, which a program (maybe an agent running tools an LLM chose) has no use for."""
+    return {name: value for name, value in environ.items() if not name.startswith("AGENTPOOL_")}
 
 
 class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
