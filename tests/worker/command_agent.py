@@ -21,8 +21,13 @@ def main() -> None:
                         "task": os.environ["AGENTPOOL_TASK_ID"],
                         "queue": os.environ["AGENTPOOL_QUEUE"]}})
     elif mode == "env":
+        directory = os.environ["AGENTPOOL_TASK_DIR"]
+        found = os.listdir(directory)
+        with open(os.path.join(directory, "notes.txt"), "w") as file:
+            file.write("scratch")
         say({"result": {"agentpool": sorted(k for k in os.environ if k.startswith("AGENTPOOL_")),
-                        "marker": os.environ.get("AGENT_MARKER")}})
+                        "marker": os.environ.get("AGENT_MARKER"), "dir": directory,
+                        "found": found, "tmpdir": os.environ["TMPDIR"]}})
     elif mode == "text":
         print("line one\nline two")
     elif mode == "events":

@@ -69,7 +69,7 @@ async def test_the_payload_goes_in_and_the_result_message_comes_back(
                            "task": task_id, "queue": queue_name}
 
 
-async def test_the_program_gets_the_task_not_the_workers_settings(
+async def test_the_program_gets_the_task_and_a_directory_not_the_workers_settings(
     monkeypatch: pytest.MonkeyPatch, redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
     monkeypatch.setenv("AGENTPOOL_REDIS_URL", "redis://:secret-password@redis:6379/0")
@@ -78,11 +78,13 @@ async def test_the_program_gets_the_task_not_the_workers_settings(
     async with running(settings(redis_url, queue_name, HANDLER)):
         task_id = await queue.submit({"mode": "env"})
         done = await finished(queue, task_id, "succeeded")
+    directory = done.result.pop("dir")
     assert done.result == {
-        "agentpool": ["AGENTPOOL_QUEUE", "AGENTPOOL_TASK_ATTEMPT", "AGENTPOOL_TASK_ID",
-                      "AGENTPOOL_TASK_MAX_ATTEMPTS"],
-        "marker": "from spec.worker.env",
+        "agentpool": ["AGENTPOOL_QUEUE", "AGENTPOOL_TASK_ATTEMPT", "AGENTPOOL_TASK_DIR",
+                      "AGENTPOOL_TASK_ID", "AGENTPOOL_TASK_MAX_ATTEMPTS"],
+        "marker": "from spec.worker.env", "found": [], "tmpdir": directory,
     }
+    assert not exists(directory), "the run's directory outlived it"
 
 
 async def test_output_without_a_result_message_is_the_result(

@@ -8,8 +8,10 @@ its own, with:
 - **stdin**: the task's payload as JSON, then end of file;
 - **environment**: the worker's without its own ``AGENTPOOL_`` settings (the Redis URL
   among them), plus ``AGENTPOOL_TASK_ID``, ``AGENTPOOL_TASK_ATTEMPT``,
-  ``AGENTPOOL_TASK_MAX_ATTEMPTS`` and ``AGENTPOOL_QUEUE``; and ``AGENTPOOL_CHECKPOINT_FILE``,
-  a file holding the JSON state an earlier attempt checkpointed, when one did.
+  ``AGENTPOOL_TASK_MAX_ATTEMPTS`` and ``AGENTPOOL_QUEUE``; ``AGENTPOOL_TASK_DIR``, an empty
+  directory of the run's own, removed when the run ends (also ``TMPDIR``); and
+  ``AGENTPOOL_CHECKPOINT_FILE``, a file holding the JSON state an earlier attempt
+  checkpointed, when one did.
 
 Each line of **stdout** that is a JSON object with one of these keys is a message:
 
@@ -135,22 +137,21 @@ class _Outcome:
 
 async def run(payload: Any, ctx: TaskContext) -> Any:
     settings: CommandSettings = ctx.state[STATE_KEY]
-    checkpoint_file = _checkpoint_file(ctx.checkpoint_state)
-    env = {**_inherited(os.environ), "AGENTPOOL_TASK_ID": ctx.task_id,
-           "AGENTPOOL_TASK_ATTEMPT": str(ctx.attempt),
-           "AGENTPOOL_TASK_MAX_ATTEMPTS": str(ctx.max_attempts), "AGENTPOOL_QUEUE": ctx.queue}
-    if checkpoint_file is not None:
-        env["AGENTPOOL_CHECKPOINT_FILE"] = checkpoint_file
+    scratch = tempfile.mkdtemp(prefix="agentpool-run-")
     try:
+        env = {**_inherited(os.environ), "AGENTPOOL_TASK_ID": ctx.task_id,
+               "AGENTPOOL_TASK_ATTEMPT": str(ctx.attempt),
+               "AGENTPOOL_TASK_MAX_ATTEMPTS": str(ctx.max_attempts),
+               "AGENTPOOL_QUEUE": ctx.queue, "AGENTPOOL_TASK_DIR": scratch, "TMPDIR": scratch}
+        if ctx.checkpoint_state is not None:
+            env["AGENTPOOL_CHECKPOINT_FILE"] = _write_checkpoint(scratch, ctx.checkpoint_state)
         command = await _Command.start(settings.argv, env)
         try:
             return await _converse(command, payload, ctx)
         finally:
             await command.stop(settings.grace_seconds)
     finally:
-        if checkpoint_file is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(checkpoint_file)
+        await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
 
 
 def _inherited(environ: Mapping[str, str]) -> dict[str, str]:
@@ -334,10 +335,8 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
         outcome.error, outcome.retry = error, retry
 
 
-def _checkpoint_file(state: Any) -> str | None:
-    if state is None:
-        return None
-    descriptor, path = tempfile.mkstemp(prefix="agentpool-checkpoint-", suffix=".json")
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+def _write_checkpoint(directory: str, state: Any) -> str:
+    path = os.path.join(directory, "checkpoint.json")
+    with open(path, "w", encoding="utf-8") as file:
         json.dump(state, file, ensure_ascii=False)
     return path
