@@ -28,6 +28,9 @@ def main() -> None:
         say({"result": {"agentpool": sorted(k for k in os.environ if k.startswith("AGENTPOOL_")),
                         "marker": os.environ.get("AGENT_MARKER"), "dir": directory,
                         "found": found, "tmpdir": os.environ["TMPDIR"]}})
+    elif mode == "long-output":
+        for number in range(3000):
+            print(f"{number:04d} " + "x" * 495)
     elif mode == "text":
         print("line one\nline two")
     elif mode == "events":

@@ -97,6 +97,19 @@ async def test_output_without_a_result_message_is_the_result(
     assert done.result == "line one\nline two\n"
 
 
+async def test_of_a_long_output_the_result_keeps_the_last_lines_up_to_a_mebibyte(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        task_id = await queue.submit({"mode": "long-output"})
+        done = await finished(queue, task_id, "succeeded")
+    line = 501
+    assert 1024 * 1024 - line < len(done.result) <= 1024 * 1024
+    assert len(done.result) % line == 0, "the output was cut inside a line"
+    assert done.result.endswith("2999 " + "x" * 495 + "\n")
+
+
 async def test_event_and_progress_messages_become_task_events(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:

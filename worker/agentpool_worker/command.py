@@ -23,10 +23,10 @@ Each line of **stdout** that is a JSON object with one of these keys is a messag
 - ``{"error": "text", "retry": false}``: the run fails with this error whatever the exit
   status; ``"retry": false`` dead-letters the task at once.
 
-Every other line is output. A run that sent no result has its output as result (text, the
-last 1 MiB), or null when there was none. Each line of **stderr** goes to the worker's log with
-the task's id; the last of them are the error of a run that exits with a status other than 0.
-Such a run is retried with backoff like any failed attempt.
+Every other line is output. A run that sent no result has its output as result (text: its
+last lines, up to 1 MiB), or null when there was none. Each line of **stderr** goes to the
+worker's log with the task's id; the last of them are the error of a run that exits with a
+status other than 0. Such a run is retried with backoff like any failed attempt.
 
 A run that is cancelled, times out, loses its lease or is handed back by a stopping worker
 stops its command: SIGTERM to the process group, SIGKILL after
@@ -269,9 +269,9 @@ async def _log_stderr(stderr: asyncio.StreamReader, task_id: str, errors: deque[
 
 
 async def _read_stdout(stdout: asyncio.StreamReader,
-                       ctx: TaskContext) -> tuple[_Outcome, list[str]]:
+                       ctx: TaskContext) -> tuple[_Outcome, deque[str]]:
     outcome = _Outcome()
-    output: list[str] = []
+    output: deque[str] = deque()
     kept = 0
     number = 0
     while True:
@@ -289,7 +289,7 @@ async def _read_stdout(stdout: asyncio.StreamReader,
             output.append(text)
             kept += len(text)
             while kept > MAX_OUTPUT_CHARS and len(output) > 1:
-                kept -= len(output.pop(0))
+                kept -= len(output.popleft())
             continue
         try:
             await _act(message, outcome, ctx)
