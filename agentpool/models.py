@@ -37,6 +37,30 @@ HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_
 PERCENT_PATTERN = r"^[0-9]{1,3}%$"
 LIMIT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 MAX_RATE_LIMITS = 16
+MAX_SCHEDULES = 32
+
+
+def _cron_field(value: str) -> str:
+    """A cron field: a comma list of `*` or a value or a range, each with an optional /step.
+    Written without backslashes, which a CEL string literal refuses."""
+    item = f"([*]|{value}(-{value})?)(/[1-9][0-9]?)?"
+    return f"{item}(,{item})*"
+
+
+_MONTH_NAMES = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_DAY_NAMES = "sun|mon|tue|wed|thu|fri|sat"
+CRON_PATTERN = (
+    "^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
+    + " +".join(_cron_field(v) for v in (
+        "[0-5]?[0-9]",                                  # minute
+        "([01]?[0-9]|2[0-3])",                          # hour
+        "(0?[1-9]|[12][0-9]|3[01])",                    # day of month
+        f"(0?[1-9]|1[0-2]|(?i:{_MONTH_NAMES}))",        # month
+        f"([0-7]|(?i:{_DAY_NAMES}))",                   # day of week (0 and 7: Sunday)
+    ))
+    + ")$"
+)
+TIME_ZONE_PATTERN = "^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
 
 
 class CelRule(NamedTuple):
@@ -94,6 +118,24 @@ RATE_LIMIT_HAS_RATE = CelRule(
     "has(self.requestsPerMinute) || has(self.tokensPerMinute)",
     "each rate limit needs requestsPerMinute, tokensPerMinute or both",
 )
+SCHEDULE_NAME_FORMAT = CelRule(
+    f"self.matches('{LIMIT_NAME_PATTERN}')",
+    "schedules[].name must be 1-63 lowercase letters, digits, '.', '_' or '-', starting and "
+    "ending with a letter or digit",
+)
+SCHEDULE_CRON_FORMAT = CelRule(
+    f"self.matches('{CRON_PATTERN}')",
+    "schedules[].cron must be five fields (minute hour day-of-month month day-of-week, e.g. "
+    "'0 * * * *' or '30 9 * * mon-fri') or @hourly, @daily, @weekly, @monthly or @yearly",
+)
+SCHEDULE_TIME_ZONE_FORMAT = CelRule(
+    f"self.matches('{TIME_ZONE_PATTERN}')",
+    "schedules[].timeZone must be a time zone name such as UTC or Europe/Paris",
+)
+SCHEDULE_NAMES_UNIQUE = CelRule(
+    "self.all(a, self.exists_one(b, b.name == a.name))",
+    "schedules names must be unique within a pool",
+)
 RATE_LIMIT_NAMES_UNIQUE = CelRule(
     "self.all(a, self.exists_one(b, b.name == a.name))",
     "rateLimits names must be unique within a pool",
@@ -112,6 +154,10 @@ CEL_RULES: tuple[CelRule, ...] = (
     RATE_LIMIT_NAME_FORMAT,
     RATE_LIMIT_HAS_RATE,
     RATE_LIMIT_NAMES_UNIQUE,
+    SCHEDULE_NAME_FORMAT,
+    SCHEDULE_CRON_FORMAT,
+    SCHEDULE_TIME_ZONE_FORMAT,
+    SCHEDULE_NAMES_UNIQUE,
 )
 
 
@@ -500,6 +546,68 @@ class RateLimitSpec(_Model):
         return self
 
 
+class ScheduleSpec(_Model):
+    """A task the operator submits to the pool's queue on a cron schedule."""
+
+    name: str = Field(
+        max_length=63,
+        description="Name of the schedule, unique within the pool, e.g. nightly-report.",
+        json_schema_extra=cel(SCHEDULE_NAME_FORMAT),
+    )
+    cron: str = Field(
+        max_length=100,
+        description=(
+            "When: five fields, minute hour day-of-month month day-of-week, as in a CronJob "
+            "('0 * * * *' hourly, '30 9 * * mon-fri' at 9:30 on weekdays), or @hourly, "
+            "@daily, @weekly, @monthly, @yearly."
+        ),
+        json_schema_extra=cel(SCHEDULE_CRON_FORMAT),
+    )
+    time_zone: str = Field(
+        default="UTC",
+        max_length=64,
+        description="The time zone the cron fields are read in, e.g. Europe/Paris.",
+        json_schema_extra=cel(SCHEDULE_TIME_ZONE_FORMAT),
+    )
+    payload: Any = Field(
+        default=None,
+        description="The task's payload: any JSON value (at most 1 MiB encoded).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority: int = Field(default=0, ge=0, le=9, description="The task's priority, 0-9.")
+    starting_deadline_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description=(
+            "A time missed by more than this (the operator was not running) is skipped and "
+            "reported, not submitted late."
+        ),
+    )
+    suspend: bool = Field(default=False, description="Submit nothing until set back to false.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_format(cls, name: str) -> str:
+        if not re.fullmatch(LIMIT_NAME_PATTERN, name):
+            raise ValueError(SCHEDULE_NAME_FORMAT.message)
+        return name
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_format(cls, cron: str) -> str:
+        if not re.fullmatch(CRON_PATTERN, cron):
+            raise ValueError(SCHEDULE_CRON_FORMAT.message)
+        return cron
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone_format(cls, time_zone: str) -> str:
+        if not re.fullmatch(TIME_ZONE_PATTERN, time_zone):
+            raise ValueError(SCHEDULE_TIME_ZONE_FORMAT.message)
+        return time_zone
+
+
 class AgentPoolSpec(_Model):
     """A pool of workers serving one Redis task queue."""
 
@@ -535,6 +643,26 @@ class AgentPoolSpec(_Model):
         json_schema_extra=cel(RATE_LIMIT_NAMES_UNIQUE),
     )
 
+    schedules: list[ScheduleSpec] | None = Field(
+        default=None,
+        max_length=MAX_SCHEDULES,
+        description=(
+            "Tasks the operator submits to the queue on cron schedules, each at most once "
+            "per scheduled time (while the pool is not paused)."
+        ),
+        json_schema_extra=cel(SCHEDULE_NAMES_UNIQUE),
+    )
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_schedule_names(
+        cls, schedules: list[ScheduleSpec] | None
+    ) -> list[ScheduleSpec] | None:
+        names = [schedule.name for schedule in schedules or ()]
+        if len(names) != len(set(names)):
+            raise ValueError(SCHEDULE_NAMES_UNIQUE.message)
+        return schedules
+
     @field_validator("rate_limits")
     @classmethod
     def _unique_limit_names(
@@ -565,6 +693,19 @@ class Condition(_Model):
 
 
 CONDITION_TYPES = ("Ready", "QueueReachable", "Scaling", "Degraded")
+
+
+class ScheduleStatus(_Model):
+    """The last and next times of one schedule."""
+
+    name: str = Field(description="The schedule's name.")
+    last_schedule_time: datetime | None = Field(
+        default=None, description="The scheduled time of the last task submitted."
+    )
+    last_task_id: str | None = Field(default=None, description="The id of that task.")
+    next_schedule_time: datetime | None = Field(
+        default=None, description="The next time a task is due."
+    )
 
 
 class AgentPoolStatus(_Model):
@@ -605,6 +746,11 @@ class AgentPoolStatus(_Model):
             "The rate limit that holds the pool's size (its workers mostly wait on it), with "
             "the share of run time spent waiting; unset when no limit binds."
         ),
+    )
+    schedules: list[ScheduleStatus] | None = Field(
+        default=None,
+        description="Per schedule: the last task submitted and the next time.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     observed_generation: int | None = Field(
         default=None, description="The .metadata.generation the status reflects."

@@ -52,6 +52,15 @@ CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
      minimal_spec(rateLimits=[{"name": "a}b", "requestsPerMinute": 60}])),
     (models.RATE_LIMIT_NAME_FORMAT,
      minimal_spec(rateLimits=[{"name": "-x", "requestsPerMinute": 60}])),
+    (models.SCHEDULE_NAME_FORMAT, minimal_spec(schedules=[{"name": "Nightly", "cron": "@daily"}])),
+    (models.SCHEDULE_CRON_FORMAT, minimal_spec(schedules=[{"name": "a", "cron": "61 * * * *"}])),
+    (models.SCHEDULE_CRON_FORMAT, minimal_spec(schedules=[{"name": "a", "cron": "* * * *"}])),
+    (models.SCHEDULE_CRON_FORMAT, minimal_spec(schedules=[{"name": "a", "cron": "*/0 * * * *"}])),
+    (models.SCHEDULE_CRON_FORMAT, minimal_spec(schedules=[{"name": "a", "cron": "@reboot"}])),
+    (models.SCHEDULE_TIME_ZONE_FORMAT,
+     minimal_spec(schedules=[{"name": "a", "cron": "@daily", "timeZone": "Europe/../etc"}])),
+    (models.SCHEDULE_NAMES_UNIQUE, minimal_spec(schedules=[
+        {"name": "report", "cron": "@daily"}, {"name": "report", "cron": "@hourly"}])),
     (models.RATE_LIMIT_NAMES_UNIQUE, minimal_spec(rateLimits=[
         {"name": "openai", "requestsPerMinute": 60},
         {"name": "openai", "tokensPerMinute": 9000},
@@ -81,6 +90,16 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
         {"name": "anthropic", "requestsPerMinute": 50, "burstSeconds": 60},
     ]),
     minimal_spec(rateLimits=[]),
+    minimal_spec(schedules=[]),
+    minimal_spec(schedules=[
+        {"name": "nightly-report", "cron": "30 2 * * *", "timeZone": "Europe/Paris",
+         "payload": {"prompt": "summarise the day"}, "priority": 9},
+        {"name": "weekdays", "cron": "0,30 9-17/2 1-31 JAN-dec Mon-FRI", "timeZone": "UTC"},
+        {"name": "every.quarter_hour", "cron": "*/15 * * * *", "payload": "a prompt"},
+        {"name": "h", "cron": "@hourly", "timeZone": "America/Argentina/Buenos_Aires",
+         "payload": [1, 2], "suspend": True, "startingDeadlineSeconds": 86400},
+        {"name": "sunday", "cron": "0 0 * * 7", "timeZone": "Etc/GMT+5"},
+    ]),
 ]
 """Specs just inside a rule: both the models and the API server accept them."""
 

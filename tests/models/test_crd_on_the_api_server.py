@@ -204,6 +204,22 @@ SPEC_CHANGES = st.fixed_dictionaries(
         "maxUnavailable": st.one_of(
             st.integers(-2, 3), st.sampled_from(["0%", "25%", "100%", "1000%", "half", "5"])
         ),
+        "schedules": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["nightly", "a", "Nightly", "-a"]),
+                 "cron": st.sampled_from(["0 * * * *", "30 9 * * mon-fri", "@daily",
+                                          "*/5 0-23/2 1,15 jan-jun 0-7", "60 * * * *",
+                                          "* * * *", "@reboot", "0 0 * * 8", "*/0 * * * *"])},
+                optional={
+                    "timeZone": st.sampled_from(["UTC", "Europe/Paris", "Etc/GMT+5", "", "a b",
+                                                 "../x"]),
+                    "priority": st.integers(-1, 10),
+                    "payload": st.sampled_from([None, {"prompt": "p"}, [1], "text", 3]),
+                    "startingDeadlineSeconds": st.sampled_from([0, 1, 86400, 86401]),
+                },
+            ),
+            max_size=3,
+        ),
         "rateLimits": st.lists(
             st.fixed_dictionaries(
                 {"name": st.sampled_from(["openai", "a", "a.b-c_d", "A", "-a", "a-", "x" * 64])},
@@ -239,6 +255,8 @@ def spec_with(changes: dict[str, Any]) -> dict[str, Any]:
         spec["recovery"] = {"maxUnavailable": changes["maxUnavailable"]}
     if "rateLimits" in changes:
         spec["rateLimits"] = copy.deepcopy(changes["rateLimits"])
+    if "schedules" in changes:
+        spec["schedules"] = copy.deepcopy(changes["schedules"])
     return spec
 
 

@@ -50,8 +50,10 @@ def test_schema_is_structural() -> None:
     forbidden = {"$ref", "$defs", "anyOf", "oneOf", "allOf", "not", "title", "nullable"}
     for path, node in walk(open_api_schema()):
         assert not forbidden & node.keys(), f"{path or '<root>'} has {forbidden & node.keys()}"
-        is_int_or_string = node.get("x-kubernetes-int-or-string") is True
-        assert "type" in node or is_int_or_string, f"{path} has no type"
+        # The two exceptions the API server makes to "every node has a type".
+        untyped_allowed = (node.get("x-kubernetes-int-or-string") is True
+                           or node.get("x-kubernetes-preserve-unknown-fields") is True)
+        assert "type" in node or untyped_allowed, f"{path} has no type"
         if "properties" in node:
             assert "additionalProperties" not in node, f"{path} mixes properties and a map"
         if node.get("type") == "array":
