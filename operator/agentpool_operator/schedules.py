@@ -1,0 +1,87 @@
+"""When a pool's schedules are due: pure functions of a schedule, a cursor and the clock.
+
+A schedule's **cursor** is the earliest scheduled time not yet dealt with. The operator keeps it
+in the pool's status as ``nextScheduleTime`` (the first time after the last round), so that
+the times that pass while no operator runs are found on its return. Each round, the times from
+the cursor up to now are dealt with at once:
+
+- the latest of them is submitted, when it is at most ``startingDeadlineSeconds`` old;
+- the others are missed: an operator back after an outage submits one task, not one per time it
+  was away (as a CronJob starts only its latest missed Job);
+- while the schedule is suspended or the pool paused, the times pass and nothing is submitted
+  or missed.
+
+Times are read in the schedule's time zone (croniter): a time that a daylight-saving jump
+skips fires at the jump, and a time that happens twice fires twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from agentpool.models import ScheduleSpec
+
+MISSED_COUNT_CAP = 1000
+"""Counting missed times stops here: after a long outage, a schedule of every minute would
+otherwise be walked through minute by minute."""
+_JUST_BEFORE = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class ScheduleTurn:
+    """What one schedule does in one round."""
+
+    submit: datetime | None = None
+    """The scheduled time to submit a task for now."""
+    missed: int = 0
+    """Scheduled times that passed without a task (at most MISSED_COUNT_CAP)."""
+    next_time: datetime | None = None
+    """The first scheduled time after now: the cursor of the next round."""
+    problem: str | None = None
+    """Why the schedule cannot run (a time zone this system does not know, a date that never
+    comes); nothing is submitted."""
+
+
+def schedule_turn(schedule: ScheduleSpec, cursor: datetime, now: datetime, *,
+                  active: bool = True) -> ScheduleTurn:
+    """The turn of `schedule` for the times in [cursor, now]; `active` is False while the
+    pool is paused. `cursor` and `now` are aware datetimes."""
+    try:
+        zone = ZoneInfo(schedule.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ScheduleTurn(problem=f"unknown time zone {schedule.time_zone!r}")
+    deadline = now - timedelta(seconds=schedule.starting_deadline_seconds)
+    try:
+        times = croniter(schedule.cron, (cursor - _JUST_BEFORE).astimezone(zone))
+        scheduled = _next(times)
+        too_old = 0
+        while scheduled < deadline:
+            too_old += 1
+            if too_old >= MISSED_COUNT_CAP:
+                times = croniter(schedule.cron, (deadline - _JUST_BEFORE).astimezone(zone))
+            scheduled = _next(times)
+        latest: datetime | None = None
+        recent = 0
+        while scheduled <= now:
+            latest, recent = scheduled, recent + 1
+            scheduled = _next(times)
+    except (ValueError, TypeError) as error:  # croniter's errors, and dates that never come
+        return ScheduleTurn(problem=f"cron {schedule.cron!r}: {error}")
+    if not active or schedule.suspend:
+        return ScheduleTurn(next_time=scheduled)
+    missed = min(MISSED_COUNT_CAP, too_old + max(0, recent - 1))
+    return ScheduleTurn(submit=latest, missed=missed, next_time=scheduled)
+
+
+def _next(times: croniter) -> datetime:
+    scheduled: datetime = times.get_next(datetime)
+    return scheduled.astimezone(UTC)
+
+
+def idempotency_key(pool_uid: str, name: str, scheduled: datetime) -> str:
+    """One task per schedule and time, however many rounds or operators try to submit it."""
+    return f"schedule:{pool_uid}:{name}:{int(scheduled.timestamp())}"

@@ -1,0 +1,148 @@
+"""When schedules are due (agentpool_operator.schedules): the latest time submitted once,
+older ones missed, nothing while suspended or paused, time zones and daylight saving."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentpool.models import ScheduleSpec
+from agentpool_operator.schedules import (
+    MISSED_COUNT_CAP,
+    ScheduleTurn,
+    idempotency_key,
+    schedule_turn,
+)
+
+
+def schedule(cron: str = "0 * * * *", **fields: Any) -> ScheduleSpec:
+    return ScheduleSpec.model_validate({"name": "report", "cron": cron, **fields})
+
+
+def at(hour: int, minute: int = 0, second: int = 0, day: int = 3) -> datetime:
+    return datetime(2026, 12, day, hour, minute, second, tzinfo=UTC)
+
+
+def test_nothing_is_due_before_the_first_time() -> None:
+    turn = schedule_turn(schedule(), cursor=at(10, 5), now=at(10, 59, 59))
+    assert turn == ScheduleTurn(next_time=at(11))
+
+
+def test_a_time_that_came_is_submitted_once_and_the_cursor_moves_past_it() -> None:
+    first = schedule_turn(schedule(), cursor=at(11), now=at(11, 0, 1))
+    assert first == ScheduleTurn(submit=at(11), next_time=at(12))
+    assert first.next_time is not None
+    again = schedule_turn(schedule(), cursor=first.next_time, now=at(11, 0, 3))
+    assert again.submit is None
+
+
+def test_a_time_exactly_now_is_due() -> None:
+    assert schedule_turn(schedule(), cursor=at(10, 30), now=at(11)).submit == at(11)
+
+
+def test_after_an_outage_only_the_latest_time_is_submitted_and_the_rest_missed() -> None:
+    turn = schedule_turn(schedule(), cursor=at(8), now=at(11, 2))
+    assert turn.submit == at(11)
+    assert turn.missed == 3  # 8:00, 9:00, 10:00
+    assert turn.next_time == at(12)
+
+
+def test_a_time_older_than_the_starting_deadline_is_missed_not_submitted() -> None:
+    turn = schedule_turn(schedule(startingDeadlineSeconds=300), cursor=at(11), now=at(11, 6))
+    assert turn == ScheduleTurn(missed=1, next_time=at(12))
+    late = schedule_turn(schedule(startingDeadlineSeconds=300), cursor=at(11), now=at(11, 5))
+    assert late.submit == at(11)
+
+
+def test_times_within_the_deadline_collapse_into_the_latest() -> None:
+    every_minute = schedule("* * * * *", startingDeadlineSeconds=600)
+    turn = schedule_turn(every_minute, cursor=at(11), now=at(11, 3, 30))
+    assert turn == ScheduleTurn(submit=at(11, 3), missed=3, next_time=at(11, 4))
+
+
+def test_missed_times_are_counted_up_to_a_cap() -> None:
+    every_minute = schedule("* * * * *")
+    turn = schedule_turn(every_minute, cursor=at(0, day=1), now=at(0, day=3))
+    assert turn.missed == MISSED_COUNT_CAP
+    assert turn.submit == at(0, day=3)
+    assert turn.next_time == at(0, 1, day=3)
+
+
+@pytest.mark.parametrize("fields, active", [({"suspend": True}, True), ({}, False)])
+def test_suspended_or_paused_the_times_pass_without_a_task_or_a_miss(
+    fields: dict[str, Any], active: bool,
+) -> None:
+    turn = schedule_turn(schedule(**fields), cursor=at(8), now=at(11, 2), active=active)
+    assert turn == ScheduleTurn(next_time=at(12))
+
+
+def test_times_are_read_in_the_schedules_time_zone() -> None:
+    paris = schedule("30 9 * * mon-fri", timeZone="Europe/Paris")
+    thursday = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
+    turn = schedule_turn(paris, cursor=thursday, now=thursday + timedelta(minutes=30))
+    assert turn.submit == datetime(2026, 12, 3, 8, 30, tzinfo=UTC)  # 9:30 in Paris (UTC+1)
+    assert turn.next_time == datetime(2026, 12, 4, 8, 30, tzinfo=UTC)
+    friday = schedule_turn(paris, cursor=datetime(2026, 12, 4, 9, tzinfo=UTC),
+                           now=datetime(2026, 12, 4, 9, tzinfo=UTC))
+    assert friday.next_time == datetime(2026, 12, 7, 8, 30, tzinfo=UTC)  # Monday
+
+
+def test_a_time_skipped_by_daylight_saving_fires_at_the_jump_and_a_repeated_hour_twice() -> None:
+    nightly = schedule("30 2 * * *", timeZone="Europe/Paris")
+    spring = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)  # 2:00 -> 3:00 in Paris
+    assert schedule_turn(nightly, cursor=spring, now=spring).next_time == \
+        datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    hourly = schedule("0 * * * *", timeZone="Europe/Paris")
+    autumn = datetime(2026, 10, 24, 23, 30, tzinfo=UTC)  # 3:00 -> 2:00 in Paris
+    turn = schedule_turn(hourly, cursor=autumn, now=datetime(2026, 10, 25, 1, 1, tzinfo=UTC))
+    assert turn.submit == datetime(2026, 10, 25, 1, 0, tzinfo=UTC)  # the second 2:00
+    assert turn.missed == 1  # the first 2:00 (0:00 UTC), collapsed
+
+
+def test_an_unknown_time_zone_or_a_date_that_never_comes_is_a_problem() -> None:
+    unknown = schedule_turn(schedule(timeZone="Mars/Olympus_Mons"), cursor=at(8), now=at(9))
+    assert unknown == ScheduleTurn(problem="unknown time zone 'Mars/Olympus_Mons'")
+    never = schedule_turn(schedule("0 0 31 2 *"), cursor=at(8), now=at(9))
+    assert never.submit is None and never.problem is not None
+    assert never.problem.startswith("cron '0 0 31 2 *': ")
+
+
+def test_the_idempotency_key_names_pool_schedule_and_time() -> None:
+    assert idempotency_key("uid-1", "report", at(11)) == \
+        f"schedule:uid-1:report:{int(at(11).timestamp())}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cron=st.sampled_from(["* * * * *", "*/7 * * * *", "0 * * * *", "15,45 */2 * * *",
+                          "@daily", "0 9 * * mon-fri"]),
+    start=st.integers(0, 7 * 24 * 60),
+    steps=st.lists(st.integers(1, 90), min_size=1, max_size=10),
+)
+def test_rounds_at_any_pace_submit_each_time_at_most_once_and_only_times_that_came(
+    cron: str, start: int, steps: list[int],
+) -> None:
+    """However the rounds fall, each scheduled time is submitted at most once, never before
+    it comes, and with a deadline longer than any gap between rounds, every time is either
+    submitted or counted missed (collapsed) exactly once (under 900 minutes: no cap)."""
+    spec = schedule(cron, startingDeadlineSeconds=86400)
+    now = at(0, day=1) + timedelta(minutes=start)
+    cursor = now
+    submitted: list[datetime] = []
+    missed = 0
+    for step in steps:
+        now += timedelta(minutes=step, seconds=step % 7)
+        turn = schedule_turn(spec, cursor=cursor, now=now)
+        assert turn.next_time is not None and turn.next_time > now
+        if turn.submit is not None:
+            assert cursor <= turn.submit <= now
+            submitted.append(turn.submit)
+        missed += turn.missed
+        cursor = turn.next_time
+    assert len(submitted) == len(set(submitted))
+    every = schedule_turn(spec, cursor=at(0, day=1) + timedelta(minutes=start), now=now)
+    assert len(submitted) + missed == every.missed + (every.submit is not None)
