@@ -2,9 +2,9 @@
 
 The operator's per-pool loop observes the pool (its Deployment, its queue), calls `act`, and
 writes the status with what `act` returns. `act` applies the pure decisions of `scaling` and
-`recovery` (patch the Deployment's replicas, drain or replace pods, requeue tasks) and reports
-their outcome as status fields and conditions. Until it does, pools keep the replica count
-their Deployment has.
+`recovery` (patch the Deployment's replicas, drain or replace pods, requeue tasks), submits the
+tasks of `schedules` that are due, and reports their outcome as status fields and conditions.
+Until it does, pools keep the replica count their Deployment has.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from . import rate_limit_actions, recovery_actions, scaling_actions
+from . import rate_limit_actions, recovery_actions, scaling_actions, schedule_actions
 from .deployment import POOL_LABEL
 from .kube import KubeApi
 from .observation import ActionResult, PoolObservation
@@ -31,7 +31,7 @@ def merge(*results: ActionResult) -> ActionResult:
 
 
 async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
-    """Apply recovery, then scaling, to one observed pool.
+    """Apply recovery, then scaling, then the schedules, to one observed pool.
 
     Recovery runs first so that the tasks of dead pods are back in the queue before scaling
     looks at the backlog; the rate limits are declared and their waits read before scaling.
@@ -43,4 +43,5 @@ async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
     limits = await rate_limit_actions.observe_limits(observation)
     observation = replace(observation, limit_waits=limits.waits)
     scaled = await scaling_actions.scale(observation, pods, kube)
-    return merge(recovered, scaled, ActionResult(problems=limits.problems))
+    scheduled = await schedule_actions.run_schedules(observation)
+    return merge(recovered, scaled, ActionResult(problems=limits.problems), scheduled)

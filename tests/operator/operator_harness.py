@@ -345,6 +345,13 @@ class Cluster:
             dict(patch),
         )
 
+    async def patch_pool_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._send(
+            "PATCH",
+            f"/apis/agentpool.dev/v1alpha1/namespaces/{NAMESPACE}/agentpools/{name}/status",
+            {"status": dict(status)},
+        )
+
     async def patch_deployment(self, name: str, patch: Mapping[str, Any],
                                subresource: str = "") -> dict[str, Any]:
         suffix = f"/{subresource}" if subresource else ""

@@ -1,0 +1,145 @@
+"""A pool's schedules, once per round: the due tasks submitted, the status and Events written.
+
+Each schedule's cursor is the ``nextScheduleTime`` of the status the operator wrote last (see
+`schedules`); a schedule seen for the first time starts from now. A task is submitted with an
+idempotency key made of the pool, the schedule and the scheduled time, so an operator that
+restarts before it wrote the status, or a second operator, submits nothing twice. A Redis
+error leaves the cursor where it was: the time is tried again next round, until its deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import kopf
+
+from agentpool.models import ScheduleSpec
+from agentpool.protocol import ProtocolError, TaskQueue
+
+from .observation import ActionResult, PoolObservation
+from .rate_limit_actions import REDIS_ERRORS
+from .schedules import ScheduleTurn, idempotency_key, schedule_turn
+from .status import Problem, rfc3339, sanitize
+
+INVALID_REASON = "ScheduleInvalid"
+FAILED_REASON = "ScheduleFailed"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Previous:
+    cursor: datetime | None = None
+    last_time: str | None = None
+    last_task_id: str | None = None
+
+
+async def run_schedules(observation: PoolObservation) -> ActionResult:
+    schedules = observation.spec.schedules or []
+    if not schedules:
+        return ActionResult(status_fields={"schedules": None})  # the removed ones' entries go
+    previous = _previous_entries(observation.previous_status)
+    active = not observation.spec.paused
+    entries: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    for schedule in schedules:
+        before = previous.get(schedule.name, _Previous())
+        turn = schedule_turn(schedule, before.cursor or observation.now, observation.now,
+                             active=active)
+        entry: dict[str, Any] = {"name": schedule.name}
+        if before.last_time is not None:
+            entry["lastScheduleTime"] = before.last_time
+        if before.last_task_id is not None:
+            entry["lastTaskId"] = before.last_task_id
+        if turn.problem is not None:
+            problems.append(Problem(INVALID_REASON, f"schedule {schedule.name!r}: {turn.problem}"))
+            entries.append(entry)
+            continue
+        submitted, problem = await _submit(observation, schedule, turn)
+        if problem is not None:
+            problems.append(problem)
+            if before.cursor is not None:
+                entry["nextScheduleTime"] = rfc3339(before.cursor)  # try again next round
+            entries.append(entry)
+            continue
+        if turn.missed:
+            _event(observation, "Warning", "ScheduleMissed", _missed_message(schedule, turn))
+        if submitted is not None and turn.submit is not None:
+            entry["lastScheduleTime"] = rfc3339(turn.submit)
+            entry["lastTaskId"] = submitted
+        if turn.next_time is not None:
+            entry["nextScheduleTime"] = rfc3339(turn.next_time)
+        entries.append(entry)
+    return ActionResult(status_fields={"schedules": entries}, problems=tuple(problems))
+
+
+async def _submit(observation: PoolObservation, schedule: ScheduleSpec,
+                  turn: ScheduleTurn) -> tuple[str | None, Problem | None]:
+    """The task of `turn`, if it has one: its id, or why it could not be submitted."""
+    if turn.submit is None:
+        return None, None
+    queue: TaskQueue | None = observation.queue
+    if queue is None:
+        return None, Problem(FAILED_REASON, f"schedule {schedule.name!r}: the queue cannot "
+                                            "be reached; the task is submitted when it can")
+    metadata = observation.pool.get("metadata") or {}
+    pool_id = str(metadata.get("uid") or f"{observation.namespace}/{observation.name}")
+    try:
+        task_id = await queue.submit(
+            schedule.payload, priority=schedule.priority,
+            idempotency_key=idempotency_key(pool_id, schedule.name, turn.submit))
+    except ProtocolError as error:
+        return None, Problem(FAILED_REASON, f"schedule {schedule.name!r}: {error}")
+    except REDIS_ERRORS as error:
+        log.warning(f"{observation.namespace}/{observation.name}: schedule {schedule.name!r}: "
+                    f"cannot submit: {sanitize(str(error))}")
+        return None, Problem(FAILED_REASON, f"schedule {schedule.name!r}: cannot submit to "
+                                            "the queue; tried again next round")
+    _event(observation, "Normal", "Scheduled",
+           f"schedule {schedule.name!r}: task {task_id} submitted for {rfc3339(turn.submit)}")
+    return task_id, None
+
+
+def _missed_message(schedule: ScheduleSpec, turn: ScheduleTurn) -> str:
+    count = f"{turn.missed} scheduled time{'s' if turn.missed != 1 else ''}"
+    then = "submitted only the latest" if turn.submit is not None else "none submitted"
+    return (f"schedule {schedule.name!r}: {count} passed while no task could be submitted "
+            f"(no operator running, or the queue unreachable); {then}")
+
+
+def _previous_entries(status: Mapping[str, Any]) -> dict[str, _Previous]:
+    found: dict[str, _Previous] = {}
+    for entry in status.get("schedules") or []:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+            continue
+        found[entry["name"]] = _Previous(
+            cursor=_time(entry.get("nextScheduleTime")),
+            last_time=_text(entry.get("lastScheduleTime")),
+            last_task_id=_text(entry.get("lastTaskId")),
+        )
+    return found
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _event(observation: PoolObservation, kind: str, reason: str, message: str) -> None:
+    pool = cast(kopf.Body, observation.pool)
+    if kind == "Warning":
+        kopf.warn(pool, reason=reason, message=message)
+    else:
+        kopf.info(pool, reason=reason, message=message)

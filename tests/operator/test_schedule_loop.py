@@ -1,0 +1,126 @@
+"""Schedules through the operator, against kmock and a real redis-server: a due time submits
+its task once (an operator restarted before its status write submits nothing twice), a time
+missed while no operator ran is reported instead of submitted late, a paused pool lets times
+pass, and a schedule that cannot run makes the pool Degraded.
+
+A pool is created with a status whose schedule cursor (`nextScheduleTime`) is already due, as
+an operator that ran before would have left it: no test waits for a clock minute to turn."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from operator_harness import Cluster, OperatorThread, eventually, pool_manifest
+
+from agentpool.protocol import TaskQueue
+from agentpool.redis_server import free_port
+from agentpool_operator.settings import OperatorSettings
+from agentpool_operator.status import rfc3339
+
+POOL = "sched"
+
+
+def minute_floor(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def schedule_entry(cluster: Cluster) -> dict[str, Any]:
+    (entry,) = cluster.pool(POOL)["status"]["schedules"]
+    return dict(entry)
+
+
+async def create_pool(cluster: Cluster, redis_url: str, queue: str, cursor: datetime,
+                      schedule: dict[str, Any], **extra: Any) -> None:
+    manifest = pool_manifest(POOL, redis_url=redis_url, queue=queue, poll_seconds=0.5,
+                             schedules=[{"name": "report", **schedule}], **extra)
+    manifest["status"] = {"schedules": [{"name": "report",
+                                         "nextScheduleTime": rfc3339(cursor)}]}
+    await cluster.create_pool(manifest)
+
+
+async def queued_ids(queue: TaskQueue) -> list[str]:
+    return [task.id for task in await queue.list_tasks("queued")]
+
+
+async def test_a_due_time_submits_its_task_once_even_across_a_restart(
+    cluster: Cluster, operator: OperatorThread, operator_settings: OperatorSettings,
+    redis_url: str, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    cursor = minute_floor(datetime.now(UTC))
+    await create_pool(cluster, redis_url, queue_name, cursor, {
+        "cron": "* * * * *", "payload": {"prompt": "daily summary"}, "priority": 7,
+        "startingDeadlineSeconds": 600})
+    entry = await eventually(lambda: "lastTaskId" in (e := schedule_entry(cluster)) and e)
+    (task_id,) = await queued_ids(queue)
+    assert entry["lastTaskId"] == task_id
+    info = await queue.get(task_id)
+    assert info is not None
+    assert (info.payload, info.priority) == ({"prompt": "daily summary"}, 7)
+    assert entry["lastScheduleTime"] >= rfc3339(cursor)
+    assert entry["nextScheduleTime"] > entry["lastScheduleTime"]
+    (event,) = [e for e in cluster.events("Scheduled")
+                if e["message"].endswith(f"for {entry['lastScheduleTime']}")]
+    assert event["message"].startswith(f"schedule 'report': task {task_id} submitted")
+
+    # An operator that stopped before writing that status finds the same time due again.
+    await operator.stop()
+    await cluster.patch_pool_status(POOL, {"schedules": [
+        {"name": "report", "nextScheduleTime": entry["lastScheduleTime"]}]})
+    restarted = OperatorThread(operator_settings.model_copy(update={"port": free_port()}))
+    await restarted.start()
+    try:
+        again = await eventually(lambda: "lastTaskId" in (e := schedule_entry(cluster)) and e)
+        assert again["lastTaskId"] == task_id
+        assert await queued_ids(queue) == [task_id]
+    finally:
+        await restarted.stop()
+    assert restarted.error is None, restarted.error
+
+
+async def test_a_time_missed_while_no_operator_ran_is_reported_not_submitted(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    now = datetime.now(UTC)
+    missed = now - timedelta(minutes=30)
+    await create_pool(cluster, redis_url, queue_name, now - timedelta(hours=2), {
+        "cron": f"{missed.minute} {missed.hour} * * *"})
+    event = await eventually(lambda: (found := cluster.events("ScheduleMissed")) and found[0])
+    assert event["type"] == "Warning"
+    assert event["message"] == (
+        "schedule 'report': 1 scheduled time passed while no task could be submitted (no "
+        "operator running, or the queue unreachable); none submitted")
+    entry = await eventually(lambda: schedule_entry(cluster))
+    assert entry["nextScheduleTime"] == rfc3339(minute_floor(missed) + timedelta(days=1))
+    assert "lastTaskId" not in entry
+    assert await queued_ids(TaskQueue(redis, queue_name)) == []
+
+
+async def test_a_paused_pool_lets_its_times_pass(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    cursor = minute_floor(datetime.now(UTC)) - timedelta(minutes=2)
+    await create_pool(cluster, redis_url, queue_name, cursor,
+                      {"cron": "* * * * *", "startingDeadlineSeconds": 3600}, paused=True)
+    entry = await eventually(
+        lambda: (e := schedule_entry(cluster))["nextScheduleTime"] > rfc3339(cursor) and e)
+    assert "lastTaskId" not in entry
+    assert await queued_ids(TaskQueue(redis, queue_name)) == []
+    assert cluster.events("ScheduleMissed") == []
+    assert cluster.events("Scheduled") == []
+
+
+async def test_a_schedule_that_cannot_run_makes_the_pool_degraded(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, queue_name: str,
+) -> None:
+    await create_pool(cluster, redis_url, queue_name, datetime.now(UTC),
+                      {"cron": "@daily", "timeZone": "Mars/Olympus_Mons"})
+    condition = await eventually(
+        lambda: (c := cluster.condition(POOL, "Degraded"))["status"] == "True" and c)
+    assert condition["reason"] == "ScheduleInvalid"
+    assert condition["message"] == "schedule 'report': unknown time zone 'Mars/Olympus_Mons'"
+    assert cluster.condition(POOL, "QueueReachable")["status"] == "True"
