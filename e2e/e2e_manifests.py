@@ -126,6 +126,15 @@ def command_pool(name: str, worker_image: str, *,
     return pool
 
 
+def scheduled_pool(name: str, worker_image: str, *,
+                   redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
+    """One pod, and a schedule that submits a short task every minute."""
+    pool = small_pool(name, worker_image, redis_secret=redis_secret)
+    pool["spec"]["schedules"] = [{"name": "every-minute", "cron": "* * * * *",
+                                  "payload": {"mean_seconds": 0.5, "prompt": "scheduled"}}]
+    return pool
+
+
 def applied_pools(worker_image: str) -> list[Manifest]:
     """Every pool the suite applies, under names like the ones it generates."""
     return [
@@ -135,6 +144,7 @@ def applied_pools(worker_image: str) -> list[Manifest]:
         small_pool("e2e-gc-abc123", worker_image),
         small_pool("e2e-shared-1-abc123", worker_image, queue="e2e-shared-abc123"),
         command_pool("e2e-command-abc123", worker_image),
+        scheduled_pool("e2e-scheduled-abc123", worker_image),
     ]
 
 

@@ -10,7 +10,7 @@ import pytest
 from e2e_cli import AgentpoolCli
 from e2e_config import E2EConfig
 from e2e_kube import Kubectl, Waiter
-from e2e_manifests import Manifest, command_pool, small_pool
+from e2e_manifests import Manifest, command_pool, scheduled_pool, small_pool
 from e2e_pools import POOL_LABEL, Pools
 
 from agentpool.models import GROUP, KIND, VERSION
@@ -121,3 +121,28 @@ def test_a_pool_with_a_task_command_runs_its_program(
     assert [o["state"] for o in outcomes] == ["succeeded"] * len(payloads)
     assert [o["result"] for o in outcomes] == [
         {"echo": payload, "attempt": 1} for payload in payloads]
+
+
+def test_a_schedule_submits_a_task_that_the_pool_runs(
+    make_pool: Callable[[Manifest], str], pools: Pools, waiter: Waiter, cli: AgentpoolCli,
+    e2e_config: E2EConfig, run_id: str,
+) -> None:
+    """spec.schedules on a real API server: within two minutes the operator submits the
+    schedule's task (status.schedules names it) and the pool's worker runs it."""
+    name = make_pool(scheduled_pool(f"e2e-scheduled-{run_id}", e2e_config.worker_image,
+                                    redis_secret=e2e_config.redis_secret))
+    pools.wait_serving(name, 1)
+
+    def submitted() -> dict[str, Any] | None:
+        for entry in pools.status(name).get("schedules") or []:
+            if entry.get("name") == "every-minute" and entry.get("lastTaskId"):
+                return dict(entry)
+        return None
+
+    entry = waiter.until(submitted, bool, timeout=150,
+                         what=f"pool {name}'s schedule to submit a task")
+    assert entry is not None
+    assert entry["nextScheduleTime"] > entry["lastScheduleTime"]
+    outcome = cli.wait(name, entry["lastTaskId"], timeout=120)
+    assert outcome["state"] == "succeeded"
+    assert outcome["payload"] == {"mean_seconds": 0.5, "prompt": "scheduled"}
