@@ -116,6 +116,16 @@ TASKS_DEAD_LETTERED = Counter(
     "Tasks of lost workers that had no attempt left, sent to the dead-letter list by the operator",
     [*POOL_LABELS, "cause"],
 )
+SCHEDULED_TASKS = Counter(
+    "agentpool_operator_scheduled_tasks",
+    "Tasks the operator submitted for a pool's schedule (spec.schedules)",
+    [*POOL_LABELS, "schedule"],
+)
+SCHEDULE_TIMES_MISSED = Counter(
+    "agentpool_operator_schedule_times_missed",
+    "Scheduled times that passed without a task (no operator running, the queue unreachable)",
+    [*POOL_LABELS, "schedule"],
+)
 RECONCILE_ERRORS = Counter(
     "agentpool_operator_reconcile_errors",
     "Failed reconcile steps of a pool (the error is in the operator's log)",
@@ -289,6 +299,14 @@ def record_requeue_result(namespace: str, pool: str, cause: str, result: Requeue
         _child(TASKS_DEAD_LETTERED, namespace, pool, requeue_cause(cause)).inc(
             result.dead_lettered
         )
+
+
+def record_scheduled(namespace: str, pool: str, schedule: str, *, submitted: int,
+                     missed: int) -> None:
+    if submitted:
+        _child(SCHEDULED_TASKS, namespace, pool, schedule).inc(submitted)
+    if missed:
+        _child(SCHEDULE_TIMES_MISSED, namespace, pool, schedule).inc(missed)
 
 
 def record_reconcile_error(namespace: str, pool: str, step: str) -> None:

@@ -20,6 +20,7 @@ import kopf
 from agentpool.models import ScheduleSpec
 from agentpool.protocol import ProtocolError, TaskQueue
 
+from . import metrics
 from .observation import ActionResult, PoolObservation
 from .rate_limit_actions import REDIS_ERRORS
 from .schedules import ScheduleTurn, idempotency_key, schedule_turn
@@ -68,6 +69,8 @@ async def run_schedules(observation: PoolObservation) -> ActionResult:
             continue
         if turn.missed:
             _event(observation, "Warning", "ScheduleMissed", _missed_message(schedule, turn))
+        metrics.record_scheduled(observation.namespace, observation.name, schedule.name,
+                                 submitted=int(submitted is not None), missed=turn.missed)
         if submitted is not None and turn.submit is not None:
             entry["lastScheduleTime"] = rfc3339(turn.submit)
             entry["lastTaskId"] = submitted

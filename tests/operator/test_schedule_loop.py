@@ -13,6 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from operator_harness import Cluster, OperatorThread, eventually, pool_manifest
+from prometheus_client import REGISTRY
 
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import free_port
@@ -20,6 +21,11 @@ from agentpool_operator.settings import OperatorSettings
 from agentpool_operator.status import rfc3339
 
 POOL = "sched"
+
+
+def counted(series: str) -> float:
+    labels = {"namespace": "default", "pool": POOL, "schedule": "report"}
+    return REGISTRY.get_sample_value(f"agentpool_operator_{series}_total", labels) or 0.0
 
 
 def minute_floor(moment: datetime) -> datetime:
@@ -49,6 +55,7 @@ async def test_a_due_time_submits_its_task_once_even_across_a_restart(
     redis_url: str, redis: aioredis.Redis, queue_name: str,
 ) -> None:
     queue = TaskQueue(redis, queue_name)
+    before = counted("scheduled_tasks")
     cursor = minute_floor(datetime.now(UTC))
     await create_pool(cluster, redis_url, queue_name, cursor, {
         "cron": "* * * * *", "payload": {"prompt": "daily summary"}, "priority": 7,
@@ -64,6 +71,7 @@ async def test_a_due_time_submits_its_task_once_even_across_a_restart(
     (event,) = [e for e in cluster.events("Scheduled")
                 if e["message"].endswith(f"for {entry['lastScheduleTime']}")]
     assert event["message"].startswith(f"schedule 'report': task {task_id} submitted")
+    assert counted("scheduled_tasks") == before + 1
 
     # An operator that stopped before writing that status finds the same time due again.
     await operator.stop()
@@ -84,6 +92,7 @@ async def test_a_time_missed_while_no_operator_ran_is_reported_not_submitted(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
     queue_name: str,
 ) -> None:
+    before = counted("schedule_times_missed")
     now = datetime.now(UTC)
     missed = now - timedelta(minutes=30)
     await create_pool(cluster, redis_url, queue_name, now - timedelta(hours=2), {
@@ -97,6 +106,7 @@ async def test_a_time_missed_while_no_operator_ran_is_reported_not_submitted(
     assert entry["nextScheduleTime"] == rfc3339(minute_floor(missed) + timedelta(days=1))
     assert "lastTaskId" not in entry
     assert await queued_ids(TaskQueue(redis, queue_name)) == []
+    assert counted("schedule_times_missed") == before + 1
 
 
 async def test_a_paused_pool_lets_its_times_pass(
