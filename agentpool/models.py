@@ -584,6 +584,13 @@ class ScheduleSpec(_Model):
             "reported, not submitted late."
         ),
     )
+    concurrency_policy: Literal["Allow", "Forbid"] = Field(
+        default="Allow",
+        description=(
+            "Forbid: a time whose previous task is still queued or running is skipped (and "
+            "reported), as a CronJob's concurrencyPolicy. Allow: every time gets its task."
+        ),
+    )
     suspend: bool = Field(default=False, description="Submit nothing until set back to false.")
 
     @field_validator("name")

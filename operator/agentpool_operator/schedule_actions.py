@@ -23,7 +23,7 @@ from agentpool.protocol import ProtocolError, TaskQueue
 from . import metrics
 from .observation import ActionResult, PoolObservation
 from .rate_limit_actions import REDIS_ERRORS
-from .schedules import ScheduleTurn, idempotency_key, schedule_turn
+from .schedules import ScheduleTurn, forbid_overlap, idempotency_key, schedule_turn
 from .status import Problem, rfc3339, sanitize
 
 INVALID_REASON = "ScheduleInvalid"
@@ -44,40 +44,73 @@ async def run_schedules(observation: PoolObservation) -> ActionResult:
     if not schedules:
         return ActionResult(status_fields={"schedules": None})  # the removed ones' entries go
     previous = _previous_entries(observation.previous_status)
-    active = not observation.spec.paused
     entries: list[dict[str, Any]] = []
     problems: list[Problem] = []
     for schedule in schedules:
-        before = previous.get(schedule.name, _Previous())
-        turn = schedule_turn(schedule, before.cursor or observation.now, observation.now,
-                             active=active)
-        entry: dict[str, Any] = {"name": schedule.name}
-        if before.last_time is not None:
-            entry["lastScheduleTime"] = before.last_time
-        if before.last_task_id is not None:
-            entry["lastTaskId"] = before.last_task_id
-        if turn.problem is not None:
-            problems.append(Problem(INVALID_REASON, f"schedule {schedule.name!r}: {turn.problem}"))
-            entries.append(entry)
-            continue
-        submitted, problem = await _submit(observation, schedule, turn)
+        entry, problem = await _run_one(observation, schedule,
+                                        previous.get(schedule.name, _Previous()))
+        entries.append(entry)
         if problem is not None:
             problems.append(problem)
-            if before.cursor is not None:
-                entry["nextScheduleTime"] = rfc3339(before.cursor)  # try again next round
-            entries.append(entry)
-            continue
-        if turn.missed:
-            _event(observation, "Warning", "ScheduleMissed", _missed_message(schedule, turn))
-        metrics.record_scheduled(observation.namespace, observation.name, schedule.name,
-                                 submitted=int(submitted is not None), missed=turn.missed)
-        if submitted is not None and turn.submit is not None:
-            entry["lastScheduleTime"] = rfc3339(turn.submit)
-            entry["lastTaskId"] = submitted
-        if turn.next_time is not None:
-            entry["nextScheduleTime"] = rfc3339(turn.next_time)
-        entries.append(entry)
     return ActionResult(status_fields={"schedules": entries}, problems=tuple(problems))
+
+
+async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
+                   before: _Previous) -> tuple[dict[str, Any], Problem | None]:
+    """One schedule's round: its status entry, and what keeps it from running."""
+    entry: dict[str, Any] = {"name": schedule.name}
+    if before.last_time is not None:
+        entry["lastScheduleTime"] = before.last_time
+    if before.last_task_id is not None:
+        entry["lastTaskId"] = before.last_task_id
+    turn = schedule_turn(schedule, before.cursor or observation.now, observation.now,
+                         active=not observation.spec.paused)
+    if turn.problem is not None:
+        return entry, Problem(INVALID_REASON, f"schedule {schedule.name!r}: {turn.problem}")
+    turn, problem = await _forbid_overlap(observation, schedule, turn, before.last_task_id)
+    submitted = None
+    if problem is None:
+        submitted, problem = await _submit(observation, schedule, turn)
+    if problem is not None:
+        if before.cursor is not None:
+            entry["nextScheduleTime"] = rfc3339(before.cursor)  # try again next round
+        return entry, problem
+    if turn.skipped is not None:
+        _event(observation, "Normal", "ScheduleSkipped",
+               f"schedule {schedule.name!r}: {rfc3339(turn.skipped)} skipped: task "
+               f"{before.last_task_id} is still queued or running (concurrencyPolicy Forbid)")
+    if turn.missed:
+        _event(observation, "Warning", "ScheduleMissed", _missed_message(schedule, turn))
+    metrics.record_scheduled(observation.namespace, observation.name, schedule.name,
+                             submitted=int(submitted is not None), missed=turn.missed)
+    if submitted is not None and turn.submit is not None:
+        entry["lastScheduleTime"] = rfc3339(turn.submit)
+        entry["lastTaskId"] = submitted
+    if turn.next_time is not None:
+        entry["nextScheduleTime"] = rfc3339(turn.next_time)
+    return entry, None
+
+
+async def _forbid_overlap(observation: PoolObservation, schedule: ScheduleSpec,
+                          turn: ScheduleTurn,
+                          last_task_id: str | None) -> tuple[ScheduleTurn, Problem | None]:
+    """`turn`, its time skipped if Forbid holds it back; the previous task's state is read only
+    when a time is due under Forbid."""
+    if turn.submit is None or schedule.concurrency_policy != "Forbid" or last_task_id is None:
+        return turn, None
+    queue: TaskQueue | None = observation.queue
+    if queue is None:
+        return turn, _unreachable(schedule)
+    try:
+        previous = await queue.get(last_task_id)
+    except REDIS_ERRORS:
+        return turn, _unreachable(schedule)
+    return forbid_overlap(schedule, turn, previous is not None and not previous.done), None
+
+
+def _unreachable(schedule: ScheduleSpec) -> Problem:
+    return Problem(FAILED_REASON, f"schedule {schedule.name!r}: the queue cannot be reached; "
+                                  "the task is submitted when it can")
 
 
 async def _submit(observation: PoolObservation, schedule: ScheduleSpec,
@@ -87,8 +120,7 @@ async def _submit(observation: PoolObservation, schedule: ScheduleSpec,
         return None, None
     queue: TaskQueue | None = observation.queue
     if queue is None:
-        return None, Problem(FAILED_REASON, f"schedule {schedule.name!r}: the queue cannot "
-                                            "be reached; the task is submitted when it can")
+        return None, _unreachable(schedule)
     metadata = observation.pool.get("metadata") or {}
     pool_id = str(metadata.get("uid") or f"{observation.namespace}/{observation.name}")
     try:

@@ -9,7 +9,9 @@ the cursor up to now are dealt with at once:
 - the others are missed: an operator back after an outage submits one task, not one per time it
   was away (as a CronJob starts only its latest missed Job);
 - while the schedule is suspended or the pool paused, the times pass and nothing is submitted
-  or missed.
+  or missed;
+- with concurrencyPolicy Forbid, a time that comes while the previous task is still queued or
+  running is skipped (`forbid_overlap`).
 
 Times are read in the schedule's time zone (croniter): a time that a daylight-saving jump
 skips fires at the jump, and a time that happens twice fires twice.
@@ -17,7 +19,7 @@ skips fires at the jump, and a time that happens twice fires twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -39,6 +41,8 @@ class ScheduleTurn:
     """The scheduled time to submit a task for now."""
     missed: int = 0
     """Scheduled times that passed without a task (at most MISSED_COUNT_CAP)."""
+    skipped: datetime | None = None
+    """The time that came while the previous task still ran (concurrencyPolicy Forbid)."""
     next_time: datetime | None = None
     """The first scheduled time after now: the cursor of the next round."""
     problem: str | None = None
@@ -75,6 +79,15 @@ def schedule_turn(schedule: ScheduleSpec, cursor: datetime, now: datetime, *,
         return ScheduleTurn(next_time=scheduled)
     missed = min(MISSED_COUNT_CAP, too_old + max(0, recent - 1))
     return ScheduleTurn(submit=latest, missed=missed, next_time=scheduled)
+
+
+def forbid_overlap(schedule: ScheduleSpec, turn: ScheduleTurn,
+                   previous_unfinished: bool) -> ScheduleTurn:
+    """With concurrencyPolicy Forbid, the time of `turn` is skipped while the schedule's
+    previous task is still queued or running."""
+    if turn.submit is None or schedule.concurrency_policy != "Forbid" or not previous_unfinished:
+        return turn
+    return replace(turn, submit=None, skipped=turn.submit)
 
 
 def _next(times: croniter) -> datetime:

@@ -14,6 +14,7 @@ from agentpool.models import ScheduleSpec
 from agentpool_operator.schedules import (
     MISSED_COUNT_CAP,
     ScheduleTurn,
+    forbid_overlap,
     idempotency_key,
     schedule_turn,
 )
@@ -109,6 +110,26 @@ def test_an_unknown_time_zone_or_a_date_that_never_comes_is_a_problem() -> None:
     never = schedule_turn(schedule("0 0 31 2 *"), cursor=at(8), now=at(9))
     assert never.submit is None and never.problem is not None
     assert never.problem.startswith("cron '0 0 31 2 *': ")
+
+
+@pytest.mark.parametrize("policy, unfinished, submitted", [
+    ("Forbid", True, False), ("Forbid", False, True), ("Allow", True, True),
+])
+def test_forbid_skips_a_time_while_the_previous_task_is_unfinished(
+    policy: str, unfinished: bool, submitted: bool,
+) -> None:
+    spec = schedule(concurrencyPolicy=policy)
+    turn = schedule_turn(spec, cursor=at(11), now=at(11, 0, 1))
+    held = forbid_overlap(spec, turn, previous_unfinished=unfinished)
+    assert held.submit == (at(11) if submitted else None)
+    assert held.skipped == (None if submitted else at(11))
+    assert held.next_time == at(12)
+
+
+def test_forbid_has_nothing_to_skip_when_no_time_came() -> None:
+    spec = schedule(concurrencyPolicy="Forbid")
+    turn = schedule_turn(spec, cursor=at(10, 5), now=at(10, 30))
+    assert forbid_overlap(spec, turn, previous_unfinished=True) == turn
 
 
 def test_the_idempotency_key_names_pool_schedule_and_time() -> None:

@@ -216,6 +216,7 @@ SPEC_CHANGES = st.fixed_dictionaries(
                     "priority": st.integers(-1, 10),
                     "payload": st.sampled_from([None, {"prompt": "p"}, [1], "text", 3]),
                     "startingDeadlineSeconds": st.sampled_from([0, 1, 86400, 86401]),
+                    "concurrencyPolicy": st.sampled_from(["Allow", "Forbid", "Replace", ""]),
                 },
             ),
             max_size=3,

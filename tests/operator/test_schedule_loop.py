@@ -88,6 +88,45 @@ async def test_a_due_time_submits_its_task_once_even_across_a_restart(
     assert restarted.error is None, restarted.error
 
 
+async def test_forbid_skips_a_time_while_the_previous_task_is_still_queued(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    previous = await queue.submit({"prompt": "the 9:00 report"})  # no worker: it stays queued
+    cursor = minute_floor(datetime.now(UTC))
+    manifest = pool_manifest(POOL, redis_url=redis_url, queue=queue_name, poll_seconds=0.5,
+                             schedules=[{"name": "report", "cron": "* * * * *",
+                                         "concurrencyPolicy": "Forbid",
+                                         "startingDeadlineSeconds": 600}])
+    manifest["status"] = {"schedules": [{"name": "report", "nextScheduleTime": rfc3339(cursor),
+                                         "lastTaskId": previous}]}
+    await cluster.create_pool(manifest)
+    event = await eventually(lambda: (found := cluster.events("ScheduleSkipped")) and found[0])
+    assert event["message"].endswith(
+        f"skipped: task {previous} is still queued or running (concurrencyPolicy Forbid)")
+    entry = await eventually(
+        lambda: (e := schedule_entry(cluster))["nextScheduleTime"] > rfc3339(cursor) and e)
+    assert entry["lastTaskId"] == previous
+    assert await queued_ids(queue) == [previous]
+
+    # Once the previous task is over, the next time gets its task.
+    await queue.cancel(previous)
+    await operator.stop()
+    await cluster.patch_pool_status(POOL, {"schedules": [
+        {"name": "report", "nextScheduleTime": rfc3339(minute_floor(datetime.now(UTC))),
+         "lastTaskId": previous}]})
+    restarted = OperatorThread(operator.settings.model_copy(update={"port": free_port()}))
+    await restarted.start()
+    try:
+        entry = await eventually(lambda: (e := schedule_entry(cluster))["lastTaskId"] != previous
+                                 and e)
+        assert await queued_ids(queue) == [entry["lastTaskId"]]
+    finally:
+        await restarted.stop()
+    assert restarted.error is None, restarted.error
+
+
 async def test_a_time_missed_while_no_operator_ran_is_reported_not_submitted(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
     queue_name: str,
