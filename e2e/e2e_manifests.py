@@ -16,7 +16,12 @@ from typing import Any
 import yaml
 from e2e_config import DEFAULT_REDIS_SECRET, EXAMPLE_POOL
 
-from agentpool.models import MIN_LE_MAX, REDIS_URL_NO_CREDENTIALS, WORKER_HANDLER_OR_COMMAND
+from agentpool.models import (
+    MIN_LE_MAX,
+    REDIS_URL_NO_CREDENTIALS,
+    SCHEDULE_CRON_FORMAT,
+    WORKER_HANDLER_OR_COMMAND,
+)
 
 SUITE_LABEL = "e2e.agentpool.dev/suite"
 """On every pool the suite creates, so that it can clean up after itself."""
@@ -164,11 +169,14 @@ def invalid_pools(worker_image: str) -> list[InvalidPool]:
     with_credentials = derived_pool("e2e-invalid-url", worker_image)
     password = "hunter2"
     with_credentials["spec"]["redis"] = {"url": f"redis://:{password}@redis.example:6379/0"}
+    bad_cron = derived_pool("e2e-invalid-cron", worker_image)
+    bad_cron["spec"]["schedules"] = [{"name": "hourly", "cron": "60 * * * *"}]
     no_handler = derived_pool("e2e-invalid-handler", worker_image)
     del no_handler["spec"]["worker"]["handler"]
     return [
         InvalidPool("min-above-max", min_above_max, MIN_LE_MAX.message),
         InvalidPool("neither-handler-nor-command", no_handler, WORKER_HANDLER_OR_COMMAND.message),
+        InvalidPool("cron-out-of-range", bad_cron, SCHEDULE_CRON_FORMAT.message),
         InvalidPool("url-with-credentials", with_credentials, REDIS_URL_NO_CREDENTIALS.message,
                     secret=password),
     ]
