@@ -20,7 +20,14 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
@@ -593,26 +600,20 @@ class ScheduleSpec(_Model):
     )
     suspend: bool = Field(default=False, description="Submit nothing until set back to false.")
 
-    @field_validator("name")
+    @field_validator("name", "cron", "time_zone")
     @classmethod
-    def _name_format(cls, name: str) -> str:
-        if not re.fullmatch(LIMIT_NAME_PATTERN, name):
-            raise ValueError(SCHEDULE_NAME_FORMAT.message)
-        return name
+    def _format(cls, value: str, info: ValidationInfo) -> str:
+        pattern, rule = _SCHEDULE_FORMATS[str(info.field_name)]
+        if not re.fullmatch(pattern, value):
+            raise ValueError(rule.message)
+        return value
 
-    @field_validator("cron")
-    @classmethod
-    def _cron_format(cls, cron: str) -> str:
-        if not re.fullmatch(CRON_PATTERN, cron):
-            raise ValueError(SCHEDULE_CRON_FORMAT.message)
-        return cron
 
-    @field_validator("time_zone")
-    @classmethod
-    def _time_zone_format(cls, time_zone: str) -> str:
-        if not re.fullmatch(TIME_ZONE_PATTERN, time_zone):
-            raise ValueError(SCHEDULE_TIME_ZONE_FORMAT.message)
-        return time_zone
+_SCHEDULE_FORMATS = {
+    "name": (LIMIT_NAME_PATTERN, SCHEDULE_NAME_FORMAT),
+    "cron": (CRON_PATTERN, SCHEDULE_CRON_FORMAT),
+    "time_zone": (TIME_ZONE_PATTERN, SCHEDULE_TIME_ZONE_FORMAT),
+}
 
 
 class AgentPoolSpec(_Model):

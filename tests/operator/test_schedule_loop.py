@@ -8,6 +8,8 @@ an operator that ran before would have left it: no test waits for a clock minute
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +19,6 @@ from prometheus_client import REGISTRY
 
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import free_port
-from agentpool_operator.settings import OperatorSettings
 from agentpool_operator.status import rfc3339
 
 POOL = "sched"
@@ -46,13 +47,29 @@ async def create_pool(cluster: Cluster, redis_url: str, queue: str, cursor: date
     await cluster.create_pool(manifest)
 
 
+@contextlib.asynccontextmanager
+async def restarted(operator: OperatorThread, cluster: Cluster,
+                    entry: dict[str, Any]) -> AsyncIterator[OperatorThread]:
+    """The operator stopped, the schedule's status entry set to `entry` (as an operator that
+    stopped before its status write left it), and a new operator started."""
+    await operator.stop()
+    await cluster.patch_pool_status(POOL, {"schedules": [{"name": "report", **entry}]})
+    thread = OperatorThread(operator.settings.model_copy(update={"port": free_port()}))
+    await thread.start()
+    try:
+        yield thread
+    finally:
+        await thread.stop()
+    assert thread.error is None, thread.error
+
+
 async def queued_ids(queue: TaskQueue) -> list[str]:
     return [task.id for task in await queue.list_tasks("queued")]
 
 
 async def test_a_due_time_submits_its_task_once_even_across_a_restart(
-    cluster: Cluster, operator: OperatorThread, operator_settings: OperatorSettings,
-    redis_url: str, redis: aioredis.Redis, queue_name: str,
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
 ) -> None:
     queue = TaskQueue(redis, queue_name)
     before = counted("scheduled_tasks")
@@ -74,18 +91,10 @@ async def test_a_due_time_submits_its_task_once_even_across_a_restart(
     assert counted("scheduled_tasks") == before + 1
 
     # An operator that stopped before writing that status finds the same time due again.
-    await operator.stop()
-    await cluster.patch_pool_status(POOL, {"schedules": [
-        {"name": "report", "nextScheduleTime": entry["lastScheduleTime"]}]})
-    restarted = OperatorThread(operator_settings.model_copy(update={"port": free_port()}))
-    await restarted.start()
-    try:
+    async with restarted(operator, cluster, {"nextScheduleTime": entry["lastScheduleTime"]}):
         again = await eventually(lambda: "lastTaskId" in (e := schedule_entry(cluster)) and e)
         assert again["lastTaskId"] == task_id
         assert await queued_ids(queue) == [task_id]
-    finally:
-        await restarted.stop()
-    assert restarted.error is None, restarted.error
 
 
 async def test_forbid_skips_a_time_while_the_previous_task_is_still_queued(
@@ -112,19 +121,11 @@ async def test_forbid_skips_a_time_while_the_previous_task_is_still_queued(
 
     # Once the previous task is over, the next time gets its task.
     await queue.cancel(previous)
-    await operator.stop()
-    await cluster.patch_pool_status(POOL, {"schedules": [
-        {"name": "report", "nextScheduleTime": rfc3339(minute_floor(datetime.now(UTC))),
-         "lastTaskId": previous}]})
-    restarted = OperatorThread(operator.settings.model_copy(update={"port": free_port()}))
-    await restarted.start()
-    try:
+    cursor = rfc3339(minute_floor(datetime.now(UTC)))
+    async with restarted(operator, cluster, {"nextScheduleTime": cursor, "lastTaskId": previous}):
         entry = await eventually(lambda: (e := schedule_entry(cluster))["lastTaskId"] != previous
                                  and e)
         assert await queued_ids(queue) == [entry["lastTaskId"]]
-    finally:
-        await restarted.stop()
-    assert restarted.error is None, restarted.error
 
 
 async def test_a_time_missed_while_no_operator_ran_is_reported_not_submitted(
