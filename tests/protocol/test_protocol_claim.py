@@ -251,7 +251,9 @@ async def test_a_submit_during_a_wait_ends_it_with_the_task_claimed(
 async def test_a_wait_that_times_out_still_claims_delayed_tasks_now_due(
     queue: TaskQueue, waiter: TaskQueue
 ) -> None:
-    task_id = await queue.submit("later", delay=0.2)
+    # Due in 1 s: long enough that a stalled machine does not make it due before the first
+    # wait (at 0.2 s one stall of half a second did).
+    task_id = await queue.submit("later", delay=1.0)
     first = await waiter.wait_and_claim("w:1", 4, 30, timeout=0.01)
     assert first.tasks == [] and first.next_due_in is not None
     batch = await waiter.wait_and_claim("w:1", 4, 30, timeout=first.next_due_in + 0.05)
