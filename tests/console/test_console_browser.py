@@ -367,3 +367,40 @@ def test_find_a_task_by_its_idempotency_key(console: Console, page: Page) -> Non
     page.locator("#search button").click()
     expect(page.locator("#search-result")).to_have_text(
         "no task with id or idempotency key no-such-key")
+
+
+def test_a_pools_schedules_render_with_a_link_to_their_last_task(
+    console: Console, page: Page,
+) -> None:
+    """The pool page as the console serves it for an AgentPool with schedules (the document
+    itself is tested from a cluster in test_console_kubernetes): Chromium renders the table."""
+    task = "b" * 32
+    document = {
+        "namespace": "team-a", "name": "alpha", "queue": console.queue, "source": "kubernetes",
+        "at": 0, "health": "Ready", "replicas": 1, "ready_replicas": 1, "desired_replicas": 1,
+        "last_scale_reason": None, "conditions": [], "history": [], "workers": [],
+        "figures": {"queued": 0, "in_flight": 0, "delayed": 0, "dead": 0, "workers": 0,
+                    "rates": None},
+        "rate_limits": None, "limits": [], "events": [], "events_note": None,
+        "schedules": [
+            {"name": "nightly", "cron": "30 2 * * *", "time_zone": "Europe/Paris",
+             "suspend": False, "last_schedule_time": "2026-01-01T01:30:00Z",
+             "last_task_id": task, "next_schedule_time": "2026-01-02T01:30:00Z"},
+            {"name": "hourly", "cron": "@hourly", "time_zone": "UTC", "suspend": True,
+             "last_schedule_time": None, "last_task_id": None, "next_schedule_time": None},
+        ],
+    }
+    page.route("**/api/pools/team-a/alpha", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        body=f"data: {json.dumps(document)}\n\n"))
+    page.goto(console.url + "pools/team-a/alpha")
+    rows = page.locator("#schedules tbody tr")
+    expect(rows).to_have_count(2, timeout=LIVE)
+    expect(rows.nth(0)).to_contain_text("nightly")
+    expect(rows.nth(0)).to_contain_text("30 2 * * * (Europe/Paris)")
+    expect(rows.nth(0)).to_contain_text("2026-01-02T01:30:00Z")
+    expect(rows.nth(0)).to_contain_text("for 2026-01-01T01:30:00Z")
+    link = rows.nth(0).locator("a")
+    expect(link).to_have_attribute("href", f"/queues/{console.queue}/tasks/{task}")
+    expect(rows.nth(1)).to_contain_text("suspended")
+    shot(page, "pool-schedules")

@@ -26,8 +26,14 @@ def agentpool(namespace: str, name: str, queue: str) -> dict[str, Any]:
                      "creationTimestamp": "2026-01-01T10:00:00Z"},
         "spec": {"queue": queue, "redis": {"url": "redis://unused:6379/0"},
                  "worker": {"image": "w:1", "handler": "m:f"},
-                 "rateLimits": [{"name": "openai", "requestsPerMinute": 500}]},
+                 "rateLimits": [{"name": "openai", "requestsPerMinute": 500}],
+                 "schedules": [{"name": "nightly", "cron": "30 2 * * *",
+                                "timeZone": "Europe/Paris"},
+                               {"name": "hourly", "cron": "@hourly", "suspend": True}]},
         "status": {"replicas": 3, "readyReplicas": 2, "desiredReplicas": 3, "queued": 99,
+                   "schedules": [{"name": "nightly", "lastScheduleTime": "2026-01-01T01:30:00Z",
+                                  "lastTaskId": "a" * 32,
+                                  "nextScheduleTime": "2026-01-02T01:30:00Z"}],
                    "conditions": [{"type": "Ready", "status": "True", "reason": "Ready",
                                    "message": "2/3 ready"}]},
     }
@@ -89,6 +95,13 @@ async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredi
         assert [(e["reason"], e["message"]) for e in page["events"]] == [
             ("ScaledUp", "1 → 3 replicas: 40 queued")]
         assert page["rate_limits"] == [{"name": "openai", "requestsPerMinute": 500}]
+        assert page["schedules"] == [
+            {"name": "nightly", "cron": "30 2 * * *", "time_zone": "Europe/Paris",
+             "suspend": False, "last_schedule_time": "2026-01-01T01:30:00Z",
+             "last_task_id": "a" * 32, "next_schedule_time": "2026-01-02T01:30:00Z"},
+            {"name": "hourly", "cron": "@hourly", "time_zone": "UTC", "suspend": True,
+             "last_schedule_time": None, "last_task_id": None, "next_schedule_time": None},
+        ]
         [limit] = page["limits"]
         assert limit["declared"] == {"name": "openai", "requestsPerMinute": 500}
         assert limit["serving"] == first.to_json() and limit["conflict"] is True

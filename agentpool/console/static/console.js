@@ -233,6 +233,15 @@ function poolPage(namespace, name) {
           num(show(l.throttles)),
           el("td", {}, l.last_throttle_age_seconds === null ? "never" :
             `${l.last_throttle_age_seconds.toFixed(0)}s ago`))), { id: "limits" }) : null,
+      doc.schedules && doc.schedules.length ? el("h2", {}, "Schedules") : null,
+      doc.schedules && doc.schedules.length ? table(["Schedule", "When", "Next", "Last task"],
+        doc.schedules.map((s) => el("tr", {}, el("td", { class: "mono" }, s.name),
+          el("td", {}, el("span", { class: "mono" }, s.cron), ` (${s.time_zone})`),
+          el("td", {}, s.suspend ? "suspended" : show(s.next_schedule_time)),
+          el("td", {}, s.last_task_id ? el("a", { class: "mono",
+            href: `/queues/${q}/tasks/${enc(s.last_task_id)}` }, s.last_task_id) : "-",
+          s.last_schedule_time ? el("div", { class: "muted" }, `for ${s.last_schedule_time}`)
+            : null))), { id: "schedules" }) : null,
       el("h2", {}, "Scaling decisions and recovery actions"),
       doc.events ? (doc.events.length ? table(["When", "Type", "Reason", "Message", "Count#"],
         doc.events.map((e) => el("tr", {}, el("td", {}, ago(e.last)), el("td", {}, show(e.type)),
