@@ -63,6 +63,10 @@ def main() -> None:
         with open(payload["pids"], "w") as file:
             file.write(f"{os.getpid()} {child.pid}")
         time.sleep(60)
+    elif mode == "escape":
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                 start_new_session=True)
+        say({"result": {"escaped": child.pid}})
     elif mode == "leftover":
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         say({"result": {"left_behind": child.pid}})

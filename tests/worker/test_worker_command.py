@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -221,6 +223,22 @@ async def test_a_process_left_behind_neither_holds_the_run_nor_outlives_it(
         done = await finished(queue, task_id, "succeeded")
     left_behind = done.result["left_behind"]
     await eventually(lambda: not alive(left_behind), 10, "the process left behind to end")
+
+
+async def test_a_process_that_left_the_group_does_not_hold_the_run(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """It keeps the program's output open and cannot be killed with the group: the run ends
+    once the program exited and what it wrote was read (PIPE_DRAIN_SECONDS later)."""
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=60)):
+        task_id = await queue.submit({"mode": "escape"})
+        done = await finished(queue, task_id, "succeeded")
+    escaped = done.result["escaped"]
+    try:
+        assert alive(escaped)
+    finally:
+        os.kill(escaped, signal.SIGKILL)
 
 
 def test_the_command_is_a_json_array_or_words() -> None:

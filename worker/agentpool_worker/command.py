@@ -65,6 +65,8 @@ MAX_LINE_BYTES = 8 * 1024 * 1024
 """A message line may carry a checkpoint or a result of up to the payload limit (1 MiB)."""
 MAX_OUTPUT_CHARS = 1024 * 1024
 ERROR_LINES = 20
+PIPE_DRAIN_SECONDS = 2.0
+"""After the program exited, how long its output is read until end of file."""
 STATE_KEY = "agentpool.command"
 
 _log = structlog.get_logger("agentpool.task")
@@ -214,10 +216,11 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext) -> Any:
     process = command.process
     assert process.stdin and process.stdout and process.stderr
     errors: deque[str] = deque(maxlen=ERROR_LINES)
+    outcome, output = _Outcome(), deque[str]()
     helpers = (
         asyncio.create_task(_feed(process.stdin, payload)),
         logging := asyncio.create_task(_log_stderr(process.stderr, ctx.task_id, errors)),
-        reading := asyncio.create_task(_read_stdout(process.stdout, ctx)),
+        reading := asyncio.create_task(_read_stdout(process.stdout, ctx, outcome, output)),
         exiting := asyncio.create_task(command.exited.wait()),
     )
     try:
@@ -228,8 +231,10 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext) -> Any:
         status = process.returncode
         assert status is not None
         command.kill_group()  # what it left running would hold its pipes open
-        outcome, output = await reading
-        await logging
+        # A process that left the group (setsid) may still hold them: read what is there.
+        done, _ = await asyncio.wait((reading, logging), timeout=PIPE_DRAIN_SECONDS)
+        if reading in done:
+            reading.result()
     finally:
         for helper in helpers:
             helper.cancel()
@@ -268,10 +273,9 @@ async def _log_stderr(stderr: asyncio.StreamReader, task_id: str, errors: deque[
         _log.info("task stderr", task=task_id, line=line)
 
 
-async def _read_stdout(stdout: asyncio.StreamReader,
-                       ctx: TaskContext) -> tuple[_Outcome, deque[str]]:
-    outcome = _Outcome()
-    output: deque[str] = deque()
+async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: _Outcome,
+                       output: deque[str]) -> None:
+    """Read the messages into `outcome` and the rest into `output`, until end of file."""
     kept = 0
     number = 0
     while True:
@@ -281,7 +285,7 @@ async def _read_stdout(stdout: asyncio.StreamReader,
             raise PermanentError(f"a line of the command's output is over "
                                  f"{MAX_LINE_BYTES} bytes") from None
         if not raw:
-            return outcome, output
+            return
         number += 1
         text = raw.decode(errors="replace")
         message = _message(text)
