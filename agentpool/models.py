@@ -661,25 +661,15 @@ class AgentPoolSpec(_Model):
         json_schema_extra=cel(SCHEDULE_NAMES_UNIQUE),
     )
 
-    @field_validator("schedules")
+    @field_validator("schedules", "rate_limits")
     @classmethod
-    def _unique_schedule_names(
-        cls, schedules: list[ScheduleSpec] | None
-    ) -> list[ScheduleSpec] | None:
-        names = [schedule.name for schedule in schedules or ()]
+    def _unique_names(cls, items: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        names = [item.name for item in items or ()]
         if len(names) != len(set(names)):
-            raise ValueError(SCHEDULE_NAMES_UNIQUE.message)
-        return schedules
-
-    @field_validator("rate_limits")
-    @classmethod
-    def _unique_limit_names(
-        cls, limits: list[RateLimitSpec] | None
-    ) -> list[RateLimitSpec] | None:
-        names = [limit.name for limit in limits or ()]
-        if len(names) != len(set(names)):
-            raise ValueError(RATE_LIMIT_NAMES_UNIQUE.message)
-        return limits
+            rule = SCHEDULE_NAMES_UNIQUE if info.field_name == "schedules" else \
+                RATE_LIMIT_NAMES_UNIQUE
+            raise ValueError(rule.message)
+        return items
 
     def queue_name(self, pool_name: str) -> str:
         return self.queue or pool_name

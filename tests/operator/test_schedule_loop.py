@@ -17,8 +17,11 @@ import redis.asyncio as aioredis
 from operator_harness import Cluster, OperatorThread, eventually, pool_manifest
 from prometheus_client import REGISTRY
 
+from agentpool.models import AgentPoolSpec
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import free_port
+from agentpool_operator.observation import PoolObservation
+from agentpool_operator.schedule_actions import run_schedules
 from agentpool_operator.status import rfc3339
 
 POOL = "sched"
@@ -174,3 +177,25 @@ async def test_a_schedule_that_cannot_run_makes_the_pool_degraded(
     assert condition["reason"] == "ScheduleInvalid"
     assert condition["message"] == "schedule 'report': unknown time zone 'Mars/Olympus_Mons'"
     assert cluster.condition(POOL, "QueueReachable")["status"] == "True"
+
+
+async def test_a_time_that_cannot_be_submitted_keeps_the_cursor_for_the_next_round() -> None:
+    """The queue unreachable: the pool is Degraded (ScheduleFailed) and the status keeps the
+    cursor, so the same time is submitted once the queue is back (within its deadline)."""
+    cursor = minute_floor(datetime.now(UTC))
+    manifest = pool_manifest(POOL, schedules=[{"name": "report", "cron": "* * * * *",
+                                               "startingDeadlineSeconds": 600}])
+    observation = PoolObservation(
+        namespace="default", name=POOL, pool=manifest,
+        spec=AgentPoolSpec.model_validate(manifest["spec"]), deployment=None, figures=None,
+        queue=None, now=datetime.now(UTC),
+        previous_status={"schedules": [{"name": "report", "nextScheduleTime": rfc3339(cursor),
+                                        "lastTaskId": "earlier"}]},
+    )
+    result = await run_schedules(observation)
+    assert result.status_fields["schedules"] == [
+        {"name": "report", "lastTaskId": "earlier", "nextScheduleTime": rfc3339(cursor)}]
+    (problem,) = result.problems
+    assert problem.reason == "ScheduleFailed"
+    assert problem.message == ("schedule 'report': the queue cannot be reached; the task is "
+                               "submitted when it can")

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import shlex
 import shutil
@@ -54,6 +53,7 @@ import structlog
 
 from agentpool.errors import PermanentError
 from agentpool_worker.handlers import TaskContext, WorkerContext
+from agentpool_worker.settings import seconds
 
 COMMAND_ENV = "AGENTPOOL_TASK_COMMAND"
 GRACE_ENV = "AGENTPOOL_TASK_COMMAND_GRACE_SECONDS"
@@ -97,13 +97,10 @@ def command_settings(environ: Mapping[str, str]) -> CommandSettings:
     if not grace_raw:
         return CommandSettings(argv)
     try:
-        grace = float(grace_raw)
+        return CommandSettings(argv, seconds(0, MAX_GRACE_SECONDS)(grace_raw))
     except ValueError:
-        grace = math.nan
-    if not 0 <= grace <= MAX_GRACE_SECONDS:
         raise CommandConfigError(f"{GRACE_ENV} must be seconds between 0 and "
-                                 f"{MAX_GRACE_SECONDS:g}, got {grace_raw!r}")
-    return CommandSettings(argv, grace)
+                                 f"{MAX_GRACE_SECONDS:g}, got {grace_raw!r}") from None
 
 
 def _argv(raw: str) -> tuple[str, ...]:
@@ -193,20 +190,19 @@ class _Command:
         return cls(asyncio.subprocess.Process(transport, protocol, loop), transport,
                    protocol.exited)
 
-    def kill_group(self) -> None:
+    def signal_group(self, sig: signal.Signals = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+            os.killpg(self.process.pid, sig)
 
     async def stop(self, grace: float) -> None:
         """End the command and whatever it started: SIGTERM, SIGKILL after `grace`. Runs
         however the run ended; a second cancellation meanwhile goes straight to SIGKILL."""
         if not self.exited.is_set():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGTERM)
+            self.signal_group(signal.SIGTERM)
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 async with asyncio.timeout(grace):
                     await self.exited.wait()
-        self.kill_group()
+        self.signal_group()
         with contextlib.suppress(asyncio.CancelledError):
             await self.exited.wait()
         self.transport.close()
@@ -230,7 +226,7 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext) -> Any:
         await exiting
         status = process.returncode
         assert status is not None
-        command.kill_group()  # what it left running would hold its pipes open
+        command.signal_group()  # what it left running would hold its pipes open
         # A process that left the group (setsid) may still hold them: read what is there.
         done, _ = await asyncio.wait((reading, logging), timeout=PIPE_DRAIN_SECONDS)
         if reading in done:

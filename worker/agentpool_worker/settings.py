@@ -63,7 +63,7 @@ def _integer(low: int, high: int) -> Convert:
     return convert
 
 
-def _seconds(low: float, high: float, *, above: bool = False) -> Convert:
+def seconds(low: float, high: float, *, above: bool = False) -> Convert:
     """A finite number within [low, high], or (low, high] when ``above``."""
     def convert(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -127,10 +127,10 @@ class WorkerSettings:
     handler: str = _setting("a handler named as package.module:function", _text(_handler_name))
     concurrency: int = _setting("an integer between 1 and 1000", _integer(1, 1000), 4)
     task_timeout_seconds: float = _setting(
-        "a number of seconds above 0 (at most a week)", _seconds(0, 7 * 86400, above=True), 600.0)
+        "a number of seconds above 0 (at most a week)", seconds(0, 7 * 86400, above=True), 600.0)
     max_attempts: int = _setting("an integer between 1 and 100", _integer(1, 100), 3)
     drain_seconds: float = _setting(
-        "a number of seconds between 0 and 86400", _seconds(0, 86400), 60.0)
+        "a number of seconds between 0 and 86400", seconds(0, 86400), 60.0)
     pod_name: str = _setting("a pod name without ':' or spaces", _text(_pod_name),
                              default_factory=socket.gethostname)
     pod_namespace: str = _setting("a namespace name", _text(lambda _: True), "")
@@ -139,25 +139,25 @@ class WorkerSettings:
     log_level: LogLevel = _setting(
         "one of debug, info, warning, error, critical", _one_of(str, LOG_LEVELS), "info")
     lease_seconds: float = _setting(
-        "a number of seconds between 0.3 and 3600", _seconds(0.3, 3600), DEFAULT_LEASE_SECONDS)
+        "a number of seconds between 0.3 and 3600", seconds(0.3, 3600), DEFAULT_LEASE_SECONDS)
     claim_batch: int = _setting("an integer between 1 and 1000", _integer(1, 1000), 100)
     claim_linger_seconds: float = _setting(
-        "a number of seconds between 0 and 0.1", _seconds(0, 0.1), 0.002)
+        "a number of seconds between 0 and 0.1", seconds(0, 0.1), 0.002)
     poll_seconds: float = _setting(
-        "a number of seconds above 0 (at most 60)", _seconds(0, 60, above=True), 1.0)
+        "a number of seconds above 0 (at most 60)", seconds(0, 60, above=True), 1.0)
     retry_backoff_base_seconds: float = _setting(
-        "a number of seconds above 0 (at most 3600)", _seconds(0, 3600, above=True), 1.0)
+        "a number of seconds above 0 (at most 3600)", seconds(0, 3600, above=True), 1.0)
     retry_backoff_cap_seconds: float = _setting(
-        "a number of seconds above 0 (at most 86400)", _seconds(0, 86400, above=True), 300.0)
+        "a number of seconds above 0 (at most 86400)", seconds(0, 86400, above=True), 300.0)
     result_ttl_seconds: int = _setting(
         "a whole number of seconds of at least 1", _integer(1, 365 * 86400), 86400)
     redis_timeout_seconds: float = _setting(
-        "a number of seconds above 0 (at most 300)", _seconds(0, 300, above=True), 5.0)
+        "a number of seconds above 0 (at most 300)", seconds(0, 300, above=True), 5.0)
     durability: Durability = _setting(
         "one of none, replicated (completions wait for a replica)",
         _one_of(Durability, tuple(Durability)), Durability.NONE)
     loop_stall_seconds: float = _setting(
-        "a number of seconds above 0 (at most 3600)", _seconds(0, 3600, above=True), 10.0)
+        "a number of seconds above 0 (at most 3600)", seconds(0, 3600, above=True), 10.0)
     rate_limits: str = _setting(
         "a JSON list of rate limits ({name, requestsPerMinute, tokensPerMinute, "
         "burstSeconds}), as the operator sets it from spec.rateLimits", _text(_rate_limits), "")
