@@ -27,8 +27,6 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -46,6 +44,7 @@ from agentpool.durability import (
     parse_durability,
     wait_command,
 )
+from agentpool.lua_source import script_source
 
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -358,13 +357,6 @@ def _in_binary_units(size: int) -> str:
     return ""
 
 
-@cache
-def _lua(name: str) -> str:
-    folder = resources.files("agentpool") / "lua"
-    common = (folder / "common.lua").read_text()
-    return common + "\n" + (folder / f"{name}.lua").read_text()
-
-
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -415,7 +407,7 @@ class TaskQueue:
     def _script(self, name: str) -> AsyncScript:
         script = self._scripts.get(name)
         if script is None:
-            script = self._scripts[name] = self.redis.register_script(_lua(name))
+            script = self._scripts[name] = self.redis.register_script(script_source(name))
         return script
 
     async def _run(self, name: str, *args: Any, client: Any = None) -> Any:
@@ -1122,7 +1114,7 @@ async def _scripts_in_one_trip(redis: aioredis.Redis,
         if not missing:
             break
         for name in missing:
-            await redis.script_load(_lua(name))
+            await redis.script_load(script_source(name))
     for reply in (*replies, *after):
         if isinstance(reply, Exception):
             raise reply

@@ -1,4 +1,4 @@
--- Shared by every script (prepended at load time).
+-- Definitions the scripts share: each script gets those it uses (agentpool/lua_source.py).
 -- ARGV[1] is the queue's key prefix "ap:{queue}:"; every key of a queue shares its hash tag,
 -- and KEYS[1] (the queued set) routes the script to that slot on Redis Cluster.
 -- Cluster: every script declares KEYS[1] = P .. 'queued' and touches only keys (and the

@@ -418,21 +418,36 @@ def log(message: str) -> None:
 # -- workloads ------------------------------------------------------------------------------
 
 
-def bench_enqueue(env: Env, plan: Plan, systems: list[str]) -> dict[str, dict[str, float | None]]:
-    out: dict[str, dict[str, float | None]] = {}
-    for system in systems:
-        figures: dict[str, float | None] = {}
-        modes = [("single", plan.enqueue_single), ("batch", plan.enqueue_batch)]
-        if system == "agentpool":
-            modes.insert(1, ("sync", plan.enqueue_single))
-        for mode, n in modes:
-            with env.client(0) as r:
-                r.flushdb()
-            reply = drive(env, system, 0, "enqueue", n=n, mode=mode)
-            figures[mode] = None if reply.get("unsupported") else n / float(reply["seconds"])
-        log(f"enqueue {system}: {_fmt_rates(figures)}")
-        out[system] = figures
+def bench_enqueue(env: Env, plan: Plan, systems: list[str],
+                  rounds: int) -> dict[str, dict[str, Any]]:
+    """Each system's submit rates, in rounds that interleave the systems (the order turns
+    by one each round, so a slow spell of the machine does not fall on one system): the
+    figures are medians over the rounds, and each round is kept, so the ratio between two
+    systems can be read within a round."""
+    samples: dict[str, dict[str, list[float | None]]] = {s: {} for s in systems}
+    for i in range(rounds):
+        for system in systems[i % len(systems):] + systems[:i % len(systems)]:
+            modes = [("single", plan.enqueue_single), ("batch", plan.enqueue_batch)]
+            if system == "agentpool":
+                modes.insert(1, ("sync", plan.enqueue_single))
+            figures: dict[str, float | None] = {}
+            for mode, n in modes:
+                with env.client(0) as r:
+                    r.flushdb()
+                reply = drive(env, system, 0, "enqueue", n=n, mode=mode)
+                figures[mode] = None if reply.get("unsupported") else n / float(reply["seconds"])
+                samples[system].setdefault(mode, []).append(figures[mode])
+            log(f"enqueue {system} (round {i + 1} of {rounds}): {_fmt_rates(figures)}")
+    out: dict[str, dict[str, Any]] = {}
+    for system, modes_seen in samples.items():
+        out[system] = {mode: _median(values) for mode, values in modes_seen.items()}
+        out[system]["rounds"] = modes_seen
     return out
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def _fmt_rates(figures: dict[str, float | None]) -> str:
@@ -660,7 +675,7 @@ def _ratio(ours: float | None, best: float | None) -> str:
 
 def render(results: dict[str, Any]) -> str:
     lines: list[str] = []
-    enqueue: dict[str, dict[str, float | None]] = results["enqueue"]
+    enqueue: dict[str, dict[str, Any]] = results["enqueue"]
     if enqueue:
         lines += ["### Enqueue (one producer, no-op tasks)", "",
                   "| system | single (tasks/s) | batch (tasks/s) |", "|---|---:|---:|"]
@@ -669,7 +684,7 @@ def render(results: dict[str, Any]) -> str:
             if fig.get("sync") is not None:
                 lines.append(f"| {system}, blocking client (`SyncClient`) "
                              f"| {_num(fig['sync'])} | — |")
-        lines.append("")
+        lines += ["", *_enqueue_round_ratios(enqueue), ""]
     if any(len(fig) > 1 for fig in results["workers"].values()):
         lines += ["### Workers (no-op drain; submit→start latency at one task per 10 ms)", "",
                   "| configuration | drain, 1 process | drain, 2 processes | p50 latency "
@@ -705,9 +720,28 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _enqueue_round_ratios(enqueue: dict[str, dict[str, Any]]) -> list[str]:
+    """agentpool's single submits (both clients) against each peer's, round by round."""
+    ours = enqueue.get("agentpool", {}).get("rounds")
+    if not ours:
+        return []
+    lines = []
+    for peer, fig in enqueue.items():
+        theirs = fig.get("rounds", {}).get("single")
+        if peer == "agentpool" or not theirs:
+            continue
+        for mode, client in (("single", "`Client`"), ("sync", "`SyncClient`")):
+            pairs = zip(ours.get(mode, []), theirs, strict=False)
+            ratios = [f"{a / b:.2f}×" for a, b in pairs if a and b]
+            if ratios:
+                lines.append(f"- single submits, agentpool {client} ÷ {peer}, round by round: "
+                             + ", ".join(ratios))
+    return lines
+
+
 def summary(results: dict[str, Any]) -> list[list[str]]:
     rows: list[list[str]] = []
-    enqueue: dict[str, dict[str, float | None]] = results["enqueue"]
+    enqueue: dict[str, dict[str, Any]] = results["enqueue"]
     work: dict[str, dict[str, Any]] = results["workers"]
 
     def best(values: dict[str, float | None], higher: bool) -> tuple[str, float | None]:
@@ -818,7 +852,7 @@ def main(argv: list[str] | None = None) -> None:
                                            sys.modules[__name__], E2E_BATCH)
             print(e2e.render(results["e2e"], e2e_systems), flush=True)
         if "enqueue" not in skip:
-            results["enqueue"] = bench_enqueue(env, plan, systems)
+            results["enqueue"] = bench_enqueue(env, plan, systems, args.rounds)
         configs = [c for c in CONFIGS if c.system in systems]
         if _before_root is not None and "agentpool" in systems:
             configs[:0] = [Config(f"agentpool before, concurrency {n}", BEFORE,
