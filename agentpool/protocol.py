@@ -926,7 +926,7 @@ class DoneSignal:
         await self._pubsub.aclose()
 
 
-_QUEUE_MARK = re.compile(r"^ap:\{([A-Za-z0-9][A-Za-z0-9._-]{0,99})\}:(?:stats|config|workers)$")
+_QUEUE_MARK = re.compile(r"^ap:\{([A-Za-z0-9][A-Za-z0-9._-]{0,99})\}:(?:seq|stats|config|workers)$")
 
 
 async def known_queues(redis: aioredis.Redis, max_keys: int = 20_000) -> tuple[list[str], bool]:

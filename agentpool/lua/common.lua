@@ -16,6 +16,7 @@ local K_WORKERS = P .. 'workers'
 local K_DRAIN = P .. 'drain'
 local K_WAKE = P .. 'wake'
 local K_STATS = P .. 'stats'
+local K_SEQ = P .. 'seq'
 local K_CONFIG = P .. 'config'
 local K_DONE = P .. 'done'
 local K_LISTENING = P .. 'listening'
@@ -77,10 +78,11 @@ local function announce(id)
 end
 
 -- Anything was ever submitted to the queue, or a worker serves it (or served it: its config
--- stays). The stats hash is created by the first submit and never deleted by the protocol.
+-- stays). The submit sequence is created by the first submit and never deleted by the
+-- protocol; the stats hash (counted by earlier versions' submits too) by the first outcome.
 local function queue_used()
-  return redis.call('EXISTS', K_STATS, K_CONFIG, K_WORKERS, K_QUEUED, K_DELAYED, K_LEASES,
-    K_DEAD) > 0 and 1 or 0
+  return redis.call('EXISTS', K_SEQ, K_STATS, K_CONFIG, K_WORKERS, K_QUEUED, K_DELAYED,
+    K_LEASES, K_DEAD) > 0 and 1 or 0
 end
 
 -- Wake-up signals for idle workers blocked on the list. A signal already waiting will wake

@@ -1,6 +1,7 @@
 -- ARGV: prefix, worker liveness window ms
 -- Returns {queued per priority 0..9, due delayed, delayed not yet due, in flight, dead,
 --          live workers, stats as a flat list, used (1|0)}.
+-- The stats' 'submitted' is the submit sequence: every submit takes one number of it.
 local window = tonumber(ARGV[2])
 local now = now_ms()
 local band = 1099511627776
@@ -9,6 +10,20 @@ for prio = 0, 9 do
   local lo = (9 - prio) * band
   per[#per + 1] = redis.call('ZCOUNT', K_QUEUED, lo, '(' .. (lo + band))
 end
+local stats = {}
+local counters = redis.call('HGETALL', K_STATS)
+for i = 1, #counters, 2 do
+  -- a counter of an earlier version, which counted submits on its own
+  if counters[i] ~= 'submitted' then
+    stats[#stats + 1] = counters[i]
+    stats[#stats + 1] = counters[i + 1]
+  end
+end
+local submitted = redis.call('GET', K_SEQ)
+if submitted then
+  stats[#stats + 1] = 'submitted'
+  stats[#stats + 1] = submitted
+end
 return {
   per,
   redis.call('ZCOUNT', K_DELAYED, '-inf', now),
@@ -16,6 +31,6 @@ return {
   redis.call('ZCARD', K_LEASES),
   redis.call('ZCARD', K_DEAD),
   redis.call('ZCOUNT', K_WORKERS, now - window, '+inf'),
-  redis.call('HGETALL', K_STATS),
+  stats,
   queue_used(),
 }

@@ -11,7 +11,7 @@ if idem ~= '' then
   redis.call('SET', ik, id, 'EX', idem_ttl)
 end
 local now = now_ms()
-local seq = redis.call('INCR', P .. 'seq')
+local seq = redis.call('INCR', K_SEQ)
 local score = (9 - prio) * 1099511627776 + seq
 local fields = {'id', id, 'payload', payload, 'prio', prio, 'score', score, 'attempts', 0,
   'created', now}
@@ -32,5 +32,4 @@ else
   redis.call('ZADD', K_QUEUED, score, id)
   wake(1)
 end
-redis.call('HINCRBY', K_STATS, 'submitted', 1)
 return {1, id}

@@ -5,7 +5,7 @@
 local prio = tonumber(ARGV[2])
 local n = (#ARGV - 2) / 2
 local now = now_ms()
-local seq = redis.call('INCRBY', P .. 'seq', n) - n
+local seq = redis.call('INCRBY', K_SEQ, n) - n
 local band = (9 - prio) * 1099511627776
 local scored = {}
 for i = 1, n do
@@ -18,5 +18,4 @@ for i = 1, n do
 end
 redis.call('ZADD', K_QUEUED, unpack(scored))
 wake(n)
-redis.call('HINCRBY', K_STATS, 'submitted', n)
 return n

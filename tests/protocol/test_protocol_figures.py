@@ -69,6 +69,21 @@ async def test_figures_count_every_state_in_one_round_trip(
     assert (figures.stats["failed"], figures.stats["dead"]) == (1, 1)
 
 
+async def test_submitted_counts_every_submit_and_supersedes_an_earlier_versions_counter(
+    queue: TaskQueue, redis: aioredis.Redis
+) -> None:
+    """Submits are counted by the submit sequence alone (no stats write per submit); a
+    stats hash left by an earlier version, which counted them there, does not double them."""
+    assert "submitted" not in (await queue.figures()).stats
+    await queue.submit("one")
+    await queue.submit_many(["two", "three"])
+    await queue.submit("later", delay=60)
+    assert await redis.hget(queue.prefix + "stats", "submitted") is None
+    await redis.hset(queue.prefix + "stats", "submitted", 2)
+    figures = await queue.figures()
+    assert figures.stats["submitted"] == 4
+
+
 async def test_every_key_of_a_queue_shares_one_hash_tag_and_slot(
     redis_url: str, queue_name: str
 ) -> None:
