@@ -23,13 +23,13 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agentpool.redis_server import RedisServer, free_port  # noqa: E402
+from bench.readiness import wait_ready  # noqa: E402
 
 QUEUE = "command-bench"
 PYTHON_AGENT = ("import json, sys\n"
@@ -75,17 +75,6 @@ def one_run(case: dict[str, str], tasks: int, concurrency: int) -> dict[str, flo
     return {"per_second": tasks / seconds,
             "worker_us": (after[0] - before[0]) / tasks * 1e6,
             "programs_ms": (after[1] - before[1]) / tasks * 1e3}
-
-
-def wait_ready(worker: subprocess.Popen[bytes], port: int) -> None:
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                return
-        except OSError:
-            if worker.poll() is not None:
-                raise RuntimeError("the worker exited") from None
-            time.sleep(0.02)
 
 
 async def drain(url: str, tasks: int) -> float:

@@ -26,13 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agentpool.redis_server import RedisServer, free_port  # noqa: E402
+from bench.readiness import wait_ready  # noqa: E402
 
 
 def one(python: str, code: Path, url: str, cache: str) -> tuple[float, float, list[str]]:
@@ -46,17 +46,7 @@ def one(python: str, code: Path, url: str, cache: str) -> tuple[float, float, li
     process = subprocess.Popen([python, "-m", "agentpool_worker.main"], env=env, cwd=code,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the worker exited with {process.returncode}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz",
-                                            timeout=1) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.005)
+        wait_ready(process, port, poll=0.005)
         ready = time.perf_counter() - start
         time.sleep(2.0)
         status = Path(f"/proc/{process.pid}/status").read_text()

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +50,7 @@ def inside_worker(out: str) -> None:
 def one_run(code: Path, tasks: int) -> dict[str, dict[str, float]]:
     from agentpool.redis_server import RedisServer, free_port
     from bench.peers import common
+    from bench.readiness import wait_ready
 
     with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
         out, port = Path(tmp) / "gc.json", free_port()
@@ -63,14 +63,7 @@ def one_run(code: Path, tasks: int) -> dict[str, dict[str, float]]:
         worker = subprocess.Popen([sys.executable, __file__, "--inside", str(out)], env=env,
                                   cwd=code, stdout=subprocess.DEVNULL)
         try:
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                        break
-                except OSError:
-                    if worker.poll() is not None:
-                        raise RuntimeError("the worker exited") from None
-                    time.sleep(0.02)
+            wait_ready(worker, port)
             first, last = asyncio.run(produce(server.url, tasks))
         finally:
             worker.terminate()

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import redis.asyncio as aioredis
 
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer, free_port
+from bench import readiness
 from bench.peers import common, e2e, venvs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -367,15 +367,7 @@ def workers(env: Env, config: Config, phase: str, profile: str, count: int, db: 
 
 def ready_count(env: Env, system: str, db: int, started: list[Worker]) -> int:
     if system in ("agentpool", BEFORE):
-        count = 0
-        for w in started:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{w.spec.port}/readyz",
-                                            timeout=1) as reply:
-                    count += reply.status == 200
-            except OSError:
-                pass
-        return count
+        return sum(readiness.ready(w.spec.port) for w in started)
     with env.client(db) as r:
         if system == "rq":
             return int(r.scard(f"rq:workers:{common.QUEUE}"))

@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from agentpool.protocol import WORKER_LIVENESS_WINDOW, InstanceState
 from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION, RELEASED_COST
 from agentpool_operator.deployment import WORKER_CONTAINER
+from agentpool_operator.status import parse_rfc3339
 
 
 @dataclass(frozen=True)
@@ -234,11 +234,8 @@ def _holds_nothing(pod: str, inputs: RecoveryInputs) -> bool:
 
 
 def _timestamp(value: Any) -> float | None:
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    moment = parse_rfc3339(value)
+    return None if moment is None else moment.timestamp()
 
 
 def pod_view(pod: Mapping[str, Any]) -> PodView:

@@ -24,7 +24,7 @@ from . import metrics
 from .observation import ActionResult, PoolObservation
 from .rate_limit_actions import REDIS_ERRORS
 from .schedules import ScheduleTurn, forbid_overlap, idempotency_key, schedule_turn
-from .status import Problem, rfc3339, sanitize
+from .status import Problem, parse_rfc3339, rfc3339, sanitize
 
 INVALID_REASON = "ScheduleInvalid"
 FAILED_REASON = "ScheduleFailed"
@@ -152,20 +152,11 @@ def _previous_entries(status: Mapping[str, Any]) -> dict[str, _Previous]:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
             continue
         found[entry["name"]] = _Previous(
-            cursor=_time(entry.get("nextScheduleTime")),
+            cursor=parse_rfc3339(entry.get("nextScheduleTime")),
             last_time=_text(entry.get("lastScheduleTime")),
             last_task_id=_text(entry.get("lastTaskId")),
         )
     return found
-
-
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _text(value: Any) -> str | None:

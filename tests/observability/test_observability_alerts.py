@@ -21,7 +21,7 @@ POOL_ALERTS = [
     "AgentPoolQueueUnreachable", "AgentPoolDegraded", "AgentPoolQueueDepthHigh",
     "AgentPoolQueueDepthCritical",
     "AgentPoolTaskFailureRateHigh", "AgentPoolNoReadyWorkers", "AgentPoolWaitTimeHigh",
-    "AgentPoolDeadLettersGrowing", "AgentPoolStuckAtMaxReplicas",
+    "AgentPoolDeadLettersGrowing", "AgentPoolStuckAtMaxReplicas", "AgentPoolScheduleMissed",
 ]
 
 
