@@ -706,6 +706,19 @@ class ScheduleStatus(_Model):
     )
 
 
+def parse_rfc3339(value: Any) -> datetime | None:
+    """A timestamp of the API (``2026-12-04T01:00:00Z``) or of the status; None when `value`
+    is not one (missing, or written by hand)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 class AgentPoolStatus(_Model):
     """What the operator last observed of the pool and its queue."""
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agentpool.models import AgentPoolStatus, Condition
+from agentpool.models import AgentPoolStatus, Condition, parse_rfc3339
 from agentpool.protocol import QueueFigures
 
 DEFAULT_RATE_WINDOW = 300.0
@@ -124,13 +124,6 @@ def pool_health(conditions: Sequence[Condition], paused: bool) -> str:
     return "Pending"
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
@@ -157,7 +150,7 @@ def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
         dead=status.dead,
         workers=status.workers,
         health=pool_health(status.conditions, bool(spec.get("paused", False))),
-        created=_parse_time(meta.get("creationTimestamp")),
+        created=parse_rfc3339(meta.get("creationTimestamp")),
         last_scale_reason=status.last_scale_reason,
         redis_url=redis.get("url"),
         redis_secret=SecretRef(str(ref["name"]), str(ref.get("key") or "url"))

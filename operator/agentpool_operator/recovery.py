@@ -13,10 +13,10 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentpool.models import parse_rfc3339
 from agentpool.protocol import WORKER_LIVENESS_WINDOW, InstanceState
 from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION, RELEASED_COST
 from agentpool_operator.deployment import WORKER_CONTAINER
-from agentpool_operator.status import parse_rfc3339
 
 
 @dataclass(frozen=True)

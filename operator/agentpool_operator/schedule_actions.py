@@ -17,14 +17,14 @@ from typing import Any, cast
 
 import kopf
 
-from agentpool.models import ScheduleSpec
+from agentpool.models import ScheduleSpec, parse_rfc3339
 from agentpool.protocol import ProtocolError, TaskQueue
 
 from . import metrics
 from .observation import ActionResult, PoolObservation
 from .rate_limit_actions import REDIS_ERRORS
 from .schedules import ScheduleTurn, forbid_overlap, idempotency_key, schedule_turn
-from .status import Problem, parse_rfc3339, rfc3339, sanitize
+from .status import Problem, rfc3339, sanitize
 
 INVALID_REASON = "ScheduleInvalid"
 FAILED_REASON = "ScheduleFailed"

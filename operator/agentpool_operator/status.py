@@ -81,19 +81,6 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_rfc3339(value: Any) -> datetime | None:
-    """A timestamp of the API (``2026-12-04T01:00:00Z``) or of our status; None when `value`
-    is not one (missing, or written by hand)."""
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
-
-
 def mask_urls(text: str) -> str:
     """Mask the credentials of any URL in `text`."""
     return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
