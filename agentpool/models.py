@@ -591,11 +591,13 @@ class ScheduleSpec(_Model):
             "reported, not submitted late."
         ),
     )
-    concurrency_policy: Literal["Allow", "Forbid"] = Field(
+    concurrency_policy: Literal["Allow", "Forbid", "Replace"] = Field(
         default="Allow",
         description=(
-            "Forbid: a time whose previous task is still queued or running is skipped (and "
-            "reported), as a CronJob's concurrencyPolicy. Allow: every time gets its task."
+            "As a CronJob's. Allow: every time gets its task. Forbid: a time whose previous "
+            "task is still queued or running is skipped (and reported). Replace: that "
+            "previous task is cancelled (a running one is stopped by its worker) and the "
+            "time gets its task."
         ),
     )
     suspend: bool = Field(default=False, description="Submit nothing until set back to false.")

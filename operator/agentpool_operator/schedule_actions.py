@@ -18,12 +18,12 @@ from typing import Any, cast
 import kopf
 
 from agentpool.models import ScheduleSpec, parse_rfc3339
-from agentpool.protocol import ProtocolError, TaskQueue
+from agentpool.protocol import CancelOutcome, ProtocolError, TaskQueue
 
 from . import metrics
 from .observation import ActionResult, PoolObservation
 from .rate_limit_actions import REDIS_ERRORS
-from .schedules import ScheduleTurn, forbid_overlap, idempotency_key, schedule_turn
+from .schedules import ScheduleTurn, idempotency_key, schedule_turn, settle_overlap
 from .status import Problem, rfc3339, sanitize
 
 INVALID_REASON = "ScheduleInvalid"
@@ -67,7 +67,9 @@ async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
                          active=not observation.spec.paused)
     if turn.problem is not None:
         return entry, Problem(INVALID_REASON, f"schedule {schedule.name!r}: {turn.problem}")
-    turn, problem = await _forbid_overlap(observation, schedule, turn, before.last_task_id)
+    turn, problem = await _settle_overlap(observation, schedule, turn, before.last_task_id)
+    if problem is None and turn.replace_previous and before.last_task_id is not None:
+        problem = await _cancel_previous(observation, schedule, turn, before.last_task_id)
     submitted = None
     if problem is None:
         submitted, problem = await _submit(observation, schedule, turn)
@@ -91,12 +93,13 @@ async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
     return entry, None
 
 
-async def _forbid_overlap(observation: PoolObservation, schedule: ScheduleSpec,
+async def _settle_overlap(observation: PoolObservation, schedule: ScheduleSpec,
                           turn: ScheduleTurn,
                           last_task_id: str | None) -> tuple[ScheduleTurn, Problem | None]:
-    """`turn`, its time skipped if Forbid holds it back; the previous task's state is read only
-    when a time is due under Forbid."""
-    if turn.submit is None or schedule.concurrency_policy != "Forbid" or last_task_id is None:
+    """`turn` as the previous task's state settles it (`settle_overlap`); that state is read
+    only when a time is due under Forbid or Replace."""
+    if (turn.submit is None or schedule.concurrency_policy == "Allow"
+            or last_task_id is None):
         return turn, None
     queue: TaskQueue | None = observation.queue
     if queue is None:
@@ -105,7 +108,24 @@ async def _forbid_overlap(observation: PoolObservation, schedule: ScheduleSpec,
         previous = await queue.get(last_task_id)
     except REDIS_ERRORS:
         return turn, _unreachable(schedule)
-    return forbid_overlap(schedule, turn, previous is not None and not previous.done), None
+    return settle_overlap(schedule, turn, previous is not None and not previous.done), None
+
+
+async def _cancel_previous(observation: PoolObservation, schedule: ScheduleSpec,
+                           turn: ScheduleTurn, task_id: str) -> Problem | None:
+    """Replace: cancel the previous task before its successor is submitted. An operator that
+    restarts before its status write cancels it again, which changes nothing."""
+    queue = cast(TaskQueue, observation.queue)
+    try:
+        outcome = await queue.cancel(task_id)
+    except REDIS_ERRORS:
+        return _unreachable(schedule)
+    if outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED):
+        how = "cancelled" if outcome is CancelOutcome.CANCELLED else "asked to stop"
+        _event(observation, "Normal", "ScheduleReplaced",
+               f"schedule {schedule.name!r}: task {task_id} {how}, replaced by the task of "
+               f"{rfc3339(cast(datetime, turn.submit))} (concurrencyPolicy Replace)")
+    return None
 
 
 def _unreachable(schedule: ScheduleSpec) -> Problem:

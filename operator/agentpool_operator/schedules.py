@@ -10,8 +10,8 @@ the cursor up to now are dealt with at once:
   was away (as a CronJob starts only its latest missed Job);
 - while the schedule is suspended or the pool paused, the times pass and nothing is submitted
   or missed;
-- with concurrencyPolicy Forbid, a time that comes while the previous task is still queued or
-  running is skipped (`forbid_overlap`).
+- a time that comes while the previous task is still queued or running is skipped with
+  concurrencyPolicy Forbid, and replaces that task with Replace (`settle_overlap`).
 
 Times are read in the schedule's time zone (croniter): a time that a daylight-saving jump
 skips fires at the jump, and a time that happens twice fires twice.
@@ -43,6 +43,8 @@ class ScheduleTurn:
     """Scheduled times that passed without a task (at most MISSED_COUNT_CAP)."""
     skipped: datetime | None = None
     """The time that came while the previous task still ran (concurrencyPolicy Forbid)."""
+    replace_previous: bool = False
+    """Cancel the previous task, still queued or running, before submitting (Replace)."""
     next_time: datetime | None = None
     """The first scheduled time after now: the cursor of the next round."""
     problem: str | None = None
@@ -81,13 +83,18 @@ def schedule_turn(schedule: ScheduleSpec, cursor: datetime, now: datetime, *,
     return ScheduleTurn(submit=latest, missed=missed, next_time=scheduled)
 
 
-def forbid_overlap(schedule: ScheduleSpec, turn: ScheduleTurn,
+def settle_overlap(schedule: ScheduleSpec, turn: ScheduleTurn,
                    previous_unfinished: bool) -> ScheduleTurn:
-    """With concurrencyPolicy Forbid, the time of `turn` is skipped while the schedule's
-    previous task is still queued or running."""
-    if turn.submit is None or schedule.concurrency_policy != "Forbid" or not previous_unfinished:
+    """A time due while the schedule's previous task is still queued or running: skipped
+    with concurrencyPolicy Forbid, submitted after cancelling that task with Replace,
+    submitted beside it with Allow."""
+    if turn.submit is None or not previous_unfinished:
         return turn
-    return replace(turn, submit=None, skipped=turn.submit)
+    if schedule.concurrency_policy == "Forbid":
+        return replace(turn, submit=None, skipped=turn.submit)
+    if schedule.concurrency_policy == "Replace":
+        return replace(turn, replace_previous=True)
+    return turn
 
 
 def _next(times: croniter) -> datetime:

@@ -14,9 +14,9 @@ from agentpool.models import ScheduleSpec
 from agentpool_operator.schedules import (
     MISSED_COUNT_CAP,
     ScheduleTurn,
-    forbid_overlap,
     idempotency_key,
     schedule_turn,
+    settle_overlap,
 )
 
 
@@ -112,24 +112,29 @@ def test_an_unknown_time_zone_or_a_date_that_never_comes_is_a_problem() -> None:
     assert never.problem.startswith("cron '0 0 31 2 *': ")
 
 
-@pytest.mark.parametrize("policy, unfinished, submitted", [
-    ("Forbid", True, False), ("Forbid", False, True), ("Allow", True, True),
+@pytest.mark.parametrize("policy, unfinished, submitted, replaces", [
+    ("Forbid", True, False, False), ("Forbid", False, True, False),
+    ("Allow", True, True, False), ("Allow", False, True, False),
+    ("Replace", True, True, True), ("Replace", False, True, False),
 ])
-def test_forbid_skips_a_time_while_the_previous_task_is_unfinished(
-    policy: str, unfinished: bool, submitted: bool,
+def test_a_time_due_while_the_previous_task_is_unfinished_follows_the_policy(
+    policy: str, unfinished: bool, submitted: bool, replaces: bool,
 ) -> None:
+    """Forbid skips the time, Replace cancels the previous task first, Allow runs both."""
     spec = schedule(concurrencyPolicy=policy)
     turn = schedule_turn(spec, cursor=at(11), now=at(11, 0, 1))
-    held = forbid_overlap(spec, turn, previous_unfinished=unfinished)
-    assert held.submit == (at(11) if submitted else None)
-    assert held.skipped == (None if submitted else at(11))
-    assert held.next_time == at(12)
+    settled = settle_overlap(spec, turn, previous_unfinished=unfinished)
+    assert settled.submit == (at(11) if submitted else None)
+    assert settled.skipped == (None if submitted else at(11))
+    assert settled.replace_previous is replaces
+    assert settled.next_time == at(12)
 
 
-def test_forbid_has_nothing_to_skip_when_no_time_came() -> None:
-    spec = schedule(concurrencyPolicy="Forbid")
+@pytest.mark.parametrize("policy", ["Forbid", "Replace"])
+def test_nothing_is_skipped_or_replaced_when_no_time_came(policy: str) -> None:
+    spec = schedule(concurrencyPolicy=policy)
     turn = schedule_turn(spec, cursor=at(10, 5), now=at(10, 30))
-    assert forbid_overlap(spec, turn, previous_unfinished=True) == turn
+    assert settle_overlap(spec, turn, previous_unfinished=True) == turn
 
 
 def test_the_idempotency_key_names_pool_schedule_and_time() -> None:

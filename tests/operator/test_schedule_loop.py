@@ -42,11 +42,14 @@ def schedule_entry(cluster: Cluster) -> dict[str, Any]:
 
 
 async def create_pool(cluster: Cluster, redis_url: str, queue: str, cursor: datetime,
-                      schedule: dict[str, Any], **extra: Any) -> None:
+                      schedule: dict[str, Any], last_task_id: str | None = None,
+                      **extra: Any) -> None:
     manifest = pool_manifest(POOL, redis_url=redis_url, queue=queue, poll_seconds=0.5,
                              schedules=[{"name": "report", **schedule}], **extra)
-    manifest["status"] = {"schedules": [{"name": "report",
-                                         "nextScheduleTime": rfc3339(cursor)}]}
+    entry = {"name": "report", "nextScheduleTime": rfc3339(cursor)}
+    if last_task_id is not None:
+        entry["lastTaskId"] = last_task_id
+    manifest["status"] = {"schedules": [entry]}
     await cluster.create_pool(manifest)
 
 
@@ -130,6 +133,27 @@ async def test_forbid_skips_a_time_while_the_previous_task_is_still_queued(
         entry = await eventually(lambda: (e := schedule_entry(cluster))["lastTaskId"] != previous
                                  and e)
         assert await queued_ids(queue) == [entry["lastTaskId"]]
+
+
+async def test_replace_cancels_the_previous_task_and_submits_the_new_one(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    previous = await queue.submit({"prompt": "the 9:00 report"})  # no worker: it stays queued
+    cursor = minute_floor(datetime.now(UTC))
+    await create_pool(cluster, redis_url, queue_name, cursor, {
+        "cron": f"{cursor.minute} * * * *", "concurrencyPolicy": "Replace",
+        "startingDeadlineSeconds": 600}, last_task_id=previous)
+    entry = await eventually(
+        lambda: (e := schedule_entry(cluster)).get("lastTaskId") not in (None, previous) and e)
+    info = await queue.get(previous)
+    assert info is not None and info.state == "cancelled"
+    assert await queued_ids(queue) == [entry["lastTaskId"]]
+    (event,) = cluster.events("ScheduleReplaced")
+    assert event["message"] == (
+        f"schedule 'report': task {previous} cancelled, replaced by the task of "
+        f"{rfc3339(cursor)} (concurrencyPolicy Replace)")
 
 
 async def test_a_time_missed_while_no_operator_ran_is_reported_not_submitted(
