@@ -111,13 +111,9 @@ async def test_forbid_skips_a_time_while_the_previous_task_is_still_queued(
     queue = TaskQueue(redis, queue_name)
     previous = await queue.submit({"prompt": "the 9:00 report"})  # no worker: it stays queued
     cursor = minute_floor(datetime.now(UTC))
-    manifest = pool_manifest(POOL, redis_url=redis_url, queue=queue_name, poll_seconds=0.5,
-                             schedules=[{"name": "report", "cron": "* * * * *",
-                                         "concurrencyPolicy": "Forbid",
-                                         "startingDeadlineSeconds": 600}])
-    manifest["status"] = {"schedules": [{"name": "report", "nextScheduleTime": rfc3339(cursor),
-                                         "lastTaskId": previous}]}
-    await cluster.create_pool(manifest)
+    await create_pool(cluster, redis_url, queue_name, cursor, {
+        "cron": "* * * * *", "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 600},
+        last_task_id=previous)
     event = await eventually(lambda: (found := cluster.events("ScheduleSkipped")) and found[0])
     assert event["message"].endswith(
         f"skipped: task {previous} is still queued or running (concurrencyPolicy Forbid)")
