@@ -365,6 +365,7 @@ def _schedules(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         rows.append({
             "name": schedule.get("name"), "cron": schedule.get("cron"),
             "time_zone": schedule.get("timeZone", "UTC"),
+            "concurrency_policy": schedule.get("concurrencyPolicy", "Allow"),
             "suspend": bool(schedule.get("suspend", False)),
             "last_schedule_time": entry.get("lastScheduleTime"),
             "last_task_id": entry.get("lastTaskId"),

@@ -384,10 +384,12 @@ def test_a_pools_schedules_render_with_a_link_to_their_last_task(
         "rate_limits": None, "limits": [], "events": [], "events_note": None,
         "schedules": [
             {"name": "nightly", "cron": "30 2 * * *", "time_zone": "Europe/Paris",
+             "concurrency_policy": "Forbid",
              "suspend": False, "last_schedule_time": "2026-01-01T01:30:00Z",
              "last_task_id": task, "next_schedule_time": "2026-01-02T01:30:00Z"},
-            {"name": "hourly", "cron": "@hourly", "time_zone": "UTC", "suspend": True,
-             "last_schedule_time": None, "last_task_id": None, "next_schedule_time": None},
+            {"name": "hourly", "cron": "@hourly", "time_zone": "UTC",
+             "concurrency_policy": "Allow", "suspend": True, "last_schedule_time": None,
+             "last_task_id": None, "next_schedule_time": None},
         ],
     }
     page.route("**/api/pools/team-a/alpha", lambda route: route.fulfill(
@@ -398,6 +400,8 @@ def test_a_pools_schedules_render_with_a_link_to_their_last_task(
     expect(rows).to_have_count(2, timeout=LIVE)
     expect(rows.nth(0)).to_contain_text("nightly")
     expect(rows.nth(0)).to_contain_text("30 2 * * * (Europe/Paris)")
+    expect(rows.nth(0)).to_contain_text("Forbid overlap")
+    expect(rows.nth(1)).not_to_contain_text("overlap")
     expect(rows.nth(0)).to_contain_text("2026-01-02T01:30:00Z")
     expect(rows.nth(0)).to_contain_text("for 2026-01-01T01:30:00Z")
     link = rows.nth(0).locator("a")

@@ -28,7 +28,7 @@ def agentpool(namespace: str, name: str, queue: str) -> dict[str, Any]:
                  "worker": {"image": "w:1", "handler": "m:f"},
                  "rateLimits": [{"name": "openai", "requestsPerMinute": 500}],
                  "schedules": [{"name": "nightly", "cron": "30 2 * * *",
-                                "timeZone": "Europe/Paris"},
+                                "timeZone": "Europe/Paris", "concurrencyPolicy": "Replace"},
                                {"name": "hourly", "cron": "@hourly", "suspend": True}]},
         "status": {"replicas": 3, "readyReplicas": 2, "desiredReplicas": 3, "queued": 99,
                    "schedules": [{"name": "nightly", "lastScheduleTime": "2026-01-01T01:30:00Z",
@@ -97,10 +97,12 @@ async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredi
         assert page["rate_limits"] == [{"name": "openai", "requestsPerMinute": 500}]
         assert page["schedules"] == [
             {"name": "nightly", "cron": "30 2 * * *", "time_zone": "Europe/Paris",
+             "concurrency_policy": "Replace",
              "suspend": False, "last_schedule_time": "2026-01-01T01:30:00Z",
              "last_task_id": "a" * 32, "next_schedule_time": "2026-01-02T01:30:00Z"},
-            {"name": "hourly", "cron": "@hourly", "time_zone": "UTC", "suspend": True,
-             "last_schedule_time": None, "last_task_id": None, "next_schedule_time": None},
+            {"name": "hourly", "cron": "@hourly", "time_zone": "UTC",
+             "concurrency_policy": "Allow", "suspend": True, "last_schedule_time": None,
+             "last_task_id": None, "next_schedule_time": None},
         ]
         [limit] = page["limits"]
         assert limit["declared"] == {"name": "openai", "requestsPerMinute": 500}

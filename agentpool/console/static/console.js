@@ -236,7 +236,9 @@ function poolPage(namespace, name) {
       doc.schedules && doc.schedules.length ? el("h2", {}, "Schedules") : null,
       doc.schedules && doc.schedules.length ? table(["Schedule", "When", "Next", "Last task"],
         doc.schedules.map((s) => el("tr", {}, el("td", { class: "mono" }, s.name),
-          el("td", {}, el("span", { class: "mono" }, s.cron), ` (${s.time_zone})`),
+          el("td", {}, el("span", { class: "mono" }, s.cron), ` (${s.time_zone})`,
+            s.concurrency_policy && s.concurrency_policy !== "Allow"
+              ? el("div", { class: "muted" }, `${s.concurrency_policy} overlap`) : null),
           el("td", {}, s.suspend ? "suspended" : show(s.next_schedule_time)),
           el("td", {}, s.last_task_id ? el("a", { class: "mono",
             href: `/queues/${q}/tasks/${enc(s.last_task_id)}` }, s.last_task_id) : "-",
