@@ -13,8 +13,8 @@ end
 local now = now_ms()
 local seq = redis.call('INCR', K_SEQ)
 local score = (9 - prio) * 1099511627776 + seq
-local fields = {'id', id, 'payload', payload, 'prio', prio, 'score', score, 'attempts', 0,
-  'created', now}
+-- No 'id' (the key names it) and no 'attempts' until the first claim (a missing count is 0).
+local fields = {'payload', payload, 'prio', prio, 'score', score, 'created', now}
 if max ~= '' then
   fields[#fields + 1] = 'max'
   fields[#fields + 1] = max

@@ -11,8 +11,8 @@ local scored = {}
 for i = 1, n do
   local id, payload = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
   local score = band + seq + i
-  redis.call('HSET', task_key(id), 'state', 'queued', 'id', id, 'payload', payload,
-    'prio', prio, 'score', score, 'attempts', 0, 'created', now)
+  redis.call('HSET', task_key(id), 'state', 'queued', 'payload', payload, 'prio', prio,
+    'score', score, 'created', now)
   scored[#scored + 1] = score
   scored[#scored + 1] = id
 end
