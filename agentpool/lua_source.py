@@ -54,11 +54,11 @@ def _definitions(common: str) -> list[_Definition]:
     return found
 
 
-def _uses(text: str, name: str) -> bool:
-    """Whether `text` names `name` in code (comments do not count; no string literal of the
-    scripts holds ``--``)."""
+def _names_used(text: str) -> set[str]:
+    """The identifiers `text` names in code (comments do not count; no string literal of the
+    scripts holds ``--``); a field after a dot (``f.ev``) is not a name."""
     code = re.sub(r"--[^\n]*", "", text)
-    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", code) is not None
+    return set(re.findall(r"(?<![\w.])[A-Za-z_]\w*", code))
 
 
 def assemble(common: str, body: str) -> str:
@@ -67,9 +67,9 @@ def assemble(common: str, body: str) -> str:
     needed: set[int] = set()
     pending = [body]
     while pending:
-        text = pending.pop()
+        used = _names_used(pending.pop())
         for i, definition in enumerate(definitions):
-            if i not in needed and any(_uses(text, n) for n in definition.names):
+            if i not in needed and used.intersection(definition.names):
                 needed.add(i)
                 pending.append(definition.text)
     included = [d.text for i, d in enumerate(definitions) if i in needed]

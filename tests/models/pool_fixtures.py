@@ -99,6 +99,8 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
         {"name": "h", "cron": "@hourly", "timeZone": "America/Argentina/Buenos_Aires",
          "payload": [1, 2], "suspend": True, "startingDeadlineSeconds": 86400},
         {"name": "sunday", "cron": "0 0 * * 7", "timeZone": "Etc/GMT+5"},
+        {"name": "forbid", "cron": "@daily", "concurrencyPolicy": "Forbid"},
+        {"name": "replace", "cron": "@daily", "concurrencyPolicy": "Replace"},
     ]),
 ]
 """Specs just inside a rule: both the models and the API server accept them."""
@@ -153,6 +155,11 @@ INVALID_SPECS: list[dict[str, Any]] = [
         "redis": {"url": "redis://r"},
         "worker": {"image": "i", "handler": "m:f"},
         "scaling": {"keepDrainedSeconds": -1},
+    },
+    {
+        "redis": {"url": "redis://r"},
+        "worker": {"image": "i", "handler": "m:f"},
+        "schedules": [{"name": "a", "cron": "@daily", "concurrencyPolicy": "Sometimes"}],
     },
 ]
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from operator_harness import Cluster, OperatorThread, eventually, pool_manifest
 from prometheus_client import REGISTRY
@@ -131,12 +132,18 @@ async def test_forbid_skips_a_time_while_the_previous_task_is_still_queued(
         assert await queued_ids(queue) == [entry["lastTaskId"]]
 
 
+@pytest.mark.parametrize("running", [False, True], ids=["queued", "running"])
 async def test_replace_cancels_the_previous_task_and_submits_the_new_one(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
-    queue_name: str,
+    queue_name: str, running: bool,
 ) -> None:
+    """A queued previous task is cancelled at once; a running one gets its cancel request
+    (its worker stops it at its next heartbeat). Either way the new task is submitted."""
     queue = TaskQueue(redis, queue_name)
     previous = await queue.submit({"prompt": "the 9:00 report"})  # no worker: it stays queued
+    if running:
+        (claimed,) = (await queue.claim("pod-x:i1", 1, 30)).tasks
+        assert claimed.id == previous
     cursor = minute_floor(datetime.now(UTC))
     await create_pool(cluster, redis_url, queue_name, cursor, {
         "cron": f"{cursor.minute} * * * *", "concurrencyPolicy": "Replace",
@@ -144,11 +151,17 @@ async def test_replace_cancels_the_previous_task_and_submits_the_new_one(
     entry = await eventually(
         lambda: (e := schedule_entry(cluster)).get("lastTaskId") not in (None, previous) and e)
     info = await queue.get(previous)
-    assert info is not None and info.state == "cancelled"
+    assert info is not None
+    if running:
+        assert info.state == "running"
+        assert await redis.hget(queue.task_key(previous), "cancel") == b"1"
+    else:
+        assert info.state == "cancelled"
     assert await queued_ids(queue) == [entry["lastTaskId"]]
     (event,) = cluster.events("ScheduleReplaced")
+    how = "asked to stop" if running else "cancelled"
     assert event["message"] == (
-        f"schedule 'report': task {previous} cancelled, replaced by the task of "
+        f"schedule 'report': task {previous} {how}, replaced by the task of "
         f"{rfc3339(cursor)} (concurrencyPolicy Replace)")
 
 
