@@ -354,9 +354,8 @@ def redis_from_url(
         sentinel_kwargs["password"] = parsed.sentinel_password
     if parsed.sentinel_username is not None:
         sentinel_kwargs["username"] = parsed.sentinel_username
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs
-    )
+    sentinel_type: Any = Sentinel  # typed from redis-py 8.2 on, untyped before
+    sentinel = sentinel_type(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs)
     node_kwargs: dict[str, Any] = dict(kwargs, db=parsed.db)
     if parsed.password is not None:
         node_kwargs["password"] = parsed.password
@@ -402,11 +401,11 @@ def sync_redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
         return cluster  # type: ignore[return-value]
     if is_sentinel_url(url):
         sentinel_url = parse_sentinel_url(url)
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            list(sentinel_url.sentinels), sentinel_kwargs={
+        sentinel_type: Any = redis.sentinel.Sentinel  # typed from redis-py 8.2 on
+        sentinel = sentinel_type(list(sentinel_url.sentinels), sentinel_kwargs={
             "username": sentinel_url.sentinel_username,
             "password": sentinel_url.sentinel_password})
-        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(
             sentinel_url.service, db=sentinel_url.db, username=sentinel_url.username,
             password=sentinel_url.password, ssl=sentinel_url.tls, **kwargs)
         return client
