@@ -247,8 +247,12 @@ class LeanConnection(AbstractConnection):
       (its asyncio connections pack in Python);
     - a write is bounded by the socket timeout only when it has to wait. redis-py wraps every
       write in ``asyncio.wait_for``, which on Python 3.11 runs it in a task of its own (a
-      quarter of a single submit's client CPU); a write waits only when the transport's
-      buffer is over its limit (Redis stopped reading), and exactly then the timeout applies.
+      quarter of a single submit's client CPU) and drops a cancellation that arrives as the
+      write finishes (a caller's ``asyncio.timeout`` then never fires); a write waits only
+      when the transport's buffer is over its limit (Redis stopped reading), and exactly then
+      the timeout applies, through ``asyncio.timeout``.
+
+    The clients that ask the sentinels for the primary use it too, for the same reasons.
     """
 
     def pack_command(self, *args: Any) -> list[bytes]:
@@ -278,7 +282,8 @@ class LeanConnection(AbstractConnection):
             transport = writer.transport
             if self.socket_timeout and (transport.get_write_buffer_size()
                                         > transport.get_write_buffer_limits()[0]):
-                await asyncio.wait_for(writer.drain(), self.socket_timeout)
+                async with asyncio.timeout(self.socket_timeout):
+                    await writer.drain()
             else:
                 await writer.drain()
         except TimeoutError:
@@ -356,6 +361,8 @@ def redis_from_url(
         sentinel_kwargs["username"] = parsed.sentinel_username
     sentinel_type: Any = Sentinel  # typed from redis-py 8.2 on, untyped before
     sentinel = sentinel_type(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs)
+    for sentinel_client in sentinel.sentinels:
+        _make_lean(sentinel_client.connection_pool)
     node_kwargs: dict[str, Any] = dict(kwargs, db=parsed.db)
     if parsed.password is not None:
         node_kwargs["password"] = parsed.password

@@ -542,13 +542,19 @@ class TaskQueue:
         """Wait until the task reaches a final state; raises TimeoutError after `timeout`.
 
         Once waiting, a lost connection (a Redis failover) is retried for up to
-        WAIT_RECONNECT_SECONDS in a row; an unreachable Redis at the start raises at once."""
+        WAIT_RECONNECT_SECONDS in a row; an unreachable Redis at the start raises at once.
+
+        The loop also checks the deadline itself: on Python 3.11 a cancellation that meets a
+        finishing ``asyncio.wait_for`` inside redis-py is dropped, and the timeout's single
+        cancellation with it."""
         done = DoneSignal(self.redis, self.prefix + "done")
+        deadline = None if timeout is None else time.monotonic() + timeout
         failing_since: float | None = None
         listened = -float(LISTEN_SECONDS)
         try:
             async with asyncio.timeout(timeout):
                 while True:
+                    _time_left(deadline, 0.0)
                     try:
                         if time.monotonic() - listened > LISTEN_SECONDS / 3:
                             await done.subscribe()
@@ -560,10 +566,12 @@ class TaskQueue:
                         if info.done:
                             return info
                         while True:
-                            finished = await done.next(timeout=1.0)
+                            finished = await done.next(timeout=_time_left(deadline, 1.0))
                             if finished is None or finished == task_id:
                                 break
                         failing_since = None
+                    except TimeoutError:
+                        raise  # the deadline's (an OSError too, but not a lost connection)
                     except (RedisConnectionError, RedisTimeoutError, OSError):
                         now = time.monotonic()
                         failing_since = failing_since or now
@@ -875,6 +883,16 @@ class TaskQueue:
 
     async def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
         return int(await self._run("dead_letters", "purge", *(task_ids or [])))
+
+
+def _time_left(deadline: float | None, at_most: float) -> float:
+    """Seconds until `deadline` (monotonic), at most `at_most`; TimeoutError once it passed."""
+    if deadline is None:
+        return at_most
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return min(left, at_most)
 
 
 class DoneSignal:

@@ -8,10 +8,10 @@ echo "== ruff";   ruff check .
 echo "== mypy";   mypy
 echo "== pytest"; pytest -q "$@"
 echo "== chaos (short soak: kill -9, SIGSTOP, Redis restarts; nothing may be lost)"
-pytest -q -s -m chaos tests/chaos
+pytest -q -s -m chaos --timeout 900 tests/chaos
 if [ -n "${KUBECONFIG:-}" ] || [ -n "${KUBERNETES_SERVICE_HOST:-}" ] || [ -f "$HOME/.kube/config" ]; then
     echo "== e2e (cluster: ${KUBECONFIG:-~/.kube/config})"
-    pytest -q -m e2e e2e
+    pytest -q -m e2e --timeout 1800 e2e
 else
     echo "== e2e: skipped: no cluster configured (set KUBECONFIG to run it against a cluster)"
 fi

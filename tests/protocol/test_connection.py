@@ -166,6 +166,15 @@ def test_clients_from_urls_pack_in_c(url: str, max_connections: int) -> None:
         assert issubclass(connection_class, SSLConnection)
 
 
+def test_a_sentinel_client_asks_the_sentinels_through_lean_connections() -> None:
+    """redis-py's own connections write through `asyncio.wait_for`, which on Python 3.11 can
+    drop the cancellation of a caller's timeout (see `TaskQueue.wait`)."""
+    client = redis_from_url("redis+sentinel://localhost:26379,localhost:26380/agentpool")
+    sentinels = client.connection_pool.sentinel_manager.sentinels  # type: ignore[attr-defined]
+    assert len(sentinels) == 2
+    assert all(issubclass(s.connection_pool.connection_class, LeanConnection) for s in sentinels)
+
+
 def test_a_tls_cluster_client_packs_in_c() -> None:
     client = redis_from_url("rediss+cluster://127.0.0.1:1")
     node = client.startup_nodes[0]  # type: ignore[attr-defined]
@@ -194,8 +203,8 @@ async def test_a_cluster_client_packs_in_c_on_the_nodes_it_discovers(
 
 async def test_a_write_that_need_not_wait_runs_in_the_callers_task(redis_url: str) -> None:
     """redis-py's own connections start a task per write when a socket timeout is set (on
-    Python 3.11); these do not, and still answer as usual. (On Sentinel, the once-a-second
-    question to the sentinels goes through redis-py's connections.)"""
+    Python 3.11); these do not, and still answer as usual. On Sentinel that holds for the
+    once-a-second question to the sentinels too."""
     client = redis_from_url(redis_url, socket_timeout=5)
     loop = asyncio.get_running_loop()
     made: list[object] = []
@@ -216,7 +225,7 @@ async def test_a_write_that_need_not_wait_runs_in_the_callers_task(redis_url: st
     finally:
         loop.set_task_factory(None)
         await client.aclose()
-    assert [m for m in made if isinstance(m, LeanConnection)] == []
+    assert made == []
 
 
 async def test_a_queue_over_tls(tmp_path: Path) -> None:

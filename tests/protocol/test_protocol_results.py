@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 import redis.asyncio as aioredis
@@ -105,6 +106,30 @@ async def test_wait_times_out_on_an_unfinished_task(queue: TaskQueue) -> None:
     task_id = await queue.submit("job")
     with pytest.raises(TimeoutError):
         await queue.wait(task_id, timeout=0.1)
+
+
+async def test_wait_keeps_its_deadline_when_its_cancellation_is_lost(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 `asyncio.wait_for` drops a cancellation that arrives as its awaitable
+    finishes (redis-py writes through it); the timeout's one cancellation must not be all
+    that ends the wait."""
+    task_id = await queue.submit("job")
+    read_task = queue.get
+
+    async def read_that_loses_a_cancellation(wanted: str) -> object:
+        info = await read_task(wanted)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.3)  # the wait's 0.1 s timeout cancels this
+        return info
+
+    monkeypatch.setattr(queue, "get", read_that_loses_a_cancellation)
+    waiting = asyncio.ensure_future(queue.wait(task_id, timeout=0.1))
+    finished, _ = await asyncio.wait({waiting}, timeout=5)
+    if not finished:
+        waiting.cancel()
+    assert finished, "the wait outlived its timeout by seconds"
+    assert isinstance(waiting.exception(), TimeoutError)
 
 
 async def test_wait_for_an_unknown_task_raises_task_not_found(queue: TaskQueue) -> None:
