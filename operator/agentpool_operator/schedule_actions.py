@@ -68,11 +68,13 @@ async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
     if turn.problem is not None:
         return entry, Problem(INVALID_REASON, f"schedule {schedule.name!r}: {turn.problem}")
     turn, problem = await _settle_overlap(observation, schedule, turn, before.last_task_id)
-    if problem is None and turn.replace_previous and before.last_task_id is not None:
-        problem = await _cancel_previous(observation, schedule, turn, before.last_task_id)
     submitted = None
     if problem is None:
         submitted, problem = await _submit(observation, schedule, turn)
+    if (problem is None and submitted is not None and turn.replace_previous
+            and before.last_task_id not in (None, submitted)):
+        problem = await _cancel_previous(observation, schedule, turn,
+                                         cast(str, before.last_task_id))
     if problem is not None:
         if before.cursor is not None:
             entry["nextScheduleTime"] = rfc3339(before.cursor)  # try again next round
@@ -113,8 +115,10 @@ async def _settle_overlap(observation: PoolObservation, schedule: ScheduleSpec,
 
 async def _cancel_previous(observation: PoolObservation, schedule: ScheduleSpec,
                            turn: ScheduleTurn, task_id: str) -> Problem | None:
-    """Replace: cancel the previous task before its successor is submitted. An operator that
-    restarts before its status write cancels it again, which changes nothing."""
+    """Replace: cancel the previous task once its successor is in the queue, so a successor
+    that cannot be submitted leaves the previous task be. If the cancel fails, the cursor
+    stays and the next round submits nothing new (the idempotency key) and cancels again; so
+    does an operator that restarts before its status write, which changes nothing."""
     queue = cast(TaskQueue, observation.queue)
     try:
         outcome = await queue.cancel(task_id)

@@ -1,7 +1,8 @@
 """Schedules through the operator, against kmock and a real redis-server: a due time submits
 its task once (an operator restarted before its status write submits nothing twice), a time
 missed while no operator ran is reported instead of submitted late, a paused pool lets times
-pass, and a schedule that cannot run makes the pool Degraded.
+pass, Forbid and Replace settle an overlap (Replace cancels only once its successor is queued),
+and a schedule that cannot run makes the pool Degraded.
 
 A pool is created with a status whose schedule cursor (`nextScheduleTime`) is already due, as
 an operator that ran before would have left it: no test waits for a clock minute to turn."""
@@ -235,3 +236,28 @@ async def test_a_time_that_cannot_be_submitted_keeps_the_cursor_for_the_next_rou
     assert problem.reason == "ScheduleFailed"
     assert problem.message == ("schedule 'report': the queue cannot be reached; the task is "
                                "submitted when it can")
+
+
+async def test_replace_leaves_the_previous_task_when_the_queue_refuses_its_successor(
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    previous = await queue.submit({"prompt": "the 9:00 report"})
+    cursor = minute_floor(datetime.now(UTC))
+    manifest = pool_manifest(POOL, queue=queue_name, schedules=[{
+        "name": "report", "cron": "* * * * *", "concurrencyPolicy": "Replace",
+        "startingDeadlineSeconds": 600, "payload": "x" * (1 << 20)}])  # over the 1 MiB limit
+    observation = PoolObservation(
+        namespace="default", name=POOL, pool=manifest,
+        spec=AgentPoolSpec.model_validate(manifest["spec"]), deployment=None, figures=None,
+        queue=queue, now=datetime.now(UTC),
+        previous_status={"schedules": [{"name": "report", "nextScheduleTime": rfc3339(cursor),
+                                        "lastTaskId": previous}]},
+    )
+    result = await run_schedules(observation)
+    (problem,) = result.problems
+    assert problem.reason == "ScheduleFailed"
+    assert problem.message.startswith("schedule 'report': payload is ")
+    assert result.status_fields["schedules"] == [
+        {"name": "report", "lastTaskId": previous, "nextScheduleTime": rfc3339(cursor)}]
+    assert await queued_ids(queue) == [previous]
