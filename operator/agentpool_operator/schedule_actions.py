@@ -73,8 +73,7 @@ async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
         submitted, problem = await _submit(observation, schedule, turn)
     if (problem is None and submitted is not None and turn.replace_previous
             and before.last_task_id not in (None, submitted)):
-        problem = await _cancel_previous(observation, schedule, turn,
-                                         cast(str, before.last_task_id))
+        problem = await _cancel_previous(observation, schedule, turn, before.last_task_id)
     if problem is not None:
         if before.cursor is not None:
             entry["nextScheduleTime"] = rfc3339(before.cursor)  # try again next round
