@@ -80,13 +80,13 @@ pip_with_progress() {
 
 extra=dev
 [ "$for_tests" = 0 ] && extra=demo
-hash="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+hash="$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
 # A dev install holds everything the demo needs, so it serves both.
 if [ ! -f ".venv/.setup-dev-$hash" ] && [ ! -f ".venv/.setup-$extra-$hash" ]; then
     echo "setup: installing agentpool[$extra] into .venv (about a minute; log: .venv/setup.log)"
     : > .venv/setup.log
     if ! { .venv/bin/python -m pip install -q --upgrade pip >> .venv/setup.log 2>&1 &&
-           pip_with_progress .venv/bin/python -m pip install -e ".[$extra]"; }; then
+           pip_with_progress .venv/bin/python -m pip install -c constraints.txt -e ".[$extra]"; }; then
         tail -n 30 .venv/setup.log
         echo "setup: pip install failed (full log: .venv/setup.log)" >&2
         exit 1
