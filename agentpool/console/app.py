@@ -110,18 +110,25 @@ async def serve(request: web.Request, kind: str, load: Loader,
     streams, me = request.app[STREAMS], asyncio.current_task()
     assert me is not None
     streams.add(me)
+    # The next update is awaited in a task of its own that outlives a keep-alive: cancelling
+    # it on a quiet page would close the generator (and the stream with it).
+    pending: asyncio.Future[Message] | None = None
     try:
         while True:
-            try:
-                message = await asyncio.wait_for(anext(updates), KEEPALIVE_SECONDS)
-            except TimeoutError:
+            pending = pending or asyncio.ensure_future(anext(updates))
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            if not done:
                 await response.write(b": keep-alive\n\n")
                 continue
+            message, pending = pending.result(), None
             await response.write(sse(message))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
         streams.discard(me)
+        if pending is not None:
+            pending.cancel()
+            await asyncio.wait({pending})
         with contextlib.suppress(Exception):
             await updates.aclose()
     return response

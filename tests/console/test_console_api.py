@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from console_helpers import TOKEN
 from redis.asyncio.connection import Connection
 
+from agentpool.console import app as console_app
 from agentpool.console.app import ConsoleConfig, build_app
 from agentpool.console.sources import CHECKPOINT_PREVIEW_BYTES, PAGE_SIZE, Sources
 from agentpool.protocol import TaskQueue, WorkerInfo, encode_checkpoint
@@ -233,6 +234,37 @@ async def test_live_updates_stream_the_page_as_it_changes(api: Client, redis: ai
     assert await asyncio.wait_for(next_state(), 10) == "queued"
     await queue.cancel(task_id)
     assert await asyncio.wait_for(next_state(), 10) == "cancelled"
+    response.close()
+
+
+async def test_a_quiet_stream_gets_keep_alives_and_then_the_next_change(
+    api: Client, redis: aioredis.Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A page that does not change for a while gets comments that keep proxies from closing
+    the stream, and the stream still carries the change that comes after them."""
+    monkeypatch.setattr(console_app, "KEEPALIVE_SECONDS", 0.2)
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"x": 1})
+    response = await api.get(f"/api/queues/{queue_name}/tasks/{task_id}",
+                             headers={"Accept": "text/event-stream"})
+    lines: list[str] = []
+
+    async def next_data() -> str:
+        while True:
+            line = (await response.content.readline()).decode()
+            lines.append(line)
+            if line.startswith("data: "):
+                return str(json.loads(line[6:])["task"]["state"])
+
+    assert await asyncio.wait_for(next_data(), 10) == "queued"
+
+    async def keep_alives(count: int) -> None:
+        while lines.count(": keep-alive\n") < count:
+            lines.append((await response.content.readline()).decode())
+
+    await asyncio.wait_for(keep_alives(3), 10)
+    await queue.cancel(task_id)
+    assert await asyncio.wait_for(next_data(), 10) == "cancelled"
     response.close()
 
 
