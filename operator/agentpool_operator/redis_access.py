@@ -193,7 +193,8 @@ def _connect(url: str, address_map: Mapping[str, str]) -> aioredis.Redis:
 async def read_figures(queue: TaskQueue) -> QueueFigures:
     """The queue's figures, with every Redis failure turned into a `QueueAccessError`."""
     try:
-        return await asyncio.wait_for(queue.figures(), timeout=CONNECT_TIMEOUT + COMMAND_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT + COMMAND_TIMEOUT):
+            return await queue.figures()
     except redis.exceptions.AuthenticationError as error:
         raise QueueAccessError(
             "RedisAuthFailed", redis_failure(None, error, password_place=POOL_PASSWORD_PLACE)
