@@ -106,6 +106,8 @@ class PoolSummary:
     health: str = "Unknown"
     created: datetime | None = None
     last_scale_reason: str | None = None
+    schedules: int = 0
+    next_schedule_time: datetime | None = None
     redis_url: str | None = None
     redis_secret: SecretRef | None = None
 
@@ -137,6 +139,7 @@ def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
         status = AgentPoolStatus()
     redis = spec.get("redis") or {}
     ref = redis.get("urlSecretRef")
+    schedules = pool_schedules(obj)
     return PoolSummary(
         name=name,
         namespace=meta.get("namespace"),
@@ -152,10 +155,43 @@ def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
         health=pool_health(status.conditions, bool(spec.get("paused", False))),
         created=parse_rfc3339(meta.get("creationTimestamp")),
         last_scale_reason=status.last_scale_reason,
+        schedules=len(schedules),
+        next_schedule_time=_next_schedule_time(schedules, bool(spec.get("paused", False))),
         redis_url=redis.get("url"),
         redis_secret=SecretRef(str(ref["name"]), str(ref.get("key") or "url"))
         if isinstance(ref, Mapping) and ref.get("name") else None,
     )
+
+
+def pool_schedules(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The pool's schedules as its spec declares them, with what its status says of each."""
+    spec = (obj or {}).get("spec") or {}
+    status = (obj or {}).get("status") or {}
+    seen = {e.get("name"): e for e in status.get("schedules") or [] if isinstance(e, Mapping)}
+    rows = []
+    for schedule in spec.get("schedules") or []:
+        if not isinstance(schedule, Mapping):
+            continue
+        entry = seen.get(schedule.get("name")) or {}
+        rows.append({
+            "name": schedule.get("name"), "cron": schedule.get("cron"),
+            "time_zone": schedule.get("timeZone", "UTC"),
+            "concurrency_policy": schedule.get("concurrencyPolicy", "Allow"),
+            "suspend": bool(schedule.get("suspend", False)),
+            "last_schedule_time": entry.get("lastScheduleTime"),
+            "last_task_id": entry.get("lastTaskId"),
+            "next_schedule_time": entry.get("nextScheduleTime"),
+        })
+    return rows
+
+
+
+def _next_schedule_time(schedules: Sequence[Mapping[str, Any]], paused: bool) -> datetime | None:
+    """The soonest time a task is due among the schedules that run (none while paused)."""
+    if paused:
+        return None
+    times = [parse_rfc3339(row["next_schedule_time"]) for row in schedules if not row["suspend"]]
+    return min((t for t in times if t is not None), default=None)
 
 
 def queue_summary(queue: str, figures: QueueFigures) -> PoolSummary:

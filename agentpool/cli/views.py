@@ -410,6 +410,9 @@ def fleet_json(rows: Sequence[FleetRow], now: float) -> list[dict[str, Any]]:
             "dead": p.dead,
             "workers": p.workers,
             "last_scale_reason": p.last_scale_reason,
+            "schedules": p.schedules,
+            "next_schedule_time": p.next_schedule_time.isoformat()
+            if p.next_schedule_time else None,
             "created": p.created.isoformat() if p.created else None,
             "age_seconds": round(now - p.created.timestamp(), 3) if p.created else None,
             "rates": rates_json(row.rates) if row.rates else None,
@@ -421,6 +424,9 @@ def fleet_json(rows: Sequence[FleetRow], now: float) -> list[dict[str, Any]]:
 def fleet_grid(rows: Sequence[FleetRow], now: float, *, all_namespaces: bool) -> Grid:
     headers = ["NAME", "QUEUE", "READY", "QUEUED", "IN-FLIGHT", "DEAD", "WORKERS",
                "DONE/S", "FAILED", "HEALTH", "AGE"]
+    scheduled = any(row.pool.schedules for row in rows)
+    if scheduled:
+        headers.insert(-2, "NEXT RUN")
     if all_namespaces:
         headers.insert(0, "NAMESPACE")
     out: list[list[str]] = []
@@ -436,6 +442,8 @@ def fleet_grid(rows: Sequence[FleetRow], now: float, *, all_namespaces: bool) ->
             _percent(row.rates.failure_rate) if row.rates else "-",
             p.health, format_age(now - p.created.timestamp()) if p.created else "-",
         ]
+        if scheduled:
+            cells.insert(-2, _next_run(p, now))
         if all_namespaces:
             cells.insert(0, p.namespace or "-")
         out.append(cells)
@@ -448,6 +456,15 @@ def fleet_grid(rows: Sequence[FleetRow], now: float, *, all_namespaces: bool) ->
         notes.insert(0, f"DONE/S and FAILED over the last {', '.join(sorted(windows))}; "
                         "FAILED = failed runs / finished runs")
     return Grid(headers=headers, rows=out, notes=notes)
+
+
+def _next_run(pool: PoolSummary, now: float) -> str:
+    """When the pool's next scheduled task is due: "in 4m", "due", or "-" (no schedule that
+    runs: none, all suspended, or the pool paused)."""
+    if pool.next_schedule_time is None:
+        return "-"
+    seconds = pool.next_schedule_time.timestamp() - now
+    return f"in {format_age(seconds)}" if seconds >= 1 else "due"
 
 
 # -- tasks by state ------------------------------------------------------------------------

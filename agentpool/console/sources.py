@@ -22,6 +22,7 @@ from agentpool.cli.fleet import (
     CounterSample,
     PoolSummary,
     RateTracker,
+    pool_schedules,
     pool_summary,
     queue_summary,
 )
@@ -199,7 +200,7 @@ class Sources:
                         for p in record.history.points()],
             "workers": workers_json(workers, now),
             "rate_limits": spec.get("rateLimits"),
-            "schedules": _schedules(record.obj),
+            "schedules": pool_schedules(record.obj),
             "limits": await limit_rows(self.redis, spec.get("rateLimits"), now),
             "events": events,
             "events_note": events_note,
@@ -350,28 +351,6 @@ def _conditions(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         {k: c.get(k) for k in ("type", "status", "reason", "message", "lastTransitionTime")}
         for c in status.get("conditions") or [] if isinstance(c, Mapping)
     ]
-
-
-def _schedules(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The pool's schedules as its spec declares them, with what its status says of each."""
-    spec = (obj or {}).get("spec") or {}
-    status = (obj or {}).get("status") or {}
-    seen = {e.get("name"): e for e in status.get("schedules") or [] if isinstance(e, Mapping)}
-    rows = []
-    for schedule in spec.get("schedules") or []:
-        if not isinstance(schedule, Mapping):
-            continue
-        entry = seen.get(schedule.get("name")) or {}
-        rows.append({
-            "name": schedule.get("name"), "cron": schedule.get("cron"),
-            "time_zone": schedule.get("timeZone", "UTC"),
-            "concurrency_policy": schedule.get("concurrencyPolicy", "Allow"),
-            "suspend": bool(schedule.get("suspend", False)),
-            "last_schedule_time": entry.get("lastScheduleTime"),
-            "last_task_id": entry.get("lastTaskId"),
-            "next_schedule_time": entry.get("nextScheduleTime"),
-        })
-    return rows
 
 
 def _iso(value: Any) -> str | None:

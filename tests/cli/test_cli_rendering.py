@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -91,6 +93,31 @@ def test_pool_summary_from_an_object() -> None:
     assert pool.created == datetime(2024, 1, 1, tzinfo=UTC)
 
 
+def test_pool_summary_has_the_soonest_time_of_the_schedules_that_run() -> None:
+    def pool(paused: bool = False) -> dict[str, Any]:
+        return {
+            "metadata": {"name": "p"},
+            "spec": {"paused": paused, "schedules": [
+                {"name": "hourly", "cron": "0 * * * *"},
+                {"name": "often", "cron": "*/5 * * * *", "suspend": True},
+                {"name": "nightly", "cron": "0 2 * * *"},
+                {"name": "new", "cron": "@daily"},  # the operator has not written it yet
+            ]},
+            "status": {"schedules": [
+                {"name": "hourly", "nextScheduleTime": "2026-12-04T10:00:00Z"},
+                {"name": "often", "nextScheduleTime": "2026-12-04T09:05:00Z"},
+                {"name": "nightly", "nextScheduleTime": "2026-12-05T02:00:00Z"},
+            ]},
+        }
+
+    summary = pool_summary(pool())
+    assert summary.schedules == 4
+    assert summary.next_schedule_time == datetime(2026, 12, 4, 10, tzinfo=UTC)
+    assert pool_summary(pool(paused=True)).next_schedule_time is None
+    unscheduled = pool_summary({"metadata": {"name": "p"}, "spec": {}})
+    assert (unscheduled.schedules, unscheduled.next_schedule_time) == (0, None)
+
+
 def test_pool_summary_before_the_operator_wrote_status() -> None:
     pool = pool_summary({"metadata": {"name": "p"}, "spec": {"queue": "jobs",
                                                              "redis": {"url": "redis://r"}}})
@@ -137,6 +164,21 @@ def test_fleet_grid() -> None:
         "web/beta: no rates: cannot reach Redis at redis://r: x",
     ]
     assert fleet_grid(fleet_rows(), NOW, all_namespaces=False).headers[0] == "NAME"
+
+
+def test_fleet_grid_shows_the_next_run_once_a_pool_has_schedules() -> None:
+    alpha, beta = fleet_rows()
+    soon = datetime.fromtimestamp(NOW + 250, UTC)
+    rows = [FleetRow(replace(alpha.pool, schedules=2, next_schedule_time=soon), alpha.rates),
+            FleetRow(replace(beta.pool, schedules=1), None),  # suspended, or the pool paused
+            FleetRow(replace(beta.pool, name="gamma", schedules=1,
+                             next_schedule_time=datetime.fromtimestamp(NOW - 1, UTC)), None)]
+    grid = fleet_grid(rows, NOW, all_namespaces=False)
+    assert grid.headers[-3:] == ["NEXT RUN", "HEALTH", "AGE"]
+    assert [row[-3] for row in grid.rows] == ["in 4m10s", "-", "due"]
+    doc = fleet_json(rows, NOW)
+    assert (doc[0]["schedules"], doc[0]["next_schedule_time"]) == (2, soon.isoformat())
+    assert doc[1]["next_schedule_time"] is None
 
 
 def test_fleet_json() -> None:
