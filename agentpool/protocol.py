@@ -31,8 +31,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentpool.connection import is_cluster
@@ -542,7 +542,8 @@ class TaskQueue:
         """Wait until the task reaches a final state; raises TimeoutError after `timeout`.
 
         Once waiting, a lost connection (a Redis failover) is retried for up to
-        WAIT_RECONNECT_SECONDS in a row; an unreachable Redis at the start raises at once.
+        WAIT_RECONNECT_SECONDS in a row; a Redis unreachable before the task was first read,
+        or refusing the credentials, raises at once.
 
         The loop also checks the deadline itself: on Python 3.11 a cancellation that meets a
         finishing ``asyncio.wait_for`` inside redis-py is dropped, and the timeout's single
@@ -550,6 +551,7 @@ class TaskQueue:
         done = DoneSignal(self.redis, self.prefix + "done")
         deadline = None if timeout is None else time.monotonic() + timeout
         failing_since: float | None = None
+        reached = False
         listened = -float(LISTEN_SECONDS)
         try:
             async with asyncio.timeout(timeout):
@@ -561,6 +563,7 @@ class TaskQueue:
                             await self.listen_for_finishes()
                             listened = time.monotonic()
                         info = await self.get(task_id)
+                        reached = True
                         if info is None:
                             raise TaskNotFound(f"no task {task_id} in queue {self.name}")
                         if info.done:
@@ -572,10 +575,11 @@ class TaskQueue:
                         failing_since = None
                     except TimeoutError:
                         raise  # the deadline's (an OSError too, but not a lost connection)
-                    except (RedisConnectionError, RedisTimeoutError, OSError):
+                    except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                         now = time.monotonic()
                         failing_since = failing_since or now
-                        if now - failing_since > WAIT_RECONNECT_SECONDS:
+                        if (not reached or isinstance(error, AuthenticationError)
+                                or now - failing_since > WAIT_RECONNECT_SECONDS):
                             raise
                         await asyncio.sleep(0.2)
         finally:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 
 import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import claim_one, eventually, shard_subscribers
+from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from agentpool import protocol
+from agentpool.connection import redis_from_url
 from agentpool.protocol import DoneSignal, TaskNotFound, TaskQueue
+from agentpool.redis_server import RedisServer, free_port
 
 
 async def test_unfinished_tasks_never_expire(redis: aioredis.Redis, queue: TaskQueue) -> None:
@@ -130,6 +136,58 @@ async def test_wait_keeps_its_deadline_when_its_cancellation_is_lost(
         waiting.cancel()
     assert finished, "the wait outlived its timeout by seconds"
     assert isinstance(waiting.exception(), TimeoutError)
+
+
+async def ended(awaitable: Awaitable[object], within: float = 10) -> BaseException | None:
+    """What `awaitable` raised; the test fails if it is still going after `within` seconds
+    (it would have been retrying instead of raising)."""
+    running = asyncio.ensure_future(awaitable)
+    finished, _ = await asyncio.wait({running}, timeout=within)
+    if not finished:
+        running.cancel()
+    assert finished, "still retrying"
+    return running.exception()
+
+
+async def test_wait_on_a_redis_never_reached_raises_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(protocol, "WAIT_RECONNECT_SECONDS", 3600.0)
+    client = redis_from_url(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        error = await ended(TaskQueue(client, "q").wait("0" * 32, timeout=600))
+    finally:
+        await client.aclose()
+    assert isinstance(error, RedisConnectionError)
+
+
+async def test_wait_whose_credentials_stop_working_raises_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lost connection is retried (a failover); a reconnect the server refuses is not."""
+    monkeypatch.setattr(protocol, "WAIT_RECONNECT_SECONDS", 3600.0)
+    with RedisServer() as server:
+        client = redis_from_url(server.url)
+        admin = redis_from_url(server.url)
+        try:
+            queue = TaskQueue(client, "q")
+            task_id = await queue.submit("job")
+            waiting = ended(queue.wait(task_id, timeout=600))
+            subscribed = asyncio.ensure_future(waiting)
+            await eventually(lambda: _has_subscriber(admin, queue))
+            await admin.config_set("requirepass", "changed")
+            await admin.client_kill_filter(_type="pubsub")
+            await admin.client_kill_filter(_type="normal", skipme=True)
+            error = await subscribed
+        finally:
+            await client.aclose()
+            await admin.aclose()
+    assert isinstance(error, AuthenticationError)
+
+
+async def _has_subscriber(admin: aioredis.Redis, queue: TaskQueue) -> bool:
+    counts = await admin.execute_command("PUBSUB", "SHARDNUMSUB", queue.prefix + "done")
+    return int(counts[1]) > 0
 
 
 async def test_wait_for_an_unknown_task_raises_task_not_found(queue: TaskQueue) -> None:
