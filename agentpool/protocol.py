@@ -636,7 +636,9 @@ class TaskQueue:
                         key, min=f"({last}", count=1000))
                     if not entries:
                         return
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                if isinstance(error, AuthenticationError):
+                    raise  # not a lost connection: retrying would not mend it
                 failures += 1
                 await asyncio.sleep(retry_delay(failures, base=0.1, cap=2.0))
                 continue

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import RoundTrips, claim_one
 from redis.asyncio.client import Pipeline
+from redis.exceptions import AuthenticationError
 
 from agentpool.protocol import (
     ProtocolError,
@@ -190,3 +191,25 @@ async def test_a_follower_resumes_after_a_redis_restart_without_a_miss_or_a_repe
         await follower_client.aclose()
     assert [e.data for e in seen] == [*range(10), {"state": "succeeded"}]
     assert len({e.id for e in seen}) == len(seen)
+
+
+async def test_following_stops_when_the_server_refuses_the_credentials(queue_name: str) -> None:
+    """A lost connection is resumed; a reconnect refused for its credentials ends the stream
+    with the error instead of being retried for ever."""
+    with RedisServer() as server:
+        client = aioredis.Redis.from_url(server.url)
+        admin = aioredis.Redis.from_url(server.url)
+        try:
+            queue = TaskQueue(client, queue_name)
+            task_id = await queue.submit({})
+            await claim_one(queue, "pod-a:i1")
+            await queue.emit(task_id, "token", 0, attempt=1)
+            stream = queue.events(task_id, block_seconds=0.2)
+            assert (await anext(stream)).data == 0
+            await admin.config_set("requirepass", "changed")
+            await admin.client_kill_filter(_type="normal", skipme=True)
+            with pytest.raises(AuthenticationError):
+                await asyncio.wait_for(anext(stream), 10)
+        finally:
+            await client.aclose()
+            await admin.aclose()
