@@ -126,8 +126,6 @@ def pool_health(conditions: Sequence[Condition], paused: bool) -> str:
     return "Pending"
 
 
-
-
 def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
     """Summary of one AgentPool object; a status the operator has not written yet reads as 0."""
     meta = obj.get("metadata") or {}
@@ -183,7 +181,6 @@ def pool_schedules(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:
             "next_schedule_time": entry.get("nextScheduleTime"),
         })
     return rows
-
 
 
 def _next_schedule_time(schedules: Sequence[Mapping[str, Any]], paused: bool) -> datetime | None:
