@@ -71,6 +71,19 @@ async def restarted(operator: OperatorThread, cluster: Cluster,
     assert thread.error is None, thread.error
 
 
+def one_round(manifest: dict[str, Any], queue: TaskQueue | None, cursor: datetime,
+              last_task_id: str) -> PoolObservation:
+    """What a round of the operator observes of the pool, whose status left the schedule
+    'report' at `cursor` after the task `last_task_id`."""
+    return PoolObservation(
+        namespace="default", name=POOL, pool=manifest,
+        spec=AgentPoolSpec.model_validate(manifest["spec"]), deployment=None, figures=None,
+        queue=queue, now=datetime.now(UTC),
+        previous_status={"schedules": [{"name": "report", "nextScheduleTime": rfc3339(cursor),
+                                        "lastTaskId": last_task_id}]},
+    )
+
+
 async def queued_ids(queue: TaskQueue) -> list[str]:
     return [task.id for task in await queue.list_tasks("queued")]
 
@@ -222,14 +235,7 @@ async def test_a_time_that_cannot_be_submitted_keeps_the_cursor_for_the_next_rou
     cursor = minute_floor(datetime.now(UTC))
     manifest = pool_manifest(POOL, schedules=[{"name": "report", "cron": "* * * * *",
                                                "startingDeadlineSeconds": 600}])
-    observation = PoolObservation(
-        namespace="default", name=POOL, pool=manifest,
-        spec=AgentPoolSpec.model_validate(manifest["spec"]), deployment=None, figures=None,
-        queue=None, now=datetime.now(UTC),
-        previous_status={"schedules": [{"name": "report", "nextScheduleTime": rfc3339(cursor),
-                                        "lastTaskId": "earlier"}]},
-    )
-    result = await run_schedules(observation)
+    result = await run_schedules(one_round(manifest, None, cursor, "earlier"))
     assert result.status_fields["schedules"] == [
         {"name": "report", "lastTaskId": "earlier", "nextScheduleTime": rfc3339(cursor)}]
     (problem,) = result.problems
@@ -247,14 +253,7 @@ async def test_replace_leaves_the_previous_task_when_the_queue_refuses_its_succe
     manifest = pool_manifest(POOL, queue=queue_name, schedules=[{
         "name": "report", "cron": "* * * * *", "concurrencyPolicy": "Replace",
         "startingDeadlineSeconds": 600, "payload": "x" * (1 << 20)}])  # over the 1 MiB limit
-    observation = PoolObservation(
-        namespace="default", name=POOL, pool=manifest,
-        spec=AgentPoolSpec.model_validate(manifest["spec"]), deployment=None, figures=None,
-        queue=queue, now=datetime.now(UTC),
-        previous_status={"schedules": [{"name": "report", "nextScheduleTime": rfc3339(cursor),
-                                        "lastTaskId": previous}]},
-    )
-    result = await run_schedules(observation)
+    result = await run_schedules(one_round(manifest, queue, cursor, previous))
     (problem,) = result.problems
     assert problem.reason == "ScheduleFailed"
     assert problem.message.startswith("schedule 'report': payload is ")
