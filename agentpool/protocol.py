@@ -293,6 +293,19 @@ def key_prefix(queue: str) -> str:
     return f"ap:{{{queue}}}:"
 
 
+def worth_retrying(error: BaseException, *, reached: bool = True, failing_for: float = 0.0,
+                   patience: float = float("inf")) -> bool:
+    """Whether a caller that waits on Redis (`TaskQueue.wait`, `TaskQueue.events`) should try
+    again after `error`: a lost connection (a failover) is worth it once Redis was reached, for
+    up to `patience` seconds in a row. A Redis never reached, refused credentials and a
+    deadline (the builtin TimeoutError, an OSError too) are not: retrying mends none."""
+    if not isinstance(error, RedisConnectionError | RedisTimeoutError | OSError):
+        return False
+    if isinstance(error, AuthenticationError | TimeoutError):
+        return False
+    return reached and failing_for <= patience
+
+
 def retry_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0,
                 rng: random.Random | None = None) -> float:
     """Exponential backoff with "equal jitter": half fixed, half random, capped."""
@@ -556,7 +569,6 @@ class TaskQueue:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    _time_left(deadline, 0.0)
                     try:
                         if time.monotonic() - listened > LISTEN_SECONDS / 3:
                             await done.subscribe()
@@ -568,18 +580,14 @@ class TaskQueue:
                             raise TaskNotFound(f"no task {task_id} in queue {self.name}")
                         if info.done:
                             return info
-                        while True:
-                            finished = await done.next(timeout=_time_left(deadline, 1.0))
-                            if finished is None or finished == task_id:
-                                break
+                        await _news_of(done, task_id, deadline)
                         failing_since = None
-                    except TimeoutError:
-                        raise  # the deadline's (an OSError too, but not a lost connection)
                     except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                         now = time.monotonic()
                         failing_since = failing_since or now
-                        if (not reached or isinstance(error, AuthenticationError)
-                                or now - failing_since > WAIT_RECONNECT_SECONDS):
+                        if not worth_retrying(error, reached=reached,
+                                              failing_for=now - failing_since,
+                                              patience=WAIT_RECONNECT_SECONDS):
                             raise
                         await asyncio.sleep(0.2)
         finally:
@@ -637,8 +645,8 @@ class TaskQueue:
                     if not entries:
                         return
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-                if isinstance(error, AuthenticationError):
-                    raise  # not a lost connection: retrying would not mend it
+                if not worth_retrying(error):
+                    raise
                 failures += 1
                 await asyncio.sleep(retry_delay(failures, base=0.1, cap=2.0))
                 continue
@@ -889,6 +897,13 @@ class TaskQueue:
 
     async def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
         return int(await self._run("dead_letters", "purge", *(task_ids or [])))
+
+
+async def _news_of(done: DoneSignal, task_id: str, deadline: float | None) -> None:
+    """Returns once `task_id` is published as finished, or after a second without a finish
+    (the caller then reads the task again); TimeoutError once `deadline` passed."""
+    while await done.next(timeout=_time_left(deadline, 1.0)) not in (None, task_id):
+        pass
 
 
 def _time_left(deadline: float | None, at_most: float) -> float:

@@ -137,6 +137,7 @@ def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
         status = AgentPoolStatus()
     redis = spec.get("redis") or {}
     ref = redis.get("urlSecretRef")
+    paused = bool(spec.get("paused", False))
     schedules = pool_schedules(obj)
     return PoolSummary(
         name=name,
@@ -150,11 +151,11 @@ def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
         in_flight=status.in_flight,
         dead=status.dead,
         workers=status.workers,
-        health=pool_health(status.conditions, bool(spec.get("paused", False))),
+        health=pool_health(status.conditions, paused),
         created=parse_rfc3339(meta.get("creationTimestamp")),
         last_scale_reason=status.last_scale_reason,
         schedules=len(schedules),
-        next_schedule_time=_next_schedule_time(schedules, bool(spec.get("paused", False))),
+        next_schedule_time=_next_schedule_time(schedules, paused),
         redis_url=redis.get("url"),
         redis_secret=SecretRef(str(ref["name"]), str(ref.get("key") or "url"))
         if isinstance(ref, Mapping) and ref.get("name") else None,

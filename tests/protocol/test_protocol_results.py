@@ -172,13 +172,12 @@ async def test_wait_whose_credentials_stop_working_raises_at_once(
         try:
             queue = TaskQueue(client, "q")
             task_id = await queue.submit("job")
-            waiting = ended(queue.wait(task_id, timeout=600))
-            subscribed = asyncio.ensure_future(waiting)
+            outcome = asyncio.ensure_future(ended(queue.wait(task_id, timeout=600)))
             await eventually(lambda: _has_subscriber(admin, queue))
             await admin.config_set("requirepass", "changed")
             await admin.client_kill_filter(_type="pubsub")
             await admin.client_kill_filter(_type="normal", skipme=True)
-            error = await subscribed
+            error = await outcome
         finally:
             await client.aclose()
             await admin.aclose()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 from protocol_helpers import claim_one, claim_within, eventually
+from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agentpool.protocol import FailOutcome, TaskQueue, retry_delay
+from agentpool.protocol import FailOutcome, TaskQueue, retry_delay, worth_retrying
 
 
 @given(
@@ -31,6 +35,27 @@ def test_retry_delay_is_jittered() -> None:
     delays = [retry_delay(3, base=1.0, cap=300.0, rng=rng) for _ in range(500)]
     assert len(set(delays)) > 400
     assert min(delays) < 2.2 and max(delays) > 3.8
+
+
+@pytest.mark.parametrize(("error", "reached", "failing_for", "retry"), [
+    (RedisConnectionError("closed"), True, 0.0, True),  # a failover: ride it out
+    (RedisTimeoutError("slow"), True, 29.0, True),
+    (ConnectionResetError(), True, 0.0, True),
+    (RedisConnectionError("closed"), True, 31.0, False),  # out of patience
+    (RedisConnectionError("refused"), False, 0.0, False),  # never reached: say so at once
+    (AuthenticationError("invalid password"), True, 0.0, False),  # no retry mends it
+    (TimeoutError(), True, 0.0, False),  # the caller's deadline
+    (ValueError("bug"), True, 0.0, False),
+])
+def test_what_a_waiting_caller_retries(error: Exception, reached: bool, failing_for: float,
+                                       retry: bool) -> None:
+    assert worth_retrying(error, reached=reached, failing_for=failing_for,
+                          patience=30.0) is retry
+
+
+def test_an_event_stream_retries_a_lost_connection_for_as_long_as_it_lasts() -> None:
+    assert worth_retrying(RedisConnectionError("closed"), failing_for=3600.0)
+    assert not worth_retrying(AuthenticationError("invalid password"))
 
 
 async def test_failed_task_waits_out_a_backoff_before_its_retry(
