@@ -46,7 +46,7 @@ class ScriptLine:
         self._pool = client.connection_pool
         self._idle: list[AbstractConnection] = []
         self._opened = 0
-        self._limit = limit
+        self.limit = limit
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         connection = self._take()
@@ -82,7 +82,7 @@ class ScriptLine:
     def _take(self) -> AbstractConnection | None:
         if self._idle:
             return self._idle.pop()
-        if self._opened >= self._limit:
+        if self._opened >= self.limit:
             return None
         self._opened += 1
         return self._pool.connection_class(**self._pool.connection_kwargs)

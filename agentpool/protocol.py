@@ -35,7 +35,9 @@ from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agentpool.coalesce import Coalescer
 from agentpool.connection import is_cluster
+from agentpool.direct import DEFAULT_LIMIT as DEFAULT_LINE_LIMIT
 from agentpool.direct import BlockingScriptLine, ScriptLine
 from agentpool.durability import (
     DEFAULT_REPLICA_TIMEOUT,
@@ -416,6 +418,8 @@ class TaskQueue:
         self.replica_timeout = replica_timeout
         self.line = line
         self._scripts: dict[str, AsyncScript] = {}
+        self._submits: Coalescer[list[Any], tuple[str, int]] = Coalescer(
+            self._submit_group, limit=line.limit if line is not None else DEFAULT_LINE_LIMIT)
 
     def _script(self, name: str) -> AsyncScript:
         script = self._scripts.get(name)
@@ -481,13 +485,19 @@ class TaskQueue:
         within a priority.
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
+        task_id, acked = await self._submits.call(args, size=len(args[1]))
+        self._check_replicated("submit", acked, task_id)
+        return task_id
+
+    async def _submit_group(self, group: Sequence[list[Any]]) -> list[tuple[str, int]]:
+        """One script call for concurrent submits (agentpool.coalesce): (id, acked) each."""
+        flat = [value for args in group for value in args]
         if self.durability is Durability.NONE:
-            _, task_id = await self._run("submit", *args)
-            return _s(task_id)
-        (_, task_id), _, acked = await _scripts_in_one_trip(
-            self.redis, [(self, "submit", args)], then=self._wait_commands())
-        self._check_replicated("submit", acked, _s(task_id))
-        return _s(task_id)
+            reply, acked = await self._run("submit", *flat), 1
+        else:
+            reply, _, acked = await _scripts_in_one_trip(
+                self.redis, [(self, "submit", flat)], then=self._wait_commands())
+        return [(_s(reply[2 * i + 1]), int(acked)) for i in range(len(group))]
 
     def submit_blocking(
         self,

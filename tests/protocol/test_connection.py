@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from protocol_helpers import tls_redis
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.exceptions import DataError
@@ -199,6 +200,25 @@ async def test_a_cluster_client_packs_in_c_on_the_nodes_it_discovers(
         assert all(issubclass(node.connection_class, LeanConnection) for node in nodes)
     finally:
         await client.aclose()
+
+
+async def test_a_new_cluster_clients_first_calls_at_once_are_not_redirected(
+    redis_cluster: RedisCluster,
+) -> None:
+    """The slot map is read before the first call is routed: no call of a burst on a new
+    client comes back MOVED (Redis counts redirected calls as rejected)."""
+    nodes = [redis.Redis(port=port) for port in redis_cluster.ports]
+    for node in nodes:
+        node.config_resetstat()
+    client = redis_from_url(redis_cluster.url)
+    try:
+        queue = TaskQueue(client, "first-burst")
+        await asyncio.gather(*(queue.figures() for _ in range(40)))
+    finally:
+        await client.aclose()
+    stats = [node.info("commandstats") for node in nodes]
+    assert sum(s["cmdstat_evalsha"]["calls"] for s in stats if "cmdstat_evalsha" in s) >= 40
+    assert sum(entry["rejected_calls"] for s in stats for entry in s.values()) == 0
 
 
 async def test_a_write_that_need_not_wait_runs_in_the_callers_task(redis_url: str) -> None:

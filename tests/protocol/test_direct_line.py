@@ -21,6 +21,8 @@ from agentpool.acl import Role
 from agentpool.client import Client, SyncClient
 from agentpool.connection import DEFAULT_MAX_CONNECTIONS, redis_from_url
 from agentpool.direct import DEFAULT_LIMIT
+from agentpool.lua_source import script_source
+from agentpool.protocol import CancelOutcome
 from agentpool.redis_server import RedisServer
 
 AclUrl = Callable[[str, Role], Awaitable[str]]
@@ -117,16 +119,35 @@ async def test_a_cancelled_submit_never_answers_the_next_one(server: RedisServer
 
 
 async def test_callers_beyond_the_lines_connections_share_the_pool(server: RedisServer) -> None:
-    """200 submits at once: 8 on the line, the rest on the pool, whose callers beyond its
-    100 connections wait for one instead of failing; neither opens more than its cap."""
+    """200 script calls at once (cancels: each its own call): 8 on the line, the rest on the
+    pool, whose callers beyond its 100 connections wait for one instead of failing; neither
+    opens more than its cap."""
+    async with Client.from_url(server.url) as client:
+        queue = client.queue("many")
+        ids = await queue.submit_many(range(200))
+        await queue.cancel(ids[0])  # Redis learns the script
+        outcomes = await asyncio.gather(*(queue.cancel(task_id) for task_id in ids[1:]))
+        opened = _line_clients(server)
+    assert set(outcomes) == {CancelOutcome.CANCELLED}
+    assert DEFAULT_LIMIT < opened <= DEFAULT_LIMIT + DEFAULT_MAX_CONNECTIONS
+
+
+async def test_submits_beyond_the_lines_connections_go_together_on_the_line(
+        server: RedisServer) -> None:
+    """200 submits at once: 8 go alone, the rest gather into a few script calls on the same
+    8 connections (agentpool.coalesce); each caller gets its own task."""
+    admin = redis.Redis.from_url(server.url)
+    admin.script_load(script_source("submit"))
     async with Client.from_url(server.url) as client:
         queue = client.queue("many")
         ids = await asyncio.gather(*(queue.submit(i) for i in range(200)))
-        infos = [await queue.get(task_id) for task_id in ids[::40]]
-        opened = _line_clients(server)
-    assert len(set(ids)) == 200
-    assert [info.payload for info in infos if info is not None] == list(range(0, 200, 40))
-    assert DEFAULT_LIMIT < opened <= DEFAULT_LIMIT + DEFAULT_MAX_CONNECTIONS
+        opened = _line_clients(server) - 1  # less `admin`
+        infos = [await queue.get(task_id) for task_id in ids]
+    calls = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+    admin.close()
+    assert [info.payload for info in infos if info is not None] == list(range(200))
+    assert opened == DEFAULT_LIMIT
+    assert DEFAULT_LIMIT < calls <= 2 * DEFAULT_LIMIT
 
 
 def test_blocking_submits_from_many_threads_get_their_own_replies(server: RedisServer) -> None:

@@ -6,6 +6,7 @@ one stopped with SIGSTOP: the primary still takes writes, but no replica acknowl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import time
@@ -99,6 +100,27 @@ async def test_with_no_replica_answering_a_submit_says_so_and_keeps_the_task(
     # the same task, and this time the replica has it.
     assert await queue.submit({"n": 1}, idempotency_key="order-1") == task_id
     assert await on_replica.hget(queue.task_key(task_id), "state") == b"queued"
+
+
+async def test_concurrent_replicated_submits_each_learn_their_own_task_was_not_replicated(
+    pair: tuple[RedisServer, RedisServer], clients: tuple[aioredis.Redis, aioredis.Redis],
+) -> None:
+    """Submits sent together (agentpool.coalesce) share one WAIT: each caller gets the
+    outcome with its own task's id."""
+    on_primary, on_replica = clients
+    queue = replicated(on_primary, timeout=TIMEOUT)
+    with replica_stopped(pair[1]):
+        outcomes = await asyncio.gather(*(queue.submit({"n": i}) for i in range(30)),
+                                        return_exceptions=True)
+    assert all(isinstance(outcome, NotReplicated) for outcome in outcomes)
+    ids = [outcome.result for outcome in outcomes if isinstance(outcome, NotReplicated)]
+    assert len(set(ids)) == 30
+    infos = [await queue.get(task_id) for task_id in ids]
+    assert [info.payload for info in infos if info is not None] == [{"n": i} for i in range(30)]
+    acked = await asyncio.gather(*(queue.submit({"n": i}) for i in range(30, 60)))
+    assert len(set(acked)) == 30
+    assert {await on_replica.hget(queue.task_key(task_id), "state") for task_id in acked} == {
+        b"queued"}
 
 
 async def test_without_durability_a_submit_does_not_wait_for_a_replica(

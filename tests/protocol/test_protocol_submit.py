@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -81,6 +83,48 @@ async def test_idempotency_key_returns_the_same_task(
     assert sorted(await queued_ids(redis, queue)) == sorted([first, other])
     info = await queue.get(first)
     assert info is not None and info.payload == {"n": 1}
+
+
+async def test_concurrent_submits_sent_together_keep_their_own_options(
+    redis: aioredis.Redis, queue: TaskQueue
+) -> None:
+    """Submits beyond the calls in flight go to Redis in one script call (agentpool.coalesce);
+    each keeps its priority, delay, attempt limit and idempotency key, a key given twice in
+    one group names one task, and only created tasks count as submitted."""
+    groups: list[int] = []
+    send = queue._submits.send
+
+    async def recording(group: Sequence[list[Any]]) -> Sequence[tuple[str, int]]:
+        groups.append(len(group))
+        return await send(group)
+
+    queue._submits.send = recording
+    options = [
+        {"priority": i % 10, "delay": 60 if i % 7 == 0 else 0,
+         "max_attempts": i % 3 + 1 if i % 5 == 0 else None,
+         "idempotency_key": f"key-{i % 40}" if i % 4 == 0 else None}
+        for i in range(120)
+    ]
+    ids = await asyncio.gather(*(queue.submit({"i": i}, **o) for i, o in enumerate(options)))
+
+    assert sum(groups) == 120 and max(groups) > 1
+    by_key: dict[str, set[str]] = {}
+    for task_id, o in zip(ids, options, strict=True):
+        if o["idempotency_key"]:
+            by_key.setdefault(o["idempotency_key"], set()).add(task_id)
+    assert all(len(same) == 1 for same in by_key.values())
+    created = set(ids)
+    assert len(created) == 120 - sum(1 for i in range(120) if i % 4 == 0) + len(by_key)
+    assert len(await task_keys(redis, queue)) == len(created)
+    for task_id in created:
+        info = await queue.get(task_id)
+        assert info is not None
+        i = info.payload["i"]
+        assert ids[i] == task_id  # the task is that of the submit whose payload it holds
+        assert info.priority == options[i]["priority"]
+        assert info.state == ("delayed" if options[i]["delay"] else "queued")
+        assert info.max_attempts == options[i]["max_attempts"]
+    assert (await queue.figures()).stats["submitted"] == len(created)
 
 
 async def test_idempotency_key_of_a_purged_task_no_longer_dedupes(
