@@ -23,11 +23,13 @@ measurement only once every worker process is up.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -102,6 +104,39 @@ def timed(n: int, submit: Callable[[], Any]) -> dict[str, float]:
     return {"n": n, "seconds": time.perf_counter() - start}
 
 
+PRODUCERS = 64
+"""Producers at once in the ``concurrent`` enqueue mode: a web server's handlers, each
+submitting one task (threads for a blocking client, coroutines for an asyncio one)."""
+
+
+def _shares(n: int) -> list[int]:
+    return [n // PRODUCERS + (1 if i < n % PRODUCERS else 0) for i in range(PRODUCERS)]
+
+
+def in_threads(n: int, send: Callable[[], Any]) -> Callable[[], None]:
+    """n calls of ``send`` spread over PRODUCERS threads (a threaded web server's way)."""
+
+    def one_producer(count: int) -> None:
+        for _ in range(count):
+            send()
+
+    def run() -> None:
+        with ThreadPoolExecutor(PRODUCERS) as pool:
+            list(pool.map(one_producer, _shares(n)))
+
+    return run
+
+
+async def in_coroutines(n: int, send: Callable[[], Awaitable[Any]]) -> None:
+    """n awaits of ``send()`` spread over PRODUCERS coroutines (an asyncio web server's way)."""
+
+    async def one_producer(count: int) -> None:
+        for _ in range(count):
+            await send()
+
+    await asyncio.gather(*(one_producer(count) for count in _shares(n)))
+
+
 def paced(n: int, interval: float, send: Callable[[float], Any]) -> None:
     """Call ``send(now)`` n times on a fixed schedule (no drift from slow sends)."""
     t0 = time.perf_counter()
@@ -159,7 +194,8 @@ def produce_one_at_a_time(
             for _ in range(n):
                 noop()
 
-        reply(timed(n, send))
+        concurrent = options.get("mode") == "concurrent"
+        reply(timed(n, in_threads(n, noop) if concurrent else send))
     elif command == "latency":
         paced(n, float(options["interval"]), stamp)
         reply({})

@@ -60,6 +60,9 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
                     await queue.submit(None)
             return {"n": n, "seconds": time.perf_counter() - start, "first": first,
                     "cpu": time.process_time() - cpu}
+        if command == "enqueue" and options.get("mode") == "concurrent":
+            await common.in_coroutines(n, lambda: queue.submit(None))
+            return {"n": n, "seconds": time.perf_counter() - start}
         if command == "enqueue" and options.get("mode") != "batch":
             for _ in range(n):
                 await queue.submit(None)

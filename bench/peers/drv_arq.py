@@ -63,8 +63,11 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
             if options.get("mode") == "batch":
                 return {"unsupported": True}
             start = loop.time()
-            for _ in range(n):
-                await pool.enqueue_job("noop")
+            if options.get("mode") == "concurrent":
+                await common.in_coroutines(n, lambda: pool.enqueue_job("noop"))
+            else:
+                for _ in range(n):
+                    await pool.enqueue_job("noop")
             return {"n": n, "seconds": loop.time() - start}
         if command == "latency":
             interval = float(options["interval"])

@@ -48,6 +48,8 @@ def main() -> None:
                 for size in common.chunks(n):
                     queue.enqueue_many([Queue.prepare_data(NOOP) for _ in range(size)])
 
+        elif options.get("mode") == "concurrent":
+            send = common.in_threads(n, lambda: queue.enqueue(NOOP))
         else:
 
             def send() -> None:

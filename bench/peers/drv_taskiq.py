@@ -74,8 +74,11 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
             return {"n": n, "seconds": time.perf_counter() - start, "first": first,
                     "cpu": time.process_time() - cpu}
         if command in ("enqueue", "fill"):
-            for _ in range(n):
-                await noop.kiq()
+            if options.get("mode") == "concurrent":
+                await common.in_coroutines(n, noop.kiq)
+            else:
+                for _ in range(n):
+                    await noop.kiq()
             return {"n": n, "seconds": time.perf_counter() - start}
         if command == "latency":
             interval = float(options["interval"])

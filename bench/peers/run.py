@@ -417,23 +417,32 @@ def bench_enqueue(env: Env, plan: Plan, systems: list[str],
     figures are medians over the rounds, and each round is kept, so the ratio between two
     systems can be read within a round."""
     samples: dict[str, dict[str, list[float | None]]] = {s: {} for s in systems}
+    redis_cpu: dict[str, dict[str, list[float | None]]] = {s: {} for s in systems}
+    redis_pid = env.server.process.pid if env.server.process else 0
     for i in range(rounds):
         for system in systems[i % len(systems):] + systems[:i % len(systems)]:
-            modes = [("single", plan.enqueue_single), ("batch", plan.enqueue_batch)]
-            if system == "agentpool":
+            modes = [("single", plan.enqueue_single), ("concurrent", plan.enqueue_single),
+                     ("batch", plan.enqueue_batch)]
+            if system in ("agentpool", BEFORE):
                 modes.insert(1, ("sync", plan.enqueue_single))
             figures: dict[str, float | None] = {}
             for mode, n in modes:
                 with env.client(0) as r:
                     r.flushdb()
+                cpu = e2e.cpu_seconds([redis_pid])
                 reply = drive(env, system, 0, "enqueue", n=n, mode=mode)
-                figures[mode] = None if reply.get("unsupported") else n / float(reply["seconds"])
+                supported = not reply.get("unsupported")
+                figures[mode] = n / float(reply["seconds"]) if supported else None
                 samples[system].setdefault(mode, []).append(figures[mode])
+                spent = (e2e.cpu_seconds([redis_pid]) - cpu) / n * 1e6 if supported else None
+                redis_cpu[system].setdefault(mode, []).append(spent)
             log(f"enqueue {system} (round {i + 1} of {rounds}): {_fmt_rates(figures)}")
     out: dict[str, dict[str, Any]] = {}
     for system, modes_seen in samples.items():
         out[system] = {mode: _median(values) for mode, values in modes_seen.items()}
         out[system]["rounds"] = modes_seen
+        out[system]["redis_cpu_us"] = {
+            mode: _median(values) for mode, values in redis_cpu[system].items()}
     return out
 
 
@@ -669,13 +678,20 @@ def render(results: dict[str, Any]) -> str:
     lines: list[str] = []
     enqueue: dict[str, dict[str, Any]] = results["enqueue"]
     if enqueue:
-        lines += ["### Enqueue (one producer, no-op tasks)", "",
-                  "| system | single (tasks/s) | batch (tasks/s) |", "|---|---:|---:|"]
+        lines += [f"### Enqueue (no-op tasks: one producer, or {common.PRODUCERS} at once)", "",
+                  f"| system | single (tasks/s) | {common.PRODUCERS} producers at once "
+                  "(tasks/s) | batch (tasks/s) | Redis CPU per task: single / at once / "
+                  "batch |", "|---|---:|---:|---:|---|"]
         for system, fig in enqueue.items():
-            lines.append(f"| {system} | {_num(fig['single'])} | {_num(fig['batch'])} |")
+            cpu = fig.get("redis_cpu_us", {})
+            spent = " / ".join(_num(cpu.get(mode), " µs") for mode in
+                               ("single", "concurrent", "batch"))
+            lines.append(f"| {system} | {_num(fig['single'])} | {_num(fig.get('concurrent'))} "
+                         f"| {_num(fig['batch'])} | {spent} |")
             if fig.get("sync") is not None:
                 lines.append(f"| {system}, blocking client (`SyncClient`) "
-                             f"| {_num(fig['sync'])} | — |")
+                             f"| {_num(fig['sync'])} | — | — | "
+                             f"{_num(cpu.get('sync'), ' µs')} / — / — |")
         lines += ["", *_enqueue_round_ratios(enqueue), ""]
     if any(len(fig) > 1 for fig in results["workers"].values()):
         lines += ["### Workers (no-op drain; submit→start latency at one task per 10 ms)", "",
@@ -722,12 +738,15 @@ def _enqueue_round_ratios(enqueue: dict[str, dict[str, Any]]) -> list[str]:
         theirs = fig.get("rounds", {}).get("single")
         if peer == "agentpool" or not theirs:
             continue
-        for mode, client in (("single", "`Client`"), ("sync", "`SyncClient`")):
-            pairs = zip(ours.get(mode, []), theirs, strict=False)
+        for mode, peer_mode, what in (
+                ("single", "single", "single submits, agentpool `Client`"),
+                ("sync", "single", "single submits, agentpool `SyncClient`"),
+                ("concurrent", "concurrent", f"{common.PRODUCERS} producers at once, agentpool")):
+            pairs = zip(ours.get(mode, []), fig.get("rounds", {}).get(peer_mode, []),
+                        strict=False)
             ratios = [f"{a / b:.2f}×" for a, b in pairs if a and b]
             if ratios:
-                lines.append(f"- single submits, agentpool {client} ÷ {peer}, round by round: "
-                             + ", ".join(ratios))
+                lines.append(f"- {what} ÷ {peer}, round by round: " + ", ".join(ratios))
     return lines
 
 
@@ -753,9 +772,15 @@ def summary(results: dict[str, Any]) -> list[list[str]]:
                      _ratio(ours, value), "higher" if higher else "lower"])
 
     if "agentpool" in enqueue:
-        for mode in ("single", "batch"):
-            add(f"enqueue, {mode}", enqueue["agentpool"][mode],
-                {k: v[mode] for k, v in enqueue.items() if k != "agentpool"}, True, "/s", 0)
+        for mode, label in (("single", "single"), ("concurrent",
+                                                   f"{common.PRODUCERS} producers at once"),
+                            ("batch", "batch")):
+            add(f"enqueue, {label}", enqueue["agentpool"].get(mode),
+                {k: v.get(mode) for k, v in enqueue.items() if k != "agentpool"}, True, "/s", 0)
+            add(f"Redis CPU per submitted task, {label}",
+                enqueue["agentpool"].get("redis_cpu_us", {}).get(mode),
+                {k: v.get("redis_cpu_us", {}).get(mode)
+                 for k, v in enqueue.items() if k != "agentpool"}, False, " µs", 0)
         if enqueue["agentpool"].get("sync") is not None:
             add("enqueue, single, blocking client", enqueue["agentpool"]["sync"],
                 {k: v["single"] for k, v in enqueue.items() if k != "agentpool"}, True, "/s", 0)
