@@ -40,10 +40,12 @@ class _Waiting(Generic[A, R]):
 @dataclass
 class Coalescer(Generic[A, R]):
     """`send` makes one call for a group of argument sets and returns one reply per set, in
-    order. A group holds at most `max_group` sets and, beyond its first, at most
+    order; `send_one`, when given, makes a lone call (the common case, spared the group's
+    packing). A group holds at most `max_group` sets and, beyond its first, at most
     `max_group_bytes` by `size`."""
 
     send: Callable[[Sequence[A]], Awaitable[Sequence[R]]]
+    send_one: Callable[[A], Awaitable[R]] | None = None
     limit: int = DEFAULT_LIMIT
     max_group: int = DEFAULT_MAX_GROUP
     max_group_bytes: int = DEFAULT_MAX_GROUP_BYTES
@@ -57,6 +59,8 @@ class Coalescer(Generic[A, R]):
         if self._in_flight < self.limit and not self._waiting:
             self._in_flight += 1
             try:
+                if self.send_one is not None:
+                    return await self.send_one(args)
                 return (await self.send([args]))[0]
             finally:
                 self._finished()

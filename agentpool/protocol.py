@@ -419,7 +419,8 @@ class TaskQueue:
         self.line = line
         self._scripts: dict[str, AsyncScript] = {}
         self._submits: Coalescer[list[Any], tuple[str, int]] = Coalescer(
-            self._submit_group, limit=line.limit if line is not None else DEFAULT_LINE_LIMIT)
+            self._submit_group, self._submit_one,
+            limit=line.limit if line is not None else DEFAULT_LINE_LIMIT)
 
     def _script(self, name: str) -> AsyncScript:
         script = self._scripts.get(name)
@@ -488,6 +489,11 @@ class TaskQueue:
         task_id, acked = await self._submits.call(args, size=len(args[1]))
         self._check_replicated("submit", acked, task_id)
         return task_id
+
+    async def _submit_one(self, args: list[Any]) -> tuple[str, int]:
+        if self.durability is Durability.NONE:
+            return _s((await self._run("submit", *args))[1]), 1
+        return (await self._submit_group([args]))[0]
 
     async def _submit_group(self, group: Sequence[list[Any]]) -> list[tuple[str, int]]:
         """One script call for concurrent submits (agentpool.coalesce): (id, acked) each."""

@@ -5,7 +5,8 @@
 Everything runs against one private ``redis-server`` (no persistence, like a default
 redis.conf), each workload on a flushed database. Workloads, in order:
 
-1. enqueue: one producer submits no-op tasks one at a time, then with the system's batch API.
+1. enqueue: one producer submits no-op tasks one at a time, then 64 producers at once (threads
+   or coroutines, as the system's client is blocking or asyncio), then with its batch API.
 2. drain: the queue is filled, set aside (``RENAME``), the worker processes are started and
    reported ready, then the queue is put back; the rate is read from the queue depth between
    90 % and 10 % of the fill (or over a capped window), so start-up and the tail do not count.
@@ -775,15 +776,16 @@ def summary(results: dict[str, Any]) -> list[list[str]]:
         for mode, label in (("single", "single"), ("concurrent",
                                                    f"{common.PRODUCERS} producers at once"),
                             ("batch", "batch")):
+            peers = {k: v for k, v in enqueue.items() if k not in ("agentpool", BEFORE)}
             add(f"enqueue, {label}", enqueue["agentpool"].get(mode),
-                {k: v.get(mode) for k, v in enqueue.items() if k != "agentpool"}, True, "/s", 0)
+                {k: v.get(mode) for k, v in peers.items()}, True, "/s", 0)
             add(f"Redis CPU per submitted task, {label}",
                 enqueue["agentpool"].get("redis_cpu_us", {}).get(mode),
-                {k: v.get("redis_cpu_us", {}).get(mode)
-                 for k, v in enqueue.items() if k != "agentpool"}, False, " µs", 0)
+                {k: v.get("redis_cpu_us", {}).get(mode) for k, v in peers.items()},
+                False, " µs", 0)
         if enqueue["agentpool"].get("sync") is not None:
             add("enqueue, single, blocking client", enqueue["agentpool"]["sync"],
-                {k: v["single"] for k, v in enqueue.items() if k != "agentpool"}, True, "/s", 0)
+                {k: v["single"] for k, v in peers.items()}, True, "/s", 0)
     if "agentpool" in work:
         for key, figure in (("drain_1", "no-op drain, 1 process"),
                             ("drain_2", "no-op drain, 2 processes")):
@@ -869,7 +871,7 @@ def main(argv: list[str] | None = None) -> None:
                                            sys.modules[__name__], E2E_BATCH)
             print(e2e.render(results["e2e"], e2e_systems), flush=True)
         if "enqueue" not in skip:
-            results["enqueue"] = bench_enqueue(env, plan, systems, args.rounds)
+            results["enqueue"] = bench_enqueue(env, plan, e2e_systems, args.rounds)
         configs = [c for c in CONFIGS if c.system in systems]
         if _before_root is not None and "agentpool" in systems:
             configs[:0] = [Config(f"agentpool before, concurrency {n}", BEFORE,

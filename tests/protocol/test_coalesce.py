@@ -56,6 +56,23 @@ async def test_a_lone_call_goes_at_once_on_its_own() -> None:
     assert held.groups == [["a"], ["b"]]
 
 
+async def test_lone_calls_go_through_send_one_and_groups_through_send() -> None:
+    held = Held()
+    lone: list[str] = []
+
+    async def send_one(args: str) -> str:
+        lone.append(args)
+        return (await held([args]))[0]
+
+    coalescer: Coalescer[str, str] = Coalescer(held, send_one, limit=1)
+    calls = [asyncio.ensure_future(coalescer.call(name)) for name in "abc"]
+    await settle()
+    held.release()
+    assert await asyncio.gather(*calls) == ["reply:a", "reply:b", "reply:c"]
+    assert lone == ["a"]
+    assert held.groups == [["a"], ["b", "c"]]
+
+
 async def test_calls_beyond_the_limit_go_together_when_one_finishes() -> None:
     held = Held()
     coalescer: Coalescer[str, str] = Coalescer(held, limit=2)

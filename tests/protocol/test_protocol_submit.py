@@ -92,13 +92,18 @@ async def test_concurrent_submits_sent_together_keep_their_own_options(
     each keeps its priority, delay, attempt limit and idempotency key, a key given twice in
     one group names one task, and only created tasks count as submitted."""
     groups: list[int] = []
-    send = queue._submits.send
+    send, send_one = queue._submits.send, queue._submits.send_one
+    assert send_one is not None
 
     async def recording(group: Sequence[list[Any]]) -> Sequence[tuple[str, int]]:
         groups.append(len(group))
         return await send(group)
 
-    queue._submits.send = recording
+    async def recording_one(args: list[Any]) -> tuple[str, int]:
+        groups.append(1)
+        return await send_one(args)
+
+    queue._submits.send, queue._submits.send_one = recording, recording_one
     options = [
         {"priority": i % 10, "delay": 60 if i % 7 == 0 else 0,
          "max_attempts": i % 3 + 1 if i % 5 == 0 else None,
