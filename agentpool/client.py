@@ -195,9 +195,11 @@ class SyncClient:
     each time and fails where a loop is already running (a notebook, an async framework).
     Calls are thread-safe; an interrupted call (Ctrl-C) is cancelled on the loop. ``submit``
     skips the loop: one round trip on a blocking line of its own
-    (:class:`agentpool.direct.BlockingScriptLine`), with no thread hand-over. On a Cluster
-    the line sends through a blocking Cluster client; Sentinel URLs keep the loop's client,
-    which follows failovers.
+    (:class:`agentpool.direct.BlockingScriptLine`), with no thread hand-over. From more
+    threads at once than the line has connections, the submits that find them all in use go
+    to the loop instead, where they gather into groups (:mod:`agentpool.coalesce`). On a
+    Cluster the line sends through a blocking Cluster client; Sentinel URLs keep the loop's
+    client, which follows failovers.
     """
 
     def __init__(
@@ -334,7 +336,7 @@ class SyncQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
-        if self._blocking is not None:
+        if self._blocking is not None and not self._blocking.busy():
             return self.queue.submit_blocking(
                 self._blocking, payload, priority=priority, delay=delay,
                 idempotency_key=idempotency_key, max_attempts=max_attempts,

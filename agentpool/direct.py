@@ -113,6 +113,10 @@ class BlockingScriptLine:
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
+    def busy(self) -> bool:
+        """Every connection of the line is in use (a call now would go through the client)."""
+        return self._limit > 0 and not self._idle and self._opened >= self._limit
+
     def run(self, sha: str, source: ScriptTextT, keys: Sequence[Any],
             args: Sequence[Any]) -> Any:
         connection = self._take()

@@ -86,20 +86,24 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
         await client.aclose()
 
 
-def _produce_sync(n: int) -> dict[str, Any]:
-    """Single submits through the blocking client (a web handler's way)."""
+def _produce_sync(n: int, threads: bool) -> dict[str, Any]:
+    """Single submits through the blocking client (a web handler's way), from one thread or
+    from common.PRODUCERS threads at once."""
     with SyncClient.from_url(common.env_url()) as client:
         queue = client.queue(common.QUEUE)
-        start = time.perf_counter()
-        for _ in range(n):
-            queue.submit(None)
-        return {"n": n, "seconds": time.perf_counter() - start}
+
+        def one_by_one() -> None:
+            for _ in range(n):
+                queue.submit(None)
+
+        return common.timed(n, common.in_threads(n, lambda: queue.submit(None))
+                            if threads else one_by_one)
 
 
 def main() -> None:
     command, options = common.command_line()
-    if command == "enqueue" and options.get("mode") == "sync":
-        common.reply(_produce_sync(int(options["n"])))
+    if command == "enqueue" and options.get("mode") in ("sync", "sync_concurrent"):
+        common.reply(_produce_sync(int(options["n"]), options["mode"] == "sync_concurrent"))
         return
     common.reply(asyncio.run(_produce(command, options)))
 

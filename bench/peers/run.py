@@ -425,7 +425,8 @@ def bench_enqueue(env: Env, plan: Plan, systems: list[str],
             modes = [("single", plan.enqueue_single), ("concurrent", plan.enqueue_single),
                      ("batch", plan.enqueue_batch)]
             if system in ("agentpool", BEFORE):
-                modes.insert(1, ("sync", plan.enqueue_single))
+                modes[1:1] = [("sync", plan.enqueue_single),
+                              ("sync_concurrent", plan.enqueue_single)]
             figures: dict[str, float | None] = {}
             for mode, n in modes:
                 with env.client(0) as r:
@@ -691,8 +692,9 @@ def render(results: dict[str, Any]) -> str:
                          f"| {_num(fig['batch'])} | {spent} |")
             if fig.get("sync") is not None:
                 lines.append(f"| {system}, blocking client (`SyncClient`) "
-                             f"| {_num(fig['sync'])} | — | — | "
-                             f"{_num(cpu.get('sync'), ' µs')} / — / — |")
+                             f"| {_num(fig['sync'])} | {_num(fig.get('sync_concurrent'))} | — | "
+                             f"{_num(cpu.get('sync'), ' µs')} / "
+                             f"{_num(cpu.get('sync_concurrent'), ' µs')} / — |")
         lines += ["", *_enqueue_round_ratios(enqueue), ""]
     if any(len(fig) > 1 for fig in results["workers"].values()):
         lines += ["### Workers (no-op drain; submit→start latency at one task per 10 ms)", "",
@@ -742,7 +744,9 @@ def _enqueue_round_ratios(enqueue: dict[str, dict[str, Any]]) -> list[str]:
         for mode, peer_mode, what in (
                 ("single", "single", "single submits, agentpool `Client`"),
                 ("sync", "single", "single submits, agentpool `SyncClient`"),
-                ("concurrent", "concurrent", f"{common.PRODUCERS} producers at once, agentpool")):
+                ("concurrent", "concurrent", f"{common.PRODUCERS} producers at once, agentpool"),
+                ("sync_concurrent", "concurrent",
+                 f"{common.PRODUCERS} producers at once, agentpool `SyncClient`")):
             pairs = zip(ours.get(mode, []), fig.get("rounds", {}).get(peer_mode, []),
                         strict=False)
             ratios = [f"{a / b:.2f}×" for a, b in pairs if a and b]
@@ -786,6 +790,9 @@ def summary(results: dict[str, Any]) -> list[list[str]]:
         if enqueue["agentpool"].get("sync") is not None:
             add("enqueue, single, blocking client", enqueue["agentpool"]["sync"],
                 {k: v["single"] for k, v in peers.items()}, True, "/s", 0)
+            add(f"enqueue, {common.PRODUCERS} producers at once, blocking client",
+                enqueue["agentpool"].get("sync_concurrent"),
+                {k: v.get("concurrent") for k, v in peers.items()}, True, "/s", 0)
     if "agentpool" in work:
         for key, figure in (("drain_1", "no-op drain, 1 process"),
                             ("drain_2", "no-op drain, 2 processes")):

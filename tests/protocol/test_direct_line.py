@@ -172,6 +172,51 @@ def test_blocking_submits_from_many_threads_get_their_own_replies(server: RedisS
     assert wrong == []
 
 
+def test_blocking_submits_that_find_the_line_busy_go_to_the_loop(
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every connection of the line in use, a submit goes to the client's event loop
+    (where concurrent submits gather) instead of the blocking client's pool."""
+    with SyncClient.from_url(server.url) as client:
+        queue = client.queue("busy")
+        queue.submit("opens a connection of the line")
+        line = client._blocking
+        assert line is not None and not line.busy()
+        through_pool: list[object] = []
+        monkeypatch.setattr(line, "_through_client", lambda *args: through_pool.append(args))
+        taken = [line._take() for _ in range(DEFAULT_LIMIT)]
+        assert line.busy()
+        ids = [queue.submit(i) for i in range(5)]
+        infos = [queue.get(task_id) for task_id in ids]
+        assert [info.payload for info in infos if info is not None] == list(range(5))
+        assert through_pool == []
+        line._idle.extend(c for c in taken if c is not None)
+        assert not line.busy()
+
+
+def test_blocking_submits_from_more_threads_than_connections_get_their_own_replies(
+        server: RedisServer) -> None:
+    admin = redis.Redis.from_url(server.url)
+    wrong: list[str] = []
+    with SyncClient.from_url(server.url) as client:
+        queue = client.queue("threads")
+
+        def submit_all(thread: int) -> None:
+            for i in range(50):
+                payload = f"{thread}-{i}"
+                if _payload(admin, "threads", queue.submit(payload)) != f'"{payload}"':
+                    wrong.append(payload)
+
+        threads = [threading.Thread(target=submit_all, args=(t,)) for t in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        queued = admin.zcard("ap:{threads}:queued")
+    admin.close()
+    assert wrong == []
+    assert queued == 2000
+
+
 def test_a_forked_child_submits_on_connections_of_its_own(server: RedisServer) -> None:
     """Parent and child submit at the same moment after a fork. A child writing on its
     parent's socket would read replies meant for the parent (and the parent the child's)."""
