@@ -732,14 +732,15 @@ def render(results: dict[str, Any]) -> str:
 
 
 def _enqueue_round_ratios(enqueue: dict[str, dict[str, Any]]) -> list[str]:
-    """agentpool's single submits (both clients) against each peer's, round by round."""
+    """agentpool's submits (both clients, one producer and many) against each peer's (a
+    blocking client against the peer's one call), and against --before's same mode, round
+    by round."""
     ours = enqueue.get("agentpool", {}).get("rounds")
     if not ours:
         return []
     lines = []
     for peer, fig in enqueue.items():
-        theirs = fig.get("rounds", {}).get("single")
-        if peer == "agentpool" or not theirs:
+        if peer == "agentpool" or not fig.get("rounds", {}).get("single"):
             continue
         for mode, peer_mode, what in (
                 ("single", "single", "single submits, agentpool `Client`"),
@@ -747,8 +748,8 @@ def _enqueue_round_ratios(enqueue: dict[str, dict[str, Any]]) -> list[str]:
                 ("concurrent", "concurrent", f"{common.PRODUCERS} producers at once, agentpool"),
                 ("sync_concurrent", "concurrent",
                  f"{common.PRODUCERS} producers at once, agentpool `SyncClient`")):
-            pairs = zip(ours.get(mode, []), fig.get("rounds", {}).get(peer_mode, []),
-                        strict=False)
+            theirs = fig.get("rounds", {}).get(mode if peer == BEFORE else peer_mode, [])
+            pairs = zip(ours.get(mode, []), theirs, strict=False)
             ratios = [f"{a / b:.2f}×" for a, b in pairs if a and b]
             if ratios:
                 lines.append(f"- {what} ÷ {peer}, round by round: " + ", ".join(ratios))
