@@ -184,7 +184,8 @@ def produce_one_at_a_time(
             for _ in range(n):
                 work()
 
-        reply(timed_e2e(n, send_work))
+        concurrent = options.get("mode") == "concurrent"
+        reply(timed_e2e(n, in_threads(n, work) if concurrent else send_work))
     elif command in ("enqueue", "fill"):
         if options.get("mode") == "batch":
             reply({"unsupported": True})

@@ -55,6 +55,8 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
             first, cpu = time.time(), time.process_time()
             if options.get("mode") == "batch":
                 await queue.submit_many([None] * n, chunk=common.BATCH_CHUNK)
+            elif options.get("mode") == "concurrent":
+                await common.in_coroutines(n, lambda: queue.submit(None))
             else:
                 for _ in range(n):
                     await queue.submit(None)

@@ -69,8 +69,11 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         if command in ("e2e", "fill_work"):
             first, cpu = time.time(), time.process_time()
-            for _ in range(n):
-                await work.kiq()
+            if options.get("mode") == "concurrent":
+                await common.in_coroutines(n, work.kiq)
+            else:
+                for _ in range(n):
+                    await work.kiq()
             return {"n": n, "seconds": time.perf_counter() - start, "first": first,
                     "cpu": time.process_time() - cpu}
         if command in ("enqueue", "fill"):

@@ -1,7 +1,8 @@
 """The headline method: cost per task end to end, every system side by side in one run.
 
 For each system, worker count W (1 and 2 processes, as two pods would be) and submit mode
-(single calls, and the batch API where the system has one):
+(single calls; 64 producers at once, each making single calls; and the batch API where the
+system has one):
 
 1. the worker processes are started and report ready; Redis's command statistics are reset;
 2. a producer process submits N work tasks while the workers drain them (the producer runs
@@ -155,6 +156,7 @@ def cases(systems: list[str], batch: dict[str, bool]) -> list[Case]:
             out.append(Case(system, workers, "single"))
             if batch.get(system):
                 out.append(Case(system, workers, "batch"))
+            out.append(Case(system, workers, "concurrent"))
             out.append(Case(system, workers, "prefilled"))
     return out
 
@@ -222,6 +224,8 @@ def render(result: dict[str, Any], systems: list[str]) -> str:
             "single", "rate")
         row(f"drain with the producer running, batch submits, W = {w} (tasks/s)", w,
             "batch", "rate")
+        row(f"drain with 64 producers at once, single submits each, W = {w} (tasks/s)", w,
+            "concurrent", "rate")
     row("submit, single calls, during the drain (tasks/s)", 1, "single", "submit_rate")
     row("submit, batch, during the drain (tasks/s)", 1, "batch", "submit_rate")
     row("CPU per task, producer (µs, single)", 1, "single", "producer_cpu_us")
@@ -232,6 +236,10 @@ def render(result: dict[str, Any], systems: list[str]) -> str:
         "redis_cmd_us", 1)
     row("Redis commands per task, scripts' inner calls included (W = 1, single)", 1,
         "single", "commands", 1)
+    row("Redis CPU per task (µs, /proc, W = 1, 64 producers at once)", 1, "concurrent",
+        "redis_cpu_us")
+    row("CPU per task, whole system (µs, W = 1, 64 producers at once)", 1, "concurrent",
+        "total_cpu_us")
     row("CPU per task, worker processes (µs, W = 2, single)", 2, "single", "worker_cpu_us")
     row("Redis CPU per task (µs, /proc, W = 2, single)", 2, "single", "redis_cpu_us")
     row("Redis time per task in data commands (µs, W = 2, single)", 2, "single", "redis_cmd_us", 1)
