@@ -47,6 +47,17 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def one_in_flight_and_waiting(
+        coalescer: Coalescer[str, str], *waiting: str) -> tuple[
+            asyncio.Future[str], list[asyncio.Future[str]]]:
+    """A call "first" in flight (limit 1), then calls that wait behind it."""
+    first = asyncio.ensure_future(coalescer.call("first"))
+    await settle()
+    behind = [asyncio.ensure_future(coalescer.call(name)) for name in waiting]
+    await settle()
+    return first, behind
+
+
 async def test_a_lone_call_goes_at_once_on_its_own() -> None:
     held = Held()
     held.release()
@@ -101,11 +112,7 @@ async def test_a_group_holds_at_most_max_group_calls_and_max_group_bytes() -> No
 async def test_a_caller_that_stops_waiting_is_left_out_of_its_group() -> None:
     held = Held()
     coalescer: Coalescer[str, str] = Coalescer(held, limit=1)
-    first = asyncio.ensure_future(coalescer.call("first"))
-    await settle()
-    gone = asyncio.ensure_future(coalescer.call("gone"))
-    kept = asyncio.ensure_future(coalescer.call("kept"))
-    await settle()
+    first, (gone, kept) = await one_in_flight_and_waiting(coalescer, "gone", "kept")
     gone.cancel()
     held.release()
     assert await asyncio.gather(first, kept) == ["reply:first", "reply:kept"]
@@ -116,10 +123,7 @@ async def test_a_caller_that_stops_waiting_is_left_out_of_its_group() -> None:
 async def test_a_groups_error_reaches_each_of_its_callers_and_later_calls_go_on() -> None:
     held = Held()
     coalescer: Coalescer[str, str] = Coalescer(held, limit=1)
-    first = asyncio.ensure_future(coalescer.call("first"))
-    await settle()
-    grouped = [asyncio.ensure_future(coalescer.call(name)) for name in "xy"]
-    await settle()
+    first, grouped = await one_in_flight_and_waiting(coalescer, "x", "y")
     held.error = ConnectionError("Redis went away")
     held.release()
     outcomes = await asyncio.gather(first, *grouped, return_exceptions=True)
@@ -132,10 +136,7 @@ async def test_a_groups_error_reaches_each_of_its_callers_and_later_calls_go_on(
 async def test_a_caller_cancelled_after_its_group_went_out_leaves_the_group_be() -> None:
     held = Held()
     coalescer: Coalescer[str, str] = Coalescer(held, limit=1)
-    first = asyncio.ensure_future(coalescer.call("first"))
-    await settle()
-    grouped = [asyncio.ensure_future(coalescer.call(name)) for name in "xy"]
-    await settle()
+    first, grouped = await one_in_flight_and_waiting(coalescer, "x", "y")
     held.release(0)
     assert await first == "reply:first"
     await settle()

@@ -150,26 +150,33 @@ async def test_submits_beyond_the_lines_connections_go_together_on_the_line(
     assert DEFAULT_LIMIT < calls <= 2 * DEFAULT_LIMIT
 
 
-def test_blocking_submits_from_many_threads_get_their_own_replies(server: RedisServer) -> None:
+@pytest.mark.parametrize(("threads", "each"), [(12, 200), (40, 50)],
+                         ids=["fewer-threads-than-connections", "more-threads-than-connections"])
+def test_blocking_submits_from_many_threads_get_their_own_replies(
+        server: RedisServer, threads: int, each: int) -> None:
+    """With more threads than the line has connections, the submits that find it busy go
+    through the loop."""
     admin = redis.Redis.from_url(server.url)
     wrong: list[str] = []
     with SyncClient.from_url(server.url) as client:
         queue = client.queue("threads")
 
         def submit_all(thread: int) -> None:
-            for i in range(200):
+            for i in range(each):
                 payload = f"{thread}-{i}"
                 task_id = queue.submit(payload)
                 if _payload(admin, "threads", task_id) != f'"{payload}"':
                     wrong.append(payload)
 
-        threads = [threading.Thread(target=submit_all, args=(t,)) for t in range(12)]
-        for thread in threads:
+        started = [threading.Thread(target=submit_all, args=(t,)) for t in range(threads)]
+        for thread in started:
             thread.start()
-        for thread in threads:
+        for thread in started:
             thread.join()
+        queued = admin.zcard("ap:{threads}:queued")
     admin.close()
     assert wrong == []
+    assert queued == threads * each
 
 
 def test_blocking_submits_that_find_the_line_busy_go_to_the_loop(
@@ -191,30 +198,6 @@ def test_blocking_submits_that_find_the_line_busy_go_to_the_loop(
         assert through_pool == []
         line._idle.extend(c for c in taken if c is not None)
         assert not line.busy()
-
-
-def test_blocking_submits_from_more_threads_than_connections_get_their_own_replies(
-        server: RedisServer) -> None:
-    admin = redis.Redis.from_url(server.url)
-    wrong: list[str] = []
-    with SyncClient.from_url(server.url) as client:
-        queue = client.queue("threads")
-
-        def submit_all(thread: int) -> None:
-            for i in range(50):
-                payload = f"{thread}-{i}"
-                if _payload(admin, "threads", queue.submit(payload)) != f'"{payload}"':
-                    wrong.append(payload)
-
-        threads = [threading.Thread(target=submit_all, args=(t,)) for t in range(40)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        queued = admin.zcard("ap:{threads}:queued")
-    admin.close()
-    assert wrong == []
-    assert queued == 2000
 
 
 def test_a_forked_child_submits_on_connections_of_its_own(server: RedisServer) -> None:
