@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -130,6 +131,33 @@ async def test_concurrent_submits_sent_together_keep_their_own_options(
         assert info.state == ("delayed" if options[i]["delay"] else "queued")
         assert info.max_attempts == options[i]["max_attempts"]
     assert (await queue.figures()).stats["submitted"] == len(created)
+
+
+async def test_submitters_that_give_up_mid_way_leave_the_others_tasks_whole(
+    queue: TaskQueue
+) -> None:
+    """Callers cancelled at random moments (request timeouts) while others' submits wait and
+    go in groups: every submit that returned has its task, and afterwards nothing is left
+    counted in flight or waiting."""
+    rng = random.Random(7)
+    calls = [asyncio.ensure_future(queue.submit({"i": i})) for i in range(300)]
+    await asyncio.sleep(0)  # the first 8 go out alone, the rest wait for them
+    for call in calls[:8:2]:
+        call.cancel()
+    for _ in range(6):
+        await asyncio.sleep(rng.uniform(0, 0.002))
+        for call in rng.sample(calls, 15):
+            call.cancel()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    returned = {i: o for i, o in enumerate(outcomes) if isinstance(o, str)}
+    assert 0 < len(returned) < 300
+    assert all(isinstance(o, str | asyncio.CancelledError) for o in outcomes)
+    for i, task_id in returned.items():
+        info = await queue.get(task_id)
+        assert info is not None and info.payload == {"i": i}
+    assert (queue._submits._in_flight, len(queue._submits._waiting)) == (0, 0)
+    lone = await queue.submit("after")
+    assert (await queue.get(lone)) is not None
 
 
 async def test_idempotency_key_of_a_purged_task_no_longer_dedupes(
