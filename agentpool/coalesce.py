@@ -25,7 +25,7 @@ A = TypeVar("A")
 R = TypeVar("R")
 
 DEFAULT_LIMIT = 8
-"""Calls in flight before new ones gather; the client's direct connections (agentpool.direct)."""
+"""Calls in flight before new ones gather (a task queue passes its script line's own)."""
 DEFAULT_MAX_GROUP = 100
 DEFAULT_MAX_GROUP_BYTES = 1 << 20
 
