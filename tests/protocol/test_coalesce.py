@@ -9,6 +9,8 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentpool.coalesce import Coalescer
 
@@ -179,3 +181,52 @@ async def test_every_caller_gets_its_own_reply_under_many_at_once(limit: int) ->
     names = [str(i) for i in range(200)]
     assert await asyncio.gather(*(coalescer.call(n) for n in names)) == [
         f"reply:{n}" for n in names]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    limit=st.integers(1, 4),
+    max_group=st.integers(1, 6),
+    max_group_bytes=st.integers(1, 12),
+    sizes=st.lists(st.sampled_from([0, 0, 1, 2, 8]), min_size=1, max_size=40),
+    pauses=st.lists(st.integers(0, 3), min_size=1, max_size=40),
+)
+def test_groups_keep_every_rule_whatever_the_arrivals(
+        limit: int, max_group: int, max_group_bytes: int, sizes: list[int],
+        pauses: list[int]) -> None:
+    """Callers arriving in bursts (`pauses`: loop turns between arrivals) with payloads of
+    `sizes`: each gets its own reply, at most `limit` calls are in flight, a group holds at
+    most `max_group` callers and, beyond its first, `max_group_bytes`, and every group keeps
+    its callers' order of arrival."""
+    in_flight, most, groups = 0, 0, []
+    size_of = {str(i): size for i, size in enumerate(sizes)}
+
+    async def send(group: Sequence[str]) -> list[str]:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        groups.append(list(group))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        in_flight -= 1
+        return [f"reply:{args}" for args in group]
+
+    async def scenario() -> list[str]:
+        coalescer: Coalescer[str, str] = Coalescer(
+            send, limit=limit, max_group=max_group, max_group_bytes=max_group_bytes)
+        calls = []
+        for i, size in enumerate(sizes):
+            calls.append(asyncio.ensure_future(coalescer.call(str(i), size)))
+            for _ in range(pauses[i % len(pauses)]):
+                await asyncio.sleep(0)
+        return await asyncio.gather(*calls)
+
+    replies = asyncio.run(scenario())
+    assert replies == [f"reply:{i}" for i in range(len(sizes))]
+    assert most <= limit
+    assert sorted(int(args) for group in groups for args in group) == list(range(len(sizes)))
+    for group in groups:
+        assert len(group) <= max_group
+        assert [int(args) for args in group] == sorted(int(args) for args in group)
+        if len(group) > 1:
+            assert sum(size_of[args] for args in group) <= max_group_bytes
