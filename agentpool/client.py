@@ -346,8 +346,10 @@ class SyncQueue:
             max_attempts=max_attempts,
         ))
 
-    def submit_many(self, payloads: Iterable[Any], *, priority: int = 0) -> list[str]:
-        return self._run(self.queue.submit_many(list(payloads), priority=priority))
+    def submit_many(self, payloads: Iterable[Any], *, priority: int = 0, delay: float = 0,
+                    max_attempts: int | None = None) -> list[str]:
+        return self._run(self.queue.submit_many(list(payloads), priority=priority, delay=delay,
+                                                max_attempts=max_attempts))
 
     def get(self, task_id: str) -> TaskInfo | None:
         return self._run(self.queue.get(task_id))

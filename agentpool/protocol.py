@@ -524,18 +524,22 @@ class TaskQueue:
         return _s(cast(list[Any], reply)[1])
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
+                          delay: float = 0, max_attempts: int | None = None,
                           chunk: int = 500) -> list[str]:
-        """Queue many tasks, one script call per `chunk`; every payload is checked before any
-        is sent."""
-        all_args = [self._submit_args(p, priority, 0, None, None) for p in payloads]
+        """Queue many tasks with the same options, in order, one script call per `chunk`;
+        every payload is checked before any is sent."""
+        all_args = [self._submit_args(p, priority, delay, None, max_attempts) for p in payloads]
+        plain = not delay and max_attempts is None
         ids: list[str] = []
         replicated = True
         for start in range(0, len(all_args), chunk):
             part = all_args[start:start + chunk]
-            flat = [x for args in part for x in args[:2]]
-            replies = await _scripts_in_one_trip(
-                self.redis, [(self, "submit_many", [priority, *flat])],
-                then=self._wait_commands())
+            if plain:  # the lean script: ids and payloads only
+                call = (self, "submit_many", [priority, *(x for a in part for x in a[:2])])
+            else:  # the submit script's group form: each task with all its options
+                call = (self, "submit", [x for args in part for x in args])
+            replies = await _scripts_in_one_trip(self.redis, [call],
+                                                 then=self._wait_commands())
             if self.durability is Durability.REPLICATED:
                 replicated = replicated and int(replies[-1]) >= 1
             ids.extend(args[0] for args in part)

@@ -115,19 +115,16 @@ def read_payloads(args: argparse.Namespace) -> list[Any]:
 
 async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
                      args: argparse.Namespace) -> list[str]:
-    """One submit with every option, or a pipelined batch when only a priority is set."""
+    """One submit with every option, or batches of many in order."""
     if args.idempotency_key and len(payloads) > 1:
         raise UsageError("--idempotency-key names one task; it cannot be used with "
                          f"{len(payloads)} payloads")
-    options = {"priority": args.priority, "delay": args.delay,
-               "idempotency_key": args.idempotency_key, "max_attempts": args.max_attempts}
     if len(payloads) == 1:
-        return [await queue.submit(payloads[0], **options)]
-    if not args.delay and args.max_attempts is None:
-        return await queue.submit_many(payloads, priority=args.priority)
-    for payload in payloads:
-        encode_payload(payload, queue.max_payload_bytes)
-    return [await queue.submit(p, **options) for p in payloads]
+        return [await queue.submit(payloads[0], priority=args.priority, delay=args.delay,
+                                   idempotency_key=args.idempotency_key,
+                                   max_attempts=args.max_attempts)]
+    return await queue.submit_many(payloads, priority=args.priority, delay=args.delay,
+                                   max_attempts=args.max_attempts)
 
 
 async def wait_all(queue: TaskQueue, ids: Sequence[str],

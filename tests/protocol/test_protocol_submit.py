@@ -244,6 +244,21 @@ async def test_submit_many_stores_every_task_in_order(queue: TaskQueue) -> None:
     assert info is not None and info.priority == 4
 
 
+async def test_submit_many_with_an_attempt_limit_or_a_delay_keeps_them_and_the_order(
+    queue: TaskQueue
+) -> None:
+    limited = await queue.submit_many([{"i": i} for i in range(7)], priority=2,
+                                      max_attempts=3, chunk=3)
+    delayed = await queue.submit_many(["later"] * 4, delay=60, chunk=3)
+    batch = await queue.claim("w:1", 20, 30)
+    assert [t.id for t in batch.tasks] == limited
+    infos = [await queue.get(task_id) for task_id in limited + delayed]
+    assert [(i.priority, i.max_attempts, i.state) for i in infos if i is not None] == (
+        [(2, 3, "running")] * 7 + [(0, None, "delayed")] * 4)
+    figures = await queue.figures()
+    assert (figures.delayed, figures.stats["submitted"]) == (4, 11)
+
+
 async def test_submit_many_with_one_bad_payload_stores_nothing(
     redis: aioredis.Redis, queue_name: str
 ) -> None:
