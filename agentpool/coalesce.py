@@ -24,8 +24,6 @@ from typing import Generic, TypeVar
 A = TypeVar("A")
 R = TypeVar("R")
 
-DEFAULT_LIMIT = 8
-"""Calls in flight before new ones gather (a task queue passes its script line's own)."""
 DEFAULT_MAX_GROUP = 100
 DEFAULT_MAX_GROUP_BYTES = 1 << 20
 
@@ -40,13 +38,14 @@ class _Waiting(Generic[A, R]):
 @dataclass
 class Coalescer(Generic[A, R]):
     """`send` makes one call for a group of argument sets and returns one reply per set, in
-    order; `send_one`, when given, makes a lone call (the common case, spared the group's
-    packing). A group holds at most `max_group` sets and, beyond its first, at most
+    order; at most `limit` calls are in flight (a task queue's is its script line's
+    connections); `send_one`, when given, makes a lone call (the common case, spared the
+    group's packing). A group holds at most `max_group` sets and, beyond its first, at most
     `max_group_bytes` by `size`."""
 
     send: Callable[[Sequence[A]], Awaitable[Sequence[R]]]
+    limit: int
     send_one: Callable[[A], Awaitable[R]] | None = None
-    limit: int = DEFAULT_LIMIT
     max_group: int = DEFAULT_MAX_GROUP
     max_group_bytes: int = DEFAULT_MAX_GROUP_BYTES
     _in_flight: int = field(default=0, init=False)

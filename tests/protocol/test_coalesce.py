@@ -77,7 +77,7 @@ async def test_lone_calls_go_through_send_one_and_groups_through_send() -> None:
         lone.append(args)
         return (await held([args]))[0]
 
-    coalescer: Coalescer[str, str] = Coalescer(held, send_one, limit=1)
+    coalescer: Coalescer[str, str] = Coalescer(held, limit=1, send_one=send_one)
     calls = [asyncio.ensure_future(coalescer.call(name)) for name in "abc"]
     await settle()
     held.release()
