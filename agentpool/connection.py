@@ -239,6 +239,19 @@ class BlockingSentinelConnectionPool(FollowingSentinelConnectionPool, BlockingCo
     """Connections to the Sentinel primary, at most `max_connections`; callers wait for one."""
 
 
+def pack_command(words: tuple[Any, ...]) -> bytes:
+    """A command in RESP, packed by hiredis; a value redis-py would refuse (a bool, None, an
+    object) raises redis-py's DataError."""
+    try:
+        packed: bytes = hiredis.pack_command(words)
+        return packed
+    except TypeError:
+        wrong = next((a for a in words if isinstance(a, bool)
+                      or not isinstance(a, str | bytes | int | float | memoryview)), None)
+        raise DataError(f"Invalid input of type: '{type(wrong).__name__}'. "
+                        "Convert to a bytes, string, int or float first.") from None
+
+
 class LeanConnection(AbstractConnection):
     """A redis-py asyncio connection that costs its caller less CPU per command, sending the
     same bytes with the same timeouts (bench/README.md, "Submits alone"):
@@ -258,13 +271,7 @@ class LeanConnection(AbstractConnection):
     def pack_command(self, *args: Any) -> list[bytes]:
         name, rest = args[0], args[1:]
         words = name.encode().split() if isinstance(name, str) else name.split()
-        try:
-            return [hiredis.pack_command((*words, *rest))]
-        except TypeError:
-            wrong = next((a for a in rest if isinstance(a, bool)
-                          or not isinstance(a, str | bytes | int | float | memoryview)), None)
-            raise DataError(f"Invalid input of type: '{type(wrong).__name__}'. "
-                            "Convert to a bytes, string, int or float first.") from None
+        return [pack_command((*words, *rest))]
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if not self.is_connected:

@@ -1,19 +1,24 @@
 """Script calls on connections of their own, past redis-py's per-command layers.
 
 redis-py's ``execute_command`` takes a connection from its pool and gives it back with
-per-call bookkeeping (locks, observability counters, an event dispatch) inside a retry loop:
-on a producer's single submit that is about half of the client's CPU (bench/README.md,
-"Submits alone"). A script call is one command with one reply, so a line sends it on a
-connection from a free list of its own (built from the client's pool options: the same TLS,
-credentials, timeouts, retries and client name), reads the reply and puts the connection
-back.
+per-call bookkeeping (locks, observability counters, an event dispatch) inside a retry loop,
+and its connections read a reply through several layers of their own: on a producer's single
+submit that is most of the client's CPU (bench/README.md, "Submits alone" and "Straight on
+the socket"). A script call is one command with one reply, so a line keeps connections of
+its own (built from the client's pool options: the same TLS, credentials, timeouts and client
+name). redis-py opens each one (the handshake: TLS, AUTH, HELLO, SELECT, CLIENT SETNAME);
+after that a call writes the command, packed by hiredis, straight on the connection's socket
+(or asyncio stream) and reads the reply with a hiredis reader of the line's, which decodes and
+raises as redis-py's own parser does.
 
 - A script Redis does not know yet goes through the client, which loads it.
 - A connection Redis closed while it sat idle (a restart, its ``timeout`` setting, ``CLIENT
   KILL``) fails on its next call; the call is sent once more on a new connection.
-- A call stopped half-way (cancelled, Ctrl-C) closes its connection: a reply left on the
-  wire must never answer the next call.
+- A call that times out (the client's ``socket_timeout``) or stops half-way (cancelled,
+  Ctrl-C) closes its connection: a reply left on the wire must never answer the next call.
 - Callers beyond `limit` at once go through the client's pool.
+- The client's ``health_check_interval`` does not apply to a line's connections: the call
+  sent again on a new connection covers what a health check would catch.
 
 Lines are for standalone Redis only: Sentinel and Cluster clients choose their server per
 call.
@@ -21,22 +26,104 @@ call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
+from redis._parsers import BaseParser
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import ScriptTextT
+
+from agentpool.connection import pack_command
 
 DEFAULT_LIMIT = 8
 """Connections a line keeps; callers beyond them share the client's pool."""
+
+_READ_SIZE = 65536
+_MORE = object()
+"""What a reply reader gives while its buffer holds no whole reply yet."""
+_CLOSED = "Connection closed by server."
+
+
+def _reply_reader(connection: redis.Connection | AbstractConnection) -> hiredis.Reader:
+    """A reader configured as redis-py's hiredis parser configures its own for `connection`:
+    the same decoding, the same exception for each error reply."""
+    encoder = connection.encoder
+    if encoder.decode_responses:
+        return hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error,
+                              notEnoughData=_MORE, encoding=encoder.encoding,
+                              errors=encoder.encoding_errors)
+    return hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error,
+                          notEnoughData=_MORE)
+
+
+def _checked(reply: Any) -> Any:
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+class _AsyncWire:
+    """One connection of an asyncio line."""
+
+    __slots__ = ("_replies", "_stream", "_writer", "connection")
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self.connection = connection
+        self._stream: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._replies: hiredis.Reader | None = None
+
+    async def call(self, packed: bytes) -> Any:
+        if self._stream is not None:
+            try:
+                return await self._exchange(packed)
+            except RedisConnectionError:
+                await self.close(nowait=True)  # closed while idle: once more on a new one
+        await self.connection.connect()  # type: ignore[no-untyped-call]
+        self._stream = self.connection._reader  # opened by redis-py
+        self._writer = self.connection._writer
+        self._replies = _reply_reader(self.connection)
+        return await self._exchange(packed)
+
+    async def _exchange(self, packed: bytes) -> Any:
+        timeout = self.connection.socket_timeout
+        try:
+            if timeout:
+                async with asyncio.timeout(timeout):
+                    return _checked(await self._request(packed))
+            return _checked(await self._request(packed))
+        except TimeoutError:
+            raise RedisTimeoutError("Timeout reading from socket") from None
+        except OSError as error:
+            raise RedisConnectionError(f"Error while talking to Redis: {error}") from error
+
+    async def _request(self, packed: bytes) -> Any:
+        stream, replies = self._stream, self._replies
+        assert stream is not None and replies is not None and self._writer is not None
+        self._writer.write(packed)
+        reply = replies.gets()
+        while reply is _MORE:
+            data = await stream.read(_READ_SIZE)
+            if not data:
+                raise RedisConnectionError(_CLOSED)
+            replies.feed(data)
+            reply = replies.gets()
+        return reply
+
+    async def close(self, nowait: bool = False) -> None:
+        self._stream = self._writer = self._replies = None
+        await self.connection.disconnect(nowait=nowait)
 
 
 class ScriptLine:
@@ -44,59 +131,91 @@ class ScriptLine:
 
     def __init__(self, client: aioredis.Redis, limit: int = DEFAULT_LIMIT) -> None:
         self._pool = client.connection_pool
-        self._idle: list[AbstractConnection] = []
+        self._idle: list[_AsyncWire] = []
         self._opened = 0
         self.limit = limit
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        connection = self._take()
-        if connection is None:
+        wire = self._take()
+        if wire is None:
             return await script(keys=keys, args=args)
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            reply = await self._call(connection, command)
+            reply = await wire.call(pack_command((b"EVALSHA", script.sha, len(keys), *keys,
+                                                  *args)))
         except NoScriptError:
-            self._idle.append(connection)
+            self._idle.append(wire)
             return await script(keys=keys, args=args)
         except ResponseError:
-            self._idle.append(connection)
+            self._idle.append(wire)
             raise
         except BaseException:
-            await self._drop(connection)
+            await self._drop(wire)
             raise
-        self._idle.append(connection)
+        self._idle.append(wire)
         return reply
 
-    @staticmethod
-    async def _call(connection: AbstractConnection, command: Sequence[Any]) -> Any:
-        if connection.is_connected:
-            try:
-                await connection.send_command(*command)
-                return await connection.read_response()
-            except RedisConnectionError:
-                pass  # closed while idle; redis-py has closed our end too
-        await connection.connect()  # type: ignore[no-untyped-call]
-        await connection.send_command(*command)
-        return await connection.read_response()
-
-    def _take(self) -> AbstractConnection | None:
+    def _take(self) -> _AsyncWire | None:
         if self._idle:
             return self._idle.pop()
         if self._opened >= self.limit:
             return None
         self._opened += 1
-        return self._pool.connection_class(**self._pool.connection_kwargs)
+        return _AsyncWire(self._pool.connection_class(**self._pool.connection_kwargs))
 
-    async def _drop(self, connection: AbstractConnection) -> None:
+    async def _drop(self, wire: _AsyncWire) -> None:
         self._opened -= 1
         with contextlib.suppress(Exception):  # closing what is already broken
-            await connection.disconnect(nowait=True)
+            await wire.close(nowait=True)
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
         self._opened -= len(idle)
-        for connection in idle:
-            await connection.disconnect()
+        for wire in idle:
+            await wire.close()
+
+
+class _Wire:
+    """One connection of a blocking line."""
+
+    __slots__ = ("_replies", "_sock", "connection")
+
+    def __init__(self, connection: redis.Connection) -> None:
+        self.connection = connection
+        self._sock: Any = None
+        self._replies: hiredis.Reader | None = None
+
+    def call(self, packed: bytes) -> Any:
+        if self._sock is not None:
+            try:
+                return self._exchange(packed)
+            except RedisConnectionError:
+                self.close()  # closed while idle: once more on a new connection
+        self.connection.connect()  # type: ignore[no-untyped-call]
+        self._sock = self.connection._sock  # opened by redis-py
+        self._replies = _reply_reader(self.connection)
+        return self._exchange(packed)
+
+    def _exchange(self, packed: bytes) -> Any:
+        sock, replies = self._sock, self._replies
+        assert replies is not None
+        try:
+            sock.sendall(packed)
+            reply = replies.gets()
+            while reply is _MORE:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    raise RedisConnectionError(_CLOSED)
+                replies.feed(data)
+                reply = replies.gets()
+        except TimeoutError:
+            raise RedisTimeoutError("Timeout reading from socket") from None
+        except OSError as error:
+            raise RedisConnectionError(f"Error while talking to Redis: {error}") from error
+        return _checked(reply)
+
+    def close(self) -> None:
+        self._sock = self._replies = None
+        self.connection.disconnect()  # type: ignore[no-untyped-call]
 
 
 class BlockingScriptLine:
@@ -107,7 +226,7 @@ class BlockingScriptLine:
     def __init__(self, client: redis.Redis, limit: int = DEFAULT_LIMIT) -> None:
         self._client = client
         self._pool = client.connection_pool if limit else None
-        self._idle: list[redis.Connection] = []
+        self._idle: list[_Wire] = []
         self._opened = 0
         self._limit = limit
         self._lock = threading.Lock()
@@ -119,35 +238,22 @@ class BlockingScriptLine:
 
     def run(self, sha: str, source: ScriptTextT, keys: Sequence[Any],
             args: Sequence[Any]) -> Any:
-        connection = self._take()
-        if connection is None:
+        wire = self._take()
+        if wire is None:
             return self._through_client(sha, source, keys, args)
-        command = ("EVALSHA", sha, len(keys), *keys, *args)
         try:
-            reply = self._call(connection, command)
+            reply = wire.call(pack_command((b"EVALSHA", sha, len(keys), *keys, *args)))
         except NoScriptError:
-            self._idle.append(connection)
+            self._idle.append(wire)
             return self._through_client(sha, source, keys, args)
         except ResponseError:
-            self._idle.append(connection)
+            self._idle.append(wire)
             raise
         except BaseException:
-            self._drop(connection)
+            self._drop(wire)
             raise
-        self._idle.append(connection)
+        self._idle.append(wire)
         return reply
-
-    @staticmethod
-    def _call(connection: redis.Connection, command: Sequence[Any]) -> Any:
-        if connection.is_connected:
-            try:
-                connection.send_command(*command)  # type: ignore[no-untyped-call]
-                return connection.read_response()
-            except RedisConnectionError:
-                pass  # closed while idle; redis-py has closed our end too
-        connection.connect()  # type: ignore[no-untyped-call]
-        connection.send_command(*command)  # type: ignore[no-untyped-call]
-        return connection.read_response()
 
     def _through_client(self, sha: str, source: ScriptTextT, keys: Sequence[Any],
                         args: Sequence[Any]) -> Any:
@@ -157,7 +263,7 @@ class BlockingScriptLine:
             self._client.script_load(source)
             return self._client.evalsha(sha, len(keys), *keys, *args)
 
-    def _take(self) -> redis.Connection | None:
+    def _take(self) -> _Wire | None:
         if self._pid != os.getpid():
             # A new process: the parent's connections and lock stay the parent's.
             self._lock = threading.Lock()
@@ -171,21 +277,19 @@ class BlockingScriptLine:
                 return None
             self._opened += 1
         assert self._pool is not None
-        connection: redis.Connection = self._pool.connection_class(
-            **self._pool.connection_kwargs)
-        return connection
+        return _Wire(self._pool.connection_class(**self._pool.connection_kwargs))
 
-    def _drop(self, connection: redis.Connection) -> None:
+    def _drop(self, wire: _Wire) -> None:
         with self._lock:
             self._opened -= 1
         with contextlib.suppress(Exception):  # closing what is already broken
-            connection.disconnect()  # type: ignore[no-untyped-call]
+            wire.close()
 
     def close(self) -> None:
         """Close the line's idle connections, then the client."""
         with self._lock:
             idle, self._idle = self._idle, []
             self._opened -= len(idle)
-        for connection in idle:
-            connection.disconnect()  # type: ignore[no-untyped-call]
+        for wire in idle:
+            wire.close()
         self._client.close()

@@ -6,6 +6,7 @@ process forked with the line open. Against a real redis-server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -20,7 +21,7 @@ from protocol_helpers import tls_redis
 from agentpool.acl import Role
 from agentpool.client import Client, SyncClient
 from agentpool.connection import DEFAULT_MAX_CONNECTIONS, redis_from_url
-from agentpool.direct import DEFAULT_LIMIT
+from agentpool.direct import DEFAULT_LIMIT, BlockingScriptLine, ScriptLine
 from agentpool.lua_source import script_source
 from agentpool.protocol import CancelOutcome
 from agentpool.redis_server import RedisServer
@@ -329,3 +330,81 @@ async def test_a_client_from_a_url_survives_connections_redis_closed(
     finally:
         await client.aclose()
         await admin.aclose()
+
+
+ECHO = "if ARGV[1] == 'fail' then return redis.error_reply('BADNESS ' .. KEYS[1]) end\n" \
+       "return {ARGV[1], tonumber(ARGV[2]), {ARGV[3]}}"
+
+
+@pytest.mark.parametrize("decode", [False, True])
+async def test_a_line_reads_replies_as_the_clients_own_parser_does(
+        server: RedisServer, decode: bool) -> None:
+    """Replies decoded (or not) as the client's option says, nested replies intact, an error
+    reply raised as the exception class redis-py gives it, and the line still usable."""
+    client = redis_from_url(server.url, decode_responses=decode)
+    line = ScriptLine(client)
+    script = client.register_script(ECHO)
+    direct = await line.run(script, ["k"], ["word", 42, "é"])
+    assert direct == await script(keys=["k"], args=["word", 42, "é"])
+    assert direct == (["word", 42, ["é"]] if decode else [b"word", 42, ["é".encode()]])
+    with pytest.raises(redis.exceptions.ResponseError, match="BADNESS k"):
+        await line.run(script, ["k"], ["fail", 0, ""])
+    again = await line.run(script, ["k"], ["again", 1, "x"])
+    assert again == (["again", 1, ["x"]] if decode else [b"again", 1, [b"x"]])
+    await line.aclose()
+    await client.aclose()
+
+
+def test_a_blocking_line_reads_replies_as_the_clients_own_parser_does(
+        server: RedisServer) -> None:
+    plain = redis.Redis.from_url(server.url)
+    decoding = redis.Redis.from_url(server.url, decode_responses=True)
+    sha = plain.script_load(ECHO)
+    for client, expected in ((plain, [b"word", 42, [b"x"]]), (decoding, ["word", 42, ["x"]])):
+        line = BlockingScriptLine(client)
+        assert line.run(sha, ECHO, ["k"], ["word", 42, "x"]) == expected
+        with pytest.raises(redis.exceptions.ResponseError, match="BADNESS k"):
+            line.run(sha, ECHO, ["k"], ["fail", 0, ""])
+        assert line.run(sha, ECHO, ["k"], ["word", 42, "x"]) == expected
+        line.close()
+    plain.close()
+
+
+def _frozen(server: RedisServer) -> Iterator[None]:
+    """Redis stops answering until the block ends (SIGSTOP, as a frozen node would)."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+
+
+async def test_a_line_call_that_times_out_never_answers_the_next_one(
+        server: RedisServer) -> None:
+    """The reply a timed-out call left on the wire must not answer the call after it: the
+    connection is closed and the next call gets its own task's id."""
+    admin = redis.Redis.from_url(server.url)
+    async with Client.from_url(server.url, socket_timeout=0.5) as client:
+        queue = client.queue("timeouts")
+        await queue.submit("warm")
+        with contextlib.contextmanager(_frozen)(server), \
+                pytest.raises(redis.exceptions.TimeoutError):
+            await queue.submit("lost in the freeze")
+        later = await queue.submit("after")
+    assert _payload(admin, "timeouts", later) == '"after"'
+    admin.close()
+
+
+def test_a_blocking_line_call_that_times_out_never_answers_the_next_one(
+        server: RedisServer) -> None:
+    admin = redis.Redis.from_url(server.url)
+    with SyncClient.from_url(server.url, socket_timeout=0.5) as client:
+        queue = client.queue("timeouts-blocking")
+        queue.submit("warm")
+        with contextlib.contextmanager(_frozen)(server), \
+                pytest.raises(redis.exceptions.TimeoutError):
+            queue.submit("lost in the freeze")
+        later = queue.submit("after")
+    assert _payload(admin, "timeouts-blocking", later) == '"after"'
+    admin.close()
