@@ -6,9 +6,7 @@ process forked with the line open. Against a real redis-server."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from protocol_helpers import tls_redis
+from protocol_helpers import frozen, tls_redis
 
 from agentpool.acl import Role
 from agentpool.client import Client, SyncClient
@@ -103,17 +101,12 @@ async def test_what_redis_forgot_between_two_submits_is_made_again(
 async def test_a_cancelled_submit_never_answers_the_next_one(server: RedisServer) -> None:
     """Redis frozen while a submit waits for its reply; the submit is cancelled, Redis thaws
     and runs it. The next submit must get its own reply, not the one left on the wire."""
-    assert server.process is not None
     async with Client.from_url(server.url) as client:
         queue = client.queue("cancelled")
         await queue.submit("warm")
-        server.process.send_signal(signal.SIGSTOP)
-        try:
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.3):
-                    await queue.submit("cancelled")
-        finally:
-            server.process.send_signal(signal.SIGCONT)
+        with frozen(server), pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await queue.submit("cancelled")
         task_id = await queue.submit("next")
         info = await queue.get(task_id)
     assert info is not None and info.payload == "next"
@@ -370,16 +363,6 @@ def test_a_blocking_line_reads_replies_as_the_clients_own_parser_does(
     plain.close()
 
 
-def _frozen(server: RedisServer) -> Iterator[None]:
-    """Redis stops answering until the block ends (SIGSTOP, as a frozen node would)."""
-    assert server.process is not None
-    server.process.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        server.process.send_signal(signal.SIGCONT)
-
-
 async def test_a_line_call_that_times_out_never_answers_the_next_one(
         server: RedisServer) -> None:
     """The reply a timed-out call left on the wire must not answer the call after it: the
@@ -388,7 +371,7 @@ async def test_a_line_call_that_times_out_never_answers_the_next_one(
     async with Client.from_url(server.url, socket_timeout=0.5) as client:
         queue = client.queue("timeouts")
         await queue.submit("warm")
-        with contextlib.contextmanager(_frozen)(server), \
+        with frozen(server), \
                 pytest.raises(redis.exceptions.TimeoutError):
             await queue.submit("lost in the freeze")
         later = await queue.submit("after")
@@ -402,7 +385,7 @@ def test_a_blocking_line_call_that_times_out_never_answers_the_next_one(
     with SyncClient.from_url(server.url, socket_timeout=0.5) as client:
         queue = client.queue("timeouts-blocking")
         queue.submit("warm")
-        with contextlib.contextmanager(_frozen)(server), \
+        with frozen(server), \
                 pytest.raises(redis.exceptions.TimeoutError):
             queue.submit("lost in the freeze")
         later = queue.submit("after")

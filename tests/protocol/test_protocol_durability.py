@@ -7,15 +7,13 @@ one stopped with SIGSTOP: the primary still takes writes, but no replica acknowl
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
-from protocol_helpers import claim_one
+from protocol_helpers import claim_one, frozen
 
 from agentpool.acl import Role, acl_rules, password_hash, set_user
 from agentpool.client import Client
@@ -54,16 +52,6 @@ async def clients(
         yield on_primary, on_replica
 
 
-@contextlib.contextmanager
-def replica_stopped(replica: RedisServer) -> Iterator[None]:
-    assert replica.process is not None
-    replica.process.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        replica.process.send_signal(signal.SIGCONT)
-
-
 def replicated(redis: aioredis.Redis, name: str | None = None, *,
                timeout: float = DEFAULT_REPLICA_TIMEOUT) -> TaskQueue:
     return TaskQueue(redis, name or f"q-{uuid.uuid4().hex[:8]}", durability="replicated",
@@ -89,7 +77,7 @@ async def test_with_no_replica_answering_a_submit_says_so_and_keeps_the_task(
 ) -> None:
     on_primary, on_replica = clients
     queue = replicated(on_primary)
-    with replica_stopped(pair[1]):
+    with frozen(pair[1]):
         with pytest.raises(NotReplicated) as raised:
             await replicated(on_primary, queue.name, timeout=TIMEOUT).submit(
                 {"n": 1}, idempotency_key="order-1")
@@ -109,7 +97,7 @@ async def test_concurrent_replicated_submits_each_learn_their_own_task_was_not_r
     outcome with its own task's id."""
     on_primary, on_replica = clients
     queue = replicated(on_primary, timeout=TIMEOUT)
-    with replica_stopped(pair[1]):
+    with frozen(pair[1]):
         outcomes = await asyncio.gather(*(queue.submit({"n": i}) for i in range(30)),
                                         return_exceptions=True)
     assert all(isinstance(outcome, NotReplicated) for outcome in outcomes)
@@ -127,7 +115,7 @@ async def test_without_durability_a_submit_does_not_wait_for_a_replica(
     pair: tuple[RedisServer, RedisServer], clients: tuple[aioredis.Redis, aioredis.Redis],
 ) -> None:
     queue = TaskQueue(clients[0], f"q-{uuid.uuid4().hex[:8]}")
-    with replica_stopped(pair[1]):
+    with frozen(pair[1]):
         task_id = await queue.submit({"n": 1})
     assert (await queue.get(task_id)) is not None
 
@@ -142,7 +130,7 @@ async def test_replicated_completions_wait_for_the_replica(
     assert await queue.complete_many([(task, "done")]) == [True]
     assert await on_replica.hget(queue.task_key(task.id), "state") == b"succeeded"
     other = await claim_one(queue, "pod:1")
-    with replica_stopped(pair[1]), pytest.raises(NotReplicated) as raised:
+    with frozen(pair[1]), pytest.raises(NotReplicated) as raised:
         await replicated(on_primary, queue.name, timeout=TIMEOUT).record([], [(other, "done")])
     assert raised.value.result == [True]
     assert {task.id, other.id} == {first, second}
