@@ -17,6 +17,8 @@ raises as redis-py's own parser does.
 - A call that times out (the client's ``socket_timeout``) or stops half-way (cancelled,
   Ctrl-C) closes its connection: a reply left on the wire must never answer the next call.
 - Callers beyond `limit` at once go through the client's pool.
+- On a RESP3 connection a push message the server sends unasked (a client-tracking
+  invalidation, a maintenance notice) is not a reply: it is skipped.
 - The client's ``health_check_interval`` does not apply to a line's connections: the call
   sent again on a new connection covers what a health check would catch.
 
@@ -113,11 +115,12 @@ class _AsyncWire:
         assert stream is not None and replies is not None and self._writer is not None
         self._writer.write(packed)
         reply = replies.gets()
-        while reply is _MORE:
-            data = await stream.read(_READ_SIZE)
-            if not data:
-                raise RedisConnectionError(_CLOSED)
-            replies.feed(data)
+        while reply is _MORE or isinstance(reply, hiredis.PushNotification):
+            if reply is _MORE:
+                data = await stream.read(_READ_SIZE)
+                if not data:
+                    raise RedisConnectionError(_CLOSED)
+                replies.feed(data)
             reply = replies.gets()
         return reply
 
@@ -201,11 +204,12 @@ class _Wire:
         try:
             sock.sendall(packed)
             reply = replies.gets()
-            while reply is _MORE:
-                data = sock.recv(_READ_SIZE)
-                if not data:
-                    raise RedisConnectionError(_CLOSED)
-                replies.feed(data)
+            while reply is _MORE or isinstance(reply, hiredis.PushNotification):
+                if reply is _MORE:
+                    data = sock.recv(_READ_SIZE)
+                    if not data:
+                        raise RedisConnectionError(_CLOSED)
+                    replies.feed(data)
                 reply = replies.gets()
         except TimeoutError:
             raise RedisTimeoutError("Timeout reading from socket") from None

@@ -18,8 +18,8 @@ from protocol_helpers import frozen, tls_redis
 
 from agentpool.acl import Role
 from agentpool.client import Client, SyncClient
-from agentpool.connection import DEFAULT_MAX_CONNECTIONS, redis_from_url
-from agentpool.direct import DEFAULT_LIMIT, BlockingScriptLine, ScriptLine
+from agentpool.connection import DEFAULT_MAX_CONNECTIONS, pack_command, redis_from_url
+from agentpool.direct import DEFAULT_LIMIT, BlockingScriptLine, ScriptLine, _AsyncWire, _Wire
 from agentpool.lua_source import script_source
 from agentpool.protocol import CancelOutcome
 from agentpool.redis_server import RedisServer
@@ -390,4 +390,34 @@ def test_a_blocking_line_call_that_times_out_never_answers_the_next_one(
             queue.submit("lost in the freeze")
         later = queue.submit("after")
     assert _payload(admin, "timeouts-blocking", later) == '"after"'
+    admin.close()
+
+
+def test_a_push_message_is_not_taken_for_a_reply(server: RedisServer) -> None:
+    """On RESP3 Redis may push a message nobody asked for on a line's connection (here a
+    client-tracking invalidation, written before the reply that follows it)."""
+    admin = redis.Redis.from_url(server.url)
+    client = redis.Redis.from_url(server.url, protocol=3)
+    pool = client.connection_pool
+    wire = _Wire(pool.connection_class(**pool.connection_kwargs))
+    assert wire.call(pack_command(("CLIENT", "TRACKING", "ON"))) == b"OK"
+    assert wire.call(pack_command(("GET", "watched"))) is None
+    admin.set("watched", "changed")
+    assert wire.call(pack_command(("PING",))) == b"PONG"
+    wire.close()
+    admin.close()
+
+
+async def test_a_push_message_is_not_taken_for_a_reply_on_an_asyncio_line(
+        server: RedisServer) -> None:
+    admin = redis.Redis.from_url(server.url)
+    client = redis_from_url(server.url, protocol=3)
+    pool = client.connection_pool
+    wire = _AsyncWire(pool.connection_class(**pool.connection_kwargs))
+    assert await wire.call(pack_command(("CLIENT", "TRACKING", "ON"))) == b"OK"
+    assert await wire.call(pack_command(("GET", "watched"))) is None
+    admin.set("watched", "changed")
+    assert await wire.call(pack_command(("PING",))) == b"PONG"
+    await wire.close()
+    await client.aclose()
     admin.close()
