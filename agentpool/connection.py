@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
@@ -40,7 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
+from redis.exceptions import DataError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -397,6 +397,18 @@ class _SlotMapFirst(RedisCluster):
         if self._initialize:
             await self.initialize()
         return await super().execute_command(*args, **kwargs)
+
+
+async def node_of_key(redis: aioredis.Redis, key: str) -> ClusterNode:
+    """The node of a Cluster client that holds `key`'s slot, by the client's slot map (read
+    first if the client has not read it yet)."""
+    cluster = cast(RedisCluster, redis)
+    if cluster._initialize:
+        await cluster.initialize()
+    node = cluster.get_node_from_key(key)
+    if node is None:
+        raise RedisClusterException(f"no node holds the slot of {key}")
+    return node
 
 
 def cluster_from_url(url: str, **kwargs: Any) -> aioredis.Redis:

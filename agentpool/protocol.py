@@ -37,7 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentpool.coalesce import Coalescer
-from agentpool.connection import is_cluster
+from agentpool.connection import is_cluster, node_of_key
 from agentpool.direct import DEFAULT_LIMIT as DEFAULT_LINE_LIMIT
 from agentpool.direct import BlockingScriptLine, ScriptLine
 from agentpool.durability import (
@@ -1161,10 +1161,20 @@ async def _scripts_in_one_trip(redis: aioredis.Redis,
     cluster the pipeline sends each call to the node of its queue's slot. The commands of
     `then` follow the calls in every pipeline sent; their replies (of the last one) follow
     the calls' replies. A single call without `then` goes without a pipeline, which costs
-    redis-py more than the command itself (a worker's flush of one completion, often)."""
+    redis-py more than the command itself (a worker's flush of one completion, often).
+
+    On a cluster the commands of `then` (a replicated write's INCR and WAIT) go to the node of
+    the first call's queue, on the connection of its writes: redis-py would send a keyless
+    WAIT to any node, whose answer says nothing of these writes. If that slot moved to
+    another node during the trip (a failover, a reshard: redis-py followed the redirection),
+    the WAIT answered for the old node, and its reply counts no replica."""
     if len(calls) == 1 and not then:
         queue, name, args = calls[0]
         return [await queue._run(name, *args, client=redis)]
+    routed: dict[str, Any] = {}
+    if then and is_cluster(redis):
+        slot_key = calls[0][0].prefix + "queued"
+        routed = {"target_nodes": await node_of_key(redis, slot_key)}
     replies: list[Any] = [NoScriptError()] * len(calls)
     after: list[Any] = []
     for _ in range(2):
@@ -1175,7 +1185,7 @@ async def _scripts_in_one_trip(redis: aioredis.Redis,
                 pipe.execute_command("EVALSHA", queue._script(name).sha, 1,
                                      queue.prefix + "queued", queue.prefix, *args)
             for command in then:
-                pipe.execute_command(*command)
+                pipe.execute_command(*command, **routed)
             sent = await pipe.execute(raise_on_error=False)
         after = sent[len(pending):]
         for i, reply in zip(pending, sent[:len(pending)], strict=True):
@@ -1185,6 +1195,9 @@ async def _scripts_in_one_trip(redis: aioredis.Redis,
             break
         for name in missing:
             await redis.script_load(script_source(name))
+    if routed and (await node_of_key(redis, slot_key)).name != routed["target_nodes"].name:
+        after = [0 if command[0] == "WAIT" else reply
+                 for command, reply in zip(then, after, strict=True)]
     for reply in (*replies, *after):
         if isinstance(reply, Exception):
             raise reply

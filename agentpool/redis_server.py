@@ -335,15 +335,17 @@ def _cluster_port() -> int:
 
 @dataclass
 class RedisCluster:
-    """A Redis Cluster of `primaries` primaries (no replicas) on free loopback ports.
+    """A Redis Cluster of `primaries` primaries, each with `replicas` replicas, on free
+    loopback ports.
 
     ``url`` is the ``redis+cluster://`` URL every component connects with; the slots are
     spread evenly over the primaries by ``redis-cli --cluster create`` (by hand below three
-    primaries, which it refuses).
+    primaries, which it refuses, and then without replicas).
     """
 
     primaries: int = 3
     password: str | None = None
+    replicas: int = 0
     servers: list[RedisServer] = field(default_factory=list, init=False)
     _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
@@ -364,7 +366,9 @@ class RedisCluster:
         self._dir = tempfile.TemporaryDirectory(prefix="agentpool-cluster-")
         root = Path(self._dir.name)
         try:
-            for index in range(self.primaries):
+            if self.replicas and self.primaries < 3:
+                raise RedisServerError("a cluster with replicas needs 3 primaries at least")
+            for index in range(self.primaries * (1 + self.replicas)):
                 workdir = root / f"node-{index}"
                 workdir.mkdir()
                 self.servers.append(RedisServer(
@@ -385,7 +389,7 @@ class RedisCluster:
 
     def _create(self, cli: str, timeout: float) -> None:
         args = [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
-                "--cluster-replicas", "0", "--cluster-yes"]
+                "--cluster-replicas", str(self.replicas), "--cluster-yes"]
         if self.password:
             args += ["-a", self.password, "--no-auth-warning"]
         created = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
@@ -413,15 +417,22 @@ class RedisCluster:
         raise RedisServerError("the cluster did not reach cluster_state:ok")
 
     def _node_ok(self, port: int) -> bool:
+        """The node sees the whole cluster in state ok and, with replicas, its replication
+        link is up (a primary has all its replicas, a replica its primary)."""
         try:
             with sentinel_admin(port, self.password) as node:
                 info = node.execute_command("CLUSTER", "INFO")
+                replication = node.info("replication") if self.replicas else {}
         except redis.RedisError:
             return False
         text = info if isinstance(info, str) else info.decode()
         fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
-        return (fields.get("cluster_state") == "ok"
-                and fields.get("cluster_known_nodes") == str(self.primaries))
+        if (fields.get("cluster_state") != "ok"
+                or fields.get("cluster_known_nodes") != str(len(self.servers))):
+            return False
+        if replication.get("role") == "master":
+            return int(replication.get("connected_slaves", 0)) >= self.replicas
+        return not self.replicas or replication.get("master_link_status") == "up"
 
     def close(self) -> None:
         _close_servers(self.servers, self._dir)

@@ -1,0 +1,139 @@
+"""Durability replicated on a Redis Cluster: a replicated write waits for a replica of the
+primary that holds its queue, not for any replica of the cluster.
+
+Real processes: three primaries with one replica each. A replica that does not answer is one
+stopped with SIGSTOP. redis-py sends a keyless WAIT to any node; each test below stops the
+replica of the queue's own primary, where a WAIT answered by another node would say the
+write was replicated.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from protocol_helpers import claim_one, frozen
+
+import agentpool.protocol
+from agentpool.connection import node_of_key, redis_from_url
+from agentpool.durability import NotReplicated
+from agentpool.protocol import TaskQueue
+from agentpool.redis_server import RedisCluster, RedisServer, sentinel_admin
+
+TIMEOUT = 0.2
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    with RedisCluster(primaries=3, replicas=1) as started:
+        yield started
+
+
+@pytest.fixture
+async def client(cluster: RedisCluster) -> AsyncIterator[aioredis.Redis]:
+    on_cluster = redis_from_url(cluster.url)
+    yield on_cluster
+    await on_cluster.aclose()
+
+
+def _queue(client: aioredis.Redis, name: str | None = None) -> TaskQueue:
+    return TaskQueue(client, name or f"q-{uuid.uuid4().hex[:8]}", durability="replicated",
+                     replica_timeout=TIMEOUT)
+
+
+async def _replica_of_queue(cluster: RedisCluster, client: aioredis.Redis,
+                            queue: TaskQueue) -> RedisServer:
+    """The replica of the primary that holds `queue`'s slot."""
+    primary = await node_of_key(client, queue.prefix + "queued")
+    for server in cluster.servers:
+        with sentinel_admin(server.port) as node:
+            replication = node.info("replication")
+        if (replication.get("role") == "slave"
+                and int(replication["master_port"]) == primary.port):
+            return server
+    raise AssertionError(f"no replica of {primary.name}")
+
+
+def _other_replica(cluster: RedisCluster, own: RedisServer) -> RedisServer:
+    for server in cluster.servers:
+        if server is own:
+            continue
+        with sentinel_admin(server.port) as node:
+            if node.info("replication").get("role") == "slave":
+                return server
+    raise AssertionError("no other replica")
+
+
+async def test_a_replicated_submit_waits_for_the_replica_of_its_queues_primary(
+        cluster: RedisCluster, client: aioredis.Redis) -> None:
+    queue = _queue(client)
+    await queue.submit("warm")
+    own = await _replica_of_queue(cluster, client, queue)
+    with frozen(own), pytest.raises(NotReplicated) as raised:
+        await queue.submit("while its replica is stopped")
+    assert await queue.get(raised.value.result) is not None
+    with frozen(own), pytest.raises(NotReplicated) as many:
+        await queue.submit_many(["a", "b"])
+    assert len(many.value.result) == 2
+
+
+async def test_another_shards_stopped_replica_does_not_hold_a_submit_back(
+        cluster: RedisCluster, client: aioredis.Redis) -> None:
+    queue = _queue(client)
+    await queue.submit("warm")
+    other = _other_replica(cluster, await _replica_of_queue(cluster, client, queue))
+    with frozen(other):
+        task_id = await queue.submit("another shard's replica is stopped")
+    info = await queue.get(task_id)
+    assert info is not None and info.payload == "another shard's replica is stopped"
+
+
+async def test_a_replicated_completion_waits_for_the_replica_of_its_queues_primary(
+        cluster: RedisCluster, client: aioredis.Redis) -> None:
+    queue = _queue(client)
+    await queue.submit_many(["a", "b"])
+    task = await claim_one(queue, "pod:1")
+    assert await queue.record([], [(task, "done")]) == [True]
+    own = await _replica_of_queue(cluster, client, queue)
+    other = await claim_one(queue, "pod:1")
+    with frozen(own), pytest.raises(NotReplicated) as raised:
+        await queue.record([], [(other, "done")])
+    assert raised.value.result == [True]
+    assert await queue.record([], [(other, "done")]) == [False]
+
+
+async def test_a_wait_answered_by_a_node_that_no_longer_holds_the_slot_counts_no_replica(
+        cluster: RedisCluster, client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As when the slot moves during the trip: the WAIT goes to the node the client's map
+    named before (here a wrong one, whose own replica answers), the writes follow the slot."""
+    queue = _queue(client)
+    await queue.submit("warm")
+    real_node_of_key = agentpool.protocol.node_of_key
+    holder = await real_node_of_key(client, queue.prefix + "queued")
+    elsewhere = next(node for node in client.get_primaries()  # type: ignore[attr-defined]
+                     if node.name != holder.name)
+    calls = []
+
+    async def stale_first(redis_client: Any, key: str) -> Any:
+        calls.append(key)
+        return elsewhere if len(calls) == 1 else await real_node_of_key(redis_client, key)
+
+    monkeypatch.setattr(agentpool.protocol, "node_of_key", stale_first)
+    with pytest.raises(NotReplicated) as raised:
+        await queue.submit("after a move")
+    assert len(calls) == 2
+    info = await queue.get(raised.value.result)
+    assert info is not None and info.payload == "after a move"
+
+
+def test_the_test_cluster_has_a_replica_for_every_primary(cluster: RedisCluster) -> None:
+    roles = []
+    for server in cluster.servers:
+        with redis.Redis(port=server.port) as node:
+            roles.append(node.info("replication")["role"])
+    assert sorted(roles) == ["master"] * 3 + ["slave"] * 3
