@@ -346,6 +346,9 @@ class RedisCluster:
     primaries: int = 3
     password: str | None = None
     replicas: int = 0
+    node_timeout_ms: int = 5000
+    """How long a node may not answer before the others count it failed (and a replica of a
+    failed primary takes its place)."""
     servers: list[RedisServer] = field(default_factory=list, init=False)
     _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
@@ -375,7 +378,7 @@ class RedisCluster:
                     port=_cluster_port(), password=self.password, workdir=workdir,
                     extra_args=("--cluster-enabled", "yes",
                                 "--cluster-config-file", str(workdir / "nodes.conf"),
-                                "--cluster-node-timeout", "5000"),
+                                "--cluster-node-timeout", str(self.node_timeout_ms)),
                 ).start())
             if self.primaries >= 3:
                 self._create(cli, timeout)

@@ -9,6 +9,8 @@ write was replicated.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -137,3 +139,47 @@ def test_the_test_cluster_has_a_replica_for_every_primary(cluster: RedisCluster)
         with redis.Redis(port=server.port) as node:
             roles.append(node.info("replication")["role"])
     assert sorted(roles) == ["master"] * 3 + ["slave"] * 3
+
+
+async def _until(call: Any, within: float) -> Any:
+    """`call()`'s result once it stops raising Redis errors (a client finding the new
+    primary), failing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except (redis.RedisError, NotReplicated):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_work_goes_on_after_the_queues_primary_fails_over() -> None:
+    """kill -9 of the primary that holds the queue: its replica takes the slots, the same
+    client finds it, every replicated submit acknowledged before the kill is there, and new
+    submits and claims go on."""
+    with RedisCluster(primaries=3, replicas=1, node_timeout_ms=1000) as own:
+        client = redis_from_url(own.url)
+        try:
+            queue = TaskQueue(client, "failover", durability="replicated", replica_timeout=1.0)
+            # After the kill the new primary has no replica: later writes do not wait for one.
+            plain = TaskQueue(client, "failover")
+            before = [await queue.submit({"n": n}) for n in range(20)]
+            replica = await _replica_of_queue(own, client, queue)
+            primary = await node_of_key(client, queue.prefix + "queued")
+            next(s for s in own.servers if s.port == primary.port).kill()
+            with sentinel_admin(replica.port) as promoted:
+                deadline = time.monotonic() + 30
+                while promoted.info("replication").get("role") != "master":
+                    assert time.monotonic() < deadline, "the replica was not promoted"
+                    await asyncio.sleep(0.05)
+            after = await _until(lambda: plain.submit({"n": 20}), 30)
+            claimed = set()
+            while len(claimed) < 21:
+                batch = await _until(lambda: plain.claim("pod:1", 21, 30.0), 30)
+                assert batch.tasks, f"only {len(claimed)} of 21 tasks claimable"
+                claimed |= {task.id for task in batch.tasks}
+            assert claimed == {*before, after}
+            assert (await node_of_key(client, queue.prefix + "queued")).port == replica.port
+        finally:
+            await client.aclose()
