@@ -28,8 +28,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.cluster import REPLICA
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import is_cluster
 from .protocol import QUEUE_NAME, ProtocolError, key_prefix
@@ -151,28 +154,65 @@ SHARDED_PUBSUB_COMMANDS = frozenset({"spublish", "ssubscribe", "sunsubscribe"})
 """Redis 7's sharded pub/sub, which Redis 6 does not know (its scripts PUBLISH instead)."""
 
 
-def _every_node(admin: aioredis.Redis) -> dict[str, Any]:
-    """ACL users are per node: on a cluster, every primary and replica gets the same."""
-    return {"target_nodes": RedisCluster.ALL_NODES} if is_cluster(admin) else {}
+UNUSABLE_NODE_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
+
+
+async def _on_every_node(admin: aioredis.Redis, *command: Any) -> Any:
+    """`command` on the server, or on every node of a cluster: Redis keeps ACL users per node
+    and does not replicate them, and a replica that lacks a pool's user would refuse its
+    workers the moment it is promoted. redis-py knows the nodes that ``CLUSTER SLOTS`` lists,
+    which leaves out a replica that has no data yet and one added since the client read the
+    map; ``CLUSTER NODES`` names them, and they get the command too (one at an address this
+    client cannot reach is left to the next round). On a cluster the reply is one per node."""
+    if not is_cluster(admin):
+        return await admin.execute_command(*command)  # type: ignore[no-untyped-call]
+    cluster: Any = admin
+    replies: dict[str, Any] = await cluster.execute_command(
+        *command, target_nodes=RedisCluster.ALL_NODES)
+    for node in await _nodes_off_the_map(cluster):
+        try:
+            replies[node.name] = await cluster.execute_command(*command, target_nodes=node)
+        except (RedisConnectionError, RedisTimeoutError):
+            pass
+        finally:
+            await node.disconnect()
+    return replies
+
+
+async def _nodes_off_the_map(cluster: Any) -> list[ClusterNode]:
+    try:
+        nodes = await cluster.execute_command("CLUSTER NODES", target_nodes=RedisCluster.RANDOM)
+    except ResponseError:  # a user that may not read the topology: the map is all there is
+        return []
+    known = {node.name for node in cluster.get_nodes()}
+    missing = []
+    for address, about in nodes.items():
+        host, _, port = str(address).rpartition(":")
+        if (address in known or not host or not port.isdigit()
+                or UNUSABLE_NODE_FLAGS & set(str(about.get("flags", "")).split(","))):
+            continue
+        missing.append(ClusterNode(host, int(port), REPLICA,
+                                   **cluster.nodes_manager.connection_kwargs))
+    return missing
 
 
 async def set_user(admin: aioredis.Redis, username: str, rules: Iterable[str]) -> None:
     """Create or replace the user (the rules start with ``reset``)."""
     rules = list(rules)
     try:
-        await admin.execute_command("ACL SETUSER", username, *rules, **_every_node(admin))  # type: ignore[no-untyped-call]
+        await _on_every_node(admin, "ACL SETUSER", username, *rules)
     except ResponseError as error:
         if "unknown command" not in str(error).lower():
             raise
         known = [r for r in rules if r.removeprefix("+") not in SHARDED_PUBSUB_COMMANDS]
         if known == rules:
             raise
-        await admin.execute_command("ACL SETUSER", username, *known, **_every_node(admin))  # type: ignore[no-untyped-call]
+        await _on_every_node(admin, "ACL SETUSER", username, *known)
 
 
 async def delete_user(admin: aioredis.Redis, username: str) -> bool:
     """Remove the user; its open connections are closed by Redis. False when it did not exist."""
-    reply = await admin.execute_command("ACL DELUSER", username, **_every_node(admin))  # type: ignore[no-untyped-call]
+    reply = await _on_every_node(admin, "ACL DELUSER", username)
     if isinstance(reply, dict):  # a cluster answers per node
         return any(bool(r) for r in reply.values())
     return bool(reply)

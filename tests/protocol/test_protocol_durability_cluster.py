@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from protocol_helpers import claim_one, frozen
 
 import agentpool.protocol
+from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
 from agentpool.connection import node_of_key, redis_from_url
 from agentpool.durability import NotReplicated
 from agentpool.protocol import TaskQueue
@@ -133,6 +134,21 @@ async def test_a_wait_answered_by_a_node_that_no_longer_holds_the_slot_counts_no
     assert info is not None and info.payload == "after a move"
 
 
+async def test_a_pools_users_are_set_and_deleted_on_every_primary_and_replica(
+        cluster: RedisCluster, client: aioredis.Redis) -> None:
+    """Redis does not replicate ACL users; a replica without them would refuse the pool's
+    workers once promoted."""
+    user = f"everywhere-{uuid.uuid4().hex[:8]}"
+    await set_user(client, user, acl_rules("everywhere", Role.WORKER, [password_hash("pw")]))
+    for server in cluster.servers:
+        with sentinel_admin(server.port) as node:
+            assert user in node.acl_users(), f"{user} missing on {server.port}"
+    assert await delete_user(client, user)
+    for server in cluster.servers:
+        with sentinel_admin(server.port) as node:
+            assert user not in node.acl_users()
+
+
 def test_the_test_cluster_has_a_replica_for_every_primary(cluster: RedisCluster) -> None:
     roles = []
     for server in cluster.servers:
@@ -156,30 +172,39 @@ async def _until(call: Any, within: float) -> Any:
 
 async def test_work_goes_on_after_the_queues_primary_fails_over() -> None:
     """kill -9 of the primary that holds the queue: its replica takes the slots, the same
-    client finds it, every replicated submit acknowledged before the kill is there, and new
-    submits and claims go on."""
+    clients find it, every replicated submit acknowledged before the kill is there, and the
+    pool's ACL users (set on every node, replicas included: Redis does not replicate users)
+    go on submitting and claiming."""
     with RedisCluster(primaries=3, replicas=1, node_timeout_ms=1000) as own:
-        client = redis_from_url(own.url)
+        admin = redis_from_url(own.url)
+        for role in Role:
+            await set_user(admin, f"failover-{role.value}",
+                           acl_rules("failover", role, [password_hash("pw")]))
+        hosts = own.url.removeprefix("redis+cluster://")
+        producer = redis_from_url(f"redis+cluster://failover-producer:pw@{hosts}")
+        worker = redis_from_url(f"redis+cluster://failover-worker:pw@{hosts}")
         try:
-            queue = TaskQueue(client, "failover", durability="replicated", replica_timeout=1.0)
-            # After the kill the new primary has no replica: later writes do not wait for one.
-            plain = TaskQueue(client, "failover")
+            queue = TaskQueue(producer, "failover", durability="replicated",
+                              replica_timeout=1.0)
             before = [await queue.submit({"n": n}) for n in range(20)]
-            replica = await _replica_of_queue(own, client, queue)
-            primary = await node_of_key(client, queue.prefix + "queued")
+            replica = await _replica_of_queue(own, admin, queue)
+            primary = await node_of_key(admin, queue.prefix + "queued")
             next(s for s in own.servers if s.port == primary.port).kill()
             with sentinel_admin(replica.port) as promoted:
                 deadline = time.monotonic() + 30
                 while promoted.info("replication").get("role") != "master":
                     assert time.monotonic() < deadline, "the replica was not promoted"
                     await asyncio.sleep(0.05)
-            after = await _until(lambda: plain.submit({"n": 20}), 30)
+            # The new primary has no replica: later writes do not wait for one.
+            after = await _until(lambda: TaskQueue(producer, "failover").submit({"n": 20}), 30)
+            claiming = TaskQueue(worker, "failover")
             claimed = set()
             while len(claimed) < 21:
-                batch = await _until(lambda: plain.claim("pod:1", 21, 30.0), 30)
+                batch = await _until(lambda: claiming.claim("pod:1", 21, 30.0), 30)
                 assert batch.tasks, f"only {len(claimed)} of 21 tasks claimable"
                 claimed |= {task.id for task in batch.tasks}
             assert claimed == {*before, after}
-            assert (await node_of_key(client, queue.prefix + "queued")).port == replica.port
+            assert (await node_of_key(worker, queue.prefix + "queued")).port == replica.port
         finally:
-            await client.aclose()
+            for client in (admin, producer, worker):
+                await client.aclose()
