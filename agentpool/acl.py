@@ -29,6 +29,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.cluster import REPLICA
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -158,14 +160,19 @@ UNUSABLE_NODE_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
 
 
 async def _on_every_node(admin: aioredis.Redis, *command: Any) -> Any:
-    """`command` on the server, or on every node of a cluster: Redis keeps ACL users per node
-    and does not replicate them, and a replica that lacks a pool's user would refuse its
-    workers the moment it is promoted. redis-py knows the nodes that ``CLUSTER SLOTS`` lists,
+    """`command` on the server, on the primary and every replica the sentinels name, or on
+    every node of a cluster: Redis keeps ACL users per node and does not replicate them, and
+    a replica that lacks a pool's user would refuse its workers the moment it is promoted
+    (a replica this client cannot reach is left to the next round).
+    On a cluster redis-py knows the nodes that ``CLUSTER SLOTS`` lists,
     which leaves out a replica that has no data yet and one added since the client read the
-    map; ``CLUSTER NODES`` names them, and they get the command too (one at an address this
-    client cannot reach is left to the next round). On a cluster the reply is one per node."""
+    map; ``CLUSTER NODES`` names them, and they get the command too. On a cluster the reply
+    is one per node; otherwise the primary's."""
     if not is_cluster(admin):
-        return await admin.execute_command(*command)  # type: ignore[no-untyped-call]
+        reply = await admin.execute_command(*command)  # type: ignore[no-untyped-call]
+        if isinstance(admin.connection_pool, SentinelConnectionPool):
+            await _on_sentinel_replicas(admin.connection_pool, *command)
+        return reply
     cluster: Any = admin
     replies: dict[str, Any] = await cluster.execute_command(
         *command, target_nodes=RedisCluster.ALL_NODES)
@@ -177,6 +184,21 @@ async def _on_every_node(admin: aioredis.Redis, *command: Any) -> Any:
         finally:
             await node.disconnect()
     return replies
+
+
+async def _on_sentinel_replicas(pool: SentinelConnectionPool, *command: Any) -> None:
+    options = {key: value for key, value in pool.connection_kwargs.items()
+               if key not in ("connection_pool", "himport_registry")}
+    if issubclass(pool.connection_class, SSLConnection):
+        options["ssl"] = True
+    for host, port in await pool.sentinel_manager.discover_slaves(pool.service_name):
+        replica = aioredis.Redis(host=host, port=port, **options)
+        try:
+            await replica.execute_command(*command)  # type: ignore[no-untyped-call]
+        except (RedisConnectionError, RedisTimeoutError):
+            pass
+        finally:
+            await replica.aclose()
 
 
 async def _nodes_off_the_map(cluster: Any) -> list[ClusterNode]:
