@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -186,19 +187,38 @@ async def _on_every_node(admin: aioredis.Redis, *command: Any) -> Any:
     return replies
 
 
+_replica_clients: weakref.WeakKeyDictionary[SentinelConnectionPool, dict[
+    tuple[str, int], aioredis.Redis]] = weakref.WeakKeyDictionary()
+"""Per Sentinel client, a client of each replica it has reached: the operator applies users
+every round, and a new connection per replica and round would be churn for nothing."""
+
+
 async def _on_sentinel_replicas(pool: SentinelConnectionPool, *command: Any) -> None:
-    options = {key: value for key, value in pool.connection_kwargs.items()
-               if key not in ("connection_pool", "himport_registry")}
-    if issubclass(pool.connection_class, SSLConnection):
-        options["ssl"] = True
-    for host, port in await pool.sentinel_manager.discover_slaves(pool.service_name):
-        replica = aioredis.Redis(host=host, port=port, **options)
+    clients = _replica_clients.setdefault(pool, {})
+    replicas = set(await pool.sentinel_manager.discover_slaves(pool.service_name))
+    for gone in set(clients) - replicas:
+        await clients.pop(gone).aclose()
+    for host, port in replicas:
+        replica = clients.get((host, port))
+        if replica is None:
+            options = {key: value for key, value in pool.connection_kwargs.items()
+                       if key not in ("connection_pool", "himport_registry")}
+            if issubclass(pool.connection_class, SSLConnection):
+                options["ssl"] = True
+            replica = clients[(host, port)] = aioredis.Redis(host=host, port=port, **options)
         try:
             await replica.execute_command(*command)  # type: ignore[no-untyped-call]
         except (RedisConnectionError, RedisTimeoutError):
-            pass
-        finally:
-            await replica.aclose()
+            await clients.pop((host, port)).aclose()
+
+
+async def close_replica_clients(admin: aioredis.Redis) -> None:
+    """Close the clients of Sentinel replicas that applying users to `admin` opened (call it
+    when closing `admin`)."""
+    pool = getattr(admin, "connection_pool", None)
+    clients = _replica_clients.pop(pool, {}) if isinstance(pool, SentinelConnectionPool) else {}
+    for client in clients.values():
+        await client.aclose()
 
 
 async def _nodes_off_the_map(cluster: Any) -> list[ClusterNode]:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from agentpool.acl import close_replica_clients
 from agentpool.connection import (
     INVALID_URL_MESSAGE,
     RedisURLError,
@@ -159,7 +160,7 @@ class RedisClients:
     async def close(self) -> None:
         shared, self._shared, self._pool_keys = list(self._shared.values()), {}, {}
         for entry in shared:
-            await entry.client.aclose()
+            await _close(entry.client)
 
     async def _release(self, namespace: str, pool: str, key: str) -> None:
         shared = self._shared.get(key)
@@ -168,7 +169,12 @@ class RedisClients:
         shared.pools.discard((namespace, pool))
         if not shared.pools:
             del self._shared[key]
-            await shared.client.aclose()
+            await _close(shared.client)
+
+
+async def _close(client: aioredis.Redis) -> None:
+    await close_replica_clients(client)
+    await client.aclose()
 
 
 def _connect(url: str, address_map: Mapping[str, str]) -> aioredis.Redis:

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
+from agentpool.acl import (
+    Role,
+    acl_rules,
+    close_replica_clients,
+    delete_user,
+    password_hash,
+    set_user,
+)
 from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import SentinelGroup, sentinel_admin
@@ -23,6 +30,18 @@ def group() -> Iterator[SentinelGroup]:
         yield started
 
 
+def _clients_of(group: SentinelGroup) -> int:
+    """Clients of the group's servers other than this check's own, the sentinels and the
+    replication links."""
+    count = 0
+    for server in group.servers:
+        with sentinel_admin(server.port) as node:
+            count += sum(1 for c in node.client_list()
+                         if not c["name"].startswith("sentinel-")
+                         and not set(c["flags"]) & {"S", "M"}) - 1
+    return count
+
+
 def _users(port: int) -> list[str]:
     with sentinel_admin(port) as node:
         return list(node.acl_users())
@@ -30,6 +49,7 @@ def _users(port: int) -> list[str]:
 
 async def test_a_pools_user_is_set_on_the_primary_and_its_replicas(
         group: SentinelGroup) -> None:
+    """And the connections to the replicas this opened close with the client."""
     admin = redis_from_url(group.url)
     try:
         await set_user(admin, "pool-worker", acl_rules("q", Role.WORKER, [password_hash("pw")]))
@@ -37,7 +57,9 @@ async def test_a_pools_user_is_set_on_the_primary_and_its_replicas(
         assert await delete_user(admin, "pool-worker")
         assert not any("pool-worker" in _users(server.port) for server in group.servers)
     finally:
+        await close_replica_clients(admin)
         await admin.aclose()
+    assert _clients_of(group) == 0
 
 
 async def test_a_pools_producer_submits_on_the_promoted_replica_at_once(
@@ -70,4 +92,5 @@ async def test_a_pools_producer_submits_on_the_promoted_replica_at_once(
                 await asyncio.sleep(0.05)
     finally:
         await producer.aclose()
+        await close_replica_clients(admin)
         await admin.aclose()
