@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.chaos [--seed 1] [--tasks 20000] [--json]
     .venv/bin/python -m bench.chaos --sentinel [--durability replicated]  (bench/chaos_sentinel.py)
+    .venv/bin/python -m bench.chaos --cluster [--durability replicated]   (bench/chaos_cluster.py)
 
 N ``agentpool-worker`` processes (handler ``bench.chaos_handler:run``: the simulated agent
 with every run on record) serve one queue on a private ``redis-server`` with AOF on. The
@@ -135,6 +136,9 @@ class Options:
     """With --sentinel: tasks submitted per second all along the run (0: 80% of capacity)."""
     replicas: int = 1
     """With --sentinel: replicas of the primary."""
+    cluster: bool = False
+    """Against three primaries with a replica each, failing the queue's primary over
+    (bench/chaos_cluster.py); --durability and --submit-rate as with --sentinel."""
 
 
 @dataclass(frozen=True)
@@ -639,22 +643,28 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
                    help="a primary, a replica and three sentinels; fail the primary over "
                         "(kill -9 and SENTINEL FAILOVER) instead of the other events")
     p.add_argument("--durability", choices=("none", "replicated"), default=d.durability,
-                   help="with --sentinel: submits and completions wait for a replica")
+                   help="with --sentinel or --cluster: submits and completions wait for a replica")
     p.add_argument("--submit-rate", type=float, default=d.submit_rate,
-                   help="with --sentinel: tasks per second submitted during the run "
+                   help="with --sentinel or --cluster: tasks per second submitted during the run "
                         "(default: 80%% of the workers' capacity)")
     p.add_argument("--replicas", type=int, default=d.replicas,
                    help="with --sentinel: replicas of the primary")
+    p.add_argument("--cluster", action="store_true",
+                   help="three primaries with a replica each; fail the queue's primary over "
+                        "(kill -9 and CLUSTER FAILOVER) instead of the other events")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
-    if a.sentinel and (a.acl or a.checkpoint_every):
-        p.error("--sentinel runs the plain soak: without --acl and --checkpoint-every")
+    if (a.sentinel or a.cluster) and (a.acl or a.checkpoint_every):
+        p.error("--sentinel and --cluster run the plain soak: without --acl and "
+                "--checkpoint-every")
+    if a.sentinel and a.cluster:
+        p.error("--sentinel or --cluster, not both")
     opts = Options(tasks=a.tasks, workers=a.workers, concurrency=a.concurrency,
                    mean_seconds=a.mean_seconds, lease_seconds=a.lease_seconds,
                    max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,
                    seed=a.seed, freezes=a.freezes, checkpoint_every=a.checkpoint_every,
                    steps=a.steps, acl=a.acl, sentinel=a.sentinel, durability=a.durability,
-                   submit_rate=a.submit_rate, replicas=a.replicas)
+                   submit_rate=a.submit_rate, replicas=a.replicas, cluster=a.cluster)
     return opts, a.json
 
 
@@ -709,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.sentinel:
         from bench.chaos_sentinel import SentinelSoak
         soak: Soak = SentinelSoak(opts, logs)
+    elif opts.cluster:
+        from bench.chaos_cluster import ClusterSoak
+        soak = ClusterSoak(opts, logs)
     else:
         soak = Soak(opts, logs)
     report = asyncio.run(soak.run())

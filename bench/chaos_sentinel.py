@@ -92,9 +92,13 @@ def plan_failovers(opts: Options) -> list[tuple[float, str]]:
 
 
 class SentinelSoak(Soak):
+    handover_name = "SENTINEL FAILOVER"
+    """How a graceful failover is asked for (the report's wording)."""
+
     def __init__(self, opts: Options, logs: Path) -> None:
         super().__init__(opts, logs)
-        self.group = SentinelGroup(failover_timeout_ms=2000, replicas=opts.replicas)
+        self.group: Any = SentinelGroup(failover_timeout_ms=2000, replicas=opts.replicas)
+        """A SentinelGroup, or what stands for one (bench/chaos_cluster.py)."""
         self.server = RedisServer()
         """The run records only (CHAOS_RECORD_URL)."""
         self.durability = Durability(opts.durability)
@@ -202,10 +206,7 @@ class SentinelSoak(Soak):
         if kind == "kill":
             group.server_on(old).kill()
         else:
-            def failover() -> None:
-                with sentinel_admin(group.sentinel_ports[0]) as sentinel:
-                    sentinel.sentinel_failover(SENTINEL_SERVICE)
-            await asyncio.to_thread(failover)
+            await asyncio.to_thread(self.hand_over)
         promoted, wall, new = await asyncio.to_thread(self.wait_promotion, old)
         record.detection_seconds = round(promoted - began, 3)
         await self.measure_recovery(record, promoted, wall, new)
@@ -223,6 +224,11 @@ class SentinelSoak(Soak):
                   f"{record.operator_back_seconds}s; {record.in_flight} in flight, "
                   f"{record.queued} queued, "
                   f"{record.submits_lost} acknowledged submits lost")
+
+    def hand_over(self) -> None:
+        """A graceful failover: ``SENTINEL FAILOVER``."""
+        with sentinel_admin(self.group.sentinel_ports[0]) as sentinel:
+            sentinel.sentinel_failover(SENTINEL_SERVICE)
 
     async def measure_recovery(self, record: Failover, promoted: float, wall: float,
                                port: int) -> None:
@@ -358,6 +364,7 @@ class SentinelSoak(Soak):
         measured = [x for x in resumed if x is not None]
         report.update(
             durability=self.durability.value,
+            handover=self.handover_name,
             failovers=[asdict(f) for f in self.failovers],
             failover_summary={
                 "count": len(self.failovers),
@@ -405,7 +412,7 @@ def render_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("durability", report["durability"]),
         ("failovers", f"{summary['count']} ({kinds['kill']} kill -9, "
-                      f"{kinds['graceful']} SENTINEL FAILOVER)"),
+                      f"{kinds['graceful']} {report['handover']})"),
         ("work resumed after promotion", f"max {summary['work_resumed_max']} s, median "
                                          f"{summary['work_resumed_median']} s (goal "
                                          f"{RESUME_GOAL:g} s: "
