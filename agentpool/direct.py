@@ -61,12 +61,18 @@ def _reply_reader(connection: redis.Connection | AbstractConnection) -> hiredis.
     """A reader configured as redis-py's hiredis parser configures its own for `connection`:
     the same decoding, the same exception for each error reply."""
     encoder = connection.encoder
-    if encoder.decode_responses:
-        return hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error,
-                              notEnoughData=_MORE, encoding=encoder.encoding,
-                              errors=encoder.encoding_errors)
+    decoding = ({"encoding": encoder.encoding, "errors": encoder.encoding_errors}
+                if encoder.decode_responses else {})
     return hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error,
-                          notEnoughData=_MORE)
+                          notEnoughData=_MORE, **decoding)
+
+
+def _next_reply(replies: hiredis.Reader) -> Any:
+    """The next reply in the reader's buffer, or _MORE; push messages are not replies."""
+    reply = replies.gets()
+    while isinstance(reply, hiredis.PushNotification):
+        reply = replies.gets()
+    return reply
 
 
 def _checked(reply: Any) -> Any:
@@ -114,14 +120,13 @@ class _AsyncWire:
         stream, replies = self._stream, self._replies
         assert stream is not None and replies is not None and self._writer is not None
         self._writer.write(packed)
-        reply = replies.gets()
-        while reply is _MORE or isinstance(reply, hiredis.PushNotification):
-            if reply is _MORE:
-                data = await stream.read(_READ_SIZE)
-                if not data:
-                    raise RedisConnectionError(_CLOSED)
-                replies.feed(data)
-            reply = replies.gets()
+        reply = _next_reply(replies)
+        while reply is _MORE:
+            data = await stream.read(_READ_SIZE)
+            if not data:
+                raise RedisConnectionError(_CLOSED)
+            replies.feed(data)
+            reply = _next_reply(replies)
         return reply
 
     async def close(self, nowait: bool = False) -> None:
@@ -203,14 +208,13 @@ class _Wire:
         assert replies is not None
         try:
             sock.sendall(packed)
-            reply = replies.gets()
-            while reply is _MORE or isinstance(reply, hiredis.PushNotification):
-                if reply is _MORE:
-                    data = sock.recv(_READ_SIZE)
-                    if not data:
-                        raise RedisConnectionError(_CLOSED)
-                    replies.feed(data)
-                reply = replies.gets()
+            reply = _next_reply(replies)
+            while reply is _MORE:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    raise RedisConnectionError(_CLOSED)
+                replies.feed(data)
+                reply = _next_reply(replies)
         except TimeoutError:
             raise RedisTimeoutError("Timeout reading from socket") from None
         except OSError as error:
