@@ -91,6 +91,9 @@ class Client:
 
     On a standalone Redis (not Sentinel, not Cluster) the queues' script calls, submits
     above all, go on a :class:`agentpool.direct.ScriptLine` of the client's.
+
+    Use it from one event loop at a time. Kept from one loop to the next (one ``asyncio.run``
+    after another), it lets go of the old loop's connections and opens new ones.
     """
 
     def __init__(self, redis: aioredis.Redis, *, url: str | None = None,
@@ -192,7 +195,8 @@ class SyncClient:
     The async protocol runs on a private event loop in a background thread. A
     ``redis.asyncio`` connection belongs to the loop that opened it, so one long-lived loop
     lets every call reuse the same connections; ``asyncio.run`` per call would reconnect
-    each time and fails where a loop is already running (a notebook, an async framework).
+    each time (:class:`agentpool.connection.LeanConnection`) and fails where a loop is
+    already running (a notebook, an async framework).
     Calls are thread-safe; an interrupted call (Ctrl-C) is cancelled on the loop. ``submit``
     skips the loop: one round trip on a blocking line of its own
     (:class:`agentpool.direct.BlockingScriptLine`), with no thread hand-over. From more

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -185,6 +186,21 @@ def _host_port(item: str, default_port: int = DEFAULT_SENTINEL_PORT,
     return host, int(port)
 
 
+class WaitingPool(BlockingConnectionPool):
+    """redis-py's pool that makes callers beyond `max_connections` wait, usable from one
+    event loop after another: its lock and condition bind to the loop where they are first
+    contended, so a new loop gets new ones (the connections follow by themselves, see
+    `LeanConnection`)."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._lock, self._condition = loop, asyncio.Lock(), asyncio.Condition()
+        return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+
 class FollowingSentinelConnectionPool(SentinelConnectionPool):
     """Connections to the Sentinel primary that leave a primary the sentinels no longer name.
 
@@ -235,7 +251,7 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
         return await super().get_connection()  # type: ignore[no-untyped-call]
 
 
-class BlockingSentinelConnectionPool(FollowingSentinelConnectionPool, BlockingConnectionPool):
+class BlockingSentinelConnectionPool(FollowingSentinelConnectionPool, WaitingPool):
     """Connections to the Sentinel primary, at most `max_connections`; callers wait for one."""
 
 
@@ -266,7 +282,42 @@ class LeanConnection(AbstractConnection):
       the timeout applies, through ``asyncio.timeout``.
 
     The clients that ask the sentinels for the primary use it too, for the same reasons.
+
+    A connection belongs to the event loop that opened it. Used from another one (a client
+    kept across two ``asyncio.run`` calls, as a test suite or a framework that runs a loop per
+    request does), it counts as not connected: its socket is shut down and let go, and it
+    opens a new one on the loop at hand instead of failing the call.
     """
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def is_connected(self) -> bool:
+        if self._reader is None or self._writer is None:
+            return False
+        loop = asyncio._get_running_loop()
+        if loop is None or loop is self._loop:
+            return True
+        self._let_go()
+        return False
+
+    async def _connect(self) -> None:
+        await super()._connect()  # type: ignore[safe-super,no-untyped-call]
+        self._loop = asyncio.get_running_loop()
+
+    def _let_go(self) -> None:
+        """Forget a connection of another event loop, which alone could close it; Redis sees
+        it end at once, and its file descriptor closes with its transport."""
+        writer, self._reader, self._writer = self._writer, None, None
+        self._parser.on_disconnect()  # type: ignore[no-untyped-call]
+        if writer is None:
+            return
+        transport = writer.transport
+        socket_ = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            socket_.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(RuntimeError):  # that loop is closed
+            transport.abort()
 
     def pack_command(self, *args: Any) -> list[bytes]:
         name, rest = args[0], args[1:]
@@ -349,7 +400,7 @@ def redis_from_url(
     kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.2, base=0.02), 1))
     if not is_sentinel_url(url):
         try:
-            pool = BlockingConnectionPool.from_url(
+            pool = WaitingPool.from_url(
                 url, max_connections=max_connections, timeout=pool_timeout, **kwargs
             )
         except ValueError:

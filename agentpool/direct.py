@@ -93,7 +93,7 @@ class _AsyncWire:
         self._replies: hiredis.Reader | None = None
 
     async def call(self, packed: bytes) -> Any:
-        if self._stream is not None:
+        if self._stream is not None and self.connection.is_connected:  # on this event loop
             try:
                 return await self._exchange(packed)
             except RedisConnectionError:
@@ -135,7 +135,8 @@ class _AsyncWire:
 
 
 class ScriptLine:
-    """Direct script calls for an asyncio client (one event loop, like the client)."""
+    """Direct script calls for an asyncio client (one event loop at a time, like the client;
+    its connections follow the loop in use)."""
 
     def __init__(self, client: aioredis.Redis, limit: int = DEFAULT_LIMIT) -> None:
         self._pool = client.connection_pool
