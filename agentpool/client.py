@@ -41,8 +41,6 @@ import redis.asyncio as aioredis
 
 from agentpool.connection import (
     is_cluster_url,
-    is_sentinel_url,
-    is_standalone_url,
     redis_from_url,
     sync_redis_from_url,
 )
@@ -89,8 +87,8 @@ def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.
 class Client:
     """A Redis connection pool and the queues on it. Close it (or use ``async with``).
 
-    On a standalone Redis (not Sentinel, not Cluster) the queues' script calls, submits
-    above all, go on a :class:`agentpool.direct.ScriptLine` of the client's.
+    On a standalone Redis and on Sentinel (not on a Cluster) the queues' script calls,
+    submits above all, go on a :class:`agentpool.direct.ScriptLine` of the client's.
 
     Use it from one event loop at a time. Kept from one loop to the next (one ``asyncio.run``
     after another), it lets go of the old loop's connections and opens new ones.
@@ -101,7 +99,7 @@ class Client:
         self.redis = redis
         self.url = url
         self.durability = parse_durability(durability)
-        self._line = ScriptLine(redis) if url is not None and is_standalone_url(url) else None
+        self._line = ScriptLine(redis) if url is not None and not is_cluster_url(url) else None
         self._queues: dict[tuple[str, int, Durability], TaskQueue] = {}
 
     @classmethod
@@ -201,9 +199,9 @@ class SyncClient:
     skips the loop: one round trip on a blocking line of its own
     (:class:`agentpool.direct.BlockingScriptLine`), with no thread hand-over. From more
     threads at once than the line has connections, the submits that find them all in use go
-    to the loop instead, where they gather into groups (:mod:`agentpool.coalesce`). On a
-    Cluster the line sends through a blocking Cluster client; Sentinel URLs keep the loop's
-    client, which follows failovers.
+    to the loop instead, where they gather into groups (:mod:`agentpool.coalesce`). On
+    Sentinel the line follows the primary as the loop's client does; on a Cluster it sends
+    through a blocking Cluster client.
     """
 
     def __init__(
@@ -222,11 +220,10 @@ class SyncClient:
             self._client = self._runner.call(
                 _make_client(resolved, connect_timeout, durability, redis_kwargs)
             )
-            if not is_sentinel_url(resolved):
-                self._blocking = BlockingScriptLine(
-                    sync_redis_from_url(resolved, **{"socket_connect_timeout": connect_timeout,
-                                                     **redis_kwargs}),
-                    limit=0 if is_cluster_url(resolved) else DEFAULT_LIMIT)
+            self._blocking = BlockingScriptLine(
+                sync_redis_from_url(resolved, **{"socket_connect_timeout": connect_timeout,
+                                                 **redis_kwargs}),
+                limit=0 if is_cluster_url(resolved) else DEFAULT_LIMIT)
         except BaseException:
             self._runner.stop()
             raise

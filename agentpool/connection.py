@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -93,11 +94,6 @@ def is_sentinel_url(url: str) -> bool:
 
 def is_cluster_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
-
-
-def is_standalone_url(url: str) -> bool:
-    """One server: neither Sentinel nor Cluster."""
-    return not is_sentinel_url(url) and not is_cluster_url(url)
 
 
 def is_cluster(redis: Any) -> bool:
@@ -205,11 +201,21 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
     """Connections to the Sentinel primary that leave a primary the sentinels no longer name.
 
     Taking a connection asks the sentinels for the primary when the last answer is older than
-    PRIMARY_CHECK_SECONDS. Whenever an answer names another server, every connection to any
-    other server is closed, those in use included (their call fails, as on a lost
-    connection)."""
+    PRIMARY_CHECK_SECONDS (as does `follow_primary`, for connections held outside the pool).
+    Whenever an answer names another server, every connection made by the pool to any other
+    server is closed, those in use and those held outside included (their call fails, as on a
+    lost connection)."""
 
     _checked_at = float("-inf")
+
+    def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._made: weakref.WeakSet[AbstractConnection] = weakref.WeakSet()
+
+    def make_connection(self) -> Any:
+        connection = super().make_connection()  # type: ignore[no-untyped-call]
+        self._made.add(connection)
+        return connection
 
     async def get_master_address(self) -> Any:
         # SENTINEL GET-MASTER-ADDR-BY-NAME names the promoted replica as soon as it is a
@@ -220,7 +226,7 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
         if self.is_master and address != self.master_address:
             self.master_address = address
         if self.is_master:
-            stale = [c for c in (*self._get_free_connections(), *self._get_in_use_connections())
+            stale = [c for c in self._made
                      if c.is_connected and (getattr(c, "host", None), getattr(c, "port", None))
                      != tuple(address)]
             await asyncio.gather(*(c.disconnect() for c in stale), return_exceptions=True)
@@ -238,8 +244,9 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
                 return host, int(port)
         return None
 
-    async def get_connection(self, command_name: Any = None, *keys: Any,
-                             **options: Any) -> Any:
+    async def follow_primary(self) -> None:
+        """Ask the sentinels for the primary if the last answer is older than
+        PRIMARY_CHECK_SECONDS."""
         now = time.monotonic()
         if self.is_master and self.master_address is not None and (
             now - self._checked_at >= PRIMARY_CHECK_SECONDS
@@ -247,6 +254,10 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
             self._checked_at = now
             with contextlib.suppress(MasterNotFoundError):
                 await self.get_master_address()
+
+    async def get_connection(self, command_name: Any = None, *keys: Any,
+                             **options: Any) -> Any:
+        await self.follow_primary()
         # redis-py ignores the command name since 5.3 and warns when it is passed on
         return await super().get_connection()  # type: ignore[no-untyped-call]
 
@@ -293,31 +304,33 @@ class LeanConnection(AbstractConnection):
 
     @property
     def is_connected(self) -> bool:
-        if self._reader is None or self._writer is None:
-            return False
-        loop = asyncio._get_running_loop()
-        if loop is None or loop is self._loop:
-            return True
-        self._let_go()
-        return False
+        return self._reader is not None and self._writer is not None and self._on_this_loop()
+
+    async def connect(self) -> None:
+        self._on_this_loop()  # a Sentinel connection checks only its reader before connecting
+        await super().connect()  # type: ignore[no-untyped-call]
 
     async def _connect(self) -> None:
         await super()._connect()  # type: ignore[safe-super,no-untyped-call]
         self._loop = asyncio.get_running_loop()
 
-    def _let_go(self) -> None:
-        """Forget a connection of another event loop, which alone could close it; Redis sees
-        it end at once, and its file descriptor closes with its transport."""
-        writer, self._reader, self._writer = self._writer, None, None
+    def _on_this_loop(self) -> bool:
+        """False for a connection opened on another event loop, after letting it go: only that
+        loop could close it, so its socket is shut down (Redis sees it end at once) and its
+        file descriptor closes with its transport."""
+        loop = asyncio._get_running_loop()
+        writer = self._writer
+        if writer is None or loop is None or loop is self._loop:
+            return True
+        self._reader = self._writer = None
         self._parser.on_disconnect()  # type: ignore[no-untyped-call]
-        if writer is None:
-            return
         transport = writer.transport
         socket_ = transport.get_extra_info("socket")
         with contextlib.suppress(OSError, AttributeError):
             socket_.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(RuntimeError):  # that loop is closed
             transport.abort()
+        return False
 
     def pack_command(self, *args: Any) -> list[bytes]:
         name, rest = args[0], args[1:]
@@ -481,6 +494,24 @@ def cluster_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
     return client  # type: ignore[return-value]
 
 
+class _NamingSentinel(redis.sentinel.Sentinel):
+    """Blocking Sentinel clients ask for the primary as `FollowingSentinelConnectionPool`
+    does: SENTINEL GET-MASTER-ADDR-BY-NAME names the promoted replica as soon as it is the
+    primary, redis-py's SENTINEL MASTERS only once the failover is over."""
+
+    def discover_master(self, service_name: str) -> Any:
+        for sentinel in self.sentinels:
+            try:
+                reply = sentinel.execute_command(  # type: ignore[no-untyped-call]
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", service_name)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                continue
+            if reply:
+                host, port = (x.decode() if isinstance(x, bytes) else str(x) for x in reply)
+                return host, int(port)
+        return super().discover_master(service_name)
+
+
 def sync_redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
     """A blocking client for `url`, for set-up and clean-up outside an event loop."""
     if is_cluster_url(url):
@@ -492,8 +523,7 @@ def sync_redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
         return cluster  # type: ignore[return-value]
     if is_sentinel_url(url):
         sentinel_url = parse_sentinel_url(url)
-        sentinel_type: Any = redis.sentinel.Sentinel  # typed from redis-py 8.2 on
-        sentinel = sentinel_type(list(sentinel_url.sentinels), sentinel_kwargs={
+        sentinel = _NamingSentinel(list(sentinel_url.sentinels), sentinel_kwargs={
             "username": sentinel_url.sentinel_username,
             "password": sentinel_url.sentinel_password})
         client: redis.Redis = sentinel.master_for(

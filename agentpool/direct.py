@@ -22,8 +22,11 @@ raises as redis-py's own parser does.
 - The client's ``health_check_interval`` does not apply to a line's connections: the call
   sent again on a new connection covers what a health check would catch.
 
-Lines are for standalone Redis only: Sentinel and Cluster clients choose their server per
-call.
+On Sentinel a line follows the primary as the client's pool does: a call asks the sentinels
+again when their last answer is more than a second old, the pool closes the line's
+connections with its own when the answer names another server, and a call that finds its
+server turned into a replica (``READONLY``) goes through the client, which asks again. Cluster
+clients have no line: they choose their server per call.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import threading
+import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,11 +48,16 @@ from redis._parsers import BaseParser
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import SentinelConnectionPool
 from redis.typing import ScriptTextT
 
-from agentpool.connection import pack_command
+from agentpool.connection import (
+    PRIMARY_CHECK_SECONDS,
+    FollowingSentinelConnectionPool,
+    pack_command,
+)
 
 DEFAULT_LIMIT = 8
 """Connections a line keeps; callers beyond them share the client's pool."""
@@ -140,11 +151,15 @@ class ScriptLine:
 
     def __init__(self, client: aioredis.Redis, limit: int = DEFAULT_LIMIT) -> None:
         self._pool = client.connection_pool
+        self._sentinel = (self._pool if isinstance(self._pool, FollowingSentinelConnectionPool)
+                          else None)
         self._idle: list[_AsyncWire] = []
         self._opened = 0
         self.limit = limit
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        if self._sentinel is not None:
+            await self._sentinel.follow_primary()
         wire = self._take()
         if wire is None:
             return await script(keys=keys, args=args)
@@ -153,6 +168,12 @@ class ScriptLine:
                                                   *args)))
         except NoScriptError:
             self._idle.append(wire)
+            return await script(keys=keys, args=args)
+        except ReadOnlyError:
+            if self._sentinel is None:
+                self._idle.append(wire)
+                raise
+            await self._drop(wire)
             return await script(keys=keys, args=args)
         except ResponseError:
             self._idle.append(wire)
@@ -169,7 +190,7 @@ class ScriptLine:
         if self._opened >= self.limit:
             return None
         self._opened += 1
-        return _AsyncWire(self._pool.connection_class(**self._pool.connection_kwargs))
+        return _AsyncWire(self._pool.make_connection())  # type: ignore[no-untyped-call]
 
     async def _drop(self, wire: _AsyncWire) -> None:
         self._opened -= 1
@@ -186,7 +207,7 @@ class ScriptLine:
 class _Wire:
     """One connection of a blocking line."""
 
-    __slots__ = ("_replies", "_sock", "connection")
+    __slots__ = ("__weakref__", "_replies", "_sock", "connection")
 
     def __init__(self, connection: redis.Connection) -> None:
         self.connection = connection
@@ -226,16 +247,31 @@ class _Wire:
         self._sock = self._replies = None
         self.connection.disconnect()  # type: ignore[no-untyped-call]
 
+    def leave_unless(self, address: tuple[str, int]) -> None:
+        """Shut the socket down if it leads elsewhere than `address`. Safe from any thread:
+        a call in flight on it fails as on a lost connection; an idle one reconnects on its
+        next call."""
+        sock = self._sock
+        if sock is not None and (self.connection.host, self.connection.port) != address:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
 
 class BlockingScriptLine:
     """Direct script calls for a blocking client; thread-safe, and safe across ``fork``
     (a child process opens connections of its own instead of sharing its parent's). With
-    `limit` 0 every call goes through the client (a Cluster client, which has no one pool)."""
+    `limit` 0 every call goes through the client (a Cluster client, which has no one pool).
+    On Sentinel, one call a second asks the sentinels for the primary, and the line's
+    connections to any other server are shut down."""
 
     def __init__(self, client: redis.Redis, limit: int = DEFAULT_LIMIT) -> None:
         self._client = client
         self._pool = client.connection_pool if limit else None
+        self._sentinel = (self._pool if isinstance(self._pool, SentinelConnectionPool)
+                          else None)
+        self._primary_asked_at = float("-inf")
         self._idle: list[_Wire] = []
+        self._wires: weakref.WeakSet[_Wire] = weakref.WeakSet()
         self._opened = 0
         self._limit = limit
         self._lock = threading.Lock()
@@ -247,6 +283,8 @@ class BlockingScriptLine:
 
     def run(self, sha: str, source: ScriptTextT, keys: Sequence[Any],
             args: Sequence[Any]) -> Any:
+        if self._sentinel is not None:
+            self._follow_primary(self._sentinel)
         wire = self._take()
         if wire is None:
             return self._through_client(sha, source, keys, args)
@@ -254,6 +292,12 @@ class BlockingScriptLine:
             reply = wire.call(pack_command((b"EVALSHA", sha, len(keys), *keys, *args)))
         except NoScriptError:
             self._idle.append(wire)
+            return self._through_client(sha, source, keys, args)
+        except ReadOnlyError:
+            if self._sentinel is None:
+                self._idle.append(wire)
+                raise
+            self._drop(wire)
             return self._through_client(sha, source, keys, args)
         except ResponseError:
             self._idle.append(wire)
@@ -272,11 +316,27 @@ class BlockingScriptLine:
             self._client.script_load(source)
             return self._client.evalsha(sha, len(keys), *keys, *args)
 
+    def _follow_primary(self, pool: SentinelConnectionPool) -> None:
+        now = time.monotonic()
+        if now - self._primary_asked_at < PRIMARY_CHECK_SECONDS:
+            return
+        with self._lock:  # one caller asks; the others go on
+            if now - self._primary_asked_at < PRIMARY_CHECK_SECONDS:
+                return
+            self._primary_asked_at = now
+        try:
+            address = pool.get_master_address()  # type: ignore[no-untyped-call]
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return  # no sentinel answers: the calls find out for themselves
+        for wire in list(self._wires):
+            wire.leave_unless((address[0], int(address[1])))
+
     def _take(self) -> _Wire | None:
         if self._pid != os.getpid():
             # A new process: the parent's connections and lock stay the parent's.
             self._lock = threading.Lock()
             self._idle, self._opened, self._pid = [], 0, os.getpid()
+            self._wires = weakref.WeakSet()
         try:
             return self._idle.pop()
         except IndexError:
@@ -286,7 +346,9 @@ class BlockingScriptLine:
                 return None
             self._opened += 1
         assert self._pool is not None
-        return _Wire(self._pool.connection_class(**self._pool.connection_kwargs))
+        wire = _Wire(self._pool.make_connection())  # type: ignore[arg-type]
+        self._wires.add(wire)
+        return wire
 
     def _drop(self, wire: _Wire) -> None:
         with self._lock:
