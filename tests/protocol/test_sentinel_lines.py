@@ -65,8 +65,7 @@ async def _aim(line: Line, port: int) -> None:
     if isinstance(line, ScriptLine):
         assert line._sentinel is not None
         line._sentinel._checked_at = time.monotonic()
-        await cast(_AsyncWire, wire).connection.connect_to(
-            ("127.0.0.1", port))
+        await cast(_AsyncWire, wire).connection.connect_to(("127.0.0.1", port))
     else:
         line._primary_asked_at = time.monotonic()
         wire.connection.connect_to(("127.0.0.1", port))
