@@ -1,12 +1,13 @@
 """Client CPU per single ``submit``: the producer's cost of one task, as a web handler pays it.
 
-    .venv/bin/python bench/submit_cpu.py [--n 5000] [--rounds 5] [--before DIR]
+    .venv/bin/python bench/submit_cpu.py [--n 5000] [--rounds 5] [--before DIR] [--sentinel]
 
 Each round starts a fresh process that opens ``Client.from_url`` on a private redis-server
 and awaits ``submit(None)`` N times, one after the other, then one that does the same with
 the blocking ``SyncClient``; each reports the process's CPU time and the wall time per
 submit. With ``--before DIR`` an earlier checkout runs in alternation with this one (its
-directory first on the path).
+directory first on the path). With ``--sentinel`` the clients reach a private Sentinel group
+(a primary, a replica, three sentinels) through a ``redis+sentinel://`` URL instead.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agentpool.redis_server import RedisServer  # noqa: E402
+from agentpool.redis_server import RedisServer, SentinelGroup  # noqa: E402
 
 ROUND = """
 import asyncio, json, sys, time
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--before", type=Path, default=None)
+    parser.add_argument("--sentinel", action="store_true")
     args = parser.parse_args()
     codes = {"this checkout": ROOT}
     if args.before is not None:
@@ -83,7 +85,7 @@ def main() -> None:
     print(f"{sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f}")
     results: dict[tuple[str, str], list[dict[str, float]]] = {
         (label, kind): [] for kind in CLIENTS for label in codes}
-    with RedisServer() as server:
+    with SentinelGroup() if args.sentinel else RedisServer() as server:
         for _ in range(args.rounds):
             for (label, kind), rounds in results.items():
                 rounds.append(one(codes[label], CLIENTS[kind], server.url, args.n))
@@ -91,7 +93,8 @@ def main() -> None:
         cpu = statistics.median(r["cpu_us"] for r in rounds)
         rate = statistics.median(r["per_second"] for r in rounds)
         print(f"{label}, {kind}: client CPU per submit median {cpu:.0f} µs, {rate:,.0f} "
-              f"submits/s ({args.rounds} rounds of {args.n:,})")
+              f"submits/s ({args.rounds} rounds of {args.n:,}"
+              f"{', Sentinel' if args.sentinel else ''})")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
