@@ -1,9 +1,9 @@
 """The chaos soak against Sentinel: ``python -m bench.chaos --sentinel [--durability replicated]``.
 
 A primary, one replica and three sentinels on loopback (agentpool.redis_server.SentinelGroup,
-``down-after-milliseconds`` 1000). The workers, the producer and the stand-in for the operator
-(its shared Redis client, reading figures and reaping expired leases every 2 s) all connect
-with the ``redis+sentinel://`` URL. The producer submits all along the run, each task with an
+``down-after-milliseconds`` 1000). The workers, the producer (a ``Client``: its submits go on
+its script line) and the stand-in for the operator (its shared Redis client, reading figures
+and reaping expired leases every 2 s) all connect with the ``redis+sentinel://`` URL. The producer submits all along the run, each task with an
 idempotency key of its own. Every few seconds the primary is failed over, in turn by kill -9
 and by ``SENTINEL FAILOVER``; the old primary comes back as a replica (started again after a
 kill, reconfigured by the sentinels after a graceful failover) before the next one.
@@ -52,6 +52,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from agentpool.acl import Role
+from agentpool.client import Client
 from agentpool.connection import redis_from_url
 from agentpool.durability import Durability, NotReplicated
 from agentpool.protocol import FINAL_STATES, TaskQueue
@@ -294,8 +295,9 @@ class SentinelSoak(Soak):
         self.queue = TaskQueue(self.redis, QUEUE)
         operator_redis = await self.operator.client("default", "chaos", self.group.url)
         self.operator_queue = TaskQueue(operator_redis, QUEUE)
-        producer = redis_from_url(self.group.url, socket_timeout=5, socket_connect_timeout=5)
-        producer_queue = TaskQueue(producer, QUEUE, durability=self.durability)
+        producer = Client.from_url(self.group.url, connect_timeout=5, socket_timeout=5,
+                                   durability=self.durability)
+        producer_queue = producer.queue(QUEUE)
         rng = random.Random(f"tasks:{opts.seed}")
         self.payloads = [{"mean_seconds": opts.mean_seconds, "seed": rng.randrange(1 << 30)}
                          for _ in range(opts.tasks)]
