@@ -87,8 +87,9 @@ def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.
 class Client:
     """A Redis connection pool and the queues on it. Close it (or use ``async with``).
 
-    On a standalone Redis and on Sentinel (not on a Cluster) the queues' script calls,
-    submits above all, go on a :class:`agentpool.direct.ScriptLine` of the client's.
+    The queues' script calls, submits above all, go on a
+    :class:`agentpool.direct.ScriptLine` of the client's (on a Cluster, to each queue's
+    primary).
 
     Use it from one event loop at a time. Kept from one loop to the next (one ``asyncio.run``
     after another), it lets go of the old loop's connections and opens new ones.
@@ -99,7 +100,7 @@ class Client:
         self.redis = redis
         self.url = url
         self.durability = parse_durability(durability)
-        self._line = ScriptLine(redis) if url is not None and not is_cluster_url(url) else None
+        self._line = ScriptLine(redis) if url is not None else None
         self._queues: dict[tuple[str, int, Durability], TaskQueue] = {}
 
     @classmethod

@@ -38,17 +38,27 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
 import redis
 import redis.asyncio as aioredis
 from redis._parsers import BaseParser
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    InvalidResponse,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import SentinelConnectionPool
 from redis.typing import ScriptTextT
@@ -145,63 +155,103 @@ class _AsyncWire:
         await self.connection.disconnect(nowait=nowait)
 
 
+class _Server:
+    """A line's connections to one server: those idle, how many are open, how to open one."""
+
+    __slots__ = ("idle", "make", "opened")
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.idle: list[_AsyncWire] = []
+        self.opened = 0
+        self.make = make
+
+
+_REDIRECTED = (AskError, ClusterDownError, MovedError, TryAgainError)
+"""Cluster replies that the client's own way handles: it follows the redirection and reads
+the slot map again."""
+
+
 class ScriptLine:
     """Direct script calls for an asyncio client (one event loop at a time, like the client;
-    its connections follow the loop in use)."""
+    its connections follow the loop in use). On a Cluster the line keeps connections to each
+    primary it calls, and sends a call to the primary of its first key's slot."""
 
-    def __init__(self, client: aioredis.Redis, limit: int = DEFAULT_LIMIT) -> None:
-        self._pool = client.connection_pool
-        self._sentinel = (self._pool if isinstance(self._pool, FollowingSentinelConnectionPool)
-                          else None)
-        self._idle: list[_AsyncWire] = []
-        self._opened = 0
+    def __init__(self, client: aioredis.Redis | RedisCluster, limit: int = DEFAULT_LIMIT) -> None:
+        self._cluster = client if isinstance(client, RedisCluster) else None
+        self._sentinel: FollowingSentinelConnectionPool | None = None
+        self._one: _Server | None = None
+        if isinstance(client, aioredis.Redis):
+            pool = client.connection_pool
+            self._one = _Server(pool.make_connection)
+            if isinstance(pool, FollowingSentinelConnectionPool):
+                self._sentinel = pool
+        self._nodes: dict[str, _Server] = {}
         self.limit = limit
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         if self._sentinel is not None:
             await self._sentinel.follow_primary()
-        wire = self._take()
+        server = self._one or await self._primary_of(keys[0])
+        wire = self._take(server)
         if wire is None:
             return await script(keys=keys, args=args)
         try:
             reply = await wire.call(pack_command((b"EVALSHA", script.sha, len(keys), *keys,
                                                   *args)))
-        except NoScriptError:
-            self._idle.append(wire)
+        except (NoScriptError, *_REDIRECTED):
+            server.idle.append(wire)
             return await script(keys=keys, args=args)
         except ReadOnlyError:
             if self._sentinel is None:
-                self._idle.append(wire)
+                server.idle.append(wire)
                 raise
-            await self._drop(wire)
+            await self._drop(server, wire)
             return await script(keys=keys, args=args)
         except ResponseError:
-            self._idle.append(wire)
+            server.idle.append(wire)
             raise
+        except RedisConnectionError:
+            await self._drop(server, wire)
+            if self._cluster is None:
+                raise
+            return await script(keys=keys, args=args)  # a primary lost: the client finds the next
         except BaseException:
-            await self._drop(wire)
+            await self._drop(server, wire)
             raise
-        self._idle.append(wire)
+        server.idle.append(wire)
         return reply
 
-    def _take(self) -> _AsyncWire | None:
-        if self._idle:
-            return self._idle.pop()
-        if self._opened >= self.limit:
-            return None
-        self._opened += 1
-        return _AsyncWire(self._pool.make_connection())  # type: ignore[no-untyped-call]
+    async def _primary_of(self, key: Any) -> _Server:
+        cluster = self._cluster
+        assert cluster is not None
+        if cluster._initialize:
+            await cluster.initialize()
+        node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
+        server = self._nodes.get(node.name)
+        if server is None:
+            server = self._nodes[node.name] = _Server(
+                lambda: node.connection_class(**node.connection_kwargs))
+        return server
 
-    async def _drop(self, wire: _AsyncWire) -> None:
-        self._opened -= 1
+    def _take(self, server: _Server) -> _AsyncWire | None:
+        if server.idle:
+            return server.idle.pop()
+        if server.opened >= self.limit:
+            return None
+        server.opened += 1
+        return _AsyncWire(server.make())
+
+    async def _drop(self, server: _Server, wire: _AsyncWire) -> None:
+        server.opened -= 1
         with contextlib.suppress(Exception):  # closing what is already broken
             await wire.close(nowait=True)
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        self._opened -= len(idle)
-        for wire in idle:
-            await wire.close()
+        for server in (*([self._one] if self._one else []), *self._nodes.values()):
+            idle, server.idle = server.idle, []
+            server.opened -= len(idle)
+            for wire in idle:
+                await wire.close()
 
 
 class _Wire:

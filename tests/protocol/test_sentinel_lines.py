@@ -13,14 +13,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis
 
 from agentpool.client import Client, SyncClient
 from agentpool.connection import PRIMARY_CHECK_SECONDS
-from agentpool.direct import BlockingScriptLine, ScriptLine, _AsyncWire
+from agentpool.direct import BlockingScriptLine, ScriptLine
 from agentpool.lua_source import script_source
 from agentpool.redis_server import SENTINEL_SERVICE, SentinelGroup, sentinel_admin
 
@@ -58,18 +58,24 @@ async def _aim(line: Line, port: int) -> None:
     has just asked the sentinels, as if the server had been demoted within the last second."""
     with redis.Redis(port=port) as server:
         server.script_load(script_source("submit"))
-    idle = list(line._idle)
-    line._idle.clear()
-    wire = line._take()
-    assert wire is not None and wire.connection not in {w.connection for w in idle}
+    address = ("127.0.0.1", port)
     if isinstance(line, ScriptLine):
-        assert line._sentinel is not None
+        assert line._sentinel is not None and line._one is not None
         line._sentinel._checked_at = time.monotonic()
-        await cast(_AsyncWire, wire).connection.connect_to(("127.0.0.1", port))
+        idle = list(line._one.idle)
+        line._one.idle.clear()
+        wire = line._take(line._one)
+        assert wire is not None and wire not in idle
+        await wire.connection.connect_to(address)
+        line._one.idle[:] = [*idle, wire]
     else:
         line._primary_asked_at = time.monotonic()
-        wire.connection.connect_to(("127.0.0.1", port))
-    line._idle[:] = [*idle, wire]
+        blocking_idle = list(line._idle)
+        line._idle.clear()
+        blocking_wire = line._take()
+        assert blocking_wire is not None and blocking_wire not in blocking_idle
+        blocking_wire.connection.connect_to(address)
+        line._idle[:] = [*blocking_idle, blocking_wire]
 
 
 def _on(port: int, task_ids: list[str]) -> list[bool]:
