@@ -25,8 +25,13 @@ raises as redis-py's own parser does.
 On Sentinel a line follows the primary as the client's pool does: a call asks the sentinels
 again when their last answer is more than a second old, the pool closes the line's
 connections with its own when the answer names another server, and a call that finds its
-server turned into a replica (``READONLY``) goes through the client, which asks again. Cluster
-clients have no line: they choose their server per call.
+server turned into a replica (``READONLY``) goes through the client, which asks again.
+
+On a Cluster an asyncio line keeps connections to each primary it calls and sends a call to
+the primary of its first key's slot, as the client's slot map has it (a queue's keys share
+one slot). A redirection (``MOVED``, ``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``) or a primary
+that cannot be reached sends the call through the client, which follows it and reads the
+map again. A blocking client's line sends every call on a Cluster through the client.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """Client CPU per single ``submit``: the producer's cost of one task, as a web handler pays it.
 
-    .venv/bin/python bench/submit_cpu.py [--n 5000] [--rounds 5] [--before DIR] [--sentinel]
+    .venv/bin/python bench/submit_cpu.py [--n 5000] [--rounds 5] [--before DIR]
+                                         [--sentinel | --cluster]
 
 Each round starts a fresh process that opens ``Client.from_url`` on a private redis-server
 and awaits ``submit(None)`` N times, one after the other, then one that does the same with
 the blocking ``SyncClient``; each reports the process's CPU time and the wall time per
 submit. With ``--before DIR`` an earlier checkout runs in alternation with this one (its
 directory first on the path). With ``--sentinel`` the clients reach a private Sentinel group
-(a primary, a replica, three sentinels) through a ``redis+sentinel://`` URL instead.
+(a primary, a replica, three sentinels) through a ``redis+sentinel://`` URL instead, with
+``--cluster`` a private Redis Cluster of three primaries through a ``redis+cluster://`` URL.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agentpool.redis_server import RedisServer, SentinelGroup  # noqa: E402
+from agentpool.redis_server import RedisCluster, RedisServer, SentinelGroup  # noqa: E402
 
 ROUND = """
 import asyncio, json, sys, time
@@ -77,7 +79,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--before", type=Path, default=None)
-    parser.add_argument("--sentinel", action="store_true")
+    deployment = parser.add_mutually_exclusive_group()
+    deployment.add_argument("--sentinel", action="store_true")
+    deployment.add_argument("--cluster", action="store_true")
     args = parser.parse_args()
     codes = {"this checkout": ROOT}
     if args.before is not None:
@@ -85,7 +89,9 @@ def main() -> None:
     print(f"{sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f}")
     results: dict[tuple[str, str], list[dict[str, float]]] = {
         (label, kind): [] for kind in CLIENTS for label in codes}
-    with SentinelGroup() if args.sentinel else RedisServer() as server:
+    servers: RedisServer | SentinelGroup | RedisCluster = (
+        SentinelGroup() if args.sentinel else RedisCluster() if args.cluster else RedisServer())
+    with servers as server:
         for _ in range(args.rounds):
             for (label, kind), rounds in results.items():
                 rounds.append(one(codes[label], CLIENTS[kind], server.url, args.n))
@@ -94,7 +100,7 @@ def main() -> None:
         rate = statistics.median(r["per_second"] for r in rounds)
         print(f"{label}, {kind}: client CPU per submit median {cpu:.0f} µs, {rate:,.0f} "
               f"submits/s ({args.rounds} rounds of {args.n:,}"
-              f"{', Sentinel' if args.sentinel else ''})")
+              f"{', Sentinel' if args.sentinel else ', Cluster' if args.cluster else ''})")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
