@@ -40,11 +40,10 @@ from typing import Any, Self, TypeVar
 import redis.asyncio as aioredis
 
 from agentpool.connection import (
-    is_cluster_url,
     redis_from_url,
     sync_redis_from_url,
 )
-from agentpool.direct import DEFAULT_LIMIT, BlockingScriptLine, ScriptLine
+from agentpool.direct import BlockingScriptLine, ScriptLine
 from agentpool.durability import Durability, parse_durability
 from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -201,8 +200,8 @@ class SyncClient:
     (:class:`agentpool.direct.BlockingScriptLine`), with no thread hand-over. From more
     threads at once than the line has connections, the submits that find them all in use go
     to the loop instead, where they gather into groups (:mod:`agentpool.coalesce`). On
-    Sentinel the line follows the primary as the loop's client does; on a Cluster it sends
-    through a blocking Cluster client.
+    Sentinel the line follows the primary as the loop's client does; on a Cluster it keeps
+    connections to each queue's primary.
     """
 
     def __init__(
@@ -223,8 +222,7 @@ class SyncClient:
             )
             self._blocking = BlockingScriptLine(
                 sync_redis_from_url(resolved, **{"socket_connect_timeout": connect_timeout,
-                                                 **redis_kwargs}),
-                limit=0 if is_cluster_url(resolved) else DEFAULT_LIMIT)
+                                                 **redis_kwargs}))
         except BaseException:
             self._runner.stop()
             raise
@@ -338,7 +336,7 @@ class SyncQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
-        if self._blocking is not None and not self._blocking.busy():
+        if self._blocking is not None and not self._blocking.busy(self.queue.prefix + "queued"):
             return self.queue.submit_blocking(
                 self._blocking, payload, priority=priority, delay=delay,
                 idempotency_key=idempotency_key, max_attempts=max_attempts,

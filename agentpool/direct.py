@@ -27,11 +27,11 @@ again when their last answer is more than a second old, the pool closes the line
 connections with its own when the answer names another server, and a call that finds its
 server turned into a replica (``READONLY``) goes through the client, which asks again.
 
-On a Cluster an asyncio line keeps connections to each primary it calls and sends a call to
+On a Cluster a line keeps connections to each primary it calls and sends a call to
 the primary of its first key's slot, as the client's slot map has it (a queue's keys share
 one slot). A redirection (``MOVED``, ``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``) or a primary
 that cannot be reached sends the call through the client, which follows it and reads the
-map again. A blocking client's line sends every call on a Cluster through the client.
+map again.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from typing import Any
 import hiredis
 import redis
 import redis.asyncio as aioredis
+import redis.cluster
 from redis._parsers import BaseParser
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -312,55 +313,88 @@ class _Wire:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+def _maker(pool: redis.ConnectionPool) -> Callable[[], redis.Connection]:
+    """Connections made with `pool`'s options but outside its count: the pool's own
+    ``make_connection`` counts every connection it makes against its ``max_connections``
+    for good, and a line replaces its connections as often as Redis closes them."""
+    return lambda: pool.connection_class(**pool.connection_kwargs)
+
+
+class _BlockingServer:
+    """A blocking line's connections to one server."""
+
+    __slots__ = ("idle", "make", "opened")
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.idle: list[_Wire] = []
+        self.opened = 0
+        self.make = make
+
+
 class BlockingScriptLine:
     """Direct script calls for a blocking client; thread-safe, and safe across ``fork``
-    (a child process opens connections of its own instead of sharing its parent's). With
-    `limit` 0 every call goes through the client (a Cluster client, which has no one pool).
-    On Sentinel, one call a second asks the sentinels for the primary, and the line's
-    connections to any other server are shut down."""
+    (a child process opens connections of its own instead of sharing its parent's). On
+    Sentinel, one call a second asks the sentinels for the primary, and the line's
+    connections to any other server are shut down. On a Cluster, as an asyncio line does."""
 
-    def __init__(self, client: redis.Redis, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, client: redis.Redis | redis.cluster.RedisCluster,
+                 limit: int = DEFAULT_LIMIT) -> None:
         self._client = client
-        self._pool = client.connection_pool if limit else None
-        self._sentinel = (self._pool if isinstance(self._pool, SentinelConnectionPool)
-                          else None)
+        self._cluster = client if isinstance(client, redis.cluster.RedisCluster) else None
+        self._sentinel: SentinelConnectionPool | None = None
+        self._make_one: Callable[[], Any] | None = None
+        if isinstance(client, redis.Redis):
+            self._make_one = _maker(client.connection_pool)
+            if isinstance(client.connection_pool, SentinelConnectionPool):
+                self._sentinel = client.connection_pool
         self._primary_asked_at = float("-inf")
-        self._idle: list[_Wire] = []
-        self._wires: weakref.WeakSet[_Wire] = weakref.WeakSet()
-        self._opened = 0
         self._limit = limit
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._forget_connections()
 
-    def busy(self) -> bool:
-        """Every connection of the line is in use (a call now would go through the client)."""
-        return self._limit > 0 and not self._idle and self._opened >= self._limit
+    def _forget_connections(self) -> None:
+        self._pid = os.getpid()
+        self._one = _BlockingServer(self._make_one) if self._make_one else None
+        self._nodes: dict[str, _BlockingServer] = {}
+        self._wires: weakref.WeakSet[_Wire] = weakref.WeakSet()
+
+    def busy(self, key: str) -> bool:
+        """Every connection of the line to `key`'s server is in use (a call for it now would
+        go through the client)."""
+        server = self._server_of(key)
+        return not server.idle and server.opened >= self._limit
 
     def run(self, sha: str, source: ScriptTextT, keys: Sequence[Any],
             args: Sequence[Any]) -> Any:
         if self._sentinel is not None:
             self._follow_primary(self._sentinel)
-        wire = self._take()
+        server = self._server_of(keys[0])
+        wire = self._take(server)
         if wire is None:
             return self._through_client(sha, source, keys, args)
         try:
             reply = wire.call(pack_command((b"EVALSHA", sha, len(keys), *keys, *args)))
-        except NoScriptError:
-            self._idle.append(wire)
+        except (NoScriptError, *_REDIRECTED):
+            server.idle.append(wire)
             return self._through_client(sha, source, keys, args)
         except ReadOnlyError:
             if self._sentinel is None:
-                self._idle.append(wire)
+                server.idle.append(wire)
                 raise
-            self._drop(wire)
+            self._drop(server, wire)
             return self._through_client(sha, source, keys, args)
         except ResponseError:
-            self._idle.append(wire)
+            server.idle.append(wire)
             raise
+        except RedisConnectionError:
+            self._drop(server, wire)
+            if self._cluster is None:
+                raise
+            return self._through_client(sha, source, keys, args)
         except BaseException:
-            self._drop(wire)
+            self._drop(server, wire)
             raise
-        self._idle.append(wire)
+        server.idle.append(wire)
         return reply
 
     def _through_client(self, sha: str, source: ScriptTextT, keys: Sequence[Any],
@@ -386,36 +420,52 @@ class BlockingScriptLine:
         for wire in list(self._wires):
             wire.leave_unless((address[0], int(address[1])))
 
-    def _take(self) -> _Wire | None:
+    def _server_of(self, key: Any) -> _BlockingServer:
         if self._pid != os.getpid():
             # A new process: the parent's connections and lock stay the parent's.
             self._lock = threading.Lock()
-            self._idle, self._opened, self._pid = [], 0, os.getpid()
-            self._wires = weakref.WeakSet()
+            self._forget_connections()
+        if self._one is not None:
+            return self._one
+        assert self._cluster is not None
+        node = self._cluster.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        server = self._nodes.get(node.name)
+        if server is None:
+            with self._lock:
+                server = self._nodes.setdefault(node.name, _BlockingServer(
+                    _maker(node.redis_connection.connection_pool)))
+        return server
+
+    def _take(self, server: _BlockingServer) -> _Wire | None:
         try:
-            return self._idle.pop()
+            return server.idle.pop()
         except IndexError:
             pass
         with self._lock:
-            if self._opened >= self._limit:
+            if server.opened >= self._limit:
                 return None
-            self._opened += 1
-        assert self._pool is not None
-        wire = _Wire(self._pool.make_connection())  # type: ignore[arg-type]
+            server.opened += 1
+        try:
+            wire = _Wire(server.make())
+        except BaseException:
+            with self._lock:
+                server.opened -= 1
+            raise
         self._wires.add(wire)
         return wire
 
-    def _drop(self, wire: _Wire) -> None:
+    def _drop(self, server: _BlockingServer, wire: _Wire) -> None:
         with self._lock:
-            self._opened -= 1
+            server.opened -= 1
         with contextlib.suppress(Exception):  # closing what is already broken
             wire.close()
 
     def close(self) -> None:
         """Close the line's idle connections, then the client."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-            self._opened -= len(idle)
-        for wire in idle:
-            wire.close()
+        for server in (*([self._one] if self._one else []), *self._nodes.values()):
+            with self._lock:
+                idle, server.idle = server.idle, []
+                server.opened -= len(idle)
+            for wire in idle:
+                wire.close()
         self._client.close()

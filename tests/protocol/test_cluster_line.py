@@ -1,4 +1,4 @@
-"""Producers on a Redis Cluster submit on the Client's script line, to each queue's primary.
+"""Producers on a Redis Cluster submit on script lines (both clients), to each queue's primary.
 
 What the line cannot answer goes the cluster client's way, which follows it: a slot moved to
 another node (``MOVED`` after a failover) and a primary lost (kill -9). Real processes: three
@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import redis
+from redis.commands.core import AsyncScript
 
-from agentpool.client import Client
-from agentpool.connection import node_of_key
-from agentpool.protocol import TaskQueue
+from agentpool.client import Client, SyncClient
+from agentpool.connection import node_of_key, redis_from_url
+from agentpool.direct import BlockingScriptLine
+from agentpool.protocol import key_prefix
 from agentpool.redis_server import RedisCluster, RedisServer, sentinel_admin
+
+KINDS = pytest.mark.parametrize("kind", ["async", "blocking"])
 
 
 @pytest.fixture(scope="module")
@@ -28,32 +33,95 @@ def cluster() -> Iterator[RedisCluster]:
         yield started
 
 
-def _through_client(monkeypatch: pytest.MonkeyPatch, queue: TaskQueue) -> list[object]:
-    """Records the calls of `queue`'s submit script that go the client's way."""
-    script = queue._script("submit")
-    calls: list[object] = []
-    original = type(script).__call__
+class Producer:
+    """Submits through `kind` of client, and records the submits that go the client's way
+    instead of on its line."""
 
-    async def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(args)
-        return await original(self, *args, **kwargs)
+    def __init__(self, url: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.through_client: list[object] = []
+        self._recording = False
+        if kind == "async":
+            self._client: Client | None = Client.from_url(url)
+            self._blocking: SyncClient | None = None
+            self._record_async(monkeypatch)
+        else:
+            self._client, self._blocking = None, SyncClient.from_url(url)
+            line = self._blocking._blocking
+            assert line is not None
+            self._record_blocking(line, monkeypatch)
 
-    monkeypatch.setattr(type(script), "__call__", recording)
-    return calls
+    def _record_async(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        original = AsyncScript.__call__
+
+        async def recording(script: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._recording:
+                self.through_client.append(args)
+            return await original(script, *args, **kwargs)
+
+        monkeypatch.setattr(AsyncScript, "__call__", recording)
+
+    def _record_blocking(self, line: BlockingScriptLine,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+        original = line._through_client
+
+        def recording(*args: Any) -> Any:
+            if self._recording:
+                self.through_client.append(args)
+            return original(*args)
+
+        monkeypatch.setattr(line, "_through_client", recording)
+
+    def record(self) -> None:
+        """Count what goes the client's way from now on (a first submit loads the script)."""
+        self._recording = True
+
+    async def submit(self, queue: str, payload: Any) -> str:
+        if self._client is not None:
+            return await self._client.queue(queue).submit(payload)
+        assert self._blocking is not None
+        return await asyncio.to_thread(self._blocking.queue(queue).submit, payload)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        if self._blocking is not None:
+            self._blocking.close()
 
 
-def _held_by(port: int, queue: TaskQueue, task_ids: list[str]) -> list[bool]:
+@asynccontextmanager
+async def producer(url: str, kind: str,
+                   monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Producer]:
+    made = Producer(url, kind, monkeypatch)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+@asynccontextmanager
+async def admin(url: str) -> AsyncIterator[Any]:
+    client = redis_from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def _primary_port(client: Any, queue: str) -> int:
+    return (await node_of_key(client, key_prefix(queue) + "queued")).port
+
+
+def _held_by(port: int, queue: str, task_ids: list[str]) -> list[bool]:
     with redis.Redis(port=port) as node:
-        return [bool(node.exists(queue.task_key(task_id))) for task_id in task_ids]
+        return [bool(node.exists(f"{key_prefix(queue)}t:{task_id}")) for task_id in task_ids]
 
 
-async def _queues_on_every_primary(client: Client) -> list[TaskQueue]:
-    """One queue for each primary (a queue's keys share one slot)."""
-    by_node: dict[str, TaskQueue] = {}
+async def _queues_on_every_primary(client: Any) -> list[str]:
+    """One queue name for each primary (a queue's keys share one slot)."""
+    by_node: dict[int, str] = {}
     while len(by_node) < 3:
-        queue = client.queue(f"q-{uuid.uuid4().hex[:8]}")
-        by_node.setdefault((await node_of_key(client.redis, queue.prefix + "queued")).name,
-                           queue)
+        name = f"q-{uuid.uuid4().hex[:8]}"
+        by_node.setdefault(await _primary_port(client, name), name)
     return list(by_node.values())
 
 
@@ -66,72 +134,86 @@ def _replica_of(cluster: RedisCluster, port: int) -> RedisServer:
     raise AssertionError(f"no replica of port {port}")
 
 
-def _promoted(port: int, within: float = 30.0) -> None:
+def _promoted(port: int, within: float = 30.0) -> bool:
     with sentinel_admin(port) as node:
         deadline = time.monotonic() + within
         while node.info("replication").get("role") != "master":
-            assert time.monotonic() < deadline, "the replica was not promoted"
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.05)
+    return True
 
 
+def _fail_over_to(replica: RedisServer) -> None:
+    """CLUSTER FAILOVER, asked again when a manual failover gives up (after 5 s, when the
+    primary did not hand over in time)."""
+    for _ in range(5):
+        with sentinel_admin(replica.port) as node:
+            node.execute_command("CLUSTER", "FAILOVER")
+        if _promoted(replica.port, within=6.0):
+            return
+    raise AssertionError("the replica was not promoted")
+
+
+@KINDS
 async def test_cluster_submits_go_on_the_line_to_each_queues_primary(
-        cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with Client.from_url(cluster.url) as client:
+        cluster: RedisCluster, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with admin(cluster.url) as client, producer(cluster.url, kind, monkeypatch) as made:
         queues = await _queues_on_every_primary(client)
         for queue in queues:
-            await queue.submit("loads the script on its primary")
-        through_client = _through_client(monkeypatch, queues[0])
-        submitted = {queue.name: [await queue.submit(i) for i in range(5)] for queue in queues}
-        primaries = [(await node_of_key(client.redis, q.prefix + "queued")).port for q in queues]
-        assert client._line is not None
-        servers = len(client._line._nodes)
-    assert through_client == []
-    assert servers == 3
-    for queue, port in zip(queues, primaries, strict=True):
-        assert _held_by(port, queue, submitted[queue.name]) == [True] * 5
+            await made.submit(queue, "loads the script on its primary")
+        made.record()
+        submitted = {queue: [await made.submit(queue, i) for i in range(5)] for queue in queues}
+        primaries = {queue: await _primary_port(client, queue) for queue in queues}
+    assert made.through_client == []
+    assert len(set(primaries.values())) == 3
+    for queue, port in primaries.items():
+        assert _held_by(port, queue, submitted[queue]) == [True] * 5
 
 
+@KINDS
 async def test_a_submit_to_a_primary_turned_replica_goes_through_the_client(
-        cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+        cluster: RedisCluster, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """CLUSTER FAILOVER: the old primary answers the line's next call with MOVED; that call
     goes the client's way (which reads the new map) and the calls after it on the line go to
     the new primary."""
-    async with Client.from_url(cluster.url) as client:
-        queue = client.queue(f"q-{uuid.uuid4().hex[:8]}")
-        await queue.submit("opens the line to the primary")
-        old = (await node_of_key(client.redis, queue.prefix + "queued")).port
-        replica = _replica_of(cluster, old)
-        with sentinel_admin(replica.port) as node:
-            node.execute_command("CLUSTER", "FAILOVER")
-        _promoted(replica.port)
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    cluster.wait_ok()  # every replica in sync, as a manual failover needs
+    async with admin(cluster.url) as client, producer(cluster.url, kind, monkeypatch) as made:
+        await made.submit(queue, "opens the line to the primary")
+        replica = _replica_of(cluster, await _primary_port(client, queue))
+        _fail_over_to(replica)
 
-        through_client = _through_client(monkeypatch, queue)
-        moved = await queue.submit("meets the old primary")
-        redirected = len(through_client)
-        after = [await queue.submit(i) for i in range(5)]
+        made.record()
+        moved = await made.submit(queue, "meets the old primary")
+        redirected = len(made.through_client)
+        after = [await made.submit(queue, i) for i in range(5)]
     assert redirected == 1
-    assert len(through_client) == 1
+    assert len(made.through_client) == 1
     assert _held_by(replica.port, queue, [moved, *after]) == [True] * 6
 
 
-async def test_a_submit_to_a_lost_primary_goes_through_the_client() -> None:
+@KINDS
+async def test_a_submit_to_a_lost_primary_goes_through_the_client(
+        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """kill -9 of the queue's primary: the line cannot reach it, the call goes the client's
     way, which finds the promoted replica once the cluster has it."""
     with RedisCluster(primaries=3, replicas=1, node_timeout_ms=1000) as own:
-        async with Client.from_url(own.url) as client:
-            queue = client.queue("lost")
-            await queue.submit("opens the line to the primary")
-            old = (await node_of_key(client.redis, queue.prefix + "queued")).port
+        async with admin(own.url) as client, producer(own.url, kind, monkeypatch) as made:
+            await made.submit("lost", "opens the line to the primary")
+            old = await _primary_port(client, "lost")
             replica = _replica_of(own, old)
             next(server for server in own.servers if server.port == old).kill()
-            _promoted(replica.port)
+            assert _promoted(replica.port), "the replica was not promoted"
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    after = await queue.submit("after the failover")
+                    after = await made.submit("lost", "after the failover")
                     break
                 except redis.RedisError:
                     assert time.monotonic() < deadline, "no submit reached the new primary"
                     await asyncio.sleep(0.05)
-            later = await queue.submit("on the line again")
-        assert _held_by(replica.port, queue, [after, later]) == [True, True]
+            made.record()
+            later = await made.submit("lost", "on the line again")
+        assert made.through_client == []
+        assert _held_by(replica.port, "lost", [after, later]) == [True, True]

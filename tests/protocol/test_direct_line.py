@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import redis
 from protocol_helpers import frozen, tls_redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from agentpool.acl import Role
 from agentpool.client import Client, SyncClient
@@ -181,17 +183,19 @@ def test_blocking_submits_that_find_the_line_busy_go_to_the_loop(
         queue = client.queue("busy")
         queue.submit("opens a connection of the line")
         line = client._blocking
-        assert line is not None and not line.busy()
+        key = "ap:{busy}:queued"
+        assert line is not None and not line.busy(key)
         through_pool: list[object] = []
         monkeypatch.setattr(line, "_through_client", lambda *args: through_pool.append(args))
-        taken = [line._take() for _ in range(DEFAULT_LIMIT)]
-        assert line.busy()
+        server_of_queue = line._server_of(key)
+        taken = [line._take(server_of_queue) for _ in range(DEFAULT_LIMIT)]
+        assert line.busy(key)
         ids = [queue.submit(i) for i in range(5)]
         infos = [queue.get(task_id) for task_id in ids]
         assert [info.payload for info in infos if info is not None] == list(range(5))
         assert through_pool == []
-        line._idle.extend(c for c in taken if c is not None)
-        assert not line.busy()
+        server_of_queue.idle.extend(c for c in taken if c is not None)
+        assert not line.busy(key)
 
 
 def test_a_forked_child_submits_on_connections_of_its_own(server: RedisServer) -> None:
@@ -244,6 +248,23 @@ def test_a_blocking_connection_redis_closed_is_reopened(server: RedisServer) -> 
         task_id = queue.submit("second")
         assert _payload(admin, "closed-blocking", task_id) == '"second"'
     admin.close()
+
+
+def test_a_blocking_line_opens_connections_beyond_the_pools_limit() -> None:
+    """The line's connections are its own: replacing them, however often (here each call
+    while Redis is down), takes nothing of the client's pool, which counts every connection
+    it makes against its limit for good."""
+    with RedisServer() as own:
+        client = redis.Redis.from_url(own.url, max_connections=2, retry=Retry(NoBackoff(), 0))
+        sha = client.script_load(ECHO)
+        line = BlockingScriptLine(client)
+        own.stop()
+        for _ in range(4):
+            with pytest.raises(redis.ConnectionError):
+                line.run(sha, ECHO, ["k"], ["word", 42, "x"])
+        own.start()
+        assert line.run(sha, ECHO, ["k"], ["word", 42, "x"]) == [b"word", 42, [b"x"]]
+        line.close()
 
 
 async def test_every_call_of_a_client_survives_connections_redis_closed(

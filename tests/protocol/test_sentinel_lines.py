@@ -70,12 +70,13 @@ async def _aim(line: Line, port: int) -> None:
         line._one.idle[:] = [*idle, wire]
     else:
         line._primary_asked_at = time.monotonic()
-        blocking_idle = list(line._idle)
-        line._idle.clear()
-        blocking_wire = line._take()
+        assert line._one is not None
+        blocking_idle = list(line._one.idle)
+        line._one.idle.clear()
+        blocking_wire = line._take(line._one)
         assert blocking_wire is not None and blocking_wire not in blocking_idle
         blocking_wire.connection.connect_to(address)
-        line._idle[:] = [*blocking_idle, blocking_wire]
+        line._one.idle[:] = [*blocking_idle, blocking_wire]
 
 
 def _on(port: int, task_ids: list[str]) -> list[bool]:
