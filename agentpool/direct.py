@@ -44,7 +44,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import hiredis
 import redis
@@ -161,13 +161,16 @@ class _AsyncWire:
         await self.connection.disconnect(nowait=nowait)
 
 
-class _Server:
+W = TypeVar("W")
+
+
+class _Server(Generic[W]):
     """A line's connections to one server: those idle, how many are open, how to open one."""
 
     __slots__ = ("idle", "make", "opened")
 
     def __init__(self, make: Callable[[], Any]) -> None:
-        self.idle: list[_AsyncWire] = []
+        self.idle: list[W] = []
         self.opened = 0
         self.make = make
 
@@ -185,13 +188,13 @@ class ScriptLine:
     def __init__(self, client: aioredis.Redis | RedisCluster, limit: int = DEFAULT_LIMIT) -> None:
         self._cluster = client if isinstance(client, RedisCluster) else None
         self._sentinel: FollowingSentinelConnectionPool | None = None
-        self._one: _Server | None = None
+        self._one: _Server[_AsyncWire] | None = None
         if isinstance(client, aioredis.Redis):
             pool = client.connection_pool
-            self._one = _Server(pool.make_connection)
+            self._one = _Server[_AsyncWire](pool.make_connection)
             if isinstance(pool, FollowingSentinelConnectionPool):
                 self._sentinel = pool
-        self._nodes: dict[str, _Server] = {}
+        self._nodes: dict[str, _Server[_AsyncWire]] = {}
         self.limit = limit
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
@@ -227,7 +230,7 @@ class ScriptLine:
         server.idle.append(wire)
         return reply
 
-    async def _primary_of(self, key: Any) -> _Server:
+    async def _primary_of(self, key: Any) -> _Server[_AsyncWire]:
         cluster = self._cluster
         assert cluster is not None
         if cluster._initialize:
@@ -235,11 +238,11 @@ class ScriptLine:
         node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
         server = self._nodes.get(node.name)
         if server is None:
-            server = self._nodes[node.name] = _Server(
+            server = self._nodes[node.name] = _Server[_AsyncWire](
                 lambda: node.connection_class(**node.connection_kwargs))
         return server
 
-    def _take(self, server: _Server) -> _AsyncWire | None:
+    def _take(self, server: _Server[_AsyncWire]) -> _AsyncWire | None:
         if server.idle:
             return server.idle.pop()
         if server.opened >= self.limit:
@@ -247,7 +250,7 @@ class ScriptLine:
         server.opened += 1
         return _AsyncWire(server.make())
 
-    async def _drop(self, server: _Server, wire: _AsyncWire) -> None:
+    async def _drop(self, server: _Server[_AsyncWire], wire: _AsyncWire) -> None:
         server.opened -= 1
         with contextlib.suppress(Exception):  # closing what is already broken
             await wire.close(nowait=True)
@@ -320,17 +323,6 @@ def _maker(pool: redis.ConnectionPool) -> Callable[[], redis.Connection]:
     return lambda: pool.connection_class(**pool.connection_kwargs)
 
 
-class _BlockingServer:
-    """A blocking line's connections to one server."""
-
-    __slots__ = ("idle", "make", "opened")
-
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.idle: list[_Wire] = []
-        self.opened = 0
-        self.make = make
-
-
 class BlockingScriptLine:
     """Direct script calls for a blocking client; thread-safe, and safe across ``fork``
     (a child process opens connections of its own instead of sharing its parent's). On
@@ -354,8 +346,8 @@ class BlockingScriptLine:
 
     def _forget_connections(self) -> None:
         self._pid = os.getpid()
-        self._one = _BlockingServer(self._make_one) if self._make_one else None
-        self._nodes: dict[str, _BlockingServer] = {}
+        self._one = _Server[_Wire](self._make_one) if self._make_one else None
+        self._nodes: dict[str, _Server[_Wire]] = {}
         self._wires: weakref.WeakSet[_Wire] = weakref.WeakSet()
 
     def busy(self, key: str) -> bool:
@@ -420,7 +412,7 @@ class BlockingScriptLine:
         for wire in list(self._wires):
             wire.leave_unless((address[0], int(address[1])))
 
-    def _server_of(self, key: Any) -> _BlockingServer:
+    def _server_of(self, key: Any) -> _Server[_Wire]:
         if self._pid != os.getpid():
             # A new process: the parent's connections and lock stay the parent's.
             self._lock = threading.Lock()
@@ -432,11 +424,11 @@ class BlockingScriptLine:
         server = self._nodes.get(node.name)
         if server is None:
             with self._lock:
-                server = self._nodes.setdefault(node.name, _BlockingServer(
+                server = self._nodes.setdefault(node.name, _Server[_Wire](
                     _maker(node.redis_connection.connection_pool)))
         return server
 
-    def _take(self, server: _BlockingServer) -> _Wire | None:
+    def _take(self, server: _Server[_Wire]) -> _Wire | None:
         try:
             return server.idle.pop()
         except IndexError:
@@ -454,7 +446,7 @@ class BlockingScriptLine:
         self._wires.add(wire)
         return wire
 
-    def _drop(self, server: _BlockingServer, wire: _Wire) -> None:
+    def _drop(self, server: _Server[_Wire], wire: _Wire) -> None:
         with self._lock:
             server.opened -= 1
         with contextlib.suppress(Exception):  # closing what is already broken
