@@ -1,13 +1,13 @@
 """The chaos soak against Sentinel: ``python -m bench.chaos --sentinel [--durability replicated]``.
 
 A primary, one replica and three sentinels on loopback (agentpool.redis_server.SentinelGroup,
-``down-after-milliseconds`` 1000). The workers, the producer (a ``Client``: its submits go on
-its script line) and the stand-in for the operator (its shared Redis client, reading figures
-and reaping expired leases every 2 s) all connect with the ``redis+sentinel://`` URL. The
-producer submits all along the run, each task with an idempotency key of its own. Every
-few seconds the primary is failed over, in turn by kill -9 and by ``SENTINEL FAILOVER``; the
-old primary comes back as a replica (started again after a kill, reconfigured by the
-sentinels after a graceful failover) before the next one.
+``down-after-milliseconds`` 1000). The workers, the producer (a ``Client``: without replication
+its submits go on its script line) and the stand-in for the operator (its shared Redis client,
+reading figures and reaping expired leases every 2 s) all connect with the
+``redis+sentinel://`` URL. The producer submits all along the run, each task with an
+idempotency key of its own. Every few seconds the primary is failed over, in turn by kill -9
+and by ``SENTINEL FAILOVER``; the old primary comes back as a replica (started again after a
+kill, reconfigured by the sentinels after a graceful failover) before the next one.
 
 Measured per failover, from the promotion (the sentinels name the new primary, as
 ``SENTINEL GET-MASTER-ADDR-BY-NAME`` answers; polled every 20 ms):
