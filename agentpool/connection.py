@@ -197,6 +197,12 @@ class WaitingPool(BlockingConnectionPool):
         return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
+def _address(reply: Any) -> tuple[str, int]:
+    """A sentinel's answer to SENTINEL GET-MASTER-ADDR-BY-NAME, as (host, port)."""
+    host, port = (x.decode() if isinstance(x, bytes) else str(x) for x in reply)
+    return host, int(port)
+
+
 class FollowingSentinelConnectionPool(SentinelConnectionPool):
     """Connections to the Sentinel primary that leave a primary the sentinels no longer name.
 
@@ -240,8 +246,7 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 continue
             if reply:
-                host, port = (x.decode() if isinstance(x, bytes) else str(x) for x in reply)
-                return host, int(port)
+                return _address(reply)
         return None
 
     async def follow_primary(self) -> None:
@@ -507,8 +512,7 @@ class _NamingSentinel(redis.sentinel.Sentinel):
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 continue
             if reply:
-                host, port = (x.decode() if isinstance(x, bytes) else str(x) for x in reply)
-                return host, int(port)
+                return _address(reply)
         return super().discover_master(service_name)
 
 

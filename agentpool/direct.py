@@ -44,7 +44,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import hiredis
 import redis
@@ -72,6 +72,7 @@ from redis.typing import ScriptTextT
 from agentpool.connection import (
     PRIMARY_CHECK_SECONDS,
     FollowingSentinelConnectionPool,
+    node_of_key,
     pack_command,
 )
 
@@ -231,11 +232,8 @@ class ScriptLine:
         return reply
 
     async def _primary_of(self, key: Any) -> _Server[_AsyncWire]:
-        cluster = self._cluster
-        assert cluster is not None
-        if cluster._initialize:
-            await cluster.initialize()
-        node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
+        assert self._cluster is not None
+        node = await node_of_key(cast(aioredis.Redis, self._cluster), key)
         server = self._nodes.get(node.name)
         if server is None:
             server = self._nodes[node.name] = _Server[_AsyncWire](

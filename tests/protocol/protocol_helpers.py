@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from agentpool.connection import is_cluster, is_cluster_url, redis_from_url
 from agentpool.protocol import ClaimedTask, FailOutcome, TaskQueue
-from agentpool.redis_server import RedisServer, free_port
+from agentpool.redis_server import RedisCluster, RedisServer, free_port, sentinel_admin
 
 ONE_SERVER = pytest.mark.parametrize("redis_mode", ["standalone"])
 """For what one server shows whatever the deployment (the commands and keys its ACL refuses,
@@ -141,3 +141,24 @@ def tls_redis(directory: Path) -> Iterator[tuple[RedisServer, str]]:
             "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
             "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")) as server:
         yield server, f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
+
+
+def replica_of(cluster: RedisCluster, port: int) -> RedisServer:
+    """The replica of the cluster's primary on `port`."""
+    for server in cluster.servers:
+        with sentinel_admin(server.port, cluster.password) as node:
+            replication = node.info("replication")
+        if replication.get("role") == "slave" and int(replication["master_port"]) == port:
+            return server
+    raise AssertionError(f"no replica of the primary on port {port}")
+
+
+def promoted(port: int, within: float = 30.0) -> bool:
+    """Whether the server on `port` is a primary within `within` seconds."""
+    with sentinel_admin(port) as node:
+        deadline = time.monotonic() + within
+        while node.info("replication").get("role") != "master":
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    return True

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from protocol_helpers import promoted, replica_of
 from redis.commands.core import AsyncScript
 
 from agentpool.client import Client, SyncClient
@@ -125,32 +126,13 @@ async def _queues_on_every_primary(client: Any) -> list[str]:
     return list(by_node.values())
 
 
-def _replica_of(cluster: RedisCluster, port: int) -> RedisServer:
-    for server in cluster.servers:
-        with sentinel_admin(server.port) as node:
-            replication = node.info("replication")
-        if replication.get("role") == "slave" and int(replication["master_port"]) == port:
-            return server
-    raise AssertionError(f"no replica of port {port}")
-
-
-def _promoted(port: int, within: float = 30.0) -> bool:
-    with sentinel_admin(port) as node:
-        deadline = time.monotonic() + within
-        while node.info("replication").get("role") != "master":
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-    return True
-
-
 def _fail_over_to(replica: RedisServer) -> None:
     """CLUSTER FAILOVER, asked again when a manual failover gives up (after 5 s, when the
     primary did not hand over in time)."""
     for _ in range(5):
         with sentinel_admin(replica.port) as node:
             node.execute_command("CLUSTER", "FAILOVER")
-        if _promoted(replica.port, within=6.0):
+        if promoted(replica.port, within=6.0):
             return
     raise AssertionError("the replica was not promoted")
 
@@ -181,7 +163,7 @@ async def test_a_submit_to_a_primary_turned_replica_goes_through_the_client(
     cluster.wait_ok()  # every replica in sync, as a manual failover needs
     async with admin(cluster.url) as client, producer(cluster.url, kind, monkeypatch) as made:
         await made.submit(queue, "opens the line to the primary")
-        replica = _replica_of(cluster, await _primary_port(client, queue))
+        replica = replica_of(cluster, await _primary_port(client, queue))
         _fail_over_to(replica)
 
         made.record()
@@ -202,9 +184,9 @@ async def test_a_submit_to_a_lost_primary_goes_through_the_client(
         async with admin(own.url) as client, producer(own.url, kind, monkeypatch) as made:
             await made.submit("lost", "opens the line to the primary")
             old = await _primary_port(client, "lost")
-            replica = _replica_of(own, old)
+            replica = replica_of(own, old)
             next(server for server in own.servers if server.port == old).kill()
-            assert _promoted(replica.port), "the replica was not promoted"
+            assert promoted(replica.port), "the replica was not promoted"
             deadline = time.monotonic() + 30
             while True:
                 try:

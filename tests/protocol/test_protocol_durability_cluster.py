@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from protocol_helpers import claim_one, frozen
+from protocol_helpers import claim_one, frozen, promoted, replica_of
 
 import agentpool.protocol
 from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
@@ -51,14 +51,7 @@ def _queue(client: aioredis.Redis, name: str | None = None) -> TaskQueue:
 async def _replica_of_queue(cluster: RedisCluster, client: aioredis.Redis,
                             queue: TaskQueue) -> RedisServer:
     """The replica of the primary that holds `queue`'s slot."""
-    primary = await node_of_key(client, queue.prefix + "queued")
-    for server in cluster.servers:
-        with sentinel_admin(server.port) as node:
-            replication = node.info("replication")
-        if (replication.get("role") == "slave"
-                and int(replication["master_port"]) == primary.port):
-            return server
-    raise AssertionError(f"no replica of {primary.name}")
+    return replica_of(cluster, (await node_of_key(client, queue.prefix + "queued")).port)
 
 
 def _other_replica(cluster: RedisCluster, own: RedisServer) -> RedisServer:
@@ -190,11 +183,7 @@ async def test_work_goes_on_after_the_queues_primary_fails_over() -> None:
             replica = await _replica_of_queue(own, admin, queue)
             primary = await node_of_key(admin, queue.prefix + "queued")
             next(s for s in own.servers if s.port == primary.port).kill()
-            with sentinel_admin(replica.port) as promoted:
-                deadline = time.monotonic() + 30
-                while promoted.info("replication").get("role") != "master":
-                    assert time.monotonic() < deadline, "the replica was not promoted"
-                    await asyncio.sleep(0.05)
+            assert await asyncio.to_thread(promoted, replica.port), "the replica was not promoted"
             # The new primary has no replica: later writes do not wait for one.
             after = await _until(lambda: TaskQueue(producer, "failover").submit({"n": 20}), 30)
             claiming = TaskQueue(worker, "failover")
