@@ -7,6 +7,7 @@ that someone else started.
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
@@ -23,11 +24,43 @@ class RedisServerError(RuntimeError):
     pass
 
 
+_handed_out: set[int] = set()
+_chooser = random.SystemRandom()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nobody listens on, chosen below the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` comes from the same range as the local ports of
+    outgoing connections, so between choosing it and listening on it any client socket may take
+    it ("address already in use"). Ports below that range are never taken that way, and a port
+    is handed out once per process."""
+    low, high = _ephemeral_range()
+    candidates = range(10000, low) if low > 11000 else range(high + 1, 65536)
+    for _ in range(200):
+        port = _chooser.choice(candidates)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise RedisServerError("no free port below the ephemeral range")
 
 
 @dataclass
@@ -320,17 +353,15 @@ CLUSTER_BUS_OFFSET = 10000
 
 
 def _cluster_port() -> int:
-    """A free port whose cluster bus port is a valid port, and free too."""
-    while True:
+    """A free port whose cluster bus port is free too, both below the ephemeral range."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
         port = free_port()
-        if port + CLUSTER_BUS_OFFSET > 65535:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
-            except OSError:
-                continue
-        return port
+        bus = port + CLUSTER_BUS_OFFSET
+        if bus < min(low, 65536) and bus not in _handed_out and _bindable(bus):
+            _handed_out.add(bus)
+            return port
+    raise RedisServerError("no free pair of a port and its cluster bus port")
 
 
 @dataclass

@@ -6,7 +6,6 @@ import base64
 import fnmatch
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -22,6 +21,7 @@ from e2e_config import CHART, CRD_FILE, E2EConfig, ImageRef
 from e2e_kube import CommandError, Kubectl, Waiter, run
 
 from agentpool.models import GROUP, PLURAL
+from agentpool.redis_server import free_port
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 REDIS_PORT = 6379
@@ -242,13 +242,6 @@ def serves(deployment: Mapping[str, Any], namespace: str) -> bool:
 
 
 # -- local operator ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

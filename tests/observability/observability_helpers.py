@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -72,13 +71,6 @@ def metric_names(expr: str) -> set[str]:
         for m in _IDENTIFIER.finditer(text)
         if m.group(2) is None and m.group(1).lower() not in _KEYWORDS
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def scrape(port: int) -> str:

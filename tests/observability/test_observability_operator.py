@@ -7,12 +7,13 @@ import uuid
 
 import aiohttp
 import pytest
-from observability_helpers import check_metrics, families, free_port, samples, value
+from observability_helpers import check_metrics, families, samples, value
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.samples import Sample
 
 from agentpool.models import AgentPoolSpec
 from agentpool.protocol import RequeueResult
+from agentpool.redis_server import free_port
 from agentpool.scaling.policy import QueueLoad, ScalingHistory, ScalingPolicy, decide
 from agentpool_operator import metrics
 from agentpool_operator.recovery import (

@@ -16,7 +16,6 @@ from observability_helpers import (
     check_metrics,
     eventually,
     families,
-    free_port,
     samples,
     scrape,
     spawn,
@@ -25,6 +24,7 @@ from observability_helpers import (
 from prometheus_client import REGISTRY
 
 from agentpool.protocol import TaskQueue
+from agentpool.redis_server import free_port
 from agentpool_worker.metrics import BUCKETS, NAMES
 from agentpool_worker.settings import WorkerSettings
 from agentpool_worker.worker import Worker
