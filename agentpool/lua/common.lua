@@ -36,6 +36,21 @@ local function worker_key(worker) return P .. 'w:' .. worker end
 local function events_key(id) return P .. 'ev:' .. id end
 local function checkpoint_key(id) return P .. 'cp:' .. id end
 
+-- A submit can reach Redis twice: its connection was lost after Redis ran it and the client
+-- sent it again, or a failover carried its write to the new primary before the client sent
+-- it there. Of `ids`, those that already name a task (as a set): a submit leaves them as they
+-- are, since a worker may hold one or it may have finished. One EXISTS for all of them; one
+-- per task only when some exist.
+local function submitted_before(ids)
+  local keys, found = {}, {}
+  for i = 1, #ids do keys[i] = task_key(ids[i]) end
+  if redis.call('EXISTS', unpack(keys)) == 0 then return found end
+  for i = 1, #ids do
+    if redis.call('EXISTS', keys[i]) == 1 then found[ids[i]] = true end
+  end
+  return found
+end
+
 -- Queue-wide defaults, read at most once per script run (a reap may touch many tasks).
 local config_max_attempts, config_result_ttl
 

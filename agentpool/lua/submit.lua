@@ -2,10 +2,14 @@
 --       ('' = queue default), idempotency key ('' = none), idempotency ttl seconds.
 -- One task, or a group of single submits sent together (agentpool/coalesce.py), each with
 -- its own options. Returns {created (1|0), id} per task, flattened: created 0 when the
--- idempotency key already names a task (the existing task's id).
+-- idempotency key already names a task (the existing task's id) or the task exists already
+-- (the same submit sent again).
 local FIELDS = 7
 local n = (#ARGV - 1) / FIELDS
 local replies = {}
+local ids = {}
+for i = 1, n do ids[i] = ARGV[2 + (i - 1) * FIELDS] end
+local again = submitted_before(ids)
 -- First every idempotency key (a key given twice in one group names the first one's task),
 -- so that one INCRBY numbers the tasks that are created.
 local created, seen = 0, {}
@@ -13,7 +17,9 @@ for i = 1, n do
   local at = 1 + (i - 1) * FIELDS
   local id, idem = ARGV[at + 1], ARGV[at + 6]
   local existing
-  if idem ~= '' then
+  if again[id] then
+    existing = id
+  elseif idem ~= '' then
     existing = seen[idem]
     if not existing then
       local ik = P .. 'idem:' .. idem

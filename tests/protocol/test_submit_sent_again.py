@@ -1,0 +1,157 @@
+"""A submit whose connection is lost after Redis ran it is sent again on a new connection (a
+client's own retry). That second call must find its task and leave it alone: by then a worker
+may hold it, or it may have finished; queuing it once more would run it twice.
+
+Between the client and a real redis-server sits a proxy that, once armed, lets Redis run the
+next command but closes the client's connection instead of passing the reply back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from agentpool.client import Client, SyncClient
+from agentpool.connection import redis_from_url
+from agentpool.protocol import TaskQueue
+from agentpool.redis_server import RedisServer
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class ReplyDropper:
+    """A loopback TCP proxy to `upstream`. ``arm(hook)``: the next reply from Redis is held
+    back, `hook` runs, and the client's connection is closed without that reply."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.port = 0
+        self.dropped = 0
+        self._hook: Hook | None = None
+        self._server: asyncio.Server | None = None
+
+    def arm(self, hook: Hook) -> None:
+        self._hook = hook
+
+    async def __aenter__(self) -> ReplyDropper:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, client_in: asyncio.StreamReader,
+                     client_out: asyncio.StreamWriter) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.upstream)
+
+        async def requests() -> None:
+            while data := await client_in.read(65536):
+                server_out.write(data)
+            server_out.close()
+
+        async def replies() -> None:
+            while data := await server_in.read(65536):
+                hook, self._hook = self._hook, None
+                if hook is not None:
+                    await hook()
+                    self.dropped += 1
+                    return
+                client_out.write(data)
+
+        forward = asyncio.create_task(requests())
+        with contextlib.suppress(ConnectionError):
+            await replies()
+        forward.cancel()
+        client_out.close()
+        server_out.close()
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[tuple[RedisServer, ReplyDropper]]:
+    with RedisServer() as server:
+        async with ReplyDropper(server.port) as dropper:
+            yield server, dropper
+
+
+def _queue_beside(server: RedisServer, name: str) -> TaskQueue:
+    """The same queue on a connection straight to Redis, for the worker's side."""
+    return TaskQueue(redis_from_url(server.url), name)
+
+
+async def _claim_first(beside: TaskQueue, claimed: list[str]) -> None:
+    batch = await beside.claim("pod-a:w1", 1, 30)
+    claimed.extend(task.id for task in batch.tasks)
+
+
+async def test_a_submit_sent_again_leaves_the_task_a_worker_already_holds(
+        proxy: tuple[RedisServer, ReplyDropper]) -> None:
+    server, dropper = proxy
+    beside = _queue_beside(server, "again")
+    claimed: list[str] = []
+    async with Client.from_url(f"redis://127.0.0.1:{dropper.port}/0") as client:
+        queue = client.queue("again")
+        await queue.submit("warm-up: loads the script")
+        await beside.claim("pod-a:w0", 1, 30)
+        dropper.arm(lambda: _claim_first(beside, claimed))
+        task_id = await queue.submit("held by a worker when it is sent again")
+        info = await queue.get(task_id)
+    figures = await beside.figures()
+    await beside.redis.aclose()
+    assert dropper.dropped == 1
+    assert claimed == [task_id]
+    assert info is not None and info.state == "running"
+    assert figures.queued == 0 and figures.in_flight == 2
+    assert figures.stats["submitted"] == 2
+
+
+async def test_a_blocking_submit_sent_again_leaves_a_finished_task_finished(
+        proxy: tuple[RedisServer, ReplyDropper]) -> None:
+    server, dropper = proxy
+    beside = _queue_beside(server, "again-sync")
+
+    async def claim_and_finish() -> None:
+        for task in (await beside.claim("pod-a:w1", 1, 30)).tasks:
+            await beside.complete(task, "done")
+
+    with SyncClient.from_url(f"redis://127.0.0.1:{dropper.port}/0") as client:
+        queue = client.queue("again-sync")
+        await asyncio.to_thread(queue.submit, "warm-up: loads the script")
+        await beside.claim("pod-a:w0", 1, 30)
+        dropper.arm(claim_and_finish)
+        task_id = await asyncio.to_thread(queue.submit, "finished when it is sent again")
+        info = await asyncio.to_thread(queue.get, task_id)
+    figures = await beside.figures()
+    await beside.redis.aclose()
+    assert dropper.dropped == 1
+    assert info is not None and info.state == "succeeded" and info.result == "done"
+    assert figures.queued == 0
+    assert figures.stats["submitted"] == 2
+
+
+async def test_a_batch_sent_again_queues_none_of_its_tasks_twice(
+        proxy: tuple[RedisServer, ReplyDropper]) -> None:
+    server, dropper = proxy
+    beside = _queue_beside(server, "again-many")
+    claimed: list[str] = []
+
+    async def claim_two() -> None:
+        batch = await beside.claim("pod-a:w1", 2, 30)
+        claimed.extend(task.id for task in batch.tasks)
+
+    async with Client.from_url(f"redis://127.0.0.1:{dropper.port}/0") as client:
+        queue = client.queue("again-many")
+        await queue.submit_many(["warm-up"])
+        await beside.claim("pod-a:w0", 1, 30)
+        dropper.arm(claim_two)
+        ids = await queue.submit_many([f"task {i}" for i in range(5)])
+    figures = await beside.figures()
+    await beside.redis.aclose()
+    assert dropper.dropped == 1
+    assert claimed == ids[:2]
+    assert figures.in_flight == 3
+    assert figures.queued == 3
+    assert figures.stats["submitted"] == 6
