@@ -2,7 +2,8 @@
 -- Moves due delayed tasks to the queue, then leases up to `count` tasks to the worker.
 -- Returns {tasks, next_due_ms|false, now, tasks left queued}; each task is
 -- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|false}.
--- One fencing INCRBY, one lease ZADD and one owner SADD per claim, whatever its size.
+-- One fencing INCRBY, one lease ZADD, one owner SADD and one SET that remembers the claim (a
+-- claim sent again is answered from it) per claim, whatever its size.
 -- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
 local worker, count, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local promote = tonumber(ARGV[5])
@@ -31,7 +32,30 @@ if #back > 0 then redis.call('ZADD', K_QUEUED, unpack(back)) end
 local out = {}
 local pod = string.match(worker, '^(.*):[^:]*$') or worker
 local taken = 0
-if not drain_requested(worker, pod) then
+-- f: the task's payload, created, max, attempts and cp fields, in that order.
+local function claimed(id, token, attempts, f)
+  local checkpoint = false
+  if f[5] then checkpoint = redis.call('GET', checkpoint_key(id)) end
+  return {id, token, attempts, f[1] or '', f[2] or '0', max_attempts(f[3]), checkpoint}
+end
+-- A claim sent again (its connection was lost after Redis ran it, and its reply with it)
+-- hands back what it took the first time and takes nothing more: those tasks would otherwise
+-- wait out their lease, an attempt spent. The token prefix of a worker's last claim that took
+-- tasks is kept a minute.
+local prefix = ARGV[6]
+local last_claim = P .. 'claimed:' .. worker
+if prefix and redis.call('GET', last_claim) == prefix then
+  for _, id in ipairs(redis.call('SMEMBERS', owner_key(worker))) do
+    local f = redis.call('HMGET', task_key(id), 'payload', 'created', 'max', 'attempts', 'cp',
+      'state', 'owner', 'token')
+    if f[6] == 'running' and f[7] == worker and f[8]
+        and string.sub(f[8], 1, #prefix) == prefix then
+      out[#out + 1] = claimed(id, f[8], tonumber(f[4]), f)
+    end
+  end
+  local function fence_of(task) return tonumber(string.sub(task[2], #prefix + 1)) end
+  table.sort(out, function(a, b) return fence_of(a) < fence_of(b) end)
+elseif not drain_requested(worker, pod) then
   local popped = redis.call('ZPOPMIN', K_QUEUED, count)
   taken = #popped / 2
   if taken > 0 then
@@ -45,22 +69,20 @@ if not drain_requested(worker, pod) then
       local f = redis.call('HMGET', tk, 'payload', 'created', 'max', 'attempts', 'cp')
       if f[1] or f[4] then
         -- The random prefix keeps tokens unique when a failover rolls the counter back.
-        local token = (ARGV[6] or '') .. (fence + i)
+        local token = (prefix or '') .. (fence + i)
         local attempts = tonumber(f[4] or '0') + 1
         redis.call('HSET', tk, 'state', 'running', 'owner', worker, 'token', token,
           'started', now, 'attempts', attempts)
         leases[#leases + 1] = now + lease_ms
         leases[#leases + 1] = id
         held[#held + 1] = id
-        local checkpoint = false
-        if f[5] then checkpoint = redis.call('GET', checkpoint_key(id)) end
-        out[#out + 1] = {id, token, attempts, f[1] or '', f[2] or '0', max_attempts(f[3]),
-          checkpoint}
+        out[#out + 1] = claimed(id, token, attempts, f)
       end
     end
     if #held > 0 then
       redis.call('ZADD', K_LEASES, unpack(leases))
       redis.call('SADD', owner_key(worker), unpack(held))
+      if prefix then redis.call('SET', last_claim, prefix, 'EX', 60) end
     end
   end
 end

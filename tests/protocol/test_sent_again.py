@@ -1,6 +1,8 @@
-"""A submit whose connection is lost after Redis ran it is sent again on a new connection (a
-client's own retry). That second call must find its task and leave it alone: by then a worker
-may hold it, or it may have finished; queuing it once more would run it twice.
+"""A call whose connection is lost after Redis ran it is sent again on a new connection (a
+client's own retry). A submit sent again must find its task and leave it alone: by then a
+worker may hold it, or it may have finished; queuing it once more would run it twice. A claim
+sent again must hand back what it took: tasks taken twice would wait out their lease, unknown
+to the worker, an attempt spent.
 
 Between the client and a real redis-server sits a proxy that, once armed, lets Redis run the
 next command but closes the client's connection instead of passing the reply back."""
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -155,3 +158,29 @@ async def test_a_batch_sent_again_queues_none_of_its_tasks_twice(
     assert figures.in_flight == 3
     assert figures.queued == 3
     assert figures.stats["submitted"] == 6
+
+
+async def test_a_claim_sent_again_hands_back_what_it_took_and_takes_no_more(
+        proxy: tuple[RedisServer, ReplyDropper]) -> None:
+    server, dropper = proxy
+    beside = _queue_beside(server, "again-claim")
+    for i in range(6):
+        await beside.submit(f"task {i}")
+    worker = TaskQueue(redis_from_url(f"redis://127.0.0.1:{dropper.port}/0"), "again-claim")
+    await worker.claim("pod-b:w0", 1, 30)  # loads the script
+
+    async def nothing() -> None:
+        pass
+
+    dropper.arm(nothing)
+    batch = await worker.claim("pod-b:w1", 2, 30)
+    completed = [await worker.complete(task, "done") for task in batch.tasks]
+    figures = await beside.figures()
+    for queue in (beside, worker):
+        await queue.redis.aclose()
+    assert dropper.dropped == 1
+    assert [json.loads(task.payload_raw) for task in batch.tasks] == ["task 1", "task 2"]
+    assert [task.attempts for task in batch.tasks] == [1, 1]
+    assert completed == [True, True]
+    assert figures.in_flight == 1
+    assert figures.queued == 3
