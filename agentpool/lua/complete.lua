@@ -1,6 +1,7 @@
 -- ARGV: prefix, then triples (id, token, result JSON)
 -- Records successes (a worker's group commit sends all its completions in one call).
--- Returns, per triple, 1 when recorded, 0 when the caller no longer holds the task (fenced off).
+-- Returns, per triple, 1 when recorded (now, or by the same call sent again), 0 when the caller
+-- no longer holds the task (fenced off).
 -- The token and owner stay on the task: the state alone fences off every later write, and
 -- the owner names the run that finished it. The leases go first: a credential that may not
 -- touch them (a producer's) is refused before anything changed.
@@ -10,7 +11,9 @@ local out, ids, owners, fields = {}, {}, {}, {}
 for i = 2, #ARGV, 3 do
   local id, token = ARGV[i], ARGV[i + 1]
   local f = redis.call('HMGET', task_key(id), 'state', 'token', 'owner', 'error', 'ev', 'cp')
-  if f[1] ~= 'running' or f[2] ~= token then
+  if f[2] == token and f[1] == 'succeeded' then
+    out[#out + 1] = 1  -- this completion sent again (its reply was lost): recorded already
+  elseif f[1] ~= 'running' or f[2] ~= token then
     out[#out + 1] = 0
   else
     out[#out + 1] = 1

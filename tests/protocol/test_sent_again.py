@@ -2,7 +2,7 @@
 client's own retry). A submit sent again must find its task and leave it alone: by then a
 worker may hold it, or it may have finished; queuing it once more would run it twice. A claim
 sent again must hand back what it took: tasks taken twice would wait out their lease, unknown
-to the worker, an attempt spent.
+to the worker, an attempt spent. A completion sent again counts as recorded, not as fenced off.
 
 Between the client and a real redis-server sits a proxy that, once armed, lets Redis run the
 next command but closes the client's connection instead of passing the reply back."""
@@ -184,3 +184,28 @@ async def test_a_claim_sent_again_hands_back_what_it_took_and_takes_no_more(
     assert completed == [True, True]
     assert figures.in_flight == 1
     assert figures.queued == 3
+
+
+async def test_a_completion_sent_again_counts_as_recorded(
+        proxy: tuple[RedisServer, ReplyDropper]) -> None:
+    server, dropper = proxy
+    beside = _queue_beside(server, "again-complete")
+    await beside.submit("warm-up")
+    task_id = await beside.submit("finishes once")
+    warm_up, task = (await beside.claim("pod-c:w1", 2, 30)).tasks
+    worker = TaskQueue(redis_from_url(f"redis://127.0.0.1:{dropper.port}/0"), "again-complete")
+    assert await worker.complete(warm_up, "loads the script")
+
+    async def nothing() -> None:
+        pass
+
+    dropper.arm(nothing)
+    recorded = await worker.complete(task, "the answer")
+    info = await beside.get(task_id)
+    figures = await beside.figures()
+    for queue in (beside, worker):
+        await queue.redis.aclose()
+    assert dropper.dropped == 1
+    assert recorded is True
+    assert info is not None and info.state == "succeeded" and info.result == "the answer"
+    assert figures.stats["succeeded"] == 2
