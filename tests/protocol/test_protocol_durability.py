@@ -134,8 +134,8 @@ async def test_replicated_completions_wait_for_the_replica(
         await replicated(on_primary, queue.name, timeout=TIMEOUT).record([], [(other, "done")])
     assert raised.value.result == [True]
     assert {task.id, other.id} == {first, second}
-    # Sent again once a replica answers: refused (already recorded), and now replicated.
-    assert await queue.record([], [(other, "done")]) == [False]
+    # Sent again once a replica answers: recorded already (the same token), now replicated.
+    assert await queue.record([], [(other, "done")]) == [True]
     assert await on_replica.hget(queue.task_key(other.id), "state") == b"succeeded"
 
 

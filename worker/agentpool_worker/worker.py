@@ -180,9 +180,6 @@ class Worker:
         self._held: dict[str, ClaimedTask] = {}
         self._runs: dict[str, _Run] = {}
         self._reporting: set[str] = set()
-        self._resent: set[str] = set()
-        """Completions sent again because no replica acknowledged them (durability
-        replicated): a refusal of the repeat means the first one counted."""
         self._reports: set[asyncio.Task[None]] = set()
         self._completions: list[tuple[ClaimedTask, Any]] = []
         self._events: list[_Event] = []
@@ -667,7 +664,6 @@ class Worker:
                 if unreplicated:
                     # on the primary only: sent again, still held, until a replica has it
                     self._completions[:0] = batch
-                    self._resent.update(ids)
                     self._log.warning("completions not yet on a replica; sending them again",
                                       count=len(batch), timeout=self.queue.replica_timeout)
                     continue
@@ -675,9 +671,7 @@ class Worker:
                 for task, _ in batch:
                     if held.get(task.id) is task:
                         del held[task.id]
-                fenced = [i for i, ok in zip(ids, recorded, strict=True)
-                          if not ok and i not in self._resent]
-                self._resent.difference_update(ids)
+                fenced = [i for i, ok in zip(ids, recorded, strict=True) if not ok]
                 if fenced:
                     self._log.warning(
                         "completion refused: the task is no longer held by this worker",
