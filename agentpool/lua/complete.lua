@@ -7,7 +7,7 @@
 -- touch them (a producer's) is refused before anything changed.
 -- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
 local now = now_ms()
-local out, ids, owners, fields = {}, {}, {}, {}
+local out, ids, owners, fields, results = {}, {}, {}, {}, {}
 for i = 2, #ARGV, 3 do
   local id, token = ARGV[i], ARGV[i + 1]
   local f = redis.call('HMGET', task_key(id), 'state', 'token', 'owner', 'error', 'ev', 'cp')
@@ -19,6 +19,7 @@ for i = 2, #ARGV, 3 do
     out[#out + 1] = 1
     ids[#ids + 1] = id
     fields[#fields + 1] = f
+    results[#results + 1] = ARGV[i + 2]
     local held = owners[f[3]]
     if not held then
       held = {}
@@ -30,15 +31,11 @@ end
 if #ids == 0 then return out end
 redis.call('ZREM', K_LEASES, unpack(ids))
 for owner, held in pairs(owners) do redis.call('SREM', owner_key(owner), unpack(held)) end
-local n = 0
-for i = 2, #ARGV, 3 do
-  if out[(i + 1) / 3] == 1 then
-    n = n + 1
-    local id, f = ids[n], fields[n]
-    local tk = task_key(id)
-    if f[4] then redis.call('HDEL', tk, 'error') end
-    finished(id, tk, 'succeeded', now, {ev = f[5], cp = f[6]}, {'result', ARGV[i + 2]}, false)
-  end
+for n = 1, #ids do
+  local id, f = ids[n], fields[n]
+  local tk = task_key(id)
+  if f[4] then redis.call('HDEL', tk, 'error') end
+  finished(id, tk, 'succeeded', now, {ev = f[5], cp = f[6]}, {'result', results[n]}, false)
 end
-redis.call('HINCRBY', K_STATS, 'succeeded', n)
+redis.call('HINCRBY', K_STATS, 'succeeded', #ids)
 return out

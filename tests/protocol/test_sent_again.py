@@ -209,3 +209,19 @@ async def test_a_completion_sent_again_counts_as_recorded(
     assert recorded is True
     assert info is not None and info.state == "succeeded" and info.result == "the answer"
     assert figures.stats["succeeded"] == 2
+
+
+async def test_a_completion_sent_again_in_a_batch_leaves_the_others_recorded(
+        redis_server: RedisServer) -> None:
+    queue = _queue_beside(redis_server, "again-batch")
+    ids = [await queue.submit(f"task {i}") for i in range(3)]
+    first, second, third = (await queue.claim("pod-d:w1", 3, 30)).tasks
+    assert await queue.complete_many([(first, "one")]) == [True]
+    recorded = await queue.complete_many([(second, "two"), (first, "one"), (third, "three")])
+    infos = await queue.get_many(ids)
+    figures = await queue.figures()
+    await queue.redis.aclose()
+    assert recorded == [True, True, True]
+    assert [(info.state, info.result) for info in infos] == [
+        ("succeeded", "one"), ("succeeded", "two"), ("succeeded", "three")]
+    assert figures.stats["succeeded"] == 3 and figures.in_flight == 0
