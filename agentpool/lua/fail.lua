@@ -1,17 +1,24 @@
 -- ARGV: prefix, id, token, error, retryable (1|0), retry delay ms, mode
 -- mode: 'fail' (the run failed), 'cancel' (stopped on a cancel request),
 --       'release' (handed back unfinished by a draining worker: not counted as an attempt).
--- Returns 'retry', 'dead', 'cancelled', 'requeued' or 'stale' (caller no longer holds it).
+-- Returns 'retry', 'dead', 'cancelled', 'requeued' or 'stale' (caller no longer holds it); the
+-- same report sent again gets the first one's answer.
 local id, token, err, retryable = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local delay_ms, mode = tonumber(ARGV[6]), ARGV[7]
 local tk = task_key(id)
 local f = redis.call('HMGET', tk, 'state', 'token', 'owner', 'attempts', 'cancel', 'score',
   'max', 'ev', 'cp')
+if f[2] == token and f[1] ~= 'running' then
+  -- This report sent again (its reply was lost; the token stays until the next claim): what
+  -- the first one did, by the state it left the task in.
+  local did = {delayed = 'retry', dead = 'dead', cancelled = 'cancelled', queued = 'requeued'}
+  return did[f[1]] or 'stale'
+end
 if f[1] ~= 'running' or f[2] ~= token then return 'stale' end
 local now = now_ms()
 redis.call('ZREM', K_LEASES, id)
 redis.call('SREM', owner_key(f[3]), id)
-redis.call('HDEL', tk, 'token', 'owner')
+redis.call('HDEL', tk, 'owner')
 local fl = {ev = f[8], cp = f[9]}
 if mode == 'cancel' or f[5] == '1' then
   cancelled(id, tk, now, fl)

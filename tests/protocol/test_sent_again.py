@@ -18,7 +18,7 @@ import pytest
 
 from agentpool.client import Client, SyncClient
 from agentpool.connection import redis_from_url
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import FailOutcome, TaskQueue
 from agentpool.redis_server import RedisServer
 
 Hook = Callable[[], Awaitable[None]]
@@ -225,3 +225,28 @@ async def test_a_completion_sent_again_in_a_batch_leaves_the_others_recorded(
     assert [(info.state, info.result) for info in infos] == [
         ("succeeded", "one"), ("succeeded", "two"), ("succeeded", "three")]
     assert figures.stats["succeeded"] == 3 and figures.in_flight == 0
+
+
+async def test_a_failure_report_sent_again_gets_the_first_ones_answer(
+        proxy: tuple[RedisServer, ReplyDropper]) -> None:
+    server, dropper = proxy
+    beside = _queue_beside(server, "again-fail")
+    task_id = await beside.submit("fails once")
+    await beside.submit("warm-up")
+    task, warm_up = (await beside.claim("pod-e:w1", 2, 30)).tasks
+    worker = TaskQueue(redis_from_url(f"redis://127.0.0.1:{dropper.port}/0"), "again-fail")
+    assert await worker.fail(warm_up, "loads the script", retryable=False) is FailOutcome.DEAD
+
+    async def nothing() -> None:
+        pass
+
+    dropper.arm(nothing)
+    outcome = await worker.fail(task, "boom", delay=60)
+    info = await beside.get(task_id)
+    figures = await beside.figures()
+    for queue in (beside, worker):
+        await queue.redis.aclose()
+    assert dropper.dropped == 1
+    assert outcome is FailOutcome.RETRY
+    assert info is not None and info.state == "delayed" and info.attempts == 1
+    assert figures.stats["failed"] == 2 and figures.stats["retried"] == 1
