@@ -26,17 +26,22 @@ Hook = Callable[[], Awaitable[None]]
 
 class ReplyDropper:
     """A loopback TCP proxy to `upstream`. ``arm(hook)``: the next reply from Redis is held
-    back, `hook` runs, and the client's connection is closed without that reply."""
+    back, `hook` (if any) runs, and the client's connection is closed without that reply."""
 
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
         self.port = 0
         self.dropped = 0
+        self._armed = False
         self._hook: Hook | None = None
         self._server: asyncio.Server | None = None
 
-    def arm(self, hook: Hook) -> None:
-        self._hook = hook
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def arm(self, hook: Hook | None = None) -> None:
+        self._armed, self._hook = True, hook
 
     async def __aenter__(self) -> ReplyDropper:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -58,9 +63,10 @@ class ReplyDropper:
 
         async def replies() -> None:
             while data := await server_in.read(65536):
-                hook, self._hook = self._hook, None
-                if hook is not None:
-                    await hook()
+                if self._armed:
+                    self._armed = False
+                    if self._hook is not None:
+                        await self._hook()
                     self.dropped += 1
                     return
                 client_out.write(data)
@@ -95,7 +101,7 @@ async def test_a_submit_sent_again_leaves_the_task_a_worker_already_holds(
     server, dropper = proxy
     beside = _queue_beside(server, "again")
     claimed: list[str] = []
-    async with Client.from_url(f"redis://127.0.0.1:{dropper.port}/0") as client:
+    async with Client.from_url(dropper.url) as client:
         queue = client.queue("again")
         await queue.submit("warm-up: loads the script")
         await beside.claim("pod-a:w0", 1, 30)
@@ -120,7 +126,7 @@ async def test_a_blocking_submit_sent_again_leaves_a_finished_task_finished(
         for task in (await beside.claim("pod-a:w1", 1, 30)).tasks:
             await beside.complete(task, "done")
 
-    with SyncClient.from_url(f"redis://127.0.0.1:{dropper.port}/0") as client:
+    with SyncClient.from_url(dropper.url) as client:
         queue = client.queue("again-sync")
         await asyncio.to_thread(queue.submit, "warm-up: loads the script")
         await beside.claim("pod-a:w0", 1, 30)
@@ -145,7 +151,7 @@ async def test_a_batch_sent_again_queues_none_of_its_tasks_twice(
         batch = await beside.claim("pod-a:w1", 2, 30)
         claimed.extend(task.id for task in batch.tasks)
 
-    async with Client.from_url(f"redis://127.0.0.1:{dropper.port}/0") as client:
+    async with Client.from_url(dropper.url) as client:
         queue = client.queue("again-many")
         await queue.submit_many(["warm-up"])
         await beside.claim("pod-a:w0", 1, 30)
@@ -166,13 +172,10 @@ async def test_a_claim_sent_again_hands_back_what_it_took_and_takes_no_more(
     beside = _queue_beside(server, "again-claim")
     for i in range(6):
         await beside.submit(f"task {i}")
-    worker = TaskQueue(redis_from_url(f"redis://127.0.0.1:{dropper.port}/0"), "again-claim")
+    worker = TaskQueue(redis_from_url(dropper.url), "again-claim")
     await worker.claim("pod-b:w0", 1, 30)  # loads the script
 
-    async def nothing() -> None:
-        pass
-
-    dropper.arm(nothing)
+    dropper.arm()
     batch = await worker.claim("pod-b:w1", 2, 30)
     completed = [await worker.complete(task, "done") for task in batch.tasks]
     figures = await beside.figures()
@@ -193,13 +196,10 @@ async def test_a_completion_sent_again_counts_as_recorded(
     await beside.submit("warm-up")
     task_id = await beside.submit("finishes once")
     warm_up, task = (await beside.claim("pod-c:w1", 2, 30)).tasks
-    worker = TaskQueue(redis_from_url(f"redis://127.0.0.1:{dropper.port}/0"), "again-complete")
+    worker = TaskQueue(redis_from_url(dropper.url), "again-complete")
     assert await worker.complete(warm_up, "loads the script")
 
-    async def nothing() -> None:
-        pass
-
-    dropper.arm(nothing)
+    dropper.arm()
     recorded = await worker.complete(task, "the answer")
     info = await beside.get(task_id)
     figures = await beside.figures()
@@ -234,13 +234,10 @@ async def test_a_failure_report_sent_again_gets_the_first_ones_answer(
     task_id = await beside.submit("fails once")
     await beside.submit("warm-up")
     task, warm_up = (await beside.claim("pod-e:w1", 2, 30)).tasks
-    worker = TaskQueue(redis_from_url(f"redis://127.0.0.1:{dropper.port}/0"), "again-fail")
+    worker = TaskQueue(redis_from_url(dropper.url), "again-fail")
     assert await worker.fail(warm_up, "loads the script", retryable=False) is FailOutcome.DEAD
 
-    async def nothing() -> None:
-        pass
-
-    dropper.arm(nothing)
+    dropper.arm()
     outcome = await worker.fail(task, "boom", delay=60)
     info = await beside.get(task_id)
     figures = await beside.figures()
