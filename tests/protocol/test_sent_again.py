@@ -2,7 +2,9 @@
 client's own retry). A submit sent again must find its task and leave it alone: by then a
 worker may hold it, or it may have finished; queuing it once more would run it twice. A claim
 sent again must hand back what it took: tasks taken twice would wait out their lease, unknown
-to the worker, an attempt spent. A completion sent again counts as recorded, not as fenced off.
+to the worker, an attempt spent. A completion sent again counts as recorded, not as fenced off;
+a failure report sent again gets the first one's answer; events sent again are not appended
+twice.
 
 Between the client and a real redis-server sits a proxy that, once armed, lets Redis run the
 next command but closes the client's connection instead of passing the reply back."""
@@ -18,7 +20,7 @@ import pytest
 
 from agentpool.client import Client, SyncClient
 from agentpool.connection import redis_from_url
-from agentpool.protocol import FailOutcome, TaskQueue
+from agentpool.protocol import FailOutcome, TaskQueue, encode_event, encode_progress
 from agentpool.redis_server import RedisServer
 
 Hook = Callable[[], Awaitable[None]]
@@ -247,3 +249,27 @@ async def test_a_failure_report_sent_again_gets_the_first_ones_answer(
     assert outcome is FailOutcome.RETRY
     assert info is not None and info.state == "delayed" and info.attempts == 1
     assert figures.stats["failed"] == 2 and figures.stats["retried"] == 1
+
+
+async def test_events_sent_again_are_appended_once(
+        proxy: tuple[RedisServer, ReplyDropper]) -> None:
+    server, dropper = proxy
+    beside = _queue_beside(server, "again-events")
+    task_id = await beside.submit("streams")
+    await beside.claim("pod-f:w1", 1, 30)
+    worker = TaskQueue(redis_from_url(dropper.url), "again-events")
+    await worker.record([(task_id, 1, [("token", '"loads the script"')])], [])
+
+    dropper.arm()
+    progress = encode_event("progress", encode_progress(0.5, "half"))
+    await worker.record([(task_id, 1, [("token", '"a"'), ("progress", progress)])], [])
+    await worker.record([(task_id, 1, [("token", '"b"')])], [])
+    events = [event async for event in beside.events(task_id, follow=False)]
+    info = await beside.get(task_id)
+    for queue in (beside, worker):
+        await queue.redis.aclose()
+    assert dropper.dropped == 1
+    assert [(event.kind, event.data) for event in events] == [
+        ("token", "loads the script"), ("token", "a"),
+        ("progress", {"fraction": 0.5, "message": "half"}), ("token", "b")]
+    assert info is not None and info.progress is not None and info.progress.fraction == 0.5
