@@ -690,7 +690,7 @@ class TaskQueue:
                     return
 
     async def cancel(self, task_id: str) -> CancelOutcome:
-        return CancelOutcome(_s(await self._run("cancel", task_id)))
+        return CancelOutcome(_s(await self._run("cancel", task_id, _call_id())))
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
--- ARGV: prefix, id
+-- ARGV: prefix, id, call id (random per call)
 -- Returns 'cancelled' (removed before it ran), 'requested' (running: its worker stops it),
--- 'finished' (already in a final state) or 'unknown'.
-local id = ARGV[2]
+-- 'finished' (already in a final state) or 'unknown'. The task keeps the id of the call that
+-- cancelled it: the same call sent again (its reply was lost) answers 'cancelled' again.
+local id, call = ARGV[2], ARGV[3]
 local tk = task_key(id)
-local f = redis.call('HMGET', tk, 'state', 'ev', 'cp')
+local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'cancelcall')
 local state = f[1]
 if not state then return 'unknown' end
 local now = now_ms()
@@ -11,11 +12,13 @@ if state == 'queued' or state == 'delayed' or state == 'dead' then
   redis.call('ZREM', K_QUEUED, id)
   redis.call('ZREM', K_DELAYED, id)
   redis.call('ZREM', K_DEAD, id)
-  cancelled(id, tk, now, {ev = f[2], cp = f[3]})
+  finished(id, tk, 'cancelled', now, {ev = f[2], cp = f[3]},
+    {'error', 'cancelled', 'cancelcall', call or ''})
   return 'cancelled'
 end
 if state == 'running' then
   redis.call('HSET', tk, 'cancel', '1')
   return 'requested'
 end
+if state == 'cancelled' and call and f[4] == call then return 'cancelled' end
 return 'finished'

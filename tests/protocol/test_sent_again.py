@@ -3,8 +3,8 @@ client's own retry). A submit sent again must find its task and leave it alone: 
 worker may hold it, or it may have finished; queuing it once more would run it twice. A claim
 sent again must hand back what it took: tasks taken twice would wait out their lease, unknown
 to the worker, an attempt spent. A completion sent again counts as recorded, not as fenced off;
-a failure report sent again gets the first one's answer; events sent again are not appended
-twice.
+a failure report and a cancel sent again get the first one's answer; events sent again are
+not appended twice.
 
 Between the client and a real redis-server sits a proxy that, once armed, lets Redis run the
 next command but closes the client's connection instead of passing the reply back."""
@@ -20,7 +20,7 @@ import pytest
 
 from agentpool.client import Client, SyncClient
 from agentpool.connection import redis_from_url
-from agentpool.protocol import FailOutcome, TaskQueue, encode_event, encode_progress
+from agentpool.protocol import CancelOutcome, FailOutcome, TaskQueue, encode_event, encode_progress
 from agentpool.redis_server import RedisServer
 
 Hook = Callable[[], Awaitable[None]]
@@ -273,3 +273,26 @@ async def test_events_sent_again_are_appended_once(
         ("token", "loads the script"), ("token", "a"),
         ("progress", {"fraction": 0.5, "message": "half"}), ("token", "b")]
     assert info is not None and info.progress is not None and info.progress.fraction == 0.5
+
+
+async def test_a_cancel_sent_again_answers_cancelled_and_a_second_cancel_finished(
+        proxy: tuple[RedisServer, ReplyDropper]) -> None:
+    server, dropper = proxy
+    beside = _queue_beside(server, "again-cancel")
+    task_id = await beside.submit("cancelled while queued")
+    warm_up = await beside.submit("warm-up")
+    producer = TaskQueue(redis_from_url(dropper.url), "again-cancel")
+    assert await producer.cancel(warm_up) is CancelOutcome.CANCELLED  # loads the script
+
+    dropper.arm()
+    outcome = await producer.cancel(task_id)
+    second = await producer.cancel(task_id)
+    info = await beside.get(task_id)
+    figures = await beside.figures()
+    for queue in (beside, producer):
+        await queue.redis.aclose()
+    assert dropper.dropped == 1
+    assert outcome is CancelOutcome.CANCELLED
+    assert second is CancelOutcome.FINISHED
+    assert info is not None and info.state == "cancelled"
+    assert figures.stats["cancelled"] == 2 and figures.queued == 0
