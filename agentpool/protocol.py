@@ -1040,9 +1040,10 @@ def _call_id() -> str:
 
 def _claim_args(worker: str, count: int, lease_seconds: float,
                 promote_limit: int) -> list[Any]:
-    """claim.lua's arguments after the prefix; a random token prefix per claim keeps fencing
-    tokens unique when a failover rolls the fence counter back."""
-    return [worker, count, int(lease_seconds * 1000), promote_limit, uuid.uuid4().hex[:8] + "-"]
+    """claim.lua's arguments after the prefix; the call's id as the token prefix keeps fencing
+    tokens unique when a failover rolls the fence counter back, and tells the same claim sent
+    again from a new one."""
+    return [worker, count, int(lease_seconds * 1000), promote_limit, _call_id() + "-"]
 
 
 def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:

@@ -20,11 +20,14 @@ def test_free_ports_lie_below_the_kernels_ephemeral_range_and_are_never_repeated
     assert len(set(ports)) == len(ports)
 
 
-def test_a_free_port_can_be_listened_on_from_every_address() -> None:
+def test_a_port_listened_on_at_another_loopback_address_is_not_counted_free() -> None:
+    """The operator's probe server listens on 0.0.0.0: a port taken on any one address will
+    not do, though 127.0.0.1 alone would bind."""
     port = free_port()
     with socket.socket() as listener:
-        listener.bind(("0.0.0.0", port))
+        listener.bind(("127.0.0.2", port))
         listener.listen()
+        assert not _bindable(port)
 
 
 def test_a_port_someone_listens_on_is_not_counted_free() -> None:

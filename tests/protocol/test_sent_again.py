@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -81,17 +82,37 @@ class ReplyDropper:
         server_out.close()
 
 
+@dataclass
+class Wiring:
+    """A redis-server with a ReplyDropper in front of it; queues made here are closed after
+    the test."""
+
+    server: RedisServer
+    dropper: ReplyDropper
+    opened: list[TaskQueue] = field(default_factory=list)
+
+    def beside(self, name: str) -> TaskQueue:
+        """The queue on a connection straight to Redis (the other side of the call)."""
+        return self._queue(self.server.url, name)
+
+    def through(self, name: str) -> TaskQueue:
+        """The queue on a connection through the proxy."""
+        return self._queue(self.dropper.url, name)
+
+    def _queue(self, url: str, name: str) -> TaskQueue:
+        queue = TaskQueue(redis_from_url(url), name)
+        self.opened.append(queue)
+        return queue
+
+
 @pytest.fixture
-async def proxy() -> AsyncIterator[tuple[RedisServer, ReplyDropper]]:
+async def wiring() -> AsyncIterator[Wiring]:
     with RedisServer() as server:
         async with ReplyDropper(server.port) as dropper:
-            yield server, dropper
-
-
-def _queue_beside(server: RedisServer, name: str) -> TaskQueue:
-    """The same queue on a connection straight to Redis, for the worker's side."""
-    return TaskQueue(redis_from_url(server.url), name)
-
+            wired = Wiring(server, dropper)
+            yield wired
+            for queue in wired.opened:
+                await queue.redis.aclose()
 
 async def _claim_first(beside: TaskQueue, claimed: list[str]) -> None:
     batch = await beside.claim("pod-a:w1", 1, 30)
@@ -99,9 +120,9 @@ async def _claim_first(beside: TaskQueue, claimed: list[str]) -> None:
 
 
 async def test_a_submit_sent_again_leaves_the_task_a_worker_already_holds(
-        proxy: tuple[RedisServer, ReplyDropper]) -> None:
-    server, dropper = proxy
-    beside = _queue_beside(server, "again")
+        wiring: Wiring) -> None:
+    dropper = wiring.dropper
+    beside = wiring.beside("again")
     claimed: list[str] = []
     async with Client.from_url(dropper.url) as client:
         queue = client.queue("again")
@@ -111,7 +132,6 @@ async def test_a_submit_sent_again_leaves_the_task_a_worker_already_holds(
         task_id = await queue.submit("held by a worker when it is sent again")
         info = await queue.get(task_id)
     figures = await beside.figures()
-    await beside.redis.aclose()
     assert dropper.dropped == 1
     assert claimed == [task_id]
     assert info is not None and info.state == "running"
@@ -120,9 +140,9 @@ async def test_a_submit_sent_again_leaves_the_task_a_worker_already_holds(
 
 
 async def test_a_blocking_submit_sent_again_leaves_a_finished_task_finished(
-        proxy: tuple[RedisServer, ReplyDropper]) -> None:
-    server, dropper = proxy
-    beside = _queue_beside(server, "again-sync")
+        wiring: Wiring) -> None:
+    dropper = wiring.dropper
+    beside = wiring.beside("again-sync")
 
     async def claim_and_finish() -> None:
         for task in (await beside.claim("pod-a:w1", 1, 30)).tasks:
@@ -136,7 +156,6 @@ async def test_a_blocking_submit_sent_again_leaves_a_finished_task_finished(
         task_id = await asyncio.to_thread(queue.submit, "finished when it is sent again")
         info = await asyncio.to_thread(queue.get, task_id)
     figures = await beside.figures()
-    await beside.redis.aclose()
     assert dropper.dropped == 1
     assert info is not None and info.state == "succeeded" and info.result == "done"
     assert figures.queued == 0
@@ -144,9 +163,9 @@ async def test_a_blocking_submit_sent_again_leaves_a_finished_task_finished(
 
 
 async def test_a_batch_sent_again_queues_none_of_its_tasks_twice(
-        proxy: tuple[RedisServer, ReplyDropper]) -> None:
-    server, dropper = proxy
-    beside = _queue_beside(server, "again-many")
+        wiring: Wiring) -> None:
+    dropper = wiring.dropper
+    beside = wiring.beside("again-many")
     claimed: list[str] = []
 
     async def claim_two() -> None:
@@ -160,7 +179,6 @@ async def test_a_batch_sent_again_queues_none_of_its_tasks_twice(
         dropper.arm(claim_two)
         ids = await queue.submit_many([f"task {i}" for i in range(5)])
     figures = await beside.figures()
-    await beside.redis.aclose()
     assert dropper.dropped == 1
     assert claimed == ids[:2]
     assert figures.in_flight == 3
@@ -169,20 +187,18 @@ async def test_a_batch_sent_again_queues_none_of_its_tasks_twice(
 
 
 async def test_a_claim_sent_again_hands_back_what_it_took_and_takes_no_more(
-        proxy: tuple[RedisServer, ReplyDropper]) -> None:
-    server, dropper = proxy
-    beside = _queue_beside(server, "again-claim")
+        wiring: Wiring) -> None:
+    dropper = wiring.dropper
+    beside = wiring.beside("again-claim")
     for i in range(6):
         await beside.submit(f"task {i}")
-    worker = TaskQueue(redis_from_url(dropper.url), "again-claim")
+    worker = wiring.through("again-claim")
     await worker.claim("pod-b:w0", 1, 30)  # loads the script
 
     dropper.arm()
     batch = await worker.claim("pod-b:w1", 2, 30)
     completed = [await worker.complete(task, "done") for task in batch.tasks]
     figures = await beside.figures()
-    for queue in (beside, worker):
-        await queue.redis.aclose()
     assert dropper.dropped == 1
     assert [json.loads(task.payload_raw) for task in batch.tasks] == ["task 1", "task 2"]
     assert [task.attempts for task in batch.tasks] == [1, 1]
@@ -192,21 +208,19 @@ async def test_a_claim_sent_again_hands_back_what_it_took_and_takes_no_more(
 
 
 async def test_a_completion_sent_again_counts_as_recorded(
-        proxy: tuple[RedisServer, ReplyDropper]) -> None:
-    server, dropper = proxy
-    beside = _queue_beside(server, "again-complete")
+        wiring: Wiring) -> None:
+    dropper = wiring.dropper
+    beside = wiring.beside("again-complete")
     await beside.submit("warm-up")
     task_id = await beside.submit("finishes once")
     warm_up, task = (await beside.claim("pod-c:w1", 2, 30)).tasks
-    worker = TaskQueue(redis_from_url(dropper.url), "again-complete")
+    worker = wiring.through("again-complete")
     assert await worker.complete(warm_up, "loads the script")
 
     dropper.arm()
     recorded = await worker.complete(task, "the answer")
     info = await beside.get(task_id)
     figures = await beside.figures()
-    for queue in (beside, worker):
-        await queue.redis.aclose()
     assert dropper.dropped == 1
     assert recorded is True
     assert info is not None and info.state == "succeeded" and info.result == "the answer"
@@ -214,15 +228,14 @@ async def test_a_completion_sent_again_counts_as_recorded(
 
 
 async def test_a_completion_sent_again_in_a_batch_leaves_the_others_recorded(
-        redis_server: RedisServer) -> None:
-    queue = _queue_beside(redis_server, "again-batch")
+        wiring: Wiring) -> None:
+    queue = wiring.beside("again-batch")
     ids = [await queue.submit(f"task {i}") for i in range(3)]
     first, second, third = (await queue.claim("pod-d:w1", 3, 30)).tasks
     assert await queue.complete_many([(first, "one")]) == [True]
     recorded = await queue.complete_many([(second, "two"), (first, "one"), (third, "three")])
     infos = await queue.get_many(ids)
     figures = await queue.figures()
-    await queue.redis.aclose()
     assert recorded == [True, True, True]
     assert [(info.state, info.result) for info in infos] == [
         ("succeeded", "one"), ("succeeded", "two"), ("succeeded", "three")]
@@ -230,21 +243,19 @@ async def test_a_completion_sent_again_in_a_batch_leaves_the_others_recorded(
 
 
 async def test_a_failure_report_sent_again_gets_the_first_ones_answer(
-        proxy: tuple[RedisServer, ReplyDropper]) -> None:
-    server, dropper = proxy
-    beside = _queue_beside(server, "again-fail")
+        wiring: Wiring) -> None:
+    dropper = wiring.dropper
+    beside = wiring.beside("again-fail")
     task_id = await beside.submit("fails once")
     await beside.submit("warm-up")
     task, warm_up = (await beside.claim("pod-e:w1", 2, 30)).tasks
-    worker = TaskQueue(redis_from_url(dropper.url), "again-fail")
+    worker = wiring.through("again-fail")
     assert await worker.fail(warm_up, "loads the script", retryable=False) is FailOutcome.DEAD
 
     dropper.arm()
     outcome = await worker.fail(task, "boom", delay=60)
     info = await beside.get(task_id)
     figures = await beside.figures()
-    for queue in (beside, worker):
-        await queue.redis.aclose()
     assert dropper.dropped == 1
     assert outcome is FailOutcome.RETRY
     assert info is not None and info.state == "delayed" and info.attempts == 1
@@ -252,12 +263,12 @@ async def test_a_failure_report_sent_again_gets_the_first_ones_answer(
 
 
 async def test_events_sent_again_are_appended_once(
-        proxy: tuple[RedisServer, ReplyDropper]) -> None:
-    server, dropper = proxy
-    beside = _queue_beside(server, "again-events")
+        wiring: Wiring) -> None:
+    dropper = wiring.dropper
+    beside = wiring.beside("again-events")
     task_id = await beside.submit("streams")
     await beside.claim("pod-f:w1", 1, 30)
-    worker = TaskQueue(redis_from_url(dropper.url), "again-events")
+    worker = wiring.through("again-events")
     await worker.record([(task_id, 1, [("token", '"loads the script"')])], [])
 
     dropper.arm()
@@ -266,8 +277,6 @@ async def test_events_sent_again_are_appended_once(
     await worker.record([(task_id, 1, [("token", '"b"')])], [])
     events = [event async for event in beside.events(task_id, follow=False)]
     info = await beside.get(task_id)
-    for queue in (beside, worker):
-        await queue.redis.aclose()
     assert dropper.dropped == 1
     assert [(event.kind, event.data) for event in events] == [
         ("token", "loads the script"), ("token", "a"),
@@ -276,12 +285,12 @@ async def test_events_sent_again_are_appended_once(
 
 
 async def test_a_cancel_sent_again_answers_cancelled_and_a_second_cancel_finished(
-        proxy: tuple[RedisServer, ReplyDropper]) -> None:
-    server, dropper = proxy
-    beside = _queue_beside(server, "again-cancel")
+        wiring: Wiring) -> None:
+    dropper = wiring.dropper
+    beside = wiring.beside("again-cancel")
     task_id = await beside.submit("cancelled while queued")
     warm_up = await beside.submit("warm-up")
-    producer = TaskQueue(redis_from_url(dropper.url), "again-cancel")
+    producer = wiring.through("again-cancel")
     assert await producer.cancel(warm_up) is CancelOutcome.CANCELLED  # loads the script
 
     dropper.arm()
@@ -289,8 +298,6 @@ async def test_a_cancel_sent_again_answers_cancelled_and_a_second_cancel_finishe
     second = await producer.cancel(task_id)
     info = await beside.get(task_id)
     figures = await beside.figures()
-    for queue in (beside, producer):
-        await queue.redis.aclose()
     assert dropper.dropped == 1
     assert outcome is CancelOutcome.CANCELLED
     assert second is CancelOutcome.FINISHED
