@@ -690,7 +690,7 @@ class TaskQueue:
                     return
 
     async def cancel(self, task_id: str) -> CancelOutcome:
-        return CancelOutcome(_s(await self._run("cancel", task_id, _call_id())))
+        return CancelOutcome(_s(await self._run("cancel", task_id, call_id())))
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -744,9 +744,9 @@ class TaskQueue:
         order and one round trip. Returns, per success, False when it was fenced off (with
         replicated durability, successes wait for a replica: NotReplicated carries that list
         when none acknowledged in time)."""
-        call_id = _call_id()
+        call = call_id()
         calls: list[tuple[TaskQueue, str, Sequence[Any]]] = [
-            (self, "events", [task_id, attempt, call_id, *(x for item in items for x in item)])
+            (self, "events", [task_id, attempt, call, *(x for item in items for x in item)])
             for task_id, attempt, items in events
         ]
         for start in range(0, len(done), COMPLETE_CHUNK):
@@ -776,7 +776,7 @@ class TaskQueue:
     async def emit(self, task_id: str, kind: str, data: Any = None, *, attempt: int = 0) -> int:
         """Append one event to a task's stream (workers batch theirs through :meth:`record`)."""
         raw = encode_event(kind, data)
-        return int(await self._run("events", task_id, attempt, _call_id(), kind, raw))
+        return int(await self._run("events", task_id, attempt, call_id(), kind, raw))
 
     async def fail(self, task: ClaimedTask, error: str, *, retryable: bool = True,
                    delay: float | None = None) -> FailOutcome:
@@ -1032,7 +1032,7 @@ async def known_queues(redis: aioredis.Redis, max_keys: int = 20_000) -> tuple[l
     return sorted(names), True
 
 
-def _call_id() -> str:
+def call_id() -> str:
     """A random id per call, sent with it: Redis tells the same call sent again (after its
     connection was lost with the reply) from a new one."""
     return uuid.uuid4().hex[:12]
@@ -1043,7 +1043,7 @@ def _claim_args(worker: str, count: int, lease_seconds: float,
     """claim.lua's arguments after the prefix; the call's id as the token prefix keeps fencing
     tokens unique when a failover rolls the fence counter back, and tells the same claim sent
     again from a new one."""
-    return [worker, count, int(lease_seconds * 1000), promote_limit, _call_id() + "-"]
+    return [worker, count, int(lease_seconds * 1000), promote_limit, call_id() + "-"]
 
 
 def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:

@@ -10,8 +10,9 @@ After a provider's 429, :meth:`RateLimiter.throttled` pauses the budget for ever
 lowers the effective rate, which then recovers step by step (AIMD: constants below, and in
 the script, which is what applies them).
 
-Keys: ``ap:{rl:<name>}:config|state|waiting``, one hash tag per limit (one Redis Cluster slot),
-plus the set ``ap:ratelimits`` of declared names, which the ``agentpool limits`` view reads.
+Keys: ``ap:{rl:<name>}:config|state|waiting|call:<id>``, one hash tag per limit (one Redis
+Cluster slot), plus the set ``ap:ratelimits`` of declared names, which the ``agentpool limits``
+view reads.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from agentpool.errors import PermanentError
+from agentpool.protocol import call_id
 
 if TYPE_CHECKING:  # the worker reads limits from its environment and never loads the models
     from agentpool.models import RateLimitSpec
@@ -280,7 +282,8 @@ class RateLimiter:
             args = [x for requests, tokens, _ in batch for x in (requests, tokens)]
             declare = list(self.config.wire) if self.config is not None else []
             try:
-                reply = await self._run("acquire", self.caller, len(batch), *args, *declare)
+                reply = await self._run("acquire", call_id(), self.caller, len(batch), *args,
+                                        *declare)
             except asyncio.CancelledError:
                 for _, _, future in batch + self._pending:
                     future.cancel()
@@ -319,8 +322,7 @@ class RateLimiter:
     async def release(self, reservation: Reservation) -> bool:
         """Give back a reservation whose time has not come (the call will not be made)."""
         return bool(await self._run(
-            "release", reservation.requests, reservation.tokens, reservation.grant_us,
-            self.caller,
+            "release", call_id(), reservation.requests, reservation.tokens, reservation.grant_us,
         ))
 
     async def acquire(self, *, tokens: int = 0, requests: int = 1) -> Reservation:

@@ -3,9 +3,12 @@
 -- Keys: every key of a limit lives under ARGV[1] = "ap:{rl:<name>}:" and so shares the hash tag
 -- {rl:<name>}: one Redis Cluster slot per limit, whatever queue or pool uses it. KEYS[1] is the
 -- limit's state hash, which routes the script to that slot. The script touches nothing else.
---   <prefix>config   hash: rpm, tpm, burst (seconds), owner, seen (ms)   the declaration
---   <prefix>state    hash: tat_r, tat_t (µs), base, recover_at, pause_until (µs), counters
---   <prefix>waiting  zset: caller -> time of its latest future grant (µs)
+--   <prefix>config     hash: rpm, tpm, burst (seconds), owner, seen (ms)   the declaration
+--   <prefix>state      hash: tat_r, tat_t (µs), base, recover_at, pause_until (µs), counters
+--   <prefix>waiting    zset: caller -> time of its latest future grant (µs)
+--   <prefix>call:<id>  string (1 min TTL): what the acquire or release with this call id did,
+--                      so that the same call sent again (its reply lost with its connection)
+--                      gets the same grants, or gives nothing back a second time
 --
 -- Each dimension (requests, tokens) is a bucket of `rate * burst / 60` units refilled at `rate`
 -- per minute, stored as its theoretical arrival time `tat` (the bucket is full when tat <= now;
@@ -19,13 +22,13 @@
 -- once the pause is over, rises by STEP every INTERVAL until it is back to 1.
 --
 -- Ops (ARGV[2]):
---   acquire caller n (requests tokens) x n [rpm tpm burst]
+--   acquire call caller n (requests tokens) x n [rpm tpm burst]
 --                       -> {factor_ppm, wait_us 1, grant_us 1, ..., wait_us n, grant_us n}, or
 --                          {-1} when the limit is not declared (the optional rates declare it
 --                          when nothing is, so an emptied Redis heals itself). The n grants
 --                          are handed out in order: a client batches the calls that arrived
 --                          while its previous round trip was on the wire.
---   release requests tokens grant_us caller         -> 1 when the unspent grant was given back
+--   release call requests tokens grant_us           -> 1 when the unspent grant was given back
 --   throttle retry_after_us                         -> {pause_us, factor_ppm, decreased}
 --   declare rpm tpm burst owner stale_ms            -> {outcome, owner, rpm, tpm, burst}
 --   read                                            -> flat list of fields (see the client)
@@ -33,6 +36,9 @@
 local P, op = ARGV[1], ARGV[2]
 local K_CONFIG, K_STATE, K_WAITING = P .. 'config', P .. 'state', P .. 'waiting'
 local DECREASE, MIN_FACTOR, STEP, INTERVAL_US = 0.5, 0.1, 0.1, 6e6
+local CALL_TTL_MS = 60000
+
+local function call_key(id) return P .. 'call:' .. id end
 
 local function now_us()
   local t = redis.call('TIME')
@@ -69,9 +75,11 @@ local function load_state(now)
 end
 
 if op == 'acquire' then
-  local caller, count = ARGV[3], tonumber(ARGV[4])
+  local call, caller, count = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local done = redis.call('GET', call_key(call))
+  if done then return cmsgpack.unpack(done) end
   local cfg = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst')
-  local declare = 5 + 2 * count
+  local declare = 6 + 2 * count
   if not cfg[3] then
     if not ARGV[declare + 2] then return {-1} end
     redis.call('HSET', K_CONFIG, 'rpm', ARGV[declare], 'tpm', ARGV[declare + 1],
@@ -84,7 +92,7 @@ if op == 'acquire' then
   local out = {math.floor(f * 1e6)}
   local latest, waited, tokens = now, 0, 0
   for k = 0, count - 1 do
-    local costs = {tonumber(ARGV[5 + 2 * k]), tonumber(ARGV[6 + 2 * k])}
+    local costs = {tonumber(ARGV[6 + 2 * k]), tonumber(ARGV[7 + 2 * k])}
     local grant = math.max(now, pause_until)
     for i = 1, 2 do
       if d[i] and costs[i] > 0 then
@@ -110,16 +118,19 @@ if op == 'acquire' then
     redis.call('ZADD', K_WAITING, latest, caller)
     redis.call('HINCRBY', K_STATE, 'waited_us', math.ceil(waited))
   end
+  redis.call('SET', call_key(call), cmsgpack.pack(out), 'PX', CALL_TTL_MS)
   return out
 end
 
 if op == 'release' then
-  local costs = {tonumber(ARGV[3]), tonumber(ARGV[4])}
-  local grant = tonumber(ARGV[5])
+  local call = ARGV[3]
+  local costs = {tonumber(ARGV[4]), tonumber(ARGV[5])}
+  local grant = tonumber(ARGV[6])
   local now = now_us()
   if now >= grant then return 0 end
   local cfg = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst')
   if not cfg[3] then return 0 end
+  if not redis.call('SET', call_key(call), '1', 'NX', 'PX', CALL_TTL_MS) then return 1 end
   local tats, f = load_state(now)
   local d = dims(cfg, f, tonumber(cfg[3]))
   for i = 1, 2 do

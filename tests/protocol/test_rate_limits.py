@@ -272,7 +272,9 @@ async def test_every_key_of_a_limit_shares_its_hash_tag(
     await limiter.reserve()
     await limiter.reserve()  # waits: the waiting set exists
     keys = {k.decode() for k in await redis.keys(f"*{name}*")}
-    assert keys == {f"ap:{{rl:{name}}}:{k}" for k in ("config", "state", "waiting")}
+    calls = {k for k in keys if k.startswith(f"ap:{{rl:{name}}}:call:")}
+    assert keys - calls == {f"ap:{{rl:{name}}}:{k}" for k in ("config", "state", "waiting")}
+    assert len(calls) == 2  # what each acquire handed out, for the same call sent again
 
 
 async def test_the_states_of_declared_limits_are_listed(redis: aioredis.Redis, name: str) -> None:

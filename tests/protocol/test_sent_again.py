@@ -4,7 +4,8 @@ worker may hold it, or it may have finished; queuing it once more would run it t
 sent again must hand back what it took: tasks taken twice would wait out their lease, unknown
 to the worker, an attempt spent. A completion sent again counts as recorded, not as fenced off;
 a failure report and a cancel sent again get the first one's answer; events sent again are
-not appended twice.
+not appended twice. A rate limit's grant sent again hands out the same grant, and a reservation
+given back twice frees its place once.
 
 Between the client and a real redis-server sits a proxy that, once armed, lets Redis run the
 next command but closes the client's connection instead of passing the reply back."""
@@ -14,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import redis.asyncio as aioredis
 
 from agentpool.client import Client, SyncClient
 from agentpool.connection import redis_from_url
 from agentpool.protocol import CancelOutcome, FailOutcome, TaskQueue, encode_event, encode_progress
+from agentpool.ratelimit import LimitConfig, RateLimiter
 from agentpool.redis_server import RedisServer
 
 Hook = Callable[[], Awaitable[None]]
@@ -84,25 +88,25 @@ class ReplyDropper:
 
 @dataclass
 class Wiring:
-    """A redis-server with a ReplyDropper in front of it; queues made here are closed after
+    """A redis-server with a ReplyDropper in front of it; clients made here are closed after
     the test."""
 
     server: RedisServer
     dropper: ReplyDropper
-    opened: list[TaskQueue] = field(default_factory=list)
+    opened: list[aioredis.Redis] = field(default_factory=list)
 
     def beside(self, name: str) -> TaskQueue:
         """The queue on a connection straight to Redis (the other side of the call)."""
-        return self._queue(self.server.url, name)
+        return TaskQueue(self.client(through=False), name)
 
     def through(self, name: str) -> TaskQueue:
         """The queue on a connection through the proxy."""
-        return self._queue(self.dropper.url, name)
+        return TaskQueue(self.client(through=True), name)
 
-    def _queue(self, url: str, name: str) -> TaskQueue:
-        queue = TaskQueue(redis_from_url(url), name)
-        self.opened.append(queue)
-        return queue
+    def client(self, *, through: bool) -> aioredis.Redis:
+        client = redis_from_url(self.dropper.url if through else self.server.url)
+        self.opened.append(client)
+        return client
 
 
 @pytest.fixture
@@ -111,8 +115,8 @@ async def wiring() -> AsyncIterator[Wiring]:
         async with ReplyDropper(server.port) as dropper:
             wired = Wiring(server, dropper)
             yield wired
-            for queue in wired.opened:
-                await queue.redis.aclose()
+            for client in wired.opened:
+                await client.aclose()
 
 async def _claim_first(beside: TaskQueue, claimed: list[str]) -> None:
     batch = await beside.claim("pod-a:w1", 1, 30)
@@ -303,3 +307,43 @@ async def test_a_cancel_sent_again_answers_cancelled_and_a_second_cancel_finishe
     assert second is CancelOutcome.FINISHED
     assert info is not None and info.state == "cancelled"
     assert figures.stats["cancelled"] == 2 and figures.queued == 0
+
+
+US = 1_000_000
+
+
+def _one_a_second(wiring: Wiring, *, through: bool, caller: str) -> tuple[str, RateLimiter]:
+    name = f"again-{uuid.uuid4().hex[:8]}"
+    config = LimitConfig(name, requests_per_minute=60)  # a grant a second, a burst of one
+    return name, RateLimiter(wiring.client(through=through), name, config=config, caller=caller)
+
+
+async def test_a_rate_limit_grant_sent_again_hands_out_the_same_grant(wiring: Wiring) -> None:
+    name, producer = _one_a_second(wiring, through=True, caller="p")
+    other = RateLimiter(wiring.client(through=False), name, caller="o")
+    first = await producer.reserve()  # loads the script; takes the burst
+
+    wiring.dropper.arm()
+    second = await producer.reserve()
+    third = await other.reserve()
+    state = await other.state()
+    assert wiring.dropper.dropped == 1
+    assert second.grant_us - first.grant_us == US
+    assert third.grant_us - second.grant_us == US
+    assert state.grants == 3
+
+
+async def test_a_reservation_given_back_twice_frees_its_place_once(wiring: Wiring) -> None:
+    name, producer = _one_a_second(wiring, through=True, caller="p")
+    other = RateLimiter(wiring.client(through=False), name, caller="o")
+    await producer.reserve()
+    second = await producer.reserve()
+    third = await producer.reserve()
+
+    wiring.dropper.arm()
+    assert await producer.release(second)
+    fourth = await other.reserve()
+    state = await other.state()
+    assert wiring.dropper.dropped == 1
+    assert state.released == 1
+    assert fourth.grant_us == third.grant_us  # the place given back, and only that one
