@@ -7,10 +7,12 @@ local id, token, err, retryable = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local delay_ms, mode = tonumber(ARGV[6]), ARGV[7]
 local tk = task_key(id)
 local f = redis.call('HMGET', tk, 'state', 'token', 'owner', 'attempts', 'cancel', 'score',
-  'max', 'ev', 'cp')
+  'max', 'ev', 'cp', 'retry_of')
 if f[2] == token and f[1] ~= 'running' then
   -- This report sent again (its reply was lost; the token stays until the next claim): what
-  -- the first one did, by the state it left the task in.
+  -- the first one did, by the state it left the task in. A retry may since have come due and
+  -- be queued: 'retry_of' names the run whose failure scheduled it.
+  if f[1] == 'queued' and f[10] == token then return 'retry' end
   local did = {delayed = 'retry', dead = 'dead', cancelled = 'cancelled', queued = 'requeued'}
   return did[f[1]] or 'stale'
 end
@@ -31,7 +33,8 @@ if mode == 'release' then
 end
 redis.call('HINCRBY', K_STATS, 'failed', 1)
 if retryable and tonumber(f[4]) < max_attempts(f[7]) then
-  redis.call('HSET', tk, 'error', err, 'state', 'delayed', 'due', now + delay_ms)
+  redis.call('HSET', tk, 'error', err, 'state', 'delayed', 'due', now + delay_ms,
+    'retry_of', token)
   redis.call('ZADD', K_DELAYED, now + delay_ms, id)
   redis.call('HINCRBY', K_STATS, 'retried', 1)
   return 'retry'

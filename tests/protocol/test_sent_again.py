@@ -266,6 +266,29 @@ async def test_a_failure_report_sent_again_gets_the_first_ones_answer(
     assert figures.stats["failed"] == 2 and figures.stats["retried"] == 1
 
 
+async def test_a_failure_report_sent_again_after_its_retry_came_due_still_answers_retry(
+        wiring: Wiring) -> None:
+    dropper = wiring.dropper
+    beside = wiring.beside("again-fail-due")
+    task_id = await beside.submit("fails once")
+    await beside.submit("warm-up")
+    task, warm_up = (await beside.claim("pod-e:w1", 2, 30)).tasks
+    worker = wiring.through("again-fail-due")
+    assert await worker.fail(warm_up, "loads the script", retryable=False) is FailOutcome.DEAD
+
+    async def promote_due_retries() -> None:
+        assert (await beside.claim("pod-e:w2", 0, 30)).tasks == []
+
+    dropper.arm(promote_due_retries)
+    outcome = await worker.fail(task, "boom", delay=0)
+    info = await beside.get(task_id)
+    figures = await beside.figures()
+    assert dropper.dropped == 1
+    assert outcome is FailOutcome.RETRY
+    assert info is not None and info.state == "queued" and info.attempts == 1
+    assert figures.stats["failed"] == 2 and figures.stats["retried"] == 1
+
+
 async def test_events_sent_again_are_appended_once(
         wiring: Wiring) -> None:
     dropper = wiring.dropper
