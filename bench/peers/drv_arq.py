@@ -17,16 +17,27 @@ import logging
 import time
 from typing import Any, ClassVar
 
+import redis.asyncio as aioredis
 from arq import create_pool, run_worker
 from arq.connections import RedisSettings
 
 from bench.peers import common
 
 PROFILE = common.env_profile()
+_recorder: aioredis.Redis | None = None
 
 
 async def noop(ctx: dict[str, Any]) -> None:
     return None
+
+
+async def work(ctx: dict[str, Any]) -> None:
+    """One Redis write of the task's own, on a client of the task's (as a real task's)."""
+    global _recorder
+    if _recorder is None:
+        _recorder = aioredis.Redis.from_url(common.env_url())
+    if await _recorder.incr(common.WORK_KEY) == common.total():
+        await _recorder.rpush(common.END_KEY, time.time())
 
 
 async def stamp(ctx: dict[str, Any], sent: float) -> None:
@@ -43,7 +54,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 
 class WorkerSettings:
-    functions: ClassVar[list[Any]] = [noop, stamp, long_task]
+    functions: ClassVar[list[Any]] = [noop, work, stamp, long_task]
     redis_settings = RedisSettings.from_dsn(common.env_url())
     queue_name = common.QUEUE
     on_startup = _startup
@@ -59,9 +70,18 @@ async def _produce(command: str, options: dict[str, Any]) -> dict[str, Any]:
     n = int(options.get("n", 0))
     loop = asyncio.get_running_loop()
     try:
+        if options.get("mode") == "batch":
+            return {"unsupported": True}
+        if command in ("e2e", "fill_work"):
+            first, cpu, start = time.time(), time.process_time(), loop.time()
+            if options.get("mode") == "concurrent":
+                await common.in_coroutines(n, lambda: pool.enqueue_job("work"))
+            else:
+                for _ in range(n):
+                    await pool.enqueue_job("work")
+            return {"n": n, "seconds": loop.time() - start, "first": first,
+                    "cpu": time.process_time() - cpu}
         if command in ("enqueue", "fill"):
-            if options.get("mode") == "batch":
-                return {"unsupported": True}
             start = loop.time()
             if options.get("mode") == "concurrent":
                 await common.in_coroutines(n, lambda: pool.enqueue_job("noop"))

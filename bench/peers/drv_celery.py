@@ -48,6 +48,11 @@ def noop() -> None:
     return None
 
 
+@app.task(name="work")
+def work() -> None:
+    common.record_work()
+
+
 @app.task(name="stamp")
 def stamp(sent: float) -> None:
     common.record_latency(sent)
@@ -65,7 +70,7 @@ def _ready(**_: Any) -> None:
 
 
 def main() -> None:
-    common.produce_one_at_a_time(noop.delay, stamp.delay, long_task.delay)
+    common.produce_one_at_a_time(noop.delay, stamp.delay, long_task.delay, work.delay)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,15 @@ from rq import Queue, Retry
 from bench.peers import common
 
 NOOP = "bench.peers.drv_rq.noop"
+WORK = "bench.peers.drv_rq.work"
 
 
 def noop() -> None:
     return None
+
+
+def work() -> None:
+    common.record_work()
 
 
 def stamp(sent: float) -> None:
@@ -41,7 +46,19 @@ def main() -> None:
     command, options = common.command_line()
     n = int(options.get("n", 0))
     queue = Queue(common.QUEUE, connection=redis.Redis.from_url(common.env_url()))
-    if command in ("enqueue", "fill"):
+    if command in ("e2e", "fill_work"):
+        if options.get("mode") == "batch":
+            common.reply({"unsupported": True})
+            return
+
+        def submit_work() -> None:
+            for _ in range(n):
+                queue.enqueue(WORK)
+
+        concurrent = options.get("mode") == "concurrent"
+        common.reply(common.timed_e2e(n, common.in_threads(n, lambda: queue.enqueue(WORK))
+                                      if concurrent else submit_work))
+    elif command in ("enqueue", "fill"):
         if options.get("mode") == "batch" or command == "fill":
 
             def send() -> None:

@@ -724,7 +724,7 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"| {item['system']} | {item['setting']} | {text} |")
         lines.append("")
     rows = summary(results)
-    if rows:  # the workloads after the end-to-end runs; none when all were skipped
+    if rows:  # none when every workload that has a row was skipped
         lines += ["### agentpool against the best peer", "",
                   "| figure | agentpool | best peer | agentpool ÷ best peer | better |",
                   "|---|---:|---:|---:|---|"]
@@ -778,6 +778,30 @@ def summary(results: dict[str, Any]) -> list[list[str]]:
                      f"{_num(value, unit, digits)} ({name})" if value is not None else "—",
                      _ratio(ours, value), "higher" if higher else "lower"])
 
+    e2e_cases: dict[str, dict[str, Any]] = (results.get("e2e") or {}).get("cases", {})
+    e2e_peers = sorted({c["system"] for c in e2e_cases.values()} - {"agentpool", BEFORE})
+
+    def e2e_row(figure: str, workers: int, mode: str, key: str, higher: bool,
+                unit: str) -> None:
+        def of(system: str) -> float | None:
+            return e2e_cases.get(f"{system} W={workers} {mode}", {}).get(key)
+
+        add(figure, of("agentpool"), {p: of(p) for p in e2e_peers}, higher, unit, 0)
+
+    if "agentpool W=1 single" in e2e_cases:
+        for w in (1, 2):
+            e2e_row(f"end to end, one producer of single submits, W = {w}", w, "single",
+                    "rate", True, "/s")
+        e2e_row(f"end to end, {common.PRODUCERS} producers at once, W = 2", 2, "concurrent",
+                "rate", True, "/s")
+        e2e_row("Redis CPU per task, end to end (W = 1, single)", 1, "single",
+                "redis_cpu_us", False, " µs")
+        e2e_row("Redis CPU per task, end to end (W = 2, single)", 2, "single",
+                "redis_cpu_us", False, " µs")
+        e2e_row("worker CPU per task, end to end (W = 1, single)", 1, "single",
+                "worker_cpu_us", False, " µs")
+        e2e_row("producer CPU per task, end to end (single)", 1, "single",
+                "producer_cpu_us", False, " µs")
     if "agentpool" in enqueue:
         for mode, label in (("single", "single"), ("concurrent",
                                                    f"{common.PRODUCERS} producers at once"),
