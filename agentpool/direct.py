@@ -110,15 +110,28 @@ def _checked(reply: Any) -> Any:
 
 
 class _AsyncWire:
-    """One connection of an asyncio line."""
+    """One connection of an asyncio line.
 
-    __slots__ = ("_replies", "_stream", "_writer", "connection")
+    A call's timeout (the client's ``socket_timeout``) is kept by a watchdog timer rather than
+    an ``asyncio.timeout`` around each call, which costs a timer scheduled and cancelled per
+    call, a good part of a single submit's own CPU. The call notes its deadline; the watchdog,
+    armed when a call finds none pending, fires at most once per timeout while calls go on and
+    aborts the connection of a call past its deadline, whose read then ends and raises
+    ``TimeoutError``."""
+
+    __slots__ = ("_deadline", "_replies", "_stream", "_timed_out", "_watch_loop", "_watchdog",
+                 "_writer", "connection")
 
     def __init__(self, connection: AbstractConnection) -> None:
         self.connection = connection
         self._stream: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._replies: hiredis.Reader | None = None
+        self._deadline = 0.0
+        """Loop time by which the call in flight must have its reply; 0 between calls."""
+        self._timed_out = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_loop: asyncio.AbstractEventLoop | None = None
 
     async def call(self, packed: bytes) -> Any:
         if self._stream is not None and self.connection.is_connected:  # on this event loop
@@ -135,14 +148,40 @@ class _AsyncWire:
     async def _exchange(self, packed: bytes) -> Any:
         timeout = self.connection.socket_timeout
         try:
-            if timeout:
-                async with asyncio.timeout(timeout):
-                    return _checked(await self._request(packed))
-            return _checked(await self._request(packed))
-        except TimeoutError:
-            raise RedisTimeoutError("Timeout reading from socket") from None
+            if not timeout:
+                return _checked(await self._request(packed))
+            self._arm(timeout)
+            try:
+                return _checked(await self._request(packed))
+            finally:
+                self._deadline = 0.0
+        except RedisConnectionError:
+            if self._timed_out:
+                raise RedisTimeoutError("Timeout reading from socket") from None
+            raise
         except OSError as error:
+            if self._timed_out:
+                raise RedisTimeoutError("Timeout reading from socket") from None
             raise RedisConnectionError(f"Error while talking to Redis: {error}") from error
+
+    def _arm(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._timed_out = False
+        self._deadline = loop.time() + timeout
+        if self._watchdog is None or self._watch_loop is not loop:
+            self._watch_loop = loop
+            self._watchdog = loop.call_at(self._deadline, self._watch)
+
+    def _watch(self) -> None:
+        loop, self._watchdog = self._watch_loop, None
+        if not self._deadline or loop is None:
+            return
+        if loop.time() < self._deadline:
+            self._watchdog = loop.call_at(self._deadline, self._watch)
+            return
+        self._timed_out = True
+        if self._writer is not None:
+            self._writer.transport.abort()
 
     async def _request(self, packed: bytes) -> Any:
         stream, replies = self._stream, self._replies
@@ -158,6 +197,9 @@ class _AsyncWire:
         return reply
 
     async def close(self, nowait: bool = False) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._stream = self._writer = self._replies = None
         await self.connection.disconnect(nowait=nowait)
 

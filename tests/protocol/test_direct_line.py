@@ -400,6 +400,26 @@ async def test_a_line_call_that_times_out_never_answers_the_next_one(
     admin.close()
 
 
+def test_a_line_call_times_out_on_the_next_event_loop_too(server: RedisServer) -> None:
+    """A client kept from one ``asyncio.run`` to the next: the first loop ends with the
+    call timer of its connections pending, and the calls on the next loop keep their
+    timeout."""
+    client = Client.from_url(server.url, socket_timeout=0.5)
+    queue = client.queue("timeouts-loops")
+
+    async def first() -> None:
+        await queue.submit("on the first loop")
+
+    async def second() -> None:
+        await queue.submit("on the second loop")  # its connection made before the freeze
+        with frozen(server), pytest.raises(redis.exceptions.TimeoutError):
+            await queue.submit("lost in the freeze")
+        await client.aclose()
+
+    asyncio.run(first())
+    asyncio.run(second())
+
+
 def test_a_blocking_line_call_that_times_out_never_answers_the_next_one(
         server: RedisServer) -> None:
     admin = redis.Redis.from_url(server.url)
