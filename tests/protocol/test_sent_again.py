@@ -246,8 +246,12 @@ async def test_a_completion_sent_again_in_a_batch_leaves_the_others_recorded(
     assert figures.stats["succeeded"] == 3 and figures.in_flight == 0
 
 
+@pytest.mark.parametrize(("delay", "promoted_meanwhile", "state"), [
+    (60, False, "delayed"),
+    (0, True, "queued"),  # the retry came due and was queued before the report came again
+], ids=["retry-waiting", "retry-queued"])
 async def test_a_failure_report_sent_again_gets_the_first_ones_answer(
-        wiring: Wiring) -> None:
+        wiring: Wiring, delay: int, promoted_meanwhile: bool, state: str) -> None:
     dropper = wiring.dropper
     beside = wiring.beside("again-fail")
     task_id = await beside.submit("fails once")
@@ -256,36 +260,16 @@ async def test_a_failure_report_sent_again_gets_the_first_ones_answer(
     worker = wiring.through("again-fail")
     assert await worker.fail(warm_up, "loads the script", retryable=False) is FailOutcome.DEAD
 
-    dropper.arm()
-    outcome = await worker.fail(task, "boom", delay=60)
-    info = await beside.get(task_id)
-    figures = await beside.figures()
-    assert dropper.dropped == 1
-    assert outcome is FailOutcome.RETRY
-    assert info is not None and info.state == "delayed" and info.attempts == 1
-    assert figures.stats["failed"] == 2 and figures.stats["retried"] == 1
-
-
-async def test_a_failure_report_sent_again_after_its_retry_came_due_still_answers_retry(
-        wiring: Wiring) -> None:
-    dropper = wiring.dropper
-    beside = wiring.beside("again-fail-due")
-    task_id = await beside.submit("fails once")
-    await beside.submit("warm-up")
-    task, warm_up = (await beside.claim("pod-e:w1", 2, 30)).tasks
-    worker = wiring.through("again-fail-due")
-    assert await worker.fail(warm_up, "loads the script", retryable=False) is FailOutcome.DEAD
-
     async def promote_due_retries() -> None:
         assert (await beside.claim("pod-e:w2", 0, 30)).tasks == []
 
-    dropper.arm(promote_due_retries)
-    outcome = await worker.fail(task, "boom", delay=0)
+    dropper.arm(promote_due_retries if promoted_meanwhile else None)
+    outcome = await worker.fail(task, "boom", delay=delay)
     info = await beside.get(task_id)
     figures = await beside.figures()
     assert dropper.dropped == 1
     assert outcome is FailOutcome.RETRY
-    assert info is not None and info.state == "queued" and info.attempts == 1
+    assert info is not None and info.state == state and info.attempts == 1
     assert figures.stats["failed"] == 2 and figures.stats["retried"] == 1
 
 
