@@ -345,7 +345,7 @@ class RateLimiter:
             raise RateLimitError(f"retry_after must be a non-negative number, got {retry_after!r}")
         pause = min(pause, MAX_RETRY_AFTER)
         pause_us, factor_ppm, decreased = (int(x) for x in await self._run(
-            "throttle", int(pause * 1e6)))
+            "throttle", call_id(), int(pause * 1e6)))
         return Throttle(pause_us / 1e6, factor_ppm / 1e6, bool(decreased))
 
     async def declare(self, config: LimitConfig, owner: str) -> Declaration:

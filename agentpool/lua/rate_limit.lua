@@ -6,9 +6,10 @@
 --   <prefix>config     hash: rpm, tpm, burst (seconds), owner, seen (ms)   the declaration
 --   <prefix>state      hash: tat_r, tat_t (µs), base, recover_at, pause_until (µs), counters
 --   <prefix>waiting    zset: caller -> time of its latest future grant (µs)
---   <prefix>call:<id>  string (1 min TTL): what the acquire or release with this call id did,
---                      so that the same call sent again (its reply lost with its connection)
---                      gets the same grants, or gives nothing back a second time
+--   <prefix>call:<id>  string (1 min TTL): what the acquire, release or throttle with this
+--                      call id did, so that the same call sent again (its reply lost with its
+--                      connection) gets the same grants, gives nothing back a second time, or
+--                      counts one 429
 --
 -- Each dimension (requests, tokens) is a bucket of `rate * burst / 60` units refilled at `rate`
 -- per minute, stored as its theoretical arrival time `tat` (the bucket is full when tat <= now;
@@ -29,7 +30,7 @@
 --                          are handed out in order: a client batches the calls that arrived
 --                          while its previous round trip was on the wire.
 --   release call requests tokens grant_us           -> 1 when the unspent grant was given back
---   throttle retry_after_us                         -> {pause_us, factor_ppm, decreased}
+--   throttle call retry_after_us                    -> {pause_us, factor_ppm, decreased}
 --   declare rpm tpm burst owner stale_ms            -> {outcome, owner, rpm, tpm, burst}
 --   read                                            -> flat list of fields (see the client)
 
@@ -144,7 +145,9 @@ if op == 'release' then
 end
 
 if op == 'throttle' then
-  local retry = tonumber(ARGV[3])
+  local call, retry = ARGV[3], tonumber(ARGV[4])
+  local done = redis.call('GET', call_key(call))
+  if done then return cmsgpack.unpack(done) end
   local now = now_us()
   local tats, f, pause_until = load_state(now)
   local decreased = 0
@@ -166,7 +169,9 @@ if op == 'throttle' then
     end
     redis.call('HSET', K_STATE, 'tat_r', num(tats[1]), 'tat_t', num(tats[2]))
   end
-  return {math.ceil(until_ - now), math.floor(f * 1e6), decreased}
+  local out = {math.ceil(until_ - now), math.floor(f * 1e6), decreased}
+  redis.call('SET', call_key(call), cmsgpack.pack(out), 'PX', CALL_TTL_MS)
+  return out
 end
 
 if op == 'declare' then

@@ -4,8 +4,8 @@ worker may hold it, or it may have finished; queuing it once more would run it t
 sent again must hand back what it took: tasks taken twice would wait out their lease, unknown
 to the worker, an attempt spent. A completion sent again counts as recorded, not as fenced off;
 a failure report and a cancel sent again get the first one's answer; events sent again are
-not appended twice. A rate limit's grant sent again hands out the same grant, and a reservation
-given back twice frees its place once.
+not appended twice. A rate limit's grant sent again hands out the same grant, a reservation
+given back twice frees its place once, and a 429 reported twice counts once.
 
 Between the client and a real redis-server sits a proxy that, once armed, lets Redis run the
 next command but closes the client's connection instead of passing the reply back."""
@@ -354,3 +354,17 @@ async def test_a_reservation_given_back_twice_frees_its_place_once(wiring: Wirin
     assert wiring.dropper.dropped == 1
     assert state.released == 1
     assert fourth.grant_us == third.grant_us  # the place given back, and only that one
+
+
+async def test_a_throttle_sent_again_counts_one_429(wiring: Wiring) -> None:
+    name, worker = _one_a_second(wiring, through=True, caller="w")
+    other = RateLimiter(wiring.client(through=False), name, caller="o")
+    await worker.reserve()  # declares the limit and loads the script
+
+    wiring.dropper.arm()
+    first = await worker.throttled(retry_after=30)
+    state = await other.state()
+    assert wiring.dropper.dropped == 1
+    assert first.decreased
+    assert state.throttles == 1
+    assert state.factor == 0.5
