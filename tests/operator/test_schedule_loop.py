@@ -107,8 +107,9 @@ async def test_a_due_time_submits_its_task_once_even_across_a_restart(
     assert (info.payload, info.priority) == ({"prompt": "daily summary"}, 7)
     assert entry["lastScheduleTime"] >= rfc3339(cursor)
     assert entry["nextScheduleTime"] > entry["lastScheduleTime"]
-    (event,) = [e for e in cluster.events("Scheduled")
-                if e["message"].endswith(f"for {entry['lastScheduleTime']}")]
+    (event,) = await eventually(lambda: [  # kopf posts Events from a queue of its own
+        e for e in cluster.events("Scheduled")
+        if e["message"].endswith(f"for {entry['lastScheduleTime']}")])
     assert event["message"].startswith(f"schedule 'report': task {task_id} submitted")
     assert counted("scheduled_tasks") == before + 1
 
@@ -172,7 +173,7 @@ async def test_replace_cancels_the_previous_task_and_submits_the_new_one(
     else:
         assert info.state == "cancelled"
     assert await queued_ids(queue) == [entry["lastTaskId"]]
-    (event,) = cluster.events("ScheduleReplaced")
+    (event,) = await eventually(lambda: cluster.events("ScheduleReplaced"))
     how = "asked to stop" if running else "cancelled"
     assert event["message"] == (
         f"schedule 'report': task {previous} {how}, replaced by the task of "

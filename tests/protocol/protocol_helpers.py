@@ -143,14 +143,19 @@ def tls_redis(directory: Path) -> Iterator[tuple[RedisServer, str]]:
         yield server, f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
 
 
-def replica_of(cluster: RedisCluster, port: int) -> RedisServer:
-    """The replica of the cluster's primary on `port`."""
-    for server in cluster.servers:
-        with sentinel_admin(server.port, cluster.password) as node:
-            replication = node.info("replication")
-        if replication.get("role") == "slave" and int(replication["master_port"]) == port:
-            return server
-    raise AssertionError(f"no replica of the primary on port {port}")
+def replica_of(cluster: RedisCluster, port: int, within: float = 30.0) -> RedisServer:
+    """The replica of the cluster's primary on `port`. After a failover the old primary turns
+    into the new one's replica a moment after the new one took over: waited for."""
+    deadline = time.monotonic() + within
+    while True:
+        for server in cluster.servers:
+            with sentinel_admin(server.port, cluster.password) as node:
+                replication = node.info("replication")
+            if replication.get("role") == "slave" and int(replication["master_port"]) == port:
+                return server
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no replica of the primary on port {port}")
+        time.sleep(0.05)
 
 
 def promoted(port: int, within: float = 30.0) -> bool:
