@@ -12,8 +12,7 @@ if state == 'queued' or state == 'delayed' or state == 'dead' then
   redis.call('ZREM', K_QUEUED, id)
   redis.call('ZREM', K_DELAYED, id)
   redis.call('ZREM', K_DEAD, id)
-  finished(id, tk, 'cancelled', now, {ev = f[2], cp = f[3]},
-    {'error', 'cancelled', 'cancelcall', call or ''})
+  cancelled(id, tk, now, {ev = f[2], cp = f[3]}, call)
   return 'cancelled'
 end
 if state == 'running' then

@@ -149,8 +149,11 @@ local function finished(id, tk, state, now, f, extra, count)
   announce(id)
 end
 
-local function cancelled(id, tk, now, f)
-  finished(id, tk, 'cancelled', now, f, {'error', 'cancelled'})
+-- `call`: the id of the producer's cancel call, kept so the same call sent again is known.
+local function cancelled(id, tk, now, f, call)
+  local extra = {'error', 'cancelled'}
+  if call then extra[3], extra[4] = 'cancelcall', call end
+  finished(id, tk, 'cancelled', now, f, extra)
 end
 
 -- Back to the queue at its original place (score), with the reason it left its holder.

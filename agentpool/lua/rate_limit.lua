@@ -41,6 +41,17 @@ local CALL_TTL_MS = 60000
 
 local function call_key(id) return P .. 'call:' .. id end
 
+-- What the call with this id answered, if it ran already (then sent again), else nil.
+local function answered(call)
+  local done = redis.call('GET', call_key(call))
+  if done then return cmsgpack.unpack(done) end
+end
+
+local function remember(call, out)
+  redis.call('SET', call_key(call), cmsgpack.pack(out), 'PX', CALL_TTL_MS)
+  return out
+end
+
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1e6 + tonumber(t[2])
@@ -77,8 +88,8 @@ end
 
 if op == 'acquire' then
   local call, caller, count = ARGV[3], ARGV[4], tonumber(ARGV[5])
-  local done = redis.call('GET', call_key(call))
-  if done then return cmsgpack.unpack(done) end
+  local done = answered(call)
+  if done then return done end
   local cfg = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst')
   local declare = 6 + 2 * count
   if not cfg[3] then
@@ -119,8 +130,7 @@ if op == 'acquire' then
     redis.call('ZADD', K_WAITING, latest, caller)
     redis.call('HINCRBY', K_STATE, 'waited_us', math.ceil(waited))
   end
-  redis.call('SET', call_key(call), cmsgpack.pack(out), 'PX', CALL_TTL_MS)
-  return out
+  return remember(call, out)
 end
 
 if op == 'release' then
@@ -146,8 +156,8 @@ end
 
 if op == 'throttle' then
   local call, retry = ARGV[3], tonumber(ARGV[4])
-  local done = redis.call('GET', call_key(call))
-  if done then return cmsgpack.unpack(done) end
+  local done = answered(call)
+  if done then return done end
   local now = now_us()
   local tats, f, pause_until = load_state(now)
   local decreased = 0
@@ -170,8 +180,7 @@ if op == 'throttle' then
     redis.call('HSET', K_STATE, 'tat_r', num(tats[1]), 'tat_t', num(tats[2]))
   end
   local out = {math.ceil(until_ - now), math.floor(f * 1e6), decreased}
-  redis.call('SET', call_key(call), cmsgpack.pack(out), 'PX', CALL_TTL_MS)
-  return out
+  return remember(call, out)
 end
 
 if op == 'declare' then
