@@ -45,6 +45,15 @@ PERCENT_PATTERN = r"^[0-9]{1,3}%$"
 LIMIT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 MAX_RATE_LIMITS = 16
 MAX_SCHEDULES = 32
+MAX_VOLUMES = 32
+MAX_POD_METADATA = 64
+VOLUME_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+VOLUME_SOURCES = ("configMap", "secret", "emptyDir", "persistentVolumeClaim", "projected", "csi",
+                  "downwardAPI", "ephemeral")
+"""The volume types the restricted Pod Security Standard allows."""
+SCRATCH_VOLUME = "tmp"
+"""The worker's own writable volume at /tmp (its root filesystem is read-only)."""
 
 
 def _cron_field(value: str) -> str:
@@ -147,6 +156,34 @@ RATE_LIMIT_NAMES_UNIQUE = CelRule(
     "self.all(a, self.exists_one(b, b.name == a.name))",
     "rateLimits names must be unique within a pool",
 )
+VOLUME_ONE_SOURCE = CelRule(
+    "[" + ", ".join(f"has(self.{source})" for source in VOLUME_SOURCES) + "].exists_one(s, s)",
+    "each worker.volumes entry needs exactly one of " + ", ".join(VOLUME_SOURCES)
+    + " (the volume types the restricted Pod Security Standard allows)",
+)
+VOLUME_NAMES_UNIQUE = CelRule(
+    "self.all(a, self.exists_one(b, b.name == a.name))",
+    "worker.volumes names must be unique within a pool",
+)
+MOUNT_PATHS_UNIQUE = CelRule(
+    "self.all(a, self.exists_one(b, b.mountPath == a.mountPath))",
+    "worker.volumeMounts mountPath values must be unique within a pool",
+)
+MOUNT_NOT_ON_SCRATCH = CelRule(
+    "self.mountPath != '/tmp' && self.mountPath != '/tmp/'",
+    "worker.volumeMounts cannot use /tmp, the worker's own scratch volume: to size it or keep "
+    "it in memory, declare a volume named tmp in worker.volumes instead",
+)
+MOUNT_SUB_PATH_RELATIVE = CelRule(
+    "!has(self.subPath) || !(self.subPath.startsWith('/') || self.subPath.contains('..'))",
+    "worker.volumeMounts subPath must be a relative path without '..'",
+)
+MOUNTS_NAME_VOLUMES = CelRule(
+    "!has(self.volumeMounts) || self.volumeMounts.all(m, m.name == 'tmp' || "
+    "(has(self.volumes) && self.volumes.exists(v, v.name == m.name)))",
+    "each worker.volumeMounts name must be the name of a volume in worker.volumes (or tmp, "
+    "the worker's scratch volume)",
+)
 
 CEL_RULES: tuple[CelRule, ...] = (
     REDIS_EXACTLY_ONE,
@@ -165,6 +202,12 @@ CEL_RULES: tuple[CelRule, ...] = (
     SCHEDULE_CRON_FORMAT,
     SCHEDULE_TIME_ZONE_FORMAT,
     SCHEDULE_NAMES_UNIQUE,
+    VOLUME_ONE_SOURCE,
+    VOLUME_NAMES_UNIQUE,
+    MOUNT_PATHS_UNIQUE,
+    MOUNT_NOT_ON_SCRATCH,
+    MOUNT_SUB_PATH_RELATIVE,
+    MOUNTS_NAME_VOLUMES,
 )
 
 
@@ -291,10 +334,77 @@ class LocalObjectReference(_Model):
     name: str = Field(min_length=1, description="Name of the object.")
 
 
+def _source(what: str, alias: str | None = None) -> Any:
+    return Field(default=None, alias=alias, description=f"{what}, as in a Pod's volume.")
+
+
+class Volume(_Model):
+    """A volume of the worker pods, of a type the restricted Pod Security Standard allows."""
+
+    model_config = ConfigDict(json_schema_extra=cel(VOLUME_ONE_SOURCE))
+
+    name: str = Field(
+        pattern=VOLUME_NAME_PATTERN,
+        max_length=63,
+        description=(
+            "Volume name, named by volumeMounts. A volume named tmp replaces the worker's own "
+            "scratch volume at /tmp (an emptyDir), e.g. to give it a sizeLimit or medium: "
+            "Memory."
+        ),
+    )
+    config_map: dict[str, Any] | None = _source("A ConfigMap's keys as files")
+    secret: dict[str, Any] | None = _source("A Secret's keys as files")
+    empty_dir: dict[str, Any] | None = _source("A scratch directory that lives with the pod")
+    persistent_volume_claim: dict[str, Any] | None = _source("A PersistentVolumeClaim")
+    projected: dict[str, Any] | None = _source("Several sources in one directory")
+    csi: dict[str, Any] | None = _source("A CSI driver's inline volume")
+    downward_api: dict[str, Any] | None = _source("Pod fields as files", alias="downwardAPI")
+    ephemeral: dict[str, Any] | None = _source("A volume claimed for the pod's lifetime")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        sources = (self.config_map, self.secret, self.empty_dir, self.persistent_volume_claim,
+                   self.projected, self.csi, self.downward_api, self.ephemeral)
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError(VOLUME_ONE_SOURCE.message)
+        return self
+
+
+class VolumeMount(_Model):
+    """Where a volume appears in the worker container."""
+
+    model_config = ConfigDict(json_schema_extra=cel(MOUNT_NOT_ON_SCRATCH, MOUNT_SUB_PATH_RELATIVE))
+
+    name: str = Field(
+        pattern=VOLUME_NAME_PATTERN, max_length=63,
+        description="Name of a volume in worker.volumes (or tmp, the worker's scratch volume).",
+    )
+    mount_path: str = Field(
+        pattern="^/", max_length=1024, description="Absolute path in the container."
+    )
+    read_only: bool | None = Field(default=None, description="Mount it read-only.")
+    sub_path: str | None = Field(
+        default=None, min_length=1, max_length=1024,
+        description="A path within the volume to mount instead of its root.",
+    )
+
+    @model_validator(mode="after")
+    def _paths(self) -> VolumeMount:
+        if self.mount_path in ("/tmp", "/tmp/"):
+            raise ValueError(MOUNT_NOT_ON_SCRATCH.message)
+        if self.sub_path is not None and (self.sub_path.startswith("/") or ".." in self.sub_path):
+            raise ValueError(MOUNT_SUB_PATH_RELATIVE.message)
+        return self
+
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+
+
 class WorkerSpec(_Model):
     """The worker pods: image, task handler and how they run."""
 
-    model_config = ConfigDict(json_schema_extra=cel(WORKER_HANDLER_OR_COMMAND))
+    model_config = ConfigDict(json_schema_extra=cel(WORKER_HANDLER_OR_COMMAND,
+                                                    MOUNTS_NAME_VOLUMES))
 
     image: str = Field(min_length=1, description="Worker container image.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
@@ -382,6 +492,39 @@ class WorkerSpec(_Model):
             "without labelSelector spreads this pool's pods (label agentpool.dev/pool)."
         ),
     )
+    volumes: list[Volume] | None = Field(
+        default=None,
+        max_length=MAX_VOLUMES,
+        description=(
+            "Volumes of the worker pods (configMap, secret, emptyDir, persistentVolumeClaim, "
+            "projected, csi, downwardAPI or ephemeral: the types the restricted Pod Security "
+            "Standard allows), mounted with volumeMounts. The root filesystem is read-only; "
+            "/tmp is writable."
+        ),
+        json_schema_extra=cel(VOLUME_NAMES_UNIQUE),
+    )
+    volume_mounts: list[VolumeMount] | None = Field(
+        default=None,
+        max_length=MAX_VOLUMES,
+        description="Where the volumes appear in the worker container.",
+        json_schema_extra=cel(MOUNT_PATHS_UNIQUE),
+    )
+    pod_labels: dict[str, LabelValue] | None = Field(
+        default=None,
+        max_length=MAX_POD_METADATA,
+        description=(
+            "Extra labels of the worker pods. The operator's own (app.kubernetes.io/name, "
+            "instance, managed-by and agentpool.dev/pool) win over entries of the same key."
+        ),
+    )
+    pod_annotations: dict[str, str] | None = Field(
+        default=None,
+        max_length=MAX_POD_METADATA,
+        description=(
+            "Annotations of the worker pods, e.g. for a service mesh, a secrets injector or "
+            "the cluster autoscaler. Keys removed here are removed from the pods."
+        ),
+    )
 
     @field_validator("handler")
     @classmethod
@@ -394,6 +537,29 @@ class WorkerSpec(_Model):
     def _handler_or_command(self) -> WorkerSpec:
         if (self.handler is None) == (self.task_command is None):
             raise ValueError(WORKER_HANDLER_OR_COMMAND.message)
+        return self
+
+    @field_validator("volumes")
+    @classmethod
+    def _unique_volume_names(cls, volumes: list[Volume] | None) -> list[Volume] | None:
+        names = [volume.name for volume in volumes or ()]
+        if len(names) != len(set(names)):
+            raise ValueError(VOLUME_NAMES_UNIQUE.message)
+        return volumes
+
+    @field_validator("volume_mounts")
+    @classmethod
+    def _unique_mount_paths(cls, mounts: list[VolumeMount] | None) -> list[VolumeMount] | None:
+        paths = [mount.mount_path for mount in mounts or ()]
+        if len(paths) != len(set(paths)):
+            raise ValueError(MOUNT_PATHS_UNIQUE.message)
+        return mounts
+
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> WorkerSpec:
+        names = {SCRATCH_VOLUME, *(volume.name for volume in self.volumes or ())}
+        if any(mount.name not in names for mount in self.volume_mounts or ()):
+            raise ValueError(MOUNTS_NAME_VOLUMES.message)
         return self
 
 

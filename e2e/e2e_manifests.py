@@ -18,8 +18,10 @@ from e2e_config import DEFAULT_REDIS_SECRET, EXAMPLE_POOL
 
 from agentpool.models import (
     MIN_LE_MAX,
+    MOUNT_NOT_ON_SCRATCH,
     REDIS_URL_NO_CREDENTIALS,
     SCHEDULE_CRON_FORMAT,
+    VOLUME_ONE_SOURCE,
     WORKER_HANDLER_OR_COMMAND,
 )
 
@@ -112,22 +114,35 @@ def small_pool(name: str, worker_image: str, *,
     return pool
 
 
-COMMAND_AGENT = """\
+COMMAND_AGENT_LABEL = ("e2e.agentpool.dev/agent", "command")
+"""A pod label from spec.worker.podLabels that the command pool's program reads back from a
+downward-API volume of spec.worker.volumes."""
+PODINFO = "/etc/podinfo"
+COMMAND_AGENT = f"""\
 import json, os, sys
 payload = json.load(sys.stdin)
-print(json.dumps({"progress": 0.5, "message": "half way"}), flush=True)
+print(json.dumps({{"progress": 0.5, "message": "half way"}}), flush=True)
 attempt = int(os.environ["AGENTPOOL_TASK_ATTEMPT"])
-print(json.dumps({"result": {"echo": payload, "attempt": attempt}}))
+with open("{PODINFO}/labels") as f:
+    labels = dict(line.split("=", 1) for line in f.read().splitlines() if line)
+label = json.loads(labels.get("{COMMAND_AGENT_LABEL[0]}", "null"))
+print(json.dumps({{"result": {{"echo": payload, "attempt": attempt, "label": label}}}}))
 """
 """A program each task of the command pool runs: the worker image's own Python, no handler."""
 
 
 def command_pool(name: str, worker_image: str, *,
                  redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
-    """One pod whose tasks run a program (spec.worker.taskCommand) instead of a handler."""
+    """One pod whose tasks run a program (spec.worker.taskCommand) instead of a handler; the
+    program reads a label of its pod (spec.worker.podLabels) from a mounted volume."""
     pool = small_pool(name, worker_image, redis_secret=redis_secret)
-    del pool["spec"]["worker"]["handler"]
-    pool["spec"]["worker"]["taskCommand"] = ["python", "-c", COMMAND_AGENT]
+    worker = pool["spec"]["worker"]
+    del worker["handler"]
+    worker["taskCommand"] = ["python", "-c", COMMAND_AGENT]
+    worker["podLabels"] = dict([COMMAND_AGENT_LABEL])
+    worker["volumes"] = [{"name": "podinfo", "downwardAPI": {"items": [
+        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}]
+    worker["volumeMounts"] = [{"name": "podinfo", "mountPath": PODINFO, "readOnly": True}]
     return pool
 
 
@@ -173,10 +188,17 @@ def invalid_pools(worker_image: str) -> list[InvalidPool]:
     bad_cron["spec"]["schedules"] = [{"name": "hourly", "cron": "60 * * * *"}]
     no_handler = derived_pool("e2e-invalid-handler", worker_image)
     del no_handler["spec"]["worker"]["handler"]
+    no_source = derived_pool("e2e-invalid-volume", worker_image)
+    no_source["spec"]["worker"]["volumes"] = [{"name": "data"}]
+    on_scratch = derived_pool("e2e-invalid-mount", worker_image)
+    on_scratch["spec"]["worker"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    on_scratch["spec"]["worker"]["volumeMounts"] = [{"name": "data", "mountPath": "/tmp"}]
     return [
         InvalidPool("min-above-max", min_above_max, MIN_LE_MAX.message),
         InvalidPool("neither-handler-nor-command", no_handler, WORKER_HANDLER_OR_COMMAND.message),
         InvalidPool("cron-out-of-range", bad_cron, SCHEDULE_CRON_FORMAT.message),
+        InvalidPool("volume-without-source", no_source, VOLUME_ONE_SOURCE.message),
+        InvalidPool("mount-on-scratch", on_scratch, MOUNT_NOT_ON_SCRATCH.message),
         InvalidPool("url-with-credentials", with_credentials, REDIS_URL_NO_CREDENTIALS.message,
                     secret=password),
     ]

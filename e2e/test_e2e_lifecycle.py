@@ -10,7 +10,13 @@ import pytest
 from e2e_cli import AgentpoolCli
 from e2e_config import E2EConfig
 from e2e_kube import Kubectl, Waiter
-from e2e_manifests import Manifest, command_pool, scheduled_pool, small_pool
+from e2e_manifests import (
+    COMMAND_AGENT_LABEL,
+    Manifest,
+    command_pool,
+    scheduled_pool,
+    small_pool,
+)
 from e2e_pools import POOL_LABEL, Pools
 
 from agentpool.models import GROUP, KIND, VERSION
@@ -111,7 +117,9 @@ def test_a_pool_with_a_task_command_runs_its_program(
     e2e_config: E2EConfig, run_id: str,
 ) -> None:
     """spec.worker.taskCommand instead of a handler: each task's payload reaches the program
-    on stdin and its JSON result line comes back, in a pod under the pool's security context."""
+    on stdin and its JSON result line comes back, in a pod under the pool's security context;
+    the program reads its pod's label (spec.worker.podLabels) from a volume the pool mounts
+    (spec.worker.volumes, volumeMounts)."""
     name = make_pool(command_pool(f"e2e-command-{run_id}", e2e_config.worker_image,
                                   redis_secret=e2e_config.redis_secret))
     pools.wait_serving(name, 1)
@@ -120,7 +128,7 @@ def test_a_pool_with_a_task_command_runs_its_program(
     outcomes = [cli.wait(name, task_id, timeout=120) for task_id in ids]
     assert [o["state"] for o in outcomes] == ["succeeded"] * len(payloads)
     assert [o["result"] for o in outcomes] == [
-        {"echo": payload, "attempt": 1} for payload in payloads]
+        {"echo": payload, "attempt": 1, "label": COMMAND_AGENT_LABEL[1]} for payload in payloads]
 
 
 def test_a_schedule_submits_a_task_that_the_pool_runs(

@@ -16,7 +16,7 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-from agentpool.models import AgentPoolSpec, SecretKeyRef, WorkerSpec
+from agentpool.models import SCRATCH_VOLUME, AgentPoolSpec, SecretKeyRef, WorkerSpec
 from agentpool.ratelimit import encode_limits, limit_configs
 
 WORKER_CONTAINER = "worker"
@@ -24,6 +24,10 @@ HTTP_PORT = 8080
 POOL_LABEL = "agentpool.dev/pool"
 CREDENTIALS_VERSION = "agentpool.dev/credentials-version"
 """Pod template annotation: the version of the workers' Redis password (see credentials.py)."""
+POD_METADATA_KEYS = "agentpool.dev/pod-metadata-keys"
+"""Deployment annotation: the keys of spec.worker.podLabels and podAnnotations last put on the
+pod template, so that a key removed from the spec is removed from the pods while labels and
+annotations others add (`kubectl rollout restart`'s) stay."""
 GRACE_MARGIN_SECONDS = 15
 """Added to drainSeconds so that the worker's own drain deadline fires before the SIGKILL."""
 COMMAND_HANDLER = "agentpool_worker.command:run"
@@ -51,12 +55,13 @@ _POD_PASS_THROUGH = (
     "topologySpreadConstraints",
 )
 _POD = ("spec", "template", "spec")
+_TEMPLATE_LABELS = ("spec", "template", "metadata", "labels")
 _TEMPLATE_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
-"""Owned only when the pool sets one (the credentials version); others' stay."""
+"""Owned only when the pool sets one (the credentials version, podAnnotations); others' stay."""
 _OWNED_PATHS: tuple[tuple[str, ...], ...] = (
     ("metadata", "labels"),
     ("spec", "strategy"),
-    ("spec", "template", "metadata", "labels"),
+    _TEMPLATE_LABELS,
     _TEMPLATE_ANNOTATIONS,
     (*_POD, "securityContext"),
     (*_POD, "terminationGracePeriodSeconds"),
@@ -97,6 +102,14 @@ def desired_deployment(
     metadata: dict[str, Any] = {"name": pool_name, "namespace": namespace, "labels": labels}
     if owner is not None:
         metadata["ownerReferences"] = [owner_reference(owner)]
+    worker = spec.worker
+    pod_labels = {**(worker.pod_labels or {}), **labels}
+    pod_annotations = dict(worker.pod_annotations or {})
+    if credentials_version:
+        pod_annotations[CREDENTIALS_VERSION] = credentials_version
+    user_keys = _user_metadata_keys(worker, labels)
+    if user_keys:
+        metadata["annotations"] = {POD_METADATA_KEYS: user_keys}
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": {POOL_LABEL: pool_name}},
         "strategy": {
@@ -105,9 +118,8 @@ def desired_deployment(
         },
         "template": {
             "metadata": {
-                "labels": dict(labels),
-                **({"annotations": {CREDENTIALS_VERSION: credentials_version}}
-                   if credentials_version else {}),
+                "labels": pod_labels,
+                **({"annotations": pod_annotations} if pod_annotations else {}),
             },
             "spec": _pod_spec(pool_name, spec, worker_redis_secret),
         },
@@ -120,6 +132,18 @@ def desired_deployment(
         "metadata": metadata,
         "spec": deployment_spec,
     }
+
+
+def _user_metadata_keys(worker: WorkerSpec, labels: Mapping[str, str]) -> str:
+    """The podLabels and podAnnotations keys the pool puts on its pods, as the text of the
+    POD_METADATA_KEYS annotation ("" when none). A key the operator sets itself is not the
+    user's: removing it from the spec must not remove ours."""
+    user_labels = sorted(set(worker.pod_labels or ()) - set(labels))
+    user_annotations = sorted(set(worker.pod_annotations or ()) - {CREDENTIALS_VERSION})
+    if not user_labels and not user_annotations:
+        return ""
+    return json.dumps({"labels": user_labels, "annotations": user_annotations},
+                      separators=(",", ":"))
 
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,7 +170,7 @@ def _pod_spec(pool_name: str, spec: AgentPoolSpec,
         },
         "terminationGracePeriodSeconds": worker.drain_seconds + GRACE_MARGIN_SECONDS,
         "containers": [_container(pool_name, spec, redis_secret)],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": _volumes(worker),
     }
     pod.update(_passed_through(worker, _POD_PASS_THROUGH))
     for constraint in pod.get("topologySpreadConstraints", ()):
@@ -176,10 +200,22 @@ def _container(pool_name: str, spec: AgentPoolSpec,
             "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": SCRATCH_VOLUME, "mountPath": "/tmp"},
+            *(m.model_dump(by_alias=True, exclude_none=True) for m in worker.volume_mounts or ()),
+        ],
     }
     container.update(_passed_through(worker, ("envFrom", "resources")))
     return container
+
+
+def _volumes(worker: WorkerSpec) -> list[dict[str, Any]]:
+    """The scratch volume at /tmp (the root filesystem is read-only), then the pool's own; a
+    pool volume named like the scratch one replaces it."""
+    given = [v.model_dump(by_alias=True, exclude_none=True) for v in worker.volumes or ()]
+    scratch = next((v for v in given if v["name"] == SCRATCH_VOLUME),
+                   {"name": SCRATCH_VOLUME, "emptyDir": {}})
+    return [scratch, *(v for v in given if v["name"] != SCRATCH_VOLUME)]
 
 
 def _passed_through(worker: WorkerSpec, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -270,7 +306,35 @@ def deployment_drift(
         if path[-1] == "serviceAccountName":
             # The deprecated twin would otherwise restore the old name when ours is removed.
             _put(patch, (*_POD, "serviceAccount"), want)
+    _remove_stale_pod_metadata(patch, desired, actual)
     return patch or None
+
+
+def _remove_stale_pod_metadata(patch: dict[str, Any], desired: Mapping[str, Any],
+                               actual: Mapping[str, Any]) -> None:
+    """Null the podLabels and podAnnotations keys the pods got from an earlier spec and the
+    current one dropped, and keep the record of the keys applied (POD_METADATA_KEYS)."""
+    record = (POD_METADATA_KEYS,)
+    applied = _applied_keys(_get(actual, ("metadata", "annotations", *record)))
+    for kind, path in (("labels", _TEMPLATE_LABELS), ("annotations", _TEMPLATE_ANNOTATIONS)):
+        wanted, present = _get(desired, path) or {}, _get(actual, path) or {}
+        stale = {k: None for k in applied[kind] if k not in wanted and k in present}
+        if stale:
+            _put(patch, path, {**(_get(patch, path) or {}), **stale})
+    want = _get(desired, ("metadata", "annotations", *record))
+    if (want or "") != (_get(actual, ("metadata", "annotations", *record)) or ""):
+        _put(patch, ("metadata", "annotations", *record), want)
+
+
+def _applied_keys(record: str | None) -> dict[str, list[str]]:
+    try:
+        keys = json.loads(record) if record else {}
+    except ValueError:
+        keys = {}
+    if not isinstance(keys, dict):
+        keys = {}
+    return {kind: [k for k in keys.get(kind) or () if isinstance(k, str)]
+            for kind in ("labels", "annotations")}
 
 
 def replayed(known: Mapping[str, Any] | None, seen: Mapping[str, Any] | None) -> bool:

@@ -10,6 +10,8 @@ import pytest
 from agentpool.models import AgentPoolSpec
 from agentpool.ratelimit import LimitConfig, decode_limits
 from agentpool_operator.deployment import (
+    CREDENTIALS_VERSION,
+    POD_METADATA_KEYS,
     POOL_LABEL,
     PROBE_KILL_GRACE_SECONDS,
     WORKER_CONTAINER,
@@ -63,13 +65,18 @@ def as_returned_by_the_api_server(desired: dict[str, Any]) -> dict[str, Any]:
     actual["metadata"].update(
         uid="0a1b", resourceVersion="42", generation=3, creationTimestamp="2026-01-01T00:00:00Z"
     )
-    actual["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "3"}
+    actual["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = "3"
     actual["metadata"]["labels"]["team"] = "agents"
     spec = actual["spec"]
     spec.update(replicas=4, revisionHistoryLimit=10, progressDeadlineSeconds=600)
     template = spec["template"]
-    template["metadata"]["annotations"] = {"kubectl.kubernetes.io/restartedAt": "2026-01-01"}
+    template["metadata"].setdefault("annotations", {})["kubectl.kubernetes.io/restartedAt"] = (
+        "2026-01-01")
     pod = template["spec"]
+    for volume in pod["volumes"]:
+        for source in ("configMap", "secret", "projected", "downwardAPI"):
+            if source in volume:
+                volume[source].setdefault("defaultMode", 420)
     pod.update(
         restartPolicy="Always",
         dnsPolicy="ClusterFirst",
@@ -485,3 +492,134 @@ def test_rate_limits_reach_the_workers_as_json_and_only_when_declared() -> None:
     assert decode_limits(entry["value"]) == {
         "openai": LimitConfig("openai", tokens_per_minute=90000, burst_seconds=2.0)
     }
+
+
+# --- volumes, pod labels and annotations ---------------------------------------------------------
+
+VOLUMES: dict[str, Any] = {
+    "volumes": [
+        {"name": "prompts", "configMap": {"name": "prompts"}},
+        {"name": "git-key", "secret": {"secretName": "deploy-key"}},
+        {"name": "models", "persistentVolumeClaim": {"claimName": "model-cache"}},
+    ],
+    "volumeMounts": [
+        {"name": "prompts", "mountPath": "/etc/prompts", "readOnly": True},
+        {"name": "git-key", "mountPath": "/home/agent/.ssh/id_ed25519", "subPath": "id_ed25519"},
+        {"name": "tmp", "mountPath": "/home/agent", "subPath": "home"},
+    ],
+    "podLabels": {"team": "agents"},
+    "podAnnotations": {"sidecar.istio.io/inject": "false"},
+}
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                           "persistentVolumeClaim", "projected", "secret"}
+
+
+def test_pool_volumes_come_after_the_scratch_volume_and_mount_where_asked() -> None:
+    deployment = render(make_spec(**VOLUMES))
+    assert pod_spec(deployment)["volumes"] == [{"name": "tmp", "emptyDir": {}}, *VOLUMES["volumes"]]
+    assert container(deployment)["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"}, *VOLUMES["volumeMounts"]]
+    for volume in pod_spec(deployment)["volumes"]:
+        assert set(volume) - {"name"} <= RESTRICTED_VOLUME_TYPES, volume
+
+
+def test_a_pool_volume_named_tmp_replaces_the_scratch_volume() -> None:
+    in_memory = {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"}}
+    deployment = render(make_spec(volumes=[{"name": "a", "emptyDir": {}}, in_memory]))
+    assert pod_spec(deployment)["volumes"] == [in_memory, {"name": "a", "emptyDir": {}}]
+    assert container(deployment)["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+
+
+def test_pod_labels_and_annotations_reach_the_pods_and_ours_win() -> None:
+    spec = make_spec(podLabels={"team": "agents", POOL_LABEL: "other"},
+                     podAnnotations={"sidecar.istio.io/inject": "false"})
+    deployment = render(spec, credentials_version="3")
+    template = deployment["spec"]["template"]["metadata"]
+    assert template["labels"] == {**pool_labels_of(POOL), "team": "agents"}
+    assert template["annotations"] == {"sidecar.istio.io/inject": "false",
+                                       CREDENTIALS_VERSION: "3"}
+    assert deployment["spec"]["selector"] == {"matchLabels": {POOL_LABEL: POOL}}
+    assert deployment["metadata"]["annotations"] == {
+        POD_METADATA_KEYS: '{"labels":["team"],"annotations":["sidecar.istio.io/inject"]}'}
+    assert "annotations" not in render()["metadata"]
+    assert "annotations" not in render()["spec"]["template"]["metadata"]
+
+
+def pool_labels_of(pool: str) -> dict[str, str]:
+    return render()["spec"]["template"]["metadata"]["labels"] | {POOL_LABEL: pool}
+
+
+@pytest.mark.parametrize("version", ["1.30", "1.36"])
+def test_a_deployment_with_volumes_and_pod_metadata_is_valid(version: str) -> None:
+    spec = make_spec(**VOLUMES)
+    kubernetes_validate.validate(render(spec, initial_replicas=1), version, strict=True)
+
+
+def test_volumes_with_api_server_defaults_are_not_drift() -> None:
+    desired = render(make_spec(**VOLUMES))
+    actual = as_returned_by_the_api_server(desired)
+    assert pod_spec(actual)["volumes"][1]["configMap"]["defaultMode"] == 420
+    assert deployment_drift(desired, actual) is None
+
+
+def test_a_hand_removed_volume_or_mount_is_put_back() -> None:
+    desired = render(make_spec(**VOLUMES))
+    actual = as_returned_by_the_api_server(desired)
+    pod_spec(actual)["volumes"].pop()
+    container(actual)["volumeMounts"].pop()
+    patch = deployment_drift(desired, actual)
+    assert patch is not None
+    pod_patch = patch["spec"]["template"]["spec"]
+    assert pod_patch["volumes"] == pod_spec(desired)["volumes"]
+    assert pod_patch["containers"][0]["volumeMounts"] == container(desired)["volumeMounts"]
+
+
+def test_pod_metadata_keys_dropped_from_the_spec_leave_the_pods_and_others_stay() -> None:
+    before = render(make_spec(podLabels={"team": "agents", "tier": "gold"},
+                              podAnnotations={"a.example/x": "1", "b.example/y": "2"}))
+    actual = as_returned_by_the_api_server(before)
+    after = render(make_spec(podLabels={"team": "agents"}, podAnnotations={"b.example/y": "3"}))
+    patch = deployment_drift(after, actual)
+    assert patch is not None
+    template = patch["spec"]["template"]["metadata"]
+    assert template["labels"] == {"tier": None}
+    assert template["annotations"] == {"a.example/x": None, "b.example/y": "3"}
+    assert patch["metadata"]["annotations"] == {
+        POD_METADATA_KEYS: '{"labels":["team"],"annotations":["b.example/y"]}'}
+    assert "kubectl.kubernetes.io/restartedAt" not in template["annotations"]
+    assert deployment_drift(after, apply_merge_patch(actual, patch)) is None
+
+
+def test_pod_metadata_all_dropped_removes_the_record_too() -> None:
+    before = render(make_spec(podLabels={"team": "agents"}, podAnnotations={"a.example/x": "1"}))
+    actual = as_returned_by_the_api_server(before)
+    patch = deployment_drift(render(), actual)
+    assert patch is not None
+    assert patch["spec"]["template"]["metadata"] == {
+        "labels": {"team": None}, "annotations": {"a.example/x": None}}
+    assert patch["metadata"] == {"annotations": {POD_METADATA_KEYS: None}}
+    patched = apply_merge_patch(actual, patch)
+    assert patched["spec"]["template"]["metadata"]["annotations"] == {
+        "kubectl.kubernetes.io/restartedAt": "2026-01-01"}
+    assert deployment_drift(render(), patched) is None
+
+
+def test_a_dropped_pod_label_that_is_also_ours_keeps_ours() -> None:
+    before = render(make_spec(podLabels={POOL_LABEL: "other", "team": "a"}))
+    actual = as_returned_by_the_api_server(before)
+    patch = deployment_drift(render(), actual)
+    assert patch is not None
+    assert patch["spec"]["template"]["metadata"] == {"labels": {"team": None}}
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies `application/merge-patch+json`."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result

@@ -42,6 +42,10 @@ EXPECTED_E2E_TESTS = {
     "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
     "[cron-out-of-range]",
     "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
+    "[volume-without-source]",
+    "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
+    "[mount-on-scratch]",
+    "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
     "[url-with-credentials]",
     "e2e/test_e2e_demo_pool.py::test_tasks_submitted_with_the_cli_all_finish",
     "e2e/test_e2e_demo_pool.py::test_get_agentpools_shows_queue_replicas_and_tasks",

@@ -65,6 +65,36 @@ CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
         {"name": "openai", "requestsPerMinute": 60},
         {"name": "openai", "tokensPerMinute": 9000},
     ])),
+    (models.VOLUME_ONE_SOURCE, minimal_spec(worker=worker(volumes=[{"name": "data"}]))),
+    (models.VOLUME_ONE_SOURCE, minimal_spec(worker=worker(volumes=[
+        {"name": "data", "emptyDir": {}, "secret": {"secretName": "s"}}]))),
+    (models.VOLUME_ONE_SOURCE, minimal_spec(worker=worker(volumes=[
+        {"name": "host", "hostPath": {"path": "/var/run/docker.sock"}}]))),
+    (models.VOLUME_NAMES_UNIQUE, minimal_spec(worker=worker(volumes=[
+        {"name": "data", "emptyDir": {}}, {"name": "data", "configMap": {"name": "c"}}]))),
+    (models.MOUNT_PATHS_UNIQUE, minimal_spec(worker=worker(
+        volumes=[{"name": "a", "emptyDir": {}}, {"name": "b", "emptyDir": {}}],
+        volumeMounts=[{"name": "a", "mountPath": "/work"}, {"name": "b", "mountPath": "/work"}],
+    ))),
+    (models.MOUNT_NOT_ON_SCRATCH, minimal_spec(worker=worker(
+        volumes=[{"name": "a", "emptyDir": {}}], volumeMounts=[{"name": "a", "mountPath": "/tmp"}],
+    ))),
+    (models.MOUNT_NOT_ON_SCRATCH, minimal_spec(worker=worker(
+        volumes=[{"name": "a", "emptyDir": {}}], volumeMounts=[{"name": "a", "mountPath": "/tmp/"}],
+    ))),
+    (models.MOUNT_SUB_PATH_RELATIVE, minimal_spec(worker=worker(
+        volumes=[{"name": "a", "emptyDir": {}}],
+        volumeMounts=[{"name": "a", "mountPath": "/work", "subPath": "../etc"}],
+    ))),
+    (models.MOUNT_SUB_PATH_RELATIVE, minimal_spec(worker=worker(
+        volumes=[{"name": "a", "emptyDir": {}}],
+        volumeMounts=[{"name": "a", "mountPath": "/work", "subPath": "/etc"}],
+    ))),
+    (models.MOUNTS_NAME_VOLUMES, minimal_spec(worker=worker(
+        volumeMounts=[{"name": "data", "mountPath": "/data"}]))),
+    (models.MOUNTS_NAME_VOLUMES, minimal_spec(worker=worker(
+        volumes=[{"name": "cache", "emptyDir": {}}],
+        volumeMounts=[{"name": "data", "mountPath": "/data"}]))),
 ]
 
 NEAR_THE_RULES: list[dict[str, Any]] = [
@@ -91,6 +121,32 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
     ]),
     minimal_spec(rateLimits=[]),
     minimal_spec(schedules=[]),
+    minimal_spec(worker=worker(volumes=[], volumeMounts=[], podLabels={}, podAnnotations={})),
+    minimal_spec(worker=worker(
+        volumes=[
+            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+            {"name": "prompts", "configMap": {"name": "prompts", "defaultMode": 0o444}},
+            {"name": "git-key", "secret": {"secretName": "deploy-key"}},
+            {"name": "models", "persistentVolumeClaim": {"claimName": "model-cache",
+                                                         "readOnly": True}},
+            {"name": "pod", "downwardAPI": {"items": [
+                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            {"name": "both", "projected": {"sources": [{"secret": {"name": "s"}}]}},
+            {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}},
+            {"name": "x" * 63, "csi": {"driver": "secrets-store.csi.k8s.io"}},
+        ],
+        volumeMounts=[
+            {"name": "prompts", "mountPath": "/etc/prompts", "readOnly": True},
+            {"name": "git-key", "mountPath": "/home/agent/.ssh/id_ed25519",
+             "subPath": "id_ed25519"},
+            {"name": "models", "mountPath": "/models"},
+            {"name": "tmp", "mountPath": "/home/agent", "subPath": "home"},
+            {"name": "pod", "mountPath": "/tmp/pod"},
+        ],
+        podLabels={"team": "agents", "example.com/cost-centre": "ai-1", "empty": ""},
+        podAnnotations={"sidecar.istio.io/inject": "false",
+                        "cluster-autoscaler.kubernetes.io/safe-to-evict": "true"},
+    )),
     minimal_spec(schedules=[
         {"name": "nightly-report", "cron": "30 2 * * *", "timeZone": "Europe/Paris",
          "payload": {"prompt": "summarise the day"}, "priority": 9},

@@ -221,6 +221,23 @@ SPEC_CHANGES = st.fixed_dictionaries(
             ),
             max_size=3,
         ),
+        "volumes": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["data", "tmp", "a-b", "Data", "x" * 64])},
+                optional={source: st.sampled_from([{}, {"name": "c"}])
+                          for source in ("emptyDir", "configMap", "hostPath", "downwardAPI")},
+            ),
+            max_size=3,
+        ),
+        "volumeMounts": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["data", "tmp", "cache"]),
+                 "mountPath": st.sampled_from(["/data", "/tmp", "/tmp/", "/tmp/x", "data"])},
+                optional={"subPath": st.sampled_from(["x", "a/b", "../x", "/x", "a..b", ""]),
+                          "readOnly": st.booleans()},
+            ),
+            max_size=3,
+        ),
         "rateLimits": st.lists(
             st.fixed_dictionaries(
                 {"name": st.sampled_from(["openai", "a", "a.b-c_d", "A", "-a", "a-", "x" * 64])},
@@ -244,7 +261,7 @@ def spec_with(changes: dict[str, Any]) -> dict[str, Any]:
     for key in ("queue", "redis"):
         if key in changes:
             spec[key] = copy.deepcopy(changes[key])
-    for key in ("handler", "taskCommand", "concurrency"):
+    for key in ("handler", "taskCommand", "concurrency", "volumes", "volumeMounts"):
         if key in changes:
             spec["worker"][key] = changes[key]
     if spec["worker"]["handler"] is None:

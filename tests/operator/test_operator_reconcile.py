@@ -98,6 +98,38 @@ async def test_spec_change_patches_the_deployment(
     assert cluster.condition("beta", "Ready")["observedGeneration"] == 2
 
 
+async def test_pod_metadata_and_volumes_follow_the_spec_and_dropped_keys_leave(
+    cluster: Cluster, operator: OperatorThread, redis_url: str
+) -> None:
+    manifest = pool_manifest("kappa", redis_url=redis_url)
+    manifest["spec"]["worker"].update(
+        podLabels={"team": "agents"},
+        podAnnotations={"sidecar.istio.io/inject": "false", "example.com/owner": "ml"},
+        volumes=[{"name": "prompts", "configMap": {"name": "prompts"}}],
+        volumeMounts=[{"name": "prompts", "mountPath": "/etc/prompts", "readOnly": True}],
+    )
+    await cluster.create_pool(manifest)
+    deployment = await eventually(lambda: cluster.deployment("kappa"))
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "agents"
+    assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false",
+                                                   "example.com/owner": "ml"}
+    assert {"name": "prompts", "configMap": {"name": "prompts"}} in template["spec"]["volumes"]
+    await eventually(lambda: cluster.pool("kappa")["status"]["observedGeneration"] == 1)
+
+    await cluster.patch_pool("kappa", {"spec": {"worker": {
+        "podLabels": None, "podAnnotations": {"example.com/owner": None}}}})
+
+    def without_the_dropped_keys() -> dict | None:
+        metadata = cluster.deployment("kappa")["spec"]["template"]["metadata"]
+        dropped = "team" in metadata["labels"] or "example.com/owner" in metadata["annotations"]
+        return None if dropped else dict(metadata)
+
+    metadata = await eventually(without_the_dropped_keys)
+    assert metadata["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert metadata["labels"]["agentpool.dev/pool"] == "kappa"
+
+
 async def test_unchanged_pool_writes_nothing_to_its_deployment(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
 ) -> None:
