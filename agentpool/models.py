@@ -485,6 +485,23 @@ class WorkerSpec(_Model):
     priority_class_name: str | None = Field(
         default=None, description="Priority class of the worker pods."
     )
+    runtime_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description=(
+            "RuntimeClass of the worker pods, e.g. gvisor or kata: a sandbox for agents that "
+            "run code they generate."
+        ),
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description=(
+            "Mount the service account's Kubernetes API token in the worker pods. Off by "
+            "default: workers need only Redis, and an agent that runs generated code should "
+            "hold no Kubernetes credential. Turn it on (with serviceAccountName) for agents "
+            "that call the Kubernetes API."
+        ),
+    )
     topology_spread_constraints: list[dict[str, Any]] | None = Field(
         default=None,
         description=(

@@ -52,6 +52,7 @@ _POD_PASS_THROUGH = (
     "serviceAccountName",
     "imagePullSecrets",
     "priorityClassName",
+    "runtimeClassName",
     "topologySpreadConstraints",
 )
 _POD = ("spec", "template", "spec")
@@ -64,6 +65,7 @@ _OWNED_PATHS: tuple[tuple[str, ...], ...] = (
     _TEMPLATE_LABELS,
     _TEMPLATE_ANNOTATIONS,
     (*_POD, "securityContext"),
+    (*_POD, "automountServiceAccountToken"),
     (*_POD, "terminationGracePeriodSeconds"),
     (*_POD, "containers"),
     (*_POD, "volumes"),
@@ -169,6 +171,7 @@ def _pod_spec(pool_name: str, spec: AgentPoolSpec,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": worker.drain_seconds + GRACE_MARGIN_SECONDS,
+        "automountServiceAccountToken": worker.automount_service_account_token,
         "containers": [_container(pool_name, spec, redis_secret)],
         "volumes": _volumes(worker),
     }

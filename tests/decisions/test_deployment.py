@@ -217,6 +217,20 @@ def test_restricted_security_context() -> None:
     assert ctx["readOnlyRootFilesystem"] is True
 
 
+def test_no_kubernetes_token_in_the_pods_unless_asked() -> None:
+    assert pod_spec(render())["automountServiceAccountToken"] is False
+    spec = make_spec(serviceAccountName="cluster-agent", automountServiceAccountToken=True)
+    assert pod_spec(render(spec))["automountServiceAccountToken"] is True
+
+
+def test_a_deployment_that_mounts_the_token_gets_it_turned_off() -> None:
+    desired = render()
+    actual = as_returned_by_the_api_server(desired)
+    del pod_spec(actual)["automountServiceAccountToken"]
+    assert deployment_drift(desired, actual) == {
+        "spec": {"template": {"spec": {"automountServiceAccountToken": False}}}}
+
+
 def test_port_and_probes() -> None:
     worker = container(render())
     assert worker["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
@@ -275,6 +289,7 @@ SCHEDULING: dict[str, Any] = {
     "serviceAccountName": "agents",
     "imagePullSecrets": [{"name": "ghcr"}],
     "priorityClassName": "batch",
+    "runtimeClassName": "gvisor",
     "topologySpreadConstraints": [{
         "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
         "whenUnsatisfiable": "ScheduleAnyway",
