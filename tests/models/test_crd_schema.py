@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,35 @@ def validator() -> jsonschema.Draft7Validator:
 
 def test_committed_crd_file_is_plain_yaml() -> None:
     assert yaml.safe_load(CRD_FILE.read_text()) == render_crd()
+
+
+def _unbounded(node: dict[str, Any]) -> str | None:
+    """What the API server's CEL cost estimate would take as unbounded in `node` itself."""
+    kind = node.get("type")
+    if kind == "array" and "maxItems" not in node:
+        return "an array without maxItems"
+    if kind == "object" and "additionalProperties" in node and "maxProperties" not in node:
+        return "a map without maxProperties"
+    if kind == "string" and "maxLength" not in node and "enum" not in node:
+        return "a string without maxLength"
+    return None
+
+
+def test_every_value_a_rule_reads_is_bounded() -> None:
+    """kube-apiserver estimates each rule's cost before it accepts the CRD, taking an array,
+    map or string without a bound as unbounded (cel-go's estimate for `==` is the shorter
+    string's length, for a comprehension the range's size times its step). A rule over budget
+    refuses the whole CRD, so every value a rule iterates or compares carries its bound."""
+    problems = []
+    for path, node in walk(open_api_schema()):
+        for rule in node.get("x-kubernetes-validations", []):
+            text = rule["rule"]
+            if (issue := _unbounded(node)) and node.get("type") != "string":
+                problems.append(f"{path or 'root'}: {issue}, iterated by {text!r}")
+            for sub_path, sub in walk(node, path):
+                names = re.findall(r"[.]([A-Za-z0-9_]+)", sub_path[len(path):])
+                if sub is node or not all(re.search(rf"[.]{n}\b", text) for n in names):
+                    continue
+                if issue := _unbounded(sub):
+                    problems.append(f"{sub_path}: {issue}, read by {text!r}")
+    assert problems == []
