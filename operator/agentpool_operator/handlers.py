@@ -55,6 +55,7 @@ from .status import (
     sanitize,
     status_write_needed,
 )
+from .workload import workload_problems
 
 MIN_POLL_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
@@ -501,7 +502,8 @@ async def observe_once(
         queue_problem=queue_problem,
         deployment_problem=deployment_problem,
         extra_fields=result.status_fields,
-        degraded_problems=[*result.problems, *([shared] if shared else [])],
+        degraded_problems=[*result.problems, *workload_problems(deployment, pods, now),
+                           *([shared] if shared else [])],
         extra_conditions=[
             *result.conditions,
             *([state.worker_credentials.condition] if state.worker_credentials else []),

@@ -379,3 +379,39 @@ async def test_pools_serving_one_queue_on_one_redis_are_degraded_until_one_leave
 
     await cluster.delete_pool("second")
     await eventually(lambda: cluster.condition("first", "Degraded")["status"] == "False")
+
+
+async def test_pods_that_cannot_come_up_make_the_pool_degraded_with_the_reason(
+    cluster: Cluster, operator: OperatorThread, redis_url: str
+) -> None:
+    quota = 'pods "lambda-7c9f-x1" is forbidden: exceeded quota: agents, limited: cpu=8'
+    await cluster.create_pool(pool_manifest("lambda", redis_url=redis_url,
+                                            scaling={"pollSeconds": 1}))
+    await eventually(lambda: cluster.deployment("lambda"))
+    await eventually(lambda: cluster.condition("lambda", "Degraded")["reason"] == "AsExpected")
+
+    await cluster.patch_deployment("lambda", {"status": {"replicas": 1, "conditions": [
+        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+         "message": quota}]}}, subresource="status")
+    degraded = await eventually(
+        lambda: (c := cluster.condition("lambda", "Degraded"))["reason"] == "PodsNotCreated" and c)
+    assert degraded["status"] == "True"
+    assert degraded["message"] == f"pods cannot be created: {quota}"
+    await eventually(lambda: cluster.events("PodsNotCreated"))
+
+    await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "lambda-7c9f-x2", "namespace": NAMESPACE,
+                     "labels": {"agentpool.dev/pool": "lambda"}},
+        "spec": {"containers": [{"name": "worker", "image": IMAGE}]},
+        "status": {"phase": "Pending", "containerStatuses": [{"name": "worker", "state": {
+            "waiting": {"reason": "ImagePullBackOff",
+                        "message": f'Back-off pulling image "{IMAGE}"'}}}]},
+    })
+    await cluster.patch_deployment("lambda", {"status": {"conditions": [
+        {"type": "ReplicaFailure", "status": "False"}]}}, subresource="status")
+    degraded = await eventually(
+        lambda: (c := cluster.condition("lambda", "Degraded"))["reason"] == "PodsFailing" and c)
+    assert degraded["message"] == f'1 pod ImagePullBackOff: Back-off pulling image "{IMAGE}"'
+    assert cluster.condition("lambda", "Ready")["reason"] != "PodsFailing", \
+        "a pool whose other pods serve is degraded, not unready"
