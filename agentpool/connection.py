@@ -18,6 +18,12 @@ Three kinds of URL:
   from the first that answers and routes every command, script and pipeline to the node of
   its key's slot (all of a queue's keys share one slot, see `agentpool.protocol`). A cluster
   has no database other than 0.
+
+Over TLS the server's certificate is checked against the system's authorities; a server
+whose certificate a private authority signed (cert-manager, a self-signed one) takes
+``?ssl_ca_certs=/path/ca.crt``, and a server that asks for a client certificate takes
+``ssl_certfile`` and ``ssl_keyfile`` (also ``ssl_cert_reqs``, ``ssl_check_hostname``), in every
+kind of URL: redis-py reads them from a one-server URL, and this module from the others.
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ class SentinelURL:
     sentinel_username: str | None = None
     sentinel_password: str | None = None
     tls: bool = False
+    tls_options: tuple[tuple[str, Any], ...] = ()
+    """redis-py's ssl_* connection options, from the URL's query."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,31 @@ class ClusterURL:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    tls_options: tuple[tuple[str, Any], ...] = ()
+    """redis-py's ssl_* connection options, from the URL's query."""
+
+
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+               "ssl_check_hostname")
+_CERT_REQS = ("none", "optional", "required")
+_FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _tls_options(query: str, tls: bool) -> tuple[tuple[str, Any], ...]:
+    """The ssl_* options of a Sentinel or Cluster URL's query, checked and typed."""
+    options: dict[str, Any] = {k: v for k, v in parse_qsl(query) if k in TLS_OPTIONS}
+    if options and not tls:
+        raise RedisURLError(
+            f"TLS options ({', '.join(sorted(options))}) need a TLS URL (rediss+sentinel:// or "
+            "rediss+cluster://)")
+    if options.get("ssl_cert_reqs", "required") not in _CERT_REQS:
+        raise RedisURLError("ssl_cert_reqs is none, optional or required")
+    if "ssl_check_hostname" in options:
+        flag = _FLAGS.get(str(options["ssl_check_hostname"]).lower())
+        if flag is None:
+            raise RedisURLError("ssl_check_hostname is true or false")
+        options["ssl_check_hostname"] = flag
+    return tuple(sorted(options.items()))
 
 
 DEFAULT_MAX_CONNECTIONS = 100
@@ -94,6 +127,15 @@ def is_sentinel_url(url: str) -> bool:
 
 def is_cluster_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def check_redis_url(url: str) -> None:
+    """Raise RedisURLError, saying what is wrong, for a Sentinel or Cluster URL that cannot be
+    used (a process checks its URL at start; one-server URLs are redis-py's to read)."""
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+    elif is_cluster_url(url):
+        parse_cluster_url(url)
 
 
 def is_cluster(redis: Any) -> bool:
@@ -127,8 +169,9 @@ def parse_cluster_url(url: str) -> ClusterURL:
         raise RedisURLError("a cluster URL names at least one node host:port")
     if parts.path.strip("/") not in ("", "0"):
         raise RedisURLError("a Redis Cluster has only database 0: end the URL in / or /0")
-    return ClusterURL(nodes=nodes, username=username, password=password,
-                      tls=scheme.lower() == "rediss+cluster")
+    tls = scheme.lower() == "rediss+cluster"
+    return ClusterURL(nodes=nodes, username=username, password=password, tls=tls,
+                      tls_options=_tls_options(parts.query, tls))
 
 
 def parse_sentinel_url(url: str) -> SentinelURL:
@@ -157,6 +200,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
             raise RedisURLError("the database of a Sentinel URL is a number")
         db = int(path[1])
     query = dict(parse_qsl(parts.query))
+    tls = scheme.lower() == "rediss+sentinel"
     return SentinelURL(
         sentinels=sentinels,
         service=unquote(path[0]),
@@ -165,7 +209,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         password=password,
         sentinel_username=query.get("sentinel_username"),
         sentinel_password=query.get("sentinel_password"),
-        tls=scheme.lower() == "rediss+sentinel",
+        tls=tls,
+        tls_options=_tls_options(parts.query, tls),
     )
 
 
@@ -445,7 +490,7 @@ def redis_from_url(
     if parsed.username is not None:
         node_kwargs["username"] = parsed.username
     if parsed.tls:
-        node_kwargs["ssl"] = True
+        node_kwargs.update(ssl=True, **dict(parsed.tls_options))
     node_kwargs.update(max_connections=max_connections, timeout=pool_timeout)
     client: aioredis.Redis = sentinel.master_for(
         parsed.service, connection_pool_class=BlockingSentinelConnectionPool, **node_kwargs
@@ -490,7 +535,7 @@ def cluster_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
     parsed = parse_cluster_url(url)
     options = dict(kwargs)
     if parsed.tls:
-        options["ssl"] = True
+        options.update(ssl=True, **dict(parsed.tls_options))
     client = _SlotMapFirst(
         startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
         username=parsed.username, password=parsed.password, **options,
@@ -523,7 +568,8 @@ def sync_redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
         cluster = redis.cluster.RedisCluster(
             startup_nodes=[redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
                            for host, port in parsed.nodes],
-            username=parsed.username, password=parsed.password, ssl=parsed.tls, **kwargs)
+            username=parsed.username, password=parsed.password, ssl=parsed.tls,
+            **dict(parsed.tls_options), **kwargs)
         return cluster  # type: ignore[return-value]
     if is_sentinel_url(url):
         sentinel_url = parse_sentinel_url(url)
@@ -532,7 +578,8 @@ def sync_redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
             "password": sentinel_url.sentinel_password})
         client: redis.Redis = sentinel.master_for(
             sentinel_url.service, db=sentinel_url.db, username=sentinel_url.username,
-            password=sentinel_url.password, ssl=sentinel_url.tls, **kwargs)
+            password=sentinel_url.password, ssl=sentinel_url.tls,
+            **dict(sentinel_url.tls_options), **kwargs)
         return client
     try:
         return redis.Redis.from_url(url, **kwargs)

@@ -352,7 +352,7 @@ CLUSTER_BUS_OFFSET = 10000
 """A cluster node also listens on its port + 10000 (the cluster bus)."""
 
 
-def _cluster_port() -> int:
+def cluster_port() -> int:
     """A free port whose cluster bus port is free too, both below the ephemeral range."""
     low, _ = _ephemeral_range()
     for _ in range(200):
@@ -406,7 +406,7 @@ class RedisCluster:
                 workdir = root / f"node-{index}"
                 workdir.mkdir()
                 self.servers.append(RedisServer(
-                    port=_cluster_port(), password=self.password, workdir=workdir,
+                    port=cluster_port(), password=self.password, workdir=workdir,
                     extra_args=("--cluster-enabled", "yes",
                                 "--cluster-config-file", str(workdir / "nodes.conf"),
                                 "--cluster-node-timeout", str(self.node_timeout_ms)),

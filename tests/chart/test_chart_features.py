@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from chart_helpers import NAMESPACE, RELEASE, Helm, Manifest, Rendered
@@ -368,3 +369,23 @@ def test_image_tags_may_be_given_as_numbers(helm: Helm) -> None:
     rendered = helm.render({"operator": {"image": {"tag": 1}}, "redis": {"image": {"tag": 7.2}}})
     assert container(rendered.one("Deployment"), "operator")["image"].endswith(":1")
     assert container(rendered.one("StatefulSet"), "redis")["image"] == "redis:7.2"
+
+
+def test_operator_and_console_mount_extra_volumes(helm: Helm) -> None:
+    """A Redis CA for rediss://...?ssl_ca_certs=: the same volume on the operator and the
+    console, after their own /tmp, and still a valid Deployment."""
+    ca = {"name": "redis-ca", "secret": {"secretName": "redis-ca"}}
+    mount = {"name": "redis-ca", "mountPath": "/etc/redis-tls", "readOnly": True}
+    extra = {"extraVolumes": [ca], "extraVolumeMounts": [mount]}
+    rendered = helm.render({"operator": extra, "console": {"enabled": True, **extra}})
+    for name, container_name in ((OPERATOR, "operator"), (f"{RELEASE}-console", "console")):
+        deployment = rendered.one("Deployment", name)
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        assert [v["name"] for v in volumes] == ["tmp", "redis-ca"]
+        assert volumes[1] == ca
+        mounts = container(deployment, container_name)["volumeMounts"]
+        assert mounts == [{"name": "tmp", "mountPath": "/tmp"}, mount]
+        kubernetes_validate.validate(deployment, "1.30", strict=True)
+    plain = helm.render({})
+    assert [v["name"] for v in plain.one("Deployment", OPERATOR)["spec"]["template"]["spec"][
+        "volumes"]] == ["tmp"]

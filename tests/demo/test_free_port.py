@@ -7,8 +7,8 @@ import socket
 from agentpool.redis_server import (
     CLUSTER_BUS_OFFSET,
     _bindable,
-    _cluster_port,
     _ephemeral_range,
+    cluster_port,
     free_port,
 )
 
@@ -41,7 +41,7 @@ def test_a_port_someone_listens_on_is_not_counted_free() -> None:
 
 def test_a_cluster_nodes_bus_port_is_below_the_range_too_and_never_handed_out() -> None:
     low, _ = _ephemeral_range()
-    nodes = [_cluster_port() for _ in range(20)]
+    nodes = [cluster_port() for _ in range(20)]
     buses = {port + CLUSTER_BUS_OFFSET for port in nodes}
     assert all(bus < low for bus in buses)
     assert not buses & {free_port() for _ in range(500)}

@@ -16,7 +16,13 @@ import redis.asyncio as aioredis
 
 from agentpool.connection import is_cluster, is_cluster_url, redis_from_url
 from agentpool.protocol import ClaimedTask, FailOutcome, TaskQueue
-from agentpool.redis_server import RedisCluster, RedisServer, free_port, sentinel_admin
+from agentpool.redis_server import (
+    RedisCluster,
+    RedisServer,
+    cluster_port,
+    free_port,
+    sentinel_admin,
+)
 
 ONE_SERVER = pytest.mark.parametrize("redis_mode", ["standalone"])
 """For what one server shows whatever the deployment (the commands and keys its ACL refuses,
@@ -128,19 +134,50 @@ def database_of_its_own(redis_url: str, db: int) -> aioredis.Redis:
     return redis_from_url(redis_url.rsplit("/", 1)[0] + f"/{db}")
 
 
-@contextmanager
-def tls_redis(directory: Path) -> Iterator[tuple[RedisServer, str]]:
-    """A redis-server that also listens with TLS (a self-signed certificate for 127.0.0.1);
-    yields it and the ``rediss://`` URL of its TLS port."""
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for 127.0.0.1: the authority of its own, as a
+    private CA's would be, that no client trusts unless told to."""
     key, cert = directory / "key.pem", directory / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return key, cert
+
+
+def _tls_args(port: int, key: Path, cert: Path) -> tuple[str, ...]:
+    return ("--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")
+
+
+@contextmanager
+def tls_redis(directory: Path) -> Iterator[tuple[RedisServer, str]]:
+    """A redis-server that also listens with TLS (a self-signed certificate for 127.0.0.1);
+    yields it and the ``rediss://`` URL of its TLS port."""
+    key, cert = self_signed(directory)
     tls_port = free_port()
-    with RedisServer(extra_args=(
-            "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")) as server:
+    with RedisServer(extra_args=_tls_args(tls_port, key, cert)) as server:
         yield server, f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
+
+
+@contextmanager
+def tls_cluster(directory: Path) -> Iterator[tuple[int, Path]]:
+    """A one-node Redis Cluster holding every slot, whose clients and cluster bus speak TLS
+    with a self-signed certificate; yields its TLS port and the certificate."""
+    key, cert = self_signed(directory)
+    workdir = directory / "node"
+    workdir.mkdir()
+    tls_port = cluster_port()
+    with RedisServer(port=cluster_port(), workdir=workdir, extra_args=(
+            "--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf"),
+            "--tls-cluster", "yes", *_tls_args(tls_port, key, cert))) as server:
+        with sentinel_admin(server.port, None) as node:
+            node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            deadline = time.monotonic() + 30
+            while node.cluster("info")["cluster_state"] != "ok":
+                if time.monotonic() > deadline:
+                    raise AssertionError("the one-node TLS cluster never reached state ok")
+                time.sleep(0.05)
+        yield tls_port, cert
 
 
 def replica_of(cluster: RedisCluster, port: int, within: float = 30.0) -> RedisServer:

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 import redis
-from protocol_helpers import tls_redis
+from protocol_helpers import tls_cluster, tls_redis
 from redis.asyncio.connection import Connection, SSLConnection
-from redis.exceptions import DataError
+from redis.exceptions import DataError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agentpool.client import Client, SyncClient
 from agentpool.connection import (
     ClusterURL,
     LeanConnection,
@@ -29,6 +30,7 @@ from agentpool.connection import (
     parse_cluster_url,
     parse_sentinel_url,
     redis_from_url,
+    sync_redis_from_url,
 )
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisCluster
@@ -297,3 +299,70 @@ async def test_a_write_redis_does_not_read_times_out(tls: bool, timed_out: str,
 def _packing(connection_class: type[Connection]) -> LeanConnection:
     packing = type("Packing", (LeanConnection, connection_class), {})
     return packing()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("url", "options"), [
+    ("rediss+sentinel://s1/svc?ssl_ca_certs=/etc/redis-tls/ca.crt",
+     (("ssl_ca_certs", "/etc/redis-tls/ca.crt"),)),
+    ("rediss+sentinel://s1/svc/2?sentinel_password=p&ssl_certfile=/c.pem&ssl_keyfile=/k.pem"
+     "&ssl_cert_reqs=required&ssl_check_hostname=false",
+     (("ssl_cert_reqs", "required"), ("ssl_certfile", "/c.pem"), ("ssl_check_hostname", False),
+      ("ssl_keyfile", "/k.pem"))),
+    ("rediss+cluster://n1,n2/?ssl_ca_certs=%2Fetc%2Fca.crt&unrelated=1",
+     (("ssl_ca_certs", "/etc/ca.crt"),)),
+    ("rediss+cluster://n1/", ()),
+])
+def test_tls_options_of_sentinel_and_cluster_urls(url: str,
+                                                  options: tuple[tuple[str, Any], ...]) -> None:
+    parsed = parse_sentinel_url(url) if is_sentinel_url(url) else parse_cluster_url(url)
+    assert parsed.tls and parsed.tls_options == options
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("redis+sentinel://s1/svc?ssl_ca_certs=/ca.crt",
+     r"TLS options \(ssl_ca_certs\) need a TLS URL"),
+    ("redis+cluster://n1/?ssl_certfile=/c.pem&ssl_keyfile=/k.pem",
+     r"TLS options \(ssl_certfile, ssl_keyfile\) need a TLS URL"),
+    ("rediss+cluster://n1/?ssl_cert_reqs=always", "ssl_cert_reqs is none, optional or required"),
+    ("rediss+sentinel://s1/svc?ssl_check_hostname=maybe", "ssl_check_hostname is true or false"),
+])
+def test_wrong_tls_options_are_refused_with_one_line(url: str, message: str) -> None:
+    with pytest.raises(RedisURLError, match=message):
+        redis_from_url(url)
+
+
+def test_a_sentinel_clients_data_connections_carry_the_tls_options() -> None:
+    client = redis_from_url("rediss+sentinel://127.0.0.1:1/svc?ssl_ca_certs=/etc/ca.crt"
+                            "&ssl_cert_reqs=optional")
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["ssl_ca_certs"], kwargs["ssl_cert_reqs"]) == ("/etc/ca.crt", "optional")
+    assert issubclass(client.connection_pool.connection_class, SSLConnection)
+
+
+async def test_a_cluster_over_tls_with_a_private_authority(tmp_path: Path) -> None:
+    """rediss+cluster:// to a TLS cluster whose certificate no system authority signed: with
+    ?ssl_ca_certs the protocol runs (submit on the producer's script line, claim, complete),
+    the blocking clients too; without it the certificate is refused."""
+    with tls_cluster(tmp_path) as (port, cert):
+        url = f"rediss+cluster://127.0.0.1:{port}/?ssl_ca_certs={cert}"
+        async with Client.from_url(url) as client:
+            queue = client.queue("tls")
+            task_id = await queue.submit({"n": 1})
+            [task] = (await queue.claim("w:1", 1, 30)).tasks
+            assert task.id == task_id
+            assert await queue.complete(task, "done")
+        with SyncClient.from_url(url) as blocking:
+            info = blocking.queue("tls").get(task_id)
+            assert info is not None and info.state == "succeeded"
+            assert blocking.queue("tls").submit({"n": 2})
+        plain = sync_redis_from_url(url)
+        try:
+            assert plain.ping()
+        finally:
+            plain.close()
+        untrusting = redis_from_url(f"rediss+cluster://127.0.0.1:{port}/")
+        try:
+            with pytest.raises(RedisClusterException, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.ping()
+        finally:
+            await untrusting.aclose()

@@ -69,6 +69,14 @@ def base_env(**values: str) -> dict[str, str]:
     ({"durability": "sync"},
      "agentpool-worker: AGENTPOOL_DURABILITY must be one of none, replicated (completions wait "
      "for a replica), got 'sync'"),
+    ({"redis_url": "rediss+cluster://n1/?ssl_cert_reqs=always"},
+     "agentpool-worker: AGENTPOOL_REDIS_URL: ssl_cert_reqs is none, optional or required"),
+    ({"redis_url": "redis+sentinel://:pw@s1/svc?ssl_ca_certs=/etc/ca.crt"},
+     "agentpool-worker: AGENTPOOL_REDIS_URL: TLS options (ssl_ca_certs) need a TLS URL "
+     "(rediss+sentinel:// or rediss+cluster://)"),
+    ({"redis_url": "redis+cluster://n1/3"},
+     "agentpool-worker: AGENTPOOL_REDIS_URL: a Redis Cluster has only database 0: end the URL "
+     "in / or /0"),
     ({"handler": "nocolon"},
      "agentpool-worker: AGENTPOOL_HANDLER must be a handler named as package.module:function, "
      "got 'nocolon'"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentpool import urls
+from agentpool.connection import RedisURLError, check_redis_url
 from agentpool.durability import DEFAULT_REPLICA_TIMEOUT, Durability
 from agentpool.protocol import QUEUE_NAME
 from agentpool.ratelimit import LimitConfig, decode_limits
@@ -102,6 +103,11 @@ def _pod_name(value: str) -> bool:
     return 0 < len(value) <= 253 and not any(c == ":" or c.isspace() for c in value)
 
 
+def _redis_url(url: str) -> bool:
+    check_redis_url(url)
+    return url.startswith((*URL_PREFIXES, "unix://"))
+
+
 def _rate_limits(value: str) -> bool:
     decode_limits(value)
     return True
@@ -120,7 +126,7 @@ class WorkerSettings:
 
     redis_url: str = _setting(
         f"a {', '.join(URL_PREFIXES)} or unix:// URL",
-        _text(lambda url: url.startswith((*URL_PREFIXES, "unix://"))))
+        _text(_redis_url))
     queue: str = _setting(
         "a queue name of 1-100 letters, digits, '.', '_' or '-'",
         _text(lambda name: QUEUE_NAME.match(name) is not None), "default")
@@ -168,6 +174,8 @@ class WorkerSettings:
             value = getattr(self, setting.name)
             try:
                 object.__setattr__(self, setting.name, setting.metadata["convert"](value))
+            except RedisURLError as error:
+                problems.append(f"{_variable(setting.name)}: {error}")
             except (ValueError, TypeError):
                 if setting.name == "redis_url" and isinstance(value, str):
                     value = redact_url(value)
