@@ -154,3 +154,27 @@ def test_a_schedule_submits_a_task_that_the_pool_runs(
     outcome = cli.wait(name, entry["lastTaskId"], timeout=120)
     assert outcome["state"] == "succeeded"
     assert outcome["payload"] == {"mean_seconds": 0.5, "prompt": "scheduled"}
+
+
+def test_a_pool_whose_image_cannot_be_pulled_says_why(
+    make_pool: Callable[[Manifest], str], pools: Pools, waiter: Waiter,
+    e2e_config: E2EConfig, run_id: str,
+) -> None:
+    """A worker image no registry has: the kubelet's ErrImagePull / ImagePullBackOff reaches
+    the pool's Degraded condition (PodsFailing) with the kubelet's message, naming the image."""
+    image = f"registry.invalid/agentpool/no-such-worker:{run_id}"
+    name = make_pool(small_pool(f"e2e-badimage-{run_id}", image,
+                                redis_secret=e2e_config.redis_secret))
+
+    def failing() -> dict[str, Any] | None:
+        for condition in pools.status(name).get("conditions") or []:
+            if (condition["type"] == "Degraded" and condition["status"] == "True"
+                    and condition["reason"] == "PodsFailing"):
+                return dict(condition)
+        return None
+
+    condition = waiter.until(failing, bool, timeout=180,
+                             what=f"pool {name} to report its image pull failing")
+    assert condition is not None
+    assert "ErrImagePull" in condition["message"] or "ImagePullBackOff" in condition["message"]
+    assert image in condition["message"]

@@ -59,6 +59,7 @@ EXPECTED_E2E_TESTS = {
     "test_worker_pods_run_under_the_restricted_pod_security_standard",
     "e2e/test_e2e_lifecycle.py::test_two_pools_on_one_queue_are_degraded_until_one_goes",
     "e2e/test_e2e_lifecycle.py::test_a_pool_with_a_task_command_runs_its_program",
+    "e2e/test_e2e_lifecycle.py::test_a_pool_whose_image_cannot_be_pulled_says_why",
     "e2e/test_e2e_lifecycle.py::test_a_schedule_submits_a_task_that_the_pool_runs",
 }
 
