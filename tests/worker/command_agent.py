@@ -28,6 +28,11 @@ def main() -> None:
         say({"result": {"agentpool": sorted(k for k in os.environ if k.startswith("AGENTPOOL_")),
                         "marker": os.environ.get("AGENT_MARKER"), "dir": directory,
                         "found": found, "tmpdir": os.environ["TMPDIR"]}})
+    elif mode == "home":
+        home = os.environ["HOME"]
+        with open(os.path.join(home, ".agentrc"), "w") as file:
+            file.write("written where tools keep their state")
+        say({"result": {"home": home, "dir": os.environ["AGENTPOOL_TASK_DIR"]}})
     elif mode == "long-output":
         for number in range(3000):
             print(f"{number:04d} " + "x" * 495)

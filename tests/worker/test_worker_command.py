@@ -89,6 +89,27 @@ async def test_the_program_gets_the_task_and_a_directory_not_the_workers_setting
     assert not exists(directory), "the run's directory outlived it"
 
 
+@pytest.mark.parametrize("writable", [True, False], ids=["writable-home", "no-home"])
+async def test_a_program_gets_a_writable_home(
+    writable: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str,
+    queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A worker whose HOME cannot be written (the image's /nonexistent under a read-only root
+    filesystem) gives each run its own directory as HOME; a writable HOME is left as it is."""
+    home = tmp_path if writable else tmp_path / "nonexistent"
+    monkeypatch.setenv("HOME", str(home))
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        task_id = await queue.submit({"mode": "home"})
+        done = await finished(queue, task_id, "succeeded")
+    if writable:
+        assert done.result["home"] == str(tmp_path)
+        assert (tmp_path / ".agentrc").exists()
+    else:
+        assert done.result["home"] == done.result["dir"]
+        assert not home.exists()
+
+
 async def test_output_without_a_result_message_is_the_result(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
@@ -241,11 +262,12 @@ async def test_a_process_that_left_the_group_does_not_hold_the_run(
         os.kill(escaped, signal.SIGKILL)
 
 
-def test_the_command_is_a_json_array_or_words() -> None:
-    assert command_settings({COMMAND_ENV: '["python3", "-c", "print(1)"]'}) == \
+def test_the_command_is_a_json_array_or_words(tmp_path: Path) -> None:
+    home = {"HOME": str(tmp_path)}
+    assert command_settings({COMMAND_ENV: '["python3", "-c", "print(1)"]', **home}) == \
         CommandSettings(("python3", "-c", "print(1)"))
     assert command_settings({COMMAND_ENV: "python3 -c 'print(1)'", GRACE_ENV: "2"}) == \
-        CommandSettings(("python3", "-c", "print(1)"), 2.0)
+        CommandSettings(("python3", "-c", "print(1)"), 2.0, home_writable=False)
 
 
 @pytest.mark.parametrize(("environ", "message"), [

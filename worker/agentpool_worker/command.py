@@ -9,7 +9,9 @@ its own, with:
 - **environment**: the worker's without its own ``AGENTPOOL_`` settings (the Redis URL
   among them), plus ``AGENTPOOL_TASK_ID``, ``AGENTPOOL_TASK_ATTEMPT``,
   ``AGENTPOOL_TASK_MAX_ATTEMPTS`` and ``AGENTPOOL_QUEUE``; ``AGENTPOOL_TASK_DIR``, an empty
-  directory of the run's own, removed when the run ends (also ``TMPDIR``); and
+  directory of the run's own, removed when the run ends (also ``TMPDIR``, and ``HOME`` when
+  the worker's home is missing or not writable, as in a pod whose root filesystem is
+  read-only: tools such as git, npm and most agent CLIs write there); and
   ``AGENTPOOL_CHECKPOINT_FILE``, a file holding the JSON state an earlier attempt
   checkpointed, when one did.
 
@@ -80,6 +82,9 @@ class CommandConfigError(Exception):
 class CommandSettings:
     argv: tuple[str, ...]
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+    home_writable: bool = True
+    """Whether the worker's HOME is a directory the programs can write; if not, each run's
+    HOME is its own directory."""
 
 
 def command_settings(environ: Mapping[str, str]) -> CommandSettings:
@@ -93,14 +98,17 @@ def command_settings(environ: Mapping[str, str]) -> CommandSettings:
     if shutil.which(argv[0]) is None:
         raise CommandConfigError(f"{COMMAND_ENV}: {argv[0]!r} is not an executable found on "
                                  "PATH")
+    home = environ.get("HOME", "")
+    home_writable = bool(home) and os.path.isdir(home) and os.access(home, os.W_OK)
     grace_raw = environ.get(GRACE_ENV, "").strip()
     if not grace_raw:
-        return CommandSettings(argv)
+        return CommandSettings(argv, home_writable=home_writable)
     try:
-        return CommandSettings(argv, seconds(0, MAX_GRACE_SECONDS)(grace_raw))
+        grace = seconds(0, MAX_GRACE_SECONDS)(grace_raw)
     except ValueError:
         raise CommandConfigError(f"{GRACE_ENV} must be seconds between 0 and "
                                  f"{MAX_GRACE_SECONDS:g}, got {grace_raw!r}") from None
+    return CommandSettings(argv, grace, home_writable)
 
 
 def _argv(raw: str) -> tuple[str, ...]:
@@ -142,6 +150,8 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
                "AGENTPOOL_TASK_ATTEMPT": str(ctx.attempt),
                "AGENTPOOL_TASK_MAX_ATTEMPTS": str(ctx.max_attempts),
                "AGENTPOOL_QUEUE": ctx.queue, "AGENTPOOL_TASK_DIR": scratch, "TMPDIR": scratch}
+        if not settings.home_writable:
+            env["HOME"] = scratch
         if ctx.checkpoint_state is not None:
             env["AGENTPOOL_CHECKPOINT_FILE"] = _write_checkpoint(scratch, ctx.checkpoint_state)
         command = await _Command.start(settings.argv, env)
