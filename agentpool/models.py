@@ -46,6 +46,7 @@ LIMIT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 MAX_RATE_LIMITS = 16
 MAX_SCHEDULES = 32
 MAX_VOLUMES = 32
+MAX_INIT_CONTAINERS = 8
 MAX_POD_METADATA = 64
 VOLUME_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
@@ -53,6 +54,7 @@ VOLUME_SOURCES = ("configMap", "secret", "emptyDir", "persistentVolumeClaim", "p
                   "downwardAPI", "ephemeral")
 """The volume types the restricted Pod Security Standard allows."""
 SCRATCH_VOLUME = "tmp"
+WORKER_CONTAINER_NAME = "worker"
 """The worker's own writable volume at /tmp (its root filesystem is read-only)."""
 
 
@@ -171,18 +173,30 @@ MOUNT_PATHS_UNIQUE = CelRule(
 )
 MOUNT_NOT_ON_SCRATCH = CelRule(
     "self.mountPath != '/tmp' && self.mountPath != '/tmp/'",
-    "worker.volumeMounts cannot use /tmp, the worker's own scratch volume: to size it or keep "
-    "it in memory, declare a volume named tmp in worker.volumes instead",
+    "a volumeMounts entry cannot use /tmp, the pod's scratch volume: to size it or keep it in "
+    "memory, declare a volume named tmp in worker.volumes instead",
 )
 MOUNT_SUB_PATH_RELATIVE = CelRule(
     "!has(self.subPath) || !(self.subPath.startsWith('/') || self.subPath.contains('..'))",
-    "worker.volumeMounts subPath must be a relative path without '..'",
+    "a volumeMounts subPath must be a relative path without '..'",
 )
 MOUNTS_NAME_VOLUMES = CelRule(
     "!has(self.volumeMounts) || self.volumeMounts.all(m, m.name == 'tmp' || "
     "(has(self.volumes) && self.volumes.exists(v, v.name == m.name)))",
     "each worker.volumeMounts name must be the name of a volume in worker.volumes (or tmp, "
     "the worker's scratch volume)",
+)
+INIT_MOUNTS_NAME_VOLUMES = CelRule(
+    "!has(self.initContainers) || self.initContainers.all(c, !has(c.volumeMounts) || "
+    "c.volumeMounts.all(m, m.name == 'tmp' || "
+    "(has(self.volumes) && self.volumes.exists(v, v.name == m.name))))",
+    "each worker.initContainers[].volumeMounts name must be the name of a volume in "
+    "worker.volumes (or tmp, the worker's scratch volume)",
+)
+INIT_CONTAINER_NAMES = CelRule(
+    "self.all(a, a.name != 'worker' && self.exists_one(b, b.name == a.name))",
+    "worker.initContainers names must be unique within a pool and not worker (the worker "
+    "container's own)",
 )
 
 CEL_RULES: tuple[CelRule, ...] = (
@@ -208,6 +222,8 @@ CEL_RULES: tuple[CelRule, ...] = (
     MOUNT_NOT_ON_SCRATCH,
     MOUNT_SUB_PATH_RELATIVE,
     MOUNTS_NAME_VOLUMES,
+    INIT_MOUNTS_NAME_VOLUMES,
+    INIT_CONTAINER_NAMES,
 )
 
 
@@ -400,11 +416,41 @@ class VolumeMount(_Model):
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
 
+class InitContainer(_Model):
+    """A container that runs before the worker (fetch a model, clone a repository, wait for a
+    service), or beside it with restartPolicy Always (a sidecar, such as an LLM gateway). It
+    runs under the worker's restricted security context and sees /tmp, the scratch volume,
+    as the worker does."""
+
+    name: str = Field(pattern=VOLUME_NAME_PATTERN, max_length=63, description="Container name.")
+    image: str = Field(min_length=1, max_length=1024, description="Container image.")
+    command: list[str] | None = Field(
+        default=None, max_length=256, description="Entrypoint, as in a container.")
+    args: list[str] | None = Field(
+        default=None, max_length=256, description="Arguments, as in a container.")
+    env: list[EnvVar] | None = Field(default=None, description="Environment variables.")
+    env_from: list[dict[str, Any]] | None = Field(
+        default=None, description="Sources of environment variables, as in a container.")
+    volume_mounts: list[VolumeMount] | None = Field(
+        default=None, max_length=MAX_VOLUMES,
+        description="Volumes of worker.volumes (or tmp) it mounts, besides /tmp.")
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Compute resources of the container.")
+    restart_policy: Literal["Always"] | None = Field(
+        default=None,
+        description=(
+            "Always: a sidecar that starts before the worker and runs beside it for the pod's "
+            "life (Kubernetes 1.29 or later). Unset: it runs to completion before the worker "
+            "starts."
+        ),
+    )
+
+
 class WorkerSpec(_Model):
     """The worker pods: image, task handler and how they run."""
 
-    model_config = ConfigDict(json_schema_extra=cel(WORKER_HANDLER_OR_COMMAND,
-                                                    MOUNTS_NAME_VOLUMES))
+    model_config = ConfigDict(json_schema_extra=cel(
+        WORKER_HANDLER_OR_COMMAND, MOUNTS_NAME_VOLUMES, INIT_MOUNTS_NAME_VOLUMES))
 
     image: str = Field(min_length=1, description="Worker container image.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
@@ -526,6 +572,15 @@ class WorkerSpec(_Model):
         description="Where the volumes appear in the worker container.",
         json_schema_extra=cel(MOUNT_PATHS_UNIQUE),
     )
+    init_containers: list[InitContainer] | None = Field(
+        default=None,
+        max_length=MAX_INIT_CONTAINERS,
+        description=(
+            "Containers that run before the worker, or beside it with restartPolicy Always "
+            "(sidecars), under the same restricted security context."
+        ),
+        json_schema_extra=cel(INIT_CONTAINER_NAMES),
+    )
     pod_labels: dict[str, LabelValue] | None = Field(
         default=None,
         max_length=MAX_POD_METADATA,
@@ -572,11 +627,23 @@ class WorkerSpec(_Model):
             raise ValueError(MOUNT_PATHS_UNIQUE.message)
         return mounts
 
+    @field_validator("init_containers")
+    @classmethod
+    def _init_container_names(cls, containers: list[InitContainer] | None
+                              ) -> list[InitContainer] | None:
+        names = [container.name for container in containers or ()]
+        if len(names) != len(set(names)) or WORKER_CONTAINER_NAME in names:
+            raise ValueError(INIT_CONTAINER_NAMES.message)
+        return containers
+
     @model_validator(mode="after")
     def _mounts_name_volumes(self) -> WorkerSpec:
         names = {SCRATCH_VOLUME, *(volume.name for volume in self.volumes or ())}
         if any(mount.name not in names for mount in self.volume_mounts or ()):
             raise ValueError(MOUNTS_NAME_VOLUMES.message)
+        if any(mount.name not in names for container in self.init_containers or ()
+               for mount in container.volume_mounts or ()):
+            raise ValueError(INIT_MOUNTS_NAME_VOLUMES.message)
         return self
 
 

@@ -118,6 +118,9 @@ COMMAND_AGENT_LABEL = ("e2e.agentpool.dev/agent", "command")
 """A pod label from spec.worker.podLabels that the command pool's program reads back from a
 downward-API volume of spec.worker.volumes."""
 PODINFO = "/etc/podinfo"
+INIT_MARKER = ("/tmp/written-by-init", "ready")
+"""A file an init container of the command pool writes on the scratch volume; the program
+reads it back."""
 COMMAND_AGENT = f"""\
 import json, os, sys
 payload = json.load(sys.stdin)
@@ -126,7 +129,10 @@ attempt = int(os.environ["AGENTPOOL_TASK_ATTEMPT"])
 with open("{PODINFO}/labels") as f:
     labels = dict(line.split("=", 1) for line in f.read().splitlines() if line)
 label = json.loads(labels.get("{COMMAND_AGENT_LABEL[0]}", "null"))
-print(json.dumps({{"result": {{"echo": payload, "attempt": attempt, "label": label}}}}))
+with open("{INIT_MARKER[0]}") as f:
+    init = f.read()
+print(json.dumps({{"result": {{"echo": payload, "attempt": attempt, "label": label,
+                               "init": init}}}}))
 """
 """A program each task of the command pool runs: the worker image's own Python, no handler."""
 
@@ -134,7 +140,8 @@ print(json.dumps({{"result": {{"echo": payload, "attempt": attempt, "label": lab
 def command_pool(name: str, worker_image: str, *,
                  redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
     """One pod whose tasks run a program (spec.worker.taskCommand) instead of a handler; the
-    program reads a label of its pod (spec.worker.podLabels) from a mounted volume."""
+    program reads a label of its pod (spec.worker.podLabels) from a mounted volume, and a
+    file an init container left on the scratch volume."""
     pool = small_pool(name, worker_image, redis_secret=redis_secret)
     worker = pool["spec"]["worker"]
     del worker["handler"]
@@ -143,6 +150,11 @@ def command_pool(name: str, worker_image: str, *,
     worker["volumes"] = [{"name": "podinfo", "downwardAPI": {"items": [
         {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}]
     worker["volumeMounts"] = [{"name": "podinfo", "mountPath": PODINFO, "readOnly": True}]
+    worker["initContainers"] = [{
+        "name": "prepare", "image": worker_image,
+        "command": ["python", "-c",
+                    f"open({INIT_MARKER[0]!r}, 'w').write({INIT_MARKER[1]!r})"],
+    }]
     return pool
 
 

@@ -12,6 +12,7 @@ from e2e_config import E2EConfig
 from e2e_kube import Kubectl, Waiter
 from e2e_manifests import (
     COMMAND_AGENT_LABEL,
+    INIT_MARKER,
     Manifest,
     command_pool,
     scheduled_pool,
@@ -119,7 +120,8 @@ def test_a_pool_with_a_task_command_runs_its_program(
     """spec.worker.taskCommand instead of a handler: each task's payload reaches the program
     on stdin and its JSON result line comes back, in a pod under the pool's security context;
     the program reads its pod's label (spec.worker.podLabels) from a volume the pool mounts
-    (spec.worker.volumes, volumeMounts)."""
+    (spec.worker.volumes, volumeMounts), and a file an init container (spec.worker.
+    initContainers, in the pod's restricted security context) left in /tmp."""
     name = make_pool(command_pool(f"e2e-command-{run_id}", e2e_config.worker_image,
                                   redis_secret=e2e_config.redis_secret))
     pools.wait_serving(name, 1)
@@ -128,7 +130,8 @@ def test_a_pool_with_a_task_command_runs_its_program(
     outcomes = [cli.wait(name, task_id, timeout=120) for task_id in ids]
     assert [o["state"] for o in outcomes] == ["succeeded"] * len(payloads)
     assert [o["result"] for o in outcomes] == [
-        {"echo": payload, "attempt": 1, "label": COMMAND_AGENT_LABEL[1]} for payload in payloads]
+        {"echo": payload, "attempt": 1, "label": COMMAND_AGENT_LABEL[1], "init": INIT_MARKER[1]}
+        for payload in payloads]
 
 
 def test_a_schedule_submits_a_task_that_the_pool_runs(

@@ -16,10 +16,16 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-from agentpool.models import SCRATCH_VOLUME, AgentPoolSpec, SecretKeyRef, WorkerSpec
+from agentpool.models import (
+    SCRATCH_VOLUME,
+    WORKER_CONTAINER_NAME,
+    AgentPoolSpec,
+    SecretKeyRef,
+    WorkerSpec,
+)
 from agentpool.ratelimit import encode_limits, limit_configs
 
-WORKER_CONTAINER = "worker"
+WORKER_CONTAINER = WORKER_CONTAINER_NAME
 HTTP_PORT = 8080
 POOL_LABEL = "agentpool.dev/pool"
 CREDENTIALS_VERSION = "agentpool.dev/credentials-version"
@@ -38,6 +44,8 @@ stalled event loop, a stopped process): waiting drainSeconds for it only delays 
 that gives its tasks back. A SIGTERM for any other reason still gets the pod's full grace."""
 
 RUN_AS_USER = 10001
+
+
 
 # Owned fields that mirror the user's spec: extra keys found in the cluster are drift too.
 _EXACT_KEYS = frozenset({
@@ -67,6 +75,7 @@ _OWNED_PATHS: tuple[tuple[str, ...], ...] = (
     (*_POD, "securityContext"),
     (*_POD, "automountServiceAccountToken"),
     (*_POD, "terminationGracePeriodSeconds"),
+    (*_POD, "initContainers"),
     (*_POD, "containers"),
     (*_POD, "volumes"),
     *((*_POD, key) for key in _POD_PASS_THROUGH),
@@ -159,6 +168,21 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _container_security() -> dict[str, Any]:
+    """Of every container of a worker pod, init containers and sidecars too: the restricted
+    Pod Security Standard, with a read-only root filesystem."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+
+
+def _scratch_mount() -> dict[str, Any]:
+    return {"name": SCRATCH_VOLUME, "mountPath": "/tmp"}
+
+
 def _pod_spec(pool_name: str, spec: AgentPoolSpec,
               redis_secret: SecretKeyRef | None) -> dict[str, Any]:
     worker = spec.worker
@@ -175,6 +199,9 @@ def _pod_spec(pool_name: str, spec: AgentPoolSpec,
         "containers": [_container(pool_name, spec, redis_secret)],
         "volumes": _volumes(worker),
     }
+    if worker.init_containers:
+        pod["initContainers"] = [_init_container(c.model_dump(by_alias=True, exclude_none=True))
+                                 for c in worker.init_containers]
     pod.update(_passed_through(worker, _POD_PASS_THROUGH))
     for constraint in pod.get("topologySpreadConstraints", ()):
         constraint.setdefault("labelSelector", {"matchLabels": {POOL_LABEL: pool_name}})
@@ -197,19 +224,21 @@ def _container(pool_name: str, spec: AgentPoolSpec,
             "/livez", period=10, timeout=3, failures=3, kill_grace=PROBE_KILL_GRACE_SECONDS
         ),
         "readinessProbe": _http_probe("/readyz", period=5, timeout=2, failures=2),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "securityContext": _container_security(),
         "volumeMounts": [
-            {"name": SCRATCH_VOLUME, "mountPath": "/tmp"},
+            _scratch_mount(),
             *(m.model_dump(by_alias=True, exclude_none=True) for m in worker.volume_mounts or ()),
         ],
     }
     container.update(_passed_through(worker, ("envFrom", "resources")))
     return container
+
+
+def _init_container(given: dict[str, Any]) -> dict[str, Any]:
+    """An init container or sidecar as the pool gives it, under the worker's security context
+    and with the scratch volume at /tmp (where it can leave files for the worker)."""
+    return {**given, "securityContext": _container_security(),
+            "volumeMounts": [_scratch_mount(), *given.get("volumeMounts", ())]}
 
 
 def _volumes(worker: WorkerSpec) -> list[dict[str, Any]]:

@@ -638,3 +638,51 @@ def apply_merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = apply_merge_patch(result.get(key), value)
     return result
+
+
+INIT: dict[str, Any] = {
+    "volumes": [{"name": "models", "emptyDir": {}}],
+    "initContainers": [
+        {"name": "fetch-model", "image": "curlimages/curl:8",
+         "args": ["-o", "/models/m.bin", "https://example.com/m.bin"],
+         "volumeMounts": [{"name": "models", "mountPath": "/models"}]},
+        {"name": "llm-gateway", "image": "litellm:1", "restartPolicy": "Always",
+         "env": [{"name": "PORT", "value": "4000"}]},
+    ],
+}
+
+
+def test_init_containers_and_sidecars_run_restricted_with_the_scratch_volume() -> None:
+    deployment = render(make_spec(**INIT))
+    fetch, gateway = pod_spec(deployment)["initContainers"]
+    for given, rendered in zip(INIT["initContainers"], (fetch, gateway), strict=True):
+        assert {k: v for k, v in rendered.items()
+                if k not in ("securityContext", "volumeMounts")} == {
+            k: v for k, v in given.items() if k != "volumeMounts"}
+        assert rendered["securityContext"] == container(deployment)["securityContext"]
+        assert rendered["volumeMounts"][0] == {"name": "tmp", "mountPath": "/tmp"}
+    assert fetch["volumeMounts"][1:] == [{"name": "models", "mountPath": "/models"}]
+    assert gateway["restartPolicy"] == "Always"
+    assert "initContainers" not in pod_spec(render())
+
+
+@pytest.mark.parametrize("version", ["1.30", "1.36"])
+def test_a_deployment_with_init_containers_and_a_sidecar_is_valid(version: str) -> None:
+    kubernetes_validate.validate(render(make_spec(**INIT), initial_replicas=1), version,
+                                 strict=True)
+
+
+def test_init_containers_with_api_server_defaults_are_not_drift_and_edits_are() -> None:
+    desired = render(make_spec(**INIT))
+    actual = as_returned_by_the_api_server(desired)
+    for init in pod_spec(actual)["initContainers"]:
+        init.update(imagePullPolicy="IfNotPresent", terminationMessagePolicy="File",
+                    terminationMessagePath="/dev/termination-log")
+    assert deployment_drift(desired, actual) is None
+    pod_spec(actual)["initContainers"][0]["securityContext"]["runAsNonRoot"] = False
+    patch = deployment_drift(desired, actual)
+    assert patch == {"spec": {"template": {"spec": {
+        "initContainers": pod_spec(desired)["initContainers"]}}}}
+    dropped = deployment_drift(render(), as_returned_by_the_api_server(desired))
+    assert dropped is not None
+    assert dropped["spec"]["template"]["spec"]["initContainers"] is None

@@ -95,6 +95,17 @@ CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
     (models.MOUNTS_NAME_VOLUMES, minimal_spec(worker=worker(
         volumes=[{"name": "cache", "emptyDir": {}}],
         volumeMounts=[{"name": "data", "mountPath": "/data"}]))),
+    (models.INIT_MOUNTS_NAME_VOLUMES, minimal_spec(worker=worker(initContainers=[
+        {"name": "fetch", "image": "curl", "volumeMounts": [
+            {"name": "models", "mountPath": "/models"}]}]))),
+    (models.INIT_CONTAINER_NAMES, minimal_spec(worker=worker(initContainers=[
+        {"name": "fetch", "image": "a"}, {"name": "fetch", "image": "b"}]))),
+    (models.INIT_CONTAINER_NAMES, minimal_spec(worker=worker(initContainers=[
+        {"name": "worker", "image": "a"}]))),
+    (models.MOUNT_NOT_ON_SCRATCH, minimal_spec(worker=worker(
+        volumes=[{"name": "a", "emptyDir": {}}],
+        initContainers=[{"name": "i", "image": "a", "volumeMounts": [
+            {"name": "a", "mountPath": "/tmp"}]}]))),
 ]
 
 NEAR_THE_RULES: list[dict[str, Any]] = [
@@ -142,6 +153,14 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
             {"name": "models", "mountPath": "/models"},
             {"name": "tmp", "mountPath": "/home/agent", "subPath": "home"},
             {"name": "pod", "mountPath": "/tmp/pod"},
+        ],
+        initContainers=[
+            {"name": "fetch-model", "image": "curlimages/curl:8",
+             "args": ["-o", "/models/m.bin", "https://example.com/m.bin"],
+             "volumeMounts": [{"name": "models", "mountPath": "/models"}]},
+            {"name": "llm-gateway", "image": "litellm:1", "restartPolicy": "Always",
+             "env": [{"name": "PORT", "value": "4000"}],
+             "resources": {"limits": {"memory": "256Mi"}}},
         ],
         podLabels={"team": "agents", "example.com/cost-centre": "ai-1", "empty": ""},
         podAnnotations={"sidecar.istio.io/inject": "false",

@@ -238,6 +238,19 @@ SPEC_CHANGES = st.fixed_dictionaries(
             ),
             max_size=3,
         ),
+        "initContainers": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["fetch", "worker", "Fetch", "gateway"]),
+                 "image": st.sampled_from(["curl:8", ""])},
+                optional={
+                    "restartPolicy": st.sampled_from(["Always", "OnFailure"]),
+                    "volumeMounts": st.lists(st.fixed_dictionaries(
+                        {"name": st.sampled_from(["data", "tmp", "cache"]),
+                         "mountPath": st.sampled_from(["/data", "/tmp", "/x"])}), max_size=2),
+                },
+            ),
+            max_size=3,
+        ),
         "rateLimits": st.lists(
             st.fixed_dictionaries(
                 {"name": st.sampled_from(["openai", "a", "a.b-c_d", "A", "-a", "a-", "x" * 64])},
@@ -261,7 +274,8 @@ def spec_with(changes: dict[str, Any]) -> dict[str, Any]:
     for key in ("queue", "redis"):
         if key in changes:
             spec[key] = copy.deepcopy(changes[key])
-    for key in ("handler", "taskCommand", "concurrency", "volumes", "volumeMounts"):
+    for key in ("handler", "taskCommand", "concurrency", "volumes", "volumeMounts",
+                "initContainers"):
         if key in changes:
             spec["worker"][key] = changes[key]
     if spec["worker"]["handler"] is None:
