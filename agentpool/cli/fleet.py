@@ -104,6 +104,8 @@ class PoolSummary:
     dead: int = 0
     workers: int = 0
     health: str = "Unknown"
+    problem: str | None = None
+    """The reason and message of the condition behind a health other than Ready."""
     created: datetime | None = None
     last_scale_reason: str | None = None
     schedules: int = 0
@@ -124,6 +126,18 @@ def pool_health(conditions: Sequence[Condition], paused: bool) -> str:
     if "Ready" in status:
         return "Ready" if status["Ready"] == "True" else "NotReady"
     return "Pending"
+
+
+def pool_problem(conditions: Sequence[Condition], paused: bool) -> str | None:
+    """"Reason: message" of the condition `pool_health` went by, when it is a problem."""
+    if paused:
+        return None
+    by_type = {c.type: c for c in conditions}
+    for kind, bad in (("Degraded", "True"), ("QueueReachable", "False"), ("Ready", "False")):
+        condition = by_type.get(kind)
+        if condition is not None and condition.status == bad:
+            return f"{condition.reason or kind}: {condition.message or 'no message'}"
+    return None
 
 
 def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
@@ -152,6 +166,7 @@ def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
         dead=status.dead,
         workers=status.workers,
         health=pool_health(status.conditions, paused),
+        problem=pool_problem(status.conditions, paused),
         created=parse_rfc3339(meta.get("creationTimestamp")),
         last_scale_reason=status.last_scale_reason,
         schedules=len(schedules),

@@ -401,6 +401,7 @@ def fleet_json(rows: Sequence[FleetRow], now: float) -> list[dict[str, Any]]:
             "name": p.name,
             "queue": p.queue,
             "health": p.health,
+            "problem": p.problem,
             "replicas": p.replicas,
             "ready_replicas": p.ready_replicas,
             "desired_replicas": p.desired_replicas,
@@ -449,8 +450,10 @@ def fleet_grid(rows: Sequence[FleetRow], now: float, *, all_namespaces: bool) ->
         out.append(cells)
         if row.rates:
             windows.add(format_span(row.rates.window_seconds))
+        where = f"{p.namespace}/{p.name}" if p.namespace else p.name
+        if p.problem:
+            notes.append(f"{where}: {p.health}: {p.problem}")
         if row.rates_error:
-            where = f"{p.namespace}/{p.name}" if p.namespace else p.name
             notes.append(f"{where}: no rates: {row.rates_error}")
     if windows:
         notes.insert(0, f"DONE/S and FAILED over the last {', '.join(sorted(windows))}; "

@@ -67,7 +67,12 @@ def fleet(kmock: Any, redis_url: str, queue_name: str) -> dict[str, str]:
         "data": {"url": base64.b64encode(redis_url.encode()).decode()},
     }
     dead_url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
-    kmock.objects[RESOURCE, "team-b", "gamma"] = pool("team-b", "gamma", {"url": dead_url})
+    failing = {"conditions": [
+        {"type": "Ready", "status": "True", "reason": "ReplicasReady"},
+        {"type": "Degraded", "status": "True", "reason": "PodsFailing",
+         "message": '1 pod ImagePullBackOff: Back-off pulling image "w:2"'}]}
+    kmock.objects[RESOURCE, "team-b", "gamma"] = pool("team-b", "gamma", {"url": dead_url},
+                                                      status=failing)
     return {"dead_url": dead_url.replace("hunter2", "***")}
 
 
@@ -104,6 +109,9 @@ async def test_status_all_namespaces_json(cli: Cli, kubeconfig: Path,
     assert alpha["created"] == "2024-05-01T10:00:00+00:00"
     assert pools["team-a", "beta"]["rates"] is not None
     gamma = pools["team-b", "gamma"]
+    assert (gamma["health"], gamma["problem"]) == (
+        "Degraded", 'PodsFailing: 1 pod ImagePullBackOff: Back-off pulling image "w:2"')
+    assert alpha["problem"] is None
     assert gamma["rates"] is None
     assert gamma["rates_error"] == (
         f"cannot reach Redis at {fleet['dead_url']}: Connection refused")
@@ -119,6 +127,10 @@ async def test_status_all_namespaces_table_notes_unreachable_redis(
     assert (f"team-b/gamma: no rates: cannot reach Redis at {fleet['dead_url']}: "
             "Connection refused") in result.out
     assert "hunter2" not in result.out
+    assert ('team-b/gamma: Degraded: PodsFailing: 1 pod ImagePullBackOff: Back-off pulling '
+            'image "w:2"') in result.out
+    assert "team-a/alpha:" not in result.out and "team-a/beta:" not in result.out, \
+        "a Ready or paused pool has no note"
 
 
 async def test_status_measures_throughput(cli: Cli, kubeconfig: Path,
