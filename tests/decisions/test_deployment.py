@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from agentpool.models import AgentPoolSpec
 from agentpool.ratelimit import LimitConfig, decode_limits
@@ -686,3 +688,16 @@ def test_init_containers_with_api_server_defaults_are_not_drift_and_edits_are() 
     dropped = deployment_drift(render(), as_returned_by_the_api_server(desired))
     assert dropped is not None
     assert dropped["spec"]["template"]["spec"]["initContainers"] is None
+
+
+@pytest.mark.parametrize("version", ["1.30", "1.36"])
+def test_the_cli_agent_example_renders_a_valid_restricted_deployment(version: str) -> None:
+    example = Path(__file__).parents[2] / "examples" / "cli-agent.yaml"
+    spec = AgentPoolSpec.model_validate(yaml.safe_load(example.read_text())["spec"])
+    deployment = render(spec, initial_replicas=1)
+    kubernetes_validate.validate(deployment, version, strict=True)
+    pod = pod_spec(deployment)
+    for each in (*pod["initContainers"], *pod["containers"]):
+        assert each["securityContext"] == container(deployment)["securityContext"]
+    assert pod["volumes"][0] == {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}}
+    assert env_of(deployment)["AGENTPOOL_HANDLER"]["value"] == "agentpool_worker.command:run"

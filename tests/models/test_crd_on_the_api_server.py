@@ -128,6 +128,8 @@ def accepted_by_models(spec: dict[str, Any]) -> bool:
 
 VALID_POOLS = [
     pytest.param(load_example(), id="examples/agentpool.yaml"),
+    pytest.param(yaml.safe_load((REPO / "examples" / "cli-agent.yaml").read_text()),
+                 id="examples/cli-agent.yaml"),
     *[pytest.param(p, id=f"e2e:{p['metadata']['name']}") for p in applied_pools(IMAGE)],
     *[pytest.param(pool(s), id=f"valid-{i}") for i, s in enumerate(VALID_SPECS)],
     *[pytest.param(pool(s), id=f"near-{i}") for i, s in enumerate(NEAR_THE_RULES)],

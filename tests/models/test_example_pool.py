@@ -41,3 +41,13 @@ def test_example_uses_no_field_the_model_would_drop() -> None:
 
 def test_example_passes_the_crd_schema() -> None:
     jsonschema.Draft7Validator(open_api_schema()).validate(load_example())
+
+
+CLI_AGENT = EXAMPLE.parent / "cli-agent.yaml"
+
+
+def test_the_cli_agent_example_uses_no_field_the_model_would_drop() -> None:
+    raw = yaml.safe_load(CLI_AGENT.read_text())["spec"]
+    spec = AgentPoolSpec.model_validate(raw)
+    assert spec.model_dump(by_alias=True, exclude_unset=True, mode="json") == raw
+    assert spec.worker.task_command and spec.worker.init_containers and spec.worker.volumes
