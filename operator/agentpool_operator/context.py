@@ -17,6 +17,7 @@ from .credentials import KnownSecrets, WorkerCredentials
 from .kube import KubeApi
 from .recovery import RecoveryPolicy
 from .redis_access import RedisClients
+from .redis_config import EvictionCheck
 from .settings import OperatorSettings
 
 SECRET_RECHECK_SECONDS = 3600.0
@@ -104,6 +105,8 @@ class PoolState:
     worker_credentials: WorkerCredentials | None = None
     """What the workers connect with, once decided (None: the pool's URL, no condition)."""
     credential_secrets: KnownSecrets = field(default_factory=KnownSecrets)
+    eviction: EvictionCheck = field(default_factory=EvictionCheck)
+    """Whether the pool's Redis may evict its keys, read every few minutes."""
 
     def remember_deployment(self, body: dict[str, Any] | None) -> None:
         """Keep the newest known Deployment; a late watch event for an older spec is ignored."""

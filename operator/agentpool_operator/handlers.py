@@ -473,6 +473,7 @@ async def observe_once(
     if queue is not None and not state.recovery.gone_pods_checked:
         await recover_gone_pods_once(ctx, state, queue, body, pods, logger)
     figures, queue, queue_problem = await observe_queue(state, queue, queue_problem)
+    evicting = await state.eviction.current(queue.redis) if queue is not None else None
     previous = state.last_status
     if previous is None:
         previous = dict(body.get("status") or {})
@@ -503,7 +504,7 @@ async def observe_once(
         deployment_problem=deployment_problem,
         extra_fields=result.status_fields,
         degraded_problems=[*result.problems, *workload_problems(deployment, pods, now),
-                           *([shared] if shared else [])],
+                           *(p for p in (shared, evicting) if p is not None)],
         extra_conditions=[
             *result.conditions,
             *([state.worker_credentials.condition] if state.worker_credentials else []),

@@ -16,7 +16,7 @@ from operator_harness import (
 from prometheus_client import REGISTRY
 
 from agentpool.protocol import TaskQueue, WorkerInfo
-from agentpool.redis_server import free_port
+from agentpool.redis_server import RedisServer, free_port
 
 IMAGE = "registry.example/agent-worker:1.0"
 
@@ -415,3 +415,19 @@ async def test_pods_that_cannot_come_up_make_the_pool_degraded_with_the_reason(
     assert degraded["message"] == f'1 pod ImagePullBackOff: Back-off pulling image "{IMAGE}"'
     assert cluster.condition("lambda", "Ready")["reason"] != "PodsFailing", \
         "a pool whose other pods serve is degraded, not unready"
+
+
+async def test_a_redis_that_may_evict_tasks_makes_the_pool_degraded(
+    cluster: Cluster, operator: OperatorThread
+) -> None:
+    with RedisServer(extra_args=("--maxmemory-policy", "allkeys-lru")) as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        await cluster.create_pool(pool_manifest("mu", redis_url=url))
+        degraded = await eventually(
+            lambda: (c := cluster.condition("mu", "Degraded"))["reason"] == "RedisEvictsKeys"
+            and c)
+        assert degraded["status"] == "True"
+        assert "maxmemory-policy allkeys-lru" in degraded["message"]
+        assert "queued and running tasks can be lost" in degraded["message"]
+        assert cluster.condition("mu", "Ready")["reason"] != "RedisEvictsKeys"
+        await eventually(lambda: cluster.events("RedisEvictsKeys"))
