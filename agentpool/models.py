@@ -48,7 +48,7 @@ MAX_SCHEDULES = 32
 MAX_VOLUMES = 32
 MAX_INIT_CONTAINERS = 8
 MAX_POD_METADATA = 64
-VOLUME_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 VOLUME_SOURCES = ("configMap", "secret", "emptyDir", "persistentVolumeClaim", "projected", "csi",
                   "downwardAPI", "ephemeral")
@@ -360,7 +360,7 @@ class Volume(_Model):
     model_config = ConfigDict(json_schema_extra=cel(VOLUME_ONE_SOURCE))
 
     name: str = Field(
-        pattern=VOLUME_NAME_PATTERN,
+        pattern=DNS_LABEL_PATTERN,
         max_length=63,
         description=(
             "Volume name, named by volumeMounts. A volume named tmp replaces the worker's own "
@@ -379,9 +379,7 @@ class Volume(_Model):
 
     @model_validator(mode="after")
     def _one_source(self) -> Volume:
-        sources = (self.config_map, self.secret, self.empty_dir, self.persistent_volume_claim,
-                   self.projected, self.csi, self.downward_api, self.ephemeral)
-        if sum(source is not None for source in sources) != 1:
+        if sum(value is not None for field, value in self if field != "name") != 1:
             raise ValueError(VOLUME_ONE_SOURCE.message)
         return self
 
@@ -392,7 +390,7 @@ class VolumeMount(_Model):
     model_config = ConfigDict(json_schema_extra=cel(MOUNT_NOT_ON_SCRATCH, MOUNT_SUB_PATH_RELATIVE))
 
     name: str = Field(
-        pattern=VOLUME_NAME_PATTERN, max_length=63,
+        pattern=DNS_LABEL_PATTERN, max_length=63,
         description="Name of a volume in worker.volumes (or tmp, the worker's scratch volume).",
     )
     mount_path: str = Field(
@@ -422,7 +420,7 @@ class InitContainer(_Model):
     runs under the worker's restricted security context and sees /tmp, the scratch volume,
     as the worker does."""
 
-    name: str = Field(pattern=VOLUME_NAME_PATTERN, max_length=63, description="Container name.")
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Container name.")
     image: str = Field(min_length=1, max_length=1024, description="Container image.")
     command: list[str] | None = Field(
         default=None, max_length=256, description="Entrypoint, as in a container.")

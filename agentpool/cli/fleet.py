@@ -114,30 +114,33 @@ class PoolSummary:
     redis_secret: SecretRef | None = None
 
 
+_BAD_WHEN = (("Degraded", "True", "Degraded"), ("QueueReachable", "False", "QueueUnreachable"),
+             ("Ready", "False", "NotReady"), ("Ready", "Unknown", "NotReady"))
+"""A condition in such a state gives the pool's health word, the first one found winning."""
+
+
+def _deciding(conditions: Sequence[Condition]) -> tuple[str, Condition | None]:
+    """The pool's health word and the condition that made it a problem (None if none did)."""
+    by_type = {c.type: c for c in conditions}
+    for kind, status, word in _BAD_WHEN:
+        condition = by_type.get(kind)
+        if condition is not None and condition.status == status:
+            return word, condition
+    return ("Ready" if "Ready" in by_type else "Pending"), None
+
+
 def pool_health(conditions: Sequence[Condition], paused: bool) -> str:
     """One word for a pool's state, from its conditions (Degraded outranks Ready)."""
-    if paused:
-        return "Paused"
-    status = {c.type: c.status for c in conditions}
-    if status.get("Degraded") == "True":
-        return "Degraded"
-    if status.get("QueueReachable") == "False":
-        return "QueueUnreachable"
-    if "Ready" in status:
-        return "Ready" if status["Ready"] == "True" else "NotReady"
-    return "Pending"
+    return "Paused" if paused else _deciding(conditions)[0]
 
 
 def pool_problem(conditions: Sequence[Condition], paused: bool) -> str | None:
-    """"Reason: message" of the condition `pool_health` went by, when it is a problem."""
-    if paused:
+    """"Reason: message" of the condition behind a health other than Ready, Paused or
+    Pending."""
+    condition = None if paused else _deciding(conditions)[1]
+    if condition is None:
         return None
-    by_type = {c.type: c for c in conditions}
-    for kind, bad in (("Degraded", "True"), ("QueueReachable", "False"), ("Ready", "False")):
-        condition = by_type.get(kind)
-        if condition is not None and condition.status == bad:
-            return f"{condition.reason or kind}: {condition.message or 'no message'}"
-    return None
+    return f"{condition.reason or condition.type}: {condition.message or 'no message'}"
 
 
 def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:

@@ -65,6 +65,7 @@ _POD_PASS_THROUGH = (
 )
 _POD = ("spec", "template", "spec")
 _TEMPLATE_LABELS = ("spec", "template", "metadata", "labels")
+_POD_METADATA_RECORD = ("metadata", "annotations", POD_METADATA_KEYS)
 _TEMPLATE_ANNOTATIONS = ("spec", "template", "metadata", "annotations")
 """Owned only when the pool sets one (the credentials version, podAnnotations); others' stay."""
 _OWNED_PATHS: tuple[tuple[str, ...], ...] = (
@@ -346,16 +347,15 @@ def _remove_stale_pod_metadata(patch: dict[str, Any], desired: Mapping[str, Any]
                                actual: Mapping[str, Any]) -> None:
     """Null the podLabels and podAnnotations keys the pods got from an earlier spec and the
     current one dropped, and keep the record of the keys applied (POD_METADATA_KEYS)."""
-    record = (POD_METADATA_KEYS,)
-    applied = _applied_keys(_get(actual, ("metadata", "annotations", *record)))
+    applied = _applied_keys(_get(actual, _POD_METADATA_RECORD))
     for kind, path in (("labels", _TEMPLATE_LABELS), ("annotations", _TEMPLATE_ANNOTATIONS)):
         wanted, present = _get(desired, path) or {}, _get(actual, path) or {}
         stale = {k: None for k in applied[kind] if k not in wanted and k in present}
         if stale:
             _put(patch, path, {**(_get(patch, path) or {}), **stale})
-    want = _get(desired, ("metadata", "annotations", *record))
-    if (want or "") != (_get(actual, ("metadata", "annotations", *record)) or ""):
-        _put(patch, ("metadata", "annotations", *record), want)
+    want = _get(desired, _POD_METADATA_RECORD)
+    if (want or "") != (_get(actual, _POD_METADATA_RECORD) or ""):
+        _put(patch, _POD_METADATA_RECORD, want)
 
 
 def _applied_keys(record: str | None) -> dict[str, list[str]]:

@@ -8,6 +8,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from merge_patch import merge_patch
 
 from agentpool.models import AgentPoolSpec
 from agentpool.ratelimit import LimitConfig, decode_limits
@@ -604,7 +605,7 @@ def test_pod_metadata_keys_dropped_from_the_spec_leave_the_pods_and_others_stay(
     assert patch["metadata"]["annotations"] == {
         POD_METADATA_KEYS: '{"labels":["team"],"annotations":["b.example/y"]}'}
     assert "kubectl.kubernetes.io/restartedAt" not in template["annotations"]
-    assert deployment_drift(after, apply_merge_patch(actual, patch)) is None
+    assert deployment_drift(after, merge_patch(actual, patch)) is None
 
 
 def test_pod_metadata_all_dropped_removes_the_record_too() -> None:
@@ -615,7 +616,7 @@ def test_pod_metadata_all_dropped_removes_the_record_too() -> None:
     assert patch["spec"]["template"]["metadata"] == {
         "labels": {"team": None}, "annotations": {"a.example/x": None}}
     assert patch["metadata"] == {"annotations": {POD_METADATA_KEYS: None}}
-    patched = apply_merge_patch(actual, patch)
+    patched = merge_patch(actual, patch)
     assert patched["spec"]["template"]["metadata"]["annotations"] == {
         "kubectl.kubernetes.io/restartedAt": "2026-01-01"}
     assert deployment_drift(render(), patched) is None
@@ -628,18 +629,6 @@ def test_a_dropped_pod_label_that_is_also_ours_keeps_ours() -> None:
     assert patch is not None
     assert patch["spec"]["template"]["metadata"] == {"labels": {"team": None}}
 
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies `application/merge-patch+json`."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = apply_merge_patch(result.get(key), value)
-    return result
 
 
 INIT: dict[str, Any] = {

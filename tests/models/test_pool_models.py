@@ -99,3 +99,9 @@ def test_status_round_trips_in_camel_case() -> None:
     assert AgentPoolStatus.model_validate(dumped) == status
     assert status.condition("Ready") == status.conditions[0]
     assert status.condition("Degraded") is None
+
+
+def test_the_volume_rule_names_every_source_the_volume_model_has() -> None:
+    sources = tuple(field.alias or name for name, field in models.Volume.model_fields.items()
+                    if name != "name")
+    assert sources == models.VOLUME_SOURCES

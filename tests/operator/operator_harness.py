@@ -25,6 +25,7 @@ import aiohttp.web
 import attrs
 import kmock
 import yaml
+from merge_patch import merge_patch
 
 from agentpool_operator import main as operator_main
 from agentpool_operator.settings import OperatorSettings
@@ -86,19 +87,6 @@ def apply_json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str
                 raise JSONPatchError(f"unsupported op {op['op']!r}")
         except (KeyError, IndexError, ValueError, TypeError) as error:
             raise JSONPatchError(f"cannot apply {op!r}: {error!r}") from None
-    return result
-
-
-def merge_patch(doc: Any, patch: Any) -> Any:
-    """RFC 7386."""
-    if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
-    result = dict(doc) if isinstance(doc, Mapping) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
     return result
 
 
