@@ -499,6 +499,17 @@ class WorkerSpec(_Model):
             "not use it: a pod chosen for removal leaves once its runs ended."
         ),
     )
+    protect_busy_pods: bool = Field(
+        default=True,
+        description=(
+            "Busy worker pods refuse evictions (kubectl drain, node upgrades, autoscalers "
+            "that empty nodes): a PodDisruptionBudget covers the pods that hold runs. The "
+            "pods of a node being drained (cordoned, or tainted by the Cluster Autoscaler or "
+            "Karpenter) stop taking tasks and leave once their runs end, at most "
+            "taskTimeoutSeconds later; new pods start elsewhere. Off: an eviction gives a "
+            "busy pod drainSeconds."
+        ),
+    )
     resources: ResourceRequirements | None = Field(
         default=None, description="Compute resources of each worker container."
     )

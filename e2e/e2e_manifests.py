@@ -225,6 +225,11 @@ RECOVERY_TASK_SEEDS = ("recover-10", "recover-21", "recover-66", "recover-124")
 """About 25-40 s each at 30 s mean, on each of the first three attempts."""
 
 
+EVICTION_TASK = {"mean_seconds": 30, "seed": "evict-1", "prompt": "outlasts drainSeconds"}
+"""About 58 s (first attempt): long enough to try an eviction while it runs, and far longer
+than the small pool's drainSeconds, which an eviction let through would cut it down to."""
+
+
 def quick_tasks(count: int, *, mean_seconds: float = 0.5, tag: str = "quick") -> list[Any]:
     return [{"mean_seconds": mean_seconds, "prompt": f"{tag} task {i}"} for i in range(count)]
 

@@ -39,6 +39,8 @@ class PodLoad:
     run_ages: tuple[float, ...] = ()
     """Seconds each of its runs has been going, as its workers last reported (may be fewer
     than `in_flight` when a worker does not report them)."""
+    leaving: bool = False
+    """Draining because its node is being emptied: never taken back, never kept as a spare."""
 
     @property
     def oldest_run(self) -> float:
@@ -111,7 +113,8 @@ class DrainPlan:
     start: int = 0
     """New pods still needed after the withdrawals."""
     release: tuple[str, ...] = ()
-    """Draining pods with no run left (drained now, or chosen idle): their replicas go."""
+    """Draining pods with no run left (drained now, chosen idle, or leaving with their node):
+    their replicas go."""
 
     @property
     def replica_change(self) -> int:
@@ -122,7 +125,8 @@ def plan_drains(loads: Sequence[PodLoad], target: int, keep: int | None = None) 
     """Move the serving pods to `target`: drain (idle first, by `removal_rank`), or withdraw
     drains (the pods that would have stayed longest first) and start the rest; release the
     replica of every draining pod that holds no run, except as many as it takes to keep
-    `keep` live pods (default `target`): those wait, drained, to be taken back."""
+    `keep` live pods (default `target`): those wait, drained, to be taken back. Pods leaving
+    with their node are neither taken back nor kept."""
     live = [p for p in loads if not p.deleting]
     serving = [p for p in live if not p.draining]
     draining = [p for p in live if p.draining]
@@ -132,14 +136,18 @@ def plan_drains(loads: Sequence[PodLoad], target: int, keep: int | None = None) 
     if target < len(serving):
         drain = choose_pods_to_remove(serving, len(serving) - target)
     elif target > len(serving):
-        longest_first = sorted(draining, key=removal_rank, reverse=True)
+        returnable = [p for p in draining if not p.leaving]
+        longest_first = sorted(returnable, key=removal_rank, reverse=True)
         withdraw = [p.pod for p in longest_first[: target - len(serving)]]
         start = target - len(serving) - len(withdraw)
     chosen = set(drain)
     back = set(withdraw)
-    release = [p.pod for p in draining if p.in_flight == 0 and p.pod not in back]
+    gone = [p.pod for p in draining if p.in_flight == 0 and p.leaving]
+    release = [p.pod for p in draining
+               if p.in_flight == 0 and p.pod not in back and not p.leaving]
     release += [p.pod for p in serving if p.pod in chosen and p.in_flight == 0]
     serving_after = len(serving) - len(drain) + len(withdraw) + start
-    staying = serving_after + len(live) - len(serving) - len(withdraw) + len(drain) - len(release)
+    staying = (serving_after + len(live) - len(serving) - len(withdraw) + len(drain)
+               - len(release) - len(gone))
     spare = max(0, max(target, keep or 0) - staying)
-    return DrainPlan(tuple(drain), tuple(withdraw), start, tuple(release[spare:]))
+    return DrainPlan(tuple(drain), tuple(withdraw), start, tuple(gone + release[spare:]))

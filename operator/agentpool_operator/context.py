@@ -14,6 +14,7 @@ from agentpool.protocol import TaskQueue
 from agentpool.scaling.policy import ScalingHistory
 
 from .credentials import KnownSecrets, WorkerCredentials
+from .disruption_actions import GuardState
 from .kube import KubeApi
 from .recovery import RecoveryPolicy
 from .redis_access import RedisClients
@@ -107,6 +108,8 @@ class PoolState:
     credential_secrets: KnownSecrets = field(default_factory=KnownSecrets)
     eviction: EvictionCheck = field(default_factory=EvictionCheck)
     """Whether the pool's Redis may evict its keys, read every few minutes."""
+    guard: GuardState = field(default_factory=GuardState)
+    """The pool's PodDisruptionBudget and which pods carry its busy label."""
 
     def remember_deployment(self, body: dict[str, Any] | None) -> None:
         """Keep the newest known Deployment; a late watch event for an older spec is ignored."""

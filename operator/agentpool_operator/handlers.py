@@ -41,6 +41,7 @@ from .credentials import (
     worker_secret_name,
 )
 from .deployment import POOL_LABEL, deployment_drift, desired_deployment, replayed
+from .disruption_actions import ensure_budget
 from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
 from .queue_sharing import queue_address, sharing_problem
@@ -470,6 +471,9 @@ async def observe_once(
             deployment = state.deployment
             deployment_problem = Problem("DeploymentError", api_error_message(error))
 
+    budget_problem = None
+    if deployment is not None:
+        budget_problem = await ensure_budget(ctx.api, state.guard, body, spec, generation)
     if queue is not None and not state.recovery.gone_pods_checked:
         await recover_gone_pods_once(ctx, state, queue, body, pods, logger)
     figures, queue, queue_problem = await observe_queue(state, queue, queue_problem)
@@ -504,7 +508,7 @@ async def observe_once(
         deployment_problem=deployment_problem,
         extra_fields=result.status_fields,
         degraded_problems=[*result.problems, *workload_problems(deployment, pods, now),
-                           *(p for p in (shared, evicting) if p is not None)],
+                           *(p for p in (shared, evicting, budget_problem) if p is not None)],
         extra_conditions=[
             *result.conditions,
             *([state.worker_credentials.condition] if state.worker_credentials else []),

@@ -138,6 +138,28 @@ class KubeApi:
             raise
         return frozenset((n.get("metadata") or {}).get("name", "") for n in body.get("items") or [])
 
+    async def get_node(self, name: str) -> Body | None:
+        return await self.get(f"/api/v1/nodes/{name}")
+
+    async def get_budget(self, namespace: str, name: str) -> Body | None:
+        return await self.get(budget_path(namespace, name))
+
+    async def create_budget(self, namespace: str, body: Mapping[str, Any]) -> Body:
+        return await self.request("POST", budget_path(namespace), dict(body))
+
+    async def patch_budget(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Body:
+        return await self.request("PATCH", budget_path(namespace, name), dict(patch), MERGE_PATCH)
+
+    async def delete_budget(self, namespace: str, name: str) -> bool:
+        """False when there was none."""
+        try:
+            await self.request("DELETE", budget_path(namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
     async def get_secret(self, namespace: str, name: str) -> Body | None:
         return await self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
 
@@ -187,6 +209,11 @@ def pod_path(namespace: str, name: str) -> str:
 
 def deployment_path(namespace: str, name: str | None = None) -> str:
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    return f"{path}/{name}" if name else path
+
+
+def budget_path(namespace: str, name: str | None = None) -> str:
+    path = f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets"
     return f"{path}/{name}" if name else path
 
 

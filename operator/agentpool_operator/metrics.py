@@ -163,7 +163,7 @@ REDIS_CLIENTS = Gauge(
 OPERATOR_INFO = Info("agentpool_operator", "The running operator")
 
 SCALE_DIRECTIONS = ("up", "down")
-DRAIN_PURPOSES = ("scale_down", "recovery")
+DRAIN_PURPOSES = ("scale_down", "node_drain", "recovery")
 RECONCILE_STEPS = ("deployment", "observe", "act")
 SCALE_REASONS = ("backlog", "idle", "bounds", "fixed", "rate_limit", "other")
 """What `scale_reason` reduces a decision's reason to."""
@@ -280,7 +280,7 @@ def record_pods_replaced(namespace: str, pool: str, n: int = 1) -> None:
 
 
 def record_drains(namespace: str, pool: str, purpose: str, n: int = 1) -> None:
-    """Pods asked to drain. `purpose`: "scale_down" or "recovery"."""
+    """Pods asked to drain. `purpose`: "scale_down", "node_drain" or "recovery"."""
     if purpose not in DRAIN_PURPOSES:
         raise ValueError(f"purpose must be one of {DRAIN_PURPOSES}, got {purpose!r}")
     _child(DRAINS_REQUESTED, namespace, pool, purpose).inc(n)

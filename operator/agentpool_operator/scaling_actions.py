@@ -73,6 +73,8 @@ from agentpool.scaling.scaledown import (
 
 from . import metrics
 from .context import PoolState
+from .disruption import BUSY_LABEL, BUSY_VALUE, GuardedPod, guard_changes
+from .disruption_actions import apply_guard, going_nodes_of
 from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
 from .status import ConditionUpdate, rfc3339, sanitize
@@ -103,9 +105,19 @@ class PodSummary:
     """Carries a deletion cost this module sets on the pods it chose."""
     released: bool = False
     """Its mark says its runs ended and its replica may go."""
+    leaving: bool = False
+    """On a node being emptied (see `disruption`): it leaves like a chosen pod, for good."""
+    guarded: bool = False
+    """Carries the busy label that the pool's PodDisruptionBudget protects."""
+
+    @property
+    def held(self) -> bool:
+        """Not serving: marked for removal, or leaving with its node."""
+        return self.marked or self.leaving
 
     @classmethod
-    def from_body(cls, pod: Mapping[str, Any]) -> PodSummary:
+    def from_body(cls, pod: Mapping[str, Any], going: Collection[str] = ()) -> PodSummary:
+        """`going`: the names of the nodes being emptied."""
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
         ready = any(
@@ -122,6 +134,8 @@ class PodSummary:
             gone=gone,
             marked=cost in (CHOSEN_COST, RELEASED_COST),
             released=cost == RELEASED_COST,
+            leaving=not gone and (pod.get("spec") or {}).get("nodeName") in going,
+            guarded=(meta.get("labels") or {}).get(BUSY_LABEL) == BUSY_VALUE,
         )
 
 
@@ -134,8 +148,8 @@ class PodWork:
 
 
 def holding(pods: Sequence[PodSummary], given_back: Collection[str]) -> list[PodSummary]:
-    """Marked live pods that still hold a replica of the Deployment."""
-    return [p for p in pods if p.marked and not p.gone and p.name not in given_back]
+    """Marked or leaving live pods that still hold a replica of the Deployment."""
+    return [p for p in pods if p.held and not p.gone and p.name not in given_back]
 
 
 def serving_replicas(pods: Sequence[PodSummary], replicas: int,
@@ -214,7 +228,7 @@ def plan_scale(
     names = {p.name for p in live if p.marked}
     given = tuple(sorted(n for n in given_back if n in names))
     held = holding(pods, given)
-    unmarked = [p for p in live if not p.marked]
+    unmarked = [p for p in live if not p.held]
     serving = max(0, replicas - len(held))
     if target < serving:
         live_target = len(unmarked) - max(0, min(serving - target, len(unmarked) - target))
@@ -224,7 +238,8 @@ def plan_scale(
     def load(p: PodSummary) -> PodLoad:
         w = work.get(p.name, PodWork())
         ages = tuple(max(0.0, now - since) for since in w.runs_since)
-        return PodLoad(p.name, w.in_flight, p.ready, draining=p.marked, run_ages=ages)
+        return PodLoad(p.name, w.in_flight, p.ready, draining=p.held, run_ages=ages,
+                       leaving=p.leaving)
 
     live_keep = live_target + max(0, (target if keep is None else keep) - target)
     plan = plan_drains([load(p) for p in unmarked + held], live_target, live_keep)
@@ -233,6 +248,7 @@ def plan_scale(
     idle = set(plan.release)
     release = [n for n in plan.drain if n in idle]
     release += [n for n in plan.release if n not in chosen and not by_name[n].released]
+    leavers = [p.name for p in held if p.leaving and not p.marked and p.name not in idle]
     starting = any(not p.ready for p in unmarked)
 
     def may_go(name: str) -> bool:
@@ -246,7 +262,7 @@ def plan_scale(
     orphans = given if len(live) <= replicas else ()
     return ScalePlan(
         replicas=target + kept,
-        drain=tuple(n for n in plan.drain if n not in idle),
+        drain=tuple(n for n in plan.drain if n not in idle) + tuple(leavers),
         release=tuple(release),
         withdraw=plan.withdraw,
         give_back=tuple(give_back),
@@ -408,7 +424,10 @@ async def scale(
             "Scaling", "Unknown", "DeploymentMissing", "no Deployment to scale",
         ),))
     replicas = int((deployment.get("spec") or {}).get("replicas", 1))
+    state = observation.state if observation.state is not None else PoolState()
+    now = observation.now.timestamp()
     if spec.paused:
+        await _guard_paused(observation, state, pods, now, kube)
         return ActionResult(
             status_fields={"desiredReplicas": replicas},
             conditions=(ConditionUpdate(
@@ -417,14 +436,14 @@ async def scale(
             ),),
         )
 
-    state = observation.state if observation.state is not None else PoolState()
-    now = observation.now.timestamp()
     annotations = (deployment.get("metadata") or {}).get("annotations") or {}
     if state.scaling_history is None:
         state.scaling_history = restore_history(annotations.get(HISTORY_ANNOTATION), now)
     given_back = _names(annotations.get(RELEASED_ANNOTATION))
     policy = ScalingPolicy.from_spec(spec.scaling, spec.worker.concurrency)
-    summaries = [PodSummary.from_body(pod) for pod in pods]
+    protect = spec.worker.protect_busy_pods
+    going, node_problem = await going_nodes_of(kube, pods) if protect else (frozenset(), None)
+    summaries = [PodSummary.from_body(pod, going) for pod in pods]
     queue = observation.queue
     work: dict[str, PodWork] | None = None
     drains: dict[str, float] = {}
@@ -441,7 +460,8 @@ async def scale(
 
     try:
         figures = queue_load(observation.figures)
-        if (figures.figures_ok and figures.in_flight) or holding(summaries, given_back):
+        guarded = any(p.guarded for p in summaries)
+        if (figures.figures_ok and figures.in_flight) or holding(summaries, given_back) or guarded:
             await read_work()
         serving = serving_replicas(summaries, replicas, given_back)
         load = serving_load(figures, summaries, work or {}, given_back, now)
@@ -457,6 +477,8 @@ async def scale(
         await _withdraw_marks(observation, plan.withdraw, kube)
         await _delete_orphans(observation, plan.delete, kube)
         await _sweep_drains(observation, state, summaries)
+        if work is not None or figures.figures_ok:
+            await _guard(observation, state, summaries, work or {}, plan.given_back, now, kube)
     except ScaleAborted as aborted:
         return ActionResult(
             status_fields={"desiredReplicas": replicas}, conditions=(aborted.condition,)
@@ -484,8 +506,42 @@ async def scale(
             message += f"; back from draining: {', '.join(plan.withdraw)}"
         _post(observation, "ScaledUp" if direction == "up" else "ScaledDown", message)
     return ActionResult(
-        status_fields=fields, conditions=(scaling_condition(policy, load, decision),)
+        status_fields=fields, conditions=(scaling_condition(policy, load, decision),),
+        problems=(node_problem,) if node_problem else (),
     )
+
+
+async def _guard(
+    observation: PoolObservation, state: PoolState, pods: Sequence[PodSummary],
+    work: Mapping[str, PodWork], given_back: Collection[str], now: float, kube: KubeApi,
+) -> None:
+    """Label the busy pods, and the leaving ones until their replica is given back, for the
+    pool's PodDisruptionBudget (see `disruption`)."""
+    guarded = [
+        GuardedPod(p.name, p.guarded, work.get(p.name, PodWork()).in_flight,
+                   leaving=p.leaving and p.name not in given_back)
+        for p in pods if not p.gone
+    ]
+    changes = guard_changes(guarded, state.guard.idle_since, now,
+                            enabled=observation.spec.worker.protect_busy_pods)
+    await apply_guard(observation.namespace, changes, kube)
+
+
+async def _guard_paused(observation: PoolObservation, state: PoolState,
+                        pods: Sequence[dict[str, Any]], now: float, kube: KubeApi) -> None:
+    """A paused pool moves no pod, but its busy pods stay guarded."""
+    summaries = [PodSummary.from_body(pod) for pod in pods]
+    figures = queue_load(observation.figures)
+    queue = observation.queue
+    if queue is None or not figures.figures_ok:
+        return
+    work: dict[str, PodWork] = {}
+    if figures.in_flight or any(p.guarded for p in summaries):
+        try:
+            work = await work_by_pod(queue)
+        except REDIS_ERRORS:
+            return
+    await _guard(observation, state, summaries, work, (), now, kube)
 
 
 def _names(annotation: str | None) -> tuple[str, ...]:
@@ -534,7 +590,18 @@ async def _apply_marks(
         except REDIS_ERRORS as error:
             raise ScaleAborted(_redis_problem(current, error)) from None
     was_marked = {p.name for p in pods if p.marked}
-    chosen = [n for n in (*plan.drain, *plan.release) if n not in was_marked]
+    leaving = {p.name for p in pods if p.leaving}
+    fresh = [n for n in (*plan.drain, *plan.release) if n not in was_marked]
+    leavers = [n for n in fresh if n in leaving]
+    if leavers:
+        metrics.record_drains(observation.namespace, observation.name, "node_drain",
+                              len(leavers))
+        runs = sum(work.get(n, PodWork()).in_flight for n in leavers)
+        detail = f"{runs} runs in flight finish first" if runs else "all idle"
+        _post(observation, "NodeDraining",
+              f"pods {', '.join(leavers)} are on a node being drained: they take no new task "
+              f"and leave once their runs end ({detail}); new pods start elsewhere")
+    chosen = [n for n in fresh if n not in leaving]
     if chosen:
         metrics.record_drains(observation.namespace, observation.name, "scale_down",
                               len(chosen))

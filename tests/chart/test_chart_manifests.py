@@ -32,7 +32,9 @@ CLUSTER_SCOPED_KINDS = {
     "PriorityClass",
     "StorageClass",
 }
-CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
+CLUSTER_SCOPED_RESOURCES = {
+    "customresourcedefinitions", "namespaces", "clusterkopfpeerings", "nodes",
+}
 
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 
@@ -48,8 +50,11 @@ POOL_GRANTS = (
     | grants("apps", "deployments", "get", "list", "watch", "create", "patch", "update", "delete")
     | grants("", "pods", "get", "list", "watch", "delete", "patch")
     | grants("", "events", "create", "patch")
+    | grants("policy", "poddisruptionbudgets", "get", "create", "patch", "delete")
 )
-CRD_GRANTS = grants("apiextensions.k8s.io", "customresourcedefinitions", "get", "list", "watch")
+CRD_GRANTS = grants(
+    "apiextensions.k8s.io", "customresourcedefinitions", "get", "list", "watch"
+) | grants("", "nodes", "get")
 NAMESPACE_GRANTS = grants("", "namespaces", "list", "watch")
 CLUSTER_PEERING_GRANTS = grants("kopf.dev", "clusterkopfpeerings", "get", "list", "watch", "patch")
 PEERING_GRANTS = grants("kopf.dev", "kopfpeerings", "get", "list", "watch", "patch")

@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 from e2e_config import DEFAULT_OPERATOR_IMAGE, ConfigError, E2EConfig, ImageRef
 from e2e_manifests import (
+    EVICTION_TASK,
     LONG_TASK_SEEDS,
     SUITE_LABEL,
     applied_pools,
@@ -25,6 +26,7 @@ from e2e_manifests import (
     recovery_tasks,
     scale_pool,
     scale_tasks,
+    small_pool,
 )
 from pydantic import ValidationError
 
@@ -54,6 +56,7 @@ EXPECTED_E2E_TESTS = {
     "e2e/test_e2e_scaling.py::"
     "test_backlog_scales_up_and_empty_queue_scales_down_without_interrupting_tasks",
     "e2e/test_e2e_recovery.py::test_deleted_busy_pod_has_its_tasks_requeued_and_finished",
+    "e2e/test_e2e_eviction.py::test_a_busy_pod_refuses_eviction_until_its_run_ends",
     "e2e/test_e2e_lifecycle.py::test_deleting_the_pool_removes_its_deployment",
     "e2e/test_e2e_lifecycle.py::"
     "test_worker_pods_run_under_the_restricted_pod_security_standard",
@@ -142,6 +145,14 @@ def test_long_scaling_tasks_outlast_drain_seconds_but_not_the_task_timeout() -> 
     longest = max(10 * float(t["mean_seconds"]) for t in scale_tasks())
     assert worker.task_timeout_seconds >= longest
     assert len({t["seed"] for t in scale_tasks() if "seed" in t}) == len(LONG_TASK_SEEDS)
+
+
+def test_the_eviction_task_outlasts_drain_seconds_but_not_the_task_timeout() -> None:
+    worker = AgentPoolSpec.model_validate(small_pool("s", IMAGE)["spec"]).worker
+    mean = float(EVICTION_TASK["mean_seconds"])
+    assert worker.drain_seconds < mean / 2
+    assert worker.task_timeout_seconds >= 10 * mean
+    assert worker.protect_busy_pods
 
 
 def test_recovery_tasks_outnumber_one_pod_and_fit_the_pool() -> None:

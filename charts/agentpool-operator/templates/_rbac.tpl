@@ -20,11 +20,19 @@
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Each pool's budget that makes evictions of busy workers wait for their runs.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end -}}
-{{- define "agentpool.crdRules" -}}
+{{- define "agentpool.clusterScopedRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+# One node at a time, by name: whether the node of a worker pod is being drained.
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get"]
 {{- end -}}
 
 {{- define "agentpool.operatorSubject" -}}

@@ -1,0 +1,160 @@
+"""Evictions that wait for runs, applied to one pool (the decisions are in `disruption`).
+
+Each round: the pool's PodDisruptionBudget is put in place (read again every few minutes, and
+at each new generation of the pool), the nodes of its pods are read (one GET per node, shared
+by every pool for NODE_CACHE_SECONDS) to learn which are going, and the busy label is set on
+or taken off its pods. Scaling (`scaling_actions.scale`) makes the pods of a going node leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kubernetes.client.exceptions import ApiException
+
+from agentpool.models import AgentPoolSpec
+
+from .deployment import POOL_LABEL, owner_reference, pool_labels
+from .disruption import (
+    BUSY_LABEL,
+    BUSY_VALUE,
+    GuardChanges,
+    budget_drift,
+    desired_budget,
+    going_nodes,
+    nodes_of,
+)
+from .kube import KubeApi, api_error_message
+from .status import Problem
+
+NODE_CACHE_SECONDS = 10.0
+"""A node's cordon or taint is seen within this long (plus a round of the pool's loop)."""
+BUDGET_CHECK_SECONDS = 300.0
+"""The budget is read again this often, so one deleted by hand comes back."""
+BUDGET_REASON = "DisruptionBudgetError"
+NODES_REASON = "NodesUnreadable"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GuardState:
+    """One pool's guard between rounds."""
+
+    idle_since: dict[str, float] = field(default_factory=dict)
+    """When each guarded pod was first seen idle (see `disruption.guard_changes`)."""
+    budget_generation: int | None = None
+    budget_checked: float | None = None
+    problem: Problem | None = None
+    """Why the budget could not be put in place, as last found."""
+
+
+async def ensure_budget(kube: KubeApi, guard: GuardState, pool: Mapping[str, Any],
+                        spec: AgentPoolSpec, generation: int) -> Problem | None:
+    """Create or put back the pool's budget (or delete it once the guard is turned off)."""
+    now = time.monotonic()
+    fresh = guard.budget_checked is not None and now - guard.budget_checked < BUDGET_CHECK_SECONDS
+    if guard.budget_generation == generation and fresh:
+        return guard.problem
+    meta = pool["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        actual = await kube.get_budget(namespace, name)
+        owned = actual is not None and _controlled_by(actual, meta.get("uid"))
+        if not spec.worker.protect_busy_pods:
+            if owned:
+                await kube.delete_budget(namespace, name)
+            guard.problem = None
+        elif actual is None:
+            await kube.create_budget(namespace, _desired(pool))
+            log.info(f"{namespace}/{name}: created PodDisruptionBudget {name}")
+            guard.problem = None
+        elif not owned:
+            guard.problem = Problem(BUDGET_REASON, (
+                f"PodDisruptionBudget {namespace}/{name} exists and is not controlled by this "
+                "pool: busy pods are not protected from evictions; delete or rename it"))
+        else:
+            patch = budget_drift(_desired(pool), actual)
+            if patch is not None:
+                await kube.patch_budget(namespace, name, patch)
+            guard.problem = None
+    except ApiException as error:
+        guard.problem = Problem(BUDGET_REASON, (
+            f"cannot put PodDisruptionBudget {namespace}/{name} in place "
+            f"({api_error_message(error)}): busy pods are not protected from evictions"))
+    guard.budget_generation, guard.budget_checked = generation, now
+    return guard.problem
+
+
+def _desired(pool: Mapping[str, Any]) -> dict[str, Any]:
+    meta = pool["metadata"]
+    name = meta["name"]
+    return desired_budget(name, meta["namespace"], pool_labels(name), owner_reference(pool),
+                          POOL_LABEL)
+
+
+def _controlled_by(body: Mapping[str, Any], uid: str | None) -> bool:
+    references = (body.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in references)
+
+
+class NodeReader(Protocol):
+    async def get_node(self, name: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class _Node:
+    body: Mapping[str, Any] | None
+    error: str | None
+    read: float
+
+
+_node_caches: weakref.WeakKeyDictionary[NodeReader, dict[str, _Node]] = (
+    weakref.WeakKeyDictionary())
+
+
+async def going_nodes_of(kube: NodeReader, pods: Sequence[Mapping[str, Any]]
+                         ) -> tuple[frozenset[str], Problem | None]:
+    """The nodes of these pods that are being emptied, and a problem when some cannot be read
+    (their pods are then taken as staying)."""
+    cache = _node_caches.setdefault(kube, {})
+    now = time.monotonic()
+    wanted = sorted(nodes_of(pods))
+    stale = [n for n in wanted if n not in cache or now - cache[n].read >= NODE_CACHE_SECONDS]
+    for name, node in zip(stale, await asyncio.gather(*(_read(kube, n) for n in stale)),
+                          strict=True):
+        cache[name] = node
+    for name in [n for n, node in cache.items() if now - node.read >= 30 * NODE_CACHE_SECONDS]:
+        del cache[name]
+    errors = [(n, cache[n].error) for n in wanted if cache[n].error]
+    problem = None
+    if errors:
+        name, error = errors[0]
+        problem = Problem(NODES_REASON, (
+            f"cannot read node {name} ({error}): pods on a node being drained are not moved "
+            "off it, and the drain waits until they are idle"))
+    return going_nodes({n: cache[n].body for n in wanted if not cache[n].error}), problem
+
+
+async def _read(kube: NodeReader, name: str) -> _Node:
+    try:
+        return _Node(await kube.get_node(name), None, time.monotonic())
+    except ApiException as error:
+        return _Node(None, api_error_message(error), time.monotonic())
+
+
+async def apply_guard(namespace: str, changes: GuardChanges, kube: KubeApi) -> None:
+    """Set and take off the busy label; a pod that is gone needs neither."""
+    labels: list[tuple[str, str | None]] = [(name, BUSY_VALUE) for name in changes.guard]
+    labels += [(name, None) for name in changes.unguard]
+    for name, value in labels:
+        try:
+            await kube.patch_pod(namespace, name, {"metadata": {"labels": {BUSY_LABEL: value}}})
+        except ApiException as error:
+            log.warning(f"cannot label pod {namespace}/{name}: {api_error_message(error)}")

@@ -1,0 +1,196 @@
+"""Evictions that wait for runs, against kmock and a real redis-server: each pool gets its
+PodDisruptionBudget, busy pods carry the label it protects, and the pods of a cordoned node
+leave once their runs end while new pods replace them.
+
+kmock enforces no budget (only a real API server refuses an eviction, see the e2e suite); here
+the operator's side is checked: the budget it writes, the labels, drains and replicas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
+from test_scaling_loop import (
+    cost_of,
+    create_pods,
+    drains_are,
+    pod_manifest,
+    scaling,
+    set_unready,
+    start_worker,
+)
+
+from agentpool.protocol import TaskQueue
+from agentpool_operator import disruption, disruption_actions
+from agentpool_operator.deployment import POOL_LABEL
+from agentpool_operator.disruption import BUSY_LABEL
+from agentpool_operator.scaling_actions import RELEASED_ANNOTATION
+from agentpool_operator.settings import OperatorSettings
+
+PODS = "v1/pods"
+BUDGETS = "policy/v1/poddisruptionbudgets"
+
+
+@pytest.fixture(autouse=True)
+def quick_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(disruption, "IDLE_BEFORE_UNGUARDED_SECONDS", 0.5)
+    monkeypatch.setattr(disruption_actions, "NODE_CACHE_SECONDS", 0.2)
+
+
+def guarded(cluster: Cluster, pod: str) -> bool:
+    labels = cluster.get(PODS, pod)["metadata"].get("labels") or {}
+    return labels.get(BUSY_LABEL) == "true"
+
+
+def unguarded_or_gone(cluster: Cluster, pod: str) -> bool:
+    """kmock's pods stay once their replica is given back (no ReplicaSet), so the operator
+    deletes them itself, as it does a drained pod the ReplicaSet kept."""
+    try:
+        return not guarded(cluster, pod)
+    except KeyError:
+        return True
+
+
+def budget_gone(cluster: Cluster, name: str) -> bool:
+    try:
+        cluster.get(BUDGETS, name)
+    except KeyError:
+        return True
+    return False
+
+
+async def create_node(cluster: Cluster, name: str, *, cordoned: bool) -> None:
+    spec: dict[str, Any] = {"unschedulable": True} if cordoned else {}
+    await cluster.create("/api/v1/nodes", {
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": spec,
+    })
+
+
+async def test_busy_pods_carry_the_label_the_pools_budget_protects(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    pods = ["gu-6f7d8-aaaaa", "gu-6f7d8-bbbbb"]
+    await queue.submit_many([{"n": n} for n in range(2)])
+    task = await start_worker(queue, pods[0], busy=True)
+    assert task is not None
+    await start_worker(queue, pods[1], busy=False)
+    await create_pods(cluster, "gu", pods)
+    await cluster.create_pool(pool_manifest(
+        "gu", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=2, maxReplicas=2),
+    ))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        budget = await eventually(lambda: cluster.get(BUDGETS, "gu"))
+        assert budget["spec"] == {
+            "maxUnavailable": 0,
+            "selector": {"matchLabels": {POOL_LABEL: "gu", BUSY_LABEL: "true"}},
+        }
+        assert budget["metadata"]["ownerReferences"][0]["kind"] == "AgentPool"
+        await eventually(lambda: guarded(cluster, pods[0]))
+        assert not guarded(cluster, pods[1])
+
+        # The second pod takes a run and the first one's run ends: the labels follow.
+        second = (await queue.claim(f"{pods[1]}:i1", 1, 120.0)).tasks[0]
+        assert await queue.complete(task, "ok")
+        await eventually(lambda: guarded(cluster, pods[1]) and not guarded(cluster, pods[0]))
+        assert cluster.condition("gu", "Degraded")["status"] == "False"
+
+        # A budget deleted by hand comes back at the next look; turned off, it goes for good
+        # and so do the labels.
+        await cluster.patch_pool("gu", {"spec": {"worker": {"protectBusyPods": False}}})
+        await eventually(lambda: budget_gone(cluster, "gu"))
+        await eventually(lambda: not guarded(cluster, pods[1]))
+        assert await queue.complete(second, "ok")
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
+async def test_a_budget_the_pool_does_not_own_makes_it_degraded(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str, queue_name: str,
+) -> None:
+    await cluster.create(f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets", {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "mine", "namespace": NAMESPACE},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "mine"}}},
+    })
+    await cluster.create_pool(pool_manifest("mine", redis_url=redis_url, queue=queue_name))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        degraded = await eventually(
+            lambda: (c := cluster.condition("mine", "Degraded"))["status"] == "True" and c)
+        assert degraded["reason"] == "DisruptionBudgetError"
+        assert "not controlled by this pool" in degraded["message"]
+        assert cluster.get(BUDGETS, "mine")["spec"]["minAvailable"] == 1, "left alone"
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
+async def test_pods_of_a_cordoned_node_leave_once_their_runs_end(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    busy, idle, elsewhere = "co-5c6d7-aaaaa", "co-5c6d7-bbbbb", "co-5c6d7-ccccc"
+    await create_node(cluster, "node-a", cordoned=True)
+    await create_node(cluster, "node-b", cordoned=False)
+    await queue.submit({"n": 1})
+    task = await start_worker(queue, busy, busy=True)
+    assert task is not None
+    for pod in (idle, elsewhere):
+        await start_worker(queue, pod, busy=False)
+    for pod, node in ((busy, "node-a"), (idle, "node-a"), (elsewhere, "node-b")):
+        body = pod_manifest("co", pod)
+        body["spec"]["nodeName"] = node
+        await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", body)
+    await cluster.create_pool(pool_manifest(
+        "co", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=3, maxReplicas=3),
+    ))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        # Both pods of node-a drain (the idle one released at once); two new pods are asked
+        # for, so the pool keeps three serving replicas; both stay guarded meanwhile.
+        await eventually(lambda: cost_of(cluster, busy) == "-1000")
+        await eventually(lambda: cost_of(cluster, idle) == "-2000")
+        await eventually(lambda: drains_are(queue, {busy, idle}))
+        await eventually(lambda: cluster.deployment("co")["spec"]["replicas"] == 5)
+        await eventually(lambda: guarded(cluster, busy) and guarded(cluster, idle))
+        event = (await eventually(lambda: cluster.events("NodeDraining")))[0]
+        assert busy in event["message"] and idle in event["message"]
+        assert "1 runs in flight finish first" in event["message"]
+        await eventually(lambda: (s := cluster.pool("co")["status"]).get(
+            "drainingReplicas") == 2 and s.get("drainingSince"))
+
+        # The idle one gives its replica back once unready; the ReplicaSet then removes it
+        # (no eviction needed: until then the label keeps the drain from racing us).
+        await set_unready(cluster, idle)
+        await eventually(lambda: cluster.deployment("co")["spec"]["replicas"] == 4)
+        annotations = cluster.deployment("co")["metadata"]["annotations"]
+        assert annotations[RELEASED_ANNOTATION] == idle
+        await eventually(lambda: unguarded_or_gone(cluster, idle))
+
+        # The busy one keeps its run, its replica and its label until the run ends.
+        info = await queue.get(task.id)
+        assert info is not None and (info.state, info.owner) == ("running", f"{busy}:i1")
+        assert guarded(cluster, busy) and cost_of(cluster, busy) == "-1000"
+        assert await queue.complete(task, "ok")
+        await eventually(lambda: cost_of(cluster, busy) == "-2000")
+        await set_unready(cluster, busy)
+        await eventually(lambda: cluster.deployment("co")["spec"]["replicas"] == 3)
+        await eventually(lambda: unguarded_or_gone(cluster, busy))
+        assert cost_of(cluster, elsewhere) is None and not guarded(cluster, elsewhere)
+        assert cluster.events("DrainWithdrawn") == []
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
