@@ -149,12 +149,22 @@ async def _read(kube: NodeReader, name: str) -> _Node:
         return _Node(None, api_error_message(error), time.monotonic())
 
 
+LABEL_WRITES_AT_ONCE = 8
+"""A load that ends on a large pool unlabels many pods in one round: a few writes at a time."""
+
+
 async def apply_guard(namespace: str, changes: GuardChanges, kube: KubeApi) -> None:
     """Set and take off the busy label; a pod that is gone needs neither."""
     labels: list[tuple[str, str | None]] = [(name, BUSY_VALUE) for name in changes.guard]
     labels += [(name, None) for name in changes.unguard]
-    for name, value in labels:
-        try:
-            await kube.patch_pod(namespace, name, {"metadata": {"labels": {BUSY_LABEL: value}}})
-        except ApiException as error:
-            log.warning(f"cannot label pod {namespace}/{name}: {api_error_message(error)}")
+    slots = asyncio.Semaphore(LABEL_WRITES_AT_ONCE)
+
+    async def write(name: str, value: str | None) -> None:
+        async with slots:
+            try:
+                await kube.patch_pod(
+                    namespace, name, {"metadata": {"labels": {BUSY_LABEL: value}}})
+            except ApiException as error:
+                log.warning(f"cannot label pod {namespace}/{name}: {api_error_message(error)}")
+
+    await asyncio.gather(*(write(name, value) for name, value in labels))

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from kubernetes.client.exceptions import ApiException
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
 from test_scaling_loop import (
     cost_of,
@@ -194,3 +195,36 @@ async def test_pods_of_a_cordoned_node_leave_once_their_runs_end(
     finally:
         await operator.stop()
     assert operator.error is None, operator.error
+
+
+class Nodes:
+    """Answers node reads from a dict, counting them; a name mapped to an int is refused with
+    that status."""
+
+    def __init__(self, nodes: dict[str, Any]) -> None:
+        self.nodes = nodes
+        self.reads: list[str] = []
+
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        self.reads.append(name)
+        found = self.nodes.get(name)
+        if isinstance(found, int):
+            raise ApiException(status=found, reason="Forbidden")
+        return found
+
+
+def on(*nodes: str) -> list[dict[str, Any]]:
+    return [{"metadata": {"name": f"p-{n}"}, "spec": {"nodeName": n}} for n in nodes]
+
+
+async def test_nodes_are_read_once_per_cache_period_and_a_refusal_is_a_problem(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(disruption_actions, "NODE_CACHE_SECONDS", 60.0)
+    nodes = Nodes({"a": {"spec": {"unschedulable": True}}, "b": {"spec": {}}, "c": 403})
+    going, problem = await disruption_actions.going_nodes_of(nodes, on("a", "b", "a"))
+    assert (going, problem, sorted(nodes.reads)) == ({"a"}, None, ["a", "b"])
+    going, problem = await disruption_actions.going_nodes_of(nodes, on("a", "b", "c"))
+    assert going == {"a"} and sorted(nodes.reads) == ["a", "b", "c"], "a and b from the cache"
+    assert problem is not None and problem.reason == "NodesUnreadable"
+    assert "cannot read node c (403 Forbidden)" in problem.message
