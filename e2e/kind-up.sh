@@ -180,7 +180,7 @@ else
     node_image=()
     [ -n "${KIND_NODE_IMAGE:-}" ] && node_image=(--image "$KIND_NODE_IMAGE")
     run kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" --wait 180s \
-        ${node_image[@]+"${node_image[@]}"}
+        --config e2e/kind-cluster.yaml ${node_image[@]+"${node_image[@]}"}
 fi
 export KUBECONFIG="$KUBECONFIG_FILE"
 say "KUBECONFIG=$KUBECONFIG"

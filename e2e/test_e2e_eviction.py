@@ -5,6 +5,7 @@ the eviction through once the pod is idle again. The task is not interrupted."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -58,3 +59,65 @@ def test_a_busy_pod_refuses_eviction_until_its_run_ends(
     accepted, answer = evict(pools, namespace, pod)
     assert accepted, f"the eviction of idle pod {pod} was refused: {answer}"
     assert cli.counters(name)["requeued"] == 0
+
+
+def schedulable_nodes(pools: Pools) -> list[str]:
+    """Nodes a new worker pod can land on: not cordoned, no NoSchedule or NoExecute taint."""
+    names = []
+    for node in pools.kube.in_namespace(None).items("nodes"):
+        spec = node.get("spec") or {}
+        tainted = any(t.get("effect") in ("NoSchedule", "NoExecute")
+                      for t in spec.get("taints") or [])
+        if not spec.get("unschedulable") and not tainted:
+            names.append(node["metadata"]["name"])
+    return names
+
+
+def test_a_node_drain_waits_for_the_run_while_the_pool_moves_to_another_node(
+    make_pool: Callable[[Manifest], str], pools: Pools, cli: AgentpoolCli, waiter: Waiter,
+    e2e_config: E2EConfig, run_id: str,
+) -> None:
+    if len(schedulable_nodes(pools)) < 2:
+        pytest.skip("draining a node needs a second schedulable node for the pool's new pod "
+                    "(the cluster of e2e/kind-up.sh has two)")
+    name = make_pool(small_pool(f"e2e-drain-{run_id}", e2e_config.worker_image,
+                                redis_secret=e2e_config.redis_secret))
+    pools.wait_serving(name, 1)
+    (task_id,) = cli.submit(name, [EVICTION_TASK])
+    selector = f"agentpool.dev/pool={name},{BUSY_LABEL}=true"
+    busy = waiter.until(lambda: pools.kube.items("pods", selector), lambda found: len(found) == 1,
+                        timeout=120, what=f"a pod of {name} labelled busy", interval=1)
+    pod, node = busy[0]["metadata"]["name"], busy[0]["spec"]["nodeName"]
+
+    # kubectl drain cordons the node and evicts the pool's pod, retrying while the budget
+    # refuses; only this pool's pods are evicted, so the rest of the cluster is left alone.
+    timeout = 900 * e2e_config.timeout_scale
+    drain = subprocess.Popen(
+        [pools.kube.binary, "drain", node, "--pod-selector", f"agentpool.dev/pool={name}",
+         "--delete-emptydir-data", "--ignore-daemonsets", f"--timeout={timeout:g}s"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def elsewhere() -> list[str]:
+            return [p["metadata"]["name"] for p in pools.live_pods(name)
+                    if p["spec"].get("nodeName") not in (None, node)
+                    and any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in (p.get("status") or {}).get("conditions") or [])]
+
+        waiter.until(elsewhere, bool, timeout=300, interval=1,
+                     what=f"a ready pod of {name} on another node than {node}")
+
+        info = cli.wait(name, task_id, timeout=600 * e2e_config.timeout_scale)
+        assert (info["state"], info["attempts"]) == ("succeeded", 1), info
+        output, _ = drain.communicate(timeout=timeout + 60)
+        assert drain.returncode == 0, output
+        assert "evicting pod" in output and "Cannot evict pod" in output, (
+            f"the drain should have been refused while the run went on:\n{output}")
+        assert pools.kube.get("pod", pod) is None
+        assert cli.counters(name)["requeued"] == 0
+        draining = pools.kube.json("get", "events", "--field-selector",
+                                   f"involvedObject.name={name},reason=NodeDraining")
+        assert draining["items"], "no NodeDraining event"
+    finally:
+        if drain.poll() is None:
+            drain.kill()
+        pools.kube.in_namespace(None)("uncordon", node)

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 KIND_UP = REPO / "e2e" / "kind-up.sh"
@@ -168,6 +169,8 @@ def test_fresh_cluster_is_created_and_the_chart_installed(stubs: Path) -> None:
     result = script(KIND_UP, "--no-tests", env=stub_env(stubs))
     assert result.returncode == 0, result.stderr
     log = calls(stubs)
+    create = log[index_of(log, "kind create cluster --name c1")]
+    assert "--config e2e/kind-cluster.yaml" in create, "two worker nodes, for the drain test"
     order = [index_of(log, step) for step in (
         "kind create cluster --name c1",
         "docker build -f Dockerfile.worker",
@@ -206,6 +209,12 @@ def test_local_mode_uninstalls_a_chart_operator_that_would_compete(stubs: Path) 
     log = calls(stubs)
     index_of(log, "helm uninstall agentpool --namespace agentpool")
     assert not [line for line in log if "Dockerfile.operator" in line]
+
+
+def test_the_kind_cluster_has_two_schedulable_workers() -> None:
+    config = yaml.safe_load((KIND_UP.parent / "kind-cluster.yaml").read_text())
+    roles = [node["role"] for node in config["nodes"]]
+    assert roles == ["control-plane", "worker", "worker"]
 
 
 def test_kind_down_deletes_the_cluster_and_its_kubeconfig(stubs: Path) -> None:

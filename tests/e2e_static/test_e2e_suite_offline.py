@@ -57,6 +57,8 @@ EXPECTED_E2E_TESTS = {
     "test_backlog_scales_up_and_empty_queue_scales_down_without_interrupting_tasks",
     "e2e/test_e2e_recovery.py::test_deleted_busy_pod_has_its_tasks_requeued_and_finished",
     "e2e/test_e2e_eviction.py::test_a_busy_pod_refuses_eviction_until_its_run_ends",
+    "e2e/test_e2e_eviction.py::"
+    "test_a_node_drain_waits_for_the_run_while_the_pool_moves_to_another_node",
     "e2e/test_e2e_lifecycle.py::test_deleting_the_pool_removes_its_deployment",
     "e2e/test_e2e_lifecycle.py::"
     "test_worker_pods_run_under_the_restricted_pod_security_standard",
