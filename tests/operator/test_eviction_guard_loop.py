@@ -114,6 +114,31 @@ async def test_busy_pods_carry_the_label_the_pools_budget_protects(
     assert operator.error is None, operator.error
 
 
+async def test_a_paused_pool_keeps_its_busy_pods_guarded(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    pod = "pa-7d8e9-aaaaa"
+    await queue.submit({"n": 1})
+    task = await start_worker(queue, pod, busy=True)
+    assert task is not None
+    await create_pods(cluster, "pa", [pod])
+    await cluster.create_pool(pool_manifest(
+        "pa", redis_url=redis_url, queue=queue_name, paused=True))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: guarded(cluster, pod))
+        assert cluster.condition("pa", "Scaling")["reason"] == "Paused"
+        assert await queue.complete(task, "ok")
+        await eventually(lambda: not guarded(cluster, pod))
+        assert cost_of(cluster, pod) is None
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
 async def test_a_budget_the_pool_does_not_own_makes_it_degraded(
     cluster: Cluster, operator_settings: OperatorSettings, redis_url: str, queue_name: str,
 ) -> None:
