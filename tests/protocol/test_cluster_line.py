@@ -126,15 +126,28 @@ async def _queues_on_every_primary(client: Any) -> list[str]:
     return list(by_node.values())
 
 
-def _fail_over_to(replica: RedisServer) -> None:
+def _fail_over_to(cluster: RedisCluster, replica: RedisServer) -> None:
     """CLUSTER FAILOVER, asked again when a manual failover gives up (after 5 s, when the
-    primary did not hand over in time)."""
+    primary did not hand over in time); then until every node knows the replica as a primary,
+    so that a client made later reads the new slot map from whichever node it asks."""
     for _ in range(5):
         with sentinel_admin(replica.port) as node:
             node.execute_command("CLUSTER", "FAILOVER")
         if promoted(replica.port, within=6.0):
-            return
-    raise AssertionError("the replica was not promoted")
+            break
+    else:
+        raise AssertionError("the replica was not promoted")
+    deadline = time.monotonic() + 30
+    while not all(_sees_primary(server.port, replica.port) for server in cluster.servers):
+        assert time.monotonic() < deadline, "the failover did not reach every node"
+        time.sleep(0.05)
+
+
+def _sees_primary(port: int, primary: int) -> bool:
+    with sentinel_admin(port) as node:
+        lines = str(node.execute_command("CLUSTER", "NODES")).splitlines()
+    return any(f":{primary}@" in line.split()[1] and "master" in line.split()[2].split(",")
+               for line in lines if line.strip())
 
 
 @KINDS
@@ -164,7 +177,7 @@ async def test_a_submit_to_a_primary_turned_replica_goes_through_the_client(
     async with admin(cluster.url) as client, producer(cluster.url, kind, monkeypatch) as made:
         await made.submit(queue, "opens the line to the primary")
         replica = replica_of(cluster, await _primary_port(client, queue))
-        _fail_over_to(replica)
+        _fail_over_to(cluster, replica)
 
         made.record()
         moved = await made.submit(queue, "meets the old primary")
