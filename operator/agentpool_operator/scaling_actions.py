@@ -594,21 +594,23 @@ async def _apply_marks(
     fresh = [n for n in (*plan.drain, *plan.release) if n not in was_marked]
     leavers = [n for n in fresh if n in leaving]
     if leavers:
-        metrics.record_drains(observation.namespace, observation.name, "node_drain",
-                              len(leavers))
-        runs = sum(work.get(n, PodWork()).in_flight for n in leavers)
-        detail = f"{runs} runs in flight finish first" if runs else "all idle"
-        _post(observation, "NodeDraining",
-              f"pods {', '.join(leavers)} are on a node being drained: they take no new task "
-              f"and leave once their runs end ({detail}); new pods start elsewhere")
+        _report_drains(observation, "node_drain", leavers, work, "NodeDraining", (
+            f"pods {', '.join(leavers)} are on a node being drained: they take no new task "
+            "and leave once their runs end ({detail}); new pods start elsewhere"))
     chosen = [n for n in fresh if n not in leaving]
     if chosen:
-        metrics.record_drains(observation.namespace, observation.name, "scale_down",
-                              len(chosen))
-        runs = sum(work.get(n, PodWork()).in_flight for n in chosen)
-        detail = f"{runs} runs in flight finish first" if runs else "all idle"
-        _post(observation, "DrainingPods",
-              f"asked pods {', '.join(chosen)} to drain before removal ({detail})")
+        _report_drains(observation, "scale_down", chosen, work, "DrainingPods",
+                       f"asked pods {', '.join(chosen)} to drain before removal ({{detail}})")
+
+
+def _report_drains(observation: PoolObservation, purpose: str, names: Sequence[str],
+                   work: Mapping[str, PodWork], reason: str, message: str) -> None:
+    """Count the pods asked to drain and post the Event; `message` has a {detail} slot for
+    what their runs are."""
+    metrics.record_drains(observation.namespace, observation.name, purpose, len(names))
+    runs = sum(work.get(n, PodWork()).in_flight for n in names)
+    detail = f"{runs} runs in flight finish first" if runs else "all idle"
+    _post(observation, reason, message.format(detail=detail))
 
 
 async def _patch_replicas(
