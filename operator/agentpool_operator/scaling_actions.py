@@ -15,7 +15,10 @@ taskTimeoutSeconds); its replica stays. Once it holds no run its mark becomes ``
 count drops by one: the ReplicaSet, which removes unready pods first and then the lowest
 cost, removes exactly that pod. The names of the pods whose replica was given back are kept
 in an annotation of the Deployment, written with the replica count, so no replica is given
-back twice. SIGTERM's drainSeconds is left to evictions, node drains and rollouts.
+back twice. The pods of a node being emptied (see `disruption`) leave the same way, at once
+and for good: never taken back, never kept as the spare; the busy label that keeps an eviction
+off a pod with runs is set here too. SIGTERM's drainSeconds is left to rollouts, deletions and
+evictions of pools that do not protect their busy pods.
 
 One drained pod whose runs ended may stay as a spare (the decision's `keep`, see
 `scaling.policy`): it keeps its mark and its replica until the recent need no longer calls
