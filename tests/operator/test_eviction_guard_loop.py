@@ -130,7 +130,7 @@ async def test_a_paused_pool_keeps_its_busy_pods_guarded(
     await operator.start()
     try:
         await eventually(lambda: guarded(cluster, pod))
-        assert cluster.condition("pa", "Scaling")["reason"] == "Paused"
+        await eventually(lambda: cluster.condition("pa", "Scaling")["reason"] == "Paused")
         assert await queue.complete(task, "ok")
         await eventually(lambda: not guarded(cluster, pod))
         assert cost_of(cluster, pod) is None
