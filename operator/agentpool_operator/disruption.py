@@ -30,12 +30,12 @@ IDLE_BEFORE_UNGUARDED_SECONDS = 10.0
 GOING_TAINTS = frozenset({
     "node.kubernetes.io/unschedulable",
     "ToBeDeletedByClusterAutoscaler",
-    "DeletionCandidateOfClusterAutoscaler",
     "karpenter.sh/disrupted",
     "karpenter.sh/disruption",
 })
 """Taints that announce a node's drain: kubectl cordon's, the Cluster Autoscaler's, Karpenter's
-(v1, and v0.3x's `disruption=disrupting`)."""
+(v1, and v0.3x's `disruption=disrupting`). The Cluster Autoscaler's soft
+`DeletionCandidateOfClusterAutoscaler` (PreferNoSchedule) only marks a node it may remove."""
 
 
 def node_is_going(node: Mapping[str, Any]) -> bool:
