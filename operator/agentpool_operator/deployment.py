@@ -169,6 +169,13 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def controlled_by(owned: Mapping[str, Any], pool: Mapping[str, Any]) -> bool:
+    """Whether `pool` is the controlling owner of `owned` (its Deployment, its budget)."""
+    uid = pool["metadata"].get("uid")
+    references = (owned.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in references)
+
+
 def _container_security() -> dict[str, Any]:
     """Of every container of a worker pod, init containers and sidecars too: the restricted
     Pod Security Standard, with a read-only root filesystem."""

@@ -18,7 +18,7 @@ pod and the drain finds it gone.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,13 +145,4 @@ def going_nodes(nodes: Mapping[str, Mapping[str, Any] | None]) -> frozenset[str]
 def nodes_of(pods: Sequence[Mapping[str, Any]]) -> frozenset[str]:
     return frozenset(
         str(node) for pod in pods if (node := (pod.get("spec") or {}).get("nodeName"))
-    )
-
-
-def leaving_pods(pods: Sequence[Mapping[str, Any]], going: Collection[str]) -> frozenset[str]:
-    """Names of the pods placed on a node that is going."""
-    return frozenset(
-        str((pod.get("metadata") or {}).get("name", ""))
-        for pod in pods
-        if (pod.get("spec") or {}).get("nodeName") in going
     )

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agentpool.models import AgentPoolSpec
 
-from .deployment import POOL_LABEL, owner_reference, pool_labels
+from .deployment import POOL_LABEL, controlled_by, owner_reference, pool_labels
 from .disruption import (
     BUSY_LABEL,
     BUSY_VALUE,
@@ -66,7 +66,7 @@ async def ensure_budget(kube: KubeApi, guard: GuardState, pool: Mapping[str, Any
     namespace, name = meta["namespace"], meta["name"]
     try:
         actual = await kube.get_budget(namespace, name)
-        owned = actual is not None and _controlled_by(actual, meta.get("uid"))
+        owned = actual is not None and controlled_by(actual, pool)
         if not spec.worker.protect_busy_pods:
             if owned:
                 await kube.delete_budget(namespace, name)
@@ -97,11 +97,6 @@ def _desired(pool: Mapping[str, Any]) -> dict[str, Any]:
     name = meta["name"]
     return desired_budget(name, meta["namespace"], pool_labels(name), owner_reference(pool),
                           POOL_LABEL)
-
-
-def _controlled_by(body: Mapping[str, Any], uid: str | None) -> bool:
-    references = (body.get("metadata") or {}).get("ownerReferences") or []
-    return any(ref.get("uid") == uid and ref.get("controller") for ref in references)
 
 
 class NodeReader(Protocol):

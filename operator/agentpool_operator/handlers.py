@@ -40,7 +40,13 @@ from .credentials import (
     remove_user,
     worker_secret_name,
 )
-from .deployment import POOL_LABEL, deployment_drift, desired_deployment, replayed
+from .deployment import (
+    POOL_LABEL,
+    controlled_by,
+    deployment_drift,
+    desired_deployment,
+    replayed,
+)
 from .disruption_actions import ensure_budget
 from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
@@ -115,12 +121,6 @@ def patch_paths(patch: Mapping[str, Any], prefix: str = "", depth: int = 4) -> l
         else:
             paths.append(path)
     return paths
-
-
-def controlled_by(deployment: Mapping[str, Any], pool: Mapping[str, Any]) -> bool:
-    uid = pool["metadata"].get("uid")
-    references = (deployment.get("metadata") or {}).get("ownerReferences") or []
-    return any(ref.get("uid") == uid and ref.get("controller") for ref in references)
 
 
 async def ensure_deployment(
