@@ -15,6 +15,7 @@ from agentpool.scaling.policy import ScalingHistory
 
 from .credentials import KnownSecrets, WorkerCredentials
 from .disruption_actions import GuardState
+from .installed_crd import InstalledCrd
 from .kube import KubeApi
 from .recovery import RecoveryPolicy
 from .redis_access import RedisClients
@@ -164,6 +165,8 @@ class OperatorContext:
     kube: KubeApi | None = None
     redis: RedisClients = field(default_factory=RedisClients)
     pools: dict[tuple[str, str], PoolState] = field(default_factory=dict)
+    installed_crd: InstalledCrd = field(default_factory=InstalledCrd)
+    """Whether the cluster's AgentPool CRD knows every field of this operator."""
 
     def __post_init__(self) -> None:
         if self.settings.redis_address_map:

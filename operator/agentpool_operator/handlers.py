@@ -471,6 +471,7 @@ async def observe_once(
             deployment = state.deployment
             deployment_problem = Problem("DeploymentError", api_error_message(error))
 
+    crd_problem = await ctx.installed_crd.check(ctx.api)
     budget_problem = None
     if deployment is not None:
         budget_problem = await ensure_budget(ctx.api, state.guard, body, spec, generation)
@@ -508,7 +509,8 @@ async def observe_once(
         deployment_problem=deployment_problem,
         extra_fields=result.status_fields,
         degraded_problems=[*result.problems, *workload_problems(deployment, pods, now),
-                           *(p for p in (shared, evicting, budget_problem) if p is not None)],
+                           *(p for p in (shared, evicting, budget_problem, crd_problem)
+                             if p is not None)],
         extra_conditions=[
             *result.conditions,
             *([state.worker_credentials.condition] if state.worker_credentials else []),

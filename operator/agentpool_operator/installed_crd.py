@@ -1,0 +1,141 @@
+"""Whether the AgentPool CRD installed in the cluster knows every field of this operator.
+
+Helm installs a chart's `crds/` once and never upgrades them. After `helm upgrade` without
+`kubectl apply -f crds/`, the API server keeps serving the old schema and silently prunes what
+it does not describe: a field a person sets (`spec.worker.protectBusyPods: false`) is gone from
+the stored pool, and a status field the operator writes never shows. Nothing fails, so the
+operator compares the installed schema with the one its models generate and says which fields
+are dropped (`Degraded`, reason `CRDOutdated`) until the new CRD is applied.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kubernetes.client.exceptions import ApiException
+
+from agentpool import models
+from agentpool.crd import render_crd
+
+from .kube import api_error_message
+from .status import Problem
+
+REASON = "CRDOutdated"
+CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
+CHECK_SECONDS = 60.0
+"""The installed CRD is read again this often (one GET for the whole operator)."""
+NAMED_AT_MOST = 6
+FIX = "kubectl apply -f charts/agentpool-operator/crds/ (or: agentpool crd | kubectl apply -f -)"
+
+log = logging.getLogger(__name__)
+
+
+def version_schema(crd: Mapping[str, Any],
+                   version: str = models.VERSION) -> Mapping[str, Any] | None:
+    """The `openAPIV3Schema` a CRD gives `version`, or None when it does not serve it."""
+    for entry in (crd.get("spec") or {}).get("versions") or ():
+        if entry.get("name") == version:
+            schema = (entry.get("schema") or {}).get("openAPIV3Schema")
+            return schema if isinstance(schema, Mapping) else None
+    return None
+
+
+def missing_fields(installed: Mapping[str, Any], expected: Mapping[str, Any]) -> tuple[str, ...]:
+    """The paths of `expected`'s fields that `installed` does not describe (the API server
+    prunes them), outermost only: a missing object is named, not each field inside it.
+
+    Array items are written `name[]`, map values `name{}`. Below a node that keeps unknown
+    fields (`x-kubernetes-preserve-unknown-fields`) nothing is pruned.
+    """
+    missing: list[str] = []
+    _compare(installed, expected, "", missing)
+    return tuple(missing)
+
+
+def _compare(installed: Mapping[str, Any], expected: Mapping[str, Any], path: str,
+             missing: list[str]) -> None:
+    if installed.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    known = installed.get("properties") or {}
+    for name, child in (expected.get("properties") or {}).items():
+        here = f"{path}.{name}" if path else name
+        if name not in known:
+            missing.append(here)
+        else:
+            _compare(known[name], child, here, missing)
+    for key, suffix in (("items", "[]"), ("additionalProperties", "{}")):
+        inner, installed_inner = expected.get(key), installed.get(key)
+        if isinstance(inner, Mapping) and isinstance(installed_inner, Mapping):
+            _compare(installed_inner, inner, path + suffix, missing)
+
+
+def outdated_problem(installed_crd: Mapping[str, Any],
+                     expected_crd: Mapping[str, Any]) -> Problem | None:
+    """`CRDOutdated` naming the fields the installed CRD drops, or None when it has them all."""
+    expected = version_schema(expected_crd)
+    if expected is None:
+        raise ValueError(f"the expected CRD does not serve {models.VERSION}")
+    installed = version_schema(installed_crd)
+    if installed is None:
+        return Problem(REASON, (
+            f"the installed AgentPool CRD has no schema for {models.VERSION}; apply this "
+            f"operator's CRD: {FIX}"))
+    missing = missing_fields(installed, expected)
+    if not missing:
+        return None
+    named = ", ".join(missing[:NAMED_AT_MOST])
+    more = f" and {len(missing) - NAMED_AT_MOST} more" if len(missing) > NAMED_AT_MOST else ""
+    fields = "field" if len(missing) == 1 else "fields"
+    return Problem(REASON, (
+        f"the installed AgentPool CRD is older than this operator: the API server drops "
+        f"{len(missing)} {fields} it does not know ({named}{more}); apply this operator's "
+        f"CRD: {FIX}"))
+
+
+@functools.cache
+def _expected_crd() -> dict[str, Any]:
+    return render_crd()
+
+
+class CrdReader(Protocol):
+    async def get(self, path: str) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class InstalledCrd:
+    """The outcome of the last look at the installed CRD, shared by every pool's loop."""
+
+    problem: Problem | None = None
+    read_at: float | None = None
+    unreadable: str | None = None
+    """Why the last read failed (logged once; no pool is flagged for it)."""
+
+    async def check(self, kube: CrdReader, now: float | None = None) -> Problem | None:
+        now = time.monotonic() if now is None else now
+        if self.read_at is not None and now - self.read_at < CHECK_SECONDS:
+            return self.problem
+        self.read_at = now
+        try:
+            body = await kube.get(
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}")
+        except ApiException as error:
+            reason = api_error_message(error)
+            if reason != self.unreadable:
+                log.warning(f"cannot read CRD {CRD_NAME} ({reason}): not checking that it "
+                            "knows this operator's fields")
+            self.unreadable, self.problem = reason, None
+            return None
+        self.unreadable = None
+        problem = None if body is None else outdated_problem(body, _expected_crd())
+        if problem != self.problem:
+            if problem is not None:
+                log.warning(problem.message)
+            else:
+                log.info(f"CRD {CRD_NAME} knows every field of this operator")
+        self.problem = problem
+        return problem

@@ -1,0 +1,137 @@
+"""An installed CRD older than the operator: which fields the API server would drop, and the
+shared look at it (once a minute, a refused read flags nothing)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from agentpool.crd import render_crd
+from agentpool_operator import installed_crd
+from agentpool_operator.installed_crd import (
+    CHECK_SECONDS,
+    REASON,
+    InstalledCrd,
+    missing_fields,
+    outdated_problem,
+    version_schema,
+)
+
+
+def schema(crd: dict[str, Any]) -> dict[str, Any]:
+    found = version_schema(crd)
+    assert isinstance(found, dict)
+    return found
+
+
+def node(crd: dict[str, Any], *path: str) -> dict[str, Any]:
+    """The schema node at `path`: property names, `[]` for an array's items."""
+    here = schema(crd)
+    for step in path:
+        here = here["items"] if step == "[]" else here["properties"][step]
+    return here
+
+
+def without(*paths: tuple[str, ...]) -> dict[str, Any]:
+    """The operator's CRD with the last property of each path removed."""
+    crd = render_crd()
+    for path in paths:
+        del node(crd, *path[:-1])["properties"][path[-1]]
+    return crd
+
+
+def test_the_operators_own_crd_lacks_nothing() -> None:
+    assert outdated_problem(render_crd(), render_crd()) is None
+
+
+def test_fields_added_since_the_installed_crd_are_named_with_their_paths() -> None:
+    old = without(("spec", "worker", "protectBusyPods"), ("status", "drainingReplicas"),
+                  ("spec", "schedules", "[]", "concurrencyPolicy"))
+    assert missing_fields(schema(old), schema(render_crd())) == (
+        "spec.worker.protectBusyPods", "spec.schedules[].concurrencyPolicy",
+        "status.drainingReplicas",
+    )
+    problem = outdated_problem(old, render_crd())
+    assert problem is not None and problem.reason == REASON
+    assert "drops 3 fields it does not know (spec.worker.protectBusyPods, " in problem.message
+    assert "kubectl apply -f charts/agentpool-operator/crds/" in problem.message
+
+
+def test_a_missing_object_is_named_once_not_field_by_field() -> None:
+    old = without(("spec", "schedules"))
+    assert missing_fields(schema(old), schema(render_crd())) == ("spec.schedules",)
+    problem = outdated_problem(old, render_crd())
+    assert problem is not None and "drops 1 field it does not know (spec.schedules)" in (
+        problem.message)
+
+
+def test_nothing_is_missing_below_a_node_that_keeps_unknown_fields() -> None:
+    old = render_crd()
+    worker = node(old, "spec", "worker")
+    worker.pop("properties")
+    worker["x-kubernetes-preserve-unknown-fields"] = True
+    assert missing_fields(schema(old), schema(render_crd())) == ()
+
+
+def test_a_long_list_names_the_first_few_and_counts_the_rest() -> None:
+    worker = tuple(node(render_crd(), "spec", "worker")["properties"])
+    old = without(*(("spec", "worker", name) for name in worker[:9]))
+    problem = outdated_problem(old, render_crd())
+    assert problem is not None
+    named = ", ".join(f"spec.worker.{name}" for name in worker[:6])
+    assert f"drops 9 fields it does not know ({named} and 3 more)" in problem.message
+
+
+def test_a_crd_without_this_version_is_outdated() -> None:
+    old = render_crd()
+    old["spec"]["versions"][0]["name"] = "v1alpha0"
+    problem = outdated_problem(old, render_crd())
+    assert problem is not None and "has no schema for v1alpha1" in problem.message
+
+
+class Reader:
+    """Answers the CRD read from a list of outcomes, one per read (an int: that HTTP status)."""
+
+    def __init__(self, *answers: dict[str, Any] | int | None) -> None:
+        self.answers = list(answers)
+        self.paths: list[str] = []
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        self.paths.append(path)
+        answer = self.answers.pop(0)
+        if isinstance(answer, int):
+            raise ApiException(status=answer, reason="Forbidden")
+        return copy.deepcopy(answer)
+
+
+async def test_the_crd_is_read_once_a_minute_and_a_new_one_clears_the_problem() -> None:
+    old = without(("spec", "worker", "protectBusyPods"))
+    reader = Reader(old, render_crd())
+    look = InstalledCrd()
+    first = await look.check(reader, now=100.0)
+    assert first is not None and "spec.worker.protectBusyPods" in first.message
+    assert await look.check(reader, now=100.0 + CHECK_SECONDS - 1) == first
+    assert reader.paths == [
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/agentpools.agentpool.dev"]
+    assert await look.check(reader, now=100.0 + CHECK_SECONDS) is None
+    assert len(reader.paths) == 2
+
+
+async def test_a_refused_or_missing_crd_flags_no_pool_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader = Reader(403, 403, None, without(("status", "drainingSince")))
+    look = InstalledCrd()
+    with caplog.at_level(logging.WARNING, logger=installed_crd.__name__):
+        assert await look.check(reader, now=0.0) is None
+        assert await look.check(reader, now=CHECK_SECONDS) is None
+        assert await look.check(reader, now=2 * CHECK_SECONDS) is None
+        problem = await look.check(reader, now=3 * CHECK_SECONDS)
+    assert problem is not None and "status.drainingSince" in problem.message
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("cannot read CRD agentpools.agentpool.dev" in m for m in messages) == 1
+    assert sum("status.drainingSince" in m for m in messages) == 1

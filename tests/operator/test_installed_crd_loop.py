@@ -1,0 +1,78 @@
+"""An AgentPool CRD older than the operator (a `helm upgrade` that left `crds/` as they were),
+against kmock and a real redis-server: every pool says which fields the API server drops until
+the operator's own CRD is applied.
+
+kmock prunes nothing (a real API server does, see ../shared/notes); here the operator's side is
+checked: it reads the installed CRD, compares it with its models' and reports the difference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from operator_harness import Cluster, OperatorThread, eventually, pool_manifest
+
+from agentpool.crd import render_crd
+from agentpool_operator import installed_crd
+from agentpool_operator.settings import OperatorSettings
+
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def crd_without_protect_busy_pods() -> dict[str, Any]:
+    crd = render_crd()
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    del schema["properties"]["spec"]["properties"]["worker"]["properties"]["protectBusyPods"]
+    return crd
+
+
+def degraded(cluster: Cluster, pool: str) -> dict[str, Any]:
+    return cluster.condition(pool, "Degraded")
+
+
+async def test_pools_are_degraded_while_the_installed_crd_drops_fields(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str, queue_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(installed_crd, "CHECK_SECONDS", 0.2)
+    await cluster.create(CRDS, crd_without_protect_busy_pods())
+    for pool in ("old-a", "old-b"):
+        await cluster.create_pool(
+            pool_manifest(pool, redis_url=redis_url, queue=f"{queue_name}-{pool}"))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        for pool in ("old-a", "old-b"):
+            condition = await eventually(
+                lambda pool=pool: (c := degraded(cluster, pool))["status"] == "True" and c)
+            assert condition["reason"] == "CRDOutdated"
+            assert "drops 1 field it does not know (spec.worker.protectBusyPods)" in (
+                condition["message"])
+
+        await cluster.delete(f"{CRDS}/{installed_crd.CRD_NAME}")
+        await cluster.create(CRDS, render_crd())
+        for pool in ("old-a", "old-b"):
+            await eventually(lambda pool=pool: degraded(cluster, pool)["status"] == "False")
+        reads = cluster.requests("GET", f"customresourcedefinitions/{installed_crd.CRD_NAME}")
+        assert reads, "the operator reads the installed CRD"
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
+async def test_the_operators_own_crd_leaves_pools_healthy(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str, queue_name: str,
+) -> None:
+    await cluster.create(CRDS, render_crd())
+    await cluster.create_pool(pool_manifest("current", redis_url=redis_url, queue=queue_name))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        # The CRD is read in the round that writes the first status.
+        condition = await eventually(lambda: degraded(cluster, "current"))
+        assert cluster.requests("GET", f"customresourcedefinitions/{installed_crd.CRD_NAME}")
+        assert condition["status"] == "False", condition
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
