@@ -489,14 +489,16 @@ class WorkerSpec(_Model):
         le=100,
         description="Attempts per task before it goes to the dead-letter list.",
     )
-    drain_seconds: int = Field(
-        default=60,
+    drain_seconds: int | None = Field(
+        default=None,
         ge=0,
-        le=86400,
+        le=604800,
         description=(
-            "Time a pod gets to finish its in-flight tasks when it is stopped (eviction, node "
-            "drain, rollout); tasks still running after it are requeued. A scale-down does "
-            "not use it: a pod chosen for removal leaves once its runs ended."
+            "Time a stopped pod (rollout, deletion, an eviction when protectBusyPods is off) "
+            "gets to finish its in-flight tasks; tasks still running after it go back to the "
+            "queue. Default: taskTimeoutSeconds, so no run is cut short (a rollout does not "
+            "wait for it: the new pods serve at once). A scale-down does not use it: a pod "
+            "chosen for removal leaves once its runs ended."
         ),
     )
     protect_busy_pods: bool = Field(
@@ -606,6 +608,12 @@ class WorkerSpec(_Model):
             "the cluster autoscaler. Keys removed here are removed from the pods."
         ),
     )
+
+    @property
+    def stop_seconds(self) -> int:
+        """What a stopped pod gets to finish its runs: drainSeconds, or by default as long as a
+        run may last."""
+        return self.task_timeout_seconds if self.drain_seconds is None else self.drain_seconds
 
     @field_validator("handler")
     @classmethod

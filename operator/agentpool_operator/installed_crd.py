@@ -3,9 +3,10 @@
 Helm installs a chart's `crds/` once and never upgrades them. After `helm upgrade` without
 `kubectl apply -f crds/`, the API server keeps serving the old schema and silently prunes what
 it does not describe: a field a person sets (`spec.worker.protectBusyPods: false`) is gone from
-the stored pool, and a status field the operator writes never shows. Nothing fails, so the
-operator compares the installed schema with the one its models generate and says which fields
-are dropped (`Degraded`, reason `CRDOutdated`) until the new CRD is applied.
+the stored pool, and a status field the operator writes never shows; an old default is
+written into every pool that omits the field. Nothing fails, so the operator compares the
+installed schema with the one its models generate and names the dropped fields and the old
+defaults (`Degraded`, reason `CRDOutdated`) until the new CRD is applied.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,20 +46,41 @@ def version_schema(crd: Mapping[str, Any],
     return None
 
 
-def missing_fields(installed: Mapping[str, Any], expected: Mapping[str, Any]) -> tuple[str, ...]:
-    """The paths of `expected`'s fields that `installed` does not describe (the API server
-    prunes them), outermost only: a missing object is named, not each field inside it.
+@dataclass(frozen=True)
+class SchemaDrift:
+    """How the installed schema treats what this operator's schema describes."""
 
-    Array items are written `name[]`, map values `name{}`. Below a node that keeps unknown
-    fields (`x-kubernetes-preserve-unknown-fields`) nothing is pruned.
-    """
+    missing: tuple[str, ...] = ()
+    """Paths of fields the installed schema does not describe (the API server prunes them),
+    outermost only: a missing object is named, not each field inside it."""
+    old_defaults: tuple[tuple[str, Any], ...] = ()
+    """Fields whose installed default differs from this operator's (or that this operator
+    leaves unset): the API server writes the old value into every pool that omits them."""
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.old_defaults)
+
+
+def schema_drift(installed: Mapping[str, Any], expected: Mapping[str, Any]) -> SchemaDrift:
+    """Compare two `openAPIV3Schema`s. Array items are written `name[]`, map values `name{}`;
+    below a node that keeps unknown fields (`x-kubernetes-preserve-unknown-fields`) nothing is
+    pruned."""
     missing: list[str] = []
-    _compare(installed, expected, "", missing)
-    return tuple(missing)
+    defaults: dict[str, Any] = {}
+    _compare(installed, expected, "", missing, defaults)
+    return SchemaDrift(tuple(missing), tuple(defaults.items()))
 
 
 def _compare(installed: Mapping[str, Any], expected: Mapping[str, Any], path: str,
-             missing: list[str]) -> None:
+             missing: list[str], defaults: dict[str, Any]) -> None:
+    if path and "default" in installed:
+        old, new = installed["default"], expected.get("default")
+        if isinstance(old, Mapping):
+            new = new if isinstance(new, Mapping) else {}
+            defaults.update({f"{path}.{key}": value for key, value in old.items()
+                             if new.get(key) != value})
+        elif old != new:
+            defaults[path] = old
     if installed.get("x-kubernetes-preserve-unknown-fields"):
         return
     known = installed.get("properties") or {}
@@ -67,16 +89,17 @@ def _compare(installed: Mapping[str, Any], expected: Mapping[str, Any], path: st
         if name not in known:
             missing.append(here)
         else:
-            _compare(known[name], child, here, missing)
+            _compare(known[name], child, here, missing, defaults)
     for key, suffix in (("items", "[]"), ("additionalProperties", "{}")):
         inner, installed_inner = expected.get(key), installed.get(key)
         if isinstance(inner, Mapping) and isinstance(installed_inner, Mapping):
-            _compare(installed_inner, inner, path + suffix, missing)
+            _compare(installed_inner, inner, path + suffix, missing, defaults)
 
 
 def outdated_problem(installed_crd: Mapping[str, Any],
                      expected_crd: Mapping[str, Any]) -> Problem | None:
-    """`CRDOutdated` naming the fields the installed CRD drops, or None when it has them all."""
+    """`CRDOutdated` naming the fields the installed CRD drops and the old defaults it fills
+    in, or None when it treats every field as this operator's does."""
     expected = version_schema(expected_crd)
     if expected is None:
         raise ValueError(f"the expected CRD does not serve {models.VERSION}")
@@ -85,16 +108,26 @@ def outdated_problem(installed_crd: Mapping[str, Any],
         return Problem(REASON, (
             f"the installed AgentPool CRD has no schema for {models.VERSION}; apply this "
             f"operator's CRD: {FIX}"))
-    missing = missing_fields(installed, expected)
-    if not missing:
+    drift = schema_drift(installed, expected)
+    if not drift:
         return None
-    named = ", ".join(missing[:NAMED_AT_MOST])
-    more = f" and {len(missing) - NAMED_AT_MOST} more" if len(missing) > NAMED_AT_MOST else ""
-    fields = "field" if len(missing) == 1 else "fields"
+    parts = []
+    if drift.missing:
+        fields = "field" if len(drift.missing) == 1 else "fields"
+        parts.append(f"drops {len(drift.missing)} {fields} it does not know "
+                     f"({_named(drift.missing)})")
+    if drift.old_defaults:
+        values = "value" if len(drift.old_defaults) == 1 else "values"
+        named = _named([f"{path}: {value}" for path, value in drift.old_defaults])
+        parts.append(f"fills in {len(drift.old_defaults)} old default {values} ({named})")
     return Problem(REASON, (
-        f"the installed AgentPool CRD is older than this operator: the API server drops "
-        f"{len(missing)} {fields} it does not know ({named}{more}); apply this operator's "
-        f"CRD: {FIX}"))
+        f"the installed AgentPool CRD is older than this operator: the API server "
+        f"{' and '.join(parts)}; apply this operator's CRD: {FIX}"))
+
+
+def _named(items: Sequence[str]) -> str:
+    more = f" and {len(items) - NAMED_AT_MOST} more" if len(items) > NAMED_AT_MOST else ""
+    return ", ".join(items[:NAMED_AT_MOST]) + more
 
 
 @functools.cache

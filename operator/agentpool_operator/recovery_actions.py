@@ -69,7 +69,7 @@ def policy_of(observation: PoolObservation) -> RecoveryPolicy:
     spec = observation.spec
     return RecoveryPolicy(
         unready_grace_seconds=spec.recovery.unready_grace_seconds,
-        drain_seconds=spec.worker.drain_seconds,
+        drain_seconds=spec.worker.stop_seconds,
         max_unavailable=spec.recovery.max_unavailable,
     )
 

@@ -163,11 +163,12 @@ def serving_replicas(pods: Sequence[PodSummary], replicas: int,
 
 def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str, PodWork],
                  given_back: Collection[str], now: float | None = None) -> QueueLoad:
-    """The queue as the policy must see it: the runs of draining pods need no capacity; the
-    ages of the serving pods' runs (at `now`) tell how soon they free a slot."""
+    """The queue as the policy must see it: the runs of draining pods and of pods that are
+    stopping (a rollout's old pods finish their runs while they terminate) need no capacity;
+    the ages of the serving pods' runs (at `now`) tell how soon they free a slot."""
     if not load.figures_ok:
         return load
-    held = {p.name for p in holding(pods, given_back)}
+    held = {p.name for p in holding(pods, given_back)} | {p.name for p in pods if p.gone}
     draining = sum(work.get(name, PodWork()).in_flight for name in held)
     ages = () if now is None else tuple(
         max(0.0, now - since)

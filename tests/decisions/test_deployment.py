@@ -175,7 +175,7 @@ def test_worker_settings_and_downward_api() -> None:
     assert values["AGENTPOOL_CONCURRENCY"] == "8"
     assert values["AGENTPOOL_TASK_TIMEOUT_SECONDS"] == "30"
     assert values["AGENTPOOL_MAX_ATTEMPTS"] == "5"
-    assert values["AGENTPOOL_DRAIN_SECONDS"] == "60"
+    assert values["AGENTPOOL_DRAIN_SECONDS"] == "30", "by default, as long as a run may last"
     assert values["AGENTPOOL_PORT"] == "8080"
     assert env["AGENTPOOL_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     namespace_ref = env["AGENTPOOL_POD_NAMESPACE"]["valueFrom"]["fieldRef"]
@@ -247,6 +247,17 @@ def test_port_and_probes() -> None:
 
 def test_grace_period_covers_the_drain() -> None:
     assert pod_spec(render(make_spec(drainSeconds=120)))["terminationGracePeriodSeconds"] == 135
+
+
+def test_a_stopped_pod_gets_as_long_as_a_run_may_last_unless_told_otherwise() -> None:
+    """A rollout's or a deletion's SIGTERM cuts no run short by default: the worker waits up to
+    taskTimeoutSeconds (no run lasts longer), and the kubelet waits for the worker."""
+    default = render(make_spec(taskTimeoutSeconds=1800))
+    assert pod_spec(default)["terminationGracePeriodSeconds"] == 1815
+    assert env_of(default)["AGENTPOOL_DRAIN_SECONDS"]["value"] == "1800"
+    bounded = render(make_spec(taskTimeoutSeconds=1800, drainSeconds=0))
+    assert pod_spec(bounded)["terminationGracePeriodSeconds"] == 15
+    assert env_of(bounded)["AGENTPOOL_DRAIN_SECONDS"]["value"] == "0"
 
 
 @pytest.mark.parametrize("drain", [1, 60, 3600])

@@ -1,5 +1,5 @@
-"""An installed CRD older than the operator: which fields the API server would drop, and the
-shared look at it (once a minute, a refused read flags nothing)."""
+"""An installed CRD older than the operator: which fields the API server would drop or fill
+with old defaults, and the shared look at it (once a minute, a refused read flags nothing)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from agentpool_operator.installed_crd import (
     CHECK_SECONDS,
     REASON,
     InstalledCrd,
-    missing_fields,
     outdated_problem,
+    schema_drift,
     version_schema,
 )
 
@@ -51,7 +51,7 @@ def test_the_operators_own_crd_lacks_nothing() -> None:
 def test_fields_added_since_the_installed_crd_are_named_with_their_paths() -> None:
     old = without(("spec", "worker", "protectBusyPods"), ("status", "drainingReplicas"),
                   ("spec", "schedules", "[]", "concurrencyPolicy"))
-    assert missing_fields(schema(old), schema(render_crd())) == (
+    assert schema_drift(schema(old), schema(render_crd())).missing == (
         "spec.worker.protectBusyPods", "spec.schedules[].concurrencyPolicy",
         "status.drainingReplicas",
     )
@@ -63,7 +63,7 @@ def test_fields_added_since_the_installed_crd_are_named_with_their_paths() -> No
 
 def test_a_missing_object_is_named_once_not_field_by_field() -> None:
     old = without(("spec", "schedules"))
-    assert missing_fields(schema(old), schema(render_crd())) == ("spec.schedules",)
+    assert schema_drift(schema(old), schema(render_crd())).missing == ("spec.schedules",)
     problem = outdated_problem(old, render_crd())
     assert problem is not None and "drops 1 field it does not know (spec.schedules)" in (
         problem.message)
@@ -74,7 +74,37 @@ def test_nothing_is_missing_below_a_node_that_keeps_unknown_fields() -> None:
     worker = node(old, "spec", "worker")
     worker.pop("properties")
     worker["x-kubernetes-preserve-unknown-fields"] = True
-    assert missing_fields(schema(old), schema(render_crd())) == ()
+    assert schema_drift(schema(old), schema(render_crd())).missing == ()
+
+
+def test_old_defaults_the_api_server_would_write_into_pools_are_named() -> None:
+    """drainSeconds had a default of 60; this operator leaves it unset (taskTimeoutSeconds)."""
+    old = render_crd()
+    node(old, "spec", "worker", "drainSeconds")["default"] = 60
+    node(old, "spec", "worker", "concurrency")["default"] = 2
+    drift = schema_drift(schema(old), schema(render_crd()))
+    assert (drift.missing, drift.old_defaults) == (
+        (), (("spec.worker.concurrency", 2), ("spec.worker.drainSeconds", 60)))
+    problem = outdated_problem(old, render_crd())
+    assert problem is not None and "the API server fills in 2 old default values (" in (
+        problem.message)
+    both = without(("status", "drainingSince"))
+    node(both, "spec", "worker", "drainSeconds")["default"] = 60
+    problem = outdated_problem(both, render_crd())
+    assert problem is not None and (
+        "drops 1 field it does not know (status.drainingSince) and fills in 1 old default "
+        "value (spec.worker.drainSeconds: 60)") in problem.message
+
+
+def test_an_object_default_is_compared_key_by_key() -> None:
+    """An old `scaling` default (written whole into a pool that omits `scaling`) with another
+    cooldown and without keepDrainedSeconds: only the differing value is named."""
+    old = render_crd()
+    scaling = node(old, "spec", "scaling")
+    scaling["default"] = {**scaling["default"], "scaleDownCooldownSeconds": 60}
+    del scaling["default"]["keepDrainedSeconds"]
+    drift = schema_drift(schema(old), schema(render_crd()))
+    assert drift.old_defaults == (("spec.scaling.scaleDownCooldownSeconds", 60),)
 
 
 def test_a_long_list_names_the_first_few_and_counts_the_rest() -> None:

@@ -75,6 +75,15 @@ def test_the_policy_sees_serving_replicas_and_their_runs_only() -> None:
     assert load == QueueLoad(queued=2, in_flight=2)
 
 
+def test_the_runs_of_a_terminating_pod_need_no_new_capacity() -> None:
+    """A rollout's old pod finishes its runs while it terminates: they free no slot of the
+    pool, and the policy must not start pods for them."""
+    summaries = pods("new-a", "new-b", "old", gone=("old",))
+    runs = {"new-a": PodWork(1, (NOW - 10,)), "old": PodWork(3, (NOW - 5, NOW - 6, NOW - 7))}
+    load = serving_load(QueueLoad(queued=1, in_flight=4), summaries, runs, (), NOW)
+    assert load == QueueLoad(queued=1, in_flight=1, run_ages=(10.0,))
+
+
 def test_the_policy_sees_the_run_ages_of_serving_pods_only() -> None:
     summaries = pods("a", "b", marked=("b",))
     runs = {"a": PodWork(2, (NOW - 30, NOW - 5)), "b": PodWork(1, (NOW - 400,))}

@@ -18,7 +18,8 @@ def test_defaults_fill_a_minimal_spec() -> None:
     assert spec.worker.concurrency == 4
     assert spec.worker.task_timeout_seconds == 600
     assert spec.worker.max_attempts == 3
-    assert spec.worker.drain_seconds == 60
+    assert spec.worker.drain_seconds is None
+    assert spec.worker.stop_seconds == 600, "a stopped pod gets as long as a run may last"
     assert (spec.scaling.min_replicas, spec.scaling.max_replicas) == (1, 10)
     assert spec.scaling.scale_down_cooldown_seconds == 20
     assert spec.scaling.keep_drained_seconds == 600
