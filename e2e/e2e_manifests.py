@@ -114,6 +114,20 @@ def small_pool(name: str, worker_image: str, *,
     return pool
 
 
+ROLLOUT_TASK_TIMEOUT_SECONDS = 300
+
+
+def rollout_pool(name: str, worker_image: str, *,
+                 redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
+    """One pod whose drainSeconds is left to its default (taskTimeoutSeconds): a rollout's old
+    pod finishes its run while it terminates."""
+    pool = derived_pool(name, worker_image, redis_secret=redis_secret,
+                        worker={"taskTimeoutSeconds": ROLLOUT_TASK_TIMEOUT_SECONDS},
+                        scaling={"minReplicas": 1, "maxReplicas": 1})
+    pool["spec"]["worker"].pop("drainSeconds", None)
+    return pool
+
+
 COMMAND_AGENT_LABEL = ("e2e.agentpool.dev/agent", "command")
 """A pod label from spec.worker.podLabels that the command pool's program reads back from a
 downward-API volume of spec.worker.volumes."""
@@ -174,6 +188,7 @@ def applied_pools(worker_image: str) -> list[Manifest]:
         scale_pool("e2e-scale-abc123", worker_image),
         recovery_pool("e2e-recover-abc123", worker_image),
         small_pool("e2e-gc-abc123", worker_image),
+        rollout_pool("e2e-rollout-abc123", worker_image),
         small_pool("e2e-shared-1-abc123", worker_image, queue="e2e-shared-abc123"),
         command_pool("e2e-command-abc123", worker_image),
         scheduled_pool("e2e-scheduled-abc123", worker_image),
@@ -228,6 +243,11 @@ RECOVERY_TASK_SEEDS = ("recover-10", "recover-21", "recover-66", "recover-124")
 EVICTION_TASK = {"mean_seconds": 30, "seed": "evict-1", "prompt": "outlasts drainSeconds"}
 """About 58 s (first attempt): long enough to try an eviction while it runs, and far longer
 than the small pool's drainSeconds, which an eviction let through would cut it down to."""
+
+
+ROLLOUT_TASK = {"mean_seconds": 30, "seed": "evict-1", "prompt": "outlasts a rollout's start"}
+"""About 58 s (first attempt, the eviction task's seed): running when the rollout starts, and
+still running when the new pod is ready and the old one is told to stop."""
 
 
 def quick_tasks(count: int, *, mean_seconds: float = 0.5, tag: str = "quick") -> list[Any]:

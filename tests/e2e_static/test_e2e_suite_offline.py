@@ -17,6 +17,7 @@ from e2e_config import DEFAULT_OPERATOR_IMAGE, ConfigError, E2EConfig, ImageRef
 from e2e_manifests import (
     EVICTION_TASK,
     LONG_TASK_SEEDS,
+    ROLLOUT_TASK,
     SUITE_LABEL,
     applied_pools,
     example_pool,
@@ -24,6 +25,7 @@ from e2e_manifests import (
     load_example,
     recovery_pool,
     recovery_tasks,
+    rollout_pool,
     scale_pool,
     scale_tasks,
     small_pool,
@@ -59,6 +61,7 @@ EXPECTED_E2E_TESTS = {
     "e2e/test_e2e_eviction.py::test_a_busy_pod_refuses_eviction_until_its_run_ends",
     "e2e/test_e2e_eviction.py::"
     "test_a_node_drain_waits_for_the_run_while_the_pool_moves_to_another_node",
+    "e2e/test_e2e_rollout.py::test_a_rollout_lets_the_old_pod_finish_its_run",
     "e2e/test_e2e_lifecycle.py::test_deleting_the_pool_removes_its_deployment",
     "e2e/test_e2e_lifecycle.py::"
     "test_worker_pods_run_under_the_restricted_pod_security_standard",
@@ -155,6 +158,16 @@ def test_the_eviction_task_outlasts_drain_seconds_but_not_the_task_timeout() -> 
     assert worker.drain_seconds < mean / 2
     assert worker.task_timeout_seconds >= 10 * mean
     assert worker.protect_busy_pods
+
+
+def test_the_rollout_task_outlasts_a_pod_start_and_the_pool_waits_for_it() -> None:
+    """The rollout pool leaves drainSeconds to its default: the old pod may take as long as
+    the task's timeout, which the task never reaches."""
+    pool = rollout_pool("r", IMAGE)
+    assert "drainSeconds" not in pool["spec"]["worker"]
+    worker = AgentPoolSpec.model_validate(pool["spec"]).worker
+    mean = float(ROLLOUT_TASK["mean_seconds"])
+    assert worker.stop_seconds == worker.task_timeout_seconds >= 10 * mean
 
 
 def test_recovery_tasks_outnumber_one_pod_and_fit_the_pool() -> None:
