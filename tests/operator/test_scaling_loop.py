@@ -9,7 +9,7 @@ marks stay put round after round.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -401,3 +401,50 @@ async def test_unreachable_redis_holds_the_size(
     })
     await cluster.patch_pool("pi", {"spec": {"redis": {"urlSecretRef": {"name": "pi-redis-2"}}}})
     await eventually(lambda: cluster.deployment("pi")["spec"]["replicas"] == 1)
+
+
+async def test_the_runs_of_a_terminating_pod_start_no_new_pod(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """A rollout's old pod finishes its runs while it terminates (drainSeconds defaults to
+    taskTimeoutSeconds): its runs occupy no slot of the pool, so they must not make it grow."""
+    queue = TaskQueue(redis, queue_name)
+    new, old = "ro-8d9e0-aaaaa", "ro-7c8d9-bbbbb"
+    await queue.submit_many([{"n": n} for n in range(2)])
+    worker = WorkerInfo(pod=old, instance="i1", concurrency=2)
+    tasks = (await queue.claim(worker.worker_id, 2, LEASE)).tasks
+    worker.runs_since = tuple(t.claimed_ms for t in tasks)
+    await queue.heartbeat(worker, {t.id: t.token for t in tasks}, LEASE)
+    await start_worker(queue, new, busy=False)
+    await create_pods(cluster, "ro", [new])
+    terminating = pod_manifest("ro", old)
+    # As the API server writes a deletion: the time the grace period ends, and the grace
+    # (a finalizer keeps kmock from removing the pod at once).
+    terminating["metadata"].update({
+        "deletionTimestamp": (datetime.now(UTC) + timedelta(seconds=615)).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"),
+        "deletionGracePeriodSeconds": 615, "finalizers": ["example.com/hold"],
+    })
+    await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", terminating)
+    await cluster.create_pool(pool_manifest(
+        "ro", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=1, maxReplicas=4, tasksPerReplica=1),
+    ))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: cluster.pool("ro")["status"]["inFlight"] == 2)
+        for ready in (1, 2):
+            await one_more_round(cluster, "ro", ready)
+        assert cluster.pool("ro")["status"]["desiredReplicas"] == 1
+        assert cluster.deployment("ro")["spec"]["replicas"] == 1
+
+        # Work that does need a slot still scales the pool.
+        await queue.submit_many([{"n": n} for n in range(2)])
+        await eventually(lambda: cluster.deployment("ro")["spec"]["replicas"] == 2)
+        for task in tasks:
+            assert await queue.complete(task, "ok")
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
