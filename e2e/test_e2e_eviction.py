@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from e2e_cli import AgentpoolCli
 from e2e_config import E2EConfig
-from e2e_kube import Waiter
+from e2e_kube import Waiter, is_ready
 from e2e_manifests import EVICTION_TASK, Manifest, small_pool
 from e2e_pools import Pools
 
@@ -99,9 +99,7 @@ def test_a_node_drain_waits_for_the_run_while_the_pool_moves_to_another_node(
     try:
         def elsewhere() -> list[str]:
             return [p["metadata"]["name"] for p in pools.live_pods(name)
-                    if p["spec"].get("nodeName") not in (None, node)
-                    and any(c.get("type") == "Ready" and c.get("status") == "True"
-                            for c in (p.get("status") or {}).get("conditions") or [])]
+                    if p["spec"].get("nodeName") not in (None, node) and is_ready(p)]
 
         waiter.until(elsewhere, bool, timeout=300, interval=1,
                      what=f"a ready pod of {name} on another node than {node}")

@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from e2e_cli import AgentpoolCli
 from e2e_config import E2EConfig
-from e2e_kube import Waiter, is_terminating
+from e2e_kube import Waiter, is_ready, is_terminating
 from e2e_manifests import ROLLOUT_TASK, Manifest, rollout_pool
 from e2e_pools import Pools
 
 pytestmark = pytest.mark.e2e
 
 BUSY_LABEL = "agentpool.dev/busy"
-
-
-def ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 def test_a_rollout_lets_the_old_pod_finish_its_run(
@@ -43,7 +37,7 @@ def test_a_rollout_lets_the_old_pod_finish_its_run(
     patch = {"spec": {"worker": {"podAnnotations": {"e2e.agentpool.dev/rollout": run_id}}}}
     pools.kube("patch", "agentpool", name, "--type", "merge", "--patch", json.dumps(patch))
     waiter.until(lambda: [p for p in pools.live_pods(name)
-                          if p["metadata"]["name"] != old and ready(p)],
+                          if p["metadata"]["name"] != old and is_ready(p)],
                  bool, timeout=300, interval=1, what=f"a new ready pod of {name}")
     stopping = waiter.until(lambda: pools.kube.get("pod", old),
                             lambda pod: pod is None or is_terminating(pod), timeout=120,
