@@ -998,12 +998,14 @@ class AgentPoolStatus(_Model):
     draining_replicas: int = Field(
         default=0,
         description=(
-            "Worker pods chosen by a scale-down that claim no new task and keep their replica "
-            "until their runs end."
+            "Worker pods that claim no new task and finish their runs before they go: chosen "
+            "by a scale-down (they keep their replica until their runs end), on a node being "
+            "drained, or stopped by a rollout or a deletion while they hold runs."
         ),
     )
     draining_since: datetime | None = Field(
-        default=None, description="When the longest-draining of those pods was asked to drain."
+        default=None,
+        description="When the longest-draining of those pods was asked to drain or stop.",
     )
     queued: int = Field(default=0, description="Tasks waiting to be claimed.")
     delayed: int = Field(default=0, description="Tasks scheduled for later or awaiting retry.")

@@ -43,8 +43,8 @@ _FIGURES = {
     "replicas": "Worker pods that exist",
     "readyReplicas": "Worker pods that are ready",
     "desiredReplicas": "Worker pods the pool should have",
-    "drainingReplicas": "Worker pods chosen by a scale-down that finish their runs before "
-    "they go",
+    "drainingReplicas": "Worker pods that finish their runs before they go (scale-down, node "
+    "drain, rollout)",
 }
 
 

@@ -37,7 +37,8 @@ True with ScaledUp, ScaledDown, Stable, Stabilizing (a scale-down waits for the
 stabilisation window or the cooldown), CoolingDown (a scale-up waits for its cooldown) or
 AtMaximum; False with Paused, FixedSize or QueueUnavailable; Unknown with DeploymentMissing.
 Its messages avoid figures that move every poll, so holding does not rewrite the status;
-status.drainingReplicas and status.drainingSince say how many pods drain, since when.
+status.drainingReplicas and status.drainingSince say how many pods drain, since when (the pods
+a rollout or a deletion stopped while they run tasks count too).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import kopf
 import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from agentpool.models import parse_rfc3339
 from agentpool.protocol import TaskQueue
 from agentpool.scaling.policy import (
     TIMES,
@@ -112,6 +114,9 @@ class PodSummary:
     """On a node being emptied (see `disruption`): it leaves like a chosen pod, for good."""
     guarded: bool = False
     """Carries the busy label that the pool's PodDisruptionBudget protects."""
+    stopping_since: float | None = None
+    """Deleted (a rollout, a deletion) while it still runs: when the deletion was asked (its
+    worker finishes its runs within drainSeconds)."""
 
     @property
     def held(self) -> bool:
@@ -131,6 +136,11 @@ class PodSummary:
             "Succeeded", "Failed",
         )
         cost = (meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
+        deadline = parse_rfc3339(meta.get("deletionTimestamp"))
+        stopping_since = None
+        if deadline is not None and status.get("phase") not in ("Succeeded", "Failed"):
+            grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+            stopping_since = deadline.timestamp() - grace
         return cls(
             name=str(meta.get("name", "")),
             ready=ready,
@@ -139,6 +149,7 @@ class PodSummary:
             released=cost == RELEASED_COST,
             leaving=not gone and (pod.get("spec") or {}).get("nodeName") in going,
             guarded=(meta.get("labels") or {}).get(BUSY_LABEL) == BUSY_VALUE,
+            stopping_since=stopping_since,
         )
 
 
@@ -489,8 +500,8 @@ async def scale(
         )
 
     state.scaling_history = decision.history
-    fields: dict[str, Any] = {"desiredReplicas": plan.replicas, **_draining_fields(
-        summaries, plan, drains)}
+    fields: dict[str, Any] = {"desiredReplicas": plan.replicas, **draining_fields(
+        summaries, plan, drains, work or {})}
     fields["rateLimitedBy"] = decision.limited.limit if decision.limited else None
     if plan.start:
         metrics.record_pod_starts(observation.namespace, observation.name, plan.start)
@@ -552,12 +563,19 @@ def _names(annotation: str | None) -> tuple[str, ...]:
     return tuple(n for n in (annotation or "").split(",") if n)
 
 
-def _draining_fields(pods: Sequence[PodSummary], plan: ScalePlan,
-                     drains: Mapping[str, float]) -> dict[str, Any]:
+def draining_fields(pods: Sequence[PodSummary], plan: ScalePlan, drains: Mapping[str, float],
+                    work: Mapping[str, PodWork]) -> dict[str, Any]:
+    """status.drainingReplicas and drainingSince: the pods that claim nothing new and finish
+    their runs before they go (chosen by a scale-down, on a node being emptied, or stopped by
+    a rollout or a deletion while they hold runs), and when the first was asked to."""
     gone = {*plan.withdraw, *plan.given_back}
     draining = [p.name for p in pods if p.marked and not p.gone and p.name not in gone]
     draining += [*plan.drain, *(n for n in plan.release if n not in draining)]
     times = [drains[n] for n in draining if n in drains]
+    stopping = [p for p in pods if p.stopping_since is not None
+                and work.get(p.name, PodWork()).in_flight > 0 and p.name not in draining]
+    draining += [p.name for p in stopping]
+    times += [p.stopping_since for p in stopping if p.stopping_since is not None]
     since = rfc3339(datetime.fromtimestamp(min(times), UTC)) if times else None
     return {"drainingReplicas": len(draining), "drainingSince": since}
 

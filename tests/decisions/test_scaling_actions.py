@@ -21,6 +21,7 @@ from agentpool_operator.scaling_actions import (
     PodSummary,
     PodWork,
     ScalePlan,
+    draining_fields,
     holding,
     plan_scale,
     restore_history,
@@ -58,8 +59,10 @@ def test_pod_summary_from_the_api_object() -> None:
         "controller.kubernetes.io/pod-deletion-cost": "-2000"}}}
     assert PodSummary.from_body(released) == PodSummary(
         "p", ready=False, marked=True, released=True)
-    deleting = {"metadata": {"name": "q", "deletionTimestamp": "2025-01-01T00:00:00Z"}}
-    assert PodSummary.from_body(deleting) == PodSummary("q", ready=False, gone=True)
+    deleting = {"metadata": {"name": "q", "deletionTimestamp": "2025-01-01T00:10:15Z",
+                             "deletionGracePeriodSeconds": 615}}
+    assert PodSummary.from_body(deleting) == PodSummary(
+        "q", ready=False, gone=True, stopping_since=1735689600.0)
     evicted = {"metadata": {"name": "r"}, "status": {"phase": "Failed"}}
     assert PodSummary.from_body(evicted).gone
     foreign_cost = {"metadata": {"name": "s", "annotations": {
@@ -73,6 +76,23 @@ def test_the_policy_sees_serving_replicas_and_their_runs_only() -> None:
     assert serving_replicas(summaries, 3, given_back=("c",)) == 2
     load = serving_load(QueueLoad(queued=2, in_flight=6), summaries, work(a=2, b=4), ())
     assert load == QueueLoad(queued=2, in_flight=2)
+
+
+def test_draining_counts_the_pods_that_finish_their_runs_before_they_go() -> None:
+    """Marked by a scale-down (or leaving with their node), and stopped by a rollout or a
+    deletion while they hold runs; the longest since its drain or deletion was asked."""
+    summaries = [
+        PodSummary("kept"),
+        PodSummary("chosen", ready=False, marked=True),
+        PodSummary("old-busy", ready=False, gone=True, stopping_since=NOW - 300),
+        PodSummary("old-idle", ready=False, gone=True, stopping_since=NOW - 900),
+        PodSummary("evicted", ready=False, gone=True),
+    ]
+    fields = draining_fields(summaries, ScalePlan(replicas=2), {"chosen": NOW - 60},
+                             work(**{"old-busy": 2, "evicted": 1, "kept": 1}))
+    assert fields == {"drainingReplicas": 2, "drainingSince": "1970-01-01T00:11:40Z"}
+    assert draining_fields([PodSummary("a")], ScalePlan(replicas=1), {}, {}) == {
+        "drainingReplicas": 0, "drainingSince": None}
 
 
 def test_the_runs_of_a_terminating_pod_need_no_new_capacity() -> None:

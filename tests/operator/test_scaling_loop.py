@@ -421,9 +421,9 @@ async def test_the_runs_of_a_terminating_pod_start_no_new_pod(
     terminating = pod_manifest("ro", old)
     # As the API server writes a deletion: the time the grace period ends, and the grace
     # (a finalizer keeps kmock from removing the pod at once).
+    asked = datetime.now(UTC).replace(microsecond=0)
     terminating["metadata"].update({
-        "deletionTimestamp": (datetime.now(UTC) + timedelta(seconds=615)).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"),
+        "deletionTimestamp": (asked + timedelta(seconds=615)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "deletionGracePeriodSeconds": 615, "finalizers": ["example.com/hold"],
     })
     await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", terminating)
@@ -437,8 +437,12 @@ async def test_the_runs_of_a_terminating_pod_start_no_new_pod(
         await eventually(lambda: cluster.pool("ro")["status"]["inFlight"] == 2)
         for ready in (1, 2):
             await one_more_round(cluster, "ro", ready)
-        assert cluster.pool("ro")["status"]["desiredReplicas"] == 1
+        status = cluster.pool("ro")["status"]
+        assert status["desiredReplicas"] == 1
         assert cluster.deployment("ro")["spec"]["replicas"] == 1
+        # The status counts it among the pods that finish their runs before they go.
+        assert status["drainingReplicas"] == 1
+        assert status["drainingSince"] == asked.strftime("%Y-%m-%dT%H:%M:%SZ")
 
         # Work that does need a slot still scales the pool.
         await queue.submit_many([{"n": n} for n in range(2)])
