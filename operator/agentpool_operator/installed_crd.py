@@ -156,8 +156,9 @@ class InstalledCrd:
         try:
             body = await kube.get(
                 f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}")
-        except ApiException as error:
-            reason = api_error_message(error)
+        except Exception as error:  # a check of its own: it never fails the pool's round
+            reason = (api_error_message(error) if isinstance(error, ApiException)
+                      else f"{type(error).__name__}: {error}")
             if reason != self.unreadable:
                 log.warning(f"cannot read CRD {CRD_NAME} ({reason}): not checking that it "
                             "knows this operator's fields")

@@ -126,7 +126,7 @@ def test_a_crd_without_this_version_is_outdated() -> None:
 class Reader:
     """Answers the CRD read from a list of outcomes, one per read (an int: that HTTP status)."""
 
-    def __init__(self, *answers: dict[str, Any] | int | None) -> None:
+    def __init__(self, *answers: dict[str, Any] | int | Exception | None) -> None:
         self.answers = list(answers)
         self.paths: list[str] = []
 
@@ -135,6 +135,8 @@ class Reader:
         answer = self.answers.pop(0)
         if isinstance(answer, int):
             raise ApiException(status=answer, reason="Forbidden")
+        if isinstance(answer, Exception):
+            raise answer
         return copy.deepcopy(answer)
 
 
@@ -151,17 +153,20 @@ async def test_the_crd_is_read_once_a_minute_and_a_new_one_clears_the_problem() 
     assert len(reader.paths) == 2
 
 
-async def test_a_refused_or_missing_crd_flags_no_pool_and_is_logged_once(
+async def test_an_unreadable_or_missing_crd_flags_no_pool_and_is_logged_once_per_cause(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    reader = Reader(403, 403, None, without(("status", "drainingSince")))
+    reader = Reader(403, 403, None, ConnectionResetError("reset by peer"),
+                    without(("status", "drainingSince")))
     look = InstalledCrd()
     with caplog.at_level(logging.WARNING, logger=installed_crd.__name__):
         assert await look.check(reader, now=0.0) is None
         assert await look.check(reader, now=CHECK_SECONDS) is None
         assert await look.check(reader, now=2 * CHECK_SECONDS) is None
-        problem = await look.check(reader, now=3 * CHECK_SECONDS)
+        assert await look.check(reader, now=3 * CHECK_SECONDS) is None
+        problem = await look.check(reader, now=4 * CHECK_SECONDS)
     assert problem is not None and "status.drainingSince" in problem.message
     messages = [record.getMessage() for record in caplog.records]
-    assert sum("cannot read CRD agentpools.agentpool.dev" in m for m in messages) == 1
+    assert sum("cannot read CRD agentpools.agentpool.dev (" in m for m in messages) == 2
+    assert any("ConnectionResetError: reset by peer" in m for m in messages)
     assert sum("status.drainingSince" in m for m in messages) == 1
