@@ -98,6 +98,8 @@ class PoolSummary:
     replicas: int | None = None
     ready_replicas: int | None = None
     desired_replicas: int | None = None
+    draining_replicas: int = 0
+    """Pods that finish their runs before they go (scale-down, node drain, rollout)."""
     queued: int = 0
     delayed: int = 0
     in_flight: int = 0
@@ -163,6 +165,7 @@ def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
         replicas=status.replicas,
         ready_replicas=status.ready_replicas,
         desired_replicas=status.desired_replicas,
+        draining_replicas=status.draining_replicas,
         queued=status.queued,
         delayed=status.delayed,
         in_flight=status.in_flight,

@@ -405,6 +405,7 @@ def fleet_json(rows: Sequence[FleetRow], now: float) -> list[dict[str, Any]]:
             "replicas": p.replicas,
             "ready_replicas": p.ready_replicas,
             "desired_replicas": p.desired_replicas,
+            "draining_replicas": p.draining_replicas,
             "queued": p.queued,
             "delayed": p.delayed,
             "in_flight": p.in_flight,
@@ -428,6 +429,9 @@ def fleet_grid(rows: Sequence[FleetRow], now: float, *, all_namespaces: bool) ->
     scheduled = any(row.pool.schedules for row in rows)
     if scheduled:
         headers.insert(-2, "NEXT RUN")
+    draining = any(row.pool.draining_replicas for row in rows)
+    if draining:
+        headers.insert(headers.index("READY") + 1, "DRAINING")
     if all_namespaces:
         headers.insert(0, "NAMESPACE")
     out: list[list[str]] = []
@@ -445,6 +449,8 @@ def fleet_grid(rows: Sequence[FleetRow], now: float, *, all_namespaces: bool) ->
         ]
         if scheduled:
             cells.insert(-2, _next_run(p, now))
+        if draining:
+            cells.insert(3, str(p.draining_replicas))
         if all_namespaces:
             cells.insert(0, p.namespace or "-")
         out.append(cells)

@@ -181,6 +181,18 @@ def test_fleet_grid_shows_the_next_run_once_a_pool_has_schedules() -> None:
     assert doc[1]["next_schedule_time"] is None
 
 
+def test_fleet_grid_shows_draining_pods_once_a_pool_has_some() -> None:
+    """Pods that finish their runs before they go (a scale-down, a node drain, a rollout)."""
+    alpha, beta = fleet_rows()
+    rows = [FleetRow(replace(alpha.pool, draining_replicas=2), alpha.rates), beta]
+    grid = fleet_grid(rows, NOW, all_namespaces=True)
+    assert grid.headers[:6] == ["NAMESPACE", "NAME", "QUEUE", "READY", "DRAINING", "QUEUED"]
+    assert [row[3:5] for row in grid.rows] == [["2/3", "2"], ["1/1", "0"]]
+    assert [d["draining_replicas"] for d in fleet_json(rows, NOW)] == [2, 0]
+    assert pool_summary({"metadata": {"name": "p"}, "spec": {},
+                         "status": {"drainingReplicas": 3}}).draining_replicas == 3
+
+
 def test_fleet_json() -> None:
     alpha, beta = fleet_json(fleet_rows(), NOW)
     assert alpha["rates"] == {"window_seconds": 60, "submitted_per_second": 0.0,
