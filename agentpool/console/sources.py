@@ -193,6 +193,7 @@ class Sources:
             "replicas": record.summary.replicas,
             "ready_replicas": record.summary.ready_replicas,
             "desired_replicas": record.summary.desired_replicas,
+            "draining_replicas": record.summary.draining_replicas,
             "last_scale_reason": record.summary.last_scale_reason,
             "conditions": _conditions(record.obj),
             "figures": figures_json(record.summary.queue, figures, rates),

@@ -407,4 +407,22 @@ def test_a_pools_schedules_render_with_a_link_to_their_last_task(
     link = rows.nth(0).locator("a")
     expect(link).to_have_attribute("href", f"/queues/{console.queue}/tasks/{task}")
     expect(rows.nth(1)).to_contain_text("suspended")
+    expect(page.locator("#pool-draining")).to_have_count(0)
     shot(page, "pool-schedules")
+
+
+def test_a_pool_with_draining_pods_shows_how_many(console: Console, page: Page) -> None:
+    """Pods that finish their runs before they go (a scale-down, a node drain, a rollout)."""
+    document = {
+        "namespace": "team-a", "name": "alpha", "queue": console.queue, "source": "kubernetes",
+        "at": 0, "health": "Ready", "replicas": 3, "ready_replicas": 2, "desired_replicas": 2,
+        "draining_replicas": 2, "last_scale_reason": None, "conditions": [], "history": [],
+        "workers": [], "figures": {"queued": 0, "in_flight": 3, "delayed": 0, "dead": 0,
+                                   "workers": 3, "rates": None},
+        "rate_limits": None, "limits": [], "events": [], "events_note": None, "schedules": [],
+    }
+    page.route("**/api/pools/team-a/alpha", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        body=f"data: {json.dumps(document)}\n\n"))
+    page.goto(console.url + "pools/team-a/alpha")
+    expect(page.locator("#pool-draining")).to_have_text("2", timeout=LIVE)

@@ -31,6 +31,7 @@ def agentpool(namespace: str, name: str, queue: str) -> dict[str, Any]:
                                 "timeZone": "Europe/Paris", "concurrencyPolicy": "Replace"},
                                {"name": "hourly", "cron": "@hourly", "suspend": True}]},
         "status": {"replicas": 3, "readyReplicas": 2, "desiredReplicas": 3, "queued": 99,
+                   "drainingReplicas": 1,
                    "schedules": [{"name": "nightly", "lastScheduleTime": "2026-01-01T01:30:00Z",
                                   "lastTaskId": "a" * 32,
                                   "nextScheduleTime": "2026-01-02T01:30:00Z"}],
@@ -88,10 +89,12 @@ async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredi
         assert (pool["namespace"], pool["name"], pool["queue"]) == ("team-a", "alpha",
                                                                      queue_name)
         assert (pool["ready_replicas"], pool["desired_replicas"]) == (2, 3)
+        assert pool["draining_replicas"] == 1
         assert pool["queued"] == 1  # live from Redis, not the status's last figure
         assert pool["conditions"][0]["message"] == "2/3 ready"
 
         page = await sources.pool("team-a", "alpha")
+        assert page["draining_replicas"] == 1
         assert [(e["reason"], e["message"]) for e in page["events"]] == [
             ("ScaledUp", "1 → 3 replicas: 40 queued")]
         assert page["rate_limits"] == [{"name": "openai", "requestsPerMinute": 500}]

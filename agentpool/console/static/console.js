@@ -123,7 +123,8 @@ function fleetPage() {
       kube ? el("td", {}, p.namespace) : null,
       el("td", { class: "mono" }, el("a", { href: `/queues/${enc(p.queue)}/tasks` }, p.queue)),
       el("td", { class: "num" }, p.desired_replicas === null ? "-" :
-        `${show(p.ready_replicas)}/${p.desired_replicas}`),
+        `${show(p.ready_replicas)}/${p.desired_replicas}` +
+        (p.draining_replicas ? ` (+${p.draining_replicas} draining)` : "")),
       num(p.queued), num(p.in_flight),
       el("td", { class: "num" }, el("a", { href: `/queues/${enc(p.queue)}/dead` }, show(p.dead))),
       num(p.workers), el("td", { class: "num" }, rate(p.rates && p.rates.succeeded_per_second)),
@@ -204,6 +205,7 @@ function poolPage(namespace, name) {
       el("div", { class: "cards" },
         card("Ready / desired", doc.desired_replicas === null ? "-" :
           `${show(doc.ready_replicas)} / ${doc.desired_replicas}`),
+        doc.draining_replicas ? card("Draining", doc.draining_replicas, "pool-draining") : null,
         card("Queued", f.queued, "pool-queued"), card("In flight", f.in_flight, "pool-in-flight"),
         card("Delayed", f.delayed), card("Dead", f.dead), card("Workers", f.workers),
         card("Done", f.rates ? rate(f.rates.succeeded_per_second) : "-")),
