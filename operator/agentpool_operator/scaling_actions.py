@@ -1,10 +1,9 @@
 """Scaling applied to one pool: size the Deployment, drain pods until their runs end.
 
-Each round of the pool's loop calls `scale` with what it observed. The scaling policy sees
-the pool's *serving* replicas (the Deployment's count less the pods that drain) and the tasks
-queued or running on serving pods: a draining pod is neither capacity nor a pod to remove
-again. The Deployment is written only when its replica count (or the list of replicas given
-back) changes.
+Each round of the pool's loop calls `scale` with what it observed; the decisions are pure
+functions in `scaling_plan` (what the policy sees, which pods to mark, how many replicas), and
+this module reads their inputs and applies their outputs. The Deployment is written only when
+its replica count (or the list of replicas given back) changes.
 
 Scale-down never interrupts a run. A pod chosen for removal (idle first, then the fewest and
 oldest runs, `scaledown.removal_rank`) is *marked* with
@@ -45,26 +44,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import re
 import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import Any, cast
 
 import kopf
 import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from agentpool.models import parse_rfc3339
 from agentpool.protocol import TaskQueue
 from agentpool.scaling.policy import (
-    TIMES,
     Decision,
-    QueueLoad,
-    ScalingHistory,
     ScalingPolicy,
     decide,
 )
@@ -72,336 +64,39 @@ from agentpool.scaling.scaledown import (
     CHOSEN_COST,
     DELETION_COST_ANNOTATION,
     RELEASED_COST,
-    PodLoad,
-    plan_drains,
 )
 
 from . import metrics
 from .context import PoolState
-from .disruption import BUSY_LABEL, BUSY_VALUE, GuardedPod, guard_changes
+from .disruption import GuardedPod, guard_changes
 from .disruption_actions import apply_guard, going_nodes_of
 from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
+from .scaling_plan import (
+    HISTORY_ANNOTATION,
+    RELEASED_ANNOTATION,
+    PodSummary,
+    PodWork,
+    ScalePlan,
+    draining_fields,
+    holding,
+    plan_scale,
+    queue_load,
+    replicas_text,
+    restore_history,
+    scaling_condition,
+    serving_load,
+    serving_replicas,
+    stale_drains,
+)
 from .status import ConditionUpdate, rfc3339, sanitize
 
-HISTORY_ANNOTATION = "agentpool.dev/scaling-history"
-STALE_DRAIN_SECONDS = 30.0
-"""A drain request of a pod that no longer exists is cleared once it is this old."""
 DRAIN_SWEEP_SECONDS = 30.0
 """Least time between two looks for stale drain requests of one pool."""
 
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
 
 log = logging.getLogger(__name__)
-
-
-# -- pure decisions --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PodSummary:
-    """What scale-down needs to know about one pod of the pool."""
-
-    name: str
-    ready: bool = True
-    gone: bool = False
-    """Being deleted, or finished (Succeeded/Failed): not a live replica any more."""
-    marked: bool = False
-    """Carries a deletion cost this module sets on the pods it chose."""
-    released: bool = False
-    """Its mark says its runs ended and its replica may go."""
-    leaving: bool = False
-    """On a node being emptied (see `disruption`): it leaves like a chosen pod, for good."""
-    guarded: bool = False
-    """Carries the busy label that the pool's PodDisruptionBudget protects."""
-    stopping_since: float | None = None
-    """Deleted (a rollout, a deletion) while it still runs: when the deletion was asked (its
-    worker finishes its runs within drainSeconds)."""
-
-    @property
-    def held(self) -> bool:
-        """Not serving: marked for removal, or leaving with its node."""
-        return self.marked or self.leaving
-
-    @classmethod
-    def from_body(cls, pod: Mapping[str, Any], going: Collection[str] = ()) -> PodSummary:
-        """`going`: the names of the nodes being emptied."""
-        meta = pod.get("metadata") or {}
-        status = pod.get("status") or {}
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        gone = bool(meta.get("deletionTimestamp")) or status.get("phase") in (
-            "Succeeded", "Failed",
-        )
-        cost = (meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
-        deadline = parse_rfc3339(meta.get("deletionTimestamp"))
-        stopping_since = None
-        if deadline is not None and status.get("phase") not in ("Succeeded", "Failed"):
-            grace = float(meta.get("deletionGracePeriodSeconds") or 0)
-            stopping_since = deadline.timestamp() - grace
-        return cls(
-            name=str(meta.get("name", "")),
-            ready=ready,
-            gone=gone,
-            marked=cost in (CHOSEN_COST, RELEASED_COST),
-            released=cost == RELEASED_COST,
-            leaving=not gone and (pod.get("spec") or {}).get("nodeName") in going,
-            guarded=(meta.get("labels") or {}).get(BUSY_LABEL) == BUSY_VALUE,
-            stopping_since=stopping_since,
-        )
-
-
-@dataclass(frozen=True)
-class PodWork:
-    """A pod's runs, as its workers' heartbeats report them."""
-
-    in_flight: int = 0
-    runs_since: tuple[float, ...] = ()
-
-
-def holding(pods: Sequence[PodSummary], given_back: Collection[str]) -> list[PodSummary]:
-    """Marked or leaving live pods that still hold a replica of the Deployment."""
-    return [p for p in pods if p.held and not p.gone and p.name not in given_back]
-
-
-def serving_replicas(pods: Sequence[PodSummary], replicas: int,
-                     given_back: Collection[str]) -> int:
-    """The replicas that take work: the Deployment's count less the marked pods holding one."""
-    return max(0, replicas - len(holding(pods, given_back)))
-
-
-def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str, PodWork],
-                 given_back: Collection[str], now: float | None = None) -> QueueLoad:
-    """The queue as the policy must see it: the runs of draining pods and of pods that are
-    stopping (a rollout's old pods finish their runs while they terminate) need no capacity;
-    the ages of the serving pods' runs (at `now`) tell how soon they free a slot."""
-    if not load.figures_ok:
-        return load
-    held = {p.name for p in holding(pods, given_back)} | {p.name for p in pods if p.gone}
-    draining = sum(work.get(name, PodWork()).in_flight for name in held)
-    ages = () if now is None else tuple(
-        max(0.0, now - since)
-        for name, w in sorted(work.items()) if name not in held for since in w.runs_since
-    )
-    return replace(load, in_flight=max(0, load.in_flight - draining), run_ages=ages)
-
-
-@dataclass(frozen=True)
-class ScalePlan:
-    replicas: int
-    """The Deployment's replica count after this round."""
-    drain: tuple[str, ...] = ()
-    """Chosen now, busy: marked and asked to drain."""
-    release: tuple[str, ...] = ()
-    """No run left (chosen now idle, or drained): marked released, asked to drain."""
-    withdraw: tuple[str, ...] = ()
-    """Marked before, back to work."""
-    give_back: tuple[str, ...] = ()
-    """Released, unready: their replicas are taken off `replicas` now."""
-    given_back: tuple[str, ...] = ()
-    """Every live pod whose replica was given back, for the Deployment's annotation."""
-    start: int = 0
-    """New pods this round asks for."""
-    delete: tuple[str, ...] = ()
-    """Given back, yet the ReplicaSet kept them (it removed another pod, or the count rose
-    again): drained pods that serve nothing, deleted so that it replaces them."""
-
-
-DRAIN_READY_TIMEOUT_SECONDS = 60.0
-"""A released pod that still reads Ready this long after its drain request gives back its
-replica anyway (a worker image without the readiness probe, say)."""
-
-
-def plan_scale(
-    pods: Sequence[PodSummary],
-    replicas: int,
-    given_back: Collection[str],
-    target: int,
-    work: Mapping[str, PodWork] | None,
-    now: float,
-    drains: Mapping[str, float] | None = None,
-    keep: int | None = None,
-) -> ScalePlan:
-    """Move the Deployment from `replicas` towards `target` serving replicas, keeping up to
-    `keep` (default `target`) live: drained pods without runs wait to be taken back.
-
-    Only live unmarked pods are chosen, and no more of them than leave `target` (pods the
-    ReplicaSet has not created yet are removed by just not creating them; pods beyond the
-    count, a rollout's surge, are not ours to choose). `work` None (the queue is unreadable)
-    counts every pod as busy: nothing is released on missing data. A released pod gives its
-    replica back once it is unready and no unmarked pod is (so that it is the ReplicaSet's
-    first choice), or once its drain is DRAIN_READY_TIMEOUT_SECONDS old (a pod that never
-    turns ready must not hold it forever; should the ReplicaSet then remove another pod, the
-    released one is deleted, see `ScalePlan.delete`).
-    """
-    requested = drains or {}
-    if work is None:
-        work = {p.name: PodWork(in_flight=1) for p in pods}
-    live = [p for p in pods if not p.gone]
-    names = {p.name for p in live if p.marked}
-    given = tuple(sorted(n for n in given_back if n in names))
-    held = holding(pods, given)
-    unmarked = [p for p in live if not p.held]
-    serving = max(0, replicas - len(held))
-    if target < serving:
-        live_target = len(unmarked) - max(0, min(serving - target, len(unmarked) - target))
-    else:
-        live_target = len(unmarked) + target - serving
-
-    def load(p: PodSummary) -> PodLoad:
-        w = work.get(p.name, PodWork())
-        ages = tuple(max(0.0, now - since) for since in w.runs_since)
-        return PodLoad(p.name, w.in_flight, p.ready, draining=p.held, run_ages=ages,
-                       leaving=p.leaving)
-
-    live_keep = live_target + max(0, (target if keep is None else keep) - target)
-    plan = plan_drains([load(p) for p in unmarked + held], live_target, live_keep)
-    by_name = {p.name: p for p in live}
-    chosen = set(plan.drain)
-    idle = set(plan.release)
-    release = [n for n in plan.drain if n in idle]
-    release += [n for n in plan.release if n not in chosen and not by_name[n].released]
-    leavers = [p.name for p in held if p.leaving and not p.marked and p.name not in idle]
-    starting = any(not p.ready for p in unmarked)
-
-    def may_go(name: str) -> bool:
-        waited = now - requested.get(name, now) >= DRAIN_READY_TIMEOUT_SECONDS
-        return waited or (not by_name[name].ready and not starting)
-
-    give_back = [
-        n for n in plan.release if n not in chosen and by_name[n].released and may_go(n)
-    ]
-    kept = len(held) - len(plan.withdraw) - len(give_back) + len(plan.drain)
-    orphans = given if len(live) <= replicas else ()
-    return ScalePlan(
-        replicas=target + kept,
-        drain=tuple(n for n in plan.drain if n not in idle) + tuple(leavers),
-        release=tuple(release),
-        withdraw=plan.withdraw,
-        give_back=tuple(give_back),
-        given_back=tuple(sorted({*given, *give_back})),
-        start=plan.start,
-        delete=orphans,
-    )
-
-
-def stale_drains(
-    requests: Mapping[str, float], pods: Collection[str], pool: str, now: float,
-    grace: float = STALE_DRAIN_SECONDS,
-) -> list[str]:
-    """Drain requests (by pod or by `pod:instance`) for this pool's pods that no longer exist.
-
-    Only names a Deployment gives its pods (`<pool>-<hash>-<suffix>`) are considered, so the
-    requests of another pool sharing the queue are left alone; a grace period leaves requests
-    for pods created after `pods` was listed.
-    """
-    pattern = re.compile(rf"{re.escape(pool)}-[a-z0-9]+-[a-z0-9]+")
-    stale = []
-    for key, at in requests.items():
-        pod = key.rpartition(":")[0] or key
-        if pattern.fullmatch(pod) and pod not in pods and now - at >= grace:
-            stale.append(key)
-    return sorted(stale)
-
-
-def queue_load(figures: Any) -> QueueLoad:
-    if figures is None:
-        return QueueLoad.unavailable()
-    return QueueLoad(queued=figures.queued, in_flight=figures.in_flight)
-
-
-def restore_history(annotation: str | None, now: float) -> ScalingHistory:
-    """The history recorded on the Deployment, with its stabilisation window restarted now;
-    a fresh history when there is none or it cannot be read."""
-    if not annotation:
-        return ScalingHistory()
-    try:
-        data = json.loads(annotation)
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-        history = ScalingHistory.from_json(data)
-    except ValueError as error:
-        log.warning(f"ignoring unreadable {HISTORY_ANNOTATION}: {error}")
-        return ScalingHistory()
-    return replace(history, since=now)
-
-
-def scaling_condition(
-    policy: ScalingPolicy, load: QueueLoad, decision: Decision
-) -> ConditionUpdate:
-    """The Scaling condition after `decision` was applied."""
-    current, replicas = decision.current, decision.replicas
-    if decision.limited is not None:
-        limited = decision.limited
-        if replicas < current:
-            action = f"scaling down {current} → {replicas}"
-        elif replicas > current:
-            action = f"scaling up {current} → {replicas}"
-        else:
-            action = f"holding {_replicas(current)}"
-        return ConditionUpdate(
-            "Scaling", "True", "RateLimited",
-            f"rate limit {limited.limit} holds the pool: its runs wait for its grants, "
-            f"so more pods would only wait longer; {_replicas(limited.cap)} can feed it "
-            f"(the backlog asks for {limited.need}); {action}",
-        )
-    if replicas > current:
-        return ConditionUpdate("Scaling", "True", "ScaledUp", decision.reason)
-    if replicas < current:
-        return ConditionUpdate("Scaling", "True", "ScaledDown", decision.reason)
-    if not load.figures_ok:
-        return ConditionUpdate(
-            "Scaling", "False", "QueueUnavailable",
-            f"queue figures unavailable: holding {_replicas(current)}",
-        )
-    if policy.fixed:
-        return ConditionUpdate(
-            "Scaling", "False", "FixedSize",
-            f"minReplicas = maxReplicas = {policy.min_replicas}: a fixed-size pool",
-        )
-    tpr = policy.tasks_per_replica
-    raw = math.ceil(load.backlog / tpr)
-    need = decision.need if decision.need is not None else policy.clamp(raw)
-    if raw > policy.max_replicas and current == policy.max_replicas:
-        return ConditionUpdate(
-            "Scaling", "True", "AtMaximum",
-            f"the backlog needs more than maxReplicas ({policy.max_replicas}) {TIMES} {tpr} tasks",
-        )
-    if current == 0 and load.backlog <= policy.activation_depth:
-        return ConditionUpdate(
-            "Scaling", "True", "Stable",
-            f"scaled to zero; wakes when more than {policy.activation_depth} tasks are queued",
-        )
-    if need > current:
-        return ConditionUpdate(
-            "Scaling", "True", "CoolingDown",
-            f"the backlog needs {_replicas(need)}; the scale-up waits for its cooldown "
-            f"({policy.scale_up_cooldown_seconds:g}s)",
-        )
-    if need < current:
-        return ConditionUpdate(
-            "Scaling", "True", "Stabilizing",
-            f"the backlog needs {_replicas(need)} of {current}; the scale-down waits for the "
-            f"{policy.scale_down_cooldown_seconds:g}s stabilisation window",
-        )
-    if policy.clamp(raw) > current:
-        return ConditionUpdate(
-            "Scaling", "True", "Stable",
-            f"{_replicas(current)} {TIMES} {tpr} tasks fit the backlog once the runs about to "
-            "end take the queued tasks, sooner than a new pod could",
-        )
-    return ConditionUpdate(
-        "Scaling", "True", "Stable", f"{_replicas(current)} {TIMES} {tpr} tasks fit the backlog"
-    )
-
-
-def _replicas(count: int) -> str:
-    return f"{count} replica" if count == 1 else f"{count} replicas"
-
-
-# -- effects ---------------------------------------------------------------------------------
 
 
 class ScaleAborted(Exception):
@@ -413,8 +108,6 @@ class ScaleAborted(Exception):
         self.condition = condition
 
 
-RELEASED_ANNOTATION = "agentpool.dev/replicas-given-back"
-"""On the Deployment: the drained pods whose replica the last replica count already left out."""
 
 
 async def work_by_pod(queue: TaskQueue) -> dict[str, PodWork]:
@@ -447,7 +140,7 @@ async def scale(
             status_fields={"desiredReplicas": replicas},
             conditions=(ConditionUpdate(
                 "Scaling", "False", "Paused",
-                f"spec.paused is set: the pool keeps {_replicas(replicas)}",
+                f"spec.paused is set: the pool keeps {replicas_text(replicas)}",
             ),),
         )
 
@@ -561,23 +254,6 @@ async def _guard_paused(observation: PoolObservation, state: PoolState,
 
 def _names(annotation: str | None) -> tuple[str, ...]:
     return tuple(n for n in (annotation or "").split(",") if n)
-
-
-def draining_fields(pods: Sequence[PodSummary], plan: ScalePlan, drains: Mapping[str, float],
-                    work: Mapping[str, PodWork]) -> dict[str, Any]:
-    """status.drainingReplicas and drainingSince: the pods that claim nothing new and finish
-    their runs before they go (chosen by a scale-down, on a node being emptied, or stopped by
-    a rollout or a deletion while they hold runs), and when the first was asked to."""
-    gone = {*plan.withdraw, *plan.given_back}
-    draining = [p.name for p in pods if p.marked and not p.gone and p.name not in gone]
-    draining += [*plan.drain, *(n for n in plan.release if n not in draining)]
-    times = [drains[n] for n in draining if n in drains]
-    stopping = [p for p in pods if p.stopping_since is not None
-                and work.get(p.name, PodWork()).in_flight > 0 and p.name not in draining]
-    draining += [p.name for p in stopping]
-    times += [p.stopping_since for p in stopping if p.stopping_since is not None]
-    since = rfc3339(datetime.fromtimestamp(min(times), UTC)) if times else None
-    return {"drainingReplicas": len(draining), "drainingSince": since}
 
 
 async def _apply_marks(
@@ -726,7 +402,8 @@ def _redis_problem(current: int, error: BaseException) -> ConditionUpdate:
     detail = sanitize(str(error) or type(error).__name__)
     return ConditionUpdate(
         "Scaling", "False", "QueueUnavailable",
-        f"cannot read the workers' load to choose pods ({detail}): holding {_replicas(current)}",
+        f"cannot read the workers' load to choose pods ({detail}): "
+        f"holding {replicas_text(current)}",
     )
 
 

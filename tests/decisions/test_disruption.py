@@ -21,7 +21,7 @@ from agentpool_operator.disruption import (
     guard_changes,
     node_is_going,
 )
-from agentpool_operator.scaling_actions import (
+from agentpool_operator.scaling_plan import (
     PodSummary,
     PodWork,
     holding,

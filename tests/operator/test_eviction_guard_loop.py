@@ -28,7 +28,7 @@ from agentpool.protocol import TaskQueue
 from agentpool_operator import disruption, disruption_actions
 from agentpool_operator.deployment import POOL_LABEL
 from agentpool_operator.disruption import BUSY_LABEL
-from agentpool_operator.scaling_actions import RELEASED_ANNOTATION
+from agentpool_operator.scaling_plan import RELEASED_ANNOTATION
 from agentpool_operator.settings import OperatorSettings
 
 PODS = "v1/pods"

@@ -13,7 +13,7 @@ from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, poo
 
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.ratelimit import LimitConfig, RateLimiter
-from agentpool_operator.scaling_actions import HISTORY_ANNOTATION as HISTORY
+from agentpool_operator.scaling_plan import HISTORY_ANNOTATION as HISTORY
 
 LEASE = 120.0
 

@@ -25,7 +25,7 @@ from agentpool.protocol import ClaimedTask, TaskQueue, WorkerInfo
 from agentpool.redis_server import free_port
 from agentpool.scaling.scaledown import DELETION_COST_ANNOTATION
 from agentpool_operator.deployment import pool_labels
-from agentpool_operator.scaling_actions import HISTORY_ANNOTATION, RELEASED_ANNOTATION
+from agentpool_operator.scaling_plan import HISTORY_ANNOTATION, RELEASED_ANNOTATION
 from agentpool_operator.settings import OperatorSettings
 
 PODS = "v1/pods"

@@ -16,7 +16,7 @@ from agentpool.scaling.policy import (
     ScalingPolicy,
     decide,
 )
-from agentpool_operator.scaling_actions import (
+from agentpool_operator.scaling_plan import (
     DRAIN_READY_TIMEOUT_SECONDS,
     PodSummary,
     PodWork,
