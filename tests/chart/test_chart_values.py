@@ -114,6 +114,13 @@ def test_notes_tell_the_next_three_commands(helm: Helm) -> None:
     assert "agentpool-redis" in notes
 
 
+def test_notes_tell_how_to_upgrade_the_crd(helm: Helm) -> None:
+    """Helm never upgrades crds/: the one step of an upgrade that Helm leaves to the user."""
+    notes = helm.notes({})
+    assert "kubectl apply -f charts/agentpool-operator/crds/" in notes
+    assert "CRDOutdated" in notes
+
+
 @pytest.mark.parametrize(("mode", "says"), [
     ("standalone", "Redis: external, one server."),
     ("sentinel", "follow a failover without a restart"),
