@@ -30,6 +30,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
      "priority": 1},
     {"name": "Degraded", "type": "string",
      "jsonPath": '.status.conditions[?(@.type=="Degraded")].reason', "priority": 1},
+    {"name": "Health", "type": "string", "jsonPath": ".status.health"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -992,6 +992,13 @@ class AgentPoolStatus(_Model):
     """What the operator last observed of the pool and its queue."""
 
     queue: str | None = Field(default=None, description="Name of the queue served.")
+    health: str | None = Field(
+        default=None,
+        description=(
+            "The pool in one word: Ready, NotReady, Degraded, QueueUnreachable, Paused or "
+            "Pending (no condition yet); the conditions say why."
+        ),
+    )
     replicas: int = Field(default=0, description="Worker pods that exist.")
     ready_replicas: int = Field(default=0, description="Worker pods that are ready.")
     desired_replicas: int = Field(default=0, description="Worker pods the pool should have.")

@@ -15,7 +15,7 @@ from agentpool.models import CEL_RULES, GROUP, KIND, PLURAL, SHORT_NAMES, VERSIO
 
 pytestmark = pytest.mark.e2e
 
-DEFAULT_COLUMNS = ["Queue", "Ready", "Desired", "Queued", "In-Flight", "Age"]
+DEFAULT_COLUMNS = ["Queue", "Ready", "Desired", "Queued", "In-Flight", "Health", "Age"]
 INVALID_CASES = [pool.case for pool in invalid_pools("example.invalid/worker:0")]
 
 

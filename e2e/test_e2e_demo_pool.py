@@ -15,7 +15,7 @@ from e2e_pools import Pools
 
 pytestmark = pytest.mark.e2e
 
-TABLE_HEADERS = ["NAME", "QUEUE", "READY", "DESIRED", "QUEUED", "IN-FLIGHT", "AGE"]
+TABLE_HEADERS = ["NAME", "QUEUE", "READY", "DESIRED", "QUEUED", "IN-FLIGHT", "HEALTH", "AGE"]
 EXAMPLE_SPEC = load_example()["spec"]
 DEMO_QUEUE: str = EXAMPLE_SPEC["queue"]
 DEMO_MIN: int = EXAMPLE_SPEC["scaling"]["minReplicas"]
@@ -76,6 +76,7 @@ def check_row(row: dict[str, str]) -> None:
         assert number(row, column) is not None, f"{column} is {row[column]!r}, not a count"
     assert DEMO_MIN <= (number(row, "DESIRED") or 0) <= DEMO_MAX
     assert 0 <= (number(row, "READY") or 0) <= DEMO_MAX
+    assert row["HEALTH"] in ("Ready", "NotReady"), f"HEALTH is {row['HEALTH']!r}"
     assert KUBECTL_AGE.match(row["AGE"]), f"AGE is {row['AGE']!r}"
 
 

@@ -515,6 +515,7 @@ async def observe_once(
             *result.conditions,
             *([state.worker_credentials.condition] if state.worker_credentials else []),
         ],
+        paused=spec.paused,
     )
     if status_write_needed(previous, new, now, state.last_write,
                            ctx.settings.status_refresh_seconds):

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from agentpool.models import CONDITION_TYPES
+from agentpool.health import pool_health
+from agentpool.models import CONDITION_TYPES, Condition
 from agentpool.protocol import QueueFigures
 from agentpool.urls import redact_url
 
@@ -188,6 +189,7 @@ def build_status(
     extra_fields: Mapping[str, Any] | None = None,
     extra_conditions: Sequence[ConditionUpdate] = (),
     degraded_problems: Sequence[Problem] = (),
+    paused: bool = False,
 ) -> Status:
     """The complete new status of a pool.
 
@@ -228,6 +230,8 @@ def build_status(
     for update in [*updates, *extra_conditions]:
         conditions = set_condition(conditions, update, now=now, generation=generation)
     status["conditions"] = conditions
+    status["health"] = pool_health(
+        [Condition(type=c["type"], status=c["status"]) for c in conditions], paused)
     return status
 
 

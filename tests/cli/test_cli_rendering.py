@@ -13,7 +13,6 @@ from agentpool.cli.fleet import (
     PoolSummary,
     RateTracker,
     SecretRef,
-    pool_health,
     pool_summary,
     rates_between,
 )
@@ -29,6 +28,7 @@ from agentpool.cli.views import (
     task_json,
     workers_grid,
 )
+from agentpool.health import pool_health
 from agentpool.models import Condition
 from agentpool.protocol import QueueFigures, TaskInfo, WorkerState
 from agentpool.urls import redact_url

@@ -83,6 +83,7 @@ def test_names_scope_and_subresources() -> None:
         "Scaling": '.status.conditions[?(@.type=="Scaling")].reason',
         "Rate-Limited": ".status.rateLimitedBy",
         "Degraded": '.status.conditions[?(@.type=="Degraded")].reason',
+        "Health": ".status.health",
         "Age": ".metadata.creationTimestamp",
     }
     wide_only = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]

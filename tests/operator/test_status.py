@@ -47,7 +47,7 @@ def test_healthy_pool() -> None:
     assert {k: v for k, v in s.items() if k != "conditions"} == {
         "queue": "jobs", "replicas": 2, "readyReplicas": 2, "desiredReplicas": 2,
         "queued": 5, "inFlight": 2, "delayed": 1, "dead": 3, "workers": 2,
-        "observedGeneration": 1,
+        "observedGeneration": 1, "health": "Ready",
     }
     c = conditions(s)
     assert list(c) == ["Ready", "QueueReachable", "Degraded"]
@@ -83,6 +83,19 @@ def test_queue_problem_keeps_last_figures_and_marks_them_stale() -> None:
     assert c["QueueReachable"]["message"] == "cannot reach Redis: Connection refused"
     assert c["QueueReachable"]["lastTransitionTime"] == "2025-01-01T12:00:30Z"
     assert (c["Ready"]["status"], c["Degraded"]["status"]) == ("False", "True")
+
+
+@pytest.mark.parametrize(("kwargs", "health"), [
+    ({}, "Ready"),
+    ({"deployment": DeploymentView(desired=3, replicas=3, ready=0)}, "NotReady"),
+    ({"degraded_problems": [Problem("PodsFailing", "1 pod in ImagePullBackOff")]}, "Degraded"),
+    ({"queue_problem": Problem("RedisUnreachable", "no route")}, "Degraded"),
+    ({"paused": True, "degraded_problems": [Problem("QueueShared", "x")]}, "Paused"),
+])
+def test_health_is_the_pools_state_in_one_word(kwargs: dict, health: str) -> None:
+    """The default Health column of kubectl get agentpools: the same word as agentpool
+    status's HEALTH (a queue problem also makes the pool Degraded, which outranks it)."""
+    assert status(**kwargs)["health"] == health
 
 
 def test_no_figures_ever_reads_as_zero() -> None:
