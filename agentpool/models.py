@@ -414,11 +414,32 @@ class VolumeMount(_Model):
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
 
+class ContainerSecurity(_Model):
+    """What an init container or sidecar may change of the worker's security context: its
+    user and group (never root) and whether its root filesystem is writable. The rest (no
+    privilege escalation, every capability dropped, non-root, RuntimeDefault seccomp) stays,
+    so the pod still meets the restricted Pod Security Standard."""
+
+    run_as_user: int | None = Field(
+        default=None, ge=1, le=2147483647,
+        description="User ID the container runs as, instead of the pod's 10001 (not 0).")
+    run_as_group: int | None = Field(
+        default=None, ge=1, le=2147483647,
+        description="Group ID the container runs as, instead of the pod's 10001 (not 0).")
+    read_only_root_filesystem: bool | None = Field(
+        default=None,
+        description=(
+            "false: the container may write to its image's filesystem (an image that keeps "
+            "a cache or state under its own directories). Default true."
+        ),
+    )
+
+
 class InitContainer(_Model):
     """A container that runs before the worker (fetch a model, clone a repository, wait for a
     service), or beside it with restartPolicy Always (a sidecar, such as an LLM gateway). It
-    runs under the worker's restricted security context and sees /tmp, the scratch volume,
-    as the worker does."""
+    runs under the worker's restricted security context (`securityContext` may change its
+    user, group and root filesystem) and sees /tmp, the scratch volume, as the worker does."""
 
     name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Container name.")
     image: str = Field(min_length=1, max_length=1024, description="Container image.")
@@ -440,6 +461,13 @@ class InitContainer(_Model):
             "Always: a sidecar that starts before the worker and runs beside it for the pod's "
             "life (Kubernetes 1.29 or later). Unset: it runs to completion before the worker "
             "starts."
+        ),
+    )
+    security_context: ContainerSecurity | None = Field(
+        default=None,
+        description=(
+            "User, group and a writable root filesystem for this container; the restricted "
+            "settings stay."
         ),
     )
 

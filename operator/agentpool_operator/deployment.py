@@ -244,8 +244,10 @@ def _container(pool_name: str, spec: AgentPoolSpec,
 
 def _init_container(given: dict[str, Any]) -> dict[str, Any]:
     """An init container or sidecar as the pool gives it, under the worker's security context
-    and with the scratch volume at /tmp (where it can leave files for the worker)."""
-    return {**given, "securityContext": _container_security(),
+    (its own user, group or writable root filesystem if it asks) and with the scratch volume at
+    /tmp (where it can leave files for the worker)."""
+    return {**given,
+            "securityContext": {**_container_security(), **given.get("securityContext", {})},
             "volumeMounts": [_scratch_mount(), *given.get("volumeMounts", ())]}
 
 

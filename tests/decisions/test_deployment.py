@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from merge_patch import merge_patch
+from pydantic import ValidationError
 
 from agentpool.models import AgentPoolSpec
 from agentpool.ratelimit import LimitConfig, decode_limits
@@ -666,6 +667,24 @@ def test_init_containers_and_sidecars_run_restricted_with_the_scratch_volume() -
     assert fetch["volumeMounts"][1:] == [{"name": "models", "mountPath": "/models"}]
     assert gateway["restartPolicy"] == "Always"
     assert "initContainers" not in pod_spec(render())
+
+
+def test_a_sidecar_may_run_as_its_own_user_with_a_writable_root_filesystem() -> None:
+    """An image that expects its own user or writes under its own directories (a gateway's
+    cache); the restricted settings stay, so the pod still meets the standard."""
+    own = {**INIT["initContainers"][1], "securityContext": {
+        "runAsUser": 1000, "runAsGroup": 1000, "readOnlyRootFilesystem": False}}
+    deployment = render(make_spec(initContainers=[own]))
+    (gateway,) = pod_spec(deployment)["initContainers"]
+    assert gateway["securityContext"] == {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": False, "runAsNonRoot": True,
+        "runAsUser": 1000, "runAsGroup": 1000}
+    assert container(deployment)["securityContext"]["readOnlyRootFilesystem"] is True
+    kubernetes_validate.validate(render(make_spec(initContainers=[own]), initial_replicas=1),
+                                 "1.36", strict=True)
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        make_spec(initContainers=[{**own, "securityContext": {"runAsUser": 0}}])
 
 
 @pytest.mark.parametrize("version", ["1.30", "1.36"])

@@ -160,7 +160,9 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
              "volumeMounts": [{"name": "models", "mountPath": "/models"}]},
             {"name": "llm-gateway", "image": "litellm:1", "restartPolicy": "Always",
              "env": [{"name": "PORT", "value": "4000"}],
-             "resources": {"limits": {"memory": "256Mi"}}},
+             "resources": {"limits": {"memory": "256Mi"}},
+             "securityContext": {"runAsUser": 1000, "runAsGroup": 1000,
+                                 "readOnlyRootFilesystem": False}},
         ],
         podLabels={"team": "agents", "example.com/cost-centre": "ai-1", "empty": ""},
         podAnnotations={"sidecar.istio.io/inject": "false",
@@ -235,6 +237,11 @@ INVALID_SPECS: list[dict[str, Any]] = [
         "redis": {"url": "redis://r"},
         "worker": {"image": "i", "handler": "m:f"},
         "schedules": [{"name": "a", "cron": "@daily", "concurrencyPolicy": "Sometimes"}],
+    },
+    {
+        "redis": {"url": "redis://r"},
+        "worker": {"image": "i", "handler": "m:f", "initContainers": [
+            {"name": "root", "image": "a", "securityContext": {"runAsUser": 0}}]},
     },
 ]
 
