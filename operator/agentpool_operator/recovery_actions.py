@@ -63,13 +63,17 @@ NODE_RECHECK_SECONDS = 10.0
 """A pod on a node missing from the cached list: the soonest the list is read again."""
 
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+STUCK_POD_DRAIN_SECONDS = 60
+"""At most this long between asking a stuck (unready) pod to drain and deleting it. Its runs
+lose nothing by the deletion: SIGTERM gives them drainSeconds (by default as long as a run may
+last) while the ReplicaSet already starts the pod that replaces it."""
 
 
 def policy_of(observation: PoolObservation) -> RecoveryPolicy:
     spec = observation.spec
     return RecoveryPolicy(
         unready_grace_seconds=spec.recovery.unready_grace_seconds,
-        drain_seconds=spec.worker.stop_seconds,
+        drain_seconds=min(spec.worker.stop_seconds, STUCK_POD_DRAIN_SECONDS),
         max_unavailable=spec.recovery.max_unavailable,
     )
 

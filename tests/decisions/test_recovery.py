@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from agentpool.models import AgentPoolSpec
 from agentpool.protocol import WORKER_LIVENESS_WINDOW, InstanceState
 from agentpool_operator.recovery import (
     DeletePod,
@@ -15,6 +18,7 @@ from agentpool_operator.recovery import (
     pod_view,
     unavailable_budget,
 )
+from agentpool_operator.recovery_actions import STUCK_POD_DRAIN_SECONDS, policy_of
 
 NOW = 10_000.0
 POLICY = RecoveryPolicy(unready_grace_seconds=60, drain_seconds=30, max_unavailable=1)
@@ -247,3 +251,16 @@ def test_workers_not_named_like_the_pools_pods_keep_their_tasks() -> None:
 
 def test_no_instances_nothing_to_requeue() -> None:
     assert gone_pod_requeues([], {"w-a"}, "w") == []
+
+
+def test_a_stuck_pod_is_deleted_within_a_minute_whatever_its_drain() -> None:
+    """drainSeconds defaults to the task timeout (600 s): waiting that long before deleting a
+    stuck pod would hold its replica; its SIGTERM still gives its runs the whole drain."""
+    def spec(**worker: object) -> AgentPoolSpec:
+        return AgentPoolSpec.model_validate({
+            "redis": {"url": "redis://r"},
+            "worker": {"image": "i", "handler": "m:f", **worker}})
+
+    default = policy_of(SimpleNamespace(spec=spec()))  # type: ignore[arg-type]
+    assert default.drain_seconds == STUCK_POD_DRAIN_SECONDS == 60
+    assert policy_of(SimpleNamespace(spec=spec(drainSeconds=5))).drain_seconds == 5  # type: ignore[arg-type]
