@@ -25,6 +25,7 @@ from agentpool_operator.deployment import (
 )
 from agentpool_worker.command import COMMAND_ENV, command_settings
 from agentpool_worker.handlers import load_handler
+from agentpool_worker.settings import load_settings
 
 POOL = "demo"
 NAMESPACE = "agents"
@@ -244,6 +245,22 @@ def test_port_and_probes() -> None:
         assert worker[probe]["httpGet"]["port"] == "http"
         assert worker[probe]["periodSeconds"] > 0
         assert worker[probe]["failureThreshold"] >= 1
+
+
+@pytest.mark.parametrize("worker", [
+    {},
+    {"taskTimeoutSeconds": 604800},
+    {"taskTimeoutSeconds": 1, "drainSeconds": 604800},
+    {"drainSeconds": 0, "concurrency": 1000, "maxAttempts": 100},
+])
+def test_the_worker_accepts_the_settings_the_operator_gives_it(worker: dict[str, Any]) -> None:
+    """Every bound of the pool's fields is within the worker's own: a pool the API server
+    accepts never makes its workers refuse their configuration (a crash loop)."""
+    spec = make_spec(**worker)
+    env = {name: e["value"] for name, e in env_of(render(spec)).items() if "value" in e}
+    settings = load_settings({**env, "AGENTPOOL_REDIS_URL": "redis://redis:6379/0"})
+    assert settings.drain_seconds == spec.worker.stop_seconds
+    assert settings.task_timeout_seconds == spec.worker.task_timeout_seconds
 
 
 def test_grace_period_covers_the_drain() -> None:

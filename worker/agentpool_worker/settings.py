@@ -136,7 +136,8 @@ class WorkerSettings:
         "a number of seconds above 0 (at most a week)", seconds(0, 7 * 86400, above=True), 600.0)
     max_attempts: int = _setting("an integer between 1 and 100", _integer(1, 100), 3)
     drain_seconds: float = _setting(
-        "a number of seconds between 0 and 86400", seconds(0, 86400), 60.0)
+        "a number of seconds between 0 and 604800 (a week, the longest task timeout)",
+        seconds(0, 7 * 86400), 60.0)
     pod_name: str = _setting("a pod name without ':' or spaces", _text(_pod_name),
                              default_factory=socket.gethostname)
     pod_namespace: str = _setting("a namespace name", _text(lambda _: True), "")
