@@ -508,7 +508,9 @@ async def observe_once(
         queue_problem=queue_problem,
         deployment_problem=deployment_problem,
         extra_fields=result.status_fields,
-        degraded_problems=[*result.problems, *workload_problems(deployment, pods, now),
+        degraded_problems=[*result.problems,
+                           *workload_problems(deployment, pods, now,
+                                              ctx.settings.unschedulable_grace_seconds),
                            *(p for p in (shared, evicting, budget_problem, crd_problem)
                              if p is not None)],
         extra_conditions=[

@@ -37,6 +37,15 @@ class OperatorSettings(BaseSettings):
         description="Least time between two status writes that change only queue figures.",
     )
 
+    unschedulable_grace_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="How long a worker pod may wait for a node before its pool is Degraded "
+        "(PodsUnschedulable): longer than a node autoscaler takes to add one; lower on a "
+        "cluster without one.",
+    )
+
     per_pool_credentials: bool = Field(
         default=False,
         description="Give each pool's workers a Redis ACL user confined to the pool's queue, "

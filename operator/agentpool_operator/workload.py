@@ -21,8 +21,9 @@ STUCK_CONTAINER_REASONS = frozenset({
 })
 """Waiting reasons a container does not leave without a change to its pod or image."""
 UNSCHEDULABLE_GRACE_SECONDS = 300.0
-"""How long a pod may wait for a node before it is reported: a node autoscaler adding a node
-takes a few minutes, and a pending pod is normal meanwhile."""
+"""How long a pod may wait for a node before it is reported, by default: a node autoscaler
+adding a node takes a few minutes, and a pending pod is normal meanwhile (a cluster without
+one lowers it, `OperatorSettings.unschedulable_grace_seconds`)."""
 
 PODS_NOT_CREATED = "PodsNotCreated"
 ROLLOUT_STALLED = "RolloutStalled"
@@ -32,14 +33,15 @@ PODS_UNSCHEDULABLE = "PodsUnschedulable"
 
 def workload_problems(deployment: Mapping[str, Any] | None,
                       pods: Sequence[Mapping[str, Any]] | None,
-                      now: datetime) -> list[Problem]:
+                      now: datetime,
+                      unschedulable_grace: float = UNSCHEDULABLE_GRACE_SECONDS) -> list[Problem]:
     """The problems of the pool's Deployment and pods that keep replicas from serving."""
     problems = _deployment_problems(deployment)
     live = [p for p in pods or () if not (p.get("metadata") or {}).get("deletionTimestamp")]
     stuck = _group(_stuck_containers(live))
     if stuck:
         problems.append(Problem(PODS_FAILING, "; ".join(stuck)))
-    unschedulable = _group(_unschedulable(live, now))
+    unschedulable = _group(_unschedulable(live, now, unschedulable_grace))
     if unschedulable:
         problems.append(Problem(PODS_UNSCHEDULABLE, "; ".join(unschedulable)))
     return problems
@@ -85,8 +87,8 @@ def _container_detail(container: Mapping[str, Any], waiting: Mapping[str, Any]) 
     return str(waiting.get("message") or f"container {container.get('name')}")
 
 
-def _unschedulable(pods: Iterable[Mapping[str, Any]],
-                   now: datetime) -> Iterable[tuple[str, str]]:
+def _unschedulable(pods: Iterable[Mapping[str, Any]], now: datetime,
+                   grace: float) -> Iterable[tuple[str, str]]:
     for pod in pods:
         status = pod.get("status") or {}
         if status.get("phase") != "Pending":
@@ -95,7 +97,7 @@ def _unschedulable(pods: Iterable[Mapping[str, Any]],
             if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
                     and condition.get("reason") == "Unschedulable"
                     and _seconds_since(condition.get("lastTransitionTime"), now)
-                    >= UNSCHEDULABLE_GRACE_SECONDS):
+                    >= grace):
                 yield "Unschedulable", _text(condition)
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from agentpool_operator.settings import OperatorSettings
 from agentpool_operator.status import Problem
 from agentpool_operator.workload import (
     PODS_FAILING,
@@ -112,6 +115,18 @@ def test_pods_waiting_for_a_node_are_reported_only_after_the_grace() -> None:
     assert workload_problems(deployment(), [fresh], NOW) == []
     assert workload_problems(deployment(), [fresh, old], NOW) == [Problem(
         PODS_UNSCHEDULABLE, "1 pod Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.")]
+
+
+def test_a_cluster_without_a_node_autoscaler_reports_pending_pods_sooner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waiting = pod("a", phase="Pending", conditions=unschedulable(45))
+    assert workload_problems(deployment(), [waiting], NOW) == []
+    assert [p.reason for p in workload_problems(deployment(), [waiting], NOW,
+                                                unschedulable_grace=30)] == [PODS_UNSCHEDULABLE]
+    assert OperatorSettings().unschedulable_grace_seconds == UNSCHEDULABLE_GRACE_SECONDS
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_UNSCHEDULABLE_GRACE_SECONDS", "30")
+    assert OperatorSettings().unschedulable_grace_seconds == 30
 
 
 def test_every_problem_at_once_keeps_the_deployments_first() -> None:
