@@ -249,6 +249,10 @@ SPEC_CHANGES = st.fixed_dictionaries(
                     "volumeMounts": st.lists(st.fixed_dictionaries(
                         {"name": st.sampled_from(["data", "tmp", "cache"]),
                          "mountPath": st.sampled_from(["/data", "/tmp", "/x"])}), max_size=2),
+                    "securityContext": st.fixed_dictionaries({}, optional={
+                        "runAsUser": st.sampled_from([-1, 0, 1, 1000, 2147483648]),
+                        "runAsGroup": st.sampled_from([0, 1, 2147483647]),
+                        "readOnlyRootFilesystem": st.booleans()}),
                 },
             ),
             max_size=3,
