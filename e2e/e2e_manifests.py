@@ -245,9 +245,9 @@ EVICTION_TASK = {"mean_seconds": 30, "seed": "evict-1", "prompt": "outlasts drai
 than the small pool's drainSeconds, which an eviction let through would cut it down to."""
 
 
-ROLLOUT_TASK = {"mean_seconds": 30, "seed": "evict-1", "prompt": "outlasts a rollout's start"}
-"""About 58 s (first attempt, the eviction task's seed): running when the rollout starts, and
-still running when the new pod is ready and the old one is told to stop."""
+ROLLOUT_TASK = {**EVICTION_TASK, "prompt": "outlasts a rollout's start"}
+"""The eviction task's seed, about 58 s: running when the rollout starts, and still running
+when the new pod is ready and the old one is told to stop."""
 
 
 def quick_tasks(count: int, *, mean_seconds: float = 0.5, tag: str = "quick") -> list[Any]:

@@ -430,8 +430,9 @@ def fleet_grid(rows: Sequence[FleetRow], now: float, *, all_namespaces: bool) ->
     if scheduled:
         headers.insert(-2, "NEXT RUN")
     draining = any(row.pool.draining_replicas for row in rows)
+    after_ready = headers.index("READY") + 1
     if draining:
-        headers.insert(headers.index("READY") + 1, "DRAINING")
+        headers.insert(after_ready, "DRAINING")
     if all_namespaces:
         headers.insert(0, "NAMESPACE")
     out: list[list[str]] = []
@@ -450,7 +451,7 @@ def fleet_grid(rows: Sequence[FleetRow], now: float, *, all_namespaces: bool) ->
         if scheduled:
             cells.insert(-2, _next_run(p, now))
         if draining:
-            cells.insert(3, str(p.draining_replicas))
+            cells.insert(after_ready, str(p.draining_replicas))
         if all_namespaces:
             cells.insert(0, p.namespace or "-")
         out.append(cells)

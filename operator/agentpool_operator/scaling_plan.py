@@ -132,13 +132,13 @@ def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str,
     the ages of the serving pods' runs (at `now`) tell how soon they free a slot."""
     if not load.figures_ok:
         return load
-    held = {p.name for p in holding(pods, given_back)} | {p.name for p in pods if p.gone}
-    draining = sum(work.get(name, PodWork()).in_flight for name in held)
+    not_serving = {p.name for p in holding(pods, given_back)} | {p.name for p in pods if p.gone}
+    elsewhere = sum(work.get(name, PodWork()).in_flight for name in not_serving)
     ages = () if now is None else tuple(
         max(0.0, now - since)
-        for name, w in sorted(work.items()) if name not in held for since in w.runs_since
+        for name, w in sorted(work.items()) if name not in not_serving for since in w.runs_since
     )
-    return replace(load, in_flight=max(0, load.in_flight - draining), run_ages=ages)
+    return replace(load, in_flight=max(0, load.in_flight - elsewhere), run_ages=ages)
 
 
 @dataclass(frozen=True)
@@ -363,9 +363,9 @@ def draining_fields(pods: Sequence[PodSummary], plan: ScalePlan, drains: Mapping
     draining = [p.name for p in pods if p.marked and not p.gone and p.name not in gone]
     draining += [*plan.drain, *(n for n in plan.release if n not in draining)]
     times = [drains[n] for n in draining if n in drains]
-    stopping = [p for p in pods if p.stopping_since is not None
-                and work.get(p.name, PodWork()).in_flight > 0 and p.name not in draining]
-    draining += [p.name for p in stopping]
-    times += [p.stopping_since for p in stopping if p.stopping_since is not None]
+    stopping = {p.name: p.stopping_since for p in pods if p.stopping_since is not None
+                and work.get(p.name, PodWork()).in_flight > 0 and p.name not in draining}
+    draining += list(stopping)
+    times += stopping.values()
     since = rfc3339(datetime.fromtimestamp(min(times), UTC)) if times else None
     return {"drainingReplicas": len(draining), "drainingSince": since}
