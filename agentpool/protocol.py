@@ -55,6 +55,8 @@ DEFAULT_IDEMPOTENCY_TTL = 86_400
 LISTEN_SECONDS = 30
 """How long one `TaskQueue.listen_for_finishes` keeps finishes published on ``done``."""
 COMPLETE_CHUNK = 500
+MAX_SUBMIT_CHUNK = 1000
+"""Tasks per script call of ``submit_many``: Lua unpacks at most about 8,000 values at once."""
 """Completions per script call of a group commit."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
@@ -113,6 +115,19 @@ class ClaimedTask:
     def wait_seconds(self) -> float:
         """Time from submit to this start (includes earlier attempts and backoff)."""
         return max(0.0, (self.claimed_ms - self.created_ms) / 1000)
+
+
+@dataclass(frozen=True)
+class RunEvents:
+    """Events one run emitted, in order, for :meth:`TaskQueue.record`."""
+
+    task_id: str
+    attempt: int
+    items: Sequence[tuple[str, str]]
+    """(kind, data JSON) pairs."""
+    token: str = ""
+    """The run's fencing token: once the task is held by another run (or by none), the
+    events are dropped. Empty: only a final task refuses them."""
 
 
 @dataclass(frozen=True)
@@ -387,8 +402,16 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _int(value: Any, default: int = 0) -> int:
+    """A number field of a task hash; `default` for one written behind the protocol's back."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+    return None if value is None else _int(value)
 
 
 def _json_or_raw(value: Any) -> Any:
@@ -397,7 +420,7 @@ def _json_or_raw(value: Any) -> Any:
     text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
         return text
 
 
@@ -537,8 +560,11 @@ class TaskQueue:
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
                           delay: float = 0, max_attempts: int | None = None,
                           chunk: int = 500) -> list[str]:
-        """Queue many tasks with the same options, in order, one script call per `chunk`;
-        every payload is checked before any is sent."""
+        """Queue many tasks with the same options, in order, one script call per `chunk` (at
+        most ``MAX_SUBMIT_CHUNK``); every payload is checked before any is sent."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, got {chunk}")
+        chunk = min(chunk, MAX_SUBMIT_CHUNK)
         all_args = [self._submit_args(p, priority, delay, None, max_attempts) for p in payloads]
         plain = not delay and max_attempts is None
         ids: list[str] = []
@@ -652,8 +678,12 @@ class TaskQueue:
             raise TaskNotFound(f"no task {task_id} in queue {self.name}")
         follow = follow and not info.done  # a final task's stream is complete: no waiting
         failures = 0
+        after_final = False
         while True:
             try:
+                if after_final and await self._ended_at(task_id, key, last):
+                    return
+                after_final = False
                 entries: list[Any]
                 if follow:
                     reply = cast(list[Any], await self.redis.xread(
@@ -686,8 +716,15 @@ class TaskQueue:
                 event = _task_event(entry_id, fields)
                 last = event.id
                 yield event
-                if event.final:
-                    return
+            after_final = event.final
+
+    async def _ended_at(self, task_id: str, key: str, last: str) -> bool:
+        """A ``final`` event ends the stream unless the task went on (a dead task requeued
+        runs again, its next attempt's events after that ``final``)."""
+        info = await self.get(task_id)
+        if info is not None and not info.done:
+            return False
+        return not await self.redis.xrange(key, min=f"({last}", count=1)
 
     async def cancel(self, task_id: str) -> CancelOutcome:
         return CancelOutcome(_s(await self._run("cancel", task_id, call_id())))
@@ -729,29 +766,35 @@ class TaskQueue:
 
     async def complete(self, task: ClaimedTask, result: Any = None) -> bool:
         """Record success; False when this holder was fenced off (the task moved on)."""
+        encoded = encode_result(result)
         if self.durability is Durability.REPLICATED:
-            return (await self.record([], [(task, result)]))[0]
-        reply = await self._run("complete", task.id, task.token, _encode_result(result))
+            return (await self.record([], [(task, encoded)]))[0]
+        reply = await self._run("complete", task.id, task.token, encoded)
         return bool(reply[0])
 
     async def complete_many(self, done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
         """Record several successes in one round trip (a worker's completions batch up)."""
-        return await self.record([], done)
+        return await self.record([], [(task, encode_result(result)) for task, result in done])
 
-    async def record(self, events: Sequence[tuple[str, int, Sequence[tuple[str, str]]]],
-                     done: Sequence[tuple[ClaimedTask, Any]]) -> list[bool]:
-        """Append events (task id, attempt, [(kind, data JSON)]) and record successes, in that
-        order and one round trip. Returns, per success, False when it was fenced off (with
-        replicated durability, successes wait for a replica: NotReplicated carries that list
-        when none acknowledged in time)."""
-        call = call_id()
+    async def record(self, events: Sequence[RunEvents], done: Sequence[tuple[ClaimedTask, str]],
+                     *, call: str | None = None) -> list[bool]:
+        """Append runs' events and record successes (results as :func:`encode_result` made
+        them), in that order and one round trip. Returns, per success, False when it was
+        fenced off (with replicated durability, successes wait for a replica: NotReplicated
+        carries that list when none acknowledged in time).
+
+        `call` identifies the call: sending the same events again with the same `call` (after
+        an error that may have come after Redis recorded them) appends them once.
+        """
+        call = call or call_id()
         calls: list[tuple[TaskQueue, str, Sequence[Any]]] = [
-            (self, "events", [task_id, attempt, call, *(x for item in items for x in item)])
-            for task_id, attempt, items in events
+            (self, "events", [run.task_id, run.attempt, call, run.token,
+                              *(x for item in run.items for x in item)])
+            for run in events
         ]
         for start in range(0, len(done), COMPLETE_CHUNK):
             flat = [x for task, result in done[start:start + COMPLETE_CHUNK]
-                    for x in (task.id, task.token, _encode_result(result))]
+                    for x in (task.id, task.token, result)]
             calls.append((self, "complete", flat))
         if not calls:
             return []
@@ -776,7 +819,7 @@ class TaskQueue:
     async def emit(self, task_id: str, kind: str, data: Any = None, *, attempt: int = 0) -> int:
         """Append one event to a task's stream (workers batch theirs through :meth:`record`)."""
         raw = encode_event(kind, data)
-        return int(await self._run("events", task_id, attempt, call_id(), kind, raw))
+        return int(await self._run("events", task_id, attempt, call_id(), "", kind, raw))
 
     async def fail(self, task: ClaimedTask, error: str, *, retryable: bool = True,
                    delay: float | None = None) -> FailOutcome:
@@ -1073,9 +1116,9 @@ def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:
         id=task_id,
         state=_s(f.get("state", b"unknown")),
         payload=_json_or_raw(f.get("payload")),
-        attempts=int(f.get("attempts", 0)),
-        priority=int(f.get("prio", 0)),
-        created_ms=int(f.get("created", 0)),
+        attempts=_int(f.get("attempts")),
+        priority=_int(f.get("prio")),
+        created_ms=_int(f.get("created")),
         started_ms=_opt_int(f.get("started")),
         finished_ms=_opt_int(f.get("finished")),
         result=_json_or_raw(f.get("result")),
@@ -1135,13 +1178,18 @@ def _limit_window(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _encode_result(result: Any) -> str:
+def encode_result(result: Any) -> str:
+    """A run's result as stored: JSON, or the JSON string of its ``repr`` when it is not
+    JSON-able. ValueError when neither can be made (nested deeper than Python recurses)."""
     if result is None:
         return "null"
     try:
-        return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError):
-        return json.dumps(repr(result))
+        try:
+            return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError):
+            return json.dumps(repr(result))
+    except RecursionError:
+        raise ValueError("the result is nested too deeply to store as JSON") from None
 
 
 def _runs_since(value: Any) -> tuple[float, ...]:

@@ -36,7 +36,7 @@ local taken = 0
 local function claimed(id, token, attempts, f)
   local checkpoint = false
   if f[5] then checkpoint = redis.call('GET', checkpoint_key(id)) end
-  return {id, token, attempts, f[1] or '', f[2] or '0', max_attempts(f[3]), checkpoint}
+  return {id, token, attempts, f[1] or '', tonumber(f[2]) or 0, max_attempts(f[3]), checkpoint}
 end
 -- A claim sent again (its connection was lost after Redis ran it, and its reply with it)
 -- hands back what it took the first time and takes nothing more: those tasks would otherwise

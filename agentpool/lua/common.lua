@@ -55,9 +55,10 @@ end
 local config_max_attempts, config_result_ttl
 
 -- A task's attempt limit from its own 'max' field (already read by the caller), else the
--- queue's default.
+-- queue's default (also for a field that is not a number: written behind the protocol's back).
 local function max_attempts(own)
-  if own then return tonumber(own) end
+  local limit = tonumber(own)
+  if limit then return limit end
   if not config_max_attempts then
     config_max_attempts = tonumber(
       redis.call('HGET', K_CONFIG, 'max_attempts') or DEFAULT_MAX_ATTEMPTS)

@@ -131,11 +131,11 @@ async def test_replicated_completions_wait_for_the_replica(
     assert await on_replica.hget(queue.task_key(task.id), "state") == b"succeeded"
     other = await claim_one(queue, "pod:1")
     with frozen(pair[1]), pytest.raises(NotReplicated) as raised:
-        await replicated(on_primary, queue.name, timeout=TIMEOUT).record([], [(other, "done")])
+        await replicated(on_primary, queue.name, timeout=TIMEOUT).record([], [(other, '"done"')])
     assert raised.value.result == [True]
     assert {task.id, other.id} == {first, second}
     # Sent again once a replica answers: recorded already (the same token), now replicated.
-    assert await queue.record([], [(other, "done")]) == [True]
+    assert await queue.record([], [(other, '"done"')]) == [True]
     assert await on_replica.hget(queue.task_key(other.id), "state") == b"succeeded"
 
 

@@ -93,13 +93,13 @@ async def test_a_replicated_completion_waits_for_the_replica_of_its_queues_prima
     queue = _queue(client)
     await queue.submit_many(["a", "b"])
     task = await claim_one(queue, "pod:1")
-    assert await queue.record([], [(task, "done")]) == [True]
+    assert await queue.record([], [(task, '"done"')]) == [True]
     own = await _replica_of_queue(cluster, client, queue)
     other = await claim_one(queue, "pod:1")
     with frozen(own), pytest.raises(NotReplicated) as raised:
-        await queue.record([], [(other, "done")])
+        await queue.record([], [(other, '"done"')])
     assert raised.value.result == [True]
-    assert await queue.record([], [(other, "done")]) == [True]  # sent again: recorded already
+    assert await queue.record([], [(other, '"done"')]) == [True]  # sent again: recorded already
 
 
 async def test_a_wait_answered_by_a_node_that_no_longer_holds_the_slot_counts_no_replica(

@@ -7,17 +7,20 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
-from protocol_helpers import RoundTrips, claim_one
+from protocol_helpers import RoundTrips, claim_one, eventually
 from redis.asyncio.client import Pipeline
 from redis.exceptions import AuthenticationError
 
+from agentpool.lua_source import script_source
 from agentpool.protocol import (
     ProtocolError,
+    RunEvents,
     TaskEvent,
     TaskNotFound,
     TaskQueue,
     encode_event,
     encode_progress,
+    encode_result,
 )
 from agentpool.redis_server import RedisServer
 
@@ -31,11 +34,13 @@ async def test_events_of_every_attempt_are_kept_in_order_with_their_attempt(
 ) -> None:
     task_id = await queue.submit({})
     first = await claim_one(queue, "pod-a:i1")
-    await queue.record([(task_id, 1, [("token", '"a"'), ("token", '"b"')])], [])
+    await queue.record([RunEvents(task_id, 1, [("token", '"a"'), ("token", '"b"')], first.token)],
+                       [])
     assert await queue.fail(first, "flaky", delay=0) == "retry"
     second = await claim_one(queue, "pod-a:i1")
-    await queue.record([(task_id, 2, [("progress", encode_event(
-        "progress", encode_progress(0.5, "half")))])], [(second, {"ok": True})])
+    await queue.record([RunEvents(task_id, 2, [("progress", encode_event(
+        "progress", encode_progress(0.5, "half")))], second.token)],
+        [(second, encode_result({"ok": True}))])
 
     events = await collect(queue, task_id, follow=False)
     assert [(e.kind, e.data, e.attempt) for e in events] == [
@@ -49,6 +54,78 @@ async def test_events_of_every_attempt_are_kept_in_order_with_their_attempt(
     assert (info.progress.fraction, info.progress.message) == (0.5, "half")
 
 
+async def test_a_run_whose_lease_moved_on_appends_no_events(queue: TaskQueue) -> None:
+    """Between a lost lease and the heartbeat that tells its worker, a run goes on emitting:
+    its token no longer matches the task's, so nothing of it lands in the next run's stream."""
+    task_id = await queue.submit({})
+    zombie = await claim_one(queue, "pod-a:i1", lease=0.05)
+
+    async def reaped() -> bool:
+        return (await queue.reap_expired()).requeued == 1
+
+    await eventually(reaped, within=5)
+    holder = await claim_one(queue, "pod-b:i1")
+    await queue.record([RunEvents(task_id, zombie.attempts, [("token", '"late"')],
+                                  zombie.token)], [])
+    await queue.record([RunEvents(task_id, holder.attempts, [("token", '"mine"')],
+                                  holder.token)], [])
+    events = await collect(queue, task_id, follow=False)
+    assert [(e.data, e.attempt) for e in events] == [("mine", 2)]
+
+
+async def test_a_requeued_dead_task_is_followed_past_its_first_final_event(
+    queue: TaskQueue,
+) -> None:
+    task_id = await queue.submit({}, max_attempts=1)
+    first = await claim_one(queue, "pod-a:i1")
+    await queue.emit(task_id, "token", "once", attempt=first.attempts)
+    assert await queue.fail(first, "broke", delay=0) == "dead"
+    assert await queue.requeue_dead([task_id]) == 1
+    seen: list[TaskEvent] = []
+
+    async def follow() -> None:
+        async for event in queue.events(task_id, block_seconds=0.2):
+            seen.append(event)
+
+    follower = asyncio.create_task(follow())
+    second = await claim_one(queue, "pod-a:i1")
+    await queue.emit(task_id, "token", "again", attempt=second.attempts)
+    assert await queue.complete(second, "fixed")
+    await asyncio.wait_for(follower, 5)
+    assert [(e.kind, e.data) for e in seen] == [
+        ("token", "once"), ("final", {"state": "dead", "error": "broke"}),
+        ("token", "again"), ("final", {"state": "succeeded"})]
+    assert [e.kind for e in await collect(queue, task_id, follow=False)] == [
+        "token", "final", "token", "final"]
+
+
+@pytest.mark.parametrize("emitted_before", [False, True])
+async def test_events_run_after_their_completion_still_come_before_the_final_event(
+    redis: aioredis.Redis, queue_name: str, emitted_before: bool,
+) -> None:
+    """A Redis that knows the completion script but not the events script (restarted or
+    failed over, with another worker already reloading some scripts) runs the trip's
+    completion first, then the events once loaded: they still land before 'final'."""
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({})
+    task = await claim_one(queue, "pod-a:i1")
+    if emitted_before:
+        await queue.record([RunEvents(task_id, 1, [("token", '"early"')], task.token)], [])
+    await redis.script_flush()
+    await redis.script_load(script_source("complete"))
+    recorded = await queue.record(
+        [RunEvents(task_id, 1, [("token", '"a"'), ("token", '"b"')], task.token)],
+        [(task, encode_result("done"))])
+    assert recorded == [True]
+    events = await collect(queue, task_id, follow=False)
+    assert [(e.kind, e.data) for e in events] == [
+        *([("token", "early")] if emitted_before else []),
+        ("token", "a"), ("token", "b"), ("final", {"state": "succeeded"})]
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "succeeded"
+    assert await redis.ttl(queue.events_key(task_id)) > 0
+
+
 def events_order(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq)
@@ -60,7 +137,7 @@ async def test_events_and_the_completion_go_in_one_round_trip(
     await queue.submit_many(range(4))
     warm, *tasks = (await queue.claim("pod-a:i1", 4, 30)).tasks
     ids = [t.id for t in tasks]
-    await queue.record([(warm.id, 1, [("token", '"x"')])], [(warm, None)])  # loads the scripts
+    await queue.record([RunEvents(warm.id, 1, [("token", '"x"')])], [(warm, "null")])  # scripts
     pipelines: list[int] = []
     pipeline_class = type(queue.redis.pipeline(transaction=False))  # a cluster's has its own
     real_execute = pipeline_class.execute
@@ -72,7 +149,8 @@ async def test_events_and_the_completion_go_in_one_round_trip(
     monkeypatch.setattr(pipeline_class, "execute", counted)
     round_trips.reset()
     recorded = await queue.record(
-        [(t.id, 1, [("token", '"x"')] * 5) for t in tasks], [(t, None) for t in tasks])
+        [RunEvents(t.id, 1, [("token", '"x"')] * 5, t.token) for t in tasks],
+        [(t, "null") for t in tasks])
     assert recorded == [True, True, True]
     # the three runs' events, then one call for all three completions
     assert (round_trips.count, pipelines) == (0, [4])

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import claim_one, claim_within, queue_keys, queued_ids, task_keys
 
-from agentpool.protocol import PayloadTooLarge, ProtocolError, TaskQueue
+from agentpool.protocol import MAX_SUBMIT_CHUNK, PayloadTooLarge, ProtocolError, TaskQueue
 
 
 async def test_submitted_task_is_claimed_and_completed_with_its_result(
@@ -266,3 +266,13 @@ async def test_submit_many_with_one_bad_payload_stores_nothing(
     with pytest.raises(PayloadTooLarge):
         await queue.submit_many(["ok", "ok", "x" * 100, "ok"], chunk=2)
     assert await queue_keys(redis, queue) == set()
+
+
+async def test_submit_many_takes_chunks_larger_than_a_script_unpacks(queue: TaskQueue) -> None:
+    """Lua unpacks at most about 8,000 values at once: a larger chunk is cut to
+    MAX_SUBMIT_CHUNK instead of leaving written task hashes that were never queued."""
+    ids = await queue.submit_many(range(MAX_SUBMIT_CHUNK * 4 + 500), chunk=10 * MAX_SUBMIT_CHUNK)
+    figures = await queue.figures()
+    assert figures.queued == len(ids) == len(set(ids))
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        await queue.submit_many([1], chunk=0)

@@ -24,7 +24,14 @@ import redis.asyncio as aioredis
 
 from agentpool.client import Client, SyncClient
 from agentpool.connection import redis_from_url
-from agentpool.protocol import CancelOutcome, FailOutcome, TaskQueue, encode_event, encode_progress
+from agentpool.protocol import (
+    CancelOutcome,
+    FailOutcome,
+    RunEvents,
+    TaskQueue,
+    encode_event,
+    encode_progress,
+)
 from agentpool.ratelimit import LimitConfig, RateLimiter
 from agentpool.redis_server import RedisServer
 
@@ -280,12 +287,12 @@ async def test_events_sent_again_are_appended_once(
     task_id = await beside.submit("streams")
     await beside.claim("pod-f:w1", 1, 30)
     worker = wiring.through("again-events")
-    await worker.record([(task_id, 1, [("token", '"loads the script"')])], [])
+    await worker.record([RunEvents(task_id, 1, [("token", '"loads the script"')])], [])
 
     dropper.arm()
     progress = encode_event("progress", encode_progress(0.5, "half"))
-    await worker.record([(task_id, 1, [("token", '"a"'), ("progress", progress)])], [])
-    await worker.record([(task_id, 1, [("token", '"b"')])], [])
+    await worker.record([RunEvents(task_id, 1, [("token", '"a"'), ("progress", progress)])], [])
+    await worker.record([RunEvents(task_id, 1, [("token", '"b"')])], [])
     events = [event async for event in beside.events(task_id, follow=False)]
     info = await beside.get(task_id)
     assert dropper.dropped == 1

@@ -155,3 +155,24 @@ def sync_stepper(payload: Any, ctx: TaskContext) -> dict[str, Any]:
         ctx.checkpoint_sync({"step": step + 1})
         ctx.progress_sync((step + 1) / int(payload["steps"]))
     return {"resumed_from": resumed_from, "attempt": ctx.attempt}
+
+
+async def deep_result(payload: Any) -> list[Any]:
+    """A result nested deeper than Python's JSON encoder recurses."""
+    nested: list[Any] = []
+    for _ in range(int(payload.get("depth", 0))):
+        nested = [nested]
+    return nested
+
+
+async def awaits_a_cancelled_call(payload: Any) -> None:
+    """Awaits a future that something other than the worker cancels (a client closed under
+    it): the CancelledError is the handler's own."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.01, future.cancel)
+    await future
+
+
+def calls_sys_exit(payload: Any) -> None:
+    """A sync handler wrapping a command-line tool that ends with sys.exit()."""
+    raise SystemExit(int(payload.get("code", 0)))

@@ -91,6 +91,34 @@ async def test_start_up_returns_tasks_of_an_earlier_instance_of_the_pod(
         assert info is not None and info.result["pid"] == second.pid
 
 
+async def test_worker_processes_on_one_host_without_a_pod_name_leave_each_others_tasks(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Outside Kubernetes nobody sets AGENTPOOL_POD_NAME: each process is a pod of its own,
+    so a second worker starting on the host returns nothing the first one is running."""
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"seconds": 60})
+    with worker_processes(tmp_path) as start:
+        env = worker_env(redis_url, queue_name, f"{HANDLERS}:sleep", lease_seconds=30)
+        del env["AGENTPOOL_POD_NAME"]
+        first = start(env)
+        running_first = await eventually(lambda: task_in(queue, task_id, "running"), 15, "run")
+        second = start(env)
+        started = await eventually(lambda: _started_line(second.logs()), 15, "second start")
+        info = await queue.get(task_id)
+    assert started["returned_from_earlier_instances"] == 0
+    assert started["pod"].endswith(f"-{second.pid}")
+    assert running_first.owner is not None and running_first.owner.endswith(
+        f"-{first.pid}:" + running_first.owner.rpartition(":")[2])
+    assert info is not None and (info.state, info.attempts) == ("running", 1)
+    assert info.owner == running_first.owner
+
+
+def _started_line(logs: str) -> dict[str, Any] | None:
+    return next((json.loads(line) for line in logs.splitlines()
+                 if '"worker started"' in line), None)
+
+
 @pytest.mark.parametrize("zombie_fails", [False, True], ids=["complete", "fail"])
 async def test_a_zombie_cannot_complete_or_fail_a_task_it_lost(
     tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,

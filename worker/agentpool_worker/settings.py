@@ -99,6 +99,14 @@ def _handler_name(value: str) -> bool:
     return bool(sep and module and func.isidentifier())
 
 
+def _process_name() -> str:
+    """The pod name outside Kubernetes: one per process on a host. A worker returns at start
+    what earlier instances of its pod held, so processes sharing a host name must not share
+    a pod name; a container's restart keeps its host name and, under the same entrypoint,
+    its process id."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _pod_name(value: str) -> bool:
     return 0 < len(value) <= 253 and not any(c == ":" or c.isspace() for c in value)
 
@@ -139,7 +147,7 @@ class WorkerSettings:
         "a number of seconds between 0 and 604800 (a week, the longest task timeout)",
         seconds(0, 7 * 86400), 60.0)
     pod_name: str = _setting("a pod name without ':' or spaces", _text(_pod_name),
-                             default_factory=socket.gethostname)
+                             default_factory=_process_name)
     pod_namespace: str = _setting("a namespace name", _text(lambda _: True), "")
     port: int = _setting(
         "a TCP port between 1 and 65535 (0 turns the HTTP server off)", _integer(0, 65535), 8080)

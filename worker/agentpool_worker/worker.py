@@ -45,8 +45,11 @@ from agentpool.errors import LeaseLost, PermanentError
 from agentpool.protocol import (
     ClaimedTask,
     FailOutcome,
+    RunEvents,
     TaskQueue,
     WorkerInfo,
+    call_id,
+    encode_result,
     new_instance_id,
     retry_delay,
 )
@@ -117,16 +120,17 @@ class _Run:
             self.worker_task.cancel()
 
 
-_Event = tuple[int, str, int, str, str]
-"""(sequence number, task id, attempt, kind, data JSON)"""
+_Event = tuple[int, ClaimedTask, str, str]
+"""(sequence number, the run's claim, kind, data JSON)"""
 
 
-def _group(events: list[_Event]) -> list[tuple[str, int, list[tuple[str, str]]]]:
+def _group(events: list[_Event]) -> list[RunEvents]:
     """One script call per run, its events in the order they were emitted."""
-    groups: dict[tuple[str, int], list[tuple[str, str]]] = {}
-    for _, task_id, attempt, kind, raw in events:
-        groups.setdefault((task_id, attempt), []).append((kind, raw))
-    return [(task_id, attempt, items) for (task_id, attempt), items in groups.items()]
+    groups: dict[ClaimedTask, list[tuple[str, str]]] = {}
+    for _, task, kind, raw in events:
+        groups.setdefault(task, []).append((kind, raw))
+    return [RunEvents(task.id, task.attempts, items, task.token)
+            for task, items in groups.items()]
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
@@ -181,7 +185,7 @@ class Worker:
         self._runs: dict[str, _Run] = {}
         self._reporting: set[str] = set()
         self._reports: set[asyncio.Task[None]] = set()
-        self._completions: list[tuple[ClaimedTask, Any]] = []
+        self._completions: list[tuple[ClaimedTask, str]] = []
         self._events: list[_Event] = []
         self._event_seq = 0
         """Sequence number of the last event emitted; events go to Redis in this order."""
@@ -637,26 +641,27 @@ class Worker:
             while self._completions or self._events:
                 events = self._events[:MAX_FLUSH_EVENTS]
                 del self._events[:MAX_FLUSH_EVENTS]
-                batch: list[tuple[ClaimedTask, Any]] = []
+                batch: list[tuple[ClaimedTask, str]] = []
                 if not self._events:  # never a success ahead of its own events
                     batch = [c for c in self._completions[:MAX_FLUSH]
                              if self._held.get(c[0].id) is c[0]]
                     del self._completions[:MAX_FLUSH]
                 ids = [task.id for task, _ in batch]
-                self._reporting.update(ids)
-                unreplicated = False
-                try:
-                    recorded = await self._rt(self.queue.record(_group(events), batch))
-                except NotReplicated as exc:
-                    recorded, unreplicated = exc.result, True
-                except REDIS_ERRORS as exc:
-                    self._completions[:0] = batch
-                    self._events[:0] = events
-                    self._redis_failed(exc, "complete")
-                    await backoff.sleep()
-                    continue
-                finally:
-                    self._reporting.difference_update(ids)
+                runs, call = _group(events), call_id()
+                while True:  # the same call until Redis answers: events sent again append once
+                    self._reporting.update(ids)
+                    unreplicated = False
+                    try:
+                        recorded = await self._rt(self.queue.record(runs, batch, call=call))
+                    except NotReplicated as exc:
+                        recorded, unreplicated = exc.result, True
+                    except REDIS_ERRORS as exc:
+                        self._redis_failed(exc, "complete")
+                        await backoff.sleep()
+                        continue
+                    finally:
+                        self._reporting.difference_update(ids)
+                    break
                 backoff.reset()
                 self._redis_ok()
                 if events:
@@ -734,8 +739,11 @@ class Worker:
     async def emit(self, ctx: TaskContext, kind: str, raw: str) -> None:
         if len(self._events) >= MAX_PENDING_EVENTS:
             await self._wait_events_flushed(self._event_seq - MAX_PENDING_EVENTS // 2)
+        run = self._runs.get(ctx.task_id)
+        if run is None or run.ctx is not ctx:
+            return  # the run is over (an abandoned thread): its events would be a zombie's
         self._event_seq += 1
-        self._events.append((self._event_seq, ctx.task_id, ctx.attempt, kind, raw))
+        self._events.append((self._event_seq, run.task, kind, raw))
         self.metrics.events.inc()
         self._flush_wanted.set()
 
@@ -774,7 +782,7 @@ class Worker:
         try:
             try:
                 payload = json.loads(task.payload_raw)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 error = f"malformed payload (not JSON): {exc}"
                 self._failed(run, error, retryable=False)
                 outcome = ended("failed", error=error)
@@ -783,15 +791,20 @@ class Worker:
                 async with asyncio.timeout(self.settings.task_timeout_seconds) as deadline:
                     result = await self._call(run, payload)
             except asyncio.CancelledError:
-                if run.stop_reason is None:
-                    raise
                 current = asyncio.current_task()
-                if current is not None:
+                if run.stop_reason is None and (current is None or current.cancelling()):
+                    raise  # the worker itself is being stopped
+                if current is not None and current.cancelling():
                     current.uncancel()
+                if run.stop_reason is None:  # the handler's own: a call it awaited was cancelled
+                    error = "CancelledError: an operation the handler awaited was cancelled"
+                    self._failed(run, error, retryable=True)
+                    outcome = ended("failed", error=error, retryable=True)
+                    return
                 self._stopped(run)
                 outcome = ended(STOPPED_STATUS[run.stop_reason])
                 return
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # SystemExit: sys.exit() in a handler
                 if run.stop_reason is not None:
                     self._stopped(run)
                     outcome = ended(STOPPED_STATUS[run.stop_reason])
@@ -799,6 +812,9 @@ class Worker:
                 if isinstance(exc, TimeoutError) and deadline.expired():
                     run.ctx.cancelled.set()
                     error = f"timed out after {self.settings.task_timeout_seconds:g}s"
+                    retryable = True
+                elif isinstance(exc, SystemExit):
+                    error = f"the handler called sys.exit({exc.code!r}); return or raise instead"
                     retryable = True
                 else:
                     error = _describe(exc)
@@ -810,9 +826,16 @@ class Worker:
                 self._stopped(run)
                 outcome = ended(STOPPED_STATUS[run.stop_reason])
                 return
+            try:
+                encoded = encode_result(result)
+            except ValueError as exc:
+                error = f"result not stored: {exc}"
+                self._failed(run, error, retryable=False)
+                outcome = ended("failed", error=error, retryable=False)
+                return
             self.metrics.succeeded.inc()
             self.info.done += 1
-            self._completions.append((task, result))
+            self._completions.append((task, encoded))
             self._flush_wanted.set()
             outcome = ended("succeeded", result=result)
         finally:

@@ -1,0 +1,117 @@
+"""Tasks and handlers that misbehave: each run ends with an outcome on record (failed,
+retried or dead-lettered with its error) and the worker goes on serving; none is left
+running on a live worker's lease."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from worker_helpers import HANDLERS, eventually, running, settings, task_in
+
+from agentpool.protocol import TaskQueue
+
+TOO_DEEP = 100_000
+"""Nesting no Python JSON parser or encoder recurses through."""
+
+
+async def served_after(queue: TaskQueue) -> None:
+    """The worker still claims and finishes new tasks."""
+    later = await queue.submit({"ok": "after"})
+    await eventually(lambda: task_in(queue, later, "succeeded"), 10, "a task after it")
+
+
+async def test_a_payload_nested_too_deeply_is_dead_lettered_as_malformed(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"ok": 1})
+    await redis.hset(queue.task_key(task_id), "payload",  # type: ignore[misc]
+                     "[" * TOO_DEEP + "]" * TOO_DEEP)
+    async with running(settings(redis_url, queue_name, "agentpool_worker.builtin:echo")) as w:
+        dead = await eventually(lambda: task_in(queue, task_id, "dead"), 10, "the DLQ")
+        assert dead.error is not None and dead.error.startswith("malformed payload (not JSON)")
+        assert dead.attempts == 1
+        await served_after(queue)
+        assert w.state == "running"
+    info = await queue.get(task_id)
+    assert info is not None and isinstance(info.payload, str)  # shown raw, not an error
+
+
+async def test_a_result_nested_too_deeply_fails_the_task_not_the_worker(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"depth": TOO_DEEP}, max_attempts=3)
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:deep_result")) as w:
+        dead = await eventually(lambda: task_in(queue, task_id, "dead"), 10, "the DLQ")
+        assert dead.error == "result not stored: the result is nested too deeply to store as JSON"
+        assert dead.attempts == 1  # the same code would make the same result
+        await served_after(queue)
+        assert w.state == "running"
+
+
+async def test_a_cancelled_error_of_the_handlers_own_is_a_failed_run(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({}, max_attempts=2)
+    async with running(settings(redis_url, queue_name,
+                                f"{HANDLERS}:awaits_a_cancelled_call")) as w:
+        dead = await eventually(lambda: task_in(queue, task_id, "dead"), 10, "two attempts")
+        assert dead.attempts == 2
+        assert dead.error is not None and dead.error.startswith("CancelledError")
+        assert w.state == "running"
+
+
+async def test_sys_exit_in_a_handler_fails_the_run_and_the_worker_goes_on(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"code": 0}, max_attempts=1)
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:calls_sys_exit")) as w:
+        dead = await eventually(lambda: task_in(queue, task_id, "dead"), 10, "the DLQ")
+        assert dead.error == "the handler called sys.exit(0); return or raise instead"
+        assert w.state == "running"
+
+
+async def test_a_task_whose_attempt_limit_is_not_a_number_runs_with_the_queues(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    odd, plain = await queue.submit_many([{"n": 1}, {"n": 2}], max_attempts=2)
+    await redis.hset(queue.task_key(odd), mapping={"max": "three", "created": "x"})  # type: ignore[misc]
+    async with running(settings(redis_url, queue_name, "agentpool_worker.builtin:echo")) as w:
+        for task_id, payload in ((odd, {"n": 1}), (plain, {"n": 2})):
+            done = await eventually(lambda t=task_id: task_in(queue, t, "succeeded"), 10, "it")
+            assert done.result == payload
+        assert w.state == "running"
+
+
+async def test_events_whose_reply_was_lost_are_sent_again_and_appended_once(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Redis recorded the events, then the connection dropped with the reply (and redis-py's
+    own retry failed too): the worker sends the same call again, which appends nothing."""
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:streamer")) as w:
+        record = w.queue.record
+        lost: list[int] = []
+
+        async def reply_lost_once(events: Any, done: Any, **kwargs: Any) -> list[bool]:
+            recorded = await record(events, done, **kwargs)
+            if events and not lost:
+                lost.append(len(events))
+                raise RedisConnectionError("Connection closed by server.")
+            return recorded
+
+        w.queue.record = reply_lost_once  # type: ignore[method-assign]
+        task_id = await queue.submit({"tokens": 3})
+        await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "the run")
+    assert lost
+    events = [(e.kind, e.data) async for e in queue.events(task_id, follow=False)]
+    emitted = [pair for i in range(3) for pair in (
+        ("token", {"i": i}),
+        ("progress", {"fraction": round((i + 1) / 3, 4), "message": f"token {i + 1} of 3"}))]
+    assert events == [*emitted, ("final", {"state": "succeeded"})]
