@@ -773,7 +773,9 @@ class RecoverySpec(_Model):
         default=60,
         ge=0,
         le=86400,
-        description="How long a pod may stay unready before it is drained and replaced.",
+        description="How long a pod may stay unready, once its worker has started, before it "
+        "is drained and replaced when its worker does not heartbeat either (a worker that "
+        "heartbeats but is unready, such as a failing ready hook, is left in place).",
     )
     max_unavailable: IntOrString = Field(
         default="25%",

@@ -53,6 +53,9 @@ _EXACT_KEYS = frozenset({
     "topologySpreadConstraints",
 })
 _QUANTITY_PARENTS = frozenset({"limits", "requests"})
+"""Resource lists: every value is a quantity (container and volume claim resources)."""
+_QUANTITY_KEYS = frozenset({"sizeLimit", "divisor"})
+"""Quantity fields elsewhere in a pod template (emptyDir, resourceFieldRef)."""
 _POD_PASS_THROUGH = (
     "nodeSelector",
     "tolerations",
@@ -411,7 +414,7 @@ def _covers(want: Any, have: Any, *, key: str, exact: bool, parent: str = "") ->
         )
     if want == have:
         return True
-    return parent in _QUANTITY_PARENTS and _same_quantity(want, have)
+    return (key in _QUANTITY_KEYS or parent in _QUANTITY_PARENTS) and _same_quantity(want, have)
 
 
 def _same_quantity(a: Any, b: Any) -> bool:

@@ -36,6 +36,8 @@ class PodView:
     restarts: int = 0
     container_started_at: float | None = None
     """When the current worker container started (epoch seconds), if it is running."""
+    startup_passed: bool = True
+    """The kubelet counts the worker container as started: its startup probe passed."""
     scaling_down: bool = False
     """Chosen by a scale-down: unready on purpose while it finishes its runs; not stuck."""
 
@@ -48,6 +50,8 @@ class InstanceView:
     instance: str
     started: float
     held: int = 0
+    last_seen: float | None = None
+    """Its last heartbeat (epoch seconds), when known."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,8 @@ Action = Requeue | RequestDrain | DeletePod
 
 
 def instance_view(instance: InstanceState) -> InstanceView:
-    return InstanceView(instance.pod, instance.instance, instance.started, instance.held)
+    return InstanceView(instance.pod, instance.instance, instance.started, instance.held,
+                        instance.last_seen)
 
 
 def judged_instances(
@@ -204,26 +209,57 @@ def _previous_instances(pod: PodView, instances: Iterable[InstanceView]) -> tupl
     return tuple(sorted(i.instance for i in instances if i.started < started and i.held))
 
 
+def unready_since(pod: PodView) -> float | None:
+    """Since when the pod's worker has been unready after its start, or None while the worker
+    container is not running or its startup probe has not passed.
+
+    The Ready condition is False from a pod's first sync, and its lastTransitionTime stays put
+    until the pod becomes ready: image pulls and init containers (a model download) would
+    count as unready time. That phase is the kubelet's (the startup probe restarts a worker
+    that does not come up), so unready time counts from the worker container's start at the
+    earliest.
+    """
+    if pod.container_started_at is None or not pod.startup_passed:
+        return None
+    return max(pod.container_started_at, pod.ready_changed_at or pod.container_started_at)
+
+
+def heartbeating(pod: str, instances: Iterable[InstanceView], now: float) -> bool:
+    """Whether a worker instance of the pod heart-beat within the liveness window."""
+    return any(
+        i.pod == pod and i.last_seen is not None and now - i.last_seen < WORKER_LIVENESS_WINDOW
+        for i in instances
+    )
+
+
 def _replace_stuck(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) -> list[Action]:
-    """Drain, then delete, pods unready past the grace period, within the budget."""
+    """Drain, then delete, stuck pods within the budget: unready past the grace period while
+    their worker does not heartbeat (or never registered).
+
+    A worker that heartbeats is alive and reaches Redis: its unreadiness is its own verdict
+    (its `ready` hook failing while an LLM API is down, say). A new pod would be just as
+    unready, and during a shared outage replacing them would cycle through the whole pool.
+    """
     budget = unavailable_budget(policy.max_unavailable, max(1, inputs.desired_replicas))
     candidates = [pod for pod in inputs.pods if not pod.scaling_down]
     in_progress = {
         pod.name for pod in candidates if pod.name in inputs.drains or pod.deleting
     }
     actions: list[Action] = []
-    for pod in sorted(candidates, key=lambda p: p.ready_changed_at or 0):
+    for pod in sorted(candidates, key=lambda p: unready_since(p) or 0):
         if pod.deleting or pod.phase != "Running" or pod.ready:
             continue
-        unready_for = now - (pod.ready_changed_at or now)
-        if unready_for < policy.unready_grace_seconds:
+        since = unready_since(pod)
+        if since is None or now - since < policy.unready_grace_seconds:
             continue
+        unready_for = now - since
         requested = inputs.drains.get(pod.name)
         if requested is None:
-            if len(in_progress) >= budget:
+            if heartbeating(pod.name, inputs.instances, now) or len(in_progress) >= budget:
                 continue
             in_progress.add(pod.name)
-            actions.append(RequestDrain(pod.name, f"unready for {int(unready_for)}s"))
+            actions.append(RequestDrain(
+                pod.name, f"unready for {int(unready_for)}s, no worker heartbeat"))
         elif now - requested >= policy.drain_seconds or _holds_nothing(pod.name, inputs):
             actions.append(DeletePod(pod.name, f"unready for {int(unready_for)}s, drained"))
     return actions
@@ -248,13 +284,14 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         if cond.get("type") == "Ready":
             ready = cond.get("status") == "True"
             ready_changed = _timestamp(cond.get("lastTransitionTime"))
-    restarts, started = 0, None
+    restarts, started, startup_passed = 0, None, True
     statuses = status.get("containerStatuses") or []
     for cs in statuses:
         if cs.get("name") == WORKER_CONTAINER or len(statuses) == 1:
             restarts = int(cs.get("restartCount") or 0)
             running = (cs.get("state") or {}).get("running") or {}
             started = _timestamp(running.get("startedAt"))
+            startup_passed = cs.get("started") is not False
     return PodView(
         name=meta.get("name", ""),
         phase=status.get("phase") or "Pending",
@@ -266,6 +303,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         ready_changed_at=ready_changed,
         restarts=restarts,
         container_started_at=started,
+        startup_passed=startup_passed,
         scaling_down=(meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
         in (CHOSEN_COST, RELEASED_COST),
     )

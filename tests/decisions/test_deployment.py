@@ -94,11 +94,27 @@ def as_returned_by_the_api_server(desired: dict[str, Any]) -> dict[str, Any]:
         for entry in c["env"]:
             if entry.get("value") == "":
                 del entry["value"]
-        for section in c.get("resources", {}).values():
-            for name, quantity in section.items():
-                section[name] = {"1000m": "1", "1024Mi": "1Gi", 2: "2"}.get(quantity, quantity)
+    canonical_quantities(pod)
     actual["status"] = {"replicas": 4, "readyReplicas": 4, "observedGeneration": 3}
     return actual
+
+
+CANONICAL = {"1000m": "1", "1024Mi": "1Gi", "1024Ki": "1Mi", 2: "2"}
+
+
+def canonical_quantities(node: Any, key: str = "") -> None:
+    """Rewrite, in place, every quantity of a pod spec in the API server's canonical form:
+    resource lists (of containers, init containers, volume claim templates), emptyDir
+    sizeLimit, resourceFieldRef divisor."""
+    if isinstance(node, list):
+        for item in node:
+            canonical_quantities(item, key)
+    elif isinstance(node, dict):
+        for name, value in node.items():
+            if isinstance(value, dict | list):
+                canonical_quantities(value, name)
+            elif key in ("limits", "requests") or name in ("sizeLimit", "divisor"):
+                node[name] = CANONICAL.get(value, value)
 
 
 def test_name_labels_and_selector() -> None:
@@ -737,3 +753,43 @@ def test_the_cli_agent_example_renders_a_valid_restricted_deployment(version: st
         assert each["securityContext"] == container(deployment)["securityContext"]
     assert pod["volumes"][0] == {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}}
     assert env_of(deployment)["AGENTPOOL_HANDLER"]["value"] == "agentpool_worker.command:run"
+
+
+QUANTITY_SPEC = make_spec(
+    env=[{"name": "MEMORY_MI", "valueFrom": {"resourceFieldRef": {
+        "containerName": "worker", "resource": "limits.memory", "divisor": "1024Ki"}}}],
+    resources={"limits": {"memory": "1024Mi"}},
+    initContainers=[{"name": "fetch-model", "image": "curlimages/curl:8",
+                     "resources": {"limits": {"cpu": "1000m", "memory": "1024Mi"}}}],
+    volumes=[
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1024Mi"}},
+        {"name": "cache", "ephemeral": {"volumeClaimTemplate": {"spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1024Mi"}}}}}},
+        {"name": "limits", "downwardAPI": {"items": [{"path": "memory", "resourceFieldRef": {
+            "containerName": "worker", "resource": "limits.memory", "divisor": "1024Ki"}}]}},
+    ],
+    volumeMounts=[{"name": "cache", "mountPath": "/cache"},
+                  {"name": "limits", "mountPath": "/etc/limits"}],
+)
+
+
+def test_quantities_written_back_canonical_are_not_drift() -> None:
+    """The API server returns every quantity of the pod template canonical ("1024Mi" reads
+    "1Gi"): only a different amount is drift, wherever the quantity sits."""
+    desired = render(QUANTITY_SPEC)
+    actual = as_returned_by_the_api_server(desired)
+    volumes = {v["name"]: v for v in pod_spec(actual)["volumes"]}
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"] == "1Gi"
+    claim = volumes["cache"]["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "1Gi"
+    assert volumes["limits"]["downwardAPI"]["items"][0]["resourceFieldRef"]["divisor"] == "1Mi"
+    assert env_of(actual)["MEMORY_MI"]["valueFrom"]["resourceFieldRef"]["divisor"] == "1Mi"
+    assert pod_spec(actual)["initContainers"][0]["resources"]["limits"]["cpu"] == "1"
+    assert deployment_drift(desired, actual) is None
+
+    volumes["tmp"]["emptyDir"]["sizeLimit"] = "2Gi"
+    patch = deployment_drift(desired, actual)
+    assert patch == {"spec": {"template": {"spec": {"volumes": pod_spec(desired)["volumes"]}}}}
+    changed = as_returned_by_the_api_server(desired)
+    env_of(changed)["MEMORY_MI"]["valueFrom"]["resourceFieldRef"]["divisor"] = "1"
+    assert deployment_drift(desired, changed) is not None

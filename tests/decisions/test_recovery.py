@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 from agentpool.models import AgentPoolSpec
@@ -21,6 +22,8 @@ from agentpool_operator.recovery import (
 from agentpool_operator.recovery_actions import STUCK_POD_DRAIN_SECONDS, policy_of
 
 NOW = 10_000.0
+RUNNING_SINCE = NOW - 3600
+"""When the worker containers of pods judged unready started: long before they turned unready."""
 POLICY = RecoveryPolicy(unready_grace_seconds=60, drain_seconds=30, max_unavailable=1)
 
 
@@ -89,17 +92,17 @@ def test_single_pod_events_never_requeue_other_pods() -> None:
 
 
 def test_unready_within_grace_is_left_alone() -> None:
-    pod = PodView("a", ready=False, ready_changed_at=NOW - 59)
+    pod = PodView("a", ready=False, ready_changed_at=NOW - 59, container_started_at=RUNNING_SINCE)
     assert decide([pod]) == []
 
 
 def test_unready_past_grace_is_drained_first() -> None:
-    pod = PodView("a", ready=False, ready_changed_at=NOW - 61)
-    assert decide([pod]) == [RequestDrain("a", "unready for 61s")]
+    pod = PodView("a", ready=False, ready_changed_at=NOW - 61, container_started_at=RUNNING_SINCE)
+    assert decide([pod]) == [RequestDrain("a", "unready for 61s, no worker heartbeat")]
 
 
 def test_drained_pod_is_deleted_after_drain_seconds() -> None:
-    pod = PodView("a", ready=False, ready_changed_at=NOW - 100)
+    pod = PodView("a", ready=False, ready_changed_at=NOW - 100, container_started_at=RUNNING_SINCE)
     instances = [InstanceView("a", "i", 1.0, held=1)]
     assert decide([pod], instances=instances, drains={"a": NOW - 10}) == []
     actions = decide([pod], instances=instances, drains={"a": NOW - 31})
@@ -107,7 +110,7 @@ def test_drained_pod_is_deleted_after_drain_seconds() -> None:
 
 
 def test_drained_pod_holding_nothing_is_deleted_at_once() -> None:
-    pod = PodView("a", ready=False, ready_changed_at=NOW - 100)
+    pod = PodView("a", ready=False, ready_changed_at=NOW - 100, container_started_at=RUNNING_SINCE)
     instances = [InstanceView("a", "i", 1.0, held=0)]
     assert decide([pod], instances=instances, drains={"a": NOW - 1}) == [
         DeletePod("a", "unready for 100s, drained")
@@ -117,23 +120,99 @@ def test_drained_pod_holding_nothing_is_deleted_at_once() -> None:
 def test_a_pod_draining_for_a_scale_down_is_not_stuck() -> None:
     """Chosen by a scale-down, a pod is unready on purpose while its runs go on, for as long
     as they last; it neither gets replaced nor uses up the budget of stuck pods."""
-    leaving = PodView("a", ready=False, ready_changed_at=NOW - 900, scaling_down=True)
-    stuck = PodView("b", ready=False, ready_changed_at=NOW - 100)
+    leaving = PodView("a", ready=False, ready_changed_at=NOW - 900,
+                      container_started_at=RUNNING_SINCE, scaling_down=True)
+    stuck = PodView("b", ready=False, ready_changed_at=NOW - 100,
+                    container_started_at=RUNNING_SINCE)
     instances = [InstanceView("a", "i", 1.0, held=2)]
     assert decide([leaving], instances=instances, drains={"a": NOW - 900}) == []
     actions = decide([leaving, stuck], instances=instances, drains={"a": NOW - 900},
                      desired_replicas=2)
-    assert actions == [RequestDrain("b", "unready for 100s")]
+    assert actions == [RequestDrain("b", "unready for 100s, no worker heartbeat")]
     marked = {"metadata": {"name": "a", "annotations": {
         "controller.kubernetes.io/pod-deletion-cost": "-1000"}}, "status": {"phase": "Running"}}
     assert pod_view(marked).scaling_down
     assert not pod_view({"metadata": {"name": "b"}}).scaling_down
 
 
+def test_unready_time_counts_from_the_worker_containers_start() -> None:
+    """The Ready condition turned False when the pod was created; image pulls and init
+    containers (a model download) took ten minutes before the worker container started."""
+    def pod(started: float) -> PodView:
+        return PodView("a", ready=False, ready_changed_at=NOW - 600, container_started_at=started)
+
+    assert decide([pod(NOW - 5)]) == []
+    assert decide([pod(NOW - 59)]) == []
+    assert decide([pod(NOW - 61)]) == [RequestDrain("a", "unready for 61s, no worker heartbeat")]
+
+
+def test_a_pod_whose_worker_has_not_started_is_left_to_the_kubelet() -> None:
+    """Before the worker container runs, or before its startup probe passed, the kubelet
+    judges it (the startup probe restarts a worker that does not come up)."""
+    pending = PodView("a", ready=False, ready_changed_at=NOW - 600)
+    starting = PodView("b", ready=False, ready_changed_at=NOW - 600,
+                       container_started_at=NOW - 300, startup_passed=False)
+    assert decide([pending, starting], desired_replicas=2) == []
+    drains = {"a": NOW - 100, "b": NOW - 100}
+    assert decide([pending, starting], drains=drains, desired_replicas=2) == []
+
+
+def test_pod_view_reads_whether_the_startup_probe_passed() -> None:
+    def pod(**worker_status: object) -> dict[str, object]:
+        return {"metadata": {"name": "w-1"}, "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "False",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "containerStatuses": [{
+                "name": "worker", "restartCount": 0, "ready": False,
+                "state": {"running": {"startedAt": "2026-01-01T00:10:00Z"}}, **worker_status}]}}
+
+    assert pod_view(pod(started=False)).startup_passed is False
+    assert pod_view(pod(started=True)).startup_passed is True
+    assert pod_view(pod()).startup_passed is True
+    view = pod_view(pod(started=False))
+    assert decide_recovery(RecoveryInputs(pods=[view]), POLICY,
+                           (view.container_started_at or 0) + 3600) == []
+
+
+def test_an_unready_worker_that_heartbeats_is_not_stuck() -> None:
+    """A failing `ready` hook (an LLM API down for every pod alike) takes the pods out of
+    service; their workers still heartbeat, so none is replaced, round after round."""
+    pods = [PodView(f"p{i}", ready=False, ready_changed_at=NOW - 900,
+                    container_started_at=RUNNING_SINCE) for i in range(8)]
+    beating = [InstanceView(p.name, "i1", RUNNING_SINCE, held=0, last_seen=NOW - 5)
+               for p in pods]
+    policy = RecoveryPolicy(unready_grace_seconds=60, drain_seconds=30, max_unavailable="25%")
+    for later in (0, 2, 600):
+        inputs = RecoveryInputs(
+            pods=pods, instances=[dataclasses.replace(i, last_seen=NOW + later - 5)
+                                  for i in beating], desired_replicas=8)
+        assert decide_recovery(inputs, policy, NOW + later) == []
+
+
+def test_an_unready_pod_whose_worker_stopped_heartbeating_is_stuck() -> None:
+    pod = PodView("a", ready=False, ready_changed_at=NOW - 90, container_started_at=RUNNING_SINCE)
+    silent = InstanceView("a", "i1", RUNNING_SINCE, held=1, last_seen=NOW - WORKER_LIVENESS_WINDOW)
+    assert decide([pod], instances=[silent]) == [
+        RequestDrain("a", "unready for 90s, no worker heartbeat")]
+    assert decide([pod]) == [RequestDrain("a", "unready for 90s, no worker heartbeat")], \
+        "no instance registered since the worker started"
+
+
+def test_a_pod_asked_to_drain_is_deleted_even_once_its_worker_heartbeats_again() -> None:
+    """Its worker came back (a network partition healed), saw the drain and drained: it is
+    unready on recovery's request now, and would stay so."""
+    pod = PodView("a", ready=False, ready_changed_at=NOW - 100, container_started_at=RUNNING_SINCE)
+    back = InstanceView("a", "i1", RUNNING_SINCE, held=0, last_seen=NOW - 1)
+    assert decide([pod], instances=[back], drains={"a": NOW - 5}) == [
+        DeletePod("a", "unready for 100s, drained")]
+
+
 def test_budget_limits_how_many_pods_are_replaced_at_once() -> None:
-    pods = [PodView(f"p{i}", ready=False, ready_changed_at=NOW - 100 - i) for i in range(5)]
+    pods = [PodView(f"p{i}", ready=False, ready_changed_at=NOW - 100 - i,
+                    container_started_at=RUNNING_SINCE) for i in range(5)]
     actions = decide(pods, desired_replicas=5)
-    assert actions == [RequestDrain("p4", "unready for 104s")]
+    assert actions == [RequestDrain("p4", "unready for 104s, no worker heartbeat")]
     policy = RecoveryPolicy(unready_grace_seconds=60, drain_seconds=30, max_unavailable="40%")
     drains = decide_recovery(RecoveryInputs(pods=pods, desired_replicas=5), policy, NOW)
     assert len(drains) == 2
@@ -141,8 +220,8 @@ def test_budget_limits_how_many_pods_are_replaced_at_once() -> None:
 
 def test_pods_already_being_replaced_use_up_the_budget() -> None:
     pods = [
-        PodView("a", ready=False, ready_changed_at=NOW - 100),
-        PodView("b", ready=False, ready_changed_at=NOW - 100),
+        PodView("a", ready=False, ready_changed_at=NOW - 100, container_started_at=RUNNING_SINCE),
+        PodView("b", ready=False, ready_changed_at=NOW - 100, container_started_at=RUNNING_SINCE),
     ]
     actions = decide(pods, drains={"a": NOW - 1}, instances=[InstanceView("a", "i", 1, 1)],
                      desired_replicas=4)
@@ -214,7 +293,8 @@ def test_instances_of_unlisted_pods_are_judged_once_they_stopped_beating() -> No
          state("gone", NOW - WORKER_LIVENESS_WINDOW)],
         {"listed"}, NOW,
     )
-    assert judged == [InstanceView("listed", "i", 1.0, 2), InstanceView("gone", "i", 1.0, 2)]
+    assert judged == [InstanceView("listed", "i", 1.0, 2, last_seen=NOW),
+                      InstanceView("gone", "i", 1.0, 2, last_seen=NOW - WORKER_LIVENESS_WINDOW)]
 
 
 def test_pods_gone_at_start_are_requeued_without_waiting_for_a_liveness_window() -> None:

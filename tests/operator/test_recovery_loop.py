@@ -19,7 +19,13 @@ from kubernetes.client.exceptions import ApiException
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
 from prometheus_client import REGISTRY
 
-from agentpool.protocol import TaskQueue, WorkerInfo, key_prefix
+from agentpool.protocol import (
+    WORKER_LIVENESS_WINDOW,
+    TaskQueue,
+    WorkerInfo,
+    key_prefix,
+    worker_id,
+)
 from agentpool.redis_server import free_port
 from agentpool_operator import recovery_actions
 from agentpool_operator.context import PoolRecovery
@@ -39,7 +45,7 @@ def stamp(epoch: float) -> str:
 
 def pod_status(*, ready: bool = True, ready_since: float | None = None, restarts: int = 0,
                started: float | None = None, phase: str = "Running",
-               terminated: bool = False) -> dict[str, Any]:
+               terminated: bool = False, startup_passed: bool = True) -> dict[str, Any]:
     now = time.time()
     state: dict[str, Any] = (
         {"terminated": {"exitCode": 0, "finishedAt": stamp(now)}} if terminated
@@ -50,7 +56,7 @@ def pod_status(*, ready: bool = True, ready_since: float | None = None, restarts
         "conditions": [{"type": "Ready", "status": "True" if ready else "False",
                         "lastTransitionTime": stamp(ready_since or now - 300)}],
         "containerStatuses": [{"name": "worker", "restartCount": restarts, "ready": ready,
-                               "state": state}],
+                               "started": startup_passed, "state": state}],
     }
 
 
@@ -94,6 +100,13 @@ async def lease(queue: TaskQueue, pod: str, instance: str, count: int, *,
     batch = await queue.claim(worker.worker_id, count, lease_seconds)
     assert len(batch.tasks) == count
     return [task.id for task in batch.tasks]
+
+
+async def fall_silent(queue: TaskQueue, pod: str, instance: str) -> None:
+    """Date the worker's last heartbeat back past the liveness window, as for a worker that
+    stopped heart-beating (wedged, or cut off from Redis) while its leases still run."""
+    last_seen = time.time() - WORKER_LIVENESS_WINDOW - 30
+    await queue.redis.zadd(queue.prefix + "workers", {worker_id(pod, instance): last_seen * 1000})
 
 
 async def queued(redis: aioredis.Redis, queue: str) -> set[str]:
@@ -167,7 +180,7 @@ async def test_restarted_container_gives_back_only_the_earlier_instance_tasks(
     ]
 
 
-async def test_pod_unready_past_the_grace_is_drained_deleted_and_requeued(
+async def test_silent_pod_unready_past_the_grace_is_drained_deleted_and_requeued(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
 ) -> None:
     await start_pool(
@@ -177,6 +190,7 @@ async def test_pod_unready_past_the_grace_is_drained_deleted_and_requeued(
     )
     queue = TaskQueue(redis, "unr")
     held = await lease(queue, "unr-a", "i1", 2)
+    await fall_silent(queue, "unr-a", "i1")
     await cluster.create(PODS, pod_manifest("unr", "unr-a", pod_status(
         ready=False, ready_since=time.time() - 60)))
 
@@ -188,7 +202,7 @@ async def test_pod_unready_past_the_grace_is_drained_deleted_and_requeued(
     assert await queue.drain_requests() == {}, "the requeue clears the drain request"
 
     [drain] = await posted(cluster, "DrainRequested")
-    assert re.fullmatch(r"asked pod unr-a to drain: unready for 6[01]s", drain)
+    assert re.fullmatch(r"asked pod unr-a to drain: unready for 6[01]s, no worker heartbeat", drain)
     [replaced] = await posted(cluster, "PodReplaced")
     assert re.fullmatch(r"deleted pod unr-a to have it replaced: unready for 6\ds, drained",
                         replaced)
@@ -213,6 +227,7 @@ async def test_operator_restart_between_drain_and_delete_loses_and_duplicates_no
         )
         queue = TaskQueue(redis, "rsd")
         held = await lease(queue, "rsd-a", "i1", 2)
+        await fall_silent(queue, "rsd-a", "i1")
         await cluster.create(PODS, pod_manifest("rsd", "rsd-a", pod_status(
             ready=False, ready_since=time.time() - 60)))
         await eventually(queue.drain_requests, within=3)
@@ -360,6 +375,44 @@ async def test_replacements_stay_within_the_budget(
                      for reason in ("DrainRequested", "PodReplaced")], \
         "one at a time, the longest unready first"
     await eventually(lambda: cluster.pool("bud")["status"]["replacedPods"] == 3)
+
+
+async def test_only_unready_pods_whose_worker_is_silent_are_replaced(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
+) -> None:
+    """All three pods have been unready for a minute. hbt-out's worker heartbeats: its ready
+    hook fails (a shared LLM API is down), a new pod would be as unready. hbt-new's worker
+    container started a moment ago, after ten minutes of image pull and init containers, and
+    its startup probe has not passed. Only hbt-dead, whose worker fell silent, is stuck."""
+    now = time.time()
+    queue = TaskQueue(redis, "hbt")
+    await queue.heartbeat(WorkerInfo(pod="hbt-out", instance="i1", concurrency=1,
+                                     started=now - 300), {}, 60)
+    held = await lease(queue, "hbt-dead", "i1", 1)
+    await fall_silent(queue, "hbt-dead", "i1")
+    for name, status in (
+        ("hbt-out", pod_status(ready=False, ready_since=now - 60)),
+        ("hbt-new", pod_status(ready=False, ready_since=now - 600, started=now - 2,
+                               startup_passed=False)),
+        ("hbt-dead", pod_status(ready=False, ready_since=now - 60)),
+    ):
+        await cluster.create(PODS, pod_manifest("hbt", name, status))
+    await start_pool(
+        cluster, redis_url, "hbt", pods=3,
+        worker={"image": "w:1", "handler": "m:f", "drainSeconds": 1},
+        recovery={"unreadyGraceSeconds": 5, "maxUnavailable": 3},
+    )
+
+    await eventually(lambda: cluster.requests("DELETE", "/pods/hbt-dead"), within=4)
+    await eventually(lambda: queued(redis, "hbt"), within=2)
+    assert await queued(redis, "hbt") == set(held)
+    deleted = time.time()
+    await eventually(lambda: last_observed("hbt") > deleted + 2, within=4)  # two 1 s rounds
+    assert [m.split()[2] for m in messages(cluster, "DrainRequested")] == ["hbt-dead"]
+    assert [m.split()[2] for m in messages(cluster, "PodReplaced")] == ["hbt-dead"]
+    assert not cluster.requests("DELETE", "/pods/hbt-out")
+    assert not cluster.requests("DELETE", "/pods/hbt-new")
+    assert set(await queue.drain_requests()) <= {"hbt-dead"}
 
 
 async def test_replayed_pod_events_requeue_nothing_twice(
