@@ -125,13 +125,14 @@ class Helm:
         path.write_text(text)
         return str(path)
 
-    def template(self, values: dict[str, Any], *extra: str, kubeconfig: Path | None = None) -> str:
+    def template(self, values: dict[str, Any], *extra: str, kubeconfig: Path | None = None,
+                 release: str = RELEASE, namespace: str = NAMESPACE) -> str:
         return self.run(
             "template",
-            RELEASE,
+            release,
             str(CHART),
             "--namespace",
-            NAMESPACE,
+            namespace,
             "--kube-version",
             KUBE_VERSION,
             "--values",
@@ -140,11 +141,14 @@ class Helm:
             kubeconfig=kubeconfig,
         )
 
-    def render(self, values: dict[str, Any]) -> Rendered:
-        """All manifests, CRDs and hooks included; cached per values."""
-        key = json.dumps(values, sort_keys=True)
+    def render(self, values: dict[str, Any], release: str = RELEASE,
+               namespace: str = NAMESPACE) -> Rendered:
+        """All manifests, CRDs and hooks included; cached per values, release and namespace."""
+        key = json.dumps([values, release, namespace], sort_keys=True)
         if key not in self._cache:
-            text = self.template(values, "--include-crds")
+            text = self.template(
+                values, "--include-crds", release=release, namespace=namespace
+            )
             docs = [d for d in yaml.safe_load_all(text) if d]
             self._cache[key] = Rendered(values=values, manifests=docs)
         return self._cache[key]

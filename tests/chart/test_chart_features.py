@@ -4,6 +4,7 @@ the NetworkPolicy and the monitoring objects."""
 from __future__ import annotations
 
 import base64
+import getpass
 import json
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from chart_helpers import NAMESPACE, RELEASE, Helm, Manifest, Rendered
 from fake_kube_api import KOPF_PEERING, fake_kube_api
+from kopf._core.engines.peering import detect_own_id
 
 OPERATOR = f"{RELEASE}-operator"
 REDIS = f"{RELEASE}-redis"
@@ -57,11 +59,30 @@ def test_operator_defaults(helm: Helm) -> None:
         "AGENTPOOL_OPERATOR_LOG_LEVEL": "info",
         "AGENTPOOL_OPERATOR_STATUS_REFRESH_SECONDS": "5",
         "AGENTPOOL_OPERATOR_PER_POOL_CREDENTIALS": "true",
+        "POD_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
     }
     spec = deployment["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == rendered.one("ServiceAccount")["metadata"]["name"]
     assert not rendered.of_kind("PodDisruptionBudget")
     assert not [m for m in rendered.manifests if m["apiVersion"].startswith("kopf.dev")]
+
+
+def test_operator_has_an_identity_under_any_uid(rendered: Rendered) -> None:
+    """kopf names itself by POD_ID, else by getpass.getuser(), which fails under a UID with no
+    user entry (OpenShift's restricted-v2 runs pods under an arbitrary one)."""
+    assert operator_env(rendered)["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_kopf_takes_its_identity_from_pod_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_user() -> str:
+        raise KeyError("getpwuid(): uid not found: 1000680000")
+
+    monkeypatch.setattr(getpass, "getuser", no_user)
+    monkeypatch.setenv("POD_ID", "agentpool-operator-7d9f-x2x")
+    assert detect_own_id(manual=False) == "agentpool-operator-7d9f-x2x"
+    monkeypatch.delenv("POD_ID")
+    with pytest.raises(KeyError):
+        detect_own_id(manual=False)
 
 
 def test_namespaced_operator_watches_its_namespaces(helm: Helm) -> None:

@@ -3,10 +3,18 @@ messages, NOTES.txt, and the CRD shipped in step with crds/."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import typing
 from typing import Any
 
+import annotated_types
 import pytest
-from chart_helpers import CHART, COMBINATIONS, NAMESPACE, ROOT, Helm, HelmError
+import yaml
+from chart_helpers import CHART, COMBINATIONS, NAMESPACE, RELEASE, ROOT, Helm, HelmError
+
+from agentpool_operator.settings import ENV_PREFIX, OperatorSettings
 
 CRD_NAME = "agentpool.dev_agentpools.yaml"
 
@@ -86,6 +94,21 @@ BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
         },
         ["networkPolicy.enabled protects the bundled Redis"],
     ),
+    ({"operator": {"statusRefreshSeconds": 3601}}, ["/operator/statusRefreshSeconds", "maximum"]),
+    ({"fullnameOverride": "f" * 47}, ["/fullnameOverride", "maxLength"]),
+    ({"fullnameOverride": "1st"}, ["/fullnameOverride", "does not match pattern"]),
+    (
+        {"operator": {"extraVolumes": [{"name": "docker", "hostPath": {"path": "/run"}}]}},
+        ["/operator/extraVolumes/0", "'hostPath' not allowed"],
+    ),
+    (
+        {"console": {"extraVolumes": [{"name": "x", "secret": {}, "emptyDir": {}}]}},
+        ["/console/extraVolumes/0", "maxProperties"],
+    ),
+    (
+        {"serviceAccount": {"create": False}},
+        ["serviceAccount.create=false needs serviceAccount.name"],
+    ),
 ]
 
 
@@ -99,6 +122,130 @@ def test_bad_values_fail_with_a_readable_message(
     for part in expected:
         assert part in message, message
     assert len(message.splitlines()) <= 6, f"not a short message:\n{message}"
+
+
+def test_an_existing_service_account_gets_the_operators_rights(helm: Helm) -> None:
+    rendered = helm.render({"serviceAccount": {"create": False, "name": "ops"}})
+    assert not rendered.of_kind("ServiceAccount")
+    subjects = [s for b in rendered.of_kind("RoleBinding") + rendered.of_kind("ClusterRoleBinding")
+                for s in b["subjects"]]
+    assert subjects and {s["name"] for s in subjects} == {"ops"}
+
+
+# ---------------------------------------------------------------- the operator's settings
+
+# Values the chart hands the operator as environment variables (templates/operator-deployment.yaml),
+# by the variable; the operator's settings (agentpool_operator.settings) must take every value
+# values.schema.json lets through, or the operator refuses to start and crash-loops.
+SETTING_VALUES: dict[str, tuple[str, ...]] = {
+    "AGENTPOOL_OPERATOR_NAMESPACES": ("watchNamespaces",),
+    "AGENTPOOL_OPERATOR_PEERING": ("operator", "peering", "name"),
+    "AGENTPOOL_OPERATOR_PORT": ("operator", "port"),
+    "AGENTPOOL_OPERATOR_LOG_LEVEL": ("operator", "logLevel"),
+    "AGENTPOOL_OPERATOR_STATUS_REFRESH_SECONDS": ("operator", "statusRefreshSeconds"),
+    "AGENTPOOL_OPERATOR_PER_POOL_CREDENTIALS": ("operator", "perPoolCredentials"),
+}
+
+
+def schema_of(path: tuple[str, ...]) -> dict[str, Any]:
+    node = json.loads((CHART / "values.schema.json").read_text())
+    for key in path:
+        node = node["properties"][key]
+    return node  # type: ignore[no-any-return]
+
+
+def field_of(env: str) -> Any:
+    return OperatorSettings.model_fields[env.removeprefix(ENV_PREFIX).lower()]
+
+
+def bounds(constraints: list[Any]) -> tuple[tuple[float, bool] | None, tuple[float, bool] | None]:
+    """(lower, upper) of annotated_types-style constraints, each (value, inclusive) or None."""
+    lower = upper = None
+    for c in constraints:
+        if isinstance(c, annotated_types.Ge):
+            lower = (float(c.ge), True)
+        elif isinstance(c, annotated_types.Gt):
+            lower = (float(c.gt), False)
+        elif isinstance(c, annotated_types.Le):
+            upper = (float(c.le), True)
+        elif isinstance(c, annotated_types.Lt):
+            upper = (float(c.lt), False)
+    return lower, upper
+
+
+def within(ours: tuple[float, bool], theirs: tuple[float, bool], side: str) -> bool:
+    """Whether a bound (value, inclusive) lets through no value beyond another."""
+    if ours[0] != theirs[0]:
+        return ours[0] > theirs[0] if side == "lower" else ours[0] < theirs[0]
+    return theirs[1] or not ours[1]
+
+
+def schema_bounds(schema: dict[str, Any]) -> list[Any]:
+    found: list[Any] = []
+    for key, kind in (("minimum", annotated_types.Ge), ("exclusiveMinimum", annotated_types.Gt),
+                      ("maximum", annotated_types.Le), ("exclusiveMaximum", annotated_types.Lt)):
+        if key in schema:
+            found.append(kind(schema[key]))
+    return found
+
+
+def test_every_operator_setting_the_chart_passes_is_mapped_to_its_value(helm: Helm) -> None:
+    for values in ({}, {"operator": {"replicas": 2}, "watchNamespaces": ["team-a"]}):
+        deployment = helm.render(values).one("Deployment", f"{RELEASE}-operator")
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        passed = {e["name"] for e in container["env"] if e["name"].startswith(ENV_PREFIX)}
+        assert passed == set(SETTING_VALUES)
+    for env in SETTING_VALUES:
+        assert field_of(env) is not None
+
+
+@pytest.mark.parametrize("env", sorted(SETTING_VALUES))
+def test_the_schema_accepts_no_value_the_operator_refuses(env: str) -> None:
+    field, schema = field_of(env), schema_of(SETTING_VALUES[env])
+    (op_lower, op_upper), (lower, upper) = bounds(field.metadata), bounds(schema_bounds(schema))
+    where = f"{'.'.join(SETTING_VALUES[env])} ({env})"
+    for side, ours, theirs in (("lower", lower, op_lower), ("upper", upper, op_upper)):
+        if theirs is not None:
+            assert ours is not None, f"{where}: no {side} bound, the operator's is {theirs}"
+            assert within(ours, theirs, side), (
+                f"{where}: {side} bound {ours} is outside the operator's {theirs}")
+    if typing.get_origin(field.annotation) is typing.Literal:
+        assert set(schema["enum"]) <= set(typing.get_args(field.annotation)), where
+
+
+def edge(schema: dict[str, Any], side: str) -> Any:
+    """The schema's most extreme accepted value on one side (None: unbounded there)."""
+    step = 1 if schema.get("type") == "integer" else 0.001
+    if side == "upper":
+        if "maximum" in schema:
+            return schema["maximum"]
+        return schema["exclusiveMaximum"] - step if "exclusiveMaximum" in schema else None
+    if "minimum" in schema:
+        return schema["minimum"]
+    return schema["exclusiveMinimum"] + step if "exclusiveMinimum" in schema else None
+
+
+@pytest.mark.parametrize("side", ["lower", "upper"])
+def test_the_operator_starts_with_the_schemas_extreme_values(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch, side: str
+) -> None:
+    values: dict[str, Any] = {"operator": {"replicas": 2, "peering": {"name": "p" * 63}},
+                              "watchNamespaces": ["n" * 63, "team-a"]}
+    for path in SETTING_VALUES.values():
+        value = edge(schema_of(path), side)
+        if value is not None:
+            node = values
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+    deployment = helm.render(values).one("Deployment", f"{RELEASE}-operator")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for e in container["env"]:
+        if e["name"].startswith(ENV_PREFIX):
+            monkeypatch.setenv(e["name"], e["value"])
+    OperatorSettings()  # raises ValidationError on a value the operator refuses
 
 
 def test_notes_tell_the_next_three_commands(helm: Helm) -> None:
@@ -144,5 +291,34 @@ def test_notes_for_an_external_redis_and_watched_namespaces(helm: Helm) -> None:
     assert "watching team-a" in notes
     assert "port-forward" not in notes
     assert "kubectl -n team-a create secret generic my-redis" in notes
-    assert "kubectl apply -n team-a -f examples/agentpool.yaml" in notes
+    # examples/agentpool.yaml names the Secret agentpool-redis: the command renames it.
+    assert ("sed 's/name: agentpool-redis$/name: my-redis/' examples/agentpool.yaml \\\n"
+            "         | kubectl apply -n team-a -f -") in notes
     assert "kubectl get agentpools -n team-a" in notes
+
+
+def test_the_notes_example_pool_names_the_secret_the_chart_uses(helm: Helm) -> None:
+    example = (ROOT / "examples" / "agentpool.yaml").read_text()
+    assert "name: agentpool-redis\n" in example  # what the NOTES' sed command rewrites
+    notes = helm.notes({"redis": {"urlSecretName": "queue-url"}})
+    assert "sed 's/name: agentpool-redis$/name: queue-url/' examples/agentpool.yaml" in notes
+    assert "-f examples/agentpool.yaml\n" not in notes
+    renamed = re.sub(r"name: agentpool-redis$", "name: queue-url", example, flags=re.M)
+    assert yaml.safe_load(renamed)["spec"]["redis"]["urlSecretRef"]["name"] == "queue-url"
+
+
+@pytest.mark.parametrize(("values", "readable"), [
+    ({}, "agentpool"),
+    ({"watchNamespaces": ["team-a"]}, "agentpool, team-a"),
+    ({"secretNamespaces": ["vault", "agentpool"]}, "vault, agentpool"),
+])
+def test_notes_say_where_pools_may_read_their_secret(
+    helm: Helm, values: dict[str, Any], readable: str
+) -> None:
+    """Cluster-wide too: the Secrets Role is only bound in secretNamespaces."""
+    notes = " ".join(helm.notes(values).split())
+    assert "reads Secrets only in secretNamespaces" in notes
+    assert f": {readable}." in notes
+    assert ("A pool in any other namespace needs a copy of the Secret there and its namespace "
+            "added to secretNamespaces") in notes
+    assert "SecretForbidden" in notes

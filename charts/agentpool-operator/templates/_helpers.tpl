@@ -1,6 +1,17 @@
-{{/* Name prefix of every object: fullnameOverride or the release name. */}}
+{{/*
+Name prefix of every object: fullnameOverride or the release name (dots, which Helm allows in
+release names, become dashes). Cut to 46 characters so that every derived name stays within its
+kind's limit: the bundled Redis StatefulSet "<prefix>-redis" must stay within 52 characters (its
+pods carry a controller-revision-hash label of the name plus 11 characters, at most 63), which
+also keeps the longest Service, "<prefix>-redis-headless", within 63. values.schema.json caps
+fullnameOverride at the same length.
+*/}}
 {{- define "agentpool.fullname" -}}
-{{- default .Release.Name .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- $prefix := default .Release.Name .Values.fullnameOverride | replace "." "-" | trunc 46 | trimSuffix "-" -}}
+{{- if not (regexMatch "^[a-z]" $prefix) -}}
+{{- fail (printf "the name prefix %q must start with a letter (Service names do): set fullnameOverride" $prefix) -}}
+{{- end -}}
+{{- $prefix -}}
 {{- end -}}
 
 {{- define "agentpool.operatorName" -}}
@@ -14,8 +25,10 @@
 {{- define "agentpool.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "agentpool.operatorName" .) .Values.serviceAccount.name -}}
+{{- else if .Values.serviceAccount.name -}}
+{{- .Values.serviceAccount.name -}}
 {{- else -}}
-{{- default "default" .Values.serviceAccount.name -}}
+{{- fail "serviceAccount.create=false needs serviceAccount.name: the ServiceAccount the operator runs as (otherwise the chart would bind the operator's rights to the namespace's \"default\" ServiceAccount, which every other pod there uses)" -}}
 {{- end -}}
 {{- end -}}
 
