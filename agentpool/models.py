@@ -193,6 +193,13 @@ INIT_MOUNTS_NAME_VOLUMES = CelRule(
     "each worker.initContainers[].volumeMounts name must be the name of a volume in "
     "worker.volumes (or tmp, the worker's scratch volume)",
 )
+QUEUE_FIXED = CelRule(
+    "has(self.queue) == has(oldSelf.queue) && (!has(self.queue) || self.queue == oldSelf.queue)",
+    "spec.queue cannot be set, changed or removed once the pool exists: the tasks queued and "
+    "running are in its queue; create another pool for another queue",
+)
+"""A transition rule: the API server checks it on updates only. A pool moved to another queue
+would leave the old one's tasks with nobody to run or recover them."""
 INIT_CONTAINER_NAMES = CelRule(
     "self.all(a, a.name != 'worker' && self.exists_one(b, b.name == a.name))",
     "worker.initContainers names must be unique within a pool and not worker (the worker "
@@ -225,6 +232,9 @@ CEL_RULES: tuple[CelRule, ...] = (
     INIT_MOUNTS_NAME_VOLUMES,
     INIT_CONTAINER_NAMES,
 )
+"""Rules on a spec as it stands, which the models enforce too."""
+TRANSITION_RULES: tuple[CelRule, ...] = (QUEUE_FIXED,)
+"""Rules on a change of the spec: only the API server, which holds the stored pool, can."""
 
 
 def cel(*rules: CelRule) -> dict[str, Any]:
@@ -918,11 +928,14 @@ _SCHEDULE_FORMATS = {
 class AgentPoolSpec(_Model):
     """A pool of workers serving one Redis task queue."""
 
+    model_config = ConfigDict(json_schema_extra=cel(QUEUE_FIXED))
+
     queue: str | None = Field(
         default=None,
         max_length=100,
         pattern=QUEUE_PATTERN,
-        description="Name of the task queue; defaults to the pool's name.",
+        description="Name of the task queue; defaults to the pool's name. Fixed once the "
+        "pool exists.",
     )
     redis: RedisSpec = Field(description="Redis server holding the queue.")
     worker: WorkerSpec = Field(description="The worker pods: image, handler, concurrency.")

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from e2e_config import E2EConfig
 from e2e_kube import Kubectl
-from e2e_manifests import invalid_pools
+from e2e_manifests import derived_pool, invalid_pools
 
 from agentpool.crd import PRINTER_COLUMNS
-from agentpool.models import CEL_RULES, GROUP, KIND, PLURAL, SHORT_NAMES, VERSION
+from agentpool.models import (
+    CEL_RULES,
+    GROUP,
+    KIND,
+    PLURAL,
+    QUEUE_FIXED,
+    SHORT_NAMES,
+    TRANSITION_RULES,
+    VERSION,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +60,7 @@ def test_crd_is_established_with_printer_columns_and_cel_rules(
         for node in walk(version["schema"]["openAPIV3Schema"])
         for rule in node.get("x-kubernetes-validations") or []
     }
-    missing = {rule.message for rule in CEL_RULES} - served_messages
+    missing = {rule.message for rule in (*CEL_RULES, *TRANSITION_RULES)} - served_messages
     assert not missing, f"CEL rules missing from the served schema: {sorted(missing)}"
     # The short name resolves through discovery, as a user would type it.
     kube("get", SHORT_NAMES[0])
@@ -72,3 +82,25 @@ def test_invalid_pool_is_refused_with_a_readable_message(
     if invalid.secret:
         assert invalid.secret not in result.stderr, "the API server's answer quotes a credential"
     assert kube.get("agentpool", name) is None
+
+
+def test_a_pools_queue_cannot_change_once_it_exists(
+    crd: dict[str, Any], kube: Kubectl, e2e_config: E2EConfig
+) -> None:
+    """A transition rule: only a real API server, which holds the stored pool, enforces it."""
+    pool = derived_pool("e2e-queue-fixed", e2e_config.worker_image)
+    pool["spec"]["paused"] = True
+    name = pool["metadata"]["name"]
+    kube.apply(pool)
+    try:
+        moved = copy.deepcopy(pool)
+        moved["spec"]["queue"] = "e2e-queue-elsewhere"
+        result = kube.apply(moved, check=False)
+        assert result.returncode != 0, "the API server let a pool move to another queue"
+        assert QUEUE_FIXED.message in result.stderr, result.stderr
+        stored = kube.get("agentpool", name)
+        assert stored is not None and stored["spec"]["queue"] == name
+        pool["spec"]["paused"] = False  # any other change still goes through
+        kube.apply(pool)
+    finally:
+        kube("delete", "agentpool", name, "--ignore-not-found", "--wait=false", check=False)

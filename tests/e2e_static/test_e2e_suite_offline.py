@@ -51,6 +51,7 @@ EXPECTED_E2E_TESTS = {
     "[mount-on-scratch]",
     "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
     "[url-with-credentials]",
+    "e2e/test_e2e_api.py::test_a_pools_queue_cannot_change_once_it_exists",
     "e2e/test_e2e_demo_pool.py::test_tasks_submitted_with_the_cli_all_finish",
     "e2e/test_e2e_demo_pool.py::test_get_agentpools_shows_queue_replicas_and_tasks",
     "e2e/test_e2e_demo_pool.py::test_status_reports_the_pool_ready",

@@ -11,7 +11,10 @@ runtime (`cel-expr-python`, the grammar and semantics kube-apiserver uses):
 - at object creation: defaults are filled in (recursively), the OpenAPI schema is checked, then
   every CEL rule whose node is present; a failing rule is reported the way the API server
   reports it, naming the node's path and quoting a scalar's value (an object is shown as
-  "object"), which is how a secret can end up in an error message.
+  "object"), which is how a secret can end up in an error message;
+- at an update, the same, plus the transition rules (those that read `oldSelf`), which the
+  API server evaluates only where the node is present in both the old and the new object
+  (never at creation).
 
 Facts measured on Kubernetes 1.36: ../shared/notes/cel-and-the-api-server.md.
 """
@@ -90,9 +93,19 @@ def compile_rule(rule: str) -> cel.Expression:
         raise RuleCompileError(f"rule {rule!r} does not compile:\n{text}") from None
 
 
-def evaluate_rule(rule: str, value: Any) -> str | None:
-    """None when the rule holds for `value` (bound to `self`); else why it does not."""
-    result = compile_rule(rule).eval(data={"self": value})
+_ABSENT = object()
+"""No old object: a creation, or a node the old object did not have."""
+
+
+def is_transition_rule(rule: str) -> bool:
+    return re.search(r"\boldSelf\b", rule) is not None
+
+
+def evaluate_rule(rule: str, value: Any, old: Any = _ABSENT) -> str | None:
+    """None when the rule holds for `value` (bound to `self`, and `old` to `oldSelf`); else
+    why it does not."""
+    data = {"self": value} if old is _ABSENT else {"self": value, "oldSelf": old}
+    result = compile_rule(rule).eval(data=data)
     if result.type() == cel.Type.ERROR:
         return f"{result.plain_value()} evaluating rule"
     if result.type() != cel.Type.BOOL:
@@ -126,18 +139,23 @@ def json_schema(node: Schema) -> Schema:
     return node
 
 
-def cel_errors(node: Schema, value: Any, path: str) -> list[FieldError]:
-    """CEL rules at `node` and below, on the parts of `value` that are present."""
+def cel_errors(node: Schema, value: Any, path: str, old: Any = _ABSENT) -> list[FieldError]:
+    """CEL rules at `node` and below, on the parts of `value` that are present; transition
+    rules only where `old` (the node in the object before an update) is present too."""
     errors = []
     for rule in node.get("x-kubernetes-validations", []):
-        why = evaluate_rule(rule["rule"], value)
+        if is_transition_rule(rule["rule"]) and old is _ABSENT:
+            continue
+        why = evaluate_rule(rule["rule"], value, old)
         if why is not None:
             shown = value if isinstance(value, str | int | float | bool) else _kind_of(value)
             errors.append(FieldError(path, str(shown), rule["message"]))
     if isinstance(value, dict):
+        old_fields = old if isinstance(old, dict) else {}
         for name, child in node.get("properties", {}).items():
             if name in value:
-                errors += cel_errors(child, value[name], f"{path}.{name}")
+                errors += cel_errors(child, value[name], f"{path}.{name}",
+                                     old_fields.get(name, _ABSENT))
         if isinstance(node.get("additionalProperties"), dict):
             for key, item in value.items():
                 errors += cel_errors(node["additionalProperties"], item, f"{path}[{key}]")
@@ -219,12 +237,15 @@ def apply_defaults(node: Schema, value: Any) -> Any:
     return value
 
 
-def admission_errors(crd: dict[str, Any], manifest: dict[str, Any]) -> list[FieldError]:
-    """What `kubectl apply` of this object would be refused with; empty when it is stored."""
+def admission_errors(crd: dict[str, Any], manifest: dict[str, Any],
+                     stored: dict[str, Any] | None = None) -> list[FieldError]:
+    """What `kubectl apply` of this object would be refused with; empty when it is stored.
+    `stored`: the object as the API server holds it, for an update."""
     (version,) = [v for v in crd["spec"]["versions"] if v["storage"]]
     schema = version["schema"]["openAPIV3Schema"]
     obj = apply_defaults(schema, manifest)
     found = schema_errors(schema, obj, "")
     if found:
         return found
-    return cel_errors(schema, obj, "")
+    old = _ABSENT if stored is None else apply_defaults(schema, stored)
+    return cel_errors(schema, obj, "", old)

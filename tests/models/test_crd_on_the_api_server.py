@@ -25,7 +25,14 @@ from apiserver import (
 from e2e_manifests import applied_pools, invalid_pools, load_example
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pool_fixtures import CEL_VIOLATIONS, INVALID_SPECS, NEAR_THE_RULES, VALID_SPECS, pool
+from pool_fixtures import (
+    CEL_VIOLATIONS,
+    INVALID_SPECS,
+    NEAR_THE_RULES,
+    VALID_SPECS,
+    minimal_spec,
+    pool,
+)
 from pydantic import ValidationError
 
 from agentpool import models
@@ -334,3 +341,28 @@ def test_a_url_with_credentials_is_refused_without_quoting_it(url: str) -> None:
 def test_no_rule_sits_on_the_redis_url_itself() -> None:
     """A failing rule on a scalar quotes its value: the URL's rules live on spec.redis."""
     assert ".spec.redis.url" not in {path for path, _ in all_rules()}
+
+
+QUEUE_CHANGES = [
+    pytest.param({"queue": "orders"}, {"queue": "orders", "paused": True}, False, id="kept"),
+    pytest.param({}, {"paused": True}, False, id="defaulted-kept"),
+    pytest.param({"queue": "orders"}, {"queue": "invoices"}, True, id="changed"),
+    pytest.param({}, {"queue": "invoices"}, True, id="set"),
+    pytest.param({"queue": "orders"}, {}, True, id="removed"),
+]
+
+
+@pytest.mark.parametrize(("before", "after", "refused"), QUEUE_CHANGES)
+def test_a_pools_queue_is_fixed_once_the_pool_exists(
+    before: dict[str, Any], after: dict[str, Any], refused: bool,
+) -> None:
+    errors = admission_errors(render_crd(), pool(minimal_spec(**after)),
+                              stored=pool(minimal_spec(**before)))
+    expected = [models.QUEUE_FIXED.message] if refused else []
+    assert [e.message for e in errors] == expected
+    assert [e.path for e in errors] == ([".spec"] if refused else [])
+
+
+def test_a_new_pool_takes_any_queue_the_transition_rule_is_not_checked_at_creation() -> None:
+    for spec in (minimal_spec(), minimal_spec(queue="invoices")):
+        assert admission_errors(render_crd(), pool(spec)) == []
