@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import time
 import weakref
@@ -50,6 +51,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agentpool.urls import URL_PREFIXES, after_host
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
@@ -130,12 +133,39 @@ def is_cluster_url(url: str) -> bool:
 
 
 def check_redis_url(url: str) -> None:
-    """Raise RedisURLError, saying what is wrong, for a Sentinel or Cluster URL that cannot be
-    used (a process checks its URL at start; one-server URLs are redis-py's to read)."""
+    """Raise RedisURLError, saying what is wrong, for a URL that cannot be used (a process
+    checks its URL at start, before it connects)."""
     if is_sentinel_url(url):
         parse_sentinel_url(url)
     elif is_cluster_url(url):
         parse_cluster_url(url)
+    else:
+        _check_server_url(url)
+
+
+def _check_server_url(url: str) -> None:
+    """A one-server URL as redis-py reads it, down to the options of its query."""
+    if not url.startswith((*URL_PREFIXES, "unix://")):
+        raise RedisURLError(f"a Redis URL starts with {', '.join(URL_PREFIXES)} or unix://")
+    if has_unencoded_userinfo(url):
+        raise RedisURLError("a password with '/', '#', '?' or '@' must be percent-encoded")
+    try:
+        cast(Any, ConnectionPool.from_url(url)).make_connection()
+    except TypeError as error:
+        option = re.search(r"unexpected keyword argument '([^']+)'", str(error))
+        name = f" {option.group(1)!r}" if option else ""
+        raise RedisURLError(
+            f"its query names an option{name} that Redis connections do not take") from None
+    except ValueError:
+        raise RedisURLError(
+            "its port, database or options do not parse (a password with '/', '#', '?' or '@' "
+            "must be percent-encoded)") from None
+
+
+def has_unencoded_userinfo(url: str) -> bool:
+    """Whether an '@' comes after the URL's host part ends: a password with '/', '?' or '#'
+    written as is, which would be read as the host, port and path instead."""
+    return "@" in after_host(url)
 
 
 def is_cluster(redis: Any) -> bool:
@@ -462,6 +492,7 @@ def redis_from_url(
         return cluster_from_url(url, **kwargs)
     kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.2, base=0.02), 1))
     if not is_sentinel_url(url):
+        _check_server_url(url)
         try:
             pool = WaitingPool.from_url(
                 url, max_connections=max_connections, timeout=pool_timeout, **kwargs

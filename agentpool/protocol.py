@@ -56,6 +56,9 @@ LISTEN_SECONDS = 30
 """How long one `TaskQueue.listen_for_finishes` keeps finishes published on ``done``."""
 COMPLETE_CHUNK = 500
 MAX_SUBMIT_CHUNK = 1000
+MAX_DELAY_SECONDS = 365 * 86400
+MAX_ATTEMPTS_LIMIT = 100
+"""The most attempts a task or a queue allows (a pool's maxAttempts has the same bound)."""
 """Tasks per script call of ``submit_many``: Lua unpacks at most about 8,000 values at once."""
 """Completions per script call of a group commit."""
 WORKER_LIVENESS_WINDOW = 30.0
@@ -492,10 +495,12 @@ class TaskQueue:
             raise ProtocolError(
                 f"priority must be an integer between 0 and {MAX_PRIORITY}, got {priority!r}"
             )
-        if delay < 0:
-            raise ProtocolError(f"delay must not be negative, got {delay}")
-        if max_attempts is not None and max_attempts < 1:
-            raise ProtocolError(f"max_attempts must be at least 1, got {max_attempts}")
+        if not 0 <= delay <= MAX_DELAY_SECONDS:  # NaN fails both comparisons
+            raise ProtocolError(
+                f"delay must be between 0 and {MAX_DELAY_SECONDS} seconds (a year), got {delay}")
+        if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise ProtocolError(
+                f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}")
         raw = encode_payload(payload, self.max_payload_bytes)
         return [
             new_task_id(), raw, priority, int(delay * 1000),
@@ -1185,8 +1190,8 @@ def encode_result(result: Any) -> str:
         return "null"
     try:
         try:
-            return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError):
+            return _COMPACT_JSON.encode(result)
+        except (TypeError, ValueError):  # ValueError: NaN or infinity, not JSON
             return json.dumps(repr(result))
     except RecursionError:
         raise ValueError("the result is nested too deeply to store as JSON") from None

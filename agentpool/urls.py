@@ -24,6 +24,11 @@ def redact_url(url: str) -> str:
     ``?password=`` query parameter is masked too. A string that does not parse as a URL is
     masked entirely rather than risk echoing a secret.
     """
+    scheme, _, rest = url.partition("://")
+    if "@" in after_host(url):
+        # A password with '/', '?' or '#' as is: the host part ends inside it. Everything up
+        # to the last '@' may be secret.
+        return redact_url(f"{scheme}://{MASK}@{rest.rpartition('@')[2]}")
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -57,6 +62,17 @@ def redact_url(url: str) -> str:
     if parts.fragment:
         rebuilt += f"#{parts.fragment}"
     return rebuilt
+
+
+def after_host(url: str) -> str:
+    """What follows the URL's host part (path, query, fragment), as a parser reads it; the
+    whole rest of the URL when it does not parse."""
+    rest = url.partition("://")[2]
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return rest
+    return rest[len(netloc):] if rest.startswith(netloc) else rest
 
 
 def with_credentials(url: str, username: str, password: str) -> str:

@@ -276,3 +276,17 @@ async def test_submit_many_takes_chunks_larger_than_a_script_unpacks(queue: Task
     assert figures.queued == len(ids) == len(set(ids))
     with pytest.raises(ValueError, match="chunk must be at least 1"):
         await queue.submit_many([1], chunk=0)
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ({"delay": float("nan")}, "delay must be between 0"),
+    ({"delay": float("inf")}, "delay must be between 0"),
+    ({"delay": 400 * 86400}, "delay must be between 0"),
+    ({"max_attempts": 101}, "max_attempts must be between 1 and 100"),
+])
+async def test_options_out_of_range_are_refused_before_anything_is_stored(
+    queue: TaskQueue, options: dict[str, Any], problem: str,
+) -> None:
+    with pytest.raises(ProtocolError, match=problem):
+        await queue.submit({"x": 1}, **options)
+    assert (await queue.figures()).stats.get("submitted", 0) == 0

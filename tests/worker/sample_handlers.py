@@ -176,3 +176,7 @@ async def awaits_a_cancelled_call(payload: Any) -> None:
 def calls_sys_exit(payload: Any) -> None:
     """A sync handler wrapping a command-line tool that ends with sys.exit()."""
     raise SystemExit(int(payload.get("code", 0)))
+
+
+async def not_a_number(payload: Any) -> dict[str, float]:
+    return {"score": float("nan")}

@@ -129,6 +129,38 @@ def test_a_password_in_a_bad_url_is_not_printed(
     assert "http://user:***@redis:6379/0" in stderr
 
 
+@pytest.mark.parametrize(("url", "problem"), [
+    ("redis://:12#S3cr3t@127.0.0.1:6379/0", "must be percent-encoded"),
+    ("redis://default:1234/S3cr3t@127.0.0.1:6379/0", "must be percent-encoded"),
+    ("redis://:12?S3cr3t@127.0.0.1:6379/0", "must be percent-encoded"),
+    ("redis://:S3cr3t@127.0.0.1:6379/0?foo=bar", "option 'foo' that Redis connections"),
+    ("redis://:S3cr3t@127.0.0.1:6379/0?db=abc", "must be percent-encoded"),
+])
+def test_a_url_redis_py_would_misread_stops_the_worker_at_start(
+    url: str, problem: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A password with '#', '?' or '/' as is reads as host, port and path (the client would
+    go to localhost:12); an option redis-py does not take fails the first connection."""
+    code, stderr = run_main(base_env(redis_url=url), monkeypatch, capsys)
+    assert code == 2
+    assert len(stderr.splitlines()) == 1 and problem in stderr
+    assert "S3cr3t" not in stderr
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:12#S3cr3t@h:6379/0",
+    "redis://default:1234/S3cr3t@h:6379/0",
+    "redis://:12?S3cr3t@h:6379/0",
+    "redis+sentinel://:12#S3cr3t@s1:26379,s2:26379/mymaster",
+    "redis://:a@b?S3cr3t@h/0?password=S3cr3t",
+])
+def test_a_password_written_without_percent_encoding_is_masked_too(url: str) -> None:
+    shown = redact_url(url)
+    assert "S3cr3t" not in shown
+    assert shown.startswith(url.partition("://")[0] + "://***@")
+
+
 def test_redact_url() -> None:
     assert redact_url("redis://:pw@h:6379/0") == "redis://***@h:6379/0"
     assert redact_url("rediss://u:pw@h/0") == "rediss://u:***@h/0"

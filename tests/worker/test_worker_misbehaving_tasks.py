@@ -4,6 +4,7 @@ running on a live worker's lease."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -115,3 +116,21 @@ async def test_events_whose_reply_was_lost_are_sent_again_and_appended_once(
         ("token", {"i": i}),
         ("progress", {"fraction": round((i + 1) / 3, 4), "message": f"token {i + 1} of 3"}))]
     assert events == [*emitted, ("final", {"state": "succeeded"})]
+
+
+async def test_a_result_with_nan_is_stored_as_json_every_reader_parses(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """JSON has no NaN or infinity: Python writes them, browsers and most parsers refuse them.
+    Such a result is stored as its text, like any other value JSON cannot carry."""
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({})
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:not_a_number")):
+        done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "the run")
+    stored = await redis.hget(queue.task_key(task_id), "result")  # type: ignore[misc]
+    assert json.loads(stored, parse_constant=_refuse) == "{'score': nan}"
+    assert done.result == "{'score': nan}"
+
+
+def _refuse(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON")

@@ -112,8 +112,10 @@ def _pod_name(value: str) -> bool:
 
 
 def _redis_url(url: str) -> bool:
+    if not url.startswith((*URL_PREFIXES, "unix://")):
+        return False
     check_redis_url(url)
-    return url.startswith((*URL_PREFIXES, "unix://"))
+    return True
 
 
 def _rate_limits(value: str) -> bool:
