@@ -22,6 +22,12 @@ POOL_PASSWORD_PLACE = ("the pool's Redis URL: spec.redis.url, or the Secret name
                        "spec.redis.urlSecretRef")
 """Without the URL form: status messages mask anything that looks like a URL with a password."""
 
+REDIS_FAILURES = (
+    redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError, TimeoutError)
+"""What a call to Redis raises when Redis is down, unreachable or refusing: a loop that meets
+one retries. redis-py's cluster client raises RedisClusterException, not a RedisError, when
+no node answers."""
+
 _CONNECT_ERROR = re.compile(r"^Error (-?\d+) connecting to \S+\.\s+(.*)$", re.S)
 
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import redis.exceptions
-
 from agentpool.ratelimit import Declaration, LimitConfig, RateLimiter, limit_configs
+from agentpool.redis_errors import REDIS_FAILURES
 from agentpool.scaling.policy import LimitWait, limit_waits
 
 from . import metrics
 from .observation import PoolObservation
 from .status import Problem, sanitize
 
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+REDIS_ERRORS = REDIS_FAILURES
 CONFLICT_REASON = "RateLimitConflict"
 
 log = logging.getLogger(__name__)

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import kopf
-import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from agentpool.protocol import RequeueResult, TaskQueue, worker_id
+from agentpool.redis_errors import REDIS_FAILURES
 
 from . import metrics
 from .context import PoolRecovery
@@ -62,7 +62,7 @@ NODE_CACHE_SECONDS = 30.0
 NODE_RECHECK_SECONDS = 10.0
 """A pod on a node missing from the cached list: the soonest the list is read again."""
 
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+REDIS_ERRORS = REDIS_FAILURES
 STUCK_POD_DRAIN_SECONDS = 60
 """At most this long between asking a stuck (unready) pod to drain and deleting it. Its runs
 lose nothing by the deletion: SIGTERM gives them drainSeconds (by default as long as a run may

@@ -51,10 +51,10 @@ from dataclasses import replace
 from typing import Any, cast
 
 import kopf
-import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from agentpool.protocol import TaskQueue
+from agentpool.redis_errors import REDIS_FAILURES
 from agentpool.scaling.policy import (
     Decision,
     ScalingPolicy,
@@ -94,7 +94,7 @@ from .status import ConditionUpdate, rfc3339, sanitize
 DRAIN_SWEEP_SECONDS = 30.0
 """Least time between two looks for stale drain requests of one pool."""
 
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+REDIS_ERRORS = REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,13 @@ import contextlib
 import uuid
 from typing import Any, cast
 
-from worker_helpers import running, settings
+from worker_helpers import eventually, running, settings
 
 from agentpool.client import Client
 from agentpool.protocol import TaskQueue, figures_of, known_queues
-from agentpool.redis_server import RedisCluster
+from agentpool.redis_server import RedisCluster, free_port
 from agentpool_operator.redis_access import RedisClients, read_figures
+from agentpool_worker.worker import Worker
 
 TASKS_PER_QUEUE = 12
 
@@ -73,3 +74,19 @@ async def test_the_operators_client_reads_figures_of_queues_on_every_shard(
         assert queued == [1, 2, 3]
     finally:
         await clients.close()
+
+
+async def test_a_worker_whose_cluster_is_not_up_yet_waits_for_it() -> None:
+    """No node answers at start (the cluster's pods still starting): the worker keeps trying,
+    as on one server, instead of exiting; it stops cleanly when asked."""
+    worker = Worker(settings(f"redis+cluster://127.0.0.1:{free_port()}", "q-later"))
+    run = asyncio.create_task(worker.run())
+    try:
+        await eventually(lambda: "Cluster" in worker.health.redis_error or run.done(), 10,
+                         "a failed attempt to reach the cluster")
+        assert not run.done(), "the worker exited instead of waiting for its cluster"
+        assert worker.state == "starting"
+        assert "Redis Cluster cannot be connected" in worker.health.redis_error
+    finally:
+        worker.stop()
+        await asyncio.wait_for(run, 10)

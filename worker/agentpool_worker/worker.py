@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
 
 from agentpool.connection import redis_from_url
 from agentpool.durability import NotReplicated
@@ -53,7 +52,7 @@ from agentpool.protocol import (
     new_instance_id,
     retry_delay,
 )
-from agentpool.redis_errors import URL_WITH_PASSWORD, auth_failure
+from agentpool.redis_errors import REDIS_FAILURES, URL_WITH_PASSWORD, auth_failure
 from agentpool_worker import metrics
 from agentpool_worker.claim_pace import ArrivalRate, lingers, wait_before_next_claim
 from agentpool_worker.handlers import (
@@ -78,7 +77,7 @@ MAX_FLUSH_EVENTS = 2000
 MAX_PENDING_EVENTS = 20_000
 """Events waiting for Redis before ``ctx.emit`` waits for a flush (back-pressure)."""
 TICK_SECONDS = 0.25
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+REDIS_ERRORS = REDIS_FAILURES
 ERROR_TEXT_LIMIT = 4000
 AFTER_TASK_SECONDS = 30.0
 """Longest an ``after_task`` hook may hold a run's slot."""
