@@ -70,7 +70,8 @@ SCRIPT_COMMANDS = (
     "zadd", "zrem", "zscore", "zpopmin", "zcard", "zcount", "zrange", "zrangebyscore",
     "zrevrange", "zrevrangebyscore", "zremrangebyscore",
     "sadd", "srem", "smembers", "scard",
-    "llen", "rpush", "del", "publish", "spublish", "xadd",
+    "llen", "rpush", "del", "publish", "spublish", "xadd", "xrevrange", "xdel", "pttl",
+    "pexpire",
 )
 """Every command the protocol's Lua scripts (agentpool/lua/*.lua) call (PUBLISH on Redis 6,
 SPUBLISH on 7 and later)."""

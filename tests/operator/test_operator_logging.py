@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually
-from test_recovery_loop import PODS, lease, pod_manifest, pod_status, posted, start_pool
+from test_recovery_loop import (
+    PODS,
+    fall_silent,
+    lease,
+    pod_manifest,
+    pod_status,
+    posted,
+    start_pool,
+)
 
 from agentpool.protocol import TaskQueue
 from agentpool_operator.main import REPORTING_COMPONENT, ROUTINE, configure_logging
@@ -72,8 +80,8 @@ def http_get(port: int, path: str) -> int:
 
 async def recovery_flow(cluster: Cluster, redis_url: str, redis: aioredis.Redis,
                         port: int) -> None:
-    """A pod unready past its grace (drained, replaced, its tasks requeued), a pod whose
-    worker died unseen (leases expired), a probe and a scrape."""
+    """A pod unready past its grace whose worker went silent (drained, replaced, its tasks
+    requeued), a pod whose worker died unseen (leases expired), a probe and a scrape."""
     await start_pool(
         cluster, redis_url, "logs", pods=2,
         worker={"image": "w:1", "handler": "m:f", "drainSeconds": 1},
@@ -81,6 +89,7 @@ async def recovery_flow(cluster: Cluster, redis_url: str, redis: aioredis.Redis,
     )
     queue = TaskQueue(redis, "logs")
     await lease(queue, "logs-a", "i1", 2)
+    await fall_silent(queue, "logs-a", "i1")
     await lease(queue, "logs-b", "i1", 1, lease_seconds=1)
     await cluster.create(PODS, pod_manifest("logs", "logs-a", pod_status(
         ready=False, ready_since=time.time() - 60)))
