@@ -62,6 +62,15 @@ class UndeclaredLimit(RateLimitError, PermanentError):
     retry mends, so its task is dead-lettered at once with this message."""
 
 
+class CallTooLarge(RateLimitError, PermanentError):
+    """A call asked for more requests or tokens than its limit's declared rate gives in a
+    minute. Granting it would leave every caller of the limit, in every pool, a debt of more
+    than a minute to wait out; no retry mends it."""
+
+
+_DIMENSIONS = {1: ("requests", "requestsPerMinute"), 2: ("tokens", "tokensPerMinute")}
+
+
 @dataclass(frozen=True)
 class LimitConfig:
     """A declared limit: requests and/or tokens per minute, and the burst in seconds of rate."""
@@ -309,6 +318,15 @@ class RateLimiter:
         factor = reply[0] / 1e6
         for index, (requests, tokens, future) in enumerate(batch):
             wait_us, grant_us = reply[1 + 2 * index], reply[2 + 2 * index]
+            if wait_us < 0:
+                if not future.done():
+                    asked, rate = _DIMENSIONS[-wait_us]
+                    cost = requests if wait_us == -1 else tokens
+                    future.set_exception(CallTooLarge(
+                        f"one call of {cost} {asked} is more than rate limit {self.name!r} "
+                        f"allows in a minute ({rate}: {grant_us}): split the call or raise "
+                        f"{rate}"))
+                continue
             reservation = Reservation(self.name, requests, tokens, wait_us / 1e6, grant_us,
                                       factor)
             if future.cancelled():

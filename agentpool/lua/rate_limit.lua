@@ -24,7 +24,9 @@
 --
 -- Ops (ARGV[2]):
 --   acquire call caller n (requests tokens) x n [rpm tpm burst]
---                       -> {factor_ppm, wait_us 1, grant_us 1, ..., wait_us n, grant_us n}, or
+--                       -> {factor_ppm, wait_us 1, grant_us 1, ..., wait_us n, grant_us n}
+--                          (wait_us -1 or -2 and the rate for a call asking more requests or
+--                          tokens than the declared rate gives in a minute: refused), or
 --                          {-1} when the limit is not declared (the optional rates declare it
 --                          when nothing is, so an emptied Redis heals itself). The n grants
 --                          are handed out in order: a client batches the calls that arrived
@@ -73,10 +75,19 @@ local function dims(cfg, f, burst)
     local rate = tonumber(rates[i])
     if rate and rate > 0 then
       local per = 60e6 / (rate * f)
-      out[i] = {per = per, cap = rate * burst / 60}
+      out[i] = {per = per, cap = rate * burst / 60, rate = rate}
     end
   end
   return out
+end
+
+-- Which dimension (1 requests, 2 tokens) a call asks more of than its declared rate gives in a
+-- minute, if any: such a call would leave every caller of the limit a debt of more than a
+-- minute to wait out (a token count of a whole payload's bytes, say), so it is refused.
+local function too_large(d, costs)
+  for i = 1, 2 do
+    if d[i] and costs[i] > d[i].rate then return i end
+  end
 end
 
 local function load_state(now)
@@ -102,28 +113,35 @@ if op == 'acquire' then
   local tats, f, pause_until = load_state(now)
   local d = dims(cfg, f, tonumber(cfg[3]))
   local out = {math.floor(f * 1e6)}
-  local latest, waited, tokens = now, 0, 0
+  local latest, waited, tokens, granted = now, 0, 0, count
   for k = 0, count - 1 do
     local costs = {tonumber(ARGV[6 + 2 * k]), tonumber(ARGV[7 + 2 * k])}
-    local grant = math.max(now, pause_until)
-    for i = 1, 2 do
-      if d[i] and costs[i] > 0 then
-        grant = math.max(grant, tats[i] - math.max(0, d[i].cap - costs[i]) * d[i].per)
+    local refused = too_large(d, costs)
+    if refused then
+      out[#out + 1] = -refused
+      out[#out + 1] = d[refused].rate
+      granted = granted - 1
+    else
+      local grant = math.max(now, pause_until)
+      for i = 1, 2 do
+        if d[i] and costs[i] > 0 then
+          grant = math.max(grant, tats[i] - math.max(0, d[i].cap - costs[i]) * d[i].per)
+        end
       end
-    end
-    for i = 1, 2 do
-      if d[i] and costs[i] > 0 then
-        tats[i] = math.max(tats[i], grant) + costs[i] * d[i].per
+      for i = 1, 2 do
+        if d[i] and costs[i] > 0 then
+          tats[i] = math.max(tats[i], grant) + costs[i] * d[i].per
+        end
       end
+      out[#out + 1] = math.ceil(grant - now)
+      out[#out + 1] = math.floor(grant)
+      latest = math.max(latest, grant)
+      waited = waited + (grant - now)
+      tokens = tokens + costs[2]
     end
-    out[#out + 1] = math.ceil(grant - now)
-    out[#out + 1] = math.floor(grant)
-    latest = math.max(latest, grant)
-    waited = waited + (grant - now)
-    tokens = tokens + costs[2]
   end
   redis.call('HSET', K_STATE, 'tat_r', num(tats[1]), 'tat_t', num(tats[2]))
-  redis.call('HINCRBY', K_STATE, 'grants', count)
+  redis.call('HINCRBY', K_STATE, 'grants', granted)
   if tokens > 0 then redis.call('HINCRBY', K_STATE, 'tokens', tokens) end
   if latest > now then
     redis.call('ZREMRANGEBYSCORE', K_WAITING, '-inf', now)

@@ -22,6 +22,7 @@ from agentpool.ratelimit import (
     MIN_FACTOR,
     RECOVERY_INTERVAL,
     RECOVERY_STEP,
+    CallTooLarge,
     LimitConfig,
     RateLimiter,
     RateLimitError,
@@ -215,6 +216,30 @@ async def test_the_rate_recovers_by_steps_after_the_pause_and_never_drops_below_
     assert state.factor == pytest.approx(MIN_FACTOR + 2 * RECOVERY_STEP)
     await redis.hset(key_prefix(name) + "state", "recover_at", repr(now_us - 3600 * US))
     assert (await limiter.state()).factor == 1.0
+
+
+async def test_a_call_larger_than_a_minute_of_the_rate_is_refused_and_costs_nobody(
+    redis: aioredis.Redis, name: str
+) -> None:
+    """A token count of a whole payload's bytes, say: granting it would make every caller of
+    the limit, in every pool, wait out its debt (a billion tokens at 6,000 a minute: 115
+    days). It is refused; the budget stays as it was, and so do the calls batched with it."""
+    limiter = limiter_for(redis, name, requests_per_minute=600, tokens_per_minute=6000)
+    at_most = await limiter.reserve(tokens=6000)
+    outcomes = await asyncio.gather(limiter.reserve(tokens=10**9), limiter.reserve(tokens=10),
+                                    limiter.reserve(requests=601), return_exceptions=True)
+    too_many_tokens, small, too_many_requests = outcomes
+    assert isinstance(too_many_tokens, CallTooLarge)
+    assert isinstance(too_many_tokens, PermanentError)
+    assert str(too_many_tokens) == (
+        f"one call of 1000000000 tokens is more than rate limit {name!r} allows in a minute "
+        "(tokensPerMinute: 6000): split the call or raise tokensPerMinute")
+    assert isinstance(too_many_requests, CallTooLarge)
+    assert "601 requests" in str(too_many_requests) and "requestsPerMinute: 600" in str(
+        too_many_requests)
+    assert not isinstance(small, BaseException)
+    # the debt is the first call's: 5,900 tokens beyond the burst of 100, at 100 a second
+    assert small.grant_us - at_most.grant_us == pytest.approx(59.1 * US, abs=US / 100)
 
 
 async def test_an_undeclared_limit_is_refused_with_a_clear_permanent_error(
