@@ -105,7 +105,7 @@ async def test_the_heartbeat_reports_the_time_runs_spent_waiting(
 async def spend(redis: aioredis.Redis, config: LimitConfig, seconds: int) -> None:
     """Spend the budget so that the next grant is about `seconds` away."""
     assert config.requests_per_minute == 60
-    await RateLimiter(redis, config.name, config=config).reserve(requests=seconds + 1)
+    await RateLimiter(redis, config.name, config=config).reserve(requests=seconds)
 
 
 @pytest.mark.parametrize("handler", [ASYNC, SYNC])
