@@ -556,6 +556,11 @@ async def node_of_key(redis: aioredis.Redis, key: str) -> ClusterNode:
     return node
 
 
+UNCAPPED = 2**31
+"""A cluster node's connections: a bound no burst of calls reaches (redis-py's default, 100,
+fails the call beyond it instead of waiting)."""
+
+
 def cluster_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
     """A Redis Cluster client, typed as a `Redis`: it offers the same commands, scripts and
     pipelines (a pipeline sends each slot's commands to that slot's node).
@@ -565,6 +570,7 @@ def cluster_from_url(url: str, **kwargs: Any) -> aioredis.Redis:
     """
     parsed = parse_cluster_url(url)
     options = dict(kwargs)
+    options.setdefault("max_connections", UNCAPPED)
     if parsed.tls:
         options.update(ssl=True, **dict(parsed.tls_options))
     client = _SlotMapFirst(

@@ -26,6 +26,7 @@ import random
 import re
 import time
 import uuid
+import weakref
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -63,6 +64,10 @@ MAX_ATTEMPTS_LIMIT = 100
 """Completions per script call of a group commit."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
+SUBSCRIBED_WAITS = 32
+"""Waits of one client that hold a subscription to their queue's finishes; more poll the task
+once a second. A subscription holds a pooled connection while its wait reads the task on
+another: with as many waits as the pool has connections, none could read."""
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 """What `submit` returns: a random UUID in 32 lowercase hexadecimal digits."""
@@ -623,7 +628,10 @@ class TaskQueue:
         The loop also checks the deadline itself: on Python 3.11 a cancellation that meets a
         finishing ``asyncio.wait_for`` inside redis-py is dropped, and the timeout's single
         cancellation with it."""
-        done = DoneSignal(self.redis, self.prefix + "done")
+        subscribed = _SUBSCRIBED_WAITS.get(self.redis, 0) < SUBSCRIBED_WAITS
+        done = DoneSignal(self.redis, self.prefix + "done", poll=not subscribed)
+        if subscribed:
+            _SUBSCRIBED_WAITS[self.redis] = _SUBSCRIBED_WAITS.get(self.redis, 0) + 1
         deadline = None if timeout is None else time.monotonic() + timeout
         failing_since: float | None = None
         reached = False
@@ -632,7 +640,7 @@ class TaskQueue:
             async with asyncio.timeout(timeout):
                 while True:
                     try:
-                        if time.monotonic() - listened > LISTEN_SECONDS / 3:
+                        if subscribed and time.monotonic() - listened > LISTEN_SECONDS / 3:
                             await done.subscribe()
                             await self.listen_for_finishes()
                             listened = time.monotonic()
@@ -653,6 +661,8 @@ class TaskQueue:
                             raise
                         await asyncio.sleep(0.2)
         finally:
+            if subscribed:
+                _SUBSCRIBED_WAITS[self.redis] -= 1
             await done.aclose()
 
     async def listen_for_finishes(self) -> None:
@@ -986,6 +996,10 @@ async def _news_of(done: DoneSignal, task_id: str, deadline: float | None) -> No
         pass
 
 
+_SUBSCRIBED_WAITS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+"""Waits holding a subscription, per client (see SUBSCRIBED_WAITS)."""
+
+
 def _time_left(deadline: float | None, at_most: float) -> float:
     """Seconds until `deadline` (monotonic), at most `at_most`; TimeoutError once it passed."""
     if deadline is None:
@@ -1005,12 +1019,13 @@ class DoneSignal:
     returns None after each `timeout` and the caller polls.
     """
 
-    def __init__(self, redis: aioredis.Redis, channel: str) -> None:
+    def __init__(self, redis: aioredis.Redis, channel: str, *, poll: bool = False) -> None:
+        """`poll`: no subscription (no connection held); `next` only waits out its timeout."""
         self._redis = redis
-        self._pubsub: Any = redis.pubsub()
+        self._pubsub: Any = None if poll else redis.pubsub()
         self._channel = channel
         self._cluster = is_cluster(redis)
-        self._state = "new"
+        self._state = "polling" if poll else "new"
 
     async def subscribe(self) -> None:
         """Subscribe now (else the first `next` does): ids published from here on arrive."""
@@ -1042,7 +1057,8 @@ class DoneSignal:
         return None if message is None else _s(message["data"])
 
     async def aclose(self) -> None:
-        await self._pubsub.aclose()
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
 
 
 _QUEUE_MARK = re.compile(r"^ap:\{([A-Za-z0-9][A-Za-z0-9._-]{0,99})\}:(?:seq|stats|config|workers)$")

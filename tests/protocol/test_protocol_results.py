@@ -204,3 +204,25 @@ async def test_get_many_reads_tasks_in_the_order_asked_and_skips_unknown_ids(
         (second, {"n": 2}, 3), (first, {"n": 1}, 0),
     ]
     assert infos == [await queue.get(second), await queue.get(first)]
+
+
+async def test_more_waits_than_the_pool_has_connections_all_return(
+    queue: TaskQueue, redis_url: str,
+) -> None:
+    """Each subscribed wait holds a pooled connection while it reads the task on another: 150
+    waits on a pool of 100 once took every connection and none could read. Past
+    SUBSCRIBED_WAITS, waits poll instead; every one returns, and other calls go on."""
+    ids = await queue.submit_many(range(150))
+    waits = [asyncio.ensure_future(queue.wait(task_id, timeout=30)) for task_id in ids]
+    worker = TaskQueue(redis_from_url(redis_url), queue.name)
+    try:
+        batch = await worker.claim("pod-w:i1", 150, 30)
+        assert await worker.complete_many([(t, t.id) for t in batch.tasks]) == [True] * 150
+        assert (await asyncio.wait_for(queue.figures(), 5)).stats["succeeded"] == 150
+        done = await asyncio.wait_for(asyncio.gather(*waits), 15)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+        await worker.redis.aclose()
+    assert [info.result for info in done] == ids
+    assert protocol._SUBSCRIBED_WAITS.get(queue.redis, 0) == 0
