@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import functools
 import json
+import math
 import os
 import signal
 import sys
@@ -35,9 +36,11 @@ EXIT_INTERRUPTED = 130
 ENV_QUEUE = "AGENTPOOL_QUEUE"
 CLI_CONNECT_TIMEOUT = 5.0
 PIPE_WIDTH = 200
+MAX_INTERVAL = 3600.0
 CLI_CLIENT_NAME = "agentpool-cli"
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 
 class UsageError(Exception):
@@ -74,13 +77,46 @@ def add_output_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def number(kind: Callable[[str], N], *, low: float | None = None, high: float | None = None,
+           above: float | None = None, below: float | None = None) -> Callable[[str], N]:
+    """An argparse type for a finite number within bounds: `low`/`high` are inclusive,
+    `above`/`below` exclusive. NaN and infinity are refused, since every comparison with NaN
+    is false and would let it through."""
+    limits = []
+    if low is not None:
+        limits.append(f"at least {low:g}")
+    if above is not None:
+        limits.append(f"more than {above:g}")
+    if high is not None:
+        limits.append(f"at most {high:g}")
+    if below is not None:
+        limits.append(f"less than {below:g}")
+    wanted = " and ".join(limits)
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if ((low is not None and value < low) or (high is not None and value > high)
+                or (above is not None and value <= above)
+                or (below is not None and value >= below)):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    return parse
+
+
 def add_watch_options(parser: argparse.ArgumentParser, interval: float = 2.0) -> None:
     parser.add_argument(
         "-w", "--watch", action="store_true",
         help="refresh in place until Ctrl-C (with -o json: one JSON document per line)",
     )
     parser.add_argument(
-        "--interval", type=float, default=interval, metavar="SECONDS",
+        "--interval", type=number(float, above=0, high=MAX_INTERVAL), default=interval,
+        metavar="SECONDS",
         help=f"seconds between refreshes with --watch (default {interval:g})",
     )
 
@@ -288,6 +324,38 @@ def render(grids: Grid | list[Grid]) -> RenderableType:
     return items[0] if len(items) == 1 else Group(*items)
 
 
+UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+               ConnectionError, TimeoutError)
+
+
+class Outage:
+    """A --watch view's Redis going away and coming back: the view stays and retries every
+    refresh; with `say`, what is wrong goes to stderr once per outage (JSON lines, where the
+    view has no place for it)."""
+
+    def __init__(self, url: str | None, interval: float, *, say: bool) -> None:
+        self.url = url
+        self.interval = interval
+        self.say = say
+        self.problem: str | None = None
+
+    async def take(self, take: Callable[[], Awaitable[T]]) -> tuple[T | None, str | None]:
+        """A snapshot, or None and what is wrong while Redis cannot be reached."""
+        try:
+            data = await take()
+        except UNREACHABLE as exc:
+            problem = (f"{redis_failure(self.url, exc)}; still watching, retrying every "
+                       f"{self.interval:g}s")
+            if self.say and problem != self.problem:
+                error_line(problem)
+            self.problem = problem
+            return None, problem
+        if self.say and self.problem is not None:
+            error_line("Redis answers again")
+            self.problem = None
+        return data, None
+
+
 async def show(
     args: argparse.Namespace,
     snapshot: Callable[[], Awaitable[T]],
@@ -304,6 +372,7 @@ async def show(
     watch = bool(getattr(args, "watch", False))
     interval = max(0.1, float(getattr(args, "interval", 2.0)))
     said = False
+    outage = Outage(redis_url(args), interval, say=args.output == "json")
 
     async def take() -> T:
         nonlocal said
@@ -318,16 +387,27 @@ async def show(
         return data
 
     if args.output == "json":
+        if not watch:
+            print_json(to_json(await take()))
+            return EXIT_OK
+        latest: T | None = await take()
         while True:
-            print_json(to_json(await take()), one_line=watch)
-            if not watch:
-                return EXIT_OK
+            if latest is not None:
+                print_json(to_json(latest), one_line=True)
             await asyncio.sleep(interval)
+            latest, _ = await outage.take(take)
     first = render(grids(await take()))
     if not watch:
         emit(first)
         return EXIT_OK
+    shown = first
     with Live(first, console=stdout_console(), auto_refresh=False, transient=False) as live:
         while True:
             await asyncio.sleep(interval)
-            live.update(render(grids(await take())), refresh=True)
+            fresh, problem = await outage.take(take)
+            if fresh is not None:
+                shown = render(grids(fresh))
+                live.update(shown, refresh=True)
+            else:
+                live.update(Group(shown, Text(""), Text(problem or "", style="bold red")),
+                            refresh=True)

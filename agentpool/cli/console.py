@@ -14,12 +14,15 @@ import signal
 import sys
 from pathlib import Path
 
+import redis.exceptions
+
 from agentpool.cli.common import (
     CLI_CONNECT_TIMEOUT,
     CommandFailed,
     UsageError,
     add_redis_option,
     command,
+    redis_failure,
     redis_url,
 )
 from agentpool.client import Client
@@ -94,6 +97,16 @@ def check_args(args: argparse.Namespace) -> None:
                          "AGENTPOOL_REDIS_URL")
 
 
+async def redis_problem(client: Client) -> str | None:
+    """Why Redis does not answer the console right now, None when it does."""
+    try:
+        async with asyncio.timeout(CLI_CONNECT_TIMEOUT + 1):
+            await client.redis.ping()
+    except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        return redis_failure(client.url, exc)
+    return None
+
+
 @command
 async def run(args: argparse.Namespace) -> int:
     check_args(args)
@@ -110,7 +123,7 @@ async def run(args: argparse.Namespace) -> int:
         try:
             kube = await asyncio.to_thread(KubeReader.from_config, args.kubeconfig,
                                            args.context)
-        except CommandFailed as exc:
+        except (CommandFailed, UsageError) as exc:
             if args.kubeconfig or args.context or args.namespace or args.all_namespaces:
                 raise
             print(f"agentpool console: pools from Redis alone ({exc})", file=sys.stderr)
@@ -119,6 +132,7 @@ async def run(args: argparse.Namespace) -> int:
                                                             or [kube.default_namespace])
     client = Client.from_url(redis_url(args), connect_timeout=CLI_CONNECT_TIMEOUT,
                              client_name="agentpool-console")
+    problem = await redis_problem(client)
     sources = Sources(client.redis, kube=kube, namespaces=namespaces, queues=args.queue or ())
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     runner = web.AppRunner(build_app(sources, ConsoleConfig(token=token, loopback_only=loopback)),
@@ -136,6 +150,9 @@ async def run(args: argparse.Namespace) -> int:
         mode = "write actions enabled (token required)" if token else "read-only"
         where = f"pools from Kubernetes ({kube.host})" if kube else "pools from Redis"
         print(f"agentpool console: http://{host}:{port}/ ({mode}; {where})", flush=True)
+        if problem:
+            print(f"agentpool console: warning: {problem} (serving anyway: every request "
+                  "asks Redis again)", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()

@@ -21,6 +21,8 @@ from agentpool.models import AgentPoolStatus, parse_rfc3339
 from agentpool.protocol import QueueFigures
 
 DEFAULT_RATE_WINDOW = 300.0
+MAX_WINDOW = 86400.0
+"""The longest --window a rate may span (one day of refreshes kept)."""
 
 
 @dataclass(frozen=True)

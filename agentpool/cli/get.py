@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 from agentpool.cli.common import (
@@ -23,6 +24,18 @@ from agentpool.cli.common import (
 from agentpool.cli.views import ended_line, event_json, event_line, task_detail_grid, task_json
 from agentpool.protocol import TaskInfo, TaskNotFound, TaskQueue
 
+EVENT_ID = re.compile(r"(\d+)-(\d+)")
+
+
+def event_id(text: str) -> str:
+    """An event id as --follow prints them: `<milliseconds>-<sequence>`."""
+    match = EVENT_ID.fullmatch(text.strip())
+    if match is None or max(int(match[1]), int(match[2])) >= 1 << 64:
+        raise argparse.ArgumentTypeError(
+            f"invalid event id {text!r}: an event id is <milliseconds>-<sequence>, as "
+            "--follow -o json prints it (e.g. 1700000000000-0)")
+    return match[0]
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -37,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("task_id", metavar="TASK_ID", help="the id submit printed (32 hex digits)")
     parser.add_argument("-f", "--follow", action="store_true",
                         help="print the task's events live until it is final")
-    parser.add_argument("--after", metavar="EVENT_ID",
+    parser.add_argument("--after", metavar="EVENT_ID", type=event_id,
                         help="with --follow: start after this event id (default: the first)")
     add_output_option(parser)
     parser.set_defaults(func=run)

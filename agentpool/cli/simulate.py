@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from agentpool.cli.common import number
 from agentpool.cli.simulate_plot import PlotUnavailable, require_matplotlib, write_plot
 from agentpool.models import ScalingSpec, WorkerSpec
 from agentpool.scaling.policy import ScalingPolicy
@@ -22,6 +24,7 @@ from agentpool.scaling.simulation import (
     Comparison,
     KedaSettings,
     RunResult,
+    TraceTask,
     compare,
     parse_trace,
 )
@@ -40,6 +43,11 @@ ROWS = [
 ]
 
 
+DAY = 86400.0
+MAX_CONCURRENCY = 1000
+MAX_SAMPLES = 200_000
+"""Samples of one run's timeline (--timeline, --plot) at most."""
+
 COLUMN_TITLES = {
     "agentpool": "agentpool",
     "agentpool-unaware": "agentpool, blind to the limit",
@@ -47,7 +55,8 @@ COLUMN_TITLES = {
 }
 TRACE_HELP = (
     "TRACE.csv has one task per row: arrival_seconds,service_seconds (when the task arrives, "
-    "counted from the start of the trace, and how long it runs once a worker has it). One header "
+    "counted from the start of the trace, at most 30 days, and how long it runs once a worker "
+    "has it). One header "
     "row, blank lines and '#' comments are skipped. Sample traces (steady, bursty, "
     "diurnal, the long agent runs of longrun, heavytail and mixed, and ratelimited, made "
     "for --rate-limit 120/min) are in the source "
@@ -71,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("trace", type=Path, metavar="TRACE.csv",
                         help="the arrival trace, e.g. bench/traces/bursty.csv")
     pool = parser.add_argument_group("pool (as in the AgentPool spec; defaults are the spec's)")
-    pool.add_argument("--concurrency", type=int, default=_default(WorkerSpec, "concurrency"),
+    pool.add_argument("--concurrency", type=number(int, low=1, high=MAX_CONCURRENCY),
+                      default=_default(WorkerSpec, "concurrency"),
                       metavar="N",
                       help="tasks per pod (default %(default)s)")
     pool.add_argument("--min-replicas", type=int, metavar="N",
@@ -86,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       default=_default(ScalingSpec, "activation_depth"),
                       help="a pool at zero wakes when more tasks than this are queued "
                       "(default %(default)s)")
-    pool.add_argument("--poll-seconds", type=float,
+    pool.add_argument("--poll-seconds", type=number(float, above=0),
                       default=_default(ScalingSpec, "poll_seconds"), metavar="SECONDS",
                       help="how often the queue depth is measured (default %(default)s)")
     pool.add_argument("--scale-up-cooldown", type=int, metavar="SECONDS",
@@ -106,7 +116,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="most pods removed by one decision (default: unlimited)")
     cluster = parser.add_argument_group("cluster and baseline")
     cluster.add_argument(
-        "--startup-seconds", type=float, default=20, metavar="SECONDS",
+        "--startup-seconds", type=number(float, low=0, high=DAY), default=20,
+        metavar="SECONDS",
         help="pod start to ready (default %(default)s)",
     )
     cluster.add_argument(
@@ -115,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "e.g. 600/min or 10/s; adds a run of our policy blind to it (default: none)",
     )
     cluster.add_argument(
-        "--rate-limit-burst", type=float, metavar="GRANTS", default=None,
+        "--rate-limit-burst", type=number(float, low=1), metavar="GRANTS", default=None,
         help="grants the limit lets go at once after a quiet spell (default: one second of "
         "the rate, at least 1)",
     )
@@ -128,7 +139,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     cluster.add_argument(
         "--keda-grace-seconds",
-        type=float,
+        type=number(float, low=0, high=DAY),
         default=30,
         metavar="SECONDS",
         help="terminationGracePeriodSeconds of the baseline's pods (default %(default)s)",
@@ -148,7 +159,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--sample-seconds",
-        type=float,
+        type=number(float, above=0),
         default=2,
         metavar="SECONDS",
         help="time between samples of --timeline and --plot (default %(default)s)",
@@ -160,10 +171,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.plot is not None:
             require_matplotlib()
-        if not args.sample_seconds > 0:
-            raise ValueError("--sample-seconds must be positive")
         with args.trace.open() as lines:
             trace = parse_trace(lines)
+        timeline = args.plot is not None or (args.timeline and args.output == "json")
+        if timeline:
+            check_samples(trace, args.sample_seconds)
         policy = ScalingPolicy.from_spec(_scaling_spec(args), args.concurrency)
         burst = args.rate_limit_burst
         if args.rate_limit is not None and burst is None:
@@ -176,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             sample_seconds=args.sample_seconds,
             rate_limit_per_minute=args.rate_limit,
             rate_limit_burst=burst or 1.0,
+            timeline=timeline,
         )
         keda = KedaSettings(metric=args.keda_metric, grace_seconds=args.keda_grace_seconds)
     except (OSError, ValueError, PlotUnavailable) as error:
@@ -196,6 +209,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_samples(trace: list[TraceTask], sample_seconds: float) -> None:
+    """Refuse a --sample-seconds that would take more samples than a timeline holds."""
+    span = max((task.arrival + task.service for task in trace), default=0.0)
+    if span / sample_seconds > MAX_SAMPLES:
+        raise ValueError(
+            f"--sample-seconds {sample_seconds:g} samples this {span:g} s trace more than "
+            f"{MAX_SAMPLES} times: use at least {math.ceil(span / MAX_SAMPLES)}"
+        )
+
+
 def _rate(text: str) -> float:
     """`600/min`, `10/s` or `36000/h` as grants per minute."""
     number, _, unit = text.partition("/")
@@ -204,7 +227,7 @@ def _rate(text: str) -> float:
         value = float(number)
     except ValueError:
         value = -1.0
-    if unit.strip().lower() not in per or not value > 0:
+    if unit.strip().lower() not in per or not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(
             f"expected a rate such as 600/min or 10/s, got {text!r}")
     return value * per[unit.strip().lower()]

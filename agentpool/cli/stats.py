@@ -13,10 +13,11 @@ from agentpool.cli.common import (
     command,
     connect,
     never_used,
+    number,
     queue_name,
     show,
 )
-from agentpool.cli.fleet import CounterSample, Rates, RateTracker
+from agentpool.cli.fleet import MAX_WINDOW, CounterSample, Rates, RateTracker
 from agentpool.cli.views import Grid, figures_grid, figures_json
 from agentpool.protocol import QueueFigures
 
@@ -34,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_queue_options(parser)
     add_output_option(parser)
     add_watch_options(parser)
-    parser.add_argument("--window", type=float, default=300, metavar="SECONDS",
+    parser.add_argument("--window", type=number(float, above=0, high=MAX_WINDOW), default=300,
+                        metavar="SECONDS",
                         help="with --watch: span of the rates (default 300)")
     parser.set_defaults(func=run)
 

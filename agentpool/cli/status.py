@@ -37,11 +37,13 @@ from agentpool.cli.common import (
     command,
     connect,
     never_used,
+    number,
     redis_failure,
     redis_url,
 )
 from agentpool.cli.common import show as show_view
 from agentpool.cli.fleet import (
+    MAX_WINDOW,
     CounterSample,
     PoolSummary,
     RateTracker,
@@ -50,12 +52,14 @@ from agentpool.cli.fleet import (
 )
 from agentpool.cli.views import FleetRow, Grid, fleet_grid, fleet_json
 from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
+from agentpool.kubeconfig import kubeconfig_problem
 from agentpool.models import GROUP, PLURAL, VERSION
 from agentpool.protocol import TaskQueue
 from agentpool.urls import redact_url
 
 REQUEST_TIMEOUT = 15.0
 POOL_REDIS_TIMEOUT = 3.0
+MAX_SAMPLE = 3600.0
 IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 Snapshot = tuple[list[FleetRow], float]
@@ -86,10 +90,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_redis_option(parser, help_text="with --queue: the Redis to read (default: "
                      "$AGENTPOOL_REDIS_URL); with a cluster: read every pool's counters from "
                      "this Redis instead of the pool's own (e.g. a port-forward)")
-    parser.add_argument("--sample", type=float, default=3.0, metavar="SECONDS",
+    parser.add_argument("--sample", type=number(float, low=0, high=MAX_SAMPLE), default=3.0,
+                        metavar="SECONDS",
                         help="seconds between the two counter samples behind the rates "
                         "(default 3; 0 = no rates unless --watch)")
-    parser.add_argument("--window", type=float, default=300.0, metavar="SECONDS",
+    parser.add_argument("--window", type=number(float, above=0, high=MAX_WINDOW),
+                        default=300.0, metavar="SECONDS",
                         help="with --watch: span of the rates (default 300)")
     add_output_option(parser)
     add_watch_options(parser)
@@ -155,6 +161,11 @@ class KubeReader:
                 namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
         except kube.config.ConfigException as exc:
             raise CommandFailed(f"unusable Kubernetes configuration: {exc}") from None
+        except Exception as exc:
+            problem = kubeconfig_problem(exc)
+            if problem is None:
+                raise
+            raise UsageError(f"the kubeconfig {path} is {problem}") from None
         return cls(kube.client.ApiClient(configuration=configuration), namespace)
 
     @property

@@ -19,6 +19,7 @@ from agentpool.cli.common import (
     command,
     connect,
     error_line,
+    number,
     print_view,
     queue_name,
 )
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="JSON lines, one payload per line; '-' reads stdin")
     parser.add_argument("-p", "--priority", type=int, default=0,
                         help="0-9, higher runs first (default 0)")
-    parser.add_argument("--delay", type=float, default=0, metavar="SECONDS",
+    parser.add_argument("--delay", type=number(float, low=0), default=0, metavar="SECONDS",
                         help="run no earlier than this many seconds from now")
     parser.add_argument("--idempotency-key", metavar="KEY",
                         help="a key seen before returns the existing task's id (single task)")
@@ -61,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="attempts before dead-lettering (default: the pool's setting)")
     parser.add_argument("--wait", action="store_true",
                         help="wait for the tasks to finish; exit 1 unless all succeeded")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+    parser.add_argument("--timeout", type=number(float, low=0), metavar="SECONDS",
                         help="with --wait: give up after this many seconds (exit 1)")
     add_output_option(parser)
     parser.set_defaults(func=run)
@@ -79,9 +80,9 @@ def parse_json_payload(text: str, where: str) -> Any:
 def parse_json_lines(lines: Iterable[str], source: str) -> list[tuple[str, Any]]:
     """Payloads of a JSON-lines text, each with where it came from; blank lines are skipped."""
     payloads = []
-    for number, line in enumerate(lines, start=1):
+    for line_number, line in enumerate(lines, start=1):
         if line.strip():
-            where = f"line {number} of {source}"
+            where = f"line {line_number} of {source}"
             payloads.append((where, parse_json_payload(line, where)))
     return payloads
 

@@ -13,6 +13,7 @@ from agentpool.cli.common import (
     command,
     connect,
     error_line,
+    number,
     queue_name,
     task_id,
 )
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_queue_options(parser)
     parser.add_argument("task_id", metavar="TASK_ID", help="the id submit printed (32 hex digits)")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+    parser.add_argument("--timeout", type=number(float, low=0), metavar="SECONDS",
                         help="give up after this many seconds (default: wait forever)")
     add_output_option(parser)
     parser.set_defaults(func=run)

@@ -65,6 +65,9 @@ from agentpool.scaling.scaledown import PodLoad, plan_drains, serving_view
 WAIT_WINDOW = 60.0
 """Seconds of run time the waiting share covers (as agentpool_worker.limits reports it)."""
 LIMIT_NAME = "llm"
+MAX_TRACE_DAYS = 30
+MAX_ARRIVAL_SECONDS = MAX_TRACE_DAYS * 86400.0
+"""The latest arrival a trace may have: both autoscalers tick from 0 to the last arrival."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,12 @@ def parse_trace(lines: Iterable[str]) -> list[TraceTask]:
         header_allowed = False
         if not (math.isfinite(arrival) and math.isfinite(service)) or min(arrival, service) < 0:
             raise ValueError(f"line {number}: times must be finite and non-negative")
+        if arrival > MAX_ARRIVAL_SECONDS:
+            raise ValueError(
+                f"line {number}: arrival {arrival:g} s is more than {MAX_TRACE_DAYS} days after "
+                "the trace's start: arrival_seconds counts from the trace's start, not a "
+                "clock (subtract the first arrival from every arrival)"
+            )
         tasks.append(TraceTask(arrival, service))
     return sorted(tasks, key=lambda task: task.arrival)
 
@@ -112,6 +121,8 @@ class Cluster:
     """Grants per minute of a shared rate limit every run waits on; None: no limit."""
     rate_limit_burst: float = 1.0
     """Grants the limit's bucket holds (its burst)."""
+    timeline: bool = True
+    """Sample the run every `sample_seconds` into `RunResult.timeline` (else it stays empty)."""
 
 
 @dataclass(frozen=True)
@@ -548,7 +559,8 @@ def simulate(
     for index, task in enumerate(trace):
         run.push(task.arrival, _Kind.ARRIVAL, index)
     run.push(0.0, _Kind.TICK)
-    run.push(0.0, _Kind.SAMPLE)
+    if cluster.timeline:
+        run.push(0.0, _Kind.SAMPLE)
     give_up = (trace[-1].arrival if trace else 0.0) + cluster.give_up_after_seconds
     now = 0.0
     while run.events and not run.settled():
@@ -569,7 +581,8 @@ def simulate(
             run.timeline.append(_sample(run, now))
             run.push(now + cluster.sample_seconds, _Kind.SAMPLE)
         run.dispatch(now)
-    run.timeline.append(_sample(run, now))
+    if cluster.timeline:
+        run.timeline.append(_sample(run, now))
     return RunResult(
         name=scaler.name,
         waits=tuple(run.waits[task] for task in sorted(run.waits)),

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from agentpool.kubeconfig import kubeconfig_problem
 from agentpool.models import GROUP, PLURAL, VERSION
 
 Body = dict[str, Any]
@@ -24,18 +25,35 @@ MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30.0
 
 
+class KubeconfigError(Exception):
+    """The kubeconfig exists but cannot be read."""
+
+
 def load_configuration() -> Any:
-    """In-cluster service account if there is one, else the kubeconfig ($KUBECONFIG, read now)."""
+    """In-cluster service account if there is one, else the kubeconfig ($KUBECONFIG, read now).
+
+    Raises KubeconfigError, saying which file and what is wrong, for a kubeconfig that is not
+    YAML or not a kubeconfig at all.
+    """
     configuration = kubernetes.client.Configuration()
     try:
         kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration
         )
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=os.environ.get("KUBECONFIG") or None,
-            client_configuration=configuration,
-        )
+        path = os.environ.get("KUBECONFIG") or None
+        try:
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=path, client_configuration=configuration,
+            )
+        except kubernetes.config.ConfigException:
+            raise
+        except Exception as error:
+            problem = kubeconfig_problem(error)
+            if problem is None:
+                raise
+            shown = f"$KUBECONFIG ({path})" if path else "~/.kube/config"
+            raise KubeconfigError(f"the kubeconfig {shown} is {problem}") from None
     return configuration
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 import socket
@@ -24,8 +25,8 @@ from . import metrics
 from . import pod_events as _pod_events  # noqa: F401  (registers the pod event handler)
 from .context import OperatorContext
 from .deployment import POOL_LABEL
-from .kube import KubeApi
-from .settings import OperatorSettings, load_settings
+from .kube import KubeApi, KubeconfigError
+from .settings import ENV_PREFIX, OperatorSettings, load_settings
 
 FINALIZER = f"{GROUP}/finalizer"
 REPORTING_COMPONENT = "agentpool-operator"
@@ -88,6 +89,10 @@ def configure_logging(level: str) -> None:
         logger.addFilter(routine)
 
 
+class PortUnavailable(Exception):
+    """The operator cannot listen on its configured port."""
+
+
 async def run(
     config: OperatorSettings,
     *,
@@ -98,7 +103,15 @@ async def run(
     kube = await asyncio.to_thread(KubeApi.from_environment)
     ctx = OperatorContext(settings=config, kube=kube)
     metrics.count_redis_clients(ctx.redis)
-    server = await metrics.serve(config.port)
+    try:
+        server = await metrics.serve(config.port)
+    except OSError as error:
+        await ctx.close()
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise PortUnavailable(
+            f"cannot serve /healthz and /metrics on port {config.port} "
+            f"({ENV_PREFIX}PORT): {reason}"
+        ) from None
     try:
         await kopf.operator(
             settings=kopf_settings(config),
@@ -118,6 +131,9 @@ def main() -> None:
     configure_logging(config.log_level)
     try:
         asyncio.run(run(config))
+    except (KubeconfigError, PortUnavailable) as error:
+        print(f"agentpool-operator: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except kubernetes.config.ConfigException as error:
         print(
             "agentpool-operator: no Kubernetes credentials: not in a cluster, and no usable "

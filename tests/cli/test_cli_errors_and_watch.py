@@ -11,6 +11,7 @@ import pytest
 from cli_helpers import Cli, wait_until, with_queue
 
 from agentpool.cli.common import CLI_CLIENT_NAME
+from agentpool.cli.get import event_id
 from agentpool.protocol import TaskQueue, key_prefix
 from agentpool.redis_server import RedisServer, free_port
 
@@ -107,6 +108,45 @@ def test_invalid_queue_name_is_a_usage_error(cli: Cli) -> None:
     assert result.err.startswith("agentpool: invalid queue name 'bad name!'")
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["submit", "--json", "1", "--delay=nan"], "argument --delay: must be a finite number, "
+     "got nan"),
+    (["submit", "--json", "1", "--delay=inf"], "argument --delay: must be a finite number, "
+     "got inf"),
+    (["submit", "--json", "1", "--delay=-5"], "argument --delay: must be at least 0, got -5"),
+    (["submit", "--json", "1", "--wait", "--timeout=-1"],
+     "argument --timeout: must be at least 0, got -1"),
+    (["submit", "--json", "1", "--wait", "--timeout=nan"],
+     "argument --timeout: must be a finite number, got nan"),
+    (["wait", SOME_ID, "--timeout=nan"], "argument --timeout: must be a finite number, got nan"),
+    (["get", SOME_ID, "--follow", "--after", "bogus"],
+     "argument --after: invalid event id 'bogus': an event id is <milliseconds>-<sequence>, "
+     "as --follow -o json prints it (e.g. 1700000000000-0)"),
+    (["get", SOME_ID, "--follow", "--after", "1-99999999999999999999"],
+     "argument --after: invalid event id '1-99999999999999999999': an event id is "
+     "<milliseconds>-<sequence>, as --follow -o json prints it (e.g. 1700000000000-0)"),
+    (["stats", "--watch", "--interval=inf"], "argument --interval: must be a finite number, "
+     "got inf"),
+    (["stats", "--watch", "--window=nan"], "argument --window: must be a finite number, "
+     "got nan"),
+    (["status", "--sample=nan"], "argument --sample: must be a finite number, got nan"),
+])
+def test_a_bad_number_or_event_id_is_refused_before_anything_is_sent(
+    cli: Cli, argv: list[str], message: str,
+) -> None:
+    cli.capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.raw(*argv[:1], "--redis-url", cli.redis_url, "--queue", cli.queue, *argv[1:])
+    assert exited.value.code == 2
+    assert cli.capsys.readouterr().err.splitlines()[-1] == f"agentpool {argv[0]}: error: {message}"
+    assert not with_queue(cli.redis_url, cli.queue, TaskQueue.used)
+
+
+def test_an_event_id_as_follow_prints_it_is_accepted() -> None:
+    assert event_id("1700000000000-0") == "1700000000000-0"
+    assert event_id(" 0-0 ") == "0-0"
+
+
 def spawn(*argv: str) -> subprocess.Popen[str]:
     code = "import sys; from agentpool.cli.main import main; sys.exit(main())"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
@@ -126,6 +166,55 @@ def test_watch_json_streams_lines_until_ctrl_c(cli: Cli) -> None:
     docs = [json.loads(line) for line in lines]
     assert all(d["queue"] == cli.queue for d in docs)
     assert "rates" in docs[-1]
+
+
+@pytest.mark.parametrize("verb", ["stats", "workers"])
+def test_watch_keeps_going_while_redis_is_down_and_says_so(cli: Cli, verb: str) -> None:
+    server = RedisServer().start()
+    url = server.url
+    try:
+        with_queue(url, cli.queue, lambda q: q.submit(1))
+        proc = spawn(verb, "--redis-url", url, "--queue", cli.queue, "--watch",
+                     "--interval", "0.1", "-o", "json")
+        assert proc.stdout is not None and proc.stderr is not None
+        assert json.loads(proc.stdout.readline())
+        server.close()
+        assert proc.stderr.readline() == (
+            f"agentpool: cannot reach Redis at {url}: Connection refused; still watching, "
+            "retrying every 0.1s\n")
+        server = RedisServer(port=server.port).start()
+        assert [proc.stderr.readline() for _ in range(2)] == [
+            never_used_line(cli.queue) + " (this Redis database has no queues yet); watching "
+            "for it\n",
+            "agentpool: Redis answers again\n"]
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+        assert proc.returncode == 0
+    finally:
+        server.close()
+
+
+def test_watch_table_shows_that_redis_is_down_under_the_last_view(cli: Cli) -> None:
+    with RedisServer() as server:
+        url = server.url
+        with_queue(url, cli.queue, lambda q: q.submit(1))
+        proc = spawn("stats", "--redis-url", url, "--queue", cli.queue, "--watch",
+                     "--interval", "0.1")
+
+        async def cli_connections(q: TaskQueue) -> int:
+            clients = await q.redis.client_list()
+            return sum(c.get("name") == CLI_CLIENT_NAME for c in clients)
+
+        wait_until(lambda: with_queue(url, cli.queue, cli_connections) > 0, within=20)
+    time.sleep(0.5)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert (proc.returncode, err) == (0, "")
+    assert f"Queue {cli.queue}" in out
+    assert out.rstrip().endswith(f"cannot reach Redis at {url}: Connection refused; still "
+                                 "watching, retrying every 0.1s")
 
 
 def test_watch_table_refreshes_until_ctrl_c(cli: Cli) -> None:

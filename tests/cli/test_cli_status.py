@@ -226,3 +226,21 @@ def test_status_with_an_unreachable_api_server(cli: Cli, tmp_path: Path) -> None
     missing = cli.raw("status", "--kubeconfig", str(tmp_path / "nope"))
     assert (missing.code, missing.err_lines) == (
         1, [f"agentpool: kubeconfig {tmp_path / 'nope'} not found"])
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("garbage: [\n", "is not valid YAML: expected the node content, but found '<stream end>' "
+                     "(line 2, column 1)"),
+    ("just a string\n", "is not a kubeconfig (a YAML mapping with clusters, contexts and "
+                        "users)"),
+])
+@pytest.mark.parametrize("verb", ["status", "console"])
+def test_an_unreadable_kubeconfig_is_a_usage_error(cli: Cli, tmp_path: Path, verb: str,
+                                                   content: str, problem: str) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(content)
+    console_port = ["--port", "0"] if verb == "console" else []
+    result = cli.raw(verb, "--kubeconfig", str(path), "--redis-url", cli.redis_url,
+                     *console_port)
+    assert (result.code, result.out) == (2, "")
+    assert result.err_lines == [f"agentpool: the kubeconfig {path} {problem}"]

@@ -6,12 +6,22 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agentpool.cli import simulate as simulate_command
 from agentpool.cli.main import build_parser, main
 from agentpool.models import ScalingSpec
-from agentpool.scaling.simulation import parse_trace
+from agentpool.scaling.policy import ScalingPolicy
+from agentpool.scaling.simulation import (
+    Cluster,
+    Comparison,
+    KedaAutoscaler,
+    KedaSettings,
+    parse_trace,
+    simulate,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,11 +101,75 @@ def test_the_cli_does_not_import_matplotlib() -> None:
     assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
 
 
-def test_simulate_refuses_a_non_positive_sample_period(
-    trace: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--sample-seconds", "0", "must be more than 0, got 0"),
+    ("--sample-seconds", "nan", "must be a finite number, got nan"),
+    ("--startup-seconds", "-1", "must be at least 0 and at most 86400, got -1"),
+    ("--startup-seconds", "nan", "must be a finite number, got nan"),
+    ("--startup-seconds", "inf", "must be a finite number, got inf"),
+    ("--keda-grace-seconds", "-5", "must be at least 0 and at most 86400, got -5"),
+    ("--poll-seconds", "nan", "must be a finite number, got nan"),
+    ("--rate-limit-burst", "inf", "must be a finite number, got inf"),
+    ("--rate-limit", "inf/min", "expected a rate such as 600/min or 10/s, got 'inf/min'"),
+    ("--concurrency", "0", "must be at least 1 and at most 1000, got 0"),
+])
+def test_simulate_refuses_nonsensical_numbers(
+    trace: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, expected: str,
 ) -> None:
-    assert main(["simulate", str(trace), "--sample-seconds", "0"]) == 2
-    assert "--sample-seconds must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["simulate", str(trace), f"{option}={value}"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"agentpool simulate: error: argument {option}: {expected}")
+
+
+@pytest.mark.parametrize("first", ["1700000000", "1e12"])
+def test_simulate_refuses_clock_times_as_arrivals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str,
+) -> None:
+    path = tmp_path / "clock.csv"
+    path.write_text(f"arrival_seconds,service_seconds\n{first},5\n")
+    assert main(["simulate", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"agentpool simulate: line 2: arrival {float(first):g} s is more than 30 days after "
+        "the trace's start: arrival_seconds counts from the trace's start, not a clock "
+        "(subtract the first arrival from every arrival)"]
+
+
+def test_simulate_refuses_more_timeline_samples_than_it_keeps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "month.csv"
+    path.write_text("0,5\n2500000,5\n")
+    argv = ["simulate", str(path), "-o", "json", "--timeline", "--sample-seconds", "2"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "agentpool simulate: --sample-seconds 2 samples this 2.5e+06 s trace more than "
+        "200000 times: use at least 13"]
+
+
+@pytest.mark.parametrize(("extra", "kept"), [
+    ([], False), (["-o", "json"], False), (["--timeline"], False),
+    (["-o", "json", "--timeline"], True),
+])
+def test_simulate_samples_a_timeline_only_when_asked(
+    trace: Path, capsys: pytest.CaptureFixture[str], extra: list[str], kept: bool,
+) -> None:
+    captured: list[Cluster] = []
+    real_compare = simulate_command.compare
+
+    def spy(*args: Any) -> Comparison:
+        captured.append(args[2])
+        return real_compare(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(simulate_command, "compare", spy)
+        assert main(["simulate", str(trace), *extra]) == 0
+    [cluster] = captured
+    assert cluster.timeline is kept
+    if not kept:
+        assert simulate(parse_trace(trace.open()), KedaAutoscaler(
+            ScalingPolicy.from_spec(ScalingSpec(), 4), KedaSettings()), cluster).timeline == ()
 
 
 def simulate_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from agentpool.console import app as console_app
 from agentpool.console.app import ConsoleConfig, build_app
 from agentpool.console.sources import CHECKPOINT_PREVIEW_BYTES, PAGE_SIZE, Sources
 from agentpool.protocol import TaskQueue, WorkerInfo, encode_checkpoint
+from agentpool.redis_server import RedisServer, free_port
 
 Client = TestClient  # type: ignore[type-arg]
 
@@ -285,6 +286,38 @@ def test_the_console_stops_on_sigterm_while_browsers_still_watch(redis_url: str)
     finally:
         console.kill()
         console.wait()
+
+
+@pytest.mark.parametrize(("url", "warning"), [
+    ("redis://:wrong-pw@127.0.0.1:{protected}/0",
+     "Redis at redis://:***@127.0.0.1:{protected}/0 refused the password"),
+    ("redis://:s3cret@127.0.0.1:{free}/0",
+     "cannot reach Redis at redis://:***@127.0.0.1:{free}/0: Connection refused"),
+])
+def test_a_redis_that_does_not_answer_at_start_is_one_warning_and_the_console_serves(
+    protected_redis: RedisServer, tmp_path: Path, url: str, warning: str,
+) -> None:
+    ports = {"protected": protected_redis.port, "free": free_port()}
+    err = tmp_path / "stderr"
+    with err.open("w") as stderr:
+        console = subprocess.Popen(
+            [str(Path(sys.executable).with_name("agentpool")), "console", "--redis-url",
+             url.format(**ports), "--redis-only", "--port", "0"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        assert console.stdout is not None
+        url_line = console.stdout.readline()
+        assert url_line.startswith("agentpool console: http://127.0.0.1:")
+        with urllib.request.urlopen(url_line.split()[2], timeout=10) as page:
+            assert page.status == 200
+        console.terminate()
+        assert console.wait(timeout=15) == 0
+    finally:
+        console.kill()
+        console.wait()
+    assert err.read_text() == (
+        f"agentpool console: warning: {warning.format(**ports)} (serving anyway: every "
+        "request asks Redis again)\n")
 
 
 async def test_a_loopback_console_refuses_other_host_names(redis: aioredis.Redis,

@@ -13,6 +13,8 @@ from rich.console import Console
 
 from agentpool.cli.demo.runner import DemoConfig, DemoError, redact, run_demo, task_payloads
 from agentpool.cli.demo.view import PlainReporter
+from agentpool.cli.main import main
+from agentpool.redis_server import RedisServer, free_port
 
 
 @pytest.fixture
@@ -71,3 +73,47 @@ def test_a_worker_that_cannot_start_fails_the_demo_cleanly(private_tmp: Path) ->
         run_demo(config, view)
     assert "cannot start: bad configuration" in str(caught.value)
     assert list(private_tmp.iterdir()) == []
+
+
+def demo(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["demo", "--no-console", "--no-live", *argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("url", "code", "expected"), [
+    ("redis://:wrong-pw@127.0.0.1:{protected}/0", 1,
+     "agentpool demo failed: Redis at redis://:***@127.0.0.1:{protected}/0 refused the "
+     "password"),
+    ("redis://:s3cret@127.0.0.1:{free}/0", 1,
+     "agentpool demo failed: cannot reach Redis at redis://:***@127.0.0.1:{free}/0: "
+     "Connection refused"),
+    ("redis://:s3cret@127.0.0.1:{protected}/0?foo=1", 2,
+     "agentpool demo failed: invalid Redis URL redis://:***@127.0.0.1:{protected}/0?foo=1: "
+     "unknown option 'foo'"),
+    ("http://user:s3cret@127.0.0.1:{free}/0", 2,
+     "agentpool demo failed: invalid Redis URL http://user:***@127.0.0.1:{free}/0"),
+])
+def test_an_unusable_redis_url_is_one_line_and_nothing_starts(
+    capsys: pytest.CaptureFixture[str], protected_redis: RedisServer, private_tmp: Path,
+    url: str, code: int, expected: str,
+) -> None:
+    ports = {"protected": protected_redis.port, "free": free_port()}
+    got, err = demo(capsys, "--redis-url", url.format(**ports))
+    lines = [line for line in err.splitlines() if line.startswith("agentpool demo failed")]
+    assert got == code
+    assert len(lines) == 1 and lines[0].startswith(expected.format(**ports)), err
+    assert "Traceback" not in err and "s3cret" not in err and "wrong-pw" not in err
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--mean-seconds", "--fail-rate"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_number_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], option: str, value: str,
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", f"{option}={value}"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"agentpool demo: error: argument {option}: must be a finite number, got {value}")

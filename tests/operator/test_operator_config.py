@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import kopf
 import pytest
@@ -69,21 +71,68 @@ def test_bad_value_is_one_line_and_status_2(
     assert expected in lines[0]
 
 
+def run_entrypoint(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("AGENTPOOL_OPERATOR_", "KUBERNETES_SERVICE_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-c", "from agentpool_operator.main import main; main()"],
+        env={**clean, "AGENTPOOL_OPERATOR_PORT": str(free_port()), **env},
+        capture_output=True, text=True, timeout=60,
+    )
+
+
 @pytest.mark.parametrize(("env", "code", "expected"), [
     ({"AGENTPOOL_OPERATOR_PORT": "eighty"}, 2, "AGENTPOOL_OPERATOR_PORT"),
     ({"KUBECONFIG": "/nonexistent/kubeconfig"}, 1, "no Kubernetes credentials"),
 ])
 def test_entrypoint_fails_with_one_line(env: dict[str, str], code: int, expected: str) -> None:
-    clean = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("AGENTPOOL_OPERATOR_", "KUBERNETES_SERVICE_"))
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", "from agentpool_operator.main import main; main()"],
-        env={**clean, "AGENTPOOL_OPERATOR_PORT": str(free_port()), **env},
-        capture_output=True, text=True, timeout=60,
-    )
+    result = run_entrypoint(env)
     assert result.returncode == code
     assert result.stderr.count("\n") == 1, result.stderr
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("garbage: [\n", "is not valid YAML: expected the node content, but found '<stream end>' "
+                     "(line 2, column 1)"),
+    ("just a string\n", "is not a kubeconfig (a YAML mapping with clusters, contexts and "
+                         "users)"),
+])
+def test_an_unreadable_kubeconfig_is_one_line_and_exit_2(
+    tmp_path: Path, content: str, expected: str,
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(content)
+    result = run_entrypoint({"KUBECONFIG": str(kubeconfig)})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr == (
+        f"agentpool-operator: the kubeconfig $KUBECONFIG ({kubeconfig}) {expected}\n")
+
+
+def test_a_busy_port_is_one_line_naming_the_port_and_the_setting(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_entrypoint({"KUBECONFIG": str(kubeconfig),
+                                 "AGENTPOOL_OPERATOR_PORT": str(port)})
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"agentpool-operator: cannot serve /healthz and /metrics on port {port} "
+        "(AGENTPOOL_OPERATOR_PORT): Address already in use\n")

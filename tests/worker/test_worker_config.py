@@ -212,3 +212,16 @@ async def test_what_exists_at_start_is_left_out_of_garbage_collection(
     finally:
         proc.close()
     assert done.result["frozen"] > 2 * done.result["watched"] > 0
+
+
+@pytest.mark.parametrize(("module", "reason"), [
+    ("handler_exits_at_import", "module 'handler_exits_at_import' called sys.exit(3) while "
+     "being imported"),
+    ("handler_interrupted_at_import", "KeyboardInterrupt"),
+])
+def test_a_handler_module_that_stops_its_import_is_one_line_and_exit_2(
+    module: str, reason: str,
+) -> None:
+    result = run_worker(base_env(handler=f"{module}:run"))
+    assert result.returncode == 2
+    assert result.stderr == f"agentpool-worker: cannot import handler '{module}:run': {reason}\n"

@@ -167,6 +167,19 @@ async def test_failures_are_retried_with_backoff(redis_url: str, queue_name: str
     assert (await queue.figures()).stats.get("retried") == 2
 
 
+@pytest.mark.parametrize("mean", ["nan", "inf", 1e308, -1])
+async def test_an_absurd_simulated_duration_is_dead_lettered_at_once(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, mean: Any,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"mean_seconds": mean}, max_attempts=3)
+    async with running(settings(redis_url, queue_name,
+                                "agentpool_worker.builtin:simulated_agent")):
+        dead = await eventually(lambda: task_in(queue, task_id, "dead"), 5, "the dead letter")
+    assert dead.attempts == 1
+    assert "mean_seconds must be between 0 and 3600" in (dead.error or "")
+
+
 async def test_an_idle_worker_does_not_spin_on_stale_wake_ups(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:

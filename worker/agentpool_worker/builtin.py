@@ -13,6 +13,8 @@ from agentpool_worker.handlers import TaskContext
 LATENCY_SIGMA = 0.6
 """Spread of the simulated latency: LLM calls have a long right tail."""
 MAX_STEPS = 1000
+MAX_MEAN_SECONDS = 3600.0
+"""An hour: a simulated run is capped at ten times its mean."""
 
 
 class SimulatedFailure(Exception):
@@ -46,9 +48,10 @@ async def simulated_agent(payload: Any, ctx: TaskContext) -> dict[str, Any]:
         steps = int(options.get("steps", 0))
     except (TypeError, ValueError) as exc:
         raise PermanentError(f"bad simulated_agent option: {exc}") from None
-    if mean < 0 or not 0 <= fail_rate <= 1 or not 0 <= steps <= MAX_STEPS:
-        raise PermanentError(f"mean_seconds must be >= 0, fail_rate between 0 and 1 and "
-                             f"steps between 0 and {MAX_STEPS}")
+    if not 0 <= mean <= MAX_MEAN_SECONDS or not 0 <= fail_rate <= 1 \
+            or not 0 <= steps <= MAX_STEPS:
+        raise PermanentError(f"mean_seconds must be between 0 and {MAX_MEAN_SECONDS:g}, "
+                             f"fail_rate between 0 and 1 and steps between 0 and {MAX_STEPS}")
     seed = options.get("seed")
     rng = random.Random(f"{seed}:{ctx.attempt}") if seed is not None else random.Random()
     latency = min(

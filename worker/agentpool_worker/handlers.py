@@ -257,10 +257,14 @@ def load_handler(name: str) -> Handler:
         raise HandlerError(f"handler {name!r} must be written as package.module:function")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except SystemExit as exc:
         raise HandlerError(
-            f"cannot import handler {name!r}: {type(exc).__name__}: {exc}"
+            f"cannot import handler {name!r}: module {module_name!r} called "
+            f"sys.exit({exc.code!r}) while being imported"
         ) from None
+    except BaseException as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise HandlerError(f"cannot import handler {name!r}: {reason}") from None
     obj: Any = module
     for part in attr.split("."):
         try:

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
+import redis
 from rich.console import Console
+from rich.markup import escape
 
+from agentpool.cli.common import number
 from agentpool.cli.demo.fleet import WorkerCommandNotFound
-from agentpool.cli.demo.runner import DemoConfig, DemoError, DemoInterrupted, run_demo
+from agentpool.cli.demo.runner import (
+    DemoConfig,
+    DemoConfigError,
+    DemoError,
+    DemoInterrupted,
+    redact,
+    run_demo,
+)
 from agentpool.cli.demo.view import LiveReporter, PlainReporter, summary_json, summary_table
+from agentpool.redis_errors import redis_failure
 from agentpool.redis_server import RedisServerError
 
 
-def _bounded(kind: Callable[[str], float], low: float, high: float,
-             *, open_high: bool = False) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < low or value > high or (open_high and value == high):
-            upper = f"below {high:g}" if open_high else f"at most {high:g}"
-            raise argparse.ArgumentTypeError(f"must be at least {low:g} and {upper}, got {text}")
-        return value
-    return parse
+def _fail(message: str) -> None:
+    Console(stderr=True, highlight=False).print(
+        f"[bold red]agentpool demo failed:[/] {escape(message)}", soft_wrap=True)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,18 +41,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--redis-url", metavar="URL",
                         help="use this Redis instead of starting a redis-server")
-    parser.add_argument("--workers", type=_bounded(int, 1, 64), default=3, metavar="N",
+    parser.add_argument("--workers", type=number(int, low=1, high=64), default=3, metavar="N",
                         help="worker processes to start (default: 3)")
-    parser.add_argument("--tasks", type=_bounded(int, 1, 100_000), default=300, metavar="N",
+    parser.add_argument("--tasks", type=number(int, low=1, high=100_000), default=300, metavar="N",
                         help="tasks to submit (default: 300)")
-    parser.add_argument("--concurrency", type=_bounded(int, 1, 1000), default=8, metavar="N",
+    parser.add_argument("--concurrency", type=number(int, low=1, high=1000), default=8, metavar="N",
                         help="tasks each worker runs at once (default: 8)")
-    parser.add_argument("--mean-seconds", type=_bounded(float, 0, 60), default=2.0,
+    parser.add_argument("--mean-seconds", type=number(float, low=0, high=60), default=2.0,
                         metavar="S", help="mean duration of a simulated task (default: 2.0)")
-    parser.add_argument("--fail-rate", type=_bounded(float, 0, 1, open_high=True),
+    parser.add_argument("--fail-rate", type=number(float, low=0, below=1),
                         default=0.05, metavar="P",
                         help="chance that a run fails and is retried (default: 0.05)")
-    parser.add_argument("--steps", type=_bounded(int, 0, 1000), default=5, metavar="N",
+    parser.add_argument("--steps", type=number(int, low=0, high=1000), default=5, metavar="N",
                         help="steps per task, each reporting progress and checkpointed, so a "
                         "task the kill interrupts resumes (default: 5; 0: one step, no "
                         "checkpoint)")
@@ -94,9 +95,15 @@ def run(args: argparse.Namespace) -> int:
     except DemoInterrupted as exc:
         view.print(f"interrupted by {exc}: all demo processes stopped, temporary files removed")
         return 128 + exc.signum
+    except DemoConfigError as exc:
+        _fail(str(exc))
+        return 2
     except (DemoError, WorkerCommandNotFound, RedisServerError) as exc:
-        Console(stderr=True, highlight=False).print(f"[bold red]agentpool demo failed:[/] {exc}",
-                                                    soft_wrap=True)
+        _fail(str(exc))
+        return 1
+    except (redis.RedisError, OSError) as exc:
+        url = redact(config.redis_url) if config.redis_url else None
+        _fail(redis_failure(url, exc))
         return 1
     summary = outcome.summary
     if as_json:

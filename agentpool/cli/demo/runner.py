@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import signal
 import tempfile
 import time
@@ -37,6 +38,7 @@ from agentpool.protocol import (
     WorkerState,
     key_prefix,
 )
+from agentpool.redis_errors import redis_failure
 from agentpool.redis_server import RedisServer
 
 HANDLER = "agentpool_worker.builtin:simulated_agent"
@@ -46,6 +48,10 @@ RUNNING_ROWS = 6
 
 class DemoError(RuntimeError):
     """The demo could not run to the end (a worker failed to start, nothing progressed)."""
+
+
+class DemoConfigError(DemoError):
+    """The demo was given something it cannot use (a Redis URL): nothing was started."""
 
 
 class DemoInterrupted(Exception):
@@ -116,6 +122,39 @@ def worker_env(config: DemoConfig, redis_url: str) -> dict[str, str]:
         "AGENTPOOL_LEASE_SECONDS": "3",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+CHECK_TIMEOUT = 5.0
+PASSWORD_PLACE = "the URL of --redis-url (redis://:PASSWORD@host:port/db)"
+_UNKNOWN_OPTION = re.compile(r"unexpected keyword argument '([^']+)'")
+
+
+def check_redis(url: str) -> None:
+    """Reach the Redis given on the command line once, before anything is started.
+
+    Raises DemoConfigError for a URL that cannot be used, DemoError for a Redis that cannot be
+    reached or refuses the password; neither message shows the password.
+    """
+    try:
+        client = sync_redis_from_url(url, socket_connect_timeout=CHECK_TIMEOUT,
+                                     socket_timeout=CHECK_TIMEOUT)
+    except (TypeError, ValueError) as exc:
+        raise DemoConfigError(_url_problem(url, exc)) from None
+    try:
+        client.ping()
+    except (TypeError, ValueError) as exc:
+        raise DemoConfigError(_url_problem(url, exc)) from None
+    except (redis.RedisError, OSError) as exc:
+        raise DemoError(redis_failure(url, exc, password_place=PASSWORD_PLACE)) from None
+    finally:
+        client.close()
+
+
+def _url_problem(url: str, exc: BaseException) -> str:
+    unknown = _UNKNOWN_OPTION.search(str(exc)) if isinstance(exc, TypeError) else None
+    reason = (f"unknown option {unknown[1]!r}" if unknown
+              else str(exc).removeprefix("invalid Redis URL").strip(" :"))
+    return f"invalid Redis URL {redact(url)}" + (f": {reason}" if reason else "")
 
 
 def redact(url: str) -> str:
@@ -196,6 +235,8 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> DemoOutcome:
     Whatever happens, on return every worker and the private redis-server have exited and the
     demo's temporary directory (worker logs, Redis data) is gone.
     """
+    if config.redis_url is not None:
+        check_redis(config.redis_url)
     clock = Clock()
     interrupts = Interrupts()
     command = list(config.worker_command or worker_command())

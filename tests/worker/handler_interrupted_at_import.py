@@ -1,0 +1,3 @@
+"""A handler module whose import is cut short by a BaseException."""
+
+raise KeyboardInterrupt
