@@ -1016,6 +1016,20 @@ class ScheduleStatus(_Model):
     next_schedule_time: datetime | None = Field(
         default=None, description="The next time a task is due."
     )
+    cron: str | None = Field(
+        default=None,
+        description=(
+            "The cron expression nextScheduleTime was found with: once the schedule's cron "
+            "differs, its times are found again from when the operator sees the change."
+        ),
+    )
+    time_zone: str | None = Field(
+        default=None,
+        description=(
+            "The time zone nextScheduleTime was found in: once the schedule's timeZone "
+            "differs, its times are found again from when the operator sees the change."
+        ),
+    )
 
 
 def parse_rfc3339(value: Any) -> datetime | None:

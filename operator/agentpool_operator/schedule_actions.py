@@ -1,7 +1,8 @@
 """A pool's schedules, once per round: the due tasks submitted, the status and Events written.
 
-Each schedule's cursor is the ``nextScheduleTime`` of the status the operator wrote last (see
-`schedules`); a schedule seen for the first time starts from now. A task is submitted with an
+Each schedule's cursor is the ``nextScheduleTime`` of the status the operator wrote last, kept
+with the ``cron`` and ``timeZone`` it was found with (see `schedules`); a schedule seen for the
+first time, or whose cron or time zone changed, starts from now. A task is submitted with an
 idempotency key made of the pool, the schedule and the scheduled time, so an operator that
 restarts before it wrote the status, or a second operator, submits nothing twice. A Redis
 error leaves the cursor where it was: the time is tried again next round, until its deadline.
@@ -23,7 +24,14 @@ from agentpool.protocol import CancelOutcome, ProtocolError, TaskQueue
 from . import metrics
 from .observation import ActionResult, PoolObservation
 from .rate_limit_actions import REDIS_ERRORS
-from .schedules import ScheduleTurn, idempotency_key, schedule_turn, settle_overlap
+from .schedules import (
+    Cursor,
+    ScheduleTurn,
+    idempotency_key,
+    round_start,
+    schedule_turn,
+    settle_overlap,
+)
 from .status import Problem, rfc3339, sanitize
 
 INVALID_REASON = "ScheduleInvalid"
@@ -34,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Previous:
-    cursor: datetime | None = None
+    cursor: Cursor | None = None
     last_time: str | None = None
     last_task_id: str | None = None
 
@@ -63,8 +71,8 @@ async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
         entry["lastScheduleTime"] = before.last_time
     if before.last_task_id is not None:
         entry["lastTaskId"] = before.last_task_id
-    turn = schedule_turn(schedule, before.cursor or observation.now, observation.now,
-                         active=not observation.spec.paused)
+    start = round_start(schedule, before.cursor, observation.now)
+    turn = schedule_turn(schedule, start, observation.now, active=not observation.spec.paused)
     if turn.problem is not None:
         return entry, Problem(INVALID_REASON, f"schedule {schedule.name!r}: {turn.problem}")
     turn, problem = await _settle_overlap(observation, schedule, turn, before.last_task_id)
@@ -75,8 +83,7 @@ async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
             and before.last_task_id not in (None, submitted)):
         problem = await _cancel_previous(observation, schedule, turn, before.last_task_id)
     if problem is not None:
-        if before.cursor is not None:
-            entry["nextScheduleTime"] = rfc3339(before.cursor)  # try again next round
+        entry.update(_cursor_fields(schedule, start))  # try again next round
         return entry, problem
     if turn.skipped is not None:
         _event(observation, "Normal", "ScheduleSkipped",
@@ -90,8 +97,14 @@ async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
         entry["lastScheduleTime"] = rfc3339(turn.submit)
         entry["lastTaskId"] = submitted
     if turn.next_time is not None:
-        entry["nextScheduleTime"] = rfc3339(turn.next_time)
+        entry.update(_cursor_fields(schedule, turn.next_time))
     return entry, None
+
+
+def _cursor_fields(schedule: ScheduleSpec, cursor: datetime) -> dict[str, str]:
+    """The status fields of a cursor: the time, and the expression it belongs to."""
+    return {"nextScheduleTime": rfc3339(cursor), "cron": schedule.cron,
+            "timeZone": schedule.time_zone}
 
 
 async def _settle_overlap(observation: PoolObservation, schedule: ScheduleSpec,
@@ -174,8 +187,10 @@ def _previous_entries(status: Mapping[str, Any]) -> dict[str, _Previous]:
     for entry in status.get("schedules") or []:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
             continue
+        time = parse_rfc3339(entry.get("nextScheduleTime"))
         found[entry["name"]] = _Previous(
-            cursor=parse_rfc3339(entry.get("nextScheduleTime")),
+            cursor=None if time is None else Cursor(
+                time, cron=_text(entry.get("cron")), time_zone=_text(entry.get("timeZone"))),
             last_time=_text(entry.get("lastScheduleTime")),
             last_task_id=_text(entry.get("lastTaskId")),
         )

@@ -2,8 +2,11 @@
 
 A schedule's **cursor** is the earliest scheduled time not yet dealt with. The operator keeps it
 in the pool's status as ``nextScheduleTime`` (the first time after the last round), so that
-the times that pass while no operator runs are found on its return. Each round, the times from
-the cursor up to now are dealt with at once:
+the times that pass while no operator runs are found on its return, with the ``cron`` and
+``timeZone`` it was found with: a schedule whose cron or time zone changed since (or that was
+removed and added again under its name with others) starts again from now, as a new one does
+(`round_start`), and has no task for the times its new expression would have had before.
+Each round, the times from the cursor up to now are dealt with at once:
 
 - the latest of them is submitted, when it is at most ``startingDeadlineSeconds`` old;
 - the others are missed: an operator back after an outage submits one task, not one per time it
@@ -50,6 +53,48 @@ class ScheduleTurn:
     problem: str | None = None
     """Why the schedule cannot run (a time zone this system does not know, a date that never
     comes); nothing is submitted."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A schedule's cursor as the status keeps it."""
+
+    time: datetime
+    cron: str | None = None
+    """The cron expression `time` was found with; None in a status that does not say (one
+    written before it was recorded, or by an API server whose CRD prunes it)."""
+    time_zone: str | None = None
+    """The time zone `time` was found in; None likewise."""
+
+
+def round_start(schedule: ScheduleSpec, kept: Cursor | None, now: datetime) -> datetime:
+    """Where this round of `schedule` starts: the cursor the status kept, or `now` for a
+    schedule seen for the first time and for one whose cron or time zone differs from the
+    ones its cursor was found with. A cursor that does not say which ones it was found with
+    is kept unless it lies past the schedule's first time from now, where the schedule's own
+    cursor never is: it was found with another expression, which would silence this one
+    until then (an @yearly cursor for a schedule now every five minutes)."""
+    if kept is None:
+        return now
+    if kept.cron is not None and kept.cron != schedule.cron:
+        return now
+    if kept.time_zone is not None and kept.time_zone != schedule.time_zone:
+        return now
+    if kept.cron is None or kept.time_zone is None:
+        first = _first_from(schedule, now)
+        if first is not None and kept.time > first:
+            return now
+    return kept.time
+
+
+def _first_from(schedule: ScheduleSpec, moment: datetime) -> datetime | None:
+    """The schedule's first time at or after `moment`; None when it has none (a problem that
+    `schedule_turn` reports)."""
+    try:
+        zone = ZoneInfo(schedule.time_zone)
+        return _next(croniter(schedule.cron, (moment - _JUST_BEFORE).astimezone(zone)))
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        return None
 
 
 def schedule_turn(schedule: ScheduleSpec, cursor: datetime, now: datetime, *,

@@ -1,5 +1,6 @@
 """When schedules are due (agentpool_operator.schedules): the latest time submitted once,
-older ones missed, nothing while suspended or paused, time zones and daylight saving."""
+older ones missed, nothing while suspended or paused, time zones and daylight saving, and a
+schedule whose cron or time zone changed starting again from the change."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from hypothesis import strategies as st
 from agentpool.models import ScheduleSpec
 from agentpool_operator.schedules import (
     MISSED_COUNT_CAP,
+    Cursor,
     ScheduleTurn,
     idempotency_key,
+    round_start,
     schedule_turn,
     settle_overlap,
 )
@@ -172,3 +175,114 @@ def test_rounds_at_any_pace_submit_each_time_at_most_once_and_only_times_that_ca
     assert len(submitted) == len(set(submitted))
     every = schedule_turn(spec, cursor=at(0, day=1) + timedelta(minutes=start), now=now)
     assert len(submitted) + missed == every.missed + (every.submit is not None)
+
+
+def rounds(spec: ScheduleSpec, cursor: Cursor, now: datetime, step: timedelta,
+           until: datetime) -> list[datetime]:
+    """The times submitted by rounds every `step` from `now` until `until` included, the
+    status's cursor starting at `cursor`."""
+    submitted: list[datetime] = []
+    while now <= until:
+        turn = schedule_turn(spec, round_start(spec, cursor, now), now)
+        if turn.submit is not None:
+            submitted.append(turn.submit)
+        assert turn.next_time is not None
+        cursor = Cursor(turn.next_time, spec.cron, spec.time_zone)
+        now += step
+    return submitted
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "unrecorded"])
+def test_a_schedule_edited_from_yearly_to_every_five_minutes_runs_at_once(
+    recorded: bool,
+) -> None:
+    """The cursor of an @yearly round is next January 1st; edited to */5, the schedule
+    submits every five minutes from the edit on, whether the status recorded the expression
+    its cursor was found with or not (a status of an earlier operator)."""
+    now = datetime(2026, 6, 10, 12, 0, 5, tzinfo=UTC)
+    yearly = schedule("@yearly")
+    turn = schedule_turn(yearly, round_start(yearly, None, now), now)
+    assert turn.next_time == datetime(2027, 1, 1, tzinfo=UTC)
+    kept = Cursor(turn.next_time, "@yearly", "UTC") if recorded else Cursor(turn.next_time)
+    every_five = schedule("*/5 * * * *")
+    assert round_start(every_five, kept, now) == now
+    submitted = rounds(every_five, kept, now, timedelta(minutes=1), now + timedelta(days=1))
+    assert len(submitted) == 24 * 12
+    assert submitted[0] == datetime(2026, 6, 10, 12, 5, tzinfo=UTC)
+    assert submitted[-1] == datetime(2026, 6, 11, 12, 0, tzinfo=UTC)
+
+
+def test_a_schedule_edited_during_an_outage_has_no_task_for_the_times_before_the_edit() -> None:
+    """The cursor an hourly schedule left before an outage; edited to every minute, it does
+    not submit the latest minute that passed, as it would have with its own cursor."""
+    every_minute = schedule("* * * * *", startingDeadlineSeconds=3600)
+    kept = Cursor(at(11), "0 * * * *", "UTC")
+    assert round_start(every_minute, kept, at(11, 30, 5)) == at(11, 30, 5)
+    turn = schedule_turn(every_minute, round_start(every_minute, kept, at(11, 30, 5)),
+                         at(11, 30, 5))
+    assert turn == ScheduleTurn(next_time=at(11, 31))
+    unchanged = Cursor(at(11), "* * * * *", "UTC")
+    assert round_start(every_minute, unchanged, at(11, 30, 5)) == at(11)
+
+
+def test_a_time_zone_edit_finds_the_next_time_in_the_new_zone() -> None:
+    """9:00 UTC's cursor is tomorrow 9:00 UTC; in Paris 9:00 is 8:00 UTC, which comes first."""
+    utc = Cursor(at(9, day=4), "0 9 * * *", "UTC")
+    paris = schedule("0 9 * * *", timeZone="Europe/Paris")
+    start = round_start(paris, utc, at(9, 30))
+    assert start == at(9, 30)
+    assert schedule_turn(paris, start, at(9, 30)).next_time == at(8, day=4)
+
+
+@pytest.mark.parametrize("kept", [
+    Cursor(at(11), "0 * * * *", "UTC"),
+    Cursor(at(11), "* * * * *", "Europe/Paris"),
+], ids=["cron", "timeZone"])
+def test_a_schedule_removed_and_added_again_under_its_name_with_another_expression_restarts(
+    kept: Cursor,
+) -> None:
+    """Removed and added again between two rounds, the schedule finds its old status entry:
+    the expression it records is not the schedule's, so the schedule starts from now."""
+    assert round_start(schedule("* * * * *", startingDeadlineSeconds=3600), kept,
+                       at(11, 30, 5)) == at(11, 30, 5)
+
+
+def test_a_new_schedule_starts_from_now_and_an_unchanged_one_from_its_cursor() -> None:
+    assert round_start(schedule(), None, at(11, 30)) == at(11, 30)
+    assert round_start(schedule(), Cursor(at(9), "0 * * * *", "UTC"), at(11, 30)) == at(9)
+    assert round_start(schedule(), Cursor(at(9)), at(11, 30)) == at(9)  # the outage's times
+    assert round_start(schedule(), Cursor(at(12)), at(11, 30)) == at(12)
+
+
+def test_an_unrecorded_cursor_of_a_schedule_that_cannot_run_is_kept() -> None:
+    """The problem is schedule_turn's to report."""
+    kept = Cursor(at(12, day=20))
+    assert round_start(schedule(timeZone="Mars/Olympus_Mons"), kept, at(11)) == at(12, day=20)
+    assert round_start(schedule("0 0 31 2 *"), kept, at(11)) == at(12, day=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cron=st.sampled_from(["* * * * *", "*/7 * * * *", "0 * * * *", "30 2 * * *",
+                          "15,45 */2 * * *", "@daily", "0 9 * * mon-fri"]),
+    zone=st.sampled_from(["UTC", "Europe/Paris", "America/New_York"]),
+    start=st.integers(0, 3 * 24 * 60),
+    steps=st.lists(st.integers(1, 600), min_size=1, max_size=10),
+    recorded=st.booleans(),
+)
+def test_an_unchanged_schedule_always_keeps_its_cursor(
+    cron: str, zone: str, start: int, steps: list[int], recorded: bool,
+) -> None:
+    """Round after round, across daylight-saving changes, a schedule's own cursor is kept,
+    whether the status records its expression or not."""
+    spec = schedule(cron, timeZone=zone)
+    for spring_or_autumn in (datetime(2026, 3, 7, tzinfo=UTC), datetime(2026, 10, 23, tzinfo=UTC)):
+        now = spring_or_autumn + timedelta(minutes=start)
+        cursor: Cursor | None = None
+        for step in steps:
+            if cursor is not None:
+                assert round_start(spec, cursor, now) == cursor.time
+            turn = schedule_turn(spec, round_start(spec, cursor, now), now)
+            assert turn.next_time is not None
+            cursor = Cursor(turn.next_time, *((cron, zone) if recorded else (None, None)))
+            now += timedelta(minutes=step, seconds=step % 7)

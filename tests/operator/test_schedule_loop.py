@@ -2,7 +2,8 @@
 its task once (an operator restarted before its status write submits nothing twice), a time
 missed while no operator ran is reported instead of submitted late, a paused pool lets times
 pass, Forbid and Replace settle an overlap (Replace cancels only once its successor is queued),
-and a schedule that cannot run makes the pool Degraded.
+a schedule whose cron changed starts again from the change, and a schedule that cannot run
+makes the pool Degraded.
 
 A pool is created with a status whose schedule cursor (`nextScheduleTime`) is already due, as
 an operator that ran before would have left it: no test waits for a clock minute to turn."""
@@ -45,10 +46,12 @@ def schedule_entry(cluster: Cluster) -> dict[str, Any]:
 
 async def create_pool(cluster: Cluster, redis_url: str, queue: str, cursor: datetime,
                       schedule: dict[str, Any], last_task_id: str | None = None,
-                      **extra: Any) -> None:
+                      found_with: dict[str, str] | None = None, **extra: Any) -> None:
+    """A pool whose status left the schedule 'report' at `cursor`, found with the cron and
+    timeZone of `found_with` (unsaid when None)."""
     manifest = pool_manifest(POOL, redis_url=redis_url, queue=queue, poll_seconds=0.5,
                              schedules=[{"name": "report", **schedule}], **extra)
-    entry = {"name": "report", "nextScheduleTime": rfc3339(cursor)}
+    entry = {"name": "report", "nextScheduleTime": rfc3339(cursor), **(found_with or {})}
     if last_task_id is not None:
         entry["lastTaskId"] = last_task_id
     manifest["status"] = {"schedules": [entry]}
@@ -203,6 +206,69 @@ async def test_a_time_missed_while_no_operator_ran_is_reported_not_submitted(
     assert counted("schedule_times_missed") == before + 1
 
 
+@pytest.mark.parametrize("edit", ["edited", "removed-and-added-again"])
+async def test_a_yearly_schedule_edited_to_every_five_minutes_runs_within_five_minutes(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, queue_name: str, edit: str,
+) -> None:
+    """An @yearly schedule's next time is next January 1st; edited to */5 (or removed and
+    added again under its name while no operator runs), its next time is within five minutes,
+    not found from January 1st on."""
+    await create_pool(cluster, redis_url, queue_name, datetime.now(UTC), {"cron": "@yearly"})
+    yearly = await eventually(lambda: (e := schedule_entry(cluster)).get("cron") and e)
+    assert yearly["nextScheduleTime"] == f"{datetime.now(UTC).year + 1}-01-01T00:00:00Z"
+    assert yearly["timeZone"] == "UTC"
+    every_five = [{"name": "report", "cron": "*/5 * * * *"}]
+    edited_at = datetime.now(UTC)
+    if edit == "edited":
+        await cluster.patch_pool(POOL, {"spec": {"schedules": every_five}})
+        entry = await eventually(
+            lambda: (e := schedule_entry(cluster))["cron"] == "*/5 * * * *" and e)
+    else:
+        await operator.stop()
+        await cluster.patch_pool(POOL, {"spec": {"schedules": None}})
+        await cluster.patch_pool(POOL, {"spec": {"schedules": every_five}})
+        thread = OperatorThread(operator.settings.model_copy(update={"port": free_port()}))
+        await thread.start()
+        try:
+            entry = await eventually(
+                lambda: (e := schedule_entry(cluster))["cron"] == "*/5 * * * *" and e)
+        finally:
+            await thread.stop()
+        assert thread.error is None, thread.error
+    assert rfc3339(edited_at) < entry["nextScheduleTime"] <= rfc3339(
+        edited_at + timedelta(minutes=5))
+
+
+@pytest.mark.parametrize("found_with, submits", [
+    ({"cron": "* * * * *", "timeZone": "UTC"}, True),
+    ({"cron": "0 * * * *", "timeZone": "UTC"}, False),
+    ({"cron": "* * * * *", "timeZone": "Europe/Paris"}, False),
+], ids=["unchanged", "cron-edited", "timeZone-edited"])
+async def test_a_schedule_edited_while_no_operator_ran_has_no_task_for_the_times_before(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str, found_with: dict[str, str], submits: bool,
+) -> None:
+    """The status's cursor is ten minutes old: unchanged, the schedule submits the latest
+    minute that passed (within its deadline) and reports the others missed; edited since its
+    cursor was found, it starts from now and submits nothing for the minutes before."""
+    queue = TaskQueue(redis, queue_name)
+    cursor = minute_floor(datetime.now(UTC)) - timedelta(minutes=10)
+    await create_pool(cluster, redis_url, queue_name, cursor, {
+        "cron": "* * * * *", "startingDeadlineSeconds": 3600}, found_with=found_with)
+    entry = await eventually(
+        lambda: (e := schedule_entry(cluster))["nextScheduleTime"] > rfc3339(cursor) and e)
+    assert (entry["cron"], entry["timeZone"]) == ("* * * * *", "UTC")
+    assert entry["nextScheduleTime"] > rfc3339(cursor + timedelta(minutes=10))
+    if submits:
+        assert await queued_ids(queue) == [entry["lastTaskId"]]
+        assert await eventually(lambda: cluster.events("ScheduleMissed"))
+    else:
+        assert "lastTaskId" not in entry
+        assert await queued_ids(queue) == []
+        assert cluster.events("ScheduleMissed") == []
+        assert cluster.events("Scheduled") == []
+
+
 async def test_a_paused_pool_lets_its_times_pass(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
     queue_name: str,
@@ -238,7 +304,8 @@ async def test_a_time_that_cannot_be_submitted_keeps_the_cursor_for_the_next_rou
                                                "startingDeadlineSeconds": 600}])
     result = await run_schedules(one_round(manifest, None, cursor, "earlier"))
     assert result.status_fields["schedules"] == [
-        {"name": "report", "lastTaskId": "earlier", "nextScheduleTime": rfc3339(cursor)}]
+        {"name": "report", "lastTaskId": "earlier", "nextScheduleTime": rfc3339(cursor),
+         "cron": "* * * * *", "timeZone": "UTC"}]
     (problem,) = result.problems
     assert problem.reason == "ScheduleFailed"
     assert problem.message == ("schedule 'report': the queue cannot be reached; the task is "
@@ -259,5 +326,6 @@ async def test_replace_leaves_the_previous_task_when_the_queue_refuses_its_succe
     assert problem.reason == "ScheduleFailed"
     assert problem.message.startswith("schedule 'report': payload is ")
     assert result.status_fields["schedules"] == [
-        {"name": "report", "lastTaskId": previous, "nextScheduleTime": rfc3339(cursor)}]
+        {"name": "report", "lastTaskId": previous, "nextScheduleTime": rfc3339(cursor),
+         "cron": "* * * * *", "timeZone": "UTC"}]
     assert await queued_ids(queue) == [previous]
