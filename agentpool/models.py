@@ -298,8 +298,9 @@ class RedisSpec(_Model):
         description=(
             "With per-pool credentials: also publish a producer credential for the services "
             "that submit tasks (submit, read tasks and results, wait, cancel; no claim, no "
-            "delete), as the URL under key url of Secret <pool>-redis-producer. Turning it off "
-            "deletes that Secret and its Redis user."
+            "worker, lease or rate-limit key; within its queue it can still remove or rewrite "
+            "tasks, see docs/security.md), as the URL under key url of Secret "
+            "<pool>-redis-producer. Turning it off deletes that Secret and its Redis user."
         ),
     )
 

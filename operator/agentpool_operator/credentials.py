@@ -9,14 +9,20 @@ them), and deleted with the pool.
 
 Rotation (annotation ``agentpool.dev/rotate-credentials`` on the pool, any value) fails no claim:
 the user accepts the old and a new password, the Secret gets the new one and the pod template a
-new credentials version (so the pods roll), and only when every pod of the pool carries that
-version is the old password removed. The old password's hash waits on the Secret meanwhile,
-so an operator restart resumes the rotation where it was.
+new credentials version (so the pods roll), and only when every pod of the pool that can still
+connect (not Failed, not Succeeded) carries that version is the old password removed. The old
+password's hash waits on the Secret meanwhile, so an operator restart resumes the rotation
+where it was. A worker Secret that went missing (deleted by hand) while the user exists is
+handled the same way: the new Secret gets a new password, and the passwords the user had stay
+accepted until the pods rolled.
 
 The same annotation rotates the producer user's password (with `spec.redis.producerCredentials`).
-Its Secret gets the new one at once; the services that submit are not the operator's to roll,
-so the old password stays accepted for a grace period (`AGENTPOOL_OPERATOR_PRODUCER_PASSWORD_
-GRACE_SECONDS`, an hour by default), its end written on the Secret, then it is removed.
+When the workers' rotation starts, the request moves from the pool's annotation to
+``agentpool.dev/rotate-producer-credentials`` (one patch), which stays until the producer's
+rotation started, so a failed round retries it. Its Secret gets the new one at once; the
+services that submit are not the operator's to roll, so the old password stays accepted for a
+grace period (`AGENTPOOL_OPERATOR_PRODUCER_PASSWORD_GRACE_SECONDS`, an hour by default), its
+end written on the Secret, then it is removed.
 
 A Redis that cannot have such a user (no ACL command, or the pool's credential may not manage
 users) leaves the workers on the pool's URL, with the condition ``Credentials`` False, reason
@@ -47,11 +53,18 @@ from .deployment import CREDENTIALS_VERSION, owner_reference, pool_labels
 from .status import ConditionUpdate
 
 ROTATE_ANNOTATION = "agentpool.dev/rotate-credentials"
+PRODUCER_ROTATE_ANNOTATION = "agentpool.dev/rotate-producer-credentials"
+"""On the pool, set by the operator when the workers' rotation starts: the producer's rotation
+still owed for that request (its value names the request, see `ROTATION_ANNOTATION`)."""
+ROTATION_ANNOTATION = "agentpool.dev/rotation"
+"""On the producer Secret: the request (the value of `PRODUCER_ROTATE_ANNOTATION`) whose
+rotation it last started, so a request seen again (a stale copy of the pool, a failed removal
+of the annotation) does not rotate twice."""
 VERSION_ANNOTATION = CREDENTIALS_VERSION
 """On the pod template: changes with the password, so a new password rolls the pods."""
 RETIRING_ANNOTATION = "agentpool.dev/retiring-password-sha256"
-"""On the worker Secret during a rotation: the old password, still accepted until the pods
-rolled."""
+"""On the worker Secret during a rotation: the old password's SHA-256 (several, comma-separated,
+when the Secret was re-created while a rotation ran), still accepted until the pods rolled."""
 RETIRING_UNTIL_ANNOTATION = "agentpool.dev/retiring-password-until"
 """On the producer Secret during a rotation: when (Unix time, seconds) the old password goes."""
 CONDITION = "Credentials"
@@ -94,20 +107,33 @@ class Rotation:
     accepted: tuple[str, ...]
     """SHA-256 hashes for ACL SETUSER."""
     retiring: str | None
-    """The old password's hash while the pods roll, kept on the Secret."""
+    """The old password's hash (or comma-separated hashes) while the pods roll, kept on the
+    Secret."""
     started: bool = False
     finished: bool = False
 
 
+def retiring_hashes(value: str | None) -> tuple[str, ...]:
+    """The password hashes of a retiring annotation (anything but SHA-256 hex is dropped)."""
+    hashes = (part.strip() for part in (value or "").split(","))
+    return tuple(dict.fromkeys(
+        h for h in hashes if len(h) == 64 and all(c in "0123456789abcdef" for c in h)))
+
+
 def plan_rotation(current: str | None, retiring: str | None, *, requested: bool,
-                  rolled_out: bool, new_password: str) -> Rotation:
-    """What this round does with the passwords (see the module's docstring)."""
+                  rolled_out: bool, new_password: str, live: Sequence[str] = ()) -> Rotation:
+    """What this round does with the passwords (see the module's docstring). `live` are the
+    hashes the user has on Redis, asked for only when there is no current password: a user
+    whose Secret went missing keeps them while the pods roll to the new one."""
     if current is None:
-        return Rotation(new_password, (password_hash(new_password),), None)
-    if retiring is not None:
+        new = password_hash(new_password)
+        kept = tuple(h for h in retiring_hashes(",".join(live)) if h != new)
+        return Rotation(new_password, (new, *kept), ",".join(kept) or None)
+    waiting = retiring_hashes(retiring)
+    if waiting:
         if rolled_out:
             return Rotation(current, (password_hash(current),), None, finished=True)
-        return Rotation(current, (password_hash(current), retiring), retiring)
+        return Rotation(current, (password_hash(current), *waiting), ",".join(waiting))
     if requested:
         old = password_hash(current)
         return Rotation(new_password, (old, password_hash(new_password)), old, started=True)
@@ -131,13 +157,20 @@ def plan_producer_rotation(current: str | None, retiring: str | None, until: flo
     return plan, until if plan.retiring else None
 
 
+FINISHED_PHASES = frozenset({"Failed", "Succeeded"})
+"""Pod phases whose containers all ended for good (evicted, shut down with its node, done):
+such a pod connects to nothing, yet stays until deleted or garbage-collected."""
+
+
 def rolled_out(pods: Sequence[Mapping[str, Any]] | None, version: str) -> bool:
-    """Every pod of the pool (terminating ones too) started with this credentials version."""
+    """Every pod of the pool that may still connect (terminating ones too; not one in phase
+    Failed or Succeeded) started with this credentials version."""
     if pods is None:
         return False
     return all(
         ((p.get("metadata") or {}).get("annotations") or {}).get(VERSION_ANNOTATION) == version
         for p in pods
+        if (p.get("status") or {}).get("phase") not in FINISHED_PHASES
     )
 
 
@@ -177,13 +210,16 @@ def password_of(secret: Mapping[str, Any] | None) -> str | None:
 def desired_worker_secret(namespace: str, pool: str, owner: Mapping[str, Any],
                           url: str, retiring: str | None = None,
                           role: Role = Role.WORKER,
-                          retiring_until: float | None = None) -> dict[str, Any]:
+                          retiring_until: float | None = None,
+                          rotation: str | None = None) -> dict[str, Any]:
     """The Secret holding the URL of the pool's worker (or producer) user, owned by (and
     deleted with) the pool."""
     name = worker_secret_name(pool) if role is Role.WORKER else producer_secret_name(pool)
     annotations = {RETIRING_ANNOTATION: retiring} if retiring else {}
     if retiring and retiring_until is not None:
         annotations[RETIRING_UNTIL_ANNOTATION] = str(int(retiring_until))
+    if rotation:
+        annotations[ROTATION_ANNOTATION] = rotation
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -212,7 +248,8 @@ def secret_drift(desired: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[
         metadata["ownerReferences"] = wanted["ownerReferences"]
     have = meta.get("annotations") or {}
     annotations = {key: wanted["annotations"].get(key)
-                   for key in (RETIRING_ANNOTATION, RETIRING_UNTIL_ANNOTATION)
+                   for key in (RETIRING_ANNOTATION, RETIRING_UNTIL_ANNOTATION,
+                               ROTATION_ANNOTATION)
                    if have.get(key) != wanted["annotations"].get(key)}
     if annotations:
         metadata["annotations"] = annotations
@@ -272,6 +309,16 @@ class CredentialsRound:
     rotation_started: bool = False
 
 
+def owed_producer_rotation(annotations: Mapping[str, str], workers: CredentialsRound,
+                           producer_wanted: bool) -> str | None:
+    """The producer rotation this round owes (None: none): the one the workers' rotation
+    started this round asks for (named by the workers' new credentials version) when the pool
+    has a producer user, else the one the pool's annotation still records."""
+    if workers.rotation_started:
+        return workers.credentials.version if producer_wanted else None
+    return annotations.get(PRODUCER_ROTATE_ANNOTATION) or None
+
+
 async def ensure_worker_credentials(
     kube: SecretStore, admin: aioredis.Redis, pool: Mapping[str, Any], queue: str,
     pool_url: str, *, known: KnownSecrets, now: float, rotate: bool = False,
@@ -289,13 +336,14 @@ async def ensure_worker_credentials(
     current = password_of(existing)
     retiring = (((existing or {}).get("metadata") or {}).get("annotations") or {}).get(
         RETIRING_ANNOTATION) or None
-    plan = plan_rotation(
-        current, retiring, requested=rotate,
-        rolled_out=current is not None and rolled_out(pods, credentials_version(current)),
-        new_password=secrets.token_urlsafe(PASSWORD_BYTES),
-    )
     user = acl_username(namespace, name, Role.WORKER)
     try:
+        live = () if current is not None else await user_password_hashes(admin, user)
+        plan = plan_rotation(
+            current, retiring, requested=rotate,
+            rolled_out=current is not None and rolled_out(pods, credentials_version(current)),
+            new_password=secrets.token_urlsafe(PASSWORD_BYTES), live=live,
+        )
         limits = [limit.get("name", "") for limit in
                   (pool.get("spec") or {}).get("rateLimits") or ()]
         await set_user(admin, user, acl_rules(queue, Role.WORKER, plan.accepted, limits))
@@ -310,8 +358,14 @@ async def ensure_worker_credentials(
     events: list[tuple[str, str]] = []
     if existing is None:
         known.remember(secret_name, await kube.create_secret(namespace, desired), now)
-        events.append(("CredentialsCreated", f"created Redis user {user} and Secret "
-                                             f"{namespace}/{secret_name} for the workers"))
+        if plan.retiring:
+            events.append(("CredentialsRestored",
+                           f"Secret {namespace}/{secret_name} was missing: created it with a "
+                           f"new password for Redis user {user}; the old one is accepted "
+                           "until every pod rolled"))
+        else:
+            events.append(("CredentialsCreated", f"created Redis user {user} and Secret "
+                                                 f"{namespace}/{secret_name} for the workers"))
     else:
         patch = secret_drift(desired, existing)
         if patch is not None:
@@ -333,13 +387,14 @@ async def ensure_worker_credentials(
 
 async def ensure_producer_credentials(
     kube: ProducerSecretStore, admin: aioredis.Redis, pool: Mapping[str, Any], queue: str,
-    pool_url: str, *, wanted: bool, known: KnownSecrets, now: float, rotate: bool = False,
-    clock: float, grace: float,
+    pool_url: str, *, wanted: bool, known: KnownSecrets, now: float,
+    rotation: str | None = None, clock: float, grace: float,
 ) -> tuple[str, str] | None:
     """Make the pool's producer user and Secret exist (`wanted`) or go, and move a rotation
-    on (`clock` is Unix time, `grace` how long the old password stays accepted); returns
-    (reason, message) for an Event when something changed. A Redis that refuses users is
-    left alone: the workers' credentials report that."""
+    on (`rotation`: the request owed, see `PRODUCER_ROTATE_ANNOTATION`; one the Secret
+    already served is not done again; `clock` is Unix time, `grace` how long the old password
+    stays accepted); returns (reason, message) for an Event when something changed. A Redis
+    that refuses users is left alone: the workers' credentials report that."""
     namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
     secret_name = producer_secret_name(name)
     user = acl_username(namespace, name, Role.PRODUCER)
@@ -353,11 +408,15 @@ async def ensure_producer_credentials(
         return ("CredentialsRemoved",
                 f"deleted producer Redis user {user} and Secret {namespace}/{secret_name}")
     annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
+    served = annotations.get(ROTATION_ANNOTATION) or None
+    requested = rotation is not None and existing is not None and rotation != served
     plan, until = plan_producer_rotation(
         password_of(existing), annotations.get(RETIRING_ANNOTATION) or None,
-        _seconds(annotations.get(RETIRING_UNTIL_ANNOTATION)), requested=rotate, clock=clock,
-        grace=grace, new_password=secrets.token_urlsafe(PASSWORD_BYTES),
+        _seconds(annotations.get(RETIRING_UNTIL_ANNOTATION)), requested=requested,
+        clock=clock, grace=grace, new_password=secrets.token_urlsafe(PASSWORD_BYTES),
     )
+    if plan.started or existing is None:
+        served = rotation
     try:
         await set_user(admin, user, acl_rules(queue, Role.PRODUCER, plan.accepted))
     except redis.exceptions.ResponseError as error:
@@ -366,7 +425,7 @@ async def ensure_producer_credentials(
         return None
     desired = desired_worker_secret(namespace, name, pool,
                                     with_credentials(pool_url, user, plan.password),
-                                    plan.retiring, Role.PRODUCER, until)
+                                    plan.retiring, Role.PRODUCER, until, served)
     if existing is None:
         known.remember(secret_name, await kube.create_secret(namespace, desired), now)
         return ("CredentialsCreated", f"created producer Redis user {user} and Secret "
@@ -390,6 +449,15 @@ def _seconds(value: str | None) -> float | None:
         return float(value) if value else None
     except ValueError:
         return None
+
+
+async def user_password_hashes(admin: aioredis.Redis, username: str) -> tuple[str, ...]:
+    """The SHA-256 hashes of the passwords the user has on Redis (none: no such user)."""
+    reply: Any = await admin.execute_command("ACL GETUSER", username)  # type: ignore[no-untyped-call]
+    replies = reply.values() if isinstance(reply, dict) and "passwords" not in reply else [reply]
+    hashes = (h.decode() if isinstance(h, bytes) else str(h)
+              for r in replies if isinstance(r, dict) for h in r.get("passwords") or ())
+    return tuple(dict.fromkeys(hashes))
 
 
 async def remove_user(admin: aioredis.Redis, namespace: str, pool: str,

@@ -33,9 +33,11 @@ from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
 from . import actions, metrics, recovery_actions
 from .context import OperatorContext, PoolPods, PoolState, pods_of
 from .credentials import (
+    PRODUCER_ROTATE_ANNOTATION,
     ROTATE_ANNOTATION,
     ensure_producer_credentials,
     ensure_worker_credentials,
+    owed_producer_rotation,
     per_pool,
     remove_user,
     worker_secret_name,
@@ -276,18 +278,10 @@ async def refresh_credentials(
             known=state.credential_secrets, now=time.monotonic(),
             rotate=pods is not None and ROTATE_ANNOTATION in annotations, pods=pods,
         )
+        owed = owed_producer_rotation(annotations, outcome, spec.redis.producer_credentials)
         if outcome.rotation_started:
-            await ctx.api.patch_pool(
-                namespace, name, {"metadata": {"annotations": {ROTATE_ANNOTATION: None}}}
-            )
-        producer_event = None
-        if outcome.credentials.secret is not None:
-            producer_event = await ensure_producer_credentials(
-                ctx.api, queue.redis, body, queue.name, state.redis_url,
-                wanted=spec.redis.producer_credentials, known=state.credential_secrets,
-                now=time.monotonic(), rotate=outcome.rotation_started, clock=time.time(),
-                grace=ctx.settings.producer_password_grace_seconds,
-            )
+            await ctx.api.patch_pool(namespace, name, {"metadata": {"annotations": {
+                ROTATE_ANNOTATION: None, PRODUCER_ROTATE_ANNOTATION: owed}}})
     except (QueueAccessError, RedisError, OSError, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else str(error)
         logger.debug(f"cannot check the workers' Redis user: {sanitize(detail)}")
@@ -297,8 +291,25 @@ async def refresh_credentials(
                     state.worker_credentials = per_pool(namespace, name, spec.queue_name(name))
         return
     state.worker_credentials = outcome.credentials
-    for reason, message in (*outcome.events, *([producer_event] if producer_event else [])):
+    for reason, message in outcome.events:
         post(body, StatusEvent("Normal", reason, message), logger)
+    if outcome.credentials.secret is None:
+        return
+    try:
+        producer_event = await ensure_producer_credentials(
+            ctx.api, queue.redis, body, queue.name, state.redis_url,
+            wanted=spec.redis.producer_credentials, known=state.credential_secrets,
+            now=time.monotonic(), rotation=owed, clock=time.time(),
+            grace=ctx.settings.producer_password_grace_seconds,
+        )
+        if producer_event:
+            post(body, StatusEvent("Normal", *producer_event), logger)
+        if owed is not None:  # done (the Secret records it): the request may go
+            await ctx.api.patch_pool(namespace, name, {"metadata": {"annotations": {
+                PRODUCER_ROTATE_ANNOTATION: None}}})
+    except (RedisError, OSError, ApiException) as error:
+        detail = api_error_message(error) if isinstance(error, ApiException) else str(error)
+        logger.debug(f"cannot check the producer's Redis user: {sanitize(detail)}")
 
 
 def _per_pool_credentials(memo: kopf.Memo, **_: Any) -> bool:

@@ -10,13 +10,17 @@ import redis.exceptions
 from agentpool.acl import password_hash
 from agentpool.models import AgentPoolSpec, SecretKeyRef
 from agentpool_operator.credentials import (
+    PRODUCER_ROTATE_ANNOTATION,
+    CredentialsRound,
     credentials_version,
     desired_worker_secret,
+    owed_producer_rotation,
     password_of,
     per_pool,
     plan_producer_rotation,
     plan_rotation,
     refusal,
+    retiring_hashes,
     rolled_out,
     secret_drift,
     shared,
@@ -136,6 +140,55 @@ def test_rolled_out_means_every_pod_carries_the_version() -> None:
     assert rolled_out([], "v2")
     assert not rolled_out(None, "v2"), "pods unknown: wait"
     assert credentials_version("a") != credentials_version("b")
+
+
+def test_pods_that_ended_for_good_do_not_hold_a_rotation_up() -> None:
+    """An evicted pod (phase Failed) or a completed one stays in the pool's pods until deleted
+    or garbage-collected, but its containers connect to nothing."""
+    def pod(version: str, phase: str | None) -> dict:
+        status = {} if phase is None else {"phase": phase}
+        return {"metadata": {"annotations": {CREDENTIALS_VERSION: version}}, "status": status}
+
+    assert rolled_out([pod("v2", "Running"), pod("v1", "Failed"), pod("v1", "Succeeded")], "v2")
+    for phase in ("Running", "Pending", "Unknown", None):
+        assert not rolled_out([pod("v2", "Running"), pod("v1", phase)], "v2"), phase
+
+
+def test_a_missing_secret_keeps_the_users_passwords_until_the_pods_rolled() -> None:
+    a, b, new = password_hash("a"), password_hash("b"), password_hash("new")
+    again = plan_rotation(None, None, requested=False, rolled_out=False, new_password="new",
+                          live=(a, b))
+    assert (again.password, again.accepted, again.retiring) == ("new", (new, a, b), f"{a},{b}")
+    assert not again.started and not again.finished
+    waiting = plan_rotation("new", again.retiring, requested=False, rolled_out=False,
+                            new_password="x")
+    assert (waiting.password, waiting.accepted, waiting.retiring) == (
+        "new", (new, a, b), f"{a},{b}")
+    done = plan_rotation("new", again.retiring, requested=False, rolled_out=True,
+                         new_password="x")
+    assert (done.accepted, done.retiring, done.finished) == ((new,), None, True)
+    fresh = plan_rotation(None, None, requested=False, rolled_out=False, new_password="new")
+    assert (fresh.accepted, fresh.retiring) == ((new,), None), "no user yet: nothing to keep"
+
+
+def test_a_retiring_annotation_yields_only_password_hashes() -> None:
+    a, b = password_hash("a"), password_hash("b")
+    assert retiring_hashes(f"{a}, {b},{a}") == (a, b)
+    assert retiring_hashes("not-a-hash") == ()
+    assert retiring_hashes(None) == ()
+    edited = plan_rotation("pw", "garbage", requested=False, rolled_out=False,
+                           new_password="x")
+    assert (edited.accepted, edited.retiring) == ((password_hash("pw"),), None)
+
+
+def test_the_producer_rotation_is_owed_until_done_named_by_the_workers_request() -> None:
+    started = CredentialsRound(per_pool("team-a", "summaries", "jobs", "v2"),
+                               rotation_started=True)
+    steady = CredentialsRound(per_pool("team-a", "summaries", "jobs", "v2"))
+    assert owed_producer_rotation({}, started, True) == "v2"
+    assert owed_producer_rotation({}, started, False) is None
+    assert owed_producer_rotation({PRODUCER_ROTATE_ANNOTATION: "v1"}, steady, True) == "v1"
+    assert owed_producer_rotation({}, steady, True) is None
 
 
 def test_a_new_credentials_version_rolls_the_pods_and_foreign_annotations_stay() -> None:

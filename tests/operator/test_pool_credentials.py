@@ -5,13 +5,15 @@ re-applies it when Redis forgot it, deletes it with the pool, and falls back to 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,12 +21,20 @@ import redis.asyncio as aioredis
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer, free_port
 from agentpool.urls import with_credentials
+from agentpool_operator import credentials
+from agentpool_operator.credentials import PRODUCER_ROTATE_ANNOTATION as PRODUCER_ROTATE
 from agentpool_operator.credentials import ROTATE_ANNOTATION as ROTATE
+from agentpool_operator.credentials import (
+    KnownSecrets,
+    ensure_worker_credentials,
+    password_of,
+)
 from agentpool_operator.deployment import CREDENTIALS_VERSION, pool_labels
 from agentpool_operator.settings import OperatorSettings
 
@@ -389,6 +399,130 @@ async def test_rotation_gives_producers_a_new_password_and_the_old_one_a_grace_p
     for url in (old_url, new_url, newest):
         password = urlsplit(url).password
         assert password and password not in published
+
+
+async def test_a_producer_rotation_that_fails_once_is_done_in_a_later_round(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, pool_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rotation request leaves the pool only when the producer's password rotated too: a
+    round whose producer step fails (here Redis drops the connection on its ACL SETUSER)
+    leaves it to the next round."""
+    queue = f"q-{pool_name}"
+    await cluster.create_pool(pool_manifest(
+        pool_name, redis_url=redis_url, queue=queue,
+        redis={"url": redis_url, "producerCredentials": True}))
+    await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-producer"))
+    await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-worker"))
+    old_producer, old_worker = producer_url(cluster, pool_name), worker_url(cluster, pool_name)
+    producer_user = f"agentpool:{NAMESPACE}:{pool_name}:producer"
+    real_set_user = credentials.set_user
+    failures: list[str] = []
+
+    async def fails_once_for_the_producer(admin: aioredis.Redis, username: str,
+                                          rules: Iterable[str]) -> None:
+        if username == producer_user and not failures:
+            failures.append(username)
+            raise RedisConnectionError("connection reset by peer")
+        await real_set_user(admin, username, rules)
+
+    monkeypatch.setattr(credentials, "set_user", fails_once_for_the_producer)
+    await cluster.patch_pool(pool_name, {"metadata": {"annotations": {ROTATE: "now"}}})
+    await eventually(lambda: worker_url(cluster, pool_name) != old_worker)
+    await eventually(lambda: failures)
+    new_producer = await eventually(
+        lambda: producer_url(cluster, pool_name) != old_producer
+        and producer_url(cluster, pool_name))
+    await eventually(lambda: [e for e in cluster.events("CredentialsRotating")
+                              if "producer" in e["message"]])
+    annotations = await eventually(
+        lambda: (lambda a: PRODUCER_ROTATE not in a and ROTATE not in a and a)(
+            cluster.pool(pool_name)["metadata"].get("annotations") or {"-": ""}))
+    assert PRODUCER_ROTATE not in annotations
+    assert await can_submit(old_producer, queue), "the old password has its grace period"
+    assert await can_submit(new_producer, queue)
+    assert len([e for e in cluster.events("CredentialsRotating")
+                if "producer" in e["message"]]) == 1, "rotated once"
+
+
+class SecretsInMemory:
+    """The Secret calls of the operator, on a dict: the test deletes a Secret by hand."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, dict[str, Any]] = {}
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.secrets.get(name))
+
+    async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        self.secrets[body["metadata"]["name"]] = copy.deepcopy(dict(body))
+        return copy.deepcopy(dict(body))
+
+    async def patch_secret(self, namespace: str, name: str,
+                           patch: Mapping[str, Any]) -> dict[str, Any]:
+        secret = self.secrets[name]
+        secret.update({k: v for k, v in patch.items() if k != "metadata"})
+        meta = secret["metadata"]
+        for key, value in (patch.get("metadata") or {}).items():
+            if key != "annotations":
+                meta[key] = value
+        annotations = meta.setdefault("annotations", {})
+        for key, value in ((patch.get("metadata") or {}).get("annotations") or {}).items():
+            if value is None:
+                annotations.pop(key, None)
+            else:
+                annotations[key] = value
+        return copy.deepcopy(secret)
+
+
+async def test_a_deleted_worker_secret_keeps_the_running_pods_password_until_they_rolled(
+    redis: aioredis.Redis, redis_url: str, pool_name: str,
+) -> None:
+    """A worker Secret deleted by hand comes back with a new password (the old one is known
+    to Redis only as a hash), and the old one stays accepted until every pod rolled: running
+    pods reconnect meanwhile."""
+    queue = f"q-{pool_name}"
+    pool = {"apiVersion": "agentpool.dev/v1alpha1", "kind": "AgentPool",
+            "metadata": {"namespace": NAMESPACE, "name": pool_name, "uid": "u-1"}, "spec": {}}
+    kube, known = SecretsInMemory(), KnownSecrets()
+    secret = f"{pool_name}-redis-worker"
+
+    async def round_(now: float, pods: list[dict] | None = None) -> credentials.CredentialsRound:
+        return await ensure_worker_credentials(kube, redis, pool, queue, redis_url,
+                                               known=known, now=now, pods=pods)
+
+    try:
+        first = await round_(0.0)
+        assert first.credentials.version
+        old_url = base64.b64decode(kube.secrets[secret]["data"]["url"]).decode()
+        old_pod = pod_manifest(pool_name, "w-old", first.credentials.version)
+        await TaskQueue(redis, queue).submit_many(list(range(5)))
+
+        del kube.secrets[secret]
+        again = await round_(credentials.SECRET_RECHECK_SECONDS + 1, [old_pod])
+        assert secret in kube.secrets
+        assert again.credentials.version != first.credentials.version, "the pods roll"
+        new_url = base64.b64decode(kube.secrets[secret]["data"]["url"]).decode()
+        assert password_of(kube.secrets[secret]) != urlsplit(old_url).password
+        assert await can_claim(old_url, queue), "a running pod's reconnect still works"
+        assert await can_claim(new_url, queue)
+        assert [reason for reason, _ in again.events] == ["CredentialsRestored"]
+
+        assert again.credentials.version
+        new_pod = pod_manifest(pool_name, "w-new", again.credentials.version)
+        waiting = await round_(credentials.SECRET_RECHECK_SECONDS + 2, [old_pod, new_pod])
+        assert not waiting.events
+        assert await can_claim(old_url, queue)
+        done = await round_(credentials.SECRET_RECHECK_SECONDS + 3, [new_pod])
+        assert [reason for reason, _ in done.events] == ["CredentialsRotated"]
+        assert not await can_claim(old_url, queue)
+        assert await can_claim(new_url, queue)
+        published = json.dumps([kube.secrets[secret]["metadata"], done.events, again.events])
+        for url in (old_url, new_url):
+            password = urlsplit(url).password
+            assert password and password not in published
+    finally:
+        await credentials.remove_user(redis, NAMESPACE, pool_name)
 
 
 async def test_a_redis_without_the_acl_command_leaves_the_workers_on_the_pool_url(
