@@ -30,10 +30,12 @@ Both read the URL from ``AGENTPOOL_REDIS_URL`` when none is given. The protocol 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -59,6 +61,11 @@ from agentpool.urls import redact_url
 
 ENV_REDIS_URL = "AGENTPOOL_REDIS_URL"
 DEFAULT_CONNECT_TIMEOUT = 10.0
+CLOSE_GRACE_SECONDS = 5.0
+"""How long closing a SyncClient waits for the calls it cancels to end."""
+ASYNC_ONLY_OPTIONS = frozenset({"pool_timeout", "retry"})
+"""Options of the asyncio client that its blocking line (redis-py's blocking client) does not
+take (`retry` is an asyncio object there)."""
 
 T = TypeVar("T")
 
@@ -163,28 +170,64 @@ class Client:
         await self.aclose()
 
 
+class ClientClosed(RuntimeError):
+    """The client was closed (a call made after, or still waiting when it closed)."""
+
+
+_FORK_LOCK = threading.Lock()
+
+
+def _new_fork_lock() -> None:
+    """A lock held by another thread when the process forked stays held in the child."""
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_fork_lock)
+
+
 class _LoopThread:
     """An event loop running in a daemon thread; `call` runs a coroutine on it and blocks."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.closed = False
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="agentpool-client", daemon=True
         )
         self._thread.start()
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self.closed:
+            coro.close()
+            raise ClientClosed("the client is closed")
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self.closed:
+                raise ClientClosed("the client closed while this call waited") from None
+            raise
         except BaseException:
             future.cancel()
             raise
 
-    def stop(self) -> None:
+    def stop(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
+        """Cancel what still runs on the loop (its callers get ClientClosed), then stop it."""
+        self.closed = True
+        if self.loop.is_running():
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                asyncio.run_coroutine_threadsafe(_cancel_others(), self.loop).result(grace)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()
+
+
+async def _cancel_others() -> None:
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 class SyncClient:
@@ -202,6 +245,11 @@ class SyncClient:
     to the loop instead, where they gather into groups (:mod:`agentpool.coalesce`). On
     Sentinel the line follows the primary as the loop's client does; on a Cluster it keeps
     connections to each queue's primary.
+
+    A process forked after the client was made (a web server that imports the app, then
+    forks its workers) gets a loop and connections of its own at its first call: the loop's
+    thread and the parent's connections stay the parent's. ``close`` ends the calls other
+    threads are still waiting in with :class:`ClientClosed`, as it does any call after it.
     """
 
     def __init__(
@@ -212,21 +260,46 @@ class SyncClient:
         durability: Durability | str = Durability.NONE,
         **redis_kwargs: Any,
     ) -> None:
-        resolved = resolve_redis_url(url)
-        durability = parse_durability(durability)
+        self._url = resolve_redis_url(url)
+        self._durability = parse_durability(durability)
+        self._connect_timeout = connect_timeout
+        self._redis_kwargs = redis_kwargs
+        self._closed = False
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
         self._runner = _LoopThread()
         self._blocking: BlockingScriptLine | None = None
         try:
-            self._client = self._runner.call(
-                _make_client(resolved, connect_timeout, durability, redis_kwargs)
-            )
-            self._blocking = BlockingScriptLine(
-                sync_redis_from_url(resolved, **{"socket_connect_timeout": connect_timeout,
-                                                 **redis_kwargs}))
+            self._client = self._runner.call(_make_client(
+                self._url, self._connect_timeout, self._durability, self._redis_kwargs))
+            blocking_kwargs = {key: value for key, value in self._redis_kwargs.items()
+                               if key not in ASYNC_ONLY_OPTIONS}
+            self._blocking = BlockingScriptLine(sync_redis_from_url(
+                self._url, **{"socket_connect_timeout": self._connect_timeout,
+                              **blocking_kwargs}))
         except BaseException:
             self._runner.stop()
             raise
-        self._closed = False
+
+    def _parts(self) -> tuple[_LoopThread, Client, BlockingScriptLine | None]:
+        """The loop, async client and blocking line of this process."""
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        if self._pid != os.getpid():
+            with _FORK_LOCK:
+                if self._pid != os.getpid():
+                    self._start()
+        return self._runner, self._client, self._blocking
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            runner = self._parts()[0]
+        except BaseException:
+            coro.close()
+            raise
+        return runner.call(coro)
 
     @classmethod
     def from_url(
@@ -241,32 +314,33 @@ class SyncClient:
 
     @property
     def display_url(self) -> str:
-        return self._client.display_url
+        return redact_url(self._url)
 
     def queue(
         self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         durability: Durability | str | None = None,
     ) -> SyncQueue:
-        queue = self._client.queue(name, max_payload_bytes=max_payload_bytes,
-                                   durability=durability)
-        blocking = self._blocking if queue.durability is Durability.NONE else None
-        return SyncQueue(queue, self._runner, blocking)
+        chosen = None if durability is None else parse_durability(durability)
+        return SyncQueue(self, name, max_payload_bytes, chosen)
 
     def rate_limit(self, name: str) -> SyncRateLimit:
         """Blocking twin of :meth:`Client.rate_limit`."""
-        return SyncRateLimit(self._client.rate_limit(name), self._runner)
+        return SyncRateLimit(self, name)
 
     def ping(self) -> None:
-        self._runner.call(self._client.ping())
+        self._call(self._parts()[1].ping())
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._pid != os.getpid():
+            return  # the loop and the connections are the parent's to close
         try:
             if self._blocking is not None:
                 self._blocking.close()
-            self._runner.call(self._client.aclose())
+            with contextlib.suppress(ClientClosed):
+                self._runner.call(self._client.aclose())
         finally:
             self._runner.stop()
 
@@ -293,39 +367,54 @@ class SyncRateLimit:
     """Blocking counterparts of :class:`RateLimiter`: ``acquire`` sleeps in the caller's thread
     (not on the client's loop), so one waiting caller never holds up another."""
 
-    def __init__(self, limiter: RateLimiter, runner: _LoopThread) -> None:
-        self.limiter = limiter
-        self._run = runner.call
+    def __init__(self, client: SyncClient, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._client._parts()[1].rate_limit(self.name)
 
     def acquire(self, *, tokens: int = 0, requests: int = 1) -> Reservation:
-        reservation = self._run(self.limiter.reserve(tokens=tokens, requests=requests))
+        limiter = self.limiter
+        reservation = self._client._call(limiter.reserve(tokens=tokens, requests=requests))
         if reservation.wait > 0:
             try:
                 time.sleep(reservation.wait)
             except BaseException:
-                self._run(self.limiter.release(reservation))
+                self._client._call(limiter.release(reservation))
                 raise
         return reservation
 
     def throttled(self, retry_after: float | None = None) -> Throttle:
-        return self._run(self.limiter.throttled(retry_after))
+        return self._client._call(self.limiter.throttled(retry_after))
 
     def state(self) -> LimitState:
-        return self._run(self.limiter.state())
+        return self._client._call(self.limiter.state())
 
 
 class SyncQueue:
     """Blocking counterparts of the producer-side :class:`TaskQueue` methods."""
 
-    def __init__(self, queue: TaskQueue, runner: _LoopThread,
-                 blocking: BlockingScriptLine | None = None) -> None:
-        self.queue = queue
-        self._run = runner.call
-        self._blocking = blocking
+    def __init__(self, client: SyncClient, name: str, max_payload_bytes: int,
+                 durability: Durability | None) -> None:
+        self._client = client
+        self._options = (name, max_payload_bytes, durability)
+        self.queue  # noqa: B018 - a bad name or option fails here, as Client.queue does
+
+    @property
+    def queue(self) -> TaskQueue:
+        """The async queue of this process's client."""
+        name, max_payload_bytes, durability = self._options
+        return self._client._parts()[1].queue(
+            name, max_payload_bytes=max_payload_bytes, durability=durability)
 
     @property
     def name(self) -> str:
-        return self.queue.name
+        return self._options[0]
+
+    def _run(self, coro_of: Callable[[TaskQueue], Coroutine[Any, Any, T]]) -> T:
+        return self._client._call(coro_of(self.queue))
 
     def submit(
         self,
@@ -336,27 +425,33 @@ class SyncQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
-        if self._blocking is not None and not self._blocking.busy(self.queue.prefix + "queued"):
-            return self.queue.submit_blocking(
-                self._blocking, payload, priority=priority, delay=delay,
+        blocking = self._client._parts()[2]
+        queue = self.queue
+        if (blocking is not None and queue.durability is Durability.NONE
+                and not blocking.busy(queue.prefix + "queued")):
+            return queue.submit_blocking(
+                blocking, payload, priority=priority, delay=delay,
                 idempotency_key=idempotency_key, max_attempts=max_attempts,
             )
-        return self._run(self.queue.submit(
+        return self._client._call(queue.submit(
             payload, priority=priority, delay=delay, idempotency_key=idempotency_key,
             max_attempts=max_attempts,
         ))
 
     def submit_many(self, payloads: Iterable[Any], *, priority: int = 0, delay: float = 0,
                     max_attempts: int | None = None) -> list[str]:
-        return self._run(self.queue.submit_many(list(payloads), priority=priority, delay=delay,
-                                                max_attempts=max_attempts))
+        items = list(payloads)
+        return self._run(lambda q: q.submit_many(items, priority=priority, delay=delay,
+                                                 max_attempts=max_attempts))
 
     def get(self, task_id: str) -> TaskInfo | None:
-        return self._run(self.queue.get(task_id))
+        return self._run(lambda q: q.get(task_id))
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
-        """Block until the task is final; raises TimeoutError after `timeout` seconds."""
-        return self._run(self.queue.wait(task_id, timeout))
+        """Block until the task is final; raises TimeoutError after `timeout` seconds, and
+        TaskNotFound for an id the queue does not know (never submitted, or its result
+        expired)."""
+        return self._run(lambda q: q.wait(task_id, timeout))
 
     def events(self, task_id: str, *, after: str | None = None,
                follow: bool = True) -> Iterator[TaskEvent]:
@@ -366,29 +461,30 @@ class SyncQueue:
         try:
             while True:
                 try:
-                    yield self._run(_next(stream))
+                    yield self._client._call(_next(stream))
                 except StopAsyncIteration:
                     return
         finally:
-            self._run(stream.aclose())
+            with contextlib.suppress(ClientClosed):
+                self._client._call(stream.aclose())
 
     def cancel(self, task_id: str) -> CancelOutcome:
-        return self._run(self.queue.cancel(task_id))
+        return self._run(lambda q: q.cancel(task_id))
 
     def figures(self) -> QueueFigures:
-        return self._run(self.queue.figures())
+        return self._run(lambda q: q.figures())
 
     def workers(self) -> list[WorkerState]:
-        return self._run(self.queue.workers())
+        return self._run(lambda q: q.workers())
 
     def dead_letters(self, limit: int = 100) -> list[TaskInfo]:
-        return self._run(self.queue.dead_letters(limit))
+        return self._run(lambda q: q.dead_letters(limit))
 
     def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
-        return self._run(self.queue.requeue_dead(task_ids))
+        return self._run(lambda q: q.requeue_dead(task_ids))
 
     def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
-        return self._run(self.queue.purge_dead(task_ids))
+        return self._run(lambda q: q.purge_dead(task_ids))
 
 
 async def _next(stream: AsyncGenerator[T, None]) -> T:

@@ -239,6 +239,7 @@ class ScriptLine:
                 self._sentinel = pool
         self._nodes: dict[str, _Server[_AsyncWire]] = {}
         self.limit = limit
+        self._closed = False
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         if self._sentinel is not None:
@@ -251,16 +252,16 @@ class ScriptLine:
             reply = await wire.call(pack_command((b"EVALSHA", script.sha, len(keys), *keys,
                                                   *args)))
         except (NoScriptError, *_REDIRECTED):
-            server.idle.append(wire)
+            await self._keep(server, wire)
             return await script(keys=keys, args=args)
         except ReadOnlyError:
             if self._sentinel is None:
-                server.idle.append(wire)
+                await self._keep(server, wire)
                 raise
             await self._drop(server, wire)
             return await script(keys=keys, args=args)
         except ResponseError:
-            server.idle.append(wire)
+            await self._keep(server, wire)
             raise
         except RedisConnectionError:
             await self._drop(server, wire)
@@ -270,7 +271,7 @@ class ScriptLine:
         except BaseException:
             await self._drop(server, wire)
             raise
-        server.idle.append(wire)
+        await self._keep(server, wire)
         return reply
 
     async def _primary_of(self, key: Any) -> _Server[_AsyncWire]:
@@ -283,6 +284,8 @@ class ScriptLine:
         return server
 
     def _take(self, server: _Server[_AsyncWire]) -> _AsyncWire | None:
+        if self._closed:
+            return None  # closed: calls go the client's way, the line opens nothing more
         if server.idle:
             return server.idle.pop()
         if server.opened >= self.limit:
@@ -290,12 +293,22 @@ class ScriptLine:
         server.opened += 1
         return _AsyncWire(server.make())
 
+    async def _keep(self, server: _Server[_AsyncWire], wire: _AsyncWire) -> None:
+        """A call is over: its connection serves the next one, unless the line closed
+        meanwhile."""
+        if self._closed:
+            await self._drop(server, wire)
+        else:
+            server.idle.append(wire)
+
     async def _drop(self, server: _Server[_AsyncWire], wire: _AsyncWire) -> None:
         server.opened -= 1
         with contextlib.suppress(Exception):  # closing what is already broken
             await wire.close(nowait=True)
 
     async def aclose(self) -> None:
+        """Close the idle connections; those of calls in flight close as the calls end."""
+        self._closed = True
         for server in (*([self._one] if self._one else []), *self._nodes.values()):
             idle, server.idle = server.idle, []
             server.opened -= len(idle)
@@ -382,6 +395,7 @@ class BlockingScriptLine:
         self._primary_asked_at = float("-inf")
         self._limit = limit
         self._lock = threading.Lock()
+        self._closed = False
         self._forget_connections()
 
     def _forget_connections(self) -> None:
@@ -407,16 +421,16 @@ class BlockingScriptLine:
         try:
             reply = wire.call(pack_command((b"EVALSHA", sha, len(keys), *keys, *args)))
         except (NoScriptError, *_REDIRECTED):
-            server.idle.append(wire)
+            self._keep(server, wire)
             return self._through_client(sha, source, keys, args)
         except ReadOnlyError:
             if self._sentinel is None:
-                server.idle.append(wire)
+                self._keep(server, wire)
                 raise
             self._drop(server, wire)
             return self._through_client(sha, source, keys, args)
         except ResponseError:
-            server.idle.append(wire)
+            self._keep(server, wire)
             raise
         except RedisConnectionError:
             self._drop(server, wire)
@@ -426,7 +440,7 @@ class BlockingScriptLine:
         except BaseException:
             self._drop(server, wire)
             raise
-        server.idle.append(wire)
+        self._keep(server, wire)
         return reply
 
     def _through_client(self, sha: str, source: ScriptTextT, keys: Sequence[Any],
@@ -449,7 +463,9 @@ class BlockingScriptLine:
             address = pool.get_master_address()  # type: ignore[no-untyped-call]
         except (RedisConnectionError, RedisTimeoutError, OSError):
             return  # no sentinel answers: the calls find out for themselves
-        for wire in list(self._wires):
+        with self._lock:
+            wires = list(self._wires)
+        for wire in wires:
             wire.leave_unless((address[0], int(address[1])))
 
     def _server_of(self, key: Any) -> _Server[_Wire]:
@@ -469,6 +485,8 @@ class BlockingScriptLine:
         return server
 
     def _take(self, server: _Server[_Wire]) -> _Wire | None:
+        if self._closed:
+            return None  # closed: calls go the client's way, the line opens nothing more
         try:
             return server.idle.pop()
         except IndexError:
@@ -483,8 +501,17 @@ class BlockingScriptLine:
             with self._lock:
                 server.opened -= 1
             raise
-        self._wires.add(wire)
+        with self._lock:
+            self._wires.add(wire)
         return wire
+
+    def _keep(self, server: _Server[_Wire], wire: _Wire) -> None:
+        """A call is over: its connection serves the next one, unless the line closed
+        meanwhile."""
+        if self._closed:
+            self._drop(server, wire)
+        else:
+            server.idle.append(wire)
 
     def _drop(self, server: _Server[_Wire], wire: _Wire) -> None:
         with self._lock:
@@ -493,7 +520,9 @@ class BlockingScriptLine:
             wire.close()
 
     def close(self) -> None:
-        """Close the line's idle connections, then the client."""
+        """Close the line's idle connections (those of calls in flight close as the calls
+        end), then the client."""
+        self._closed = True
         for server in (*([self._one] if self._one else []), *self._nodes.values()):
             with self._lock:
                 idle, server.idle = server.idle, []

@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import threading
+import time
+from pathlib import Path
 
 import pytest
 import redis.exceptions
 
-from agentpool.client import Client, ClientConfigError, SyncClient
+from agentpool import protocol
+from agentpool.client import Client, ClientClosed, ClientConfigError, SyncClient
 from agentpool.protocol import CancelOutcome, TaskQueue
 from agentpool.redis_server import free_port
 
@@ -98,3 +104,90 @@ def test_client_needs_a_usable_url(monkeypatch: pytest.MonkeyPatch) -> None:
         Client.from_url("http://user:secret@host/0")
     assert "secret" not in str(caught.value)
     assert Client.from_url("redis://:pw@h:1/0").display_url == "redis://:***@h:1/0"
+
+
+def test_a_sync_client_made_before_fork_serves_the_child(
+    redis_url: str, queue_name: str, tmp_path: Path,
+) -> None:
+    """A web server imports the app (and its SyncClient), then forks its workers: the loop's
+    thread stayed in the parent, so every call through it hung in the child."""
+    client = SyncClient.from_url(redis_url)
+    queue = client.queue(queue_name)
+    queue.submit({"from": "parent"})
+    report = tmp_path / "child.json"
+    pid = os.fork()
+    if pid == 0:  # the child: exit without running the parent's test machinery
+        code = 1
+        try:
+            signal.alarm(20)
+            task_id = queue.submit({"from": "child"})
+            report.write_text(json.dumps({
+                "queued": queue.figures().queued, "state": queue.get(task_id).state,
+            }))
+            client.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert json.loads(report.read_text()) == {"queued": 2, "state": "queued"}
+        assert queue.figures().queued == 2  # the parent's client still serves the parent
+    finally:
+        client.close()
+
+
+def test_closing_a_sync_client_ends_the_calls_other_threads_wait_in(
+    redis_url: str, queue_name: str,
+) -> None:
+    client = SyncClient.from_url(redis_url)
+    queue = client.queue(queue_name)
+    task_id = queue.submit({})
+    outcome: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            queue.wait(task_id, timeout=30)
+        except BaseException as error:
+            outcome.append(error)
+
+    waiter = threading.Thread(target=waiting)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while not protocol._SUBSCRIBED_WAITS.get(client._parts()[1].redis):
+        assert time.monotonic() < deadline, "the wait did not start"
+        time.sleep(0.01)
+    client.close()
+    waiter.join(10)
+    assert not waiter.is_alive(), "the waiting thread still waits after close"
+    assert [type(error) for error in outcome] == [ClientClosed]
+    with pytest.raises(ClientClosed):
+        queue.submit({})
+    with pytest.raises(ClientClosed):
+        queue.get(task_id)
+
+
+def test_sync_client_takes_the_async_clients_pool_options(redis_url: str,
+                                                         queue_name: str) -> None:
+    with SyncClient.from_url(redis_url, pool_timeout=5) as client:
+        queue = client.queue(queue_name)
+        queue.submit({})  # on the blocking line, whose client takes no pool_timeout
+        assert queue.figures().queued == 1
+
+
+async def test_a_closed_clients_line_keeps_no_connection_of_calls_in_flight(
+    redis_url: str, queue_name: str,
+) -> None:
+    """Calls in flight when the client closes put their line connections back: they are
+    closed instead of kept open for nobody."""
+    client = Client.from_url(redis_url)
+    queue = client.queue(queue_name)
+    await queue.submit({})  # load the script
+    submits = [asyncio.ensure_future(queue.submit({"n": n})) for n in range(8)]
+    await asyncio.sleep(0)
+    await client.aclose()
+    await asyncio.gather(*submits)
+    line = client._line
+    assert line is not None
+    servers = [line._one] if line._one is not None else list(line._nodes.values())
+    assert [(len(s.idle), s.opened) for s in servers if s is not None] == [(0, 0)] * len(servers)
