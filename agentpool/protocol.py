@@ -28,7 +28,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -619,7 +619,9 @@ class TaskQueue:
         return [info for info in infos if info is not None]
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
-        """Wait until the task reaches a final state; raises TimeoutError after `timeout`.
+        """Wait until the task reaches a final state; raises TimeoutError after `timeout`, and
+        TaskNotFound for an id the queue does not know: never submitted, or finished longer
+        ago than the queue's result TTL (a day by default), whose record has expired.
 
         Once waiting, a lost connection (a Redis failover) is retried for up to
         WAIT_RECONNECT_SECONDS in a row; a Redis unreachable before the task was first read,
@@ -1299,21 +1301,62 @@ async def figures_and_workers(queue: TaskQueue) -> tuple[QueueFigures, list[Work
     return _queue_figures(figures), _worker_states(workers)
 
 
-async def task_page(queue: TaskQueue, state: str, offset: int,
-                    limit: int) -> tuple[int, list[TaskInfo]]:
+_PAGE_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "finished",
+                "error", "owner", "max", "progress")
+"""The fields of a task that task_page.lua reads, in its order."""
+_VIEW_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "finished",
+                "result", "error", "owner", "max", "progress")
+"""The fields of a task that task_view.lua reads, in its order."""
+
+
+def _decode_text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _cut_task(task_id: str, names: Sequence[str], values: Sequence[Any],
+              cut_names: Sequence[str], sizes: Sequence[Any],
+              cut_bytes: int) -> tuple[TaskInfo | None, dict[str, int]]:
+    """A task read with some fields cut to their first `cut_bytes` (task_page.lua,
+    task_view.lua): those fields that were cut hold the start of their text (never parsed),
+    and the returned mapping gives their full size in bytes."""
+    info = _task_info(task_id, {n: v for n, v in zip(names, values, strict=True)
+                                if v is not None})
+    cut = {name: int(size) for name, size in zip(cut_names, sizes, strict=True)
+           if int(size) > cut_bytes}
+    if info is None or not cut:
+        return info, cut
+    texts: dict[str, Any] = {name: _decode_text(values[names.index(name)]) for name in cut}
+    return replace(info, **texts), cut
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task as a page of a task list shows it: payload and error cut to their start, no
+    result."""
+
+    info: TaskInfo
+    cut: Mapping[str, int]
+    """The fields that were cut ("payload", "error"): their full size in bytes."""
+
+
+async def task_page(queue: TaskQueue, state: str, offset: int, limit: int, *,
+                    preview_bytes: int) -> tuple[int, list[TaskRow]]:
     """How many tasks are in `state` (one of TASK_LIST_STATES) and one page of them, in the
-    order of `TaskQueue.list_tasks`, in one round trip."""
+    order of `TaskQueue.list_tasks`, in one round trip; their payloads and errors cut to their
+    first `preview_bytes` bytes (on a character boundary) and without their results."""
     if state not in TASK_LIST_STATES:
         raise ProtocolError(f"no task state {state!r}: use one of {', '.join(TASK_LIST_STATES)}")
     name = "dead" if state == "dead" else _STATE_SETS[state]
     [reply] = await _scripts_in_one_trip(
-        queue.redis, [(queue, "task_page", [name, offset, limit, int(state == "dead")])])
-    infos = (_task_info(_s(reply[i]), _pairs(reply[i + 1])) for i in range(1, len(reply), 2))
-    return int(reply[0]), [info for info in infos if info is not None]
-
-
-def _pairs(flat: Sequence[Any]) -> dict[Any, Any]:
-    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+        queue.redis, [(queue, "task_page", [name, offset, limit, int(state == "dead"),
+                                            preview_bytes])])
+    rows: list[TaskRow] = []
+    for i in range(1, len(reply), 3):
+        info, cut = _cut_task(_s(reply[i]), _PAGE_FIELDS, reply[i + 1], ("payload", "error"),
+                              reply[i + 2], preview_bytes)
+        if info is not None:
+            rows.append(TaskRow(info, cut))
+    return int(reply[0]), rows
 
 
 @dataclass(frozen=True)
@@ -1326,29 +1369,35 @@ class TaskView:
     checkpoint: str | None
     """The start of its checkpoint's JSON (at most the bytes asked for), None without one."""
     checkpoint_bytes: int
+    cut: Mapping[str, int] = field(default_factory=dict)
+    """The fields of the task that were cut to their start ("payload", "result", "error"):
+    their full size in bytes."""
 
 
 async def task_view(queue: TaskQueue, task_id: str, *, after: str | None, count: int,
-                    checkpoint_bytes: int) -> TaskView:
-    """A task, the start of its checkpoint and up to `count` of its events after the event
-    id `after` (from the first when None), in one round trip."""
+                    checkpoint_bytes: int, field_bytes: int) -> TaskView:
+    """A task (its payload, result and error cut to their first `field_bytes` bytes, on a
+    character boundary), the start of its checkpoint and up to `count` of its events after
+    the event id `after` (from the first when None), in one round trip."""
     checkpoint_key = f"{queue.prefix}cp:{task_id}"
-    async with queue.redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(queue.task_key(task_id))
-        pipe.strlen(checkpoint_key)
-        pipe.getrange(checkpoint_key, 0, max(0, checkpoint_bytes - 1))
-        if count > 0:
-            pipe.xrange(queue.events_key(task_id), min="-" if after is None else f"({after}",
-                        count=count)
-        raw, size, start, *rest = await pipe.execute()
+    then: list[Sequence[Any]] = [
+        ("STRLEN", checkpoint_key),
+        ("GETRANGE", checkpoint_key, 0, max(0, checkpoint_bytes - 1))]
+    if count > 0:
+        then.append(("XRANGE", queue.events_key(task_id), "-" if after is None else f"({after}",
+                     "+", "COUNT", count))
+    reply, size, start, *rest = await _scripts_in_one_trip(
+        queue.redis, [(queue, "task_view", [task_id, field_bytes])], then=then)
+    info, cut = _cut_task(task_id, _VIEW_FIELDS, reply[0], ("payload", "result", "error"),
+                          reply[1], field_bytes)
     entries = rest[0] if rest else []
     checkpoint = None
     if size:
-        checkpoint = start.decode(errors="replace") if isinstance(start, bytes) else str(start)
+        checkpoint = _decode_text(start)
     return TaskView(
-        info=_task_info(task_id, raw),
+        info=info,
         events=[_task_event(entry_id, fields) for entry_id, fields in entries],
-        checkpoint=checkpoint, checkpoint_bytes=int(size),
+        checkpoint=checkpoint, checkpoint_bytes=int(size), cut=cut,
     )
 
 
