@@ -410,6 +410,11 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _decode_text(value: Any) -> str:
+    """Text read from Redis that another writer may have put there: never a decoding error."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def _int(value: Any, default: int = 0) -> int:
     """A number field of a task hash; `default` for one written behind the protocol's back."""
     try:
@@ -1145,7 +1150,7 @@ def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:
         started_ms=_opt_int(f.get("started")),
         finished_ms=_opt_int(f.get("finished")),
         result=_json_or_raw(f.get("result")),
-        error=_s(f["error"]) if "error" in f else None,
+        error=_decode_text(f["error"]) if "error" in f else None,
         owner=_s(f["owner"]) if "owner" in f else None,
         max_attempts=_opt_int(f.get("max")),
         progress=_progress(f.get("progress")),
@@ -1307,10 +1312,6 @@ _PAGE_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "f
 _VIEW_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "finished",
                 "result", "error", "owner", "max", "progress")
 """The fields of a task that task_view.lua reads, in its order."""
-
-
-def _decode_text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _cut_task(task_id: str, names: Sequence[str], values: Sequence[Any],

@@ -14,8 +14,6 @@ import signal
 import sys
 from pathlib import Path
 
-import redis.exceptions
-
 from agentpool.cli.common import (
     CLI_CONNECT_TIMEOUT,
     CommandFailed,
@@ -27,6 +25,7 @@ from agentpool.cli.common import (
 )
 from agentpool.client import Client
 from agentpool.protocol import QUEUE_NAME
+from agentpool.redis_errors import REDIS_FAILURES
 
 ENV_TOKEN = "AGENTPOOL_CONSOLE_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -46,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_redis_option(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--allowed-host", action="append", metavar="NAME",
+                        help="a host name the console answers to, as browsers reach it "
+                        "(repeatable; default: localhost, 127.0.0.1, [::1] and the --host "
+                        "address); requests naming another host are refused, so that no web "
+                        "page can read the console by pointing its own name at its address")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("-q", "--queue", action="append", metavar="NAME",
@@ -102,7 +106,7 @@ async def redis_problem(client: Client) -> str | None:
     try:
         async with asyncio.timeout(CLI_CONNECT_TIMEOUT + 1):
             await client.redis.ping()
-    except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+    except REDIS_FAILURES as exc:
         return redis_failure(client.url, exc)
     return None
 
@@ -115,6 +119,7 @@ async def run(args: argparse.Namespace) -> int:
 
     from agentpool.cli.status import KubeReader
     from agentpool.console.app import ConsoleConfig, build_app
+    from agentpool.console.security import allowed_name, default_allowed_hosts
     from agentpool.console.sources import Sources
 
     kube: KubeReader | None = None
@@ -134,8 +139,11 @@ async def run(args: argparse.Namespace) -> int:
                              client_name="agentpool-console")
     problem = await redis_problem(client)
     sources = Sources(client.redis, kube=kube, namespaces=namespaces, queues=args.queue or ())
-    loopback = args.host in ("127.0.0.1", "localhost", "::1")
-    runner = web.AppRunner(build_app(sources, ConsoleConfig(token=token, loopback_only=loopback)),
+    for name in args.allowed_host or []:
+        if not allowed_name(name):
+            raise UsageError(f"--allowed-host {name!r} is not a host name")
+    hosts = frozenset(args.allowed_host or default_allowed_hosts(args.host))
+    runner = web.AppRunner(build_app(sources, ConsoleConfig(token=token, allowed_hosts=hosts)),
                            access_log=None)
     await runner.setup()
     try:

@@ -11,21 +11,20 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis.exceptions
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from agentpool.cli.common import CommandFailed
 from agentpool.console.hub import FeedLoader, Hub, Loader, Message, event_key, plain
 from agentpool.console.security import (
+    LOOPBACK_NAMES,
     Handler,
-    loopback_only,
+    allowed_hosts,
     secure_headers,
     write_refusal,
 )
-from agentpool.console.sources import NotFound, Sources
-from agentpool.protocol import ProtocolError
-from agentpool.redis_errors import describe_redis_error
+from agentpool.console.sources import MAX_PAGE, NotFound, Sources
+from agentpool.protocol import TASK_LIST_STATES, ProtocolError
+from agentpool.redis_errors import REDIS_FAILURES, describe_redis_error
 
 STATIC = resources.files("agentpool.console") / "static"
 FLEET_SECONDS = 2.0
@@ -37,6 +36,11 @@ INTERVALS = {"fleet": 1.0, "pool": 2.0, "tasks": 2.5, "task": 1.0, "dead": 2.5}
 pool, a task list or a task (with its new events) is one Redis round trip, so at most one per
 second per page however many watch it; the fleet page reads the recorder's latest snapshot."""
 MAX_IDS = 1000
+MAX_WATCHED_PAGES = 1000
+"""Pages watched live at once (each has its refresher): a new one past this is refused."""
+WRITE_SECONDS = 30.0
+"""How long a browser may take to read what a live stream sends it before it is dropped: a
+client that stops reading must not make the console keep its unsent data."""
 
 SOURCES: web.AppKey[Sources] = web.AppKey("sources", Sources)
 HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
@@ -49,8 +53,8 @@ shutdown until the browsers go away)."""
 class ConsoleConfig:
     token: str | None = None
     """Write actions are enabled exactly when a token is set."""
-    loopback_only: bool = False
-    """Answer only requests addressed to the loopback (the console listens there)."""
+    allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES
+    """The host names (Host header) the console answers to; None: any."""
     fleet_seconds: float = FLEET_SECONDS
 
 
@@ -61,7 +65,7 @@ def error_doc(exc: BaseException) -> dict[str, Any]:
     """A page's error as shown to people: never a Redis URL or a password."""
     if isinstance(exc, NotFound):
         return {"error": str(exc), "not_found": True}
-    if isinstance(exc, redis.exceptions.RedisError | ConnectionError | TimeoutError):
+    if isinstance(exc, REDIS_FAILURES):
         return {"error": f"cannot read Redis: {describe_redis_error(exc)}"}
     if isinstance(exc, CommandFailed | ProtocolError):
         return {"error": str(exc)}
@@ -89,40 +93,40 @@ async def asset(request: web.Request) -> web.StreamResponse:
 # -- data ------------------------------------------------------------------------------------
 
 
-async def serve(request: web.Request, kind: str, load: Loader,
+async def serve(request: web.Request, kind: str, key: str, load: Loader,
                 feed: FeedLoader | None = None) -> web.StreamResponse:
     """The page's snapshot as JSON, or (Accept: text/event-stream) every new one, live, and
-    the page's events (`feed`) after the browser's Last-Event-ID."""
+    the page's events (`feed`) after the browser's Last-Event-ID. `key` names the page (its
+    refresher's), whatever else its URL says."""
     hub = request.app[HUB]
-    key = request.path_qs
     if "text/event-stream" not in request.headers.get("Accept", ""):
-        text = await hub.get(key, kind, load)
-        status = 200
-        if text.startswith('{"error"'):
-            status = 404 if json.loads(text).get("not_found") else 502
+        text, status = await hub.get(key, kind, load)
         return web.Response(text=text, status=status, content_type="application/json")
+    if key not in hub.topics and len(hub.topics) >= MAX_WATCHED_PAGES:
+        raise _http_error(503, f"{MAX_WATCHED_PAGES} pages are watched live already: "
+                          "try again later")
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
-    await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
-    updates = hub.watch(key, kind, feed or plain(load), INTERVALS[kind],
-                        after=last_event_id(request))
     streams, me = request.app[STREAMS], asyncio.current_task()
     assert me is not None
     streams.add(me)
+    updates = hub.watch(key, kind, feed or plain(load), INTERVALS[kind],
+                        after=last_event_id(request))
     # The next update is awaited in a task of its own that outlives a keep-alive: cancelling
     # it on a quiet page would close the generator (and the stream with it).
     pending: asyncio.Future[Message] | None = None
     try:
+        await _send(request, response, f"retry: {RECONNECT_MS}\n\n".encode())
         while True:
             pending = pending or asyncio.ensure_future(anext(updates))
             done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
             if not done:
-                await response.write(b": keep-alive\n\n")
+                await _send(request, response, b": keep-alive\n\n")
                 continue
             message, pending = pending.result(), None
-            await response.write(sse(message))
-    except (ConnectionResetError, asyncio.CancelledError):
+            await _send(request, response, sse(message))
+    except (ConnectionError, TimeoutError, asyncio.CancelledError):
         pass
     finally:
         streams.discard(me)
@@ -132,6 +136,18 @@ async def serve(request: web.Request, kind: str, load: Loader,
         with contextlib.suppress(Exception):
             await updates.aclose()
     return response
+
+
+async def _send(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    """Write to a live stream; a browser that does not take it within WRITE_SECONDS is cut
+    off (TimeoutError) and what was waiting for it dropped."""
+    try:
+        async with asyncio.timeout(WRITE_SECONDS):
+            await response.write(data)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        raise
 
 
 def sse(message: Message) -> bytes:
@@ -164,36 +180,54 @@ async def fleet(request: web.Request) -> web.StreamResponse:
     async def load() -> dict[str, Any]:
         return sources.fleet or await sources.refresh_fleet()
 
-    return await serve(request, "fleet", load)
+    return await serve(request, "fleet", "fleet", load)
 
 
 async def pool(request: web.Request) -> web.StreamResponse:
     sources, info = request.app[SOURCES], request.match_info
-    return await serve(request, "pool", lambda: sources.pool(info["namespace"], info["name"]))
+    key = page_key("pool", info["namespace"], info["name"])
+    return await serve(request, "pool", key,
+                       lambda: sources.pool(info["namespace"], info["name"]))
+
+
+def page_key(kind: str, *parts: str | int) -> str:
+    """The name of a page whatever its URL's other query parameters: one refresher each."""
+    return json.dumps([kind, *parts])
 
 
 def _page(request: web.Request) -> int:
+    text = request.query.get("page", "1")
     try:
-        return max(1, int(request.query.get("page", "1")))
+        page = int(text)
     except ValueError:
-        return 1
+        page = 0
+    if not 1 <= page <= MAX_PAGE:
+        raise _http_error(400, f"page must be a whole number from 1 to {MAX_PAGE}")
+    return page
 
 
 async def tasks(request: web.Request) -> web.StreamResponse:
     sources, queue = request.app[SOURCES], request.match_info["queue"]
-    state = request.query.get("state", "queued")
-    return await serve(request, "tasks", lambda: sources.tasks(queue, state, _page(request)))
+    state, page = request.query.get("state", "queued"), _page(request)
+    if state not in TASK_LIST_STATES:
+        raise _http_error(404, f"no task state {state!r}: use one of "
+                          f"{', '.join(TASK_LIST_STATES)}")
+    return await serve(request, "tasks", page_key("tasks", queue, state, page),
+                       lambda: sources.tasks(queue, state, page))
 
 
 async def dead(request: web.Request) -> web.StreamResponse:
     sources, queue = request.app[SOURCES], request.match_info["queue"]
-    return await serve(request, "dead", lambda: sources.tasks(queue, "dead", _page(request)))
+    page = _page(request)
+    return await serve(request, "dead", page_key("dead", queue, page),
+                       lambda: sources.tasks(queue, "dead", page))
 
 
 async def task(request: web.Request) -> web.StreamResponse:
     sources, info = request.app[SOURCES], request.match_info
     queue, task_id = info["queue"], info["id"]
-    return await serve(request, "task", lambda: sources.task(queue, task_id),
+    return await serve(request, "task", page_key("task", queue, task_id),
+                       lambda: sources.task(queue, task_id),
                        lambda after: sources.task_feed(queue, task_id, after))
 
 
@@ -310,10 +344,9 @@ async def _end_streams(app: web.Application) -> None:
 
 
 def build_app(sources: Sources, config: ConsoleConfig) -> web.Application:
-    middlewares: list[Middleware] = [secure_headers]
-    if config.loopback_only:
-        middlewares.append(loopback_only)
-    app = web.Application(middlewares=middlewares)
+    app = web.Application(middlewares=[] if config.allowed_hosts is None
+                          else [allowed_hosts(config.allowed_hosts)])
+    app.on_response_prepare.append(secure_headers)
     app[SOURCES] = sources
     app[CONFIG] = config
     app[HUB] = Hub(error_doc)

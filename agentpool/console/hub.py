@@ -50,7 +50,22 @@ class Message:
 
 
 def encode(snapshot: Any) -> str:
-    return json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False, default=str)
+    """JSON in ASCII: a string read from Redis may hold a lone surrogate (JSON allows
+    "\\ud800"), which has no UTF-8; escaped, it reaches the page as the producer wrote it."""
+    return json.dumps(snapshot, separators=(",", ":"), default=str)
+
+
+def status_of(snapshot: dict[str, Any]) -> int:
+    """The HTTP status of a page's snapshot: 404 for what is not there, 502 when it could not
+    be read (an "error"), else 200."""
+    if "error" not in snapshot:
+        return 200
+    return 404 if snapshot.get("not_found") else 502
+
+
+def _unstamped(snapshot: dict[str, Any]) -> str:
+    """A snapshot without its reading time ("at"): what tells whether the page changed."""
+    return encode({k: v for k, v in snapshot.items() if k != "at"})
 
 
 def event_key(event_id: str) -> tuple[int, int]:
@@ -78,6 +93,9 @@ class Topic:
     """Goes up whenever the snapshot changes or events arrive."""
     snapshot_version: int = 0
     latest: str | None = None
+    latest_status: int = 200
+    compared: str | None = None
+    """The latest snapshot without its time: a new one goes out only when this changes."""
     keys: list[tuple[int, int]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     """The encoded events read so far (the last MAX_LOG_EVENTS), in order; `keys` are theirs."""
@@ -95,10 +113,11 @@ class Topic:
             raise
         except Exception as exc:
             snapshot, new = self.on_error(exc), []
-        text = encode(snapshot)
+        compared = _unstamped(snapshot)
         async with self.changed:
-            if text != self.latest:
-                self.latest = text
+            if compared != self.compared:
+                self.latest, self.compared = encode(snapshot), compared
+                self.latest_status = status_of(snapshot)
                 self.snapshot_version += 1
             if new:
                 self.last_event = str(new[-1]["id"])
@@ -125,15 +144,17 @@ class Hub:
         self.loads: Counter[str] = Counter()
         """Page reloads by page kind: what the watchers cost, however many they are."""
 
-    async def get(self, key: str, kind: str, load: Loader) -> str:
+    async def get(self, key: str, kind: str, load: Loader) -> tuple[str, int]:
+        """The page's snapshot (a watched page's latest) and its HTTP status."""
         topic = self.topics.get(key)
         if topic is not None and topic.latest is not None:
-            return topic.latest
+            return topic.latest, topic.latest_status
         self.loads[kind] += 1
         try:
-            return encode(await load())
+            snapshot = await load()
         except Exception as exc:
-            return encode(self.on_error(exc))
+            snapshot = self.on_error(exc)
+        return encode(snapshot), status_of(snapshot)
 
     async def watch(self, key: str, kind: str, load: FeedLoader, interval: float,
                     after: str | None = None) -> AsyncGenerator[Message, None]:

@@ -4,10 +4,13 @@ actions only when enabled, with the token, from the console's own pages."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -23,32 +26,79 @@ HEADERS = {
 }
 
 
-@web.middleware
-async def secure_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers.update(HEADERS)
-        raise
+async def secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response's headers, set just before they are sent (`on_response_prepare`): also
+    on a live stream, whose headers go out before its handler returns, and on an error."""
     response.headers.update(HEADERS)
-    return response
 
 
+_HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?$")
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-@web.middleware
-async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse requests that name another host than this machine's loopback: a console bound
-    to 127.0.0.1 must not be readable by a web page that rebinds its own name to 127.0.0.1."""
+def host_name(host: str) -> str:
+    """The name in a Host header, without port or brackets, in lower case ("" when it is not
+    one)."""
     try:
-        host = urlsplit("//" + (request.host or "")).hostname or ""
+        name = urlsplit("//" + host).hostname or ""
     except ValueError:
-        host = ""
-    if host.lower() not in LOOPBACK_NAMES:
-        raise web.HTTPMisdirectedRequest(
-            text="this console answers only to 127.0.0.1, localhost or [::1]")
-    return await handler(request)
+        return ""
+    return name.rstrip(".").lower()
+
+
+def allowed_name(name: str) -> str:
+    """A name given to answer to (`example.com`, `::1`, `[::1]`) as `host_name` finds it in a
+    Host header ("" when it is not a host name)."""
+    name = name.strip()
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]"
+    name = host_name(name)
+    return name if _is_ip(name) or _HOST_NAME.match(name) else ""
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(name: str) -> bool:
+    """`localhost` or an address of the loopback (127.0.0.0/8, ::1)."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def default_allowed_hosts(listen: str) -> frozenset[str]:
+    """The host names a console answers to unless told others: the loopback's, and the
+    address it listens on."""
+    return (LOOPBACK_NAMES | {allowed_name(listen)}) - {""}
+
+
+def allowed_hosts(names: Iterable[str]) -> Middleware:
+    """Refuse (421) a request whose Host header names none of `names`: a web page whose own
+    name resolves to the console's address (DNS rebinding: a laptop's 127.0.0.1 behind
+    `kubectl port-forward`) must not be able to read it. With a loopback name allowed, every
+    loopback address (127.0.0.2, [::1]) is."""
+    allowed = frozenset(allowed_name(n) for n in names) - {""}
+    loopback = any(is_loopback(n) for n in allowed)
+    shown = ", ".join(sorted(allowed))
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        name = host_name(request.host or "")
+        if not name or not (name in allowed or (loopback and is_loopback(name))):
+            raise web.HTTPMisdirectedRequest(
+                text=f"this console answers only to {shown}: add the name you reach it by "
+                "with --allowed-host")
+        return await handler(request)
+
+    return check
 
 
 def write_refusal(request: web.Request, token: str | None) -> tuple[int, str] | None:

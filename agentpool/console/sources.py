@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from agentpool.cli.fleet import (
     CounterSample,
@@ -44,8 +43,8 @@ from agentpool.protocol import (
     QUEUE_NAME,
     TASK_LIST_STATES,
     TaskEvent,
-    TaskInfo,
     TaskQueue,
+    TaskRow,
     TaskView,
     figures_and_workers,
     figures_of,
@@ -55,11 +54,16 @@ from agentpool.protocol import (
     task_view,
 )
 from agentpool.ratelimit import RateLimiter, RateLimitError, limit_configs
+from agentpool.redis_errors import REDIS_FAILURES
 
 NO_NAMESPACE = "-"
 """The namespace part of a pool's address when the fleet comes from Redis alone."""
 PAGE_SIZE = 50
+MAX_PAGE = 1_000_000_000
+"""The last page number a task list accepts (its offset must fit Redis's 64-bit integers)."""
 PREVIEW_CHARS = 120
+PREVIEW_BYTES = 4 * PREVIEW_CHARS
+"""Bytes of a payload or an error a task list reads: enough for its preview's characters."""
 PROGRESS_CHARS = 60
 DISCOVERY_SECONDS = 30.0
 DISCOVERY_MAX_KEYS = 5_000_000
@@ -69,6 +73,9 @@ EVENT_BATCH = 1000
 """Events a task page reads per round trip (more are read at once, not after the interval)."""
 EVENT_DATA_CHARS = 2000
 CHECKPOINT_PREVIEW_BYTES = 65_536
+FIELD_PREVIEW_BYTES = 65_536
+"""Bytes of a payload, result or error a task page reads and sends: the start of a bigger one,
+with its size."""
 
 
 class NotFound(LookupError):
@@ -239,13 +246,13 @@ class Sources:
     async def tasks(self, queue_name: str, state: str, page: int) -> dict[str, Any]:
         if state not in TASK_LIST_STATES:
             raise NotFound(f"no task state {state!r}: use one of {', '.join(TASK_LIST_STATES)}")
-        page = max(1, page)
-        total, infos = await task_page(self.queue(queue_name), state, (page - 1) * PAGE_SIZE,
-                                       PAGE_SIZE)
+        page = min(max(1, page), MAX_PAGE)
+        total, rows = await task_page(self.queue(queue_name), state, (page - 1) * PAGE_SIZE,
+                                      PAGE_SIZE, preview_bytes=PREVIEW_BYTES)
         return {
             "queue": queue_name, "state": state, "page": page, "per_page": PAGE_SIZE,
             "total": total, "states": list(TASK_LIST_STATES), "at": time.time(),
-            "tasks": [task_row(info) for info in infos],
+            "tasks": [task_row(row) for row in rows],
         }
 
     async def find(self, queue_name: str, text: str) -> str | None:
@@ -267,11 +274,14 @@ class Sources:
         trip."""
         view = await task_view(self.queue(queue_name), task_id, after=after,
                                count=EVENT_BATCH if events else 0,
-                               checkpoint_bytes=CHECKPOINT_PREVIEW_BYTES)
+                               checkpoint_bytes=CHECKPOINT_PREVIEW_BYTES,
+                               field_bytes=FIELD_PREVIEW_BYTES)
         info = view.info
         if info is None:
             raise NotFound(f"no task {task_id} in queue {queue_name} (it may have expired)")
-        snapshot = {"queue": queue_name, "at": time.time(), "task": task_json(queue_name, info),
+        doc = task_json(queue_name, info)
+        doc["cut"] = dict(view.cut)
+        snapshot = {"queue": queue_name, "at": time.time(), "task": doc,
                     "done": info.done, "checkpoint": checkpoint_json(view)}
         return Feed(snapshot, [page_event(e) for e in view.events],
                     more=len(view.events) >= EVENT_BATCH)
@@ -310,7 +320,7 @@ async def limit_rows(redis: aioredis.Redis, declared: Any, now: float) -> list[d
                                "throttles": None, "last_throttle_age_seconds": None}
         try:
             state = await RateLimiter(redis, item["name"]).state()
-        except (RateLimitError, RedisError, OSError):
+        except (RateLimitError, *REDIS_FAILURES):
             rows.append(row)
             continue
         config = state.config
@@ -331,19 +341,26 @@ async def limit_rows(redis: aioredis.Redis, declared: Any, now: float) -> list[d
     return rows
 
 
-def task_row(info: TaskInfo) -> dict[str, Any]:
+def task_row(row: TaskRow) -> dict[str, Any]:
+    info = row.info
     return {
         "id": info.id, "state": info.state, "priority": info.priority,
         "attempts": info.attempts, "max_attempts": info.max_attempts,
         "created": iso_ms(info.created_ms), "finished": iso_ms(info.finished_ms),
-        "owner": info.owner, "error": None if info.error is None else compact(info.error,
-                                                                               PREVIEW_CHARS),
-        "payload": compact(info.payload, PREVIEW_CHARS),
+        "owner": info.owner,
+        "error": None if info.error is None else _preview(info.error, "error" in row.cut),
+        "payload": _preview(info.payload, "payload" in row.cut),
         "progress": None if info.progress is None else {
             "fraction": info.progress.fraction,
             "message": None if info.progress.message is None else compact(
                 info.progress.message, PROGRESS_CHARS)},
     }
+
+
+def _preview(value: Any, cut: bool) -> str:
+    """A one-line preview; the start of a field that was cut ends with "…" in any case."""
+    text = compact(value, PREVIEW_CHARS)
+    return text if not cut or text.endswith("…") else text + "…"
 
 
 def _conditions(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:

@@ -204,3 +204,16 @@ local function requeue_worker(worker, reason, now, counts)
   redis.call('HSET', worker_key(worker), 'state', 'gone', 'in_flight', 0)
   redis.call('EXPIRE', worker_key(worker), 3600)
 end
+
+-- The first `bytes` bytes of a UTF-8 string, ending on a character boundary (what a page
+-- shows of a field too big to send whole).
+local function text_prefix(text, bytes)
+  if #text <= bytes then return text end
+  local n = bytes
+  while n > 0 do
+    local b = string.byte(text, n + 1)
+    if b < 128 or b >= 192 then break end
+    n = n - 1
+  end
+  return string.sub(text, 1, n)
+end

@@ -108,3 +108,24 @@ def test_console_uses_the_external_redis_secret(helm: Helm) -> None:
                             "redis": {"enabled": False, "external": {"existingSecret": "mine"}}})
     env = {e["name"]: e for e in console_container(rendered)["env"]}
     assert env["AGENTPOOL_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "mine"
+
+
+def allowed_hosts(command: list[str]) -> list[str]:
+    return [command[i + 1] for i, arg in enumerate(command) if arg == "--allowed-host"]
+
+
+def test_console_answers_to_port_forward_its_service_and_the_hosts_given_only(
+        helm: Helm) -> None:
+    """Listening on 0.0.0.0, the console still refuses other Host headers (DNS rebinding):
+    the chart names the hosts a browser reaches it by, and its probes send one of them."""
+    container = console_container(helm.render(COMBINATIONS["console"]))
+    service = f"{CONSOLE}.{NAMESPACE}"
+    assert allowed_hosts(container["command"]) == [
+        "localhost", "127.0.0.1", CONSOLE, service, f"{service}.svc",
+        f"{service}.svc.cluster.local"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["httpHeaders"] == [
+            {"name": "Host", "value": "localhost"}]
+    more = helm.render({"console": {"enabled": True,
+                                    "allowedHosts": ["console.example.com"]}})
+    assert allowed_hosts(console_container(more)["command"])[-1] == "console.example.com"

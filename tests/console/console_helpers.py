@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -17,3 +20,11 @@ def worker_env(redis_url: str, queue: str, pod: str) -> dict[str, str]:
                AGENTPOOL_POD_NAME=pod, AGENTPOOL_PORT="0", AGENTPOOL_MAX_ATTEMPTS="1",
                PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]))
     return env
+
+
+async def eventually(check: Callable[[], bool], *, within: float = 20.0) -> None:
+    """Wait until `check()` holds (it reads state that no event announces)."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"condition not met within {within}s"
+        await asyncio.sleep(0.01)

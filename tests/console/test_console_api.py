@@ -5,22 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from aiohttp.test_utils import TestClient, TestServer
-from console_helpers import TOKEN
+from console_helpers import TOKEN, eventually
 from redis.asyncio.connection import Connection
 
 from agentpool.console import app as console_app
 from agentpool.console.app import ConsoleConfig, build_app
-from agentpool.console.sources import CHECKPOINT_PREVIEW_BYTES, PAGE_SIZE, Sources
-from agentpool.protocol import TaskQueue, WorkerInfo, encode_checkpoint
+from agentpool.console.sources import (
+    CHECKPOINT_PREVIEW_BYTES,
+    FIELD_PREVIEW_BYTES,
+    MAX_PAGE,
+    PAGE_SIZE,
+    PREVIEW_BYTES,
+    PREVIEW_CHARS,
+    Sources,
+)
+from agentpool.protocol import TaskQueue, WorkerInfo, encode_checkpoint, task_page
 from agentpool.redis_server import RedisServer, free_port
 
 Client = TestClient  # type: ignore[type-arg]
@@ -320,14 +331,59 @@ def test_a_redis_that_does_not_answer_at_start_is_one_warning_and_the_console_se
         "request asks Redis again)\n")
 
 
-async def test_a_loopback_console_refuses_other_host_names(redis: aioredis.Redis,
-                                                           queue_name: str) -> None:
-    app = build_app(Sources(redis, queues=[queue_name]), ConsoleConfig(loopback_only=True))
-    async with TestClient(TestServer(app)) as client:
-        for host, status in [("127.0.0.1:8080", 200), ("localhost", 200), ("[::1]:8080", 200),
-                             ("attacker.example:8080", 421), ("127.0.0.1.nip.io", 421)]:
-            response = await client.get("/api/console", headers={"Host": host})
-            assert response.status == status, host
+async def test_the_console_answers_only_to_its_allowed_host_names(redis: aioredis.Redis,
+                                                                 queue_name: str) -> None:
+    """A web page that points its own name at the console's address (DNS rebinding) gets
+    421, whatever address the console listens on; every loopback spelling is the loopback."""
+    cases = {
+        None: [("127.0.0.1:8080", 200), ("localhost", 200), ("[::1]:8080", 200),
+               ("127.0.0.2:8080", 200), ("LOCALHOST.", 200), ("attacker.example:8080", 421),
+               ("127.0.0.1.nip.io", 421), ("", 421)],
+        frozenset({"localhost", "127.0.0.1", "console.ns.svc"}): [
+            ("console.ns.svc:80", 200), ("127.0.0.9", 200), ("attacker.example", 421)],
+        frozenset({"console.example.com"}): [
+            ("console.example.com", 200), ("localhost:8080", 421), ("127.0.0.1", 421)],
+    }
+    for hosts, expected in cases.items():
+        config = ConsoleConfig() if hosts is None else ConsoleConfig(allowed_hosts=hosts)
+        app = build_app(Sources(redis, queues=[queue_name]), config)
+        async with TestClient(TestServer(app)) as client:
+            for host, status in expected:
+                for accept in ("application/json", "text/event-stream"):
+                    response = await client.get("/api/fleet",
+                                                headers={"Host": host, "Accept": accept})
+                    assert response.status == status, (hosts, host, accept)
+                    response.close()
+
+
+def test_a_console_listening_on_every_address_refuses_other_host_names(redis_url: str) -> None:
+    """As the chart starts it (--host 0.0.0.0, reached through a port-forward)."""
+    port = free_port()
+    console = subprocess.Popen(
+        [str(Path(sys.executable).with_name("agentpool")), "console", "--redis-url", redis_url,
+         "--redis-only", "--host", "0.0.0.0", "--port", str(port),
+         "--allowed-host", "localhost", "--allowed-host", "console.example.com"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert console.stdout is not None
+        assert console.stdout.readline().startswith(f"agentpool console: http://0.0.0.0:{port}/")
+
+        def status(host: str) -> int:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/queues/q/tasks",
+                                             headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert status(f"attacker.example:{port}") == 421
+        assert status(f"localhost:{port}") == 200
+        assert status("console.example.com") == 200
+        assert status(f"127.0.0.2:{port}") == 200
+    finally:
+        console.terminate()
+        console.wait(timeout=15)
 
 
 async def read_stream(response: Any, events: list[dict[str, Any]], until: int) -> list[Any]:
@@ -352,6 +408,7 @@ async def read_stream(response: Any, events: list[dict[str, Any]], until: int) -
     return snapshots
 
 
+@ALSO_ON_A_CLUSTER
 async def test_a_task_page_streams_its_events_and_resumes_after_the_last_event_id(
     api: Client, redis: aioredis.Redis, queue_name: str
 ) -> None:
@@ -436,3 +493,155 @@ async def test_task_lists_and_task_pages_read_redis_in_one_round_trip(
     feed = await sources.task_feed(queue_name, task_id, None)
     assert [e["kind"] for e in feed.events] == ["progress"]
     await counting.aclose()
+
+
+@ALSO_ON_A_CLUSTER
+async def test_big_payloads_results_and_errors_are_sent_as_their_start_and_size(
+    api: Client, redis: aioredis.Redis, queue_name: str
+) -> None:
+    """A task page carries at most FIELD_PREVIEW_BYTES of each, cut on a character boundary,
+    with the full size; a task list reads no more of them than its previews need."""
+    queue = TaskQueue(redis, queue_name)
+    payload = {"text": "é" * 100_000}  # two bytes a character: a cut may fall inside one
+    payload_bytes = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+    task_id = await queue.submit(payload, max_attempts=1)
+    [claimed] = (await queue.claim("pod-a:i1", 1, 30)).tasks
+    result = ["ok"] * 200_000
+    await queue.complete(claimed, result)
+    doc = await get_json(api, f"/api/queues/{queue_name}/tasks/{task_id}")
+    task = doc["task"]
+    result_bytes = len(json.dumps(result, separators=(",", ":")).encode())
+    assert task["cut"] == {"payload": payload_bytes, "result": result_bytes}
+    for field, whole in (("payload", payload), ("result", result)):
+        text = task[field]
+        assert 0 < len(text.encode()) <= FIELD_PREVIEW_BYTES
+        assert json.dumps(whole, separators=(",", ":"), ensure_ascii=False).startswith(text)
+
+    dead_id = await queue.submit(payload, max_attempts=1)
+    [claimed] = (await queue.claim("pod-a:i1", 1, 30)).tasks
+    await queue.fail(claimed, "ü" * 3000, retryable=False)
+    _, rows = await task_page(queue, "dead", 0, 10, preview_bytes=PREVIEW_BYTES)
+    [row] = [r for r in rows if r.info.id == dead_id]
+    assert row.cut == {"payload": payload_bytes, "error": 6000}
+    assert row.info.result is None
+    assert len(str(row.info.payload).encode()) <= PREVIEW_BYTES
+    listed = await get_json(api, f"/api/queues/{queue_name}/dead")
+    [shown] = [t for t in listed["tasks"] if t["id"] == dead_id]
+    assert shown["payload"] == '{"text":"' + "é" * (PREVIEW_CHARS - 10) + "…"
+    assert shown["error"] == "ü" * (PREVIEW_CHARS - 1) + "…"
+    small = await get_json(api, f"/api/queues/{queue_name}/tasks/{await queue.submit([1])}")
+    assert small["task"]["payload"] == [1] and small["task"]["cut"] == {}
+
+
+async def test_a_browser_that_stops_reading_is_dropped(
+    api: Client, redis: aioredis.Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its stream is cut after WRITE_SECONDS without progress: the console does not keep what
+    it could not send, and the page's refresher stops with its last watcher."""
+    monkeypatch.setattr(console_app, "WRITE_SECONDS", 0.5)
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"n": 1})
+    async with redis.pipeline(transaction=False) as pipe:  # ~20 MB of events to send
+        for n in range(10_000):
+            pipe.xadd(queue.events_key(task_id), {"kind": "note", "attempt": 1,
+                                                  "data": json.dumps("x" * 2000 + str(n))})
+        await pipe.execute()
+    await redis.hset(queue.task_key(task_id), "ev", 1)
+    hub = api.server.app[console_app.HUB]
+    reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(f"GET /api/queues/{queue_name}/tasks/{task_id} HTTP/1.1\r\n"
+                 f"Host: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")  # and reads no more
+
+    await eventually(lambda: not hub.topics and not api.server.app[console_app.STREAMS])
+    writer.close()
+
+
+async def test_junk_query_parameters_share_the_pages_refresher_and_pages_watched_are_capped(
+    api: Client, redis: aioredis.Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = api.server.app[console_app.HUB]
+    sse = {"Accept": "text/event-stream"}
+    base = f"/api/queues/{queue_name}/tasks"
+    streams = [await api.get(f"{base}?state=queued&page=1&c={n}", headers=sse)
+               for n in range(5)]
+    streams.append(await api.get(base, headers=sse))
+    for stream in streams:
+        assert stream.status == 200
+        await stream.content.readline()  # retry:
+    assert list(hub.topics) == [console_app.page_key("tasks", queue_name, "queued", 1)]
+    monkeypatch.setattr(console_app, "MAX_WATCHED_PAGES", 1)
+    refused = await api.get(f"{base}?state=dead", headers=sse)
+    assert refused.status == 503
+    assert "watched live already" in (await refused.json())["error"]
+    for stream in streams:
+        stream.close()
+
+
+async def test_a_lone_surrogate_in_a_task_shows_on_every_page(
+    api: Client, redis: aioredis.Redis, queue_name: str
+) -> None:
+    """Valid JSON from another producer ("\\ud800", no character of its own) must not break
+    the pages that show it."""
+    queue = TaskQueue(redis, queue_name)
+    task_id = await dead_task(queue, error="boom")
+    await redis.hset(queue.task_key(task_id), mapping={"payload": '{"s":"\\ud800x"}',
+                                                       "error": "bad \ud800".encode(
+                                                           "utf-8", "surrogatepass")})
+    doc = await get_json(api, f"/api/queues/{queue_name}/tasks/{task_id}")
+    assert doc["task"]["payload"] == {"s": "\ud800x"}
+    assert doc["task"]["error"].startswith("bad \ufffd")  # not UTF-8: shown, not a failure
+    for path in (f"/api/queues/{queue_name}/dead", f"/api/queues/{queue_name}/tasks?state=dead"):
+        [row] = (await get_json(api, path))["tasks"]
+        assert row["payload"] == '{"s":"\ud800x"}'
+    response = await api.get(f"/api/queues/{queue_name}/tasks/{task_id}",
+                             headers={"Accept": "text/event-stream"})
+    snapshot = await asyncio.wait_for(_first_snapshot(response), 10)
+    assert snapshot["task"]["payload"] == {"s": "\ud800x"}
+    response.close()
+
+
+async def _first_snapshot(response: Any) -> Any:
+    while True:
+        line = (await response.content.readline()).decode()
+        if line.startswith("data: "):
+            return json.loads(line[6:])
+
+
+async def test_live_streams_carry_the_security_headers(api: Client, queue_name: str) -> None:
+    for path in ("/api/fleet", f"/api/queues/{queue_name}/tasks"):
+        response = await api.get(path, headers={"Accept": "text/event-stream"})
+        assert response.headers["Content-Type"] == "text/event-stream"
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        response.close()
+
+
+async def test_the_fleet_is_502_while_redis_is_down() -> None:
+    redis = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    app = build_app(Sources(redis, queues=["q"]), ConsoleConfig(fleet_seconds=0.05))
+    try:
+        async with TestClient(TestServer(app)) as client:
+            response = await client.get("/api/fleet")
+            assert response.status == 502
+            assert (await response.json())["error"].startswith("cannot read Redis: ")
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("page", ["99999999999999999999", "0", "-3", "two"])
+async def test_a_page_number_out_of_range_is_refused_in_one_line(api: Client, queue_name: str,
+                                                                   page: str) -> None:
+    for path in (f"/api/queues/{queue_name}/tasks?state=queued&page={page}",
+                 f"/api/queues/{queue_name}/dead?page={page}"):
+        doc = await get_json(api, path, 400)
+        assert doc == {"error": f"page must be a whole number from 1 to {MAX_PAGE}"}
+
+
+def test_a_cluster_with_no_node_answering_is_a_redis_failure() -> None:
+    shown = console_app.error_doc(redis.exceptions.RedisClusterException(
+        "Redis Cluster cannot be connected"))
+    assert shown == {"error": "cannot read Redis: Redis Cluster cannot be connected"}

@@ -241,7 +241,7 @@ class InProcessConsole:
     def start(self) -> None:
         async def serve() -> None:
             sources = Sources(self.redis, queues=[self.queue])
-            self.runner = web.AppRunner(build_app(sources, ConsoleConfig(loopback_only=True)))
+            self.runner = web.AppRunner(build_app(sources, ConsoleConfig()))
             await self.runner.setup()
             await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
@@ -335,6 +335,46 @@ def test_a_dead_letter_is_requeued_with_the_token_and_refused_without(
     expect(page.locator("#action-message")).to_have_text("requeued: 1")
     wait_for(lambda: console.state(task_id) == "succeeded", page)
     expect(page.locator(f'#tasks tr[data-task="{task_id}"]')).to_have_count(0, timeout=LIVE)
+
+
+def test_the_token_box_keeps_what_is_typed_and_its_focus_while_the_task_changes(
+    console: Console, page: Page
+) -> None:
+    gates = console.tmp / f"token-{uuid.uuid4().hex[:6]}"
+    task_id = console.submit({"steps": 3, "gates": str(gates)})
+    page.goto(f"{console.url}queues/{console.queue}/tasks/{task_id}")
+    expect(page.locator("#task-state")).to_have_text("running", timeout=LIVE)
+    token = page.locator("#token")
+    token.click()
+    page.keyboard.type("not-the")
+    (gates.parent / f"{gates.name}-1").touch()  # the task changes: the page redraws it
+    expect(page.locator("#task-checkpoint")).to_contain_text('"step": 1', timeout=LIVE)
+    page.keyboard.type("-token")
+    expect(token).to_have_value("not-the-token")
+    assert page.evaluate("document.activeElement.id") == "token"
+    page.locator("#cancel").click()
+    message = page.locator("#action-message")
+    expect(message).to_have_text("refused: a valid token is required for write actions")
+    (gates.parent / f"{gates.name}-2").touch()
+    expect(page.locator("#task-checkpoint")).to_contain_text('"step": 2', timeout=LIVE)
+    expect(message).to_have_text("refused: a valid token is required for write actions")
+    (gates.parent / f"{gates.name}-3").touch()
+    expect(page.locator("#task-state")).to_have_text("succeeded", timeout=LIVE)
+    expect(page.locator("#cancel")).to_be_disabled()
+
+
+def test_a_big_payload_and_result_show_their_start_and_their_size(
+    console: Console, page: Page
+) -> None:
+    task_id = console.submit({"big": "x" * 100_000})  # echoed: the result is as big
+    wait_for(lambda: console.state(task_id) == "succeeded", page)
+    page.goto(f"{console.url}queues/{console.queue}/tasks/{task_id}")
+    expect(page.locator("#task-state")).to_have_text("succeeded", timeout=LIVE)
+    for field in ("payload", "result"):
+        expect(page.locator(f"#task-{field}-cut")).to_have_text(
+            "the first 65536 characters of 100010 bytes")
+        expect(page.locator(f"#task-{field}")).to_have_text('{"big":"' + "x" * 65528)
+    expect(page.locator("#task-error-cut")).to_have_count(0)
 
 
 def test_a_script_in_a_payload_or_error_renders_as_text(console: Console, page: Page) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
+from console_helpers import eventually
 
 from agentpool.cli.main import main
 from agentpool.console.history import History, Point
@@ -49,6 +51,25 @@ async def test_a_failing_page_shows_its_error_and_recovers() -> None:
     watcher = hub.watch("/api/y", "y", plain(load), 0.01)
     assert (await anext(watcher)).text == '{"error":"down"}'
     assert (await anext(watcher)).text == '{"ok":true}'
+    await watcher.aclose()
+
+
+async def test_a_snapshot_goes_out_only_when_more_than_its_time_changed() -> None:
+    """Every snapshot carries the time it was read ("at"); a page whose data stays the same
+    is not sent again for that alone."""
+    hub = Hub(lambda exc: {"error": str(exc)})
+    value = 1
+
+    async def load() -> dict[str, Any]:
+        return {"at": time.time(), "value": value}
+
+    watcher = hub.watch("/api/z", "z", plain(load), 0.001)
+    assert json.loads((await anext(watcher)).text)["value"] == 1
+    following = asyncio.ensure_future(anext(watcher))
+    await eventually(lambda: hub.loads["z"] >= 20)  # reloads go on, each with a new time
+    assert not following.done()
+    value = 2
+    assert json.loads((await asyncio.wait_for(following, 10)).text)["value"] == 2
     await watcher.aclose()
 
 

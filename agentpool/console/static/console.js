@@ -324,6 +324,14 @@ function eventDetail(e) {
   return typeof e.data === "string" && e.cut ? e.data : JSON.stringify(e.data);
 }
 
+// a payload, result or error too big to send whole comes as the start of its text, with its size
+function field(title, id, value, bytes) {
+  return [el("h2", {}, title),
+    bytes ? el("p", { class: "muted", id: `${id}-cut` },
+      `the first ${value.length} characters of ${bytes} bytes`) : null,
+    el("pre", { id }, pretty(value))];
+}
+
 function taskPage(queue, id) {
   const base = `/queues/${enc(queue)}`;
   crumbs(["Fleet", "/"], [queue, `${base}/tasks`], id);
@@ -336,7 +344,13 @@ function taskPage(queue, id) {
   const drawProgress = () => progress.replaceChildren(...present([latest ?
     el("div", { class: "toolbar" }, latest.attempt ? el("span", { class: "attempt" }, `attempt ${latest.attempt}`) : null,
       progressBar(latest, "task-progress")) : null]));
-  render(head, progress,
+  // built once, outside the live redraw: what is typed in the token box and the outcome of a
+  // cancel stay while the task changes
+  const actions = consoleInfo.writes ? el("div", { class: "toolbar", id: "task-actions", hidden: true },
+    tokenBox(),
+    el("button", { id: "cancel", class: "danger", onclick: () => act(`/api${base}/tasks/${enc(id)}/cancel`, {}) }, "Cancel"),
+    el("span", { id: "action-message" })) : null;
+  render(head, actions, progress,
     el("h2", {}, "Events"),
     el("table", { id: "events" }, el("thead", {}, el("tr", {},
       ["Time", "Attempt", "Kind", "Data"].map((h) => el("th", {}, h)))), rows),
@@ -352,10 +366,10 @@ function taskPage(queue, id) {
         ["Queue", t.queue], ["Priority", t.priority], ["Attempts", t.max_attempts ? `${t.attempts} of ${t.max_attempts}` : t.attempts],
         ["Owner", show(t.owner)], ["Created", show(t.created)], ["Started", show(t.started)],
         ["Finished", show(t.finished)]
-      ].flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, String(v))])),
-      ...present([consoleInfo.writes && running ? el("div", { class: "toolbar" }, tokenBox(),
-        el("button", { id: "cancel", class: "danger", onclick: () => act(`/api${base}/tasks/${enc(id)}/cancel`, {}) }, "Cancel"),
-        el("span", { id: "action-message" })) : null]));
+      ].flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, String(v))])));
+    // a final task keeps the outcome of its cancel in view
+    if (actions && running) actions.hidden = false;
+    if (actions) document.getElementById("cancel").disabled = !running;
     const cp = doc.checkpoint;
     tail.replaceChildren(...present([
       el("h2", {}, "Checkpoint"),
@@ -364,9 +378,9 @@ function taskPage(queue, id) {
         running ? "; the next attempt resumes from it" : ""}`) : null,
       cp ? el("pre", { id: "task-checkpoint" }, pretty(cp.state))
         : el("p", { class: "muted", id: "task-checkpoint" }, "None."),
-      el("h2", {}, "Payload"), el("pre", { id: "task-payload" }, pretty(t.payload)),
-      el("h2", {}, "Result"), el("pre", { id: "task-result" }, pretty(t.result)),
-      el("h2", {}, "Error"), el("pre", { id: "task-error" }, pretty(t.error))]));
+      field("Payload", "task-payload", t.payload, t.cut && t.cut.payload),
+      field("Result", "task-result", t.result, t.cut && t.cut.result),
+      field("Error", "task-error", t.error, t.cut && t.cut.error)]));
   }, (events) => {
     noEvents.remove();
     rows.append(...events.map((e) => el("tr", { "data-event": e.id, class: e.kind === "final" ? "final" : null },
