@@ -491,7 +491,8 @@ class WorkerSpec(_Model):
 
     image: str = Field(min_length=1, description="Worker container image.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
-        default=None, description="Image pull policy; the Kubernetes default when unset."
+        default=None, description="Image pull policy of the worker, its init containers and "
+        "sidecars; the Kubernetes default of each image when unset."
     )
     handler: str | None = Field(
         default=None,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 from e2e_cli import AgentpoolCli
-from e2e_config import CRD_FILE, REPO, ConfigError, E2EConfig
+from e2e_config import CRD_FILE, REPO, ConfigError, E2EConfig, timeout_scale
 from e2e_install import (
     LocalOperator,
     RedisAccess,
@@ -50,6 +50,23 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return [f"e2e: {E2EConfig.from_env().describe()}"]
     except ConfigError as exc:
         return [f"e2e: configuration error: {exc}"]
+
+
+E2E_TEST_SECONDS = 1800
+"""The longest an e2e test may take, set-up and tear-down of the session's fixtures included
+(the first test pays for the chart's install, the last for its removal), before
+E2E_TIMEOUT_SCALE. The suite's own waits end sooner, with a snapshot of the cluster; this
+bound replaces the 300 s that the unit suite's configuration gives every test."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        scale = timeout_scale(os.environ)
+    except ConfigError:
+        scale = 1.0  # reported by the fixtures, which need the configuration anyway
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.timeout(E2E_TEST_SECONDS * scale))
 
 
 def cluster_configured() -> bool:

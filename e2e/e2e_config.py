@@ -106,7 +106,7 @@ class E2EConfig:
             redis_secret=_name(env, "E2E_REDIS_SECRET") or DEFAULT_REDIS_SECRET,
             redis_url=env.get("E2E_REDIS_URL", "").strip() or None,
             pod_security=env.get("E2E_POD_SECURITY", "restricted").strip(),
-            timeout_scale=_scale(env),
+            timeout_scale=timeout_scale(env),
             keep=_flag(env, "E2E_KEEP"),
         )
 
@@ -157,7 +157,7 @@ def _name(env: Mapping[str, str], variable: str) -> str | None:
     return value
 
 
-def _scale(env: Mapping[str, str]) -> float:
+def timeout_scale(env: Mapping[str, str]) -> float:
     raw = env.get("E2E_TIMEOUT_SCALE", "").strip() or "1"
     try:
         scale = float(raw)

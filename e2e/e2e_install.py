@@ -25,8 +25,9 @@ from agentpool.redis_server import free_port
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 REDIS_PORT = 6379
+REDIS_SECRET_TEMPLATE = "templates/redis-secret.yaml"
 REDIS_TEMPLATES = (
-    "templates/redis-secret.yaml",
+    REDIS_SECRET_TEMPLATE,
     "templates/redis-service.yaml",
     "templates/redis-statefulset.yaml",
 )
@@ -130,7 +131,12 @@ def install_redis_only(config: E2EConfig, kube: Kubectl) -> str | None:
              "--namespace", namespace, *helm_values(config, namespace, operator=False)],
             timeout=300)
         return None
-    show_only = [arg for template in REDIS_TEMPLATES for arg in ("--show-only", template)]
+    templates = REDIS_TEMPLATES
+    if kube.get("secret", config.redis_secret) is not None:
+        # A namespace kept from an earlier run: its Redis runs with that Secret's password,
+        # and a new render would draw another one.
+        templates = tuple(t for t in templates if t != REDIS_SECRET_TEMPLATE)
+    show_only = [arg for template in templates for arg in ("--show-only", template)]
     rendered = run([config.helm, "template", config.release, str(CHART),
                     "--namespace", namespace, *show_only, *config.helm_args],
                    timeout=120).stdout

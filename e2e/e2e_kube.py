@@ -210,7 +210,9 @@ def pod_troubles(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     """Waiting reasons that will not clear by themselves, one line per container."""
     found = []
     for pod in pods:
-        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        status_of_pod = pod.get("status") or {}
+        statuses = [*(status_of_pod.get("initContainerStatuses") or []),
+                    *(status_of_pod.get("containerStatuses") or [])]
         for status in statuses:
             waiting = (status.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in POD_TROUBLE:

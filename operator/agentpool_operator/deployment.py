@@ -211,8 +211,10 @@ def _pod_spec(pool_name: str, spec: AgentPoolSpec,
         "volumes": _volumes(worker),
     }
     if worker.init_containers:
-        pod["initContainers"] = [_init_container(c.model_dump(by_alias=True, exclude_none=True))
-                                 for c in worker.init_containers]
+        pod["initContainers"] = [
+            _init_container(c.model_dump(by_alias=True, exclude_none=True),
+                            worker.image_pull_policy)
+            for c in worker.init_containers]
     pod.update(_passed_through(worker, _POD_PASS_THROUGH))
     for constraint in pod.get("topologySpreadConstraints", ()):
         constraint.setdefault("labelSelector", {"matchLabels": {POOL_LABEL: pool_name}})
@@ -245,13 +247,18 @@ def _container(pool_name: str, spec: AgentPoolSpec,
     return container
 
 
-def _init_container(given: dict[str, Any]) -> dict[str, Any]:
+def _init_container(given: dict[str, Any], pull_policy: str | None) -> dict[str, Any]:
     """An init container or sidecar as the pool gives it, under the worker's security context
-    (its own user, group or writable root filesystem if it asks) and with the scratch volume at
-    /tmp (where it can leave files for the worker)."""
-    return {**given,
-            "securityContext": {**_container_security(), **given.get("securityContext", {})},
-            "volumeMounts": [_scratch_mount(), *given.get("volumeMounts", ())]}
+    (its own user, group or writable root filesystem if it asks), with the scratch volume at
+    /tmp (where it can leave files for the worker) and the pool's image pull policy, if it
+    sets one (an image loaded into the nodes, or one that must be pulled every time, is so
+    for all of the pod's containers)."""
+    container = {**given,
+                 "securityContext": {**_container_security(), **given.get("securityContext", {})},
+                 "volumeMounts": [_scratch_mount(), *given.get("volumeMounts", ())]}
+    if pull_policy is not None:
+        container["imagePullPolicy"] = pull_policy
+    return container
 
 
 def _volumes(worker: WorkerSpec) -> list[dict[str, Any]]:

@@ -702,6 +702,17 @@ def test_init_containers_and_sidecars_run_restricted_with_the_scratch_volume() -
     assert "initContainers" not in pod_spec(render())
 
 
+@pytest.mark.parametrize("policy", ["IfNotPresent", "Never", "Always"])
+def test_init_containers_and_sidecars_take_the_pools_pull_policy(policy: str) -> None:
+    """An image loaded into the nodes (kind load) is pulled by none of the pod's containers:
+    an init container of the worker's image, untagged, would otherwise be pulled Always."""
+    spec = make_spec(**INIT)
+    spec.worker.image_pull_policy = policy  # type: ignore[assignment]
+    deployment = render(spec)
+    assert [c["imagePullPolicy"] for c in pod_spec(deployment)["initContainers"]] == [policy] * 2
+    assert container(deployment)["imagePullPolicy"] == policy
+
+
 def test_a_sidecar_may_run_as_its_own_user_with_a_writable_root_filesystem() -> None:
     """An image that expects its own user or writes under its own directories (a gateway's
     cache); the restricted settings stay, so the pod still meets the standard."""

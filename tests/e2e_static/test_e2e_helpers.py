@@ -4,8 +4,10 @@ port-forward (against a stand-in kubectl that only prints what the real one prin
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -155,3 +157,41 @@ def test_port_forward_that_never_forwards_fails_readably(tmp_path: Path) -> None
     assert os.path.exists(tmp_path / "forward.log")
 
 
+
+
+class _Item:
+    """What the collection hook reads and writes of a collected test."""
+
+    def __init__(self, *marks: pytest.MarkDecorator) -> None:
+        self.marks = [mark.mark for mark in marks]
+
+    def get_closest_marker(self, name: str) -> pytest.Mark | None:
+        return next((mark for mark in reversed(self.marks) if mark.name == name), None)
+
+    def add_marker(self, marker: pytest.MarkDecorator) -> None:
+        self.marks.append(marker.mark)
+
+
+def _e2e_conftest() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "e2e_conftest", Path(__file__).resolve().parents[2] / "e2e" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("scale", "seconds"), [("", 1800), ("2", 3600)])
+def test_e2e_tests_get_a_timeout_of_their_own_not_the_unit_suites(
+    monkeypatch: pytest.MonkeyPatch, scale: str, seconds: float,
+) -> None:
+    """The unit suite gives every test 300 s, fixtures included: the first e2e test installs
+    the chart, the last removes it, and the scaling test alone may take longer."""
+    monkeypatch.setenv("E2E_TIMEOUT_SCALE", scale)
+    conftest = _e2e_conftest()
+    e2e, unit = _Item(pytest.mark.e2e), _Item()
+    conftest.pytest_collection_modifyitems(None, [e2e, unit])
+    timeout = e2e.get_closest_marker("timeout")
+    assert timeout is not None and timeout.args == (seconds,)
+    assert unit.get_closest_marker("timeout") is None
