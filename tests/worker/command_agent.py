@@ -25,7 +25,8 @@ def main() -> None:
         found = os.listdir(directory)
         with open(os.path.join(directory, "notes.txt"), "w") as file:
             file.write("scratch")
-        say({"result": {"agentpool": sorted(k for k in os.environ if k.startswith("AGENTPOOL_")),
+        say({"result": {"agentpool": sorted(k for k in os.environ
+                                            if k.upper().startswith("AGENTPOOL_")),
                         "marker": os.environ.get("AGENT_MARKER"), "dir": directory,
                         "found": found, "tmpdir": os.environ["TMPDIR"]}})
     elif mode == "home":
@@ -59,8 +60,30 @@ def main() -> None:
     elif mode == "permanent":
         say({"error": "the prompt is empty", "retry": False})
     elif mode == "bad-message":
-        say({"progress": "half"})
+        say({"event": "page", "data": "x" * 70_000})
         time.sleep(60)
+    elif mode == "json-logs":
+        say({"event": "fetching repo", "level": "info"})  # structlog
+        say({"level": 30, "msg": "retrying", "error": "ECONNRESET"})  # pino
+        say({"progress": "half"})
+        say({"progress": 50, "message": "percent"})
+        say({"event": "token", "data": 1, "extra": True})
+        if payload.get("result"):
+            say({"result": 42})
+    elif mode == "progress-bar":
+        for step in range(700_000):  # 9 MiB without a newline
+            sys.stdout.write(f"\rstep {step:07d}")
+        sys.stdout.write("\n")
+        if payload.get("result"):
+            say({"result": "done"})
+    elif mode == "parent-environ":
+        try:
+            with open(f"/proc/{os.getppid()}/environ", "rb") as file:
+                seen = file.read()
+        except OSError as exc:
+            say({"result": {"read": False, "error": type(exc).__name__}})
+        else:
+            say({"result": {"read": True, "redis_url": b"AGENTPOOL_REDIS_URL=" in seen}})
     elif mode in ("sleep", "ignore-term"):
         if mode == "ignore-term":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)

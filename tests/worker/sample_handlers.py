@@ -180,3 +180,31 @@ def calls_sys_exit(payload: Any) -> None:
 
 async def not_a_number(payload: Any) -> dict[str, float]:
     return {"score": float("nan")}
+
+
+SLOW_TO_STOP: list[asyncio.Task[Any]] = []
+"""Runs of slow_to_stop, for the test to end them."""
+
+
+async def slow_to_stop(payload: Any) -> None:
+    """Cleans up for payload["cleanup"] seconds when told to stop (an HTTP client's close, a
+    "save partial work" call that hangs)."""
+    task = asyncio.current_task()
+    assert task is not None
+    SLOW_TO_STOP.append(task)
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        await asyncio.sleep(float(payload["cleanup"]))
+        raise
+
+
+STUCK = threading.Event()
+"""Set to let the stuck runs return."""
+
+
+def stuck(payload: Any) -> str:
+    """A blocking call without a timeout: never looks at ctx.cancelled."""
+    if payload.get("stuck"):
+        STUCK.wait(60)
+    return "returned"

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,7 @@ async def test_the_program_gets_the_task_and_a_directory_not_the_workers_setting
     monkeypatch: pytest.MonkeyPatch, redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
     monkeypatch.setenv("AGENTPOOL_REDIS_URL", "redis://:secret-password@redis:6379/0")
+    monkeypatch.setenv("agentpool_redis_url", "redis://:secret-password@redis:6379/0")
     monkeypatch.setenv("AGENT_MARKER", "from spec.worker.env")
     queue = TaskQueue(redis, queue_name)
     async with running(settings(redis_url, queue_name, HANDLER)):
@@ -186,7 +189,7 @@ async def test_an_error_message_without_retry_dead_letters_at_once(
     assert dead.error is not None and "the prompt is empty" in dead.error
 
 
-async def test_a_malformed_message_names_its_line_and_stops_the_command(
+async def test_a_message_a_limit_refuses_names_its_line_and_stops_the_command(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
     queue = TaskQueue(redis, queue_name)
@@ -195,7 +198,95 @@ async def test_a_malformed_message_names_its_line_and_stops_the_command(
         dead = await finished(queue, task_id, "dead")
     assert dead.attempts == 1
     assert dead.error is not None
-    assert "output line 1: \"progress\" must be a number between 0 and 1" in dead.error
+    assert "output line 1: event data is over the 65536-byte limit" in dead.error
+
+
+@pytest.mark.parametrize("result", [True, False], ids=["then-a-result", "output-only"])
+async def test_json_lines_that_are_not_messages_are_output(
+    result: bool, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A program's JSON log lines (structlog's "event", pino's "error"), and objects that are
+    not quite messages, neither fail the run nor become events."""
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=1)):
+        task_id = await queue.submit({"mode": "json-logs", "result": result})
+        done = await finished(queue, task_id, "succeeded")
+    events = [e.kind async for e in queue.events(task_id, follow=False)]
+    assert set(events) <= {"final"}, events  # no event from the log lines
+    if result:
+        assert done.result == 42
+    else:
+        assert [json.loads(line) for line in done.result.splitlines()] == [
+            {"event": "fetching repo", "level": "info"},
+            {"level": 30, "msg": "retrying", "error": "ECONNRESET"},
+            {"progress": "half"},
+            {"progress": 50, "message": "percent"},
+            {"event": "token", "data": 1, "extra": True},
+        ]
+
+
+@pytest.mark.parametrize("result", [True, False], ids=["then-a-result", "output-only"])
+async def test_a_line_over_the_message_limit_is_output(
+    result: bool, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A progress bar drawn with carriage returns is one line of 9 MiB: output, of which the
+    result keeps the end when the program sent no result."""
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=1)):
+        task_id = await queue.submit({"mode": "progress-bar", "result": result})
+        done = await finished(queue, task_id, "succeeded")
+    if result:
+        assert done.result == "done"
+    else:
+        assert len(done.result) == 1024 * 1024
+        assert done.result.endswith("\rstep 0699999\n")
+
+
+async def test_a_program_cannot_read_the_workers_environment(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """The Redis URL is not in the program's environment, nor readable in the worker's
+    /proc/<pid>/environ by a program running as the same user. Root's capabilities would
+    read it anyway: run as root, the worker runs in a user namespace of its own, without
+    them (as the same user still, for the files it reads)."""
+    queue = TaskQueue(redis, queue_name)
+    env = worker_env(redis_url, queue_name, HANDLER)
+    env[COMMAND_ENV] = json.dumps(AGENT)
+    prefix = ["unshare", "--user"] if os.geteuid() == 0 else []
+    if prefix and shutil.which("unshare") is None:
+        pytest.skip("running as root without unshare to drop root's capabilities")
+    with worker_processes(tmp_path) as start:
+        start(env, prefix=prefix)
+        task_id = await queue.submit({"mode": "parent-environ"})
+        done = await asyncio.wait_for(finished(queue, task_id, "succeeded"), 30)
+    assert done.result == {"read": False, "error": "PermissionError"}
+
+
+def test_a_run_directory_with_read_only_directories_is_removed(tmp_path: Path) -> None:
+    """What `go mod download` leaves under HOME (the run's directory in a pod), and a
+    directory that cannot be listed. Run as root, the removal runs without the capabilities
+    that let root ignore permissions."""
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    if os.geteuid() != 0:
+        prefix = []
+    elif shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE")
+    scratch = tmp_path / "agentpool-run-x"
+    module = scratch / "go" / "pkg" / "mod" / "example.com" / "x@v1"
+    module.mkdir(parents=True)
+    (module / "x.go").write_text("package x\n")
+    (scratch / "unlistable").mkdir()
+    (scratch / "unlistable" / "file").write_text("")
+    for directory in [module, *module.parents]:
+        if directory == scratch:
+            break
+        directory.chmod(0o555)
+    (scratch / "unlistable").chmod(0)
+    code = "import sys; from agentpool_worker.command import _remove_tree as rm; rm(sys.argv[1])"
+    removed = subprocess.run([*prefix, sys.executable, "-c", code, str(scratch)],
+                             capture_output=True, text=True, timeout=30)
+    assert removed.returncode == 0, removed.stderr
+    assert not scratch.exists()
 
 
 async def pids_of(path: Path) -> list[int]:

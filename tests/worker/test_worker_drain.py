@@ -6,11 +6,23 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
-from worker_helpers import HANDLERS, eventually, probe, task_in, worker_env, worker_processes
+import sample_handlers
+from worker_helpers import (
+    HANDLERS,
+    eventually,
+    probe,
+    running,
+    settings,
+    task_in,
+    worker_env,
+    worker_processes,
+)
 
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import free_port
+from agentpool_worker import worker as worker_module
 
 
 async def in_flight(queue: TaskQueue, n: int) -> bool:
@@ -81,3 +93,30 @@ async def _worker_in(queue: TaskQueue, pod: str, state: str) -> object:
 
 async def _beat_after(queue: TaskQueue, pod: str, when: float) -> bool:
     return any(w.pod == pod and w.last_heartbeat > when for w in await queue.workers())
+
+
+async def test_runs_slow_to_stop_are_handed_back_at_the_drain_deadline(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A handler that takes long to react to its cancellation (a cleanup call that hangs)
+    neither keeps its task until its lease expires (an attempt spent) nor the worker from
+    exiting: the task goes back to the queue at the deadline, the worker waits a bounded
+    time for the run."""
+    monkeypatch.setattr(worker_module, "STOP_SECONDS", 1.0)
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"cleanup": 60})
+    worker_settings = settings(redis_url, queue_name, f"{HANDLERS}:slow_to_stop",
+                               drain_seconds=0.5)
+    sample_handlers.SLOW_TO_STOP.clear()
+    try:
+        async with running(worker_settings) as worker:
+            await eventually(lambda: task_in(queue, task_id, "running"), 10, "the run")
+            worker.stop()
+            info = await eventually(lambda: task_in(queue, task_id, "queued"), 5,
+                                    "the task handed back")
+            assert info.attempts == 0 and info.error == "worker shutting down"
+            assert not sample_handlers.SLOW_TO_STOP[0].done(), "the run is still cleaning up"
+        # running() gives the worker drain_seconds + 10 s to return; it returned.
+    finally:
+        for run in sample_handlers.SLOW_TO_STOP:
+            run.cancel()

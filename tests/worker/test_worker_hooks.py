@@ -3,12 +3,16 @@ ready joining /readyz, and a failing startup stopping the process with one line.
 
 from __future__ import annotations
 
+import asyncio
 import signal
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import hook_handlers
 import pytest
 import redis.asyncio as aioredis
+import unruly_hooks
 from worker_helpers import (
     eventually,
     probe,
@@ -21,6 +25,8 @@ from worker_helpers import (
 
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import free_port
+from agentpool_worker import worker as worker_module
+from agentpool_worker.worker import Worker
 
 HANDLER = "hook_handlers:run"
 
@@ -155,3 +161,132 @@ async def test_hooks_run_in_a_worker_process(
         worker.signal(signal.SIGTERM)
         assert await worker.exit_code(20) == 0
     assert "after_task hook failed" in worker.logs()
+
+
+UNRULY = "unruly_hooks:run"
+
+
+@pytest.fixture
+def unruly() -> Iterator[dict[str, Any]]:
+    """unruly_hooks' state, reset, with its gate opened at the end."""
+    unruly_hooks.STATE.update(startup_seconds=0.0, ready_hangs=False, ready_checks=0,
+                              after_task_gated=False)
+    unruly_hooks.GATE.clear()
+    for key in unruly_hooks.RUNNING:
+        unruly_hooks.RUNNING[key] = 0
+    yield unruly_hooks.STATE
+    unruly_hooks.GATE.set()
+
+
+async def test_a_hung_sync_shutdown_hook_does_not_keep_the_process_alive(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """It is given up on after drainSeconds + 5 s; its thread does not hold the exit."""
+    queue = TaskQueue(redis, queue_name)
+    env = worker_env(redis_url, queue_name, UNRULY, drain_seconds=1)
+    env["UNRULY_HOOKS"] = "hang-shutdown"
+    with worker_processes(tmp_path) as start:
+        worker = start(env)
+        task_id = await queue.submit({})
+        await eventually(lambda: task_in(queue, task_id, "succeeded"), 20, "a task done")
+        worker.signal(signal.SIGTERM)
+        assert await worker.exit_code(20) == 0
+    assert "shutdown hook failed" in worker.logs()
+
+
+async def test_a_hung_sync_ready_check_is_not_called_again_until_it_returns(
+    monkeypatch: pytest.MonkeyPatch, unruly: dict[str, Any], redis_url: str,
+    queue_name: str, redis: aioredis.Redis,
+) -> None:
+    monkeypatch.setattr(worker_module, "READY_CHECK_SECONDS", 0.3)
+    queue = TaskQueue(redis, queue_name)
+    port = free_port()
+    async with running(settings(redis_url, queue_name, UNRULY, port=port,
+                                lease_seconds=0.6)) as worker:
+        unruly["ready_hangs"] = True
+        await eventually(lambda: _probe_is(port, "/readyz", 503, "no answer within 0.3s"), 5,
+                         "the hung check to fail")
+        await eventually(
+            lambda: _probe_is(port, "/readyz", 503, "the previous check has not returned yet"),
+            5, "the next check to find it still running")
+        checks, rounds = unruly["ready_checks"], []
+        check = worker._check_ready
+
+        async def counted() -> None:
+            rounds.append(1)
+            await check()
+
+        worker._check_ready = counted  # type: ignore[method-assign]
+        await eventually(lambda: len(rounds) >= 3, 5, "three more rounds of checks")
+        task_id = await queue.submit({})
+        assert unruly_hooks.RUNNING["ready_peak"] == 1, "hung checks piled up"
+        assert unruly["ready_checks"] == checks
+        assert await task_in(queue, task_id, "queued")
+        unruly["ready_hangs"] = False
+        unruly_hooks.GATE.set()
+        await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "claims again")
+        assert await _probe_is(port, "/readyz", 200, "ok")
+
+
+async def test_sync_after_task_hooks_run_as_many_at_once_as_runs(
+    unruly: dict[str, Any], redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A slow billing call per run slows no run but its own: each run has a thread for its
+    hook (asyncio's default executor has at most 32)."""
+    queue = TaskQueue(redis, queue_name)
+    unruly["after_task_gated"] = True
+    async with running(settings(redis_url, queue_name, UNRULY, concurrency=40)):
+        ids = await queue.submit_many([{}] * 40)
+        await eventually(lambda: unruly_hooks.RUNNING["after_task"] == 40, 10,
+                         "forty after_task hooks at once")
+        unruly_hooks.GATE.set()
+        for task_id in ids:
+            assert await task_in(queue, task_id, "succeeded")
+
+
+async def test_a_slow_startup_hook_does_not_fail_livez(
+    unruly: dict[str, Any], redis_url: str, queue_name: str,
+) -> None:
+    """Loading a model for longer than lease + Redis timeout: the startup probe's to judge."""
+    port = free_port()
+    worker_settings = settings(redis_url, queue_name, UNRULY, port=port, lease_seconds=0.6,
+                               redis_timeout_seconds=0.3)
+    unruly["startup_seconds"] = 3 * worker_settings.heartbeat_stall_seconds
+    worker = Worker(worker_settings)
+    run = asyncio.create_task(worker.run())
+    try:
+        started = asyncio.create_task(worker.wait_started())
+        answers = set()
+        while not started.done():
+            status, body = await probe(port, "/livez")
+            if status:  # listening
+                answers.add((status, body))
+            await asyncio.wait([started, run], timeout=0.1)
+        assert answers == {(200, "ok\n")}
+    finally:
+        worker.stop()
+        await asyncio.wait_for(run, 15)
+
+
+async def test_sys_exit_in_a_hook_is_the_hook_failing(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """KeyboardInterrupt in the first ready check, SystemExit in every after_task and in
+    shutdown: logged as failures; the worker goes on and exits as usual."""
+    queue = TaskQueue(redis, queue_name)
+    env = worker_env(redis_url, queue_name, UNRULY, lease_seconds=0.6)
+    env["UNRULY_HOOKS"] = "exit"
+    with worker_processes(tmp_path) as start:
+        worker = start(env)
+        for _ in range(2):
+            task_id = await queue.submit({})
+            await eventually(lambda t=task_id: task_in(queue, t, "succeeded"), 20, "a task")
+        await eventually(lambda: worker.logs().count("after_task hook failed") == 2, 5,
+                         "both after_task failures logged")
+        assert worker.alive()
+        worker.signal(signal.SIGTERM)
+        assert await worker.exit_code(20) == 0
+    logs = worker.logs()
+    assert "ready check failed" in logs and "KeyboardInterrupt" in logs
+    assert "SystemExit: billing client gave up" in logs
+    assert "shutdown hook failed" in logs and "SystemExit: the client library gave up" in logs

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+import sample_handlers
 from worker_helpers import (
     HANDLERS,
     eventually,
@@ -105,3 +106,31 @@ async def test_metrics_expose_the_documented_names(
     assert f'agentpool_worker_task_wait_seconds_bucket{{le="0.01",queue="{queue_name}"}}' in text
     assert f'agentpool_worker_task_duration_seconds_bucket{{le="3600.0",queue="{queue_name}"}}' \
         in text
+
+
+async def test_readyz_fails_while_every_slot_is_held_by_a_thread_that_never_returns(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Sync runs that timed out but whose threads block on: the worker can claim nothing,
+    so it says so (the operator replaces a pod that stays unready)."""
+    queue = TaskQueue(redis, queue_name)
+    port = free_port()
+    sample_handlers.STUCK.clear()
+    try:
+        async with running(settings(redis_url, queue_name, f"{HANDLERS}:stuck", port=port,
+                                    concurrency=2, task_timeout_seconds=0.3)):
+            first = await queue.submit({"stuck": True}, max_attempts=1)
+            await eventually(lambda: task_in(queue, first, "dead"), 10,
+                             "the first run to time out")
+            assert await probe(port, "/readyz") == (200, "ok\n"), "one slot is still free"
+            await queue.submit({"stuck": True}, max_attempts=1)
+            await eventually(lambda: status_is(port, "/readyz", 503, "all 2 slots are held"),
+                             10, "readiness to fail")
+            assert await probe(port, "/livez") == (200, "ok\n")
+            sample_handlers.STUCK.set()
+            await eventually(lambda: status_is(port, "/readyz", 200), 5, "readiness back")
+            task_id = await queue.submit({})
+            done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "a run")
+            assert done.result == "returned"
+    finally:
+        sample_handlers.STUCK.set()

@@ -100,11 +100,12 @@ def worker_env(redis_url: str, queue: str, handler: str = f"{HANDLERS}:pid",
 class WorkerProcess:
     """``python -m agentpool_worker.main`` with its stderr in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path,
+                 prefix: list[str] | None = None) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agentpool_worker.main"], env=env,
+            [*(prefix or []), sys.executable, "-m", "agentpool_worker.main"], env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
         )
 
@@ -137,11 +138,12 @@ class WorkerProcess:
 
 @contextlib.contextmanager
 def worker_processes(tmp_path: Path) -> Any:
-    """Start worker subprocesses with ``start(env)``; all are killed at the end."""
+    """Start worker subprocesses with ``start(env)`` (``prefix``: a command that runs the
+    worker, such as setpriv); all are killed at the end."""
     procs: list[WorkerProcess] = []
 
-    def start(env: dict[str, str]) -> WorkerProcess:
-        proc = WorkerProcess(env, tmp_path / f"worker-{len(procs)}.log")
+    def start(env: dict[str, str], prefix: list[str] | None = None) -> WorkerProcess:
+        proc = WorkerProcess(env, tmp_path / f"worker-{len(procs)}.log", prefix)
         procs.append(proc)
         return proc
 

@@ -7,28 +7,38 @@ its own, with:
 
 - **stdin**: the task's payload as JSON, then end of file;
 - **environment**: the worker's without its own ``AGENTPOOL_`` settings (the Redis URL
-  among them), plus ``AGENTPOOL_TASK_ID``, ``AGENTPOOL_TASK_ATTEMPT``,
-  ``AGENTPOOL_TASK_MAX_ATTEMPTS`` and ``AGENTPOOL_QUEUE``; ``AGENTPOOL_TASK_DIR``, an empty
-  directory of the run's own, removed when the run ends (also ``TMPDIR``, and ``HOME`` when
-  the worker's home is missing or not writable, as in a pod whose root filesystem is
-  read-only: tools such as git, npm and most agent CLIs write there); and
+  among them; the worker process is made non-dumpable, so that a program running as the same
+  user cannot read them from ``/proc/<worker>/environ`` either), plus ``AGENTPOOL_TASK_ID``,
+  ``AGENTPOOL_TASK_ATTEMPT``, ``AGENTPOOL_TASK_MAX_ATTEMPTS`` and ``AGENTPOOL_QUEUE``;
+  ``AGENTPOOL_TASK_DIR``, an empty directory of the run's own, removed when the run ends
+  (also ``TMPDIR``, and ``HOME`` when the worker's home is missing or not writable, as in a
+  pod whose root filesystem is read-only: tools such as git, npm and most agent CLIs write
+  there); and
   ``AGENTPOOL_CHECKPOINT_FILE``, a file holding the JSON state an earlier attempt
   checkpointed, when one did.
 
-Each line of **stdout** that is a JSON object with one of these keys is a message:
+Each line of **stdout** that is a JSON object of one of these forms, with no other key, is a
+message:
 
 - ``{"result": value}``: the run's result (the last one counts);
-- ``{"event": "kind", "data": value}``: a task event, as ``ctx.emit``;
-- ``{"progress": 0.5, "message": "..."}``: a progress event, as ``ctx.progress``;
+- ``{"event": "kind", "data": value}``: a task event, as ``ctx.emit`` (``data`` optional;
+  the kind is 1-64 letters, digits, ``.``, ``_``, ``:`` or ``-``);
+- ``{"progress": 0.5, "message": "..."}``: a progress event, as ``ctx.progress`` (a number
+  from 0 to 1; ``message`` optional);
 - ``{"checkpoint": state}``: saved for the next attempt, as ``ctx.checkpoint``, before the
   next line is read;
 - ``{"error": "text", "retry": false}``: the run fails with this error whatever the exit
-  status; ``"retry": false`` dead-letters the task at once.
+  status; ``"retry": false`` dead-letters the task at once (``retry`` optional).
 
-Every other line is output. A run that sent no result has its output as result (text: its
-last lines, up to 1 MiB), or null when there was none. Each line of **stderr** goes to the
-worker's log with the task's id; the last of them are the error of a run that exits with a
-status other than 0. Such a run is retried with backoff like any failed attempt.
+Every other line is output, JSON lines that are not messages too (the JSON log lines of
+structlog, pino or zap: ``{"event": "fetching", "level": "info"}``, ``{"msg": "retrying",
+"error": "ECONNRESET"}``), as is a line over ``MAX_LINE_BYTES`` (binary output, a progress
+bar drawn with carriage returns), cut to its last ``MAX_OUTPUT_CHARS``.
+
+A run that sent no result has its output as result (text: its last lines, up to 1 MiB), or
+null when there was none. Each line of **stderr** goes to the worker's log with the task's
+id; the last of them are the error of a run that exits with a status other than 0. Such a
+run is retried with backoff like any failed attempt.
 
 A run that is cancelled, times out, loses its lease or is handed back by a stopping worker
 stops its command: SIGTERM to the process group, SIGKILL after
@@ -40,20 +50,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
+import math
 import os
 import shlex
 import shutil
 import signal
+import stat
+import sys
 import tempfile
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from agentpool.errors import PermanentError
+from agentpool.protocol import EVENT_KIND, FINAL_EVENT
 from agentpool_worker.handlers import TaskContext, WorkerContext
 from agentpool_worker.settings import seconds
 
@@ -64,8 +79,10 @@ MAX_GRACE_SECONDS = 10.0
 """Below the 15 s the pod's termination grace adds to drainSeconds, so that a command stopped
 at the end of a drain is gone before the container is killed."""
 MAX_LINE_BYTES = 8 * 1024 * 1024
-"""A message line may carry a checkpoint or a result of up to the payload limit (1 MiB)."""
+"""A message line may carry a checkpoint or a result of up to the payload limit (1 MiB); a
+longer line is output."""
 MAX_OUTPUT_CHARS = 1024 * 1024
+READ_CHUNK = 64 * 1024
 ERROR_LINES = 20
 PIPE_DRAIN_SECONDS = 2.0
 """After the program exited, how long its output is read until end of file."""
@@ -130,6 +147,24 @@ def _argv(raw: str) -> tuple[str, ...]:
 
 def startup(worker: WorkerContext) -> None:
     worker.state[STATE_KEY] = command_settings(os.environ)
+    _not_dumpable()
+
+
+PR_SET_DUMPABLE = 4
+
+
+def _not_dumpable() -> None:
+    """Keep the programs, which run as the worker's user, out of the worker's memory and
+    ``/proc/<pid>/environ``, where the Redis URL and its password are: a non-dumpable
+    process's ``/proc`` files are for root with CAP_SYS_PTRACE only (and it leaves no core
+    dump). The programs themselves are dumpable again: ``execve`` resets it."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        _log.warning("could not make the worker non-dumpable; task programs can read its "
+                     "environment", error=os.strerror(error))
 
 
 @dataclass
@@ -160,13 +195,43 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
         finally:
             await command.stop(settings.grace_seconds)
     finally:
-        await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+        try:
+            await asyncio.to_thread(_remove_tree, scratch)
+        except OSError as exc:
+            _log.warning("the run's directory could not be removed", task=ctx.task_id,
+                         directory=scratch, error=f"{type(exc).__name__}: {exc}")
 
 
 def _inherited(environ: Mapping[str, str]) -> dict[str, str]:
-    """The worker's environment less its own settings: the Redis URL carries the queue's
-    password, which a program (maybe an agent running tools an LLM chose) has no use for."""
-    return {name: value for name, value in environ.items() if not name.startswith("AGENTPOOL_")}
+    """The worker's environment less its own settings (any case: the settings are read so):
+    the Redis URL carries the queue's password, which a program (maybe an agent running tools
+    an LLM chose) has no use for."""
+    return {name: value for name, value in environ.items()
+            if not name.upper().startswith("AGENTPOOL_")}
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a run's directory, with what the program made read-only in it (Go's module
+    cache under HOME is): a directory that refuses a removal is made writable first."""
+
+    def retry(function: Callable[..., Any], failed: str, _: Any) -> None:
+        if not os.path.lexists(failed):
+            return
+        _make_writable(os.path.dirname(failed))
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            _make_writable(failed)  # it may also be one that cannot be listed
+            shutil.rmtree(failed, onerror=retry)
+        else:
+            function(failed)
+
+    shutil.rmtree(path, onerror=retry)
+
+
+def _make_writable(directory: str) -> None:
+    with contextlib.suppress(OSError):
+        mode = os.lstat(directory).st_mode
+        if stat.S_ISDIR(mode):
+            os.chmod(directory, stat.S_IMODE(mode) | stat.S_IRWXU)
 
 
 class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
@@ -284,18 +349,16 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
     """Read the messages into `outcome` and the rest into `output`, until end of file."""
     kept = 0
     number = 0
-    while True:
-        try:
-            raw = await stdout.readline()
-        except ValueError:
-            raise PermanentError(f"a line of the command's output is over "
-                                 f"{MAX_LINE_BYTES} bytes") from None
-        if not raw:
-            return
+    noted = False
+    async for raw, cut in _lines(stdout):
         number += 1
         text = raw.decode(errors="replace")
-        message = _message(text)
+        message, why_not = (None, "") if cut else _message(text)
         if message is None:
+            if why_not and not noted:  # once per run: a program that logs JSON logs a lot
+                noted = True
+                _log.info("a JSON line of the command's output is not a message; kept as "
+                          "output", task=ctx.task_id, line=number, why=why_not)
             output.append(text)
             kept += len(text)
             while kept > MAX_OUTPUT_CHARS and len(output) > 1:
@@ -307,42 +370,107 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
             raise PermanentError(f"the command's output line {number}: {exc}") from None
 
 
-def _message(text: str) -> dict[str, Any] | None:
-    """The line as a message, or None when it is output."""
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[tuple[bytes, bool]]:
+    """The stream's lines, each with whether it was over MAX_LINE_BYTES: such a line is cut to
+    its last MAX_OUTPUT_CHARS bytes. The loop gets a turn after every chunk read, however fast
+    the program writes."""
+    pending = bytearray()
+    cut = False
+    while chunk := await stream.read(READ_CHUNK):
+        *ends, rest = chunk.split(b"\n")
+        for end in ends:
+            if pending:
+                pending += end
+                pending += b"\n"
+                yield _cut(pending, cut)
+                pending.clear()
+                cut = False
+            else:
+                yield end + b"\n", False
+        pending += rest
+        if len(pending) > MAX_LINE_BYTES or (cut and len(pending) > 2 * MAX_OUTPUT_CHARS):
+            cut = True
+            del pending[:-MAX_OUTPUT_CHARS]
+        await asyncio.sleep(0)
+    if pending:
+        yield _cut(pending, cut)
+
+
+def _cut(line: bytearray, cut: bool) -> tuple[bytes, bool]:
+    if cut or len(line) > MAX_LINE_BYTES:
+        return bytes(line[-MAX_OUTPUT_CHARS:]), True
+    return bytes(line), False
+
+
+MESSAGE_KEYS = {
+    "result": {"result"},
+    "event": {"event", "data"},
+    "progress": {"progress", "message"},
+    "checkpoint": {"checkpoint"},
+    "error": {"error", "retry"},
+}
+"""Each message's key, and the keys it may have."""
+
+
+def _message(text: str) -> tuple[dict[str, Any] | None, str]:
+    """The line as a message, or None when it is output, with why a JSON object is not a
+    message. A message has one message key and no other key than its own, with values of the
+    right kind: any other line is output, not a failure (a program's JSON log lines)."""
     if not text.startswith("{"):
-        return None
+        return None, ""
     try:
         value = json.loads(text)
-    except ValueError:
-        return None
-    if isinstance(value, dict) and value.keys() & {"result", "event", "progress",
-                                                   "checkpoint", "error"}:
-        return value
-    return None
+    except (ValueError, RecursionError):
+        return None, ""
+    if not isinstance(value, dict):
+        return None, ""
+    kinds = value.keys() & MESSAGE_KEYS.keys()
+    if len(kinds) != 1:
+        return None, ("no message key" if not kinds else
+                      f"more than one message key: {', '.join(sorted(kinds))}")
+    kind = kinds.pop()
+    extra = value.keys() - MESSAGE_KEYS[kind]
+    if extra:
+        return None, f"{kind!r} with other keys: {', '.join(sorted(extra))}"[:200]
+    why = _malformed(kind, value)
+    return (None, why) if why else (value, "")
+
+
+def _malformed(kind: str, message: dict[str, Any]) -> str:
+    """Why the message's values are not of the right kind ("" when they are)."""
+    if kind == "event":
+        name = message["event"]
+        if not isinstance(name, str) or not EVENT_KIND.match(name) or name == FINAL_EVENT:
+            return ('"event" is not an event kind (1-64 letters, digits, ".", "_", ":" '
+                    'or "-")')
+    elif kind == "progress":
+        fraction, text = message["progress"], message.get("message")
+        if (isinstance(fraction, bool) or not isinstance(fraction, int | float)
+                or not math.isfinite(fraction) or not 0 <= fraction <= 1):
+            return '"progress" is not a number between 0 and 1'
+        if text is not None and not isinstance(text, str):
+            return '"message" is not a string'
+    elif kind == "error":
+        if not isinstance(message["error"], str):
+            return '"error" is not a string'
+        if not isinstance(message.get("retry", True), bool):
+            return '"retry" is not true or false'
+    return ""
 
 
 async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> None:
+    """Carry out a well-formed message; what a limit refuses (an event over 64 KiB, a
+    checkpoint over the payload limit) raises ValueError."""
     if "result" in message:
         outcome.result, outcome.has_result = message["result"], True
     elif "event" in message:
-        kind = message["event"]
-        if not isinstance(kind, str):
-            raise TypeError('"event" must be a string, the event\'s kind')
-        await ctx.emit(kind, message.get("data"))
+        await ctx.emit(message["event"], message.get("data"))
     elif "progress" in message:
-        fraction, text = message["progress"], message.get("message")
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-            raise TypeError('"progress" must be a number between 0 and 1')
-        if text is not None and not isinstance(text, str):
-            raise TypeError('"message" must be a string')
-        await ctx.progress(float(fraction), text)
+        await ctx.progress(float(message["progress"]), message.get("message"))
     elif "checkpoint" in message:
         await ctx.checkpoint(message["checkpoint"])
     else:
-        error, retry = message["error"], message.get("retry", True)
-        if not isinstance(error, str) or not isinstance(retry, bool):
-            raise TypeError('"error" must be a string and "retry" true or false')
-        outcome.error, outcome.retry = error, retry
+        outcome.error, outcome.retry = message["error"], message.get("retry", True)
 
 
 def _write_checkpoint(directory: str, state: Any) -> str:

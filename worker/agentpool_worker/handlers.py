@@ -19,7 +19,8 @@ A sync run that is abandoned keeps its thread, and its concurrency slot, until i
 The handler's module may also define hooks (each sync or async): ``startup(worker_ctx)`` and
 ``shutdown(worker_ctx)`` run once per process (``worker_ctx.state`` reaches every task as
 ``ctx.state``), ``after_task(ctx, outcome)`` runs after every run whatever its outcome, and
-``ready()`` is a check that joins ``/readyz``.
+``ready()`` is a check that joins ``/readyz``. Sync hooks run in daemon threads of the
+worker's own (see :mod:`agentpool_worker.threads`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 
 from agentpool.protocol import encode_checkpoint, encode_event, encode_progress
 from agentpool.ratelimit import RateLimitError, Reservation, Throttle
+from agentpool_worker.threads import DaemonThreads
 
 
 class LimitWaitCancelled(Exception):
@@ -236,11 +238,12 @@ class Handler:
     hooks: Hooks = field(default_factory=Hooks)
 
 
-async def call_hook(hook: Callable[..., Any], *args: Any) -> Any:
-    """Await an async hook; run a sync one in a thread so it cannot block the loop."""
+async def call_hook(hook: Callable[..., Any], *args: Any, threads: DaemonThreads) -> Any:
+    """Await an async hook; run a sync one in one of `threads` so it cannot block the loop
+    (given up on, it goes on in its thread, which does not hold the process at exit)."""
     if _is_async(hook):
         return await hook(*args)
-    return await asyncio.to_thread(hook, *args)
+    return await asyncio.wrap_future(threads.submit(hook, *args))
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

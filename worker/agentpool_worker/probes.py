@@ -5,11 +5,14 @@ what liveness has to catch, so the server runs in a daemon thread (stdlib ``http
 and only reads the :class:`Health` record the loop keeps up to date.
 
 - ``/livez`` fails (503, with the reason) when the event loop has not ticked for
-  ``loop_stall_seconds`` or no heartbeat attempt has finished for ``heartbeat_stall_seconds``
-  (lease + Redis timeout). A heartbeat that fails because Redis is down still counts as an
-  attempt: an unreachable Redis is a readiness problem, and restarting the pod would not fix it.
+  ``loop_stall_seconds`` or, once the handler's ``startup`` hook is over, no heartbeat attempt
+  has finished for ``heartbeat_stall_seconds`` (lease + Redis timeout). A heartbeat that fails
+  because Redis is down still counts as an attempt: an unreachable Redis is a readiness
+  problem, and restarting the pod would not fix it. A slow ``startup`` hook (loading a model)
+  is the startup probe's to judge, not liveness.
 - ``/readyz`` fails when the last Redis request failed, or the worker is not claiming work
-  (starting, draining, drained, stopping), or the handler's ``ready`` hook failed its last check.
+  (starting, draining, drained, stopping), or the handler's ``ready`` hook failed its last
+  check, or every slot is held by a stopped run whose thread has not returned.
 Both recover by themselves when the cause goes away.
 """
 
@@ -38,12 +41,23 @@ class Health:
     last_heartbeat: float = field(default_factory=time.monotonic)
     check_error: str = ""
     """Why the handler's ``ready`` hook failed its last check ("" when it passed)."""
+    slots_error: str = ""
+    """Why no slot can free up ("" while one can)."""
+    heartbeating: bool = False
+    """Heartbeats are due: the worker is past its ``startup`` hook."""
 
     def tick(self) -> None:
         self.last_tick = time.monotonic()
 
+    def heartbeats_begin(self) -> None:
+        self.last_heartbeat = time.monotonic()
+        self.heartbeating = True
+
     def heartbeat_attempted(self) -> None:
         self.last_heartbeat = time.monotonic()
+
+    def slots_stuck(self, reason: str) -> None:
+        self.slots_error = reason
 
     def redis_up(self) -> None:
         self.redis_ok = True
@@ -66,7 +80,7 @@ class Health:
         if stalled > self.loop_stall_seconds:
             return False, f"event loop blocked for {stalled:.1f}s"
         silent = now - self.last_heartbeat
-        if silent > self.heartbeat_stall_seconds:
+        if self.heartbeating and silent > self.heartbeat_stall_seconds:
             return False, f"no heartbeat attempt for {silent:.1f}s"
         return True, "ok"
 
@@ -77,6 +91,8 @@ class Health:
             return False, f"worker is {self.state}"
         if self.check_error:
             return False, f"ready check failed: {self.check_error}"
+        if self.slots_error:
+            return False, self.slots_error
         return True, "ok"
 
 

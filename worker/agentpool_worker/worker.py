@@ -66,6 +66,7 @@ from agentpool_worker.handlers import (
 from agentpool_worker.limits import WorkerLimits
 from agentpool_worker.probes import Health, ProbeServer
 from agentpool_worker.settings import WorkerSettings
+from agentpool_worker.threads import DaemonThreads
 
 log = structlog.get_logger("agentpool.worker")
 T = TypeVar("T")
@@ -83,6 +84,11 @@ AFTER_TASK_SECONDS = 30.0
 """Longest an ``after_task`` hook may hold a run's slot."""
 READY_CHECK_SECONDS = 5.0
 """Longest a ``ready`` hook may take before it counts as failed."""
+STOP_SECONDS = 11.0
+"""How long runs still going at the end of the SIGTERM drain get to end once told to stop
+(their tasks are handed back at once): a command's grace is at most 10 s, then SIGKILL."""
+HOOK_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
+"""What a hook may raise that counts as the hook failing (sys.exit() in a library too)."""
 PASSWORD_PLACE = f"AGENTPOOL_REDIS_URL ({URL_WITH_PASSWORD}), set from the pool's spec.redis"
 
 RUNNING, STARTING, DRAINING, DRAINED, STOPPING = (
@@ -96,15 +102,21 @@ class StartupFailed(Exception):
     """The handler module's ``startup`` hook raised: the worker cannot serve."""
 
 
+class _StillChecking(Exception):
+    """The previous ``ready`` check is still running in its thread."""
+
+
 class _Run:
     """One task's run in progress."""
 
-    __slots__ = ("ctx", "stop_reason", "task", "thread", "worker_task")
+    __slots__ = ("ctx", "reported", "stop_reason", "task", "thread", "worker_task")
 
     def __init__(self, task: ClaimedTask, ctx: TaskContext) -> None:
         self.task = task
         self.ctx = ctx
         self.stop_reason: str | None = None
+        self.reported = False
+        """Its stop was reported before the run ended (the end of the SIGTERM drain)."""
         self.worker_task: asyncio.Task[None] | None = None
         self.thread: Future[Any] | None = None
 
@@ -179,6 +191,13 @@ class Worker:
         self.worker_ctx = WorkerContext(settings.queue, self.worker_id, settings.concurrency)
         self._check_ok = True
         """The handler's ``ready`` hook passed its last check (or there is none)."""
+        self._hook_threads = DaemonThreads(1, "agentpool-hook")
+        """startup and shutdown, one after the other."""
+        self._ready_threads = DaemonThreads(1, "agentpool-ready")
+        self._after_task_threads = DaemonThreads(settings.concurrency, "agentpool-after-task")
+        self._abandoned = 0
+        """Slots held by sync runs that ended (timed out, stopped) while their thread did not
+        return."""
 
         self._held: dict[str, ClaimedTask] = {}
         self._runs: dict[str, _Run] = {}
@@ -295,8 +314,8 @@ class Worker:
         if hook is None:
             return
         try:
-            await call_hook(hook, self.worker_ctx)
-        except Exception as exc:
+            await call_hook(hook, self.worker_ctx, threads=self._hook_threads)
+        except HOOK_FAILURES as exc:
             raise StartupFailed(f"startup hook of {self.handler.name!r} failed: "
                                 f"{type(exc).__name__}: {exc}") from exc
 
@@ -306,8 +325,8 @@ class Worker:
             return
         try:
             async with asyncio.timeout(self.settings.drain_seconds + 5):
-                await call_hook(hook, self.worker_ctx)
-        except Exception as exc:
+                await call_hook(hook, self.worker_ctx, threads=self._hook_threads)
+        except HOOK_FAILURES as exc:
             self._log.error("shutdown hook failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _after_task(self, ctx: TaskContext, outcome: TaskOutcome) -> None:
@@ -316,8 +335,8 @@ class Worker:
             return
         try:
             async with asyncio.timeout(AFTER_TASK_SECONDS):
-                await call_hook(hook, ctx, outcome)
-        except Exception as exc:
+                await call_hook(hook, ctx, outcome, threads=self._after_task_threads)
+        except HOOK_FAILURES as exc:
             self._log.warning("after_task hook failed", task=ctx.task_id,
                               outcome=outcome.status, error=f"{type(exc).__name__}: {exc}")
 
@@ -328,14 +347,20 @@ class Worker:
 
     async def _check_ready(self) -> None:
         """Run the ``ready`` hook: None or True is ready; False, a reason (str) or an
-        exception is not. Not ready stops claims; ``/livez`` is not affected."""
+        exception is not. Not ready stops claims; ``/livez`` is not affected. A sync check
+        that has not returned yet is not called again: it counts as failing until it returns
+        (hung checks would pile up in threads otherwise)."""
         assert self.handler.hooks.ready is not None
         try:
+            if self._ready_threads.busy:
+                raise _StillChecking
             async with asyncio.timeout(READY_CHECK_SECONDS):
-                answer = await call_hook(self.handler.hooks.ready)
+                answer = await call_hook(self.handler.hooks.ready, threads=self._ready_threads)
         except TimeoutError:
             reason = f"no answer within {READY_CHECK_SECONDS:g}s"
-        except Exception as exc:
+        except _StillChecking:
+            reason = "the previous check has not returned yet"
+        except HOOK_FAILURES as exc:
             reason = f"{type(exc).__name__}: {exc}"
         else:
             reason = "" if answer is None or answer is True else (
@@ -364,6 +389,7 @@ class Worker:
         s = self.settings
         backoff = _Backoff()
         attempts = 0
+        self.health.heartbeats_begin()  # the startup hook is behind: /livez watches them now
         while not self._stop_requested.is_set():
             attempts += 1
             try:
@@ -409,17 +435,30 @@ class Worker:
             await asyncio.wait(runs, timeout=s.drain_seconds)
         unfinished = list(self._runs.values())
         for run in unfinished:
+            # Handed back now, not when the run has ended: a handler slow to react would
+            # otherwise hold its task until the container is killed and its lease expires
+            # (an attempt spent). Fenced by the claim's token, so a run ending later is
+            # harmless.
             run.stop(RELEASE)
-        if unfinished:
-            await asyncio.wait([r.worker_task for r in unfinished if r.worker_task])
+            self._stopped(run)
+            run.reported = True
+        late: set[asyncio.Task[None]] = set()
+        stopping = [r.worker_task for r in unfinished
+                    if r.worker_task is not None and not r.worker_task.done()]
+        if stopping:
+            _, late = await asyncio.wait(stopping, timeout=STOP_SECONDS)
+        if late:
+            self._log.warning("runs did not stop in time; their tasks are back in the queue",
+                              count=len(late), stop_seconds=STOP_SECONDS)
         grace = max(2 * s.redis_timeout_seconds, 1.0)
         if not await self._settled(grace):
             self._log.error(
                 "could not record every outcome before exit; their leases will expire",
                 unrecorded=len(self._held),
             )
-        if self._executing:  # after_task hooks still running
-            await asyncio.wait(list(self._executing), timeout=AFTER_TASK_SECONDS)
+        hooks = self._executing - late  # after_task hooks still running
+        if hooks:
+            await asyncio.wait(hooks, timeout=AFTER_TASK_SECONDS)
         with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
             async with asyncio.timeout(s.redis_timeout_seconds):
                 await self._rt(self.queue.requeue_owner(self.worker_id, reason="worker stopped"))
@@ -847,6 +886,8 @@ class Worker:
                 await self._after_task(run.ctx, outcome)
             thread = run.thread
             if thread is not None and not thread.done():
+                self._abandoned += 1
+                self._slots_checked()
                 thread.add_done_callback(self._thread_returned)
             else:
                 self._release_slot()
@@ -868,7 +909,28 @@ class Worker:
         """An abandoned sync run's thread returned (called in that thread): free its slot."""
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is already closed at exit
-            self._loop.call_soon_threadsafe(self._release_slot)
+            self._loop.call_soon_threadsafe(self._abandoned_returned)
+
+    def _abandoned_returned(self) -> None:
+        self._abandoned -= 1
+        self._release_slot()
+        self._slots_checked()
+
+    def _slots_checked(self) -> None:
+        """Not ready while every slot is held by a thread that was given up on: such a worker
+        can claim nothing, maybe for ever (the operator replaces a pod unready for long)."""
+        stuck = self._free == 0 and self._abandoned >= self.settings.concurrency
+        if stuck == bool(self.health.slots_error):
+            return
+        if stuck:
+            self._log.warning("every slot is held by a stopped run whose thread has not "
+                              "returned; not ready", slots=self.settings.concurrency)
+            self.health.slots_stuck(
+                f"all {self.settings.concurrency} slots are held by stopped runs whose "
+                "threads have not returned (a sync handler that ignores ctx.cancelled)")
+        else:
+            self._log.info("a stopped run's thread returned; a slot is free again")
+            self.health.slots_stuck("")
 
     def _release_slot(self) -> None:
         self._free += 1
@@ -907,6 +969,8 @@ class Worker:
 
     def _stopped(self, run: _Run) -> None:
         task = run.task
+        if run.reported:
+            return
         if run.stop_reason == CANCELLED:
             self._report(task, lambda: self.queue.cancelled(task))
         elif run.stop_reason == RELEASE:
