@@ -24,11 +24,11 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from agentpool.acl import Role
 from agentpool.models import GROUP, PLURAL, VERSION, AgentPoolSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
+from agentpool.redis_errors import REDIS_FAILURES
 
 from . import actions, metrics, recovery_actions
 from .context import OperatorContext, PoolPods, PoolState, pods_of
@@ -282,7 +282,7 @@ async def refresh_credentials(
         if outcome.rotation_started:
             await ctx.api.patch_pool(namespace, name, {"metadata": {"annotations": {
                 ROTATE_ANNOTATION: None, PRODUCER_ROTATE_ANNOTATION: owed}}})
-    except (QueueAccessError, RedisError, OSError, ApiException) as error:
+    except (QueueAccessError, *REDIS_FAILURES, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else str(error)
         logger.debug(f"cannot check the workers' Redis user: {sanitize(detail)}")
         if state.worker_credentials is None:
@@ -307,7 +307,7 @@ async def refresh_credentials(
         if owed is not None:  # done (the Secret records it): the request may go
             await ctx.api.patch_pool(namespace, name, {"metadata": {"annotations": {
                 PRODUCER_ROTATE_ANNOTATION: None}}})
-    except (RedisError, OSError, ApiException) as error:
+    except (*REDIS_FAILURES, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else str(error)
         logger.debug(f"cannot check the producer's Redis user: {sanitize(detail)}")
 
@@ -329,7 +329,7 @@ async def remove_credentials(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logg
         client = await ctx.redis.client(namespace, name, url)
         removed = await remove_user(client, namespace, name, Role.WORKER)
         await remove_user(client, namespace, name, Role.PRODUCER)
-    except (ValidationError, QueueAccessError, RedisError, OSError) as error:
+    except (ValidationError, QueueAccessError, *REDIS_FAILURES) as error:
         logger.warning(f"the pool's Redis user was left on Redis: {sanitize(str(error))}")
         return
     finally:

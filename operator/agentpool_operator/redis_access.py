@@ -206,7 +206,7 @@ async def read_figures(queue: TaskQueue) -> QueueFigures:
             "RedisAuthFailed", redis_failure(None, error, password_place=POOL_PASSWORD_PLACE)
         ) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
-            TimeoutError) as error:
+            TimeoutError, redis.exceptions.RedisClusterException) as error:
         detail = str(error) or type(error).__name__
         raise QueueAccessError("RedisUnreachable", f"cannot reach Redis: {detail}") from None
     except (redis.exceptions.RedisError, ProtocolError) as error:

@@ -15,10 +15,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from agentpool.connection import is_cluster
+from agentpool.redis_errors import REDIS_FAILURES
 
 from .status import Problem
 
@@ -53,7 +53,7 @@ async def read_eviction_policies(client: Any) -> dict[str, str] | None:
             per_node = {str(node): info for node, info in replies.items()}
         else:
             per_node = {"redis": await client.info("memory")}
-    except (redis.exceptions.RedisError, OSError):
+    except REDIS_FAILURES:
         return None
     policies = {node: str(info.get("maxmemory_policy", ""))
                 for node, info in per_node.items() if isinstance(info, Mapping)}

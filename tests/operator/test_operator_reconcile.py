@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 from operator_harness import (
     NAMESPACE,
@@ -18,6 +19,7 @@ from prometheus_client import REGISTRY
 from agentpool.models import AgentPoolStatus
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer, free_port
+from agentpool_operator.settings import OperatorSettings
 
 IMAGE = "registry.example/agent-worker:1.0"
 
@@ -430,3 +432,43 @@ async def test_a_redis_that_may_evict_tasks_makes_the_pool_degraded(
         assert "queued and running tasks can be lost" in degraded["message"]
         assert cluster.condition("mu", "Ready")["reason"] != "RedisEvictsKeys"
         await eventually(lambda: cluster.events("RedisEvictsKeys"))
+
+
+def _gone(cluster: Cluster, name: str) -> bool:
+    try:
+        cluster.pool(name)
+    except KeyError:
+        return True
+    return False
+
+
+async def test_a_cluster_with_no_node_answering_is_reported_unreachable(
+    cluster: Cluster, operator: OperatorThread,
+) -> None:
+    """redis-py's cluster client raises RedisClusterException, not a RedisError, when no node
+    answers: the pool's round failed before its status, which never said why."""
+    await cluster.create_pool(pool_manifest(
+        "cl-down", redis_url=f"redis+cluster://127.0.0.1:{free_port()}/0"))
+    reachable = await eventually(lambda: cluster.condition("cl-down", "QueueReachable"))
+    assert (reachable["status"], reachable["reason"]) == ("False", "RedisUnreachable")
+    assert "Redis Cluster cannot be connected" in reachable["message"]
+    assert operator.alive
+
+
+class TestPerPoolCredentialsOnADownCluster:
+    @pytest.fixture
+    def operator_settings(self) -> OperatorSettings:
+        return OperatorSettings(port=free_port(), status_refresh_seconds=0.5,
+                                per_pool_credentials=True)
+
+    async def test_the_pool_reports_it_and_can_be_deleted(
+        self, cluster: Cluster, operator: OperatorThread,
+    ) -> None:
+        """Its credentials could not be decided nor removed: the create handler and the
+        finalizer were retried every minute for as long as the cluster was down."""
+        await cluster.create_pool(pool_manifest(
+            "cl-creds", redis_url=f"redis+cluster://127.0.0.1:{free_port()}/0"))
+        reachable = await eventually(lambda: cluster.condition("cl-creds", "QueueReachable"))
+        assert reachable["reason"] == "RedisUnreachable"
+        await cluster.delete_pool("cl-creds")
+        await eventually(lambda: _gone(cluster, "cl-creds"), within=15)
