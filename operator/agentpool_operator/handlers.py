@@ -218,7 +218,8 @@ async def reconcile(
             if ctx.settings.per_pool_credentials and state.worker_credentials is None:
                 queue, _problem = await open_queue(ctx, state, namespace, name, spec)
                 await refresh_credentials(ctx, state, body, spec, queue, logger)
-            await ensure_deployment(ctx.api, state, body, spec, logger)
+            if not credentials_pending(ctx, state):
+                await ensure_deployment(ctx.api, state, body, spec, logger)
     except DeploymentConflict as error:
         metrics.record_reconcile_error(namespace, name, "deployment")
         raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_SECONDS) from None
@@ -253,6 +254,18 @@ async def deployment_event(
     state.remember_deployment(seen)
     if not unchanged:
         state.wake.set()
+
+
+CREDENTIALS_PENDING = (
+    "the pool's own Redis user is not settled yet (its Redis does not answer): its pods start "
+    "once it is, never with the URL the pool gives the operator")
+
+
+def credentials_pending(ctx: OperatorContext, state: PoolState) -> bool:
+    """Per-pool credentials are on and this pool's are not decided yet: a Deployment now would
+    hand its pods the pool's own URL (the operator's credential) until a rollout replaced
+    them, and agent code may have read it by then."""
+    return ctx.settings.per_pool_credentials and state.worker_credentials is None
 
 
 async def refresh_credentials(
@@ -473,9 +486,11 @@ async def observe_once(
     async with state.lock:
         await refresh_credentials(ctx, state, body, spec, queue, logger, pods)
         try:
-            deployment: dict[str, Any] | None = await ensure_deployment(
-                ctx.api, state, body, spec, logger
-            )
+            deployment: dict[str, Any] | None = None
+            if credentials_pending(ctx, state):
+                deployment_problem = Problem("CredentialsPending", CREDENTIALS_PENDING)
+            else:
+                deployment = await ensure_deployment(ctx.api, state, body, spec, logger)
         except DeploymentConflict as error:
             deployment, deployment_problem = None, Problem("DeploymentConflict", str(error))
         except ApiException as error:

@@ -537,3 +537,38 @@ async def test_a_redis_without_the_acl_command_leaves_the_workers_on_the_pool_ur
         assert cluster.condition(pool_name, "Degraded")["status"] == "False"
         assert redis_env(cluster.deployment(pool_name)) == {
             "name": "AGENTPOOL_REDIS_URL", "value": no_acl.url}
+
+
+async def test_a_pool_whose_redis_does_not_answer_yet_gets_no_pod_with_the_operators_url(
+    cluster: Cluster, operator: OperatorThread, pool_name: str,
+) -> None:
+    """Until its own Redis user is settled, a pool has no Deployment: pods started meanwhile
+    got the pool's URL (the operator's credential), read by agent code before the rollout
+    that moved them to the pool's user."""
+    server = RedisServer(port=free_port())
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=server.url))
+    degraded = await eventually(
+        lambda: cluster.condition(pool_name, "Degraded")["reason"] == "CredentialsPending")
+    assert degraded
+    with pytest.raises(KeyError):
+        cluster.deployment(pool_name)
+    server.start()
+    try:
+        deployment = await eventually(lambda: _deployment_or_none(cluster, pool_name),
+                                      within=20)
+        (worker,) = deployment["spec"]["template"]["spec"]["containers"]
+        urls = [e for e in worker["env"] if e["name"] == "AGENTPOOL_REDIS_URL"]
+        assert urls == [{"name": "AGENTPOOL_REDIS_URL", "valueFrom": {
+            "secretKeyRef": {"name": f"{pool_name}-redis-worker", "key": "url"}}}]
+        assert [e["reason"] for e in cluster.events()
+                if e["involvedObject"]["name"] == pool_name
+                and e["reason"] == "DeploymentRestored"] == []
+    finally:
+        server.stop()
+
+
+def _deployment_or_none(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    try:
+        return cluster.deployment(name)
+    except KeyError:
+        return None
