@@ -60,8 +60,9 @@ async def ensure_budget(kube: KubeApi, guard: GuardState, pool: Mapping[str, Any
     """Create or put back the pool's budget (or delete it once the guard is turned off)."""
     now = time.monotonic()
     fresh = guard.budget_checked is not None and now - guard.budget_checked < BUDGET_CHECK_SECONDS
-    if guard.budget_generation == generation and fresh:
-        return guard.problem
+    if guard.budget_generation == generation and fresh and guard.problem is None:
+        return None  # a problem is looked at again every round: a pool deleted and created
+        # again under its name meets the old pool's budget until the collector removes it
     meta = pool["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:

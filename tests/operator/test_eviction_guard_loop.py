@@ -156,9 +156,23 @@ async def test_a_budget_the_pool_does_not_own_makes_it_degraded(
         assert degraded["reason"] == "DisruptionBudgetError"
         assert "not controlled by this pool" in degraded["message"]
         assert cluster.get(BUDGETS, "mine")["spec"]["minAvailable"] == 1, "left alone"
+        # Gone (the collector removing a deleted pool's budget, say): the pool's own follows
+        # at once, not at the next five-minute check.
+        await cluster.delete(f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets/mine")
+        ours = await eventually(lambda: _budget_or_none(cluster, "mine"), within=5)
+        assert ours["metadata"]["ownerReferences"][0]["name"] == "mine"
+        await eventually(lambda: cluster.condition("mine", "Degraded")["status"] == "False")
     finally:
         await operator.stop()
     assert operator.error is None, operator.error
+
+
+def _budget_or_none(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    try:
+        budget = cluster.get(BUDGETS, name)
+    except KeyError:
+        return None
+    return budget if budget.get("metadata", {}).get("ownerReferences") else None
 
 
 async def test_pods_of_a_cordoned_node_leave_once_their_runs_end(
