@@ -60,6 +60,7 @@ from .status import (
     StatusEvent,
     build_status,
     condition_events,
+    invalid_spec_status,
     mask_urls,
     sanitize,
     status_write_needed,
@@ -459,6 +460,29 @@ async def recover_gone_pods_once(
     state.recovery.gone_pods_checked = True
 
 
+INVALID_SPEC_RETRY_SECONDS = 10.0
+
+
+def spec_problem(error: ValidationError) -> str:
+    """The models' first objection, with where it is, for a person."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return sanitize(f"spec.{where}: {first.get('msg', 'invalid')}" if where
+                    else str(first.get("msg", "invalid")))
+
+
+async def report_invalid_spec(ctx: OperatorContext, state: PoolState, body: kopf.Body,
+                              problem: str, now: datetime, generation: int) -> None:
+    namespace, name = pool_key(body)
+    previous = state.last_status or dict(body.get("status") or {})
+    new = invalid_spec_status(previous, problem, now=now, generation=generation)
+    if new != previous:
+        await ctx.api.patch_pool_status(namespace, name, new)
+        metrics.STATUS_WRITES.inc()
+        state.last_status = new
+    metrics.record_reconcile_error(namespace, name, "observe")
+
+
 async def observe_once(
     ctx: OperatorContext,
     state: PoolState,
@@ -472,8 +496,12 @@ async def observe_once(
     """
     namespace, name = pool_key(body)
     generation = generation_of(body)
-    spec = parse_spec(body)
     now = datetime.now(UTC)
+    try:
+        spec = parse_spec(body)
+    except ValidationError as error:
+        await report_invalid_spec(ctx, state, body, spec_problem(error), now, generation)
+        return INVALID_SPEC_RETRY_SECONDS
 
     pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)
     queue, queue_problem = await open_queue(ctx, state, namespace, name, spec, pods)

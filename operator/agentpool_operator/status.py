@@ -124,6 +124,23 @@ def set_condition(
     return sorted(result, key=lambda c: order.get(str(c.get("type")), len(order)))
 
 
+INVALID_SPEC = "InvalidSpec"
+
+
+def invalid_spec_status(previous: Mapping[str, Any], problem: str, *, now: datetime,
+                        generation: int) -> dict[str, Any]:
+    """The status of a pool whose spec the operator's models refuse (the API server let it
+    in: an installed CRD older than the operator lacks a rule): Degraded with the reason, the
+    rest as last written. Its figures and pods go unobserved until the spec is mended."""
+    conditions = set_condition(
+        previous.get("conditions") or (),
+        ConditionUpdate("Degraded", "True", INVALID_SPEC,
+                        f"the spec breaks a rule of this operator, so the pool is not acted on "
+                        f"(is the installed CRD older than the operator?): {problem}"),
+        now=now, generation=generation)
+    return {**previous, "conditions": conditions, "health": "Degraded"}
+
+
 def pool_conditions(
     *,
     queue: str,

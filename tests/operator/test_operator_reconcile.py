@@ -472,3 +472,23 @@ class TestPerPoolCredentialsOnADownCluster:
         assert reachable["reason"] == "RedisUnreachable"
         await cluster.delete_pool("cl-creds")
         await eventually(lambda: _gone(cluster, "cl-creds"), within=15)
+
+
+async def test_a_spec_the_models_refuse_is_reported_not_silently_left(
+    cluster: Cluster, operator: OperatorThread, redis_url: str,
+) -> None:
+    """An installed CRD older than the operator lets in a spec that breaks a newer rule: the
+    pool's round stopped before its status, so it went on reading healthy while nothing was
+    acted on."""
+    await cluster.create_pool(pool_manifest("iota2", redis_url=redis_url))
+    await eventually(lambda: cluster.condition("iota2", "QueueReachable")["status"] == "True")
+    await cluster.patch_pool("iota2", {"spec": {"scaling": {"minReplicas": 5, "maxReplicas": 3}}})
+    degraded = await eventually(
+        lambda: (c := cluster.condition("iota2", "Degraded"))["reason"] == "InvalidSpec" and c)
+    assert degraded["status"] == "True"
+    assert degraded["message"].startswith("the spec breaks a rule of this operator")
+    assert "spec.scaling" in degraded["message"]
+    assert cluster.pool("iota2")["status"]["health"] == "Degraded"
+    await cluster.patch_pool("iota2", {"spec": {"scaling": {"minReplicas": 1}}})
+    await eventually(lambda: cluster.condition("iota2", "Degraded")["status"] == "False")
+    assert operator.alive

@@ -13,6 +13,7 @@ from agentpool_operator.status import (
     Problem,
     build_status,
     condition_events,
+    invalid_spec_status,
     sanitize,
     set_condition,
     status_write_needed,
@@ -187,3 +188,20 @@ def test_sanitize_strips_credentials(text: str) -> None:
 def test_sanitize_keeps_plain_text_and_caps_length() -> None:
     assert sanitize("Secret default/x has no key 'url'") == "Secret default/x has no key 'url'"
     assert len(sanitize("x" * 5000)) == 1024
+
+
+def test_an_invalid_spec_makes_the_pool_degraded_and_keeps_the_rest() -> None:
+    previous = {"queue": "q", "readyReplicas": 2, "conditions": [
+        {"type": "QueueReachable", "status": "True", "reason": "Connected", "message": "",
+         "lastTransitionTime": "2026-12-01T00:00:00Z", "observedGeneration": 1}]}
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+    status = invalid_spec_status(previous, "spec.scaling: no", now=now, generation=2)
+    assert {k: v for k, v in status.items() if k not in ("conditions", "health")} == {
+        "queue": "q", "readyReplicas": 2}
+    assert status["health"] == "Degraded"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"], degraded["observedGeneration"]) == (
+        "True", "InvalidSpec", 2)
+    assert degraded["message"].endswith("spec.scaling: no")
+    again = invalid_spec_status(status, "spec.scaling: no", now=now.replace(day=6), generation=2)
+    assert again == status  # unchanged: nothing to write again
