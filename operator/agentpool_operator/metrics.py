@@ -29,9 +29,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-from agentpool.models import AgentPoolSpec
+from agentpool.models import CONDITION_TYPES, AgentPoolSpec
 from agentpool.protocol import RequeueResult
 from agentpool.ratelimit import LimitState
+from agentpool_operator.credentials import CONDITION as CREDENTIALS_CONDITION
 
 POOL_LABELS = ("namespace", "pool")
 _FIGURES = {
@@ -347,7 +348,7 @@ def forget_pool(namespace: str, pool: str) -> None:
         POOL_LAST_OBSERVED,
     ):
         _remove(gauge, namespace, pool)
-    for condition_type in ("Ready", "QueueReachable", "Scaling", "Degraded"):
+    for condition_type in (*CONDITION_TYPES, CREDENTIALS_CONDITION):
         _remove(POOL_CONDITION, namespace, pool, condition_type)
     for metric, values in _series.pop((namespace, pool), set()):
         _remove(metric, *values)

@@ -73,7 +73,8 @@ def record_everything(pool: str) -> None:
         "queued": 12, "delayed": 1, "inFlight": 4, "dead": 2, "workers": 2, "replicas": 2,
         "readyReplicas": 1, "desiredReplicas": 3, "drainingReplicas": 2,
         "conditions": [{"type": "Ready", "status": "False"},
-                       {"type": "QueueReachable", "status": "True"}],
+                       {"type": "QueueReachable", "status": "True"},
+                       {"type": "Credentials", "status": "True"}],
     })
     metrics.record_spec(NS, pool, spec(minReplicas=1, maxReplicas=7))
     metrics.record_observed(NS, pool, when=1_700_000_000.0)
