@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from agentpool.durability import Durability
-from agentpool_worker.settings import DEFAULT_LEASE_SECONDS, ConfigError, load_settings
+from agentpool_worker.settings import (
+    DEFAULT_LEASE_SECONDS,
+    ConfigError,
+    WorkerSettings,
+    load_settings,
+)
 
 REQUIRED = {"AGENTPOOL_REDIS_URL": "redis://r:6379/0", "AGENTPOOL_HANDLER": "m:f"}
 
@@ -89,3 +94,13 @@ def test_typed_values_are_checked_too() -> None:
     with pytest.raises(ConfigError, match="AGENTPOOL_CONCURRENCY must be"):
         load_settings(REQUIRED, concurrency=True)
     assert load_settings(REQUIRED, concurrency=4.0, lease_seconds=2).concurrency == 4
+
+
+@pytest.mark.parametrize(("lease", "timeout"), [(7.0, 5.0), (0.3, 5.0), (30.0, 1.0), (3600, 300)])
+def test_liveness_outlasts_the_longest_heartbeat_attempt(lease: float, timeout: float) -> None:
+    """Between two attempts that end: a heartbeat interval, then a call to a frozen Redis and
+    its one retry on a new connection, each cut at the Redis timeout. /livez must not call
+    that stuck (lease + one timeout fell a few hundred milliseconds short by default)."""
+    s = WorkerSettings(redis_url="redis://h:6379/0", handler="m:f", lease_seconds=lease,
+                       redis_timeout_seconds=timeout)
+    assert s.heartbeat_stall_seconds > s.heartbeat_seconds + 2 * s.redis_timeout_seconds

@@ -6,8 +6,8 @@ and only reads the :class:`Health` record the loop keeps up to date.
 
 - ``/livez`` fails (503, with the reason) when the event loop has not ticked for
   ``loop_stall_seconds`` or, once the handler's ``startup`` hook is over, no heartbeat attempt
-  has finished for ``heartbeat_stall_seconds`` (lease + Redis timeout). A heartbeat that fails
-  because Redis is down still counts as an attempt: an unreachable Redis is a readiness
+  has finished for ``heartbeat_stall_seconds`` (lease + twice the Redis timeout). A heartbeat
+  that fails because Redis is down still counts as an attempt: an unreachable Redis is a readiness
   problem, and restarting the pod would not fix it. A slow ``startup`` hook (loading a model)
   is the startup probe's to judge, not liveness.
 - ``/readyz`` fails when the last Redis request failed, or the worker is not claiming work

@@ -206,8 +206,11 @@ class WorkerSettings:
 
     @property
     def heartbeat_stall_seconds(self) -> float:
-        """No heartbeat attempt finished for this long: the heartbeat is stuck (liveness)."""
-        return self.lease_seconds + self.redis_timeout_seconds
+        """No heartbeat attempt finished for this long: the heartbeat is stuck (liveness). An
+        attempt against a frozen Redis ends after two timeouts (the call and its one retry on a
+        new connection), a heartbeat interval after the last: lease + Redis timeout alone left
+        a few hundred milliseconds and failed probes now and then."""
+        return self.lease_seconds + 2 * self.redis_timeout_seconds
 
     @property
     def replica_timeout_seconds(self) -> float:
