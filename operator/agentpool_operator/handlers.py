@@ -32,6 +32,7 @@ from agentpool.redis_errors import REDIS_FAILURES
 
 from . import actions, metrics, recovery_actions
 from .context import OperatorContext, PoolPods, PoolState, pods_of
+from .credentials import CONDITION as CREDENTIALS_CONDITION
 from .credentials import (
     PRODUCER_ROTATE_ANNOTATION,
     ROTATE_ANNOTATION,
@@ -572,6 +573,7 @@ async def observe_once(
             *([state.worker_credentials.condition] if state.worker_credentials else []),
         ],
         paused=spec.paused,
+        gone_conditions=() if ctx.settings.per_pool_credentials else (CREDENTIALS_CONDITION,),
     )
     if status_write_needed(previous, new, now, state.last_write,
                            ctx.settings.status_refresh_seconds):

@@ -12,7 +12,7 @@ policy) pass through `build_status` untouched unless given as `extra_conditions`
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -207,12 +207,14 @@ def build_status(
     extra_conditions: Sequence[ConditionUpdate] = (),
     degraded_problems: Sequence[Problem] = (),
     paused: bool = False,
+    gone_conditions: Collection[str] = (),
 ) -> Status:
     """The complete new status of a pool.
 
     Fields this module does not own (those of scaling and recovery) are carried over from
     `previous` unless `extra_fields` sets them. Without figures (the queue could not be read)
-    the last known figures stay, and QueueReachable=False says they are stale.
+    the last known figures stay, and QueueReachable=False says they are stale. Conditions of
+    `gone_conditions` are dropped (their source is gone: per-pool credentials turned off).
     """
     status: Status = dict(previous or {})
     view = deployment or DeploymentView(desired=0, replicas=0, ready=0)
@@ -236,7 +238,8 @@ def build_status(
             status.setdefault(name, 0)
     status.update(extra_fields or {})
 
-    conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []]
+    conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []
+                                         if c.get("type") not in gone_conditions]
     updates = pool_conditions(
         queue=queue,
         deployment=deployment,

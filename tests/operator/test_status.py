@@ -205,3 +205,17 @@ def test_an_invalid_spec_makes_the_pool_degraded_and_keeps_the_rest() -> None:
     assert degraded["message"].endswith("spec.scaling: no")
     again = invalid_spec_status(status, "spec.scaling: no", now=now.replace(day=6), generation=2)
     assert again == status  # unchanged: nothing to write again
+
+
+def test_a_condition_whose_source_is_gone_is_dropped() -> None:
+    """Per-pool credentials turned off: the pool's Credentials condition no longer says
+    anything true, and nothing would ever update it again."""
+    previous = {"conditions": [{"type": "Credentials", "status": "True", "reason": "PerPoolUser",
+                                "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z",
+                                "observedGeneration": 1}]}
+    kept = build_status(queue="q", generation=1, deployment=None, figures=None,
+                        previous=previous, now=T0)
+    dropped = build_status(queue="q", generation=1, deployment=None, figures=None,
+                           previous=previous, now=T0, gone_conditions=("Credentials",))
+    assert "Credentials" in [c["type"] for c in kept["conditions"]]
+    assert "Credentials" not in [c["type"] for c in dropped["conditions"]]
