@@ -829,16 +829,18 @@ class Worker:
                 async with asyncio.timeout(self.settings.task_timeout_seconds) as deadline:
                     result = await self._call(run, payload)
             except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if run.stop_reason is None and (current is None or current.cancelling()):
-                    raise  # the worker itself is being stopped
-                if current is not None and current.cancelling():
-                    current.uncancel()
-                if run.stop_reason is None:  # the handler's own: a call it awaited was cancelled
+                this = asyncio.current_task()
+                assert this is not None
+                if run.stop_reason is None:
+                    if this.cancelling():
+                        raise  # the worker itself is being stopped
+                    # the handler's own: a call it awaited was cancelled by someone else
                     error = "CancelledError: an operation the handler awaited was cancelled"
                     self._failed(run, error, retryable=True)
                     outcome = ended("failed", error=error, retryable=True)
                     return
+                if this.cancelling():
+                    this.uncancel()
                 self._stopped(run)
                 outcome = ended(STOPPED_STATUS[run.stop_reason])
                 return
