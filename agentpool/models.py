@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from agentpool.protocol import MAX_ATTEMPTS_LIMIT
 from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
 
 GROUP = "agentpool.dev"
@@ -526,7 +527,7 @@ class WorkerSpec(_Model):
     max_attempts: int = Field(
         default=3,
         ge=1,
-        le=100,
+        le=MAX_ATTEMPTS_LIMIT,
         description="Attempts per task before it goes to the dead-letter list.",
     )
     drain_seconds: int | None = Field(

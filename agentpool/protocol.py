@@ -56,12 +56,13 @@ DEFAULT_IDEMPOTENCY_TTL = 86_400
 LISTEN_SECONDS = 30
 """How long one `TaskQueue.listen_for_finishes` keeps finishes published on ``done``."""
 COMPLETE_CHUNK = 500
+"""Completions per script call of a group commit."""
 MAX_SUBMIT_CHUNK = 1000
+"""Tasks per script call of ``submit_many``: Lua unpacks at most about 8,000 values at once."""
 MAX_DELAY_SECONDS = 365 * 86400
 MAX_ATTEMPTS_LIMIT = 100
-"""The most attempts a task or a queue allows (a pool's maxAttempts has the same bound)."""
-"""Tasks per script call of ``submit_many``: Lua unpacks at most about 8,000 values at once."""
-"""Completions per script call of a group commit."""
+"""The most attempts a task or a queue allows (a pool's maxAttempts, a worker's
+AGENTPOOL_MAX_ATTEMPTS)."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
 SUBSCRIBED_WAITS = 32
@@ -430,7 +431,7 @@ def _opt_int(value: Any) -> int | None:
 def _json_or_raw(value: Any) -> Any:
     if value is None:
         return None
-    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    text = _decode_text(value)
     try:
         return json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
@@ -1125,7 +1126,7 @@ def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
             # a payload written behind the protocol's back may not even be UTF-8: let the
             # worker dead-letter it as malformed instead of failing the whole claim
             id=_s(t[0]), token=_s(t[1]), attempts=int(t[2]),
-            payload_raw=t[3].decode(errors="replace") if isinstance(t[3], bytes) else str(t[3]),
+            payload_raw=_decode_text(t[3]),
             created_ms=int(t[4]), max_attempts=int(t[5]), claimed_ms=now,
             checkpoint_raw=None if len(t) < 7 or t[6] is None else _s(t[6]),
         )

@@ -453,7 +453,7 @@ async def recover_gone_pods_once(
         state.recovery.unreported += await recovery_actions.recover_gone_pods(
             queue, ctx.api, body, known
         )
-    except (*recovery_actions.REDIS_ERRORS, ApiException) as error:
+    except (*REDIS_FAILURES, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else repr(error)
         logger.warning("cannot check for pods gone while the operator was away: "
                        f"{sanitize(detail)}")

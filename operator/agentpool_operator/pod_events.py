@@ -14,6 +14,8 @@ from typing import Any
 
 import kopf
 
+from agentpool.redis_errors import REDIS_FAILURES
+
 from . import recovery_actions
 from .deployment import POOL_LABEL
 from .handlers import context
@@ -40,7 +42,7 @@ async def pod_event(
         return
     try:
         taken = await recovery_actions.recover_pod(state.recovery, event.get("type"), body)
-    except recovery_actions.REDIS_ERRORS as error:
+    except REDIS_FAILURES as error:
         logger.warning(f"cannot requeue the tasks of pod {body.metadata.name}: {error!r}; "
                        "the pool's next round retries")
         return

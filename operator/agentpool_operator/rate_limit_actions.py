@@ -20,7 +20,6 @@ from . import metrics
 from .observation import PoolObservation
 from .status import Problem, sanitize
 
-REDIS_ERRORS = REDIS_FAILURES
 CONFLICT_REASON = "RateLimitConflict"
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ async def observe_limits(observation: PoolObservation) -> LimitsObserved:
                 problems.append(conflict_problem(config, declaration))
             metrics.record_limit(await limiter.state())
         workers = await queue.workers()
-    except REDIS_ERRORS as error:
+    except REDIS_FAILURES as error:
         log.warning(f"{owner}: cannot read its rate limits: {sanitize(str(error))}")
         return LimitsObserved()
     waits = limit_waits(worker.limit_window for worker in workers)

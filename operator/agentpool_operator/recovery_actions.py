@@ -62,7 +62,6 @@ NODE_CACHE_SECONDS = 30.0
 NODE_RECHECK_SECONDS = 10.0
 """A pod on a node missing from the cached list: the soonest the list is read again."""
 
-REDIS_ERRORS = REDIS_FAILURES
 STUCK_POD_DRAIN_SECONDS = 60
 """At most this long between asking a stuck (unready) pod to drain and deleting it. Its runs
 lose nothing by the deletion: SIGTERM gives them drainSeconds (by default as long as a run may
@@ -313,7 +312,7 @@ async def recover(
         if state is not None:
             recovery.wake_at_expiry(await queue.next_lease_expiry(), state.wake,
                                     observation.spec.scaling.poll_seconds)
-    except (*REDIS_ERRORS, ApiException) as error:
+    except (*REDIS_FAILURES, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else repr(error)
         logger.warning("recovery of %s/%s stopped early: %s",
                        observation.namespace, observation.name, detail)

@@ -94,7 +94,6 @@ from .status import ConditionUpdate, rfc3339, sanitize
 DRAIN_SWEEP_SECONDS = 30.0
 """Least time between two looks for stale drain requests of one pool."""
 
-REDIS_ERRORS = REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ async def scale(
         try:
             work = await work_by_pod(queue)
             drains = await queue.drain_requests()
-        except REDIS_ERRORS as error:
+        except REDIS_FAILURES as error:
             raise ScaleAborted(_redis_problem(replicas, error)) from None
 
     try:
@@ -247,7 +246,7 @@ async def _guard_paused(observation: PoolObservation, state: PoolState,
     if figures.in_flight or any(p.guarded for p in summaries):
         try:
             work = await work_by_pod(queue)
-        except REDIS_ERRORS:
+        except REDIS_FAILURES:
             return
     await _guard(observation, state, summaries, work, (), now, kube)
 
@@ -285,7 +284,7 @@ async def _apply_marks(
         try:
             for name in dict.fromkeys(to_drain):
                 await queue.request_drain(name)
-        except REDIS_ERRORS as error:
+        except REDIS_FAILURES as error:
             raise ScaleAborted(_redis_problem(current, error)) from None
     was_marked = {p.name for p in pods if p.marked}
     leaving = {p.name for p in pods if p.leaving}
@@ -356,7 +355,7 @@ async def _withdraw_marks(
     except ApiException as error:
         log.warning(f"cannot withdraw the removal mark of a pod: {api_error_message(error)}")
         return
-    except REDIS_ERRORS as error:
+    except REDIS_FAILURES as error:
         log.warning(f"cannot withdraw a drain request: {error}")
         return
     _post(observation, "DrainWithdrawn",
@@ -394,7 +393,7 @@ async def _sweep_drains(
         existing = {p.name for p in pods}
         for key in stale_drains(requests, existing, observation.name, time.time()):
             await queue.clear_drain(key)
-    except REDIS_ERRORS as error:
+    except REDIS_FAILURES as error:
         log.warning(f"cannot clear stale drain requests: {error}")
 
 

@@ -20,10 +20,10 @@ import kopf
 
 from agentpool.models import ScheduleSpec, parse_rfc3339
 from agentpool.protocol import CancelOutcome, ProtocolError, TaskQueue
+from agentpool.redis_errors import REDIS_FAILURES
 
 from . import metrics
 from .observation import ActionResult, PoolObservation
-from .rate_limit_actions import REDIS_ERRORS
 from .schedules import (
     Cursor,
     ScheduleTurn,
@@ -120,7 +120,7 @@ async def _settle_overlap(observation: PoolObservation, schedule: ScheduleSpec,
         return turn, _unreachable(schedule)
     try:
         previous = await queue.get(last_task_id)
-    except REDIS_ERRORS:
+    except REDIS_FAILURES:
         return turn, _unreachable(schedule)
     return settle_overlap(schedule, turn, previous is not None and not previous.done), None
 
@@ -134,7 +134,7 @@ async def _cancel_previous(observation: PoolObservation, schedule: ScheduleSpec,
     queue = cast(TaskQueue, observation.queue)
     try:
         outcome = await queue.cancel(task_id)
-    except REDIS_ERRORS:
+    except REDIS_FAILURES:
         return _unreachable(schedule)
     if outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED):
         how = "cancelled" if outcome is CancelOutcome.CANCELLED else "asked to stop"
@@ -165,7 +165,7 @@ async def _submit(observation: PoolObservation, schedule: ScheduleSpec,
             idempotency_key=idempotency_key(pool_id, schedule.name, turn.submit))
     except ProtocolError as error:
         return None, Problem(FAILED_REASON, f"schedule {schedule.name!r}: {error}")
-    except REDIS_ERRORS as error:
+    except REDIS_FAILURES as error:
         log.warning(f"{observation.namespace}/{observation.name}: schedule {schedule.name!r}: "
                     f"cannot submit: {sanitize(str(error))}")
         return None, Problem(FAILED_REASON, f"schedule {schedule.name!r}: cannot submit to "

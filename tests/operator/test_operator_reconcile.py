@@ -492,3 +492,22 @@ async def test_a_spec_the_models_refuse_is_reported_not_silently_left(
     await cluster.patch_pool("iota2", {"spec": {"scaling": {"minReplicas": 1}}})
     await eventually(lambda: cluster.condition("iota2", "Degraded")["status"] == "False")
     assert operator.alive
+
+
+async def test_a_credentials_condition_goes_once_per_pool_credentials_are_off(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+) -> None:
+    """Left by an operator that ran with per-pool credentials: nothing would update it again."""
+    await cluster.create_pool(pool_manifest("kappa2", redis_url=redis_url))
+    await cluster.patch_pool_status("kappa2", {"conditions": [{
+        "type": "Credentials", "status": "True", "reason": "PerPoolUser", "message": "",
+        "lastTransitionTime": "2026-12-01T00:00:00Z", "observedGeneration": 1}]})
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: cluster.condition("kappa2", "QueueReachable"))
+        assert "Credentials" not in [
+            c["type"] for c in cluster.pool("kappa2")["status"]["conditions"]]
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error

@@ -112,7 +112,7 @@ async def test_readyz_fails_while_every_slot_is_held_by_a_thread_that_never_retu
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
     """Sync runs that timed out but whose threads block on: the worker can claim nothing,
-    so it says so (the operator replaces a pod that stays unready)."""
+    so it says so instead of reading ready."""
     queue = TaskQueue(redis, queue_name)
     port = free_port()
     sample_handlers.STUCK.clear()

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from agentpool import urls
 from agentpool.connection import RedisURLError, check_redis_url
 from agentpool.durability import DEFAULT_REPLICA_TIMEOUT, Durability
-from agentpool.protocol import QUEUE_NAME
+from agentpool.protocol import MAX_ATTEMPTS_LIMIT, QUEUE_NAME
 from agentpool.ratelimit import LimitConfig, decode_limits
 from agentpool.urls import URL_PREFIXES
 
@@ -144,7 +144,8 @@ class WorkerSettings:
     concurrency: int = _setting("an integer between 1 and 1000", _integer(1, 1000), 4)
     task_timeout_seconds: float = _setting(
         "a number of seconds above 0 (at most a week)", seconds(0, 7 * 86400, above=True), 600.0)
-    max_attempts: int = _setting("an integer between 1 and 100", _integer(1, 100), 3)
+    max_attempts: int = _setting(f"an integer between 1 and {MAX_ATTEMPTS_LIMIT}",
+                                 _integer(1, MAX_ATTEMPTS_LIMIT), 3)
     drain_seconds: float = _setting(
         "a number of seconds between 0 and 604800 (a week, the longest task timeout)",
         seconds(0, 7 * 86400), 60.0)

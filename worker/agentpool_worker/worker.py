@@ -78,7 +78,6 @@ MAX_FLUSH_EVENTS = 2000
 MAX_PENDING_EVENTS = 20_000
 """Events waiting for Redis before ``ctx.emit`` waits for a flush (back-pressure)."""
 TICK_SECONDS = 0.25
-REDIS_ERRORS = REDIS_FAILURES
 ERROR_TEXT_LIMIT = 4000
 AFTER_TASK_SECONDS = 30.0
 """Longest an ``after_task`` hook may hold a run's slot."""
@@ -398,7 +397,7 @@ class Worker:
                 beat = await self._rt(self.queue.heartbeat(self.info, {}, s.lease_seconds))
                 returned = await self._rt(self.queue.requeue_pod(
                     s.pod_name, keep_instance=self.instance, reason="worker restarted"))
-            except REDIS_ERRORS as exc:
+            except REDIS_FAILURES as exc:
                 self.health.heartbeat_attempted()
                 self._redis_failed(exc, "start", log=attempts % 10 == 1)
                 await _until(backoff.sleep(), self._stop_requested)
@@ -459,7 +458,7 @@ class Worker:
         hooks = self._executing - late  # after_task hooks still running
         if hooks:
             await asyncio.wait(hooks, timeout=AFTER_TASK_SECONDS)
-        with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
+        with contextlib.suppress(*REDIS_FAILURES, TimeoutError):
             async with asyncio.timeout(s.redis_timeout_seconds):
                 await self._rt(self.queue.requeue_owner(self.worker_id, reason="worker stopped"))
         self._log.info("worker stopped", released=len(unfinished), done=self.info.done,
@@ -549,7 +548,7 @@ class Worker:
             beat = await self._rt(
                 self.queue.heartbeat(self.info, held, self.settings.lease_seconds)
             )
-        except REDIS_ERRORS as exc:
+        except REDIS_FAILURES as exc:
             self._redis_failed(exc, "heartbeat")
             return
         finally:
@@ -594,7 +593,7 @@ class Worker:
                 else:
                     batch = await self._rt(self.queue.claim(self.worker_id, want,
                                                             s.lease_seconds))
-            except REDIS_ERRORS as exc:
+            except REDIS_FAILURES as exc:
                 self._claim_uncertain = True
                 self._redis_failed(exc, "claim")
                 await _until(backoff.sleep(), self._stop_requested)
@@ -644,7 +643,7 @@ class Worker:
             nudged.cancel()
             if not request.done():
                 request.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
+                with contextlib.suppress(asyncio.CancelledError, *REDIS_FAILURES):
                     await request
         return None if request.cancelled() else request.result()
 
@@ -661,7 +660,7 @@ class Worker:
                     continue
                 orphan = ClaimedTask(task_id, _text(token), 0, 0, "", 0, 0)
                 await self._rt(self.queue.release(orphan, "claim reply lost"))
-        except REDIS_ERRORS as exc:
+        except REDIS_FAILURES as exc:
             self._redis_failed(exc, "release orphans")
             return
         self._claim_uncertain = False
@@ -693,7 +692,7 @@ class Worker:
                         recorded = await self._rt(self.queue.record(runs, batch, call=call))
                     except NotReplicated as exc:
                         recorded, unreplicated = exc.result, True
-                    except REDIS_ERRORS as exc:
+                    except REDIS_FAILURES as exc:
                         self._redis_failed(exc, "complete")
                         await backoff.sleep()
                         continue
@@ -756,7 +755,7 @@ class Worker:
             try:
                 saved = await self._rt(self.queue.checkpoint(task, raw))
                 break
-            except REDIS_ERRORS as exc:
+            except REDIS_FAILURES as exc:
                 self._redis_failed(exc, "checkpoint")
                 if run.stop_reason is not None:
                     raise LeaseLost(f"task {task.id}: run stopped; checkpoint not saved") from exc
@@ -920,7 +919,8 @@ class Worker:
 
     def _slots_checked(self) -> None:
         """Not ready while every slot is held by a thread that was given up on: such a worker
-        can claim nothing, maybe for ever (the operator replaces a pod unready for long)."""
+        can claim nothing, maybe for ever. It still heartbeats, so the operator leaves the pod
+        in place; /readyz and the log say why."""
         stuck = self._free == 0 and self._abandoned >= self.settings.concurrency
         if stuck == bool(self.health.slots_error):
             return
@@ -991,7 +991,7 @@ class Worker:
             self._reporting.add(task.id)
             try:
                 outcome = await self._rt(send())
-            except REDIS_ERRORS as exc:
+            except REDIS_FAILURES as exc:
                 self._redis_failed(exc, "report")
                 await backoff.sleep()
                 continue
