@@ -101,6 +101,17 @@ def allowed_hosts(names: Iterable[str]) -> Middleware:
     return check
 
 
+def own_origins(request: web.Request) -> set[str]:
+    """The origins a page of this console has: the request's own scheme and, behind a proxy
+    that ends TLS, the scheme it reports in ``X-Forwarded-Proto`` (a browser cannot send that
+    header cross-site without a CORS preflight, which the console never grants)."""
+    schemes = {request.scheme}
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if forwarded in ("http", "https"):
+        schemes.add(forwarded)
+    return {f"{scheme}://{request.host}" for scheme in schemes}
+
+
 def write_refusal(request: web.Request, token: str | None) -> tuple[int, str] | None:
     """Why a write request is refused (HTTP status, message), or None to let it through.
 
@@ -111,8 +122,7 @@ def write_refusal(request: web.Request, token: str | None) -> tuple[int, str] | 
     if token is None:
         return 403, "write actions are disabled: start the console with --allow-writes"
     origin = request.headers.get("Origin")
-    own = f"{request.scheme}://{request.host}"
-    if origin is not None and origin != own:
+    if origin is not None and origin not in own_origins(request):
         return 403, "cross-site request refused"
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         return 403, "cross-site request refused"

@@ -169,6 +169,30 @@ async def test_dead_letters_requeue_with_the_token_only(api: Client, redis: aior
     assert (await queue.get(task_id)).state == "queued"  # type: ignore[union-attr]
 
 
+async def test_a_write_through_a_proxy_that_ends_tls_is_its_own_origin(
+    api: Client, redis: aioredis.Redis, queue_name: str
+) -> None:
+    """Behind an ingress that ends TLS the browser's Origin is https while the console is
+    reached over http: the proxy's X-Forwarded-Proto says which scheme the page had."""
+    queue = TaskQueue(redis, queue_name)
+    task_id = await dead_task(queue)
+    url = f"/api/queues/{queue_name}/dead/requeue"
+    host = f"{api.host}:{api.port}"
+    tls_page = {**WRITE, "Origin": f"https://{host}", "Sec-Fetch-Site": "same-origin"}
+    refusals = [
+        await api.post(url, json={"ids": [task_id]}, headers=tls_page),
+        await api.post(url, json={"ids": [task_id]}, headers={
+            **tls_page, "Origin": "https://evil.example", "X-Forwarded-Proto": "https"}),
+        await api.post(url, json={"ids": [task_id]}, headers={
+            **tls_page, "X-Forwarded-Proto": "gopher"}),
+    ]
+    assert [r.status for r in refusals] == [403, 403, 403]
+    assert (await queue.get(task_id)).state == "dead"  # type: ignore[union-attr]
+    response = await api.post(url, json={"ids": [task_id]},
+                              headers={**tls_page, "X-Forwarded-Proto": "https, http"})
+    assert (response.status, await response.json()) == (200, {"requeued": 1})
+
+
 async def test_purge_and_cancel(api: Client, redis: aioredis.Redis, queue_name: str) -> None:
     queue = TaskQueue(redis, queue_name)
     task_id = await dead_task(queue)
