@@ -301,11 +301,13 @@ class InstanceState:
     instance: str
     started: float
     last_seen: float
-    """Its last heartbeat (or its first claim, before any heartbeat), epoch seconds."""
+    """Its last heartbeat (or its first claim, before any heartbeat), epoch seconds on the
+    reader's clock."""
     held: int
     """Tasks leased to it."""
     runs_since: tuple[float, ...] = ()
-    """When each of its runs began (epoch seconds, Redis clock), as of its last heartbeat."""
+    """When each of its runs began (epoch seconds on the reader's clock), as of its last
+    heartbeat."""
 
 
 def worker_id(pod: str, instance: str) -> str:
@@ -933,7 +935,11 @@ class TaskQueue:
 
     async def instances(self, pod: str | None = None) -> list[InstanceState]:
         """Every registered worker instance (of `pod` only, when given), including those that
-        stopped heart-beating but still hold tasks: what recovery decides on. Read-only."""
+        stopped heart-beating but still hold tasks: what recovery decides on. Read-only.
+
+        Heartbeat times are Redis's; they are moved onto this process's clock by the Redis
+        time read in the same call, so a reader whose clock runs ahead of Redis's does not
+        judge live workers silent (or young runs old)."""
         members = cast(list[tuple[bytes | str, float]], await self.redis.zrange(
             self.prefix + "workers", 0, -1, withscores=True))
         found = [(_s(member), float(score)) for member, score in members]
@@ -941,11 +947,17 @@ class TaskQueue:
             found = [(wid, score) for wid, score in found if wid.rpartition(":")[0] == pod]
         if not found:
             return []
+        key = self.prefix + "workers"
+        node = {"target_nodes": cast(Any, self.redis).get_node_from_key(key)} if is_cluster(
+            self.redis) else {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for wid, _ in found:
                 pipe.hget(self.prefix + "w:" + wid, "info")
                 pipe.scard(self.prefix + "owner:" + wid)
+            pipe.execute_command("TIME", **node)
             replies = await pipe.execute()
+        seconds, micros = replies.pop()
+        ahead = time.time() - (int(seconds) + int(micros) / 1_000_000)
         out: list[InstanceState] = []
         for index, (wid, score) in enumerate(found):
             raw, held = replies[2 * index], replies[2 * index + 1]
@@ -953,9 +965,9 @@ class TaskQueue:
             pod_name, _, instance = wid.rpartition(":")
             out.append(InstanceState(
                 worker_id=wid, pod=pod_name, instance=instance,
-                started=float(info.get("started") or score / 1000),
-                last_seen=score / 1000, held=int(held),
-                runs_since=_runs_since(info.get("runsSince")),
+                started=float(info.get("started") or score / 1000 + ahead),
+                last_seen=score / 1000 + ahead, held=int(held),
+                runs_since=tuple(t + ahead for t in _runs_since(info.get("runsSince"))),
             ))
         return out
 

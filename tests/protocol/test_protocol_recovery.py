@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from types import SimpleNamespace
 
+import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import RoundTrips, claim_one, queued_ids
 
+from agentpool import protocol
 from agentpool.protocol import ReapResult, RequeueResult, TaskQueue, WorkerInfo
 
 
@@ -179,10 +183,28 @@ async def test_heartbeat_records_when_the_runs_began(queue: TaskQueue) -> None:
     worker = WorkerInfo("pod-a", "i1", 4, runs_since=(1_700_000_000_000, 1_700_000_005_500))
     await queue.heartbeat(worker, {}, 30)
     [state] = await queue.instances("pod-a")
-    assert state.runs_since == (1_700_000_000.0, 1_700_000_005.5)
+    assert state.runs_since == pytest.approx((1_700_000_000.0, 1_700_000_005.5), abs=5)
     await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
     [state] = await queue.instances("pod-a")
     assert state.runs_since == ()
+
+
+async def test_instances_read_on_a_clock_ahead_of_redis_are_not_judged_silent(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator whose clock runs two minutes ahead of Redis's sees a worker that just
+    heart-beat as just seen, and its runs as young as they are."""
+    await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {}, 30)
+    seconds, micros = await queue.redis.time()
+    redis_now = seconds + micros / 1_000_000
+    await queue.heartbeat(WorkerInfo("pod-a", "i1", 4, runs_since=(int(redis_now * 1000),)),
+                          {}, 30)
+    ahead = 120.0
+    monkeypatch.setattr(protocol, "time", SimpleNamespace(time=lambda: time.time() + ahead))
+    [state] = await queue.instances("pod-a")
+    reader_now = time.time() + ahead
+    assert reader_now - state.last_seen == pytest.approx(0, abs=5)
+    assert reader_now - state.runs_since[0] == pytest.approx(0, abs=5)
 
 
 async def running_by_owner(queue: TaskQueue) -> dict[str, int]:
