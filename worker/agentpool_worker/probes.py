@@ -10,6 +10,13 @@ and only reads the :class:`Health` record the loop keeps up to date.
   that fails because Redis is down still counts as an attempt: an unreachable Redis is a readiness
   problem, and restarting the pod would not fix it. A slow ``startup`` hook (loading a model)
   is the startup probe's to judge, not liveness.
+  It also fails when the worker is stuck for good, although its loop and heartbeats are fine,
+  for longer than ``stuck_restart_seconds`` (0: never), since only a restart frees it:
+  every slot held by stopped runs whose threads have not returned (a sync handler that
+  ignores ``ctx.cancelled``; those runs were already reported or handed back), or a sync
+  ``ready`` check that has not returned (the same call still running in its thread). Neither
+  while a run is in progress or an outcome waits for Redis (``busy``): a restart would lose
+  them, and a worker that is not ready claims nothing, so its runs end and liveness fails then.
 - ``/readyz`` fails when the last Redis request failed, or the worker is not claiming work
   (starting, draining, drained, stopping), or the handler's ``ready`` hook failed its last
   check, or every slot is held by a stopped run whose thread has not returned.
@@ -45,6 +52,17 @@ class Health:
     """Why no slot can free up ("" while one can)."""
     heartbeating: bool = False
     """Heartbeats are due: the worker is past its ``startup`` hook."""
+    stuck_restart_seconds: float = 0.0
+    """How long the worker may be stuck for good (see :meth:`restart_due`) before ``/livez``
+    fails; 0 never."""
+    slots_stuck_since: float | None = None
+    """Since when every slot has been held by stopped runs whose threads have not returned."""
+    ready_hung_since: float | None = None
+    """Since when the ``ready`` check still running in its thread was started."""
+    busy: int = 0
+    """Runs in progress (their ``after_task`` hook included, abandoned threads not) plus
+    outcomes Redis has not recorded yet; 0 when a restart would lose nothing. Not an exact
+    count: only 0 matters."""
 
     def tick(self) -> None:
         self.last_tick = time.monotonic()
@@ -56,8 +74,17 @@ class Health:
     def heartbeat_attempted(self) -> None:
         self.last_heartbeat = time.monotonic()
 
-    def slots_stuck(self, reason: str) -> None:
+    def slots_stuck(self, reason: str, now: float | None = None) -> None:
+        """Every slot is held by a stopped run's thread (`reason`), or no longer ("")."""
         self.slots_error = reason
+        if not reason:
+            self.slots_stuck_since = None
+        elif self.slots_stuck_since is None:
+            self.slots_stuck_since = time.monotonic() if now is None else now
+
+    def ready_check_hung(self, since: float | None) -> None:
+        """The ``ready`` check started at `since` is still running in its thread, or None."""
+        self.ready_hung_since = since
 
     def redis_up(self) -> None:
         self.redis_ok = True
@@ -74,15 +101,35 @@ class Health:
     def check_failed(self, reason: str) -> None:
         self.check_error = reason
 
-    def liveness(self) -> tuple[bool, str]:
-        now = time.monotonic()
+    def liveness(self, now: float | None = None) -> tuple[bool, str]:
+        now = time.monotonic() if now is None else now
         stalled = now - self.last_tick
         if stalled > self.loop_stall_seconds:
             return False, f"event loop blocked for {stalled:.1f}s"
         silent = now - self.last_heartbeat
         if self.heartbeating and silent > self.heartbeat_stall_seconds:
             return False, f"no heartbeat attempt for {silent:.1f}s"
+        stuck = self.restart_due(now)
+        if stuck:
+            return False, stuck
         return True, "ok"
+
+    def restart_due(self, now: float) -> str:
+        """Why the worker, its loop and heartbeats fine, is stuck for good and only a restart
+        frees it ("" when it is not, or not for longer than ``stuck_restart_seconds``).
+        Never while it is ``busy``: a restart would cost a run in progress or an outcome not
+        recorded yet."""
+        grace = self.stuck_restart_seconds
+        if grace <= 0 or self.busy:
+            return ""
+        if self.slots_stuck_since is not None and now - self.slots_stuck_since > grace:
+            return (f"every slot has been held by stopped runs whose threads have not "
+                    f"returned for {now - self.slots_stuck_since:.1f}s (a sync handler that "
+                    "ignores ctx.cancelled); a restart frees them")
+        if self.ready_hung_since is not None and now - self.ready_hung_since > grace:
+            return (f"the ready check has not returned for {now - self.ready_hung_since:.1f}s "
+                    "and no run is in progress; a restart starts it afresh")
+        return ""
 
     def readiness(self) -> tuple[bool, str]:
         if not self.redis_ok:

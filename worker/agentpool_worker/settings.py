@@ -176,6 +176,12 @@ class WorkerSettings:
         _one_of(Durability, tuple(Durability)), Durability.NONE)
     loop_stall_seconds: float = _setting(
         "a number of seconds above 0 (at most 3600)", seconds(0, 3600, above=True), 10.0)
+    stuck_restart_seconds: float = _setting(
+        "a number of seconds between 0 and 86400 (0: never restart a stuck worker)",
+        seconds(0, 86400), 300.0)
+    """How long every slot may be held by stopped runs whose threads have not returned, or a
+    sync ``ready`` check stay hung while no run is in progress, before ``/livez`` fails so
+    that the kubelet restarts the container (probes.py)."""
     rate_limits: str = _setting(
         "a JSON list of rate limits ({name, requestsPerMinute, tokensPerMinute, "
         "burstSeconds}), as the operator sets it from spec.rateLimits", _text(_rate_limits), "")

@@ -183,7 +183,10 @@ class Worker:
             concurrency=settings.concurrency, state=STARTING,
         )
         self.worker_id = self.info.worker_id
-        self.health = Health(settings.loop_stall_seconds, settings.heartbeat_stall_seconds)
+        self.health = Health(settings.loop_stall_seconds, settings.heartbeat_stall_seconds,
+                             stuck_restart_seconds=settings.stuck_restart_seconds)
+        self._restart_due = False
+        """/livez fails because the worker is stuck for good (logged once)."""
         self.metrics = metrics.for_queue(settings.queue)
         self.probe_port: int | None = None
         self._log = log.bind(worker=self.worker_id, queue=settings.queue)
@@ -346,10 +349,14 @@ class Worker:
 
     async def _check_ready(self) -> None:
         """Run the ``ready`` hook: None or True is ready; False, a reason (str) or an
-        exception is not. Not ready stops claims; ``/livez`` is not affected. A sync check
-        that has not returned yet is not called again: it counts as failing until it returns
-        (hung checks would pile up in threads otherwise)."""
+        exception is not. Not ready stops claims; a failing check leaves ``/livez`` alone. A
+        sync check that has not returned yet is not called again: it counts as failing until
+        it returns (hung checks would pile up in threads otherwise), and once it has been
+        running for ``stuck_restart_seconds`` while no run is in progress, ``/livez`` fails
+        too, so that a worker that would claim nothing for good is restarted (probes.py)."""
         assert self.handler.hooks.ready is not None
+        began = time.monotonic()
+        hung_since: float | None = None
         try:
             if self._ready_threads.busy:
                 raise _StillChecking
@@ -357,8 +364,13 @@ class Worker:
                 answer = await call_hook(self.handler.hooks.ready, threads=self._ready_threads)
         except TimeoutError:
             reason = f"no answer within {READY_CHECK_SECONDS:g}s"
+            if self._ready_threads.busy:  # a sync check, still running in its thread
+                hung_since = began
         except _StillChecking:
             reason = "the previous check has not returned yet"
+            hung_since = self.health.ready_hung_since
+            if hung_since is None:
+                hung_since = began
         except HOOK_FAILURES as exc:
             reason = f"{type(exc).__name__}: {exc}"
         else:
@@ -372,6 +384,7 @@ class Worker:
                 self._log.warning("ready check failed; not claiming", reason=reason)
         self._check_ok = ok
         self.health.check_failed(reason[:500])
+        self.health.ready_check_hung(hung_since)
         self.metrics.ready.set(1 if self._claiming else 0)
         self._fetch_wake.set()
         if not ok:
@@ -528,7 +541,28 @@ class Worker:
     async def _tick(self) -> None:
         while True:
             self.health.tick()
+            self._note_busy()
+            self._watch_stuck()
             await asyncio.sleep(TICK_SECONDS)
+
+    def _note_busy(self) -> None:
+        """Tell the probes whether a restart would lose something: runs not over (abandoned
+        threads are not runs any more) or outcomes Redis has not recorded. Kept current
+        where either grows (a claim); the ticker catches up where they shrink."""
+        self.health.busy = len(self._executing) + len(self._held)
+
+    def _watch_stuck(self) -> None:
+        """Log once when /livez starts failing because the worker is stuck for good."""
+        reason = self.health.restart_due(time.monotonic())
+        if bool(reason) == self._restart_due:
+            return
+        self._restart_due = bool(reason)
+        if reason:
+            self._log.warning("stuck for good; /livez fails so that the container is restarted",
+                              reason=reason, in_flight=len(self._runs),
+                              abandoned_threads=self._abandoned)
+        else:
+            self._log.info("no longer stuck; /livez passes again")
 
     async def _heartbeat_loop(self) -> None:
         s = self.settings
@@ -628,6 +662,7 @@ class Worker:
         say, the runs start and their next heartbeat decides."""
         for task in tasks:
             self._held[task.id] = task
+        self._note_busy()
         await self._beat()
         return [task for task in tasks if self._held.get(task.id) is task]
 
@@ -807,6 +842,7 @@ class Worker:
         run.worker_task = asyncio.create_task(self._execute(run))
         self._executing.add(run.worker_task)
         run.worker_task.add_done_callback(self._executing.discard)
+        self._note_busy()
 
     async def _execute(self, run: _Run) -> None:
         task = run.task
@@ -919,8 +955,11 @@ class Worker:
 
     def _slots_checked(self) -> None:
         """Not ready while every slot is held by a thread that was given up on: such a worker
-        can claim nothing, maybe for ever. It still heartbeats, so the operator leaves the pod
-        in place; /readyz and the log say why."""
+        can claim nothing, maybe for ever. It still heartbeats, so the operator's recovery
+        leaves the pod alone; /readyz and the log say why, and once it has lasted
+        ``stuck_restart_seconds`` /livez fails and the kubelet restarts the container (see
+        :meth:`_watch_stuck`). Those runs were reported or handed back already: a restart
+        loses nothing."""
         stuck = self._free == 0 and self._abandoned >= self.settings.concurrency
         if stuck == bool(self.health.slots_error):
             return
