@@ -1,6 +1,8 @@
 -- ARGV: prefix, worker id, pod, lease_ms, info (JSON), then pairs of (task id, token)
 -- Registers the worker as alive, extends the leases it still holds.
--- Returns {lost ids, ids with a cancel request, drain requested (1|0)}.
+-- Returns {lost ids, ids with a cancel request, drain requested (1|0), overdue ms}: overdue is
+-- how long ago the queue's earliest lease ran out (0 when none has), so that workers can
+-- reap what nobody else did.
 local worker, pod, lease_ms, info = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local now = now_ms()
 redis.call('ZADD', K_WORKERS, now, worker)
@@ -18,4 +20,7 @@ for i = 6, #ARGV, 2 do
     lost[#lost + 1] = id
   end
 end
-return {lost, cancel, drain_requested(worker, pod) and 1 or 0}
+local overdue = 0
+local earliest = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')
+if earliest[2] and tonumber(earliest[2]) < now then overdue = now - tonumber(earliest[2]) end
+return {lost, cancel, drain_requested(worker, pod) and 1 or 0, overdue}

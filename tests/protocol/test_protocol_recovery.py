@@ -207,6 +207,26 @@ async def test_instances_read_on_a_clock_ahead_of_redis_are_not_judged_silent(
     assert reader_now - state.runs_since[0] == pytest.approx(0, abs=5)
 
 
+async def test_a_heartbeat_says_how_long_ago_the_earliest_lease_ran_out(
+    queue: TaskQueue,
+) -> None:
+    """What lets workers reap when no operator does: 0 while every lease holds, then the
+    age of the earliest one that ran out (the heartbeat's own leases are extended first)."""
+    await queue.submit({"n": 1})
+    await queue.submit({"n": 2})
+    mine = await claim_one(queue, "pod-a:i1", lease=0.2)
+    await claim_one(queue, "pod-gone:i1", lease=1.0)
+    beat = await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {mine.id: mine.token}, 30)
+    assert beat.leases_overdue == 0.0
+    deadline = time.monotonic() + 5
+    while beat.leases_overdue < 0.3 and time.monotonic() < deadline:
+        beat = await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {mine.id: mine.token}, 30)
+    assert 0.3 <= beat.leases_overdue < 5
+    await queue.reap_expired()
+    beat = await queue.heartbeat(WorkerInfo("pod-a", "i1", 4), {mine.id: mine.token}, 30)
+    assert beat.leases_overdue == 0.0
+
+
 async def running_by_owner(queue: TaskQueue) -> dict[str, int]:
     counts: dict[str, int] = {}
     for info in await queue.list_tasks("running"):

@@ -23,6 +23,7 @@ from worker_helpers import (
 
 from agentpool.protocol import ClaimedTask, TaskInfo, TaskQueue, worker_id
 from agentpool.redis_server import RedisServer
+from agentpool_worker import worker as worker_module
 
 
 async def held_by_pod(queue: TaskQueue, pod: str) -> set[str]:
@@ -60,6 +61,30 @@ async def test_kill_9_then_requeue_by_owner_loses_nothing(
         assert info.attempts == (2 if task_id in held else 1)
     figures = await queue.figures()
     assert (figures.queued, figures.in_flight, figures.dead) == (0, 0, 0)
+
+
+async def test_without_an_operator_a_worker_requeues_what_a_killed_one_held(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nobody calls requeue_pod or reaps: once the dead worker's leases have run out for
+    UNREAPED_SECONDS, a live worker of the queue requeues its tasks and runs them."""
+    monkeypatch.setattr(worker_module, "UNREAPED_SECONDS", 1.0)
+    queue = TaskQueue(redis, queue_name)
+    ids = await queue.submit_many([{"seconds": 60}] * 2)
+    with worker_processes(tmp_path) as start:
+        victim = start(worker_env(redis_url, queue_name, f"{HANDLERS}:first_attempt_sleeps",
+                                  pod_name="pod-k", concurrency=2, lease_seconds=1))
+        await eventually(lambda: _exactly(held_by_pod(queue, "pod-k"), 2), 15, "claims")
+        victim.signal(signal.SIGKILL)
+        assert await victim.exit_code(5) == -signal.SIGKILL
+        async with running(settings(redis_url, queue_name, f"{HANDLERS}:pid",
+                                    pod_name="pod-other", lease_seconds=0.6)):
+            await eventually(lambda: all_succeeded(queue, ids), 15, "every task to finish")
+    for task_id in ids:
+        info = await queue.get(task_id)
+        assert info is not None and info.attempts == 2
+        assert info.result == {"pid": os.getpid()}
 
 
 async def _exactly(held: object, n: int) -> set[str] | None:

@@ -83,6 +83,10 @@ AFTER_TASK_SECONDS = 30.0
 """Longest an ``after_task`` hook may hold a run's slot."""
 READY_CHECK_SECONDS = 5.0
 """Longest a ``ready`` hook may take before it counts as failed."""
+UNREAPED_SECONDS = 30.0
+"""How long a lease may have run out before a worker requeues its task itself. The operator
+reaps within seconds (and says so in the pool's Events and metrics); this is the fallback for
+when no operator does, so that no task waits for one for ever."""
 STOP_SECONDS = 11.0
 """How long runs still going at the end of the SIGTERM drain get to end once told to stop
 (their tasks are handed back at once): a command's grace is at most 10 s, then SIGKILL."""
@@ -596,6 +600,23 @@ class Worker:
                 run.stop(CANCELLED)
         if self.state != STOPPING:
             self._on_drain_flag(beat.drain_requested)
+        if beat.leases_overdue >= UNREAPED_SECONDS:
+            await self._reap_overdue(beat.leases_overdue)
+
+    async def _reap_overdue(self, overdue: float) -> None:
+        """Requeue the tasks whose lease ran out long ago: nobody reaped them (no operator
+        runs, or it cannot reach this Redis), and a task must not wait for one for ever."""
+        try:
+            reaped = await self._rt(self.queue.reap_expired())
+        except REDIS_FAILURES as exc:
+            self._redis_failed(exc, "reap")
+            return
+        if reaped.total:
+            self._log.warning(
+                "requeued tasks whose lease ran out long ago; is the operator running?",
+                overdue_seconds=round(overdue, 1), requeued=reaped.requeued,
+                dead_lettered=reaped.dead_lettered, cancelled=reaped.cancelled,
+                holders=sorted(reaped.by_worker))
 
     async def _fetch_loop(self) -> None:
         s = self.settings
