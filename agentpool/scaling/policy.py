@@ -5,6 +5,9 @@ persisted after the previous decision, the clock) and applies the `Decision`; ev
 decides lives here, so every rule can be tested without a cluster, a Redis or a clock.
 
 Rules, in the order `decide` applies them:
+- a time in the history later than `now` counts as `now`: the times are wall-clock times
+  kept across operators, and a clock stepped back (or an operator whose clock is behind the
+  previous one's) must not hold scale-ups or scale-downs until it passes them;
 - missing figures (Redis unreachable): hold the current size, only clamped into the bounds —
   a blind controller must neither shed workers nor scale to zero;
 - need = ceil((in-flight + queued - absorbed) / tasksPerReplica), so pods busy with long
@@ -32,15 +35,15 @@ Rules, in the order `decide` applies them:
 - a fresh history (see `ScalingHistory`) holds scale-downs for one window;
 - scale to zero only after the queue held nothing queued or in flight for a whole cooldown;
 - step limits cap the change of one decision;
-- rate limits: when the serving pods' runs spend at least RATE_LIMITED_SHARE of their time
-  waiting for one rate limit's grants (the share their heartbeats report over the last minute),
-  more pods cannot add throughput, only more waiting. The limit then *holds* the pool and
-  caps its need at the size it can feed, ceil(current * (1 - share) /
-  (1 - RATE_LIMIT_TARGET_SHARE)): the pods that would be busy if the waits shrank to the
-  target share, which keeps the limit fully used. A pool above the cap scales down to it
-  through the usual stabilisation window and cooldown. While held: within
-  RATE_LIMIT_SETTLE_SECONDS of a change of size the cap is the current size (the share still
-  describes the old size); a share between RATE_LIMIT_RELEASE_SHARE and RATE_LIMITED_SHARE
+- rate limits: when the pool's runs (those of every pod, draining ones included) spend at
+  least RATE_LIMITED_SHARE of their time waiting for one rate limit's grants (the share their
+  heartbeats report over the last minute), more pods cannot add throughput, only more
+  waiting. The limit then *holds* the pool and caps its need at the size it can feed,
+  ceil(current * (1 - share) / (1 - RATE_LIMIT_TARGET_SHARE)): the pods that would be busy
+  if the waits shrank to the target share, which keeps the limit fully used. A pool above
+  the cap scales down to it through the usual stabilisation window and cooldown. While held:
+  within RATE_LIMIT_SETTLE_SECONDS of a change of size the cap is the current size (the share
+  still describes the old size); a share between RATE_LIMIT_RELEASE_SHARE and RATE_LIMITED_SHARE
   keeps the size; a share below RATE_LIMIT_RELEASE_SHARE (the limit got faster, the tasks
   slower) lets the pool grow by RATE_LIMIT_PROBE_FACTOR per settle period. The pool remembers
   the size the limit last capped it at (it can feed that many), so when the backlog comes
@@ -142,7 +145,8 @@ class ScalingPolicy:
 
 @dataclass(frozen=True)
 class LimitWait:
-    """Share of the serving pods' run time spent waiting for one rate limit's grants."""
+    """Share of the pool's run time (draining pods' runs included) spent waiting for one
+    rate limit's grants."""
 
     name: str
     share: float
@@ -350,6 +354,7 @@ def decide(
     now: float,
 ) -> Decision:
     """Desired replicas for a pool running `current` replicas, observed at `now` (seconds)."""
+    history = _not_after(history, now)
     since = history.since if history.since is not None else now
     history = replace(history, since=since)
     if not load.figures_ok:
@@ -489,7 +494,7 @@ def _scale_up(
     last_up = history.last_scale_up
     cooldown = policy.scale_up_cooldown_seconds
     awake_in_bounds = current >= max(policy.min_replicas, 1)
-    if awake_in_bounds and last_up is not None and now - last_up < cooldown:
+    if cooldown > 0 and awake_in_bounds and last_up is not None and now - last_up < cooldown:
         explain += (
             f"; scale-up held: last scale-up {_ago(now - last_up)} ago, cooldown {cooldown:g}s"
         )
@@ -543,6 +548,28 @@ def _scale_down_held(history: ScalingHistory, now: float, window: float) -> str 
     if history.since is not None and now - history.since < window:
         return f"history begun {_ago(now - history.since)} ago, window {window:g}s"
     return None
+
+
+def _not_after(history: ScalingHistory, now: float) -> ScalingHistory:
+    """The history with every time it holds moved back to `now` at the latest. The times are
+    wall-clock times, kept across operators in an annotation: a clock stepped back, or a new
+    operator whose clock is behind the last one's, would otherwise hold scale-ups and
+    scale-downs until it passed them; clamped, they hold for at most their cooldown from now."""
+
+    def clamp(at: float | None) -> float | None:
+        return None if at is None else min(at, now)
+
+    return replace(
+        history,
+        recommendations=tuple(
+            Recommendation(min(r.at, now), r.replicas) for r in history.recommendations
+        ),
+        since=clamp(history.since),
+        last_scale_up=clamp(history.last_scale_up),
+        last_scale_down=clamp(history.last_scale_down),
+        idle_since=clamp(history.idle_since),
+        run_seconds_at=clamp(history.run_seconds_at),
+    )
 
 
 def _settle(

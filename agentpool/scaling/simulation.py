@@ -23,12 +23,18 @@ runs the same trace through two autoscalers on the same simulated cluster:
   to finish before its tasks are interrupted.
 
 Shared model: each replica runs `concurrency` tasks; a new pod serves after
-`startup_seconds`; a queued task goes to the ready pod with the most free slots (the slot
-waiting longest wins a blocking claim); an interrupted task goes back to the head of the
+`startup_seconds`; a queued task goes at once to the serving pod with the most free slots
+(the oldest pod among equals); an interrupted task goes back to the head of the
 queue (its place: ahead of every task that arrived after it, as the task protocol requeues)
 and runs again from the start (the kindest case for the baseline: no visibility
 timeout, no lost task). A task's wait is from its arrival to the start of the run that
 completed it.
+
+The real system differs in two ways left out here: a worker waits on one blocking claim, the
+worker waiting longest is woken first and then claims the rest of its free slots at once; and
+the operator sees run ages as of each pod's last heartbeat (every lease/3 s, 2.3 s by
+default), where the simulation gives the policy each run's exact age. Modelling both moves
+the figures little (bench/simulate.md, Robustness).
 
 A rate limit (`Cluster.rate_limit_per_minute`) is the shared limiter of the product: every
 run takes one grant from a GCRA bucket of `rate_limit_burst` grants before its work starts,

@@ -10,14 +10,17 @@ oldest runs, `scaledown.removal_rank`) is *marked* with
 ``controller.kubernetes.io/pod-deletion-cost: -1000`` and asked to drain in Redis: its worker
 claims nothing new, turns unready and finishes its runs however long they take (at most
 taskTimeoutSeconds); its replica stays. Once it holds no run its mark becomes ``-2000``
-(released), and at a later round, when it is unready and no unmarked pod is, the replica
-count drops by one: the ReplicaSet, which removes unready pods first and then the lowest
-cost, removes exactly that pod. The names of the pods whose replica was given back are kept
-in an annotation of the Deployment, written with the replica count, so no replica is given
-back twice. The pods of a node being emptied (see `disruption`) leave the same way, at once
-and for good: never taken back, never kept as the spare; the busy label that keeps an eviction
-off a pod with runs is set here too. SIGTERM's drainSeconds is left to rollouts, deletions and
-evictions of pools that do not protect their busy pods.
+(released), and at a later round, when it is unready and no unmarked pod is, its replica
+goes (every such pod's in one round): the ReplicaSet, which removes unready pods first and
+then the lowest cost, removes exactly those pods. A released pod that claimed a run before
+its drain request reached Redis goes back to ``-1000`` first, in a round that gives no
+replica back, so the ReplicaSet never takes it for an idle one. The names of the pods whose
+replica was given back are kept in an annotation of the Deployment, written with the replica
+count, so no replica is given back twice. The pods of a node being emptied (see
+`disruption`) leave the same way, at once and for good: never taken back, never kept as the
+spare; the busy label that keeps an eviction off a pod with runs is set here too. SIGTERM's
+drainSeconds is left to rollouts, deletions and evictions of pools that do not protect their
+busy pods.
 
 One drained pod whose runs ended may stay as a spare (the decision's `keep`, see
 `scaling.policy`): it keeps its mark and its replica until the recent need no longer calls
@@ -30,6 +33,8 @@ The policy's history lives in the pool's `PoolState`; each scale also records it
 annotation of the Deployment, in the same write as the replica count, so a restarted operator
 keeps its scale times. A restored history restarts its stabilisation window: the
 recommendations the operator did not see while it was away might have forbidden a scale-down.
+A paused pool's history restarts it too (and its idle time), at the first round after the
+pause: no decision saw the queue meanwhile.
 
 The `Scaling` condition says whether the autoscaler is in control and what it last did:
 True with ScaledUp, ScaledDown, Stable, Stabilizing (a scale-down waits for the
@@ -112,12 +117,18 @@ class ScaleAborted(Exception):
 async def work_by_pod(queue: TaskQueue) -> dict[str, PodWork]:
     """Tasks leased per pod, and when their runs began, over every registered instance —
     also those whose heartbeat is late, so a busy pod never looks idle because its worker
-    missed a beat."""
+    missed a beat.
+
+    Run start times come only from instances that hold tasks, at most as many as they hold
+    (the newest: a run that ended since the last heartbeat is more likely an old one). An
+    instance that died stays registered for a while with the runs of its last heartbeat,
+    whose ages would keep growing as if they still ran."""
     held: dict[str, int] = defaultdict(int)
     since: dict[str, list[float]] = defaultdict(list)
     for instance in await queue.instances():
         held[instance.pod] += instance.held
-        since[instance.pod].extend(instance.runs_since)
+        if instance.held > 0:
+            since[instance.pod].extend(sorted(instance.runs_since)[-instance.held:])
     return {pod: PodWork(count, tuple(since[pod])) for pod, count in held.items()}
 
 
@@ -133,7 +144,14 @@ async def scale(
     replicas = int((deployment.get("spec") or {}).get("replicas", 1))
     state = observation.state if observation.state is not None else PoolState()
     now = observation.now.timestamp()
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
     if spec.paused:
+        # No decision sees the queue while paused: as after a restart, the history restarts
+        # its stabilisation window (and its idle time) at the first round after the pause.
+        history = state.scaling_history
+        if history is None:
+            history = restore_history(annotations.get(HISTORY_ANNOTATION), now)
+        state.scaling_history = replace(history, since=None, idle_since=None)
         await _guard_paused(observation, state, pods, now, kube)
         return ActionResult(
             status_fields={"desiredReplicas": replicas},
@@ -143,7 +161,6 @@ async def scale(
             ),),
         )
 
-    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
     if state.scaling_history is None:
         state.scaling_history = restore_history(annotations.get(HISTORY_ANNOTATION), now)
     given_back = _names(annotations.get(RELEASED_ANNOTATION))

@@ -129,14 +129,17 @@ def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str,
                  given_back: Collection[str], now: float | None = None) -> QueueLoad:
     """The queue as the policy must see it: the runs of draining pods and of pods that are
     stopping (a rollout's old pods finish their runs while they terminate) need no capacity;
-    the ages of the serving pods' runs (at `now`) tell how soon they free a slot."""
+    the ages of the serving pods' runs (at `now`) tell how soon they free a slot. The runs of
+    pods no longer listed (deleted, their leases not yet run out) give no ages: they serve
+    nothing, and their ages only grow."""
     if not load.figures_ok:
         return load
     not_serving = {p.name for p in holding(pods, given_back)} | {p.name for p in pods if p.gone}
     elsewhere = sum(work.get(name, PodWork()).in_flight for name in not_serving)
+    serving = {p.name for p in pods} - not_serving
     ages = () if now is None else tuple(
         max(0.0, now - since)
-        for name, w in sorted(work.items()) if name not in not_serving for since in w.runs_since
+        for name, w in sorted(work.items()) if name in serving for since in w.runs_since
     )
     return replace(load, in_flight=max(0, load.in_flight - elsewhere), run_ages=ages)
 
@@ -146,7 +149,8 @@ class ScalePlan:
     replicas: int
     """The Deployment's replica count after this round."""
     drain: tuple[str, ...] = ()
-    """Chosen now, busy: marked and asked to drain."""
+    """Marked with the chosen cost and asked to drain: chosen now and busy, leaving with
+    their node, or released but busy again (see `plan_scale`)."""
     release: tuple[str, ...] = ()
     """No run left (chosen now idle, or drained): marked released, asked to drain."""
     withdraw: tuple[str, ...] = ()
@@ -188,8 +192,14 @@ def plan_scale(
     first choice), or once its drain is DRAIN_READY_TIMEOUT_SECONDS old (a pod that never
     turns ready must not hold it forever; should the ReplicaSet then remove another pod, the
     released one is deleted, see `ScalePlan.delete`).
+
+    A released pod that holds a run again (it claimed one between its mark and its drain
+    request) goes back to the chosen cost, and the round that moves it gives no replica back:
+    the next round does, once the ReplicaSet sees the new cost, so that it removes an idle
+    released pod and not the busy one.
     """
     requested = drains or {}
+    known = work is not None
     if work is None:
         work = {p.name: PodWork(in_flight=1) for p in pods}
     live = [p for p in pods if not p.gone]
@@ -217,6 +227,10 @@ def plan_scale(
     release = [n for n in plan.drain if n in idle]
     release += [n for n in plan.release if n not in chosen and not by_name[n].released]
     leavers = [p.name for p in held if p.leaving and not p.marked and p.name not in idle]
+    busy_again = [
+        p.name for p in held if known and p.released and p.name not in plan.withdraw
+        and work.get(p.name, PodWork()).in_flight > 0
+    ]
     starting = any(not p.ready for p in unmarked)
 
     def may_go(name: str) -> bool:
@@ -224,13 +238,14 @@ def plan_scale(
         return waited or (not by_name[name].ready and not starting)
 
     give_back = [
-        n for n in plan.release if n not in chosen and by_name[n].released and may_go(n)
+        n for n in plan.release
+        if n not in chosen and by_name[n].released and may_go(n) and not busy_again
     ]
     kept = len(held) - len(plan.withdraw) - len(give_back) + len(plan.drain)
     orphans = given if len(live) <= replicas else ()
     return ScalePlan(
         replicas=target + kept,
-        drain=tuple(n for n in plan.drain if n not in idle) + tuple(leavers),
+        drain=(*(n for n in plan.drain if n not in idle), *leavers, *busy_again),
         release=tuple(release),
         withdraw=plan.withdraw,
         give_back=tuple(give_back),
@@ -361,7 +376,7 @@ def draining_fields(pods: Sequence[PodSummary], plan: ScalePlan, drains: Mapping
     a rollout or a deletion while they hold runs), and when the first was asked to."""
     gone = {*plan.withdraw, *plan.given_back}
     draining = [p.name for p in pods if p.marked and not p.gone and p.name not in gone]
-    draining += [*plan.drain, *(n for n in plan.release if n not in draining)]
+    draining += [n for n in dict.fromkeys((*plan.drain, *plan.release)) if n not in draining]
     times = [drains[n] for n in draining if n in drains]
     stopping = {p.name: p.stopping_since for p in pods if p.stopping_since is not None
                 and work.get(p.name, PodWork()).in_flight > 0 and p.name not in draining}

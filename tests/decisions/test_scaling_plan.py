@@ -111,6 +111,14 @@ def test_the_policy_sees_the_run_ages_of_serving_pods_only() -> None:
     assert load == QueueLoad(queued=1, in_flight=2, run_ages=(30.0, 5.0))
 
 
+def test_the_runs_of_a_pod_no_longer_listed_give_no_ages() -> None:
+    """A deleted pod's worker stays registered until its leases run out: its runs still count
+    in flight, but they serve nothing, and their ages only grow."""
+    runs = {"a": PodWork(1, (NOW - 10,)), "deleted": PodWork(2, (NOW - 900, NOW - 800))}
+    load = serving_load(QueueLoad(queued=1, in_flight=3), pods("a"), runs, (), NOW)
+    assert load == QueueLoad(queued=1, in_flight=3, run_ages=(10.0,))
+
+
 def test_a_kept_drained_pod_holds_its_replica_and_is_not_released() -> None:
     summaries = pods("a", "b", "c")
     busy = work(a=3)
@@ -185,6 +193,34 @@ def test_a_starting_pod_holds_the_give_back() -> None:
     assert plan_scale(ready_b, 2, (), 1, work(a=1), NOW, late).give_back == ("b",)
 
 
+def replicaset_removes(summaries: list[PodSummary], count: int) -> list[str]:
+    """The pods a ReplicaSet removes first: unready ones, then the lowest deletion cost."""
+    def rank(p: PodSummary) -> tuple[bool, int, str]:
+        return (p.ready, -2 if p.released else -1 if p.marked else 0, p.name)
+
+    return [p.name for p in sorted(summaries, key=rank)[:count]]
+
+
+def test_a_released_pod_that_took_a_run_goes_back_to_the_chosen_cost() -> None:
+    """Pod a was released (-2000) idle, but claimed a run before its drain request reached
+    its worker: it goes back to -1000, and only the next round gives back the replica of the
+    idle released pod b, so the ReplicaSet removes b, not a."""
+    summaries = pods("s1", "s2", "a", "b", released=("a", "b"), unready=("a", "b"))
+    runs = {"s1": PodWork(2), "s2": PodWork(2), "a": PodWork(1, (NOW - 30,)), "b": PodWork(0)}
+    plan = plan_scale(summaries, 4, (), 2, runs, NOW, {"a": NOW - 30, "b": NOW - 30})
+    assert (plan.drain, plan.release, plan.give_back, plan.replicas) == (("a",), (), (), 4)
+    after = applied(summaries, plan)
+    assert [p.name for p in after if p.released] == ["b"]
+    plan = plan_scale(after, 4, (), 2, runs, NOW, {"a": NOW - 30, "b": NOW - 30})
+    assert (plan.drain, plan.give_back, plan.replicas) == ((), ("b",), 3)
+    assert replicaset_removes(applied(after, plan), 4 - plan.replicas) == ["b"]
+
+
+def test_a_released_pod_is_left_released_while_the_queue_is_unreadable() -> None:
+    summaries = pods("a", "b", released=("b",), unready=("b",))
+    assert plan_scale(summaries, 2, (), 1, None, NOW).drain == ()
+
+
 def test_a_released_pod_the_replicaset_kept_is_deleted() -> None:
     before = pods("a", "b", "c", released=("b",), unready=("b", "c"))
     assert plan_scale(before, 2, ("b",), 2, work(a=1), NOW).delete == (), "not acted yet"
@@ -215,7 +251,8 @@ def applied(summaries: list[PodSummary], plan: ScalePlan) -> list[PodSummary]:
     for p in summaries:
         marked = (p.marked and p.name not in plan.withdraw) or p.name in (
             *plan.drain, *plan.release)
-        released = (p.released and p.name not in plan.withdraw) or p.name in plan.release
+        released = (p.released and p.name not in (*plan.withdraw, *plan.drain)) or (
+            p.name in plan.release)
         out.append(replace(p, marked=marked, released=released))
     return out
 
@@ -341,18 +378,19 @@ def test_messages_of_a_held_size_do_not_move_with_the_backlog() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 6), st.lists(st.integers(0, 9), max_size=4),
-                          st.integers(0, 3)), min_size=1, max_size=25))
+                          st.integers(0, 3), st.integers(0, 2)), min_size=1, max_size=25))
 def test_rounds_never_remove_a_pod_with_a_run_in_flight(
-    rounds: list[tuple[int, list[int], int]],
+    rounds: list[tuple[int, list[int], int, int]],
 ) -> None:
     """Round after round, with a ReplicaSet that removes the lowest-cost unready pod first
-    and creates the missing ones (ready a round later), runs that end and new runs on
-    serving pods: no pod holding a run is ever removed, and the serving replicas follow
-    each round's target."""
+    and creates the missing ones (ready a round later), runs that end, new runs on serving
+    pods, and runs that the pods released this round claim before their first drain request
+    reaches Redis: no pod holding a run is ever removed, and the serving replicas follow each
+    round's target."""
     live: dict[str, PodSummary] = {}
     runs: dict[str, int] = {}
     replicas, given_back, serial = 0, (), 0
-    for target, finished, started in rounds:
+    for target, finished, started, claimed_late in rounds:
         for index in finished:
             names = sorted(n for n, count in runs.items() if count)
             if names:
@@ -370,6 +408,10 @@ def test_rounds_never_remove_a_pod_with_a_run_in_flight(
             assert runs[name] == 0
             del live[name]
         replicas, given_back = plan.replicas, plan.given_back
+        # a worker claims until its drain request reaches Redis, after the round read its work
+        fresh = [n for n in plan.release if not any(p.name == n and p.marked for p in pods)]
+        for index in range(claimed_late if fresh else 0):
+            runs[fresh[index % len(fresh)]] += 1
         # the ReplicaSet
         while len(live) > replicas:
             ranked = sorted(live.values(), key=lambda p: (p.ready, 0 if not p.marked else (

@@ -12,6 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from operator_harness import (
     NAMESPACE,
@@ -25,6 +26,7 @@ from agentpool.protocol import ClaimedTask, TaskQueue, WorkerInfo
 from agentpool.redis_server import free_port
 from agentpool.scaling.scaledown import DELETION_COST_ANNOTATION
 from agentpool_operator.deployment import pool_labels
+from agentpool_operator.scaling_actions import work_by_pod
 from agentpool_operator.scaling_plan import HISTORY_ANNOTATION, RELEASED_ANNOTATION
 from agentpool_operator.settings import OperatorSettings
 
@@ -375,6 +377,44 @@ async def test_paused_pool_is_not_scaled(
     await eventually(lambda: cluster.deployment("omicron")["spec"]["replicas"] == 2)
 
 
+async def test_an_unpaused_pool_restarts_its_window_and_idle_time(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, queue_name: str,
+) -> None:
+    """No decision saw the queue while the pool was paused: as after an operator restart,
+    the first round after the pause restarts the stabilisation window, and the idle time
+    that lets a pool go to zero counts from then, so a size set by hand during the pause is
+    not drained at once."""
+    await cluster.create_pool(pool_manifest(
+        "upsilon", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=0, maxReplicas=3, scaleDownCooldownSeconds=2),
+    ))
+    await eventually(lambda: cluster.deployment("upsilon"))
+    # a scale to zero proves the pool's history and its idle time older than a window
+    await cluster.patch_deployment("upsilon", {"spec": {"replicas": 2}})
+    await eventually(lambda: cluster.condition("upsilon", "Scaling")["reason"] == "ScaledDown")
+    assert cluster.deployment("upsilon")["spec"]["replicas"] == 0
+
+    async def unpaused_at(replicas: int) -> dict[str, Any]:
+        """The Scaling condition of the first round after a pause that set `replicas`."""
+        await cluster.patch_pool("upsilon", {"spec": {"paused": True}})
+        await eventually(lambda: cluster.condition("upsilon", "Scaling")["reason"] == "Paused")
+        await cluster.patch_deployment("upsilon", {"spec": {"replicas": replicas}})
+        await cluster.patch_pool("upsilon", {"spec": {"paused": False}})
+        return await eventually(lambda: (c := cluster.condition("upsilon", "Scaling"))[
+            "reason"] != "Paused" and c)
+
+    held = await unpaused_at(3)
+    assert held["reason"] == "Stabilizing", held["message"]
+    assert cluster.deployment("upsilon")["spec"]["replicas"] == 3
+    await eventually(lambda: cluster.deployment("upsilon")["spec"]["replicas"] == 0)
+
+    # above maxReplicas no window holds the scale-down; the idle time still counts from the
+    # pause's end, so the pool keeps one replica for a window before it goes to zero
+    clamped = await unpaused_at(5)
+    assert "before scaling to zero: scaling 5 → 1" in clamped["message"], clamped["message"]
+    await eventually(lambda: cluster.deployment("upsilon")["spec"]["replicas"] == 0)
+
+
 async def test_unreachable_redis_holds_the_size(
     cluster: Cluster, operator: OperatorThread, redis_url: str,
 ) -> None:
@@ -452,3 +492,28 @@ async def test_the_runs_of_a_terminating_pod_start_no_new_pod(
     finally:
         await operator.stop()
     assert operator.error is None, operator.error
+
+
+async def test_run_start_times_come_only_from_instances_holding_tasks(
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """A worker container that restarted leaves its old instance registered, its leases
+    reaped, with the runs of its last heartbeat: their ages would grow as if they still ran.
+    Only instances holding tasks give start times, at most as many as they hold."""
+    queue = TaskQueue(redis, queue_name)
+    pod = "nu-7c9d5-a1b2c"
+    claimed_ms = int((await redis.time())[0]) * 1000
+    dead = WorkerInfo(pod=pod, instance="old", concurrency=4,
+                      runs_since=tuple(claimed_ms - s * 1000 for s in (1230, 1225, 1210)))
+    await queue.heartbeat(dead, {}, LEASE)
+    await queue.submit({"n": 0})
+    live = WorkerInfo(pod=pod, instance="new", concurrency=4)
+    task = (await queue.claim(live.worker_id, 1, LEASE)).tasks[0]
+    # its last heartbeat still lists a run that ended since, older than the one it holds
+    live.runs_since = (task.claimed_ms - 20_000, task.claimed_ms)
+    await queue.heartbeat(live, {task.id: task.token}, LEASE)
+
+    work = await work_by_pod(queue)
+    assert list(work) == [pod] and work[pod].in_flight == 1
+    # on the reader's clock: Redis's moved by the offset read with them
+    assert work[pod].runs_since == (pytest.approx(task.claimed_ms / 1000, abs=1.0),)

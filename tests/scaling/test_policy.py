@@ -227,6 +227,62 @@ def test_zero_cooldown_scales_down_at_once() -> None:
     assert decide(policy, load(queued=4), 9, history, NOW).replicas == 1
 
 
+# --- a clock behind the stored times ------------------------------------------------------
+# The history keeps wall-clock times across operators (an annotation): a clock stepped back,
+# or a new operator whose clock is behind the last one's, reads times ahead of its `now`.
+
+
+def test_a_scale_up_ahead_of_the_clock_does_not_hold_the_next_without_a_cooldown() -> None:
+    history = settled(last_scale_up=NOW + 55)
+    decision = decide(ScalingPolicy(), load(queued=40), 2, history, NOW)
+    assert decision.replicas == 10
+    assert "held" not in decision.reason
+
+
+def test_a_scale_up_ahead_of_the_clock_holds_the_next_for_one_cooldown_from_now() -> None:
+    policy = ScalingPolicy(scale_up_cooldown_seconds=30)
+    held = decide(policy, load(queued=40), 2, settled(last_scale_up=NOW + 600), NOW)
+    assert held.replicas == 2
+    assert "last scale-up 0s ago, cooldown 30s" in held.reason
+    assert decide(policy, load(queued=40), 2, held.history, NOW + 30).replicas == 10
+
+
+@pytest.mark.parametrize("history", [
+    settled(last_scale_up=NOW + 600),
+    replace(settled(), since=NOW + 600),
+    settled(recommendations=(Recommendation(NOW + 600, 9),)),
+], ids=["last scale-up", "history begun", "recommendation"])
+def test_times_ahead_of_the_clock_hold_a_scale_down_for_one_window_from_now(
+    history: ScalingHistory,
+) -> None:
+    policy = ScalingPolicy(scale_down_cooldown_seconds=60)
+    held = decide(policy, load(queued=4), 9, history, NOW)
+    assert held.replicas == 9
+    for at in (NOW + 59, NOW + 60):
+        held = decide(policy, load(queued=4), held.replicas, held.history, at)
+    assert held.replicas == 1
+
+
+def test_an_idle_time_ahead_of_the_clock_counts_from_now() -> None:
+    policy = ScalingPolicy(min_replicas=0, scale_down_cooldown_seconds=60)
+    early = decide(policy, load(), 1, settled(idle_since=NOW + 600), NOW)
+    assert early.replicas == 1
+    assert early.history.idle_since == NOW
+    assert decide(policy, load(), 1, early.history, NOW + 60).replicas == 0
+
+
+def test_a_decision_records_no_time_ahead_of_its_clock() -> None:
+    ahead = NOW + 600
+    history = ScalingHistory(
+        recommendations=(Recommendation(ahead, 3),), since=ahead, last_scale_up=ahead,
+        last_scale_down=ahead, idle_since=ahead, run_seconds=30.0, run_seconds_at=ahead,
+    )
+    kept = decide(ScalingPolicy(), load(), 3, history, NOW).history
+    times = [kept.since, kept.last_scale_up, kept.last_scale_down, kept.idle_since,
+             kept.run_seconds_at, *(r.at for r in kept.recommendations)]
+    assert max(t for t in times if t is not None) == NOW
+
+
 # --- steps, fixed pools, missing figures -------------------------------------------------
 
 

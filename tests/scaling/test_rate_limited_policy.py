@@ -78,6 +78,17 @@ def test_a_held_pool_keeps_its_size_then_probes_upwards_when_the_waiting_stops()
     assert again.replicas == 7
 
 
+def test_a_size_change_ahead_of_the_clock_settles_for_one_settle_period_from_now() -> None:
+    """A held pool makes no rate-limit move within RATE_LIMIT_SETTLE_SECONDS of a change of
+    size; a change recorded ahead of the clock (a clock stepped back) counts as now."""
+    history = replace(SETTLED, rate_limited="openai", rate_limited_size=4,
+                      last_scale_down=NOW + 3600)
+    settling = decide(POLICY, waiting(0.0), 4, history, NOW)
+    assert settling.limited is not None and settling.replicas == 4
+    probe = decide(POLICY, waiting(0.0), 4, settling.history, NOW + 61)
+    assert probe.limited is not None and probe.replicas == 5
+
+
 def test_the_next_burst_scales_at_once_to_the_size_the_limit_fed_and_no_further() -> None:
     held = replace(SETTLED, rate_limited="openai", rate_limited_size=6)
     decision = decide(POLICY, waiting(0.0), 2, held, NOW)
