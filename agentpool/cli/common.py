@@ -27,6 +27,7 @@ from rich.text import Text
 from agentpool import redis_errors
 from agentpool.cli.views import Grid, to_table
 from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
+from agentpool.connection import RedisURLError, is_cluster_url, parse_cluster_url
 from agentpool.protocol import TASK_ID, ProtocolError, TaskNotFound, TaskQueue, known_queues
 
 EXIT_OK = 0
@@ -159,7 +160,55 @@ PASSWORD_PLACE = (f"the URL ({redis_errors.URL_WITH_PASSWORD}) of --redis-url or
 
 
 def redis_failure(url: str | None, exc: BaseException) -> str:
+    cluster = cluster_failure(url, exc)
+    if cluster is not None:
+        return cluster
     return redis_errors.redis_failure(url, exc, password_place=PASSWORD_PLACE)
+
+
+NOT_A_CLUSTER = "Cluster mode is not enabled on this node"
+"""redis-py's words when a ``redis+cluster://`` URL names a server that is not in a cluster."""
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def cluster_failure(url: str | None, exc: BaseException) -> str | None:
+    """One line for redis-py's cluster client failing to start, None for any other error.
+
+    Its RedisClusterException wraps what went wrong in a paragraph ("Redis Cluster cannot be
+    connected. Please provide at least one reachable node: ..."): a server that is not a
+    cluster is named as such, with the URL to use instead; an unreachable node or a refused
+    password reads as it does on a single server.
+    """
+    if not isinstance(exc, redis.exceptions.RedisClusterException):
+        return None
+    causes = _causes(exc)
+    if any(NOT_A_CLUSTER in str(cause) for cause in causes):
+        nodes, single = "Redis", "redis://"
+        if url is not None and is_cluster_url(url):
+            try:
+                parsed = parse_cluster_url(url)
+            except RedisURLError:
+                pass
+            else:
+                nodes = "Redis at " + ", ".join(
+                    f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    for host, port in parsed.nodes)
+                single = "rediss://" if parsed.tls else "redis://"
+        return f"{nodes} is not a cluster (use {single} for a single server)"
+    for cause in causes[1:]:
+        if isinstance(cause, redis.exceptions.RedisError | OSError) \
+                and not isinstance(cause, redis.exceptions.RedisClusterException):
+            return redis_errors.redis_failure(url, cause, password_place=PASSWORD_PLACE)
+    return None
 
 
 # -- queues nobody used ---------------------------------------------------------------------
@@ -259,7 +308,8 @@ def command(
         except ProtocolError as exc:
             error_line(str(exc))
             return EXIT_USAGE
-        except (redis.exceptions.RedisError, ConnectionError) as exc:
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException,
+                ConnectionError) as exc:
             error_line(redis_failure(redis_url(args), exc))
             return EXIT_FAILED
         except Exception as exc:

@@ -85,6 +85,36 @@ def test_status_queue_mode_unreachable(cli: Cli) -> None:
         f"agentpool: cannot reach Redis at redis://127.0.0.1:{port}/0: Connection refused"]
 
 
+@pytest.mark.parametrize("argv", VERBS, ids=lambda a: " ".join(a[:2]))
+def test_a_cluster_url_naming_a_single_server_says_it_is_not_a_cluster(
+    cli: Cli, redis_server: RedisServer, argv: list[str],
+) -> None:
+    cli.redis_url = f"redis+cluster://127.0.0.1:{redis_server.port}/"
+    result = cli(*argv)
+    assert (result.code, result.out) == (1, "")
+    assert result.err_lines == [
+        f"agentpool: Redis at 127.0.0.1:{redis_server.port} is not a cluster "
+        "(use redis:// for a single server)"]
+
+
+def test_a_cluster_url_that_cannot_be_reached_or_lacks_the_password_is_one_line(
+    cli: Cli, protected_redis: RedisServer,
+) -> None:
+    port = free_port()
+    cli.redis_url = f"redis+cluster://:s3cret@127.0.0.1:{port}/"
+    result = cli("stats")
+    assert (result.code, result.out) == (1, "")
+    assert result.err_lines == [
+        f"agentpool: cannot reach Redis at redis+cluster://:***@127.0.0.1:{port}/: "
+        "Connection refused"]
+    cli.redis_url = f"redis+cluster://127.0.0.1:{protected_redis.port}/"
+    result = cli("stats")
+    assert (result.code, result.out) == (1, "")
+    assert result.err_lines == [
+        f"agentpool: Redis at {cli.redis_url} requires a password: put it in the URL "
+        "(redis://:PASSWORD@host:port/db) of --redis-url or AGENTPOOL_REDIS_URL"]
+
+
 def test_unknown_host_and_bad_scheme(cli: Cli) -> None:
     cli.redis_url = "redis://user:pw@no-such-host.invalid:6379/0"
     result = cli("stats")
