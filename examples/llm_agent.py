@@ -41,11 +41,14 @@ class RateLimited(Exception):
 async def startup(worker_ctx: WorkerContext) -> None:
     """One HTTP session per worker process, shared by every task."""
     global _session
+    base_url = os.environ.get("LLM_BASE_URL")
+    if not base_url:
+        raise RuntimeError("LLM_BASE_URL is not set")
     key = os.environ.get("LLM_API_KEY")
     if not key:
         raise RuntimeError("LLM_API_KEY is not set")
     _session = aiohttp.ClientSession(
-        base_url=os.environ["LLM_BASE_URL"],
+        base_url=base_url,
         headers={"Authorization": f"Bearer {key}"},
         timeout=aiohttp.ClientTimeout(total=300, sock_read=60),
     )
@@ -85,6 +88,7 @@ async def run(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         reply = await chat(ctx.state["llm"], messages, ctx)
         messages.append(reply)
         if not reply.get("tool_calls"):
+            await ctx.progress(1.0, "answered")
             return {"answer": reply["content"], "tool_calls": state["tool_calls"]}
         for call in reply["tool_calls"]:
             result = run_tool(call["function"]["name"], call["function"]["arguments"])

@@ -6,14 +6,20 @@ kubeconfig ($KUBECONFIG or ~/.kube/config) elsewhere.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
 import random
 import re
+import shutil
 import socket
 import sys
+import textwrap
 import threading
+import typing
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import kopf
 import kubernetes
@@ -126,7 +132,67 @@ async def run(
         await ctx.close()
 
 
-def main() -> None:
+PROG = "agentpool-operator"
+DESCRIPTION = (
+    "Runs the AgentPool operator (kopf): for each AgentPool, its workers' Deployment, their "
+    "scaling and the queue's recovery. It takes no arguments: the environment variables below "
+    "configure it (the Helm chart sets them). It reaches Kubernetes as kubectl would: with "
+    "the pod's service account in a cluster, else with $KUBECONFIG or ~/.kube/config."
+)
+EXIT_STATUS = (
+    "exit status: 0 when stopped (SIGTERM/SIGINT); 2 on a bad configuration (an argument, a "
+    "setting, an unreadable kubeconfig, a port in use: one line on stderr); 1 without "
+    "Kubernetes credentials, or on an unexpected error."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _refuse(f"{PROG}: {message} (see --help)")
+
+
+def _refuse(line: str) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def parse_arguments(argv: Sequence[str]) -> None:
+    """``--help`` prints the help and exits 0 (before anything connects); any argument exits
+    2 with one line."""
+    width = max(60, min(100, shutil.get_terminal_size().columns - 2))
+    parser = _Parser(prog=PROG, description=textwrap.fill(DESCRIPTION, width),
+                     epilog=_epilog(width), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _, extra = parser.parse_known_args(list(argv))
+    if extra:
+        _refuse(f"{PROG} takes no arguments (got {' '.join(extra)!r}): configure it with "
+                f"{ENV_PREFIX}* environment variables (see --help)")
+
+
+def _epilog(width: int) -> str:
+    """The environment variables, from the settings model's own fields (settings.py)."""
+    lines = ["environment variables:"]
+    for name, field in OperatorSettings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"  {ENV_PREFIX}{name.upper()} (default: {_shown(default)})")
+        choices = typing.get_args(field.annotation) if typing.get_origin(
+            field.annotation) is typing.Literal else ()
+        text = field.description or (f"one of {', '.join(map(str, choices))}"
+                                     if choices else "")
+        lines += textwrap.wrap(text, width, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6, break_on_hyphens=False)
+    return "\n".join([*lines, "", textwrap.fill(EXIT_STATUS, width)])
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default) if default or default == 0 else "empty"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parse_arguments(sys.argv[1:] if argv is None else argv)
     config = load_settings()
     configure_logging(config.log_level)
     try:

@@ -1,10 +1,12 @@
 """The documented agent handler (examples/llm_agent.py) against a fake OpenAI-style server:
-streamed tokens as events, a tool call, a 429, and a resumed attempt after a 5xx."""
+streamed tokens as events, a tool call, a 429, progress up to 100 %, a resumed attempt after
+a 5xx, and a worker started without the API's settings."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,14 +17,14 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from agentpool.protocol import TaskEvent, TaskQueue
+from agentpool.protocol import Progress, TaskEvent, TaskQueue
 from agentpool.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "tests" / "worker"))
 
-from worker_helpers import running, settings  # noqa: E402
+from worker_helpers import running, settings, worker_env, worker_processes  # noqa: E402
 
 KEY = "test-key"
 
@@ -101,7 +103,8 @@ async def test_the_agent_streams_tokens_calls_a_tool_and_waits_out_a_429(
         events = await follow(queue, task_id)
     kinds = [e.kind for e in events]
     assert kinds == ["progress", "rate_limited", "token", "tool", "progress",
-                     "token", "token", "token", "token", "final"]
+                     "token", "token", "token", "token", "progress", "final"]
+    assert events[-2].data == {"fraction": 1.0, "message": "answered"}
     assert events[1].data == {"retry_after": 0.05}
     assert events[3].data == {"name": "add", "result": 5}
     assert "".join(e.data["text"] for e in events if e.kind == "token") == \
@@ -109,6 +112,7 @@ async def test_the_agent_streams_tokens_calls_a_tool_and_waits_out_a_429(
     assert events[-1].data == {"state": "succeeded"}
     info = await queue.get(task_id)
     assert info is not None and info.result == {"answer": "The answer is 5", "tool_calls": 1}
+    assert info.progress == Progress(1.0, "answered")
 
 
 async def test_after_a_failed_turn_the_next_attempt_resumes_after_the_tool_call(
@@ -126,6 +130,22 @@ async def test_after_a_failed_turn_the_next_attempt_resumes_after_the_tool_call(
     info = await queue.get(task_id)
     assert info is not None and info.attempts == 2
     assert info.result == {"answer": "The answer is 5", "tool_calls": 1}
+
+
+@pytest.mark.parametrize("missing", ["LLM_BASE_URL", "LLM_API_KEY"])
+async def test_a_worker_without_the_api_settings_stops_at_start_with_one_line(
+    tmp_path: Path, redis_url: str, queue_name: str, missing: str,
+) -> None:
+    env = worker_env(redis_url, queue_name, "llm_agent:run")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "examples"), env["PYTHONPATH"]])
+    env.update({"LLM_BASE_URL": "http://127.0.0.1:1", "LLM_API_KEY": KEY})
+    del env[missing]
+    with worker_processes(tmp_path) as start:
+        worker = start(env)
+        assert await worker.exit_code(20) == 3
+        lines = worker.logs().strip().splitlines()
+    assert lines == [f"agentpool-worker: startup hook of 'llm_agent:run' failed: "
+                     f"RuntimeError: {missing} is not set"]
 
 
 def test_the_worker_docs_show_this_example_verbatim() -> None:

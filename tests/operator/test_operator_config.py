@@ -71,13 +71,13 @@ def test_bad_value_is_one_line_and_status_2(
     assert expected in lines[0]
 
 
-def run_entrypoint(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     clean = {
         k: v for k, v in os.environ.items()
         if not k.startswith(("AGENTPOOL_OPERATOR_", "KUBERNETES_SERVICE_"))
     }
     return subprocess.run(
-        [sys.executable, "-c", "from agentpool_operator.main import main; main()"],
+        [sys.executable, "-c", "from agentpool_operator.main import main; main()", *args],
         env={**clean, "AGENTPOOL_OPERATOR_PORT": str(free_port()), **env},
         capture_output=True, text=True, timeout=60,
     )
@@ -136,3 +136,29 @@ def test_a_busy_port_is_one_line_naming_the_port_and_the_setting(tmp_path: Path)
     assert result.stderr == (
         f"agentpool-operator: cannot serve /healthz and /metrics on port {port} "
         "(AGENTPOOL_OPERATOR_PORT): Address already in use\n")
+
+
+def test_help_lists_the_settings_and_connects_to_nothing(tmp_path: Path) -> None:
+    """A kubeconfig whose API server cannot be reached: anything but the help would stop with
+    another exit code (or wait for the server)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    result = run_entrypoint({"KUBECONFIG": str(kubeconfig)}, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith("usage: agentpool-operator [-h]\n")
+    names = [line.split()[0] for line in result.stdout.splitlines()
+             if line.startswith("  AGENTPOOL_OPERATOR_")]
+    assert names == [f"AGENTPOOL_OPERATOR_{name.upper()}"
+                     for name in OperatorSettings.model_fields]
+    assert "  AGENTPOOL_OPERATOR_PORT (default: 8080)\n" in result.stdout
+    assert "  AGENTPOOL_OPERATOR_LOG_LEVEL (default: info)\n      one of debug, info, warning, " \
+        "error\n" in result.stdout
+
+
+def test_an_argument_is_one_line_and_exit_2() -> None:
+    result = run_entrypoint({"KUBECONFIG": "/nonexistent/kubeconfig"}, "--namespace", "team-a")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "agentpool-operator takes no arguments (got '--namespace team-a'): configure it with "
+        "AGENTPOOL_OPERATOR_* environment variables (see --help)\n")

@@ -369,7 +369,9 @@ def test_the_command_is_a_json_array_or_words(tmp_path: Path) -> None:
     ({COMMAND_ENV: "node 'agent.js"}, "cannot be split into words: No closing quotation"),
     ({COMMAND_ENV: "no-such-agent-binary run"},
      "'no-such-agent-binary' is not an executable found on PATH"),
-    ({COMMAND_ENV: "python3", GRACE_ENV: "60"}, "must be seconds between 0 and 10, got '60'"),
+    ({COMMAND_ENV: "/opt/agent/missing"}, "'/opt/agent/missing' is not an executable file"),
+    ({COMMAND_ENV: "python3", GRACE_ENV: "60"},
+     "AGENTPOOL_TASK_COMMAND_GRACE_SECONDS must be a number of seconds between 0 and 10"),
     ({COMMAND_ENV: "python3", GRACE_ENV: "soon"}, "got 'soon'"),
 ])
 def test_bad_command_settings_are_refused(environ: dict[str, str], message: str) -> None:
@@ -378,20 +380,26 @@ def test_bad_command_settings_are_refused(environ: dict[str, str], message: str)
     assert message in str(refused.value)
 
 
-async def test_a_worker_with_a_missing_command_stops_at_start_with_one_line(
-    tmp_path: Path, redis_url: str, queue_name: str,
+@pytest.mark.parametrize(("command", "line"), [
+    ("/opt/agent/missing --fast",
+     "AGENTPOOL_TASK_COMMAND: '/opt/agent/missing' is not an executable file"),
+    ("no-such-agent-binary run",
+     "AGENTPOOL_TASK_COMMAND: 'no-such-agent-binary' is not an executable found on PATH"),
+    ('["unterminated', "AGENTPOOL_TASK_COMMAND is not a JSON array: Unterminated string "
+     "starting at: line 1 column 2 (char 1)"),
+])
+async def test_a_worker_with_a_bad_command_stops_at_start_with_one_line_and_exit_2(
+    tmp_path: Path, redis_url: str, queue_name: str, command: str, line: str,
 ) -> None:
+    """A bad setting like any other (docs/worker.md, Configuration), not a failing startup
+    hook of the user's code (exit 3)."""
     env = worker_env(redis_url, queue_name, HANDLER)
-    env[COMMAND_ENV] = "/opt/agent/missing --fast"
+    env[COMMAND_ENV] = command
     with worker_processes(tmp_path) as start:
         worker = start(env)
-        assert await worker.exit_code(20) == 3
+        assert await worker.exit_code(20) == 2
         lines = worker.logs().strip().splitlines()
-    assert lines == [
-        "agentpool-worker: startup hook of 'agentpool_worker.command:run' failed: "
-        "CommandConfigError: AGENTPOOL_TASK_COMMAND: '/opt/agent/missing' is not an "
-        "executable found on PATH"
-    ]
+    assert lines == [f"agentpool-worker: {line}"]
 
 
 async def test_a_worker_process_runs_a_command_task(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,14 +17,24 @@ from worker_helpers import HANDLERS, HERE, WorkerProcess, eventually, task_in, w
 
 from agentpool.protocol import TaskQueue
 from agentpool_worker.main import main
-from agentpool_worker.settings import redact_url
+from agentpool_worker.settings import redact_url, variables
 
 
-def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_worker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agentpool_worker.main"], env=env, capture_output=True,
+        [sys.executable, "-m", "agentpool_worker.main", *args], env=env, capture_output=True,
         text=True, timeout=30, stdin=subprocess.DEVNULL,
     )
+
+
+def console_script(tmp_path: Path) -> list[str]:
+    """`agentpool-worker` as its console script starts it: the script's own directory first on
+    sys.path, not the current directory (`python -m` and `python -c` put that first)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "agentpool-worker"
+    script.write_text("import sys\nfrom agentpool_worker.main import main\nsys.exit(main())\n")
+    return [sys.executable, str(script)]
 
 
 def run_main(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
@@ -32,8 +44,9 @@ def run_main(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # main() puts the current directory in
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        main([])
     code = exit_info.value.code
     return (code if isinstance(code, int) else -1), capsys.readouterr().err
 
@@ -82,7 +95,17 @@ def base_env(**values: str) -> dict[str, str]:
      "got 'nocolon'"),
     ({"handler": "no_such_module_xyz:run"},
      "agentpool-worker: cannot import handler 'no_such_module_xyz:run': "
-     "ModuleNotFoundError: No module named 'no_such_module_xyz'"),
+     "ModuleNotFoundError: No module named 'no_such_module_xyz' (searched: the current "
+     f"directory {os.getcwd()}, PYTHONPATH and the installed packages)"),
+    ({"handler": "agentpool_worker.command:run", "task_command": '["unterminated'},
+     "agentpool-worker: AGENTPOOL_TASK_COMMAND is not a JSON array: Unterminated string "
+     "starting at: line 1 column 2 (char 1)"),
+    ({"handler": "agentpool_worker.command:run", "task_command": "no-such-agent-xyz --fast"},
+     "agentpool-worker: AGENTPOOL_TASK_COMMAND: 'no-such-agent-xyz' is not an executable "
+     "found on PATH"),
+    ({"handler": "agentpool_worker.command:run"},
+     "agentpool-worker: AGENTPOOL_TASK_COMMAND must name the command each task runs, "
+     'e.g. ["node", "/app/agent.js"] (handler agentpool_worker.command:run)'),
     ({"handler": f"{HANDLERS}:missing"},
      f"agentpool-worker: cannot import handler '{HANDLERS}:missing': module "
      f"'{HANDLERS}' has no 'missing'"),
@@ -178,24 +201,109 @@ async def test_a_password_never_reaches_the_logs(tmp_path: Path, redis_url: str)
         proc.close()
 
 
-async def test_an_unexpected_crash_is_one_log_line_and_exit_1(
-    tmp_path: Path, redis_url: str,
-) -> None:
+def test_a_probe_port_in_use_is_one_line_and_exit_2() -> None:
+    """The default 8080 is also where `agentpool demo` and the console serve."""
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = WorkerProcess(worker_env(redis_url, "q-crash", port=port),
-                             tmp_path / "worker.log")
-        try:
-            assert await proc.exit_code(15) == 1
-        finally:
-            proc.close()
-    lines = proc.logs().splitlines()
+        result = run_worker(base_env(port=str(port)))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"agentpool-worker: AGENTPOOL_PORT {port} is in use (set another port, or 0 to run "
+        "without the /livez, /readyz and /metrics server)\n")
+
+
+CRASHING = """\
+import agentpool_worker.main as entrypoint
+
+async def run(self, **options):
+    raise RuntimeError("a bug")
+
+entrypoint.Worker.run = run
+entrypoint.main([])
+"""
+
+
+def test_an_unexpected_crash_is_one_log_line_and_exit_1() -> None:
+    result = subprocess.run([sys.executable, "-c", CRASHING], env=base_env(port="0"),
+                            capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
     assert len(lines) == 1
     line = json.loads(lines[0])
     assert line["msg"] == "worker crashed" and line["level"] == "error"
-    assert "Address already in use" in line["error"]
+    assert line["error"] == "RuntimeError: a bug"
+
+
+async def test_help_lists_the_settings_and_starts_no_worker(redis_url: str) -> None:
+    """A reachable Redis and a handler: without its own handling, --help would start a worker
+    that claims tasks (and this call would time out)."""
+    result = run_worker(base_env(redis_url=redis_url), "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith("usage: agentpool-worker [-h]\n")
+    names = [line.split()[0] for line in result.stdout.splitlines()
+             if line.startswith("  AGENTPOOL_")]
+    assert names == [variable.name for variable in variables()]
+    assert "AGENTPOOL_TASK_COMMAND" in names and "AGENTPOOL_REDIS_URL" in names
+    assert "  AGENTPOOL_CONCURRENCY (default: 4)\n      an integer between 1 and 1000\n" \
+        in result.stdout
+    assert "  AGENTPOOL_HANDLER (required)\n" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "got"), [
+    (["--concurrency", "2"], "'--concurrency 2'"),
+    (["worker"], "'worker'"),
+])
+def test_an_argument_is_one_line_and_exit_2(args: list[str], got: str) -> None:
+    result = run_worker(base_env(), *args)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"agentpool-worker takes no arguments (got {got}): configure it with AGENTPOOL_* "
+        "environment variables (see --help)\n")
+
+
+async def test_a_handler_module_in_the_current_directory_is_found(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """As `cd examples && AGENTPOOL_HANDLER=llm_agent:run agentpool-worker` runs the example."""
+    here = tmp_path / "project"
+    here.mkdir()
+    (here / "my_local_agent.py").write_text(textwrap.dedent("""\
+        async def run(payload):
+            return {"answer": payload["question"] * 2}
+    """))
+    env = base_env(redis_url=redis_url, queue=queue_name, handler="my_local_agent:run",
+                   port="0")
+    del env["PYTHONPATH"]
+    queue = TaskQueue(redis, queue_name)
+    proc = WorkerProcess(env, tmp_path / "worker.log", command=console_script(tmp_path),
+                         cwd=here)
+    try:
+        task_id = await queue.submit({"question": 21})
+        done = await eventually(
+            lambda: not proc.alive() or task_in(queue, task_id, "succeeded"), 15, "the task")
+        assert proc.alive(), proc.logs()
+        assert done.result == {"answer": 42}
+        proc.signal(signal.SIGTERM)
+        assert await proc.exit_code(15) == 0
+    finally:
+        proc.close()
+
+
+def test_a_handler_module_not_found_says_where_it_was_looked_for(tmp_path: Path) -> None:
+    env = base_env(handler="llm_agent:run")
+    del env["PYTHONPATH"]
+    result = subprocess.run(console_script(tmp_path), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "agentpool-worker: cannot import handler 'llm_agent:run': ModuleNotFoundError: No "
+        "module named 'llm_agent' (searched: the current directory "
+        f"{tmp_path.resolve()}, PYTHONPATH (not set) and the installed packages)\n")
 
 
 async def test_what_exists_at_start_is_left_out_of_garbage_collection(

@@ -10,6 +10,8 @@ from agentpool_worker.settings import (
     ConfigError,
     WorkerSettings,
     load_settings,
+    task_argv,
+    variables,
 )
 
 REQUIRED = {"AGENTPOOL_REDIS_URL": "redis://r:6379/0", "AGENTPOOL_HANDLER": "m:f"}
@@ -104,3 +106,60 @@ def test_liveness_outlasts_the_longest_heartbeat_attempt(lease: float, timeout: 
     s = WorkerSettings(redis_url="redis://h:6379/0", handler="m:f", lease_seconds=lease,
                        redis_timeout_seconds=timeout)
     assert s.heartbeat_stall_seconds > s.heartbeat_seconds + 2 * s.redis_timeout_seconds
+
+
+COMMAND = {**REQUIRED, "AGENTPOOL_HANDLER": "agentpool_worker.command:run"}
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('["python3", "-c", "print(1)"]', ("python3", "-c", "print(1)")),
+    ("python3 -c 'print(1)'", ("python3", "-c", "print(1)")),
+    ("  ", ()),
+])
+def test_the_task_command_is_a_json_array_or_words(text: str, words: tuple[str, ...]) -> None:
+    assert task_argv(text) == words
+    assert load_settings({**REQUIRED, "AGENTPOOL_TASK_COMMAND": text}).task_command == text
+
+
+@pytest.mark.parametrize(("environ", "problem"), [
+    ({**REQUIRED, "AGENTPOOL_TASK_COMMAND": '["node", '},
+     "AGENTPOOL_TASK_COMMAND is not a JSON array: Expecting value: line 1 column 9 (char 8)"),
+    ({**REQUIRED, "AGENTPOOL_TASK_COMMAND": "node 'agent.js"},
+     "AGENTPOOL_TASK_COMMAND cannot be split into words: No closing quotation"),
+    ({**REQUIRED, "AGENTPOOL_TASK_COMMAND": "[]"},
+     "AGENTPOOL_TASK_COMMAND must be a JSON array of non-empty strings"),
+    ({**REQUIRED, "AGENTPOOL_TASK_COMMAND_GRACE_SECONDS": "11"},
+     "AGENTPOOL_TASK_COMMAND_GRACE_SECONDS must be a number of seconds between 0 and 10 (how "
+     "long a stopped command has between SIGTERM and SIGKILL), got '11'"),
+    (COMMAND, "AGENTPOOL_TASK_COMMAND must name the command each task runs, "
+              'e.g. ["node", "/app/agent.js"] (handler agentpool_worker.command:run)'),
+    ({**COMMAND, "AGENTPOOL_TASK_COMMAND": "no-such-agent-xyz run"},
+     "AGENTPOOL_TASK_COMMAND: 'no-such-agent-xyz' is not an executable found on PATH"),
+    ({**COMMAND, "AGENTPOOL_TASK_COMMAND": "/opt/agent/missing"},
+     "AGENTPOOL_TASK_COMMAND: '/opt/agent/missing' is not an executable file"),
+])
+def test_a_bad_task_command_is_refused_at_start(environ: dict[str, str], problem: str) -> None:
+    """With the other settings (exit 2), not when the command handler's startup hook runs."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert str(caught.value) == problem
+
+
+def test_the_command_handler_gets_a_command_found_on_path() -> None:
+    settings = load_settings({**COMMAND, "AGENTPOOL_TASK_COMMAND": '["python3", "-V"]'})
+    assert settings.runs_commands and task_argv(settings.task_command) == ("python3", "-V")
+    assert settings.task_command_grace_seconds == 5.0
+
+
+def test_help_shows_every_setting_with_its_default_and_rule() -> None:
+    shown = {variable.name: (variable.default, variable.rule) for variable in variables()}
+    assert len(shown) == len(WorkerSettings.__dataclass_fields__)
+    assert shown["AGENTPOOL_REDIS_URL"][0] == "required"
+    assert shown["AGENTPOOL_QUEUE"] == (
+        "default", "a queue name of 1-100 letters, digits, '.', '_' or '-'")
+    assert shown["AGENTPOOL_POD_NAME"][0] == "<host name>-<process id>"
+    assert shown["AGENTPOOL_POD_NAMESPACE"][0] == "empty"
+    assert shown["AGENTPOOL_DURABILITY"][0] == "none"
+    assert shown["AGENTPOOL_CLAIM_LINGER_SECONDS"][0] == "0.002"
+    assert shown["AGENTPOOL_TASK_COMMAND"][0] == (
+        "required with handler agentpool_worker.command:run")

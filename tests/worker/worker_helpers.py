@@ -101,12 +101,15 @@ class WorkerProcess:
     """``python -m agentpool_worker.main`` with its stderr in a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path,
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, *, command: list[str] | None = None,
+                 cwd: Path | None = None) -> None:
+        """`command` runs the worker another way than ``python -m`` (its console script)."""
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "agentpool_worker.main"], env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
+            [*(prefix or []), *(command or [sys.executable, "-m", "agentpool_worker.main"])],
+            env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=self._log,
         )
 
     @property

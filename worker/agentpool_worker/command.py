@@ -54,7 +54,6 @@ import ctypes
 import json
 import math
 import os
-import shlex
 import shutil
 import signal
 import stat
@@ -70,14 +69,16 @@ import structlog
 from agentpool.errors import PermanentError
 from agentpool.protocol import EVENT_KIND, FINAL_EVENT
 from agentpool_worker.handlers import TaskContext, WorkerContext
-from agentpool_worker.settings import seconds
+from agentpool_worker.settings import (
+    DEFAULT_GRACE_SECONDS,
+    ConfigError,
+    env_name,
+    read_setting,
+    task_program,
+)
 
-COMMAND_ENV = "AGENTPOOL_TASK_COMMAND"
-GRACE_ENV = "AGENTPOOL_TASK_COMMAND_GRACE_SECONDS"
-DEFAULT_GRACE_SECONDS = 5.0
-MAX_GRACE_SECONDS = 10.0
-"""Below the 15 s the pod's termination grace adds to drainSeconds, so that a command stopped
-at the end of a drain is gone before the container is killed."""
+COMMAND_ENV = env_name("task_command")
+GRACE_ENV = env_name("task_command_grace_seconds")
 MAX_LINE_BYTES = 8 * 1024 * 1024
 """A message line may carry a checkpoint or a result of up to the payload limit (1 MiB); a
 longer line is output."""
@@ -91,7 +92,7 @@ STATE_KEY = "agentpool.command"
 _log = structlog.get_logger("agentpool.task")
 
 
-class CommandConfigError(Exception):
+class CommandConfigError(ConfigError):
     """The command settings cannot be used (phrased for a person)."""
 
 
@@ -105,44 +106,17 @@ class CommandSettings:
 
 
 def command_settings(environ: Mapping[str, str]) -> CommandSettings:
-    """Read and check the command settings; the executable must be found now, not at the
+    """Read and check the command settings by the worker's own rules (settings.py, which
+    ``agentpool-worker`` applies at start); the executable must be found now, not at the
     first task."""
-    raw = environ.get(COMMAND_ENV, "").strip()
-    if not raw:
-        raise CommandConfigError(f"{COMMAND_ENV} must name the command each task runs, "
-                                 'e.g. ["node", "/app/agent.js"]')
-    argv = _argv(raw)
-    if shutil.which(argv[0]) is None:
-        raise CommandConfigError(f"{COMMAND_ENV}: {argv[0]!r} is not an executable found on "
-                                 "PATH")
+    try:
+        argv = task_program(read_setting("task_command", environ))
+        grace = read_setting("task_command_grace_seconds", environ)
+    except ConfigError as exc:
+        raise CommandConfigError(str(exc)) from None
     home = environ.get("HOME", "")
     home_writable = bool(home) and os.path.isdir(home) and os.access(home, os.W_OK)
-    grace_raw = environ.get(GRACE_ENV, "").strip()
-    if not grace_raw:
-        return CommandSettings(argv, home_writable=home_writable)
-    try:
-        grace = seconds(0, MAX_GRACE_SECONDS)(grace_raw)
-    except ValueError:
-        raise CommandConfigError(f"{GRACE_ENV} must be seconds between 0 and "
-                                 f"{MAX_GRACE_SECONDS:g}, got {grace_raw!r}") from None
     return CommandSettings(argv, grace, home_writable)
-
-
-def _argv(raw: str) -> tuple[str, ...]:
-    if raw.startswith("["):
-        try:
-            value = json.loads(raw)
-        except ValueError as exc:
-            raise CommandConfigError(f"{COMMAND_ENV} is not a JSON array: {exc}") from None
-        if not value or not all(isinstance(word, str) and word for word in value):
-            raise CommandConfigError(f"{COMMAND_ENV} must be a JSON array of non-empty "
-                                     "strings")
-        return tuple(value)
-    try:
-        words = shlex.split(raw)
-    except ValueError as exc:
-        raise CommandConfigError(f"{COMMAND_ENV} cannot be split into words: {exc}") from None
-    return tuple(words)
 
 
 def startup(worker: WorkerContext) -> None:

@@ -26,8 +26,11 @@ worker's own (see :mod:`agentpool_worker.threads`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -253,6 +256,29 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def search_working_directory() -> None:
+    """Let handler modules be found in the current directory, as ``python -m`` would (first on
+    ``sys.path``): a console script's path starts with its own directory instead. Not when
+    ``PYTHONSAFEPATH`` (or ``-P``) asks Python to leave the current directory out."""
+    if sys.flags.safe_path:
+        return
+    with contextlib.suppress(OSError):  # a working directory that was removed
+        cwd = os.getcwd()
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.insert(0, cwd)
+
+
+def _where_modules_are_searched() -> str:
+    """Where a top-level module that was not found was looked for, for the error line."""
+    places = []
+    with contextlib.suppress(OSError):
+        cwd = os.getcwd()
+        if cwd in sys.path or "" in sys.path:
+            places.append(f"the current directory {cwd}")
+    places.append("PYTHONPATH" if os.environ.get("PYTHONPATH") else "PYTHONPATH (not set)")
+    return f"searched: {', '.join(places)} and the installed packages"
+
+
 def load_handler(name: str) -> Handler:
     """Import ``package.module:function`` and work out how to call it."""
     module_name, sep, attr = name.partition(":")
@@ -267,6 +293,8 @@ def load_handler(name: str) -> Handler:
         ) from None
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.partition(".")[0]:
+            reason += f" ({_where_modules_are_searched()})"  # not a module the handler imports
         raise HandlerError(f"cannot import handler {name!r}: {reason}") from None
     obj: Any = module
     for part in attr.split("."):

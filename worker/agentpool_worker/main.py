@@ -1,36 +1,69 @@
 """``agentpool-worker``: the worker image's entrypoint.
 
-Exit codes: 0 after a drain (SIGTERM/SIGINT), 2 on a configuration error (one line on stderr,
-before anything else happens), 3 when the handler module's ``startup`` hook fails (one line on
-stderr), 1 on an unexpected crash (one JSON log line).
+It takes no arguments (``--help`` lists the environment variables it reads). Exit codes: 0
+after a drain (SIGTERM/SIGINT), 2 on a configuration error (an argument, a bad setting, a
+handler that cannot be imported, a probe port in use: one line on stderr, before anything
+else happens), 3 when the handler module's ``startup`` hook fails (one line on stderr), 1 on
+an unexpected crash (one JSON log line).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import errno
 import gc
 import os
+import shutil
+import socket
 import sys
+import textwrap
+from collections.abc import Sequence
+from typing import NoReturn
 
 import structlog
 from prometheus_client import disable_created_metrics
 
-from agentpool_worker.handlers import HandlerError, load_handler
+from agentpool_worker.handlers import HandlerError, load_handler, search_working_directory
 from agentpool_worker.logs import configure_logging
-from agentpool_worker.settings import ConfigError, load_settings
+from agentpool_worker.settings import (
+    ENV_PREFIX,
+    ConfigError,
+    env_name,
+    load_settings,
+    variables,
+)
 from agentpool_worker.worker import StartupFailed, Worker
 
 PROG = "agentpool-worker"
+EXIT_CONFIG = 2
 EXIT_STARTUP_FAILED = 3
+PROBE_HOST = "0.0.0.0"
+"""Where the probe server listens (probes.ProbeServer's default, as the worker starts it)."""
+
+DESCRIPTION = (
+    "Claims tasks from a Redis queue and runs them with a handler, AGENTPOOL_HANDLER="
+    "package.module:function, whose module is looked for in the current directory, then on "
+    "PYTHONPATH. It takes no arguments: the environment variables below configure it (names "
+    "in any case; in a cluster the operator sets them). What each one does: docs/worker.md, "
+    "Configuration."
+)
+EXIT_STATUS = (
+    "exit status: 0 after a drain (SIGTERM/SIGINT); 2 on a bad configuration (an argument, a "
+    "setting, a handler that cannot be imported, a port in use: one line on stderr); 3 when "
+    "the handler module's startup hook fails; 1 on an unexpected crash (one JSON log line)."
+)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    _parse_arguments(sys.argv[1:] if argv is None else argv)
+    search_working_directory()
     try:
         settings = load_settings()
+        _check_port(settings.port)
         handler = load_handler(settings.handler)
     except (ConfigError, HandlerError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        _refuse(f"{PROG}: {exc}")
     configure_logging(settings.log_level)
     disable_created_metrics()  # type: ignore[no-untyped-call]
     _exempt_from_collection()
@@ -52,6 +85,59 @@ def main() -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _refuse(line: str) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(EXIT_CONFIG)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _refuse(f"{PROG}: {message} (see --help)")
+
+
+def _parse_arguments(argv: Sequence[str]) -> None:
+    """``--help`` prints the help and exits 0; any argument exits 2 with one line."""
+    width = max(60, min(100, shutil.get_terminal_size().columns - 2))
+    parser = _Parser(prog=PROG, description=textwrap.fill(DESCRIPTION, width),
+                     epilog=_epilog(width), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _, extra = parser.parse_known_args(list(argv))
+    if extra:
+        _refuse(f"{PROG} takes no arguments (got {' '.join(extra)!r}): configure it with "
+                f"{ENV_PREFIX}* environment variables (see --help)")
+
+
+def _epilog(width: int) -> str:
+    """The environment variables, from the settings' own table (settings.py)."""
+    lines = ["environment variables:"]
+    for variable in variables():
+        shown = (variable.default if variable.default.startswith("required")
+                 else f"default: {variable.default}")
+        lines.append(f"  {variable.name} ({shown})")
+        lines += textwrap.wrap(variable.rule, width, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6, break_on_hyphens=False)
+    return "\n".join([*lines, "", textwrap.fill(EXIT_STATUS, width)])
+
+
+def _check_port(port: int) -> None:
+    """A probe port that cannot be listened on is a configuration error, found before the
+    worker starts: bound as the probe server binds it (SO_REUSEADDR), then let go."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((PROBE_HOST, port))
+            probe.listen()
+        except OSError as error:
+            name = env_name("port")
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"{name} {port} is in use (set another port, or 0 to run without the "
+                    "/livez, /readyz and /metrics server)") from None
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise ConfigError(f"{name} {port} cannot be listened on: {reason}") from None
 
 
 def _exempt_from_collection() -> None:

@@ -12,8 +12,11 @@ burst (bench/README.md, "Idle fleet and start-up").
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import shlex
+import shutil
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,8 +40,21 @@ its last heartbeat; with the operator's reaper every 2 s they are claimable agai
 Heartbeats every lease/3 keep a live worker's leases; fencing keeps a late zombie's writes out."""
 
 
+COMMAND_HANDLER = "agentpool_worker.command:run"
+"""The built-in handler that runs ``AGENTPOOL_TASK_COMMAND`` for each task."""
+DEFAULT_GRACE_SECONDS = 5.0
+MAX_GRACE_SECONDS = 10.0
+"""Below the 15 s the pod's termination grace adds to drainSeconds, so that a command stopped
+at the end of a drain is gone before the container is killed."""
+
+
 class ConfigError(Exception):
     """A configuration problem, already phrased for a person."""
+
+
+class SettingError(ValueError):
+    """A value its rule refuses, with a message that says what is wrong with it: the error
+    line is the variable's name followed by the message."""
 
 
 def redact_url(url: str) -> str:
@@ -123,11 +139,56 @@ def _rate_limits(value: str) -> bool:
     return True
 
 
+def task_argv(value: str) -> tuple[str, ...]:
+    """``AGENTPOOL_TASK_COMMAND`` as the words of a program's command line (none when empty):
+    a JSON array of non-empty strings, or a line split into words the way a shell splits them
+    (no shell runs it). The one parser of the setting; SettingError when it cannot be read."""
+    raw = value.strip()
+    if not raw:
+        return ()
+    if raw.startswith("["):
+        try:
+            words = json.loads(raw)
+        except ValueError as exc:
+            raise SettingError(f"is not a JSON array: {exc}") from None
+        if not words or not all(isinstance(word, str) and word for word in words):
+            raise SettingError("must be a JSON array of non-empty strings")
+        return tuple(words)
+    try:
+        return tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise SettingError(f"cannot be split into words: {exc}") from None
+
+
+def _task_command(value: str) -> bool:
+    task_argv(value)
+    return True
+
+
+def task_program(command: str) -> tuple[str, ...]:
+    """The words of ``AGENTPOOL_TASK_COMMAND`` as the command handler needs them: given, and
+    naming an executable that exists now, not at the first task. ConfigError otherwise."""
+    name = _variable("task_command")
+    try:
+        argv = task_argv(command)
+    except SettingError as error:
+        raise ConfigError(f"{name} {error}") from None
+    if not argv:
+        raise ConfigError(f"{name} must name the command each task runs, "
+                          f'e.g. ["node", "/app/agent.js"] (handler {COMMAND_HANDLER})')
+    if shutil.which(argv[0]) is None:
+        what = "an executable file" if os.sep in argv[0] else "an executable found on PATH"
+        raise ConfigError(f"{name}: {argv[0]!r} is not {what}")
+    return argv
+
+
 def _setting(rule: str, convert: Convert, default: Any = dataclasses.MISSING, *,
-             default_factory: Any = dataclasses.MISSING) -> Any:
-    """A field with its rule: ``rule`` is what the error line says the value must be."""
+             default_factory: Any = dataclasses.MISSING, shown: str = "") -> Any:
+    """A field with its rule: ``rule`` is what the error line says the value must be (and
+    ``--help`` what the variable takes); ``shown`` is how ``--help`` shows the default when
+    the default itself does not say it."""
     return field(default=default, default_factory=default_factory,
-                 metadata={"rule": rule, "convert": convert})
+                 metadata={"rule": rule, "convert": convert, "shown": shown})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,7 +211,7 @@ class WorkerSettings:
         "a number of seconds between 0 and 604800 (a week, the longest task timeout)",
         seconds(0, 7 * 86400), 60.0)
     pod_name: str = _setting("a pod name without ':' or spaces", _text(_pod_name),
-                             default_factory=_process_name)
+                             default_factory=_process_name, shown="<host name>-<process id>")
     pod_namespace: str = _setting("a namespace name", _text(lambda _: True), "")
     port: int = _setting(
         "a TCP port between 1 and 65535 (0 turns the HTTP server off)", _integer(0, 65535), 8080)
@@ -185,22 +246,33 @@ class WorkerSettings:
     rate_limits: str = _setting(
         "a JSON list of rate limits ({name, requestsPerMinute, tokensPerMinute, "
         "burstSeconds}), as the operator sets it from spec.rateLimits", _text(_rate_limits), "")
+    task_command: str = _setting(
+        "the program each task runs: a JSON array of strings, or a command line split into "
+        "words as a shell would", _text(_task_command), "",
+        shown=f"required with handler {COMMAND_HANDLER}")
+    """Read with :func:`task_argv`; checked for the command handler (given, and found) by
+    :func:`load_settings` and by the handler's ``startup`` hook."""
+    task_command_grace_seconds: float = _setting(
+        f"a number of seconds between 0 and {MAX_GRACE_SECONDS:g} (how long a stopped command "
+        "has between SIGTERM and SIGKILL)",
+        seconds(0, MAX_GRACE_SECONDS), DEFAULT_GRACE_SECONDS)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
         for setting in dataclasses.fields(self):
-            value = getattr(self, setting.name)
             try:
-                object.__setattr__(self, setting.name, setting.metadata["convert"](value))
-            except RedisURLError as error:
-                problems.append(f"{_variable(setting.name)}: {error}")
-            except (ValueError, TypeError):
-                if setting.name == "redis_url" and isinstance(value, str):
-                    value = redact_url(value)
-                problems.append(f"{_variable(setting.name)} must be "
-                                f"{setting.metadata['rule']}, got {value!r}")
+                value = _convert(setting, getattr(self, setting.name))
+            except ConfigError as error:
+                problems.append(str(error))
+            else:
+                object.__setattr__(self, setting.name, value)
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @property
+    def runs_commands(self) -> bool:
+        """The handler is the command handler, which runs ``task_command`` for each task."""
+        return self.handler == COMMAND_HANDLER
 
     @property
     def limits(self) -> dict[str, LimitConfig]:
@@ -233,9 +305,75 @@ def _variable(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
+def env_name(setting: str) -> str:
+    """The environment variable of a setting (``task_command``: ``AGENTPOOL_TASK_COMMAND``)."""
+    return _variable(setting)
+
+
+def _convert(setting: dataclasses.Field[Any], value: Any) -> Any:
+    """The setting's value converted and checked by its rule; ConfigError naming it."""
+    try:
+        return setting.metadata["convert"](value)
+    except (RedisURLError, SettingError) as error:
+        separator = ": " if isinstance(error, RedisURLError) else " "
+        raise ConfigError(f"{_variable(setting.name)}{separator}{error}") from None
+    except (ValueError, TypeError):
+        if setting.name == "redis_url" and isinstance(value, str):
+            value = redact_url(value)
+        raise ConfigError(f"{_variable(setting.name)} must be {setting.metadata['rule']}, "
+                          f"got {value!r}") from None
+
+
+_FIELDS = {setting.name: setting for setting in dataclasses.fields(WorkerSettings)}
+
+
+def read_setting(name: str, environ: Mapping[str, str]) -> Any:
+    """One setting from `environ` (its variable in any case), or its default, checked by its
+    rule as :func:`load_settings` checks it; ConfigError on a bad or missing value."""
+    setting = _FIELDS[name]
+    found = {key.upper(): value for key, value in environ.items()}
+    if _variable(name) in found:
+        return _convert(setting, found[_variable(name)])
+    if setting.default is not dataclasses.MISSING:
+        return setting.default
+    if setting.default_factory is not dataclasses.MISSING:
+        return setting.default_factory()
+    raise ConfigError(f"{_variable(name)} is required ({setting.metadata['rule']})")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """An environment variable the worker reads, as ``agentpool-worker --help`` lists it."""
+
+    name: str
+    default: str
+    """How the default reads ("required" when there is none)."""
+    rule: str
+
+
+def variables() -> list[Variable]:
+    """Every variable of :class:`WorkerSettings`, in its order, with its default and rule."""
+    return [Variable(_variable(setting.name), _shown_default(setting), setting.metadata["rule"])
+            for setting in dataclasses.fields(WorkerSettings)]
+
+
+def _shown_default(setting: dataclasses.Field[Any]) -> str:
+    if setting.metadata["shown"]:
+        return str(setting.metadata["shown"])
+    default = setting.default
+    if default is dataclasses.MISSING:
+        return "required"
+    if isinstance(default, str):  # a StrEnum too
+        return str(default) if default else "empty"
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
     """Read the environment (variable names in any case; keyword arguments win) and check it;
-    ConfigError on a bad or missing value."""
+    ConfigError on a bad or missing value. With the command handler, the command must be
+    given and found too."""
     found = {name.upper(): value for name, value in (
         os.environ if environ is None else environ).items()}
     values: dict[str, Any] = {}
@@ -250,4 +388,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             missing.append(f"{_variable(setting.name)} is required ({setting.metadata['rule']})")
     if missing:
         raise ConfigError("; ".join(missing))
-    return WorkerSettings(**values)
+    settings = WorkerSettings(**values)
+    if settings.runs_commands:
+        task_program(settings.task_command)
+    return settings
