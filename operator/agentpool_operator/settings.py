@@ -28,7 +28,7 @@ class OperatorSettings(BaseSettings):
         description="kopf peering object shared by the operator's replicas (one of them is "
         "active at a time); empty = standalone.",
     )
-    port: int = Field(default=8080, ge=1, le=65535, description="Port of /healthz.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port of /healthz and /metrics.")
     log_level: LogLevel = "info"
     status_refresh_seconds: float = Field(
         default=5.0,
