@@ -6,24 +6,22 @@ kubeconfig ($KUBECONFIG or ~/.kube/config) elsewhere.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import random
 import re
-import shutil
 import socket
 import sys
-import textwrap
 import threading
 import typing
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import kopf
 import kubernetes
 
+from agentpool.entrypoint import take_no_arguments
 from agentpool.models import GROUP
 
 from . import handlers as _handlers  # noqa: F401  (registers the handlers with kopf)
@@ -146,41 +144,24 @@ EXIT_STATUS = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        _refuse(f"{PROG}: {message} (see --help)")
-
-
-def _refuse(line: str) -> NoReturn:
-    print(line, file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
 def parse_arguments(argv: Sequence[str]) -> None:
     """``--help`` prints the help and exits 0 (before anything connects); any argument exits
     2 with one line."""
-    width = max(60, min(100, shutil.get_terminal_size().columns - 2))
-    parser = _Parser(prog=PROG, description=textwrap.fill(DESCRIPTION, width),
-                     epilog=_epilog(width), formatter_class=argparse.RawDescriptionHelpFormatter)
-    _, extra = parser.parse_known_args(list(argv))
-    if extra:
-        _refuse(f"{PROG} takes no arguments (got {' '.join(extra)!r}): configure it with "
-                f"{ENV_PREFIX}* environment variables (see --help)")
+    take_no_arguments(argv, prog=PROG, description=DESCRIPTION, variables=_variables(),
+                      exit_status=EXIT_STATUS, env_prefix=ENV_PREFIX)
 
 
-def _epilog(width: int) -> str:
+def _variables() -> list[tuple[str, str]]:
     """The environment variables, from the settings model's own fields (settings.py)."""
-    lines = ["environment variables:"]
+    out = []
     for name, field in OperatorSettings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        lines.append(f"  {ENV_PREFIX}{name.upper()} (default: {_shown(default)})")
         choices = typing.get_args(field.annotation) if typing.get_origin(
             field.annotation) is typing.Literal else ()
-        text = field.description or (f"one of {', '.join(map(str, choices))}"
+        rule = field.description or (f"one of {', '.join(map(str, choices))}"
                                      if choices else "")
-        lines += textwrap.wrap(text, width, initial_indent=" " * 6,
-                               subsequent_indent=" " * 6, break_on_hyphens=False)
-    return "\n".join([*lines, "", textwrap.fill(EXIT_STATUS, width)])
+        out.append((f"{ENV_PREFIX}{name.upper()} (default: {_shown(default)})", rule))
+    return out
 
 
 def _shown(default: Any) -> str:

@@ -9,21 +9,18 @@ an unexpected crash (one JSON log line).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import errno
 import gc
 import os
-import shutil
 import socket
 import sys
-import textwrap
 from collections.abc import Sequence
-from typing import NoReturn
 
 import structlog
 from prometheus_client import disable_created_metrics
 
+from agentpool.entrypoint import refuse, take_no_arguments
 from agentpool_worker.handlers import HandlerError, load_handler, search_working_directory
 from agentpool_worker.logs import configure_logging
 from agentpool_worker.settings import (
@@ -36,7 +33,6 @@ from agentpool_worker.settings import (
 from agentpool_worker.worker import StartupFailed, Worker
 
 PROG = "agentpool-worker"
-EXIT_CONFIG = 2
 EXIT_STARTUP_FAILED = 3
 PROBE_HOST = "0.0.0.0"
 """Where the probe server listens (probes.ProbeServer's default, as the worker starts it)."""
@@ -56,14 +52,16 @@ EXIT_STATUS = (
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    _parse_arguments(sys.argv[1:] if argv is None else argv)
+    take_no_arguments(sys.argv[1:] if argv is None else argv, prog=PROG,
+                      description=DESCRIPTION, variables=_variables(),
+                      exit_status=EXIT_STATUS, env_prefix=ENV_PREFIX)
     search_working_directory()
     try:
         settings = load_settings()
         _check_port(settings.port)
         handler = load_handler(settings.handler)
     except (ConfigError, HandlerError) as exc:
-        _refuse(f"{PROG}: {exc}")
+        refuse(f"{PROG}: {exc}")
     configure_logging(settings.log_level)
     disable_created_metrics()  # type: ignore[no-untyped-call]
     _exempt_from_collection()
@@ -87,37 +85,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code)
 
 
-def _refuse(line: str) -> NoReturn:
-    print(line, file=sys.stderr, flush=True)
-    sys.exit(EXIT_CONFIG)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        _refuse(f"{PROG}: {message} (see --help)")
-
-
-def _parse_arguments(argv: Sequence[str]) -> None:
-    """``--help`` prints the help and exits 0; any argument exits 2 with one line."""
-    width = max(60, min(100, shutil.get_terminal_size().columns - 2))
-    parser = _Parser(prog=PROG, description=textwrap.fill(DESCRIPTION, width),
-                     epilog=_epilog(width), formatter_class=argparse.RawDescriptionHelpFormatter)
-    _, extra = parser.parse_known_args(list(argv))
-    if extra:
-        _refuse(f"{PROG} takes no arguments (got {' '.join(extra)!r}): configure it with "
-                f"{ENV_PREFIX}* environment variables (see --help)")
-
-
-def _epilog(width: int) -> str:
+def _variables() -> list[tuple[str, str]]:
     """The environment variables, from the settings' own table (settings.py)."""
-    lines = ["environment variables:"]
-    for variable in variables():
-        shown = (variable.default if variable.default.startswith("required")
-                 else f"default: {variable.default}")
-        lines.append(f"  {variable.name} ({shown})")
-        lines += textwrap.wrap(variable.rule, width, initial_indent=" " * 6,
-                               subsequent_indent=" " * 6, break_on_hyphens=False)
-    return "\n".join([*lines, "", textwrap.fill(EXIT_STATUS, width)])
+    return [(f"{v.name} ({_default(v.default)})", v.rule) for v in variables()]
+
+
+def _default(default: str) -> str:
+    return default if default.startswith("required") else f"default: {default}"
 
 
 def _check_port(port: int) -> None:
