@@ -878,11 +878,11 @@ class TaskQueue:
             **({"limitWindow": worker.limit_window} if worker.limit_window is not None else {}),
         })
         pairs = [x for item in held.items() for x in item]
-        lost, cancel, drain, *overdue = await self._run(
+        lost, cancel, drain, overdue_ms = await self._run(
             "heartbeat", worker.worker_id, worker.pod, int(lease_seconds * 1000), info, *pairs
         )
         return Heartbeat([_s(i) for i in lost], [_s(i) for i in cancel], bool(drain),
-                         int(overdue[0]) / 1000 if overdue else 0.0)
+                         int(overdue_ms) / 1000)
 
     async def request_drain(self, pod_or_worker: str) -> None:
         """Ask a pod's workers (or one instance) to stop claiming and finish what they hold."""

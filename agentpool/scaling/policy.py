@@ -494,7 +494,7 @@ def _scale_up(
     last_up = history.last_scale_up
     cooldown = policy.scale_up_cooldown_seconds
     awake_in_bounds = current >= max(policy.min_replicas, 1)
-    if cooldown > 0 and awake_in_bounds and last_up is not None and now - last_up < cooldown:
+    if awake_in_bounds and last_up is not None and now - last_up < cooldown:
         explain += (
             f"; scale-up held: last scale-up {_ago(now - last_up)} ago, cooldown {cooldown:g}s"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -95,8 +96,8 @@ def base_env(**values: str) -> dict[str, str]:
      "got 'nocolon'"),
     ({"handler": "no_such_module_xyz:run"},
      "agentpool-worker: cannot import handler 'no_such_module_xyz:run': "
-     "ModuleNotFoundError: No module named 'no_such_module_xyz' (searched: the current "
-     f"directory {os.getcwd()}, PYTHONPATH and the installed packages)"),
+     "ModuleNotFoundError: No module named 'no_such_module_xyz' (searched: PYTHONPATH, the "
+     f"installed packages and the current directory {os.getcwd()})"),
     ({"handler": "agentpool_worker.command:run", "task_command": '["unterminated'},
      "agentpool-worker: AGENTPOOL_TASK_COMMAND is not a JSON array: Unterminated string "
      "starting at: line 1 column 2 (char 1)"),
@@ -302,8 +303,33 @@ def test_a_handler_module_not_found_says_where_it_was_looked_for(tmp_path: Path)
     assert result.returncode == 2
     assert result.stderr == (
         "agentpool-worker: cannot import handler 'llm_agent:run': ModuleNotFoundError: No "
-        "module named 'llm_agent' (searched: the current directory "
-        f"{tmp_path.resolve()}, PYTHONPATH (not set) and the installed packages)\n")
+        "module named 'llm_agent' (searched: PYTHONPATH (not set), the installed packages "
+        f"and the current directory {tmp_path.resolve()})\n")
+
+
+def test_a_module_in_the_working_directory_shadows_nothing_the_worker_imports(
+    tmp_path: Path,
+) -> None:
+    """A task program may write into a working directory that outlives a restart: a module
+    planted there under the name of one the worker imports (ctypes, json) must not run in the
+    worker, which holds the Redis password. The directory is searched only for a handler
+    module found nowhere else, and last."""
+    planted = "import os, sys; sys.stderr.write('PLANTED ' + os.environ['AGENTPOOL_REDIS_URL'])\n"
+    for name in ("ctypes", "json", "structlog", "agentpool_worker"):
+        (tmp_path / f"{name}.py").write_text(planted)
+    env = base_env(handler="agentpool_worker.command:run", task_command='["cat"]')
+    env["AGENTPOOL_REDIS_URL"] = "redis://:secret-password@127.0.0.1:1/0"
+    del env["PYTHONPATH"]
+    proc = subprocess.Popen(console_script(tmp_path), cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    assert "PLANTED" not in err and "secret-password" not in err, err
 
 
 async def test_what_exists_at_start_is_left_out_of_garbage_collection(

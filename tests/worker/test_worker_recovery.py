@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,61 @@ async def test_without_an_operator_a_worker_requeues_what_a_killed_one_held(
         info = await queue.get(task_id)
         assert info is not None and info.attempts == 2
         assert info.result == {"pid": os.getpid()}
+
+
+async def test_a_worker_leaves_a_lease_that_ran_out_lately_to_the_operator(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lease expired for less than UNREAPED_SECONDS is the operator's to reap (with its
+    Events): the worker's heartbeats (every 0.2 s here) see it and leave it."""
+    monkeypatch.setattr(worker_module, "UNREAPED_SECONDS", 2.0)
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:pid", lease_seconds=0.6)):
+        task_id = await queue.submit({})
+        await eventually(lambda: _claimed_by(queue, "pod-gone:i1", 0.3), 5, "a foreign claim")
+        await eventually(lambda: _expired_for(queue, 1.0), 5, "the lease to run out 1 s ago")
+        info = await queue.get(task_id)
+        assert info is not None and (info.state, info.owner) == ("running", "pod-gone:i1")
+        await eventually(lambda: all_succeeded(queue, [task_id]), 10, "the worker to reap it")
+
+
+async def test_a_worker_reaps_only_once_redis_has_answered_it_for_a_whole_lease(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After an outage every lease has run out: a worker whose Redis just came back (here:
+    one just started) leaves the other workers a lease's time to renew theirs."""
+    monkeypatch.setattr(worker_module, "UNREAPED_SECONDS", 0.2)
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({})
+    await eventually(lambda: _claimed_by(queue, "pod-gone:i1", 0.1), 5, "a foreign claim")
+    await eventually(lambda: _expired_for(queue, 0.5), 5, "the lease to run out")
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:pid",
+                                lease_seconds=3.0)) as worker:
+        started = time.monotonic()
+        seen: list[float] = []
+        await eventually(lambda: _heartbeats(queue, worker.worker_id, seen, 3), 5,
+                         "three heartbeats")
+        info = await queue.get(task_id)
+        assert time.monotonic() - started < 3.0, "the check came too late to mean anything"
+        assert info is not None and (info.state, info.owner) == ("running", "pod-gone:i1")
+        await eventually(lambda: all_succeeded(queue, [task_id]), 10, "the worker to reap it")
+
+
+async def _claimed_by(queue: TaskQueue, worker: str, lease: float) -> bool:
+    return bool((await queue.claim(worker, 1, lease)).tasks)
+
+
+async def _expired_for(queue: TaskQueue, seconds: float) -> bool:
+    left = await queue.next_lease_expiry()
+    return left is not None and left <= -seconds
+
+
+async def _heartbeats(queue: TaskQueue, worker: str, seen: list[float], count: int) -> bool:
+    """Whether `count` distinct heartbeats of `worker` have been seen (collected in `seen`)."""
+    for state in await queue.workers():
+        if state.worker_id == worker and state.last_heartbeat not in seen:
+            seen.append(state.last_heartbeat)
+    return len(seen) >= count
 
 
 async def _exactly(held: object, n: int) -> set[str] | None:

@@ -26,7 +26,6 @@ worker's own (see :mod:`agentpool_worker.threads`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import inspect
 import os
@@ -256,27 +255,41 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def search_working_directory() -> None:
-    """Let handler modules be found in the current directory, as ``python -m`` would (first on
-    ``sys.path``): a console script's path starts with its own directory instead. Not when
-    ``PYTHONSAFEPATH`` (or ``-P``) asks Python to leave the current directory out."""
+def _working_directory() -> str | None:
+    """The current directory, when Python may search it (not with ``PYTHONSAFEPATH``)."""
     if sys.flags.safe_path:
-        return
-    with contextlib.suppress(OSError):  # a working directory that was removed
-        cwd = os.getcwd()
-        if cwd not in sys.path and "" not in sys.path:
-            sys.path.insert(0, cwd)
+        return None
+    try:
+        return os.getcwd()
+    except OSError:  # a working directory that was removed
+        return None
+
+
+def _import_handler_module(module_name: str) -> ModuleType:
+    """Import the handler's module; one not found elsewhere is looked for in the current
+    directory too, as ``python -m`` would (a console script's path holds its own directory
+    instead). The directory joins the end of ``sys.path`` and only then: a module planted in
+    a writable working directory never shadows the standard library, an installed package or
+    a handler found elsewhere (the built-in ones, the image's ``PYTHONPATH``)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        cwd = _working_directory()
+        if exc.name != module_name.partition(".")[0] or cwd is None or cwd in sys.path:
+            raise
+    sys.path.append(cwd)
+    importlib.invalidate_caches()
+    return importlib.import_module(module_name)
 
 
 def _where_modules_are_searched() -> str:
     """Where a top-level module that was not found was looked for, for the error line."""
-    places = []
-    with contextlib.suppress(OSError):
-        cwd = os.getcwd()
-        if cwd in sys.path or "" in sys.path:
-            places.append(f"the current directory {cwd}")
-    places.append("PYTHONPATH" if os.environ.get("PYTHONPATH") else "PYTHONPATH (not set)")
-    return f"searched: {', '.join(places)} and the installed packages"
+    places = ["PYTHONPATH" if os.environ.get("PYTHONPATH") else "PYTHONPATH (not set)",
+              "the installed packages"]
+    cwd = _working_directory()
+    if cwd is not None:
+        places.append(f"the current directory {cwd}")
+    return f"searched: {', '.join(places[:-1])} and {places[-1]}"
 
 
 def load_handler(name: str) -> Handler:
@@ -285,7 +298,7 @@ def load_handler(name: str) -> Handler:
     if not sep or not module_name or not attr:
         raise HandlerError(f"handler {name!r} must be written as package.module:function")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_handler_module(module_name)
     except SystemExit as exc:
         raise HandlerError(
             f"cannot import handler {name!r}: module {module_name!r} called "

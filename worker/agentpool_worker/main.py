@@ -21,8 +21,9 @@ import structlog
 from prometheus_client import disable_created_metrics
 
 from agentpool.entrypoint import refuse, take_no_arguments
-from agentpool_worker.handlers import HandlerError, load_handler, search_working_directory
+from agentpool_worker.handlers import HandlerError, load_handler
 from agentpool_worker.logs import configure_logging
+from agentpool_worker.probes import PROBE_HOST
 from agentpool_worker.settings import (
     ENV_PREFIX,
     ConfigError,
@@ -34,13 +35,12 @@ from agentpool_worker.worker import StartupFailed, Worker
 
 PROG = "agentpool-worker"
 EXIT_STARTUP_FAILED = 3
-PROBE_HOST = "0.0.0.0"
-"""Where the probe server listens (probes.ProbeServer's default, as the worker starts it)."""
 
 DESCRIPTION = (
     "Claims tasks from a Redis queue and runs them with a handler, AGENTPOOL_HANDLER="
-    "package.module:function, whose module is looked for in the current directory, then on "
-    "PYTHONPATH. It takes no arguments: the environment variables below configure it (names "
+    "package.module:function, whose module is looked for on PYTHONPATH, among the installed "
+    "packages, then in the current directory. It takes no arguments: the environment "
+    "variables below configure it (names "
     "in any case; in a cluster the operator sets them). What each one does: docs/worker.md, "
     "Configuration."
 )
@@ -55,7 +55,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     take_no_arguments(sys.argv[1:] if argv is None else argv, prog=PROG,
                       description=DESCRIPTION, variables=_variables(),
                       exit_status=EXIT_STATUS, env_prefix=ENV_PREFIX)
-    search_working_directory()
     try:
         settings = load_settings()
         _check_port(settings.port)

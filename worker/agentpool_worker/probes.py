@@ -33,6 +33,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+PROBE_HOST = "0.0.0.0"
+"""Where the probe server listens: every interface, as the kubelet probes the pod's IP."""
+
 
 @dataclass
 class Health:
@@ -178,7 +181,7 @@ class _ProbeServer(ThreadingHTTPServer):
 class ProbeServer:
     """The HTTP endpoint in a daemon thread; ``port`` is the bound port (useful with 0)."""
 
-    def __init__(self, health: Health, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, health: Health, port: int, host: str = PROBE_HOST) -> None:
         self._server = _ProbeServer((host, port), _Handler)
         self._server.health = health
         self.port: int = self._server.server_address[1]

@@ -189,6 +189,10 @@ class Worker:
         self.worker_id = self.info.worker_id
         self.health = Health(settings.loop_stall_seconds, settings.heartbeat_stall_seconds,
                              stuck_restart_seconds=settings.stuck_restart_seconds)
+        self._reachable_since: float | None = None
+        """Since when (monotonic) every Redis request of this worker has succeeded."""
+        self._reap_due = asyncio.Event()
+        self._leases_overdue = 0.0
         self._restart_due = False
         """/livez fails because the worker is stuck for good (logged once)."""
         self.metrics = metrics.for_queue(settings.queue)
@@ -287,6 +291,7 @@ class Worker:
                 background += [
                     asyncio.create_task(self._heartbeat_loop(), name="agentpool-heartbeat"),
                     asyncio.create_task(self._flush_loop(), name="agentpool-flusher"),
+                    asyncio.create_task(self._reap_loop(), name="agentpool-reaper"),
                 ]
                 fetcher = asyncio.create_task(self._fetch_loop(), name="agentpool-fetcher")
                 stop = asyncio.create_task(self._stop_requested.wait())
@@ -523,10 +528,13 @@ class Worker:
         if not self.health.redis_ok and self._started.is_set():
             self._log.info("redis reachable again")
         self.health.redis_up()
+        if self._reachable_since is None:
+            self._reachable_since = time.monotonic()
 
     def _redis_failed(self, exc: BaseException, during: str, *, log: bool = False) -> None:
         """Count a failed request; log only when Redis was reachable until now (or `log`)."""
         self.metrics.redis_errors.inc()
+        self._reachable_since = None
         refused = auth_failure(exc, url=self.settings.redis_url,
                                password_place=PASSWORD_PLACE)
         if self.health.redis_ok or log:
@@ -600,23 +608,38 @@ class Worker:
                 run.stop(CANCELLED)
         if self.state != STOPPING:
             self._on_drain_flag(beat.drain_requested)
-        if beat.leases_overdue >= UNREAPED_SECONDS:
-            await self._reap_overdue(beat.leases_overdue)
+        if (beat.leases_overdue >= UNREAPED_SECONDS
+                and self._reachable_for() >= self.settings.lease_seconds):
+            self._leases_overdue = beat.leases_overdue
+            self._reap_due.set()
 
-    async def _reap_overdue(self, overdue: float) -> None:
+    def _reachable_for(self) -> float:
+        """How long Redis has answered this worker without a failure (0 while it does not)."""
+        since = self._reachable_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    async def _reap_loop(self) -> None:
         """Requeue the tasks whose lease ran out long ago: nobody reaped them (no operator
-        runs, or it cannot reach this Redis), and a task must not wait for one for ever."""
-        try:
-            reaped = await self._rt(self.queue.reap_expired())
-        except REDIS_FAILURES as exc:
-            self._redis_failed(exc, "reap")
-            return
-        if reaped.total:
-            self._log.warning(
-                "requeued tasks whose lease ran out long ago; is the operator running?",
-                overdue_seconds=round(overdue, 1), requeued=reaped.requeued,
-                dead_lettered=reaped.dead_lettered, cancelled=reaped.cancelled,
-                holders=sorted(reaped.by_worker))
+        runs, or it cannot reach this Redis), and a task must not wait for one for ever.
+
+        Only once Redis has answered this worker for a whole lease: after an outage every
+        lease has run out, and a live worker whose first heartbeat comes a moment later than
+        this one's must find its tasks still its own (its heartbeat renews a lease that ran
+        out but was not reaped). Off the heartbeat's path, one reap at a time."""
+        while True:
+            await self._reap_due.wait()
+            self._reap_due.clear()
+            try:
+                reaped = await self._rt(self.queue.reap_expired())
+            except REDIS_FAILURES as exc:
+                self._redis_failed(exc, "reap")
+                continue
+            if reaped.total:
+                self._log.warning(
+                    "requeued tasks whose lease ran out long ago; is the operator running?",
+                    overdue_seconds=round(self._leases_overdue, 1), requeued=reaped.requeued,
+                    dead_lettered=reaped.dead_lettered, cancelled=reaped.cancelled,
+                    holders=sorted(reaped.by_worker))
 
     async def _fetch_loop(self) -> None:
         s = self.settings
