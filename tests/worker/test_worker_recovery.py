@@ -80,8 +80,9 @@ async def test_without_an_operator_a_worker_requeues_what_a_killed_one_held(
         victim.signal(signal.SIGKILL)
         assert await victim.exit_code(5) == -signal.SIGKILL
         async with running(settings(redis_url, queue_name, f"{HANDLERS}:pid",
-                                    pod_name="pod-other", lease_seconds=0.6)):
+                                    pod_name="pod-other", lease_seconds=0.6)) as worker:
             await eventually(lambda: all_succeeded(queue, ids), 15, "every task to finish")
+            assert worker.metrics.leases_reaped._value.get() == 2
     for task_id in ids:
         info = await queue.get(task_id)
         assert info is not None and info.attempts == 2

@@ -31,6 +31,10 @@ TASKS_REQUEUED = Counter(
     "agentpool_worker_tasks_requeued",
     "Tasks handed back to the queue: released on shutdown, or left by an earlier instance",
     ["queue"])
+LEASES_REAPED = Counter(
+    "agentpool_worker_leases_reaped",
+    "Tasks of other workers requeued by this one because their lease had been out 30 s and "
+    "no operator reaped them", ["queue"])
 TASKS_CANCELLED = Counter(
     "agentpool_worker_tasks_cancelled", "Running tasks stopped on a cancel request", ["queue"])
 TASKS_LOST = Counter(
@@ -116,6 +120,7 @@ class QueueMetrics:
     retried: Counter
     dead_lettered: Counter
     requeued: Counter
+    leases_reaped: Counter
     cancelled: Counter
     lost: Counter
     in_flight: Gauge
@@ -138,6 +143,7 @@ def for_queue(queue: str) -> QueueMetrics:
         retried=TASKS_RETRIED.labels(queue),
         dead_lettered=TASKS_DEAD_LETTERED.labels(queue),
         requeued=TASKS_REQUEUED.labels(queue),
+        leases_reaped=LEASES_REAPED.labels(queue),
         cancelled=TASKS_CANCELLED.labels(queue),
         lost=TASKS_LOST.labels(queue),
         in_flight=TASKS_IN_FLIGHT.labels(queue),

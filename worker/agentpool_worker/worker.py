@@ -635,6 +635,7 @@ class Worker:
                 self._redis_failed(exc, "reap")
                 continue
             if reaped.total:
+                self.metrics.leases_reaped.inc(reaped.total)
                 self._log.warning(
                     "requeued tasks whose lease ran out long ago; is the operator running?",
                     overdue_seconds=round(self._leases_overdue, 1), requeued=reaped.requeued,
