@@ -375,7 +375,9 @@ def render(grids: Grid | list[Grid]) -> RenderableType:
 
 
 UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-               ConnectionError, TimeoutError)
+               redis.exceptions.RedisClusterUnreachableError, ConnectionError, TimeoutError)
+"""What a watch view rides out: Redis (or every node of a Cluster) not answering. Not a
+refused password nor a server that is not what the URL says: those end the view."""
 
 
 class Outage:

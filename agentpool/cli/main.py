@@ -7,6 +7,7 @@ sets `func`, a callable taking the parsed arguments and returning the exit code.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # redis-py logs a Cluster's failed topology refreshes as errors of its own; the commands
+    # say what is wrong in their own line.
+    logging.getLogger("redis").setLevel(logging.CRITICAL)
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

@@ -13,7 +13,7 @@ from cli_helpers import Cli, wait_until, with_queue
 from agentpool.cli.common import CLI_CLIENT_NAME
 from agentpool.cli.get import event_id
 from agentpool.protocol import TaskQueue, key_prefix
-from agentpool.redis_server import RedisServer, free_port
+from agentpool.redis_server import RedisCluster, RedisServer, free_port
 
 SOME_ID = "0123456789abcdef0123456789abcdef"
 VERBS = [
@@ -223,6 +223,28 @@ def test_watch_keeps_going_while_redis_is_down_and_says_so(cli: Cli, verb: str) 
         assert proc.returncode == 0
     finally:
         server.close()
+
+
+def test_watch_keeps_going_while_every_node_of_a_cluster_is_down(cli: Cli) -> None:
+    cluster = RedisCluster().start()
+    try:
+        with_queue(cluster.url, cli.queue, lambda q: q.submit(1))
+        proc = spawn("stats", "--redis-url", cluster.url, "--queue", cli.queue, "--watch",
+                     "--interval", "0.2", "-o", "json")
+        assert proc.stdout is not None and proc.stderr is not None
+        assert json.loads(proc.stdout.readline())
+        cluster.close()
+        line = proc.stderr.readline()
+        assert line.startswith("agentpool: cannot reach Redis at redis+cluster://"), line
+        assert line.endswith("; still watching, retrying every 0.2s\n"), line
+        time.sleep(1.0)  # a few refreshes against the dead cluster: the view must stay
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0
+        assert "Topology refresh" not in err and "Traceback" not in err, err
+    finally:
+        cluster.close()
 
 
 def test_watch_table_shows_that_redis_is_down_under_the_last_view(cli: Cli) -> None:
