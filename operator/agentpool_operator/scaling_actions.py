@@ -36,6 +36,11 @@ recommendations the operator did not see while it was away might have forbidden 
 A paused pool's history restarts it too (and its idle time), at the first round after the
 pause: no decision saw the queue meanwhile.
 
+A paused pool keeps its replica count and chooses no pod, and it takes back into service the
+pods its scale-downs asked to drain (`scaling_plan.plan_paused`): whoever pauses a pool wants
+every pod it has to serve. The pods of a node being emptied, those whose replica was given
+back and those being deleted keep draining. After the pause a scale-down chooses afresh.
+
 The `Scaling` condition says whether the autoscaler is in control and what it last did:
 True with ScaledUp, ScaledDown, Stable, Stabilizing (a scale-down waits for the
 stabilisation window or the cooldown), CoolingDown (a scale-up waits for its cooldown) or
@@ -85,6 +90,7 @@ from .scaling_plan import (
     ScalePlan,
     draining_fields,
     holding,
+    plan_paused,
     plan_scale,
     queue_load,
     replicas_text,
@@ -94,7 +100,7 @@ from .scaling_plan import (
     serving_replicas,
     stale_drains,
 )
-from .status import ConditionUpdate, rfc3339, sanitize
+from .status import ConditionUpdate, Problem, rfc3339, sanitize
 
 DRAIN_SWEEP_SECONDS = 30.0
 """Least time between two looks for stale drain requests of one pool."""
@@ -152,13 +158,14 @@ async def scale(
         if history is None:
             history = restore_history(annotations.get(HISTORY_ANNOTATION), now)
         state.scaling_history = replace(history, since=None, idle_since=None)
-        await _guard_paused(observation, state, pods, now, kube)
+        draining, problem = await _pause(observation, state, pods, replicas, now, kube)
         return ActionResult(
-            status_fields={"desiredReplicas": replicas},
+            status_fields={"desiredReplicas": replicas, **draining},
             conditions=(ConditionUpdate(
                 "Scaling", "False", "Paused",
                 f"spec.paused is set: the pool keeps {replicas_text(replicas)}",
             ),),
+            problems=(problem,) if problem else (),
         )
 
     if state.scaling_history is None:
@@ -251,21 +258,55 @@ async def _guard(
     await apply_guard(observation.namespace, changes, kube)
 
 
-async def _guard_paused(observation: PoolObservation, state: PoolState,
-                        pods: Sequence[dict[str, Any]], now: float, kube: KubeApi) -> None:
-    """A paused pool moves no pod, but its busy pods stay guarded."""
+async def _pause(
+    observation: PoolObservation, state: PoolState, pods: Sequence[dict[str, Any]],
+    replicas: int, now: float, kube: KubeApi,
+) -> tuple[dict[str, Any], Problem | None]:
+    """A paused pool chooses no pod and takes back the pods its scale-downs drain (see
+    `plan_paused`); its busy pods stay guarded. Gives the status's draining fields (none when
+    the queue could not be read: the last ones stay) and a problem reading nodes.
+
+    Nothing is withdrawn without the queue: a drain request left in place with the mark gone
+    would keep a pod idle that nothing marks. Each pod's drain is cleared before its mark: a
+    Redis failure leaves that pod, and those after it, draining and marked as they were; a
+    mark that could not be taken off is taken off by the next round (or, resumed, the pod
+    still marked is asked to drain again)."""
     summaries = [PodSummary.from_body(pod) for pod in pods]
     figures = queue_load(observation.figures)
     queue = observation.queue
     if queue is None or not figures.figures_ok:
-        return
+        return {}, None
+    problem = None
+    if observation.spec.worker.protect_busy_pods and any(
+            p.marked and not p.gone for p in summaries):
+        going, problem = await going_nodes_of(kube, pods)
+        summaries = [PodSummary.from_body(pod, going) for pod in pods]
+    deployment = observation.deployment or {}
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    given_back = _names(annotations.get(RELEASED_ANNOTATION))
+    plan = plan_paused(summaries, replicas, given_back, nodes_known=problem is None)
+    withdrawn = await _withdraw_marks(
+        observation, plan.withdraw, kube,
+        "the pool is paused: pods {names}, asked to drain by a scale-down, return to work")
+    plan = replace(plan, withdraw=withdrawn)
     work: dict[str, PodWork] = {}
     if figures.in_flight or any(p.guarded for p in summaries):
         try:
             work = await work_by_pod(queue)
         except REDIS_FAILURES:
-            return
-    await _guard(observation, state, summaries, work, (), now, kube)
+            return {}, problem
+    # As before this round: a paused pool gives no replica back, so its idle leaving pods are
+    # not held guarded (the node's drain would wait for the pause's end).
+    unheld = [replace(p, leaving=False) for p in summaries]
+    await _guard(observation, state, unheld, work, (), now, kube)
+    drains: dict[str, float] = {}
+    back = {*plan.withdraw, *plan.given_back}
+    if any(p.marked and not p.gone and p.name not in back for p in summaries):
+        try:
+            drains = await queue.drain_requests()
+        except REDIS_FAILURES:
+            return {}, problem
+    return draining_fields(summaries, plan, drains, work), problem
 
 
 def _names(annotation: str | None) -> tuple[str, ...]:
@@ -354,29 +395,32 @@ async def _patch_replicas(
 
 
 async def _withdraw_marks(
-    observation: PoolObservation, names: Sequence[str], kube: KubeApi
-) -> None:
+    observation: PoolObservation, names: Sequence[str], kube: KubeApi,
+    message: str = "pods {names} are no longer removed and return to work",
+) -> tuple[str, ...]:
     """Put pods that no longer leave back to work: clear the drain, then the deletion cost.
+    Gives the pods withdrawn (the first failure stops the rest).
 
     In this order a failure half-way leaves the pod marked, so the next round tries again;
     the other order could leave a drained pod that nothing marks any more.
     """
     if not names:
-        return
+        return ()
     patch = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: None}}}
+    done: list[str] = []
     try:
         for name in names:
             if observation.queue is not None:
                 await observation.queue.clear_drain(name)
             await kube.patch_pod(observation.namespace, name, patch)
+            done.append(name)
     except ApiException as error:
         log.warning(f"cannot withdraw the removal mark of a pod: {api_error_message(error)}")
-        return
     except REDIS_FAILURES as error:
         log.warning(f"cannot withdraw a drain request: {error}")
-        return
-    _post(observation, "DrainWithdrawn",
-          f"pods {', '.join(names)} are no longer removed and return to work")
+    if done:
+        _post(observation, "DrainWithdrawn", message.format(names=", ".join(done)))
+    return tuple(done)
 
 
 async def _delete_orphans(

@@ -6,7 +6,8 @@ a draining pod is neither capacity nor a pod to remove again, and the runs of a 
 terminating (a rollout's, finishing them within drainSeconds) hold no slot of the pool.
 `plan_scale` turns the policy's target into marks on pods: which to ask to drain, which to
 release once their runs ended, which drains to withdraw when the load comes back, and how many
-replicas the Deployment keeps (see `scaling_actions`, which applies the plan).
+replicas the Deployment keeps (see `scaling_actions`, which applies the plan); `plan_paused`
+the drains a paused pool withdraws.
 `scaling_condition` words the `Scaling` condition; `draining_fields` the status's count of
 pods that finish their runs before they go.
 """
@@ -253,6 +254,26 @@ def plan_scale(
         start=plan.start,
         delete=orphans,
     )
+
+
+def plan_paused(pods: Sequence[PodSummary], replicas: int, given_back: Collection[str],
+                nodes_known: bool = True) -> ScalePlan:
+    """A paused pool keeps its `replicas` and asks no pod to drain; the drains its scale-downs
+    asked for are withdrawn as a scale-up withdraws them, so that every pod the Deployment
+    counts serves (a pool is paused to freeze its size, during an incident say, not to run
+    short of it). A scale-down chooses afresh after the pause.
+
+    Drains that stay: the pods leaving with their node (its drain waits for them), the pods
+    whose replica was given back (the count no longer holds them: they must go, not serve)
+    and the pods being deleted. When some node could not be read (`nodes_known` False) no
+    drain is withdrawn: a pod on it may be leaving with it."""
+    live = [p for p in pods if not p.gone]
+    marked = {p.name for p in live if p.marked}
+    given = tuple(sorted(n for n in given_back if n in marked))
+    withdraw = tuple(
+        p.name for p in live if p.marked and not p.leaving and p.name not in given
+    ) if nodes_known else ()
+    return ScalePlan(replicas=replicas, withdraw=withdraw, given_back=given)
 
 
 def stale_drains(

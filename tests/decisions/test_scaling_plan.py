@@ -23,6 +23,7 @@ from agentpool_operator.scaling_plan import (
     ScalePlan,
     draining_fields,
     holding,
+    plan_paused,
     plan_scale,
     restore_history,
     scaling_condition,
@@ -173,6 +174,36 @@ def test_a_scale_up_withdraws_drains_before_it_starts_pods() -> None:
     assert (plan.withdraw, plan.start, plan.replicas) == (("c",), 0, 3)
     plan = plan_scale(summaries, 3, (), 4, busy, NOW)
     assert (sorted(plan.withdraw), plan.start, plan.replicas) == (["b", "c"], 1, 4)
+
+
+def test_a_paused_pool_takes_back_the_pods_its_scale_down_drains() -> None:
+    """Paused, every pod the Deployment counts serves: the drains a scale-down asked for
+    (chosen or released) are withdrawn. The pods leaving with their node, the pod whose
+    replica was given back and the pod being deleted keep draining; the count stays."""
+    summaries = [
+        PodSummary("serving"),
+        PodSummary("chosen", ready=False, marked=True),
+        PodSummary("released", ready=False, marked=True, released=True),
+        PodSummary("given", ready=False, marked=True, released=True),
+        PodSummary("leaving", ready=False, marked=True, leaving=True),
+        PodSummary("deleted", ready=False, gone=True, marked=True),
+    ]
+    plan = plan_paused(summaries, 4, given_back=("given", "long-gone"))
+    assert plan == ScalePlan(replicas=4, withdraw=("chosen", "released"),
+                             given_back=("given",))
+    assert draining_fields(summaries, plan, {"leaving": NOW - 30}, {}) == {
+        "drainingReplicas": 1, "drainingSince": "1970-01-01T00:16:10Z"}
+    # A node that could not be read may be emptied: its pods might be leaving.
+    assert plan_paused(summaries, 4, ("given",), nodes_known=False).withdraw == ()
+
+    # Resumed, the round sees the pods taken back serving and the given-back one out of the
+    # count: at the size the pool had, it keeps every mark as it is (the leaving pod's run
+    # goes on), and it does not take the given-back pod back.
+    after = applied(summaries, plan)
+    assert serving_replicas(after, 4, ("given",)) == 3
+    again = plan_scale(after, 4, ("given",), 3, work(chosen=1, leaving=1), NOW)
+    assert (again.drain, again.release, again.withdraw, again.replicas) == ((), (), (), 4)
+    assert again.given_back == ("given",)
 
 
 def test_nothing_is_released_while_the_queue_is_unreadable() -> None:

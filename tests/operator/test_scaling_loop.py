@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,11 +21,17 @@ from operator_harness import (
     eventually,
     pool_manifest,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from agentpool.models import AgentPoolSpec
 from agentpool.protocol import ClaimedTask, TaskQueue, WorkerInfo
 from agentpool.redis_server import free_port
 from agentpool.scaling.scaledown import DELETION_COST_ANNOTATION
+from agentpool_operator import scaling_actions
+from agentpool_operator.context import PoolState
 from agentpool_operator.deployment import pool_labels
+from agentpool_operator.kube import KubeApi
+from agentpool_operator.observation import PoolObservation
 from agentpool_operator.scaling_actions import work_by_pod
 from agentpool_operator.scaling_plan import HISTORY_ANNOTATION, RELEASED_ANNOTATION
 from agentpool_operator.settings import OperatorSettings
@@ -61,12 +67,13 @@ async def create_pods(cluster: Cluster, pool: str, names: list[str]) -> None:
         await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", pod_manifest(pool, name))
 
 
-async def set_unready(cluster: Cluster, pod: str) -> None:
-    """What the kubelet does once a draining worker fails /readyz."""
+async def set_unready(cluster: Cluster, pod: str, *, ready: bool = False) -> None:
+    """What the kubelet does once a draining worker fails /readyz (or, `ready`, passes it
+    again)."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     await cluster._send("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}/status", {
         "status": {"conditions": [
-            {"type": "Ready", "status": "False", "lastTransitionTime": now},
+            {"type": "Ready", "status": str(ready), "lastTransitionTime": now},
         ]},
     })
 
@@ -375,6 +382,140 @@ async def test_paused_pool_is_not_scaled(
 
     await cluster.patch_pool("omicron", {"spec": {"paused": False}})
     await eventually(lambda: cluster.deployment("omicron")["spec"]["replicas"] == 2)
+
+
+async def test_a_paused_pool_takes_back_the_pods_its_scale_down_drains(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """Paused while a scale-down drains, the pool puts the pod that scale-down chose back to
+    work (drain request cleared, deletion cost gone) and keeps its size; the pod leaving with
+    its cordoned node keeps draining, and the pod whose replica was given back is not taken
+    back. Resumed, the pool chooses afresh."""
+    queue = TaskQueue(redis, queue_name)
+    given, chosen, serving, leaving = (
+        f"ka-6b7c8-{suffix}" for suffix in ("aaaaa", "bbbbb", "ccccc", "ddddd"))
+    for node, cordoned in (("node-a", False), ("node-b", True)):
+        await cluster.create("/api/v1/nodes", {
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+            "spec": {"unschedulable": True} if cordoned else {},
+        })
+    await queue.submit_many([{"n": n} for n in range(4)])
+    tasks = {}
+    for pod in (given, chosen, serving, leaving):  # the first pod's run is the oldest
+        task = await start_worker(queue, pod, busy=True)
+        assert task is not None
+        tasks[pod] = task
+        body = pod_manifest("ka", pod)
+        body["spec"]["nodeName"] = "node-b" if pod == leaving else "node-a"
+        await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", body)
+    await cluster.create_pool(pool_manifest(
+        "ka", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=4, maxReplicas=4, tasksPerReplica=3),
+    ))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        # The pod of node-b leaves (a new pod is asked for in its place); then the scale-down
+        # drains the two pods with the oldest runs, and the first one's replica goes once its
+        # run ended.
+        await eventually(lambda: cost_of(cluster, leaving) == "-1000")
+        await eventually(lambda: cluster.condition("ka", "Scaling")["reason"] == "FixedSize")
+        await cluster.patch_pool("ka", {"spec": {"scaling": {"minReplicas": 1}}})
+        await eventually(lambda: cost_of(cluster, given) == cost_of(cluster, chosen) == "-1000")
+        await eventually(lambda: drains_are(queue, {given, chosen, leaving}))
+        for pod in (given, chosen):
+            await set_unready(cluster, pod)
+        assert await queue.complete(tasks[given], "ok")
+        await eventually(lambda: cluster.deployment("ka")["metadata"]["annotations"].get(
+            RELEASED_ANNOTATION) == given)
+        replicas = cluster.deployment("ka")["spec"]["replicas"]
+        writes = len(deployment_writes(cluster, "ka"))
+        assert cost_of(cluster, given) == "-2000"
+
+        await cluster.patch_pool("ka", {"spec": {"paused": True}})
+        await eventually(lambda: cost_of(cluster, chosen) is None)
+        await eventually(lambda: drains_are(queue, {given, leaving}))
+        event = (await eventually(lambda: cluster.events("DrainWithdrawn")))[0]
+        assert chosen in event["message"] and "paused" in event["message"]
+        await set_unready(cluster, chosen, ready=True)  # its worker claims again
+        await eventually(lambda: cluster.pool("ka")["status"].get("drainingReplicas") == 1)
+        for ready in (2, 3):
+            await one_more_round(cluster, "ka", ready=ready)
+        assert cluster.condition("ka", "Scaling")["reason"] == "Paused"
+        assert (cost_of(cluster, given), cost_of(cluster, leaving)) == ("-2000", "-1000")
+        assert await drains_are(queue, {given, leaving})
+        deployment = cluster.deployment("ka")
+        assert deployment["spec"]["replicas"] == replicas
+        assert deployment["metadata"]["annotations"][RELEASED_ANNOTATION] == given
+        assert len(deployment_writes(cluster, "ka")) == writes
+
+        # Resumed: the two serving pods hold two runs, one pod's worth, so the scale-down
+        # drains one of them again (the older run's); the others stay as they were.
+        await cluster.patch_pool("ka", {"spec": {"paused": False}})
+        await eventually(lambda: cost_of(cluster, chosen) == "-1000")
+        await eventually(lambda: drains_are(queue, {given, chosen, leaving}))
+        assert cost_of(cluster, serving) is None
+        assert (cost_of(cluster, given), cost_of(cluster, leaving)) == ("-2000", "-1000")
+        assert cluster.deployment("ka")["metadata"]["annotations"][RELEASED_ANNOTATION] == given
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
+class PodWrites:
+    """Records the pod patches of one round (and reads no node: the pods have none)."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+
+    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.patches.append((name, patch))
+
+
+async def test_a_redis_failure_while_paused_leaves_the_drains_as_they_were(
+    redis: aioredis.Redis, queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis fails as a paused round takes back the second of two chosen pods: the first is
+    back at work, the second still drains and keeps its mark; none is left half-way."""
+    queue = TaskQueue(redis, queue_name)
+    first, second = "ra-1a2b3-aaaaa", "ra-1a2b3-bbbbb"
+    pods = []
+    for name in (first, second):
+        await queue.request_drain(name)
+        pod = pod_manifest("ra", name)
+        pod["metadata"]["annotations"] = {DELETION_COST_ANNOTATION: "-1000"}
+        pods.append(pod)
+    clear_drain = queue.clear_drain
+
+    async def failing_after_one(name: str) -> None:
+        if name != first:
+            raise RedisConnectionError("Connection reset by peer")
+        await clear_drain(name)
+
+    monkeypatch.setattr(queue, "clear_drain", failing_after_one)
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(scaling_actions, "_post",
+                        lambda _, reason, message: events.append((reason, message)))
+    manifest = pool_manifest("ra", redis_url="redis://x:1/0", queue=queue_name, paused=True)
+    observation = PoolObservation(
+        namespace=NAMESPACE, name="ra", pool=manifest,
+        spec=AgentPoolSpec.model_validate(manifest["spec"]),
+        deployment={"metadata": {"name": "ra"}, "spec": {"replicas": 2}},
+        figures=await queue.figures(), queue=queue, previous_status={},
+        now=datetime.now(UTC), state=PoolState(),
+    )
+    kube = PodWrites()
+
+    result = await scaling_actions.scale(observation, pods, cast(KubeApi, kube))
+
+    assert [c.reason for c in result.conditions] == ["Paused"]
+    assert kube.patches == [
+        (first, {"metadata": {"annotations": {DELETION_COST_ANNOTATION: None}}})]
+    assert set(await queue.drain_requests()) == {second}
+    assert [reason for reason, _ in events] == ["DrainWithdrawn"]
+    assert first in events[0][1] and second not in events[0][1]
+    assert result.status_fields["drainingReplicas"] == 1
 
 
 async def test_an_unpaused_pool_restarts_its_window_and_idle_time(
