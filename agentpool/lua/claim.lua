@@ -77,6 +77,11 @@ elseif not drain_requested(worker, pod) then
         leases[#leases + 1] = id
         held[#held + 1] = id
         out[#out + 1] = claimed(id, token, attempts, f)
+      elseif redis.call('EXISTS', tk) == 1 then
+        -- A record without payload or attempts was written behind the protocol's back: it
+        -- cannot run, and it must not vanish either.
+        finished(id, tk, 'dead', now, {ev = false, cp = false},
+          {'error', 'the task record has no payload (written outside the agentpool protocol)'})
       end
     end
     if #held > 0 then

@@ -298,3 +298,22 @@ async def blocked_on_the_server(redis: aioredis.Redis) -> None:
             if sum(int(node.get("blocked_clients", 0)) for node in nodes) > 0:
                 return
             await asyncio.sleep(0.01)
+
+
+async def test_a_task_record_without_payload_goes_to_the_dead_letters_not_nowhere(
+    queue: TaskQueue,
+) -> None:
+    """A record written behind the protocol's back (no payload, no attempts) cannot run; a
+    claim takes it off the queue, so it must end where a person finds it, with why."""
+    broken = await queue.submit({"n": 1})
+    await queue.redis.hdel(queue.prefix + "t:" + broken, "payload", "attempts")
+    fine = await queue.submit({"n": 2})
+    batch = await queue.claim("pod-a:i1", 2, 30)
+    assert [task.id for task in batch.tasks] == [fine]
+    info = await queue.get(broken)
+    assert info is not None and info.state == "dead"
+    assert info.error == ("the task record has no payload (written outside the agentpool "
+                          "protocol)")
+    assert [t.id for t in await queue.dead_letters()] == [broken]
+    figures = await queue.figures()
+    assert (figures.queued, figures.in_flight, figures.dead) == (0, 1, 1)
