@@ -508,7 +508,7 @@ async def observe_once(
     queue, queue_problem = await open_queue(ctx, state, namespace, name, spec, pods)
     state.queue_address = (
         None if queue is None or state.redis_url is None
-        else queue_address(state.redis_url, queue.name)
+        else queue_address(state.redis_url, queue.name, namespace)
     )
 
     deployment_problem: Problem | None = None

@@ -4,12 +4,15 @@ Two AgentPools that name the same queue on one Redis (the same `spec.queue`, or 
 the same name in two namespaces) run each other's tasks with their own handler images, and
 each scales for the whole queue. The operator says so on both pools (Degraded, reason
 `QueueShared`, naming the others) and keeps running them: which of the two is the mistake is
-for their owners to say. Only pools this operator watches are compared, and a Redis reached
-by two different host names counts as two.
+for their owners to say. Only pools this operator watches are compared. A Service's names
+count as one (`redis` in namespace `team`, `redis.team`, `redis.team.svc`,
+`redis.team.svc.cluster.local`), and the same short name in two namespaces as two Services;
+a Redis reached under two other names (an IP address and a DNS name) counts as two.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -18,13 +21,33 @@ from .status import Problem
 REASON = "QueueShared"
 
 
-def queue_address(redis_url: str, queue: str) -> str:
-    """Where a pool's tasks live: the Redis server (the URL's hosts, port and database, without
-    credentials or options) and the queue on it."""
+def queue_address(redis_url: str, queue: str, namespace: str) -> str:
+    """Where a pool of `namespace` keeps its tasks: the Redis server (the URL's hosts, port and
+    database, without credentials or options; Service names written out) and the queue on it."""
     parts = urlsplit(redis_url)
-    hosts = parts.netloc.rpartition("@")[2].lower()
+    hosts = ",".join(_host(h, namespace) for h in parts.netloc.rpartition("@")[2].split(","))
     database = parts.path.rstrip("/") or "/0"
     return f"{parts.scheme}://{hosts}{database} {queue}"
+
+
+def _host(host_port: str, namespace: str) -> str:
+    """`host[:port]` with a Kubernetes Service's name as `name.namespace.svc`, as a pod in
+    `namespace` resolves it (one label: a Service of its own namespace; two: `name.ns`)."""
+    host_port = host_port.lower()
+    if host_port.startswith("["):  # an IPv6 address
+        return host_port
+    host, sep, port = host_port.partition(":")
+    host = host.rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.split(".")
+        if "svc" in labels:
+            host = ".".join(labels[:labels.index("svc") + 1])
+        elif host != "localhost" and len(labels) <= 2:
+            service_namespace = labels[1] if len(labels) == 2 else namespace
+            host = f"{labels[0]}.{service_namespace}.svc"
+    return f"{host}{sep}{port}"
 
 
 def sharing_problem(
