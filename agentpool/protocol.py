@@ -950,17 +950,14 @@ class TaskQueue:
             found = [(wid, score) for wid, score in found if wid.rpartition(":")[0] == pod]
         if not found:
             return []
-        key = self.prefix + "workers"
-        node = {"target_nodes": cast(Any, self.redis).get_node_from_key(key)} if is_cluster(
-            self.redis) else {}
+        clock = await self._clock_route()
         async with self.redis.pipeline(transaction=False) as pipe:
             for wid, _ in found:
                 pipe.hget(self.prefix + "w:" + wid, "info")
                 pipe.scard(self.prefix + "owner:" + wid)
-            pipe.execute_command("TIME", **node)
+            pipe.execute_command("TIME", **clock)
             replies = await pipe.execute()
-        seconds, micros = replies.pop()
-        ahead = time.time() - (int(seconds) + int(micros) / 1_000_000)
+        ahead = time.time() - _redis_seconds(replies.pop())
         out: list[InstanceState] = []
         for index, (wid, score) in enumerate(found):
             raw, held = replies[2 * index], replies[2 * index + 1]
@@ -977,17 +974,21 @@ class TaskQueue:
     async def next_lease_expiry(self) -> float | None:
         """Seconds until the earliest lease runs out, on Redis's clock (<= 0: it already has);
         None when no task is leased. Read-only: lets a reaper wake when it matters."""
-        key = self.prefix + "leases"
-        # on a cluster, the clock of the node that holds the queue
-        node = {"target_nodes": cast(Any, self.redis).get_node_from_key(key)} if is_cluster(
-            self.redis) else {}
+        clock = await self._clock_route()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(key, 0, 0, withscores=True)
-            pipe.execute_command("TIME", **node)
-            earliest, (seconds, micros) = await pipe.execute()
+            pipe.zrange(self.prefix + "leases", 0, 0, withscores=True)
+            pipe.execute_command("TIME", **clock)
+            earliest, now = await pipe.execute()
         if not earliest:
             return None
-        return float(earliest[0][1]) / 1000 - (int(seconds) + int(micros) / 1_000_000)
+        return float(earliest[0][1]) / 1000 - _redis_seconds(now)
+
+    async def _clock_route(self) -> dict[str, Any]:
+        """Where a `TIME` sent outside a script goes: on a Cluster, to the node that holds this
+        queue, whose clock its scripts read (the client's slot map read first if need be)."""
+        if not is_cluster(self.redis):
+            return {}
+        return {"target_nodes": await node_of_key(self.redis, self.prefix + "leases")}
 
     async def held_by(self, worker: str) -> set[str]:
         members = await self.redis.smembers(self.prefix + "owner:" + worker)
@@ -1234,6 +1235,12 @@ def encode_result(result: Any) -> str:
             return json.dumps(repr(result))
     except RecursionError:
         raise ValueError("the result is nested too deeply to store as JSON") from None
+
+
+def _redis_seconds(time_reply: Sequence[Any]) -> float:
+    """Redis's `TIME` reply (seconds, microseconds) as epoch seconds."""
+    seconds, micros = time_reply
+    return int(seconds) + int(micros) / 1_000_000
 
 
 def _runs_since(value: Any) -> tuple[float, ...]:

@@ -388,3 +388,17 @@ async def test_reclaiming_a_task_it_lost_keeps_the_worker_whole(
             return worker._free == 2 and not worker._runs and not worker._held
 
         await eventually(idle, what="both slots free again")
+
+
+@pytest.mark.parametrize("overdue, reachable_for, due", [
+    (0.0, 600.0, False),    # nothing expired
+    (29.9, 600.0, False),   # the operator's to reap (with its Events) a while longer
+    (30.0, 600.0, True),
+    (45.0, 6.9, False),     # Redis back for less than a lease: others renew theirs first
+    (45.0, 7.0, True),
+    (45.0, 0.0, False),     # Redis failing now
+])
+def test_a_worker_reaps_what_no_operator_did_once_it_has_had_redis_a_lease(
+    overdue: float, reachable_for: float, due: bool,
+) -> None:
+    assert worker_module.reap_due(overdue, reachable_for, lease_seconds=7.0) is due

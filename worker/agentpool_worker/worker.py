@@ -87,6 +87,7 @@ UNREAPED_SECONDS = 30.0
 """How long a lease may have run out before a worker requeues its task itself. The operator
 reaps within seconds (and says so in the pool's Events and metrics); this is the fallback for
 when no operator does, so that no task waits for one for ever."""
+
 STOP_SECONDS = 11.0
 """How long runs still going at the end of the SIGTERM drain get to end once told to stop
 (their tasks are handed back at once): a command's grace is at most 10 s, then SIGKILL."""
@@ -99,6 +100,14 @@ RUNNING, STARTING, DRAINING, DRAINED, STOPPING = (
 )
 LOST, CANCELLED, RELEASE = "lost", "cancelled", "release"
 STOPPED_STATUS = {LOST: "lost", CANCELLED: "cancelled", RELEASE: "released"}
+
+
+def reap_due(overdue: float, reachable_for: float, lease_seconds: float) -> bool:
+    """Whether a worker requeues expired leases itself: the queue's earliest has been out
+    for UNREAPED_SECONDS (the operator reaps within seconds, with its Events), and Redis has
+    answered this worker for a whole lease (after an outage every lease has run out; the
+    other live workers renew theirs within a lease)."""
+    return overdue >= UNREAPED_SECONDS and reachable_for >= lease_seconds
 
 
 class StartupFailed(Exception):
@@ -608,8 +617,7 @@ class Worker:
                 run.stop(CANCELLED)
         if self.state != STOPPING:
             self._on_drain_flag(beat.drain_requested)
-        if (beat.leases_overdue >= UNREAPED_SECONDS
-                and self._reachable_for() >= self.settings.lease_seconds):
+        if reap_due(beat.leases_overdue, self._reachable_for(), self.settings.lease_seconds):
             self._leases_overdue = beat.leases_overdue
             self._reap_due.set()
 
