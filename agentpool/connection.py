@@ -427,7 +427,8 @@ class LeanConnection(AbstractConnection):
         if isinstance(command, bytes):
             command = [command]
         writer = self._writer
-        assert writer is not None
+        if writer is None:  # disconnected by another task meanwhile (a client closing)
+            raise RedisConnectionError("Connection closed while a command was being sent")
         try:
             writer.writelines(command)
             transport = writer.transport

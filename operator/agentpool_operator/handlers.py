@@ -341,9 +341,9 @@ async def remove_credentials(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logg
     try:
         spec = parse_spec(body)
         url = await resolve_redis_url(ctx.api, namespace, spec.redis)
-        client = await ctx.redis.client(namespace, name, url)
-        removed = await remove_user(client, namespace, name, Role.WORKER)
-        await remove_user(client, namespace, name, Role.PRODUCER)
+        async with ctx.redis.own(url) as client:
+            removed = await remove_user(client, namespace, name, Role.WORKER)
+            await remove_user(client, namespace, name, Role.PRODUCER)
     except (ValidationError, QueueAccessError, *REDIS_FAILURES) as error:
         logger.warning(f"the pool's Redis user was left on Redis: {sanitize(str(error))}")
         return

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -151,6 +152,17 @@ class RedisClients:
         if previous is not None and previous != key:
             await self._release(namespace, pool, previous)
         return shared.client
+
+    @contextlib.asynccontextmanager
+    async def own(self, url: str) -> AsyncIterator[aioredis.Redis]:
+        """A client of its own for a one-off job, closed after it: a deleted pool's clean-up
+        runs while the pool's loop ends and forgets the pool's shared client, which would
+        close it under the job."""
+        client = _connect(url, self._address_map)
+        try:
+            yield client
+        finally:
+            await _close(client)
 
     async def forget(self, namespace: str, pool: str) -> None:
         key = self._pool_keys.pop((namespace, pool), None)

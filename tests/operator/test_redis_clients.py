@@ -111,6 +111,24 @@ async def test_a_client_is_closed_when_its_last_pool_leaves_or_moves(
         await clients.close()
 
 
+async def test_a_clean_up_client_of_its_own_outlives_the_pool_forgetting_its_client(
+    private_redis: RedisServer, observer: aioredis.Redis
+) -> None:
+    """A deleted pool's clean-up runs while its loop ends and forgets the shared client: the
+    clean-up's own client is not closed under it, and is closed after it."""
+    clients = RedisClients()
+    try:
+        shared = await clients.client("ns", "a", private_redis.url)
+        await shared.ping()
+        async with clients.own(private_redis.url) as own:
+            assert own is not shared and len(clients) == 1
+            await clients.forget("ns", "a")
+            assert await own.ping()
+        await eventually(databases_are(observer, set()), within=5)
+    finally:
+        await clients.close()
+
+
 async def test_the_operator_holds_one_client_for_the_pools_on_one_redis(
     cluster: Cluster, operator: OperatorThread, private_redis: RedisServer,
     observer: aioredis.Redis,

@@ -24,6 +24,7 @@ from agentpool.connection import (
     LeanConnection,
     RedisURLError,
     SentinelURL,
+    _lean,
     is_cluster,
     is_cluster_url,
     is_sentinel_url,
@@ -33,7 +34,7 @@ from agentpool.connection import (
     sync_redis_from_url,
 )
 from agentpool.protocol import TaskQueue
-from agentpool.redis_server import RedisCluster
+from agentpool.redis_server import RedisCluster, RedisServer
 from agentpool.urls import URL_PREFIXES, redact_url
 
 
@@ -366,3 +367,20 @@ async def test_a_cluster_over_tls_with_a_private_authority(tmp_path: Path) -> No
                 await untrusting.ping()
         finally:
             await untrusting.aclose()
+
+
+async def test_a_connection_closed_under_a_command_fails_it_as_a_lost_connection() -> None:
+    """Another task may disconnect a connection while its command waits (here: on the health
+    check), as a client being closed does: the command fails as a lost connection, which
+    every caller handles as a Redis failure, not with an assertion."""
+    with RedisServer() as server:
+        conn = _lean(Connection)(host="127.0.0.1", port=server.port, health_check_interval=1)
+        await conn.connect()
+
+        async def closed_meanwhile() -> None:
+            await conn.disconnect()
+
+        conn.check_health = closed_meanwhile  # type: ignore[method-assign]
+        with pytest.raises(redis.exceptions.ConnectionError, match="closed while"):
+            await conn.send_packed_command(conn.pack_command("PING"))
+        await conn.disconnect()
