@@ -16,10 +16,14 @@ where it was. A worker Secret that went missing (deleted by hand) while the user
 handled the same way: the new Secret gets a new password, and the passwords the user had stay
 accepted until the pods rolled.
 
-The same annotation rotates the producer user's password (with `spec.redis.producerCredentials`).
-When the workers' rotation starts, the request moves from the pool's annotation to
-``agentpool.dev/rotate-producer-credentials`` (one patch), which stays until the producer's
-rotation started, so a failed round retries it. Its Secret gets the new one at once; the
+A request is first accepted, in one patch of the pool: the annotation is replaced by
+``agentpool.dev/rotation-request``, which names it (the pool's resourceVersion where it was
+seen), and, with `spec.redis.producerCredentials`, by ``agentpool.dev/rotate-producer-credentials``
+with the same name. The worker Secret records the request its rotation served in the same
+write as the new password, and so does the producer Secret: each rotation happens once per
+request, whichever step an operator restart or a stale copy of the pool interrupts (accepting
+the same copy again writes the same name). The producer's annotation stays until its
+rotation started, so a failed round retries it. The producer's Secret gets the new one at once; the
 services that submit are not the operator's to roll, so the old password stays accepted for a
 grace period (`AGENTPOOL_OPERATOR_PRODUCER_PASSWORD_GRACE_SECONDS`, an hour by default), its
 end written on the Secret, then it is removed.
@@ -53,13 +57,18 @@ from .deployment import CREDENTIALS_VERSION, owner_reference, pool_labels
 from .status import ConditionUpdate
 
 ROTATE_ANNOTATION = "agentpool.dev/rotate-credentials"
+"""On the pool, set by a person: rotate the pool's passwords (any value)."""
+REQUEST_ANNOTATION = "agentpool.dev/rotation-request"
+"""On the pool, set by the operator when it accepts a `ROTATE_ANNOTATION`: the name of the
+latest request (the pool's resourceVersion where it was seen). The workers' rotation is owed
+while the worker Secret's `ROTATION_ANNOTATION` names another."""
 PRODUCER_ROTATE_ANNOTATION = "agentpool.dev/rotate-producer-credentials"
-"""On the pool, set by the operator when the workers' rotation starts: the producer's rotation
-still owed for that request (its value names the request, see `ROTATION_ANNOTATION`)."""
+"""On the pool, set by the operator in the same patch as `REQUEST_ANNOTATION` (with a producer
+user): the producer's rotation still owed for that request, removed once it started."""
 ROTATION_ANNOTATION = "agentpool.dev/rotation"
-"""On the producer Secret: the request (the value of `PRODUCER_ROTATE_ANNOTATION`) whose
-rotation it last started, so a request seen again (a stale copy of the pool, a failed removal
-of the annotation) does not rotate twice."""
+"""On the worker and the producer Secret: the request whose rotation it last started, written
+with the new password, so a request seen again (a stale copy of the pool, an operator restarted
+between two writes) does not rotate twice."""
 VERSION_ANNOTATION = CREDENTIALS_VERSION
 """On the pod template: changes with the password, so a new password rolls the pods."""
 RETIRING_ANNOTATION = "agentpool.dev/retiring-password-sha256"
@@ -306,27 +315,33 @@ class CredentialsRound:
     credentials: WorkerCredentials
     events: tuple[tuple[str, str], ...] = ()
     """(reason, message) of what changed."""
-    rotation_started: bool = False
 
 
-def owed_producer_rotation(annotations: Mapping[str, str], workers: CredentialsRound,
-                           producer_wanted: bool) -> str | None:
-    """The producer rotation this round owes (None: none): the one the workers' rotation
-    started this round asks for (named by the workers' new credentials version) when the pool
-    has a producer user, else the one the pool's annotation still records."""
-    if workers.rotation_started:
-        return workers.credentials.version if producer_wanted else None
-    return annotations.get(PRODUCER_ROTATE_ANNOTATION) or None
+def accept_rotation(annotations: Mapping[str, str], resource_version: str,
+                    producer_wanted: bool) -> dict[str, str | None] | None:
+    """The pool's annotations that accept a person's rotation request (None: there is none):
+    the request gone, named by the resourceVersion of the copy of the pool that carried it, and
+    owed to the producer too when the pool has a producer user. The same copy seen again gives
+    the same name, which the Secrets already record: a request rotates once."""
+    if ROTATE_ANNOTATION not in annotations:
+        return None
+    accepted: dict[str, str | None] = {ROTATE_ANNOTATION: None,
+                                       REQUEST_ANNOTATION: resource_version}
+    if producer_wanted:
+        accepted[PRODUCER_ROTATE_ANNOTATION] = resource_version
+    return accepted
+
 
 
 async def ensure_worker_credentials(
     kube: SecretStore, admin: aioredis.Redis, pool: Mapping[str, Any], queue: str,
-    pool_url: str, *, known: KnownSecrets, now: float, rotate: bool = False,
+    pool_url: str, *, known: KnownSecrets, now: float, request: str | None = None,
     pods: Sequence[Mapping[str, Any]] | None = None,
 ) -> CredentialsRound:
     """Make the pool's worker user and Secret exist and match, and move a rotation on;
-    `pods` are the pool's pods (None: unknown, a rotation waits); `known` keeps the Secret
-    between rounds (`now` is monotonic time).
+    `request` names the latest accepted rotation request (`REQUEST_ANNOTATION`), done unless
+    the Secret records it; `pods` are the pool's pods (None: unknown, a rotation waits);
+    `known` keeps the Secret between rounds (`now` is monotonic time).
 
     Raises `redis.exceptions.RedisError` (other than a refusal) and `ApiException`.
     """
@@ -334,13 +349,15 @@ async def ensure_worker_credentials(
     secret_name = worker_secret_name(name)
     existing = await known.get(kube, namespace, secret_name, now)
     current = password_of(existing)
-    retiring = (((existing or {}).get("metadata") or {}).get("annotations") or {}).get(
-        RETIRING_ANNOTATION) or None
+    annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
+    retiring = annotations.get(RETIRING_ANNOTATION) or None
+    served = annotations.get(ROTATION_ANNOTATION) or None
     user = acl_username(namespace, name, Role.WORKER)
     try:
         live = () if current is not None else await user_password_hashes(admin, user)
         plan = plan_rotation(
-            current, retiring, requested=rotate,
+            current, retiring,
+            requested=pods is not None and request is not None and request != served,
             rolled_out=current is not None and rolled_out(pods, credentials_version(current)),
             new_password=secrets.token_urlsafe(PASSWORD_BYTES), live=live,
         )
@@ -352,9 +369,11 @@ async def ensure_worker_credentials(
         if why is None:
             raise
         return CredentialsRound(shared(why))
+    if plan.started or existing is None:
+        served = request
     desired = desired_worker_secret(namespace, name, pool,
                                     with_credentials(pool_url, user, plan.password),
-                                    plan.retiring)
+                                    plan.retiring, rotation=served)
     events: list[tuple[str, str]] = []
     if existing is None:
         known.remember(secret_name, await kube.create_secret(namespace, desired), now)
@@ -382,7 +401,7 @@ async def ensure_worker_credentials(
                        f"every pod uses the new password of Redis user {user}; the old one "
                        "is removed"))
     credentials = per_pool(namespace, name, queue, credentials_version(plan.password))
-    return CredentialsRound(credentials, tuple(events), plan.started)
+    return CredentialsRound(credentials, tuple(events))
 
 
 async def ensure_producer_credentials(

@@ -35,10 +35,10 @@ from .context import OperatorContext, PoolPods, PoolState, pods_of
 from .credentials import CONDITION as CREDENTIALS_CONDITION
 from .credentials import (
     PRODUCER_ROTATE_ANNOTATION,
-    ROTATE_ANNOTATION,
+    REQUEST_ANNOTATION,
+    accept_rotation,
     ensure_producer_credentials,
     ensure_worker_credentials,
-    owed_producer_rotation,
     per_pool,
     remove_user,
     worker_secret_name,
@@ -287,16 +287,18 @@ async def refresh_credentials(
     try:
         if queue is None or state.redis_url is None:
             raise QueueAccessError("RedisUnreachable", "the pool's Redis cannot be opened")
-        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        annotations = dict((body.get("metadata") or {}).get("annotations") or {})
+        accepted = accept_rotation(annotations, str(body["metadata"].get("resourceVersion")),
+                                   spec.redis.producer_credentials)
+        if accepted is not None:
+            await ctx.api.patch_pool(namespace, name, {"metadata": {"annotations": accepted}})
+            annotations.update(accepted)
         outcome = await ensure_worker_credentials(
             ctx.api, queue.redis, body, queue.name, state.redis_url,
             known=state.credential_secrets, now=time.monotonic(),
-            rotate=pods is not None and ROTATE_ANNOTATION in annotations, pods=pods,
+            request=annotations.get(REQUEST_ANNOTATION) or None, pods=pods,
         )
-        owed = owed_producer_rotation(annotations, outcome, spec.redis.producer_credentials)
-        if outcome.rotation_started:
-            await ctx.api.patch_pool(namespace, name, {"metadata": {"annotations": {
-                ROTATE_ANNOTATION: None, PRODUCER_ROTATE_ANNOTATION: owed}}})
+        owed = annotations.get(PRODUCER_ROTATE_ANNOTATION) or None
     except (QueueAccessError, *REDIS_FAILURES, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else str(error)
         logger.debug(f"cannot check the workers' Redis user: {sanitize(detail)}")

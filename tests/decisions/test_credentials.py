@@ -11,10 +11,11 @@ from agentpool.acl import password_hash
 from agentpool.models import AgentPoolSpec, SecretKeyRef
 from agentpool_operator.credentials import (
     PRODUCER_ROTATE_ANNOTATION,
-    CredentialsRound,
+    REQUEST_ANNOTATION,
+    ROTATE_ANNOTATION,
+    accept_rotation,
     credentials_version,
     desired_worker_secret,
-    owed_producer_rotation,
     password_of,
     per_pool,
     plan_producer_rotation,
@@ -181,14 +182,15 @@ def test_a_retiring_annotation_yields_only_password_hashes() -> None:
     assert (edited.accepted, edited.retiring) == ((password_hash("pw"),), None)
 
 
-def test_the_producer_rotation_is_owed_until_done_named_by_the_workers_request() -> None:
-    started = CredentialsRound(per_pool("team-a", "summaries", "jobs", "v2"),
-                               rotation_started=True)
-    steady = CredentialsRound(per_pool("team-a", "summaries", "jobs", "v2"))
-    assert owed_producer_rotation({}, started, True) == "v2"
-    assert owed_producer_rotation({}, started, False) is None
-    assert owed_producer_rotation({PRODUCER_ROTATE_ANNOTATION: "v1"}, steady, True) == "v1"
-    assert owed_producer_rotation({}, steady, True) is None
+def test_a_request_is_accepted_under_the_name_of_the_copy_that_carried_it() -> None:
+    asked = {ROTATE_ANNOTATION: "now", "team": "a"}
+    assert accept_rotation(asked, "41", producer_wanted=True) == {
+        ROTATE_ANNOTATION: None, REQUEST_ANNOTATION: "41", PRODUCER_ROTATE_ANNOTATION: "41"}
+    assert accept_rotation(asked, "41", producer_wanted=False) == {
+        ROTATE_ANNOTATION: None, REQUEST_ANNOTATION: "41"}
+    assert accept_rotation(asked, "41", True) == accept_rotation(asked, "41", True), (
+        "a stale copy seen again names the same request")
+    assert accept_rotation({REQUEST_ANNOTATION: "41"}, "57", True) is None
 
 
 def test_a_new_credentials_version_rolls_the_pods_and_foreign_annotations_stay() -> None:

@@ -4,11 +4,13 @@ re-applies it when Redis forgot it, deletes it with the pool, and falls back to 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
 import logging
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -36,6 +38,7 @@ from agentpool_operator.credentials import (
     password_of,
 )
 from agentpool_operator.deployment import CREDENTIALS_VERSION, pool_labels
+from agentpool_operator.kube import KubeApi
 from agentpool_operator.settings import OperatorSettings
 
 SECRETS = "v1/secrets"
@@ -572,3 +575,117 @@ def _deployment_or_none(cluster: Cluster, name: str) -> dict[str, Any] | None:
         return cluster.deployment(name)
     except KeyError:
         return None
+
+
+async def test_a_request_rotates_once_however_often_a_round_sees_it(
+    redis: aioredis.Redis, redis_url: str, pool_name: str,
+) -> None:
+    """The worker Secret records the request its rotation served, with the new password: a
+    round that sees the same request again (a stale copy of the pool, an operator restarted
+    between two writes) starts no second rotation, and so no second rollout."""
+    queue = f"q-{pool_name}"
+    pool = {"apiVersion": "agentpool.dev/v1alpha1", "kind": "AgentPool",
+            "metadata": {"namespace": NAMESPACE, "name": pool_name, "uid": "u-1"}, "spec": {}}
+    kube, known = SecretsInMemory(), KnownSecrets()
+    secret = f"{pool_name}-redis-worker"
+    clock = iter(range(0, 10_000, int(credentials.SECRET_RECHECK_SECONDS) + 1))
+
+    async def round_(request: str | None, pods: list[dict]) -> credentials.CredentialsRound:
+        return await ensure_worker_credentials(kube, redis, pool, queue, redis_url,
+                                               known=known, now=next(clock), pods=pods,
+                                               request=request)
+
+    try:
+        first = await round_(None, [])
+        assert first.credentials.version
+        old_pod = pod_manifest(pool_name, "w-old", first.credentials.version)
+        rotating = await round_("41", [old_pod])
+        assert [reason for reason, _ in rotating.events] == ["CredentialsRotating"]
+        assert rotating.credentials.version != first.credentials.version
+        assert kube.secrets[secret]["metadata"]["annotations"][
+            credentials.ROTATION_ANNOTATION] == "41"
+        assert not (await round_("41", [old_pod])).events, "seen again while the pods roll"
+        assert rotating.credentials.version
+        new_pod = pod_manifest(pool_name, "w-new", rotating.credentials.version)
+        done = await round_("41", [new_pod])
+        assert [reason for reason, _ in done.events] == ["CredentialsRotated"]
+        steady = await round_("41", [new_pod])
+        assert not steady.events, "the same request once the pods rolled"
+        assert steady.credentials.version == rotating.credentials.version
+        again = await round_("57", [new_pod])
+        assert [reason for reason, _ in again.events] == ["CredentialsRotating"]
+        assert again.credentials.version != rotating.credentials.version
+    finally:
+        await credentials.remove_user(redis, NAMESPACE, pool_name)
+
+
+async def acl_setuser_calls(redis: aioredis.Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_acl|setuser", {}).get("calls", 0))
+
+
+async def test_an_operator_restarted_mid_rotation_rotates_once(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, pool_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator stops right after the worker Secret got the new password: the next one
+    finishes that rotation, rotates the producer once, and the pods roll once."""
+    await cluster.create_pool(pool_manifest(
+        pool_name, redis_url=redis_url, queue=f"q-{pool_name}",
+        redis={"url": redis_url, "producerCredentials": True}))
+    first = OperatorThread(operator_settings)
+    await first.start()
+    stopped_at = threading.Event()
+    real_patch = KubeApi.patch_secret
+
+    async def stops_after_the_new_password(api: KubeApi, namespace: str, name: str,
+                                           patch: Mapping[str, Any]) -> Any:
+        patched = await real_patch(api, namespace, name, patch)
+        if name.endswith("-redis-worker") and "data" in patch and not stopped_at.is_set():
+            stopped_at.set()
+            await asyncio.Event().wait()  # the process died here
+        return patched
+
+    try:
+        await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-producer"))
+        old_worker, old_producer = worker_url(cluster, pool_name), producer_url(cluster, pool_name)
+        old_version = await eventually(lambda: template_version(cluster, pool_name))
+        pods = f"/api/v1/namespaces/{NAMESPACE}/pods"
+        await cluster.create(pods, pod_manifest(pool_name, "w-old", old_version))
+        monkeypatch.setattr(KubeApi, "patch_secret", stops_after_the_new_password)
+        await cluster.patch_pool(pool_name, {"metadata": {"annotations": {ROTATE: "now"}}})
+        assert await asyncio.to_thread(stopped_at.wait, 20)
+    finally:
+        await first.stop()
+    monkeypatch.setattr(KubeApi, "patch_secret", real_patch)
+    new_worker = worker_url(cluster, pool_name)
+    assert new_worker != old_worker
+
+    second = OperatorThread(operator_settings.model_copy(update={"port": free_port()}))
+    await second.start()
+    try:
+        new_version = await eventually(
+            lambda: template_version(cluster, pool_name) != old_version
+            and template_version(cluster, pool_name))
+        await eventually(lambda: producer_url(cluster, pool_name) != old_producer)
+        await cluster.create(pods, pod_manifest(pool_name, "w-new", new_version))
+        await cluster.delete(f"{pods}/w-old")
+        await eventually(lambda: [e for e in cluster.events("CredentialsRotated")
+                                  if "producer" not in e["message"]], within=15)
+        await eventually(lambda: PRODUCER_ROTATE not in (
+            cluster.pool(pool_name)["metadata"].get("annotations") or {}))
+        # rounds after the rotation ended (each applies the users again): nothing starts
+        applied = await acl_setuser_calls(redis)
+
+        async def three_more_rounds() -> bool:
+            return await acl_setuser_calls(redis) >= applied + 6
+
+        await eventually(three_more_rounds, within=15)
+        assert worker_url(cluster, pool_name) == new_worker
+        assert template_version(cluster, pool_name) == new_version
+        assert ROTATE not in (cluster.pool(pool_name)["metadata"].get("annotations") or {})
+        assert len([e for e in cluster.events("CredentialsRotating")
+                    if "producer" in e["message"]]) == 1
+    finally:
+        await second.stop()
+    assert second.error is None, second.error
