@@ -19,6 +19,7 @@ as the final state, so :meth:`TaskQueue.events` can follow it live and know when
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import os
@@ -33,7 +34,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+from redis.exceptions import AuthenticationError, NoScriptError, OutOfMemoryError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -635,7 +636,8 @@ class TaskQueue:
 
         Once waiting, a lost connection (a Redis failover) is retried for up to
         WAIT_RECONNECT_SECONDS in a row; a Redis unreachable before the task was first read,
-        or refusing the credentials, raises at once.
+        or refusing the credentials, raises at once. A full Redis (maxmemory reached) refuses
+        the flag that has finishes published: the task is then read again each second.
 
         The loop also checks the deadline itself: on Python 3.11 a cancellation that meets a
         finishing ``asyncio.wait_for`` inside redis-py is dropped, and the timeout's single
@@ -654,7 +656,8 @@ class TaskQueue:
                     try:
                         if subscribed and time.monotonic() - listened > LISTEN_SECONDS / 3:
                             await done.subscribe()
-                            await self.listen_for_finishes()
+                            with contextlib.suppress(OutOfMemoryError):
+                                await self.listen_for_finishes()  # else: a read each second
                             listened = time.monotonic()
                         info = await self.get(task_id)
                         reached = True

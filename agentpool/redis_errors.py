@@ -51,8 +51,17 @@ def auth_problem(exc: BaseException) -> AuthProblem | None:
     return AuthProblem.OTHER
 
 
+REDIS_FULL = ("Redis is full (used memory reached maxmemory): it refuses new tasks and new "
+              "runs until memory is freed (results expire, dead letters purged) or maxmemory "
+              "is raised")
+"""What a refusal for memory means here (see run_when_full in common.lua): what a person can
+do about it, instead of Redis's wording, which names the script that was refused."""
+
+
 def describe_redis_error(exc: BaseException) -> str:
     """The reason in a redis-py error, without its boilerplate (``Error 111 connecting to``)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return REDIS_FULL
     text = str(exc).strip()
     match = _CONNECT_ERROR.match(text)
     if match:
@@ -98,6 +107,8 @@ def redis_failure(url: str | None, exc: BaseException, *,
     if auth is not None:
         return auth
     where = f"Redis at {redact_url(url)}" if url else "Redis"
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return f"{where}: {REDIS_FULL}"
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return f"{where} refused a command to this user: {describe_redis_error(exc)}"
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError

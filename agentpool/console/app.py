@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import OutOfMemoryError
 
 from agentpool.cli.common import CommandFailed
 from agentpool.console.hub import FeedLoader, Hub, Loader, Message, event_key, plain
@@ -65,6 +66,8 @@ def error_doc(exc: BaseException) -> dict[str, Any]:
     """A page's error as shown to people: never a Redis URL or a password."""
     if isinstance(exc, NotFound):
         return {"error": str(exc), "not_found": True}
+    if isinstance(exc, OutOfMemoryError):
+        return {"error": describe_redis_error(exc)}
     if isinstance(exc, REDIS_FAILURES):
         return {"error": f"cannot read Redis: {describe_redis_error(exc)}"}
     if isinstance(exc, CommandFailed | ProtocolError):

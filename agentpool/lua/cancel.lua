@@ -2,6 +2,7 @@
 -- Returns 'cancelled' (removed before it ran), 'requested' (running: its worker stops it),
 -- 'finished' (already in a final state) or 'unknown'. The task keeps the id of the call that
 -- cancelled it: the same call sent again (its reply was lost) answers 'cancelled' again.
+run_when_full()
 local id, call = ARGV[2], ARGV[3]
 local tk = task_key(id)
 local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'cancelcall')

@@ -5,6 +5,7 @@
 -- One fencing INCRBY, one lease ZADD, one owner SADD and one SET that remembers the claim (a
 -- claim sent again is answered from it) per claim, whatever its size.
 -- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
+refuse_when_full()
 local worker, count, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local promote = tonumber(ARGV[5])
 local now = now_ms()

@@ -30,6 +30,16 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- When Redis is full (maxmemory reached, maxmemory-policy noeviction) it refuses a script's
+-- first write if that command may grow memory, and then nothing of the script has run; once a
+-- script has written, the rest of it runs. So a script's first write decides: the scripts that
+-- take runs in progress to their end (heartbeat, cancel, reap, requeue) call `run_when_full`
+-- first, a write that cannot grow memory, and go on; a claim calls `refuse_when_full` first,
+-- one that may, so no run starts on a full Redis (each adds its result). Both name a key that
+-- never exists, and change nothing.
+local function run_when_full() redis.call('EXPIRE', P .. 'full', 1) end
+local function refuse_when_full() redis.call('SET', P .. 'full', '', 'XX') end
+
 local function task_key(id) return P .. 't:' .. id end
 local function owner_key(worker) return P .. 'owner:' .. worker end
 local function worker_key(worker) return P .. 'w:' .. worker end

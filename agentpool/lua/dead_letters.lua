@@ -1,5 +1,6 @@
 -- ARGV: prefix, action ('requeue' | 'purge'), then task ids (none = every dead task)
 -- Returns how many tasks were requeued or purged.
+run_when_full()
 local action = ARGV[2]
 local ids = {}
 if #ARGV > 2 then

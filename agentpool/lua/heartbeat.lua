@@ -3,6 +3,7 @@
 -- Returns {lost ids, ids with a cancel request, drain requested (1|0), overdue ms}: overdue is
 -- how long ago the queue's earliest lease ran out (0 when none has), so that workers can
 -- reap what nobody else did.
+run_when_full()
 local worker, pod, lease_ms, info = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local now = now_ms()
 redis.call('ZADD', K_WORKERS, now, worker)

@@ -43,6 +43,13 @@ local CALL_TTL_MS = 60000
 
 local function call_key(id) return P .. 'call:' .. id end
 
+-- Grants serve runs in progress, so they go on when Redis is full: a first write that cannot
+-- grow memory (EXPIRE of a key that never exists) lets the rest of the script write then (see
+-- run_when_full in common.lua).
+if op == 'acquire' or op == 'release' or op == 'throttle' then
+  redis.call('EXPIRE', P .. 'full', 1)
+end
+
 -- What the call with this id answered, if it ran already (then sent again), else nil.
 local function answered(call)
   local done = redis.call('GET', call_key(call))

@@ -3,6 +3,7 @@
 -- worker instances that stopped heart-beating long ago.
 -- Returns {requeued, dead-lettered, cancelled, {holder, outcome, holder, outcome, ...}}: the
 -- worker that held each task moved, and what happened to it (1, 2, 3 as the counts).
+run_when_full()
 local limit, stale_ms = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local counts = {0, 0, 0}

@@ -2,6 +2,7 @@
 -- mode 'worker': requeue what one worker instance holds.
 -- mode 'pod': requeue what every instance of a pod holds (all but `keep`).
 -- Returns {requeued, dead-lettered, cancelled, instances}.
+run_when_full()
 local reason, mode, name, keep = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
 local counts = {0, 0, 0}

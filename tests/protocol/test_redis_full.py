@@ -1,0 +1,189 @@
+"""A full Redis (maxmemory reached, maxmemory-policy noeviction), on a real redis-server.
+
+Redis then refuses a script's first write if that command may grow memory, and lets a script
+that has written go on. The protocol chooses per script by its first write: submits and claims
+are refused with nothing written (no run starts: each adds its result), task events and
+checkpoints too; what takes runs in progress to their end (heartbeats, completions, failures,
+releases, cancels, reaps, requeues, rate-limit grants) goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError
+
+from agentpool.protocol import (
+    CancelOutcome,
+    ClaimedTask,
+    FailOutcome,
+    RunEvents,
+    TaskQueue,
+    WorkerInfo,
+)
+from agentpool.ratelimit import LimitConfig, RateLimiter
+from agentpool.redis_server import RedisServer
+
+LEASE = 60.0
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with RedisServer(extra_args=("--maxmemory-policy", "noeviction")) as server:
+        yield server
+
+
+class Memory:
+    """Makes the server full and frees it again, through its admin connection."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.admin = redis.Redis.from_url(server.url)
+
+    def fill(self) -> None:
+        used = int(self.admin.info("memory")["used_memory"])
+        self.admin.config_set("maxmemory", str(used - 200_000))
+
+    def free(self) -> None:
+        self.admin.config_set("maxmemory", "0")
+
+    def snapshot(self, queue: str) -> dict[bytes, Any]:
+        """Every key of the queue with its value (a stream by its length)."""
+        r = self.admin
+        values: dict[bytes, Any] = {}
+        for key in r.scan_iter(f"ap:{{{queue}}}:*"):
+            kind = r.type(key).decode()
+            values[key] = {
+                "hash": r.hgetall, "zset": lambda k: r.zrange(k, 0, -1, withscores=True),
+                "set": lambda k: sorted(r.smembers(k)), "list": lambda k: r.lrange(k, 0, -1),
+                "string": r.get, "stream": r.xlen,
+            }[kind](key)
+        return values
+
+
+@pytest.fixture
+async def full(server: RedisServer) -> AsyncIterator[Memory]:
+    memory = Memory(server)
+    try:
+        yield memory
+    finally:
+        memory.free()
+        memory.admin.close()
+
+
+@pytest.fixture
+async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(server.url)
+    yield client
+    await client.aclose()
+
+
+async def held_tasks(queue: TaskQueue, worker: WorkerInfo, n: int) -> list[ClaimedTask]:
+    await queue.submit_many([{"n": i} for i in range(n)])
+    tasks = (await queue.claim(worker.worker_id, n, LEASE)).tasks
+    assert len(tasks) == n
+    return tasks
+
+
+async def refused_and_nothing_written(full: Memory, queue: str,
+                                      call: Callable[[], Awaitable[Any]]) -> None:
+    before = full.snapshot(queue)
+    with pytest.raises(OutOfMemoryError):
+        await call()
+    assert full.snapshot(queue) == before
+
+
+async def test_submits_claims_events_and_checkpoints_are_refused_with_nothing_written(
+    full: Memory, client: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(client, "full-refused")
+    worker = WorkerInfo(pod="p1", instance="i1", concurrency=4, state="running")
+    [running] = await held_tasks(queue, worker, 1)
+    await queue.submit({"waiting": True})
+    full.fill()
+    refused = {
+        "submit": lambda: queue.submit({"x": 1}),
+        "submit_many": lambda: queue.submit_many([1, 2]),
+        "claim": lambda: queue.claim(worker.worker_id, 1, LEASE),
+        "events": lambda: queue.record(
+            [RunEvents(running.id, 1, [("log", '{"a": 1}')], running.token)], []),
+        "checkpoint": lambda: queue.checkpoint(running, '{"step": 1}'),
+    }
+    for name, call in refused.items():
+        try:
+            await refused_and_nothing_written(full, queue.name, call)
+        except BaseException as error:
+            raise AssertionError(f"{name}: {error!r}") from error
+    full.free()
+    assert len((await queue.claim(worker.worker_id, 1, LEASE)).tasks) == 1
+
+
+async def test_runs_in_progress_go_on_to_their_end(
+    full: Memory, client: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(client, "full-runs")
+    await queue.configure(max_attempts=3)
+    worker = WorkerInfo(pod="p1", instance="i1", concurrency=8, state="running")
+    other = WorkerInfo(pod="p2", instance="i1", concurrency=8, state="running")
+    done, failed, dead, released, cancelled, beating = await held_tasks(queue, worker, 6)
+    [expired] = await held_tasks(queue, other, 1)
+    [orphan] = await held_tasks(queue, WorkerInfo(pod="p3", instance="i1", concurrency=1,
+                                                  state="running"), 1)
+    await queue.heartbeat(other, {expired.id: expired.token}, 0.001)  # its lease ran out
+    limiter = RateLimiter(client, "full-llm", config=LimitConfig("full-llm", 600))
+    await limiter.acquire()
+    full.fill()
+
+    beat = await queue.heartbeat(worker, {beating.id: beating.token}, LEASE)
+    assert beat.lost == []
+    assert await queue.complete(done, {"answer": 42})
+    assert await queue.fail(failed, "boom", delay=0) == FailOutcome.RETRY
+    assert await queue.fail(dead, "bad input", retryable=False) == FailOutcome.DEAD
+    assert await queue.release(released, "drain") == FailOutcome.REQUEUED
+    assert await queue.cancel(cancelled.id) == CancelOutcome.REQUESTED
+    reaped = await queue.reap_expired()
+    assert reaped.requeued == 1
+    assert (await queue.requeue_pod("p3")).requeued == 1
+    assert await queue.requeue_dead([dead.id]) == 1
+    assert (await limiter.reserve()).requests == 1
+
+    info = await queue.get(done.id)
+    assert info is not None and info.state == "succeeded" and info.result == {"answer": 42}
+    orphaned = await queue.get(orphan.id)
+    assert orphaned is not None and orphaned.state == "queued"
+    full.free()
+    figures = await queue.figures()
+    assert figures.queued == 5  # failed, released, the reaped, the orphan, the dead requeued
+
+
+async def test_dead_letters_can_be_purged_to_free_memory(
+    full: Memory, client: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(client, "full-purge")
+    worker = WorkerInfo(pod="p1", instance="i1", concurrency=4, state="running")
+    tasks = await held_tasks(queue, worker, 3)
+    for task in tasks:
+        await queue.fail(task, "bad input", retryable=False)
+    full.fill()
+    assert await queue.purge_dead() == 3
+    assert await queue.get(tasks[0].id) is None
+
+
+async def test_a_producer_waits_for_a_result_on_a_full_redis(
+    full: Memory, client: aioredis.Redis,
+) -> None:
+    """The flag that has finishes published is a write Redis refuses when full: the wait reads
+    the task instead (a finished one at once, a running one when it finishes)."""
+    queue = TaskQueue(client, "full-wait")
+    worker = WorkerInfo(pod="p1", instance="i1", concurrency=4, state="running")
+    finished, running = await held_tasks(queue, worker, 2)
+    await queue.complete(finished, "early")
+    full.fill()
+    assert (await queue.wait(finished.id, timeout=5)).result == "early"
+    waiting = asyncio.ensure_future(queue.wait(running.id, timeout=10))
+    await queue.complete(running, "late")
+    assert (await waiting).result == "late"
