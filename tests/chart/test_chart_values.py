@@ -60,6 +60,15 @@ BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
     ({"redis": {"external": {"mode": "replicated"}}}, ["/redis/external/mode"]),
     ({"redis": {"external": {"url": "sentinel://s1:26379/m"}}}, ["/redis/external/url"]),
     ({"monitoring": {"serviceMonitor": {"enabled": 1}}}, ["/monitoring/serviceMonitor/enabled"]),
+    # Keys no template reads, refused rather than ignored:
+    ({"monitoring": {"serviceMonitor": {"enabled": True, "namespace": "monitoring"}}},
+     ["/monitoring/serviceMonitor", "'namespace' not allowed"]),
+    ({"monitoring": {"podMonitor": {"enabled": True, "namespace": "monitoring"}}},
+     ["/monitoring/podMonitor", "'namespace' not allowed"]),
+    ({"monitoring": {"grafanaDashboard": {"enabled": True, "interval": "1m"}}},
+     ["/monitoring/grafanaDashboard", "'interval' not allowed"]),
+    ({"worker": {"image": {"repository": "w", "pullPolicy": "Always"}}},
+     ["/worker/image", "'pullPolicy' not allowed"]),
     # Rules across values, checked by the templates:
     ({"redis": {"external": {"url": "redis://r:6379/0"}}}, ["need redis.enabled=false"]),
     ({"redis": {"enabled": False}}, ["needs redis.external.url or redis.external.existingSecret"]),
