@@ -70,8 +70,8 @@ SUBSCRIBED_WAITS = 32
 """Waits of one client that hold a subscription to their queue's finishes; more poll the task
 once a second. A subscription holds a pooled connection while its wait reads the task on
 another: with as many waits as the pool has connections, none could read."""
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+TASK_ID = re.compile(r"^[0-9a-f]{32}\Z")
 """What `submit` returns: a random UUID in 32 lowercase hexadecimal digits."""
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
 _STATE_SETS = {"queued": "queued", "delayed": "delayed", "running": "leases"}
@@ -79,7 +79,7 @@ TASK_LIST_STATES = ("queued", "delayed", "running", "dead")
 MAX_EVENT_BYTES = 65_536
 FINAL_EVENT = "final"
 """The kind of the event that closes a task's stream (data: ``{"state", "error"?}``)."""
-EVENT_KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+EVENT_KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 
 
 class ProtocolError(ValueError):
@@ -349,8 +349,8 @@ def encode_event(kind: str, data: Any) -> str:
     """An event's data as JSON, after checking its kind and size (ProtocolError if refused)."""
     if not isinstance(kind, str) or not EVENT_KIND.match(kind) or kind == FINAL_EVENT:
         raise ProtocolError(
-            f"invalid event kind {kind!r}: use 1-64 letters, digits, '.', '_', ':' or '-' "
-            f"(and not {FINAL_EVENT!r})"
+            f"invalid event kind {kind!r}: use 1-64 letters, digits, '.', '_', ':' or '-', "
+            f"starting with a letter or digit (and not {FINAL_EVENT!r})"
         )
     try:
         raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -461,7 +461,8 @@ class TaskQueue:
         own client go on the line's connections."""
         if not QUEUE_NAME.match(name):
             raise ProtocolError(
-                f"invalid queue name {name!r}: use 1-100 letters, digits, '.', '_' or '-'"
+                f"invalid queue name {name!r}: use 1-100 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
             )
         self.redis = redis
         self.name = name
@@ -1088,7 +1089,8 @@ class DoneSignal:
             await self._pubsub.aclose()
 
 
-_QUEUE_MARK = re.compile(r"^ap:\{([A-Za-z0-9][A-Za-z0-9._-]{0,99})\}:(?:seq|stats|config|workers)$")
+_QUEUE_MARK = re.compile(
+    r"^ap:\{([A-Za-z0-9][A-Za-z0-9._-]{0,99})\}:(?:seq|stats|config|workers)\Z")
 
 
 async def known_queues(redis: aioredis.Redis, max_keys: int = 20_000) -> tuple[list[str], bool]:

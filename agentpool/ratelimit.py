@@ -36,7 +36,7 @@ from agentpool.protocol import call_id
 if TYPE_CHECKING:  # the worker reads limits from its environment and never loads the models
     from agentpool.models import RateLimitSpec
 
-NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?\Z")
 REGISTRY_KEY = "ap:ratelimits"
 DECREASE = 0.5
 """Factor applied to the effective rate by a 429 (once per pause)."""

@@ -32,7 +32,7 @@ async def secure_headers(request: web.Request, response: web.StreamResponse) -> 
     response.headers.update(HEADERS)
 
 
-_HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?$")
+_HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\Z")
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 

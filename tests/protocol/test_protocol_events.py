@@ -226,6 +226,9 @@ async def test_bad_events_are_refused_with_a_reason() -> None:
         encode_event("final", None)
     with pytest.raises(ProtocolError, match="invalid event kind"):
         encode_event("has space", None)
+    for kind in ("_private", "log\n"):
+        with pytest.raises(ProtocolError, match="starting with a letter or digit"):
+            encode_event(kind, None)
     with pytest.raises(ProtocolError, match="not JSON-serialisable"):
         encode_event("x", {1, 2})
     with pytest.raises(ProtocolError, match="65536-byte limit"):

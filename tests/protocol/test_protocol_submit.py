@@ -222,7 +222,8 @@ async def test_negative_delay_and_zero_max_attempts_are_refused(
     assert await queue_keys(redis, queue) == set()
 
 
-@pytest.mark.parametrize("name", ["", "has space", "{tag}", "-dash-first", "a" * 101, "a:b"])
+@pytest.mark.parametrize("name", ["", "has space", "{tag}", "-dash-first", "a" * 101, "a:b",
+                                  "jobs\n"])
 def test_invalid_queue_name_is_refused(redis: aioredis.Redis, name: str) -> None:
     with pytest.raises(ProtocolError, match="invalid queue name"):
         TaskQueue(redis, name)

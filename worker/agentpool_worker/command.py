@@ -22,7 +22,8 @@ message:
 
 - ``{"result": value}``: the run's result (the last one counts);
 - ``{"event": "kind", "data": value}``: a task event, as ``ctx.emit`` (``data`` optional;
-  the kind is 1-64 letters, digits, ``.``, ``_``, ``:`` or ``-``);
+  the kind is 1-64 letters, digits, ``.``, ``_``, ``:`` or ``-``, starting with a letter or
+  digit);
 - ``{"progress": 0.5, "message": "..."}``: a progress event, as ``ctx.progress`` (a number
   from 0 to 1; ``message`` optional);
 - ``{"checkpoint": state}``: saved for the next attempt, as ``ctx.checkpoint``, before the
@@ -416,7 +417,7 @@ def _malformed(kind: str, message: dict[str, Any]) -> str:
         name = message["event"]
         if not isinstance(name, str) or not EVENT_KIND.match(name) or name == FINAL_EVENT:
             return ('"event" is not an event kind (1-64 letters, digits, ".", "_", ":" '
-                    'or "-")')
+                    'or "-", starting with a letter or digit, and not "final")')
     elif kind == "progress":
         fraction, text = message["progress"], message.get("message")
         if (isinstance(fraction, bool) or not isinstance(fraction, int | float)
