@@ -954,7 +954,10 @@ class AgentPoolSpec(_Model):
     )
     paused: bool = Field(
         default=False,
-        description="Stop scaling and recovery actions; status keeps being reported.",
+        description=(
+            "Stop scaling and the draining or replacing of pods; the tasks of dead workers are "
+            "still requeued, and status keeps being reported."
+        ),
     )
     rate_limits: list[RateLimitSpec] | None = Field(
         default=None,
