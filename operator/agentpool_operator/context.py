@@ -19,7 +19,7 @@ from .installed_crd import InstalledCrd
 from .kube import KubeApi
 from .recovery import RecoveryPolicy
 from .redis_access import RedisClients
-from .redis_config import EvictionCheck
+from .redis_config import MemoryCheck
 from .settings import OperatorSettings
 
 SECRET_RECHECK_SECONDS = 3600.0
@@ -107,8 +107,9 @@ class PoolState:
     worker_credentials: WorkerCredentials | None = None
     """What the workers connect with, once decided (None: the pool's URL, no condition)."""
     credential_secrets: KnownSecrets = field(default_factory=KnownSecrets)
-    eviction: EvictionCheck = field(default_factory=EvictionCheck)
-    """Whether the pool's Redis may evict its keys, read every few minutes."""
+    memory: MemoryCheck = field(default_factory=MemoryCheck)
+    """Whether the pool's Redis is full (read every round) or may evict its keys (every few
+    minutes)."""
     guard: GuardState = field(default_factory=GuardState)
     """The pool's PodDisruptionBudget and which pods carry its busy label."""
 

@@ -535,7 +535,8 @@ async def observe_once(
     if queue is not None and not state.recovery.gone_pods_checked:
         await recover_gone_pods_once(ctx, state, queue, body, pods, logger)
     figures, queue, queue_problem = await observe_queue(state, queue, queue_problem)
-    evicting = await state.eviction.current(queue.redis) if queue is not None else None
+    evicting, full = (
+        await state.memory.current(queue.redis) if queue is not None else (None, None))
     previous = state.last_status
     if previous is None:
         previous = dict(body.get("status") or {})
@@ -565,7 +566,10 @@ async def observe_once(
         queue_problem=queue_problem,
         deployment_problem=deployment_problem,
         extra_fields=result.status_fields,
-        degraded_problems=[*result.problems,
+        # A full Redis comes first of the problems that leave the pool ready: no new run
+        # starts and every producer is refused until a person acts (see docs/operator.md).
+        degraded_problems=[*([full] if full is not None else []),
+                           *result.problems,
                            *workload_problems(deployment, pods, now,
                                               ctx.settings.unschedulable_grace_seconds),
                            *(p for p in (shared, evicting, budget_problem, crd_problem)

@@ -5,14 +5,20 @@ to make room. With an `allkeys-*` policy any key goes, queued and running tasks 
 they are lost, and nothing in the protocol can notice. With a `volatile-*` policy only keys
 with a TTL go: finished tasks' results and events, idempotency keys (a submit with a key whose
 record went makes a second task) and workers' records. Managed Redis services often default
-to `volatile-lru`. The policy is read from `INFO memory` (every primary of a Cluster), which
-needs no `CONFIG` right; a Redis that refuses `INFO` is not judged.
+to `volatile-lru`. The policy is read from `INFO memory` (every primary of a Cluster) every
+round, which needs no `CONFIG` right; a Redis that refuses `INFO` is not judged.
+
+Whether the pool's Redis is full, read from the same `INFO memory` every round: a Redis with
+`noeviction` at its `maxmemory` refuses every write that may grow memory. The scripts then
+refuse submits and claims (no new run starts) and events and checkpoints, while runs in
+progress go on (heartbeats, completions, reaps and requeues are accepted): nothing fails in a
+way a person sees, so the pool says it (`RedisFull`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -23,9 +29,17 @@ from agentpool.redis_errors import REDIS_FAILURES
 from .status import Problem
 
 EVICTION_REASON = "RedisEvictsKeys"
-CHECK_SECONDS = 300.0
-"""How often a pool reads its Redis's policy: a setting that rarely changes."""
 SAFE_POLICY = "noeviction"
+FULL_REASON = "RedisFull"
+FULL_MARGIN_FRACTION = 0.01
+FULL_MARGIN_BYTES = 512 * 1024
+"""A Redis within min(1 % of maxmemory, 512 KiB) of its maxmemory counts as full. Redis
+refuses a write as soon as its memory is above maxmemory, and a full Redis hovers around it
+(a completion grows it, an expiry shrinks it, a waiting producer fills it again): without a
+margin the verdict would flip, with an Event each time, from round to round."""
+
+NodeInfo = Mapping[str, Any]
+"""One node's `INFO memory` reply."""
 
 
 def eviction_problem(policies: Mapping[str, str]) -> Problem | None:
@@ -45,8 +59,66 @@ def eviction_problem(policies: Mapping[str, str]) -> Problem | None:
         f"{lost}; set maxmemory-policy noeviction"))
 
 
-async def read_eviction_policies(client: Any) -> dict[str, str] | None:
-    """node -> maxmemory-policy from INFO memory, or None when Redis does not say."""
+@dataclass(frozen=True)
+class NodeMemory:
+    """What `INFO memory` says of one node's memory, in bytes."""
+
+    used: int
+    maxmemory: int
+    """0: no limit."""
+    not_counted: int = 0
+    """`mem_not_counted_for_evict` (replication and AOF buffers): Redis leaves it out when
+    it compares its memory with maxmemory."""
+    policy: str = SAFE_POLICY
+
+
+def is_full(node: NodeMemory) -> bool:
+    """Whether the node refuses, or is about to refuse, writes that may grow memory: it has
+    a limit, no policy that evicts keys to make room (those are `eviction_problem`'s: at its
+    limit such a Redis deletes keys instead of refusing writes), and the memory Redis counts
+    is within the margin of the limit."""
+    if node.maxmemory <= 0 or node.policy != SAFE_POLICY:
+        return False
+    margin = min(node.maxmemory * FULL_MARGIN_FRACTION, FULL_MARGIN_BYTES)
+    return node.used - node.not_counted >= node.maxmemory - margin
+
+
+def size_text(size: int) -> str:
+    """Bytes for a person: 3.86 MiB, 42.5 GiB, 512 B."""
+    value, unit = float(size), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024:
+            break
+        value, unit = value / 1024, bigger
+    if unit == "B":
+        return f"{size} B"
+    digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+    return f"{value:.{digits}f} {unit}"
+
+
+def full_problem(nodes: Mapping[str, NodeMemory]) -> Problem | None:
+    """The problem with the Redis nodes' memory (node -> its memory), if any is full. A
+    Cluster names its full primaries: the queues and rate limits in their slots are affected."""
+    full = {node: memory for node, memory in sorted(nodes.items()) if is_full(memory)}
+    if not full:
+        return None
+    node, memory = next(iter(full.items()))
+    figures = f"used memory {size_text(memory.used)} of maxmemory {size_text(memory.maxmemory)}"
+    if len(nodes) == 1:
+        where, refused = f": {figures}", "submits and new runs are refused"
+    else:
+        others = [name for name in full if name != node]
+        also = f"; {', '.join(others)} full too" if others else ""
+        where = f" on {node} ({figures}{also})"
+        refused = "submits and new runs of the queues held there are refused"
+    return Problem(FULL_REASON, (
+        f"Redis is full{where}: {refused}, runs in progress go on; free memory "
+        f"(agentpool dead purge, a shorter AGENTPOOL_RESULT_TTL_SECONDS) or raise maxmemory"))
+
+
+async def read_memory_info(client: Any) -> dict[str, NodeInfo] | None:
+    """node -> its INFO memory reply (every primary of a Cluster, the primary otherwise), or
+    None when Redis does not answer it (an ACL that forbids INFO, a Redis away)."""
     try:
         if is_cluster(client):
             replies = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
@@ -55,24 +127,46 @@ async def read_eviction_policies(client: Any) -> dict[str, str] | None:
             per_node = {"redis": await client.info("memory")}
     except REDIS_FAILURES:
         return None
-    policies = {node: str(info.get("maxmemory_policy", ""))
-                for node, info in per_node.items() if isinstance(info, Mapping)}
+    return {node: info for node, info in per_node.items() if isinstance(info, Mapping)} or None
+
+
+def policies_of(per_node: Mapping[str, NodeInfo]) -> dict[str, str] | None:
+    """node -> maxmemory-policy, or None when Redis does not say."""
+    policies = {node: str(info.get("maxmemory_policy", "")) for node, info in per_node.items()}
     return {node: policy for node, policy in policies.items() if policy} or None
 
 
-class EvictionCheck:
-    """A pool's view of its Redis's policy, read at most every CHECK_SECONDS; a read that
-    fails (Redis refuses INFO, or is away for a moment) keeps what the last one said."""
+def memory_of(per_node: Mapping[str, NodeInfo]) -> dict[str, NodeMemory]:
+    """node -> its memory, for the nodes whose reply gives the figures."""
+    memory: dict[str, NodeMemory] = {}
+    for node, info in per_node.items():
+        try:
+            memory[node] = NodeMemory(
+                used=int(info["used_memory"]), maxmemory=int(info["maxmemory"]),
+                not_counted=int(info.get("mem_not_counted_for_evict") or 0),
+                policy=str(info.get("maxmemory_policy") or SAFE_POLICY))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return memory
+
+
+class MemoryCheck:
+    """A pool's view of its Redis's memory, from one `INFO memory` a round (every primary of a
+    Cluster): whether it may evict keys, and whether it is full. A read that fails (Redis
+    refuses INFO, or is away for a moment) keeps what the last one said."""
 
     def __init__(self) -> None:
-        self.checked: float | None = None
-        self.problem: Problem | None = None
+        self.evicting: Problem | None = None
+        self.full: Problem | None = None
 
-    async def current(self, client: Any, now: float | None = None) -> Problem | None:
-        moment = time.monotonic() if now is None else now
-        if self.checked is None or moment - self.checked >= CHECK_SECONDS:
-            self.checked = moment
-            policies = await read_eviction_policies(client)
+    async def current(self, client: Any) -> tuple[Problem | None, Problem | None]:
+        """(the eviction problem, the full problem) of the pool's Redis."""
+        per_node = await read_memory_info(client)
+        if per_node is not None:
+            policies = policies_of(per_node)
             if policies is not None:
-                self.problem = eviction_problem(policies)
-        return self.problem
+                self.evicting = eviction_problem(policies)
+            memory = memory_of(per_node)
+            if memory:
+                self.full = full_problem(memory)
+        return self.evicting, self.full

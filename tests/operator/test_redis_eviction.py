@@ -10,11 +10,11 @@ import redis
 from agentpool.connection import redis_from_url
 from agentpool.redis_server import RedisServer
 from agentpool_operator.redis_config import (
-    CHECK_SECONDS,
     EVICTION_REASON,
-    EvictionCheck,
+    MemoryCheck,
     eviction_problem,
-    read_eviction_policies,
+    policies_of,
+    read_memory_info,
 )
 
 
@@ -50,19 +50,19 @@ def evicting_redis() -> Iterator[RedisServer]:
         yield server
 
 
-async def test_the_policy_is_read_from_a_real_server_and_rechecked_on_schedule(
+async def test_the_policy_is_read_from_a_real_server_each_round(
     evicting_redis: RedisServer,
 ) -> None:
     client = redis_from_url(f"redis://127.0.0.1:{evicting_redis.port}/0")
     admin = redis.Redis(port=evicting_redis.port)
     try:
-        assert await read_eviction_policies(client) == {"redis": "allkeys-lru"}
-        check = EvictionCheck()
-        first = await check.current(client, now=0.0)
+        per_node = await read_memory_info(client)
+        assert per_node is not None and policies_of(per_node) == {"redis": "allkeys-lru"}
+        check = MemoryCheck()
+        first, _ = await check.current(client)
         assert first is not None and "allkeys-lru" in first.message
         admin.config_set("maxmemory-policy", "noeviction")
-        assert await check.current(client, now=CHECK_SECONDS - 1) == first, "read again early"
-        assert await check.current(client, now=CHECK_SECONDS) is None
+        assert await check.current(client) == (None, None)
     finally:
         await client.aclose()
         admin.close()
@@ -77,12 +77,12 @@ async def test_a_redis_that_refuses_info_is_not_judged_and_a_known_verdict_stays
     limited = redis_from_url(f"redis://limited:pw@127.0.0.1:{evicting_redis.port}/0")
     full = redis_from_url(f"redis://127.0.0.1:{evicting_redis.port}/0")
     try:
-        assert await read_eviction_policies(limited) is None
-        assert await EvictionCheck().current(limited, now=0.0) is None
-        check = EvictionCheck()
-        known = await check.current(full, now=0.0)
+        assert await read_memory_info(limited) is None
+        assert await MemoryCheck().current(limited) == (None, None)
+        check = MemoryCheck()
+        known, _ = await check.current(full)
         assert known is not None
-        assert await check.current(limited, now=CHECK_SECONDS) == known
+        assert await check.current(limited) == (known, None)
     finally:
         await limited.aclose()
         await full.aclose()
