@@ -104,7 +104,13 @@ class TaskContext:
         """Save `state` (JSON) for the next attempt, should this one be lost; it becomes that
         attempt's ``ctx.checkpoint_state``. Fenced: only the current lease holder's write is
         accepted; a run that lost its task gets :class:`agentpool.errors.LeaseLost`. The run's
-        events emitted so far are recorded first. One round trip."""
+        events emitted so far are recorded first. One round trip.
+
+        While Redis cannot be reached, it waits for Redis. When Redis is full (maxmemory
+        reached) it refuses checkpoints: this one is then not saved (the worker logs it once
+        per run) and the call returns without an error, so that the run goes on and ends
+        (Redis still records outcomes); a later checkpoint is saved once there is room, and a
+        lost attempt's successor resumes from the last checkpoint Redis took."""
         raw = encode_checkpoint(state)
         if self.channel is not None:
             await self.channel.checkpoint(self, raw)
@@ -122,7 +128,13 @@ class TaskContext:
 
     async def emit(self, kind: str, data: Any = None) -> None:
         """Append an event (JSON `data`, at most 64 KiB) to the task's stream. Batched: it is
-        on its way to Redis when this returns, and recorded before the run's outcome."""
+        on its way to Redis when this returns, and recorded before the run's outcome.
+
+        When Redis is full (maxmemory reached) it refuses events but records outcomes: a
+        success is recorded first and its events join its stream, before its ``final`` event,
+        once there is room; the events of a run that fails (or is cancelled or handed back)
+        meanwhile are lost, and so are events beyond the worker's cap on those waiting
+        (20,000): the run is not held up for them."""
         raw = encode_event(kind, data)
         if self.channel is not None:
             await self.channel.emit(self, kind, raw)

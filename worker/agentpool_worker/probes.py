@@ -19,7 +19,13 @@ and only reads the :class:`Health` record the loop keeps up to date.
   them, and a worker that is not ready claims nothing, so its runs end and liveness fails then.
 - ``/readyz`` fails when the last Redis request failed, or the worker is not claiming work
   (starting, draining, drained, stopping), or the handler's ``ready`` hook failed its last
-  check, or every slot is held by a stopped run whose thread has not returned.
+  check, or every slot is held by a stopped run whose thread has not returned, or Redis is
+  full (maxmemory reached: it refuses claims, so no new task starts). A full Redis is not an
+  unreachable one: Redis answers, heartbeats and outcomes go on, and the body says so rather
+  than "redis unreachable". Every pod sees a full Redis at once and none is to blame; the
+  operator leaves unready pods alone while their worker heartbeats (it replaces only pods
+  that are unready *and* silent), so runs in progress keep going, and the pool's status says
+  Redis is full.
 Both recover by themselves when the cause goes away.
 """
 
@@ -53,6 +59,9 @@ class Health:
     """Why the handler's ``ready`` hook failed its last check ("" when it passed)."""
     slots_error: str = ""
     """Why no slot can free up ("" while one can)."""
+    full_error: str = ""
+    """Why Redis refuses new work: it is full ("" while it is not, as far as the worker
+    knows)."""
     heartbeating: bool = False
     """Heartbeats are due: the worker is past its ``startup`` hook."""
     stuck_restart_seconds: float = 0.0
@@ -104,6 +113,10 @@ class Health:
     def check_failed(self, reason: str) -> None:
         self.check_error = reason
 
+    def redis_full(self, reason: str) -> None:
+        """Redis refuses new work for being full (`reason`), or no longer ("")."""
+        self.full_error = reason
+
     def liveness(self, now: float | None = None) -> tuple[bool, str]:
         now = time.monotonic() if now is None else now
         stalled = now - self.last_tick
@@ -143,6 +156,8 @@ class Health:
             return False, f"ready check failed: {self.check_error}"
         if self.slots_error:
             return False, self.slots_error
+        if self.full_error:
+            return False, self.full_error
         return True, "ok"
 
 

@@ -6,8 +6,9 @@ Four loops share one event loop:
   came back short (the queue is empty) it blocks on the queue's wake-up list on a connection
   of its own, for at most the poll interval or until the next delayed task is due; a reply
   read late is confirmed with a heartbeat before its runs start (see ``_confirm``);
-- the flusher records successes: whatever completed while the previous flush was on the wire
-  goes out in the next one (group commit: one round trip for many tasks, no added delay);
+- the flusher records successes and events: whatever completed or was emitted while the
+  previous flush was on the wire goes out in the next one (group commit: one round trip for
+  many tasks, no added delay);
 - the heartbeat, every lease/3, extends the leases of every task the worker holds and learns
   which it lost (stop those runs, never report them), which were cancelled (stop them, record
   the cancel) and whether the operator asked the pod to drain;
@@ -21,6 +22,17 @@ queue without spending an attempt, and :meth:`Worker.run` returns.
 
 A task is *held* from its claim until Redis has recorded its outcome; the heartbeat keeps the
 leases of held tasks alive, so a success waiting for Redis to come back is not reaped.
+
+A full Redis (maxmemory reached, ``noeviction``) is not an unreachable one. It answers, and
+the scripts decide what it still takes (common.lua): no claim (each run adds a result), no
+events, no checkpoints; but heartbeats and every outcome, so runs in progress go on and end.
+The worker follows: a refused claim backs off as any failed claim and the next one that goes
+through resumes the work; outcomes go to Redis alone while their events wait for room
+(offered again every FULL_RETRY_SECONDS, at most MAX_PENDING_EVENTS of them: beyond, new
+events are dropped rather than the run held up); a checkpoint is not saved and the run goes
+on (see :meth:`Worker.checkpoint`). It logs the episode once when Redis first refuses a write
+for being full and once when a write Redis would refuse then goes through, and ``/readyz``
+says "redis is full" meanwhile (probes.py: the operator leaves pods that heartbeat alone).
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import OutOfMemoryError
 
 from agentpool.connection import redis_from_url
 from agentpool.durability import NotReplicated
@@ -76,7 +89,15 @@ MAX_FLUSH = 500
 MAX_FLUSH_EVENTS = 2000
 """Events per flush round trip."""
 MAX_PENDING_EVENTS = 20_000
-"""Events waiting for Redis before ``ctx.emit`` waits for a flush (back-pressure)."""
+"""Events waiting for Redis before ``ctx.emit`` waits for a flush (back-pressure); while Redis
+is full, events beyond it are dropped instead (the run goes on)."""
+FULL_RETRY_SECONDS = 2.0
+"""While Redis refuses events for being full, how often they are offered again (outcomes go
+on meanwhile; a checkpoint or a report that waits for them has them offered at once)."""
+FULL_MESSAGE = ("Redis is full (maxmemory reached): new tasks are not claimed until memory is "
+                "freed")
+FULL_READY_REASON = ("redis is full (maxmemory reached): new tasks are not claimed until "
+                     "memory is freed; runs in progress go on")
 TICK_SECONDS = 0.25
 ERROR_TEXT_LIMIT = 4000
 AFTER_TASK_SECONDS = 30.0
@@ -121,7 +142,7 @@ class _StillChecking(Exception):
 class _Run:
     """One task's run in progress."""
 
-    __slots__ = ("ctx", "reported", "stop_reason", "task", "thread", "worker_task")
+    __slots__ = ("ctx", "reported", "stop_reason", "task", "thread", "unsaved", "worker_task")
 
     def __init__(self, task: ClaimedTask, ctx: TaskContext) -> None:
         self.task = task
@@ -131,6 +152,8 @@ class _Run:
         """Its stop was reported before the run ended (the end of the SIGTERM drain)."""
         self.worker_task: asyncio.Task[None] | None = None
         self.thread: Future[Any] | None = None
+        self.unsaved = False
+        """A checkpoint of this run was not saved because Redis was full (logged once)."""
 
     def stop(self, reason: str, *, interrupt: bool = True) -> None:
         """Ask the run to stop; `interrupt` cancels an async run (a run that learns it from a
@@ -145,6 +168,18 @@ class _Run:
 
 _Event = tuple[int, ClaimedTask, str, str]
 """(sequence number, the run's claim, kind, data JSON)"""
+
+
+class _EventCall:
+    """Events sent in one call that Redis has not taken yet: sent again with the same call id
+    (a call Redis ran but whose reply was lost then appends nothing a second time), ahead of
+    any later events."""
+
+    __slots__ = ("call", "events")
+
+    def __init__(self, call: str, events: list[_Event]) -> None:
+        self.call = call
+        self.events = events
 
 
 def _group(events: list[_Event]) -> list[RunEvents]:
@@ -224,10 +259,33 @@ class Worker:
         self._reports: set[asyncio.Task[None]] = set()
         self._completions: list[tuple[ClaimedTask, str]] = []
         self._events: list[_Event] = []
+        """Events emitted and not sent yet."""
+        self._unsent: _EventCall | None = None
+        """Events sent that Redis has not taken yet (they go before `_events`)."""
         self._event_seq = 0
         """Sequence number of the last event emitted; events go to Redis in this order."""
         self._flushed_seq = 0
+        """Every event up to this one is recorded (or was dropped)."""
         self._event_cond = asyncio.Condition()
+        self._events_refusals = 0
+        """How many times Redis refused events for being full (wakes those waiting for them)."""
+        self._events_held_until: float | None = None
+        """While Redis refuses events for being full: when they are offered again."""
+        self._events_asked = False
+        """A checkpoint or report waits for the events: offer them now, not at the retry."""
+        self._full_since: float | None = None
+        """Since when (monotonic) Redis refuses writes for being full; None while it takes them
+        (as far as the worker knows)."""
+        self._full_refused: dict[str, int] = {}
+        self._full_dropped = 0
+        """Events of this full episode that will never reach Redis."""
+        self._full_unsaved = 0
+        """Checkpoints of this full episode that were not saved."""
+        self._full_capped = 0
+        """Events of this full episode dropped at ``ctx.emit`` (too many waiting)."""
+        self._configured = False
+        """The queue's settings are written (at start, or before the first claim when Redis
+        was full at start)."""
         self._threads: set[Future[Any]] = set()
         self._executing: set[asyncio.Task[None]] = set()
         """Runs not over yet, their after_task hook included."""
@@ -403,14 +461,19 @@ class Worker:
         self._check_ok = ok
         self.health.check_failed(reason[:500])
         self.health.ready_check_hung(hung_since)
-        self.metrics.ready.set(1 if self._claiming else 0)
+        self._ready_changed()
         self._fetch_wake.set()
         if not ok:
             self._state_changed.set()
 
     @property
     def _claiming(self) -> bool:
+        """Whether the fetcher claims: a full Redis does not stop it (its claims are refused
+        and back off; the first that goes through ends the episode)."""
         return self.state == RUNNING and self._check_ok
+
+    def _ready_changed(self) -> None:
+        self.metrics.ready.set(1 if self._claiming and self._full_since is None else 0)
 
     # -- start and stop --------------------------------------------------------------------
 
@@ -423,8 +486,13 @@ class Worker:
         while not self._stop_requested.is_set():
             attempts += 1
             try:
-                await self._rt(self.queue.configure(
-                    max_attempts=s.max_attempts, result_ttl=s.result_ttl_seconds))
+                try:
+                    await self._configure()
+                except OutOfMemoryError as exc:
+                    # Redis is full: start anyway (register, heartbeat, hand back what earlier
+                    # instances held: Redis takes those), so that the pod is seen alive; the
+                    # settings are written before the first claim, which Redis refuses too.
+                    self._redis_failed(exc, "start")
                 beat = await self._rt(self.queue.heartbeat(self.info, {}, s.lease_seconds))
                 returned = await self._rt(self.queue.requeue_pod(
                     s.pod_name, keep_instance=self.instance, reason="worker restarted"))
@@ -515,7 +583,7 @@ class Worker:
             return
         self.info.state = state
         self.health.state = state
-        self.metrics.ready.set(1 if self._claiming else 0)
+        self._ready_changed()
         self._fetch_wake.set()
         self._state_changed.set()
         self._beat_now.set()
@@ -541,8 +609,12 @@ class Worker:
             self._reachable_since = time.monotonic()
 
     def _redis_failed(self, exc: BaseException, during: str, *, log: bool = False) -> None:
-        """Count a failed request; log only when Redis was reachable until now (or `log`)."""
+        """Count a failed request; log only when Redis was reachable until now (or `log`).
+        A request refused because Redis is full is no sign of an unreachable Redis."""
         self.metrics.redis_errors.inc()
+        if isinstance(exc, OutOfMemoryError):
+            self._redis_full(exc, during)
+            return
         self._reachable_since = None
         refused = auth_failure(exc, url=self.settings.redis_url,
                                password_place=PASSWORD_PLACE)
@@ -551,6 +623,45 @@ class Worker:
                               during=during, redis=self.settings.safe_redis_url,
                               error=refused or f"{type(exc).__name__}: {exc}")
         self.health.redis_down(refused or exc)
+
+    def _redis_full(self, exc: OutOfMemoryError, during: str) -> None:
+        """Redis refused a write for being full: it answered (reachable), and it will refuse
+        claims, events and checkpoints until memory is freed. Logged once per episode."""
+        self._redis_ok()
+        self._full_refused[during] = self._full_refused.get(during, 0) + 1
+        if self._full_since is not None:
+            return
+        self._full_since = time.monotonic()
+        self._log.warning(FULL_MESSAGE, refused=during, runs_in_progress=len(self._runs),
+                          redis=self.settings.safe_redis_url, error=str(exc).split(".")[0],
+                          meanwhile="runs in progress go on and their outcomes are recorded; "
+                          "their events wait, checkpoints are not saved")
+        self.health.redis_full(FULL_READY_REASON)
+        self._ready_changed()
+
+    def _redis_room(self) -> None:
+        """A write that a full Redis refuses went through: the episode is over."""
+        if self._full_since is None:
+            return
+        self._log.info("Redis has room again: claiming new tasks",
+                       full_seconds=round(time.monotonic() - self._full_since, 1),
+                       refused=dict(sorted(self._full_refused.items())),
+                       events_dropped=self._full_dropped,
+                       checkpoints_not_saved=self._full_unsaved)
+        self._full_since = None
+        self._full_refused = {}
+        self._full_dropped = self._full_unsaved = self._full_capped = 0
+        self.health.redis_full("")
+        self._ready_changed()
+        if self._events_held_until is not None:
+            self._events_held_until = None  # the events held back go now
+            self._flush_wanted.set()
+
+    async def _configure(self) -> None:
+        s = self.settings
+        await self._rt(self.queue.configure(max_attempts=s.max_attempts,
+                                            result_ttl=s.result_ttl_seconds))
+        self._configured = True
 
     async def _rt(self, call: Awaitable[T]) -> T:
         """One counted round trip to Redis."""
@@ -670,6 +781,8 @@ class Worker:
             want = 1 if wait_first else min(self._free, s.claim_batch)
             sent = time.monotonic()
             try:
+                if not self._configured:
+                    await self._configure()
                 if wait_first:
                     block = s.poll_seconds if next_due is None else min(s.poll_seconds, next_due)
                     batch = await self._interruptible(self._wait_queue.wait_and_claim(
@@ -681,13 +794,15 @@ class Worker:
                     batch = await self._rt(self.queue.claim(self.worker_id, want,
                                                             s.lease_seconds))
             except REDIS_FAILURES as exc:
-                self._claim_uncertain = True
+                if not isinstance(exc, OutOfMemoryError):  # refused for being full: not run
+                    self._claim_uncertain = True
                 self._redis_failed(exc, "claim")
                 await _until(backoff.sleep(), self._stop_requested)
                 wait_first = False
                 continue
             backoff.reset()
             self._redis_ok()
+            self._redis_room()
             tasks = batch.tasks
             if tasks and time.monotonic() - sent > s.heartbeat_seconds:
                 tasks = await self._confirm(tasks)
@@ -758,68 +873,148 @@ class Worker:
     async def _flush_loop(self) -> None:
         """Group commit: events and successes that arrived while the previous flush was on the
         wire go out together in the next one (events first, so a task's events are recorded
-        before its outcome)."""
+        before its outcome).
+
+        When Redis refuses events for being full, the successes go alone (Redis takes them)
+        and the events wait for room: offered again every FULL_RETRY_SECONDS, at once when a
+        checkpoint or a report waits for them or another write shows Redis has room. A
+        success's events that reach Redis after it are still put in its stream, ahead of its
+        ``final`` event (events.lua)."""
         backoff = _Backoff()
         while True:
-            await self._flush_wanted.wait()
+            timeout: float | None = None
+            if self._events_held_until is not None and self._events_pending():
+                timeout = max(0.0, self._events_held_until - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._flush_wanted.wait()
             self._flush_wanted.clear()
-            while self._completions or self._events:
-                events = self._events[:MAX_FLUSH_EVENTS]
-                del self._events[:MAX_FLUSH_EVENTS]
-                batch: list[tuple[ClaimedTask, str]] = []
-                if not self._events:  # never a success ahead of its own events
-                    batch = [c for c in self._completions[:MAX_FLUSH]
-                             if self._held.get(c[0].id) is c[0]]
-                    del self._completions[:MAX_FLUSH]
-                ids = [task.id for task, _ in batch]
-                runs, call = _group(events), call_id()
-                while True:  # the same call until Redis answers: events sent again append once
-                    self._reporting.update(ids)
-                    unreplicated = False
-                    try:
-                        recorded = await self._rt(self.queue.record(runs, batch, call=call))
-                    except NotReplicated as exc:
-                        recorded, unreplicated = exc.result, True
-                    except REDIS_FAILURES as exc:
-                        self._redis_failed(exc, "complete")
-                        await backoff.sleep()
-                        continue
-                    finally:
-                        self._reporting.difference_update(ids)
-                    break
-                backoff.reset()
-                self._redis_ok()
-                if events:
-                    await self._events_flushed(events[-1][0])
-                if unreplicated:
-                    # on the primary only: sent again, still held, until a replica has it
-                    self._completions[:0] = batch
-                    self._log.warning("completions not yet on a replica; sending them again",
-                                      count=len(batch), timeout=self.queue.replica_timeout)
-                    continue
-                held = self._held
-                for task, _ in batch:
-                    if held.get(task.id) is task:
-                        del held[task.id]
-                fenced = [i for i, ok in zip(ids, recorded, strict=True) if not ok]
-                if fenced:
-                    self._log.warning(
-                        "completion refused: the task is no longer held by this worker",
-                        count=len(fenced), tasks=fenced[:10],
-                    )
+            await self._flush(backoff)
             self._maybe_drained()
 
-    async def _events_flushed(self, seq: int) -> None:
+    def _events_pending(self) -> bool:
+        return self._unsent is not None or bool(self._events)
+
+    def _events_may_go(self) -> bool:
+        held = self._events_held_until
+        return self._events_pending() and (
+            held is None or self._events_asked or time.monotonic() >= held)
+
+    async def _flush(self, backoff: _Backoff) -> None:
+        """Send what may go now until nothing is left (events held back for a full Redis
+        stay)."""
+        while True:
+            with_events = self._events_may_go()
+            if not with_events and not self._completions:
+                return
+            events: list[_Event] = []
+            call: str | None = None
+            if with_events:
+                if self._unsent is None:
+                    self._unsent = _EventCall(call_id(), self._events[:MAX_FLUSH_EVENTS])
+                    del self._events[:MAX_FLUSH_EVENTS]
+                events, call = self._unsent.events, self._unsent.call
+                self._events_asked = False
+            batch: list[tuple[ClaimedTask, str]] = []
+            # never a success ahead of its own events, unless Redis refuses those for being full
+            if not with_events or not self._events or self._full_since is not None:
+                batch = [c for c in self._completions[:MAX_FLUSH]
+                         if self._held.get(c[0].id) is c[0]]
+                del self._completions[:MAX_FLUSH]
+            ids = [task.id for task, _ in batch]
+            # The events of a run still held begin with a write that a full Redis refuses, so
+            # their success shows it has room; those of a success recorded before them may go
+            # through on a full Redis (events.lua), which shows nothing.
+            room = any(self._held.get(task.id) is task for _, task, _, _ in events)
+            self._reporting.update(ids)
+            unreplicated = False
+            try:
+                recorded = await self._rt(self.queue.record(_group(events), batch, call=call))
+            except NotReplicated as exc:
+                recorded, unreplicated = exc.result, True
+            except REDIS_FAILURES as exc:
+                # sent again (recording a success twice records it once)
+                self._completions[:0] = batch
+                if events and isinstance(exc, OutOfMemoryError):
+                    await self._events_refused(exc)
+                    continue  # the successes go alone now
+                self._redis_failed(exc, "complete" if batch else "events")
+                await backoff.sleep()
+                continue
+            finally:
+                self._reporting.difference_update(ids)
+            backoff.reset()
+            self._redis_ok()
+            if events:
+                self._unsent = None
+                self._events_held_until = None
+                if room:
+                    self._redis_room()
+                await self._settle_events()
+            if unreplicated:
+                # on the primary only: sent again, still held, until a replica has it
+                self._completions[:0] = batch
+                self._log.warning("completions not yet on a replica; sending them again",
+                                  count=len(batch), timeout=self.queue.replica_timeout)
+                continue
+            held = self._held
+            for task, _ in batch:
+                if held.get(task.id) is task:
+                    del held[task.id]
+            fenced = [i for i, ok in zip(ids, recorded, strict=True) if not ok]
+            if fenced:
+                self._log.warning(
+                    "completion refused: the task is no longer held by this worker",
+                    count=len(fenced), tasks=fenced[:10],
+                )
+
+    async def _events_refused(self, exc: OutOfMemoryError) -> None:
+        """Redis refused events for being full: hold them back, tell those waiting for them."""
+        self._redis_failed(exc, "events")
+        self._events_held_until = time.monotonic() + FULL_RETRY_SECONDS
+        self._events_asked = False
         async with self._event_cond:
-            self._flushed_seq = seq
+            self._events_refusals += 1
             self._event_cond.notify_all()
 
-    async def _wait_events_flushed(self, seq: int) -> None:
+    async def _settle_events(self) -> None:
+        """Every event before the first one still waiting for Redis is recorded (or was
+        dropped): wake those waiting for it."""
+        waiting = self._unsent.events if self._unsent is not None else self._events
+        seq = waiting[0][0] - 1 if waiting else self._event_seq
+        async with self._event_cond:
+            self._flushed_seq = max(self._flushed_seq, seq)
+            self._event_cond.notify_all()
+
+    async def _wait_events_flushed(self, seq: int) -> bool:
+        """Wait until every event up to `seq` is recorded (True), or Redis refuses them for
+        being full (False: they stay pending; asked now, not at the next retry). While Redis
+        cannot be reached it waits, as everything else does."""
         if self._flushed_seq >= seq:
-            return
+            return True
+        refusals = self._events_refusals
+        self._events_asked = True
         self._flush_wanted.set()
         async with self._event_cond:
-            await self._event_cond.wait_for(lambda: self._flushed_seq >= seq)
+            await self._event_cond.wait_for(
+                lambda: self._flushed_seq >= seq or self._events_refusals != refusals)
+        return self._flushed_seq >= seq
+
+    async def _drop_events(self, task: ClaimedTask) -> int:
+        """Take a run's events off those waiting for Redis; how many. For a run whose outcome
+        goes to Redis before them (a failure, a cancel, a release while Redis is full): Redis
+        would refuse them once the outcome is recorded (events.lua takes no events of a run
+        whose task moved on, a success's excepted)."""
+        dropped = len(self._events)
+        self._events = [e for e in self._events if e[1] is not task]
+        dropped -= len(self._events)
+        if self._unsent is not None:
+            kept = [e for e in self._unsent.events if e[1] is not task]
+            dropped += len(self._unsent.events) - len(kept)
+            self._unsent = _EventCall(self._unsent.call, kept) if kept else None
+        if dropped:
+            await self._settle_events()
+        return dropped
 
     # -- what handlers call through their TaskContext ---------------------------------------
 
@@ -833,22 +1028,37 @@ class Worker:
         return self._limits
 
     async def checkpoint(self, ctx: TaskContext, raw: str) -> None:
+        """Save a run's checkpoint (ctx.checkpoint), after the events emitted so far.
+
+        While Redis cannot be reached it waits for Redis, as the run's outcome would. When Redis
+        refuses it for being full (or refuses the events before it), it is not saved and the
+        call returns: the run goes on (Redis takes its outcome, and a later checkpoint once
+        there is room); should the attempt be lost, the next one resumes from the last
+        checkpoint Redis took. Logged once per run. Raises LeaseLost only, as ever, when the
+        run is over or Redis says another run holds the task."""
         run = self._runs.get(ctx.task_id)
         if run is None or run.ctx is not ctx or run.stop_reason is not None:
             raise LeaseLost(f"task {ctx.task_id}: this run is over; checkpoint not saved")
         task = run.task
-        await self._wait_events_flushed(self._event_seq)
+        if not await self._wait_events_flushed(self._event_seq):
+            self._checkpoint_not_saved(run)
+            return
         backoff = _Backoff()
         while True:
             try:
                 saved = await self._rt(self.queue.checkpoint(task, raw))
                 break
+            except OutOfMemoryError as exc:
+                self._redis_failed(exc, "checkpoint")
+                self._checkpoint_not_saved(run)
+                return
             except REDIS_FAILURES as exc:
                 self._redis_failed(exc, "checkpoint")
                 if run.stop_reason is not None:
                     raise LeaseLost(f"task {task.id}: run stopped; checkpoint not saved") from exc
                 await backoff.sleep()
         self._redis_ok()
+        self._redis_room()
         if saved:
             self.metrics.checkpoints.inc()
             return
@@ -861,9 +1071,24 @@ class Worker:
             self.metrics.lost.inc()
         raise LeaseLost(f"task {task.id} is held by another run now; checkpoint refused")
 
+    def _checkpoint_not_saved(self, run: _Run) -> None:
+        self._full_unsaved += 1
+        if not run.unsaved:
+            run.unsaved = True
+            self._log.warning("checkpoint not saved: Redis is full; the run goes on",
+                              task=run.task.id, attempt=run.task.attempts)
+
     async def emit(self, ctx: TaskContext, kind: str, raw: str) -> None:
-        if len(self._events) >= MAX_PENDING_EVENTS:
-            await self._wait_events_flushed(self._event_seq - MAX_PENDING_EVENTS // 2)
+        if len(self._events) >= MAX_PENDING_EVENTS and (
+                self._full_since is not None or not await self._wait_events_flushed(
+                    self._event_seq - MAX_PENDING_EVENTS // 2)):
+            # Redis is full and refuses them: drop this one rather than hold the run up
+            if not self._full_capped:
+                self._log.warning("events dropped: Redis is full and too many wait for room",
+                                  task=ctx.task_id, waiting=len(self._events))
+            self._full_capped += 1
+            self._full_dropped += 1
+            return
         run = self._runs.get(ctx.task_id)
         if run is None or run.ctx is not ctx:
             return  # the run is over (an abandoned thread): its events would be a zombie's
@@ -1077,7 +1302,15 @@ class Worker:
 
     async def _send_report(self, task: ClaimedTask,
                            send: Callable[[], Awaitable[FailOutcome]]) -> None:
-        await self._wait_events_flushed(self._event_seq)
+        """Record a failure, cancel or release once the events emitted so far are recorded;
+        at once when Redis refuses those for being full (it takes the outcome): the run's own
+        events are then lost, as Redis would refuse them after its outcome."""
+        if not await self._wait_events_flushed(self._event_seq):
+            dropped = await self._drop_events(task)
+            if dropped:
+                self._full_dropped += dropped
+                self._log.warning("the run's events were not recorded: Redis is full",
+                                  task=task.id, attempt=task.attempts, events=dropped)
         backoff = _Backoff()
         while self._held.get(task.id) is task:
             self._reporting.add(task.id)
