@@ -78,10 +78,10 @@ SPUBLISH on 7 and later)."""
 
 WORKER_DIRECT_COMMANDS = (
     "hset", "hget", "hmget", "hgetall", "smembers", "scard", "zrange", "zrevrange", "blpop",
-    "incr", "wait",
+    "wait",
 )
 """Outside scripts: queue defaults, a task's hash, orphaned claims, the wake-up list, and
-what replicated durability sends (INCR of the queue's ``durable`` key, WAIT)."""
+the WAIT of replicated durability."""
 
 PRODUCER_COMMANDS = (
     "time", "exists", "get", "set", "incr", "incrby", "expire", "persist",

@@ -3,7 +3,8 @@
 Redis replicates asynchronously: a write the primary acknowledged but had not yet sent to a
 replica is gone once that replica is promoted. With ``replicated`` durability, submits and
 completions are followed, on the same connection and in the same round trip, by an INCR of
-the queue's ``durable`` key and ``WAIT 1 <timeout>``: the call returns only once one replica
+the queue's ``durable`` key (durable.lua, which runs when Redis is full, as the completions it
+follows do) and ``WAIT 1 <timeout>``: the call returns only once one replica
 has everything the primary had written until then, so a failover that promotes that replica
 loses nothing the caller was told about.
 

@@ -19,7 +19,6 @@ as the final state, so :meth:`TaskQueue.events` can follow it live and know when
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import json
 import os
@@ -34,7 +33,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import AuthenticationError, NoScriptError, OutOfMemoryError, ResponseError
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -50,6 +49,7 @@ from agentpool.durability import (
     wait_command,
 )
 from agentpool.lua_source import script_source
+from agentpool.redis_errors import redis_full
 
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -558,7 +558,8 @@ class TaskQueue:
             reply, acked = await self._run("submit", *flat), 1
         else:
             reply, _, acked = await _scripts_in_one_trip(
-                self.redis, [(self, "submit", flat)], then=self._wait_commands())
+                self.redis, [(self, "submit", flat), *self._durable_write()],
+                then=self._wait_commands())
         return [(_s(reply[2 * i + 1]), int(acked)) for i in range(len(group))]
 
     def submit_blocking(
@@ -597,7 +598,7 @@ class TaskQueue:
                 call = (self, "submit_many", [priority, *(x for a in part for x in a[:2])])
             else:  # the submit script's group form: each task with all its options
                 call = (self, "submit", [x for args in part for x in args])
-            replies = await _scripts_in_one_trip(self.redis, [call],
+            replies = await _scripts_in_one_trip(self.redis, [call, *self._durable_write()],
                                                  then=self._wait_commands())
             if self.durability is Durability.REPLICATED:
                 replicated = replicated and int(replies[-1]) >= 1
@@ -605,14 +606,18 @@ class TaskQueue:
         self._check_replicated("submit", int(replicated), ids)
         return ids
 
+    def _durable_write(self) -> list[tuple[TaskQueue, str, Sequence[Any]]]:
+        """With replicated durability, the call that follows the writes in their pipeline: a
+        write of its own (durable.lua). The connection's last write is then this one, so the
+        WAIT after it also covers any earlier write of the same server that a call repeated
+        with no write of its own (a duplicate submit, a completion already recorded)."""
+        return [(self, "durable", [])] if self.durability is Durability.REPLICATED else []
+
     def _wait_commands(self) -> tuple[tuple[Any, ...], ...]:
-        """With replicated durability, what follows the writes in their pipeline: a write of
-        its own, then WAIT. The connection's last write is then this one, so the WAIT also
-        covers any earlier write of the same server that a call repeated with no write of its
-        own (a duplicate submit, a completion already recorded)."""
+        """With replicated durability, the WAIT that ends the pipeline (after `_durable_write`)."""
         if self.durability is not Durability.REPLICATED:
             return ()
-        return (("INCR", self.prefix + "durable"), wait_command(self.replica_timeout))
+        return (wait_command(self.replica_timeout),)
 
     def _check_replicated(self, what: str, acked: Any, result: Any) -> None:
         if int(acked) < 1:
@@ -657,8 +662,11 @@ class TaskQueue:
                     try:
                         if subscribed and time.monotonic() - listened > LISTEN_SECONDS / 3:
                             await done.subscribe()
-                            with contextlib.suppress(OutOfMemoryError):
-                                await self.listen_for_finishes()  # else: a read each second
+                            try:
+                                await self.listen_for_finishes()
+                            except ResponseError as error:  # full: a read each second
+                                if not redis_full(error):
+                                    raise
                             listened = time.monotonic()
                         info = await self.get(task_id)
                         reached = True
@@ -680,6 +688,18 @@ class TaskQueue:
             if subscribed:
                 _SUBSCRIBED_WAITS[self.redis] -= 1
             await done.aclose()
+
+    async def has_room(self) -> bool:
+        """Whether Redis takes a write that may grow memory (False: it is full, see
+        ``refuse_when_full`` in common.lua). Writes nothing: SET ... XX of a key that never
+        exists."""
+        try:
+            await self.redis.set(self.prefix + "full", "", xx=True)
+        except ResponseError as error:
+            if redis_full(error):
+                return False
+            raise
+        return True
 
     async def listen_for_finishes(self) -> None:
         """Ask the scripts to publish finishes on the ``done`` channel for a while.
@@ -830,10 +850,12 @@ class TaskQueue:
         if not calls:
             return []
         wait = self._wait_commands() if done else ()
+        if wait:
+            calls += self._durable_write()
         replies = await _scripts_in_one_trip(self.redis, calls, then=wait)
         acked = replies.pop() if wait else 1
         if wait:
-            replies.pop()  # the INCR
+            replies.pop()  # the durable write's
         recorded = [bool(r) for reply in replies[len(events):] for r in reply]
         self._check_replicated("completion", acked, recorded)
         return recorded
@@ -1275,7 +1297,7 @@ async def _scripts_in_one_trip(redis: aioredis.Redis,
     the calls' replies. A single call without `then` goes without a pipeline, which costs
     redis-py more than the command itself (a worker's flush of one completion, often).
 
-    On a cluster the commands of `then` (a replicated write's INCR and WAIT) go to the node of
+    On a cluster the commands of `then` (a replicated write's WAIT) go to the node of
     the first call's queue, on the connection of its writes: redis-py would send a keyless
     WAIT to any node, whose answer says nothing of these writes. If that slot moved to
     another node during the trip (a failover, a reshard: redis-py followed the redirection),

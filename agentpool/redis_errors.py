@@ -58,9 +58,18 @@ REDIS_FULL = ("Redis is full (used memory reached maxmemory): it refuses new tas
 do about it, instead of Redis's wording, which names the script that was refused."""
 
 
+def redis_full(exc: BaseException) -> bool:
+    """Whether Redis refused a write for being full (maxmemory reached): redis-py's
+    OutOfMemoryError, or on Redis 6 the error of a script refused there, which wraps Redis's
+    own reply (``ERR Error running script ...: -OOM command not allowed ...``)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.exceptions.ResponseError)
+        and "OOM command not allowed" in str(exc))
+
+
 def describe_redis_error(exc: BaseException) -> str:
     """The reason in a redis-py error, without its boilerplate (``Error 111 connecting to``)."""
-    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+    if redis_full(exc):
         return REDIS_FULL
     text = str(exc).strip()
     match = _CONNECT_ERROR.match(text)
@@ -107,7 +116,7 @@ def redis_failure(url: str | None, exc: BaseException, *,
     if auth is not None:
         return auth
     where = f"Redis at {redact_url(url)}" if url else "Redis"
-    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+    if redis_full(exc):
         return f"{where}: {REDIS_FULL}"
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return f"{where} refused a command to this user: {describe_redis_error(exc)}"

@@ -12,7 +12,6 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import OutOfMemoryError
 
 from agentpool.cli.common import CommandFailed
 from agentpool.console.hub import FeedLoader, Hub, Loader, Message, event_key, plain
@@ -25,7 +24,7 @@ from agentpool.console.security import (
 )
 from agentpool.console.sources import MAX_PAGE, NotFound, Sources
 from agentpool.protocol import TASK_LIST_STATES, ProtocolError
-from agentpool.redis_errors import REDIS_FAILURES, describe_redis_error
+from agentpool.redis_errors import REDIS_FAILURES, describe_redis_error, redis_full
 
 STATIC = resources.files("agentpool.console") / "static"
 FLEET_SECONDS = 2.0
@@ -66,7 +65,7 @@ def error_doc(exc: BaseException) -> dict[str, Any]:
     """A page's error as shown to people: never a Redis URL or a password."""
     if isinstance(exc, NotFound):
         return {"error": str(exc), "not_found": True}
-    if isinstance(exc, OutOfMemoryError):
+    if redis_full(exc):
         return {"error": describe_redis_error(exc)}
     if isinstance(exc, REDIS_FAILURES):
         return {"error": f"cannot read Redis: {describe_redis_error(exc)}"}

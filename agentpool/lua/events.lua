@@ -25,16 +25,17 @@ if token ~= '' and not late and (state ~= 'running' or f[4] ~= token) then retur
 local count = (#ARGV - 5) / 2
 if f[3] == call then return count end
 local ek = events_key(id)
-local final
+local final, final_id
 if late then
   local last = redis.call('XREVRANGE', ek, '+', '-', 'COUNT', 1)[1]
   if last and last[2][2] == 'final' then
-    final = last[2]
-    redis.call('XDEL', ek, last[1])
+    final, final_id = last[2], last[1]
   else
     final = {'kind', 'final', 'data', '{"state":"succeeded"}', 'attempt', attempt}
   end
 end
+-- The first write is an XADD, which a full Redis refuses (common.lua): events wait for room,
+-- late ones too.
 local progress
 for i = 6, #ARGV, 2 do
   redis.call('XADD', ek, 'MAXLEN', '~', EVENT_CAP, '*', 'kind', ARGV[i], 'data', ARGV[i + 1],
@@ -42,6 +43,7 @@ for i = 6, #ARGV, 2 do
   if ARGV[i] == 'progress' then progress = ARGV[i + 1] end
 end
 if final then
+  if final_id then redis.call('XDEL', ek, final_id) end
   redis.call('XADD', ek, 'MAXLEN', '~', EVENT_CAP, '*', unpack(final))
   local ttl = redis.call('PTTL', tk)
   if ttl > 0 then redis.call('PEXPIRE', ek, ttl) end

@@ -17,6 +17,8 @@ way a person sees, so the pool says it (`RedisFull`).
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -150,18 +152,39 @@ def memory_of(per_node: Mapping[str, NodeInfo]) -> dict[str, NodeMemory]:
     return memory
 
 
+SHARED_READ_SECONDS = 1.0
+"""Pools on one Redis share its client (redis_access.RedisClients), and a read of it this
+recent: their rounds cost Redis one INFO a second, not one per pool."""
+
+_recent_reads: weakref.WeakKeyDictionary[Any, tuple[float, dict[str, NodeInfo] | None]] = (
+    weakref.WeakKeyDictionary())
+
+
+async def shared_memory_info(client: Any, now: float) -> dict[str, NodeInfo] | None:
+    """`read_memory_info`, or a read of the same client less than SHARED_READ_SECONDS old."""
+    recent = _recent_reads.get(client)
+    if recent is not None and 0 <= now - recent[0] < SHARED_READ_SECONDS:
+        return recent[1]
+    per_node = await read_memory_info(client)
+    _recent_reads[client] = (now, per_node)
+    return per_node
+
+
 class MemoryCheck:
     """A pool's view of its Redis's memory, from one `INFO memory` a round (every primary of a
-    Cluster): whether it may evict keys, and whether it is full. A read that fails (Redis
-    refuses INFO, or is away for a moment) keeps what the last one said."""
+    Cluster; shared by the pools on that Redis): whether it may evict keys, and whether it is
+    full. A read that fails (Redis refuses INFO, or is away for a moment) keeps what the last
+    one said."""
 
     def __init__(self) -> None:
         self.evicting: Problem | None = None
         self.full: Problem | None = None
 
-    async def current(self, client: Any) -> tuple[Problem | None, Problem | None]:
-        """(the eviction problem, the full problem) of the pool's Redis."""
-        per_node = await read_memory_info(client)
+    async def current(self, client: Any,
+                      now: float | None = None) -> tuple[Problem | None, Problem | None]:
+        """(the eviction problem, the full problem) of the pool's Redis; `now` is monotonic
+        time."""
+        per_node = await shared_memory_info(client, time.monotonic() if now is None else now)
         if per_node is not None:
             policies = policies_of(per_node)
             if policies is not None:

@@ -59,10 +59,10 @@ async def test_the_policy_is_read_from_a_real_server_each_round(
         per_node = await read_memory_info(client)
         assert per_node is not None and policies_of(per_node) == {"redis": "allkeys-lru"}
         check = MemoryCheck()
-        first, _ = await check.current(client)
+        first, _ = await check.current(client, now=2.0)
         assert first is not None and "allkeys-lru" in first.message
         admin.config_set("maxmemory-policy", "noeviction")
-        assert await check.current(client) == (None, None)
+        assert await check.current(client, now=4.0) == (None, None)
     finally:
         await client.aclose()
         admin.close()
@@ -78,11 +78,11 @@ async def test_a_redis_that_refuses_info_is_not_judged_and_a_known_verdict_stays
     full = redis_from_url(f"redis://127.0.0.1:{evicting_redis.port}/0")
     try:
         assert await read_memory_info(limited) is None
-        assert await MemoryCheck().current(limited) == (None, None)
+        assert await MemoryCheck().current(limited, now=6.0) == (None, None)
         check = MemoryCheck()
-        known, _ = await check.current(full)
+        known, _ = await check.current(full, now=8.0)
         assert known is not None
-        assert await check.current(limited) == (known, None)
+        assert await check.current(limited, now=10.0) == (known, None)
     finally:
         await limited.aclose()
         await full.aclose()

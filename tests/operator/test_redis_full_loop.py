@@ -92,24 +92,27 @@ async def test_one_info_read_a_round_judges_fullness_and_the_policy(
     refused = redis_from_url(f"redis://noinfo:pw@127.0.0.1:{server.port}/0")
     check = redis_config.MemoryCheck()
     try:
-        assert await check.current(admin) == (None, None)
+        assert await check.current(admin, now=2.0) == (None, None)
         assert len(memory_reads) == 1
 
         used = int((await admin.info("memory"))["used_memory"])
         await admin.config_set("maxmemory", used - 100_000)
         await admin.config_set("maxmemory-policy", "allkeys-lru")
-        evicting, full = await check.current(admin)
+        evicting, full = await check.current(admin, now=4.0)
         assert evicting is not None and evicting.reason == "RedisEvictsKeys"
         assert full is None, "an evicting Redis at its limit deletes keys: it is not full"
         await admin.config_set("maxmemory-policy", "noeviction")
-        evicting, full = await check.current(admin)
+        evicting, full = await check.current(admin, now=6.0)
         assert evicting is None and full is not None and full.reason == "RedisFull"
         assert len(memory_reads) == 3, "one read a round"
+        other_pool = redis_config.MemoryCheck()
+        assert await other_pool.current(admin, now=6.5) == (None, full)
+        assert len(memory_reads) == 3, "pools on one Redis share a read under a second old"
 
         # A read that fails keeps the last verdict; the next good one judges again.
-        assert await check.current(refused) == (None, full)
+        assert await check.current(refused, now=8.0) == (None, full)
         await admin.config_set("maxmemory", 0)
-        assert await check.current(admin) == (None, None)
+        assert await check.current(admin, now=10.0) == (None, None)
     finally:
         await admin.config_set("maxmemory", 0)
         await refused.aclose()

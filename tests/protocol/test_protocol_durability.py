@@ -166,3 +166,23 @@ async def test_the_queues_acl_users_may_send_replicated_writes(
             task = await claim_one(queue, "pod:1")
             assert await queue.complete_many([(task, "done")]) == [True]
             assert await on_replica.hget(queue.task_key(task.id), "state") == b"succeeded"
+
+
+async def test_a_completion_on_a_full_primary_is_recorded_and_replicated(
+    clients: tuple[aioredis.Redis, aioredis.Redis],
+) -> None:
+    """A full Redis (maxmemory, noeviction) takes completions; the write that WAIT counts
+    after them must be taken too, or the worker would send its success for ever."""
+    on_primary, on_replica = clients
+    queue = replicated(on_primary)
+    await queue.submit({"n": 1})
+    task = await claim_one(queue, "w1:i")
+    used = int((await on_primary.info("memory"))["used_memory"])
+    await on_primary.config_set("maxmemory-policy", "noeviction")
+    await on_primary.config_set("maxmemory", used - 200_000)
+    try:
+        assert await queue.complete(task, "done")
+    finally:
+        await on_primary.config_set("maxmemory", 0)
+    info = await TaskQueue(on_replica, queue.name).get(task.id)
+    assert info is not None and info.state == "succeeded"

@@ -8,11 +8,13 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from agentpool.redis_errors import (
+    REDIS_FULL,
     AuthProblem,
     auth_failure,
     auth_problem,
     describe_redis_error,
     redis_failure,
+    redis_full,
 )
 from agentpool.redis_server import RedisServer
 
@@ -91,3 +93,21 @@ def test_connection_errors_lose_their_boilerplate() -> None:
     assert redis_failure("redis://:pw@h:1/0", redis.exceptions.ConnectionError(
         "Error 111 connecting to h:1. Connection refused.")
     ) == "cannot reach Redis at redis://:***@h:1/0: Connection refused"
+
+
+def test_a_full_redis_is_recognised_as_redis_7_and_redis_6_word_it() -> None:
+    """Redis 7 answers a refused script with OOM (redis-py's OutOfMemoryError); Redis 6 wraps
+    the refusal in the script's error."""
+    seven = redis.exceptions.OutOfMemoryError(
+        "command not allowed when used memory > 'maxmemory'. script: 0123abcd, on "
+        "@user_script:12.")
+    six = redis.exceptions.ResponseError(
+        "Error running script (call to f_0123abcd): @user_script:12: -OOM command not allowed "
+        "when used memory > 'maxmemory'.")
+    for error in (seven, six):
+        assert redis_full(error)
+        assert describe_redis_error(error) == REDIS_FULL
+        assert redis_failure("redis://h:6379/0", error) == (
+            f"Redis at redis://h:6379/0: {REDIS_FULL}")
+    assert not redis_full(redis.exceptions.ResponseError("WRONGTYPE Operation against a key"))
+    assert not redis_full(redis.exceptions.ConnectionError("OOM command not allowed"))

@@ -187,3 +187,23 @@ async def test_a_producer_waits_for_a_result_on_a_full_redis(
     waiting = asyncio.ensure_future(queue.wait(running.id, timeout=10))
     await queue.complete(running, "late")
     assert (await waiting).result == "late"
+
+
+async def test_events_sent_after_their_success_wait_for_room_too(
+    full: Memory, client: aioredis.Redis,
+) -> None:
+    """The events of a run that succeeded, arriving after its success (events.lua's late
+    path, which moves the 'final' event behind them), are refused on a full Redis like any
+    others: a worker holding many would otherwise take Redis far past maxmemory."""
+    queue = TaskQueue(client, "full-late")
+    worker = WorkerInfo(pod="p1", instance="i1", concurrency=4, state="running")
+    [task] = await held_tasks(queue, worker, 1)
+    await queue.record([RunEvents(task.id, 1, [("log", '{"first": true}')], task.token)], [])
+    await queue.complete(task, "done")
+    full.fill()
+    late = [RunEvents(task.id, 1, [("log", '{"big": "' + "x" * 60_000 + '"}')], task.token)]
+    await refused_and_nothing_written(full, queue.name, lambda: queue.record(late, []))
+    full.free()
+    await queue.record(late, [])
+    kinds = [event.kind async for event in queue.events(task.id, follow=False)]
+    assert kinds == ["log", "log", "final"]

@@ -89,6 +89,17 @@ async def steps_until_let_go(payload: Any, ctx: TaskContext) -> dict[str, int]:
     return {"steps": step}
 
 
+async def checkpoints_once_then_waits(payload: Any, ctx: TaskContext) -> dict[str, str]:
+    """One checkpoint once let (gate "checkpoint"), then nothing Redis would refuse until let
+    end (gate "end")."""
+    RUNS[ctx.task_id] += 1
+    await gate(ctx.task_id, "checkpoint").wait()
+    await ctx.checkpoint({"step": 1})
+    STEPS[ctx.task_id] = 1
+    await gate(ctx.task_id, "end").wait()
+    return {"done": ctx.task_id}
+
+
 # -- a redis-server to fill ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -250,6 +261,31 @@ async def test_a_run_keeps_its_lease_while_redis_is_full_and_no_new_run_starts(
     for task_id in (running_id, queued_id):
         info = await queue.get(task_id)
         assert info is not None and info.attempts == 1
+
+
+async def test_a_worker_whose_slots_are_busy_sees_the_room_come_back(
+    server: RedisServer, admin: aioredis.Redis, queue_name: str,
+) -> None:
+    """With every slot busy nothing the worker sends is a write a full Redis refuses (no
+    claim): its heartbeat asks whether Redis has room again, so it is ready again before its
+    run ends."""
+    queue = TaskQueue(admin, queue_name)
+    async with running(settings(server.url, queue_name, f"{MODULE}:checkpoints_once_then_waits",
+                                concurrency=1, lease_seconds=LEASE,
+                                pod_name="pod-busy")) as worker:
+        task_id = await queue.submit({})
+        await eventually(lambda: RUNS[task_id] == 1, 10, "the run to start")
+        await fill(admin)
+        gate(task_id, "checkpoint").set()
+        await eventually(lambda: worker.health.readiness() == (False, FULL_READY), 10,
+                         "the refused checkpoint to show Redis is full")
+        assert STEPS[task_id] == 1, "the run went on past its refused checkpoint"
+        await free(admin)
+        await eventually(lambda: worker.health.readiness() == (True, "ok"), 3 * LEASE,
+                         "the worker to see the room come back while its run goes on")
+        assert await task_in(queue, task_id, "running")
+        gate(task_id, "end").set()
+        await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "the run to end")
 
 
 async def test_the_log_says_redis_is_full_once_and_readyz_says_so_steadily(

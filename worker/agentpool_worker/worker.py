@@ -49,7 +49,6 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import OutOfMemoryError
 
 from agentpool.connection import redis_from_url
 from agentpool.durability import NotReplicated
@@ -65,7 +64,7 @@ from agentpool.protocol import (
     new_instance_id,
     retry_delay,
 )
-from agentpool.redis_errors import REDIS_FAILURES, URL_WITH_PASSWORD, auth_failure
+from agentpool.redis_errors import REDIS_FAILURES, URL_WITH_PASSWORD, auth_failure, redis_full
 from agentpool_worker import metrics
 from agentpool_worker.claim_pace import ArrivalRate, lingers, wait_before_next_claim
 from agentpool_worker.handlers import (
@@ -488,7 +487,9 @@ class Worker:
             try:
                 try:
                     await self._configure()
-                except OutOfMemoryError as exc:
+                except REDIS_FAILURES as exc:
+                    if not redis_full(exc):
+                        raise
                     # Redis is full: start anyway (register, heartbeat, hand back what earlier
                     # instances held: Redis takes those), so that the pod is seen alive; the
                     # settings are written before the first claim, which Redis refuses too.
@@ -612,7 +613,7 @@ class Worker:
         """Count a failed request; log only when Redis was reachable until now (or `log`).
         A request refused because Redis is full is no sign of an unreachable Redis."""
         self.metrics.redis_errors.inc()
-        if isinstance(exc, OutOfMemoryError):
+        if redis_full(exc):
             self._redis_full(exc, during)
             return
         self._reachable_since = None
@@ -624,7 +625,7 @@ class Worker:
                               error=refused or f"{type(exc).__name__}: {exc}")
         self.health.redis_down(refused or exc)
 
-    def _redis_full(self, exc: OutOfMemoryError, during: str) -> None:
+    def _redis_full(self, exc: BaseException, during: str) -> None:
         """Redis refused a write for being full: it answered (reachable), and it will refuse
         claims, events and checkpoints until memory is freed. Logged once per episode."""
         self._redis_ok()
@@ -731,6 +732,20 @@ class Worker:
         if reap_due(beat.leases_overdue, self._reachable_for(), self.settings.lease_seconds):
             self._leases_overdue = beat.leases_overdue
             self._reap_due.set()
+        if self._full_since is not None and (self._free == 0 or not self._claiming):
+            await self._ask_room()
+
+    async def _ask_room(self) -> None:
+        """While Redis was full and the fetcher sends nothing it would refuse (every slot busy,
+        a drain), ask whether it has room again: otherwise the worker would say it is full
+        until a run ends."""
+        try:
+            room = await self._rt(self.queue.has_room())
+        except REDIS_FAILURES as exc:
+            self._redis_failed(exc, "room")
+            return
+        if room:
+            self._redis_room()
 
     def _reachable_for(self) -> float:
         """How long Redis has answered this worker without a failure (0 while it does not)."""
@@ -794,7 +809,7 @@ class Worker:
                     batch = await self._rt(self.queue.claim(self.worker_id, want,
                                                             s.lease_seconds))
             except REDIS_FAILURES as exc:
-                if not isinstance(exc, OutOfMemoryError):  # refused for being full: not run
+                if not redis_full(exc):  # refused for being full: not run
                     self._claim_uncertain = True
                 self._redis_failed(exc, "claim")
                 await _until(backoff.sleep(), self._stop_requested)
@@ -935,7 +950,7 @@ class Worker:
             except REDIS_FAILURES as exc:
                 # sent again (recording a success twice records it once)
                 self._completions[:0] = batch
-                if events and isinstance(exc, OutOfMemoryError):
+                if events and redis_full(exc):
                     await self._events_refused(exc)
                     continue  # the successes go alone now
                 self._redis_failed(exc, "complete" if batch else "events")
@@ -968,7 +983,7 @@ class Worker:
                     count=len(fenced), tasks=fenced[:10],
                 )
 
-    async def _events_refused(self, exc: OutOfMemoryError) -> None:
+    async def _events_refused(self, exc: BaseException) -> None:
         """Redis refused events for being full: hold them back, tell those waiting for them."""
         self._redis_failed(exc, "events")
         self._events_held_until = time.monotonic() + FULL_RETRY_SECONDS
@@ -1048,12 +1063,11 @@ class Worker:
             try:
                 saved = await self._rt(self.queue.checkpoint(task, raw))
                 break
-            except OutOfMemoryError as exc:
-                self._redis_failed(exc, "checkpoint")
-                self._checkpoint_not_saved(run)
-                return
             except REDIS_FAILURES as exc:
                 self._redis_failed(exc, "checkpoint")
+                if redis_full(exc):
+                    self._checkpoint_not_saved(run)
+                    return
                 if run.stop_reason is not None:
                     raise LeaseLost(f"task {task.id}: run stopped; checkpoint not saved") from exc
                 await backoff.sleep()
