@@ -156,6 +156,8 @@ class Heartbeat:
     drain_requested: bool
     leases_overdue: float = 0.0
     """How long ago the queue's earliest lease ran out (seconds; 0 when none has)."""
+    settings_restored: bool = False
+    """The queue had no settings and this heartbeat wrote them: Redis lost its data."""
 
 
 @dataclass(frozen=True)
@@ -895,8 +897,11 @@ class TaskQueue:
                                               "release")))
 
     async def heartbeat(self, worker: WorkerInfo, held: Mapping[str, str],
-                        lease_seconds: float) -> Heartbeat:
-        """Say the worker is alive and extend the leases of the tasks it holds (id -> token)."""
+                        lease_seconds: float, *,
+                        settings: tuple[int, int] | None = None) -> Heartbeat:
+        """Say the worker is alive and extend the leases of the tasks it holds (id -> token).
+        `settings` (max attempts, result TTL), as :meth:`configure` writes them, are written
+        again when the queue has none: Redis lost its data (``Heartbeat.settings_restored``)."""
         info = json.dumps({
             "state": worker.state, "done": worker.done, "failed": worker.failed,
             "concurrency": worker.concurrency, "started": worker.started,
@@ -904,11 +909,13 @@ class TaskQueue:
             **({"limitWindow": worker.limit_window} if worker.limit_window is not None else {}),
         })
         pairs = [x for item in held.items() for x in item]
-        lost, cancel, drain, overdue_ms = await self._run(
-            "heartbeat", worker.worker_id, worker.pod, int(lease_seconds * 1000), info, *pairs
+        max_attempts, result_ttl = settings if settings is not None else ("", "")
+        lost, cancel, drain, overdue_ms, restored = await self._run(
+            "heartbeat", worker.worker_id, worker.pod, int(lease_seconds * 1000), info,
+            max_attempts, result_ttl, *pairs
         )
         return Heartbeat([_s(i) for i in lost], [_s(i) for i in cancel], bool(drain),
-                         int(overdue_ms) / 1000)
+                         int(overdue_ms) / 1000, bool(restored))
 
     async def request_drain(self, pod_or_worker: str) -> None:
         """Ask a pod's workers (or one instance) to stop claiming and finish what they hold."""

@@ -179,6 +179,27 @@ async def test_heartbeat_registers_the_worker(queue: TaskQueue) -> None:
     assert not state.drain_requested
 
 
+async def test_a_heartbeat_writes_the_queues_settings_again_when_redis_lost_them(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """The settings a worker writes at start (max attempts, result TTL) vanish with Redis's
+    data; the tasks submitted since must not run under the defaults. A heartbeat writes them
+    again and says so; settings that are there are left as they are."""
+    worker = WorkerInfo("pod-a", "i1", 4)
+    await queue.configure(max_attempts=1, result_ttl=600)
+    beat = await queue.heartbeat(worker, {}, 30, settings=(5, 60))
+    assert not beat.settings_restored
+    assert await redis.hgetall(queue.prefix + "config") == {
+        b"max_attempts": b"1", b"result_ttl": b"600"}
+    await redis.delete(queue.prefix + "config")  # as a FLUSHALL or an empty restart does
+    assert not (await queue.heartbeat(worker, {}, 30)).settings_restored, "none given"
+    beat = await queue.heartbeat(worker, {}, 30, settings=(1, 600))
+    assert beat.settings_restored
+    await queue.submit({"n": 1})
+    task = await claim_one(queue, "pod-a:i1")
+    assert task.max_attempts == 1
+
+
 async def test_heartbeat_records_when_the_runs_began(queue: TaskQueue) -> None:
     worker = WorkerInfo("pod-a", "i1", 4, runs_since=(1_700_000_000_000, 1_700_000_005_500))
     await queue.heartbeat(worker, {}, 30)

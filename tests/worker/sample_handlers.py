@@ -108,6 +108,11 @@ async def refuse(payload: Any) -> None:
     raise PermanentError("cannot ever work")
 
 
+async def fails(payload: Any) -> None:
+    """A failure worth retrying, as long as attempts are left."""
+    raise RuntimeError("planned failure")
+
+
 async def streamer(payload: Any, ctx: TaskContext) -> dict[str, int]:
     """Streams `tokens` token events and progress; fails while `ctx.attempt < fail_until`."""
     count = int(payload["tokens"])

@@ -402,3 +402,28 @@ def test_a_worker_reaps_what_no_operator_did_once_it_has_had_redis_a_lease(
     overdue: float, reachable_for: float, due: bool,
 ) -> None:
     assert worker_module.reap_due(overdue, reachable_for, lease_seconds=7.0) is due
+
+
+async def test_a_worker_writes_the_queues_settings_again_when_redis_lost_its_data(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Redis comes back empty (a restart without persistence, a FLUSHALL): the queue's
+    settings went with its data, and a task submitted since must still run under the pool's
+    (here one attempt, so a failure dead-letters it), not the defaults; the log says why."""
+    queue = TaskQueue(redis, queue_name)
+    with worker_processes(tmp_path) as start:
+        worker = start(worker_env(redis_url, queue_name, f"{HANDLERS}:fails",
+                                  pod_name="pod-e", lease_seconds=1.5, max_attempts=1))
+        await eventually(lambda: _has_settings(redis, queue), 15, "the worker to start")
+        keys = [key async for key in redis.scan_iter(f"{queue.prefix}*")]
+        await redis.delete(*keys)
+        await eventually(lambda: _has_settings(redis, queue), 5, "the settings written again")
+        task_id = await queue.submit({"n": 1})
+        await eventually(lambda: task_in(queue, task_id, "dead"), 15, "the task to fail once")
+        info = await queue.get(task_id)
+        assert info is not None and info.attempts == 1
+        assert "Redis lost its data" in worker.logs()
+
+
+async def _has_settings(redis: aioredis.Redis, queue: TaskQueue) -> bool:
+    return await redis.hget(queue.prefix + "config", "max_attempts") == b"1"

@@ -712,15 +712,23 @@ class Worker:
         if self._limits is not None:
             self.info.limit_window = self._limits.window()
         try:
-            beat = await self._rt(
-                self.queue.heartbeat(self.info, held, self.settings.lease_seconds)
-            )
+            beat = await self._rt(self.queue.heartbeat(
+                self.info, held, self.settings.lease_seconds,
+                settings=(self.settings.max_attempts, self.settings.result_ttl_seconds)))
         except REDIS_FAILURES as exc:
             self._redis_failed(exc, "heartbeat")
             return
         finally:
             self.health.heartbeat_attempted()
         self._redis_ok()
+        if beat.settings_restored and not self._configured:
+            self._configured = True  # Redis was full at start: the heartbeat wrote them
+        elif beat.settings_restored:
+            self._log.warning(
+                "the queue's settings were missing in Redis and are written again: Redis lost "
+                "its data (a restart without persistence, a FLUSHALL, a failover to a replica "
+                "that had not synced)", max_attempts=self.settings.max_attempts,
+                result_ttl=self.settings.result_ttl_seconds, runs_held=len(held))
         for task_id in beat.lost:
             self._lose(task_id, held.get(task_id, ""))
         for task_id in beat.cancel:
