@@ -17,6 +17,7 @@ from .credentials import KnownSecrets, WorkerCredentials
 from .disruption_actions import GuardState
 from .installed_crd import InstalledCrd
 from .kube import KubeApi
+from .queue_loss import QueueMarks
 from .recovery import RecoveryPolicy
 from .redis_access import RedisClients
 from .redis_config import MemoryCheck
@@ -91,6 +92,9 @@ class PoolState:
     queue_address: str | None = None
     """The Redis server and queue the pool's workers serve, as last opened (see
     `queue_sharing`); None while the queue cannot be opened."""
+    queue_marks: QueueMarks | None = None
+    """What the last round that read the queue's figures saw (see `queue_loss`): a failed
+    read keeps it, another queue or Redis URL replaces it without a comparison."""
 
     last_status: dict[str, Any] | None = None
     """The status as last written, the base of the next write."""

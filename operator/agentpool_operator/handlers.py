@@ -53,6 +53,7 @@ from .deployment import (
 from .disruption_actions import ensure_budget
 from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
+from .queue_loss import data_lost, loss_event, marks_of, queue_identity
 from .queue_sharing import queue_address, sharing_problem
 from .redis_access import QueueAccessError, read_figures, resolve_redis_url
 from .status import (
@@ -443,6 +444,20 @@ async def observe_queue(
         return None, None, error.problem
 
 
+def check_queue_kept(state: PoolState, body: Any, queue: TaskQueue, redis_url: str,
+                     figures: QueueFigures, logger: Logger) -> None:
+    """Compare this round's figures with the last round's: when Redis lost the queue's data
+    (see `queue_loss`), say so once, with a Warning Event and a metric. Only figures that
+    were read come here: a failed read keeps the last round's for the next comparison."""
+    current = marks_of(queue_identity(redis_url, queue.name), figures)
+    loss = data_lost(state.queue_marks, current)
+    state.queue_marks = current
+    if loss is not None:
+        namespace, name = pool_key(body)
+        metrics.record_queue_data_lost(namespace, name)
+        post(body, loss_event(loss), logger)
+
+
 async def recover_gone_pods_once(
     ctx: OperatorContext, state: PoolState, queue: TaskQueue, body: kopf.Body,
     pods: Sequence[Mapping[str, Any]] | None, logger: Logger,
@@ -535,6 +550,8 @@ async def observe_once(
     if queue is not None and not state.recovery.gone_pods_checked:
         await recover_gone_pods_once(ctx, state, queue, body, pods, logger)
     figures, queue, queue_problem = await observe_queue(state, queue, queue_problem)
+    if figures is not None and queue is not None and state.redis_url is not None:
+        check_queue_kept(state, body, queue, state.redis_url, figures, logger)
     evicting, full = (
         await state.memory.current(queue.redis) if queue is not None else (None, None))
     previous = state.last_status

@@ -127,6 +127,12 @@ SCHEDULE_TIMES_MISSED = Counter(
     "Scheduled times that passed without a task (no operator running, the queue unreachable)",
     [*POOL_LABELS, "schedule"],
 )
+QUEUE_DATA_LOST = Counter(
+    "agentpool_operator_queue_data_lost",
+    "Times the pool's Redis lost its queue's data (came back empty: restart without "
+    "persistence, FLUSHALL, failover to an unsynced replica); each posts a QueueDataLost Event",
+    POOL_LABELS,
+)
 RECONCILE_ERRORS = Counter(
     "agentpool_operator_reconcile_errors",
     "Failed reconcile steps of a pool (the error is in the operator's log)",
@@ -308,6 +314,10 @@ def record_scheduled(namespace: str, pool: str, schedule: str, *, submitted: int
         _child(SCHEDULED_TASKS, namespace, pool, schedule).inc(submitted)
     if missed:
         _child(SCHEDULE_TIMES_MISSED, namespace, pool, schedule).inc(missed)
+
+
+def record_queue_data_lost(namespace: str, pool: str) -> None:
+    _child(QUEUE_DATA_LOST, namespace, pool).inc()
 
 
 def record_reconcile_error(namespace: str, pool: str, step: str) -> None:
