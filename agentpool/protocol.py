@@ -640,7 +640,8 @@ class TaskQueue:
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
         """Wait until the task reaches a final state; raises TimeoutError after `timeout`, and
         TaskNotFound for an id the queue does not know: never submitted, or finished longer
-        ago than the queue's result TTL (a day by default), whose record has expired.
+        ago than the queue's result TTL (a day by default), whose record has expired; or, for
+        a task this wait saw queued or running, because Redis lost its data.
 
         Once waiting, a lost connection (a Redis failover) is retried for up to
         WAIT_RECONNECT_SECONDS in a row; a Redis unreachable before the task was first read,
@@ -657,6 +658,7 @@ class TaskQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         failing_since: float | None = None
         reached = False
+        seen: str | None = None
         listened = -float(LISTEN_SECONDS)
         try:
             async with asyncio.timeout(timeout):
@@ -672,10 +674,16 @@ class TaskQueue:
                             listened = time.monotonic()
                         info = await self.get(task_id)
                         reached = True
+                        if info is None and seen is not None:
+                            raise TaskNotFound(
+                                f"task {task_id} of queue {self.name} was {seen} and is gone: "
+                                "Redis lost its data (a restart without persistence, a "
+                                "FLUSHALL, a failover to a replica that had not synced)")
                         if info is None:
                             raise TaskNotFound(f"no task {task_id} in queue {self.name}")
                         if info.done:
                             return info
+                        seen = info.state
                         await _news_of(done, task_id, deadline)
                         failing_since = None
                     except (RedisConnectionError, RedisTimeoutError, OSError) as error:

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agentpool import protocol
 from agentpool.connection import redis_from_url
-from agentpool.protocol import DoneSignal, TaskNotFound, TaskQueue
+from agentpool.protocol import DoneSignal, TaskInfo, TaskNotFound, TaskQueue
 from agentpool.redis_server import RedisServer, free_port
 
 
@@ -192,6 +192,28 @@ async def _has_subscriber(admin: aioredis.Redis, queue: TaskQueue) -> bool:
 async def test_wait_for_an_unknown_task_raises_task_not_found(queue: TaskQueue) -> None:
     with pytest.raises(TaskNotFound):
         await queue.wait("no-such-task", timeout=1)
+
+
+async def test_a_wait_for_a_task_that_vanished_says_redis_lost_its_data(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """A task seen queued cannot vanish by the protocol (only a final one expires or is
+    purged): when its record goes, Redis lost its data, and the waiter is told so."""
+    task_id = await queue.submit({"n": 1})
+    read = asyncio.Event()
+    get = queue.get
+
+    async def get_and_tell(task_id: str) -> TaskInfo | None:
+        info = await get(task_id)
+        read.set()
+        return info
+
+    queue.get = get_and_tell  # type: ignore[method-assign]
+    waiting = asyncio.ensure_future(queue.wait(task_id, timeout=10))
+    await asyncio.wait_for(read.wait(), 5)
+    await redis.delete(queue.task_key(task_id))  # as an empty restart does
+    with pytest.raises(TaskNotFound, match="was queued and is gone: Redis lost its data"):
+        await waiting
 
 
 async def test_get_many_reads_tasks_in_the_order_asked_and_skips_unknown_ids(
