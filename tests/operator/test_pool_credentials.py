@@ -29,7 +29,7 @@ from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer, free_port
 from agentpool.urls import with_credentials
-from agentpool_operator import credentials
+from agentpool_operator import credentials, handlers
 from agentpool_operator.credentials import PRODUCER_ROTATE_ANNOTATION as PRODUCER_ROTATE
 from agentpool_operator.credentials import ROTATE_ANNOTATION as ROTATE
 from agentpool_operator.credentials import (
@@ -249,6 +249,67 @@ async def can_claim(url: str, queue: str) -> bool:
         return False
     finally:
         await client.aclose()
+
+
+async def test_a_redis_restarted_empty_gets_the_pools_user_back_with_the_same_password(
+    cluster: Cluster, operator: OperatorThread, pool_name: str,
+    worker_client: list[aioredis.Redis], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis keeps ACL users in memory only: restarted without an ACL file (same port, no
+    data), it has forgotten the pool's user. The operator's client reconnects, its backoff
+    while Redis was down does not keep the workers out for long, and the user comes back with
+    the password in the Secret: the Secret and the pods' credentials version stay, no pod
+    rolls."""
+    queue = f"q-{pool_name}"
+    rounds: list[bool] = []  # each round of the pool: True when it read the queue
+    real_observe = handlers.observe_queue
+
+    async def counted(*args: Any) -> Any:
+        observed = await real_observe(*args)
+        rounds.append(observed[2] is None)
+        return observed
+
+    monkeypatch.setattr(handlers, "observe_queue", counted)
+    server = RedisServer(port=free_port()).start()
+    try:
+        await cluster.create_pool(pool_manifest(pool_name, redis_url=server.url, queue=queue,
+                                                poll_seconds=1))
+        await eventually(lambda: cluster.get(SECRETS, f"{pool_name}-redis-worker"))
+        url = worker_url(cluster, pool_name)
+        version = await eventually(lambda: template_version(cluster, pool_name))
+        admin = aioredis.Redis.from_url(server.url)
+        worker_client.append(admin)
+        await TaskQueue(admin, queue).submit_many(list(range(3)))
+        assert await eventually(lambda: can_claim(url, queue))
+
+        server.stop()
+        await eventually(
+            lambda: cluster.condition(pool_name, "QueueReachable")["status"] == "False")
+        # three failed rounds in a row: by then the retry delay has grown past pollSeconds
+        await eventually(lambda: rounds[-3:] == [False] * 3, within=10)
+
+        server.start()  # same port, empty: no data, no ACL file
+        back = time.monotonic()
+        fresh = aioredis.Redis.from_url(server.url)
+        worker_client.append(fresh)
+        assert await fresh.dbsize() == 0
+        await TaskQueue(fresh, queue).submit_many(list(range(3)))
+        assert await eventually(lambda: can_claim(url, queue), within=15, interval=0.1), \
+            "the worker URL does not claim after Redis restarted"
+        locked_out = time.monotonic() - back
+        logging.getLogger(__name__).info(f"the workers claimed {locked_out:.1f}s after the "
+                                         "restart")
+        assert locked_out < 10, f"the workers were locked out {locked_out:.1f}s"
+        assert await eventually(
+            lambda: cluster.condition(pool_name, "QueueReachable")["status"] == "True")
+
+        assert worker_url(cluster, pool_name) == url, "the password changed: pods would roll"
+        assert template_version(cluster, pool_name) == version, "the pods would roll"
+        assert not cluster.requests("PATCH", f"/secrets/{pool_name}-redis-worker")
+        assert not cluster.events("CredentialsRotating")
+        assert not cluster.events("CredentialsRestored")
+    finally:
+        server.close()
 
 
 async def test_rotation_fails_no_claim_and_drops_the_old_password_once_the_pods_rolled(
