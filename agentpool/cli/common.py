@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.exceptions
@@ -28,7 +29,15 @@ from agentpool import redis_errors
 from agentpool.cli.views import Grid, to_table
 from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
 from agentpool.connection import RedisURLError, is_cluster_url, parse_cluster_url
-from agentpool.protocol import TASK_ID, ProtocolError, TaskNotFound, TaskQueue, known_queues
+from agentpool.data_loss import CAUSES, data_loss
+from agentpool.protocol import (
+    TASK_ID,
+    ProtocolError,
+    QueueFigures,
+    TaskNotFound,
+    TaskQueue,
+    known_queues,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -243,6 +252,38 @@ async def never_used(queue: TaskQueue) -> str:
     return never_used_message(queue.name, known, complete)
 
 
+# -- queues that lost their data ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QueueReading:
+    """What one refresh of a watch read of its queue, kept to compare with the next."""
+
+    queue: str
+    used: bool
+    """Something was ever submitted to the queue or a worker serves it (its marks exist)."""
+    submitted: int | None
+    """The submit counter, which the queue never deletes; None while it does not exist."""
+
+
+def reading_of(queue: str, figures: QueueFigures) -> QueueReading:
+    return QueueReading(queue, figures.used, figures.stats.get("submitted"))
+
+
+def data_lost(before: QueueReading | None, now: QueueReading) -> str | None:
+    """What to say when the queue lost its data between two refreshes of a watch, else None.
+
+    The rule is agentpool.data_loss's (the operator's `QueueDataLost` Event says the same).
+    Nothing to compare on the first refresh (`before` None) nor with another queue; a
+    refresh that could not read Redis gives no reading.
+    """
+    if before is None or before.queue != now.queue:
+        return None
+    how = data_loss(before.submitted, before.used, now.submitted, now.used)
+    if how is None:
+        return None
+    return f'queue "{now.queue}" lost its data: {how} ({CAUSES}); still watching'
+
+
 def error_line(message: str) -> None:
     first = " ".join(message.split())
     sys.stderr.write(f"agentpool: {first}\n")
@@ -414,21 +455,34 @@ async def show(
     grids: Callable[[T], Grid | list[Grid]],
     to_json: Callable[[T], Any],
     unused: Callable[[T], Awaitable[str | None]] | None = None,
+    reading: Callable[[T], QueueReading] | None = None,
 ) -> int:
     """Print one snapshot, or with --watch keep refreshing it until Ctrl-C.
 
     `unused` tells from a snapshot whether its queue was never used (the message, or None).
     Then a single snapshot fails (exit 1, nothing on stdout); --watch says it once on stderr
     and keeps watching for the queue to appear.
+
+    `reading` tells what a snapshot read of its queue: --watch compares each refresh with the
+    one before and says once on stderr when the queue lost its data (`data_lost`); a queue
+    this watch saw in use is not called never used.
     """
     watch = bool(getattr(args, "watch", False))
     interval = max(0.1, float(getattr(args, "interval", 2.0)))
     said = False
+    last: QueueReading | None = None
     outage = Outage(redis_url(args), interval, say=args.output == "json")
 
     async def take() -> T:
-        nonlocal said
+        nonlocal said, last
         data = await snapshot()
+        if reading is not None and watch:
+            now = reading(data)
+            lost = data_lost(last, now)
+            if lost:
+                error_line(lost)
+            said = said or now.used  # seen in use: never "never used" from now on
+            last = now
         if unused is not None and not said:
             message = await unused(data)
             if message and not watch:

@@ -15,6 +15,7 @@ from agentpool.cli.common import (
     never_used,
     number,
     queue_name,
+    reading_of,
     show,
 )
 from agentpool.cli.fleet import MAX_WINDOW, CounterSample, Rates, RateTracker
@@ -62,4 +63,5 @@ async def run(args: argparse.Namespace) -> int:
         async def unused(data: tuple[QueueFigures, Rates | None]) -> str | None:
             return None if data[0].used else await never_used(queue)
 
-        return await show(args, snapshot, grids, to_json, unused)
+        return await show(args, snapshot, grids, to_json, unused,
+                          lambda data: reading_of(name, data[0]))

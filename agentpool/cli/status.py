@@ -30,6 +30,7 @@ import redis.exceptions
 
 from agentpool.cli.common import (
     CommandFailed,
+    QueueReading,
     UsageError,
     add_output_option,
     add_redis_option,
@@ -38,6 +39,7 @@ from agentpool.cli.common import (
     connect,
     never_used,
     number,
+    reading_of,
     redis_failure,
     redis_url,
 )
@@ -358,29 +360,30 @@ async def show_queue(args: argparse.Namespace) -> int:
                          f"{ENV_REDIS_URL}")
     name: str = args.queue
     tracker = RateTracker(args.window)
-    used = True
+    marks = QueueReading(name, used=True, submitted=None)  # what the last snapshot read
     async with connect(args) as client:
         queue = client.queue(name)
 
         async def snapshot() -> Snapshot:
-            nonlocal used
+            nonlocal marks
             figures = await queue.figures()
             tracker.add(CounterSample(time.monotonic(), figures.stats))
             if figures.used and args.sample > 0 and tracker.rates() is None:
                 await asyncio.sleep(args.sample)
                 figures = await queue.figures()
                 tracker.add(CounterSample(time.monotonic(), figures.stats))
-            used = figures.used
+            marks = reading_of(name, figures)
             return [FleetRow(queue_summary(name, figures), tracker.rates())], time.time()
 
         async def unused(_: Snapshot) -> str | None:
-            return None if used else await never_used(queue)
+            return None if marks.used else await never_used(queue)
 
         return await show_view(
             args, snapshot,
             lambda snap: fleet_grid(snap[0], snap[1], all_namespaces=False),
             lambda snap: {"namespace": None, "pools": fleet_json(*snap)},
             unused,
+            lambda _: marks,
         )
 
 

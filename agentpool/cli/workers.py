@@ -14,12 +14,18 @@ from agentpool.cli.common import (
     connect,
     never_used,
     queue_name,
+    reading_of,
     show,
 )
 from agentpool.cli.views import Grid, workers_grid, workers_json
-from agentpool.protocol import WORKER_LIVENESS_WINDOW, WorkerState
+from agentpool.protocol import (
+    WORKER_LIVENESS_WINDOW,
+    QueueFigures,
+    WorkerState,
+    figures_and_workers,
+)
 
-Snapshot = tuple[list[WorkerState], float]
+Snapshot = tuple[list[WorkerState], float, QueueFigures]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,18 +52,19 @@ async def run(args: argparse.Namespace) -> int:
         queue = client.queue(name)
 
         async def snapshot() -> Snapshot:
-            return await queue.workers(), time.time()
+            figures, workers = await figures_and_workers(queue)
+            return workers, time.time(), figures
 
         def grids(data: Snapshot) -> Grid:
-            workers, now = data
+            workers, now, _ = data
             return workers_grid(workers, now, name)
 
         def to_json(data: Snapshot) -> Any:
-            workers, now = data
+            workers, now, _ = data
             return {"queue": name, "workers": workers_json(workers, now)}
 
         async def unused(data: Snapshot) -> str | None:
-            workers, _ = data
-            return None if workers or await queue.used() else await never_used(queue)
+            return None if data[2].used else await never_used(queue)
 
-        return await show(args, snapshot, grids, to_json, unused)
+        return await show(args, snapshot, grids, to_json, unused,
+                          lambda data: reading_of(name, data[2]))

@@ -1,16 +1,6 @@
-"""Whether Redis lost a pool's queue between two of its rounds: a pure verdict on what each
-round read of the queue (no round trip of its own).
-
-A queue keeps its data as long as Redis does. When Redis comes back empty (a Redis without
-persistence restarted, a FLUSHALL, a failover to a replica that had not synced) its queued,
-running and dead-lettered tasks are gone, and the pool's figures alone would just drop to 0.
-The protocol never deletes the submit sequence (`ap:{queue}:seq`: every submit takes a
-number of it, the figures' `submitted`), nor the other marks of a used queue (its config,
-stats, worker registry; `queue_used` in agentpool/lua/common.lua). So the data was lost when
-
-- the submit counter went back (to nothing, or to a lower number: submits after the loss
-  start it again from 1); or
-- the queue had been used and none of its marks is left.
+"""Whether Redis lost a pool's queue between two of its rounds: a verdict on what each
+round read of the queue (no round trip of its own; the rule is agentpool.data_loss's, which
+the CLI's watches share).
 
 The verdict compares two rounds' `QueueMarks` of the same queue only: the first round of a
 loop (operator restarted, pool just created) has nothing to compare with, a pool that moved
@@ -24,13 +14,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from agentpool.data_loss import CAUSES, data_loss
 from agentpool.protocol import QueueFigures
 
 from .status import StatusEvent
 
 REASON = "QueueDataLost"
-CAUSES = ("a Redis without persistence restarted, a FLUSHALL, or a failover to a replica "
-          "that had not synced")
 
 
 def queue_identity(redis_url: str, queue: str) -> str:
@@ -78,14 +67,8 @@ def data_lost(previous: QueueMarks | None, current: QueueMarks) -> QueueDataLoss
     read `current`; None when there is nothing to compare or nothing was lost."""
     if previous is None or previous.queue != current.queue:
         return None
-    if previous.submitted is not None and (current.submitted or 0) < previous.submitted:
-        how = (f"the submit counter went back from {previous.submitted:,} to "
-               f"{current.submitted or 0:,}")
-        return QueueDataLoss(previous, current, how)
-    if previous.used and not current.used:
-        return QueueDataLoss(previous, current, "every key of the queue is gone, though it "
-                                                "had been used")
-    return None
+    how = data_loss(previous.submitted, previous.used, current.submitted, current.used)
+    return None if how is None else QueueDataLoss(previous, current, how)
 
 
 def _counts(marks: QueueMarks) -> str:

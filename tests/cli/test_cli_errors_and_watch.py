@@ -10,7 +10,7 @@ import time
 import pytest
 from cli_helpers import Cli, wait_until, with_queue
 
-from agentpool.cli.common import CLI_CLIENT_NAME
+from agentpool.cli.common import CLI_CLIENT_NAME, QueueReading, data_lost
 from agentpool.cli.get import event_id
 from agentpool.protocol import TaskQueue, key_prefix
 from agentpool.redis_server import RedisCluster, RedisServer, free_port
@@ -212,10 +212,9 @@ def test_watch_keeps_going_while_redis_is_down_and_says_so(cli: Cli, verb: str) 
         assert proc.stderr.readline() == (
             f"agentpool: cannot reach Redis at {url}: Connection refused; still watching, "
             "retrying every 0.1s\n")
-        server = RedisServer(port=server.port).start()
+        server = RedisServer(port=server.port).start()  # back empty: no persistence
         assert [proc.stderr.readline() for _ in range(2)] == [
-            never_used_line(cli.queue) + " (this Redis database has no queues yet); watching "
-            "for it\n",
+            lost_line(cli.queue, "the submit counter went back from 1 to 0") + "\n",
             "agentpool: Redis answers again\n"]
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
@@ -329,6 +328,95 @@ def test_watch_table_of_a_never_used_queue_says_so_once(cli: Cli) -> None:
     [line] = err.splitlines()
     assert line.startswith(never_used_line(cli.queue))
     assert f"Workers of queue {cli.queue}: 0" in out
+
+
+def lost_line(queue: str, how: str) -> str:
+    return (f'agentpool: queue "{queue}" lost its data: {how} (a Redis without persistence '
+            "restarted, a FLUSHALL, or a failover to a replica that had not synced); still "
+            "watching")
+
+
+Q = "q4"
+LOST = f'queue "{Q}" lost its data: '
+CAUSES = ("(a Redis without persistence restarted, a FLUSHALL, or a failover to a replica "
+          "that had not synced); still watching")
+
+
+@pytest.mark.parametrize(("before", "now", "said"), [
+    (None, QueueReading(Q, used=True, submitted=3), None),
+    (None, QueueReading(Q, used=False, submitted=None), None),
+    (QueueReading(Q, used=True, submitted=3), QueueReading(Q, used=True, submitted=3), None),
+    (QueueReading(Q, used=True, submitted=3), QueueReading(Q, used=True, submitted=5), None),
+    (QueueReading(Q, used=False, submitted=None), QueueReading(Q, used=False, submitted=None),
+     None),
+    (QueueReading(Q, used=False, submitted=None), QueueReading(Q, used=True, submitted=1),
+     None),
+    (QueueReading(Q, used=True, submitted=None), QueueReading(Q, used=True, submitted=None),
+     None),
+    (QueueReading("other", used=True, submitted=3), QueueReading(Q, used=False,
+                                                                  submitted=None), None),
+    # Redis came back empty, nothing of the queue left
+    (QueueReading(Q, used=True, submitted=3), QueueReading(Q, used=False, submitted=None),
+     f"{LOST}the submit counter went back from 3 to 0 {CAUSES}"),
+    # ... and a live worker registered again: the queue is used, its counter is gone
+    (QueueReading(Q, used=True, submitted=3), QueueReading(Q, used=True, submitted=None),
+     f"{LOST}the submit counter went back from 3 to 0 {CAUSES}"),
+    # ... and submits since started the counter again from 1
+    (QueueReading(Q, used=True, submitted=1234), QueueReading(Q, used=True, submitted=2),
+     f"{LOST}the submit counter went back from 1,234 to 2 {CAUSES}"),
+    # a queue a worker served but nobody submitted to
+    (QueueReading(Q, used=True, submitted=None), QueueReading(Q, used=False, submitted=None),
+     f"{LOST}every key of the queue is gone, though it had been used {CAUSES}"),
+])
+def test_data_lost_between_two_refreshes(before: QueueReading | None, now: QueueReading,
+                                         said: str | None) -> None:
+    assert data_lost(before, now) == said
+
+
+@pytest.mark.parametrize("verb", ["stats", "status"])
+def test_watch_of_a_queue_whose_data_is_lost_says_so_once_and_goes_on(
+    cli: Cli, verb: str,
+) -> None:
+    async def submit(q: TaskQueue, n: int) -> None:
+        for i in range(n):
+            await q.submit({"n": i})
+
+    async def empty(q: TaskQueue) -> None:
+        """What Redis coming back empty leaves of the queue: none of its keys (in one DEL, all
+        at once; the session's server is shared, so no FLUSHDB)."""
+        keys = [key async for key in q.redis.scan_iter(match=key_prefix(q.name) + "*")]
+        assert keys
+        await q.redis.delete(*keys)
+
+    with_queue(cli.redis_url, cli.queue, lambda q: submit(q, 3))
+    argv = [verb, "--redis-url", cli.redis_url, "--queue", cli.queue, "--watch",
+            "--interval", "0.1", "-o", "json"]
+    proc = spawn(*argv, *(["--sample", "0"] if verb == "status" else []))
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def queued() -> int:
+        doc = json.loads(stdout.readline())
+        return int(doc["queued"] if verb == "stats" else doc["pools"][0]["queued"])
+
+    def refreshes_until(n: int) -> None:
+        for _ in range(200):
+            if queued() == n:
+                return
+        raise AssertionError(f"the watch never showed {n} queued")
+
+    try:
+        assert queued() == 3
+        with_queue(cli.redis_url, cli.queue, empty)
+        refreshes_until(0)
+        with_queue(cli.redis_url, cli.queue, lambda q: submit(q, 1))
+        refreshes_until(1)
+        assert [queued() for _ in range(3)] == [1, 1, 1]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert err.splitlines() == [lost_line(cli.queue, "the submit counter went back from 3 to 0")]
 
 
 def test_ctrl_c_while_waiting_exits_130_quietly(cli: Cli) -> None:
