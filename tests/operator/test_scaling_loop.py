@@ -318,12 +318,14 @@ async def test_a_drained_pod_the_replicaset_kept_is_deleted(
     ))
     await eventually(lambda: cluster.deployment("tau"))
     await create_pods(cluster, "tau", [serving, drained])
-    await cluster._send("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{drained}", {
-        "metadata": {"annotations": {DELETION_COST_ANNOTATION: "-2000"}},
-    })
+    # The replica given back first: a paused pool's round that saw the pod marked while its
+    # replica still counted would withdraw the drain (plan_paused), as it should.
     await cluster.patch_deployment("tau", {
         "metadata": {"annotations": {RELEASED_ANNOTATION: drained}},
         "spec": {"replicas": 2},
+    })
+    await cluster._send("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{drained}", {
+        "metadata": {"annotations": {DELETION_COST_ANNOTATION: "-2000"}},
     })
     await cluster.patch_pool("tau", {"spec": {"paused": False}})
 
