@@ -67,13 +67,21 @@ def rates_between(old: CounterSample, new: CounterSample) -> Rates | None:
 
 
 class RateTracker:
-    """Counter samples over a sliding window; rates span the oldest to the newest sample."""
+    """Counter samples over a sliding window; rates span the oldest to the newest sample.
+
+    A counter that went down means the queue's counters were reset (Redis lost its data, see
+    agentpool.data_loss): the samples before start no span, or the rates would read low for a
+    whole window."""
 
     def __init__(self, window_seconds: float = DEFAULT_RATE_WINDOW) -> None:
         self.window_seconds = window_seconds
         self._samples: deque[CounterSample] = deque()
 
     def add(self, sample: CounterSample) -> None:
+        if self._samples and any(
+                sample.counters.get(name, 0) < value
+                for name, value in self._samples[-1].counters.items()):
+            self._samples.clear()
         self._samples.append(sample)
         cutoff = sample.at - self.window_seconds
         while len(self._samples) > 2 and self._samples[1].at <= cutoff:

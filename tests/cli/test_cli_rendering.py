@@ -75,6 +75,21 @@ def test_rate_tracker_slides_its_window() -> None:
     assert rates.succeeded_per_second == pytest.approx((90 - 20) / 10)
 
 
+def test_rate_tracker_starts_over_when_the_counters_were_reset() -> None:
+    """Redis came back empty: the samples from before would make a span with no progress,
+    and the rates would read low for a whole window."""
+    tracker = RateTracker(window_seconds=300)
+    for t in range(0, 101, 10):
+        tracker.add(sample(t, submitted=t * 5, succeeded=t * 5))
+    tracker.add(sample(101, submitted=0, succeeded=0))
+    assert tracker.rates() is None
+    tracker.add(sample(103, submitted=20, succeeded=10))
+    rates = tracker.rates()
+    assert rates is not None
+    assert (rates.window_seconds, rates.submitted_per_second) == (2, 10)
+    assert rates.succeeded_per_second == 5
+
+
 def test_pool_summary_from_an_object() -> None:
     obj = {
         "metadata": {"name": "agents", "namespace": "ml", "creationTimestamp":
