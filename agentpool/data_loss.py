@@ -11,17 +11,49 @@ again from 1), or when a queue that had been used has no mark left.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
+from agentpool.protocol import QueueFigures
+
 CAUSES = ("a Redis without persistence restarted, a FLUSHALL, or a failover to a replica "
           "that had not synced")
 
 
-def data_loss(before_submitted: int | None, before_used: bool,
-              now_submitted: int | None, now_used: bool) -> str | None:
+class Reading(Protocol):
+    """What a reading of a queue's figures keeps to compare with the next one."""
+
+    @property
+    def queue(self) -> str:
+        """Which queue: readings of two queues are not compared."""
+    @property
+    def submitted(self) -> int | None:
+        """The submit counter; None while it does not exist (nothing submitted yet)."""
+    @property
+    def used(self) -> bool:
+        """Any mark of a used queue exists (submit counter, stats, config, workers, tasks)."""
+
+
+@dataclass(frozen=True)
+class QueueReading:
+    queue: str
+    used: bool
+    submitted: int | None
+
+
+def reading_of(queue: str, figures: QueueFigures) -> QueueReading:
+    return QueueReading(queue, figures.used, figures.stats.get("submitted"))
+
+
+def data_loss(before: Reading | None, now: Reading) -> str | None:
     """What shows the loss, for a person ("the submit counter went back from 1,234 to 0"),
-    between a reading and a later one of the same queue; None when nothing was lost."""
-    if before_submitted is not None and (now_submitted or 0) < before_submitted:
-        return (f"the submit counter went back from {before_submitted:,} to "
-                f"{now_submitted or 0:,}")
-    if before_used and not now_used:
+    between a reading and a later one of the same queue; None when there is nothing to
+    compare (no earlier reading, another queue) or nothing was lost."""
+    if before is None or before.queue != now.queue:
+        return None
+    if before.submitted is not None and (now.submitted or 0) < before.submitted:
+        return (f"the submit counter went back from {before.submitted:,} to "
+                f"{now.submitted or 0:,}")
+    if before.used and not now.used:
         return "every key of the queue is gone, though it had been used"
     return None

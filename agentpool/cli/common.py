@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.exceptions
@@ -29,11 +28,10 @@ from agentpool import redis_errors
 from agentpool.cli.views import Grid, to_table
 from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
 from agentpool.connection import RedisURLError, is_cluster_url, parse_cluster_url
-from agentpool.data_loss import CAUSES, data_loss
+from agentpool.data_loss import CAUSES, QueueReading, data_loss
 from agentpool.protocol import (
     TASK_ID,
     ProtocolError,
-    QueueFigures,
     TaskNotFound,
     TaskQueue,
     known_queues,
@@ -254,21 +252,6 @@ async def never_used(queue: TaskQueue) -> str:
 
 # -- queues that lost their data ------------------------------------------------------------
 
-@dataclass(frozen=True)
-class QueueReading:
-    """What one refresh of a watch read of its queue, kept to compare with the next."""
-
-    queue: str
-    used: bool
-    """Something was ever submitted to the queue or a worker serves it (its marks exist)."""
-    submitted: int | None
-    """The submit counter, which the queue never deletes; None while it does not exist."""
-
-
-def reading_of(queue: str, figures: QueueFigures) -> QueueReading:
-    return QueueReading(queue, figures.used, figures.stats.get("submitted"))
-
-
 def data_lost(before: QueueReading | None, now: QueueReading) -> str | None:
     """What to say when the queue lost its data between two refreshes of a watch, else None.
 
@@ -276,9 +259,7 @@ def data_lost(before: QueueReading | None, now: QueueReading) -> str | None:
     Nothing to compare on the first refresh (`before` None) nor with another queue; a
     refresh that could not read Redis gives no reading.
     """
-    if before is None or before.queue != now.queue:
-        return None
-    how = data_loss(before.submitted, before.used, now.submitted, now.used)
+    how = data_loss(before, now)
     if how is None:
         return None
     return f'queue "{now.queue}" lost its data: {how} ({CAUSES}); still watching'

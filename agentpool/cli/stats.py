@@ -15,11 +15,11 @@ from agentpool.cli.common import (
     never_used,
     number,
     queue_name,
-    reading_of,
     show,
 )
 from agentpool.cli.fleet import MAX_WINDOW, CounterSample, Rates, RateTracker
 from agentpool.cli.views import Grid, figures_grid, figures_json
+from agentpool.data_loss import reading_of
 from agentpool.protocol import QueueFigures
 
 

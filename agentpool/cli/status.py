@@ -30,7 +30,6 @@ import redis.exceptions
 
 from agentpool.cli.common import (
     CommandFailed,
-    QueueReading,
     UsageError,
     add_output_option,
     add_redis_option,
@@ -39,7 +38,6 @@ from agentpool.cli.common import (
     connect,
     never_used,
     number,
-    reading_of,
     redis_failure,
     redis_url,
 )
@@ -54,6 +52,7 @@ from agentpool.cli.fleet import (
 )
 from agentpool.cli.views import FleetRow, Grid, fleet_grid, fleet_json
 from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
+from agentpool.data_loss import QueueReading, reading_of
 from agentpool.kubeconfig import kubeconfig_problem
 from agentpool.models import GROUP, PLURAL, VERSION
 from agentpool.protocol import TaskQueue

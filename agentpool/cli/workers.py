@@ -14,10 +14,10 @@ from agentpool.cli.common import (
     connect,
     never_used,
     queue_name,
-    reading_of,
     show,
 )
 from agentpool.cli.views import Grid, workers_grid, workers_json
+from agentpool.data_loss import reading_of
 from agentpool.protocol import (
     WORKER_LIVENESS_WINDOW,
     QueueFigures,

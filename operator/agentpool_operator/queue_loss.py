@@ -65,10 +65,8 @@ class QueueDataLoss:
 def data_lost(previous: QueueMarks | None, current: QueueMarks) -> QueueDataLoss | None:
     """The loss of the queue's data between the round that read `previous` and the one that
     read `current`; None when there is nothing to compare or nothing was lost."""
-    if previous is None or previous.queue != current.queue:
-        return None
-    how = data_loss(previous.submitted, previous.used, current.submitted, current.used)
-    return None if how is None else QueueDataLoss(previous, current, how)
+    how = data_loss(previous, current)
+    return None if how is None or previous is None else QueueDataLoss(previous, current, how)
 
 
 def _counts(marks: QueueMarks) -> str:

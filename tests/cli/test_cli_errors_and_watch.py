@@ -10,8 +10,9 @@ import time
 import pytest
 from cli_helpers import Cli, wait_until, with_queue
 
-from agentpool.cli.common import CLI_CLIENT_NAME, QueueReading, data_lost
+from agentpool.cli.common import CLI_CLIENT_NAME, data_lost
 from agentpool.cli.get import event_id
+from agentpool.data_loss import QueueReading
 from agentpool.protocol import TaskQueue, key_prefix
 from agentpool.redis_server import RedisCluster, RedisServer, free_port
 
