@@ -164,13 +164,7 @@ async def test_a_success_is_recorded_while_redis_is_full_and_its_events_land_onc
     async with running(settings(server.url, queue_name, handler, concurrency=1,
                                 lease_seconds=LEASE)):
         task_id = await queue.submit({"events": 5})
-        await eventually(lambda: RUNS[task_id] == 1, 10, "the run to start")
-        await fill(admin)
-        before = await refusals(admin)
-        gate(task_id, "emit").set()
-        # the worker's only slot is taken, so it claims nothing: what Redis refuses now are
-        # the run's events
-        await eventually(lambda: _more_than(admin, before), 10, "the events to be refused")
+        await _emits_on_a_full_redis(admin, task_id)
         gate(task_id, "end").set()
         await eventually(lambda: task_in(queue, task_id, "succeeded"), 10,
                          "the success to be recorded while Redis is full")
@@ -195,11 +189,7 @@ async def test_a_failure_is_recorded_while_redis_is_full_and_retried_once_freed(
     async with running(settings(server.url, queue_name, handler, concurrency=1,
                                 lease_seconds=LEASE)):
         task_id = await queue.submit({"events": 3, "fail_first": True})
-        await eventually(lambda: RUNS[task_id] == 1, 10, "the run to start")
-        await fill(admin)
-        before = await refusals(admin)
-        gate(task_id, "emit").set()
-        await eventually(lambda: _more_than(admin, before), 10, "the events to be refused")
+        await _emits_on_a_full_redis(admin, task_id)
         gate(task_id, "end").set()
         # Redis takes the failure (its retry waits: claims are refused); the failed run's
         # events are lost, as Redis takes no events of a run once its failure is recorded
@@ -332,6 +322,16 @@ async def test_the_log_says_redis_is_full_once_and_readyz_says_so_steadily(
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+async def _emits_on_a_full_redis(admin: aioredis.Redis, task_id: str) -> None:
+    """Once the run started, Redis fills and the run emits: the worker's only slot is taken,
+    so it claims nothing, and what Redis refuses are the run's events."""
+    await eventually(lambda: RUNS[task_id] == 1, 10, "the run to start")
+    await fill(admin)
+    before = await refusals(admin)
+    gate(task_id, "emit").set()
+    await eventually(lambda: _more_than(admin, before), 10, "the events to be refused")
+
 
 async def _more_than(admin: aioredis.Redis, count: int) -> bool:
     return await refusals(admin) > count
