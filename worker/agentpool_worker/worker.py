@@ -43,8 +43,10 @@ import json
 import signal
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -169,6 +171,21 @@ _Event = tuple[int, ClaimedTask, str, str]
 """(sequence number, the run's claim, kind, data JSON)"""
 
 
+@dataclass
+class _FullEpisode:
+    """Redis refusing writes for being full, from its first refusal to a write that went
+    through: what it refused and what was lost, for the line that ends it."""
+
+    since: float
+    """monotonic"""
+    refused: Counter[str] = field(default_factory=Counter)
+    events_dropped: int = 0
+    """Events that will never reach Redis."""
+    checkpoints_not_saved: int = 0
+    capped: bool = False
+    """Events were dropped at ``ctx.emit`` (too many waiting): logged once."""
+
+
 class _EventCall:
     """Events sent in one call that Redis has not taken yet: sent again with the same call id
     (a call Redis ran but whose reply was lost then appends nothing a second time), ahead of
@@ -272,16 +289,8 @@ class Worker:
         """While Redis refuses events for being full: when they are offered again."""
         self._events_asked = False
         """A checkpoint or report waits for the events: offer them now, not at the retry."""
-        self._full_since: float | None = None
-        """Since when (monotonic) Redis refuses writes for being full; None while it takes them
-        (as far as the worker knows)."""
-        self._full_refused: dict[str, int] = {}
-        self._full_dropped = 0
-        """Events of this full episode that will never reach Redis."""
-        self._full_unsaved = 0
-        """Checkpoints of this full episode that were not saved."""
-        self._full_capped = 0
-        """Events of this full episode dropped at ``ctx.emit`` (too many waiting)."""
+        self._full: _FullEpisode | None = None
+        """While Redis refuses writes for being full (as far as the worker knows)."""
         self._configured = False
         """The queue's settings are written (at start, or before the first claim when Redis
         was full at start)."""
@@ -472,7 +481,7 @@ class Worker:
         return self.state == RUNNING and self._check_ok
 
     def _ready_changed(self) -> None:
-        self.metrics.ready.set(1 if self._claiming and self._full_since is None else 0)
+        self.metrics.ready.set(1 if self._claiming and self._full is None else 0)
 
     # -- start and stop --------------------------------------------------------------------
 
@@ -629,10 +638,10 @@ class Worker:
         """Redis refused a write for being full: it answered (reachable), and it will refuse
         claims, events and checkpoints until memory is freed. Logged once per episode."""
         self._redis_ok()
-        self._full_refused[during] = self._full_refused.get(during, 0) + 1
-        if self._full_since is not None:
+        if self._full is not None:
+            self._full.refused[during] += 1
             return
-        self._full_since = time.monotonic()
+        self._full = _FullEpisode(time.monotonic(), Counter({during: 1}))
         self._log.warning(FULL_MESSAGE, refused=during, runs_in_progress=len(self._runs),
                           redis=self.settings.safe_redis_url, error=str(exc).split(".")[0],
                           meanwhile="runs in progress go on and their outcomes are recorded; "
@@ -642,16 +651,14 @@ class Worker:
 
     def _redis_room(self) -> None:
         """A write that a full Redis refuses went through: the episode is over."""
-        if self._full_since is None:
+        full, self._full = self._full, None
+        if full is None:
             return
         self._log.info("Redis has room again: claiming new tasks",
-                       full_seconds=round(time.monotonic() - self._full_since, 1),
-                       refused=dict(sorted(self._full_refused.items())),
-                       events_dropped=self._full_dropped,
-                       checkpoints_not_saved=self._full_unsaved)
-        self._full_since = None
-        self._full_refused = {}
-        self._full_dropped = self._full_unsaved = self._full_capped = 0
+                       full_seconds=round(time.monotonic() - full.since, 1),
+                       refused=dict(sorted(full.refused.items())),
+                       events_dropped=full.events_dropped,
+                       checkpoints_not_saved=full.checkpoints_not_saved)
         self.health.redis_full("")
         self._ready_changed()
         if self._events_held_until is not None:
@@ -740,7 +747,7 @@ class Worker:
         if reap_due(beat.leases_overdue, self._reachable_for(), self.settings.lease_seconds):
             self._leases_overdue = beat.leases_overdue
             self._reap_due.set()
-        if self._full_since is not None and (self._free == 0 or not self._claiming):
+        if self._full is not None and (self._free == 0 or not self._claiming):
             await self._ask_room()
 
     async def _ask_room(self) -> None:
@@ -940,7 +947,7 @@ class Worker:
                 self._events_asked = False
             batch: list[tuple[ClaimedTask, str]] = []
             # never a success ahead of its own events, unless Redis refuses those for being full
-            if not with_events or not self._events or self._full_since is not None:
+            if not with_events or not self._events or self._full is not None:
                 batch = [c for c in self._completions[:MAX_FLUSH]
                          if self._held.get(c[0].id) is c[0]]
                 del self._completions[:MAX_FLUSH]
@@ -1094,7 +1101,8 @@ class Worker:
         raise LeaseLost(f"task {task.id} is held by another run now; checkpoint refused")
 
     def _checkpoint_not_saved(self, run: _Run) -> None:
-        self._full_unsaved += 1
+        if self._full is not None:
+            self._full.checkpoints_not_saved += 1
         if not run.unsaved:
             run.unsaved = True
             self._log.warning("checkpoint not saved: Redis is full; the run goes on",
@@ -1102,14 +1110,16 @@ class Worker:
 
     async def emit(self, ctx: TaskContext, kind: str, raw: str) -> None:
         if len(self._events) >= MAX_PENDING_EVENTS and (
-                self._full_since is not None or not await self._wait_events_flushed(
+                self._full is not None or not await self._wait_events_flushed(
                     self._event_seq - MAX_PENDING_EVENTS // 2)):
             # Redis is full and refuses them: drop this one rather than hold the run up
-            if not self._full_capped:
+            full = self._full
+            if full is not None and not full.capped:
+                full.capped = True
                 self._log.warning("events dropped: Redis is full and too many wait for room",
                                   task=ctx.task_id, waiting=len(self._events))
-            self._full_capped += 1
-            self._full_dropped += 1
+            if full is not None:
+                full.events_dropped += 1
             return
         run = self._runs.get(ctx.task_id)
         if run is None or run.ctx is not ctx:
@@ -1330,7 +1340,8 @@ class Worker:
         if not await self._wait_events_flushed(self._event_seq):
             dropped = await self._drop_events(task)
             if dropped:
-                self._full_dropped += dropped
+                if self._full is not None:
+                    self._full.events_dropped += dropped
                 self._log.warning("the run's events were not recorded: Redis is full",
                                   task=task.id, attempt=task.attempts, events=dropped)
         backoff = _Backoff()
