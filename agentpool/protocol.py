@@ -53,6 +53,11 @@ from agentpool.redis_errors import redis_full
 
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+DEFAULT_MAX_RESULT_BYTES = 1_048_576
+"""A worker's default for the largest result it stores (AGENTPOOL_MAX_RESULT_BYTES): every
+result stays in Redis for the result TTL, in the memory the whole fleet shares."""
+MAX_RESULT_BYTES_LIMIT = 512 * 1_048_576
+"""Redis's own limit on one value (proto-max-bulk-len's default)."""
 DEFAULT_IDEMPOTENCY_TTL = 86_400
 LISTEN_SECONDS = 30
 """How long one `TaskQueue.listen_for_finishes` keeps finishes published on ``done``."""
@@ -1265,18 +1270,25 @@ def _limit_window(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def encode_result(result: Any) -> str:
+def encode_result(result: Any, limit: int | None = None) -> str:
     """A run's result as stored: JSON, or the JSON string of its ``repr`` when it is not
-    JSON-able. ValueError when neither can be made (nested deeper than Python recurses)."""
+    JSON-able. ValueError when neither can be made (nested deeper than Python recurses);
+    PayloadTooLarge (a ValueError) when it is over `limit` bytes."""
     if result is None:
         return "null"
     try:
         try:
-            return _COMPACT_JSON.encode(result)
+            raw = _COMPACT_JSON.encode(result)
         except (TypeError, ValueError):  # ValueError: NaN or infinity, not JSON
-            return json.dumps(repr(result))
+            raw = json.dumps(repr(result))
     except RecursionError:
         raise ValueError("the result is nested too deeply to store as JSON") from None
+    if limit is not None and len(raw) > limit // 4:  # a character is at most 4 bytes
+        size = len(raw.encode())
+        if size > limit:
+            raise PayloadTooLarge(f"the result is {size} bytes encoded as JSON; the limit is "
+                                  f"{limit} bytes{_in_binary_units(limit)}")
+    return raw
 
 
 def _redis_seconds(time_reply: Sequence[Any]) -> float:

@@ -26,13 +26,20 @@ from worker_helpers import (
     worker_processes,
 )
 
-from agentpool.protocol import TaskEvent, TaskQueue
+from agentpool.protocol import (
+    DEFAULT_MAX_RESULT_BYTES,
+    MAX_RESULT_BYTES_LIMIT,
+    TaskEvent,
+    TaskQueue,
+)
 from agentpool_worker.command import (
     COMMAND_ENV,
     GRACE_ENV,
+    MAX_OUTPUT_CHARS,
     CommandConfigError,
     CommandSettings,
     command_settings,
+    output_result,
 )
 
 HANDLER = "agentpool_worker.command:run"
@@ -123,17 +130,54 @@ async def test_output_without_a_result_message_is_the_result(
     assert done.result == "line one\nline two\n"
 
 
-async def test_of_a_long_output_the_result_keeps_the_last_lines_up_to_a_mebibyte(
+async def test_of_a_long_output_the_result_keeps_the_last_lines_the_result_limit_holds(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
+    """3,000 lines of 501 characters: as JSON each is 502 bytes (its newline is two)."""
     queue = TaskQueue(redis, queue_name)
     async with running(settings(redis_url, queue_name, HANDLER)):
         task_id = await queue.submit({"mode": "long-output"})
         done = await finished(queue, task_id, "succeeded")
     line = 501
-    assert 1024 * 1024 - line < len(done.result) <= 1024 * 1024
+    stored = len(json.dumps(done.result, ensure_ascii=False).encode())
+    assert DEFAULT_MAX_RESULT_BYTES - 502 < stored <= DEFAULT_MAX_RESULT_BYTES
     assert len(done.result) % line == 0, "the output was cut inside a line"
     assert done.result.endswith("2999 " + "x" * 495 + "\n")
+
+
+async def test_output_kept_as_a_result_follows_a_lower_result_limit(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The output is cut to what the worker stores, not refused for being over it: the last
+    eight lines of 502 bytes each as JSON."""
+    monkeypatch.setenv("AGENTPOOL_MAX_RESULT_BYTES", "4096")
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, max_result_bytes=4096)):
+        task_id = await queue.submit({"mode": "long-output"})
+        done = await finished(queue, task_id, "succeeded")
+    assert done.result == "".join(f"{n} " + "x" * 495 + "\n" for n in range(2992, 3000))
+
+
+@pytest.mark.parametrize(("lines", "limit", "kept"), [
+    (["a\n", "b\n", "c\n"], 2 + 6, ["b\n", "c\n"]),  # each line is 3 bytes as JSON
+    (["a\n", "b\n", "c\n"], 2 + 9, ["a\n", "b\n", "c\n"]),
+    (["a\n", "é\n"], 2 + 7, ["a\n", "é\n"]),  # é is 2 bytes
+    (["a\n", "é\n"], 2 + 6, ["é\n"]),
+    (["\x01" * 10 + "\n"], 2 + 14, ["\x01\x01\n"]),  # a control character is 6 bytes
+    (["long line\n"], 2 + 5, ["ine\n"]),
+])
+def test_output_kept_as_a_result_is_its_last_lines_whose_json_fits_the_limit(
+    lines: list[str], limit: int, kept: list[str],
+) -> None:
+    result = output_result(lines, limit)
+    assert result == "".join(kept)
+    assert len(json.dumps(result, ensure_ascii=False).encode()) <= limit
+
+
+def test_output_kept_as_a_result_is_at_most_a_mebibyte_of_whole_lines() -> None:
+    lines = ["y" * 999 + "\n"] * 2000
+    result = output_result(lines, MAX_RESULT_BYTES_LIMIT)
+    assert len(result) == 1000 * (MAX_OUTPUT_CHARS // 1000)
 
 
 async def test_event_and_progress_messages_become_task_events(
@@ -238,7 +282,8 @@ async def test_a_line_over_the_message_limit_is_output(
     if result:
         assert done.result == "done"
     else:
-        assert len(done.result) == 1024 * 1024
+        stored = len(json.dumps(done.result, ensure_ascii=False).encode())
+        assert DEFAULT_MAX_RESULT_BYTES - 2 < stored <= DEFAULT_MAX_RESULT_BYTES  # \r is 2
         assert done.result.endswith("\rstep 0699999\n")
 
 
@@ -359,6 +404,8 @@ def test_the_command_is_a_json_array_or_words(tmp_path: Path) -> None:
         CommandSettings(("python3", "-c", "print(1)"))
     assert command_settings({COMMAND_ENV: "python3 -c 'print(1)'", GRACE_ENV: "2"}) == \
         CommandSettings(("python3", "-c", "print(1)"), 2.0, home_writable=False)
+    assert command_settings({COMMAND_ENV: "python3", "AGENTPOOL_MAX_RESULT_BYTES": "4096"}
+                            ).max_result_bytes == 4096
 
 
 @pytest.mark.parametrize(("environ", "message"), [

@@ -53,6 +53,31 @@ async def test_a_result_nested_too_deeply_fails_the_task_not_the_worker(
         assert w.state == "running"
 
 
+async def test_a_result_over_the_size_limit_is_dead_lettered_with_the_sizes_and_the_setting(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Bytes count, not characters: 1,100 two-byte characters are 2,202 bytes as JSON."""
+    queue = TaskQueue(redis, queue_name)
+    fits = await queue.submit("é" * 1000, max_attempts=3)
+    too_large = await queue.submit("é" * 1100, max_attempts=3)
+    worker_settings = settings(redis_url, queue_name, "agentpool_worker.builtin:echo",
+                               max_result_bytes=2048)
+    async with running(worker_settings) as w:
+        done = await eventually(lambda: task_in(queue, fits, "succeeded"), 10, "the result")
+        assert done.result == "é" * 1000
+        dead = await eventually(lambda: task_in(queue, too_large, "dead"), 10, "the DLQ")
+        assert dead.error == (
+            "result not stored: the result is 2202 bytes encoded as JSON; the limit is 2048 "
+            "bytes (2 KiB). Store large output elsewhere and return where it is, or raise "
+            "AGENTPOOL_MAX_RESULT_BYTES")
+        assert dead.attempts == 1  # the same run would make the same result
+        assert dead.result is None
+        await served_after(queue)
+        assert w.state == "running"
+    [letter] = await queue.dead_letters()
+    assert (letter.id, letter.payload) == (too_large, "é" * 1100)  # kept, to run again
+
+
 async def test_a_cancelled_error_of_the_handlers_own_is_a_failed_run(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:

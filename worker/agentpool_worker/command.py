@@ -36,8 +36,9 @@ structlog, pino or zap: ``{"event": "fetching", "level": "info"}``, ``{"msg": "r
 "error": "ECONNRESET"}``), as is a line over ``MAX_LINE_BYTES`` (binary output, a progress
 bar drawn with carriage returns), cut to its last ``MAX_OUTPUT_CHARS``.
 
-A run that sent no result has its output as result (text: its last lines, up to 1 MiB), or
-null when there was none. Each line of **stderr** goes to the worker's log with the task's
+A run that sent no result has its output as result (text: its last lines, as many as fit in
+``AGENTPOOL_MAX_RESULT_BYTES`` once encoded as JSON, at most ``MAX_OUTPUT_CHARS``), or null
+when there was none. Each line of **stderr** goes to the worker's log with the task's
 id; the last of them are the error of a run that exits with a status other than 0. Such a
 run is retried with backoff like any failed attempt.
 
@@ -61,14 +62,14 @@ import stat
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from agentpool.errors import PermanentError
-from agentpool.protocol import EVENT_KIND, FINAL_EVENT
+from agentpool.protocol import DEFAULT_MAX_RESULT_BYTES, EVENT_KIND, FINAL_EVENT
 from agentpool_worker.handlers import TaskContext, WorkerContext
 from agentpool_worker.settings import (
     DEFAULT_GRACE_SECONDS,
@@ -81,8 +82,8 @@ from agentpool_worker.settings import (
 COMMAND_ENV = env_name("task_command")
 GRACE_ENV = env_name("task_command_grace_seconds")
 MAX_LINE_BYTES = 8 * 1024 * 1024
-"""A message line may carry a checkpoint or a result of up to the payload limit (1 MiB); a
-longer line is output."""
+"""A message line may carry a checkpoint (up to the payload limit, 1 MiB) or a result (up to
+the result limit, 1 MiB by default); a longer line is output."""
 MAX_OUTPUT_CHARS = 1024 * 1024
 READ_CHUNK = 64 * 1024
 ERROR_LINES = 20
@@ -104,6 +105,8 @@ class CommandSettings:
     home_writable: bool = True
     """Whether the worker's HOME is a directory the programs can write; if not, each run's
     HOME is its own directory."""
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    """The worker's result limit, which output kept as a result must fit."""
 
 
 def command_settings(environ: Mapping[str, str]) -> CommandSettings:
@@ -113,11 +116,12 @@ def command_settings(environ: Mapping[str, str]) -> CommandSettings:
     try:
         argv = task_program(read_setting("task_command", environ))
         grace = read_setting("task_command_grace_seconds", environ)
+        max_result_bytes = read_setting("max_result_bytes", environ)
     except ConfigError as exc:
         raise CommandConfigError(str(exc)) from None
     home = environ.get("HOME", "")
     home_writable = bool(home) and os.path.isdir(home) and os.access(home, os.W_OK)
-    return CommandSettings(argv, grace, home_writable)
+    return CommandSettings(argv, grace, home_writable, max_result_bytes)
 
 
 def startup(worker: WorkerContext) -> None:
@@ -166,7 +170,7 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
             env["AGENTPOOL_CHECKPOINT_FILE"] = _write_checkpoint(scratch, ctx.checkpoint_state)
         command = await _Command.start(settings.argv, env)
         try:
-            return await _converse(command, payload, ctx)
+            return await _converse(command, payload, ctx, settings.max_result_bytes)
         finally:
             await command.stop(settings.grace_seconds)
     finally:
@@ -258,7 +262,8 @@ class _Command:
         self.transport.close()
 
 
-async def _converse(command: _Command, payload: Any, ctx: TaskContext) -> Any:
+async def _converse(command: _Command, payload: Any, ctx: TaskContext,
+                    max_result_bytes: int) -> Any:
     process = command.process
     assert process.stdin and process.stdout and process.stderr
     errors: deque[str] = deque(maxlen=ERROR_LINES)
@@ -295,7 +300,42 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext) -> Any:
         raise RuntimeError(f"command {why}" + (f": {tail}" if tail else ""))
     if outcome.has_result:
         return outcome.result
-    return "".join(output)[-MAX_OUTPUT_CHARS:] if output else None
+    return output_result(output, max_result_bytes) if output else None
+
+
+def output_result(lines: Iterable[str], limit: int) -> str:
+    """The end of a run's output that its result can hold: its last lines, as many as fit in
+    MAX_OUTPUT_CHARS characters and in `limit` bytes once encoded as JSON (escapes count: a
+    newline is two bytes, a control character six); when the last line alone does not fit,
+    an end of it that does."""
+    budget, room = limit - 2, MAX_OUTPUT_CHARS  # 2: the string's quotes
+    kept: list[str] = []
+    for line in reversed(list(lines)):
+        size = _json_size(line)
+        if size > budget or len(line) > room:
+            if not kept:
+                kept.append(_end_that_fits(line[-room:], budget))
+            break
+        kept.append(line)
+        budget, room = budget - size, room - len(line)
+    return "".join(reversed(kept))
+
+
+def _json_size(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=False).encode()) - 2
+
+
+def _end_that_fits(text: str, budget: int) -> str:
+    """The longest end of `text` within `budget` bytes of JSON (a binary search over where it
+    starts: its size only shrinks as it starts later)."""
+    low, high = max(0, len(text) - budget), len(text)  # each character is at least a byte
+    while low < high:
+        middle = (low + high) // 2
+        if _json_size(text[middle:]) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    return text[low:]
 
 
 async def _feed(stdin: asyncio.StreamWriter, payload: Any) -> None:

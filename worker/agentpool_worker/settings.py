@@ -25,7 +25,12 @@ from typing import Any, Literal
 from agentpool import urls
 from agentpool.connection import RedisURLError, check_redis_url
 from agentpool.durability import DEFAULT_REPLICA_TIMEOUT, Durability
-from agentpool.protocol import MAX_ATTEMPTS_LIMIT, QUEUE_NAME
+from agentpool.protocol import (
+    DEFAULT_MAX_RESULT_BYTES,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_RESULT_BYTES_LIMIT,
+    QUEUE_NAME,
+)
 from agentpool.ratelimit import LimitConfig, decode_limits
 from agentpool.urls import URL_PREFIXES
 
@@ -230,6 +235,11 @@ class WorkerSettings:
         "a number of seconds above 0 (at most 86400)", seconds(0, 86400, above=True), 300.0)
     result_ttl_seconds: int = _setting(
         "a whole number of seconds of at least 1", _integer(1, 365 * 86400), 86400)
+    max_result_bytes: int = _setting(
+        f"a number of bytes between 1024 and {MAX_RESULT_BYTES_LIMIT} (512 MiB)",
+        _integer(1024, MAX_RESULT_BYTES_LIMIT), DEFAULT_MAX_RESULT_BYTES)
+    """A larger result is not stored: the run fails for good with the reason (dead letters
+    keep its payload, to run again once the handler or this limit changed)."""
     redis_timeout_seconds: float = _setting(
         "a number of seconds above 0 (at most 300)", seconds(0, 300, above=True), 5.0)
     durability: Durability = _setting(

@@ -58,6 +58,7 @@ from agentpool.errors import LeaseLost, PermanentError
 from agentpool.protocol import (
     ClaimedTask,
     FailOutcome,
+    PayloadTooLarge,
     RunEvents,
     TaskQueue,
     WorkerInfo,
@@ -79,7 +80,7 @@ from agentpool_worker.handlers import (
 )
 from agentpool_worker.limits import WorkerLimits
 from agentpool_worker.probes import Health, ProbeServer
-from agentpool_worker.settings import WorkerSettings
+from agentpool_worker.settings import WorkerSettings, env_name
 from agentpool_worker.threads import DaemonThreads
 
 log = structlog.get_logger("agentpool.worker")
@@ -99,6 +100,8 @@ FULL_MESSAGE = ("Redis is full (maxmemory reached): new tasks are not claimed un
                 "freed")
 FULL_READY_REASON = ("redis is full (maxmemory reached): new tasks are not claimed until "
                      "memory is freed; runs in progress go on")
+RESULT_TOO_LARGE_HINT = (". Store large output elsewhere and return where it is, or raise "
+                         f"{env_name('max_result_bytes')}")
 TICK_SECONDS = 0.25
 ERROR_TEXT_LIMIT = 4000
 AFTER_TASK_SECONDS = 30.0
@@ -1212,9 +1215,11 @@ class Worker:
                 outcome = ended(STOPPED_STATUS[run.stop_reason])
                 return
             try:
-                encoded = encode_result(result)
+                encoded = encode_result(result, self.settings.max_result_bytes)
             except ValueError as exc:
                 error = f"result not stored: {exc}"
+                if isinstance(exc, PayloadTooLarge):
+                    error += RESULT_TOO_LARGE_HINT
                 self._failed(run, error, retryable=False)
                 outcome = ended("failed", error=error, retryable=False)
                 return
