@@ -360,10 +360,10 @@ def encode_event(kind: str, data: Any) -> str:
             f"starting with a letter or digit (and not {FINAL_EVENT!r})"
         )
     try:
-        raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        raw, size = compact_json(data)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"event data is not JSON-serialisable: {exc}") from None
-    if len(raw) > MAX_EVENT_BYTES // 4 and len(raw.encode()) > MAX_EVENT_BYTES:
+    if size > MAX_EVENT_BYTES:
         raise ProtocolError(f"event data is over the {MAX_EVENT_BYTES}-byte limit")
     return raw
 
@@ -379,6 +379,22 @@ def encode_progress(fraction: float, message: str | None = None) -> dict[str, An
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 """One encoder for every payload: ``json.dumps`` with options builds a new one per call."""
+_ASCII_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def compact_json(value: Any) -> tuple[str, int]:
+    """`value` as compact JSON, with its size in UTF-8 bytes. A string holding a lone
+    surrogate (Python's strings may, UTF-8 cannot: Redis would never receive it) is written
+    with ASCII escapes instead, which is valid JSON and reads back the same. TypeError or
+    ValueError when `value` is not JSON."""
+    raw = _COMPACT_JSON.encode(value)
+    if raw.isascii():
+        return raw, len(raw)
+    try:
+        return raw, len(raw.encode())
+    except UnicodeEncodeError:
+        raw = _ASCII_JSON.encode(value)
+        return raw, len(raw)
 
 
 def new_task_id() -> str:
@@ -389,10 +405,10 @@ def new_task_id() -> str:
 
 def encode_checkpoint(state: Any, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
     try:
-        raw = _COMPACT_JSON.encode(state)
+        raw, size = compact_json(state)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"checkpoint is not JSON-serialisable: {exc}") from None
-    if len(raw.encode()) > limit:
+    if size > limit:
         raise PayloadTooLarge(f"checkpoint is over the {limit}-byte limit")
     return raw
 
@@ -400,10 +416,9 @@ def encode_checkpoint(state: Any, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str
 def encode_payload(payload: Any, limit: int) -> str:
     """The payload as compact JSON: any JSON value, at most `limit` bytes once encoded."""
     try:
-        raw = _COMPACT_JSON.encode(payload)
+        raw, size = compact_json(payload)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"payload is not JSON-serialisable: {exc}") from None
-    size = len(raw.encode())
     if size > limit:
         raise PayloadTooLarge(
             f"payload is {size} bytes encoded as JSON; the limit is {limit} bytes"
@@ -894,9 +909,8 @@ class TaskQueue:
         """Record a failed run: retry after a backoff while attempts remain, else dead-letter."""
         if delay is None:
             delay = retry_delay(task.attempts)
-        reply = await self._run(
-            "fail", task.id, task.token, error[:4000], int(retryable), int(delay * 1000), "fail"
-        )
+        reply = await self._run("fail", task.id, task.token, storable_text(error[:4000]),
+                                int(retryable), int(delay * 1000), "fail")
         return FailOutcome(_s(reply))
 
     async def cancelled(self, task: ClaimedTask) -> FailOutcome:
@@ -1270,6 +1284,18 @@ def _limit_window(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def storable_text(text: str) -> str:
+    """`text` as Redis can take it: a lone surrogate, which UTF-8 cannot encode (an exception
+    message may hold one), becomes '?'."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="replace").decode()
+    return text
+
+
 def encode_result(result: Any, limit: int | None = None) -> str:
     """A run's result as stored: JSON, or the JSON string of its ``repr`` when it is not
     JSON-able. ValueError when neither can be made (nested deeper than Python recurses);
@@ -1278,16 +1304,15 @@ def encode_result(result: Any, limit: int | None = None) -> str:
         return "null"
     try:
         try:
-            raw = _COMPACT_JSON.encode(result)
+            raw, size = compact_json(result)
         except (TypeError, ValueError):  # ValueError: NaN or infinity, not JSON
             raw = json.dumps(repr(result))
+            size = len(raw)
     except RecursionError:
         raise ValueError("the result is nested too deeply to store as JSON") from None
-    if limit is not None and len(raw) > limit // 4:  # a character is at most 4 bytes
-        size = len(raw.encode())
-        if size > limit:
-            raise PayloadTooLarge(f"the result is {size} bytes encoded as JSON; the limit is "
-                                  f"{limit} bytes{_in_binary_units(limit)}")
+    if limit is not None and size > limit:
+        raise PayloadTooLarge(f"the result is {size} bytes encoded as JSON; the limit is "
+                              f"{limit} bytes{_in_binary_units(limit)}")
     return raw
 
 

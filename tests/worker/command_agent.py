@@ -70,6 +70,8 @@ def main() -> None:
         say({"event": "token", "data": 1, "extra": True})
         if payload.get("result"):
             say({"result": 42})
+    elif mode == "huge-result":  # one message line of 9 MiB
+        say({"result": "x" * (9 * 1024 * 1024)})
     elif mode == "progress-bar":
         for step in range(700_000):  # 9 MiB without a newline
             sys.stdout.write(f"\rstep {step:07d}")

@@ -170,6 +170,19 @@ async def deep_result(payload: Any) -> list[Any]:
     return nested
 
 
+LONE_SURROGATE = "half a pair: \ud83d"
+"""Text a Python string holds and UTF-8 cannot encode (a JSON "\\ud83d" decodes to it)."""
+
+
+async def lone_surrogates(payload: Any, ctx: TaskContext) -> str:
+    """Lone surrogates in an event, in a checkpoint and in the result or the error."""
+    await ctx.emit("note", {"text": LONE_SURROGATE})
+    await ctx.checkpoint({"text": LONE_SURROGATE})
+    if payload.get("fail"):
+        raise ValueError(LONE_SURROGATE)
+    return LONE_SURROGATE
+
+
 async def awaits_a_cancelled_call(payload: Any) -> None:
     """Awaits a future that something other than the worker cancels (a client closed under
     it): the CancelledError is the handler's own."""

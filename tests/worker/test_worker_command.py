@@ -148,14 +148,27 @@ async def test_of_a_long_output_the_result_keeps_the_last_lines_the_result_limit
 async def test_output_kept_as_a_result_follows_a_lower_result_limit(
     redis_url: str, queue_name: str, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The output is cut to what the worker stores, not refused for being over it: the last
-    eight lines of 502 bytes each as JSON."""
-    monkeypatch.setenv("AGENTPOOL_MAX_RESULT_BYTES", "4096")
+    """The output is cut to what the worker stores (its settings, not the environment), not
+    refused for being over it: the last eight lines of 502 bytes each as JSON."""
+    monkeypatch.delenv("AGENTPOOL_MAX_RESULT_BYTES", raising=False)
     queue = TaskQueue(redis, queue_name)
     async with running(settings(redis_url, queue_name, HANDLER, max_result_bytes=4096)):
         task_id = await queue.submit({"mode": "long-output"})
         done = await finished(queue, task_id, "succeeded")
     assert done.result == "".join(f"{n} " + "x" * 495 + "\n" for n in range(2992, 3000))
+
+
+async def test_a_result_message_over_the_line_limit_dead_letters_the_task(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A 9 MiB result message is not taken for output (whose end would be the result)."""
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=3)):
+        task_id = await queue.submit({"mode": "huge-result"})
+        dead = await finished(queue, task_id, "dead")
+    assert dead.attempts == 1
+    assert dead.error is not None
+    assert "the command's output line 1: a message over 8388608 bytes" in dead.error
 
 
 @pytest.mark.parametrize(("lines", "limit", "kept"), [
@@ -404,8 +417,6 @@ def test_the_command_is_a_json_array_or_words(tmp_path: Path) -> None:
         CommandSettings(("python3", "-c", "print(1)"))
     assert command_settings({COMMAND_ENV: "python3 -c 'print(1)'", GRACE_ENV: "2"}) == \
         CommandSettings(("python3", "-c", "print(1)"), 2.0, home_writable=False)
-    assert command_settings({COMMAND_ENV: "python3", "AGENTPOOL_MAX_RESULT_BYTES": "4096"}
-                            ).max_result_bytes == 4096
 
 
 @pytest.mark.parametrize(("environ", "message"), [

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sample_handlers import LONE_SURROGATE
 from worker_helpers import HANDLERS, eventually, running, settings, task_in
 
 from agentpool.protocol import TaskQueue
@@ -76,6 +77,28 @@ async def test_a_result_over_the_size_limit_is_dead_lettered_with_the_sizes_and_
         assert w.state == "running"
     [letter] = await queue.dead_letters()
     assert (letter.id, letter.payload) == (too_large, "é" * 1100)  # kept, to run again
+
+
+async def test_text_utf8_cannot_encode_is_stored_escaped_and_the_worker_goes_on(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A lone surrogate in a result, an event or a checkpoint reads back as it was written
+    (JSON's \\ud83d escape); in an error it becomes '?'. None stops the worker."""
+    queue = TaskQueue(redis, queue_name)
+    succeeds = await queue.submit({}, max_attempts=1)
+    fails = await queue.submit({"fail": True}, max_attempts=1)
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:lone_surrogates")) as w:
+        done = await eventually(lambda: task_in(queue, succeeds, "succeeded"), 10, "a result")
+        assert done.result == LONE_SURROGATE
+        dead = await eventually(lambda: task_in(queue, fails, "dead"), 10, "the DLQ")
+        assert dead.error is not None
+        assert dead.error.startswith("ValueError: half a pair: ?")
+        await served_after(queue)
+        assert w.state == "running"
+    notes = [e.data for e in [e async for e in queue.events(succeeds, follow=False)]
+             if e.kind == "note"]
+    assert notes == [{"text": LONE_SURROGATE}]
+    assert await queue.checkpoint_state(fails) == {"text": LONE_SURROGATE}  # kept by a dead task
 
 
 async def test_a_cancelled_error_of_the_handlers_own_is_a_failed_run(

@@ -34,7 +34,8 @@ message:
 Every other line is output, JSON lines that are not messages too (the JSON log lines of
 structlog, pino or zap: ``{"event": "fetching", "level": "info"}``, ``{"msg": "retrying",
 "error": "ECONNRESET"}``), as is a line over ``MAX_LINE_BYTES`` (binary output, a progress
-bar drawn with carriage returns), cut to its last ``MAX_OUTPUT_CHARS``.
+bar drawn with carriage returns), cut to its last ``MAX_OUTPUT_CHARS``; but one that begins
+as a result or a checkpoint message fails the run for good (no such message fits a limit).
 
 A run that sent no result has its output as result (text: its last lines, as many as fit in
 ``AGENTPOOL_MAX_RESULT_BYTES`` once encoded as JSON, at most ``MAX_OUTPUT_CHARS``), or null
@@ -56,6 +57,7 @@ import ctypes
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import stat
@@ -63,7 +65,7 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -106,7 +108,8 @@ class CommandSettings:
     """Whether the worker's HOME is a directory the programs can write; if not, each run's
     HOME is its own directory."""
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
-    """The worker's result limit, which output kept as a result must fit."""
+    """The worker's result limit (from its settings), which output kept as a result must
+    fit."""
 
 
 def command_settings(environ: Mapping[str, str]) -> CommandSettings:
@@ -116,16 +119,16 @@ def command_settings(environ: Mapping[str, str]) -> CommandSettings:
     try:
         argv = task_program(read_setting("task_command", environ))
         grace = read_setting("task_command_grace_seconds", environ)
-        max_result_bytes = read_setting("max_result_bytes", environ)
     except ConfigError as exc:
         raise CommandConfigError(str(exc)) from None
     home = environ.get("HOME", "")
     home_writable = bool(home) and os.path.isdir(home) and os.access(home, os.W_OK)
-    return CommandSettings(argv, grace, home_writable, max_result_bytes)
+    return CommandSettings(argv, grace, home_writable)
 
 
 def startup(worker: WorkerContext) -> None:
-    worker.state[STATE_KEY] = command_settings(os.environ)
+    worker.state[STATE_KEY] = replace(
+        command_settings(os.environ), max_result_bytes=worker.max_result_bytes)
     _not_dumpable()
 
 
@@ -309,8 +312,12 @@ def output_result(lines: Iterable[str], limit: int) -> str:
     newline is two bytes, a control character six); when the last line alone does not fit,
     an end of it that does."""
     budget, room = limit - 2, MAX_OUTPUT_CHARS  # 2: the string's quotes
+    lines = list(lines)
+    whole = "".join(lines)
+    if len(whole) <= room and _json_size(whole) <= budget:
+        return whole
     kept: list[str] = []
-    for line in reversed(list(lines)):
+    for line in reversed(lines):
         size = _json_size(line)
         if size > budget or len(line) > room:
             if not kept:
@@ -365,10 +372,15 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
     kept = 0
     number = 0
     noted = False
-    async for raw, cut in _lines(stdout):
+    async for line in _lines(stdout):
         number += 1
-        text = raw.decode(errors="replace")
-        message, why_not = (None, "") if cut else _message(text)
+        if line.cut and OVERSIZED_MESSAGE.match(line.head):
+            raise PermanentError(
+                f"the command's output line {number}: a message over {MAX_LINE_BYTES} bytes "
+                f"(the longest line read as one); write large output to a file or a store and "
+                f"send where it is")
+        text = line.text.decode(errors="replace")
+        message, why_not = (None, "") if line.cut else _message(text)
         if message is None:
             if why_not and not noted:  # once per run: a program that logs JSON logs a lot
                 noted = True
@@ -385,36 +397,53 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
             raise PermanentError(f"the command's output line {number}: {exc}") from None
 
 
-async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[tuple[bytes, bool]]:
-    """The stream's lines, each with whether it was over MAX_LINE_BYTES: such a line is cut to
-    its last MAX_OUTPUT_CHARS bytes. The loop gets a turn after every chunk read, however fast
-    the program writes."""
+@dataclass(frozen=True)
+class _Line:
+    text: bytes
+    cut: bool = False
+    """Over MAX_LINE_BYTES: only its last MAX_OUTPUT_CHARS bytes are kept."""
+    head: bytes = b""
+    """Of a cut line, how it began (HEAD_BYTES)."""
+
+
+HEAD_BYTES = 64
+OVERSIZED_MESSAGE = re.compile(rb'\s*\{\s*"(result|checkpoint)"\s*:')
+"""How a cut line that was meant as a result or a checkpoint begins."""
+
+
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[_Line]:
+    """The stream's lines; one over MAX_LINE_BYTES is cut to its last MAX_OUTPUT_CHARS bytes
+    and keeps how it began. The loop gets a turn after every chunk read, however fast the
+    program writes."""
     pending = bytearray()
-    cut = False
+    head: bytes | None = None
     while chunk := await stream.read(READ_CHUNK):
         *ends, rest = chunk.split(b"\n")
         for end in ends:
             if pending:
                 pending += end
                 pending += b"\n"
-                yield _cut(pending, cut)
+                yield _line(pending, head)
                 pending.clear()
-                cut = False
+                head = None
             else:
-                yield end + b"\n", False
+                yield _Line(end + b"\n")
         pending += rest
-        if len(pending) > MAX_LINE_BYTES or (cut and len(pending) > 2 * MAX_OUTPUT_CHARS):
-            cut = True
+        if len(pending) > MAX_LINE_BYTES or (head is not None
+                                             and len(pending) > 2 * MAX_OUTPUT_CHARS):
+            if head is None:
+                head = bytes(pending[:HEAD_BYTES])
             del pending[:-MAX_OUTPUT_CHARS]
         await asyncio.sleep(0)
     if pending:
-        yield _cut(pending, cut)
+        yield _line(pending, head)
 
 
-def _cut(line: bytearray, cut: bool) -> tuple[bytes, bool]:
-    if cut or len(line) > MAX_LINE_BYTES:
-        return bytes(line[-MAX_OUTPUT_CHARS:]), True
-    return bytes(line), False
+def _line(line: bytearray, head: bytes | None) -> _Line:
+    if head is not None or len(line) > MAX_LINE_BYTES:
+        return _Line(bytes(line[-MAX_OUTPUT_CHARS:]), True,
+                     bytes(line[:HEAD_BYTES]) if head is None else head)
+    return _Line(bytes(line))
 
 
 MESSAGE_KEYS = {

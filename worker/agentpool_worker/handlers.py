@@ -37,7 +37,12 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
-from agentpool.protocol import encode_checkpoint, encode_event, encode_progress
+from agentpool.protocol import (
+    DEFAULT_MAX_RESULT_BYTES,
+    encode_checkpoint,
+    encode_event,
+    encode_progress,
+)
 from agentpool.ratelimit import RateLimitError, Reservation, Throttle
 from agentpool_worker.threads import DaemonThreads
 
@@ -216,6 +221,8 @@ class WorkerContext:
     concurrency: int
     state: dict[str, Any] = field(default_factory=dict)
     """Put clients and pools here in ``startup``; every task sees it as ``ctx.state``."""
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    """The largest result this worker stores (``AGENTPOOL_MAX_RESULT_BYTES``), JSON bytes."""
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,8 @@ class Worker:
         self.metrics = metrics.for_queue(settings.queue)
         self.probe_port: int | None = None
         self._log = log.bind(worker=self.worker_id, queue=settings.queue)
-        self.worker_ctx = WorkerContext(settings.queue, self.worker_id, settings.concurrency)
+        self.worker_ctx = WorkerContext(settings.queue, self.worker_id, settings.concurrency,
+                                        max_result_bytes=settings.max_result_bytes)
         self._check_ok = True
         """The handler's ``ready`` hook passed its last check (or there is none)."""
         self._hook_threads = DaemonThreads(1, "agentpool-hook")
