@@ -424,6 +424,7 @@ class SyncQueue:
         delay: float = 0,
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
+        expires: float | None = None,
     ) -> str:
         blocking = self._client._parts()[2]
         queue = self.queue
@@ -431,18 +432,19 @@ class SyncQueue:
                 and not blocking.busy(queue.prefix + "queued")):
             return queue.submit_blocking(
                 blocking, payload, priority=priority, delay=delay,
-                idempotency_key=idempotency_key, max_attempts=max_attempts,
+                idempotency_key=idempotency_key, max_attempts=max_attempts, expires=expires,
             )
         return self._client._call(queue.submit(
             payload, priority=priority, delay=delay, idempotency_key=idempotency_key,
-            max_attempts=max_attempts,
+            max_attempts=max_attempts, expires=expires,
         ))
 
     def submit_many(self, payloads: Iterable[Any], *, priority: int = 0, delay: float = 0,
-                    max_attempts: int | None = None) -> list[str]:
+                    max_attempts: int | None = None,
+                    expires: float | None = None) -> list[str]:
         items = list(payloads)
         return self._run(lambda q: q.submit_many(items, priority=priority, delay=delay,
-                                                 max_attempts=max_attempts))
+                                                 max_attempts=max_attempts, expires=expires))
 
     def get(self, task_id: str) -> TaskInfo | None:
         return self._run(lambda q: q.get(task_id))

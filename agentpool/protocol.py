@@ -254,6 +254,8 @@ class TaskInfo:
     max_attempts: int | None
     progress: Progress | None = None
     """The latest ``progress`` event of any of its runs."""
+    expires_ms: int | None = None
+    """When a run may no longer start (Redis time, ms): the submit's `expires`."""
 
     @property
     def done(self) -> bool:
@@ -529,7 +531,8 @@ class TaskQueue:
     # -- producers -------------------------------------------------------------------------
 
     def _submit_args(self, payload: Any, priority: int, delay: float,
-                     idempotency_key: str | None, max_attempts: int | None) -> list[Any]:
+                     idempotency_key: str | None, max_attempts: int | None,
+                     expires: float | None = None) -> list[Any]:
         if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
             raise ProtocolError(
                 f"priority must be an integer between 0 and {MAX_PRIORITY}, got {priority!r}"
@@ -540,11 +543,16 @@ class TaskQueue:
         if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise ProtocolError(
                 f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}")
+        if expires is not None and not delay < expires <= MAX_DELAY_SECONDS:
+            floor = f"the delay ({delay:g} s)" if delay else "0"
+            raise ProtocolError(f"expires must be above {floor} and at most "
+                                f"{MAX_DELAY_SECONDS} seconds (a year), got {expires}")
         raw = encode_payload(payload, self.max_payload_bytes)
         return [
             new_task_id(), raw, priority, int(delay * 1000),
             "" if max_attempts is None else max_attempts,
             idempotency_key or "", DEFAULT_IDEMPOTENCY_TTL,
+            "" if expires is None else max(1, int(expires * 1000)),
         ]
 
     async def submit(
@@ -555,15 +563,18 @@ class TaskQueue:
         delay: float = 0,
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
+        expires: float | None = None,
     ) -> str:
         """Queue a task and return its id (the existing id for a known idempotency key).
 
         The payload is any JSON value (an object, a list, a prompt string, a number, None) of
         at most `max_payload_bytes` (1 MiB by default) once encoded as JSON; a larger one raises
         PayloadTooLarge and nothing is stored. Priorities run from 0 to 9, higher first; FIFO
-        within a priority.
+        within a priority. A task not started within `expires` seconds of its submit (a first
+        run or any later one) is not run: it ends cancelled, its error saying it expired.
         """
-        args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
+        args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
+                                 expires)
         task_id, acked = await self._submits.call(args, size=len(args[1]))
         self._check_replicated("submit", acked, task_id)
         return task_id
@@ -593,10 +604,12 @@ class TaskQueue:
         delay: float = 0,
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
+        expires: float | None = None,
     ) -> str:
         """:meth:`submit` through a blocking line to the same Redis (the blocking producer's
         path: one round trip, no event loop in between)."""
-        args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts)
+        args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
+                                 expires)
         script = self._script("submit")
         reply = line.run(script.sha, script.script, [self.prefix + "queued"],
                          [self.prefix, *args])
@@ -604,14 +617,15 @@ class TaskQueue:
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
                           delay: float = 0, max_attempts: int | None = None,
-                          chunk: int = 500) -> list[str]:
+                          expires: float | None = None, chunk: int = 500) -> list[str]:
         """Queue many tasks with the same options, in order, one script call per `chunk` (at
         most ``MAX_SUBMIT_CHUNK``); every payload is checked before any is sent."""
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, got {chunk}")
         chunk = min(chunk, MAX_SUBMIT_CHUNK)
-        all_args = [self._submit_args(p, priority, delay, None, max_attempts) for p in payloads]
-        plain = not delay and max_attempts is None
+        all_args = [self._submit_args(p, priority, delay, None, max_attempts, expires)
+                    for p in payloads]
+        plain = not delay and max_attempts is None and expires is None
         ids: list[str] = []
         replicated = True
         for start in range(0, len(all_args), chunk):
@@ -1232,6 +1246,7 @@ def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:
         owner=_s(f["owner"]) if "owner" in f else None,
         max_attempts=_opt_int(f.get("max")),
         progress=_progress(f.get("progress")),
+        expires_ms=_opt_int(f.get("expires")),
     )
 
 

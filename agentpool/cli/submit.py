@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="0-9, higher runs first (default 0)")
     parser.add_argument("--delay", type=number(float, low=0), default=0, metavar="SECONDS",
                         help="run no earlier than this many seconds from now")
+    parser.add_argument("--expires", type=number(float, above=0), metavar="SECONDS",
+                        help="a task not started within this many seconds of its submit "
+                        "is not run: it ends cancelled, as expired (retries included)")
     parser.add_argument("--idempotency-key", metavar="KEY",
                         help="a key seen before returns the existing task's id (single task)")
     parser.add_argument("--max-attempts", type=int, metavar="N",
@@ -123,9 +126,9 @@ async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
     if len(payloads) == 1:
         return [await queue.submit(payloads[0], priority=args.priority, delay=args.delay,
                                    idempotency_key=args.idempotency_key,
-                                   max_attempts=args.max_attempts)]
+                                   max_attempts=args.max_attempts, expires=args.expires)]
     return await queue.submit_many(payloads, priority=args.priority, delay=args.delay,
-                                   max_attempts=args.max_attempts)
+                                   max_attempts=args.max_attempts, expires=args.expires)
 
 
 async def wait_all(queue: TaskQueue, ids: Sequence[str],

@@ -138,6 +138,7 @@ def task_json(queue: str, info: TaskInfo) -> dict[str, Any]:
         "created": iso_ms(info.created_ms),
         "started": iso_ms(info.started_ms),
         "finished": iso_ms(info.finished_ms),
+        "expires": iso_ms(info.expires_ms),
         "owner": info.owner,
         "error": info.error,
         "payload": info.payload,
@@ -190,6 +191,8 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float) -> Grid:
         ["Created", when(info.created_ms)],
         ["Started", when(info.started_ms)],
         ["Finished", when(info.finished_ms)],
+        *([["Expires", f"{iso_ms(info.expires_ms)} (a run may not start later)"]]
+          if info.expires_ms is not None else []),
         ["Owner", info.owner or "-"],
         ["Error", info.error or "-"],
         ["Progress", format_progress(info.progress)],

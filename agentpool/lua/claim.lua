@@ -2,6 +2,7 @@
 -- Moves due delayed tasks to the queue, then leases up to `count` tasks to the worker.
 -- Returns {tasks, next_due_ms|false, now, tasks left queued}; each task is
 -- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|false}.
+-- A task past its `expires` time is not leased: it ends cancelled, with why.
 -- One fencing INCRBY, one lease ZADD, one owner SADD and one SET that remembers the claim (a
 -- claim sent again is answered from it) per claim, whatever its size.
 -- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
@@ -67,8 +68,13 @@ elseif not drain_requested(worker, pod) then
     for i = 1, taken do
       local id = popped[2 * i - 1]
       local tk = task_key(id)
-      local f = redis.call('HMGET', tk, 'payload', 'created', 'max', 'attempts', 'cp')
-      if f[1] or f[4] then
+      local f = redis.call('HMGET', tk, 'payload', 'created', 'max', 'attempts', 'cp',
+        'expires', 'ev')
+      if f[6] and now >= tonumber(f[6]) then
+        local within = (tonumber(f[6]) - (tonumber(f[2]) or 0)) / 1000
+        finished(id, tk, 'cancelled', now, {ev = f[7] or false, cp = f[5] or false},
+          {'error', 'expired: not started within ' .. within .. ' s of its submit'})
+      elseif f[1] or f[4] then
         -- The random prefix keeps tokens unique when a failover rolls the counter back.
         local token = (prefix or '') .. (fence + i)
         local attempts = tonumber(f[4] or '0') + 1

@@ -18,7 +18,8 @@ for _, id in ipairs(ids) do
     if action == 'purge' or not score then
       redis.call('DEL', tk, events_key(id), checkpoint_key(id))
     else
-      redis.call('HDEL', tk, 'finished')
+      -- requeued by hand: run it, however long ago it was meant to start by
+      redis.call('HDEL', tk, 'finished', 'expires')
       redis.call('HSET', tk, 'state', 'queued', 'attempts', 0)
       redis.call('ZADD', K_QUEUED, score, id)
       wake(1)

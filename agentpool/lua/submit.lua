@@ -1,10 +1,11 @@
--- ARGV: prefix, then 7 values per task: id, payload, priority, delay_ms, max_attempts
---       ('' = queue default), idempotency key ('' = none), idempotency ttl seconds.
+-- ARGV: prefix, then 8 values per task: id, payload, priority, delay_ms, max_attempts
+--       ('' = queue default), idempotency key ('' = none), idempotency ttl seconds,
+--       expires_ms after the submit ('' = never: see claim.lua).
 -- One task, or a group of single submits sent together (agentpool/coalesce.py), each with
 -- its own options. Returns {created (1|0), id} per task, flattened: created 0 when the
 -- idempotency key already names a task (the existing task's id) or the task exists already
 -- (the same submit sent again).
-local FIELDS = 7
+local FIELDS = 8
 local n = (#ARGV - 1) / FIELDS
 local replies = {}
 local ids = {}
@@ -48,6 +49,7 @@ for i = 1, n do
     local at = 1 + (i - 1) * FIELDS
     local id, payload, prio = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
     local delay_ms, max, idem = tonumber(ARGV[at + 4]), ARGV[at + 5], ARGV[at + 6]
+    local expires_ms = ARGV[at + 8]
     seq = seq + 1
     local score = (9 - prio) * 1099511627776 + seq
     -- No 'id' (the key names it) and no 'attempts' until the first claim (a missing count
@@ -60,6 +62,10 @@ for i = 1, n do
     if idem ~= '' then
       fields[#fields + 1] = 'idem'
       fields[#fields + 1] = idem
+    end
+    if expires_ms ~= '' then
+      fields[#fields + 1] = 'expires'
+      fields[#fields + 1] = now + tonumber(expires_ms)
     end
     if delay_ms > 0 then
       redis.call('HSET', task_key(id), 'state', 'delayed', 'due', now + delay_ms,

@@ -42,6 +42,20 @@ def test_submit_options_reach_the_task(cli: Cli) -> None:
     assert (info.state, info.priority, info.max_attempts) == ("delayed", 7, 2)
 
 
+def test_submit_with_an_expiry_stores_it_on_each_task(cli: Cli) -> None:
+    doc = cli.ok("submit", "--json", "1", "--json", "2", "--expires", "90", "-o", "json").json()
+    infos = [with_queue(cli.redis_url, cli.queue, lambda q, i=i: q.get(i)) for i in doc["ids"]]
+    assert [i.expires_ms - i.created_ms for i in infos if i and i.expires_ms] == [90_000] * 2
+
+
+def test_an_expiry_not_after_the_delay_is_refused_in_one_line(cli: Cli) -> None:
+    result = cli("submit", "--json", "1", "--delay", "60", "--expires", "30")
+    assert result.code == 2
+    assert result.err_lines == ["agentpool: expires must be above the delay (60 s) and at most "
+                                "31536000 seconds (a year), got 30.0"]
+    assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).used is False
+
+
 def test_submit_json_lines_file_in_one_batch(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "tasks.jsonl"
     path.write_text('{"n": 1}\n\n{"n": 2}\n   \n{"n": 3}\n')

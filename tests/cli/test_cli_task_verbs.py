@@ -36,8 +36,8 @@ def test_get_json_has_every_field(cli: Cli) -> None:
     assert doc["payload"] == {"prompt": "x"}
     assert doc["created"].endswith("+00:00")
     assert set(doc) == {"id", "queue", "state", "priority", "attempts", "max_attempts",
-                        "created", "started", "finished", "owner", "error", "payload", "result",
-                        "progress"}
+                        "created", "started", "finished", "expires", "owner", "error",
+                        "payload", "result", "progress"}
 
 
 def test_get_unknown_task_exits_1_with_one_line(cli: Cli) -> None:

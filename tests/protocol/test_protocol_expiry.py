@@ -1,0 +1,134 @@
+"""Tasks that expire: a task not started within `expires` seconds of its submit is not run.
+
+Time is Redis's: each test that needs a task expired waits until Redis's clock has passed the
+task's expiry (`past_expiry`), then claims."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from protocol_helpers import claim_one, claim_within, fail_until_dead, queued_ids
+
+from agentpool.client import SyncClient
+from agentpool.protocol import FailOutcome, ProtocolError, RunEvents, TaskQueue
+
+
+async def redis_ms(redis: aioredis.Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def past_expiry(redis: aioredis.Redis, queue: TaskQueue, task_id: str) -> None:
+    info = await queue.get(task_id)
+    assert info is not None and info.expires_ms is not None
+    deadline = time.monotonic() + 5
+    while await redis_ms(redis) <= info.expires_ms:
+        assert time.monotonic() < deadline, "Redis's clock did not reach the expiry"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_task_started_in_time_runs_and_keeps_its_expiry_on_record(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    before = await redis_ms(redis)
+    task_id = await queue.submit({"n": 1}, expires=60)
+    task = await claim_one(queue, "w1")
+    assert task.id == task_id
+    info = await queue.get(task_id)
+    assert info is not None and info.expires_ms is not None
+    assert before + 60_000 <= info.expires_ms <= await redis_ms(redis) + 60_000
+    assert await queue.complete(task, "ok")
+
+
+async def test_a_task_not_started_in_time_ends_cancelled_and_the_claim_takes_the_next(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    stale = await queue.submit({"n": 1}, expires=0.05)
+    fresh = await queue.submit({"n": 2})
+    await past_expiry(redis, queue, stale)
+    batch = await queue.claim("w1", 2, 30)
+    assert [t.id for t in batch.tasks] == [fresh]
+    info = await queue.wait(stale, timeout=1)
+    assert info.state == "cancelled" and info.attempts == 0
+    assert info.error == "expired: not started within 0.05 s of its submit"
+    assert (await queue.figures()).stats.get("cancelled") == 1
+    assert await queued_ids(redis, queue) == []
+
+
+async def test_an_expired_task_with_events_gets_its_final_event(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """A retry that comes too late: the first run's events stay, closed by a final event."""
+    task_id = await queue.submit({}, expires=0.3)
+    task = await claim_one(queue, "w1")
+    await queue.record([RunEvents(task_id, 1, [("token", '"a"')], task.token)], [])
+    assert await queue.fail(task, "boom", delay=0) == FailOutcome.RETRY
+    await past_expiry(redis, queue, task_id)
+    assert (await queue.claim("w1", 1, 30)).tasks == []
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "cancelled" and info.attempts == 1
+    assert info.error == "expired: not started within 0.3 s of its submit"
+    events = [(e.kind, e.data) async for e in queue.events(task_id, follow=False)]
+    assert events == [("token", "a"), ("final", {"state": "cancelled", "error": info.error})]
+
+
+async def test_a_delayed_task_runs_when_due_if_its_expiry_has_not_come(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    task_id = await queue.submit({}, delay=0.05, expires=60)
+    task = await claim_within(queue, "w1")
+    assert task.id == task_id
+
+
+@pytest.mark.parametrize(("delay", "expires", "message"), [
+    (0, 0, "expires must be above 0 and at most 31536000 seconds (a year), got 0"),
+    (0, -1, "expires must be above 0"),
+    (5, 5, "expires must be above the delay (5 s)"),
+    (0, 366 * 86400, "at most 31536000 seconds"),
+    (0, float("nan"), "expires must be above 0"),
+])
+async def test_an_expiry_that_cannot_be_met_is_refused_and_nothing_stored(
+    queue: TaskQueue, redis: aioredis.Redis, delay: float, expires: float, message: str,
+) -> None:
+    with pytest.raises(ProtocolError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        await queue.submit({}, delay=delay, expires=expires)
+    with pytest.raises(ProtocolError, match="expires must be"):
+        await queue.submit_many([{}, {}], delay=delay, expires=expires)
+    assert (await queue.figures()).used is False
+
+
+async def test_submit_many_gives_every_task_the_expiry(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    ids = await queue.submit_many([{"n": n} for n in range(3)], expires=0.05)
+    await past_expiry(redis, queue, ids[-1])
+    assert (await queue.claim("w1", 10, 30)).tasks == []
+    states = [info.state for info in [await queue.get(i) for i in ids] if info is not None]
+    assert states == ["cancelled"] * 3
+
+
+async def test_the_blocking_client_submits_with_an_expiry(
+    queue: TaskQueue, redis: aioredis.Redis, redis_url: str,
+) -> None:
+    with SyncClient.from_url(redis_url) as client:
+        task_id = client.queue(queue.name).submit({}, expires=0.05)
+    await past_expiry(redis, queue, task_id)
+    assert (await queue.claim("w1", 1, 30)).tasks == []
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "cancelled"
+
+
+async def test_a_dead_letter_requeued_by_hand_runs_whatever_its_expiry(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    task_id = await queue.submit({}, max_attempts=1, expires=0.3)
+    await fail_until_dead(queue, "w1", task_id)
+    await past_expiry(redis, queue, task_id)
+    assert await queue.requeue_dead([task_id]) == 1
+    task = await claim_one(queue, "w1")
+    assert task.id == task_id
+    info = await queue.get(task_id)
+    assert info is not None and info.expires_ms is None
