@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import math
 import os
 import random
 import re
@@ -543,16 +544,15 @@ class TaskQueue:
         if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise ProtocolError(
                 f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}")
-        if expires is not None and not delay < expires <= MAX_DELAY_SECONDS:
-            floor = f"the delay ({delay:g} s)" if delay else "0"
-            raise ProtocolError(f"expires must be above {floor} and at most "
-                                f"{MAX_DELAY_SECONDS} seconds (a year), got {expires}")
+        delay_ms = int(delay * 1000)
+        expires_ms: int | str = ""
+        if expires is not None:
+            expires_ms = _expiry_ms(expires, delay, delay_ms)
         raw = encode_payload(payload, self.max_payload_bytes)
         return [
-            new_task_id(), raw, priority, int(delay * 1000),
+            new_task_id(), raw, priority, delay_ms,
             "" if max_attempts is None else max_attempts,
-            idempotency_key or "", DEFAULT_IDEMPOTENCY_TTL,
-            "" if expires is None else max(1, int(expires * 1000)),
+            idempotency_key or "", DEFAULT_IDEMPOTENCY_TTL, expires_ms,
         ]
 
     async def submit(
@@ -1297,6 +1297,25 @@ def _worker_states(reply: Sequence[Any]) -> list[WorkerState]:
 
 def _limit_window(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, dict) else None
+
+
+def _expiry_ms(expires: Any, delay: float, delay_ms: int) -> int:
+    """A submit's `expires` in milliseconds, as the submit script stores it; ProtocolError
+    unless it is a number of seconds, after the delay (as stored) and within a year."""
+    if isinstance(expires, bool) or not isinstance(expires, int | float) \
+            or not math.isfinite(expires):
+        raise ProtocolError(f"expires must be a number of seconds, got {expires!r}")
+    expires_ms = round(expires * 1000)
+    if not delay_ms < expires_ms <= MAX_DELAY_SECONDS * 1000:
+        floor = f"the delay ({_seconds_text(delay)} s)" if delay_ms else "0"
+        raise ProtocolError(f"expires must be above {floor} and at most {MAX_DELAY_SECONDS} "
+                            f"seconds (a year), got {_seconds_text(expires)}")
+    return expires_ms
+
+
+def _seconds_text(seconds: float) -> str:
+    """Seconds as a person writes them: 30, 0.05, 2000000 (no exponent, no trailing .0)."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
 def storable_text(text: str) -> str:

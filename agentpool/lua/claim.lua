@@ -4,11 +4,13 @@
 -- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|false}.
 -- A task past its `expires` time is not leased: it ends cancelled, with why.
 -- One fencing INCRBY, one lease ZADD, one owner SADD and one SET that remembers the claim (a
--- claim sent again is answered from it) per claim, whatever its size.
+-- claim sent again is answered from it) per claim, whatever its size (one INCRBY more per
+-- pop again for tasks that could not run).
 -- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
 refuse_when_full()
 local worker, count, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local promote = tonumber(ARGV[5])
+local SKIPPED_PER_CLAIM = 200
 local now = now_ms()
 -- the delayed head: the due tasks to promote and, after them, the next due time
 local head = redis.call('ZRANGE', K_DELAYED, 0, promote, 'WITHSCORES')
@@ -58,22 +60,33 @@ if prefix and redis.call('GET', last_claim) == prefix then
   local function fence_of(task) return tonumber(string.sub(task[2], #prefix + 1)) end
   table.sort(out, function(a, b) return fence_of(a) < fence_of(b) end)
 elseif not drain_requested(worker, pod) then
-  local popped = redis.call('ZPOPMIN', K_QUEUED, count)
-  taken = #popped / 2
-  if taken > 0 then
-    -- Known before its first heartbeat, so requeue_pod finds what it holds.
-    redis.call('ZADD', K_WORKERS, 'NX', now, worker)
-    local fence = redis.call('INCRBY', P .. 'fence', taken) - taken
-    local leases, held = {}, {}
-    for i = 1, taken do
+  local leases, held = {}, {}
+  -- Tasks that cannot run (expired, or without a record to run) take no place in the claim:
+  -- it pops again for them, up to SKIPPED_PER_CLAIM of them (each is a few writes).
+  local skipped = 0
+  while #held < count and skipped < SKIPPED_PER_CLAIM do
+    local popped = redis.call('ZPOPMIN', K_QUEUED, count - #held)
+    local n = #popped / 2
+    if n == 0 then break end
+    if taken == 0 then
+      -- Known before its first heartbeat, so requeue_pod finds what it holds.
+      redis.call('ZADD', K_WORKERS, 'NX', now, worker)
+    end
+    taken = taken + n
+    local fence = redis.call('INCRBY', P .. 'fence', n) - n
+    local skipped_here = 0
+    for i = 1, n do
       local id = popped[2 * i - 1]
       local tk = task_key(id)
       local f = redis.call('HMGET', tk, 'payload', 'created', 'max', 'attempts', 'cp',
         'expires', 'ev')
       if f[6] and now >= tonumber(f[6]) then
         local within = (tonumber(f[6]) - (tonumber(f[2]) or 0)) / 1000
+        local what = 'not started'
+        if redis.call('HEXISTS', tk, 'started') == 1 then what = 'not started again' end
         finished(id, tk, 'cancelled', now, {ev = f[7] or false, cp = f[5] or false},
-          {'error', 'expired: not started within ' .. within .. ' s of its submit'})
+          {'error', 'expired: ' .. what .. ' within ' .. within .. ' s of its submit'})
+        skipped_here = skipped_here + 1
       elseif f[1] or f[4] then
         -- The random prefix keeps tokens unique when a failover rolls the counter back.
         local token = (prefix or '') .. (fence + i)
@@ -84,18 +97,23 @@ elseif not drain_requested(worker, pod) then
         leases[#leases + 1] = id
         held[#held + 1] = id
         out[#out + 1] = claimed(id, token, attempts, f)
-      elseif redis.call('EXISTS', tk) == 1 then
-        -- A record without payload or attempts was written behind the protocol's back: it
-        -- cannot run, and it must not vanish either.
-        finished(id, tk, 'dead', now, {ev = false, cp = false},
-          {'error', 'the task record has no payload (written outside the agentpool protocol)'})
+      else
+        if redis.call('EXISTS', tk) == 1 then
+          -- A record without payload or attempts was written behind the protocol's back: it
+          -- cannot run, and it must not vanish either.
+          finished(id, tk, 'dead', now, {ev = false, cp = false},
+            {'error', 'the task record has no payload (written outside the agentpool protocol)'})
+        end
+        skipped_here = skipped_here + 1
       end
     end
-    if #held > 0 then
-      redis.call('ZADD', K_LEASES, unpack(leases))
-      redis.call('SADD', owner_key(worker), unpack(held))
-      if prefix then redis.call('SET', last_claim, prefix, 'EX', 60) end
-    end
+    if skipped_here == 0 then break end
+    skipped = skipped + skipped_here
+  end
+  if #held > 0 then
+    redis.call('ZADD', K_LEASES, unpack(leases))
+    redis.call('SADD', owner_key(worker), unpack(held))
+    if prefix then redis.call('SET', last_claim, prefix, 'EX', 60) end
   end
 end
 -- Nothing left to claim: wake-up signals still in the list are stale (this claim took the

@@ -52,7 +52,7 @@ def test_an_expiry_not_after_the_delay_is_refused_in_one_line(cli: Cli) -> None:
     result = cli("submit", "--json", "1", "--delay", "60", "--expires", "30")
     assert result.code == 2
     assert result.err_lines == ["agentpool: expires must be above the delay (60 s) and at most "
-                                "31536000 seconds (a year), got 30.0"]
+                                "31536000 seconds (a year), got 30"]
     assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).used is False
 
 
