@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from agentpool.protocol import MAX_ATTEMPTS_LIMIT
+from agentpool.protocol import MAX_ATTEMPTS_LIMIT, MAX_DELAY_SECONDS
 from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
 
 GROUP = "agentpool.dev"
@@ -899,6 +899,17 @@ class ScheduleSpec(_Model):
         description=(
             "A time missed by more than this (the operator was not running) is skipped and "
             "reported, not submitted late."
+        ),
+    )
+    expires_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DELAY_SECONDS,
+        description=(
+            "A task of this schedule not started within this many seconds of its submit "
+            "(its scheduled time, or later within startingDeadlineSeconds) is not run: it "
+            "ends cancelled, as expired. Unset: it waits in the queue for a worker however "
+            "long."
         ),
     )
     concurrency_policy: Literal["Allow", "Forbid", "Replace"] = Field(
