@@ -1446,7 +1446,7 @@ _PAGE_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "f
                 "error", "owner", "max", "progress")
 """The fields of a task that task_page.lua reads, in its order."""
 _VIEW_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "finished",
-                "result", "error", "owner", "max", "progress")
+                "result", "error", "owner", "max", "progress", "expires")
 """The fields of a task that task_view.lua reads, in its order."""
 
 

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from console_helpers import TOKEN, worker_env
 
+from agentpool.cli.views import iso_ms
 from agentpool.client import SyncClient
 from agentpool.console.app import ConsoleConfig, build_app
 from agentpool.console.sources import Sources
@@ -375,6 +376,18 @@ def test_a_big_payload_and_result_show_their_start_and_their_size(
             "the first 65536 characters of 100010 bytes")
         expect(page.locator(f"#task-{field}")).to_have_text('{"big":"' + "x" * 65528)
     expect(page.locator("#task-error-cut")).to_have_count(0)
+
+
+def test_a_task_that_expires_shows_when(console: Console, page: Page) -> None:
+    task_id = console.submit({"echo": "soon"}, expires=3600)
+    wait_for(lambda: console.state(task_id) == "succeeded", page)
+    with SyncClient.from_url(console.redis_url) as client:
+        info = client.queue(console.queue).get(task_id)
+    assert info is not None and info.expires_ms is not None
+    page.goto(f"{console.url}queues/{console.queue}/tasks/{task_id}")
+    expect(page.locator("#task-state")).to_have_text("succeeded", timeout=LIVE)
+    expect(page.locator("dl.detail dt:text-is('Expires') + dd")).to_have_text(
+        str(iso_ms(info.expires_ms)))
 
 
 def test_a_script_in_a_payload_or_error_renders_as_text(console: Console, page: Page) -> None:
