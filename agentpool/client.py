@@ -473,6 +473,9 @@ class SyncQueue:
     def cancel(self, task_id: str) -> CancelOutcome:
         return self._run(lambda q: q.cancel(task_id))
 
+    def cancel_waiting(self, *, batch: int = 1000) -> int:
+        return self._run(lambda q: q.cancel_waiting(batch=batch))
+
     def figures(self) -> QueueFigures:
         return self._run(lambda q: q.figures())
 

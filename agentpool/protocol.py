@@ -824,6 +824,21 @@ class TaskQueue:
     async def cancel(self, task_id: str) -> CancelOutcome:
         return CancelOutcome(_s(await self._run("cancel", task_id, call_id())))
 
+    async def cancel_waiting(self, *, batch: int = 1000) -> int:
+        """Cancel every task waiting to run (queued, or delayed: a delayed submit, a retry
+        waiting out its backoff) that was submitted before this call, as :meth:`cancel`
+        cancels one; running tasks go on, and tasks submitted meanwhile are left. In calls
+        of `batch` tasks, so that Redis serves others between them. Returns how many."""
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        last = int(await self.redis.get(self.prefix + "seq") or 0)
+        total = 0
+        while True:
+            done, more = await self._run("cancel_waiting", last, batch)
+            total += int(done)
+            if not int(more):
+                return total
+
     # -- workers ---------------------------------------------------------------------------
 
     async def claim(self, worker: str, count: int, lease_seconds: float,

@@ -1,4 +1,5 @@
-"""`agentpool cancel TASK_ID`: remove a waiting task, or ask a running one to stop."""
+"""`agentpool cancel TASK_ID`: remove a waiting task, or ask a running one to stop;
+`agentpool cancel --waiting`: remove every task waiting to run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 from agentpool.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    UsageError,
     add_output_option,
     add_queue_options,
     command,
@@ -27,18 +29,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="cancel a task",
         description="Cancel a task. A queued, delayed or dead task is cancelled at once; a "
         "running task is flagged and its worker stops it at its next heartbeat. Exit 1 if "
-        "the task is unknown or already finished.",
+        "the task is unknown or already finished. With --waiting instead of a task id, "
+        "cancel every task of the queue waiting to run (queued, delayed or waiting to be "
+        "retried) that was submitted before the command; running tasks go on.",
     )
     add_queue_options(parser)
-    parser.add_argument("task_id", metavar="TASK_ID", help="the id submit printed (32 hex digits)")
+    parser.add_argument("task_id", metavar="TASK_ID", nargs="?",
+                        help="the id submit printed (32 hex digits)")
+    parser.add_argument("--waiting", action="store_true",
+                        help="cancel every task waiting to run instead of one task")
     add_output_option(parser)
     parser.set_defaults(func=run)
 
 
 @command
 async def run(args: argparse.Namespace) -> int:
-    args.task_id = task_id(args.task_id)
+    if args.waiting == (args.task_id is not None):
+        raise UsageError("give a TASK_ID or --waiting (every task waiting to run), not "
+                         + ("both" if args.waiting else "neither"))
+    if not args.waiting:
+        args.task_id = task_id(args.task_id)
     name = queue_name(args)
+    if args.waiting:
+        async with connect(args) as client:
+            count = await client.queue(name).cancel_waiting()
+        if args.output == "json":
+            print_json({"queue": name, "cancelled": count})
+        else:
+            emit(f"Cancelled {count} waiting task{'' if count == 1 else 's'} of queue {name}; "
+                 "running tasks go on")
+        return EXIT_OK
     async with connect(args) as client:
         outcome = await client.queue(name).cancel(args.task_id)
     ok = outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED)

@@ -123,6 +123,28 @@ def test_cancel_a_running_task_requests_it_json(cli: Cli) -> None:
     assert doc == {"id": task_id, "queue": cli.queue, "outcome": "requested"}
 
 
+def test_cancel_waiting_cancels_every_waiting_task_and_leaves_the_running_one(cli: Cli) -> None:
+    running = submit(cli)
+    with_queue(cli.redis_url, cli.queue, lambda q: q.claim("pod-a:i1", 1, 30))
+    waiting = [submit(cli) for _ in range(3)]
+    result = cli.ok("cancel", "--waiting")
+    assert result.out.strip() == (f"Cancelled 3 waiting tasks of queue {cli.queue}; running "
+                                  "tasks go on")
+    infos = [with_queue(cli.redis_url, cli.queue, lambda q, i=i: q.get(i))
+             for i in [running, *waiting]]
+    assert [i.state for i in infos if i] == ["running", "cancelled", "cancelled", "cancelled"]
+    assert cli.ok("cancel", "--waiting", "-o", "json").json() == {"queue": cli.queue,
+                                                                  "cancelled": 0}
+
+
+@pytest.mark.parametrize(("argv", "which"), [(["--waiting", UNKNOWN_ID], "both"), ([], "neither")])
+def test_cancel_takes_a_task_id_or_waiting(cli: Cli, argv: list[str], which: str) -> None:
+    result = cli("cancel", *argv)
+    assert result.code == 2
+    assert result.err_lines == ["agentpool: give a TASK_ID or --waiting (every task waiting to "
+                                f"run), not {which}"]
+
+
 def test_cancel_finished_or_unknown_exits_1(cli: Cli) -> None:
     task_id = submit(cli)
     cli.ok("cancel", task_id)

@@ -197,6 +197,17 @@ async def test_a_producer_submits_waits_and_cancels_with_its_acl(
     assert info.state == "succeeded" and info.result == {"answer": 42}
 
 
+async def test_a_producer_cancels_every_waiting_task_with_its_acl(
+    connect_as: Connect, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    producer = TaskQueue(await connect_as(queue_name, Role.PRODUCER), queue_name)
+    ids = [await producer.submit({"n": n}) for n in range(3)]
+    ids.append(await producer.submit("later", delay=60))
+    assert await producer.cancel_waiting(batch=2) == 4
+    infos = [await producer.get(task_id) for task_id in ids]
+    assert [info.state for info in infos if info] == ["cancelled"] * 4
+
+
 async def test_a_producer_cannot_claim_complete_or_delete_and_changes_nothing_trying(
     connect_as: Connect, queue_name: str, redis: aioredis.Redis,
 ) -> None:
