@@ -262,6 +262,11 @@ class TaskInfo:
     def done(self) -> bool:
         return self.state in FINAL_STATES
 
+    def expired_waiting(self, now_ms: float) -> bool:
+        """Waiting to run past its expiry: the claim that reaches it cancels it."""
+        return (self.expires_ms is not None and self.state in ("queued", "delayed")
+                and now_ms >= self.expires_ms)
+
 
 @dataclass
 class WorkerInfo:
@@ -829,12 +834,12 @@ class TaskQueue:
         waiting out its backoff) that was submitted before this call, as :meth:`cancel`
         cancels one; running tasks go on, and tasks submitted meanwhile are left. In calls
         of `batch` tasks, so that Redis serves others between them. Returns how many."""
-        if batch < 1:
-            raise ValueError(f"batch must be at least 1, got {batch}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a whole number of at least 1, got {batch!r}")
         last = int(await self.redis.get(self.prefix + "seq") or 0)
-        total = 0
+        total, offset = 0, 0
         while True:
-            done, more = await self._run("cancel_waiting", last, batch)
+            done, more, offset = await self._run("cancel_waiting", last, batch, offset)
             total += int(done)
             if not int(more):
                 return total

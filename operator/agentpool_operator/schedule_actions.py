@@ -122,7 +122,10 @@ async def _settle_overlap(observation: PoolObservation, schedule: ScheduleSpec,
         previous = await queue.get(last_task_id)
     except REDIS_FAILURES:
         return turn, _unreachable(schedule)
-    return settle_overlap(schedule, turn, previous is not None and not previous.done), None
+    # An expired task still queued will not run (a claim cancels it): it blocks no time.
+    active = (previous is not None and not previous.done
+              and not previous.expired_waiting(observation.now.timestamp() * 1000))
+    return settle_overlap(schedule, turn, active), None
 
 
 async def _cancel_previous(observation: PoolObservation, schedule: ScheduleSpec,

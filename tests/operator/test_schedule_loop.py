@@ -11,6 +11,7 @@ an operator that ran before would have left it: no test waits for a clock minute
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -149,6 +150,28 @@ async def test_forbid_skips_a_time_while_the_previous_task_is_still_queued(
         entry = await eventually(lambda: (e := schedule_entry(cluster))["lastTaskId"] != previous
                                  and e)
         assert await queued_ids(queue) == [entry["lastTaskId"]]
+
+
+async def test_forbid_lets_a_time_pass_a_previous_task_that_expired_unstarted(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    """Still queued (no worker claimed it, so nothing cancelled it yet), but it will never
+    run: the next time gets its task."""
+    queue = TaskQueue(redis, queue_name)
+    previous = await queue.submit({"prompt": "the 9:00 report"}, expires=0.05)
+    info = await queue.get(previous)
+    assert info is not None and info.expires_ms is not None
+    expiry = info.expires_ms
+    await eventually(lambda: time.time() * 1000 > expiry + 5)
+    cursor = minute_floor(datetime.now(UTC))
+    await create_pool(cluster, redis_url, queue_name, cursor, {
+        "cron": "* * * * *", "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 600},
+        last_task_id=previous)
+    entry = await eventually(lambda: (e := schedule_entry(cluster))["lastTaskId"] != previous
+                             and e)
+    assert await queued_ids(queue) == [previous, entry["lastTaskId"]]
+    assert cluster.events("ScheduleSkipped") == []
 
 
 @pytest.mark.parametrize("running", [False, True], ids=["queued", "running"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import claim_one
 
@@ -72,3 +73,48 @@ async def test_a_waiter_learns_its_task_was_cancelled(
 
 async def test_an_empty_queue_cancels_nothing(queue: TaskQueue) -> None:
     assert await queue.cancel_waiting() == 0
+
+
+async def test_delayed_tasks_are_paged_past_the_newer_ones_in_small_calls(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """Newer delayed tasks due earlier sit ahead of the old ones: each call passes over at
+    most `batch` entries and the next goes on from where it stopped."""
+    old = await queue.submit_many([{"n": n} for n in range(150)], delay=3600)
+    newer: list[str] = []
+    calls: list[object] = []
+    real_run = queue._run
+
+    async def submit_between_batches(name: str, *args: object, **kwargs: object) -> object:
+        reply = await real_run(name, *args, **kwargs)
+        if name == "cancel_waiting":
+            calls.append(reply)
+            if not newer:
+                newer.extend(await queue.submit_many([{"new": n} for n in range(120)],
+                                                     delay=60))
+        return reply
+
+    queue._run = submit_between_batches  # type: ignore[method-assign]
+    assert await queue.cancel_waiting(batch=7) == 150
+    assert len(calls) >= (150 + 120) // 7  # each removed or passed over at most 7
+    assert set(await states(queue, old)) == {"cancelled"}
+    assert set(await states(queue, newer)) == {"delayed"}
+
+
+async def test_a_queued_id_without_its_task_is_dropped_and_not_counted(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    kept = await queue.submit({})
+    gone = await queue.submit({})
+    await redis.delete(queue.task_key(gone))
+    assert await queue.cancel_waiting() == 1
+    assert await states(queue, [kept, gone]) == ["cancelled", "gone"]
+    assert (await queue.figures()).queued == 0
+
+
+@pytest.mark.parametrize("batch", [0, 1.5, True])
+async def test_a_batch_that_is_not_a_positive_whole_number_is_refused(
+    queue: TaskQueue, batch: object,
+) -> None:
+    with pytest.raises(ValueError, match="batch must be a whole number of at least 1"):
+        await queue.cancel_waiting(batch=batch)  # type: ignore[arg-type]
