@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -39,6 +41,23 @@ async def test_every_waiting_task_is_cancelled_and_running_ones_go_on(
     assert await queue.complete(task, "done")  # the running task was left to finish
 
 
+def after_each_call(queue: TaskQueue,
+                    then: Callable[[int], Awaitable[None]]) -> None:
+    """Make `then(n)` run after the queue's n-th cancel_waiting script call (from 1)."""
+    real_run = queue._run
+    calls = 0
+
+    async def run(name: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        reply = await real_run(name, *args, **kwargs)
+        if name == "cancel_waiting":
+            calls += 1
+            await then(calls)
+        return reply
+
+    queue._run = run  # type: ignore[method-assign]
+
+
 async def test_tasks_submitted_after_the_call_began_are_left(
     queue: TaskQueue, redis: aioredis.Redis,
 ) -> None:
@@ -46,16 +65,13 @@ async def test_tasks_submitted_after_the_call_began_are_left(
     batches, even at a higher priority (ahead of the rest), stays queued."""
     old = [await queue.submit({"n": n}) for n in range(6)]
     later: list[str] = []
-    real_run = queue._run
 
-    async def submit_between_batches(name: str, *args: object, **kwargs: object) -> object:
-        reply = await real_run(name, *args, **kwargs)
-        if name == "cancel_waiting" and not later:
+    async def submit_late(call: int) -> None:
+        if call == 1:
             later.append(await queue.submit({"late": True}, priority=9))
             later.append(await queue.submit({"late": True}, delay=3600))
-        return reply
 
-    queue._run = submit_between_batches  # type: ignore[method-assign]
+    after_each_call(queue, submit_late)
     assert await queue.cancel_waiting(batch=2) == 6
     assert await states(queue, old) == ["cancelled"] * 6
     assert await states(queue, later) == ["queued", "delayed"]
@@ -82,19 +98,14 @@ async def test_delayed_tasks_are_paged_past_the_newer_ones_in_small_calls(
     most `batch` entries and the next goes on from where it stopped."""
     old = await queue.submit_many([{"n": n} for n in range(150)], delay=3600)
     newer: list[str] = []
-    calls: list[object] = []
-    real_run = queue._run
+    calls: list[int] = []
 
-    async def submit_between_batches(name: str, *args: object, **kwargs: object) -> object:
-        reply = await real_run(name, *args, **kwargs)
-        if name == "cancel_waiting":
-            calls.append(reply)
-            if not newer:
-                newer.extend(await queue.submit_many([{"new": n} for n in range(120)],
-                                                     delay=60))
-        return reply
+    async def submit_newer(call: int) -> None:
+        calls.append(call)
+        if call == 1:
+            newer.extend(await queue.submit_many([{"new": n} for n in range(120)], delay=60))
 
-    queue._run = submit_between_batches  # type: ignore[method-assign]
+    after_each_call(queue, submit_newer)
     assert await queue.cancel_waiting(batch=7) == 150
     assert len(calls) >= (150 + 120) // 7  # each removed or passed over at most 7
     assert set(await states(queue, old)) == {"cancelled"}
