@@ -37,6 +37,7 @@ COUNTER_LABELS = {
     "requeued": "Requeued",
     "dead": "Dead-lettered",
     "cancelled": "Cancelled",
+    "expired": "Expired (cancelled unstarted)",
 }
 
 

@@ -86,6 +86,7 @@ elseif not drain_requested(worker, pod) then
         if redis.call('HEXISTS', tk, 'started') == 1 then what = 'not started again' end
         finished(id, tk, 'cancelled', now, {ev = f[7] or false, cp = f[5] or false},
           {'error', 'expired: ' .. what .. ' within ' .. within .. ' s of its submit'})
+        redis.call('HINCRBY', K_STATS, 'expired', 1)
         skipped_here = skipped_here + 1
       elseif f[1] or f[4] then
         -- The random prefix keeps tokens unique when a failover rolls the counter back.
