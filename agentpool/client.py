@@ -474,6 +474,7 @@ class SyncQueue:
         return self._run(lambda q: q.cancel(task_id))
 
     def cancel_waiting(self, *, batch: int = 1000) -> int:
+        """:meth:`TaskQueue.cancel_waiting`: every task waiting to run, submitted before."""
         return self._run(lambda q: q.cancel_waiting(batch=batch))
 
     def figures(self) -> QueueFigures:

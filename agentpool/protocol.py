@@ -394,7 +394,7 @@ def compact_json(value: Any) -> tuple[str, int]:
     """`value` as compact JSON, with its size in UTF-8 bytes. A string holding a lone
     surrogate (Python's strings may, UTF-8 cannot: Redis would never receive it) is written
     with ASCII escapes instead, which is valid JSON and reads back the same. TypeError or
-    ValueError when `value` is not JSON."""
+    ValueError when `value` is not JSON, RecursionError when it is nested too deeply."""
     raw = _COMPACT_JSON.encode(value)
     if raw.isascii():
         return raw, len(raw)
@@ -832,17 +832,27 @@ class TaskQueue:
     async def cancel_waiting(self, *, batch: int = 1000) -> int:
         """Cancel every task waiting to run (queued, or delayed: a delayed submit, a retry
         waiting out its backoff) that was submitted before this call, as :meth:`cancel`
-        cancels one; running tasks go on, and tasks submitted meanwhile are left. In calls
-        of `batch` tasks, so that Redis serves others between them. Returns how many."""
+        cancels one; running tasks go on, and tasks submitted meanwhile are left. Each script
+        call removes or passes over at most `batch` entries, so that Redis serves others
+        between them. Returns how many were cancelled.
+
+        A call goes on in the delayed set where the last one stopped, past the newer entries
+        it passed over; a claim promoting some of those meanwhile shifts the rest, so a pass
+        that passed over any is followed by another from the start, until one cancels
+        nothing."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a whole number of at least 1, got {batch!r}")
         last = int(await self.redis.get(self.prefix + "seq") or 0)
-        total, offset = 0, 0
+        total = this_pass = offset = 0
         while True:
             done, more, offset = await self._run("cancel_waiting", last, batch, offset)
             total += int(done)
-            if not int(more):
+            this_pass += int(done)
+            if int(more):
+                continue
+            if not int(offset) or not this_pass:
                 return total
+            this_pass = offset = 0
 
     # -- workers ---------------------------------------------------------------------------
 

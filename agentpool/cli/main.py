@@ -7,7 +7,9 @@ sets `func`, a callable taking the parsed arguments and returning the exit code.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import sys
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -60,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # redis-py logs a Cluster's failed topology refreshes as errors of its own; the commands
     # say what is wrong in their own line.
     logging.getLogger("redis").setLevel(logging.CRITICAL)
+    for stream in (sys.stdout, sys.stderr):
+        # Text from Redis may hold a lone surrogate (JSON's "\ud83d" decodes to one), which
+        # no encoding writes: print it as its escape rather than fail.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

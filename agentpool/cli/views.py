@@ -37,7 +37,7 @@ COUNTER_LABELS = {
     "requeued": "Requeued",
     "dead": "Dead-lettered",
     "cancelled": "Cancelled",
-    "expired": "Expired (cancelled unstarted)",
+    "expired": "Expired (not started in time)",
 }
 
 

@@ -108,6 +108,14 @@ def test_wait_unknown_task_exits_1(cli: Cli) -> None:
     assert result.err_lines == [f"agentpool: no task {UNKNOWN_ID} in queue {cli.queue}"]
 
 
+def test_text_with_a_lone_surrogate_prints_escaped(cli: Cli) -> None:
+    """A payload may hold text UTF-8 cannot encode (JSON's "\\ud83d" decodes to it): it is
+    printed as a backslash escape, in the table and in JSON, not an error."""
+    task_id = with_queue(cli.redis_url, cli.queue, lambda q: q.submit({"text": "half \ud83d"}))
+    assert "half \\ud83d" in cli.ok("get", task_id).out
+    assert '"half \\ud83d"' in cli.ok("get", task_id, "-o", "json").out
+
+
 def test_cancel_a_queued_task(cli: Cli) -> None:
     task_id = submit(cli)
     result = cli.ok("cancel", task_id)

@@ -129,3 +129,28 @@ async def test_a_batch_that_is_not_a_positive_whole_number_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="batch must be a whole number of at least 1"):
         await queue.cancel_waiting(batch=batch)  # type: ignore[arg-type]
+
+
+async def test_old_delayed_tasks_are_found_when_a_claim_promotes_newer_ones_meanwhile(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """Newer tasks passed over at the head of the delayed set come due and a claim moves them
+    out between two calls: the entries behind them shift, and a second pass finds the old
+    tasks the first stepped past."""
+    old = await queue.submit_many([{"n": n} for n in range(20)], delay=3600)
+    newer: list[str] = []
+
+    async def newer_then_promoted(call: int) -> None:
+        if call == 1:
+            newer.extend(await queue.submit_many([{"new": n} for n in range(10)], delay=0.05))
+        elif call == 2:
+            deadline = asyncio.get_running_loop().time() + 5
+            while (await queue.figures()).due_delayed != 10:
+                assert asyncio.get_running_loop().time() < deadline, "never came due"
+                await asyncio.sleep(0.01)
+            await queue.claim("w1", 1, 30)  # promotes the ten, leases one
+
+    after_each_call(queue, newer_then_promoted)
+    assert await queue.cancel_waiting(batch=5) == 20
+    assert set(await states(queue, old)) == {"cancelled"}
+    assert sorted(await states(queue, newer)) == ["queued"] * 9 + ["running"]

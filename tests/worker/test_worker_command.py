@@ -158,6 +158,17 @@ async def test_output_kept_as_a_result_follows_a_lower_result_limit(
     assert done.result == "".join(f"{n} " + "x" * 495 + "\n" for n in range(2992, 3000))
 
 
+async def test_a_payload_with_a_lone_surrogate_reaches_the_program_and_comes_back(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Text UTF-8 cannot encode goes to the program as JSON's escape (it hung on its stdin)."""
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=20)):
+        task_id = await queue.submit({"mode": "result", "text": "half \ud83d"})
+        done = await finished(queue, task_id, "succeeded")
+    assert done.result["payload"]["text"] == "half \ud83d"
+
+
 async def test_a_result_message_over_the_line_limit_dead_letters_the_task(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:

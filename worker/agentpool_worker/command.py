@@ -35,7 +35,8 @@ Every other line is output, JSON lines that are not messages too (the JSON log l
 structlog, pino or zap: ``{"event": "fetching", "level": "info"}``, ``{"msg": "retrying",
 "error": "ECONNRESET"}``), as is a line over ``MAX_LINE_BYTES`` (binary output, a progress
 bar drawn with carriage returns), cut to its last ``MAX_OUTPUT_CHARS``; but one that begins
-as a result or a checkpoint message fails the run for good (no such message fits a limit).
+as a result or a checkpoint message fails the run for good (a message is at most
+``MAX_LINE_BYTES``, so a command's result is too, whatever the worker's result limit).
 
 A run that sent no result has its output as result (text: its last lines, as many as fit in
 ``AGENTPOOL_MAX_RESULT_BYTES`` once encoded as JSON, at most ``MAX_OUTPUT_CHARS``), or null
@@ -71,7 +72,7 @@ from typing import Any
 import structlog
 
 from agentpool.errors import PermanentError
-from agentpool.protocol import DEFAULT_MAX_RESULT_BYTES, EVENT_KIND, FINAL_EVENT
+from agentpool.protocol import DEFAULT_MAX_RESULT_BYTES, EVENT_KIND, FINAL_EVENT, compact_json
 from agentpool_worker.handlers import TaskContext, WorkerContext
 from agentpool_worker.settings import (
     DEFAULT_GRACE_SECONDS,
@@ -84,8 +85,9 @@ from agentpool_worker.settings import (
 COMMAND_ENV = env_name("task_command")
 GRACE_ENV = env_name("task_command_grace_seconds")
 MAX_LINE_BYTES = 8 * 1024 * 1024
-"""A message line may carry a checkpoint (up to the payload limit, 1 MiB) or a result (up to
-the result limit, 1 MiB by default); a longer line is output."""
+"""The longest line read as a message: a checkpoint (up to the payload limit, 1 MiB) or a
+result (up to the result limit, 1 MiB by default, and never more than this). A longer line is
+output, unless it begins as a result or a checkpoint (the run then fails for good)."""
 MAX_OUTPUT_CHARS = 1024 * 1024
 READ_CHUNK = 64 * 1024
 ERROR_LINES = 20
@@ -347,7 +349,7 @@ def _end_that_fits(text: str, budget: int) -> str:
 
 async def _feed(stdin: asyncio.StreamWriter, payload: Any) -> None:
     with contextlib.suppress(ConnectionError):  # a command that never reads its input
-        stdin.write(json.dumps(payload, ensure_ascii=False).encode() + b"\n")
+        stdin.write(compact_json(payload)[0].encode() + b"\n")
         await stdin.drain()
         stdin.close()
         await stdin.wait_closed()
@@ -407,7 +409,7 @@ class _Line:
 
 
 HEAD_BYTES = 64
-OVERSIZED_MESSAGE = re.compile(rb'\s*\{\s*"(result|checkpoint)"\s*:')
+OVERSIZED_MESSAGE = re.compile(rb'\{\s*"(result|checkpoint)"\s*:')
 """How a cut line that was meant as a result or a checkpoint begins."""
 
 
@@ -520,5 +522,5 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
 def _write_checkpoint(directory: str, state: Any) -> str:
     path = os.path.join(directory, "checkpoint.json")
     with open(path, "w", encoding="utf-8") as file:
-        json.dump(state, file, ensure_ascii=False)
+        file.write(compact_json(state)[0])
     return path

@@ -1,7 +1,8 @@
 """Task handlers: how a pool's ``package.module:function`` is found and what it is given.
 
 A handler takes the task's payload (decoded JSON) and, if it accepts a second positional
-argument, a :class:`TaskContext`. Its return value (JSON-encodable) is the task's result.
+argument, a :class:`TaskContext`. Its return value (JSON-encodable, at most the worker's
+``AGENTPOOL_MAX_RESULT_BYTES`` once encoded) is the task's result.
 
 - ``async def`` handlers run on the worker's event loop. They must not block it: a handler
   that does blocks heartbeats too, and ``/livez`` reports it.
