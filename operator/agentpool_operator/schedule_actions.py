@@ -28,6 +28,7 @@ from .schedules import (
     Cursor,
     ScheduleTurn,
     idempotency_key,
+    previous_unfinished,
     round_start,
     schedule_turn,
     settle_overlap,
@@ -122,10 +123,7 @@ async def _settle_overlap(observation: PoolObservation, schedule: ScheduleSpec,
         previous = await queue.get(last_task_id)
     except REDIS_FAILURES:
         return turn, _unreachable(schedule)
-    # An expired task still queued will not run (a claim cancels it): it blocks no time.
-    active = (previous is not None and not previous.done
-              and not previous.expired_waiting(observation.now.timestamp() * 1000))
-    return settle_overlap(schedule, turn, active), None
+    return settle_overlap(schedule, turn, previous_unfinished(previous, observation.now)), None
 
 
 async def _cancel_previous(observation: PoolObservation, schedule: ScheduleSpec,

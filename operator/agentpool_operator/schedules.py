@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from agentpool.models import ScheduleSpec
+from agentpool.protocol import TaskInfo
 
 MISSED_COUNT_CAP = 1000
 """Counting missed times stops here: after a long outage, a schedule of every minute would
@@ -140,6 +141,14 @@ def settle_overlap(schedule: ScheduleSpec, turn: ScheduleTurn,
     if schedule.concurrency_policy == "Replace":
         return replace(turn, replace_previous=True)
     return turn
+
+
+def previous_unfinished(previous: TaskInfo | None, now: datetime) -> bool:
+    """Whether the schedule's previous task still counts for `settle_overlap`: it is there,
+    not finished, and not waiting past its expiry (the claim that reaches such a task cancels
+    it: it never runs, so it holds back no time)."""
+    return (previous is not None and not previous.done
+            and not previous.expired_waiting(now.timestamp() * 1000))
 
 
 def _next(times: croniter) -> datetime:

@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentpool.models import ScheduleSpec
+from agentpool.protocol import TaskInfo
 from agentpool_operator.schedules import (
     MISSED_COUNT_CAP,
     Cursor,
     ScheduleTurn,
     idempotency_key,
+    previous_unfinished,
     round_start,
     schedule_turn,
     settle_overlap,
@@ -138,6 +140,31 @@ def test_nothing_is_skipped_or_replaced_when_no_time_came(policy: str) -> None:
     spec = schedule(concurrencyPolicy=policy)
     turn = schedule_turn(spec, cursor=at(10, 5), now=at(10, 30))
     assert settle_overlap(spec, turn, previous_unfinished=True) == turn
+
+
+def task(state: str, expires: datetime | None = None) -> TaskInfo:
+    return TaskInfo(id="t" * 32, state=state, payload=None, attempts=0, priority=0,
+                    created_ms=0, started_ms=None, finished_ms=None, result=None, error=None,
+                    owner=None, max_attempts=None,
+                    expires_ms=None if expires is None else int(expires.timestamp() * 1000))
+
+
+@pytest.mark.parametrize(("previous", "unfinished"), [
+    (None, False),
+    (task("succeeded"), False),
+    (task("cancelled", expires=at(10)), False),
+    (task("queued"), True),
+    (task("delayed"), True),
+    (task("queued", expires=at(11, 1)), True),  # not yet expired
+    (task("queued", expires=at(11)), False),  # expired: the claim that reaches it cancels it
+    (task("delayed", expires=at(10)), False),
+    (task("running", expires=at(10)), True),  # it started in time: it runs to its end
+], ids=["none", "succeeded", "cancelled", "queued", "delayed", "queued-expires-later",
+        "queued-expired", "delayed-expired", "running-past-expiry"])
+def test_the_previous_task_counts_while_it_may_still_run(
+    previous: TaskInfo | None, unfinished: bool,
+) -> None:
+    assert previous_unfinished(previous, now=at(11)) is unfinished
 
 
 def test_the_idempotency_key_names_pool_schedule_and_time() -> None:

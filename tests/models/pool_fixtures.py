@@ -176,7 +176,8 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
         {"name": "h", "cron": "@hourly", "timeZone": "America/Argentina/Buenos_Aires",
          "payload": [1, 2], "suspend": True, "startingDeadlineSeconds": 86400},
         {"name": "sunday", "cron": "0 0 * * 7", "timeZone": "Etc/GMT+5"},
-        {"name": "forbid", "cron": "@daily", "concurrencyPolicy": "Forbid"},
+        {"name": "forbid", "cron": "@daily", "concurrencyPolicy": "Forbid",
+         "expiresSeconds": 3600},
         {"name": "replace", "cron": "@daily", "concurrencyPolicy": "Replace"},
     ]),
 ]

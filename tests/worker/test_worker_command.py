@@ -69,6 +69,15 @@ async def finished(queue: TaskQueue, task_id: str, state: str) -> Any:
     return await eventually(lambda: task_in(queue, task_id, state), 20, f"the task {state}")
 
 
+async def outcome(redis: aioredis.Redis, redis_url: str, queue_name: str, payload: Any,
+                  state: str, **overrides: Any) -> Any:
+    """The task of `payload`, once in `state`, run by a worker of the command handler."""
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, **overrides)):
+        task_id = await queue.submit(payload)
+        return await finished(queue, task_id, state)
+
+
 async def test_the_payload_goes_in_and_the_result_message_comes_back(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
@@ -86,10 +95,7 @@ async def test_the_program_gets_the_task_and_a_directory_not_the_workers_setting
     monkeypatch.setenv("AGENTPOOL_REDIS_URL", "redis://:secret-password@redis:6379/0")
     monkeypatch.setenv("agentpool_redis_url", "redis://:secret-password@redis:6379/0")
     monkeypatch.setenv("AGENT_MARKER", "from spec.worker.env")
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER)):
-        task_id = await queue.submit({"mode": "env"})
-        done = await finished(queue, task_id, "succeeded")
+    done = await outcome(redis, redis_url, queue_name, {"mode": "env"}, "succeeded")
     directory = done.result.pop("dir")
     assert done.result == {
         "agentpool": ["AGENTPOOL_QUEUE", "AGENTPOOL_TASK_ATTEMPT", "AGENTPOOL_TASK_DIR",
@@ -108,10 +114,7 @@ async def test_a_program_gets_a_writable_home(
     filesystem) gives each run its own directory as HOME; a writable HOME is left as it is."""
     home = tmp_path if writable else tmp_path / "nonexistent"
     monkeypatch.setenv("HOME", str(home))
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER)):
-        task_id = await queue.submit({"mode": "home"})
-        done = await finished(queue, task_id, "succeeded")
+    done = await outcome(redis, redis_url, queue_name, {"mode": "home"}, "succeeded")
     if writable:
         assert done.result["home"] == str(tmp_path)
         assert (tmp_path / ".agentrc").exists()
@@ -123,10 +126,7 @@ async def test_a_program_gets_a_writable_home(
 async def test_output_without_a_result_message_is_the_result(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER)):
-        task_id = await queue.submit({"mode": "text"})
-        done = await finished(queue, task_id, "succeeded")
+    done = await outcome(redis, redis_url, queue_name, {"mode": "text"}, "succeeded")
     assert done.result == "line one\nline two\n"
 
 
@@ -134,10 +134,7 @@ async def test_of_a_long_output_the_result_keeps_the_last_lines_the_result_limit
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
     """3,000 lines of 501 characters: as JSON each is 502 bytes (its newline is two)."""
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER)):
-        task_id = await queue.submit({"mode": "long-output"})
-        done = await finished(queue, task_id, "succeeded")
+    done = await outcome(redis, redis_url, queue_name, {"mode": "long-output"}, "succeeded")
     line = 501
     stored = len(json.dumps(done.result, ensure_ascii=False).encode())
     assert DEFAULT_MAX_RESULT_BYTES - 502 < stored <= DEFAULT_MAX_RESULT_BYTES
@@ -151,10 +148,8 @@ async def test_output_kept_as_a_result_follows_a_lower_result_limit(
     """The output is cut to what the worker stores (its settings, not the environment), not
     refused for being over it: the last eight lines of 502 bytes each as JSON."""
     monkeypatch.delenv("AGENTPOOL_MAX_RESULT_BYTES", raising=False)
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER, max_result_bytes=4096)):
-        task_id = await queue.submit({"mode": "long-output"})
-        done = await finished(queue, task_id, "succeeded")
+    done = await outcome(redis, redis_url, queue_name,
+                         {"mode": "long-output"}, "succeeded", max_result_bytes=4096)
     assert done.result == "".join(f"{n} " + "x" * 495 + "\n" for n in range(2992, 3000))
 
 
@@ -162,10 +157,9 @@ async def test_a_payload_with_a_lone_surrogate_reaches_the_program_and_comes_bac
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
     """Text UTF-8 cannot encode goes to the program as JSON's escape (it hung on its stdin)."""
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=20)):
-        task_id = await queue.submit({"mode": "result", "text": "half \ud83d"})
-        done = await finished(queue, task_id, "succeeded")
+    done = await outcome(redis, redis_url, queue_name,
+                         {"mode": "result", "text": "half \ud83d"}, "succeeded",
+                         task_timeout_seconds=20)
     assert done.result["payload"]["text"] == "half \ud83d"
 
 
@@ -173,10 +167,8 @@ async def test_a_result_message_over_the_line_limit_dead_letters_the_task(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
     """A 9 MiB result message is not taken for output (whose end would be the result)."""
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=3)):
-        task_id = await queue.submit({"mode": "huge-result"})
-        dead = await finished(queue, task_id, "dead")
+    dead = await outcome(redis, redis_url, queue_name,
+                         {"mode": "huge-result"}, "dead", max_attempts=3)
     assert dead.attempts == 1
     assert dead.error is not None
     assert "the command's output line 1: a message over 8388608 bytes" in dead.error
@@ -225,10 +217,7 @@ async def test_event_and_progress_messages_become_task_events(
 async def test_a_checkpoint_reaches_the_next_attempt_through_a_file(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER)):
-        task_id = await queue.submit({"mode": "checkpoint"})
-        done = await finished(queue, task_id, "succeeded")
+    done = await outcome(redis, redis_url, queue_name, {"mode": "checkpoint"}, "succeeded")
     file = done.result.pop("file")
     assert done.result == {"resumed": {"step": 3}, "attempt": 2}
     assert not exists(file), "the checkpoint file outlived the run"
@@ -237,10 +226,7 @@ async def test_a_checkpoint_reaches_the_next_attempt_through_a_file(
 async def test_a_failing_command_is_retried_and_its_stderr_is_the_error(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=2)):
-        task_id = await queue.submit({"mode": "fail"})
-        dead = await finished(queue, task_id, "dead")
+    dead = await outcome(redis, redis_url, queue_name, {"mode": "fail"}, "dead", max_attempts=2)
     assert dead.attempts == 2
     assert dead.error is not None
     assert "command exited with status 3: warming up\nboom on attempt 2" in dead.error
@@ -249,10 +235,8 @@ async def test_a_failing_command_is_retried_and_its_stderr_is_the_error(
 async def test_an_error_message_without_retry_dead_letters_at_once(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=3)):
-        task_id = await queue.submit({"mode": "permanent"})
-        dead = await finished(queue, task_id, "dead")
+    dead = await outcome(redis, redis_url, queue_name,
+                         {"mode": "permanent"}, "dead", max_attempts=3)
     assert dead.attempts == 1
     assert dead.error is not None and "the prompt is empty" in dead.error
 
@@ -260,10 +244,8 @@ async def test_an_error_message_without_retry_dead_letters_at_once(
 async def test_a_message_a_limit_refuses_names_its_line_and_stops_the_command(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=30)):
-        task_id = await queue.submit({"mode": "bad-message"})
-        dead = await finished(queue, task_id, "dead")
+    dead = await outcome(redis, redis_url, queue_name,
+                         {"mode": "bad-message"}, "dead", task_timeout_seconds=30)
     assert dead.attempts == 1
     assert dead.error is not None
     assert "output line 1: event data is over the 65536-byte limit" in dead.error
@@ -299,10 +281,8 @@ async def test_a_line_over_the_message_limit_is_output(
 ) -> None:
     """A progress bar drawn with carriage returns is one line of 9 MiB: output, of which the
     result keeps the end when the program sent no result."""
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=1)):
-        task_id = await queue.submit({"mode": "progress-bar", "result": result})
-        done = await finished(queue, task_id, "succeeded")
+    done = await outcome(redis, redis_url, queue_name,
+                         {"mode": "progress-bar", "result": result}, "succeeded", max_attempts=1)
     if result:
         assert done.result == "done"
     else:
@@ -398,10 +378,8 @@ async def test_a_run_that_times_out_leaves_no_process_behind(
 async def test_a_process_left_behind_neither_holds_the_run_nor_outlives_it(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=60)):
-        task_id = await queue.submit({"mode": "leftover"})
-        done = await finished(queue, task_id, "succeeded")
+    done = await outcome(redis, redis_url, queue_name,
+                         {"mode": "leftover"}, "succeeded", task_timeout_seconds=60)
     left_behind = done.result["left_behind"]
     await eventually(lambda: not alive(left_behind), 10, "the process left behind to end")
 
@@ -411,10 +389,8 @@ async def test_a_process_that_left_the_group_does_not_hold_the_run(
 ) -> None:
     """It keeps the program's output open and cannot be killed with the group: the run ends
     once the program exited and what it wrote was read (PIPE_DRAIN_SECONDS later)."""
-    queue = TaskQueue(redis, queue_name)
-    async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=60)):
-        task_id = await queue.submit({"mode": "escape"})
-        done = await finished(queue, task_id, "succeeded")
+    done = await outcome(redis, redis_url, queue_name,
+                         {"mode": "escape"}, "succeeded", task_timeout_seconds=60)
     escaped = done.result["escaped"]
     try:
         assert alive(escaped)

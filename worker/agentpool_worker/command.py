@@ -331,7 +331,8 @@ def output_result(lines: Iterable[str], limit: int) -> str:
 
 
 def _json_size(text: str) -> int:
-    return len(json.dumps(text, ensure_ascii=False).encode()) - 2
+    """Bytes of `text` as stored in a JSON string, without its quotes."""
+    return compact_json(text)[1] - 2
 
 
 def _end_that_fits(text: str, budget: int) -> str:
