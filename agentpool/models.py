@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from agentpool.protocol import MAX_ATTEMPTS_LIMIT, MAX_DELAY_SECONDS
+from agentpool.protocol import MAX_ATTEMPTS_LIMIT, MAX_DELAY_SECONDS, MAX_TASK_TIMEOUT_SECONDS
 from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
 
 GROUP = "agentpool.dev"
@@ -521,7 +521,7 @@ class WorkerSpec(_Model):
     task_timeout_seconds: int = Field(
         default=600,
         ge=1,
-        le=604800,
+        le=MAX_TASK_TIMEOUT_SECONDS,
         description="A task running longer is cancelled and counts as a failed attempt.",
     )
     max_attempts: int = Field(
@@ -533,7 +533,7 @@ class WorkerSpec(_Model):
     drain_seconds: int | None = Field(
         default=None,
         ge=0,
-        le=604800,
+        le=MAX_TASK_TIMEOUT_SECONDS,
         description=(
             "Time a stopped pod (rollout, deletion, an eviction when protectBusyPods is off) "
             "gets to finish its in-flight tasks; tasks still running after it go back to the "
@@ -910,6 +910,16 @@ class ScheduleSpec(_Model):
             "(its scheduled time, or later within startingDeadlineSeconds) is not run: it "
             "ends cancelled, as expired. Unset: it waits in the queue for a worker however "
             "long."
+        ),
+    )
+    timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TASK_TIMEOUT_SECONDS,
+        description=(
+            "A run of this schedule's task lasting longer is stopped and fails, as one past "
+            "the pool's taskTimeoutSeconds does, which still applies when shorter. Unset: the "
+            "pool's."
         ),
     )
     concurrency_policy: Literal["Allow", "Forbid", "Replace"] = Field(

@@ -67,6 +67,8 @@ COMPLETE_CHUNK = 500
 MAX_SUBMIT_CHUNK = 1000
 """Tasks per script call of ``submit_many``: Lua unpacks at most about 8,000 values at once."""
 MAX_DELAY_SECONDS = 365 * 86400
+MAX_TASK_TIMEOUT_SECONDS = 7 * 86400
+"""The longest task timeout a pool (taskTimeoutSeconds) or a task (submit's `timeout`) has."""
 MAX_ATTEMPTS_LIMIT = 100
 """The most attempts a task or a queue allows (a pool's maxAttempts, a worker's
 AGENTPOOL_MAX_ATTEMPTS)."""
@@ -126,6 +128,9 @@ class ClaimedTask:
     claimed_ms: int
     checkpoint_raw: str | None = None
     """The last checkpoint an earlier attempt saved (JSON), if any."""
+    timeout_ms: int | None = None
+    """The submit's `timeout`, if it gave one (the worker keeps the shorter of it and the
+    pool's task timeout)."""
 
     @property
     def wait_seconds(self) -> float:
@@ -257,6 +262,8 @@ class TaskInfo:
     """The latest ``progress`` event of any of its runs."""
     expires_ms: int | None = None
     """When a run may no longer start (Redis time, ms): the submit's `expires`."""
+    timeout_ms: int | None = None
+    """How long one run of it may last (ms), if its submit gave a `timeout`."""
 
     @property
     def done(self) -> bool:
@@ -538,7 +545,8 @@ class TaskQueue:
 
     def _submit_args(self, payload: Any, priority: int, delay: float,
                      idempotency_key: str | None, max_attempts: int | None,
-                     expires: float | None = None) -> list[Any]:
+                     expires: float | None = None,
+                     timeout: float | None = None) -> list[Any]:
         if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
             raise ProtocolError(
                 f"priority must be an integer between 0 and {MAX_PRIORITY}, got {priority!r}"
@@ -553,11 +561,12 @@ class TaskQueue:
         expires_ms: int | str = ""
         if expires is not None:
             expires_ms = _expiry_ms(expires, delay, delay_ms)
+        timeout_ms: int | str = "" if timeout is None else _timeout_ms(timeout)
         raw = encode_payload(payload, self.max_payload_bytes)
         return [
             new_task_id(), raw, priority, delay_ms,
             "" if max_attempts is None else max_attempts,
-            idempotency_key or "", DEFAULT_IDEMPOTENCY_TTL, expires_ms,
+            idempotency_key or "", DEFAULT_IDEMPOTENCY_TTL, expires_ms, timeout_ms,
         ]
 
     async def submit(
@@ -569,6 +578,7 @@ class TaskQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
         expires: float | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Queue a task and return its id (the existing id for a known idempotency key).
 
@@ -576,10 +586,12 @@ class TaskQueue:
         at most `max_payload_bytes` (1 MiB by default) once encoded as JSON; a larger one raises
         PayloadTooLarge and nothing is stored. Priorities run from 0 to 9, higher first; FIFO
         within a priority. A task not started within `expires` seconds of its submit (a first
-        run or any later one) is not run: it ends cancelled, its error saying it expired.
+        run or any later one) is not run: it ends cancelled, its error saying it expired. A
+        run of it lasting over `timeout` seconds is stopped and fails as one past the pool's
+        task timeout does: a task's timeout may shorten the pool's, never lengthen it.
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
-                                 expires)
+                                 expires, timeout)
         task_id, acked = await self._submits.call(args, size=len(args[1]))
         self._check_replicated("submit", acked, task_id)
         return task_id
@@ -610,11 +622,12 @@ class TaskQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
         expires: float | None = None,
+        timeout: float | None = None,
     ) -> str:
         """:meth:`submit` through a blocking line to the same Redis (the blocking producer's
         path: one round trip, no event loop in between)."""
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
-                                 expires)
+                                 expires, timeout)
         script = self._script("submit")
         reply = line.run(script.sha, script.script, [self.prefix + "queued"],
                          [self.prefix, *args])
@@ -622,15 +635,16 @@ class TaskQueue:
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
                           delay: float = 0, max_attempts: int | None = None,
-                          expires: float | None = None, chunk: int = 500) -> list[str]:
+                          expires: float | None = None, timeout: float | None = None,
+                          chunk: int = 500) -> list[str]:
         """Queue many tasks with the same options, in order, one script call per `chunk` (at
         most ``MAX_SUBMIT_CHUNK``); every payload is checked before any is sent."""
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, got {chunk}")
         chunk = min(chunk, MAX_SUBMIT_CHUNK)
-        all_args = [self._submit_args(p, priority, delay, None, max_attempts, expires)
+        all_args = [self._submit_args(p, priority, delay, None, max_attempts, expires, timeout)
                     for p in payloads]
-        plain = not delay and max_attempts is None and expires is None
+        plain = not delay and max_attempts is None and expires is None and timeout is None
         ids: list[str] = []
         replicated = True
         for start in range(0, len(all_args), chunk):
@@ -1250,6 +1264,7 @@ def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
             payload_raw=_decode_text(t[3]),
             created_ms=int(t[4]), max_attempts=int(t[5]), claimed_ms=now,
             checkpoint_raw=None if len(t) < 7 or t[6] is None else _s(t[6]),
+            timeout_ms=_opt_int(t[7]) if len(t) > 7 else None,
         )
         for t in tasks
     ]
@@ -1277,6 +1292,7 @@ def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:
         max_attempts=_opt_int(f.get("max")),
         progress=_progress(f.get("progress")),
         expires_ms=_opt_int(f.get("expires")),
+        timeout_ms=_opt_int(f.get("timeout")),
     )
 
 
@@ -1337,13 +1353,26 @@ def _expiry_ms(expires: Any, delay: float, delay_ms: int) -> int:
         raise ProtocolError(f"expires must be a number of seconds, got {expires!r}")
     expires_ms = round(expires * 1000)
     if not delay_ms < expires_ms <= MAX_DELAY_SECONDS * 1000:
-        floor = f"the delay ({_seconds_text(delay)} s)" if delay_ms else "0"
+        floor = f"the delay ({seconds_text(delay)} s)" if delay_ms else "0"
         raise ProtocolError(f"expires must be above {floor} and at most {MAX_DELAY_SECONDS} "
-                            f"seconds (a year), got {_seconds_text(expires)}")
+                            f"seconds (a year), got {seconds_text(expires)}")
     return expires_ms
 
 
-def _seconds_text(seconds: float) -> str:
+def _timeout_ms(timeout: Any) -> int:
+    """A submit's `timeout` in milliseconds, as stored; ProtocolError unless it is a number of
+    seconds from 0.001 to a week (the longest a pool's task timeout may be)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or not math.isfinite(timeout):
+        raise ProtocolError(f"timeout must be a number of seconds, got {timeout!r}")
+    timeout_ms = round(timeout * 1000)
+    if not 1 <= timeout_ms <= MAX_TASK_TIMEOUT_SECONDS * 1000:
+        raise ProtocolError(f"timeout must be from 0.001 to {MAX_TASK_TIMEOUT_SECONDS} seconds "
+                            f"(a week), got {repr(timeout).removesuffix('.0')}")
+    return timeout_ms
+
+
+def seconds_text(seconds: float) -> str:
     """Seconds as a person writes them: 30, 0.05, 2000000 (no exponent, no trailing .0)."""
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
@@ -1476,7 +1505,7 @@ _PAGE_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "f
                 "error", "owner", "max", "progress")
 """The fields of a task that task_page.lua reads, in its order."""
 _VIEW_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "finished",
-                "result", "error", "owner", "max", "progress", "expires")
+                "result", "error", "owner", "max", "progress", "expires", "timeout")
 """The fields of a task that task_view.lua reads, in its order."""
 
 

@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--expires", type=number(float, above=0), metavar="SECONDS",
                         help="a task not started within this many seconds of its submit "
                         "is not run: it ends cancelled, as expired (retries included)")
+    parser.add_argument("--task-timeout", type=number(float, above=0), metavar="SECONDS",
+                        help="a run lasting longer is stopped and fails, as one past the "
+                        "pool's taskTimeoutSeconds does (which still applies when shorter)")
     parser.add_argument("--idempotency-key", metavar="KEY",
                         help="a key seen before returns the existing task's id (single task)")
     parser.add_argument("--max-attempts", type=int, metavar="N",
@@ -126,9 +129,11 @@ async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
     if len(payloads) == 1:
         return [await queue.submit(payloads[0], priority=args.priority, delay=args.delay,
                                    idempotency_key=args.idempotency_key,
-                                   max_attempts=args.max_attempts, expires=args.expires)]
+                                   max_attempts=args.max_attempts, expires=args.expires,
+                                   timeout=args.task_timeout)]
     return await queue.submit_many(payloads, priority=args.priority, delay=args.delay,
-                                   max_attempts=args.max_attempts, expires=args.expires)
+                                   max_attempts=args.max_attempts, expires=args.expires,
+                                   timeout=args.task_timeout)
 
 
 async def wait_all(queue: TaskQueue, ids: Sequence[str],

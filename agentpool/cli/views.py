@@ -25,6 +25,7 @@ from agentpool.protocol import (
     TaskEvent,
     TaskInfo,
     WorkerState,
+    seconds_text,
 )
 
 PREVIEW_CHARS = 60
@@ -140,6 +141,7 @@ def task_json(queue: str, info: TaskInfo) -> dict[str, Any]:
         "started": iso_ms(info.started_ms),
         "finished": iso_ms(info.finished_ms),
         "expires": iso_ms(info.expires_ms),
+        "timeout_seconds": None if info.timeout_ms is None else info.timeout_ms / 1000,
         "owner": info.owner,
         "error": info.error,
         "payload": info.payload,
@@ -194,6 +196,9 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float) -> Grid:
         ["Finished", when(info.finished_ms)],
         *([["Expires", f"{iso_ms(info.expires_ms)} (a run may not start later)"]]
           if info.expires_ms is not None else []),
+        *([["Timeout", f"{seconds_text(info.timeout_ms / 1000)} s per run (or the pool's task "
+                       "timeout, if shorter)"]]
+          if info.timeout_ms is not None else []),
         ["Owner", info.owner or "-"],
         ["Error", info.error or "-"],
         ["Progress", format_progress(info.progress)],

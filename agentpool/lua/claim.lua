@@ -1,7 +1,8 @@
 -- ARGV: prefix, worker id, count, lease_ms, promote limit, token prefix (random per call)
 -- Moves due delayed tasks to the queue, then leases up to `count` tasks to the worker.
 -- Returns {tasks, next_due_ms|false, now, tasks left queued}; each task is
--- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|false}.
+-- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|false,
+-- timeout_ms|false}.
 -- A task past its `expires` time is not leased: it ends cancelled, with why.
 -- One fencing INCRBY, one lease ZADD, one owner SADD and one SET that remembers the claim (a
 -- claim sent again is answered from it) per claim, whatever its size (one INCRBY more per
@@ -36,11 +37,12 @@ if #back > 0 then redis.call('ZADD', K_QUEUED, unpack(back)) end
 local out = {}
 local pod = string.match(worker, '^(.*):[^:]*$') or worker
 local taken = 0
--- f: the task's payload, created, max, attempts and cp fields, in that order.
+-- f: the task's payload, created, max, attempts, cp and timeout fields, in that order.
 local function claimed(id, token, attempts, f)
   local checkpoint = false
   if f[5] then checkpoint = redis.call('GET', checkpoint_key(id)) end
-  return {id, token, attempts, f[1] or '', tonumber(f[2]) or 0, max_attempts(f[3]), checkpoint}
+  return {id, token, attempts, f[1] or '', tonumber(f[2]) or 0, max_attempts(f[3]), checkpoint,
+    f[6] or false}
 end
 -- A claim sent again (its connection was lost after Redis ran it, and its reply with it)
 -- hands back what it took the first time and takes nothing more: those tasks would otherwise
@@ -51,10 +53,10 @@ local last_claim = P .. 'claimed:' .. worker
 if prefix and redis.call('GET', last_claim) == prefix then
   for _, id in ipairs(redis.call('SMEMBERS', owner_key(worker))) do
     local f = redis.call('HMGET', task_key(id), 'payload', 'created', 'max', 'attempts', 'cp',
-      'state', 'owner', 'token')
-    if f[6] == 'running' and f[7] == worker and f[8]
-        and string.sub(f[8], 1, #prefix) == prefix then
-      out[#out + 1] = claimed(id, f[8], tonumber(f[4]), f)
+      'timeout', 'state', 'owner', 'token')
+    if f[7] == 'running' and f[8] == worker and f[9]
+        and string.sub(f[9], 1, #prefix) == prefix then
+      out[#out + 1] = claimed(id, f[9], tonumber(f[4]), f)
     end
   end
   local function fence_of(task) return tonumber(string.sub(task[2], #prefix + 1)) end
@@ -79,12 +81,12 @@ elseif not drain_requested(worker, pod) then
       local id = popped[2 * i - 1]
       local tk = task_key(id)
       local f = redis.call('HMGET', tk, 'payload', 'created', 'max', 'attempts', 'cp',
-        'expires', 'ev')
-      if f[6] and now >= tonumber(f[6]) then
-        local within = (tonumber(f[6]) - (tonumber(f[2]) or 0)) / 1000
+        'timeout', 'expires', 'ev')
+      if f[7] and now >= tonumber(f[7]) then
+        local within = (tonumber(f[7]) - (tonumber(f[2]) or 0)) / 1000
         local what = 'not started'
         if redis.call('HEXISTS', tk, 'started') == 1 then what = 'not started again' end
-        finished(id, tk, 'cancelled', now, {ev = f[7] or false, cp = f[5] or false},
+        finished(id, tk, 'cancelled', now, {ev = f[8] or false, cp = f[5] or false},
           {'error', 'expired: ' .. what .. ' within ' .. within .. ' s of its submit'})
         redis.call('HINCRBY', K_STATS, 'expired', 1)
         skipped_here = skipped_here + 1

@@ -1,11 +1,12 @@
--- ARGV: prefix, then 8 values per task: id, payload, priority, delay_ms, max_attempts
+-- ARGV: prefix, then 9 values per task: id, payload, priority, delay_ms, max_attempts
 --       ('' = queue default), idempotency key ('' = none), idempotency ttl seconds,
---       expires_ms after the submit ('' = never: see claim.lua).
+--       expires_ms after the submit ('' = never: see claim.lua), timeout_ms of a run ('' =
+--       the pool's task timeout: the worker keeps the shorter of the two).
 -- One task, or a group of single submits sent together (agentpool/coalesce.py), each with
 -- its own options. Returns {created (1|0), id} per task, flattened: created 0 when the
 -- idempotency key already names a task (the existing task's id) or the task exists already
 -- (the same submit sent again).
-local FIELDS = 8
+local FIELDS = 9
 local n = (#ARGV - 1) / FIELDS
 local replies = {}
 local ids = {}
@@ -49,7 +50,7 @@ for i = 1, n do
     local at = 1 + (i - 1) * FIELDS
     local id, payload, prio = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
     local delay_ms, max, idem = tonumber(ARGV[at + 4]), ARGV[at + 5], ARGV[at + 6]
-    local expires_ms = ARGV[at + 8]
+    local expires_ms, timeout_ms = ARGV[at + 8], ARGV[at + 9]
     seq = seq + 1
     local score = (9 - prio) * 1099511627776 + seq
     -- No 'id' (the key names it) and no 'attempts' until the first claim (a missing count
@@ -66,6 +67,10 @@ for i = 1, n do
     if expires_ms ~= '' then
       fields[#fields + 1] = 'expires'
       fields[#fields + 1] = now + tonumber(expires_ms)
+    end
+    if timeout_ms ~= '' then
+      fields[#fields + 1] = 'timeout'
+      fields[#fields + 1] = timeout_ms
     end
     if delay_ms > 0 then
       redis.call('HSET', task_key(id), 'state', 'delayed', 'due', now + delay_ms,

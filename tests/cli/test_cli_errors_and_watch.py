@@ -146,6 +146,8 @@ def test_invalid_queue_name_is_a_usage_error(cli: Cli) -> None:
      "got inf"),
     (["submit", "--json", "1", "--delay=-5"], "argument --delay: must be at least 0, got -5"),
     (["submit", "--json", "1", "--expires=0"], "argument --expires: must be more than 0, got 0"),
+    (["submit", "--json", "1", "--task-timeout=0"],
+     "argument --task-timeout: must be more than 0, got 0"),
     (["submit", "--json", "1", "--wait", "--timeout=-1"],
      "argument --timeout: must be at least 0, got -1"),
     (["submit", "--json", "1", "--wait", "--timeout=nan"],

@@ -36,7 +36,8 @@ def test_get_json_has_every_field(cli: Cli) -> None:
     assert doc["payload"] == {"prompt": "x"}
     assert doc["created"].endswith("+00:00")
     assert set(doc) == {"id", "queue", "state", "priority", "attempts", "max_attempts",
-                        "created", "started", "finished", "expires", "owner", "error",
+                        "created", "started", "finished", "expires", "timeout_seconds",
+                        "owner", "error",
                         "payload", "result", "progress"}
 
 

@@ -178,7 +178,8 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
         {"name": "sunday", "cron": "0 0 * * 7", "timeZone": "Etc/GMT+5"},
         {"name": "forbid", "cron": "@daily", "concurrencyPolicy": "Forbid",
          "expiresSeconds": 3600},
-        {"name": "replace", "cron": "@daily", "concurrencyPolicy": "Replace"},
+        {"name": "replace", "cron": "@daily", "concurrencyPolicy": "Replace",
+         "timeoutSeconds": 604800},
     ]),
 ]
 """Specs just inside a rule: both the models and the API server accept them."""

@@ -226,6 +226,7 @@ SPEC_CHANGES = st.fixed_dictionaries(
                     "payload": st.sampled_from([None, {"prompt": "p"}, [1], "text", 3]),
                     "startingDeadlineSeconds": st.sampled_from([0, 1, 86400, 86401]),
                     "expiresSeconds": st.sampled_from([0, 1, 31536000, 31536001, 1.5]),
+                    "timeoutSeconds": st.sampled_from([0, 1, 604800, 604801, 2.5]),
                     "concurrencyPolicy": st.sampled_from(["Allow", "Forbid", "Replace", ""]),
                 },
             ),

@@ -202,7 +202,7 @@ async def test_a_claim_sent_again_hands_back_what_it_took_and_takes_no_more(
     dropper = wiring.dropper
     beside = wiring.beside("again-claim")
     for i in range(6):
-        await beside.submit(f"task {i}")
+        await beside.submit(f"task {i}", timeout=i + 1)
     worker = wiring.through("again-claim")
     await worker.claim("pod-b:w0", 1, 30)  # loads the script
 
@@ -213,6 +213,7 @@ async def test_a_claim_sent_again_hands_back_what_it_took_and_takes_no_more(
     assert dropper.dropped == 1
     assert [json.loads(task.payload_raw) for task in batch.tasks] == ["task 1", "task 2"]
     assert [task.attempts for task in batch.tasks] == [1, 1]
+    assert [task.timeout_ms for task in batch.tasks] == [2000, 3000]
     assert completed == [True, True]
     assert figures.in_flight == 1
     assert figures.queued == 3

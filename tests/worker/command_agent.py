@@ -29,6 +29,8 @@ def main() -> None:
                                             if k.upper().startswith("AGENTPOOL_")),
                         "marker": os.environ.get("AGENT_MARKER"), "dir": directory,
                         "found": found, "tmpdir": os.environ["TMPDIR"]}})
+    elif mode == "deadline":
+        say({"result": {"left": float(os.environ["AGENTPOOL_TASK_DEADLINE"]) - time.time()}})
     elif mode == "home":
         home = os.environ["HOME"]
         with open(os.path.join(home, ".agentrc"), "w") as file:

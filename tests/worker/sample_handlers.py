@@ -40,6 +40,12 @@ async def sleep(payload: Any) -> dict[str, int]:
     return {"pid": os.getpid()}
 
 
+async def sleeps_within_its_timeout(payload: Any, ctx: TaskContext) -> float:
+    """Sleeps `seconds`; returns the run's timeout as the handler saw it."""
+    await asyncio.sleep(payload["seconds"])
+    return ctx.timeout_seconds
+
+
 async def first_attempt_sleeps(payload: Any, ctx: TaskContext) -> dict[str, int]:
     """Long on the first attempt only, so a task re-run after a crash finishes quickly."""
     if ctx.attempt == 1:

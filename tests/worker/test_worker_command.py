@@ -98,11 +98,26 @@ async def test_the_program_gets_the_task_and_a_directory_not_the_workers_setting
     done = await outcome(redis, redis_url, queue_name, {"mode": "env"}, "succeeded")
     directory = done.result.pop("dir")
     assert done.result == {
-        "agentpool": ["AGENTPOOL_QUEUE", "AGENTPOOL_TASK_ATTEMPT", "AGENTPOOL_TASK_DIR",
-                      "AGENTPOOL_TASK_ID", "AGENTPOOL_TASK_MAX_ATTEMPTS"],
+        "agentpool": ["AGENTPOOL_QUEUE", "AGENTPOOL_TASK_ATTEMPT", "AGENTPOOL_TASK_DEADLINE",
+                      "AGENTPOOL_TASK_DIR", "AGENTPOOL_TASK_ID", "AGENTPOOL_TASK_MAX_ATTEMPTS"],
         "marker": "from spec.worker.env", "found": [], "tmpdir": directory,
     }
     assert not exists(directory), "the run's directory outlived it"
+
+
+async def test_a_program_knows_when_its_run_will_be_stopped(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """AGENTPOOL_TASK_DEADLINE: the run's start plus its timeout, the task's own when shorter
+    than the pool's."""
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=600)):
+        own = await queue.submit({"mode": "deadline"}, timeout=30)
+        pools = await queue.submit({"mode": "deadline"})
+        own_left = (await finished(queue, own, "succeeded")).result["left"]
+        pools_left = (await finished(queue, pools, "succeeded")).result["left"]
+    assert 25 < own_left <= 30
+    assert 595 < pools_left <= 600
 
 
 @pytest.mark.parametrize("writable", [True, False], ids=["writable-home", "no-home"])

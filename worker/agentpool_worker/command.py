@@ -9,7 +9,8 @@ its own, with:
 - **environment**: the worker's without its own ``AGENTPOOL_`` settings (the Redis URL
   among them; the worker process is made non-dumpable, so that a program running as the same
   user cannot read them from ``/proc/<worker>/environ`` either), plus ``AGENTPOOL_TASK_ID``,
-  ``AGENTPOOL_TASK_ATTEMPT``, ``AGENTPOOL_TASK_MAX_ATTEMPTS`` and ``AGENTPOOL_QUEUE``;
+  ``AGENTPOOL_TASK_ATTEMPT``, ``AGENTPOOL_TASK_MAX_ATTEMPTS``, ``AGENTPOOL_QUEUE`` and
+  ``AGENTPOOL_TASK_DEADLINE`` (Unix time, when the run's timeout stops it);
   ``AGENTPOOL_TASK_DIR``, an empty directory of the run's own, removed when the run ends
   (also ``TMPDIR``, and ``HOME`` when the worker's home is missing or not writable, as in a
   pod whose root filesystem is read-only: tools such as git, npm and most agent CLIs write
@@ -64,6 +65,7 @@ import signal
 import stat
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -168,6 +170,7 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
         env = {**_inherited(os.environ), "AGENTPOOL_TASK_ID": ctx.task_id,
                "AGENTPOOL_TASK_ATTEMPT": str(ctx.attempt),
                "AGENTPOOL_TASK_MAX_ATTEMPTS": str(ctx.max_attempts),
+               "AGENTPOOL_TASK_DEADLINE": f"{time.time() + ctx.timeout_seconds:.3f}",
                "AGENTPOOL_QUEUE": ctx.queue, "AGENTPOOL_TASK_DIR": scratch, "TMPDIR": scratch}
         if not settings.home_writable:
             env["HOME"] = scratch

@@ -29,6 +29,7 @@ from agentpool.protocol import (
     DEFAULT_MAX_RESULT_BYTES,
     MAX_ATTEMPTS_LIMIT,
     MAX_RESULT_BYTES_LIMIT,
+    MAX_TASK_TIMEOUT_SECONDS,
     QUEUE_NAME,
 )
 from agentpool.ratelimit import LimitConfig, decode_limits
@@ -209,12 +210,13 @@ class WorkerSettings:
     handler: str = _setting("a handler named as package.module:function", _text(_handler_name))
     concurrency: int = _setting("an integer between 1 and 1000", _integer(1, 1000), 4)
     task_timeout_seconds: float = _setting(
-        "a number of seconds above 0 (at most a week)", seconds(0, 7 * 86400, above=True), 600.0)
+        "a number of seconds above 0 (at most a week)",
+        seconds(0, MAX_TASK_TIMEOUT_SECONDS, above=True), 600.0)
     max_attempts: int = _setting(f"an integer between 1 and {MAX_ATTEMPTS_LIMIT}",
                                  _integer(1, MAX_ATTEMPTS_LIMIT), 3)
     drain_seconds: float = _setting(
         "a number of seconds between 0 and 604800 (a week, the longest task timeout)",
-        seconds(0, 7 * 86400), 60.0)
+        seconds(0, MAX_TASK_TIMEOUT_SECONDS), 60.0)
     pod_name: str = _setting("a pod name without ':' or spaces", _text(_pod_name),
                              default_factory=_process_name, shown="<host name>-<process id>")
     pod_namespace: str = _setting("a namespace name", _text(lambda _: True), "")

@@ -1138,7 +1138,9 @@ class Worker:
     def _start(self, task: ClaimedTask) -> None:
         ctx = TaskContext(task.id, task.attempts, task.max_attempts,
                           self.settings.queue, self.worker_id, state=self.worker_ctx.state,
-                          checkpoint_state=_checkpoint(task), channel=self)
+                          checkpoint_state=_checkpoint(task),
+                          timeout_seconds=run_timeout(task, self.settings.task_timeout_seconds),
+                          channel=self)
         run = _Run(task, ctx)
         earlier = self._runs.get(task.id)
         if earlier is not None:
@@ -1175,7 +1177,7 @@ class Worker:
                 outcome = ended("failed", error=error)
                 return
             try:
-                async with asyncio.timeout(self.settings.task_timeout_seconds) as deadline:
+                async with asyncio.timeout(run.ctx.timeout_seconds) as deadline:
                     result = await self._call(run, payload)
             except asyncio.CancelledError:
                 this = asyncio.current_task()
@@ -1200,7 +1202,7 @@ class Worker:
                     return
                 if isinstance(exc, TimeoutError) and deadline.expired():
                     run.ctx.cancelled.set()
-                    error = f"timed out after {self.settings.task_timeout_seconds:g}s"
+                    error = timeout_error(task, self.settings.task_timeout_seconds)
                     retryable = True
                 elif isinstance(exc, SystemExit):
                     error = f"the handler called sys.exit({exc.code!r}); return or raise instead"
@@ -1392,6 +1394,26 @@ def _client(url: str, timeout: float) -> aioredis.Redis:
         socket_connect_timeout=timeout,
         socket_keepalive=True,
     )
+
+
+def run_timeout(task: ClaimedTask, pool_timeout: float) -> float:
+    """How long a run of `task` may last: its submit's `timeout`, when it gave one shorter
+    than the pool's task timeout. Never longer than the pool's: drains and scale-down count
+    on no run outlasting it."""
+    if task.timeout_ms is None or task.timeout_ms <= 0:
+        return pool_timeout
+    return min(task.timeout_ms / 1000, pool_timeout)
+
+
+def timeout_error(task: ClaimedTask, pool_timeout: float) -> str:
+    """The error of a run stopped by its timeout, saying whose timeout it was."""
+    seconds = run_timeout(task, pool_timeout)
+    error = f"timed out after {seconds:g}s"
+    if task.timeout_ms is None or task.timeout_ms <= 0:
+        return error
+    if seconds < pool_timeout:
+        return error + " (the task's own timeout)"
+    return error + f" (the pool's task timeout; the task's own is {task.timeout_ms / 1000:g}s)"
 
 
 def _checkpoint(task: ClaimedTask) -> Any:
