@@ -14,3 +14,25 @@ class PermanentError(Exception):
 class LeaseLost(Exception):
     """This run no longer holds its task (another worker has it now): its checkpoint was
     refused. Stop; whatever the run returns or raises from here on is ignored."""
+
+
+MAX_RETRY_DELAY_SECONDS = 86400
+
+
+class Retry(Exception):
+    """Run the task again in `delay` seconds rather than after the worker's backoff: a service
+    said when to come back, a resource is not ready yet.
+
+    The run counts as a failed attempt, as with Celery's ``retry``, Dramatiq's and arq's
+    ``Retry``: on the task's last attempt it goes to the dead letters. For a provider's rate
+    limit shared by every worker, ``ctx.throttled`` is the better tool.
+    """
+
+    def __init__(self, delay: float, reason: str = "") -> None:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) \
+                or not 0 <= delay <= MAX_RETRY_DELAY_SECONDS:  # NaN fails both comparisons
+            raise ValueError("Retry needs a delay from 0 to "
+                             f"{MAX_RETRY_DELAY_SECONDS} seconds (a day), got {delay!r}")
+        super().__init__(reason)
+        self.delay = float(delay)
+        self.reason = reason

@@ -61,6 +61,11 @@ def main() -> None:
         sys.exit(3)
     elif mode == "permanent":
         say({"error": "the prompt is empty", "retry": False})
+    elif mode == "retry-after":
+        if attempt == 1:
+            say(payload["message"])
+            sys.exit(1)
+        say({"result": {"attempt": attempt}})
     elif mode == "bad-message":
         say({"event": "page", "data": "x" * 70_000})
         time.sleep(60)

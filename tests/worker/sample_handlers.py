@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from agentpool.errors import PermanentError
+from agentpool.errors import PermanentError, Retry
 from agentpool_worker.handlers import TaskContext
 
 
@@ -44,6 +44,19 @@ async def sleeps_within_its_timeout(payload: Any, ctx: TaskContext) -> float:
     """Sleeps `seconds`; returns the run's timeout as the handler saw it."""
     await asyncio.sleep(payload["seconds"])
     return ctx.timeout_seconds
+
+
+async def retries_later(payload: Any, ctx: TaskContext) -> dict[str, int]:
+    """Asks for another run in `delay` seconds on its first attempt; succeeds on the next."""
+    if ctx.attempt == 1:
+        raise Retry(payload["delay"], payload.get("reason", ""))
+    return {"attempt": ctx.attempt}
+
+
+def sync_retries_later(payload: Any, ctx: TaskContext) -> dict[str, int]:
+    if ctx.attempt == 1:
+        raise Retry(payload["delay"], payload.get("reason", ""))
+    return {"attempt": ctx.attempt}
 
 
 async def first_attempt_sleeps(payload: Any, ctx: TaskContext) -> dict[str, int]:

@@ -256,6 +256,31 @@ async def test_an_error_message_without_retry_dead_letters_at_once(
     assert dead.error is not None and "the prompt is empty" in dead.error
 
 
+async def test_an_error_message_with_retry_after_runs_again_after_it_not_the_backoff(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """The worker's backoff here would hold the retry for at least 500 s."""
+    done = await outcome(redis, redis_url, queue_name, {
+        "mode": "retry-after", "message": {"error": "upstream busy", "retry_after": 0.2},
+    }, "succeeded", retry_backoff_base_seconds=1000, retry_backoff_cap_seconds=1000)
+    assert (done.attempts, done.result) == (2, {"attempt": 2})
+
+
+@pytest.mark.parametrize("message", [
+    {"error": "upstream busy", "retry_after": -1},
+    {"error": "upstream busy", "retry_after": "soon"},
+    {"error": "upstream busy", "retry_after": 86401},
+    {"error": "upstream busy", "retry_after": 5, "retry": False},
+], ids=["negative", "text", "over-a-day", "with-retry-false"])
+async def test_a_malformed_retry_after_is_output_and_the_exit_status_decides(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, message: dict[str, Any],
+) -> None:
+    dead = await outcome(redis, redis_url, queue_name, {"mode": "retry-after", "message": message},
+                         "dead", max_attempts=1)
+    assert dead.error is not None
+    assert dead.error.startswith("RuntimeError: command exited with status 1\n")
+
+
 async def test_a_message_a_limit_refuses_names_its_line_and_stops_the_command(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:

@@ -84,6 +84,31 @@ async def test_a_tasks_timeout_never_lengthens_the_pools(
     assert dead.error == "timed out after 0.3s (the pool's task timeout; the task's own is 3600s)"
 
 
+@pytest.mark.parametrize("handler", ["retries_later", "sync_retries_later"])
+async def test_a_handler_that_raises_retry_runs_again_after_its_delay_not_the_backoff(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, handler: str,
+) -> None:
+    """The worker's backoff here would hold the retry for at least 500 s."""
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"delay": 0.2, "reason": "the index is still building"})
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:{handler}",
+                                retry_backoff_base_seconds=1000,
+                                retry_backoff_cap_seconds=1000)):
+        done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "the retry")
+    assert (done.attempts, done.result) == (2, {"attempt": 2})
+
+
+async def test_a_retry_asked_on_the_last_attempt_dead_letters_with_why(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"delay": 30, "reason": "quota resets at midnight"},
+                                 max_attempts=1)
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:retries_later")):
+        dead = await eventually(lambda: task_in(queue, task_id, "dead"), 10, "the dead letter")
+    assert dead.error == "asked to run again in 30s: quota resets at midnight"
+
+
 async def test_a_timed_out_run_is_retried(redis_url: str, queue_name: str,
                                           redis: aioredis.Redis) -> None:
     queue = TaskQueue(redis, queue_name)

@@ -30,7 +30,9 @@ message:
 - ``{"checkpoint": state}``: saved for the next attempt, as ``ctx.checkpoint``, before the
   next line is read;
 - ``{"error": "text", "retry": false}``: the run fails with this error whatever the exit
-  status; ``"retry": false`` dead-letters the task at once (``retry`` optional).
+  status; ``"retry": false`` dead-letters the task at once (``retry`` optional);
+  ``{"error": "text", "retry_after": 30}`` runs it again in that many seconds (0 to a day)
+  instead of after the worker's backoff, as a handler's ``Retry`` does.
 
 Every other line is output, JSON lines that are not messages too (the JSON log lines of
 structlog, pino or zap: ``{"event": "fetching", "level": "info"}``, ``{"msg": "retrying",
@@ -73,7 +75,7 @@ from typing import Any
 
 import structlog
 
-from agentpool.errors import PermanentError
+from agentpool.errors import MAX_RETRY_DELAY_SECONDS, PermanentError, Retry
 from agentpool.protocol import DEFAULT_MAX_RESULT_BYTES, EVENT_KIND, FINAL_EVENT, compact_json
 from agentpool_worker.handlers import TaskContext, WorkerContext
 from agentpool_worker.settings import (
@@ -161,6 +163,7 @@ class _Outcome:
     has_result: bool = False
     error: str | None = None
     retry: bool = True
+    retry_after: float | None = None
 
 
 async def run(payload: Any, ctx: TaskContext) -> Any:
@@ -299,6 +302,8 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext,
             helper.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
     if outcome.error is not None:
+        if outcome.retry_after is not None:
+            raise Retry(outcome.retry_after, outcome.error)
         if outcome.retry:
             raise RuntimeError(outcome.error)
         raise PermanentError(outcome.error)
@@ -457,7 +462,7 @@ MESSAGE_KEYS = {
     "event": {"event", "data"},
     "progress": {"progress", "message"},
     "checkpoint": {"checkpoint"},
-    "error": {"error", "retry"},
+    "error": {"error", "retry", "retry_after"},
 }
 """Each message's key, and the keys it may have."""
 
@@ -505,6 +510,14 @@ def _malformed(kind: str, message: dict[str, Any]) -> str:
             return '"error" is not a string'
         if not isinstance(message.get("retry", True), bool):
             return '"retry" is not true or false'
+        if "retry_after" in message:
+            after = message["retry_after"]
+            if (isinstance(after, bool) or not isinstance(after, int | float)
+                    or not 0 <= after <= MAX_RETRY_DELAY_SECONDS):
+                return ('"retry_after" is not a number of seconds from 0 to '
+                        f'{MAX_RETRY_DELAY_SECONDS}')
+            if message.get("retry") is False:
+                return '"retry_after" with "retry": false'
     return ""
 
 
@@ -521,6 +534,7 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
         await ctx.checkpoint(message["checkpoint"])
     else:
         outcome.error, outcome.retry = message["error"], message.get("retry", True)
+        outcome.retry_after = message.get("retry_after")
 
 
 def _write_checkpoint(directory: str, state: Any) -> str:

@@ -54,7 +54,7 @@ import structlog
 
 from agentpool.connection import redis_from_url
 from agentpool.durability import NotReplicated
-from agentpool.errors import LeaseLost, PermanentError
+from agentpool.errors import LeaseLost, PermanentError, Retry
 from agentpool.protocol import (
     ClaimedTask,
     FailOutcome,
@@ -1196,6 +1196,7 @@ class Worker:
                 outcome = ended(STOPPED_STATUS[run.stop_reason])
                 return
             except (Exception, SystemExit) as exc:  # SystemExit: sys.exit() in a handler
+                retry_after: float | None = None
                 if run.stop_reason is not None:
                     self._stopped(run)
                     outcome = ended(STOPPED_STATUS[run.stop_reason])
@@ -1207,10 +1208,12 @@ class Worker:
                 elif isinstance(exc, SystemExit):
                     error = f"the handler called sys.exit({exc.code!r}); return or raise instead"
                     retryable = True
+                elif isinstance(exc, Retry):
+                    error, retryable, retry_after = retry_error(exc), True, exc.delay
                 else:
                     error = _describe(exc)
                     retryable = not isinstance(exc, PermanentError)
-                self._failed(run, error, retryable=retryable)
+                self._failed(run, error, retryable=retryable, delay=retry_after)
                 outcome = ended("failed", error=error, retryable=retryable)
                 return
             if run.stop_reason is not None:  # e.g. it returned after a LeaseLost
@@ -1314,15 +1317,19 @@ class Worker:
             run.stop(LOST)
         self._maybe_drained()
 
-    def _failed(self, run: _Run, error: str, *, retryable: bool) -> None:
+    def _failed(self, run: _Run, error: str, *, retryable: bool,
+                delay: float | None = None) -> None:
+        """Report a failed run: retried after `delay` seconds (the worker's backoff unless
+        given) while attempts remain."""
         task = run.task
         self.metrics.failed.inc()
         self.info.failed += 1
         self._log.warning("task failed", task=task.id, attempt=task.attempts,
                           retryable=retryable, error=error.splitlines()[0][:500])
-        s = self.settings
-        delay = retry_delay(task.attempts, base=s.retry_backoff_base_seconds,
-                            cap=s.retry_backoff_cap_seconds)
+        if delay is None:
+            s = self.settings
+            delay = retry_delay(task.attempts, base=s.retry_backoff_base_seconds,
+                                cap=s.retry_backoff_cap_seconds)
         self._report(task, lambda: self.queue.fail(task, error, retryable=retryable,
                                                    delay=delay))
 
@@ -1414,6 +1421,12 @@ def timeout_error(task: ClaimedTask, pool_timeout: float) -> str:
     if seconds < pool_timeout:
         return error + " (the task's own timeout)"
     return error + f" (the pool's task timeout; the task's own is {task.timeout_ms / 1000:g}s)"
+
+
+def retry_error(request: Retry) -> str:
+    """The error recorded for a run that asked to run again later (kept if it was the last)."""
+    error = f"asked to run again in {request.delay:g}s"
+    return f"{error}: {request.reason}" if request.reason else error
 
 
 def _checkpoint(task: ClaimedTask) -> Any:
