@@ -425,7 +425,7 @@ class SyncQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
         expires: float | None = None,
-        timeout: float | None = None,
+        task_timeout: float | None = None,
     ) -> str:
         blocking = self._client._parts()[2]
         queue = self.queue
@@ -434,20 +434,20 @@ class SyncQueue:
             return queue.submit_blocking(
                 blocking, payload, priority=priority, delay=delay,
                 idempotency_key=idempotency_key, max_attempts=max_attempts, expires=expires,
-                timeout=timeout,
+                task_timeout=task_timeout,
             )
         return self._client._call(queue.submit(
             payload, priority=priority, delay=delay, idempotency_key=idempotency_key,
-            max_attempts=max_attempts, expires=expires, timeout=timeout,
+            max_attempts=max_attempts, expires=expires, task_timeout=task_timeout,
         ))
 
     def submit_many(self, payloads: Iterable[Any], *, priority: int = 0, delay: float = 0,
                     max_attempts: int | None = None, expires: float | None = None,
-                    timeout: float | None = None) -> list[str]:
+                    task_timeout: float | None = None) -> list[str]:
         items = list(payloads)
         return self._run(lambda q: q.submit_many(items, priority=priority, delay=delay,
                                                  max_attempts=max_attempts, expires=expires,
-                                                 timeout=timeout))
+                                                 task_timeout=task_timeout))
 
     def get(self, task_id: str) -> TaskInfo | None:
         return self._run(lambda q: q.get(task_id))

@@ -194,6 +194,12 @@ INIT_MOUNTS_NAME_VOLUMES = CelRule(
     "each worker.initContainers[].volumeMounts name must be the name of a volume in "
     "worker.volumes (or tmp, the worker's scratch volume)",
 )
+SCHEDULE_TIMEOUT_WITHIN_POOLS = CelRule(
+    "!has(self.schedules) || self.schedules.all(s, !has(s.taskTimeoutSeconds) || "
+    "s.taskTimeoutSeconds <= self.worker.taskTimeoutSeconds)",
+    "schedules[].taskTimeoutSeconds must be at most worker.taskTimeoutSeconds: a task's "
+    "timeout can shorten the pool's, not lengthen it (drains count on no run outlasting it)",
+)
 QUEUE_FIXED = CelRule(
     "has(self.queue) == has(oldSelf.queue) && (!has(self.queue) || self.queue == oldSelf.queue)",
     "spec.queue cannot be set, changed or removed once the pool exists: the tasks queued and "
@@ -224,6 +230,7 @@ CEL_RULES: tuple[CelRule, ...] = (
     SCHEDULE_CRON_FORMAT,
     SCHEDULE_TIME_ZONE_FORMAT,
     SCHEDULE_NAMES_UNIQUE,
+    SCHEDULE_TIMEOUT_WITHIN_POOLS,
     VOLUME_ONE_SOURCE,
     VOLUME_NAMES_UNIQUE,
     MOUNT_PATHS_UNIQUE,
@@ -912,14 +919,13 @@ class ScheduleSpec(_Model):
             "long."
         ),
     )
-    timeout_seconds: int | None = Field(
+    task_timeout_seconds: int | None = Field(
         default=None,
         ge=1,
         le=MAX_TASK_TIMEOUT_SECONDS,
         description=(
             "A run of this schedule's task lasting longer is stopped and fails, as one past "
-            "the pool's taskTimeoutSeconds does, which still applies when shorter. Unset: the "
-            "pool's."
+            "worker.taskTimeoutSeconds does; at most that. Unset: worker.taskTimeoutSeconds."
         ),
     )
     concurrency_policy: Literal["Allow", "Forbid", "Replace"] = Field(
@@ -952,7 +958,7 @@ _SCHEDULE_FORMATS = {
 class AgentPoolSpec(_Model):
     """A pool of workers serving one Redis task queue."""
 
-    model_config = ConfigDict(json_schema_extra=cel(QUEUE_FIXED))
+    model_config = ConfigDict(json_schema_extra=cel(SCHEDULE_TIMEOUT_WITHIN_POOLS, QUEUE_FIXED))
 
     queue: str | None = Field(
         default=None,
@@ -1009,6 +1015,14 @@ class AgentPoolSpec(_Model):
                 RATE_LIMIT_NAMES_UNIQUE
             raise ValueError(rule.message)
         return items
+
+    @model_validator(mode="after")
+    def _schedule_timeouts_within_the_pools(self) -> AgentPoolSpec:
+        if any(s.task_timeout_seconds is not None
+               and s.task_timeout_seconds > self.worker.task_timeout_seconds
+               for s in self.schedules or ()):
+            raise ValueError(SCHEDULE_TIMEOUT_WITHIN_POOLS.message)
+        return self
 
     def queue_name(self, pool_name: str) -> str:
         return self.queue or pool_name

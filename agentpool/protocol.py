@@ -22,6 +22,7 @@ import asyncio
 import enum
 import json
 import math
+import numbers
 import os
 import random
 import re
@@ -68,7 +69,8 @@ MAX_SUBMIT_CHUNK = 1000
 """Tasks per script call of ``submit_many``: Lua unpacks at most about 8,000 values at once."""
 MAX_DELAY_SECONDS = 365 * 86400
 MAX_TASK_TIMEOUT_SECONDS = 7 * 86400
-"""The longest task timeout a pool (taskTimeoutSeconds) or a task (submit's `timeout`) has."""
+"""The longest task timeout a pool or a task (taskTimeoutSeconds, submit's `task_timeout`)
+has."""
 MAX_ATTEMPTS_LIMIT = 100
 """The most attempts a task or a queue allows (a pool's maxAttempts, a worker's
 AGENTPOOL_MAX_ATTEMPTS)."""
@@ -129,8 +131,8 @@ class ClaimedTask:
     checkpoint_raw: str | None = None
     """The last checkpoint an earlier attempt saved (JSON), if any."""
     timeout_ms: int | None = None
-    """The submit's `timeout`, if it gave one (the worker keeps the shorter of it and the
-    pool's task timeout)."""
+    """The submit's `task_timeout` (ms), if it gave one (the worker keeps the shorter of it
+    and the pool's task timeout)."""
 
     @property
     def wait_seconds(self) -> float:
@@ -263,7 +265,7 @@ class TaskInfo:
     expires_ms: int | None = None
     """When a run may no longer start (Redis time, ms): the submit's `expires`."""
     timeout_ms: int | None = None
-    """How long one run of it may last (ms), if its submit gave a `timeout`."""
+    """How long one run of it may last (ms), if its submit gave a `task_timeout`."""
 
     @property
     def done(self) -> bool:
@@ -546,7 +548,7 @@ class TaskQueue:
     def _submit_args(self, payload: Any, priority: int, delay: float,
                      idempotency_key: str | None, max_attempts: int | None,
                      expires: float | None = None,
-                     timeout: float | None = None) -> list[Any]:
+                     task_timeout: float | None = None) -> list[Any]:
         if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
             raise ProtocolError(
                 f"priority must be an integer between 0 and {MAX_PRIORITY}, got {priority!r}"
@@ -561,7 +563,7 @@ class TaskQueue:
         expires_ms: int | str = ""
         if expires is not None:
             expires_ms = _expiry_ms(expires, delay, delay_ms)
-        timeout_ms: int | str = "" if timeout is None else _timeout_ms(timeout)
+        timeout_ms: int | str = "" if task_timeout is None else _timeout_ms(task_timeout)
         raw = encode_payload(payload, self.max_payload_bytes)
         return [
             new_task_id(), raw, priority, delay_ms,
@@ -578,7 +580,7 @@ class TaskQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
         expires: float | None = None,
-        timeout: float | None = None,
+        task_timeout: float | None = None,
     ) -> str:
         """Queue a task and return its id (the existing id for a known idempotency key).
 
@@ -587,11 +589,11 @@ class TaskQueue:
         PayloadTooLarge and nothing is stored. Priorities run from 0 to 9, higher first; FIFO
         within a priority. A task not started within `expires` seconds of its submit (a first
         run or any later one) is not run: it ends cancelled, its error saying it expired. A
-        run of it lasting over `timeout` seconds is stopped and fails as one past the pool's
-        task timeout does: a task's timeout may shorten the pool's, never lengthen it.
+        run of it lasting over `task_timeout` seconds is stopped and fails as one past the
+        pool's task timeout does: a task's timeout may shorten the pool's, never lengthen it.
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
-                                 expires, timeout)
+                                 expires, task_timeout)
         task_id, acked = await self._submits.call(args, size=len(args[1]))
         self._check_replicated("submit", acked, task_id)
         return task_id
@@ -622,12 +624,12 @@ class TaskQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
         expires: float | None = None,
-        timeout: float | None = None,
+        task_timeout: float | None = None,
     ) -> str:
         """:meth:`submit` through a blocking line to the same Redis (the blocking producer's
         path: one round trip, no event loop in between)."""
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
-                                 expires, timeout)
+                                 expires, task_timeout)
         script = self._script("submit")
         reply = line.run(script.sha, script.script, [self.prefix + "queued"],
                          [self.prefix, *args])
@@ -635,16 +637,17 @@ class TaskQueue:
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
                           delay: float = 0, max_attempts: int | None = None,
-                          expires: float | None = None, timeout: float | None = None,
+                          expires: float | None = None, task_timeout: float | None = None,
                           chunk: int = 500) -> list[str]:
         """Queue many tasks with the same options, in order, one script call per `chunk` (at
         most ``MAX_SUBMIT_CHUNK``); every payload is checked before any is sent."""
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, got {chunk}")
         chunk = min(chunk, MAX_SUBMIT_CHUNK)
-        all_args = [self._submit_args(p, priority, delay, None, max_attempts, expires, timeout)
-                    for p in payloads]
-        plain = not delay and max_attempts is None and expires is None and timeout is None
+        all_args = [self._submit_args(p, priority, delay, None, max_attempts, expires,
+                                      task_timeout) for p in payloads]
+        plain = (not delay and max_attempts is None and expires is None
+                 and task_timeout is None)
         ids: list[str] = []
         replicated = True
         for start in range(0, len(all_args), chunk):
@@ -1348,28 +1351,42 @@ def _limit_window(value: Any) -> Mapping[str, Any] | None:
 def _expiry_ms(expires: Any, delay: float, delay_ms: int) -> int:
     """A submit's `expires` in milliseconds, as the submit script stores it; ProtocolError
     unless it is a number of seconds, after the delay (as stored) and within a year."""
-    if isinstance(expires, bool) or not isinstance(expires, int | float) \
-            or not math.isfinite(expires):
-        raise ProtocolError(f"expires must be a number of seconds, got {expires!r}")
-    expires_ms = round(expires * 1000)
+    seconds = _seconds_given("expires", expires)
+    expires_ms = round(seconds * 1000)
     if not delay_ms < expires_ms <= MAX_DELAY_SECONDS * 1000:
         floor = f"the delay ({seconds_text(delay)} s)" if delay_ms else "0"
         raise ProtocolError(f"expires must be above {floor} and at most {MAX_DELAY_SECONDS} "
-                            f"seconds (a year), got {seconds_text(expires)}")
+                            f"seconds (a year), got {_as_given(seconds)}")
     return expires_ms
 
 
-def _timeout_ms(timeout: Any) -> int:
-    """A submit's `timeout` in milliseconds, as stored; ProtocolError unless it is a number of
-    seconds from 0.001 to a week (the longest a pool's task timeout may be)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
-            or not math.isfinite(timeout):
-        raise ProtocolError(f"timeout must be a number of seconds, got {timeout!r}")
-    timeout_ms = round(timeout * 1000)
+def _timeout_ms(task_timeout: Any) -> int:
+    """A submit's `task_timeout` in milliseconds, as stored; ProtocolError unless it is a
+    number of seconds from 0.001 to a week (the longest a pool's task timeout may be)."""
+    seconds = _seconds_given("task_timeout", task_timeout)
+    timeout_ms = round(seconds * 1000)
     if not 1 <= timeout_ms <= MAX_TASK_TIMEOUT_SECONDS * 1000:
-        raise ProtocolError(f"timeout must be from 0.001 to {MAX_TASK_TIMEOUT_SECONDS} seconds "
-                            f"(a week), got {repr(timeout).removesuffix('.0')}")
+        raise ProtocolError(f"task_timeout must be from 0.001 to {MAX_TASK_TIMEOUT_SECONDS} "
+                            f"seconds (a week), got {_as_given(seconds)}")
     return timeout_ms
+
+
+def _seconds_given(name: str, value: Any) -> float:
+    """A submit option's number of seconds as a float: any real number but a bool (numpy's
+    too), finite; ProtocolError otherwise."""
+    if not isinstance(value, bool) and isinstance(value, numbers.Real):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past a float's range
+            seconds = math.inf
+        if math.isfinite(seconds):
+            return seconds
+    raise ProtocolError(f"{name} must be a number of seconds, got {value!r}")
+
+
+def _as_given(seconds: float) -> str:
+    """Seconds as given, every digit kept, without a trailing '.0': 30, 0.0004, 604800.5."""
+    return repr(seconds).removesuffix(".0")
 
 
 def seconds_text(seconds: float) -> str:

@@ -15,15 +15,16 @@ import argparse
 import os
 import statistics
 import sys
-import uuid
 from importlib import resources
 from pathlib import Path
 
 import redis
+import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agentpool.lua_source import script_source
+from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer
 
 LUA = resources.files("agentpool") / "lua"
@@ -34,6 +35,15 @@ VARIANTS: dict[str, str | None] = {
     "a script that only returns": "return {1, ARGV[2]}",
     "INCR": None,
 }
+
+
+QUEUE = TaskQueue(aioredis.Redis(), "bench")
+"""Only for the submit script's arguments: it never connects."""
+
+
+def submit_args() -> list[object]:
+    """One plain submit's arguments (a null payload), as the client builds them."""
+    return QUEUE._submit_args(None, 0, 0, None, None)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,8 +58,7 @@ def one(client: redis.Redis, pid: int, source: str | None, calls: int) -> tuple[
     before = cpu_seconds(pid)
     for _ in range(calls):
         if sha:
-            client.evalsha(sha, 1, "ap:{bench}:queued", "ap:{bench}:", uuid.uuid4().hex,
-                           b"null", 0, 0, "", "", 86400)
+            client.evalsha(sha, 1, QUEUE.prefix + "queued", QUEUE.prefix, *submit_args())
         else:
             client.execute_command("INCR", "counter")
     used = cpu_seconds(pid) - before

@@ -26,6 +26,7 @@ from agentpool.cli.common import (
 from agentpool.cli.views import submitted_grid, submitted_json, waited_grid, waited_json
 from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_TASK_TIMEOUT_SECONDS,
     PayloadTooLarge,
     TaskInfo,
     TaskQueue,
@@ -59,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--expires", type=number(float, above=0), metavar="SECONDS",
                         help="a task not started within this many seconds of its submit "
                         "is not run: it ends cancelled, as expired (retries included)")
-    parser.add_argument("--task-timeout", type=number(float, above=0), metavar="SECONDS",
+    parser.add_argument("--task-timeout", metavar="SECONDS",
+                        type=number(float, above=0, high=MAX_TASK_TIMEOUT_SECONDS),
                         help="a run lasting longer is stopped and fails, as one past the "
                         "pool's taskTimeoutSeconds does (which still applies when shorter)")
     parser.add_argument("--idempotency-key", metavar="KEY",
@@ -130,10 +132,10 @@ async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
         return [await queue.submit(payloads[0], priority=args.priority, delay=args.delay,
                                    idempotency_key=args.idempotency_key,
                                    max_attempts=args.max_attempts, expires=args.expires,
-                                   timeout=args.task_timeout)]
+                                   task_timeout=args.task_timeout)]
     return await queue.submit_many(payloads, priority=args.priority, delay=args.delay,
                                    max_attempts=args.max_attempts, expires=args.expires,
-                                   timeout=args.task_timeout)
+                                   task_timeout=args.task_timeout)
 
 
 async def wait_all(queue: TaskQueue, ids: Sequence[str],

@@ -7,6 +7,9 @@
 -- idempotency key already names a task (the existing task's id) or the task exists already
 -- (the same submit sent again).
 local FIELDS = 9
+if (#ARGV - 1) % FIELDS ~= 0 then
+  return redis.error_reply('submit: ARGV is the prefix and ' .. FIELDS .. ' values per task')
+end
 local n = (#ARGV - 1) / FIELDS
 local replies = {}
 local ids = {}

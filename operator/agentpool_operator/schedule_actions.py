@@ -163,7 +163,7 @@ async def _submit(observation: PoolObservation, schedule: ScheduleSpec,
     try:
         task_id = await queue.submit(
             schedule.payload, priority=schedule.priority, expires=schedule.expires_seconds,
-            timeout=schedule.timeout_seconds,
+            task_timeout=schedule.task_timeout_seconds,
             idempotency_key=idempotency_key(pool_id, schedule.name, turn.submit))
     except ProtocolError as error:
         return None, Problem(FAILED_REASON, f"schedule {schedule.name!r}: {error}")

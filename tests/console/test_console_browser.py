@@ -391,11 +391,12 @@ def test_a_task_that_expires_shows_when(console: Console, page: Page) -> None:
 
 
 def test_a_task_with_a_timeout_of_its_own_shows_it(console: Console, page: Page) -> None:
-    task_id = console.submit({"echo": "quick"}, timeout=2.5)
+    task_id = console.submit({"echo": "quick"}, task_timeout=2.5)
     wait_for(lambda: console.state(task_id) == "succeeded", page)
     page.goto(f"{console.url}queues/{console.queue}/tasks/{task_id}")
     expect(page.locator("#task-state")).to_have_text("succeeded", timeout=LIVE)
-    expect(page.locator("dl.detail dt:text-is('Timeout') + dd")).to_have_text("2.5 s per run")
+    expect(page.locator("dl.detail dt:text-is('Timeout') + dd")).to_have_text(
+        "2.5 s per run (or the pool's task timeout, if shorter)")
 
 
 def test_a_script_in_a_payload_or_error_renders_as_text(console: Console, page: Page) -> None:

@@ -61,6 +61,12 @@ CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
      minimal_spec(schedules=[{"name": "a", "cron": "@daily", "timeZone": "Europe/../etc"}])),
     (models.SCHEDULE_NAMES_UNIQUE, minimal_spec(schedules=[
         {"name": "report", "cron": "@daily"}, {"name": "report", "cron": "@hourly"}])),
+    (models.SCHEDULE_TIMEOUT_WITHIN_POOLS, minimal_spec(schedules=[
+        {"name": "report", "cron": "@daily", "taskTimeoutSeconds": 601}])),
+    (models.SCHEDULE_TIMEOUT_WITHIN_POOLS, minimal_spec(
+        worker=worker(taskTimeoutSeconds=60),
+        schedules=[{"name": "a", "cron": "@daily", "taskTimeoutSeconds": 60},
+                   {"name": "b", "cron": "@daily", "taskTimeoutSeconds": 61}])),
     (models.RATE_LIMIT_NAMES_UNIQUE, minimal_spec(rateLimits=[
         {"name": "openai", "requestsPerMinute": 60},
         {"name": "openai", "tokensPerMinute": 9000},
@@ -179,7 +185,7 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
         {"name": "forbid", "cron": "@daily", "concurrencyPolicy": "Forbid",
          "expiresSeconds": 3600},
         {"name": "replace", "cron": "@daily", "concurrencyPolicy": "Replace",
-         "timeoutSeconds": 604800},
+         "taskTimeoutSeconds": 600},
     ]),
 ]
 """Specs just inside a rule: both the models and the API server accept them."""

@@ -205,6 +205,7 @@ SPEC_CHANGES = st.fixed_dictionaries(
         ),
         "taskCommand": st.sampled_from([["node", "/app/agent.js"], ["agent"], [], [""]]),
         "concurrency": st.integers(-2, 1002),
+        "taskTimeoutSeconds": st.sampled_from([0, 1, 60, 600, 604800, 604801]),
         "minReplicas": st.integers(-1, 12),
         "maxReplicas": st.integers(-1, 12),
         "scaleUpStep": st.integers(-1, 2),
@@ -226,7 +227,8 @@ SPEC_CHANGES = st.fixed_dictionaries(
                     "payload": st.sampled_from([None, {"prompt": "p"}, [1], "text", 3]),
                     "startingDeadlineSeconds": st.sampled_from([0, 1, 86400, 86401]),
                     "expiresSeconds": st.sampled_from([0, 1, 31536000, 31536001, 1.5]),
-                    "timeoutSeconds": st.sampled_from([0, 1, 604800, 604801, 2.5]),
+                    "taskTimeoutSeconds": st.sampled_from([0, 1, 60, 61, 600, 601, 604801,
+                                                           2.5]),
                     "concurrencyPolicy": st.sampled_from(["Allow", "Forbid", "Replace", ""]),
                 },
             ),
@@ -289,8 +291,8 @@ def spec_with(changes: dict[str, Any]) -> dict[str, Any]:
     for key in ("queue", "redis"):
         if key in changes:
             spec[key] = copy.deepcopy(changes[key])
-    for key in ("handler", "taskCommand", "concurrency", "volumes", "volumeMounts",
-                "initContainers"):
+    for key in ("handler", "taskCommand", "concurrency", "taskTimeoutSeconds", "volumes",
+                "volumeMounts", "initContainers"):
         if key in changes:
             spec["worker"][key] = changes[key]
     if spec["worker"]["handler"] is None:

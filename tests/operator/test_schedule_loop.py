@@ -103,7 +103,7 @@ async def test_a_due_time_submits_its_task_once_even_across_a_restart(
     await create_pool(cluster, redis_url, queue_name, cursor, {
         "cron": f"{cursor.minute} * * * *", "payload": {"prompt": "daily summary"},
         "priority": 7, "startingDeadlineSeconds": 600, "expiresSeconds": 900,
-        "timeoutSeconds": 120})
+        "taskTimeoutSeconds": 120})
     entry = await eventually(lambda: "lastTaskId" in (e := schedule_entry(cluster)) and e)
     (task_id,) = await queued_ids(queue)
     assert entry["lastTaskId"] == task_id

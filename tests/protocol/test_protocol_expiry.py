@@ -120,6 +120,8 @@ async def test_a_delayed_task_runs_when_due_if_its_expiry_has_not_come(
     (0, 366 * 86400, "at most 31536000 seconds"),
     (0, float("nan"), "expires must be a number of seconds, got nan"),
     (0, True, "expires must be a number of seconds, got True"),
+    (0, 10**400, "expires must be a number of seconds, got 1000"),
+    (0, 0.0004, "expires must be above 0 and at most 31536000 seconds (a year), got 0.0004"),
     (2_000_000, 1_000_000, r"above the delay \(2000000 s\) .* got 1000000\Z"),
 ])
 async def test_an_expiry_that_cannot_be_met_is_refused_and_nothing_stored(

@@ -202,7 +202,7 @@ async def test_a_claim_sent_again_hands_back_what_it_took_and_takes_no_more(
     dropper = wiring.dropper
     beside = wiring.beside("again-claim")
     for i in range(6):
-        await beside.submit(f"task {i}", timeout=i + 1)
+        await beside.submit(f"task {i}", task_timeout=i + 1)
     worker = wiring.through("again-claim")
     await worker.claim("pod-b:w0", 1, 30)  # loads the script
 

@@ -112,7 +112,7 @@ async def test_a_program_knows_when_its_run_will_be_stopped(
     than the pool's."""
     queue = TaskQueue(redis, queue_name)
     async with running(settings(redis_url, queue_name, HANDLER, task_timeout_seconds=600)):
-        own = await queue.submit({"mode": "deadline"}, timeout=30)
+        own = await queue.submit({"mode": "deadline"}, task_timeout=30)
         pools = await queue.submit({"mode": "deadline"})
         own_left = (await finished(queue, own, "succeeded")).result["left"]
         pools_left = (await finished(queue, pools, "succeeded")).result["left"]

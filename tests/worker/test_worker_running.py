@@ -63,8 +63,8 @@ async def test_a_task_with_a_shorter_timeout_of_its_own_is_stopped_by_it(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
     queue = TaskQueue(redis, queue_name)
-    slow = await queue.submit({"seconds": 30}, max_attempts=1, timeout=0.3)
-    quick = await queue.submit({"seconds": 0}, timeout=5)
+    slow = await queue.submit({"seconds": 30}, max_attempts=1, task_timeout=0.3)
+    quick = await queue.submit({"seconds": 0}, task_timeout=5)
     async with running(settings(redis_url, queue_name, f"{HANDLERS}:sleeps_within_its_timeout",
                                 task_timeout_seconds=60)):
         dead = await eventually(lambda: task_in(queue, slow, "dead"), 10, "its own timeout")
@@ -77,7 +77,7 @@ async def test_a_tasks_timeout_never_lengthens_the_pools(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
     queue = TaskQueue(redis, queue_name)
-    slow = await queue.submit({"seconds": 30}, max_attempts=1, timeout=3600)
+    slow = await queue.submit({"seconds": 30}, max_attempts=1, task_timeout=3600)
     async with running(settings(redis_url, queue_name, f"{HANDLERS}:sleeps_within_its_timeout",
                                 task_timeout_seconds=0.3)):
         dead = await eventually(lambda: task_in(queue, slow, "dead"), 10, "the pool's timeout")

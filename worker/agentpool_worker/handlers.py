@@ -104,10 +104,10 @@ class TaskContext:
     checkpoint_state: Any = None
     """The state the last checkpoint of an earlier attempt saved; None on a first attempt
     (or when no attempt checkpointed)."""
+    channel: RunChannel | None = field(default=None, repr=False, compare=False)
     timeout_seconds: float = 600.0
     """How long this run may last before it is stopped and fails: the pool's task timeout, or
     the task's own when its submit gave a shorter one."""
-    channel: RunChannel | None = field(default=None, repr=False, compare=False)
 
     async def checkpoint(self, state: Any) -> None:
         """Save `state` (JSON) for the next attempt, should this one be lost; it becomes that

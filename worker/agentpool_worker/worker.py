@@ -66,6 +66,7 @@ from agentpool.protocol import (
     encode_result,
     new_instance_id,
     retry_delay,
+    seconds_text,
 )
 from agentpool.redis_errors import REDIS_FAILURES, URL_WITH_PASSWORD, auth_failure, redis_full
 from agentpool_worker import metrics
@@ -1414,18 +1415,18 @@ def run_timeout(task: ClaimedTask, pool_timeout: float) -> float:
 
 def timeout_error(task: ClaimedTask, pool_timeout: float) -> str:
     """The error of a run stopped by its timeout, saying whose timeout it was."""
-    seconds = run_timeout(task, pool_timeout)
-    error = f"timed out after {seconds:g}s"
+    error = f"timed out after {seconds_text(run_timeout(task, pool_timeout))}s"
     if task.timeout_ms is None or task.timeout_ms <= 0:
         return error
-    if seconds < pool_timeout:
+    own = task.timeout_ms / 1000
+    if own <= pool_timeout:
         return error + " (the task's own timeout)"
-    return error + f" (the pool's task timeout; the task's own is {task.timeout_ms / 1000:g}s)"
+    return error + f" (the pool's task timeout; the task's own is {seconds_text(own)}s)"
 
 
 def retry_error(request: Retry) -> str:
     """The error recorded for a run that asked to run again later (kept if it was the last)."""
-    error = f"asked to run again in {request.delay:g}s"
+    error = f"asked to run again in {seconds_text(request.delay)}s"
     return f"{error}: {request.reason}" if request.reason else error
 
 

@@ -1,0 +1,48 @@
+"""The worker's rules for one run: how long it may last, and what its error says when its
+timeout stops it or it asks to run again later (`Retry`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentpool.errors import Retry
+from agentpool.protocol import ClaimedTask
+from agentpool_worker.worker import retry_error, run_timeout, timeout_error
+
+
+def task(timeout_ms: int | None) -> ClaimedTask:
+    return ClaimedTask("t1", "tok", 1, 3, "null", 0, 0, timeout_ms=timeout_ms)
+
+
+@pytest.mark.parametrize(("timeout_ms", "pool", "seconds", "error"), [
+    (None, 600, 600, "timed out after 600s"),
+    (None, 0.3, 0.3, "timed out after 0.3s"),
+    (30_000, 600, 30, "timed out after 30s (the task's own timeout)"),
+    (600_000, 600, 600, "timed out after 600s (the task's own timeout)"),
+    (3_600_000, 600, 600, "timed out after 600s (the pool's task timeout; the task's own is "
+                          "3600s)"),
+    (1_234_567, 123456.789, 1234.567, "timed out after 1234.567s (the task's own timeout)"),
+    (0, 600, 600, "timed out after 600s"),  # a field written by hand: the pool's applies
+])
+def test_a_run_lasts_the_shorter_of_the_two_and_its_error_says_whose(
+    timeout_ms: int | None, pool: float, seconds: float, error: str,
+) -> None:
+    assert run_timeout(task(timeout_ms), pool) == seconds
+    assert timeout_error(task(timeout_ms), pool) == error
+
+
+@pytest.mark.parametrize("delay", [-1, 86401, float("nan"), float("inf"), True, "5", None])
+def test_a_retry_delay_out_of_bounds_is_refused_where_it_is_raised(delay: object) -> None:
+    with pytest.raises(ValueError, match=r"Retry needs a delay from 0 to 86400 seconds \(a day\)"):
+        Retry(delay)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("delay", "reason", "error"), [
+    (0, "", "asked to run again in 0s"),
+    (2.5, "", "asked to run again in 2.5s"),
+    (86400, "quota resets daily", "asked to run again in 86400s: quota resets daily"),
+])
+def test_a_retry_records_when_and_why(delay: float, reason: str, error: str) -> None:
+    request = Retry(delay, reason)
+    assert (request.delay, str(request)) == (float(delay), reason)
+    assert retry_error(request) == error
