@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from agentpool.seconds import as_seconds, seconds_text, shown
+
 
 class PermanentError(Exception):
     """The task can never succeed (bad input, a refused request): dead-letter it at once.
@@ -29,10 +31,13 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float, reason: str = "") -> None:
-        if isinstance(delay, bool) or not isinstance(delay, int | float) \
-                or not 0 <= delay <= MAX_RETRY_DELAY_SECONDS:  # NaN fails both comparisons
+        seconds = as_seconds(delay)
+        if seconds is None or not 0 <= seconds <= MAX_RETRY_DELAY_SECONDS:
             raise ValueError("Retry needs a delay from 0 to "
-                             f"{MAX_RETRY_DELAY_SECONDS} seconds (a day), got {delay!r}")
-        super().__init__(reason)
-        self.delay = float(delay)
+                             f"{MAX_RETRY_DELAY_SECONDS} seconds (a day), got {shown(delay)}")
+        super().__init__(seconds, reason)  # as args, so that it pickles (a process pool's)
+        self.delay = seconds
         self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason or f"run again in {seconds_text(self.delay)} s"

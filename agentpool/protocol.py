@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-import math
-import numbers
 import os
 import random
 import re
@@ -52,6 +50,7 @@ from agentpool.durability import (
 )
 from agentpool.lua_source import script_source
 from agentpool.redis_errors import redis_full
+from agentpool.seconds import as_seconds, given_text, seconds_text, shown
 
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -971,7 +970,7 @@ class TaskQueue:
         if delay is None:
             delay = retry_delay(task.attempts)
         reply = await self._run("fail", task.id, task.token, storable_text(error[:4000]),
-                                int(retryable), int(delay * 1000), "fail")
+                                int(retryable), round(delay * 1000), "fail")
         return FailOutcome(_s(reply))
 
     async def cancelled(self, task: ClaimedTask) -> FailOutcome:
@@ -1354,9 +1353,10 @@ def _expiry_ms(expires: Any, delay: float, delay_ms: int) -> int:
     seconds = _seconds_given("expires", expires)
     expires_ms = round(seconds * 1000)
     if not delay_ms < expires_ms <= MAX_DELAY_SECONDS * 1000:
-        floor = f"the delay ({seconds_text(delay)} s)" if delay_ms else "0"
-        raise ProtocolError(f"expires must be above {floor} and at most {MAX_DELAY_SECONDS} "
-                            f"seconds (a year), got {_as_given(seconds)}")
+        low = seconds_text((delay_ms + 1) / 1000)
+        after = f"after the delay ({seconds_text(delay)} s): " if delay_ms else ""
+        raise ProtocolError(f"expires must be {after}from {low} to {MAX_DELAY_SECONDS} "
+                            f"seconds (a year), got {given_text(seconds)}")
     return expires_ms
 
 
@@ -1367,31 +1367,15 @@ def _timeout_ms(task_timeout: Any) -> int:
     timeout_ms = round(seconds * 1000)
     if not 1 <= timeout_ms <= MAX_TASK_TIMEOUT_SECONDS * 1000:
         raise ProtocolError(f"task_timeout must be from 0.001 to {MAX_TASK_TIMEOUT_SECONDS} "
-                            f"seconds (a week), got {_as_given(seconds)}")
+                            f"seconds (a week), got {given_text(seconds)}")
     return timeout_ms
 
 
 def _seconds_given(name: str, value: Any) -> float:
-    """A submit option's number of seconds as a float: any real number but a bool (numpy's
-    too), finite; ProtocolError otherwise."""
-    if not isinstance(value, bool) and isinstance(value, numbers.Real):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int past a float's range
-            seconds = math.inf
-        if math.isfinite(seconds):
-            return seconds
-    raise ProtocolError(f"{name} must be a number of seconds, got {value!r}")
-
-
-def _as_given(seconds: float) -> str:
-    """Seconds as given, every digit kept, without a trailing '.0': 30, 0.0004, 604800.5."""
-    return repr(seconds).removesuffix(".0")
-
-
-def seconds_text(seconds: float) -> str:
-    """Seconds as a person writes them: 30, 0.05, 2000000 (no exponent, no trailing .0)."""
-    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+    seconds = as_seconds(value)
+    if seconds is None:
+        raise ProtocolError(f"{name} must be a number of seconds, got {shown(value)}")
+    return seconds
 
 
 def storable_text(text: str) -> str:

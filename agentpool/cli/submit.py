@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="a task not started within this many seconds of its submit "
                         "is not run: it ends cancelled, as expired (retries included)")
     parser.add_argument("--task-timeout", metavar="SECONDS",
-                        type=number(float, above=0, high=MAX_TASK_TIMEOUT_SECONDS),
+                        type=number(float, low=0.001, high=MAX_TASK_TIMEOUT_SECONDS),
                         help="a run lasting longer is stopped and fails, as one past the "
                         "pool's taskTimeoutSeconds does (which still applies when shorter)")
     parser.add_argument("--idempotency-key", metavar="KEY",

@@ -25,8 +25,8 @@ from agentpool.protocol import (
     TaskEvent,
     TaskInfo,
     WorkerState,
-    seconds_text,
 )
+from agentpool.seconds import seconds_text
 
 PREVIEW_CHARS = 60
 DETAIL_CHARS = 500

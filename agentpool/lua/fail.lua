@@ -7,7 +7,7 @@ local id, token, err, retryable = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local delay_ms, mode = tonumber(ARGV[6]), ARGV[7]
 local tk = task_key(id)
 local f = redis.call('HMGET', tk, 'state', 'token', 'owner', 'attempts', 'cancel', 'score',
-  'max', 'ev', 'cp', 'retry_of')
+  'max', 'ev', 'cp', 'retry_of', 'expires', 'created')
 if f[2] == token and f[1] ~= 'running' then
   -- This report sent again (its reply was lost; the token stays until the next claim): what
   -- the first one did, by the state it left the task in. A retry may since have come due and
@@ -33,6 +33,15 @@ if mode == 'release' then
 end
 redis.call('HINCRBY', K_STATS, 'failed', 1)
 if retryable and tonumber(f[4]) < max_attempts(f[7]) then
+  if f[11] and now + delay_ms >= tonumber(f[11]) then
+    -- The retry would come due past the task's expiry, when no claim may start it: it ends
+    -- now, as expired, rather than wait in the delayed set (and keep its producer waiting).
+    local within = (tonumber(f[11]) - (tonumber(f[12]) or 0)) / 1000
+    finished(id, tk, 'cancelled', now, fl, {'error', 'expired: no retry could start within '
+      .. within .. ' s of its submit; the last run failed: ' .. err})
+    redis.call('HINCRBY', K_STATS, 'expired', 1)
+    return 'cancelled'
+  end
   redis.call('HSET', tk, 'error', err, 'state', 'delayed', 'due', now + delay_ms,
     'retry_of', token)
   redis.call('ZADD', K_DELAYED, now + delay_ms, id)

@@ -61,8 +61,8 @@ def test_submit_with_a_task_timeout_stores_it_and_get_shows_it(cli: Cli) -> None
 def test_an_expiry_not_after_the_delay_is_refused_in_one_line(cli: Cli) -> None:
     result = cli("submit", "--json", "1", "--delay", "60", "--expires", "30")
     assert result.code == 2
-    assert result.err_lines == ["agentpool: expires must be above the delay (60 s) and at most "
-                                "31536000 seconds (a year), got 30"]
+    assert result.err_lines == ["agentpool: expires must be after the delay (60 s): from "
+                                "60.001 to 31536000 seconds (a year), got 30"]
     assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).used is False
 
 

@@ -114,15 +114,17 @@ async def test_a_delayed_task_runs_when_due_if_its_expiry_has_not_come(
 
 
 @pytest.mark.parametrize(("delay", "expires", "message"), [
-    (0, 0, "expires must be above 0 and at most 31536000 seconds (a year), got 0"),
-    (0, -1, "expires must be above 0"),
-    (5, 5, "expires must be above the delay (5 s)"),
-    (0, 366 * 86400, "at most 31536000 seconds"),
+    (0, 0, "expires must be from 0.001 to 31536000 seconds (a year), got 0"),
+    (0, -1, "expires must be from 0.001 to"),
+    (5, 5, "expires must be after the delay (5 s): from 5.001 to 31536000 seconds"),
+    (0, 366 * 86400, "to 31536000 seconds (a year)"),
     (0, float("nan"), "expires must be a number of seconds, got nan"),
     (0, True, "expires must be a number of seconds, got True"),
     (0, 10**400, "expires must be a number of seconds, got 1000"),
-    (0, 0.0004, "expires must be above 0 and at most 31536000 seconds (a year), got 0.0004"),
-    (2_000_000, 1_000_000, r"above the delay \(2000000 s\) .* got 1000000\Z"),
+    pytest.param(0, 10**5000, "expires must be a number of seconds, got a number too large to "
+                 "show", id="an-int-of-5001-digits"),
+    (0, 0.0004, "expires must be from 0.001 to 31536000 seconds (a year), got 0.0004"),
+    (2_000_000, 1_000_000, r"after the delay \(2000000 s\): .* got 1000000\Z"),
 ])
 async def test_an_expiry_that_cannot_be_met_is_refused_and_nothing_stored(
     queue: TaskQueue, redis: aioredis.Redis, delay: float, expires: float, message: str,
@@ -167,3 +169,29 @@ async def test_a_dead_letter_requeued_by_hand_runs_whatever_its_expiry(
     assert task.id == task_id
     info = await queue.get(task_id)
     assert info is not None and info.expires_ms is None
+
+
+async def test_a_retry_due_past_the_expiry_ends_the_task_at_once(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """No claim could start it: it ends cancelled as expired when its run fails, rather than
+    wait in the delayed set (and keep a producer waiting) until then."""
+    task_id = await queue.submit({}, expires=60)
+    task = await claim_one(queue, "w1")
+    assert await queue.fail(task, "the index is not built", delay=120) == FailOutcome.CANCELLED
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "cancelled" and info.attempts == 1
+    assert info.error == ("expired: no retry could start within 60 s of its submit; the last "
+                          "run failed: the index is not built")
+    stats = (await queue.figures()).stats
+    assert (stats.get("cancelled"), stats.get("expired"), stats.get("retried")) == (1, 1, None)
+
+
+async def test_a_retry_due_before_the_expiry_waits_as_any_other(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    task_id = await queue.submit({}, expires=60)
+    task = await claim_one(queue, "w1")
+    assert await queue.fail(task, "boom", delay=1) == FailOutcome.RETRY
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "delayed"

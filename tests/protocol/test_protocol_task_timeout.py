@@ -102,10 +102,11 @@ async def test_a_timeout_out_of_bounds_is_refused_and_nothing_stored(
     assert (await queue.figures()).used is False
 
 
-async def test_a_submit_in_an_older_layout_is_refused_not_misread(
+async def test_a_submit_whose_values_do_not_divide_into_tasks_is_refused(
     queue: TaskQueue, redis: aioredis.Redis,
 ) -> None:
-    """Eight values per task (before the timeout) would shift every later task's fields."""
+    """One task in the layout before the timeout (eight values): read as nine, it would take
+    its fields from the wrong places."""
     args = queue._submit_args({}, 0, 0, None, None)[:-1]
     with pytest.raises(ResponseError, match="submit: ARGV is the prefix and 9 values per task"):
         await queue._run("submit", *args)

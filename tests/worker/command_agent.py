@@ -64,7 +64,7 @@ def main() -> None:
     elif mode == "retry-after":
         if attempt == 1:
             say(payload["message"])
-            sys.exit(1)
+            sys.exit(payload.get("status", 1))
         say({"result": {"attempt": attempt}})
     elif mode == "bad-message":
         say({"event": "page", "data": "x" * 70_000})

@@ -53,6 +53,25 @@ async def retries_later(payload: Any, ctx: TaskContext) -> dict[str, int]:
     return {"attempt": ctx.attempt}
 
 
+async def retries_from_a_task_group(payload: Any, ctx: TaskContext) -> dict[str, int]:
+    """On its first attempt, two children of a TaskGroup each ask to run again later."""
+    async def ask(delay: float, reason: str) -> None:
+        raise Retry(delay, reason)
+
+    if ctx.attempt == 1:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ask(0.1, "shard a not ready"))
+            group.create_task(ask(0.2, "shard b not ready"))
+    return {"attempt": ctx.attempt}
+
+
+async def retries_when_its_timeout_cancels_it(payload: Any) -> None:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        raise Retry(50, "made of the timeout's cancel") from None
+
+
 def sync_retries_later(payload: Any, ctx: TaskContext) -> dict[str, int]:
     if ctx.attempt == 1:
         raise Retry(payload["delay"], payload.get("reason", ""))

@@ -3,11 +3,16 @@ timeout stops it or it asks to run again later (`Retry`)."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+from decimal import Decimal
+from fractions import Fraction
+
 import pytest
 
 from agentpool.errors import Retry
 from agentpool.protocol import ClaimedTask
-from agentpool_worker.worker import retry_error, run_timeout, timeout_error
+from agentpool_worker.worker import retry_error, retry_request, run_timeout, timeout_error
 
 
 def task(timeout_ms: int | None) -> ClaimedTask:
@@ -44,5 +49,34 @@ def test_a_retry_delay_out_of_bounds_is_refused_where_it_is_raised(delay: object
 ])
 def test_a_retry_records_when_and_why(delay: float, reason: str, error: str) -> None:
     request = Retry(delay, reason)
-    assert (request.delay, str(request)) == (float(delay), reason)
+    assert (request.delay, request.reason) == (float(delay), reason)
+    assert str(request) == (reason or f"run again in {delay:g} s")
     assert retry_error(request) == error
+
+
+def test_a_retry_crosses_processes_and_copies_whole() -> None:
+    """A process pool's child raising Retry: its parent gets the Retry, not a broken pool."""
+    for again in (pickle.loads(pickle.dumps(Retry(5, "later"))), copy.copy(Retry(5, "later"))):
+        assert isinstance(again, Retry) and (again.delay, again.reason) == (5.0, "later")
+
+
+def test_any_real_number_is_a_delay() -> None:
+    assert [Retry(d).delay for d in (2, 2.5, Fraction(1, 2), Decimal("0.25"), -0.0)] == [
+        2.0, 2.5, 0.5, 0.25, 0.0]
+    assert str(Retry(-0.0)) == "run again in 0 s"
+
+
+def test_a_group_of_retries_asks_for_the_longest_delay_with_every_reason() -> None:
+    group = ExceptionGroup("children", [
+        Retry(1, "a not ready"),
+        ExceptionGroup("nested", [Retry(3, "b not ready"), Retry(2, "a not ready")]),
+        Retry(0.5),
+    ])
+    request = retry_request(group)
+    assert request is not None
+    assert (request.delay, request.reason) == (3.0, "a not ready; b not ready")
+
+
+def test_a_group_with_any_other_failure_is_no_retry_request() -> None:
+    assert retry_request(ExceptionGroup("children", [Retry(1), ValueError("boom")])) is None
+    assert retry_request(ValueError("boom")) is None

@@ -266,19 +266,50 @@ async def test_an_error_message_with_retry_after_runs_again_after_it_not_the_bac
     assert (done.attempts, done.result) == (2, {"attempt": 2})
 
 
-@pytest.mark.parametrize("message", [
-    {"error": "upstream busy", "retry_after": -1},
-    {"error": "upstream busy", "retry_after": "soon"},
-    {"error": "upstream busy", "retry_after": 86401},
-    {"error": "upstream busy", "retry_after": 5, "retry": False},
-], ids=["negative", "text", "over-a-day", "with-retry-false"])
-async def test_a_malformed_retry_after_is_output_and_the_exit_status_decides(
-    redis_url: str, queue_name: str, redis: aioredis.Redis, message: dict[str, Any],
+async def test_a_retry_after_given_as_text_is_read_as_seconds(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
-    dead = await outcome(redis, redis_url, queue_name, {"mode": "retry-after", "message": message},
-                         "dead", max_attempts=1)
+    """As an HTTP Retry-After header carries it."""
+    done = await outcome(redis, redis_url, queue_name, {
+        "mode": "retry-after", "message": {"error": "429 from upstream", "retry_after": "0.2"},
+    }, "succeeded", retry_backoff_base_seconds=1000, retry_backoff_cap_seconds=1000)
+    assert (done.attempts, done.result) == (2, {"attempt": 2})
+
+
+@pytest.mark.parametrize(("retry_after", "why"), [
+    (-1, "-1 is not a number of seconds from 0 to 86400"),
+    ("soon", "'soon' is not a number of seconds from 0 to 86400"),
+    (86401, "86401 is not a number of seconds from 0 to 86400"),
+    (None, "None is not a number of seconds from 0 to 86400"),
+    (True, "True is not a number of seconds from 0 to 86400"),
+    (10**400, "1" + "0" * 36 + "... is not a number of seconds from 0 to 86400"),
+], ids=["negative", "text", "over-a-day", "null", "bool", "huge"])
+@pytest.mark.parametrize("status", [0, 1], ids=["exit-0", "exit-1"])
+async def test_an_error_message_with_a_bad_retry_after_still_fails_the_run(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, retry_after: Any, why: str,
+    status: int,
+) -> None:
+    """Whatever the exit status: the program meant to fail. The backoff applies, and the error
+    says why its delay was not taken."""
+    dead = await outcome(redis, redis_url, queue_name, {
+        "mode": "retry-after", "status": status,
+        "message": {"error": "upstream busy", "retry_after": retry_after},
+    }, "dead", max_attempts=1)
     assert dead.error is not None
-    assert dead.error.startswith("RuntimeError: command exited with status 1\n")
+    assert dead.error.startswith(f'RuntimeError: upstream busy ("retry_after" ignored: {why})\n')
+
+
+async def test_retry_after_with_retry_false_dead_letters_and_says_so(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    dead = await outcome(redis, redis_url, queue_name, {
+        "mode": "retry-after",
+        "message": {"error": "bad input", "retry": False, "retry_after": 5},
+    }, "dead", max_attempts=3)
+    assert dead.attempts == 1
+    assert dead.error is not None
+    assert dead.error.startswith(
+        'PermanentError: bad input ("retry_after" ignored: "retry" is false)')
 
 
 async def test_a_message_a_limit_refuses_names_its_line_and_stops_the_command(

@@ -98,6 +98,30 @@ async def test_a_handler_that_raises_retry_runs_again_after_its_delay_not_the_ba
     assert (done.attempts, done.result) == (2, {"attempt": 2})
 
 
+async def test_retries_asked_by_every_failed_child_of_a_task_group_are_honoured(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({})
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:retries_from_a_task_group",
+                                retry_backoff_base_seconds=1000,
+                                retry_backoff_cap_seconds=1000)):
+        done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "the retry")
+    assert (done.attempts, done.result) == (2, {"attempt": 2})
+
+
+async def test_a_retry_made_of_the_timeouts_cancel_is_a_timeout(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({}, max_attempts=1)
+    async with running(settings(redis_url, queue_name,
+                                f"{HANDLERS}:retries_when_its_timeout_cancels_it",
+                                task_timeout_seconds=0.3)):
+        dead = await eventually(lambda: task_in(queue, task_id, "dead"), 10, "the timeout")
+    assert dead.error == "timed out after 0.3s"
+
+
 async def test_a_retry_asked_on_the_last_attempt_dead_letters_with_why(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:

@@ -31,8 +31,10 @@ message:
   next line is read;
 - ``{"error": "text", "retry": false}``: the run fails with this error whatever the exit
   status; ``"retry": false`` dead-letters the task at once (``retry`` optional);
-  ``{"error": "text", "retry_after": 30}`` runs it again in that many seconds (0 to a day)
-  instead of after the worker's backoff, as a handler's ``Retry`` does.
+  ``{"error": "text", "retry_after": 30}`` runs it again in that many seconds (0 to a day;
+  a number or a string holding one, as an HTTP Retry-After header) instead of after the
+  worker's backoff, as a handler's ``Retry`` does; the run fails whatever ``retry_after``
+  holds (one not taken is named in the error, and the backoff applies).
 
 Every other line is output, JSON lines that are not messages too (the JSON log lines of
 structlog, pino or zap: ``{"event": "fetching", "level": "info"}``, ``{"msg": "retrying",
@@ -77,6 +79,7 @@ import structlog
 
 from agentpool.errors import MAX_RETRY_DELAY_SECONDS, PermanentError, Retry
 from agentpool.protocol import DEFAULT_MAX_RESULT_BYTES, EVENT_KIND, FINAL_EVENT, compact_json
+from agentpool.seconds import as_seconds, shown
 from agentpool_worker.handlers import TaskContext, WorkerContext
 from agentpool_worker.settings import (
     DEFAULT_GRACE_SECONDS,
@@ -420,6 +423,8 @@ class _Line:
 HEAD_BYTES = 64
 OVERSIZED_MESSAGE = re.compile(rb'\{\s*"(result|checkpoint)"\s*:')
 """How a cut line that was meant as a result or a checkpoint begins."""
+_NUMBER = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
+"""A retry_after given as text: plain decimal seconds (what an HTTP Retry-After carries)."""
 
 
 async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[_Line]:
@@ -510,15 +515,24 @@ def _malformed(kind: str, message: dict[str, Any]) -> str:
             return '"error" is not a string'
         if not isinstance(message.get("retry", True), bool):
             return '"retry" is not true or false'
-        if "retry_after" in message:
-            after = message["retry_after"]
-            if (isinstance(after, bool) or not isinstance(after, int | float)
-                    or not 0 <= after <= MAX_RETRY_DELAY_SECONDS):
-                return ('"retry_after" is not a number of seconds from 0 to '
-                        f'{MAX_RETRY_DELAY_SECONDS}')
-            if message.get("retry") is False:
-                return '"retry_after" with "retry": false'
     return ""
+
+
+def retry_after(message: dict[str, Any]) -> tuple[float | None, str]:
+    """An error message's ``retry_after`` in seconds (None: the worker's backoff), with why a
+    value given was not taken. A bad value leaves the message an error, which still fails the
+    run: a program that meant to fail must not succeed over a malformed delay."""
+    if "retry_after" not in message:
+        return None, ""
+    value = message["retry_after"]
+    if message.get("retry") is False:
+        return None, '"retry_after" ignored: "retry" is false'
+    seconds = as_seconds(float(value) if isinstance(value, str) and _NUMBER.match(value)
+                         else value)
+    if seconds is None or not 0 <= seconds <= MAX_RETRY_DELAY_SECONDS:
+        return None, (f'"retry_after" ignored: {shown(value)} is not a number of seconds from 0 '
+                      f"to {MAX_RETRY_DELAY_SECONDS}")
+    return seconds, ""
 
 
 async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> None:
@@ -534,7 +548,11 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
         await ctx.checkpoint(message["checkpoint"])
     else:
         outcome.error, outcome.retry = message["error"], message.get("retry", True)
-        outcome.retry_after = message.get("retry_after")
+        outcome.retry_after, why_not = retry_after(message)
+        if why_not:
+            outcome.error += f" ({why_not})"
+            _log.warning("a task program's error message has a bad retry_after",
+                         task=ctx.task_id, why=why_not)
 
 
 def _write_checkpoint(directory: str, state: Any) -> str:

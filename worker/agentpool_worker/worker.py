@@ -44,7 +44,7 @@ import signal
 import time
 import traceback
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -66,9 +66,9 @@ from agentpool.protocol import (
     encode_result,
     new_instance_id,
     retry_delay,
-    seconds_text,
 )
 from agentpool.redis_errors import REDIS_FAILURES, URL_WITH_PASSWORD, auth_failure, redis_full
+from agentpool.seconds import seconds_text
 from agentpool_worker import metrics
 from agentpool_worker.claim_pace import ArrivalRate, lingers, wait_before_next_claim
 from agentpool_worker.handlers import (
@@ -1202,15 +1202,16 @@ class Worker:
                     self._stopped(run)
                     outcome = ended(STOPPED_STATUS[run.stop_reason])
                     return
-                if isinstance(exc, TimeoutError) and deadline.expired():
+                request = retry_request(exc)
+                if deadline.expired():  # whatever the handler made of the timeout's cancel
                     run.ctx.cancelled.set()
                     error = timeout_error(task, self.settings.task_timeout_seconds)
                     retryable = True
                 elif isinstance(exc, SystemExit):
                     error = f"the handler called sys.exit({exc.code!r}); return or raise instead"
                     retryable = True
-                elif isinstance(exc, Retry):
-                    error, retryable, retry_after = retry_error(exc), True, exc.delay
+                elif request is not None:
+                    error, retryable, retry_after = retry_error(request), True, request.delay
                 else:
                     error = _describe(exc)
                     retryable = not isinstance(exc, PermanentError)
@@ -1422,6 +1423,29 @@ def timeout_error(task: ClaimedTask, pool_timeout: float) -> str:
     if own <= pool_timeout:
         return error + " (the task's own timeout)"
     return error + f" (the pool's task timeout; the task's own is {seconds_text(own)}s)"
+
+
+def retry_request(exc: BaseException) -> Retry | None:
+    """The `Retry` a run raised: itself, or one made of a group's (an ``asyncio.TaskGroup``
+    whose every failed child asked to run again later: the longest delay, each reason)."""
+    if isinstance(exc, Retry):
+        return exc
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    requests, rest = exc.split(Retry)
+    if requests is None or rest is not None:
+        return None
+    leaves = list(_leaves(requests))
+    reasons = [leaf.reason for leaf in leaves if leaf.reason]
+    return Retry(max(leaf.delay for leaf in leaves), "; ".join(dict.fromkeys(reasons)))
+
+
+def _leaves(group: BaseExceptionGroup[Retry]) -> Iterator[Retry]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 def retry_error(request: Retry) -> str:
