@@ -29,7 +29,8 @@ from agentpool_worker.metrics import BUCKETS, NAMES
 from agentpool_worker.settings import WorkerSettings
 from agentpool_worker.worker import Worker
 
-COUNTERS = ("started", "succeeded", "failed", "retried", "dead_lettered", "requeued")
+COUNTERS = ("started", "succeeded", "failed", "timed_out", "retried", "dead_lettered",
+            "requeued")
 
 
 def worker_settings(redis_url: str, queue: str, **overrides: Any) -> WorkerSettings:
@@ -69,6 +70,7 @@ async def test_a_real_run_is_counted_with_the_documented_names_and_labels(
     flaky = await queue.submit({"kind": "flaky"})
     broken = await queue.submit({"kind": "broken"})
     refused = await queue.submit({"kind": "refused"})
+    hung = await queue.submit({"kind": "ok", "seconds": 30}, task_timeout=0.2, max_attempts=1)
     await asyncio.sleep(0.05)  # every first run waits at least this long after its submit
     settings = worker_settings(redis_url, queue_name)
 
@@ -76,7 +78,7 @@ async def test_a_real_run_is_counted_with_the_documented_names_and_labels(
         assert worker.probe_port is not None
         for task_id in [*ok, flaky]:
             await eventually(lambda t=task_id: _in(queue, t, "succeeded"), what="successes")
-        for task_id in (broken, refused):
+        for task_id in (broken, refused, hung):
             await eventually(lambda t=task_id: _in(queue, t, "dead"), what="dead letters")
         exposition = await asyncio.to_thread(scrape, worker.probe_port)
 
@@ -104,12 +106,14 @@ async def test_a_real_run_is_counted_with_the_documented_names_and_labels(
         return value(mine, f"agentpool_worker_tasks_{name}_total")
 
     # ok: 3 tasks, once each; flaky twice (fails, retried, succeeds); broken twice (fails, retried,
-    # fails, dead-lettered: maxAttempts 2); refused once (PermanentError: dead-lettered).
-    assert counter("started") == 3 + 2 + 2 + 1
+    # fails, dead-lettered: maxAttempts 2); refused once (PermanentError: dead-lettered); hung
+    # once (stopped by its own timeout, one attempt: dead-lettered).
+    assert counter("started") == 3 + 2 + 2 + 1 + 1
     assert counter("succeeded") == 3 + 1
-    assert counter("failed") == 1 + 2 + 1
+    assert counter("failed") == 1 + 2 + 1 + 1
+    assert counter("timed_out") == 1
     assert counter("retried") == 1 + 1
-    assert counter("dead_lettered") == 1 + 1
+    assert counter("dead_lettered") == 1 + 1 + 1
     assert counter("requeued") == 0
     assert value(mine, "agentpool_worker_tasks_in_flight") == 0
     assert value(mine, "agentpool_worker_ready") == 1

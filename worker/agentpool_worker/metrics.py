@@ -22,6 +22,10 @@ TASKS_SUCCEEDED = Counter(
 TASKS_FAILED = Counter(
     "agentpool_worker_tasks_failed",
     "Task runs that failed (errors and timeouts; retried or dead-lettered)", ["queue"])
+TASKS_TIMED_OUT = Counter(
+    "agentpool_worker_tasks_timed_out",
+    "Failed runs that their timeout stopped (the pool's task timeout or the task's own)",
+    ["queue"])
 TASKS_RETRIED = Counter(
     "agentpool_worker_tasks_retried", "Failed runs scheduled for another attempt", ["queue"])
 TASKS_DEAD_LETTERED = Counter(
@@ -84,6 +88,7 @@ NAMES = (
     "agentpool_worker_tasks_started_total",
     "agentpool_worker_tasks_succeeded_total",
     "agentpool_worker_tasks_failed_total",
+    "agentpool_worker_tasks_timed_out_total",
     "agentpool_worker_tasks_retried_total",
     "agentpool_worker_tasks_dead_lettered_total",
     "agentpool_worker_tasks_requeued_total",
@@ -117,6 +122,7 @@ class QueueMetrics:
     started: Counter
     succeeded: Counter
     failed: Counter
+    timed_out: Counter
     retried: Counter
     dead_lettered: Counter
     requeued: Counter
@@ -140,6 +146,7 @@ def for_queue(queue: str) -> QueueMetrics:
         started=TASKS_STARTED.labels(queue),
         succeeded=TASKS_SUCCEEDED.labels(queue),
         failed=TASKS_FAILED.labels(queue),
+        timed_out=TASKS_TIMED_OUT.labels(queue),
         retried=TASKS_RETRIED.labels(queue),
         dead_lettered=TASKS_DEAD_LETTERED.labels(queue),
         requeued=TASKS_REQUEUED.labels(queue),

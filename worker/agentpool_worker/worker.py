@@ -1205,6 +1205,7 @@ class Worker:
                 request = retry_request(exc)
                 if deadline.expired():  # whatever the handler made of the timeout's cancel
                     run.ctx.cancelled.set()
+                    self.metrics.timed_out.inc()
                     error = timeout_error(task, self.settings.task_timeout_seconds)
                     retryable = True
                 elif isinstance(exc, SystemExit):
