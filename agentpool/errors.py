@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from agentpool.seconds import as_seconds, seconds_text, shown
+from typing import SupportsFloat
+
+from agentpool.seconds import as_seconds, seconds_text, short_repr
 
 
 class PermanentError(Exception):
@@ -21,6 +23,13 @@ class LeaseLost(Exception):
 MAX_RETRY_DELAY_SECONDS = 86400
 
 
+def retry_delay_seconds(value: object) -> float | None:
+    """`value` as the delay of a request to run again later (seconds, 0 to a day), or None
+    when it is none: `Retry`'s and a task program's ``retry_after`` alike."""
+    seconds = as_seconds(value)
+    return seconds if seconds is not None and 0 <= seconds <= MAX_RETRY_DELAY_SECONDS else None
+
+
 class Retry(Exception):
     """Run the task again in `delay` seconds rather than after the worker's backoff: a service
     said when to come back, a resource is not ready yet.
@@ -30,11 +39,11 @@ class Retry(Exception):
     limit shared by every worker, ``ctx.throttled`` is the better tool.
     """
 
-    def __init__(self, delay: float, reason: str = "") -> None:
-        seconds = as_seconds(delay)
-        if seconds is None or not 0 <= seconds <= MAX_RETRY_DELAY_SECONDS:
+    def __init__(self, delay: SupportsFloat, reason: str = "") -> None:
+        seconds = retry_delay_seconds(delay)
+        if seconds is None:
             raise ValueError("Retry needs a delay from 0 to "
-                             f"{MAX_RETRY_DELAY_SECONDS} seconds (a day), got {shown(delay)}")
+                             f"{MAX_RETRY_DELAY_SECONDS} seconds (a day), got {short_repr(delay)}")
         super().__init__(seconds, reason)  # as args, so that it pickles (a process pool's)
         self.delay = seconds
         self.reason = reason

@@ -30,7 +30,12 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from agentpool.protocol import MAX_ATTEMPTS_LIMIT, MAX_DELAY_SECONDS, MAX_TASK_TIMEOUT_SECONDS
+from agentpool.protocol import (
+    DEFAULT_TASK_TIMEOUT_SECONDS,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_DELAY_SECONDS,
+    MAX_TASK_TIMEOUT_SECONDS,
+)
 from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
 
 GROUP = "agentpool.dev"
@@ -526,7 +531,7 @@ class WorkerSpec(_Model):
         default=4, ge=1, le=1000, description="Tasks one pod runs at the same time."
     )
     task_timeout_seconds: int = Field(
-        default=600,
+        default=DEFAULT_TASK_TIMEOUT_SECONDS,
         ge=1,
         le=MAX_TASK_TIMEOUT_SECONDS,
         description="A task running longer is cancelled and counts as a failed attempt.",

@@ -50,7 +50,7 @@ from agentpool.durability import (
 )
 from agentpool.lua_source import script_source
 from agentpool.redis_errors import redis_full
-from agentpool.seconds import as_seconds, given_text, seconds_text, shown
+from agentpool.seconds import as_seconds, given_text, seconds_text, short_repr
 
 MAX_PRIORITY = 9
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -67,6 +67,8 @@ COMPLETE_CHUNK = 500
 MAX_SUBMIT_CHUNK = 1000
 """Tasks per script call of ``submit_many``: Lua unpacks at most about 8,000 values at once."""
 MAX_DELAY_SECONDS = 365 * 86400
+DEFAULT_TASK_TIMEOUT_SECONDS = 600
+"""A pool's task timeout when it sets none (taskTimeoutSeconds, AGENTPOOL_TASK_TIMEOUT_SECONDS)."""
 MAX_TASK_TIMEOUT_SECONDS = 7 * 86400
 """The longest task timeout a pool or a task (taskTimeoutSeconds, submit's `task_timeout`)
 has."""
@@ -107,6 +109,8 @@ class FailOutcome(enum.StrEnum):
     RETRY = "retry"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    """No retry could start before the task's expiry: it ended cancelled, as expired."""
     REQUEUED = "requeued"
     STALE = "stale"
 
@@ -552,13 +556,14 @@ class TaskQueue:
             raise ProtocolError(
                 f"priority must be an integer between 0 and {MAX_PRIORITY}, got {priority!r}"
             )
-        if not 0 <= delay <= MAX_DELAY_SECONDS:  # NaN fails both comparisons
-            raise ProtocolError(
-                f"delay must be between 0 and {MAX_DELAY_SECONDS} seconds (a year), got {delay}")
+        delay = _seconds_given("delay", delay)
+        if not 0 <= delay <= MAX_DELAY_SECONDS:
+            raise ProtocolError(f"delay must be from 0 to {MAX_DELAY_SECONDS} seconds (a year), "
+                                f"got {given_text(delay)}")
         if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise ProtocolError(
                 f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}")
-        delay_ms = int(delay * 1000)
+        delay_ms = round(delay * 1000)
         expires_ms: int | str = ""
         if expires is not None:
             expires_ms = _expiry_ms(expires, delay, delay_ms)
@@ -966,7 +971,9 @@ class TaskQueue:
 
     async def fail(self, task: ClaimedTask, error: str, *, retryable: bool = True,
                    delay: float | None = None) -> FailOutcome:
-        """Record a failed run: retry after a backoff while attempts remain, else dead-letter."""
+        """Record a failed run: retry after `delay` seconds (a backoff by default) while
+        attempts remain, else dead-letter; EXPIRED when the retry would come due past the
+        task's expiry (it ends cancelled, as expired)."""
         if delay is None:
             delay = retry_delay(task.attempts)
         reply = await self._run("fail", task.id, task.token, storable_text(error[:4000]),
@@ -1374,7 +1381,7 @@ def _timeout_ms(task_timeout: Any) -> int:
 def _seconds_given(name: str, value: Any) -> float:
     seconds = as_seconds(value)
     if seconds is None:
-        raise ProtocolError(f"{name} must be a number of seconds, got {shown(value)}")
+        raise ProtocolError(f"{name} must be a number of seconds, got {short_repr(value)}")
     return seconds
 
 

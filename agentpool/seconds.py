@@ -36,7 +36,7 @@ def given_text(seconds: float) -> str:
     return repr(seconds).removesuffix(".0")
 
 
-def shown(value: object) -> str:
+def short_repr(value: object) -> str:
     """Any value for an error message, in one short line (the repr of an int of thousands of
     digits cannot even be made)."""
     try:

@@ -83,12 +83,9 @@ elseif not drain_requested(worker, pod) then
       local f = redis.call('HMGET', tk, 'payload', 'created', 'max', 'attempts', 'cp',
         'timeout', 'expires', 'ev')
       if f[7] and now >= tonumber(f[7]) then
-        local within = (tonumber(f[7]) - (tonumber(f[2]) or 0)) / 1000
         local what = 'not started'
         if redis.call('HEXISTS', tk, 'started') == 1 then what = 'not started again' end
-        finished(id, tk, 'cancelled', now, {ev = f[8] or false, cp = f[5] or false},
-          {'error', 'expired: ' .. what .. ' within ' .. within .. ' s of its submit'})
-        redis.call('HINCRBY', K_STATS, 'expired', 1)
+        expired(id, tk, now, {ev = f[8] or false, cp = f[5] or false}, f[7], f[2], what, '')
         skipped_here = skipped_here + 1
       elseif f[1] or f[4] then
         -- The random prefix keeps tokens unique when a failover rolls the counter back.

@@ -167,6 +167,16 @@ local function cancelled(id, tk, now, f, call)
   finished(id, tk, 'cancelled', now, f, extra)
 end
 
+-- No run of the task may start any more: its expiry (ms) has passed, or will before it could
+-- start again. It ends cancelled, its error saying what did not start in time (`what`, then
+-- `tail`), counted apart as expired.
+local function expired(id, tk, now, f, expires, created, what, tail)
+  local within = (tonumber(expires) - (tonumber(created) or 0)) / 1000
+  finished(id, tk, 'cancelled', now, f,
+    {'error', 'expired: ' .. what .. ' within ' .. within .. ' s of its submit' .. tail})
+  redis.call('HINCRBY', K_STATS, 'expired', 1)
+end
+
 -- Back to the queue at its original place (score), with the reason it left its holder.
 local function requeue(id, tk, score, err)
   redis.call('HSET', tk, 'state', 'queued', 'error', err)

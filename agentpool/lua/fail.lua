@@ -1,10 +1,12 @@
 -- ARGV: prefix, id, token, error, retryable (1|0), retry delay ms, mode
 -- mode: 'fail' (the run failed), 'cancel' (stopped on a cancel request),
 --       'release' (handed back unfinished by a draining worker: not counted as an attempt).
--- Returns 'retry', 'dead', 'cancelled', 'requeued' or 'stale' (caller no longer holds it); the
--- same report sent again gets the first one's answer.
+-- Returns 'retry', 'dead', 'cancelled', 'expired' (no retry could start before the task's
+-- expiry: it ended cancelled), 'requeued' or 'stale' (caller no longer holds it); the same
+-- report sent again gets the first one's answer.
 local id, token, err, retryable = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local delay_ms, mode = tonumber(ARGV[6]), ARGV[7]
+local RETRY_EXPIRED = 'expired: no retry could start'
 local tk = task_key(id)
 local f = redis.call('HMGET', tk, 'state', 'token', 'owner', 'attempts', 'cancel', 'score',
   'max', 'ev', 'cp', 'retry_of', 'expires', 'created')
@@ -13,6 +15,11 @@ if f[2] == token and f[1] ~= 'running' then
   -- the first one did, by the state it left the task in. A retry may since have come due and
   -- be queued: 'retry_of' names the run whose failure scheduled it.
   if f[1] == 'queued' and f[10] == token then return 'retry' end
+  if f[1] == 'cancelled' and f[11]
+      and string.sub(redis.call('HGET', tk, 'error') or '', 1, #RETRY_EXPIRED) == RETRY_EXPIRED
+  then
+    return 'expired'
+  end
   local did = {delayed = 'retry', dead = 'dead', cancelled = 'cancelled', queued = 'requeued'}
   return did[f[1]] or 'stale'
 end
@@ -36,11 +43,9 @@ if retryable and tonumber(f[4]) < max_attempts(f[7]) then
   if f[11] and now + delay_ms >= tonumber(f[11]) then
     -- The retry would come due past the task's expiry, when no claim may start it: it ends
     -- now, as expired, rather than wait in the delayed set (and keep its producer waiting).
-    local within = (tonumber(f[11]) - (tonumber(f[12]) or 0)) / 1000
-    finished(id, tk, 'cancelled', now, fl, {'error', 'expired: no retry could start within '
-      .. within .. ' s of its submit; the last run failed: ' .. err})
-    redis.call('HINCRBY', K_STATS, 'expired', 1)
-    return 'cancelled'
+    expired(id, tk, now, fl, f[11], f[12], 'no retry could start',
+      '; the last run failed: ' .. err)
+    return 'expired'
   end
   redis.call('HSET', tk, 'error', err, 'state', 'delayed', 'due', now + delay_ms,
     'retry_of', token)

@@ -178,7 +178,7 @@ async def test_a_retry_due_past_the_expiry_ends_the_task_at_once(
     wait in the delayed set (and keep a producer waiting) until then."""
     task_id = await queue.submit({}, expires=60)
     task = await claim_one(queue, "w1")
-    assert await queue.fail(task, "the index is not built", delay=120) == FailOutcome.CANCELLED
+    assert await queue.fail(task, "the index is not built", delay=120) == FailOutcome.EXPIRED
     info = await queue.get(task_id)
     assert info is not None and info.state == "cancelled" and info.attempts == 1
     assert info.error == ("expired: no retry could start within 60 s of its submit; the last "

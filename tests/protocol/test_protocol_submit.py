@@ -280,9 +280,12 @@ async def test_submit_many_takes_chunks_larger_than_a_script_unpacks(queue: Task
 
 
 @pytest.mark.parametrize(("options", "problem"), [
-    ({"delay": float("nan")}, "delay must be between 0"),
-    ({"delay": float("inf")}, "delay must be between 0"),
-    ({"delay": 400 * 86400}, "delay must be between 0"),
+    ({"delay": float("nan")}, "delay must be a number of seconds, got nan"),
+    ({"delay": float("inf")}, "delay must be a number of seconds, got inf"),
+    ({"delay": True}, "delay must be a number of seconds, got True"),
+    ({"delay": "5"}, "delay must be a number of seconds, got '5'"),
+    ({"delay": -1}, "delay must be from 0 to 31536000 seconds \\(a year\\), got -1"),
+    ({"delay": 400 * 86400}, "delay must be from 0 to 31536000 seconds \\(a year\\), got 34560000"),
     ({"max_attempts": 101}, "max_attempts must be between 1 and 100"),
 ])
 async def test_options_out_of_range_are_refused_before_anything_is_stored(

@@ -281,6 +281,26 @@ async def test_a_failure_report_sent_again_gets_the_first_ones_answer(
     assert figures.stats["failed"] == 2 and figures.stats["retried"] == 1
 
 
+async def test_a_failure_report_that_ended_the_task_as_expired_gets_that_answer_again(
+        wiring: Wiring) -> None:
+    dropper = wiring.dropper
+    beside = wiring.beside("again-expired")
+    task_id = await beside.submit("fails late", expires=60)
+    await beside.submit("warm-up")
+    task, warm_up = (await beside.claim("pod-e:w1", 2, 30)).tasks
+    worker = wiring.through("again-expired")
+    assert await worker.fail(warm_up, "loads the script", retryable=False) is FailOutcome.DEAD
+
+    dropper.arm()
+    outcome = await worker.fail(task, "boom", delay=120)
+    info = await beside.get(task_id)
+    figures = await beside.figures()
+    assert dropper.dropped == 1
+    assert outcome is FailOutcome.EXPIRED
+    assert info is not None and info.state == "cancelled"
+    assert figures.stats["expired"] == 1 and figures.stats["cancelled"] == 1
+
+
 async def test_events_sent_again_are_appended_once(
         wiring: Wiring) -> None:
     dropper = wiring.dropper

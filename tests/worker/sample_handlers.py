@@ -61,7 +61,7 @@ async def retries_from_a_task_group(payload: Any, ctx: TaskContext) -> dict[str,
     if ctx.attempt == 1:
         async with asyncio.TaskGroup() as group:
             group.create_task(ask(0.1, "shard a not ready"))
-            group.create_task(ask(0.2, "shard b not ready"))
+            group.create_task(ask(0.5, "shard b not ready"))
     return {"attempt": ctx.attempt}
 
 
@@ -70,6 +70,14 @@ async def retries_when_its_timeout_cancels_it(payload: Any) -> None:
         await asyncio.sleep(30)
     except asyncio.CancelledError:
         raise Retry(50, "made of the timeout's cancel") from None
+
+
+async def returns_when_its_timeout_cancels_it(payload: Any) -> dict[str, bool]:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        return {"late": True}
+    return {"late": False}
 
 
 def sync_retries_later(payload: Any, ctx: TaskContext) -> dict[str, int]:

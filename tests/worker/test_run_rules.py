@@ -10,9 +10,17 @@ from fractions import Fraction
 
 import pytest
 
-from agentpool.errors import Retry
+from agentpool.errors import PermanentError, Retry
 from agentpool.protocol import ClaimedTask
-from agentpool_worker.worker import retry_error, retry_request, run_timeout, timeout_error
+from agentpool_worker.command import read_retry_after
+from agentpool_worker.worker import (
+    RunFailure,
+    retry_error,
+    retry_request,
+    run_failure,
+    run_timeout,
+    timeout_error,
+)
 
 
 def task(timeout_ms: int | None) -> ClaimedTask:
@@ -33,7 +41,7 @@ def test_a_run_lasts_the_shorter_of_the_two_and_its_error_says_whose(
     timeout_ms: int | None, pool: float, seconds: float, error: str,
 ) -> None:
     assert run_timeout(task(timeout_ms), pool) == seconds
-    assert timeout_error(task(timeout_ms), pool) == error
+    assert timeout_error(seconds, task(timeout_ms), pool) == error
 
 
 @pytest.mark.parametrize("delay", [-1, 86401, float("nan"), float("inf"), True, "5", None])
@@ -80,3 +88,57 @@ def test_a_group_of_retries_asks_for_the_longest_delay_with_every_reason() -> No
 def test_a_group_with_any_other_failure_is_no_retry_request() -> None:
     assert retry_request(ExceptionGroup("children", [Retry(1), ValueError("boom")])) is None
     assert retry_request(ValueError("boom")) is None
+
+
+def _exit() -> SystemExit:
+    return SystemExit(3)
+
+
+@pytest.mark.parametrize(("exc", "timed_out", "failure"), [
+    (ValueError("boom"), False, RunFailure("ValueError: boom", True)),
+    (PermanentError("no prompt"), False, RunFailure("PermanentError: no prompt", False)),
+    (_exit(), False, RunFailure("the handler called sys.exit(3); return or raise instead", True)),
+    (Retry(60, "index building"), False,
+     RunFailure("asked to run again in 60s: index building", True, retry_after=60.0)),
+    (ExceptionGroup("g", [Retry(1), Retry(2)]), False,
+     RunFailure("asked to run again in 2s", True, retry_after=2.0)),
+    (Retry(50, "made of the cancel"), True,
+     RunFailure("timed out after 30s (the task's own timeout)", True, timed_out=True)),
+    (None, True, RunFailure("timed out after 30s (the task's own timeout)", True, timed_out=True)),
+    (PermanentError("late"), True,
+     RunFailure("timed out after 30s (the task's own timeout)", True, timed_out=True)),
+], ids=["error", "permanent", "sys-exit", "retry", "group-of-retries", "retry-after-timeout",
+        "returned-after-timeout", "permanent-after-timeout"])
+def test_how_a_failed_run_is_recorded(exc: BaseException | None, timed_out: bool,
+                                      failure: RunFailure) -> None:
+    got = run_failure(exc, timed_out, 30, task(30_000), 600)
+    if failure.error.startswith(("ValueError", "PermanentError")):  # then its traceback
+        assert got.error.split("\n")[0] == failure.error
+        got = RunFailure(failure.error, got.retryable, got.retry_after, got.timed_out)
+    assert got == failure
+
+
+@pytest.mark.parametrize(("message", "seconds", "why"), [
+    ({"error": "e"}, None, ""),
+    ({"error": "e", "retry_after": 30}, 30.0, ""),
+    ({"error": "e", "retry_after": 0.5}, 0.5, ""),
+    ({"error": "e", "retry_after": "120"}, 120.0, ""),
+    ({"error": "e", "retry_after": " 2.5 "}, 2.5, ""),
+    ({"error": "e", "retry_after": "Wed, 21 Oct 2026 07:28:00 GMT"}, None,
+     "'Wed, 21 Oct 2026 07:28:00 GMT' is not a number of seconds from 0 to 86400"),
+    ({"error": "e", "retry_after": "1e3"}, None, "'1e3' is not a number of seconds"),
+    ({"error": "e", "retry_after": -1}, None, "-1 is not a number of seconds from 0 to 86400"),
+    ({"error": "e", "retry_after": 86401}, None, "86401 is not a number of seconds"),
+    ({"error": "e", "retry_after": True}, None, "True is not a number of seconds"),
+    ({"error": "e", "retry_after": None}, None, "None is not a number of seconds"),
+    ({"error": "e", "retry_after": 5, "retry": False}, None, '"retry" is false'),
+    ({"error": "e", "retry_after": 5, "retry": True}, 5.0, ""),
+])
+def test_a_programs_retry_after_is_read_or_said_why_not(
+    message: dict[str, object], seconds: float | None, why: str,
+) -> None:
+    got, why_not = read_retry_after(message)
+    assert got == seconds
+    assert why in why_not and (why_not == "") == (why == "")
+    if why_not:
+        assert why_not.startswith('"retry_after" ignored: ')

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import sample_handlers
-from worker_helpers import HANDLERS, eventually, running, settings, task_in
+from worker_helpers import HANDLERS, eventually, retry_wait, running, settings, task_in
 
 from agentpool.protocol import CancelOutcome, TaskQueue
 
@@ -90,10 +90,11 @@ async def test_a_handler_that_raises_retry_runs_again_after_its_delay_not_the_ba
 ) -> None:
     """The worker's backoff here would hold the retry for at least 500 s."""
     queue = TaskQueue(redis, queue_name)
-    task_id = await queue.submit({"delay": 0.2, "reason": "the index is still building"})
+    task_id = await queue.submit({"delay": 0.5, "reason": "the index is still building"})
     async with running(settings(redis_url, queue_name, f"{HANDLERS}:{handler}",
                                 retry_backoff_base_seconds=1000,
                                 retry_backoff_cap_seconds=1000)):
+        assert 0.5 <= await retry_wait(queue, task_id) < 5
         done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "the retry")
     assert (done.attempts, done.result) == (2, {"attempt": 2})
 
@@ -106,20 +107,23 @@ async def test_retries_asked_by_every_failed_child_of_a_task_group_are_honoured(
     async with running(settings(redis_url, queue_name, f"{HANDLERS}:retries_from_a_task_group",
                                 retry_backoff_base_seconds=1000,
                                 retry_backoff_cap_seconds=1000)):
+        assert 0.5 <= await retry_wait(queue, task_id) < 5  # the longer of its children's
         done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 10, "the retry")
     assert (done.attempts, done.result) == (2, {"attempt": 2})
 
 
-async def test_a_retry_made_of_the_timeouts_cancel_is_a_timeout(
-    redis_url: str, queue_name: str, redis: aioredis.Redis,
+@pytest.mark.parametrize("handler", ["retries_when_its_timeout_cancels_it",
+                                     "returns_when_its_timeout_cancels_it"])
+async def test_what_a_handler_makes_of_its_timeouts_cancel_is_a_timeout(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, handler: str,
 ) -> None:
+    """Raising Retry or returning a result once the timeout cancelled it: the run was too long."""
     queue = TaskQueue(redis, queue_name)
     task_id = await queue.submit({}, max_attempts=1)
-    async with running(settings(redis_url, queue_name,
-                                f"{HANDLERS}:retries_when_its_timeout_cancels_it",
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:{handler}",
                                 task_timeout_seconds=0.3)):
         dead = await eventually(lambda: task_in(queue, task_id, "dead"), 10, "the timeout")
-    assert dead.error == "timed out after 0.3s"
+    assert dead.error == "timed out after 0.3s" and dead.result is None
 
 
 async def test_a_retry_asked_on_the_last_attempt_dead_letters_with_why(

@@ -48,6 +48,14 @@ async def task_in(queue: TaskQueue, task_id: str, *states: str) -> TaskInfo | No
     return info if info is not None and info.state in states else None
 
 
+async def retry_wait(queue: TaskQueue, task_id: str) -> float:
+    """Once the task's first run failed and its retry waits: seconds from that run's start to
+    when the retry is due (at least the delay it was given)."""
+    await eventually(lambda: task_in(queue, task_id, "delayed"), 10, "the retry to wait")
+    started, due = await queue.redis.hmget(queue.task_key(task_id), ["started", "due"])
+    return (int(due) - int(started)) / 1000
+
+
 def settings(redis_url: str, queue: str, handler: str = f"{HANDLERS}:pid",
              **overrides: Any) -> WorkerSettings:
     values: dict[str, Any] = {

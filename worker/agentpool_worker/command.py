@@ -77,9 +77,14 @@ from typing import Any
 
 import structlog
 
-from agentpool.errors import MAX_RETRY_DELAY_SECONDS, PermanentError, Retry
+from agentpool.errors import (
+    MAX_RETRY_DELAY_SECONDS,
+    PermanentError,
+    Retry,
+    retry_delay_seconds,
+)
 from agentpool.protocol import DEFAULT_MAX_RESULT_BYTES, EVENT_KIND, FINAL_EVENT, compact_json
-from agentpool.seconds import as_seconds, shown
+from agentpool.seconds import short_repr
 from agentpool_worker.handlers import TaskContext, WorkerContext
 from agentpool_worker.settings import (
     DEFAULT_GRACE_SECONDS,
@@ -423,7 +428,7 @@ class _Line:
 HEAD_BYTES = 64
 OVERSIZED_MESSAGE = re.compile(rb'\{\s*"(result|checkpoint)"\s*:')
 """How a cut line that was meant as a result or a checkpoint begins."""
-_NUMBER = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
+RETRY_AFTER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
 """A retry_after given as text: plain decimal seconds (what an HTTP Retry-After carries)."""
 
 
@@ -518,7 +523,7 @@ def _malformed(kind: str, message: dict[str, Any]) -> str:
     return ""
 
 
-def retry_after(message: dict[str, Any]) -> tuple[float | None, str]:
+def read_retry_after(message: dict[str, Any]) -> tuple[float | None, str]:
     """An error message's ``retry_after`` in seconds (None: the worker's backoff), with why a
     value given was not taken. A bad value leaves the message an error, which still fails the
     run: a program that meant to fail must not succeed over a malformed delay."""
@@ -527,11 +532,11 @@ def retry_after(message: dict[str, Any]) -> tuple[float | None, str]:
     value = message["retry_after"]
     if message.get("retry") is False:
         return None, '"retry_after" ignored: "retry" is false'
-    seconds = as_seconds(float(value) if isinstance(value, str) and _NUMBER.match(value)
-                         else value)
-    if seconds is None or not 0 <= seconds <= MAX_RETRY_DELAY_SECONDS:
-        return None, (f'"retry_after" ignored: {shown(value)} is not a number of seconds from 0 '
-                      f"to {MAX_RETRY_DELAY_SECONDS}")
+    seconds = retry_delay_seconds(
+        float(value) if isinstance(value, str) and RETRY_AFTER_TEXT.match(value) else value)
+    if seconds is None:
+        return None, (f'"retry_after" ignored: {short_repr(value)} is not a number of '
+                      f"seconds from 0 to {MAX_RETRY_DELAY_SECONDS}")
     return seconds, ""
 
 
@@ -548,7 +553,7 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
         await ctx.checkpoint(message["checkpoint"])
     else:
         outcome.error, outcome.retry = message["error"], message.get("retry", True)
-        outcome.retry_after, why_not = retry_after(message)
+        outcome.retry_after, why_not = read_retry_after(message)
         if why_not:
             outcome.error += f" ({why_not})"
             _log.warning("a task program's error message has a bad retry_after",

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from agentpool.protocol import (
     DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_TASK_TIMEOUT_SECONDS,
     encode_checkpoint,
     encode_event,
     encode_progress,
@@ -105,7 +106,7 @@ class TaskContext:
     """The state the last checkpoint of an earlier attempt saved; None on a first attempt
     (or when no attempt checkpointed)."""
     channel: RunChannel | None = field(default=None, repr=False, compare=False)
-    timeout_seconds: float = 600.0
+    timeout_seconds: float = DEFAULT_TASK_TIMEOUT_SECONDS
     """How long this run may last before it is stopped and fails: the pool's task timeout, or
     the task's own when its submit gave a shorter one."""
 

@@ -27,6 +27,7 @@ from agentpool.connection import RedisURLError, check_redis_url
 from agentpool.durability import DEFAULT_REPLICA_TIMEOUT, Durability
 from agentpool.protocol import (
     DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_TASK_TIMEOUT_SECONDS,
     MAX_ATTEMPTS_LIMIT,
     MAX_RESULT_BYTES_LIMIT,
     MAX_TASK_TIMEOUT_SECONDS,
@@ -211,7 +212,7 @@ class WorkerSettings:
     concurrency: int = _setting("an integer between 1 and 1000", _integer(1, 1000), 4)
     task_timeout_seconds: float = _setting(
         "a number of seconds above 0 (at most a week)",
-        seconds(0, MAX_TASK_TIMEOUT_SECONDS, above=True), 600.0)
+        seconds(0, MAX_TASK_TIMEOUT_SECONDS, above=True), float(DEFAULT_TASK_TIMEOUT_SECONDS))
     max_attempts: int = _setting(f"an integer between 1 and {MAX_ATTEMPTS_LIMIT}",
                                  _integer(1, MAX_ATTEMPTS_LIMIT), 3)
     drain_seconds: float = _setting(

@@ -1197,31 +1197,24 @@ class Worker:
                 outcome = ended(STOPPED_STATUS[run.stop_reason])
                 return
             except (Exception, SystemExit) as exc:  # SystemExit: sys.exit() in a handler
-                retry_after: float | None = None
                 if run.stop_reason is not None:
                     self._stopped(run)
                     outcome = ended(STOPPED_STATUS[run.stop_reason])
                     return
-                request = retry_request(exc)
-                if deadline.expired():  # whatever the handler made of the timeout's cancel
-                    run.ctx.cancelled.set()
-                    self.metrics.timed_out.inc()
-                    error = timeout_error(task, self.settings.task_timeout_seconds)
-                    retryable = True
-                elif isinstance(exc, SystemExit):
-                    error = f"the handler called sys.exit({exc.code!r}); return or raise instead"
-                    retryable = True
-                elif request is not None:
-                    error, retryable, retry_after = retry_error(request), True, request.delay
-                else:
-                    error = _describe(exc)
-                    retryable = not isinstance(exc, PermanentError)
-                self._failed(run, error, retryable=retryable, delay=retry_after)
-                outcome = ended("failed", error=error, retryable=retryable)
+                failure = run_failure(exc, deadline.expired(), run.ctx.timeout_seconds, task,
+                                      self.settings.task_timeout_seconds)
+                self._run_failed(run, failure)
+                outcome = ended("failed", error=failure.error, retryable=failure.retryable)
                 return
             if run.stop_reason is not None:  # e.g. it returned after a LeaseLost
                 self._stopped(run)
                 outcome = ended(STOPPED_STATUS[run.stop_reason])
+                return
+            if deadline.expired():  # it returned, but only once its timeout had cancelled it
+                failure = run_failure(None, True, run.ctx.timeout_seconds, task,
+                                      self.settings.task_timeout_seconds)
+                self._run_failed(run, failure)
+                outcome = ended("failed", error=failure.error, retryable=failure.retryable)
                 return
             try:
                 encoded = encode_result(result, self.settings.max_result_bytes)
@@ -1320,6 +1313,12 @@ class Worker:
             run.stop(LOST)
         self._maybe_drained()
 
+    def _run_failed(self, run: _Run, failure: RunFailure) -> None:
+        if failure.timed_out:
+            run.ctx.cancelled.set()
+            self.metrics.timed_out.inc()
+        self._failed(run, failure.error, retryable=failure.retryable, delay=failure.retry_after)
+
     def _failed(self, run: _Run, error: str, *, retryable: bool,
                 delay: float | None = None) -> None:
         """Report a failed run: retried after `delay` seconds (the worker's backoff unless
@@ -1392,6 +1391,8 @@ class Worker:
         elif outcome is FailOutcome.CANCELLED:
             m.cancelled.inc()
             self._log.info("task cancelled", task=task.id)
+        elif outcome is FailOutcome.EXPIRED:
+            self._log.info("task expired: no retry could start before its expiry", task=task.id)
         elif outcome is FailOutcome.STALE:
             self._log.warning("outcome refused: the task is no longer held by this worker",
                               task=task.id)
@@ -1406,24 +1407,56 @@ def _client(url: str, timeout: float) -> aioredis.Redis:
     )
 
 
+def own_timeout(task: ClaimedTask) -> float | None:
+    """The task's own timeout in seconds (its submit's `task_timeout`), if it has one."""
+    return task.timeout_ms / 1000 if task.timeout_ms is not None and task.timeout_ms > 0 \
+        else None
+
+
 def run_timeout(task: ClaimedTask, pool_timeout: float) -> float:
-    """How long a run of `task` may last: its submit's `timeout`, when it gave one shorter
-    than the pool's task timeout. Never longer than the pool's: drains and scale-down count
-    on no run outlasting it."""
-    if task.timeout_ms is None or task.timeout_ms <= 0:
-        return pool_timeout
-    return min(task.timeout_ms / 1000, pool_timeout)
+    """How long a run of `task` may last: its own timeout, when shorter than the pool's.
+    Never longer than the pool's: drains and scale-down count on no run outlasting it."""
+    own = own_timeout(task)
+    return pool_timeout if own is None else min(own, pool_timeout)
 
 
-def timeout_error(task: ClaimedTask, pool_timeout: float) -> str:
-    """The error of a run stopped by its timeout, saying whose timeout it was."""
-    error = f"timed out after {seconds_text(run_timeout(task, pool_timeout))}s"
-    if task.timeout_ms is None or task.timeout_ms <= 0:
+def timeout_error(applied: float, task: ClaimedTask, pool_timeout: float) -> str:
+    """The error of a run its timeout (`applied` seconds) stopped, saying whose it was."""
+    error = f"timed out after {seconds_text(applied)}s"
+    own = own_timeout(task)
+    if own is None:
         return error
-    own = task.timeout_ms / 1000
     if own <= pool_timeout:
         return error + " (the task's own timeout)"
     return error + f" (the pool's task timeout; the task's own is {seconds_text(own)}s)"
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """How a failed run is recorded."""
+
+    error: str
+    retryable: bool
+    retry_after: float | None = None
+    """Seconds until its retry, as the run asked (`Retry`); None: the worker's backoff."""
+    timed_out: bool = False
+
+
+def run_failure(exc: BaseException | None, timed_out: bool, applied: float, task: ClaimedTask,
+                pool_timeout: float) -> RunFailure:
+    """A run that raised `exc` (None: it returned) after its timeout fired or not. Past its
+    timeout it is a timeout, whatever the handler made of the cancel (raised Retry, returned);
+    then `sys.exit`, a request to run again later, `PermanentError`, any other exception."""
+    if timed_out:
+        return RunFailure(timeout_error(applied, task, pool_timeout), True, timed_out=True)
+    if isinstance(exc, SystemExit):
+        return RunFailure(f"the handler called sys.exit({exc.code!r}); return or raise instead",
+                          True)
+    assert exc is not None
+    request = retry_request(exc)
+    if request is not None:
+        return RunFailure(retry_error(request), True, retry_after=request.delay)
+    return RunFailure(_describe(exc), not isinstance(exc, PermanentError))
 
 
 def retry_request(exc: BaseException) -> Retry | None:
