@@ -1,4 +1,4 @@
-"""`agentpool wait TASK_ID`: block until a task finishes and show its outcome."""
+"""`agentpool wait TASK_ID...`: block until tasks finish and show their outcomes."""
 
 from __future__ import annotations
 
@@ -14,40 +14,52 @@ from agentpool.cli.common import (
     connect,
     error_line,
     number,
+    print_view,
     queue_name,
     task_id,
 )
 from agentpool.cli.get import print_task
-from agentpool.cli.views import ended_line
+from agentpool.cli.submit import wait_all, wait_failure
+from agentpool.cli.views import ended_line, waited_grid, waited_json
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "wait",
-        help="wait for a task to finish",
+        help="wait for tasks to finish",
         description="Wait until a task succeeds, dies or is cancelled, then show it like "
-        "`get`. Exit 0 if it succeeded; 1 if it ended otherwise, is unknown, or the timeout "
-        "passed.",
+        "`get`; given several ids (a fan-out's), wait for them all and show one line each, as "
+        "`submit --wait` does. Exit 0 if every one succeeded; 1 if one ended otherwise, is "
+        "unknown, or the timeout passed.",
     )
     add_queue_options(parser)
-    parser.add_argument("task_id", metavar="TASK_ID", help="the id submit printed (32 hex digits)")
+    parser.add_argument("task_ids", metavar="TASK_ID", nargs="+",
+                        help="an id submit printed (32 hex digits)")
     parser.add_argument("--timeout", type=number(float, low=0), metavar="SECONDS",
-                        help="give up after this many seconds (default: wait forever)")
+                        help="give up after this many seconds, for all of them (default: wait "
+                        "forever)")
     add_output_option(parser)
     parser.set_defaults(func=run)
 
 
 @command
 async def run(args: argparse.Namespace) -> int:
-    args.task_id = task_id(args.task_id)
+    ids = list(dict.fromkeys(task_id(text) for text in args.task_ids))
     name = queue_name(args)
+    if len(ids) > 1:
+        async with connect(args) as client:
+            tasks, pending = await wait_all(client.queue(name), ids, args.timeout)
+        print_view(args, waited_grid(name, tasks, pending), waited_json(name, tasks, pending))
+        problem = wait_failure(tasks, pending, args.timeout)
+        if problem:
+            error_line(problem)
+            return EXIT_FAILED
+        return EXIT_OK
     async with connect(args) as client:
         try:
-            info = await client.queue(name).wait(args.task_id, args.timeout)
+            info = await client.queue(name).wait(ids[0], args.timeout)
         except TimeoutError:
-            raise CommandFailed(
-                f"task {args.task_id} not finished after {args.timeout:g}s"
-            ) from None
+            raise CommandFailed(f"task {ids[0]} not finished after {args.timeout:g}s") from None
     print_task(args, name, info)
     if info.state != "succeeded":
         error_line(ended_line(info))

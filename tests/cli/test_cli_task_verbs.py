@@ -103,6 +103,30 @@ def test_wait_timeout_exits_1(cli: Cli) -> None:
     assert result.err_lines == [f"agentpool: task {task_id} not finished after 0.2s"]
 
 
+def test_wait_for_several_tasks_shows_each_and_exits_1_unless_all_succeeded(cli: Cli) -> None:
+    [dead] = with_queue(cli.redis_url, cli.queue, lambda q: make_dead(q, ["x"], "kaput"))
+    ok = [submit(cli, "a"), submit(cli, "b")]
+    with background_worker(cli.redis_url, cli.queue):
+        good = cli.ok("wait", *ok, ok[0], "--timeout", "10", "-o", "json").json()
+        mixed = cli("wait", *ok, dead, "--timeout", "10")
+    assert [(t["id"], t["state"], t["result"]) for t in good["tasks"]] == [
+        (ok[0], "succeeded", {"echo": "a"}), (ok[1], "succeeded", {"echo": "b"})]
+    assert good["pending"] == []
+    assert mixed.code == 1
+    rows = [line.split()[:2] for line in mixed.out.splitlines()]
+    assert [row for row in rows if len(row[0]) == 32] == [
+        [ok[0], "succeeded"], [ok[1], "succeeded"], [dead, "dead"]]
+    assert mixed.err_lines == ["agentpool: 1 dead"]
+
+
+def test_wait_for_several_reports_those_not_finished_in_time(cli: Cli) -> None:
+    ids = [submit(cli, "a"), submit(cli, "b")]
+    result = cli("wait", *ids, "--timeout", "0.2", "-o", "json")
+    assert result.code == 1
+    assert result.json() == {"queue": cli.queue, "tasks": [], "pending": ids}
+    assert result.err_lines == ["agentpool: 2 of 2 tasks not finished after 0.2s"]
+
+
 def test_wait_unknown_task_exits_1(cli: Cli) -> None:
     result = cli("wait", UNKNOWN_ID, "--timeout", "1")
     assert result.code == 1
