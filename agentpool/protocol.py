@@ -200,6 +200,8 @@ class RequeueResult:
 class ReapResult(RequeueResult):
     by_worker: Mapping[str, RequeueResult] = field(default_factory=dict)
     """What was moved of each worker instance that held a task whose lease expired."""
+    expired_waiting: int = 0
+    """Tasks at the head of the queue, past their expiry, ended (not in `total`)."""
 
 
 @dataclass(frozen=True)
@@ -1036,8 +1038,11 @@ class TaskQueue:
 
     async def reap_expired(self, limit: int = 1000,
                            stale_worker_seconds: float = 3600) -> ReapResult:
-        """Requeue tasks whose lease ran out: the fallback when nobody saw a worker die."""
-        *counts, moved = await self._run("reap", limit, int(stale_worker_seconds * 1000))
+        """Requeue tasks whose lease ran out: the fallback when nobody saw a worker die. Also
+        end the tasks at the head of the queue past their expiry (`expired_waiting`), so that
+        the queue depth counts none of them."""
+        *counts, moved, swept = await self._run("reap", limit,
+                                                int(stale_worker_seconds * 1000))
         by_worker: dict[str, RequeueResult] = {}
         for index in range(0, len(moved), 2):
             holder, outcome = _s(moved[index]), int(moved[index + 1])
@@ -1046,7 +1051,7 @@ class TaskQueue:
             by_worker[holder] = by_worker.get(holder, RequeueResult()) + one
         requeued, dead_lettered, cancelled = (int(c) for c in counts)
         return ReapResult(requeued=requeued, dead_lettered=dead_lettered, cancelled=cancelled,
-                          by_worker=by_worker)
+                          by_worker=by_worker, expired_waiting=int(swept))
 
     # -- inspection ------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ Until it does, pools keep the replica count their Deployment has.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -16,6 +17,7 @@ from . import rate_limit_actions, recovery_actions, scaling_actions, schedule_ac
 from .deployment import POOL_LABEL
 from .kube import KubeApi
 from .observation import ActionResult, PoolObservation
+from .redis_access import QueueAccessError, read_figures
 from .status import ConditionUpdate, Problem
 
 
@@ -34,12 +36,17 @@ async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
     """Apply recovery, then scaling, then the schedules, to one observed pool.
 
     Recovery runs first so that the tasks of dead pods are back in the queue before scaling
-    looks at the backlog; the rate limits are declared and their waits read before scaling.
+    looks at the backlog (and expired tasks it ended are out of it: the figures are read
+    again); the rate limits are declared and their waits read before scaling.
     """
     pods = observation.pods
     if pods is None:
         pods = await kube.list_pods(observation.namespace, {POOL_LABEL: observation.name})
     recovered = await recovery_actions.recover(observation, pods, kube)
+    if recovered.queue_shrank and observation.queue is not None:
+        # unread, the figures of before recovery stand: one round counts the ended tasks
+        with contextlib.suppress(QueueAccessError):
+            observation = replace(observation, figures=await read_figures(observation.queue))
     limits = await rate_limit_actions.observe_limits(observation)
     observation = replace(observation, limit_waits=limits.waits)
     scaled = await scaling_actions.scale(observation, pods, kube)

@@ -50,3 +50,6 @@ class ActionResult:
     """Conditions to set, e.g. Scaling."""
     problems: tuple[Problem, ...] = ()
     """Problems that make the pool Degraded without stopping it (a conflicting rate limit)."""
+    queue_shrank: bool = False
+    """Recovery ended waiting tasks (expired ones at the queue's head): the figures read
+    before it count them, so scaling reads them again."""

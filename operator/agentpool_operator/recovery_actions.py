@@ -269,8 +269,10 @@ async def recover(
         return ActionResult()
 
     recovered = replaced = 0
+    shrank = False
     try:
         reaped = await queue.reap_expired()
+        shrank = reaped.expired_waiting > 0
         if reaped.total:
             recovered += reaped.total
             metrics.record_requeue_result(
@@ -317,7 +319,8 @@ async def recover(
         logger.warning("recovery of %s/%s stopped early: %s",
                        observation.namespace, observation.name, detail)
     recovered += recovery.take_unreported()
-    return ActionResult(status_fields=counters(observation.previous_status, recovered, replaced))
+    return ActionResult(status_fields=counters(observation.previous_status, recovered, replaced),
+                        queue_shrank=shrank)
 
 
 def counters(previous: Mapping[str, Any], recovered: int, replaced: int) -> dict[str, int]:

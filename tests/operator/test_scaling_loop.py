@@ -661,3 +661,27 @@ async def test_run_start_times_come_only_from_instances_holding_tasks(
     assert list(work) == [pod] and work[pod].in_flight == 1
     # on the reader's clock: Redis's moved by the offset read with them
     assert work[pod].runs_since == (pytest.approx(task.claimed_ms / 1000, abs=1.0),)
+
+
+async def test_a_pool_at_zero_starts_no_pod_for_tasks_past_their_expiry(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, queue_name: str,
+    redis: aioredis.Redis,
+) -> None:
+    """They would only be cancelled by the pod's first claim: the reaper ends them, and the
+    round's scaling reads the queue again after it."""
+    queue = TaskQueue(redis, queue_name)
+    stale = await queue.submit_many([{"n": n} for n in range(3)], expires=0.05)
+    info = await queue.get(stale[-1])
+    assert info is not None and info.expires_ms is not None
+    expiry = info.expires_ms
+    await eventually(lambda: datetime.now(UTC).timestamp() * 1000 > expiry + 5)
+    await cluster.create_pool(pool_manifest(
+        "phi", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=0, maxReplicas=3),
+    ))
+    await eventually(lambda: "Scaling" in {c["type"] for c in (
+        cluster.pool("phi").get("status") or {}).get("conditions", [])})
+    states = {i.state for i in await queue.get_many(stale)}
+    assert states == {"cancelled"}
+    assert cluster.deployment("phi")["spec"]["replicas"] == 0
+    assert cluster.events("ScaledUp") == []

@@ -195,3 +195,34 @@ async def test_a_retry_due_before_the_expiry_waits_as_any_other(
     assert await queue.fail(task, "boom", delay=1) == FailOutcome.RETRY
     info = await queue.get(task_id)
     assert info is not None and info.state == "delayed"
+
+
+async def test_the_reaper_ends_expired_tasks_at_the_head_so_the_depth_counts_none(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """A pool at zero replicas, or paused, would start a pod only to cancel them."""
+    stale = await queue.submit_many([{}] * 3, expires=0.05)
+    fresh = await queue.submit({"n": 4})
+    await past_expiry(redis, queue, stale[-1])
+    assert (await queue.figures()).queued == 4
+    reaped = await queue.reap_expired()
+    assert (reaped.expired_waiting, reaped.total) == (3, 0)
+    assert (await queue.figures()).queued == 1
+    for task_id in stale:
+        info = await queue.get(task_id)
+        assert info is not None and info.state == "cancelled"
+        assert info.error == "expired: not started within 0.05 s of its submit"
+    assert (await queue.figures()).stats.get("expired") == 3
+    assert [t.id for t in (await queue.claim("w1", 5, 30)).tasks] == [fresh]
+
+
+async def test_the_reaper_stops_at_the_first_task_that_may_still_run(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """It looks at the head only (one read when nothing expired); what waits behind a task
+    that may run is for the claims to end."""
+    await queue.submit({"n": 0}, priority=9)
+    stale = await queue.submit({}, expires=0.05)
+    await past_expiry(redis, queue, stale)
+    assert (await queue.reap_expired()).expired_waiting == 0
+    assert (await queue.figures()).queued == 2
