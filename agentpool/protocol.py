@@ -201,7 +201,8 @@ class ReapResult(RequeueResult):
     by_worker: Mapping[str, RequeueResult] = field(default_factory=dict)
     """What was moved of each worker instance that held a task whose lease expired."""
     expired_waiting: int = 0
-    """Tasks at the head of the queue, past their expiry, ended (not in `total`)."""
+    """Waiting tasks past their expiry that were ended, at the head of the queue or of the due
+    delayed tasks (not in `total`; a task this reap requeued may be one of them)."""
 
 
 @dataclass(frozen=True)

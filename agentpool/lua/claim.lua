@@ -82,10 +82,11 @@ elseif not drain_requested(worker, pod) then
       local tk = task_key(id)
       local f = redis.call('HMGET', tk, 'payload', 'created', 'max', 'attempts', 'cp',
         'timeout', 'expires', 'ev')
-      if f[7] and now >= tonumber(f[7]) then
+      local expires = tonumber(f[7])  -- a field written by hand may be no number
+      if expires and now >= expires then
         local what = 'not started'
         if redis.call('HEXISTS', tk, 'started') == 1 then what = 'not started again' end
-        expired(id, tk, now, {ev = f[8] or false, cp = f[5] or false}, f[7], f[2], what, '')
+        expired(id, tk, now, {ev = f[8] or false, cp = f[5] or false}, expires, f[2], what, '')
         skipped_here = skipped_here + 1
       elseif f[1] or f[4] then
         -- The random prefix keeps tokens unique when a failover rolls the counter back.

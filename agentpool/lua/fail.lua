@@ -40,10 +40,11 @@ if mode == 'release' then
 end
 redis.call('HINCRBY', K_STATS, 'failed', 1)
 if retryable and tonumber(f[4]) < max_attempts(f[7]) then
-  if f[11] and now + delay_ms >= tonumber(f[11]) then
+  local expires = tonumber(f[11])
+  if expires and now + delay_ms >= expires then
     -- The retry would come due past the task's expiry, when no claim may start it: it ends
     -- now, as expired, rather than wait in the delayed set (and keep its producer waiting).
-    expired(id, tk, now, fl, f[11], f[12], 'no retry could start',
+    expired(id, tk, now, fl, expires, f[12], 'no retry could start',
       '; the last run failed: ' .. err)
     return 'expired'
   end

@@ -1,7 +1,8 @@
 -- ARGV: prefix, limit, stale worker age ms
 -- The fallback for deaths nobody saw: requeue tasks whose lease has expired, and forget
--- worker instances that stopped heart-beating long ago. Also ends the tasks at the head of the
--- queue that are past their expiry, as the claim that reached them would.
+-- worker instances that stopped heart-beating long ago. Also ends the tasks waiting at the
+-- head of the queue (and of the delayed tasks due) that are past their expiry, as the claim
+-- that reached them would.
 -- Returns {requeued, dead-lettered, cancelled, {holder, outcome, holder, outcome, ...},
 -- expired}: the worker that held each task moved, and what happened to it (1, 2, 3 as the
 -- counts); then how many waiting tasks ended as expired.
@@ -25,21 +26,36 @@ for _, w in ipairs(redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - stale_ms
   end
 end
 -- Expired tasks waiting at the head would count in the queue depth the autoscaler reads until
--- a claim reached them: a pool at zero replicas, or paused, would start pods only to cancel
--- them. From the head (the next to run), up to the first that may still run: one ZRANGE and
--- one HMGET when none has expired.
-local swept = 0
-while swept < tonumber(limit) do
-  local head = redis.call('ZRANGE', K_QUEUED, 0, 0)
-  if #head == 0 then break end
-  local id = head[1]
-  local tk = task_key(id)
-  local f = redis.call('HMGET', tk, 'expires', 'created', 'ev', 'cp', 'started')
-  if not f[1] or now < tonumber(f[1]) then break end
-  redis.call('ZREM', K_QUEUED, id)
-  local what = 'not started'
-  if f[5] then what = 'not started again' end
-  expired(id, tk, now, {ev = f[3] or false, cp = f[4] or false}, f[1], f[2], what, '')
-  swept = swept + 1
+-- a claim reached them: a pool at zero replicas would start a pod only to cancel them. From
+-- the head of the queue, then of the delayed tasks already due (both counted in the depth),
+-- up to the first that may still run: one read each when none has expired. An entry without
+-- its record is dropped, as a claim drops it.
+local SWEPT_PER_REAP = 200
+local swept, looked = 0, 0
+local function sweep(key, head)
+  while looked < SWEPT_PER_REAP do
+    looked = looked + 1
+    local ids = head()
+    if #ids == 0 then return end
+    local id = ids[1]
+    local tk = task_key(id)
+    local f = redis.call('HMGET', tk, 'expires', 'created', 'ev', 'cp', 'started')
+    local expires = tonumber(f[1])
+    if not f[2] and redis.call('EXISTS', tk) == 0 then
+      redis.call('ZREM', key, id)
+    elseif not expires or now < expires then
+      return
+    else
+      redis.call('ZREM', key, id)
+      local what = 'not started'
+      if f[5] then what = 'not started again' end
+      expired(id, tk, now, {ev = f[3] or false, cp = f[4] or false}, expires, f[2], what, '')
+      swept = swept + 1
+    end
+  end
 end
+sweep(K_QUEUED, function() return redis.call('ZRANGE', K_QUEUED, 0, 0) end)
+sweep(K_DELAYED, function()
+  return redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, 1)
+end)
 return {counts[1], counts[2], counts[3], moved, swept}

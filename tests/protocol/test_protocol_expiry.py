@@ -226,3 +226,33 @@ async def test_the_reaper_stops_at_the_first_task_that_may_still_run(
     await past_expiry(redis, queue, stale)
     assert (await queue.reap_expired()).expired_waiting == 0
     assert (await queue.figures()).queued == 2
+
+
+async def test_the_reaper_ends_due_delayed_tasks_past_their_expiry_too(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """A delayed task already due counts in the depth until a claim moves it to the queue."""
+    task_id = await queue.submit({}, delay=0.05, expires=0.1)
+    await past_expiry(redis, queue, task_id)
+    assert (await queue.figures()).queued == 1
+    assert (await queue.reap_expired()).expired_waiting == 1
+    assert (await queue.figures()).queued == 0
+    info = await queue.get(task_id)
+    assert info is not None and info.state == "cancelled"
+
+
+async def test_the_reaper_passes_over_what_was_written_behind_the_protocols_back(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """An entry without its record is dropped, as a claim drops it; an expiry that is not a
+    number stops the sweep there, and the reap goes on."""
+    stale = await queue.submit({}, expires=0.05)
+    await past_expiry(redis, queue, stale)
+    await redis.zadd(queue.prefix + "queued", {"ghost": 0})
+    assert (await queue.reap_expired()).expired_waiting == 1
+    assert (await queue.figures()).queued == 0
+    odd = await queue.submit({})
+    await redis.hset(queue.task_key(odd), "expires", "soon")
+    assert (await queue.reap_expired()).expired_waiting == 0
+    assert (await queue.figures()).queued == 1
+    assert (await claim_one(queue, "w1")).id == odd  # the claim runs it, as one without
