@@ -165,6 +165,18 @@ def wait_failure(tasks: Sequence[TaskInfo], pending: Sequence[str],
     return "; ".join(parts) or None
 
 
+def show_waited(args: argparse.Namespace, queue: str, tasks: Sequence[TaskInfo],
+                pending: Sequence[str]) -> int:
+    """Print the outcomes of a wait for several tasks; the exit status: 0 only if every one
+    succeeded."""
+    print_view(args, waited_grid(queue, tasks, pending), waited_json(queue, tasks, pending))
+    problem = wait_failure(tasks, pending, args.timeout)
+    if problem:
+        error_line(problem)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 @command
 async def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.wait:
@@ -178,9 +190,4 @@ async def run(args: argparse.Namespace) -> int:
             print_view(args, submitted_grid(name, ids), submitted_json(name, ids))
             return EXIT_OK
         tasks, pending = await wait_all(queue, ids, args.timeout)
-    print_view(args, waited_grid(name, tasks, pending), waited_json(name, tasks, pending))
-    problem = wait_failure(tasks, pending, args.timeout)
-    if problem:
-        error_line(problem)
-        return EXIT_FAILED
-    return EXIT_OK
+    return show_waited(args, name, tasks, pending)

@@ -14,13 +14,12 @@ from agentpool.cli.common import (
     connect,
     error_line,
     number,
-    print_view,
     queue_name,
     task_id,
 )
 from agentpool.cli.get import print_task
-from agentpool.cli.submit import wait_all, wait_failure
-from agentpool.cli.views import ended_line, waited_grid, waited_json
+from agentpool.cli.submit import show_waited, wait_all
+from agentpool.cli.views import ended_line
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,12 +48,7 @@ async def run(args: argparse.Namespace) -> int:
     if len(ids) > 1:
         async with connect(args) as client:
             tasks, pending = await wait_all(client.queue(name), ids, args.timeout)
-        print_view(args, waited_grid(name, tasks, pending), waited_json(name, tasks, pending))
-        problem = wait_failure(tasks, pending, args.timeout)
-        if problem:
-            error_line(problem)
-            return EXIT_FAILED
-        return EXIT_OK
+        return show_waited(args, name, tasks, pending)
     async with connect(args) as client:
         try:
             info = await client.queue(name).wait(ids[0], args.timeout)

@@ -6,7 +6,8 @@
 -- report sent again gets the first one's answer.
 local id, token, err, retryable = ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local delay_ms, mode = tonumber(ARGV[6]), ARGV[7]
-local RETRY_EXPIRED = 'expired: no retry could start'
+local NO_RETRY = 'no retry could start'
+local RETRY_EXPIRED = 'expired: ' .. NO_RETRY  -- how expired() words it
 local tk = task_key(id)
 local f = redis.call('HMGET', tk, 'state', 'token', 'owner', 'attempts', 'cancel', 'score',
   'max', 'ev', 'cp', 'retry_of', 'expires', 'created')
@@ -44,7 +45,7 @@ if retryable and tonumber(f[4]) < max_attempts(f[7]) then
   if expires and now + delay_ms >= expires then
     -- The retry would come due past the task's expiry, when no claim may start it: it ends
     -- now, as expired, rather than wait in the delayed set (and keep its producer waiting).
-    expired(id, tk, now, fl, expires, f[12], 'no retry could start',
+    expired(id, tk, now, fl, expires, f[12], NO_RETRY,
       '; the last run failed: ' .. err)
     return 'expired'
   end
