@@ -338,9 +338,10 @@ async def test_replacements_stay_within_the_budget(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
 ) -> None:
     names = [f"bud-{i}" for i in range(3)]
+    now = time.time()  # one reading: timestamps keep whole seconds, so two could tie
     for index, name in enumerate(names):
         await cluster.create(PODS, pod_manifest("bud", name, pod_status(
-            ready=False, ready_since=time.time() - 60 - index)))
+            ready=False, ready_since=now - 60 - index)))
     await start_pool(
         cluster, redis_url, "bud", pods=3,
         worker={"image": "w:1", "handler": "m:f", "drainSeconds": 1},
