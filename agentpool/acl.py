@@ -71,7 +71,7 @@ SCRIPT_COMMANDS = (
     "zrevrange", "zrevrangebyscore", "zremrangebyscore",
     "sadd", "srem", "smembers", "scard",
     "llen", "rpush", "del", "publish", "spublish", "xadd", "xrevrange", "xdel", "pttl",
-    "pexpire",
+    "pexpire", "append",
 )
 """Every command the protocol's Lua scripts (agentpool/lua/*.lua) call (PUBLISH on Redis 6,
 SPUBLISH on 7 and later)."""
@@ -84,7 +84,7 @@ WORKER_DIRECT_COMMANDS = (
 the WAIT of replicated durability."""
 
 PRODUCER_COMMANDS = (
-    "time", "exists", "get", "set", "incr", "incrby", "expire", "persist",
+    "time", "exists", "get", "set", "incr", "incrby", "expire", "persist", "append",
     "hget", "hmget", "hgetall", "hset", "hincrby",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
     "scard", "llen", "rpush", "publish", "spublish", "xadd", "xread", "xrange",
@@ -94,8 +94,9 @@ PRODUCER_COMMANDS = (
 and outside them."""
 
 PRODUCER_WRITABLE_KEYS = ("t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake",
-                          "seq", "idem:*", "durable", "listening", "full")
-"""The keys a submit or a cancel writes (a cancel closes the task's event stream and sets the
+                          "seq", "idem:*", "durable", "listening", "full", "deferred", "next:*")
+"""The keys a submit or a cancel writes (a submit `after` other tasks appends its id to
+their ``next:`` keys and waits in ``deferred``; a cancel closes the task's event stream and sets the
 result TTL on the checkpoint of a task that was waiting for its next attempt, and first
 touches ``full``, a key that never exists, so that it runs when Redis is full: see
 ``run_when_full`` in common.lua), and the flag a producer waiting for results sets; every

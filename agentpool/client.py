@@ -426,6 +426,7 @@ class SyncQueue:
         max_attempts: int | None = None,
         expires: float | None = None,
         task_timeout: float | None = None,
+        after: Iterable[str] | None = None,
     ) -> str:
         blocking = self._client._parts()[2]
         queue = self.queue
@@ -434,11 +435,11 @@ class SyncQueue:
             return queue.submit_blocking(
                 blocking, payload, priority=priority, delay=delay,
                 idempotency_key=idempotency_key, max_attempts=max_attempts, expires=expires,
-                task_timeout=task_timeout,
+                task_timeout=task_timeout, after=after,
             )
         return self._client._call(queue.submit(
             payload, priority=priority, delay=delay, idempotency_key=idempotency_key,
-            max_attempts=max_attempts, expires=expires, task_timeout=task_timeout,
+            max_attempts=max_attempts, expires=expires, task_timeout=task_timeout, after=after,
         ))
 
     def submit_many(self, payloads: Iterable[Any], *, priority: int = 0, delay: float = 0,

@@ -55,9 +55,12 @@ def _definitions(common: str) -> list[_Definition]:
 
 
 def _names_used(text: str) -> set[str]:
-    """The identifiers `text` names in code (comments do not count; no string literal of the
-    scripts holds ``--``); a field after a dot (``f.ev``) is not a name."""
+    """The identifiers `text` names in code: neither comments nor string literals count (no
+    string literal of the scripts holds ``--`` or an escaped quote, so that a task field named
+    like a definition, ``'finished'``, brings no code in); a field after a dot (``f.ev``) is not
+    a name."""
     code = re.sub(r"--[^\n]*", "", text)
+    code = re.sub(r"'[^'\n]*'|\"[^\"\n]*\"", "''", code)
     return set(re.findall(r"(?<![\w.])[A-Za-z_]\w*", code))
 
 

@@ -73,6 +73,8 @@ MAX_TASK_TIMEOUT_SECONDS = 7 * 86400
 """The longest task timeout a pool or a task (taskTimeoutSeconds, submit's `task_timeout`)
 has."""
 MAX_ATTEMPTS_LIMIT = 100
+MAX_AFTER = 100
+"""The most tasks one task may run after (``submit(after=...)``)."""
 """The most attempts a task or a queue allows (a pool's maxAttempts, a worker's
 AGENTPOOL_MAX_ATTEMPTS)."""
 WORKER_LIVENESS_WINDOW = 30.0
@@ -85,8 +87,9 @@ QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 TASK_ID = re.compile(r"^[0-9a-f]{32}\Z")
 """What `submit` returns: a random UUID in 32 lowercase hexadecimal digits."""
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
-_STATE_SETS = {"queued": "queued", "delayed": "delayed", "running": "leases"}
-TASK_LIST_STATES = ("queued", "delayed", "running", "dead")
+_STATE_SETS = {"queued": "queued", "delayed": "delayed", "deferred": "deferred",
+               "running": "leases"}
+TASK_LIST_STATES = ("queued", "delayed", "deferred", "running", "dead")
 MAX_EVENT_BYTES = 65_536
 FINAL_EVENT = "final"
 """The kind of the event that closes a task's stream (data: ``{"state", "error"?}``)."""
@@ -217,6 +220,9 @@ class QueueFigures:
     used: bool = True
     """Something was ever submitted to the queue or a worker serves it; False for a name
     nobody used (a typo looks like an empty queue otherwise)."""
+    deferred: int = 0
+    """Tasks waiting for the tasks they run after (``submit(after=...)``): not runnable, so
+    neither in `queued` nor in the backlog the autoscaler reads."""
 
     @property
     def queued(self) -> int:
@@ -272,6 +278,9 @@ class TaskInfo:
     """When a run may no longer start (Redis time, ms): the submit's `expires`."""
     timeout_ms: int | None = None
     """How long one run of it may last (ms), if its submit gave a `task_timeout`."""
+    after: tuple[str, ...] = ()
+    """The tasks it runs after (its submit's `after`): it is ``deferred`` until they all
+    succeed."""
 
     @property
     def done(self) -> bool:
@@ -420,6 +429,31 @@ def compact_json(value: Any) -> tuple[str, int]:
         return raw, len(raw)
 
 
+def _after_arg(after: Iterable[str] | None) -> str:
+    """The submit script's `after` value: the ids, comma-separated, each once, in order."""
+    if after is None:
+        return ""
+    ids = [after] if isinstance(after, str) else list(after)
+    for task_id in ids:
+        if not isinstance(task_id, str) or not task_id or "," in task_id:
+            raise ProtocolError(f"after takes task ids, got {short_repr(task_id)}")
+    unique = list(dict.fromkeys(ids))
+    if len(unique) > MAX_AFTER:
+        raise ProtocolError(f"a task may run after at most {MAX_AFTER} tasks, got {len(unique)}")
+    return ",".join(unique)
+
+
+def _submitted(reply: tuple[int, str, int], queue: str) -> tuple[str, int]:
+    """(id, acked) of a submit, from the script's (created, id) and the replica count; a task
+    it was to run after that the queue does not know raises TaskNotFound."""
+    created, task_id, acked = reply
+    if created < 0:
+        raise TaskNotFound(
+            f"after: no task {task_id} in queue {queue} (never submitted, or finished longer "
+            "ago than the result TTL); nothing was submitted")
+    return task_id, acked
+
+
 def new_task_id() -> str:
     """A new task's id: 32 random hex digits (128 bits, as a UUID's hex form, without its
     version bits and for a quarter of the CPU)."""
@@ -517,7 +551,7 @@ class TaskQueue:
         self.replica_timeout = replica_timeout
         self.line = line
         self._scripts: dict[str, AsyncScript] = {}
-        self._submits: Coalescer[list[Any], tuple[str, int]] = Coalescer(
+        self._submits: Coalescer[list[Any], tuple[int, str, int]] = Coalescer(
             self._submit_group, line.limit if line is not None else DEFAULT_LINE_LIMIT,
             send_one=self._submit_one)
 
@@ -554,7 +588,8 @@ class TaskQueue:
     def _submit_args(self, payload: Any, priority: int, delay: float,
                      idempotency_key: str | None, max_attempts: int | None,
                      expires: float | None = None,
-                     task_timeout: float | None = None) -> list[Any]:
+                     task_timeout: float | None = None,
+                     after: Iterable[str] | None = None) -> list[Any]:
         if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
             raise ProtocolError(
                 f"priority must be an integer between 0 and {MAX_PRIORITY}, got {priority!r}"
@@ -576,6 +611,7 @@ class TaskQueue:
             new_task_id(), raw, priority, delay_ms,
             "" if max_attempts is None else max_attempts,
             idempotency_key or "", DEFAULT_IDEMPOTENCY_TTL, expires_ms, timeout_ms,
+            _after_arg(after),
         ]
 
     async def submit(
@@ -588,6 +624,7 @@ class TaskQueue:
         max_attempts: int | None = None,
         expires: float | None = None,
         task_timeout: float | None = None,
+        after: Iterable[str] | None = None,
     ) -> str:
         """Queue a task and return its id (the existing id for a known idempotency key).
 
@@ -598,20 +635,29 @@ class TaskQueue:
         run or any later one) is not run: it ends cancelled, its error saying it expired. A
         run of it lasting over `task_timeout` seconds is stopped and fails as one past the
         pool's task timeout does: a task's timeout may shorten the pool's, never lengthen it.
+
+        A task submitted `after` other tasks of this queue (their ids) waits, in the
+        ``deferred`` state, until they have all succeeded, and is then queued (a `delay`
+        counts from its submit). When one of them ends otherwise (dead-lettered, cancelled,
+        expired) it ends cancelled, saying which, and so do the tasks after it. An id the
+        queue does not know raises TaskNotFound, and nothing is stored.
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
-                                 expires, task_timeout)
-        task_id, acked = await self._submits.call(args, size=len(args[1]))
+                                 expires, task_timeout, after)
+        task_id, acked = _submitted(await self._submits.call(args, size=len(args[1])),
+                                    self.name)
         self._check_replicated("submit", acked, task_id)
         return task_id
 
-    async def _submit_one(self, args: list[Any]) -> tuple[str, int]:
+    async def _submit_one(self, args: list[Any]) -> tuple[int, str, int]:
         if self.durability is Durability.NONE:
-            return _s((await self._run("submit", *args))[1]), 1
+            reply = await self._run("submit", *args)
+            return int(reply[0]), _s(reply[1]), 1
         return (await self._submit_group([args]))[0]
 
-    async def _submit_group(self, group: Sequence[list[Any]]) -> list[tuple[str, int]]:
-        """One script call for concurrent submits (agentpool.coalesce): (id, acked) each."""
+    async def _submit_group(self, group: Sequence[list[Any]]) -> list[tuple[int, str, int]]:
+        """One script call for concurrent submits (agentpool.coalesce): (created, id, acked)
+        each, as the submit script answers."""
         flat = [value for args in group for value in args]
         if self.durability is Durability.NONE:
             reply, acked = await self._run("submit", *flat), 1
@@ -619,7 +665,8 @@ class TaskQueue:
             reply, _, acked = await _scripts_in_one_trip(
                 self.redis, [(self, "submit", flat), *self._durable_write()],
                 then=self._wait_commands())
-        return [(_s(reply[2 * i + 1]), int(acked)) for i in range(len(group))]
+        return [(int(reply[2 * i]), _s(reply[2 * i + 1]), int(acked))
+                for i in range(len(group))]
 
     def submit_blocking(
         self,
@@ -632,15 +679,16 @@ class TaskQueue:
         max_attempts: int | None = None,
         expires: float | None = None,
         task_timeout: float | None = None,
+        after: Iterable[str] | None = None,
     ) -> str:
         """:meth:`submit` through a blocking line to the same Redis (the blocking producer's
         path: one round trip, no event loop in between)."""
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
-                                 expires, task_timeout)
+                                 expires, task_timeout, after)
         script = self._script("submit")
-        reply = line.run(script.sha, script.script, [self.prefix + "queued"],
-                         [self.prefix, *args])
-        return _s(cast(list[Any], reply)[1])
+        reply = cast(list[Any], line.run(script.sha, script.script, [self.prefix + "queued"],
+                                         [self.prefix, *args]))
+        return _submitted((int(reply[0]), _s(reply[1]), 1), self.name)[0]
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
                           delay: float = 0, max_attempts: int | None = None,
@@ -1133,7 +1181,8 @@ class TaskQueue:
 
     async def list_tasks(self, state: str, limit: int = 100) -> list[TaskInfo]:
         """Up to `limit` tasks in one of TASK_LIST_STATES (read-only): queued in claim order,
-        delayed by due time, running by lease expiry, dead newest first."""
+        delayed by due time, deferred in submit order, running by lease expiry, dead newest
+        first."""
         if state == "dead":
             return await self.dead_letters(limit)
         ids = await self.redis.zrange(self.prefix + _STATE_SETS[state], 0, limit - 1)
@@ -1308,6 +1357,7 @@ def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:
         progress=_progress(f.get("progress")),
         expires_ms=_opt_int(f.get("expires")),
         timeout_ms=_opt_int(f.get("timeout")),
+        after=tuple(_s(f["after"]).split(",")) if f.get("after") else (),
     )
 
 
@@ -1326,14 +1376,14 @@ def _task_event(entry_id: Any, fields: Mapping[Any, Any]) -> TaskEvent:
 
 
 def _queue_figures(reply: Sequence[Any]) -> QueueFigures:
-    per, due, delayed, in_flight, dead, workers, stats, used = reply
+    per, due, delayed, in_flight, dead, workers, stats, used, deferred = reply
     flat = [_s(x) for x in stats]
     return QueueFigures(
         queued_by_priority={prio: int(n) for prio, n in enumerate(per)},
         due_delayed=int(due), delayed=int(delayed), in_flight=int(in_flight),
         dead=int(dead), workers=int(workers),
         stats={flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)},
-        used=bool(used),
+        used=bool(used), deferred=int(deferred),
     )
 
 
@@ -1519,7 +1569,7 @@ _PAGE_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "f
                 "error", "owner", "max", "progress")
 """The fields of a task that task_page.lua reads, in its order."""
 _VIEW_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "finished",
-                "result", "error", "owner", "max", "progress", "expires", "timeout")
+                "result", "error", "owner", "max", "progress", "expires", "timeout", "after")
 """The fields of a task that task_view.lua reads, in its order."""
 
 

@@ -27,10 +27,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "cancel",
         help="cancel a task",
-        description="Cancel a task. A queued, delayed or dead task is cancelled at once; a "
-        "running task is flagged and its worker stops it at its next heartbeat. Exit 1 if "
-        "the task is unknown or already finished. With --waiting instead of a task id, "
-        "cancel every task of the queue waiting to run (queued, delayed or waiting to be "
+        description="Cancel a task. A queued, delayed, deferred or dead task is cancelled at "
+        "once; a running task is flagged and its worker stops it at its next heartbeat. The "
+        "tasks submitted to run after a cancelled one end cancelled too. Exit 1 if the task "
+        "is unknown or already finished. With --waiting instead of a task id, cancel every "
+        "task of the queue waiting to run (queued, delayed, deferred or waiting to be "
         "retried) that was submitted before the command; running tasks go on.",
     )
     add_queue_options(parser)

@@ -66,6 +66,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "pool's taskTimeoutSeconds does (which still applies when shorter)")
     parser.add_argument("--idempotency-key", metavar="KEY",
                         help="a key seen before returns the existing task's id (single task)")
+    parser.add_argument("--after", action="append", metavar="TASK_ID",
+                        help="run only once this task of the queue has succeeded; the task "
+                        "ends cancelled if it ends otherwise (repeatable: after all of them)")
     parser.add_argument("--max-attempts", type=int, metavar="N",
                         help="attempts before dead-lettering (default: the pool's setting)")
     parser.add_argument("--wait", action="store_true",
@@ -124,15 +127,17 @@ def read_payloads(args: argparse.Namespace) -> list[Any]:
 
 async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
                      args: argparse.Namespace) -> list[str]:
-    """One submit with every option, or batches of many in order."""
+    """One submit with every option, or batches of many in order (submits after other tasks
+    are sent together, gathered into few calls by the queue)."""
     if args.idempotency_key and len(payloads) > 1:
         raise UsageError("--idempotency-key names one task; it cannot be used with "
                          f"{len(payloads)} payloads")
-    if len(payloads) == 1:
-        return [await queue.submit(payloads[0], priority=args.priority, delay=args.delay,
-                                   idempotency_key=args.idempotency_key,
-                                   max_attempts=args.max_attempts, expires=args.expires,
-                                   task_timeout=args.task_timeout)]
+    if len(payloads) == 1 or args.after:
+        return list(await asyncio.gather(*(
+            queue.submit(payload, priority=args.priority, delay=args.delay,
+                         idempotency_key=args.idempotency_key, max_attempts=args.max_attempts,
+                         expires=args.expires, task_timeout=args.task_timeout, after=args.after)
+            for payload in payloads)))
     return await queue.submit_many(payloads, priority=args.priority, delay=args.delay,
                                    max_attempts=args.max_attempts, expires=args.expires,
                                    task_timeout=args.task_timeout)

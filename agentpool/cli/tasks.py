@@ -26,13 +26,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tasks",
         help="list tasks by state",
         description="List a queue's tasks by state: queued (in claim order), delayed (by due "
-        "time), running (by lease expiry), dead (newest first). Finished tasks are not "
+        "time), deferred (waiting for the tasks they run after, in submit order), running "
+        "(by lease expiry), dead (newest first). Finished tasks are not "
         "listed; read one with `get`. Exit 1 if nothing was ever submitted to the queue and "
         "no worker serves it.",
     )
     add_queue_options(parser)
     parser.add_argument("-s", "--state", action="append", choices=TASK_LIST_STATES,
-                        help="only this state (repeatable; default: all four)")
+                        help="only this state (repeatable; default: all five)")
     parser.add_argument("--limit", type=int, default=20,
                         help="at most this many tasks per state (default 20)")
     add_output_option(parser)

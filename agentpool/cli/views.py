@@ -142,6 +142,7 @@ def task_json(queue: str, info: TaskInfo) -> dict[str, Any]:
         "finished": iso_ms(info.finished_ms),
         "expires": iso_ms(info.expires_ms),
         "timeout_seconds": None if info.timeout_ms is None else info.timeout_ms / 1000,
+        "after": list(info.after),
         "owner": info.owner,
         "error": info.error,
         "payload": info.payload,
@@ -199,6 +200,8 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float) -> Grid:
         *([["Timeout", f"{seconds_text(info.timeout_ms / 1000)} s per run (or the pool's task "
                        "timeout, if shorter)"]]
           if info.timeout_ms is not None else []),
+        *([["After", f"{', '.join(info.after)} (runs once they have all succeeded)"]]
+          if info.after else []),
         ["Owner", info.owner or "-"],
         ["Error", info.error or "-"],
         ["Progress", format_progress(info.progress)],
@@ -283,6 +286,7 @@ def figures_json(queue: str, figures: QueueFigures,
         "queued": figures.queued,
         "queued_by_priority": {str(p): n for p, n in _queued_priorities(figures)},
         "delayed": figures.delayed,
+        "deferred": figures.deferred,
         "in_flight": figures.in_flight,
         "dead": figures.dead,
         "workers": figures.workers,
@@ -318,6 +322,7 @@ def figures_grid(queue: str, figures: QueueFigures, rates: Rates | None = None) 
     rows = [
         ["Queued", queued],
         ["Delayed", str(figures.delayed)],
+        ["Deferred", str(figures.deferred)],
         ["In flight", str(figures.in_flight)],
         ["Dead", str(figures.dead)],
         ["Workers", str(figures.workers)],
@@ -494,6 +499,7 @@ def state_totals(figures: QueueFigures) -> dict[str, int]:
     return {
         "queued": sum(figures.queued_by_priority.values()),
         "delayed": figures.due_delayed + figures.delayed,
+        "deferred": figures.deferred,
         "running": figures.in_flight,
         "dead": figures.dead,
     }

@@ -5,15 +5,16 @@
 run_when_full()
 local id, call = ARGV[2], ARGV[3]
 local tk = task_key(id)
-local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'cancelcall')
+local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'cancelcall', 'dn')
 local state = f[1]
 if not state then return 'unknown' end
 local now = now_ms()
-if state == 'queued' or state == 'delayed' or state == 'dead' then
+if state == 'queued' or state == 'delayed' or state == 'dead' or state == 'deferred' then
   redis.call('ZREM', K_QUEUED, id)
   redis.call('ZREM', K_DELAYED, id)
   redis.call('ZREM', K_DEAD, id)
-  cancelled(id, tk, now, {ev = f[2], cp = f[3]}, call)
+  redis.call('ZREM', K_DEFERRED, id)
+  cancelled(id, tk, now, {ev = f[2], cp = f[3], dn = f[5]}, call)
   return 'cancelled'
 end
 if state == 'running' then

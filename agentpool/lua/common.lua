@@ -5,8 +5,9 @@
 -- 'done' shard channel) built as P .. <suffix>, task and worker ids included. Queue names hold
 -- no braces, so the first {...} of each such name is {queue}: its slot is that of KEYS[1],
 -- and a script never touches another queue or leaves the node that runs it.
--- A task's hash carries flags that spare a lookup per task: 'ev' (it has an event stream) and
--- 'cp' (it has a checkpoint), set by the scripts that create them.
+-- A task's hash carries flags that spare a lookup per task: 'ev' (it has an event stream),
+-- 'cp' (it has a checkpoint) and 'dn' (tasks wait for it to succeed, listed in its 'next:'
+-- key), set by the scripts that create them.
 local P = ARGV[1]
 local K_QUEUED = P .. 'queued'
 local K_DELAYED = P .. 'delayed'
@@ -20,6 +21,7 @@ local K_SEQ = P .. 'seq'
 local K_CONFIG = P .. 'config'
 local K_DONE = P .. 'done'
 local K_LISTENING = P .. 'listening'
+local K_DEFERRED = P .. 'deferred'
 local WAKE_BURST = 64
 local DEFAULT_MAX_ATTEMPTS = 3
 local DEFAULT_RESULT_TTL = 86400
@@ -45,6 +47,7 @@ local function owner_key(worker) return P .. 'owner:' .. worker end
 local function worker_key(worker) return P .. 'w:' .. worker end
 local function events_key(id) return P .. 'ev:' .. id end
 local function checkpoint_key(id) return P .. 'cp:' .. id end
+local function next_key(id) return P .. 'next:' .. id end
 
 -- A submit can reach Redis twice: its connection was lost after Redis ran it and the client
 -- sent it again, or a failover carried its write to the new primary before the client sent
@@ -125,10 +128,14 @@ end
 
 -- A task reached a final state (succeeded, dead, cancelled): keep it for the result TTL
 -- (dead tasks stay until purged) and tell waiting producers. `f` holds the task's 'ev' and
--- 'cp' flags (read by the caller); `extra` more field/value pairs for the same HSET; `count`
--- false when the caller counts the outcome in the stats itself (a batch).
+-- 'cp' flags (read by the caller) and may hold 'dn' (read here when it does not); `extra`
+-- more field/value pairs for the same HSET; `count` false when the caller counts the outcome
+-- in the stats itself (a batch).
 -- A task's event stream (when it has one) ends with a 'final' event written in the same step,
 -- so a follower knows it has seen everything; the stream lives as long as the task.
+-- The tasks submitted to run after it (submit.lua) learn the outcome in the same step: when it
+-- succeeded, each one whose last dependency it was goes to the queue (or the delayed set, until
+-- its own delay from its submit has passed); otherwise they end cancelled, and theirs in turn.
 local function finished(id, tk, state, now, f, extra, count)
   if extra then
     redis.call('HSET', tk, 'state', state, 'finished', now, unpack(extra))
@@ -158,6 +165,35 @@ local function finished(id, tk, state, now, f, extra, count)
   end
   if count ~= false then redis.call('HINCRBY', K_STATS, state, 1) end
   announce(id)
+  local dn = f.dn
+  if dn == nil then dn = redis.call('HGET', tk, 'dn') end
+  if not dn then return end
+  local nk = next_key(id)
+  local waiting = redis.call('GET', nk)
+  redis.call('EXPIRE', nk, result_ttl())
+  if not waiting then return end
+  for child in string.gmatch(waiting, '[^,]+') do
+    local ck = task_key(child)
+    local c = redis.call('HMGET', ck, 'state', 'score', 'due', 'ev', 'cp', 'dn')
+    if c[1] == 'deferred' then
+      if state ~= 'succeeded' then
+        redis.call('ZREM', K_DEFERRED, child)
+        finished(child, ck, 'cancelled', now, {ev = c[4], cp = c[5], dn = c[6]},
+          {'error', 'cancelled: the task ' .. id .. ' it runs after ended ' .. state})
+      elseif redis.call('HINCRBY', ck, 'waits', -1) <= 0 then
+        redis.call('ZREM', K_DEFERRED, child)
+        local due = tonumber(c[3])
+        if due and due > now then
+          redis.call('HSET', ck, 'state', 'delayed')
+          redis.call('ZADD', K_DELAYED, due, child)
+        else
+          redis.call('HSET', ck, 'state', 'queued')
+          redis.call('ZADD', K_QUEUED, c[2], child)
+          wake(1)
+        end
+      end
+    end
+  end
 end
 
 -- `call`: the id of the producer's cancel call, kept so the same call sent again is known.

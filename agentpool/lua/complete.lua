@@ -10,7 +10,8 @@ local now = now_ms()
 local out, ids, owners, fields, results = {}, {}, {}, {}, {}
 for i = 2, #ARGV, 3 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local f = redis.call('HMGET', task_key(id), 'state', 'token', 'owner', 'error', 'ev', 'cp')
+  local f = redis.call('HMGET', task_key(id), 'state', 'token', 'owner', 'error', 'ev', 'cp',
+    'dn')
   if f[2] == token and f[1] == 'succeeded' then
     out[#out + 1] = 1  -- this completion sent again (its reply was lost): recorded already
   elseif f[1] ~= 'running' or f[2] ~= token then
@@ -35,7 +36,8 @@ for n = 1, #ids do
   local id, f = ids[n], fields[n]
   local tk = task_key(id)
   if f[4] then redis.call('HDEL', tk, 'error') end
-  finished(id, tk, 'succeeded', now, {ev = f[5], cp = f[6]}, {'result', results[n]}, false)
+  finished(id, tk, 'succeeded', now, {ev = f[5], cp = f[6], dn = f[7]}, {'result', results[n]},
+    false)
 end
 redis.call('HINCRBY', K_STATS, 'succeeded', #ids)
 return out

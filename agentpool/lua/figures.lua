@@ -1,6 +1,7 @@
 -- ARGV: prefix, worker liveness window ms
 -- Returns {queued per priority 0..9, due delayed, delayed not yet due, in flight, dead,
---          live workers, stats as a flat list, used (1|0)}.
+--          live workers, stats as a flat list, used (1|0), deferred (waiting for the tasks
+--          they run after)}.
 -- The stats' 'submitted' is the submit sequence: every submit takes one number of it.
 local window = tonumber(ARGV[2])
 local now = now_ms()
@@ -33,4 +34,5 @@ return {
   redis.call('ZCOUNT', K_WORKERS, now - window, '+inf'),
   stats,
   queue_used(),
+  redis.call('ZCARD', K_DEFERRED),
 }

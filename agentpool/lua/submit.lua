@@ -1,12 +1,17 @@
--- ARGV: prefix, then 9 values per task: id, payload, priority, delay_ms, max_attempts
+-- ARGV: prefix, then 10 values per task: id, payload, priority, delay_ms, max_attempts
 --       ('' = queue default), idempotency key ('' = none), idempotency ttl seconds,
 --       expires_ms after the submit ('' = never: see claim.lua), timeout_ms of a run ('' =
---       the pool's task timeout: the worker keeps the shorter of the two).
+--       the pool's task timeout: the worker keeps the shorter of the two), the ids of the
+--       tasks of this queue it runs after, comma-separated ('' = none).
 -- One task, or a group of single submits sent together (agentpool/coalesce.py), each with
--- its own options. Returns {created (1|0), id} per task, flattened: created 0 when the
+-- its own options. Returns {created (1|0|-1), id} per task, flattened: created 0 when the
 -- idempotency key already names a task (the existing task's id) or the task exists already
--- (the same submit sent again).
-local FIELDS = 9
+-- (the same submit sent again); -1 when a task it runs after does not exist (that task's id):
+-- nothing of it is stored.
+-- A task that runs after others waits in the 'deferred' state, out of the queue, until the
+-- last of them succeeds; it ends cancelled as soon as one of them ends otherwise (at once when
+-- one already has). Its id is appended to each one's 'next:' key (finished() in common.lua).
+local FIELDS = 10
 if (#ARGV - 1) % FIELDS ~= 0 then
   return redis.error_reply('submit: ARGV is the prefix and ' .. FIELDS .. ' values per task')
 end
@@ -15,15 +20,41 @@ local replies = {}
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 + (i - 1) * FIELDS] end
 local again = submitted_before(ids)
+-- Of a task's comma-separated `after` ids, those not finished yet, the first that ended
+-- otherwise than succeeded (and how) and the first that does not exist.
+local function dependencies(after)
+  local open, failed, how, missing, seen = {}, nil, nil, nil, {}
+  for parent in string.gmatch(after, '[^,]+') do
+    if not seen[parent] then
+      seen[parent] = true
+      local state = redis.call('HGET', task_key(parent), 'state')
+      if not state then
+        missing = missing or parent
+      elseif state == 'dead' or state == 'cancelled' then
+        if not failed then failed, how = parent, state end
+      elseif state ~= 'succeeded' then
+        open[#open + 1] = parent
+      end
+    end
+  end
+  return open, failed, how, missing
+end
 -- First every idempotency key (a key given twice in one group names the first one's task),
 -- so that one INCRBY numbers the tasks that are created.
-local created, seen = 0, {}
+local created, seen, plans = 0, {}, {}
 for i = 1, n do
   local at = 1 + (i - 1) * FIELDS
-  local id, idem = ARGV[at + 1], ARGV[at + 6]
-  local existing
+  local id, idem, after = ARGV[at + 1], ARGV[at + 6], ARGV[at + 10]
+  local existing, missing
+  if after ~= '' and not again[id] then
+    local open, failed, how
+    open, failed, how, missing = dependencies(after)
+    plans[i] = {open = open, failed = failed, how = how}
+  end
   if again[id] then
     existing = id
+  elseif missing then
+    replies[2 * i - 1], replies[2 * i] = -1, missing
   elseif idem ~= '' then
     existing = seen[idem]
     if not existing then
@@ -37,7 +68,9 @@ for i = 1, n do
       end
     end
   end
-  if existing then
+  if missing then
+    -- refused: its reply is set
+  elseif existing then
     replies[2 * i - 1], replies[2 * i] = 0, existing
   else
     replies[2 * i - 1], replies[2 * i] = 1, id
@@ -53,7 +86,7 @@ for i = 1, n do
     local at = 1 + (i - 1) * FIELDS
     local id, payload, prio = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
     local delay_ms, max, idem = tonumber(ARGV[at + 4]), ARGV[at + 5], ARGV[at + 6]
-    local expires_ms, timeout_ms = ARGV[at + 8], ARGV[at + 9]
+    local expires_ms, timeout_ms, after = ARGV[at + 8], ARGV[at + 9], ARGV[at + 10]
     seq = seq + 1
     local score = (9 - prio) * 1099511627776 + seq
     -- No 'id' (the key names it) and no 'attempts' until the first claim (a missing count
@@ -75,7 +108,32 @@ for i = 1, n do
       fields[#fields + 1] = 'timeout'
       fields[#fields + 1] = timeout_ms
     end
-    if delay_ms > 0 then
+    local plan = plans[i]
+    if plan then
+      fields[#fields + 1] = 'after'
+      fields[#fields + 1] = after
+    end
+    local tk = task_key(id)
+    if plan and plan.failed then
+      -- as finished() ends a task; no producer can be waiting for this one yet
+      redis.call('HSET', tk, 'state', 'cancelled', 'finished', now, 'error',
+        'cancelled: the task ' .. plan.failed .. ' it runs after ended ' .. plan.how,
+        unpack(fields))
+      redis.call('EXPIRE', tk, result_ttl())
+      redis.call('HINCRBY', K_STATS, 'cancelled', 1)
+    elseif plan and #plan.open > 0 then
+      local open = plan.open
+      if delay_ms > 0 then
+        fields[#fields + 1] = 'due'
+        fields[#fields + 1] = now + delay_ms
+      end
+      redis.call('HSET', tk, 'state', 'deferred', 'waits', #open, unpack(fields))
+      redis.call('ZADD', K_DEFERRED, seq, id)
+      for _, parent in ipairs(open) do
+        redis.call('APPEND', next_key(parent), id .. ',')
+        redis.call('HSET', task_key(parent), 'dn', '1')
+      end
+    elseif delay_ms > 0 then
       redis.call('HSET', task_key(id), 'state', 'delayed', 'due', now + delay_ms,
         unpack(fields))
       delayed[#delayed + 1] = now + delay_ms

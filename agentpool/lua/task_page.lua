@@ -1,4 +1,4 @@
--- ARGV: prefix, set ('queued' | 'delayed' | 'leases' | 'dead'), offset, limit, newest first (1|0),
+-- ARGV: prefix, set ('queued' | 'delayed' | 'deferred' | 'leases' | 'dead'), offset, limit, newest first (1|0),
 -- preview bytes
 -- Read-only. Returns {size of the set, then per task of the page: id, the fields a task list
 -- shows (state, payload, attempts, prio, created, started, finished, error, owner, max,

@@ -6,7 +6,7 @@
 local cut = tonumber(ARGV[3])
 local f = redis.call('HMGET', task_key(ARGV[2]), 'state', 'payload', 'attempts', 'prio',
   'created', 'started', 'finished', 'result', 'error', 'owner', 'max', 'progress', 'expires',
-  'timeout')
+  'timeout', 'after')
 local sizes = {0, 0, 0}
 for i, at in ipairs({2, 8, 9}) do
   if f[at] then

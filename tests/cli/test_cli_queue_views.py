@@ -17,7 +17,8 @@ from agentpool.redis_server import RedisServer
 
 
 async def mixed_queue(q: TaskQueue) -> dict[str, list[str]]:
-    """Two queued (priorities 0 and 5), one delayed, one running, one dead, one succeeded."""
+    """Two queued (priorities 0 and 5), one delayed, one deferred (after the running one), one
+    running, one dead, one succeeded."""
     dead = await make_dead(q, [{"k": "dead"}])
     low = await q.submit({"k": "low"})
     high = await q.submit({"k": "high"}, priority=5)
@@ -28,7 +29,9 @@ async def mixed_queue(q: TaskQueue) -> dict[str, list[str]]:
     [claimed] = (await q.claim("pod-a:i1", 1, 30)).tasks
     await q.complete(claimed, "ok")
     delayed = await q.submit({"k": "later"}, delay=300)
-    return {"queued": [high, low], "delayed": [delayed], "running": [running],
+    deferred = await q.submit({"k": "next"}, after=[running])
+    return {"queued": [high, low], "delayed": [delayed], "deferred": [deferred],
+            "running": [running],
             "dead": dead, "succeeded": [done]}
 
 
@@ -36,15 +39,16 @@ def test_stats_table_and_json(cli: Cli) -> None:
     with_queue(cli.redis_url, cli.queue, mixed_queue)
     table = key_values(cli.ok("stats").out)
     assert table["Queued"] == "2 (p5: 1, p0: 1)"
-    assert (table["Delayed"], table["In flight"], table["Dead"]) == ("1", "1", "1")
-    assert table["Submitted (total)"] == "6"
+    assert (table["Delayed"], table["Deferred"], table["In flight"], table["Dead"]) == (
+        "1", "1", "1", "1")
+    assert table["Submitted (total)"] == "7"
     assert table["Succeeded (total)"] == "1"
     assert table["Failed runs (total)"] == "1"
     doc = cli.ok("stats", "-o", "json").json()
     assert doc["queued"] == 2
     assert doc["queued_by_priority"] == {"5": 1, "0": 1}
-    assert (doc["delayed"], doc["in_flight"], doc["dead"]) == (1, 1, 1)
-    assert doc["counters"]["submitted"] == 6
+    assert (doc["delayed"], doc["deferred"], doc["in_flight"], doc["dead"]) == (1, 1, 1, 1)
+    assert doc["counters"]["submitted"] == 7
     assert "rates" not in doc
 
 
@@ -55,7 +59,7 @@ def test_tasks_lists_each_state_in_order(cli: Cli) -> None:
     for task in doc["tasks"]:
         by_state.setdefault(task["state"], []).append(task["id"])
     assert by_state == {k: v for k, v in ids.items() if k != "succeeded"}
-    assert doc["totals"] == {"queued": 2, "delayed": 1, "running": 1, "dead": 1}
+    assert doc["totals"] == {"queued": 2, "delayed": 1, "deferred": 1, "running": 1, "dead": 1}
     running = next(t for t in doc["tasks"] if t["state"] == "running")
     assert running["owner"] == "pod-a:i1"
 
@@ -77,7 +81,7 @@ def test_tasks_of_an_empty_queue(cli: Cli) -> None:
     with_queue(cli.redis_url, cli.queue, used_then_emptied)
     out = cli.ok("tasks").out
     assert out.splitlines() == [f"{s} in {cli.queue}: 0"
-                                for s in ("Queued", "Delayed", "Running", "Dead")]
+                                for s in ("Queued", "Delayed", "Deferred", "Running", "Dead")]
 
 
 def test_dead_list_table_and_json(cli: Cli) -> None:

@@ -245,3 +245,25 @@ def test_submit_help_states_what_a_payload_may_be(capsys: pytest.CaptureFixture[
     text = " ".join(capsys.readouterr().out.split())
     assert "A payload is any JSON value: an object, a list, a string (a prompt)" in text
     assert "at most 1 MiB (1048576 bytes) encoded as JSON" in text
+
+
+def test_submit_after_other_tasks_defers_each_payload_and_get_shows_it(cli: Cli) -> None:
+    first, second = cli.ok("submit", "--json", "1", "--json", "2", "-o", "json").json()["ids"]
+    doc = cli.ok("submit", "--json", '"a"', "--json", '"b"', "--after", first,
+                 "--after", second, "-o", "json").json()
+    infos = [with_queue(cli.redis_url, cli.queue, lambda q, i=i: q.get(i)) for i in doc["ids"]]
+    assert [(i.payload, i.state, i.after) for i in infos if i] == [
+        ("a", "deferred", (first, second)), ("b", "deferred", (first, second))]
+    shown = cli.ok("get", doc["ids"][0]).out
+    assert f"After     {first}, {second} (runs once they have all succeeded)" in shown
+    assert cli.ok("get", doc["ids"][0], "-o", "json").json()["after"] == [first, second]
+
+
+def test_submit_after_an_unknown_task_fails_in_one_line(cli: Cli) -> None:
+    cli.ok("submit", "--json", "1")
+    result = cli("submit", "--json", "2", "--after", "feedbeef")
+    assert result.code == 1
+    assert result.err_lines == [
+        f"agentpool: after: no task feedbeef in queue {cli.queue} (never submitted, or "
+        "finished longer ago than the result TTL); nothing was submitted"]
+    assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).stats["submitted"] == 1

@@ -37,7 +37,7 @@ def test_get_json_has_every_field(cli: Cli) -> None:
     assert doc["created"].endswith("+00:00")
     assert set(doc) == {"id", "queue", "state", "priority", "attempts", "max_attempts",
                         "created", "started", "finished", "expires", "timeout_seconds",
-                        "owner", "error",
+                        "after", "owner", "error",
                         "payload", "result", "progress"}
 
 

@@ -399,6 +399,18 @@ def test_a_task_with_a_timeout_of_its_own_shows_it(console: Console, page: Page)
         "2.5 s per run (or the pool's task timeout, if shorter)")
 
 
+def test_a_task_after_another_shows_it_and_ends_with_it(console: Console, page: Page) -> None:
+    first = console.submit({"echo": "later"}, delay=3600)
+    second = console.submit({"echo": "next"}, after=[first])
+    page.goto(f"{console.url}queues/{console.queue}/tasks/{second}")
+    expect(page.locator("#task-state")).to_have_text("deferred", timeout=LIVE)
+    expect(page.locator("dl.detail dt:text-is('After') + dd")).to_have_text(
+        f"{first} (runs once they have all succeeded)")
+    with SyncClient.from_url(console.redis_url) as client:
+        client.queue(console.queue).cancel(first)
+    expect(page.locator("#task-state")).to_have_text("cancelled", timeout=LIVE)
+
+
 def test_a_script_in_a_payload_or_error_renders_as_text(console: Console, page: Page) -> None:
     script = "<script>alert(1)</script>"
     image = '<img src=x onerror="alert(2)">'

@@ -259,3 +259,25 @@ async def snapshot(redis: aioredis.Redis, queue: TaskQueue) -> dict[str, object]
         else:
             out[key.decode()] = await redis.get(key)
     return out
+
+
+async def test_tasks_run_after_others_under_the_producer_and_worker_users(
+    connect_as: Connect, queue_name: str,
+) -> None:
+    """A producer's submit `after` others writes their `next:` keys and the deferred set; its
+    cancel ends the tasks after the cancelled one; a worker's completion releases them."""
+    producer = TaskQueue(await connect_as(queue_name, Role.PRODUCER), queue_name)
+    worker = TaskQueue(await connect_as(queue_name, Role.WORKER), queue_name)
+    first, doomed = await producer.submit({"n": 1}), await producer.submit({"n": 2})
+    second = await producer.submit({"n": 3}, after=[first])
+    third = await producer.submit({"n": 4}, after=[second, doomed])
+    assert (await producer.figures()).deferred == 2
+
+    assert await producer.cancel(doomed) == "cancelled"
+    batch = await worker.claim("pod-a:i1", 1, 30)
+    assert [t.id for t in batch.tasks] == [first]
+    assert await worker.complete(batch.tasks[0], "ok")
+    batch = await worker.claim("pod-a:i1", 1, 30)
+    assert [t.id for t in batch.tasks] == [second]
+    states = {i.id: i.state for i in await producer.get_many([first, second, third])}
+    assert states == {first: "succeeded", second: "running", third: "cancelled"}

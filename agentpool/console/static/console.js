@@ -366,7 +366,8 @@ function taskPage(queue, id) {
         ["Queue", t.queue], ["Priority", t.priority], ["Attempts", t.max_attempts ? `${t.attempts} of ${t.max_attempts}` : t.attempts],
         ["Owner", show(t.owner)], ["Created", show(t.created)], ["Started", show(t.started)],
         ["Finished", show(t.finished)], ...(t.expires ? [["Expires", t.expires]] : []),
-        ...(t.timeout_seconds != null ? [["Timeout", `${t.timeout_seconds} s per run (or the pool's task timeout, if shorter)`]] : [])
+        ...(t.timeout_seconds != null ? [["Timeout", `${t.timeout_seconds} s per run (or the pool's task timeout, if shorter)`]] : []),
+        ...(t.after && t.after.length ? [["After", `${t.after.join(", ")} (runs once they have all succeeded)`]] : [])
       ].flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, String(v))])));
     // a final task keeps the outcome of its cancel in view
     if (actions && running) actions.hidden = false;

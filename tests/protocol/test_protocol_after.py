@@ -1,0 +1,242 @@
+"""Tasks that run after others (``submit(after=[...])``): deferred until every one of them has
+succeeded, cancelled as soon as one ends otherwise, on a real Redis (standalone, Sentinel and
+Cluster through the `queue` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from protocol_helpers import claim_one, claim_within, fail_until_dead, queued_ids, task_keys
+
+from agentpool.client import SyncClient
+from agentpool.protocol import (
+    MAX_AFTER,
+    CancelOutcome,
+    ProtocolError,
+    TaskNotFound,
+    TaskQueue,
+)
+
+
+async def run(queue: TaskQueue, task_id: str, result: object = "ok") -> None:
+    task = await claim_within(queue, "w1")
+    assert task.id == task_id, f"claimed {task.id}, expected {task_id}"
+    assert await queue.complete(task, result)
+
+
+async def state(queue: TaskQueue, task_id: str) -> str:
+    info = await queue.get(task_id)
+    assert info is not None
+    return info.state
+
+
+async def test_a_task_waits_out_of_the_queue_until_the_task_it_runs_after_succeeds(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    first = await queue.submit({"step": 1})
+    second = await queue.submit({"step": 2}, after=[first])
+    info = await queue.get(second)
+    assert info is not None and info.state == "deferred" and info.after == (first,)
+    figures = await queue.figures()
+    assert (figures.deferred, figures.queued) == (1, 1), "a deferred task is not runnable"
+    assert await queued_ids(redis, queue) == [first]
+
+    task = await claim_one(queue, "w1")
+    assert task.id == first
+    assert (await queue.claim("w2", 4, 30)).tasks == [], "nothing else may run yet"
+    assert await queue.complete(task, "planned")
+
+    assert await state(queue, second) == "queued"
+    assert (await queue.figures()).deferred == 0
+    await run(queue, second)
+    assert await state(queue, second) == "succeeded"
+
+
+async def test_a_task_after_several_runs_once_the_last_of_them_succeeds(
+    queue: TaskQueue,
+) -> None:
+    parts = await queue.submit_many([{"part": n} for n in range(3)])
+    summary = await queue.submit({"summarise": parts}, after=parts)
+    for part in parts[:2]:
+        await run(queue, part)
+        assert await state(queue, summary) == "deferred"
+    await run(queue, parts[2])
+    await run(queue, summary)
+    results = [i.result for i in await queue.get_many(parts)]
+    assert results == ["ok", "ok", "ok"]
+
+
+async def test_a_dead_lettered_task_cancels_the_chain_after_it(queue: TaskQueue) -> None:
+    first = await queue.submit({"step": 1}, max_attempts=2)
+    second = await queue.submit({"step": 2}, after=[first])
+    third = await queue.submit({"step": 3}, after=[second])
+    unrelated = await queue.submit({"other": True})
+    await fail_until_dead(queue, "w1", first)
+
+    for task_id, before in ((second, first), (third, second)):
+        info = await queue.get(task_id)
+        assert info is not None and info.state == "cancelled" and info.attempts == 0
+        assert info.error == f"cancelled: the task {before} it runs after ended " + (
+            "dead" if before == first else "cancelled")
+    figures = await queue.figures()
+    assert (figures.deferred, figures.stats.get("cancelled")) == (0, 2)
+    assert (await claim_one(queue, "w1")).id == unrelated, "the others still run"
+
+
+async def test_a_cancelled_or_expired_task_cancels_the_tasks_after_it(
+    queue: TaskQueue,
+) -> None:
+    cancelled = await queue.submit({"n": 1})
+    expiring = await queue.submit({"n": 2}, expires=0.05)
+    after_cancelled = await queue.submit({"n": 3}, after=[cancelled])
+    after_expiring = await queue.submit({"n": 4}, after=[expiring])
+    assert await queue.cancel(cancelled) is CancelOutcome.CANCELLED
+    info = await queue.get(after_cancelled)
+    assert info is not None and info.state == "cancelled"
+    assert info.error == f"cancelled: the task {cancelled} it runs after ended cancelled"
+
+    await asyncio.sleep(0.1)
+    assert (await queue.claim("w1", 4, 30)).tasks == [], "the expired task does not run"
+    info = await queue.wait(after_expiring, timeout=3)
+    assert info.state == "cancelled" and expiring in (info.error or "")
+
+
+async def test_a_waiting_producer_hears_of_a_task_ended_by_the_one_before_it(
+    queue: TaskQueue,
+) -> None:
+    first = await queue.submit({"n": 1})
+    second = await queue.submit({"n": 2}, after=[first])
+    waiting = asyncio.create_task(queue.wait(second, timeout=5))
+    await asyncio.sleep(0.05)
+    await queue.cancel(first)
+    info = await waiting
+    assert info.state == "cancelled" and first in (info.error or "")
+
+
+async def test_tasks_finished_before_the_submit_count_as_they_ended(queue: TaskQueue) -> None:
+    done = await queue.submit({"n": 1})
+    await run(queue, done)
+    dead = await queue.submit({"n": 2}, max_attempts=1)
+    await fail_until_dead(queue, "w1", dead)
+
+    ready = await queue.submit({"n": 3}, after=[done])
+    assert await state(queue, ready) == "queued", "its only dependency had succeeded"
+    doomed = await queue.submit({"n": 4}, after=[done, dead])
+    info = await queue.get(doomed)
+    assert info is not None and info.state == "cancelled" and info.after == (done, dead)
+    assert info.error == f"cancelled: the task {dead} it runs after ended dead"
+    await run(queue, ready)
+
+
+async def test_an_unknown_task_to_run_after_refuses_the_submit_and_stores_nothing(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    known = await queue.submit({"n": 1})
+    before = await task_keys(redis, queue)
+    seq = await redis.get(queue.prefix + "seq")
+    with pytest.raises(TaskNotFound, match=f"after: no task nope in queue {queue.name}"):
+        await queue.submit({"n": 2}, after=[known, "nope"], idempotency_key="k1")
+    assert await task_keys(redis, queue) == before
+    assert await redis.get(queue.prefix + "seq") == seq, "no submit number was taken"
+    assert not await redis.exists(queue.prefix + "idem:k1"), "the key names no task"
+    assert await redis.get(queue.prefix + f"next:{known}") is None
+
+
+async def test_concurrent_submits_refuse_only_the_one_with_an_unknown_dependency(
+    queue: TaskQueue,
+) -> None:
+    """Concurrent submits go to Redis in one call (agentpool.coalesce): the refusal is that
+    submit's own."""
+    parent = await queue.submit({"n": 0})
+    outcomes = await asyncio.gather(
+        *(queue.submit({"n": n}, after=[parent if n % 2 else "missing"]) for n in range(1, 7)),
+        return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, TaskNotFound)]
+    accepted = [o for o in outcomes if isinstance(o, str)]
+    assert (len(refused), len(accepted)) == (3, 3)
+    assert [await state(queue, i) for i in accepted] == ["deferred"] * 3
+
+
+async def test_a_delay_counts_from_the_submit(queue: TaskQueue) -> None:
+    first = await queue.submit({"n": 1})
+    soon = await queue.submit({"n": 2}, after=[first], delay=0.05)
+    later = await queue.submit({"n": 3}, after=[first], delay=600)
+    await asyncio.sleep(0.1)
+    await run(queue, first)
+    assert await state(queue, later) == "delayed", "its delay has not passed"
+    await run(queue, soon)
+    info = await queue.get(later)
+    assert info is not None and info.state == "delayed"
+
+
+async def test_a_cancelled_deferred_task_stays_cancelled_when_its_dependency_succeeds(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    first = await queue.submit({"n": 1})
+    second = await queue.submit({"n": 2}, after=[first])
+    assert await queue.cancel(second) is CancelOutcome.CANCELLED
+    assert (await queue.figures()).deferred == 0
+    await run(queue, first)
+    assert await state(queue, second) == "cancelled"
+    assert await queued_ids(redis, queue) == []
+
+
+async def test_cancel_waiting_takes_deferred_tasks_too(queue: TaskQueue) -> None:
+    first = await queue.submit({"n": 1})
+    chain = [await queue.submit({"n": 2}, after=[first])]
+    chain.append(await queue.submit({"n": 3}, after=[chain[0]]))
+    fan = await queue.submit({"n": 4}, after=[first, chain[0]])
+    assert await queue.cancel_waiting() == 4
+    states = {i.id: i.state for i in await queue.get_many([first, *chain, fan])}
+    assert set(states.values()) == {"cancelled"}
+    assert (await queue.figures()).deferred == 0
+
+
+async def test_a_submit_sent_twice_is_released_once(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """The same submit reaching Redis twice (its reply lost) leaves the first as it is."""
+    first = await queue.submit({"n": 1})
+    args = queue._submit_args({"n": 2}, 0, 0, None, None, after=[first])
+    for _ in range(2):
+        await queue._run("submit", *args)
+    assert await redis.get(queue.prefix + f"next:{first}") == f"{args[0]},".encode()
+    await run(queue, first)
+    await run(queue, args[0])
+
+
+@pytest.mark.parametrize(("after", "message"), [
+    (["a,b"], "after takes task ids, got 'a,b'"),
+    ([""], "after takes task ids, got ''"),
+    ([7], "after takes task ids, got 7"),
+    ([f"t{n}" for n in range(MAX_AFTER + 1)],
+     f"a task may run after at most {MAX_AFTER} tasks, got {MAX_AFTER + 1}"),
+])
+async def test_after_takes_task_ids(queue: TaskQueue, after: list[object],
+                                    message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        await queue.submit({"n": 1}, after=after)  # type: ignore[arg-type]
+
+
+async def test_one_id_and_repeated_ids_count_once(queue: TaskQueue) -> None:
+    first = await queue.submit({"n": 1})
+    second = await queue.submit({"n": 2}, after=first)
+    third = await queue.submit({"n": 3}, after=[first, first, second])
+    info = await queue.get(third)
+    assert info is not None and info.after == (first, second)
+    await run(queue, first)
+    await run(queue, second)
+    await run(queue, third)
+
+
+def test_the_sync_client_submits_after(redis_url: str, queue_name: str) -> None:
+    with SyncClient.from_url(redis_url) as client:
+        queue = client.queue(queue_name)
+        first = queue.submit({"n": 1})
+        second = queue.submit({"n": 2}, after=[first])
+        info = queue.get(second)
+        assert info is not None and info.state == "deferred"
+        with pytest.raises(TaskNotFound):
+            queue.submit({"n": 3}, after=["unknown"])
