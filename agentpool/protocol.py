@@ -739,6 +739,16 @@ class TaskQueue:
     async def get(self, task_id: str) -> TaskInfo | None:
         return _task_info(task_id, await self.redis.hgetall(self.task_key(task_id)))
 
+    async def results_before(self, task_id: str) -> dict[str, Any]:
+        """The results of the tasks `task_id` was submitted to run after, by id, in the order
+        its submit named them (each had succeeded before it was queued); empty for a task
+        submitted without `after`. A task whose record is gone (kept for the result TTL after
+        it finished) is left out. Two round trips (one without `after`)."""
+        after = await self.redis.hget(self.task_key(task_id), "after")
+        if not after:
+            return {}
+        return {info.id: info.result for info in await self.get_many(_s(after).split(","))}
+
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskInfo]:
         """Several tasks in one round trip; ids with no task are left out."""
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -272,3 +272,16 @@ def stuck(payload: Any) -> str:
     if payload.get("stuck"):
         STUCK.wait(60)
     return "returned"
+
+
+async def fan_in(payload: Any, ctx: TaskContext) -> Any:
+    """A part returns its word; a summary joins the results of the tasks it runs after."""
+    if "word" in payload:
+        return payload["word"]
+    return " ".join((await ctx.results_before()).values())
+
+
+def sync_fan_in(payload: Any, ctx: TaskContext) -> Any:
+    if "word" in payload:
+        return payload["word"].upper()
+    return "+".join(ctx.results_before_sync().values())

@@ -68,6 +68,8 @@ class RunChannel(Protocol):
 
     async def checkpoint(self, ctx: TaskContext, raw: str) -> None: ...
 
+    async def results_before(self, ctx: TaskContext) -> dict[str, Any]: ...
+
     @property
     def limits(self) -> LimitChannel | None: ...
 
@@ -135,6 +137,23 @@ class TaskContext:
             raise RuntimeError("checkpoint_sync is for sync handlers; "
                                "use `await ctx.checkpoint(...)`")
         asyncio.run_coroutine_threadsafe(channel.checkpoint(self, raw), channel.loop).result()
+
+    async def results_before(self) -> dict[str, Any]:
+        """The results of the tasks this one was submitted to run after
+        (``submit(after=[...])``), by task id, in the order the submit named them: a fan-in
+        step reads what the steps before it found. Each had succeeded before this task was
+        queued; one whose record is gone (finished longer ago than the result TTL) is left
+        out. Empty for a task submitted without `after`. Read from Redis on each call."""
+        if self.channel is None:
+            return {}
+        return await self.channel.results_before(self)
+
+    def results_before_sync(self) -> dict[str, Any]:
+        """:meth:`results_before` for sync handlers (called from their thread)."""
+        if self.channel is None:
+            return {}
+        loop = self._loop_for_sync("results_before_sync")
+        return asyncio.run_coroutine_threadsafe(self.channel.results_before(self), loop).result()
 
     async def emit(self, kind: str, data: Any = None) -> None:
         """Append an event (JSON `data`, at most 64 KiB) to the task's stream. Batched: it is

@@ -1105,6 +1105,23 @@ class Worker:
             self.metrics.lost.inc()
         raise LeaseLost(f"task {task.id} is held by another run now; checkpoint refused")
 
+    async def results_before(self, ctx: TaskContext) -> dict[str, Any]:
+        """A run's ``ctx.results_before()``: while Redis cannot be reached it waits for
+        Redis, as the run's outcome would."""
+        backoff = _Backoff()
+        while True:
+            try:
+                results = await self._rt(self.queue.results_before(ctx.task_id))
+            except REDIS_FAILURES as exc:
+                self._redis_failed(exc, "results_before")
+                run = self._runs.get(ctx.task_id)
+                if run is None or run.ctx is not ctx or run.stop_reason is not None:
+                    raise LeaseLost(f"task {ctx.task_id}: this run is over") from exc
+                await backoff.sleep()
+                continue
+            self._redis_ok()
+            return results
+
     def _checkpoint_not_saved(self, run: _Run) -> None:
         if self._full is not None:
             self._full.checkpoints_not_saved += 1
