@@ -137,59 +137,64 @@ end
 -- succeeded, each one whose last dependency it was goes to the queue (or the delayed set, until
 -- its own delay from its submit has passed); otherwise they end cancelled, and theirs in turn.
 local function finished(id, tk, state, now, f, extra, count)
-  if extra then
-    redis.call('HSET', tk, 'state', state, 'finished', now, unpack(extra))
-  else
-    redis.call('HSET', tk, 'state', state, 'finished', now)
-  end
-  local ek = events_key(id)
-  local has_events = f.ev ~= false and f.ev ~= nil
-  if has_events then
-    local f = redis.call('HMGET', tk, 'attempts', 'error')
-    local data = {state = state}
-    if state ~= 'succeeded' and f[2] then data.error = string.sub(f[2], 1, 500) end
-    redis.call('XADD', ek, 'MAXLEN', '~', EVENT_CAP, '*', 'kind', 'final',
-      'data', cjson.encode(data), 'attempt', f[1] or '0')
-  end
-  -- a dead task keeps its checkpoint: requeued from the dead letters, it resumes from it
-  if state == 'dead' then
-    redis.call('ZADD', K_DEAD, now, id)
-    redis.call('PERSIST', tk)
-    if has_events then redis.call('PERSIST', ek) end
-  else
-    redis.call('EXPIRE', tk, result_ttl())
-    if has_events then redis.call('EXPIRE', ek, result_ttl()) end
-    if f.cp ~= false and f.cp ~= nil then
-      redis.call('EXPIRE', checkpoint_key(id), result_ttl())
+  -- the task, then each one its end cancels: a list, not recursion, since a chain of tasks
+  -- may be longer than Lua's call depth
+  local ending, listed = {{id, tk, state, f, extra, count}}, {}
+  while #ending > 0 do
+    local e = table.remove(ending)
+    id, tk, state, f, extra, count = e[1], e[2], e[3], e[4], e[5], e[6]
+    if extra then
+      redis.call('HSET', tk, 'state', state, 'finished', now, unpack(extra))
+    else
+      redis.call('HSET', tk, 'state', state, 'finished', now)
     end
-  end
-  if count ~= false then redis.call('HINCRBY', K_STATS, state, 1) end
-  announce(id)
-  local dn = f.dn
-  if dn == nil then dn = redis.call('HGET', tk, 'dn') end
-  if not dn then return end
-  local nk = next_key(id)
-  local waiting = redis.call('GET', nk)
-  redis.call('EXPIRE', nk, result_ttl())
-  if not waiting then return end
-  for child in string.gmatch(waiting, '[^,]+') do
-    local ck = task_key(child)
-    local c = redis.call('HMGET', ck, 'state', 'score', 'due', 'ev', 'cp', 'dn')
-    if c[1] == 'deferred' then
-      if state ~= 'succeeded' then
-        redis.call('ZREM', K_DEFERRED, child)
-        finished(child, ck, 'cancelled', now, {ev = c[4], cp = c[5], dn = c[6]},
-          {'error', 'cancelled: the task ' .. id .. ' it runs after ended ' .. state})
-      elseif redis.call('HINCRBY', ck, 'waits', -1) <= 0 then
-        redis.call('ZREM', K_DEFERRED, child)
-        local due = tonumber(c[3])
-        if due and due > now then
-          redis.call('HSET', ck, 'state', 'delayed')
-          redis.call('ZADD', K_DELAYED, due, child)
-        else
-          redis.call('HSET', ck, 'state', 'queued')
-          redis.call('ZADD', K_QUEUED, c[2], child)
-          wake(1)
+    local ek = events_key(id)
+    local has_events = f.ev ~= false and f.ev ~= nil
+    if has_events then
+      local r = redis.call('HMGET', tk, 'attempts', 'error')
+      local data = {state = state}
+      if state ~= 'succeeded' and r[2] then data.error = string.sub(r[2], 1, 500) end
+      redis.call('XADD', ek, 'MAXLEN', '~', EVENT_CAP, '*', 'kind', 'final',
+        'data', cjson.encode(data), 'attempt', r[1] or '0')
+    end
+    -- a dead task keeps its checkpoint: requeued from the dead letters, it resumes from it
+    if state == 'dead' then
+      redis.call('ZADD', K_DEAD, now, id)
+      redis.call('PERSIST', tk)
+      if has_events then redis.call('PERSIST', ek) end
+    else
+      redis.call('EXPIRE', tk, result_ttl())
+      if has_events then redis.call('EXPIRE', ek, result_ttl()) end
+      if f.cp ~= false and f.cp ~= nil then
+        redis.call('EXPIRE', checkpoint_key(id), result_ttl())
+      end
+    end
+    if count ~= false then redis.call('HINCRBY', K_STATS, state, 1) end
+    announce(id)
+    local dn = f.dn
+    if dn == nil then dn = redis.call('HGET', tk, 'dn') end
+    local waiting = dn and redis.call('GET', next_key(id))
+    if dn then redis.call('EXPIRE', next_key(id), result_ttl()) end
+    for child in string.gmatch(waiting or '', '[^,]+') do
+      local ck = task_key(child)
+      local c = redis.call('HMGET', ck, 'state', 'score', 'due', 'ev', 'cp', 'dn')
+      if c[1] == 'deferred' and not listed[child] then
+        if state ~= 'succeeded' then
+          listed[child] = true
+          redis.call('ZREM', K_DEFERRED, child)
+          ending[#ending + 1] = {child, ck, 'cancelled', {ev = c[4], cp = c[5], dn = c[6]},
+            {'error', 'cancelled: the task ' .. id .. ' it runs after ended ' .. state}}
+        elseif redis.call('HINCRBY', ck, 'waits', -1) <= 0 then
+          redis.call('ZREM', K_DEFERRED, child)
+          local due = tonumber(c[3])
+          if due and due > now then
+            redis.call('HSET', ck, 'state', 'delayed')
+            redis.call('ZADD', K_DELAYED, due, child)
+          else
+            redis.call('HSET', ck, 'state', 'queued')
+            redis.call('ZADD', K_QUEUED, c[2], child)
+            wake(1)
+          end
         end
       end
     end

@@ -17,6 +17,7 @@ from agentpool.protocol import (
     ProtocolError,
     TaskNotFound,
     TaskQueue,
+    new_task_id,
 )
 
 
@@ -240,3 +241,42 @@ def test_the_sync_client_submits_after(redis_url: str, queue_name: str) -> None:
         assert info is not None and info.state == "deferred"
         with pytest.raises(TaskNotFound):
             queue.submit({"n": 3}, after=["unknown"])
+
+
+async def test_a_diamond_ends_each_task_once(queue: TaskQueue) -> None:
+    """A task reached by two paths of the cascade ends once (one final state, counted once)."""
+    first = await queue.submit({"n": 0})
+    left = await queue.submit({"left": 1}, after=[first])
+    right = await queue.submit({"right": 1}, after=[first])
+    joined = await queue.submit({"join": 1}, after=[left, right])
+    last = await queue.submit({"last": 1}, after=[first, joined, left])
+    await fail_until_dead(queue, "w1", first)
+    infos = await queue.get_many([left, right, joined, last])
+    assert {i.state for i in infos} == {"cancelled"}
+    figures = await queue.figures()
+    assert (figures.deferred, figures.stats.get("cancelled")) == (0, 4)
+
+
+@pytest.mark.parametrize("redis_mode", ["standalone"])
+async def test_a_chain_deeper_than_lua_calls_go_ends_in_one_step(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """Lua stops a recursion about 20,000 calls deep (a script error, its earlier writes
+    kept): the cascade is a list, so a chain of 21,000 ends whole. Standalone only: the chain
+    is built in one pipeline of submits, each after the one before."""
+    ids = [new_task_id() for _ in range(21_000)]
+    script = queue._script("submit")
+    async with redis.pipeline(transaction=False) as pipe:
+        for n, task_id in enumerate(ids):
+            args = queue._submit_args({"n": n}, 0, 0, None, None,
+                                      after=[ids[n - 1]] if n else None)
+            args[0] = task_id
+            await script(keys=[queue.prefix + "queued"], args=[queue.prefix, *args], client=pipe)
+        await pipe.execute()
+    assert (await queue.figures()).deferred == len(ids) - 1
+    assert await queue.cancel(ids[0]) is CancelOutcome.CANCELLED
+    figures = await queue.figures()
+    assert (figures.deferred, figures.stats.get("cancelled")) == (0, len(ids))
+    info = await queue.get(ids[-1])
+    assert info is not None and info.error == (
+        f"cancelled: the task {ids[-2]} it runs after ended cancelled")
