@@ -1120,6 +1120,11 @@ class AgentPoolStatus(_Model):
     queued: int = Field(default=0, description="Tasks waiting to be claimed.")
     delayed: int = Field(default=0, description="Tasks scheduled for later or awaiting retry.")
     in_flight: int = Field(default=0, description="Tasks being run by a worker.")
+    deferred: int = Field(
+        default=0,
+        description="Tasks waiting for the tasks they run after to succeed (not runnable yet, "
+        "so not counted in queued).",
+    )
     dead: int = Field(default=0, description="Tasks in the dead-letter list.")
     workers: int = Field(default=0, description="Worker processes with a live heartbeat.")
     last_scale_time: datetime | None = Field(

@@ -73,10 +73,10 @@ MAX_TASK_TIMEOUT_SECONDS = 7 * 86400
 """The longest task timeout a pool or a task (taskTimeoutSeconds, submit's `task_timeout`)
 has."""
 MAX_ATTEMPTS_LIMIT = 100
-MAX_AFTER = 100
-"""The most tasks one task may run after (``submit(after=...)``)."""
 """The most attempts a task or a queue allows (a pool's maxAttempts, a worker's
 AGENTPOOL_MAX_ATTEMPTS)."""
+MAX_AFTER = 100
+"""The most tasks one task may run after (``submit(after=...)``)."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
 SUBSCRIBED_WAITS = 32
@@ -912,11 +912,12 @@ class TaskQueue:
         return CancelOutcome(_s(await self._run("cancel", task_id, call_id())))
 
     async def cancel_waiting(self, *, batch: int = 1000) -> int:
-        """Cancel every task waiting to run (queued, or delayed: a delayed submit, a retry
-        waiting out its backoff) that was submitted before this call, as :meth:`cancel`
-        cancels one; running tasks go on, and tasks submitted meanwhile are left. Each script
-        call removes or passes over at most `batch` entries, so that Redis serves others
-        between them. Returns how many were cancelled.
+        """Cancel every task waiting to run (queued, deferred, or delayed: a delayed submit, a
+        retry waiting out its backoff) that was submitted before this call, as :meth:`cancel`
+        cancels one; running tasks go on, and tasks submitted meanwhile are left (unless they
+        run after a task cancelled here: they end with it). Each script call removes or passes
+        over at most `batch` entries, so that Redis serves others between them. Returns how
+        many were cancelled, those ended with a task they run after included.
 
         A call goes on in the delayed set where the last one stopped, past the newer entries
         it passed over; a claim promoting some of those meanwhile shifts the rest, so a pass

@@ -22,7 +22,10 @@ local function cancel_all(set, ids)
   for _, id in ipairs(ids) do
     local tk = task_key(id)
     local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'dn')
-    if f[1] then cancelled(id, tk, now, {ev = f[2], cp = f[3], dn = f[4]}) end
+    -- a deferred task may have ended already, with a task it runs after cancelled here
+    if f[1] == 'queued' or f[1] == 'delayed' or f[1] == 'deferred' then
+      cancelled(id, tk, now, {ev = f[2], cp = f[3], dn = f[4]})
+    end
   end
 end
 local function result(more) return {cancelled_count() - before, more, offset} end

@@ -174,7 +174,12 @@ local function finished(id, tk, state, now, f, extra, count)
     local dn = f.dn
     if dn == nil then dn = redis.call('HGET', tk, 'dn') end
     local waiting = dn and redis.call('GET', next_key(id))
-    if dn then redis.call('EXPIRE', next_key(id), result_ttl()) end
+    -- kept while the task is: a dead one may be requeued, and tasks submitted after it then
+    if dn and state ~= 'dead' then redis.call('EXPIRE', next_key(id), result_ttl()) end
+    local how = state
+    if extra and extra[1] == 'error' and string.sub(extra[2], 1, 8) == 'expired:' then
+      how = 'expired'
+    end
     for child in string.gmatch(waiting or '', '[^,]+') do
       local ck = task_key(child)
       local c = redis.call('HMGET', ck, 'state', 'score', 'due', 'ev', 'cp', 'dn')
@@ -183,7 +188,7 @@ local function finished(id, tk, state, now, f, extra, count)
           listed[child] = true
           redis.call('ZREM', K_DEFERRED, child)
           ending[#ending + 1] = {child, ck, 'cancelled', {ev = c[4], cp = c[5], dn = c[6]},
-            {'error', 'cancelled: the task ' .. id .. ' it runs after ended ' .. state}}
+            {'error', 'cancelled: the task ' .. id .. ' it runs after ended ' .. how}}
         elseif redis.call('HINCRBY', ck, 'waits', -1) <= 0 then
           redis.call('ZREM', K_DEFERRED, child)
           local due = tonumber(c[3])

@@ -16,7 +16,7 @@ for _, id in ipairs(ids) do
     local tk = task_key(id)
     local score = redis.call('HGET', tk, 'score')
     if action == 'purge' or not score then
-      redis.call('DEL', tk, events_key(id), checkpoint_key(id))
+      redis.call('DEL', tk, events_key(id), checkpoint_key(id), next_key(id))
     else
       -- requeued by hand: run it, however long ago it was meant to start by
       redis.call('HDEL', tk, 'finished', 'expires')

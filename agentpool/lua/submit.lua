@@ -46,33 +46,30 @@ for i = 1, n do
   local at = 1 + (i - 1) * FIELDS
   local id, idem, after = ARGV[at + 1], ARGV[at + 6], ARGV[at + 10]
   local existing, missing
-  if after ~= '' and not again[id] then
+  if again[id] then
+    existing = id
+  elseif idem ~= '' then
+    existing = seen[idem]
+    if not existing then
+      existing = redis.call('GET', P .. 'idem:' .. idem)
+      -- A key whose task was purged or expired no longer dedupes: the submit goes ahead.
+      if existing and redis.call('EXISTS', task_key(existing)) == 0 then existing = nil end
+    end
+  end
+  if not existing and after ~= '' then
     local open, failed, how
     open, failed, how, missing = dependencies(after)
     plans[i] = {open = open, failed = failed, how = how}
   end
-  if again[id] then
-    existing = id
-  elseif missing then
-    replies[2 * i - 1], replies[2 * i] = -1, missing
-  elseif idem ~= '' then
-    existing = seen[idem]
-    if not existing then
-      local ik = P .. 'idem:' .. idem
-      existing = redis.call('GET', ik)
-      -- A key whose task was purged or expired no longer dedupes: the submit goes ahead.
-      if existing and redis.call('EXISTS', task_key(existing)) == 0 then existing = nil end
-      if not existing then
-        redis.call('SET', ik, id, 'EX', ARGV[at + 7])
-        seen[idem] = id
-      end
-    end
-  end
   if missing then
-    -- refused: its reply is set
+    replies[2 * i - 1], replies[2 * i] = -1, missing
   elseif existing then
     replies[2 * i - 1], replies[2 * i] = 0, existing
   else
+    if idem ~= '' then
+      redis.call('SET', P .. 'idem:' .. idem, id, 'EX', ARGV[at + 7])
+      seen[idem] = id
+    end
     replies[2 * i - 1], replies[2 * i] = 1, id
     created = created + 1
   end

@@ -42,6 +42,8 @@ class QueueMarks:
     """Tasks waiting to be claimed, due delayed ones included (the status's `queued`)."""
     delayed: int = 0
     """Tasks scheduled for later or awaiting a retry."""
+    deferred: int = 0
+    """Tasks waiting for the tasks they run after."""
     running: int = 0
     dead: int = 0
 
@@ -49,8 +51,8 @@ class QueueMarks:
 def marks_of(queue: str, figures: QueueFigures) -> QueueMarks:
     return QueueMarks(
         queue=queue, submitted=figures.stats.get("submitted"), used=figures.used,
-        queued=figures.queued, delayed=figures.delayed, running=figures.in_flight,
-        dead=figures.dead,
+        queued=figures.queued, delayed=figures.delayed, deferred=figures.deferred,
+        running=figures.in_flight, dead=figures.dead,
     )
 
 
@@ -73,12 +75,14 @@ def _counts(marks: QueueMarks) -> str:
     parts = [f"{marks.queued:,} queued"]
     if marks.delayed:
         parts.append(f"{marks.delayed:,} delayed")
+    if marks.deferred:
+        parts.append(f"{marks.deferred:,} deferred")
     parts.append(f"{marks.running:,} running")
     return f"{', '.join(parts)} and {marks.dead:,} dead-lettered task(s)"
 
 
 def _holds_tasks(marks: QueueMarks) -> bool:
-    return bool(marks.queued or marks.delayed or marks.running or marks.dead)
+    return bool(marks.queued or marks.delayed or marks.deferred or marks.running or marks.dead)
 
 
 def loss_event(loss: QueueDataLoss) -> StatusEvent:

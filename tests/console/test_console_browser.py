@@ -402,7 +402,11 @@ def test_a_task_with_a_timeout_of_its_own_shows_it(console: Console, page: Page)
 def test_a_task_after_another_shows_it_and_ends_with_it(console: Console, page: Page) -> None:
     first = console.submit({"echo": "later"}, delay=3600)
     second = console.submit({"echo": "next"}, after=[first])
-    page.goto(f"{console.url}queues/{console.queue}/tasks/{second}")
+    page.goto(f"{console.url}queues/{console.queue}/tasks?state=running")
+    page.get_by_role("link", name="deferred", exact=True).click()
+    row = page.locator(f'#tasks tr[data-task="{second}"]')
+    expect(row.locator(".state")).to_have_text("deferred", timeout=LIVE)
+    row.get_by_role("link", name=second).click()
     expect(page.locator("#task-state")).to_have_text("deferred", timeout=LIVE)
     expect(page.locator("dl.detail dt:text-is('After') + dd")).to_have_text(
         f"{first} (runs once they have all succeeded)")

@@ -61,3 +61,17 @@ def test_every_script_compiles_on_redis(redis_server: RedisServer) -> None:
             assert client.script_load(script_source(name))
     finally:
         client.close()
+
+
+def test_a_name_only_quoted_brings_no_definition_in() -> None:
+    body = "redis.call('HSET', KEYS[1], 'helper', \"outer\")"
+    assert "local function helper" not in assemble(COMMON, body)
+
+
+def test_no_script_writes_a_string_the_name_reader_would_misread() -> None:
+    """The reader drops quoted text by a simple pattern: an escaped quote or a long string
+    ([[...]]) would hide the names after it, and a definition would be left out."""
+    for item in (resources.files("agentpool") / "lua").iterdir():
+        if item.name.endswith(".lua"):
+            text = item.read_text()
+            assert not any(mark in text for mark in ("\\'", '\\"', "[[", "[=")), item.name

@@ -101,7 +101,8 @@ async def test_a_cancelled_or_expired_task_cancels_the_tasks_after_it(
     await asyncio.sleep(0.1)
     assert (await queue.claim("w1", 4, 30)).tasks == [], "the expired task does not run"
     info = await queue.wait(after_expiring, timeout=3)
-    assert info.state == "cancelled" and expiring in (info.error or "")
+    assert info.state == "cancelled"
+    assert info.error == f"cancelled: the task {expiring} it runs after ended expired"
 
 
 async def test_a_waiting_producer_hears_of_a_task_ended_by_the_one_before_it(
@@ -280,3 +281,47 @@ async def test_a_chain_deeper_than_lua_calls_go_ends_in_one_step(
     info = await queue.get(ids[-1])
     assert info is not None and info.error == (
         f"cancelled: the task {ids[-2]} it runs after ended cancelled")
+
+
+async def test_cancel_waiting_ends_a_deferred_chain_once_each(queue: TaskQueue) -> None:
+    """Deferred tasks after a running one: cancelling the first ends the next with it, and
+    the pass that reaches the next leaves it as it ended."""
+    running = await queue.submit({"n": 0})
+    await claim_one(queue, "w1")
+    first = await queue.submit({"n": 1}, after=[running])
+    second = await queue.submit({"n": 2}, after=[first])
+    assert await queue.cancel_waiting() == 2
+    info = await queue.get(second)
+    assert info is not None
+    assert info.error == f"cancelled: the task {first} it runs after ended cancelled"
+    assert (await queue.figures()).stats.get("cancelled") == 2
+
+
+async def test_a_dead_task_requeued_releases_the_tasks_submitted_after_it_later(
+    queue: TaskQueue,
+) -> None:
+    """A dead task is kept until purged, and so is the list of the tasks after it: one
+    requeued from the dead letters and then completed, later than the result TTL, releases
+    the tasks submitted after it meanwhile."""
+    await queue.configure(result_ttl=1)
+    first = await queue.submit({"n": 1}, max_attempts=1)
+    early = await queue.submit({"n": 2}, after=[first])
+    await fail_until_dead(queue, "w1", first)
+    assert await queue.requeue_dead([first]) == 1
+    assert await state(queue, early) == "cancelled"
+    late = await queue.submit({"n": 3}, after=[first])
+    await asyncio.sleep(1.2)  # past the result TTL of the first end
+    await run(queue, first)
+    assert await state(queue, late) == "queued"
+
+
+async def test_an_idempotent_submit_sent_again_finds_its_task_when_the_one_before_is_gone(
+    queue: TaskQueue,
+) -> None:
+    await queue.configure(result_ttl=1)
+    first = await queue.submit({"n": 1})
+    second = await queue.submit({"n": 2}, after=[first], idempotency_key="step-2")
+    await run(queue, first)
+    await asyncio.sleep(1.2)  # the first task's record is gone; the second waits in the queue
+    assert await queue.get(first) is None
+    assert await queue.submit({"n": 2}, after=[first], idempotency_key="step-2") == second

@@ -283,7 +283,7 @@ function tasksPage(queue, dead) {
     el("span", { id: "action-message" })) : null;
   const holder = el("div", {}, el("p", { class: "muted" }, "Loading…"));
   render(el("h1", {}, dead ? `Dead letters of ${queue}` : `Tasks of ${queue}`),
-    dead ? null : el("div", { class: "tabs" }, ["queued", "delayed", "running", "dead"].map((s) =>
+    dead ? null : el("div", { class: "tabs" }, ["queued", "delayed", "deferred", "running", "dead"].map((s) =>
       el("a", { href: `${base}/tasks?state=${s}`, class: s === taskState ? "current" : null }, s))),
     search, actions, holder);
   live(api, (doc) => {
