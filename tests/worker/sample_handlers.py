@@ -285,3 +285,31 @@ def sync_fan_in(payload: Any, ctx: TaskContext) -> Any:
     if "word" in payload:
         return payload["word"].upper()
     return "+".join(ctx.results_before_sync().values())
+
+
+async def planner(payload: Any, ctx: TaskContext) -> Any:
+    """Submits a part per word and a summary after them (fan_in's payloads); its first
+    attempt fails once it has submitted them all."""
+    parts = [await ctx.submit({"word": w}) for w in payload["words"]]
+    summary = await ctx.submit({"summarise": True}, after=parts)
+    if ctx.attempt == 1:
+        raise RuntimeError("planner crashed after submitting")
+    return {"parts": parts, "summary": summary}
+
+
+def sync_planner(payload: Any, ctx: TaskContext) -> Any:
+    parts = [ctx.submit_sync({"word": w}, key=w) for w in payload["words"]]
+    return {"parts": parts, "summary": ctx.submit_sync({"summarise": True}, after=parts)}
+
+
+async def fan_out_in(payload: Any, ctx: TaskContext) -> Any:
+    """The planner for a plan, fan_in for its parts and summary."""
+    if "words" in payload:
+        return await planner(payload, ctx)
+    return await fan_in(payload, ctx)
+
+
+def sync_fan_out_in(payload: Any, ctx: TaskContext) -> Any:
+    if "words" in payload:
+        return sync_planner(payload, ctx)
+    return sync_fan_in(payload, ctx)

@@ -35,3 +35,20 @@ async def test_a_worker_with_only_its_acl_runs_and_releases_tasks(
         assert released.error == "worker shutting down"
     finally:
         await producer_client.aclose()
+
+
+async def test_a_worker_with_only_its_acl_submits_steps_and_reads_their_results(
+    acl_url: AclUrl, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """ctx.submit (with `after`) and ctx.results_before under the worker's own user."""
+    producer_client = aioredis.Redis.from_url(await acl_url(queue_name, Role.PRODUCER))
+    producer = TaskQueue(producer_client, queue_name)
+    try:
+        async with running(settings(await acl_url(queue_name, Role.WORKER), queue_name,
+                                    f"{HANDLERS}:fan_out_in", concurrency=4)):
+            plan = await producer.submit({"words": ["a", "b"]})
+            done = await eventually(lambda: task_in(producer, plan, "succeeded"), 10, "plan")
+            summary = await producer.wait(done.result["summary"], timeout=10)
+        assert (summary.state, summary.result) == ("succeeded", "a b")
+    finally:
+        await producer_client.aclose()

@@ -29,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import itertools
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -69,6 +70,8 @@ class RunChannel(Protocol):
     async def checkpoint(self, ctx: TaskContext, raw: str) -> None: ...
 
     async def results_before(self, ctx: TaskContext) -> dict[str, Any]: ...
+
+    async def submit(self, ctx: TaskContext, payload: Any, **options: Any) -> str: ...
 
     @property
     def limits(self) -> LimitChannel | None: ...
@@ -111,6 +114,35 @@ class TaskContext:
     timeout_seconds: float = DEFAULT_TASK_TIMEOUT_SECONDS
     """How long this run may last before it is stopped and fails: the pool's task timeout, or
     the task's own when its submit gave a shorter one."""
+    _submit_numbers: itertools.count[int] = field(
+        default_factory=itertools.count, repr=False, compare=False)
+
+    async def submit(self, payload: Any, *, priority: int = 0, delay: float = 0,
+                     max_attempts: int | None = None, expires: float | None = None,
+                     task_timeout: float | None = None, after: Iterable[str] | None = None,
+                     key: str | None = None) -> str:
+        """Queue a task on this pool's queue (a step, a sub-agent) and return its id; the
+        options are those of ``TaskQueue.submit``. With `after`, a task that gathers the
+        results of those it runs after (``ctx.results_before()``) once they have all
+        succeeded, without holding this run's slot while they run.
+
+        Once per task, not per attempt: each submit of a run is named by this task's id and
+        `key` (by default, its place among the run's submits: 0, 1, 2...), so a later attempt
+        of this task that submits again in the same order gets the ids its earlier attempt
+        submitted instead of new tasks. Give a `key` when the order may change. Raises as
+        ``submit`` does (TaskNotFound for an unknown `after` id, RedisFull...)."""
+        if self.channel is None:
+            raise RuntimeError("ctx.submit needs the worker behind the run")
+        name = str(next(self._submit_numbers)) if key is None else key
+        return await self.channel.submit(
+            self, payload, priority=priority, delay=delay, max_attempts=max_attempts,
+            expires=expires, task_timeout=task_timeout, after=after,
+            idempotency_key=f"{self.task_id}:{name}")
+
+    def submit_sync(self, payload: Any, **options: Any) -> str:
+        """:meth:`submit` for sync handlers (called from their thread)."""
+        loop = self._loop_for_sync("submit_sync")
+        return asyncio.run_coroutine_threadsafe(self.submit(payload, **options), loop).result()
 
     async def checkpoint(self, state: Any) -> None:
         """Save `state` (JSON) for the next attempt, should this one be lost; it becomes that

@@ -1105,6 +1105,10 @@ class Worker:
             self.metrics.lost.inc()
         raise LeaseLost(f"task {task.id} is held by another run now; checkpoint refused")
 
+    async def submit(self, ctx: TaskContext, payload: Any, **options: Any) -> str:
+        """A run's ``ctx.submit``, on the pool's queue and connections."""
+        return await self._rt(self.queue.submit(payload, **options))
+
     async def results_before(self, ctx: TaskContext) -> dict[str, Any]:
         """A run's ``ctx.results_before()``: while Redis cannot be reached it waits for
         Redis, as the run's outcome would."""
