@@ -36,6 +36,12 @@ ends when every task is finished or ``--timeout`` passes. Printed, and checked:
   outside killed workers (their completion was refused, or never sent); and the completions
   the fence refused, counted from the workers' own log lines.
 
+With ``--chains L`` the tasks are submitted as chains of L, each task after the one before
+(``submit(after=...)``); each run reads the results of the task it runs after
+(``ctx.results_before()``). Then also checked: runs that started without that task's result
+(released before it succeeded), and tasks cancelled though the one before them did not end
+dead or cancelled. Both must be 0; a task left deferred counts as lost.
+
 With ``--checkpoint-every K`` the handler is ``bench.chaos_handler:stepped`` instead: each task
 runs ``--steps`` steps (``--mean-seconds`` in all) and checkpoints every K steps, resuming from
 its last checkpoint after a lost run. Then also checked:
@@ -80,6 +86,7 @@ from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer
 from agentpool.urls import with_credentials
 from bench.chaos_handler import (
+    EARLY_KEY,
     FINISHED_KEY,
     RESUMED_KEY,
     RUNS_KEY,
@@ -123,6 +130,9 @@ class Options:
     checkpoint_every: int = 0
     """0: the simulated agent; K: the stepped handler, checkpointing every K steps."""
     steps: int = 20
+    chains: int = 0
+    """0: independent tasks; L: chains of L tasks, each submitted to run after the one before
+    (``submit(after=...)``)."""
     acl: bool = False
     """Workers and the producer connect as Redis ACL users confined to the queue (the rules
     the operator gives a pool's users); the reaper, standing for the operator, applies them
@@ -398,7 +408,7 @@ class Soak:
                             for p in payloads]
             for index in rng.sample(range(opts.tasks), min(opts.freezes, opts.tasks)):
                 payloads[index]["freeze"] = True
-            ids = await TaskQueue(producer, QUEUE).submit_many(payloads)
+            ids = await submit_chains(TaskQueue(producer, QUEUE), payloads, opts.chains)
             self.note(f"submitted {len(ids)} tasks")
             chaos_start = time.monotonic()
             reaper = asyncio.create_task(self.reaper())
@@ -521,11 +531,40 @@ class Soak:
         }
         report["ok"] = bool(lost == 0 and not zombies and duplicates <= self.tally.bound
                             and report["permission_denials"] == 0)
+        if self.opts.chains:
+            chains = await self.chain_account(ids)
+            report["chains"] = chains
+            report["ok"] = report["ok"] and chains["ok"]
         if self.opts.checkpoint_every:
             checks = await self.checkpoint_account(ids, per_task)
             report["checkpoints"] = checks
             report["ok"] = report["ok"] and checks["ok"]
         return report
+
+    async def chain_account(self, ids: list[str]) -> dict[str, Any]:
+        """Each task of a chain runs only after the one before it succeeded (its runs found
+        that one's result), and one cancelled was cut off by the one before it ending dead
+        or cancelled."""
+        length = self.opts.chains
+        states: list[str] = []
+        for start in range(0, len(ids), 1000):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in ids[start:start + 1000]:
+                    pipe.hget(self.queue.task_key(task_id), "state")
+                states += [_text(s) if s else "missing" for s in await pipe.execute()]
+        cut_wrongly = sum(
+            1 for i, state in enumerate(states)
+            if state == "cancelled" and (i % length == 0
+                                          or states[i - 1] not in ("dead", "cancelled")))
+        early = await self.records.scard(EARLY_KEY)
+        return {
+            "length": length,
+            "chains": len(ids) // length,
+            "cancelled_after_a_failed_one": states.count("cancelled") - cut_wrongly,
+            "cancelled_otherwise": cut_wrongly,
+            "runs_before_the_one_before_succeeded": early,
+            "ok": cut_wrongly == 0 and early == 0,
+        }
 
     async def checkpoint_account(self, ids: list[str], runs: Counter[str]) -> dict[str, Any]:
         opts = self.opts
@@ -575,6 +614,26 @@ class Soak:
             "zombie_checkpoints_refused": refused,
             "ok": wrong == 0 and over_bound == 0 and zombie_accepted == 0,
         }
+
+
+async def submit_chains(queue: TaskQueue, payloads: list[dict[str, Any]],
+                        length: int) -> list[str]:
+    """The payloads as submitted, in their order; with a `length`, as chains: payload i runs
+    after payload i - 1 unless i is a multiple of `length` (each link of all chains submitted
+    at once, gathered into few calls)."""
+    if not length:
+        return await queue.submit_many(payloads)
+    ids = await queue.submit_many(payloads[::length])
+    chains = [[head] for head in ids]
+    for link in range(1, length):
+        starts = range(link, len(payloads), length)
+        before = [chains[i // length][-1] for i in starts]
+        added = await asyncio.gather(*(
+            queue.submit({**payloads[i], "after": prior}, after=[prior])
+            for i, prior in zip(starts, before, strict=True)))
+        for i, task_id in zip(starts, added, strict=True):
+            chains[i // length].append(task_id)
+    return [task_id for chain in chains for task_id in chain]
 
 
 def zombie_checkpoints(saved: list[str], starts: dict[str, dict[str, float]]) -> list[str]:
@@ -637,6 +696,8 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
     p.add_argument("--steps", type=int, default=d.steps,
                    help="with --checkpoint-every: steps per task")
     p.add_argument("--timeout", type=float, default=d.timeout)
+    p.add_argument("--chains", type=int, default=d.chains, metavar="L",
+                   help="submit the tasks as chains of L, each after the one before (0: off)")
     p.add_argument("--acl", action="store_true",
                    help="workers and producer as Redis ACL users confined to the queue")
     p.add_argument("--sentinel", action="store_true",
@@ -663,8 +724,9 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
                    mean_seconds=a.mean_seconds, lease_seconds=a.lease_seconds,
                    max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,
                    seed=a.seed, freezes=a.freezes, checkpoint_every=a.checkpoint_every,
-                   steps=a.steps, acl=a.acl, sentinel=a.sentinel, durability=a.durability,
-                   submit_rate=a.submit_rate, replicas=a.replicas, cluster=a.cluster)
+                   steps=a.steps, chains=a.chains, acl=a.acl, sentinel=a.sentinel,
+                   durability=a.durability, submit_rate=a.submit_rate, replicas=a.replicas,
+                   cluster=a.cluster)
     return opts, a.json
 
 
@@ -698,6 +760,16 @@ def render(report: dict[str, Any]) -> str:
                              f"bound {k}; tasks over it: {checks['tasks_over_bound']})"),
             ("zombie checkpoints accepted (must be 0)", checks["zombie_checkpoints_accepted"]),
             ("zombie checkpoints refused", checks["zombie_checkpoints_refused"]),
+        ]
+    chains = report.get("chains")
+    if chains:
+        rows += [
+            ("chains", f"{chains['chains']} of {chains['length']} tasks, each after the one "
+                       "before"),
+            ("runs before the one before succeeded (must be 0)",
+             chains["runs_before_the_one_before_succeeded"]),
+            ("cancelled after a dead or cancelled one", chains["cancelled_after_a_failed_one"]),
+            ("cancelled otherwise (must be 0)", chains["cancelled_otherwise"]),
         ]
     if "failovers" in report:
         from bench.chaos_sentinel import render_rows

@@ -29,6 +29,9 @@ from agentpool_worker.handlers import TaskContext
 
 RUNS_KEY = "chaos:runs"
 FINISHED_KEY = "chaos:finished"
+EARLY_KEY = "chaos:early"
+"""Set of runs of a task (``--chains``) that started without the result of the task it runs
+after: a release before that task succeeded."""
 RECORD_PATIENCE = 60.0
 """Seconds a record keeps retrying while Redis is away (a restart takes about one)."""
 
@@ -46,6 +49,10 @@ async def _record(key: str, member: str) -> None:
 async def run(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     member = run_key(ctx.task_id, ctx.worker_id, ctx.attempt)
     await _record(RUNS_KEY, member)
+    if isinstance(payload, dict) and payload.get("after"):
+        before = await ctx.results_before()
+        if not isinstance(before.get(payload["after"]), dict):
+            await _record(EARLY_KEY, member)
     result = await simulated_agent(payload, ctx)
     await _record(FINISHED_KEY, member)
     if isinstance(payload, dict) and payload.get("freeze") and ctx.attempt == 1:

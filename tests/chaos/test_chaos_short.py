@@ -9,7 +9,8 @@ Sentinel variant (about a minute each) fails a primary with one replica over, by
 by SENTINEL FAILOVER in turn, while a producer submits all along; with durability replicated
 no acknowledged submit or completion may be lost. The Cluster variant (about a minute) does
 the same to the primary holding the queue in a cluster of three primaries with a replica
-each, by kill -9 and by CLUSTER FAILOVER, with durability replicated.
+each, by kill -9 and by CLUSTER FAILOVER, with durability replicated. The chain variant
+submits the tasks as chains, each after the one before.
 """
 
 from __future__ import annotations
@@ -86,6 +87,30 @@ def test_checkpointing_tasks_end_as_if_uninterrupted_and_redo_at_most_an_interva
     assert report["zombie_completions_accepted"] == 0, context
     assert all(report["events"].get(kind, 0) >= 1 for kind in ("kill", "stop", "drain",
                                                                "redis")), context
+    assert run.returncode == 0, context
+
+
+CHAIN_ARGS = [
+    "--seed", "7", "--tasks", "800", "--workers", "3", "--concurrency", "10",
+    "--mean-seconds", "0.3", "--lease-seconds", "3", "--event-gap", "2", "--freezes", "3",
+    "--chains", "4", "--max-attempts", "1", "--timeout", "240",
+]
+
+
+@pytest.mark.chaos
+def test_chained_tasks_run_only_after_the_one_before_and_a_failure_cuts_the_chain() -> None:
+    """Chains of four tasks, each after the one before, through the same chaos; one attempt
+    each, so a run lost to a kill dead-letters its task and cancels the rest of its chain."""
+    run, report, context = soak(CHAIN_ARGS)
+    chains = report["chains"]
+    assert report["lost"] == 0, context
+    assert report["zombie_completions_accepted"] == 0, context
+    assert chains["runs_before_the_one_before_succeeded"] == 0, context
+    assert chains["cancelled_otherwise"] == 0, context
+    assert report["succeeded"] > 0 and report["dead_lettered"] > 0, context
+    assert chains["cancelled_after_a_failed_one"] > 0, context
+    assert (report["succeeded"] + report["dead_lettered"]
+            + chains["cancelled_after_a_failed_one"]) == report["submitted"] == 800, context
     assert run.returncode == 0, context
 
 
