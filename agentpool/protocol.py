@@ -640,7 +640,8 @@ class TaskQueue:
         ``deferred`` state, until they have all succeeded, and is then queued (a `delay`
         counts from its submit). When one of them ends otherwise (dead-lettered, cancelled,
         expired) it ends cancelled, saying which, and so do the tasks after it. An id the
-        queue does not know raises TaskNotFound, and nothing is stored.
+        queue does not know raises TaskNotFound, and nothing is stored (unless the
+        idempotency key names a task already: its id is returned, as for any known key).
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
                                  expires, task_timeout, after)

@@ -16,6 +16,12 @@ import redis.exceptions
 
 from agentpool.urls import redact_url
 
+TRANSIENT_REFUSALS = (
+    redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError, redis.exceptions.MasterDownError,
+    redis.exceptions.BusyLoadingError)
+"""Refusals that pass by themselves: a failover under way, a server loading its data."""
+
 URL_WITH_PASSWORD = "redis://:PASSWORD@host:port/db"
 DEFAULT_PASSWORD_PLACE = f"the Redis URL ({URL_WITH_PASSWORD})"
 POOL_PASSWORD_PLACE = ("the pool's Redis URL: spec.redis.url, or the Secret named by "

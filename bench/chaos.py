@@ -559,7 +559,7 @@ class Soak:
         early = await self.records.scard(EARLY_KEY)
         return {
             "length": length,
-            "chains": len(ids) // length,
+            "chains": -(-len(ids) // length),
             "cancelled_after_a_failed_one": states.count("cancelled") - cut_wrongly,
             "cancelled_otherwise": cut_wrongly,
             "runs_before_the_one_before_succeeded": early,
@@ -720,6 +720,11 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
                 "--checkpoint-every")
     if a.sentinel and a.cluster:
         p.error("--sentinel or --cluster, not both")
+    if a.chains < 0:
+        p.error("--chains must be 0 (off) or a chain length")
+    if a.chains and (a.sentinel or a.cluster or a.checkpoint_every):
+        p.error("--chains runs the plain soak: without --sentinel, --cluster and "
+                "--checkpoint-every")
     opts = Options(tasks=a.tasks, workers=a.workers, concurrency=a.concurrency,
                    mean_seconds=a.mean_seconds, lease_seconds=a.lease_seconds,
                    max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,

@@ -113,6 +113,7 @@ class PoolSummary:
     """Pods that finish their runs before they go (scale-down, node drain, rollout)."""
     queued: int = 0
     delayed: int = 0
+    deferred: int = 0
     in_flight: int = 0
     dead: int = 0
     workers: int = 0
@@ -150,6 +151,7 @@ def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
         draining_replicas=status.draining_replicas,
         queued=status.queued,
         delayed=status.delayed,
+        deferred=status.deferred,
         in_flight=status.in_flight,
         dead=status.dead,
         workers=status.workers,
@@ -202,6 +204,7 @@ def queue_summary(queue: str, figures: QueueFigures) -> PoolSummary:
         queue=queue,
         queued=figures.queued,
         delayed=figures.delayed,
+        deferred=figures.deferred,
         in_flight=figures.in_flight,
         dead=figures.dead,
         workers=figures.workers,

@@ -422,6 +422,7 @@ def fleet_json(rows: Sequence[FleetRow], now: float) -> list[dict[str, Any]]:
             "draining_replicas": p.draining_replicas,
             "queued": p.queued,
             "delayed": p.delayed,
+            "deferred": p.deferred,
             "in_flight": p.in_flight,
             "dead": p.dead,
             "workers": p.workers,

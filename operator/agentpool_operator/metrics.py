@@ -38,6 +38,7 @@ POOL_LABELS = ("namespace", "pool")
 _FIGURES = {
     "queued": "Tasks waiting to be claimed",
     "delayed": "Tasks scheduled for later or awaiting a retry",
+    "deferred": "Tasks waiting for the tasks they run after to succeed",
     "inFlight": "Tasks being run by a worker",
     "dead": "Tasks in the dead-letter list",
     "workers": "Worker processes with a live heartbeat",

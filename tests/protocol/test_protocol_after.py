@@ -325,3 +325,11 @@ async def test_an_idempotent_submit_sent_again_finds_its_task_when_the_one_befor
     await asyncio.sleep(1.2)  # the first task's record is gone; the second waits in the queue
     assert await queue.get(first) is None
     assert await queue.submit({"n": 2}, after=[first], idempotency_key="step-2") == second
+
+
+async def test_a_known_idempotency_key_answers_before_the_tasks_it_would_run_after(
+    queue: TaskQueue,
+) -> None:
+    first = await queue.submit({"n": 1})
+    second = await queue.submit({"n": 2}, after=[first], idempotency_key="k")
+    assert await queue.submit({"n": 2}, after=["gone"], idempotency_key="k") == second

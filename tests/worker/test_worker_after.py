@@ -1,13 +1,17 @@
 """Tasks that run after others, through a worker: a fan-in step reads the results of the
-steps it runs after (ctx.results_before), async and sync handlers alike."""
+steps it runs after (ctx.results_before), async and sync handlers alike; a run submits its
+own steps (ctx.submit), once per task whatever its attempts do."""
 
 from __future__ import annotations
+
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 from worker_helpers import HANDLERS, eventually, running, settings, task_in
 
 from agentpool.protocol import TaskQueue
+from agentpool_worker.handlers import RunChannel, TaskContext
 
 
 @pytest.mark.parametrize(("handler", "expected"), [
@@ -47,3 +51,78 @@ async def test_a_run_submits_its_steps_once_per_task_whatever_its_attempts(
     figures = await queue.figures()
     assert (figures.stats["submitted"], figures.stats["succeeded"]) == (5, 5), \
         "the plan, three parts and the summary, each once"
+
+
+class QueueChannel:
+    """The submit side of a worker's channel, straight on a real queue; `lose_reply` calls
+    submit and then fail as a lost reply does (the task stored, the caller told nothing)."""
+
+    def __init__(self, queue: TaskQueue) -> None:
+        self.queue = queue
+        self.lose_reply = 0
+
+    async def submit(self, ctx: TaskContext, payload: Any, **options: Any) -> str:
+        task_id = await self.queue.submit(payload, **options)
+        if self.lose_reply:
+            self.lose_reply -= 1
+            raise ConnectionError("reply lost")
+        return task_id
+
+
+def attempt(channel: QueueChannel, number: int, task_id: str = "plan-1") -> TaskContext:
+    return TaskContext(task_id, number, 3, channel.queue.name, "pod:i1",
+                       channel=cast(RunChannel, channel))
+
+
+async def test_another_attempt_gets_the_same_tasks_in_any_order_and_new_ones_for_new_steps(
+    queue: TaskQueue,
+) -> None:
+    channel = QueueChannel(queue)
+    first = attempt(channel, 1)
+    a, b, b_again = [await first.submit(p) for p in ({"w": "a"}, {"w": "b"}, {"w": "b"})]
+    summary = await first.submit({"sum": True}, after=[a, b])
+    assert len({a, b, b_again}) == 3, "the same payload twice in a run is two tasks"
+
+    second = attempt(channel, 2)
+    assert await second.submit({"w": "b"}) == b
+    assert await second.submit({"w": "a"}) == a
+    assert await second.submit({"w": "b"}) == b_again
+    assert await second.submit({"sum": True}, after=[a, b]) == summary
+    resumed = attempt(channel, 3)  # from a checkpoint taken after a and b
+    assert await resumed.submit({"sum": True}, after=[a, b]) == summary
+    replanned = await attempt(channel, 3).submit({"sum": True}, after=[a])
+    assert replanned not in (a, b, b_again, summary), "other options, another task"
+    assert (await queue.figures()).stats["submitted"] == 5
+
+
+async def test_a_key_of_its_own_names_a_submit_apart_from_the_unnamed_ones(
+    queue: TaskQueue,
+) -> None:
+    channel = QueueChannel(queue)
+    run = attempt(channel, 1)
+    unnamed = await run.submit({"w": "a"})
+    assert await run.submit({"w": "a"}, key="0") != unnamed
+    assert await attempt(channel, 2).submit({"w": "other"}, key="0") == \
+        await run.submit({"w": "z"}, key="0"), "the key alone names it"
+
+
+async def test_a_submit_tried_again_after_a_lost_reply_is_one_task(queue: TaskQueue) -> None:
+    channel = QueueChannel(queue)
+    run = attempt(channel, 1)
+    channel.lose_reply = 1
+    with pytest.raises(ConnectionError):
+        await run.submit({"w": "a"})
+    task_id = await run.submit({"w": "a"})
+    assert (await queue.figures()).stats["submitted"] == 1
+    assert await run.submit({"w": "a"}) != task_id, "the next of its kind is a new task"
+
+
+def test_submit_without_a_worker_says_so() -> None:
+    ctx = TaskContext("t", 1, 3, "q", "pod:i1")
+    with pytest.raises(RuntimeError, match=r"ctx\.submit_sync needs the worker behind the run"):
+        ctx.submit_sync({"w": 1})
+
+
+@pytest.fixture
+def queue(redis: aioredis.Redis, queue_name: str) -> TaskQueue:
+    return TaskQueue(redis, queue_name)

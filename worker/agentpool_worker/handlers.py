@@ -27,9 +27,10 @@ worker's own (see :mod:`agentpool_worker.threads`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import inspect
-import itertools
+import json
 import os
 import sys
 import threading
@@ -89,6 +90,32 @@ class LimitChannel(Protocol):
     async def throttled(self, name: str, retry_after: float | None) -> Throttle: ...
 
 
+class SubmitNames:
+    """How a run names its submits (``TaskContext.submit``): by a digest of what is submitted
+    and which of its kind it is, so that another attempt submitting the same tasks, in any
+    order, names each as the first did. A submit that failed (its reply may be lost) gives its
+    name back for the next submit of its kind: a retry sends the same name."""
+
+    def __init__(self) -> None:
+        self._taken: dict[str, int] = {}
+        self._returned: dict[str, list[str]] = {}
+
+    def take(self, payload: Any, options: dict[str, Any]) -> str:
+        text = json.dumps([payload, options], sort_keys=True, separators=(",", ":"),
+                          default=str)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+        returned = self._returned.get(digest)
+        if returned:
+            return returned.pop()
+        number = self._taken.get(digest, 0)
+        self._taken[digest] = number + 1
+        return f"s:{digest}#{number}"
+
+    def give_back(self, name: str) -> None:
+        if name.startswith("s:"):
+            self._returned.setdefault(name[2:].partition("#")[0], []).append(name)
+
+
 @dataclass(frozen=True)
 class TaskContext:
     """What a handler may know about the run it is doing, and how it reports along the way.
@@ -114,8 +141,8 @@ class TaskContext:
     timeout_seconds: float = DEFAULT_TASK_TIMEOUT_SECONDS
     """How long this run may last before it is stopped and fails: the pool's task timeout, or
     the task's own when its submit gave a shorter one."""
-    _submit_numbers: itertools.count[int] = field(
-        default_factory=itertools.count, repr=False, compare=False)
+    _submit_names: SubmitNames = field(default_factory=lambda: SubmitNames(),
+                                       repr=False, compare=False)
 
     async def submit(self, payload: Any, *, priority: int = 0, delay: float = 0,
                      max_attempts: int | None = None, expires: float | None = None,
@@ -126,21 +153,35 @@ class TaskContext:
         results of those it runs after (``ctx.results_before()``) once they have all
         succeeded, without holding this run's slot while they run.
 
-        Once per task, not per attempt: each submit of a run is named by this task's id and
-        `key` (by default, its place among the run's submits: 0, 1, 2...), so a later attempt
-        of this task that submits again in the same order gets the ids its earlier attempt
-        submitted instead of new tasks. Give a `key` when the order may change. Raises as
-        ``submit`` does (TaskNotFound for an unknown `after` id, RedisFull...)."""
+        Once per task, not per attempt: a submit is named by this task's id and what it
+        submits (payload and options; the same one submitted again in a run is the next of
+        its kind), or by a `key` of its own, as an idempotency key. A later attempt that
+        submits the same gets the id its earlier attempt got, whatever the order (resuming
+        from a checkpoint, it submits only what is left); one that submits something else gets
+        a new task, and the earlier attempt's tasks it no longer submits run all the same. This
+        holds while those tasks are on record (their result TTL once finished; the key a day).
+        While Redis cannot be reached it waits for it (a resend is harmless: the name is the
+        same). Raises as ``TaskQueue.submit`` does: TaskNotFound for an unknown `after` id,
+        ProtocolError for a bad option, Redis's refusal when it is full."""
         if self.channel is None:
             raise RuntimeError("ctx.submit needs the worker behind the run")
-        name = str(next(self._submit_numbers)) if key is None else key
-        return await self.channel.submit(
-            self, payload, priority=priority, delay=delay, max_attempts=max_attempts,
-            expires=expires, task_timeout=task_timeout, after=after,
-            idempotency_key=f"{self.task_id}:{name}")
+        options = {"priority": priority, "delay": delay, "max_attempts": max_attempts,
+                   "expires": expires, "task_timeout": task_timeout,
+                   "after": None if after is None else
+                   ([after] if isinstance(after, str) else list(after))}
+        name = self._submit_names.take(payload, options) if key is None else f"k:{key}"
+        try:
+            task_id = await self.channel.submit(
+                self, payload, idempotency_key=f"{self.task_id}:{name}", **options)
+        except BaseException:
+            self._submit_names.give_back(name)
+            raise
+        return task_id
 
     def submit_sync(self, payload: Any, **options: Any) -> str:
         """:meth:`submit` for sync handlers (called from their thread)."""
+        if self.channel is None:
+            raise RuntimeError("ctx.submit_sync needs the worker behind the run")
         loop = self._loop_for_sync("submit_sync")
         return asyncio.run_coroutine_threadsafe(self.submit(payload, **options), loop).result()
 

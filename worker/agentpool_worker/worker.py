@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ResponseError
 
 from agentpool.connection import redis_from_url
 from agentpool.durability import NotReplicated
@@ -67,7 +68,13 @@ from agentpool.protocol import (
     new_instance_id,
     retry_delay,
 )
-from agentpool.redis_errors import REDIS_FAILURES, URL_WITH_PASSWORD, auth_failure, redis_full
+from agentpool.redis_errors import (
+    REDIS_FAILURES,
+    TRANSIENT_REFUSALS,
+    URL_WITH_PASSWORD,
+    auth_failure,
+    redis_full,
+)
 from agentpool.seconds import seconds_text
 from agentpool_worker import metrics
 from agentpool_worker.claim_pace import ArrivalRate, lingers, wait_before_next_claim
@@ -1106,25 +1113,35 @@ class Worker:
         raise LeaseLost(f"task {task.id} is held by another run now; checkpoint refused")
 
     async def submit(self, ctx: TaskContext, payload: Any, **options: Any) -> str:
-        """A run's ``ctx.submit``, on the pool's queue and connections."""
-        return await self._rt(self.queue.submit(payload, **options))
+        """A run's ``ctx.submit``, on the pool's queue and connections (sent again while Redis
+        cannot be reached: the submit carries an idempotency key)."""
+        return await self._for_run(ctx, "submit", lambda: self.queue.submit(payload, **options))
 
     async def results_before(self, ctx: TaskContext) -> dict[str, Any]:
-        """A run's ``ctx.results_before()``: while Redis cannot be reached it waits for
-        Redis, as the run's outcome would."""
+        """A run's ``ctx.results_before()``."""
+        return await self._for_run(ctx, "results_before",
+                                   lambda: self.queue.results_before(ctx.task_id))
+
+    async def _for_run(self, ctx: TaskContext, what: str,
+                       call: Callable[[], Awaitable[T]]) -> T:
+        """A call a run makes, tried again while Redis cannot be reached (as the run's outcome
+        would be) until it answers or the run is over (LeaseLost). Redis's refusals (a full
+        Redis, a permission) are the run's to handle."""
         backoff = _Backoff()
         while True:
             try:
-                results = await self._rt(self.queue.results_before(ctx.task_id))
+                result = await self._rt(call())
             except REDIS_FAILURES as exc:
-                self._redis_failed(exc, "results_before")
+                if isinstance(exc, ResponseError) and not isinstance(exc, TRANSIENT_REFUSALS):
+                    raise
+                self._redis_failed(exc, what)
                 run = self._runs.get(ctx.task_id)
                 if run is None or run.ctx is not ctx or run.stop_reason is not None:
                     raise LeaseLost(f"task {ctx.task_id}: this run is over") from exc
                 await backoff.sleep()
                 continue
             self._redis_ok()
-            return results
+            return result
 
     def _checkpoint_not_saved(self, run: _Run) -> None:
         if self._full is not None:
