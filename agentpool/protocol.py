@@ -443,15 +443,15 @@ def _after_arg(after: Iterable[str] | None) -> str:
     return ",".join(unique)
 
 
-def _submitted(reply: tuple[int, str, int], queue: str) -> tuple[str, int]:
-    """(id, acked) of a submit, from the script's (created, id) and the replica count; a task
-    it was to run after that the queue does not know raises TaskNotFound."""
-    created, task_id, acked = reply
+def _submitted(reply: tuple[int, str, int], queue: str) -> str:
+    """The id of a submit's task, from the script's (created, id); a task it was to run after
+    that the queue does not know raises TaskNotFound."""
+    created, task_id, _ = reply
     if created < 0:
         raise TaskNotFound(
             f"after: no task {task_id} in queue {queue} (never submitted, or finished longer "
             "ago than the result TTL); nothing was submitted")
-    return task_id, acked
+    return task_id
 
 
 def new_task_id() -> str:
@@ -645,10 +645,33 @@ class TaskQueue:
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
                                  expires, task_timeout, after)
-        task_id, acked = _submitted(await self._submits.call(args, size=len(args[1])),
-                                    self.name)
-        self._check_replicated("submit", acked, task_id)
-        return task_id
+        return (await self._submit(args))[0]
+
+    async def submit_once(
+        self,
+        payload: Any,
+        *,
+        idempotency_key: str,
+        priority: int = 0,
+        delay: float = 0,
+        max_attempts: int | None = None,
+        expires: float | None = None,
+        task_timeout: float | None = None,
+        after: Iterable[str] | None = None,
+    ) -> tuple[str, bool]:
+        """:meth:`submit` under an idempotency key, saying whether this call created the task
+        (False when the key named one already; a call that reached Redis twice, its reply lost
+        the first time, created it): a caller that reports its submits (the operator's
+        schedules) reports each task once."""
+        args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
+                                 expires, task_timeout, after)
+        return await self._submit(args)
+
+    async def _submit(self, args: list[Any]) -> tuple[str, bool]:
+        reply = await self._submits.call(args, size=len(args[1]))
+        task_id = _submitted(reply, self.name)
+        self._check_replicated("submit", reply[2], task_id)
+        return task_id, task_id == args[0]
 
     async def _submit_one(self, args: list[Any]) -> tuple[int, str, int]:
         if self.durability is Durability.NONE:
@@ -689,7 +712,7 @@ class TaskQueue:
         script = self._script("submit")
         reply = cast(list[Any], line.run(script.sha, script.script, [self.prefix + "queued"],
                                          [self.prefix, *args]))
-        return _submitted((int(reply[0]), _s(reply[1]), 1), self.name)[0]
+        return _submitted((int(reply[0]), _s(reply[1]), 1), self.name)
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
                           delay: float = 0, max_attempts: int | None = None,

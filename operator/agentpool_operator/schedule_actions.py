@@ -77,9 +77,9 @@ async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
     if turn.problem is not None:
         return entry, Problem(INVALID_REASON, f"schedule {schedule.name!r}: {turn.problem}")
     turn, problem = await _settle_overlap(observation, schedule, turn, before.last_task_id)
-    submitted = None
+    submitted, created = None, False
     if problem is None:
-        submitted, problem = await _submit(observation, schedule, turn)
+        submitted, created, problem = await _submit(observation, schedule, turn)
     if (problem is None and submitted is not None and turn.replace_previous
             and before.last_task_id not in (None, submitted)):
         problem = await _cancel_previous(observation, schedule, turn, before.last_task_id)
@@ -93,7 +93,7 @@ async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
     if turn.missed:
         _event(observation, "Warning", "ScheduleMissed", _missed_message(schedule, turn))
     metrics.record_scheduled(observation.namespace, observation.name, schedule.name,
-                             submitted=int(submitted is not None), missed=turn.missed)
+                             submitted=int(created), missed=turn.missed)
     if submitted is not None and turn.submit is not None:
         entry["lastScheduleTime"] = rfc3339(turn.submit)
         entry["lastTaskId"] = submitted
@@ -151,30 +151,33 @@ def _unreachable(schedule: ScheduleSpec) -> Problem:
 
 
 async def _submit(observation: PoolObservation, schedule: ScheduleSpec,
-                  turn: ScheduleTurn) -> tuple[str | None, Problem | None]:
-    """The task of `turn`, if it has one: its id, or why it could not be submitted."""
+                  turn: ScheduleTurn) -> tuple[str | None, bool, Problem | None]:
+    """The task of `turn`, if it has one: its id and whether this round created it (an
+    operator restarted before its status write finds the task of the time it submitted), or
+    why it could not be submitted. Scheduled is posted for a task created."""
     if turn.submit is None:
-        return None, None
+        return None, False, None
     queue: TaskQueue | None = observation.queue
     if queue is None:
-        return None, _unreachable(schedule)
+        return None, False, _unreachable(schedule)
     metadata = observation.pool.get("metadata") or {}
     pool_id = str(metadata.get("uid") or f"{observation.namespace}/{observation.name}")
     try:
-        task_id = await queue.submit(
+        task_id, created = await queue.submit_once(
             schedule.payload, priority=schedule.priority, expires=schedule.expires_seconds,
             task_timeout=schedule.task_timeout_seconds,
             idempotency_key=idempotency_key(pool_id, schedule.name, turn.submit))
     except ProtocolError as error:
-        return None, Problem(FAILED_REASON, f"schedule {schedule.name!r}: {error}")
+        return None, False, Problem(FAILED_REASON, f"schedule {schedule.name!r}: {error}")
     except REDIS_FAILURES as error:
         log.warning(f"{observation.namespace}/{observation.name}: schedule {schedule.name!r}: "
                     f"cannot submit: {sanitize(str(error))}")
-        return None, Problem(FAILED_REASON, f"schedule {schedule.name!r}: cannot submit to "
-                                            "the queue; tried again next round")
-    _event(observation, "Normal", "Scheduled",
-           f"schedule {schedule.name!r}: task {task_id} submitted for {rfc3339(turn.submit)}")
-    return task_id, None
+        return None, False, Problem(FAILED_REASON, f"schedule {schedule.name!r}: cannot "
+                                                   "submit to the queue; tried again next round")
+    if created:
+        _event(observation, "Normal", "Scheduled", f"schedule {schedule.name!r}: task "
+               f"{task_id} submitted for {rfc3339(turn.submit)}")
+    return task_id, created, None
 
 
 def _missed_message(schedule: ScheduleSpec, turn: ScheduleTurn) -> str:

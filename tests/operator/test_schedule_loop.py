@@ -125,6 +125,8 @@ async def test_a_due_time_submits_its_task_once_even_across_a_restart(
         again = await eventually(lambda: "lastTaskId" in (e := schedule_entry(cluster)) and e)
         assert again["lastTaskId"] == task_id
         assert await queued_ids(queue) == [task_id]
+        # the stopped operator's series are gone: the new one counts only what it submitted
+        assert counted("scheduled_tasks") == 0, "found the task, submitted nothing"
 
 
 async def test_forbid_skips_a_time_while_the_previous_task_is_still_queued(

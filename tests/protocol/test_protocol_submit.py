@@ -294,3 +294,13 @@ async def test_options_out_of_range_are_refused_before_anything_is_stored(
     with pytest.raises(ProtocolError, match=problem):
         await queue.submit({"x": 1}, **options)
     assert (await queue.figures()).stats.get("submitted", 0) == 0
+
+
+async def test_submit_once_says_whether_the_call_created_the_task(queue: TaskQueue) -> None:
+    task_id, created = await queue.submit_once({"n": 1}, idempotency_key="daily")
+    assert created
+    assert await queue.submit_once({"n": 1}, idempotency_key="daily") == (task_id, False)
+    args = queue._submit_args({"n": 2}, 0, 0, "weekly", None)
+    first = await queue._submit(args)
+    assert await queue._submit(args) == first == (args[0], True), \
+        "the same call sent again (its reply lost) still created it"
