@@ -1,7 +1,9 @@
 """An agent handler: streams an OpenAI-style chat model's tokens as task events, runs the tools
-it asks for, checkpoints after each tool call, and resumes from there after a lost run.
+it asks for, checkpoints after each tool call, and resumes from there after a lost run; and a
+planner that fans questions out to agent runs and a summary of their answers.
 
     AGENTPOOL_HANDLER=llm_agent:run  LLM_BASE_URL=https://api.example.com  LLM_API_KEY=...
+    AGENTPOOL_HANDLER=llm_agent:research  (the same, plus {"questions": [...]} payloads)
 """
 
 from __future__ import annotations
@@ -98,6 +100,21 @@ async def run(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
             state["tool_calls"] += 1
         await ctx.checkpoint(state)
     raise PermanentError(f"no answer after {MAX_TURNS} turns")
+
+
+async def research(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """{"questions": [...]}: one agent run per question, and one that summarises their answers
+    once they have all succeeded. The planner returns at once instead of holding its slot; a
+    retried planner submits the same runs and gets the same tasks back (ctx.submit)."""
+    if not isinstance(payload, dict) or not ("questions" in payload or "summarise" in payload):
+        return await run(payload, ctx)
+    if "summarise" in payload:
+        answers = [r["answer"] for r in (await ctx.results_before()).values()]
+        prompt = payload["summarise"] + "\n" + "\n".join(f"- {a}" for a in answers)
+        return await run({"prompt": prompt}, ctx)
+    steps = [await ctx.submit({"prompt": str(q)}) for q in payload["questions"]]
+    summary = await ctx.submit({"summarise": "Summarise these answers:"}, after=steps)
+    return {"steps": steps, "summary": summary}
 
 
 def run_tool(name: str, arguments: str) -> Any:

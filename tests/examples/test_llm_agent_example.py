@@ -152,3 +152,20 @@ def test_the_worker_docs_show_this_example_verbatim() -> None:
     code = (ROOT / "examples" / "llm_agent.py").read_text()
     docs = (ROOT / "docs" / "worker.md").read_text()
     assert f"```python\n{code}```" in docs
+
+
+async def test_the_planner_fans_questions_out_and_summarises_their_answers(
+    fake_llm: FakeLLM, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, "llm_agent:research", concurrency=4)):
+        plan = await queue.submit({"questions": ["What is 2 + 3?", "And 3 + 2?"]})
+        planned = await queue.wait(plan, timeout=20)
+        summary = await queue.wait(planned.result["summary"], timeout=20)
+    assert planned.state == "succeeded" and len(planned.result["steps"]) == 2
+    assert summary.after == tuple(planned.result["steps"])
+    assert (summary.state, summary.result["answer"]) == ("succeeded", "The answer is 5")
+    asked = [m[0]["content"] for m in fake_llm.requests if len(m) == 1]
+    assert sorted(asked) == sorted([
+        "What is 2 + 3?", "And 3 + 2?",
+        "Summarise these answers:\n- The answer is 5\n- The answer is 5"])
