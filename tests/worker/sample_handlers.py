@@ -313,3 +313,13 @@ def sync_fan_out_in(payload: Any, ctx: TaskContext) -> Any:
     if "words" in payload:
         return sync_planner(payload, ctx)
     return sync_fan_in(payload, ctx)
+
+
+GATES: dict[str, asyncio.Event] = {}
+"""In-process tests open a run's gate by its task id (gated_submit)."""
+
+
+async def gated_submit(payload: Any, ctx: TaskContext) -> Any:
+    """Waits for its gate, then submits a step and returns its id."""
+    await GATES.setdefault(ctx.task_id, asyncio.Event()).wait()
+    return await ctx.submit({"step": payload})

@@ -4,13 +4,19 @@ own steps (ctx.submit), once per task whatever its attempts do."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+import sample_handlers
 from worker_helpers import HANDLERS, eventually, running, settings, task_in
 
 from agentpool.protocol import TaskQueue
+from agentpool.redis_server import RedisServer, free_port
 from agentpool_worker.handlers import RunChannel, TaskContext
 
 
@@ -126,3 +132,44 @@ def test_submit_without_a_worker_says_so() -> None:
 @pytest.fixture
 def queue(redis: aioredis.Redis, queue_name: str) -> TaskQueue:
     return TaskQueue(redis, queue_name)
+
+
+@contextlib.contextmanager
+def frozen(server: RedisServer) -> Iterator[None]:
+    """`server` stops answering until the block ends (SIGSTOP, as a frozen node would)."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+
+
+async def test_a_submit_made_while_redis_is_frozen_goes_through_once_it_answers(
+    queue_name: str,
+) -> None:
+    """ctx.submit waits for Redis: sent while it is frozen (each try times out), it is sent
+    again until Redis answers, as one task; the run goes on and succeeds."""
+    server = RedisServer(port=free_port()).start()
+    client = aioredis.Redis.from_url(server.url)
+    queue = TaskQueue(client, queue_name)
+    try:
+        async with running(settings(server.url, queue_name, f"{HANDLERS}:gated_submit",
+                                    lease_seconds=10.0)) as worker:
+            task_id = await queue.submit("frozen")
+            await eventually(lambda: task_in(queue, task_id, "running"), 10, "the run")
+            with frozen(server):
+                sample_handlers.GATES.setdefault(task_id, asyncio.Event()).set()
+                errors = worker.metrics.redis_errors._value
+                deadline = asyncio.get_running_loop().time() + 10
+                while errors.get() < 2:  # two tries of the submit (or a heartbeat) timed out
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.05)
+            done = await eventually(lambda: task_in(queue, task_id, "succeeded"), 15, "done")
+        assert done.attempts == 1, "the run waited for Redis instead of failing"
+        assert (await queue.figures()).stats["submitted"] == 2
+        step = await queue.get(done.result)
+        assert step is not None and step.payload == {"step": "frozen"}
+    finally:
+        await client.aclose()
+        server.close()
