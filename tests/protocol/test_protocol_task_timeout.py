@@ -105,9 +105,10 @@ async def test_a_timeout_out_of_bounds_is_refused_and_nothing_stored(
 async def test_a_submit_whose_values_do_not_divide_into_tasks_is_refused(
     queue: TaskQueue, redis: aioredis.Redis,
 ) -> None:
-    """One task in the layout before the timeout (eight values): read as nine, it would take
-    its fields from the wrong places."""
-    args = queue._submit_args({}, 0, 0, None, None)[:-1]
-    with pytest.raises(ResponseError, match="submit: ARGV is the prefix and 9 values per task"):
-        await queue._run("submit", *args)
+    """One task in the layout of an older client (a value fewer): read as the script's, it
+    would take its fields from the wrong places."""
+    full = queue._submit_args({}, 0, 0, None, None)
+    with pytest.raises(ResponseError,
+                       match=f"submit: ARGV is the prefix and {len(full)} values per task"):
+        await queue._run("submit", *full[:-1])
     assert (await queue.figures()).used is False
