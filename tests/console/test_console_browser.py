@@ -413,6 +413,9 @@ def test_a_task_after_another_shows_it_and_ends_with_it(console: Console, page: 
     with SyncClient.from_url(console.redis_url) as client:
         client.queue(console.queue).cancel(first)
     expect(page.locator("#task-state")).to_have_text("cancelled", timeout=LIVE)
+    page.locator("dl.detail dt:text-is('After') + dd").get_by_role("link", name=first).click()
+    expect(page.locator("h1")).to_contain_text(f"Task {first}", timeout=LIVE)
+    expect(page.locator("#task-state")).to_have_text("cancelled")
 
 
 def test_a_script_in_a_payload_or_error_renders_as_text(console: Console, page: Page) -> None:

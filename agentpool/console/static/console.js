@@ -368,8 +368,10 @@ function taskPage(queue, id) {
         ["Owner", show(t.owner)], ["Created", show(t.created)], ["Started", show(t.started)],
         ["Finished", show(t.finished)], ...(t.expires ? [["Expires", t.expires]] : []),
         ...(t.timeout_seconds != null ? [["Timeout", `${t.timeout_seconds} s per run (or the pool's task timeout, if shorter)`]] : []),
-        ...(t.after && t.after.length ? [["After", `${t.after.join(", ")} (runs once they have all succeeded)`]] : [])
-      ].flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, String(v))])));
+        ...(t.after && t.after.length ? [["After", [...t.after.flatMap((before, i) => [i ? ", " : "",
+          el("a", { href: `${base}/tasks/${enc(before)}` }, before)]),
+          " (runs once they have all succeeded)"]]] : [])
+      ].flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, Array.isArray(v) ? v : String(v))])));
     // a final task keeps the outcome of its cancel in view
     if (actions && running) actions.hidden = false;
     if (actions) document.getElementById("cancel").disabled = !running;
