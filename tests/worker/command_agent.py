@@ -29,6 +29,13 @@ def main() -> None:
                                             if k.upper().startswith("AGENTPOOL_")),
                         "marker": os.environ.get("AGENT_MARKER"), "dir": directory,
                         "found": found, "tmpdir": os.environ["TMPDIR"]}})
+    elif mode == "before":
+        path = os.environ.get("AGENTPOOL_RESULTS_BEFORE_FILE")
+        if path is None:
+            say({"result": {"step": payload["step"], "before": None}})
+        else:
+            with open(path) as file:
+                say({"result": {"step": payload["step"], "before": json.load(file)}})
     elif mode == "deadline":
         say({"result": {"left": float(os.environ["AGENTPOOL_TASK_DEADLINE"]) - time.time()}})
     elif mode == "home":

@@ -121,6 +121,19 @@ async def test_a_program_knows_when_its_run_will_be_stopped(
     assert 595 < pools_left <= 600
 
 
+async def test_a_program_reads_the_results_of_the_tasks_it_runs_after_from_a_file(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, concurrency=2)):
+        first = await queue.submit({"mode": "before", "step": 1})
+        second = await queue.submit({"mode": "before", "step": 2}, after=[first])
+        done = await finished(queue, second, "succeeded")
+        alone = await finished(queue, first, "succeeded")
+    assert alone.result == {"step": 1, "before": None}, "no file without after"
+    assert done.result == {"step": 2, "before": {first: {"step": 1, "before": None}}}
+
+
 @pytest.mark.parametrize("writable", [True, False], ids=["writable-home", "no-home"])
 async def test_a_program_gets_a_writable_home(
     writable: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str,

@@ -16,7 +16,9 @@ its own, with:
   pod whose root filesystem is read-only: tools such as git, npm and most agent CLIs write
   there); and
   ``AGENTPOOL_CHECKPOINT_FILE``, a file holding the JSON state an earlier attempt
-  checkpointed, when one did.
+  checkpointed, when one did; ``AGENTPOOL_RESULTS_BEFORE_FILE``, a file holding the results of
+  the tasks this one was submitted to run after (a JSON object by task id, as
+  ``ctx.results_before()`` gives them), when it was (one read of Redis per run finds out).
 
 Each line of **stdout** that is a JSON object of one of these forms, with no other key, is a
 message:
@@ -186,7 +188,12 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
         if not settings.home_writable:
             env["HOME"] = scratch
         if ctx.checkpoint_state is not None:
-            env["AGENTPOOL_CHECKPOINT_FILE"] = _write_checkpoint(scratch, ctx.checkpoint_state)
+            env["AGENTPOOL_CHECKPOINT_FILE"] = _write_json(
+                scratch, "checkpoint.json", ctx.checkpoint_state)
+        before = await ctx.results_before()
+        if before:
+            env["AGENTPOOL_RESULTS_BEFORE_FILE"] = _write_json(
+                scratch, "results-before.json", before)
         command = await _Command.start(settings.argv, env)
         try:
             return await _converse(command, payload, ctx, settings.max_result_bytes)
@@ -560,8 +567,8 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
                          task=ctx.task_id, why=why_not)
 
 
-def _write_checkpoint(directory: str, state: Any) -> str:
-    path = os.path.join(directory, "checkpoint.json")
+def _write_json(directory: str, name: str, value: Any) -> str:
+    path = os.path.join(directory, name)
     with open(path, "w", encoding="utf-8") as file:
-        file.write(compact_json(state)[0])
+        file.write(compact_json(value)[0])
     return path
