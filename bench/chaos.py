@@ -36,6 +36,12 @@ ends when every task is finished or ``--timeout`` passes. Printed, and checked:
   outside killed workers (their completion was refused, or never sent); and the completions
   the fence refused, counted from the workers' own log lines.
 
+With ``--plans K`` each task is a planner: its run submits K steps, a pause before each (so
+that a kill can land between two submits), and a summary after them (``ctx.submit``). Then
+also checked: the queue's submit counter holds exactly the planners and K + 1 tasks each
+(another attempt of a planner got its earlier steps back), every task finished, and every
+summary found all its steps' results.
+
 With ``--chains L`` the tasks are submitted as chains of L, each task after the one before
 (``submit(after=...)``); each run reads the results of the task it runs after
 (``ctx.results_before()``). Then also checked: runs that started without that task's result
@@ -91,6 +97,7 @@ from bench.chaos_handler import (
     RESUMED_KEY,
     RUNS_KEY,
     SAVED_KEY,
+    SHORT_KEY,
     STEPS_KEY,
     expected_total,
     run_key,
@@ -133,6 +140,9 @@ class Options:
     chains: int = 0
     """0: independent tasks; L: chains of L tasks, each submitted to run after the one before
     (``submit(after=...)``)."""
+    plans: int = 0
+    """0: tasks that work; K: planners, each submitting K steps and a summary after them from
+    its run (``ctx.submit``)."""
     acl: bool = False
     """Workers and the producer connect as Redis ACL users confined to the queue (the rules
     the operator gives a pool's users); the reaper, standing for the operator, applies them
@@ -406,10 +416,13 @@ class Soak:
                 payloads = [{"steps": opts.steps, "every": opts.checkpoint_every,
                              "step_seconds": opts.mean_seconds / opts.steps, "seed": p["seed"]}
                             for p in payloads]
+            if opts.plans:
+                payloads = [{**p, "plan": opts.plans} for p in payloads]
             for index in rng.sample(range(opts.tasks), min(opts.freezes, opts.tasks)):
                 payloads[index]["freeze"] = True
             ids = await submit_chains(TaskQueue(producer, QUEUE), payloads, opts.chains)
             self.note(f"submitted {len(ids)} tasks")
+            total = len(ids) * (opts.plans + 2 if opts.plans else 1)
             chaos_start = time.monotonic()
             reaper = asyncio.create_task(self.reaper())
             events = plan_events(opts)
@@ -420,20 +433,20 @@ class Soak:
             while time.monotonic() < deadline:
                 with contextlib.suppress(RedisError, OSError):
                     done = await self.finished()
-                if done >= len(ids):
+                if done >= total:
                     break
                 if time.monotonic() >= next_progress:
                     next_progress += PROGRESS_SECONDS
-                    self.note(f"progress: {done} of {len(ids)} finished, "
+                    self.note(f"progress: {done} of {total} finished, "
                               f"{len(events) - len(pending)} of {len(events)} events applied")
                 await self.thaw_watch(background)
                 due = bool(pending) and time.monotonic() - chaos_start >= pending[0].at
-                if due and done < opts.stop_at * len(ids):
+                if due and done < opts.stop_at * total:
                     await self.apply(pending.pop(0), background)
                     continue
                 await asyncio.sleep(0.2)
             elapsed = time.monotonic() - self.started
-            self.note(f"{done} of {len(ids)} finished; stopping")
+            self.note(f"{done} of {total} finished; stopping")
             reaper.cancel()
             return await self.account(ids, elapsed)
         finally:
@@ -502,9 +515,11 @@ class Soak:
         per_task = Counter(m.split("|", 1)[0] for m in runs)
         duplicates = sum(n - 1 for n in per_task.values() if n > 1)
         killed = self.tally.killed
+        submitted_ids = set(ids)  # with --plans, the steps and summaries are counted apart
         fenced = sum(
             1 for m in finishes
-            if writers.get(m.split("|", 1)[0]) != m and m.split("|")[1] not in killed
+            if m.split("|", 1)[0] in submitted_ids
+            and writers.get(m.split("|", 1)[0]) != m and m.split("|")[1] not in killed
         )
         submitted = len(ids)
         lost = submitted - states["succeeded"] - states["dead"] - states["cancelled"]
@@ -535,11 +550,37 @@ class Soak:
             chains = await self.chain_account(ids)
             report["chains"] = chains
             report["ok"] = report["ok"] and chains["ok"]
+        if self.opts.plans:
+            plans = await self.plan_account(ids)
+            report["plans"] = plans
+            report["ok"] = report["ok"] and plans["ok"]
         if self.opts.checkpoint_every:
             checks = await self.checkpoint_account(ids, per_task)
             report["checkpoints"] = checks
             report["ok"] = report["ok"] and checks["ok"]
         return report
+
+    async def plan_account(self, ids: list[str]) -> dict[str, Any]:
+        """Every planner's steps and summary exist once, however often it ran: the queue's
+        submit counter holds the planners and K + 1 tasks each, no more; every task it ever
+        had finished; each summary found all its steps' results."""
+        stats = await self.redis.hgetall(self.queue.prefix + "stats")
+        counts = {_text(k): int(v) for k, v in stats.items()}
+        submitted = int(await self.redis.get(self.queue.prefix + "seq") or 0)
+        expected = len(ids) * (self.opts.plans + 2)
+        finished = sum(counts.get(k, 0) for k in ("succeeded", "dead", "cancelled"))
+        short = await self.records.scard(SHORT_KEY)
+        planner_runs = Counter(m.split("|", 1)[0] for m in
+                               (_text(r) for r in await self.records.smembers(RUNS_KEY)))
+        return {
+            "steps_per_plan": self.opts.plans,
+            "tasks_expected": expected,
+            "tasks_submitted": submitted,
+            "tasks_unfinished": submitted - finished,
+            "planners_run_again": sum(1 for i in ids if planner_runs[i] > 1),
+            "summaries_short_of_results": short,
+            "ok": submitted == expected and finished == submitted and short == 0,
+        }
 
     async def chain_account(self, ids: list[str]) -> dict[str, Any]:
         """Each task of a chain runs only after the one before it succeeded (its runs found
@@ -696,6 +737,8 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
     p.add_argument("--steps", type=int, default=d.steps,
                    help="with --checkpoint-every: steps per task")
     p.add_argument("--timeout", type=float, default=d.timeout)
+    p.add_argument("--plans", type=int, default=d.plans, metavar="K",
+                   help="the tasks are planners submitting K steps and a summary each (0: off)")
     p.add_argument("--chains", type=int, default=d.chains, metavar="L",
                    help="submit the tasks as chains of L, each after the one before (0: off)")
     p.add_argument("--acl", action="store_true",
@@ -720,16 +763,19 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
                 "--checkpoint-every")
     if a.sentinel and a.cluster:
         p.error("--sentinel or --cluster, not both")
-    if a.chains < 0:
-        p.error("--chains must be 0 (off) or a chain length")
-    if a.chains and (a.sentinel or a.cluster or a.checkpoint_every):
-        p.error("--chains runs the plain soak: without --sentinel, --cluster and "
+    if a.chains < 0 or a.plans < 0:
+        p.error("--chains and --plans must be 0 (off) or a length")
+    if (a.chains or a.plans) and (a.sentinel or a.cluster or a.checkpoint_every):
+        p.error("--chains and --plans run the plain soak: without --sentinel, --cluster and "
                 "--checkpoint-every")
+    if a.chains and a.plans:
+        p.error("--chains or --plans, not both")
     opts = Options(tasks=a.tasks, workers=a.workers, concurrency=a.concurrency,
                    mean_seconds=a.mean_seconds, lease_seconds=a.lease_seconds,
                    max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,
                    seed=a.seed, freezes=a.freezes, checkpoint_every=a.checkpoint_every,
-                   steps=a.steps, chains=a.chains, acl=a.acl, sentinel=a.sentinel,
+                   steps=a.steps, chains=a.chains, plans=a.plans, acl=a.acl,
+                   sentinel=a.sentinel,
                    durability=a.durability, submit_rate=a.submit_rate, replicas=a.replicas,
                    cluster=a.cluster)
     return opts, a.json
@@ -775,6 +821,16 @@ def render(report: dict[str, Any]) -> str:
              chains["runs_before_the_one_before_succeeded"]),
             ("cancelled after a dead or cancelled one", chains["cancelled_after_a_failed_one"]),
             ("cancelled otherwise (must be 0)", chains["cancelled_otherwise"]),
+        ]
+    plans = report.get("plans")
+    if plans:
+        rows += [
+            ("planners", f"{report['submitted']}, {plans['steps_per_plan']} steps and a summary "
+                         f"each; {plans['planners_run_again']} ran more than once"),
+            ("tasks in the queue (must be as planned)",
+             f"{plans['tasks_submitted']} of {plans['tasks_expected']} planned"),
+            ("tasks unfinished (must be 0)", plans["tasks_unfinished"]),
+            ("summaries short of results (must be 0)", plans["summaries_short_of_results"]),
         ]
     if "failovers" in report:
         from bench.chaos_sentinel import render_rows

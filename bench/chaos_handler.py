@@ -29,6 +29,8 @@ from agentpool_worker.handlers import TaskContext
 
 RUNS_KEY = "chaos:runs"
 FINISHED_KEY = "chaos:finished"
+SHORT_KEY = "chaos:short"
+"""Set of summary runs (``--plans``) that found fewer results than their plan has steps."""
 EARLY_KEY = "chaos:early"
 """Set of runs of a task (``--chains``) that started without the result of the task it runs
 after: a release before that task succeeded."""
@@ -49,6 +51,11 @@ async def _record(key: str, member: str) -> None:
 async def run(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     member = run_key(ctx.task_id, ctx.worker_id, ctx.attempt)
     await _record(RUNS_KEY, member)
+    if isinstance(payload, dict) and payload.get("plan"):
+        return await _plan(payload, ctx)
+    if (isinstance(payload, dict) and payload.get("summary")
+            and len(await ctx.results_before()) != payload["summary"]):
+        await _record(SHORT_KEY, member)
     if isinstance(payload, dict) and payload.get("after"):
         before = await ctx.results_before()
         if not isinstance(before.get(payload["after"]), dict):
@@ -58,6 +65,21 @@ async def run(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     if isinstance(payload, dict) and payload.get("freeze") and ctx.attempt == 1:
         os.kill(os.getpid(), signal.SIGSTOP)
     return {**result, "worker": ctx.worker_id}
+
+
+async def _plan(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """A planner (``--plans K``): K steps, each submitted after a pause (so that a kill can
+    land between two submits), then a summary after them all. Another attempt submits the
+    same and must get the same tasks back: the soak counts every task the queue ever had."""
+    steps, pause = int(payload["plan"]), float(payload["mean_seconds"]) / int(payload["plan"])
+    ids = []
+    for step in range(steps):
+        await asyncio.sleep(pause)
+        ids.append(await ctx.submit({"mean_seconds": payload["mean_seconds"],
+                                     "seed": payload["seed"] + step + 1}))
+    summary = await ctx.submit({"mean_seconds": payload["mean_seconds"], "seed": payload["seed"],
+                                "summary": steps}, after=ids)
+    return {"steps": ids, "summary": summary, "attempt": ctx.attempt, "worker": ctx.worker_id}
 
 
 # -- the checkpointing variant (python -m bench.chaos --checkpoint-every K) -------------------

@@ -10,7 +10,8 @@ by SENTINEL FAILOVER in turn, while a producer submits all along; with durabilit
 no acknowledged submit or completion may be lost. The Cluster variant (about a minute) does
 the same to the primary holding the queue in a cluster of three primaries with a replica
 each, by kill -9 and by CLUSTER FAILOVER, with durability replicated. The chain variant
-submits the tasks as chains, each after the one before.
+submits the tasks as chains, each after the one before; the planner variant has each task
+submit steps and a summary from its run.
 """
 
 from __future__ import annotations
@@ -95,6 +96,27 @@ CHAIN_ARGS = [
     "--mean-seconds", "0.3", "--lease-seconds", "3", "--event-gap", "2", "--freezes", "3",
     "--chains", "4", "--max-attempts", "1", "--timeout", "240",
 ]
+
+
+PLAN_ARGS = [
+    "--seed", "7", "--tasks", "200", "--workers", "3", "--concurrency", "10",
+    "--mean-seconds", "0.5", "--lease-seconds", "3", "--event-gap", "2", "--freezes", "0",
+    "--plans", "4", "--timeout", "240",
+]
+
+
+@pytest.mark.chaos
+def test_planners_run_again_by_the_chaos_submit_each_step_once() -> None:
+    """Planners that submit four steps and a summary from their runs (ctx.submit), killed,
+    stopped and drained between two submits: the queue ends with exactly the planned tasks."""
+    run, report, context = soak(PLAN_ARGS)
+    plans = report["plans"]
+    assert report["lost"] == 0, context
+    assert plans["planners_run_again"] > 0, context
+    assert plans["tasks_submitted"] == plans["tasks_expected"] == 1200, context
+    assert plans["tasks_unfinished"] == 0, context
+    assert plans["summaries_short_of_results"] == 0, context
+    assert run.returncode == 0, context
 
 
 @pytest.mark.chaos
