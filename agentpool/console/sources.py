@@ -159,7 +159,8 @@ class Sources:
                 summary = queue_summary(summary.queue, fig)
             else:
                 summary = replace(summary, queued=fig.queued, delayed=fig.delayed,
-                                  in_flight=fig.in_flight, dead=fig.dead, workers=fig.workers)
+                                  deferred=fig.deferred, in_flight=fig.in_flight, dead=fig.dead,
+                                  workers=fig.workers)
             key = (summary.namespace or NO_NAMESPACE, summary.name)
             seen.add(key)
             record = self.pools.get(key)

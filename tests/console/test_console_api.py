@@ -68,8 +68,9 @@ async def dead_task(queue: TaskQueue, error: str = "boom") -> str:
 async def test_fleet_lists_the_queue_with_its_figures(api: Client, redis: aioredis.Redis,
                                                       queue_name: str) -> None:
     queue = TaskQueue(redis, queue_name)
-    await queue.submit({"a": 2}, delay=60)
+    later = await queue.submit({"a": 2}, delay=60)
     await queue.submit({"a": 1})
+    await queue.submit({"a": 3}, after=[later])
 
     async def fleet_shows_it() -> dict[str, Any]:
         while True:
@@ -82,8 +83,8 @@ async def test_fleet_lists_the_queue_with_its_figures(api: Client, redis: aiored
     doc = await asyncio.wait_for(fleet_shows_it(), 10)
     [pool] = doc["pools"]
     assert doc["source"] == "redis"
-    assert (pool["namespace"], pool["queue"], pool["delayed"], pool["health"]) == (
-        "-", queue_name, 1, "NoWorkers")
+    assert (pool["namespace"], pool["queue"], pool["delayed"], pool["deferred"],
+            pool["health"]) == ("-", queue_name, 1, 1, "NoWorkers")
 
 
 @ALSO_ON_A_CLUSTER

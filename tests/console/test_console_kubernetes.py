@@ -76,7 +76,8 @@ def reader(kmock: Any, tmp_path: Path, queue_name: str) -> KubeReader:
 
 async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredis.Redis,
                                               queue_name: str) -> None:
-    await TaskQueue(redis, queue_name).submit({"x": 1})
+    first_task = await TaskQueue(redis, queue_name).submit({"x": 1})
+    await TaskQueue(redis, queue_name).submit({"x": 2}, after=[first_task])
     await redis.delete("ap:{rl:openai}:config", "ap:{rl:openai}:state")
     first = LimitConfig("openai", requests_per_minute=600)
     await RateLimiter(redis, "openai").declare(first, "team-z/first")
@@ -90,7 +91,8 @@ async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredi
                                                                      queue_name)
         assert (pool["ready_replicas"], pool["desired_replicas"]) == (2, 3)
         assert pool["draining_replicas"] == 1
-        assert pool["queued"] == 1  # live from Redis, not the status's last figure
+        # live from Redis, not the status's last figures
+        assert (pool["queued"], pool["deferred"]) == (1, 1)
         assert pool["conditions"][0]["message"] == "2/3 ready"
 
         page = await sources.pool("team-a", "alpha")
