@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,17 +26,6 @@ from agentpool.redis_server import (
 ONE_SERVER = pytest.mark.parametrize("redis_mode", ["standalone"])
 """For what one server shows whatever the deployment (the commands and keys its ACL refuses,
 databases, its script cache, its keyspace through KEYS): a cluster or Sentinel adds nothing."""
-
-
-@contextmanager
-def frozen(server: RedisServer) -> Iterator[None]:
-    """`server` stops answering until the block ends (SIGSTOP, as a frozen node would)."""
-    assert server.process is not None
-    server.process.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        server.process.send_signal(signal.SIGCONT)
 
 
 class RoundTrips:

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import redis
-from protocol_helpers import frozen, tls_redis
+from protocol_helpers import tls_redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis_freeze import frozen
 
 from agentpool.acl import Role
 from agentpool.client import Client, SyncClient

@@ -108,9 +108,11 @@ async def test_a_cancelled_or_expired_task_cancels_the_tasks_after_it(
 async def test_a_waiting_producer_hears_of_a_task_ended_by_the_one_before_it(
     queue: TaskQueue,
 ) -> None:
+    """Told by the finish the cascade announces: the wait's own re-read comes after a second
+    of silence, later than its timeout here."""
     first = await queue.submit({"n": 1})
     second = await queue.submit({"n": 2}, after=[first])
-    waiting = asyncio.create_task(queue.wait(second, timeout=5))
+    waiting = asyncio.create_task(queue.wait(second, timeout=0.9))
     await asyncio.sleep(0.05)
     await queue.cancel(first)
     info = await waiting

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
-from protocol_helpers import claim_one, frozen
+from protocol_helpers import claim_one
+from redis_freeze import frozen
 
 from agentpool.acl import Role, acl_rules, password_hash, set_user
 from agentpool.client import Client

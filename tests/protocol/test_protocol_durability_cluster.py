@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from protocol_helpers import claim_one, frozen, promoted, replica_of
+from protocol_helpers import claim_one, promoted, replica_of
+from redis_freeze import frozen
 
 import agentpool.protocol
 from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user

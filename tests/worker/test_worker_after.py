@@ -5,14 +5,12 @@ own steps (ctx.submit), once per task whatever its attempts do."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 import sample_handlers
+from redis_freeze import frozen
 from worker_helpers import HANDLERS, eventually, running, settings, task_in
 
 from agentpool.protocol import TaskQueue
@@ -132,17 +130,6 @@ def test_submit_without_a_worker_says_so() -> None:
 @pytest.fixture
 def queue(redis: aioredis.Redis, queue_name: str) -> TaskQueue:
     return TaskQueue(redis, queue_name)
-
-
-@contextlib.contextmanager
-def frozen(server: RedisServer) -> Iterator[None]:
-    """`server` stops answering until the block ends (SIGSTOP, as a frozen node would)."""
-    assert server.process is not None
-    server.process.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        server.process.send_signal(signal.SIGCONT)
 
 
 async def test_a_submit_made_while_redis_is_frozen_goes_through_once_it_answers(
