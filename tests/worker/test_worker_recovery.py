@@ -96,9 +96,10 @@ async def test_a_worker_leaves_a_lease_that_ran_out_lately_to_the_operator(
     Events): the worker's heartbeats (every 0.2 s here) see it and leave it."""
     monkeypatch.setattr(worker_module, "UNREAPED_SECONDS", 2.0)
     queue = TaskQueue(redis, queue_name)
+    # claimed before the worker starts: a running worker would take the task first
+    task_id = await queue.submit({})
+    await eventually(lambda: _claimed_by(queue, "pod-gone:i1", 0.3), 5, "a foreign claim")
     async with running(settings(redis_url, queue_name, f"{HANDLERS}:pid", lease_seconds=0.6)):
-        task_id = await queue.submit({})
-        await eventually(lambda: _claimed_by(queue, "pod-gone:i1", 0.3), 5, "a foreign claim")
         await eventually(lambda: _expired_for(queue, 1.0), 5, "the lease to run out 1 s ago")
         info = await queue.get(task_id)
         assert info is not None and (info.state, info.owner) == ("running", "pod-gone:i1")
