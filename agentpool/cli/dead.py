@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_output_option(listing)
     listing.set_defaults(func=run_list)
     for action, summary, func in (
-        ("requeue", "Requeue dead tasks; their attempts start again from 0.", run_requeue),
+        ("requeue", "Requeue dead tasks; their attempts start again from 0, and the tasks "
+         "after them that their deaths cancelled wait for them again.", run_requeue),
         ("purge", "Delete dead tasks for good.", run_purge),
     ):
         sub = actions.add_parser(

@@ -12,7 +12,6 @@
 -- each band the tasks submitted up to `last` are one range of scores.
 run_when_full()
 local last, most, offset = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local BAND = 1099511627776
 local now = now_ms()
 local function cancelled_count() return tonumber(redis.call('HGET', K_STATS, 'cancelled') or 0) end
 local before = cancelled_count()
@@ -32,8 +31,8 @@ local function result(more) return {cancelled_count() - before, more, offset} en
 -- `budget`: the entries this call may still remove or pass over
 local budget = most
 for band = 0, 9 do
-  local ids = redis.call('ZRANGEBYSCORE', K_QUEUED, band * BAND, band * BAND + last,
-    'LIMIT', 0, budget)
+  local lo = band * PRIORITY_BAND
+  local ids = redis.call('ZRANGEBYSCORE', K_QUEUED, lo, lo + last, 'LIMIT', 0, budget)
   cancel_all(K_QUEUED, ids)
   budget = budget - #ids
   if budget <= 0 then return result(1) end
@@ -49,7 +48,7 @@ while budget > 0 do
   local ids = {}
   for _, id in ipairs(page) do
     local score = tonumber(redis.call('HGET', task_key(id), 'score') or '0')
-    if score % BAND <= last then
+    if score % PRIORITY_BAND <= last then
       ids[#ids + 1] = id
     else
       offset = offset + 1

@@ -22,6 +22,9 @@ local K_CONFIG = P .. 'config'
 local K_DONE = P .. 'done'
 local K_LISTENING = P .. 'listening'
 local K_DEFERRED = P .. 'deferred'
+-- A queued task's score is its priority's band plus its submit number (`seq`): within a
+-- priority, the first submitted runs first.
+local PRIORITY_BAND = 1099511627776
 local WAKE_BURST = 64
 local DEFAULT_MAX_ATTEMPTS = 3
 local DEFAULT_RESULT_TTL = 86400

@@ -5,11 +5,10 @@
 -- The stats' 'submitted' is the submit sequence: every submit takes one number of it.
 local window = tonumber(ARGV[2])
 local now = now_ms()
-local band = 1099511627776
 local per = {}
 for prio = 0, 9 do
-  local lo = (9 - prio) * band
-  per[#per + 1] = redis.call('ZCOUNT', K_QUEUED, lo, '(' .. (lo + band))
+  local lo = (9 - prio) * PRIORITY_BAND
+  per[#per + 1] = redis.call('ZCOUNT', K_QUEUED, lo, '(' .. (lo + PRIORITY_BAND))
 end
 local stats = {}
 local counters = redis.call('HGETALL', K_STATS)

@@ -10,7 +10,8 @@
 -- nothing of it is stored.
 -- A task that runs after others waits in the 'deferred' state, out of the queue, until the
 -- last of them succeeds; it ends cancelled as soon as one of them ends otherwise (at once when
--- one already has). Its id is appended to each one's 'next:' key (finished() in common.lua).
+-- one already has). Its id is appended to each one's 'next:' key (finished() in common.lua);
+-- one born cancelled is listed too when a task it runs after is dead (dead_letters.lua).
 local FIELDS = 10
 if (#ARGV - 1) % FIELDS ~= 0 then
   return redis.error_reply('submit: ARGV is the prefix and ' .. FIELDS .. ' values per task')
@@ -20,10 +21,10 @@ local replies = {}
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 + (i - 1) * FIELDS] end
 local again = submitted_before(ids)
--- Of a task's comma-separated `after` ids, those not finished yet, the first that ended
--- otherwise than succeeded (and how) and the first that does not exist.
+-- Of a task's comma-separated `after` ids, those not finished yet, those dead-lettered, the
+-- first that ended otherwise than succeeded (and how) and the first that does not exist.
 local function dependencies(after)
-  local open, failed, how, missing, seen = {}, nil, nil, nil, {}
+  local open, dead, failed, how, missing, seen = {}, {}, nil, nil, nil, {}
   for parent in string.gmatch(after, '[^,]+') do
     if not seen[parent] then
       seen[parent] = true
@@ -32,12 +33,20 @@ local function dependencies(after)
         missing = missing or parent
       elseif state == 'dead' or state == 'cancelled' then
         if not failed then failed, how = parent, state end
+        if state == 'dead' then dead[#dead + 1] = parent end
       elseif state ~= 'succeeded' then
         open[#open + 1] = parent
       end
     end
   end
-  return open, failed, how, missing
+  return open, dead, failed, how, missing
+end
+-- Lists the task in the 'next:' key of each task it waits for (finished() reads it).
+local function wait_for(id, parents)
+  for _, parent in ipairs(parents) do
+    redis.call('APPEND', next_key(parent), id .. ',')
+    redis.call('HSET', task_key(parent), 'dn', '1')
+  end
 end
 -- First every idempotency key (a key given twice in one group names the first one's task),
 -- so that one INCRBY numbers the tasks that are created.
@@ -57,9 +66,9 @@ for i = 1, n do
     end
   end
   if not existing and after ~= '' then
-    local open, failed, how
-    open, failed, how, missing = dependencies(after)
-    plans[i] = {open = open, failed = failed, how = how}
+    local open, dead, failed, how
+    open, dead, failed, how, missing = dependencies(after)
+    plans[i] = {open = open, dead = dead, failed = failed, how = how}
   end
   if missing then
     replies[2 * i - 1], replies[2 * i] = -1, missing
@@ -85,7 +94,7 @@ for i = 1, n do
     local delay_ms, max, idem = tonumber(ARGV[at + 4]), ARGV[at + 5], ARGV[at + 6]
     local expires_ms, timeout_ms, after = ARGV[at + 8], ARGV[at + 9], ARGV[at + 10]
     seq = seq + 1
-    local score = (9 - prio) * 1099511627776 + seq
+    local score = (9 - prio) * PRIORITY_BAND + seq
     -- No 'id' (the key names it) and no 'attempts' until the first claim (a missing count
     -- is 0).
     local fields = {'payload', payload, 'prio', prio, 'score', score, 'created', now}
@@ -105,6 +114,10 @@ for i = 1, n do
       fields[#fields + 1] = 'timeout'
       fields[#fields + 1] = timeout_ms
     end
+    if delay_ms > 0 then
+      fields[#fields + 1] = 'due'
+      fields[#fields + 1] = now + delay_ms
+    end
     local plan = plans[i]
     if plan then
       fields[#fields + 1] = 'after'
@@ -118,25 +131,22 @@ for i = 1, n do
         unpack(fields))
       redis.call('EXPIRE', tk, result_ttl())
       redis.call('HINCRBY', K_STATS, 'cancelled', 1)
+      -- listed as a task that waited would be, so that the dead ones requeued bring it back
+      -- (dead_letters.lua)
+      if #plan.dead > 0 then
+        wait_for(id, plan.open)
+        wait_for(id, plan.dead)
+      end
     elseif plan and #plan.open > 0 then
-      local open = plan.open
-      if delay_ms > 0 then
-        fields[#fields + 1] = 'due'
-        fields[#fields + 1] = now + delay_ms
-      end
-      redis.call('HSET', tk, 'state', 'deferred', 'waits', #open, unpack(fields))
+      redis.call('HSET', tk, 'state', 'deferred', 'waits', #plan.open, unpack(fields))
       redis.call('ZADD', K_DEFERRED, seq, id)
-      for _, parent in ipairs(open) do
-        redis.call('APPEND', next_key(parent), id .. ',')
-        redis.call('HSET', task_key(parent), 'dn', '1')
-      end
+      wait_for(id, plan.open)
     elseif delay_ms > 0 then
-      redis.call('HSET', task_key(id), 'state', 'delayed', 'due', now + delay_ms,
-        unpack(fields))
+      redis.call('HSET', tk, 'state', 'delayed', unpack(fields))
       delayed[#delayed + 1] = now + delay_ms
       delayed[#delayed + 1] = id
     else
-      redis.call('HSET', task_key(id), 'state', 'queued', unpack(fields))
+      redis.call('HSET', tk, 'state', 'queued', unpack(fields))
       queued[#queued + 1] = score
       queued[#queued + 1] = id
     end

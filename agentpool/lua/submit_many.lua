@@ -15,7 +15,7 @@ local n = #fresh
 if n == 0 then return 0 end
 local now = now_ms()
 local seq = redis.call('INCRBY', K_SEQ, n) - n
-local band = (9 - prio) * 1099511627776
+local band = (9 - prio) * PRIORITY_BAND
 local scored = {}
 for k, i in ipairs(fresh) do
   local id, payload = ids[i], ARGV[2 + 2 * i]

@@ -1,0 +1,166 @@
+"""A dead task requeued from the dead letters brings back the tasks its death cancelled (and
+those their cancel cancelled in turn): they wait for it again and run once it succeeds, on a
+real Redis (standalone, Sentinel and Cluster through the `queue` fixture)."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+from protocol_helpers import claim_within, fail_until_dead, queued_ids
+
+from agentpool.protocol import CancelOutcome, TaskQueue, new_task_id
+
+
+async def run(queue: TaskQueue, task_id: str) -> None:
+    task = await claim_within(queue, "w1")
+    assert task.id == task_id, f"claimed {task.id}, expected {task_id}"
+    assert await queue.complete(task, "ok")
+
+
+async def states(queue: TaskQueue, *task_ids: str) -> list[str]:
+    return [i.state for i in await queue.get_many(list(task_ids))]
+
+
+async def test_a_requeued_dead_task_brings_back_the_chain_its_death_cancelled(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    first = await queue.submit({"step": 1}, max_attempts=1)
+    second = await queue.submit({"step": 2}, after=[first])
+    third = await queue.submit({"step": 3}, after=[second])
+    await fail_until_dead(queue, "w1", first)
+    assert await states(queue, second, third) == ["cancelled", "cancelled"]
+
+    assert await queue.requeue_dead([first]) == 1, "the count is of dead tasks requeued"
+    assert await states(queue, first, second, third) == ["queued", "deferred", "deferred"]
+    info = await queue.get(third)
+    assert info is not None and info.error is None and info.finished_ms is None
+    assert (await queue.figures()).deferred == 2
+    for key in (f"t:{second}", f"t:{third}", f"next:{second}"):
+        assert await redis.ttl(queue.prefix + key) == -1, f"{key} is kept while it waits"
+
+    await run(queue, first)
+    assert await states(queue, second, third) == ["queued", "deferred"]
+    await run(queue, second)
+    assert await queued_ids(redis, queue) == [third]
+    await run(queue, third)
+    assert (await queue.figures()).deferred == 0
+
+
+async def test_a_fan_in_waits_again_only_for_the_task_still_to_run(queue: TaskQueue) -> None:
+    done = await queue.submit({"part": 1})
+    failing = await queue.submit({"part": 2}, max_attempts=1)
+    summary = await queue.submit({"summarise": True}, after=[done, failing])
+    await run(queue, done)
+    await fail_until_dead(queue, "w1", failing)
+    assert await states(queue, summary) == ["cancelled"]
+
+    await queue.requeue_dead([failing])
+    assert await states(queue, summary) == ["deferred"]
+    await run(queue, failing)
+    assert await states(queue, summary) == ["queued"], "it waited for the requeued one alone"
+
+
+async def test_a_diamond_comes_back_whole_and_its_join_waits_for_both_sides(
+    queue: TaskQueue,
+) -> None:
+    first = await queue.submit({"n": 0}, max_attempts=1)
+    left = await queue.submit({"left": 1}, after=[first])
+    right = await queue.submit({"right": 1}, after=[first])
+    joined = await queue.submit({"join": 1}, after=[left, right])
+    await fail_until_dead(queue, "w1", first)
+    await queue.requeue_dead([first])
+    assert await states(queue, left, right, joined) == ["deferred"] * 3
+
+    await run(queue, first)
+    await run(queue, left)
+    assert await states(queue, joined) == ["deferred"], "the right side has not run yet"
+    await run(queue, right)
+    assert await states(queue, joined) == ["queued"]
+
+
+async def test_a_task_cancelled_otherwise_stays_cancelled(queue: TaskQueue) -> None:
+    """Only an end caused by the tasks it runs after is undone: a producer's cancel stands,
+    and so does a cascade from another task that is still cancelled."""
+    first = await queue.submit({"n": 1}, max_attempts=1)
+    cancelled_by_hand = await queue.submit({"n": 2}, after=[first])
+    other = await queue.submit({"n": 3})
+    after_both = await queue.submit({"n": 4}, after=[first, other])
+    assert await queue.cancel(cancelled_by_hand) is CancelOutcome.CANCELLED
+    assert await queue.cancel(other) is CancelOutcome.CANCELLED
+    await fail_until_dead(queue, "w1", first)
+
+    await queue.requeue_dead([first])
+    for task_id, error in ((cancelled_by_hand, "cancelled"),
+                           (after_both, f"cancelled: the task {other} it runs after ended "
+                                        "cancelled")):
+        info = await queue.get(task_id)
+        assert info is not None and (info.state, info.error) == ("cancelled", error)
+    assert (await queue.figures()).deferred == 0
+
+
+async def test_a_task_it_runs_after_whose_record_is_gone_keeps_it_cancelled(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """A succeeded task's record lasts the result TTL; once gone nobody can say how it ended,
+    so the task after it and the requeued one is not brought back (it could run too early)."""
+    done = await queue.submit({"part": 1})
+    failing = await queue.submit({"part": 2}, max_attempts=1)
+    summary = await queue.submit({"summarise": True}, after=[done, failing])
+    await run(queue, done)
+    await fail_until_dead(queue, "w1", failing)
+    await redis.delete(queue.prefix + f"t:{done}")
+
+    await queue.requeue_dead([failing])
+    assert await states(queue, summary) == ["cancelled"]
+
+
+async def test_a_task_born_cancelled_after_a_dead_one_comes_back_with_it(
+    queue: TaskQueue,
+) -> None:
+    """Submitted after a task already dead, it ends cancelled at once, and is listed so that
+    the dead task requeued brings it back; it then waits for the others still to run too,
+    and its delay still counts from its submit."""
+    dead = await queue.submit({"n": 1}, max_attempts=1)
+    await fail_until_dead(queue, "w1", dead)
+    running = await queue.submit({"n": 2})
+    late = await queue.submit({"n": 3}, after=[dead, running], delay=3600)
+    info = await queue.get(late)
+    assert info is not None and info.state == "cancelled"
+    assert info.error == f"cancelled: the task {dead} it runs after ended dead"
+
+    await queue.requeue_dead([dead])
+    assert await states(queue, late) == ["deferred"]
+    await run(queue, dead)
+    assert await states(queue, late) == ["deferred"], "the other task has not run yet"
+    await run(queue, running)
+    assert await states(queue, late) == ["delayed"], "its hour from the submit has not passed"
+
+
+async def test_a_purged_dead_task_leaves_the_tasks_after_it_cancelled(queue: TaskQueue) -> None:
+    first = await queue.submit({"n": 1}, max_attempts=1)
+    second = await queue.submit({"n": 2}, after=[first])
+    await fail_until_dead(queue, "w1", first)
+    assert await queue.purge_dead([first]) == 1
+    assert await queue.requeue_dead([first]) == 0
+    assert await states(queue, second) == ["cancelled"]
+
+
+@pytest.mark.parametrize("redis_mode", ["standalone"])
+async def test_a_chain_deeper_than_lua_calls_go_comes_back_in_one_step(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """The walk is a list as the cascade is: a chain of 21,000 cancelled by its dead first
+    task waits again whole. Standalone only: the chain is built in one pipeline."""
+    ids = [new_task_id() for _ in range(21_000)]
+    script = queue._script("submit")
+    async with redis.pipeline(transaction=False) as pipe:
+        for n, task_id in enumerate(ids):
+            args = queue._submit_args({"n": n}, 0, 0, 1 if n == 0 else None, None,
+                                      after=[ids[n - 1]] if n else None)
+            args[0] = task_id
+            await script(keys=[queue.prefix + "queued"], args=[queue.prefix, *args], client=pipe)
+        await pipe.execute()
+    await fail_until_dead(queue, "w1", ids[0])
+    assert (await queue.figures()).deferred == 0
+    assert await queue.requeue_dead([ids[0]]) == 1
+    assert (await queue.figures()).deferred == len(ids) - 1
