@@ -79,6 +79,9 @@ def test_names_scope_and_subresources() -> None:
         "Desired": ".status.desiredReplicas",
         "Queued": ".status.queued",
         "In-Flight": ".status.inFlight",
+        "Delayed": ".status.delayed",
+        "Deferred": ".status.deferred",
+        "Dead": ".status.dead",
         "Draining": ".status.drainingReplicas",
         "Scaling": '.status.conditions[?(@.type=="Scaling")].reason',
         "Rate-Limited": ".status.rateLimitedBy",
@@ -87,7 +90,13 @@ def test_names_scope_and_subresources() -> None:
         "Age": ".metadata.creationTimestamp",
     }
     wide_only = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
-    assert wide_only == ["Draining", "Scaling", "Rate-Limited", "Degraded"]
+    assert wide_only == ["Delayed", "Deferred", "Dead", "Draining", "Scaling", "Rate-Limited",
+                         "Degraded"]
+    status = open_api_schema()["properties"]["status"]["properties"]
+    for path in columns.values():
+        if path.startswith(".status."):
+            field = path.removeprefix(".status.").split(".")[0].split("[")[0]
+            assert field in status, f"the column {path} names no status field"
 
 
 def test_every_field_is_documented_for_kubectl_explain() -> None:
