@@ -1667,21 +1667,34 @@ class TaskView:
     cut: Mapping[str, int] = field(default_factory=dict)
     """The fields of the task that were cut to their start ("payload", "result", "error"):
     their full size in bytes."""
+    next: tuple[str, ...] = ()
+    """The first of the tasks submitted to run after it, in submit order."""
+    next_count: int = 0
+    """How many tasks were submitted to run after it."""
+
+
+_NEXT_ENTRY_BYTES = 33
+"""A ``next:`` key holds the ids of the tasks after a task (32 hexadecimal digits:
+`new_task_id`), each followed by a comma."""
 
 
 async def task_view(queue: TaskQueue, task_id: str, *, after: str | None, count: int,
-                    checkpoint_bytes: int, field_bytes: int) -> TaskView:
+                    checkpoint_bytes: int, field_bytes: int, next_count: int = 0) -> TaskView:
     """A task (its payload, result and error cut to their first `field_bytes` bytes, on a
-    character boundary), the start of its checkpoint and up to `count` of its events after
-    the event id `after` (from the first when None), in one round trip."""
+    character boundary), the start of its checkpoint, the first `next_count` tasks submitted
+    to run after it and up to `count` of its events after the event id `after` (from the
+    first when None), in one round trip."""
     checkpoint_key = f"{queue.prefix}cp:{task_id}"
+    next_key = f"{queue.prefix}next:{task_id}"
     then: list[Sequence[Any]] = [
         ("STRLEN", checkpoint_key),
-        ("GETRANGE", checkpoint_key, 0, max(0, checkpoint_bytes - 1))]
+        ("GETRANGE", checkpoint_key, 0, max(0, checkpoint_bytes - 1)),
+        ("STRLEN", next_key),
+        ("GETRANGE", next_key, 0, max(0, next_count * _NEXT_ENTRY_BYTES - 1))]
     if count > 0:
         then.append(("XRANGE", queue.events_key(task_id), "-" if after is None else f"({after}",
                      "+", "COUNT", count))
-    reply, size, start, *rest = await _scripts_in_one_trip(
+    reply, size, start, next_size, next_start, *rest = await _scripts_in_one_trip(
         queue.redis, [(queue, "task_view", [task_id, field_bytes])], then=then)
     info, cut = _cut_task(task_id, _VIEW_FIELDS, reply[0], ("payload", "result", "error"),
                           reply[1], field_bytes)
@@ -1689,10 +1702,12 @@ async def task_view(queue: TaskQueue, task_id: str, *, after: str | None, count:
     checkpoint = None
     if size:
         checkpoint = _decode_text(start)
+    next_ids = tuple(i for i in _s(next_start).split(",") if i)[:next_count]
     return TaskView(
         info=info,
         events=[_task_event(entry_id, fields) for entry_id, fields in entries],
         checkpoint=checkpoint, checkpoint_bytes=int(size), cut=cut,
+        next=next_ids, next_count=int(next_size) // _NEXT_ENTRY_BYTES,
     )
 
 

@@ -73,6 +73,8 @@ EVENT_BATCH = 1000
 """Events a task page reads per round trip (more are read at once, not after the interval)."""
 EVENT_DATA_CHARS = 2000
 CHECKPOINT_PREVIEW_BYTES = 65_536
+NEXT_SHOWN = 50
+"""Tasks submitted to run after a task that its page links to (it gives how many in all)."""
 FIELD_PREVIEW_BYTES = 65_536
 """Bytes of a payload, result or error a task page reads and sends: the start of a bigger one,
 with its size."""
@@ -276,12 +278,13 @@ class Sources:
         view = await task_view(self.queue(queue_name), task_id, after=after,
                                count=EVENT_BATCH if events else 0,
                                checkpoint_bytes=CHECKPOINT_PREVIEW_BYTES,
-                               field_bytes=FIELD_PREVIEW_BYTES)
+                               field_bytes=FIELD_PREVIEW_BYTES, next_count=NEXT_SHOWN)
         info = view.info
         if info is None:
             raise NotFound(f"no task {task_id} in queue {queue_name} (it may have expired)")
         doc = task_json(queue_name, info)
         doc["cut"] = dict(view.cut)
+        doc["next"], doc["next_count"] = list(view.next), view.next_count
         snapshot = {"queue": queue_name, "at": time.time(), "task": doc,
                     "done": info.done, "checkpoint": checkpoint_json(view)}
         return Feed(snapshot, [page_event(e) for e in view.events],

@@ -26,6 +26,7 @@ from agentpool.console.sources import (
     CHECKPOINT_PREVIEW_BYTES,
     FIELD_PREVIEW_BYTES,
     MAX_PAGE,
+    NEXT_SHOWN,
     PAGE_SIZE,
     PREVIEW_BYTES,
     PREVIEW_CHARS,
@@ -490,6 +491,22 @@ async def test_a_task_page_shows_its_checkpoint(api: Client, redis: aioredis.Red
     assert doc["checkpoint"]["complete"] is False
     assert doc["checkpoint"]["bytes"] == len(encode_checkpoint(big))
     assert doc["checkpoint"]["state"] == encode_checkpoint(big)[:CHECKPOINT_PREVIEW_BYTES]
+
+
+@ALSO_ON_A_CLUSTER
+async def test_a_task_page_lists_the_tasks_submitted_after_it(api: Client, redis: aioredis.Redis,
+                                                              queue_name: str) -> None:
+    """The first NEXT_SHOWN in submit order, and how many in all."""
+    queue = TaskQueue(redis, queue_name)
+    first = await queue.submit({"plan": True})
+    url = f"/api/queues/{queue_name}/tasks/{first}"
+    task = (await get_json(api, url))["task"]
+    assert (task["next"], task["next_count"]) == ([], 0)
+    steps = [await queue.submit({"step": n}, after=[first]) for n in range(NEXT_SHOWN + 2)]
+    task = (await get_json(api, url))["task"]
+    assert (task["next"], task["next_count"]) == (steps[:NEXT_SHOWN], NEXT_SHOWN + 2)
+    assert (await get_json(api, f"/api/queues/{queue_name}/tasks/{steps[0]}"))["task"][
+        "after"] == [first]
 
 
 async def test_task_lists_and_task_pages_read_redis_in_one_round_trip(

@@ -410,12 +410,17 @@ def test_a_task_after_another_shows_it_and_ends_with_it(console: Console, page: 
     expect(page.locator("#task-state")).to_have_text("deferred", timeout=LIVE)
     expect(page.locator("dl.detail dt:text-is('After') + dd")).to_have_text(
         f"{first} (runs once they have all succeeded)")
+    expect(page.locator("dl.detail dt:text-is('Next')")).to_have_count(0)
     with SyncClient.from_url(console.redis_url) as client:
         client.queue(console.queue).cancel(first)
     expect(page.locator("#task-state")).to_have_text("cancelled", timeout=LIVE)
     page.locator("dl.detail dt:text-is('After') + dd").get_by_role("link", name=first).click()
     expect(page.locator("h1")).to_contain_text(f"Task {first}", timeout=LIVE)
     expect(page.locator("#task-state")).to_have_text("cancelled")
+    next_row = page.locator("dl.detail dt:text-is('Next') + dd")
+    expect(next_row).to_have_text(f"{second} (submitted to run after it)")
+    next_row.get_by_role("link", name=second).click()
+    expect(page.locator("h1")).to_contain_text(f"Task {second}", timeout=LIVE)
 
 
 def test_a_script_in_a_payload_or_error_renders_as_text(console: Console, page: Page) -> None:

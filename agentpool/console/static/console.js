@@ -370,7 +370,11 @@ function taskPage(queue, id) {
         ...(t.timeout_seconds != null ? [["Timeout", `${t.timeout_seconds} s per run (or the pool's task timeout, if shorter)`]] : []),
         ...(t.after && t.after.length ? [["After", [...t.after.flatMap((before, i) => [i ? ", " : "",
           el("a", { href: `${base}/tasks/${enc(before)}` }, before)]),
-          " (runs once they have all succeeded)"]]] : [])
+          " (runs once they have all succeeded)"]]] : []),
+        ...(t.next_count ? [["Next", [...t.next.flatMap((after, i) => [i ? ", " : "",
+          el("a", { href: `${base}/tasks/${enc(after)}` }, after)]),
+          t.next_count > t.next.length ? ` and ${t.next_count - t.next.length} more` : "",
+          " (submitted to run after it)"]]] : [])
       ].flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, Array.isArray(v) ? v : String(v))])));
     // a final task keeps the outcome of its cancel in view
     if (actions && running) actions.hidden = false;
