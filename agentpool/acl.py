@@ -94,14 +94,15 @@ PRODUCER_COMMANDS = (
 and outside them."""
 
 PRODUCER_WRITABLE_KEYS = ("t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake",
-                          "seq", "idem:*", "durable", "listening", "full", "deferred", "next:*")
-"""The keys a submit or a cancel writes (a submit `after` other tasks appends its id to
-their ``next:`` keys and waits in ``deferred``; a cancel closes the task's event stream and sets the
-result TTL on the checkpoint of a task that was waiting for its next attempt, and first
-touches ``full``, a key that never exists, so that it runs when Redis is full: see
-``run_when_full`` in common.lua), and the flag a producer waiting for results sets; every
-other key of the queue is read-only to a producer (leases, owner sets, the worker registry,
-the fence counter, config, drain)."""
+                          "seq", "idem:*", "durable", "listening", "full", "deferred",
+                          "deferred_expiry", "next:*")
+"""The keys a submit or a cancel writes (a submit `after` other tasks appends its id to their
+``next:`` keys and waits in ``deferred``, and in ``deferred_expiry`` when it expires; a
+cancel closes the task's event stream and sets the result TTL on the checkpoint of a task
+that was waiting for its next attempt, and first touches ``full``, a key that never exists,
+so that it runs when Redis is full: see ``run_when_full`` in common.lua), and the flag a
+producer waiting for results sets; every other key of the queue is read-only to a producer
+(leases, owner sets, the worker registry, the fence counter, config, drain)."""
 
 
 def _commands(role: Role) -> tuple[str, ...]:

@@ -205,7 +205,8 @@ class ReapResult(RequeueResult):
     """What was moved of each worker instance that held a task whose lease expired."""
     expired_waiting: int = 0
     """Waiting tasks past their expiry that were ended, at the head of the queue or of the due
-    delayed tasks (not in `total`; a task this reap requeued may be one of them)."""
+    delayed tasks, or deferred (not in `total`; a task this reap requeued may be one of
+    them)."""
 
 
 @dataclass(frozen=True)
@@ -287,8 +288,8 @@ class TaskInfo:
         return self.state in FINAL_STATES
 
     def expired_waiting(self, now_ms: float) -> bool:
-        """Waiting to run past its expiry: the claim that reaches it cancels it."""
-        return (self.expires_ms is not None and self.state in ("queued", "delayed")
+        """Waiting to run past its expiry: the claim that reaches it (or the reaper) ends it."""
+        return (self.expires_ms is not None and self.state in ("queued", "delayed", "deferred")
                 and now_ms >= self.expires_ms)
 
 
@@ -1124,7 +1125,8 @@ class TaskQueue:
                            stale_worker_seconds: float = 3600) -> ReapResult:
         """Requeue tasks whose lease ran out: the fallback when nobody saw a worker die. Also
         end the tasks at the head of the queue past their expiry (`expired_waiting`), so that
-        the queue depth counts none of them."""
+        the queue depth counts none of them, and the deferred tasks past theirs (and so the
+        tasks after them)."""
         *counts, moved, swept = await self._run("reap", limit,
                                                 int(stale_worker_seconds * 1000))
         by_worker: dict[str, RequeueResult] = {}

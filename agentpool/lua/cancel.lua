@@ -5,7 +5,7 @@
 run_when_full()
 local id, call = ARGV[2], ARGV[3]
 local tk = task_key(id)
-local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'cancelcall', 'dn')
+local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'cancelcall', 'dn', 'expires')
 local state = f[1]
 if not state then return 'unknown' end
 local now = now_ms()
@@ -13,7 +13,7 @@ if state == 'queued' or state == 'delayed' or state == 'dead' or state == 'defer
   redis.call('ZREM', K_QUEUED, id)
   redis.call('ZREM', K_DELAYED, id)
   redis.call('ZREM', K_DEAD, id)
-  redis.call('ZREM', K_DEFERRED, id)
+  undefer(id, f[6])
   cancelled(id, tk, now, {ev = f[2], cp = f[3], dn = f[5]}, call)
   return 'cancelled'
 end

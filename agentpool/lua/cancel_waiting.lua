@@ -18,6 +18,7 @@ local before = cancelled_count()
 local function cancel_all(set, ids)
   if #ids == 0 then return end
   redis.call('ZREM', set, unpack(ids))
+  if set == K_DEFERRED then redis.call('ZREM', K_DEFERRED_EXPIRY, unpack(ids)) end
   for _, id in ipairs(ids) do
     local tk = task_key(id)
     local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'dn')

@@ -22,6 +22,9 @@ local K_CONFIG = P .. 'config'
 local K_DONE = P .. 'done'
 local K_LISTENING = P .. 'listening'
 local K_DEFERRED = P .. 'deferred'
+-- The deferred tasks that have an expiry, scored by it: the reaper ends those still waiting
+-- past it (reap.lua).
+local K_DEFERRED_EXPIRY = P .. 'deferred_expiry'
 -- A queued task's score is its priority's band plus its submit number (`seq`): within a
 -- priority, the first submitted runs first.
 local PRIORITY_BAND = 1099511627776
@@ -51,6 +54,11 @@ local function worker_key(worker) return P .. 'w:' .. worker end
 local function events_key(id) return P .. 'ev:' .. id end
 local function checkpoint_key(id) return P .. 'cp:' .. id end
 local function next_key(id) return P .. 'next:' .. id end
+-- A deferred task leaves the deferred set (and, when it has an expiry, the reaper's list).
+local function undefer(id, expires)
+  redis.call('ZREM', K_DEFERRED, id)
+  if expires then redis.call('ZREM', K_DEFERRED_EXPIRY, id) end
+end
 
 -- A submit can reach Redis twice: its connection was lost after Redis ran it and the client
 -- sent it again, or a failover carried its write to the new primary before the client sent
@@ -183,17 +191,23 @@ local function finished(id, tk, state, now, f, extra, count)
     if extra and extra[1] == 'error' and string.sub(extra[2], 1, 8) == 'expired:' then
       how = 'expired'
     end
+    local seen = {}
     for child in string.gmatch(waiting or '', '[^,]+') do
       local ck = task_key(child)
-      local c = redis.call('HMGET', ck, 'state', 'score', 'due', 'ev', 'cp', 'dn')
+      local c = {}
+      -- a task listed twice (its submit sent again once its record had gone) counts once
+      if not seen[child] then
+        seen[child] = true
+        c = redis.call('HMGET', ck, 'state', 'score', 'due', 'ev', 'cp', 'dn', 'expires')
+      end
       if c[1] == 'deferred' and not listed[child] then
         if state ~= 'succeeded' then
           listed[child] = true
-          redis.call('ZREM', K_DEFERRED, child)
+          undefer(child, c[7])
           ending[#ending + 1] = {child, ck, 'cancelled', {ev = c[4], cp = c[5], dn = c[6]},
             {'error', 'cancelled: the task ' .. id .. ' it runs after ended ' .. how}}
         elseif redis.call('HINCRBY', ck, 'waits', -1) <= 0 then
-          redis.call('ZREM', K_DEFERRED, child)
+          undefer(child, c[7])
           local due = tonumber(c[3])
           if due and due > now then
             redis.call('HSET', ck, 'state', 'delayed')

@@ -20,7 +20,7 @@ local function revive_after(id)
     local parent = table.remove(reached)
     for child in string.gmatch(redis.call('GET', next_key(parent)) or '', '[^,]+') do
       local ck = task_key(child)
-      local c = redis.call('HMGET', ck, 'state', 'error', 'after', 'score')
+      local c = redis.call('HMGET', ck, 'state', 'error', 'after', 'score', 'expires')
       if c[1] == 'cancelled' and c[2] and string.find(c[2], '^cancelled: the task ')
           and string.find(c[2], ' it runs after ended ', 1, true) then
         local waits, seen = 0, {}
@@ -42,6 +42,7 @@ local function revive_after(id)
           redis.call('PERSIST', ck)
           redis.call('PERSIST', next_key(child))
           redis.call('ZADD', K_DEFERRED, tonumber(c[4]) % PRIORITY_BAND, child)
+          if c[5] then redis.call('ZADD', K_DEFERRED_EXPIRY, c[5], child) end
           reached[#reached + 1] = child
         end
       end

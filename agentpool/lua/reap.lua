@@ -2,7 +2,7 @@
 -- The fallback for deaths nobody saw: requeue tasks whose lease has expired, and forget
 -- worker instances that stopped heart-beating long ago. Also ends the tasks waiting at the
 -- head of the queue (and of the delayed tasks due) that are past their expiry, as the claim
--- that reached them would.
+-- that reached them would, and the deferred tasks past theirs.
 -- Returns {requeued, dead-lettered, cancelled, {holder, outcome, holder, outcome, ...},
 -- expired}: the worker that held each task moved, and what happened to it (1, 2, 3 as the
 -- counts); then how many waiting tasks ended as expired.
@@ -58,4 +58,21 @@ sweep(K_QUEUED, function() return redis.call('ZRANGE', K_QUEUED, 0, 0) end)
 sweep(K_DELAYED, function()
   return redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, 1)
 end)
+-- Deferred tasks past their expiry, waiting for a task that may run on for long: they end
+-- now, not when it ends, and so do the tasks after them. An entry whose task left the
+-- deferred state some other way is dropped.
+local overdue = redis.call('ZRANGEBYSCORE', K_DEFERRED_EXPIRY, '-inf', now, 'LIMIT', 0,
+  math.max(SWEPT_PER_REAP - looked, 1))
+for _, id in ipairs(overdue) do
+  local tk = task_key(id)
+  local f = redis.call('HMGET', tk, 'state', 'expires', 'created', 'ev', 'cp', 'dn')
+  redis.call('ZREM', K_DEFERRED_EXPIRY, id)
+  local expires = tonumber(f[2])
+  if f[1] == 'deferred' and expires and now >= expires then
+    redis.call('ZREM', K_DEFERRED, id)
+    expired(id, tk, now, {ev = f[4] or false, cp = f[5] or false, dn = f[6] or false}, expires,
+      f[3], 'not started', '')
+    swept = swept + 1
+  end
+end
 return {counts[1], counts[2], counts[3], moved, swept}

@@ -21,10 +21,12 @@ local replies = {}
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 + (i - 1) * FIELDS] end
 local again = submitted_before(ids)
--- Of a task's comma-separated `after` ids, those not finished yet, those dead-lettered, the
--- first that ended otherwise than succeeded (and how) and the first that does not exist.
+-- Of a task's comma-separated `after` ids, those not finished yet, those dead-lettered, those
+-- cancelled, the first that ended otherwise than succeeded (and how) and the first that does
+-- not exist.
 local function dependencies(after)
-  local open, dead, failed, how, missing, seen = {}, {}, nil, nil, nil, {}
+  local open, dead, ended_cancelled, failed, how, missing = {}, {}, {}, nil, nil, nil
+  local seen = {}
   for parent in string.gmatch(after, '[^,]+') do
     if not seen[parent] then
       seen[parent] = true
@@ -33,13 +35,18 @@ local function dependencies(after)
         missing = missing or parent
       elseif state == 'dead' or state == 'cancelled' then
         if not failed then failed, how = parent, state end
-        if state == 'dead' then dead[#dead + 1] = parent end
+        if state == 'dead' then
+          dead[#dead + 1] = parent
+        else
+          ended_cancelled[#ended_cancelled + 1] = parent
+        end
       elseif state ~= 'succeeded' then
         open[#open + 1] = parent
       end
     end
   end
-  return open, dead, failed, how, missing
+  return {open = open, dead = dead, ended_cancelled = ended_cancelled, failed = failed,
+    how = how}, missing
 end
 -- Lists the task in the 'next:' key of each task it waits for (finished() reads it).
 local function wait_for(id, parents)
@@ -66,9 +73,7 @@ for i = 1, n do
     end
   end
   if not existing and after ~= '' then
-    local open, dead, failed, how
-    open, dead, failed, how, missing = dependencies(after)
-    plans[i] = {open = open, dead = dead, failed = failed, how = how}
+    plans[i], missing = dependencies(after)
   end
   if missing then
     replies[2 * i - 1], replies[2 * i] = -1, missing
@@ -131,15 +136,21 @@ for i = 1, n do
         unpack(fields))
       redis.call('EXPIRE', tk, result_ttl())
       redis.call('HINCRBY', K_STATS, 'cancelled', 1)
-      -- listed as a task that waited would be, so that the dead ones requeued bring it back
-      -- (dead_letters.lua)
-      if #plan.dead > 0 then
-        wait_for(id, plan.open)
-        wait_for(id, plan.dead)
+      -- listed as a task that waited would be, so that requeuing the dead one (and so the
+      -- cancelled ones after it) brings it back (dead_letters.lua); the list of a task that
+      -- ended cancelled lasts no longer than its record
+      wait_for(id, plan.open)
+      wait_for(id, plan.dead)
+      wait_for(id, plan.ended_cancelled)
+      for _, parent in ipairs(plan.ended_cancelled) do
+        redis.call('EXPIRE', next_key(parent), result_ttl())
       end
     elseif plan and #plan.open > 0 then
       redis.call('HSET', tk, 'state', 'deferred', 'waits', #plan.open, unpack(fields))
       redis.call('ZADD', K_DEFERRED, seq, id)
+      if expires_ms ~= '' then
+        redis.call('ZADD', K_DEFERRED_EXPIRY, now + tonumber(expires_ms), id)
+      end
       wait_for(id, plan.open)
     elseif delay_ms > 0 then
       redis.call('HSET', tk, 'state', 'delayed', unpack(fields))

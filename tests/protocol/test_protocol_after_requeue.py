@@ -4,6 +4,8 @@ real Redis (standalone, Sentinel and Cluster through the `queue` fixture)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import claim_within, fail_until_dead, queued_ids
@@ -134,6 +136,98 @@ async def test_a_task_born_cancelled_after_a_dead_one_comes_back_with_it(
     assert await states(queue, late) == ["deferred"], "the other task has not run yet"
     await run(queue, running)
     assert await states(queue, late) == ["delayed"], "its hour from the submit has not passed"
+
+
+@pytest.mark.parametrize("requeue_order", ["chain first", "dead first"])
+async def test_a_task_born_cancelled_after_cancelled_and_dead_ones_comes_back_either_way(
+    queue: TaskQueue, requeue_order: str,
+) -> None:
+    """Submitted after a task the cascade cancelled and after a dead one: whichever comes back
+    first, the task waits for both once both are back, and runs when both have succeeded."""
+    root = await queue.submit({"root": 1}, max_attempts=1)
+    chained = await queue.submit({"chained": 1}, after=[root])
+    await fail_until_dead(queue, "w1", root)
+    dead = await queue.submit({"dead": 1}, max_attempts=1)
+    await fail_until_dead(queue, "w1", dead)
+    late = await queue.submit({"late": 1}, after=[chained, dead])
+    assert await states(queue, chained, late) == ["cancelled", "cancelled"]
+
+    order = [root, dead] if requeue_order == "chain first" else [dead, root]
+    await queue.requeue_dead([order[0]])
+    assert await states(queue, late) == ["cancelled"], "one of the two is still ended"
+    await queue.requeue_dead([order[1]])
+    assert await states(queue, chained, late) == ["deferred", "deferred"]
+    await run(queue, root)
+    await run(queue, chained)
+    assert await states(queue, late) == ["deferred"], "the dead task has not run yet"
+    await run(queue, dead)
+    assert await states(queue, late) == ["queued"]
+
+
+async def test_a_task_submitted_after_a_cancelled_one_comes_back_with_it(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """Listed in the cancelled task's ``next:``, which lasts no longer than the task's record
+    (the result TTL) until the task comes back."""
+    first = await queue.submit({"n": 1}, max_attempts=1)
+    second = await queue.submit({"n": 2}, after=[first])
+    await fail_until_dead(queue, "w1", first)
+    third = await queue.submit({"n": 3}, after=[second])
+    assert await states(queue, third) == ["cancelled"]
+    assert 0 < await redis.ttl(queue.prefix + f"next:{second}") <= 86400
+    await queue.requeue_dead([first])
+    assert await states(queue, second, third) == ["deferred", "deferred"]
+    assert await redis.ttl(queue.prefix + f"next:{second}") == -1
+
+
+async def test_several_dead_tasks_requeued_in_one_call_in_any_order(queue: TaskQueue) -> None:
+    one = await queue.submit({"n": 1}, max_attempts=1)
+    two = await queue.submit({"n": 2}, max_attempts=1)
+    both = await queue.submit({"both": True}, after=[one, two, one])
+    await fail_until_dead(queue, "w1", one)
+    await fail_until_dead(queue, "w1", two)
+    assert await queue.requeue_dead([two, one]) == 2
+    assert await states(queue, both) == ["deferred"]
+    await run(queue, one)
+    assert await states(queue, both) == ["deferred"], "an id named twice counts once"
+    await run(queue, two)
+    assert await states(queue, both) == ["queued"]
+
+
+async def test_a_task_it_runs_after_still_running_is_waited_for(queue: TaskQueue) -> None:
+    failing = await queue.submit({"n": 1}, max_attempts=1)
+    slow = await queue.submit({"n": 2})
+    joined = await queue.submit({"join": True}, after=[failing, slow])
+    await fail_until_dead(queue, "w1", failing)
+    running = await claim_within(queue, "w2")
+    assert running.id == slow
+    await queue.requeue_dead([failing])
+    await run(queue, failing)
+    assert await states(queue, joined) == ["deferred"]
+    assert await queue.complete(running, "ok")
+    assert await states(queue, joined) == ["queued"]
+
+
+@pytest.mark.parametrize("redis_mode", ["standalone"])
+async def test_a_submit_sent_again_after_its_record_expired_counts_once(
+    queue: TaskQueue,
+) -> None:
+    """A task born cancelled keeps its record for the result TTL only; the same submit sent
+    again later creates it again and lists it a second time, and the task still waits for
+    every task it runs after. Standalone only: the script is called directly, twice."""
+    await queue.configure(result_ttl=1)
+    one = await queue.submit({"n": 1}, max_attempts=1)
+    two = await queue.submit({"n": 2}, max_attempts=1)
+    for task_id in (one, two):
+        await fail_until_dead(queue, "w1", task_id)
+    args = queue._submit_args({"both": True}, 0, 0, None, None, after=[one, two])
+    script = queue._script("submit")
+    await script(keys=[queue.prefix + "queued"], args=[queue.prefix, *args])
+    await asyncio.sleep(1.3)  # past the result TTL of its first, cancelled, record
+    await script(keys=[queue.prefix + "queued"], args=[queue.prefix, *args])
+    await queue.requeue_dead([one, two])
+    await run(queue, one)
+    assert await states(queue, args[0]) == ["deferred"], "it ran before the second succeeded"
 
 
 async def test_a_purged_dead_task_leaves_the_tasks_after_it_cancelled(queue: TaskQueue) -> None:

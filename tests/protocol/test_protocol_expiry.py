@@ -256,3 +256,76 @@ async def test_the_reaper_passes_over_what_was_written_behind_the_protocols_back
     assert (await queue.reap_expired()).expired_waiting == 0
     assert (await queue.figures()).queued == 1
     assert (await claim_one(queue, "w1")).id == odd  # the claim runs it, as one without
+
+
+async def deferred_expiry(redis: aioredis.Redis, queue: TaskQueue) -> list[str]:
+    return [i.decode() if isinstance(i, bytes) else i
+            for i in await redis.zrange(queue.prefix + "deferred_expiry", 0, -1)]
+
+
+async def test_the_reaper_ends_a_deferred_task_past_its_expiry_and_those_after_it(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """Not when the task it runs after ends, which may be hours later: that one runs on."""
+    long_run = await queue.submit({"n": 1})
+    summary = await queue.submit({"n": 2}, after=[long_run], expires=0.05)
+    report = await queue.submit({"n": 3}, after=[summary])
+    running = await claim_one(queue, "w1")
+    assert await deferred_expiry(redis, queue) == [summary]
+    await past_expiry(redis, queue, summary)
+
+    assert (await queue.reap_expired()).expired_waiting == 1
+    info = await queue.get(summary)
+    assert info is not None and info.state == "cancelled"
+    assert info.error == "expired: not started within 0.05 s of its submit"
+    info = await queue.get(report)
+    assert info is not None and info.error == (
+        f"cancelled: the task {summary} it runs after ended expired")
+    figures = await queue.figures()
+    assert (figures.deferred, figures.stats.get("expired")) == (0, 1)
+    assert await deferred_expiry(redis, queue) == []
+    assert await queue.complete(running, "done"), "the task it ran after runs on"
+
+
+async def test_a_deferred_task_leaves_the_reapers_list_however_it_stops_waiting(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """Released, cancelled by a producer, by `cancel --waiting` or with the task it runs
+    after: the list holds only tasks still deferred."""
+    first = await queue.submit({"n": 1})
+    released = await queue.submit({"n": 2}, after=[first], expires=3600)
+    cancelled = await queue.submit({"n": 3}, after=[first], expires=3600)
+    assert set(await deferred_expiry(redis, queue)) == {released, cancelled}
+    await queue.cancel(cancelled)
+    assert await deferred_expiry(redis, queue) == [released]
+    task = await claim_one(queue, "w1")
+    assert await queue.complete(task, "ok")
+    assert await deferred_expiry(redis, queue) == []
+    assert (await claim_one(queue, "w1")).id == released
+
+    doomed = await queue.submit({"n": 4}, max_attempts=1)
+    await queue.submit({"n": 5}, after=[doomed], expires=3600)
+    await fail_until_dead(queue, "w1", doomed)
+    assert await deferred_expiry(redis, queue) == []
+
+    blocker = await queue.submit({"n": 6})
+    await queue.submit({"n": 7}, after=[blocker], expires=3600)
+    await queue.cancel_waiting()
+    assert await deferred_expiry(redis, queue) == []
+
+
+async def test_a_task_a_requeue_brings_back_keeps_its_expiry(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """The dead task requeued by hand loses its expiry; the one after it keeps its own, and
+    past it ends at the reaper's next call."""
+    first = await queue.submit({"n": 1}, max_attempts=1, expires=3600)
+    second = await queue.submit({"n": 2}, after=[first], expires=0.05)
+    await fail_until_dead(queue, "w1", first)
+    await past_expiry(redis, queue, second)
+    await queue.requeue_dead([first])
+    assert await deferred_expiry(redis, queue) == [second]
+    assert (await queue.reap_expired()).expired_waiting == 1
+    info = await queue.get(second)
+    assert info is not None and info.error == "expired: not started within 0.05 s of its submit"
+    assert (await claim_one(queue, "w1")).id == first, "the requeued task runs"
