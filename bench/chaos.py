@@ -46,7 +46,11 @@ With ``--chains L`` the tasks are submitted as chains of L, each task after the 
 (``submit(after=...)``); each run reads the results of the task it runs after
 (``ctx.results_before()``). Then also checked: runs that started without that task's result
 (released before it succeeded), and tasks cancelled though the one before them did not end
-dead or cancelled. Both must be 0; a task left deferred counts as lost.
+dead or cancelled. Both must be 0; a task left deferred counts as lost. With
+``--requeue-dead-every S`` the dead letters are requeued every S seconds while the chaos lasts,
+bringing back the tasks their deaths cancelled: the same checks hold, each requeued task may
+run once more (the bound on runs beyond the first grows by as many), and the report counts
+the tasks once cancelled that ended succeeded.
 
 With ``--checkpoint-every K`` the handler is ``bench.chaos_handler:stepped`` instead: each task
 runs ``--steps`` steps (``--mean-seconds`` in all) and checkpoints every K steps, resuming from
@@ -140,6 +144,10 @@ class Options:
     chains: int = 0
     """0: independent tasks; L: chains of L tasks, each submitted to run after the one before
     (``submit(after=...)``)."""
+    requeue_dead_every: float = 0.0
+    """With --chains: every this many seconds while the chaos lasts, requeue every dead letter
+    (as a person who mended the cause would), bringing back the tasks their deaths cancelled
+    (0: never)."""
     plans: int = 0
     """0: tasks that work; K: planners, each submitting K steps and a summary after them from
     its run (``ctx.submit``)."""
@@ -221,6 +229,9 @@ class Soak:
         self.records: aioredis.Redis
         """Where the handler keeps its run records (bench/chaos_handler.py)."""
         self.queue: TaskQueue
+        self.once_cancelled: set[str] = set()
+        """With requeues of the dead letters: the tasks seen cancelled before one."""
+        self.requeued = 0
         self.passwords = {role: f"chaos-{role.value}-{random.Random(opts.seed).getrandbits(64):x}"
                           for role in Role}
 
@@ -388,9 +399,34 @@ class Soak:
             await asyncio.sleep(REAP_EVERY)
 
     async def finished(self) -> int:
+        if self.opts.requeue_dead_every:
+            # the counters keep the ends a requeue undid: count what still waits or runs
+            figures = await self.queue.figures()
+            return (figures.stats.get("submitted", 0) - figures.queued - figures.delayed
+                    - figures.in_flight - figures.deferred)
         stats = await self.redis.hmget(self.queue.prefix + "stats",
                                        ["succeeded", "dead", "cancelled"])
         return sum(int(x or 0) for x in stats)
+
+    async def requeue_dead_letters(self, ids: list[str]) -> None:
+        """Requeue every dead letter; each may run once more (the bound on runs beyond the
+        first grows by as many)."""
+        states = await self.states(ids)
+        self.once_cancelled.update(i for i, s in zip(ids, states, strict=True)
+                                   if s == "cancelled")
+        n = await self.queue.requeue_dead()
+        self.requeued += n
+        self.tally.bound += n
+        self.note(f"requeued {n} dead letters")
+
+    async def states(self, ids: list[str]) -> list[str]:
+        states: list[str] = []
+        for start in range(0, len(ids), 1000):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in ids[start:start + 1000]:
+                    pipe.hget(self.queue.task_key(task_id), "state")
+                states += [_text(s) if s else "missing" for s in await pipe.execute()]
+        return states
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -430,6 +466,7 @@ class Soak:
             pending = list(events)
             done = 0
             next_progress = time.monotonic() + PROGRESS_SECONDS
+            next_requeue = time.monotonic() + opts.requeue_dead_every
             while time.monotonic() < deadline:
                 with contextlib.suppress(RedisError, OSError):
                     done = await self.finished()
@@ -440,8 +477,13 @@ class Soak:
                     self.note(f"progress: {done} of {total} finished, "
                               f"{len(events) - len(pending)} of {len(events)} events applied")
                 await self.thaw_watch(background)
+                chaos_lasts = bool(pending) and done < opts.stop_at * total
+                if opts.requeue_dead_every and chaos_lasts and time.monotonic() >= next_requeue:
+                    next_requeue += opts.requeue_dead_every
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.requeue_dead_letters(ids)
                 due = bool(pending) and time.monotonic() - chaos_start >= pending[0].at
-                if due and done < opts.stop_at * total:
+                if due and chaos_lasts:
                     await self.apply(pending.pop(0), background)
                     continue
                 await asyncio.sleep(0.2)
@@ -587,12 +629,7 @@ class Soak:
         that one's result), and one cancelled was cut off by the one before it ending dead
         or cancelled."""
         length = self.opts.chains
-        states: list[str] = []
-        for start in range(0, len(ids), 1000):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for task_id in ids[start:start + 1000]:
-                    pipe.hget(self.queue.task_key(task_id), "state")
-                states += [_text(s) if s else "missing" for s in await pipe.execute()]
+        states = await self.states(ids)
         cut_wrongly = sum(
             1 for i, state in enumerate(states)
             if state == "cancelled" and (i % length == 0
@@ -604,6 +641,10 @@ class Soak:
             "cancelled_after_a_failed_one": states.count("cancelled") - cut_wrongly,
             "cancelled_otherwise": cut_wrongly,
             "runs_before_the_one_before_succeeded": early,
+            "dead_letters_requeued": self.requeued,
+            "cancelled_then_succeeded": sum(
+                1 for task_id, state in zip(ids, states, strict=True)
+                if state == "succeeded" and task_id in self.once_cancelled),
             "ok": cut_wrongly == 0 and early == 0,
         }
 
@@ -741,6 +782,9 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
                    help="the tasks are planners submitting K steps and a summary each (0: off)")
     p.add_argument("--chains", type=int, default=d.chains, metavar="L",
                    help="submit the tasks as chains of L, each after the one before (0: off)")
+    p.add_argument("--requeue-dead-every", type=float, default=d.requeue_dead_every,
+                   metavar="S", help="with --chains: requeue the dead letters every S seconds "
+                   "while the chaos lasts (0: never)")
     p.add_argument("--acl", action="store_true",
                    help="workers and producer as Redis ACL users confined to the queue")
     p.add_argument("--sentinel", action="store_true",
@@ -770,11 +814,14 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
                 "--checkpoint-every")
     if a.chains and a.plans:
         p.error("--chains or --plans, not both")
+    if a.requeue_dead_every and not a.chains:
+        p.error("--requeue-dead-every goes with --chains")
     opts = Options(tasks=a.tasks, workers=a.workers, concurrency=a.concurrency,
                    mean_seconds=a.mean_seconds, lease_seconds=a.lease_seconds,
                    max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,
                    seed=a.seed, freezes=a.freezes, checkpoint_every=a.checkpoint_every,
                    steps=a.steps, chains=a.chains, plans=a.plans, acl=a.acl,
+                   requeue_dead_every=a.requeue_dead_every,
                    sentinel=a.sentinel,
                    durability=a.durability, submit_rate=a.submit_rate, replicas=a.replicas,
                    cluster=a.cluster)
@@ -821,6 +868,9 @@ def render(report: dict[str, Any]) -> str:
              chains["runs_before_the_one_before_succeeded"]),
             ("cancelled after a dead or cancelled one", chains["cancelled_after_a_failed_one"]),
             ("cancelled otherwise (must be 0)", chains["cancelled_otherwise"]),
+            ("dead letters requeued", chains["dead_letters_requeued"]),
+            ("cancelled, brought back by a requeue, then succeeded",
+             chains["cancelled_then_succeeded"]),
         ]
     plans = report.get("plans")
     if plans:

@@ -7,10 +7,11 @@ its writer (worker instance and attempt), which the soak compares with the task'
 claimant to catch a zombie's completion.
 
 A task whose payload says ``"freeze": true`` stops its own worker process (SIGSTOP) on its
-first attempt, right after its work is done and before the worker can report it: the worst
-moment to become a zombie. The soak notices the stopped process and resumes it (SIGCONT) once
-its leases have expired and its tasks have been claimed again, so the completion the worker
-then sends is exactly the one the fencing token must refuse.
+first attempt (once: not again after a requeue), right after its work is done and before the
+worker can report it: the worst moment to become a zombie. The soak notices the stopped
+process and resumes it (SIGCONT) once its leases have expired and its tasks have been claimed
+again, so the completion the worker then sends is exactly the one the fencing token must
+refuse.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ SHORT_KEY = "chaos:short"
 EARLY_KEY = "chaos:early"
 """Set of runs of a task (``--chains``) that started without the result of the task it runs
 after: a release before that task succeeded."""
+FROZEN_KEY = "chaos:frozen"
+"""Set of tasks that stopped their worker: a task freezes once, on its first attempt, and not
+again when requeued from the dead letters (its attempts start again from 0)."""
 RECORD_PATIENCE = 60.0
 """Seconds a record keeps retrying while Redis is away (a restart takes about one)."""
 
@@ -62,7 +66,8 @@ async def run(payload: Any, ctx: TaskContext) -> dict[str, Any]:
             await _record(EARLY_KEY, member)
     result = await simulated_agent(payload, ctx)
     await _record(FINISHED_KEY, member)
-    if isinstance(payload, dict) and payload.get("freeze") and ctx.attempt == 1:
+    if (isinstance(payload, dict) and payload.get("freeze") and ctx.attempt == 1
+            and await _patiently(lambda client: client.sadd(FROZEN_KEY, ctx.task_id))):
         os.kill(os.getpid(), signal.SIGSTOP)
     return {**result, "worker": ctx.worker_id}
 

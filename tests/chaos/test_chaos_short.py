@@ -10,8 +10,9 @@ by SENTINEL FAILOVER in turn, while a producer submits all along; with durabilit
 no acknowledged submit or completion may be lost. The Cluster variant (about a minute) does
 the same to the primary holding the queue in a cluster of three primaries with a replica
 each, by kill -9 and by CLUSTER FAILOVER, with durability replicated. The chain variant
-submits the tasks as chains, each after the one before; the planner variant has each task
-submit steps and a summary from its run.
+submits the tasks as chains, each after the one before, and once more requeuing the dead
+letters as it goes; the planner variant has each task submit steps and a summary from its
+run.
 """
 
 from __future__ import annotations
@@ -131,6 +132,25 @@ def test_chained_tasks_run_only_after_the_one_before_and_a_failure_cuts_the_chai
     assert chains["cancelled_otherwise"] == 0, context
     assert report["succeeded"] > 0 and report["dead_lettered"] > 0, context
     assert chains["cancelled_after_a_failed_one"] > 0, context
+    assert (report["succeeded"] + report["dead_lettered"]
+            + chains["cancelled_after_a_failed_one"]) == report["submitted"] == 800, context
+    assert run.returncode == 0, context
+
+
+@pytest.mark.chaos
+def test_chains_cut_by_a_death_come_back_when_the_dead_letters_are_requeued() -> None:
+    """The same chains and chaos, the dead letters requeued every 4 s while it lasts: the
+    tasks a death cancelled wait again and run in order once the task before them succeeds,
+    never before; none is lost."""
+    run, report, context = soak([*CHAIN_ARGS, "--requeue-dead-every", "4"])
+    chains = report["chains"]
+    assert report["lost"] == 0, context
+    assert report["zombie_completions_accepted"] == 0, context
+    assert report["duplicate_executions"] <= report["duplicate_bound"], context
+    assert chains["runs_before_the_one_before_succeeded"] == 0, context
+    assert chains["cancelled_otherwise"] == 0, context
+    assert chains["dead_letters_requeued"] > 0, context
+    assert chains["cancelled_then_succeeded"] > 0, context
     assert (report["succeeded"] + report["dead_lettered"]
             + chains["cancelled_after_a_failed_one"]) == report["submitted"] == 800, context
     assert run.returncode == 0, context
