@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need: redis-server (Debian package),
 # a virtualenv in .venv with the project and its dev tools, and, for the tests, openssl (a
-# certificate for a TLS redis-server), promtool (Debian package prometheus), Chromium (Debian
-# packages chromium and chromium-driver, driven by Playwright in the console's browser tests;
-# no browser download) and helm in .tools/bin.
+# certificate for a TLS redis-server), jq (the shell agents of docs/worker.md), promtool
+# (Debian package prometheus), Chromium (Debian packages chromium and chromium-driver, driven
+# by Playwright in the console's browser tests; no browser download) and helm in .tools/bin.
 # `--demo` installs only what the demo runs: the project with its `demo` extra (the command
 # line, the worker and the console), no dev tools.
 # Safe to run again: each step is skipped when already done.
@@ -28,6 +28,12 @@ if [ "$for_tests" = 1 ] && ! command -v openssl >/dev/null 2>&1; then
     echo "setup: installing openssl (a certificate for the TLS tests' redis-server)"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
+if [ "$for_tests" = 1 ] && ! command -v jq >/dev/null 2>&1; then
+    echo "setup: installing jq (the shell agents of docs/worker.md, run as written)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
 fi
 
 if [ "$for_tests" = 1 ] && ! command -v promtool >/dev/null 2>&1; then

@@ -36,6 +36,18 @@ def main() -> None:
         else:
             with open(path) as file:
                 say({"result": {"step": payload["step"], "before": json.load(file)}})
+    elif mode == "plan":
+        for step in (1, 2):
+            say({"submit": {"mode": "before", "step": step}, "name": f"step-{step}"})
+        say({"submit": {"mode": "before", "step": "summary"}, "name": "summary",
+             "after": ["step-1", "step-2"], "priority": 5})
+        if attempt < payload.get("fail_attempts", 0) + 1:
+            print("lost after submitting its steps", file=sys.stderr)
+            sys.exit(1)
+        say({"result": "planned"})
+    elif mode == "submit":
+        say(payload["message"])
+        say({"result": "submitted"})
     elif mode == "deadline":
         say({"result": {"left": float(os.environ["AGENTPOOL_TASK_DEADLINE"]) - time.time()}})
     elif mode == "home":

@@ -32,6 +32,7 @@ from agentpool.protocol import (
     MAX_RESULT_BYTES_LIMIT,
     TaskEvent,
     TaskQueue,
+    task_for_idempotency_key,
 )
 from agentpool_worker.command import (
     COMMAND_ENV,
@@ -132,6 +133,56 @@ async def test_a_program_reads_the_results_of_the_tasks_it_runs_after_from_a_fil
         alone = await finished(queue, first, "succeeded")
     assert alone.result == {"step": 1, "before": None}, "no file without after"
     assert done.result == {"step": 2, "before": {first: {"step": 1, "before": None}}}
+
+
+async def test_a_program_submits_steps_and_a_summary_after_them_once_per_task(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Named steps, the summary after them by name; the first attempt fails after its
+    submits, the second sends the same and gets the same tasks."""
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER, concurrency=2,
+                                retry_backoff_base_seconds=0.05)):
+        planner = await queue.submit({"mode": "plan", "fail_attempts": 1})
+        done = await finished(queue, planner, "succeeded")
+        assert (done.result, done.attempts) == ("planned", 2)
+        named = [await task_for_idempotency_key(queue, f"{planner}:k:{name}")
+                 for name in ("step-1", "step-2", "summary")]
+        assert None not in named
+        summary = await finished(queue, str(named[2]), "succeeded")
+    assert summary.priority == 5 and summary.after == tuple(named[:2])
+    assert summary.result == {"step": "summary", "before": {
+        named[0]: {"step": 1, "before": None}, named[1]: {"step": 2, "before": None}}}
+    assert (await queue.figures()).stats["submitted"] == 4, "the same tasks, not new ones"
+
+
+@pytest.mark.parametrize(("message", "error"), [
+    ({"submit": {}, "after": ["nobody"]},
+     "\"after\" names 'nobody': no step this run submitted has that name, and it is not a "
+     "task id (send that step again first)"),
+    ({"submit": {}, "after": ["0" * 32]}, f"after: no task {'0' * 32} in queue"),
+    ({"submit": {}, "priority": 12}, "priority must be an integer between 0 and 9, got 12"),
+])
+async def test_a_submit_the_queue_refuses_dead_letters_the_task_with_why(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, message: dict[str, Any],
+    error: str,
+) -> None:
+    done = await outcome(redis, redis_url, queue_name, {"mode": "submit", "message": message},
+                         "dead")
+    assert done.error.startswith(f"PermanentError: the command's output line 1: {error}"), (
+        done.error)
+    assert (await TaskQueue(redis, queue_name).figures()).stats["submitted"] == 1
+
+
+async def test_a_submit_line_of_the_wrong_shape_is_output(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """As any JSON line that is not a message: a log line may carry such a key."""
+    message = {"submit": {"n": 1}, "name": 7}
+    done = await outcome(redis, redis_url, queue_name, {"mode": "submit", "message": message},
+                         "succeeded")
+    assert done.result == "submitted"
+    assert (await TaskQueue(redis, queue_name).figures()).stats["submitted"] == 1
 
 
 @pytest.mark.parametrize("writable", [True, False], ids=["writable-home", "no-home"])

@@ -31,6 +31,16 @@ message:
   from 0 to 1; ``message`` optional);
 - ``{"checkpoint": state}``: saved for the next attempt, as ``ctx.checkpoint``, before the
   next line is read;
+- ``{"submit": payload, "name": "step-1", "after": ["step-0"]}``: a task submitted to the
+  pool's queue, as ``ctx.submit``, before the next line is read (``name`` and ``after``
+  optional, as are ``priority``, ``delay``, ``max_attempts``, ``expires`` and
+  ``task_timeout``, as ``submit`` takes them). Once per task, not per attempt: a submit with
+  a ``name`` is that step of this task however often the program sends it (the name is its
+  idempotency key under this task), one without is named by what it submits. ``after``
+  holds names the run gave earlier submits (send a step again on a later attempt to refer to
+  it: it is the same task) or task ids: the task runs once they have all succeeded and reads
+  their results from its own ``AGENTPOOL_RESULTS_BEFORE_FILE``. A submit that fails (an
+  unknown name or task, a bad option) fails the run for good;
 - ``{"error": "text", "retry": false}``: the run fails with this error whatever the exit
   status; ``"retry": false`` dead-letters the task at once (``retry`` optional);
   ``{"error": "text", "retry_after": 30}`` runs it again in that many seconds (0 to a day;
@@ -74,7 +84,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -85,7 +95,13 @@ from agentpool.errors import (
     Retry,
     retry_delay_seconds,
 )
-from agentpool.protocol import DEFAULT_MAX_RESULT_BYTES, EVENT_KIND, FINAL_EVENT, compact_json
+from agentpool.protocol import (
+    DEFAULT_MAX_RESULT_BYTES,
+    EVENT_KIND,
+    FINAL_EVENT,
+    TASK_ID,
+    compact_json,
+)
 from agentpool.seconds import short_repr
 from agentpool_worker.handlers import TaskContext, WorkerContext
 from agentpool_worker.settings import (
@@ -174,6 +190,8 @@ class _Outcome:
     error: str | None = None
     retry: bool = True
     retry_after: float | None = None
+    steps: dict[str, str] = field(default_factory=dict)
+    """The task id of each step the run submitted with a name."""
 
 
 async def run(payload: Any, ctx: TaskContext) -> Any:
@@ -480,6 +498,8 @@ MESSAGE_KEYS = {
     "progress": {"progress", "message"},
     "checkpoint": {"checkpoint"},
     "error": {"error", "retry", "retry_after"},
+    "submit": {"submit", "name", "after", "priority", "delay", "max_attempts", "expires",
+               "task_timeout"},
 }
 """Each message's key, and the keys it may have."""
 
@@ -527,6 +547,12 @@ def _malformed(kind: str, message: dict[str, Any]) -> str:
             return '"error" is not a string'
         if not isinstance(message.get("retry", True), bool):
             return '"retry" is not true or false'
+    elif kind == "submit":
+        name, after = message.get("name"), message.get("after", [])
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
+            return '"name" is not a string of 1 to 200 characters'
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+            return '"after" is not a list of strings'
     return ""
 
 
@@ -549,7 +575,8 @@ def read_retry_after(message: dict[str, Any]) -> tuple[float | None, str]:
 
 async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> None:
     """Carry out a well-formed message; what a limit refuses (an event over 64 KiB, a
-    checkpoint over the payload limit) raises ValueError."""
+    checkpoint over the payload limit) and a submit the queue refuses (an unknown task to run
+    after, a bad option) raise ValueError."""
     if "result" in message:
         outcome.result, outcome.has_result = message["result"], True
     elif "event" in message:
@@ -558,6 +585,8 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
         await ctx.progress(float(message["progress"]), message.get("message"))
     elif "checkpoint" in message:
         await ctx.checkpoint(message["checkpoint"])
+    elif "submit" in message:
+        await _submit(message, ctx, outcome.steps)
     else:
         outcome.error, outcome.retry = message["error"], message.get("retry", True)
         outcome.retry_after, why_not = read_retry_after(message)
@@ -565,6 +594,28 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
             outcome.error += f" ({why_not})"
             _log.warning("a task program's error message has a bad retry_after",
                          task=ctx.task_id, why=why_not)
+
+
+SUBMIT_OPTIONS = ("priority", "delay", "max_attempts", "expires", "task_timeout")
+
+
+async def _submit(message: dict[str, Any], ctx: TaskContext, steps: dict[str, str]) -> None:
+    """A submit message: its ``after`` names resolved to the ids of the steps this run
+    submitted under them (or taken as task ids), submitted as ``ctx.submit`` does."""
+    after: list[str] = []
+    for given in message.get("after", []):
+        if given in steps:
+            after.append(steps[given])
+        elif TASK_ID.match(given):
+            after.append(given)
+        else:
+            raise ValueError(f'"after" names {given!r}: no step this run submitted has that '
+                             "name, and it is not a task id (send that step again first)")
+    options = {key: message[key] for key in SUBMIT_OPTIONS if key in message}
+    name = message.get("name")
+    task_id = await ctx.submit(message["submit"], after=after or None, key=name, **options)
+    if name is not None:
+        steps[name] = task_id
 
 
 def _write_json(directory: str, name: str, value: Any) -> str:
