@@ -139,6 +139,8 @@ class ClaimedTask:
     timeout_ms: int | None = None
     """The submit's `task_timeout` (ms), if it gave one (the worker keeps the shorter of it
     and the pool's task timeout)."""
+    after: tuple[str, ...] = ()
+    """The tasks it was submitted to run after (its submit's `after`)."""
 
     @property
     def wait_seconds(self) -> float:
@@ -772,7 +774,12 @@ class TaskQueue:
         after = await self.redis.hget(self.task_key(task_id), "after")
         if not after:
             return {}
-        return {info.id: info.result for info in await self.get_many(_s(after).split(","))}
+        return await self.results_of(_s(after).split(","))
+
+    async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
+        """The results of these tasks, by id, in their order; a task whose record is gone is
+        left out. One round trip."""
+        return {info.id: info.result for info in await self.get_many(task_ids)}
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskInfo]:
         """Several tasks in one round trip; ids with no task are left out."""
@@ -1366,6 +1373,7 @@ def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
             created_ms=int(t[4]), max_attempts=int(t[5]), claimed_ms=now,
             checkpoint_raw=None if len(t) < 7 or t[6] is None else _s(t[6]),
             timeout_ms=_opt_int(t[7]) if len(t) > 7 else None,
+            after=tuple(_s(t[8]).split(",")) if len(t) > 8 and t[8] else (),
         )
         for t in tasks
     ]

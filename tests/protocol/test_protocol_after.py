@@ -55,6 +55,18 @@ async def test_a_task_waits_out_of_the_queue_until_the_task_it_runs_after_succee
     assert await state(queue, second) == "succeeded"
 
 
+async def test_the_claim_carries_the_tasks_it_runs_after(queue: TaskQueue) -> None:
+    parts = await queue.submit_many([{"part": n} for n in range(2)])
+    summary = await queue.submit({"summarise": True}, after=parts)
+    for part in parts:
+        task = await claim_one(queue, "w1")
+        assert task.after == ()
+        assert await queue.complete(task, part)
+    task = await claim_one(queue, "w1")
+    assert (task.id, task.after) == (summary, tuple(parts))
+    assert await queue.results_of(task.after) == {part: part for part in parts}
+
+
 async def test_a_task_after_several_runs_once_the_last_of_them_succeeds(
     queue: TaskQueue,
 ) -> None:

@@ -121,6 +121,23 @@ async def test_a_submit_tried_again_after_a_lost_reply_is_one_task(queue: TaskQu
     assert await run.submit({"w": "a"}) != task_id, "the next of its kind is a new task"
 
 
+class NoRedis:
+    """A channel whose every call fails: a run that reads Redis through it would raise."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the run read Redis ({name})")
+
+
+async def test_a_run_of_a_task_without_after_reads_no_results_from_redis() -> None:
+    """Its claim said it runs after nothing: no round trip to find that out."""
+    ctx = TaskContext("t", 1, 3, "q", "pod:i1", channel=cast(RunChannel, NoRedis()))
+    assert await ctx.results_before() == {}
+    waiting = TaskContext("t", 1, 3, "q", "pod:i1", channel=cast(RunChannel, NoRedis()),
+                          after=("a" * 32,))
+    with pytest.raises(AssertionError, match="the run read Redis"):
+        await waiting.results_before()
+
+
 def test_submit_without_a_worker_says_so() -> None:
     ctx = TaskContext("t", 1, 3, "q", "pod:i1")
     with pytest.raises(RuntimeError, match=r"ctx\.submit_sync needs the worker behind the run"):

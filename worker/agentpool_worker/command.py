@@ -18,7 +18,8 @@ its own, with:
   ``AGENTPOOL_CHECKPOINT_FILE``, a file holding the JSON state an earlier attempt
   checkpointed, when one did; ``AGENTPOOL_RESULTS_BEFORE_FILE``, a file holding the results of
   the tasks this one was submitted to run after (a JSON object by task id, as
-  ``ctx.results_before()`` gives them), when it was (one read of Redis per run finds out).
+  ``ctx.results_before()`` gives them), when it was (its claim says so: a run of a task
+  without ``after`` reads nothing more of Redis).
 
 Each line of **stdout** that is a JSON object of one of these forms, with no other key, is a
 message:

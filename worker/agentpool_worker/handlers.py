@@ -141,6 +141,8 @@ class TaskContext:
     timeout_seconds: float = DEFAULT_TASK_TIMEOUT_SECONDS
     """How long this run may last before it is stopped and fails: the pool's task timeout, or
     the task's own when its submit gave a shorter one."""
+    after: tuple[str, ...] = ()
+    """The tasks this one was submitted to run after (its claim carries them)."""
     _submit_names: SubmitNames = field(default_factory=lambda: SubmitNames(),
                                        repr=False, compare=False)
 
@@ -216,14 +218,15 @@ class TaskContext:
         (``submit(after=[...])``), by task id, in the order the submit named them: a fan-in
         step reads what the steps before it found. Each had succeeded before this task was
         queued; one whose record is gone (finished longer ago than the result TTL) is left
-        out. Empty for a task submitted without `after`. Read from Redis on each call."""
-        if self.channel is None:
+        out. Empty for a task submitted without `after` (without reading Redis: its claim
+        said so). Read from Redis on each call."""
+        if self.channel is None or not self.after:
             return {}
         return await self.channel.results_before(self)
 
     def results_before_sync(self) -> dict[str, Any]:
         """:meth:`results_before` for sync handlers (called from their thread)."""
-        if self.channel is None:
+        if self.channel is None or not self.after:
             return {}
         loop = self._loop_for_sync("results_before_sync")
         return asyncio.run_coroutine_threadsafe(self.channel.results_before(self), loop).result()

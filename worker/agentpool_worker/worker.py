@@ -1120,7 +1120,7 @@ class Worker:
     async def results_before(self, ctx: TaskContext) -> dict[str, Any]:
         """A run's ``ctx.results_before()``."""
         return await self._for_run(ctx, "results_before",
-                                   lambda: self.queue.results_before(ctx.task_id))
+                                   lambda: self.queue.results_of(ctx.after))
 
     async def _for_run(self, ctx: TaskContext, what: str,
                        call: Callable[[], Awaitable[T]]) -> T:
@@ -1179,7 +1179,7 @@ class Worker:
                           self.settings.queue, self.worker_id, state=self.worker_ctx.state,
                           checkpoint_state=_checkpoint(task),
                           timeout_seconds=run_timeout(task, self.settings.task_timeout_seconds),
-                          channel=self)
+                          channel=self, after=task.after)
         run = _Run(task, ctx)
         earlier = self._runs.get(task.id)
         if earlier is not None:
