@@ -11,7 +11,8 @@
 -- A task that runs after others waits in the 'deferred' state, out of the queue, until the
 -- last of them succeeds; it ends cancelled as soon as one of them ends otherwise (at once when
 -- one already has). Its id is appended to each one's 'next:' key (finished() in common.lua);
--- one born cancelled is listed too when a task it runs after is dead (dead_letters.lua).
+-- one born cancelled is listed too, in each that has not succeeded, so that requeuing a dead
+-- one brings it back (dead_letters.lua).
 local FIELDS = 10
 if (#ARGV - 1) % FIELDS ~= 0 then
   return redis.error_reply('submit: ARGV is the prefix and ' .. FIELDS .. ' values per task')

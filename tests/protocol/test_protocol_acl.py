@@ -281,3 +281,20 @@ async def test_tasks_run_after_others_under_the_producer_and_worker_users(
     assert [t.id for t in batch.tasks] == [second]
     states = {i.id: i.state for i in await producer.get_many([first, second, third])}
     assert states == {first: "succeeded", second: "running", third: "cancelled"}
+
+
+async def test_tasks_that_expire_after_others_under_the_producer_and_worker_users(
+    connect_as: Connect, queue_name: str,
+) -> None:
+    """With an expiry, a deferred task is also in the reaper's list: a producer's submit,
+    cancel and submit after a cancelled task write it; a worker's reap reads it."""
+    producer = TaskQueue(await connect_as(queue_name, Role.PRODUCER), queue_name)
+    worker = TaskQueue(await connect_as(queue_name, Role.WORKER), queue_name)
+    first = await producer.submit({"n": 1})
+    kept = await producer.submit({"n": 2}, after=[first], expires=3600)
+    dropped = await producer.submit({"n": 3}, after=[first], expires=3600)
+    assert await producer.cancel(dropped) == "cancelled"
+    late = await producer.submit({"n": 4}, after=[dropped], expires=3600)
+    await worker.reap_expired()
+    states = {i.id: i.state for i in await producer.get_many([kept, dropped, late])}
+    assert states == {kept: "deferred", dropped: "cancelled", late: "cancelled"}

@@ -167,8 +167,8 @@ async def test_a_task_born_cancelled_after_cancelled_and_dead_ones_comes_back_ei
 async def test_a_task_submitted_after_a_cancelled_one_comes_back_with_it(
     queue: TaskQueue, redis: aioredis.Redis,
 ) -> None:
-    """Listed in the cancelled task's ``next:``, which lasts no longer than the task's record
-    (the result TTL) until the task comes back."""
+    """Listed in the cancelled task's ``next:``, which expires (a result TTL after the
+    submit) until the task comes back."""
     first = await queue.submit({"n": 1}, max_attempts=1)
     second = await queue.submit({"n": 2}, after=[first])
     await fail_until_dead(queue, "w1", first)

@@ -309,9 +309,24 @@ async def test_a_deferred_task_leaves_the_reapers_list_however_it_stops_waiting(
     assert await deferred_expiry(redis, queue) == []
 
     blocker = await queue.submit({"n": 6})
+    running = await claim_one(queue, "w1")
+    assert running.id == blocker
     await queue.submit({"n": 7}, after=[blocker], expires=3600)
     await queue.cancel_waiting()
+    assert await deferred_expiry(redis, queue) == [], "cancelled though its blocker runs on"
+
+
+async def test_the_reaper_drops_an_entry_whose_task_no_longer_waits(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """As one an earlier version left (it knew no such list): the running task is left be."""
+    task_id = await queue.submit({"n": 1}, expires=0.05)
+    running = await claim_one(queue, "w1")
+    await past_expiry(redis, queue, task_id)
+    await redis.zadd(queue.prefix + "deferred_expiry", {task_id: 0})
+    assert (await queue.reap_expired()).expired_waiting == 0
     assert await deferred_expiry(redis, queue) == []
+    assert await queue.complete(running, "ok"), "the run it started still counts"
 
 
 async def test_a_task_a_requeue_brings_back_keeps_its_expiry(
