@@ -78,6 +78,14 @@ async def scan_keys(redis: aioredis.Redis, match: str = "*") -> set[str]:
     return {_text(k) async for k in redis.scan_iter(match=match, count=1000)}
 
 
+async def drop_queue(redis: aioredis.Redis, queue: TaskQueue) -> None:
+    """Delete every key of the queue: a test that leaves tens of thousands of tasks on the
+    session's shared server would slow every later test that scans it."""
+    keys = sorted(await queue_keys(redis, queue))
+    for start in range(0, len(keys), 1000):
+        await redis.unlink(*keys[start:start + 1000])
+
+
 async def queue_keys(redis: aioredis.Redis, queue: TaskQueue) -> set[str]:
     return await scan_keys(redis, queue.prefix + "*")
 

@@ -8,7 +8,14 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
-from protocol_helpers import claim_one, claim_within, fail_until_dead, queued_ids, task_keys
+from protocol_helpers import (
+    claim_one,
+    claim_within,
+    drop_queue,
+    fail_until_dead,
+    queued_ids,
+    task_keys,
+)
 
 from agentpool.client import SyncClient
 from agentpool.protocol import (
@@ -295,6 +302,7 @@ async def test_a_chain_deeper_than_lua_calls_go_ends_in_one_step(
     info = await queue.get(ids[-1])
     assert info is not None and info.error == (
         f"cancelled: the task {ids[-2]} it runs after ended cancelled")
+    await drop_queue(redis, queue)
 
 
 async def test_cancel_waiting_ends_a_deferred_chain_once_each(queue: TaskQueue) -> None:

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
-from protocol_helpers import claim_within, fail_until_dead, queued_ids
+from protocol_helpers import claim_within, drop_queue, fail_until_dead, queued_ids
 
 from agentpool.protocol import CancelOutcome, TaskQueue, new_task_id
 
@@ -258,3 +258,4 @@ async def test_a_chain_deeper_than_lua_calls_go_comes_back_in_one_step(
     assert (await queue.figures()).deferred == 0
     assert await queue.requeue_dead([ids[0]]) == 1
     assert (await queue.figures()).deferred == len(ids) - 1
+    await drop_queue(redis, queue)

@@ -499,7 +499,7 @@ class ProtocolModel(RuleBasedStateMachine):
             figures = await self.queue.figures()
             infos = await self.queue.get_many([t.id for t in self.tasks])
             keys = {_text(k) async for k in self.redis.scan_iter(
-                match=self.queue.prefix + "t:*", count=1000)}
+                match=self.queue.prefix + "t:*", count=10_000)}
             purged = [await self.queue.get(t.id) for t in self.in_state("purged")]
             return replies, figures, infos, keys, purged
 
