@@ -569,12 +569,14 @@ class ProtocolModel(RuleBasedStateMachine):
         assert figures.used == bool(self.tasks or self.registered)
 
 
-def test_the_protocol_behaves_as_its_model(redis_server: RedisServer) -> None:
+def test_the_protocol_behaves_as_its_model() -> None:
     """About 100 runs of up to 40 steps: a few seconds. A private event loop per run (the
-    machine's), a queue of its own, its keys deleted at the end."""
-    class OnThisServer(ProtocolModel):
-        url = redis_server.url
+    machine's), a queue of its own, its keys deleted at the end, on a redis-server of its own:
+    each step scans the keys, and the session's shared server holds what every test left."""
+    with RedisServer() as server:
+        class OnThisServer(ProtocolModel):
+            url = server.url
 
-    run_state_machine_as_test(OnThisServer, settings=settings(
-        max_examples=100, stateful_step_count=40, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+        run_state_machine_as_test(OnThisServer, settings=settings(
+            max_examples=100, stateful_step_count=40, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
