@@ -71,7 +71,7 @@ SCRIPT_COMMANDS = (
     "zrevrange", "zrevrangebyscore", "zremrangebyscore",
     "sadd", "srem", "smembers", "scard",
     "llen", "rpush", "del", "publish", "spublish", "xadd", "xrevrange", "xdel", "pttl",
-    "pexpire", "append",
+    "pexpire", "append", "strlen",
 )
 """Every command the protocol's Lua scripts (agentpool/lua/*.lua) call (PUBLISH on Redis 6,
 SPUBLISH on 7 and later)."""
@@ -84,14 +84,14 @@ WORKER_DIRECT_COMMANDS = (
 the WAIT of replicated durability."""
 
 PRODUCER_COMMANDS = (
-    "time", "exists", "get", "set", "incr", "incrby", "expire", "persist", "append",
+    "time", "exists", "get", "set", "incr", "incrby", "expire", "persist", "append", "strlen",
     "hget", "hmget", "hgetall", "hset", "hincrby",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
     "scard", "llen", "rpush", "publish", "spublish", "xadd", "xread", "xrange",
     "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "wait",
 )
-"""What submit, get, wait, cancel, following a task's events and the figures call, in scripts
-and outside them."""
+"""What submit, get, wait, cancel, following a task's events, the figures and the console's
+task lists call, in scripts and outside them."""
 
 PRODUCER_WRITABLE_KEYS = ("t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake",
                           "seq", "idem:*", "durable", "listening", "full", "deferred",

@@ -1642,6 +1642,9 @@ class TaskRow:
     info: TaskInfo
     cut: Mapping[str, int]
     """The fields that were cut ("payload", "error"): their full size in bytes."""
+    next_count: int = 0
+    """How many tasks were submitted to run after it (of a dead task: those its death
+    cancelled, which a requeue brings back)."""
 
 
 async def task_page(queue: TaskQueue, state: str, offset: int, limit: int, *,
@@ -1657,10 +1660,11 @@ async def task_page(queue: TaskQueue, state: str, offset: int, limit: int, *,
                                             preview_bytes])])
     rows: list[TaskRow] = []
     for i in range(1, len(reply), 3):
+        sizes = reply[i + 2]
         info, cut = _cut_task(_s(reply[i]), _PAGE_FIELDS, reply[i + 1], ("payload", "error"),
-                              reply[i + 2], preview_bytes)
+                              sizes[:2], preview_bytes)
         if info is not None:
-            rows.append(TaskRow(info, cut))
+            rows.append(TaskRow(info, cut, int(sizes[2])))
     return int(reply[0]), rows
 
 

@@ -145,6 +145,24 @@ async def test_task_detail_and_search_by_id_and_idempotency_key(
 
 
 @ALSO_ON_A_CLUSTER
+async def test_a_dead_letter_counts_the_tasks_its_requeue_brings_back(
+    api: Client, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    failing = await queue.submit({"n": 1})
+    after = [await queue.submit({"step": n}, after=[failing]) for n in range(2)]
+    lone = await queue.submit({"n": 2})
+    for claimed in (await queue.claim("pod-x:i1", 2, 30)).tasks:
+        await queue.fail(claimed, "boom", retryable=False)
+    dead = await get_json(api, f"/api/queues/{queue_name}/dead")
+    assert {t["id"]: t["next_count"] for t in dead["tasks"]} == {failing: 2, lone: 0}
+    response = await api.post(f"/api/queues/{queue_name}/dead/requeue",
+                              json={"ids": [failing]}, headers=WRITE)
+    assert response.status == 200
+    assert [i.state for i in await queue.get_many(after)] == ["deferred", "deferred"]
+
+
+@ALSO_ON_A_CLUSTER
 async def test_dead_letters_requeue_with_the_token_only(api: Client, redis: aioredis.Redis,
                                                         queue_name: str) -> None:
     queue = TaskQueue(redis, queue_name)
@@ -520,7 +538,8 @@ async def test_task_lists_and_task_pages_read_redis_in_one_round_trip(
     [claimed] = (await queue.claim("pod-a:i1", 1, 30)).tasks
     await queue.emit(task_id, "progress", {"fraction": 0.5}, attempt=1)
     for state in ("queued", "running", "dead"):
-        await sources.tasks(queue_name, state, 1)  # loads the read script once
+        await sources.tasks(queue_name, state, 1)  # loads the read scripts once
+    await sources.task_feed(queue_name, task_id, None)
     reads: list[int] = []
     for read in (lambda: sources.tasks(queue_name, "queued", 1),
                  lambda: sources.tasks(queue_name, "running", 1),

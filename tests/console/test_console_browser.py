@@ -316,10 +316,14 @@ def test_a_dead_letter_is_requeued_with_the_token_and_refused_without(
 ) -> None:
     fixed = console.tmp / f"fixed-{uuid.uuid4().hex[:6]}"
     task_id = console.submit({"fail_unless": str(fixed), "error": "upstream said no"})
+    follow_up = console.submit({"echo": "after the fix"}, after=[task_id])
     wait_for(lambda: console.state(task_id) == "dead", page)
 
     dead_page(console, page, task_id)
-    expect(page.locator(f'#tasks tr[data-task="{task_id}"]')).to_contain_text("upstream said no")
+    row = page.locator(f'#tasks tr[data-task="{task_id}"]')
+    expect(row).to_contain_text("upstream said no")
+    expect(row.locator("td").last).to_have_text("1")
+    expect(page.locator("#tasks th").last).to_have_text("After it")
     page.locator("#token").fill("")
     page.locator("#requeue").click()
     expect(page.locator("#action-message")).to_have_text(
@@ -335,6 +339,7 @@ def test_a_dead_letter_is_requeued_with_the_token_and_refused_without(
     page.locator("#requeue").click()
     expect(page.locator("#action-message")).to_have_text("requeued: 1")
     wait_for(lambda: console.state(task_id) == "succeeded", page)
+    wait_for(lambda: console.state(follow_up) == "succeeded", page)
     expect(page.locator(f'#tasks tr[data-task="{task_id}"]')).to_have_count(0, timeout=LIVE)
 
 

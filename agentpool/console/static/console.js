@@ -295,14 +295,15 @@ function tasksPage(queue, dead) {
       el("td", {}, state(t.state)), num(t.max_attempts ? `${t.attempts}/${t.max_attempts}` : t.attempts),
       running ? el("td", {}, progressBar(t.progress) || "-") : null, el("td", {}, ago(t.created)),
       el("td", { class: "mono" }, show(t.owner)), el("td", { class: "mono" }, t.payload),
-      el("td", { class: "mono" }, show(t.error))));
+      el("td", { class: "mono" }, show(t.error)),
+      dead ? num(t.next_count) : null));
     const pages = Math.max(1, Math.ceil(doc.total / doc.per_page));
     const link = (p) => dead ? `${base}/dead?page=${p}` : `${base}/tasks?state=${enc(taskState)}&page=${p}`;
     holder.replaceChildren(...present([
       el("p", { class: "muted", id: "task-total" }, `${doc.total} ${doc.state} task(s)`),
       rows.length ? table([...(dead && consoleInfo.writes ? [""] : []), "Id", "State", "Attempts#",
         ...(running ? ["Progress"] : []), "Created", "Owner",
-        "Payload", "Error"], rows, { id: "tasks" }) : el("p", { class: "muted" }, "None."),
+        "Payload", "Error", ...(dead ? ["After it#"] : [])], rows, { id: "tasks" }) : el("p", { class: "muted" }, "None."),
       el("div", { class: "pager" }, page > 1 ? el("a", { href: link(page - 1) }, "← newer") : null,
         `page ${doc.page} of ${pages}`, page < pages ? el("a", { href: link(page + 1) }, "older →") : null)]));
   });
