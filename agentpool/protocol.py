@@ -86,6 +86,9 @@ another: with as many waits as the pool has connections, none could read."""
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 TASK_ID = re.compile(r"^[0-9a-f]{32}\Z")
 """What `submit` returns: a random UUID in 32 lowercase hexadecimal digits."""
+_NEXT_ENTRY_BYTES = 33
+"""A ``next:`` key holds the ids of the tasks after a task (each a TASK_ID), each followed by
+a comma."""
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
 _STATE_SETS = {"queued": "queued", "delayed": "delayed", "deferred": "deferred",
                "running": "leases"}
@@ -1223,6 +1226,15 @@ class TaskQueue:
         ids = await self.redis.zrevrange(self.prefix + "dead", 0, limit - 1)
         return await self.get_many([_s(i) for i in ids])
 
+    async def next_counts(self, task_ids: Sequence[str]) -> list[int]:
+        """How many tasks were submitted to run after each of these (of a dead task: those
+        its death cancelled, which its requeue brings back). One round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.strlen(f"{self.prefix}next:{task_id}")
+            sizes = await pipe.execute()
+        return [int(size) // _NEXT_ENTRY_BYTES for size in sizes]
+
     async def list_tasks(self, state: str, limit: int = 100) -> list[TaskInfo]:
         """Up to `limit` tasks in one of TASK_LIST_STATES (read-only): queued in claim order,
         delayed by due time, deferred in submit order, running by lease expiry, dead newest
@@ -1685,11 +1697,6 @@ class TaskView:
     """The first of the tasks submitted to run after it, in submit order."""
     next_count: int = 0
     """How many tasks were submitted to run after it."""
-
-
-_NEXT_ENTRY_BYTES = 33
-"""A ``next:`` key holds the ids of the tasks after a task (32 hexadecimal digits:
-`new_task_id`), each followed by a comma."""
 
 
 async def task_view(queue: TaskQueue, task_id: str, *, after: str | None, count: int,

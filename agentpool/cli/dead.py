@@ -71,8 +71,10 @@ async def run_list(args: argparse.Namespace) -> int:
         tasks = await queue.dead_letters(args.limit)
         if not tasks and not await queue.used():
             raise CommandFailed(await never_used(queue))
-    print_view(args, dead_grid(tasks, time.time(), name),
-               {"queue": name, "tasks": [task_json(name, t) for t in tasks]})
+        after_each = await queue.next_counts([t.id for t in tasks])
+    print_view(args, dead_grid(tasks, after_each, time.time(), name),
+               {"queue": name, "tasks": [{**task_json(name, t), "next_count": n}
+                                         for t, n in zip(tasks, after_each, strict=True)]})
     return EXIT_OK
 
 

@@ -343,13 +343,16 @@ def figures_grid(queue: str, figures: QueueFigures, rates: Rates | None = None) 
 # -- dead letters --------------------------------------------------------------------------
 
 
-def dead_grid(tasks: Sequence[TaskInfo], now: float, queue: str) -> Grid:
+def dead_grid(tasks: Sequence[TaskInfo], after_each: Sequence[int], now: float,
+              queue: str) -> Grid:
+    """`after_each`: how many tasks were submitted to run after each (its requeue brings
+    back those its death cancelled)."""
     rows = [
-        [t.id, str(t.attempts), _ago(now, t.finished_ms), compact(t.error, 50),
+        [t.id, str(t.attempts), _ago(now, t.finished_ms), str(after), compact(t.error, 50),
          compact(t.payload, 40)]
-        for t in tasks
+        for t, after in zip(tasks, after_each, strict=True)
     ]
-    return Grid(headers=["ID", "ATTEMPTS", "DIED", "ERROR", "PAYLOAD"], rows=rows,
+    return Grid(headers=["ID", "ATTEMPTS", "DIED", "AFTER IT", "ERROR", "PAYLOAD"], rows=rows,
                 title=f"Dead-letter queue of {queue}: {len(tasks)} shown")
 
 

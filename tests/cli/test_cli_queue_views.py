@@ -85,13 +85,22 @@ def test_tasks_of_an_empty_queue(cli: Cli) -> None:
 
 
 def test_dead_list_table_and_json(cli: Cli) -> None:
-    ids = with_queue(cli.redis_url, cli.queue,
-                     lambda q: make_dead(q, [{"n": 1}, {"n": 2}], "bad input"))
+    """Each dead task with how many tasks were submitted to run after it (those its requeue
+    brings back)."""
+
+    async def dead_with_one_after(queue: TaskQueue) -> list[str]:
+        first, second = [await queue.submit({"n": n}) for n in (1, 2)]
+        await queue.submit({"n": 3}, after=[first])
+        for task in (await queue.claim("pod-x:inst", 2, 30)).tasks:
+            await queue.fail(task, "bad input", retryable=False)
+        return [first, second]
+
+    ids = with_queue(cli.redis_url, cli.queue, dead_with_one_after)
     rows = table_rows(cli.ok("dead", "list").out)
-    assert sorted(r[0] for r in rows) == sorted(ids)
-    assert {r[3] for r in rows} == {"bad input"}
+    assert {r[0]: r[3] for r in rows} == {ids[0]: "1", ids[1]: "0"}
+    assert {r[4] for r in rows} == {"bad input"}
     doc = cli.ok("dead", "list", "-o", "json").json()
-    assert sorted(t["id"] for t in doc["tasks"]) == sorted(ids)
+    assert {t["id"]: t["next_count"] for t in doc["tasks"]} == {ids[0]: 1, ids[1]: 0}
     assert {t["error"] for t in doc["tasks"]} == {"bad input"}
 
 
