@@ -1226,6 +1226,11 @@ class TaskQueue:
         ids = await self.redis.zrevrange(self.prefix + "dead", 0, limit - 1)
         return await self.get_many([_s(i) for i in ids])
 
+    async def tasks_after(self, task_id: str) -> list[str]:
+        """The tasks submitted to run after this one, in submit order. One round trip."""
+        listed = await self.redis.get(f"{self.prefix}next:{task_id}")
+        return list(dict.fromkeys(i for i in _s(listed or b"").split(",") if i))
+
     async def next_counts(self, task_ids: Sequence[str]) -> list[int]:
         """How many tasks were submitted to run after each of these (of a dead task: those
         its death cancelled, which its requeue brings back). One round trip."""

@@ -56,8 +56,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def print_task(args: argparse.Namespace, queue: str, info: TaskInfo) -> None:
-    print_view(args, task_detail_grid(queue, info, time.time()), task_json(queue, info))
+def print_task(args: argparse.Namespace, queue: str, info: TaskInfo,
+               next_ids: list[str] | None = None) -> None:
+    """The task as `get` shows it; with `next_ids` (the tasks submitted to run after it, when
+    read), those too."""
+    doc = task_json(queue, info) if next_ids is None else {**task_json(queue, info),
+                                                           "next": next_ids}
+    print_view(args, task_detail_grid(queue, info, time.time(), next_ids or ()), doc)
 
 
 @command
@@ -68,9 +73,10 @@ async def run(args: argparse.Namespace) -> int:
         if args.follow:
             return await follow(args, client.queue(name))
         info = await client.queue(name).get(args.task_id)
+        next_ids = await client.queue(name).tasks_after(args.task_id)
     if info is None:
         raise CommandFailed(f"no task {args.task_id} in queue {name}")
-    print_task(args, name, info)
+    print_task(args, name, info, next_ids)
     return EXIT_OK
 
 
@@ -84,10 +90,11 @@ async def follow(args: argparse.Namespace, queue: TaskQueue) -> int:
     info = await queue.get(args.task_id)
     if info is None:
         raise TaskNotFound(f"task {args.task_id} in queue {queue.name} is gone")
+    next_ids = await queue.tasks_after(args.task_id)
     if args.output == "json":
-        print_json(task_json(queue.name, info), one_line=True)
+        print_json({**task_json(queue.name, info), "next": next_ids}, one_line=True)
     else:
-        print_task(args, queue.name, info)
+        print_task(args, queue.name, info, next_ids)
     if info.state != "succeeded":
         error_line(ended_line(info))
         return EXIT_FAILED

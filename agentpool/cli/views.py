@@ -178,7 +178,12 @@ def event_line(event: TaskEvent) -> str:
     return f"{clock}.{millis:03d} attempt {event.attempt} {event.kind} {detail}"
 
 
-def task_detail_grid(queue: str, info: TaskInfo, now: float) -> Grid:
+NEXT_SHOWN = 5
+"""Tasks submitted to run after a task that `get` names (it gives how many in all)."""
+
+
+def task_detail_grid(queue: str, info: TaskInfo, now: float,
+                     next_ids: Sequence[str] = ()) -> Grid:
     attempts = str(info.attempts)
     if info.max_attempts is not None:
         attempts += f" of {info.max_attempts}"
@@ -202,6 +207,9 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float) -> Grid:
           if info.timeout_ms is not None else []),
         *([["After", f"{', '.join(info.after)} (runs once they have all succeeded)"]]
           if info.after else []),
+        *([["Next", ", ".join(next_ids[:NEXT_SHOWN])
+            + (f" and {len(next_ids) - NEXT_SHOWN} more" if len(next_ids) > NEXT_SHOWN else "")
+            + " (submitted to run after it)"]] if next_ids else []),
         ["Owner", info.owner or "-"],
         ["Error", info.error or "-"],
         ["Progress", format_progress(info.progress)],

@@ -37,8 +37,20 @@ def test_get_json_has_every_field(cli: Cli) -> None:
     assert doc["created"].endswith("+00:00")
     assert set(doc) == {"id", "queue", "state", "priority", "attempts", "max_attempts",
                         "created", "started", "finished", "expires", "timeout_seconds",
-                        "after", "owner", "error",
+                        "after", "next", "owner", "error",
                         "payload", "result", "progress"}
+
+
+def test_get_names_the_tasks_submitted_after_the_task(cli: Cli) -> None:
+    """The first five in submit order, and how many more; all of them in JSON."""
+    first = submit(cli)
+    assert "Next" not in key_values(cli.ok("get", first).out)
+    steps = [submit(cli, {"step": n}, after=[first]) for n in range(7)]
+    shown = " ".join(cli.ok("get", first).out.split())  # a long value wraps
+    assert f"Next {', '.join(steps[:5])} and 2 more (submitted to run after it)" in shown
+    assert cli.ok("get", first, "-o", "json").json()["next"] == steps
+    assert key_values(cli.ok("get", steps[0]).out)["After"] == (
+        f"{first} (runs once they have all succeeded)")
 
 
 def test_get_unknown_task_exits_1_with_one_line(cli: Cli) -> None:
