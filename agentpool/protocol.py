@@ -596,7 +596,8 @@ class TaskQueue:
                      expires: float | None = None,
                      task_timeout: float | None = None,
                      after: Iterable[str] | None = None) -> list[Any]:
-        if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        if (isinstance(priority, bool) or not isinstance(priority, int)
+                or not 0 <= priority <= MAX_PRIORITY):
             raise ProtocolError(
                 f"priority must be an integer between 0 and {MAX_PRIORITY}, got {priority!r}"
             )
@@ -604,9 +605,11 @@ class TaskQueue:
         if not 0 <= delay <= MAX_DELAY_SECONDS:
             raise ProtocolError(f"delay must be from 0 to {MAX_DELAY_SECONDS} seconds (a year), "
                                 f"got {given_text(delay)}")
-        if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
-            raise ProtocolError(
-                f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}")
+        if max_attempts is not None and (
+                isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
+                or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT):
+            raise ProtocolError(f"max_attempts must be an integer between 1 and "
+                                f"{MAX_ATTEMPTS_LIMIT}, got {max_attempts!r}")
         delay_ms = round(delay * 1000)
         expires_ms: int | str = ""
         if expires is not None:
@@ -1476,7 +1479,7 @@ def _expiry_ms(expires: Any, delay: float, delay_ms: int) -> int:
     """A submit's `expires` in milliseconds, as the submit script stores it; ProtocolError
     unless it is a number of seconds, after the delay (as stored) and within a year."""
     seconds = _seconds_given("expires", expires)
-    expires_ms = round(seconds * 1000)
+    expires_ms = round(min(seconds, 2 * MAX_DELAY_SECONDS) * 1000)  # past the limit, not inf
     if not delay_ms < expires_ms <= MAX_DELAY_SECONDS * 1000:
         low = seconds_text((delay_ms + 1) / 1000)
         after = f"after the delay ({seconds_text(delay)} s): " if delay_ms else ""
@@ -1489,7 +1492,7 @@ def _timeout_ms(task_timeout: Any) -> int:
     """A submit's `task_timeout` in milliseconds, as stored; ProtocolError unless it is a
     number of seconds from 0.001 to a week (the longest a pool's task timeout may be)."""
     seconds = _seconds_given("task_timeout", task_timeout)
-    timeout_ms = round(seconds * 1000)
+    timeout_ms = round(min(seconds, 2 * MAX_TASK_TIMEOUT_SECONDS) * 1000)
     if not 1 <= timeout_ms <= MAX_TASK_TIMEOUT_SECONDS * 1000:
         raise ProtocolError(f"task_timeout must be from 0.001 to {MAX_TASK_TIMEOUT_SECONDS} "
                             f"seconds (a week), got {given_text(seconds)}")

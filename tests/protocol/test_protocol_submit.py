@@ -286,7 +286,12 @@ async def test_submit_many_takes_chunks_larger_than_a_script_unpacks(queue: Task
     ({"delay": "5"}, "delay must be a number of seconds, got '5'"),
     ({"delay": -1}, "delay must be from 0 to 31536000 seconds \\(a year\\), got -1"),
     ({"delay": 400 * 86400}, "delay must be from 0 to 31536000 seconds \\(a year\\), got 34560000"),
-    ({"max_attempts": 101}, "max_attempts must be between 1 and 100"),
+    ({"max_attempts": 101}, "max_attempts must be an integer between 1 and 100, got 101"),
+    ({"max_attempts": 2.5}, "max_attempts must be an integer between 1 and 100, got 2.5"),
+    ({"max_attempts": True}, "max_attempts must be an integer between 1 and 100, got True"),
+    ({"priority": True}, "priority must be an integer between 0 and 9, got True"),
+    ({"expires": 1e308}, "expires must be from 0.001 to 31536000 seconds \\(a year\\)"),
+    ({"task_timeout": 1e308}, "task_timeout must be from 0.001 to 604800 seconds \\(a week\\)"),
 ])
 async def test_options_out_of_range_are_refused_before_anything_is_stored(
     queue: TaskQueue, options: dict[str, Any], problem: str,

@@ -45,6 +45,13 @@ def main() -> None:
             print("lost after submitting its steps", file=sys.stderr)
             sys.exit(1)
         say({"result": "planned"})
+    elif mode == "gated-plan":
+        while not os.path.exists(payload["gate"]):
+            time.sleep(0.01)
+        for step in range(3):
+            say({"submit": {"step": step}, "name": f"step-{step}"})
+        say({"result": "planned"})
+        open(payload["exited"], "w").close()
     elif mode == "submit":
         say(payload["message"])
         say({"result": "submitted"})

@@ -11,11 +11,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis_freeze import frozen
 from worker_helpers import (
     HERE,
     eventually,
@@ -34,10 +36,12 @@ from agentpool.protocol import (
     TaskQueue,
     task_for_idempotency_key,
 )
+from agentpool.redis_server import RedisServer, free_port
 from agentpool_worker.command import (
     COMMAND_ENV,
     GRACE_ENV,
     MAX_OUTPUT_CHARS,
+    PIPE_DRAIN_SECONDS,
     CommandConfigError,
     CommandSettings,
     command_settings,
@@ -135,6 +139,22 @@ async def test_a_program_reads_the_results_of_the_tasks_it_runs_after_from_a_fil
     assert done.result == {"step": 2, "before": {first: {"step": 1, "before": None}}}
 
 
+async def test_a_program_submitted_after_others_gets_the_file_even_when_their_records_are_gone(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """An empty object then (their results passed the result TTL): the file's presence says
+    the task ran after others."""
+    queue = TaskQueue(redis, queue_name)
+    first = await queue.submit({"mode": "before", "step": 1})
+    second = await queue.submit({"mode": "before", "step": 2}, after=[first])
+    [claimed] = (await queue.claim("pod-x:i1", 1, 30)).tasks
+    assert await queue.complete(claimed, "done")
+    await redis.delete(queue.task_key(first))
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        done = await finished(queue, second, "succeeded")
+    assert done.result == {"step": 2, "before": {}}
+
+
 async def test_a_program_submits_steps_and_a_summary_after_them_once_per_task(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
@@ -162,6 +182,11 @@ async def test_a_program_submits_steps_and_a_summary_after_them_once_per_task(
      "task id (send that step again first)"),
     ({"submit": {}, "after": ["0" * 32]}, f"after: no task {'0' * 32} in queue"),
     ({"submit": {}, "priority": 12}, "priority must be an integer between 0 and 9, got 12"),
+    ({"submit": {}, "priority": True}, "priority must be an integer between 0 and 9, got True"),
+    ({"submit": {}, "expires": 1e308}, "expires must be from 0.001 to 31536000 seconds"),
+    ({"submit": {}, "name": 7}, '"name" is not a string of 1 to 200 characters'),
+    ({"submit": {}, "after": "step-0"},
+     '"after" is not a list of strings (names or task ids)'),
 ])
 async def test_a_submit_the_queue_refuses_dead_letters_the_task_with_why(
     redis_url: str, queue_name: str, redis: aioredis.Redis, message: dict[str, Any],
@@ -174,15 +199,44 @@ async def test_a_submit_the_queue_refuses_dead_letters_the_task_with_why(
     assert (await TaskQueue(redis, queue_name).figures()).stats["submitted"] == 1
 
 
-async def test_a_submit_line_of_the_wrong_shape_is_output(
+async def test_a_submit_line_whose_payload_is_no_object_is_output(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
-    """As any JSON line that is not a message: a log line may carry such a key."""
-    message = {"submit": {"n": 1}, "name": 7}
+    """As any JSON line that is not a message: a form logged as it was sent may look so."""
+    message = {"name": "q", "submit": "Search"}
     done = await outcome(redis, redis_url, queue_name, {"mode": "submit", "message": message},
                          "succeeded")
     assert done.result == "submitted"
     assert (await TaskQueue(redis, queue_name).figures()).stats["submitted"] == 1
+
+
+async def test_submits_sent_before_the_program_exits_are_all_carried_out(
+    tmp_path: Path, queue_name: str,
+) -> None:
+    """However long they wait for Redis: the program prints its steps and its result and
+    exits while Redis is frozen, longer than the drain's wait for more lines."""
+    server = RedisServer(port=free_port()).start()
+    client = aioredis.Redis.from_url(server.url)
+    queue = TaskQueue(client, queue_name)
+    gate, exited = tmp_path / "gate", tmp_path / "exited"
+    try:
+        async with running(settings(server.url, queue_name, HANDLER, lease_seconds=10.0)):
+            task_id = await queue.submit({"mode": "gated-plan", "gate": str(gate),
+                                          "exited": str(exited)})
+            await finished(queue, task_id, "running")
+            with frozen(server):
+                gate.touch()
+                deadline = time.monotonic() + 10
+                while not exited.exists():
+                    assert time.monotonic() < deadline, "the program did not exit"
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(PIPE_DRAIN_SECONDS + 1)
+            done = await finished(queue, task_id, "succeeded")
+        assert done.result == "planned"
+        assert (await queue.figures()).stats["submitted"] == 4
+    finally:
+        await client.aclose()
+        server.close()
 
 
 @pytest.mark.parametrize("writable", [True, False], ids=["writable-home", "no-home"])

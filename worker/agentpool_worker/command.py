@@ -32,16 +32,17 @@ message:
   from 0 to 1; ``message`` optional);
 - ``{"checkpoint": state}``: saved for the next attempt, as ``ctx.checkpoint``, before the
   next line is read;
-- ``{"submit": payload, "name": "step-1", "after": ["step-0"]}``: a task submitted to the
-  pool's queue, as ``ctx.submit``, before the next line is read (``name`` and ``after``
-  optional, as are ``priority``, ``delay``, ``max_attempts``, ``expires`` and
-  ``task_timeout``, as ``submit`` takes them). Once per task, not per attempt: a submit with
-  a ``name`` is that step of this task however often the program sends it (the name is its
-  idempotency key under this task), one without is named by what it submits. ``after``
-  holds names the run gave earlier submits (send a step again on a later attempt to refer to
-  it: it is the same task) or task ids: the task runs once they have all succeeded and reads
-  their results from its own ``AGENTPOOL_RESULTS_BEFORE_FILE``. A submit that fails (an
-  unknown name or task, a bad option) fails the run for good;
+- ``{"submit": {...}, "name": "step-1", "after": ["step-0"]}``: a task (its payload a JSON
+  object) submitted to the pool's queue, as ``ctx.submit``, before the next line is read
+  (``name`` and ``after`` optional, as are ``priority``, ``delay``, ``max_attempts``,
+  ``expires`` and ``task_timeout``, as ``submit`` takes them). Once per task, not per attempt:
+  a submit with a ``name`` is that step of this task however often the program sends it (the
+  name is its idempotency key under this task), one without is named by what it submits.
+  ``after`` holds names the run gave earlier submits (send a step again on a later attempt to
+  refer to it: it is the same task) or task ids: the task runs once they have all succeeded
+  and reads their results from its own ``AGENTPOOL_RESULTS_BEFORE_FILE``. A submit that fails
+  (a name or ``after`` of the wrong kind, an unknown name or task, a bad option) fails the run
+  for good; the steps submitted before it stay submitted;
 - ``{"error": "text", "retry": false}``: the run fails with this error whatever the exit
   status; ``"retry": false`` dead-letters the task at once (``retry`` optional);
   ``{"error": "text", "retry_after": 30}`` runs it again in that many seconds (0 to a day;
@@ -53,7 +54,7 @@ Every other line is output, JSON lines that are not messages too (the JSON log l
 structlog, pino or zap: ``{"event": "fetching", "level": "info"}``, ``{"msg": "retrying",
 "error": "ECONNRESET"}``), as is a line over ``MAX_LINE_BYTES`` (binary output, a progress
 bar drawn with carriage returns), cut to its last ``MAX_OUTPUT_CHARS``; but one that begins
-as a result or a checkpoint message fails the run for good (a message is at most
+as a result, a checkpoint or a submit message fails the run for good (a message is at most
 ``MAX_LINE_BYTES``, so a command's result is too, whatever the worker's result limit).
 
 A run that sent no result has its output as result (text: its last lines, as many as fit in
@@ -118,12 +119,15 @@ GRACE_ENV = env_name("task_command_grace_seconds")
 MAX_LINE_BYTES = 8 * 1024 * 1024
 """The longest line read as a message: a checkpoint (up to the payload limit, 1 MiB) or a
 result (up to the result limit, 1 MiB by default, and never more than this). A longer line is
-output, unless it begins as a result or a checkpoint (the run then fails for good)."""
+output, unless it begins as a result, a checkpoint or a submit (the run then fails for
+good)."""
 MAX_OUTPUT_CHARS = 1024 * 1024
 READ_CHUNK = 64 * 1024
 ERROR_LINES = 20
 PIPE_DRAIN_SECONDS = 2.0
-"""After the program exited, how long its output is read until end of file."""
+"""After the program exited, how long its output is read until end of file while no line comes
+(a process it left outside its group may hold the pipe open); lines read before are all
+carried out, however long their submits take."""
 STATE_KEY = "agentpool.command"
 
 _log = structlog.get_logger("agentpool.task")
@@ -193,6 +197,10 @@ class _Outcome:
     retry_after: float | None = None
     steps: dict[str, str] = field(default_factory=dict)
     """The task id of each step the run submitted with a name."""
+    lines: int = 0
+    """Lines of stdout read and, for messages, carried out."""
+    acting: bool = False
+    """A message is being carried out (a submit or a checkpoint waits for Redis)."""
 
 
 async def run(payload: Any, ctx: TaskContext) -> Any:
@@ -209,10 +217,9 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
         if ctx.checkpoint_state is not None:
             env["AGENTPOOL_CHECKPOINT_FILE"] = _write_json(
                 scratch, "checkpoint.json", ctx.checkpoint_state)
-        before = await ctx.results_before()
-        if before:
+        if ctx.after:
             env["AGENTPOOL_RESULTS_BEFORE_FILE"] = _write_json(
-                scratch, "results-before.json", before)
+                scratch, "results-before.json", await ctx.results_before())
         command = await _Command.start(settings.argv, env)
         try:
             return await _converse(command, payload, ctx, settings.max_result_bytes)
@@ -327,9 +334,15 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext,
         status = process.returncode
         assert status is not None
         command.signal_group()  # what it left running would hold its pipes open
-        # A process that left the group (setsid) may still hold them: read what is there.
-        done, _ = await asyncio.wait((reading, logging), timeout=PIPE_DRAIN_SECONDS)
-        if reading in done:
+        # A process that left the group (setsid) may still hold them: read what is there, for
+        # as long as lines come or one is being carried out.
+        stderr_read = asyncio.ensure_future(asyncio.wait((logging,), timeout=PIPE_DRAIN_SECONDS))
+        seen = -1
+        while not reading.done() and (outcome.acting or outcome.lines != seen):
+            seen = outcome.lines
+            await asyncio.wait((reading,), timeout=PIPE_DRAIN_SECONDS)
+        await stderr_read
+        if reading.done():
             reading.result()
     finally:
         for helper in helpers:
@@ -419,6 +432,7 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
     noted = False
     async for line in _lines(stdout):
         number += 1
+        outcome.lines = number
         if line.cut and OVERSIZED_MESSAGE.match(line.head):
             raise PermanentError(
                 f"the command's output line {number}: a message over {MAX_LINE_BYTES} bytes "
@@ -436,10 +450,13 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
             while kept > MAX_OUTPUT_CHARS and len(output) > 1:
                 kept -= len(output.popleft())
             continue
+        outcome.acting = True
         try:
             await _act(message, outcome, ctx)
         except (TypeError, ValueError) as exc:
             raise PermanentError(f"the command's output line {number}: {exc}") from None
+        finally:
+            outcome.acting = False
 
 
 @dataclass(frozen=True)
@@ -452,8 +469,8 @@ class _Line:
 
 
 HEAD_BYTES = 64
-OVERSIZED_MESSAGE = re.compile(rb'\{\s*"(result|checkpoint)"\s*:')
-"""How a cut line that was meant as a result or a checkpoint begins."""
+OVERSIZED_MESSAGE = re.compile(rb'\{\s*"(result|checkpoint|submit)"\s*:')
+"""How a cut line that was meant as a result, a checkpoint or a submit begins."""
 RETRY_AFTER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
 """A retry_after given as text: plain decimal seconds (what an HTTP Retry-After carries)."""
 
@@ -548,12 +565,8 @@ def _malformed(kind: str, message: dict[str, Any]) -> str:
             return '"error" is not a string'
         if not isinstance(message.get("retry", True), bool):
             return '"retry" is not true or false'
-    elif kind == "submit":
-        name, after = message.get("name"), message.get("after", [])
-        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
-            return '"name" is not a string of 1 to 200 characters'
-        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
-            return '"after" is not a list of strings'
+    elif kind == "submit" and not isinstance(message["submit"], dict):
+        return '"submit" is not a JSON object (a task\'s payload, as a program submits it)'
     return ""
 
 
@@ -603,8 +616,14 @@ SUBMIT_OPTIONS = ("priority", "delay", "max_attempts", "expires", "task_timeout"
 async def _submit(message: dict[str, Any], ctx: TaskContext, steps: dict[str, str]) -> None:
     """A submit message: its ``after`` names resolved to the ids of the steps this run
     submitted under them (or taken as task ids), submitted as ``ctx.submit`` does."""
+    name, given_after = message.get("name"), message.get("after", [])
+    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
+        raise ValueError('"name" is not a string of 1 to 200 characters')
+    if (not isinstance(given_after, list)
+            or not all(isinstance(given, str) for given in given_after)):
+        raise ValueError('"after" is not a list of strings (names or task ids)')
     after: list[str] = []
-    for given in message.get("after", []):
+    for given in given_after:
         if given in steps:
             after.append(steps[given])
         elif TASK_ID.match(given):
@@ -613,7 +632,6 @@ async def _submit(message: dict[str, Any], ctx: TaskContext, steps: dict[str, st
             raise ValueError(f'"after" names {given!r}: no step this run submitted has that '
                              "name, and it is not a task id (send that step again first)")
     options = {key: message[key] for key in SUBMIT_OPTIONS if key in message}
-    name = message.get("name")
     task_id = await ctx.submit(message["submit"], after=after or None, key=name, **options)
     if name is not None:
         steps[name] = task_id
