@@ -1235,8 +1235,8 @@ class TaskQueue:
         return list(dict.fromkeys(i for i in _s(listed or b"").split(",") if i))
 
     async def next_counts(self, task_ids: Sequence[str]) -> list[int]:
-        """How many tasks were submitted to run after each of these (of a dead task: those
-        its death cancelled, which its requeue brings back). One round trip."""
+        """How many tasks were submitted to run after each of these (of a dead task, those
+        its death cancelled come back when it is requeued). One round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 pipe.strlen(f"{self.prefix}next:{task_id}")
@@ -1663,8 +1663,8 @@ class TaskRow:
     cut: Mapping[str, int]
     """The fields that were cut ("payload", "error"): their full size in bytes."""
     next_count: int = 0
-    """How many tasks were submitted to run after it (of a dead task: those its death
-    cancelled, which a requeue brings back)."""
+    """How many tasks were submitted to run after it (of a dead task, those its death
+    cancelled come back when it is requeued)."""
 
 
 async def task_page(queue: TaskQueue, state: str, offset: int, limit: int, *,
