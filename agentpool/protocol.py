@@ -772,19 +772,10 @@ class TaskQueue:
     async def get(self, task_id: str) -> TaskInfo | None:
         return _task_info(task_id, await self.redis.hgetall(self.task_key(task_id)))
 
-    async def results_before(self, task_id: str) -> dict[str, Any]:
-        """The results of the tasks `task_id` was submitted to run after, by id, in the order
-        its submit named them (each had succeeded before it was queued); empty for a task
-        submitted without `after`. A task whose record is gone (kept for the result TTL after
-        it finished) is left out. Two round trips (one without `after`)."""
-        after = await self.redis.hget(self.task_key(task_id), "after")
-        if not after:
-            return {}
-        return await self.results_of(_s(after).split(","))
-
     async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
-        """The results of these tasks, by id, in their order; a task whose record is gone is
-        left out. One round trip."""
+        """The results of these tasks, by id, in their order (a run's ``ctx.results_before()``
+        reads those of the tasks its claim says it ran after); a task whose record is gone (kept
+        for the result TTL after it finished) is left out. One round trip."""
         return {info.id: info.result for info in await self.get_many(task_ids)}
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskInfo]:
@@ -1684,7 +1675,7 @@ async def task_page(queue: TaskQueue, state: str, offset: int, limit: int, *,
         info, cut = _cut_task(_s(reply[i]), _PAGE_FIELDS, reply[i + 1], ("payload", "error"),
                               sizes[:2], preview_bytes)
         if info is not None:
-            rows.append(TaskRow(info, cut, int(sizes[2])))
+            rows.append(TaskRow(info, cut, int(sizes[2]) // _NEXT_ENTRY_BYTES))
     return int(reply[0]), rows
 
 

@@ -54,6 +54,38 @@ local function worker_key(worker) return P .. 'w:' .. worker end
 local function events_key(id) return P .. 'ev:' .. id end
 local function checkpoint_key(id) return P .. 'cp:' .. id end
 local function next_key(id) return P .. 'next:' .. id end
+-- Of a task's comma-separated `after` ids (each counted once), those not finished yet, those
+-- dead-lettered, those cancelled, the first that ended otherwise than succeeded (and how) and
+-- the first that does not exist: what a submit (submit.lua) and a requeue that brings tasks
+-- back (dead_letters.lua) decide on.
+local function dependencies(after)
+  local open, dead, ended_cancelled, failed, how, missing = {}, {}, {}, nil, nil, nil
+  local seen = {}
+  for parent in string.gmatch(after, '[^,]+') do
+    if not seen[parent] then
+      seen[parent] = true
+      local state = redis.call('HGET', task_key(parent), 'state')
+      if not state then
+        missing = missing or parent
+      elseif state == 'dead' or state == 'cancelled' then
+        if not failed then failed, how = parent, state end
+        if state == 'dead' then
+          dead[#dead + 1] = parent
+        else
+          ended_cancelled[#ended_cancelled + 1] = parent
+        end
+      elseif state ~= 'succeeded' then
+        open[#open + 1] = parent
+      end
+    end
+  end
+  return {open = open, dead = dead, ended_cancelled = ended_cancelled, failed = failed,
+    how = how}, missing
+end
+-- The error of a task ended because a task it runs after ended otherwise than succeeded
+-- (`how`: dead, cancelled or expired); dead_letters.lua recognises it by CUT_OFF.
+local CUT_OFF = 'cancelled: the task '
+local function cut_off(id, how) return CUT_OFF .. id .. ' it runs after ended ' .. how end
 -- A deferred task leaves the deferred set (and, when it has an expiry, the reaper's list).
 local function undefer(id, expires)
   redis.call('ZREM', K_DEFERRED, id)
@@ -205,7 +237,7 @@ local function finished(id, tk, state, now, f, extra, count)
           listed[child] = true
           undefer(child, c[7])
           ending[#ending + 1] = {child, ck, 'cancelled', {ev = c[4], cp = c[5], dn = c[6]},
-            {'error', 'cancelled: the task ' .. id .. ' it runs after ended ' .. how}}
+            {'error', cut_off(id, how)}}
         elseif redis.call('HINCRBY', ck, 'waits', -1) <= 0 then
           undefer(child, c[7])
           local due = tonumber(c[3])

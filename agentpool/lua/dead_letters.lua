@@ -8,9 +8,8 @@ if #ARGV > 2 then
 else
   ids = redis.call('ZRANGE', K_DEAD, 0, -1)
 end
-local STILL_TO_END = {queued = true, delayed = true, running = true, deferred = true}
--- A task cancelled because a task it runs after ended otherwise than succeeded waits again
--- once every task it runs after has succeeded or is still to end: the tasks a requeued task's
+-- A task cancelled because a task it runs after ended otherwise than succeeded (its error made
+-- by cut_off()) waits again once every task it runs after has succeeded or is still to end: the tasks a requeued task's
 -- death cancelled come back, and those their cancel cancelled in turn (a list walked from the
 -- requeued task, as finished() walks it). A task of which one is still dead, cancelled or
 -- gone (its record past the result TTL) stays cancelled: nothing it waits for may be unknown.
@@ -21,30 +20,18 @@ local function revive_after(id)
     for child in string.gmatch(redis.call('GET', next_key(parent)) or '', '[^,]+') do
       local ck = task_key(child)
       local c = redis.call('HMGET', ck, 'state', 'error', 'after', 'score', 'expires')
-      if c[1] == 'cancelled' and c[2] and string.find(c[2], '^cancelled: the task ')
-          and string.find(c[2], ' it runs after ended ', 1, true) then
-        local waits, seen = 0, {}
-        for before in string.gmatch(c[3] or '', '[^,]+') do
-          if not seen[before] then
-            seen[before] = true
-            local state = redis.call('HGET', task_key(before), 'state')
-            if STILL_TO_END[state] then
-              waits = waits + 1
-            elseif state ~= 'succeeded' then
-              waits = 0
-              break
-            end
-          end
-        end
-        if waits > 0 then
-          redis.call('HDEL', ck, 'finished', 'error')
-          redis.call('HSET', ck, 'state', 'deferred', 'waits', waits)
-          redis.call('PERSIST', ck)
-          redis.call('PERSIST', next_key(child))
-          redis.call('ZADD', K_DEFERRED, tonumber(c[4]) % PRIORITY_BAND, child)
-          if c[5] then redis.call('ZADD', K_DEFERRED_EXPIRY, c[5], child) end
-          reached[#reached + 1] = child
-        end
+      local plan, missing
+      if c[1] == 'cancelled' and c[2] and string.sub(c[2], 1, #CUT_OFF) == CUT_OFF then
+        plan, missing = dependencies(c[3] or '')
+      end
+      if plan and not missing and not plan.failed and #plan.open > 0 then
+        redis.call('HDEL', ck, 'finished', 'error')
+        redis.call('HSET', ck, 'state', 'deferred', 'waits', #plan.open)
+        redis.call('PERSIST', ck)
+        redis.call('PERSIST', next_key(child))
+        redis.call('ZADD', K_DEFERRED, tonumber(c[4]) % PRIORITY_BAND, child)
+        if c[5] then redis.call('ZADD', K_DEFERRED_EXPIRY, c[5], child) end
+        reached[#reached + 1] = child
       end
     end
   end

@@ -22,33 +22,6 @@ local replies = {}
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 + (i - 1) * FIELDS] end
 local again = submitted_before(ids)
--- Of a task's comma-separated `after` ids, those not finished yet, those dead-lettered, those
--- cancelled, the first that ended otherwise than succeeded (and how) and the first that does
--- not exist.
-local function dependencies(after)
-  local open, dead, ended_cancelled, failed, how, missing = {}, {}, {}, nil, nil, nil
-  local seen = {}
-  for parent in string.gmatch(after, '[^,]+') do
-    if not seen[parent] then
-      seen[parent] = true
-      local state = redis.call('HGET', task_key(parent), 'state')
-      if not state then
-        missing = missing or parent
-      elseif state == 'dead' or state == 'cancelled' then
-        if not failed then failed, how = parent, state end
-        if state == 'dead' then
-          dead[#dead + 1] = parent
-        else
-          ended_cancelled[#ended_cancelled + 1] = parent
-        end
-      elseif state ~= 'succeeded' then
-        open[#open + 1] = parent
-      end
-    end
-  end
-  return {open = open, dead = dead, ended_cancelled = ended_cancelled, failed = failed,
-    how = how}, missing
-end
 -- Lists the task in the 'next:' key of each task it waits for (finished() reads it).
 local function wait_for(id, parents)
   for _, parent in ipairs(parents) do
@@ -133,7 +106,7 @@ for i = 1, n do
     if plan and plan.failed then
       -- as finished() ends a task; no producer can be waiting for this one yet
       redis.call('HSET', tk, 'state', 'cancelled', 'finished', now, 'error',
-        'cancelled: the task ' .. plan.failed .. ' it runs after ended ' .. plan.how,
+        cut_off(plan.failed, plan.how),
         unpack(fields))
       redis.call('EXPIRE', tk, result_ttl())
       redis.call('HINCRBY', K_STATS, 'cancelled', 1)

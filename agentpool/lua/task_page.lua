@@ -2,10 +2,9 @@
 -- preview bytes
 -- Read-only. Returns {size of the set, then per task of the page: id, the fields a task list
 -- shows (state, payload, attempts, prio, created, started, finished, error, owner, max,
--- progress; payload and error cut to their first preview bytes), the byte sizes of payload and
--- error and how many tasks were submitted to run after it (ids of 32 characters and a comma
--- in its 'next:' list)}, so a page of a task list is one round trip that never carries a whole
--- payload or a result.
+-- progress; payload and error cut to their first preview bytes), the byte sizes of payload,
+-- error and its 'next:' list (the tasks submitted to run after it)}, so a page of a task list
+-- is one round trip that never carries a whole payload or a result.
 local key = P .. ARGV[2]
 local first = tonumber(ARGV[3])
 local last = first + tonumber(ARGV[4]) - 1
@@ -21,7 +20,7 @@ for _, id in ipairs(ids) do
   local f = redis.call('HMGET', task_key(id), 'state', 'payload', 'attempts', 'prio', 'created',
     'started', 'finished', 'error', 'owner', 'max', 'progress', 'dn')
   local sizes = {0, 0, 0}
-  if f[12] then sizes[3] = math.floor(redis.call('STRLEN', next_key(id)) / 33) end
+  if f[12] then sizes[3] = redis.call('STRLEN', next_key(id)) end
   f[12] = nil
   for i, at in ipairs({2, 8}) do
     if f[at] then

@@ -201,8 +201,11 @@ async def test_a_claim_sent_again_hands_back_what_it_took_and_takes_no_more(
         wiring: Wiring) -> None:
     dropper = wiring.dropper
     beside = wiring.beside("again-claim")
+    first = await beside.submit("the task they run after")
+    [done] = (await beside.claim("pod-x:w0", 1, 30)).tasks
+    assert await beside.complete(done, "ok")
     for i in range(6):
-        await beside.submit(f"task {i}", task_timeout=i + 1)
+        await beside.submit(f"task {i}", task_timeout=i + 1, after=[first])
     worker = wiring.through("again-claim")
     await worker.claim("pod-b:w0", 1, 30)  # loads the script
 
@@ -214,6 +217,7 @@ async def test_a_claim_sent_again_hands_back_what_it_took_and_takes_no_more(
     assert [json.loads(task.payload_raw) for task in batch.tasks] == ["task 1", "task 2"]
     assert [task.attempts for task in batch.tasks] == [1, 1]
     assert [task.timeout_ms for task in batch.tasks] == [2000, 3000]
+    assert [task.after for task in batch.tasks] == [(first,), (first,)]
     assert completed == [True, True]
     assert figures.in_flight == 1
     assert figures.queued == 3
