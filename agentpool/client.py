@@ -444,11 +444,12 @@ class SyncQueue:
 
     def submit_many(self, payloads: Iterable[Any], *, priority: int = 0, delay: float = 0,
                     max_attempts: int | None = None, expires: float | None = None,
-                    task_timeout: float | None = None) -> list[str]:
+                    task_timeout: float | None = None,
+                    after: Iterable[str] | None = None) -> list[str]:
         items = list(payloads)
         return self._run(lambda q: q.submit_many(items, priority=priority, delay=delay,
                                                  max_attempts=max_attempts, expires=expires,
-                                                 task_timeout=task_timeout))
+                                                 task_timeout=task_timeout, after=after))
 
     def get(self, task_id: str) -> TaskInfo | None:
         return self._run(lambda q: q.get(task_id))

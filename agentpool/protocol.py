@@ -29,7 +29,7 @@ import uuid
 import weakref
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -454,10 +454,16 @@ def _submitted(reply: tuple[int, str, int], queue: str) -> str:
     that the queue does not know raises TaskNotFound."""
     created, task_id, _ = reply
     if created < 0:
-        raise TaskNotFound(
-            f"after: no task {task_id} in queue {queue} (never submitted, or finished longer "
-            "ago than the result TTL); nothing was submitted")
+        _unknown_after(task_id, queue)
     return task_id
+
+
+def _unknown_after(task_id: str, queue: str, submitted: int = 0) -> NoReturn:
+    raise TaskNotFound(
+        f"after: no task {task_id} in queue {queue} (never submitted, or finished longer ago "
+        "than the result TTL); " + (f"{submitted} tasks were submitted before it was found "
+                                    "gone, the rest were not" if submitted else
+                                    "nothing was submitted"))
 
 
 def new_task_id() -> str:
@@ -726,16 +732,26 @@ class TaskQueue:
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
                           delay: float = 0, max_attempts: int | None = None,
                           expires: float | None = None, task_timeout: float | None = None,
+                          after: Iterable[str] | None = None,
                           chunk: int = 500) -> list[str]:
         """Queue many tasks with the same options, in order, one script call per `chunk` (at
-        most ``MAX_SUBMIT_CHUNK``); every payload is checked before any is sent."""
+        most ``MAX_SUBMIT_CHUNK``); every payload is checked before any is sent.
+
+        With `after`, every task runs after the same tasks (a fan-out behind one step). A task
+        named there that the queue does not know raises TaskNotFound: with the first chunk,
+        nothing is stored; should it vanish between chunks (its result TTL ran out), the
+        error says how many tasks went in before it."""
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, got {chunk}")
         chunk = min(chunk, MAX_SUBMIT_CHUNK)
         all_args = [self._submit_args(p, priority, delay, None, max_attempts, expires,
                                       task_timeout) for p in payloads]
+        after_ids = _after_arg(after)
+        if after_ids:
+            for args in all_args:
+                args[-1] = after_ids  # the submit script's last value per task
         plain = (not delay and max_attempts is None and expires is None
-                 and task_timeout is None)
+                 and task_timeout is None and not after_ids)
         ids: list[str] = []
         replicated = True
         for start in range(0, len(all_args), chunk):
@@ -746,6 +762,8 @@ class TaskQueue:
                 call = (self, "submit", [x for args in part for x in args])
             replies = await _scripts_in_one_trip(self.redis, [call, *self._durable_write()],
                                                  then=self._wait_commands())
+            if after_ids and int(replies[0][0]) < 0:
+                _unknown_after(_s(replies[0][1]), self.name, submitted=start)
             if self.durability is Durability.REPLICATED:
                 replicated = replicated and int(replies[-1]) >= 1
             ids.extend(args[0] for args in part)

@@ -127,20 +127,18 @@ def read_payloads(args: argparse.Namespace) -> list[Any]:
 
 async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
                      args: argparse.Namespace) -> list[str]:
-    """One submit with every option, or batches of many in order (submits after other tasks
-    are sent together, gathered into few calls by the queue)."""
+    """One submit with every option, or batches of many in order."""
     if args.idempotency_key and len(payloads) > 1:
         raise UsageError("--idempotency-key names one task; it cannot be used with "
                          f"{len(payloads)} payloads")
-    if len(payloads) == 1 or args.after:
-        return list(await asyncio.gather(*(
-            queue.submit(payload, priority=args.priority, delay=args.delay,
-                         idempotency_key=args.idempotency_key, max_attempts=args.max_attempts,
-                         expires=args.expires, task_timeout=args.task_timeout, after=args.after)
-            for payload in payloads)))
+    if len(payloads) == 1:
+        return [await queue.submit(
+            payloads[0], priority=args.priority, delay=args.delay,
+            idempotency_key=args.idempotency_key, max_attempts=args.max_attempts,
+            expires=args.expires, task_timeout=args.task_timeout, after=args.after)]
     return await queue.submit_many(payloads, priority=args.priority, delay=args.delay,
                                    max_attempts=args.max_attempts, expires=args.expires,
-                                   task_timeout=args.task_timeout)
+                                   task_timeout=args.task_timeout, after=args.after)
 
 
 async def wait_all(queue: TaskQueue, ids: Sequence[str],

@@ -259,9 +259,11 @@ def test_submit_after_other_tasks_defers_each_payload_and_get_shows_it(cli: Cli)
     assert cli.ok("get", doc["ids"][0], "-o", "json").json()["after"] == [first, second]
 
 
-def test_submit_after_an_unknown_task_fails_in_one_line(cli: Cli) -> None:
+@pytest.mark.parametrize("payloads", [["--json", "2"], ["--json", "2", "--json", "3"]],
+                         ids=["one", "many"])
+def test_submit_after_an_unknown_task_fails_in_one_line(cli: Cli, payloads: list[str]) -> None:
     cli.ok("submit", "--json", "1")
-    result = cli("submit", "--json", "2", "--after", "feedbeef")
+    result = cli("submit", *payloads, "--after", "feedbeef")
     assert result.code == 1
     assert result.err_lines == [
         f"agentpool: after: no task feedbeef in queue {cli.queue} (never submitted, or "

@@ -182,6 +182,62 @@ async def test_concurrent_submits_refuse_only_the_one_with_an_unknown_dependency
     assert [await state(queue, i) for i in accepted] == ["deferred"] * 3
 
 
+async def test_submit_many_puts_a_fan_out_behind_the_same_tasks(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    plan = await queue.submit({"plan": True})
+    steps = await queue.submit_many([{"step": n} for n in range(7)], after=[plan], chunk=3)
+    assert [await state(queue, step) for step in steps] == ["deferred"] * 7
+    assert await queued_ids(redis, queue) == [plan]
+    await run(queue, plan)
+    assert await queued_ids(redis, queue) == steps, "released in submit order"
+    task = await claim_one(queue, "w1")
+    assert (task.id, task.after) == (steps[0], (plan,))
+
+
+async def test_submit_many_after_an_unknown_task_stores_nothing(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    known = await queue.submit({"n": 0})
+    before = await task_keys(redis, queue)
+    with pytest.raises(TaskNotFound, match=r"after: no task nope .*nothing was submitted"):
+        await queue.submit_many([{"n": n} for n in range(5)], after=[known, "nope"], chunk=2)
+    assert await task_keys(redis, queue) == before
+    assert await redis.get(queue.prefix + f"next:{known}") is None
+
+
+async def test_submit_many_says_how_many_went_in_when_a_task_before_vanishes_midway(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """A task named in `after` whose record expires between two chunks (its result TTL)."""
+    gone = await queue.submit({"n": 0})
+    sent = 0
+    original = queue.redis.evalsha
+
+    async def chunk_then_expiry(*args: object) -> object:
+        nonlocal sent
+        sent += 1
+        if sent == 2:
+            await redis.delete(queue.task_key(gone))
+        return await original(*args)  # type: ignore[arg-type]
+
+    queue.redis.evalsha = chunk_then_expiry  # type: ignore[method-assign]
+    with pytest.raises(TaskNotFound, match="2 tasks were submitted before it was found gone"):
+        await queue.submit_many([{"n": n} for n in range(5)], after=[gone], chunk=2)
+    queue.redis.evalsha = original  # type: ignore[method-assign]
+    assert (await queue.figures()).deferred == 2
+
+
+def test_the_sync_client_submits_many_after(redis_url: str, queue_name: str) -> None:
+    with SyncClient.from_url(redis_url) as client:
+        queue = client.queue(queue_name)
+        first = queue.submit({"n": 1})
+        rest = queue.submit_many([{"n": 2}, {"n": 3}], after=[first])
+        assert [queue.get(i).state for i in rest] == ["deferred"] * 2  # type: ignore[union-attr]
+        with pytest.raises(TaskNotFound):
+            queue.submit_many([{"n": 4}], after=["unknown"])
+
+
 async def test_a_delay_counts_from_the_submit(queue: TaskQueue) -> None:
     first = await queue.submit({"n": 1})
     soon = await queue.submit({"n": 2}, after=[first], delay=0.05)
