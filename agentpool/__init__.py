@@ -4,6 +4,7 @@ from agentpool.durability import Durability, NotReplicated
 from agentpool.protocol import (
     CancelOutcome,
     ClaimedTask,
+    DeadRequeued,
     FailOutcome,
     PayloadTooLarge,
     ProtocolError,
@@ -15,6 +16,7 @@ from agentpool.protocol import (
 __all__ = [
     "CancelOutcome",
     "ClaimedTask",
+    "DeadRequeued",
     "Durability",
     "FailOutcome",
     "NotReplicated",

@@ -50,6 +50,7 @@ from agentpool.durability import Durability, parse_durability
 from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     CancelOutcome,
+    DeadRequeued,
     QueueFigures,
     TaskEvent,
     TaskInfo,
@@ -493,6 +494,9 @@ class SyncQueue:
 
     def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
         return self._run(lambda q: q.requeue_dead(task_ids))
+
+    def requeue_dead_counted(self, task_ids: Sequence[str] | None = None) -> DeadRequeued:
+        return self._run(lambda q: q.requeue_dead_counted(task_ids))
 
     def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
         return self._run(lambda q: q.purge_dead(task_ids))

@@ -185,6 +185,14 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
+class DeadRequeued:
+    requeued: int
+    """Dead tasks queued again."""
+    revived: int
+    """Tasks their deaths had cancelled that wait for them again (deferred)."""
+
+
+@dataclass(frozen=True)
 class RequeueResult:
     requeued: int = 0
     dead_lettered: int = 0
@@ -1262,10 +1270,18 @@ class TaskQueue:
         return await self.get_many([_s(i) for i in ids])
 
     async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
-        return int(await self._run("dead_letters", "requeue", *(task_ids or [])))
+        """Requeue dead tasks (every one without ids), attempts from 0; how many were dead.
+        :meth:`requeue_dead_counted` also counts the tasks after them that came back."""
+        return (await self.requeue_dead_counted(task_ids)).requeued
+
+    async def requeue_dead_counted(self, task_ids: Sequence[str] | None = None) -> DeadRequeued:
+        """:meth:`requeue_dead`, with how many tasks their deaths had cancelled (those after
+        them, and after those) wait for them again (docs/protocol.md)."""
+        requeued, revived = await self._run("dead_letters", "requeue", *(task_ids or []))
+        return DeadRequeued(int(requeued), int(revived))
 
     async def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
-        return int(await self._run("dead_letters", "purge", *(task_ids or [])))
+        return int((await self._run("dead_letters", "purge", *(task_ids or [])))[0])
 
 
 async def _news_of(done: DoneSignal, task_id: str, deadline: float | None) -> None:

@@ -232,6 +232,7 @@ class Soak:
         self.once_cancelled: set[str] = set()
         """With requeues of the dead letters: the tasks seen cancelled before one."""
         self.requeued = 0
+        self.revived = 0
         self.passwords = {role: f"chaos-{role.value}-{random.Random(opts.seed).getrandbits(64):x}"
                           for role in Role}
 
@@ -414,10 +415,12 @@ class Soak:
         states = await self.states(ids)
         self.once_cancelled.update(i for i, s in zip(ids, states, strict=True)
                                    if s == "cancelled")
-        n = await self.queue.requeue_dead()
+        outcome = await self.queue.requeue_dead_counted()
+        n = outcome.requeued
         self.requeued += n
+        self.revived += outcome.revived
         self.tally.bound += n
-        self.note(f"requeued {n} dead letters")
+        self.note(f"requeued {n} dead letters, {outcome.revived} tasks after them came back")
 
     async def states(self, ids: list[str]) -> list[str]:
         states: list[str] = []
@@ -642,6 +645,7 @@ class Soak:
             "cancelled_otherwise": cut_wrongly,
             "runs_before_the_one_before_succeeded": early,
             "dead_letters_requeued": self.requeued,
+            "tasks_revived": self.revived,
             "cancelled_then_succeeded": sum(
                 1 for task_id, state in zip(ids, states, strict=True)
                 if state == "succeeded" and task_id in self.once_cancelled),
@@ -869,6 +873,7 @@ def render(report: dict[str, Any]) -> str:
             ("cancelled after a dead or cancelled one", chains["cancelled_after_a_failed_one"]),
             ("cancelled otherwise (must be 0)", chains["cancelled_otherwise"]),
             ("dead letters requeued", chains["dead_letters_requeued"]),
+            ("tasks after them brought back by those requeues", chains["tasks_revived"]),
             ("cancelled, brought back by a requeue, then succeeded",
              chains["cancelled_then_succeeded"]),
         ]

@@ -24,7 +24,7 @@ from agentpool.cli.common import (
     task_id,
 )
 from agentpool.cli.views import dead_grid, task_json
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import DeadRequeued, TaskQueue
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,16 +88,22 @@ def selected_ids(args: argparse.Namespace) -> list[str] | None:
 
 
 async def _act(args: argparse.Namespace, past: str,
-               operation: Callable[[TaskQueue, list[str] | None], Awaitable[int]]) -> int:
+               operation: Callable[[TaskQueue, list[str] | None], Awaitable[int | DeadRequeued]],
+               ) -> int:
     name = queue_name(args)
     ids = selected_ids(args)
     async with connect(args) as client:
-        count = await operation(client.queue(name), ids)
+        outcome = await operation(client.queue(name), ids)
+    count, revived = ((outcome.requeued, outcome.revived) if isinstance(outcome, DeadRequeued)
+                      else (outcome, 0))
     if args.output == "json":
-        print_json({"queue": name, past: count})
+        print_json({"queue": name, past: count,
+                    **({"revived": revived} if isinstance(outcome, DeadRequeued) else {})})
     else:
         noun = "task" if count == 1 else "tasks"
-        emit(f"{past.capitalize()} {count} dead {noun} of queue {name}")
+        emit(f"{past.capitalize()} {count} dead {noun} of queue {name}" + (
+            f"; {revived} {'task' if revived == 1 else 'tasks'} after them that their deaths "
+            "had cancelled wait for them again" if revived else ""))
     if ids is not None and count < len(ids):
         error_line(f"{len(ids) - count} of {len(ids)} given tasks were not in the "
                    "dead-letter queue")
@@ -107,7 +113,7 @@ async def _act(args: argparse.Namespace, past: str,
 
 @command
 async def run_requeue(args: argparse.Namespace) -> int:
-    return await _act(args, "requeued", TaskQueue.requeue_dead)
+    return await _act(args, "requeued", TaskQueue.requeue_dead_counted)
 
 
 @command

@@ -295,7 +295,8 @@ def write_action(fn: Handler) -> Handler:
 async def requeue_dead(request: web.Request) -> web.StreamResponse:
     body = await _write_body(request)
     queue = request.app[SOURCES].queue(request.match_info["queue"])
-    return web.json_response({"requeued": await queue.requeue_dead(_ids(body))})
+    outcome = await queue.requeue_dead_counted(_ids(body))
+    return web.json_response({"requeued": outcome.requeued, "revived": outcome.revived})
 
 
 @write_action

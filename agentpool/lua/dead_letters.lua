@@ -1,5 +1,5 @@
 -- ARGV: prefix, action ('requeue' | 'purge'), then task ids (none = every dead task)
--- Returns how many tasks were requeued or purged.
+-- Returns {how many tasks were requeued or purged, how many tasks after them came back}.
 run_when_full()
 local action = ARGV[2]
 local ids = {}
@@ -14,7 +14,7 @@ end
 -- requeued task, as finished() walks it). A task of which one is still dead, cancelled or
 -- gone (its record past the result TTL) stays cancelled: nothing it waits for may be unknown.
 local function revive_after(id)
-  local reached = {id}
+  local reached, revived = {id}, 0
   while #reached > 0 do
     local parent = table.remove(reached)
     for child in string.gmatch(redis.call('GET', next_key(parent)) or '', '[^,]+') do
@@ -32,13 +32,15 @@ local function revive_after(id)
         redis.call('ZADD', K_DEFERRED, tonumber(c[4]) % PRIORITY_BAND, child)
         if c[5] then redis.call('ZADD', K_DEFERRED_EXPIRY, c[5], child) end
         reached[#reached + 1] = child
+        revived = revived + 1
       end
     end
   end
+  return revived
 end
 -- The dead set is left last, and HDEL comes before HSET: a credential that may not delete
 -- (a producer's) is refused by its first write, before anything changed.
-local n = 0
+local n, revived = 0, 0
 for _, id in ipairs(ids) do
   if redis.call('ZSCORE', K_DEAD, id) then
     local tk = task_key(id)
@@ -51,10 +53,10 @@ for _, id in ipairs(ids) do
       redis.call('HSET', tk, 'state', 'queued', 'attempts', 0)
       redis.call('ZADD', K_QUEUED, score, id)
       wake(1)
-      revive_after(id)
+      revived = revived + revive_after(id)
     end
     redis.call('ZREM', K_DEAD, id)
     n = n + 1
   end
 end
-return n
+return {n, revived}

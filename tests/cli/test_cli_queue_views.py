@@ -102,6 +102,11 @@ def test_dead_list_table_and_json(cli: Cli) -> None:
     doc = cli.ok("dead", "list", "-o", "json").json()
     assert {t["id"]: t["next_count"] for t in doc["tasks"]} == {ids[0]: 1, ids[1]: 0}
     assert {t["error"] for t in doc["tasks"]} == {"bad input"}
+    out = cli.ok("dead", "requeue", ids[0]).out.strip()
+    assert out == (f"Requeued 1 dead task of queue {cli.queue}; 1 task after them that their "
+                   "deaths had cancelled wait for them again")
+    doc = cli.ok("dead", "requeue", ids[1], "-o", "json").json()
+    assert doc == {"queue": cli.queue, "requeued": 1, "revived": 0}
 
 
 def test_dead_requeue_some_then_purge_all(cli: Cli) -> None:

@@ -159,6 +159,7 @@ async def test_a_dead_letter_counts_the_tasks_its_requeue_brings_back(
     response = await api.post(f"/api/queues/{queue_name}/dead/requeue",
                               json={"ids": [failing]}, headers=WRITE)
     assert response.status == 200
+    assert await response.json() == {"requeued": 1, "revived": 2}
     assert [i.state for i in await queue.get_many(after)] == ["deferred", "deferred"]
 
 
@@ -185,7 +186,7 @@ async def test_dead_letters_requeue_with_the_token_only(api: Client, redis: aior
     assert (await queue.get(task_id)).state == "dead"  # type: ignore[union-attr]
 
     response = await api.post(url, json=body, headers=WRITE)
-    assert (response.status, await response.json()) == (200, {"requeued": 1})
+    assert (response.status, await response.json()) == (200, {"requeued": 1, "revived": 0})
     assert (await queue.get(task_id)).state == "queued"  # type: ignore[union-attr]
 
 
@@ -210,7 +211,7 @@ async def test_a_write_through_a_proxy_that_ends_tls_is_its_own_origin(
     assert (await queue.get(task_id)).state == "dead"  # type: ignore[union-attr]
     response = await api.post(url, json={"ids": [task_id]},
                               headers={**tls_page, "X-Forwarded-Proto": "https, http"})
-    assert (response.status, await response.json()) == (200, {"requeued": 1})
+    assert (response.status, await response.json()) == (200, {"requeued": 1, "revived": 0})
 
 
 async def test_purge_and_cancel(api: Client, redis: aioredis.Redis, queue_name: str) -> None:

@@ -337,7 +337,7 @@ def test_a_dead_letter_is_requeued_with_the_token_and_refused_without(
     fixed.touch()
     page.locator("#token").fill(TOKEN)
     page.locator("#requeue").click()
-    expect(page.locator("#action-message")).to_have_text("requeued: 1")
+    expect(page.locator("#action-message")).to_have_text("requeued: 1, revived: 1")
     wait_for(lambda: console.state(task_id) == "succeeded", page)
     wait_for(lambda: console.state(follow_up) == "succeeded", page)
     expect(page.locator(f'#tasks tr[data-task="{task_id}"]')).to_have_count(0, timeout=LIVE)

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import claim_within, drop_queue, fail_until_dead, queued_ids
 
-from agentpool.protocol import CancelOutcome, TaskQueue, new_task_id
+from agentpool.protocol import CancelOutcome, DeadRequeued, TaskQueue, new_task_id
 
 
 async def run(queue: TaskQueue, task_id: str) -> None:
@@ -32,7 +32,7 @@ async def test_a_requeued_dead_task_brings_back_the_chain_its_death_cancelled(
     await fail_until_dead(queue, "w1", first)
     assert await states(queue, second, third) == ["cancelled", "cancelled"]
 
-    assert await queue.requeue_dead([first]) == 1, "the count is of dead tasks requeued"
+    assert await queue.requeue_dead_counted([first]) == DeadRequeued(requeued=1, revived=2)
     assert await states(queue, first, second, third) == ["queued", "deferred", "deferred"]
     info = await queue.get(third)
     assert info is not None and info.error is None and info.finished_ms is None
@@ -70,7 +70,7 @@ async def test_a_diamond_comes_back_whole_and_its_join_waits_for_both_sides(
     right = await queue.submit({"right": 1}, after=[first])
     joined = await queue.submit({"join": 1}, after=[left, right])
     await fail_until_dead(queue, "w1", first)
-    await queue.requeue_dead([first])
+    assert (await queue.requeue_dead_counted([first])).revived == 3, "the join counted once"
     assert await states(queue, left, right, joined) == ["deferred"] * 3
 
     await run(queue, first)
@@ -91,7 +91,7 @@ async def test_a_task_cancelled_otherwise_stays_cancelled(queue: TaskQueue) -> N
     assert await queue.cancel(other) is CancelOutcome.CANCELLED
     await fail_until_dead(queue, "w1", first)
 
-    await queue.requeue_dead([first])
+    assert await queue.requeue_dead_counted([first]) == DeadRequeued(requeued=1, revived=0)
     for task_id, error in ((cancelled_by_hand, "cancelled"),
                            (after_both, f"cancelled: the task {other} it runs after ended "
                                         "cancelled")):
