@@ -43,12 +43,15 @@ async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
     if pods is None:
         pods = await kube.list_pods(observation.namespace, {POOL_LABEL: observation.name})
     recovered = await recovery_actions.recover(observation, pods, kube)
+    figures_again = None
     if recovered.queue_shrank and observation.queue is not None:
         # unread, the figures of before recovery stand: one round counts the ended tasks
         with contextlib.suppress(QueueAccessError):
-            observation = replace(observation, figures=await read_figures(observation.queue))
+            figures_again = await read_figures(observation.queue)
+            observation = replace(observation, figures=figures_again)
     limits = await rate_limit_actions.observe_limits(observation)
     observation = replace(observation, limit_waits=limits.waits)
     scaled = await scaling_actions.scale(observation, pods, kube)
     scheduled = await schedule_actions.run_schedules(observation)
-    return merge(recovered, scaled, ActionResult(problems=limits.problems), scheduled)
+    return replace(merge(recovered, scaled, ActionResult(problems=limits.problems), scheduled),
+                   figures=figures_again)

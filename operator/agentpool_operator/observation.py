@@ -53,3 +53,6 @@ class ActionResult:
     queue_shrank: bool = False
     """Recovery ended waiting tasks (expired ones at the queue's head): the figures read
     before it count them, so scaling reads them again."""
+    figures: QueueFigures | None = None
+    """The figures read again after recovery ended waiting tasks (None: not read again); the
+    status reports them."""

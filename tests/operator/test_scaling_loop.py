@@ -668,7 +668,7 @@ async def test_a_pool_at_zero_starts_no_pod_for_tasks_past_their_expiry(
     redis: aioredis.Redis,
 ) -> None:
     """They would only be cancelled by the pod's first claim: the reaper ends them, and the
-    round's scaling reads the queue again after it."""
+    round's scaling and status read the queue again after it."""
     queue = TaskQueue(redis, queue_name)
     stale = await queue.submit_many([{"n": n} for n in range(3)], expires=0.05)
     info = await queue.get(stale[-1])
@@ -683,5 +683,6 @@ async def test_a_pool_at_zero_starts_no_pod_for_tasks_past_their_expiry(
         cluster.pool("phi").get("status") or {}).get("conditions", [])})
     states = {i.state for i in await queue.get_many(stale)}
     assert states == {"cancelled"}
+    assert cluster.pool("phi")["status"]["queued"] == 0, "the first status counts no ended task"
     assert cluster.deployment("phi")["spec"]["replicas"] == 0
     assert cluster.events("ScaledUp") == []
