@@ -461,6 +461,12 @@ class SyncQueue:
         expired)."""
         return self._run(lambda q: q.wait(task_id, timeout))
 
+    def wait_many(self, task_ids: Iterable[str], timeout: float | None = None) -> list[TaskInfo]:
+        """Block until every task is final, on one subscription; their infos in the order of
+        the ids (see :meth:`TaskQueue.wait_many`)."""
+        ids = list(task_ids)
+        return self._run(lambda q: q.wait_many(ids, timeout))
+
     def events(self, task_id: str, *, after: str | None = None,
                follow: bool = True) -> Iterator[TaskEvent]:
         """The task's events as :meth:`TaskQueue.events` yields them, one blocking step at a

@@ -822,11 +822,36 @@ class TaskQueue:
         Once waiting, a lost connection (a Redis failover) is retried for up to
         WAIT_RECONNECT_SECONDS in a row; a Redis unreachable before the task was first read,
         or refusing the credentials, raises at once. A full Redis (maxmemory reached) refuses
-        the flag that has finishes published: the task is then read again each second.
+        the flag that has finishes published: the task is then read again each second."""
+        return (await self.wait_many([task_id], timeout))[0]
 
-        The loop also checks the deadline itself: on Python 3.11 a cancellation that meets a
-        finishing ``asyncio.wait_for`` inside redis-py is dropped, and the timeout's single
-        cancellation with it."""
+    async def wait_many(self, task_ids: Iterable[str],
+                        timeout: float | None = None) -> list[TaskInfo]:
+        """:meth:`wait` for several tasks (a fan-out's) at once, on one subscription: their
+        final infos, in the order of the ids (each once); TimeoutError once `timeout` passed
+        before the last finished (:meth:`as_finished` hands each over as it finishes)."""
+        ids = list(dict.fromkeys(task_ids))
+        infos = {info.id: info async for info in self.as_finished(ids, timeout)}
+        return [infos[task_id] for task_id in ids]
+
+    async def as_finished(self, task_ids: Iterable[str],
+                          timeout: float | None = None) -> AsyncGenerator[TaskInfo, None]:
+        """Each task's final info as it reaches its final state (those final already first),
+        each id once, as :meth:`wait` waits for one: TaskNotFound for an id the queue does not
+        know (checked for all before anything is handed over), TimeoutError once `timeout`
+        seconds passed since the call, lost connections retried the same way. A caller that
+        stops before the last closes it (``contextlib.aclosing``), which ends its subscription.
+
+        One subscription to the queue's finishes serves every id: a finish published reads
+        that task's state again, and a second without one (or a new listening period) reads
+        every pending task's, a pipelined HGET each; a task's record is read whole once, when
+        it is final. The loop checks the deadline itself as well: on Python 3.11 a
+        cancellation that meets a finishing ``asyncio.wait_for`` inside redis-py is dropped,
+        and a timeout's single cancellation with it."""
+        pending: dict[str, str | None] = dict.fromkeys(task_ids)
+        """The ids still to hand over, each with its state last read (None: not read yet)."""
+        if not pending:
+            return
         subscribed = _SUBSCRIBED_WAITS.get(self.redis, 0) < SUBSCRIBED_WAITS
         done = DoneSignal(self.redis, self.prefix + "done", poll=not subscribed)
         if subscribed:
@@ -834,12 +859,16 @@ class TaskQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         failing_since: float | None = None
         reached = False
-        seen: str | None = None
         listened = -float(LISTEN_SECONDS)
+        to_read, news_first = set(pending), False
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    try:
+            while pending:
+                finished: list[TaskInfo] = []
+                try:
+                    async with asyncio.timeout(
+                            None if deadline is None else _time_left(deadline, float("inf"))):
+                        if news_first:
+                            to_read = await _news_of(done, pending, deadline)
                         if subscribed and time.monotonic() - listened > LISTEN_SECONDS / 3:
                             await done.subscribe()
                             try:
@@ -847,33 +876,56 @@ class TaskQueue:
                             except ResponseError as error:  # full: a read each second
                                 if not redis_full(error):
                                     raise
-                            listened = time.monotonic()
-                        info = await self.get(task_id)
-                        reached = True
-                        if info is None and seen is not None:
-                            raise TaskNotFound(
-                                f"task {task_id} of queue {self.name} was {seen} and is gone: "
-                                "Redis lost its data (a restart without persistence, a "
-                                "FLUSHALL, a failover to a replica that had not synced)")
-                        if info is None:
-                            raise TaskNotFound(f"no task {task_id} in queue {self.name}")
-                        if info.done:
-                            return info
-                        seen = info.state
-                        await _news_of(done, task_id, deadline)
-                        failing_since = None
-                    except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-                        now = time.monotonic()
-                        failing_since = failing_since or now
-                        if not worth_retrying(error, reached=reached,
-                                              failing_for=now - failing_since,
-                                              patience=WAIT_RECONNECT_SECONDS):
-                            raise
-                        await asyncio.sleep(0.2)
+                            listened, to_read = time.monotonic(), set(pending)
+                        finished = await self._finished_among(to_read, pending)
+                        reached, news_first, failing_since = True, True, None
+                except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if not worth_retrying(error, reached=reached,
+                                          failing_for=now - failing_since,
+                                          patience=WAIT_RECONNECT_SECONDS):
+                        raise
+                    to_read, news_first = set(pending), False
+                    await asyncio.sleep(0.2)
+                for info in finished:
+                    del pending[info.id]
+                    yield info
         finally:
             if subscribed:
                 _SUBSCRIBED_WAITS[self.redis] -= 1
             await done.aclose()
+
+    async def _finished_among(self, task_ids: Iterable[str],
+                              pending: dict[str, str | None]) -> list[TaskInfo]:
+        """The tasks of `task_ids` now final, read whole; `pending` notes the others' states.
+        TaskNotFound for one with no record (see :meth:`wait`)."""
+        ids = [task_id for task_id in task_ids if task_id in pending]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hget(self.task_key(task_id), "state")
+            states = [None if raw is None else _s(raw) for raw in await pipe.execute()]
+        final = []
+        for task_id, state in zip(ids, states, strict=True):
+            if state is None:
+                raise self._not_found(task_id, pending[task_id])
+            if state in FINAL_STATES:
+                final.append(task_id)
+            else:
+                pending[task_id] = state
+        infos = await self.get_many(final)
+        if len(infos) < len(final):  # its record expired between the two reads
+            gone = set(final) - {info.id for info in infos}
+            raise self._not_found(min(gone), None)
+        return infos
+
+    def _not_found(self, task_id: str, seen: str | None) -> TaskNotFound:
+        if seen is not None:
+            return TaskNotFound(
+                f"task {task_id} of queue {self.name} was {seen} and is gone: Redis lost its "
+                "data (a restart without persistence, a FLUSHALL, a failover to a replica "
+                "that had not synced)")
+        return TaskNotFound(f"no task {task_id} in queue {self.name}")
 
     async def has_room(self) -> bool:
         """Whether Redis takes a write that may grow memory (False: it is full, see
@@ -1284,11 +1336,22 @@ class TaskQueue:
         return int((await self._run("dead_letters", "purge", *(task_ids or [])))[0])
 
 
-async def _news_of(done: DoneSignal, task_id: str, deadline: float | None) -> None:
-    """Returns once `task_id` is published as finished, or after a second without a finish
-    (the caller then reads the task again); TimeoutError once `deadline` passed."""
-    while await done.next(timeout=_time_left(deadline, 1.0)) not in (None, task_id):
-        pass
+async def _news_of(done: DoneSignal, pending: Mapping[str, object],
+                   deadline: float | None) -> set[str]:
+    """The ids of `pending` published as finished once one is, or every one of them after a
+    second without a finish (the caller then reads them again); TimeoutError once `deadline`
+    passed. Messages already received are taken along, so that a burst of finishes is read
+    in one round trip."""
+    while True:
+        published = await done.next(timeout=_time_left(deadline, 1.0))
+        if published is None:
+            return set(pending)
+        if published in pending:
+            news = {published}
+            while (more := await done.next(timeout=0)) is not None:
+                if more in pending:
+                    news.add(more)
+            return news
 
 
 _SUBSCRIBED_WAITS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()

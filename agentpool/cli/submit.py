@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -143,16 +143,14 @@ async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
 
 async def wait_all(queue: TaskQueue, ids: Sequence[str],
                    seconds: float | None) -> tuple[list[TaskInfo], list[str]]:
-    """Final infos, and the ids still pending when `seconds` ran out. One wait at a time:
-    each holds a pub/sub connection, and later tasks are often done when their turn comes."""
-    done: list[TaskInfo] = []
-    try:
-        async with asyncio.timeout(seconds):
-            for task_id in ids:
-                done.append(await queue.wait(task_id))
-    except TimeoutError:
-        return done, list(ids[len(done):])
-    return done, []
+    """Final infos in the order of the ids, and the ids still pending when `seconds` ran out
+    (one subscription for them all: TaskQueue.as_finished)."""
+    done: dict[str, TaskInfo] = {}
+    with contextlib.suppress(TimeoutError):
+        async with contextlib.aclosing(queue.as_finished(ids, seconds)) as finishes:
+            async for info in finishes:
+                done[info.id] = info
+    return [done[i] for i in ids if i in done], [i for i in ids if i not in done]
 
 
 def wait_failure(tasks: Sequence[TaskInfo], pending: Sequence[str],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 
 import pytest
 import redis.asyncio as aioredis
@@ -121,15 +121,16 @@ async def test_wait_keeps_its_deadline_when_its_cancellation_is_lost(
     finishes (redis-py writes through it); the timeout's one cancellation must not be all
     that ends the wait."""
     task_id = await queue.submit("job")
-    read_task = queue.get
+    read_states = queue._finished_among
 
-    async def read_that_loses_a_cancellation(wanted: str) -> object:
-        info = await read_task(wanted)
+    async def read_that_loses_a_cancellation(task_ids: Iterable[str],
+                                             pending: dict[str, str | None]) -> object:
+        finished = await read_states(task_ids, pending)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0.3)  # the wait's 0.1 s timeout cancels this
-        return info
+        return finished
 
-    monkeypatch.setattr(queue, "get", read_that_loses_a_cancellation)
+    monkeypatch.setattr(queue, "_finished_among", read_that_loses_a_cancellation)
     waiting = asyncio.ensure_future(queue.wait(task_id, timeout=0.1))
     finished, _ = await asyncio.wait({waiting}, timeout=5)
     if not finished:
@@ -201,14 +202,15 @@ async def test_a_wait_for_a_task_that_vanished_says_redis_lost_its_data(
     purged): when its record goes, Redis lost its data, and the waiter is told so."""
     task_id = await queue.submit({"n": 1})
     read = asyncio.Event()
-    get = queue.get
+    read_states = queue._finished_among
 
-    async def get_and_tell(task_id: str) -> TaskInfo | None:
-        info = await get(task_id)
+    async def read_and_tell(task_ids: Iterable[str],
+                            pending: dict[str, str | None]) -> list[TaskInfo]:
+        finished = await read_states(task_ids, pending)
         read.set()
-        return info
+        return finished
 
-    queue.get = get_and_tell  # type: ignore[method-assign]
+    queue._finished_among = read_and_tell  # type: ignore[method-assign]
     waiting = asyncio.ensure_future(queue.wait(task_id, timeout=10))
     await asyncio.wait_for(read.wait(), 5)
     await redis.delete(queue.task_key(task_id))  # as an empty restart does
