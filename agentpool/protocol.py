@@ -843,11 +843,14 @@ class TaskQueue:
         stops before the last closes it (``contextlib.aclosing``), which ends its subscription.
 
         One subscription to the queue's finishes serves every id: a finish published reads
-        that task's state again, and a second without one (or a new listening period) reads
-        every pending task's, a pipelined HGET each; a task's record is read whole once, when
-        it is final. The loop checks the deadline itself as well: on Python 3.11 a
-        cancellation that meets a finishing ``asyncio.wait_for`` inside redis-py is dropped,
-        and a timeout's single cancellation with it."""
+        that task's state again, and each listening period (LISTEN_SECONDS / 3) every pending
+        task's, a pipelined HGET each; a quiet second checks that the flag that has finishes
+        published is still there (one EXISTS: gone, Redis lost it, and maybe the tasks too).
+        Without finishes published (past SUBSCRIBED_WAITS, a full Redis, a server without
+        sharded pub/sub) every pending task's state is read each second. A task's record is
+        read whole once, when it is final. The loop checks the deadline itself as well: on
+        Python 3.11 a cancellation that meets a finishing ``asyncio.wait_for`` inside redis-py
+        is dropped, and a timeout's single cancellation with it."""
         pending: dict[str, str | None] = dict.fromkeys(task_ids)
         """The ids still to hand over, each with its state last read (None: not read yet)."""
         if not pending:
@@ -861,6 +864,8 @@ class TaskQueue:
         reached = False
         listened = -float(LISTEN_SECONDS)
         to_read, news_first = set(pending), False
+        heard = False
+        """Finishes reach this wait: subscribed, and the scripts publish them."""
         try:
             while pending:
                 finished: list[TaskInfo] = []
@@ -868,14 +873,24 @@ class TaskQueue:
                     async with asyncio.timeout(
                             None if deadline is None else _time_left(deadline, float("inf"))):
                         if news_first:
-                            to_read = await _news_of(done, pending, deadline)
+                            news = await _news_of(done, pending, deadline)
+                            if news is not None:
+                                to_read = news
+                            elif heard and await self.redis.exists(self.prefix + "listening"):
+                                to_read = set()  # a quiet second: nothing finished
+                            else:  # not heard, or Redis lost the flag (and maybe more)
+                                to_read = set(pending)
+                                if heard:
+                                    listened = -float(LISTEN_SECONDS)  # listen again now
                         if subscribed and time.monotonic() - listened > LISTEN_SECONDS / 3:
                             await done.subscribe()
                             try:
                                 await self.listen_for_finishes()
+                                heard = done.subscribed
                             except ResponseError as error:  # full: a read each second
                                 if not redis_full(error):
                                     raise
+                                heard = False
                             listened, to_read = time.monotonic(), set(pending)
                         finished = await self._finished_among(to_read, pending)
                         reached, news_first, failing_since = True, True, None
@@ -887,6 +902,7 @@ class TaskQueue:
                                           patience=WAIT_RECONNECT_SECONDS):
                         raise
                     to_read, news_first = set(pending), False
+                    listened = -float(LISTEN_SECONDS)  # the flag again, in case Redis lost it
                     await asyncio.sleep(0.2)
                 for info in finished:
                     del pending[info.id]
@@ -901,6 +917,8 @@ class TaskQueue:
         """The tasks of `task_ids` now final, read whole; `pending` notes the others' states.
         TaskNotFound for one with no record (see :meth:`wait`)."""
         ids = [task_id for task_id in task_ids if task_id in pending]
+        if not ids:
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for task_id in ids:
                 pipe.hget(self.task_key(task_id), "state")
@@ -1337,15 +1355,14 @@ class TaskQueue:
 
 
 async def _news_of(done: DoneSignal, pending: Mapping[str, object],
-                   deadline: float | None) -> set[str]:
-    """The ids of `pending` published as finished once one is, or every one of them after a
-    second without a finish (the caller then reads them again); TimeoutError once `deadline`
-    passed. Messages already received are taken along, so that a burst of finishes is read
-    in one round trip."""
+                   deadline: float | None) -> set[str] | None:
+    """The ids of `pending` published as finished once one is, or None after a second
+    without a finish; TimeoutError once `deadline` passed. Messages already received are
+    taken along, so that a burst of finishes is read in one round trip."""
     while True:
         published = await done.next(timeout=_time_left(deadline, 1.0))
         if published is None:
-            return set(pending)
+            return None
         if published in pending:
             news = {published}
             while (more := await done.next(timeout=0)) is not None:
@@ -1395,6 +1412,11 @@ class DoneSignal:
                 self._state = "subscribed"
             except ResponseError:
                 self._state = "polling"
+
+    @property
+    def subscribed(self) -> bool:
+        """Subscribed (False: not yet, or polling)."""
+        return self._state == "subscribed"
 
     async def next(self, timeout: float) -> str | None:
         """The next task id published, or None after `timeout` seconds without one."""

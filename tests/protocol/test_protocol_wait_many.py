@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pytest
 import redis.asyncio as aioredis
@@ -136,3 +136,24 @@ def test_the_sync_client_waits_for_many(redis_url: str, queue_name: str) -> None
             task = client._call(claim_one(worker, "w1"))
             assert client._call(worker.complete(task, json.loads(task.payload_raw)))
         assert [i.result for i in queue.wait_many(iter(ids), timeout=10)] == ["a", "b"]
+
+
+async def test_quiet_seconds_read_no_task_while_finishes_are_published(
+    queue: TaskQueue,
+) -> None:
+    """Subscribed and heard, a quiet wait reads the pending tasks once per listening period
+    (LISTEN_SECONDS / 3), not each second: a fan-out of long runs costs Redis nearly nothing
+    while it waits."""
+    ids = await queue.submit_many(range(50))
+    states_read: list[str] = []
+    read_states = queue._finished_among
+
+    async def counted(task_ids: Iterable[str], pending: dict[str, str | None]) -> list[TaskInfo]:
+        task_ids = list(task_ids)
+        states_read.extend(task_ids)
+        return await read_states(task_ids, pending)
+
+    queue._finished_among = counted  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        await queue.wait_many(ids, timeout=2.5)
+    assert len(states_read) == 50, "each read once, at the start"
