@@ -108,7 +108,12 @@ class PayloadTooLarge(ProtocolError):
 
 
 class TaskNotFound(ProtocolError):
-    pass
+    """No such task. Raised by a `submit_many` whose task to run after was found gone after
+    some chunks went in, `submitted` holds the ids of those tasks (stored, deferred)."""
+
+    def __init__(self, message: str, submitted: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.submitted = list(submitted)
 
 
 class FailOutcome(enum.StrEnum):
@@ -466,12 +471,13 @@ def _submitted(reply: tuple[int, str, int], queue: str) -> str:
     return task_id
 
 
-def _unknown_after(task_id: str, queue: str, submitted: int = 0) -> NoReturn:
+def _unknown_after(task_id: str, queue: str, submitted: Sequence[str] = ()) -> NoReturn:
+    went_in = (f"{len(submitted)} {'task was' if len(submitted) == 1 else 'tasks were'} "
+               "submitted before it was found gone, the rest were not")
     raise TaskNotFound(
         f"after: no task {task_id} in queue {queue} (never submitted, or finished longer ago "
-        "than the result TTL); " + (f"{submitted} tasks were submitted before it was found "
-                                    "gone, the rest were not" if submitted else
-                                    "nothing was submitted"))
+        f"than the result TTL); {went_in if submitted else 'nothing was submitted'}",
+        submitted)
 
 
 def new_task_id() -> str:
@@ -748,7 +754,7 @@ class TaskQueue:
         With `after`, every task runs after the same tasks (a fan-out behind one step). A task
         named there that the queue does not know raises TaskNotFound: with the first chunk,
         nothing is stored; should it vanish between chunks (its result TTL ran out), the
-        error says how many tasks went in before it."""
+        error's `submitted` holds the ids of the tasks that went in before."""
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, got {chunk}")
         chunk = min(chunk, MAX_SUBMIT_CHUNK)
@@ -771,7 +777,7 @@ class TaskQueue:
             replies = await _scripts_in_one_trip(self.redis, [call, *self._durable_write()],
                                                  then=self._wait_commands())
             if after_ids and int(replies[0][0]) < 0:
-                _unknown_after(_s(replies[0][1]), self.name, submitted=start)
+                _unknown_after(_s(replies[0][1]), self.name, submitted=ids)
             if self.durability is Durability.REPLICATED:
                 replicated = replicated and int(replies[-1]) >= 1
             ids.extend(args[0] for args in part)

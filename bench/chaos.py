@@ -873,7 +873,8 @@ def render(report: dict[str, Any]) -> str:
             ("cancelled after a dead or cancelled one", chains["cancelled_after_a_failed_one"]),
             ("cancelled otherwise (must be 0)", chains["cancelled_otherwise"]),
             ("dead letters requeued", chains["dead_letters_requeued"]),
-            ("tasks after them brought back by those requeues", chains["tasks_revived"]),
+            ("tasks after them brought back by those requeues (once each time)",
+             chains["tasks_revived"]),
             ("cancelled, brought back by a requeue, then succeeded",
              chains["cancelled_then_succeeded"]),
         ]

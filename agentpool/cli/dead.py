@@ -101,14 +101,19 @@ async def _act(args: argparse.Namespace, past: str,
                     **({"revived": revived} if isinstance(outcome, DeadRequeued) else {})})
     else:
         noun = "task" if count == 1 else "tasks"
-        emit(f"{past.capitalize()} {count} dead {noun} of queue {name}" + (
-            f"; {revived} {'task' if revived == 1 else 'tasks'} after them that their deaths "
-            "had cancelled wait for them again" if revived else ""))
+        emit(f"{past.capitalize()} {count} dead {noun} of queue {name}"
+             + (f"; {_came_back(revived, count)}" if revived else ""))
     if ids is not None and count < len(ids):
         error_line(f"{len(ids) - count} of {len(ids)} given tasks were not in the "
                    "dead-letter queue")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _came_back(revived: int, dead: int) -> str:
+    tasks = "1 task" if revived == 1 else f"{revived} tasks"
+    death, them = ("its death", "it") if dead == 1 else ("their deaths", "them")
+    return f"{tasks} {death} had cancelled {'waits' if revived == 1 else 'wait'} for {them} again"
 
 
 @command

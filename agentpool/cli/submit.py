@@ -29,6 +29,7 @@ from agentpool.protocol import (
     MAX_TASK_TIMEOUT_SECONDS,
     PayloadTooLarge,
     TaskInfo,
+    TaskNotFound,
     TaskQueue,
     encode_payload,
 )
@@ -186,7 +187,13 @@ async def run(args: argparse.Namespace) -> int:
     payloads = read_payloads(args)
     async with connect(args) as client:
         queue = client.queue(name)
-        ids = await submit_all(queue, payloads, args)
+        try:
+            ids = await submit_all(queue, payloads, args)
+        except TaskNotFound as error:
+            if error.submitted:  # a task to run after went during a long file: say which went in
+                print_view(args, submitted_grid(name, error.submitted),
+                           submitted_json(name, error.submitted))
+            raise
         if not args.wait:
             print_view(args, submitted_grid(name, ids), submitted_json(name, ids))
             return EXIT_OK

@@ -22,16 +22,27 @@ local replies = {}
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 + (i - 1) * FIELDS] end
 local again = submitted_before(ids)
--- Lists the task in the 'next:' key of each task it waits for (finished() reads it).
-local function wait_for(id, parents)
-  for _, parent in ipairs(parents) do
-    redis.call('APPEND', next_key(parent), id .. ',')
-    redis.call('HSET', task_key(parent), 'dn', '1')
+-- Lists the task in the 'next:' key of each task it waits for (finished() reads it): the ids
+-- gathered per parent, in order, and written with one APPEND and one HSET of its 'dn' flag
+-- each once the tasks are stored (a fan-out of many tasks after many parents is not a write
+-- per task and parent).
+local listed, parents = {}, {}
+local ended_cancelled = {}  -- parents that ended cancelled: their list lasts no longer than them
+local function wait_for(id, of)
+  for _, parent in ipairs(of) do
+    local ids_after = listed[parent]
+    if not ids_after then
+      ids_after = {}
+      listed[parent] = ids_after
+      parents[#parents + 1] = parent
+    end
+    ids_after[#ids_after + 1] = id
   end
 end
 -- First every idempotency key (a key given twice in one group names the first one's task),
 -- so that one INCRBY numbers the tasks that are created.
 local created, seen, plans = 0, {}, {}
+local plan_of = {}  -- by `after` value: the group's tasks after the same tasks read them once
 for i = 1, n do
   local at = 1 + (i - 1) * FIELDS
   local id, idem, after = ARGV[at + 1], ARGV[at + 6], ARGV[at + 10]
@@ -47,7 +58,12 @@ for i = 1, n do
     end
   end
   if not existing and after ~= '' then
-    plans[i], missing = dependencies(after)
+    local known = plan_of[after]
+    if not known then
+      known = {dependencies(after)}
+      plan_of[after] = known
+    end
+    plans[i], missing = known[1], known[2]
   end
   if missing then
     replies[2 * i - 1], replies[2 * i] = -1, missing
@@ -116,9 +132,7 @@ for i = 1, n do
       wait_for(id, plan.open)
       wait_for(id, plan.dead)
       wait_for(id, plan.ended_cancelled)
-      for _, parent in ipairs(plan.ended_cancelled) do
-        redis.call('EXPIRE', next_key(parent), result_ttl())
-      end
+      for _, parent in ipairs(plan.ended_cancelled) do ended_cancelled[parent] = true end
     elseif plan and #plan.open > 0 then
       redis.call('HSET', tk, 'state', 'deferred', 'waits', #plan.open, unpack(fields))
       redis.call('ZADD', K_DEFERRED, seq, id)
@@ -136,6 +150,12 @@ for i = 1, n do
       queued[#queued + 1] = id
     end
   end
+end
+for _, parent in ipairs(parents) do
+  local key = next_key(parent)
+  redis.call('APPEND', key, table.concat(listed[parent], ',') .. ',')
+  redis.call('HSET', task_key(parent), 'dn', '1')
+  if ended_cancelled[parent] then redis.call('EXPIRE', key, result_ttl()) end
 end
 if #delayed > 0 then redis.call('ZADD', K_DELAYED, unpack(delayed)) end
 if #queued > 0 then

@@ -577,7 +577,7 @@ async def observe_once(
         queue=spec.queue_name(name),
         generation=generation,
         deployment=DeploymentView.from_body(deployment),
-        figures=result.figures or figures,
+        figures=result.figures if result.figures is not None else figures,
         previous=previous,
         now=now,
         queue_problem=queue_problem,

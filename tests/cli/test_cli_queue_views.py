@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import Cli, key_values, make_dead, table_rows, wait_until, with_queue
 
+from agentpool.cli import dead as dead_cli
 from agentpool.cli.common import never_used_message
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer
@@ -103,8 +104,8 @@ def test_dead_list_table_and_json(cli: Cli) -> None:
     assert {t["id"]: t["next_count"] for t in doc["tasks"]} == {ids[0]: 1, ids[1]: 0}
     assert {t["error"] for t in doc["tasks"]} == {"bad input"}
     out = cli.ok("dead", "requeue", ids[0]).out.strip()
-    assert out == (f"Requeued 1 dead task of queue {cli.queue}; 1 task after them that their "
-                   "deaths had cancelled wait for them again")
+    assert out == (f"Requeued 1 dead task of queue {cli.queue}; 1 task its death had "
+                   "cancelled waits for it again")
     doc = cli.ok("dead", "requeue", ids[1], "-o", "json").json()
     assert doc == {"queue": cli.queue, "requeued": 1, "revived": 0}
 
@@ -301,3 +302,15 @@ def test_never_used_message_lists_at_most_ten_queues() -> None:
     assert never_used_message("q00", ["q00", "q01"], complete=False).endswith(
         "(queues here include: q01)")
     assert never_used_message("typo", [], complete=False).endswith("no worker serves it")
+
+
+@pytest.mark.parametrize(("revived", "dead", "text"), [
+    (1, 1, "1 task its death had cancelled waits for it again"),
+    (3, 1, "3 tasks its death had cancelled wait for it again"),
+    (1, 2, "1 task their deaths had cancelled waits for them again"),
+    (4, 2, "4 tasks their deaths had cancelled wait for them again"),
+])
+def test_dead_requeue_says_how_many_came_back_in_words_that_agree(
+    revived: int, dead: int, text: str,
+) -> None:
+    assert dead_cli._came_back(revived, dead) == text

@@ -7,10 +7,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import Cli, background_worker, table_rows, with_queue
 
+from agentpool import protocol
 from agentpool.cli.main import main
 from agentpool.protocol import DEFAULT_MAX_PAYLOAD_BYTES, TaskQueue
 
@@ -269,3 +271,35 @@ def test_submit_after_an_unknown_task_fails_in_one_line(cli: Cli, payloads: list
         f"agentpool: after: no task feedbeef in queue {cli.queue} (never submitted, or "
         "finished longer ago than the result TTL); nothing was submitted"]
     assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).stats["submitted"] == 1
+
+
+def test_a_task_to_run_after_gone_midway_through_a_file_lists_the_tasks_that_went_in(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """600 payloads go in two chunks; the task they run after expires (its result TTL)
+    between them: the ids of the first 500 are printed, and why the rest were not sent."""
+    [first] = cli.ok("submit", "--json", "1", "-o", "json").json()["ids"]
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_text("".join(f'{{"n": {n}}}\n' for n in range(600)))
+    calls = 0
+    in_one_trip = protocol._scripts_in_one_trip
+
+    async def first_gone_after_one_call(redis: Any, calls_of: Any, **options: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await redis.delete(calls_of[0][0].task_key(first))
+        return await in_one_trip(redis, calls_of, **options)
+
+    monkeypatch.setattr(protocol, "_scripts_in_one_trip", first_gone_after_one_call)
+    result = cli("submit", "-f", str(lines), "--after", first, "-o", "json")
+    assert result.code == 1
+    ids = json.loads(result.out)["ids"]
+    assert len(ids) == 500
+    assert result.err_lines == [
+        f"agentpool: after: no task {first} in queue {cli.queue} (never submitted, or finished "
+        "longer ago than the result TTL); 500 tasks were submitted before it was found gone, "
+        "the rest were not"]
+    infos = with_queue(cli.redis_url, cli.queue, lambda q: q.get_many([ids[0], ids[-1]]))
+    assert [(i.payload, i.state) for i in infos] == [({"n": 0}, "deferred"),
+                                                      ({"n": 499}, "deferred")]

@@ -222,10 +222,13 @@ async def test_submit_many_says_how_many_went_in_when_a_task_before_vanishes_mid
         return await original(*args)  # type: ignore[arg-type]
 
     queue.redis.evalsha = chunk_then_expiry  # type: ignore[method-assign]
-    with pytest.raises(TaskNotFound, match="2 tasks were submitted before it was found gone"):
+    went_in = "2 tasks were submitted before it was found gone"
+    with pytest.raises(TaskNotFound, match=went_in) as raised:
         await queue.submit_many([{"n": n} for n in range(5)], after=[gone], chunk=2)
     queue.redis.evalsha = original  # type: ignore[method-assign]
-    assert (await queue.figures()).deferred == 2
+    assert len(raised.value.submitted) == 2
+    infos = await queue.get_many(raised.value.submitted)
+    assert [(i.payload, i.state) for i in infos] == [({"n": 0}, "deferred"), ({"n": 1}, "deferred")]
 
 
 def test_the_sync_client_submits_many_after(redis_url: str, queue_name: str) -> None:
