@@ -79,6 +79,8 @@ MAX_AFTER = 100
 """The most tasks one task may run after (``submit(after=...)``)."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
+NEWS_AT_ONCE = 1000
+"""Finishes a wait takes from what it has received before it reads the tasks they name."""
 SUBSCRIBED_WAITS = 32
 """Waits of one client that hold a subscription to their queue's finishes; more poll the task
 once a second. A subscription holds a pooled connection while its wait reads the task on
@@ -849,14 +851,14 @@ class TaskQueue:
         stops before the last closes it (``contextlib.aclosing``), which ends its subscription.
 
         One subscription to the queue's finishes serves every id: a finish published reads
-        that task's state again, and each listening period (LISTEN_SECONDS / 3) every pending
-        task's, a pipelined HGET each; a quiet second checks that the flag that has finishes
-        published is still there (one EXISTS: gone, Redis lost it, and maybe the tasks too).
-        Without finishes published (past SUBSCRIBED_WAITS, a full Redis, a server without
-        sharded pub/sub) every pending task's state is read each second. A task's record is
-        read whole once, when it is final. The loop checks the deadline itself as well: on
-        Python 3.11 a cancellation that meets a finishing ``asyncio.wait_for`` inside redis-py
-        is dropped, and a timeout's single cancellation with it."""
+        that task's state again, and a second without one, a renewal of the listening flag
+        (every LISTEN_SECONDS / 3, however busy the channel) or a reconnection reads every
+        pending task's, a pipelined HGET each (a subscription confirmed late, a finish
+        published while it was being renewed, a flag Redis lost: the read catches up with
+        whatever the channel missed). A task's record is read whole once, when it is final.
+        The loop checks the deadline itself as well: on Python 3.11 a cancellation that meets
+        a finishing ``asyncio.wait_for`` inside redis-py is dropped, and a timeout's single
+        cancellation with it."""
         pending: dict[str, str | None] = dict.fromkeys(task_ids)
         """The ids still to hand over, each with its state last read (None: not read yet)."""
         if not pending:
@@ -870,8 +872,6 @@ class TaskQueue:
         reached = False
         listened = -float(LISTEN_SECONDS)
         to_read, news_first = set(pending), False
-        heard = False
-        """Finishes reach this wait: subscribed, and the scripts publish them."""
         try:
             while pending:
                 finished: list[TaskInfo] = []
@@ -879,24 +879,15 @@ class TaskQueue:
                     async with asyncio.timeout(
                             None if deadline is None else _time_left(deadline, float("inf"))):
                         if news_first:
-                            news = await _news_of(done, pending, deadline)
-                            if news is not None:
-                                to_read = news
-                            elif heard and await self.redis.exists(self.prefix + "listening"):
-                                to_read = set()  # a quiet second: nothing finished
-                            else:  # not heard, or Redis lost the flag (and maybe more)
-                                to_read = set(pending)
-                                if heard:
-                                    listened = -float(LISTEN_SECONDS)  # listen again now
+                            to_read = await _news_of(done, pending, deadline,
+                                                     until=listened + LISTEN_SECONDS / 3)
                         if subscribed and time.monotonic() - listened > LISTEN_SECONDS / 3:
                             await done.subscribe()
                             try:
                                 await self.listen_for_finishes()
-                                heard = done.subscribed
                             except ResponseError as error:  # full: a read each second
                                 if not redis_full(error):
                                     raise
-                                heard = False
                             listened, to_read = time.monotonic(), set(pending)
                         finished = await self._finished_among(to_read, pending)
                         reached, news_first, failing_since = True, True, None
@@ -908,7 +899,6 @@ class TaskQueue:
                                           patience=WAIT_RECONNECT_SECONDS):
                         raise
                     to_read, news_first = set(pending), False
-                    listened = -float(LISTEN_SECONDS)  # the flag again, in case Redis lost it
                     await asyncio.sleep(0.2)
                 for info in finished:
                     del pending[info.id]
@@ -937,11 +927,17 @@ class TaskQueue:
                 final.append(task_id)
             else:
                 pending[task_id] = state
-        infos = await self.get_many(final)
-        if len(infos) < len(final):  # its record expired between the two reads
-            gone = set(final) - {info.id for info in infos}
-            raise self._not_found(min(gone), None)
-        return infos
+        infos = {info.id: info for info in await self.get_many(final)}
+        finished = []
+        for task_id in final:  # read again whole: it may have moved on between the two reads
+            info = infos.get(task_id)
+            if info is None:  # its record expired (or was purged) in between
+                raise self._not_found(task_id, None)
+            if info.done:
+                finished.append(info)
+            else:  # requeued from the dead letters, or brought back by such a requeue
+                pending[task_id] = info.state
+        return finished
 
     def _not_found(self, task_id: str, seen: str | None) -> TaskNotFound:
         if seen is not None:
@@ -1360,18 +1356,22 @@ class TaskQueue:
         return int((await self._run("dead_letters", "purge", *(task_ids or [])))[0])
 
 
-async def _news_of(done: DoneSignal, pending: Mapping[str, object],
-                   deadline: float | None) -> set[str] | None:
-    """The ids of `pending` published as finished once one is, or None after a second
-    without a finish; TimeoutError once `deadline` passed. Messages already received are
-    taken along, so that a burst of finishes is read in one round trip."""
+async def _news_of(done: DoneSignal, pending: Mapping[str, object], deadline: float | None,
+                   until: float) -> set[str]:
+    """The ids of `pending` published as finished once one is, or every one of them after a
+    second without a finish or once `until` (monotonic) passed (the caller then reads them
+    again); TimeoutError once `deadline` passed. Messages already received are taken along,
+    so that a burst of finishes is read in one round trip."""
     while True:
         published = await done.next(timeout=_time_left(deadline, 1.0))
-        if published is None:
-            return None
+        if published is None or time.monotonic() >= until:
+            return set(pending)
         if published in pending:
             news = {published}
-            while (more := await done.next(timeout=0)) is not None:
+            for _ in range(NEWS_AT_ONCE):
+                more = await done.next(timeout=0)
+                if more is None:
+                    break
                 if more in pending:
                     news.add(more)
             return news
@@ -1418,11 +1418,6 @@ class DoneSignal:
                 self._state = "subscribed"
             except ResponseError:
                 self._state = "polling"
-
-    @property
-    def subscribed(self) -> bool:
-        """Subscribed (False: not yet, or polling)."""
-        return self._state == "subscribed"
 
     async def next(self, timeout: float) -> str | None:
         """The next task id published, or None after `timeout` seconds without one."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,7 +15,9 @@ from protocol_helpers import claim_one, eventually, fail_until_dead, shard_subsc
 
 from agentpool import protocol
 from agentpool.client import SyncClient
+from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskInfo, TaskNotFound, TaskQueue
+from agentpool.redis_server import RedisServer
 
 
 async def test_wait_many_gives_the_infos_in_the_order_of_the_ids(queue: TaskQueue) -> None:
@@ -138,22 +140,69 @@ def test_the_sync_client_waits_for_many(redis_url: str, queue_name: str) -> None
         assert [i.result for i in queue.wait_many(iter(ids), timeout=10)] == ["a", "b"]
 
 
-async def test_quiet_seconds_read_no_task_while_finishes_are_published(
-    queue: TaskQueue,
+async def test_a_task_requeued_between_the_two_reads_is_not_handed_over(
+    queue: TaskQueue, redis_url: str,
 ) -> None:
-    """Subscribed and heard, a quiet wait reads the pending tasks once per listening period
-    (LISTEN_SECONDS / 3), not each second: a fan-out of long runs costs Redis nearly nothing
-    while it waits."""
-    ids = await queue.submit_many(range(50))
-    states_read: list[str] = []
-    read_states = queue._finished_among
+    """The state read says dead; a requeue from the dead letters lands before the record is
+    read whole: the wait goes on until the task is final again."""
+    task_id = await queue.submit("x", max_attempts=1)
+    await fail_until_dead(queue, "w1", task_id)
+    other = TaskQueue(redis_from_url(redis_url), queue.name)
+    get_many = queue.get_many
+    requeued = False
 
-    async def counted(task_ids: Iterable[str], pending: dict[str, str | None]) -> list[TaskInfo]:
-        task_ids = list(task_ids)
-        states_read.extend(task_ids)
-        return await read_states(task_ids, pending)
+    async def requeue_first(task_ids: Sequence[str]) -> list[TaskInfo]:
+        nonlocal requeued
+        if not requeued:
+            requeued = await other.requeue_dead([task_id]) == 1
+        return await get_many(task_ids)
 
-    queue._finished_among = counted  # type: ignore[method-assign]
-    with pytest.raises(TimeoutError):
-        await queue.wait_many(ids, timeout=2.5)
-    assert len(states_read) == 50, "each read once, at the start"
+    queue.get_many = requeue_first  # type: ignore[method-assign]
+    try:
+        waiting = asyncio.ensure_future(queue.wait(task_id, timeout=20))
+        await asyncio.sleep(0.3)
+        assert requeued and not waiting.done(), "queued again: not final"
+        assert await other.complete(await claim_one(other, "w2"), "second time")
+        info = await asyncio.wait_for(waiting, 10)
+    finally:
+        await other.redis.aclose()
+    assert (info.state, info.result) == ("succeeded", "second time")
+
+
+async def test_a_wait_whose_subscription_was_cut_sees_a_finish_at_once() -> None:
+    """Redis drops the subscriber's connection (a restart, a proxy, CLIENT KILL); redis-py
+    subscribes again by itself. A finish published before it did is caught up by the read
+    that follows the new subscription, not a listening period (10 s) later."""
+    with RedisServer() as server:
+        client, admin = redis_from_url(server.url), redis_from_url(server.url)
+        try:
+            queue, worker = TaskQueue(client, "q"), TaskQueue(admin, "q")
+            task_id = await queue.submit("x")
+            task = await claim_one(worker, "w1")
+            waiting = asyncio.ensure_future(queue.wait(task_id, timeout=20))
+            await eventually(lambda: _subscribers(admin, queue.prefix + "done", 1))
+            await asyncio.sleep(1.5)  # read, then quiet seconds
+            async with admin.pipeline(transaction=True) as cut:  # in one step on the server
+                await cut.execute_command("CLIENT", "KILL", "TYPE", "pubsub").execute()
+            assert await worker.complete(task, "done")
+            info = await asyncio.wait_for(waiting, 5)
+        finally:
+            await client.aclose()
+            await admin.aclose()
+    assert info.state == "succeeded"
+
+
+async def test_a_server_without_sharded_pub_sub_is_read_each_second() -> None:
+    """SSUBSCRIBE refused (Redis 6, or an ACL user without it): the wait polls its tasks."""
+    with RedisServer(extra_args=("--rename-command", "SSUBSCRIBE", '""')) as server:
+        client = redis_from_url(server.url)
+        try:
+            queue = TaskQueue(client, "q")
+            task_id = await queue.submit("x")
+            waiting = asyncio.ensure_future(queue.wait(task_id, timeout=20))
+            await asyncio.sleep(0.3)
+            assert await queue.complete(await claim_one(queue, "w1"), "done")
+            info = await asyncio.wait_for(waiting, 3)
+        finally:
+            await client.aclose()
+    assert info.state == "succeeded"
