@@ -913,8 +913,6 @@ class TaskQueue:
         """The tasks of `task_ids` now final, read whole; `pending` notes the others' states.
         TaskNotFound for one with no record (see :meth:`wait`)."""
         ids = [task_id for task_id in task_ids if task_id in pending]
-        if not ids:
-            return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for task_id in ids:
                 pipe.hget(self.task_key(task_id), "state")
