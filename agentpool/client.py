@@ -482,6 +482,21 @@ class SyncQueue:
             with contextlib.suppress(ClientClosed):
                 self._client._call(stream.aclose())
 
+    def as_finished(self, task_ids: Iterable[str],
+                    timeout: float | None = None) -> Iterator[TaskInfo]:
+        """Each task's final info as it ends (:meth:`TaskQueue.as_finished`), one blocking
+        step at a time; leaving the loop early ends the subscription."""
+        finishes = self.queue.as_finished(list(task_ids), timeout)
+        try:
+            while True:
+                try:
+                    yield self._client._call(_next(finishes))
+                except StopAsyncIteration:
+                    return
+        finally:
+            with contextlib.suppress(ClientClosed):
+                self._client._call(finishes.aclose())
+
     def cancel(self, task_id: str) -> CancelOutcome:
         return self._run(lambda q: q.cancel(task_id))
 

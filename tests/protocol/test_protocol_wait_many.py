@@ -206,3 +206,18 @@ async def test_a_server_without_sharded_pub_sub_is_read_each_second() -> None:
         finally:
             await client.aclose()
     assert info.state == "succeeded"
+
+
+def test_the_sync_client_hands_over_each_task_as_it_ends(redis_url: str, queue_name: str) -> None:
+    with SyncClient.from_url(redis_url) as client:
+        queue = client.queue(queue_name)
+        first, second, third = queue.submit_many(["a", "b", "c"])
+        worker = queue.queue
+        task = client._call(claim_one(worker, "w1"))
+        assert client._call(worker.complete(task, "A"))
+        finishes = queue.as_finished([third, second, first], timeout=10)
+        assert next(finishes).result == "A", "the one final already comes first"
+        assert queue.cancel(second) is protocol.CancelOutcome.CANCELLED
+        assert next(finishes).id == second
+        finishes.close()  # left before the last: the subscription ends with it
+        assert protocol._SUBSCRIBED_WAITS.get(worker.redis, 0) == 0
