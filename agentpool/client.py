@@ -471,7 +471,17 @@ class SyncQueue:
                follow: bool = True) -> Iterator[TaskEvent]:
         """The task's events as :meth:`TaskQueue.events` yields them, one blocking step at a
         time (with `follow`, until the task is final)."""
-        stream = self.queue.events(task_id, after=after, follow=follow)
+        return self._steps(self.queue.events(task_id, after=after, follow=follow))
+
+    def as_finished(self, task_ids: Iterable[str],
+                    timeout: float | None = None) -> Iterator[TaskInfo]:
+        """Each task's final info as it ends (:meth:`TaskQueue.as_finished`), one blocking
+        step at a time; leaving the loop early ends the subscription."""
+        return self._steps(self.queue.as_finished(list(task_ids), timeout))
+
+    def _steps(self, stream: AsyncGenerator[T, None]) -> Iterator[T]:
+        """An async generator of the client's loop, one blocking step at a time; closed with
+        the iterator (early or not)."""
         try:
             while True:
                 try:
@@ -481,21 +491,6 @@ class SyncQueue:
         finally:
             with contextlib.suppress(ClientClosed):
                 self._client._call(stream.aclose())
-
-    def as_finished(self, task_ids: Iterable[str],
-                    timeout: float | None = None) -> Iterator[TaskInfo]:
-        """Each task's final info as it ends (:meth:`TaskQueue.as_finished`), one blocking
-        step at a time; leaving the loop early ends the subscription."""
-        finishes = self.queue.as_finished(list(task_ids), timeout)
-        try:
-            while True:
-                try:
-                    yield self._client._call(_next(finishes))
-                except StopAsyncIteration:
-                    return
-        finally:
-            with contextlib.suppress(ClientClosed):
-                self._client._call(finishes.aclose())
 
     def cancel(self, task_id: str) -> CancelOutcome:
         return self._run(lambda q: q.cancel(task_id))

@@ -598,6 +598,10 @@ class TaskQueue:
     def task_key(self, task_id: str) -> str:
         return f"{self.prefix}t:{task_id}"
 
+    def next_key(self, task_id: str) -> str:
+        """The list of the tasks submitted to run after the task (see _NEXT_ENTRY_BYTES)."""
+        return f"{self.prefix}next:{task_id}"
+
     # -- configuration ---------------------------------------------------------------------
 
     async def configure(self, *, max_attempts: int | None = None,
@@ -1318,15 +1322,14 @@ class TaskQueue:
 
     async def tasks_after(self, task_id: str) -> list[str]:
         """The tasks submitted to run after this one, in submit order. One round trip."""
-        listed = await self.redis.get(f"{self.prefix}next:{task_id}")
-        return list(dict.fromkeys(i for i in _s(listed or b"").split(",") if i))
+        return list(_listed_ids(await self.redis.get(self.next_key(task_id))))
 
     async def next_counts(self, task_ids: Sequence[str]) -> list[int]:
         """How many tasks were submitted to run after each of these (of a dead task, those
         its death cancelled come back when it is requeued). One round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
-                pipe.strlen(f"{self.prefix}next:{task_id}")
+                pipe.strlen(self.next_key(task_id))
             sizes = await pipe.execute()
         return [int(size) // _NEXT_ENTRY_BYTES for size in sizes]
 
@@ -1823,7 +1826,7 @@ async def task_view(queue: TaskQueue, task_id: str, *, after: str | None, count:
     to run after it and up to `count` of its events after the event id `after` (from the
     first when None), in one round trip."""
     checkpoint_key = f"{queue.prefix}cp:{task_id}"
-    next_key = f"{queue.prefix}next:{task_id}"
+    next_key = queue.next_key(task_id)
     then: list[Sequence[Any]] = [
         ("STRLEN", checkpoint_key),
         ("GETRANGE", checkpoint_key, 0, max(0, checkpoint_bytes - 1)),
@@ -1840,13 +1843,18 @@ async def task_view(queue: TaskQueue, task_id: str, *, after: str | None, count:
     checkpoint = None
     if size:
         checkpoint = _decode_text(start)
-    next_ids = tuple(i for i in _s(next_start).split(",") if i)[:next_count]
+    next_ids = _listed_ids(next_start)[:next_count]
     return TaskView(
         info=info,
         events=[_task_event(entry_id, fields) for entry_id, fields in entries],
         checkpoint=checkpoint, checkpoint_bytes=int(size), cut=cut,
         next=next_ids, next_count=int(next_size) // _NEXT_ENTRY_BYTES,
     )
+
+
+def _listed_ids(raw: bytes | str | None) -> tuple[str, ...]:
+    """The task ids of a ``next:`` list (or of its start), in order, each once."""
+    return tuple(dict.fromkeys(i for i in _s(raw or b"").split(",") if i))
 
 
 async def task_for_idempotency_key(queue: TaskQueue, key: str) -> str | None:

@@ -24,7 +24,7 @@ from agentpool.cli.common import (
     task_id,
 )
 from agentpool.cli.views import dead_grid, task_json
-from agentpool.protocol import DeadRequeued, TaskQueue
+from agentpool.protocol import TaskQueue
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,17 +88,17 @@ def selected_ids(args: argparse.Namespace) -> list[str] | None:
 
 
 async def _act(args: argparse.Namespace, past: str,
-               operation: Callable[[TaskQueue, list[str] | None], Awaitable[int | DeadRequeued]],
-               ) -> int:
+               operation: Callable[[TaskQueue, list[str] | None],
+                                   Awaitable[tuple[int, int | None]]]) -> int:
+    """`operation` answers how many dead tasks it acted on and, for a requeue, how many tasks
+    after them came back (None for a purge)."""
     name = queue_name(args)
     ids = selected_ids(args)
     async with connect(args) as client:
-        outcome = await operation(client.queue(name), ids)
-    count, revived = ((outcome.requeued, outcome.revived) if isinstance(outcome, DeadRequeued)
-                      else (outcome, 0))
+        count, revived = await operation(client.queue(name), ids)
     if args.output == "json":
         print_json({"queue": name, past: count,
-                    **({"revived": revived} if isinstance(outcome, DeadRequeued) else {})})
+                    **({"revived": revived} if revived is not None else {})})
     else:
         noun = "task" if count == 1 else "tasks"
         emit(f"{past.capitalize()} {count} dead {noun} of queue {name}"
@@ -116,11 +116,20 @@ def _came_back(revived: int, dead: int) -> str:
     return f"{tasks} {death} had cancelled {'waits' if revived == 1 else 'wait'} for {them} again"
 
 
+async def _requeue(queue: TaskQueue, ids: list[str] | None) -> tuple[int, int | None]:
+    outcome = await queue.requeue_dead_counted(ids)
+    return outcome.requeued, outcome.revived
+
+
+async def _purge(queue: TaskQueue, ids: list[str] | None) -> tuple[int, int | None]:
+    return await queue.purge_dead(ids), None
+
+
 @command
 async def run_requeue(args: argparse.Namespace) -> int:
-    return await _act(args, "requeued", TaskQueue.requeue_dead_counted)
+    return await _act(args, "requeued", _requeue)
 
 
 @command
 async def run_purge(args: argparse.Namespace) -> int:
-    return await _act(args, "purged", TaskQueue.purge_dead)
+    return await _act(args, "purged", _purge)

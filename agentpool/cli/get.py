@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from typing import Any
 
 from agentpool.cli.common import (
     EXIT_FAILED,
@@ -60,9 +61,14 @@ def print_task(args: argparse.Namespace, queue: str, info: TaskInfo,
                next_ids: list[str] | None = None) -> None:
     """The task as `get` shows it; with `next_ids` (the tasks submitted to run after it, when
     read), those too."""
-    doc = task_json(queue, info) if next_ids is None else {**task_json(queue, info),
-                                                           "next": next_ids}
-    print_view(args, task_detail_grid(queue, info, time.time(), next_ids or ()), doc)
+    print_view(args, task_detail_grid(queue, info, time.time(), next_ids or ()),
+               task_doc(queue, info, next_ids))
+
+
+def task_doc(queue: str, info: TaskInfo, next_ids: list[str] | None) -> dict[str, Any]:
+    """The task's JSON as `get` prints it (with ``next`` when it was read)."""
+    doc = task_json(queue, info)
+    return doc if next_ids is None else {**doc, "next": next_ids}
 
 
 @command
@@ -72,10 +78,11 @@ async def run(args: argparse.Namespace) -> int:
     async with connect(args) as client:
         if args.follow:
             return await follow(args, client.queue(name))
-        info = await client.queue(name).get(args.task_id)
-        next_ids = await client.queue(name).tasks_after(args.task_id)
-    if info is None:
-        raise CommandFailed(f"no task {args.task_id} in queue {name}")
+        queue = client.queue(name)
+        info = await queue.get(args.task_id)
+        if info is None:
+            raise CommandFailed(f"no task {args.task_id} in queue {name}")
+        next_ids = await queue.tasks_after(args.task_id)
     print_task(args, name, info, next_ids)
     return EXIT_OK
 
@@ -92,7 +99,7 @@ async def follow(args: argparse.Namespace, queue: TaskQueue) -> int:
         raise TaskNotFound(f"task {args.task_id} in queue {queue.name} is gone")
     next_ids = await queue.tasks_after(args.task_id)
     if args.output == "json":
-        print_json({**task_json(queue.name, info), "next": next_ids}, one_line=True)
+        print_json(task_doc(queue.name, info, next_ids), one_line=True)
     else:
         print_task(args, queue.name, info, next_ids)
     if info.state != "succeeded":
