@@ -446,11 +446,15 @@ class SyncQueue:
     def submit_many(self, payloads: Iterable[Any], *, priority: int = 0, delay: float = 0,
                     max_attempts: int | None = None, expires: float | None = None,
                     task_timeout: float | None = None,
-                    after: Iterable[str] | None = None) -> list[str]:
+                    after: Iterable[str] | None = None,
+                    idempotency_keys: Iterable[str | None] | None = None) -> list[str]:
+        """:meth:`TaskQueue.submit_many`, blocking."""
         items = list(payloads)
+        keys = None if idempotency_keys is None else list(idempotency_keys)
         return self._run(lambda q: q.submit_many(items, priority=priority, delay=delay,
                                                  max_attempts=max_attempts, expires=expires,
-                                                 task_timeout=task_timeout, after=after))
+                                                 task_timeout=task_timeout, after=after,
+                                                 idempotency_keys=keys))
 
     def get(self, task_id: str) -> TaskInfo | None:
         return self._run(lambda q: q.get(task_id))

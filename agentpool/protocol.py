@@ -482,6 +482,24 @@ def _unknown_after(task_id: str, queue: str, submitted: Sequence[str] = ()) -> N
         submitted)
 
 
+def _keys_for(payloads: Sequence[Any],
+              keys: Iterable[str | None] | None) -> list[str | None]:
+    """`submit_many`'s idempotency keys, one per payload (None: no key)."""
+    if keys is None:
+        return [None] * len(payloads)
+    if isinstance(keys, str):
+        raise ProtocolError("idempotency_keys takes one key per payload, not one string")
+    given = list(keys)
+    if len(given) != len(payloads):
+        raise ProtocolError(f"idempotency_keys has {len(given)} keys for {len(payloads)} "
+                            "payloads: give one per payload (None for a task without one)")
+    for key in given:
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ProtocolError(f"an idempotency key is a non-empty string or None, got "
+                                f"{short_repr(key)}")
+    return given
+
+
 def new_task_id() -> str:
     """A new task's id: 32 random hex digits (128 bits, as a UUID's hex form, without its
     version bits and for a quarter of the CPU)."""
@@ -753,6 +771,7 @@ class TaskQueue:
                           delay: float = 0, max_attempts: int | None = None,
                           expires: float | None = None, task_timeout: float | None = None,
                           after: Iterable[str] | None = None,
+                          idempotency_keys: Iterable[str | None] | None = None,
                           chunk: int = 500) -> list[str]:
         """Queue many tasks with the same options, in order, one script call per `chunk` (at
         most ``MAX_SUBMIT_CHUNK``); every payload is checked before any is sent.
@@ -760,18 +779,24 @@ class TaskQueue:
         With `after`, every task runs after the same tasks (a fan-out behind one step). A task
         named there that the queue does not know raises TaskNotFound: with the first chunk,
         nothing is stored; should it vanish between chunks (its result TTL ran out), the
-        error's `submitted` holds the ids of the tasks that went in before."""
+        error's `submitted` holds the ids of the tasks that went in before.
+
+        With `idempotency_keys`, one per payload (None for a task without one), a key seen
+        before gives the existing task's id in its place, as :meth:`submit` does: the same
+        fan-out submitted again (a retried request) queues only the tasks not queued yet."""
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, got {chunk}")
         chunk = min(chunk, MAX_SUBMIT_CHUNK)
-        all_args = [self._submit_args(p, priority, delay, None, max_attempts, expires,
-                                      task_timeout) for p in payloads]
+        items = list(payloads)
+        keys = _keys_for(items, idempotency_keys)
+        all_args = [self._submit_args(p, priority, delay, key, max_attempts, expires,
+                                      task_timeout) for p, key in zip(items, keys, strict=True)]
         after_ids = _after_arg(after)
         if after_ids:
             for args in all_args:
                 args[-1] = after_ids  # the submit script's last value per task
         plain = (not delay and max_attempts is None and expires is None
-                 and task_timeout is None and not after_ids)
+                 and task_timeout is None and not after_ids and not any(keys))
         ids: list[str] = []
         replicated = True
         for start in range(0, len(all_args), chunk):
@@ -782,11 +807,16 @@ class TaskQueue:
                 call = (self, "submit", [x for args in part for x in args])
             replies = await _scripts_in_one_trip(self.redis, [call, *self._durable_write()],
                                                  then=self._wait_commands())
-            if after_ids and int(replies[0][0]) < 0:
-                _unknown_after(_s(replies[0][1]), self.name, submitted=ids)
             if self.durability is Durability.REPLICATED:
                 replicated = replicated and int(replies[-1]) >= 1
-            ids.extend(args[0] for args in part)
+            if plain:
+                ids.extend(args[0] for args in part)
+                continue
+            answers = replies[0]
+            for i in range(len(part)):
+                if int(answers[2 * i]) < 0:
+                    _unknown_after(_s(answers[2 * i + 1]), self.name, submitted=ids)
+            ids.extend(_s(answers[2 * i + 1]) for i in range(len(part)))
         self._check_replicated("submit", int(replicated), ids)
         return ids
 

@@ -66,7 +66,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="a run lasting longer is stopped and fails, as one past the "
                         "pool's taskTimeoutSeconds does (which still applies when shorter)")
     parser.add_argument("--idempotency-key", metavar="KEY",
-                        help="a key seen before returns the existing task's id (single task)")
+                        help="a key seen before returns the existing task's id instead of "
+                        "queueing another; the payloads of a file, or of several --json, "
+                        "each get KEY:N (N from 1, in order), so the same command run again "
+                        "queues only the tasks it did not queue before")
     parser.add_argument("--after", action="append", metavar="TASK_ID",
                         help="run only once this task of the queue has succeeded; the task "
                         "ends cancelled if it ends otherwise (repeatable: after all of them)")
@@ -129,17 +132,27 @@ def read_payloads(args: argparse.Namespace) -> list[Any]:
 async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
                      args: argparse.Namespace) -> list[str]:
     """One submit with every option, or batches of many in order."""
-    if args.idempotency_key and len(payloads) > 1:
-        raise UsageError("--idempotency-key names one task; it cannot be used with "
-                         f"{len(payloads)} payloads")
+    keys = idempotency_keys(args, len(payloads))
     if len(payloads) == 1:
         return [await queue.submit(
             payloads[0], priority=args.priority, delay=args.delay,
-            idempotency_key=args.idempotency_key, max_attempts=args.max_attempts,
+            idempotency_key=keys[0], max_attempts=args.max_attempts,
             expires=args.expires, task_timeout=args.task_timeout, after=args.after)]
     return await queue.submit_many(payloads, priority=args.priority, delay=args.delay,
                                    max_attempts=args.max_attempts, expires=args.expires,
-                                   task_timeout=args.task_timeout, after=args.after)
+                                   task_timeout=args.task_timeout, after=args.after,
+                                   idempotency_keys=keys)
+
+
+def idempotency_keys(args: argparse.Namespace, count: int) -> list[str | None]:
+    """A key per payload: --idempotency-key itself for one --json; KEY:1 to KEY:count for a
+    file or several --json (a file of one line too, so that it may grow)."""
+    key: str | None = args.idempotency_key
+    if not key:
+        return [None] * count
+    if count == 1 and not args.file:
+        return [key]
+    return [f"{key}:{n}" for n in range(1, count + 1)]
 
 
 async def wait_all(queue: TaskQueue, ids: Sequence[str],

@@ -100,11 +100,28 @@ def test_idempotency_key_returns_the_same_task(cli: Cli) -> None:
     assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).queued == 1
 
 
-def test_idempotency_key_with_several_payloads_is_a_usage_error(cli: Cli) -> None:
-    result = cli("submit", "--json", "1", "--json", "2", "--idempotency-key", "k")
-    assert result.code == 2
-    assert len(result.err_lines) == 1
-    assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).queued == 0
+def test_a_file_submitted_again_under_one_key_queues_only_its_new_lines(
+    cli: Cli, tmp_path: Path,
+) -> None:
+    """Line N gets KEY:N (a file of one line too), so a command run again after a failure,
+    or on a file that grew, queues only what it did not queue before."""
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('"a"\n')
+    first = cli.ok("submit", "-f", str(path), "--idempotency-key", "import", "-o", "json")
+    path.write_text('"a"\n\n"b"\n"c"\n')
+    again = cli.ok("submit", "-f", str(path), "--idempotency-key", "import", "-o", "json")
+    ids = again.json()["ids"]
+    assert ids[0] == first.json()["ids"][0] and len(set(ids)) == 3
+    assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).queued == 3
+    infos = [with_queue(cli.redis_url, cli.queue, lambda q, i=i: q.get(i)) for i in ids]
+    assert [i.payload for i in infos if i] == ["a", "b", "c"]
+    for n, task_id in enumerate(ids, start=1):
+        key = with_queue(cli.redis_url, cli.queue,
+                         lambda q, t=task_id: q.redis.hget(q.task_key(t), "idem"))
+        assert key in (f"import:{n}", f"import:{n}".encode())
+    twice = cli.ok("submit", "--json", '"a"', "--json", '"d"', "--idempotency-key", "import",
+                   "-o", "json")
+    assert twice.json()["ids"][0] == ids[0]
 
 
 def test_bad_json_payload_is_one_line_and_exit_2(cli: Cli) -> None:

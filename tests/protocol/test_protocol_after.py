@@ -231,12 +231,33 @@ async def test_submit_many_says_how_many_went_in_when_a_task_before_vanishes_mid
     assert [(i.payload, i.state) for i in infos] == [({"n": 0}, "deferred"), ({"n": 1}, "deferred")]
 
 
+async def test_a_fan_out_submitted_again_under_its_keys_is_not_doubled(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """Known keys answer before the tasks they would run after are looked up (as a single
+    submit's key does), so a fan-out retried after its step's record is gone gets its ids
+    back; a key not seen yet behind a task the queue does not know stores nothing."""
+    plan = await queue.submit("plan")
+    keys = ["step-1", "step-2"]
+    steps = await queue.submit_many(["s1", "s2"], after=[plan], idempotency_keys=keys)
+    assert await queue.submit_many(["s1", "s2"], after=[plan], idempotency_keys=keys) == steps
+    assert await redis.get(queue.prefix + f"next:{plan}") == f"{steps[0]},{steps[1]},".encode()
+    await redis.delete(queue.task_key(plan))
+    assert await queue.submit_many(["s1", "s2"], after=[plan], idempotency_keys=keys) == steps
+    before = await task_keys(redis, queue)
+    with pytest.raises(TaskNotFound, match=f"after: no task {plan} .*nothing was submitted"):
+        await queue.submit_many(["s1", "s3"], after=[plan], idempotency_keys=["step-1", "step-3"])
+    assert await task_keys(redis, queue) == before
+
+
 def test_the_sync_client_submits_many_after(redis_url: str, queue_name: str) -> None:
     with SyncClient.from_url(redis_url) as client:
         queue = client.queue(queue_name)
         first = queue.submit({"n": 1})
-        rest = queue.submit_many([{"n": 2}, {"n": 3}], after=[first])
+        rest = queue.submit_many([{"n": 2}, {"n": 3}], after=[first],
+                                 idempotency_keys=iter(["n-2", None]))
         assert [queue.get(i).state for i in rest] == ["deferred"] * 2  # type: ignore[union-attr]
+        assert queue.submit_many([{"n": 2}], after=[first], idempotency_keys=["n-2"]) == rest[:1]
         with pytest.raises(TaskNotFound):
             queue.submit_many([{"n": 4}], after=["unknown"])
 

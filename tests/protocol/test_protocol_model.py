@@ -210,11 +210,31 @@ class ProtocolModel(RuleBasedStateMachine):
         for priority, delayed, max_attempts, idem in specs:
             self.submit_one(priority, delayed, max_attempts, idem)
 
+    @rule(spec=SUBMIT, keys=st.lists(st.sampled_from([None, None, *IDEM_KEYS]), min_size=1,
+                                      max_size=5))
+    def submit_batch(self, spec: tuple[int, bool, int | None, str | None],
+                     keys: list[str | None]) -> None:
+        """A producer submits a batch in one call (submit_many, in chunks of two), the same
+        options for all and an idempotency key, or none, for each."""
+        priority, delayed, max_attempts, _ = spec
+        ids = self.run(self.queue.submit_many(
+            [{"n": len(self.tasks) + i} for i in range(len(keys))], priority=priority,
+            delay=FAR if delayed else 0, max_attempts=max_attempts, idempotency_keys=keys,
+            chunk=2))
+        assert len(ids) == len(keys)
+        for task_id, idem in zip(ids, keys, strict=True):
+            self.submitted(task_id, priority, delayed, max_attempts, idem)
+
     def submit_one(self, priority: int, delayed: bool, max_attempts: int | None,
                    idem: str | None) -> None:
         task_id = self.run(self.queue.submit(
             {"n": len(self.tasks)}, priority=priority, delay=FAR if delayed else 0,
             idempotency_key=idem, max_attempts=max_attempts))
+        self.submitted(task_id, priority, delayed, max_attempts, idem)
+
+    def submitted(self, task_id: str, priority: int, delayed: bool, max_attempts: int | None,
+                  idem: str | None) -> None:
+        """The model's side of one submit that answered `task_id`."""
         first = self.idem.get(idem) if idem else None
         if first is not None and self.known(first):
             # the key still names a kept task: its id, and nothing is created

@@ -279,6 +279,50 @@ async def test_submit_many_takes_chunks_larger_than_a_script_unpacks(queue: Task
         await queue.submit_many([1], chunk=0)
 
 
+async def test_submit_many_with_idempotency_keys_queues_only_the_tasks_not_queued_yet(
+    queue: TaskQueue,
+) -> None:
+    """A fan-out submitted again (its request retried) gets the ids of the tasks already
+    queued and queues only the new ones; a key given twice in one call names the first
+    one's task, across chunks too."""
+    first = await queue.submit_many(["a", "b", "c"], idempotency_keys=["o-1", None, "o-3"],
+                                    chunk=2)
+    again = await queue.submit_many(["a", "b", "c", "d", "e"],
+                                    idempotency_keys=["o-1", None, "o-3", "o-4", "o-4"],
+                                    chunk=2)
+    assert (again[0], again[2]) == (first[0], first[2])
+    assert len({*first, *again}) == 5 and again[3] == again[4]
+    figures = await queue.figures()
+    assert (figures.queued, figures.stats["submitted"]) == (5, 5)
+    batch = await queue.claim("w:1", 10, 30)
+    assert [t.id for t in batch.tasks] == [*first, again[1], again[3]]
+    assert await queue.submit("z", idempotency_key="o-4") == again[3]
+
+
+async def test_submit_many_keys_keep_the_other_options(queue: TaskQueue) -> None:
+    ids = await queue.submit_many(["a", "b"], priority=7, delay=60, max_attempts=2,
+                                  idempotency_keys=["d-1", "d-2"])
+    infos = [await queue.get(task_id) for task_id in ids]
+    assert [(i.state, i.priority, i.max_attempts) for i in infos if i is not None] == (
+        [("delayed", 7, 2)] * 2)
+    assert await queue.submit_many(["x"], idempotency_keys=["d-2"]) == ids[1:]
+
+
+@pytest.mark.parametrize(("keys", "problem"), [
+    (["k1"], "idempotency_keys has 1 keys for 2 payloads: give one per payload"),
+    (["k1", "k2", "k3"], "idempotency_keys has 3 keys for 2 payloads"),
+    ("k1", "idempotency_keys takes one key per payload, not one string"),
+    (["k1", ""], "an idempotency key is a non-empty string or None, got ''"),
+    (["k1", 7], "an idempotency key is a non-empty string or None, got 7"),
+])
+async def test_submit_many_refuses_keys_that_do_not_match_the_payloads(
+    queue: TaskQueue, keys: Any, problem: str,
+) -> None:
+    with pytest.raises(ProtocolError, match=problem):
+        await queue.submit_many(["a", "b"], idempotency_keys=keys)
+    assert await queue_keys(queue.redis, queue) == set()
+
+
 @pytest.mark.parametrize(("options", "problem"), [
     ({"delay": float("nan")}, "delay must be a number of seconds, got nan"),
     ({"delay": float("inf")}, "delay must be a number of seconds, got inf"),

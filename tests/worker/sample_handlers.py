@@ -302,6 +302,24 @@ def sync_planner(payload: Any, ctx: TaskContext) -> Any:
     return {"parts": parts, "summary": ctx.submit_sync({"summarise": True}, after=parts)}
 
 
+async def batch_planner(payload: Any, ctx: TaskContext) -> Any:
+    """planner with its parts submitted in one call (ctx.submit_many)."""
+    parts = await ctx.submit_many([{"word": w} for w in payload["words"]])
+    summary = await ctx.submit({"summarise": True}, after=parts)
+    if ctx.attempt == 1:
+        raise RuntimeError("planner crashed after submitting")
+    return {"parts": parts, "summary": summary}
+
+
+def sync_batch_planner(payload: Any, ctx: TaskContext) -> Any:
+    parts = ctx.submit_many_sync([{"word": w} for w in payload["words"]],
+                                 keys=payload["words"])
+    summary = ctx.submit_sync({"summarise": True}, after=parts)
+    if ctx.attempt == 1:
+        raise RuntimeError("planner crashed after submitting")
+    return {"parts": parts, "summary": summary}
+
+
 async def fan_out_in(payload: Any, ctx: TaskContext) -> Any:
     """The planner for a plan, fan_in for its parts and summary."""
     if "words" in payload:
@@ -312,6 +330,18 @@ async def fan_out_in(payload: Any, ctx: TaskContext) -> Any:
 def sync_fan_out_in(payload: Any, ctx: TaskContext) -> Any:
     if "words" in payload:
         return sync_planner(payload, ctx)
+    return sync_fan_in(payload, ctx)
+
+
+async def batch_fan_out_in(payload: Any, ctx: TaskContext) -> Any:
+    if "words" in payload:
+        return await batch_planner(payload, ctx)
+    return await fan_in(payload, ctx)
+
+
+def sync_batch_fan_out_in(payload: Any, ctx: TaskContext) -> Any:
+    if "words" in payload:
+        return sync_batch_planner(payload, ctx)
     return sync_fan_in(payload, ctx)
 
 

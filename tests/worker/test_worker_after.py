@@ -13,7 +13,7 @@ import sample_handlers
 from redis_freeze import frozen
 from worker_helpers import HANDLERS, eventually, running, settings, task_in
 
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import ProtocolError, TaskQueue
 from agentpool.redis_server import RedisServer, free_port
 from agentpool_worker.handlers import RunChannel, TaskContext
 
@@ -37,12 +37,14 @@ async def test_a_fan_in_step_reads_the_results_of_the_steps_before_it(
 
 
 @pytest.mark.parametrize(("handler", "expected"), [
-    ("fan_out_in", "plan act check"), ("sync_fan_out_in", "PLAN+ACT+CHECK")])
+    ("fan_out_in", "plan act check"), ("sync_fan_out_in", "PLAN+ACT+CHECK"),
+    ("batch_fan_out_in", "plan act check"), ("sync_batch_fan_out_in", "PLAN+ACT+CHECK")])
 async def test_a_run_submits_its_steps_once_per_task_whatever_its_attempts(
     redis_url: str, queue_name: str, redis: aioredis.Redis, handler: str, expected: str,
 ) -> None:
-    """ctx.submit: the async planner fails its first attempt after submitting; its second
-    submits the same steps again and gets the same ids, so each step runs once."""
+    """ctx.submit and ctx.submit_many: the planners fail their first attempt after
+    submitting; the second submits the same steps again and gets the same ids, so each step
+    runs once."""
     queue = TaskQueue(redis, queue_name)
     plan = await queue.submit({"words": ["plan", "act", "check"]})
     async with running(settings(redis_url, queue_name, f"{HANDLERS}:{handler}",
@@ -71,6 +73,14 @@ class QueueChannel:
             self.lose_reply -= 1
             raise ConnectionError("reply lost")
         return task_id
+
+    async def submit_many(self, ctx: TaskContext, payloads: list[Any],
+                          **options: Any) -> list[str]:
+        ids = await self.queue.submit_many(payloads, **options)
+        if self.lose_reply:
+            self.lose_reply -= 1
+            raise ConnectionError("reply lost")
+        return ids
 
 
 def attempt(channel: QueueChannel, number: int, task_id: str = "plan-1") -> TaskContext:
@@ -121,6 +131,41 @@ async def test_a_submit_tried_again_after_a_lost_reply_is_one_task(queue: TaskQu
     assert await run.submit({"w": "a"}) != task_id, "the next of its kind is a new task"
 
 
+async def test_a_fan_out_submitted_again_by_another_attempt_queues_only_new_steps(
+    queue: TaskQueue,
+) -> None:
+    """ctx.submit_many names each task as ctx.submit would: another attempt gets the same
+    ids whether it fans out in one call or one by one, in any order, and new tasks only for
+    new steps; a batch whose reply was lost, sent again, is one set of tasks."""
+    channel = QueueChannel(queue)
+    first = attempt(channel, 1)
+    steps = await first.submit_many([{"w": "a"}, {"w": "b"}, {"w": "b"}], priority=3)
+    assert len(set(steps)) == 3, "the same payload twice in a fan-out is two tasks"
+    second = attempt(channel, 2)
+    assert await second.submit({"w": "b"}, priority=3) == steps[1]
+    again = await second.submit_many([{"w": "b"}, {"w": "c"}, {"w": "a"}], priority=3)
+    assert (again[0], again[2]) == (steps[2], steps[0]) and again[1] not in steps
+    assert (await queue.figures()).stats["submitted"] == 4
+    channel.lose_reply = 1
+    third = attempt(channel, 3)
+    with pytest.raises(ConnectionError):
+        await third.submit_many([{"w": "d"}, {"w": "a"}], priority=3)
+    retried = await third.submit_many([{"w": "d"}, {"w": "a"}], priority=3)
+    assert retried[1] == steps[0]
+    assert [i.payload for i in await queue.get_many(retried)] == [{"w": "d"}, {"w": "a"}]
+    assert (await queue.figures()).stats["submitted"] == 5, "the batch sent twice: one new task"
+
+
+async def test_a_fan_out_under_keys_of_its_own(queue: TaskQueue) -> None:
+    channel = QueueChannel(queue)
+    steps = await attempt(channel, 1).submit_many(["x", "y"], keys=["one", "two"])
+    assert await attempt(channel, 2).submit_many(["other", "y"], keys=["one", "two"]) == steps
+    assert await attempt(channel, 2).submit("z", key="two") == steps[1], "one naming"
+    with pytest.raises(ProtocolError, match="keys has 1 keys for 2 payloads"):
+        await attempt(channel, 2).submit_many(["x", "y"], keys=["one"])
+    assert (await queue.figures()).stats["submitted"] == 2
+
+
 class NoRedis:
     """A channel whose every call fails: a run that reads Redis through it would raise."""
 
@@ -142,6 +187,8 @@ def test_submit_without_a_worker_says_so() -> None:
     ctx = TaskContext("t", 1, 3, "q", "pod:i1")
     with pytest.raises(RuntimeError, match=r"ctx\.submit_sync needs the worker behind the run"):
         ctx.submit_sync({"w": 1})
+    with pytest.raises(RuntimeError, match=r"ctx\.submit_many_sync needs the worker"):
+        ctx.submit_many_sync([{"w": 1}])
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 from agentpool.protocol import (
     DEFAULT_MAX_RESULT_BYTES,
     DEFAULT_TASK_TIMEOUT_SECONDS,
+    ProtocolError,
     encode_checkpoint,
     encode_event,
     encode_progress,
@@ -73,6 +74,9 @@ class RunChannel(Protocol):
     async def results_before(self, ctx: TaskContext) -> dict[str, Any]: ...
 
     async def submit(self, ctx: TaskContext, payload: Any, **options: Any) -> str: ...
+
+    async def submit_many(self, ctx: TaskContext, payloads: list[Any],
+                          **options: Any) -> list[str]: ...
 
     @property
     def limits(self) -> LimitChannel | None: ...
@@ -180,12 +184,54 @@ class TaskContext:
             raise
         return task_id
 
+    async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
+                          delay: float = 0, max_attempts: int | None = None,
+                          expires: float | None = None, task_timeout: float | None = None,
+                          after: Iterable[str] | None = None,
+                          keys: Iterable[str] | None = None) -> list[str]:
+        """:meth:`submit` for many tasks with the same options, in one call (a fan-out); their
+        ids in order. Once per task, as :meth:`submit`: each is named by what it submits (or
+        by its entry in `keys`, one per payload), so a later attempt that fans out again gets
+        the ids the earlier one got and queues only the tasks it did not. Raises as
+        ``TaskQueue.submit_many`` does."""
+        if self.channel is None:
+            raise RuntimeError("ctx.submit_many needs the worker behind the run")
+        items = list(payloads)
+        options = {"priority": priority, "delay": delay, "max_attempts": max_attempts,
+                   "expires": expires, "task_timeout": task_timeout,
+                   "after": None if after is None else
+                   ([after] if isinstance(after, str) else list(after))}
+        if keys is None:
+            names = [self._submit_names.take(payload, options) for payload in items]
+        else:
+            given = list(keys)
+            if isinstance(keys, str) or len(given) != len(items):
+                raise ProtocolError(f"keys has {len(given)} keys for {len(items)} payloads: "
+                                    "give one per payload")
+            names = [f"k:{key}" for key in given]
+        try:
+            return await self.channel.submit_many(
+                self, items, idempotency_keys=[f"{self.task_id}:{name}" for name in names],
+                **options)
+        except BaseException:
+            for name in reversed(names):
+                self._submit_names.give_back(name)
+            raise
+
     def submit_sync(self, payload: Any, **options: Any) -> str:
         """:meth:`submit` for sync handlers (called from their thread)."""
         if self.channel is None:
             raise RuntimeError("ctx.submit_sync needs the worker behind the run")
         loop = self._loop_for_sync("submit_sync")
         return asyncio.run_coroutine_threadsafe(self.submit(payload, **options), loop).result()
+
+    def submit_many_sync(self, payloads: Iterable[Any], **options: Any) -> list[str]:
+        """:meth:`submit_many` for sync handlers (called from their thread)."""
+        if self.channel is None:
+            raise RuntimeError("ctx.submit_many_sync needs the worker behind the run")
+        loop = self._loop_for_sync("submit_many_sync")
+        return asyncio.run_coroutine_threadsafe(self.submit_many(payloads, **options),
+                                                loop).result()
 
     async def checkpoint(self, state: Any) -> None:
         """Save `state` (JSON) for the next attempt, should this one be lost; it becomes that

@@ -1117,6 +1117,13 @@ class Worker:
         cannot be reached: the submit carries an idempotency key)."""
         return await self._for_run(ctx, "submit", lambda: self.queue.submit(payload, **options))
 
+    async def submit_many(self, ctx: TaskContext, payloads: list[Any],
+                          **options: Any) -> list[str]:
+        """A run's ``ctx.submit_many`` (sent again while Redis cannot be reached: each task
+        carries an idempotency key)."""
+        return await self._for_run(ctx, "submit_many",
+                                   lambda: self.queue.submit_many(payloads, **options))
+
     async def results_before(self, ctx: TaskContext) -> dict[str, Any]:
         """A run's ``ctx.results_before()``."""
         return await self._for_run(ctx, "results_before",
