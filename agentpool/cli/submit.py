@@ -6,9 +6,10 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from agentpool.cli.common import (
     EXIT_FAILED,
@@ -155,15 +156,65 @@ def idempotency_keys(args: argparse.Namespace, count: int) -> list[str | None]:
     return [f"{key}:{n}" for n in range(1, count + 1)]
 
 
-async def wait_all(queue: TaskQueue, ids: Sequence[str],
-                   seconds: float | None) -> tuple[list[TaskInfo], list[str]]:
+class WaitProgress:
+    """How far a wait for several tasks has come, on one line of a terminal (stderr),
+    rewritten as they finish and erased at the end: "12 of 40 finished: 11 succeeded,
+    1 dead". At most ten drawings a second; a wait's last finish is always drawn."""
+
+    EVERY = 0.1
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.states: Counter[str] = Counter()
+        self._drawn_at = -float("inf")
+
+    @classmethod
+    def on_terminal(cls, total: int) -> WaitProgress | None:
+        """A progress line for a wait of several tasks when stderr is a terminal."""
+        return cls(total, sys.stderr) if total > 1 and sys.stderr.isatty() else None
+
+    def finished(self, info: TaskInfo) -> None:
+        self.states[info.state] += 1
+        now = time.monotonic()
+        if now - self._drawn_at >= self.EVERY or self.states.total() == self.total:
+            self._drawn_at = now
+            self._draw(self.line())
+
+    def line(self) -> str:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(self.states.items()))
+        return f"{self.states.total()} of {self.total} finished" + (
+            f": {counts}" if counts else "")
+
+    def start(self) -> None:
+        self._draw(self.line())
+
+    def close(self) -> None:
+        self.stream.write("\r\x1b[K")
+        self.stream.flush()
+
+    def _draw(self, line: str) -> None:
+        self.stream.write(f"\r\x1b[K{line}")
+        self.stream.flush()
+
+
+async def wait_all(queue: TaskQueue, ids: Sequence[str], seconds: float | None,
+                   progress: WaitProgress | None = None) -> tuple[list[TaskInfo], list[str]]:
     """Final infos in the order of the ids, and the ids still pending when `seconds` ran out
-    (one subscription for them all: TaskQueue.as_finished)."""
+    (one subscription for them all: TaskQueue.as_finished); `progress` told of each."""
     done: dict[str, TaskInfo] = {}
-    with contextlib.suppress(TimeoutError):
-        async with contextlib.aclosing(queue.as_finished(ids, seconds)) as finishes:
-            async for info in finishes:
-                done[info.id] = info
+    if progress is not None:
+        progress.start()
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with contextlib.aclosing(queue.as_finished(ids, seconds)) as finishes:
+                async for info in finishes:
+                    done[info.id] = info
+                    if progress is not None:
+                        progress.finished(info)
+    finally:
+        if progress is not None:
+            progress.close()
     return [done[i] for i in ids if i in done], [i for i in ids if i not in done]
 
 
@@ -210,5 +261,6 @@ async def run(args: argparse.Namespace) -> int:
         if not args.wait:
             print_view(args, submitted_grid(name, ids), submitted_json(name, ids))
             return EXIT_OK
-        tasks, pending = await wait_all(queue, ids, args.timeout)
+        tasks, pending = await wait_all(queue, ids, args.timeout,
+                                        WaitProgress.on_terminal(len(ids)))
     return show_waited(args, name, tasks, pending)

@@ -18,7 +18,7 @@ from agentpool.cli.common import (
     task_id,
 )
 from agentpool.cli.get import print_task
-from agentpool.cli.submit import show_waited, wait_all
+from agentpool.cli.submit import WaitProgress, show_waited, wait_all
 from agentpool.cli.views import ended_line
 
 
@@ -47,7 +47,8 @@ async def run(args: argparse.Namespace) -> int:
     name = queue_name(args)
     if len(ids) > 1:
         async with connect(args) as client:
-            tasks, pending = await wait_all(client.queue(name), ids, args.timeout)
+            tasks, pending = await wait_all(client.queue(name), ids, args.timeout,
+                                            WaitProgress.on_terminal(len(ids)))
         return show_waited(args, name, tasks, pending)
     async with connect(args) as client:
         try:

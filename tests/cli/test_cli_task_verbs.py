@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import io
+import os
+import pty
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 from cli_helpers import Cli, background_worker, key_values, make_dead, with_queue
 
-from agentpool.protocol import TaskQueue
+from agentpool.cli import submit as submit_command
+from agentpool.cli.submit import WaitProgress
+from agentpool.protocol import TaskInfo, TaskQueue
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -200,3 +207,84 @@ def test_cancel_finished_or_unknown_exits_1(cli: Cli) -> None:
     unknown = cli("cancel", UNKNOWN_ID)
     assert (unknown.code, unknown.out) == (1, "")
     assert unknown.err_lines == [f"agentpool: {UNKNOWN_ID}: not cancelled: no such task"]
+
+
+def test_a_wait_for_several_draws_its_progress_on_a_terminal_and_erases_it(cli: Cli) -> None:
+    """stderr a terminal (a pty): one line rewritten as the tasks finish ("2 of 3 finished:
+    1 dead, 1 succeeded"), erased before the outcomes are printed; stdout keeps the table."""
+    [dead] = with_queue(cli.redis_url, cli.queue, lambda q: make_dead(q, ["x"], "kaput"))
+    ok = submit(cli, "a")
+    queued = submit(cli, "b")
+    with background_worker(cli.redis_url, cli.queue, start_after=1.0):
+        code, out, screen = on_terminal("wait", dead, ok, queued, "--redis-url", cli.redis_url,
+                                        "--queue", cli.queue, "--timeout", "20")
+    assert code == 1, screen
+    drawn = [part for part in screen.split("\r\x1b[K") if part]
+    assert drawn[0] == "0 of 3 finished"
+    assert "3 of 3 finished: 1 dead, 2 succeeded" in drawn
+    assert drawn[drawn.index("3 of 3 finished: 1 dead, 2 succeeded") + 1:] == [
+        "agentpool: 1 dead\r\n"], "erased, then the outcome's complaint on a fresh line"
+    rows = [line.split()[:2] for line in out.splitlines()]
+    assert [row for row in rows if row and len(row[0]) == 32] == [
+        [dead, "dead"], [ok, "succeeded"], [queued, "succeeded"]]
+
+
+def test_progress_is_drawn_at_most_every_tenth_of_a_second_but_always_at_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = iter([100.0, 100.05, 100.06, 100.3])
+    monkeypatch.setattr(submit_command.time, "monotonic", lambda: next(clock))
+    stream = io.StringIO()
+    progress = WaitProgress(4, stream)
+    progress.start()
+    for state in ("succeeded", "dead", "succeeded", "cancelled"):
+        progress.finished(finished_info(state))
+    progress.close()
+    assert stream.getvalue().split("\r\x1b[K")[1:] == [
+        "0 of 4 finished", "1 of 4 finished: 1 succeeded",
+        "4 of 4 finished: 1 cancelled, 1 dead, 2 succeeded", ""], \
+        "the 2nd and 3rd within 0.1 s of a drawing; the 4th is the last"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_progress_line_only_on_a_terminal_and_for_several_tasks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert WaitProgress.on_terminal(5) is None
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert WaitProgress.on_terminal(5) is not None
+    assert WaitProgress.on_terminal(1) is None
+
+
+def finished_info(state: str) -> TaskInfo:
+    return TaskInfo(id="0" * 32, state=state, payload=None, attempts=1, priority=0,
+                    created_ms=0, started_ms=0, finished_ms=1, result=None, error=None,
+                    owner=None, max_attempts=None)
+
+
+def on_terminal(*argv: str) -> tuple[int, str, str]:
+    """Runs `agentpool` with stderr on a pseudo-terminal: its exit code, stdout, and all it
+    wrote to the terminal."""
+    code = "import sys; from agentpool.cli.main import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE,
+                            stderr=follower, stdin=subprocess.DEVNULL, env=env)
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the program closed the terminal's last follower
+            break
+        if not chunk:
+            break
+        screen += chunk
+    out, _ = proc.communicate(timeout=30)
+    os.close(leader)
+    return proc.returncode, out.decode(), screen.decode()
