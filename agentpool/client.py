@@ -450,7 +450,8 @@ class SyncQueue:
                     idempotency_keys: Iterable[str | None] | None = None) -> list[str]:
         """:meth:`TaskQueue.submit_many`, blocking."""
         items = list(payloads)
-        keys = None if idempotency_keys is None else list(idempotency_keys)
+        keys = (idempotency_keys if idempotency_keys is None or isinstance(idempotency_keys, str)
+                else list(idempotency_keys))
         return self._run(lambda q: q.submit_many(items, priority=priority, delay=delay,
                                                  max_attempts=max_attempts, expires=expires,
                                                  task_timeout=task_timeout, after=after,

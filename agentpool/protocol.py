@@ -779,7 +779,7 @@ class TaskQueue:
         With `after`, every task runs after the same tasks (a fan-out behind one step). A task
         named there that the queue does not know raises TaskNotFound: with the first chunk,
         nothing is stored; should it vanish between chunks (its result TTL ran out), the
-        error's `submitted` holds the ids of the tasks that went in before.
+        error's `submitted` holds the ids of the tasks this call stored before.
 
         With `idempotency_keys`, one per payload (None for a task without one), a key seen
         before gives the existing task's id in its place, as :meth:`submit` does: the same
@@ -798,6 +798,7 @@ class TaskQueue:
         plain = (not delay and max_attempts is None and expires is None
                  and task_timeout is None and not after_ids and not any(keys))
         ids: list[str] = []
+        created: list[str] = []  # by this call (not those a known key named)
         replicated = True
         for start in range(0, len(all_args), chunk):
             part = all_args[start:start + chunk]
@@ -811,12 +812,16 @@ class TaskQueue:
                 replicated = replicated and int(replies[-1]) >= 1
             if plain:
                 ids.extend(args[0] for args in part)
+                created.extend(args[0] for args in part)
                 continue
             answers = replies[0]
             for i in range(len(part)):
                 if int(answers[2 * i]) < 0:
-                    _unknown_after(_s(answers[2 * i + 1]), self.name, submitted=ids)
-            ids.extend(_s(answers[2 * i + 1]) for i in range(len(part)))
+                    _unknown_after(_s(answers[2 * i + 1]), self.name, submitted=created)
+            for i in range(len(part)):
+                ids.append(_s(answers[2 * i + 1]))
+                if int(answers[2 * i]) == 1:
+                    created.append(ids[-1])
         self._check_replicated("submit", int(replicated), ids)
         return ids
 

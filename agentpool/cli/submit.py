@@ -69,8 +69,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--idempotency-key", metavar="KEY",
                         help="a key seen before returns the existing task's id instead of "
                         "queueing another; the payloads of a file, or of several --json, "
-                        "each get KEY:N (N from 1, in order), so the same command run again "
-                        "queues only the tasks it did not queue before")
+                        "each get KEY:N, N counting payloads from 1 (--json first; blank "
+                        "lines do not count), so the same command run again, or on a file "
+                        "with lines appended, queues only the tasks it did not queue before "
+                        "(while those are kept: a day, or the result TTL once finished)")
     parser.add_argument("--after", action="append", metavar="TASK_ID",
                         help="run only once this task of the queue has succeeded; the task "
                         "ends cancelled if it ends otherwise (repeatable: after all of them)")

@@ -103,8 +103,9 @@ def test_idempotency_key_returns_the_same_task(cli: Cli) -> None:
 def test_a_file_submitted_again_under_one_key_queues_only_its_new_lines(
     cli: Cli, tmp_path: Path,
 ) -> None:
-    """Line N gets KEY:N (a file of one line too), so a command run again after a failure,
-    or on a file that grew, queues only what it did not queue before."""
+    """The N-th payload gets KEY:N (blank lines do not count; a file of one line too), so a
+    command run again after a failure, or on a file with lines appended, queues only what it
+    did not queue before."""
     path = tmp_path / "tasks.jsonl"
     path.write_text('"a"\n')
     first = cli.ok("submit", "-f", str(path), "--idempotency-key", "import", "-o", "json")

@@ -247,6 +247,10 @@ async def test_a_fan_out_submitted_again_under_its_keys_is_not_doubled(
     before = await task_keys(redis, queue)
     with pytest.raises(TaskNotFound, match=f"after: no task {plan} .*nothing was submitted"):
         await queue.submit_many(["s1", "s3"], after=[plan], idempotency_keys=["step-1", "step-3"])
+    with pytest.raises(TaskNotFound, match="nothing was submitted") as raised:
+        await queue.submit_many(["s1", "s2", "s3"], after=[plan],
+                                idempotency_keys=["step-1", "step-2", None], chunk=2)
+    assert raised.value.submitted == [], "the first chunk's tasks were there before the call"
     assert await task_keys(redis, queue) == before
 
 
@@ -258,6 +262,8 @@ def test_the_sync_client_submits_many_after(redis_url: str, queue_name: str) -> 
                                  idempotency_keys=iter(["n-2", None]))
         assert [queue.get(i).state for i in rest] == ["deferred"] * 2  # type: ignore[union-attr]
         assert queue.submit_many([{"n": 2}], after=[first], idempotency_keys=["n-2"]) == rest[:1]
+        with pytest.raises(ProtocolError, match="one key per payload, not one string"):
+            queue.submit_many(["x", "y"], idempotency_keys="ab")
         with pytest.raises(TaskNotFound):
             queue.submit_many([{"n": 4}], after=["unknown"])
 

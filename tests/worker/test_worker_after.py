@@ -163,7 +163,32 @@ async def test_a_fan_out_under_keys_of_its_own(queue: TaskQueue) -> None:
     assert await attempt(channel, 2).submit("z", key="two") == steps[1], "one naming"
     with pytest.raises(ProtocolError, match="keys has 1 keys for 2 payloads"):
         await attempt(channel, 2).submit_many(["x", "y"], keys=["one"])
+    with pytest.raises(ProtocolError, match="a key is a non-empty string or None, got ''"):
+        await attempt(channel, 2).submit_many(["x", "y"], keys=["one", ""])
     assert (await queue.figures()).stats["submitted"] == 2
+    run = attempt(channel, 3)
+    mixed = await run.submit_many(["x", "y"], keys=[None, None])
+    assert len(set(mixed)) == 2, "None: each named by what it submits, as without keys"
+    assert [i.payload for i in await queue.get_many(mixed)] == ["x", "y"]
+    assert await attempt(channel, 4).submit_many(["y", "x"], keys=[None, None]) == [
+        mixed[1], mixed[0]]
+    assert await attempt(channel, 4).submit_many(["y", "z"], keys=[None, "two"]) == [
+        mixed[1], steps[1]]
+
+
+async def test_a_fan_out_refused_before_it_was_sent_gives_its_names_back(
+    queue: TaskQueue,
+) -> None:
+    """A payload that cannot even be named (not JSON) stops the call: the names taken for
+    the payloads before it are given back, so the run's next submit of those is named as
+    another attempt names it."""
+    channel = QueueChannel(queue)
+    run = attempt(channel, 1)
+    circular: list[Any] = []
+    circular.append(circular)
+    with pytest.raises(ValueError, match="Circular reference"):
+        await run.submit_many(["a", circular])
+    assert await run.submit("a") == await attempt(channel, 2).submit("a")
 
 
 class NoRedis:

@@ -188,10 +188,11 @@ class TaskContext:
                           delay: float = 0, max_attempts: int | None = None,
                           expires: float | None = None, task_timeout: float | None = None,
                           after: Iterable[str] | None = None,
-                          keys: Iterable[str] | None = None) -> list[str]:
+                          keys: Iterable[str | None] | None = None) -> list[str]:
         """:meth:`submit` for many tasks with the same options, in one call (a fan-out); their
         ids in order. Once per task, as :meth:`submit`: each is named by what it submits (or
-        by its entry in `keys`, one per payload), so a later attempt that fans out again gets
+        by its entry in `keys`, one per payload, None for one named by what it submits), so
+        a later attempt that fans out again gets
         the ids the earlier one got and queues only the tasks it did not. Raises as
         ``TaskQueue.submit_many`` does."""
         if self.channel is None:
@@ -201,15 +202,18 @@ class TaskContext:
                    "expires": expires, "task_timeout": task_timeout,
                    "after": None if after is None else
                    ([after] if isinstance(after, str) else list(after))}
-        if keys is None:
-            names = [self._submit_names.take(payload, options) for payload in items]
-        else:
-            given = list(keys)
-            if isinstance(keys, str) or len(given) != len(items):
-                raise ProtocolError(f"keys has {len(given)} keys for {len(items)} payloads: "
-                                    "give one per payload")
-            names = [f"k:{key}" for key in given]
+        given: list[str | None] = [None] * len(items) if keys is None else list(keys)
+        if isinstance(keys, str) or len(given) != len(items):
+            raise ProtocolError(f"keys has {len(given)} keys for {len(items)} payloads: give "
+                                "one per payload (None: named by what it submits)")
+        for key in given:
+            if key is not None and (not isinstance(key, str) or not key):
+                raise ProtocolError(f"a key is a non-empty string or None, got {key!r}")
+        names: list[str] = []
         try:
+            for payload, key in zip(items, given, strict=True):
+                names.append(self._submit_names.take(payload, options) if key is None
+                             else f"k:{key}")
             return await self.channel.submit_many(
                 self, items, idempotency_keys=[f"{self.task_id}:{name}" for name in names],
                 **options)
