@@ -114,11 +114,14 @@ def _commands(role: Role) -> tuple[str, ...]:
 
 
 def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = (),
-              rate_limits: Iterable[str] = ()) -> list[str]:
+              rate_limits: Iterable[str] = (), submits_to: Iterable[str] = ()) -> list[str]:
     """The ``ACL SETUSER <user>`` rules that confine `role` to `queue`.
 
     A worker also gets the keys of the pool's `rate_limits` (``ap:{rl:<name>}:*``, see
-    `agentpool.ratelimit`).
+    `agentpool.ratelimit`), and a producer's rights on each queue of `submits_to` (the other
+    queues its handlers submit to), each as a selector of its own: on those queues it may
+    submit, read and cancel, and do nothing a worker does (claim, complete, delete). Selectors
+    are Redis 7's.
 
     `password_hashes` are SHA-256 hex digests (see `password_hash`): the password itself is
     never sent in the command, so it cannot show in SLOWLOG, MONITOR or ACL LOG. Several
@@ -131,6 +134,12 @@ def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = (),
     for digest in hashes:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ValueError("a password hash is 64 lowercase hexadecimal digits (SHA-256)")
+    others = list(dict.fromkeys(submits_to))
+    for other in others:
+        if not QUEUE_NAME.match(other):
+            raise ProtocolError(f"invalid queue name {other!r}")
+    if others and role is not Role.WORKER:
+        raise ValueError("only a worker submits to other queues")
     prefix = key_prefix(queue)
     rules = ["reset", "resetchannels", "on" if hashes else "off"]
     rules += [f"#{digest}" for digest in hashes]
@@ -140,12 +149,19 @@ def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = (),
             if not LIMIT_NAME.match(name):
                 raise ProtocolError(f"invalid rate limit name {name!r}")
             rules.append(f"~{limit_prefix(name)}*")
+        rules.append(f"&{prefix}*")
+        rules += [f"+{command}" for command in _commands(role)]
     else:
-        rules.append(f"%R~{prefix}*")
-        rules += [f"~{prefix}{key}" for key in PRODUCER_WRITABLE_KEYS]
-    rules.append(f"&{prefix}*")
-    rules += [f"+{command}" for command in _commands(role)]
+        rules += _producer_permissions(prefix)
+    rules += [f"({' '.join(_producer_permissions(key_prefix(other)))})"
+              for other in others if other != queue]
     return rules
+
+
+def _producer_permissions(prefix: str) -> list[str]:
+    """A producer's keys, channels and commands on the queue of `prefix`."""
+    return [f"%R~{prefix}*", *(f"~{prefix}{key}" for key in PRODUCER_WRITABLE_KEYS),
+            f"&{prefix}*", *(f"+{command}" for command in _commands(Role.PRODUCER))]
 
 
 def password_hash(password: str) -> str:

@@ -51,6 +51,7 @@ PERCENT_PATTERN = r"^[0-9]{1,3}%$"
 LIMIT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 MAX_RATE_LIMITS = 16
 MAX_SCHEDULES = 32
+MAX_SUBMITS_TO = 32
 MAX_VOLUMES = 32
 MAX_INIT_CONTAINERS = 8
 MAX_POD_METADATA = 64
@@ -160,6 +161,10 @@ SCHEDULE_NAMES_UNIQUE = CelRule(
     "self.all(a, self.exists_one(b, b.name == a.name))",
     "schedules names must be unique within a pool",
 )
+SUBMITS_TO_UNIQUE = CelRule(
+    "self.all(a, self.exists_one(b, b == a))",
+    "worker.submitsTo must name each queue once",
+)
 RATE_LIMIT_NAMES_UNIQUE = CelRule(
     "self.all(a, self.exists_one(b, b.name == a.name))",
     "rateLimits names must be unique within a pool",
@@ -231,6 +236,7 @@ CEL_RULES: tuple[CelRule, ...] = (
     RATE_LIMIT_NAME_FORMAT,
     RATE_LIMIT_HAS_RATE,
     RATE_LIMIT_NAMES_UNIQUE,
+    SUBMITS_TO_UNIQUE,
     SCHEDULE_NAME_FORMAT,
     SCHEDULE_CRON_FORMAT,
     SCHEDULE_TIME_ZONE_FORMAT,
@@ -527,6 +533,18 @@ class WorkerSpec(_Model):
             "this or handler."
         ),
     )
+    submits_to: list[Annotated[str, Field(max_length=100, pattern=QUEUE_PATTERN)]] | None = Field(
+        default=None,
+        max_length=MAX_SUBMITS_TO,
+        description=(
+            "Other queues of the same Redis the handlers submit tasks to (ctx.submit(..., "
+            "queue=...), a program's submit line with \"queue\"), e.g. a planner handing "
+            "steps to pools of other skills. With per-pool credentials the worker's Redis user "
+            "may submit to these queues, read and cancel their tasks, and not claim them "
+            "(Redis 7 or later)."
+        ),
+        json_schema_extra=cel(SUBMITS_TO_UNIQUE),
+    )
     concurrency: int = Field(
         default=4, ge=1, le=1000, description="Tasks one pod runs at the same time."
     )
@@ -680,6 +698,13 @@ class WorkerSpec(_Model):
         if (self.handler is None) == (self.task_command is None):
             raise ValueError(WORKER_HANDLER_OR_COMMAND.message)
         return self
+
+    @field_validator("submits_to")
+    @classmethod
+    def _queues_once(cls, queues: list[str] | None) -> list[str] | None:
+        if queues is not None and len(queues) != len(set(queues)):
+            raise ValueError(SUBMITS_TO_UNIQUE.message)
+        return queues
 
     @field_validator("volumes")
     @classmethod

@@ -361,9 +361,11 @@ async def ensure_worker_credentials(
             rolled_out=current is not None and rolled_out(pods, credentials_version(current)),
             new_password=secrets.token_urlsafe(PASSWORD_BYTES), live=live,
         )
-        limits = [limit.get("name", "") for limit in
-                  (pool.get("spec") or {}).get("rateLimits") or ()]
-        await set_user(admin, user, acl_rules(queue, Role.WORKER, plan.accepted, limits))
+        spec = pool.get("spec") or {}
+        limits = [limit.get("name", "") for limit in spec.get("rateLimits") or ()]
+        others = (spec.get("worker") or {}).get("submitsTo") or ()
+        await set_user(admin, user, acl_rules(queue, Role.WORKER, plan.accepted, limits,
+                                              others))
     except redis.exceptions.ResponseError as error:
         why = refusal(error)
         if why is None:

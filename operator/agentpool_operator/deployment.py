@@ -306,6 +306,8 @@ def _env(pool_name: str, spec: AgentPoolSpec,
         ours.append({"name": "AGENTPOOL_RATE_LIMITS", "value": limits})
     if spec.redis.durability != "none":
         ours.append({"name": "AGENTPOOL_DURABILITY", "value": spec.redis.durability})
+    if worker.submits_to:
+        ours.append({"name": "AGENTPOOL_SUBMITS_TO", "value": ",".join(worker.submits_to)})
     users = [e.model_dump(by_alias=True, exclude_none=True) for e in worker.env or []]
     overridden = {e["name"] for e in users}
     return [e for e in ours if e["name"] not in overridden] + users

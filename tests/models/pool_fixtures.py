@@ -71,6 +71,8 @@ CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
         {"name": "openai", "requestsPerMinute": 60},
         {"name": "openai", "tokensPerMinute": 9000},
     ])),
+    (models.SUBMITS_TO_UNIQUE, minimal_spec(worker=worker(submitsTo=["coder", "review",
+                                                                     "coder"]))),
     (models.VOLUME_ONE_SOURCE, minimal_spec(worker=worker(volumes=[{"name": "data"}]))),
     (models.VOLUME_ONE_SOURCE, minimal_spec(worker=worker(volumes=[
         {"name": "data", "emptyDir": {}, "secret": {"secretName": "s"}}]))),
@@ -206,6 +208,7 @@ VALID_SPECS: list[dict[str, Any]] = [
             "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"fieldRef": {}}}],
             "tolerations": [{"key": "gpu", "operator": "Exists"}],
             "nodeSelector": {"pool": "agents"},
+            "submitsTo": ["coder", "review.v2"],
         },
         "scaling": {"minReplicas": 0, "maxReplicas": 50, "pollSeconds": 0.5},
         "recovery": {"maxUnavailable": 2},
@@ -251,6 +254,10 @@ INVALID_SPECS: list[dict[str, Any]] = [
         "worker": {"image": "i", "handler": "m:f", "initContainers": [
             {"name": "root", "image": "a", "securityContext": {"runAsUser": 0}}]},
     },
+    {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f",
+                                               "submitsTo": ["a:{b}"]}},
+    {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f",
+                                               "submitsTo": ["q"] * 33}},
 ]
 
 

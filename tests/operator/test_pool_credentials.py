@@ -117,6 +117,53 @@ async def test_a_pool_gets_its_own_redis_user_and_the_workers_only_its_secret(
     assert password not in caplog.text
 
 
+async def test_a_pool_submitting_to_other_queues_may_submit_there_and_not_claim(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str, worker_client: list[aioredis.Redis],
+) -> None:
+    """worker.submitsTo: the workers learn the queues (AGENTPOOL_SUBMITS_TO) and their Redis
+    user may submit to them, read, wait for and cancel their tasks; claiming there, or
+    touching a queue not listed, is refused; a queue taken off the list is refused again."""
+    manifest = pool_manifest(pool_name, redis_url=redis_url, queue="planner")
+    manifest["spec"]["worker"]["submitsTo"] = ["coder", "review"]
+    await cluster.create_pool(manifest)
+    deployment = await eventually(lambda: cluster.deployment(pool_name))
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "AGENTPOOL_SUBMITS_TO", "value": "coder,review"} in container["env"]
+    await eventually(lambda: cluster.condition(pool_name, "Credentials"))
+    client = aioredis.Redis.from_url(worker_url(cluster, pool_name))
+    worker_client.append(client)
+
+    coder = TaskQueue(client, "coder")
+    step = await coder.submit({"write": "tests"}, idempotency_key="plan-1:step-1")
+    assert await coder.submit({"write": "tests"}, idempotency_key="plan-1:step-1") == step
+    fan = await coder.submit_many(["a", "b"], after=[step])
+    assert [i.state for i in await coder.get_many(fan)] == ["deferred"] * 2
+    served = TaskQueue(redis, "coder")
+    task = (await served.claim("coder-pod:i", 1, 30)).tasks[0]
+    assert await served.complete(task, "done")
+    assert (await coder.wait(step, timeout=5)).result == "done"
+    other = await TaskQueue(client, "review").submit("look")
+    assert await TaskQueue(client, "review").cancel(other) is not None
+    for refused in (coder.claim("planner-pod:i", 1, 30), TaskQueue(client, "third").submit("x"),
+                    client.delete(coder.task_key(step))):
+        with pytest.raises(ResponseError, match=r"can't access|no permissions"):
+            await refused
+    await TaskQueue(client, "planner").figures()  # its own queue still as before
+
+    await cluster.patch_pool(pool_name, {"spec": {"worker": {"submitsTo": ["review"]}}})
+
+    async def refused() -> bool:
+        try:
+            await coder.submit("again")
+        except ResponseError:
+            return True
+        return False
+
+    await eventually(refused)
+    await TaskQueue(client, "review").submit("still")
+
+
 @pytest.mark.parametrize("redis_mode", ["cluster"])
 async def test_on_a_redis_cluster_the_pools_user_is_on_every_node(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,

@@ -110,3 +110,17 @@ def test_a_worker_gets_the_keys_of_its_pools_rate_limits_and_a_producer_none() -
     assert not any("rl:" in r for r in acl_rules("qa", Role.PRODUCER, [HASH]))
     with pytest.raises(ProtocolError):
         acl_rules("qa", Role.WORKER, [HASH], ["*"])
+
+
+def test_a_worker_submitting_to_other_queues_gets_a_producers_rights_on_each_in_a_selector(
+) -> None:
+    rules = acl_rules("planner", Role.WORKER, [HASH], (), ["coder", "planner", "coder", "qa"])
+    selectors = [r for r in rules if r.startswith("(")]
+    assert selectors == [
+        f"({' '.join(acl_rules(queue, Role.PRODUCER, [HASH])[4:])})" for queue in ("coder", "qa")
+    ], "a producer's keys, channels and commands, once per queue, none for its own"
+    assert rules[:len(rules) - 2] == acl_rules("planner", Role.WORKER, [HASH])
+    with pytest.raises(ProtocolError, match="invalid queue name"):
+        acl_rules("planner", Role.WORKER, [HASH], (), ["a b"])
+    with pytest.raises(ValueError, match="only a worker"):
+        acl_rules("planner", Role.PRODUCER, [HASH], (), ["coder"])

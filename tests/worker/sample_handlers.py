@@ -353,3 +353,13 @@ async def gated_submit(payload: Any, ctx: TaskContext) -> Any:
     """Waits for its gate, then submits a step and returns its id."""
     await GATES.setdefault(ctx.task_id, asyncio.Event()).wait()
     return await ctx.submit({"step": payload})
+
+
+async def delegate(payload: Any, ctx: TaskContext) -> Any:
+    """Hands its steps to another queue (ctx.submit_many with `queue`) and a review after
+    them; its first attempt fails once it has submitted them all."""
+    steps = await ctx.submit_many(payload["steps"], queue=payload["to"])
+    review = await ctx.submit({"review": len(steps)}, queue=payload["to"], after=steps)
+    if ctx.attempt == 1:
+        raise RuntimeError("delegate crashed after submitting")
+    return {"steps": steps, "review": review}

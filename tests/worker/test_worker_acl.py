@@ -4,13 +4,16 @@ tasks; a producer confined the same way submits and waits for them."""
 from __future__ import annotations
 
 import asyncio
+import secrets
+import uuid
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from worker_helpers import HANDLERS, eventually, running, settings, task_in
 
-from agentpool.acl import Role
+from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
 from agentpool.protocol import TaskQueue
+from agentpool.urls import with_credentials
 
 AclUrl = Callable[[str, Role], Awaitable[str]]
 
@@ -52,3 +55,34 @@ async def test_a_worker_with_only_its_acl_submits_steps_and_reads_their_results(
         assert (summary.state, summary.result) == ("succeeded", "a b")
     finally:
         await producer_client.aclose()
+
+
+async def test_a_worker_submits_to_the_other_queues_its_pool_lists_and_no_other(
+    redis: aioredis.Redis, redis_url: str, queue_name: str,
+) -> None:
+    """AGENTPOOL_SUBMITS_TO and the worker user's selectors (as the operator makes them from
+    spec.worker.submitsTo): steps go to the other queue once per task whatever the attempts;
+    a queue not listed fails the run with a message that says where to list it."""
+    coder, password = f"{queue_name}-coder", secrets.token_urlsafe(16)
+    user = f"agentpool:tests:{uuid.uuid4().hex[:8]}:worker"
+    await set_user(redis, user, acl_rules(queue_name, Role.WORKER, [password_hash(password)],
+                                          (), [coder]))
+    producer = TaskQueue(redis, queue_name)
+    try:
+        async with running(settings(with_credentials(redis_url, user, password), queue_name,
+                                    f"{HANDLERS}:delegate", max_attempts=2,
+                                    submits_to=coder)):
+            plan = await producer.submit({"steps": ["a", "b"], "to": coder})
+            done = await eventually(lambda: task_in(producer, plan, "succeeded"), 10, "plan")
+            astray = await producer.submit({"steps": ["c"], "to": f"{queue_name}-other"})
+            dead = await eventually(lambda: task_in(producer, astray, "dead"), 10, "astray")
+        assert done.attempts == 2
+        delegated = TaskQueue(redis, coder)
+        steps = await delegated.get_many([*done.result["steps"], done.result["review"]])
+        assert [(s.payload, s.state) for s in steps] == [
+            ("a", "queued"), ("b", "queued"), ({"review": 2}, "deferred")]
+        assert (await delegated.figures()).stats["submitted"] == 3, "each step once"
+        assert dead.error is not None and "is not one this pool submits to" in dead.error
+        assert f"queue '{queue_name}-other'" in dead.error and coder in dead.error
+    finally:
+        await delete_user(redis, user)

@@ -182,6 +182,9 @@ async def test_a_program_submits_steps_and_a_summary_after_them_once_per_task(
      "task id (send that step again first)"),
     ({"submit": {}, "after": ["0" * 32]}, f"after: no task {'0' * 32} in queue"),
     ({"submit": {}, "priority": 12}, "priority must be an integer between 0 and 9, got 12"),
+    ({"submit": {}, "queue": "elsewhere"},
+     "queue 'elsewhere' is not one this pool submits to (listed: none): add it to the pool's "
+     "spec.worker.submitsTo"),
     ({"submit": {}, "priority": True}, "priority must be an integer between 0 and 9, got True"),
     ({"submit": {}, "expires": 1e308}, "expires must be from 0.001 to 31536000 seconds"),
     ({"submit": {}, "name": 7}, '"name" is not a string of 1 to 200 characters'),
@@ -197,6 +200,21 @@ async def test_a_submit_the_queue_refuses_dead_letters_the_task_with_why(
     assert done.error.startswith(f"PermanentError: the command's output line 1: {error}"), (
         done.error)
     assert (await TaskQueue(redis, queue_name).figures()).stats["submitted"] == 1
+
+
+async def test_a_program_submits_to_another_queue_its_pool_lists(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    other = f"{queue_name}-next"
+    message = {"submit": {"step": 1}, "name": "s", "queue": other}
+    done = await outcome(redis, redis_url, queue_name, {"mode": "submit", "message": message},
+                         "succeeded", submits_to=other)
+    assert done.result == "submitted"
+    assert (await TaskQueue(redis, queue_name).figures()).stats["submitted"] == 1
+    delegated = TaskQueue(redis, other)
+    queued = await redis.zrange(delegated.prefix + "queued", 0, -1)
+    assert [i.payload for i in await delegated.get_many([i.decode() for i in queued])] == [
+        {"step": 1}]
 
 
 async def test_a_submit_line_whose_payload_is_no_object_is_output(

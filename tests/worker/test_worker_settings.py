@@ -44,6 +44,7 @@ def test_defaults() -> None:
     ("durability", "Replicated", Durability.REPLICATED),
     ("pod_name", "pool-7d9f-abcde", "pool-7d9f-abcde"),
     ("queue", "jobs.v2_x-y", "jobs.v2_x-y"),
+    ("submits_to", " coder, review.v2 ", " coder, review.v2 "),
     ("redis_url", "rediss+sentinel://s:26379/mymaster", "rediss+sentinel://s:26379/mymaster"),
 ])
 def test_accepted(name: str, text: str, value: object) -> None:
@@ -72,12 +73,21 @@ def test_accepted(name: str, text: str, value: object) -> None:
     ("handler", ":f"),
     ("redis_url", "http://r:6379"),
     ("rate_limits", "[1]"),
+    ("submits_to", "coder,a b"),
+    ("submits_to", "coder;review"),
 ])
 def test_refused_with_the_variable_and_the_value(name: str, text: str) -> None:
     with pytest.raises(ConfigError) as caught:
         settings_from(**{name: text})
     assert str(caught.value).startswith(f"AGENTPOOL_{name.upper()} must be ")
     assert str(caught.value).endswith(f", got {text!r}")
+
+
+def test_the_other_queues_are_those_listed_besides_the_pools_own() -> None:
+    settings = load_settings({**REQUIRED, "AGENTPOOL_QUEUE": "planner",
+                              "AGENTPOOL_SUBMITS_TO": "coder, planner,review,coder,"})
+    assert settings.other_queues == ("coder", "review")
+    assert load_settings(REQUIRED).other_queues == ()
 
 
 def test_every_problem_is_named_on_one_line() -> None:

@@ -35,9 +35,11 @@ message:
 - ``{"submit": {...}, "name": "step-1", "after": ["step-0"]}``: a task (its payload a JSON
   object) submitted to the pool's queue, as ``ctx.submit``, before the next line is read
   (``name`` and ``after`` optional, as are ``priority``, ``delay``, ``max_attempts``,
-  ``expires`` and ``task_timeout``, as ``submit`` takes them). Once per task, not per attempt:
-  a submit with a ``name`` is that step of this task however often the program sends it (the
-  name is its idempotency key under this task), one without is named by what it submits.
+  ``expires`` and ``task_timeout``, as ``submit`` takes them, and ``queue``: another queue
+  the pool lists in ``spec.worker.submitsTo``, as ``ctx.submit`` takes it). Once per task,
+  not per attempt: a submit with a ``name`` is that step of this task however often the
+  program sends it (the name is its idempotency key under this task), one without is named
+  by what it submits.
   ``after`` holds names the run gave earlier submits (send a step again on a later attempt to
   refer to it: it is the same task) or task ids: the task runs once they have all succeeded
   and reads their results from its own ``AGENTPOOL_RESULTS_BEFORE_FILE``. A submit that fails
@@ -517,7 +519,7 @@ MESSAGE_KEYS = {
     "checkpoint": {"checkpoint"},
     "error": {"error", "retry", "retry_after"},
     "submit": {"submit", "name", "after", "priority", "delay", "max_attempts", "expires",
-               "task_timeout"},
+               "task_timeout", "queue"},
 }
 """Each message's key, and the keys it may have."""
 
@@ -610,7 +612,7 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
                          task=ctx.task_id, why=why_not)
 
 
-SUBMIT_OPTIONS = ("priority", "delay", "max_attempts", "expires", "task_timeout")
+SUBMIT_OPTIONS = ("priority", "delay", "max_attempts", "expires", "task_timeout", "queue")
 
 
 async def _submit(message: dict[str, Any], ctx: TaskContext, steps: dict[str, str]) -> None:

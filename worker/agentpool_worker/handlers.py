@@ -153,7 +153,7 @@ class TaskContext:
     async def submit(self, payload: Any, *, priority: int = 0, delay: float = 0,
                      max_attempts: int | None = None, expires: float | None = None,
                      task_timeout: float | None = None, after: Iterable[str] | None = None,
-                     key: str | None = None) -> str:
+                     key: str | None = None, queue: str | None = None) -> str:
         """Queue a task on this pool's queue (a step, a sub-agent) and return its id; the
         options are those of ``TaskQueue.submit``. With `after`, a task that gathers the
         results of those it runs after (``ctx.results_before()``) once they have all
@@ -166,15 +166,21 @@ class TaskContext:
         from a checkpoint, it submits only what is left); one that submits something else gets
         a new task, and the earlier attempt's tasks it no longer submits run all the same. This
         holds while those tasks are on record (their result TTL once finished; the key a day).
+        With `queue`, the task goes to another queue of the same Redis, one the pool lists in
+        ``spec.worker.submitsTo`` (its `after` ids are tasks of that queue); ProtocolError for
+        one it does not list.
         While Redis cannot be reached it waits for it (a resend is harmless: the name is the
         same). Raises as ``TaskQueue.submit`` does: TaskNotFound for an unknown `after` id,
         ProtocolError for a bad option, Redis's refusal when it is full."""
         if self.channel is None:
             raise RuntimeError("ctx.submit needs the worker behind the run")
-        options = {"priority": priority, "delay": delay, "max_attempts": max_attempts,
-                   "expires": expires, "task_timeout": task_timeout,
-                   "after": None if after is None else
-                   ([after] if isinstance(after, str) else list(after))}
+        options: dict[str, Any] = {
+            "priority": priority, "delay": delay, "max_attempts": max_attempts,
+            "expires": expires, "task_timeout": task_timeout,
+            "after": None if after is None else
+            ([after] if isinstance(after, str) else list(after))}
+        if queue is not None:
+            options["queue"] = queue
         name = self._submit_names.take(payload, options) if key is None else f"k:{key}"
         try:
             task_id = await self.channel.submit(
@@ -188,20 +194,24 @@ class TaskContext:
                           delay: float = 0, max_attempts: int | None = None,
                           expires: float | None = None, task_timeout: float | None = None,
                           after: Iterable[str] | None = None,
-                          keys: Iterable[str | None] | None = None) -> list[str]:
+                          keys: Iterable[str | None] | None = None,
+                          queue: str | None = None) -> list[str]:
         """:meth:`submit` for many tasks with the same options, in one call (a fan-out); their
         ids in order. Once per task, as :meth:`submit`: each is named by what it submits (or
         by its entry in `keys`, one per payload, None for one named by what it submits), so
-        a later attempt that fans out again gets
-        the ids the earlier one got and queues only the tasks it did not. Raises as
+        a later attempt that fans out again gets the ids the earlier one got and queues only
+        the tasks it did not; `queue` as :meth:`submit` takes it. Raises as
         ``TaskQueue.submit_many`` does."""
         if self.channel is None:
             raise RuntimeError("ctx.submit_many needs the worker behind the run")
         items = list(payloads)
-        options = {"priority": priority, "delay": delay, "max_attempts": max_attempts,
-                   "expires": expires, "task_timeout": task_timeout,
-                   "after": None if after is None else
-                   ([after] if isinstance(after, str) else list(after))}
+        options: dict[str, Any] = {
+            "priority": priority, "delay": delay, "max_attempts": max_attempts,
+            "expires": expires, "task_timeout": task_timeout,
+            "after": None if after is None else
+            ([after] if isinstance(after, str) else list(after))}
+        if queue is not None:
+            options["queue"] = queue
         given: list[str | None] = [None] * len(items) if keys is None else list(keys)
         if isinstance(keys, str) or len(given) != len(items):
             raise ProtocolError(f"keys has {len(given)} keys for {len(items)} payloads: give "

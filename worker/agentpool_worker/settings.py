@@ -141,6 +141,15 @@ def _redis_url(url: str) -> bool:
     return True
 
 
+def _queue_list(value: str) -> bool:
+    return all(QUEUE_NAME.match(name) for name in queue_list(value))
+
+
+def queue_list(value: str) -> tuple[str, ...]:
+    """``AGENTPOOL_SUBMITS_TO``: queue names, comma-separated (spaces around them ignored)."""
+    return tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+
+
 def _rate_limits(value: str) -> bool:
     decode_limits(value)
     return True
@@ -259,6 +268,9 @@ class WorkerSettings:
     rate_limits: str = _setting(
         "a JSON list of rate limits ({name, requestsPerMinute, tokensPerMinute, "
         "burstSeconds}), as the operator sets it from spec.rateLimits", _text(_rate_limits), "")
+    submits_to: str = _setting(
+        "queue names, comma-separated: the other queues handlers submit to (ctx.submit's "
+        "queue=), as the operator sets it from spec.worker.submitsTo", _text(_queue_list), "")
     task_command: str = _setting(
         "the program each task runs: a JSON array of strings, or a command line split into "
         "words as a shell would", _text(_task_command), "",
@@ -286,6 +298,11 @@ class WorkerSettings:
     def runs_commands(self) -> bool:
         """The handler is the command handler, which runs ``task_command`` for each task."""
         return self.handler == COMMAND_HANDLER
+
+    @property
+    def other_queues(self) -> tuple[str, ...]:
+        """The queues of ``submits_to``, besides the pool's own."""
+        return tuple(name for name in queue_list(self.submits_to) if name != self.queue)
 
     @property
     def limits(self) -> dict[str, LimitConfig]:

@@ -60,6 +60,7 @@ from agentpool.protocol import (
     ClaimedTask,
     FailOutcome,
     PayloadTooLarge,
+    ProtocolError,
     RunEvents,
     TaskQueue,
     WorkerInfo,
@@ -311,6 +312,8 @@ class Worker:
         """Runs not over yet, their after_task hook included."""
         self._free = settings.concurrency
         self._limits: WorkerLimits | None = None
+        self._other_queues: dict[str, TaskQueue] = {}
+        """The other queues runs submit to (settings.submits_to), made at their first submit."""
         self._executor: ThreadPoolExecutor | None = None
 
         self._fetch_wake = asyncio.Event()
@@ -1112,17 +1115,38 @@ class Worker:
             self.metrics.lost.inc()
         raise LeaseLost(f"task {task.id} is held by another run now; checkpoint refused")
 
-    async def submit(self, ctx: TaskContext, payload: Any, **options: Any) -> str:
-        """A run's ``ctx.submit``, on the pool's queue and connections (sent again while Redis
-        cannot be reached: the submit carries an idempotency key)."""
-        return await self._for_run(ctx, "submit", lambda: self.queue.submit(payload, **options))
+    async def submit(self, ctx: TaskContext, payload: Any, *, queue: str | None = None,
+                     **options: Any) -> str:
+        """A run's ``ctx.submit``, on the pool's queue (or another it may submit to) and
+        connections (sent again while Redis cannot be reached: the submit carries an
+        idempotency key)."""
+        target = self._queue_to_submit_to(queue)
+        return await self._for_run(ctx, "submit", lambda: target.submit(payload, **options))
 
-    async def submit_many(self, ctx: TaskContext, payloads: list[Any],
-                          **options: Any) -> list[str]:
+    async def submit_many(self, ctx: TaskContext, payloads: list[Any], *,
+                          queue: str | None = None, **options: Any) -> list[str]:
         """A run's ``ctx.submit_many`` (sent again while Redis cannot be reached: each task
         carries an idempotency key)."""
+        target = self._queue_to_submit_to(queue)
         return await self._for_run(ctx, "submit_many",
-                                   lambda: self.queue.submit_many(payloads, **options))
+                                   lambda: target.submit_many(payloads, **options))
+
+    def _queue_to_submit_to(self, name: str | None) -> TaskQueue:
+        """The pool's queue, or one of the other queues its settings list (submits_to)."""
+        s = self.settings
+        if name is None or name == s.queue:
+            return self.queue
+        if name not in s.other_queues:
+            listed = ", ".join(s.other_queues) or "none"
+            raise ProtocolError(
+                f"queue {name!r} is not one this pool submits to (listed: {listed}): add it "
+                "to the pool's spec.worker.submitsTo (AGENTPOOL_SUBMITS_TO)")
+        queue = self._other_queues.get(name)
+        if queue is None:
+            queue = self._other_queues[name] = TaskQueue(
+                self._redis, name, durability=s.durability,
+                replica_timeout=s.replica_timeout_seconds)
+        return queue
 
     async def results_before(self, ctx: TaskContext) -> dict[str, Any]:
         """A run's ``ctx.results_before()``."""
