@@ -119,9 +119,11 @@ def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = (),
 
     A worker also gets the keys of the pool's `rate_limits` (``ap:{rl:<name>}:*``, see
     `agentpool.ratelimit`), and a producer's rights on each queue of `submits_to` (the other
-    queues its handlers submit to), each as a selector of its own: on those queues it may
-    submit, read and cancel, and do nothing a worker does (claim, complete, delete). Selectors
-    are Redis 7's.
+    queues its handlers submit to), each as a selector of its own: on those queues it may do
+    what a producer may (submit, read, cancel, and the writes those need: see
+    docs/security.md) and nothing a worker does (claim, complete, delete). Selectors are
+    Redis 7's; each starts with ``resetchannels``, as a selector starts with the server's
+    ``acl-pubsub-default``.
 
     `password_hashes` are SHA-256 hex digests (see `password_hash`): the password itself is
     never sent in the command, so it cannot show in SLOWLOG, MONITOR or ACL LOG. Several
@@ -153,7 +155,7 @@ def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = (),
         rules += [f"+{command}" for command in _commands(role)]
     else:
         rules += _producer_permissions(prefix)
-    rules += [f"({' '.join(_producer_permissions(key_prefix(other)))})"
+    rules += [f"({' '.join(['resetchannels', *_producer_permissions(key_prefix(other))])})"
               for other in others if other != queue]
     return rules
 

@@ -540,8 +540,8 @@ class WorkerSpec(_Model):
             "Other queues of the same Redis the handlers submit tasks to (ctx.submit(..., "
             "queue=...), a program's submit line with \"queue\"), e.g. a planner handing "
             "steps to pools of other skills. With per-pool credentials the worker's Redis user "
-            "may submit to these queues, read and cancel their tasks, and not claim them "
-            "(Redis 7 or later)."
+            "gets a producer's rights on these queues (submit, read, cancel; see "
+            "docs/security.md), not a worker's (Redis 7 or later)."
         ),
         json_schema_extra=cel(SUBMITS_TO_UNIQUE),
     )

@@ -275,6 +275,9 @@ def refusal(error: redis.exceptions.ResponseError) -> str | None:
         return "the pool's Redis credential may not manage ACL users (it needs ACL SETUSER)"
     if "unknown command" in text.lower():
         return "this Redis has no ACLs (Redis 6 or later has them)"
+    if "modifier '(" in text:
+        return ("this Redis cannot give the workers' user rights on the queues of "
+                "spec.worker.submitsTo (ACL selectors need Redis 7 or later)")
     return None
 
 

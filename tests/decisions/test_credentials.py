@@ -68,6 +68,9 @@ def test_refusals_that_mean_no_per_pool_user_and_others_that_do_not() -> None:
     assert "may not manage" in str(refusal(redis.exceptions.NoPermissionError("NOPERM x")))
     assert "no ACLs" in str(refusal(redis.exceptions.ResponseError("unknown command 'ACL'")))
     assert refusal(redis.exceptions.ResponseError("LOADING Redis is loading")) is None
+    redis6 = redis.exceptions.ResponseError(
+        "Error in ACL SETUSER modifier '(resetchannels %R~ap:{coder}:* ...)': Syntax error")
+    assert "selectors need Redis 7" in str(refusal(redis6))
 
 
 def test_conditions_name_the_user_and_secret_never_a_password() -> None:

@@ -1,4 +1,5 @@
-"""The ACL rule builder as a pure function: what each role may run and touch."""
+"""The ACL rule builder as a pure function: what each role may run and touch (and, once, the
+rules loaded on a redis-server whose defaults would refuse them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 from importlib import resources
 
 import pytest
+from redis.exceptions import NoPermissionError
 
 from agentpool.acl import (
     SCRIPT_COMMANDS,
@@ -13,8 +15,12 @@ from agentpool.acl import (
     acl_rules,
     acl_username,
     password_hash,
+    set_user,
 )
-from agentpool.protocol import ProtocolError
+from agentpool.connection import redis_from_url
+from agentpool.protocol import ProtocolError, TaskQueue
+from agentpool.redis_server import RedisServer, free_port
+from agentpool.urls import with_credentials
 
 HASH = password_hash("pw")
 BEYOND_A_QUEUE = {"keys", "scan", "flushall", "flushdb", "config", "acl", "script|flush",
@@ -117,10 +123,33 @@ def test_a_worker_submitting_to_other_queues_gets_a_producers_rights_on_each_in_
     rules = acl_rules("planner", Role.WORKER, [HASH], (), ["coder", "planner", "coder", "qa"])
     selectors = [r for r in rules if r.startswith("(")]
     assert selectors == [
-        f"({' '.join(acl_rules(queue, Role.PRODUCER, [HASH])[4:])})" for queue in ("coder", "qa")
+        f"(resetchannels {' '.join(acl_rules(queue, Role.PRODUCER, [HASH])[4:])})"
+        for queue in ("coder", "qa")
     ], "a producer's keys, channels and commands, once per queue, none for its own"
     assert rules[:len(rules) - 2] == acl_rules("planner", Role.WORKER, [HASH])
     with pytest.raises(ProtocolError, match="invalid queue name"):
         acl_rules("planner", Role.WORKER, [HASH], (), ["a b"])
     with pytest.raises(ValueError, match="only a worker"):
         acl_rules("planner", Role.PRODUCER, [HASH], (), ["coder"])
+
+
+async def test_the_selectors_load_and_confine_channels_whatever_the_servers_pubsub_default(
+) -> None:
+    """A selector starts with the server's acl-pubsub-default: with `allchannels` a channel
+    pattern after it would be refused, so each selector resets its channels first."""
+    server = RedisServer(port=free_port(),
+                         extra_args=("--acl-pubsub-default", "allchannels")).start()
+    admin = redis_from_url(server.url)
+    try:
+        await set_user(admin, "planner", acl_rules("planner", Role.WORKER, [HASH], (),
+                                                   ["coder"]))
+        user = redis_from_url(with_credentials(server.url, "planner", "pw"))
+        try:
+            await TaskQueue(user, "coder").submit("step")
+            with pytest.raises(NoPermissionError):
+                await user.publish("ap:{third}:done", "x")
+        finally:
+            await user.aclose()
+    finally:
+        await admin.aclose()
+        server.close()

@@ -156,6 +156,13 @@ async def test_a_fan_out_submitted_again_by_another_attempt_queues_only_new_step
     assert (await queue.figures()).stats["submitted"] == 5, "the batch sent twice: one new task"
 
 
+async def test_the_pools_own_queue_named_or_not_names_a_step_alike(queue: TaskQueue) -> None:
+    channel = QueueChannel(queue)
+    step = await attempt(channel, 1).submit({"w": "a"})
+    assert await attempt(channel, 2).submit({"w": "a"}, queue=queue.name) == step
+    assert await attempt(channel, 2).submit_many([{"w": "a"}], queue=queue.name) == [step]
+
+
 async def test_a_fan_out_under_keys_of_its_own(queue: TaskQueue) -> None:
     channel = QueueChannel(queue)
     steps = await attempt(channel, 1).submit_many(["x", "y"], keys=["one", "two"])

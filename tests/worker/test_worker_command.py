@@ -182,6 +182,7 @@ async def test_a_program_submits_steps_and_a_summary_after_them_once_per_task(
      "task id (send that step again first)"),
     ({"submit": {}, "after": ["0" * 32]}, f"after: no task {'0' * 32} in queue"),
     ({"submit": {}, "priority": 12}, "priority must be an integer between 0 and 9, got 12"),
+    ({"submit": {}, "queue": 5}, '"queue" is not a string (the name of a queue the pool'),
     ({"submit": {}, "queue": "elsewhere"},
      "queue 'elsewhere' is not one this pool submits to (listed: none): add it to the pool's "
      "spec.worker.submitsTo"),

@@ -621,6 +621,8 @@ async def _submit(message: dict[str, Any], ctx: TaskContext, steps: dict[str, st
     name, given_after = message.get("name"), message.get("after", [])
     if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
         raise ValueError('"name" is not a string of 1 to 200 characters')
+    if "queue" in message and not isinstance(message["queue"], str):
+        raise ValueError('"queue" is not a string (the name of a queue the pool submits to)')
     if (not isinstance(given_after, list)
             or not all(isinstance(given, str) for given in given_after)):
         raise ValueError('"after" is not a list of strings (names or task ids)')

@@ -179,7 +179,7 @@ class TaskContext:
             "expires": expires, "task_timeout": task_timeout,
             "after": None if after is None else
             ([after] if isinstance(after, str) else list(after))}
-        if queue is not None:
+        if queue is not None and queue != self.queue:
             options["queue"] = queue
         name = self._submit_names.take(payload, options) if key is None else f"k:{key}"
         try:
@@ -210,7 +210,7 @@ class TaskContext:
             "expires": expires, "task_timeout": task_timeout,
             "after": None if after is None else
             ([after] if isinstance(after, str) else list(after))}
-        if queue is not None:
+        if queue is not None and queue != self.queue:
             options["queue"] = queue
         given: list[str | None] = [None] * len(items) if keys is None else list(keys)
         if isinstance(keys, str) or len(given) != len(items):
