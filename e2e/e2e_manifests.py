@@ -21,6 +21,7 @@ from agentpool.models import (
     MOUNT_NOT_ON_SCRATCH,
     REDIS_URL_NO_CREDENTIALS,
     SCHEDULE_CRON_FORMAT,
+    SUBMITS_TO_UNIQUE,
     VOLUME_ONE_SOURCE,
     WORKER_HANDLER_OR_COMMAND,
 )
@@ -220,8 +221,11 @@ def invalid_pools(worker_image: str) -> list[InvalidPool]:
     on_scratch = derived_pool("e2e-invalid-mount", worker_image)
     on_scratch["spec"]["worker"]["volumes"] = [{"name": "data", "emptyDir": {}}]
     on_scratch["spec"]["worker"]["volumeMounts"] = [{"name": "data", "mountPath": "/tmp"}]
+    twice = derived_pool("e2e-invalid-submits-to", worker_image)
+    twice["spec"]["worker"]["submitsTo"] = ["coder", "coder"]
     return [
         InvalidPool("min-above-max", min_above_max, MIN_LE_MAX.message),
+        InvalidPool("submits-to-a-queue-twice", twice, SUBMITS_TO_UNIQUE.message),
         InvalidPool("neither-handler-nor-command", no_handler, WORKER_HANDLER_OR_COMMAND.message),
         InvalidPool("cron-out-of-range", bad_cron, SCHEDULE_CRON_FORMAT.message),
         InvalidPool("volume-without-source", no_source, VOLUME_ONE_SOURCE.message),

@@ -42,6 +42,8 @@ EXPECTED_E2E_TESTS = {
     "e2e/test_e2e_api.py::test_crd_is_established_with_printer_columns_and_cel_rules",
     "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message[min-above-max]",
     "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
+    "[submits-to-a-queue-twice]",
+    "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
     "[neither-handler-nor-command]",
     "e2e/test_e2e_api.py::test_invalid_pool_is_refused_with_a_readable_message"
     "[cron-out-of-range]",
