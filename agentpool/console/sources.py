@@ -93,6 +93,31 @@ class PoolRecord:
     rates_error: str | None = None
 
 
+def submits_to(obj: Mapping[str, Any] | None) -> list[str]:
+    """The queues of an AgentPool's ``spec.worker.submitsTo``."""
+    spec = (obj or {}).get("spec")
+    worker = spec.get("worker") if isinstance(spec, Mapping) else None
+    queues = worker.get("submitsTo") if isinstance(worker, Mapping) else None
+    return [q for q in queues if isinstance(q, str)] if isinstance(queues, list) else []
+
+
+def pipeline(records: Mapping[tuple[str, str], PoolRecord],
+             key: tuple[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Where a pool's handlers send tasks and where its queue's tasks come from, among the
+    pools the console sees: each queue of its ``submitsTo`` with the pools serving it, and
+    the other pools whose ``submitsTo`` names its queue."""
+    def ref(pool: tuple[str, str]) -> dict[str, str]:
+        return {"namespace": pool[0], "name": pool[1]}
+
+    queue = records[key].summary.queue
+    handed = [{"queue": other, "pools": [ref(k) for k, r in sorted(records.items())
+                                         if r.summary.queue == other]}
+              for other in submits_to(records[key].obj)]
+    fed_by = [ref(k) for k, r in sorted(records.items())
+              if k != key and queue in submits_to(r.obj)]
+    return handed, fed_by
+
+
 @dataclass
 class Sources:
     """The console's view of one Redis and, optionally, the AgentPools of a cluster."""
@@ -196,6 +221,7 @@ class Sources:
         spec = (record.obj or {}).get("spec") or {}
         rates = record.rates.rates()
         events, events_note = await self._events(namespace, name)
+        handed_to, fed_by = pipeline(self.pools, (namespace, name))
         return {
             "namespace": namespace, "name": name, "queue": record.summary.queue,
             "source": self.source, "at": now,
@@ -212,6 +238,8 @@ class Sources:
             "workers": workers_json(workers, now),
             "rate_limits": spec.get("rateLimits"),
             "schedules": pool_schedules(record.obj),
+            "submits_to": handed_to,
+            "fed_by": fed_by,
             "limits": await limit_rows(self.redis, spec.get("rateLimits"), now),
             "events": events,
             "events_note": events_note,

@@ -460,6 +460,39 @@ def test_find_a_task_by_its_idempotency_key(console: Console, page: Page) -> Non
         "no task with id or idempotency key no-such-key")
 
 
+def test_a_pool_page_links_the_pools_it_hands_tasks_to_and_gets_them_from(
+    console: Console, page: Page,
+) -> None:
+    document = {
+        "namespace": "team-a", "name": "planner", "queue": console.queue,
+        "source": "kubernetes", "at": 0, "health": "Ready", "replicas": 1,
+        "ready_replicas": 1, "desired_replicas": 1, "last_scale_reason": None,
+        "conditions": [], "history": [], "workers": [],
+        "figures": {"queued": 0, "in_flight": 0, "delayed": 0, "dead": 0, "workers": 0,
+                    "rates": None},
+        "rate_limits": None, "limits": [], "events": [], "events_note": None, "schedules": [],
+        "submits_to": [{"queue": "coder", "pools": [{"namespace": "team-b", "name": "coder"},
+                                                    {"namespace": "team-c", "name": "coder"}]},
+                       {"queue": "<b>x</b>", "pools": []}],
+        "fed_by": [{"namespace": "team-a", "name": "intake"}],
+    }
+    page.route("**/api/pools/team-a/planner", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        body=f"data: {json.dumps(document)}\n\n"))
+    page.goto(console.url + "pools/team-a/planner")
+    handed = page.locator("#submits-to")
+    expect(handed).to_have_text(
+        "Hands tasks to coder (team-b/coder, team-c/coder) · <b>x</b> (no pool serves it)",
+        timeout=LIVE)
+    expect(handed.locator("a")).to_have_count(4)
+    expect(handed.locator("a").nth(0)).to_have_attribute("href", "/queues/coder/tasks")
+    expect(handed.locator("a").nth(2)).to_have_attribute("href", "/pools/team-c/coder")
+    expect(handed.locator("a").nth(3)).to_have_attribute("href", "/queues/%3Cb%3Ex%3C%2Fb%3E/tasks")
+    assert page.locator("main b").count() == 0, "a queue name is text"
+    expect(page.locator("#fed-by")).to_have_text("Gets tasks from team-a/intake")
+    expect(page.locator("#fed-by a")).to_have_attribute("href", "/pools/team-a/intake")
+
+
 def test_a_pools_schedules_render_with_a_link_to_their_last_task(
     console: Console, page: Page,
 ) -> None:

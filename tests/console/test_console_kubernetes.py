@@ -121,3 +121,26 @@ async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredi
             ("team-a", "alpha"), ("team-b", "beta")]
     finally:
         await asyncio.to_thread(reader.close)
+
+
+async def test_a_pool_page_says_where_its_tasks_go_and_come_from(
+    reader: KubeReader, kmock: Any, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """spec.worker.submitsTo read both ways: alpha hands tasks to beta's queue and to one no
+    pool serves; beta's page names alpha as a pool it gets tasks from."""
+    alpha = agentpool("team-a", "alpha", queue_name)
+    alpha["spec"]["worker"]["submitsTo"] = ["other", "nowhere"]
+    kmock.objects[RESOURCE, "team-a", "alpha"] = alpha
+    sources = Sources(redis, kube=reader)
+    try:
+        await sources.refresh_fleet()
+        page = await sources.pool("team-a", "alpha")
+        assert page["submits_to"] == [
+            {"queue": "other", "pools": [{"namespace": "team-b", "name": "beta"}]},
+            {"queue": "nowhere", "pools": []}]
+        assert page["fed_by"] == []
+        beta = await sources.pool("team-b", "beta")
+        assert (beta["submits_to"], beta["fed_by"]) == (
+            [], [{"namespace": "team-a", "name": "alpha"}])
+    finally:
+        await asyncio.to_thread(reader.close)

@@ -15,7 +15,7 @@ function el(tag, attrs, ...children) {
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -192,6 +192,10 @@ function effectiveRates(l) {
   return parts.length ? parts.join(", ") : "-";
 }
 
+const poolLink = (p) => el("a", { href: `/pools/${enc(p.namespace)}/${enc(p.name)}` },
+  p.namespace === "-" ? p.name : `${p.namespace}/${p.name}`);
+const joined = (items, separator) => items.flatMap((item, i) => (i ? [separator, item] : [item]));
+
 function poolPage(namespace, name) {
   crumbs(["Fleet", "/"], name);
   live(`/api/pools/${enc(namespace)}/${enc(name)}`, (doc) => {
@@ -202,6 +206,13 @@ function poolPage(namespace, name) {
       el("p", {}, "Queue ", el("span", { class: "mono" }, doc.queue), " · ",
         el("a", { href: `/queues/${q}/tasks` }, "tasks"), " · ",
         el("a", { href: `/queues/${q}/dead` }, "dead letters")),
+      doc.submits_to && doc.submits_to.length ? el("p", { id: "submits-to" }, "Hands tasks to ",
+        joined(doc.submits_to.map((s) => [
+          el("a", { class: "mono", href: `/queues/${enc(s.queue)}/tasks` }, s.queue), " (",
+          s.pools.length ? joined(s.pools.map(poolLink), ", ") : "no pool serves it", ")"]),
+        " · ")) : null,
+      doc.fed_by && doc.fed_by.length ? el("p", { id: "fed-by" }, "Gets tasks from ",
+        joined(doc.fed_by.map(poolLink), ", ")) : null,
       el("div", { class: "cards" },
         card("Ready / desired", doc.desired_replicas === null ? "-" :
           `${show(doc.ready_replicas)} / ${doc.desired_replicas}`),
