@@ -12,7 +12,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from agentpool.errors import PermanentError, Retry
-from agentpool_worker.handlers import TaskContext
+from agentpool_worker.handlers import TaskContext, WaitCancelled
 
 
 async def pid(payload: Any) -> dict[str, int]:
@@ -363,3 +363,25 @@ async def delegate(payload: Any, ctx: TaskContext) -> Any:
     if ctx.attempt == 1:
         raise RuntimeError("delegate crashed after submitting")
     return {"steps": steps, "review": review}
+
+
+async def delegate_and_gather(payload: Any, ctx: TaskContext) -> Any:
+    """Hands a word per step to another queue (fan_in's payloads) and waits for their results
+    (ctx.wait_many), holding its slot."""
+    steps = await ctx.submit_many([{"word": w} for w in payload["words"]], queue=payload["to"])
+    done = await ctx.wait_many(steps, queue=payload["to"], timeout=payload.get("timeout"))
+    return [info.result for info in done]
+
+
+WAITS_CANCELLED: set[str] = set()
+"""The runs (task ids) whose ctx.wait_many_sync ended with WaitCancelled."""
+
+
+def sync_delegate_and_gather(payload: Any, ctx: TaskContext) -> Any:
+    steps = ctx.submit_many_sync([{"word": w} for w in payload["words"]], queue=payload["to"])
+    try:
+        done = ctx.wait_many_sync(steps, queue=payload["to"], timeout=payload.get("timeout"))
+    except WaitCancelled:
+        WAITS_CANCELLED.add(ctx.task_id)
+        raise
+    return [info.result for info in done]

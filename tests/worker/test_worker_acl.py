@@ -7,13 +7,17 @@ import asyncio
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import cast
 
+import pytest
 import redis.asyncio as aioredis
+import sample_handlers
 from worker_helpers import HANDLERS, eventually, running, settings, task_in
 
 from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import ProtocolError, TaskQueue
 from agentpool.urls import with_credentials
+from agentpool_worker.handlers import RunChannel, TaskContext
 
 AclUrl = Callable[[str, Role], Awaitable[str]]
 
@@ -86,3 +90,41 @@ async def test_a_worker_submits_to_the_other_queues_its_pool_lists_and_no_other(
         assert f"queue '{queue_name}-other'" in dead.error and coder in dead.error
     finally:
         await delete_user(redis, user)
+
+
+@pytest.mark.parametrize(("handler", "expected"), [
+    ("delegate_and_gather", ["a", "b"]), ("sync_delegate_and_gather", ["a", "b"])])
+async def test_a_run_waits_for_the_tasks_it_handed_to_another_pool(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, handler: str, expected: list[str],
+) -> None:
+    """ctx.wait_many under the worker's own user (its selector on the other queue covers the
+    subscription); a sync handler's wait ends when its run is cancelled, freeing the slot."""
+    coder, password = f"{queue_name}-coder", secrets.token_urlsafe(16)
+    user = f"agentpool:tests:{uuid.uuid4().hex[:8]}:worker"
+    await set_user(redis, user, acl_rules(queue_name, Role.WORKER, [password_hash(password)],
+                                          (), [coder]))
+    planner = TaskQueue(redis, queue_name)
+    try:
+        async with running(settings(with_credentials(redis_url, user, password), queue_name,
+                                    f"{HANDLERS}:{handler}", concurrency=1,
+                                    submits_to=coder)):
+            stranded = await planner.submit({"words": ["x"], "to": coder})
+            await eventually(lambda: task_in(planner, stranded, "running"), 10, "a waiting run")
+            await planner.cancel(stranded)
+            await eventually(lambda: task_in(planner, stranded, "cancelled"), 10, "cancelled")
+            if handler.startswith("sync_"):
+                await eventually(lambda: stranded in sample_handlers.WAITS_CANCELLED, 5,
+                                 "the sync handler's wait ended with WaitCancelled")
+            plan = await planner.submit({"words": ["a", "b"], "to": coder})
+            async with running(settings(redis_url, coder, f"{HANDLERS}:fan_in")):
+                done = await eventually(lambda: task_in(planner, plan, "succeeded"), 15,
+                                        "the plan, once the other pool ran its steps")
+        assert done.result == expected and done.attempts == 1
+    finally:
+        await delete_user(redis, user)
+
+
+async def test_a_run_does_not_wait_for_tasks_of_its_own_queue() -> None:
+    ctx = TaskContext("t", 1, 3, "planner", "pod:i1", channel=cast(RunChannel, object()))
+    with pytest.raises(ProtocolError, match="submit the task that needs their results with"):
+        await ctx.wait_many(["a" * 32], queue="planner")

@@ -44,6 +44,7 @@ from agentpool.protocol import (
     DEFAULT_MAX_RESULT_BYTES,
     DEFAULT_TASK_TIMEOUT_SECONDS,
     ProtocolError,
+    TaskInfo,
     encode_checkpoint,
     encode_event,
     encode_progress,
@@ -51,8 +52,16 @@ from agentpool.protocol import (
 from agentpool.ratelimit import RateLimitError, Reservation, Throttle
 from agentpool_worker.threads import DaemonThreads
 
+SYNC_WAIT_CHECK_SECONDS = 0.05
+"""How often a sync handler's wait looks at ``ctx.cancelled``."""
 
-class LimitWaitCancelled(Exception):
+
+class WaitCancelled(Exception):
+    """A sync handler's wait (``ctx.wait_many_sync``, ``ctx.limit_sync``) ended because the
+    run was cancelled. Let it propagate: the run is being stopped."""
+
+
+class LimitWaitCancelled(WaitCancelled):
     """A sync handler's ``ctx.limit_sync`` wait ended because the run was cancelled; its
     reservation was given back. Let it propagate: the run is being stopped."""
 
@@ -77,6 +86,9 @@ class RunChannel(Protocol):
 
     async def submit_many(self, ctx: TaskContext, payloads: list[Any],
                           **options: Any) -> list[str]: ...
+
+    async def wait_many(self, ctx: TaskContext, task_ids: list[str], queue: str,
+                        timeout: float | None) -> list[TaskInfo]: ...
 
     @property
     def limits(self) -> LimitChannel | None: ...
@@ -238,6 +250,38 @@ class TaskContext:
             raise RuntimeError("ctx.submit_sync needs the worker behind the run")
         loop = self._loop_for_sync("submit_sync")
         return asyncio.run_coroutine_threadsafe(self.submit(payload, **options), loop).result()
+
+    async def wait_many(self, task_ids: Iterable[str], *, queue: str,
+                        timeout: float | None = None) -> list[TaskInfo]:
+        """Wait until every one of these tasks of another queue (one the pool lists in
+        ``spec.worker.submitsTo``, to which this run handed them) is final; their infos, with
+        their results, in the order of the ids, as ``TaskQueue.wait_many`` gives them. The run
+        holds its slot meanwhile. Tasks of the pool's own queue are waited for with
+        ``after=`` instead (a run waiting for its own queue's tasks could hold every slot they
+        need): ProtocolError. TimeoutError after `timeout` seconds; the run's own timeout
+        bounds the wait in any case."""
+        if self.channel is None:
+            raise RuntimeError("ctx.wait_many needs the worker behind the run")
+        if queue == self.queue:
+            raise ProtocolError(
+                f"ctx.wait_many waits for tasks of another queue, not of this pool's own "
+                f"({queue!r}): submit the task that needs their results with after=[...]")
+        return await self.channel.wait_many(self, list(task_ids), queue, timeout)
+
+    def wait_many_sync(self, task_ids: Iterable[str], *, queue: str,
+                       timeout: float | None = None) -> list[TaskInfo]:
+        """:meth:`wait_many` for sync handlers; ends early with :class:`WaitCancelled` when
+        ``ctx.cancelled`` is set."""
+        if self.channel is None:
+            raise RuntimeError("ctx.wait_many_sync needs the worker behind the run")
+        loop = self._loop_for_sync("wait_many_sync")
+        waiting = asyncio.run_coroutine_threadsafe(
+            self.wait_many(task_ids, queue=queue, timeout=timeout), loop)
+        while not self.cancelled.wait(SYNC_WAIT_CHECK_SECONDS):
+            if waiting.done():
+                return waiting.result()
+        waiting.cancel()
+        raise WaitCancelled(f"run cancelled while waiting for tasks of queue {queue!r}")
 
     def submit_many_sync(self, payloads: Iterable[Any], **options: Any) -> list[str]:
         """:meth:`submit_many` for sync handlers (called from their thread)."""

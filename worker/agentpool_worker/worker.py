@@ -62,6 +62,7 @@ from agentpool.protocol import (
     PayloadTooLarge,
     ProtocolError,
     RunEvents,
+    TaskInfo,
     TaskQueue,
     WorkerInfo,
     call_id,
@@ -1130,6 +1131,13 @@ class Worker:
         target = self._queue_to_submit_to(queue)
         return await self._for_run(ctx, "submit_many",
                                    lambda: target.submit_many(payloads, **options))
+
+    async def wait_many(self, ctx: TaskContext, task_ids: list[str], queue: str,
+                        timeout: float | None) -> list[TaskInfo]:
+        """A run's ``ctx.wait_many``: tasks of another queue the pool submits to."""
+        target = self._queue_to_submit_to(queue)
+        return await self._for_run(ctx, "wait_many",
+                                   lambda: target.wait_many(task_ids, timeout))
 
     def _queue_to_submit_to(self, name: str | None) -> TaskQueue:
         """The pool's queue, or one of the other queues its settings list (submits_to)."""
