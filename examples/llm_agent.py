@@ -104,17 +104,19 @@ async def run(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
 async def research(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """{"questions": [...]}: one agent run per question, and one that summarises their answers
-    once they have all succeeded. The planner returns at once instead of holding its slot; a
-    retried planner submits the same runs and gets the same tasks back (ctx.submit_many,
-    ctx.submit)."""
+    once they have all succeeded, on this pool's queue or, with "to", on another pool's (one
+    its spec.worker.submitsTo lists: examples/pipeline.yaml). The planner returns at once
+    instead of holding its slot; a retried planner submits the same runs and gets the same
+    tasks back (ctx.submit_many, ctx.submit)."""
     if not isinstance(payload, dict) or not ("questions" in payload or "summarise" in payload):
         return await run(payload, ctx)
     if "summarise" in payload:
         answers = [r["answer"] for r in (await ctx.results_before()).values()]
         prompt = payload["summarise"] + "\n" + "\n".join(f"- {a}" for a in answers)
         return await run({"prompt": prompt}, ctx)
-    steps = await ctx.submit_many([{"prompt": str(q)} for q in payload["questions"]])
-    summary = await ctx.submit({"summarise": "Summarise these answers:"}, after=steps)
+    to = payload.get("to")
+    steps = await ctx.submit_many([{"prompt": str(q)} for q in payload["questions"]], queue=to)
+    summary = await ctx.submit({"summarise": "Summarise these answers:"}, after=steps, queue=to)
     return {"steps": steps, "summary": summary}
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import yaml
 from aiohttp import web
 
 from agentpool.protocol import Progress, TaskEvent, TaskQueue
@@ -169,3 +170,29 @@ async def test_the_planner_fans_questions_out_and_summarises_their_answers(
     assert sorted(asked) == sorted([
         "What is 2 + 3?", "And 3 + 2?",
         "Summarise these answers:\n- The answer is 5\n- The answer is 5"])
+
+
+async def test_the_pipeline_planner_hands_the_questions_to_the_researchers_pool(
+    fake_llm: FakeLLM, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """examples/pipeline.yaml in two workers: the planners' pool submits to the researchers'
+    queue (submitsTo), where the runs and the summary after them go."""
+    research = f"{queue_name}-research"
+    plans, runs = TaskQueue(redis, queue_name), TaskQueue(redis, research)
+    async with (running(settings(redis_url, queue_name, "llm_agent:research",
+                                 submits_to=research)),
+                running(settings(redis_url, research, "llm_agent:research", concurrency=4))):
+        plan = await plans.submit({"questions": ["What is 2 + 3?", "And 3 + 2?"],
+                                   "to": research})
+        planned = await plans.wait(plan, timeout=20)
+        summary = await runs.wait(planned.result["summary"], timeout=20)
+    assert [i.payload for i in await runs.get_many(planned.result["steps"])] == [
+        {"prompt": "What is 2 + 3?"}, {"prompt": "And 3 + 2?"}]
+    assert (summary.state, summary.result["answer"]) == ("succeeded", "The answer is 5")
+    assert (await plans.figures()).stats["submitted"] == 1, "nothing else on the plan queue"
+
+
+def test_the_pipeline_example_declares_what_the_planner_needs() -> None:
+    planners, researchers = yaml.safe_load_all((ROOT / "examples" / "pipeline.yaml").read_text())
+    assert planners["spec"]["worker"]["submitsTo"] == [researchers["spec"]["queue"]]
+    assert planners["spec"]["worker"]["handler"] == "llm_agent:research"

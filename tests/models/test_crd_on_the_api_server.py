@@ -137,6 +137,8 @@ VALID_POOLS = [
     pytest.param(load_example(), id="examples/agentpool.yaml"),
     pytest.param(yaml.safe_load((REPO / "examples" / "cli-agent.yaml").read_text()),
                  id="examples/cli-agent.yaml"),
+    *[pytest.param(p, id=f"examples/pipeline.yaml:{p['metadata']['name']}") for p in
+      yaml.safe_load_all((REPO / "examples" / "pipeline.yaml").read_text())],
     *[pytest.param(p, id=f"e2e:{p['metadata']['name']}") for p in applied_pools(IMAGE)],
     *[pytest.param(pool(s), id=f"valid-{i}") for i, s in enumerate(VALID_SPECS)],
     *[pytest.param(pool(s), id=f"near-{i}") for i, s in enumerate(NEAR_THE_RULES)],

@@ -46,6 +46,13 @@ def test_example_passes_the_crd_schema() -> None:
 CLI_AGENT = EXAMPLE.parent / "cli-agent.yaml"
 
 
+def test_the_pipeline_example_uses_no_field_the_model_would_drop() -> None:
+    for manifest in yaml.safe_load_all((EXAMPLE.parent / "pipeline.yaml").read_text()):
+        raw = manifest["spec"]
+        spec = AgentPoolSpec.model_validate(raw)
+        assert spec.model_dump(by_alias=True, exclude_unset=True, mode="json") == raw
+
+
 def test_the_cli_agent_example_uses_no_field_the_model_would_drop() -> None:
     raw = yaml.safe_load(CLI_AGENT.read_text())["spec"]
     spec = AgentPoolSpec.model_validate(raw)
