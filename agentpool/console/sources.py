@@ -101,18 +101,20 @@ def submits_to(obj: Mapping[str, Any] | None) -> list[str]:
     return [q for q in queues if isinstance(q, str)] if isinstance(queues, list) else []
 
 
-def pipeline(records: Mapping[tuple[str, str], PoolRecord],
-             key: tuple[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def pipeline(records: Mapping[tuple[str, str], PoolRecord], key: tuple[str, str],
+             pool: PoolRecord) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Where a pool's handlers send tasks and where its queue's tasks come from, among the
     pools the console sees: each queue of its ``submitsTo`` with the pools serving it, and
-    the other pools whose ``submitsTo`` names its queue."""
+    the other pools whose ``submitsTo`` names its queue. `pool` is the record of `key` (the
+    fleet may have dropped it meanwhile). Pools are matched by queue name: the console shows
+    one Redis."""
     def ref(pool: tuple[str, str]) -> dict[str, str]:
         return {"namespace": pool[0], "name": pool[1]}
 
-    queue = records[key].summary.queue
+    queue = pool.summary.queue
     handed = [{"queue": other, "pools": [ref(k) for k, r in sorted(records.items())
                                          if r.summary.queue == other]}
-              for other in submits_to(records[key].obj)]
+              for other in submits_to(pool.obj)]
     fed_by = [ref(k) for k, r in sorted(records.items())
               if k != key and queue in submits_to(r.obj)]
     return handed, fed_by
@@ -221,7 +223,7 @@ class Sources:
         spec = (record.obj or {}).get("spec") or {}
         rates = record.rates.rates()
         events, events_note = await self._events(namespace, name)
-        handed_to, fed_by = pipeline(self.pools, (namespace, name))
+        handed_to, fed_by = pipeline(self.pools, (namespace, name), record)
         return {
             "namespace": namespace, "name": name, "queue": record.summary.queue,
             "source": self.source, "at": now,

@@ -120,8 +120,27 @@ async def test_a_run_waits_for_the_tasks_it_handed_to_another_pool(
                 done = await eventually(lambda: task_in(planner, plan, "succeeded"), 15,
                                         "the plan, once the other pool ran its steps")
         assert done.result == expected and done.attempts == 1
+        refused = [entry for entry in await redis.execute_command("ACL", "LOG")
+                   if dict(zip(entry[::2], entry[1::2], strict=True)).get(b"username")
+                   == user.encode()]
+        assert refused == [], "the wait subscribed (a refused subscription would poll)"
     finally:
         await delete_user(redis, user)
+
+
+async def test_a_runs_wait_for_another_pools_tasks_ends_at_its_timeout(
+    redis: aioredis.Redis, redis_url: str, queue_name: str,
+) -> None:
+    """TimeoutError reaches the handler (here it fails the run) and is no Redis failure."""
+    coder = f"{queue_name}-coder"
+    planner = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:delegate_and_gather",
+                                max_attempts=1, submits_to=coder)) as worker:
+        task = await planner.submit({"words": ["x"], "to": coder, "timeout": 0.5})
+        dead = await eventually(lambda: task_in(planner, task, "dead"), 10, "the timed-out run")
+        assert worker.health.redis_ok
+        assert worker.metrics.redis_errors._value.get() == 0
+    assert dead.error is not None and dead.error.startswith("TimeoutError"), dead.error
 
 
 async def test_a_run_does_not_wait_for_tasks_of_its_own_queue() -> None:

@@ -315,6 +315,8 @@ class Worker:
         self._limits: WorkerLimits | None = None
         self._other_queues: dict[str, TaskQueue] = {}
         """The other queues runs submit to (settings.submits_to), made at their first submit."""
+        self._other_waits: dict[str, TaskQueue] = {}
+        """The same queues on the waiting client, for runs' ``ctx.wait_many``."""
         self._executor: ThreadPoolExecutor | None = None
 
         self._fetch_wake = asyncio.Event()
@@ -1134,10 +1136,16 @@ class Worker:
 
     async def wait_many(self, ctx: TaskContext, task_ids: list[str], queue: str,
                         timeout: float | None) -> list[TaskInfo]:
-        """A run's ``ctx.wait_many``: tasks of another queue the pool submits to."""
-        target = self._queue_to_submit_to(queue)
-        return await self._for_run(ctx, "wait_many",
-                                   lambda: target.wait_many(task_ids, timeout))
+        """A run's ``ctx.wait_many``: tasks of another queue the pool submits to, waited for on
+        the worker's waiting client (its subscriptions take no connection the claims,
+        heartbeats and completions share). The wait rides out lost connections itself; its
+        TimeoutError, TaskNotFound or a refusal is the run's to handle."""
+        name = self._queue_to_submit_to(queue).name
+        waits = self._other_waits.get(name)
+        if waits is None:
+            waits = self._other_waits[name] = TaskQueue(self._wait_redis, name)
+        self.metrics.round_trips.inc()
+        return await waits.wait_many(task_ids, timeout)
 
     def _queue_to_submit_to(self, name: str | None) -> TaskQueue:
         """The pool's queue, or one of the other queues its settings list (submits_to)."""
