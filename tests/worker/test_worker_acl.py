@@ -4,9 +4,10 @@ tasks; a producer confined the same way submits and waits for them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import pytest
@@ -67,14 +68,10 @@ async def test_a_worker_submits_to_the_other_queues_its_pool_lists_and_no_other(
     """AGENTPOOL_SUBMITS_TO and the worker user's selectors (as the operator makes them from
     spec.worker.submitsTo): steps go to the other queue once per task whatever the attempts;
     a queue not listed fails the run with a message that says where to list it."""
-    coder, password = f"{queue_name}-coder", secrets.token_urlsafe(16)
-    user = f"agentpool:tests:{uuid.uuid4().hex[:8]}:worker"
-    await set_user(redis, user, acl_rules(queue_name, Role.WORKER, [password_hash(password)],
-                                          (), [coder]))
+    coder = f"{queue_name}-coder"
     producer = TaskQueue(redis, queue_name)
-    try:
-        async with running(settings(with_credentials(redis_url, user, password), queue_name,
-                                    f"{HANDLERS}:delegate", max_attempts=2,
+    async with worker_user(redis, redis_url, queue_name, coder) as (url, _):
+        async with running(settings(url, queue_name, f"{HANDLERS}:delegate", max_attempts=2,
                                     submits_to=coder)):
             plan = await producer.submit({"steps": ["a", "b"], "to": coder})
             done = await eventually(lambda: task_in(producer, plan, "succeeded"), 10, "plan")
@@ -88,8 +85,6 @@ async def test_a_worker_submits_to_the_other_queues_its_pool_lists_and_no_other(
         assert (await delegated.figures()).stats["submitted"] == 3, "each step once"
         assert dead.error is not None and "is not one this pool submits to" in dead.error
         assert f"queue '{queue_name}-other'" in dead.error and coder in dead.error
-    finally:
-        await delete_user(redis, user)
 
 
 @pytest.mark.parametrize(("handler", "expected"), [
@@ -99,14 +94,10 @@ async def test_a_run_waits_for_the_tasks_it_handed_to_another_pool(
 ) -> None:
     """ctx.wait_many under the worker's own user (its selector on the other queue covers the
     subscription); a sync handler's wait ends when its run is cancelled, freeing the slot."""
-    coder, password = f"{queue_name}-coder", secrets.token_urlsafe(16)
-    user = f"agentpool:tests:{uuid.uuid4().hex[:8]}:worker"
-    await set_user(redis, user, acl_rules(queue_name, Role.WORKER, [password_hash(password)],
-                                          (), [coder]))
+    coder = f"{queue_name}-coder"
     planner = TaskQueue(redis, queue_name)
-    try:
-        async with running(settings(with_credentials(redis_url, user, password), queue_name,
-                                    f"{HANDLERS}:{handler}", concurrency=1,
+    async with worker_user(redis, redis_url, queue_name, coder) as (url, user):
+        async with running(settings(url, queue_name, f"{HANDLERS}:{handler}", concurrency=1,
                                     submits_to=coder)):
             stranded = await planner.submit({"words": ["x"], "to": coder})
             await eventually(lambda: task_in(planner, stranded, "running"), 10, "a waiting run")
@@ -124,8 +115,6 @@ async def test_a_run_waits_for_the_tasks_it_handed_to_another_pool(
                    if dict(zip(entry[::2], entry[1::2], strict=True)).get(b"username")
                    == user.encode()]
         assert refused == [], "the wait subscribed (a refused subscription would poll)"
-    finally:
-        await delete_user(redis, user)
 
 
 async def test_a_runs_wait_for_another_pools_tasks_ends_at_its_timeout(
@@ -147,3 +136,18 @@ async def test_a_run_does_not_wait_for_tasks_of_its_own_queue() -> None:
     ctx = TaskContext("t", 1, 3, "planner", "pod:i1", channel=cast(RunChannel, object()))
     with pytest.raises(ProtocolError, match="submit the task that needs their results with"):
         await ctx.wait_many(["a" * 32], queue="planner")
+
+
+@contextlib.asynccontextmanager
+async def worker_user(redis: aioredis.Redis, redis_url: str, queue: str,
+                      other: str) -> AsyncIterator[tuple[str, str]]:
+    """A worker user of `queue` that may submit to `other`, as the operator makes it from
+    spec.worker.submitsTo: its URL and name; deleted afterwards."""
+    password = secrets.token_urlsafe(16)
+    user = f"agentpool:tests:{uuid.uuid4().hex[:8]}:worker"
+    await set_user(redis, user, acl_rules(queue, Role.WORKER, [password_hash(password)], (),
+                                          [other]))
+    try:
+        yield with_credentials(redis_url, user, password), user
+    finally:
+        await delete_user(redis, user)

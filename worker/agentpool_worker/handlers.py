@@ -186,13 +186,8 @@ class TaskContext:
         ProtocolError for a bad option, Redis's refusal when it is full."""
         if self.channel is None:
             raise RuntimeError("ctx.submit needs the worker behind the run")
-        options: dict[str, Any] = {
-            "priority": priority, "delay": delay, "max_attempts": max_attempts,
-            "expires": expires, "task_timeout": task_timeout,
-            "after": None if after is None else
-            ([after] if isinstance(after, str) else list(after))}
-        if queue is not None and queue != self.queue:
-            options["queue"] = queue
+        options = self._submit_options(priority, delay, max_attempts, expires, task_timeout,
+                                       after, queue)
         name = self._submit_names.take(payload, options) if key is None else f"k:{key}"
         try:
             task_id = await self.channel.submit(
@@ -217,13 +212,8 @@ class TaskContext:
         if self.channel is None:
             raise RuntimeError("ctx.submit_many needs the worker behind the run")
         items = list(payloads)
-        options: dict[str, Any] = {
-            "priority": priority, "delay": delay, "max_attempts": max_attempts,
-            "expires": expires, "task_timeout": task_timeout,
-            "after": None if after is None else
-            ([after] if isinstance(after, str) else list(after))}
-        if queue is not None and queue != self.queue:
-            options["queue"] = queue
+        options = self._submit_options(priority, delay, max_attempts, expires, task_timeout,
+                                       after, queue)
         given: list[str | None] = [None] * len(items) if keys is None else list(keys)
         if isinstance(keys, str) or len(given) != len(items):
             raise ProtocolError(f"keys has {len(given)} keys for {len(items)} payloads: give "
@@ -243,6 +233,20 @@ class TaskContext:
             for name in reversed(names):
                 self._submit_names.give_back(name)
             raise
+
+    def _submit_options(self, priority: int, delay: float, max_attempts: int | None,
+                        expires: float | None, task_timeout: float | None,
+                        after: Iterable[str] | None, queue: str | None) -> dict[str, Any]:
+        """A submit's options as its name digests them (see SubmitNames): `after` as a list,
+        `queue` only when it is another queue than the pool's."""
+        options: dict[str, Any] = {
+            "priority": priority, "delay": delay, "max_attempts": max_attempts,
+            "expires": expires, "task_timeout": task_timeout,
+            "after": None if after is None else
+            ([after] if isinstance(after, str) else list(after))}
+        if queue is not None and queue != self.queue:
+            options["queue"] = queue
+        return options
 
     def submit_sync(self, payload: Any, **options: Any) -> str:
         """:meth:`submit` for sync handlers (called from their thread)."""
