@@ -53,7 +53,8 @@ def main() -> None:
         say({"result": "planned"})
         open(payload["exited"], "w").close()
     elif mode == "submit":
-        say(payload["message"])
+        for message in payload.get("messages", [payload.get("message")]):
+            say(message)
         say({"result": "submitted"})
     elif mode == "deadline":
         say({"result": {"left": float(os.environ["AGENTPOOL_TASK_DEADLINE"]) - time.time()}})

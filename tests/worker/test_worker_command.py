@@ -183,9 +183,9 @@ async def test_a_program_submits_steps_and_a_summary_after_them_once_per_task(
     ({"submit": {}, "after": ["0" * 32]}, f"after: no task {'0' * 32} in queue"),
     ({"submit": {}, "priority": 12}, "priority must be an integer between 0 and 9, got 12"),
     ({"submit": {}, "queue": 5}, '"queue" is not a string (the name of a queue the pool'),
-    ({"submit": {}, "queue": "elsewhere"},
-     "queue 'elsewhere' is not one this pool submits to (listed: none): add it to the pool's "
-     "spec.worker.submitsTo"),
+    ([{"submit": {}, "name": "s", "queue": "elsewhere"}, {"submit": {}, "after": ["s"]}],
+     "\"after\" names 's', a step sent to queue 'elsewhere': a task runs after tasks of its "
+     "own queue only"),
     ({"submit": {}, "priority": True}, "priority must be an integer between 0 and 9, got True"),
     ({"submit": {}, "expires": 1e308}, "expires must be from 0.001 to 31536000 seconds"),
     ({"submit": {}, "name": 7}, '"name" is not a string of 1 to 200 characters'),
@@ -193,14 +193,30 @@ async def test_a_program_submits_steps_and_a_summary_after_them_once_per_task(
      '"after" is not a list of strings (names or task ids)'),
 ])
 async def test_a_submit_the_queue_refuses_dead_letters_the_task_with_why(
-    redis_url: str, queue_name: str, redis: aioredis.Redis, message: dict[str, Any],
-    error: str,
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+    message: dict[str, Any] | list[dict[str, Any]], error: str,
 ) -> None:
-    done = await outcome(redis, redis_url, queue_name, {"mode": "submit", "message": message},
-                         "dead")
-    assert done.error.startswith(f"PermanentError: the command's output line 1: {error}"), (
+    messages = message if isinstance(message, list) else [message]
+    done = await outcome(redis, redis_url, queue_name, {"mode": "submit", "messages": messages},
+                         "dead", submits_to="elsewhere")
+    line = len(messages)
+    assert done.error.startswith(f"PermanentError: the command's output line {line}: {error}"), (
         done.error)
+    assert done.attempts == 1, "a program's malformed line is final"
     assert (await TaskQueue(redis, queue_name).figures()).stats["submitted"] == 1
+
+
+async def test_a_submit_to_a_queue_the_pool_does_not_list_is_retried(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Unlike a malformed line: the pool's list may come with its next rollout."""
+    message = {"submit": {}, "queue": "elsewhere"}
+    done = await outcome(redis, redis_url, queue_name, {"mode": "submit", "message": message},
+                         "dead", max_attempts=2)
+    assert done.attempts == 2
+    assert done.error.startswith(
+        "QueueNotListed: the command's output line 1: queue 'elsewhere' is not one this pool "
+        "submits to (listed: none): add it to the pool's spec.worker.submitsTo"), done.error
 
 
 async def test_a_program_submits_to_another_queue_its_pool_lists(

@@ -43,8 +43,10 @@ message:
   ``after`` holds names the run gave earlier submits (send a step again on a later attempt to
   refer to it: it is the same task) or task ids: the task runs once they have all succeeded
   and reads their results from its own ``AGENTPOOL_RESULTS_BEFORE_FILE``. A submit that fails
-  (a name or ``after`` of the wrong kind, an unknown name or task, a bad option) fails the run
-  for good; the steps submitted before it stay submitted;
+  (a name or ``after`` of the wrong kind, an unknown name or task, an ``after`` naming a step
+  sent to another queue, a bad option) fails the run for good, but one to a queue the pool
+  does not list fails it as any failure (retried: the list may come with a rollout); the
+  steps submitted before it stay submitted;
 - ``{"error": "text", "retry": false}``: the run fails with this error whatever the exit
   status; ``"retry": false`` dead-letters the task at once (``retry`` optional);
   ``{"error": "text", "retry_after": 30}`` runs it again in that many seconds (0 to a day;
@@ -107,7 +109,7 @@ from agentpool.protocol import (
     compact_json,
 )
 from agentpool.seconds import short_repr
-from agentpool_worker.handlers import TaskContext, WorkerContext
+from agentpool_worker.handlers import QueueNotListed, TaskContext, WorkerContext
 from agentpool_worker.settings import (
     DEFAULT_GRACE_SECONDS,
     ConfigError,
@@ -197,7 +199,7 @@ class _Outcome:
     error: str | None = None
     retry: bool = True
     retry_after: float | None = None
-    steps: dict[str, str] = field(default_factory=dict)
+    steps: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     """The task id of each step the run submitted with a name."""
     lines: int = 0
     """Lines of stdout read and, for messages, carried out."""
@@ -455,6 +457,8 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
         outcome.acting = True
         try:
             await _act(message, outcome, ctx)
+        except QueueNotListed as exc:  # the pool's list may come with a rollout: retried
+            raise QueueNotListed(f"the command's output line {number}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise PermanentError(f"the command's output line {number}: {exc}") from None
         finally:
@@ -615,9 +619,11 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
 SUBMIT_OPTIONS = ("priority", "delay", "max_attempts", "expires", "task_timeout", "queue")
 
 
-async def _submit(message: dict[str, Any], ctx: TaskContext, steps: dict[str, str]) -> None:
+async def _submit(message: dict[str, Any], ctx: TaskContext,
+                  steps: dict[str, tuple[str, str | None]]) -> None:
     """A submit message: its ``after`` names resolved to the ids of the steps this run
-    submitted under them (or taken as task ids), submitted as ``ctx.submit`` does."""
+    submitted under them (or taken as task ids), submitted as ``ctx.submit`` does. `steps`
+    holds each named step's id and queue (None: the pool's own)."""
     name, given_after = message.get("name"), message.get("after", [])
     if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 200):
         raise ValueError('"name" is not a string of 1 to 200 characters')
@@ -626,10 +632,18 @@ async def _submit(message: dict[str, Any], ctx: TaskContext, steps: dict[str, st
     if (not isinstance(given_after, list)
             or not all(isinstance(given, str) for given in given_after)):
         raise ValueError('"after" is not a list of strings (names or task ids)')
+    queue = message.get("queue")
+    queue = None if queue == ctx.queue else queue
     after: list[str] = []
     for given in given_after:
         if given in steps:
-            after.append(steps[given])
+            step_id, step_queue = steps[given]
+            if step_queue != queue:
+                raise ValueError(
+                    f'"after" names {given!r}, a step sent to queue '
+                    f"{step_queue or ctx.queue!r}: a task runs after tasks of its own queue "
+                    f"only (this one goes to {queue or ctx.queue!r})")
+            after.append(step_id)
         elif TASK_ID.match(given):
             after.append(given)
         else:
@@ -638,7 +652,7 @@ async def _submit(message: dict[str, Any], ctx: TaskContext, steps: dict[str, st
     options = {key: message[key] for key in SUBMIT_OPTIONS if key in message}
     task_id = await ctx.submit(message["submit"], after=after or None, key=name, **options)
     if name is not None:
-        steps[name] = task_id
+        steps[name] = (task_id, queue)
 
 
 def _write_json(directory: str, name: str, value: Any) -> str:

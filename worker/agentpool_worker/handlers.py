@@ -56,6 +56,12 @@ SYNC_WAIT_CHECK_SECONDS = 0.05
 """How often a sync handler's wait looks at ``ctx.cancelled``."""
 
 
+class QueueNotListed(ProtocolError):
+    """A run submitted to (or waited on) a queue its pool does not list in
+    ``spec.worker.submitsTo``. A failure worth retrying: the list may arrive with the next
+    rollout."""
+
+
 class WaitCancelled(Exception):
     """A sync handler's wait (``ctx.wait_many_sync``, ``ctx.limit_sync``) ended because the
     run was cancelled. Let it propagate: the run is being stopped."""

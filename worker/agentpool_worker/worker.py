@@ -60,7 +60,6 @@ from agentpool.protocol import (
     ClaimedTask,
     FailOutcome,
     PayloadTooLarge,
-    ProtocolError,
     RunEvents,
     TaskInfo,
     TaskQueue,
@@ -82,6 +81,7 @@ from agentpool_worker import metrics
 from agentpool_worker.claim_pace import ArrivalRate, lingers, wait_before_next_claim
 from agentpool_worker.handlers import (
     Handler,
+    QueueNotListed,
     TaskContext,
     TaskOutcome,
     WorkerContext,
@@ -1154,7 +1154,7 @@ class Worker:
             return self.queue
         if name not in s.other_queues:
             listed = ", ".join(s.other_queues) or "none"
-            raise ProtocolError(
+            raise QueueNotListed(
                 f"queue {name!r} is not one this pool submits to (listed: {listed}): add it "
                 "to the pool's spec.worker.submitsTo (AGENTPOOL_SUBMITS_TO)")
         queue = self._other_queues.get(name)
