@@ -18,6 +18,7 @@ from worker_helpers import HANDLERS, eventually, running, settings, task_in
 from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
 from agentpool.protocol import ProtocolError, TaskQueue
 from agentpool.urls import with_credentials
+from agentpool_worker import metrics
 from agentpool_worker.handlers import RunChannel, TaskContext
 
 AclUrl = Callable[[str, Role], Awaitable[str]]
@@ -83,6 +84,8 @@ async def test_a_worker_submits_to_the_other_queues_its_pool_lists_and_no_other(
         assert [(s.payload, s.state) for s in steps] == [
             ("a", "queued"), ("b", "queued"), ({"review": 2}, "deferred")]
         assert (await delegated.figures()).stats["submitted"] == 3, "each step once"
+        assert metrics.SUBMITTED.labels(queue_name, coder)._value.get() == 6, \
+            "three submits by each of the two attempts, counted where they went"
         assert dead.error is not None and "is not one this pool submits to" in dead.error
         assert f"queue '{queue_name}-other'" in dead.error and coder in dead.error
 

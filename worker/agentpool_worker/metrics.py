@@ -59,6 +59,11 @@ CHECKPOINTS = Counter(
 CHECKPOINTS_REFUSED = Counter(
     "agentpool_worker_checkpoints_refused",
     "Checkpoints refused because the run no longer held its task", ["queue"])
+SUBMITTED = Counter(
+    "agentpool_worker_submitted",
+    "Tasks runs submitted (ctx.submit, ctx.submit_many, a program's submit lines), by the "
+    "queue they went to: the pool's own, or one of spec.worker.submitsTo (a step submitted "
+    "again by a retried run counts again)", ["queue", "to"])
 REDIS_ROUND_TRIPS = Counter(
     "agentpool_worker_redis_round_trips", "Requests this worker sent to Redis", ["queue"])
 REDIS_ERRORS = Counter(
@@ -100,6 +105,7 @@ NAMES = (
     "agentpool_worker_events_total",
     "agentpool_worker_checkpoints_total",
     "agentpool_worker_checkpoints_refused_total",
+    "agentpool_worker_submitted_total",
     "agentpool_worker_redis_round_trips_total",
     "agentpool_worker_redis_errors_total",
     "agentpool_worker_ready",

@@ -1124,15 +1124,19 @@ class Worker:
         connections (sent again while Redis cannot be reached: the submit carries an
         idempotency key)."""
         target = self._queue_to_submit_to(queue)
-        return await self._for_run(ctx, "submit", lambda: target.submit(payload, **options))
+        task_id = await self._for_run(ctx, "submit", lambda: target.submit(payload, **options))
+        metrics.SUBMITTED.labels(self.settings.queue, target.name).inc()
+        return task_id
 
     async def submit_many(self, ctx: TaskContext, payloads: list[Any], *,
                           queue: str | None = None, **options: Any) -> list[str]:
         """A run's ``ctx.submit_many`` (sent again while Redis cannot be reached: each task
         carries an idempotency key)."""
         target = self._queue_to_submit_to(queue)
-        return await self._for_run(ctx, "submit_many",
-                                   lambda: target.submit_many(payloads, **options))
+        ids = await self._for_run(ctx, "submit_many",
+                                  lambda: target.submit_many(payloads, **options))
+        metrics.SUBMITTED.labels(self.settings.queue, target.name).inc(len(ids))
+        return ids
 
     async def wait_many(self, ctx: TaskContext, task_ids: list[str], queue: str,
                         timeout: float | None) -> list[TaskInfo]:
