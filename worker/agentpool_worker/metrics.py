@@ -61,7 +61,7 @@ CHECKPOINTS_REFUSED = Counter(
     "Checkpoints refused because the run no longer held its task", ["queue"])
 SUBMITTED = Counter(
     "agentpool_worker_submitted",
-    "Tasks runs submitted (ctx.submit, ctx.submit_many, a program's submit lines), by the "
+    "Tasks that runs submitted (ctx.submit, ctx.submit_many, a program's submit lines), by the "
     "queue they went to: the pool's own, or one of spec.worker.submitsTo (a step submitted "
     "again by a retried run counts again)", ["queue", "to"])
 REDIS_ROUND_TRIPS = Counter(
