@@ -114,9 +114,7 @@ async def test_a_run_waits_for_the_tasks_it_handed_to_another_pool(
                 done = await eventually(lambda: task_in(planner, plan, "succeeded"), 15,
                                         "the plan, once the other pool ran its steps")
         assert done.result == expected and done.attempts == 1
-        refused = [entry for entry in await redis.execute_command("ACL", "LOG")
-                   if dict(zip(entry[::2], entry[1::2], strict=True)).get(b"username")
-                   == user.encode()]
+        refused = [entry for entry in await redis.acl_log() if entry["username"] == user]
         assert refused == [], "the wait subscribed (a refused subscription would poll)"
 
 
