@@ -54,7 +54,7 @@ from .disruption_actions import ensure_budget
 from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
 from .queue_loss import data_lost, loss_event, marks_of, queue_identity
-from .queue_sharing import queue_address, sharing_problem
+from .queue_sharing import queue_address, sharing_problem, unserved_problem
 from .redis_access import QueueAccessError, read_figures, resolve_redis_url
 from .status import (
     DeploymentView,
@@ -571,8 +571,9 @@ async def observe_once(
         metrics.record_reconcile_error(namespace, name, "act")
         result = ActionResult()
 
-    shared = sharing_problem(
-        (namespace, name), {key: pool.queue_address for key, pool in ctx.pools.items()})
+    addresses = {key: pool.queue_address for key, pool in ctx.pools.items()}
+    shared = sharing_problem((namespace, name), addresses)
+    unserved = unserved_problem((namespace, name), addresses, spec.worker.submits_to or [])
     new = build_status(
         queue=spec.queue_name(name),
         generation=generation,
@@ -589,8 +590,8 @@ async def observe_once(
                            *result.problems,
                            *workload_problems(deployment, pods, now,
                                               ctx.settings.unschedulable_grace_seconds),
-                           *(p for p in (shared, evicting, budget_problem, crd_problem)
-                             if p is not None)],
+                           *(p for p in (shared, unserved, evicting, budget_problem,
+                                         crd_problem) if p is not None)],
         extra_conditions=[
             *result.conditions,
             *([state.worker_credentials.condition] if state.worker_credentials else []),

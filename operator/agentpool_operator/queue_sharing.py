@@ -8,6 +8,11 @@ for their owners to say. Only pools this operator watches are compared. A Servic
 count as one (`redis` in namespace `team`, `redis.team`, `redis.team.svc`,
 `redis.team.svc.cluster.local`), and the same short name in two namespaces as two Services;
 a Redis reached under two other names (an IP address and a DNS name) counts as two.
+
+The same addresses tell when a queue a pool hands tasks to (`spec.worker.submitsTo`) has no
+pool at all on that Redis: its tasks would wait for good. The pool is Degraded, reason
+`SubmitsToUnserved`, until a pool of that queue exists; judged only once every pool's address
+is known, so that an operator starting up does not report a pool it has not reached yet.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from urllib.parse import urlsplit
 from .status import Problem
 
 REASON = "QueueShared"
+UNSERVED = "SubmitsToUnserved"
 
 
 def queue_address(redis_url: str, queue: str, namespace: str) -> str:
@@ -68,4 +74,28 @@ def sharing_problem(
         f"queue {queue!r} on {server} is also served by {', '.join(others)}: the pools' "
         "workers take each other's tasks, and each pool scales for the whole queue; give "
         "each pool a queue of its own (spec.queue)",
+    )
+
+
+def unserved_problem(
+    pool: tuple[str, str], addresses: Mapping[tuple[str, str], str | None],
+    submits_to: list[str],
+) -> Problem | None:
+    """Why `pool` is Degraded when queues of its `submitsTo` are served by no pool on its
+    Redis; None when each has one, or while an address (its own or another pool's) is
+    unknown."""
+    own = addresses.get(pool)
+    if own is None or not submits_to or any(a is None for a in addresses.values()):
+        return None
+    server, _, queue = own.rpartition(" ")
+    served = set(addresses.values())
+    unserved = [other for other in dict.fromkeys(submits_to)
+                if other != queue and f"{server} {other}" not in served]
+    if not unserved:
+        return None
+    names = ", ".join(repr(q) for q in unserved)
+    return Problem(
+        UNSERVED,
+        f"spec.worker.submitsTo names {names}, served by no pool on {server} that this "
+        "operator watches: the tasks the workers hand there wait until such a pool exists",
     )

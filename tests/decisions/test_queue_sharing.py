@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from agentpool_operator.queue_sharing import REASON, queue_address, sharing_problem
+from agentpool_operator.queue_sharing import (
+    REASON,
+    UNSERVED,
+    queue_address,
+    sharing_problem,
+    unserved_problem,
+)
 
 
 def test_the_address_leaves_out_credentials_and_options_and_defaults_the_database() -> None:
@@ -62,3 +68,23 @@ def test_every_pool_on_a_shared_queue_names_the_others() -> None:
     assert sharing_problem(("team-d", "x"), addresses) is None
     assert sharing_problem(("team-e", "down"), addresses) is None
     assert sharing_problem(("team-z", "unknown"), addresses) is None
+
+
+def test_a_queue_handed_tasks_that_no_pool_serves_is_named() -> None:
+    def at(queue: str) -> str:
+        return queue_address("redis://redis.db:6379/0", queue, "team-a")
+
+    addresses = {("team-a", "planners"): at("plan"), ("team-b", "coders"): at("code"),
+                 ("team-c", "elsewhere"): queue_address("redis://other:6379/0", "review", "c")}
+    problem = unserved_problem(("team-a", "planners"), addresses,
+                               ["code", "review", "plan", "review", "tests"])
+    assert problem is not None and problem.reason == UNSERVED
+    assert problem.message.startswith(
+        "spec.worker.submitsTo names 'review', 'tests', served by no pool on "
+        "redis://redis.db.svc:6379/0 that this operator watches:"), \
+        "a pool of the same queue on another Redis does not serve it; its own queue does"
+    assert unserved_problem(("team-a", "planners"), addresses, ["code"]) is None
+    assert unserved_problem(("team-a", "planners"), addresses, []) is None
+    not_yet = {**addresses, ("team-d", "starting"): None}
+    assert unserved_problem(("team-a", "planners"), not_yet, ["tests"]) is None, \
+        "judged once every pool's address is known"

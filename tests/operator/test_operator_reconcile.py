@@ -382,6 +382,26 @@ async def test_pools_serving_one_queue_on_one_redis_are_degraded_until_one_leave
     await eventually(lambda: cluster.condition("first", "Degraded")["status"] == "False")
 
 
+async def test_a_pool_handing_tasks_to_a_queue_no_pool_serves_is_degraded_until_one_does(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, queue_name: str
+) -> None:
+    coder = f"{queue_name}-coder"
+    planner = pool_manifest("planner", redis_url=redis_url, queue=queue_name)
+    planner["spec"]["worker"]["submitsTo"] = [coder]
+    await cluster.create_pool(planner)
+
+    def degraded() -> dict | None:
+        condition = cluster.condition("planner", "Degraded")
+        return condition if condition["status"] == "True" else None
+
+    condition = await eventually(degraded)
+    assert condition["reason"] == "SubmitsToUnserved"
+    assert condition["message"].startswith(
+        f"spec.worker.submitsTo names {coder!r}, served by no pool on {redis_url.rstrip('/')}")
+    await cluster.create_pool(pool_manifest("coder", redis_url=redis_url, queue=coder))
+    await eventually(lambda: cluster.condition("planner", "Degraded")["status"] == "False")
+
+
 async def test_pods_that_cannot_come_up_make_the_pool_degraded_with_the_reason(
     cluster: Cluster, operator: OperatorThread, redis_url: str
 ) -> None:
