@@ -92,6 +92,8 @@ class PoolState:
     queue_address: str | None = None
     """The Redis server and queue the pool's workers serve, as last opened (see
     `queue_sharing`); None while the queue cannot be opened."""
+    seen: bool = False
+    """A round has looked at the pool (its spec read, its queue opened or not)."""
     queue_marks: QueueMarks | None = None
     """What the last round that read the queue's figures saw (see `queue_loss`): a failed
     read keeps it, another queue or Redis URL replaces it without a comparison."""

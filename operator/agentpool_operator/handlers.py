@@ -518,6 +518,7 @@ async def observe_once(
     try:
         spec = parse_spec(body)
     except ValidationError as error:
+        state.seen = True
         await report_invalid_spec(ctx, state, body, spec_problem(error), now, generation)
         return INVALID_SPEC_RETRY_SECONDS
 
@@ -527,6 +528,7 @@ async def observe_once(
         None if queue is None or state.redis_url is None
         else queue_address(state.redis_url, queue.name, namespace)
     )
+    state.seen = True
 
     deployment_problem: Problem | None = None
     async with state.lock:
@@ -573,7 +575,8 @@ async def observe_once(
 
     addresses = {key: pool.queue_address for key, pool in ctx.pools.items()}
     shared = sharing_problem((namespace, name), addresses)
-    unserved = unserved_problem((namespace, name), addresses, spec.worker.submits_to or [])
+    unserved = unserved_problem((namespace, name), addresses, spec.worker.submits_to or [],
+                                every_pool_seen=all(p.seen for p in ctx.pools.values()))
     new = build_status(
         queue=spec.queue_name(name),
         generation=generation,

@@ -11,8 +11,9 @@ a Redis reached under two other names (an IP address and a DNS name) counts as t
 
 The same addresses tell when a queue a pool hands tasks to (`spec.worker.submitsTo`) has no
 pool at all on that Redis: its tasks would wait for good. The pool is Degraded, reason
-`SubmitsToUnserved`, until a pool of that queue exists; judged only once every pool's address
-is known, so that an operator starting up does not report a pool it has not reached yet.
+`SubmitsToUnserved`, until a pool of that queue exists; judged only once every watched pool
+had a round, so that an operator starting up does not report a pool it has not looked at
+yet. A pool whose queue cannot be opened (its Redis URL unknown) serves no queue here.
 """
 
 from __future__ import annotations
@@ -29,20 +30,23 @@ UNSERVED = "SubmitsToUnserved"
 
 def queue_address(redis_url: str, queue: str, namespace: str) -> str:
     """Where a pool of `namespace` keeps its tasks: the Redis server (the URL's hosts, port and
-    database, without credentials or options; Service names written out) and the queue on it."""
+    database, without credentials or options; Service names written out, the default port
+    filled in, several hosts in order) and the queue on it."""
     parts = urlsplit(redis_url)
-    hosts = ",".join(_host(h, namespace) for h in parts.netloc.rpartition("@")[2].split(","))
+    port = "26379" if parts.scheme.endswith("sentinel") else "6379"
+    hosts = ",".join(sorted(_host(h, namespace, port)
+                            for h in parts.netloc.rpartition("@")[2].split(",")))
     database = parts.path.rstrip("/") or "/0"
     return f"{parts.scheme}://{hosts}{database} {queue}"
 
 
-def _host(host_port: str, namespace: str) -> str:
-    """`host[:port]` with a Kubernetes Service's name as `name.namespace.svc`, as a pod in
+def _host(host_port: str, namespace: str, default_port: str) -> str:
+    """`host:port` with a Kubernetes Service's name as `name.namespace.svc`, as a pod in
     `namespace` resolves it (one label: a Service of its own namespace; two: `name.ns`)."""
     host_port = host_port.lower()
     if host_port.startswith("["):  # an IPv6 address
-        return host_port
-    host, sep, port = host_port.partition(":")
+        return host_port if "]:" in host_port else f"{host_port}:{default_port}"
+    host, _, port = host_port.partition(":")
     host = host.rstrip(".")
     try:
         ipaddress.ip_address(host)
@@ -53,7 +57,7 @@ def _host(host_port: str, namespace: str) -> str:
         elif host != "localhost" and len(labels) <= 2:
             service_namespace = labels[1] if len(labels) == 2 else namespace
             host = f"{labels[0]}.{service_namespace}.svc"
-    return f"{host}{sep}{port}"
+    return f"{host}:{port or default_port}"
 
 
 def sharing_problem(
@@ -79,16 +83,16 @@ def sharing_problem(
 
 def unserved_problem(
     pool: tuple[str, str], addresses: Mapping[tuple[str, str], str | None],
-    submits_to: list[str],
+    submits_to: list[str], *, every_pool_seen: bool,
 ) -> Problem | None:
     """Why `pool` is Degraded when queues of its `submitsTo` are served by no pool on its
-    Redis; None when each has one, or while an address (its own or another pool's) is
-    unknown."""
+    Redis; None when each has one, while its own address is unknown, or before every pool
+    had a round (`every_pool_seen`)."""
     own = addresses.get(pool)
-    if own is None or not submits_to or any(a is None for a in addresses.values()):
+    if own is None or not submits_to or not every_pool_seen:
         return None
     server, _, queue = own.rpartition(" ")
-    served = set(addresses.values())
+    served = {address for address in addresses.values() if address is not None}
     unserved = [other for other in dict.fromkeys(submits_to)
                 if other != queue and f"{server} {other}" not in served]
     if not unserved:

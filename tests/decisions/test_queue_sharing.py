@@ -75,16 +75,32 @@ def test_a_queue_handed_tasks_that_no_pool_serves_is_named() -> None:
         return queue_address("redis://redis.db:6379/0", queue, "team-a")
 
     addresses = {("team-a", "planners"): at("plan"), ("team-b", "coders"): at("code"),
-                 ("team-c", "elsewhere"): queue_address("redis://other:6379/0", "review", "c")}
+                 ("team-c", "elsewhere"): queue_address("redis://other:6379/0", "review", "c"),
+                 ("team-d", "broken"): None}
     problem = unserved_problem(("team-a", "planners"), addresses,
-                               ["code", "review", "plan", "review", "tests"])
+                               ["code", "review", "plan", "review", "tests"],
+                               every_pool_seen=True)
     assert problem is not None and problem.reason == UNSERVED
     assert problem.message.startswith(
         "spec.worker.submitsTo names 'review', 'tests', served by no pool on "
         "redis://redis.db.svc:6379/0 that this operator watches:"), \
         "a pool of the same queue on another Redis does not serve it; its own queue does"
-    assert unserved_problem(("team-a", "planners"), addresses, ["code"]) is None
-    assert unserved_problem(("team-a", "planners"), addresses, []) is None
-    not_yet = {**addresses, ("team-d", "starting"): None}
-    assert unserved_problem(("team-a", "planners"), not_yet, ["tests"]) is None, \
-        "judged once every pool's address is known"
+    assert unserved_problem(("team-a", "planners"), addresses, ["code"],
+                            every_pool_seen=True) is None
+    assert unserved_problem(("team-a", "planners"), addresses, [], every_pool_seen=True) is None
+    assert unserved_problem(("team-a", "planners"), addresses, ["tests"],
+                            every_pool_seen=False) is None, "judged once every pool had a round"
+    assert unserved_problem(("team-d", "broken"), addresses, ["tests"],
+                            every_pool_seen=True) is None, "its own Redis unknown"
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("redis://redis:6379/0", "redis://redis/0"),
+    ("rediss://redis.db.svc", "rediss://redis.db:6379"),
+    ("redis+sentinel://s-1:26379,s-0/mymaster/0", "redis+sentinel://s-0:26379,s-1/mymaster/0"),
+    ("redis://[::1]/0", "redis://[::1]:6379/0"),
+])
+def test_one_server_written_two_ways_is_one_address(one: str, other: str) -> None:
+    """The default port filled in and several hosts put in order: a pool's submitsTo is not
+    reported unserved because its URL leaves out what another pool's writes."""
+    assert queue_address(one, "q", "db") == queue_address(other, "q", "db")

@@ -105,7 +105,6 @@ NAMES = (
     "agentpool_worker_events_total",
     "agentpool_worker_checkpoints_total",
     "agentpool_worker_checkpoints_refused_total",
-    "agentpool_worker_submitted_total",
     "agentpool_worker_redis_round_trips_total",
     "agentpool_worker_redis_errors_total",
     "agentpool_worker_ready",
@@ -121,6 +120,9 @@ LIMIT_NAMES = (
     "agentpool_worker_limit_rate_factor",
 )
 """The rate-limit series: exposed once a handler used a limit (one series per limit)."""
+
+SUBMIT_NAMES = ("agentpool_worker_submitted_total",)
+"""Exposed once a run submitted a task (one series per queue it went to)."""
 
 
 @dataclass(frozen=True)
