@@ -82,6 +82,9 @@ class PoolState:
     the watch keeps it current: it is not read again."""
     reconciled_generation: int | None = None
     """The pool generation the Deployment was last made to match."""
+    deleted_uid: str | None = None
+    """The uid of the last Deployment the watch saw deleted: a copy of it that a write's
+    answer brings later (the delete landed while the write was in flight) is not kept."""
 
     redis_url: str | None = None
     redis_url_read: float = 0.0
@@ -120,16 +123,24 @@ class PoolState:
     """The pool's PodDisruptionBudget and which pods carry its busy label."""
 
     def remember_deployment(self, body: dict[str, Any] | None) -> None:
-        """Keep the newest known Deployment; a late watch event for an older spec is ignored."""
+        """Keep the newest known Deployment; a late watch event for an older spec, or a copy
+        of one already deleted, is ignored."""
         current = self.deployment
-        if (
-            body is not None
-            and current is not None
-            and _uid(body) == _uid(current)
-            and _generation(body) < _generation(current)
+        if body is not None and (
+            (current is not None and _uid(body) == _uid(current)
+             and _generation(body) < _generation(current))
+            or (self.deleted_uid is not None and _uid(body) == self.deleted_uid)
         ):
             return
         self.deployment = body
+        self.deployment_known = True
+
+    def forget_deployment(self, deleted: dict[str, Any]) -> None:
+        """The watch saw `deleted` go: no Deployment, unless a newer one is known already."""
+        self.deleted_uid = _uid(deleted)
+        current = self.deployment
+        if current is None or _uid(current) == self.deleted_uid:
+            self.deployment = None
         self.deployment_known = True
 
     def failing_for(self, now: float) -> float | None:

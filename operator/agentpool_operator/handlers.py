@@ -254,7 +254,10 @@ async def deployment_event(
     seen = None if event.get("type") == "DELETED" else dict(body)
     known = state.deployment if state.deployment_known else None
     unchanged = replayed(known, seen)
-    state.remember_deployment(seen)
+    if seen is None:
+        state.forget_deployment(dict(body))
+    else:
+        state.remember_deployment(seen)
     if not unchanged:
         state.wake.set()
 
