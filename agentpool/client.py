@@ -58,6 +58,7 @@ from agentpool.protocol import (
     WorkerState,
 )
 from agentpool.ratelimit import LimitState, RateLimiter, Reservation, Throttle
+from agentpool.slots import Held, enter_unless
 from agentpool.urls import redact_url
 
 ENV_REDIS_URL = "AGENTPOOL_REDIS_URL"
@@ -147,7 +148,8 @@ class Client:
     def rate_limit(self, name: str) -> RateLimiter:
         """The shared rate limit `name` as the pools on this Redis declare it (their
         spec.rateLimits): ``await limiter.acquire(tokens=n)`` waits for a grant, ``await
-        limiter.throttled(retry_after)`` reports a 429. An undeclared name raises
+        limiter.throttled(retry_after)`` reports a 429, ``async with limiter.hold():`` runs
+        the block in one of its ``maxConcurrent`` slots. An undeclared name raises
         :class:`agentpool.ratelimit.UndeclaredLimit` at the first call."""
         return RateLimiter(self.redis, name, caller=f"client:{os.getpid()}")
 
@@ -389,6 +391,28 @@ class SyncRateLimit:
 
     def throttled(self, retry_after: float | None = None) -> Throttle:
         return self._client._call(self.limiter.throttled(retry_after))
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Held]:
+        """``with limit.hold():`` waits in the caller's thread for one of the limit's
+        ``maxConcurrent`` slots and gives it back after the block. A caller interrupted while
+        it waits (KeyboardInterrupt, say) leaves the line."""
+        manager = self.limiter.hold()
+        stop = threading.Event()
+        entered = asyncio.run_coroutine_threadsafe(enter_unless(manager, stop),
+                                                   self._client._parts()[0].loop)
+        try:
+            held = entered.result()
+        except BaseException:
+            stop.set()
+            with contextlib.suppress(Exception):
+                entered.result(timeout=10.0)
+            raise
+        assert held is not None
+        try:
+            yield held
+        finally:
+            self._client._call(manager.__aexit__(None, None, None))
 
     def state(self) -> LimitState:
         return self._client._call(self.limiter.state())

@@ -140,8 +140,8 @@ RATE_LIMIT_NAME_FORMAT = CelRule(
     "ending with a letter or digit",
 )
 RATE_LIMIT_HAS_RATE = CelRule(
-    "has(self.requestsPerMinute) || has(self.tokensPerMinute)",
-    "each rate limit needs requestsPerMinute, tokensPerMinute or both",
+    "has(self.requestsPerMinute) || has(self.tokensPerMinute) || has(self.maxConcurrent)",
+    "each rate limit needs requestsPerMinute, tokensPerMinute, maxConcurrent or a mix",
 )
 SCHEDULE_NAME_FORMAT = CelRule(
     f"self.matches('{LIMIT_NAME_PATTERN}')",
@@ -846,9 +846,10 @@ class RecoverySpec(_Model):
 
 
 class RateLimitSpec(_Model):
-    """A named budget of requests and/or tokens per minute (one LLM API key, say). Every pool
-    on the same Redis naming the same limit shares one budget; the first declaration of a name
-    serves, a pool declaring other rates for it is reported Degraded."""
+    """A named budget of requests and/or tokens per minute (one LLM API key, say), and/or of
+    calls in progress at once (`maxConcurrent`). Every pool on the same Redis naming the same
+    limit shares one budget; the first declaration of a name serves, a pool declaring other
+    rates for it is reported Degraded."""
 
     model_config = ConfigDict(json_schema_extra=cel(RATE_LIMIT_HAS_RATE))
 
@@ -885,6 +886,17 @@ class RateLimitSpec(_Model):
             "calls go at once)."
         ),
     )
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Most calls in progress at once, across every pool naming the limit (sandboxes "
+            "of a provider, sessions of a browser service): handlers wrap each call in "
+            "`async with ctx.hold(name)`, which waits for a free slot, first come first "
+            "served. A worker that dies gives its slots back within 15 seconds."
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -895,7 +907,8 @@ class RateLimitSpec(_Model):
 
     @model_validator(mode="after")
     def _some_rate(self) -> RateLimitSpec:
-        if self.requests_per_minute is None and self.tokens_per_minute is None:
+        if (self.requests_per_minute is None and self.tokens_per_minute is None
+                and self.max_concurrent is None):
             raise ValueError(RATE_LIMIT_HAS_RATE.message)
         return self
 

@@ -22,6 +22,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -32,6 +33,7 @@ from redis.commands.core import AsyncScript
 
 from agentpool.errors import PermanentError
 from agentpool.protocol import call_id
+from agentpool.slots import Held, Slots
 
 if TYPE_CHECKING:  # the worker reads limits from its environment and never loads the models
     from agentpool.models import RateLimitSpec
@@ -79,6 +81,8 @@ class LimitConfig:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     burst_seconds: float = 1.0
+    max_concurrent: int | None = None
+    """Most calls in progress at once (``ctx.hold``), None for no such bound."""
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -86,21 +90,26 @@ class LimitConfig:
                 f"invalid rate limit name {self.name!r}: use 1-63 lowercase letters, digits, "
                 "'.', '_' or '-'"
             )
-        if self.requests_per_minute is None and self.tokens_per_minute is None:
-            raise RateLimitError(f"rate limit {self.name!r} needs requests or tokens per minute")
-        for rate in (self.requests_per_minute, self.tokens_per_minute):
+        if (self.requests_per_minute is None and self.tokens_per_minute is None
+                and self.max_concurrent is None):
+            raise RateLimitError(
+                f"rate limit {self.name!r} needs requests or tokens per minute, or "
+                "maxConcurrent")
+        for rate in (self.requests_per_minute, self.tokens_per_minute, self.max_concurrent):
             if rate is not None and rate < 1:
-                raise RateLimitError(f"rate limit {self.name!r}: rates must be at least 1")
+                raise RateLimitError(f"rate limit {self.name!r}: rates and maxConcurrent must "
+                                     "be at least 1")
         if not 0 < self.burst_seconds <= 60:
             raise RateLimitError(f"rate limit {self.name!r}: burstSeconds must be in (0, 60]")
 
     @property
-    def wire(self) -> tuple[str, str, str]:
-        """(rpm, tpm, burst) as the script stores and compares them."""
+    def wire(self) -> tuple[str, str, str, str]:
+        """(rpm, tpm, burst, max concurrent) as the script stores and compares them."""
         return (
             "" if self.requests_per_minute is None else str(self.requests_per_minute),
             "" if self.tokens_per_minute is None else str(self.tokens_per_minute),
             repr(float(self.burst_seconds)),
+            "" if self.max_concurrent is None else str(self.max_concurrent),
         )
 
     def describe(self) -> str:
@@ -109,7 +118,11 @@ class LimitConfig:
             rates.append(f"{self.requests_per_minute} requests/min")
         if self.tokens_per_minute is not None:
             rates.append(f"{self.tokens_per_minute} tokens/min")
-        return f"{', '.join(rates)}, burst {self.burst_seconds:g}s"
+        if rates:
+            rates.append(f"burst {self.burst_seconds:g}s")
+        if self.max_concurrent is not None:
+            rates.append(f"at most {self.max_concurrent} at once")
+        return ", ".join(rates)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "burstSeconds": self.burst_seconds}
@@ -117,17 +130,21 @@ class LimitConfig:
             data["requestsPerMinute"] = self.requests_per_minute
         if self.tokens_per_minute is not None:
             data["tokensPerMinute"] = self.tokens_per_minute
+        if self.max_concurrent is not None:
+            data["maxConcurrent"] = self.max_concurrent
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LimitConfig:
         try:
             rpm, tpm = data.get("requestsPerMinute"), data.get("tokensPerMinute")
+            most = data.get("maxConcurrent")
             return cls(
                 name=str(data["name"]),
                 requests_per_minute=None if rpm is None else int(rpm),
                 tokens_per_minute=None if tpm is None else int(tpm),
                 burst_seconds=float(data.get("burstSeconds", 1.0)),
+                max_concurrent=None if most is None else int(most),
             )
         except (KeyError, TypeError, ValueError) as error:
             if isinstance(error, RateLimitError):
@@ -135,15 +152,17 @@ class LimitConfig:
             raise RateLimitError(f"malformed rate limit {dict(data)!r}: {error}") from None
 
     @classmethod
-    def from_wire(cls, name: str, rpm: str, tpm: str, burst: str) -> LimitConfig:
-        return cls(name, int(rpm) if rpm else None, int(tpm) if tpm else None, float(burst))
+    def from_wire(cls, name: str, rpm: str, tpm: str, burst: str,
+                  most: str = "") -> LimitConfig:
+        return cls(name, int(rpm) if rpm else None, int(tpm) if tpm else None, float(burst),
+                   int(most) if most else None)
 
 
 def limit_configs(limits: Iterable[RateLimitSpec] | None) -> list[LimitConfig]:
     """The limits of a pool's spec.rateLimits."""
     return [
         LimitConfig(spec.name, spec.requests_per_minute, spec.tokens_per_minute,
-                    spec.burst_seconds)
+                    spec.burst_seconds, spec.max_concurrent)
         for spec in limits or ()
     ]
 
@@ -233,6 +252,12 @@ class LimitState:
     released: int
     waiting: int
     """Callers holding a reservation still in the future."""
+    held: int = 0
+    """Calls in progress under ``maxConcurrent`` (``hold``)."""
+    in_line: int = 0
+    """Callers waiting for one of those slots."""
+    holds: int = 0
+    """Slots handed out so far."""
 
     @property
     def effective_rpm(self) -> float | None:
@@ -265,6 +290,21 @@ class RateLimiter:
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Future[None] | None = None
         self._orphans: set[asyncio.Future[bool]] = set()
+        self._slots: Slots | None = None
+
+    @property
+    def slots(self) -> Slots:
+        """The limit's ``maxConcurrent`` slots as this process holds them."""
+        if self._slots is None:
+            self._slots = Slots(self.redis, self.name, self.prefix, config=self.config,
+                                caller=self.caller)
+        return self._slots
+
+    def hold(self) -> AbstractAsyncContextManager[Held]:
+        """``async with limiter.hold():`` waits for one of the limit's ``maxConcurrent``
+        slots, shared with every process naming the limit, and gives it back after the block.
+        A limit declared without ``maxConcurrent`` raises NoConcurrencyLimit."""
+        return self.slots.hold()
 
     async def _run(self, *args: Any) -> Any:
         if self._script is None:
@@ -370,21 +410,24 @@ class RateLimiter:
         """Declare (or confirm) the limit for pool `owner`. The first declaration serves; a
         different one is refused as a conflict unless the serving one is `owner`'s own or
         has not been confirmed for OWNER_STALE_SECONDS."""
-        outcome, holder, rpm, tpm, burst = (_s(x) for x in await self._run(
+        outcome, holder, rpm, tpm, burst, most = (_s(x) for x in await self._run(
             "declare", *config.wire, owner, int(OWNER_STALE_SECONDS * 1000)))
         await self.redis.sadd(REGISTRY_KEY, self.name)
-        return Declaration(outcome, holder, LimitConfig.from_wire(self.name, rpm, tpm, burst))
+        return Declaration(outcome, holder,
+                           LimitConfig.from_wire(self.name, rpm, tpm, burst, most))
 
     async def state(self) -> LimitState:
         (rpm, tpm, burst, owner, factor, now, pause_until, grants, tokens, throttles, last,
-         waited, released, waiting) = (_s(x) for x in await self._run("read"))
-        config = LimitConfig.from_wire(self.name, rpm, tpm, burst) if burst else None
+         waited, released, waiting, most, held, in_line, holds) = (
+            _s(x) for x in await self._run("read"))
+        config = LimitConfig.from_wire(self.name, rpm, tpm, burst, most) if burst else None
         return LimitState(
             name=self.name, config=config, owner=owner, factor=float(factor),
             paused_for=max(0.0, (float(pause_until) - float(now)) / 1e6),
             grants=int(grants), tokens=int(tokens), throttles=int(throttles),
             last_throttle=float(last) / 1e6 if last else None,
             waited_seconds=int(waited) / 1e6, released=int(released), waiting=int(waiting),
+            held=int(held), in_line=int(in_line), holds=int(holds),
         )
 
 

@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "limits",
         help="list the shared rate limits and how they are used",
         description="List the rate limits the pools on this Redis declare (spec.rateLimits): "
-        "the declared rate, the effective rate now (lower after a 429 until it recovers), "
-        "workers holding a reservation in the future, grants and 429s so far, and when the "
-        "last 429 was reported.",
+        "the declared rate, the effective rate now (lower after a 429 until it recovers) and "
+        "the slots of maxConcurrent in use, workers holding a reservation in the future, "
+        "grants and 429s so far, and when the last 429 was reported.",
     )
     add_redis_option(parser)
     add_output_option(parser)
@@ -56,6 +56,11 @@ def limits_grid(states: list[LimitState], now: float) -> Grid:
                 effective.append(e)
         if s.paused_for > 0:
             effective.append(f"paused {s.paused_for:.0f}s")
+        most = config.max_concurrent if config else None
+        if most is not None:
+            declared.append(f"{most} at once")
+            effective.append(f"{s.held}/{most} at once"
+                             + (f", {s.in_line} in line" if s.in_line else ""))
         last = format_age(now - s.last_throttle) + " ago" if s.last_throttle else "never"
         rows.append([
             s.name, ", ".join(declared) or "(not declared)", ", ".join(effective) or "-",
@@ -88,6 +93,9 @@ def limits_json(states: list[LimitState], now: float) -> list[dict[str, Any]]:
             else round(now - s.last_throttle, 3),
             "waitedSeconds": round(s.waited_seconds, 3),
             "released": s.released,
+            "held": s.held,
+            "inLine": s.in_line,
+            "holds": s.holds,
         }
         for s in states
     ]

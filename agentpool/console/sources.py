@@ -343,7 +343,8 @@ def checkpoint_json(view: TaskView) -> dict[str, Any] | None:
 
 async def limit_rows(redis: aioredis.Redis, declared: Any, now: float) -> list[dict[str, Any]]:
     """The pool's rate limits as it declares them, with what Redis says of each (the serving
-    declaration, effective rate, waiting workers, grants, 429s); None figures when unread."""
+    declaration, effective rate, waiting workers, grants, 429s, slots held and callers in line
+    for them); None figures when unread."""
     rows: list[dict[str, Any]] = []
     for item in declared if isinstance(declared, list) else []:
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
@@ -351,7 +352,8 @@ async def limit_rows(redis: aioredis.Redis, declared: Any, now: float) -> list[d
         row: dict[str, Any] = {"name": item["name"], "declared": dict(item), "serving": None,
                                "conflict": False, "effective_rpm": None, "effective_tpm": None,
                                "paused_seconds": None, "waiting": None, "grants": None,
-                               "throttles": None, "last_throttle_age_seconds": None}
+                               "throttles": None, "last_throttle_age_seconds": None,
+                               "held": None, "in_line": None}
         try:
             state = await RateLimiter(redis, item["name"]).state()
         except (RateLimitError, *REDIS_FAILURES):
@@ -367,8 +369,8 @@ async def limit_rows(redis: aioredis.Redis, declared: Any, now: float) -> list[d
         row.update(
             effective_rpm=state.effective_rpm, effective_tpm=state.effective_tpm,
             paused_seconds=round(state.paused_for, 1), waiting=state.waiting,
-            grants=state.grants, throttles=state.throttles,
-            last_throttle_age_seconds=None if state.last_throttle is None
+            grants=state.grants, throttles=state.throttles, held=state.held,
+            in_line=state.in_line, last_throttle_age_seconds=None if state.last_throttle is None
             else round(now - state.last_throttle, 1),
         )
         rows.append(row)

@@ -3,7 +3,9 @@
 -- Keys: every key of a limit lives under ARGV[1] = "ap:{rl:<name>}:" and so shares the hash tag
 -- {rl:<name>}: one Redis Cluster slot per limit, whatever queue or pool uses it. KEYS[1] is the
 -- limit's state hash, which routes the script to that slot. The script touches nothing else.
---   <prefix>config     hash: rpm, tpm, burst (seconds), owner, seen (ms)   the declaration
+--   <prefix>config     hash: rpm, tpm, burst (seconds), conc (most calls at once, '' for
+--                      none), owner, seen (ms)                                 the declaration
+--   <prefix>held, line, seen, ticket   the slots of `conc` (agentpool/lua/slots.lua)
 --   <prefix>state      hash: tat_r, tat_t (µs), base, recover_at, pause_until (µs), counters
 --   <prefix>waiting    zset: caller -> time of its latest future grant (µs)
 --   <prefix>call:<id>  string (1 min TTL): what the acquire, release or throttle with this
@@ -23,7 +25,7 @@
 -- once the pause is over, rises by STEP every INTERVAL until it is back to 1.
 --
 -- Ops (ARGV[2]):
---   acquire call caller n (requests tokens) x n [rpm tpm burst]
+--   acquire call caller n (requests tokens) x n [rpm tpm burst conc]
 --                       -> {factor_ppm, wait_us 1, grant_us 1, ..., wait_us n, grant_us n}
 --                          (wait_us -1 or -2 and the rate for a call asking more requests or
 --                          tokens than the declared rate gives in a minute: refused), or
@@ -33,7 +35,7 @@
 --                          while its previous round trip was on the wire.
 --   release call requests tokens grant_us           -> 1 when the unspent grant was given back
 --   throttle call retry_after_us                    -> {pause_us, factor_ppm, decreased}
---   declare rpm tpm burst owner stale_ms            -> {outcome, owner, rpm, tpm, burst}
+--   declare rpm tpm burst conc owner stale_ms       -> {outcome, owner, rpm, tpm, burst, conc}
 --   read                                            -> flat list of fields (see the client)
 
 local P, op = ARGV[1], ARGV[2]
@@ -113,7 +115,7 @@ if op == 'acquire' then
   if not cfg[3] then
     if not ARGV[declare + 2] then return {-1} end
     redis.call('HSET', K_CONFIG, 'rpm', ARGV[declare], 'tpm', ARGV[declare + 1],
-      'burst', ARGV[declare + 2], 'owner', '', 'seen', 0)
+      'burst', ARGV[declare + 2], 'conc', ARGV[declare + 3] or '', 'owner', '', 'seen', 0)
     cfg = {ARGV[declare], ARGV[declare + 1], ARGV[declare + 2]}
   end
   local now = now_us()
@@ -209,37 +211,42 @@ if op == 'throttle' then
 end
 
 if op == 'declare' then
-  local rpm, tpm, burst, owner, stale = ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+  local rpm, tpm, burst, conc = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  local owner, stale = ARGV[7], tonumber(ARGV[8])
   local now_ms = math.floor(now_us() / 1000)
-  local c = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst', 'owner', 'seen')
+  local c = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst', 'owner', 'seen', 'conc')
+  c[6] = c[6] or ''
   local outcome
   if not c[3] then
     outcome = 'declared'
-  elseif c[1] == rpm and c[2] == tpm and c[3] == burst then
+  elseif c[1] == rpm and c[2] == tpm and c[3] == burst and c[6] == conc then
     outcome = 'same'
     if c[4] ~= '' and c[4] ~= owner and now_ms - (tonumber(c[5]) or 0) < stale then
-      return {outcome, c[4], c[1], c[2], c[3]}
+      return {outcome, c[4], c[1], c[2], c[3], c[6]}
     end
   elseif c[4] == '' or c[4] == owner or now_ms - (tonumber(c[5]) or 0) >= stale then
     outcome = 'updated'
   else
-    return {'conflict', c[4], c[1], c[2], c[3]}
+    return {'conflict', c[4], c[1], c[2], c[3], c[6]}
   end
-  redis.call('HSET', K_CONFIG, 'rpm', rpm, 'tpm', tpm, 'burst', burst, 'owner', owner,
-    'seen', now_ms)
-  return {outcome, owner, rpm, tpm, burst}
+  redis.call('HSET', K_CONFIG, 'rpm', rpm, 'tpm', tpm, 'burst', burst, 'conc', conc,
+    'owner', owner, 'seen', now_ms)
+  return {outcome, owner, rpm, tpm, burst, conc}
 end
 
 if op == 'read' then
   local now = now_us()
-  local c = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst', 'owner')
+  local c = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst', 'owner', 'conc')
   local s = redis.call('HMGET', K_STATE, 'base', 'recover_at', 'pause_until', 'grants',
-    'tokens', 'throttles', 'last_throttle', 'waited_us', 'released')
+    'tokens', 'throttles', 'last_throttle', 'waited_us', 'released', 'holds')
   local f = factor_at(now, tonumber(s[1]) or 1, tonumber(s[2]) or 0)
   local waiting = redis.call('ZCOUNT', K_WAITING, '(' .. num(now), '+inf')
+  local now_ms = math.floor(now / 1000)
+  local held = redis.call('ZCOUNT', P .. 'held', '(' .. now_ms, '+inf')
+  local in_line = redis.call('ZCOUNT', P .. 'seen', '(' .. now_ms, '+inf')
   return {c[1] or '', c[2] or '', c[3] or '', c[4] or '', num(f), num(now),
     s[3] or '0', s[4] or '0', s[5] or '0', s[6] or '0', s[7] or '', s[8] or '0', s[9] or '0',
-    waiting}
+    waiting, c[5] or '', held, in_line, s[10] or '0'}
 end
 
 return redis.error_reply('unknown rate limit op ' .. tostring(op))

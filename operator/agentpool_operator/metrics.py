@@ -163,6 +163,15 @@ LIMIT_WAITING = Gauge(
 LIMIT_WAITED = Gauge(
     "agentpool_limit_wait_seconds", "Run-seconds callers were told to wait for a rate "
     "limit's grants (its counter in Redis)", LIMIT_LABELS)
+LIMIT_MAX_CONCURRENT = Gauge(
+    "agentpool_limit_max_concurrent", "A limit's declared maxConcurrent (serving declaration)",
+    LIMIT_LABELS)
+LIMIT_HELD = Gauge(
+    "agentpool_limit_held", "Slots of a limit's maxConcurrent held now, across every pool",
+    LIMIT_LABELS)
+LIMIT_IN_LINE = Gauge(
+    "agentpool_limit_in_line", "Callers waiting for a slot of a limit's maxConcurrent",
+    LIMIT_LABELS)
 OPERATOR_UP = Gauge("agentpool_operator_up", "1 while the operator runs")
 REDIS_CLIENTS = Gauge(
     "agentpool_operator_redis_clients",
@@ -350,6 +359,10 @@ def record_limit(state: LimitState) -> None:
     LIMIT_THROTTLES.labels(name).set(state.throttles)
     LIMIT_WAITING.labels(name).set(state.waiting)
     LIMIT_WAITED.labels(name).set(state.waited_seconds)
+    if config is not None and config.max_concurrent is not None:
+        LIMIT_MAX_CONCURRENT.labels(name).set(config.max_concurrent)
+        LIMIT_HELD.labels(name).set(state.held)
+        LIMIT_IN_LINE.labels(name).set(state.in_line)
 
 
 def forget_pool(namespace: str, pool: str) -> None:

@@ -35,7 +35,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -50,6 +51,7 @@ from agentpool.protocol import (
     encode_progress,
 )
 from agentpool.ratelimit import RateLimitError, Reservation, Throttle
+from agentpool.slots import Held, enter_unless
 from agentpool_worker.threads import DaemonThreads
 
 SYNC_WAIT_CHECK_SECONDS = 0.05
@@ -110,6 +112,8 @@ class LimitChannel(Protocol):
     async def release(self, reservation: Reservation, remaining: float) -> None: ...
 
     async def throttled(self, name: str, retry_after: float | None) -> Throttle: ...
+
+    def hold(self, name: str) -> AbstractAsyncContextManager[Held]: ...
 
 
 class SubmitNames:
@@ -408,6 +412,29 @@ class TaskContext:
         limits, loop = self._limits(), self._loop_for_sync("throttled_sync")
         return asyncio.run_coroutine_threadsafe(limits.throttled(name, retry_after),
                                                 loop).result()
+
+    def hold(self, name: str) -> AbstractAsyncContextManager[Held]:
+        """``async with ctx.hold(name):`` waits for one of the ``maxConcurrent`` slots of
+        limit `name` (shared with every worker of every pool naming it; first come, first
+        served) and gives it back when the block ends, however it ends. A limit declared
+        without maxConcurrent raises NoConcurrencyLimit, an undeclared one RateLimitError."""
+        return self._limits().hold(name)
+
+    @contextmanager
+    def hold_sync(self, name: str) -> Iterator[Held]:
+        """:meth:`hold` for sync handlers: ``with ctx.hold_sync(name):``. The wait ends early
+        when ``ctx.cancelled`` is set: the caller leaves the line and LimitWaitCancelled is
+        raised."""
+        manager = self._limits().hold(name)
+        loop = self._loop_for_sync("hold_sync")
+        held = asyncio.run_coroutine_threadsafe(
+            enter_unless(manager, self.cancelled), loop).result()
+        if held is None:
+            raise LimitWaitCancelled(f"run cancelled while waiting for a slot of {name!r}")
+        try:
+            yield held
+        finally:
+            asyncio.run_coroutine_threadsafe(manager.__aexit__(None, None, None), loop).result()
 
     def _limits(self) -> LimitChannel:
         limits = self.channel.limits if self.channel is not None else None

@@ -1,19 +1,22 @@
-"""The worker's side of shared rate limits: ``ctx.limit``, ``ctx.throttled``, and the waiting
-share its heartbeat reports.
+"""The worker's side of shared rate limits: ``ctx.limit``, ``ctx.throttled``, ``ctx.hold``,
+and the waiting share its heartbeat reports.
 
 The limits come from ``AGENTPOOL_RATE_LIMITS`` (set by the operator from ``spec.rateLimits``).
 The waiting share over the last WINDOW_SECONDS is the time runs spent waiting for a grant
 divided by the time runs were in progress (both in run-seconds, so 4 runs waiting for 10 s is
 40): the operator sums both over the pool's workers to decide whether a limit, rather than
-the number of pods, is what holds the pool back.
+the number of pods, is what holds the pool back. A wait for a slot counts as it goes (its
+end is not known in advance, unlike a reservation's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +30,7 @@ from agentpool.ratelimit import (
     UndeclaredLimit,
     give_back,
 )
+from agentpool.slots import Held
 from agentpool_worker import metrics
 
 WINDOW_SECONDS = 60.0
@@ -58,6 +62,9 @@ class WorkerLimits:
         self._active = 0
         self._changed = time.monotonic()
         self._samples: deque[_Sample] = deque()
+        self._slot_waits: dict[int, tuple[str, float]] = {}
+        """Waits for a slot in progress: limit and when each began (monotonic)."""
+        self._slot_wait_ids = itertools.count()
 
     def limiter(self, name: str) -> RateLimiter:
         found = self._limiters.get(name)
@@ -83,7 +90,10 @@ class WorkerLimits:
     def window(self) -> dict[str, Any]:
         """Run-seconds busy and waited per limit over the last WINDOW_SECONDS (heartbeat)."""
         now = time.monotonic()
-        sample = _Sample(now, self.busy(), dict(self.waited))
+        waited = dict(self.waited)
+        for name, began in self._slot_waits.values():
+            waited[name] += now - began
+        sample = _Sample(now, self.busy(), waited)
         self._samples.append(sample)
         while len(self._samples) > 1 and now - self._samples[1].at >= WINDOW_SECONDS:
             self._samples.popleft()
@@ -134,6 +144,28 @@ class WorkerLimits:
     async def release(self, reservation: Reservation, remaining: float) -> None:
         self._unwaited(reservation, remaining)
         await give_back(self.limiter(reservation.limit), reservation)
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[Held]:
+        slots = self.limiter(name).slots
+        bound = metrics.for_limit(self._queue, name)
+        wait_id = next(self._slot_wait_ids)
+        began = time.monotonic()
+        self._slot_waits[wait_id] = (name, began)
+        try:
+            held = await slots.acquire()
+        finally:
+            del self._slot_waits[wait_id]
+            waited = time.monotonic() - began
+            self.waited[name] += waited
+            bound.waited.inc(waited)
+        bound.holds.inc()
+        bound.held.inc()
+        try:
+            yield held
+        finally:
+            bound.held.dec()
+            await slots.release(held)
 
     async def throttled(self, name: str, retry_after: float | None) -> Throttle:
         throttle = await self.limiter(name).throttled(retry_after)

@@ -76,12 +76,18 @@ LIMIT_TOKENS = Counter(
     "agentpool_worker_limit_tokens", "Tokens granted by a rate limit", ["queue", "limit"])
 LIMIT_WAITED = Counter(
     "agentpool_worker_limit_wait_seconds",
-    "Run-seconds spent waiting for a rate limit's grants", ["queue", "limit"])
+    "Run-seconds spent waiting for a rate limit's grants or slots", ["queue", "limit"])
 LIMIT_RELEASED = Counter(
     "agentpool_worker_limit_released",
     "Reservations given back by runs cancelled while they waited", ["queue", "limit"])
 LIMIT_THROTTLES = Counter(
     "agentpool_worker_limit_throttles", "429s reported with ctx.throttled", ["queue", "limit"])
+LIMIT_HOLDS = Counter(
+    "agentpool_worker_limit_holds",
+    "Slots of a limit's maxConcurrent taken (ctx.hold blocks entered)", ["queue", "limit"])
+LIMIT_HELD = Gauge(
+    "agentpool_worker_limit_held", "Slots of a limit's maxConcurrent this worker holds now",
+    ["queue", "limit"])
 LIMIT_FACTOR = Gauge(
     "agentpool_worker_limit_rate_factor",
     "Effective rate of a limit as a share of its declared rate (below 1 after a 429)",
@@ -117,6 +123,8 @@ LIMIT_NAMES = (
     "agentpool_worker_limit_wait_seconds_total",
     "agentpool_worker_limit_released_total",
     "agentpool_worker_limit_throttles_total",
+    "agentpool_worker_limit_holds_total",
+    "agentpool_worker_limit_held",
     "agentpool_worker_limit_rate_factor",
 )
 """The rate-limit series: exposed once a handler used a limit (one series per limit)."""
@@ -180,6 +188,8 @@ class LimitMetrics:
     waited: Counter
     released: Counter
     throttles: Counter
+    holds: Counter
+    held: Gauge
     factor: Gauge
 
 
@@ -191,5 +201,7 @@ def for_limit(queue: str, limit: str) -> LimitMetrics:
         waited=LIMIT_WAITED.labels(queue, limit),
         released=LIMIT_RELEASED.labels(queue, limit),
         throttles=LIMIT_THROTTLES.labels(queue, limit),
+        holds=LIMIT_HOLDS.labels(queue, limit),
+        held=LIMIT_HELD.labels(queue, limit),
         factor=LIMIT_FACTOR.labels(queue, limit),
     )

@@ -181,7 +181,9 @@ function limitRates(d) {
   const parts = [];
   if (d.requestsPerMinute) parts.push(`${d.requestsPerMinute}/min req`);
   if (d.tokensPerMinute) parts.push(`${d.tokensPerMinute}/min tok`);
-  return parts.join(", ") + `, burst ${d.burstSeconds ?? 1}s`;
+  if (parts.length) parts.push(`burst ${d.burstSeconds ?? 1}s`);
+  if (d.maxConcurrent) parts.push(`at most ${d.maxConcurrent} at once`);
+  return parts.join(", ");
 }
 
 function effectiveRates(l) {
@@ -189,6 +191,10 @@ function effectiveRates(l) {
   if (l.effective_rpm !== null) parts.push(`${Math.round(l.effective_rpm)}/min req`);
   if (l.effective_tpm !== null) parts.push(`${Math.round(l.effective_tpm)}/min tok`);
   if (l.paused_seconds) parts.push(`paused ${l.paused_seconds.toFixed(0)}s`);
+  if (l.serving && l.serving.maxConcurrent && l.held !== null) {
+    parts.push(`${l.held}/${l.serving.maxConcurrent} at once` +
+      (l.in_line ? `, ${l.in_line} in line` : ""));
+  }
   return parts.length ? parts.join(", ") : "-";
 }
 

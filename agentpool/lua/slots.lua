@@ -1,0 +1,117 @@
+-- The slots of a shared limit's `maxConcurrent`: at most `conc` calls in progress at once
+-- (the declaration's conc field, see rate_limit.lua), handed out in the order they were asked
+-- for, whichever process asked.
+--
+-- Keys under ARGV[1] = "ap:{rl:<name>}:" (one hash slot per limit; KEYS[1] is its config):
+--   held    zset: holder -> when its hold lapses (ms, Redis's clock) unless renewed
+--   line    zset: holder -> ticket, the order of asking
+--   seen    zset: holder -> when its place in line lapses (ms) unless it asks again
+--   ticket  string: the last ticket handed out
+--   state   hash (rate_limit.lua's): `holds` counts the slots handed out
+-- A process renews its holds every few seconds and asks again for its waiters several times
+-- a second (agentpool/slots.py), so one that dies keeps a slot no longer than a hold lasts and
+-- a place in line no longer than `grace`.
+--
+-- Ops (ARGV[2]):
+--   poll hold_ms grace_ms rpm tpm burst conc n held x n waiter...
+--       -> {conc, lapsed flag per held holder, place per waiter (0 granted, k the k-th in
+--          line)}, or {-1}: the limit is not declared; {-2}: it is declared without conc.
+--       Renews the holds (one that lapsed is taken again and flagged: its process was frozen
+--       longer than a hold lasts), puts each new waiter at the end of the line, then hands
+--       the free slots to the head of the line. rpm..conc declare the limit when nothing is
+--       declared (an emptied Redis heals itself), as an acquire does.
+--   leave hold_ms holder...
+--       -> holds given back; the holders leave the line too, and the freed slots go to the
+--          head of the line at once.
+-- Both may be sent twice (a reply lost with its connection) with the same effect.
+
+local P, op = ARGV[1], ARGV[2]
+local K_CONFIG, K_STATE = P .. 'config', P .. 'state'
+local K_HELD, K_LINE, K_SEEN, K_TICKET = P .. 'held', P .. 'line', P .. 'seen', P .. 'ticket'
+
+-- Slots serve runs in progress, so they go on when Redis is full (run_when_full in
+-- common.lua): a first write that cannot grow memory lets the rest of the script write.
+redis.call('EXPIRE', P .. 'full', 1)
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function sweep()
+  redis.call('ZREMRANGEBYSCORE', K_HELD, '-inf', now)
+  local gone = redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', now, 'LIMIT', 0, 1000)
+  if #gone > 0 then
+    redis.call('ZREM', K_SEEN, unpack(gone))
+    redis.call('ZREM', K_LINE, unpack(gone))
+  end
+end
+
+local function hand_out(conc, hold_ms)
+  local free = conc - redis.call('ZCARD', K_HELD)
+  if free <= 0 then return end
+  local head = redis.call('ZRANGE', K_LINE, 0, free - 1)
+  if #head == 0 then return end
+  for _, holder in ipairs(head) do redis.call('ZADD', K_HELD, now + hold_ms, holder) end
+  redis.call('ZREM', K_LINE, unpack(head))
+  redis.call('ZREM', K_SEEN, unpack(head))
+  redis.call('HINCRBY', K_STATE, 'holds', #head)
+end
+
+local function declared_conc()
+  local cfg = redis.call('HMGET', K_CONFIG, 'burst', 'conc')
+  return cfg[1], tonumber(cfg[2])
+end
+
+if op == 'poll' then
+  local hold_ms, grace_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local burst, conc = declared_conc()
+  if not burst then
+    if ARGV[7] == '' then return {-1} end
+    redis.call('HSET', K_CONFIG, 'rpm', ARGV[5], 'tpm', ARGV[6], 'burst', ARGV[7],
+      'conc', ARGV[8], 'owner', '', 'seen', 0)
+    conc = tonumber(ARGV[8])
+  end
+  if not conc then return {-2} end
+  sweep()
+  local n = tonumber(ARGV[9])
+  local out = {conc}
+  for i = 10, 9 + n do
+    out[#out + 1] = redis.call('ZADD', K_HELD, now + hold_ms, ARGV[i])
+  end
+  local waiters = {}
+  for i = 10 + n, #ARGV do
+    local holder = ARGV[i]
+    waiters[#waiters + 1] = holder
+    if redis.call('ZSCORE', K_HELD, holder) then
+      redis.call('ZADD', K_HELD, now + hold_ms, holder)
+    else
+      if not redis.call('ZSCORE', K_LINE, holder) then
+        redis.call('ZADD', K_LINE, redis.call('INCR', K_TICKET), holder)
+      end
+      redis.call('ZADD', K_SEEN, now + grace_ms, holder)
+    end
+  end
+  hand_out(conc, hold_ms)
+  for _, holder in ipairs(waiters) do
+    local rank = redis.call('ZRANK', K_LINE, holder)
+    out[#out + 1] = rank and rank + 1 or 0
+  end
+  return out
+end
+
+if op == 'leave' then
+  local hold_ms = tonumber(ARGV[3])
+  local holders = {}
+  for i = 4, #ARGV do holders[#holders + 1] = ARGV[i] end
+  if #holders == 0 then return 0 end
+  local given = redis.call('ZREM', K_HELD, unpack(holders))
+  redis.call('ZREM', K_LINE, unpack(holders))
+  redis.call('ZREM', K_SEEN, unpack(holders))
+  local _, conc = declared_conc()
+  if conc then
+    sweep()
+    hand_out(conc, hold_ms)
+  end
+  return given
+end
+
+return redis.error_reply('unknown slots op ' .. tostring(op))

@@ -1,0 +1,237 @@
+"""Concurrency slots of a shared limit: at most ``maxConcurrent`` calls in progress at once,
+for every worker and producer that names the limit (a sandbox provider's session cap, an
+API's concurrent-request cap).
+
+Redis holds the holders and the line (`agentpool/lua/slots.lua`, keys beside the limit's
+rate state). One :class:`Slots` per limit per process asks for all of the process's waiters
+in one call every POLL_SECONDS, renews all of its holds in one call every RENEW_SECONDS,
+and asks at once when one of its own holds ends. Slots go to the waiters in the order they
+asked, across processes; a process that dies keeps its slots no longer than HOLD_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from agentpool.errors import PermanentError
+
+if TYPE_CHECKING:  # ratelimit imports this module
+    from agentpool.ratelimit import LimitConfig
+
+POLL_SECONDS = 0.2
+"""How often a process whose callers wait for a slot asks again."""
+HOLD_SECONDS = 15.0
+"""A hold not renewed for this long lapses (its process died or froze)."""
+RENEW_SECONDS = 5.0
+"""How often a process renews its holds."""
+GRACE_SECONDS = 3.0
+"""A place in line not asked for again for this long is given up."""
+STOP_CHECK_SECONDS = 0.05
+"""How often a wait for a thread's caller looks whether that caller gave up."""
+
+T = TypeVar("T")
+
+
+class NoConcurrencyLimit(ValueError, PermanentError):
+    """A caller asked for a slot of a limit declared without ``maxConcurrent``: a
+    configuration error that no retry mends."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """A slot: `holder` names it in Redis, `waited` is the seconds from asking to the grant."""
+
+    limit: str
+    holder: str
+    waited: float
+
+
+@cache
+def _lua() -> str:
+    return (resources.files("agentpool") / "lua" / "slots.lua").read_text()
+
+
+class Slots:
+    """One limit's slots as one process uses them. Create it on the loop that uses it."""
+
+    def __init__(self, redis: aioredis.Redis, name: str, prefix: str, *,
+                 config: LimitConfig | None = None, caller: str = "") -> None:
+        self.redis = redis
+        self.name = name
+        self.prefix = prefix
+        self.config = config
+        self.caller = caller or "client"
+        self.lapsed = 0
+        """Holds found lapsed when renewed (the process was frozen past HOLD_SECONDS)."""
+        self._script: AsyncScript | None = None
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._holding: set[str] = set()
+        self._ticker: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._stray: set[asyncio.Future[Any]] = set()
+
+    async def _run(self, *args: Any) -> Any:
+        if self._script is None:
+            self._script = self.redis.register_script(_lua())
+        return await self._script(keys=[self.prefix + "config"], args=[self.prefix, *args])
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[Held]:
+        """Wait for a slot, hold it for the block, give it back after."""
+        held = await self.acquire()
+        try:
+            yield held
+        finally:
+            await self.release(held)
+
+    async def acquire(self) -> Held:
+        """Wait for a slot. Cancelled while it waits, it leaves the line (and gives back a
+        slot granted in that moment)."""
+        holder = f"{self.caller}:{secrets.token_hex(6)}"
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[holder] = granted
+        began = time.monotonic()
+        self._kick()
+        try:
+            await granted
+        except BaseException:
+            self._waiting.pop(holder, None)
+            self._holding.discard(holder)
+            await _shielded(self._leave(holder))
+            raise
+        return Held(self.name, holder, time.monotonic() - began)
+
+    async def release(self, held: Held) -> None:
+        """Give the slot back; the next in line gets it at once."""
+        self._holding.discard(held.holder)
+        await _shielded(self._leave(held.holder))
+        if self._waiting:
+            self._kick()
+
+    async def _leave(self, holder: str) -> None:
+        await self._run("leave", int(HOLD_SECONDS * 1000), holder)
+
+    def _kick(self) -> None:
+        """Ask Redis now; start this process's ticker if none runs on this loop."""
+        ticker = self._ticker
+        if (ticker is None or ticker.done()
+                or ticker.get_loop() is not asyncio.get_running_loop()):
+            self._wake = asyncio.Event()
+            self._ticker = asyncio.ensure_future(self._tick())
+        self._wake.set()
+
+    async def _tick(self) -> None:
+        renewed = -RENEW_SECONDS
+        while self._waiting or self._holding:
+            self._wake.clear()
+            if self._waiting or time.monotonic() - renewed >= RENEW_SECONDS:
+                holding, waiting = sorted(self._holding), list(self._waiting)
+                try:
+                    reply = await self._run("poll", int(HOLD_SECONDS * 1000),
+                                            int(GRACE_SECONDS * 1000), *self._declaration(),
+                                            len(holding), *holding, *waiting)
+                except Exception as error:  # the waiters raise it; holds are renewed later
+                    self._fail(waiting, error)
+                    for holder in waiting:  # a slot Redis granted them meanwhile goes back
+                        self._later(self._leave(holder))
+                else:
+                    renewed = time.monotonic()
+                    self._settle([int(x) for x in reply], holding, waiting)
+            pause = POLL_SECONDS if self._waiting else RENEW_SECONDS - (
+                time.monotonic() - renewed)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, pause))
+
+    def _declaration(self) -> tuple[str, ...]:
+        return self.config.wire if self.config is not None else ("", "", "", "")
+
+    def _settle(self, reply: list[int], holding: list[str], waiting: list[str]) -> None:
+        if reply[0] < 0:
+            self._fail(waiting, self._refusal(reply[0]))
+            return
+        self.lapsed += sum(reply[1:1 + len(holding)])
+        for holder, place in zip(waiting, reply[1 + len(holding):], strict=True):
+            granted = self._waiting.get(holder)
+            if granted is None:  # its caller left while this call was on the wire
+                self._later(self._leave(holder))
+            elif place == 0:
+                del self._waiting[holder]
+                self._holding.add(holder)
+                if not granted.done():
+                    granted.set_result(None)
+
+    def _refusal(self, code: int) -> Exception:
+        from agentpool.ratelimit import UndeclaredLimit
+
+        if code == -1:
+            return UndeclaredLimit(
+                f"rate limit {self.name!r} is not declared on this Redis: name it in an "
+                "AgentPool's spec.rateLimits")
+        return NoConcurrencyLimit(
+            f"rate limit {self.name!r} declares no maxConcurrent: add maxConcurrent to its "
+            "entry in spec.rateLimits to hold slots of it")
+
+    def _fail(self, waiting: list[str], error: Exception) -> None:
+        for holder in waiting:
+            granted = self._waiting.pop(holder, None)
+            if granted is not None and not granted.done():
+                granted.set_exception(error)
+
+    def _later(self, call: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(call)
+        self._stray.add(task)
+        task.add_done_callback(self._stray.discard)
+        task.add_done_callback(_ignore_failure)
+
+
+async def enter_unless(manager: AbstractAsyncContextManager[T],
+                       stop: threading.Event) -> T | None:
+    """Enter `manager` on this loop for a caller in another thread, unless that caller sets
+    `stop` first (then None). Entered in the moment `stop` was set, it is exited at once: a
+    slot nobody will give back is never left held."""
+    entering = asyncio.ensure_future(manager.__aenter__())
+    while True:
+        done, _ = await asyncio.wait([entering], timeout=STOP_CHECK_SECONDS)
+        if done:
+            entered = entering.result()
+            if not stop.is_set():
+                return entered
+            await manager.__aexit__(None, None, None)
+            return None
+        if stop.is_set():
+            entering.cancel()
+            with suppress(asyncio.CancelledError):
+                await entering
+                await manager.__aexit__(None, None, None)
+            return None
+
+
+def _ignore_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed leave only keeps the place until it lapses
+
+
+async def _shielded(call: Awaitable[Any], timeout: float = 5.0) -> None:
+    """Run `call` to its end even while the caller is being cancelled; a failure only keeps
+    a slot or a place until it lapses."""
+    task = asyncio.ensure_future(call)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task], timeout=timeout)
+        raise
+    except Exception:
+        return
+
