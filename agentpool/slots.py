@@ -161,7 +161,13 @@ class Slots:
         if reply[0] < 0:
             self._fail(waiting, self._refusal(reply[0]))
             return
-        self.lapsed += sum(reply[1:1 + len(holding)])
+        for holder, taken_again in zip(holding, reply[1:1 + len(holding)], strict=True):
+            if not taken_again:
+                continue
+            if holder in self._holding:
+                self.lapsed += 1
+            else:  # given back while this call was on the wire, which took it again
+                self._later(self._leave(holder))
         for holder, place in zip(waiting, reply[1 + len(holding):], strict=True):
             granted = self._waiting.get(holder)
             if granted is None:  # its caller left while this call was on the wire

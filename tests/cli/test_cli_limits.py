@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 
 import pytest
@@ -50,3 +51,47 @@ async def test_a_producer_waits_on_the_same_budget_as_the_workers(redis_url: str
         assert first.wait == 0 and second.wait == pytest.approx(1.0, abs=0.05)
         with pytest.raises(UndeclaredLimit, match="not declared"):
             await client.rate_limit(f"{name}-nope").acquire()
+
+
+def test_limits_show_the_slots_of_max_concurrent_in_use(cli: Cli) -> None:
+    name = f"l-{uuid.uuid4().hex[:8]}"
+    config = LimitConfig(name, max_concurrent=2)
+    asyncio.run(declare(cli.redis_url, config, "team-a/browsers"))
+    with SyncClient.from_url(cli.redis_url) as client, client.rate_limit(name).hold():
+        rows = {row[0]: row for row in table_rows(
+            cli.raw("limits", "--redis-url", cli.redis_url).out)}
+        doc = cli.raw("limits", "--redis-url", cli.redis_url, "-o", "json").json()
+    assert rows[name][1:3] == ["2 at once", "1/2 at once"]
+    (found,) = [item for item in doc["limits"] if item["limit"] == name]
+    assert found["declared"] == {"name": name, "burstSeconds": 1.0, "maxConcurrent": 2}
+    assert (found["held"], found["inLine"], found["holds"]) == (1, 0, 1)
+
+
+def test_a_sync_producer_holds_a_slot_and_one_interrupted_while_waiting_leaves_the_line(
+    redis_url: str
+) -> None:
+    name = f"l-{uuid.uuid4().hex[:8]}"
+    asyncio.run(declare(redis_url, LimitConfig(name, max_concurrent=1), "ns/p"))
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    with SyncClient.from_url(redis_url) as client:
+        limit = client.rate_limit(name)
+        with limit.hold() as slot:
+            assert slot.holder.startswith("client:")
+            previous = signal.signal(signal.SIGALRM, interrupt)
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0.5)
+                with pytest.raises(Interrupted), limit.hold():
+                    pytest.fail("two holds of a limit of one at once")
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+            state = limit.state()
+            assert (state.held, state.in_line) == (1, 0)
+        state = limit.state()
+        assert (state.held, state.in_line, state.holds) == (0, 0, 1)

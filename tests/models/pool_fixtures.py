@@ -138,6 +138,8 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
         {"name": "openai.gpt-4o_mini", "requestsPerMinute": 500, "tokensPerMinute": 30000},
         {"name": "anthropic", "requestsPerMinute": 50, "burstSeconds": 60},
     ]),
+    minimal_spec(rateLimits=[{"name": "e2b", "maxConcurrent": 1}]),
+    minimal_spec(rateLimits=[{"name": "llm", "requestsPerMinute": 60, "maxConcurrent": 20}]),
     minimal_spec(rateLimits=[]),
     minimal_spec(schedules=[]),
     minimal_spec(worker=worker(volumes=[], volumeMounts=[], podLabels={}, podAnnotations={})),
@@ -219,6 +221,7 @@ VALID_SPECS: list[dict[str, Any]] = [
 
 INVALID_SPECS: list[dict[str, Any]] = [
     {"redis": {"url": "redis://r"}},
+    minimal_spec(rateLimits=[{"name": "sandboxes", "maxConcurrent": 0}]),
     {"redis": {"url": "redis://r"}, "worker": {"image": "", "handler": "m:f"}},
     {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f", "concurrency": 0}},
     {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f"}, "queue": "/x"},

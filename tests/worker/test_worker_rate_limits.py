@@ -178,3 +178,74 @@ def test_malformed_rate_limits_stop_the_worker_with_one_line(value: str, why: st
         load_settings(redis_url="redis://r", handler="m:f", rate_limits=value)
     assert why in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+HELD = {"async": "limit_handlers:held", "sync": "limit_handlers:held_sync"}
+
+
+@pytest.mark.parametrize("kind", sorted(HELD))
+async def test_runs_of_two_worker_processes_never_exceed_max_concurrent(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str, tmp_path: Path,
+    kind: str
+) -> None:
+    config = LimitConfig(limit, max_concurrent=3)
+    queue = TaskQueue(redis, queue_name)
+    counter = f"inside-{limit}"
+    envs = [worker_env(redis_url, queue_name, HELD[kind], concurrency=6, lease_seconds=30,
+                       rate_limits=limits_env(config), pod_name=f"pod-{n}") for n in (1, 2)]
+    with worker_processes(tmp_path) as start:
+        workers = [start(env) for env in envs]
+        ids = await queue.submit_many(
+            [{"limit": limit, "redis": redis_url, "counter": counter}] * 30)
+        done = await results(queue, ids)
+        assert all(w.alive() for w in workers)
+    assert max(r["inside"] for r in done) == 3
+    assert len({r["pid"] for r in done}) == 2
+    state = await RateLimiter(redis, limit).state()
+    assert (state.held, state.in_line, state.holds) == (0, 0, 30)
+
+
+@pytest.mark.parametrize("kind", sorted(HELD))
+async def test_a_run_cancelled_while_it_waits_for_a_slot_leaves_the_line(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str, kind: str
+) -> None:
+    config = LimitConfig(limit, max_concurrent=1)
+    queue = TaskQueue(redis, queue_name)
+    elsewhere = RateLimiter(redis, limit, config=config, caller="elsewhere")
+    async with elsewhere.hold(), running(settings(
+            redis_url, queue_name, HELD[kind], rate_limits=limits_env(config))):
+        task_id = await queue.submit({"limit": limit, "redis": redis_url, "counter": "c"})
+
+        async def in_line() -> bool:
+            return (await elsewhere.state()).in_line == 1
+
+        await eventually(in_line, 5, "the run to wait for the slot")
+        await queue.cancel(task_id)
+        await eventually(lambda: task_in(queue, task_id, "cancelled"), 5, "the cancel")
+
+        async def left() -> bool:
+            state = await elsewhere.state()
+            return (state.in_line, state.held) == (0, 1)
+
+        await eventually(left, 5, "the run to leave the line")
+
+
+async def test_a_wait_for_a_slot_counts_in_the_heartbeat_while_it_lasts(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str
+) -> None:
+    """The autoscaler sees runs held back by a cap before they get their slot."""
+    config = LimitConfig(limit, max_concurrent=1)
+    queue = TaskQueue(redis, queue_name)
+    elsewhere = RateLimiter(redis, limit, config=config, caller="elsewhere")
+    async with elsewhere.hold(), running(settings(
+            redis_url, queue_name, HELD["async"], rate_limits=limits_env(config))):
+        task_id = await queue.submit({"limit": limit, "redis": redis_url, "counter": "c"})
+
+        async def reported_waiting() -> bool:
+            workers = await queue.workers()
+            window = (workers[0].limit_window or {}) if workers else {}
+            return window.get("waited", {}).get(limit, 0) > 0
+
+        await eventually(reported_waiting, 10, "a heartbeat counting the wait")
+        assert (await elsewhere.state()).in_line == 1
+        await queue.cancel(task_id)

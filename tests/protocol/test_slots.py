@@ -1,0 +1,317 @@
+"""The slots of a limit's maxConcurrent on a real redis-server: never more holders than slots,
+first come first served across processes, holds and places that lapse when their process
+stops asking, callers that leave the line, and one call per process for all of its waiters.
+
+Every wait is on a condition Redis reports; no assertion reads the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from protocol_helpers import ONE_SERVER, RoundTrips, eventually
+
+from agentpool import slots as slots_module
+from agentpool.connection import redis_from_url
+from agentpool.errors import PermanentError
+from agentpool.ratelimit import LimitConfig, RateLimiter, UndeclaredLimit, key_prefix
+from agentpool.slots import Held, NoConcurrencyLimit, _lua
+
+
+@pytest.fixture
+def name() -> str:
+    return f"s-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def other(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A second connection pool: another process as far as Redis can tell."""
+    client = redis_from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def capped(redis: aioredis.Redis, name: str, most: int, caller: str) -> RateLimiter:
+    return RateLimiter(redis, name, config=LimitConfig(name, max_concurrent=most),
+                       caller=caller)
+
+
+async def in_line(redis: aioredis.Redis, name: str) -> int:
+    return (await RateLimiter(redis, name).state()).in_line
+
+
+async def held(redis: aioredis.Redis, name: str) -> int:
+    return (await RateLimiter(redis, name).state()).held
+
+
+async def raw(redis: aioredis.Redis, name: str, *args: object) -> object:
+    """The script called as a process that then stops asking would (a dead one)."""
+    script = redis.register_script(_lua())
+    prefix = key_prefix(name)
+    return await script(keys=[prefix + "config"], args=[prefix, *args])
+
+
+async def test_never_more_holders_than_slots_across_processes(
+    redis: aioredis.Redis, other: aioredis.Redis, name: str
+) -> None:
+    limiters = [capped(redis, name, 3, "a"), capped(other, name, 3, "b")]
+    inside, most, finished = 0, 0, 0
+    release = asyncio.Event()
+
+    async def run(limiter: RateLimiter) -> None:
+        nonlocal inside, most, finished
+        async with limiter.hold():
+            inside += 1
+            most = max(most, inside)
+            if inside == 3:
+                release.set()
+            await release.wait()
+            inside -= 1
+        finished += 1
+
+    await asyncio.gather(*(run(limiters[i % 2]) for i in range(24)))
+    assert (most, finished) == (3, 24)
+
+    async def all_given_back() -> bool:
+        """A hold given back while its renewal was on the wire is taken again by that
+        renewal, then given back once more: none is left behind."""
+        state = await RateLimiter(redis, name).state()
+        return (state.held, state.in_line, state.holds) == (0, 0, 24)
+
+    await eventually(all_given_back)
+
+
+async def test_slots_go_in_the_order_they_were_asked_for(
+    redis: aioredis.Redis, other: aioredis.Redis, name: str
+) -> None:
+    first = capped(redis, name, 1, "first")
+    holding = await first.slots.acquire()
+    order: list[int] = []
+
+    async def wait_then_note(limiter: RateLimiter, number: int) -> None:
+        async with limiter.hold():
+            order.append(number)
+
+    waiters = []
+    for number in range(6):  # alternate processes, each asking once the previous is in line
+        limiter = capped(other if number % 2 else redis, name, 1, f"w{number}")
+        waiters.append(asyncio.ensure_future(wait_then_note(limiter, number)))
+        await eventually(lambda n=number: _line_is(redis, name, n + 1))
+    await first.slots.release(holding)
+    await asyncio.gather(*waiters)
+    assert order == list(range(6))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _line_is(redis: aioredis.Redis, name: str, count: int) -> bool:
+    return await in_line(redis, name) == count
+
+
+async def test_a_hold_its_process_stopped_renewing_lapses_and_the_next_caller_gets_it(
+    redis: aioredis.Redis, name: str
+) -> None:
+    limiter = capped(redis, name, 1, "live")
+    # a process took the only slot with a hold of 300 ms, then died
+    assert await raw(redis, name, "poll", 300, 3000, "", "", "1.0", "1", 0, "dead:1") == [1, 0]
+    assert await held(redis, name) == 1
+    async with limiter.hold() as slot:
+        assert await held(redis, name) == 1
+        assert slot.holder.startswith("live:")
+
+
+async def test_a_place_its_process_stopped_asking_for_is_given_up(
+    redis: aioredis.Redis, name: str
+) -> None:
+    first = capped(redis, name, 1, "first")
+    holding = await first.slots.acquire()
+    assert await raw(redis, name, "poll", 15000, 200, "", "", "1.0", "1", 0, "ghost:1") \
+        == [1, 1]  # first in line, then its process died
+    later = asyncio.ensure_future(capped(redis, name, 1, "later").slots.acquire())
+
+    async def only_later_in_line() -> bool:
+        line = [_text(h) for h in await redis.zrange(key_prefix(name) + "line", 0, -1)]
+        return len(line) == 1 and line[0].startswith("later:")
+
+    await eventually(only_later_in_line)  # the ghost's place lapsed
+    await first.slots.release(holding)
+    got = await later
+    assert got.holder.startswith("later:")
+    assert await raw(redis, name, "leave", 15000, "ghost:1") == 0
+
+
+async def test_a_caller_cancelled_while_it_waits_leaves_the_line_at_once(
+    redis: aioredis.Redis, name: str
+) -> None:
+    first = capped(redis, name, 1, "first")
+    holding = await first.slots.acquire()
+    waiting = asyncio.ensure_future(capped(redis, name, 1, "quitter").slots.acquire())
+    await eventually(lambda: _line_is(redis, name, 1))
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await in_line(redis, name) == 0
+    await first.slots.release(holding)
+    assert await held(redis, name) == 0
+
+
+async def test_a_hold_that_lapsed_while_its_process_was_frozen_is_taken_again_and_counted(
+    redis: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "RENEW_SECONDS", 0.1)
+    limiter = capped(redis, name, 2, "frozen")
+    async with limiter.hold() as slot:
+        await redis.zrem(key_prefix(name) + "held", slot.holder)  # as if it had lapsed
+        assert await held(redis, name) == 0
+
+        async def taken_again() -> bool:
+            return limiter.slots.lapsed == 1 and await held(redis, name) == 1
+
+        await eventually(taken_again)
+    assert await held(redis, name) == 0
+
+
+async def test_holds_are_renewed_while_the_block_runs(
+    redis: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "RENEW_SECONDS", 0.05)
+    limiter = capped(redis, name, 1, "long")
+    async with limiter.hold() as slot:
+        key = key_prefix(name) + "held"
+        first = await redis.zscore(key, slot.holder)
+
+        async def renewed() -> bool:
+            score = await redis.zscore(key, slot.holder)
+            return score is not None and first is not None and score > first
+
+        await eventually(renewed)
+        assert limiter.slots.lapsed == 0
+
+
+async def test_undeclared_and_uncapped_limits_are_refused_with_a_reason(
+    redis: aioredis.Redis, name: str
+) -> None:
+    with pytest.raises(UndeclaredLimit, match="not declared"):
+        async with RateLimiter(redis, name).hold():
+            pass
+    rated = RateLimiter(redis, name, config=LimitConfig(name, requests_per_minute=60))
+    await rated.reserve()  # declares it, without maxConcurrent
+    with pytest.raises(NoConcurrencyLimit, match="declares no maxConcurrent") as refused:
+        async with rated.hold():
+            pass
+    assert isinstance(refused.value, PermanentError)
+    assert await in_line(redis, name) == 0
+
+
+async def test_an_emptied_redis_is_declared_again_by_the_first_hold(
+    redis: aioredis.Redis, name: str
+) -> None:
+    async with capped(redis, name, 4, "healer").hold():
+        state = await RateLimiter(redis, name).state()
+    assert state.config == LimitConfig(name, max_concurrent=4)
+    assert state.held == 1
+
+
+@ONE_SERVER
+async def test_a_declaration_compares_max_concurrent(redis: aioredis.Redis, name: str) -> None:
+    limiter = RateLimiter(redis, name)
+    mine = LimitConfig(name, requests_per_minute=60, max_concurrent=2)
+    assert (await limiter.declare(mine, "ns/a")).outcome == "declared"
+    assert (await limiter.declare(mine, "ns/b")).outcome == "same"
+    other = LimitConfig(name, requests_per_minute=60, max_concurrent=3)
+    refused = await limiter.declare(other, "ns/b")
+    assert (refused.outcome, refused.serving) == ("conflict", mine)
+    assert "at most 2 at once" in refused.serving.describe()
+
+
+@ONE_SERVER
+async def test_a_declaration_without_the_field_reads_as_uncapped(
+    redis: aioredis.Redis, name: str
+) -> None:
+    """As an operator older than maxConcurrent wrote it."""
+    await redis.hset(key_prefix(name) + "config", mapping={
+        "rpm": "60", "tpm": "", "burst": "1.0", "owner": "ns/old", "seen": "0"})
+    state = await RateLimiter(redis, name).state()
+    assert state.config == LimitConfig(name, requests_per_minute=60)
+    same = await RateLimiter(redis, name).declare(LimitConfig(name, requests_per_minute=60),
+                                                  "ns/old")
+    assert same.outcome == "same"
+
+
+@ONE_SERVER
+async def test_one_call_asks_for_every_waiter_of_a_process(
+    redis: aioredis.Redis, other: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "POLL_SECONDS", 60.0)  # only a new waiter asks
+    holder = capped(other, name, 1, "holder")
+    holding = await holder.slots.acquire()
+    limiter = capped(redis, name, 1, "many")
+    await limiter.slots._run("leave", 1000)  # the script is loaded: no NOSCRIPT round trip
+    trips = RoundTrips(redis)
+    waiters = [asyncio.ensure_future(limiter.slots.acquire()) for _ in range(20)]
+    await eventually(lambda: _line_is(other, name, 20))
+    assert trips.count == 1
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    await holder.slots.release(holding)
+
+
+async def test_a_released_slot_goes_to_the_head_of_the_line_in_the_same_call(
+    redis: aioredis.Redis, other: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handed over in Redis at once: the waiter (another process, asking rarely) finds it
+    held for it when it next asks."""
+    monkeypatch.setattr(slots_module, "POLL_SECONDS", 60.0)
+    holder = capped(redis, name, 1, "holder")
+    holding = await holder.slots.acquire()
+    waiter = capped(other, name, 1, "waiter")
+    waiting = asyncio.ensure_future(waiter.slots.acquire())
+    await eventually(lambda: _line_is(redis, name, 1))
+    await holder.slots.release(holding)
+    state = await RateLimiter(redis, name).state()
+    assert (state.held, state.in_line) == (1, 0)
+    waiter.slots._kick()
+    got: Held = await waiting
+    assert got.holder.startswith("waiter:")
+    await waiter.slots.release(got)
+
+
+async def test_a_hold_given_back_while_its_renewal_is_on_the_wire_is_not_left_held(
+    redis: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "RENEW_SECONDS", 0.05)
+    limiter = capped(redis, name, 2, "racer")
+    slots = limiter.slots
+    send = slots._run
+    gate, renewal_waits, renewed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def late_renewal(*args: object) -> object:
+        if args[0] != "poll" or not slots._holding:
+            return await send(*args)
+        renewal_waits.set()
+        await gate.wait()  # Redis runs it after the give-back below
+        try:
+            return await send(*args)
+        finally:
+            renewed.set()
+
+    monkeypatch.setattr(slots, "_run", late_renewal)
+    held_slot = await slots.acquire()
+    await renewal_waits.wait()
+    await slots.release(held_slot)
+    assert await held(redis, name) == 0
+    gate.set()
+    await renewed.wait()
+
+    async def given_back_again() -> bool:
+        return await held(redis, name) == 0 and not slots._stray
+
+    await eventually(given_back_again)
+    assert slots.lapsed == 0
