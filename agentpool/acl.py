@@ -67,8 +67,8 @@ SCRIPT LOAD before a pipeline). Not EVAL, not SCRIPT FLUSH/KILL."""
 SCRIPT_COMMANDS = (
     "time", "exists", "get", "set", "incr", "incrby", "expire", "persist",
     "hget", "hmget", "hgetall", "hset", "hdel", "hexists", "hincrby",
-    "zadd", "zrem", "zscore", "zpopmin", "zcard", "zcount", "zrange", "zrangebyscore",
-    "zrevrange", "zrevrangebyscore", "zremrangebyscore",
+    "zadd", "zrem", "zscore", "zrank", "zpopmin", "zcard", "zcount", "zrange",
+    "zrangebyscore", "zrevrange", "zrevrangebyscore", "zremrangebyscore",
     "sadd", "srem", "smembers", "scard",
     "llen", "rpush", "del", "publish", "spublish", "xadd", "xrevrange", "xdel", "pttl",
     "pexpire", "append", "strlen",

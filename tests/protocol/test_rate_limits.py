@@ -344,9 +344,14 @@ async def test_a_pools_worker_user_may_use_its_limits_and_no_other(
     await set_user(redis, username, rules)
     client = aioredis.Redis.from_url(with_credentials(redis_server.url, username, password))
     try:
-        await limiter_for(client, name, requests_per_minute=60).acquire()
+        await limiter_for(client, name, requests_per_minute=60, max_concurrent=1).acquire()
+        async with limiter_for(client, name, requests_per_minute=60, max_concurrent=1).hold():
+            assert (await RateLimiter(redis, name).state()).held == 1
         with pytest.raises(NoPermissionError):
             await limiter_for(client, other, requests_per_minute=60).acquire()
+        with pytest.raises(NoPermissionError):
+            async with limiter_for(client, other, max_concurrent=1).hold():
+                pass
     finally:
         await client.aclose()
         await delete_user(redis, username)
