@@ -110,6 +110,7 @@ class Client:
         self.durability = parse_durability(durability)
         self._line = ScriptLine(redis) if url is not None else None
         self._queues: dict[tuple[str, int, Durability], TaskQueue] = {}
+        self._limiters: dict[str, RateLimiter] = {}
 
     @classmethod
     def from_url(
@@ -150,8 +151,13 @@ class Client:
         spec.rateLimits): ``await limiter.acquire(tokens=n)`` waits for a grant, ``await
         limiter.throttled(retry_after)`` reports a 429, ``async with limiter.hold():`` runs
         the block in one of its ``maxConcurrent`` slots. An undeclared name raises
-        :class:`agentpool.ratelimit.UndeclaredLimit` at the first call."""
-        return RateLimiter(self.redis, name, caller=f"client:{os.getpid()}")
+        :class:`agentpool.ratelimit.UndeclaredLimit` at the first call. One limiter per name
+        and client: the calls and the waits for slots of a process go together."""
+        limiter = self._limiters.get(name)
+        if limiter is None:
+            limiter = RateLimiter(self.redis, name, caller=f"client:{os.getpid()}")
+            self._limiters[name] = limiter
+        return limiter
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -403,6 +409,10 @@ class SyncRateLimit:
                                                    self._client._parts()[0].loop)
         try:
             held = entered.result()
+        except concurrent.futures.CancelledError:
+            if self._client._closed:
+                raise ClientClosed("the client closed while this call waited") from None
+            raise
         except BaseException:
             stop.set()
             with contextlib.suppress(Exception):

@@ -300,6 +300,11 @@ class RateLimiter:
                                 caller=self.caller)
         return self._slots
 
+    @property
+    def slots_lapsed(self) -> int:
+        """Holds of this process found lapsed when renewed (0 before any hold)."""
+        return 0 if self._slots is None else self._slots.lapsed
+
     def hold(self) -> AbstractAsyncContextManager[Held]:
         """``async with limiter.hold():`` waits for one of the limit's ``maxConcurrent``
         slots, shared with every process naming the limit, and gives it back after the block.

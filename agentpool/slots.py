@@ -37,7 +37,13 @@ HOLD_SECONDS = 15.0
 RENEW_SECONDS = 5.0
 """How often a process renews its holds."""
 GRACE_SECONDS = 3.0
-"""A place in line not asked for again for this long is given up."""
+"""A place in line not asked for again for this long is given up; a slot handed to a waiter
+while it was not asking lasts this long until it asks."""
+QUIET_SECONDS = RENEW_SECONDS + 1.0
+"""After Redis lost the declaration (emptied, restarted without persistence), no slot is
+handed out for this long: the holders that survived renew, and are counted, first."""
+FAILING_SECONDS = GRACE_SECONDS
+"""Waiters keep waiting through failing calls to Redis for this long, then raise."""
 STOP_CHECK_SECONDS = 0.05
 """How often a wait for a thread's caller looks whether that caller gave up."""
 
@@ -51,11 +57,15 @@ class NoConcurrencyLimit(ValueError, PermanentError):
 
 @dataclass(frozen=True)
 class Held:
-    """A slot: `holder` names it in Redis, `waited` is the seconds from asking to the grant."""
+    """A slot: `holder` names it in Redis, `waited` is the seconds from asking to the grant.
+    `capped` is False when the serving declaration has no cap while this process's own has
+    one (another pool declared the limit first, or the operator has not declared the new
+    cap yet): the block then runs without a slot, as the serving declaration says."""
 
     limit: str
     holder: str
     waited: float
+    capped: bool = True
 
 
 @cache
@@ -76,7 +86,7 @@ class Slots:
         self.lapsed = 0
         """Holds found lapsed when renewed (the process was frozen past HOLD_SECONDS)."""
         self._script: AsyncScript | None = None
-        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._waiting: dict[str, asyncio.Future[bool]] = {}
         self._holding: set[str] = set()
         self._ticker: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
@@ -100,18 +110,18 @@ class Slots:
         """Wait for a slot. Cancelled while it waits, it leaves the line (and gives back a
         slot granted in that moment)."""
         holder = f"{self.caller}:{secrets.token_hex(6)}"
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        granted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting[holder] = granted
         began = time.monotonic()
         self._kick()
         try:
-            await granted
+            capped = await granted
         except BaseException:
             self._waiting.pop(holder, None)
             self._holding.discard(holder)
             await _shielded(self._leave(holder))
             raise
-        return Held(self.name, holder, time.monotonic() - began)
+        return Held(self.name, holder, time.monotonic() - began, capped)
 
     async def release(self, held: Held) -> None:
         """Give the slot back; the next in line gets it at once."""
@@ -121,7 +131,7 @@ class Slots:
             self._kick()
 
     async def _leave(self, holder: str) -> None:
-        await self._run("leave", int(HOLD_SECONDS * 1000), holder)
+        await self._run("leave", *_times(), holder)
 
     def _kick(self) -> None:
         """Ask Redis now; start this process's ticker if none runs on this loop."""
@@ -134,30 +144,37 @@ class Slots:
 
     async def _tick(self) -> None:
         renewed = -RENEW_SECONDS
+        failing_since: float | None = None
+        failures = 0
         while self._waiting or self._holding:
             self._wake.clear()
-            if self._waiting or time.monotonic() - renewed >= RENEW_SECONDS:
+            pause = RENEW_SECONDS - (time.monotonic() - renewed)
+            if self._waiting or pause <= 0:
                 holding, waiting = sorted(self._holding), list(self._waiting)
                 try:
-                    reply = await self._run("poll", int(HOLD_SECONDS * 1000),
-                                            int(GRACE_SECONDS * 1000), *self._declaration(),
+                    reply = await self._run("poll", *_times(), *self._declaration(),
                                             len(holding), *holding, *waiting)
-                except Exception as error:  # the waiters raise it; holds are renewed later
-                    self._fail(waiting, error)
-                    for holder in waiting:  # a slot Redis granted them meanwhile goes back
-                        self._later(self._leave(holder))
+                except Exception as error:
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since >= FAILING_SECONDS:
+                        self._give_up(waiting, error)
+                    failures += 1
+                    pause = min(RENEW_SECONDS, POLL_SECONDS * 2 ** failures)
                 else:
+                    failing_since, failures = None, 0
                     renewed = time.monotonic()
                     self._settle([int(x) for x in reply], holding, waiting)
-            pause = POLL_SECONDS if self._waiting else RENEW_SECONDS - (
-                time.monotonic() - renewed)
+                    pause = POLL_SECONDS if self._waiting else RENEW_SECONDS
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, pause))
+                await asyncio.wait_for(self._wake.wait(), max(POLL_SECONDS, pause))
 
     def _declaration(self) -> tuple[str, ...]:
         return self.config.wire if self.config is not None else ("", "", "", "")
 
     def _settle(self, reply: list[int], holding: list[str], waiting: list[str]) -> None:
+        if reply[0] == -2 and self.config is not None and self.config.max_concurrent:
+            self._uncapped(waiting)
+            return
         if reply[0] < 0:
             self._fail(waiting, self._refusal(reply[0]))
             return
@@ -176,7 +193,7 @@ class Slots:
                 del self._waiting[holder]
                 self._holding.add(holder)
                 if not granted.done():
-                    granted.set_result(None)
+                    granted.set_result(True)
 
     def _refusal(self, code: int) -> Exception:
         from agentpool.ratelimit import UndeclaredLimit
@@ -188,6 +205,19 @@ class Slots:
         return NoConcurrencyLimit(
             f"rate limit {self.name!r} declares no maxConcurrent: add maxConcurrent to its "
             "entry in spec.rateLimits to hold slots of it")
+
+    def _uncapped(self, waiting: list[str]) -> None:
+        for holder in waiting:
+            granted = self._waiting.pop(holder, None)
+            if granted is not None and not granted.done():
+                granted.set_result(False)
+
+    def _give_up(self, waiting: list[str], error: Exception) -> None:
+        """Redis has failed for FAILING_SECONDS: the waiters raise, and leave the line (a
+        slot Redis granted them meanwhile goes back)."""
+        self._fail(waiting, error)
+        for holder in waiting:
+            self._later(self._leave(holder))
 
     def _fail(self, waiting: list[str], error: Exception) -> None:
         for holder in waiting:
@@ -222,6 +252,11 @@ async def enter_unless(manager: AbstractAsyncContextManager[T],
                 await entering
                 await manager.__aexit__(None, None, None)
             return None
+
+
+def _times() -> tuple[int, int, int]:
+    """A hold, a place in line and the quiet time after a lost declaration, in ms."""
+    return (int(HOLD_SECONDS * 1000), int(GRACE_SECONDS * 1000), int(QUIET_SECONDS * 1000))
 
 
 def _ignore_failure(task: asyncio.Future[Any]) -> None:

@@ -73,6 +73,32 @@ async def client(url: str, name: str, coroutines: int, seconds: float, tokens: s
     return grants
 
 
+async def slot_client(url: str, name: str, coroutines: int, seconds: float, hold: str,
+                      start: str) -> list[tuple[float, float, float]]:
+    """Each coroutine takes a slot, holds it `hold` seconds (a call in progress), gives it
+    back, and asks again; returns (asked, entered, left) per hold, on this machine's clock."""
+    redis = aioredis.Redis.from_url(url, max_connections=coroutines + 2)
+    limiter = RateLimiter(redis, name, caller=f"bench-{os.getpid()}")
+    held_for = float(hold)
+    holds: list[tuple[float, float, float]] = []
+    await redis.rpush(start + ":ready", os.getpid())
+    await redis.blpop([start], timeout=120)
+    deadline = time.monotonic() + seconds
+
+    async def user() -> None:
+        while time.monotonic() < deadline:
+            asked = time.time()
+            async with limiter.hold():
+                entered = time.time()
+                await asyncio.sleep(held_for)
+                left = time.time()
+            holds.append((asked, entered, left))
+
+    await asyncio.gather(*(user() for _ in range(coroutines)))
+    await redis.aclose()
+    return holds
+
+
 def run_clients(url: str, name: str, coroutines: int, seconds: float, tokens: str,
                 tmp: Path, role: str = "client") -> list[Any]:
     start = f"bench-start-{time.time_ns()}"
@@ -95,6 +121,8 @@ def run_clients(url: str, name: str, coroutines: int, seconds: float, tokens: st
     assert codes == [0] * PROCESSES, codes
     if role == "baseline":
         return [json.loads(out.read_text()) for out in outs]
+    if role == "slots":
+        return [tuple(h) for out in outs for h in json.loads(out.read_text())]
     return [tuple(g) for out in outs for g in json.loads(out.read_text())]
 
 
@@ -202,6 +230,41 @@ def observed_rate(url: str, tmp: Path, seconds: float = 60.0) -> dict[str, Any]:
     }
 
 
+def slots_in_use(url: str, tmp: Path, hold: float, seconds: float = 20.0,
+                 most: int = 20) -> dict[str, Any]:
+    """4 processes x 25 coroutines share a limit of `most` calls at once, each call `hold`
+    seconds: how full the slots were kept (slot-seconds held / (most x span)), the most
+    holders at once, waits, and Redis's cost per hold."""
+    config = LimitConfig(f"bench-slots-{hold:g}", max_concurrent=most)
+    asyncio.run(declare(url, config))
+    calls0, usec0 = asyncio.run(evalsha_stats(url))
+    holds = run_clients(url, config.name, 25, seconds, str(hold), tmp, role="slots")
+    calls1, usec1 = asyncio.run(evalsha_stats(url))
+    start = min(entered for _, entered, _ in holds)
+    end = max(left for _, _, left in holds)
+    events = sorted([(entered, 1) for _, entered, _ in holds]
+                    + [(left, -1) for _, _, left in holds])
+    inside = peak = 0
+    for _, step in events:
+        inside += step
+        peak = max(peak, inside)
+    waits = sorted(entered - asked for asked, entered, _ in holds)
+    busy = sum(left - entered for _, entered, left in holds)
+    return {
+        "processes": PROCESSES, "coroutines_per_process": 25, "max_concurrent": most,
+        "hold_seconds": hold, "holds": len(holds), "seconds": round(end - start, 2),
+        "holds_per_second": round(len(holds) / (end - start), 1),
+        "ideal_holds_per_second": round(most / hold, 1),
+        "slots_used": round(busy / (most * (end - start)), 4),
+        "most_at_once_seen": peak,
+        "wait_p50_ms": round(1000 * waits[len(waits) // 2], 1),
+        "redis_scripts_per_hold": round((calls1 - calls0) / len(holds), 3),
+        "redis_usec_per_hold": round((usec1 - usec0) / len(holds), 2),
+        "note": "most_at_once_seen counts on this machine's clock across processes; the cap "
+                "is Redis's",
+    }
+
+
 def limit_cost(url: str, calls: int = 5000) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "worker"))
     from agentpool_worker.limits import WorkerLimits
@@ -229,7 +292,7 @@ def limit_cost(url: str, calls: int = 5000) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("grants", "rate", "cost"))
+    parser.add_argument("--only", choices=("grants", "rate", "cost", "slots"))
     parser.add_argument("--rate-seconds", type=float, default=60.0)
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -246,6 +309,10 @@ def main() -> None:
         if args.only in (None, "cost"):
             results["cost"] = limit_cost(server.url)
             print("cost:", json.dumps(results["cost"]))
+        if args.only in (None, "slots"):
+            results["slots"] = [slots_in_use(server.url, tmp, hold) for hold in (0.05, 1.0)]
+            for figures in results["slots"]:
+                print("slots:", json.dumps(figures))
     (RESULTS / "limits.json").write_text(json.dumps(results, indent=2))
 
 
@@ -254,6 +321,11 @@ if __name__ == "__main__":
         url, _, coroutines, seconds, _, start, out = sys.argv[2:9]
         counts = asyncio.run(baseline_client(url, int(coroutines), float(seconds), start))
         Path(out).write_text(json.dumps(counts))
+    elif len(sys.argv) > 1 and sys.argv[1] == "slots":
+        url, name, coroutines, seconds, hold, start, out = sys.argv[2:9]
+        taken = asyncio.run(slot_client(url, name, int(coroutines), float(seconds), hold,
+                                        start))
+        Path(out).write_text(json.dumps(taken))
     elif len(sys.argv) > 1 and sys.argv[1] == "client":
         url, name, coroutines, seconds, tokens, start, out = sys.argv[2:9]
         taken = asyncio.run(client(url, name, int(coroutines), float(seconds), tokens, start))

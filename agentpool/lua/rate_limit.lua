@@ -4,7 +4,8 @@
 -- {rl:<name>}: one Redis Cluster slot per limit, whatever queue or pool uses it. KEYS[1] is the
 -- limit's state hash, which routes the script to that slot. The script touches nothing else.
 --   <prefix>config     hash: rpm, tpm, burst (seconds), conc (most calls at once, '' for
---                      none), owner, seen (ms)                                 the declaration
+--                      none), owner, seen (ms), since (ms: declared again by a caller, see
+--                      slots.lua)                                              the declaration
 --   <prefix>held, line, seen, ticket   the slots of `conc` (agentpool/lua/slots.lua)
 --   <prefix>state      hash: tat_r, tat_t (µs), base, recover_at, pause_until (µs), counters
 --   <prefix>waiting    zset: caller -> time of its latest future grant (µs)
@@ -114,8 +115,10 @@ if op == 'acquire' then
   local declare = 6 + 2 * count
   if not cfg[3] then
     if not ARGV[declare + 2] then return {-1} end
+    -- `since`: slots.lua hands out no slot until the holders that survived were counted
     redis.call('HSET', K_CONFIG, 'rpm', ARGV[declare], 'tpm', ARGV[declare + 1],
-      'burst', ARGV[declare + 2], 'conc', ARGV[declare + 3] or '', 'owner', '', 'seen', 0)
+      'burst', ARGV[declare + 2], 'conc', ARGV[declare + 3] or '', 'owner', '', 'seen', 0,
+      'since', math.floor(now_us() / 1000))
     cfg = {ARGV[declare], ARGV[declare + 1], ARGV[declare + 2]}
   end
   local now = now_us()

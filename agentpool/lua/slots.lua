@@ -12,17 +12,20 @@
 -- a second (agentpool/slots.py), so one that dies keeps a slot no longer than a hold lasts and
 -- a place in line no longer than `grace`.
 --
--- Ops (ARGV[2]):
---   poll hold_ms grace_ms rpm tpm burst conc n held x n waiter...
+-- Ops (ARGV[2]); the times are the caller's (agentpool/slots.py), in ms:
+--   poll hold grace quiet rpm tpm burst conc n held x n waiter...
 --       -> {conc, lapsed flag per held holder, place per waiter (0 granted, k the k-th in
 --          line)}, or {-1}: the limit is not declared; {-2}: it is declared without conc.
 --       Renews the holds (one that lapsed is taken again and flagged: its process was frozen
---       longer than a hold lasts), puts each new waiter at the end of the line, then hands
---       the free slots to the head of the line. rpm..conc declare the limit when nothing is
---       declared (an emptied Redis heals itself), as an acquire does.
---   leave hold_ms holder...
+--       longer than a hold lasts, or Redis lost it), puts each new waiter at the end of the
+--       line, then hands the free slots to the head of the line. rpm..conc declare the limit
+--       when nothing is declared (an emptied Redis heals itself); then no slot is handed out
+--       for `quiet`, time enough for the holders that survived to renew and be counted.
+--   leave hold grace quiet holder...
 --       -> holds given back; the holders leave the line too, and the freed slots go to the
 --          head of the line at once.
+-- A slot handed to a waiter that is not in the call lasts `grace` until its process asks
+-- again (then `hold`): a waiter that died does not keep it for a whole hold.
 -- Both may be sent twice (a reply lost with its connection) with the same effect.
 
 local P, op = ARGV[1], ARGV[2]
@@ -45,52 +48,57 @@ local function sweep()
   end
 end
 
-local function hand_out(conc, hold_ms)
-  local free = conc - redis.call('ZCARD', K_HELD)
+local function hand_out(cfg, asking)
+  if cfg.since and now < cfg.since + cfg.quiet then return end
+  local free = cfg.conc - redis.call('ZCARD', K_HELD)
   if free <= 0 then return end
   local head = redis.call('ZRANGE', K_LINE, 0, free - 1)
   if #head == 0 then return end
-  for _, holder in ipairs(head) do redis.call('ZADD', K_HELD, now + hold_ms, holder) end
+  for _, holder in ipairs(head) do
+    redis.call('ZADD', K_HELD, now + (asking[holder] and cfg.hold or cfg.grace), holder)
+  end
   redis.call('ZREM', K_LINE, unpack(head))
   redis.call('ZREM', K_SEEN, unpack(head))
   redis.call('HINCRBY', K_STATE, 'holds', #head)
 end
 
-local function declared_conc()
-  local cfg = redis.call('HMGET', K_CONFIG, 'burst', 'conc')
-  return cfg[1], tonumber(cfg[2])
+-- The declaration's cap and the caller's times; nil burst when nothing is declared.
+local function settings()
+  local c = redis.call('HMGET', K_CONFIG, 'burst', 'conc', 'since')
+  return c[1], {conc = tonumber(c[2]), since = tonumber(c[3]), hold = tonumber(ARGV[3]),
+    grace = tonumber(ARGV[4]), quiet = tonumber(ARGV[5])}
 end
 
 if op == 'poll' then
-  local hold_ms, grace_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
-  local burst, conc = declared_conc()
+  local burst, cfg = settings()
   if not burst then
-    if ARGV[7] == '' then return {-1} end
-    redis.call('HSET', K_CONFIG, 'rpm', ARGV[5], 'tpm', ARGV[6], 'burst', ARGV[7],
-      'conc', ARGV[8], 'owner', '', 'seen', 0)
-    conc = tonumber(ARGV[8])
+    if ARGV[8] == '' then return {-1} end
+    redis.call('HSET', K_CONFIG, 'rpm', ARGV[6], 'tpm', ARGV[7], 'burst', ARGV[8],
+      'conc', ARGV[9], 'owner', '', 'seen', 0, 'since', now)
+    cfg.conc, cfg.since = tonumber(ARGV[9]), now
   end
-  if not conc then return {-2} end
+  if not cfg.conc then return {-2} end
   sweep()
-  local n = tonumber(ARGV[9])
-  local out = {conc}
-  for i = 10, 9 + n do
-    out[#out + 1] = redis.call('ZADD', K_HELD, now + hold_ms, ARGV[i])
+  local n = tonumber(ARGV[10])
+  local out = {cfg.conc}
+  for i = 11, 10 + n do
+    out[#out + 1] = redis.call('ZADD', K_HELD, now + cfg.hold, ARGV[i])
   end
-  local waiters = {}
-  for i = 10 + n, #ARGV do
+  local waiters, asking = {}, {}
+  for i = 11 + n, #ARGV do
     local holder = ARGV[i]
     waiters[#waiters + 1] = holder
+    asking[holder] = true
     if redis.call('ZSCORE', K_HELD, holder) then
-      redis.call('ZADD', K_HELD, now + hold_ms, holder)
+      redis.call('ZADD', K_HELD, now + cfg.hold, holder)
     else
       if not redis.call('ZSCORE', K_LINE, holder) then
         redis.call('ZADD', K_LINE, redis.call('INCR', K_TICKET), holder)
       end
-      redis.call('ZADD', K_SEEN, now + grace_ms, holder)
+      redis.call('ZADD', K_SEEN, now + cfg.grace, holder)
     end
   end
-  hand_out(conc, hold_ms)
+  hand_out(cfg, asking)
   for _, holder in ipairs(waiters) do
     local rank = redis.call('ZRANK', K_LINE, holder)
     out[#out + 1] = rank and rank + 1 or 0
@@ -99,17 +107,16 @@ if op == 'poll' then
 end
 
 if op == 'leave' then
-  local hold_ms = tonumber(ARGV[3])
   local holders = {}
-  for i = 4, #ARGV do holders[#holders + 1] = ARGV[i] end
+  for i = 6, #ARGV do holders[#holders + 1] = ARGV[i] end
   if #holders == 0 then return 0 end
   local given = redis.call('ZREM', K_HELD, unpack(holders))
   redis.call('ZREM', K_LINE, unpack(holders))
   redis.call('ZREM', K_SEEN, unpack(holders))
-  local _, conc = declared_conc()
-  if conc then
+  local burst, cfg = settings()
+  if burst and cfg.conc then
     sweep()
-    hand_out(conc, hold_ms)
+    hand_out(cfg, {})
   end
   return given
 end

@@ -363,6 +363,10 @@ def record_limit(state: LimitState) -> None:
         LIMIT_MAX_CONCURRENT.labels(name).set(config.max_concurrent)
         LIMIT_HELD.labels(name).set(state.held)
         LIMIT_IN_LINE.labels(name).set(state.in_line)
+    else:
+        for gauge in (LIMIT_MAX_CONCURRENT, LIMIT_HELD, LIMIT_IN_LINE):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
 
 
 def forget_pool(namespace: str, pool: str) -> None:

@@ -8,14 +8,18 @@ Every wait is on a condition Redis reports; no assertion reads the wall clock.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
 from protocol_helpers import ONE_SERVER, RoundTrips, eventually
 
 from agentpool import slots as slots_module
+from agentpool.client import SyncClient
 from agentpool.connection import redis_from_url
 from agentpool.errors import PermanentError
 from agentpool.ratelimit import LimitConfig, RateLimiter, UndeclaredLimit, key_prefix
@@ -35,9 +39,11 @@ async def other(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-def capped(redis: aioredis.Redis, name: str, most: int, caller: str) -> RateLimiter:
-    return RateLimiter(redis, name, config=LimitConfig(name, max_concurrent=most),
-                       caller=caller)
+async def capped(redis: aioredis.Redis, name: str, most: int, caller: str) -> RateLimiter:
+    """A process's limiter of a limit the operator declared (a worker's, as it gets it)."""
+    config = LimitConfig(name, max_concurrent=most)
+    await RateLimiter(redis, name).declare(config, "tests/pool")
+    return RateLimiter(redis, name, config=config, caller=caller)
 
 
 async def in_line(redis: aioredis.Redis, name: str) -> int:
@@ -46,6 +52,10 @@ async def in_line(redis: aioredis.Redis, name: str) -> int:
 
 async def held(redis: aioredis.Redis, name: str) -> int:
     return (await RateLimiter(redis, name).state()).held
+
+
+NO_DECLARATION = ("", "", "", "")
+"""The rates a raw poll would declare with: none (the operator declared the limit)."""
 
 
 async def raw(redis: aioredis.Redis, name: str, *args: object) -> object:
@@ -58,7 +68,7 @@ async def raw(redis: aioredis.Redis, name: str, *args: object) -> object:
 async def test_never_more_holders_than_slots_across_processes(
     redis: aioredis.Redis, other: aioredis.Redis, name: str
 ) -> None:
-    limiters = [capped(redis, name, 3, "a"), capped(other, name, 3, "b")]
+    limiters = [(await capped(redis, name, 3, "a")), (await capped(other, name, 3, "b"))]
     inside, most, finished = 0, 0, 0
     release = asyncio.Event()
 
@@ -88,7 +98,7 @@ async def test_never_more_holders_than_slots_across_processes(
 async def test_slots_go_in_the_order_they_were_asked_for(
     redis: aioredis.Redis, other: aioredis.Redis, name: str
 ) -> None:
-    first = capped(redis, name, 1, "first")
+    first = await capped(redis, name, 1, "first")
     holding = await first.slots.acquire()
     order: list[int] = []
 
@@ -98,7 +108,7 @@ async def test_slots_go_in_the_order_they_were_asked_for(
 
     waiters = []
     for number in range(6):  # alternate processes, each asking once the previous is in line
-        limiter = capped(other if number % 2 else redis, name, 1, f"w{number}")
+        limiter = await capped(other if number % 2 else redis, name, 1, f"w{number}")
         waiters.append(asyncio.ensure_future(wait_then_note(limiter, number)))
         await eventually(lambda n=number: _line_is(redis, name, n + 1))
     await first.slots.release(holding)
@@ -117,9 +127,10 @@ async def _line_is(redis: aioredis.Redis, name: str, count: int) -> bool:
 async def test_a_hold_its_process_stopped_renewing_lapses_and_the_next_caller_gets_it(
     redis: aioredis.Redis, name: str
 ) -> None:
-    limiter = capped(redis, name, 1, "live")
+    limiter = await capped(redis, name, 1, "live")
     # a process took the only slot with a hold of 300 ms, then died
-    assert await raw(redis, name, "poll", 300, 3000, "", "", "1.0", "1", 0, "dead:1") == [1, 0]
+    assert await raw(redis, name, "poll", 300, 3000, 6000, *NO_DECLARATION, 0,
+                     "dead:1") == [1, 0]
     assert await held(redis, name) == 1
     async with limiter.hold() as slot:
         assert await held(redis, name) == 1
@@ -129,11 +140,12 @@ async def test_a_hold_its_process_stopped_renewing_lapses_and_the_next_caller_ge
 async def test_a_place_its_process_stopped_asking_for_is_given_up(
     redis: aioredis.Redis, name: str
 ) -> None:
-    first = capped(redis, name, 1, "first")
+    first = await capped(redis, name, 1, "first")
     holding = await first.slots.acquire()
-    assert await raw(redis, name, "poll", 15000, 200, "", "", "1.0", "1", 0, "ghost:1") \
+    assert await raw(redis, name, "poll", 15000, 200, 6000, *NO_DECLARATION, 0,
+                     "ghost:1") \
         == [1, 1]  # first in line, then its process died
-    later = asyncio.ensure_future(capped(redis, name, 1, "later").slots.acquire())
+    later = asyncio.ensure_future((await capped(redis, name, 1, "later")).slots.acquire())
 
     async def only_later_in_line() -> bool:
         line = [_text(h) for h in await redis.zrange(key_prefix(name) + "line", 0, -1)]
@@ -143,15 +155,15 @@ async def test_a_place_its_process_stopped_asking_for_is_given_up(
     await first.slots.release(holding)
     got = await later
     assert got.holder.startswith("later:")
-    assert await raw(redis, name, "leave", 15000, "ghost:1") == 0
+    assert await raw(redis, name, "leave", 15000, 3000, 6000, "ghost:1") == 0
 
 
 async def test_a_caller_cancelled_while_it_waits_leaves_the_line_at_once(
     redis: aioredis.Redis, name: str
 ) -> None:
-    first = capped(redis, name, 1, "first")
+    first = await capped(redis, name, 1, "first")
     holding = await first.slots.acquire()
-    waiting = asyncio.ensure_future(capped(redis, name, 1, "quitter").slots.acquire())
+    waiting = asyncio.ensure_future((await capped(redis, name, 1, "quitter")).slots.acquire())
     await eventually(lambda: _line_is(redis, name, 1))
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -165,7 +177,7 @@ async def test_a_hold_that_lapsed_while_its_process_was_frozen_is_taken_again_an
     redis: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(slots_module, "RENEW_SECONDS", 0.1)
-    limiter = capped(redis, name, 2, "frozen")
+    limiter = await capped(redis, name, 2, "frozen")
     async with limiter.hold() as slot:
         await redis.zrem(key_prefix(name) + "held", slot.holder)  # as if it had lapsed
         assert await held(redis, name) == 0
@@ -181,7 +193,7 @@ async def test_holds_are_renewed_while_the_block_runs(
     redis: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(slots_module, "RENEW_SECONDS", 0.05)
-    limiter = capped(redis, name, 1, "long")
+    limiter = await capped(redis, name, 1, "long")
     async with limiter.hold() as slot:
         key = key_prefix(name) + "held"
         first = await redis.zscore(key, slot.holder)
@@ -209,13 +221,49 @@ async def test_undeclared_and_uncapped_limits_are_refused_with_a_reason(
     assert await in_line(redis, name) == 0
 
 
-async def test_an_emptied_redis_is_declared_again_by_the_first_hold(
+async def test_an_emptied_redis_hands_out_no_slot_until_the_surviving_holders_are_counted(
     redis: aioredis.Redis, name: str
 ) -> None:
-    async with capped(redis, name, 4, "healer").hold():
-        state = await RateLimiter(redis, name).state()
-    assert state.config == LimitConfig(name, max_concurrent=4)
-    assert state.held == 1
+    """A caller declares the limit again (rates of its own config), then no slot goes out for
+    `quiet`: a holder that survived renews within it and is counted, so the cap holds."""
+    declaration = ("", "", "1.0", "1")
+    await capped(redis, name, 1, "operator")
+    assert await raw(redis, name, "poll", 15000, 3000, 300, *NO_DECLARATION, 0, "a") == [1, 0]
+    await redis.delete(*[key_prefix(name) + k for k in ("config", "held", "line", "seen")])
+    assert await raw(redis, name, "poll", 15000, 3000, 300, *declaration, 0, "b") == [1, 1]
+    assert await raw(redis, name, "poll", 15000, 3000, 300, *declaration, 1, "a", "b") \
+        == [1, 1, 1]  # a renews (its hold had gone: flagged), b still waits
+    assert await raw(redis, name, "leave", 15000, 3000, 300, "a") == 1
+
+    async def b_holds() -> bool:
+        return await raw(redis, name, "poll", 15000, 3000, 300, *declaration, 0, "b") == [1, 0]
+
+    await eventually(b_holds)  # once the quiet time is over
+    state = await RateLimiter(redis, name).state()
+    assert (state.config, state.held) == (LimitConfig(name, max_concurrent=1), 1)
+
+
+async def test_a_holder_that_survived_an_emptied_redis_keeps_the_cap(
+    redis: aioredis.Redis, other: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "RENEW_SECONDS", 0.1)
+    monkeypatch.setattr(slots_module, "QUIET_SECONDS", 1.0)
+    holder = await capped(redis, name, 1, "holder")
+    waiter = await capped(other, name, 1, "waiter")
+    holding = await holder.slots.acquire()
+    waiting = asyncio.ensure_future(waiter.slots.acquire())
+    await eventually(lambda: _line_is(redis, name, 1))
+    await redis.delete(*[key_prefix(name) + k for k in ("config", "held", "line", "seen")])
+
+    async def counted_again() -> bool:
+        return holder.slots.lapsed == 1 and await held(redis, name) == 1
+
+    await eventually(counted_again)
+    assert not waiting.done()
+    await holder.slots.release(holding)
+    got = await waiting
+    assert got.capped
+    await waiter.slots.release(got)
 
 
 @ONE_SERVER
@@ -249,9 +297,9 @@ async def test_one_call_asks_for_every_waiter_of_a_process(
     redis: aioredis.Redis, other: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(slots_module, "POLL_SECONDS", 60.0)  # only a new waiter asks
-    holder = capped(other, name, 1, "holder")
+    holder = await capped(other, name, 1, "holder")
     holding = await holder.slots.acquire()
-    limiter = capped(redis, name, 1, "many")
+    limiter = await capped(redis, name, 1, "many")
     await limiter.slots._run("leave", 1000)  # the script is loaded: no NOSCRIPT round trip
     trips = RoundTrips(redis)
     waiters = [asyncio.ensure_future(limiter.slots.acquire()) for _ in range(20)]
@@ -269,9 +317,9 @@ async def test_a_released_slot_goes_to_the_head_of_the_line_in_the_same_call(
     """Handed over in Redis at once: the waiter (another process, asking rarely) finds it
     held for it when it next asks."""
     monkeypatch.setattr(slots_module, "POLL_SECONDS", 60.0)
-    holder = capped(redis, name, 1, "holder")
+    holder = await capped(redis, name, 1, "holder")
     holding = await holder.slots.acquire()
-    waiter = capped(other, name, 1, "waiter")
+    waiter = await capped(other, name, 1, "waiter")
     waiting = asyncio.ensure_future(waiter.slots.acquire())
     await eventually(lambda: _line_is(redis, name, 1))
     await holder.slots.release(holding)
@@ -287,7 +335,7 @@ async def test_a_hold_given_back_while_its_renewal_is_on_the_wire_is_not_left_he
     redis: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(slots_module, "RENEW_SECONDS", 0.05)
-    limiter = capped(redis, name, 2, "racer")
+    limiter = await capped(redis, name, 2, "racer")
     slots = limiter.slots
     send = slots._run
     gate, renewal_waits, renewed = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -315,3 +363,73 @@ async def test_a_hold_given_back_while_its_renewal_is_on_the_wire_is_not_left_he
 
     await eventually(given_back_again)
     assert slots.lapsed == 0
+
+
+async def test_a_slot_handed_to_a_waiter_that_died_lasts_only_a_place_in_lines_time(
+    redis: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "GRACE_SECONDS", 0.3)
+    first = await capped(redis, name, 1, "first")
+    holding = await first.slots.acquire()
+    assert await raw(redis, name, "poll", 15000, 3000, 6000, *NO_DECLARATION, 0,
+                     "ghost:1") == [1, 1]  # in line, then its process died
+    later = asyncio.ensure_future((await capped(redis, name, 1, "later")).slots.acquire())
+    await eventually(lambda: _line_is(redis, name, 2))
+    await first.slots.release(holding)  # the ghost is at the head: the slot goes to it
+    got = await later  # and comes back once the ghost does not ask for it
+    assert got.holder.startswith("later:")
+
+
+async def test_a_serving_declaration_without_the_cap_of_this_process_lets_blocks_run(
+    redis: aioredis.Redis, name: str
+) -> None:
+    """Another pool declared the limit first without maxConcurrent (or the operator has not
+    declared this pool's new cap yet): the serving declaration serves, nothing fails."""
+    await RateLimiter(redis, name).declare(LimitConfig(name, requests_per_minute=60), "ns/a")
+    mine = RateLimiter(redis, name, config=LimitConfig(name, requests_per_minute=60,
+                                                       max_concurrent=1), caller="b")
+    async with mine.hold() as first, mine.hold() as second:
+        assert (first.capped, second.capped) == (False, False)
+    state = await RateLimiter(redis, name).state()
+    assert (state.held, state.in_line) == (0, 0)
+
+
+@ONE_SERVER
+async def test_waiters_ride_out_a_brief_failure_and_give_up_on_a_long_one(
+    redis: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(slots_module, "FAILING_SECONDS", 0.5)
+    limiter = await capped(redis, name, 1, "flaky")
+    slots = limiter.slots
+    send = slots._run
+    failing = {"left": 2}
+    calls: list[float] = []
+
+    async def flaky(*args: object) -> object:
+        calls.append(time.monotonic())
+        if args[0] == "poll" and failing["left"]:
+            failing["left"] -= 1
+            raise redis_errors.ConnectionError("connection reset")
+        return await send(*args)
+
+    monkeypatch.setattr(slots, "_run", flaky)
+    got = await slots.acquire()  # two failed polls, then the grant
+    assert got.capped and len(calls) == 3
+    await slots.release(got)
+    failing["left"] = 1000
+    calls.clear()
+    with pytest.raises(redis_errors.ConnectionError):
+        await slots.acquire()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(calls)]
+    assert len(gaps) >= 2
+    for number, gap in enumerate(gaps[:3], start=1):  # backing off, never spinning
+        assert gap >= 0.01 * 2 ** number * 0.9
+
+
+def test_a_process_waits_for_the_slots_of_a_limit_through_one_limiter(redis_url: str) -> None:
+    """`Client.rate_limit(name)` is one limiter per name, so the waits of a process's
+    threads go to Redis together."""
+    with SyncClient.from_url(redis_url) as client:
+        assert client.rate_limit("a").limiter is client.rate_limit("a").limiter
+        assert client.rate_limit("a").limiter is not client.rate_limit("b").limiter

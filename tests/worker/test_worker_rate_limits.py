@@ -249,3 +249,16 @@ async def test_a_wait_for_a_slot_counts_in_the_heartbeat_while_it_lasts(
         await eventually(reported_waiting, 10, "a heartbeat counting the wait")
         assert (await elsewhere.state()).in_line == 1
         await queue.cancel(task_id)
+
+
+async def test_a_hold_of_a_limit_the_pool_declares_without_a_cap_dead_letters_the_task(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str
+) -> None:
+    config = LimitConfig(limit, requests_per_minute=60)
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HELD["async"],
+                                rate_limits=limits_env(config))):
+        task_id = await queue.submit({"limit": limit, "redis": redis_url, "counter": "c"})
+        info = await queue.wait(task_id, timeout=10)
+    assert (info.state, info.attempts) == ("dead", 1)
+    assert f"rate limit {limit!r} declares no maxConcurrent for this pool" in (info.error or "")

@@ -30,7 +30,7 @@ from agentpool.ratelimit import (
     UndeclaredLimit,
     give_back,
 )
-from agentpool.slots import Held
+from agentpool.slots import Held, NoConcurrencyLimit
 from agentpool_worker import metrics
 
 WINDOW_SECONDS = 60.0
@@ -65,6 +65,7 @@ class WorkerLimits:
         self._slot_waits: dict[int, tuple[str, float]] = {}
         """Waits for a slot in progress: limit and when each began (monotonic)."""
         self._slot_wait_ids = itertools.count()
+        self._lapsed_seen: dict[str, int] = {}
 
     def limiter(self, name: str) -> RateLimiter:
         found = self._limiters.get(name)
@@ -145,9 +146,26 @@ class WorkerLimits:
         self._unwaited(reservation, remaining)
         await give_back(self.limiter(reservation.limit), reservation)
 
+    def lapsed(self) -> dict[str, int]:
+        """Holds found lapsed since the last call, per limit (counted in the metrics)."""
+        found: dict[str, int] = {}
+        for name, limiter in self._limiters.items():
+            total = limiter.slots_lapsed
+            new = total - self._lapsed_seen.get(name, 0)
+            if new > 0:
+                found[name] = new
+                self._lapsed_seen[name] = total
+                metrics.for_limit(self._queue, name).lapsed.inc(new)
+        return found
+
     @asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[Held]:
-        slots = self.limiter(name).slots
+        limiter = self.limiter(name)
+        if limiter.config is not None and limiter.config.max_concurrent is None:
+            raise NoConcurrencyLimit(
+                f"rate limit {name!r} declares no maxConcurrent for this pool: add "
+                "maxConcurrent to its entry in spec.rateLimits to hold slots of it")
+        slots = limiter.slots
         bound = metrics.for_limit(self._queue, name)
         wait_id = next(self._slot_wait_ids)
         began = time.monotonic()

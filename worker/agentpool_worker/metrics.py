@@ -88,6 +88,10 @@ LIMIT_HOLDS = Counter(
 LIMIT_HELD = Gauge(
     "agentpool_worker_limit_held", "Slots of a limit's maxConcurrent this worker holds now",
     ["queue", "limit"])
+LIMIT_LAPSED = Counter(
+    "agentpool_worker_limit_lapsed",
+    "Slots of a limit's maxConcurrent found lapsed while held (the process was frozen longer "
+    "than a hold lasts, or Redis lost them) and taken again", ["queue", "limit"])
 LIMIT_FACTOR = Gauge(
     "agentpool_worker_limit_rate_factor",
     "Effective rate of a limit as a share of its declared rate (below 1 after a 429)",
@@ -125,6 +129,7 @@ LIMIT_NAMES = (
     "agentpool_worker_limit_throttles_total",
     "agentpool_worker_limit_holds_total",
     "agentpool_worker_limit_held",
+    "agentpool_worker_limit_lapsed_total",
     "agentpool_worker_limit_rate_factor",
 )
 """The rate-limit series: exposed once a handler used a limit (one series per limit)."""
@@ -190,6 +195,7 @@ class LimitMetrics:
     throttles: Counter
     holds: Counter
     held: Gauge
+    lapsed: Counter
     factor: Gauge
 
 
@@ -203,5 +209,6 @@ def for_limit(queue: str, limit: str) -> LimitMetrics:
         throttles=LIMIT_THROTTLES.labels(queue, limit),
         holds=LIMIT_HOLDS.labels(queue, limit),
         held=LIMIT_HELD.labels(queue, limit),
+        lapsed=LIMIT_LAPSED.labels(queue, limit),
         factor=LIMIT_FACTOR.labels(queue, limit),
     )

@@ -736,6 +736,11 @@ class Worker:
         self.info.runs_since = tuple(sorted(task.claimed_ms for task in self._held.values()))
         if self._limits is not None:
             self.info.limit_window = self._limits.window()
+            for name, count in self._limits.lapsed().items():
+                self._log.warning(
+                    "slots of a limit lapsed while held (this process was frozen longer than "
+                    "a hold lasts, or Redis lost them); taken again, over the cap until one "
+                    "ends", limit=name, count=count)
         try:
             beat = await self._rt(self.queue.heartbeat(
                 self.info, held, self.settings.lease_seconds,
