@@ -117,8 +117,8 @@ def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = (),
               rate_limits: Iterable[str] = (), submits_to: Iterable[str] = ()) -> list[str]:
     """The ``ACL SETUSER <user>`` rules that confine `role` to `queue`.
 
-    A worker also gets the keys of the pool's `rate_limits` (``ap:{rl:<name>}:*``, see
-    `agentpool.ratelimit`), and a producer's rights on each queue of `submits_to` (the other
+    A worker also gets the keys and channels of the pool's `rate_limits` (``ap:{rl:<name>}:*``,
+    see `agentpool.ratelimit`), and a producer's rights on each queue of `submits_to` (the other
     queues its handlers submit to), each as a selector of its own: on those queues it may do
     what a producer may (submit, read, cancel, and the writes those need: see
     docs/security.md) and nothing a worker does (claim, complete, delete). Selectors are
@@ -150,7 +150,7 @@ def acl_rules(queue: str, role: Role, password_hashes: Iterable[str] = (),
         for name in sorted(set(rate_limits)):
             if not LIMIT_NAME.match(name):
                 raise ProtocolError(f"invalid rate limit name {name!r}")
-            rules.append(f"~{limit_prefix(name)}*")
+            rules += [f"~{limit_prefix(name)}*", f"&{limit_prefix(name)}*"]
         rules.append(f"&{prefix}*")
         rules += [f"+{command}" for command in _commands(role)]
     else:

@@ -1455,6 +1455,11 @@ class DoneSignal:
             except ResponseError:
                 self._state = "polling"
 
+    @property
+    def subscribed(self) -> bool:
+        """Messages arrive (else `next` only waits out its timeout)."""
+        return self._state == "subscribed"
+
     async def next(self, timeout: float) -> str | None:
         """The next task id published, or None after `timeout` seconds without one."""
         await self.subscribe()

@@ -12,6 +12,7 @@ asked, across processes; a process that dies keeps its slots no longer than HOLD
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import threading
 import time
@@ -26,12 +27,16 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from agentpool.errors import PermanentError
+from agentpool.protocol import DoneSignal
 
 if TYPE_CHECKING:  # ratelimit imports this module
     from agentpool.ratelimit import LimitConfig
 
 POLL_SECONDS = 0.2
-"""How often a process whose callers wait for a slot asks again."""
+"""How often a process whose callers wait for a slot asks again when it cannot be told."""
+TOLD_POLL_SECONDS = 1.0
+"""How often it asks again while subscribed to the ``freed`` channel, which tells it of its
+grants at once: only to keep its waiters' places (GRACE_SECONDS) and as a safety net."""
 HOLD_SECONDS = 15.0
 """A hold not renewed for this long lapses (its process died or froze)."""
 RENEW_SECONDS = 5.0
@@ -90,6 +95,14 @@ class Slots:
         self._holding: set[str] = set()
         self._ticker: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
+        self._told = False
+        """Subscribed to the ``freed`` channel: grants are told, not only polled for."""
+        self._asked: set[str] = set()
+        """Waiters Redis has put in line."""
+        self._named: set[str] = set()
+        """Waiters the ``freed`` channel said were handed a slot."""
+        self._refresh = False
+        """Ask for every waiter at the next turn."""
         self._stray: set[asyncio.Future[Any]] = set()
 
     async def _run(self, *args: Any) -> Any:
@@ -127,7 +140,8 @@ class Slots:
         """Give the slot back; the next in line gets it at once."""
         self._holding.discard(held.holder)
         await _shielded(self._leave(held.holder))
-        if self._waiting:
+        if self._waiting and not self._told:  # a told process hears of its grants
+            self._refresh = True
             self._kick()
 
     async def _leave(self, holder: str) -> None:
@@ -142,15 +156,59 @@ class Slots:
             self._ticker = asyncio.ensure_future(self._tick())
         self._wake.set()
 
+    async def _listen(self) -> None:
+        """Wake the ticker when Redis hands one of this process's waiters a slot (the
+        ``freed`` channel); without a subscription (Redis 6, a user without the channel) the
+        ticker's own polls find the grant."""
+        while True:
+            signal = DoneSignal(self.redis, self.prefix + "freed")
+            try:
+                await signal.subscribe()
+                self._told = signal.subscribed
+                while True:
+                    message = await signal.next(RENEW_SECONDS)
+                    named = [h for h in (message or "").split() if h in self._waiting]
+                    if named:
+                        self._named.update(named)
+                        self._wake.set()
+            except Exception:  # a lost connection: subscribe again after a pause
+                self._told = False
+                await asyncio.sleep(POLL_SECONDS)
+            finally:
+                with suppress(Exception):
+                    await signal.aclose()
+
     async def _tick(self) -> None:
-        renewed = -RENEW_SECONDS
+        listener = asyncio.ensure_future(self._listen())
+        try:
+            await self._tick_until_idle()
+        finally:
+            self._told = False
+            listener.cancel()
+            with suppress(asyncio.CancelledError):
+                await listener
+
+    async def _tick_until_idle(self) -> None:
+        """One call at a time: the holds when due for renewal; the waiters that are new or
+        were told of a grant; every waiter once a period, which keeps their places and finds
+        grants nobody told of."""
+        renewed = asked_all = -math.inf
         failing_since: float | None = None
         failures = 0
         while self._waiting or self._holding:
             self._wake.clear()
-            pause = RENEW_SECONDS - (time.monotonic() - renewed)
-            if self._waiting or pause <= 0:
-                holding, waiting = sorted(self._holding), list(self._waiting)
+            self._asked &= self._waiting.keys()
+            now = time.monotonic()
+            period = TOLD_POLL_SECONDS if self._told else POLL_SECONDS
+            renew = now - renewed >= RENEW_SECONDS
+            everyone = bool(self._waiting) and (self._refresh or now - asked_all >= period)
+            waiting = [h for h in self._waiting
+                       if everyone or h not in self._asked or h in self._named]
+            pause: float | None = None
+            if renew or waiting:
+                holding = sorted(self._holding) if renew else []
+                self._refresh = False
+                self._named.difference_update(waiting)
                 try:
                     reply = await self._run("poll", *_times(), *self._declaration(),
                                             len(holding), *holding, *waiting)
@@ -159,14 +217,21 @@ class Slots:
                     if time.monotonic() - failing_since >= FAILING_SECONDS:
                         self._give_up(waiting, error)
                     failures += 1
+                    self._refresh = True
                     pause = min(RENEW_SECONDS, POLL_SECONDS * 2 ** failures)
                 else:
                     failing_since, failures = None, 0
-                    renewed = time.monotonic()
+                    renewed = now if renew else renewed
+                    asked_all = now if everyone else asked_all
                     self._settle([int(x) for x in reply], holding, waiting)
-                    pause = POLL_SECONDS if self._waiting else RENEW_SECONDS
+            if pause is None:
+                since = time.monotonic()
+                due = [RENEW_SECONDS - (since - renewed)]
+                if self._waiting:
+                    due.append(period - (since - asked_all))
+                pause = max(0.001, min(due))
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(POLL_SECONDS, pause))
+                await asyncio.wait_for(self._wake.wait(), pause)
 
     def _declaration(self) -> tuple[str, ...]:
         return self.config.wire if self.config is not None else ("", "", "", "")
@@ -194,6 +259,8 @@ class Slots:
                 self._holding.add(holder)
                 if not granted.done():
                     granted.set_result(True)
+            else:
+                self._asked.add(holder)
 
     def _refusal(self, code: int) -> Exception:
         from agentpool.ratelimit import UndeclaredLimit

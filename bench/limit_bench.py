@@ -1,8 +1,8 @@
 """Shared rate limits: how fast one limiter grants, how closely a fleet keeps to its rate, and
 what `ctx.limit` costs a task that does not wait.
 
-    .venv/bin/python bench/limit_bench.py                 # all three, ~1.5 min
-    .venv/bin/python bench/limit_bench.py --only grants   # or: rate, cost
+    .venv/bin/python bench/limit_bench.py                 # all four, ~3 min
+    .venv/bin/python bench/limit_bench.py --only grants   # or: rate, cost, slots
     .venv/bin/python bench/limit_bench.py --rate-seconds 20
 
 - grants: 4 worker processes x 32 coroutines call `acquire()` on one limit declared so high
@@ -16,6 +16,9 @@ what `ctx.limit` costs a task that does not wait.
   rate x window + burst, and round trips per grant (a waiter sleeps until its reserved time).
 - cost: one process, 5,000 `ctx.limit` calls through the worker's limit books (metrics
   included) on a limit nobody waits on: median and p99 latency.
+- slots: 4 processes x 25 coroutines share a limit of `maxConcurrent` 20, each holding a slot
+  for a call of 50 ms, then of 1 s, for 20 s: the share of slot-time in use, holds per second,
+  waits, and Redis's cost per hold.
 
 Grant times are Redis's own (the reservation the script computed), so the rate figures do not
 depend on how promptly the processes woke up. Results go to bench/results/limits.json.

@@ -7,6 +7,8 @@
 --   line    zset: holder -> ticket, the order of asking
 --   seen    zset: holder -> when its place in line lapses (ms) unless it asks again
 --   ticket  string: the last ticket handed out
+--   freed   channel: the holders a slot was handed to while they were not asking, so that
+--           their processes ask at once instead of at their next poll
 --   state   hash (rate_limit.lua's): `holds` counts the slots handed out
 -- A process renews its holds every few seconds and asks again for its waiters several times
 -- a second (agentpool/slots.py), so one that dies keeps a slot no longer than a hold lasts and
@@ -14,8 +16,11 @@
 --
 -- Ops (ARGV[2]); the times are the caller's (agentpool/slots.py), in ms:
 --   poll hold grace quiet rpm tpm burst conc n held x n waiter...
---       -> {conc, lapsed flag per held holder, place per waiter (0 granted, k the k-th in
---          line)}, or {-1}: the limit is not declared; {-2}: it is declared without conc.
+--       -> {conc, lapsed flag per held holder, 0 per waiter that holds a slot and 1 per
+--          waiter still in line}, or {-1}: the limit is not declared; {-2}: it is declared
+--          without conc. A process sends its holds when they are due for renewal, and its
+--          waiters when new, when told of their grant, or every second or so to keep their
+--          places.
 --       Renews the holds (one that lapsed is taken again and flagged: its process was frozen
 --       longer than a hold lasts, or Redis lost it), puts each new waiter at the end of the
 --       line, then hands the free slots to the head of the line. rpm..conc declare the limit
@@ -31,6 +36,7 @@
 local P, op = ARGV[1], ARGV[2]
 local K_CONFIG, K_STATE = P .. 'config', P .. 'state'
 local K_HELD, K_LINE, K_SEEN, K_TICKET = P .. 'held', P .. 'line', P .. 'seen', P .. 'ticket'
+local K_FREED = P .. 'freed'
 
 -- Slots serve runs in progress, so they go on when Redis is full (run_when_full in
 -- common.lua): a first write that cannot grow memory lets the rest of the script write.
@@ -48,18 +54,30 @@ local function sweep()
   end
 end
 
+-- Hands the free slots to the head of the line; returns the set of holders served.
 local function hand_out(cfg, asking)
-  if cfg.since and now < cfg.since + cfg.quiet then return end
+  local served = {}
+  if cfg.since and now < cfg.since + cfg.quiet then return served end
   local free = cfg.conc - redis.call('ZCARD', K_HELD)
-  if free <= 0 then return end
+  if free <= 0 then return served end
   local head = redis.call('ZRANGE', K_LINE, 0, free - 1)
-  if #head == 0 then return end
+  if #head == 0 then return served end
+  local absent = {}
   for _, holder in ipairs(head) do
     redis.call('ZADD', K_HELD, now + (asking[holder] and cfg.hold or cfg.grace), holder)
+    if not asking[holder] then absent[#absent + 1] = holder end
+    served[holder] = true
   end
   redis.call('ZREM', K_LINE, unpack(head))
   redis.call('ZREM', K_SEEN, unpack(head))
   redis.call('HINCRBY', K_STATE, 'holds', #head)
+  if #absent > 0 then
+    -- sharded pub/sub on Redis 7 (the message stays on the limit's shard); pcall: a user
+    -- whose rules predate the channel still gets its slots, its processes poll for them
+    local command = redis.REDIS_VERSION_NUM and 'SPUBLISH' or 'PUBLISH'
+    redis.pcall(command, K_FREED, table.concat(absent, ' '))
+  end
+  return served
 end
 
 -- The declaration's cap and the caller's times; nil burst when nothing is declared.
@@ -84,13 +102,14 @@ if op == 'poll' then
   for i = 11, 10 + n do
     out[#out + 1] = redis.call('ZADD', K_HELD, now + cfg.hold, ARGV[i])
   end
-  local waiters, asking = {}, {}
+  local waiters, asking, holds = {}, {}, {}
   for i = 11 + n, #ARGV do
     local holder = ARGV[i]
     waiters[#waiters + 1] = holder
     asking[holder] = true
     if redis.call('ZSCORE', K_HELD, holder) then
       redis.call('ZADD', K_HELD, now + cfg.hold, holder)
+      holds[holder] = true
     else
       if not redis.call('ZSCORE', K_LINE, holder) then
         redis.call('ZADD', K_LINE, redis.call('INCR', K_TICKET), holder)
@@ -98,10 +117,9 @@ if op == 'poll' then
       redis.call('ZADD', K_SEEN, now + cfg.grace, holder)
     end
   end
-  hand_out(cfg, asking)
+  local served = hand_out(cfg, asking)
   for _, holder in ipairs(waiters) do
-    local rank = redis.call('ZRANK', K_LINE, holder)
-    out[#out + 1] = rank and rank + 1 or 0
+    out[#out + 1] = (holds[holder] or served[holder]) and 0 or 1
   end
   return out
 end

@@ -433,3 +433,26 @@ def test_a_process_waits_for_the_slots_of_a_limit_through_one_limiter(redis_url:
     with SyncClient.from_url(redis_url) as client:
         assert client.rate_limit("a").limiter is client.rate_limit("a").limiter
         assert client.rate_limit("a").limiter is not client.rate_limit("b").limiter
+
+
+async def test_a_slot_freed_in_one_process_is_told_to_the_waiter_of_another(
+    redis: aioredis.Redis, other: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waiter's process hears of its grant on the limit's channel: it does not wait for
+    its next poll (a minute here)."""
+    monkeypatch.setattr(slots_module, "POLL_SECONDS", 60.0)
+    monkeypatch.setattr(slots_module, "TOLD_POLL_SECONDS", 60.0)
+    holder = await capped(redis, name, 1, "holder")
+    waiter = await capped(other, name, 1, "waiter")
+    holding = await holder.slots.acquire()
+    waiting = asyncio.ensure_future(waiter.slots.acquire())
+
+    async def listening_in_line() -> bool:
+        return waiter.slots._told and await in_line(redis, name) == 1
+
+    await eventually(listening_in_line)
+    await holder.slots.release(holding)
+    async with asyncio.timeout(10):  # a guard: untold, the grant would wait a minute
+        got = await waiting
+    assert got.holder.startswith("waiter:")
+    await waiter.slots.release(got)
