@@ -78,10 +78,11 @@ SPUBLISH on 7 and later)."""
 
 WORKER_DIRECT_COMMANDS = (
     "hset", "hget", "hmget", "hgetall", "smembers", "scard", "zrange", "zrevrange", "blpop",
-    "wait",
+    "wait", "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe",
 )
-"""Outside scripts: queue defaults, a task's hash, orphaned claims, the wake-up list, and
-the WAIT of replicated durability."""
+"""Outside scripts: queue defaults, a task's hash, orphaned claims, the wake-up list, the
+WAIT of replicated durability, and the subscription that tells a waiter for a slot of a
+rate limit's ``maxConcurrent`` of its grant (on the channels the user may use)."""
 
 PRODUCER_COMMANDS = (
     "time", "exists", "get", "set", "incr", "incrby", "expire", "persist", "append", "strlen",

@@ -154,9 +154,9 @@ class Client:
         :class:`agentpool.ratelimit.UndeclaredLimit` at the first call. One limiter per name
         and client: the calls and the waits for slots of a process go together."""
         limiter = self._limiters.get(name)
-        if limiter is None:
-            limiter = RateLimiter(self.redis, name, caller=f"client:{os.getpid()}")
-            self._limiters[name] = limiter
+        if limiter is None:  # setdefault: threads of a SyncClient may race here
+            limiter = self._limiters.setdefault(
+                name, RateLimiter(self.redis, name, caller=f"client:{os.getpid()}"))
         return limiter
 
     async def ping(self) -> None:

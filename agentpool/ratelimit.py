@@ -290,20 +290,13 @@ class RateLimiter:
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Future[None] | None = None
         self._orphans: set[asyncio.Future[bool]] = set()
-        self._slots: Slots | None = None
-
-    @property
-    def slots(self) -> Slots:
+        self.slots = Slots(redis, name, self.prefix, config=config, caller=self.caller)
         """The limit's ``maxConcurrent`` slots as this process holds them."""
-        if self._slots is None:
-            self._slots = Slots(self.redis, self.name, self.prefix, config=self.config,
-                                caller=self.caller)
-        return self._slots
 
     @property
     def slots_lapsed(self) -> int:
-        """Holds of this process found lapsed when renewed (0 before any hold)."""
-        return 0 if self._slots is None else self._slots.lapsed
+        """Holds of this process found lapsed when renewed."""
+        return self.slots.lapsed
 
     def hold(self) -> AbstractAsyncContextManager[Held]:
         """``async with limiter.hold():`` waits for one of the limit's ``maxConcurrent``

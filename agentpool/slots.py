@@ -49,6 +49,9 @@ QUIET_SECONDS = RENEW_SECONDS + 1.0
 handed out for this long: the holders that survived renew, and are counted, first."""
 FAILING_SECONDS = GRACE_SECONDS
 """Waiters keep waiting through failing calls to Redis for this long, then raise."""
+FAILED_PAUSE_SECONDS = 1.0
+"""The longest pause between two failed calls (the pauses double from 2 x POLL_SECONDS):
+holds are renewed within a second of Redis answering again, long before they lapse."""
 STOP_CHECK_SECONDS = 0.05
 """How often a wait for a thread's caller looks whether that caller gave up."""
 
@@ -103,6 +106,7 @@ class Slots:
         """Waiters the ``freed`` channel said were handed a slot."""
         self._refresh = False
         """Ask for every waiter at the next turn."""
+        self._listener: asyncio.Future[None] | None = None
         self._stray: set[asyncio.Future[Any]] = set()
 
     async def _run(self, *args: Any) -> Any:
@@ -158,14 +162,17 @@ class Slots:
 
     async def _listen(self) -> None:
         """Wake the ticker when Redis hands one of this process's waiters a slot (the
-        ``freed`` channel); without a subscription (Redis 6, a user without the channel) the
-        ticker's own polls find the grant."""
+        ``freed`` channel), while the process has waiters. Without a subscription (Redis 6,
+        a user whose rules predate the channel) the ticker's own polls find the grants."""
         while True:
             signal = DoneSignal(self.redis, self.prefix + "freed")
             try:
                 await signal.subscribe()
-                self._told = signal.subscribed
                 while True:
+                    if self._told != signal.subscribed:  # a refusal shows on the first read
+                        self._told = signal.subscribed
+                        self._refresh = True  # grants made before now were not told
+                        self._wake.set()
                     message = await signal.next(RENEW_SECONDS)
                     named = [h for h in (message or "").split() if h in self._waiting]
                     if named:
@@ -179,25 +186,35 @@ class Slots:
                     await signal.aclose()
 
     async def _tick(self) -> None:
-        listener = asyncio.ensure_future(self._listen())
         try:
             await self._tick_until_idle()
         finally:
+            listener, self._listener = self._listener, None
             self._told = False
-            listener.cancel()
-            with suppress(asyncio.CancelledError):
-                await listener
+            if self._ticker is asyncio.current_task():
+                self._ticker = None  # from here an acquire starts a ticker of its own
+            await _cancelled(listener)
+
+    async def _stop_listening(self) -> None:
+        listener, self._listener = self._listener, None
+        self._told = False
+        await _cancelled(listener)
 
     async def _tick_until_idle(self) -> None:
         """One call at a time: the holds when due for renewal; the waiters that are new or
         were told of a grant; every waiter once a period, which keeps their places and finds
-        grants nobody told of."""
+        grants nobody told of. Subscribed to the ``freed`` channel while there are waiters."""
         renewed = asked_all = -math.inf
         failing_since: float | None = None
         failures = 0
         while self._waiting or self._holding:
+            if self._waiting and self._listener is None:
+                self._listener = asyncio.ensure_future(self._listen())
+            elif not self._waiting and self._listener is not None:
+                await self._stop_listening()
             self._wake.clear()
             self._asked &= self._waiting.keys()
+            self._named &= self._waiting.keys()
             now = time.monotonic()
             period = TOLD_POLL_SECONDS if self._told else POLL_SECONDS
             renew = now - renewed >= RENEW_SECONDS
@@ -218,7 +235,7 @@ class Slots:
                         self._give_up(waiting, error)
                     failures += 1
                     self._refresh = True
-                    pause = min(RENEW_SECONDS, POLL_SECONDS * 2 ** failures)
+                    pause = min(FAILED_PAUSE_SECONDS, POLL_SECONDS * 2 ** failures)
                 else:
                     failing_since, failures = None, 0
                     renewed = now if renew else renewed
@@ -319,6 +336,13 @@ async def enter_unless(manager: AbstractAsyncContextManager[T],
                 await entering
                 await manager.__aexit__(None, None, None)
             return None
+
+
+async def _cancelled(task: asyncio.Future[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 def _times() -> tuple[int, int, int]:

@@ -4,7 +4,7 @@
 -- {rl:<name>}: one Redis Cluster slot per limit, whatever queue or pool uses it. KEYS[1] is the
 -- limit's state hash, which routes the script to that slot. The script touches nothing else.
 --   <prefix>config     hash: rpm, tpm, burst (seconds), conc (most calls at once, '' for
---                      none), owner, seen (ms), since (ms: declared again by a caller, see
+--                      none), owner, seen (ms), since (ms: declared afresh, see
 --                      slots.lua)                                              the declaration
 --   <prefix>held, line, seen, ticket   the slots of `conc` (agentpool/lua/slots.lua)
 --   <prefix>state      hash: tat_r, tat_t (µs), base, recover_at, pause_until (µs), counters
@@ -234,6 +234,9 @@ if op == 'declare' then
   end
   redis.call('HSET', K_CONFIG, 'rpm', rpm, 'tpm', tpm, 'burst', burst, 'conc', conc,
     'owner', owner, 'seen', now_ms)
+  -- a declaration made afresh may follow a Redis that lost everything: slots.lua hands out
+  -- no slot until the holders that survived were counted
+  if outcome == 'declared' then redis.call('HSET', K_CONFIG, 'since', now_ms) end
   return {outcome, owner, rpm, tpm, burst, conc}
 end
 

@@ -10,12 +10,15 @@ import pytest
 from cli_helpers import Cli, table_rows
 
 from agentpool.client import Client, SyncClient
-from agentpool.ratelimit import LimitConfig, RateLimiter, UndeclaredLimit
+from agentpool.ratelimit import LimitConfig, RateLimiter, UndeclaredLimit, key_prefix
 
 
 async def declare(url: str, config: LimitConfig, owner: str) -> None:
+    """As the operator declares it, without a fresh declaration's quiet time for slots (6 s,
+    tested in tests/protocol/test_slots.py)."""
     async with Client.from_url(url) as client:
         await RateLimiter(client.redis, config.name).declare(config, owner)
+        await client.redis.hdel(key_prefix(config.name) + "config", "since")
 
 
 def test_limits_table_and_json(cli: Cli) -> None:

@@ -19,11 +19,21 @@ import redis.exceptions as redis_errors
 from protocol_helpers import ONE_SERVER, RoundTrips, eventually
 
 from agentpool import slots as slots_module
+from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
 from agentpool.client import SyncClient
 from agentpool.connection import redis_from_url
 from agentpool.errors import PermanentError
 from agentpool.ratelimit import LimitConfig, RateLimiter, UndeclaredLimit, key_prefix
+from agentpool.redis_server import RedisServer
 from agentpool.slots import Held, NoConcurrencyLimit, _lua
+from agentpool.urls import with_credentials
+
+
+@pytest.fixture(autouse=True)
+def no_quiet_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A limit declared afresh hands out no slot for QUIET_SECONDS (6 s); the tests of that
+    pass their own."""
+    monkeypatch.setattr(slots_module, "QUIET_SECONDS", 0.0)
 
 
 @pytest.fixture
@@ -129,7 +139,7 @@ async def test_a_hold_its_process_stopped_renewing_lapses_and_the_next_caller_ge
 ) -> None:
     limiter = await capped(redis, name, 1, "live")
     # a process took the only slot with a hold of 300 ms, then died
-    assert await raw(redis, name, "poll", 300, 3000, 6000, *NO_DECLARATION, 0,
+    assert await raw(redis, name, "poll", 300, 3000, 0, *NO_DECLARATION, 0,
                      "dead:1") == [1, 0]
     assert await held(redis, name) == 1
     async with limiter.hold() as slot:
@@ -228,7 +238,12 @@ async def test_an_emptied_redis_hands_out_no_slot_until_the_surviving_holders_ar
     `quiet`: a holder that survived renews within it and is counted, so the cap holds."""
     declaration = ("", "", "1.0", "1")
     await capped(redis, name, 1, "operator")
-    assert await raw(redis, name, "poll", 15000, 3000, 300, *NO_DECLARATION, 0, "a") == [1, 0]
+
+    async def a_holds() -> bool:
+        return await raw(redis, name, "poll", 15000, 3000, 300, *NO_DECLARATION, 0,
+                         "a") == [1, 0]
+
+    await eventually(a_holds)  # once the operator's fresh declaration is 300 ms old
     await redis.delete(*[key_prefix(name) + k for k in ("config", "held", "line", "seen")])
     assert await raw(redis, name, "poll", 15000, 3000, 300, *declaration, 0, "b") == [1, 1]
     assert await raw(redis, name, "poll", 15000, 3000, 300, *declaration, 1, "a", "b") \
@@ -456,3 +471,79 @@ async def test_a_slot_freed_in_one_process_is_told_to_the_waiter_of_another(
         got = await waiting
     assert got.holder.startswith("waiter:")
     await waiter.slots.release(got)
+
+
+async def test_a_limit_declared_afresh_hands_out_its_first_slot_after_the_quiet_time(
+    redis: aioredis.Redis, name: str
+) -> None:
+    """The operator may declare a limit again before any holder that survived an emptied
+    Redis has renewed: the quiet time covers that too."""
+    await RateLimiter(redis, name).declare(LimitConfig(name, max_concurrent=1), "ns/a")
+    assert await raw(redis, name, "poll", 15000, 3000, 300, *NO_DECLARATION, 0, "a") == [1, 1]
+
+    async def granted() -> bool:
+        return await raw(redis, name, "poll", 15000, 3000, 300, *NO_DECLARATION, 0,
+                         "a") == [1, 0]
+
+    await eventually(granted)
+
+
+async def test_an_acquire_while_the_ticker_winds_down_starts_a_ticker_of_its_own(
+    redis: aioredis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = await capped(redis, name, 1, "holder")
+    holding = await holder.slots.acquire()
+    slots = (await capped(redis, name, 1, "quick")).slots
+    wound_down = asyncio.Event()
+    run_until_idle = slots._tick_until_idle
+
+    async def then_signal() -> None:
+        await run_until_idle()
+        wound_down.set()
+
+    monkeypatch.setattr(slots, "_tick_until_idle", then_signal)
+    waiting = asyncio.ensure_future(slots.acquire())
+    await eventually(lambda: _line_is(redis, name, 1))  # subscribed, in line
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await wound_down.wait()  # the old ticker now stops its listener
+    again = asyncio.ensure_future(slots.acquire())
+    await holder.slots.release(holding)
+    async with asyncio.timeout(10):  # a guard: before, this waited forever
+        got = await again
+    await slots.release(got)
+
+
+@ONE_SERVER
+async def test_a_pools_worker_user_is_told_of_its_grants(
+    redis: aioredis.Redis, redis_server: RedisServer, name: str, queue_name: str,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "POLL_SECONDS", 60.0)
+    monkeypatch.setattr(slots_module, "TOLD_POLL_SECONDS", 60.0)
+    password = uuid.uuid4().hex
+    username = f"agentpool:tests:{uuid.uuid4().hex[:8]}:worker"
+    await set_user(redis, username, acl_rules(queue_name, Role.WORKER,
+                                              [password_hash(password)], [name]))
+    url = with_credentials(redis_server.url, username, password)
+    clients = [redis_from_url(url), redis_from_url(url)]
+    try:
+        await capped(redis, name, 1, "operator")
+        config = LimitConfig(name, max_concurrent=1)
+        holder = RateLimiter(clients[0], name, config=config, caller="holder")
+        waiter = RateLimiter(clients[1], name, config=config, caller="waiter")
+        holding = await holder.slots.acquire()
+        waiting = asyncio.ensure_future(waiter.slots.acquire())
+
+        async def told_in_line() -> bool:
+            return waiter.slots._told and await in_line(redis, name) == 1
+
+        await eventually(told_in_line)
+        await holder.slots.release(holding)
+        async with asyncio.timeout(10):  # a guard: untold, the grant would wait a minute
+            got = await waiting
+        await waiter.slots.release(got)
+    finally:
+        for client in clients:
+            await client.aclose()
+        await delete_user(redis, username)

@@ -22,7 +22,7 @@ from worker_helpers import (
 )
 
 from agentpool.protocol import TaskQueue
-from agentpool.ratelimit import LimitConfig, RateLimiter, encode_limits
+from agentpool.ratelimit import LimitConfig, RateLimiter, encode_limits, key_prefix
 from agentpool.redis_server import free_port
 from agentpool_worker import metrics
 from agentpool_worker.settings import ConfigError, load_settings
@@ -39,6 +39,13 @@ def limit() -> str:
 
 def limits_env(*configs: LimitConfig) -> str:
     return encode_limits(configs)
+
+
+async def declared_long_ago(redis: aioredis.Redis, config: LimitConfig) -> None:
+    """As the operator declares it, without the quiet time of a fresh declaration (6 s
+    without slots, tested in tests/protocol/test_slots.py)."""
+    await RateLimiter(redis, config.name).declare(config, "tests/pool")
+    await redis.hdel(key_prefix(config.name) + "config", "since")
 
 
 async def results(queue: TaskQueue, ids: list[str]) -> list[Any]:
@@ -189,6 +196,7 @@ async def test_runs_of_two_worker_processes_never_exceed_max_concurrent(
     kind: str
 ) -> None:
     config = LimitConfig(limit, max_concurrent=3)
+    await declared_long_ago(redis, config)
     queue = TaskQueue(redis, queue_name)
     counter = f"inside-{limit}"
     envs = [worker_env(redis_url, queue_name, HELD[kind], concurrency=6, lease_seconds=30,
@@ -210,6 +218,7 @@ async def test_a_run_cancelled_while_it_waits_for_a_slot_leaves_the_line(
     redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str, kind: str
 ) -> None:
     config = LimitConfig(limit, max_concurrent=1)
+    await declared_long_ago(redis, config)
     queue = TaskQueue(redis, queue_name)
     elsewhere = RateLimiter(redis, limit, config=config, caller="elsewhere")
     async with elsewhere.hold(), running(settings(
@@ -235,6 +244,7 @@ async def test_a_wait_for_a_slot_counts_in_the_heartbeat_while_it_lasts(
 ) -> None:
     """The autoscaler sees runs held back by a cap before they get their slot."""
     config = LimitConfig(limit, max_concurrent=1)
+    await declared_long_ago(redis, config)
     queue = TaskQueue(redis, queue_name)
     elsewhere = RateLimiter(redis, limit, config=config, caller="elsewhere")
     async with elsewhere.hold(), running(settings(
