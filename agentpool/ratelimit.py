@@ -290,7 +290,10 @@ class RateLimiter:
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Future[None] | None = None
         self._orphans: set[asyncio.Future[bool]] = set()
-        self.slots = Slots(redis, name, self.prefix, config=config, caller=self.caller)
+        self.slots = Slots(
+            redis, name, self.prefix, undeclared=self._undeclared, caller=self.caller,
+            declaration=config.wire if config is not None else ("", "", "", ""),
+            capped=config is not None and config.max_concurrent is not None)
         """The limit's ``maxConcurrent`` slots as this process holds them."""
 
     @property
@@ -343,12 +346,13 @@ class RateLimiter:
                 continue
             self._settle(batch, [int(x) for x in reply])
 
+    def _undeclared(self) -> UndeclaredLimit:
+        return UndeclaredLimit(f"rate limit {self.name!r} is not declared on this Redis: name "
+                               "it in an AgentPool's spec.rateLimits")
+
     def _settle(self, batch: list[_Pending], reply: list[int]) -> None:
         if reply[0] < 0:
-            error = UndeclaredLimit(
-                f"rate limit {self.name!r} is not declared on this Redis: name it in an "
-                "AgentPool's spec.rateLimits"
-            )
+            error = self._undeclared()
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(error)

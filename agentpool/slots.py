@@ -16,21 +16,18 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from agentpool.errors import PermanentError
 from agentpool.protocol import DoneSignal
-
-if TYPE_CHECKING:  # ratelimit imports this module
-    from agentpool.ratelimit import LimitConfig
 
 POLL_SECONDS = 0.2
 """How often a process whose callers wait for a slot asks again when it cannot be told."""
@@ -85,12 +82,19 @@ class Slots:
     """One limit's slots as one process uses them. Create it on the loop that uses it."""
 
     def __init__(self, redis: aioredis.Redis, name: str, prefix: str, *,
-                 config: LimitConfig | None = None, caller: str = "") -> None:
+                 undeclared: Callable[[], Exception],
+                 declaration: tuple[str, ...] = ("", "", "", ""), capped: bool = False,
+                 caller: str = "") -> None:
+        """`undeclared` makes the error a caller gets when nothing declares the limit;
+        `declaration` is this process's own (``LimitConfig.wire``), which a call sends to
+        declare the limit where Redis lost it; `capped`: that declaration has a cap."""
         self.redis = redis
         self.name = name
         self.prefix = prefix
-        self.config = config
+        self.declaration = declaration
+        self.capped = capped
         self.caller = caller or "client"
+        self._undeclared = undeclared
         self.lapsed = 0
         """Holds found lapsed when renewed (the process was frozen past HOLD_SECONDS)."""
         self._script: AsyncScript | None = None
@@ -227,7 +231,7 @@ class Slots:
                 self._refresh = False
                 self._named.difference_update(waiting)
                 try:
-                    reply = await self._run("poll", *_times(), *self._declaration(),
+                    reply = await self._run("poll", *_times(), *self.declaration,
                                             len(holding), *holding, *waiting)
                 except Exception as error:
                     failing_since = failing_since or time.monotonic()
@@ -250,11 +254,8 @@ class Slots:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), pause)
 
-    def _declaration(self) -> tuple[str, ...]:
-        return self.config.wire if self.config is not None else ("", "", "", "")
-
     def _settle(self, reply: list[int], holding: list[str], waiting: list[str]) -> None:
-        if reply[0] == -2 and self.config is not None and self.config.max_concurrent:
+        if reply[0] == -2 and self.capped:
             self._uncapped(waiting)
             return
         if reply[0] < 0:
@@ -280,12 +281,8 @@ class Slots:
                 self._asked.add(holder)
 
     def _refusal(self, code: int) -> Exception:
-        from agentpool.ratelimit import UndeclaredLimit
-
         if code == -1:
-            return UndeclaredLimit(
-                f"rate limit {self.name!r} is not declared on this Redis: name it in an "
-                "AgentPool's spec.rateLimits")
+            return self._undeclared()
         return NoConcurrencyLimit(
             f"rate limit {self.name!r} declares no maxConcurrent: add maxConcurrent to its "
             "entry in spec.rateLimits to hold slots of it")
