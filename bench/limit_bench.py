@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from agentpool.ratelimit import LimitConfig, RateLimiter  # noqa: E402
 from agentpool.redis_server import RedisServer  # noqa: E402
+from agentpool.slots import QUIET_SECONDS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PROCESSES = 4
@@ -240,6 +241,7 @@ def slots_in_use(url: str, tmp: Path, hold: float, seconds: float = 20.0,
     holders at once, waits, and Redis's cost per hold."""
     config = LimitConfig(f"bench-slots-{hold:g}", max_concurrent=most)
     asyncio.run(declare(url, config))
+    time.sleep(QUIET_SECONDS)  # a fresh declaration hands out no slot at first
     calls0, usec0 = asyncio.run(evalsha_stats(url))
     holds = run_clients(url, config.name, 25, seconds, str(hold), tmp, role="slots")
     calls1, usec1 = asyncio.run(evalsha_stats(url))
