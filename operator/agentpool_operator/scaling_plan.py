@@ -332,9 +332,9 @@ def scaling_condition(
             action = f"holding {replicas_text(current)}"
         return ConditionUpdate(
             "Scaling", "True", "RateLimited",
-            f"rate limit {limited.limit} holds the pool: its runs wait for its grants, "
-            f"so more pods would only wait longer; {replicas_text(limited.cap)} can feed it "
-            f"(the backlog asks for {limited.need}); {action}",
+            f"rate limit {limited.limit} holds the pool: its runs wait for its grants or "
+            f"slots, so more pods would only wait longer; {replicas_text(limited.cap)} can "
+            f"feed it (the backlog asks for {limited.need}); {action}",
         )
     if replicas > current:
         return ConditionUpdate("Scaling", "True", "ScaledUp", decision.reason)
