@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -547,3 +549,27 @@ async def test_a_pools_worker_user_is_told_of_its_grants(
         for client in clients:
             await client.aclose()
         await delete_user(redis, username)
+
+
+@ONE_SERVER
+async def test_the_slot_of_a_process_killed_while_it_holds_goes_to_the_next_in_line(
+    redis: aioredis.Redis, redis_url: str, name: str
+) -> None:
+    ready = f"ready-{name}"
+    await capped(redis, name, 1, "operator")
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("slot_holder.py")), redis_url, name, ready)
+    try:
+        assert await redis.blpop([ready], timeout=30) is not None
+        waiting = asyncio.ensure_future((await capped(redis, name, 1, "next")).slots.acquire())
+        await eventually(lambda: _line_is(redis, name, 1))
+        assert not waiting.done()
+        holder.kill()  # SIGKILL: nothing is given back
+        await holder.wait()
+        async with asyncio.timeout(10):  # a guard: its hold lasts a second
+            got = await waiting
+        assert got.holder.startswith("next:")
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
