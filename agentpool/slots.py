@@ -3,10 +3,13 @@ for every worker and producer that names the limit (a sandbox provider's session
 API's concurrent-request cap).
 
 Redis holds the holders and the line (`agentpool/lua/slots.lua`, keys beside the limit's
-rate state). One :class:`Slots` per limit per process asks for all of the process's waiters
-in one call every POLL_SECONDS, renews all of its holds in one call every RENEW_SECONDS,
-and asks at once when one of its own holds ends. Slots go to the waiters in the order they
-asked, across processes; a process that dies keeps its slots no longer than HOLD_SECONDS.
+rate state). One :class:`Slots` per limit per process makes one call at a time for all of
+its callers: holds when due for renewal, waiters when new. A freed slot goes to the head of
+the line in the call that frees it, and the script names its new holder on the limit's
+``freed`` channel, to which a process with waiters subscribes: the waiter's process asks for
+it at once. Every waiter is asked for again once a period, which keeps its place and finds
+any grant that was not told. Slots go in the order asked, across processes; a process that
+dies keeps its slots no longer than HOLD_SECONDS.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ GRACE_SECONDS = 3.0
 """A place in line not asked for again for this long is given up; a slot handed to a waiter
 while it was not asking lasts this long until it asks."""
 QUIET_SECONDS = RENEW_SECONDS + 1.0
-"""After Redis lost the declaration (emptied, restarted without persistence), no slot is
-handed out for this long: the holders that survived renew, and are counted, first."""
+"""A limit declared afresh (new, or again after Redis lost it: emptied, restarted without
+persistence) hands out no slot for this long: holders that survived renew, and are counted,
+first."""
 FAILING_SECONDS = GRACE_SECONDS
 """Waiters keep waiting through failing calls to Redis for this long, then raise."""
 FAILED_PAUSE_SECONDS = 1.0
@@ -79,7 +83,8 @@ def _lua() -> str:
 
 
 class Slots:
-    """One limit's slots as one process uses them. Create it on the loop that uses it."""
+    """One limit's slots as one process uses them, on whichever event loop calls it (a
+    ticker runs on the loop of the latest caller)."""
 
     def __init__(self, redis: aioredis.Redis, name: str, prefix: str, *,
                  undeclared: Callable[[], Exception],
@@ -161,6 +166,9 @@ class Slots:
         if (ticker is None or ticker.done()
                 or ticker.get_loop() is not asyncio.get_running_loop()):
             self._wake = asyncio.Event()
+            if self._listener is not None and self._listener.get_loop() is not (
+                    asyncio.get_running_loop()):
+                self._listener, self._told = None, False  # it ended with its loop
             self._ticker = asyncio.ensure_future(self._tick())
         self._wake.set()
 
