@@ -182,6 +182,31 @@ def scheduled_pool(name: str, worker_image: str, *,
     return pool
 
 
+CAPPED_POOL_REPLICAS = 2
+CAP = 2
+
+
+def capped_pool(name: str, worker_image: str, *, limit: str,
+                redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
+    """Two pods of three runs each under a rate limit of `CAP` calls at once
+    (`maxConcurrent`), which the simulated agent holds while it works (`"hold"`)."""
+    pool = derived_pool(name, worker_image, redis_secret=redis_secret,
+                        worker={"concurrency": 3, "drainSeconds": 5},
+                        scaling={"minReplicas": CAPPED_POOL_REPLICAS,
+                                 "maxReplicas": CAPPED_POOL_REPLICAS})
+    pool["spec"]["rateLimits"] = [{"name": limit, "maxConcurrent": CAP}]
+    return pool
+
+
+def pipeline_pools(planners: str, doers: str, worker_image: str, *,
+                   redis_secret: str = DEFAULT_REDIS_SECRET) -> tuple[Manifest, Manifest]:
+    """Two one-pod pools: the planners' runs hand a task each to the doers' queue
+    (`submitsTo`, the simulated agent's `"then"`)."""
+    first = small_pool(planners, worker_image, redis_secret=redis_secret)
+    first["spec"]["worker"]["submitsTo"] = [doers]
+    return first, small_pool(doers, worker_image, redis_secret=redis_secret)
+
+
 def applied_pools(worker_image: str) -> list[Manifest]:
     """Every pool the suite applies, under names like the ones it generates."""
     return [
@@ -193,6 +218,8 @@ def applied_pools(worker_image: str) -> list[Manifest]:
         small_pool("e2e-shared-1-abc123", worker_image, queue="e2e-shared-abc123"),
         command_pool("e2e-command-abc123", worker_image),
         scheduled_pool("e2e-scheduled-abc123", worker_image),
+        capped_pool("e2e-capped-abc123", worker_image, limit="e2e-cap-abc123"),
+        *pipeline_pools("e2e-plan-abc123", "e2e-do-abc123", worker_image),
     ]
 
 

@@ -5,6 +5,7 @@ Assertions are on the grant times Redis computed and on what Redis recorded, not
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from pathlib import Path
 from typing import Any
@@ -272,3 +273,22 @@ async def test_a_hold_of_a_limit_the_pool_declares_without_a_cap_dead_letters_th
         info = await queue.wait(task_id, timeout=10)
     assert (info.state, info.attempts) == ("dead", 1)
     assert f"rate limit {limit!r} declares no maxConcurrent for this pool" in (info.error or "")
+
+
+async def test_the_simulated_agent_sleeps_in_a_slot_and_submits_its_next_step(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str
+) -> None:
+    """The built-in handler the end-to-end tests use for caps and pipelines."""
+    config = LimitConfig(limit, max_concurrent=1)
+    await declared_long_ago(redis, config)
+    queue, later = TaskQueue(redis, queue_name), TaskQueue(redis, f"{queue_name}-next")
+    payloads = [{"mean_seconds": 0.1, "hold": limit,
+                 "then": {"queue": later.name, "payload": {"step": n}}} for n in range(4)]
+    async with running(settings(redis_url, queue_name, "agentpool_worker.builtin:simulated_agent",
+                                concurrency=4, rate_limits=limits_env(config),
+                                submits_to=later.name)):
+        done = await results(queue, await queue.submit_many(payloads))
+    spans = sorted(tuple(r["held"]) for r in done)
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    steps = [await later.get(r["submitted"]) for r in done]
+    assert sorted(s.payload["step"] for s in steps if s is not None) == [0, 1, 2, 3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from typing import Any
 
 from agentpool.errors import PermanentError
@@ -33,8 +34,12 @@ async def simulated_agent(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     """Sleep an LLM-like latency, then maybe fail.
 
     Payload (all optional): ``mean_seconds`` (default 2.0), ``fail_rate`` (0..1, default 0),
-    ``seed`` (makes every attempt's latency and outcome reproducible), ``steps`` (default 0).
-    The latency is log-normal with the given mean, capped at ten times the mean. With
+    ``seed`` (makes every attempt's latency and outcome reproducible), ``steps`` (default 0),
+    ``hold`` (a rate limit of the pool with ``maxConcurrent``: the work runs in one of its
+    slots, and the result says when, ``held``: [start, end] in epoch seconds) and ``then``
+    (``{"queue": ..., "payload": ...}``: once the work is done, submit that task, once however
+    often the run is retried, to a queue of ``spec.worker.submitsTo``; ``submitted`` is its
+    id). The latency is log-normal with the given mean, capped at ten times the mean. With
     ``steps``, the work is that many equal steps, each followed by a ``progress`` event and a
     checkpoint (the last one excepted), and a run that was lost resumes after the last
     checkpointed step; the result then says where it resumed (``resumed_from_step``).
@@ -58,6 +63,27 @@ async def simulated_agent(payload: Any, ctx: TaskContext) -> dict[str, Any]:
         mean * 10, mean * math.exp(rng.gauss(0, LATENCY_SIGMA) - LATENCY_SIGMA**2 / 2)
     )
     result: dict[str, Any] = {"latency_seconds": round(latency, 4), "attempt": ctx.attempt}
+    hold, then = options.get("hold"), options.get("then")
+    if hold is not None and not isinstance(hold, str):
+        raise PermanentError("hold names a rate limit of the pool")
+    if then is not None and not (isinstance(then, dict) and isinstance(then.get("queue"), str)):
+        raise PermanentError('then must be {"queue": ..., "payload": ...}')
+    if hold is None:
+        await _work(ctx, latency, steps, result)
+    else:
+        async with ctx.hold(hold):
+            started = time.time()
+            await _work(ctx, latency, steps, result)
+            result["held"] = [started, time.time()]
+    if rng.random() < fail_rate:
+        raise SimulatedFailure(f"simulated failure after {latency:.3f}s")
+    if then is not None:
+        result["submitted"] = await ctx.submit(then.get("payload"), queue=then["queue"])
+    return result
+
+
+async def _work(ctx: TaskContext, latency: float, steps: int, result: dict[str, Any]) -> None:
+    """The simulated work: one sleep, or `steps` steps, each reported and checkpointed."""
     if steps:
         saved = ctx.checkpoint_state
         first = int(saved["step"]) if isinstance(saved, dict) and "step" in saved else 0
@@ -69,6 +95,3 @@ async def simulated_agent(payload: Any, ctx: TaskContext) -> dict[str, Any]:
         result["resumed_from_step"] = first
     else:
         await asyncio.sleep(latency)
-    if rng.random() < fail_rate:
-        raise SimulatedFailure(f"simulated failure after {latency:.3f}s")
-    return result
