@@ -162,15 +162,25 @@ class Slots:
 
     def _kick(self) -> None:
         """Ask Redis now; start this process's ticker if none runs on this loop."""
-        ticker = self._ticker
-        if (ticker is None or ticker.done()
-                or ticker.get_loop() is not asyncio.get_running_loop()):
+        ticker, loop = self._ticker, asyncio.get_running_loop()
+        if ticker is None or ticker.done() or ticker.get_loop() is not loop:
+            if ticker is not None and ticker.get_loop() is not loop:
+                self._forget_other_loop(loop)
             self._wake = asyncio.Event()
-            if self._listener is not None and self._listener.get_loop() is not (
-                    asyncio.get_running_loop()):
-                self._listener, self._told = None, False  # it ended with its loop
             self._ticker = asyncio.ensure_future(self._tick())
         self._wake.set()
+
+    def _forget_other_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A ticker starts on another loop than the last one: what that loop's callers held
+        or waited for, nobody will give back (a loop closed without cancelling its tasks),
+        so it goes back to Redis now."""
+        gone = [h for h, granted in self._waiting.items() if granted.get_loop() is not loop]
+        gone += list(self._holding)
+        for holder in gone:
+            self._waiting.pop(holder, None)
+            self._later(self._leave(holder))
+        self._holding.clear()
+        self._listener, self._told = None, False  # it ended with its loop
 
     async def _listen(self) -> None:
         """Wake the ticker when Redis hands one of this process's waiters a slot (the
@@ -178,6 +188,7 @@ class Slots:
         a user whose rules predate the channel) the ticker's own polls find the grants."""
         while True:
             signal = DoneSignal(self.redis, self.prefix + "freed")
+            loop_gone = False
             try:
                 await signal.subscribe()
                 while True:
@@ -190,16 +201,22 @@ class Slots:
                     if named:
                         self._named.update(named)
                         self._wake.set()
+            except GeneratorExit:  # its loop closed under it: nothing can be awaited now
+                loop_gone = True
+                raise
             except Exception:  # a lost connection: subscribe again after a pause
                 self._told = False
                 await asyncio.sleep(POLL_SECONDS)
             finally:
-                with suppress(Exception):
-                    await signal.aclose()
+                if not loop_gone:
+                    with suppress(Exception):
+                        await signal.aclose()
 
     async def _tick(self) -> None:
         try:
             await self._tick_until_idle()
+        except Exception as error:  # a fault of ours: the waiters hear of it, none hangs
+            self._fail(list(self._waiting), error)
         finally:
             listener, self._listener = self._listener, None
             self._told = False
@@ -344,10 +361,16 @@ async def enter_unless(manager: AbstractAsyncContextManager[T],
 
 
 async def _cancelled(task: asyncio.Future[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+    """Cancel `task` and wait for it to end; a cancellation of the caller itself goes on."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
 
 
 def _times() -> tuple[int, int, int]:

@@ -14,7 +14,9 @@ from e2e_pools import Pools
 pytestmark = pytest.mark.e2e
 
 SKEW_SECONDS = 0.05
-"""Allowance for the clocks of two nodes when comparing when runs held their slots."""
+"""Allowance for the clocks of two nodes when comparing when runs held their slots: an
+excess shorter than twice this (a hand-over seen out of order) goes unnoticed here; the
+protocol tests check the cap in Redis itself."""
 
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:
@@ -39,6 +41,7 @@ def test_runs_of_two_pods_never_hold_more_slots_than_max_concurrent(
     ids = cli.submit(name, [{"mean_seconds": 2, "hold": limit}] * 8)
     outcomes = [cli.wait(name, task_id, timeout=300) for task_id in ids]
     assert [o["state"] for o in outcomes] == ["succeeded"] * len(ids)
+    assert all(o["result"]["capped"] for o in outcomes)  # the pool's declaration serves
     spans = [(o["result"]["held"][0], o["result"]["held"][1]) for o in outcomes]
     assert most_at_once(spans) == CAP
 

@@ -10,6 +10,7 @@ import gc
 import redis
 
 from agentpool.client import Client
+from agentpool.ratelimit import LimitConfig, RateLimiter, key_prefix
 from agentpool.redis_server import RedisServer
 
 
@@ -61,3 +62,35 @@ def test_connections_of_a_finished_loop_are_let_go(redis_server: RedisServer) ->
         gc.enable()
         asyncio.run(client.aclose())
         admin.close()
+
+
+def test_a_slot_left_held_by_a_loop_closed_without_cancelling_goes_back(
+    redis_server: RedisServer
+) -> None:
+    """A loop stopped with a hold still open (not `asyncio.run`'s way, which cancels): the
+    next loop's first ask gives that hold back, so its own caller gets the only slot."""
+    name = "loops-slot"
+    admin = redis.Redis.from_url(redis_server.url)
+    client = Client.from_url(redis_server.url)
+    limit = client.rate_limit(name)
+    asyncio.run(RateLimiter(client.redis, name).declare(
+        LimitConfig(name, max_concurrent=1), "tests/pool"))
+    admin.hdel(key_prefix(name) + "config", "since")  # no quiet time: not its subject
+    first = asyncio.new_event_loop()
+    entered = first.run_until_complete(limit.slots.acquire())  # and never released
+    first.close()
+    del first
+    assert admin.zcard(key_prefix(name) + "held") == 1
+
+    async def second_loop() -> str:
+        async with asyncio.timeout(10):  # a guard: before, the old hold was renewed forever
+            held = await limit.slots.acquire()
+        await limit.slots.release(held)
+        return held.holder
+
+    try:
+        assert asyncio.run(second_loop()) != entered.holder
+    finally:
+        asyncio.run(client.aclose())
+        admin.close()
+        gc.collect()  # the first loop's abandoned tasks end here, not in another test

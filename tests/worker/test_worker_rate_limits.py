@@ -288,6 +288,7 @@ async def test_the_simulated_agent_sleeps_in_a_slot_and_submits_its_next_step(
                                 concurrency=4, rate_limits=limits_env(config),
                                 submits_to=later.name)):
         done = await results(queue, await queue.submit_many(payloads))
+    assert all(r["capped"] for r in done)
     spans = sorted(tuple(r["held"]) for r in done)
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
     steps = [await later.get(r["submitted"]) for r in done]

@@ -36,7 +36,8 @@ async def simulated_agent(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     Payload (all optional): ``mean_seconds`` (default 2.0), ``fail_rate`` (0..1, default 0),
     ``seed`` (makes every attempt's latency and outcome reproducible), ``steps`` (default 0),
     ``hold`` (a rate limit of the pool with ``maxConcurrent``: the work runs in one of its
-    slots, and the result says when, ``held``: [start, end] in epoch seconds) and ``then``
+    slots, and the result says when, ``held``: [start, end] in epoch seconds, and whether
+    the serving declaration capped it, ``capped``) and ``then``
     (``{"queue": ..., "payload": ...}``: once the work is done, submit that task, once however
     often the run is retried, to a queue of ``spec.worker.submitsTo``; ``submitted`` is its
     id). The latency is log-normal with the given mean, capped at ten times the mean. With
@@ -66,19 +67,21 @@ async def simulated_agent(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     hold, then = options.get("hold"), options.get("then")
     if hold is not None and not isinstance(hold, str):
         raise PermanentError("hold names a rate limit of the pool")
-    if then is not None and not (isinstance(then, dict) and isinstance(then.get("queue"), str)):
+    if then is not None and not (isinstance(then, dict) and isinstance(then.get("queue"), str)
+                                 and "payload" in then):
         raise PermanentError('then must be {"queue": ..., "payload": ...}')
     if hold is None:
         await _work(ctx, latency, steps, result)
     else:
-        async with ctx.hold(hold):
+        async with ctx.hold(hold) as slot:
             started = time.time()
             await _work(ctx, latency, steps, result)
             result["held"] = [started, time.time()]
+            result["capped"] = slot.capped
     if rng.random() < fail_rate:
         raise SimulatedFailure(f"simulated failure after {latency:.3f}s")
     if then is not None:
-        result["submitted"] = await ctx.submit(then.get("payload"), queue=then["queue"])
+        result["submitted"] = await ctx.submit(then["payload"], queue=then["queue"])
     return result
 
 
