@@ -461,18 +461,25 @@ async def test_a_slot_freed_in_one_process_is_told_to_the_waiter_of_another(
     monkeypatch.setattr(slots_module, "TOLD_POLL_SECONDS", 60.0)
     holder = await capped(redis, name, 1, "holder")
     waiter = await capped(other, name, 1, "waiter")
+    assert (await told_hand_over(redis, holder, waiter)).startswith("waiter:")
+
+
+async def told_hand_over(redis: aioredis.Redis, holder: RateLimiter,
+                         waiter: RateLimiter) -> str:
+    """`holder` takes the only slot, `waiter` (subscribed) asks, `holder` gives it back: the
+    name of the slot `waiter` got, told rather than polled (polls are a minute apart)."""
     holding = await holder.slots.acquire()
     waiting = asyncio.ensure_future(waiter.slots.acquire())
 
     async def listening_in_line() -> bool:
-        return waiter.slots._told and await in_line(redis, name) == 1
+        return waiter.slots._told and await in_line(redis, holder.name) == 1
 
     await eventually(listening_in_line)
     await holder.slots.release(holding)
     async with asyncio.timeout(10):  # a guard: untold, the grant would wait a minute
         got = await waiting
-    assert got.holder.startswith("waiter:")
     await waiter.slots.release(got)
+    return got.holder
 
 
 async def test_a_limit_declared_afresh_hands_out_its_first_slot_after_the_quiet_time(
@@ -534,17 +541,7 @@ async def test_a_pools_worker_user_is_told_of_its_grants(
         config = LimitConfig(name, max_concurrent=1)
         holder = RateLimiter(clients[0], name, config=config, caller="holder")
         waiter = RateLimiter(clients[1], name, config=config, caller="waiter")
-        holding = await holder.slots.acquire()
-        waiting = asyncio.ensure_future(waiter.slots.acquire())
-
-        async def told_in_line() -> bool:
-            return waiter.slots._told and await in_line(redis, name) == 1
-
-        await eventually(told_in_line)
-        await holder.slots.release(holding)
-        async with asyncio.timeout(10):  # a guard: untold, the grant would wait a minute
-            got = await waiting
-        await waiter.slots.release(got)
+        assert (await told_hand_over(redis, holder, waiter)).startswith("waiter:")
     finally:
         for client in clients:
             await client.aclose()
