@@ -123,12 +123,13 @@ class PoolState:
     """The pool's PodDisruptionBudget and which pods carry its busy label."""
 
     def remember_deployment(self, body: dict[str, Any] | None) -> None:
-        """Keep the newest known Deployment; a late watch event for an older spec, or a copy
-        of one already deleted, is ignored."""
+        """Keep the newest known Deployment; a late watch event for an older spec, an older
+        copy of the same spec (a write's answer that arrives after the watch brought a status
+        change made since), or a copy of one already deleted, is ignored."""
         current = self.deployment
         if body is not None and (
             (current is not None and _uid(body) == _uid(current)
-             and _generation(body) < _generation(current))
+             and _older(body, current))
             or (self.deleted_uid is not None and _uid(body) == self.deleted_uid)
         ):
             return
@@ -167,6 +168,19 @@ class PoolState:
                            pods: frozenset[str] | None) -> None:
         self.redis_url, self.redis_url_read, self.redis_url_source = url, now, source
         self.redis_url_pods = pods or frozenset()
+
+
+def _older(body: dict[str, Any], current: dict[str, Any]) -> bool:
+    """`body` is an older copy of the Deployment `current` is a copy of: an older spec, or
+    the same spec at an earlier resourceVersion. Versions are compared only where both are
+    integers, as etcd's are (the API calls them opaque; where they are not, the newest
+    write or event wins, as before)."""
+    if _generation(body) != _generation(current):
+        return _generation(body) < _generation(current)
+    older, newer = ((b.get("metadata") or {}).get("resourceVersion") for b in (body, current))
+    if isinstance(older, str) and isinstance(newer, str) and older.isdigit() and newer.isdigit():
+        return int(older) < int(newer)
+    return False
 
 
 def _uid(body: dict[str, Any]) -> Any:

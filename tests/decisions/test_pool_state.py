@@ -6,8 +6,12 @@ from __future__ import annotations
 from agentpool_operator.context import PoolState
 
 
-def deployment(uid: str, generation: int = 1) -> dict[str, object]:
-    return {"metadata": {"uid": uid, "generation": generation}}
+def deployment(uid: str, generation: int = 1,
+               version: str | None = None) -> dict[str, object]:
+    meta: dict[str, object] = {"uid": uid, "generation": generation}
+    if version is not None:
+        meta["resourceVersion"] = version
+    return {"metadata": meta}
 
 
 def test_a_deployment_deleted_before_its_creation_was_answered_is_not_kept() -> None:
@@ -36,3 +40,25 @@ def test_an_older_spec_of_the_same_deployment_is_ignored() -> None:
     state.remember_deployment(deployment("u1", generation=3))
     state.remember_deployment(deployment("u1", generation=2))
     assert state.deployment == deployment("u1", generation=3)
+
+
+def test_a_creations_answer_after_the_watch_brought_a_newer_status_is_ignored() -> None:
+    """The watch delivered the Deployment with the status written since (the same spec, a
+    later version) before the create's answer arrived: the answer must not replace it, or
+    the pool would read a status that no later event corrects."""
+    state = PoolState()
+    watched = deployment("u1", version="12")
+    state.remember_deployment(watched)
+    state.remember_deployment(deployment("u1", version="11"))
+    assert state.deployment == watched
+    newer = deployment("u1", version="13")
+    state.remember_deployment(newer)
+    assert state.deployment == newer
+
+
+def test_versions_that_are_not_integers_are_not_compared() -> None:
+    state = PoolState()
+    state.remember_deployment(deployment("u1", version="b"))
+    latest = deployment("u1", version="a")
+    state.remember_deployment(latest)
+    assert state.deployment == latest
