@@ -87,8 +87,8 @@ rate limit's ``maxConcurrent`` of its grant (on the channels the user may use)."
 PRODUCER_COMMANDS = (
     "time", "exists", "get", "set", "incr", "incrby", "expire", "persist", "append", "strlen",
     "hget", "hmget", "hgetall", "hset", "hincrby",
-    "zadd", "zrem", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
-    "scard", "llen", "rpush", "publish", "spublish", "xadd", "xread", "xrange",
+    "zadd", "zrem", "zscore", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
+    "zremrangebyscore", "scard", "llen", "rpush", "publish", "spublish", "xadd", "xread", "xrange",
     "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "wait",
 )
 """What submit, get, wait, cancel, following a task's events, the figures and the console's
@@ -96,9 +96,10 @@ task lists call, in scripts and outside them."""
 
 PRODUCER_WRITABLE_KEYS = ("t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake",
                           "seq", "idem:*", "durable", "listening", "full", "deferred",
-                          "deferred_expiry", "next:*")
+                          "deferred_expiry", "next:*", "fair")
 """The keys a submit or a cancel writes (a submit `after` other tasks appends its id to their
 ``next:`` keys and waits in ``deferred``, and in ``deferred_expiry`` when it expires; a
+tenant's submit notes its place in ``fair``; a
 cancel closes the task's event stream and sets the result TTL on the checkpoint of a task
 that was waiting for its next attempt, and first touches ``full``, a key that never exists,
 so that it runs when Redis is full: see ``run_when_full`` in common.lua), and the flag a

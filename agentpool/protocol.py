@@ -77,6 +77,8 @@ MAX_ATTEMPTS_LIMIT = 100
 AGENTPOOL_MAX_ATTEMPTS)."""
 MAX_AFTER = 100
 """The most tasks one task may run after (``submit(after=...)``)."""
+MAX_TENANT_CHARS = 128
+"""The longest tenant name a submit takes (see :meth:`TaskQueue.submit`)."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
 NEWS_AT_ONCE = 1000
@@ -151,6 +153,8 @@ class ClaimedTask:
     and the pool's task timeout)."""
     after: tuple[str, ...] = ()
     """The tasks it was submitted to run after (its submit's `after`)."""
+    tenant: str | None = None
+    """Whose task it is (its submit's `tenant`), if its submit said."""
 
     @property
     def wait_seconds(self) -> float:
@@ -302,6 +306,8 @@ class TaskInfo:
     after: tuple[str, ...] = ()
     """The tasks it runs after (its submit's `after`): it is ``deferred`` until they all
     succeed."""
+    tenant: str | None = None
+    """Whose task it is (its submit's `tenant`): tenants take turns in the queue."""
 
     @property
     def done(self) -> bool:
@@ -448,6 +454,18 @@ def compact_json(value: Any) -> tuple[str, int]:
     except UnicodeEncodeError:
         raw = _ASCII_JSON.encode(value)
         return raw, len(raw)
+
+
+def tenant_arg(tenant: str | None) -> str:
+    """The submit script's `tenant` value ('' for none); ProtocolError for a name that is
+    empty, too long or holds control characters (it is shown in listings and logs)."""
+    if tenant is None:
+        return ""
+    if (not isinstance(tenant, str) or not 1 <= len(tenant) <= MAX_TENANT_CHARS
+            or not tenant.isprintable()):
+        raise ProtocolError(f"tenant must be a name of 1 to {MAX_TENANT_CHARS} printable "
+                            f"characters, got {short_repr(tenant)}")
+    return tenant
 
 
 def _after_arg(after: Iterable[str] | None) -> str:
@@ -639,7 +657,8 @@ class TaskQueue:
                      idempotency_key: str | None, max_attempts: int | None,
                      expires: float | None = None,
                      task_timeout: float | None = None,
-                     after: Iterable[str] | None = None) -> list[Any]:
+                     after: Iterable[str] | None = None,
+                     tenant: str | None = None) -> list[Any]:
         if (isinstance(priority, bool) or not isinstance(priority, int)
                 or not 0 <= priority <= MAX_PRIORITY):
             raise ProtocolError(
@@ -664,7 +683,7 @@ class TaskQueue:
             new_task_id(), raw, priority, delay_ms,
             "" if max_attempts is None else max_attempts,
             idempotency_key or "", DEFAULT_IDEMPOTENCY_TTL, expires_ms, timeout_ms,
-            _after_arg(after),
+            _after_arg(after), tenant_arg(tenant),
         ]
 
     async def submit(
@@ -678,6 +697,7 @@ class TaskQueue:
         expires: float | None = None,
         task_timeout: float | None = None,
         after: Iterable[str] | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Queue a task and return its id (the existing id for a known idempotency key).
 
@@ -695,9 +715,15 @@ class TaskQueue:
         expired) it ends cancelled, saying which, and so do the tasks after it. An id the
         queue does not know raises TaskNotFound, and nothing is stored (unless the
         idempotency key names a task already: its id is returned, as for any known key).
+
+        Tasks of a `tenant` (a customer, a user, a project: any name) take turns with other
+        tenants' tasks of the same priority: each is placed after the next task to run and
+        after its tenant's previous task, whichever is later, so one tenant's thousand tasks
+        delay another's next task by at most one task per tenant with tasks waiting. Tasks
+        without a tenant keep their submit order (a tenant's task may be placed before them).
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
-                                 expires, task_timeout, after)
+                                 expires, task_timeout, after, tenant)
         return (await self._submit(args))[0]
 
     async def submit_once(
@@ -711,13 +737,14 @@ class TaskQueue:
         expires: float | None = None,
         task_timeout: float | None = None,
         after: Iterable[str] | None = None,
+        tenant: str | None = None,
     ) -> tuple[str, bool]:
         """:meth:`submit` under an idempotency key, saying whether this call created the task
         (False when the key named one already; a call that reached Redis twice, its reply lost
         the first time, created it): a caller that reports its submits (the operator's
         schedules) reports each task once."""
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
-                                 expires, task_timeout, after)
+                                 expires, task_timeout, after, tenant)
         return await self._submit(args)
 
     async def _submit(self, args: list[Any]) -> tuple[str, bool]:
@@ -757,11 +784,12 @@ class TaskQueue:
         expires: float | None = None,
         task_timeout: float | None = None,
         after: Iterable[str] | None = None,
+        tenant: str | None = None,
     ) -> str:
         """:meth:`submit` through a blocking line to the same Redis (the blocking producer's
         path: one round trip, no event loop in between)."""
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
-                                 expires, task_timeout, after)
+                                 expires, task_timeout, after, tenant)
         script = self._script("submit")
         reply = cast(list[Any], line.run(script.sha, script.script, [self.prefix + "queued"],
                                          [self.prefix, *args]))
@@ -772,6 +800,7 @@ class TaskQueue:
                           expires: float | None = None, task_timeout: float | None = None,
                           after: Iterable[str] | None = None,
                           idempotency_keys: Iterable[str | None] | None = None,
+                          tenant: str | None = None,
                           chunk: int = 500) -> list[str]:
         """Queue many tasks with the same options, in order, one script call per `chunk` (at
         most ``MAX_SUBMIT_CHUNK``); every payload is checked before any is sent.
@@ -783,20 +812,25 @@ class TaskQueue:
 
         With `idempotency_keys`, one per payload (None for a task without one), a key seen
         before gives the existing task's id in its place, as :meth:`submit` does: the same
-        fan-out submitted again (a retried request) queues only the tasks not queued yet."""
+        fan-out submitted again (a retried request) queues only the tasks not queued yet.
+
+        With a `tenant`, the tasks take turns with other tenants' tasks as :meth:`submit`
+        says: a tenant's fan-out of a thousand waits behind, not ahead of, the others."""
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, got {chunk}")
         chunk = min(chunk, MAX_SUBMIT_CHUNK)
         items = list(payloads)
         keys = _keys_for(items, idempotency_keys)
         all_args = [self._submit_args(p, priority, delay, key, max_attempts, expires,
-                                      task_timeout) for p, key in zip(items, keys, strict=True)]
+                                      task_timeout, tenant=tenant)
+                    for p, key in zip(items, keys, strict=True)]
         after_ids = _after_arg(after)
         if after_ids:
             for args in all_args:
-                args[-1] = after_ids  # the submit script's last value per task
+                args[-2] = after_ids  # the submit script's `after` value per task
         plain = (not delay and max_attempts is None and expires is None
-                 and task_timeout is None and not after_ids and not any(keys))
+                 and task_timeout is None and not after_ids and not any(keys)
+                 and tenant is None)
         ids: list[str] = []
         created: list[str] = []  # by this call (not those a known key named)
         replicated = True
@@ -1083,23 +1117,28 @@ class TaskQueue:
         over at most `batch` entries, so that Redis serves others between them. Returns how
         many were cancelled, those ended with a task they run after included.
 
-        A call goes on in the delayed set where the last one stopped, past the newer entries
-        it passed over; a claim promoting some of those meanwhile shifts the rest, so a pass
-        that passed over any is followed by another from the start, until one cancels
-        nothing."""
+        A call goes on in the queue and in the delayed set where the last one stopped, past
+        the newer entries it passed over (a tenant's task may take a place before tasks
+        submitted earlier); a claim taking or promoting some of those meanwhile shifts the
+        rest, so a pass that passed over any is followed by another from the start, until one
+        cancels nothing."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a whole number of at least 1, got {batch!r}")
         last = int(await self.redis.get(self.prefix + "seq") or 0)
-        total = this_pass = offset = 0
+        total = this_pass = offset = band = skip = 0
+        passed = False
         while True:
-            done, more, offset = await self._run("cancel_waiting", last, batch, offset)
+            done, more, offset, band, skip, passed_here = await self._run(
+                "cancel_waiting", last, batch, offset, band, skip)
             total += int(done)
             this_pass += int(done)
+            passed = passed or int(passed_here) > 0
             if int(more):
                 continue
-            if not int(offset) or not this_pass:
+            if not (int(offset) or passed) or not this_pass:
                 return total
-            this_pass = offset = 0
+            this_pass = offset = band = skip = 0
+            passed = False
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -1546,6 +1585,7 @@ def _claim_batch(reply: Sequence[Any]) -> ClaimBatch:
             checkpoint_raw=None if len(t) < 7 or t[6] is None else _s(t[6]),
             timeout_ms=_opt_int(t[7]) if len(t) > 7 else None,
             after=tuple(_s(t[8]).split(",")) if len(t) > 8 and t[8] else (),
+            tenant=_s(t[9]) if len(t) > 9 and t[9] else None,
         )
         for t in tasks
     ]
@@ -1575,6 +1615,7 @@ def _task_info(task_id: str, raw: Mapping[Any, Any]) -> TaskInfo | None:
         expires_ms=_opt_int(f.get("expires")),
         timeout_ms=_opt_int(f.get("timeout")),
         after=tuple(_s(f["after"]).split(",")) if f.get("after") else (),
+        tenant=_decode_text(f["tenant"]) if f.get("tenant") else None,
     )
 
 

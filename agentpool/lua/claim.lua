@@ -2,7 +2,8 @@
 -- Moves due delayed tasks to the queue, then leases up to `count` tasks to the worker.
 -- Returns {tasks, next_due_ms|false, now, tasks left queued}; each task is
 -- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|false,
--- timeout_ms|false, after|false}; after: the ids of the tasks it runs after, comma-separated.
+-- timeout_ms|false, after|false, tenant|false}; after: the ids of the tasks it runs after,
+-- comma-separated.
 -- A task past its `expires` time is not leased: it ends cancelled, with why.
 -- One fencing INCRBY, one lease ZADD, one owner SADD and one SET that remembers the claim (a
 -- claim sent again is answered from it) per claim, whatever its size (one INCRBY more per
@@ -38,11 +39,11 @@ local out = {}
 local pod = string.match(worker, '^(.*):[^:]*$') or worker
 local taken = 0
 -- f: the task's payload, created, max, attempts, cp and timeout fields, in that order.
-local function claimed(id, token, attempts, f, after)
+local function claimed(id, token, attempts, f, after, tenant)
   local checkpoint = false
   if f[5] then checkpoint = redis.call('GET', checkpoint_key(id)) end
   return {id, token, attempts, f[1] or '', tonumber(f[2]) or 0, max_attempts(f[3]), checkpoint,
-    f[6] or false, after or false}
+    f[6] or false, after or false, tenant or false}
 end
 -- A claim sent again (its connection was lost after Redis ran it, and its reply with it)
 -- hands back what it took the first time and takes nothing more: those tasks would otherwise
@@ -53,10 +54,10 @@ local last_claim = P .. 'claimed:' .. worker
 if prefix and redis.call('GET', last_claim) == prefix then
   for _, id in ipairs(redis.call('SMEMBERS', owner_key(worker))) do
     local f = redis.call('HMGET', task_key(id), 'payload', 'created', 'max', 'attempts', 'cp',
-      'timeout', 'state', 'owner', 'token', 'after')
+      'timeout', 'state', 'owner', 'token', 'after', 'tenant')
     if f[7] == 'running' and f[8] == worker and f[9]
         and string.sub(f[9], 1, #prefix) == prefix then
-      out[#out + 1] = claimed(id, f[9], tonumber(f[4]), f, f[10])
+      out[#out + 1] = claimed(id, f[9], tonumber(f[4]), f, f[10], f[11])
     end
   end
   local function fence_of(task) return tonumber(string.sub(task[2], #prefix + 1)) end
@@ -81,7 +82,7 @@ elseif not drain_requested(worker, pod) then
       local id = popped[2 * i - 1]
       local tk = task_key(id)
       local f = redis.call('HMGET', tk, 'payload', 'created', 'max', 'attempts', 'cp',
-        'timeout', 'expires', 'ev', 'after')
+        'timeout', 'expires', 'ev', 'after', 'tenant')
       local expires = tonumber(f[7])  -- a field written by hand may be no number
       if expires and now >= expires then
         local what = 'not started'
@@ -97,7 +98,7 @@ elseif not drain_requested(worker, pod) then
         leases[#leases + 1] = now + lease_ms
         leases[#leases + 1] = id
         held[#held + 1] = id
-        out[#out + 1] = claimed(id, token, attempts, f, f[9])
+        out[#out + 1] = claimed(id, token, attempts, f, f[9], f[10])
       else
         if redis.call('EXISTS', tk) == 1 then
           -- A record without payload or attempts was written behind the protocol's back: it

@@ -25,6 +25,8 @@ local K_DEFERRED = P .. 'deferred'
 -- The deferred tasks that have an expiry, scored by it: the reaper ends those still waiting
 -- past it (reap.lua).
 local K_DEFERRED_EXPIRY = P .. 'deferred_expiry'
+-- Each tenant's last place in the queue, per priority band (submit.lua's fair_score).
+local K_FAIR = P .. 'fair'
 -- A queued task's score is its priority's band plus its submit number (`seq`): within a
 -- priority, the first submitted runs first.
 local PRIORITY_BAND = 1099511627776

@@ -197,6 +197,21 @@ async def test_a_producer_submits_waits_and_cancels_with_its_acl(
     assert info.state == "succeeded" and info.result == {"answer": 42}
 
 
+async def test_tenants_take_turns_under_the_producer_and_worker_users(
+    connect_as: Connect, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A tenant's submit reads and writes the queue's `fair` set, as a producer and as a run's
+    `ctx.submit` (the worker user)."""
+    producer = TaskQueue(await connect_as(queue_name, Role.PRODUCER), queue_name)
+    worker = TaskQueue(await connect_as(queue_name, Role.WORKER), queue_name)
+    flood = [await producer.submit({"n": n}, tenant="flood") for n in range(5)]
+    small = await worker.submit({"small": True}, tenant="small")
+    batch = await worker.claim("pod:i", 6, 30)
+    assert small in [t.id for t in batch.tasks[:3]]
+    assert [t.id for t in batch.tasks if t.id != small] == flood
+    assert await producer.cancel_waiting() == 0
+
+
 async def test_a_producer_cancels_every_waiting_task_with_its_acl(
     connect_as: Connect, queue_name: str, redis: aioredis.Redis,
 ) -> None:

@@ -1,0 +1,191 @@
+"""Tenants take turns: `submit(..., tenant=name)` places a task after the next task to run and
+after its tenant's previous task, whichever is later (start-time fair queuing in each priority
+band, submit.lua), so a tenant's flood does not hold another tenant's next task behind it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from protocol_helpers import claim_one
+from test_protocol_cancel_waiting import after_each_call, states
+
+from agentpool.protocol import MAX_TENANT_CHARS, ProtocolError, TaskQueue
+
+
+async def claim_order(queue: TaskQueue, ids: dict[str, str]) -> list[str]:
+    """Who each task belongs to (`ids`: task id → name), in the order the queue hands them out."""
+    batch = await queue.claim("w1", len(ids), 30)
+    return [ids[task.id] for task in batch.tasks]
+
+
+async def submit_as(queue: TaskQueue, tenant: str | None, n: int,
+                    **options: object) -> dict[str, str]:
+    return {await queue.submit({"of": tenant, "n": i}, tenant=tenant, **options): tenant or "-"
+            for i in range(n)}
+
+
+async def test_a_tenant_arriving_behind_a_flood_runs_next(queue: TaskQueue) -> None:
+    ids = await submit_as(queue, "flood", 30)
+    ids |= await submit_as(queue, "small", 3)
+    order = await claim_order(queue, ids)
+    small = [i for i, name in enumerate(order) if name == "small"]
+    # each of its tasks is next after one more of the flood's (ties between tenants are
+    # settled by task id)
+    assert small[0] <= 2 and small[1] <= 4 and small[2] <= 6, order
+
+
+async def test_without_tenants_the_same_submits_run_in_submit_order(queue: TaskQueue) -> None:
+    """The control for the test above: the order it checks is the tenants' doing."""
+    ids = {await queue.submit({"n": i}): "flood" for i in range(30)}
+    ids |= {await queue.submit({"n": i}): "small" for i in range(3)}
+    assert await claim_order(queue, ids) == ["flood"] * 30 + ["small"] * 3
+
+
+async def test_tenants_take_turns_one_task_each(queue: TaskQueue) -> None:
+    ids: dict[str, str] = {}
+    for tenant in ("a", "b", "c"):
+        ids |= await submit_as(queue, tenant, 10)
+    order = await claim_order(queue, ids)
+    for turns in range(1, 10):
+        first = order[:3 * turns + 1]
+        assert min(first.count(t) for t in "abc") >= turns, order
+
+
+async def test_a_tenants_own_tasks_keep_their_submit_order(queue: TaskQueue) -> None:
+    mine = list(await submit_as(queue, "me", 8))
+    await submit_as(queue, "other", 8)
+    claimed = [task.id for task in (await queue.claim("w1", 16, 30)).tasks]
+    assert [i for i in claimed if i in mine] == mine
+
+
+async def test_priorities_come_first_and_tenants_take_turns_within_each(
+    queue: TaskQueue,
+) -> None:
+    ids = await submit_as(queue, "a", 5)
+    urgent = await submit_as(queue, "a", 4, priority=7)
+    urgent |= await submit_as(queue, "b", 2, priority=7)
+    ids |= {i: name + "!" for i, name in urgent.items()}
+    order = await claim_order(queue, ids)
+    assert sorted(order[:6]) == ["a!"] * 4 + ["b!"] * 2
+    assert order[6:] == ["a"] * 5
+    assert "b!" in order[:3] and order[:5].count("b!") == 2, order
+
+
+async def test_tasks_without_a_tenant_keep_their_place_and_a_tenants_may_go_before_them(
+    queue: TaskQueue,
+) -> None:
+    ids = await submit_as(queue, None, 1)
+    ids |= await submit_as(queue, "a", 4)
+    ids |= {i: "late" for i in await submit_as(queue, None, 1)}
+    ids |= await submit_as(queue, "b", 1)
+    order = await claim_order(queue, ids)
+    assert order[0] == "-" and order[-1] == "late"
+    assert order.index("b") <= 2, order
+
+
+async def test_an_interrupted_task_goes_back_ahead_of_the_tasks_that_came_after_it(
+    queue: TaskQueue,
+) -> None:
+    first = await queue.submit({"n": 0}, tenant="a")
+    task = await claim_one(queue, "lost-worker")
+    assert task.id == first
+    later = await submit_as(queue, "b", 5)
+    later |= await submit_as(queue, "a", 5)
+    await queue.requeue_owner("lost-worker")
+    batch = await queue.claim("w2", 11, 30)
+    assert batch.tasks[0].id == first
+    assert {t.id for t in batch.tasks[1:]} == set(later)
+
+
+async def test_a_claim_and_a_read_hand_over_the_tenant(queue: TaskQueue) -> None:
+    mine = await queue.submit({}, tenant="acme / team 7")
+    plain = await queue.submit({})
+    batch = await queue.claim("w1", 2, 30)
+    assert {t.id: t.tenant for t in batch.tasks} == {mine: "acme / team 7", plain: None}
+    info = await queue.get(mine)
+    assert info is not None and info.tenant == "acme / team 7"
+    other = await queue.get(plain)
+    assert other is not None and other.tenant is None
+
+
+async def test_submit_many_with_a_tenant_waits_behind_the_others_not_ahead(
+    queue: TaskQueue,
+) -> None:
+    fan_out = await queue.submit_many([{"n": n} for n in range(20)], tenant="big")
+    ids = dict.fromkeys(fan_out, "big")
+    ids |= await submit_as(queue, "small", 2)
+    order = await claim_order(queue, ids)
+    assert order.index("small") <= 2 and order[5:].count("small") == 0, order
+    info = await queue.get(fan_out[0])
+    assert info is not None and info.tenant == "big"
+
+
+async def test_submits_gathered_into_one_call_take_turns_too(queue: TaskQueue) -> None:
+    """Concurrent submits go to Redis as one script call (coalesce.py): the places of a
+    group are decided within it as they would be one by one."""
+    queued = await submit_as(queue, "a", 1)  # something queued to take turns behind
+    names = ["a"] * 20 + ["b"] * 5
+    ids = await asyncio.gather(*(queue.submit({"n": n}, tenant=name)
+                                 for n, name in enumerate(names)))
+    order = await claim_order(queue, queued | dict(zip(ids, names, strict=True)))
+    first_b = [i for i, name in enumerate(order) if name == "b"]
+    assert first_b and first_b[-1] <= 11, order
+
+
+async def test_the_places_remembered_are_only_those_still_ahead(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    for n in range(50):
+        await queue.submit({"n": n}, tenant=f"user-{n}")
+    # all but the first: its place is the head's, as good as none for its next task
+    assert await redis.zcard(queue.prefix + "fair") == 49
+    await queue.claim("w1", 50, 30)
+    await queue.submit({}, tenant="someone else")
+    assert await redis.zcard(queue.prefix + "fair") == 1
+
+
+async def test_cancel_waiting_leaves_a_tenants_tasks_submitted_meanwhile(
+    queue: TaskQueue,
+) -> None:
+    """A tenant's task submitted during the call takes a place among those it cancels (before
+    tasks submitted earlier): its submit number tells it apart, in calls of any size."""
+    old = list(await submit_as(queue, "a", 6))
+    old += list(await submit_as(queue, None, 2))
+    later: list[str] = []
+
+    async def submit_late(call: int) -> None:
+        if call == 1:
+            later.extend(await submit_as(queue, "b", 3))
+
+    after_each_call(queue, submit_late)
+    assert await queue.cancel_waiting(batch=2) == 8
+    assert await states(queue, old) == ["cancelled"] * 8
+    assert await states(queue, later) == ["queued"] * 3
+
+
+async def test_cancel_waiting_goes_on_past_more_late_tasks_than_one_call_takes(
+    queue: TaskQueue,
+) -> None:
+    """Their places lie among the first call's range (after the two it cancelled): seven are
+    passed over by calls of two, each going on where the last stopped."""
+    old = list(await submit_as(queue, "a", 10))
+    later: list[str] = []
+
+    async def submit_late(call: int) -> None:
+        if call == 1:
+            later.extend(await submit_as(queue, "b", 7))
+
+    after_each_call(queue, submit_late)
+    assert await queue.cancel_waiting(batch=2) == 10
+    assert await states(queue, old) == ["cancelled"] * 10
+    assert await states(queue, later) == ["queued"] * 7
+
+
+@pytest.mark.parametrize("tenant", ["", "x" * (MAX_TENANT_CHARS + 1), "line\nbreak", 7])
+async def test_a_tenant_that_is_no_printable_name_is_refused(
+    queue: TaskQueue, tenant: object,
+) -> None:
+    with pytest.raises(ProtocolError, match="tenant must be a name of 1 to 128 printable"):
+        await queue.submit({}, tenant=tenant)  # type: ignore[arg-type]
