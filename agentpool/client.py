@@ -462,6 +462,7 @@ class SyncQueue:
         expires: float | None = None,
         task_timeout: float | None = None,
         after: Iterable[str] | None = None,
+        tenant: str | None = None,
     ) -> str:
         blocking = self._client._parts()[2]
         queue = self.queue
@@ -470,18 +471,20 @@ class SyncQueue:
             return queue.submit_blocking(
                 blocking, payload, priority=priority, delay=delay,
                 idempotency_key=idempotency_key, max_attempts=max_attempts, expires=expires,
-                task_timeout=task_timeout, after=after,
+                task_timeout=task_timeout, after=after, tenant=tenant,
             )
         return self._client._call(queue.submit(
             payload, priority=priority, delay=delay, idempotency_key=idempotency_key,
             max_attempts=max_attempts, expires=expires, task_timeout=task_timeout, after=after,
+            tenant=tenant,
         ))
 
     def submit_many(self, payloads: Iterable[Any], *, priority: int = 0, delay: float = 0,
                     max_attempts: int | None = None, expires: float | None = None,
                     task_timeout: float | None = None,
                     after: Iterable[str] | None = None,
-                    idempotency_keys: Iterable[str | None] | None = None) -> list[str]:
+                    idempotency_keys: Iterable[str | None] | None = None,
+                    tenant: str | None = None) -> list[str]:
         """:meth:`TaskQueue.submit_many`, blocking."""
         items = list(payloads)
         keys = (idempotency_keys if idempotency_keys is None or isinstance(idempotency_keys, str)
@@ -489,7 +492,7 @@ class SyncQueue:
         return self._run(lambda q: q.submit_many(items, priority=priority, delay=delay,
                                                  max_attempts=max_attempts, expires=expires,
                                                  task_timeout=task_timeout, after=after,
-                                                 idempotency_keys=keys))
+                                                 idempotency_keys=keys, tenant=tenant))
 
     def get(self, task_id: str) -> TaskInfo | None:
         return self._run(lambda q: q.get(task_id))

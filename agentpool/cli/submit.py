@@ -29,10 +29,12 @@ from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_TASK_TIMEOUT_SECONDS,
     PayloadTooLarge,
+    ProtocolError,
     TaskInfo,
     TaskNotFound,
     TaskQueue,
     encode_payload,
+    tenant_arg,
 )
 
 
@@ -76,6 +78,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--after", action="append", metavar="TASK_ID",
                         help="run only once this task of the queue has succeeded; the task "
                         "ends cancelled if it ends otherwise (repeatable: after all of them)")
+    parser.add_argument("--tenant", type=tenant_name, metavar="NAME",
+                        help="whose tasks these are (a customer, a user, a project): tenants "
+                        "take turns, one task each, so another tenant's next task waits "
+                        "behind at most one of these per tenant with tasks waiting")
     parser.add_argument("--max-attempts", type=int, metavar="N",
                         help="attempts before dead-lettering (default: the pool's setting)")
     parser.add_argument("--wait", action="store_true",
@@ -84,6 +90,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="with --wait: give up after this many seconds (exit 1)")
     add_output_option(parser)
     parser.set_defaults(func=run)
+
+
+def tenant_name(text: str) -> str:
+    try:
+        return tenant_arg(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_json_payload(text: str, where: str) -> Any:
@@ -140,11 +153,12 @@ async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
         return [await queue.submit(
             payloads[0], priority=args.priority, delay=args.delay,
             idempotency_key=keys[0], max_attempts=args.max_attempts,
-            expires=args.expires, task_timeout=args.task_timeout, after=args.after)]
+            expires=args.expires, task_timeout=args.task_timeout, after=args.after,
+            tenant=args.tenant)]
     return await queue.submit_many(payloads, priority=args.priority, delay=args.delay,
                                    max_attempts=args.max_attempts, expires=args.expires,
                                    task_timeout=args.task_timeout, after=args.after,
-                                   idempotency_keys=keys)
+                                   idempotency_keys=keys, tenant=args.tenant)
 
 
 def idempotency_keys(args: argparse.Namespace, count: int) -> list[str | None]:

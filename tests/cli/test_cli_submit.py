@@ -60,6 +60,17 @@ def test_submit_with_a_task_timeout_stores_it_and_get_shows_it(cli: Cli) -> None
     assert cli.ok("get", doc["ids"][1], "-o", "json").json()["timeout_seconds"] == 90
 
 
+def test_submit_with_a_tenant_stores_it_and_get_shows_it(cli: Cli) -> None:
+    doc = cli.ok("submit", "--json", "1", "--json", "2", "--tenant", "acme",
+                 "-o", "json").json()
+    one = cli.ok("submit", "--json", "3", "--tenant", "globex", "-o", "json").json()
+    infos = [with_queue(cli.redis_url, cli.queue, lambda q, i=i: q.get(i))
+             for i in [*doc["ids"], *one["ids"]]]
+    assert [i.tenant for i in infos if i] == ["acme", "acme", "globex"]
+    assert "Tenant    acme" in cli.ok("get", doc["ids"][0]).out
+    assert cli.ok("get", one["ids"][0], "-o", "json").json()["tenant"] == "globex"
+
+
 def test_an_expiry_not_after_the_delay_is_refused_in_one_line(cli: Cli) -> None:
     result = cli("submit", "--json", "1", "--delay", "60", "--expires", "30")
     assert result.code == 2

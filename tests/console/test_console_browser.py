@@ -404,6 +404,16 @@ def test_a_task_with_a_timeout_of_its_own_shows_it(console: Console, page: Page)
         "2.5 s per run (or the pool's task timeout, if shorter)")
 
 
+def test_a_tenants_task_shows_whose_it_is_as_text(console: Console, page: Page) -> None:
+    task_id = console.submit({"echo": "mine"}, tenant="<b>acme</b> & co")
+    wait_for(lambda: console.state(task_id) == "succeeded", page)
+    page.goto(f"{console.url}queues/{console.queue}/tasks/{task_id}")
+    expect(page.locator("#task-state")).to_have_text("succeeded", timeout=LIVE)
+    expect(page.locator("dl.detail dt:text-is('Tenant') + dd")).to_have_text(
+        "<b>acme</b> & co")
+    assert page.locator("dl.detail b").count() == 0
+
+
 def test_a_task_after_another_shows_it_and_ends_with_it(console: Console, page: Page) -> None:
     first = console.submit({"echo": "later"}, delay=3600)
     second = console.submit({"echo": "next"}, after=[first])

@@ -56,6 +56,11 @@ def main() -> None:
         for message in payload.get("messages", [payload.get("message")]):
             say(message)
         say({"result": "submitted"})
+    elif mode == "tenant":
+        tenant = os.environ.get("AGENTPOOL_TASK_TENANT")
+        say({"submit": {"step": "mine"}, "name": "mine"})
+        say({"submit": {"step": "theirs"}, "name": "theirs", "tenant": "globex"})
+        say({"result": tenant})
     elif mode == "deadline":
         say({"result": {"left": float(os.environ["AGENTPOOL_TASK_DEADLINE"]) - time.time()}})
     elif mode == "home":

@@ -5,6 +5,7 @@ own steps (ctx.submit), once per task whatever its attempts do."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any, cast
 
 import pytest
@@ -256,3 +257,34 @@ async def test_a_submit_made_while_redis_is_frozen_goes_through_once_it_answers(
     finally:
         await client.aclose()
         server.close()
+
+
+async def test_a_runs_submits_are_its_tenants_unless_they_name_another(
+    queue: TaskQueue,
+) -> None:
+    channel = QueueChannel(queue)
+    run = dataclasses.replace(attempt(channel, 1), tenant="acme")
+    step = await run.submit({"w": "a"})
+    fan_out = await run.submit_many([{"w": "b"}, {"w": "c"}])
+    elsewhere = await run.submit({"w": "d"}, tenant="globex")
+    plain = await attempt(channel, 1, task_id="plan-2").submit({"w": "e"})
+    tenants = {info.id: info.tenant
+               for info in await queue.get_many([step, *fan_out, elsewhere, plain])}
+    assert tenants == {step: "acme", fan_out[0]: "acme", fan_out[1]: "acme",
+                       elsewhere: "globex", plain: None}
+    again = dataclasses.replace(attempt(channel, 2), tenant="acme")
+    assert await again.submit({"w": "a"}) == step, "another attempt: the same step"
+
+
+async def test_a_tenants_plan_and_the_steps_its_run_submits_carry_the_tenant(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    plan = await queue.submit({"words": ["plan", "act"]}, tenant="acme")
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:fan_out_in",
+                                concurrency=4)):
+        done = await eventually(lambda: task_in(queue, plan, "succeeded"), 10, "the plan")
+        summary = await eventually(
+            lambda: task_in(queue, done.result["summary"], "succeeded"), 10, "the summary")
+    parts = await queue.get_many(done.result["parts"])
+    assert [p.tenant for p in parts] == ["acme", "acme"] and summary.tenant == "acme"

@@ -234,6 +234,26 @@ async def test_a_program_submits_to_another_queue_its_pool_lists(
         {"step": 1}]
 
 
+async def test_a_program_knows_its_tenant_and_its_submits_are_the_tenants_unless_named(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        task_id = await queue.submit({"mode": "tenant"}, tenant="acme")
+        done = await finished(queue, task_id, "succeeded")
+        plain_id = await queue.submit({"mode": "tenant"})
+        plain = await finished(queue, plain_id, "succeeded")
+    assert (done.result, plain.result) == ("acme", None)
+    steps: dict[tuple[str, str], str | None] = {}
+    for run, name in ((task_id, "mine"), (task_id, "theirs"), (plain_id, "mine")):
+        step_id = await task_for_idempotency_key(queue, f"{run}:k:{name}")
+        step = None if step_id is None else await queue.get(step_id)
+        assert step is not None
+        steps[(run, name)] = step.tenant
+    assert steps == {(task_id, "mine"): "acme", (task_id, "theirs"): "globex",
+                     (plain_id, "mine"): None}
+
+
 async def test_a_submit_line_whose_payload_is_no_object_is_output(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:

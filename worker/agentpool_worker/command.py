@@ -10,7 +10,8 @@ its own, with:
   among them; the worker process is made non-dumpable, so that a program running as the same
   user cannot read them from ``/proc/<worker>/environ`` either), plus ``AGENTPOOL_TASK_ID``,
   ``AGENTPOOL_TASK_ATTEMPT``, ``AGENTPOOL_TASK_MAX_ATTEMPTS``, ``AGENTPOOL_QUEUE`` and
-  ``AGENTPOOL_TASK_DEADLINE`` (Unix time, when the run's timeout stops it);
+  ``AGENTPOOL_TASK_DEADLINE`` (Unix time, when the run's timeout stops it),
+  ``AGENTPOOL_TASK_TENANT`` when the task has a tenant;
   ``AGENTPOOL_TASK_DIR``, an empty directory of the run's own, removed when the run ends
   (also ``TMPDIR``, and ``HOME`` when the worker's home is missing or not writable, as in a
   pod whose root filesystem is read-only: tools such as git, npm and most agent CLIs write
@@ -36,7 +37,8 @@ message:
   object) submitted to the pool's queue, as ``ctx.submit``, before the next line is read
   (``name`` and ``after`` optional, as are ``priority``, ``delay``, ``max_attempts``,
   ``expires`` and ``task_timeout``, as ``submit`` takes them, and ``queue``: another queue
-  the pool lists in ``spec.worker.submitsTo``, as ``ctx.submit`` takes it). Once per task,
+  the pool lists in ``spec.worker.submitsTo``, and ``tenant`` (the run's own by default), as
+  ``ctx.submit`` takes them). Once per task,
   not per attempt: a submit with a ``name`` is that step of this task however often the
   program sends it (the name is its idempotency key under this task), one without is named
   by what it submits.
@@ -216,6 +218,8 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
                "AGENTPOOL_TASK_MAX_ATTEMPTS": str(ctx.max_attempts),
                "AGENTPOOL_TASK_DEADLINE": f"{time.time() + ctx.timeout_seconds:.3f}",
                "AGENTPOOL_QUEUE": ctx.queue, "AGENTPOOL_TASK_DIR": scratch, "TMPDIR": scratch}
+        if ctx.tenant is not None:
+            env["AGENTPOOL_TASK_TENANT"] = ctx.tenant
         if not settings.home_writable:
             env["HOME"] = scratch
         if ctx.checkpoint_state is not None:
@@ -523,7 +527,7 @@ MESSAGE_KEYS = {
     "checkpoint": {"checkpoint"},
     "error": {"error", "retry", "retry_after"},
     "submit": {"submit", "name", "after", "priority", "delay", "max_attempts", "expires",
-               "task_timeout", "queue"},
+               "task_timeout", "queue", "tenant"},
 }
 """Each message's key, and the keys it may have."""
 
@@ -616,7 +620,8 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
                          task=ctx.task_id, why=why_not)
 
 
-SUBMIT_OPTIONS = ("priority", "delay", "max_attempts", "expires", "task_timeout", "queue")
+SUBMIT_OPTIONS = ("priority", "delay", "max_attempts", "expires", "task_timeout", "queue",
+                  "tenant")
 
 
 async def _submit(message: dict[str, Any], ctx: TaskContext,

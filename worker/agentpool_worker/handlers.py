@@ -169,13 +169,17 @@ class TaskContext:
     the task's own when its submit gave a shorter one."""
     after: tuple[str, ...] = ()
     """The tasks this one was submitted to run after (its claim carries them)."""
+    tenant: str | None = None
+    """Whose task this is (its submit's `tenant`): the tasks this run submits are theirs too,
+    unless the submit names another tenant."""
     _submit_names: SubmitNames = field(default_factory=lambda: SubmitNames(),
                                        repr=False, compare=False)
 
     async def submit(self, payload: Any, *, priority: int = 0, delay: float = 0,
                      max_attempts: int | None = None, expires: float | None = None,
                      task_timeout: float | None = None, after: Iterable[str] | None = None,
-                     key: str | None = None, queue: str | None = None) -> str:
+                     key: str | None = None, queue: str | None = None,
+                     tenant: str | None = None) -> str:
         """Queue a task on this pool's queue (a step, a sub-agent) and return its id; the
         options are those of ``TaskQueue.submit``. With `after`, a task that gathers the
         results of those it runs after (``ctx.results_before()``) once they have all
@@ -190,14 +194,15 @@ class TaskContext:
         holds while those tasks are on record (their result TTL once finished; the key a day).
         With `queue`, the task goes to another queue of the same Redis, one the pool lists in
         ``spec.worker.submitsTo`` (its `after` ids are tasks of that queue); ProtocolError for
-        one it does not list.
+        one it does not list. The task is this run's tenant's (:attr:`tenant`) unless
+        `tenant` names another: a tenant's steps and sub-agents take turns as its own tasks.
         While Redis cannot be reached it waits for it (a resend is harmless: the name is the
         same). Raises as ``TaskQueue.submit`` does: TaskNotFound for an unknown `after` id,
         ProtocolError for a bad option, Redis's refusal when it is full."""
         if self.channel is None:
             raise RuntimeError("ctx.submit needs the worker behind the run")
         options = self._submit_options(priority, delay, max_attempts, expires, task_timeout,
-                                       after, queue)
+                                       after, queue, tenant)
         name = self._submit_names.take(payload, options) if key is None else f"k:{key}"
         try:
             task_id = await self.channel.submit(
@@ -212,18 +217,19 @@ class TaskContext:
                           expires: float | None = None, task_timeout: float | None = None,
                           after: Iterable[str] | None = None,
                           keys: Iterable[str | None] | None = None,
-                          queue: str | None = None) -> list[str]:
+                          queue: str | None = None,
+                          tenant: str | None = None) -> list[str]:
         """:meth:`submit` for many tasks with the same options, in one call (a fan-out); their
         ids in order. Once per task, as :meth:`submit`: each is named by what it submits (or
         by its entry in `keys`, one per payload, None for one named by what it submits), so
         a later attempt that fans out again gets the ids the earlier one got and queues only
-        the tasks it did not; `queue` as :meth:`submit` takes it. Raises as
+        the tasks it did not; `queue` and `tenant` as :meth:`submit` takes them. Raises as
         ``TaskQueue.submit_many`` does."""
         if self.channel is None:
             raise RuntimeError("ctx.submit_many needs the worker behind the run")
         items = list(payloads)
         options = self._submit_options(priority, delay, max_attempts, expires, task_timeout,
-                                       after, queue)
+                                       after, queue, tenant)
         given: list[str | None] = [None] * len(items) if keys is None else list(keys)
         if isinstance(keys, str) or len(given) != len(items):
             raise ProtocolError(f"keys has {len(given)} keys for {len(items)} payloads: give "
@@ -246,9 +252,11 @@ class TaskContext:
 
     def _submit_options(self, priority: int, delay: float, max_attempts: int | None,
                         expires: float | None, task_timeout: float | None,
-                        after: Iterable[str] | None, queue: str | None) -> dict[str, Any]:
+                        after: Iterable[str] | None, queue: str | None,
+                        tenant: str | None) -> dict[str, Any]:
         """A submit's options as its name digests them (see SubmitNames): `after` as a list,
-        `queue` only when it is another queue than the pool's."""
+        `queue` only when it is another queue than the pool's, `tenant` (the run's own unless
+        given) only when there is one."""
         options: dict[str, Any] = {
             "priority": priority, "delay": delay, "max_attempts": max_attempts,
             "expires": expires, "task_timeout": task_timeout,
@@ -256,6 +264,9 @@ class TaskContext:
             ([after] if isinstance(after, str) else list(after))}
         if queue is not None and queue != self.queue:
             options["queue"] = queue
+        tenant = self.tenant if tenant is None else tenant
+        if tenant is not None:
+            options["tenant"] = tenant
         return options
 
     def submit_sync(self, payload: Any, **options: Any) -> str:

@@ -1235,7 +1235,7 @@ class Worker:
                           self.settings.queue, self.worker_id, state=self.worker_ctx.state,
                           checkpoint_state=_checkpoint(task),
                           timeout_seconds=run_timeout(task, self.settings.task_timeout_seconds),
-                          channel=self, after=task.after)
+                          channel=self, after=task.after, tenant=task.tenant)
         run = _Run(task, ctx)
         earlier = self._runs.get(task.id)
         if earlier is not None:

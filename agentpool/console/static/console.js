@@ -382,7 +382,7 @@ function taskPage(queue, id) {
       el("h1", {}, "Task ", el("span", { class: "mono" }, t.id), " ",
         el("span", { class: `state ${t.state}`, id: "task-state" }, t.state)),
       el("dl", { class: "detail" }, [
-        ["Queue", t.queue], ["Priority", t.priority], ["Attempts", t.max_attempts ? `${t.attempts} of ${t.max_attempts}` : t.attempts],
+        ["Queue", t.queue], ["Priority", t.priority], ...(t.tenant != null ? [["Tenant", t.tenant]] : []), ["Attempts", t.max_attempts ? `${t.attempts} of ${t.max_attempts}` : t.attempts],
         ["Owner", show(t.owner)], ["Created", show(t.created)], ["Started", show(t.started)],
         ["Finished", show(t.finished)], ...(t.expires ? [["Expires", t.expires]] : []),
         ...(t.timeout_seconds != null ? [["Timeout", `${t.timeout_seconds} s per run (or the pool's task timeout, if shorter)`]] : []),
