@@ -1824,10 +1824,11 @@ async def figures_and_workers(queue: TaskQueue) -> tuple[QueueFigures, list[Work
 
 
 _PAGE_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "finished",
-                "error", "owner", "max", "progress")
+                "error", "owner", "max", "progress", "tenant")
 """The fields of a task that task_page.lua reads, in its order."""
 _VIEW_FIELDS = ("state", "payload", "attempts", "prio", "created", "started", "finished",
-                "result", "error", "owner", "max", "progress", "expires", "timeout", "after")
+                "result", "error", "owner", "max", "progress", "expires", "timeout", "after",
+                "tenant")
 """The fields of a task that task_view.lua reads, in its order."""
 
 

@@ -223,17 +223,20 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float,
 
 def task_list_grid(tasks: Sequence[TaskInfo], now: float, title: str | None = None,
                    *, progress: bool = False) -> Grid:
-    """Tasks one per row; `progress` adds each task's latest progress (for running ones)."""
+    """Tasks one per row; `progress` adds each task's latest progress (for running ones), and
+    a TENANT column shows when a task of the page has one."""
+    tenants = any(t.tenant is not None for t in tasks)
     rows = [
         [
-            t.id, t.state, str(t.priority), str(t.attempts),
+            t.id, t.state, str(t.priority), *([t.tenant or "-"] if tenants else []),
+            str(t.attempts),
             *([format_progress(t.progress)] if progress else []), _ago(now, t.created_ms),
             t.owner or "-", compact(t.error, 40) if t.error else "-", compact(t.payload),
         ]
         for t in tasks
     ]
-    headers = ["ID", "STATE", "PRIO", "ATTEMPTS", *(["PROGRESS"] if progress else []), "AGE",
-               "OWNER", "ERROR", "PAYLOAD"]
+    headers = ["ID", "STATE", "PRIO", *(["TENANT"] if tenants else []), "ATTEMPTS",
+               *(["PROGRESS"] if progress else []), "AGE", "OWNER", "ERROR", "PAYLOAD"]
     return Grid(headers=headers, rows=rows, title=title)
 
 

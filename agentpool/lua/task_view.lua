@@ -1,12 +1,13 @@
 -- ARGV: prefix, task id, bytes
 -- Read-only. Returns the task's fields (state, payload, attempts, prio, created, started,
--- finished, result, error, owner, max, progress, expires, timeout) with payload, result and
+-- finished, result, error, owner, max, progress, expires, timeout, after, tenant) with
+-- payload, result and
 -- error cut to their first `bytes` bytes, then the byte sizes of those three: a page showing a
 -- task never carries a whole big payload or result.
 local cut = tonumber(ARGV[3])
 local f = redis.call('HMGET', task_key(ARGV[2]), 'state', 'payload', 'attempts', 'prio',
   'created', 'started', 'finished', 'result', 'error', 'owner', 'max', 'progress', 'expires',
-  'timeout', 'after')
+  'timeout', 'after', 'tenant')
 local sizes = {0, 0, 0}
 for i, at in ipairs({2, 8, 9}) do
   if f[at] then

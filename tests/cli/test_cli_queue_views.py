@@ -74,6 +74,22 @@ def test_tasks_table_with_state_filter_and_limit(cli: Cli) -> None:
     assert "Running" not in out
 
 
+async def tenants_queued(q: TaskQueue) -> list[str]:
+    return [await q.submit({"n": 1}, tenant="acme"), await q.submit({"n": 2}),
+            await q.submit({"n": 3}, delay=60)]
+
+
+def test_tasks_shows_a_tenant_column_where_a_task_has_a_tenant(cli: Cli) -> None:
+    mine, plain, _delayed = with_queue(cli.redis_url, cli.queue, tenants_queued)
+    out = cli.ok("tasks", "--state", "queued").out
+    assert "TENANT" in out
+    rows = {row[0]: row for row in table_rows(out)}
+    assert rows[mine][:4] == [mine, "queued", "0", "acme"]
+    assert rows[plain][:4] == [plain, "queued", "0", "-"]
+    assert "TENANT" not in cli.ok("tasks", "--state", "delayed").out
+    assert cli.ok("tasks", "-o", "json").json()["tasks"][0]["tenant"] == "acme"
+
+
 async def used_then_emptied(q: TaskQueue) -> None:
     await q.cancel(await q.submit({"n": 1}))
 

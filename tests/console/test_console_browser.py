@@ -412,6 +412,13 @@ def test_a_tenants_task_shows_whose_it_is_as_text(console: Console, page: Page) 
     expect(page.locator("dl.detail dt:text-is('Tenant') + dd")).to_have_text(
         "<b>acme</b> & co")
     assert page.locator("dl.detail b").count() == 0
+    later = console.submit({"echo": "later"}, delay=3600, tenant="globex")
+    plain = console.submit({"echo": "later too"}, delay=3600)
+    page.goto(f"{console.url}queues/{console.queue}/tasks?state=delayed")
+    expect(page.locator(f'#tasks tr[data-task="{later}"] td.tenant')).to_have_text(
+        "globex", timeout=LIVE)
+    expect(page.locator(f'#tasks tr[data-task="{plain}"] td.tenant')).to_have_text("-")
+    expect(page.locator("#tasks th", has_text="Tenant")).to_have_count(1)
 
 
 def test_a_task_after_another_shows_it_and_ends_with_it(console: Console, page: Page) -> None:

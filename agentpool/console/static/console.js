@@ -305,11 +305,13 @@ function tasksPage(queue, dead) {
       el("a", { href: `${base}/tasks?state=${s}`, class: s === taskState ? "current" : null }, s))),
     search, actions, holder);
   live(api, (doc) => {
+    const tenants = doc.tasks.some((t) => t.tenant != null);
     const rows = doc.tasks.map((t) => el("tr", { "data-task": t.id },
       dead && consoleInfo.writes ? el("td", {}, el("input", { type: "checkbox", "data-id": t.id,
         checked: selected.has(t.id), onchange: (e) => (e.target.checked ? selected.add(t.id) : selected.delete(t.id)) })) : null,
       el("td", { class: "mono" }, el("a", { href: `${base}/tasks/${enc(t.id)}` }, t.id)),
-      el("td", {}, state(t.state)), num(t.max_attempts ? `${t.attempts}/${t.max_attempts}` : t.attempts),
+      el("td", {}, state(t.state)), tenants ? el("td", { class: "tenant" }, show(t.tenant)) : null,
+      num(t.max_attempts ? `${t.attempts}/${t.max_attempts}` : t.attempts),
       running ? el("td", {}, progressBar(t.progress) || "-") : null, el("td", {}, ago(t.created)),
       el("td", { class: "mono" }, show(t.owner)), el("td", { class: "mono" }, t.payload),
       el("td", { class: "mono" }, show(t.error)),
@@ -318,7 +320,8 @@ function tasksPage(queue, dead) {
     const link = (p) => dead ? `${base}/dead?page=${p}` : `${base}/tasks?state=${enc(taskState)}&page=${p}`;
     holder.replaceChildren(...present([
       el("p", { class: "muted", id: "task-total" }, `${doc.total} ${doc.state} task(s)`),
-      rows.length ? table([...(dead && consoleInfo.writes ? [""] : []), "Id", "State", "Attempts#",
+      rows.length ? table([...(dead && consoleInfo.writes ? [""] : []), "Id", "State",
+        ...(tenants ? ["Tenant"] : []), "Attempts#",
         ...(running ? ["Progress"] : []), "Created", "Owner",
         "Payload", "Error", ...(dead ? ["After it#"] : [])], rows, { id: "tasks" }) : el("p", { class: "muted" }, "None."),
       el("div", { class: "pager" }, page > 1 ? el("a", { href: link(page - 1) }, "← newer") : null,
