@@ -35,6 +35,8 @@ from agentpool.protocol import (
     MAX_ATTEMPTS_LIMIT,
     MAX_DELAY_SECONDS,
     MAX_TASK_TIMEOUT_SECONDS,
+    MAX_TENANT_CHARS,
+    has_control_character,
 )
 from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
 
@@ -157,6 +159,10 @@ SCHEDULE_TIME_ZONE_FORMAT = CelRule(
     f"self.matches('{TIME_ZONE_PATTERN}')",
     "schedules[].timeZone must be a time zone name such as UTC or Europe/Paris",
 )
+SCHEDULE_TENANT_FORMAT = CelRule(
+    r"self.matches(r'^\P{Cc}*$')",
+    "schedules[].tenant must hold no control character (a tab, a line break)",
+)
 SCHEDULE_NAMES_UNIQUE = CelRule(
     "self.all(a, self.exists_one(b, b.name == a.name))",
     "schedules names must be unique within a pool",
@@ -240,6 +246,7 @@ CEL_RULES: tuple[CelRule, ...] = (
     SCHEDULE_NAME_FORMAT,
     SCHEDULE_CRON_FORMAT,
     SCHEDULE_TIME_ZONE_FORMAT,
+    SCHEDULE_TENANT_FORMAT,
     SCHEDULE_NAMES_UNIQUE,
     SCHEDULE_TIMEOUT_WITHIN_POOLS,
     VOLUME_ONE_SOURCE,
@@ -971,6 +978,17 @@ class ScheduleSpec(_Model):
             "worker.taskTimeoutSeconds does; at most that. Unset: worker.taskTimeoutSeconds."
         ),
     )
+    tenant: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TENANT_CHARS,
+        description=(
+            "Whose task it is (a customer, a project): tenants' tasks take turns within a "
+            "priority, one task each, so this schedule's tasks neither stall nor are stalled "
+            "by another tenant's flood. Unset: a task without a tenant."
+        ),
+        json_schema_extra=cel(SCHEDULE_TENANT_FORMAT),
+    )
     concurrency_policy: Literal["Allow", "Forbid", "Replace"] = Field(
         default="Allow",
         description=(
@@ -988,6 +1006,14 @@ class ScheduleSpec(_Model):
         pattern, rule = _SCHEDULE_FORMATS[str(info.field_name)]
         if not re.fullmatch(pattern, value):
             raise ValueError(rule.message)
+        return value
+
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str | None) -> str | None:
+        if value is not None and has_control_character(value):
+            raise ValueError(SCHEDULE_TENANT_FORMAT.message)
         return value
 
 

@@ -25,6 +25,7 @@ import os
 import random
 import re
 import time
+import unicodedata
 import uuid
 import weakref
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
@@ -458,14 +459,20 @@ def compact_json(value: Any) -> tuple[str, int]:
 
 def tenant_arg(tenant: str | None) -> str:
     """The submit script's `tenant` value ('' for none); ProtocolError for a name that is
-    empty, too long or holds control characters (it is shown in listings and logs)."""
+    empty, too long or holds a control character (it is shown in listings and logs)."""
     if tenant is None:
         return ""
-    if (not isinstance(tenant, str) or not 1 <= len(tenant) <= MAX_TENANT_CHARS
-            or not tenant.isprintable()):
-        raise ProtocolError(f"tenant must be a name of 1 to {MAX_TENANT_CHARS} printable "
-                            f"characters, got {short_repr(tenant)}")
+    if not isinstance(tenant, str) or not 1 <= len(tenant) <= MAX_TENANT_CHARS \
+            or has_control_character(tenant):
+        raise ProtocolError(f"tenant must be a name of 1 to {MAX_TENANT_CHARS} characters, "
+                            f"none a control character, got {short_repr(tenant)}")
     return tenant
+
+
+def has_control_character(text: str) -> bool:
+    """Whether `text` holds a character of Unicode's category Cc (U+0000-001F, U+007F-009F:
+    a tab, a line break, an escape), what RE2's ``\\p{Cc}`` matches in the CRD's rule."""
+    return any(unicodedata.category(c) == "Cc" for c in text)
 
 
 def _after_arg(after: Iterable[str] | None) -> str:

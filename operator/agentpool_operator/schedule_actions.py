@@ -165,7 +165,7 @@ async def _submit(observation: PoolObservation, schedule: ScheduleSpec,
     try:
         task_id, created = await queue.submit_once(
             schedule.payload, priority=schedule.priority, expires=schedule.expires_seconds,
-            task_timeout=schedule.task_timeout_seconds,
+            task_timeout=schedule.task_timeout_seconds, tenant=schedule.tenant,
             idempotency_key=idempotency_key(pool_id, schedule.name, turn.submit))
     except ProtocolError as error:
         return None, False, Problem(FAILED_REASON, f"schedule {schedule.name!r}: {error}")

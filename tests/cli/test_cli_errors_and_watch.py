@@ -151,9 +151,11 @@ def test_invalid_queue_name_is_a_usage_error(cli: Cli) -> None:
     (["submit", "--json", "1", "--task-timeout=604801"],
      "argument --task-timeout: must be at least 0.001 and at most 604800, got 604801"),
     (["submit", "--json", "1", "--tenant="],
-     "argument --tenant: tenant must be a name of 1 to 128 printable characters, got ''"),
+     "argument --tenant: tenant must be a name of 1 to 128 characters, none a control "
+     "character, got ''"),
     (["submit", "--json", "1", "--tenant", "a\tb"],
-     "argument --tenant: tenant must be a name of 1 to 128 printable characters, got 'a\\tb'"),
+     "argument --tenant: tenant must be a name of 1 to 128 characters, none a control "
+     "character, got 'a\\tb'"),
     (["submit", "--json", "1", "--wait", "--timeout=-1"],
      "argument --timeout: must be at least 0, got -1"),
     (["submit", "--json", "1", "--wait", "--timeout=nan"],

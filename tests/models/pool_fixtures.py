@@ -59,6 +59,10 @@ CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
     (models.SCHEDULE_CRON_FORMAT, minimal_spec(schedules=[{"name": "a", "cron": "@reboot"}])),
     (models.SCHEDULE_TIME_ZONE_FORMAT,
      minimal_spec(schedules=[{"name": "a", "cron": "@daily", "timeZone": "Europe/../etc"}])),
+    (models.SCHEDULE_TENANT_FORMAT,
+     minimal_spec(schedules=[{"name": "a", "cron": "@daily", "tenant": "acme\tcorp"}])),
+    (models.SCHEDULE_TENANT_FORMAT,
+     minimal_spec(schedules=[{"name": "a", "cron": "@daily", "tenant": "acme\u0085"}])),
     (models.SCHEDULE_NAMES_UNIQUE, minimal_spec(schedules=[
         {"name": "report", "cron": "@daily"}, {"name": "report", "cron": "@hourly"}])),
     (models.SCHEDULE_TIMEOUT_WITHIN_POOLS, minimal_spec(schedules=[
@@ -190,6 +194,8 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
          "expiresSeconds": 3600},
         {"name": "replace", "cron": "@daily", "concurrencyPolicy": "Replace",
          "taskTimeoutSeconds": 600},
+        {"name": "for-acme", "cron": "@daily", "tenant": "Acme Corp / équipe 7 \u00a0✓"},
+        {"name": "longest-tenant", "cron": "@daily", "tenant": "t" * 128},
     ]),
 ]
 """Specs just inside a rule: both the models and the API server accept them."""

@@ -232,6 +232,8 @@ SPEC_CHANGES = st.fixed_dictionaries(
                     "taskTimeoutSeconds": st.sampled_from([0, 1, 60, 61, 600, 601, 604801,
                                                            2.5]),
                     "concurrencyPolicy": st.sampled_from(["Allow", "Forbid", "Replace", ""]),
+                    "tenant": st.sampled_from(["acme", "", "a\tb", "x" * 128, "x" * 129,
+                                               "é ü\u00a0", "\u009f", "\x7f", None]),
                 },
             ),
             max_size=3,

@@ -103,7 +103,7 @@ async def test_a_due_time_submits_its_task_once_even_across_a_restart(
     await create_pool(cluster, redis_url, queue_name, cursor, {
         "cron": f"{cursor.minute} * * * *", "payload": {"prompt": "daily summary"},
         "priority": 7, "startingDeadlineSeconds": 600, "expiresSeconds": 900,
-        "taskTimeoutSeconds": 120})
+        "taskTimeoutSeconds": 120, "tenant": "acme"})
     entry = await eventually(lambda: "lastTaskId" in (e := schedule_entry(cluster)) and e)
     (task_id,) = await queued_ids(queue)
     assert entry["lastTaskId"] == task_id
@@ -112,6 +112,7 @@ async def test_a_due_time_submits_its_task_once_even_across_a_restart(
     assert (info.payload, info.priority) == ({"prompt": "daily summary"}, 7)
     assert info.expires_ms - info.created_ms == 900_000
     assert info.timeout_ms == 120_000
+    assert info.tenant == "acme"
     assert entry["lastScheduleTime"] >= rfc3339(cursor)
     assert entry["nextScheduleTime"] > entry["lastScheduleTime"]
     (event,) = await eventually(lambda: [  # kopf posts Events from a queue of its own

@@ -183,9 +183,18 @@ async def test_cancel_waiting_goes_on_past_more_late_tasks_than_one_call_takes(
     assert await states(queue, later) == ["queued"] * 7
 
 
-@pytest.mark.parametrize("tenant", ["", "x" * (MAX_TENANT_CHARS + 1), "line\nbreak", 7])
-async def test_a_tenant_that_is_no_printable_name_is_refused(
+@pytest.mark.parametrize("tenant", ["", "x" * (MAX_TENANT_CHARS + 1), "line\nbreak",
+                                    "c1\u0085", 7])
+async def test_a_tenant_that_is_no_name_is_refused_and_nothing_stored(
     queue: TaskQueue, tenant: object,
 ) -> None:
-    with pytest.raises(ProtocolError, match="tenant must be a name of 1 to 128 printable"):
+    with pytest.raises(ProtocolError, match="tenant must be a name of 1 to 128 characters, "
+                                            "none a control character, got"):
         await queue.submit({}, tenant=tenant)  # type: ignore[arg-type]
+    assert (await queue.figures()).used is False
+
+
+async def test_any_other_name_is_a_tenant(queue: TaskQueue) -> None:
+    names = ["x" * MAX_TENANT_CHARS, "Acme Corp / équipe 7 \u00a0✓", "0:1", "{other}"]
+    ids = [await queue.submit({}, tenant=name) for name in names]
+    assert [info.tenant for info in await queue.get_many(ids)] == names
