@@ -87,8 +87,8 @@ rate limit's ``maxConcurrent`` of its grant (on the channels the user may use)."
 PRODUCER_COMMANDS = (
     "time", "exists", "get", "set", "incr", "incrby", "expire", "persist", "append", "strlen",
     "hget", "hmget", "hgetall", "hset", "hincrby",
-    "zadd", "zrem", "zscore", "zcard", "zcount", "zrange", "zrevrange", "zrangebyscore",
-    "zremrangebyscore", "scard", "llen", "rpush", "publish", "spublish", "xadd", "xread", "xrange",
+    "zadd", "zrem", "zscore", "zrank", "zcard", "zcount", "zrange", "zrevrange",
+    "zrangebyscore", "scard", "llen", "rpush", "publish", "spublish", "xadd", "xread", "xrange",
     "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "wait",
 )
 """What submit, get, wait, cancel, following a task's events, the figures and the console's

@@ -1124,19 +1124,22 @@ class TaskQueue:
         over at most `batch` entries, so that Redis serves others between them. Returns how
         many were cancelled, those ended with a task they run after included.
 
-        A call goes on in the queue and in the delayed set where the last one stopped, past
-        the newer entries it passed over (a tenant's task may take a place before tasks
-        submitted earlier); a claim taking or promoting some of those meanwhile shifts the
-        rest, so a pass that passed over any is followed by another from the start, until one
-        cancels nothing."""
+        A call goes on where the last one stopped: in the queue after the last task it passed
+        over (a task placed in turn after the call began may lie among older ones), in the
+        delayed set past the newer entries it passed over. A task that enters the queue
+        meanwhile at an older place (handed back, come due) or a claim promoting delayed
+        entries may hide one from it, so a pass that passed over any is followed by another
+        from the start, until one cancels nothing."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a whole number of at least 1, got {batch!r}")
         last = int(await self.redis.get(self.prefix + "seq") or 0)
-        total = this_pass = offset = band = skip = 0
+        total = this_pass = offset = band = 0
+        after = ""
         passed = False
         while True:
-            done, more, offset, band, skip, passed_here = await self._run(
-                "cancel_waiting", last, batch, offset, band, skip)
+            done, more, offset, band, after_raw, passed_here = await self._run(
+                "cancel_waiting", last, batch, offset, band, after)
+            after = _s(after_raw)
             total += int(done)
             this_pass += int(done)
             passed = passed or int(passed_here) > 0
@@ -1144,7 +1147,8 @@ class TaskQueue:
                 continue
             if not (int(offset) or passed) or not this_pass:
                 return total
-            this_pass = offset = band = skip = 0
+            this_pass = offset = band = 0
+            after = ""
             passed = False
 
     # -- workers ---------------------------------------------------------------------------

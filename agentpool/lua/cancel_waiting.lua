@@ -1,5 +1,5 @@
 -- ARGV: prefix, last seq (tasks submitted after it are left be), most, delayed offset, queued
---       band and queued offset (where the last call stopped in the queue)
+--       band and the queued task passed over last ('' = none): where the last call stopped
 -- Cancels, as cancel.lua cancels one, the tasks waiting to run that were submitted up to
 -- submit number `last`: queued ones first (the next to run first), then deferred ones (waiting
 -- for the tasks they run after), then delayed ones (delayed submits, retries waiting out
@@ -8,56 +8,72 @@
 -- between calls. Running tasks are left; the tasks that run after a cancelled one end
 -- cancelled with it, whenever they were submitted (finished() in common.lua).
 -- Returns {cancelled (those it ended after them included), 1 when there may be more (call
--- again), the delayed offset, the queued band and the queued offset to go on from, how many
+-- again), the delayed offset, the queued band and the queued task to go on after, how many
 -- queued entries it passed over}.
--- A queued task's score is its priority band plus its submit number (submit.lua), so within
--- each band the tasks submitted up to `last` lie in one range of scores; a tenant's task
--- lies at or before its submit number (its fair place), so that range also holds the
--- tenant's tasks submitted after `last` that took a place before it: they carry their
--- submit number (`seq`) and are passed over.
+-- A queued task's score is its priority band plus its submit number (submit.lua), or a place
+-- taken in turn that never passes the submit counter (fair_place in common.lua): within each
+-- band the tasks submitted up to `last` lie in one range of scores. That range may also hold
+-- tasks placed in turn after `last` was read: they carry their submit number (`seq`) and are
+-- passed over; a call goes on after the last one it passed over (by its rank, so that claims
+-- taking tasks from the head shift nothing), or from the band's start once a claim took it.
 run_when_full()
 local last, most, offset = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local first_band, skip = tonumber(ARGV[5] or '0'), tonumber(ARGV[6] or '0')
+local first_band, after = tonumber(ARGV[5] or '0'), ARGV[6] or ''
 local now = now_ms()
 local function cancelled_count() return tonumber(redis.call('HGET', K_STATS, 'cancelled') or 0) end
 local before = cancelled_count()
--- Cancels those of `ids` (entries of `set`) submitted up to `last`; returns how many it
--- passed over.
+-- Cancels those of `ids` (entries of `set`) submitted up to `last`; returns those it passed
+-- over, in their order.
 local function cancel_all(set, ids)
-  local taken, fields = {}, {}
+  local taken, passed_over = {}, {}
   for _, id in ipairs(ids) do
-    local f = redis.call('HMGET', task_key(id), 'state', 'ev', 'cp', 'dn', 'seq')
-    if not (f[5] and tonumber(f[5]) > last) then
+    local seq = tonumber(redis.call('HGET', task_key(id), 'seq'))
+    if seq and seq > last then
+      passed_over[#passed_over + 1] = id
+    else
       taken[#taken + 1] = id
-      fields[#taken] = f
     end
   end
-  if #taken == 0 then return #ids end
+  if #taken == 0 then return passed_over end
   redis.call('ZREM', set, unpack(taken))
   if set == K_DEFERRED then redis.call('ZREM', K_DEFERRED_EXPIRY, unpack(taken)) end
-  for i, id in ipairs(taken) do
-    local f = fields[i]
+  for _, id in ipairs(taken) do
+    local tk = task_key(id)
+    local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'dn')
     -- a deferred task may have ended already, with a task it runs after cancelled here
     if f[1] == 'queued' or f[1] == 'delayed' or f[1] == 'deferred' then
-      cancelled(id, task_key(id), now, {ev = f[2], cp = f[3], dn = f[4]})
+      cancelled(id, tk, now, {ev = f[2], cp = f[3], dn = f[4]})
     end
   end
-  return #ids - #taken
+  return passed_over
 end
 local passed = 0
 local function result(more)
-  return {cancelled_count() - before, more, offset, first_band, skip, passed}
+  return {cancelled_count() - before, more, offset, first_band, after, passed}
 end
 -- `budget`: the entries this call may still remove or pass over
 local budget = most
 while first_band <= 9 do
   local lo = first_band * PRIORITY_BAND
-  local ids = redis.call('ZRANGEBYSCORE', K_QUEUED, lo, lo + last, 'LIMIT', skip, budget)
-  local passed_here = cancel_all(K_QUEUED, ids)
-  skip, passed = skip + passed_here, passed + passed_here
+  local start = after ~= '' and redis.call('ZRANK', K_QUEUED, after)
+  if start then
+    start = start + 1
+  else
+    start = redis.call('ZCOUNT', K_QUEUED, '-inf', '(' .. lo)
+  end
+  local page = redis.call('ZRANGE', K_QUEUED, start, start + budget - 1, 'WITHSCORES')
+  local ids = {}
+  for i = 1, #page, 2 do
+    if tonumber(page[i + 1]) > lo + last then break end
+    ids[#ids + 1] = page[i]
+  end
+  local passed_over = cancel_all(K_QUEUED, ids)
+  passed = passed + #passed_over
+  if #passed_over > 0 then after = passed_over[#passed_over] end
   budget = budget - #ids
+  if #ids == #page / 2 and #ids > 0 and budget <= 0 then return result(1) end
+  first_band, after = first_band + 1, ''
   if budget <= 0 then return result(1) end
-  first_band, skip = first_band + 1, 0
 end
 local ids = redis.call('ZRANGEBYSCORE', K_DEFERRED, '-inf', last, 'LIMIT', 0, budget)
 cancel_all(K_DEFERRED, ids)

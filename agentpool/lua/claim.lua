@@ -26,13 +26,15 @@ for i = 1, #head, 2 do
   local id = head[i]
   due[#due + 1] = id
   local tk = task_key(id)
-  local score = redis.call('HGET', tk, 'score')
-  if score then
+  local f = redis.call('HMGET', tk, 'score', 'started', 'tenant', 'seq')
+  if f[1] then
     redis.call('HSET', tk, 'state', 'queued')
-    back[#back + 1] = score
+    -- a retry keeps its place; a delayed submit takes its turn now (common.lua)
+    back[#back + 1] = f[2] and f[1] or fair_entry(tk, f[1], f[3], f[4])
     back[#back + 1] = id
   end
 end
+fair_flush()
 if #due > 0 then redis.call('ZREM', K_DELAYED, unpack(due)) end
 if #back > 0 then redis.call('ZADD', K_QUEUED, unpack(back)) end
 local out = {}

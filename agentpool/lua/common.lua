@@ -25,7 +25,7 @@ local K_DEFERRED = P .. 'deferred'
 -- The deferred tasks that have an expiry, scored by it: the reaper ends those still waiting
 -- past it (reap.lua).
 local K_DEFERRED_EXPIRY = P .. 'deferred_expiry'
--- Each tenant's last place in the queue, per priority band (submit.lua's fair_score).
+-- Tenants taking turns: per priority band its clock and each tenant's last place (fair_band).
 local K_FAIR = P .. 'fair'
 -- A queued task's score is its priority's band plus its submit number (`seq`): within a
 -- priority, the first submitted runs first.
@@ -171,6 +171,71 @@ local function wake(n)
   end
 end
 
+-- Tenants take turns (docs/protocol.md): a task enters the queue at its band's clock (the
+-- turn being served) or right after its tenant's last place, whichever is later (start-time
+-- fair queuing), so that tenants with tasks waiting take one turn each. `fair` holds, per band,
+-- the clock (member '<band>') and each tenant's last place (member '<band>:<tenant>'; the
+-- tasks without a tenant take turns as one, '<band>:', once the queue has tenants). The clock
+-- is the head of the band's queued tasks as last seen, never moving back (a task handed back
+-- at its old place makes no room ahead of the rest for newer ones), or the submit counter
+-- when nothing is queued: a place never passes the submit counter (cancel_waiting.lua). A
+-- place before the clock is as good as none: the reaper drops those (reap.lua).
+local fair_bands, fair_dirty, fair_exists = {}, {}, nil
+local function fair_band(band)
+  local state = fair_bands[band]
+  if state then return state end
+  local lo, name = band * PRIORITY_BAND, tostring(band)
+  local stored = tonumber(redis.call('ZSCORE', K_FAIR, name))
+  local first = redis.call('ZRANGEBYSCORE', K_QUEUED, lo, lo + PRIORITY_BAND - 1,
+    'WITHSCORES', 'LIMIT', 0, 1)
+  local counter = lo + tonumber(redis.call('GET', K_SEQ) or '0')
+  local clock = math.max(stored or lo, tonumber(first[2]) or counter)
+  if not stored then
+    -- the band's first tenant: the tasks without a tenant queued so far keep their places
+    -- (by submit number), and the next one goes after them
+    fair_dirty[name .. ':'] = counter - 1
+  end
+  if clock ~= stored then fair_dirty[name] = clock end
+  fair_exists = true
+  state = {lo = lo, clock = clock, last = {}}
+  fair_bands[band] = state
+  return state
+end
+local function fair_place(band, who)
+  local state = fair_band(band)
+  local member = band .. ':' .. who
+  local last = state.last[member] or fair_dirty[member]
+  if not last then last = tonumber(redis.call('ZSCORE', K_FAIR, member)) or state.lo end
+  local place = math.max(state.clock, last + 1)
+  state.last[member] = place
+  fair_dirty[member] = place
+  return place
+end
+-- Writes the clocks and places fair_place decided (once per script, after its last place).
+local function fair_flush()
+  local scored = {}
+  for member, place in pairs(fair_dirty) do
+    scored[#scored + 1] = place
+    scored[#scored + 1] = member
+  end
+  if #scored > 0 then redis.call('ZADD', K_FAIR, unpack(scored)) end
+  fair_dirty = {}
+end
+local function fair_on()
+  if fair_exists == nil then fair_exists = redis.call('EXISTS', K_FAIR) == 1 end
+  return fair_exists
+end
+-- The score a task that never ran goes into the queue with (a delayed task come due, a
+-- deferred one released): a tenant's, or any once the queue has tenants, takes its turn now
+-- (its submit number kept as `seq`); others keep their place by submit number (`score`).
+local function fair_entry(tk, score, tenant, seq)
+  if not tenant and not fair_on() then return score end
+  local band = math.floor(tonumber(score) / PRIORITY_BAND)
+  local place = fair_place(band, tenant or '')
+  redis.call('HSET', tk, 'score', place, 'seq', seq or (tonumber(score) % PRIORITY_BAND))
+  return place
+end
+
 -- A task reached a final state (succeeded, dead, cancelled): keep it for the result TTL
 -- (dead tasks stay until purged) and tell waiting producers. `f` holds the task's 'ev' and
 -- 'cp' flags (read by the caller) and may hold 'dn' (read here when it does not); `extra`
@@ -232,7 +297,8 @@ local function finished(id, tk, state, now, f, extra, count)
       -- a task listed twice (its submit sent again once its record had gone) counts once
       if not seen[child] then
         seen[child] = true
-        c = redis.call('HMGET', ck, 'state', 'score', 'due', 'ev', 'cp', 'dn', 'expires')
+        c = redis.call('HMGET', ck, 'state', 'score', 'due', 'ev', 'cp', 'dn', 'expires',
+          'tenant', 'seq')
       end
       if c[1] == 'deferred' and not listed[child] then
         if state ~= 'succeeded' then
@@ -248,13 +314,14 @@ local function finished(id, tk, state, now, f, extra, count)
             redis.call('ZADD', K_DELAYED, due, child)
           else
             redis.call('HSET', ck, 'state', 'queued')
-            redis.call('ZADD', K_QUEUED, c[2], child)
+            redis.call('ZADD', K_QUEUED, fair_entry(ck, c[2], c[8], c[9]), child)
             wake(1)
           end
         end
       end
     end
   end
+  fair_flush()
 end
 
 -- `call`: the id of the producer's cancel call, kept so the same call sent again is known.

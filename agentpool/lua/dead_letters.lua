@@ -19,7 +19,7 @@ local function revive_after(id)
     local parent = table.remove(reached)
     for child in string.gmatch(redis.call('GET', next_key(parent)) or '', '[^,]+') do
       local ck = task_key(child)
-      local c = redis.call('HMGET', ck, 'state', 'error', 'after', 'score', 'expires')
+      local c = redis.call('HMGET', ck, 'state', 'error', 'after', 'score', 'expires', 'seq')
       local plan, missing
       if c[1] == 'cancelled' and c[2] and string.sub(c[2], 1, #CUT_OFF) == CUT_OFF then
         plan, missing = dependencies(c[3] or '')
@@ -29,7 +29,8 @@ local function revive_after(id)
         redis.call('HSET', ck, 'state', 'deferred', 'waits', #plan.open)
         redis.call('PERSIST', ck)
         redis.call('PERSIST', next_key(child))
-        redis.call('ZADD', K_DEFERRED, tonumber(c[4]) % PRIORITY_BAND, child)
+        -- by submit number, as submit.lua defers it (a tenant's place is not one)
+        redis.call('ZADD', K_DEFERRED, c[6] or tonumber(c[4]) % PRIORITY_BAND, child)
         if c[5] then redis.call('ZADD', K_DEFERRED_EXPIRY, c[5], child) end
         reached[#reached + 1] = child
         revived = revived + 1

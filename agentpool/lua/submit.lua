@@ -3,7 +3,7 @@
 --       expires_ms after the submit ('' = never: see claim.lua), timeout_ms of a run ('' =
 --       the pool's task timeout: the worker keeps the shorter of the two), the ids of the
 --       tasks of this queue it runs after, comma-separated ('' = none), its tenant ('' =
---       none: see fair_score below).
+--       none: see fair_place in common.lua).
 -- One task, or a group of single submits sent together (agentpool/coalesce.py), each with
 -- its own options. Returns {created (1|0|-1), id} per task, flattened: created 0 when the
 -- idempotency key already names a task (the existing task's id) or the task exists already
@@ -82,38 +82,6 @@ end
 if created == 0 then return replies end
 local now = now_ms()
 local seq = redis.call('INCRBY', K_SEQ, created) - created
--- A tenant's task is placed by start-time fair queuing within its priority band: after the
--- band's head (the next task to run) and after its tenant's previous task, whichever is
--- later, so that tenants with tasks waiting take turns, one task each, whatever each has
--- queued. `fair` remembers each tenant's last place per band (member "band:tenant"); a
--- place at or before the head is as good as none, so each such submit drops those: the set
--- holds only tenants with tasks still ahead. A band with nothing queued starts from the
--- task's submit number, where a task without a tenant would go (every remembered place of
--- the band lies before it): places never pass the submit counter (cancel_waiting.lua).
-local bands, places = {}, {}
-local function fair_score(band, tenant)
-  local lo = band * PRIORITY_BAND
-  local b = bands[band]
-  if not b then
-    local first = redis.call('ZRANGEBYSCORE', K_QUEUED, lo, lo + PRIORITY_BAND - 1,
-      'WITHSCORES', 'LIMIT', 0, 1)
-    local head = tonumber(first[2]) or lo + seq - 1
-    redis.call('ZREMRANGEBYSCORE', K_FAIR, lo, head)
-    b = {head = head, last = {}}
-    bands[band] = b
-  end
-  local member = band .. ':' .. tenant
-  local last = b.last[tenant]
-  if not last then
-    last = tonumber(redis.call('ZSCORE', K_FAIR, member)) or lo
-    b.last[tenant] = last
-  end
-  local score = math.max(b.head, last) + 1
-  if not places[member] then places[#places + 1] = member end
-  b.last[tenant] = score
-  places[member] = score
-  return score
-end
 local queued, delayed = {}, {}
 for i = 1, n do
   if replies[2 * i - 1] == 1 then
@@ -123,15 +91,23 @@ for i = 1, n do
     local expires_ms, timeout_ms, after = ARGV[at + 8], ARGV[at + 9], ARGV[at + 10]
     local tenant = ARGV[at + 11]
     seq = seq + 1
+    local plan = plans[i]
+    local waits = plan and (plan.failed or #plan.open > 0)
+    -- By submit number, unless it is queued now and takes its turn as a tenant's (or as one
+    -- without a tenant on a queue that has tenants: common.lua's fair_place); a delayed or
+    -- deferred one takes its turn when it enters the queue (fair_entry).
     local score = (9 - prio) * PRIORITY_BAND + seq
-    if tenant ~= '' then score = fair_score(9 - prio, tenant) end
+    local placed = not waits and delay_ms <= 0 and (tenant ~= '' or fair_on())
+    if placed then score = fair_place(9 - prio, tenant) end
     -- No 'id' (the key names it) and no 'attempts' until the first claim (a missing count
     -- is 0).
     local fields = {'payload', payload, 'prio', prio, 'score', score, 'created', now}
     if tenant ~= '' then
-      -- its submit number too: its place may lie before tasks submitted earlier
       fields[#fields + 1] = 'tenant'
       fields[#fields + 1] = tenant
+    end
+    if tenant ~= '' or placed then
+      -- its place may lie before tasks submitted earlier: its submit number is kept
       fields[#fields + 1] = 'seq'
       fields[#fields + 1] = seq
     end
@@ -155,7 +131,6 @@ for i = 1, n do
       fields[#fields + 1] = 'due'
       fields[#fields + 1] = now + delay_ms
     end
-    local plan = plans[i]
     if plan then
       fields[#fields + 1] = 'after'
       fields[#fields + 1] = after
@@ -199,14 +174,7 @@ for _, parent in ipairs(parents) do
   redis.call('HSET', task_key(parent), 'dn', '1')
   if ended_cancelled[parent] then redis.call('EXPIRE', key, result_ttl()) end
 end
-if #places > 0 then
-  local scored = {}
-  for _, member in ipairs(places) do
-    scored[#scored + 1] = places[member]
-    scored[#scored + 1] = member
-  end
-  redis.call('ZADD', K_FAIR, unpack(scored))
-end
+fair_flush()
 if #delayed > 0 then redis.call('ZADD', K_DELAYED, unpack(delayed)) end
 if #queued > 0 then
   redis.call('ZADD', K_QUEUED, unpack(queued))

@@ -57,7 +57,8 @@ def test_a_worker_may_run_every_script_command_and_nothing_beyond_its_queue() ->
 def test_a_producer_has_no_command_a_claim_or_a_delete_needs() -> None:
     granted = commands(acl_rules("qa", Role.PRODUCER, [HASH]))
     assert {"evalsha", "subscribe", "hgetall", "zadd", "publish"} <= granted
-    assert not granted & {"zpopmin", "sadd", "srem", "del", "unlink", "hdel", "blpop"}
+    assert not granted & {"zpopmin", "sadd", "srem", "del", "unlink", "hdel", "blpop",
+                          "zremrangebyscore"}
     assert not granted & BEYOND_A_QUEUE
 
 

@@ -5,19 +5,24 @@ band, submit.lua), so a tenant's flood does not hold another tenant's next task 
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 import redis.asyncio as aioredis
-from protocol_helpers import claim_one
+from protocol_helpers import ONE_SERVER, claim_one, claim_within, drop_queue, eventually
 from test_protocol_cancel_waiting import after_each_call, states
 
-from agentpool.protocol import MAX_TENANT_CHARS, ProtocolError, TaskQueue
+from agentpool.protocol import MAX_TENANT_CHARS, FailOutcome, ProtocolError, TaskQueue
 
 
 async def claim_order(queue: TaskQueue, ids: dict[str, str]) -> list[str]:
     """Who each task belongs to (`ids`: task id → name), in the order the queue hands them out."""
     batch = await queue.claim("w1", len(ids), 30)
     return [ids[task.id] for task in batch.tasks]
+
+
+async def due_delayed(queue: TaskQueue, count: int) -> bool:
+    return (await queue.figures()).due_delayed >= count
 
 
 async def submit_as(queue: TaskQueue, tenant: str | None, n: int,
@@ -73,16 +78,35 @@ async def test_priorities_come_first_and_tenants_take_turns_within_each(
     assert "b!" in order[:3] and order[:5].count("b!") == 2, order
 
 
-async def test_tasks_without_a_tenant_keep_their_place_and_a_tenants_may_go_before_them(
+async def test_tasks_without_a_tenant_take_turns_as_one_once_the_queue_has_tenants(
     queue: TaskQueue,
 ) -> None:
-    ids = await submit_as(queue, None, 1)
+    ids = await submit_as(queue, None, 1)  # before any tenant: by submit number
     ids |= await submit_as(queue, "a", 4)
     ids |= {i: "late" for i in await submit_as(queue, None, 1)}
     ids |= await submit_as(queue, "b", 1)
     order = await claim_order(queue, ids)
-    assert order[0] == "-" and order[-1] == "late"
-    assert order.index("b") <= 2, order
+    assert order.index("-") <= 2 and order.index("b") <= 2, order
+    assert order.index("late") <= 4, order
+
+
+async def test_tasks_without_a_tenant_wait_a_turn_not_the_whole_backlog(
+    queue: TaskQueue,
+) -> None:
+    """Three tenants keep a backlog while tasks without a tenant arrive now and then: each of
+    those waits about a turn of the tenants, however long the queue has been busy."""
+    for tenant in "abc":
+        await submit_as(queue, tenant, 30)
+    for _ in range(5):
+        probe = await queue.submit({"probe": True})
+        handed_out = 0
+        while (task := await claim_one(queue, "w1")).id != probe:
+            handed_out += 1
+            await queue.submit({"more": True}, tenant=task.tenant)  # the backlog stays
+        assert handed_out <= 3
+        for _ in range(10):  # time passes: the tenants' work goes on
+            task = await claim_one(queue, "w1")
+            await queue.submit({"more": True}, tenant=task.tenant)
 
 
 async def test_an_interrupted_task_goes_back_ahead_of_the_tasks_that_came_after_it(
@@ -139,11 +163,59 @@ async def test_the_places_remembered_are_only_those_still_ahead(
 ) -> None:
     for n in range(50):
         await queue.submit({"n": n}, tenant=f"user-{n}")
-    # all but the first: its place is the head's, as good as none for its next task
-    assert await redis.zcard(queue.prefix + "fair") == 49
+    members = await redis.zrange(queue.prefix + "fair", 0, -1)
+    assert len([m for m in members if m.startswith(b"9:user-")]) == 50  # band 9: priority 0
     await queue.claim("w1", 50, 30)
+    await queue.reap_expired()
+    assert await redis.zrange(queue.prefix + "fair", 0, -1) == [b"9"], "only the band's clock"
     await queue.submit({}, tenant="someone else")
-    assert await redis.zcard(queue.prefix + "fair") == 1
+    await queue.reap_expired()
+    assert await redis.zrange(queue.prefix + "fair", 0, -1) == [b"9", b"9:someone else"]
+
+
+async def test_a_task_handed_back_makes_no_room_for_a_newcomer_to_pass_the_others(
+    queue: TaskQueue,
+) -> None:
+    """A lost worker's task goes back at its old place, ahead of all; a tenant arriving then
+    takes turns with the backlog, not ten places in a row before it."""
+    ids = await submit_as(queue, "b", 30)
+    lost = await claim_one(queue, "lost-worker")
+    await queue.claim("w2", 5, 30)
+    ids |= await submit_as(queue, "d", 1)  # the queue's turns have moved on meanwhile
+    await queue.requeue_owner("lost-worker")
+    ids |= await submit_as(queue, "c", 10)
+    batch = await queue.claim("w3", 35, 30)
+    assert batch.tasks[0].id == lost.id
+    order = [ids[task.id] for task in batch.tasks[1:]]
+    assert order[:6].count("c") <= 3, order
+    for turn, position in enumerate(i for i, name in enumerate(order) if name == "c"):
+        assert position <= 2 * turn + 2, order
+
+
+async def test_delayed_tasks_take_their_turns_when_they_come_due(queue: TaskQueue) -> None:
+    """Not when submitted: due together, they take turns with the backlog; far off, they
+    take no turn from their tenant's tasks of now."""
+    ids = await submit_as(queue, "a", 10, delay=0.05)
+    ids |= await submit_as(queue, "later", 20, delay=3600)
+    ids |= await submit_as(queue, "b", 30)
+    await eventually(lambda: due_delayed(queue, 10))
+    ids |= {i: "later-now" for i in await submit_as(queue, "later", 1)}
+    order = [ids[task.id] for task in (await queue.claim("w1", 41, 30)).tasks]
+    assert order.count("a") == 10 and order.count("b") == 30
+    assert order[:10].count("a") <= 6, order
+    assert max(i for i, name in enumerate(order) if name == "a") <= 22, order
+    assert order.index("later-now") <= 3, order
+
+
+async def test_tasks_born_cancelled_take_no_turn(queue: TaskQueue) -> None:
+    gone = await queue.submit({"n": 0})
+    assert await queue.cancel(gone) == "cancelled"
+    born_cancelled = await queue.submit_many([{"n": n} for n in range(20)], after=[gone],
+                                             tenant="a")
+    assert {i.state for i in await queue.get_many(born_cancelled)} == {"cancelled"}
+    ids = await submit_as(queue, "b", 20)
+    ids |= await submit_as(queue, "a", 1)
+    assert (await claim_order(queue, ids)).index("a") <= 2
 
 
 async def test_cancel_waiting_leaves_a_tenants_tasks_submitted_meanwhile(
@@ -198,3 +270,62 @@ async def test_any_other_name_is_a_tenant(queue: TaskQueue) -> None:
     names = ["x" * MAX_TENANT_CHARS, "Acme Corp / équipe 7 \u00a0✓", "0:1", "{other}"]
     ids = [await queue.submit({}, tenant=name) for name in names]
     assert [info.tenant for info in await queue.get_many(ids)] == names
+
+
+async def test_a_retry_keeps_its_place_and_a_released_task_takes_its_turn(
+    queue: TaskQueue,
+) -> None:
+    """A retry comes back at the place it had (ahead of the tasks that came after it); a task
+    released by the end of the tasks it ran after takes its turn then, not a place kept from
+    its submit."""
+    first = await queue.submit({"n": 0}, tenant="a")
+    task = await claim_one(queue, "w1")
+    gate = await queue.submit({"gate": True})
+    gate_task = await claim_one(queue, "w1")
+    assert gate_task.id == gate
+    ids = {i: "after" for i in await queue.submit_many([{"n": n} for n in range(6)],
+                                                      after=[gate], tenant="x")}
+    ids |= await submit_as(queue, "b", 40)
+    await queue.claim("w2", 20, 30)
+    await queue.reap_expired()  # the band's clock moves on to the head
+    assert await queue.fail(task, "boom", delay=0) is FailOutcome.RETRY
+    assert (await claim_within(queue, "w1")).id == first, "the retry at its old place"
+    await queue.complete(gate_task, "open")
+    queued = {info.id for info in await queue.get_many(list(ids)) if info.state == "queued"}
+    order = await claim_order(queue, {i: n for i, n in ids.items() if i in queued})
+    assert order.count("after") == 6
+    assert order[:6].count("after") <= 3, order
+
+
+@ONE_SERVER
+async def test_cancel_waiting_misses_no_earlier_task_and_takes_no_later_one_whatever_claims_do(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """Random queues of tenants' tasks and tasks without one, two priorities; between the
+    calls of a cancel_waiting in small batches, new tasks are submitted (placed in turn among
+    the earlier ones) and claims take tasks from the head (shifting what the calls passed
+    over). Every earlier task not claimed ends cancelled; every later one stays queued."""
+    for seed in range(80):
+        rnd = random.Random(seed)
+        trial = TaskQueue(redis, f"{queue.name}-{seed}")
+        earlier = [await trial.submit({"n": n}, tenant=rnd.choice([None, "a", "b"]),
+                                      priority=rnd.choice([0, 0, 3]))
+                   for n in range(rnd.randint(5, 40))]
+        later: list[str] = []
+        claimed: set[str] = set()
+
+        async def meanwhile(call: int, trial: TaskQueue = trial, rnd: random.Random = rnd,
+                            later: list[str] = later, claimed: set[str] = claimed) -> None:
+            for _ in range(rnd.randint(0, 4)):
+                later.append(await trial.submit({"late": True},
+                                                tenant=rnd.choice(["c", "d", "a", None]),
+                                                priority=rnd.choice([0, 0, 3])))
+            claimed.update(t.id for t in (await trial.claim("w", rnd.randint(0, 2), 300)).tasks)
+
+        after_each_call(trial, meanwhile)
+        await trial.cancel_waiting(batch=rnd.randint(1, 4))
+        left = [i for i in earlier if i not in claimed]
+        assert await states(trial, left) == ["cancelled"] * len(left), f"seed {seed}"
+        late = [i for i in later if i not in claimed]
+        assert await states(trial, late) == ["queued"] * len(late), f"seed {seed}"
+        await drop_queue(redis, trial)

@@ -206,7 +206,8 @@ class TaskContext:
         name = self._submit_names.take(payload, options) if key is None else f"k:{key}"
         try:
             task_id = await self.channel.submit(
-                self, payload, idempotency_key=f"{self.task_id}:{name}", **options)
+                self, payload, idempotency_key=f"{self.task_id}:{name}",
+                **self._with_tenant(options))
         except BaseException:
             self._submit_names.give_back(name)
             raise
@@ -244,7 +245,7 @@ class TaskContext:
                              else f"k:{key}")
             return await self.channel.submit_many(
                 self, items, idempotency_keys=[f"{self.task_id}:{name}" for name in names],
-                **options)
+                **self._with_tenant(options))
         except BaseException:
             for name in reversed(names):
                 self._submit_names.give_back(name)
@@ -255,8 +256,9 @@ class TaskContext:
                         after: Iterable[str] | None, queue: str | None,
                         tenant: str | None) -> dict[str, Any]:
         """A submit's options as its name digests them (see SubmitNames): `after` as a list,
-        `queue` only when it is another queue than the pool's, `tenant` (the run's own unless
-        given) only when there is one."""
+        `queue` only when it is another queue than the pool's, `tenant` only when given (the
+        run's own, added when it is sent, is the same for every attempt and names nothing:
+        an attempt by a worker of an earlier version names its submits as this one does)."""
         options: dict[str, Any] = {
             "priority": priority, "delay": delay, "max_attempts": max_attempts,
             "expires": expires, "task_timeout": task_timeout,
@@ -264,10 +266,14 @@ class TaskContext:
             ([after] if isinstance(after, str) else list(after))}
         if queue is not None and queue != self.queue:
             options["queue"] = queue
-        tenant = self.tenant if tenant is None else tenant
         if tenant is not None:
             options["tenant"] = tenant
         return options
+
+    def _with_tenant(self, options: dict[str, Any]) -> dict[str, Any]:
+        if "tenant" in options or self.tenant is None:
+            return options
+        return {**options, "tenant": self.tenant}
 
     def submit_sync(self, payload: Any, **options: Any) -> str:
         """:meth:`submit` for sync handlers (called from their thread)."""
