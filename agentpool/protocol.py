@@ -724,10 +724,11 @@ class TaskQueue:
         idempotency key names a task already: its id is returned, as for any known key).
 
         Tasks of a `tenant` (a customer, a user, a project: any name) take turns with other
-        tenants' tasks of the same priority: each is placed after the next task to run and
-        after its tenant's previous task, whichever is later, so one tenant's thousand tasks
-        delay another's next task by at most one task per tenant with tasks waiting. Tasks
-        without a tenant keep their submit order (a tenant's task may be placed before them).
+        tenants' tasks of the same priority: each enters the queue at the turn being served
+        or right after its tenant's previous task, whichever is later, so one tenant's
+        thousand tasks delay another's next task by at most one task per tenant with tasks
+        waiting. Once a queue has tenants, its tasks without one take turns as one more
+        tenant (docs/protocol.md, "Tenants take turns").
         """
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
                                  expires, task_timeout, after, tenant)

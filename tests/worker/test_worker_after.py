@@ -274,6 +274,8 @@ async def test_a_runs_submits_are_its_tenants_unless_they_name_another(
                        elsewhere: "globex", plain: None}
     again = dataclasses.replace(attempt(channel, 2), tenant="acme")
     assert await again.submit({"w": "a"}) == step, "another attempt: the same step"
+    older = attempt(channel, 3)  # a worker of an earlier version hands over no tenant
+    assert await older.submit({"w": "a"}) == step, "the inherited tenant names nothing"
 
 
 async def test_a_tenants_plan_and_the_steps_its_run_submits_carry_the_tenant(
