@@ -27,6 +27,9 @@ local K_DEFERRED = P .. 'deferred'
 local K_DEFERRED_EXPIRY = P .. 'deferred_expiry'
 -- Tenants taking turns: per priority band its clock and each tenant's last place (fair_band).
 local K_FAIR = P .. 'fair'
+-- What this script run learned of `fair`: each band's state, the places still to write, and
+-- whether the set exists (nil: not asked yet; submitted_before asks with the task keys).
+local fair_bands, fair_dirty, fair_exists = {}, {}, nil
 -- A queued task's score is its priority's band plus its submit number (`seq`): within a
 -- priority, the first submitted runs first.
 local PRIORITY_BAND = 1099511627776
@@ -97,14 +100,17 @@ end
 -- A submit can reach Redis twice: its connection was lost after Redis ran it and the client
 -- sent it again, or a failover carried its write to the new primary before the client sent
 -- it there. Of `ids`, those that already name a task (as a set): a submit leaves them as they
--- are, since a worker may hold one or it may have finished. One EXISTS for all of them; one
--- per task only when some exist.
+-- are, since a worker may hold one or it may have finished. One EXISTS for all of them and
+-- `fair` (whether the queue has tenants: fair_on); one per task only when some exist.
 local function submitted_before(ids)
-  local keys, found = {}, {}
-  for i = 1, #ids do keys[i] = task_key(ids[i]) end
-  if redis.call('EXISTS', unpack(keys)) == 0 then return found end
+  local keys, found = {K_FAIR}, {}
+  for i = 1, #ids do keys[i + 1] = task_key(ids[i]) end
+  local existing = redis.call('EXISTS', unpack(keys))
+  fair_exists = existing > 0 and redis.call('EXISTS', K_FAIR) == 1
+  if fair_exists then existing = existing - 1 end
+  if existing == 0 then return found end
   for i = 1, #ids do
-    if redis.call('EXISTS', keys[i]) == 1 then found[ids[i]] = true end
+    if redis.call('EXISTS', keys[i + 1]) == 1 then found[ids[i]] = true end
   end
   return found
 end
@@ -180,33 +186,37 @@ end
 -- at its old place makes no room ahead of the rest for newer ones), or the submit counter
 -- when nothing is queued: a place never passes the submit counter (cancel_waiting.lua). A
 -- place before the clock is as good as none: the reaper drops those (reap.lua).
-local fair_bands, fair_dirty, fair_exists = {}, {}, nil
-local function fair_band(band)
+local function fair_band(band, own)
   local state = fair_bands[band]
   if state then return state end
   local lo, name = band * PRIORITY_BAND, tostring(band)
   local stored = tonumber(redis.call('ZSCORE', K_FAIR, name))
   local first = redis.call('ZRANGEBYSCORE', K_QUEUED, lo, lo + PRIORITY_BAND - 1,
     'WITHSCORES', 'LIMIT', 0, 1)
-  local counter = lo + tonumber(redis.call('GET', K_SEQ) or '0')
+  -- the submit counter's place: a submit's own (the first of its tasks to take a place here,
+  -- each later one's own being higher), or the counter's for a task placed later, whose
+  -- place is then kept at or below it (`cap`)
+  local counter = own or lo + tonumber(redis.call('GET', K_SEQ) or '0')
   local clock = math.max(stored or lo, tonumber(first[2]) or counter)
   if not stored then
     -- the band's first tenant: the tasks without a tenant queued so far keep their places
     -- (by submit number), and the next one goes after them
-    fair_dirty[name .. ':'] = counter - 1
+    fair_dirty[name .. ':'] = own and own - 1 or counter
   end
   if clock ~= stored then fair_dirty[name] = clock end
   fair_exists = true
-  state = {lo = lo, clock = clock, last = {}}
+  state = {lo = lo, clock = clock, last = {}, cap = not own and counter or nil}
   fair_bands[band] = state
   return state
 end
-local function fair_place(band, who)
-  local state = fair_band(band)
+-- `own`: the submit's place by submit number (submit.lua), nil for a task placed later.
+local function fair_place(band, who, own)
+  local state = fair_band(band, own)
   local member = band .. ':' .. who
   local last = state.last[member] or fair_dirty[member]
   if not last then last = tonumber(redis.call('ZSCORE', K_FAIR, member)) or state.lo end
   local place = math.max(state.clock, last + 1)
+  if state.cap and place > state.cap then place = state.cap end
   state.last[member] = place
   fair_dirty[member] = place
   return place

@@ -98,7 +98,7 @@ for i = 1, n do
     -- deferred one takes its turn when it enters the queue (fair_entry).
     local score = (9 - prio) * PRIORITY_BAND + seq
     local placed = not waits and delay_ms <= 0 and (tenant ~= '' or fair_on())
-    if placed then score = fair_place(9 - prio, tenant) end
+    if placed then score = fair_place(9 - prio, tenant, score) end
     -- No 'id' (the key names it) and no 'attempts' until the first claim (a missing count
     -- is 0).
     local fields = {'payload', payload, 'prio', prio, 'score', score, 'created', now}

@@ -22,7 +22,7 @@ for k, i in ipairs(fresh) do
   local id, payload = ids[i], ARGV[2 + 2 * i]
   local score = band + seq + k
   if placed then
-    score = fair_place(9 - prio, '')
+    score = fair_place(9 - prio, '', score)
     redis.call('HSET', task_key(id), 'state', 'queued', 'payload', payload, 'prio', prio,
       'score', score, 'created', now, 'seq', seq + k)
   else

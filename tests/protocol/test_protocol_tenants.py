@@ -14,6 +14,10 @@ from test_protocol_cancel_waiting import after_each_call, states
 
 from agentpool.protocol import MAX_TENANT_CHARS, FailOutcome, ProtocolError, TaskQueue
 
+PRIORITY_BAND = 2**40
+"""A queued task's score is its priority's band (this times 9 - priority) plus its place
+(common.lua)."""
+
 
 async def claim_order(queue: TaskQueue, ids: dict[str, str]) -> list[str]:
     """Who each task belongs to (`ids`: task id → name), in the order the queue hands them out."""
@@ -329,3 +333,25 @@ async def test_cancel_waiting_misses_no_earlier_task_and_takes_no_later_one_what
         late = [i for i in later if i not in claimed]
         assert await states(trial, late) == ["queued"] * len(late), f"seed {seed}"
         await drop_queue(redis, trial)
+
+
+async def test_places_never_pass_the_submit_counter_so_cancel_waiting_finds_them(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """A tenant's many tasks into an empty band (one call), and many of its delayed tasks
+    coming due into an empty band (one claim): cancel_waiting reads the counter and takes the
+    band's scores up to it, so a place past it would be left running."""
+    async def places_within_counter() -> None:
+        counter = int(await redis.get(queue.prefix + "seq") or 0)
+        scores = [score for _, score in await redis.zrange(queue.prefix + "queued", 0, -1,
+                                                           withscores=True)]
+        assert all(score % PRIORITY_BAND <= counter for score in scores), (scores, counter)
+
+    await queue.submit_many([{"n": n} for n in range(20)], tenant="a")
+    await places_within_counter()
+    await queue.claim("w1", 20, 30)
+    await submit_as(queue, "a", 10, delay=0.05)
+    await eventually(lambda: due_delayed(queue, 10))
+    await queue.claim("w1", 1, 30)  # promotes the ten, takes one
+    await places_within_counter()
+    assert await queue.cancel_waiting() == 9
