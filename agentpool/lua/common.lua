@@ -27,9 +27,10 @@ local K_DEFERRED = P .. 'deferred'
 local K_DEFERRED_EXPIRY = P .. 'deferred_expiry'
 -- Tenants taking turns: per priority band its clock and each tenant's last place (fair_band).
 local K_FAIR = P .. 'fair'
--- What this script run learned of `fair`: each band's state, the places still to write, and
--- whether the set exists (nil: not asked yet; submitted_before asks with the task keys).
-local fair_bands, fair_dirty, fair_exists = {}, {}, nil
+-- What this script run learned of `fair` (nil until it does: most runs never ask): each
+-- band's state, the places still to write, whether the set exists (submitted_before asks
+-- with the task keys).
+local fair_bands, fair_dirty, fair_exists
 -- A queued task's score is its priority's band plus its submit number (`seq`): within a
 -- priority, the first submitted runs first.
 local PRIORITY_BAND = 1099511627776
@@ -187,6 +188,7 @@ end
 -- when nothing is queued: a place never passes the submit counter (cancel_waiting.lua). A
 -- place before the clock is as good as none: the reaper drops those (reap.lua).
 local function fair_band(band, own)
+  fair_bands, fair_dirty = fair_bands or {}, fair_dirty or {}
   local state = fair_bands[band]
   if state then return state end
   local lo, name = band * PRIORITY_BAND, tostring(band)
@@ -223,13 +225,14 @@ local function fair_place(band, who, own)
 end
 -- Writes the clocks and places fair_place decided (once per script, after its last place).
 local function fair_flush()
+  if not fair_dirty then return end
   local scored = {}
   for member, place in pairs(fair_dirty) do
     scored[#scored + 1] = place
     scored[#scored + 1] = member
   end
   if #scored > 0 then redis.call('ZADD', K_FAIR, unpack(scored)) end
-  fair_dirty = {}
+  fair_dirty = nil
 end
 local function fair_on()
   if fair_exists == nil then fair_exists = redis.call('EXISTS', K_FAIR) == 1 end
