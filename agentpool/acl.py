@@ -88,7 +88,8 @@ PRODUCER_COMMANDS = (
     "time", "exists", "get", "set", "incr", "incrby", "expire", "persist", "append", "strlen",
     "hget", "hmget", "hgetall", "hset", "hincrby",
     "zadd", "zrem", "zscore", "zrank", "zcard", "zcount", "zrange", "zrevrange",
-    "zrangebyscore", "scard", "llen", "rpush", "publish", "spublish", "xadd", "xread", "xrange",
+    "zrangebyscore", "zrevrangebyscore", "scard", "llen", "rpush", "publish", "spublish",
+    "xadd", "xread", "xrange",
     "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "wait",
 )
 """What submit, get, wait, cancel, following a task's events, the figures and the console's

@@ -1128,29 +1128,27 @@ class TaskQueue:
         A call goes on where the last one stopped: in the queue after the last task it passed
         over (a task placed in turn after the call began may lie among older ones), in the
         delayed set past the newer entries it passed over. A task that enters the queue
-        meanwhile at an older place (handed back, come due) or a claim promoting delayed
-        entries may hide one from it, so a pass that passed over any is followed by another
-        from the start, until one cancels nothing."""
+        meanwhile where a call already looked (handed back, come due, released by the end of
+        the tasks it ran after) or a claim promoting delayed entries may hide one from it, so
+        a pass that cancelled anything is followed by another from the start, until one
+        cancels nothing."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a whole number of at least 1, got {batch!r}")
         last = int(await self.redis.get(self.prefix + "seq") or 0)
         total = this_pass = offset = band = 0
-        after = ""
-        passed = False
+        after = tops = ""
         while True:
-            done, more, offset, band, after_raw, passed_here = await self._run(
-                "cancel_waiting", last, batch, offset, band, after)
-            after = _s(after_raw)
+            done, more, offset, band, after_raw, tops_raw = await self._run(
+                "cancel_waiting", last, batch, offset, band, after, tops)
+            after, tops = _s(after_raw), _s(tops_raw)
             total += int(done)
             this_pass += int(done)
-            passed = passed or int(passed_here) > 0
             if int(more):
                 continue
-            if not (int(offset) or passed) or not this_pass:
+            if not this_pass:
                 return total
             this_pass = offset = band = 0
-            after = ""
-            passed = False
+            after = tops = ""
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 -- ARGV: prefix, last seq (tasks submitted after it are left be), most, delayed offset, queued
---       band and the queued task passed over last ('' = none): where the last call stopped
+--       band and the queued task passed over last ('' = none): where the last call stopped;
+--       each band's highest score to look at, comma-separated ('' = read them now: once per
+--       pass, so that tasks placed during it do not keep it going)
 -- Cancels, as cancel.lua cancels one, the tasks waiting to run that were submitted up to
 -- submit number `last`: queued ones first (the next to run first), then deferred ones (waiting
 -- for the tasks they run after), then delayed ones (delayed submits, retries waiting out
@@ -8,17 +10,28 @@
 -- between calls. Running tasks are left; the tasks that run after a cancelled one end
 -- cancelled with it, whenever they were submitted (finished() in common.lua).
 -- Returns {cancelled (those it ended after them included), 1 when there may be more (call
--- again), the delayed offset, the queued band and the queued task to go on after, how many
--- queued entries it passed over}.
+-- again), the delayed offset, the queued band and the queued task to go on after, the
+-- bands' highest scores}.
 -- A queued task's score is its priority band plus its submit number (submit.lua), or a place
--- taken in turn that never passes the submit counter (fair_place in common.lua): within each
--- band the tasks submitted up to `last` lie in one range of scores. That range may also hold
--- tasks placed in turn after `last` was read: they carry their submit number (`seq`) and are
--- passed over; a call goes on after the last one it passed over (by its rank, so that claims
--- taking tasks from the head shift nothing), or from the band's start once a claim took it.
+-- taken in turn (fair() in common.lua), which may lie before tasks submitted earlier or past
+-- the submit counter: within each band, the tasks submitted up to `last` lie at or below
+-- the higher of `last` and the band's highest place in `fair`. Tasks there submitted later
+-- (their stored `seq`, or their score's submit number) are passed over; a call goes on after
+-- the last one it passed over (by its rank, so that claims taking tasks from the head shift
+-- nothing), or from the band's start once a claim took it.
 run_when_full()
 local last, most, offset = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local first_band, after = tonumber(ARGV[5] or '0'), ARGV[6] or ''
+local tops = {}
+for top in string.gmatch(ARGV[7] or '', '[^,]+') do tops[#tops + 1] = tonumber(top) end
+if #tops == 0 then
+  for band = 0, 9 do
+    local lo = band * PRIORITY_BAND
+    local highest = redis.call('ZREVRANGEBYSCORE', K_FAIR, lo + PRIORITY_BAND - 1, lo,
+      'WITHSCORES', 'LIMIT', 0, 1)
+    tops[band + 1] = math.max(lo + last, tonumber(highest[2]) or lo)
+  end
+end
 local now = now_ms()
 local function cancelled_count() return tonumber(redis.call('HGET', K_STATS, 'cancelled') or 0) end
 local before = cancelled_count()
@@ -27,8 +40,9 @@ local before = cancelled_count()
 local function cancel_all(set, ids)
   local taken, passed_over = {}, {}
   for _, id in ipairs(ids) do
-    local seq = tonumber(redis.call('HGET', task_key(id), 'seq'))
-    if seq and seq > last then
+    local f = redis.call('HMGET', task_key(id), 'seq', 'score')
+    local seq = tonumber(f[1]) or (tonumber(f[2] or '0') % PRIORITY_BAND)
+    if seq > last then
       passed_over[#passed_over + 1] = id
     else
       taken[#taken + 1] = id
@@ -47,14 +61,16 @@ local function cancel_all(set, ids)
   end
   return passed_over
 end
-local passed = 0
 local function result(more)
-  return {cancelled_count() - before, more, offset, first_band, after, passed}
+  local text = {}
+  for band = 1, 10 do text[band] = string.format('%.0f', tops[band]) end
+  return {cancelled_count() - before, more, offset, first_band, after, table.concat(text, ',')}
 end
 -- `budget`: the entries this call may still remove or pass over
 local budget = most
 while first_band <= 9 do
   local lo = first_band * PRIORITY_BAND
+  local top = tops[first_band + 1]
   local start = after ~= '' and redis.call('ZRANK', K_QUEUED, after)
   if start then
     start = start + 1
@@ -64,11 +80,10 @@ while first_band <= 9 do
   local page = redis.call('ZRANGE', K_QUEUED, start, start + budget - 1, 'WITHSCORES')
   local ids = {}
   for i = 1, #page, 2 do
-    if tonumber(page[i + 1]) > lo + last then break end
+    if tonumber(page[i + 1]) > top then break end
     ids[#ids + 1] = page[i]
   end
   local passed_over = cancel_all(K_QUEUED, ids)
-  passed = passed + #passed_over
   if #passed_over > 0 then after = passed_over[#passed_over] end
   budget = budget - #ids
   if #ids == #page / 2 and #ids > 0 and budget <= 0 then return result(1) end

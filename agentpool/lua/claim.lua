@@ -17,7 +17,7 @@ local now = now_ms()
 -- the delayed head: the due tasks to promote and, after them, the next due time
 local head = redis.call('ZRANGE', K_DELAYED, 0, promote, 'WITHSCORES')
 local nxt = false
-local due, back = {}, {}
+local due, back, entering = {}, {}, {}
 for i = 1, #head, 2 do
   if #due >= promote or tonumber(head[i + 1]) > now then
     nxt = head[i + 1]
@@ -29,12 +29,24 @@ for i = 1, #head, 2 do
   local f = redis.call('HMGET', tk, 'score', 'started', 'tenant', 'seq')
   if f[1] then
     redis.call('HSET', tk, 'state', 'queued')
-    -- a retry keeps its place; a delayed submit takes its turn now (common.lua)
-    back[#back + 1] = f[2] and f[1] or fair_entry(tk, f[1], f[3], f[4])
-    back[#back + 1] = id
+    -- a retry keeps its place; a delayed submit takes its turn now (common.lua's fair()),
+    -- those due together in their submit order
+    if f[2] then
+      fair().hold(f[1])
+      back[#back + 1] = f[1]
+      back[#back + 1] = id
+    else
+      entering[#entering + 1] = {id, tk, f[1], f[3], f[4],
+        tonumber(f[4]) or tonumber(f[1]) % PRIORITY_BAND}
+    end
   end
 end
-fair_flush()
+table.sort(entering, function(a, b) return a[6] < b[6] end)
+for _, e in ipairs(entering) do
+  back[#back + 1] = fair().entry(e[2], e[3], e[4], e[5])
+  back[#back + 1] = e[1]
+end
+if fair_made then fair_made.flush() end
 if #due > 0 then redis.call('ZREM', K_DELAYED, unpack(due)) end
 if #back > 0 then redis.call('ZADD', K_QUEUED, unpack(back)) end
 local out = {}

@@ -25,12 +25,11 @@ local K_DEFERRED = P .. 'deferred'
 -- The deferred tasks that have an expiry, scored by it: the reaper ends those still waiting
 -- past it (reap.lua).
 local K_DEFERRED_EXPIRY = P .. 'deferred_expiry'
--- Tenants taking turns: per priority band its clock and each tenant's last place (fair_band).
+-- Tenants taking turns: per priority band its clock and each tenant's last place (fair()).
 local K_FAIR = P .. 'fair'
--- What this script run learned of `fair` (nil until it does: most runs never ask): each
--- band's state, the places still to write, whether the set exists (submitted_before asks
--- with the task keys).
-local fair_bands, fair_dirty, fair_exists
+-- Whether `fair` exists, as this run learned it (nil: not asked yet; submitted_before asks
+-- with the task keys it looks for, fair().on() on its own).
+local fair_exists
 -- A queued task's score is its priority's band plus its submit number (`seq`): within a
 -- priority, the first submitted runs first.
 local PRIORITY_BAND = 1099511627776
@@ -102,7 +101,7 @@ end
 -- sent it again, or a failover carried its write to the new primary before the client sent
 -- it there. Of `ids`, those that already name a task (as a set): a submit leaves them as they
 -- are, since a worker may hold one or it may have finished. One EXISTS for all of them and
--- `fair` (whether the queue has tenants: fair_on); one per task only when some exist.
+-- `fair` (whether the queue has tenants: fair_exists); one per task only when some exist.
 local function submitted_before(ids)
   local keys, found = {K_FAIR}, {}
   for i = 1, #ids do keys[i + 1] = task_key(ids[i]) end
@@ -180,73 +179,98 @@ end
 
 -- Tenants take turns (docs/protocol.md): a task enters the queue at its band's clock (the
 -- turn being served) or right after its tenant's last place, whichever is later (start-time
--- fair queuing), so that tenants with tasks waiting take one turn each. `fair` holds, per band,
--- the clock (member '<band>') and each tenant's last place (member '<band>:<tenant>'; the
--- tasks without a tenant take turns as one, '<band>:', once the queue has tenants). The clock
--- is the head of the band's queued tasks as last seen, never moving back (a task handed back
--- at its old place makes no room ahead of the rest for newer ones), or the submit counter
--- when nothing is queued: a place never passes the submit counter (cancel_waiting.lua). A
--- place before the clock is as good as none: the reaper drops those (reap.lua).
-local function fair_band(band, own)
-  fair_bands, fair_dirty = fair_bands or {}, fair_dirty or {}
-  local state = fair_bands[band]
-  if state then return state end
-  local lo, name = band * PRIORITY_BAND, tostring(band)
-  local stored = tonumber(redis.call('ZSCORE', K_FAIR, name))
-  local first = redis.call('ZRANGEBYSCORE', K_QUEUED, lo, lo + PRIORITY_BAND - 1,
-    'WITHSCORES', 'LIMIT', 0, 1)
-  -- the submit counter's place: a submit's own (the first of its tasks to take a place here,
-  -- each later one's own being higher), or the counter's for a task placed later, whose
-  -- place is then kept at or below it (`cap`)
-  local counter = own or lo + tonumber(redis.call('GET', K_SEQ) or '0')
-  local clock = math.max(stored or lo, tonumber(first[2]) or counter)
-  if not stored then
-    -- the band's first tenant: the tasks without a tenant queued so far keep their places
-    -- (by submit number), and the next one goes after them
-    fair_dirty[name .. ':'] = own and own - 1 or counter
+-- fair queuing), so that tenants with tasks waiting take one turn each. `fair` holds, per
+-- band, the clock (member '<band>') and each tenant's last place (member '<band>:<tenant>';
+-- the tasks without a tenant take turns as one, '<band>:', once the queue has tenants). The
+-- clock is the head of the band's queued tasks as last seen, or the submit counter when
+-- nothing is queued, and never moves back: a task handed back at its old place (a requeue,
+-- a retry) first makes the clock note the head it goes ahead of (`hold`), so it makes no
+-- room for newer tasks ahead of the rest. A place before the clock is as good as none: the
+-- reaper drops those (reap.lua). A place may pass the submit counter (a burst placed in an
+-- empty band): cancel_waiting.lua reads each band's highest place here.
+-- The functions are made once per run that needs them, most runs never do: `fair()`.
+local fair_made
+local function fair()
+  if fair_made then return fair_made end
+  local bands, dirty, f = {}, {}, {}
+  function f.on()
+    if fair_exists == nil then fair_exists = redis.call('EXISTS', K_FAIR) == 1 end
+    return fair_exists
   end
-  if clock ~= stored then fair_dirty[name] = clock end
-  fair_exists = true
-  state = {lo = lo, clock = clock, last = {}, cap = not own and counter or nil}
-  fair_bands[band] = state
-  return state
-end
--- `own`: the submit's place by submit number (submit.lua), nil for a task placed later.
-local function fair_place(band, who, own)
-  local state = fair_band(band, own)
-  local member = band .. ':' .. who
-  local last = state.last[member] or fair_dirty[member]
-  if not last then last = tonumber(redis.call('ZSCORE', K_FAIR, member)) or state.lo end
-  local place = math.max(state.clock, last + 1)
-  if state.cap and place > state.cap then place = state.cap end
-  state.last[member] = place
-  fair_dirty[member] = place
-  return place
-end
--- Writes the clocks and places fair_place decided (once per script, after its last place).
-local function fair_flush()
-  if not fair_dirty then return end
-  local scored = {}
-  for member, place in pairs(fair_dirty) do
-    scored[#scored + 1] = place
-    scored[#scored + 1] = member
+  -- `own`: the place by submit number of the first task a submit places in the band (an
+  -- empty band's clock starts there, so a submit's places stay by its submit numbers)
+  local function band_state(band, own)
+    local state = bands[band]
+    if state then return state end
+    local lo, name = band * PRIORITY_BAND, tostring(band)
+    local stored = tonumber(redis.call('ZSCORE', K_FAIR, name))
+    local first = redis.call('ZRANGEBYSCORE', K_QUEUED, lo, lo + PRIORITY_BAND - 1,
+      'WITHSCORES', 'LIMIT', 0, 1)
+    local counter = own or lo + tonumber(redis.call('GET', K_SEQ) or '0')
+    local clock = math.max(stored or lo, tonumber(first[2]) or counter)
+    if not stored then
+      -- the band's first tenant: the tasks without a tenant queued so far keep their places
+      -- (by submit number), and the next one goes after them
+      dirty[name .. ':'] = own and own - 1 or counter
+    end
+    if clock ~= stored then dirty[name] = clock end
+    fair_exists = true
+    state = {lo = lo, clock = clock, last = {}}
+    bands[band] = state
+    return state
   end
-  if #scored > 0 then redis.call('ZADD', K_FAIR, unpack(scored)) end
-  fair_dirty = nil
-end
-local function fair_on()
-  if fair_exists == nil then fair_exists = redis.call('EXISTS', K_FAIR) == 1 end
-  return fair_exists
-end
--- The score a task that never ran goes into the queue with (a delayed task come due, a
--- deferred one released): a tenant's, or any once the queue has tenants, takes its turn now
--- (its submit number kept as `seq`); others keep their place by submit number (`score`).
-local function fair_entry(tk, score, tenant, seq)
-  if not tenant and not fair_on() then return score end
-  local band = math.floor(tonumber(score) / PRIORITY_BAND)
-  local place = fair_place(band, tenant or '')
-  redis.call('HSET', tk, 'score', place, 'seq', seq or (tonumber(score) % PRIORITY_BAND))
-  return place
+  function f.place(band, who, own)
+    local state = band_state(band, own)
+    local member = band .. ':' .. who
+    local last = state.last[member] or dirty[member]
+    if not last then last = tonumber(redis.call('ZSCORE', K_FAIR, member)) or state.lo end
+    local place = math.max(state.clock, last + 1)
+    state.last[member] = place
+    dirty[member] = place
+    return place
+  end
+  -- Writes the clocks and places decided (after the run's last place).
+  function f.flush()
+    local scored = {}
+    for member, place in pairs(dirty) do
+      scored[#scored + 1] = place
+      scored[#scored + 1] = member
+    end
+    if #scored > 0 then redis.call('ZADD', K_FAIR, unpack(scored)) end
+    dirty = {}
+  end
+  -- The score a task that never ran goes into the queue with (a delayed task come due, a
+  -- deferred one released): a tenant's, or any once the queue has tenants, takes its turn
+  -- now (its submit number kept as `seq`); others keep their place by submit number.
+  function f.entry(tk, score, tenant, seq)
+    if not tenant and not f.on() then return score end
+    local place = f.place(math.floor(tonumber(score) / PRIORITY_BAND), tenant or '')
+    redis.call('HSET', tk, 'score', place, 'seq', seq or (tonumber(score) % PRIORITY_BAND))
+    return place
+  end
+  -- Before a task goes back in at an old place: the clock notes the head it goes ahead of.
+  function f.hold(score)
+    if not f.on() then return end
+    band_state(math.floor(tonumber(score) / PRIORITY_BAND))
+    f.flush()
+  end
+  -- Drops the places before each band's clock, at most `most` of them.
+  function f.prune(most)
+    if not f.on() then return end
+    for band = 0, 9 do
+      if redis.call('ZSCORE', K_FAIR, tostring(band)) then
+        local state = band_state(band)
+        local gone = redis.call('ZRANGEBYSCORE', K_FAIR, state.lo, '(' .. state.clock,
+          'LIMIT', 0, most)
+        if #gone > 0 then redis.call('ZREM', K_FAIR, unpack(gone)) end
+        most = most - #gone
+        if most <= 0 then break end
+      end
+    end
+    f.flush()
+  end
+  fair_made = f
+  return f
 end
 
 -- A task reached a final state (succeeded, dead, cancelled): keep it for the result TTL
@@ -327,14 +351,14 @@ local function finished(id, tk, state, now, f, extra, count)
             redis.call('ZADD', K_DELAYED, due, child)
           else
             redis.call('HSET', ck, 'state', 'queued')
-            redis.call('ZADD', K_QUEUED, fair_entry(ck, c[2], c[8], c[9]), child)
+            redis.call('ZADD', K_QUEUED, fair().entry(ck, c[2], c[8], c[9]), child)
             wake(1)
           end
         end
       end
     end
   end
-  fair_flush()
+  if fair_made then fair_made.flush() end
 end
 
 -- `call`: the id of the producer's cancel call, kept so the same call sent again is known.
@@ -356,6 +380,7 @@ end
 
 -- Back to the queue at its original place (score), with the reason it left its holder.
 local function requeue(id, tk, score, err)
+  fair().hold(score)
   redis.call('HSET', tk, 'state', 'queued', 'error', err)
   redis.call('ZADD', K_QUEUED, score, id)
   redis.call('HINCRBY', K_STATS, 'requeued', 1)

@@ -52,6 +52,7 @@ for _, id in ipairs(ids) do
       -- requeued by hand: run it, however long ago it was meant to start by
       redis.call('HDEL', tk, 'finished', 'expires')
       redis.call('HSET', tk, 'state', 'queued', 'attempts', 0)
+      fair().hold(score)
       redis.call('ZADD', K_QUEUED, score, id)
       wake(1)
       revived = revived + revive_after(id)

@@ -75,15 +75,7 @@ for _, id in ipairs(overdue) do
     swept = swept + 1
   end
 end
--- Places at or before their band's clock count as none (common.lua's fair_place): dropped,
--- so `fair` holds only the tenants with tasks still ahead.
-if redis.call('EXISTS', K_FAIR) == 1 then
-  for band = 0, 9 do
-    if redis.call('ZSCORE', K_FAIR, tostring(band)) then
-      local state = fair_band(band)
-      redis.call('ZREMRANGEBYSCORE', K_FAIR, state.lo, '(' .. state.clock)
-    end
-  end
-  fair_flush()
-end
+-- Places before their band's clock count as none (common.lua's fair()): dropped, so `fair`
+-- holds only the tenants with tasks still ahead (up to 1,000 a reap, so none is slow).
+fair().prune(1000)
 return {counts[1], counts[2], counts[3], moved, swept}

@@ -3,7 +3,7 @@
 --       expires_ms after the submit ('' = never: see claim.lua), timeout_ms of a run ('' =
 --       the pool's task timeout: the worker keeps the shorter of the two), the ids of the
 --       tasks of this queue it runs after, comma-separated ('' = none), its tenant ('' =
---       none: see fair_place in common.lua).
+--       none: see fair() in common.lua).
 -- One task, or a group of single submits sent together (agentpool/coalesce.py), each with
 -- its own options. Returns {created (1|0|-1), id} per task, flattened: created 0 when the
 -- idempotency key already names a task (the existing task's id) or the task exists already
@@ -94,11 +94,11 @@ for i = 1, n do
     local plan = plans[i]
     local waits = plan and (plan.failed or #plan.open > 0)
     -- By submit number, unless it is queued now and takes its turn as a tenant's (or as one
-    -- without a tenant on a queue that has tenants: common.lua's fair_place); a delayed or
-    -- deferred one takes its turn when it enters the queue (fair_entry).
+    -- without a tenant on a queue that has tenants: common.lua's fair()); a delayed or
+    -- deferred one takes its turn when it enters the queue.
     local score = (9 - prio) * PRIORITY_BAND + seq
-    local placed = not waits and delay_ms <= 0 and (tenant ~= '' or fair_on())
-    if placed then score = fair_place(9 - prio, tenant, score) end
+    local placed = not waits and delay_ms <= 0 and (tenant ~= '' or fair_exists)
+    if placed then score = fair().place(9 - prio, tenant, score) end
     -- No 'id' (the key names it) and no 'attempts' until the first claim (a missing count
     -- is 0).
     local fields = {'payload', payload, 'prio', prio, 'score', score, 'created', now}
@@ -174,7 +174,7 @@ for _, parent in ipairs(parents) do
   redis.call('HSET', task_key(parent), 'dn', '1')
   if ended_cancelled[parent] then redis.call('EXPIRE', key, result_ttl()) end
 end
-fair_flush()
+if fair_made then fair_made.flush() end
 if #delayed > 0 then redis.call('ZADD', K_DELAYED, unpack(delayed)) end
 if #queued > 0 then
   redis.call('ZADD', K_QUEUED, unpack(queued))

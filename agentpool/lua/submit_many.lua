@@ -16,13 +16,13 @@ if n == 0 then return 0 end
 local now = now_ms()
 local seq = redis.call('INCRBY', K_SEQ, n) - n
 local band = (9 - prio) * PRIORITY_BAND
-local placed = fair_on()  -- a queue with tenants: these take turns as one (common.lua)
+local placed = fair_exists  -- a queue with tenants: these take turns as one (common.lua)
 local scored = {}
 for k, i in ipairs(fresh) do
   local id, payload = ids[i], ARGV[2 + 2 * i]
   local score = band + seq + k
   if placed then
-    score = fair_place(9 - prio, '', score)
+    score = fair().place(9 - prio, '', score)
     redis.call('HSET', task_key(id), 'state', 'queued', 'payload', payload, 'prio', prio,
       'score', score, 'created', now, 'seq', seq + k)
   else
@@ -32,7 +32,7 @@ for k, i in ipairs(fresh) do
   scored[#scored + 1] = score
   scored[#scored + 1] = id
 end
-fair_flush()
+if fair_made then fair_made.flush() end
 redis.call('ZADD', K_QUEUED, unpack(scored))
 wake(n)
 return n

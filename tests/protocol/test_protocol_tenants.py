@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from protocol_helpers import ONE_SERVER, claim_one, claim_within, drop_queue, eventually
 from test_protocol_cancel_waiting import after_each_call, states
 
-from agentpool.protocol import MAX_TENANT_CHARS, FailOutcome, ProtocolError, TaskQueue
+from agentpool.protocol import MAX_TENANT_CHARS, FailOutcome, ProtocolError, TaskQueue, _s
 
 PRIORITY_BAND = 2**40
 """A queued task's score is its priority's band (this times 9 - priority) plus its place
@@ -177,16 +177,23 @@ async def test_the_places_remembered_are_only_those_still_ahead(
     assert await redis.zrange(queue.prefix + "fair", 0, -1) == [b"9", b"9:someone else"]
 
 
+@pytest.mark.parametrize("how", ["requeued", "released", "retried"])
 async def test_a_task_handed_back_makes_no_room_for_a_newcomer_to_pass_the_others(
-    queue: TaskQueue,
+    queue: TaskQueue, how: str,
 ) -> None:
-    """A lost worker's task goes back at its old place, ahead of all; a tenant arriving then
-    takes turns with the backlog, not ten places in a row before it."""
+    """A lost worker's task, one a draining worker hands back, a retry: each goes back at its
+    old place, ahead of all; a tenant arriving then takes turns with the backlog, not ten
+    places in a row before it."""
     ids = await submit_as(queue, "b", 30)
     lost = await claim_one(queue, "lost-worker")
-    await queue.claim("w2", 5, 30)
-    ids |= await submit_as(queue, "d", 1)  # the queue's turns have moved on meanwhile
-    await queue.requeue_owner("lost-worker")
+    await queue.claim("w2", 10, 30)  # the turns move on with no submit in between
+    if how == "requeued":
+        await queue.requeue_owner("lost-worker")
+    elif how == "released":
+        assert await queue.release(lost, "draining") is FailOutcome.REQUEUED
+    else:
+        assert await queue.fail(lost, "boom", delay=0) is FailOutcome.RETRY
+        await queue.claim("w2", 0, 30)  # a claim promotes it (taking nothing)
     ids |= await submit_as(queue, "c", 10)
     batch = await queue.claim("w3", 35, 30)
     assert batch.tasks[0].id == lost.id
@@ -335,23 +342,22 @@ async def test_cancel_waiting_misses_no_earlier_task_and_takes_no_later_one_what
         await drop_queue(redis, trial)
 
 
-async def test_places_never_pass_the_submit_counter_so_cancel_waiting_finds_them(
+async def test_a_burst_placed_at_once_keeps_its_order_and_cancel_waiting_finds_it(
     queue: TaskQueue, redis: aioredis.Redis,
 ) -> None:
-    """A tenant's many tasks into an empty band (one call), and many of its delayed tasks
-    coming due into an empty band (one claim): cancel_waiting reads the counter and takes the
-    band's scores up to it, so a place past it would be left running."""
-    async def places_within_counter() -> None:
-        counter = int(await redis.get(queue.prefix + "seq") or 0)
-        scores = [score for _, score in await redis.zrange(queue.prefix + "queued", 0, -1,
-                                                           withscores=True)]
-        assert all(score % PRIORITY_BAND <= counter for score in scores), (scores, counter)
-
-    await queue.submit_many([{"n": n} for n in range(20)], tenant="a")
-    await places_within_counter()
-    await queue.claim("w1", 20, 30)
-    await submit_as(queue, "a", 10, delay=0.05)
+    """A tenant's delayed tasks coming due together into an empty band take places one after
+    another, past the submit counter (no ties that a task id would settle), and
+    cancel_waiting, which looks up to each band's highest place, still finds them."""
+    await queue.submit({"n": "first"}, tenant="b")
+    await queue.claim("w1", 1, 30)
+    burst = list(await submit_as(queue, "a", 10, delay=0.05))
     await eventually(lambda: due_delayed(queue, 10))
-    await queue.claim("w1", 1, 30)  # promotes the ten, takes one
-    await places_within_counter()
+    batch = await queue.claim("w1", 1, 30)  # promotes the ten, takes the first
+    assert batch.tasks[0].id == burst[0]
+    counter = int(await redis.get(queue.prefix + "seq") or 0)
+    places = {_s(i): score % PRIORITY_BAND
+              for i, score in await redis.zrange(queue.prefix + "queued", 0, -1,
+                                                 withscores=True)}
+    assert [places[i] for i in burst[1:]] == sorted(set(places.values()))
+    assert max(places.values()) > counter
     assert await queue.cancel_waiting() == 9
