@@ -177,13 +177,13 @@ async def test_the_places_remembered_are_only_those_still_ahead(
     assert await redis.zrange(queue.prefix + "fair", 0, -1) == [b"9", b"9:someone else"]
 
 
-@pytest.mark.parametrize("how", ["requeued", "released", "retried"])
+@pytest.mark.parametrize("how", ["requeued", "released", "retried", "dead-lettered"])
 async def test_a_task_handed_back_makes_no_room_for_a_newcomer_to_pass_the_others(
     queue: TaskQueue, how: str,
 ) -> None:
-    """A lost worker's task, one a draining worker hands back, a retry: each goes back at its
-    old place, ahead of all; a tenant arriving then takes turns with the backlog, not ten
-    places in a row before it."""
+    """A lost worker's task, one a draining worker hands back, a retry, a dead letter
+    requeued: each goes back at its old place, ahead of all; a tenant arriving then takes
+    turns with the backlog, not ten places in a row before it."""
     ids = await submit_as(queue, "b", 30)
     lost = await claim_one(queue, "lost-worker")
     await queue.claim("w2", 10, 30)  # the turns move on with no submit in between
@@ -191,9 +191,12 @@ async def test_a_task_handed_back_makes_no_room_for_a_newcomer_to_pass_the_other
         await queue.requeue_owner("lost-worker")
     elif how == "released":
         assert await queue.release(lost, "draining") is FailOutcome.REQUEUED
-    else:
+    elif how == "retried":
         assert await queue.fail(lost, "boom", delay=0) is FailOutcome.RETRY
         await queue.claim("w2", 0, 30)  # a claim promotes it (taking nothing)
+    else:
+        assert await queue.fail(lost, "boom", retryable=False) is FailOutcome.DEAD
+        assert await queue.requeue_dead([lost.id]) == 1
     ids |= await submit_as(queue, "c", 10)
     batch = await queue.claim("w3", 35, 30)
     assert batch.tasks[0].id == lost.id
