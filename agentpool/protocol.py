@@ -80,6 +80,10 @@ MAX_AFTER = 100
 """The most tasks one task may run after (``submit(after=...)``)."""
 MAX_TENANT_CHARS = 128
 """The longest tenant name a submit takes (see :meth:`TaskQueue.submit`)."""
+MAX_TENANT_WEIGHT = 100
+"""The largest weight a tenant may have (:meth:`TaskQueue.set_tenant_weights`): it takes that
+many turns to one of a tenant of weight 1. A turn is 1/weight of a place rounded to 1/512
+(common.lua), so shares are within 8 % of the weights' ratio (exact for 1, 2, 4, 8, ...)."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
 NEWS_AT_ONCE = 1000
@@ -467,6 +471,15 @@ def tenant_arg(tenant: str | None) -> str:
         raise ProtocolError(f"tenant must be a name of 1 to {MAX_TENANT_CHARS} characters, "
                             f"none a control character, got {short_repr(tenant)}")
     return tenant
+
+
+def tenant_weight_arg(weight: int) -> int:
+    """A tenant's weight, 1 to MAX_TENANT_WEIGHT; ProtocolError otherwise."""
+    if isinstance(weight, bool) or not isinstance(weight, int) \
+            or not 1 <= weight <= MAX_TENANT_WEIGHT:
+        raise ProtocolError(f"a tenant's weight must be a whole number from 1 to "
+                            f"{MAX_TENANT_WEIGHT}, got {short_repr(weight)}")
+    return weight
 
 
 def has_control_character(text: str) -> bool:
@@ -1296,6 +1309,30 @@ class TaskQueue:
     async def drain_requests(self) -> dict[str, float]:
         raw = await self.redis.hgetall(self.prefix + "drain")
         return {_s(k): float(v) for k, v in raw.items()}
+
+    # -- tenants ---------------------------------------------------------------------------
+
+    async def tenant_weights(self) -> dict[str, int]:
+        """The tenants given a weight (:meth:`set_tenant_weights`); any other weighs 1."""
+        raw = await self.redis.hgetall(self.prefix + "weights")
+        return {_s(tenant): int(weight) for tenant, weight in raw.items()
+                if _s(weight).isdigit()}
+
+    async def set_tenant_weights(self, weights: Mapping[str, int]) -> bool:
+        """Make `weights` the queue's tenants' weights (tenants left out weigh 1), in one
+        MULTI; True when that changed them. A tenant of weight w takes w turns to one of a
+        tenant of weight 1 from its next task on (tasks already queued keep their places).
+        The operator sets them from ``spec.tenants``; a producer's ACL user cannot."""
+        wanted = {tenant_arg(tenant): tenant_weight_arg(weight)
+                  for tenant, weight in weights.items()}
+        if await self.tenant_weights() == wanted:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.prefix + "weights")
+            if wanted:
+                pipe.hset(self.prefix + "weights", mapping=cast(Any, wanted))
+            await pipe.execute()
+        return True
 
     # -- recovery --------------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ local function cancel_all(set, ids)
 end
 local function result(more)
   local text = {}
-  for band = 1, 10 do text[band] = string.format('%.0f', tops[band]) end
+  for band = 1, 10 do text[band] = string.format('%.17g', tops[band]) end
   return {cancelled_count() - before, more, offset, first_band, after, table.concat(text, ',')}
 end
 -- `budget`: the entries this call may still remove or pass over

@@ -27,6 +27,12 @@ local K_DEFERRED = P .. 'deferred'
 local K_DEFERRED_EXPIRY = P .. 'deferred_expiry'
 -- Tenants taking turns: per priority band its clock and each tenant's last place (fair()).
 local K_FAIR = P .. 'fair'
+-- Tenants' weights (tenant -> 1..100, written by the operator from spec.tenants): a tenant of
+-- weight w takes w turns to another's one.
+local K_WEIGHTS = P .. 'weights'
+-- A turn of weight w is 1/w of a place, rounded to 1/TURN_QUANTA: scores stay exact doubles
+-- (bands reach 2^44, so 2^-9 is the finest step a score holds exactly).
+local TURN_QUANTA = 512
 -- Whether `fair` exists, as this run learned it (nil: not asked yet; submitted_before asks
 -- with the task keys it looks for, fair().on() on its own).
 local fair_exists
@@ -188,11 +194,13 @@ end
 -- room for newer tasks ahead of the rest. A place before the clock is as good as none: the
 -- reaper drops those (reap.lua). A place may pass the submit counter (a burst placed in an
 -- empty band): cancel_waiting.lua reads each band's highest place here.
+-- A tenant with a weight (`weights`, set from spec.tenants) advances its place by 1/weight per
+-- task instead of 1, so that it takes that many turns to one of a tenant of weight 1.
 -- The functions are made once per run that needs them, most runs never do: `fair()`.
 local fair_made
 local function fair()
   if fair_made then return fair_made end
-  local bands, dirty, f = {}, {}, {}
+  local bands, dirty, steps, f = {}, {}, {}, {}
   function f.on()
     if fair_exists == nil then fair_exists = redis.call('EXISTS', K_FAIR) == 1 end
     return fair_exists
@@ -219,12 +227,24 @@ local function fair()
     bands[band] = state
     return state
   end
+  -- How far a task of `who` moves its tenant's place: 1/weight (tasks without a tenant: 1).
+  local function step(who)
+    local known = steps[who]
+    if known then return known end
+    local weight = who ~= '' and tonumber(redis.call('HGET', K_WEIGHTS, who))
+    known = 1
+    if weight and weight > 1 then
+      known = math.max(1, math.floor(TURN_QUANTA / weight + 0.5)) / TURN_QUANTA
+    end
+    steps[who] = known
+    return known
+  end
   function f.place(band, who, own)
     local state = band_state(band, own)
     local member = band .. ':' .. who
     local last = state.last[member] or dirty[member]
     if not last then last = tonumber(redis.call('ZSCORE', K_FAIR, member)) or state.lo end
-    local place = math.max(state.clock, last + 1)
+    local place = math.max(state.clock, last + step(who))
     state.last[member] = place
     dirty[member] = place
     return place
@@ -260,7 +280,8 @@ local function fair()
     for band = 0, 9 do
       if redis.call('ZSCORE', K_FAIR, tostring(band)) then
         local state = band_state(band)
-        local gone = redis.call('ZRANGEBYSCORE', K_FAIR, state.lo, '(' .. state.clock,
+        local gone = redis.call('ZRANGEBYSCORE', K_FAIR, state.lo,
+          string.format('(%.17g', state.clock),
           'LIMIT', 0, most)
         if #gone > 0 then redis.call('ZREM', K_FAIR, unpack(gone)) end
         most = most - #gone

@@ -364,3 +364,108 @@ async def test_a_burst_placed_at_once_keeps_its_order_and_cancel_waiting_finds_i
     assert [places[i] for i in burst[1:]] == sorted(set(places.values()))
     assert max(places.values()) > counter
     assert await queue.cancel_waiting() == 9
+
+
+# -- weights -------------------------------------------------------------------------------
+
+
+async def test_a_tenant_of_weight_three_takes_three_turns_to_anothers_one(
+    queue: TaskQueue,
+) -> None:
+    assert await queue.set_tenant_weights({"big": 3}) is True
+    ids = await submit_as(queue, "big", 30)
+    ids |= await submit_as(queue, "small", 10)
+    order = await claim_order(queue, ids)
+    for turns in range(1, 8):
+        first = order[:4 * turns]
+        assert abs(first.count("big") - 3 * turns) <= 1, order
+
+
+async def test_without_weights_the_same_submits_take_one_turn_each(queue: TaskQueue) -> None:
+    """The control for the test above: the 3 to 1 is the weight's doing."""
+    ids = await submit_as(queue, "big", 30)
+    ids |= await submit_as(queue, "small", 10)
+    order = await claim_order(queue, ids)
+    assert order[:20].count("big") == 10, order
+
+
+async def test_weights_shift_the_share_between_several_tenants(queue: TaskQueue) -> None:
+    await queue.set_tenant_weights({"gold": 4, "silver": 2})
+    ids: dict[str, str] = {}
+    for tenant in ("gold", "silver", "bronze"):
+        ids |= await submit_as(queue, tenant, 40)
+    order = (await claim_order(queue, ids))[:70]
+    assert [order.count(t) for t in ("gold", "silver", "bronze")] == [40, 20, 10], order
+
+
+async def test_a_weight_applies_to_the_tasks_submitted_after_it_is_set(
+    queue: TaskQueue,
+) -> None:
+    """Tasks already queued keep their places; the next ones take the new share, and the
+    weight goes when it is left out of the next call."""
+    ids = await submit_as(queue, "big", 4)
+    ids |= await submit_as(queue, "small", 4)
+    await queue.set_tenant_weights({"big": 2})
+    ids |= {i: "big+" for i in await submit_as(queue, "big", 8)}
+    ids |= {i: "small+" for i in await submit_as(queue, "small", 4)}
+    order = await claim_order(queue, ids)
+    assert order[:8].count("big") == 4 and order[:8].count("small") == 4, order
+    rest = order[8:20]
+    assert rest.count("big+") == 8 and rest.count("small+") == 4
+    assert rest[:6].count("big+") == 4, order
+    assert await queue.set_tenant_weights({}) is True
+    assert await queue.tenant_weights() == {}
+
+
+async def test_setting_the_same_weights_again_writes_nothing(queue: TaskQueue) -> None:
+    assert await queue.set_tenant_weights({"a": 2, "b": 100}) is True
+    assert await queue.set_tenant_weights({"b": 100, "a": 2}) is False
+    assert await queue.tenant_weights() == {"a": 2, "b": 100}
+
+
+@pytest.mark.parametrize("weight", [0, 101, -1, 2.5, True, "3"])
+async def test_a_weight_out_of_range_is_refused_and_nothing_stored(
+    queue: TaskQueue, weight: object,
+) -> None:
+    await queue.set_tenant_weights({"kept": 2})
+    with pytest.raises(ProtocolError, match="a tenant's weight must be a whole number from 1 "
+                                            "to 100, got"):
+        await queue.set_tenant_weights({"a": weight})  # type: ignore[dict-item]
+    assert await queue.tenant_weights() == {"kept": 2}
+
+
+async def test_a_weighted_burst_past_the_submit_counter_is_found_by_cancel_waiting(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """A weighted tenant's places are fractions of a place (1/3 here, rounded to 1/512), and
+    they may pass the submit counter: cancel_waiting, which looks up to each band's highest
+    place, finds them all in calls of two."""
+    await queue.set_tenant_weights({"a": 3})
+    await queue.submit({"n": "first"}, tenant="b")
+    await queue.claim("w1", 1, 30)
+    burst = list(await submit_as(queue, "a", 10, delay=0.05))
+    await eventually(lambda: due_delayed(queue, 10))
+    await queue.claim("w1", 1, 30)
+    counter = int(await redis.get(queue.prefix + "seq") or 0)
+    places = [score % PRIORITY_BAND
+              for _, score in await redis.zrange(queue.prefix + "queued", 0, -1,
+                                                 withscores=True)]
+    assert places == sorted(places) and len(places) == len(burst) - 1
+    assert max(places) > counter and max(places) != round(max(places))
+    assert await queue.cancel_waiting(batch=2) == 9
+
+
+async def test_the_reaper_keeps_a_weighted_place_just_ahead_of_the_clock(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """The clock and places lie between whole places: the reaper drops only the places before
+    the clock, not one a fraction ahead of it (which a clock written with Lua's 14 digits
+    would round past)."""
+    await queue.set_tenant_weights({"w": 50})
+    ids = list(await submit_as(queue, "w", 50))
+    await queue.claim("w1", 49, 30)
+    head = await redis.zrange(queue.prefix + "queued", 0, 0, withscores=True)
+    assert _s(head[0][0]) == ids[-1] and head[0][1] % 1 > 0.95
+    await queue.submit({"n": "other"}, tenant="other")  # the clock notes the head
+    await queue.reap_expired()
+    assert await redis.zscore(queue.prefix + "fair", "9:w") == head[0][1]
