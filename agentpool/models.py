@@ -36,6 +36,7 @@ from agentpool.protocol import (
     MAX_DELAY_SECONDS,
     MAX_TASK_TIMEOUT_SECONDS,
     MAX_TENANT_CHARS,
+    MAX_TENANT_WEIGHT,
     has_control_character,
 )
 from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
@@ -53,6 +54,7 @@ PERCENT_PATTERN = r"^[0-9]{1,3}%$"
 LIMIT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 MAX_RATE_LIMITS = 16
 MAX_SCHEDULES = 32
+MAX_TENANTS = 64
 MAX_SUBMITS_TO = 32
 MAX_VOLUMES = 32
 MAX_INIT_CONTAINERS = 8
@@ -163,6 +165,14 @@ SCHEDULE_TENANT_FORMAT = CelRule(
     r"self.matches(r'^\P{Cc}*$')",
     "schedules[].tenant must hold no control character (a tab, a line break)",
 )
+TENANT_NAME_FORMAT = CelRule(
+    r"self.matches(r'^\P{Cc}*$')",
+    "tenants[].name must hold no control character (a tab, a line break)",
+)
+TENANT_NAMES_UNIQUE = CelRule(
+    "self.all(a, self.exists_one(b, b.name == a.name))",
+    "tenants names must be unique within a pool",
+)
 SCHEDULE_NAMES_UNIQUE = CelRule(
     "self.all(a, self.exists_one(b, b.name == a.name))",
     "schedules names must be unique within a pool",
@@ -249,6 +259,8 @@ CEL_RULES: tuple[CelRule, ...] = (
     SCHEDULE_TENANT_FORMAT,
     SCHEDULE_NAMES_UNIQUE,
     SCHEDULE_TIMEOUT_WITHIN_POOLS,
+    TENANT_NAME_FORMAT,
+    TENANT_NAMES_UNIQUE,
     VOLUME_ONE_SOURCE,
     VOLUME_NAMES_UNIQUE,
     MOUNT_PATHS_UNIQUE,
@@ -1017,11 +1029,44 @@ class ScheduleSpec(_Model):
         return value
 
 
+_UNIQUE_NAMES = {
+    "schedules": SCHEDULE_NAMES_UNIQUE,
+    "rate_limits": RATE_LIMIT_NAMES_UNIQUE,
+    "tenants": TENANT_NAMES_UNIQUE,
+}
+
 _SCHEDULE_FORMATS = {
     "name": (LIMIT_NAME_PATTERN, SCHEDULE_NAME_FORMAT),
     "cron": (CRON_PATTERN, SCHEDULE_CRON_FORMAT),
     "time_zone": (TIME_ZONE_PATTERN, SCHEDULE_TIME_ZONE_FORMAT),
 }
+
+
+class TenantSpec(_Model):
+    """A tenant's share of the queue: tenants' tasks take turns within a priority, and a
+    tenant of weight w takes w turns to one of a tenant of weight 1."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_TENANT_CHARS,
+        description="The tenant, as tasks name it (submit(..., tenant=name)).",
+        json_schema_extra=cel(TENANT_NAME_FORMAT),
+    )
+    weight: int = Field(
+        ge=1,
+        le=MAX_TENANT_WEIGHT,
+        description=(
+            "Turns this tenant takes to one of a tenant of weight 1 (tenants not listed "
+            "weigh 1), from its next task on."
+        ),
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if has_control_character(value):
+            raise ValueError(TENANT_NAME_FORMAT.message)
+        return value
 
 
 class AgentPoolSpec(_Model):
@@ -1075,14 +1120,23 @@ class AgentPoolSpec(_Model):
         json_schema_extra=cel(SCHEDULE_NAMES_UNIQUE),
     )
 
-    @field_validator("schedules", "rate_limits")
+    tenants: list[TenantSpec] | None = Field(
+        default=None,
+        max_length=MAX_TENANTS,
+        description=(
+            "Weights of the tenants whose tasks share the queue (submit(..., tenant=name)): "
+            "a tenant of weight 3 takes three turns to one of a tenant of weight 1. Tenants "
+            "not listed weigh 1."
+        ),
+        json_schema_extra=cel(TENANT_NAMES_UNIQUE),
+    )
+
+    @field_validator("schedules", "rate_limits", "tenants")
     @classmethod
     def _unique_names(cls, items: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
         names = [item.name for item in items or ()]
         if len(names) != len(set(names)):
-            rule = SCHEDULE_NAMES_UNIQUE if info.field_name == "schedules" else \
-                RATE_LIMIT_NAMES_UNIQUE
-            raise ValueError(rule.message)
+            raise ValueError(_UNIQUE_NAMES[str(info.field_name)].message)
         return items
 
     @model_validator(mode="after")

@@ -63,6 +63,10 @@ CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
      minimal_spec(schedules=[{"name": "a", "cron": "@daily", "tenant": "acme\tcorp"}])),
     (models.SCHEDULE_TENANT_FORMAT,
      minimal_spec(schedules=[{"name": "a", "cron": "@daily", "tenant": "acme\u0085"}])),
+    (models.TENANT_NAME_FORMAT, minimal_spec(tenants=[{"name": "acme\ncorp", "weight": 2}])),
+    (models.TENANT_NAME_FORMAT, minimal_spec(tenants=[{"name": "acme\u009f", "weight": 2}])),
+    (models.TENANT_NAMES_UNIQUE, minimal_spec(tenants=[
+        {"name": "acme", "weight": 2}, {"name": "acme", "weight": 3}])),
     (models.SCHEDULE_NAMES_UNIQUE, minimal_spec(schedules=[
         {"name": "report", "cron": "@daily"}, {"name": "report", "cron": "@hourly"}])),
     (models.SCHEDULE_TIMEOUT_WITHIN_POOLS, minimal_spec(schedules=[
@@ -197,6 +201,11 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
         {"name": "for-acme", "cron": "@daily", "tenant": "Acme Corp / équipe 7 \u00a0✓"},
         {"name": "longest-tenant", "cron": "@daily", "tenant": "t" * 128},
     ]),
+    minimal_spec(tenants=[{"name": "Acme Corp / équipe 7 \u00a0✓", "weight": 100},
+                          {"name": "t" * 128, "weight": 1}, {"name": "acme ", "weight": 2},
+                          {"name": "acme", "weight": 3}]),
+    minimal_spec(tenants=[{"name": f"tenant-{n}", "weight": 1 + n % 100} for n in range(64)]),
+    minimal_spec(tenants=[]),
 ]
 """Specs just inside a rule: both the models and the API server accept them."""
 
@@ -227,6 +236,12 @@ VALID_SPECS: list[dict[str, Any]] = [
 
 INVALID_SPECS: list[dict[str, Any]] = [
     {"redis": {"url": "redis://r"}},
+    minimal_spec(tenants=[{"name": "acme", "weight": 0}]),
+    minimal_spec(tenants=[{"name": "acme", "weight": 101}]),
+    minimal_spec(tenants=[{"name": "acme"}]),
+    minimal_spec(tenants=[{"name": "", "weight": 2}]),
+    minimal_spec(tenants=[{"name": "t" * 129, "weight": 2}]),
+    minimal_spec(tenants=[{"name": f"t{n}", "weight": 2} for n in range(65)]),
     minimal_spec(rateLimits=[{"name": "sandboxes", "maxConcurrent": 0}]),
     {"redis": {"url": "redis://r"}, "worker": {"image": "", "handler": "m:f"}},
     {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f", "concurrency": 0}},

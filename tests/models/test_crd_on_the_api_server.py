@@ -283,6 +283,14 @@ SPEC_CHANGES = st.fixed_dictionaries(
             ),
             max_size=3,
         ),
+        "tenants": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["acme", "", "a\tb", "x" * 128, "x" * 129, "é ü\u00a0",
+                                          "\u009f", "acme "])},
+                optional={"weight": st.sampled_from([-1, 0, 1, 2, 100, 101, 2.5, "3"])},
+            ),
+            max_size=3,
+        ),
     },
 )
 
@@ -310,6 +318,8 @@ def spec_with(changes: dict[str, Any]) -> dict[str, Any]:
         spec["rateLimits"] = copy.deepcopy(changes["rateLimits"])
     if "schedules" in changes:
         spec["schedules"] = copy.deepcopy(changes["schedules"])
+    if "tenants" in changes:
+        spec["tenants"] = copy.deepcopy(changes["tenants"])
     return spec
 
 

@@ -28,6 +28,7 @@ SECTION = "## Spec reference"
 EXPANDED: frozenset[type[BaseModel]] = frozenset({
     models.AgentPoolSpec, models.RedisSpec, models.SecretKeyRef, models.WorkerSpec,
     models.ScalingSpec, models.RecoverySpec, models.RateLimitSpec, models.ScheduleSpec,
+    models.TenantSpec,
 })
 SUMMARISED: frozenset[type[BaseModel]] = frozenset({
     models.EnvVar, models.Volume, models.VolumeMount, models.InitContainer,
