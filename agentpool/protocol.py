@@ -83,7 +83,7 @@ MAX_TENANT_CHARS = 128
 MAX_TENANT_WEIGHT = 100
 """The largest weight a tenant may have (:meth:`TaskQueue.set_tenant_weights`): it takes that
 many turns to one of a tenant of weight 1. A turn is 1/weight of a place rounded to 1/512
-(common.lua), so shares are within 8 % of the weights' ratio (exact for 1, 2, 4, 8, ...)."""
+(common.lua), so shares are within 9 % of the weights' ratio (exact for 1, 2, 4, 8, ...)."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
 NEWS_AT_ONCE = 1000

@@ -13,7 +13,13 @@ import contextlib
 from dataclasses import replace
 from typing import Any
 
-from . import rate_limit_actions, recovery_actions, scaling_actions, schedule_actions
+from . import (
+    rate_limit_actions,
+    recovery_actions,
+    scaling_actions,
+    schedule_actions,
+    tenant_actions,
+)
 from .deployment import POOL_LABEL
 from .kube import KubeApi
 from .observation import ActionResult, PoolObservation
@@ -37,7 +43,8 @@ async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
 
     Recovery runs first so that the tasks of dead pods are back in the queue before scaling
     looks at the backlog (and expired tasks it ended are out of it: the figures are read
-    again); the rate limits are declared and their waits read before scaling.
+    again); the tenants' weights are set, the rate limits declared and their waits read
+    before scaling.
     """
     pods = observation.pods
     if pods is None:
@@ -49,6 +56,7 @@ async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
         with contextlib.suppress(QueueAccessError):
             figures_again = await read_figures(observation.queue)
             observation = replace(observation, figures=figures_again)
+    await tenant_actions.apply_weights(observation)
     limits = await rate_limit_actions.observe_limits(observation)
     observation = replace(observation, limit_waits=limits.waits)
     scaled = await scaling_actions.scale(observation, pods, kube)

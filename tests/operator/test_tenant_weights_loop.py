@@ -1,0 +1,48 @@
+"""Tenants' weights through the operator, against kmock and a real redis-server: the weights
+of `spec.tenants` reach the queue, follow edits of the spec and come back when Redis lost
+them, and a pool without weights clears any left on its queue."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from operator_harness import Cluster, OperatorThread, eventually, pool_manifest
+
+from agentpool.protocol import TaskQueue
+
+
+async def test_the_spec_weights_reach_the_queue_and_follow_its_edits(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    await cluster.create_pool(pool_manifest(
+        "tw", redis_url=redis_url, queue=queue_name,
+        tenants=[{"name": "gold", "weight": 4}, {"name": "Acme Corp", "weight": 2}],
+        scaling={"pollSeconds": 0.5}))
+
+    async def weights_are(expected: dict[str, int]) -> bool:
+        return await queue.tenant_weights() == expected
+
+    await eventually(lambda: weights_are({"gold": 4, "Acme Corp": 2}))
+    await redis.delete(queue.prefix + "weights")  # a Redis that lost them
+    await eventually(lambda: weights_are({"gold": 4, "Acme Corp": 2}))
+    await cluster.patch_pool("tw", {"spec": {"tenants": [{"name": "gold", "weight": 9}]}})
+    await eventually(lambda: weights_are({"gold": 9}))
+    await cluster.patch_pool("tw", {"spec": {"tenants": []}})
+    await eventually(lambda: weights_are({}))
+    assert not await redis.exists(queue.prefix + "weights")
+
+
+async def test_a_pool_without_weights_clears_those_left_on_its_queue(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    await queue.set_tenant_weights({"stale": 5})
+    await cluster.create_pool(pool_manifest("tw", redis_url=redis_url, queue=queue_name,
+                                            scaling={"pollSeconds": 0.5}))
+
+    async def cleared() -> bool:
+        return await queue.tenant_weights() == {}
+
+    await eventually(cleared)
