@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
-from protocol_helpers import ONE_SERVER
+from protocol_helpers import ONE_SERVER, eventually
 from redis.exceptions import NoPermissionError, ResponseError
 
 from agentpool.acl import Role
@@ -210,6 +210,31 @@ async def test_tenants_take_turns_under_the_producer_and_worker_users(
     assert small in [t.id for t in batch.tasks[:3]]
     assert [t.id for t in batch.tasks if t.id != small] == flood
     assert await producer.cancel_waiting() == 0
+
+
+async def test_weights_are_read_under_the_users_and_set_by_neither_of_a_producers(
+    connect_as: Connect, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """The scripts that place tasks read the `weights` hash as a producer and as a worker
+    (delayed tasks placed by a claim); a producer cannot set weights (only the operator's
+    connection does), and trying changes nothing."""
+    admin = TaskQueue(redis, queue_name)
+    await admin.set_tenant_weights({"big": 2})
+    producer = TaskQueue(await connect_as(queue_name, Role.PRODUCER), queue_name)
+    worker = TaskQueue(await connect_as(queue_name, Role.WORKER), queue_name)
+    ids = {await producer.submit({"n": n}, tenant="big", delay=0.05): "big" for n in range(4)}
+    ids |= {await producer.submit({"n": n}, tenant="small", delay=0.05): "small"
+            for n in range(4)}
+
+    async def due() -> bool:
+        return (await worker.figures()).due_delayed == 8
+
+    await eventually(due)
+    order = [ids[t.id] for t in (await worker.claim("pod:i", 8, 30)).tasks]
+    assert order[:6].count("big") == 4, order  # without the weight: 3
+    with pytest.raises(NoPermissionError):
+        await producer.set_tenant_weights({"small": 100})
+    assert await admin.tenant_weights() == {"big": 2}
 
 
 async def test_a_producer_cancels_every_waiting_task_with_its_acl(
