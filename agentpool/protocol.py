@@ -1334,6 +1334,38 @@ class TaskQueue:
             await pipe.execute()
         return True
 
+    async def tenant_loads(self, *, most: int = 100_000, page: int = 1_000) -> TenantLoads:
+        """Per tenant, its queued, running and later tasks and its oldest queued task's
+        submit time, with its weight (and the weighted tenants with nothing here): read in
+        pages of `page` tasks (tenant_page.lua), at most `most` per set. A snapshot taken
+        while tasks move: a task claimed between two pages of the queued set may be counted
+        twice (queued, then running) or shift another out of a page."""
+        weights = await self.tenant_weights()
+        counts: dict[str | None, dict[str, Any]] = {tenant: {} for tenant in weights}
+        counted = total = 0
+        for kind, set_name in _TENANT_SETS:
+            offset, size = 0, None
+            while size is None or offset < min(size, most):
+                reply = await self._run("tenant_page", set_name, offset,
+                                        min(page, most - offset))
+                size, rows = int(reply[0]), reply[1:]
+                if not rows:
+                    break
+                for i in range(0, len(rows), 2):
+                    load = counts.setdefault(_s(rows[i]) or None, {})
+                    load[kind] = load.get(kind, 0) + 1
+                    if kind == "queued" and rows[i + 1]:
+                        created = float(rows[i + 1]) / 1000
+                        load["oldest_queued"] = min(created,
+                                                    load.get("oldest_queued", created))
+                offset += len(rows) // 2
+            counted += offset
+            total += size or 0
+        loads = [TenantLoad(tenant, weights.get(tenant, 1) if tenant else 1, **fields)
+                 for tenant, fields in counts.items()]
+        loads.sort(key=lambda load: (-load.queued, -load.running, load.tenant or ""))
+        return TenantLoads(loads, counted, total)
+
     # -- recovery --------------------------------------------------------------------------
 
     async def requeue_owner(self, worker: str, reason: str = "worker lost") -> RequeueResult:
@@ -1893,6 +1925,36 @@ def _cut_task(task_id: str, names: Sequence[str], values: Sequence[Any],
         return info, cut
     texts: dict[str, Any] = {name: _decode_text(values[names.index(name)]) for name in cut}
     return replace(info, **texts), cut
+
+
+@dataclass(frozen=True)
+class TenantLoad:
+    """One tenant's tasks waiting and running on a queue (`tenant_loads`)."""
+
+    tenant: str | None
+    """None: the tasks without a tenant."""
+    weight: int
+    queued: int = 0
+    running: int = 0
+    later: int = 0
+    """Delayed (a delayed submit, a retry's backoff) or deferred (waiting for the tasks it
+    runs after)."""
+    oldest_queued: float | None = None
+    """When its longest-waiting queued task was submitted (epoch seconds)."""
+
+
+@dataclass(frozen=True)
+class TenantLoads:
+    loads: list[TenantLoad]
+    """Most queued first."""
+    counted: int
+    """The tasks read; fewer than `total` when the sets held more than the reading's bound."""
+    total: int
+
+
+_TENANT_SETS = (("queued", "queued"), ("running", "leases"), ("later", "delayed"),
+                ("later", "deferred"))
+"""What `TaskQueue.tenant_loads` counts, and the set it reads for it."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from agentpool.cli import (
     status,
     submit,
     tasks,
+    tenants,
     wait,
     workers,
 )
@@ -41,6 +42,7 @@ SUBCOMMANDS: list[ModuleType] = [
     stats,
     dead,
     tasks,
+    tenants,
     workers,
     limits,
     status,

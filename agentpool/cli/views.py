@@ -16,6 +16,7 @@ from typing import Any
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from agentpool.cli.fleet import PoolSummary, Rates
 from agentpool.protocol import (
@@ -63,7 +64,7 @@ def to_table(grid: Grid) -> Table:
         table.add_column(header, no_wrap=i == 0, overflow="fold", style="bold" if
                          not grid.headers and i == 0 else None)
     for row in grid.rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # cells are data, never markup
     return table
 
 

@@ -91,6 +91,56 @@ def test_tasks_shows_a_tenant_column_where_a_task_has_a_tenant(cli: Cli) -> None
     assert (tenants[mine], tenants[plain]) == ("acme", None)
 
 
+async def markup_lookalikes(q: TaskQueue) -> str:
+    return await q.submit({"prompt": "see [/x] and [bold]this[/bold]"}, tenant="[red]acme")
+
+
+def test_tasks_show_text_that_looks_like_markup_as_it_is(cli: Cli) -> None:
+    """Payloads and tenants are data: a closing tag that matches nothing does not end the
+    command, and a tag is shown, not applied."""
+    task_id = with_queue(cli.redis_url, cli.queue, markup_lookalikes)
+    out = cli.ok("tasks", "--state", "queued").out
+    [row] = table_rows(out)
+    assert row[0] == task_id and row[3] == "[red]acme"
+    assert '{"prompt":"see [/x] and [bold]this[/bold]"}' in out
+
+
+async def tenants_at_work(q: TaskQueue) -> None:
+    await q.set_tenant_weights({"gold": 3, "idle": 2})
+    for n in range(3):
+        await q.submit({"n": n}, tenant="acme")
+    await q.submit({"n": 0}, tenant="gold")
+    await q.submit({"n": 1}, tenant="gold", delay=300)
+    await q.submit({"n": 0})
+    [task] = (await q.claim("pod-a:i1", 1, 30)).tasks
+    assert task.tenant in ("acme", "gold", None)
+
+
+def test_tenants_table_and_json(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, tenants_at_work)
+    out = cli.ok("tenants").out
+    assert out.splitlines()[0] == f"Tenants of {cli.queue}: 4"
+    rows = {row[0]: row[1:5] for row in table_rows(out)}
+    running = {name: int(row[2]) for name, row in rows.items()}
+    assert sum(running.values()) == 1
+    queued = {name: int(row[1]) + int(row[2]) for name, row in rows.items()}
+    assert queued == {"acme": 3, "gold": 1, "(none)": 1, "idle": 0}
+    assert (rows["gold"][0], rows["gold"][3], rows["idle"]) == ("3", "1", ["2", "0", "0", "0"])
+    doc = cli.ok("tenants", "-o", "json").json()
+    assert (doc["counted"], doc["total"]) == (6, 6)
+    by_name = {t["tenant"]: t for t in doc["tenants"]}
+    assert set(by_name) == {"acme", "gold", None, "idle"}
+    assert by_name["idle"] == {"tenant": "idle", "weight": 2, "queued": 0, "running": 0,
+                               "later": 0, "oldestQueuedWaitSeconds": None}
+    assert by_name["acme"]["oldestQueuedWaitSeconds"] >= 0
+
+
+def test_tenants_say_when_they_counted_only_some(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, tenants_at_work)
+    out = cli.ok("tenants", "--most", "2").out
+    assert "counted the first 4 of 6 tasks (raise --most to count more)" in out  # 2 queued
+
+
 async def used_then_emptied(q: TaskQueue) -> None:
     await q.cancel(await q.submit({"n": 1}))
 
@@ -245,7 +295,7 @@ def test_workers_none(cli: Cli) -> None:
     assert cli.ok("workers", "-o", "json").json() == {"queue": cli.queue, "workers": []}
 
 
-NEVER_USED_VIEWS = [["stats"], ["tasks"], ["dead", "list"], ["workers"]]
+NEVER_USED_VIEWS = [["stats"], ["tasks"], ["dead", "list"], ["workers"], ["tenants"]]
 
 
 def never_used(queue: str) -> str:

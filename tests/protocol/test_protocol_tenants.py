@@ -469,3 +469,36 @@ async def test_the_reaper_keeps_a_weighted_place_just_ahead_of_the_clock(
     await queue.submit({"n": "other"}, tenant="other")  # the clock notes the head
     await queue.reap_expired()
     assert await redis.zscore(queue.prefix + "fair", "9:w") == head[0][1]
+
+
+# -- per-tenant counts ---------------------------------------------------------------------
+
+
+async def test_tenant_loads_count_each_tenants_tasks_by_state(queue: TaskQueue) -> None:
+    await queue.set_tenant_weights({"gold": 4, "idle": 2})
+    first = await queue.submit({"n": 0}, tenant="acme")
+    await submit_as(queue, "acme", 4)
+    await submit_as(queue, "gold", 2)
+    await queue.submit({"later": True}, tenant="gold", delay=600)
+    await queue.submit({"after": True}, tenant="acme", after=[first])
+    running = await queue.claim("w1", 2, 30)  # acme's first and gold's first, in turn
+    assert sorted(t.tenant or "" for t in running.tasks) == ["acme", "gold"]
+    await submit_as(queue, None, 1)
+    new = await queue.get(await queue.submit({"n": "new"}, tenant="new"))
+    assert new is not None
+    loads = await queue.tenant_loads(page=3)
+    by_tenant = {load.tenant: load for load in loads.loads}
+    assert [(load.tenant, load.weight, load.queued, load.running, load.later)
+            for load in loads.loads] == [
+        ("acme", 1, 4, 1, 1), ("gold", 4, 1, 1, 1), (None, 1, 1, 0, 0), ("new", 1, 1, 0, 0),
+        ("idle", 2, 0, 0, 0)]
+    assert by_tenant["new"].oldest_queued == new.created_ms / 1000
+    assert by_tenant["idle"].oldest_queued is None
+    assert loads.counted == loads.total == 11
+
+
+async def test_tenant_loads_stop_at_their_bound_and_say_so(queue: TaskQueue) -> None:
+    await submit_as(queue, "a", 7)
+    loads = await queue.tenant_loads(most=5, page=2)
+    assert [(load.tenant, load.queued) for load in loads.loads] == [("a", 5)]
+    assert (loads.counted, loads.total) == (5, 7)

@@ -1,0 +1,93 @@
+"""`agentpool tenants`: who has tasks waiting and running on a queue, and with what weight."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from agentpool.cli.common import (
+    UsageError,
+    add_output_option,
+    add_queue_options,
+    add_watch_options,
+    command,
+    connect,
+    never_used,
+    queue_name,
+    show,
+)
+from agentpool.cli.views import Grid, format_age
+from agentpool.protocol import QueueFigures, TenantLoads
+
+Snapshot = tuple[TenantLoads, float, QueueFigures]
+NO_TENANT = "(none)"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "tenants",
+        help="list a queue's tenants: tasks queued, running and later, and their weights",
+        description="List the tenants with tasks on a queue (submit(..., tenant=name)), most "
+        "queued first: their weight (spec.tenants; 1 unless set), tasks queued, running and "
+        "later (delayed or waiting for the tasks they run after), and how long the oldest "
+        "queued one has waited. Tasks without a tenant show as (none); weighted tenants "
+        "without tasks are listed too. Read in pages of 1,000 tasks while the queue moves, at "
+        "most --most tasks per state. Exit 1 if nothing was ever submitted to the queue and "
+        "no worker serves it.",
+    )
+    add_queue_options(parser)
+    parser.add_argument("--most", type=int, default=100_000,
+                        help="read at most this many tasks per state (default 100000)")
+    add_output_option(parser)
+    add_watch_options(parser)
+    parser.set_defaults(func=run)
+
+
+def tenants_grid(loads: TenantLoads, now: float, queue: str) -> Grid:
+    rows = [[load.tenant if load.tenant is not None else NO_TENANT, str(load.weight),
+             str(load.queued), str(load.running), str(load.later),
+             format_age(None if load.oldest_queued is None else now - load.oldest_queued)]
+            for load in loads.loads]
+    notes = []
+    if loads.counted < loads.total:
+        notes.append(f"counted the first {loads.counted:,} of {loads.total:,} tasks "
+                     "(raise --most to count more)")
+    if not rows:
+        notes.append("no task is queued, running or waiting, and no tenant has a weight")
+    return Grid(headers=["TENANT", "WEIGHT", "QUEUED", "RUNNING", "LATER", "OLDEST WAIT"],
+                rows=rows, title=f"Tenants of {queue}: {len(rows)}", notes=notes)
+
+
+def tenants_json(loads: TenantLoads, now: float, queue: str) -> dict[str, Any]:
+    return {
+        "queue": queue,
+        "counted": loads.counted,
+        "total": loads.total,
+        "tenants": [
+            {"tenant": load.tenant, "weight": load.weight, "queued": load.queued,
+             "running": load.running, "later": load.later,
+             "oldestQueuedWaitSeconds": None if load.oldest_queued is None
+             else round(max(0.0, now - load.oldest_queued), 3)}
+            for load in loads.loads
+        ],
+    }
+
+
+@command
+async def run(args: argparse.Namespace) -> int:
+    if args.most < 1:
+        raise UsageError("--most must be at least 1")
+    name = queue_name(args)
+    async with connect(args) as client:
+        queue = client.queue(name)
+
+        async def snapshot() -> Snapshot:
+            figures = await queue.figures()
+            return await queue.tenant_loads(most=args.most), time.time(), figures
+
+        async def unused(data: Snapshot) -> str | None:
+            return None if data[2].used else await never_used(queue)
+
+        return await show(args, snapshot, lambda d: tenants_grid(d[0], d[1], name),
+                          lambda d: tenants_json(d[0], d[1], name), unused)
