@@ -1,5 +1,6 @@
 """Tenants taking turns: how long a small tenant's task waits behind another tenant's flood,
-with and without `tenant=`, and what a tenant's submit costs Redis.
+with and without `tenant=`, the shares weighted tenants get, and what a tenant's submit
+costs Redis.
 
     .venv/bin/python bench/fairness_bench.py [--flood 5000] [--small 10] [--calls 20000]
 
@@ -9,8 +10,8 @@ the same arguments give the same figures, but for ties between tenants, settled 
 A flood tenant submits `--flood` tasks at once; each of `--small` other tenants submits one
 task every `--every` tasks handed out until the flood is half gone. The costs are Redis's own
 time per submit script call (``INFO commandstats``) for a task without a tenant (on a queue
-without tenants, and on one with them), one of a tenant among few, and one among 10,000
-tenants with tasks waiting.
+without tenants, and on one with them), one of a tenant among few (of weight 1 and of weight
+3), and one among 10,000 tenants with tasks waiting.
 """
 
 from __future__ import annotations
@@ -62,12 +63,33 @@ async def waits(url: str, *, flood: int, small: int, every: int, tenants: bool) 
     return waited
 
 
-def submit_cost(url: str, *, tenant_of: list[str | None], waiting: int, calls: int) -> float:
+async def shares(url: str, *, weights: dict[str, int], each: int, window: int) -> list[int]:
+    """How many of the first `window` tasks handed out each tenant of `weights` got, every
+    tenant having queued `each` tasks first."""
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    queue = TaskQueue(client, "weighted")
+    await queue.set_tenant_weights({t: w for t, w in weights.items() if w != 1})
+    for tenant in weights:
+        await queue.submit_many([{"n": n} for n in range(each)], tenant=tenant)
+    got = dict.fromkeys(weights, 0)
+    for _ in range(window):
+        [task] = (await queue.claim("w", 1, 60)).tasks
+        got[task.tenant or ""] += 1
+    await client.aclose()
+    return list(got.values())
+
+
+def submit_cost(url: str, *, tenant_of: list[str | None], waiting: int, calls: int,
+                weight: int = 1) -> float:
     """Redis's time per submit script call (µs), `waiting` tasks of as many tenants queued
-    first; each call's tenant is the next of `tenant_of`."""
+    first; each call's tenant is the next of `tenant_of`, each of weight `weight`."""
     client = redis.Redis.from_url(url)
     client.flushdb()
     queue = TaskQueue(aioredis.Redis(), "cost")
+    if weight != 1:
+        client.hset(queue.prefix + "weights",
+                    mapping={t: weight for t in tenant_of if t is not None})
     sha = client.script_load(queue._script("submit").script)
     keys = [queue.prefix + "queued"]
     for n in range(waiting):
@@ -103,6 +125,16 @@ def main() -> None:
             print(f"| {label} | {len(waited)} | {percentile(waited, 0.5)} "
                   f"| {percentile(waited, 0.95)} | {max(waited)} |")
         print()
+        weights = {"bronze": 1, "silver": 2, "gold": 5}
+        got = asyncio.run(shares(server.url, weights=weights, each=2000, window=1600))
+        print("Three tenants of weights 1, 2 and 5, 2,000 tasks queued each: the first 1,600 "
+              "handed out")
+        print("| tenant | weight | tasks | share | share by weight |")
+        print("|---|---:|---:|---:|---:|")
+        for (tenant, weight), count in zip(weights.items(), got, strict=True):
+            print(f"| {tenant} | {weight} | {count} | {count / 1600:.1%} "
+                  f"| {weight / sum(weights.values()):.1%} |")
+        print()
         print("| submit | Redis time per call (commandstats) |")
         print("|---|---:|")
         rows = [("no tenant, on a queue without tenants", [None], 0),
@@ -110,9 +142,11 @@ def main() -> None:
                 ("a tenant among 10", [f"t{n}" for n in range(10)], 10),
                 ("a tenant among 10,000 with tasks waiting",
                  [f"t{n}" for n in range(10_000)], 10_000)]
-        for name, tenant_of, waiting in rows:
+        rows.insert(3, ("a tenant of weight 3 among 10", [f"t{n}" for n in range(10)], 10, 3))
+        for name, tenant_of, waiting, *weight in rows:
             costs = [submit_cost(server.url, tenant_of=tenant_of, waiting=waiting,
-                                 calls=args.calls) for _ in range(3)]
+                                 calls=args.calls, weight=weight[0] if weight else 1)
+                     for _ in range(3)]
             print(f"| {name} | {statistics.median(costs):.1f} µs |")
 
 
