@@ -81,9 +81,10 @@ MAX_AFTER = 100
 MAX_TENANT_CHARS = 128
 """The longest tenant name a submit takes (see :meth:`TaskQueue.submit`)."""
 MAX_TENANT_WEIGHT = 100
-"""The largest weight a tenant may have (:meth:`TaskQueue.set_tenant_weights`): it takes that
-many turns to one of a tenant of weight 1. A turn is 1/weight of a place rounded to 1/512
-(common.lua), so shares are within 9 % of the weights' ratio (exact for 1, 2, 4, 8, ...)."""
+"""The largest weight a tenant may have (:meth:`TaskQueue.set_tenant_weights`): it takes about
+that many turns to one of a tenant of weight 1. Its place moves 1/weight of a turn per task,
+rounded to 1/512 (common.lua): weight w acts as 512/round(512/w), within 9 % of w (exact for
+powers of two; 3 acts as 2.99, 10 as 10.04, 50 as 51.2, 94 to 100 as 102.4)."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
 NEWS_AT_ONCE = 1000
@@ -471,6 +472,10 @@ def tenant_arg(tenant: str | None) -> str:
         raise ProtocolError(f"tenant must be a name of 1 to {MAX_TENANT_CHARS} characters, "
                             f"none a control character, got {short_repr(tenant)}")
     return tenant
+
+
+_WEIGHT_TEXT = re.compile(r"[1-9][0-9]?|100")
+"""A weight as `set_tenant_weights` writes it."""
 
 
 def tenant_weight_arg(weight: int) -> int:
@@ -1313,10 +1318,14 @@ class TaskQueue:
     # -- tenants ---------------------------------------------------------------------------
 
     async def tenant_weights(self) -> dict[str, int]:
-        """The tenants given a weight (:meth:`set_tenant_weights`); any other weighs 1."""
+        """The tenants given a weight (:meth:`set_tenant_weights`); any other weighs 1. A
+        value that is not a weight (written by hand) is left out."""
+        return {tenant: int(weight) for tenant, weight in (await self._raw_weights()).items()
+                if _WEIGHT_TEXT.fullmatch(weight)}
+
+    async def _raw_weights(self) -> dict[str, str]:
         raw = await self.redis.hgetall(self.prefix + "weights")
-        return {_s(tenant): int(weight) for tenant, weight in raw.items()
-                if _s(weight).isdigit()}
+        return {_s(tenant): _s(weight) for tenant, weight in raw.items()}
 
     async def set_tenant_weights(self, weights: Mapping[str, int]) -> bool:
         """Make `weights` the queue's tenants' weights (tenants left out weigh 1), in one
@@ -1325,7 +1334,7 @@ class TaskQueue:
         The operator sets them from ``spec.tenants``; a producer's ACL user cannot."""
         wanted = {tenant_arg(tenant): tenant_weight_arg(weight)
                   for tenant, weight in weights.items()}
-        if await self.tenant_weights() == wanted:
+        if await self._raw_weights() == {tenant: str(w) for tenant, w in wanted.items()}:
             return False
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.prefix + "weights")

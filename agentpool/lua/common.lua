@@ -191,8 +191,8 @@ end
 -- clock is the head of the band's queued tasks as last seen, or the submit counter when
 -- nothing is queued, and never moves back: a task handed back at its old place (a requeue,
 -- a retry) first makes the clock note the head it goes ahead of (`hold`), so it makes no
--- room for newer tasks ahead of the rest. A place before the clock is as good as none: the
--- reaper drops those (reap.lua). A place may pass the submit counter (a burst placed in an
+-- room for newer tasks ahead of the rest. A place a turn or more before the clock is as good
+-- as none: the reaper drops those (reap.lua). A place may pass the submit counter (a burst placed in an
 -- empty band): cancel_waiting.lua reads each band's highest place here.
 -- A tenant with a weight (`weights`, set from spec.tenants) advances its place by 1/weight per
 -- task instead of 1, so that it takes that many turns to one of a tenant of weight 1.
@@ -274,14 +274,16 @@ local function fair()
     band_state(math.floor(tonumber(score) / PRIORITY_BAND))
     f.flush()
   end
-  -- Drops the places before each band's clock, at most `most` of them.
+  -- Drops the places a whole turn or more behind their band's clock (at most `most`): a
+  -- step is at most one turn, so such a place puts its tenant's next task at the clock, as no
+  -- place does (one less than a turn behind a clock between whole places still counts).
   function f.prune(most)
     if not f.on() then return end
     for band = 0, 9 do
       if redis.call('ZSCORE', K_FAIR, tostring(band)) then
         local state = band_state(band)
         local gone = redis.call('ZRANGEBYSCORE', K_FAIR, state.lo,
-          string.format('(%.17g', state.clock),
+          string.format('%.17g', state.clock - 1),
           'LIMIT', 0, most)
         if #gone > 0 then redis.call('ZREM', K_FAIR, unpack(gone)) end
         most = most - #gone

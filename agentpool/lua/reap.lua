@@ -75,7 +75,8 @@ for _, id in ipairs(overdue) do
     swept = swept + 1
   end
 end
--- Places before their band's clock count as none (common.lua's fair()): dropped, so `fair`
--- holds only the tenants with tasks still ahead (up to 1,000 a reap, so none is slow).
+-- Places a turn or more before their band's clock count as none (common.lua's fair()):
+-- dropped, so `fair` holds only the tenants with tasks near or ahead of the turn being served
+-- (up to 1,000 a reap, so none is slow).
 fair().prune(1000)
 return {counts[1], counts[2], counts[3], moved, swept}

@@ -2,8 +2,9 @@
 differ from what the queue holds, so that an edit of the spec, a Redis that lost the key or a
 weight changed by hand comes back to the spec within a round. Tenants not listed weigh 1: a
 pool without `spec.tenants` clears the queue's weights. Pools sharing a queue (Degraded,
-`QueueShared`) each write their own: set the same weights on both. A Redis error skips the
-weights for the round (the next round writes them).
+`QueueShared`) each write their own: set the same weights on both. A round that could not
+read the queue, or a Redis error, skips the weights for the round (the next round writes
+them).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ log = logging.getLogger(__name__)
 
 async def apply_weights(observation: PoolObservation) -> None:
     queue = observation.queue
-    if queue is None:
-        return
+    if queue is None or observation.figures is None:
+        return  # no Redis this round: the next round writes them
     owner = f"{observation.namespace}/{observation.name}"
     weights = {tenant.name: tenant.weight for tenant in observation.spec.tenants or ()}
     try:

@@ -46,3 +46,25 @@ async def test_a_pool_without_weights_clears_those_left_on_its_queue(
         return await queue.tenant_weights() == {}
 
     await eventually(cleared)
+
+
+async def test_a_weight_written_by_hand_comes_back_to_the_spec_and_scaling_goes_on(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    """A value Redis holds that is no weight (" 3", a non-ASCII digit) is replaced by the
+    spec's, and the round goes on to scale the pool."""
+    queue = TaskQueue(redis, queue_name)
+    await redis.hset(queue.prefix + "weights", mapping={"gold": "\u0663", "x": " 3"})
+    await queue.submit_many([{"n": n} for n in range(8)])
+    await cluster.create_pool(pool_manifest(
+        "tw", redis_url=redis_url, queue=queue_name, tenants=[{"name": "gold", "weight": 4}],
+        scaling={"pollSeconds": 0.5, "minReplicas": 1, "maxReplicas": 3,
+                 "tasksPerReplica": 2}))
+
+    async def replaced() -> bool:
+        raw = await redis.hgetall(queue.prefix + "weights")
+        return raw == {b"gold": b"4"}
+
+    await eventually(replaced)
+    await eventually(lambda: cluster.deployment("tw")["spec"]["replicas"] == 3)

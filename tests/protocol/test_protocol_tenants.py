@@ -417,10 +417,27 @@ async def test_a_weight_applies_to_the_tasks_submitted_after_it_is_set(
     assert await queue.tenant_weights() == {}
 
 
-async def test_setting_the_same_weights_again_writes_nothing(queue: TaskQueue) -> None:
+@ONE_SERVER
+async def test_setting_the_same_weights_again_writes_nothing(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
     assert await queue.set_tenant_weights({"a": 2, "b": 100}) is True
+    writes = {name: (await redis.info("commandstats")).get(f"cmdstat_{name}", {}).get("calls")
+              for name in ("del", "hset", "multi")}
     assert await queue.set_tenant_weights({"b": 100, "a": 2}) is False
+    assert {name: (await redis.info("commandstats")).get(f"cmdstat_{name}", {}).get("calls")
+            for name in ("del", "hset", "multi")} == writes
     assert await queue.tenant_weights() == {"a": 2, "b": 100}
+
+
+@pytest.mark.parametrize("written", [" 3", "3 ", "2.5", "0x3", "\u00b2", "\u0663", "0", "101"])
+async def test_a_weight_written_by_hand_is_none_and_the_next_set_replaces_it(
+    queue: TaskQueue, redis: aioredis.Redis, written: str,
+) -> None:
+    await redis.hset(queue.prefix + "weights", "a", written)
+    assert await queue.tenant_weights() == {}
+    assert await queue.set_tenant_weights({}) is True
+    assert not await redis.exists(queue.prefix + "weights")
 
 
 @pytest.mark.parametrize("weight", [0, 101, -1, 2.5, True, "3"])
@@ -452,7 +469,11 @@ async def test_a_weighted_burst_past_the_submit_counter_is_found_by_cancel_waiti
                                                  withscores=True)]
     assert places == sorted(places) and len(places) == len(burst) - 1
     assert max(places) > counter and max(places) != round(max(places))
-    assert await queue.cancel_waiting(batch=2) == 9
+    # one call of one task: the band's highest place it hands to the next call, exactly
+    reply = await queue._run("cancel_waiting", counter, 1, 0, 0, "", "")
+    tops = [float(top) for top in _s(reply[5]).split(",")]
+    assert tops[9] == await redis.zscore(queue.prefix + "fair", "9:a")
+    assert await queue.cancel_waiting(batch=2) == 8
 
 
 async def test_the_reaper_keeps_a_weighted_place_just_ahead_of_the_clock(
@@ -502,3 +523,23 @@ async def test_tenant_loads_stop_at_their_bound_and_say_so(queue: TaskQueue) -> 
     loads = await queue.tenant_loads(most=5, page=2)
     assert [(load.tenant, load.queued) for load in loads.loads] == [("a", 5)]
     assert (loads.counted, loads.total) == (5, 7)
+
+
+@pytest.mark.parametrize("reaped", [False, True])
+async def test_the_reaper_keeps_a_place_less_than_a_turn_behind_the_clock(
+    queue: TaskQueue, redis: aioredis.Redis, reaped: bool,
+) -> None:
+    """A weighted tenant at the head puts the clock between whole places; a tenant of weight 1
+    whose last place is less than a turn behind it still goes one turn after that place, so
+    its next task lands where it would whether the reaper ran or not."""
+    await queue.set_tenant_weights({"w": 2})
+    await submit_as(queue, "w", 6)
+    await submit_as(queue, "b", 2)
+    await queue.claim("w1", 5, 30)
+    head = (await redis.zrange(queue.prefix + "queued", 0, 0, withscores=True))[0][1]
+    last_b = await redis.zscore(queue.prefix + "fair", "9:b")
+    assert last_b is not None and head - 1 < last_b < head
+    if reaped:
+        await queue.reap_expired()
+    late = await queue.submit({"late": True}, tenant="b")
+    assert float(await redis.hget(queue.task_key(late), "score") or 0) == last_b + 1
