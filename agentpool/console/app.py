@@ -31,10 +31,12 @@ FLEET_SECONDS = 2.0
 KEEPALIVE_SECONDS = 15.0
 RECONNECT_MS = 1000
 """How soon a browser reconnects a live stream the console ended (a restart, a redeploy)."""
-INTERVALS = {"fleet": 1.0, "pool": 2.0, "tasks": 2.5, "task": 1.0, "dead": 2.5}
+INTERVALS = {"fleet": 1.0, "pool": 2.0, "tasks": 2.5, "task": 1.0, "dead": 2.5, "tenants": 5.0}
 """Seconds between the end of a watched page's reload and the next, per kind: each reload of a
 pool, a task list or a task (with its new events) is one Redis round trip, so at most one per
-second per page however many watch it; the fleet page reads the recorder's latest snapshot."""
+second per page however many watch it; the fleet page reads the recorder's latest snapshot.
+The tenants page reads its queue in pages of 1,000 tasks (one round trip each), so less
+often."""
 MAX_IDS = 1000
 MAX_WATCHED_PAGES = 1000
 """Pages watched live at once (each has its refresher): a new one past this is refused."""
@@ -233,6 +235,12 @@ async def task(request: web.Request) -> web.StreamResponse:
                        lambda after: sources.task_feed(queue, task_id, after))
 
 
+async def tenants(request: web.Request) -> web.StreamResponse:
+    sources, queue = request.app[SOURCES], request.match_info["queue"]
+    return await serve(request, "tenants", page_key("tenants", queue),
+                       lambda: sources.tenants(queue))
+
+
 async def find(request: web.Request) -> web.StreamResponse:
     sources, queue = request.app[SOURCES], request.match_info["queue"]
     try:
@@ -356,7 +364,7 @@ def build_app(sources: Sources, config: ConsoleConfig) -> web.Application:
     streams: set[asyncio.Task[Any]] = set()
     app[STREAMS] = streams
     for path in ("/", "/pools/{namespace}/{name}", "/queues/{queue}/tasks",
-                 "/queues/{queue}/tasks/{id}", "/queues/{queue}/dead"):
+                 "/queues/{queue}/tasks/{id}", "/queues/{queue}/dead", "/queues/{queue}/tenants"):
         app.router.add_get(path, shell)
     app.router.add_get("/static/{name}", asset)
     app.router.add_get("/api/console", console_info)
@@ -366,6 +374,7 @@ def build_app(sources: Sources, config: ConsoleConfig) -> web.Application:
     app.router.add_get("/api/queues/{queue}/find", find)
     app.router.add_get("/api/queues/{queue}/tasks/{id}", task)
     app.router.add_get("/api/queues/{queue}/dead", dead)
+    app.router.add_get("/api/queues/{queue}/tenants", tenants)
     app.router.add_post("/api/queues/{queue}/tasks/{id}/cancel", cancel)
     app.router.add_post("/api/queues/{queue}/dead/requeue", requeue_dead)
     app.router.add_post("/api/queues/{queue}/dead/purge", purge_dead)

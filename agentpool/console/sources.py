@@ -59,6 +59,8 @@ from agentpool.redis_errors import REDIS_FAILURES
 NO_NAMESPACE = "-"
 """The namespace part of a pool's address when the fleet comes from Redis alone."""
 PAGE_SIZE = 50
+TENANT_READ_LIMIT = 10_000
+"""The tasks per state the tenants page reads on each refresh (in pages of 1,000)."""
 MAX_PAGE = 1_000_000_000
 """The last page number a task list accepts (its offset must fit Redis's 64-bit integers)."""
 PREVIEW_CHARS = 120
@@ -286,6 +288,22 @@ class Sources:
             "queue": queue_name, "state": state, "page": page, "per_page": PAGE_SIZE,
             "total": total, "states": list(TASK_LIST_STATES), "at": time.time(),
             "tasks": [task_row(row) for row in rows],
+        }
+
+    async def tenants(self, queue_name: str) -> dict[str, Any]:
+        """Each tenant's tasks queued, running and later, its weight and oldest queued task,
+        read in pages (at most TENANT_READ_LIMIT tasks per state)."""
+        loads = await self.queue(queue_name).tenant_loads(most=TENANT_READ_LIMIT)
+        return {
+            "queue": queue_name, "at": time.time(), "counted": loads.counted,
+            "total": loads.total,
+            "tenants": [
+                {"tenant": load.tenant, "weight": load.weight, "queued": load.queued,
+                 "running": load.running, "later": load.later,
+                 "oldest_queued": iso_ms(None if load.oldest_queued is None
+                                         else int(load.oldest_queued * 1000))}
+                for load in loads.loads
+            ],
         }
 
     async def find(self, queue_name: str, text: str) -> str | None:

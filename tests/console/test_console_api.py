@@ -130,6 +130,26 @@ async def test_tasks_are_paged_in_claim_order(api: Client, redis: aioredis.Redis
     assert second["tasks"][0]["payload"] == json.dumps({"i": PAGE_SIZE}, separators=(",", ":"))
 
 
+async def test_tenants_page_counts_each_tenants_tasks_with_its_weight(
+    api: Client, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    await queue.set_tenant_weights({"gold": 3, "idle": 2})
+    for n in range(3):
+        await queue.submit({"n": n}, tenant="acme")
+    await queue.submit({"n": 0}, tenant="gold", delay=600)
+    await queue.submit({"n": 0})
+    doc = await get_json(api, f"/api/queues/{queue_name}/tenants")
+    rows = {t["tenant"]: (t["weight"], t["queued"], t["running"], t["later"])
+            for t in doc["tenants"]}
+    assert rows == {"acme": (1, 3, 0, 0), None: (1, 1, 0, 0), "gold": (3, 0, 0, 1),
+                    "idle": (2, 0, 0, 0)}
+    assert [t["tenant"] for t in doc["tenants"]][:2] == ["acme", None]
+    assert (doc["counted"], doc["total"]) == (5, 5)
+    oldest = {t["tenant"]: t["oldest_queued"] for t in doc["tenants"]}
+    assert oldest["gold"] is None and oldest["acme"].endswith("+00:00")
+
+
 async def test_task_detail_and_search_by_id_and_idempotency_key(
     api: Client, redis: aioredis.Redis, queue_name: str
 ) -> None:

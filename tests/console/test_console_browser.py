@@ -421,6 +421,20 @@ def test_a_tenants_task_shows_whose_it_is_as_text(console: Console, page: Page) 
     expect(page.locator("#tasks th", has_text="Tenant")).to_have_count(1)
 
 
+def test_the_tenants_page_lists_whose_tasks_wait_as_text(console: Console, page: Page) -> None:
+    """(The console's queue is shared with the other tests: only this test's tenant is
+    counted exactly.)"""
+    console.submit({"echo": "later"}, delay=3600, tenant="<b>initech</b> & co")
+    console.submit({"echo": "later"}, delay=3600, tenant="<b>initech</b> & co")
+    console.submit({"echo": "later"}, delay=3600)
+    page.goto(f"{console.url}queues/{console.queue}/tenants")
+    row = page.locator("#tenants tr", has_text="initech")
+    expect(row.locator("td.tenant")).to_have_text("<b>initech</b> & co", timeout=LIVE)
+    assert page.locator("#tenants b").count() == 0
+    expect(row.locator("td.num").nth(3)).to_have_text("2")  # later: delayed for an hour
+    expect(page.locator("#tenants td.tenant", has_text="(none)")).to_have_count(1)
+
+
 def test_a_task_after_another_shows_it_and_ends_with_it(console: Console, page: Page) -> None:
     first = console.submit({"echo": "later"}, delay=3600)
     second = console.submit({"echo": "next"}, after=[first])

@@ -211,6 +211,7 @@ function poolPage(namespace, name) {
       el("h1", {}, `Pool ${doc.name} `, state(doc.health)),
       el("p", {}, "Queue ", el("span", { class: "mono" }, doc.queue), " · ",
         el("a", { href: `/queues/${q}/tasks` }, "tasks"), " · ",
+        el("a", { href: `/queues/${q}/tenants` }, "tenants"), " · ",
         el("a", { href: `/queues/${q}/dead` }, "dead letters")),
       doc.submits_to && doc.submits_to.length ? el("p", { id: "submits-to" }, "Hands tasks to ",
         joined(doc.submits_to.map((s) => [
@@ -329,6 +330,23 @@ function tasksPage(queue, dead) {
   });
 }
 
+function tenantsPage(queue) {
+  const base = `/queues/${enc(queue)}`;
+  crumbs(["Fleet", "/"], queue, "Tenants");
+  live(`/api${base}/tenants`, (doc) => {
+    render(el("h1", {}, `Tenants of ${queue}`),
+      el("p", { class: "muted" }, "Tenants take turns within a priority; a tenant of weight w ",
+        "takes w turns to one of weight 1. ", el("a", { href: `${base}/tasks` }, "tasks")),
+      doc.counted < doc.total ? el("p", { class: "muted", id: "tenants-partial" },
+        `Counted the first ${doc.counted} of ${doc.total} tasks.`) : null,
+      doc.tenants.length ? table(["Tenant", "Weight#", "Queued#", "Running#", "Later#", "Oldest queued"],
+        doc.tenants.map((t) => el("tr", {}, el("td", { class: "tenant" },
+          t.tenant === null ? el("span", { class: "muted" }, "(none)") : t.tenant),
+          num(t.weight), num(t.queued), num(t.running), num(t.later), el("td", {}, ago(t.oldest_queued)))),
+        { id: "tenants" }) : el("p", { class: "muted" }, "No task is waiting or running."));
+  });
+}
+
 const percent = (fraction) => `${Math.round(fraction * 100)}%`;
 function progressBar(progress, id) {
   if (!progress) return null;
@@ -434,6 +452,7 @@ async function start() {
   else if (parts[0] === "queues" && parts[2] === "tasks" && parts.length === 3) tasksPage(parts[1], false);
   else if (parts[0] === "queues" && parts[2] === "tasks" && parts.length === 4) taskPage(parts[1], parts[3]);
   else if (parts[0] === "queues" && parts[2] === "dead") tasksPage(parts[1], true);
+  else if (parts[0] === "queues" && parts[2] === "tenants" && parts.length === 3) tenantsPage(parts[1]);
   else render(el("p", { class: "error" }, "No such page."));
 }
 
