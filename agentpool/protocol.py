@@ -1353,27 +1353,60 @@ class TaskQueue:
         counts: dict[str | None, dict[str, Any]] = {tenant: {} for tenant in weights}
         counted = total = 0
         for kind, set_name in _TENANT_SETS:
-            offset, size = 0, None
-            while size is None or offset < min(size, most):
-                reply = await self._run("tenant_page", set_name, offset,
-                                        min(page, most - offset))
-                size, rows = int(reply[0]), reply[1:]
-                if not rows:
-                    break
-                for i in range(0, len(rows), 2):
-                    load = counts.setdefault(_s(rows[i]) or None, {})
+            size = 0
+            async for set_size, rows in self._tenant_pages(set_name, most, page):
+                size = set_size
+                counted += len(rows)
+                for _, tenant, created in rows:
+                    load = counts.setdefault(tenant, {})
                     load[kind] = load.get(kind, 0) + 1
-                    if kind == "queued" and rows[i + 1]:
-                        created = float(rows[i + 1]) / 1000
+                    if kind == "queued" and created is not None:
                         load["oldest_queued"] = min(created,
                                                     load.get("oldest_queued", created))
-                offset += len(rows) // 2
-            counted += offset
-            total += size or 0
+            total += size
         loads = [TenantLoad(tenant, weights.get(tenant, 1) if tenant else 1, **fields)
                  for tenant, fields in counts.items()]
         loads.sort(key=lambda load: (-load.queued, -load.running, load.tenant or ""))
         return TenantLoads(loads, counted, total)
+
+    async def tenant_task_ids(self, state: str, tenant: str | None, limit: int, *,
+                              most: int = 10_000) -> tuple[list[str], bool]:
+        """The ids of up to `limit` tasks of `tenant` (None: those without one) in `state`
+        (one of TASK_LIST_STATES), in `list_tasks`' order, looking at most at the first
+        `most` tasks of that state (in pages of 1,000); and whether the look stopped at
+        `most` with more tasks left."""
+        if state not in TASK_LIST_STATES:
+            raise ProtocolError(f"no task state {state!r}: use one of "
+                                f"{', '.join(TASK_LIST_STATES)}")
+        name = "dead" if state == "dead" else _STATE_SETS[state]
+        found: list[str] = []
+        read = size = 0
+        async for set_size, rows in self._tenant_pages(name, most, 1_000,
+                                                       newest_first=state == "dead"):
+            size = set_size
+            read += len(rows)
+            found += [task_id for task_id, owner, _ in rows if owner == tenant]
+            if len(found) >= limit:
+                return found[:limit], False
+        return found, read < size
+
+    async def _tenant_pages(
+        self, set_name: str, most: int, page: int, *, newest_first: bool = False,
+    ) -> AsyncGenerator[tuple[int, list[tuple[str, str | None, float | None]]]]:
+        """The first `most` tasks of a set, `page` at a time (tenant_page.lua): the set's size
+        and (id, tenant, submitted at) of each task of the page."""
+        offset = 0
+        while offset < most:
+            reply = await self._run("tenant_page", set_name, offset, min(page, most - offset),
+                                    int(newest_first))
+            size, flat = int(reply[0]), reply[1:]
+            rows = [(_s(flat[i]), _s(flat[i + 1]) or None,
+                     float(flat[i + 2]) / 1000 if flat[i + 2] else None)
+                    for i in range(0, len(flat), 3)]
+            yield size, rows
+            offset += len(rows)
+            if not rows or offset >= size:
+                return
 
     # -- recovery --------------------------------------------------------------------------
 

@@ -17,8 +17,12 @@ from agentpool.cli.common import (
     print_view,
     queue_name,
 )
+from agentpool.cli.submit import tenant_name
 from agentpool.cli.views import state_totals, tasks_grids, tasks_json
 from agentpool.protocol import TASK_LIST_STATES, TaskInfo
+
+TENANT_LOOK = 10_000
+"""With --tenant, the tasks of each state looked at for that tenant's."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="only this state (repeatable; default: all five)")
     parser.add_argument("--limit", type=int, default=20,
                         help="at most this many tasks per state (default 20)")
+    parser.add_argument("--tenant", type=tenant_name, metavar="NAME",
+                        help="only this tenant's tasks, found among the first "
+                        f"{TENANT_LOOK:,} tasks of each state")
     add_output_option(parser)
     parser.set_defaults(func=run)
 
@@ -52,9 +59,25 @@ async def run(args: argparse.Namespace) -> int:
         if not figures.used:
             raise CommandFailed(await never_used(queue))
         totals = state_totals(figures)
-        groups: dict[str, list[TaskInfo]] = {
-            state: await queue.list_tasks(state, args.limit) for state in states
-        }
-    print_view(args, tasks_grids(name, groups, totals, time.time()),
-               tasks_json(name, groups, totals))
+        groups: dict[str, list[TaskInfo]] = {}
+        partial: list[str] = []
+        for state in states:
+            if args.tenant is None:
+                groups[state] = await queue.list_tasks(state, args.limit)
+                continue
+            ids, cut = await queue.tenant_task_ids(state, args.tenant, args.limit,
+                                                   most=TENANT_LOOK)
+            groups[state] = [info for info in await queue.get_many(ids) if info is not None]
+            totals[state] = len(groups[state])
+            if cut:
+                partial.append(state)
+    grids = tasks_grids(name, groups, totals, time.time(),
+                        of=None if args.tenant is None else f"tenant {args.tenant}")
+    for grid, state in zip(grids, groups, strict=True):
+        if state in partial:
+            grid.notes.append(f"looked at the first {TENANT_LOOK:,} {state} tasks only")
+    doc = tasks_json(name, groups, totals)
+    if args.tenant is not None:
+        doc |= {"tenant": args.tenant, "lookedAtFirst": TENANT_LOOK, "cut": partial}
+    print_view(args, grids, doc)
     return EXIT_OK

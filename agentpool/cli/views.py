@@ -533,11 +533,14 @@ def tasks_json(queue: str, groups: Mapping[str, Sequence[TaskInfo]],
 
 
 def tasks_grids(queue: str, groups: Mapping[str, Sequence[TaskInfo]],
-                totals: Mapping[str, int], now: float) -> list[Grid]:
+                totals: Mapping[str, int], now: float, *, of: str | None = None) -> list[Grid]:
+    """One table per state; `of`: whose tasks they are (a filter's words)."""
     grids = []
+    whose = f" of {of}" if of else ""
     for state, tasks in groups.items():
         total = totals.get(state, len(tasks))
         shown = f"{len(tasks)} of {total}" if total > len(tasks) else str(len(tasks))
-        grids.append(task_list_grid(tasks, now, title=f"{state.capitalize()} in {queue}: {shown}",
-                                    progress=state == "running"))
+        grids.append(task_list_grid(
+            tasks, now, title=f"{state.capitalize()} in {queue}{whose}: {shown}",
+            progress=state == "running"))
     return grids

@@ -156,6 +156,9 @@ def test_invalid_queue_name_is_a_usage_error(cli: Cli) -> None:
     (["submit", "--json", "1", "--tenant", "a\tb"],
      "argument --tenant: tenant must be a name of 1 to 128 characters, none a control "
      "character, got 'a\\tb'"),
+    (["tasks", "--tenant=a\nb"],
+     "argument --tenant: tenant must be a name of 1 to 128 characters, none a control "
+     "character, got 'a\\nb'"),
     (["submit", "--json", "1", "--wait", "--timeout=-1"],
      "argument --timeout: must be at least 0, got -1"),
     (["submit", "--json", "1", "--wait", "--timeout=nan"],

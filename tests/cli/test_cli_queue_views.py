@@ -135,6 +135,30 @@ def test_tenants_table_and_json(cli: Cli) -> None:
     assert by_name["acme"]["oldestQueuedWaitSeconds"] >= 0
 
 
+def test_tasks_of_one_tenant(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, tenants_at_work)
+    out = cli.ok("tasks", "--tenant", "acme", "--state", "queued", "--state", "running").out
+    titles = [line for line in out.splitlines() if line.startswith(("Queued", "Running"))]
+    queued = int(titles[0].rsplit(": ", 1)[1])
+    running = int(titles[1].rsplit(": ", 1)[1])
+    assert titles[0].startswith(f"Queued in {cli.queue} of tenant acme: ")
+    assert queued + running == 3
+    only_queued = cli.ok("tasks", "--tenant", "acme", "--state", "queued").out
+    assert {row[3] for row in table_rows(only_queued)} == {"acme"}
+    doc = cli.ok("tasks", "--tenant", "gold", "-o", "json").json()
+    assert doc["tenant"] == "gold" and doc["cut"] == []
+    assert sorted(t["state"] for t in doc["tasks"]) in (["delayed", "queued"],
+                                                        ["delayed", "running"])
+    assert {t["tenant"] for t in doc["tasks"]} == {"gold"}
+    assert cli.ok("tasks", "--tenant", "nobody", "-o", "json").json()["tasks"] == []
+
+
+def test_tenants_refuse_to_count_nothing(cli: Cli) -> None:
+    result = cli("tenants", "--most", "0")
+    assert (result.code, result.out) == (2, "")
+    assert result.err_lines == ["agentpool: --most must be at least 1"]
+
+
 def test_tenants_say_when_they_counted_only_some(cli: Cli) -> None:
     with_queue(cli.redis_url, cli.queue, tenants_at_work)
     out = cli.ok("tenants", "--most", "2").out
