@@ -543,3 +543,29 @@ async def test_the_reaper_keeps_a_place_less_than_a_turn_behind_the_clock(
         await queue.reap_expired()
     late = await queue.submit({"late": True}, tenant="b")
     assert float(await redis.hget(queue.task_key(late), "score") or 0) == last_b + 1
+
+
+async def test_a_tenants_task_ids_in_list_order_within_the_look(queue: TaskQueue) -> None:
+    ids = {await queue.submit({"n": n}, tenant="a" if n % 3 else "b"): n for n in range(9)}
+    mine = [i for i, n in ids.items() if n % 3]
+    order = [info.id for info in await queue.list_tasks("queued", 20)]
+    assert await queue.tenant_task_ids("queued", "a", 10) == (
+        [i for i in order if i in mine], False)
+    assert await queue.tenant_task_ids("queued", "a", 2) == ([i for i in order if i in mine][:2],
+                                                             False)
+    found, cut = await queue.tenant_task_ids("queued", "b", 10, most=4)
+    assert cut and found == [i for i in order[:4] if i not in mine]
+    assert await queue.tenant_task_ids("queued", None, 10) == ([], False)
+    with pytest.raises(ProtocolError, match="no task state 'done'"):
+        await queue.tenant_task_ids("done", "a", 10)
+
+
+async def test_a_tenants_dead_letters_come_in_the_dead_lists_order(queue: TaskQueue) -> None:
+    """Newest first, as `list_tasks("dead")` gives them."""
+    for n in range(4):
+        await queue.submit({"n": n}, tenant="a" if n else "b")
+        [task] = (await queue.claim("w1", 1, 30)).tasks
+        await queue.fail(task, "boom", retryable=False)
+    listed = [info.id for info in await queue.list_tasks("dead", 10) if info.tenant == "a"]
+    assert len(listed) == 3
+    assert await queue.tenant_task_ids("dead", "a", 10) == (listed, False)
