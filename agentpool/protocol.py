@@ -1370,11 +1370,11 @@ class TaskQueue:
         return TenantLoads(loads, counted, total)
 
     async def tenant_task_ids(self, state: str, tenant: str | None, limit: int, *,
-                              most: int = 10_000) -> tuple[list[str], bool]:
-        """The ids of up to `limit` tasks of `tenant` (None: those without one) in `state`
-        (one of TASK_LIST_STATES), in `list_tasks`' order, looking at most at the first
-        `most` tasks of that state (in pages of 1,000); and whether the look stopped at
-        `most` with more tasks left."""
+                              most: int = 10_000) -> tuple[list[str], int, bool]:
+        """The ids of the first `limit` tasks of `tenant` (None: those without one) in `state`
+        (one of TASK_LIST_STATES), in `list_tasks`' order; how many of its tasks there are
+        among the first `most` of that state (read in pages of 1,000); and whether the look
+        stopped at `most` with more tasks left."""
         if state not in TASK_LIST_STATES:
             raise ProtocolError(f"no task state {state!r}: use one of "
                                 f"{', '.join(TASK_LIST_STATES)}")
@@ -1386,27 +1386,30 @@ class TaskQueue:
             size = set_size
             read += len(rows)
             found += [task_id for task_id, owner, _ in rows if owner == tenant]
-            if len(found) >= limit:
-                return found[:limit], False
-        return found, read < size
+        return found[:limit], len(found), read < size
 
     async def _tenant_pages(
         self, set_name: str, most: int, page: int, *, newest_first: bool = False,
     ) -> AsyncGenerator[tuple[int, list[tuple[str, str | None, float | None]]]]:
         """The first `most` tasks of a set, `page` at a time (tenant_page.lua): the set's size
-        and (id, tenant, submitted at) of each task of the page."""
-        offset = 0
-        while offset < most:
-            reply = await self._run("tenant_page", set_name, offset, min(page, most - offset),
-                                    int(newest_first))
+        and (id, tenant, submitted at) of each task of the page. Each page goes on after the
+        last task of the one before, however claims and new tasks moved it: a task is read
+        at most once, and one that entered ahead of the pages read is not read."""
+        if most < 1 or page < 1:
+            raise ProtocolError(f"most and page must be at least 1, got {most} and {page}")
+        read, after, after_score = 0, "", ""
+        while read < most:
+            reply = await self._run("tenant_page", set_name, min(page, most - read),
+                                    int(newest_first), after, after_score)
             size, flat = int(reply[0]), reply[1:]
-            rows = [(_s(flat[i]), _s(flat[i + 1]) or None,
-                     float(flat[i + 2]) / 1000 if flat[i + 2] else None)
-                    for i in range(0, len(flat), 3)]
+            rows = [(_s(flat[i]), _s(flat[i + 2]) or None,
+                     float(flat[i + 3]) / 1000 if flat[i + 3] else None)
+                    for i in range(0, len(flat), 4)]
             yield size, rows
-            offset += len(rows)
-            if not rows or offset >= size:
+            if not rows:
                 return
+            read += len(rows)
+            after, after_score = rows[-1][0], _s(flat[-3])
 
     # -- recovery --------------------------------------------------------------------------
 

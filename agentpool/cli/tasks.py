@@ -65,17 +65,17 @@ async def run(args: argparse.Namespace) -> int:
             if args.tenant is None:
                 groups[state] = await queue.list_tasks(state, args.limit)
                 continue
-            ids, cut = await queue.tenant_task_ids(state, args.tenant, args.limit,
-                                                   most=TENANT_LOOK)
+            ids, count, cut = await queue.tenant_task_ids(state, args.tenant, args.limit,
+                                                          most=TENANT_LOOK)
             groups[state] = [info for info in await queue.get_many(ids) if info is not None]
-            totals[state] = len(groups[state])
+            totals[state] = max(count, len(groups[state]))
             if cut:
                 partial.append(state)
     grids = tasks_grids(name, groups, totals, time.time(),
                         of=None if args.tenant is None else f"tenant {args.tenant}")
     for grid, state in zip(grids, groups, strict=True):
         if state in partial:
-            grid.notes.append(f"looked at the first {TENANT_LOOK:,} {state} tasks only")
+            grid.notes.append(f"counted among the first {TENANT_LOOK:,} {state} tasks only")
     doc = tasks_json(name, groups, totals)
     if args.tenant is not None:
         doc |= {"tenant": args.tenant, "lookedAtFirst": TENANT_LOOK, "cut": partial}

@@ -18,6 +18,7 @@ from agentpool.cli.common import (
     show,
 )
 from agentpool.cli.views import Grid, format_age
+from agentpool.data_loss import reading_of
 from agentpool.protocol import QueueFigures, TenantLoads
 
 Snapshot = tuple[TenantLoads, float, QueueFigures]
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--most", type=int, default=100_000,
                         help="read at most this many tasks per state (default 100000)")
     add_output_option(parser)
-    add_watch_options(parser)
+    add_watch_options(parser, interval=5.0)
     parser.set_defaults(func=run)
 
 
@@ -90,4 +91,5 @@ async def run(args: argparse.Namespace) -> int:
             return None if data[2].used else await never_used(queue)
 
         return await show(args, snapshot, lambda d: tenants_grid(d[0], d[1], name),
-                          lambda d: tenants_json(d[0], d[1], name), unused)
+                          lambda d: tenants_json(d[0], d[1], name), unused,
+                          lambda d: reading_of(name, d[2]))

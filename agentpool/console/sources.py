@@ -60,7 +60,10 @@ NO_NAMESPACE = "-"
 """The namespace part of a pool's address when the fleet comes from Redis alone."""
 PAGE_SIZE = 50
 TENANT_READ_LIMIT = 10_000
-"""The tasks per state the tenants page reads on each refresh (in pages of 1,000)."""
+"""The tasks per set (queued, running, delayed, deferred) the tenants page reads on each
+refresh (in pages of 1,000)."""
+TENANT_READ_SECONDS = 4.0
+"""How long a read of a queue's tenants answers the page's requests."""
 MAX_PAGE = 1_000_000_000
 """The last page number a task list accepts (its offset must fit Redis's 64-bit integers)."""
 PREVIEW_CHARS = 120
@@ -137,6 +140,8 @@ class Sources:
     _queues: dict[str, TaskQueue] = field(default_factory=dict)
     _found: list[str] = field(default_factory=list)
     _found_at: float = float("-inf")
+    _tenant_reads: dict[str, tuple[float, asyncio.Future[dict[str, Any]]]] = field(
+        default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -292,8 +297,23 @@ class Sources:
 
     async def tenants(self, queue_name: str) -> dict[str, Any]:
         """Each tenant's tasks queued, running and later, its weight and oldest queued task,
-        read in pages (at most TENANT_READ_LIMIT tasks per state)."""
-        loads = await self.queue(queue_name).tenant_loads(most=TENANT_READ_LIMIT)
+        read in pages (at most TENANT_READ_LIMIT tasks per set): a read is shared by the
+        requests of the next TENANT_READ_SECONDS (up to 40 round trips, unlike the other
+        pages' one)."""
+        queue = self.queue(queue_name)
+        now = time.monotonic()
+        held = self._tenant_reads.get(queue_name)
+        if held is None or now - held[0] > TENANT_READ_SECONDS or (held[1].done() and (
+                held[1].cancelled() or held[1].exception() is not None)):
+            if len(self._tenant_reads) > MAX_CACHED_QUEUES:
+                self._tenant_reads.clear()
+            held = self._tenant_reads[queue_name] = (
+                now, asyncio.ensure_future(self._read_tenants(queue)))
+        return await asyncio.shield(held[1])
+
+    async def _read_tenants(self, queue: TaskQueue) -> dict[str, Any]:
+        queue_name = queue.name
+        loads = await queue.tenant_loads(most=TENANT_READ_LIMIT)
         return {
             "queue": queue_name, "at": time.time(), "counted": loads.counted,
             "total": loads.total,

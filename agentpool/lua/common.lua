@@ -231,7 +231,9 @@ local function fair()
   local function step(who)
     local known = steps[who]
     if known then return known end
-    local weight = who ~= '' and tonumber(redis.call('HGET', K_WEIGHTS, who))
+    -- only a weight as set_tenant_weights writes it ('1' to '100'), as the operator reads them
+    local text = who ~= '' and redis.call('HGET', K_WEIGHTS, who)
+    local weight = text and (string.match(text, '^[1-9]%d?$') or text == '100') and tonumber(text)
     known = 1
     if weight and weight > 1 then
       known = math.max(1, math.floor(TURN_QUANTA / weight + 0.5)) / TURN_QUANTA

@@ -12,6 +12,7 @@ import pytest
 from cli_helpers import Cli, key_values, make_dead, table_rows, wait_until, with_queue
 
 from agentpool.cli import dead as dead_cli
+from agentpool.cli import tasks as tasks_cli
 from agentpool.cli.common import never_used_message
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer
@@ -151,6 +152,26 @@ def test_tasks_of_one_tenant(cli: Cli) -> None:
                                                         ["delayed", "running"])
     assert {t["tenant"] for t in doc["tasks"]} == {"gold"}
     assert cli.ok("tasks", "--tenant", "nobody", "-o", "json").json()["tasks"] == []
+
+
+async def many_of_acme(q: TaskQueue) -> None:
+    await q.submit_many([{"n": n} for n in range(7)], tenant="acme")
+    await q.submit_many([{"n": n} for n in range(2)], tenant="other")
+
+
+def test_tasks_of_one_tenant_say_how_many_it_has_beyond_the_limit(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with_queue(cli.redis_url, cli.queue, many_of_acme)
+    out = cli.ok("tasks", "--tenant", "acme", "--state", "queued", "--limit", "3").out
+    assert out.splitlines()[0] == f"Queued in {cli.queue} of tenant acme: 3 of 7"
+    assert len(table_rows(out)) == 3
+    monkeypatch.setattr(tasks_cli, "TENANT_LOOK", 5)
+    out = cli.ok("tasks", "--tenant", "acme", "--state", "queued").out
+    assert out.splitlines()[0] == f"Queued in {cli.queue} of tenant acme: 3"  # of 5 read
+    assert "counted among the first 5 queued tasks only" in out
+    assert cli.ok("tasks", "--tenant", "acme", "-s", "queued", "-o", "json").json()["cut"] == [
+        "queued"]
 
 
 def test_tenants_refuse_to_count_nothing(cli: Cli) -> None:

@@ -52,10 +52,10 @@ async def test_a_weight_written_by_hand_comes_back_to_the_spec_and_scaling_goes_
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
     queue_name: str,
 ) -> None:
-    """A value Redis holds that is no weight (" 3", a non-ASCII digit) is replaced by the
+    """A value Redis holds that is no weight (" 3", a superscript digit) is replaced by the
     spec's, and the round goes on to scale the pool."""
     queue = TaskQueue(redis, queue_name)
-    await redis.hset(queue.prefix + "weights", mapping={"gold": "\u0663", "x": " 3"})
+    await redis.hset(queue.prefix + "weights", mapping={"gold": "\u00b2", "x": " 3"})
     await queue.submit_many([{"n": n} for n in range(8)])
     await cluster.create_pool(pool_manifest(
         "tw", redis_url=redis_url, queue=queue_name, tenants=[{"name": "gold", "weight": 4}],

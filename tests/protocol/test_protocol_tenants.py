@@ -430,12 +430,17 @@ async def test_setting_the_same_weights_again_writes_nothing(
     assert await queue.tenant_weights() == {"a": 2, "b": 100}
 
 
-@pytest.mark.parametrize("written", [" 3", "3 ", "2.5", "0x3", "\u00b2", "\u0663", "0", "101"])
+@pytest.mark.parametrize("written", [" 3", "3 ", "2.5", "0x3", "\u00b2", "\u0663", "0", "101",
+                                     "03"])
 async def test_a_weight_written_by_hand_is_none_and_the_next_set_replaces_it(
     queue: TaskQueue, redis: aioredis.Redis, written: str,
 ) -> None:
+    """Neither the scripts nor the reads take it: the tenant weighs 1 until the next set."""
     await redis.hset(queue.prefix + "weights", "a", written)
     assert await queue.tenant_weights() == {}
+    ids = await submit_as(queue, "a", 6)
+    ids |= await submit_as(queue, "b", 6)
+    assert (await claim_order(queue, ids))[:6].count("a") == 3
     assert await queue.set_tenant_weights({}) is True
     assert not await redis.exists(queue.prefix + "weights")
 
@@ -549,15 +554,53 @@ async def test_a_tenants_task_ids_in_list_order_within_the_look(queue: TaskQueue
     ids = {await queue.submit({"n": n}, tenant="a" if n % 3 else "b"): n for n in range(9)}
     mine = [i for i, n in ids.items() if n % 3]
     order = [info.id for info in await queue.list_tasks("queued", 20)]
-    assert await queue.tenant_task_ids("queued", "a", 10) == (
-        [i for i in order if i in mine], False)
-    assert await queue.tenant_task_ids("queued", "a", 2) == ([i for i in order if i in mine][:2],
-                                                             False)
-    found, cut = await queue.tenant_task_ids("queued", "b", 10, most=4)
-    assert cut and found == [i for i in order[:4] if i not in mine]
-    assert await queue.tenant_task_ids("queued", None, 10) == ([], False)
+    in_order = [i for i in order if i in mine]
+    assert await queue.tenant_task_ids("queued", "a", 10) == (in_order, 6, False)
+    assert await queue.tenant_task_ids("queued", "a", 2) == (in_order[:2], 6, False)
+    found, count, cut = await queue.tenant_task_ids("queued", "b", 10, most=4)
+    assert cut and found == [i for i in order[:4] if i not in mine] and count == len(found)
+    assert await queue.tenant_task_ids("queued", None, 10) == ([], 0, False)
     with pytest.raises(ProtocolError, match="no task state 'done'"):
         await queue.tenant_task_ids("done", "a", 10)
+    with pytest.raises(ProtocolError, match="most and page must be at least 1, got 0 and 1000"):
+        await queue.tenant_task_ids("queued", "a", 10, most=0)
+    with pytest.raises(ProtocolError, match="most and page must be at least 1, got 5 and 0"):
+        await queue.tenant_loads(most=5, page=0)
+
+
+async def test_tenant_loads_read_each_task_once_while_tasks_come_and_go(
+    queue: TaskQueue,
+) -> None:
+    """Between two pages, urgent tasks enter ahead of the pages read and claims take tasks
+    from the head: the tasks read are counted once each, none twice and none skipped."""
+    await submit_as(queue, "a", 30)
+    entered: list[str] = []
+    real_run = queue._run
+
+    async def run(name: str, *args: object, **kwargs: object) -> object:
+        reply = await real_run(name, *args, **kwargs)
+        if name == "tenant_page" and args[0] == "queued" and not entered:
+            entered.extend(await submit_as(queue, "b", 8, priority=9))
+            await queue.claim("w1", 3, 30)
+        return reply
+
+    queue._run = run  # type: ignore[method-assign]
+    loads = await queue.tenant_loads(page=5)
+    counts = {load.tenant: (load.queued, load.running) for load in loads.loads}
+    # the first page held a's first 5 tasks, the 3 claimed were b's (ahead of them): the 25
+    # after the first page are read once each, b's 5 left entered ahead and are not read
+    assert counts["a"] == (30, 0), counts
+    assert counts.get("b", (0, 0))[0] == 0 and counts["b"][1] == 3
+
+
+async def test_the_oldest_queued_task_is_the_one_submitted_first(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    ids = list(await submit_as(queue, "a", 3))
+    for task_id, created in zip(ids, (2_000_000, 1_000_000, 3_000_000), strict=True):
+        await redis.hset(queue.task_key(task_id), "created", created)
+    [load] = (await queue.tenant_loads()).loads
+    assert load.oldest_queued == 1_000.0
 
 
 async def test_a_tenants_dead_letters_come_in_the_dead_lists_order(queue: TaskQueue) -> None:
@@ -568,4 +611,4 @@ async def test_a_tenants_dead_letters_come_in_the_dead_lists_order(queue: TaskQu
         await queue.fail(task, "boom", retryable=False)
     listed = [info.id for info in await queue.list_tasks("dead", 10) if info.tenant == "a"]
     assert len(listed) == 3
-    assert await queue.tenant_task_ids("dead", "a", 10) == (listed, False)
+    assert await queue.tenant_task_ids("dead", "a", 10) == (listed, 3, False)
