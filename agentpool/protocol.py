@@ -1346,9 +1346,10 @@ class TaskQueue:
     async def tenant_loads(self, *, most: int = 100_000, page: int = 1_000) -> TenantLoads:
         """Per tenant, its queued, running and later tasks and its oldest queued task's
         submit time, with its weight (and the weighted tenants with nothing here): read in
-        pages of `page` tasks (tenant_page.lua), at most `most` per set. A snapshot taken
-        while tasks move: a task claimed between two pages of the queued set may be counted
-        twice (queued, then running) or shift another out of a page."""
+        pages of `page` tasks (tenant_page.lua), at most `most` per set. Read while tasks
+        move: each set's tasks are read once each, but a task claimed after its page of the
+        queued set was read counts again as running, and one that entered ahead of the pages
+        read is not counted."""
         weights = await self.tenant_weights()
         counts: dict[str | None, dict[str, Any]] = {tenant: {} for tenant in weights}
         counted = total = 0
