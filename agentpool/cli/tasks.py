@@ -40,9 +40,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="only this state (repeatable; default: all five)")
     parser.add_argument("--limit", type=int, default=20,
                         help="at most this many tasks per state (default 20)")
-    parser.add_argument("--tenant", type=tenant_name, metavar="NAME",
-                        help="only this tenant's tasks, found among the first "
-                        f"{TENANT_LOOK:,} tasks of each state")
+    whose = parser.add_mutually_exclusive_group()
+    whose.add_argument("--tenant", type=tenant_name, metavar="NAME",
+                       help="only this tenant's tasks, found among the first "
+                       f"{TENANT_LOOK:,} tasks of each state")
+    whose.add_argument("--no-tenant", action="store_true",
+                       help="only the tasks without a tenant, found the same way")
     add_output_option(parser)
     parser.set_defaults(func=run)
 
@@ -61,8 +64,9 @@ async def run(args: argparse.Namespace) -> int:
         totals = state_totals(figures)
         groups: dict[str, list[TaskInfo]] = {}
         partial: list[str] = []
+        filtered = args.tenant is not None or args.no_tenant
         for state in states:
-            if args.tenant is None:
+            if not filtered:
                 groups[state] = await queue.list_tasks(state, args.limit)
                 continue
             ids, count, cut = await queue.tenant_task_ids(state, args.tenant, args.limit,
@@ -71,13 +75,14 @@ async def run(args: argparse.Namespace) -> int:
             totals[state] = max(count, len(groups[state]))
             if cut:
                 partial.append(state)
-    grids = tasks_grids(name, groups, totals, time.time(),
-                        of=None if args.tenant is None else f"tenant {args.tenant}")
+    whose = f" of tenant {args.tenant}" if args.tenant is not None else \
+        " without a tenant" if args.no_tenant else ""
+    grids = tasks_grids(name, groups, totals, time.time(), whose=whose)
     for grid, state in zip(grids, groups, strict=True):
         if state in partial:
             grid.notes.append(f"counted among the first {TENANT_LOOK:,} {state} tasks only")
     doc = tasks_json(name, groups, totals)
-    if args.tenant is not None:
+    if filtered:
         doc |= {"tenant": args.tenant, "lookedAtFirst": TENANT_LOOK, "cut": partial}
     print_view(args, grids, doc)
     return EXIT_OK

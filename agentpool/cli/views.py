@@ -533,10 +533,9 @@ def tasks_json(queue: str, groups: Mapping[str, Sequence[TaskInfo]],
 
 
 def tasks_grids(queue: str, groups: Mapping[str, Sequence[TaskInfo]],
-                totals: Mapping[str, int], now: float, *, of: str | None = None) -> list[Grid]:
-    """One table per state; `of`: whose tasks they are (a filter's words)."""
+                totals: Mapping[str, int], now: float, *, whose: str = "") -> list[Grid]:
+    """One table per state; `whose`: a filter's words after the queue's name."""
     grids = []
-    whose = f" of {of}" if of else ""
     for state, tasks in groups.items():
         total = totals.get(state, len(tasks))
         shown = f"{len(tasks)} of {total}" if total > len(tasks) else str(len(tasks))

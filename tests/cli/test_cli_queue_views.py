@@ -152,6 +152,10 @@ def test_tasks_of_one_tenant(cli: Cli) -> None:
                                                         ["delayed", "running"])
     assert {t["tenant"] for t in doc["tasks"]} == {"gold"}
     assert cli.ok("tasks", "--tenant", "nobody", "-o", "json").json()["tasks"] == []
+    plain = cli.ok("tasks", "--no-tenant", "-o", "json").json()
+    assert plain["tenant"] is None and [t["tenant"] for t in plain["tasks"]] == [None]
+    assert cli.ok("tasks", "--no-tenant", "-s", "queued").out.startswith(
+        f"Queued in {cli.queue} without a tenant: ")
 
 
 async def many_of_acme(q: TaskQueue) -> None:
