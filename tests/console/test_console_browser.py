@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -433,6 +434,18 @@ def test_the_tenants_page_lists_whose_tasks_wait_as_text(console: Console, page:
     assert page.locator("#tenants b").count() == 0
     expect(row.locator("td.num").nth(3)).to_have_text("2")  # later: delayed for an hour
     expect(page.locator("#tenants td.tenant", has_text="(none)")).to_have_count(1)
+
+
+def test_an_age_keeps_counting_on_a_page_that_does_not_change(
+    console: Console, page: Page,
+) -> None:
+    """A quiet task list is sent nothing new; the age of a task shown on it still grows."""
+    task_id = console.submit({"echo": "later"}, delay=3600, tenant="aging")
+    page.goto(f"{console.url}queues/{console.queue}/tasks?state=delayed")
+    created = page.locator(f'#tasks tr[data-task="{task_id}"] span.ago')
+    expect(created).to_have_text(re.compile(r"^[0-9]s ago$"), timeout=LIVE)
+    first = created.inner_text()
+    expect(created).not_to_have_text(first, timeout=LIVE)
 
 
 def test_a_task_after_another_shows_it_and_ends_with_it(console: Console, page: Page) -> None:

@@ -31,13 +31,22 @@ const pretty = (value) =>
     typeof value === "string" ? value : JSON.stringify(value, null, 2);
 const rate = (value) => (value === null || value === undefined ? "-" : `${value.toFixed(1)}/s`);
 const state = (name) => el("span", { class: `state ${name}` }, show(name));
-function ago(iso) {
-  if (!iso) return "-";
+function agoText(iso) {
   const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
   if (s < 60) return `${s}s ago`;
   if (s < 3600) return `${Math.floor(s / 60)}m ago`;
   return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m ago`;
 }
+// A time shown as its age keeps counting between updates: a quiet page is sent nothing new.
+function ago(iso) {
+  if (!iso) return "-";
+  return el("span", { class: "ago", "data-since": iso }, agoText(iso));
+}
+setInterval(() => {
+  for (const span of document.querySelectorAll("span.ago[data-since]")) {
+    span.textContent = agoText(span.dataset.since);
+  }
+}, 1000);
 function table(headers, rows, attrs) {
   return el("table", attrs,
     el("thead", {}, el("tr", {}, headers.map((h) =>
