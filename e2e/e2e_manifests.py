@@ -182,6 +182,14 @@ def scheduled_pool(name: str, worker_image: str, *,
     return pool
 
 
+def weighted_pool(name: str, worker_image: str, *,
+                  redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
+    """One pod, and two tenants given weights (`spec.tenants`)."""
+    pool = small_pool(name, worker_image, redis_secret=redis_secret)
+    pool["spec"]["tenants"] = [{"name": "gold", "weight": 4}, {"name": "Acme Corp", "weight": 2}]
+    return pool
+
+
 CAPPED_POOL_REPLICAS = 2
 CAP = 2
 

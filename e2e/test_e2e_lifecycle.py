@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -17,6 +18,7 @@ from e2e_manifests import (
     command_pool,
     scheduled_pool,
     small_pool,
+    weighted_pool,
 )
 from e2e_pools import POOL_LABEL, Pools
 
@@ -157,6 +159,32 @@ def test_a_schedule_submits_a_task_that_the_pool_runs(
     outcome = cli.wait(name, entry["lastTaskId"], timeout=120)
     assert outcome["state"] == "succeeded"
     assert outcome["payload"] == {"mean_seconds": 0.5, "prompt": "scheduled"}
+
+
+def test_a_pools_tenant_weights_reach_its_queue_and_follow_an_edit(
+    make_pool: Callable[[Manifest], str], pools: Pools, waiter: Waiter, cli: AgentpoolCli,
+    e2e_config: E2EConfig, run_id: str,
+) -> None:
+    """spec.tenants on a real API server: kept as sent (not pruned), written by the operator
+    to the queue, where `agentpool tenants` reads them, and changed by a patch."""
+    name = make_pool(weighted_pool(f"e2e-weighted-{run_id}", e2e_config.worker_image,
+                                   redis_secret=e2e_config.redis_secret))
+    stored = pools.get(name)
+    assert stored is not None
+    assert stored["spec"]["tenants"] == [{"name": "gold", "weight": 4},
+                                         {"name": "Acme Corp", "weight": 2}]
+    cli.submit(name, [{"mean_seconds": 0.1}])
+
+    def weights() -> dict[str | None, int]:
+        doc = cli.json("tenants", "--queue", name, timeout=30)
+        return {t["tenant"]: t["weight"] for t in doc["tenants"]}
+
+    waiter.until(weights, lambda w: w.get("gold") == 4 and w.get("Acme Corp") == 2,
+                 timeout=60, what=f"pool {name}'s weights on its queue")
+    patch = {"spec": {"tenants": [{"name": "gold", "weight": 9}]}}
+    pools.kube("patch", "agentpool", name, "--type", "merge", "--patch", json.dumps(patch))
+    waiter.until(weights, lambda w: w.get("gold") == 9 and "Acme Corp" not in w,
+                 timeout=60, what=f"pool {name}'s new weights on its queue")
 
 
 def test_a_pool_whose_image_cannot_be_pulled_says_why(
