@@ -34,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "later (delayed or waiting for the tasks they run after), and how long the oldest "
         "queued one has waited. Tasks without a tenant show as (none); weighted tenants "
         "without tasks are listed too. Read in pages of 1,000 tasks while the queue moves, at "
-        "most --most tasks of each of the queued, running, delayed and deferred sets. Exit 1 if nothing was ever submitted to the queue and "
-        "no worker serves it.",
+        "most --most tasks of each of the queued, running, delayed and deferred sets. Exit 1 "
+        "if nothing was ever submitted to the queue and no worker serves it.",
     )
     add_queue_options(parser)
     parser.add_argument("--most", type=int, default=100_000, metavar="N",
