@@ -72,6 +72,8 @@ EXPECTED_E2E_TESTS = {
     "e2e/test_e2e_lifecycle.py::test_a_pool_with_a_task_command_runs_its_program",
     "e2e/test_e2e_lifecycle.py::test_a_pool_whose_image_cannot_be_pulled_says_why",
     "e2e/test_e2e_lifecycle.py::test_a_schedule_submits_a_task_that_the_pool_runs",
+    "e2e/test_e2e_lifecycle.py::"
+    "test_a_pools_tenant_weights_reach_its_queue_and_follow_an_edit",
     "e2e/test_e2e_work_together.py::"
     "test_runs_of_two_pods_never_hold_more_slots_than_max_concurrent",
     "e2e/test_e2e_work_together.py::test_a_pools_runs_hand_tasks_to_another_pool",

@@ -46,6 +46,7 @@ def main() -> None:
             sys.exit(1)
         say({"result": "planned"})
     elif mode == "gated-plan":
+        open(payload["started"], "w").close()
         while not os.path.exists(payload["gate"]):
             time.sleep(0.01)
         for step in range(3):

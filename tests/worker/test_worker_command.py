@@ -273,12 +273,17 @@ async def test_submits_sent_before_the_program_exits_are_all_carried_out(
     server = RedisServer(port=free_port()).start()
     client = aioredis.Redis.from_url(server.url)
     queue = TaskQueue(client, queue_name)
-    gate, exited = tmp_path / "gate", tmp_path / "exited"
+    gate, exited, started = tmp_path / "gate", tmp_path / "exited", tmp_path / "started"
     try:
         async with running(settings(server.url, queue_name, HANDLER, lease_seconds=10.0)):
             task_id = await queue.submit({"mode": "gated-plan", "gate": str(gate),
-                                          "exited": str(exited)})
+                                          "exited": str(exited), "started": str(started)})
             await finished(queue, task_id, "running")
+            # the run is claimed before its program starts: freeze Redis once it has
+            deadline = time.monotonic() + 30
+            while not started.exists():
+                assert time.monotonic() < deadline, "the program did not start"
+                await asyncio.sleep(0.01)
             with frozen(server):
                 gate.touch()
                 deadline = time.monotonic() + 10
