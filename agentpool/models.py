@@ -161,12 +161,14 @@ SCHEDULE_TIME_ZONE_FORMAT = CelRule(
     f"self.matches('{TIME_ZONE_PATTERN}')",
     "schedules[].timeZone must be a time zone name such as UTC or Europe/Paris",
 )
+NO_CONTROL_CHARACTER = r"self.matches(r'^\P{Cc}*$')"
+"""A tenant's name as the API server checks it (RE2's Cc, as `has_control_character`)."""
 SCHEDULE_TENANT_FORMAT = CelRule(
-    r"self.matches(r'^\P{Cc}*$')",
+    NO_CONTROL_CHARACTER,
     "schedules[].tenant must hold no control character (a tab, a line break)",
 )
 TENANT_NAME_FORMAT = CelRule(
-    r"self.matches(r'^\P{Cc}*$')",
+    NO_CONTROL_CHARACTER,
     "tenants[].name must hold no control character (a tab, a line break)",
 )
 TENANT_NAMES_UNIQUE = CelRule(
@@ -1024,8 +1026,7 @@ class ScheduleSpec(_Model):
     @field_validator("tenant")
     @classmethod
     def _tenant(cls, value: str | None) -> str | None:
-        if value is not None and has_control_character(value):
-            raise ValueError(SCHEDULE_TENANT_FORMAT.message)
+        _refuse_control_characters(value, SCHEDULE_TENANT_FORMAT)
         return value
 
 
@@ -1034,6 +1035,12 @@ _UNIQUE_NAMES = {
     "rate_limits": RATE_LIMIT_NAMES_UNIQUE,
     "tenants": TENANT_NAMES_UNIQUE,
 }
+
+def _refuse_control_characters(value: str | None, rule: CelRule) -> None:
+    """The Python twin of NO_CONTROL_CHARACTER, refusing with `rule`'s message."""
+    if value is not None and has_control_character(value):
+        raise ValueError(rule.message)
+
 
 _SCHEDULE_FORMATS = {
     "name": (LIMIT_NAME_PATTERN, SCHEDULE_NAME_FORMAT),
@@ -1064,8 +1071,7 @@ class TenantSpec(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if has_control_character(value):
-            raise ValueError(TENANT_NAME_FORMAT.message)
+        _refuse_control_characters(value, TENANT_NAME_FORMAT)
         return value
 
 

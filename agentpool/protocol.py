@@ -1351,24 +1351,15 @@ class TaskQueue:
         queued set was read counts again as running, and one that entered ahead of the pages
         read is not counted."""
         weights = await self.tenant_weights()
-        counts: dict[str | None, dict[str, Any]] = {tenant: {} for tenant in weights}
-        counted = total = 0
+        read: list[tuple[str, str | None, float | None]] = []
+        total = 0
         for kind, set_name in _TENANT_SETS:
             size = 0
             async for set_size, rows in self._tenant_pages(set_name, most, page):
                 size = set_size
-                counted += len(rows)
-                for _, tenant, created in rows:
-                    load = counts.setdefault(tenant, {})
-                    load[kind] = load.get(kind, 0) + 1
-                    if kind == "queued" and created is not None:
-                        load["oldest_queued"] = min(created,
-                                                    load.get("oldest_queued", created))
+                read += [(kind, tenant, created) for _, tenant, created in rows]
             total += size
-        loads = [TenantLoad(tenant, weights.get(tenant, 1) if tenant else 1, **fields)
-                 for tenant, fields in counts.items()]
-        loads.sort(key=lambda load: (-load.queued, -load.running, load.tenant or ""))
-        return TenantLoads(loads, counted, total)
+        return TenantLoads(tally_tenants(weights, read), len(read), total)
 
     async def tenant_task_ids(self, state: str, tenant: str | None, limit: int, *,
                               most: int = 10_000) -> tuple[list[str], int, bool]:
@@ -2001,6 +1992,23 @@ class TenantLoads:
 _TENANT_SETS = (("queued", "queued"), ("running", "leases"), ("later", "delayed"),
                 ("later", "deferred"))
 """What `TaskQueue.tenant_loads` counts, and the set it reads for it."""
+
+
+def tally_tenants(weights: Mapping[str, int],
+                  tasks: Iterable[tuple[str, str | None, float | None]]) -> list[TenantLoad]:
+    """Each tenant's load from its tasks, given as (kind: queued, running or later; tenant,
+    None for none; submitted at), and each weighted tenant's even without tasks; most queued
+    first, then most running, then by name."""
+    counts: dict[str | None, dict[str, Any]] = {tenant: {} for tenant in weights}
+    for kind, tenant, created in tasks:
+        load = counts.setdefault(tenant, {})
+        load[kind] = load.get(kind, 0) + 1
+        if kind == "queued" and created is not None:
+            load["oldest_queued"] = min(created, load.get("oldest_queued", created))
+    loads = [TenantLoad(tenant, weights.get(tenant, 1) if tenant else 1, **fields)
+             for tenant, fields in counts.items()]
+    loads.sort(key=lambda load: (-load.queued, -load.running, load.tenant or ""))
+    return loads
 
 
 @dataclass(frozen=True)

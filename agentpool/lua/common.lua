@@ -27,9 +27,6 @@ local K_DEFERRED = P .. 'deferred'
 local K_DEFERRED_EXPIRY = P .. 'deferred_expiry'
 -- Tenants taking turns: per priority band its clock and each tenant's last place (fair()).
 local K_FAIR = P .. 'fair'
--- Tenants' weights (tenant -> 1..100, written by the operator from spec.tenants): a tenant of
--- weight w takes w turns to another's one.
-local K_WEIGHTS = P .. 'weights'
 -- A turn of weight w is 1/w of a place, rounded to 1/TURN_QUANTA: scores stay exact doubles
 -- (bands reach 2^44, so 2^-9 is the finest step a score holds exactly).
 local TURN_QUANTA = 512
@@ -231,8 +228,10 @@ local function fair()
   local function step(who)
     local known = steps[who]
     if known then return known end
-    -- only a weight as set_tenant_weights writes it ('1' to '100'), as the operator reads them
-    local text = who ~= '' and redis.call('HGET', K_WEIGHTS, who)
+    -- `weights`: tenant -> '1'..'100', written by the operator from spec.tenants; any other
+    -- value is none, as the operator reads it (the key is made here, not at the top: most
+    -- runs of the scripts that include fair() never need it)
+    local text = who ~= '' and redis.call('HGET', P .. 'weights', who)
     local weight = text and (string.match(text, '^[1-9]%d?$') or text == '100') and tonumber(text)
     known = 1
     if weight and weight > 1 then

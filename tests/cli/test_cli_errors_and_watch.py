@@ -388,7 +388,7 @@ def test_data_lost_between_two_refreshes(before: QueueReading | None, now: Queue
     assert data_lost(before, now) == said
 
 
-@pytest.mark.parametrize("verb", ["stats", "status"])
+@pytest.mark.parametrize("verb", ["stats", "status", "tenants"])
 def test_watch_of_a_queue_whose_data_is_lost_says_so_once_and_goes_on(
     cli: Cli, verb: str,
 ) -> None:
@@ -412,6 +412,8 @@ def test_watch_of_a_queue_whose_data_is_lost_says_so_once_and_goes_on(
 
     def queued() -> int:
         doc = json.loads(stdout.readline())
+        if verb == "tenants":
+            return sum(int(t["queued"]) for t in doc["tenants"])
         return int(doc["queued"] if verb == "stats" else doc["pools"][0]["queued"])
 
     def refreshes_until(n: int) -> None:

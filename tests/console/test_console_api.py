@@ -150,6 +150,20 @@ async def test_tenants_page_counts_each_tenants_tasks_with_its_weight(
     assert oldest["gold"] is None and oldest["acme"].endswith("+00:00")
 
 
+async def test_requests_for_a_queues_tenants_share_one_read(
+    api: Client, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """Reading a queue's tenants takes a round trip per 1,000 tasks: requests within
+    TENANT_READ_SECONDS of a read get its answer."""
+    queue = TaskQueue(redis, queue_name)
+    await queue.submit({"n": 0}, tenant="acme")
+    first = await get_json(api, f"/api/queues/{queue_name}/tenants")
+    await queue.submit({"n": 1}, tenant="acme")
+    second = await get_json(api, f"/api/queues/{queue_name}/tenants")
+    assert first == second
+    assert [t["queued"] for t in second["tenants"]] == [1]
+
+
 async def test_task_detail_and_search_by_id_and_idempotency_key(
     api: Client, redis: aioredis.Redis, queue_name: str
 ) -> None:
