@@ -85,6 +85,8 @@ MAX_TENANT_WEIGHT = 100
 that many turns to one of a tenant of weight 1. Its place moves 1/weight of a turn per task,
 rounded to 1/512 (common.lua): weight w acts as 512/round(512/w), within 9 % of w (exact for
 powers of two; 3 acts as 2.99, 10 as 10.04, 50 as 51.2, 94 to 100 as 102.4)."""
+MAX_TENANT_RUNS = 1000
+"""The largest cap on one tenant's runs at once (:meth:`TaskQueue.set_tenant_caps`)."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
 NEWS_AT_ONCE = 1000
@@ -254,6 +256,11 @@ class QueueFigures:
     deferred: int = 0
     """Tasks waiting for the tasks they run after (``submit(after=...)``): not runnable, so
     neither in `queued` nor in the backlog the autoscaler reads."""
+    held: int = 0
+    """Of `queued`, the tasks whose tenant is at its cap on runs at once
+    (:meth:`TaskQueue.set_tenant_caps`): no claim takes them until one of its runs ends, so
+    the autoscaler does not count them. Counted among the first 1,000 queued tasks; for a
+    longer queue, that share of its length."""
 
     @property
     def queued(self) -> int:
@@ -485,6 +492,33 @@ def tenant_weight_arg(weight: int) -> int:
         raise ProtocolError(f"a tenant's weight must be a whole number from 1 to "
                             f"{MAX_TENANT_WEIGHT}, got {short_repr(weight)}")
     return weight
+
+
+def tenant_cap_arg(cap: int) -> int:
+    """A cap on a tenant's runs at once, 1 to MAX_TENANT_RUNS; ProtocolError otherwise."""
+    if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= MAX_TENANT_RUNS:
+        raise ProtocolError(f"a tenant's cap on runs at once must be a whole number from 1 to "
+                            f"{MAX_TENANT_RUNS}, got {short_repr(cap)}")
+    return cap
+
+
+_CAP_TEXT = re.compile(r"[1-9][0-9]{0,3}")
+"""A cap as `set_tenant_caps` writes it."""
+
+
+@dataclass(frozen=True)
+class TenantCaps:
+    """Caps on tenants' runs at once (:meth:`TaskQueue.set_tenant_caps`)."""
+
+    caps: Mapping[str, int] = field(default_factory=dict)
+    """Per tenant named."""
+    default: int | None = None
+    """Every other tenant's; None: no cap. Tasks without a tenant have none."""
+
+    def of(self, tenant: str | None) -> int | None:
+        if tenant is None:
+            return None
+        return self.caps.get(tenant, self.default)
 
 
 def has_control_character(text: str) -> bool:
@@ -1343,6 +1377,39 @@ class TaskQueue:
             await pipe.execute()
         return True
 
+    async def tenant_caps(self) -> TenantCaps:
+        """The caps on tenants' runs at once (:meth:`set_tenant_caps`). A value that is not a
+        cap (written by hand) is left out, as the scripts ignore it."""
+        raw = {tenant: cap for tenant, cap in (await self._raw_caps()).items()
+               if _CAP_TEXT.fullmatch(cap) and int(cap) <= MAX_TENANT_RUNS}
+        default = raw.pop("", None)
+        return TenantCaps({t: int(c) for t, c in raw.items()},
+                          int(default) if default is not None else None)
+
+    async def _raw_caps(self) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.prefix + "caps")
+        return {_s(tenant): _s(cap) for tenant, cap in raw.items()}
+
+    async def set_tenant_caps(self, caps: Mapping[str, int], default: int | None = None
+                              ) -> bool:
+        """Cap how many tasks of each tenant run at once: `caps` per tenant named, `default`
+        for every other tenant (None: none); tasks without a tenant are never capped. One
+        MULTI; True when that changed them. A claim passes over the tasks of a tenant that
+        has as many runs as its cap, and they keep their places; runs started before the
+        queue had caps are not counted. The operator sets them from ``spec.tenants`` and
+        ``spec.tenantMaxRunning``; a producer's ACL user cannot."""
+        wanted = {tenant_arg(tenant): str(tenant_cap_arg(cap)) for tenant, cap in caps.items()}
+        if default is not None:
+            wanted[""] = str(tenant_cap_arg(default))
+        if await self._raw_caps() == wanted:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.prefix + "caps")
+            if wanted:
+                pipe.hset(self.prefix + "caps", mapping=cast(Any, wanted))
+            await pipe.execute()
+        return True
+
     async def tenant_loads(self, *, most: int = 100_000, page: int = 1_000) -> TenantLoads:
         """Per tenant, its queued, running and later tasks and its oldest queued task's
         submit time, with its weight (and the weighted tenants with nothing here): read in
@@ -1350,7 +1417,7 @@ class TaskQueue:
         move: each set's tasks are read once each, but a task claimed after its page of the
         queued set was read counts again as running, and one that entered ahead of the pages
         read is not counted."""
-        weights = await self.tenant_weights()
+        weights, caps = await self.tenant_weights(), await self.tenant_caps()
         read: list[tuple[str, str | None, float | None]] = []
         total = 0
         for kind, set_name in _TENANT_SETS:
@@ -1359,7 +1426,7 @@ class TaskQueue:
                 size = set_size
                 read += [(kind, tenant, created) for _, tenant, created in rows]
             total += size
-        return TenantLoads(tally_tenants(weights, read), len(read), total)
+        return TenantLoads(tally_tenants(weights, read, caps), len(read), total)
 
     async def tenant_task_ids(self, state: str, tenant: str | None, limit: int, *,
                               most: int = 10_000) -> tuple[list[str], int, bool]:
@@ -1750,14 +1817,14 @@ def _task_event(entry_id: Any, fields: Mapping[Any, Any]) -> TaskEvent:
 
 
 def _queue_figures(reply: Sequence[Any]) -> QueueFigures:
-    per, due, delayed, in_flight, dead, workers, stats, used, deferred = reply
+    per, due, delayed, in_flight, dead, workers, stats, used, deferred, held = reply
     flat = [_s(x) for x in stats]
     return QueueFigures(
         queued_by_priority={prio: int(n) for prio, n in enumerate(per)},
         due_delayed=int(due), delayed=int(delayed), in_flight=int(in_flight),
         dead=int(dead), workers=int(workers),
         stats={flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)},
-        used=bool(used), deferred=int(deferred),
+        used=bool(used), deferred=int(deferred), held=int(held),
     )
 
 
@@ -1978,6 +2045,8 @@ class TenantLoad:
     runs after)."""
     oldest_queued: float | None = None
     """When its longest-waiting queued task was submitted (epoch seconds)."""
+    cap: int | None = None
+    """The most of its tasks that run at once; None: no cap."""
 
 
 @dataclass(frozen=True)
@@ -1995,17 +2064,20 @@ _TENANT_SETS = (("queued", "queued"), ("running", "leases"), ("later", "delayed"
 
 
 def tally_tenants(weights: Mapping[str, int],
-                  tasks: Iterable[tuple[str, str | None, float | None]]) -> list[TenantLoad]:
+                  tasks: Iterable[tuple[str, str | None, float | None]],
+                  caps: TenantCaps = TenantCaps()) -> list[TenantLoad]:
     """Each tenant's load from its tasks, given as (kind: queued, running or later; tenant,
-    None for none; submitted at), and each weighted tenant's even without tasks; most queued
-    first, then most running, then by name."""
-    counts: dict[str | None, dict[str, Any]] = {tenant: {} for tenant in weights}
+    None for none; submitted at), and each weighted or capped tenant's even without tasks;
+    most queued first, then most running, then by name."""
+    counts: dict[str | None, dict[str, Any]] = {
+        tenant: {} for tenant in [*weights, *caps.caps]}
     for kind, tenant, created in tasks:
         load = counts.setdefault(tenant, {})
         load[kind] = load.get(kind, 0) + 1
         if kind == "queued" and created is not None:
             load["oldest_queued"] = min(created, load.get("oldest_queued", created))
-    loads = [TenantLoad(tenant, weights.get(tenant, 1) if tenant else 1, **fields)
+    loads = [TenantLoad(tenant, weights.get(tenant, 1) if tenant else 1, **fields,
+                        cap=caps.of(tenant))
              for tenant, fields in counts.items()]
     loads.sort(key=lambda load: (-load.queued, -load.running, load.tenant or ""))
     return loads

@@ -180,6 +180,67 @@ local function wake(n)
   end
 end
 
+-- Caps on a tenant's runs at once: `caps` maps a tenant to the most of its tasks that may run
+-- at once, and '' (no tenant's name) to the cap of every tenant not listed; tasks without a
+-- tenant have none. The operator writes it from spec.tenants and spec.tenantMaxRunning. While
+-- a queue has caps, `runs:<tenant>` holds the ids of a capped tenant's tasks its claims started
+-- (claim.lua adds them, run_ended removes them); a claim passes over the tasks of a tenant with
+-- as many runs as its cap, and they keep their places.
+local K_CAPS = P .. 'caps'
+-- Whether `caps` exists, as this run learned it (nil: not asked yet).
+local caps_exist
+local function caps_on()
+  if caps_exist == nil then caps_exist = redis.call('EXISTS', K_CAPS) == 1 end
+  return caps_exist
+end
+
+local function runs_key(tenant) return P .. 'runs:' .. tenant end
+
+-- A tenant's cap on runs at once, nil for none (a value that is no whole number from 1,
+-- written by hand, is none).
+local function tenant_cap(tenant)
+  local c = redis.call('HMGET', K_CAPS, tenant, '')
+  local cap = tonumber(c[1] or c[2] or nil)
+  if cap and cap >= 1 and cap == math.floor(cap) then return cap end
+  return nil
+end
+
+-- How many runs `tenant` has, as `runs:<tenant>` counts them; at `cap` or more, the ids
+-- without a lease (their run ended on a path that did not say, or while the queue had no caps)
+-- are dropped first, so that a count never holds a tenant back for runs that are over.
+local function tenant_runs(tenant, cap)
+  local rk = runs_key(tenant)
+  local n = redis.call('SCARD', rk)
+  if n < cap then return n end
+  local ids = redis.call('SMEMBERS', rk)
+  for first = 1, #ids, 500 do
+    local last = math.min(first + 499, #ids)
+    local leases = redis.call('ZMSCORE', K_LEASES, unpack(ids, first, last))
+    for i = first, last do
+      if not leases[i - first + 1] then
+        redis.call('SREM', rk, ids[i])
+        n = n - 1
+      end
+    end
+  end
+  return n
+end
+
+-- The task `id` ended or waits for a retry: its tenant's count of runs drops, and when that
+-- makes room under a tenant that was at its cap, an idle worker is woken for the tenant's
+-- next task. (A run handed back to the queue is left counted: the next claim that finds its
+-- tenant at the cap drops it for want of a lease, and requeue() wakes a worker anyway.)
+local function run_ended(id, tk)
+  if not caps_on() then return end
+  local tenant = redis.call('HGET', tk, 'tenant')
+  if not tenant then return end
+  local rk = runs_key(tenant)
+  if redis.call('SREM', rk, id) == 1 then
+    local cap = tenant_cap(tenant)
+    if cap and redis.call('SCARD', rk) == cap - 1 then wake(1) end
+  end
+end
+
 -- Tenants take turns (docs/protocol.md): a task enters the queue at its band's clock (the
 -- turn being served) or right after its tenant's last place, whichever is later (start-time
 -- fair queuing), so that tenants with tasks waiting take one turn each. `fair` holds, per
@@ -314,6 +375,7 @@ local function finished(id, tk, state, now, f, extra, count)
   while #ending > 0 do
     local e = table.remove(ending)
     id, tk, state, f, extra, count = e[1], e[2], e[3], e[4], e[5], e[6]
+    run_ended(id, tk)
     if extra then
       redis.call('HSET', tk, 'state', state, 'finished', now, unpack(extra))
     else

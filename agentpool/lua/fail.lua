@@ -49,6 +49,7 @@ if retryable and tonumber(f[4]) < max_attempts(f[7]) then
       '; the last run failed: ' .. err)
     return 'expired'
   end
+  run_ended(id, tk)
   redis.call('HSET', tk, 'error', err, 'state', 'delayed', 'due', now + delay_ms,
     'retry_of', token)
   redis.call('ZADD', K_DELAYED, now + delay_ms, id)
