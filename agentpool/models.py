@@ -36,6 +36,7 @@ from agentpool.protocol import (
     MAX_DELAY_SECONDS,
     MAX_TASK_TIMEOUT_SECONDS,
     MAX_TENANT_CHARS,
+    MAX_TENANT_RUNS,
     MAX_TENANT_WEIGHT,
     has_control_character,
 )
@@ -1051,7 +1052,8 @@ _SCHEDULE_FORMATS = {
 
 class TenantSpec(_Model):
     """A tenant's share of the queue: tenants' tasks take turns within a priority, and a
-    tenant of weight w takes w turns to one of a tenant of weight 1."""
+    tenant of weight w takes w turns to one of a tenant of weight 1; and the most of its
+    tasks that run at once."""
 
     name: str = Field(
         min_length=1,
@@ -1060,11 +1062,22 @@ class TenantSpec(_Model):
         json_schema_extra=cel(TENANT_NAME_FORMAT),
     )
     weight: int = Field(
+        default=1,
         ge=1,
         le=MAX_TENANT_WEIGHT,
         description=(
             "Turns this tenant takes to one of a tenant of weight 1 (tenants not listed "
             "weigh 1), from its next task on."
+        ),
+    )
+    max_running: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TENANT_RUNS,
+        description=(
+            "The most of this tenant's tasks that run at once, in place of "
+            "tenantMaxRunning; its other tasks wait, keeping their places, while the other "
+            "tenants' run."
         ),
     )
 
@@ -1130,11 +1143,22 @@ class AgentPoolSpec(_Model):
         default=None,
         max_length=MAX_TENANTS,
         description=(
-            "Weights of the tenants whose tasks share the queue (submit(..., tenant=name)): "
-            "a tenant of weight 3 takes three turns to one of a tenant of weight 1. Tenants "
-            "not listed weigh 1."
+            "Weights and caps of the tenants whose tasks share the queue (submit(..., "
+            "tenant=name)): a tenant of weight 3 takes three turns to one of a tenant of "
+            "weight 1. Tenants not listed weigh 1."
         ),
         json_schema_extra=cel(TENANT_NAMES_UNIQUE),
+    )
+    tenant_max_running: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TENANT_RUNS,
+        description=(
+            "The most tasks of any one tenant that run at once (a tenant's maxRunning in "
+            "tenants comes first): a tenant at its cap waits, its tasks keeping their places, "
+            "while the other tenants' run, and the autoscaler does not count its waiting "
+            "tasks. Tasks without a tenant are not capped. Unset: no cap."
+        ),
     )
 
     @field_validator("schedules", "rate_limits", "tenants")

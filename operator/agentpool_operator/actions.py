@@ -56,7 +56,7 @@ async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
         with contextlib.suppress(QueueAccessError):
             figures_again = await read_figures(observation.queue)
             observation = replace(observation, figures=figures_again)
-    await tenant_actions.apply_weights(observation)
+    await tenant_actions.apply_tenants(observation)
     limits = await rate_limit_actions.observe_limits(observation)
     observation = replace(observation, limit_waits=limits.waits)
     scaled = await scaling_actions.scale(observation, pods, kube)

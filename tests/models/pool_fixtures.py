@@ -206,6 +206,10 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
                           {"name": "acme", "weight": 3}]),
     minimal_spec(tenants=[{"name": f"tenant-{n}", "weight": 1 + n % 100} for n in range(64)]),
     minimal_spec(tenants=[]),
+    minimal_spec(tenants=[{"name": "acme"}, {"name": "big", "maxRunning": 1000},
+                          {"name": "one", "weight": 5, "maxRunning": 1}],
+                 tenantMaxRunning=1000),
+    minimal_spec(tenantMaxRunning=1),
 ]
 """Specs just inside a rule: both the models and the API server accept them."""
 
@@ -238,7 +242,10 @@ INVALID_SPECS: list[dict[str, Any]] = [
     {"redis": {"url": "redis://r"}},
     minimal_spec(tenants=[{"name": "acme", "weight": 0}]),
     minimal_spec(tenants=[{"name": "acme", "weight": 101}]),
-    minimal_spec(tenants=[{"name": "acme"}]),
+    minimal_spec(tenants=[{"name": "acme", "maxRunning": 0}]),
+    minimal_spec(tenants=[{"name": "acme", "maxRunning": 1001}]),
+    minimal_spec(tenantMaxRunning=0),
+    minimal_spec(tenantMaxRunning=1001),
     minimal_spec(tenants=[{"name": "", "weight": 2}]),
     minimal_spec(tenants=[{"name": "t" * 129, "weight": 2}]),
     minimal_spec(tenants=[{"name": f"t{n}", "weight": 2} for n in range(65)]),

@@ -201,6 +201,7 @@ SPEC_CHANGES = st.fixed_dictionaries(
                 {},
             ]
         ),
+        "tenantMaxRunning": st.sampled_from([-1, 0, 1, 1000, 1001, 2.5]),
         "handler": st.sampled_from(
             ["m:f", "a.b.c:run", "_p._q:_r", "a.b", "a..b:f", "a.b:", ":f", "1a:f", "a b:f",
              None]
@@ -287,7 +288,8 @@ SPEC_CHANGES = st.fixed_dictionaries(
             st.fixed_dictionaries(
                 {"name": st.sampled_from(["acme", "", "a\tb", "x" * 128, "x" * 129, "é ü\u00a0",
                                           "\u009f", "acme "])},
-                optional={"weight": st.sampled_from([-1, 0, 1, 2, 100, 101, 2.5, "3"])},
+                optional={"weight": st.sampled_from([-1, 0, 1, 2, 100, 101, 2.5]),
+                          "maxRunning": st.sampled_from([-1, 0, 1, 1000, 1001, 2.5, None])},
             ),
             max_size=3,
         ),
@@ -318,8 +320,9 @@ def spec_with(changes: dict[str, Any]) -> dict[str, Any]:
         spec["rateLimits"] = copy.deepcopy(changes["rateLimits"])
     if "schedules" in changes:
         spec["schedules"] = copy.deepcopy(changes["schedules"])
-    if "tenants" in changes:
-        spec["tenants"] = copy.deepcopy(changes["tenants"])
+    for key in ("tenants", "tenantMaxRunning"):
+        if key in changes:
+            spec[key] = copy.deepcopy(changes[key])
     return spec
 
 
