@@ -88,7 +88,8 @@ PRODUCER_COMMANDS = (
     "time", "exists", "get", "set", "incr", "incrby", "expire", "persist", "append", "strlen",
     "hget", "hmget", "hgetall", "hset", "hincrby",
     "zadd", "zrem", "zscore", "zrank", "zcard", "zcount", "zrange", "zrevrange",
-    "zrangebyscore", "zrevrangebyscore", "scard", "llen", "rpush", "publish", "spublish",
+    "zrangebyscore", "zrevrangebyscore", "scard", "smembers", "llen", "rpush", "publish",
+    "spublish",
     "xadd", "xread", "xrange",
     "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "wait",
 )

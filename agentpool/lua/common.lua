@@ -212,15 +212,10 @@ local function tenant_runs(tenant, cap)
   local rk = runs_key(tenant)
   local n = redis.call('SCARD', rk)
   if n < cap then return n end
-  local ids = redis.call('SMEMBERS', rk)
-  for first = 1, #ids, 500 do
-    local last = math.min(first + 499, #ids)
-    local leases = redis.call('ZMSCORE', K_LEASES, unpack(ids, first, last))
-    for i = first, last do
-      if not leases[i - first + 1] then
-        redis.call('SREM', rk, ids[i])
-        n = n - 1
-      end
+  for _, id in ipairs(redis.call('SMEMBERS', rk)) do
+    if not redis.call('ZSCORE', K_LEASES, id) then
+      redis.call('SREM', rk, id)
+      n = n - 1
     end
   end
   return n
@@ -230,10 +225,13 @@ end
 -- makes room under a tenant that was at its cap, an idle worker is woken for the tenant's
 -- next task. (A run handed back to the queue is left counted: the next claim that finds its
 -- tenant at the cap drops it for want of a lease, and requeue() wakes a worker anyway.)
+-- Only a run counts: the tasks a producer's cancel ends never ran, and a producer may not
+-- write `runs:`.
 local function run_ended(id, tk)
   if not caps_on() then return end
-  local tenant = redis.call('HGET', tk, 'tenant')
-  if not tenant then return end
+  local t = redis.call('HMGET', tk, 'tenant', 'state')
+  local tenant = t[1]
+  if not tenant or t[2] ~= 'running' then return end
   local rk = runs_key(tenant)
   if redis.call('SREM', rk, id) == 1 then
     local cap = tenant_cap(tenant)

@@ -40,14 +40,9 @@ if caps_on() then
         local cap = tenant_cap(tenant)
         room[tenant] = false
         if cap then
-          local ids = redis.call('SMEMBERS', runs_key(tenant))
           local runs = 0
-          for first = 1, #ids, 500 do
-            local leases = redis.call('ZMSCORE', K_LEASES,
-              unpack(ids, first, math.min(first + 499, #ids)))
-            for i = 1, #leases do
-              if leases[i] then runs = runs + 1 end
-            end
+          for _, run in ipairs(redis.call('SMEMBERS', runs_key(tenant))) do
+            if redis.call('ZSCORE', K_LEASES, run) then runs = runs + 1 end
           end
           room[tenant] = cap - runs
         end

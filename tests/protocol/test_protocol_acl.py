@@ -13,7 +13,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from agentpool.acl import Role
 from agentpool.connection import redis_from_url
-from agentpool.protocol import FailOutcome, TaskQueue, WorkerInfo
+from agentpool.protocol import CancelOutcome, FailOutcome, TaskQueue, TenantCaps, WorkerInfo
 from agentpool.redis_server import RedisServer
 
 AclUrl = Callable[[str, Role], Awaitable[str]]
@@ -235,6 +235,29 @@ async def test_weights_are_read_under_the_users_and_set_by_neither_of_a_producer
     with pytest.raises(NoPermissionError):
         await producer.set_tenant_weights({"small": 100})
     assert await admin.tenant_weights() == {"big": 2}
+
+
+async def test_caps_work_under_the_users_and_a_producer_can_neither_set_nor_break_them(
+    connect_as: Connect, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A worker's claims count and end runs under its user; a producer's cancels (of a task
+    waiting and of one running) and figures go through with caps on the queue, and it cannot
+    set caps."""
+    admin = TaskQueue(redis, queue_name)
+    await admin.set_tenant_caps({"big": 1})
+    producer = TaskQueue(await connect_as(queue_name, Role.PRODUCER), queue_name)
+    worker = TaskQueue(await connect_as(queue_name, Role.WORKER), queue_name)
+    ids = [await producer.submit({"n": n}, tenant="big") for n in range(4)]
+    (first,) = (await worker.claim("pod:i", 4, 30)).tasks
+    assert (await producer.figures()).held == 3
+    assert await producer.cancel(ids[3]) is CancelOutcome.CANCELLED
+    assert await producer.cancel(first.id) is CancelOutcome.REQUESTED
+    assert await worker.cancelled(first) is FailOutcome.CANCELLED
+    (second,) = (await worker.claim("pod:i", 4, 30)).tasks
+    assert second.id == ids[1]
+    with pytest.raises(NoPermissionError):
+        await producer.set_tenant_caps({"big": 100})
+    assert await admin.tenant_caps() == TenantCaps({"big": 1})
 
 
 async def test_a_producer_cancels_every_waiting_task_with_its_acl(
