@@ -116,6 +116,19 @@ class Gauge:
 GAUGE = Gauge()
 
 
+TENANT_GAUGES: dict[str, Gauge] = {}
+"""Simultaneous runs per tenant, as `tenant_counted` sees them (its payload's "of")."""
+
+
+async def tenant_counted(payload: Any) -> None:
+    gauge = TENANT_GAUGES.setdefault(payload["of"], Gauge())
+    gauge.enter()
+    try:
+        await asyncio.sleep(float(payload["seconds"]))
+    finally:
+        gauge.leave()
+
+
 async def counted(payload: Any) -> None:
     GAUGE.enter()
     try:
