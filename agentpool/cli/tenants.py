@@ -1,4 +1,5 @@
-"""`agentpool tenants`: who has tasks waiting and running on a queue, and with what weight."""
+"""`agentpool tenants`: who has tasks waiting and running on a queue, with what weight and cap
+on runs at once."""
 
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ NO_TENANT = "(none)"
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "tenants",
-        help="list a queue's tenants: tasks queued, running and later, and their weights",
+        help="list a queue's tenants: tasks queued, running and later, weights and caps",
         description="List the tenants with tasks on a queue (submit(..., tenant=name)), most "
-        "queued first: their weight (spec.tenants; 1 unless set), tasks queued, running and "
+        "queued first: their weight (spec.tenants; 1 unless set), their cap on runs at once "
+        "(spec.tenants, spec.tenantMaxRunning; - for none), tasks queued, running and "
         "later (delayed or waiting for the tasks they run after), and how long the oldest "
-        "queued one has waited. Tasks without a tenant show as (none); weighted tenants "
-        "without tasks are listed too. Read in pages of 1,000 tasks while the queue moves, at "
+        "queued one has waited; and how many queued tasks wait for their tenant's cap. Tasks "
+        "without a tenant show as (none); tenants given a weight or a cap are listed even "
+        "without tasks. Read in pages of 1,000 tasks while the queue moves, at "
         "most --most tasks of each of the queued, running, delayed and deferred sets. Exit 1 "
         "if nothing was ever submitted to the queue and no worker serves it.",
     )
@@ -45,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def tenants_grid(loads: TenantLoads, now: float, queue: str) -> Grid:
+def tenants_grid(loads: TenantLoads, now: float, queue: str, held: int = 0) -> Grid:
     rows = [[load.tenant if load.tenant is not None else NO_TENANT, str(load.weight),
+             "-" if load.cap is None else str(load.cap),
              str(load.queued), str(load.running), str(load.later),
              format_age(None if load.oldest_queued is None else now - load.oldest_queued)]
             for load in loads.loads]
@@ -54,19 +58,26 @@ def tenants_grid(loads: TenantLoads, now: float, queue: str) -> Grid:
     if loads.counted < loads.total:
         notes.append(f"counted the first {loads.counted:,} of {loads.total:,} tasks "
                      "(raise --most to count more)")
+    if held:
+        notes.append(f"{held:,} queued task{'s wait' if held != 1 else ' waits'} for "
+                     "its tenant's cap on runs at once")
     if not rows:
-        notes.append("no task is queued, running or waiting, and no tenant has a weight")
-    return Grid(headers=["TENANT", "WEIGHT", "QUEUED", "RUNNING", "LATER", "OLDEST WAIT"],
+        notes.append("no task is queued, running or waiting, and no tenant has a weight "
+                     "or a cap")
+    return Grid(headers=["TENANT", "WEIGHT", "CAP", "QUEUED", "RUNNING", "LATER",
+                         "OLDEST WAIT"],
                 rows=rows, title=f"Tenants of {queue}: {len(rows)}", notes=notes)
 
 
-def tenants_json(loads: TenantLoads, now: float, queue: str) -> dict[str, Any]:
+def tenants_json(loads: TenantLoads, now: float, queue: str, held: int = 0) -> dict[str, Any]:
     return {
         "queue": queue,
         "counted": loads.counted,
         "total": loads.total,
+        "heldByCaps": held,
         "tenants": [
-            {"tenant": load.tenant, "weight": load.weight, "queued": load.queued,
+            {"tenant": load.tenant, "weight": load.weight, "maxRunning": load.cap,
+             "queued": load.queued,
              "running": load.running, "later": load.later,
              "oldestQueuedWaitSeconds": None if load.oldest_queued is None
              else round(max(0.0, now - load.oldest_queued), 3)}
@@ -90,6 +101,6 @@ async def run(args: argparse.Namespace) -> int:
         async def unused(data: Snapshot) -> str | None:
             return None if data[2].used else await never_used(queue)
 
-        return await show(args, snapshot, lambda d: tenants_grid(d[0], d[1], name),
-                          lambda d: tenants_json(d[0], d[1], name), unused,
+        return await show(args, snapshot, lambda d: tenants_grid(d[0], d[1], name, d[2].held),
+                          lambda d: tenants_json(d[0], d[1], name, d[2].held), unused,
                           lambda d: reading_of(name, d[2]))

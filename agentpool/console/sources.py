@@ -296,7 +296,8 @@ class Sources:
         }
 
     async def tenants(self, queue_name: str) -> dict[str, Any]:
-        """Each tenant's tasks queued, running and later, its weight and oldest queued task,
+        """Each tenant's tasks queued, running and later, its weight, cap on runs at once and
+        oldest queued task, and the queued tasks that wait for their tenant's cap,
         read in pages (at most TENANT_READ_LIMIT tasks per set): a read is shared by the
         requests of the next TENANT_READ_SECONDS (up to 40 round trips, unlike the other
         pages' one)."""
@@ -314,11 +315,13 @@ class Sources:
     async def _read_tenants(self, queue: TaskQueue) -> dict[str, Any]:
         queue_name = queue.name
         loads = await queue.tenant_loads(most=TENANT_READ_LIMIT)
+        figures = await queue.figures()
         return {
             "queue": queue_name, "at": time.time(), "counted": loads.counted,
-            "total": loads.total,
+            "total": loads.total, "held": figures.held,
             "tenants": [
-                {"tenant": load.tenant, "weight": load.weight, "queued": load.queued,
+                {"tenant": load.tenant, "weight": load.weight, "max_running": load.cap,
+                 "queued": load.queued,
                  "running": load.running, "later": load.later,
                  "oldest_queued": iso_ms(None if load.oldest_queued is None
                                          else int(load.oldest_queued * 1000))}

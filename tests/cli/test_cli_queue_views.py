@@ -121,19 +121,44 @@ def test_tenants_table_and_json(cli: Cli) -> None:
     with_queue(cli.redis_url, cli.queue, tenants_at_work)
     out = cli.ok("tenants").out
     assert out.splitlines()[0] == f"Tenants of {cli.queue}: 4"
-    rows = {row[0]: row[1:5] for row in table_rows(out)}
-    running = {name: int(row[2]) for name, row in rows.items()}
+    rows = {row[0]: row[1:6] for row in table_rows(out)}
+    running = {name: int(row[3]) for name, row in rows.items()}
     assert sum(running.values()) == 1
-    queued = {name: int(row[1]) + int(row[2]) for name, row in rows.items()}
+    queued = {name: int(row[2]) + int(row[3]) for name, row in rows.items()}
     assert queued == {"acme": 3, "gold": 1, "(none)": 1, "idle": 0}
-    assert (rows["gold"][0], rows["gold"][3], rows["idle"]) == ("3", "1", ["2", "0", "0", "0"])
+    assert (rows["gold"][0], rows["gold"][4], rows["idle"]) == (
+        "3", "1", ["2", "-", "0", "0", "0"])
+    assert "cap on runs at once" not in out
     doc = cli.ok("tenants", "-o", "json").json()
     assert (doc["counted"], doc["total"]) == (6, 6)
     by_name = {t["tenant"]: t for t in doc["tenants"]}
     assert set(by_name) == {"acme", "gold", None, "idle"}
-    assert by_name["idle"] == {"tenant": "idle", "weight": 2, "queued": 0, "running": 0,
-                               "later": 0, "oldestQueuedWaitSeconds": None}
+    assert by_name["idle"] == {"tenant": "idle", "weight": 2, "maxRunning": None, "queued": 0,
+                               "running": 0, "later": 0, "oldestQueuedWaitSeconds": None}
     assert by_name["acme"]["oldestQueuedWaitSeconds"] >= 0
+    assert doc["heldByCaps"] == 0
+
+
+async def tenants_capped(q: TaskQueue) -> None:
+    await q.set_tenant_caps({"acme": 1, "vip": 5}, default=2)
+    for n in range(3):
+        await q.submit({"n": n}, tenant="acme")
+    await q.submit({"n": 0})
+    assert len((await q.claim("pod-a:i1", 4, 30)).tasks) == 2
+
+
+def test_tenants_show_their_caps_and_the_tasks_a_cap_holds(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, tenants_capped)
+    out = cli.ok("tenants").out
+    rows = {row[0]: row[1:6] for row in table_rows(out)}
+    assert rows["acme"] == ["1", "1", "2", "1", "0"]
+    assert rows["vip"][:2] == ["1", "5"]
+    assert rows["(none)"][:2] == ["1", "-"]
+    assert "2 queued tasks wait for its tenant's cap on runs at once" in out
+    doc = cli.ok("tenants", "-o", "json").json()
+    assert doc["heldByCaps"] == 2
+    assert {t["tenant"]: t["maxRunning"] for t in doc["tenants"]} == {
+        "acme": 1, "vip": 5, None: None}
 
 
 def test_tasks_of_one_tenant(cli: Cli) -> None:

@@ -150,6 +150,21 @@ async def test_tenants_page_counts_each_tenants_tasks_with_its_weight(
     assert oldest["gold"] is None and oldest["acme"].endswith("+00:00")
 
 
+async def test_tenants_page_shows_each_tenants_cap_and_the_tasks_a_cap_holds(
+    api: Client, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    await queue.set_tenant_caps({"acme": 1}, default=4)
+    for n in range(3):
+        await queue.submit({"n": n}, tenant="acme")
+    await queue.submit({"n": 0})
+    assert len((await queue.claim("pod-a:i1", 4, 30)).tasks) == 2
+    doc = await get_json(api, f"/api/queues/{queue_name}/tenants")
+    assert {t["tenant"]: (t["max_running"], t["running"]) for t in doc["tenants"]} == {
+        "acme": (1, 1), None: (None, 1)}
+    assert doc["held"] == 2
+
+
 async def test_requests_for_a_queues_tenants_share_one_read(
     api: Client, redis: aioredis.Redis, queue_name: str,
 ) -> None:

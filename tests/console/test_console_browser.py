@@ -432,7 +432,8 @@ def test_the_tenants_page_lists_whose_tasks_wait_as_text(console: Console, page:
     row = page.locator("#tenants tr", has_text="initech")
     expect(row.locator("td.tenant")).to_have_text("<b>initech</b> & co", timeout=LIVE)
     assert page.locator("#tenants b").count() == 0
-    expect(row.locator("td.num").nth(3)).to_have_text("2")  # later: delayed for an hour
+    expect(row.locator("td.num").nth(4)).to_have_text("2")  # later: delayed for an hour
+    expect(row.locator("td.num").nth(1)).to_have_text("-")  # no cap
     expect(page.locator("#tenants td.tenant", has_text="(none)")).to_have_count(1)
 
 

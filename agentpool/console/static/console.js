@@ -345,13 +345,18 @@ function tenantsPage(queue) {
   live(`/api${base}/tenants`, (doc) => {
     render(el("h1", {}, `Tenants of ${queue}`),
       el("p", { class: "muted" }, "Tenants take turns within a priority; a tenant of weight w ",
-        "takes w turns to one of weight 1. ", el("a", { href: `${base}/tasks` }, "tasks")),
+        "takes w turns to one of weight 1, and runs at most its cap of tasks at once. ",
+        el("a", { href: `${base}/tasks` }, "tasks")),
       doc.counted < doc.total ? el("p", { class: "muted", id: "tenants-partial" },
         `Counted the first ${doc.counted} of ${doc.total} tasks.`) : null,
-      doc.tenants.length ? table(["Tenant", "Weight#", "Queued#", "Running#", "Later#", "Oldest queued"],
+      doc.held ? el("p", { id: "tenants-held" }, `${doc.held} queued task${doc.held === 1 ?
+        " waits" : "s wait"} for its tenant's cap on runs at once.`) : null,
+      doc.tenants.length ? table(["Tenant", "Weight#", "Cap#", "Queued#", "Running#", "Later#",
+        "Oldest queued"],
         doc.tenants.map((t) => el("tr", {}, el("td", { class: "tenant" },
           t.tenant === null ? el("span", { class: "muted" }, "(none)") : t.tenant),
-          num(t.weight), num(t.queued), num(t.running), num(t.later), el("td", {}, ago(t.oldest_queued)))),
+          num(t.weight), num(t.max_running), num(t.queued), num(t.running), num(t.later),
+          el("td", {}, ago(t.oldest_queued)))),
         { id: "tenants" }) : el("p", { class: "muted" }, "No task is waiting or running."));
   });
 }
