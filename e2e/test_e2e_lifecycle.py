@@ -166,7 +166,8 @@ def test_a_pools_tenant_weights_reach_its_queue_and_follow_an_edit(
     e2e_config: E2EConfig, run_id: str,
 ) -> None:
     """spec.tenants on a real API server: kept as sent (not pruned), written by the operator
-    to the queue, where `agentpool tenants` reads them, and changed by a patch."""
+    to the queue, where `agentpool tenants` reads them, and changed by a patch; with the caps
+    on runs at once (a tenant listed without a weight gets the schema's default, 1)."""
     name = make_pool(weighted_pool(f"e2e-weighted-{run_id}", e2e_config.worker_image,
                                    redis_secret=e2e_config.redis_secret))
     stored = pools.get(name)
@@ -179,12 +180,26 @@ def test_a_pools_tenant_weights_reach_its_queue_and_follow_an_edit(
         doc = cli.json("tenants", "--queue", name, timeout=30)
         return {t["tenant"]: t["weight"] for t in doc["tenants"]}
 
+    def caps() -> dict[str | None, int | None]:
+        doc = cli.json("tenants", "--queue", name, timeout=30)
+        return {t["tenant"]: t["maxRunning"] for t in doc["tenants"]}
+
     waiter.until(weights, lambda w: w.get("gold") == 4 and w.get("Acme Corp") == 2,
                  timeout=60, what=f"pool {name}'s weights on its queue")
     patch = {"spec": {"tenants": [{"name": "gold", "weight": 9}]}}
     pools.kube("patch", "agentpool", name, "--type", "merge", "--patch", json.dumps(patch))
     waiter.until(weights, lambda w: w.get("gold") == 9 and "Acme Corp" not in w,
                  timeout=60, what=f"pool {name}'s new weights on its queue")
+    patch = {"spec": {"tenants": [{"name": "gold", "weight": 9, "maxRunning": 2},
+                                  {"name": "one-at-a-time", "maxRunning": 1}],
+                      "tenantMaxRunning": 5}}
+    pools.kube("patch", "agentpool", name, "--type", "merge", "--patch", json.dumps(patch))
+    stored = pools.get(name)
+    assert stored is not None
+    assert stored["spec"]["tenants"][1] == {"name": "one-at-a-time", "weight": 1,
+                                            "maxRunning": 1}
+    waiter.until(caps, lambda c: c.get("gold") == 2 and c.get("one-at-a-time") == 1
+                 and c.get(None) is None, timeout=60, what=f"pool {name}'s caps on its queue")
 
 
 def test_a_pool_whose_image_cannot_be_pulled_says_why(
