@@ -256,16 +256,16 @@ class QueueFigures:
     deferred: int = 0
     """Tasks waiting for the tasks they run after (``submit(after=...)``): not runnable, so
     neither in `queued` nor in the backlog the autoscaler reads."""
-    held: int = 0
-    """Of `queued`, the tasks whose tenant is at its cap on runs at once
-    (:meth:`TaskQueue.set_tenant_caps`): no claim takes them until one of its runs ends, so
-    the autoscaler does not count them. Counted among the first 1,000 queued tasks; for a
-    longer queue, that share of its length."""
+    capped: int = 0
+    """Tasks parked for their tenant's cap on runs at once (:meth:`TaskQueue.set_tenant_caps`):
+    counted in `queued`, not in `queued_by_priority`; no claim takes them until the tenant has
+    room, so the autoscaler does not count them."""
 
     @property
     def queued(self) -> int:
-        """Tasks ready to run now (due delayed tasks count: a worker will promote them)."""
-        return sum(self.queued_by_priority.values()) + self.due_delayed
+        """Tasks ready to run now (due delayed tasks count: a worker will promote them), and
+        those that wait for their tenant's cap."""
+        return sum(self.queued_by_priority.values()) + self.due_delayed + self.capped
 
     @property
     def backlog(self) -> int:
@@ -1394,10 +1394,11 @@ class TaskQueue:
                               ) -> bool:
         """Cap how many tasks of each tenant run at once: `caps` per tenant named, `default`
         for every other tenant (None: none); tasks without a tenant are never capped. One
-        MULTI; True when that changed them. A claim passes over the tasks of a tenant that
-        has as many runs as its cap, and they keep their places; runs started before the
-        queue had caps are not counted. The operator sets them from ``spec.tenants`` and
-        ``spec.tenantMaxRunning``; a producer's ACL user cannot."""
+        MULTI; True when that changed them, and then the tasks parked for a cap that now
+        leaves room go back to the queue. A claim parks the tasks of a tenant that has as
+        many runs as its cap until one of them ends; they keep their places. Runs started
+        while the queue had no caps are not counted. The operator sets them from
+        ``spec.tenants`` and ``spec.tenantMaxRunning``; a producer's ACL user cannot."""
         wanted = {tenant_arg(tenant): str(tenant_cap_arg(cap)) for tenant, cap in caps.items()}
         if default is not None:
             wanted[""] = str(tenant_cap_arg(default))
@@ -1408,6 +1409,7 @@ class TaskQueue:
             if wanted:
                 pipe.hset(self.prefix + "caps", mapping=cast(Any, wanted))
             await pipe.execute()
+        await self._run("unpark")
         return True
 
     async def tenant_loads(self, *, most: int = 100_000, page: int = 1_000) -> TenantLoads:
@@ -1420,7 +1422,8 @@ class TaskQueue:
         weights, caps = await self.tenant_weights(), await self.tenant_caps()
         read: list[tuple[str, str | None, float | None]] = []
         total = 0
-        for kind, set_name in _TENANT_SETS:
+        for kind, set_name in [*_TENANT_SETS, *[("queued", name)
+                                                for name in await self._parked_sets()]]:
             size = 0
             async for set_size, rows in self._tenant_pages(set_name, most, page):
                 size = set_size
@@ -1445,7 +1448,21 @@ class TaskQueue:
             size = set_size
             read += len(rows)
             found += [task_id for task_id, owner, _ in rows if owner == tenant]
+        parked = f"parked:{tenant}"
+        if state == "queued" and tenant is not None and parked in await self._parked_sets():
+            parked_read = 0
+            async for _, rows in self._tenant_pages(parked, most, 1_000):
+                parked_read += len(rows)
+                found += [task_id for task_id, _, _ in rows]
+            size += parked_read
+            read += parked_read
         return found[:limit], len(found), read < size
+
+    async def _parked_sets(self) -> list[str]:
+        """The sets of tasks parked for their tenant's cap (``parked:<tenant>``), as names
+        under the queue's prefix."""
+        tenants = await self.redis.smembers(self.prefix + "parked")
+        return sorted(f"parked:{_s(tenant)}" for tenant in tenants)
 
     async def _tenant_pages(
         self, set_name: str, most: int, page: int, *, newest_first: bool = False,
@@ -1817,14 +1834,14 @@ def _task_event(entry_id: Any, fields: Mapping[Any, Any]) -> TaskEvent:
 
 
 def _queue_figures(reply: Sequence[Any]) -> QueueFigures:
-    per, due, delayed, in_flight, dead, workers, stats, used, deferred, held = reply
+    per, due, delayed, in_flight, dead, workers, stats, used, deferred, capped = reply
     flat = [_s(x) for x in stats]
     return QueueFigures(
         queued_by_priority={prio: int(n) for prio, n in enumerate(per)},
         due_delayed=int(due), delayed=int(delayed), in_flight=int(in_flight),
         dead=int(dead), workers=int(workers),
         stats={flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)},
-        used=bool(used), deferred=int(deferred), held=int(held),
+        used=bool(used), deferred=int(deferred), capped=int(capped),
     )
 
 

@@ -167,6 +167,11 @@ class Options:
     cluster: bool = False
     """Against three primaries with a replica each, failing the queue's primary over
     (bench/chaos_cluster.py); --durability and --submit-rate as with --sentinel."""
+    tenants: int = 0
+    """0: tasks without a tenant; N: task i is tenant ``t<i mod N>``'s."""
+    tenant_cap: int = 0
+    """With --tenants: every tenant's cap on runs at once (0: none), set before the submits;
+    the soak samples each tenant's leased runs and the tasks parked for a cap."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,10 @@ class Soak:
         """With requeues of the dead letters: the tasks seen cancelled before one."""
         self.requeued = 0
         self.revived = 0
+        self.most_leased = 0
+        """With --tenants: the most runs of one tenant holding a lease at one sample."""
+        self.most_capped = 0
+        """With --tenants: the most tasks the figures said were parked for a cap."""
         self.passwords = {role: f"chaos-{role.value}-{random.Random(opts.seed).getrandbits(64):x}"
                           for role in Role}
 
@@ -273,6 +282,17 @@ class Soak:
 
     def extra_env(self) -> dict[str, str]:
         return {}
+
+    async def sample_tenants(self) -> None:
+        """Each tenant's runs that hold a lease now, and the tasks parked for a cap: a lease is
+        taken only by a claim that found room under the cap, so no sample may exceed it."""
+        leased = await self.redis.zrange(self.queue.prefix + "leases", 0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in leased:
+                pipe.hget(self.queue.task_key(_text(task_id)), "tenant")
+            tenants = Counter(await pipe.execute())
+        self.most_leased = max(self.most_leased, *tenants.values(), 0)
+        self.most_capped = max(self.most_capped, (await self.queue.figures()).capped)
 
     async def held_by_pod(self, pod: str) -> tuple[int, list[str]]:
         """Tasks held by the pod's registered instances, and those instances."""
@@ -459,7 +479,13 @@ class Soak:
                 payloads = [{**p, "plan": opts.plans} for p in payloads]
             for index in rng.sample(range(opts.tasks), min(opts.freezes, opts.tasks)):
                 payloads[index]["freeze"] = True
-            ids = await submit_chains(TaskQueue(producer, QUEUE), payloads, opts.chains)
+            if opts.tenant_cap:
+                await self.queue.set_tenant_caps({}, default=opts.tenant_cap)
+            if opts.tenants:
+                ids = await submit_as_tenants(TaskQueue(producer, QUEUE), payloads,
+                                              opts.tenants)
+            else:
+                ids = await submit_chains(TaskQueue(producer, QUEUE), payloads, opts.chains)
             self.note(f"submitted {len(ids)} tasks")
             total = len(ids) * (opts.plans + 2 if opts.plans else 1)
             chaos_start = time.monotonic()
@@ -480,6 +506,9 @@ class Soak:
                     self.note(f"progress: {done} of {total} finished, "
                               f"{len(events) - len(pending)} of {len(events)} events applied")
                 await self.thaw_watch(background)
+                if opts.tenants:
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.sample_tenants()
                 chaos_lasts = bool(pending) and done < opts.stop_at * total
                 if opts.requeue_dead_every and chaos_lasts and time.monotonic() >= next_requeue:
                     next_requeue += opts.requeue_dead_every
@@ -591,6 +620,13 @@ class Soak:
         }
         report["ok"] = bool(lost == 0 and not zombies and duplicates <= self.tally.bound
                             and report["permission_denials"] == 0)
+        if self.opts.tenants:
+            cap = self.opts.tenant_cap
+            over = bool(cap) and self.most_leased > cap
+            report["tenants"] = {"count": self.opts.tenants, "cap": cap,
+                                 "most_leased_at_once": self.most_leased,
+                                 "most_capped": self.most_capped, "ok": not over}
+            report["ok"] = report["ok"] and not over
         if self.opts.chains:
             chains = await self.chain_account(ids)
             report["chains"] = chains
@@ -702,6 +738,19 @@ class Soak:
         }
 
 
+async def submit_as_tenants(queue: TaskQueue, payloads: list[dict[str, Any]],
+                            tenants: int) -> list[str]:
+    """The payloads submitted as tenants' tasks, payload i as tenant ``t<i mod tenants>``'s
+    (one call per tenant); their ids in payload order."""
+    ids: list[str] = [""] * len(payloads)
+    for tenant in range(tenants):
+        mine = range(tenant, len(payloads), tenants)
+        added = await queue.submit_many([payloads[i] for i in mine], tenant=f"t{tenant}")
+        for i, task_id in zip(mine, added, strict=True):
+            ids[i] = task_id
+    return ids
+
+
 async def submit_chains(queue: TaskQueue, payloads: list[dict[str, Any]],
                         length: int) -> list[str]:
     """The payloads as submitted, in their order; with a `length`, as chains: payload i runs
@@ -804,6 +853,10 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
     p.add_argument("--cluster", action="store_true",
                    help="three primaries with a replica each; fail the queue's primary over "
                         "(kill -9 and CLUSTER FAILOVER) instead of the other events")
+    p.add_argument("--tenants", type=int, default=d.tenants, metavar="N",
+                   help="submit the tasks as N tenants' (0: without a tenant)")
+    p.add_argument("--tenant-cap", type=int, default=d.tenant_cap, metavar="C",
+                   help="with --tenants: every tenant's cap on runs at once (0: none)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
     if (a.sentinel or a.cluster) and (a.acl or a.checkpoint_every):
@@ -820,6 +873,10 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
         p.error("--chains or --plans, not both")
     if a.requeue_dead_every and not a.chains:
         p.error("--requeue-dead-every goes with --chains")
+    if a.tenants < 0 or a.tenant_cap < 0 or (a.tenant_cap and not a.tenants):
+        p.error("--tenants must be 0 (off) or a count, --tenant-cap 0 or a cap with --tenants")
+    if a.tenants and (a.chains or a.sentinel or a.cluster):
+        p.error("--tenants runs the plain soak: without --chains, --sentinel and --cluster")
     opts = Options(tasks=a.tasks, workers=a.workers, concurrency=a.concurrency,
                    mean_seconds=a.mean_seconds, lease_seconds=a.lease_seconds,
                    max_attempts=a.max_attempts, event_gap=a.event_gap, timeout=a.timeout,
@@ -828,7 +885,7 @@ def parse(argv: list[str] | None) -> tuple[Options, bool]:
                    requeue_dead_every=a.requeue_dead_every,
                    sentinel=a.sentinel,
                    durability=a.durability, submit_rate=a.submit_rate, replicas=a.replicas,
-                   cluster=a.cluster)
+                   cluster=a.cluster, tenants=a.tenants, tenant_cap=a.tenant_cap)
     return opts, a.json
 
 

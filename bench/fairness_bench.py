@@ -21,6 +21,7 @@ import asyncio
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -78,6 +79,71 @@ async def shares(url: str, *, weights: dict[str, int], each: int, window: int) -
         got[task.tenant or ""] += 1
     await client.aclose()
     return list(got.values())
+
+
+async def slot_shares(url: str, *, slots: int, cap: int | None, long_run: int,
+                      short_run: int, horizon: int) -> tuple[float, int, int]:
+    """Two tenants with work queued all along, one whose runs last `long_run` time units and
+    one whose last `short_run`, on `slots` slots in virtual time (each unit: the runs due end,
+    then claims fill the free slots): the long tenant's share of the slot-time, and how many
+    tasks of each tenant finished within `horizon` units. `cap`: the long tenant's cap."""
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    queue = TaskQueue(client, "capped")
+    if cap is not None:
+        await queue.set_tenant_caps({"long": cap})
+    await queue.submit_many([{"n": n} for n in range(horizon * slots // long_run + slots)],
+                            tenant="long")
+    await queue.submit_many([{"n": n} for n in range(horizon * slots // short_run + slots)],
+                            tenant="short")
+    running: list[tuple[int, Any]] = []
+    held = dict.fromkeys(("long", "short"), 0)
+    done = dict.fromkeys(("long", "short"), 0)
+    for now in range(horizon):
+        for _, task in [r for r in running if r[0] <= now]:
+            await queue.complete(task, "ok")
+            done[task.tenant] += 1
+        running = [r for r in running if r[0] > now]
+        if len(running) < slots:
+            for task in (await queue.claim("w", slots - len(running), 3600)).tasks:
+                running.append((now + (long_run if task.tenant == "long" else short_run), task))
+        for _, task in running:
+            held[task.tenant] += 1
+    await client.aclose()
+    return held["long"] / (slots * horizon), done["long"], done["short"]
+
+
+def claim_cost(url: str, *, caps: dict[str, int] | None, ahead: int, calls: int) -> float:
+    """Redis's time per claim of one task (µs): `calls` claims from a queue of `calls` tasks
+    of ten tenants, behind `ahead` tasks (of a higher priority) of a tenant already at its
+    cap of one run when `caps` has one for it."""
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+
+    async def fill() -> None:
+        aclient = aioredis.Redis.from_url(url)
+        queue = TaskQueue(aclient, "cost")
+        if caps is not None:
+            await queue.set_tenant_caps(caps)
+        if ahead:
+            await queue.submit_many([{"n": n} for n in range(ahead + 1)], tenant="big",
+                                    priority=5)
+            assert len((await queue.claim("w0", 1, 3600)).tasks) == 1
+        for tenant in range(10):
+            await queue.submit_many([{"n": n} for n in range(calls // 10)], tenant=f"t{tenant}")
+        await aclient.aclose()
+
+    asyncio.run(fill())
+    queue = TaskQueue(aioredis.Redis(), "cost")
+    sha = client.script_load(queue._script("claim").script)
+    client.config_resetstat()
+    for n in range(calls):
+        taken = client.evalsha(sha, 1, queue.prefix + "queued", queue.prefix, f"w:{n}", 1,
+                               60_000, 100, f"p{n}-")
+        assert len(taken[0]) == 1
+    line = client.info("commandstats")["cmdstat_evalsha"]
+    client.close()
+    return float(line["usec_per_call"])
 
 
 def submit_cost(url: str, *, tenant_of: list[str | None], waiting: int, calls: int,
@@ -146,6 +212,28 @@ def main() -> None:
         for name, tenant_of, waiting, *weight in rows:
             costs = [submit_cost(server.url, tenant_of=tenant_of, waiting=waiting,
                                  calls=args.calls, weight=weight[0] if weight else 1)
+                     for _ in range(3)]
+            print(f"| {name} | {statistics.median(costs):.1f} µs |")
+        print()
+        slots, long_run, short_run, horizon = 8, 60, 1, 600
+        print(f"Two tenants on {slots} slots, runs of {long_run} and {short_run} time units, "
+              f"both with work queued all along, {horizon} units:")
+        print("| long tenant's cap | its share of the slot-time | long tasks done | "
+              "short tasks done |")
+        print("|---|---:|---:|---:|")
+        for cap in (None, 4, 2):
+            share, long_done, short_done = asyncio.run(slot_shares(
+                server.url, slots=slots, cap=cap, long_run=long_run, short_run=short_run,
+                horizon=horizon))
+            print(f"| {cap or 'none'} | {share:.1%} | {long_done} | {short_done} |")
+        print()
+        print("| claim of one task | Redis time per call (commandstats) |")
+        print("|---|---:|")
+        for name, caps, ahead in (("queue without caps", None, 0),
+                                  ("queue with caps, no tenant at its cap", {"big": 1000}, 0),
+                                  ("passing over 100 tasks of a tenant at its cap",
+                                   {"big": 1}, 100)):
+            costs = [claim_cost(server.url, caps=caps, ahead=ahead, calls=2000)
                      for _ in range(3)]
             print(f"| {name} | {statistics.median(costs):.1f} µs |")
 

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def tenants_grid(loads: TenantLoads, now: float, queue: str, held: int = 0) -> Grid:
+def tenants_grid(loads: TenantLoads, now: float, queue: str, capped: int = 0) -> Grid:
     rows = [[load.tenant if load.tenant is not None else NO_TENANT, str(load.weight),
              "-" if load.cap is None else str(load.cap),
              str(load.queued), str(load.running), str(load.later),
@@ -58,9 +58,9 @@ def tenants_grid(loads: TenantLoads, now: float, queue: str, held: int = 0) -> G
     if loads.counted < loads.total:
         notes.append(f"counted the first {loads.counted:,} of {loads.total:,} tasks "
                      "(raise --most to count more)")
-    if held:
-        notes.append(f"{held:,} queued task{'s wait' if held != 1 else ' waits'} for "
-                     "its tenant's cap on runs at once")
+    if capped:
+        notes.append(f"{capped:,} queued task{'s wait' if capped != 1 else ' waits'} for "
+                     "their tenant's cap on runs at once")
     if not rows:
         notes.append("no task is queued, running or waiting, and no tenant has a weight "
                      "or a cap")
@@ -69,12 +69,13 @@ def tenants_grid(loads: TenantLoads, now: float, queue: str, held: int = 0) -> G
                 rows=rows, title=f"Tenants of {queue}: {len(rows)}", notes=notes)
 
 
-def tenants_json(loads: TenantLoads, now: float, queue: str, held: int = 0) -> dict[str, Any]:
+def tenants_json(loads: TenantLoads, now: float, queue: str, capped: int = 0
+                 ) -> dict[str, Any]:
     return {
         "queue": queue,
         "counted": loads.counted,
         "total": loads.total,
-        "heldByCaps": held,
+        "capped": capped,
         "tenants": [
             {"tenant": load.tenant, "weight": load.weight, "maxRunning": load.cap,
              "queued": load.queued,
@@ -101,6 +102,6 @@ async def run(args: argparse.Namespace) -> int:
         async def unused(data: Snapshot) -> str | None:
             return None if data[2].used else await never_used(queue)
 
-        return await show(args, snapshot, lambda d: tenants_grid(d[0], d[1], name, d[2].held),
-                          lambda d: tenants_json(d[0], d[1], name, d[2].held), unused,
+        return await show(args, snapshot, lambda d: tenants_grid(d[0], d[1], name, d[2].capped),
+                          lambda d: tenants_json(d[0], d[1], name, d[2].capped), unused,
                           lambda d: reading_of(name, d[2]))

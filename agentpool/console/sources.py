@@ -318,7 +318,7 @@ class Sources:
         figures = await queue.figures()
         return {
             "queue": queue_name, "at": time.time(), "counted": loads.counted,
-            "total": loads.total, "held": figures.held,
+            "total": loads.total, "capped": figures.capped,
             "tenants": [
                 {"tenant": load.tenant, "weight": load.weight, "max_running": load.cap,
                  "queued": load.queued,

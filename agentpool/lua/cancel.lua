@@ -5,12 +5,13 @@
 run_when_full()
 local id, call = ARGV[2], ARGV[3]
 local tk = task_key(id)
-local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'cancelcall', 'dn', 'expires')
+local f = redis.call('HMGET', tk, 'state', 'ev', 'cp', 'cancelcall', 'dn', 'expires', 'tenant')
 local state = f[1]
 if not state then return 'unknown' end
 local now = now_ms()
 if state == 'queued' or state == 'delayed' or state == 'dead' or state == 'deferred' then
   redis.call('ZREM', K_QUEUED, id)
+  if f[7] then redis.call('ZREM', parked_key(f[7]), id) end
   redis.call('ZREM', K_DELAYED, id)
   redis.call('ZREM', K_DEAD, id)
   undefer(id, f[6])

@@ -13,8 +13,8 @@ refuse_when_full()
 local worker, count, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local promote = tonumber(ARGV[5])
 local SKIPPED_PER_CLAIM = 200
-local PASSED_PER_CLAIM = 1000
-local PASS_BATCH = 64
+local PARKED_PER_CLAIM = 1000
+local PARK_BATCH = 64
 local now = now_ms()
 -- the delayed head: the due tasks to promote and, after them, the next due time
 local head = redis.call('ZRANGE', K_DELAYED, 0, promote, 'WITHSCORES')
@@ -83,30 +83,21 @@ elseif not drain_requested(worker, pod) then
   -- Tasks that cannot run (expired, or without a record to run) take no place in the claim:
   -- it pops again for them, up to SKIPPED_PER_CLAIM of them (each is a few writes).
   local skipped = 0
-  -- Tasks of a tenant at its cap on runs at once (common.lua's caps) are passed over, up to
-  -- PASSED_PER_CLAIM of them (popped PASS_BATCH at a time once one was), and put back at
-  -- their places (with those popped beyond the claim's count) once the claim is done.
-  local passed, passes, room = {}, 0, {}
+  -- Tasks of a tenant with as many runs as its cap are parked (common.lua's caps), up to
+  -- PARKED_PER_CLAIM of them (popping PARK_BATCH at a time once one was); the tasks popped
+  -- beyond the claim's count go back at their places.
+  local put_back, parked, room = {}, 0, {}
   -- The runs this claim may still start for `tenant`; false for a tenant without a cap.
   local function room_for(tenant)
     if room[tenant] == nil then
       local cap = tenant_cap(tenant)
-      room[tenant] = cap and cap - tenant_runs(tenant, cap) or false
+      room[tenant] = cap and cap - tenant_runs(tenant) or false
     end
     return room[tenant]
   end
-  -- Whether to pass the task over: its tenant has no room (an expired task ends as ever).
-  local function pass_over(tk)
-    if not caps_on() then return false end
-    local t = redis.call('HMGET', tk, 'tenant', 'expires')
-    local expires = tonumber(t[2])
-    if not t[1] or (expires and now >= expires) then return false end
-    local r = room_for(t[1])
-    return r ~= false and r <= 0
-  end
-  while #held < count and skipped < SKIPPED_PER_CLAIM and passes < PASSED_PER_CLAIM do
+  while #held < count and skipped < SKIPPED_PER_CLAIM and parked < PARKED_PER_CLAIM do
     local want = count - #held
-    if passes > 0 then want = math.max(want, PASS_BATCH) end
+    if parked > 0 then want = math.max(want, PARK_BATCH) end
     local popped = redis.call('ZPOPMIN', K_QUEUED, want)
     local n = #popped / 2
     if n == 0 then break end
@@ -117,54 +108,62 @@ elseif not drain_requested(worker, pod) then
     taken = taken + n
     local fence = redis.call('INCRBY', P .. 'fence', n) - n
     for i = 1, n do
-      local id = popped[2 * i - 1]
+      local id, score = popped[2 * i - 1], popped[2 * i]
       local tk = task_key(id)
-      local full = #held >= count
-      if full or pass_over(tk) then
-        passed[#passed + 1] = popped[2 * i]
-        passed[#passed + 1] = id
-        if not full then passes = passes + 1 end
-      else
-        local f = redis.call('HMGET', tk, 'payload', 'created', 'max', 'attempts', 'cp',
-          'timeout', 'expires', 'ev', 'after', 'tenant')
-        local expires = tonumber(f[7])  -- a field written by hand may be no number
-        if expires and now >= expires then
-          local what = 'not started'
-          if redis.call('HEXISTS', tk, 'started') == 1 then what = 'not started again' end
-          expired(id, tk, now, {ev = f[8] or false, cp = f[5] or false}, expires, f[2], what,
-            '')
-          skipped = skipped + 1
-        elseif f[1] or f[4] then
-          -- The random prefix keeps tokens unique when a failover rolls the counter back.
-          local token = (prefix or '') .. (fence + i)
-          local attempts = tonumber(f[4] or '0') + 1
-          redis.call('HSET', tk, 'state', 'running', 'owner', worker, 'token', token,
-            'started', now, 'attempts', attempts)
-          leases[#leases + 1] = now + lease_ms
-          leases[#leases + 1] = id
-          held[#held + 1] = id
-          out[#out + 1] = claimed(id, token, attempts, f, f[9], f[10])
-          if f[10] and caps_on() and room_for(f[10]) then
-            room[f[10]] = room[f[10]] - 1
-            redis.call('SADD', runs_key(f[10]), id)
-          end
-        else
-          if redis.call('EXISTS', tk) == 1 then
-            -- A record without payload or attempts was written behind the protocol's back:
-            -- it cannot run, and it must not vanish either.
-            finished(id, tk, 'dead', now, {ev = false, cp = false}, {'error',
-              'the task record has no payload (written outside the agentpool protocol)'})
-          end
-          skipped = skipped + 1
+      local f = #held < count and redis.call('HMGET', tk, 'payload', 'created', 'max',
+        'attempts', 'cp', 'timeout', 'expires', 'ev', 'after', 'tenant')
+      local expires = f and tonumber(f[7])  -- a field written by hand may be no number
+      local tenant = f and caps_on() and f[10]
+      if not f then
+        put_back[#put_back + 1] = score
+        put_back[#put_back + 1] = id
+      elseif expires and now >= expires then
+        local what = 'not started'
+        if redis.call('HEXISTS', tk, 'started') == 1 then what = 'not started again' end
+        expired(id, tk, now, {ev = f[8] or false, cp = f[5] or false}, expires, f[2], what, '')
+        skipped = skipped + 1
+      elseif tenant and (f[1] or f[4]) and room_for(tenant) and room[tenant] <= 0 then
+        redis.call('ZADD', parked_key(tenant), score, id)
+        redis.call('SADD', K_PARKED, tenant)
+        parked = parked + 1
+      elseif f[1] or f[4] then
+        -- The random prefix keeps tokens unique when a failover rolls the counter back.
+        local token = (prefix or '') .. (fence + i)
+        local attempts = tonumber(f[4] or '0') + 1
+        redis.call('HSET', tk, 'state', 'running', 'owner', worker, 'token', token,
+          'started', now, 'attempts', attempts)
+        leases[#leases + 1] = now + lease_ms
+        leases[#leases + 1] = id
+        held[#held + 1] = id
+        out[#out + 1] = claimed(id, token, attempts, f, f[9], f[10])
+        if tenant then
+          -- every tenant's runs are counted while the queue has caps: a cap given to a
+          -- tenant later counts the runs it has
+          redis.call('SADD', runs_key(tenant), id)
+          if room[tenant] then room[tenant] = room[tenant] - 1 end
         end
+      else
+        if redis.call('EXISTS', tk) == 1 then
+          -- A record without payload or attempts was written behind the protocol's back: it
+          -- cannot run, and it must not vanish either.
+          finished(id, tk, 'dead', now, {ev = false, cp = false},
+            {'error', 'the task record has no payload (written outside the agentpool protocol)'})
+        end
+        skipped = skipped + 1
       end
     end
     if n < want then break end
   end
-  if #passed > 0 then redis.call('ZADD', K_QUEUED, unpack(passed)) end
+  -- (in slices: Lua's unpack takes a few thousand values at most)
+  for first = 1, #put_back, 2000 do
+    redis.call('ZADD', K_QUEUED, unpack(put_back, first, math.min(first + 1999, #put_back)))
+  end
   if #held > 0 then
-    redis.call('ZADD', K_LEASES, unpack(leases))
-    redis.call('SADD', owner_key(worker), unpack(held))
+    for first = 1, #held, 1000 do
+      local last = math.min(first + 999, #held)
+      redis.call('ZADD', K_LEASES, unpack(leases, 2 * first - 1, 2 * last))
+      redis.call('SADD', owner_key(worker), unpack(held, first, last))
+    end
     if prefix then redis.call('SET', last_claim, prefix, 'EX', 60) end
   end
 end
@@ -174,9 +173,7 @@ end
 local left = redis.call('ZCARD', K_QUEUED)
 if left == 0 then
   redis.call('DEL', K_WAKE)
-elseif taken > 0 and (#out >= count or not caps_exist) then
-  -- (a claim that fell short after passing over capped tenants' tasks leaves only those, as
-  -- far as it looked: a signal passed on would wake worker after worker to pass them over)
+elseif taken > 0 then
   wake(1)
 end
 return {out, nxt, now, left}

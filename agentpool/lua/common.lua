@@ -180,65 +180,6 @@ local function wake(n)
   end
 end
 
--- Caps on a tenant's runs at once: `caps` maps a tenant to the most of its tasks that may run
--- at once, and '' (no tenant's name) to the cap of every tenant not listed; tasks without a
--- tenant have none. The operator writes it from spec.tenants and spec.tenantMaxRunning. While
--- a queue has caps, `runs:<tenant>` holds the ids of a capped tenant's tasks its claims started
--- (claim.lua adds them, run_ended removes them); a claim passes over the tasks of a tenant with
--- as many runs as its cap, and they keep their places.
-local K_CAPS = P .. 'caps'
--- Whether `caps` exists, as this run learned it (nil: not asked yet).
-local caps_exist
-local function caps_on()
-  if caps_exist == nil then caps_exist = redis.call('EXISTS', K_CAPS) == 1 end
-  return caps_exist
-end
-
-local function runs_key(tenant) return P .. 'runs:' .. tenant end
-
--- A tenant's cap on runs at once, nil for none (a value that is no whole number from 1,
--- written by hand, is none).
-local function tenant_cap(tenant)
-  local c = redis.call('HMGET', K_CAPS, tenant, '')
-  local cap = tonumber(c[1] or c[2] or nil)
-  if cap and cap >= 1 and cap == math.floor(cap) then return cap end
-  return nil
-end
-
--- How many runs `tenant` has, as `runs:<tenant>` counts them; at `cap` or more, the ids
--- without a lease (their run ended on a path that did not say, or while the queue had no caps)
--- are dropped first, so that a count never holds a tenant back for runs that are over.
-local function tenant_runs(tenant, cap)
-  local rk = runs_key(tenant)
-  local n = redis.call('SCARD', rk)
-  if n < cap then return n end
-  for _, id in ipairs(redis.call('SMEMBERS', rk)) do
-    if not redis.call('ZSCORE', K_LEASES, id) then
-      redis.call('SREM', rk, id)
-      n = n - 1
-    end
-  end
-  return n
-end
-
--- The task `id` ended or waits for a retry: its tenant's count of runs drops, and when that
--- makes room under a tenant that was at its cap, an idle worker is woken for the tenant's
--- next task. (A run handed back to the queue is left counted: the next claim that finds its
--- tenant at the cap drops it for want of a lease, and requeue() wakes a worker anyway.)
--- Only a run counts: the tasks a producer's cancel ends never ran, and a producer may not
--- write `runs:`.
-local function run_ended(id, tk)
-  if not caps_on() then return end
-  local t = redis.call('HMGET', tk, 'tenant', 'state')
-  local tenant = t[1]
-  if not tenant or t[2] ~= 'running' then return end
-  local rk = runs_key(tenant)
-  if redis.call('SREM', rk, id) == 1 then
-    local cap = tenant_cap(tenant)
-    if cap and redis.call('SCARD', rk) == cap - 1 then wake(1) end
-  end
-end
-
 -- Tenants take turns (docs/protocol.md): a task enters the queue at its band's clock (the
 -- turn being served) or right after its tenant's last place, whichever is later (start-time
 -- fair queuing), so that tenants with tasks waiting take one turn each. `fair` holds, per
@@ -354,6 +295,108 @@ local function fair()
   end
   fair_made = f
   return f
+end
+
+-- Caps on a tenant's runs at once: `caps` maps a tenant to the most of its tasks that may run
+-- at once, and '' (no tenant's name) to the cap of every tenant not listed; tasks without a
+-- tenant have none. The operator writes it from spec.tenants and spec.tenantMaxRunning.
+-- While a queue has caps, `runs:<tenant>` holds the ids of the tenant's tasks its claims
+-- started (claim.lua adds them, run_ended removes them), and a claim that meets a task of a
+-- tenant with as many runs as its cap parks it: the task leaves `queued` for
+-- `parked:<tenant>`, at the same score, and the tenant joins the set `parked`. A parked task
+-- takes no place a claim has to pass over, and does not hold the band's clock back; it
+-- goes back to `queued` at its place when its tenant has room again: a run of the tenant
+-- ended (run_ended), its cap was raised (unpark.lua) or the reaper found room that a run's
+-- end did not report (reap.lua).
+local K_CAPS = P .. 'caps'
+local K_PARKED = P .. 'parked'
+-- Whether `caps` exists, as this run learned it (nil: not asked yet).
+local caps_exist
+local function caps_on()
+  if caps_exist == nil then caps_exist = redis.call('EXISTS', K_CAPS) == 1 end
+  return caps_exist
+end
+
+local function runs_key(tenant) return P .. 'runs:' .. tenant end
+local function parked_key(tenant) return P .. 'parked:' .. tenant end
+
+-- A tenant's cap on runs at once, nil for none: its own, else the default; a value that is
+-- no whole number from 1 to 1000 (written by hand) is none, as TaskQueue.tenant_caps reads it.
+local function tenant_cap(tenant)
+  local c = redis.call('HMGET', K_CAPS, tenant, '')
+  for i = 1, 2 do
+    local cap = c[i] and string.match(c[i], '^[1-9]%d?%d?%d?$') and tonumber(c[i])
+    if cap and cap <= 1000 then return cap end
+  end
+  return nil
+end
+
+-- How many runs `tenant` has: the ids of `runs:<tenant>` that hold a lease (those without
+-- one, whose run ended on a path that did not say or while the queue had no caps, are
+-- dropped), so that a count never holds a tenant back for runs that are over.
+local function tenant_runs(tenant)
+  local rk = runs_key(tenant)
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', rk)) do
+    if redis.call('ZSCORE', K_LEASES, id) then
+      n = n + 1
+    else
+      redis.call('SREM', rk, id)
+    end
+  end
+  return n
+end
+
+-- Moves up to `room` (nil: all, 1,000 at a time) of the tenant's parked tasks, the first
+-- first, back to the queue at their places, and wakes as many idle workers.
+local function unpark(tenant, room)
+  local pk = parked_key(tenant)
+  local moved = 0
+  repeat
+    local want = math.min(room and room - moved or 1000, 1000)
+    if want <= 0 then break end
+    local popped = redis.call('ZPOPMIN', pk, want)
+    if #popped == 0 then break end
+    local back = {}
+    for i = 1, #popped, 2 do
+      fair().hold(popped[i + 1])
+      back[#back + 1] = popped[i + 1]
+      back[#back + 1] = popped[i]
+    end
+    redis.call('ZADD', K_QUEUED, unpack(back))
+    moved = moved + #popped / 2
+  until #popped < 2 * want
+  if redis.call('EXISTS', pk) == 0 then redis.call('SREM', K_PARKED, tenant) end
+  if moved > 0 then wake(moved) end
+  return moved
+end
+
+-- Gives each parked tenant that has room under its cap (or no cap any more) as many of its
+-- parked tasks back as it has room for.
+local function unpark_all()
+  for _, tenant in ipairs(redis.call('SMEMBERS', K_PARKED)) do
+    local cap = tenant_cap(tenant)
+    local room = cap and cap - tenant_runs(tenant)
+    if not room or room > 0 then unpark(tenant, room) end
+  end
+end
+
+-- The task `id` ended or waits for a retry: its tenant's count of runs drops, and when its
+-- tenant has room again, its first parked task goes back to the queue. (A run handed back
+-- to the queue stays counted until a claim or the reaper finds it without a lease; the task
+-- itself is back in the queue, in its old place.) Only a run counts: the tasks a producer's
+-- cancel ends never ran, and a producer may not write `runs:`.
+local function run_ended(id, tk)
+  if not caps_on() then return end
+  local t = redis.call('HMGET', tk, 'tenant', 'state')
+  local tenant = t[1]
+  if not tenant or t[2] ~= 'running' then return end
+  if redis.call('SREM', runs_key(tenant), id) == 1
+      and redis.call('SISMEMBER', K_PARKED, tenant) == 1 then
+    local cap = tenant_cap(tenant)
+    local room = cap and cap - tenant_runs(tenant)
+    if not room or room > 0 then unpark(tenant, room) end
+  end
 end
 
 -- A task reached a final state (succeeded, dead, cancelled): keep it for the result TTL

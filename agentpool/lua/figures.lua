@@ -1,7 +1,7 @@
 -- ARGV: prefix, worker liveness window ms
 -- Returns {queued per priority 0..9, due delayed, delayed not yet due, in flight, dead,
 --          live workers, stats as a flat list, used (1|0), deferred (waiting for the tasks
---          they run after), held (queued tasks whose tenant is at its cap on runs at once)}.
+--          they run after), capped (tasks parked for their tenant's cap on runs at once)}.
 -- The stats' 'submitted' is the submit sequence: every submit takes one number of it.
 local window = tonumber(ARGV[2])
 local now = now_ms()
@@ -24,36 +24,11 @@ if submitted then
   stats[#stats + 1] = 'submitted'
   stats[#stats + 1] = submitted
 end
--- Held: among the first HELD_LOOK queued tasks, in the order claims take them, those whose
--- tenant has no room left under its cap (common.lua's caps) once the ones ahead took theirs;
--- for a longer queue, that share of its length (an estimate). Read only: a run counts while
--- its task holds a lease.
-local HELD_LOOK = 1000
-local held = 0
-if caps_on() then
-  local head = redis.call('ZRANGE', K_QUEUED, 0, HELD_LOOK - 1)
-  local room = {}
-  for _, id in ipairs(head) do
-    local tenant = redis.call('HGET', task_key(id), 'tenant')
-    if tenant then
-      if room[tenant] == nil then
-        local cap = tenant_cap(tenant)
-        room[tenant] = false
-        if cap then
-          local runs = 0
-          for _, run in ipairs(redis.call('SMEMBERS', runs_key(tenant))) do
-            if redis.call('ZSCORE', K_LEASES, run) then runs = runs + 1 end
-          end
-          room[tenant] = cap - runs
-        end
-      end
-      if room[tenant] then
-        if room[tenant] > 0 then room[tenant] = room[tenant] - 1 else held = held + 1 end
-      end
-    end
-  end
-  local queued = redis.call('ZCARD', K_QUEUED)
-  if #head < queued then held = math.floor(held * queued / #head) end
+-- Tasks parked for their tenant's cap on runs at once (common.lua's caps): waiting, but not
+-- in `queued` until the tenant has room.
+local capped = 0
+for _, tenant in ipairs(redis.call('SMEMBERS', K_PARKED)) do
+  capped = capped + redis.call('ZCARD', parked_key(tenant))
 end
 return {
   per,
@@ -65,5 +40,5 @@ return {
   stats,
   queue_used(),
   redis.call('ZCARD', K_DEFERRED),
-  held,
+  capped,
 }

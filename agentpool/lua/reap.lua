@@ -2,7 +2,8 @@
 -- The fallback for deaths nobody saw: requeue tasks whose lease has expired, and forget
 -- worker instances that stopped heart-beating long ago. Also ends the tasks waiting at the
 -- head of the queue (and of the delayed tasks due) that are past their expiry, as the claim
--- that reached them would, and the deferred tasks past theirs.
+-- that reached them would, and the deferred tasks past theirs; and gives back to the queue
+-- the tasks parked for a cap whose tenant has room again.
 -- Returns {requeued, dead-lettered, cancelled, {holder, outcome, holder, outcome, ...},
 -- expired}: the worker that held each task moved, and what happened to it (1, 2, 3 as the
 -- counts); then how many waiting tasks ended as expired.
@@ -75,6 +76,9 @@ for _, id in ipairs(overdue) do
     swept = swept + 1
   end
 end
+-- Tasks parked for a cap whose tenant has room that no run's end reported (its run handed
+-- back to the queue by this reap, or by a lost pod's requeue) go back to the queue.
+if redis.call('EXISTS', K_PARKED) == 1 then unpark_all() end
 -- Places a turn or more before their band's clock count as none (common.lua's fair()):
 -- dropped, so `fair` holds only the tenants with tasks near or ahead of the turn being served
 -- (up to 1,000 a reap, so none is slow).

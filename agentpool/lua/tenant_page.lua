@@ -1,4 +1,5 @@
--- ARGV: prefix, set ('queued' | 'delayed' | 'deferred' | 'leases' | 'dead'), limit, newest
+-- ARGV: prefix, set ('queued' | 'delayed' | 'deferred' | 'leases' | 'dead' | 'parked:<tenant>'),
+--       limit, newest
 -- first (1|0), the id and score of the last task the previous page ended with ('' for the
 -- first page)
 -- Read-only. Returns {size of the set, then per task of the page: its id, score, tenant (''

@@ -165,8 +165,8 @@ class QueueLoad:
     run_ages: tuple[float, ...] = ()
     """Seconds each in-flight run has been going, as the workers report them (may be fewer
     than `in_flight`)."""
-    held: int = 0
-    """Ready tasks left out of `queued`: their tenant is at its cap on runs at once, so no
+    capped: int = 0
+    """Ready tasks left out of `queued`: parked for their tenant's cap on runs at once, so no
     worker may take them until one of its runs ends, and more pods would not start them."""
 
     @classmethod

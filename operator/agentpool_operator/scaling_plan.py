@@ -298,8 +298,8 @@ def stale_drains(
 def queue_load(figures: Any) -> QueueLoad:
     if figures is None:
         return QueueLoad.unavailable()
-    return QueueLoad(queued=figures.queued - figures.held, in_flight=figures.in_flight,
-                     held=figures.held)
+    return QueueLoad(queued=figures.queued - figures.capped, in_flight=figures.in_flight,
+                     capped=figures.capped)
 
 
 def restore_history(annotation: str | None, now: float) -> ScalingHistory:
@@ -321,14 +321,14 @@ def restore_history(annotation: str | None, now: float) -> ScalingHistory:
 def scaling_condition(
     policy: ScalingPolicy, load: QueueLoad, decision: Decision
 ) -> ConditionUpdate:
-    """The Scaling condition after `decision` was applied (saying so when tasks of tenants at
-    their cap on runs at once were left out of the backlog)."""
+    """The Scaling condition after `decision` was applied (saying so when tasks parked for
+    their tenant's cap on runs at once were left out of the backlog)."""
     update = _scaling_condition(policy, load, decision)
-    if load.held <= 0:
+    if load.capped <= 0:
         return update
-    tasks = "1 queued task waits" if load.held == 1 else f"{load.held} queued tasks wait"
-    return replace(update, message=f"{update.message}; {tasks} for its tenant's cap on runs "
-                                   "at once (not counted)")
+    tasks = "1 task waits" if load.capped == 1 else f"{load.capped} tasks wait"
+    return replace(update, message=f"{update.message}; {tasks} for their tenant's cap on "
+                                   "runs at once (not counted)")
 
 
 def _scaling_condition(

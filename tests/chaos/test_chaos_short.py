@@ -47,6 +47,9 @@ SENTINEL_ARGS = [
 ]
 
 
+TENANTS = ["--tenants", "6", "--tenant-cap", "4"]
+
+
 def soak(args: list[str]) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], str]:
     # The soak's progress and events go to stderr as they happen: live under `pytest -s`,
     # otherwise captured and shown with a failure.
@@ -58,11 +61,18 @@ def soak(args: list[str]) -> tuple[subprocess.CompletedProcess[str], dict[str, A
 
 
 @pytest.mark.chaos
-@pytest.mark.parametrize("credentials", [[], ["--acl"]], ids=["shared-url", "acl-users"])
+@pytest.mark.parametrize("credentials", [[], ["--acl", *TENANTS]],
+                         ids=["shared-url", "acl-users-capped-tenants"])
 def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie(credentials: list[str]) -> None:
     """With --acl the workers and the producer are Redis users confined to the queue, and no
-    command of the whole soak is refused for permissions."""
+    command of the whole soak is refused for permissions; that soak's tasks are six tenants'
+    with a cap of four runs each (24 of the 30 slots), and no tenant ever holds more leases
+    than its cap while the caps hold tasks back."""
     run, report, context = soak([*ARGS, *credentials])
+    if TENANTS[0] in credentials:
+        tenants = report["tenants"]
+        assert 1 <= tenants["most_leased_at_once"] <= 4, context
+        assert tenants["most_capped"] > 0, context
     assert report["submitted"] == 2000, context
     assert report["lost"] == 0, context
     assert report["zombie_completions_accepted"] == 0, context

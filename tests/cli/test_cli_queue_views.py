@@ -136,7 +136,7 @@ def test_tenants_table_and_json(cli: Cli) -> None:
     assert by_name["idle"] == {"tenant": "idle", "weight": 2, "maxRunning": None, "queued": 0,
                                "running": 0, "later": 0, "oldestQueuedWaitSeconds": None}
     assert by_name["acme"]["oldestQueuedWaitSeconds"] >= 0
-    assert doc["heldByCaps"] == 0
+    assert doc["capped"] == 0
 
 
 async def tenants_capped(q: TaskQueue) -> None:
@@ -154,9 +154,9 @@ def test_tenants_show_their_caps_and_the_tasks_a_cap_holds(cli: Cli) -> None:
     assert rows["acme"] == ["1", "1", "2", "1", "0"]
     assert rows["vip"][:2] == ["1", "5"]
     assert rows["(none)"][:2] == ["1", "-"]
-    assert "2 queued tasks wait for its tenant's cap on runs at once" in out
+    assert "2 queued tasks wait for their tenant's cap on runs at once" in out
     doc = cli.ok("tenants", "-o", "json").json()
-    assert doc["heldByCaps"] == 2
+    assert doc["capped"] == 2
     assert {t["tenant"]: t["maxRunning"] for t in doc["tenants"]} == {
         "acme": 1, "vip": 5, None: None}
 

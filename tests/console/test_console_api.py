@@ -162,7 +162,7 @@ async def test_tenants_page_shows_each_tenants_cap_and_the_tasks_a_cap_holds(
     doc = await get_json(api, f"/api/queues/{queue_name}/tenants")
     assert {t["tenant"]: (t["max_running"], t["running"]) for t in doc["tenants"]} == {
         "acme": (1, 1), None: (None, 1)}
-    assert doc["held"] == 2
+    assert doc["capped"] == 2
 
 
 async def test_requests_for_a_queues_tenants_share_one_read(

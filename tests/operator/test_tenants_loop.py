@@ -114,7 +114,7 @@ async def test_the_autoscaler_leaves_out_the_tasks_a_cap_holds_back(
     await queue.submit_many([{"n": n} for n in range(20)], tenant="acme")
     assert len((await queue.claim("elsewhere-0-0:1", 5, 300)).tasks) == 1
     scaling = await eventually(lambda: (c := cluster.condition("tc", "Scaling"))[
-        "message"].endswith("19 queued tasks wait for its tenant's cap on runs at once "
+        "message"].endswith("19 tasks wait for their tenant's cap on runs at once "
                             "(not counted)") and c)
     assert cluster.deployment("tc")["spec"]["replicas"] == 1, scaling
     assert cluster.pool("tc")["status"]["desiredReplicas"] == 1

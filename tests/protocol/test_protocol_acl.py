@@ -249,7 +249,7 @@ async def test_caps_work_under_the_users_and_a_producer_can_neither_set_nor_brea
     worker = TaskQueue(await connect_as(queue_name, Role.WORKER), queue_name)
     ids = [await producer.submit({"n": n}, tenant="big") for n in range(4)]
     (first,) = (await worker.claim("pod:i", 4, 30)).tasks
-    assert (await producer.figures()).held == 3
+    assert (await producer.figures()).capped == 3
     assert await producer.cancel(ids[3]) is CancelOutcome.CANCELLED
     assert await producer.cancel(first.id) is CancelOutcome.REQUESTED
     assert await worker.cancelled(first) is FailOutcome.CANCELLED

@@ -1,6 +1,6 @@
-"""Caps on a tenant's runs at once (`set_tenant_caps`): a claim passes over the tasks of a
-tenant with as many runs as its cap, they keep their places, and the end of one of its runs,
-however it ends, makes room for the next (claim.lua, common.lua's caps)."""
+"""Caps on a tenant's runs at once (`set_tenant_caps`): a claim parks the tasks of a tenant
+with as many runs as its cap, out of the queue but at their places, and the end of one of its
+runs, however it ends, brings the next back (claim.lua, common.lua's caps)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from protocol_helpers import ONE_SERVER, claim_one, eventually
 
 from agentpool.protocol import (
     MAX_TENANT_RUNS,
+    CancelOutcome,
     ClaimedTask,
     FailOutcome,
     ProtocolError,
@@ -39,7 +40,8 @@ async def test_a_tenant_at_its_cap_waits_while_the_others_run(queue: TaskQueue) 
     assert [t.id for t in batch.tasks if t.tenant == "big"] == big[:2]
     assert (await queue.claim("w2", 10, 30)).tasks == []
     figures = await queue.figures()
-    assert (figures.queued, figures.held) == (8, 8)
+    assert (figures.queued, figures.capped, sum(figures.queued_by_priority.values())) == (
+        8, 8, 0)
 
     ended = next(t for t in batch.tasks if t.tenant == "big")
     assert await queue.complete(ended, "done")
@@ -54,7 +56,7 @@ async def test_without_caps_the_same_claim_takes_the_big_tenants_tasks(
     await submit_as(queue, "big", 10)
     await submit_as(queue, "small", 3)
     assert await claimed_by_tenant(queue, "w1", 10) == {"big": 7, "small": 3}
-    assert (await queue.figures()).held == 0
+    assert (await queue.figures()).capped == 0
 
 
 async def test_the_default_caps_every_tenant_not_listed_and_no_task_without_a_tenant(
@@ -75,25 +77,32 @@ async def test_caps_count_runs_across_claims_and_workers(queue: TaskQueue) -> No
     assert taken == [1, 1, 1, 0, 0, 0]
 
 
-async def test_passed_over_tasks_keep_their_places_and_nothing_is_lost(
+async def test_parked_tasks_come_back_at_their_places_and_nothing_is_lost(
     queue: TaskQueue, redis: aioredis.Redis,
 ) -> None:
-    """Tasks passed over go back at the place they had, and so do those popped beyond the
-    claim's count: the queue's order is the same, less the task taken."""
+    """Tasks parked for a cap keep their scores, and so do those popped beyond the claim's
+    count: once the cap goes, the queue holds what it held, less the task taken."""
     await queue.set_tenant_caps({"a": 1})
     await submit_as(queue, "a", 1)
     await claim_one(queue, "w1")
     for n in range(5):  # a higher priority: ahead of b's tasks
         await queue.submit({"n": n}, tenant="a", priority=5)
     others = await submit_as(queue, "b", 3)
-    before = [_id(i) for i in await redis.zrange(queue.prefix + "queued", 0, -1)]
-    assert before[0] not in others, "the capped tenant's task is first"
+    before = await queued_with_scores(redis, queue)
+    assert next(iter(before)) not in others, "the capped tenant's task is first"
     taken = await claim_one(queue, "w1")
     assert taken.id == next(i for i in before if i in others)
-    after = [_id(i) for i in await redis.zrange(queue.prefix + "queued", 0, -1)]
-    assert after == [i for i in before if i != taken.id]
+    assert list(await queued_with_scores(redis, queue)) == [i for i in others if i != taken.id]
+    assert (await queue.figures()).capped == 5
     await queue.set_tenant_caps({})
-    assert [t.id for t in (await queue.claim("w1", 10, 30)).tasks] == after
+    after = await queued_with_scores(redis, queue)
+    assert after == {i: score for i, score in before.items() if i != taken.id}
+    assert [t.id for t in (await queue.claim("w1", 10, 30)).tasks] == list(after)
+
+
+async def queued_with_scores(redis: aioredis.Redis, queue: TaskQueue) -> dict[str, float]:
+    return {_id(i): score for i, score in
+            await redis.zrange(queue.prefix + "queued", 0, -1, withscores=True)}
 
 
 def _id(raw: bytes | str) -> str:
@@ -155,10 +164,10 @@ async def test_every_way_a_run_ends_makes_room_and_wakes_a_worker(
     assert len(after.tasks) == 1 and after.tasks[0].id in waiting
 
 
-async def test_a_claim_that_passes_tasks_over_passes_no_wake_up_signal_on(
+async def test_a_claim_that_parks_the_rest_of_the_queue_wakes_no_one(
     queue: TaskQueue, redis: aioredis.Redis,
 ) -> None:
-    """Else each idle worker woken would wake the next to pass the same tasks over."""
+    """Parked tasks are out of the queue: no idle worker is woken to look at them again."""
     await submit_as(queue, "a", 4)
     await queue.set_tenant_caps({"a": 1})
     await redis.delete(queue.prefix + "wake")
@@ -175,15 +184,25 @@ async def test_a_run_counted_without_a_lease_holds_no_room_for_ever(
     await redis.sadd(queue.prefix + "runs:a", "a-run-long-over")
     await submit_as(queue, "a", 2)
     assert len((await queue.claim("w1", 2, 30)).tasks) == 1
-    assert await redis.smembers(queue.prefix + "runs:a") != {b"a-run-long-over"}
     assert b"a-run-long-over" not in await redis.smembers(queue.prefix + "runs:a")
 
 
-async def test_runs_started_before_the_caps_are_not_counted(queue: TaskQueue) -> None:
+async def test_runs_started_while_the_queue_had_no_caps_are_not_counted(
+    queue: TaskQueue,
+) -> None:
     await submit_as(queue, "a", 4)
     await queue.claim("w1", 2, 30)
     await queue.set_tenant_caps({"a": 1})
     assert len((await queue.claim("w1", 2, 30)).tasks) == 1
+
+
+async def test_a_cap_given_to_a_tenant_counts_the_runs_it_has(queue: TaskQueue) -> None:
+    """While the queue has caps, every tenant's runs are counted, capped or not."""
+    await queue.set_tenant_caps({"other": 5})
+    await submit_as(queue, "a", 6)
+    assert len((await queue.claim("w1", 4, 30)).tasks) == 4
+    await queue.set_tenant_caps({"other": 5, "a": 2})
+    assert (await queue.claim("w1", 2, 30)).tasks == []
 
 
 async def test_an_expired_task_of_a_capped_tenant_ends_when_reached(queue: TaskQueue) -> None:
@@ -195,13 +214,113 @@ async def test_an_expired_task_of_a_capped_tenant_ends_when_reached(queue: TaskQ
     assert (await queue.get(late)).state == "cancelled"
 
 
-async def test_held_is_an_estimate_beyond_the_first_thousand(queue: TaskQueue) -> None:
+async def test_a_claim_parks_at_most_a_thousand_and_the_next_goes_on(
+    queue: TaskQueue,
+) -> None:
+    await queue.set_tenant_caps({"a": 1})
+    await queue.submit_many([{"n": i} for i in range(2500)], tenant="a")
+    assert len((await queue.claim("w1", 10, 30)).tasks) == 1
+    figures = await queue.figures()
+    # (1,000, and the rest of the batch of 64 it popped last)
+    assert figures.queued == 2499 and 1000 <= figures.capped < 1064, figures
+    assert (await queue.claim("w1", 10, 30)).tasks == []
+    assert 2000 <= (await queue.figures()).capped < 2128
+
+
+@ONE_SERVER
+async def test_a_capped_tenants_backlog_never_stands_in_front_of_another_tenant(
+    queue: TaskQueue,
+) -> None:
+    """A tenant of a cap of one with 3,000 tasks queued, and another that submits and runs
+    1,500 tasks one after the other: each of them is the next task a claim takes (its places
+    lie among the first tenant's, which are parked, not passed over)."""
     await queue.set_tenant_caps({"a": 1})
     await queue.submit_many([{"n": i} for i in range(3000)], tenant="a")
-    figures = await queue.figures()
-    assert (figures.queued, figures.held) == (3000, 2997)  # 999 of the first 1,000
     await claim_one(queue, "w1")
-    assert (await queue.figures()).held == 2999  # 1,000 of the first 1,000
+    for n in range(1500):
+        mine = await queue.submit({"n": n}, tenant="b")
+        batch = await queue.claim("w2", 1, 30)
+        assert [t.id for t in batch.tasks] == [mine], n
+        assert await queue.complete(batch.tasks[0], "ok")
+
+
+async def test_a_capped_tenants_backlog_at_a_higher_priority_does_not_stall_the_others(
+    queue: TaskQueue,
+) -> None:
+    await queue.set_tenant_caps({"a": 1})
+    await queue.submit_many([{"n": i} for i in range(1500)], tenant="a", priority=9)
+    low = await queue.submit({"n": 0}, tenant="b")
+    assert len((await queue.claim("w1", 2, 30)).tasks) == 1
+    assert [t.id for t in (await queue.claim("w1", 1, 30)).tasks] == [low]
+
+
+async def test_a_parked_task_cancelled_leaves_its_tenants_parked_tasks(
+    queue: TaskQueue,
+) -> None:
+    await queue.set_tenant_caps({"a": 1})
+    ids = await submit_as(queue, "a", 4)
+    (first,) = (await queue.claim("w1", 4, 30)).tasks
+    assert await queue.cancel(ids[2]) is CancelOutcome.CANCELLED
+    assert (await queue.figures()).capped == 2
+    assert await queue.complete(first, "ok")
+    assert [t.id for t in (await queue.claim("w1", 4, 30)).tasks] == [ids[1]]
+
+
+async def test_cancel_waiting_cancels_parked_tasks_too(queue: TaskQueue) -> None:
+    await queue.set_tenant_caps({"a": 1})
+    ids = await submit_as(queue, "a", 5)
+    (first,) = (await queue.claim("w1", 5, 30)).tasks
+    assert await queue.cancel_waiting() == 4
+    assert [(await queue.get(i)).state for i in ids if i != first.id] == ["cancelled"] * 4
+    assert (await queue.figures()).queued == 0
+
+
+async def test_raising_a_cap_gives_the_parked_tasks_back_and_wakes_workers(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    await queue.set_tenant_caps({"a": 1})
+    ids = await submit_as(queue, "a", 4)
+    await queue.claim("w1", 4, 30)
+    await redis.delete(queue.prefix + "wake")
+    await queue.set_tenant_caps({"a": 3})
+    assert await redis.llen(queue.prefix + "wake") == 2
+    assert [t.id for t in (await queue.claim("w2", 4, 30)).tasks] == ids[1:3]
+    assert (await queue.figures()).capped == 1
+
+
+async def test_the_reaper_gives_back_what_a_lost_run_left_parked(queue: TaskQueue) -> None:
+    """A run whose lease ran out goes back to the queue; the room it leaves is found by the
+    reaper's look at the parked tenants, which gives their tasks back."""
+    await queue.set_tenant_caps({"a": 1})
+    await submit_as(queue, "a", 3)
+    (lost,) = (await queue.claim("pod1:x", 3, 0.2)).tasks
+    assert (await queue.figures()).capped == 2
+
+    async def reaped() -> bool:
+        return (await queue.reap_expired()).total > 0
+
+    await eventually(reaped, within=5)
+    figures = await queue.figures()
+    assert (figures.capped, figures.queued) == (1, 3)
+    assert lost.id in [t.id for t in (await queue.claim("w2", 3, 30)).tasks]
+
+
+async def test_the_tenants_view_counts_parked_tasks_as_queued(queue: TaskQueue) -> None:
+    await queue.set_tenant_caps({"a": 1})
+    ids = await submit_as(queue, "a", 4)
+    await queue.claim("w1", 4, 30)
+    loads = {load.tenant: load for load in (await queue.tenant_loads()).loads}
+    assert (loads["a"].queued, loads["a"].running, loads["a"].cap) == (3, 1, 1)
+    found, count, cut = await queue.tenant_task_ids("queued", "a", 10)
+    assert (sorted(found), count, cut) == (sorted(ids[1:]), 3, False)
+
+
+@ONE_SERVER
+async def test_a_claim_of_thousands_takes_them_all(queue: TaskQueue) -> None:
+    """Lua's unpack takes a few thousand values: a claim writes its leases in slices."""
+    await queue.submit_many([{"n": i} for i in range(5000)])
+    assert len((await queue.claim("w1", 4500, 30)).tasks) == 4500
+    assert (await queue.figures()).queued == 500
 
 
 async def test_setting_the_same_caps_again_writes_nothing(queue: TaskQueue) -> None:
@@ -217,11 +336,12 @@ async def test_setting_the_same_caps_again_writes_nothing(queue: TaskQueue) -> N
 async def test_a_cap_written_by_hand_that_is_no_cap_caps_nothing(
     queue: TaskQueue, redis: aioredis.Redis,
 ) -> None:
-    await redis.hset(queue.prefix + "caps", mapping={"a": "0", "b": "x", "": "1.5"})
-    await submit_as(queue, "a", 2)
-    await submit_as(queue, "b", 2)
-    await submit_as(queue, "c", 2)
-    assert await claimed_by_tenant(queue, "w1", 6) == {"a": 2, "b": 2, "c": 2}
+    odd = {"a": "0", "b": "x", "c": " 2", "d": "1e0", "e": "0x10", "f": "3.0", "g": "5000",
+           "": "1.5"}
+    await redis.hset(queue.prefix + "caps", mapping=odd)
+    for tenant in "abcdefg":
+        await submit_as(queue, tenant, 2)
+    assert await claimed_by_tenant(queue, "w1", 14) == dict.fromkeys("abcdefg", 2)
     assert await queue.tenant_caps() == TenantCaps()
 
 

@@ -349,8 +349,8 @@ function tenantsPage(queue) {
         el("a", { href: `${base}/tasks` }, "tasks")),
       doc.counted < doc.total ? el("p", { class: "muted", id: "tenants-partial" },
         `Counted the first ${doc.counted} of ${doc.total} tasks.`) : null,
-      doc.held ? el("p", { id: "tenants-held" }, `${doc.held} queued task${doc.held === 1 ?
-        " waits" : "s wait"} for its tenant's cap on runs at once.`) : null,
+      doc.capped ? el("p", { id: "tenants-capped" }, `${doc.capped} queued task${
+        doc.capped === 1 ? " waits" : "s wait"} for their tenant's cap on runs at once.`) : null,
       doc.tenants.length ? table(["Tenant", "Weight#", "Cap#", "Queued#", "Running#", "Later#",
         "Oldest queued"],
         doc.tenants.map((t) => el("tr", {}, el("td", { class: "tenant" },
