@@ -1,6 +1,7 @@
 """Tenants taking turns: how long a small tenant's task waits behind another tenant's flood,
-with and without `tenant=`, the shares weighted tenants get, and what a tenant's submit
-costs Redis.
+with and without `tenant=`, the shares weighted tenants get, what a tenant's submit costs
+Redis, the share of the slots a tenant of long runs holds with and without a cap on its runs
+at once, and what a claim costs on a queue with caps.
 
     .venv/bin/python bench/fairness_bench.py [--flood 5000] [--small 10] [--calls 20000]
 
@@ -231,8 +232,8 @@ def main() -> None:
         print("|---|---:|")
         for name, caps, ahead in (("queue without caps", None, 0),
                                   ("queue with caps, no tenant at its cap", {"big": 1000}, 0),
-                                  ("passing over 100 tasks of a tenant at its cap",
-                                   {"big": 1}, 100)):
+                                  ("100 tasks of a tenant at its cap queued ahead "
+                                   "(the first claim parks them)", {"big": 1}, 100)):
             costs = [claim_cost(server.url, caps=caps, ahead=ahead, calls=2000)
                      for _ in range(3)]
             print(f"| {name} | {statistics.median(costs):.1f} µs |")
