@@ -16,6 +16,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,42 @@ def test_the_tenants_page_lists_whose_tasks_wait_as_text(console: Console, page:
     expect(row.locator("td.num").nth(4)).to_have_text("2")  # later: delayed for an hour
     expect(row.locator("td.num").nth(1)).to_have_text("-")  # no cap
     expect(page.locator("#tenants td.tenant", has_text="(none)")).to_have_count(1)
+
+
+def test_the_tenants_page_shows_a_cap_and_the_tasks_it_holds_back(
+    console: Console, page: Page, tmp_path: Path,
+) -> None:
+    """The console's worker (two slots) runs one task of a tenant capped at one at a time;
+    the page shows the cap and the two tasks parked for it, and the gate opened, all three
+    end. (Only this test's tenant gets a cap on the shared queue, and only while it runs.)"""
+    tenant = "capped & co"
+    gate = tmp_path / "gate"
+
+    def set_caps(caps: dict[str, int]) -> None:
+        async def write() -> None:
+            client = aioredis.Redis.from_url(console.redis_url)
+            await TaskQueue(client, console.queue).set_tenant_caps(caps)
+            await client.aclose()
+
+        with ThreadPoolExecutor(1) as pool:  # Playwright's loop runs on this thread
+            pool.submit(asyncio.run, write()).result(timeout=20)
+
+    set_caps({tenant: 1})
+    try:
+        ids = [console.submit({"gate": str(gate)}, tenant=tenant) for _ in range(3)]
+        page.goto(f"{console.url}queues/{console.queue}/tenants")
+        row = page.locator("#tenants tr", has_text=tenant)
+        expect(row.locator("td.num").nth(1)).to_have_text("1", timeout=LIVE)  # the cap
+        expect(row.locator("td.num").nth(3)).to_have_text("1", timeout=LIVE)  # running
+        expect(row.locator("td.num").nth(2)).to_have_text("2")  # queued: parked for the cap
+        expect(page.locator("#tenants-capped")).to_have_text(
+            "2 queued tasks wait for their tenant's cap on runs at once.", timeout=LIVE)
+        gate.touch()
+        for task_id in ids:
+            wait_for(lambda t=task_id: console.state(t) == "succeeded", page)
+    finally:
+        gate.touch()
+        set_caps({})
 
 
 def test_an_age_keeps_counting_on_a_page_that_does_not_change(
