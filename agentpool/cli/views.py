@@ -299,6 +299,7 @@ def figures_json(queue: str, figures: QueueFigures,
         "queue": queue,
         "queued": figures.queued,
         "queued_by_priority": {str(p): n for p, n in _queued_priorities(figures)},
+        "capped": figures.capped,
         "delayed": figures.delayed,
         "deferred": figures.deferred,
         "in_flight": figures.in_flight,
@@ -331,8 +332,10 @@ def _counter_names(stats: Mapping[str, int]) -> list[str]:
 
 
 def figures_grid(queue: str, figures: QueueFigures, rates: Rates | None = None) -> Grid:
-    by_prio = ", ".join(f"p{p}: {n}" for p, n in _queued_priorities(figures))
-    queued = f"{figures.queued} ({by_prio})" if by_prio else str(figures.queued)
+    parts = [f"p{p}: {n}" for p, n in _queued_priorities(figures)]
+    if figures.capped:
+        parts.append(f"{figures.capped} waiting for their tenant's cap")
+    queued = f"{figures.queued} ({', '.join(parts)})" if parts else str(figures.queued)
     rows = [
         ["Queued", queued],
         ["Delayed", str(figures.delayed)],

@@ -159,6 +159,8 @@ def test_tenants_show_their_caps_and_the_tasks_a_cap_holds(cli: Cli) -> None:
     assert doc["capped"] == 2
     assert {t["tenant"]: t["maxRunning"] for t in doc["tenants"]} == {
         "acme": 1, "vip": 5, None: None}
+    assert "2 (2 waiting for their tenant's cap)" in cli.ok("stats").out
+    assert cli.ok("stats", "-o", "json").json()["capped"] == 2
 
 
 def test_tasks_of_one_tenant(cli: Cli) -> None:
