@@ -69,7 +69,7 @@ SCRIPT_COMMANDS = (
     "hget", "hmget", "hgetall", "hset", "hdel", "hexists", "hincrby",
     "zadd", "zrem", "zscore", "zrank", "zpopmin", "zcard", "zcount", "zrange",
     "zrangebyscore", "zrevrange", "zrevrangebyscore", "zremrangebyscore",
-    "sadd", "srem", "smembers", "scard", "sismember",
+    "sadd", "srem", "smembers", "scard",
     "llen", "rpush", "del", "publish", "spublish", "xadd", "xrevrange", "xdel", "pttl",
     "pexpire", "append", "strlen",
 )

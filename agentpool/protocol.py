@@ -1443,20 +1443,21 @@ class TaskQueue:
         name = "dead" if state == "dead" else _STATE_SETS[state]
         found: list[str] = []
         read = size = 0
-        async for set_size, rows in self._tenant_pages(name, most, 1_000,
-                                                       newest_first=state == "dead"):
-            size = set_size
-            read += len(rows)
-            found += [task_id for task_id, owner, _ in rows if owner == tenant]
         parked = f"parked:{tenant}"
         if state == "queued" and tenant is not None and parked in await self._parked_sets():
-            parked_read = 0
-            async for _, rows in self._tenant_pages(parked, most, 1_000):
-                parked_read += len(rows)
+            # parked for its cap: the tenant's oldest queued tasks, first
+            async for set_size, rows in self._tenant_pages(parked, most, 1_000):
+                size = set_size
+                read += len(rows)
                 found += [task_id for task_id, _, _ in rows]
-            size += parked_read
-            read += parked_read
-        return found[:limit], len(found), read < size
+        queued_read = queued_size = 0
+        async for set_size, rows in self._tenant_pages(name, most, 1_000,
+                                                       newest_first=state == "dead"):
+            queued_size = set_size
+            queued_read += len(rows)
+            found += [task_id for task_id, owner, _ in rows if owner == tenant]
+        return (found[:limit], len(found),
+                read < size or queued_read < queued_size)
 
     async def _parked_sets(self) -> list[str]:
         """The sets of tasks parked for their tenant's cap (``parked:<tenant>``), as names

@@ -10,8 +10,11 @@ local state = f[1]
 if not state then return 'unknown' end
 local now = now_ms()
 if state == 'queued' or state == 'delayed' or state == 'dead' or state == 'deferred' then
+  -- first: the write a producer's rules of an earlier version refuse, before any other
+  if f[7] and redis.call('ZSCORE', parked_key(f[7]), id) then
+    redis.call('ZREM', parked_key(f[7]), id)
+  end
   redis.call('ZREM', K_QUEUED, id)
-  if f[7] then redis.call('ZREM', parked_key(f[7]), id) end
   redis.call('ZREM', K_DELAYED, id)
   redis.call('ZREM', K_DEAD, id)
   undefer(id, f[6])

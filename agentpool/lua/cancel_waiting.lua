@@ -19,29 +19,35 @@
 -- (their stored `seq`, or their score's submit number) are passed over; a call goes on after
 -- the last one it passed over (by its rank, so that claims taking tasks from the head shift
 -- nothing), or from the band's start once a claim took it.
--- Tasks parked for their tenant's cap (common.lua's caps) go back to the queue at their
--- places first, on every call: a claim between two calls may have parked a task not looked
--- at yet, which goes back behind the last one looked at. (A producer's rights: ZRANGE, ZADD
--- and ZREM; the set of parked tenants is left to the claims and the reaper to tidy.)
 run_when_full()
-for _, tenant in ipairs(redis.call('SMEMBERS', K_PARKED)) do
-  local pk = parked_key(tenant)
-  repeat
-    local page = redis.call('ZRANGE', pk, 0, 999, 'WITHSCORES')
-    local back, ids = {}, {}
-    for i = 1, #page, 2 do
-      fair().hold(page[i + 1])
-      back[#back + 1] = page[i + 1]
-      back[#back + 1] = page[i]
-      ids[#ids + 1] = page[i]
-    end
-    if #ids > 0 then
-      redis.call('ZADD', K_QUEUED, unpack(back))
-      redis.call('ZREM', pk, unpack(ids))
-    end
-  until #ids < 1000
-end
 local last, most, offset = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+-- Tasks parked for their tenant's cap (common.lua's caps) that were submitted up to `last` go
+-- back to the queue at their places first, on every call: a claim between two calls may have
+-- parked a task not looked at yet, which goes back behind the last one looked at. (With a
+-- producer's rights: ZRANGE, ZREM before ZADD; the set of parked tenants is left to the
+-- claims and the reaper to tidy. Each call reads every parked task's submit number.)
+if redis.call('EXISTS', K_PARKED) == 1 then
+  for _, tenant in ipairs(redis.call('SMEMBERS', K_PARKED)) do
+    local pk = parked_key(tenant)
+    local page = redis.call('ZRANGE', pk, 0, -1, 'WITHSCORES')
+    for first = 1, #page, 2000 do
+      local back, ids = {}, {}
+      for i = first, math.min(first + 1998, #page - 1), 2 do
+        local f = redis.call('HMGET', task_key(page[i]), 'seq', 'score')
+        if (tonumber(f[1]) or (tonumber(f[2] or '0') % PRIORITY_BAND)) <= last then
+          fair().hold(page[i + 1])
+          back[#back + 1] = page[i + 1]
+          back[#back + 1] = page[i]
+          ids[#ids + 1] = page[i]
+        end
+      end
+      if #ids > 0 then
+        redis.call('ZREM', pk, unpack(ids))
+        redis.call('ZADD', K_QUEUED, unpack(back))
+      end
+    end
+  end
+end
 local first_band, after = tonumber(ARGV[5] or '0'), ARGV[6] or ''
 local tops = {}
 for top in string.gmatch(ARGV[7] or '', '[^,]+') do tops[#tops + 1] = tonumber(top) end

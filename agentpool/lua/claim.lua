@@ -14,6 +14,7 @@ local worker, count, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local promote = tonumber(ARGV[5])
 local SKIPPED_PER_CLAIM = 200
 local PARKED_PER_CLAIM = 1000
+local UNPARK_LOOK_MS = 1000
 local PARK_BATCH = 64
 local now = now_ms()
 -- the delayed head: the due tasks to promote and, after them, the next due time
@@ -79,6 +80,13 @@ if prefix and redis.call('GET', last_claim) == prefix then
   local function fence_of(task) return tonumber(string.sub(task[2], #prefix + 1)) end
   table.sort(out, function(a, b) return fence_of(a) < fence_of(b) end)
 elseif not drain_requested(worker, pod) then
+  -- Room that no run's end reported (a cap raised or removed by hand, a tenant's waiting
+  -- task cancelled after its runs were handed back): a claim looks once a second at most
+  -- (common.lua's caps), so that no task stays parked while a worker of its queue lives.
+  if redis.call('EXISTS', K_PARKED) == 1
+      and redis.call('SET', P .. 'unpark_look', '1', 'NX', 'PX', UNPARK_LOOK_MS) then
+    unpark_all()
+  end
   local leases, held = {}, {}
   -- Tasks that cannot run (expired, or without a record to run) take no place in the claim:
   -- it pops again for them, up to SKIPPED_PER_CLAIM of them (each is a few writes).

@@ -347,14 +347,17 @@ local function tenant_runs(tenant)
   return n
 end
 
--- Moves up to `room` (nil: all, 1,000 at a time) of the tenant's parked tasks, the first
--- first, back to the queue at their places, and wakes as many idle workers.
+-- Moves up to `room` (nil: all) of the tenant's parked tasks, the first first, back to the
+-- queue at their places, and wakes as many idle workers; at most UNPARK_MOST a call (the
+-- next run's end, claim or reap goes on). A task past its expiry goes back without taking
+-- room: the claim or the reaper that reaches it ends it.
+local UNPARK_MOST = 5000
 local function unpark(tenant, room)
   local pk = parked_key(tenant)
-  local moved = 0
-  repeat
-    local want = math.min(room and room - moved or 1000, 1000)
-    if want <= 0 then break end
+  local now = now_ms()
+  local moved, looked = 0, 0
+  while (not room or moved < room) and looked < UNPARK_MOST do
+    local want = math.min(room and room - moved or 1000, 1000, UNPARK_MOST - looked)
     local popped = redis.call('ZPOPMIN', pk, want)
     if #popped == 0 then break end
     local back = {}
@@ -362,22 +365,28 @@ local function unpark(tenant, room)
       fair().hold(popped[i + 1])
       back[#back + 1] = popped[i + 1]
       back[#back + 1] = popped[i]
+      local expires = tonumber(redis.call('HGET', task_key(popped[i]), 'expires'))
+      if not (expires and now >= expires) then moved = moved + 1 end
+      looked = looked + 1
     end
     redis.call('ZADD', K_QUEUED, unpack(back))
-    moved = moved + #popped / 2
-  until #popped < 2 * want
+  end
   if redis.call('EXISTS', pk) == 0 then redis.call('SREM', K_PARKED, tenant) end
-  if moved > 0 then wake(moved) end
-  return moved
+  if looked > 0 then wake(looked) end
+  return looked
 end
 
 -- Gives each parked tenant that has room under its cap (or no cap any more) as many of its
--- parked tasks back as it has room for.
+-- parked tasks back as it has room for; forgets the tenants with none parked any more.
 local function unpark_all()
   for _, tenant in ipairs(redis.call('SMEMBERS', K_PARKED)) do
-    local cap = tenant_cap(tenant)
-    local room = cap and cap - tenant_runs(tenant)
-    if not room or room > 0 then unpark(tenant, room) end
+    if redis.call('EXISTS', parked_key(tenant)) == 0 then
+      redis.call('SREM', K_PARKED, tenant)
+    else
+      local cap = tenant_cap(tenant)
+      local room = cap and cap - tenant_runs(tenant)
+      if not room or room > 0 then unpark(tenant, room) end
+    end
   end
 end
 
@@ -392,7 +401,7 @@ local function run_ended(id, tk)
   local tenant = t[1]
   if not tenant or t[2] ~= 'running' then return end
   if redis.call('SREM', runs_key(tenant), id) == 1
-      and redis.call('SISMEMBER', K_PARKED, tenant) == 1 then
+      and redis.call('EXISTS', parked_key(tenant)) == 1 then
     local cap = tenant_cap(tenant)
     local room = cap and cap - tenant_runs(tenant)
     if not room or room > 0 then unpark(tenant, room) end

@@ -21,6 +21,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 
     moved[#moved + 1] = r
   end
 end
+-- Tasks parked for a cap whose tenant has room that no run's end reported (its run handed
+-- back to the queue by this reap, or by a lost pod's requeue) go back to the queue, before
+-- the sweep below, which ends those of them past their expiry at the head.
+if redis.call('EXISTS', K_PARKED) == 1 then unpark_all() end
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - stale_ms)) do
   if redis.call('SCARD', owner_key(w)) == 0 then
     redis.call('ZREM', K_WORKERS, w)
@@ -76,9 +80,6 @@ for _, id in ipairs(overdue) do
     swept = swept + 1
   end
 end
--- Tasks parked for a cap whose tenant has room that no run's end reported (its run handed
--- back to the queue by this reap, or by a lost pod's requeue) go back to the queue.
-if redis.call('EXISTS', K_PARKED) == 1 then unpark_all() end
 -- Places a turn or more before their band's clock count as none (common.lua's fair()):
 -- dropped, so `fair` holds only the tenants with tasks near or ahead of the turn being served
 -- (up to 1,000 a reap, so none is slow).

@@ -11,10 +11,11 @@ import redis.asyncio as aioredis
 from protocol_helpers import ONE_SERVER, eventually
 from redis.exceptions import NoPermissionError, ResponseError
 
-from agentpool.acl import Role
+from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
 from agentpool.connection import redis_from_url
 from agentpool.protocol import CancelOutcome, FailOutcome, TaskQueue, TenantCaps, WorkerInfo
 from agentpool.redis_server import RedisServer
+from agentpool.urls import with_credentials
 
 AclUrl = Callable[[str, Role], Awaitable[str]]
 Connect = Callable[[str, Role], Awaitable[aioredis.Redis]]
@@ -258,6 +259,38 @@ async def test_caps_work_under_the_users_and_a_producer_can_neither_set_nor_brea
     with pytest.raises(NoPermissionError):
         await producer.set_tenant_caps({"big": 100})
     assert await admin.tenant_caps() == TenantCaps({"big": 1})
+    assert (await producer.figures()).capped == 1
+    assert await producer.cancel_waiting() == 1, "the task parked for the cap"
+    assert (await producer.figures()).queued == 0
+
+
+@ONE_SERVER
+async def test_a_cancel_under_a_producers_rules_of_before_caps_refuses_before_it_writes(
+    redis: aioredis.Redis, redis_url: str, queue_name: str,
+) -> None:
+    """During an upgrade a producer's user may still have the rules of a version without
+    caps (no `parked:*`): cancelling a parked task is refused before anything changed, so the
+    task stays parked, not lost; a tenant's task that is not parked is cancelled as before."""
+    admin = TaskQueue(redis, queue_name)
+    await admin.set_tenant_caps({"big": 1})
+    ids = [await admin.submit({"n": n}, tenant="big") for n in range(3)]
+    await admin.claim("pod:i", 3, 30)
+    username, password = f"agentpool:tests:{uuid.uuid4().hex[:8]}:old", uuid.uuid4().hex
+    old_rules = [rule for rule in acl_rules(queue_name, Role.PRODUCER,
+                                            [password_hash(password)])
+                 if not rule.endswith(":parked:*")]
+    await set_user(redis, username, old_rules)
+    producer = redis_from_url(with_credentials(redis_url, username, password))
+    try:
+        with pytest.raises(ResponseError, match="can't access"):
+            await TaskQueue(producer, queue_name).cancel(ids[1])
+        assert (await admin.get(ids[1])).state == "queued"
+        assert await redis.zscore(admin.prefix + "parked:big", ids[1]) is not None
+        waiting = await admin.submit({"n": 9}, tenant="small")  # queued, not parked
+        assert await TaskQueue(producer, queue_name).cancel(waiting) is CancelOutcome.CANCELLED
+    finally:
+        await producer.aclose()
+        await delete_user(redis, username)
 
 
 async def test_a_producer_cancels_every_waiting_task_with_its_acl(

@@ -147,21 +147,30 @@ async def _lease_ran_out(queue: TaskQueue, task: ClaimedTask) -> object:
     return None
 
 
-@pytest.mark.parametrize("end", [_complete, _retry_now, _retry_later, _dead, _release,
-                                 _pod_lost, _lease_ran_out],
-                         ids=lambda end: end.__name__.strip("_"))
+@pytest.mark.parametrize("end, parked_after, next_is_the_same", [
+    (_complete, 1, False), (_retry_later, 1, False), (_dead, 1, False),
+    # its run's end gives a parked task back, and the retry, due at once, keeps its place
+    (_retry_now, 1, True),
+    # handed back to the queue at its place, still counted: nothing given back
+    (_release, 2, True), (_pod_lost, 2, True),
+    # the reaper hands the run back and finds the room it leaves
+    (_lease_ran_out, 1, True),
+], ids=["complete", "retry_later", "dead", "retry_now", "release", "pod_lost", "lease_ran_out"])
 async def test_every_way_a_run_ends_makes_room_and_wakes_a_worker(
-    queue: TaskQueue, redis: aioredis.Redis, end: EndRun,
+    queue: TaskQueue, redis: aioredis.Redis, end: EndRun, parked_after: int,
+    next_is_the_same: bool,
 ) -> None:
     waiting = await submit_as(queue, "a", 3)
     await queue.set_tenant_caps({"a": 1})
     task = (await queue.claim("pod1:x", 1, 0.2)).tasks[0]
     assert (await queue.claim("pod2:y", 1, 30)).tasks == []
+    assert (await queue.figures()).capped == 2
     await redis.delete(queue.prefix + "wake")
     await end(queue, task)
     assert await redis.llen(queue.prefix + "wake") == 1, "an idle worker is woken"
-    after = await queue.claim("pod2:y", 1, 30)
-    assert len(after.tasks) == 1 and after.tasks[0].id in waiting
+    assert (await queue.figures()).capped == parked_after
+    (after,) = (await queue.claim("pod2:y", 1, 30)).tasks
+    assert after.id == (task.id if next_is_the_same else waiting[1])
 
 
 async def test_a_claim_that_parks_the_rest_of_the_queue_wakes_no_one(
@@ -321,6 +330,84 @@ async def test_a_claim_of_thousands_takes_them_all(queue: TaskQueue) -> None:
     await queue.submit_many([{"n": i} for i in range(5000)])
     assert len((await queue.claim("w1", 4500, 30)).tasks) == 4500
     assert (await queue.figures()).queued == 500
+
+
+async def claim_within(queue: TaskQueue, worker: str, within: float = 5.0) -> list[str]:
+    """The ids of the first claim that takes anything, claiming every 50 ms."""
+    found: list[str] = []
+
+    async def took() -> bool:
+        found.extend(t.id for t in (await queue.claim(worker, 10, 30)).tasks)
+        return bool(found)
+
+    await eventually(took, within=within)
+    return found
+
+
+async def test_room_no_runs_end_reported_is_found_by_the_claims(queue: TaskQueue) -> None:
+    """The tenant's only run handed back to the queue and cancelled there: no run ends, and
+    the tasks parked behind it come back through a claim's look (once a second)."""
+    await queue.set_tenant_caps({"a": 1})
+    ids = await submit_as(queue, "a", 3)
+    (run,) = (await queue.claim("w1", 3, 30)).tasks
+    assert await queue.release(run, "shutting down") is FailOutcome.REQUEUED
+    assert await queue.cancel(run.id) is CancelOutcome.CANCELLED
+    assert await claim_within(queue, "w2") == [ids[1]]
+
+
+@ONE_SERVER
+async def test_caps_deleted_by_hand_let_the_parked_tasks_go(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    await queue.set_tenant_caps({"a": 1})
+    ids = await submit_as(queue, "a", 3)
+    await queue.claim("w1", 3, 30)
+    await redis.delete(queue.prefix + "caps")
+    assert sorted(await claim_within(queue, "w2")) == sorted(ids[1:])
+
+
+async def test_an_expired_parked_task_takes_no_room(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """A run's end gives back as many live parked tasks as it has room for; the expired
+    ones go back too, for the claim to end them."""
+    await queue.set_tenant_caps({"a": 1})
+    (run_id,) = await submit_as(queue, "a", 1)
+    (run,) = (await queue.claim("w1", 1, 30)).tasks
+    stale = [await queue.submit({"n": n}, tenant="a", expires=0.2) for n in range(3)]
+    live = await queue.submit({"n": 9}, tenant="a")
+    assert (await queue.claim("w1", 10, 30)).tasks == []
+    assert (await queue.figures()).capped == 4
+
+    async def expired() -> bool:
+        seconds, micros = await redis.time()
+        now_ms = seconds * 1000 + micros // 1000
+        return all(info.expires_ms is not None and info.expires_ms <= now_ms
+                   for info in await queue.get_many(stale))
+
+    await eventually(expired, within=5)
+    assert await queue.complete(run, "ok")
+    assert [t.id for t in (await queue.claim("w1", 10, 30)).tasks] == [live]
+    assert [(await queue.get(i)).state for i in stale] == ["cancelled"] * 3
+    assert run_id == run.id
+
+
+async def test_cancel_waiting_leaves_the_parked_tasks_submitted_after_it(
+    queue: TaskQueue,
+) -> None:
+    await queue.set_tenant_caps({"a": 1})
+    await submit_as(queue, "a", 3)
+    (first,) = (await queue.claim("w1", 5, 30)).tasks
+    later = await submit_as(queue, "a", 2)
+    await queue.claim("w1", 5, 30)
+    assert (await queue.figures()).capped == 4
+    # one call of the script, as a cancel_waiting begun before the last two submits
+    done, more, *_ = await queue._run("cancel_waiting", 3, 1000, 0, 0, "", "")
+    assert (int(done), int(more)) == (2, 0)
+    figures = await queue.figures()
+    assert (figures.capped, figures.queued) == (2, 2)
+    assert {(await queue.get(i)).state for i in later} == {"queued"}
+    assert first.id
 
 
 async def test_setting_the_same_caps_again_writes_nothing(queue: TaskQueue) -> None:
