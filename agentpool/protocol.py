@@ -1366,14 +1366,19 @@ class TaskQueue:
         MULTI; True when that changed them. A tenant of weight w takes w turns to one of a
         tenant of weight 1 from its next task on (tasks already queued keep their places).
         The operator sets them from ``spec.tenants``; a producer's ACL user cannot."""
-        wanted = {tenant_arg(tenant): tenant_weight_arg(weight)
+        wanted = {tenant_arg(tenant): str(tenant_weight_arg(weight))
                   for tenant, weight in weights.items()}
-        if await self._raw_weights() == {tenant: str(w) for tenant, w in wanted.items()}:
+        return await self._replace_hash("weights", await self._raw_weights(), wanted)
+
+    async def _replace_hash(self, key: str, held: Mapping[str, str],
+                            wanted: Mapping[str, str]) -> bool:
+        """Make the queue's hash `key` hold `wanted` in one MULTI, unless it `held` that."""
+        if held == wanted:
             return False
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.prefix + "weights")
+            pipe.delete(self.prefix + key)
             if wanted:
-                pipe.hset(self.prefix + "weights", mapping=cast(Any, wanted))
+                pipe.hset(self.prefix + key, mapping=cast(Any, dict(wanted)))
             await pipe.execute()
         return True
 
@@ -1402,13 +1407,8 @@ class TaskQueue:
         wanted = {tenant_arg(tenant): str(tenant_cap_arg(cap)) for tenant, cap in caps.items()}
         if default is not None:
             wanted[""] = str(tenant_cap_arg(default))
-        if await self._raw_caps() == wanted:
+        if not await self._replace_hash("caps", await self._raw_caps(), wanted):
             return False
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.prefix + "caps")
-            if wanted:
-                pipe.hset(self.prefix + "caps", mapping=cast(Any, wanted))
-            await pipe.execute()
         await self._run("unpark")
         return True
 
