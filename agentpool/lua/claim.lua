@@ -121,7 +121,7 @@ elseif not drain_requested(worker, pod) then
       local f = #held < count and redis.call('HMGET', tk, 'payload', 'created', 'max',
         'attempts', 'cp', 'timeout', 'expires', 'ev', 'after', 'tenant')
       local expires = f and tonumber(f[7])  -- a field written by hand may be no number
-      local tenant = f and caps_on() and f[10]
+      local tenant = f and f[10] and caps_on() and f[10]
       if not f then
         put_back[#put_back + 1] = score
         put_back[#put_back + 1] = id
