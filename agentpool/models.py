@@ -1273,6 +1273,11 @@ class AgentPoolStatus(_Model):
         description="Tasks waiting for the tasks they run after to succeed (not runnable yet, "
         "so not counted in queued).",
     )
+    capped: int = Field(
+        default=0,
+        description="Of queued, the tasks parked for their tenant's cap on runs at once "
+        "(tenantMaxRunning): not counted in the backlog the pool is sized for.",
+    )
     dead: int = Field(default=0, description="Tasks in the dead-letter list.")
     workers: int = Field(default=0, description="Worker processes with a live heartbeat.")
     last_scale_time: datetime | None = Field(

@@ -39,6 +39,7 @@ _FIGURES = {
     "queued": "Tasks waiting to be claimed",
     "delayed": "Tasks scheduled for later or awaiting a retry",
     "deferred": "Tasks waiting for the tasks they run after to succeed",
+    "capped": "Of the queued tasks, those parked for their tenant's cap on runs at once",
     "inFlight": "Tasks being run by a worker",
     "dead": "Tasks in the dead-letter list",
     "workers": "Worker processes with a live heartbeat",

@@ -25,7 +25,8 @@ from agentpool.urls import redact_url
 Status = dict[str, Any]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
-FIGURE_FIELDS = frozenset({"queued", "delayed", "deferred", "inFlight", "dead", "workers"})
+FIGURE_FIELDS = frozenset({"queued", "delayed", "deferred", "capped", "inFlight", "dead",
+                           "workers"})
 """Fields that move with the queue; written at most every refresh interval."""
 
 MAX_MESSAGE_LENGTH = 1024
@@ -230,6 +231,7 @@ def build_status(
             queued=figures.queued,
             delayed=figures.delayed,
             deferred=figures.deferred,
+            capped=figures.capped,
             inFlight=figures.in_flight,
             dead=figures.dead,
             workers=figures.workers,

@@ -24,9 +24,10 @@ T1 = T0 + timedelta(seconds=30)
 
 
 def figures(queued: int = 0, in_flight: int = 0, delayed: int = 0, dead: int = 0,
-            workers: int = 0, deferred: int = 0) -> QueueFigures:
+            workers: int = 0, deferred: int = 0, capped: int = 0) -> QueueFigures:
     return QueueFigures(queued_by_priority={0: queued}, due_delayed=0, delayed=delayed,
-                        in_flight=in_flight, dead=dead, workers=workers, deferred=deferred)
+                        in_flight=in_flight, dead=dead, workers=workers, deferred=deferred,
+                        capped=capped)
 
 
 def status(previous: dict | None = None, *, now: datetime = T0, generation: int = 1,
@@ -45,10 +46,11 @@ def conditions(s: dict) -> dict[str, dict]:
 
 def test_healthy_pool() -> None:
     s = status(queue_figures=figures(queued=5, in_flight=2, delayed=1, dead=3, workers=2,
-                                     deferred=4))
+                                     deferred=4, capped=2))
     assert {k: v for k, v in s.items() if k != "conditions"} == {
         "queue": "jobs", "replicas": 2, "readyReplicas": 2, "desiredReplicas": 2,
-        "queued": 5, "inFlight": 2, "delayed": 1, "deferred": 4, "dead": 3, "workers": 2,
+        "queued": 7, "capped": 2, "inFlight": 2, "delayed": 1, "deferred": 4, "dead": 3,
+        "workers": 2,
         "observedGeneration": 1, "health": "Ready",
     }
     c = conditions(s)

@@ -117,4 +117,5 @@ async def test_the_autoscaler_leaves_out_the_tasks_a_cap_holds_back(
         "message"].endswith("19 tasks wait for their tenant's cap on runs at once "
                             "(not counted)") and c)
     assert cluster.deployment("tc")["spec"]["replicas"] == 1, scaling
-    assert cluster.pool("tc")["status"]["desiredReplicas"] == 1
+    status = cluster.pool("tc")["status"]
+    assert (status["desiredReplicas"], status["capped"], status["queued"]) == (1, 19, 19)
