@@ -98,11 +98,12 @@ task lists call, in scripts and outside them."""
 
 PRODUCER_WRITABLE_KEYS = ("t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake",
                           "seq", "idem:*", "durable", "listening", "full", "deferred",
-                          "deferred_expiry", "next:*", "fair", "parked:*")
+                          "deferred_expiry", "next:*", "fair", "parked:*", "parked_expiry")
 """The keys a submit or a cancel writes (a submit `after` other tasks appends its id to their
 ``next:`` keys and waits in ``deferred``, and in ``deferred_expiry`` when it expires; a
 tenant's submit notes its place in ``fair``; a cancel takes a task parked for its tenant's cap
-out of ``parked:<tenant>``, and ``cancel_waiting`` puts those back in the queue first; a
+out of ``parked:<tenant>`` and ``parked_expiry``, and ``cancel_waiting`` puts those back in
+the queue first; a
 cancel closes the task's event stream and sets the result TTL on the checkpoint of a task
 that was waiting for its next attempt, and first touches ``full``, a key that never exists,
 so that it runs when Redis is full: see ``run_when_full`` in common.lua), and the flag a

@@ -13,6 +13,7 @@ if state == 'queued' or state == 'delayed' or state == 'dead' or state == 'defer
   -- first: the write a producer's rules of an earlier version refuse, before any other
   if f[7] and redis.call('ZSCORE', parked_key(f[7]), id) then
     redis.call('ZREM', parked_key(f[7]), id)
+    if f[6] then redis.call('ZREM', K_PARKED_EXPIRY, id) end
   end
   redis.call('ZREM', K_QUEUED, id)
   redis.call('ZREM', K_DELAYED, id)

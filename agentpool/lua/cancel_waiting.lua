@@ -43,6 +43,7 @@ if redis.call('EXISTS', K_PARKED) == 1 then
       end
       if #ids > 0 then
         redis.call('ZREM', pk, unpack(ids))
+        redis.call('ZREM', K_PARKED_EXPIRY, unpack(ids))
         redis.call('ZADD', K_QUEUED, unpack(back))
       end
     end

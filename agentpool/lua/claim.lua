@@ -133,6 +133,7 @@ elseif not drain_requested(worker, pod) then
       elseif tenant and (f[1] or f[4]) and room_for(tenant) and room[tenant] <= 0 then
         redis.call('ZADD', parked_key(tenant), score, id)
         redis.call('SADD', K_PARKED, tenant)
+        if expires then redis.call('ZADD', K_PARKED_EXPIRY, expires, id) end
         parked = parked + 1
       elseif f[1] or f[4] then
         -- The random prefix keeps tokens unique when a failover rolls the counter back.

@@ -310,6 +310,9 @@ end
 -- end did not report (reap.lua).
 local K_CAPS = P .. 'caps'
 local K_PARKED = P .. 'parked'
+-- The parked tasks that have an expiry, scored by it: the reaper ends those past it, so a
+-- task does not outlive its expiry parked behind its tenant's long runs (reap.lua).
+local K_PARKED_EXPIRY = P .. 'parked_expiry'
 -- Whether `caps` exists, as this run learned it (nil: not asked yet).
 local caps_exist
 local function caps_on()
@@ -366,6 +369,7 @@ local function unpark(tenant, room)
       back[#back + 1] = popped[i + 1]
       back[#back + 1] = popped[i]
       local expires = tonumber(redis.call('HGET', task_key(popped[i]), 'expires'))
+      if expires then redis.call('ZREM', K_PARKED_EXPIRY, popped[i]) end
       if not (expires and now >= expires) then moved = moved + 1 end
       looked = looked + 1
     end

@@ -80,6 +80,25 @@ for _, id in ipairs(overdue) do
     swept = swept + 1
   end
 end
+-- Parked tasks past their expiry, parked behind their tenant's runs for as long as those
+-- last: they end now (an entry whose task left the parked set some other way is dropped).
+local parked_over = redis.call('ZRANGEBYSCORE', K_PARKED_EXPIRY, '-inf', now, 'LIMIT', 0,
+  math.max(SWEPT_PER_REAP - looked, 1))
+for _, id in ipairs(parked_over) do
+  local tk = task_key(id)
+  local f = redis.call('HMGET', tk, 'state', 'tenant', 'expires', 'created', 'ev', 'cp', 'dn',
+    'started')
+  redis.call('ZREM', K_PARKED_EXPIRY, id)
+  local expires = tonumber(f[3])
+  if f[1] == 'queued' and f[2] and expires and now >= expires
+      and redis.call('ZREM', parked_key(f[2]), id) == 1 then
+    local what = 'not started'
+    if f[8] then what = 'not started again' end
+    expired(id, tk, now, {ev = f[5] or false, cp = f[6] or false, dn = f[7] or false}, expires,
+      f[4], what, '')
+    swept = swept + 1
+  end
+end
 -- Places a turn or more before their band's clock count as none (common.lua's fair()):
 -- dropped, so `fair` holds only the tenants with tasks near or ahead of the turn being served
 -- (up to 1,000 a reap, so none is slow).

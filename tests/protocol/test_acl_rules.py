@@ -80,7 +80,7 @@ def test_a_producer_reads_its_queue_and_writes_only_what_submit_and_cancel_write
     writable = {k.removeprefix("~ap:{qa}:") for k in keys[1:]}
     assert {"t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake", "seq",
             "idem:*", "durable", "listening", "full", "deferred", "deferred_expiry",
-            "next:*", "fair", "parked:*"} == writable
+            "next:*", "fair", "parked:*", "parked_expiry"} == writable
 
 
 def test_passwords_are_given_as_hashes_and_several_may_be_valid_at_once() -> None:

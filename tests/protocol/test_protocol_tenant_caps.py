@@ -392,6 +392,47 @@ async def test_an_expired_parked_task_takes_no_room(
     assert run_id == run.id
 
 
+async def test_a_parked_task_past_its_expiry_ends_while_its_tenant_stays_at_its_cap(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """The reaper ends it, as it ends a deferred one: its producer does not wait for the
+    tenant's long run to end."""
+    await queue.set_tenant_caps({"a": 1})
+    await submit_as(queue, "a", 1)
+    await claim_one(queue, "w1")
+    soon = await queue.submit({"n": 1}, tenant="a", expires=0.3)
+    later = await queue.submit({"n": 2}, tenant="a")
+    assert (await queue.claim("w1", 5, 30)).tasks == []
+    assert await redis.zcard(queue.prefix + "parked_expiry") == 1
+
+    async def ended() -> bool:
+        await queue.reap_expired()
+        info = await queue.get(soon)
+        return info is not None and info.state == "cancelled"
+
+    await eventually(ended, within=5)
+    info = await queue.get(soon)
+    assert info is not None and (info.error or "").startswith("expired: not started")
+    assert (await queue.figures()).capped == 1
+    assert await redis.zcard(queue.prefix + "parked_expiry") == 0
+    assert (await queue.get(later)).state == "queued"
+
+
+async def test_a_parked_task_cancelled_or_given_back_leaves_no_expiry_behind(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    await queue.set_tenant_caps({"a": 1})
+    await submit_as(queue, "a", 1)
+    (run,) = (await queue.claim("w1", 1, 30)).tasks
+    ids = [await queue.submit({"n": n}, tenant="a", expires=600) for n in range(2)]
+    assert (await queue.claim("w1", 5, 30)).tasks == []
+    assert await redis.zcard(queue.prefix + "parked_expiry") == 2
+    assert await queue.cancel(ids[1]) is CancelOutcome.CANCELLED
+    assert await queue.complete(run, "ok")
+    assert await redis.zcard(queue.prefix + "parked_expiry") == 0
+    assert [t.id for t in (await queue.claim("w1", 5, 30)).tasks] == [ids[0]]
+
+
 async def test_cancel_waiting_leaves_the_parked_tasks_submitted_after_it(
     queue: TaskQueue,
 ) -> None:
