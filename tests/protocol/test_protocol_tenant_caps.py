@@ -332,7 +332,8 @@ async def test_a_claim_of_thousands_takes_them_all(queue: TaskQueue) -> None:
     assert (await queue.figures()).queued == 500
 
 
-async def claim_within(queue: TaskQueue, worker: str, within: float = 5.0) -> list[str]:
+async def ids_of_the_first_claim_that_takes_any(queue: TaskQueue, worker: str,
+                                                within: float = 5.0) -> list[str]:
     """The ids of the first claim that takes anything, claiming every 50 ms."""
     found: list[str] = []
 
@@ -352,7 +353,7 @@ async def test_room_no_runs_end_reported_is_found_by_the_claims(queue: TaskQueue
     (run,) = (await queue.claim("w1", 3, 30)).tasks
     assert await queue.release(run, "shutting down") is FailOutcome.REQUEUED
     assert await queue.cancel(run.id) is CancelOutcome.CANCELLED
-    assert await claim_within(queue, "w2") == [ids[1]]
+    assert await ids_of_the_first_claim_that_takes_any(queue, "w2") == [ids[1]]
 
 
 @ONE_SERVER
@@ -363,7 +364,7 @@ async def test_caps_deleted_by_hand_let_the_parked_tasks_go(
     ids = await submit_as(queue, "a", 3)
     await queue.claim("w1", 3, 30)
     await redis.delete(queue.prefix + "caps")
-    assert sorted(await claim_within(queue, "w2")) == sorted(ids[1:])
+    assert sorted(await ids_of_the_first_claim_that_takes_any(queue, "w2")) == sorted(ids[1:])
 
 
 async def test_an_expired_parked_task_takes_no_room(
