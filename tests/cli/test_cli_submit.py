@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 from cli_helpers import Cli, background_worker, table_rows, with_queue
 
-from agentpool import protocol
 from agentpool.cli.main import main
-from agentpool.protocol import DEFAULT_MAX_PAYLOAD_BYTES, TaskQueue
+from agentpool.protocol import DEFAULT_MAX_PAYLOAD_BYTES, TaskQueue, task_queue
 
 HERE = Path(__file__).resolve().parent
 
@@ -311,7 +310,7 @@ def test_a_task_to_run_after_gone_midway_through_a_file_lists_the_tasks_that_wen
     lines = tmp_path / "tasks.jsonl"
     lines.write_text("".join(f'{{"n": {n}}}\n' for n in range(600)))
     calls = 0
-    in_one_trip = protocol._scripts_in_one_trip
+    in_one_trip = task_queue.scripts_in_one_trip
 
     async def first_gone_after_one_call(redis: Any, calls_of: Any, **options: Any) -> Any:
         nonlocal calls
@@ -320,7 +319,7 @@ def test_a_task_to_run_after_gone_midway_through_a_file_lists_the_tasks_that_wen
             await redis.delete(calls_of[0][0].task_key(first))
         return await in_one_trip(redis, calls_of, **options)
 
-    monkeypatch.setattr(protocol, "_scripts_in_one_trip", first_gone_after_one_call)
+    monkeypatch.setattr(task_queue, "scripts_in_one_trip", first_gone_after_one_call)
     result = cli("submit", "-f", str(lines), "--after", first, "-o", "json")
     assert result.code == 1
     ids = json.loads(result.out)["ids"]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis.exceptions
 
-from agentpool import protocol
 from agentpool.client import Client, ClientClosed, ClientConfigError, SyncClient
 from agentpool.protocol import CancelOutcome, TaskQueue
+from agentpool.protocol.waiting import waits_subscribed
 from agentpool.redis_server import free_port
 
 
@@ -154,7 +154,7 @@ def test_closing_a_sync_client_ends_the_calls_other_threads_wait_in(
     waiter = threading.Thread(target=waiting)
     waiter.start()
     deadline = time.monotonic() + 10
-    while not protocol._SUBSCRIBED_WAITS.get(client._parts()[1].redis):
+    while not waits_subscribed.get(client._parts()[1].redis):
         assert time.monotonic() < deadline, "the wait did not start"
         time.sleep(0.01)
     client.close()

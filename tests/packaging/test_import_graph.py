@@ -7,6 +7,8 @@
   imports neither the operator nor the worker, and nothing shared imports the console;
 - the operator and the worker do not import each other;
 - the scaling policy needs nothing but the standard library and the models;
+- the task protocol is used through its package (`agentpool.protocol`), never by reaching
+  into the modules it is made of;
 - no module reaches itself through its imports.
 """
 
@@ -67,6 +69,16 @@ def test_scaling_policy_needs_only_the_standard_library() -> None:
     assert scaling
     outside = {m: outside_imports(m) - sys.stdlib_module_names for m in scaling}
     assert {m: names for m, names in outside.items() if names} == {}
+
+
+def test_the_protocol_is_used_through_its_package() -> None:
+    inside = "agentpool.protocol"
+    users = {m: targets for m, targets in import_graph().items()
+             if m != inside and not m.startswith(inside + ".")}
+    assert any(inside in targets for targets in users.values())
+    reaching_in = [f"{m} -> {t}" for m, targets in users.items() for t in sorted(targets)
+                   if t.startswith(inside + ".")]
+    assert reaching_in == []
 
 
 def test_cycle_finder_sees_a_circle_through_any_import(tmp_path: Path) -> None:

@@ -21,11 +21,10 @@ import redis.asyncio as aioredis
 from protocol_helpers import claim_one, promoted, replica_of
 from redis_freeze import frozen
 
-import agentpool.protocol
 from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
 from agentpool.connection import node_of_key, redis_from_url
 from agentpool.durability import NotReplicated
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import TaskQueue, round_trips
 from agentpool.redis_server import RedisCluster, RedisServer, sentinel_admin
 
 TIMEOUT = 0.2
@@ -110,7 +109,7 @@ async def test_a_wait_answered_by_a_node_that_no_longer_holds_the_slot_counts_no
     named before (here a wrong one, whose own replica answers), the writes follow the slot."""
     queue = _queue(client)
     await queue.submit("warm")
-    real_node_of_key = agentpool.protocol.node_of_key
+    real_node_of_key = round_trips.node_of_key
     holder = await real_node_of_key(client, queue.prefix + "queued")
     elsewhere = next(node for node in client.get_primaries()  # type: ignore[attr-defined]
                      if node.name != holder.name)
@@ -120,7 +119,7 @@ async def test_a_wait_answered_by_a_node_that_no_longer_holds_the_slot_counts_no
         calls.append(key)
         return elsewhere if len(calls) == 1 else await real_node_of_key(redis_client, key)
 
-    monkeypatch.setattr(agentpool.protocol, "node_of_key", stale_first)
+    monkeypatch.setattr(round_trips, "node_of_key", stale_first)
     with pytest.raises(NotReplicated) as raised:
         await queue.submit("after a move")
     assert len(calls) == 2

@@ -10,8 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import RoundTrips, claim_one, queued_ids
 
-from agentpool import protocol
-from agentpool.protocol import ReapResult, RequeueResult, TaskQueue, WorkerInfo
+from agentpool.protocol import ReapResult, RequeueResult, TaskQueue, WorkerInfo, task_queue
 
 
 async def test_requeue_owner_returns_all_its_tasks_in_one_step_and_spares_others(
@@ -221,7 +220,7 @@ async def test_instances_read_on_a_clock_ahead_of_redis_are_not_judged_silent(
     await queue.heartbeat(WorkerInfo("pod-a", "i1", 4, runs_since=(int(redis_now * 1000),)),
                           {}, 30)
     ahead = 120.0
-    monkeypatch.setattr(protocol, "time", SimpleNamespace(time=lambda: time.time() + ahead))
+    monkeypatch.setattr(task_queue, "time", SimpleNamespace(time=lambda: time.time() + ahead))
     [state] = await queue.instances("pod-a")
     reader_now = time.time() + ahead
     assert reader_now - state.last_seen == pytest.approx(0, abs=5)

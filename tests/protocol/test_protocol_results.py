@@ -12,9 +12,9 @@ from protocol_helpers import claim_one, eventually, shard_subscribers
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from agentpool import protocol
 from agentpool.connection import redis_from_url
-from agentpool.protocol import DoneSignal, TaskInfo, TaskNotFound, TaskQueue
+from agentpool.protocol import DoneSignal, TaskInfo, TaskNotFound, TaskQueue, task_queue
+from agentpool.protocol.waiting import waits_subscribed
 from agentpool.redis_server import RedisServer, free_port
 
 
@@ -153,7 +153,7 @@ async def ended(awaitable: Awaitable[object], within: float = 10) -> BaseExcepti
 async def test_wait_on_a_redis_never_reached_raises_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(protocol, "WAIT_RECONNECT_SECONDS", 3600.0)
+    monkeypatch.setattr(task_queue, "WAIT_RECONNECT_SECONDS", 3600.0)
     client = redis_from_url(f"redis://127.0.0.1:{free_port()}/0")
     try:
         error = await ended(TaskQueue(client, "q").wait("0" * 32, timeout=600))
@@ -166,7 +166,7 @@ async def test_wait_whose_credentials_stop_working_raises_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A lost connection is retried (a failover); a reconnect the server refuses is not."""
-    monkeypatch.setattr(protocol, "WAIT_RECONNECT_SECONDS", 3600.0)
+    monkeypatch.setattr(task_queue, "WAIT_RECONNECT_SECONDS", 3600.0)
     with RedisServer() as server:
         client = redis_from_url(server.url)
         admin = redis_from_url(server.url)
@@ -249,4 +249,4 @@ async def test_more_waits_than_the_pool_has_connections_all_return(
             waiting.cancel()
         await worker.redis.aclose()
     assert [info.result for info in done] == ids
-    assert protocol._SUBSCRIBED_WAITS.get(queue.redis, 0) == 0
+    assert waits_subscribed.get(queue.redis, 0) == 0

@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 from protocol_helpers import ONE_SERVER, claim_one, claim_within, drop_queue, eventually
 from test_protocol_cancel_waiting import after_each_call, states
 
-from agentpool.protocol import MAX_TENANT_CHARS, FailOutcome, ProtocolError, TaskQueue, _s
+from agentpool.protocol import MAX_TENANT_CHARS, FailOutcome, ProtocolError, TaskQueue
+from agentpool.protocol.replies import as_text
 
 PRIORITY_BAND = 2**40
 """A queued task's score is its priority's band (this times 9 - priority) plus its place
@@ -358,7 +359,7 @@ async def test_a_burst_placed_at_once_keeps_its_order_and_cancel_waiting_finds_i
     batch = await queue.claim("w1", 1, 30)  # promotes the ten, takes the first
     assert batch.tasks[0].id == burst[0]
     counter = int(await redis.get(queue.prefix + "seq") or 0)
-    places = {_s(i): score % PRIORITY_BAND
+    places = {as_text(i): score % PRIORITY_BAND
               for i, score in await redis.zrange(queue.prefix + "queued", 0, -1,
                                                  withscores=True)}
     assert [places[i] for i in burst[1:]] == sorted(set(places.values()))
@@ -476,7 +477,7 @@ async def test_a_weighted_burst_past_the_submit_counter_is_found_by_cancel_waiti
     assert max(places) > counter and max(places) != round(max(places))
     # one call of one task: the band's highest place it hands to the next call, exactly
     reply = await queue._run("cancel_waiting", counter, 1, 0, 0, "", "")
-    tops = [float(top) for top in _s(reply[5]).split(",")]
+    tops = [float(top) for top in as_text(reply[5]).split(",")]
     assert tops[9] == await redis.zscore(queue.prefix + "fair", "9:a")
     assert await queue.cancel_waiting(batch=2) == 8
 
@@ -491,7 +492,7 @@ async def test_the_reaper_keeps_a_weighted_place_just_ahead_of_the_clock(
     ids = list(await submit_as(queue, "w", 50))
     await queue.claim("w1", 49, 30)
     head = await redis.zrange(queue.prefix + "queued", 0, 0, withscores=True)
-    assert _s(head[0][0]) == ids[-1] and head[0][1] % 1 > 0.95
+    assert as_text(head[0][0]) == ids[-1] and head[0][1] % 1 > 0.95
     await queue.submit({"n": "other"}, tenant="other")  # the clock notes the head
     await queue.reap_expired()
     assert await redis.zscore(queue.prefix + "fair", "9:w") == head[0][1]

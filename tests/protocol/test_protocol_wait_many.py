@@ -17,6 +17,7 @@ from agentpool import protocol
 from agentpool.client import SyncClient
 from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskInfo, TaskNotFound, TaskQueue
+from agentpool.protocol.waiting import waits_subscribed
 from agentpool.redis_server import RedisServer
 
 
@@ -75,7 +76,7 @@ async def test_many_waiting_tasks_share_one_subscription(
     try:
         channel = queue.prefix + "done"
         await eventually(lambda: _subscribers(redis, channel, 1))
-        assert protocol._SUBSCRIBED_WAITS.get(queue.redis) == 1
+        assert waits_subscribed.get(queue.redis) == 1
         for _ in range(3):
             batch = await queue.claim("pod-w:i1", 100, 30)
             completions = [(t, json.loads(t.payload_raw)) for t in batch.tasks]
@@ -85,7 +86,7 @@ async def test_many_waiting_tasks_share_one_subscription(
         waiting.cancel()
     assert [i.result for i in infos] == list(range(300))
     assert sorted(read_whole) == sorted(ids)
-    assert protocol._SUBSCRIBED_WAITS.get(queue.redis, 0) == 0
+    assert waits_subscribed.get(queue.redis, 0) == 0
     await eventually(lambda: _subscribers(redis, queue.prefix + "done", 0))
 
 
@@ -122,7 +123,7 @@ async def test_a_timeout_keeps_what_finished_and_raises_for_the_rest(queue: Task
     assert seen == [done]
     with pytest.raises(TimeoutError):
         await queue.wait_many([done, stuck], timeout=0.3)
-    assert protocol._SUBSCRIBED_WAITS.get(queue.redis, 0) == 0
+    assert waits_subscribed.get(queue.redis, 0) == 0
 
 
 async def test_no_ids_wait_for_nothing(queue: TaskQueue) -> None:
@@ -220,4 +221,4 @@ def test_the_sync_client_hands_over_each_task_as_it_ends(redis_url: str, queue_n
         assert queue.cancel(second) is protocol.CancelOutcome.CANCELLED
         assert next(finishes).id == second
         finishes.close()  # left before the last: the subscription ends with it
-        assert protocol._SUBSCRIBED_WAITS.get(worker.redis, 0) == 0
+        assert waits_subscribed.get(worker.redis, 0) == 0

@@ -1,0 +1,182 @@
+"""The task protocol on Redis: the one package producers, workers and the operator share.
+Import from here; its modules, one per concern, are listed in docs/protocol.md.
+
+Every state change is one Lua script (one round trip, atomic). A queue's keys live under
+``ap:{<queue>}:`` so they share a hash tag and one Redis Cluster slot. Task states:
+
+    queued --claim--> running --complete--> succeeded
+    delayed --due--> queued     running --fail--> delayed (retry) | dead
+                                running --holder lost--> queued | dead (attempts used up)
+    queued/delayed/dead --cancel--> cancelled;  running --cancel--> (its worker stops it)
+
+A claim hands out a fencing token; only the holder of the current token can complete or fail
+the task, so a worker that wakes up after its task was requeued cannot overwrite anything.
+
+A task may have an event stream (``ev:<id>``, capped, kept as long as the task): the events its
+runs emit, each tagged with its attempt, closed by a ``final`` event written in the same step
+as the final state, so :meth:`TaskQueue.events` can follow it live and know when it has all.
+"""
+
+from agentpool.protocol.encoding import (
+    compact_json,
+    encode_checkpoint,
+    encode_event,
+    encode_payload,
+    encode_progress,
+    encode_result,
+    has_control_character,
+    storable_text,
+)
+from agentpool.protocol.ids import call_id, key_prefix, new_instance_id, new_task_id, worker_id
+from agentpool.protocol.limits import (
+    COMPLETE_CHUNK,
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_TASK_TIMEOUT_SECONDS,
+    EVENT_KIND,
+    FINAL_EVENT,
+    FINAL_STATES,
+    LISTEN_SECONDS,
+    MAX_AFTER,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_DELAY_SECONDS,
+    MAX_EVENT_BYTES,
+    MAX_PRIORITY,
+    MAX_RESULT_BYTES_LIMIT,
+    MAX_SUBMIT_CHUNK,
+    MAX_TASK_TIMEOUT_SECONDS,
+    MAX_TENANT_CHARS,
+    MAX_TENANT_RUNS,
+    MAX_TENANT_WEIGHT,
+    NEWS_AT_ONCE,
+    QUEUE_NAME,
+    SUBSCRIBED_WAITS,
+    TASK_ID,
+    TASK_LIST_STATES,
+    WAIT_RECONNECT_SECONDS,
+    WORKER_LIVENESS_WINDOW,
+)
+from agentpool.protocol.records import (
+    CancelOutcome,
+    ClaimBatch,
+    ClaimedTask,
+    DeadRequeued,
+    FailOutcome,
+    Heartbeat,
+    InstanceState,
+    PayloadTooLarge,
+    Progress,
+    ProtocolError,
+    QueueFigures,
+    ReapResult,
+    RequeueResult,
+    RunEvents,
+    TaskEvent,
+    TaskInfo,
+    TaskNotFound,
+    WorkerInfo,
+    WorkerState,
+)
+from agentpool.protocol.task_queue import TaskQueue
+from agentpool.protocol.tenants import (
+    TenantCaps,
+    TenantLoad,
+    TenantLoads,
+    tally_tenants,
+    tenant_arg,
+    tenant_cap_arg,
+    tenant_weight_arg,
+)
+from agentpool.protocol.views import (
+    TaskRow,
+    TaskView,
+    figures_and_workers,
+    figures_of,
+    known_queues,
+    task_for_idempotency_key,
+    task_page,
+    task_view,
+)
+from agentpool.protocol.waiting import DoneSignal, retry_delay, worth_retrying
+
+__all__ = [
+    "COMPLETE_CHUNK",
+    "DEFAULT_IDEMPOTENCY_TTL",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "DEFAULT_MAX_RESULT_BYTES",
+    "DEFAULT_TASK_TIMEOUT_SECONDS",
+    "EVENT_KIND",
+    "FINAL_EVENT",
+    "FINAL_STATES",
+    "LISTEN_SECONDS",
+    "MAX_AFTER",
+    "MAX_ATTEMPTS_LIMIT",
+    "MAX_DELAY_SECONDS",
+    "MAX_EVENT_BYTES",
+    "MAX_PRIORITY",
+    "MAX_RESULT_BYTES_LIMIT",
+    "MAX_SUBMIT_CHUNK",
+    "MAX_TASK_TIMEOUT_SECONDS",
+    "MAX_TENANT_CHARS",
+    "MAX_TENANT_RUNS",
+    "MAX_TENANT_WEIGHT",
+    "NEWS_AT_ONCE",
+    "QUEUE_NAME",
+    "SUBSCRIBED_WAITS",
+    "TASK_ID",
+    "TASK_LIST_STATES",
+    "WAIT_RECONNECT_SECONDS",
+    "WORKER_LIVENESS_WINDOW",
+    "CancelOutcome",
+    "ClaimBatch",
+    "ClaimedTask",
+    "DeadRequeued",
+    "DoneSignal",
+    "FailOutcome",
+    "Heartbeat",
+    "InstanceState",
+    "PayloadTooLarge",
+    "Progress",
+    "ProtocolError",
+    "QueueFigures",
+    "ReapResult",
+    "RequeueResult",
+    "RunEvents",
+    "TaskEvent",
+    "TaskInfo",
+    "TaskNotFound",
+    "TaskQueue",
+    "TaskRow",
+    "TaskView",
+    "TenantCaps",
+    "TenantLoad",
+    "TenantLoads",
+    "WorkerInfo",
+    "WorkerState",
+    "call_id",
+    "compact_json",
+    "encode_checkpoint",
+    "encode_event",
+    "encode_payload",
+    "encode_progress",
+    "encode_result",
+    "figures_and_workers",
+    "figures_of",
+    "has_control_character",
+    "key_prefix",
+    "known_queues",
+    "new_instance_id",
+    "new_task_id",
+    "retry_delay",
+    "storable_text",
+    "tally_tenants",
+    "task_for_idempotency_key",
+    "task_page",
+    "task_view",
+    "tenant_arg",
+    "tenant_cap_arg",
+    "tenant_weight_arg",
+    "worker_id",
+    "worth_retrying",
+]

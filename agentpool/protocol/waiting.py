@@ -1,0 +1,130 @@
+"""Waiting on Redis: for a queue's finishes (its ``done`` channel), and after lost connections."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agentpool.connection import is_cluster
+from agentpool.protocol.limits import NEWS_AT_ONCE
+from agentpool.protocol.replies import as_text
+
+
+def worth_retrying(error: BaseException, *, reached: bool = True, failing_for: float = 0.0,
+                   patience: float = float("inf")) -> bool:
+    """Whether a caller that waits on Redis (`TaskQueue.wait`, `TaskQueue.events`) should try
+    again after `error`: a lost connection (a failover) is worth it once Redis was reached, for
+    up to `patience` seconds in a row. A Redis never reached, refused credentials and a
+    deadline (the builtin TimeoutError, an OSError too) are not: retrying mends none."""
+    if not isinstance(error, RedisConnectionError | RedisTimeoutError | OSError):
+        return False
+    if isinstance(error, AuthenticationError | TimeoutError):
+        return False
+    return reached and failing_for <= patience
+
+
+def retry_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0,
+                rng: random.Random | None = None) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
+    step = min(cap, base * 2.0 ** min(max(0, attempt - 1), 1023))
+    return step / 2 + (rng or random).uniform(0, step / 2)
+
+
+async def news_of(done: DoneSignal, pending: Mapping[str, object], deadline: float | None,
+                   until: float) -> set[str]:
+    """The ids of `pending` published as finished once one is, or every one of them after a
+    second without a finish or once `until` (monotonic) passed (the caller then reads them
+    again); TimeoutError once `deadline` passed. Messages already received are taken along,
+    so that a burst of finishes is read in one round trip."""
+    while True:
+        published = await done.next(timeout=time_left(deadline, 1.0))
+        if published is None or time.monotonic() >= until:
+            return set(pending)
+        if published in pending:
+            news = {published}
+            for _ in range(NEWS_AT_ONCE):
+                more = await done.next(timeout=0)
+                if more is None:
+                    break
+                if more in pending:
+                    news.add(more)
+            return news
+
+
+waits_subscribed: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+"""Waits holding a subscription, per client (see SUBSCRIBED_WAITS)."""
+
+
+def time_left(deadline: float | None, at_most: float) -> float:
+    """Seconds until `deadline` (monotonic), at most `at_most`; TimeoutError once it passed."""
+    if deadline is None:
+        return at_most
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return min(left, at_most)
+
+
+class DoneSignal:
+    """The ids of a queue's tasks as they reach a final state, from its ``done`` channel.
+
+    The scripts publish on a shard channel (SPUBLISH, Redis 7+), so on a cluster the
+    subscription is held by the node of the queue's slot and a message crosses no other
+    shard. On a server without sharded pub/sub (Redis 6, whose scripts PUBLISH) `next`
+    returns None after each `timeout` and the caller polls.
+    """
+
+    def __init__(self, redis: aioredis.Redis, channel: str, *, poll: bool = False) -> None:
+        """`poll`: no subscription (no connection held); `next` only waits out its timeout."""
+        self._redis = redis
+        self._pubsub: Any = None if poll else redis.pubsub()
+        self._channel = channel
+        self._cluster = is_cluster(redis)
+        self._state = "polling" if poll else "new"
+
+    async def subscribe(self) -> None:
+        """Subscribe now (else the first `next` does): ids published from here on arrive."""
+        if self._state == "new":
+            if self._cluster:  # a cluster client learns the slot map on its first command
+                await cast(Any, self._redis).initialize()
+            try:
+                await self._pubsub.ssubscribe(self._channel)
+                self._state = "subscribed"
+            except ResponseError:
+                self._state = "polling"
+
+    @property
+    def subscribed(self) -> bool:
+        """Messages arrive (else `next` only waits out its timeout)."""
+        return self._state == "subscribed"
+
+    async def next(self, timeout: float) -> str | None:
+        """The next task id published, or None after `timeout` seconds without one."""
+        await self.subscribe()
+        if self._state == "polling":
+            await asyncio.sleep(timeout)
+            return None
+        try:
+            if self._cluster:
+                message = await self._pubsub.get_sharded_message(
+                    ignore_subscribe_messages=True, timeout=timeout)
+            else:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=timeout)
+        except ResponseError:
+            self._state = "polling"
+            return None
+        return None if message is None else as_text(message["data"])
+
+    async def aclose(self) -> None:
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
