@@ -13,8 +13,10 @@ import pytest
 from agentpool.errors import PermanentError, Retry
 from agentpool.protocol import ClaimedTask
 from agentpool_worker.command import read_retry_after
-from agentpool_worker.worker import (
+from agentpool_worker.run_rules import (
+    ERROR_TEXT_LIMIT,
     RunFailure,
+    describe,
     retry_error,
     retry_request,
     run_failure,
@@ -142,3 +144,29 @@ def test_a_programs_retry_after_is_read_or_said_why_not(
     assert why in why_not and (why_not == "") == (why == "")
     if why_not:
         assert why_not.startswith('"retry_after" ignored: ')
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+def test_a_failed_runs_error_is_its_type_and_message_then_the_end_of_its_traceback() -> None:
+    error = describe(_raised(ValueError("bad input")))
+    head, _, rest = error.partition("\n")
+    assert head == "ValueError: bad input"
+    assert "Traceback (most recent call last)" in rest and "_raised" in rest
+
+
+def test_a_long_traceback_is_cut_from_its_start_to_fit_the_limit() -> None:
+    error = describe(_raised(RuntimeError("z" * 3000)))
+    assert len(error) == ERROR_TEXT_LIMIT
+    assert error.startswith("RuntimeError: zzz")
+    assert "Traceback (most recent call last)" not in error  # its start was cut
+    assert error.endswith("z" * 100 + "\n")
+
+
+def test_a_message_longer_than_the_limit_is_kept_whole_without_its_traceback() -> None:
+    assert describe(_raised(RuntimeError("y" * 10_000))) == "RuntimeError: " + "y" * 10_000
