@@ -1,4 +1,4 @@
-"""What the scripts answer, read into the protocol's records."""
+"""What Redis answers (the scripts, and a few plain reads), read into the protocol's records."""
 
 from __future__ import annotations
 

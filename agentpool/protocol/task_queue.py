@@ -1,4 +1,5 @@
-"""A queue and every call that changes it (each one Lua script: one round trip, atomic)."""
+"""A queue and every call that changes or reads it (each state change one Lua script: one
+round trip, atomic)."""
 
 from __future__ import annotations
 

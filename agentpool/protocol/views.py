@@ -1,4 +1,5 @@
-"""Read-only views over several queues or a page of one (one round trip each)."""
+"""Read-only views: the queues used on a Redis, several queues' figures, a page of tasks, one
+task, the task of an idempotency key (one round trip each but the scan for queues)."""
 
 from __future__ import annotations
 

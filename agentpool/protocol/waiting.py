@@ -1,4 +1,5 @@
-"""Waiting on Redis: for a queue's finishes (its ``done`` channel), and after lost connections."""
+"""Waiting on Redis: for a queue's finishes (its ``done`` channel), after lost connections, and
+the backoff between a task's attempts."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ async def news_of(done: DoneSignal, pending: Mapping[str, object], deadline: flo
 
 
 waits_subscribed: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-"""Waits holding a subscription, per client (see SUBSCRIBED_WAITS)."""
+"""Waits holding a subscription, per client; `TaskQueue.as_finished` keeps it under
+limits.SUBSCRIBED_WAITS."""
 
 
 def time_left(deadline: float | None, at_most: float) -> float:
