@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "tasks",
         help="list tasks by state",
-        description="List a queue's tasks by state: queued (in claim order), delayed (by due "
+        description="List a queue's tasks by state: queued (in claim order, then those that "
+        "wait for their tenant's cap on runs at once), delayed (by due "
         "time), deferred (waiting for the tasks they run after, in submit order), running "
         "(by lease expiry), dead (newest first). Finished tasks are not "
         "listed; read one with `get`. Exit 1 if nothing was ever submitted to the queue and "
@@ -81,6 +82,9 @@ async def run(args: argparse.Namespace) -> int:
     for grid, state in zip(grids, groups, strict=True):
         if state in partial:
             grid.notes.append(f"counted among the first {TENANT_LOOK:,} {state} tasks only")
+        if state == "queued" and figures.capped and not filtered:
+            grid.notes.append(f"{figures.capped:,} of them wait for their tenant's cap on runs "
+                              "at once (listed after the queue, marked capped)")
     doc = tasks_json(name, groups, totals)
     if filtered:
         doc |= {"tenant": args.tenant, "lookedAtFirst": TENANT_LOOK, "cut": partial}

@@ -145,6 +145,7 @@ def task_json(queue: str, info: TaskInfo) -> dict[str, Any]:
         "timeout_seconds": None if info.timeout_ms is None else info.timeout_ms / 1000,
         "after": list(info.after),
         "tenant": info.tenant,
+        "capped": info.capped,
         "owner": info.owner,
         "error": info.error,
         "payload": info.payload,
@@ -196,7 +197,8 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float,
     rows = [
         ["ID", info.id],
         ["Queue", queue],
-        ["State", info.state],
+        ["State", f"{info.state} (waits for its tenant's cap on runs at once)"
+                  if info.capped else info.state],
         ["Priority", str(info.priority)],
         *([["Tenant", info.tenant]] if info.tenant is not None else []),
         ["Attempts", attempts],
@@ -222,6 +224,11 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float,
     return Grid(headers=[], rows=rows)
 
 
+def shown_state(info: TaskInfo) -> str:
+    """A task's state, and for a queued one parked for its tenant's cap, that it waits."""
+    return f"{info.state} (capped)" if info.capped else info.state
+
+
 def task_list_grid(tasks: Sequence[TaskInfo], now: float, title: str | None = None,
                    *, progress: bool = False) -> Grid:
     """Tasks one per row; `progress` adds each task's latest progress (for running ones), and
@@ -229,7 +236,7 @@ def task_list_grid(tasks: Sequence[TaskInfo], now: float, title: str | None = No
     tenants = any(t.tenant is not None for t in tasks)
     rows = [
         [
-            t.id, t.state, str(t.priority), *([t.tenant or "-"] if tenants else []),
+            t.id, shown_state(t), str(t.priority), *([t.tenant or "-"] if tenants else []),
             str(t.attempts),
             *([format_progress(t.progress)] if progress else []), _ago(now, t.created_ms),
             t.owner or "-", compact(t.error, 40) if t.error else "-", compact(t.payload),
@@ -518,7 +525,7 @@ def _next_run(pool: PoolSummary, now: float) -> str:
 def state_totals(figures: QueueFigures) -> dict[str, int]:
     """How many tasks each listable state holds (due delayed tasks are still delayed)."""
     return {
-        "queued": sum(figures.queued_by_priority.values()),
+        "queued": sum(figures.queued_by_priority.values()) + figures.capped,
         "delayed": figures.due_delayed + figures.delayed,
         "deferred": figures.deferred,
         "running": figures.in_flight,

@@ -424,7 +424,8 @@ def task_row(row: TaskRow) -> dict[str, Any]:
         "id": info.id, "state": info.state, "priority": info.priority,
         "attempts": info.attempts, "max_attempts": info.max_attempts,
         "created": iso_ms(info.created_ms), "finished": iso_ms(info.finished_ms),
-        "owner": info.owner, "tenant": info.tenant, "next_count": row.next_count,
+        "owner": info.owner, "tenant": info.tenant, "capped": info.capped,
+        "next_count": row.next_count,
         "error": None if info.error is None else _preview(info.error, "error" in row.cut),
         "payload": _preview(info.payload, "payload" in row.cut),
         "progress": None if info.progress is None else {

@@ -222,6 +222,9 @@ class TaskInfo:
     succeed."""
     tenant: str | None = None
     """Whose task it is (its submit's `tenant`): tenants take turns in the queue."""
+    capped: bool = False
+    """Queued, but out of the queue until its tenant has fewer runs than its cap on runs at
+    once (:meth:`TaskQueue.set_tenant_caps`): no claim takes it meanwhile."""
 
     @property
     def done(self) -> bool:

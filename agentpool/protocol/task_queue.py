@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -409,7 +410,10 @@ class TaskQueue:
             raise NotReplicated(what, result, self.replica_timeout)
 
     async def get(self, task_id: str) -> TaskInfo | None:
-        return task_info(task_id, await self.redis.hgetall(self.task_key(task_id)))
+        """The task, None when the queue does not know it. One round trip (two for a queued
+        task of a tenant: whether it waits for its tenant's cap)."""
+        found = await self.get_many([task_id])
+        return found[0] if found else None
 
     async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
         """The results of these tasks, by id, in their order (a run's ``ctx.results_before()``
@@ -418,13 +422,30 @@ class TaskQueue:
         return {info.id: info.result for info in await self.get_many(task_ids)}
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskInfo]:
-        """Several tasks in one round trip; ids with no task are left out."""
+        """Several tasks in one round trip (two when any is queued with a tenant: whether it
+        waits for its tenant's cap); ids with no task are left out."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 pipe.hgetall(self.task_key(task_id))
             replies = await pipe.execute()
         infos = (task_info(i, raw) for i, raw in zip(task_ids, replies, strict=True))
-        return [info for info in infos if info is not None]
+        return await self._capped_marked([info for info in infos if info is not None])
+
+    async def _capped_marked(self, infos: list[TaskInfo]) -> list[TaskInfo]:
+        """`infos`, those parked for their tenant's cap marked `capped` (a task's record does
+        not say: it stays ``queued`` while it waits out of the queue)."""
+        asked = [i for i, info in enumerate(infos) if info.state == "queued" and info.tenant]
+        if not asked:
+            return infos
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i in asked:
+                pipe.zscore(f"{self.prefix}parked:{infos[i].tenant}", infos[i].id)
+            scores = await pipe.execute()
+        marked = list(infos)
+        for i, score in zip(asked, scores, strict=True):
+            if score is not None:
+                marked[i] = replace(marked[i], capped=True)
+        return marked
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
         """Wait until the task reaches a final state; raises TimeoutError after `timeout`, and
@@ -915,21 +936,20 @@ class TaskQueue:
         name = "dead" if state == "dead" else STATE_SETS[state]
         found: list[str] = []
         read = size = 0
-        parked = f"parked:{tenant}"
-        if state == "queued" and tenant is not None and parked in await self._parked_sets():
-            # parked for its cap: the tenant's oldest queued tasks, first
-            async for set_size, rows in self._tenant_pages(parked, most, 1_000):
-                size = set_size
-                read += len(rows)
-                found += [task_id for task_id, _, _ in rows]
-        queued_read = queued_size = 0
         async for set_size, rows in self._tenant_pages(name, most, 1_000,
                                                        newest_first=state == "dead"):
-            queued_size = set_size
-            queued_read += len(rows)
+            size = set_size
+            read += len(rows)
             found += [task_id for task_id, owner, _ in rows if owner == tenant]
-        return (found[:limit], len(found),
-                read < size or queued_read < queued_size)
+        parked = f"parked:{tenant}"
+        parked_read = parked_size = 0
+        if state == "queued" and tenant is not None and parked in await self._parked_sets():
+            # then those waiting for its cap, as list_tasks lists them
+            async for set_size, rows in self._tenant_pages(parked, most, 1_000):
+                parked_size = set_size
+                parked_read += len(rows)
+                found += [task_id for task_id, _, _ in rows]
+        return (found[:limit], len(found), read < size or parked_read < parked_size)
 
     async def _parked_sets(self) -> list[str]:
         """The sets of tasks parked for their tenant's cap (``parked:<tenant>``), as names
@@ -1081,13 +1101,21 @@ class TaskQueue:
         return [int(size) // NEXT_ENTRY_BYTES for size in sizes]
 
     async def list_tasks(self, state: str, limit: int = 100) -> list[TaskInfo]:
-        """Up to `limit` tasks in one of TASK_LIST_STATES (read-only): queued in claim order,
-        delayed by due time, deferred in submit order, running by lease expiry, dead newest
-        first."""
+        """Up to `limit` tasks in one of TASK_LIST_STATES (read-only): queued in claim order
+        and then those that wait for their tenant's cap (`capped`, each tenant's in their
+        order, tenants by name), delayed by due time, deferred in submit order, running by
+        lease expiry, dead newest first."""
         if state == "dead":
             return await self.dead_letters(limit)
-        ids = await self.redis.zrange(self.prefix + STATE_SETS[state], 0, limit - 1)
-        return await self.get_many([as_text(i) for i in ids])
+        ids = [as_text(i) for i in
+               await self.redis.zrange(self.prefix + STATE_SETS[state], 0, limit - 1)]
+        if state == "queued":
+            for parked in await self._parked_sets():
+                if len(ids) >= limit:
+                    break
+                ids += [as_text(i) for i in await self.redis.zrange(
+                    self.prefix + parked, 0, limit - len(ids) - 1)]
+        return await self.get_many(ids)
 
     async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
         """Requeue dead tasks (every one without ids), attempts from 0; how many were dead.

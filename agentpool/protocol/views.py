@@ -142,6 +142,7 @@ async def task_page(queue: TaskQueue, state: str, offset: int, limit: int, *,
         info, cut = _cut_task(as_text(reply[i]), _PAGE_FIELDS, reply[i + 1], ("payload", "error"),
                               sizes[:2], preview_bytes)
         if info is not None:
+            info = replace(info, capped=bool(int(sizes[3])))
             rows.append(TaskRow(info, cut, int(sizes[2]) // NEXT_ENTRY_BYTES))
     return int(reply[0]), rows
 
@@ -185,6 +186,8 @@ async def task_view(queue: TaskQueue, task_id: str, *, after: str | None, count:
         queue.redis, [(queue, "task_view", [task_id, field_bytes])], then=then)
     info, cut = _cut_task(task_id, _VIEW_FIELDS, reply[0], ("payload", "result", "error"),
                           reply[1], field_bytes)
+    if info is not None:
+        info = replace(info, capped=bool(int(reply[2])))
     entries = rest[0] if rest else []
     checkpoint = None
     if size:

@@ -163,6 +163,23 @@ def test_tenants_show_their_caps_and_the_tasks_a_cap_holds(cli: Cli) -> None:
     assert cli.ok("stats", "-o", "json").json()["capped"] == 2
 
 
+def test_tasks_waiting_for_their_tenants_cap_are_listed_as_queued_and_marked(cli: Cli) -> None:
+    """acme is capped at 1 with a run: its two other tasks wait out of the queue, and are
+    still queued tasks to a reader."""
+    with_queue(cli.redis_url, cli.queue, tenants_capped)
+    out = cli.ok("tasks", "--state", "queued").out
+    assert out.splitlines()[0] == f"Queued in {cli.queue}: 2"
+    assert [row[1:4] for row in table_rows(out)] == [["queued (capped)", "0", "acme"]] * 2
+    assert "2 of them wait for their tenant's cap on runs at once" in out
+    doc = cli.ok("tasks", "--state", "queued", "-o", "json").json()
+    assert doc["totals"] == {"queued": 2}
+    assert [(t["tenant"], t["capped"]) for t in doc["tasks"]] == [("acme", True)] * 2
+    shown = cli.ok("get", doc["tasks"][0]["id"]).out
+    assert "queued (waits for its tenant's cap on runs at once)" in shown
+    running = cli.ok("tasks", "--state", "running", "-o", "json").json()["tasks"]
+    assert {t["capped"] for t in running} == {False}
+
+
 def test_tasks_of_one_tenant(cli: Cli) -> None:
     with_queue(cli.redis_url, cli.queue, tenants_at_work)
     out = cli.ok("tasks", "--tenant", "acme", "--state", "queued", "--state", "running").out

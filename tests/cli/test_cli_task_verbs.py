@@ -44,7 +44,7 @@ def test_get_json_has_every_field(cli: Cli) -> None:
     assert doc["created"].endswith("+00:00")
     assert set(doc) == {"id", "queue", "state", "priority", "attempts", "max_attempts",
                         "created", "started", "finished", "expires", "timeout_seconds",
-                        "after", "tenant", "next", "owner", "error",
+                        "after", "tenant", "capped", "next", "owner", "error",
                         "payload", "result", "progress"}
 
 

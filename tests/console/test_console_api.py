@@ -163,6 +163,13 @@ async def test_tenants_page_shows_each_tenants_cap_and_the_tasks_a_cap_holds(
     assert {t["tenant"]: (t["max_running"], t["running"]) for t in doc["tenants"]} == {
         "acme": (1, 1), None: (None, 1)}
     assert doc["capped"] == 2
+    listed = await get_json(api, f"/api/queues/{queue_name}/tasks?state=queued")
+    assert listed["total"] == 2
+    assert [(t["tenant"], t["capped"]) for t in listed["tasks"]] == [("acme", True)] * 2
+    one = await get_json(api, f"/api/queues/{queue_name}/tasks/{listed['tasks'][0]['id']}")
+    assert (one["task"]["state"], one["task"]["capped"]) == ("queued", True)
+    running = await get_json(api, f"/api/queues/{queue_name}/tasks?state=running")
+    assert {t["capped"] for t in running["tasks"]} == {False}
 
 
 async def test_requests_for_a_queues_tenants_share_one_read(

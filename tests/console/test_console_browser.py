@@ -466,6 +466,14 @@ def test_the_tenants_page_shows_a_cap_and_the_tasks_it_holds_back(
         expect(row.locator("td.num").nth(2)).to_have_text("2")  # queued: parked for the cap
         expect(page.locator("#tenants-capped")).to_have_text(
             "2 queued tasks wait for their tenant's cap on runs at once.", timeout=LIVE)
+        page.goto(f"{console.url}queues/{console.queue}/tasks?state=queued")
+        listed = page.locator("#tasks tr", has_text=tenant)
+        expect(listed).to_have_count(2, timeout=LIVE)
+        expect(listed.locator(".capped")).to_have_count(2)
+        parked = listed.first.get_attribute("data-task")
+        page.goto(f"{console.url}queues/{console.queue}/tasks/{parked}")
+        expect(page.locator("#task-capped")).to_have_text(
+            "waits for its tenant's cap on runs at once", timeout=LIVE)
         gate.touch()
         for task_id in ids:
             wait_for(lambda t=task_id: console.state(t) == "succeeded", page)

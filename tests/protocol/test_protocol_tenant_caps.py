@@ -20,6 +20,8 @@ from agentpool.protocol import (
     ProtocolError,
     TaskQueue,
     TenantCaps,
+    task_page,
+    task_view,
 )
 
 
@@ -322,6 +324,68 @@ async def test_the_tenants_view_counts_parked_tasks_as_queued(queue: TaskQueue) 
     assert (loads["a"].queued, loads["a"].running, loads["a"].cap) == (3, 1, 1)
     found, count, cut = await queue.tenant_task_ids("queued", "a", 10)
     assert (sorted(found), count, cut) == (sorted(ids[1:]), 3, False)
+
+
+async def parked_behind(queue: TaskQueue) -> tuple[list[str], list[str], list[str]]:
+    """Tenants b and a capped at 1 with one run each and two tasks parked each, and two tasks
+    of c in the queue: (a's parked, b's parked, c's queued), each in submit order."""
+    await queue.set_tenant_caps({"a": 1, "b": 1})
+    b = await submit_as(queue, "b", 3)
+    a = await submit_as(queue, "a", 3)
+    assert await claimed_by_tenant(queue, "w1", 2) == {"a": 1, "b": 1}
+    assert (await queue.claim("w2", 10, 30)).tasks == []  # it parks the rest
+    c = await submit_as(queue, "c", 2)
+    assert (await queue.figures()).capped == 4
+    return a[1:], b[1:], c
+
+
+async def test_queued_tasks_are_listed_with_those_waiting_for_their_cap_last(
+    queue: TaskQueue,
+) -> None:
+    """Parked out of the queue, they are still queued: listed after the queue, tenants by
+    name, each marked as waiting for its tenant's cap."""
+    a, b, c = await parked_behind(queue)
+    listed = await queue.list_tasks("queued", 10)
+    assert [t.id for t in listed] == [*c, *a, *b]
+    assert [t.capped for t in listed] == [False] * 2 + [True] * 4
+    assert {t.state for t in listed} == {"queued"}
+    assert [t.id for t in await queue.list_tasks("queued", 3)] == [*c, a[0]]
+    got = await queue.get(a[0])
+    assert got is not None and got.capped
+    again = await queue.get(c[0])
+    assert again is not None and not again.capped
+    found, count, _ = await queue.tenant_task_ids("queued", "a", 10)
+    assert (found, count) == (a, 2)
+
+
+async def test_a_page_of_queued_tasks_runs_on_into_those_waiting_for_their_cap(
+    queue: TaskQueue,
+) -> None:
+    a, b, c = await parked_behind(queue)
+    pages = [await task_page(queue, "queued", offset, 2, preview_bytes=100)
+             for offset in (0, 2, 4, 6)]
+    assert {total for total, _ in pages} == {6}
+    assert [[row.info.id for row in rows] for _, rows in pages] == [c, a, b, []]
+    assert [[row.info.capped for row in rows] for _, rows in pages[:3]] == [
+        [False, False], [True, True], [True, True]]
+    total, rows = await task_page(queue, "queued", 1, 4, preview_bytes=100)
+    assert (total, [row.info.id for row in rows]) == (6, [c[1], *a, b[0]])
+    view = await task_view(queue, a[0], after=None, count=0, checkpoint_bytes=0,
+                           field_bytes=100)
+    assert view.info is not None and view.info.capped
+    view = await task_view(queue, c[0], after=None, count=0, checkpoint_bytes=0,
+                           field_bytes=100)
+    assert view.info is not None and not view.info.capped
+
+
+async def test_a_task_given_back_by_its_tenants_room_is_no_longer_capped(
+    queue: TaskQueue,
+) -> None:
+    a, _, c = await parked_behind(queue)
+    await queue.set_tenant_caps({"b": 1})
+    listed = await queue.list_tasks("queued", 10)
+    assert {t.id: t.capped for t in listed if t.tenant in ("a", "c")} == dict.fromkeys(
+        [*a, *c], False)
 
 
 @ONE_SERVER

@@ -320,7 +320,8 @@ function tasksPage(queue, dead) {
       dead && consoleInfo.writes ? el("td", {}, el("input", { type: "checkbox", "data-id": t.id,
         checked: selected.has(t.id), onchange: (e) => (e.target.checked ? selected.add(t.id) : selected.delete(t.id)) })) : null,
       el("td", { class: "mono" }, el("a", { href: `${base}/tasks/${enc(t.id)}` }, t.id)),
-      el("td", {}, state(t.state)), tenants ? el("td", { class: "tenant" }, show(t.tenant)) : null,
+      el("td", {}, state(t.state), t.capped ? el("span", { class: "muted capped", title: "waits for its tenant's cap on runs at once" }, " capped") : null),
+      tenants ? el("td", { class: "tenant" }, show(t.tenant)) : null,
       num(t.max_attempts ? `${t.attempts}/${t.max_attempts}` : t.attempts),
       running ? el("td", {}, progressBar(t.progress) || "-") : null, el("td", {}, ago(t.created)),
       el("td", { class: "mono" }, show(t.owner)), el("td", { class: "mono" }, t.payload),
@@ -415,7 +416,8 @@ function taskPage(queue, id) {
     if (!latest && t.progress) { latest = t.progress; drawProgress(); }
     head.replaceChildren(
       el("h1", {}, "Task ", el("span", { class: "mono" }, t.id), " ",
-        el("span", { class: `state ${t.state}`, id: "task-state" }, t.state)),
+        el("span", { class: `state ${t.state}`, id: "task-state" }, t.state),
+        t.capped ? el("span", { class: "muted", id: "task-capped" }, " waits for its tenant's cap on runs at once") : null),
       el("dl", { class: "detail" }, [
         ["Queue", t.queue], ["Priority", t.priority], ...(t.tenant != null ? [["Tenant", t.tenant]] : []), ["Attempts", t.max_attempts ? `${t.attempts} of ${t.max_attempts}` : t.attempts],
         ["Owner", show(t.owner)], ["Created", show(t.created)], ["Started", show(t.started)],
