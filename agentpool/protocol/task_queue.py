@@ -424,12 +424,16 @@ class TaskQueue:
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskInfo]:
         """Several tasks in one round trip (two when any is queued with a tenant: whether it
         waits for its tenant's cap); ids with no task are left out."""
+        return await self._capped_marked(await self._records(task_ids))
+
+    async def _records(self, task_ids: Sequence[str]) -> list[TaskInfo]:
+        """The tasks as their records hold them (never `capped`), in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 pipe.hgetall(self.task_key(task_id))
             replies = await pipe.execute()
         infos = (task_info(i, raw) for i, raw in zip(task_ids, replies, strict=True))
-        return await self._capped_marked([info for info in infos if info is not None])
+        return [info for info in infos if info is not None]
 
     async def _capped_marked(self, infos: list[TaskInfo]) -> list[TaskInfo]:
         """`infos`, those parked for their tenant's cap marked `capped` (a task's record does
@@ -927,7 +931,8 @@ class TaskQueue:
     async def tenant_task_ids(self, state: str, tenant: str | None, limit: int, *,
                               most: int = 10_000) -> tuple[list[str], int, bool]:
         """The ids of the first `limit` tasks of `tenant` (None: those without one) in `state`
-        (one of TASK_LIST_STATES), in `list_tasks`' order; how many of its tasks there are
+        (one of TASK_LIST_STATES), in `list_tasks`' order but for its queued tasks parked for
+        its cap, listed first (they run first); how many of its tasks there are
         among the first `most` of that state (read in pages of 1,000); and whether the look
         stopped at `most` with more tasks left."""
         if state not in TASK_LIST_STATES:
@@ -935,20 +940,19 @@ class TaskQueue:
                                 f"{', '.join(TASK_LIST_STATES)}")
         name = "dead" if state == "dead" else STATE_SETS[state]
         found: list[str] = []
+        parked_read = parked_size = 0
+        if state == "queued" and tenant is not None:
+            # those parked for its cap first: its oldest, they go back ahead of the others
+            async for set_size, rows in self._tenant_pages(f"parked:{tenant}", most, 1_000):
+                parked_size = set_size
+                parked_read += len(rows)
+                found += [task_id for task_id, _, _ in rows]
         read = size = 0
         async for set_size, rows in self._tenant_pages(name, most, 1_000,
                                                        newest_first=state == "dead"):
             size = set_size
             read += len(rows)
             found += [task_id for task_id, owner, _ in rows if owner == tenant]
-        parked = f"parked:{tenant}"
-        parked_read = parked_size = 0
-        if state == "queued" and tenant is not None and parked in await self._parked_sets():
-            # then those waiting for its cap, as list_tasks lists them
-            async for set_size, rows in self._tenant_pages(parked, most, 1_000):
-                parked_size = set_size
-                parked_read += len(rows)
-                found += [task_id for task_id, _, _ in rows]
         return (found[:limit], len(found), read < size or parked_read < parked_size)
 
     async def _parked_sets(self) -> list[str]:
@@ -1105,17 +1109,18 @@ class TaskQueue:
         and then those that wait for their tenant's cap (`capped`, each tenant's in their
         order, tenants by name), delayed by due time, deferred in submit order, running by
         lease expiry, dead newest first."""
+        if limit < 1:
+            return []
         if state == "dead":
             return await self.dead_letters(limit)
-        ids = [as_text(i) for i in
-               await self.redis.zrange(self.prefix + STATE_SETS[state], 0, limit - 1)]
-        if state == "queued":
-            for parked in await self._parked_sets():
-                if len(ids) >= limit:
-                    break
-                ids += [as_text(i) for i in await self.redis.zrange(
-                    self.prefix + parked, 0, limit - len(ids) - 1)]
-        return await self.get_many(ids)
+        if state != "queued":
+            ids = await self.redis.zrange(self.prefix + STATE_SETS[state], 0, limit - 1)
+            return await self.get_many([as_text(i) for i in ids])
+        # the queue's own and the parked ones picked in one step, each knowing where it was
+        reply = await self._run("task_page", "queued", 0, limit, 0, -1)
+        picked = {as_text(reply[i]): bool(int(reply[i + 1])) for i in range(1, len(reply), 2)}
+        return [replace(info, capped=info.state == "queued" and picked[info.id])
+                for info in await self._records(list(picked))]
 
     async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
         """Requeue dead tasks (every one without ids), attempts from 0; how many were dead.

@@ -13,7 +13,14 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
 from agentpool.connection import redis_from_url
-from agentpool.protocol import CancelOutcome, FailOutcome, TaskQueue, TenantCaps, WorkerInfo
+from agentpool.protocol import (
+    CancelOutcome,
+    FailOutcome,
+    TaskQueue,
+    TenantCaps,
+    WorkerInfo,
+    task_page,
+)
 from agentpool.redis_server import RedisServer
 from agentpool.urls import with_credentials
 
@@ -288,6 +295,33 @@ async def test_a_cancel_under_a_producers_rules_of_before_caps_refuses_before_it
         assert await redis.zscore(admin.prefix + "parked:big", ids[1]) is not None
         waiting = await admin.submit({"n": 9}, tenant="small")  # queued, not parked
         assert await TaskQueue(producer, queue_name).cancel(waiting) is CancelOutcome.CANCELLED
+    finally:
+        await producer.aclose()
+        await delete_user(redis, username)
+
+
+@ONE_SERVER
+async def test_a_producer_under_rules_of_before_caps_still_lists_a_queue_without_them(
+    redis: aioredis.Redis, redis_url: str, queue_name: str,
+) -> None:
+    """Rules of a version without caps have no SMEMBERS: the queued task lists read the set
+    of parked tenants only when it exists."""
+    admin = TaskQueue(redis, queue_name)
+    ids = [await admin.submit({"n": n}) for n in range(3)]
+    username, password = f"agentpool:tests:{uuid.uuid4().hex[:8]}:old", uuid.uuid4().hex
+    old_rules = [rule for rule in acl_rules(queue_name, Role.PRODUCER,
+                                            [password_hash(password)])
+                 if rule not in ("+smembers", f"~{admin.prefix}parked:*")]
+    assert len(old_rules) == len(acl_rules(queue_name, Role.PRODUCER, ["0" * 64])) - 2
+    await set_user(redis, username, old_rules)
+    producer = redis_from_url(with_credentials(redis_url, username, password))
+    try:
+        queue = TaskQueue(producer, queue_name)
+        assert [info.id for info in await queue.list_tasks("queued", 10)] == ids
+        total, rows = await task_page(queue, "queued", 0, 10, preview_bytes=10)
+        assert (total, [row.info.id for row in rows]) == (3, ids)
+        with pytest.raises(NoPermissionError):
+            await producer.smembers(admin.prefix + "parked")
     finally:
         await producer.aclose()
         await delete_user(redis, username)

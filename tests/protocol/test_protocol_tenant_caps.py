@@ -356,6 +356,36 @@ async def test_queued_tasks_are_listed_with_those_waiting_for_their_cap_last(
     assert again is not None and not again.capped
     found, count, _ = await queue.tenant_task_ids("queued", "a", 10)
     assert (found, count) == (a, 2)
+    assert await queue.list_tasks("queued", 0) == []
+
+
+async def test_a_tenants_own_list_shows_its_parked_tasks_first_as_they_will_run(
+    queue: TaskQueue,
+) -> None:
+    await queue.set_tenant_caps({"a": 1})
+    first = await submit_as(queue, "a", 3)
+    await queue.claim("w1", 10, 30)  # runs a's first, parks the other two
+    later = await submit_as(queue, "a", 1)  # queued behind them
+    found, count, cut = await queue.tenant_task_ids("queued", "a", 10)
+    assert (found, count, cut) == ([*first[1:], *later], 3, False)
+    assert await queue.tenant_task_ids("queued", "b", 10) == ([], 0, False)
+
+
+async def test_parked_tenants_are_listed_by_the_bytes_of_their_names(queue: TaskQueue) -> None:
+    """Byte order, whatever the server's locale: the CLI and the console list alike."""
+    names = ["é", "a", "B", "z", "b"]
+    await queue.set_tenant_caps(dict.fromkeys(names, 1))
+    parked = {}
+    for name in names:
+        ids = await submit_as(queue, name, 2)
+        parked[name] = ids[1]
+    await queue.claim("w1", 20, 30)
+    assert (await queue.figures()).capped == 5
+    order = [parked[name] for name in sorted(names, key=str.encode)]
+    assert sorted(names, key=str.encode) == ["B", "a", "b", "z", "é"]
+    assert [t.id for t in await queue.list_tasks("queued", 10)] == order
+    _, rows = await task_page(queue, "queued", 0, 10, preview_bytes=10)
+    assert [row.info.id for row in rows] == order
 
 
 async def test_a_page_of_queued_tasks_runs_on_into_those_waiting_for_their_cap(
