@@ -28,7 +28,7 @@ the scripts decide what it still takes (common.lua): no claim (each run adds a r
 events, no checkpoints; but heartbeats and every outcome, so runs in progress go on and end.
 The worker follows: a refused claim backs off as any failed claim and the next one that goes
 through resumes the work; outcomes go to Redis alone while their events wait for room
-(offered again every FULL_RETRY_SECONDS, at most MAX_PENDING_EVENTS of them: beyond, new
+(offered again every outbox.FULL_RETRY_SECONDS, at most MAX_PENDING_EVENTS of them: beyond, new
 events are dropped rather than the run held up); a checkpoint is not saved and the run goes
 on (see :meth:`Worker.checkpoint`). It logs the episode once when Redis first refuses a write
 for being full and once when a write Redis would refuse then goes through, and ``/readyz``
@@ -59,11 +59,9 @@ from agentpool.protocol import (
     ClaimedTask,
     FailOutcome,
     PayloadTooLarge,
-    RunEvents,
     TaskInfo,
     TaskQueue,
     WorkerInfo,
-    call_id,
     encode_result,
     new_instance_id,
     retry_delay,
@@ -87,6 +85,7 @@ from agentpool_worker.handlers import (
     load_handler,
 )
 from agentpool_worker.limits import WorkerLimits
+from agentpool_worker.outbox import Event, EventOutbox, by_run
 from agentpool_worker.probes import Health, ProbeServer
 from agentpool_worker.run_rules import RunFailure, run_failure, run_timeout
 from agentpool_worker.settings import WorkerSettings, env_name
@@ -97,14 +96,9 @@ T = TypeVar("T")
 
 MAX_FLUSH = 500
 """Completions per flush round trip."""
-MAX_FLUSH_EVENTS = 2000
-"""Events per flush round trip."""
 MAX_PENDING_EVENTS = 20_000
 """Events waiting for Redis before ``ctx.emit`` waits for a flush (back-pressure); while Redis
 is full, events beyond it are dropped instead (the run goes on)."""
-FULL_RETRY_SECONDS = 2.0
-"""While Redis refuses events for being full, how often they are offered again (outcomes go
-on meanwhile; a checkpoint or a report that waits for them has them offered at once)."""
 FULL_MESSAGE = ("Redis is full (maxmemory reached): new tasks are not claimed until memory is "
                 "freed")
 FULL_READY_REASON = ("redis is full (maxmemory reached): new tasks are not claimed until "
@@ -178,10 +172,6 @@ class _Run:
             self.worker_task.cancel()
 
 
-_Event = tuple[int, ClaimedTask, str, str]
-"""(sequence number, the run's claim, kind, data JSON)"""
-
-
 @dataclass
 class _FullEpisode:
     """Redis refusing writes for being full, from its first refusal to a write that went
@@ -195,27 +185,6 @@ class _FullEpisode:
     checkpoints_not_saved: int = 0
     capped: bool = False
     """Events were dropped at ``ctx.emit`` (too many waiting): logged once."""
-
-
-class _EventCall:
-    """Events sent in one call that Redis has not taken yet: sent again with the same call id
-    (a call Redis ran but whose reply was lost then appends nothing a second time), ahead of
-    any later events."""
-
-    __slots__ = ("call", "events")
-
-    def __init__(self, call: str, events: list[_Event]) -> None:
-        self.call = call
-        self.events = events
-
-
-def _group(events: list[_Event]) -> list[RunEvents]:
-    """One script call per run, its events in the order they were emitted."""
-    groups: dict[ClaimedTask, list[tuple[str, str]]] = {}
-    for _, task, kind, raw in events:
-        groups.setdefault(task, []).append((kind, raw))
-    return [RunEvents(task.id, task.attempts, items, task.token)
-            for task, items in groups.items()]
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
@@ -286,21 +255,7 @@ class Worker:
         self._reporting: set[str] = set()
         self._reports: set[asyncio.Task[None]] = set()
         self._completions: list[tuple[ClaimedTask, str]] = []
-        self._events: list[_Event] = []
-        """Events emitted and not sent yet."""
-        self._unsent: _EventCall | None = None
-        """Events sent that Redis has not taken yet (they go before `_events`)."""
-        self._event_seq = 0
-        """Sequence number of the last event emitted; events go to Redis in this order."""
-        self._flushed_seq = 0
-        """Every event up to this one is recorded (or was dropped)."""
-        self._event_cond = asyncio.Condition()
-        self._events_refusals = 0
-        """How many times Redis refused events for being full (wakes those waiting for them)."""
-        self._events_held_until: float | None = None
-        """While Redis refuses events for being full: when they are offered again."""
-        self._events_asked = False
-        """A checkpoint or report waits for the events: offer them now, not at the retry."""
+        self._outbox = EventOutbox()
         self._full: _FullEpisode | None = None
         """While Redis refuses writes for being full (as far as the worker knows)."""
         self._configured = False
@@ -677,8 +632,7 @@ class Worker:
                        checkpoints_not_saved=full.checkpoints_not_saved)
         self.health.redis_full("")
         self._ready_changed()
-        if self._events_held_until is not None:
-            self._events_held_until = None  # the events held back go now
+        if self._outbox.release_held():
             self._flush_wanted.set()
 
     async def _configure(self) -> None:
@@ -927,48 +881,35 @@ class Worker:
         before its outcome).
 
         When Redis refuses events for being full, the successes go alone (Redis takes them)
-        and the events wait for room: offered again every FULL_RETRY_SECONDS, at once when a
-        checkpoint or a report waits for them or another write shows Redis has room. A
-        success's events that reach Redis after it are still put in its stream, ahead of its
-        ``final`` event (events.lua)."""
+        and the events wait for room: offered again every FULL_RETRY_SECONDS (outbox.py), at
+        once when a checkpoint or a report waits for them or another write shows Redis has
+        room. A success's events that reach Redis after it are still put in its stream, ahead
+        of its ``final`` event (events.lua)."""
         backoff = _Backoff()
         while True:
-            timeout: float | None = None
-            if self._events_held_until is not None and self._events_pending():
-                timeout = max(0.0, self._events_held_until - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(self._outbox.retry_in()):
                     await self._flush_wanted.wait()
             self._flush_wanted.clear()
             await self._flush(backoff)
             self._maybe_drained()
 
-    def _events_pending(self) -> bool:
-        return self._unsent is not None or bool(self._events)
-
-    def _events_may_go(self) -> bool:
-        held = self._events_held_until
-        return self._events_pending() and (
-            held is None or self._events_asked or time.monotonic() >= held)
-
     async def _flush(self, backoff: _Backoff) -> None:
         """Send what may go now until nothing is left (events held back for a full Redis
         stay)."""
         while True:
-            with_events = self._events_may_go()
+            outbox = self._outbox
+            with_events = outbox.may_go()
             if not with_events and not self._completions:
                 return
-            events: list[_Event] = []
+            events: list[Event] = []
             call: str | None = None
             if with_events:
-                if self._unsent is None:
-                    self._unsent = _EventCall(call_id(), self._events[:MAX_FLUSH_EVENTS])
-                    del self._events[:MAX_FLUSH_EVENTS]
-                events, call = self._unsent.events, self._unsent.call
-                self._events_asked = False
+                sending = outbox.next_call()
+                events, call = sending.events, sending.call
             batch: list[tuple[ClaimedTask, str]] = []
             # never a success ahead of its own events, unless Redis refuses those for being full
-            if not with_events or not self._events or self._full is not None:
+            if not with_events or not outbox.waiting or self._full is not None:
                 batch = [c for c in self._completions[:MAX_FLUSH]
                          if self._held.get(c[0].id) is c[0]]
                 del self._completions[:MAX_FLUSH]
@@ -980,14 +921,15 @@ class Worker:
             self._reporting.update(ids)
             unreplicated = False
             try:
-                recorded = await self._rt(self.queue.record(_group(events), batch, call=call))
+                recorded = await self._rt(self.queue.record(by_run(events), batch, call=call))
             except NotReplicated as exc:
                 recorded, unreplicated = exc.result, True
             except REDIS_FAILURES as exc:
                 # sent again (recording a success twice records it once)
                 self._completions[:0] = batch
                 if events and redis_full(exc):
-                    await self._events_refused(exc)
+                    self._redis_failed(exc, "events")
+                    await outbox.refused()
                     continue  # the successes go alone now
                 self._redis_failed(exc, "complete" if batch else "events")
                 await backoff.sleep()
@@ -997,11 +939,9 @@ class Worker:
             backoff.reset()
             self._redis_ok()
             if events:
-                self._unsent = None
-                self._events_held_until = None
+                await outbox.sent()
                 if room:
                     self._redis_room()
-                await self._settle_events()
             if unreplicated:
                 # on the primary only: sent again, still held, until a replica has it
                 self._completions[:0] = batch
@@ -1018,54 +958,6 @@ class Worker:
                     "completion refused: the task is no longer held by this worker",
                     count=len(fenced), tasks=fenced[:10],
                 )
-
-    async def _events_refused(self, exc: BaseException) -> None:
-        """Redis refused events for being full: hold them back, tell those waiting for them."""
-        self._redis_failed(exc, "events")
-        self._events_held_until = time.monotonic() + FULL_RETRY_SECONDS
-        self._events_asked = False
-        async with self._event_cond:
-            self._events_refusals += 1
-            self._event_cond.notify_all()
-
-    async def _settle_events(self) -> None:
-        """Every event before the first one still waiting for Redis is recorded (or was
-        dropped): wake those waiting for it."""
-        waiting = self._unsent.events if self._unsent is not None else self._events
-        seq = waiting[0][0] - 1 if waiting else self._event_seq
-        async with self._event_cond:
-            self._flushed_seq = max(self._flushed_seq, seq)
-            self._event_cond.notify_all()
-
-    async def _wait_events_flushed(self, seq: int) -> bool:
-        """Wait until every event up to `seq` is recorded (True), or Redis refuses them for
-        being full (False: they stay pending; asked now, not at the next retry). While Redis
-        cannot be reached it waits, as everything else does."""
-        if self._flushed_seq >= seq:
-            return True
-        refusals = self._events_refusals
-        self._events_asked = True
-        self._flush_wanted.set()
-        async with self._event_cond:
-            await self._event_cond.wait_for(
-                lambda: self._flushed_seq >= seq or self._events_refusals != refusals)
-        return self._flushed_seq >= seq
-
-    async def _drop_events(self, task: ClaimedTask) -> int:
-        """Take a run's events off those waiting for Redis; how many. For a run whose outcome
-        goes to Redis before them (a failure, a cancel, a release while Redis is full): Redis
-        would refuse them once the outcome is recorded (events.lua takes no events of a run
-        whose task moved on, a success's excepted)."""
-        dropped = len(self._events)
-        self._events = [e for e in self._events if e[1] is not task]
-        dropped -= len(self._events)
-        if self._unsent is not None:
-            kept = [e for e in self._unsent.events if e[1] is not task]
-            dropped += len(self._unsent.events) - len(kept)
-            self._unsent = _EventCall(self._unsent.call, kept) if kept else None
-        if dropped:
-            await self._settle_events()
-        return dropped
 
     # -- what handlers call through their TaskContext ---------------------------------------
 
@@ -1091,7 +983,7 @@ class Worker:
         if run is None or run.ctx is not ctx or run.stop_reason is not None:
             raise LeaseLost(f"task {ctx.task_id}: this run is over; checkpoint not saved")
         task = run.task
-        if not await self._wait_events_flushed(self._event_seq):
+        if not await self._outbox.recorded(self._outbox.seq, self._flush_wanted):
             self._checkpoint_not_saved(run)
             return
         backoff = _Backoff()
@@ -1206,23 +1098,23 @@ class Worker:
                               task=run.task.id, attempt=run.task.attempts)
 
     async def emit(self, ctx: TaskContext, kind: str, raw: str) -> None:
-        if len(self._events) >= MAX_PENDING_EVENTS and (
-                self._full is not None or not await self._wait_events_flushed(
-                    self._event_seq - MAX_PENDING_EVENTS // 2)):
+        outbox = self._outbox
+        if len(outbox.waiting) >= MAX_PENDING_EVENTS and (
+                self._full is not None or not await outbox.recorded(
+                    outbox.seq - MAX_PENDING_EVENTS // 2, self._flush_wanted)):
             # Redis is full and refuses them: drop this one rather than hold the run up
             full = self._full
             if full is not None and not full.capped:
                 full.capped = True
                 self._log.warning("events dropped: Redis is full and too many wait for room",
-                                  task=ctx.task_id, waiting=len(self._events))
+                                  task=ctx.task_id, waiting=len(outbox.waiting))
             if full is not None:
                 full.events_dropped += 1
             return
         run = self._runs.get(ctx.task_id)
         if run is None or run.ctx is not ctx:
             return  # the run is over (an abandoned thread): its events would be a zombie's
-        self._event_seq += 1
-        self._events.append((self._event_seq, run.task, kind, raw))
+        outbox.add(run.task, kind, raw)
         self.metrics.events.inc()
         self._flush_wanted.set()
 
@@ -1446,8 +1338,8 @@ class Worker:
         """Record a failure, cancel or release once the events emitted so far are recorded;
         at once when Redis refuses those for being full (it takes the outcome): the run's own
         events are then lost, as Redis would refuse them after its outcome."""
-        if not await self._wait_events_flushed(self._event_seq):
-            dropped = await self._drop_events(task)
+        if not await self._outbox.recorded(self._outbox.seq, self._flush_wanted):
+            dropped = await self._outbox.drop(task)
             if dropped:
                 if self._full is not None:
                     self._full.events_dropped += dropped

@@ -1,0 +1,152 @@
+"""The events runs emit, in order, until Redis has recorded them.
+
+The worker's flusher takes them out in calls (:meth:`EventOutbox.next_call`). A call keeps
+its id until Redis takes it: sent again after an error that may have come after Redis
+appended the events, it appends nothing a second time, and it goes ahead of any later
+events. While Redis refuses events for being full they are held back (:meth:`refused`) and
+offered again every FULL_RETRY_SECONDS, at once when someone waits for them
+(:meth:`recorded`) or when another write shows Redis has room (:meth:`release_held`).
+
+Events carry sequence numbers: a checkpoint, or a failure's report, waits until every event
+emitted before it is recorded, so that a task's stream never shows a later step before an
+earlier one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agentpool.protocol import ClaimedTask, RunEvents, call_id
+
+MAX_CALL_EVENTS = 2000
+"""Events per flush round trip."""
+FULL_RETRY_SECONDS = 2.0
+"""While Redis refuses events for being full, how often they are offered again (outcomes go
+on meanwhile; a checkpoint or a report that waits for them has them offered at once)."""
+
+Event = tuple[int, ClaimedTask, str, str]
+"""(sequence number, the run's claim, kind, data JSON)"""
+
+
+class EventCall:
+    """Events sent in one call that Redis has not taken yet."""
+
+    __slots__ = ("call", "events")
+
+    def __init__(self, call: str, events: list[Event]) -> None:
+        self.call = call
+        self.events = events
+
+
+def by_run(events: list[Event]) -> list[RunEvents]:
+    """One script call per run, its events in the order they were emitted."""
+    groups: dict[ClaimedTask, list[tuple[str, str]]] = {}
+    for _, task, kind, raw in events:
+        groups.setdefault(task, []).append((kind, raw))
+    return [RunEvents(task.id, task.attempts, items, task.token)
+            for task, items in groups.items()]
+
+
+class EventOutbox:
+    def __init__(self) -> None:
+        self.waiting: list[Event] = []
+        """Emitted and not sent yet."""
+        self.unsent: EventCall | None = None
+        """Sent, and not taken by Redis yet (they go before `waiting`)."""
+        self.seq = 0
+        """Sequence number of the last event emitted; events go to Redis in this order."""
+        self._recorded_seq = 0
+        """Every event up to this one is recorded (or was dropped)."""
+        self._changed = asyncio.Condition()
+        self._refusals = 0
+        """How many times Redis refused events for being full (wakes those waiting)."""
+        self.held_until: float | None = None
+        """While Redis refuses events for being full: when they are offered again."""
+        self._asked = False
+        """Someone waits for the events: offer them now, not at the retry."""
+
+    def add(self, task: ClaimedTask, kind: str, raw: str) -> None:
+        self.seq += 1
+        self.waiting.append((self.seq, task, kind, raw))
+
+    @property
+    def pending(self) -> bool:
+        return self.unsent is not None or bool(self.waiting)
+
+    def may_go(self) -> bool:
+        """Events wait, and are not held back for a full Redis (or someone asked for them)."""
+        return self.pending and (
+            self.held_until is None or self._asked or time.monotonic() >= self.held_until)
+
+    def retry_in(self) -> float | None:
+        """Seconds until held-back events are offered again; None when none are held."""
+        if self.held_until is None or not self.pending:
+            return None
+        return max(0.0, self.held_until - time.monotonic())
+
+    def next_call(self) -> EventCall:
+        """The call to send now: the one Redis has not taken yet, else a new one."""
+        if self.unsent is None:
+            self.unsent = EventCall(call_id(), self.waiting[:MAX_CALL_EVENTS])
+            del self.waiting[:MAX_CALL_EVENTS]
+        self._asked = False
+        return self.unsent
+
+    async def sent(self) -> None:
+        """Redis took the call: the next one is new, and nothing is held back."""
+        self.unsent = None
+        self.held_until = None
+        await self._settle()
+
+    async def refused(self) -> None:
+        """Redis refused the events for being full: hold them back, tell those waiting."""
+        self.held_until = time.monotonic() + FULL_RETRY_SECONDS
+        self._asked = False
+        async with self._changed:
+            self._refusals += 1
+            self._changed.notify_all()
+
+    def release_held(self) -> bool:
+        """Redis has room again: events held back may go now. Whether any were held."""
+        held, self.held_until = self.held_until is not None, None
+        return held
+
+    async def recorded(self, seq: int, ask: asyncio.Event) -> bool:
+        """Wait until every event up to `seq` is recorded (True), or Redis refuses them for
+        being full (False: they stay pending). `ask` is set to have them sent now. While
+        Redis cannot be reached it waits, as everything else does."""
+        if self._recorded_seq >= seq:
+            return True
+        refusals = self._refusals
+        self._asked = True
+        ask.set()
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._recorded_seq >= seq or self._refusals != refusals)
+        return self._recorded_seq >= seq
+
+    async def drop(self, task: ClaimedTask) -> int:
+        """Take a run's events off those waiting for Redis; how many. For a run whose outcome
+        goes to Redis before them (a failure, a cancel, a release while Redis is full): Redis
+        would refuse them once the outcome is recorded (events.lua takes no events of a run
+        whose task moved on, a success's excepted)."""
+        dropped = len(self.waiting)
+        self.waiting = [e for e in self.waiting if e[1] is not task]
+        dropped -= len(self.waiting)
+        if self.unsent is not None:
+            kept = [e for e in self.unsent.events if e[1] is not task]
+            dropped += len(self.unsent.events) - len(kept)
+            self.unsent = EventCall(self.unsent.call, kept) if kept else None
+        if dropped:
+            await self._settle()
+        return dropped
+
+    async def _settle(self) -> None:
+        """Every event before the first one still waiting for Redis is recorded (or was
+        dropped): wake those waiting for it."""
+        waiting = self.unsent.events if self.unsent is not None else self.waiting
+        seq = waiting[0][0] - 1 if waiting else self.seq
+        async with self._changed:
+            self._recorded_seq = max(self._recorded_seq, seq)
+            self._changed.notify_all()
