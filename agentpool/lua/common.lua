@@ -323,37 +323,33 @@ end
 local function runs_key(tenant) return P .. 'runs:' .. tenant end
 local function parked_key(tenant) return P .. 'parked:' .. tenant end
 
--- Whether string `a` sorts before `b` byte by byte (Lua's `<` on strings follows the server's
--- locale; a reader in another language must find the same order).
-local function bytes_before(a, b)
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
-
 -- The queued tasks from the `first` (0-based), at most `want`: the queue's own in claim
 -- order, then those parked for their tenant's cap, each tenant's in their order, tenants by
--- name (bytes). Returns how many queued tasks there are and, per task picked, its id and
--- whether it is parked. (`parked` read only when it exists: a producer's rules of before
--- caps have no SMEMBERS.)
+-- name (as the server sorts strings; the sort only when the page reaches past the queue).
+-- Returns how many queued tasks there are and, per task picked, its id and whether it is
+-- parked. (`parked` read only when it exists: a producer's rules of before caps have no
+-- SMEMBERS.)
 local function queued_pick(first, want)
-  local sets = {K_QUEUED}
-  if redis.call('EXISTS', K_PARKED) == 1 then
-    local tenants = redis.call('SMEMBERS', K_PARKED)
-    table.sort(tenants, bytes_before)
-    for _, tenant in ipairs(tenants) do sets[#sets + 1] = parked_key(tenant) end
+  local size = redis.call('ZCARD', K_QUEUED)
+  local ids, parked = {}, {}
+  if want > 0 and first < size then
+    ids = redis.call('ZRANGE', K_QUEUED, first, first + want - 1)
+    for i = 1, #ids do parked[i] = false end
+    want = want - #ids
   end
-  local size, ids, parked = 0, {}, {}
-  for s, key in ipairs(sets) do
+  first = math.max(0, first - size)
+  if redis.call('EXISTS', K_PARKED) == 0 then return size, ids, parked end
+  local tenants = redis.call('SMEMBERS', K_PARKED)
+  if want > 0 then table.sort(tenants) end
+  for _, tenant in ipairs(tenants) do
+    local key = parked_key(tenant)
     local n = redis.call('ZCARD', key)
     size = size + n
     if want > 0 and first < n then
       local page = redis.call('ZRANGE', key, first, first + want - 1)
       for _, id in ipairs(page) do
         ids[#ids + 1] = id
-        parked[#parked + 1] = s > 1
+        parked[#parked + 1] = true
       end
       want = want - #page
     end
