@@ -5,11 +5,13 @@ its id until Redis takes it: sent again after an error that may have come after 
 appended the events, it appends nothing a second time, and it goes ahead of any later
 events. While Redis refuses events for being full they are held back (:meth:`refused`) and
 offered again every FULL_RETRY_SECONDS, at once when someone waits for them
-(:meth:`recorded`) or when another write shows Redis has room (:meth:`release_held`).
+(:meth:`wait_recorded`) or when another write shows Redis has room (:meth:`release_held`).
 
-Events carry sequence numbers: a checkpoint, or a failure's report, waits until every event
-emitted before it is recorded, so that a task's stream never shows a later step before an
-earlier one.
+Events carry sequence numbers: a checkpoint, and the report of a failure, cancel or release,
+waits until every event emitted before it is recorded, so that a task's stream never shows
+a later step before an earlier one; ``ctx.emit`` waits the same way when too many are
+unsent (back-pressure). A wait ends early, answering False, when Redis refuses the events
+for being full.
 """
 
 from __future__ import annotations
@@ -49,18 +51,23 @@ def by_run(events: list[Event]) -> list[RunEvents]:
 
 
 class EventOutbox:
-    def __init__(self) -> None:
-        self.waiting: list[Event] = []
+    """Events emitted and not recorded yet: `unsent`, and the call `untaken` that was sent
+    and not taken by Redis yet (it goes first)."""
+
+    def __init__(self, wake: asyncio.Event) -> None:
+        """`wake`: set to have the flusher send events now."""
+        self._wake = wake
+        self.unsent: list[Event] = []
         """Emitted and not sent yet."""
-        self.unsent: EventCall | None = None
-        """Sent, and not taken by Redis yet (they go before `waiting`)."""
+        self.untaken: EventCall | None = None
+        """Sent, and not taken by Redis yet (it goes before `unsent`)."""
         self.seq = 0
         """Sequence number of the last event emitted; events go to Redis in this order."""
         self._recorded_seq = 0
         """Every event up to this one is recorded (or was dropped)."""
         self._changed = asyncio.Condition()
         self._refusals = 0
-        """How many times Redis refused events for being full (wakes those waiting)."""
+        """How many times Redis refused events for being full (ends the waits for them)."""
         self.held_until: float | None = None
         """While Redis refuses events for being full: when they are offered again."""
         self._asked = False
@@ -68,11 +75,11 @@ class EventOutbox:
 
     def add(self, task: ClaimedTask, kind: str, raw: str) -> None:
         self.seq += 1
-        self.waiting.append((self.seq, task, kind, raw))
+        self.unsent.append((self.seq, task, kind, raw))
 
     @property
     def pending(self) -> bool:
-        return self.unsent is not None or bool(self.waiting)
+        return self.untaken is not None or bool(self.unsent)
 
     def may_go(self) -> bool:
         """Events wait, and are not held back for a full Redis (or someone asked for them)."""
@@ -86,16 +93,18 @@ class EventOutbox:
         return max(0.0, self.held_until - time.monotonic())
 
     def next_call(self) -> EventCall:
-        """The call to send now: the one Redis has not taken yet, else a new one."""
-        if self.unsent is None:
-            self.unsent = EventCall(call_id(), self.waiting[:MAX_CALL_EVENTS])
-            del self.waiting[:MAX_CALL_EVENTS]
+        """The call to send now, when `may_go`: the one Redis has not taken yet, else a new
+        one of the first unsent events. Those who asked for the events are answered by it."""
+        if self.untaken is None:
+            self.untaken = EventCall(call_id(), self.unsent[:MAX_CALL_EVENTS])
+            del self.unsent[:MAX_CALL_EVENTS]
         self._asked = False
-        return self.unsent
+        return self.untaken
 
-    async def sent(self) -> None:
-        """Redis took the call: the next one is new, and nothing is held back."""
-        self.unsent = None
+    async def taken(self) -> None:
+        """Redis took the call (with replicated durability, at least its primary did): the
+        next one is new, nothing is held back, and those waiting for its events are told."""
+        self.untaken = None
         self.held_until = None
         await self._settle()
 
@@ -107,20 +116,23 @@ class EventOutbox:
             self._refusals += 1
             self._changed.notify_all()
 
-    def release_held(self) -> bool:
-        """Redis has room again: events held back may go now. Whether any were held."""
-        held, self.held_until = self.held_until is not None, None
-        return held
+    def release_held(self) -> None:
+        """Redis has room again: events held back go now."""
+        if self.held_until is not None:
+            self.held_until = None
+            self._wake.set()
 
-    async def recorded(self, seq: int, ask: asyncio.Event) -> bool:
-        """Wait until every event up to `seq` is recorded (True), or Redis refuses them for
-        being full (False: they stay pending). `ask` is set to have them sent now. While
-        Redis cannot be reached it waits, as everything else does."""
+    async def wait_recorded(self, seq: int | None = None) -> bool:
+        """Wait until every event up to `seq` (None: every one emitted so far) is recorded
+        (True), or Redis refuses them for being full (False: they stay pending); the flusher
+        is asked to send them now. While Redis cannot be reached it waits, as everything
+        else does."""
+        seq = self.seq if seq is None else seq
         if self._recorded_seq >= seq:
             return True
         refusals = self._refusals
         self._asked = True
-        ask.set()
+        self._wake.set()
         async with self._changed:
             await self._changed.wait_for(
                 lambda: self._recorded_seq >= seq or self._refusals != refusals)
@@ -131,22 +143,22 @@ class EventOutbox:
         goes to Redis before them (a failure, a cancel, a release while Redis is full): Redis
         would refuse them once the outcome is recorded (events.lua takes no events of a run
         whose task moved on, a success's excepted)."""
-        dropped = len(self.waiting)
-        self.waiting = [e for e in self.waiting if e[1] is not task]
-        dropped -= len(self.waiting)
-        if self.unsent is not None:
-            kept = [e for e in self.unsent.events if e[1] is not task]
-            dropped += len(self.unsent.events) - len(kept)
-            self.unsent = EventCall(self.unsent.call, kept) if kept else None
+        dropped = len(self.unsent)
+        self.unsent = [e for e in self.unsent if e[1] is not task]
+        dropped -= len(self.unsent)
+        if self.untaken is not None:
+            kept = [e for e in self.untaken.events if e[1] is not task]
+            dropped += len(self.untaken.events) - len(kept)
+            self.untaken = EventCall(self.untaken.call, kept) if kept else None
         if dropped:
             await self._settle()
         return dropped
 
     async def _settle(self) -> None:
-        """Every event before the first one still waiting for Redis is recorded (or was
-        dropped): wake those waiting for it."""
-        waiting = self.unsent.events if self.unsent is not None else self.waiting
-        seq = waiting[0][0] - 1 if waiting else self.seq
+        """Every event before the first one not recorded yet is recorded (or was dropped):
+        wake those waiting for it."""
+        ahead = self.untaken.events if self.untaken is not None else self.unsent
+        seq = ahead[0][0] - 1 if ahead else self.seq
         async with self._changed:
             self._recorded_seq = max(self._recorded_seq, seq)
             self._changed.notify_all()

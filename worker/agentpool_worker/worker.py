@@ -255,7 +255,6 @@ class Worker:
         self._reporting: set[str] = set()
         self._reports: set[asyncio.Task[None]] = set()
         self._completions: list[tuple[ClaimedTask, str]] = []
-        self._outbox = EventOutbox()
         self._full: _FullEpisode | None = None
         """While Redis refuses writes for being full (as far as the worker knows)."""
         self._configured = False
@@ -277,6 +276,7 @@ class Worker:
         self._state_changed = asyncio.Event()
         """Set on state changes only: cuts a wait for new tasks short."""
         self._flush_wanted = asyncio.Event()
+        self._outbox = EventOutbox(wake=self._flush_wanted)
         self._beat_now = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._started = asyncio.Event()
@@ -632,8 +632,7 @@ class Worker:
                        checkpoints_not_saved=full.checkpoints_not_saved)
         self.health.redis_full("")
         self._ready_changed()
-        if self._outbox.release_held():
-            self._flush_wanted.set()
+        self._outbox.release_held()
 
     async def _configure(self) -> None:
         s = self.settings
@@ -909,7 +908,7 @@ class Worker:
                 events, call = sending.events, sending.call
             batch: list[tuple[ClaimedTask, str]] = []
             # never a success ahead of its own events, unless Redis refuses those for being full
-            if not with_events or not outbox.waiting or self._full is not None:
+            if not with_events or not outbox.unsent or self._full is not None:
                 batch = [c for c in self._completions[:MAX_FLUSH]
                          if self._held.get(c[0].id) is c[0]]
                 del self._completions[:MAX_FLUSH]
@@ -939,7 +938,7 @@ class Worker:
             backoff.reset()
             self._redis_ok()
             if events:
-                await outbox.sent()
+                await outbox.taken()
                 if room:
                     self._redis_room()
             if unreplicated:
@@ -983,7 +982,7 @@ class Worker:
         if run is None or run.ctx is not ctx or run.stop_reason is not None:
             raise LeaseLost(f"task {ctx.task_id}: this run is over; checkpoint not saved")
         task = run.task
-        if not await self._outbox.recorded(self._outbox.seq, self._flush_wanted):
+        if not await self._outbox.wait_recorded():
             self._checkpoint_not_saved(run)
             return
         backoff = _Backoff()
@@ -1099,15 +1098,15 @@ class Worker:
 
     async def emit(self, ctx: TaskContext, kind: str, raw: str) -> None:
         outbox = self._outbox
-        if len(outbox.waiting) >= MAX_PENDING_EVENTS and (
-                self._full is not None or not await outbox.recorded(
-                    outbox.seq - MAX_PENDING_EVENTS // 2, self._flush_wanted)):
+        if len(outbox.unsent) >= MAX_PENDING_EVENTS and (
+                self._full is not None or not await outbox.wait_recorded(
+                    outbox.seq - MAX_PENDING_EVENTS // 2)):
             # Redis is full and refuses them: drop this one rather than hold the run up
             full = self._full
             if full is not None and not full.capped:
                 full.capped = True
                 self._log.warning("events dropped: Redis is full and too many wait for room",
-                                  task=ctx.task_id, waiting=len(outbox.waiting))
+                                  task=ctx.task_id, waiting=len(outbox.unsent))
             if full is not None:
                 full.events_dropped += 1
             return
@@ -1338,7 +1337,7 @@ class Worker:
         """Record a failure, cancel or release once the events emitted so far are recorded;
         at once when Redis refuses those for being full (it takes the outcome): the run's own
         events are then lost, as Redis would refuse them after its outcome."""
-        if not await self._outbox.recorded(self._outbox.seq, self._flush_wanted):
+        if not await self._outbox.wait_recorded():
             dropped = await self._outbox.drop(task)
             if dropped:
                 if self._full is not None:
