@@ -2,12 +2,8 @@
 Import from here; its modules, one per concern, are listed in docs/protocol.md.
 
 Every state change is one Lua script (one round trip, atomic). A queue's keys live under
-``ap:{<queue>}:`` so they share a hash tag and one Redis Cluster slot. Task states:
-
-    queued --claim--> running --complete--> succeeded
-    delayed --due--> queued     running --fail--> delayed (retry) | dead
-                                running --holder lost--> queued | dead (attempts used up)
-    queued/delayed/dead --cancel--> cancelled;  running --cancel--> (its worker stops it)
+``ap:{<queue>}:`` so they share a hash tag and one Redis Cluster slot. A task's states and
+how it moves between them: docs/protocol.md, "States".
 
 A claim hands out a fencing token; only the holder of the current token can complete or fail
 the task, so a worker that wakes up after its task was requeued cannot overwrite anything.
@@ -25,11 +21,9 @@ from agentpool.protocol.encoding import (
     encode_progress,
     encode_result,
     has_control_character,
-    storable_text,
 )
 from agentpool.protocol.ids import call_id, key_prefix, new_instance_id, new_task_id, worker_id
 from agentpool.protocol.limits import (
-    COMPLETE_CHUNK,
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_MAX_RESULT_BYTES,
@@ -41,6 +35,7 @@ from agentpool.protocol.limits import (
     MAX_AFTER,
     MAX_ATTEMPTS_LIMIT,
     MAX_DELAY_SECONDS,
+    MAX_ERROR_CHARS,
     MAX_EVENT_BYTES,
     MAX_PRIORITY,
     MAX_RESULT_BYTES_LIMIT,
@@ -49,7 +44,6 @@ from agentpool.protocol.limits import (
     MAX_TENANT_CHARS,
     MAX_TENANT_RUNS,
     MAX_TENANT_WEIGHT,
-    NEWS_AT_ONCE,
     QUEUE_NAME,
     SUBSCRIBED_WAITS,
     TASK_ID,
@@ -85,8 +79,6 @@ from agentpool.protocol.tenants import (
     TenantLoads,
     tally_tenants,
     tenant_arg,
-    tenant_cap_arg,
-    tenant_weight_arg,
 )
 from agentpool.protocol.views import (
     TaskRow,
@@ -101,7 +93,6 @@ from agentpool.protocol.views import (
 from agentpool.protocol.waiting import DoneSignal, retry_delay, worth_retrying
 
 __all__ = [
-    "COMPLETE_CHUNK",
     "DEFAULT_IDEMPOTENCY_TTL",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_MAX_RESULT_BYTES",
@@ -113,6 +104,7 @@ __all__ = [
     "MAX_AFTER",
     "MAX_ATTEMPTS_LIMIT",
     "MAX_DELAY_SECONDS",
+    "MAX_ERROR_CHARS",
     "MAX_EVENT_BYTES",
     "MAX_PRIORITY",
     "MAX_RESULT_BYTES_LIMIT",
@@ -121,7 +113,6 @@ __all__ = [
     "MAX_TENANT_CHARS",
     "MAX_TENANT_RUNS",
     "MAX_TENANT_WEIGHT",
-    "NEWS_AT_ONCE",
     "QUEUE_NAME",
     "SUBSCRIBED_WAITS",
     "TASK_ID",
@@ -169,14 +160,11 @@ __all__ = [
     "new_instance_id",
     "new_task_id",
     "retry_delay",
-    "storable_text",
     "tally_tenants",
     "task_for_idempotency_key",
     "task_page",
     "task_view",
     "tenant_arg",
-    "tenant_cap_arg",
-    "tenant_weight_arg",
     "worker_id",
     "worth_retrying",
 ]

@@ -56,6 +56,8 @@ FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
 STATE_SETS = {"queued": "queued", "delayed": "delayed", "deferred": "deferred",
                "running": "leases"}
 TASK_LIST_STATES = ("queued", "delayed", "deferred", "running", "dead")
+MAX_ERROR_CHARS = 4000
+"""The longest error text a failure records (a run's error is cut to it)."""
 MAX_EVENT_BYTES = 65_536
 FINAL_EVENT = "final"
 """The kind of the event that closes a task's stream (data: ``{"state", "error"?}``)."""

@@ -30,20 +30,33 @@ class TaskNotFound(ProtocolError):
 
 
 class FailOutcome(enum.StrEnum):
+    """What became of a run's task when its holder reported it failed (`fail`), cancelled
+    (`cancelled`) or handed it back (`release`)."""
+
     RETRY = "retry"
+    """Delayed for its next attempt."""
     DEAD = "dead"
+    """Attempts used up, or not retryable: in the dead letters."""
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     """No retry could start before the task's expiry: it ended cancelled, as expired."""
     REQUEUED = "requeued"
+    """Back in the queue at its place, the attempt not counted (a release)."""
     STALE = "stale"
+    """Nothing: the reporter no longer held the task (fenced off; it moved on)."""
 
 
 class CancelOutcome(enum.StrEnum):
+    """What a cancel did."""
+
     CANCELLED = "cancelled"
+    """It was waiting (queued, delayed, deferred, dead): it ended cancelled."""
     REQUESTED = "requested"
+    """It runs: its worker is told to stop it, and records the cancel."""
     FINISHED = "finished"
+    """It had ended already: nothing changed."""
     UNKNOWN = "unknown"
+    """No such task."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +274,10 @@ class WorkerInfo:
 
 @dataclass(frozen=True)
 class WorkerState:
+    """A live worker instance as the listings show it (`TaskQueue.workers`: the CLI, the
+    console, the operator's status); `InstanceState` is what recovery reads of every
+    registered instance, live or not, and `WorkerInfo` what an instance reports."""
+
     worker_id: str
     pod: str
     instance: str

@@ -49,6 +49,7 @@ from agentpool.protocol.limits import (
     LISTEN_SECONDS,
     MAX_ATTEMPTS_LIMIT,
     MAX_DELAY_SECONDS,
+    MAX_ERROR_CHARS,
     MAX_PRIORITY,
     MAX_SUBMIT_CHUNK,
     MAX_TENANT_RUNS,
@@ -158,6 +159,7 @@ class TaskQueue:
         return script
 
     async def _run(self, name: str, *args: Any, client: Any = None) -> Any:
+        """Run a script of the queue (with `_script`, what `round_trips` calls too)."""
         keys, argv = [self.prefix + "queued"], [self.prefix, *args]
         if self.line is not None and (client is None or client is self.redis):
             return await self.line.run(self._script(name), keys, argv)
@@ -800,7 +802,7 @@ class TaskQueue:
         task's expiry (it ends cancelled, as expired)."""
         if delay is None:
             delay = retry_delay(task.attempts)
-        reply = await self._run("fail", task.id, task.token, storable_text(error[:4000]),
+        reply = await self._run("fail", task.id, task.token, storable_text(error[:MAX_ERROR_CHARS]),
                                 int(retryable), round(delay * 1000), "fail")
         return FailOutcome(as_text(reply))
 

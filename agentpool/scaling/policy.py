@@ -12,13 +12,15 @@ Rules, in the order `decide` applies them:
   a blind controller must neither shed workers nor scale to zero;
 - need = ceil((in-flight + queued - absorbed) / tasksPerReplica), so pods busy with long
   tasks are never counted as spare. `current` and the in-flight count are those of the
-  serving pods: pods draining after a scale-down are neither capacity nor backlog (see
-  `scaledown.serving_view`). `absorbed` is the number of runs expected to end within the
-  start-up of a new pod (`start_seconds`): a task they will take starts no pod, as the pod
-  would come too late for it. A run's remaining time is estimated by the mean age of the
-  running runs (for runs arriving steadily, the mean age equals the mean remaining time),
-  remembered with a slow decay (`run_memory_seconds`) so that the young runs of a burst do
-  not pass for short ones; without reported run ages, or within ABSORB_AFTER_SECONDS of a
+  serving pods: pods draining after a scale-down are neither capacity nor backlog (the
+  simulator counts them with `scaledown.serving_view`, the operator with
+  `scaling_plan.serving_replicas` and `serving_load`, which also leave out the pods a
+  rollout is stopping: keep the two in step). `absorbed` is the number of runs expected to
+  end within the start-up of a new pod (`start_seconds`): a task they will take starts no
+  pod, as the pod would come too late for it. A run's remaining time is estimated by the mean
+  age of the running runs (for runs arriving steadily, the mean age equals the mean remaining
+  time), remembered with a slow decay (`run_memory_seconds`) so that the young runs of a burst
+  do not pass for short ones; without reported run ages, or within ABSORB_AFTER_SECONDS of a
   fresh history, nothing is absorbed;
 - activation: a pool at zero stays there until the backlog exceeds activationDepth;
 - bounds [minReplicas, maxReplicas]; minReplicas == maxReplicas is a fixed-size pool;

@@ -116,10 +116,6 @@ class DrainPlan:
     """Draining pods with no run left (drained now, chosen idle, or leaving with their node):
     their replicas go."""
 
-    @property
-    def replica_change(self) -> int:
-        return self.start - len(self.release)
-
 
 def plan_drains(loads: Sequence[PodLoad], target: int, keep: int | None = None) -> DrainPlan:
     """Move the serving pods to `target`: drain (idle first, by `removal_rank`), or withdraw

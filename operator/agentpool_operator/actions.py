@@ -1,10 +1,12 @@
-"""Where scaling and recovery act on a pool: called once per observation of each pool.
+"""Where a pool's round acts: called once per observation of each pool.
 
 The operator's per-pool loop observes the pool (its Deployment, its queue), calls `act`, and
-writes the status with what `act` returns. `act` applies the pure decisions of `scaling` and
-`recovery` (patch the Deployment's replicas, drain or replace pods, requeue tasks), submits the
-tasks of `schedules` that are due, and reports their outcome as status fields and conditions.
-Until it does, pools keep the replica count their Deployment has.
+writes the status with what `act` returns. `act` applies the pure decisions of `recovery`,
+`scaling_plan` (with `agentpool.scaling`) and `schedules`, through their action modules:
+requeue tasks and replace pods, set the tenants' weights and caps, declare the rate limits,
+patch the Deployment's replicas and drain pods, submit the tasks of schedules that are due;
+their outcomes come back as status fields and conditions. Until it does, pools keep the
+replica count their Deployment has.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def merge(*results: ActionResult) -> ActionResult:
 
 
 async def act(observation: PoolObservation, kube: KubeApi) -> ActionResult:
-    """Apply recovery, then scaling, then the schedules, to one observed pool.
+    """Apply recovery, the tenants, the rate limits, scaling and the schedules, in that order,
+    to one observed pool.
 
     Recovery runs first so that the tasks of dead pods are back in the queue before scaling
     looks at the backlog (and expired tasks it ended are out of it: the figures are read

@@ -381,7 +381,7 @@ async def observe_pool(
                 log_traceback(f"observing pool {namespace}/{name} failed")
                 metrics.record_reconcile_error(namespace, name, "observe")
                 state.failing_since = state.failing_since or time.monotonic()
-                delay = retry_delay(MIN_POLL_SECONDS, state.failing_for(time.monotonic()))
+                delay = next_round_in(MIN_POLL_SECONDS, state.failing_for(time.monotonic()))
             await sleep(state, stopped, delay)
     finally:
         await ctx.forget(namespace, name)
@@ -401,7 +401,7 @@ async def sleep(state: PoolState, stopped: kopf.DaemonStopped, delay: float) -> 
             waiter.cancel()
 
 
-def retry_delay(poll_seconds: float, failing_for: float | None) -> float:
+def next_round_in(poll_seconds: float, failing_for: float | None) -> float:
     """The poll interval; while failing, as long as the failure lasts (so retries back off
     exponentially however often the pool is woken), capped."""
     base = max(MIN_POLL_SECONDS, poll_seconds)
@@ -513,7 +513,14 @@ async def observe_once(
 ) -> float:
     """One round for one pool; returns the seconds until the next round.
 
-    The pool's pods come from `pool_pods` (the watch); without it, `actions.act` lists them.
+    In order: the spec parsed (an invalid one is reported and nothing else done); the pool's
+    Redis credentials (`refresh_credentials`), its Deployment (`ensure_deployment`), the
+    installed CRD's check and the PodDisruptionBudget (`ensure_budget`); at a pool's first
+    round, the tasks of pods gone while no operator ran; the queue's figures, whether Redis
+    lost the queue (`check_queue_kept`) and may evict or is full (`state.memory`); then
+    `actions.act` (recovery, tenants, rate limits, scaling with the busy labels, schedules);
+    last the status, written when it changed. The pool's pods come from `pool_pods` (the
+    watch); without it, `actions.act` lists them.
     """
     namespace, name = pool_key(body)
     generation = generation_of(body)
@@ -622,4 +629,4 @@ async def observe_once(
     if not failing:
         metrics.record_observed(namespace, name)
     state.failing_since = (state.failing_since or time.monotonic()) if failing else None
-    return retry_delay(spec.scaling.poll_seconds, state.failing_for(time.monotonic()))
+    return next_round_in(spec.scaling.poll_seconds, state.failing_for(time.monotonic()))

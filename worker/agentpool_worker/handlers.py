@@ -374,7 +374,7 @@ class TaskContext:
         success is recorded first and its events join its stream, before its ``final`` event,
         once there is room; the events of a run that fails (or is cancelled or handed back)
         meanwhile are lost, and so are events beyond the worker's cap on those waiting
-        (20,000): the run is not held up for them."""
+        (20,000, outbox.MAX_PENDING_EVENTS): the run is not held up for them."""
         raw = encode_event(kind, data)
         if self.channel is not None:
             await self.channel.emit(self, kind, raw)

@@ -134,8 +134,6 @@ LIMIT_NAMES = (
 )
 """The rate-limit series: exposed once a handler used a limit (one series per limit)."""
 
-SUBMIT_NAMES = ("agentpool_worker_submitted_total",)
-"""Exposed once a run submitted a task (one series per queue it went to)."""
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,14 @@ from agentpool.protocol import ClaimedTask, RunEvents, call_id
 
 MAX_CALL_EVENTS = 2000
 """Events per flush round trip."""
+MAX_PENDING_EVENTS = 20_000
+"""Events unsent before ``ctx.emit`` waits for a flush (back-pressure, Worker.emit); while
+Redis is full, events beyond it are dropped instead (the run goes on)."""
 FULL_RETRY_SECONDS = 2.0
 """While Redis refuses events for being full, how often they are offered again (outcomes go
 on meanwhile; a checkpoint or a report that waits for them has them offered at once)."""
 
-Event = tuple[int, ClaimedTask, str, str]
+PendingEvent = tuple[int, ClaimedTask, str, str]
 """(sequence number, the run's claim, kind, data JSON)"""
 
 
@@ -36,12 +39,12 @@ class EventCall:
 
     __slots__ = ("call", "events")
 
-    def __init__(self, call: str, events: list[Event]) -> None:
+    def __init__(self, call: str, events: list[PendingEvent]) -> None:
         self.call = call
         self.events = events
 
 
-def by_run(events: list[Event]) -> list[RunEvents]:
+def by_run(events: list[PendingEvent]) -> list[RunEvents]:
     """One script call per run, its events in the order they were emitted."""
     groups: dict[ClaimedTask, list[tuple[str, str]]] = {}
     for _, task, kind, raw in events:
@@ -57,7 +60,7 @@ class EventOutbox:
     def __init__(self, wake: asyncio.Event) -> None:
         """`wake`: set to have the flusher send events now."""
         self._wake = wake
-        self.unsent: list[Event] = []
+        self.unsent: list[PendingEvent] = []
         """Emitted and not sent yet."""
         self.untaken: EventCall | None = None
         """Sent, and not taken by Redis yet (it goes before `unsent`)."""

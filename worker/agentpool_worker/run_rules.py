@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agentpool.errors import PermanentError, Retry
-from agentpool.protocol import ClaimedTask
+from agentpool.protocol import MAX_ERROR_CHARS, ClaimedTask
 from agentpool.seconds import seconds_text
 
-ERROR_TEXT_LIMIT = 4000
+ERROR_TEXT_LIMIT = MAX_ERROR_CHARS
 """The longest error text recorded for a failed run."""
 
 

@@ -1,6 +1,6 @@
 """The worker: claims tasks from one queue and runs up to ``concurrency`` of them at once.
 
-Four loops share one event loop:
+Six loops share one event loop:
 
 - the fetcher claims ``min(free slots, claim_batch)`` tasks in one round trip; when a claim
   came back short (the queue is empty) it blocks on the queue's wake-up list on a connection
@@ -12,7 +12,15 @@ Four loops share one event loop:
 - the heartbeat, every lease/3, extends the leases of every task the worker holds and learns
   which it lost (stop those runs, never report them), which were cancelled (stop them, record
   the cancel) and whether the operator asked the pod to drain;
+- the reaper requeues the queue's expired leases itself when no operator has for
+  UNREAPED_SECONDS (see ``reap_due``);
+- the ready check runs the handler's ``ready`` hook, when it has one, for ``/readyz``;
 - a ticker that proves the loop is responsive to the probe thread.
+
+What a run emits waits for Redis in ``outbox.py``; how a run's end is recorded (its timeout,
+a failure, a ``Retry``) is decided in ``run_rules.py``; when to claim again under a dense
+stream, in ``claim_pace.py``; the handler and the ``TaskContext`` it is given, in
+``handlers.py``.
 
 States: ``starting`` → ``running``; a drain requested through Redis → ``draining`` (no more
 claims, in-flight work finishes) → ``drained`` (idle, not ready, alive until SIGTERM; a
@@ -28,11 +36,12 @@ the scripts decide what it still takes (common.lua): no claim (each run adds a r
 events, no checkpoints; but heartbeats and every outcome, so runs in progress go on and end.
 The worker follows: a refused claim backs off as any failed claim and the next one that goes
 through resumes the work; outcomes go to Redis alone while their events wait for room
-(offered again every outbox.FULL_RETRY_SECONDS, at most MAX_PENDING_EVENTS of them: beyond, new
-events are dropped rather than the run held up); a checkpoint is not saved and the run goes
-on (see :meth:`Worker.checkpoint`). It logs the episode once when Redis first refuses a write
-for being full and once when a write Redis would refuse then goes through, and ``/readyz``
-says "redis is full" meanwhile (probes.py: the operator leaves pods that heartbeat alone).
+(outbox.py: offered again every FULL_RETRY_SECONDS, at most MAX_PENDING_EVENTS of them:
+beyond, new events are dropped rather than the run held up); a checkpoint is not saved and
+the run goes on (see :meth:`Worker.checkpoint`). It logs the episode once when Redis first
+refuses a write for being full and once when a write Redis would refuse then goes through,
+and ``/readyz`` says "redis is full" meanwhile (probes.py: the operator leaves pods that
+heartbeat alone).
 """
 
 from __future__ import annotations
@@ -85,7 +94,7 @@ from agentpool_worker.handlers import (
     load_handler,
 )
 from agentpool_worker.limits import WorkerLimits
-from agentpool_worker.outbox import Event, EventOutbox, by_run
+from agentpool_worker.outbox import MAX_PENDING_EVENTS, EventOutbox, PendingEvent, by_run
 from agentpool_worker.probes import Health, ProbeServer
 from agentpool_worker.run_rules import RunFailure, run_failure, run_timeout
 from agentpool_worker.settings import WorkerSettings, env_name
@@ -96,9 +105,6 @@ T = TypeVar("T")
 
 MAX_FLUSH = 500
 """Completions per flush round trip."""
-MAX_PENDING_EVENTS = 20_000
-"""Events waiting for Redis before ``ctx.emit`` waits for a flush (back-pressure); while Redis
-is full, events beyond it are dropped instead (the run goes on)."""
 FULL_MESSAGE = ("Redis is full (maxmemory reached): new tasks are not claimed until memory is "
                 "freed")
 FULL_READY_REASON = ("redis is full (maxmemory reached): new tasks are not claimed until "
@@ -901,7 +907,7 @@ class Worker:
             with_events = outbox.may_go()
             if not with_events and not self._completions:
                 return
-            events: list[Event] = []
+            events: list[PendingEvent] = []
             call: str | None = None
             if with_events:
                 sending = outbox.next_call()
