@@ -89,7 +89,7 @@ from .scaling_plan import (
     PodWork,
     ScalePlan,
     draining_fields,
-    holding,
+    not_serving_pods,
     plan_paused,
     plan_scale,
     queue_load,
@@ -192,7 +192,8 @@ async def scale(
     try:
         figures = queue_load(observation.figures)
         guarded = any(p.guarded for p in summaries)
-        if (figures.figures_ok and figures.in_flight) or holding(summaries, given_back) or guarded:
+        if ((figures.figures_ok and figures.in_flight)
+                or not_serving_pods(summaries, given_back) or guarded):
             await read_work()
         serving = serving_replicas(summaries, replicas, given_back)
         load = serving_load(figures, summaries, work or {}, given_back, now)

@@ -73,8 +73,8 @@ class PodSummary:
     worker finishes its runs within drainSeconds)."""
 
     @property
-    def held(self) -> bool:
-        """Not serving: marked for removal, or leaving with its node."""
+    def not_serving(self) -> bool:
+        """Marked for removal, or leaving with its node."""
         return self.marked or self.leaving
 
     @classmethod
@@ -115,15 +115,15 @@ class PodWork:
     runs_since: tuple[float, ...] = ()
 
 
-def holding(pods: Sequence[PodSummary], given_back: Collection[str]) -> list[PodSummary]:
+def not_serving_pods(pods: Sequence[PodSummary], given_back: Collection[str]) -> list[PodSummary]:
     """Marked or leaving live pods that still hold a replica of the Deployment."""
-    return [p for p in pods if p.held and not p.gone and p.name not in given_back]
+    return [p for p in pods if p.not_serving and not p.gone and p.name not in given_back]
 
 
 def serving_replicas(pods: Sequence[PodSummary], replicas: int,
                      given_back: Collection[str]) -> int:
     """The replicas that take work: the Deployment's count less the marked pods holding one."""
-    return max(0, replicas - len(holding(pods, given_back)))
+    return max(0, replicas - len(not_serving_pods(pods, given_back)))
 
 
 def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str, PodWork],
@@ -135,7 +135,8 @@ def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str,
     nothing, and their ages only grow."""
     if not load.figures_ok:
         return load
-    not_serving = {p.name for p in holding(pods, given_back)} | {p.name for p in pods if p.gone}
+    not_serving = ({p.name for p in not_serving_pods(pods, given_back)}
+                   | {p.name for p in pods if p.gone})
     elsewhere = sum(work.get(name, PodWork()).in_flight for name in not_serving)
     serving = {p.name for p in pods} - not_serving
     ages = () if now is None else tuple(
@@ -206,9 +207,9 @@ def plan_scale(
     live = [p for p in pods if not p.gone]
     names = {p.name for p in live if p.marked}
     given = tuple(sorted(n for n in given_back if n in names))
-    held = holding(pods, given)
-    unmarked = [p for p in live if not p.held]
-    serving = max(0, replicas - len(held))
+    out = not_serving_pods(pods, given)
+    unmarked = [p for p in live if not p.not_serving]
+    serving = max(0, replicas - len(out))
     if target < serving:
         live_target = len(unmarked) - max(0, min(serving - target, len(unmarked) - target))
     else:
@@ -217,19 +218,19 @@ def plan_scale(
     def load(p: PodSummary) -> PodLoad:
         w = work.get(p.name, PodWork())
         ages = tuple(max(0.0, now - since) for since in w.runs_since)
-        return PodLoad(p.name, w.in_flight, p.ready, draining=p.held, run_ages=ages,
+        return PodLoad(p.name, w.in_flight, p.ready, draining=p.not_serving, run_ages=ages,
                        leaving=p.leaving)
 
     live_keep = live_target + max(0, (target if keep is None else keep) - target)
-    plan = plan_drains([load(p) for p in unmarked + held], live_target, live_keep)
+    plan = plan_drains([load(p) for p in unmarked + out], live_target, live_keep)
     by_name = {p.name: p for p in live}
     chosen = set(plan.drain)
     idle = set(plan.release)
     release = [n for n in plan.drain if n in idle]
     release += [n for n in plan.release if n not in chosen and not by_name[n].released]
-    leavers = [p.name for p in held if p.leaving and not p.marked and p.name not in idle]
+    leavers = [p.name for p in out if p.leaving and not p.marked and p.name not in idle]
     busy_again = [
-        p.name for p in held if known and p.released and p.name not in plan.withdraw
+        p.name for p in out if known and p.released and p.name not in plan.withdraw
         and work.get(p.name, PodWork()).in_flight > 0
     ]
     starting = any(not p.ready for p in unmarked)
@@ -242,7 +243,7 @@ def plan_scale(
         n for n in plan.release
         if n not in chosen and by_name[n].released and may_go(n) and not busy_again
     ]
-    kept = len(held) - len(plan.withdraw) - len(give_back) + len(plan.drain)
+    kept = len(out) - len(plan.withdraw) - len(give_back) + len(plan.drain)
     orphans = given if len(live) <= replicas else ()
     return ScalePlan(
         replicas=target + kept,

@@ -24,7 +24,7 @@ from agentpool_operator.disruption import (
 from agentpool_operator.scaling_plan import (
     PodSummary,
     PodWork,
-    holding,
+    not_serving_pods,
     plan_scale,
     serving_replicas,
 )
@@ -111,7 +111,7 @@ def test_a_pod_summary_knows_its_node_and_its_label() -> None:
     body = {"metadata": {"name": "p", "labels": {BUSY_LABEL: "true"}},
             "spec": {"nodeName": "a"}, "status": {"phase": "Running"}}
     summary = PodSummary.from_body(body, {"a"})
-    assert (summary.leaving, summary.guarded, summary.held) == (True, True, True)
+    assert (summary.leaving, summary.guarded, summary.not_serving) == (True, True, True)
     assert not PodSummary.from_body(body, {"b"}).leaving
     finished = {**body, "status": {"phase": "Succeeded"}}
     assert not PodSummary.from_body(finished, {"a"}).leaving
@@ -225,4 +225,4 @@ def test_leaving_plans_keep_the_invariants(spec: list[tuple[int, str, bool, bool
                         p.name not in plan.withdraw, leaving=p.leaving) for p in pods]
     assert serving_replicas(after, plan.replicas, plan.given_back) == target
     if plan.start:
-        assert all(p.leaving for p in holding(after, plan.given_back))
+        assert all(p.leaving for p in not_serving_pods(after, plan.given_back))

@@ -22,7 +22,7 @@ from agentpool_operator.scaling_plan import (
     PodWork,
     ScalePlan,
     draining_fields,
-    holding,
+    not_serving_pods,
     plan_paused,
     plan_scale,
     restore_history,
@@ -316,7 +316,7 @@ def test_plan_invariants(spec: list[tuple[int, str, bool, bool]], replicas: int,
     assert serving_replicas(after, plan.replicas, plan.given_back) == target
     # pods start only once every drain is withdrawn
     if plan.start:
-        assert holding(after, plan.given_back) == []
+        assert not_serving_pods(after, plan.given_back) == []
     # applied, the plan is stable: no other pod is chosen and none withdrawn
     again = plan_scale(after, plan.replicas, plan.given_back, target, busy, NOW)
     assert (again.drain, again.withdraw, again.start) == ((), (), 0)
