@@ -1163,7 +1163,7 @@ class Worker:
                 payload = json.loads(task.payload_raw)
             except (ValueError, RecursionError) as exc:
                 error = f"malformed payload (not JSON): {exc}"
-                self._failed(run, error, retryable=False)
+                self._report_failure(run, RunFailure(error, False))
                 outcome = ended("failed", error=error)
                 return
             try:
@@ -1177,7 +1177,7 @@ class Worker:
                         raise  # the worker itself is being stopped
                     # the handler's own: a call it awaited was cancelled by someone else
                     error = "CancelledError: an operation the handler awaited was cancelled"
-                    self._failed(run, error, retryable=True)
+                    self._report_failure(run, RunFailure(error, True))
                     outcome = ended("failed", error=error, retryable=True)
                     return
                 if this.cancelling():
@@ -1192,7 +1192,7 @@ class Worker:
                     return
                 failure = run_failure(exc, deadline.expired(), run.ctx.timeout_seconds, task,
                                       self.settings.task_timeout_seconds)
-                self._run_failed(run, failure)
+                self._report_failure(run, failure)
                 outcome = ended("failed", error=failure.error, retryable=failure.retryable)
                 return
             if run.stop_reason is not None:  # e.g. it returned after a LeaseLost
@@ -1202,7 +1202,7 @@ class Worker:
             if deadline.expired():  # it returned, but only once its timeout had cancelled it
                 failure = run_failure(None, True, run.ctx.timeout_seconds, task,
                                       self.settings.task_timeout_seconds)
-                self._run_failed(run, failure)
+                self._report_failure(run, failure)
                 outcome = ended("failed", error=failure.error, retryable=failure.retryable)
                 return
             try:
@@ -1211,7 +1211,7 @@ class Worker:
                 error = f"result not stored: {exc}"
                 if isinstance(exc, PayloadTooLarge):
                     error += RESULT_TOO_LARGE_HINT
-                self._failed(run, error, retryable=False)
+                self._report_failure(run, RunFailure(error, False))
                 outcome = ended("failed", error=error, retryable=False)
                 return
             self.metrics.succeeded.inc()
@@ -1302,27 +1302,24 @@ class Worker:
             run.stop(LOST)
         self._maybe_drained()
 
-    def _run_failed(self, run: _Run, failure: RunFailure) -> None:
+    def _report_failure(self, run: _Run, failure: RunFailure) -> None:
+        """Report a failed run: retried after the delay its failure asked for (else the
+        worker's backoff) while attempts remain."""
+        task = run.task
         if failure.timed_out:
             run.ctx.cancelled.set()
             self.metrics.timed_out.inc()
-        self._failed(run, failure.error, retryable=failure.retryable, delay=failure.retry_after)
-
-    def _failed(self, run: _Run, error: str, *, retryable: bool,
-                delay: float | None = None) -> None:
-        """Report a failed run: retried after `delay` seconds (the worker's backoff unless
-        given) while attempts remain."""
-        task = run.task
         self.metrics.failed.inc()
         self.info.failed += 1
         self._log.warning("task failed", task=task.id, attempt=task.attempts,
-                          retryable=retryable, error=error.splitlines()[0][:500])
+                          retryable=failure.retryable, error=failure.error.splitlines()[0][:500])
+        delay = failure.retry_after
         if delay is None:
             s = self.settings
             delay = retry_delay(task.attempts, base=s.retry_backoff_base_seconds,
                                 cap=s.retry_backoff_cap_seconds)
-        self._report(task, lambda: self.queue.fail(task, error, retryable=retryable,
-                                                   delay=delay))
+        self._report(task, lambda: self.queue.fail(task, failure.error,
+                                                   retryable=failure.retryable, delay=delay))
 
     def _stopped(self, run: _Run) -> None:
         task = run.task
