@@ -13,17 +13,7 @@ runs emit, each tagged with its attempt, closed by a ``final`` event written in 
 as the final state, so :meth:`TaskQueue.events` can follow it live and know when it has all.
 """
 
-from agentpool.protocol.encoding import (
-    compact_json,
-    encode_checkpoint,
-    encode_event,
-    encode_payload,
-    encode_progress,
-    encode_result,
-    has_control_character,
-)
-from agentpool.protocol.ids import call_id, key_prefix, new_instance_id, new_task_id, worker_id
-from agentpool.protocol.limits import (
+from agentpool.protocol.bounds import (
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_MAX_RESULT_BYTES,
@@ -51,6 +41,16 @@ from agentpool.protocol.limits import (
     WAIT_RECONNECT_SECONDS,
     WORKER_LIVENESS_WINDOW,
 )
+from agentpool.protocol.encoding import (
+    compact_json,
+    encode_checkpoint,
+    encode_event,
+    encode_payload,
+    encode_progress,
+    encode_result,
+    has_control_character,
+)
+from agentpool.protocol.ids import call_id, key_prefix, new_instance_id, new_task_id, worker_id
 from agentpool.protocol.records import (
     CancelOutcome,
     ClaimBatch,

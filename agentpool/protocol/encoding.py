@@ -7,8 +7,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from agentpool.protocol.ids import call_id
-from agentpool.protocol.limits import (
+from agentpool.protocol.bounds import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     EVENT_KIND,
     FINAL_EVENT,
@@ -17,6 +16,7 @@ from agentpool.protocol.limits import (
     MAX_EVENT_BYTES,
     MAX_TASK_TIMEOUT_SECONDS,
 )
+from agentpool.protocol.ids import call_id
 from agentpool.protocol.records import PayloadTooLarge, ProtocolError
 from agentpool.seconds import as_seconds, given_text, seconds_text, short_repr
 

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentpool.protocol.bounds import FINAL_EVENT, FINAL_STATES
 from agentpool.protocol.ids import worker_id
-from agentpool.protocol.limits import FINAL_EVENT, FINAL_STATES
 
 
 class ProtocolError(ValueError):

@@ -28,20 +28,7 @@ from agentpool.durability import (
     wait_command,
 )
 from agentpool.lua_source import script_source
-from agentpool.protocol.encoding import (
-    after_arg,
-    claim_args,
-    encode_event,
-    encode_payload,
-    encode_result,
-    keys_for,
-    seconds_given,
-    storable_text,
-    stored_expiry_ms,
-    stored_timeout_ms,
-)
-from agentpool.protocol.ids import call_id, key_prefix, new_task_id, worker_id
-from agentpool.protocol.limits import (
+from agentpool.protocol.bounds import (
     COMPLETE_CHUNK,
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -61,6 +48,19 @@ from agentpool.protocol.limits import (
     WAIT_RECONNECT_SECONDS,
     WORKER_LIVENESS_WINDOW,
 )
+from agentpool.protocol.encoding import (
+    after_arg,
+    claim_args,
+    encode_event,
+    encode_payload,
+    encode_result,
+    keys_for,
+    seconds_given,
+    storable_text,
+    stored_expiry_ms,
+    stored_timeout_ms,
+)
+from agentpool.protocol.ids import call_id, key_prefix, new_task_id, worker_id
 from agentpool.protocol.records import (
     CancelOutcome,
     ClaimBatch,

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentpool.protocol.bounds import MAX_TENANT_CHARS, MAX_TENANT_RUNS, MAX_TENANT_WEIGHT
 from agentpool.protocol.encoding import has_control_character
-from agentpool.protocol.limits import MAX_TENANT_CHARS, MAX_TENANT_RUNS, MAX_TENANT_WEIGHT
 from agentpool.protocol.records import ProtocolError
 from agentpool.seconds import short_repr
 

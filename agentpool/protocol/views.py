@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis.asyncio as aioredis
 
 from agentpool.connection import is_cluster
-from agentpool.protocol.limits import (
+from agentpool.protocol.bounds import (
     NEXT_ENTRY_BYTES,
     STATE_SETS,
     TASK_LIST_STATES,

@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentpool.connection import is_cluster
-from agentpool.protocol.limits import NEWS_AT_ONCE
+from agentpool.protocol.bounds import NEWS_AT_ONCE
 from agentpool.protocol.replies import as_text
 
 
@@ -63,7 +63,7 @@ async def news_of(done: DoneSignal, pending: Mapping[str, object], deadline: flo
 
 waits_subscribed: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 """Waits holding a subscription, per client; `TaskQueue.as_finished` keeps it under
-limits.SUBSCRIBED_WAITS."""
+bounds.SUBSCRIBED_WAITS."""
 
 
 def time_left(deadline: float | None, at_most: float) -> float:

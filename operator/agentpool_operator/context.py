@@ -20,7 +20,7 @@ from .kube import KubeApi
 from .queue_loss import QueueMarks
 from .recovery import RecoveryPolicy
 from .redis_access import RedisClients
-from .redis_config import MemoryCheck
+from .redis_memory import MemoryCheck
 from .settings import OperatorSettings
 
 SECRET_RECHECK_SECONDS = 3600.0

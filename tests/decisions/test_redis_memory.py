@@ -1,11 +1,11 @@
-"""Whether the pool's Redis is full (agentpool_operator.redis_config.full_problem): a pure
+"""Whether the pool's Redis is full (agentpool_operator.redis_memory.full_problem): a pure
 verdict on what INFO memory says of each node."""
 
 from __future__ import annotations
 
 import pytest
 
-from agentpool_operator.redis_config import (
+from agentpool_operator.redis_memory import (
     FULL_MARGIN_BYTES,
     FULL_REASON,
     NodeMemory,

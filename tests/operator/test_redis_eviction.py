@@ -9,7 +9,7 @@ import redis
 
 from agentpool.connection import redis_from_url
 from agentpool.redis_server import RedisServer
-from agentpool_operator.redis_config import (
+from agentpool_operator.redis_memory import (
     EVICTION_REASON,
     MemoryCheck,
     eviction_problem,

@@ -14,20 +14,20 @@ from operator_harness import Cluster, OperatorThread, eventually, pool_manifest
 from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer
-from agentpool_operator import redis_config
+from agentpool_operator import redis_memory
 
 
 @pytest.fixture
 def memory_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per INFO memory read of the operator: its rounds, counted without a clock."""
     reads: list[int] = []
-    read = redis_config.read_memory_info
+    read = redis_memory.read_memory_info
 
-    async def counted(client: Any) -> dict[str, redis_config.NodeInfo] | None:
+    async def counted(client: Any) -> dict[str, redis_memory.NodeInfo] | None:
         reads.append(1)
         return await read(client)
 
-    monkeypatch.setattr(redis_config, "read_memory_info", counted)
+    monkeypatch.setattr(redis_memory, "read_memory_info", counted)
     return reads
 
 
@@ -90,7 +90,7 @@ async def test_one_info_read_a_round_judges_fullness_and_the_policy(
     await admin.acl_setuser("noinfo", enabled=True, passwords=["+pw"], keys=["*"],
                             commands=["+@all", "-info"])
     refused = redis_from_url(f"redis://noinfo:pw@127.0.0.1:{server.port}/0")
-    check = redis_config.MemoryCheck()
+    check = redis_memory.MemoryCheck()
     try:
         assert await check.current(admin, now=2.0) == (None, None)
         assert len(memory_reads) == 1
@@ -105,7 +105,7 @@ async def test_one_info_read_a_round_judges_fullness_and_the_policy(
         evicting, full = await check.current(admin, now=6.0)
         assert evicting is None and full is not None and full.reason == "RedisFull"
         assert len(memory_reads) == 3, "one read a round"
-        other_pool = redis_config.MemoryCheck()
+        other_pool = redis_memory.MemoryCheck()
         assert await other_pool.current(admin, now=6.5) == (None, full)
         assert len(memory_reads) == 3, "pools on one Redis share a read under a second old"
 
