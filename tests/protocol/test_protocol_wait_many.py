@@ -161,8 +161,12 @@ async def test_a_task_requeued_between_the_two_reads_is_not_handed_over(
     queue.get_many = requeue_first  # type: ignore[method-assign]
     try:
         waiting = asyncio.ensure_future(queue.wait(task_id, timeout=20))
-        await asyncio.sleep(0.3)
-        assert requeued and not waiting.done(), "queued again: not final"
+
+        async def was_requeued() -> bool:
+            return requeued
+
+        await eventually(was_requeued, within=10)
+        assert not waiting.done(), "queued again: not final"
         assert await other.complete(await claim_one(other, "w2"), "second time")
         info = await asyncio.wait_for(waiting, 10)
     finally:
