@@ -323,12 +323,18 @@ end
 local function runs_key(tenant) return P .. 'runs:' .. tenant end
 local function parked_key(tenant) return P .. 'parked:' .. tenant end
 
+-- The tenants with tasks parked; `parked` read only when it exists, so that a reader under a
+-- producer's rules of before caps (no SMEMBERS) reads a queue without caps as before.
+local function parked_tenants()
+  if redis.call('EXISTS', K_PARKED) == 0 then return {} end
+  return redis.call('SMEMBERS', K_PARKED)
+end
+
 -- The queued tasks from the `first` (0-based), at most `want`: the queue's own in claim
 -- order, then those parked for their tenant's cap, each tenant's in their order, tenants by
 -- name (as the server sorts strings; the sort only when the page reaches past the queue).
 -- Returns how many queued tasks there are and, per task picked, its id and whether it is
--- parked. (`parked` read only when it exists: a producer's rules of before caps have no
--- SMEMBERS.)
+-- parked.
 local function queued_pick(first, want)
   local size = redis.call('ZCARD', K_QUEUED)
   local ids, parked = {}, {}
@@ -338,8 +344,7 @@ local function queued_pick(first, want)
     want = want - #ids
   end
   first = math.max(0, first - size)
-  if redis.call('EXISTS', K_PARKED) == 0 then return size, ids, parked end
-  local tenants = redis.call('SMEMBERS', K_PARKED)
+  local tenants = parked_tenants()
   if want > 0 then table.sort(tenants) end
   for _, tenant in ipairs(tenants) do
     local key = parked_key(tenant)

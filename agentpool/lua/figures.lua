@@ -27,10 +27,8 @@ end
 -- Tasks parked for their tenant's cap on runs at once (common.lua's caps): waiting, but not
 -- in `queued` until the tenant has room.
 local capped = 0
-if redis.call('EXISTS', K_PARKED) == 1 then
-  for _, tenant in ipairs(redis.call('SMEMBERS', K_PARKED)) do
-    capped = capped + redis.call('ZCARD', parked_key(tenant))
-  end
+for _, tenant in ipairs(parked_tenants()) do
+  capped = capped + redis.call('ZCARD', parked_key(tenant))
 end
 return {
   per,

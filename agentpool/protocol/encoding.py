@@ -28,10 +28,7 @@ def encode_event(kind: str, data: Any) -> str:
             f"invalid event kind {kind!r}: use 1-64 letters, digits, '.', '_', ':' or '-', "
             f"starting with a letter or digit (and not {FINAL_EVENT!r})"
         )
-    try:
-        raw, size = compact_json(data)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"event data is not JSON-serialisable: {exc}") from None
+    raw, size = _checked_json(data, "event data")
     if size > MAX_EVENT_BYTES:
         raise ProtocolError(f"event data is over the {MAX_EVENT_BYTES}-byte limit")
     return raw
@@ -64,6 +61,14 @@ def compact_json(value: Any) -> tuple[str, int]:
     except UnicodeEncodeError:
         raw = _ASCII_JSON.encode(value)
         return raw, len(raw)
+
+
+def _checked_json(value: Any, what: str) -> tuple[str, int]:
+    """`compact_json`, a value that is not JSON refused as a ProtocolError naming `what`."""
+    try:
+        return compact_json(value)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
 def has_control_character(text: str) -> bool:
@@ -105,10 +110,7 @@ def keys_for(payloads: Sequence[Any],
 
 
 def encode_checkpoint(state: Any, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
-    try:
-        raw, size = compact_json(state)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"checkpoint is not JSON-serialisable: {exc}") from None
+    raw, size = _checked_json(state, "checkpoint")
     if size > limit:
         raise PayloadTooLarge(f"checkpoint is over the {limit}-byte limit")
     return raw
@@ -116,10 +118,7 @@ def encode_checkpoint(state: Any, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str
 
 def encode_payload(payload: Any, limit: int) -> str:
     """The payload as compact JSON: any JSON value, at most `limit` bytes once encoded."""
-    try:
-        raw, size = compact_json(payload)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"payload is not JSON-serialisable: {exc}") from None
+    raw, size = _checked_json(payload, "payload")
     if size > limit:
         raise PayloadTooLarge(
             f"payload is {size} bytes encoded as JSON; the limit is {limit} bytes"

@@ -414,8 +414,8 @@ class TaskQueue:
     async def get(self, task_id: str) -> TaskInfo | None:
         """The task, None when the queue does not know it. One round trip (two for a queued
         task of a tenant: whether it waits for its tenant's cap)."""
-        found = await self.get_many([task_id])
-        return found[0] if found else None
+        info = task_info(task_id, await self.redis.hgetall(self.task_key(task_id)))
+        return None if info is None else (await self._capped_marked([info]))[0]
 
     async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
         """The results of these tasks, by id, in their order (a run's ``ctx.results_before()``

@@ -11,10 +11,9 @@ from fractions import Fraction
 import pytest
 
 from agentpool.errors import PermanentError, Retry
-from agentpool.protocol import ClaimedTask
+from agentpool.protocol import MAX_ERROR_CHARS, ClaimedTask
 from agentpool_worker.command import read_retry_after
 from agentpool_worker.run_rules import (
-    ERROR_TEXT_LIMIT,
     RunFailure,
     describe,
     retry_error,
@@ -162,7 +161,7 @@ def test_a_failed_runs_error_is_its_type_and_message_then_the_end_of_its_traceba
 
 def test_a_long_traceback_is_cut_from_its_start_to_fit_the_limit() -> None:
     error = describe(_raised(RuntimeError("z" * 3000)))
-    assert len(error) == ERROR_TEXT_LIMIT
+    assert len(error) == MAX_ERROR_CHARS
     assert error.startswith("RuntimeError: zzz")
     assert "Traceback (most recent call last)" not in error  # its start was cut
     assert error.endswith("z" * 100 + "\n")

@@ -11,9 +11,6 @@ from agentpool.errors import PermanentError, Retry
 from agentpool.protocol import MAX_ERROR_CHARS, ClaimedTask
 from agentpool.seconds import seconds_text
 
-ERROR_TEXT_LIMIT = MAX_ERROR_CHARS
-"""The longest error text recorded for a failed run."""
-
 
 def own_timeout(task: ClaimedTask) -> float | None:
     """The task's own timeout in seconds (its submit's `task_timeout`), if it has one."""
@@ -100,5 +97,5 @@ def describe(exc: BaseException) -> str:
     """``Type: message`` first, then as much of the traceback's end as fits."""
     head = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(exc))
-    room = ERROR_TEXT_LIMIT - len(head) - 1
+    room = MAX_ERROR_CHARS - len(head) - 1
     return head if room <= 0 else f"{head}\n{tb[-room:]}"
