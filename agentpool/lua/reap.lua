@@ -63,42 +63,38 @@ sweep(K_QUEUED, function() return redis.call('ZRANGE', K_QUEUED, 0, 0) end)
 sweep(K_DELAYED, function()
   return redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, 1)
 end)
+-- Ends the tasks an expiry index (`index`: id by expiry) holds past their expiry that are
+-- still in `state`, once `leave(id, tenant)` took each out of where it waits (false: it was
+-- not there). An entry whose task left that state some other way is dropped.
+local function sweep_index(index, state, leave)
+  local due = redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0,
+    math.max(SWEPT_PER_REAP - looked, 1))
+  for _, id in ipairs(due) do
+    local tk = task_key(id)
+    local f = redis.call('HMGET', tk, 'state', 'tenant', 'expires', 'created', 'ev', 'cp', 'dn',
+      'started')
+    redis.call('ZREM', index, id)
+    local expires = tonumber(f[3])
+    if f[1] == state and expires and now >= expires and leave(id, f[2]) then
+      local what = 'not started'
+      if f[8] then what = 'not started again' end
+      expired(id, tk, now, {ev = f[5] or false, cp = f[6] or false, dn = f[7] or false},
+        expires, f[4], what, '')
+      swept = swept + 1
+    end
+  end
+end
 -- Deferred tasks past their expiry, waiting for a task that may run on for long: they end
--- now, not when it ends, and so do the tasks after them. An entry whose task left the
--- deferred state some other way is dropped.
-local overdue = redis.call('ZRANGEBYSCORE', K_DEFERRED_EXPIRY, '-inf', now, 'LIMIT', 0,
-  math.max(SWEPT_PER_REAP - looked, 1))
-for _, id in ipairs(overdue) do
-  local tk = task_key(id)
-  local f = redis.call('HMGET', tk, 'state', 'expires', 'created', 'ev', 'cp', 'dn')
-  redis.call('ZREM', K_DEFERRED_EXPIRY, id)
-  local expires = tonumber(f[2])
-  if f[1] == 'deferred' and expires and now >= expires then
-    redis.call('ZREM', K_DEFERRED, id)
-    expired(id, tk, now, {ev = f[4] or false, cp = f[5] or false, dn = f[6] or false}, expires,
-      f[3], 'not started', '')
-    swept = swept + 1
-  end
-end
+-- now, not when it ends, and so do the tasks after them.
+sweep_index(K_DEFERRED_EXPIRY, 'deferred', function(id)
+  redis.call('ZREM', K_DEFERRED, id)
+  return true
+end)
 -- Parked tasks past their expiry, parked behind their tenant's runs for as long as those
--- last: they end now (an entry whose task left the parked set some other way is dropped).
-local parked_over = redis.call('ZRANGEBYSCORE', K_PARKED_EXPIRY, '-inf', now, 'LIMIT', 0,
-  math.max(SWEPT_PER_REAP - looked, 1))
-for _, id in ipairs(parked_over) do
-  local tk = task_key(id)
-  local f = redis.call('HMGET', tk, 'state', 'tenant', 'expires', 'created', 'ev', 'cp', 'dn',
-    'started')
-  redis.call('ZREM', K_PARKED_EXPIRY, id)
-  local expires = tonumber(f[3])
-  if f[1] == 'queued' and f[2] and expires and now >= expires
-      and redis.call('ZREM', parked_key(f[2]), id) == 1 then
-    local what = 'not started'
-    if f[8] then what = 'not started again' end
-    expired(id, tk, now, {ev = f[5] or false, cp = f[6] or false, dn = f[7] or false}, expires,
-      f[4], what, '')
-    swept = swept + 1
-  end
-end
+-- last: they end now.
+sweep_index(K_PARKED_EXPIRY, 'queued', function(id, tenant)
+  return tenant and redis.call('ZREM', parked_key(tenant), id) == 1
+end)
 -- Places a turn or more before their band's clock count as none (common.lua's fair()):
 -- dropped, so `fair` holds only the tenants with tasks near or ahead of the turn being served
 -- (up to 1,000 a reap, so none is slow).
