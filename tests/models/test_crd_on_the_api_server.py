@@ -1,6 +1,6 @@
 """The CRD and the pools we ship, checked the way kube-apiserver checks them (see apiserver.py).
 
-kmock accepts any CRD, so these are the tests that stand between a change to models.py and a
+kmock accepts any CRD, so these are the tests that stand between a change to the models and a
 CRD that no cluster installs.
 """
 

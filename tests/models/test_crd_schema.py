@@ -34,8 +34,16 @@ def spec_schema() -> dict[str, Any]:
 
 def test_committed_crd_matches_the_models() -> None:
     assert CRD_FILE.read_text() == render_crd_yaml(), (
-        f"{CRD_FILE.name} is out of date with agentpool/models.py: run `make crds`"
+        f"{CRD_FILE.name} is out of date with agentpool/models/: run `make crds`"
     )
+
+
+def test_every_description_reads_as_one_paragraph() -> None:
+    """`kubectl explain` prints a description's line breaks as they are: a docstring's wrapping
+    would cut its sentences."""
+    for path, node in walk(open_api_schema()):
+        description = node.get("description", "")
+        assert description == " ".join(description.split()), f"{path or '<root>'}: {description!r}"
 
 
 def test_agentpool_crd_command_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,5 +1,5 @@
 """docs/operator.md's "Spec reference" table lists every field of the spec with the models'
-default and limits, so that it cannot drift from agentpool/models.py (and the CRD made from it).
+default and limits, so that it cannot drift from agentpool/models/ (and the CRD made from it).
 
 A field holding one of the project's own objects (`EXPANDED`) is described by rows of its
 fields; `redis`, `worker`, `scaling` and `recovery`, always present, have no row of their own.

@@ -7,8 +7,8 @@
   imports neither the operator nor the worker, and nothing shared imports the console;
 - the operator and the worker do not import each other;
 - the scaling policy needs nothing but the standard library and the models;
-- the task protocol is used through its package (`agentpool.protocol`), never by reaching
-  into the modules it is made of;
+- the task protocol and the API models are used through their packages (`agentpool.protocol`,
+  `agentpool.models`), never by reaching into the modules they are made of;
 - no module reaches itself through its imports.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 from import_graph import Module, cycles, import_graph, imported_names, outside_imports
 
 
@@ -71,8 +72,8 @@ def test_scaling_policy_needs_only_the_standard_library() -> None:
     assert {m: names for m, names in outside.items() if names} == {}
 
 
-def test_the_protocol_is_used_through_its_package() -> None:
-    inside = "agentpool.protocol"
+@pytest.mark.parametrize("inside", ["agentpool.protocol", "agentpool.models"])
+def test_the_protocol_and_the_models_are_used_through_their_packages(inside: str) -> None:
     users = {m: targets for m, targets in import_graph().items()
              if m != inside and not m.startswith(inside + ".")}
     assert any(inside in targets for targets in users.values())
