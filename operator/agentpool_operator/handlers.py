@@ -133,14 +133,19 @@ async def ensure_deployment(
     state: PoolState,
     body: Any,
     spec: AgentPoolSpec,
+    generation: int,
     logger: Logger,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Create the pool's Deployment if missing, patch it if owned fields drifted; else no write.
 
-    Call with `state.lock` held. Raises `DeploymentConflict` and `ApiException`.
+    `spec` is the pool's spec at `generation`. A caller that read it before a newer one was
+    applied (a round that waited for the lock while the spec changed) writes nothing: it
+    would put the older spec back. Call with `state.lock` held. Raises `DeploymentConflict`
+    and `ApiException`.
     """
     namespace, name = pool_key(body)
-    generation = generation_of(body)
+    if state.reconciled_generation is not None and generation < state.reconciled_generation:
+        return state.deployment
     if not state.deployment_known:
         state.remember_deployment(await kube.get_deployment(namespace, name))
     credentials = state.worker_credentials
@@ -211,6 +216,7 @@ async def reconcile(
     ctx = context(memo)
     namespace, name = pool_key(body)
     state = ctx.pool(namespace, name)
+    generation = generation_of(body)
     try:
         spec = parse_spec(body)
     except ValidationError as error:
@@ -222,7 +228,7 @@ async def reconcile(
                 queue, _problem = await open_queue(ctx, state, namespace, name, spec)
                 await refresh_credentials(ctx, state, body, spec, queue, logger)
             if not credentials_pending(ctx, state):
-                await ensure_deployment(ctx.api, state, body, spec, logger)
+                await ensure_deployment(ctx.api, state, body, spec, generation, logger)
     except DeploymentConflict as error:
         metrics.record_reconcile_error(namespace, name, "deployment")
         raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_SECONDS) from None
@@ -548,7 +554,8 @@ async def observe_once(
             if credentials_pending(ctx, state):
                 deployment_problem = Problem("CredentialsPending", CREDENTIALS_PENDING)
             else:
-                deployment = await ensure_deployment(ctx.api, state, body, spec, logger)
+                deployment = await ensure_deployment(
+                    ctx.api, state, body, spec, generation, logger)
         except DeploymentConflict as error:
             deployment, deployment_problem = None, Problem("DeploymentConflict", str(error))
         except ApiException as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import aiohttp
 import pytest
@@ -19,6 +20,10 @@ from prometheus_client import REGISTRY
 from agentpool.models import AgentPoolStatus
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer, free_port
+from agentpool_operator import handlers
+from agentpool_operator.context import PoolState
+from agentpool_operator.handlers import generation_of, parse_spec
+from agentpool_operator.kube import KubeApi
 from agentpool_operator.settings import OperatorSettings
 
 IMAGE = "registry.example/agent-worker:1.0"
@@ -531,3 +536,28 @@ async def test_a_credentials_condition_goes_once_per_pool_credentials_are_off(
     finally:
         await operator.stop()
     assert operator.error is None, operator.error
+
+
+async def test_a_round_that_read_an_older_spec_does_not_put_it_back(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's loop reads the spec, then may wait for the lock while a newer spec is
+    applied; what it then writes must not roll the Deployment back to what it read."""
+    posted: list[str] = []
+    monkeypatch.setattr(handlers, "post", lambda _body, event, _logger: posted.append(
+        event.reason))
+    kube = KubeApi.from_environment()
+    state = PoolState()
+    logger = logging.getLogger("test.pool")
+    first = await cluster.create_pool(pool_manifest("gamma", image="registry.example/w:1"))
+    await handlers.ensure_deployment(kube, state, first, parse_spec(first), 1, logger)
+    newer = await cluster.patch_pool(
+        "gamma", {"spec": {"worker": {"image": "registry.example/w:2"}}})
+    assert generation_of(newer) == 2
+    await handlers.ensure_deployment(kube, state, newer, parse_spec(newer), 2, logger)
+
+    await handlers.ensure_deployment(kube, state, first, parse_spec(first), 1, logger)
+
+    assert container(cluster.deployment("gamma"))["image"] == "registry.example/w:2"
+    assert len(deployment_patches(cluster, "gamma")) == 1
+    assert posted == ["DeploymentCreated", "DeploymentUpdated"]
