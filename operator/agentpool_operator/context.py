@@ -82,9 +82,11 @@ class PoolState:
     the watch keeps it current: it is not read again."""
     reconciled_generation: int | None = None
     """The pool generation the Deployment was last made to match."""
-    deleted_uid: str | None = None
-    """The uid of the last Deployment the watch saw deleted: a copy of it that a write's
-    answer brings later (the delete landed while the write was in flight) is not kept."""
+    deleted: dict[str, Any] | None = None
+    """The last Deployment the watch saw deleted: a copy of it that a write's answer brings
+    later (the delete landed while the write was in flight) is not kept, unless it is newer
+    than the deletion (the watch selects by the pool's label: a Deployment whose label was
+    taken off comes as deleted, and a read finds it still there)."""
 
     redis_url: str | None = None
     redis_url_read: float = 0.0
@@ -125,12 +127,15 @@ class PoolState:
     def remember_deployment(self, body: dict[str, Any] | None) -> None:
         """Keep the newest known Deployment; a late watch event for an older spec, an older
         copy of the same spec (a write's answer that arrives after the watch brought a status
-        change made since), or a copy of one already deleted, is ignored."""
+        change made since), or a copy of one deleted since, is ignored. A copy of a deleted
+        Deployment as new as its deletion is kept: what the watch took for a deletion was
+        its pool label taken off, and it is still there."""
         current = self.deployment
         if body is not None and (
             (current is not None and _uid(body) == _uid(current)
              and _older(body, current))
-            or (self.deleted_uid is not None and _uid(body) == self.deleted_uid)
+            or (self.deleted is not None and _uid(body) == _uid(self.deleted)
+                and _version_order(body, self.deleted) not in (0, 1))
         ):
             return
         self.deployment = body
@@ -138,9 +143,9 @@ class PoolState:
 
     def forget_deployment(self, deleted: dict[str, Any]) -> None:
         """The watch saw `deleted` go: no Deployment, unless a newer one is known already."""
-        self.deleted_uid = _uid(deleted)
+        self.deleted = deleted
         current = self.deployment
-        if current is None or _uid(current) == self.deleted_uid:
+        if current is None or _uid(current) == _uid(deleted):
             self.deployment = None
         self.deployment_known = True
 
@@ -177,10 +182,17 @@ def _older(body: dict[str, Any], current: dict[str, Any]) -> bool:
     write or event wins, as before)."""
     if _generation(body) != _generation(current):
         return _generation(body) < _generation(current)
-    older, newer = ((b.get("metadata") or {}).get("resourceVersion") for b in (body, current))
-    if isinstance(older, str) and isinstance(newer, str) and older.isdigit() and newer.isdigit():
-        return int(older) < int(newer)
-    return False
+    return _version_order(body, current) == -1
+
+
+def _version_order(body: dict[str, Any], other: dict[str, Any]) -> int | None:
+    """-1, 0 or 1 as `body` was written before, with or after `other`; None when the
+    versions are not both integers, as etcd's are (the API calls them opaque)."""
+    mine, theirs = ((b.get("metadata") or {}).get("resourceVersion") for b in (body, other))
+    if not (isinstance(mine, str) and isinstance(theirs, str)
+            and mine.isdigit() and theirs.isdigit()):
+        return None
+    return (int(mine) > int(theirs)) - (int(mine) < int(theirs))
 
 
 def _uid(body: dict[str, Any]) -> Any:

@@ -37,11 +37,13 @@ async def pod_event(
     pool = body.metadata.labels.get(POOL_LABEL)
     if namespace is None or pool is None:
         return
-    state = context(memo).pools.get((namespace, pool))
+    ctx = context(memo)
+    state = ctx.pools.get((namespace, pool))
     if state is None:
         return
     try:
-        taken = await recovery_actions.recover_pod(state.recovery, event.get("type"), body)
+        taken = await recovery_actions.recover_pod(state.recovery, event.get("type"), body,
+                                                   ctx.api)
     except REDIS_FAILURES as error:
         logger.warning(f"cannot requeue the tasks of pod {body.metadata.name}: {error!r}; "
                        "the pool's next round retries")

@@ -147,17 +147,22 @@ def pool_identity(pool: Mapping[str, Any] | None) -> tuple[str, str]:
 
 
 async def recover_pod(recovery: PoolRecovery, event_type: str | None,
-                      pod: Mapping[str, Any]) -> int:
+                      pod: Mapping[str, Any], kube: PodReader) -> int:
     """Requeue at once what a deleted, failed or restarted pod's workers held.
 
     Returns the number of tasks taken back (0 for a replay: the protocol moves each task once).
     Before the pool's first round (no queue known yet) this does nothing: that round sees it.
+    The watch selects pods by the pool's label, so a pod whose label was taken off (to debug
+    it outside the pool, say) comes as deleted while it runs on: it is read back first, and
+    one still there keeps its tasks (a round judges its workers by their heartbeats).
     """
     queue = recovery.queue
     if queue is None:
         return 0
     view = pod_view(pod)
     if event_type == "DELETED":
+        if await still_running(kube, pod):
+            return 0
         view = dataclasses.replace(view, deleting=True, container_started_at=None)
     now = time.time()
     instances: list[InstanceView] = []
@@ -172,11 +177,24 @@ async def recover_pod(recovery: PoolRecovery, event_type: str | None,
     return taken
 
 
-# -- the start of a pool's loop -----------------------------------------------------------
+async def still_running(kube: PodReader, pod: Mapping[str, Any]) -> bool:
+    """Whether `pod` (as a watch's deletion brought it) exists still, the same pod and not
+    being deleted. When the API cannot say, it is taken as gone, as the event says."""
+    meta = pod.get("metadata") or {}
+    try:
+        now = await kube.get_pod(meta.get("namespace", ""), meta.get("name", ""))
+    except ApiException:
+        return False
+    now_meta = (now or {}).get("metadata") or {}
+    return (now is not None and now_meta.get("uid") == meta.get("uid")
+            and not now_meta.get("deletionTimestamp"))
 
 
 class PodReader(Protocol):
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+
+# -- the start of a pool's loop -----------------------------------------------------------
 
 
 async def recover_gone_pods(

@@ -27,6 +27,24 @@ def test_a_deployment_deleted_before_its_creation_was_answered_is_not_kept() -> 
     assert state.deployment == again, "the one created next is kept"
 
 
+def test_a_deployment_whose_label_was_taken_off_is_known_again_from_a_read() -> None:
+    """The watch selects by the pool's label: taking it off comes as a deletion carrying the
+    Deployment at that change's version. A read then finds it (a create got 409): it is
+    still there, and the pool puts its label back instead of failing every round."""
+    state = PoolState()
+    state.remember_deployment(deployment("u1", version="10"))
+    state.forget_deployment(deployment("u1", version="11"))
+    assert (state.deployment, state.deployment_known) == (None, True)
+    state.remember_deployment(deployment("u1", version="10"))
+    assert state.deployment is None, "a copy from before the change is not kept"
+    read = deployment("u1", version="11")
+    state.remember_deployment(read)
+    assert state.deployment == read
+    state.forget_deployment(deployment("u1", version="12"))
+    state.remember_deployment(deployment("u1", version="13"))
+    assert state.deployment == deployment("u1", version="13"), "put back and watched again"
+
+
 def test_a_late_deletion_of_an_older_deployment_leaves_the_newer_one() -> None:
     state = PoolState()
     newer = deployment("u2")

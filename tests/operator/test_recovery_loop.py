@@ -447,8 +447,10 @@ async def test_replayed_pod_events_requeue_nothing_twice(
     # Two operator replicas handling the same deletion at once, and a replay: nothing to move.
     body = cluster.get("v1/pods", "dup-a")
     replicas = [PoolRecovery(queue=queue), PoolRecovery(queue=queue)]
-    taken = await asyncio.gather(*(recover_pod(r, "DELETED", body) for r in replicas),
-                                 recover_pod(replicas[0], "MODIFIED", body))
+    await send(cluster, "DELETE", f"{PODS}/dup-a")
+    kube = KubeApi.from_environment()
+    taken = await asyncio.gather(*(recover_pod(r, "DELETED", body, kube) for r in replicas),
+                                 recover_pod(replicas[0], "MODIFIED", body, kube))
     assert taken == [0, 0, 0]
 
     every = set(held) | set(late)
@@ -460,6 +462,29 @@ async def test_replayed_pod_events_requeue_nothing_twice(
     assert await redis.hget(key_prefix("dup") + "stats", "requeued") == b"4"
     await eventually(lambda: cluster.pool("dup")["status"].get("recoveredTasks") == 4)
     assert len(messages(cluster, "TasksRequeued")) == 2
+
+
+async def test_a_pod_taken_out_of_the_pool_by_its_label_keeps_its_tasks(
+    cluster: Cluster, redis: aioredis.Redis
+) -> None:
+    """The watch selects pods by the pool's label: one whose label is taken off comes as
+    deleted, with its labels as they were, while it runs on. Its worker keeps its tasks
+    until the pod is really gone."""
+    queue = TaskQueue(redis, "out")
+    kube = KubeApi.from_environment()
+    recovery = PoolRecovery(queue=queue)
+    await cluster.create(PODS, pod_manifest("out", "out-a"))
+    held = await lease(queue, "out-a", "i1", 2)
+    as_it_was = cluster.get("v1/pods", "out-a")
+    await send(cluster, "PATCH", f"{PODS}/out-a",
+               {"metadata": {"labels": {"agentpool.dev/pool": None}}})
+
+    assert await recover_pod(recovery, "DELETED", as_it_was, kube) == 0
+    assert await queue.held_by("out-a:i1") == set(held)
+
+    await send(cluster, "DELETE", f"{PODS}/out-a")
+    assert await recover_pod(recovery, "DELETED", as_it_was, kube) == 2
+    assert await queue.held_by("out-a:i1") == set()
 
 
 async def test_expired_leases_of_a_silently_dead_worker_are_requeued(
