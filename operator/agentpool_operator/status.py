@@ -267,18 +267,28 @@ def status_write_needed(
 ) -> bool:
     """Whether `new` must be written now.
 
-    Any change besides the queue figures (replicas, generation, conditions) is written at once;
-    a change of figures alone waits until `refresh_seconds` passed since the last write.
+    Any change besides the queue figures and the conditions' messages (replicas, generation,
+    a condition's status or reason) is written at once; a change of those alone waits until
+    `refresh_seconds` passed since the last write. A message may carry figures of its own
+    (the backlog a rate limit holds back, the memory Redis uses) that move every round.
     """
     old = previous or {}
-    keys = set(old) | set(new)
-    if any(old.get(key) != new.get(key) for key in keys - FIGURE_FIELDS):
+    if _settled(old) != _settled(new):
         return True
-    if all(old.get(key) == new.get(key) for key in FIGURE_FIELDS):
+    if old == new:
         return False
     if last_figures_write is None:
         return True
     return (now - last_figures_write).total_seconds() >= refresh_seconds
+
+
+def _settled(status: Mapping[str, Any]) -> dict[str, Any]:
+    """A status without what moves with the queue: figures and conditions' messages."""
+    kept = {key: value for key, value in status.items() if key not in FIGURE_FIELDS}
+    if "conditions" in kept:
+        kept["conditions"] = [{k: v for k, v in c.items() if k != "message"}
+                              for c in kept["conditions"] or []]
+    return kept
 
 
 _BAD_WHEN = {"QueueReachable": "False", "Degraded": "True"}

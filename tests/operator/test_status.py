@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -150,6 +151,21 @@ def test_figures_alone_are_written_at_most_every_refresh_interval() -> None:
     assert not status_write_needed(written, moved, T0 + timedelta(seconds=4), T0, 5)
     assert status_write_needed(written, moved, T0 + timedelta(seconds=5), T0, 5)
     assert status_write_needed(written, moved, T0, None, 5)
+
+
+def test_a_conditions_message_alone_waits_like_the_figures() -> None:
+    """A rate limit's message says the backlog it holds back, which moves every poll; a
+    write per poll would be the status's churn, not news."""
+    held = ConditionUpdate("Scaling", "False", "RateLimited", "the backlog asks for 7")
+    written = status(extra_conditions=[held])
+    later = dataclasses.replace(held, message="the backlog asks for 9")
+    moved = status(written, extra_conditions=[later])
+    assert conditions(moved)["Scaling"]["message"] == "the backlog asks for 9"
+    assert not status_write_needed(written, moved, T0 + timedelta(seconds=4), T0, 5)
+    assert status_write_needed(written, moved, T0 + timedelta(seconds=5), T0, 5)
+    at_max = dataclasses.replace(held, reason="AtMaxReplicas")
+    other_reason = status(written, extra_conditions=[at_max])
+    assert status_write_needed(written, other_reason, T0, T0, 60)
 
 
 def test_anything_else_is_written_at_once() -> None:
