@@ -20,6 +20,11 @@ STUCK_CONTAINER_REASONS = frozenset({
     "CreateContainerError", "CrashLoopBackOff", "RunContainerError",
 })
 """Waiting reasons a container does not leave without a change to its pod or image."""
+CRASH_LOOP_RESTARTS = 2
+"""Restarts after which a container that crashed is still in a crash loop while it runs
+between two back-offs, until it turns ready: the kubelet's back-off begins at the second."""
+CRASH_LOOP_MEMORY_SECONDS = 600.0
+"""How long a crash is remembered: the kubelet forgets its back-off after ten minutes."""
 UNSCHEDULABLE_GRACE_SECONDS = 300.0
 """How long a pod may wait for a node before it is reported, by default: a node autoscaler
 adding a node takes a few minutes, and a pending pod is normal meanwhile (a cluster without
@@ -38,7 +43,7 @@ def workload_problems(deployment: Mapping[str, Any] | None,
     """The problems of the pool's Deployment and pods that keep replicas from serving."""
     problems = _deployment_problems(deployment)
     live = [p for p in pods or () if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    stuck = _group(_stuck_containers(live))
+    stuck = _group(_stuck_containers(live, now))
     if stuck:
         problems.append(Problem(PODS_FAILING, "; ".join(stuck)))
     unschedulable = _group(_unschedulable(live, now, unschedulable_grace))
@@ -63,8 +68,14 @@ def _deployment_problems(deployment: Mapping[str, Any] | None) -> list[Problem]:
     return problems
 
 
-def _stuck_containers(pods: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str, str]]:
-    """(reason, detail) for each pod with a container waiting for good, one per pod."""
+def _stuck_containers(pods: Iterable[Mapping[str, Any]],
+                      now: datetime) -> Iterable[tuple[str, str]]:
+    """(reason, detail) for each pod with a container waiting for good, one per pod.
+
+    A crash-looping container runs a few seconds between two back-offs: it is still in its
+    loop then (not ready, its last run a recent crash), or the problem would come and go
+    with each restart, and an event with it.
+    """
     for pod in pods:
         status = pod.get("status") or {}
         containers = [*(status.get("initContainerStatuses") or ()),
@@ -75,6 +86,22 @@ def _stuck_containers(pods: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str, 
             if reason in STUCK_CONTAINER_REASONS:
                 yield reason, _container_detail(container, waiting)
                 break
+            if _between_crashes(container, now):
+                yield "CrashLoopBackOff", _container_detail(
+                    container, {"reason": "CrashLoopBackOff"})
+                break
+
+
+def _between_crashes(container: Mapping[str, Any], now: datetime) -> bool:
+    crashed = (container.get("lastState") or {}).get("terminated") or {}
+    return (
+        "running" in (container.get("state") or {})
+        and not container.get("ready")
+        and int(container.get("restartCount") or 0) >= CRASH_LOOP_RESTARTS
+        and crashed.get("exitCode", 0) != 0
+        and "finishedAt" in crashed
+        and _seconds_since(crashed["finishedAt"], now) < CRASH_LOOP_MEMORY_SECONDS
+    )
 
 
 def _container_detail(container: Mapping[str, Any], waiting: Mapping[str, Any]) -> str:

@@ -109,6 +109,26 @@ def test_a_crash_loop_names_the_exit_code_and_an_init_container_counts() -> None
         '1 pod CreateContainerConfigError: secret "keys" not found'))]
 
 
+def test_a_crash_loop_stays_reported_while_the_container_runs_between_two_back_offs() -> None:
+    """Between two back-offs the container runs a few seconds: still the same crash loop,
+    or the pool would turn Degraded and back (with a Warning and a Recovered event) at each
+    restart."""
+    def restarted(restarts: int, *, ready: bool = False, crashed_ago: float = 20,
+                  exit_code: int = 3) -> dict[str, Any]:
+        return {**running(), "ready": ready, "restartCount": restarts, "lastState": {
+            "terminated": {"exitCode": exit_code, "reason": "Error",
+                           "finishedAt": stamp(crashed_ago)}}}
+
+    looping = [Problem(PODS_FAILING,
+                       "1 pod CrashLoopBackOff: container worker exited with code 3 (Error)")]
+    assert workload_problems(deployment(), [pod("a", restarted(4))], NOW) == looping
+    assert workload_problems(deployment(), [pod("a", restarted(4, ready=True))], NOW) == []
+    assert workload_problems(deployment(), [pod("a", restarted(1))], NOW) == [], (
+        "one crash is no loop yet")
+    assert workload_problems(deployment(), [pod("a", restarted(4, crashed_ago=900))], NOW) == []
+    assert workload_problems(deployment(), [pod("a", restarted(4, exit_code=0))], NOW) == []
+
+
 def test_pods_waiting_for_a_node_are_reported_only_after_the_grace() -> None:
     fresh = pod("a", phase="Pending", conditions=unschedulable(UNSCHEDULABLE_GRACE_SECONDS - 1))
     old = pod("b", phase="Pending", conditions=unschedulable(UNSCHEDULABLE_GRACE_SECONDS + 1))
