@@ -122,8 +122,9 @@ class AgentPoolStatus(Model):
     rate_limited_by: str | None = Field(
         default=None,
         description=(
-            "The rate limit that holds the pool's size (its workers mostly wait on it), with "
-            "the share of run time spent waiting; unset when no limit binds."
+            "The name of the rate limit that holds the pool's size (its workers mostly wait "
+            "on it; the Scaling condition says how many pods it can feed); unset when no "
+            "limit binds."
         ),
     )
     schedules: list[ScheduleStatus] | None = Field(

@@ -76,8 +76,8 @@ trace_log = logging.getLogger("agentpool.operator")
 
 
 def log_traceback(what: str) -> None:
-    """The current exception's traceback, credentials masked, to the operator's own log —
-    not to the pool's logger, whose records kopf posts as Events."""
+    """The current exception's traceback, credentials masked, to the operator's own log:
+    for whoever runs the operator, never in the pool's Events or status."""
     trace_log.error("%s\n%s", what, mask_urls(traceback.format_exc()))
 
 
@@ -408,8 +408,9 @@ async def sleep(state: PoolState, stopped: kopf.DaemonStopped, delay: float) -> 
 
 
 def next_round_in(poll_seconds: float, failing_for: float | None) -> float:
-    """The poll interval; while failing, as long as the failure lasts (so retries back off
-    exponentially however often the pool is woken), capped."""
+    """The poll interval; while failing, as long as the failure lasts (so the pool's own
+    retries back off exponentially), capped. A wake-up (its Deployment or a pod changed)
+    still runs a round at once."""
     base = max(MIN_POLL_SECONDS, poll_seconds)
     return min(MAX_RETRY_SECONDS, max(base, failing_for or 0.0))
 
