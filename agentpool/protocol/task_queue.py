@@ -1125,15 +1125,22 @@ class TaskQueue:
                 for info in await self._records(list(picked))]
 
     async def requeue_dead(self, task_ids: Sequence[str] | None = None) -> int:
-        """Requeue dead tasks (every one without ids), attempts from 0; how many were dead.
-        :meth:`requeue_dead_counted` also counts the tasks after them that came back."""
+        """Requeue dead tasks (every one when `task_ids` is None; none for an empty list),
+        attempts from 0; how many were dead. :meth:`requeue_dead_counted` also counts the
+        tasks after them that came back."""
         return (await self.requeue_dead_counted(task_ids)).requeued
 
     async def requeue_dead_counted(self, task_ids: Sequence[str] | None = None) -> DeadRequeued:
         """:meth:`requeue_dead`, with how many tasks their deaths had cancelled (those after
         them, and after those) wait for them again (docs/protocol.md)."""
+        if task_ids is not None and not task_ids:
+            return DeadRequeued(0, 0)
         requeued, revived = await self._run("dead_letters", "requeue", *(task_ids or []))
         return DeadRequeued(int(requeued), int(revived))
 
     async def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
+        """Delete dead tasks for good (every one when `task_ids` is None; none for an empty
+        list); how many were deleted."""
+        if task_ids is not None and not task_ids:
+            return 0
         return int((await self._run("dead_letters", "purge", *(task_ids or [])))[0])

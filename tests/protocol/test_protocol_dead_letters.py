@@ -58,3 +58,13 @@ async def test_purge_dead_single_and_all(redis: aioredis.Redis, queue: TaskQueue
     assert await redis.zcard(queue.prefix + "dead") == 0
     info = await queue.get(alive)
     assert info is not None and info.state == "queued"
+
+
+async def test_an_empty_list_of_ids_requeues_and_purges_nothing(queue: TaskQueue) -> None:
+    """None means every dead task; an empty selection (a filter that matched nothing) must
+    not: a purge cannot be undone."""
+    dead = set(await make_dead(queue, 2))
+    assert await queue.purge_dead([]) == 0
+    assert await queue.requeue_dead([]) == 0
+    assert (await queue.requeue_dead_counted([])).requeued == 0
+    assert {d.id for d in await queue.dead_letters()} == dead
