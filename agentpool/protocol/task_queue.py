@@ -608,7 +608,8 @@ class TaskQueue:
         With `follow`, waits for new ones until the task is final (its ``final`` event is the
         last one yielded; a task that never emitted ends without one). Resumes from the last
         event it yielded after a lost connection, so none is missed or repeated (unless the
-        stream's cap dropped it first). Raises TaskNotFound for an unknown task.
+        stream's cap dropped it first); a connection lost for WAIT_RECONNECT_SECONDS in a row
+        raises, as :meth:`wait` does. Raises TaskNotFound for an unknown task.
         """
         key = self.events_key(task_id)
         last = after or "0-0"
@@ -617,6 +618,7 @@ class TaskQueue:
             raise TaskNotFound(f"no task {task_id} in queue {self.name}")
         follow = follow and not info.done  # a final task's stream is complete: no waiting
         failures = 0
+        failing_since: float | None = None
         after_final = False
         while True:
             try:
@@ -631,6 +633,7 @@ class TaskQueue:
                 else:
                     entries = cast(list[Any], await self.redis.xrange(
                         key, min=f"({last}", count=1000))
+                failures, failing_since = 0, None
                 if not entries:
                     info = await self.get(task_id)
                     if info is None and not follow:
@@ -645,12 +648,14 @@ class TaskQueue:
                     if not entries:
                         return
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-                if not worth_retrying(error):
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if not worth_retrying(error, failing_for=now - failing_since,
+                                      patience=WAIT_RECONNECT_SECONDS):
                     raise
                 failures += 1
                 await asyncio.sleep(retry_delay(failures, base=0.1, cap=2.0))
                 continue
-            failures = 0
             for entry_id, fields in entries:
                 event = task_event(entry_id, fields)
                 last = event.id

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from protocol_helpers import RoundTrips, claim_one, eventually
 from redis.asyncio.client import Pipeline
 from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agentpool.lua_source import script_source
 from agentpool.protocol import (
@@ -21,6 +22,7 @@ from agentpool.protocol import (
     encode_event,
     encode_progress,
     encode_result,
+    task_queue,
 )
 from agentpool.redis_server import RedisServer
 
@@ -294,3 +296,27 @@ async def test_following_stops_when_the_server_refuses_the_credentials(queue_nam
         finally:
             await client.aclose()
             await admin.aclose()
+
+
+async def test_following_gives_up_once_redis_stays_gone_past_the_wait_patience(
+    queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Redis that went away for good ends a follower with the error (as a wait ends) after
+    WAIT_RECONNECT_SECONDS in a row, instead of a silent retry for ever."""
+    monkeypatch.setattr(task_queue, "WAIT_RECONNECT_SECONDS", 1.0)
+    server = RedisServer()
+    server.start()
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        queue = TaskQueue(client, queue_name)
+        task_id = await queue.submit({})
+        await claim_one(queue, "pod-a:i1")
+        await queue.emit(task_id, "token", 0, attempt=1)
+        stream = queue.events(task_id, block_seconds=0.2)
+        assert (await anext(stream)).data == 0
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(anext(stream), 15)
+    finally:
+        await client.aclose()
+        server.stop()
