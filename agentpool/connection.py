@@ -252,7 +252,7 @@ def _host_port(item: str, default_port: int = DEFAULT_SENTINEL_PORT,
     else:
         host, _, port = item.partition(":")
     port = port or str(default_port)
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise RedisURLError(message)
     return host, int(port)
 

@@ -28,7 +28,8 @@ def redact_url(url: str) -> str:
     if "@" in after_host(url):
         # A password with '/', '?' or '#' as is: the host part ends inside it. Everything up
         # to the last '@' may be secret.
-        return redact_url(f"{scheme}://{MASK}@{rest.rpartition('@')[2]}")
+        masked = f"{scheme}://{MASK}@{rest.rpartition('@')[2]}"
+        return redact_url(masked) if masked != url else MASK
     try:
         parts = urlsplit(url)
         host = parts.hostname

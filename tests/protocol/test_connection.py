@@ -73,6 +73,9 @@ def test_sentinel_urls_parse_into_their_parts(url: str, expected: SentinelURL) -
         ("redis+cluster://:hunter2@/", "at least one node"),
         ("redis+cluster://:hunter2@n1/3", "only database 0"),
         ("redis+cluster://:hunter2@n1:port", "host:port"),
+        ("redis+sentinel://:hunter2@h1:99999/svc", "host:port"),
+        ("redis+cluster://:hunter2@n1:0", "host:port"),
+        ("redis://:hunter2@[::1/0", "percent-encoded"),
     ],
 )
 def test_a_bad_sentinel_or_cluster_url_is_refused_without_quoting_its_password(
