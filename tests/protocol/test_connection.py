@@ -387,3 +387,7 @@ async def test_a_connection_closed_under_a_command_fails_it_as_a_lost_connection
         with pytest.raises(redis.exceptions.ConnectionError, match="closed while"):
             await conn.send_packed_command(conn.pack_command("PING"))
         await conn.disconnect()
+
+
+def test_a_url_with_a_password_that_does_not_parse_is_masked_whole() -> None:
+    assert redact_url("redis://:hunter2@[::1/0") == "***"
