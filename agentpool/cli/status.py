@@ -26,8 +26,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.exceptions
-
 from agentpool.cli.common import (
     CommandFailed,
     UsageError,
@@ -56,6 +54,7 @@ from agentpool.data_loss import QueueReading, reading_of
 from agentpool.kubeconfig import kubeconfig_problem
 from agentpool.models import GROUP, PLURAL, VERSION
 from agentpool.protocol import TaskQueue
+from agentpool.redis_errors import REDIS_FAILURES
 from agentpool.urls import redact_url
 
 REQUEST_TIMEOUT = 15.0
@@ -255,7 +254,7 @@ class PoolRates:
         try:
             async with asyncio.timeout(POOL_REDIS_TIMEOUT + 2):
                 figures = await self.queue.figures()
-        except (redis.exceptions.RedisError, ConnectionError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             self.error = redis_failure(self.client.url, exc)
             return
         self.error = None

@@ -133,6 +133,19 @@ async def test_status_all_namespaces_table_notes_unreachable_redis(
         "a Ready or paused pool has no note"
 
 
+async def test_a_pool_whose_cluster_is_down_is_noted_and_the_others_still_shown(
+    cli: Cli, kubeconfig: Path, fleet: dict[str, str], kmock: Any
+) -> None:
+    """redis-py's cluster client fails with its own error, no RedisError: one such pool must
+    not take the whole fleet's view down with it."""
+    down = f"redis+cluster://127.0.0.1:{free_port()}"
+    kmock.objects[RESOURCE, "team-b", "delta"] = pool("team-b", "delta", {"url": down})
+    result = await run(cli, "status", "-A", "--kubeconfig", str(kubeconfig), "--sample", "0")
+    assert result.code == 0, result
+    assert [r[1] for r in table_rows(result.out)] == ["alpha", "beta", "delta", "gamma"]
+    assert f"team-b/delta: no rates: cannot reach Redis at {down}" in result.out
+
+
 async def test_status_measures_throughput(cli: Cli, kubeconfig: Path,
                                           fleet: dict[str, str]) -> None:
     async def fill(q: Any) -> None:
