@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import select
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -41,6 +42,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141
+"""What a shell reports for a command killed by SIGPIPE: its reader (`head`) went away."""
 ENV_QUEUE = "AGENTPOOL_QUEUE"
 CLI_CONNECT_TIMEOUT = 5.0
 PIPE_WIDTH = 200
@@ -330,6 +333,13 @@ def command(
         except ProtocolError as exc:
             error_line(str(exc))
             return EXIT_USAGE
+        except BrokenPipeError as exc:
+            if not stdout_closed():
+                error_line(redis_failure(redis_url(args), exc))
+                return EXIT_FAILED
+            # Nothing to say to a reader that left; the interpreter's last flush must not fail.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_PIPE_CLOSED
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException,
                 ConnectionError) as exc:
             error_line(redis_failure(redis_url(args), exc))
@@ -341,6 +351,16 @@ def command(
             return EXIT_FAILED
 
     return run
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader closed it: a broken pipe there is not Redis's."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # -- output --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import time
 import pytest
 from cli_helpers import Cli, wait_until, with_queue
 
-from agentpool.cli.common import CLI_CLIENT_NAME, data_lost
+from agentpool.cli.common import CLI_CLIENT_NAME, EXIT_PIPE_CLOSED, data_lost
 from agentpool.cli.get import event_id
 from agentpool.data_loss import QueueReading
 from agentpool.protocol import TaskQueue, key_prefix
@@ -449,3 +449,22 @@ def test_ctrl_c_while_waiting_exits_130_quietly(cli: Cli) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
     assert (proc.returncode, out, err) == (130, "", "")
+
+
+def test_a_reader_that_left_is_not_blamed_on_redis(cli: Cli) -> None:
+    """`agentpool submit ... | head -c0`: the task is queued, stdout is gone. Saying Redis
+    could not be reached would make a script submit it again."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    code = "import sys; from agentpool.cli.main import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, "submit", "--redis-url", cli.redis_url, "--queue",
+             cli.queue, "--json", "{}", "-o", "json"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (EXIT_PIPE_CLOSED, "")
+    figures = with_queue(cli.redis_url, cli.queue, TaskQueue.figures)
+    assert figures.queued == 1
