@@ -33,6 +33,7 @@ from agentpool.protocol.bounds import (
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_PAYLOAD_BYTES,
     FINAL_STATES,
+    FIRST_LOOK_SECONDS,
     LISTEN_SECONDS,
     MAX_ATTEMPTS_LIMIT,
     MAX_DELAY_SECONDS,
@@ -479,7 +480,8 @@ class TaskQueue:
         """Each task's final info as it reaches its final state (those final already first),
         each id once, as :meth:`wait` waits for one: TaskNotFound for an id the queue does not
         know (checked for all before anything is handed over), TimeoutError once `timeout`
-        seconds passed since the call, lost connections retried the same way. A caller that
+        seconds passed since the call (the tasks final by the first read are handed over
+        first, even with timeout 0), lost connections retried the same way. A caller that
         stops before the last closes it (``contextlib.aclosing``), which ends its subscription.
 
         One subscription to the queue's finishes serves every id: a finish published reads
@@ -509,7 +511,9 @@ class TaskQueue:
                 finished: list[TaskInfo] = []
                 try:
                     async with asyncio.timeout(
-                            None if deadline is None else time_left(deadline, float("inf"))):
+                            None if deadline is None
+                            else time_left(deadline, float("inf")) if reached
+                            else max(deadline - time.monotonic(), FIRST_LOOK_SECONDS)):
                         if news_first:
                             to_read = await news_of(done, pending, deadline,
                                                      until=listened + LISTEN_SECONDS / 3)

@@ -126,6 +126,21 @@ async def test_a_timeout_keeps_what_finished_and_raises_for_the_rest(queue: Task
     assert waits_subscribed.get(queue.redis, 0) == 0
 
 
+async def test_a_timeout_of_zero_still_tells_the_tasks_already_final(queue: TaskQueue) -> None:
+    """`wait --timeout 0` asks whether a task is done now: a finished one is told, not
+    reported as not finished."""
+    done, stuck = await queue.submit_many(["done", "stuck"])
+    assert await queue.complete(await claim_one(queue, "w1"), "ok")
+    info = await queue.wait(done, timeout=0)
+    assert (info.state, info.result) == ("succeeded", "ok")
+    seen: list[str] = []
+    with pytest.raises(TimeoutError):
+        async with contextlib.aclosing(queue.as_finished([stuck, done], timeout=0)) as it:
+            async for finished in it:
+                seen.append(finished.id)
+    assert seen == [done]
+
+
 async def test_no_ids_wait_for_nothing(queue: TaskQueue) -> None:
     assert await queue.wait_many([], timeout=0.1) == []
 
