@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import sys
@@ -36,6 +37,7 @@ from agentpool.protocol import (
     encode_payload,
     tenant_arg,
 )
+from agentpool.redis_errors import REDIS_FAILURES
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -239,8 +241,8 @@ def wait_failure(tasks: Sequence[TaskInfo], pending: Sequence[str],
     """The one-line complaint for a --wait that did not end in success, if any."""
     parts = []
     if pending:
-        parts.append(f"{len(pending)} of {len(tasks) + len(pending)} tasks not finished "
-                     f"after {timeout:g}s")
+        parts.append(f"{len(pending)} of {len(tasks) + len(pending)} tasks not finished"
+                     + (f" after {timeout:g}s" if timeout is not None else ""))
     unhappy = Counter(t.state for t in tasks if t.state != "succeeded")
     if unhappy:
         parts.append(", ".join(f"{n} {state}" for state, n in sorted(unhappy.items())))
@@ -277,6 +279,11 @@ async def run(args: argparse.Namespace) -> int:
         if not args.wait:
             print_view(args, submitted_grid(name, ids), submitted_json(name, ids))
             return EXIT_OK
-        tasks, pending = await wait_all(queue, ids, args.timeout,
-                                        WaitProgress.on_terminal(len(ids)))
+        try:
+            tasks, pending = await wait_all(queue, ids, args.timeout,
+                                            WaitProgress.on_terminal(len(ids)))
+        except (asyncio.CancelledError, *REDIS_FAILURES):
+            # Ctrl-C or Redis gone during the wait: the tasks are in; say which they are.
+            print_view(args, submitted_grid(name, ids), submitted_json(name, ids))
+            raise
     return show_waited(args, name, tasks, pending)

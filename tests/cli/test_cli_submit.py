@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import Cli, background_worker, table_rows, with_queue
+import redis
+from cli_helpers import Cli, background_worker, table_rows, wait_until, with_queue
 
 from agentpool.cli.main import main
-from agentpool.protocol import DEFAULT_MAX_PAYLOAD_BYTES, TaskQueue, task_queue
+from agentpool.protocol import DEFAULT_MAX_PAYLOAD_BYTES, TaskQueue, key_prefix, task_queue
 
 HERE = Path(__file__).resolve().parent
 
@@ -331,3 +333,30 @@ def test_a_task_to_run_after_gone_midway_through_a_file_lists_the_tasks_that_wen
     infos = with_queue(cli.redis_url, cli.queue, lambda q: q.get_many([ids[0], ids[-1]]))
     assert [(i.payload, i.state) for i in infos] == [({"n": 0}, "deferred"),
                                                       ({"n": 499}, "deferred")]
+
+
+def test_submit_wait_stopped_by_ctrl_c_still_says_which_tasks_went_in(cli: Cli) -> None:
+    """The tasks are queued before the wait: a wait given up (Ctrl-C) must not leave the
+    caller without their ids."""
+    code = "import sys; from agentpool.cli.main import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "submit", "--redis-url", cli.redis_url, "--queue",
+         cli.queue, "--json", "1", "--wait", "-o", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    admin = redis.Redis.from_url(cli.redis_url)
+    try:
+        done_channel = key_prefix(cli.queue) + "done"
+        wait_until(lambda: admin.execute_command(
+            "PUBSUB", "SHARDNUMSUB", done_channel)[1] > 0, within=20)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        admin.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    ids = json.loads(out)["ids"]
+    assert len(ids) == 1
+    info = with_queue(cli.redis_url, cli.queue, lambda q: q.get(ids[0]))
+    assert info is not None and info.state == "queued"
