@@ -12,6 +12,7 @@ from agentpool.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     CommandFailed,
+    UsageError,
     add_output_option,
     add_queue_options,
     command,
@@ -74,6 +75,8 @@ def task_doc(queue: str, info: TaskInfo, next_ids: list[str] | None) -> dict[str
 @command
 async def run(args: argparse.Namespace) -> int:
     args.task_id = task_id(args.task_id)
+    if args.after is not None and not args.follow:
+        raise UsageError("--after applies to --follow")
     name = queue_name(args)
     async with connect(args) as client:
         if args.follow:

@@ -24,6 +24,7 @@ from agentpool.cli.common import (
     number,
     print_view,
     queue_name,
+    task_id,
 )
 from agentpool.cli.views import submitted_grid, submitted_json, waited_grid, waited_json
 from agentpool.protocol import (
@@ -265,6 +266,8 @@ def show_waited(args: argparse.Namespace, queue: str, tasks: Sequence[TaskInfo],
 async def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.wait:
         raise UsageError("--timeout applies to --wait")
+    if args.after:
+        args.after = [task_id(given) for given in args.after]
     name = queue_name(args)
     payloads = read_payloads(args)
     async with connect(args) as client:

@@ -1120,6 +1120,9 @@ class TaskQueue:
         and then those that wait for their tenant's cap (`capped`, each tenant's in their
         order, tenants by name), delayed by due time, deferred in submit order, running by
         lease expiry, dead newest first."""
+        if state not in TASK_LIST_STATES:
+            raise ProtocolError(f"no task state {state!r}: use one of "
+                                f"{', '.join(TASK_LIST_STATES)}")
         if limit < 1:
             return []
         if state == "dead":

@@ -295,12 +295,23 @@ def test_submit_after_other_tasks_defers_each_payload_and_get_shows_it(cli: Cli)
                          ids=["one", "many"])
 def test_submit_after_an_unknown_task_fails_in_one_line(cli: Cli, payloads: list[str]) -> None:
     cli.ok("submit", "--json", "1")
-    result = cli("submit", *payloads, "--after", "feedbeef")
+    unknown = "feedbeef" * 4
+    result = cli("submit", *payloads, "--after", unknown)
     assert result.code == 1
     assert result.err_lines == [
-        f"agentpool: after: no task feedbeef in queue {cli.queue} (never submitted, or "
+        f"agentpool: after: no task {unknown} in queue {cli.queue} (never submitted, or "
         "finished longer ago than the result TTL); nothing was submitted"]
     assert with_queue(cli.redis_url, cli.queue, TaskQueue.figures).stats["submitted"] == 1
+
+
+def test_submit_after_reads_a_task_id_as_get_does(cli: Cli) -> None:
+    first = cli.ok("submit", "--json", "1", "-o", "json").json()["ids"][0]
+    doc = cli.ok("submit", "--json", "2", "--after", f" {first.upper()} ", "-o", "json").json()
+    info = with_queue(cli.redis_url, cli.queue, lambda q: q.get(doc["ids"][0]))
+    assert info is not None and info.after == (first,)
+    malformed = cli("submit", "--json", "3", "--after", "0123")
+    assert malformed.code == 2
+    assert "invalid task id '0123'" in malformed.err
 
 
 def test_a_task_to_run_after_gone_midway_through_a_file_lists_the_tasks_that_went_in(

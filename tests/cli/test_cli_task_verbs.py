@@ -48,6 +48,12 @@ def test_get_json_has_every_field(cli: Cli) -> None:
                         "payload", "result", "progress"}
 
 
+def test_get_after_without_follow_is_refused(cli: Cli) -> None:
+    task = cli.ok("submit", "--json", "1", "-o", "json").json()["ids"][0]
+    result = cli("get", task, "--after", "0-0")
+    assert (result.code, result.err_lines) == (2, ["agentpool: --after applies to --follow"])
+
+
 def test_get_names_the_tasks_submitted_after_the_task(cli: Cli) -> None:
     """The first five in submit order, and how many more; all of them in JSON."""
     first = submit(cli)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import claim_one, queued_ids
 
-from agentpool.protocol import FailOutcome, TaskQueue
+from agentpool.protocol import FailOutcome, ProtocolError, TaskQueue
 
 
 async def make_dead(queue: TaskQueue, count: int) -> list[str]:
@@ -68,3 +69,8 @@ async def test_an_empty_list_of_ids_requeues_and_purges_nothing(queue: TaskQueue
     assert await queue.requeue_dead([]) == 0
     assert (await queue.requeue_dead_counted([])).requeued == 0
     assert {d.id for d in await queue.dead_letters()} == dead
+
+
+async def test_listing_a_state_that_does_not_exist_is_refused_in_words(queue: TaskQueue) -> None:
+    with pytest.raises(ProtocolError, match="no task state 'bogus': use one of queued"):
+        await queue.list_tasks("bogus")
