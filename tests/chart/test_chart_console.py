@@ -129,3 +129,15 @@ def test_console_answers_to_port_forward_its_service_and_the_hosts_given_only(
     more = helm.render({"console": {"enabled": True,
                                     "allowedHosts": ["console.example.com"]}})
     assert allowed_hosts(console_container(more)["command"])[-1] == "console.example.com"
+
+
+def test_the_console_runs_the_operator_image_unless_given_its_own(helm: Helm) -> None:
+    """The console ships in the operator image: a registry set for the operator serves it."""
+    mirrored = {"operator": {"image": {"repository": "reg.example/op", "tag": "1.2.3",
+                                       "pullPolicy": "Always"}}}
+    container = console_container(helm.render({**COMBINATIONS["console"], **mirrored}))
+    assert (container["image"], container["imagePullPolicy"]) == ("reg.example/op:1.2.3",
+                                                                  "Always")
+    own = {**COMBINATIONS["console"], **mirrored}
+    own["console"] = {**own["console"], "image": {"repository": "reg.example/console"}}
+    assert console_container(helm.render(own))["image"] == "reg.example/console:1.2.3"

@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from chart_helpers import NAMESPACE, RELEASE, Helm, Manifest, Rendered
+from chart_helpers import NAMESPACE, RELEASE, Helm, HelmError, Manifest, Rendered
 from fake_kube_api import KOPF_PEERING, fake_kube_api
 from kopf._core.engines.peering import detect_own_id
 
@@ -385,11 +385,17 @@ def test_rendered_output_is_plain_yaml(helm: Helm) -> None:
     assert all(isinstance(d, dict) for d in yaml.safe_load_all(text) if d is not None)
 
 
-def test_image_tags_may_be_given_as_numbers(helm: Helm) -> None:
-    """`--set redis.image.tag=7.2` arrives as a number."""
-    rendered = helm.render({"operator": {"image": {"tag": 1}}, "redis": {"image": {"tag": 7.2}}})
-    assert container(rendered.one("Deployment"), "operator")["image"].endswith(":1")
+def test_image_tags_may_be_whole_numbers_but_not_fractions(helm: Helm) -> None:
+    """A number in a values file arrives as a float: a whole one is written out in full (not
+    2.0240101123456e+13); a fraction would not read back as written (`tag: 1.10` is 1.1), so
+    it is refused, asking for quotes, rather than pulling another image."""
+    rendered = helm.render({"operator": {"image": {"tag": 20240101123456}},
+                            "redis": {"image": {"tag": "7.2"}}})
+    assert container(rendered.one("Deployment"), "operator")["image"].endswith(
+        ":20240101123456")
     assert container(rendered.one("StatefulSet"), "redis")["image"] == "redis:7.2"
+    with pytest.raises(HelmError, match="is a YAML number"):
+        helm.render({"redis": {"image": {"tag": 7.2}}})
 
 
 def test_operator_and_console_mount_extra_volumes(helm: Helm) -> None:
