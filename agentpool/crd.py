@@ -60,6 +60,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         node = {**_collapse_any_of(node.pop("anyOf"), defs), **node}
     if node.get("default", ...) is None:
         del node["default"]
+    if "const" in node:  # no such field in the API's JSONSchemaProps: it would be dropped
+        node["enum"] = [node.pop("const")]
     if node.get("additionalProperties") is True:
         del node["additionalProperties"]
         node["x-kubernetes-preserve-unknown-fields"] = True

@@ -9,6 +9,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from kubernetes.client import V1JSONSchemaProps
 from pool_fixtures import INVALID_SPECS, VALID_SPECS, pool
 
 from agentpool import models
@@ -36,6 +37,14 @@ def test_committed_crd_matches_the_models() -> None:
     assert CRD_FILE.read_text() == render_crd_yaml(), (
         f"{CRD_FILE.name} is out of date with agentpool/models/: run `make crds`"
     )
+
+
+def test_every_schema_key_is_one_the_api_server_reads() -> None:
+    """The API server decodes a nested schema leniently: a key JSONSchemaProps does not have
+    (`const`, say) is dropped without a word, and the rule it carried with it."""
+    known = set(V1JSONSchemaProps.attribute_map.values())
+    for path, node in walk(open_api_schema()):
+        assert set(node) <= known, f"{path or '<root>'}: {sorted(set(node) - known)}"
 
 
 def test_every_description_reads_as_one_paragraph() -> None:
