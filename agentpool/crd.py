@@ -110,6 +110,7 @@ def open_api_schema() -> dict[str, Any]:
             "depth and healed when pods die or get stuck."
         ),
         "required": ["spec"],
+        "x-kubernetes-validations": [rule._asdict() for rule in models.OBJECT_RULES],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},

@@ -387,3 +387,14 @@ def test_a_pools_queue_is_fixed_once_the_pool_exists(
 def test_a_new_pool_takes_any_queue_the_transition_rule_is_not_checked_at_creation() -> None:
     for spec in (minimal_spec(), minimal_spec(queue="invoices")):
         assert admission_errors(render_crd(), pool(spec)) == []
+
+
+def test_a_pool_name_longer_than_a_label_value_is_refused() -> None:
+    """The pool's name is the value of its pods' agentpool.dev/pool label (at most 63
+    characters): a longer one would be stored, and its Deployment refused for ever."""
+    named = pool(minimal_spec())
+    named["metadata"]["name"] = "p" * 63
+    assert admission_errors(render_crd(), named) == []
+    named["metadata"]["name"] = "p" * 64
+    assert [(e.path, e.message) for e in admission_errors(render_crd(), named)] == [
+        ("", models.POOL_NAME_LENGTH.message)]
