@@ -150,6 +150,15 @@ def _check_server_url(url: str) -> None:
     if has_unencoded_userinfo(url):
         raise RedisURLError("a password with '/', '#', '?' or '@' must be percent-encoded")
     try:
+        database = urlsplit(url).path.strip("/") if not url.startswith("unix://") else ""
+    except ValueError:
+        raise RedisURLError("its host does not parse (an IPv6 address goes in brackets: "
+                            "redis://[::1]:6379/0)") from None
+    if database and not database.isdigit():
+        # redis-py reads a path it cannot parse as database 0, without a word
+        raise RedisURLError(f"its path names database {database!r}: a database is a number "
+                            "(redis://host:6379/0)")
+    try:
         cast(Any, ConnectionPool.from_url(url)).make_connection()
     except TypeError as error:
         option = re.search(r"unexpected keyword argument '([^']+)'", str(error))

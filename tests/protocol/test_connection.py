@@ -76,6 +76,8 @@ def test_sentinel_urls_parse_into_their_parts(url: str, expected: SentinelURL) -
         ("redis+sentinel://:hunter2@h1:99999/svc", "host:port"),
         ("redis+cluster://:hunter2@n1:0", "host:port"),
         ("redis://:hunter2@[::1/0", "percent-encoded"),
+        ("redis://:hunter2@h:6379/abc", "database 'abc'"),
+        ("redis://[::1/0", "does not parse"),
     ],
 )
 def test_a_bad_sentinel_or_cluster_url_is_refused_without_quoting_its_password(
