@@ -240,6 +240,16 @@ def test_redis_password_is_kept_across_upgrades(helm: Helm, tmp_path: Path) -> N
     assert render_secret([installed]) == first_install
 
 
+def test_a_redis_secret_of_your_own_is_left_to_you(helm: Helm) -> None:
+    """Rendered without a cluster (`helm template`, Argo CD), the chart would draw a new
+    password each time while Redis keeps the first: there the Secret is the user's."""
+    rendered = helm.render({"redis": {"createUrlSecret": False}})
+    assert not [s for s in rendered.of_kind("Secret") if s["metadata"]["name"] == URL_SECRET]
+    redis = container(rendered.one("StatefulSet", REDIS), "redis")
+    assert env_of(redis)["REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": URL_SECRET, "key": "password"}}
+
+
 def test_redis_without_persistence_uses_an_empty_dir(helm: Helm) -> None:
     statefulset = helm.render({"redis": {"persistence": {"enabled": False}}}).one("StatefulSet")
     assert "volumeClaimTemplates" not in statefulset["spec"]
