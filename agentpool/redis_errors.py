@@ -86,6 +86,9 @@ def describe_redis_error(exc: BaseException) -> str:
         return match[2].rstrip(".") or text
     if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError) and not text:
         return "timed out"
+    if " : <redis." in text:
+        # redis-py's Sentinel names the client it asked with its whole repr, a screenful
+        text = text.split(" : <redis.", 1)[0] + " (no sentinel answered, or none knows it)"
     return " ".join(text.rstrip(".").split()) or type(exc).__name__
 
 

@@ -7,6 +7,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from agentpool.connection import redis_from_url
 from agentpool.redis_errors import (
     REDIS_FULL,
     AuthProblem,
@@ -16,7 +17,7 @@ from agentpool.redis_errors import (
     redis_failure,
     redis_full,
 )
-from agentpool.redis_server import RedisServer
+from agentpool.redis_server import RedisServer, free_port
 
 
 async def failure_of(url: str) -> BaseException:
@@ -111,3 +112,17 @@ def test_a_full_redis_is_recognised_as_redis_7_and_redis_6_word_it() -> None:
             f"Redis at redis://h:6379/0: {REDIS_FULL}")
     assert not redis_full(redis.exceptions.ResponseError("WRONGTYPE Operation against a key"))
     assert not redis_full(redis.exceptions.ConnectionError("OOM command not allowed"))
+
+
+async def test_no_sentinel_answering_is_said_in_a_line_not_a_client_repr() -> None:
+    """redis-py's Sentinel error carries the whole repr of the client it asked."""
+    client = redis_from_url(f"redis+sentinel://127.0.0.1:{free_port()}/mymaster/0",
+                            socket_connect_timeout=2)
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError) as caught:
+            await client.ping()
+    finally:
+        await client.aclose()
+    line = redis_failure("redis+sentinel://h/mymaster/0", caught.value)
+    assert line == ("cannot reach Redis at redis+sentinel://h/mymaster/0: No master found for "
+                    "'mymaster' (no sentinel answered, or none knows it)")
