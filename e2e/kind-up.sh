@@ -138,7 +138,7 @@ check_prerequisites() {
         if [ -n "${HELM:-}" ]; then
             missing+=("helm: HELM=$HELM is not an executable")
         else
-            missing+=("helm: not in .tools/bin nor on PATH; run scripts/install-helm.sh (linux-amd64) or install helm 3.13+")
+            missing+=("helm: not in .tools/bin nor on PATH; run scripts/install-helm.sh (linux-amd64) or install helm 3.14+")
         fi
     fi
     [ -x "$PYTEST" ] \

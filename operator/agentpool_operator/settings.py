@@ -34,7 +34,8 @@ class OperatorSettings(BaseSettings):
         default=5.0,
         gt=0,
         le=3600,
-        description="Least time between two status writes that change only queue figures.",
+        description=("Least time between two status writes that change only queue figures "
+                     "or a condition's message."),
     )
 
     unschedulable_grace_seconds: float = Field(

@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from chart_helpers import NAMESPACE, RELEASE, Helm, HelmError, Manifest, Rendered
+from chart_helpers import NAMESPACE, RELEASE, Helm, Manifest, Rendered
 from fake_kube_api import KOPF_PEERING, fake_kube_api
 from kopf._core.engines.peering import detect_own_id
 
@@ -248,6 +248,9 @@ def test_a_redis_secret_of_your_own_is_left_to_you(helm: Helm) -> None:
     redis = container(rendered.one("StatefulSet", REDIS), "redis")
     assert env_of(redis)["REDIS_PASSWORD"] == {
         "secretKeyRef": {"name": URL_SECRET, "key": "password"}}
+    # Values without the key (reused from a release of before it) keep the Secret.
+    unset = helm.render({"redis": {"createUrlSecret": None}})
+    assert [s for s in unset.of_kind("Secret") if s["metadata"]["name"] == URL_SECRET]
 
 
 def test_redis_without_persistence_uses_an_empty_dir(helm: Helm) -> None:
@@ -395,17 +398,15 @@ def test_rendered_output_is_plain_yaml(helm: Helm) -> None:
     assert all(isinstance(d, dict) for d in yaml.safe_load_all(text) if d is not None)
 
 
-def test_image_tags_may_be_whole_numbers_but_not_fractions(helm: Helm) -> None:
+def test_image_tags_may_be_numbers(helm: Helm) -> None:
     """A number in a values file arrives as a float: a whole one is written out in full (not
-    2.0240101123456e+13); a fraction would not read back as written (`tag: 1.10` is 1.1), so
-    it is refused, asking for quotes, rather than pulling another image."""
+    2.0240101123456e+13), a fraction as it reads (`tag: 7.2`; `tag: 1.10` is YAML's 1.1,
+    which is why values.yaml quotes its tags)."""
     rendered = helm.render({"operator": {"image": {"tag": 20240101123456}},
-                            "redis": {"image": {"tag": "7.2"}}})
+                            "redis": {"image": {"tag": 7.2}}})
     assert container(rendered.one("Deployment"), "operator")["image"].endswith(
         ":20240101123456")
     assert container(rendered.one("StatefulSet"), "redis")["image"] == "redis:7.2"
-    with pytest.raises(HelmError, match="is a YAML number"):
-        helm.render({"redis": {"image": {"tag": 7.2}}})
 
 
 def test_operator_and_console_mount_extra_volumes(helm: Helm) -> None:

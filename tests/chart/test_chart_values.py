@@ -58,8 +58,6 @@ BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
     ({"redis": {"external": {"url": "http://redis:6379"}}}, ["/redis/external/url"]),
     ({"redis": {"persistence": {"size": "lots"}}}, ["/redis/persistence/size"]),
     ({"redis": {"persistence": {"size": "8g"}}}, ["/redis/persistence/size"]),
-    ({"operator": {"image": {"repository": "r", "tag": 1.10}}},
-     ["image tag 1.1 is a YAML number", "quote it"]),
     ({"redis": {"external": {"mode": "replicated"}}}, ["/redis/external/mode"]),
     ({"redis": {"external": {"url": "sentinel://s1:26379/m"}}}, ["/redis/external/url"]),
     ({"monitoring": {"serviceMonitor": {"enabled": 1}}}, ["/monitoring/serviceMonitor/enabled"]),

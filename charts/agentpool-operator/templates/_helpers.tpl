@@ -79,12 +79,8 @@ app.kubernetes.io/component: redis
 
 {{- define "agentpool.image" -}}
 {{- $tag := .image.tag -}}
-{{- if kindIs "float64" $tag -}}
-{{- /* a number from a values file: whole ones are written out in full (20240101 would read
-as 2.0240101e+07), fractions are refused (1.10 reads as 1.1) */ -}}
-{{- if ne $tag (floor $tag) -}}
-{{- fail (printf "image tag %v is a YAML number, which loses digits (1.10 reads as 1.1): quote it (tag: \"...\")" $tag) -}}
-{{- end -}}
+{{- if and (kindIs "float64" $tag) (eq $tag (floor $tag)) -}}
+{{- /* a whole number from a values file, written out in full (not 2.0240101e+07) */ -}}
 {{- $tag = printf "%.0f" $tag -}}
 {{- end -}}
 {{- printf "%s:%s" .image.repository (toString (default .appVersion $tag)) -}}
