@@ -40,9 +40,10 @@ MAX_TENANT_RUNS = 1000
 """The largest cap on one tenant's runs at once (:meth:`TaskQueue.set_tenant_caps`)."""
 WORKER_LIVENESS_WINDOW = 30.0
 WAIT_RECONNECT_SECONDS = 30.0
-FIRST_LOOK_SECONDS = 5.0
+FIRST_LOOK_SECONDS = 1.0
 """The least time a wait gives its first read of the tasks, whatever its timeout: a wait with
-timeout 0 still tells the tasks already final."""
+timeout 0 still tells the tasks already final (and one on a Redis that does not answer gives
+up after this, not at once)."""
 NEWS_AT_ONCE = 1000
 """Finishes a wait takes from what it has received before it reads the tasks they name."""
 SUBSCRIBED_WAITS = 32

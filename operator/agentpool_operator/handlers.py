@@ -549,6 +549,10 @@ async def observe_once(
 
     deployment_problem: Problem | None = None
     async with state.lock:
+        if state.reconciled_generation is not None and generation < state.reconciled_generation:
+            # A newer spec was applied while this round waited for the lock: the rest of the
+            # round (credentials, scaling, the budget) would act on the older one.
+            return MIN_POLL_SECONDS
         await refresh_credentials(ctx, state, body, spec, queue, logger, pods)
         try:
             deployment: dict[str, Any] | None = None

@@ -183,7 +183,7 @@ async def still_running(kube: PodReader, pod: Mapping[str, Any]) -> bool:
     meta = pod.get("metadata") or {}
     try:
         now = await kube.get_pod(meta.get("namespace", ""), meta.get("name", ""))
-    except ApiException:
+    except Exception:  # an error answer, or none (the client's transport errors are its own)
         return False
     now_meta = (now or {}).get("metadata") or {}
     return (now is not None and now_meta.get("uid") == meta.get("uid")

@@ -21,7 +21,7 @@ from agentpool.models import AgentPoolStatus
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer, free_port
 from agentpool_operator import handlers
-from agentpool_operator.context import PoolState
+from agentpool_operator.context import OperatorContext, PoolState
 from agentpool_operator.handlers import generation_of, parse_spec
 from agentpool_operator.kube import KubeApi
 from agentpool_operator.settings import OperatorSettings
@@ -561,3 +561,21 @@ async def test_a_round_that_read_an_older_spec_does_not_put_it_back(
     assert container(cluster.deployment("gamma"))["image"] == "registry.example/w:2"
     assert len(deployment_patches(cluster, "gamma")) == 1
     assert posted == ["DeploymentCreated", "DeploymentUpdated"]
+
+
+async def test_a_round_that_read_an_older_spec_acts_on_nothing(
+    cluster: Cluster, redis_url: str
+) -> None:
+    """Scaling, credentials and the disruption budget follow the spec too: a round that read
+    the spec before a newer one was applied gives way to the next round."""
+    ctx = OperatorContext(settings=OperatorSettings(), kube=KubeApi.from_environment())
+    older = await cluster.create_pool(pool_manifest("delta", redis_url=redis_url))
+    state = ctx.pool(NAMESPACE, "delta")
+    state.reconciled_generation = 2
+
+    delay = await handlers.observe_once(ctx, state, older, logging.getLogger("test.pool"))
+
+    assert delay == handlers.MIN_POLL_SECONDS
+    assert cluster.requests("POST", "/deployments") == []
+    assert cluster.requests("PATCH", "/agentpools/delta/status") == []
+    assert state.last_status is None

@@ -547,3 +547,15 @@ async def test_node_list_is_cached_and_read_again_for_a_pod_on_an_unknown_node(
     assert await known_nodes(kube, on_n2) == {"n1", "n2"}
     assert kube.reads == 2
 
+
+
+async def test_a_pod_deletion_the_api_cannot_confirm_is_taken_as_said() -> None:
+    """Reading the pod back fails (the API does not answer: the client raises its transport
+    error, not an ApiException): the event's word stands, and its tasks are requeued."""
+    class Unanswering:
+        async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+            raise OSError("connection refused")
+
+    body = pod_manifest("gone", "gone-a")
+    body["metadata"]["uid"] = "u1"
+    assert not await recovery_actions.still_running(Unanswering(), body)
