@@ -110,11 +110,13 @@ def open_api_schema() -> dict[str, Any]:
             "depth and healed when pods die or get stuck."
         ),
         "required": ["spec"],
-        "x-kubernetes-validations": [rule._asdict() for rule in models.OBJECT_RULES],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # The one restriction a schema may put on metadata (with generateName): a name
+            # checked only where it is new, as an unchanged value is ratcheted.
+            "metadata": {"type": "object", "properties": {
+                "name": {"type": "string", "maxLength": models.MAX_POOL_NAME}}},
             "spec": spec,
             "status": status,
         },

@@ -16,7 +16,7 @@ parent object.
 | module | holds |
 |---|---|
 | `formats.py` | the resource's group, version and names; its fields' patterns and list limits |
-| `rules.py` | the CEL rules with their messages (`CEL_RULES`, `TRANSITION_RULES`, `OBJECT_RULES`) |
+| `rules.py` | the CEL rules with their messages (`CEL_RULES`, `TRANSITION_RULES`) |
 | `base.py` | the camelCase base model and the schema helpers |
 | `redis_spec.py` | `spec.redis`: a URL or a Secret's key, durability, producer credentials |
 | `pod.py` | pieces of a Pod spec: resources, env, volumes, mounts, init containers |
@@ -38,6 +38,7 @@ from agentpool.models.formats import (
     LIMIT_NAME_PATTERN,
     MAX_INIT_CONTAINERS,
     MAX_POD_METADATA,
+    MAX_POOL_NAME,
     MAX_RATE_LIMITS,
     MAX_SCHEDULES,
     MAX_SUBMITS_TO,
@@ -78,8 +79,6 @@ from agentpool.models.rules import (
     MOUNT_PATHS_UNIQUE,
     MOUNT_SUB_PATH_RELATIVE,
     MOUNTS_NAME_VOLUMES,
-    OBJECT_RULES,
-    POOL_NAME_LENGTH,
     QUEUE_FIXED,
     RATE_LIMIT_HAS_RATE,
     RATE_LIMIT_NAME_FORMAT,
@@ -140,6 +139,7 @@ __all__ = [
     "LIMIT_NAME_PATTERN",
     "MAX_INIT_CONTAINERS",
     "MAX_POD_METADATA",
+    "MAX_POOL_NAME",
     "MAX_RATE_LIMITS",
     "MAX_SCHEDULES",
     "MAX_SUBMITS_TO",
@@ -151,10 +151,8 @@ __all__ = [
     "MOUNT_NOT_ON_SCRATCH",
     "MOUNT_PATHS_UNIQUE",
     "MOUNT_SUB_PATH_RELATIVE",
-    "OBJECT_RULES",
     "PERCENT_PATTERN",
     "PLURAL",
-    "POOL_NAME_LENGTH",
     "QUEUE_FIXED",
     "QUEUE_PATTERN",
     "RATE_LIMIT_HAS_RATE",

@@ -6,6 +6,8 @@ KIND = "AgentPool"
 PLURAL = "agentpools"
 SINGULAR = "agentpool"
 SHORT_NAMES = ("ap",)
+MAX_POOL_NAME = 63
+"""A pool's name labels its pods (agentpool.dev/pool), and a label value is at most 63."""
 
 QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"

@@ -2,7 +2,7 @@
 
 Every rule on the spec as it stands (`CEL_RULES`) has a Python twin in the models raising the
 same message, so the operator refuses exactly what the API server refuses; the rules on a change
-(`TRANSITION_RULES`) and on the whole object (`OBJECT_RULES`) only the API server checks.
+(`TRANSITION_RULES`) only the API server, which holds the stored pool, can check.
 """
 
 from __future__ import annotations
@@ -204,14 +204,6 @@ CEL_RULES: tuple[CelRule, ...] = (
 """Rules on a spec as it stands, which the models enforce too."""
 TRANSITION_RULES: tuple[CelRule, ...] = (QUEUE_FIXED,)
 """Rules on a change of the spec: only the API server, which holds the stored pool, can."""
-POOL_NAME_LENGTH = CelRule(
-    "self.metadata.name.size() <= 63",
-    "metadata.name must be at most 63 characters: the pool's name labels its pods "
-    "(agentpool.dev/pool), and a label value is at most 63",
-)
-OBJECT_RULES: tuple[CelRule, ...] = (POOL_NAME_LENGTH,)
-"""Rules on the whole object, at the schema's root: they read its metadata, which the API
-server checks before the operator sees a pool."""
 
 
 def cel(*rules: CelRule) -> dict[str, Any]:
