@@ -398,3 +398,46 @@ def sync_delegate_and_gather(payload: Any, ctx: TaskContext) -> Any:
         WAITS_CANCELLED.add(ctx.task_id)
         raise
     return [info.result for info in done]
+
+
+class UnreadableError(Exception):
+    """An error whose message reads an argument it was not given, as API errors often do."""
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+class Unrepresentable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class Interrupted(BaseException):
+    """A BaseException of a library's own, outside Exception."""
+
+
+async def misbehaves(payload: Any) -> Any:
+    """Fails in the way the payload names, or returns a value no store can take."""
+    kind = payload.get("kind")
+    if kind == "unreadable":
+        raise UnreadableError("rate limited")
+    if kind == "unrepresentable":
+        return Unrepresentable()
+    if kind == "base":
+        raise Interrupted
+    if kind == "keyboard":
+        raise KeyboardInterrupt
+    return {"ok": kind}
+
+
+async def _real_work(payload: Any) -> dict[str, Any]:
+    return {"awaited": payload}
+
+
+def wrapped_coroutine(payload: Any) -> Any:
+    """A plain wrapper around an async function (a decorator without functools.wraps)."""
+    return _real_work(payload)
+
+
+async def async_generator(payload: Any) -> Any:
+    yield payload

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sample_handlers import LONE_SURROGATE
@@ -182,3 +183,41 @@ async def test_a_result_with_nan_is_stored_as_json_every_reader_parses(
 
 def _refuse(constant: str) -> None:
     raise AssertionError(f"{constant} is not JSON")
+
+
+@pytest.mark.parametrize(("kind", "error"), [
+    ("unreadable", "UnreadableError: <its message could not be read: "
+                   "UnreadableError.__str__ failed>"),
+    ("unrepresentable", "result not stored: "),
+    ("base", "Interrupted: "),
+    ("keyboard", "KeyboardInterrupt: "),
+])
+async def test_a_run_that_ends_in_any_exception_ends_on_record(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, kind: str, error: str,
+) -> None:
+    """An error whose message cannot be read, a result whose repr raises, a BaseException of
+    the handler's own (KeyboardInterrupt too): each run fails on record, none is left running
+    on the worker's lease, and the worker serves on."""
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"kind": kind}, max_attempts=1)
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:misbehaves")) as w:
+        dead = await eventually(lambda: task_in(queue, task_id, "dead"), 10, "the DLQ")
+        assert dead.error is not None and dead.error.startswith(error), dead.error
+        await served_after(queue)
+        assert w.state == "running"
+
+
+async def test_a_sync_wrapper_of_an_async_handler_is_awaited_and_a_generator_refused(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    wrapped = await queue.submit("x")
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:wrapped_coroutine")):
+        done = await eventually(lambda: task_in(queue, wrapped, "succeeded"), 10, "the result")
+        assert done.result == {"awaited": "x"}
+    streamed = await queue.submit("y", max_attempts=3)
+    async with running(settings(redis_url, queue_name, f"{HANDLERS}:async_generator")):
+        dead = await eventually(lambda: task_in(queue, streamed, "dead"), 10, "the DLQ")
+        assert dead.error == ("result not stored: TypeError: the handler returned an async "
+                              "generator, not a result: return the value itself")
+        assert dead.attempts == 1

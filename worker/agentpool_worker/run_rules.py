@@ -3,9 +3,11 @@ its timeout stops it or it asks to run again later (`Retry`). Pure functions of 
 
 from __future__ import annotations
 
+import inspect
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from agentpool.errors import PermanentError, Retry
 from agentpool.protocol import MAX_ERROR_CHARS, ClaimedTask
@@ -93,9 +95,30 @@ def retry_error(request: Retry) -> str:
     return f"{error}: {request.reason}" if request.reason else error
 
 
+def describe_briefly(exc: BaseException) -> str:
+    """``Type: message``, whatever the exception's ``__str__`` does (it may raise itself)."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<its message could not be read: {type(exc).__name__}.__str__ failed>"
+    return f"{type(exc).__name__}: {message}"
+
+
 def describe(exc: BaseException) -> str:
     """``Type: message`` first, then as much of the traceback's end as fits."""
-    head = f"{type(exc).__name__}: {exc}"
-    tb = "".join(traceback.format_exception(exc))
+    head = describe_briefly(exc)
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except Exception:
+        tb = ""
     room = MAX_ERROR_CHARS - len(head) - 1
     return head if room <= 0 else f"{head}\n{tb[-room:]}"
+
+
+def unstreamed(result: Any) -> Any:
+    """A handler's result, refused when it is a generator: one returned by mistake (a wrapper
+    of an async generator, a ``yield`` left in) is no result to store."""
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        kind = "an async generator" if inspect.isasyncgen(result) else "a generator"
+        raise TypeError(f"the handler returned {kind}, not a result: return the value itself")
+    return result

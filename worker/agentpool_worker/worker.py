@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import signal
 import time
@@ -96,7 +97,13 @@ from agentpool_worker.handlers import (
 from agentpool_worker.limits import WorkerLimits
 from agentpool_worker.outbox import MAX_PENDING_EVENTS, EventOutbox, PendingEvent, by_run
 from agentpool_worker.probes import Health, ProbeServer
-from agentpool_worker.run_rules import RunFailure, run_failure, run_timeout
+from agentpool_worker.run_rules import (
+    RunFailure,
+    describe_briefly,
+    run_failure,
+    run_timeout,
+    unstreamed,
+)
 from agentpool_worker.settings import WorkerSettings, env_name
 from agentpool_worker.threads import DaemonThreads
 
@@ -1169,6 +1176,8 @@ class Worker:
             try:
                 async with asyncio.timeout(run.ctx.timeout_seconds) as deadline:
                     result = await self._call(run, payload)
+                    if inspect.iscoroutine(result):  # a plain wrapper around an async function
+                        result = await result
             except asyncio.CancelledError:
                 this = asyncio.current_task()
                 assert this is not None
@@ -1185,7 +1194,9 @@ class Worker:
                 self._stopped(run)
                 outcome = ended(STOPPED_STATUS[run.stop_reason])
                 return
-            except (Exception, SystemExit) as exc:  # SystemExit: sys.exit() in a handler
+            except BaseException as exc:
+                # A handler's own sys.exit(), KeyboardInterrupt or BaseException subclass ends
+                # its run, not the worker: the worker's signals come through its event loop.
                 if run.stop_reason is not None:
                     self._stopped(run)
                     outcome = ended(STOPPED_STATUS[run.stop_reason])
@@ -1206,9 +1217,10 @@ class Worker:
                 outcome = ended("failed", error=failure.error, retryable=failure.retryable)
                 return
             try:
-                encoded = encode_result(result, self.settings.max_result_bytes)
-            except ValueError as exc:
-                error = f"result not stored: {exc}"
+                encoded = encode_result(unstreamed(result), self.settings.max_result_bytes)
+            except Exception as exc:  # not JSON, too large, or a value whose repr raises
+                error = "result not stored: " + (
+                    str(exc) if isinstance(exc, ValueError) else describe_briefly(exc))
                 if isinstance(exc, PayloadTooLarge):
                     error += RESULT_TOO_LARGE_HINT
                 self._report_failure(run, RunFailure(error, False))
