@@ -8,6 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import sample_handlers
+from prometheus_client import REGISTRY
 from worker_helpers import (
     HANDLERS,
     eventually,
@@ -78,6 +79,7 @@ async def test_readyz_fails_while_redis_is_down_but_livez_does_not(queue_name: s
             server.stop()
             await eventually(lambda: status_is(port, "/readyz", 503, "redis unreachable"), 5,
                              "readiness to fail")
+            assert ready_gauge(queue_name) == 0, "the gauge says what /readyz says"
             # well past the heartbeat stall limit (lease + redis timeout): still live
             outage_end = asyncio.get_running_loop().time() + 2 * (
                 worker_settings.heartbeat_stall_seconds)
@@ -86,6 +88,11 @@ async def test_readyz_fails_while_redis_is_down_but_livez_does_not(queue_name: s
                 await asyncio.sleep(0.1)
             server.start()
             await eventually(lambda: status_is(port, "/readyz", 200), 10, "readiness back")
+            assert ready_gauge(queue_name) == 1
+
+
+def ready_gauge(queue: str) -> float | None:
+    return REGISTRY.get_sample_value("agentpool_worker_ready", {"queue": queue})
 
 
 async def test_metrics_expose_the_documented_names(

@@ -249,6 +249,8 @@ class Worker:
         self._restart_due = False
         """/livez fails because the worker is stuck for good (logged once)."""
         self.metrics = metrics.for_queue(settings.queue)
+        # read at each scrape, from what /readyz answers: the two cannot disagree
+        self.metrics.ready.set_function(lambda: float(self.health.readiness()[0]))
         self.probe_port: int | None = None
         self._log = log.bind(worker=self.worker_id, queue=settings.queue)
         self.worker_ctx = WorkerContext(settings.queue, self.worker_id, settings.concurrency,
@@ -453,7 +455,6 @@ class Worker:
         self._check_ok = ok
         self.health.check_failed(reason[:500])
         self.health.ready_check_hung(hung_since)
-        self._ready_changed()
         self._fetch_wake.set()
         if not ok:
             self._state_changed.set()
@@ -463,9 +464,6 @@ class Worker:
         """Whether the fetcher claims: a full Redis does not stop it (its claims are refused
         and back off; the first that goes through ends the episode)."""
         return self.state == RUNNING and self._check_ok
-
-    def _ready_changed(self) -> None:
-        self.metrics.ready.set(1 if self._claiming and self._full is None else 0)
 
     # -- start and stop --------------------------------------------------------------------
 
@@ -577,7 +575,6 @@ class Worker:
             return
         self.info.state = state
         self.health.state = state
-        self._ready_changed()
         self._fetch_wake.set()
         self._state_changed.set()
         self._beat_now.set()
@@ -631,7 +628,6 @@ class Worker:
                           meanwhile="runs in progress go on and their outcomes are recorded; "
                           "their events wait, checkpoints are not saved")
         self.health.redis_full(FULL_READY_REASON)
-        self._ready_changed()
 
     def _redis_room(self) -> None:
         """A write that a full Redis refuses went through: the episode is over."""
@@ -644,7 +640,6 @@ class Worker:
                        events_dropped=full.events_dropped,
                        checkpoints_not_saved=full.checkpoints_not_saved)
         self.health.redis_full("")
-        self._ready_changed()
         self._outbox.release_held()
 
     async def _configure(self) -> None:
