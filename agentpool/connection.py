@@ -169,6 +169,8 @@ def _check_server_url(url: str) -> None:
         raise RedisURLError(
             "its port, database or options do not parse (a password with '/', '#', '?' or '@' "
             "must be percent-encoded)") from None
+    except redis.exceptions.RedisError as error:  # e.g. ssl_cert_reqs=bogus
+        raise RedisURLError(f"its query's options do not parse: {error}") from None
 
 
 def has_unencoded_userinfo(url: str) -> bool:

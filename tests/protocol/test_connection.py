@@ -78,6 +78,7 @@ def test_sentinel_urls_parse_into_their_parts(url: str, expected: SentinelURL) -
         ("redis://:hunter2@[::1/0", "percent-encoded"),
         ("redis://:hunter2@h:6379/abc", "database 'abc'"),
         ("redis://[::1/0", "does not parse"),
+        ("rediss://:hunter2@h:6379/0?ssl_cert_reqs=bogus", "Certificate Requirements"),
     ],
 )
 def test_a_bad_sentinel_or_cluster_url_is_refused_without_quoting_its_password(

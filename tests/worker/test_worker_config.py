@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from worker_helpers import HANDLERS, HERE, WorkerProcess, eventually, task_in, worker_env
 
 from agentpool.protocol import TaskQueue
+from agentpool_worker.handlers import HandlerError, load_handler
 from agentpool_worker.main import main
 from agentpool_worker.settings import redact_url, variables
 
@@ -359,3 +360,16 @@ def test_a_handler_module_that_stops_its_import_is_one_line_and_exit_2(
     result = run_worker(base_env(handler=f"{module}:run"))
     assert result.returncode == 2
     assert result.stderr == f"agentpool-worker: cannot import handler '{module}:run': {reason}\n"
+
+
+def test_a_handler_with_a_required_keyword_only_argument_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`def run(payload, *, ctx)` would start, then fail every task: no call gives it ctx."""
+    (tmp_path / "kwonly_handlers.py").write_text(
+        "def run(payload, *, ctx):\n    return payload\n"
+        "def fine(payload, *, ctx=None):\n    return payload\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HandlerError, match="required keyword-only argument 'ctx'"):
+        load_handler("kwonly_handlers:run")
+    assert not load_handler("kwonly_handlers:fine").wants_context

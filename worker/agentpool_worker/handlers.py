@@ -631,6 +631,12 @@ def _wants_context(name: str, func: Callable[..., Any]) -> bool:
     ]
     if not positional:
         raise HandlerError(f"handler {name!r} must accept the payload as its first argument")
+    keyword_only = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if keyword_only:
+        raise HandlerError(
+            f"handler {name!r} must take (payload) or (payload, ctx): it has the required "
+            f"keyword-only argument {keyword_only[0]!r}, which no call gives it"
+        )
     required = [p for p in positional if p.default is p.empty]
     if len(required) > 2:
         raise HandlerError(
