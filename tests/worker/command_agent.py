@@ -137,6 +137,10 @@ def main() -> None:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                                  start_new_session=True)
         say({"result": {"escaped": child.pid}})
+    elif mode == "escape_chatty":
+        chatter = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.3)\n"
+        child = subprocess.Popen([sys.executable, "-c", chatter], start_new_session=True)
+        say({"result": {"escaped": child.pid}})
     elif mode == "leftover":
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         say({"result": {"left_behind": child.pid}})

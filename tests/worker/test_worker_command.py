@@ -644,6 +644,20 @@ async def test_a_process_that_left_the_group_does_not_hold_the_run(
         os.kill(escaped, signal.SIGKILL)
 
 
+async def test_a_process_that_left_the_group_and_writes_on_does_not_hold_the_run(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Lines that keep coming from it after the program exited are not the program's: the
+    run ends PIPE_DRAIN_SECONDS after the exit, not at its timeout."""
+    done = await outcome(redis, redis_url, queue_name,
+                         {"mode": "escape_chatty"}, "succeeded", task_timeout_seconds=20)
+    escaped = done.result["escaped"]
+    try:
+        assert alive(escaped), "still writing: it was not waited for"
+    finally:
+        os.kill(escaped, signal.SIGKILL)
+
+
 def test_the_command_is_a_json_array_or_words(tmp_path: Path) -> None:
     home = {"HOME": str(tmp_path)}
     assert command_settings({COMMAND_ENV: '["python3", "-c", "print(1)"]', **home}) == \

@@ -131,9 +131,9 @@ MAX_OUTPUT_CHARS = 1024 * 1024
 READ_CHUNK = 64 * 1024
 ERROR_LINES = 20
 PIPE_DRAIN_SECONDS = 2.0
-"""After the program exited, how long its output is read until end of file while no line comes
-(a process it left outside its group may hold the pipe open); lines read before are all
-carried out, however long their submits take."""
+"""After the program exited, how long its output is still read until end of file (a process
+it left outside its group may hold the pipe open, and write on); a line being carried out
+when it passes is carried out to its end, however long its submit takes."""
 STATE_KEY = "agentpool.command"
 
 _log = structlog.get_logger("agentpool.task")
@@ -203,8 +203,6 @@ class _Outcome:
     retry_after: float | None = None
     steps: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     """The task id of each step the run submitted with a name."""
-    lines: int = 0
-    """Lines of stdout read and, for messages, carried out."""
     acting: bool = False
     """A message is being carried out (a submit or a checkpoint waits for Redis)."""
 
@@ -342,13 +340,13 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext,
         status = process.returncode
         assert status is not None
         command.signal_group()  # what it left running would hold its pipes open
-        # A process that left the group (setsid) may still hold them: read what is there, for
-        # as long as lines come or one is being carried out.
+        # A process that left the group (setsid) may still hold them: read what is there for
+        # PIPE_DRAIN_SECONDS more, and longer only while a line read is being carried out.
         stderr_read = asyncio.ensure_future(asyncio.wait((logging,), timeout=PIPE_DRAIN_SECONDS))
-        seen = -1
-        while not reading.done() and (outcome.acting or outcome.lines != seen):
-            seen = outcome.lines
-            await asyncio.wait((reading,), timeout=PIPE_DRAIN_SECONDS)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + PIPE_DRAIN_SECONDS
+        while not reading.done() and (outcome.acting or loop.time() < until):
+            await asyncio.wait((reading,), timeout=max(0.05, until - loop.time()))
         await stderr_read
         if reading.done():
             reading.result()
@@ -440,7 +438,6 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
     noted = False
     async for line in _lines(stdout):
         number += 1
-        outcome.lines = number
         if line.cut and OVERSIZED_MESSAGE.match(line.head):
             raise PermanentError(
                 f"the command's output line {number}: a message over {MAX_LINE_BYTES} bytes "
