@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import threading
@@ -441,3 +442,11 @@ def wrapped_coroutine(payload: Any) -> Any:
 
 async def async_generator(payload: Any) -> Any:
     yield payload
+
+
+async def ignores_cancellation(payload: Any) -> None:
+    """Swallows every cancellation and sleeps on, as careless agent code does."""
+    deadline = asyncio.get_running_loop().time() + 120
+    while asyncio.get_running_loop().time() < deadline:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(deadline - asyncio.get_running_loop().time())

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 import sample_handlers
 from worker_helpers import (
     HANDLERS,
+    WorkerProcess,
     eventually,
     probe,
     running,
@@ -120,3 +121,21 @@ async def test_runs_slow_to_stop_are_handed_back_at_the_drain_deadline(
     finally:
         for run in sample_handlers.SLOW_TO_STOP:
             run.cancel()
+
+
+async def test_a_run_that_ignores_its_cancellation_does_not_keep_the_process(
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Its task goes back at the drain deadline; the process then exits instead of waiting
+    for the run (the pod would otherwise be killed at drainSeconds + 15 s)."""
+    queue = TaskQueue(redis, queue_name)
+    proc = WorkerProcess(worker_env(redis_url, queue_name, f"{HANDLERS}:ignores_cancellation",
+                                    drain_seconds=1), tmp_path / "worker.log")
+    try:
+        task_id = await queue.submit({})
+        await eventually(lambda: task_in(queue, task_id, "running"), 15, "the run")
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await proc.exit_code(worker_module.STOP_SECONDS + 15) == 0
+        assert await task_in(queue, task_id, "queued")
+    finally:
+        proc.close()

@@ -66,8 +66,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     _exempt_from_collection()
     worker = Worker(settings, handler)
     code = 0
+    runner = asyncio.Runner()
     try:
-        asyncio.run(worker.run(install_signal_handlers=True))
+        runner.run(worker.run(install_signal_handlers=True))
     except StartupFailed as exc:
         print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
         code = EXIT_STARTUP_FAILED
@@ -76,11 +77,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             "worker crashed", worker=worker.worker_id, error=f"{type(exc).__name__}: {exc}"
         )
         code = 1
-    if worker.busy_threads:
-        # Handler threads cannot be interrupted and the interpreter would wait for them.
+    if worker.busy_threads or worker.runs_left:
+        # Handler threads cannot be interrupted, and closing the loop would wait for runs that
+        # ignore their cancellation: their tasks are back in the queue, nothing is owed them.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    runner.close()
     sys.exit(code)
 
 

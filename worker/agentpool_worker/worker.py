@@ -315,6 +315,12 @@ class Worker:
         """Sync handler threads still running (abandoned ones included)."""
         return sum(1 for f in list(self._threads) if not f.done())
 
+    @property
+    def runs_left(self) -> int:
+        """Runs (and their after_task hooks) still going once the worker stopped: handlers
+        that ignored their cancellation; their tasks are back in the queue already."""
+        return sum(1 for run in list(self._executing) if not run.done())
+
     async def wait_started(self) -> None:
         await self._started.wait()
 
