@@ -92,6 +92,11 @@ def main() -> None:
         print("warming up", file=sys.stderr)
         print(f"boom on attempt {attempt}", file=sys.stderr)
         sys.exit(3)
+    elif mode == "fail_loudly":
+        for n in range(20):
+            print(f"line {n} " + "x" * 500, file=sys.stderr)
+        print("the last line says why", file=sys.stderr)
+        sys.exit(3)
     elif mode == "permanent":
         say({"error": "the prompt is empty", "retry": False})
     elif mode == "retry-after":

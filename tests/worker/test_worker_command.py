@@ -426,6 +426,16 @@ async def test_a_failing_command_is_retried_and_its_stderr_is_the_error(
     assert "command exited with status 3: warming up\nboom on attempt 2" in dead.error
 
 
+async def test_a_long_stderr_keeps_its_last_lines_in_the_error(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    dead = await outcome(redis, redis_url, queue_name, {"mode": "fail_loudly"}, "dead",
+                         max_attempts=1)
+    assert dead.error is not None
+    assert dead.error.startswith("RuntimeError: command exited with status 3: …")
+    assert "the last line says why" in dead.error
+
+
 async def test_an_error_message_without_retry_dead_letters_at_once(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:

@@ -107,6 +107,7 @@ from agentpool.protocol import (
     DEFAULT_MAX_RESULT_BYTES,
     EVENT_KIND,
     FINAL_EVENT,
+    MAX_ERROR_CHARS,
     TASK_ID,
     compact_json,
 )
@@ -363,6 +364,9 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext,
     if status != 0:
         why = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
         tail = "\n".join(errors)
+        room = MAX_ERROR_CHARS - 200  # the error's own words and type around it
+        if len(tail) > room:  # its last lines say most: keep the end
+            tail = "…" + tail[-room:]
         raise RuntimeError(f"command {why}" + (f": {tail}" if tail else ""))
     if outcome.has_result:
         return outcome.result
