@@ -25,6 +25,9 @@ CRASH_LOOP_RESTARTS = 2
 between two back-offs, until it turns ready: the kubelet's back-off begins at the second."""
 CRASH_LOOP_MEMORY_SECONDS = 600.0
 """How long a crash is remembered: the kubelet forgets its back-off after ten minutes."""
+CRASH_LOOP_RUN_SECONDS = 60.0
+"""A container running longer than this since its last crash is no longer taken for one
+between two back-offs (unready for another reason: a slow start, a drain)."""
 UNSCHEDULABLE_GRACE_SECONDS = 300.0
 """How long a pod may wait for a node before it is reported, by default: a node autoscaler
 adding a node takes a few minutes, and a pending pod is normal meanwhile (a cluster without
@@ -93,20 +96,35 @@ def _stuck_containers(pods: Iterable[Mapping[str, Any]],
 
 
 def _between_crashes(container: Mapping[str, Any], now: datetime) -> bool:
+    """Crashed again a moment ago (terminated, about to back off), or running a few seconds
+    after a recent crash of a container that has crashed before, not ready yet."""
+    state = container.get("state") or {}
+    restarts = int(container.get("restartCount") or 0)
+    ended = state.get("terminated") or {}
+    if ended:
+        return ended.get("exitCode", 0) != 0 and restarts >= CRASH_LOOP_RESTARTS - 1
     crashed = (container.get("lastState") or {}).get("terminated") or {}
+    running = state.get("running") or {}
     return (
-        "running" in (container.get("state") or {})
+        bool(running)
         and not container.get("ready")
-        and int(container.get("restartCount") or 0) >= CRASH_LOOP_RESTARTS
+        and restarts >= CRASH_LOOP_RESTARTS
         and crashed.get("exitCode", 0) != 0
         and "finishedAt" in crashed
         and _seconds_since(crashed["finishedAt"], now) < CRASH_LOOP_MEMORY_SECONDS
+        and "startedAt" in running
+        and _seconds_since(running["startedAt"], now) < CRASH_LOOP_RUN_SECONDS
     )
+
+
+def _last_crash(container: Mapping[str, Any]) -> Mapping[str, Any]:
+    state = container.get("state") or {}
+    return state.get("terminated") or (container.get("lastState") or {}).get("terminated") or {}
 
 
 def _container_detail(container: Mapping[str, Any], waiting: Mapping[str, Any]) -> str:
     if waiting.get("reason") == "CrashLoopBackOff":
-        last = (container.get("lastState") or {}).get("terminated") or {}
+        last = _last_crash(container)
         exit_code = last.get("exitCode")
         if exit_code is not None:
             return f"container {container.get('name')} exited with code {exit_code}" + (

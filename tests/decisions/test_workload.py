@@ -114,10 +114,11 @@ def test_a_crash_loop_stays_reported_while_the_container_runs_between_two_back_o
     or the pool would turn Degraded and back (with a Warning and a Recovered event) at each
     restart."""
     def restarted(restarts: int, *, ready: bool = False, crashed_ago: float = 20,
-                  exit_code: int = 3) -> dict[str, Any]:
-        return {**running(), "ready": ready, "restartCount": restarts, "lastState": {
-            "terminated": {"exitCode": exit_code, "reason": "Error",
-                           "finishedAt": stamp(crashed_ago)}}}
+                  exit_code: int = 3, running_for: float = 5) -> dict[str, Any]:
+        return {"name": "worker", "state": {"running": {"startedAt": stamp(running_for)}},
+                "ready": ready, "restartCount": restarts, "lastState": {
+                    "terminated": {"exitCode": exit_code, "reason": "Error",
+                                   "finishedAt": stamp(crashed_ago)}}}
 
     looping = [Problem(PODS_FAILING,
                        "1 pod CrashLoopBackOff: container worker exited with code 3 (Error)")]
@@ -127,6 +128,12 @@ def test_a_crash_loop_stays_reported_while_the_container_runs_between_two_back_o
         "one crash is no loop yet")
     assert workload_problems(deployment(), [pod("a", restarted(4, crashed_ago=900))], NOW) == []
     assert workload_problems(deployment(), [pod("a", restarted(4, exit_code=0))], NOW) == []
+    assert workload_problems(deployment(), [pod("a", restarted(4, running_for=300))], NOW) == [
+    ], "running for minutes since: unready for another reason (a drain, a slow start)"
+    just_crashed = {"name": "worker", "restartCount": 3, "ready": False, "state": {
+        "terminated": {"exitCode": 3, "reason": "Error", "finishedAt": stamp(1)}}}
+    assert workload_problems(deployment(), [pod("a", just_crashed)], NOW) == looping, (
+        "the moment between a crash and its back-off")
 
 
 def test_pods_waiting_for_a_node_are_reported_only_after_the_grace() -> None:
