@@ -222,6 +222,11 @@ class Sources:
 
     async def pool(self, namespace: str, name: str) -> dict[str, Any]:
         record = self.pools.get((namespace, name))
+        if record is None and self.fleet is None:
+            # no pool read yet: read them now (a Redis that does not answer is an error the
+            # page retries, not a verdict on the pool)
+            await self.refresh_fleet()
+            record = self.pools.get((namespace, name))
         if record is None:
             raise NotFound(f"no pool {name} in namespace {namespace}"
                            if namespace != NO_NAMESPACE else f"no queue {name}")

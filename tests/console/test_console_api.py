@@ -27,6 +27,7 @@ from agentpool.console.sources import (
     FIELD_PREVIEW_BYTES,
     MAX_PAGE,
     NEXT_SHOWN,
+    NO_NAMESPACE,
     PAGE_SIZE,
     PREVIEW_BYTES,
     PREVIEW_CHARS,
@@ -763,3 +764,18 @@ def test_a_cluster_with_no_node_answering_is_a_redis_failure() -> None:
     shown = console_app.error_doc(redis.exceptions.RedisClusterException(
         "Redis Cluster cannot be connected"))
     assert shown == {"error": "cannot read Redis: Redis Cluster cannot be connected"}
+
+
+async def test_a_pool_asked_for_before_redis_first_answered_is_not_called_unknown() -> None:
+    """Started while Redis was down, the console has read no pool yet: a pool page must keep
+    trying (an error, not a 404 that the page takes as final)."""
+    down = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        sources = Sources(down, queues=["evilq"])
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await sources.refresh_fleet()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await sources.pool(NO_NAMESPACE, "evilq")
+        assert "cannot read Redis" in console_app.error_doc(ConnectionRefusedError())["error"]
+    finally:
+        await down.aclose()
