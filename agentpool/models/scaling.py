@@ -43,7 +43,10 @@ class ScalingSpec(Model):
         description="A pool at zero replicas wakes only when more tasks than this are queued.",
     )
     poll_seconds: float = Field(
-        default=2, ge=0.5, le=3600, description="How often the queue depth is measured."
+        default=2, ge=0.5, le=3600,
+        description=("How often the queue depth is measured (at most once a second: below 1, "
+                     "1; more often while tasks run, at their leases' expiry, to find a dead "
+                     "worker within 10 s).")
     )
     scale_up_cooldown_seconds: int = Field(
         default=0, ge=0, le=86400, description="Least time between two scale-ups."

@@ -261,7 +261,7 @@ def test_the_operator_starts_with_the_schemas_extreme_values(
 def test_notes_tell_the_next_three_commands(helm: Helm) -> None:
     notes = helm.notes({})
     steps = [
-        f"kubectl apply -n {NAMESPACE} -f examples/agentpool.yaml",
+        f"examples/agentpool.yaml \\\n         | kubectl apply -n {NAMESPACE} -f -",
         "agentpool submit --queue demo",
         f"kubectl get agentpools -n {NAMESPACE}",
     ]
@@ -269,6 +269,19 @@ def test_notes_tell_the_next_three_commands(helm: Helm) -> None:
     assert -1 not in positions and positions == sorted(positions), notes
     assert f"port-forward svc/{NAMESPACE}-redis 6379:6379" in notes
     assert "agentpool-redis" in notes
+
+
+def test_the_notes_example_pool_runs_the_worker_image_the_chart_names(helm: Helm) -> None:
+    """examples/agentpool.yaml names an image nobody has pushed: the step swaps in the one
+    the chart was told of (worker.image)."""
+    example = (ROOT / "examples" / "agentpool.yaml").read_text()
+    assert re.search(r"image: ghcr.io/agentpool/worker:\S+\n", example)
+    notes = helm.notes({"worker": {"image": {"repository": "reg.example/agentpool-worker",
+                                             "tag": "1.2"}}})
+    assert ("sed -e 's|image: ghcr.io/agentpool/worker:.*|image: "
+            "reg.example/agentpool-worker:1.2|'") in notes
+    swapped = re.sub(r"image: ghcr.io/agentpool/worker:.*", "image: reg.example/w:1", example)
+    assert yaml.safe_load(swapped)["spec"]["worker"]["image"] == "reg.example/w:1"
 
 
 def test_notes_tell_how_to_upgrade_the_crd(helm: Helm) -> None:
@@ -302,7 +315,7 @@ def test_notes_for_an_external_redis_and_watched_namespaces(helm: Helm) -> None:
     assert "port-forward" not in notes
     assert "kubectl -n team-a create secret generic my-redis" in notes
     # examples/agentpool.yaml names the Secret agentpool-redis: the command renames it.
-    assert ("sed 's/name: agentpool-redis$/name: my-redis/' examples/agentpool.yaml \\\n"
+    assert ("-e 's/name: agentpool-redis$/name: my-redis/' examples/agentpool.yaml \\\n"
             "         | kubectl apply -n team-a -f -") in notes
     assert "kubectl get agentpools -n team-a" in notes
 
@@ -311,7 +324,7 @@ def test_the_notes_example_pool_names_the_secret_the_chart_uses(helm: Helm) -> N
     example = (ROOT / "examples" / "agentpool.yaml").read_text()
     assert "name: agentpool-redis\n" in example  # what the NOTES' sed command rewrites
     notes = helm.notes({"redis": {"urlSecretName": "queue-url"}})
-    assert "sed 's/name: agentpool-redis$/name: queue-url/' examples/agentpool.yaml" in notes
+    assert "-e 's/name: agentpool-redis$/name: queue-url/' examples/agentpool.yaml" in notes
     assert "-f examples/agentpool.yaml\n" not in notes
     renamed = re.sub(r"name: agentpool-redis$", "name: queue-url", example, flags=re.M)
     assert yaml.safe_load(renamed)["spec"]["redis"]["urlSecretRef"]["name"] == "queue-url"

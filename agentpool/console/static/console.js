@@ -335,8 +335,8 @@ function tasksPage(queue, dead) {
         ...(tenants ? ["Tenant"] : []), "Attempts#",
         ...(running ? ["Progress"] : []), "Created", "Owner",
         "Payload", "Error", ...(dead ? ["After it#"] : [])], rows, { id: "tasks" }) : el("p", { class: "muted" }, "None."),
-      el("div", { class: "pager" }, page > 1 ? el("a", { href: link(page - 1) }, "← newer") : null,
-        `page ${doc.page} of ${pages}`, page < pages ? el("a", { href: link(page + 1) }, "older →") : null)]));
+      el("div", { class: "pager" }, page > 1 ? el("a", { href: link(page - 1) }, "← previous") : null,
+        `page ${doc.page} of ${pages}`, page < pages ? el("a", { href: link(page + 1) }, "next →") : null)]));
   });
 }
 
