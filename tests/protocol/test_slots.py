@@ -14,11 +14,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
-from protocol_helpers import ONE_SERVER, RoundTrips, eventually
+from protocol_helpers import ONE_SERVER, eventually
 
 from agentpool import slots as slots_module
 from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
@@ -317,11 +318,20 @@ async def test_one_call_asks_for_every_waiter_of_a_process(
     holder = await capped(other, name, 1, "holder")
     holding = await holder.slots.acquire()
     limiter = await capped(redis, name, 1, "many")
-    await limiter.slots._run("leave", 1000)  # the script is loaded: no NOSCRIPT round trip
-    trips = RoundTrips(redis)
+    asked: list[set[str]] = []  # the waiters each call to Redis asked for
+    run = limiter.slots._run
+
+    async def recorded(script: str, *args: Any) -> Any:
+        asked.append({a for a in args if isinstance(a, str) and a.startswith("many:")})
+        return await run(script, *args)
+
+    monkeypatch.setattr(limiter.slots, "_run", recorded)
     waiters = [asyncio.ensure_future(limiter.slots.acquire()) for _ in range(20)]
     await eventually(lambda: _line_is(other, name, 20))
-    assert trips.count == 1
+    holders = set(limiter.slots._waiting)
+    # One call asked for all twenty. (When the process's subscription to its grants starts,
+    # one more asks for every waiter again, grants made before it being untold.)
+    assert asked[0] == holders
     for waiter in waiters:
         waiter.cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
