@@ -141,6 +141,11 @@ class PoolState:
         self.deployment = body
         self.deployment_known = True
 
+    def newer_spec_applied(self, generation: int) -> bool:
+        """Whether a spec newer than `generation` was applied already: a caller that read the
+        spec at `generation` would act on an older one."""
+        return self.reconciled_generation is not None and generation < self.reconciled_generation
+
     def forget_deployment(self, deleted: dict[str, Any]) -> None:
         """The watch saw `deleted` go: no Deployment, unless a newer one is known already."""
         self.deleted = deleted

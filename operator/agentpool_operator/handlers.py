@@ -144,7 +144,7 @@ async def ensure_deployment(
     and `ApiException`.
     """
     namespace, name = pool_key(body)
-    if state.reconciled_generation is not None and generation < state.reconciled_generation:
+    if state.newer_spec_applied(generation):
         return state.deployment
     if not state.deployment_known:
         state.remember_deployment(await kube.get_deployment(namespace, name))
@@ -549,7 +549,7 @@ async def observe_once(
 
     deployment_problem: Problem | None = None
     async with state.lock:
-        if state.reconciled_generation is not None and generation < state.reconciled_generation:
+        if state.newer_spec_applied(generation):
             # A newer spec was applied while this round waited for the lock: the rest of the
             # round (credentials, scaling, the budget) would act on the older one.
             return MIN_POLL_SECONDS

@@ -80,3 +80,11 @@ def test_versions_that_are_not_integers_are_not_compared() -> None:
     latest = deployment("u1", version="a")
     state.remember_deployment(latest)
     assert state.deployment == latest
+
+
+def test_a_spec_older_than_the_one_applied_is_known_as_such() -> None:
+    state = PoolState()
+    assert not state.newer_spec_applied(1), "nothing applied yet"
+    state.reconciled_generation = 3
+    assert state.newer_spec_applied(2)
+    assert not state.newer_spec_applied(3) and not state.newer_spec_applied(4)
