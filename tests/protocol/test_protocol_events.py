@@ -4,6 +4,7 @@ across a lost connection without a miss or a repeat, kept as long as the task.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 
 import pytest
 import redis.asyncio as aioredis
@@ -276,6 +277,16 @@ async def test_a_follower_resumes_after_a_redis_restart_without_a_miss_or_a_repe
     assert len({e.id for e in seen}) == len(seen)
 
 
+async def following_a_running_task(queue: TaskQueue) -> AsyncGenerator[TaskEvent, None]:
+    """A follower of a running task's events, past its first one."""
+    task_id = await queue.submit({})
+    await claim_one(queue, "pod-a:i1")
+    await queue.emit(task_id, "token", 0, attempt=1)
+    stream = queue.events(task_id, block_seconds=0.2)
+    assert (await anext(stream)).data == 0
+    return stream
+
+
 async def test_following_stops_when_the_server_refuses_the_credentials(queue_name: str) -> None:
     """A lost connection is resumed; a reconnect refused for its credentials ends the stream
     with the error instead of being retried for ever."""
@@ -283,12 +294,7 @@ async def test_following_stops_when_the_server_refuses_the_credentials(queue_nam
         client = aioredis.Redis.from_url(server.url)
         admin = aioredis.Redis.from_url(server.url)
         try:
-            queue = TaskQueue(client, queue_name)
-            task_id = await queue.submit({})
-            await claim_one(queue, "pod-a:i1")
-            await queue.emit(task_id, "token", 0, attempt=1)
-            stream = queue.events(task_id, block_seconds=0.2)
-            assert (await anext(stream)).data == 0
+            stream = await following_a_running_task(TaskQueue(client, queue_name))
             await admin.config_set("requirepass", "changed")
             await admin.client_kill_filter(_type="normal", skipme=True)
             with pytest.raises(AuthenticationError):
@@ -308,12 +314,7 @@ async def test_following_gives_up_once_redis_stays_gone_past_the_wait_patience(
     server.start()
     client = aioredis.Redis.from_url(server.url)
     try:
-        queue = TaskQueue(client, queue_name)
-        task_id = await queue.submit({})
-        await claim_one(queue, "pod-a:i1")
-        await queue.emit(task_id, "token", 0, attempt=1)
-        stream = queue.events(task_id, block_seconds=0.2)
-        assert (await anext(stream)).data == 0
+        stream = await following_a_running_task(TaskQueue(client, queue_name))
         server.stop()
         with pytest.raises(RedisConnectionError):
             await asyncio.wait_for(anext(stream), 15)
