@@ -299,6 +299,18 @@ def test_a_task_page_misses_and_repeats_no_event_across_a_console_restart(
         console.close()
 
 
+@pytest.mark.parametrize(("query", "error"), [
+    ("state=finished", "no task state 'finished'"),
+    ("page=1000000001", "page must be a whole number from 1 to"),
+])
+def test_a_page_the_console_refuses_says_why_instead_of_loading(
+        console: Console, page: Page, query: str, error: str) -> None:
+    page.goto(f"{console.url}queues/{console.queue}/tasks?{query}")
+    expect(page.locator("#page-error")).to_contain_text(error, timeout=LIVE)
+    expect(page.locator("#live")).to_have_text("stopped")
+    expect(page.get_by_text("Loading…")).to_have_count(0)
+
+
 def dead_page(console: Console, page: Page, task_id: str) -> None:
     page.goto(f"{console.url}queues/{console.queue}/dead")
     expect(page.locator(f'#tasks tr[data-task="{task_id}"]')).to_be_visible(timeout=LIVE)

@@ -450,3 +450,11 @@ async def ignores_cancellation(payload: Any) -> None:
     while asyncio.get_running_loop().time() < deadline:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(deadline - asyncio.get_running_loop().time())
+
+
+async def summariser(payload: Any, ctx: TaskContext) -> dict[str, str]:
+    """Answers README's producer example: one event per word of the prompt, then a summary."""
+    words = str(payload["prompt"]).split()
+    for word in words:
+        await ctx.emit("word", {"text": word})
+    return {"summary": words[0]}

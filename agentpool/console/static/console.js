@@ -70,9 +70,19 @@ let stream = null;
 function live(url, draw, events) {
   const indicator = document.getElementById("live");
   if (stream) stream.close();
-  stream = new EventSource(url);
+  const source = stream = new EventSource(url);
   stream.onopen = () => { indicator.textContent = "live"; indicator.className = "live on"; };
-  stream.onerror = () => { indicator.textContent = "reconnecting"; indicator.className = "live off"; };
+  stream.onerror = () => {
+    indicator.className = "live off";
+    if (source.readyState !== EventSource.CLOSED) { indicator.textContent = "reconnecting"; return; }
+    // the browser gave up: the console answered with an error, not a stream; show which
+    indicator.textContent = "stopped";
+    fetch(url, { headers: { Accept: "application/json" } })
+      .then((response) => response.json().catch(() => ({})).then((doc) =>
+        doc.error || `the console answered ${response.status} ${response.statusText}`))
+      .catch(() => "the console does not answer")
+      .then((error) => { if (stream === source) render(el("p", { class: "error", id: "page-error" }, error)); });
+  };
   stream.onmessage = (event) => {
     const doc = JSON.parse(event.data);
     const shown = document.getElementById("page-error");
