@@ -51,7 +51,7 @@ Rules, in the order `decide` applies them:
   the size the limit last capped it at (it can feed that many), so when the backlog comes
   back it scales up to that size at once and no further: the next burst does not scale into
   the limit again. A limit only holds a pool whose runs waited on it; the memory is in the
-  scaling history.
+  scaling history. A limit gone from the pool's spec lets go of it.
 """
 
 from __future__ import annotations
@@ -106,6 +106,9 @@ class ScalingPolicy:
     the queue before a new pod could."""
     run_memory_seconds: float = 600.0
     """How slowly the estimate of a run's remaining time forgets longer runs seen before."""
+    declared_limits: frozenset[str] | None = None
+    """The rate limits the pool declares (None: any its workers report). A limit that held
+    the pool and is no longer declared holds it no more."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -123,8 +126,10 @@ class ScalingPolicy:
                 raise ValueError("step limits must be at least 1 when set")
 
     @classmethod
-    def from_spec(cls, scaling: ScalingSpec, concurrency: int) -> ScalingPolicy:
+    def from_spec(cls, scaling: ScalingSpec, concurrency: int,
+                  declared_limits: Iterable[str] | None = None) -> ScalingPolicy:
         return cls(
+            declared_limits=None if declared_limits is None else frozenset(declared_limits),
             min_replicas=scaling.min_replicas,
             max_replicas=scaling.max_replicas,
             tasks_per_replica=scaling.target_per_replica(concurrency),
@@ -170,6 +175,9 @@ class QueueLoad:
     capped: int = 0
     """Ready tasks left out of `queued`: parked for their tenant's cap on runs at once, so no
     worker may take them until one of its runs ends, and more pods would not start them."""
+    draining_busy: int = 0
+    """Draining pods that still hold runs: their runs are in `limit_waits` (the share covers
+    every pod's runs), so the size a limit can feed counts them with the serving pods."""
 
     @classmethod
     def unavailable(cls) -> QueueLoad:
@@ -298,11 +306,16 @@ def rate_limit_cap(
     current: int,
     history: ScalingHistory,
     now: float,
+    draining_busy: int = 0,
 ) -> RateLimitCap | None:
     """The size a rate limit lets the pool have now, or None when no limit holds it (`need`
-    is filled in by `decide`). See the module docstring for the rules."""
+    is filled in by `decide`). The runs of `draining_busy` draining pods are in the share
+    too, so they count in the size the limit feeds. See the module docstring for the rules."""
     held, fed = history.rate_limited, history.rate_limited_size or 0
     shares = {wait.name: min(1.0, wait.share) for wait in waits}
+    if held is not None and policy.declared_limits is not None and (
+            held not in policy.declared_limits):
+        held, fed = None, 0
     top = max(waits, key=lambda w: (w.share, w.name)) if waits else None
     if top is not None and top.share >= RATE_LIMITED_SHARE and (
         held is None or top.share > shares.get(held, 0.0)
@@ -318,7 +331,8 @@ def rate_limit_cap(
     changes = [t for t in (history.last_scale_up, history.last_scale_down) if t is not None]
     settling = name == held and bool(changes) and now - max(changes) < RATE_LIMIT_SETTLE_SECONDS
     if share >= RATE_LIMITED_SHARE and not settling:
-        cap = math.ceil(current * (1 - share) / (1 - RATE_LIMIT_TARGET_SHARE) - 1e-9)
+        waiting = current + draining_busy
+        cap = math.ceil(waiting * (1 - share) / (1 - RATE_LIMIT_TARGET_SHARE) - 1e-9)
     elif settling or share >= RATE_LIMIT_RELEASE_SHARE or current < fed:
         cap = max(current, fed)
     else:
@@ -382,8 +396,11 @@ def decide(
         absorbed = min(load.queued, load.in_flight, ending)
     raw = 0 if asleep else math.ceil(round((backlog - absorbed) / tpr, 6))
     need = policy.clamp(raw)
-    limited = rate_limit_cap(policy, load.limit_waits, current, history, now)
-    if limited is not None:
+    limited = rate_limit_cap(policy, load.limit_waits, current, history, now,
+                             load.draining_busy)
+    if limited is None:
+        history = replace(history, rate_limited=None, rate_limited_size=None)
+    else:
         fed = history.rate_limited_size if history.rate_limited == limited.limit else None
         if need > limited.cap:
             fed = limited.cap

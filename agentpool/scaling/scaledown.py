@@ -90,6 +90,8 @@ class ServingView:
     in_flight: int
     """Tasks running on serving pods; the runs of draining pods need no capacity."""
     draining: int
+    draining_busy: int = 0
+    """Draining pods that still hold runs."""
 
 
 def serving_view(loads: Sequence[PodLoad]) -> ServingView:
@@ -99,6 +101,7 @@ def serving_view(loads: Sequence[PodLoad]) -> ServingView:
         serving=len(serving),
         in_flight=sum(p.in_flight for p in serving),
         draining=len(live) - len(serving),
+        draining_busy=sum(1 for p in live if p.draining and p.in_flight > 0),
     )
 
 
@@ -119,7 +122,10 @@ class DrainPlan:
 
 def plan_drains(loads: Sequence[PodLoad], target: int, keep: int | None = None) -> DrainPlan:
     """Move the serving pods to `target`: drain (idle first, by `removal_rank`), or withdraw
-    drains (the pods that would have stayed longest first) and start the rest; release the
+    drains (the pods that would have stayed longest first: a busy draining pod keeps its replica
+    until its runs end anyway, so taking it back adds no pod, while an idle one's replica can
+    go; measured against taking back the pods with the most free slots first in
+    bench/simulate.md) and start the rest; release the
     replica of every draining pod that holds no run, except as many as it takes to keep
     `keep` live pods (default `target`): those wait, drained, to be taken back. Pods leaving
     with their node are neither taken back nor kept."""

@@ -171,7 +171,8 @@ async def scale(
     if state.scaling_history is None:
         state.scaling_history = restore_history(annotations.get(HISTORY_ANNOTATION), now)
     given_back = _names(annotations.get(RELEASED_ANNOTATION))
-    policy = ScalingPolicy.from_spec(spec.scaling, spec.worker.concurrency)
+    policy = ScalingPolicy.from_spec(spec.scaling, spec.worker.concurrency,
+                                     [limit.name for limit in spec.rate_limits or ()])
     protect = spec.worker.protect_busy_pods
     going, node_problem = await going_nodes_of(kube, pods) if protect else (frozenset(), None)
     summaries = [PodSummary.from_body(pod, going) for pod in pods]

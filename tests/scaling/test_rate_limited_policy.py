@@ -109,6 +109,29 @@ def test_a_backlog_the_limit_can_feed_is_not_rate_limited_even_when_runs_wait() 
     assert decision.limited is None
 
 
+def test_a_limit_gone_from_the_spec_holds_the_pool_no_more() -> None:
+    held = replace(SETTLED, rate_limited="openai", rate_limited_size=6)
+    declared = replace(POLICY, declared_limits=frozenset({"openai"}))
+    assert decide(declared, waiting(0.0), 2, held, NOW).replicas == 6
+    dropped = replace(POLICY, declared_limits=frozenset({"anthropic"}))
+    decision = decide(dropped, waiting(0.0, name="anthropic"), 2, held, NOW)
+    assert (decision.replicas, decision.limited) == (20, None)
+    assert (decision.history.rate_limited, decision.history.rate_limited_size) == (None, None)
+    none_left = decide(replace(POLICY, declared_limits=frozenset()), QueueLoad(queued=200), 2,
+                       held, NOW)
+    assert none_left.replicas == 20 and none_left.history.rate_limited is None
+
+
+def test_the_size_a_limit_feeds_counts_the_draining_pods_whose_runs_wait() -> None:
+    """The share covers every pod's runs: 2 serving and 8 draining pods waiting half their
+    time feed as much as 10 x 0.5 / 0.9 -> 6 pods, not 2 x 0.5 / 0.9 -> 2."""
+    load = replace(waiting(0.5), draining_busy=8)
+    decision = decide(POLICY, load, 2, SETTLED, NOW)
+    assert decision.limited is not None and decision.limited.cap == 6
+    assert decision.replicas == 6
+    assert decide(POLICY, waiting(0.5), 2, SETTLED, NOW).replicas == 2
+
+
 def test_the_limit_the_pool_waits_on_most_is_the_one_named() -> None:
     load = QueueLoad(queued=200, limit_waits=(LimitWait("a", 0.3), LimitWait("b", 0.7)))
     decision = decide(POLICY, load, 6, SETTLED, NOW)
