@@ -320,37 +320,52 @@ def command(
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
-        try:
-            return asyncio.run(interruptible(fn(args)))
-        except KeyboardInterrupt:
-            return EXIT_OK if getattr(args, "watch", False) else EXIT_INTERRUPTED
-        except (UsageError, ClientConfigError) as exc:
-            error_line(str(exc))
-            return EXIT_USAGE
-        except (CommandFailed, TaskNotFound) as exc:
-            error_line(str(exc))
-            return EXIT_FAILED
-        except ProtocolError as exc:
-            error_line(str(exc))
-            return EXIT_USAGE
-        except BrokenPipeError as exc:
-            if not stdout_closed():
-                error_line(redis_failure(redis_url(args), exc))
-                return EXIT_FAILED
-            # Nothing to say to a reader that left; the interpreter's last flush must not fail.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return EXIT_PIPE_CLOSED
-        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException,
-                ConnectionError) as exc:
-            error_line(redis_failure(redis_url(args), exc))
-            return EXIT_FAILED
-        except Exception as exc:
-            if os.environ.get("AGENTPOOL_DEBUG"):
-                raise
-            error_line(f"unexpected error: {type(exc).__name__}: {exc}")
-            return EXIT_FAILED
+        return _guarded(args, lambda: asyncio.run(interruptible(fn(args))))
 
     return run
+
+
+def plain_command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A subcommand without an event loop (`simulate`, `crd`): the same exit codes as
+    `command` for Ctrl-C, a reader that left the pipe and an unexpected error."""
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        return _guarded(args, lambda: fn(args))
+
+    return run
+
+
+def _guarded(args: argparse.Namespace, call: Callable[[], int]) -> int:
+    try:
+        return call()
+    except KeyboardInterrupt:
+        return EXIT_OK if getattr(args, "watch", False) else EXIT_INTERRUPTED
+    except (UsageError, ClientConfigError) as exc:
+        error_line(str(exc))
+        return EXIT_USAGE
+    except (CommandFailed, TaskNotFound) as exc:
+        error_line(str(exc))
+        return EXIT_FAILED
+    except ProtocolError as exc:
+        error_line(str(exc))
+        return EXIT_USAGE
+    except BrokenPipeError as exc:
+        if not stdout_closed():
+            error_line(redis_failure(redis_url(args), exc))
+            return EXIT_FAILED
+        # Nothing to say to a reader that left; the interpreter's last flush must not fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException,
+            ConnectionError) as exc:
+        error_line(redis_failure(redis_url(args), exc))
+        return EXIT_FAILED
+    except Exception as exc:
+        if os.environ.get("AGENTPOOL_DEBUG"):
+            raise
+        error_line(f"unexpected error: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
 
 
 def stdout_closed() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from agentpool.cli.common import plain_command
 from agentpool.crd import render_crd_yaml
 
 
@@ -18,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+@plain_command
 def run(args: argparse.Namespace) -> int:
     sys.stdout.write(render_crd_yaml())
     return 0

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from agentpool.cli.common import number
+from agentpool.cli.common import number, plain_command
 from agentpool.cli.simulate_plot import PlotUnavailable, require_matplotlib, write_plot
 from agentpool.models import ScalingSpec, WorkerSpec
 from agentpool.scaling.policy import ScalingPolicy
@@ -167,6 +167,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+@plain_command
 def run(args: argparse.Namespace) -> int:
     try:
         if args.plot is not None:

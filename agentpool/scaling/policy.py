@@ -66,6 +66,8 @@ from agentpool.models import ScalingSpec
 TIMES = "\N{MULTIPLICATION SIGN}"
 MAX_RECOMMENDATIONS = 32
 """Bound on remembered recommendations, so the history fits an annotation."""
+MIN_POLL_SECONDS = 1.0
+"""A pool's scaling round runs at most this often, whatever its pollSeconds says."""
 RATE_LIMITED_SHARE = 0.25
 """A rate limit holds the pool when its runs spend at least this share of their run time
 waiting for its grants."""
@@ -443,6 +445,9 @@ def _decide_serving(
     tpr = policy.tasks_per_replica
     window = policy.scale_down_cooldown_seconds
     asleep = current == 0 and backlog <= policy.activation_depth
+    if need > current and raw < need:
+        explain = f"below minReplicas {policy.min_replicas}"
+        return replace(_scale_up(policy, current, need, explain, history, now), limited=limited)
     if need > current:
         explain = f"backlog {backlog} > {_replicas(current)} {TIMES} {tpr} tasks"
         if absorbed:

@@ -59,6 +59,7 @@ from enum import IntEnum
 from typing import Literal, Protocol
 
 from agentpool.scaling.policy import (
+    MIN_POLL_SECONDS,
     LimitWait,
     QueueLoad,
     ScalingHistory,
@@ -84,24 +85,26 @@ class TraceTask:
 
 def parse_trace(lines: Iterable[str]) -> list[TraceTask]:
     """CSV rows `arrival_seconds,service_seconds`, sorted by arrival. Blank lines, `#`
-    comments and one header row before the data are skipped; anything else is refused with
-    its line number."""
+    comments and one header row before the data (two cells, the first not a number) are
+    skipped; anything else, and a trace without a task, is refused with its line number."""
     tasks: list[TraceTask] = []
     header_allowed = True
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        cells = text.split(",")
+        cells = [cell.strip() for cell in text.split(",")]
+        if header_allowed and len(cells) == 2 and not _is_number(cells[0]):
+            header_allowed = False
+            continue
+        header_allowed = False
         try:
+            if len(cells) != 2:
+                raise ValueError
             arrival, service = float(cells[0]), float(cells[1])
-        except (IndexError, ValueError):
-            if header_allowed:
-                header_allowed = False
-                continue
+        except ValueError:
             message = f"line {number}: expected arrival,service in seconds: {text!r}"
             raise ValueError(message) from None
-        header_allowed = False
         if not (math.isfinite(arrival) and math.isfinite(service)) or min(arrival, service) < 0:
             raise ValueError(f"line {number}: times must be finite and non-negative")
         if arrival > MAX_ARRIVAL_SECONDS:
@@ -111,7 +114,17 @@ def parse_trace(lines: Iterable[str]) -> list[TraceTask]:
                 "clock (subtract the first arrival from every arrival)"
             )
         tasks.append(TraceTask(arrival, service))
+    if not tasks:
+        raise ValueError("the trace holds no task (rows of arrival,service in seconds)")
     return sorted(tasks, key=lambda task: task.arrival)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -281,7 +294,7 @@ class OurAutoscaler:
         self.name = "agentpool" if rate_aware else "agentpool-unaware"
 
     def next_tick(self, now: float) -> float:
-        return _next_multiple(now, self.policy.poll_seconds)
+        return _next_multiple(now, max(MIN_POLL_SECONDS, self.policy.poll_seconds))
 
     def step(self, now: float, queued: int, pods: Sequence[SimPod],
              limit_waits: tuple[LimitWait, ...] = ()) -> Step:

@@ -29,6 +29,7 @@ from agentpool.acl import Role
 from agentpool.models import GROUP, PLURAL, VERSION, AgentPoolSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
 from agentpool.redis_errors import REDIS_FAILURES
+from agentpool.scaling.policy import MIN_POLL_SECONDS
 
 from . import actions, metrics, recovery_actions
 from .context import OperatorContext, PoolPods, PoolState, pods_of
@@ -69,7 +70,6 @@ from .status import (
 )
 from .workload import workload_problems
 
-MIN_POLL_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
 CONFLICT_RETRY_SECONDS = 60.0
 trace_log = logging.getLogger("agentpool.operator")

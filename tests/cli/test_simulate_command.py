@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from agentpool.scaling.simulation import (
     Comparison,
     KedaAutoscaler,
     KedaSettings,
+    OurAutoscaler,
     parse_trace,
     simulate,
 )
@@ -206,3 +208,36 @@ def test_simulate_help_says_what_a_trace_is_and_where_samples_are() -> None:
     for sample in samples:
         assert sample.stem in help_text
         assert parse_trace(sample.read_text().splitlines())
+
+
+def _cli(*argv: str, stdout: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    code = "import sys; from agentpool.cli.main import main; sys.exit(main())"
+    return subprocess.Popen([sys.executable, "-c", code, *argv], stdout=stdout,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_simulate_to_a_reader_that_left_exits_141_quietly(trace: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = _cli("simulate", str(trace), "-o", "json", "--timeline", stdout=write_end)
+    finally:
+        os.close(write_end)
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (141, "")
+
+
+def test_simulate_stopped_by_ctrl_c_exits_130_without_a_traceback(
+        trace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> Comparison:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulate_command, "compare", interrupted)
+    assert main(["simulate", str(trace)]) == 130
+    assert capsys.readouterr().err == ""
+
+
+def test_a_poll_below_a_second_polls_once_a_second_as_the_operator_does() -> None:
+    scaler = OurAutoscaler(ScalingPolicy(poll_seconds=0.5))
+    assert scaler.next_tick(0.0) == 1.0
+    assert scaler.next_tick(1.0) == 2.0

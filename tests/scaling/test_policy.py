@@ -75,6 +75,13 @@ def test_never_below_min_replicas() -> None:
     assert not decision.changed
 
 
+def test_a_raised_min_replicas_says_so_not_a_backlog() -> None:
+    decision = decide(ScalingPolicy(min_replicas=3), load(), 1, settled(), NOW)
+    assert decision.replicas == 3
+    assert decision.reason.startswith("below minReplicas 3")
+    assert "backlog" not in decision.reason
+
+
 def test_current_above_max_is_clamped_at_once_despite_cooldown() -> None:
     history = settled(last_scale_up=NOW - 1)
     decision = decide(ScalingPolicy(max_replicas=4), load(queued=100), 9, history, NOW)

@@ -51,6 +51,20 @@ def test_trace_parsing_names_the_bad_line() -> None:
         parse_trace(["-1,2"])
 
 
+@pytest.mark.parametrize(("rows", "error"), [
+    (["0,30s", "1,10", "2,10"], "line 1"),
+    (["1;2", "3;4"], "line 1"),
+    (["arrival,service", "1,2,3"], "line 2"),
+    (["arrival,service", "# nothing else"], "holds no task"),
+    ([], "holds no task"),
+])
+def test_trace_parsing_takes_no_data_row_for_a_header(rows: list[str], error: str) -> None:
+    """Only a first row of two cells whose first is not a number is a header: a first data
+    row that does not parse, another separator or a third column is refused, not skipped."""
+    with pytest.raises(ValueError, match=error):
+        parse_trace(rows)
+
+
 def test_percentile_interpolates_between_ranks() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
     assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
