@@ -192,20 +192,29 @@ def installation(e2e_config: E2EConfig, cluster: Kubectl, namespace: str,
             wait_rollout(release_kube, f"statefulset/{redis_name(e2e_config.release)}",
                          timeout=300 * e2e_config.timeout_scale)
 
+    def uninstall() -> None:
+        """Also after an installation that failed half-way: a release's cluster-wide objects
+        outlive the namespace."""
+        if e2e_config.keep:
+            return
+        if e2e_config.installs_chart:
+            problem = uninstall_chart(e2e_config, namespace)
+            if problem:
+                warnings.warn(f"e2e cleanup: {problem}", stacklevel=1)
+        elif rendered and rendered[0]:
+            release_kube("delete", "--filename", "-", "--ignore-not-found", "--wait=false",
+                         input=rendered[0], check=False)
+
     problem = attempt(install)
     if problem:
-        pytest.fail(f"e2e: installing on the cluster failed: {problem}\n{diagnostics()}",
+        report = diagnostics()
+        uninstall()
+        pytest.fail(f"e2e: installing on the cluster failed: {problem}\n{report}",
                     pytrace=False)
-    yield Installation(e2e_config.release, release_namespace, release_kube)
-    if e2e_config.keep:
-        return
-    if e2e_config.installs_chart:
-        problem = uninstall_chart(e2e_config, namespace)
-        if problem:
-            warnings.warn(f"e2e cleanup: {problem}", stacklevel=1)
-    elif rendered and rendered[0]:
-        release_kube("delete", "--filename", "-", "--ignore-not-found", "--wait=false",
-                     input=rendered[0], check=False)
+    try:
+        yield Installation(e2e_config.release, release_namespace, release_kube)
+    finally:
+        uninstall()
 
 
 @pytest.fixture(scope="session")

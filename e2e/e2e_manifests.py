@@ -94,11 +94,12 @@ RECOVERY_POOL_REPLICAS = 2
 
 def recovery_pool(name: str, worker_image: str, *,
                   redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
-    """A fixed pool of two pods. drainSeconds is short, so a deleted pod cannot simply finish
-    its tasks while it terminates: they have to go back to the queue."""
+    """A fixed pool of two pods. drainSeconds is long, so a pod deleted at once (grace period
+    0) is killed before it could hand its runs back itself: only the operator (or, 30 s after
+    their leases expire, a surviving worker) puts them back in the queue."""
     return derived_pool(
         name, worker_image, redis_secret=redis_secret,
-        worker={"concurrency": 2, "drainSeconds": 2},
+        worker={"concurrency": 2, "drainSeconds": 600},
         scaling={"minReplicas": RECOVERY_POOL_REPLICAS, "maxReplicas": RECOVERY_POOL_REPLICAS,
                  "pollSeconds": 1},
     )

@@ -38,7 +38,9 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --mode) MODE="${2:-}"; shift 2 ;;
+        --mode)
+            [ $# -ge 2 ] || { echo "kind-up: --mode needs chart or local" >&2; exit 2; }
+            MODE="$2"; shift 2 ;;
         --mode=*) MODE="${1#--mode=}"; shift ;;
         --no-tests) RUN_TESTS=0; shift ;;
         --check) CHECK_ONLY=1; shift ;;
@@ -198,9 +200,9 @@ if [ "$DRY_RUN" = 0 ]; then
     done
 fi
 images=("$WORKER_IMAGE")
-run docker build "${build_flags[@]}" -f Dockerfile.worker -t "$WORKER_IMAGE" .
+run docker build ${build_flags[@]+"${build_flags[@]}"} -f Dockerfile.worker -t "$WORKER_IMAGE" .
 if [ "$MODE" = chart ]; then
-    run docker build "${build_flags[@]}" -f Dockerfile.operator -t "$OPERATOR_IMAGE" .
+    run docker build ${build_flags[@]+"${build_flags[@]}"} -f Dockerfile.operator -t "$OPERATOR_IMAGE" .
     images+=("$OPERATOR_IMAGE")
 fi
 run kind load docker-image --name "$CLUSTER" "${images[@]}"
@@ -246,11 +248,6 @@ elif release_installed; then
     run "$HELM_BIN" uninstall "$RELEASE" --namespace "$NAMESPACE" --wait
 fi
 
-if [ "$RUN_TESTS" = 0 ]; then
-    say "ready; run the suite with: KUBECONFIG=$KUBECONFIG .venv/bin/pytest e2e -m e2e"
-    exit 0
-fi
-
 # -- suite -----------------------------------------------------------------------------------
 
 suite_env=(
@@ -265,6 +262,10 @@ suite_env=(
 if [ "$MODE" = chart ]; then
     # The suite uses the release installed above, pools in its namespace (as the README does).
     suite_env+=("E2E_SKIP_INSTALL=1" "E2E_NAMESPACE=$NAMESPACE")
+fi
+if [ "$RUN_TESTS" = 0 ]; then
+    say "ready; run the suite with: env ${suite_env[*]} .venv/bin/pytest e2e -m e2e -rs"
+    exit 0
 fi
 say "running the e2e suite ($MODE mode)"
 status=0

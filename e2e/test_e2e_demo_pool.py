@@ -84,6 +84,13 @@ def test_get_agentpools_shows_queue_replicas_and_tasks(
     demo_pool: str, pools: Pools, cli: AgentpoolCli, waiter: Waiter
 ) -> None:
     count = 16
+
+    def quiet(row: dict[str, str] | None) -> bool:
+        return row is not None and number(row, "QUEUED") == 0 and number(row, "IN-FLIGHT") == 0
+
+    # figures left by an earlier test (written every few seconds) must not pass for these tasks
+    waiter.until(lambda: row_of(pools.table(), demo_pool), quiet, timeout=120,
+                 what="QUEUED and IN-FLIGHT at 0 before submitting")
     before = cli.counters(DEMO_QUEUE)
     cli.submit(DEMO_QUEUE, quick_tasks(count, mean_seconds=8, tag="columns"))
     busy = waiter.until(

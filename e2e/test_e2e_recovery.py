@@ -45,8 +45,11 @@ def test_deleted_busy_pod_has_its_tasks_requeued_and_finished(
     # Like a node loss: the pod object goes at once and its container is killed.
     pools.kube("delete", "pod", victim, "--grace-period=0", "--force", "--wait=false")
 
-    waiter.until(lambda: cli.counters(name)["requeued"], lambda n: n >= 1, timeout=180,
-                 what=f"the {held} task(s) of deleted pod {victim} to be requeued", interval=1)
+    # recoveredTasks counts only what the operator put back (a worker's own hand-back or a
+    # surviving worker's reaping of expired leases does not count there)
+    waiter.until(lambda: pools.status(name).get("recoveredTasks", 0), lambda n: n >= 1,
+                 timeout=180, interval=1,
+                 what=f"the operator to requeue the {held} task(s) of deleted pod {victim}")
 
     result = submission.finish(timeout=SUBMIT_TIMEOUT * e2e_config.timeout_scale + 60)
     assert result.returncode == 0, f"agentpool submit --wait failed: {result.stderr}"
@@ -57,6 +60,7 @@ def test_deleted_busy_pod_has_its_tasks_requeued_and_finished(
     assert counters["succeeded"] == len(tasks)
     assert counters["dead"] == 0
     assert counters["requeued"] >= 1
+    assert pools.status(name)["recoveredTasks"] >= 1
 
     def replaced() -> set[str]:
         pools.fail_on_fatal_pods(name)

@@ -187,6 +187,24 @@ def test_fresh_cluster_is_created_and_the_chart_installed(stubs: Path) -> None:
     assert order == sorted(order)
     assert not [line for line in log if "rollout restart" in line]
     assert "ready; run the suite with" in result.stdout
+    rerun = result.stdout.split("run the suite with: ", 1)[1].split()
+    for setting in ("E2E_OPERATOR=chart", "E2E_SKIP_INSTALL=1", "E2E_NAMESPACE=agentpool"):
+        assert setting in rerun, "the printed command must run against this installation"
+
+
+def test_no_tests_in_local_mode_prints_a_command_for_the_local_operator(stubs: Path) -> None:
+    env = stub_env(stubs, STUB_CLUSTERS="c1", STUB_EXISTING="1")
+    result = script(KIND_UP, "--no-tests", "--mode", "local", env=env)
+    assert result.returncode == 0, result.stderr
+    rerun = result.stdout.split("run the suite with: ", 1)[1].split()
+    assert "E2E_OPERATOR=local" in rerun
+    assert any(setting.startswith("E2E_WORKER_IMAGE=") for setting in rerun)
+
+
+def test_mode_without_a_value_is_refused_in_words(stubs: Path) -> None:
+    result = script(KIND_UP, "--mode", env=stub_env(stubs))
+    assert (result.returncode, result.stderr.strip()) == (
+        2, "kind-up: --mode needs chart or local")
 
 
 def test_existing_cluster_and_release_are_reused(stubs: Path) -> None:
