@@ -522,6 +522,10 @@ class Soak:
             elapsed = time.monotonic() - self.started
             self.note(f"{done} of {total} finished; stopping")
             reaper.cancel()
+            # Every zombie has its say before the verdict: a paused worker is resumed and
+            # stopped, and it has sent what it had (a late completion the fence must refuse)
+            # once it has exited.
+            await self.stop_workers()
             return await self.account(ids, elapsed)
         finally:
             for task in background:
@@ -565,6 +569,9 @@ class Soak:
     async def account(self, ids: list[str], elapsed: float) -> dict[str, Any]:
         states: Counter[str] = Counter()
         zombies: list[str] = []
+        # Dead letters with attempts left: the handler never fails, so only a fault of the
+        # system (attempts burnt by a requeue or a reap) can put them there.
+        premature: list[str] = []
         writers: dict[str, str] = {}
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
@@ -576,6 +583,8 @@ class Soak:
             for task_id, (state, owner, attempts, result) in zip(chunk, rows, strict=True):
                 name = state.decode() if state else "missing"
                 states[name] += 1
+                if name == "dead" and int(attempts or 0) < self.opts.max_attempts:
+                    premature.append(task_id)
                 if name != "succeeded":
                     continue
                 body = json.loads(result) if result else {}
@@ -603,6 +612,7 @@ class Soak:
             "submitted": submitted,
             "succeeded": states["succeeded"],
             "dead_lettered": states["dead"],
+            "dead_with_attempts_left": len(premature),
             "lost": lost,
             "unfinished_states": {k: v for k, v in states.items()
                                   if k not in ("succeeded", "dead", "cancelled")},
@@ -618,7 +628,8 @@ class Soak:
             "events": dict(self.tally.events),
             "total_seconds": round(elapsed, 2),
         }
-        report["ok"] = bool(lost == 0 and not zombies and duplicates <= self.tally.bound
+        report["ok"] = bool(lost == 0 and not zombies and not premature
+                            and duplicates <= self.tally.bound
                             and report["permission_denials"] == 0)
         if self.opts.tenants:
             cap = self.opts.tenant_cap

@@ -76,6 +76,8 @@ def test_short_chaos_soak_loses_nothing_and_accepts_no_zombie(credentials: list[
     assert report["submitted"] == 2000, context
     assert report["lost"] == 0, context
     assert report["zombie_completions_accepted"] == 0, context
+    assert report["completions_refused"] >= 1, "no zombie completion reached the fence"
+    assert report["dead_with_attempts_left"] == 0, context
     assert report["duplicate_executions"] <= report["duplicate_bound"], context
     assert report["succeeded"] + report["dead_lettered"] == report["submitted"], context
     assert all(report["events"].get(kind, 0) >= 1 for kind in ("kill", "stop", "drain",
