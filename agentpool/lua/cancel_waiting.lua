@@ -1,16 +1,17 @@
--- ARGV: prefix, last seq (tasks submitted after it are left be), most, delayed offset, queued
+-- ARGV: prefix, last seq (tasks submitted after it are left be), most, delayed cursor, queued
 --       band and the queued task passed over last ('' = none): where the last call stopped;
 --       each band's highest score to look at, comma-separated ('' = read them now: once per
 --       pass, so that tasks placed during it do not keep it going)
 -- Cancels, as cancel.lua cancels one, the tasks waiting to run that were submitted up to
 -- submit number `last`: queued ones first (the next to run first), then deferred ones (waiting
 -- for the tasks they run after), then delayed ones (delayed submits, retries waiting out
--- their backoff) from `delayed offset` on (the entries earlier calls passed over: submitted
--- later). It removes or passes over at most `most` entries, so that Redis serves others
+-- their backoff) after `delayed cursor` ('' = from the start; else 'score|id' of the last
+-- entry an earlier call passed over, as it was submitted later: by its score and id, not its
+-- rank, since a claim may promote entries before it between two calls). It removes or passes over at most `most` entries, so that Redis serves others
 -- between calls. Running tasks are left; the tasks that run after a cancelled one end
 -- cancelled with it, whenever they were submitted (finished() in common.lua).
 -- Returns {cancelled (those it ended after them included), 1 when there may be more (call
--- again), the delayed offset, the queued band and the queued task to go on after, the
+-- again), the delayed cursor, the queued band and the queued task to go on after, the
 -- bands' highest scores}.
 -- A queued task's score is its priority band plus its submit number (submit.lua), or a place
 -- taken in turn (fair() in common.lua), which may lie before tasks submitted earlier or past
@@ -20,7 +21,7 @@
 -- the last one it passed over (by its rank, so that claims taking tasks from the head shift
 -- nothing), or from the band's start once a claim took it.
 run_when_full()
-local last, most, offset = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local last, most, cursor = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] or ''
 -- Tasks parked for their tenant's cap (common.lua's caps) that were submitted up to `last` go
 -- back to the queue at their places first, on every call: a claim between two calls may have
 -- parked a task not looked at yet, which goes back behind the last one looked at. (With a
@@ -92,7 +93,7 @@ end
 local function result(more)
   local text = {}
   for band = 1, 10 do text[band] = string.format('%.17g', tops[band]) end
-  return {cancelled_count() - before, more, offset, first_band, after, table.concat(text, ',')}
+  return {cancelled_count() - before, more, cursor, first_band, after, table.concat(text, ',')}
 end
 -- `budget`: the entries this call may still remove or pass over
 local budget = most
@@ -122,18 +123,36 @@ local ids = redis.call('ZRANGEBYSCORE', K_DEFERRED, '-inf', last, 'LIMIT', 0, bu
 cancel_all(K_DEFERRED, ids)
 budget = budget - #ids
 if budget <= 0 then return result(1) end
+-- The rank just after the cursor's entry: its own rank + 1 while it is there with the same
+-- score, else the entries before its place (lower scores, then equal scores with lower ids).
+local function delayed_start()
+  if cursor == '' then return 0 end
+  local sep = string.find(cursor, '|', 1, true)
+  local score, id = string.sub(cursor, 1, sep - 1), string.sub(cursor, sep + 1)
+  local rank = redis.call('ZRANK', K_DELAYED, id)
+  if rank and redis.call('ZSCORE', K_DELAYED, id) == score then return rank + 1 end
+  local start = redis.call('ZCOUNT', K_DELAYED, '-inf', '(' .. score)
+  for _, other in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, score, score)) do
+    if other < id then start = start + 1 end
+  end
+  return start
+end
+local start = delayed_start()
 while budget > 0 do
-  local page = redis.call('ZRANGE', K_DELAYED, offset, offset + math.min(100, budget) - 1)
+  local page = redis.call('ZRANGE', K_DELAYED, start, start + math.min(100, budget) - 1,
+    'WITHSCORES')
   if #page == 0 then return result(0) end
-  budget = budget - #page
+  budget = budget - #page / 2
   local ids = {}
-  for _, id in ipairs(page) do
+  for i = 1, #page, 2 do
+    local id = page[i]
     local f = redis.call('HMGET', task_key(id), 'score', 'seq')
     local submitted = tonumber(f[2]) or (tonumber(f[1] or '0') % PRIORITY_BAND)
     if submitted <= last then
       ids[#ids + 1] = id
     else
-      offset = offset + 1
+      start = start + 1
+      cursor = page[i + 1] .. '|' .. id
     end
   end
   cancel_all(K_DELAYED, ids)

@@ -7,17 +7,22 @@
 -- touch them (a producer's) is refused before anything changed.
 -- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
 local now = now_ms()
-local out, ids, owners, fields, results = {}, {}, {}, {}, {}
+local out, ids, owners, fields, results, taken = {}, {}, {}, {}, {}, {}
 for i = 2, #ARGV, 3 do
   local id, token = ARGV[i], ARGV[i + 1]
   local f = redis.call('HMGET', task_key(id), 'state', 'token', 'owner', 'error', 'ev', 'cp',
     'dn')
-  if f[2] == token and f[1] == 'succeeded' then
+  if taken[id] then
+    -- the same task twice in one call: the first records it, the others are answered as a
+    -- resend is
+    out[#out + 1] = taken[id] == token and 1 or 0
+  elseif f[2] == token and f[1] == 'succeeded' then
     out[#out + 1] = 1  -- this completion sent again (its reply was lost): recorded already
   elseif f[1] ~= 'running' or f[2] ~= token then
     out[#out + 1] = 0
   else
     out[#out + 1] = 1
+    taken[id] = token
     ids[#ids + 1] = id
     fields[#fields + 1] = f
     results[#results + 1] = ARGV[i + 2]

@@ -687,28 +687,28 @@ class TaskQueue:
 
         A call goes on where the last one stopped: in the queue after the last task it passed
         over (a task placed in turn after the call began may lie among older ones), in the
-        delayed set past the newer entries it passed over. A task that enters the queue
-        meanwhile where a call already looked (handed back, come due, released by the end of
-        the tasks it ran after) or a claim promoting delayed entries may hide one from it, so
-        a pass that cancelled anything is followed by another from the start, until one
-        cancels nothing."""
+        delayed set after the last newer entry it passed over (by its due time and id). A task
+        that enters the queue meanwhile where a call already looked (handed back, come due,
+        released by the end of the tasks it ran after) may hide one from it, so a pass that
+        cancelled anything is followed by another from the start, until one cancels
+        nothing."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a whole number of at least 1, got {batch!r}")
         last = int(await self.redis.get(self.prefix + "seq") or 0)
-        total = this_pass = offset = band = 0
-        after = tops = ""
+        total = this_pass = band = 0
+        cursor = after = tops = ""
         while True:
-            done, more, offset, band, after_raw, tops_raw = await self._run(
-                "cancel_waiting", last, batch, offset, band, after, tops)
-            after, tops = as_text(after_raw), as_text(tops_raw)
+            done, more, cursor_raw, band, after_raw, tops_raw = await self._run(
+                "cancel_waiting", last, batch, cursor, band, after, tops)
+            cursor, after, tops = as_text(cursor_raw), as_text(after_raw), as_text(tops_raw)
             total += int(done)
             this_pass += int(done)
             if int(more):
                 continue
             if not this_pass:
                 return total
-            this_pass = offset = band = 0
-            after = tops = ""
+            this_pass = band = 0
+            cursor = after = tops = ""
 
     # -- workers ---------------------------------------------------------------------------
 

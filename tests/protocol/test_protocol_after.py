@@ -88,6 +88,20 @@ async def test_a_task_after_several_runs_once_the_last_of_them_succeeds(
     assert results == ["ok", "ok", "ok"]
 
 
+async def test_a_completion_repeated_in_one_call_finishes_the_task_once(
+    queue: TaskQueue,
+) -> None:
+    """The same task twice in one group commit: one end recorded, so the task after it and
+    another still waits for that other, and `succeeded` counts one."""
+    first, other = await queue.submit_many([{"part": 1}, {"part": 2}])
+    summary = await queue.submit({"summarise": True}, after=[first, other])
+    task = await claim_within(queue, "w1")
+    assert task.id == first
+    assert await queue.complete_many([(task, "ok"), (task, "ok")]) == [True, True]
+    assert await state(queue, summary) == "deferred"
+    assert (await queue.figures()).stats["succeeded"] == 1
+
+
 async def test_a_dead_lettered_task_cancels_the_chain_after_it(queue: TaskQueue) -> None:
     first = await queue.submit({"step": 1}, max_attempts=2)
     second = await queue.submit({"step": 2}, after=[first])

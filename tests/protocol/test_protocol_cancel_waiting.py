@@ -154,3 +154,34 @@ async def test_old_delayed_tasks_are_found_when_a_claim_promotes_newer_ones_mean
     assert await queue.cancel_waiting(batch=5) == 20
     assert set(await states(queue, old)) == {"cancelled"}
     assert sorted(await states(queue, newer)) == ["queued"] * 9 + ["running"]
+
+
+async def test_an_old_delayed_task_is_found_when_the_newer_one_passed_over_is_promoted(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """One newer task, due first, passed over; a claim promotes it between two calls of a
+    pass that has cancelled nothing yet: the old task behind it must not be stepped past (the
+    pass would end with nothing cancelled, and no other pass would follow)."""
+    old = await queue.submit({"old": True}, delay=3600)
+    newer: list[str] = []
+    real_run = queue._run
+    calls = 0
+
+    async def run(name: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        if name == "cancel_waiting":
+            calls += 1
+            if calls == 1:  # submitted once the call began: left, and due before the old one
+                newer.append(await queue.submit({"new": True}, delay=0.05))
+            elif calls == 2:  # it comes due and a claim takes it out of the delayed set
+                deadline = asyncio.get_running_loop().time() + 5
+                while (await queue.figures()).due_delayed != 1:
+                    assert asyncio.get_running_loop().time() < deadline, "never came due"
+                    await asyncio.sleep(0.01)
+                await queue.claim("w1", 1, 30)
+        return await real_run(name, *args, **kwargs)
+
+    queue._run = run  # type: ignore[method-assign]
+    assert await queue.cancel_waiting(batch=1) == 1
+    assert calls >= 2
+    assert await states(queue, [old, *newer]) == ["cancelled", "running"]
