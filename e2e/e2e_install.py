@@ -264,7 +264,9 @@ class LocalOperator:
         return [sys.executable, "-m", "agentpool_operator.main"]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """The shell's environment without its AGENTPOOL_OPERATOR_* settings: the suite's
+        operator is configured here alone."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_OPERATOR_")}
         env.update({
             "AGENTPOOL_OPERATOR_NAMESPACES": self.namespace,
             "AGENTPOOL_OPERATOR_PORT": str(self.port),

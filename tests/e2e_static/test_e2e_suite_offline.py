@@ -280,3 +280,15 @@ def test_a_crd_the_cluster_refuses_fails_the_suite_with_one_readable_message(
     assert "raise " not in output, "no source lines of the fixture or of e2e_kube"
     assert (tmp_path / "applied.yaml").read_text() == (
         REPO / "crds" / "agentpool.dev_agentpools.yaml").read_text()
+
+
+def test_the_local_operator_takes_no_operator_setting_from_the_shell(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from e2e_install import LocalOperator
+
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_PER_POOL_CREDENTIALS", "false")
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_NAMESPACES", "production")
+    env = LocalOperator("agentpool-e2e-x", "redis:6379=127.0.0.1:1", tmp_path / "log").env()
+    assert "AGENTPOOL_OPERATOR_PER_POOL_CREDENTIALS" not in env
+    assert env["AGENTPOOL_OPERATOR_NAMESPACES"] == "agentpool-e2e-x"
+    assert env["PATH"] == os.environ["PATH"]
