@@ -51,11 +51,13 @@ class Role(enum.StrEnum):
 
 
 CONNECTION_COMMANDS = (
-    "ping", "select", "client|setname", "hello", "cluster|slots", "command",
+    "ping", "select", "client|setname", "hello", "cluster|slots", "command", "asking",
 )
 """What a client sends on connecting or to check a connection: SELECT for a URL's database
 other than 0, CLIENT SETNAME for a named client, HELLO for RESP3, CLUSTER SLOTS and COMMAND
-for a cluster client to learn which node holds which slot and where each command's keys are.
+for a cluster client to learn which node holds which slot and where each command's keys are,
+ASKING before a command on a key whose slot is being moved to another node (resharding; the
+command after it is checked against the rules as any other).
 Key patterns hold in every database. (redis-py also tries CLIENT SETINFO, which Redis 7.0
 does not know and which a refusal does not disturb: it is left out so that the rules load on
 Redis 6 and 7.0.)"""

@@ -7,7 +7,9 @@
 --                      none), owner, seen (ms), since (ms: declared afresh, see
 --                      slots.lua)                                              the declaration
 --   <prefix>held, line, seen, ticket   the slots of `conc` (agentpool/lua/slots.lua)
---   <prefix>state      hash: tat_r, tat_t (µs), base, recover_at, pause_until (µs), counters
+--   <prefix>state      hash: tat_r, tat_t (µs), tail (the grant time of the last reservation
+--                      handed out, until given back), base, recover_at, pause_until (µs),
+--                      counters
 --   <prefix>waiting    zset: caller -> time of its latest future grant (µs)
 --   <prefix>call:<id>  string (1 min TTL): what the acquire, release or throttle with this
 --                      call id did, so that the same call sent again (its reply lost with its
@@ -35,6 +37,7 @@
 --                          are handed out in order: a client batches the calls that arrived
 --                          while its previous round trip was on the wire.
 --   release call requests tokens grant_us           -> 1 when the unspent grant was given back
+--                       (only the last one handed out is: see below)
 --   throttle call retry_after_us                    -> {pause_us, factor_ppm, decreased}
 --   declare rpm tpm burst conc owner stale_ms       -> {outcome, owner, rpm, tpm, burst, conc}
 --   read                                            -> flat list of fields (see the client)
@@ -70,6 +73,18 @@ local function now_us()
 end
 
 local function num(s) return string.format('%.17g', s) end
+
+-- t + d (d >= 0) rounded up: a tat is microseconds since the epoch (about 1.8e15), where
+-- doubles lie 0.25 us apart, so a cost below that (a rate of millions a minute) would round
+-- to nothing. A grant may cost a quarter of a microsecond more; never less.
+local function later(t, d)
+  local sum = t + d
+  if sum - t < d then
+    local _, e = math.frexp(sum)
+    sum = sum + 2 ^ (e - 53)
+  end
+  return sum
+end
 
 -- The factor in force at `now`: `base` until `recover_at`, then STEP more every INTERVAL.
 local function factor_at(now, base, recover_at)
@@ -125,7 +140,7 @@ if op == 'acquire' then
   local tats, f, pause_until = load_state(now)
   local d = dims(cfg, f, tonumber(cfg[3]))
   local out = {math.floor(f * 1e6)}
-  local latest, waited, tokens, granted = now, 0, 0, count
+  local latest, waited, tokens, granted, tail = now, 0, 0, count, nil
   for k = 0, count - 1 do
     local costs = {tonumber(ARGV[6 + 2 * k]), tonumber(ARGV[7 + 2 * k])}
     local refused = too_large(d, costs)
@@ -142,17 +157,19 @@ if op == 'acquire' then
       end
       for i = 1, 2 do
         if d[i] and costs[i] > 0 then
-          tats[i] = math.max(tats[i], grant) + costs[i] * d[i].per
+          tats[i] = later(math.max(tats[i], grant), costs[i] * d[i].per)
         end
       end
       out[#out + 1] = math.ceil(grant - now)
       out[#out + 1] = math.floor(grant)
+      tail = math.floor(grant)
       latest = math.max(latest, grant)
       waited = waited + (grant - now)
       tokens = tokens + costs[2]
     end
   end
   redis.call('HSET', K_STATE, 'tat_r', num(tats[1]), 'tat_t', num(tats[2]))
+  if tail then redis.call('HSET', K_STATE, 'tail', num(tail)) end
   redis.call('HINCRBY', K_STATE, 'grants', granted)
   if tokens > 0 then redis.call('HINCRBY', K_STATE, 'tokens', tokens) end
   if latest > now then
@@ -172,6 +189,11 @@ if op == 'release' then
   local cfg = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst')
   if not cfg[3] then return 0 end
   if not redis.call('SET', call_key(call), '1', 'NX', 'PX', CALL_TTL_MS) then return 1 end
+  -- Only the last reservation handed out gives its time back: one from the middle of the line
+  -- has later ones granted after it, and moving the tat back would grant its time again on
+  -- top of theirs. It stays spent (its time passes unused).
+  if tonumber(redis.call('HGET', K_STATE, 'tail')) ~= grant then return 0 end
+  redis.call('HDEL', K_STATE, 'tail')
   local tats, f = load_state(now)
   local d = dims(cfg, f, tonumber(cfg[3]))
   for i = 1, 2 do

@@ -541,7 +541,7 @@ async def test_cancel_waiting_leaves_the_parked_tasks_submitted_after_it(
     await queue.claim("w1", 5, 30)
     assert (await queue.figures()).capped == 4
     # one call of the script, as a cancel_waiting begun before the last two submits
-    done, more, *_ = await queue._run("cancel_waiting", 3, 1000, 0, 0, "", "")
+    done, more, *_ = await queue._run("cancel_waiting", 3, 1000, "", 0, "", "")
     assert (int(done), int(more)) == (2, 0)
     figures = await queue.figures()
     assert (figures.capped, figures.queued) == (2, 2)

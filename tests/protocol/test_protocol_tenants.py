@@ -476,7 +476,7 @@ async def test_a_weighted_burst_past_the_submit_counter_is_found_by_cancel_waiti
     assert places == sorted(places) and len(places) == len(burst) - 1
     assert max(places) > counter and max(places) != round(max(places))
     # one call of one task: the band's highest place it hands to the next call, exactly
-    reply = await queue._run("cancel_waiting", counter, 1, 0, 0, "", "")
+    reply = await queue._run("cancel_waiting", counter, 1, "", 0, "", "")
     tops = [float(top) for top in as_text(reply[5]).split(",")]
     assert tops[9] == await redis.zscore(queue.prefix + "fair", "9:a")
     assert await queue.cancel_waiting(batch=2) == 8

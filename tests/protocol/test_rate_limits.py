@@ -169,6 +169,40 @@ async def _until_reserved(limiter: RateLimiter, grants: int) -> None:
     await eventually(reserved)
 
 
+async def test_a_reservation_given_back_from_the_middle_of_the_line_stays_spent(
+    redis: aioredis.Redis, name: str
+) -> None:
+    """Ten reservations at 1/s; the middle ones given back, then five more: no window grants
+    more than the rate and the bucket allow, and only the last one handed out came back."""
+    limiter = limiter_for(redis, name, requests_per_minute=60, burst_seconds=1)
+    line = [await limiter.reserve() for _ in range(10)]
+    given = [await limiter.release(r) for r in line[2:7]]
+    assert given == [False] * 5
+    assert await limiter.release(line[-1]) is True
+    grants = [r.grant_us for r in line[:2] + line[7:9]]
+    grants += [(await limiter.reserve()).grant_us for _ in range(6)]
+    for seconds in (1, 2, 4):
+        assert max_in_window(grants, seconds * US) <= seconds + 1
+
+
+async def test_a_rate_of_millions_a_minute_still_moves_the_bucket_each_grant(
+    redis: aioredis.Redis, name: str
+) -> None:
+    """At 1e9 requests a minute a grant is 0.06 µs of the bucket's time, below the spacing of
+    doubles near the epoch's microseconds (0.25): each must move it by at least that, or the
+    limit would hand out grants for nothing."""
+    limiter = limiter_for(redis, name, requests_per_minute=1_000_000_000, burst_seconds=1)
+    await limiter.reserve()
+    state_key = key_prefix(name) + "state"
+    seconds, micros = await redis.time()
+    ahead = (seconds + 1000) * US + micros  # the bucket 1,000 s behind: every grant waits
+    await redis.hset(state_key, "tat_r", str(ahead))
+    for _ in range(400):
+        await limiter.reserve()
+    moved = float(await redis.hget(state_key, "tat_r")) - ahead
+    assert moved >= 400 * 0.06
+
+
 async def test_a_reservation_whose_time_came_is_not_given_back(
     redis: aioredis.Redis, name: str
 ) -> None:
