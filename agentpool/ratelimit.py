@@ -344,7 +344,13 @@ class RateLimiter:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            self._settle(batch, [int(x) for x in reply])
+            try:
+                self._settle(batch, [int(x) for x in reply])
+            except (ValueError, TypeError, IndexError) as error:  # not the reply it asked for
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(RateLimitError(
+                            f"rate limit {self.name!r}: unexpected reply from Redis ({error})"))
 
     def _undeclared(self) -> UndeclaredLimit:
         return UndeclaredLimit(f"rate limit {self.name!r} is not declared on this Redis: name "

@@ -54,13 +54,17 @@ local function sweep()
   end
 end
 
+-- At most this many slots are handed out by one call (Lua unpacks at most about 8,000
+-- values; the next call of any process hands out the rest).
+local HAND_OUT_MOST = 1000
+
 -- Hands the free slots to the head of the line; returns the set of holders served.
 local function hand_out(cfg, asking)
   local served = {}
   if cfg.since and now < cfg.since + cfg.quiet then return served end
   local free = cfg.conc - redis.call('ZCARD', K_HELD)
   if free <= 0 then return served end
-  local head = redis.call('ZRANGE', K_LINE, 0, free - 1)
+  local head = redis.call('ZRANGE', K_LINE, 0, math.min(free, HAND_OUT_MOST) - 1)
   if #head == 0 then return served end
   local absent = {}
   for _, holder in ipairs(head) do

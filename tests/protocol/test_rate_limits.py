@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -389,3 +390,26 @@ async def test_a_pools_worker_user_may_use_its_limits_and_no_other(
     finally:
         await client.aclose()
         await delete_user(redis, username)
+
+
+async def test_a_reply_that_does_not_fit_the_batch_fails_its_callers_instead_of_hanging(
+    redis: aioredis.Redis, name: str
+) -> None:
+    """Another call's answer under the same call id (a collision) is shorter than the batch:
+    every caller of the batch gets an error, none waits for ever, and the limiter goes on."""
+    limiter = limiter_for(redis, name, requests_per_minute=6000)
+    await limiter.reserve()
+    real_run = limiter._run
+    calls = 0
+
+    async def short_once(op: str, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        reply = await real_run(op, *args)
+        return reply[:3] if op == "acquire" and calls == 1 else reply
+
+    limiter._run = short_once  # type: ignore[method-assign]
+    outcomes = await asyncio.wait_for(asyncio.gather(
+        *(limiter.reserve() for _ in range(3)), return_exceptions=True), 5)
+    assert any(isinstance(o, RateLimitError) for o in outcomes)
+    assert (await asyncio.wait_for(limiter.reserve(), 5)).grant_us > 0

@@ -580,3 +580,25 @@ async def test_the_slot_of_a_process_killed_while_it_holds_goes_to_the_next_in_l
         if holder.returncode is None:
             holder.kill()
             await holder.wait()
+
+
+async def test_a_line_of_thousands_meeting_as_many_free_slots_is_served_in_calls_of_a_thousand(
+    redis: aioredis.Redis, name: str
+) -> None:
+    """9,000 callers in line, the cap raised to 20,000: every call still answers (one call
+    handing out 9,000 slots at once failed, and every later call with it), each hands out at
+    most 1,000, in the order of the line."""
+    await capped(redis, name, 10, "first")
+    times = (15000, 3000, 0, *NO_DECLARATION, 0)
+    await raw(redis, name, "poll", *times, *[f"held:{i}" for i in range(10)])
+    waiters = [f"w:{i}" for i in range(9000)]
+    for start in range(0, 9000, 1000):
+        await raw(redis, name, "poll", *times, *waiters[start:start + 1000])
+    assert await in_line(redis, name) == 9000
+    await RateLimiter(redis, name).declare(LimitConfig(name, max_concurrent=20_000),
+                                           "tests/pool")
+    served = await raw(redis, name, "poll", *times, *waiters[:1000])
+    assert served == [20_000] + [0] * 1000
+    assert await held(redis, name) == 1010
+    assert await raw(redis, name, "leave", *times[:3], "held:0") == 1
+    assert await held(redis, name) == 2009
