@@ -201,16 +201,22 @@ class _LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.closed = False
+        self._handing_over = threading.Lock()
+        """Held from the `closed` check to the hand-over of a call, and to set `closed`: a
+        call racing `stop` is either handed over before it (and cancelled by it) or refused."""
+        self._waiting: set[concurrent.futures.Future[Any]] = set()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="agentpool-client", daemon=True
         )
         self._thread.start()
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self.closed:
-            coro.close()
-            raise ClientClosed("the client is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        with self._handing_over:
+            if self.closed:
+                coro.close()
+                raise ClientClosed("the client is closed")
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self._waiting.add(future)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
@@ -220,16 +226,21 @@ class _LoopThread:
         except BaseException:
             future.cancel()
             raise
+        finally:
+            self._waiting.discard(future)
 
     def stop(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
         """Cancel what still runs on the loop (its callers get ClientClosed), then stop it."""
-        self.closed = True
+        with self._handing_over:
+            self.closed = True
         if self.loop.is_running():
             with contextlib.suppress(concurrent.futures.TimeoutError):
                 asyncio.run_coroutine_threadsafe(_cancel_others(), self.loop).result(grace)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()
+        for future in list(self._waiting):  # what the grace did not end: never answered now
+            future.cancel()
 
 
 async def _cancel_others() -> None:

@@ -102,8 +102,15 @@ _CERT_REQS = ("none", "optional", "required")
 _FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
-def _tls_options(query: str, tls: bool) -> tuple[tuple[str, Any], ...]:
-    """The ssl_* options of a Sentinel or Cluster URL's query, checked and typed."""
+def _tls_options(query: str, tls: bool, others: tuple[str, ...] = ()
+                 ) -> tuple[tuple[str, Any], ...]:
+    """The ssl_* options of a Sentinel or Cluster URL's query, checked and typed. Any option
+    but those and `others` is refused: a misspelled one would be ignored without a word."""
+    unknown = sorted({k for k, _ in parse_qsl(query)} - {*TLS_OPTIONS, *others})
+    if unknown:
+        raise RedisURLError(
+            f"its query names an option {unknown[0]!r} that this URL does not take (it takes "
+            f"{', '.join((*others, *TLS_OPTIONS))})")
     options: dict[str, Any] = {k: v for k, v in parse_qsl(query) if k in TLS_OPTIONS}
     if options and not tls:
         raise RedisURLError(
@@ -251,7 +258,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         sentinel_username=query.get("sentinel_username"),
         sentinel_password=query.get("sentinel_password"),
         tls=tls,
-        tls_options=_tls_options(parts.query, tls),
+        tls_options=_tls_options(parts.query, tls, ("sentinel_username", "sentinel_password")),
     )
 
 
@@ -325,13 +332,15 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
         return address
 
     async def _named_primary(self) -> tuple[str, int] | None:
-        for sentinel in self.sentinel_manager.sentinels:
+        sentinels = self.sentinel_manager.sentinels
+        for index, sentinel in enumerate(sentinels):
             try:
                 reply = await sentinel.execute_command(
                     "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service_name)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 continue
             if reply:
+                _answered_first(sentinels, index)
                 return _address(reply)
         return None
 
@@ -599,15 +608,24 @@ class _NamingSentinel(redis.sentinel.Sentinel):
     primary, redis-py's SENTINEL MASTERS only once the failover is over."""
 
     def discover_master(self, service_name: str) -> Any:
-        for sentinel in self.sentinels:
+        for index, sentinel in enumerate(self.sentinels):
             try:
                 reply = sentinel.execute_command(  # type: ignore[no-untyped-call]
                     "SENTINEL", "GET-MASTER-ADDR-BY-NAME", service_name)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 continue
             if reply:
+                _answered_first(self.sentinels, index)
                 return _address(reply)
         return super().discover_master(service_name)
+
+
+def _answered_first(sentinels: list[Any], index: int) -> None:
+    """The sentinel that answered is asked first next time (as redis-py's own discovery
+    does): one that accepts connections but does not answer would otherwise cost every check
+    a whole socket timeout."""
+    if index:
+        sentinels[0], sentinels[index] = sentinels[index], sentinels[0]
 
 
 def sync_redis_from_url(url: str, **kwargs: Any) -> redis.Redis:

@@ -7,10 +7,12 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.exceptions
 
+from agentpool import client as client_module
 from agentpool.client import Client, ClientClosed, ClientConfigError, SyncClient
 from agentpool.protocol import CancelOutcome, TaskQueue
 from agentpool.protocol.waiting import waits_subscribed
@@ -191,3 +193,43 @@ async def test_a_closed_clients_line_keeps_no_connection_of_calls_in_flight(
     assert line is not None
     servers = [line._one] if line._one is not None else list(line._nodes.values())
     assert [(len(s.idle), s.opened) for s in servers if s is not None] == [(0, 0)] * len(servers)
+
+
+def test_a_call_handed_over_while_the_client_closes_ends_closed(
+    redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread between the client's `closed` check and handing its call to the loop when
+    another thread closes the client: the call ends with ClientClosed (it met a closed event
+    loop, or waited for ever), and the close is not held up past the hand-over."""
+    client = SyncClient.from_url(redis_url)
+    queue = client.queue(queue_name)
+    task_id = queue.submit({})
+    entered, proceed = threading.Event(), threading.Event()
+    real = client_module.asyncio.run_coroutine_threadsafe
+
+    def slow_hand_over(coro: Any, loop: Any) -> Any:
+        if threading.current_thread().name == "late":
+            entered.set()
+            proceed.wait(10)
+        return real(coro, loop)
+
+    monkeypatch.setattr(client_module.asyncio, "run_coroutine_threadsafe", slow_hand_over)
+    outcome: list[BaseException] = []
+
+    def late() -> None:
+        try:
+            queue.wait(task_id, timeout=5)
+        except BaseException as error:
+            outcome.append(error)
+
+    caller = threading.Thread(target=late, name="late")
+    caller.start()
+    assert entered.wait(10)
+    closer = threading.Thread(target=client.close)
+    closer.start()
+    closer.join(1.0)  # the close waits for the hand-over in progress (before: it went on)
+    proceed.set()
+    caller.join(10)
+    closer.join(10)
+    assert not caller.is_alive() and not closer.is_alive()
+    assert [type(error) for error in outcome] == [ClientClosed]

@@ -34,7 +34,7 @@ from agentpool.connection import (
     sync_redis_from_url,
 )
 from agentpool.protocol import TaskQueue
-from agentpool.redis_server import RedisCluster, RedisServer
+from agentpool.redis_server import RedisCluster, RedisServer, SentinelGroup
 from agentpool.urls import URL_PREFIXES, redact_url
 
 
@@ -315,7 +315,7 @@ def _packing(connection_class: type[Connection]) -> LeanConnection:
      "&ssl_cert_reqs=required&ssl_check_hostname=false",
      (("ssl_cert_reqs", "required"), ("ssl_certfile", "/c.pem"), ("ssl_check_hostname", False),
       ("ssl_keyfile", "/k.pem"))),
-    ("rediss+cluster://n1,n2/?ssl_ca_certs=%2Fetc%2Fca.crt&unrelated=1",
+    ("rediss+cluster://n1,n2/?ssl_ca_certs=%2Fetc%2Fca.crt",
      (("ssl_ca_certs", "/etc/ca.crt"),)),
     ("rediss+cluster://n1/", ()),
 ])
@@ -332,6 +332,10 @@ def test_tls_options_of_sentinel_and_cluster_urls(url: str,
      r"TLS options \(ssl_certfile, ssl_keyfile\) need a TLS URL"),
     ("rediss+cluster://n1/?ssl_cert_reqs=always", "ssl_cert_reqs is none, optional or required"),
     ("rediss+sentinel://s1/svc?ssl_check_hostname=maybe", "ssl_check_hostname is true or false"),
+    ("rediss+sentinel://s1/svc?ssl_ca_cert=/etc/ca.crt",
+     "its query names an option 'ssl_ca_cert' that this URL does not take"),
+    ("rediss+cluster://n1/?ssl_ca_certs=/ca.crt&socket_timeout=1",
+     "its query names an option 'socket_timeout' that this URL does not take"),
 ])
 def test_wrong_tls_options_are_refused_with_one_line(url: str, message: str) -> None:
     with pytest.raises(RedisURLError, match=message):
@@ -394,3 +398,27 @@ async def test_a_connection_closed_under_a_command_fails_it_as_a_lost_connection
 
 def test_a_url_with_a_password_that_does_not_parse_is_masked_whole() -> None:
     assert redact_url("redis://:hunter2@[::1/0") == "***"
+
+
+async def test_the_sentinel_that_answered_is_asked_first_next_time(
+        redis_sentinel: SentinelGroup) -> None:
+    """A sentinel that does not answer (here: nothing listens) comes first in the URL: once
+    another one named the primary, it is asked first, so that a sentinel that accepts
+    connections without answering costs one socket timeout, not one per check."""
+    url = redis_sentinel.url.replace("redis+sentinel://", "redis+sentinel://127.0.0.1:1,", 1)
+
+    def first_port(sentinels: list[Any]) -> int:
+        return int(sentinels[0].connection_pool.connection_kwargs["port"])
+
+    client = redis_from_url(url)
+    try:
+        await client.ping()
+        assert first_port(client.connection_pool.sentinel_manager.sentinels) != 1
+    finally:
+        await client.aclose()
+    blocking = sync_redis_from_url(url)
+    try:
+        blocking.ping()
+        assert first_port(blocking.connection_pool.sentinel_manager.sentinels) != 1
+    finally:
+        blocking.close()
