@@ -188,11 +188,12 @@ if op == 'release' then
   if now >= grant then return 0 end
   local cfg = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst')
   if not cfg[3] then return 0 end
-  if not redis.call('SET', call_key(call), '1', 'NX', 'PX', CALL_TTL_MS) then return 1 end
+  if redis.call('EXISTS', call_key(call)) == 1 then return 1 end  -- given back already
   -- Only the last reservation handed out gives its time back: one from the middle of the line
   -- has later ones granted after it, and moving the tat back would grant its time again on
   -- top of theirs. It stays spent (its time passes unused).
   if tonumber(redis.call('HGET', K_STATE, 'tail')) ~= grant then return 0 end
+  redis.call('SET', call_key(call), '1', 'PX', CALL_TTL_MS)
   redis.call('HDEL', K_STATE, 'tail')
   local tats, f = load_state(now)
   local d = dims(cfg, f, tonumber(cfg[3]))
