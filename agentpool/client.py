@@ -201,9 +201,11 @@ class _LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.closed = False
-        self._handing_over = threading.Lock()
+        self._handing_over = threading.RLock()
         """Held from the `closed` check to the hand-over of a call, and to set `closed`: a
-        call racing `stop` is either handed over before it (and cancelled by it) or refused."""
+        call racing `stop` is either handed over before it (and cancelled by it) or refused.
+        Re-entrant: a signal handler that closes the client may interrupt this thread's own
+        hand-over."""
         self._waiting: set[concurrent.futures.Future[Any]] = set()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="agentpool-client", daemon=True
@@ -215,7 +217,11 @@ class _LoopThread:
             if self.closed:
                 coro.close()
                 raise ClientClosed("the client is closed")
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            try:
+                future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            except RuntimeError:  # closed by a signal handler in this very hand-over
+                coro.close()
+                raise ClientClosed("the client is closed") from None
             self._waiting.add(future)
         try:
             return future.result()
@@ -238,9 +244,9 @@ class _LoopThread:
                 asyncio.run_coroutine_threadsafe(_cancel_others(), self.loop).result(grace)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
-        self.loop.close()
         for future in list(self._waiting):  # what the grace did not end: never answered now
             future.cancel()
+        self.loop.close()
 
 
 async def _cancel_others() -> None:

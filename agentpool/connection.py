@@ -333,14 +333,14 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
 
     async def _named_primary(self) -> tuple[str, int] | None:
         sentinels = self.sentinel_manager.sentinels
-        for index, sentinel in enumerate(sentinels):
+        for sentinel in list(sentinels):
             try:
                 reply = await sentinel.execute_command(
                     "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service_name)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 continue
             if reply:
-                _answered_first(sentinels, index)
+                _answered_first(sentinels, sentinel)
                 return _address(reply)
         return None
 
@@ -608,24 +608,26 @@ class _NamingSentinel(redis.sentinel.Sentinel):
     primary, redis-py's SENTINEL MASTERS only once the failover is over."""
 
     def discover_master(self, service_name: str) -> Any:
-        for index, sentinel in enumerate(self.sentinels):
+        for sentinel in list(self.sentinels):
             try:
                 reply = sentinel.execute_command(  # type: ignore[no-untyped-call]
                     "SENTINEL", "GET-MASTER-ADDR-BY-NAME", service_name)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 continue
             if reply:
-                _answered_first(self.sentinels, index)
+                _answered_first(self.sentinels, sentinel)
                 return _address(reply)
         return super().discover_master(service_name)
 
 
-def _answered_first(sentinels: list[Any], index: int) -> None:
+def _answered_first(sentinels: list[Any], answered: Any) -> None:
     """The sentinel that answered is asked first next time (as redis-py's own discovery
     does): one that accepts connections but does not answer would otherwise cost every check
-    a whole socket timeout."""
-    if index:
-        sentinels[0], sentinels[index] = sentinels[index], sentinels[0]
+    a whole socket timeout. Moved by identity, not place: lookups running at once would
+    undo each other's swaps."""
+    if sentinels and sentinels[0] is not answered and answered in sentinels:
+        sentinels.remove(answered)
+        sentinels.insert(0, answered)
 
 
 def sync_redis_from_url(url: str, **kwargs: Any) -> redis.Redis:

@@ -4,7 +4,8 @@ A limit is declared by the pools that name it (``spec.rateLimits``; the operator
 declaration, the workers receive it in ``AGENTPOOL_RATE_LIMITS``). :meth:`RateLimiter.acquire`
 makes one round trip to `agentpool/lua/rate_limit.lua`, which hands out a *reservation*: the
 time, on Redis's clock, at which the call may go. The caller sleeps until then, so waiters
-never poll, and a caller cancelled while it sleeps gives its reservation back.
+never poll, and a caller cancelled while it sleeps gives its reservation back (taken back
+when it is the last one handed out; one from the middle of the line stays spent).
 
 After a provider's 429, :meth:`RateLimiter.throttled` pauses the budget for every user and
 lowers the effective rate, which then recovers step by step (AIMD: constants below, and in
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -32,7 +34,6 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from agentpool.errors import PermanentError
-from agentpool.protocol import call_id
 from agentpool.slots import Held, Slots
 
 if TYPE_CHECKING:  # the worker reads limits from its environment and never loads the models
@@ -54,6 +55,12 @@ MAX_RETRY_AFTER = 3600.0
 MAX_BATCH = 500
 """Most grants one round trip asks for."""
 
+
+def limit_call_id() -> str:
+    """A random id per grant, give-back or 429 report: the script keeps what each did for a
+    minute, so that one sent again gets the same answer. 128 bits: one limit serves every
+    pool, and at a million calls a minute a shorter id would meet another within a day."""
+    return os.urandom(16).hex()
 
 class RateLimitError(ValueError):
     """A limit that cannot be used as asked (undeclared, malformed); phrased for a person."""
@@ -332,7 +339,7 @@ class RateLimiter:
             args = [x for requests, tokens, _ in batch for x in (requests, tokens)]
             declare = list(self.config.wire) if self.config is not None else []
             try:
-                reply = await self._run("acquire", call_id(), self.caller, len(batch), *args,
+                reply = await self._run("acquire", limit_call_id(), self.caller, len(batch), *args,
                                         *declare)
             except asyncio.CancelledError:
                 for _, _, future in batch + self._pending:
@@ -388,7 +395,8 @@ class RateLimiter:
     async def release(self, reservation: Reservation) -> bool:
         """Give back a reservation whose time has not come (the call will not be made)."""
         return bool(await self._run(
-            "release", call_id(), reservation.requests, reservation.tokens, reservation.grant_us,
+            "release", limit_call_id(), reservation.requests, reservation.tokens,
+            reservation.grant_us,
         ))
 
     async def acquire(self, *, tokens: int = 0, requests: int = 1) -> Reservation:
@@ -411,7 +419,7 @@ class RateLimiter:
             raise RateLimitError(f"retry_after must be a non-negative number, got {retry_after!r}")
         pause = min(pause, MAX_RETRY_AFTER)
         pause_us, factor_ppm, decreased = (int(x) for x in await self._run(
-            "throttle", call_id(), int(pause * 1e6)))
+            "throttle", limit_call_id(), int(pause * 1e6)))
         return Throttle(pause_us / 1e6, factor_ppm / 1e6, bool(decreased))
 
     async def declare(self, config: LimitConfig, owner: str) -> Declaration:

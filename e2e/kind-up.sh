@@ -264,7 +264,7 @@ if [ "$MODE" = chart ]; then
     suite_env+=("E2E_SKIP_INSTALL=1" "E2E_NAMESPACE=$NAMESPACE")
 fi
 if [ "$RUN_TESTS" = 0 ]; then
-    say "ready; run the suite with: env ${suite_env[*]} .venv/bin/pytest e2e -m e2e -rs"
+    say "ready; run the suite with: env $(printf '%q ' "${suite_env[@]}")$PYTEST e2e -m e2e -rs"
     exit 0
 fi
 say "running the e2e suite ($MODE mode)"

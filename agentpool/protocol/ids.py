@@ -26,6 +26,6 @@ def new_task_id() -> str:
 
 def call_id() -> str:
     """A random id per call, sent with it: Redis tells the same call sent again (after its
-    connection was lost with the reply) from a new one. 128 bits: a limit's grants keep theirs
-    for a minute, and at a million calls a minute 48 bits would meet twice within a day."""
-    return os.urandom(16).hex()
+    connection was lost with the reply) from a new one. 48 bits: a task's calls are few, and
+    the id (a claim's token prefix among them) is kept with the task."""
+    return uuid.uuid4().hex[:12]

@@ -177,9 +177,10 @@ class QueueLoad:
     capped: int = 0
     """Ready tasks left out of `queued`: parked for their tenant's cap on runs at once, so no
     worker may take them until one of its runs ends, and more pods would not start them."""
-    draining_busy: int = 0
-    """Draining pods that still hold runs: their runs are in `limit_waits` (the share covers
-    every pod's runs), so the size a limit can feed counts them with the serving pods."""
+    draining_runs: int = 0
+    """Runs of draining or stopping pods: they are in `limit_waits` (the share covers every
+    pod's runs), so the size a limit can feed counts them, as pods' worth of runs, with the
+    serving pods."""
 
     @classmethod
     def unavailable(cls) -> QueueLoad:
@@ -308,16 +309,20 @@ def rate_limit_cap(
     current: int,
     history: ScalingHistory,
     now: float,
-    draining_busy: int = 0,
+    draining_runs: int = 0,
 ) -> RateLimitCap | None:
     """The size a rate limit lets the pool have now, or None when no limit holds it (`need`
-    is filled in by `decide`). The runs of `draining_busy` draining pods are in the share
-    too, so they count in the size the limit feeds. See the module docstring for the rules."""
+    is filled in by `decide`). The `draining_runs` of draining pods are in the share too, so
+    they count (as pods' worth of runs) in the size the limit feeds. Limits the pool no longer
+    declares hold it no more (old pods may still report waits on them). See the module
+    docstring for the rules."""
+    declared = policy.declared_limits
+    if declared is not None:
+        waits = tuple(wait for wait in waits if wait.name in declared)
     held, fed = history.rate_limited, history.rate_limited_size or 0
-    shares = {wait.name: min(1.0, wait.share) for wait in waits}
-    if held is not None and policy.declared_limits is not None and (
-            held not in policy.declared_limits):
+    if held is not None and declared is not None and held not in declared:
         held, fed = None, 0
+    shares = {wait.name: min(1.0, wait.share) for wait in waits}
     top = max(waits, key=lambda w: (w.share, w.name)) if waits else None
     if top is not None and top.share >= RATE_LIMITED_SHARE and (
         held is None or top.share > shares.get(held, 0.0)
@@ -333,7 +338,7 @@ def rate_limit_cap(
     changes = [t for t in (history.last_scale_up, history.last_scale_down) if t is not None]
     settling = name == held and bool(changes) and now - max(changes) < RATE_LIMIT_SETTLE_SECONDS
     if share >= RATE_LIMITED_SHARE and not settling:
-        waiting = current + draining_busy
+        waiting = current + draining_runs / policy.tasks_per_replica
         cap = math.ceil(waiting * (1 - share) / (1 - RATE_LIMIT_TARGET_SHARE) - 1e-9)
     elif settling or share >= RATE_LIMIT_RELEASE_SHARE or current < fed:
         cap = max(current, fed)
@@ -399,7 +404,7 @@ def decide(
     raw = 0 if asleep else math.ceil(round((backlog - absorbed) / tpr, 6))
     need = policy.clamp(raw)
     limited = rate_limit_cap(policy, load.limit_waits, current, history, now,
-                             load.draining_busy)
+                             load.draining_runs)
     if limited is None:
         history = replace(history, rate_limited=None, rate_limited_size=None)
     else:

@@ -90,8 +90,8 @@ class ServingView:
     in_flight: int
     """Tasks running on serving pods; the runs of draining pods need no capacity."""
     draining: int
-    draining_busy: int = 0
-    """Draining pods that still hold runs."""
+    draining_runs: int = 0
+    """Tasks running on draining pods."""
 
 
 def serving_view(loads: Sequence[PodLoad]) -> ServingView:
@@ -101,7 +101,7 @@ def serving_view(loads: Sequence[PodLoad]) -> ServingView:
         serving=len(serving),
         in_flight=sum(p.in_flight for p in serving),
         draining=len(live) - len(serving),
-        draining_busy=sum(1 for p in live if p.draining and p.in_flight > 0),
+        draining_runs=sum(p.in_flight for p in live if p.draining),
     )
 
 

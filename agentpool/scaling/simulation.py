@@ -308,7 +308,7 @@ class OurAutoscaler:
         ages = tuple(age for load in loads if not load.draining for age in load.run_ages)
         waits = limit_waits if self.rate_aware else ()
         load = QueueLoad(queued, view.in_flight, limit_waits=waits, run_ages=ages,
-                         draining_busy=view.draining_busy)
+                         draining_runs=view.draining_runs)
         decision = decide(self.policy, load, view.serving, self.history, now)
         self.history = decision.history
         plan = plan_drains(loads, decision.replicas, decision.keep)

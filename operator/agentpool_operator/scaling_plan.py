@@ -131,7 +131,7 @@ def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str,
     """The queue as the policy must see it: the runs of draining pods and of pods that are
     stopping (a rollout's old pods finish their runs while they terminate) need no capacity;
     the ages of the serving pods' runs (at `now`) tell how soon they free a slot, and the
-    pods that hold runs without serving are counted (their runs are in the limits' waits).
+    runs of pods that do not serve are counted (they are in the limits' waits).
     The runs of pods no longer listed (deleted, their leases not yet run out) give no ages:
     they serve nothing, and their ages only grow."""
     if not load.figures_ok:
@@ -144,9 +144,8 @@ def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str,
         max(0.0, now - since)
         for name, w in sorted(work.items()) if name in serving for since in w.runs_since
     )
-    draining_busy = sum(1 for name in not_serving if work.get(name, PodWork()).in_flight > 0)
     return replace(load, in_flight=max(0, load.in_flight - elsewhere), run_ages=ages,
-                   draining_busy=draining_busy)
+                   draining_runs=elsewhere)
 
 
 @dataclass(frozen=True)

@@ -233,3 +233,31 @@ def test_a_call_handed_over_while_the_client_closes_ends_closed(
     closer.join(10)
     assert not caller.is_alive() and not closer.is_alive()
     assert [type(error) for error in outcome] == [ClientClosed]
+
+
+def test_a_signal_handler_that_closes_the_client_during_a_hand_over_ends_it_closed(
+    redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shutdown handler (here SIGUSR1's) closes the client while the main thread is handing
+    a call to the loop: the close finishes and the interrupted call ends with ClientClosed
+    (with a plain lock the handler waited for its own thread for ever)."""
+    client = SyncClient.from_url(redis_url)
+    queue = client.queue(queue_name)
+    queue.submit({})
+    real = client_module.asyncio.run_coroutine_threadsafe
+    armed = [True]
+
+    def hand_over(coro: Any, loop: Any) -> Any:
+        if armed and threading.current_thread() is threading.main_thread():
+            armed.clear()
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(coro, loop)
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: client.close())
+    monkeypatch.setattr(client_module.asyncio, "run_coroutine_threadsafe", hand_over)
+    try:
+        with pytest.raises(ClientClosed):
+            queue.figures()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert not armed, "the signal was not raised in a hand-over"

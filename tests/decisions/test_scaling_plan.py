@@ -76,7 +76,7 @@ def test_the_policy_sees_serving_replicas_and_their_runs_only() -> None:
     assert serving_replicas(summaries, 4, given_back=()) == 2
     assert serving_replicas(summaries, 3, given_back=("c",)) == 2
     load = serving_load(QueueLoad(queued=2, in_flight=6), summaries, work(a=2, b=4), ())
-    assert load == QueueLoad(queued=2, in_flight=2, draining_busy=1)
+    assert load == QueueLoad(queued=2, in_flight=2, draining_runs=4)
 
 
 def test_draining_counts_the_pods_that_finish_their_runs_before_they_go() -> None:
@@ -102,14 +102,14 @@ def test_the_runs_of_a_terminating_pod_need_no_new_capacity() -> None:
     summaries = pods("new-a", "new-b", "old", gone=("old",))
     runs = {"new-a": PodWork(1, (NOW - 10,)), "old": PodWork(3, (NOW - 5, NOW - 6, NOW - 7))}
     load = serving_load(QueueLoad(queued=1, in_flight=4), summaries, runs, (), NOW)
-    assert load == QueueLoad(queued=1, in_flight=1, run_ages=(10.0,), draining_busy=1)
+    assert load == QueueLoad(queued=1, in_flight=1, run_ages=(10.0,), draining_runs=3)
 
 
 def test_the_policy_sees_the_run_ages_of_serving_pods_only() -> None:
     summaries = pods("a", "b", marked=("b",))
     runs = {"a": PodWork(2, (NOW - 30, NOW - 5)), "b": PodWork(1, (NOW - 400,))}
     load = serving_load(QueueLoad(queued=1, in_flight=3), summaries, runs, (), NOW)
-    assert load == QueueLoad(queued=1, in_flight=2, run_ages=(30.0, 5.0), draining_busy=1)
+    assert load == QueueLoad(queued=1, in_flight=2, run_ages=(30.0, 5.0), draining_runs=1)
 
 
 def test_the_runs_of_a_pod_no_longer_listed_give_no_ages() -> None:

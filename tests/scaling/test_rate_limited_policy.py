@@ -120,15 +120,19 @@ def test_a_limit_gone_from_the_spec_holds_the_pool_no_more() -> None:
     none_left = decide(replace(POLICY, declared_limits=frozenset()), QueueLoad(queued=200), 2,
                        held, NOW)
     assert none_left.replicas == 20 and none_left.history.rate_limited is None
+    # old pods still report long waits on it during the rollout that removed it
+    rolling = decide(dropped, waiting(0.9), 2, held, NOW)
+    assert (rolling.replicas, rolling.limited, rolling.history.rate_limited) == (20, None, None)
 
 
-def test_the_size_a_limit_feeds_counts_the_draining_pods_whose_runs_wait() -> None:
-    """The share covers every pod's runs: 2 serving and 8 draining pods waiting half their
-    time feed as much as 10 x 0.5 / 0.9 -> 6 pods, not 2 x 0.5 / 0.9 -> 2."""
-    load = replace(waiting(0.5), draining_busy=8)
-    decision = decide(POLICY, load, 2, SETTLED, NOW)
+def test_the_size_a_limit_feeds_counts_the_runs_of_draining_pods() -> None:
+    """The share covers every pod's runs: 2 serving pods and 32 runs on draining pods (8 pods'
+    worth at 4 a pod), waiting half their time, feed 10 x 0.5 / 0.9 -> 6 pods, not
+    2 x 0.5 / 0.9 -> 2; the same draining pods with a run each are 2 pods' worth -> 3."""
+    decision = decide(POLICY, replace(waiting(0.5), draining_runs=32), 2, SETTLED, NOW)
     assert decision.limited is not None and decision.limited.cap == 6
     assert decision.replicas == 6
+    assert decide(POLICY, replace(waiting(0.5), draining_runs=8), 2, SETTLED, NOW).replicas == 3
     assert decide(POLICY, waiting(0.5), 2, SETTLED, NOW).replicas == 2
 
 

@@ -79,7 +79,7 @@ LIMIT_WAITED = Counter(
     "Run-seconds spent waiting for a rate limit's grants or slots", ["queue", "limit"])
 LIMIT_RELEASED = Counter(
     "agentpool_worker_limit_released",
-    "Reservations given back by runs cancelled while they waited", ["queue", "limit"])
+    "Reservations offered back by runs cancelled while they waited", ["queue", "limit"])
 LIMIT_THROTTLES = Counter(
     "agentpool_worker_limit_throttles", "429s reported with ctx.throttled", ["queue", "limit"])
 LIMIT_HOLDS = Counter(

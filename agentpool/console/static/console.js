@@ -78,8 +78,9 @@ function live(url, draw, events) {
     // the browser gave up: the console answered with an error, not a stream; show which
     indicator.textContent = "stopped";
     fetch(url, { headers: { Accept: "application/json" } })
-      .then((response) => response.json().catch(() => ({})).then((doc) =>
-        doc.error || `the console answered ${response.status} ${response.statusText}`))
+      .then((response) => response.json().catch(() => ({})).then((doc) => response.ok
+        ? "the live stream stopped: reload the page"
+        : doc.error || `the console answered ${response.status} ${response.statusText}`))
       .catch(() => "the console does not answer")
       .then((error) => { if (stream === source) render(el("p", { class: "error", id: "page-error" }, error)); });
   };
