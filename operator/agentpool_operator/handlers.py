@@ -508,6 +508,7 @@ async def report_invalid_spec(ctx: OperatorContext, state: PoolState, body: kopf
         await ctx.api.patch_pool_status(namespace, name, new)
         metrics.STATUS_WRITES.inc()
         state.last_status = new
+    metrics.record_status(namespace, name, new)
     metrics.record_reconcile_error(namespace, name, "observe")
 
 

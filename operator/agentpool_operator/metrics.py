@@ -270,10 +270,15 @@ def record_status(namespace: str, pool: str, status: Mapping[str, Any]) -> None:
 
 
 def record_spec(namespace: str, pool: str, spec: AgentPoolSpec) -> None:
-    """The spec values alerts compare the figures with (maxReplicas) or filter on (paused)."""
+    """The spec values alerts compare the figures with (maxReplicas) or filter on (paused).
+    Each schedule's counters start at 0: `increase()` sees no rise in a series whose first
+    sample is already 1 (a first miss, a miss counted by a restarted operator)."""
     POOL_MIN_REPLICAS.labels(namespace, pool).set(spec.scaling.min_replicas)
     POOL_MAX_REPLICAS.labels(namespace, pool).set(spec.scaling.max_replicas)
     POOL_PAUSED.labels(namespace, pool).set(1 if spec.paused else 0)
+    for schedule in spec.schedules or ():
+        _child(SCHEDULED_TASKS, namespace, pool, schedule.name)
+        _child(SCHEDULE_TIMES_MISSED, namespace, pool, schedule.name)
 
 
 def record_observed(namespace: str, pool: str, when: float | None = None) -> None:
@@ -340,8 +345,15 @@ def record_reconcile_error(namespace: str, pool: str, step: str) -> None:
 
 
 def record_limit_waits(namespace: str, pool: str, shares: Mapping[str, float]) -> None:
+    """The pool's waiting share per limit; a limit without one now (too little run time to
+    tell, or no longer declared) loses its series rather than keep its last value."""
     for limit, share in shares.items():
         _child(POOL_LIMIT_WAIT_SHARE, namespace, pool, limit).set(share)
+    series = _series.get((namespace, pool), set())
+    for metric, values in list(series):
+        if metric is POOL_LIMIT_WAIT_SHARE and values[2] not in shares:
+            _remove(metric, *values)
+            series.discard((metric, values))
 
 
 def record_limit(state: LimitState) -> None:

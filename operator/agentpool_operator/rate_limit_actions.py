@@ -48,6 +48,7 @@ def conflicts_problem(problems: list[Problem]) -> tuple[Problem, ...]:
 async def observe_limits(observation: PoolObservation) -> LimitsObserved:
     spec, queue = observation.spec, observation.queue
     if not spec.rate_limits or queue is None:
+        metrics.record_limit_waits(observation.namespace, observation.name, {})
         return LimitsObserved()
     owner = f"{observation.namespace}/{observation.name}"
     problems: list[Problem] = []

@@ -141,6 +141,33 @@ def test_forget_pool_drops_every_series_of_that_pool_only(pool: str) -> None:
     metrics.forget_pool(NS, other)
 
 
+def test_a_schedules_counters_are_exported_at_zero_before_its_first_task_or_miss(
+    pool: str,
+) -> None:
+    """`increase()` sees no rise in a series whose first sample is already 1: the missed-time
+    alert would stay silent for a first miss, and for one a restarted operator counts."""
+    scheduled = spec().model_copy(update={"schedules": AgentPoolSpec.model_validate({
+        "redis": {"url": "redis://redis:6379/0"},
+        "worker": {"image": "worker:1", "handler": "app.tasks:run"},
+        "schedules": [{"name": "nightly", "cron": "0 3 * * *", "payload": {}}],
+    }).schedules})
+    metrics.record_spec(NS, pool, scheduled)
+    mine = of_pool(pool)
+    assert value(mine, "agentpool_operator_schedule_times_missed_total", schedule="nightly") == 0
+    assert value(mine, "agentpool_operator_scheduled_tasks_total", schedule="nightly") == 0
+    metrics.forget_pool(NS, pool)
+
+
+def test_a_limits_waiting_share_goes_when_it_is_no_longer_known(pool: str) -> None:
+    metrics.record_limit_waits(NS, pool, {"openai": 0.92, "search": 0.1})
+    metrics.record_limit_waits(NS, pool, {"search": 0.2})
+    shares = [s for s in of_pool(pool) if s.name == "agentpool_pool_limit_wait_share"]
+    assert [(s.labels["limit"], s.value) for s in shares] == [("search", 0.2)]
+    metrics.record_limit_waits(NS, pool, {})  # idle, or no limit declared any more
+    assert [s for s in of_pool(pool) if s.name == "agentpool_pool_limit_wait_share"] == []
+    metrics.forget_pool(NS, pool)
+
+
 def test_label_values_are_checked(pool: str) -> None:
     with pytest.raises(ValueError, match="direction"):
         metrics.record_scale(NS, pool, "sideways", "backlog")
