@@ -62,6 +62,7 @@ def limit_call_id() -> str:
     pool, and at a million calls a minute a shorter id would meet another within a day."""
     return os.urandom(16).hex()
 
+
 class RateLimitError(ValueError):
     """A limit that cannot be used as asked (undeclared, malformed); phrased for a person."""
 

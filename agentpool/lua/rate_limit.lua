@@ -168,8 +168,11 @@ if op == 'acquire' then
       tokens = tokens + costs[2]
     end
   end
-  redis.call('HSET', K_STATE, 'tat_r', num(tats[1]), 'tat_t', num(tats[2]))
-  if tail then redis.call('HSET', K_STATE, 'tail', num(tail)) end
+  if tail then
+    redis.call('HSET', K_STATE, 'tat_r', num(tats[1]), 'tat_t', num(tats[2]), 'tail', num(tail))
+  else
+    redis.call('HSET', K_STATE, 'tat_r', num(tats[1]), 'tat_t', num(tats[2]))
+  end
   redis.call('HINCRBY', K_STATE, 'grants', granted)
   if tokens > 0 then redis.call('HINCRBY', K_STATE, 'tokens', tokens) end
   if latest > now then

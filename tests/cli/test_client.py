@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,22 +140,29 @@ def test_a_sync_client_made_before_fork_serves_the_child(
         client.close()
 
 
+def raising_in_thread(call: Callable[[], object], name: str | None = None
+                      ) -> tuple[threading.Thread, list[BaseException]]:
+    """`call` started in a thread of its own; the list gets what it raised."""
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread, outcome
+
+
 def test_closing_a_sync_client_ends_the_calls_other_threads_wait_in(
     redis_url: str, queue_name: str,
 ) -> None:
     client = SyncClient.from_url(redis_url)
     queue = client.queue(queue_name)
     task_id = queue.submit({})
-    outcome: list[BaseException] = []
-
-    def waiting() -> None:
-        try:
-            queue.wait(task_id, timeout=30)
-        except BaseException as error:
-            outcome.append(error)
-
-    waiter = threading.Thread(target=waiting)
-    waiter.start()
+    waiter, outcome = raising_in_thread(lambda: queue.wait(task_id, timeout=30))
     deadline = time.monotonic() + 10
     while not waits_subscribed.get(client._parts()[1].redis):
         assert time.monotonic() < deadline, "the wait did not start"
@@ -214,16 +222,7 @@ def test_a_call_handed_over_while_the_client_closes_ends_closed(
         return real(coro, loop)
 
     monkeypatch.setattr(client_module.asyncio, "run_coroutine_threadsafe", slow_hand_over)
-    outcome: list[BaseException] = []
-
-    def late() -> None:
-        try:
-            queue.wait(task_id, timeout=5)
-        except BaseException as error:
-            outcome.append(error)
-
-    caller = threading.Thread(target=late, name="late")
-    caller.start()
+    caller, outcome = raising_in_thread(lambda: queue.wait(task_id, timeout=5), name="late")
     assert entered.wait(10)
     closer = threading.Thread(target=client.close)
     closer.start()
