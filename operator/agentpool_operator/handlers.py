@@ -634,6 +634,9 @@ async def observe_once(
             post(body, event, logger)
     metrics.record_status(namespace, name, new)
     metrics.record_spec(namespace, name, spec)
+    latest = result.figures if result.figures is not None else figures
+    if latest is not None:
+        metrics.record_queue_totals(namespace, name, latest.stats)
 
     for problem in (queue_problem, deployment_problem):
         if problem is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Mapping, Sized
+from collections.abc import Iterator, Mapping, Sized
 from importlib import metadata
 from typing import Any
 
@@ -28,6 +28,8 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from agentpool.models import CONDITION_TYPES, AgentPoolSpec
 from agentpool.protocol import RequeueResult
@@ -73,6 +75,11 @@ PROBLEMS = Counter(
     "agentpool_operator_pool_problems",
     "Observations of a pool that found a problem (Secret missing, Redis unreachable, ...)",
     ["reason"],
+)
+POOL_POLL_SECONDS = Gauge(
+    "agentpool_pool_poll_seconds",
+    "The pool's spec.scaling.pollSeconds: the longest time between two of its rounds",
+    POOL_LABELS,
 )
 POOL_MIN_REPLICAS = Gauge(
     "agentpool_pool_min_replicas", "The pool's spec.scaling.minReplicas", POOL_LABELS
@@ -180,6 +187,39 @@ REDIS_CLIENTS = Gauge(
 )
 OPERATOR_INFO = Info("agentpool_operator", "The running operator")
 
+QUEUE_EVENTS = (
+    "submitted", "succeeded", "failed", "retried", "requeued", "dead", "cancelled", "expired",
+)
+"""The queue's own counts (its `stats` in Redis) exported per pool; see `QueueTotals`."""
+
+
+class QueueTotals(Collector):
+    """What happened to each pool's tasks, as the queue counts it in Redis, where every
+    producer, worker and operator adds to the same counts: counters that a restarted operator
+    or worker does not set back, and that start again only when Redis loses the queue's data
+    (a counter reset to Prometheus). Alerts on them see every task dead-lettered, whoever did
+    it, where the dead-letter list's length falls with each purge or requeue."""
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str], dict[str, int]] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "agentpool_pool_tasks",
+            "What happened to the tasks of the pool's queue, as the queue counts it in Redis: "
+            "submitted, succeeded, failed (runs), retried, requeued (from a lost worker), dead "
+            "(dead-lettered), cancelled (expired ones included), expired",
+            labels=[*POOL_LABELS, "event"],
+        )
+        for (namespace, pool), counts in sorted(self.totals.items()):
+            for event in QUEUE_EVENTS:
+                family.add_metric([namespace, pool, event], counts.get(event, 0))
+        yield family
+
+
+QUEUE_TOTALS = QueueTotals()
+REGISTRY.register(QUEUE_TOTALS)
+
 SCALE_DIRECTIONS = ("up", "down")
 DRAIN_PURPOSES = ("scale_down", "node_drain", "recovery")
 RECONCILE_STEPS = ("deployment", "observe", "act")
@@ -276,9 +316,15 @@ def record_spec(namespace: str, pool: str, spec: AgentPoolSpec) -> None:
     POOL_MIN_REPLICAS.labels(namespace, pool).set(spec.scaling.min_replicas)
     POOL_MAX_REPLICAS.labels(namespace, pool).set(spec.scaling.max_replicas)
     POOL_PAUSED.labels(namespace, pool).set(1 if spec.paused else 0)
+    POOL_POLL_SECONDS.labels(namespace, pool).set(spec.scaling.poll_seconds)
     for schedule in spec.schedules or ():
         _child(SCHEDULED_TASKS, namespace, pool, schedule.name)
         _child(SCHEDULE_TIMES_MISSED, namespace, pool, schedule.name)
+
+
+def record_queue_totals(namespace: str, pool: str, stats: Mapping[str, int]) -> None:
+    """The queue's counts as this round read them (`QueueFigures.stats`)."""
+    QUEUE_TOTALS.totals[(namespace, pool)] = {e: stats.get(e, 0) for e in QUEUE_EVENTS}
 
 
 def record_observed(namespace: str, pool: str, when: float | None = None) -> None:
@@ -386,9 +432,10 @@ def forget_pool(namespace: str, pool: str) -> None:
     """Drop every series of a pool whose loop stopped (deleted, or another replica leads)."""
     for gauge in (
         *POOL_FIGURES.values(), POOL_MIN_REPLICAS, POOL_MAX_REPLICAS, POOL_PAUSED,
-        POOL_LAST_OBSERVED,
+        POOL_POLL_SECONDS, POOL_LAST_OBSERVED,
     ):
         _remove(gauge, namespace, pool)
+    QUEUE_TOTALS.totals.pop((namespace, pool), None)
     for condition_type in (*CONDITION_TYPES, CREDENTIALS_CONDITION):
         _remove(POOL_CONDITION, namespace, pool, condition_type)
     for metric, values in _series.pop((namespace, pool), set()):

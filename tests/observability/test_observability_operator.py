@@ -39,6 +39,8 @@ POOL_SERIES = {
     "agentpool_pool_min_replicas": set(),
     "agentpool_pool_max_replicas": set(),
     "agentpool_pool_paused": set(),
+    "agentpool_pool_poll_seconds": set(),
+    "agentpool_pool_tasks_total": {"event"},
     "agentpool_pool_queued": set(),
     "agentpool_pool_ready_replicas": set(),
     "agentpool_pool_desired_replicas": set(),
@@ -78,6 +80,7 @@ def record_everything(pool: str) -> None:
     })
     metrics.record_spec(NS, pool, spec(minReplicas=1, maxReplicas=7))
     metrics.record_observed(NS, pool, when=1_700_000_000.0)
+    metrics.record_queue_totals(NS, pool, {"submitted": 50, "succeeded": 40, "dead": 3})
     metrics.record_scale(NS, pool, "up", "backlog 12 > 2 replicas × 4 tasks: scaling 2 → 3")
     metrics.record_scale(NS, pool, "up", "backlog")
     metrics.record_scale(NS, pool, "down", "nothing queued or in flight for 2m: scaling 1 → 0")
@@ -112,6 +115,10 @@ def test_every_record_function_exports_its_series_with_the_documented_labels(
     assert v("agentpool_pool_max_replicas") == 7
     assert v("agentpool_pool_min_replicas") == 1
     assert v("agentpool_pool_paused") == 1
+    assert v("agentpool_pool_poll_seconds") == 2
+    assert v("agentpool_pool_tasks_total", event="dead") == 3
+    assert v("agentpool_pool_tasks_total", event="submitted") == 50
+    assert v("agentpool_pool_tasks_total", event="expired") == 0
     assert v("agentpool_operator_pool_last_observed_timestamp_seconds") == 1_700_000_000
     assert v("agentpool_operator_scale_decisions_total", direction="up", reason="backlog") == 2
     assert v("agentpool_operator_scale_decisions_total", direction="down", reason="idle") == 1
@@ -126,6 +133,7 @@ def test_every_record_function_exports_its_series_with_the_documented_labels(
 
     kinds = families(exposition())
     assert kinds["agentpool_operator_scale_decisions"] == "counter"
+    assert kinds["agentpool_pool_tasks"] == "counter"
     assert kinds["agentpool_operator_pool_last_observed_timestamp_seconds"] == "gauge"
     assert kinds["agentpool_operator_info"] == "gauge"
 

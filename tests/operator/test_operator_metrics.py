@@ -46,7 +46,11 @@ def pool_labels(pool: str, **extra: str) -> Labels:
 async def test_a_pools_figures_bounds_and_health_are_exported(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
 ) -> None:
-    await TaskQueue(redis, "metrics-jobs").submit_many([{"n": n} for n in range(4)])
+    queue = TaskQueue(redis, "metrics-jobs")
+    await queue.submit({"poison": True})
+    [poisoned] = (await queue.claim("w1", 1, 30)).tasks
+    await queue.fail(poisoned, "ValueError: bad input", retryable=False)
+    await queue.submit_many([{"n": n} for n in range(4)])
     await cluster.create_pool(pool_manifest(
         "metrics-a", redis_url=redis_url, queue="metrics-jobs",
         scaling={"minReplicas": 1, "maxReplicas": 6, "pollSeconds": 1},
@@ -57,6 +61,12 @@ async def test_a_pools_figures_bounds_and_health_are_exported(
     assert found[("agentpool_pool_min_replicas", labels)] == 1
     assert found[("agentpool_pool_max_replicas", labels)] == 6
     assert found[("agentpool_pool_paused", labels)] == 0
+    assert found[("agentpool_pool_poll_seconds", labels)] == 1
+    assert found[("agentpool_pool_dead", labels)] == 1
+    assert found[("agentpool_pool_tasks_total", pool_labels("metrics-a", event="dead"))] == 1
+    assert found[("agentpool_pool_tasks_total", pool_labels("metrics-a", event="submitted"))] == 5
+    assert found[("agentpool_pool_tasks_total", pool_labels("metrics-a", event="failed"))] == 1
+    assert found[("agentpool_pool_tasks_total", pool_labels("metrics-a", event="expired"))] == 0
     observed = found[("agentpool_operator_pool_last_observed_timestamp_seconds", labels)]
     assert time.time() - 60 < observed <= time.time()
     reachable = pool_labels("metrics-a", type="QueueReachable")
