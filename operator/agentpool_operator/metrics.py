@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator, Mapping, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from importlib import metadata
 from typing import Any
 
@@ -402,9 +402,40 @@ def record_limit_waits(namespace: str, pool: str, shares: Mapping[str, float]) -
             series.discard((metric, values))
 
 
-def record_limit(state: LimitState) -> None:
+_limits_named: dict[tuple[str, str], set[str]] = {}
+"""The limits each pool named in its last round: a limit's series go with the last pool that
+names it."""
+_limits_exported: set[str] = set()
+
+LIMIT_UNITS = ("requests", "tokens")
+
+
+def record_limits(namespace: str, pool: str, states: Iterable[LimitState]) -> None:
+    """The limits a pool names, as Redis holds them; `[]` when it names none any more."""
+    names = set()
+    for state in states:
+        _record_limit(state)
+        names.add(state.name)
+    _limits_named[(namespace, pool)] = names
+    _drop_unnamed_limits()
+
+
+def _drop_unnamed_limits() -> None:
+    named = set().union(*_limits_named.values())
+    for name in _limits_exported - named:
+        for gauge in (LIMIT_DECLARED_RATE, LIMIT_EFFECTIVE_RATE):
+            for unit in LIMIT_UNITS:
+                _remove(gauge, name, unit)
+        for gauge in (LIMIT_GRANTS, LIMIT_THROTTLES, LIMIT_WAITING, LIMIT_WAITED,
+                      LIMIT_MAX_CONCURRENT, LIMIT_HELD, LIMIT_IN_LINE):
+            _remove(gauge, name)
+    _limits_exported.intersection_update(named)
+
+
+def _record_limit(state: LimitState) -> None:
     """A limit's figures as Redis holds them (shared by every pool naming it)."""
     name = state.name
+    _limits_exported.add(name)
     config = state.config
     if config is not None:
         for unit, declared, effective in (
@@ -414,6 +445,9 @@ def record_limit(state: LimitState) -> None:
             if declared is not None and effective is not None:
                 LIMIT_DECLARED_RATE.labels(name, unit).set(declared)
                 LIMIT_EFFECTIVE_RATE.labels(name, unit).set(effective)
+            else:
+                _remove(LIMIT_DECLARED_RATE, name, unit)
+                _remove(LIMIT_EFFECTIVE_RATE, name, unit)
     LIMIT_GRANTS.labels(name).set(state.grants)
     LIMIT_THROTTLES.labels(name).set(state.throttles)
     LIMIT_WAITING.labels(name).set(state.waiting)
@@ -424,8 +458,7 @@ def record_limit(state: LimitState) -> None:
         LIMIT_IN_LINE.labels(name).set(state.in_line)
     else:
         for gauge in (LIMIT_MAX_CONCURRENT, LIMIT_HELD, LIMIT_IN_LINE):
-            with contextlib.suppress(KeyError):
-                gauge.remove(name)
+            _remove(gauge, name)
 
 
 def forget_pool(namespace: str, pool: str) -> None:
@@ -440,6 +473,8 @@ def forget_pool(namespace: str, pool: str) -> None:
         _remove(POOL_CONDITION, namespace, pool, condition_type)
     for metric, values in _series.pop((namespace, pool), set()):
         _remove(metric, *values)
+    if _limits_named.pop((namespace, pool), None):
+        _drop_unnamed_limits()
 
 
 def _remove(metric: Any, *labels: str) -> None:

@@ -12,7 +12,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from agentpool.ratelimit import Declaration, LimitConfig, RateLimiter, limit_configs
+from agentpool.ratelimit import (
+    Declaration,
+    LimitConfig,
+    LimitState,
+    RateLimiter,
+    limit_configs,
+)
 from agentpool.redis_errors import REDIS_FAILURES
 from agentpool.scaling.policy import LimitWait, limit_waits
 
@@ -47,18 +53,22 @@ def conflicts_problem(problems: list[Problem]) -> tuple[Problem, ...]:
 
 async def observe_limits(observation: PoolObservation) -> LimitsObserved:
     spec, queue = observation.spec, observation.queue
+    if not spec.rate_limits:
+        metrics.record_limits(observation.namespace, observation.name, [])
     if not spec.rate_limits or queue is None:
         metrics.record_limit_waits(observation.namespace, observation.name, {})
         return LimitsObserved()
     owner = f"{observation.namespace}/{observation.name}"
     problems: list[Problem] = []
+    states: list[LimitState] = []
     try:
         for config in limit_configs(spec.rate_limits):
             limiter = RateLimiter(queue.redis, config.name)
             declaration = await limiter.declare(config, owner)
             if declaration.conflict:
                 problems.append(conflict_problem(config, declaration))
-            metrics.record_limit(await limiter.state())
+            states.append(await limiter.state())
+        metrics.record_limits(observation.namespace, observation.name, states)
         workers = await queue.workers()
     except REDIS_FAILURES as error:
         log.warning(f"{owner}: cannot read its rate limits: {sanitize(str(error))}")

@@ -13,6 +13,7 @@ from prometheus_client.samples import Sample
 
 from agentpool.models import AgentPoolSpec
 from agentpool.protocol import RequeueResult
+from agentpool.ratelimit import LimitConfig, LimitState
 from agentpool.redis_server import free_port
 from agentpool.scaling.policy import QueueLoad, ScalingHistory, ScalingPolicy, decide
 from agentpool_operator import metrics
@@ -173,6 +174,45 @@ def test_a_limits_waiting_share_goes_when_it_is_no_longer_known(pool: str) -> No
     assert [(s.labels["limit"], s.value) for s in shares] == [("search", 0.2)]
     metrics.record_limit_waits(NS, pool, {})  # idle, or no limit declared any more
     assert [s for s in of_pool(pool) if s.name == "agentpool_pool_limit_wait_share"] == []
+    metrics.forget_pool(NS, pool)
+
+
+def limit_state(name: str, *, rpm: int | None = 60, tpm: int | None = None,
+                max_concurrent: int | None = None) -> LimitState:
+    config = LimitConfig(name, requests_per_minute=rpm, tokens_per_minute=tpm,
+                         max_concurrent=max_concurrent)
+    return LimitState(name=name, config=config, owner="team-a/p", factor=1.0, paused_for=0,
+                      grants=5, tokens=0, throttles=0, last_throttle=None, waited_seconds=0,
+                      released=0, waiting=0)
+
+
+def limit_series(name: str) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    return {(s.name, tuple(sorted(s.labels.items()))) for s in samples(exposition())
+            if s.name.startswith("agentpool_limit_") and s.labels.get("limit") == name}
+
+
+def test_a_limits_series_go_with_the_last_pool_that_names_it(pool: str) -> None:
+    other = f"{pool}-other"
+    shared, own = f"shared-{pool}", f"own-{pool}"
+    metrics.record_limits(NS, pool, [limit_state(shared), limit_state(own, tpm=1000,
+                                                                        max_concurrent=4)])
+    metrics.record_limits(NS, other, [limit_state(shared)])
+    assert ("agentpool_limit_held", (("limit", own),)) in limit_series(own)
+    assert ("agentpool_limit_declared_rate", (("limit", own), ("unit", "tokens"))) in \
+        limit_series(own)
+    metrics.record_limits(NS, pool, [limit_state(own)])  # no tokens nor slots declared now
+    assert limit_series(own) == {
+        ("agentpool_limit_declared_rate", (("limit", own), ("unit", "requests"))),
+        ("agentpool_limit_effective_rate", (("limit", own), ("unit", "requests"))),
+        *((name, (("limit", own),)) for name in (
+            "agentpool_limit_grants", "agentpool_limit_throttles",
+            "agentpool_limit_waiting_workers", "agentpool_limit_wait_seconds")),
+    }
+    metrics.record_limits(NS, pool, [])  # the spec names no limit any more
+    assert limit_series(own) == set()
+    assert limit_series(shared) != set()  # still named by the other pool
+    metrics.forget_pool(NS, other)
+    assert limit_series(shared) == set()
     metrics.forget_pool(NS, pool)
 
 
