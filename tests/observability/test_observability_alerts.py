@@ -138,6 +138,17 @@ def test_a_group_whose_alerts_are_all_off_is_left_out(helm: Helm) -> None:
     assert [g["name"] for g in groups(helm, values)] == ["agentpool-pools"]
 
 
+def test_operator_down_is_left_out_without_the_charts_service_monitor(helm: Helm) -> None:
+    """Its expression looks for the ServiceMonitor's job: scraped some other way, the operator
+    would be reported down for ever."""
+    values = copy.deepcopy(MONITORING)
+    values["monitoring"]["serviceMonitor"]["enabled"] = False
+    found = rules(helm, values)
+    assert "AgentPoolOperatorDown" not in found
+    assert {"AgentPoolReconcileErrors", "AgentPoolNotObserved"} <= set(found)
+    assert "AgentPoolOperatorDown" in rules(helm)
+
+
 @pytest.mark.parametrize(
     ("alerts", "expected"),
     [
