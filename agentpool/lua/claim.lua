@@ -2,8 +2,9 @@
 -- Moves due delayed tasks to the queue, then leases up to `count` tasks to the worker.
 -- Returns {tasks, next_due_ms|false, now, tasks left queued}; each task is
 -- {id, token, attempts, payload, created_ms, max_attempts, checkpoint|false,
--- timeout_ms|false, after|false, tenant|false}; after: the ids of the tasks it runs after,
--- comma-separated.
+-- timeout_ms|false, after|false, tenant|false, ready_ms}; after: the ids of the tasks it runs
+-- after, comma-separated; ready_ms: when it was last ready to run (its submit, the end of its
+-- delay or backoff, of the tasks it ran after, its requeue: its 'due', when later).
 -- A task past its `expires` time is not leased: it ends cancelled, with why.
 -- One fencing INCRBY, one lease ZADD, one owner SADD and one SET that remembers the claim (a
 -- claim sent again is answered from it) per claim, whatever its size (one INCRBY more per
@@ -56,11 +57,12 @@ local out = {}
 local pod = string.match(worker, '^(.*):[^:]*$') or worker
 local taken = 0
 -- f: the task's payload, created, max, attempts, cp and timeout fields, in that order.
-local function claimed(id, token, attempts, f, after, tenant)
+local function claimed(id, token, attempts, f, after, tenant, due)
   local checkpoint = false
   if f[5] then checkpoint = redis.call('GET', checkpoint_key(id)) end
-  return {id, token, attempts, f[1] or '', tonumber(f[2]) or 0, max_attempts(f[3]), checkpoint,
-    f[6] or false, after or false, tenant or false}
+  local created = tonumber(f[2]) or 0
+  return {id, token, attempts, f[1] or '', created, max_attempts(f[3]), checkpoint,
+    f[6] or false, after or false, tenant or false, math.max(created, tonumber(due) or 0)}
 end
 -- A claim sent again (its connection was lost after Redis ran it, and its reply with it)
 -- hands back what it took the first time and takes nothing more: those tasks would otherwise
@@ -71,10 +73,10 @@ local last_claim = P .. 'claimed:' .. worker
 if prefix and redis.call('GET', last_claim) == prefix then
   for _, id in ipairs(redis.call('SMEMBERS', owner_key(worker))) do
     local f = redis.call('HMGET', task_key(id), 'payload', 'created', 'max', 'attempts', 'cp',
-      'timeout', 'state', 'owner', 'token', 'after', 'tenant')
+      'timeout', 'state', 'owner', 'token', 'after', 'tenant', 'due')
     if f[7] == 'running' and f[8] == worker and f[9]
         and string.sub(f[9], 1, #prefix) == prefix then
-      out[#out + 1] = claimed(id, f[9], tonumber(f[4]), f, f[10], f[11])
+      out[#out + 1] = claimed(id, f[9], tonumber(f[4]), f, f[10], f[11], f[12])
     end
   end
   local function fence_of(task) return tonumber(string.sub(task[2], #prefix + 1)) end
@@ -119,7 +121,7 @@ elseif not drain_requested(worker, pod) then
       local id, score = popped[2 * i - 1], popped[2 * i]
       local tk = task_key(id)
       local f = #held < count and redis.call('HMGET', tk, 'payload', 'created', 'max',
-        'attempts', 'cp', 'timeout', 'expires', 'ev', 'after', 'tenant')
+        'attempts', 'cp', 'timeout', 'expires', 'ev', 'after', 'tenant', 'due')
       local expires = f and tonumber(f[7])  -- a field written by hand may be no number
       local tenant = f and f[10] and caps_on() and f[10]
       if not f then
@@ -144,7 +146,7 @@ elseif not drain_requested(worker, pod) then
         leases[#leases + 1] = now + lease_ms
         leases[#leases + 1] = id
         held[#held + 1] = id
-        out[#out + 1] = claimed(id, token, attempts, f, f[9], f[10])
+        out[#out + 1] = claimed(id, token, attempts, f, f[9], f[10], f[11])
         if tenant then
           -- every tenant's runs are counted while the queue has caps: a cap given to a
           -- tenant later counts the runs it has

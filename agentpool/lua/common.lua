@@ -530,7 +530,7 @@ local function finished(id, tk, state, now, f, extra, count)
             redis.call('HSET', ck, 'state', 'delayed')
             redis.call('ZADD', K_DELAYED, due, child)
           else
-            redis.call('HSET', ck, 'state', 'queued')
+            redis.call('HSET', ck, 'state', 'queued', 'due', now)
             redis.call('ZADD', K_QUEUED, fair().entry(ck, c[2], c[8], c[9]), child)
             wake(1)
           end
@@ -558,10 +558,11 @@ local function expired(id, tk, now, f, expires, created, what, tail)
   redis.call('HINCRBY', K_STATS, 'expired', 1)
 end
 
--- Back to the queue at its original place (score), with the reason it left its holder.
-local function requeue(id, tk, score, err)
+-- Back to the queue at its original place (score), with the reason it left its holder; it
+-- is ready again from `now` (its 'due': a run's wait is counted from it).
+local function requeue(id, tk, score, err, now)
   fair().hold(score)
-  redis.call('HSET', tk, 'state', 'queued', 'error', err)
+  redis.call('HSET', tk, 'state', 'queued', 'error', err, 'due', now)
   redis.call('ZADD', K_QUEUED, score, id)
   redis.call('HINCRBY', K_STATS, 'requeued', 1)
   wake(1)
@@ -590,7 +591,7 @@ local function requeue_one(id, reason, now)
       {'error', reason .. ' (attempt ' .. attempts .. ' of ' .. limit .. ')'})
     return 2
   end
-  requeue(id, tk, f[4], reason)
+  requeue(id, tk, f[4], reason, now)
   return 1
 end
 

@@ -41,7 +41,7 @@ local function revive_after(id)
 end
 -- The dead set is left last, and HDEL comes before HSET: a credential that may not delete
 -- (a producer's) is refused by its first write, before anything changed.
-local n, revived = 0, 0
+local n, revived, now = 0, 0, now_ms()
 for _, id in ipairs(ids) do
   if redis.call('ZSCORE', K_DEAD, id) then
     local tk = task_key(id)
@@ -51,7 +51,7 @@ for _, id in ipairs(ids) do
     else
       -- requeued by hand: run it, however long ago it was meant to start by
       redis.call('HDEL', tk, 'finished', 'expires')
-      redis.call('HSET', tk, 'state', 'queued', 'attempts', 0)
+      redis.call('HSET', tk, 'state', 'queued', 'attempts', 0, 'due', now)
       fair().hold(score)
       redis.call('ZADD', K_QUEUED, score, id)
       wake(1)

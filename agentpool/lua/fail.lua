@@ -36,7 +36,7 @@ if mode == 'cancel' or f[5] == '1' then
 end
 if mode == 'release' then
   redis.call('HINCRBY', tk, 'attempts', -1)
-  requeue(id, tk, f[6], err)
+  requeue(id, tk, f[6], err, now)
   return 'requeued'
 end
 redis.call('HINCRBY', K_STATS, 'failed', 1)

@@ -77,11 +77,17 @@ class ClaimedTask:
     """The tasks it was submitted to run after (its submit's `after`)."""
     tenant: str | None = None
     """Whose task it is (its submit's `tenant`), if its submit said."""
+    ready_ms: int | None = None
+    """When it was last ready to run: its submit, or later the end of its delay or retry
+    backoff, of the tasks it ran after, its requeue (None: its submit)."""
 
     @property
     def wait_seconds(self) -> float:
-        """Time from submit to this start (includes earlier attempts and backoff)."""
-        return max(0.0, (self.claimed_ms - self.created_ms) / 1000)
+        """Time this run waited in the queue: from the moment the task was last ready to run
+        to this start (a delay, a retry's backoff, the tasks it runs after and earlier runs are
+        not waiting for a worker)."""
+        ready = self.created_ms if self.ready_ms is None else self.ready_ms
+        return max(0.0, (self.claimed_ms - ready) / 1000)
 
 
 @dataclass(frozen=True)

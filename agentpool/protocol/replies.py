@@ -82,6 +82,7 @@ def claim_batch(reply: Sequence[Any]) -> ClaimBatch:
             timeout_ms=optional_int(t[7]) if len(t) > 7 else None,
             after=tuple(as_text(t[8]).split(",")) if len(t) > 8 and t[8] else (),
             tenant=as_text(t[9]) if len(t) > 9 and t[9] else None,
+            ready_ms=int(t[10]) if len(t) > 10 else int(t[4]),
         )
         for t in tasks
     ]

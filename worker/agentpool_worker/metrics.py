@@ -50,7 +50,9 @@ TASK_DURATION = Histogram(
     "agentpool_worker_task_duration_seconds", "Run time of a task's handler", ["queue"],
     buckets=BUCKETS)
 TASK_WAIT = Histogram(
-    "agentpool_worker_task_wait_seconds", "Time from submit to the start of a run", ["queue"],
+    "agentpool_worker_task_wait_seconds",
+    "Time a run waited for a worker: from its task last being ready to run to its start",
+    ["queue"],
     buckets=BUCKETS)
 EVENTS = Counter(
     "agentpool_worker_events", "Events handlers emitted (ctx.emit, ctx.progress)", ["queue"])
