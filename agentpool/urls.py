@@ -76,10 +76,18 @@ def after_host(url: str) -> str:
     return rest[len(netloc):] if rest.startswith(netloc) else rest
 
 
+_USER_QUERY_KEYS = frozenset({"password", "pass", "passwd", "token", "username", "user"})
+"""Query parameters that name the URL's own user or password (`sentinel_password` names the
+sentinels', which a URL for another user still needs)."""
+
+
 def with_credentials(url: str, username: str, password: str) -> str:
-    """The URL with its user info replaced by ``username:password`` (both percent-encoded);
-    scheme, host, port, database and query stay as they were."""
+    """The URL with its user info replaced by ``username:password`` (both percent-encoded) and
+    any user or password in its query dropped (the admin password of a ``?password=`` must
+    not reach the workers' URL); scheme, host, port, database and other options stay."""
     parts = urlsplit(url)
     hostport = parts.netloc.rpartition("@")[2]
     userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}"))
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = urlencode([(k, v) for k, v in pairs if k.lower() not in _USER_QUERY_KEYS])
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}", query=query))

@@ -104,8 +104,10 @@ class WorkerCredentials:
     """The pod template's credentials version (None: not known, leave the template as is)."""
 
 
-def credentials_version(password: str) -> str:
-    return hashlib.sha256(f"agentpool-credentials:{password}".encode()).hexdigest()[:16]
+def credentials_version(url: str) -> str:
+    """The pod template's mark of the worker URL (its password and its Redis): a new password
+    or another Redis rolls the pods."""
+    return hashlib.sha256(f"agentpool-credentials:{url}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -132,13 +134,14 @@ def retiring_hashes(value: str | None) -> tuple[str, ...]:
 def plan_rotation(current: str | None, retiring: str | None, *, requested: bool,
                   rolled_out: bool, new_password: str, live: Sequence[str] = ()) -> Rotation:
     """What this round does with the passwords (see the module's docstring). `live` are the
-    hashes the user has on Redis, asked for only when there is no current password: a user
-    whose Secret went missing keeps them while the pods roll to the new one."""
+    hashes the user has on Redis: those the Secret's password is not (the Secret went missing,
+    was edited by hand, lost its retiring annotation) stay accepted while the pods roll to it."""
     if current is None:
         new = password_hash(new_password)
         kept = tuple(h for h in retiring_hashes(",".join(live)) if h != new)
         return Rotation(new_password, (new, *kept), ",".join(kept) or None)
-    waiting = retiring_hashes(retiring)
+    mine = password_hash(current)
+    waiting = tuple(h for h in retiring_hashes(",".join((retiring or "", *live))) if h != mine)
     if waiting:
         if rolled_out:
             return Rotation(current, (password_hash(current),), None, finished=True)
@@ -248,7 +251,7 @@ def secret_drift(desired: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[
     """A merge patch putting back the data, owner and rotation state of the worker Secret
     (None: nothing to change). A None annotation value means: absent."""
     patch: dict[str, Any] = {}
-    if actual.get("data") != desired["data"]:
+    if (actual.get("data") or {}).get(SECRET_KEY) != desired["data"][SECRET_KEY]:
         patch["data"] = desired["data"]
     meta = actual.get("metadata") or {}
     wanted = desired["metadata"]
@@ -357,11 +360,12 @@ async def ensure_worker_credentials(
     served = annotations.get(ROTATION_ANNOTATION) or None
     user = acl_username(namespace, name, Role.WORKER)
     try:
-        live = () if current is not None else await user_password_hashes(admin, user)
+        live = await user_password_hashes(admin, user)
         plan = plan_rotation(
             current, retiring,
             requested=pods is not None and request is not None and request != served,
-            rolled_out=current is not None and rolled_out(pods, credentials_version(current)),
+            rolled_out=current is not None and rolled_out(
+                pods, credentials_version(with_credentials(pool_url, user, current))),
             new_password=secrets.token_urlsafe(PASSWORD_BYTES), live=live,
         )
         spec = pool.get("spec") or {}
@@ -376,9 +380,8 @@ async def ensure_worker_credentials(
         return CredentialsRound(shared(why))
     if plan.started or existing is None:
         served = request
-    desired = desired_worker_secret(namespace, name, pool,
-                                    with_credentials(pool_url, user, plan.password),
-                                    plan.retiring, rotation=served)
+    url = with_credentials(pool_url, user, plan.password)
+    desired = desired_worker_secret(namespace, name, pool, url, plan.retiring, rotation=served)
     events: list[tuple[str, str]] = []
     if existing is None:
         known.remember(secret_name, await kube.create_secret(namespace, desired), now)
@@ -405,7 +408,7 @@ async def ensure_worker_credentials(
         events.append(("CredentialsRotated",
                        f"every pod uses the new password of Redis user {user}; the old one "
                        "is removed"))
-    credentials = per_pool(namespace, name, queue, credentials_version(plan.password))
+    credentials = per_pool(namespace, name, queue, credentials_version(url))
     return CredentialsRound(credentials, tuple(events))
 
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -632,6 +632,128 @@ async def test_a_deleted_worker_secret_keeps_the_running_pods_password_until_the
         for url in (old_url, new_url):
             password = urlsplit(url).password
             assert password and password not in published
+    finally:
+        await credentials.remove_user(redis, NAMESPACE, pool_name)
+
+
+class InMemoryRounds:
+    """`ensure_worker_credentials` rounds of one pool on a real Redis, its Secret in memory,
+    each round reading the Secret afresh (as after SECRET_RECHECK_SECONDS)."""
+
+    def __init__(self, redis: aioredis.Redis, redis_url: str, pool_name: str) -> None:
+        self.redis, self.pool_url, self.pool_name = redis, redis_url, pool_name
+        self.queue = f"q-{pool_name}"
+        self.pool = {"apiVersion": "agentpool.dev/v1alpha1", "kind": "AgentPool",
+                     "metadata": {"namespace": NAMESPACE, "name": pool_name, "uid": "u-1"},
+                     "spec": {}}
+        self.kube, self.known = SecretsInMemory(), KnownSecrets()
+        self.secret = f"{pool_name}-redis-worker"
+        self.now = 0.0
+        self.patches = 0
+
+    async def round(self, pods: list[dict] | None = None) -> credentials.CredentialsRound:
+        self.now += credentials.SECRET_RECHECK_SECONDS + 1
+        before = copy.deepcopy(self.kube.secrets.get(self.secret))
+        done = await ensure_worker_credentials(
+            self.kube, self.redis, self.pool, self.queue, self.pool_url, known=self.known,
+            now=self.now, pods=pods)
+        if before is not None and self.kube.secrets.get(self.secret) != before:
+            self.patches += 1
+        return done
+
+    @property
+    def url(self) -> str:
+        return base64.b64decode(self.kube.secrets[self.secret]["data"]["url"]).decode()
+
+    def pod(self, name: str, done: credentials.CredentialsRound) -> dict:
+        assert done.credentials.version
+        return pod_manifest(self.pool_name, name, done.credentials.version)
+
+
+async def test_a_worker_secret_edited_by_hand_keeps_the_running_pods_password_until_they_rolled(
+    redis: aioredis.Redis, redis_url: str, pool_name: str,
+) -> None:
+    """A password written into the Secret by hand (or a Secret restored from a backup) is
+    taken, and the password the running pods have stays accepted until they rolled."""
+    rounds = InMemoryRounds(redis, redis_url, pool_name)
+    try:
+        first = await rounds.round()
+        old_url = rounds.url
+        await TaskQueue(redis, rounds.queue).submit_many(list(range(5)))
+        edited = with_credentials(redis_url, unquote(urlsplit(old_url).username or ""),
+                                  secrets.token_urlsafe(16))
+        rounds.kube.secrets[rounds.secret]["data"]["url"] = base64.b64encode(
+            edited.encode()).decode()
+        old_pod = rounds.pod("w-old", first)
+        again = await rounds.round([old_pod])
+        assert rounds.url == edited
+        assert again.credentials.version != first.credentials.version, "the pods roll"
+        assert await can_claim(old_url, rounds.queue), "a running pod's reconnect still works"
+        assert await can_claim(edited, rounds.queue)
+        await rounds.round([old_pod, rounds.pod("w-new", again)])
+        assert await can_claim(old_url, rounds.queue)
+        done = await rounds.round([rounds.pod("w-new", again)])
+        assert [reason for reason, _ in done.events] == ["CredentialsRotated"]
+        assert not await can_claim(old_url, rounds.queue)
+        assert await can_claim(edited, rounds.queue)
+    finally:
+        await credentials.remove_user(redis, NAMESPACE, pool_name)
+
+
+async def test_a_rotation_whose_retiring_mark_was_removed_keeps_the_old_password_until_rolled(
+    redis: aioredis.Redis, redis_url: str, pool_name: str,
+) -> None:
+    rounds = InMemoryRounds(redis, redis_url, pool_name)
+    try:
+        first = await rounds.round()
+        old_url, old_pod = rounds.url, rounds.pod("w-old", first)
+        await TaskQueue(redis, rounds.queue).submit_many(list(range(5)))
+        started = await ensure_worker_credentials(
+            rounds.kube, redis, rounds.pool, rounds.queue, redis_url, known=rounds.known,
+            now=rounds.now, pods=[old_pod], request="r-1")
+        assert [reason for reason, _ in started.events] == ["CredentialsRotating"]
+        annotations = rounds.kube.secrets[rounds.secret]["metadata"]["annotations"]
+        del annotations[credentials.RETIRING_ANNOTATION]
+        await rounds.round([old_pod])
+        assert await can_claim(old_url, rounds.queue), "still accepted: a pod has it"
+        done = await rounds.round([rounds.pod("w-new", started)])
+        assert [reason for reason, _ in done.events] == ["CredentialsRotated"]
+        assert not await can_claim(old_url, rounds.queue)
+    finally:
+        await credentials.remove_user(redis, NAMESPACE, pool_name)
+
+
+async def test_another_redis_url_rolls_the_pods_and_no_admin_password_reaches_them(
+    redis: aioredis.Redis, redis_url: str, pool_name: str,
+) -> None:
+    """The pool moved to another Redis (here: another database of the same one) keeps its
+    password, yet its pods must roll to reach it; an admin password given in the pool URL's
+    query goes no further than the operator."""
+    rounds = InMemoryRounds(redis, redis_url, pool_name)
+    try:
+        first = await rounds.round()
+        base = redis_url.rsplit("/", 1)[0] if urlsplit(redis_url).path not in ("", "/") \
+            else redis_url.rstrip("/")
+        rounds.pool_url = f"{base}/3?password=ADMIN-SECRET&socket_timeout=5"
+        moved = await rounds.round()
+        assert moved.credentials.version != first.credentials.version
+        assert urlsplit(rounds.url).path == "/3"
+        assert "ADMIN-SECRET" not in rounds.url
+        assert "socket_timeout=5" in rounds.url
+    finally:
+        await credentials.remove_user(redis, NAMESPACE, pool_name)
+
+
+async def test_a_key_added_to_the_worker_secret_by_hand_is_left_alone(
+    redis: aioredis.Redis, redis_url: str, pool_name: str,
+) -> None:
+    rounds = InMemoryRounds(redis, redis_url, pool_name)
+    try:
+        await rounds.round()
+        rounds.kube.secrets[rounds.secret]["data"]["note"] = base64.b64encode(b"x").decode()
+        for _ in range(3):
+            assert (await rounds.round()).events == ()
+        assert rounds.patches == 0
     finally:
         await credentials.remove_user(redis, NAMESPACE, pool_name)
 
