@@ -10,16 +10,24 @@
 -- claim sent again is answered from it) per claim, whatever its size (one INCRBY more per
 -- pop again for tasks that could not run).
 -- Keys: KEYS[1] and keys under ARGV[1], the queue's prefix: one hash slot (common.lua).
-refuse_when_full()
 local worker, count, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local promote = tonumber(ARGV[5])
+-- A claim sent again (its connection was lost after Redis ran it, and its reply with it)
+-- hands back what it took the first time and takes nothing more: those tasks would otherwise
+-- wait out their lease, an attempt spent. The token prefix of a worker's last claim that took
+-- tasks is kept a minute. Such a claim writes nothing (a full Redis answers it too).
+local prefix = ARGV[6]
+local last_claim = P .. 'claimed:' .. worker
+local resent = prefix and redis.call('GET', last_claim) == prefix
+if not resent then refuse_when_full() end
 local SKIPPED_PER_CLAIM = 200
 local PARKED_PER_CLAIM = 1000
 local UNPARK_LOOK_MS = 1000
 local PARK_BATCH = 64
 local now = now_ms()
 -- the delayed head: the due tasks to promote and, after them, the next due time
-local head = redis.call('ZRANGE', K_DELAYED, 0, promote, 'WITHSCORES')
+local head = redis.call('ZRANGE', K_DELAYED, 0, resent and 0 or promote, 'WITHSCORES')
+if resent then promote = 0 end
 local nxt = false
 local due, back, entering = {}, {}, {}
 for i = 1, #head, 2 do
@@ -64,13 +72,7 @@ local function claimed(id, token, attempts, f, after, tenant, due)
   return {id, token, attempts, f[1] or '', created, max_attempts(f[3]), checkpoint,
     f[6] or false, after or false, tenant or false, math.max(created, tonumber(due) or 0)}
 end
--- A claim sent again (its connection was lost after Redis ran it, and its reply with it)
--- hands back what it took the first time and takes nothing more: those tasks would otherwise
--- wait out their lease, an attempt spent. The token prefix of a worker's last claim that took
--- tasks is kept a minute.
-local prefix = ARGV[6]
-local last_claim = P .. 'claimed:' .. worker
-if prefix and redis.call('GET', last_claim) == prefix then
+if resent then
   for _, id in ipairs(redis.call('SMEMBERS', owner_key(worker))) do
     local f = redis.call('HMGET', task_key(id), 'payload', 'created', 'max', 'attempts', 'cp',
       'timeout', 'state', 'owner', 'token', 'after', 'tenant', 'due')

@@ -26,6 +26,7 @@ from agentpool.protocol import (
     TaskQueue,
     WorkerInfo,
 )
+from agentpool.protocol.replies import claim_batch
 from agentpool.ratelimit import LimitConfig, RateLimiter
 from agentpool.redis_server import RedisServer
 
@@ -120,6 +121,28 @@ async def test_submits_claims_events_and_checkpoints_are_refused_with_nothing_wr
             raise AssertionError(f"{name}: {error!r}") from error
     full.free()
     assert len((await queue.claim(worker.worker_id, 1, LEASE)).tasks) == 1
+
+
+async def test_a_claim_sent_again_is_answered_on_a_full_redis_and_writes_nothing(
+    full: Memory, client: aioredis.Redis,
+) -> None:
+    """Its first send leased the tasks and its reply was lost: refused now, they would wait
+    out their lease with nobody running them (an attempt spent, the last one dead-lettered)."""
+    queue = TaskQueue(client, "full-resent")
+    worker = WorkerInfo(pod="p1", instance="i1", concurrency=4, state="running")
+    await queue.submit_many([{"n": i} for i in range(3)])
+    await queue.submit({"later": True}, delay=3600)
+    args = [worker.worker_id, 2, int(LEASE * 1000), 100, "resent-call-"]
+    first = claim_batch(await queue._run("claim", *args))
+    assert len(first.tasks) == 2
+    full.fill()
+    before = full.snapshot(queue.name)
+    again = claim_batch(await queue._run("claim", *args))
+    assert full.snapshot(queue.name) == before
+    assert [(t.id, t.token) for t in again.tasks] == [(t.id, t.token) for t in first.tasks]
+    assert again.next_due_in is not None and again.next_due_in > 3000
+    await refused_and_nothing_written(
+        full, queue.name, lambda: queue._run("claim", *args[:4], "a-new-call-"))
 
 
 async def test_runs_in_progress_go_on_to_their_end(
