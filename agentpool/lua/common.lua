@@ -434,11 +434,11 @@ local function unpark_all()
   end
 end
 
--- The task `id` ended or waits for a retry: its tenant's count of runs drops, and when its
--- tenant has room again, its first parked task goes back to the queue. (A run handed back
--- to the queue stays counted until a claim or the reaper finds it without a lease; the task
--- itself is back in the queue, in its old place.) Only a run counts: the tasks a producer's
--- cancel ends never ran, and a producer may not write `runs:`.
+-- The task `id` ended, waits for a retry or goes back to the queue (its holder lost or
+-- draining): its tenant's count of runs drops, and when its tenant has room again, its first
+-- parked task goes back to the queue, so that a task handed back does not pass the tenant's
+-- parked tasks of a higher priority. Only a run counts: the tasks a producer's cancel ends
+-- never ran, and a producer may not write `runs:`.
 local function run_ended(id, tk)
   if not caps_on() then return end
   local t = redis.call('HMGET', tk, 'tenant', 'state')
@@ -561,6 +561,7 @@ end
 -- Back to the queue at its original place (score), with the reason it left its holder; it
 -- is ready again from `now` (its 'due': a run's wait is counted from it).
 local function requeue(id, tk, score, err, now)
+  run_ended(id, tk)
   fair().hold(score)
   redis.call('HSET', tk, 'state', 'queued', 'error', err, 'due', now)
   redis.call('ZADD', K_QUEUED, score, id)

@@ -12,6 +12,11 @@ local limit, stale_ms = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local counts = {0, 0, 0}
 local moved = {}
+-- Tasks parked for a cap whose tenant has room that no run's end reported (a cap raised by
+-- hand, a run's count lost) go back to the queue, before the runs this reap hands back give
+-- back their own room (common.lua's run_ended), and before the sweep below, which ends those
+-- of them past their expiry at the head.
+if redis.call('EXISTS', K_PARKED) == 1 then unpark_all() end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, limit)) do
   local holder = redis.call('HGET', task_key(id), 'owner') or ''
   local r = requeue_one(id, 'lease expired', now)
@@ -21,10 +26,6 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 
     moved[#moved + 1] = r
   end
 end
--- Tasks parked for a cap whose tenant has room that no run's end reported (its run handed
--- back to the queue by this reap, or by a lost pod's requeue) go back to the queue, before
--- the sweep below, which ends those of them past their expiry at the head.
-if redis.call('EXISTS', K_PARKED) == 1 then unpark_all() end
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - stale_ms)) do
   if redis.call('SCARD', owner_key(w)) == 0 then
     redis.call('ZREM', K_WORKERS, w)

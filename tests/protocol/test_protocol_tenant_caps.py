@@ -153,8 +153,8 @@ async def _lease_ran_out(queue: TaskQueue, task: ClaimedTask) -> object:
     (_complete, 1, False), (_retry_later, 1, False), (_dead, 1, False),
     # its run's end gives a parked task back, and the retry, due at once, keeps its place
     (_retry_now, 1, True),
-    # handed back to the queue at its place, still counted: nothing given back
-    (_release, 2, True), (_pod_lost, 2, True),
+    # handed back to the queue at its place, its run over: a parked task given back too
+    (_release, 1, True), (_pod_lost, 1, True),
     # the reaper hands the run back and finds the room it leaves
     (_lease_ran_out, 1, True),
 ], ids=["complete", "retry_later", "dead", "retry_now", "release", "pod_lost", "lease_ran_out"])
@@ -173,6 +173,27 @@ async def test_every_way_a_run_ends_makes_room_and_wakes_a_worker(
     assert (await queue.figures()).capped == parked_after
     (after,) = (await queue.claim("pod2:y", 1, 30)).tasks
     assert after.id == (task.id if next_is_the_same else waiting[1])
+
+
+@pytest.mark.parametrize("end", [_release, _pod_lost], ids=["release", "pod_lost"])
+async def test_a_run_handed_back_does_not_pass_its_tenants_parked_task_of_a_higher_priority(
+    queue: TaskQueue, redis: aioredis.Redis, end: EndRun,
+) -> None:
+    """Not even when a claim looked for unreported room within the last second (a busy
+    queue: the next look is up to a second away)."""
+    await queue.set_tenant_caps({"a": 1})
+    low = await queue.submit("low", tenant="a", priority=0)
+    (running,) = (await queue.claim("pod1:x", 1, 30)).tasks
+    assert running.id == low
+    high = await queue.submit("high", tenant="a", priority=9)
+    assert (await queue.claim("pod2:y", 1, 30)).tasks == []
+    assert (await queue.figures()).capped == 1
+    await redis.set(queue.prefix + "unpark_look", "1", px=60_000)
+    await end(queue, running)
+    (first,) = (await queue.claim("pod2:y", 1, 30)).tasks
+    assert first.id == high
+    assert (await queue.claim("pod2:y", 1, 30)).tasks == [], "the low one waits for room"
+    assert (await queue.figures()).capped == 1
 
 
 async def test_a_claim_that_parks_the_rest_of_the_queue_wakes_no_one(
