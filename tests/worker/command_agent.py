@@ -53,6 +53,13 @@ def main() -> None:
             say({"submit": {"step": step}, "name": f"step-{step}"})
         say({"result": "planned"})
         open(payload["exited"], "w").close()
+    elif mode == "big-plan":
+        pad = "p" * payload["pad"]
+        out = sys.stdout
+        for step in range(payload["steps"]):
+            out.write(json.dumps({"submit": {"step": step, "pad": pad}}) + "\n")
+        out.write(json.dumps({"result": "planned"}) + "\n")
+        out.flush()
     elif mode == "submit":
         for message in payload.get("messages", [payload.get("message")]):
             say(message)

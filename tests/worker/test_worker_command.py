@@ -37,6 +37,7 @@ from agentpool.protocol import (
     task_for_idempotency_key,
 )
 from agentpool.redis_server import RedisServer, free_port
+from agentpool_worker import command
 from agentpool_worker.command import (
     COMMAND_ENV,
     GRACE_ENV,
@@ -297,6 +298,22 @@ async def test_submits_sent_before_the_program_exits_are_all_carried_out(
     finally:
         await client.aclose()
         server.close()
+
+
+async def test_every_line_written_before_the_exit_is_carried_out_however_long_it_takes(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Megabytes of submits wait in the pipe when the program exits: they and the result after
+    them are carried out, with no time given for lines that come after the exit (a process
+    that left the group may write on), not cut off between two of them."""
+    monkeypatch.setattr(command, "PIPE_DRAIN_SECONDS", 0.0)
+    monkeypatch.setattr(command, "READ_CHUNK", 256)  # many turns between two messages
+    steps = 1500
+    done = await outcome(redis, redis_url, queue_name,
+                         {"mode": "big-plan", "steps": steps, "pad": 2500}, "succeeded",
+                         task_timeout_seconds=120)
+    assert done.result == "planned"
+    assert (await TaskQueue(redis, queue_name).figures()).stats["submitted"] == steps + 1
 
 
 @pytest.mark.parametrize("writable", [True, False], ids=["writable-home", "no-home"])

@@ -80,6 +80,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import json
 import math
 import os
@@ -89,6 +90,7 @@ import signal
 import stat
 import sys
 import tempfile
+import termios
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -194,6 +196,16 @@ def _not_dumpable() -> None:
 
 
 @dataclass
+class _ReadProgress:
+    """How far the reading of the command's stdout got."""
+
+    bytes_read: int = 0
+    """Bytes taken from the stream (their lines are carried out before more are taken)."""
+    waiting: bool = False
+    """Every line taken was carried out; the reader waits for more bytes."""
+
+
+@dataclass
 class _Outcome:
     """What the command's stdout said."""
 
@@ -206,6 +218,9 @@ class _Outcome:
     """The task id of each step the run submitted with a name."""
     acting: bool = False
     """A message is being carried out (a submit or a checkpoint waits for Redis)."""
+    read: _ReadProgress = field(default_factory=_ReadProgress)
+    """How far the reading of stdout got (after the exit: whether lines written before it
+    remain)."""
 
 
 async def run(payload: Any, ctx: TaskContext) -> Any:
@@ -273,16 +288,44 @@ def _make_writable(directory: str) -> None:
 
 
 class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """Tells when the process exits. ``Process.wait()`` also waits for its pipes to close,
-    which a process the command left behind can hold open for ever."""
+    """Tells when the process exits, and how many bytes of stdout it had written by then.
+    ``Process.wait()`` also waits for its pipes to close, which a process the command left
+    behind can hold open for ever."""
 
     def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit, loop)
         self.exited = asyncio.Event()
+        self.stdout_received = 0
+        self.stdout_at_exit = 0
+        self.pipes: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self.pipes = transport
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if fd == 1:
+            self.stdout_received += len(data)
+        super().pipe_data_received(fd, data)
 
     def process_exited(self) -> None:
+        self.stdout_at_exit = self.stdout_received + self._stdout_unread()
         super().process_exited()
         self.exited.set()
+
+    def _stdout_unread(self) -> int:
+        """Bytes still in the stdout pipe (written, not yet received)."""
+        pipe = self.pipes.get_pipe_transport(1) if self.pipes is not None else None
+        handle = pipe.get_extra_info("pipe") if pipe is not None else None
+        if handle is None:
+            return 0
+        size = bytearray(4)
+        try:
+            fcntl.ioctl(handle.fileno(), termios.FIONREAD, size)
+        except (OSError, ValueError):
+            return 0
+        return int.from_bytes(size, sys.byteorder)
 
 
 @dataclass
@@ -291,7 +334,11 @@ class _Command:
 
     process: asyncio.subprocess.Process
     transport: asyncio.SubprocessTransport
-    exited: asyncio.Event
+    protocol: _ExitProtocol
+
+    @property
+    def exited(self) -> asyncio.Event:
+        return self.protocol.exited
 
     @classmethod
     async def start(cls, argv: tuple[str, ...], env: dict[str, str]) -> _Command:
@@ -300,8 +347,7 @@ class _Command:
         transport, protocol = await loop.subprocess_exec(
             lambda: _ExitProtocol(MAX_LINE_BYTES, loop), *argv, stdin=pipe, stdout=pipe,
             stderr=pipe, env=env, start_new_session=True)
-        return cls(asyncio.subprocess.Process(transport, protocol, loop), transport,
-                   protocol.exited)
+        return cls(asyncio.subprocess.Process(transport, protocol, loop), transport, protocol)
 
     def signal_group(self, sig: signal.Signals = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -341,12 +387,19 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext,
         status = process.returncode
         assert status is not None
         command.signal_group()  # what it left running would hold its pipes open
-        # A process that left the group (setsid) may still hold them: read what is there for
-        # PIPE_DRAIN_SECONDS more, and longer only while a line read is being carried out.
+        # Every line it wrote before it exited is carried out, however long that takes. A
+        # process that left the group (setsid) may still hold the pipes and write on: what
+        # comes after is read for PIPE_DRAIN_SECONDS from the exit, and longer only while a
+        # line read is being carried out.
         stderr_read = asyncio.ensure_future(asyncio.wait((logging,), timeout=PIPE_DRAIN_SECONDS))
         loop = asyncio.get_running_loop()
         until = loop.time() + PIPE_DRAIN_SECONDS
-        while not reading.done() and (outcome.acting or loop.time() < until):
+        written, read = command.protocol.stdout_at_exit, outcome.read
+
+        def backlog() -> bool:
+            return read.bytes_read < written or not read.waiting
+
+        while not reading.done() and (backlog() or outcome.acting or loop.time() < until):
             await asyncio.wait((reading,), timeout=max(0.05, until - loop.time()))
         await stderr_read
         if reading.done():
@@ -440,7 +493,7 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
     kept = 0
     number = 0
     noted = False
-    async for line in _lines(stdout):
+    async for line in _lines(stdout, outcome.read):
         number += 1
         if line.cut and OVERSIZED_MESSAGE.match(line.head):
             raise PermanentError(
@@ -486,13 +539,22 @@ RETRY_AFTER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
 """A retry_after given as text: plain decimal seconds (what an HTTP Retry-After carries)."""
 
 
-async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[_Line]:
+async def _lines(stream: asyncio.StreamReader,
+                 progress: _ReadProgress | None = None) -> AsyncIterator[_Line]:
     """The stream's lines; one over MAX_LINE_BYTES is cut to its last MAX_OUTPUT_CHARS bytes
     and keeps how it began. The loop gets a turn after every chunk read, however fast the
-    program writes."""
+    program writes. `progress` counts the bytes taken and tells when every line yielded was
+    handled and the next read waits."""
+    progress = progress or _ReadProgress()
     pending = bytearray()
     head: bytes | None = None
-    while chunk := await stream.read(READ_CHUNK):
+    while True:
+        progress.waiting = True
+        chunk = await stream.read(READ_CHUNK)
+        progress.waiting = False
+        progress.bytes_read += len(chunk)
+        if not chunk:
+            break
         *ends, rest = chunk.split(b"\n")
         for end in ends:
             if pending:
