@@ -8,7 +8,9 @@ its own, with:
 - **stdin**: the task's payload as JSON, then end of file;
 - **environment**: the worker's without its own ``AGENTPOOL_`` settings (the Redis URL
   among them; the worker process is made non-dumpable, so that a program running as the same
-  user cannot read them from ``/proc/<worker>/environ`` either), plus ``AGENTPOOL_TASK_ID``,
+  user cannot read them from ``/proc/<worker>/environ``, though the container's init process,
+  started with the same environment, can be read: per-pool Redis users bound what the
+  credential reaches), plus ``AGENTPOOL_TASK_ID``,
   ``AGENTPOOL_TASK_ATTEMPT``, ``AGENTPOOL_TASK_MAX_ATTEMPTS``, ``AGENTPOOL_QUEUE`` and
   ``AGENTPOOL_TASK_DEADLINE`` (Unix time, when the run's timeout stops it),
   ``AGENTPOOL_TASK_TENANT`` when the task has a tenant;
