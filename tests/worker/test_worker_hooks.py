@@ -170,7 +170,8 @@ UNRULY = "unruly_hooks:run"
 def unruly() -> Iterator[dict[str, Any]]:
     """unruly_hooks' state, reset, with its gate opened at the end."""
     unruly_hooks.STATE.update(startup_seconds=0.0, ready_hangs=False, ready_checks=0,
-                              after_task_gated=False)
+                              after_task_gated=False, after_task_hang_first=0,
+                              after_task_done=[])
     unruly_hooks.GATE.clear()
     for key in unruly_hooks.RUNNING:
         unruly_hooks.RUNNING[key] = 0
@@ -242,6 +243,24 @@ async def test_sync_after_task_hooks_run_as_many_at_once_as_runs(
         unruly_hooks.GATE.set()
         for task_id in ids:
             assert await task_in(queue, task_id, "succeeded")
+
+
+async def test_hung_sync_after_task_hooks_leave_their_threads_and_the_next_calls_run(
+    monkeypatch: pytest.MonkeyPatch, unruly: dict[str, Any], redis_url: str,
+    queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """As many hung billing calls as slots: the hooks of the runs after them still run (each
+    waited for a thread the hung call holds, its run's slot held meanwhile)."""
+    monkeypatch.setattr(worker_module, "AFTER_TASK_SECONDS", 0.3)
+    queue = TaskQueue(redis, queue_name)
+    unruly["after_task_hang_first"] = 2
+    async with running(settings(redis_url, queue_name, UNRULY, concurrency=2)):
+        hung = await queue.submit_many([{}] * 2)
+        for task_id in hung:
+            await eventually(lambda t=task_id: task_in(queue, t, "succeeded"), 10, "a run")
+        later = await queue.submit_many([{}] * 4)
+        await eventually(lambda: set(later) <= set(unruly["after_task_done"]), 10,
+                         "the after_task hooks of the runs after the hung ones")
 
 
 async def test_a_slow_startup_hook_does_not_fail_livez(

@@ -14,7 +14,8 @@ from agentpool_worker.handlers import TaskContext, TaskOutcome, WorkerContext
 
 MODES = set(filter(None, os.environ.get("UNRULY_HOOKS", "").split(",")))
 STATE: dict[str, Any] = {"startup_seconds": 0.0, "ready_hangs": False, "ready_checks": 0,
-                         "after_task_gated": False}
+                         "after_task_gated": False, "after_task_hang_first": 0,
+                         "after_task_done": []}
 GATE = threading.Event()
 """Opens what the hooks wait for (a hung ready check, gated after_task hooks)."""
 LOCK = threading.Lock()
@@ -50,6 +51,13 @@ async def run(payload: Any, ctx: TaskContext) -> str:
 def after_task(ctx: TaskContext, outcome: TaskOutcome) -> None:
     if "exit" in MODES:
         sys.exit("billing client gave up")
+    with LOCK:
+        hangs = STATE["after_task_hang_first"] > 0
+        STATE["after_task_hang_first"] -= hangs
+    if hangs:
+        GATE.wait(20)  # a billing call without a timeout to a service that never answers
+        return
+    STATE["after_task_done"].append(ctx.task_id)
     if STATE["after_task_gated"]:
         _enter("after_task")
         try:

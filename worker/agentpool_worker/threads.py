@@ -19,10 +19,11 @@ _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 class DaemonThreads:
     """Up to `size` daemon threads, started when needed and reused; calls beyond `size` at
-    once wait for a thread."""
+    once wait for a thread. `most` bounds the threads `make_room` may add."""
 
-    def __init__(self, size: int, name: str) -> None:
+    def __init__(self, size: int, name: str, most: int | None = None) -> None:
         self._size = size
+        self._most = max(size, most or size)
         self._name = name
         self._jobs: SimpleQueue[_Job] = SimpleQueue()
         self._idle = threading.Semaphore(0)
@@ -48,6 +49,16 @@ class DaemonThreads:
                 threading.Thread(target=self._work, name=f"{self._name}-{self._threads}",
                                  daemon=True).start()
         return future
+
+    def make_room(self) -> bool:
+        """One thread more may start: a call given up on holds its thread, maybe for ever,
+        and must not leave the calls after it waiting for that thread. False once `most`
+        threads may start."""
+        with self._lock:
+            if self._size >= self._most:
+                return False
+            self._size += 1
+            return True
 
     def _work(self) -> None:
         while True:
