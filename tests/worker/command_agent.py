@@ -95,6 +95,20 @@ def main() -> None:
             sys.exit(1)
         with open(path) as file:
             say({"result": {"resumed": json.load(file), "attempt": attempt, "file": path}})
+    elif mode == "checkpoint-on-term":
+        path = os.environ.get("AGENTPOOL_CHECKPOINT_FILE")
+        if path is not None:
+            with open(path) as file:
+                say({"result": {"resumed": json.load(file), "attempt": attempt}})
+            return
+
+        def save_and_leave(signum: int, frame: object) -> None:
+            say({"checkpoint": {"step": 7}})
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, save_and_leave)
+        say({"progress": 0.1})
+        time.sleep(60)
     elif mode == "fail":
         print("warming up", file=sys.stderr)
         print(f"boom on attempt {attempt}", file=sys.stderr)

@@ -434,6 +434,16 @@ async def test_a_checkpoint_reaches_the_next_attempt_through_a_file(
     assert not exists(file), "the checkpoint file outlived the run"
 
 
+async def test_a_checkpoint_saved_on_sigterm_reaches_the_next_attempt(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """Its run timed out: the program's grace after SIGTERM is for wrapping up, and what it
+    writes then is read."""
+    done = await outcome(redis, redis_url, queue_name, {"mode": "checkpoint-on-term"},
+                         "succeeded", task_timeout_seconds=1)
+    assert done.result == {"resumed": {"step": 7}, "attempt": 2}
+
+
 async def test_a_failing_command_is_retried_and_its_stderr_is_the_error(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:

@@ -246,7 +246,8 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
                 scratch, "results-before.json", await ctx.results_before())
         command = await _Command.start(settings.argv, env)
         try:
-            return await _converse(command, payload, ctx, settings.max_result_bytes)
+            return await _converse(command, payload, ctx, settings.max_result_bytes,
+                                   settings.grace_seconds)
         finally:
             await command.stop(settings.grace_seconds)
     finally:
@@ -370,7 +371,7 @@ class _Command:
 
 
 async def _converse(command: _Command, payload: Any, ctx: TaskContext,
-                    max_result_bytes: int) -> Any:
+                    max_result_bytes: int, grace: float) -> Any:
     process = command.process
     assert process.stdin and process.stdout and process.stderr
     errors: deque[str] = deque(maxlen=ERROR_LINES)
@@ -406,6 +407,14 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext,
         await stderr_read
         if reading.done():
             reading.result()
+    except asyncio.CancelledError:
+        # Stopped (timeout, cancel, lease lost, handed back): the program gets SIGTERM and
+        # its grace with its output still read, so that a checkpoint it saves on SIGTERM
+        # reaches the next attempt.
+        await command.stop(grace)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait((reading,), timeout=PIPE_DRAIN_SECONDS)
+        raise
     finally:
         for helper in helpers:
             helper.cancel()
