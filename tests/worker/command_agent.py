@@ -138,6 +138,11 @@ def main() -> None:
             say({"result": 42})
     elif mode == "huge-result":  # one message line of 9 MiB
         say({"result": "x" * (9 * 1024 * 1024)})
+    elif mode == "huge-error":
+        say({"error": "x" * (9 * 1024 * 1024), "retry": False})
+    elif mode == "huge-named-submit":  # the name first, as jq or a JS object writes it
+        say({"name": "step", "submit": {"text": "x" * (9 * 1024 * 1024)}})
+        say({"result": "planned"})
     elif mode == "progress-bar":
         for step in range(700_000):  # 9 MiB without a newline
             sys.stdout.write(f"\rstep {step:07d}")

@@ -17,6 +17,8 @@ AFTER_TASK: dict[str, Any] = {"delay": 0.0, "finished": []}
 
 
 def startup(worker_ctx: WorkerContext) -> None:
+    if os.environ.get("HOOKS_STARTUP_FAILS") == "lines":  # as pydantic's errors read
+        raise ValueError("2 validation errors for Settings\napi_key\n  Field required")
     if os.environ.get("HOOKS_STARTUP_FAILS"):
         raise RuntimeError("OPENAI_API_KEY is not set")
     CALLS.append("startup")

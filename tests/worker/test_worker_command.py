@@ -374,12 +374,14 @@ async def test_a_payload_with_a_lone_surrogate_reaches_the_program_and_comes_bac
     assert done.result["payload"]["text"] == "half \ud83d"
 
 
-async def test_a_result_message_over_the_line_limit_dead_letters_the_task(
-    redis_url: str, queue_name: str, redis: aioredis.Redis,
+@pytest.mark.parametrize("mode", ["huge-result", "huge-error", "huge-named-submit"])
+async def test_a_message_over_the_line_limit_dead_letters_the_task(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, mode: str,
 ) -> None:
-    """A 9 MiB result message is not taken for output (whose end would be the result)."""
+    """A 9 MiB result, error or submit message is not taken for output (whose end would be
+    the result of a run that succeeded)."""
     dead = await outcome(redis, redis_url, queue_name,
-                         {"mode": "huge-result"}, "dead", max_attempts=3)
+                         {"mode": mode}, "dead", max_attempts=3)
     assert dead.attempts == 1
     assert dead.error is not None
     assert "the command's output line 1: a message over 8388608 bytes" in dead.error

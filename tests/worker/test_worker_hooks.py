@@ -133,19 +133,21 @@ async def _probe_is(port: int, path: str, code: int, text: str) -> bool:
     return status == code and text in body
 
 
+@pytest.mark.parametrize(("fails", "line"), [
+    ("1", "RuntimeError: OPENAI_API_KEY is not set"),
+    ("lines", "ValueError: 2 validation errors for Settings; api_key; Field required"),
+], ids=["one-line-error", "error-of-several-lines"])
 async def test_a_failing_startup_hook_stops_the_process_with_one_line(
-    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis,
+    tmp_path: Path, redis_url: str, queue_name: str, redis: aioredis.Redis, fails: str,
+    line: str,
 ) -> None:
     env = worker_env(redis_url, queue_name, HANDLER)
-    env["HOOKS_STARTUP_FAILS"] = "1"
+    env["HOOKS_STARTUP_FAILS"] = fails
     with worker_processes(tmp_path) as start:
         worker = start(env)
         assert await worker.exit_code(20) == 3
         lines = worker.logs().strip().splitlines()
-    assert lines == [
-        "agentpool-worker: startup hook of 'hook_handlers:run' failed: "
-        "RuntimeError: OPENAI_API_KEY is not set"
-    ]
+    assert lines == [f"agentpool-worker: startup hook of 'hook_handlers:run' failed: {line}"]
     assert await TaskQueue(redis, queue_name).workers() == []
 
 

@@ -544,8 +544,9 @@ class _Line:
 
 
 HEAD_BYTES = 64
-OVERSIZED_MESSAGE = re.compile(rb'\{\s*"(result|checkpoint|submit)"\s*:')
-"""How a cut line that was meant as a result, a checkpoint or a submit begins."""
+OVERSIZED_MESSAGE = re.compile(rb'\{.*"(result|checkpoint|submit|error)"\s*:', re.DOTALL)
+"""How a cut line that was meant as a result, a checkpoint, a submit or an error begins
+(its key first, or after a short one such as a submit's name)."""
 RETRY_AFTER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
 """A retry_after given as text: plain decimal seconds (what an HTTP Retry-After carries)."""
 

@@ -399,8 +399,10 @@ class Worker:
         try:
             await call_hook(hook, self.worker_ctx, threads=self._hook_threads)
         except HOOK_FAILURES as exc:
+            # one line, whatever the error's own text (pydantic's spans several)
+            why = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
             raise StartupFailed(f"startup hook of {self.handler.name!r} failed: "
-                                f"{type(exc).__name__}: {exc}") from exc
+                                f"{type(exc).__name__}: {why}") from exc
 
     async def _shutdown_hook(self) -> None:
         hook = self.handler.hooks.shutdown
