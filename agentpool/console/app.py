@@ -162,9 +162,10 @@ def sse(message: Message) -> bytes:
 
 
 def last_event_id(request: web.Request) -> str | None:
-    """The last event a reconnecting browser got (None: from the first, also when the header
-    is not an event id)."""
-    value = request.headers.get("Last-Event-ID", "").strip()
+    """The last event a reconnecting browser got: its Last-Event-ID, or the page's `after`
+    (a page that closed its stream while hidden opens a new one from there). None: from the
+    first, also when it is not an event id."""
+    value = (request.headers.get("Last-Event-ID") or request.query.get("after", "")).strip()
     try:
         event_key(value)
     except ValueError:

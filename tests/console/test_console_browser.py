@@ -31,7 +31,7 @@ from agentpool.client import SyncClient
 from agentpool.console.app import ConsoleConfig, build_app
 from agentpool.console.sources import Sources
 from agentpool.protocol import TaskQueue
-from agentpool.redis_server import free_port
+from agentpool.redis_server import RedisServer, free_port
 
 try:
     from playwright.sync_api import Browser, Error, Page, expect, sync_playwright
@@ -102,8 +102,6 @@ def console_url(process: subprocess.Popen[str], log: Path) -> str:
 @pytest.fixture(scope="module")
 def console(redis_server: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     """`agentpool console` with write actions (TOKEN) on one queue, and two real workers."""
-    from agentpool.redis_server import RedisServer
-
     assert isinstance(redis_server, RedisServer)
     tmp = tmp_path_factory.mktemp("console")
     queue = f"console-{uuid.uuid4().hex[:8]}"
@@ -299,6 +297,61 @@ def test_a_task_page_misses_and_repeats_no_event_across_a_console_restart(
         console.close()
 
 
+def set_hidden(page: Page, hidden: bool) -> None:
+    """What the browser does when the tab goes to the background or comes back."""
+    page.evaluate("""hidden => {
+        Object.defineProperty(document, "hidden", { value: hidden, configurable: true });
+        document.dispatchEvent(new Event("visibilitychange"));
+    }""", hidden)
+
+
+def test_a_hidden_tab_closes_its_stream_and_resumes_after_the_last_event_it_showed(
+    redis_url: str, page: Page
+) -> None:
+    """A browser opens at most six connections to a host: tabs left in the background must
+    not hold them all (the seventh tab, and every button's request, would hang)."""
+    queue = f"hidden-{uuid.uuid4().hex[:8]}"
+    with SyncClient.from_url(redis_url) as client:
+        task_id = client.queue(queue).submit({"n": 0})
+    console = InProcessConsole(redis_url, queue)
+    try:
+        console.emit(task_id, range(0, 2))
+        console.start()
+        page.goto(f"{console.url}queues/{queue}/tasks/{task_id}")
+        rows = page.locator("#events tbody tr")
+        expect(rows).to_have_count(2, timeout=LIVE)
+        expect(page.locator("#live")).to_have_text("live", timeout=LIVE)
+        set_hidden(page, True)
+        expect(page.locator("#live")).to_have_text("paused")
+        assert page.evaluate("stream === null"), "the stream is closed"
+        console.emit(task_id, range(2, 4))  # while the tab is hidden
+        set_hidden(page, False)
+        expect(page.locator("#live")).to_have_text("live", timeout=LIVE)
+        expect(rows).to_have_count(4, timeout=LIVE)
+        shown = rows.evaluate_all("rows => rows.map(r => r.cells[3].textContent)")
+        assert shown == [json.dumps({"n": n}, separators=(",", ":")) for n in range(4)]
+    finally:
+        console.close()
+
+
+def test_a_pool_page_opened_before_its_redis_answers_shows_the_pool_once_it_does(
+        page: Page, tmp_path: Path) -> None:
+    """Not found may mean not yet: the page asks again, and does not keep saying so."""
+    queue = f"later-{uuid.uuid4().hex[:8]}"
+    server = RedisServer(port=free_port())
+    console = InProcessConsole(server.url, queue)
+    try:
+        console.start()
+        page.goto(f"{console.url}pools/-/{queue}")
+        expect(page.locator("#page-error")).to_contain_text(f"no queue {queue}", timeout=LIVE)
+        server.start()
+        expect(page.locator("h1")).to_contain_text(queue, timeout=20_000)
+        expect(page.locator("#page-error")).to_have_count(0)
+    finally:
+        console.close()
+        server.close()
+
+
 @pytest.mark.parametrize(("query", "error"), [
     ("state=finished", "no task state 'finished'"),
     ("page=1000000001", "page must be a whole number from 1 to"),
@@ -355,6 +408,32 @@ def test_a_dead_letter_is_requeued_with_the_token_and_refused_without(
     wait_for(lambda: console.state(task_id) == "succeeded", page)
     wait_for(lambda: console.state(follow_up) == "succeeded", page)
     expect(page.locator(f'#tasks tr[data-task="{task_id}"]')).to_have_count(0, timeout=LIVE)
+
+
+def test_a_done_action_leaves_nothing_checked_for_the_next_one(
+    console: Console, page: Page
+) -> None:
+    """A poison task requeued dies again and comes back to the page: the next click, on
+    another task, must not take it along unseen."""
+    never = console.tmp / f"never-{uuid.uuid4().hex[:6]}"
+    fixed = console.tmp / f"fixed-{uuid.uuid4().hex[:6]}"
+    poison = console.submit({"fail_unless": str(never), "error": "poison"}, max_attempts=1)
+    other = console.submit({"fail_unless": str(fixed), "error": "not yet"}, max_attempts=1)
+    wait_for(lambda: console.state(poison) == console.state(other) == "dead", page)
+    dead_page(console, page, poison)
+    page.locator("#token").fill(TOKEN)
+    page.locator("#requeue").click()
+    expect(page.locator("#action-message")).to_have_text("requeued: 1, revived: 0")
+    wait_for(lambda: console.state(poison) == "dead", page)
+    box = page.locator(f'input[data-id="{poison}"]')
+    expect(box).to_be_visible(timeout=LIVE)
+    expect(box).not_to_be_checked()
+    fixed.touch()
+    page.locator(f'input[data-id="{other}"]').check()
+    page.locator("#requeue").click()
+    expect(page.locator("#action-message")).to_have_text("requeued: 1, revived: 0")
+    wait_for(lambda: console.state(other) == "succeeded", page)
+    assert console.state(poison) == "dead"
 
 
 def test_the_token_box_keeps_what_is_typed_and_its_focus_while_the_task_changes(

@@ -66,10 +66,20 @@ function crumbs(...parts) {
 
 // -- live data ---------------------------------------------------------------------------
 
+// One live stream per tab, closed while the tab is hidden: a browser opens at most six
+// connections to one host, and tabs left open in the background must not take them all.
 let stream = null;
+let livePage = null;
 function live(url, draw, events) {
+  livePage = { url, draw, events, lastEvent: null };
+  connect(livePage);
+}
+function connect(target) {
   const indicator = document.getElementById("live");
   if (stream) stream.close();
+  const url = target.lastEvent
+    ? `${target.url}${target.url.includes("?") ? "&" : "?"}after=${encodeURIComponent(target.lastEvent)}`
+    : target.url;
   const source = stream = new EventSource(url);
   stream.onopen = () => { indicator.textContent = "live"; indicator.className = "live on"; };
   stream.onerror = () => {
@@ -89,18 +99,45 @@ function live(url, draw, events) {
     const shown = document.getElementById("page-error");
     if (doc.not_found) {
       render(el("p", { class: "error", id: "page-error" }, doc.error));
-      stream.close();
+      source.close();
+      stream = livePage = null;
+      lookAgain(target.url);
     } else if (doc.error) {  // e.g. Redis unreachable: say so above what the page last showed
       if (shown) shown.textContent = doc.error;
       else main.prepend(el("p", { class: "error", id: "page-error" }, doc.error));
     } else {
       if (shown) shown.remove();
-      draw(doc);
+      target.draw(doc);
     }
   };
   // a batch of the page's events; the browser resumes after the last one it got (Last-Event-ID)
-  if (events) stream.addEventListener("events", (event) => events(JSON.parse(event.data)));
+  if (target.events) {
+    stream.addEventListener("events", (event) => {
+      if (event.lastEventId) target.lastEvent = event.lastEventId;
+      target.events(JSON.parse(event.data));
+    });
+  }
 }
+// Not found may mean not yet (a pool just created, a Redis that did not answer yet): the page
+// asks again now and then, and shows itself once there is something to show.
+const NOT_FOUND_RETRY_MS = 5000;
+function lookAgain(url) {
+  setTimeout(() => fetch(url, { headers: { Accept: "application/json" } })
+    .then((response) => response.json())
+    .then((doc) => (doc.not_found ? lookAgain(url) : location.reload()))
+    .catch(() => lookAgain(url)), NOT_FOUND_RETRY_MS);
+}
+document.addEventListener("visibilitychange", () => {
+  if (!livePage) return;
+  if (document.hidden) {
+    if (stream) { stream.close(); stream = null; }
+    const indicator = document.getElementById("live");
+    indicator.textContent = "paused";
+    indicator.className = "live off";
+  } else if (!stream) {
+    connect(livePage);
+  }
+});
 
 // -- write actions -----------------------------------------------------------------------
 
@@ -118,6 +155,7 @@ async function act(url, body) {
   const headers = { "Content-Type": "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
   let text;
+  let done = false;
   try {
     const response = await fetch(url, { method: "POST", headers, body: JSON.stringify(body),
       credentials: "same-origin" });
@@ -125,11 +163,13 @@ async function act(url, body) {
     text = response.ok ? Object.entries(doc).map(([k, v]) => `${k}: ${v}`).join(", ")
       : `refused: ${doc.error || response.status}`;
     message.className = response.ok ? "ok" : "error";
+    done = response.ok;
   } catch (error) {
     text = `failed: ${error}`;
     message.className = "error";
   }
   message.textContent = text;
+  return done;
 }
 
 // -- pages -------------------------------------------------------------------------------
@@ -313,11 +353,26 @@ function tasksPage(queue, dead) {
     else out.textContent = doc.error || `no task with id or idempotency key ${text}`;
   } }, el("input", { type: "text", name: "q", placeholder: "task id or idempotency key" }),
   el("button", { type: "submit" }, "Find"), el("span", { id: "search-result", class: "muted" }));
+  // An action acts on the tasks checked on the page as it is shown, once: the buttons wait
+  // for its answer, and a done action leaves nothing checked (a task that comes back dead
+  // again must not be acted on by the next click).
+  const onSelected = async (url) => {
+    const buttons = [document.getElementById("requeue"), document.getElementById("purge")];
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      if (await act(url, { ids: [...selected] })) {
+        selected.clear();
+        document.querySelectorAll("#tasks input[data-id]").forEach((box) => { box.checked = false; });
+      }
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  };
   const actions = dead && consoleInfo.writes ? el("div", { class: "toolbar" }, tokenBox(),
-    el("button", { id: "requeue", onclick: () => act(`/api${base}/dead/requeue`, { ids: [...selected] }) },
+    el("button", { id: "requeue", onclick: () => onSelected(`/api${base}/dead/requeue`) },
       "Requeue selected"),
     el("button", { id: "purge", class: "danger", onclick: () => {
-      if (confirm(`Purge ${selected.size} dead task(s) for good?`)) act(`/api${base}/dead/purge`, { ids: [...selected] });
+      if (confirm(`Purge ${selected.size} dead task(s) for good?`)) onSelected(`/api${base}/dead/purge`);
     } }, "Purge selected"),
     el("span", { id: "action-message" })) : null;
   const holder = el("div", {}, el("p", { class: "muted" }, "Loading…"));
@@ -326,6 +381,9 @@ function tasksPage(queue, dead) {
       el("a", { href: `${base}/tasks?state=${s}`, class: s === taskState ? "current" : null }, s))),
     search, actions, holder);
   live(api, (doc) => {
+    // only what the page shows can be acted on
+    const shownIds = new Set(doc.tasks.map((t) => t.id));
+    for (const id of [...selected]) if (!shownIds.has(id)) selected.delete(id);
     const tenants = doc.tasks.some((t) => t.tenant != null);
     const rows = doc.tasks.map((t) => el("tr", { "data-task": t.id },
       dead && consoleInfo.writes ? el("td", {}, el("input", { type: "checkbox", "data-id": t.id,
