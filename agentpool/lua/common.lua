@@ -332,9 +332,10 @@ end
 
 -- The queued tasks from the `first` (0-based), at most `want`: the queue's own in claim
 -- order, then those parked for their tenant's cap, each tenant's in their order, tenants by
--- name (as the server sorts strings; the sort only when the page reaches past the queue).
--- Returns how many queued tasks there are and, per task picked, its id and whether it is
--- parked.
+-- name (as the server sorts strings; the sort only when the page reaches past the queue),
+-- then the delayed tasks already due, by due time (the next claim moves them into the queue;
+-- the figures count them as queued). Returns how many queued tasks there are and, per task
+-- picked, its id and whether it is parked.
 local function queued_pick(first, want)
   local size = redis.call('ZCARD', K_QUEUED)
   local ids, parked = {}, {}
@@ -359,6 +360,16 @@ local function queued_pick(first, want)
       want = want - #page
     end
     first = math.max(0, first - n)
+  end
+  local now = now_ms()
+  local due = redis.call('ZCOUNT', K_DELAYED, '-inf', now)
+  size = size + due
+  if want > 0 and first < due then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', first,
+        want)) do
+      ids[#ids + 1] = id
+      parked[#parked + 1] = false
+    end
   end
   return size, ids, parked
 end

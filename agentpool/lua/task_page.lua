@@ -7,8 +7,8 @@
 -- waits for its tenant's cap}, so a page of a task list is one round trip that never carries
 -- a whole payload or a result. With preview bytes -1: {size, then per task its id and 1 when
 -- it waits for its tenant's cap}.
--- The queued tasks are those of the queue, then those parked for their tenant's cap
--- (common.lua's queued_pick).
+-- The queued tasks are those of the queue, then those parked for their tenant's cap, then the
+-- delayed tasks already due (common.lua's queued_pick).
 local first = tonumber(ARGV[3])
 local want = tonumber(ARGV[4])
 local cut = tonumber(ARGV[6])

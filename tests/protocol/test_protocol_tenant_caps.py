@@ -432,6 +432,28 @@ async def test_a_page_of_queued_tasks_runs_on_into_those_waiting_for_their_cap(
     assert view.info is not None and not view.info.capped
 
 
+async def test_due_delayed_tasks_are_listed_as_queued_after_the_parked_ones(
+    queue: TaskQueue,
+) -> None:
+    """The figures count them as queued (the next claim moves them in): so do the lists, or
+    a pool without a worker shows queued tasks that no list holds."""
+    a, b, c = await parked_behind(queue)
+    due = [await queue.submit({"due": n}, delay=0.05 * (n + 1)) for n in range(2)]
+    later = await queue.submit({"due": "later"}, delay=3600)
+
+    async def both_due() -> bool:
+        return (await queue.figures()).due_delayed == 2
+
+    await eventually(both_due)
+    figures = await queue.figures()
+    total, rows = await task_page(queue, "queued", 0, 20, preview_bytes=10)
+    assert total == figures.queued == 8
+    assert [row.info.id for row in rows] == [*c, *a, *b, *due]
+    assert later not in [row.info.id for row in rows]
+    total, rows = await task_page(queue, "queued", 7, 5, preview_bytes=10)
+    assert (total, [row.info.id for row in rows]) == (8, due[1:])
+
+
 async def test_a_task_given_back_by_its_tenants_room_is_no_longer_capped(
     queue: TaskQueue,
 ) -> None:
