@@ -190,10 +190,14 @@ def test_sigint_half_way_stops_everything(demo_tmp: Path, spawn: Spawn) -> None:
     assert list(demo_tmp.iterdir()) == []
 
 
-def test_sigterm_while_starting_stops_everything(demo_tmp: Path, spawn: Spawn) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stopping_signal_while_starting_stops_everything(
+    demo_tmp: Path, spawn: Spawn, signum: signal.Signals,
+) -> None:
+    """SIGHUP: the demo's terminal closed; what it started runs in sessions of its own."""
     demo = spawn(["--tasks", "100", "--workers", "3", "--no-live"], demo_tmp)
     demo.wait_for_line("started demo-worker-2")
-    demo.process.send_signal(signal.SIGTERM)
-    assert demo.finish(timeout=60) == 128 + signal.SIGTERM
+    demo.process.send_signal(signum)
+    assert demo.finish(timeout=60) == 128 + signum
     assert demo.survivors() == []
     assert list(demo_tmp.iterdir()) == []

@@ -2,7 +2,8 @@
 worker killed half-way and its tasks requeued the way the operator does it.
 
 Everything the demo starts is stopped on the way out, whether it finished, failed, or was
-interrupted by SIGINT or SIGTERM; a second signal during that clean-up does not cut it short.
+interrupted by SIGINT, SIGTERM or SIGHUP (its terminal closed); a second signal during that
+clean-up does not cut it short.
 """
 
 from __future__ import annotations
@@ -167,8 +168,13 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Ctrl-C, a kill, and the demo's terminal closed (an ssh session dropped): the workers and
+the redis-server run in sessions of their own, which none of them reaches."""
+
+
 class Interrupts:
-    """SIGINT/SIGTERM recorded rather than raised, so no step is cut in half.
+    """SIGINT/SIGTERM/SIGHUP recorded rather than raised, so no step is cut in half.
 
     The demo checks `check()` between steps and waits on `stopped` instead of sleeping, so it
     notices a signal at once. (Cancelling the demo's task is no substitute: a Redis client
@@ -182,7 +188,7 @@ class Interrupts:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOPPING_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
@@ -230,7 +236,7 @@ class Clock:
 
 
 def run_demo(config: DemoConfig, reporter: Reporter) -> DemoOutcome:
-    """Run the whole demo; raises DemoInterrupted on SIGINT/SIGTERM, DemoError on failure.
+    """Run the whole demo; raises DemoInterrupted on a stopping signal, DemoError on failure.
 
     Whatever happens, on return every worker and the private redis-server have exited and the
     demo's temporary directory (worker logs, Redis data) is gone.
