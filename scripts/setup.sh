@@ -52,8 +52,23 @@ if [ "$for_tests" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "setup: $PYTHON is not Python 3.11 or later; set PYTHON to one (e.g. PYTHON=python3.12)" >&2
+    exit 1
+fi
+# Debian and Ubuntu ship venv's pip bootstrap apart (python3-venv): without it `-m venv`
+# fails half-way, leaving a .venv without pip behind.
+if [ ! -x .venv/bin/pip ] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+    echo "setup: installing python3-venv (venv's pip for $PYTHON)"
+    as_root apt-get update -qq
+    version=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "python${version}-venv" \
+        >/dev/null 2>&1 \
+        || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+if [ ! -x .venv/bin/pip ]; then
     echo "setup: creating .venv"
+    rm -rf .venv
     "$PYTHON" -m venv .venv
 fi
 
