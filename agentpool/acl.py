@@ -92,11 +92,12 @@ PRODUCER_COMMANDS = (
     "zadd", "zrem", "zscore", "zrank", "zcard", "zcount", "zrange", "zrevrange",
     "zrangebyscore", "zrevrangebyscore", "scard", "smembers", "llen", "rpush", "publish",
     "spublish",
-    "xadd", "xread", "xrange",
+    "getrange", "xadd", "xread", "xrange",
     "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "wait",
 )
 """What submit, get, wait, cancel, following a task's events, the figures and the console's
-task lists call, in scripts and outside them."""
+task lists and task pages (the start of a checkpoint, of the tasks after it: GETRANGE) call,
+in scripts and outside them."""
 
 PRODUCER_WRITABLE_KEYS = ("t:*", "ev:*", "cp:*", "queued", "delayed", "dead", "stats", "wake",
                           "seq", "idem:*", "durable", "listening", "full", "deferred",

@@ -20,6 +20,7 @@ from agentpool.protocol import (
     TenantCaps,
     WorkerInfo,
     task_page,
+    task_view,
 )
 from agentpool.redis_server import RedisServer
 from agentpool.urls import with_credentials
@@ -203,6 +204,26 @@ async def test_a_producer_submits_waits_and_cancels_with_its_acl(
     await worker.complete(batch.tasks[0], {"answer": 42})
     info = await waiting
     assert info.state == "succeeded" and info.result == {"answer": 42}
+
+
+async def test_a_producer_reads_a_task_page_as_the_console_shows_it(
+    connect_as: Connect, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """The console runs with a producer's URL: its task page reads the task, the start of
+    its checkpoint and of the tasks after it, and its events."""
+    producer = TaskQueue(await connect_as(queue_name, Role.PRODUCER), queue_name)
+    worker = TaskQueue(redis, queue_name)
+    first = await producer.submit({"step": 1})
+    await producer.submit({"step": 2}, after=[first])
+    [task] = (await worker.claim("pod:i", 1, 30)).tasks
+    await worker.checkpoint(task, '{"done": 3}')
+    await worker.emit(task.id, "note", {"n": 1}, attempt=1)
+    view = await task_view(producer, first, after=None, count=10, checkpoint_bytes=100,
+                           field_bytes=100, next_count=5)
+    assert view.info is not None and view.info.state == "running"
+    assert view.checkpoint is not None
+    assert view.next_count == 1 and len(view.next) == 1
+    assert [event.kind for event in view.events] == ["note"]
 
 
 async def test_tenants_take_turns_under_the_producer_and_worker_users(
