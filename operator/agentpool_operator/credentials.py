@@ -28,6 +28,12 @@ services that submit are not the operator's to roll, so the old password stays a
 grace period (`AGENTPOOL_OPERATOR_PRODUCER_PASSWORD_GRACE_SECONDS`, an hour by default), its
 end written on the Secret, then it is removed.
 
+A spec edit that takes rate limits or other queues (`spec.worker.submitsTo`) away leaves the
+user those rights until every pod rolled (the pods of the spec before run with them to their
+end; ``agentpool.dev/retiring-grants`` on the Secret keeps them across an operator restart),
+and one that adds some gives them before the Deployment changes (the create/update handler
+applies the user first).
+
 A Redis that cannot have such a user (no ACL command, or the pool's credential may not manage
 users) leaves the workers on the pool's URL, with the condition ``Credentials`` False, reason
 ``CredentialsShared``: visible, but not a degradation of the pool.
@@ -39,8 +45,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -75,6 +82,12 @@ RETIRING_ANNOTATION = "agentpool.dev/retiring-password-sha256"
 """On the worker Secret during a rotation: the old password's SHA-256 (several, comma-separated,
 when the Secret was re-created while a rotation ran), still accepted until the pods rolled."""
 RETIRING_UNTIL_ANNOTATION = "agentpool.dev/retiring-password-until"
+GRANTS_ANNOTATION = "agentpool.dev/grants"
+"""On the worker Secret: the rate limits and other queues (`spec.rateLimits`,
+`spec.worker.submitsTo`) the user was last given for the pods of the current spec."""
+RETIRING_GRANTS_ANNOTATION = "agentpool.dev/retiring-grants"
+"""On the worker Secret while the pods roll after a spec edit took limits or queues away:
+those the pods of the spec before still use, kept until every pod rolled."""
 """On the producer Secret during a rotation: when (Unix time, seconds) the old password goes."""
 CONDITION = "Credentials"
 SHARED = "CredentialsShared"
@@ -108,6 +121,49 @@ def credentials_version(url: str) -> str:
     """The pod template's mark of the worker URL (its password and its Redis): a new password
     or another Redis rolls the pods."""
     return hashlib.sha256(f"agentpool-credentials:{url}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What the workers' user may reach beyond its own queue: rate limits, other queues."""
+
+    limits: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, limits: Iterable[str], queues: Iterable[str]) -> Grants:
+        return cls(tuple(sorted(set(limits))), tuple(sorted(set(queues))))
+
+    @classmethod
+    def parse(cls, text: str | None) -> Grants | None:
+        """An annotation's grants; None when it is missing or unreadable."""
+        try:
+            doc = json.loads(text or "")
+            return cls.of(map(str, doc["limits"]), map(str, doc["queues"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def text(self) -> str:
+        return json.dumps({"limits": list(self.limits), "queues": list(self.queues)},
+                          separators=(",", ":"))
+
+    def __or__(self, other: Grants) -> Grants:
+        return Grants.of((*self.limits, *other.limits), (*self.queues, *other.queues))
+
+    def __bool__(self) -> bool:
+        return bool(self.limits or self.queues)
+
+
+def retiring_grants(wanted: Grants, had: Grants | None, retiring: Grants | None, *,
+                    rolled_out: bool) -> Grants:
+    """The grants kept for pods of an earlier spec (see `RETIRING_GRANTS_ANNOTATION`): those
+    the user had when the spec changed, until every pod carries the current one."""
+    if rolled_out:
+        return Grants()
+    kept = retiring or Grants()
+    if had is not None and had != wanted:
+        kept = kept | had
+    return kept
 
 
 @dataclass(frozen=True)
@@ -223,7 +279,9 @@ def desired_worker_secret(namespace: str, pool: str, owner: Mapping[str, Any],
                           url: str, retiring: str | None = None,
                           role: Role = Role.WORKER,
                           retiring_until: float | None = None,
-                          rotation: str | None = None) -> dict[str, Any]:
+                          rotation: str | None = None,
+                          grants: Grants | None = None,
+                          retiring_grants: Grants | None = None) -> dict[str, Any]:
     """The Secret holding the URL of the pool's worker (or producer) user, owned by (and
     deleted with) the pool."""
     name = worker_secret_name(pool) if role is Role.WORKER else producer_secret_name(pool)
@@ -232,6 +290,10 @@ def desired_worker_secret(namespace: str, pool: str, owner: Mapping[str, Any],
         annotations[RETIRING_UNTIL_ANNOTATION] = str(int(retiring_until))
     if rotation:
         annotations[ROTATION_ANNOTATION] = rotation
+    if grants is not None:
+        annotations[GRANTS_ANNOTATION] = grants.text()
+    if retiring_grants:
+        annotations[RETIRING_GRANTS_ANNOTATION] = retiring_grants.text()
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -261,13 +323,23 @@ def secret_drift(desired: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[
     have = meta.get("annotations") or {}
     annotations = {key: wanted["annotations"].get(key)
                    for key in (RETIRING_ANNOTATION, RETIRING_UNTIL_ANNOTATION,
-                               ROTATION_ANNOTATION)
+                               ROTATION_ANNOTATION, GRANTS_ANNOTATION,
+                               RETIRING_GRANTS_ANNOTATION)
                    if have.get(key) != wanted["annotations"].get(key)}
     if annotations:
         metadata["annotations"] = annotations
     if metadata:
         patch["metadata"] = metadata
     return patch or None
+
+
+def _restores(patch: Mapping[str, Any]) -> bool:
+    """The Secret's patch puts back something a person changed, not only the grants a spec
+    edit moved."""
+    meta = patch.get("metadata") or {}
+    changed = set(meta.get("annotations") or {}) - {GRANTS_ANNOTATION,
+                                                   RETIRING_GRANTS_ANNOTATION}
+    return "data" in patch or "ownerReferences" in meta or bool(changed)
 
 
 def refusal(error: redis.exceptions.ResponseError) -> str | None:
@@ -359,20 +431,30 @@ async def ensure_worker_credentials(
     retiring = annotations.get(RETIRING_ANNOTATION) or None
     served = annotations.get(ROTATION_ANNOTATION) or None
     user = acl_username(namespace, name, Role.WORKER)
+    spec = pool.get("spec") or {}
+    wanted = Grants.of((limit.get("name", "") for limit in spec.get("rateLimits") or ()),
+                       (spec.get("worker") or {}).get("submitsTo") or ())
+
+    def version_of(password: str) -> str:
+        return credentials_version(f"{with_credentials(pool_url, user, password)} "
+                                   f"{wanted.text()}")
+
+    current_rolled_out = current is not None and rolled_out(pods, version_of(current))
+    kept_grants = retiring_grants(
+        wanted, Grants.parse(annotations.get(GRANTS_ANNOTATION)),
+        Grants.parse(annotations.get(RETIRING_GRANTS_ANNOTATION)),
+        rolled_out=current_rolled_out)
+    granted = wanted | kept_grants
     try:
         live = await user_password_hashes(admin, user)
         plan = plan_rotation(
             current, retiring,
             requested=pods is not None and request is not None and request != served,
-            rolled_out=current is not None and rolled_out(
-                pods, credentials_version(with_credentials(pool_url, user, current))),
+            rolled_out=current_rolled_out,
             new_password=secrets.token_urlsafe(PASSWORD_BYTES), live=live,
         )
-        spec = pool.get("spec") or {}
-        limits = [limit.get("name", "") for limit in spec.get("rateLimits") or ()]
-        others = (spec.get("worker") or {}).get("submitsTo") or ()
-        await set_user(admin, user, acl_rules(queue, Role.WORKER, plan.accepted, limits,
-                                              others))
+        await set_user(admin, user, acl_rules(queue, Role.WORKER, plan.accepted,
+                                              granted.limits, granted.queues))
     except redis.exceptions.ResponseError as error:
         why = refusal(error)
         if why is None:
@@ -381,7 +463,8 @@ async def ensure_worker_credentials(
     if plan.started or existing is None:
         served = request
     url = with_credentials(pool_url, user, plan.password)
-    desired = desired_worker_secret(namespace, name, pool, url, plan.retiring, rotation=served)
+    desired = desired_worker_secret(namespace, name, pool, url, plan.retiring, rotation=served,
+                                    grants=wanted, retiring_grants=kept_grants)
     events: list[tuple[str, str]] = []
     if existing is None:
         known.remember(secret_name, await kube.create_secret(namespace, desired), now)
@@ -398,7 +481,7 @@ async def ensure_worker_credentials(
         if patch is not None:
             known.remember(secret_name, await kube.patch_secret(namespace, secret_name, patch),
                            now)
-            if not plan.started and not plan.finished:
+            if not plan.started and not plan.finished and _restores(patch):
                 events.append(("CredentialsRestored",
                                f"put back Secret {namespace}/{secret_name} of Redis user {user}"))
     if plan.started:
@@ -408,7 +491,7 @@ async def ensure_worker_credentials(
         events.append(("CredentialsRotated",
                        f"every pod uses the new password of Redis user {user}; the old one "
                        "is removed"))
-    credentials = per_pool(namespace, name, queue, credentials_version(url))
+    credentials = per_pool(namespace, name, queue, version_of(plan.password))
     return CredentialsRound(credentials, tuple(events))
 
 

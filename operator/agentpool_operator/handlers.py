@@ -224,7 +224,9 @@ async def reconcile(
         raise kopf.PermanentError(f"invalid spec: {sanitize(str(error))}") from None
     try:
         async with state.lock:
-            if ctx.settings.per_pool_credentials and state.worker_credentials is None:
+            if ctx.settings.per_pool_credentials:
+                # before the Deployment: its pods of a new spec may need rights (a rate
+                # limit, a queue to submit to) the user does not have yet
                 queue, _problem = await open_queue(ctx, state, namespace, name, spec)
                 await refresh_credentials(ctx, state, body, spec, queue, logger)
             if not credentials_pending(ctx, state):

@@ -164,6 +164,38 @@ async def test_a_pool_submitting_to_other_queues_may_submit_there_and_not_claim(
     await TaskQueue(client, "review").submit("still")
 
 
+async def test_rights_a_spec_edit_adds_come_before_the_pods_that_need_them(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Deployment's new pods name a rate limit the moment it changes: its user may use
+    it by then."""
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url,
+                                            queue=f"q-{pool_name}", poll_seconds=3600))
+    await eventually(lambda: cluster.condition(pool_name, "Credentials"))
+    user = f"agentpool:{NAMESPACE}:{pool_name}:worker"
+    limit_key = "ap:{rl:added-api}:state"
+    assert not await may(redis, user, "HGET", limit_key, "x")
+    real_patch = KubeApi.patch_deployment
+    allowed_when_patched: list[bool] = []
+
+    async def patch_deployment(api: KubeApi, namespace: str, name: str,
+                               patch: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if name == pool_name and "added-api" in json.dumps(patch):
+            checker = aioredis.Redis.from_url(redis_url)
+            try:
+                allowed_when_patched.append(await may(checker, user, "HGET", limit_key, "x"))
+            finally:
+                await checker.aclose()
+        return await real_patch(api, namespace, name, patch, *args, **kwargs)
+
+    monkeypatch.setattr(KubeApi, "patch_deployment", patch_deployment)
+    await cluster.patch_pool(pool_name, {"spec": {"rateLimits": [
+        {"name": "added-api", "requestsPerMinute": 60}]}})
+    await eventually(lambda: allowed_when_patched)
+    assert allowed_when_patched[0], "the pods were given the limit before the user was"
+
+
 @pytest.mark.parametrize("redis_mode", ["cluster"])
 async def test_on_a_redis_cluster_the_pools_user_is_on_every_node(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
@@ -740,6 +772,44 @@ async def test_another_redis_url_rolls_the_pods_and_no_admin_password_reaches_th
         assert urlsplit(rounds.url).path == "/3"
         assert "ADMIN-SECRET" not in rounds.url
         assert "socket_timeout=5" in rounds.url
+    finally:
+        await credentials.remove_user(redis, NAMESPACE, pool_name)
+
+
+async def may(redis: aioredis.Redis, user: str, *command: str) -> bool:
+    reply = await redis.execute_command("ACL DRYRUN", user, *command)
+    return reply in (b"OK", "OK")
+
+
+async def test_rights_a_spec_edit_takes_away_stay_until_the_pods_rolled(
+    redis: aioredis.Redis, redis_url: str, pool_name: str,
+) -> None:
+    """The pods of the spec before run on with its rate limit and its queue to submit to
+    until they are replaced: their runs must not be refused half-way."""
+    rounds = InMemoryRounds(redis, redis_url, pool_name)
+    user = f"agentpool:{NAMESPACE}:{pool_name}:worker"
+    limit_key, other_key = "ap:{rl:search-api}:state", f"ap:{{other-{pool_name}}}:t:x"
+    rounds.pool["spec"] = {"rateLimits": [{"name": "search-api", "requestsPerMinute": 60}],
+                           "worker": {"submitsTo": [f"other-{pool_name}"]}}
+    try:
+        before = await rounds.round()
+        old_pod = rounds.pod("w-old", before)
+        assert await may(redis, user, "HGET", limit_key, "x")
+        assert await may(redis, user, "HGET", other_key, "payload")
+        rounds.pool["spec"] = {}
+        after = await rounds.round([old_pod])
+        assert after.credentials.version != before.credentials.version, "the pods roll"
+        assert await may(redis, user, "HGET", limit_key, "x"), "an old pod still runs"
+        assert await may(redis, user, "HGET", other_key, "payload")
+        assert after.events == (), "a spec edit is no restored Secret"
+        new_pod = rounds.pod("w-new", after)
+        await rounds.round([old_pod, new_pod])
+        assert await may(redis, user, "HGET", limit_key, "x")
+        await rounds.round([new_pod])
+        assert not await may(redis, user, "HGET", limit_key, "x")
+        assert not await may(redis, user, "HGET", other_key, "payload")
+        annotations = rounds.kube.secrets[rounds.secret]["metadata"]["annotations"]
+        assert credentials.RETIRING_GRANTS_ANNOTATION not in annotations
     finally:
         await credentials.remove_user(redis, NAMESPACE, pool_name)
 
