@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -29,6 +30,9 @@ from agentpool.redis_errors import REDIS_FAILURES, describe_redis_error, redis_f
 STATIC = resources.files("agentpool.console") / "static"
 FLEET_SECONDS = 2.0
 KEEPALIVE_SECONDS = 15.0
+GONE_CHECK_SECONDS = 1.0
+"""How often a quiet live stream looks whether its browser left (a closed tab): the page's
+refresher, which reads Redis, stops with its last watcher."""
 RECONNECT_MS = 1000
 """How soon a browser reconnects a live stream the console ended (a restart, a redeploy)."""
 INTERVALS = {"fleet": 1.0, "pool": 2.0, "tasks": 2.5, "task": 1.0, "dead": 2.5, "tenants": 5.0}
@@ -122,14 +126,20 @@ async def serve(request: web.Request, kind: str, key: str, load: Loader,
     pending: asyncio.Future[Message] | None = None
     try:
         await _send(request, response, f"retry: {RECONNECT_MS}\n\n".encode())
+        quiet_since = time.monotonic()
         while True:
             pending = pending or asyncio.ensure_future(anext(updates))
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            done, _ = await asyncio.wait({pending}, timeout=GONE_CHECK_SECONDS)
+            if request.transport is None or request.transport.is_closing():
+                break  # the browser left: its page's refresher stops now, not at a write
             if not done:
-                await _send(request, response, b": keep-alive\n\n")
+                if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+                    await _send(request, response, b": keep-alive\n\n")
+                    quiet_since = time.monotonic()
                 continue
             message, pending = pending.result(), None
             await _send(request, response, sse(message))
+            quiet_since = time.monotonic()
     except (ConnectionError, TimeoutError, asyncio.CancelledError):
         pass
     finally:

@@ -8,14 +8,17 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from console_helpers import TOKEN, eventually
 from redis.asyncio.connection import Connection
@@ -676,6 +679,57 @@ async def test_a_browser_that_stops_reading_is_dropped(
 
     await eventually(lambda: not hub.topics and not api.server.app[console_app.STREAMS])
     writer.close()
+
+
+async def test_a_closed_tab_stops_its_pages_refresher_within_seconds(
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """Not at the next keep-alive, 15 s later: the refresher reads Redis every second. Served
+    as `agentpool console` serves it (aiohttp's test server cancels a handler whose client
+    left, which the console's runner does not)."""
+    task_id = await TaskQueue(redis, queue_name).submit({"n": 1})
+    app = build_app(Sources(redis, queues=[queue_name]), ConsoleConfig())
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    hub = app[console_app.HUB]
+    try:
+        async with aiohttp.ClientSession() as session:
+            response = await session.get(
+                f"http://127.0.0.1:{port}/api/queues/{queue_name}/tasks/{task_id}",
+                headers={"Accept": "text/event-stream"})
+            while not (await response.content.readline()).startswith(b"data: "):
+                pass  # the page as it is; nothing changes after it
+            assert hub.topics
+            response.close()
+            started = time.monotonic()
+            await eventually(lambda: not hub.topics and not app[console_app.STREAMS])
+            assert time.monotonic() - started < console_app.KEEPALIVE_SECONDS
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_stream_opened_after_an_event_resumes_after_it(
+    api: Client, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """What a page that closed its stream while hidden asks for (`after`), as a reconnecting
+    browser does with Last-Event-ID."""
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"n": 1})
+    for n in range(3):
+        await queue.emit(task_id, "note", {"n": n}, attempt=1)
+    url = f"/api/queues/{queue_name}/tasks/{task_id}"
+    sse = {"Accept": "text/event-stream"}
+    first: list[dict[str, Any]] = []
+    response = await api.get(url, headers=sse)
+    await asyncio.wait_for(read_stream(response, first, 3), 10)
+    response.close()
+    rest: list[dict[str, Any]] = []
+    resumed = await api.get(f"{url}?after={first[0]['id']}", headers=sse)
+    await asyncio.wait_for(read_stream(resumed, rest, 2), 10)
+    resumed.close()
+    assert [e["data"] for e in rest] == [{"n": 1}, {"n": 2}]
 
 
 async def test_junk_query_parameters_share_the_pages_refresher_and_pages_watched_are_capped(
