@@ -173,7 +173,7 @@ def unruly() -> Iterator[dict[str, Any]]:
     """unruly_hooks' state, reset, with its gate opened at the end."""
     unruly_hooks.STATE.update(startup_seconds=0.0, ready_hangs=False, ready_checks=0,
                               after_task_gated=False, after_task_hang_first=0,
-                              after_task_done=[])
+                              after_task_done=[], startup_began=False)
     unruly_hooks.GATE.clear()
     for key in unruly_hooks.RUNNING:
         unruly_hooks.RUNNING[key] = 0
@@ -287,6 +287,23 @@ async def test_a_slow_startup_hook_does_not_fail_livez(
     finally:
         worker.stop()
         await asyncio.wait_for(run, 15)
+
+
+async def test_a_stop_during_a_slow_startup_hook_ends_the_worker_without_waiting_for_it(
+    unruly: dict[str, Any], redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A pod deleted while it loads its model: nothing was claimed, nothing waits."""
+    unruly["startup_seconds"] = 30
+    worker = Worker(settings(redis_url, queue_name, UNRULY))
+    run = asyncio.create_task(worker.run())
+    try:
+        await eventually(lambda: unruly["startup_began"], 10, "the startup hook to begin")
+        worker.stop()
+        await asyncio.wait_for(asyncio.shield(run), 5)
+    finally:
+        if not run.done():
+            run.cancel()
+    assert await TaskQueue(redis, queue_name).workers() == []
 
 
 async def test_sys_exit_in_a_hook_is_the_hook_failing(

@@ -15,7 +15,7 @@ from agentpool_worker.handlers import TaskContext, TaskOutcome, WorkerContext
 MODES = set(filter(None, os.environ.get("UNRULY_HOOKS", "").split(",")))
 STATE: dict[str, Any] = {"startup_seconds": 0.0, "ready_hangs": False, "ready_checks": 0,
                          "after_task_gated": False, "after_task_hang_first": 0,
-                         "after_task_done": []}
+                         "after_task_done": [], "startup_began": False}
 GATE = threading.Event()
 """Opens what the hooks wait for (a hung ready check, gated after_task hooks)."""
 LOCK = threading.Lock()
@@ -34,6 +34,7 @@ def _leave(hook: str) -> None:
 
 
 def startup(worker_ctx: WorkerContext) -> None:
+    STATE["startup_began"] = True
     time.sleep(STATE["startup_seconds"])  # loading a model
 
 

@@ -353,7 +353,8 @@ class Worker:
         background = [asyncio.create_task(self._tick(), name="agentpool-ticker")]
         started_hooks = False
         try:
-            await self._startup_hook()
+            if not await self._started_up_or_stopped():
+                return
             started_hooks = True
             if self.handler.hooks.ready is not None:
                 await self._check_ready()
@@ -391,6 +392,23 @@ class Worker:
                     self._loop.remove_signal_handler(sig)
 
     # -- handler hooks ---------------------------------------------------------------------
+
+    async def _started_up_or_stopped(self) -> bool:
+        """Run the startup hook; False when a stop came first (a pod deleted while it loads
+        a model: nothing is claimed yet, so nothing waits for the hook; a sync one is left to
+        its daemon thread)."""
+        startup = asyncio.create_task(self._startup_hook(), name="agentpool-startup")
+        stop = asyncio.create_task(self._stop_requested.wait())
+        try:
+            await asyncio.wait([startup, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if startup.done():
+            startup.result()
+            return True
+        startup.cancel()
+        self._log.info("stopped before the startup hook returned; no task was claimed")
+        return False
 
     async def _startup_hook(self) -> None:
         hook = self.handler.hooks.startup
