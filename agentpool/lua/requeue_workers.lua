@@ -1,4 +1,5 @@
--- ARGV: prefix, reason, mode ('worker' | 'pod'), name, keep (worker id to spare, '' = none)
+-- ARGV: prefix, reason, mode ('worker' | 'pod'), name, keep (worker id to spare, '' = none),
+-- keep drain (1: leave the pod's drain request, its worker still runs)
 -- mode 'worker': requeue what one worker instance holds.
 -- mode 'pod': requeue what every instance of a pod holds (all but `keep`).
 -- Returns {requeued, dead-lettered, cancelled, instances}.
@@ -18,6 +19,6 @@ else
       instances = instances + 1
     end
   end
-  if keep == '' then redis.call('HDEL', K_DRAIN, name) end
+  if keep == '' and ARGV[6] ~= '1' then redis.call('HDEL', K_DRAIN, name) end
 end
 return {counts[1], counts[2], counts[3], instances}

@@ -1002,10 +1002,12 @@ class TaskQueue:
         return requeue_result(await self._run("requeue_workers", reason, "worker", worker, ""))
 
     async def requeue_pod(self, pod: str, *, keep_instance: str | None = None,
-                          reason: str = "pod lost") -> RequeueResult:
-        """Return the tasks of every instance of `pod` (all but `keep_instance`) to the queue."""
+                          reason: str = "pod lost", keep_drain: bool = False) -> RequeueResult:
+        """Return the tasks of every instance of `pod` (all but `keep_instance`) to the queue;
+        the pod's drain request goes too, unless `keep_drain` (its worker still runs)."""
         keep = worker_id(pod, keep_instance) if keep_instance else ""
-        return requeue_result(await self._run("requeue_workers", reason, "pod", pod, keep))
+        return requeue_result(await self._run("requeue_workers", reason, "pod", pod, keep,
+                                              int(keep_drain)))
 
     async def reap_expired(self, limit: int = 1000,
                            stale_worker_seconds: float = 3600) -> ReapResult:

@@ -11,6 +11,7 @@ pool writes nothing.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +86,33 @@ _OWNED_PATHS: tuple[tuple[str, ...], ...] = (
     *((*_POD, key) for key in _POD_PASS_THROUGH),
 )
 
+
+POD_NAME_BASE = 58
+"""Kubernetes cuts a generated name's base to this many characters before its random five."""
+_POD_SUFFIX = re.compile(r"[a-z0-9]{5}")
+_HASH = re.compile(r"[a-z0-9]+-?")
+
+
+def pod_name_prefix(pool: str) -> str:
+    """How the names of the pool's pods begin (``<pool>-``, cut as Kubernetes cuts them)."""
+    return f"{pool}-"[:POD_NAME_BASE]
+
+
+def deployment_pod(name: str, pool: str) -> bool:
+    """Whether `name` is one the pool's Deployment gives its pods: ``<pool>-<hash>-`` and five
+    random characters, the part before them cut to 58 characters for a long pool name."""
+    base, suffix = name[:-5], name[-5:]
+    if len(name) <= 5 or not _POD_SUFFIX.fullmatch(suffix):
+        return False
+    prefix = f"{pool}-"
+    if len(base) < POD_NAME_BASE:
+        rest = base[len(prefix):] if base.startswith(prefix) else ""
+        return rest.endswith("-") and _HASH.fullmatch(rest) is not None
+    if len(base) != POD_NAME_BASE:
+        return False
+    if len(prefix) >= POD_NAME_BASE:
+        return base == prefix[:POD_NAME_BASE]
+    return base.startswith(prefix) and _HASH.fullmatch(base[len(prefix):]) is not None
 
 def pool_labels(pool_name: str) -> dict[str, str]:
     return {

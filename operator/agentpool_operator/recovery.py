@@ -16,7 +16,7 @@ from typing import Any
 from agentpool.models import parse_rfc3339
 from agentpool.protocol import WORKER_LIVENESS_WINDOW, InstanceState
 from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION, RELEASED_COST
-from agentpool_operator.deployment import WORKER_CONTAINER
+from agentpool_operator.deployment import WORKER_CONTAINER, pod_name_prefix
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,10 @@ class Requeue:
     pod: str
     reason: str
     instances: tuple[str, ...] | None = None
-    """Only these instances of the pod (a restarted container's predecessors); None = all."""
+    """Only these instances of the pod (a restarted container's predecessors, the silent ones
+    of a pod no longer listed); None = all."""
+    keep_drain: bool = False
+    """Leave the pod's drain request (its worker still runs and must claim no more)."""
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,15 @@ def decide_recovery(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) 
     for pod in inputs.pods:
         dead = pod_is_dead(pod, inputs.nodes)
         if dead is not None:
-            if not shutting_down_gracefully(pod, inputs.nodes, now):
-                actions.append(Requeue(pod.name, dead))
+            if shutting_down_gracefully(pod, inputs.nodes, now):
+                continue
+            # A worker that heartbeats on past its pod's end (its node cut off from the API
+            # server: the pod stays Terminating) would claim again what is taken back, each
+            # time an attempt spent: it is asked to drain, and its request is kept.
+            zombie = heartbeating(pod.name, by_pod.get(pod.name, ()), now)
+            actions.append(Requeue(pod.name, dead, keep_drain=zombie))
+            if zombie:
+                actions.append(RequestDrain(pod.name, f"{dead}, yet its worker still runs"))
             continue
         previous = _previous_instances(pod, by_pod.get(pod.name, []))
         if previous:
@@ -174,7 +184,9 @@ def decide_recovery(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) 
     if inputs.pods_complete:
         for pod_name, instances in sorted(by_pod.items()):
             if pod_name not in pods and any(i.held for i in instances):
-                actions.append(Requeue(pod_name, "pod no longer exists"))
+                # only the instances judged (silent): another of the same name may live
+                actions.append(Requeue(pod_name, "pod no longer exists", instances=tuple(
+                    sorted(i.instance for i in instances if i.held))))
 
     actions.extend(_replace_stuck(inputs, policy, now))
     return actions
@@ -193,7 +205,7 @@ def gone_pod_requeues(
     them (`<pool>-…`) are judged: a worker outside the cluster, or of another pool on the same
     queue, keeps its tasks until its heartbeat or its leases run out.
     """
-    held = {i.pod for i in instances if i.held and i.pod.startswith(f"{pool}-")}
+    held = {i.pod for i in instances if i.held and i.pod.startswith(pod_name_prefix(pool))}
     return [Requeue(pod, "pod no longer exists") for pod in sorted(held - set(pods))]
 
 

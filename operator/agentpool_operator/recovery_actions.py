@@ -109,7 +109,8 @@ def post(pool: Any, reason: str, message: str, *, pod: str) -> None:
 
 async def apply_requeue(queue: TaskQueue, action: Requeue) -> RequeueResult:
     if action.instances is None:
-        return await queue.requeue_pod(action.pod, reason=action.reason)
+        return await queue.requeue_pod(action.pod, reason=action.reason,
+                                       keep_drain=action.keep_drain)
     total = RequeueResult()
     for instance in action.instances:
         total += await queue.requeue_owner(worker_id(action.pod, instance), reason=action.reason)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ from agentpool.scaling.scaledown import (
     plan_drains,
 )
 
+from .deployment import deployment_pod
 from .disruption import BUSY_LABEL, BUSY_VALUE
 from .status import ConditionUpdate, rfc3339
 
@@ -289,11 +289,10 @@ def stale_drains(
     requests of another pool sharing the queue are left alone; a grace period leaves requests
     for pods created after `pods` was listed.
     """
-    pattern = re.compile(rf"{re.escape(pool)}-[a-z0-9]+-[a-z0-9]+")
     stale = []
     for key, at in requests.items():
         pod = key.rpartition(":")[0] or key
-        if pattern.fullmatch(pod) and pod not in pods and now - at >= grace:
+        if deployment_pod(pod, pool) and pod not in pods and now - at >= grace:
             stale.append(key)
     return sorted(stale)
 

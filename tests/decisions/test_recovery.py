@@ -40,6 +40,19 @@ def test_deleted_pod_gets_all_its_tasks_requeued() -> None:
     assert decide([PodView("a", deleting=True)]) == [Requeue("a", "pod deleted")]
 
 
+def test_a_pod_past_its_end_whose_worker_still_beats_is_drained_as_its_tasks_go_back() -> None:
+    """Its node cut off from the API server: the pod stays Terminating, the worker runs on
+    and would claim again what is taken back, spending an attempt each round."""
+    pod = PodView("a", deleting=True, phase="Running", container_started_at=RUNNING_SINCE,
+                  deletion_deadline=NOW - 1)
+    beating = InstanceView("a", "i", 1.0, held=1, last_seen=NOW - 1)
+    assert decide([pod], instances=[beating]) == [
+        Requeue("a", "pod deleted", keep_drain=True),
+        RequestDrain("a", "pod deleted, yet its worker still runs")]
+    silent = dataclasses.replace(beating, last_seen=NOW - WORKER_LIVENESS_WINDOW)
+    assert decide([pod], instances=[silent]) == [Requeue("a", "pod deleted")]
+
+
 def test_evicted_pod_gets_its_tasks_requeued() -> None:
     actions = decide([PodView("a", phase="Failed", reason="Evicted")])
     assert actions == [Requeue("a", "pod evicted")]
@@ -82,8 +95,18 @@ def test_restart_with_nothing_held_by_earlier_instances_needs_nothing() -> None:
 def test_instances_of_a_pod_that_no_longer_exists_are_requeued() -> None:
     instances = [InstanceView("gone", "i", 1.0, held=1), InstanceView("a", "j", 1.0, held=1)]
     assert decide([PodView("a")], instances=instances) == [
-        Requeue("gone", "pod no longer exists")
+        Requeue("gone", "pod no longer exists", instances=("i",))
     ]
+
+
+def test_of_a_pod_no_longer_listed_only_its_silent_instances_are_requeued() -> None:
+    """Another instance under the same name heart-beats (a new pod of that name, or one
+    whose label was taken off): it keeps its tasks."""
+    judged = judged_instances([
+        InstanceState("gone:old", "gone", "old", 1.0, NOW - WORKER_LIVENESS_WINDOW, held=1),
+        InstanceState("gone:new", "gone", "new", 1.0, NOW, held=2)], {"a"}, NOW)
+    assert decide([PodView("a")], instances=judged) == [
+        Requeue("gone", "pod no longer exists", instances=("old",))]
 
 
 def test_single_pod_events_never_requeue_other_pods() -> None:
@@ -327,6 +350,14 @@ def test_workers_not_named_like_the_pools_pods_keep_their_tasks() -> None:
                  InstanceView("w", "i1", 1.0, held=1)]
     assert gone_pod_requeues(instances, set(), "w") == [
         Requeue("w-7f9c-x2k4p", "pod no longer exists")]
+
+
+def test_the_gone_pods_of_a_pool_with_a_long_name_are_found() -> None:
+    """Their names begin with the pool's name cut to 58 characters, with no dash after it."""
+    pool = "p" * 60
+    pod = pool[:58] + "x2k4p"
+    assert gone_pod_requeues([InstanceView(pod, "i1", 1.0, held=1)], set(), pool) == [
+        Requeue(pod, "pod no longer exists")]
 
 
 def test_no_instances_nothing_to_requeue() -> None:

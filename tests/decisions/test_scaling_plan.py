@@ -335,6 +335,18 @@ def test_stale_drains_are_those_of_gone_pods_of_this_pool() -> None:
     assert stale == ["nu-7c9d5-bbbbb", "nu-7c9d5-ccccc:f00d"]
 
 
+@pytest.mark.parametrize("length", [20, 47, 50, 57, 58, 63])
+def test_stale_drains_of_a_long_named_pools_pods_are_found(length: int) -> None:
+    """Kubernetes cuts the part of a pod's name before its random five to 58 characters:
+    from about 47 characters of pool name, the pods' names no longer hold the whole
+    `<pool>-<hash>-`."""
+    pool = ("p" * length)[:length]
+    base = f"{pool}-7c9d5f8b6d-"[:58]
+    gone, other = f"{base}bbbbb", f"{'q' * length}-7c9d5f8b6d-"[:58] + "ccccc"
+    stale = stale_drains({gone: 100.0, other: 100.0}, set(), pool, now=1000.0, grace=30)
+    assert stale == [gone]
+
+
 def test_restored_history_restarts_its_window() -> None:
     history = ScalingHistory(
         recommendations=(Recommendation(50.0, 3),), since=10.0, last_scale_up=50.0,

@@ -173,6 +173,22 @@ async def test_drain_request_for_one_instance_spares_the_others(queue: TaskQueue
     assert len((await queue.claim("pod-a:new", 5, 30)).tasks) == 2
 
 
+async def test_a_pods_requeue_clears_its_drain_request_unless_its_worker_still_runs(
+    queue: TaskQueue,
+) -> None:
+    """A pod past its end whose worker heart-beats on: what it held goes back, and it must
+    not claim it again (each time an attempt spent)."""
+    for i in range(3):
+        await queue.submit(i)
+    await claim_one(queue, "pod-a:i1")
+    await queue.request_drain("pod-a")
+    assert (await queue.requeue_pod("pod-a", reason="pod deleted", keep_drain=True)).requeued == 1
+    assert "pod-a" in await queue.drain_requests()
+    assert (await queue.claim("pod-a:i1", 5, 30)).tasks == []
+    await queue.requeue_pod("pod-a", reason="pod no longer exists")
+    assert "pod-a" not in await queue.drain_requests()
+
+
 async def test_release_returns_a_task_without_spending_an_attempt(
     redis: aioredis.Redis, queue: TaskQueue
 ) -> None:

@@ -439,11 +439,34 @@ async def test_a_checkpoint_reaches_the_next_attempt_through_a_file(
 async def test_a_checkpoint_saved_on_sigterm_reaches_the_next_attempt(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
-    """Its run timed out: the program's grace after SIGTERM is for wrapping up, and what it
-    writes then is read."""
+    """Its run timed out: the program's grace after SIGTERM is for wrapping up, and a
+    checkpoint it writes then is saved (a submit or a result then is not: the run is over)."""
     done = await outcome(redis, redis_url, queue_name, {"mode": "checkpoint-on-term"},
                          "succeeded", task_timeout_seconds=1)
     assert done.result == {"resumed": {"step": 7}, "attempt": 2}
+    figures = await TaskQueue(redis, queue_name).figures()
+    assert figures.stats["submitted"] == 1, "a stopped run's submit is not carried out"
+
+
+async def test_a_checkpoint_saved_on_sigterm_by_a_run_handed_back_reaches_the_next_attempt(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A rollout or a scale-down: the draining worker hands the run back once its program
+    has had its grace, not before (the checkpoint would be refused, the run no longer
+    holding its task)."""
+    queue = TaskQueue(redis, queue_name)
+    task_id = await queue.submit({"mode": "checkpoint-on-term"})
+    async with running(settings(redis_url, queue_name, HANDLER, drain_seconds=0.3)):
+        async def program_started() -> bool:
+            info = await queue.get(task_id)
+            return info is not None and info.progress is not None
+
+        await eventually(program_started, 20, "the program to start")
+    handed_back = await queue.get(task_id)
+    assert handed_back is not None and handed_back.state == "queued"
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        done = await finished(queue, task_id, "succeeded")
+    assert done.result == {"resumed": {"step": 7}, "attempt": 1}
 
 
 async def test_a_failing_command_is_retried_and_its_stderr_is_the_error(

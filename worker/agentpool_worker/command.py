@@ -220,6 +220,8 @@ class _Outcome:
     """The task id of each step the run submitted with a name."""
     acting: bool = False
     """A message is being carried out (a submit or a checkpoint waits for Redis)."""
+    stopping: bool = False
+    """The run was stopped: of what the program still writes, only a checkpoint counts."""
     read: _ReadProgress = field(default_factory=_ReadProgress)
     """How far the reading of stdout got (after the exit: whether lines written before it
     remain)."""
@@ -410,7 +412,8 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext,
     except asyncio.CancelledError:
         # Stopped (timeout, cancel, lease lost, handed back): the program gets SIGTERM and
         # its grace with its output still read, so that a checkpoint it saves on SIGTERM
-        # reaches the next attempt.
+        # reaches the next attempt (its submits, events and result no longer count).
+        outcome.stopping = True
         await command.stop(grace)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait((reading,), timeout=PIPE_DRAIN_SECONDS)
@@ -676,6 +679,8 @@ async def _act(message: dict[str, Any], outcome: _Outcome, ctx: TaskContext) -> 
     """Carry out a well-formed message; what a limit refuses (an event over 64 KiB, a
     checkpoint over the payload limit) and a submit the queue refuses (an unknown task to run
     after, a bad option) raise ValueError."""
+    if outcome.stopping and "checkpoint" not in message:
+        return
     if "result" in message:
         outcome.result, outcome.has_result = message["result"], True
     elif "event" in message:

@@ -133,7 +133,8 @@ when no operator does, so that no task waits for one for ever."""
 
 STOP_SECONDS = 11.0
 """How long runs still going at the end of the SIGTERM drain get to end once told to stop
-(their tasks are handed back at once): a command's grace is at most 10 s, then SIGKILL."""
+(each hands its task back as it ends; those still going, then): a command's grace is at most
+10 s, then SIGKILL."""
 HOOK_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 """What a hook may raise that counts as the hook failing (sys.exit() in a library too)."""
 PASSWORD_PLACE = f"AGENTPOOL_REDIS_URL ({URL_WITH_PASSWORD}), set from the pool's spec.redis"
@@ -171,7 +172,8 @@ class _Run:
         self.ctx = ctx
         self.stop_reason: str | None = None
         self.reported = False
-        """Its stop was reported before the run ended (the end of the SIGTERM drain)."""
+        """Its stop (a cancel, a hand-back) was reported: at its end, or at the end of the
+        SIGTERM drain when it had not ended by then."""
         self.worker_task: asyncio.Task[None] | None = None
         self.thread: Future[Any] | None = None
         self.unsaved = False
@@ -186,6 +188,13 @@ class _Run:
         self.ctx.cancelled.set()
         if interrupt and self.worker_task is not None:
             self.worker_task.cancel()
+
+
+def _may_checkpoint(run: _Run) -> bool:
+    """The run holds its task still: not stopped, or stopped to be handed back (a draining
+    worker) and not handed back yet, so what it saves on its way out reaches the next
+    attempt."""
+    return run.stop_reason is None or (run.stop_reason == RELEASE and not run.reported)
 
 
 @dataclass
@@ -562,18 +571,18 @@ class Worker:
             await asyncio.wait(runs, timeout=s.drain_seconds)
         unfinished = list(self._runs.values())
         for run in unfinished:
-            # Handed back now, not when the run has ended: a handler slow to react would
-            # otherwise hold its task until the container is killed and its lease expires
-            # (an attempt spent). Fenced by the claim's token, so a run ending later is
-            # harmless.
             run.stop(RELEASE)
-            self._stopped(run)
-            run.reported = True
+        # Each run hands its task back as it ends (a program saves a checkpoint on SIGTERM
+        # first); one still going after STOP_SECONDS is handed back then, not when the
+        # container is killed and its lease expires (an attempt spent). Fenced by the claim's
+        # token, so a run ending later is harmless.
         late: set[asyncio.Task[None]] = set()
         stopping = [r.worker_task for r in unfinished
                     if r.worker_task is not None and not r.worker_task.done()]
         if stopping:
             _, late = await asyncio.wait(stopping, timeout=STOP_SECONDS)
+        for run in unfinished:
+            self._stopped(run)
         if late:
             self._log.warning("runs did not stop in time; their tasks are back in the queue",
                               count=len(late), stop_seconds=STOP_SECONDS)
@@ -1024,7 +1033,7 @@ class Worker:
         checkpoint Redis took. Logged once per run. Raises LeaseLost only, as ever, when the
         run is over or Redis says another run holds the task."""
         run = self._runs.get(ctx.task_id)
-        if run is None or run.ctx is not ctx or run.stop_reason is not None:
+        if run is None or run.ctx is not ctx or not _may_checkpoint(run):
             raise LeaseLost(f"task {ctx.task_id}: this run is over; checkpoint not saved")
         task = run.task
         if not await self._outbox.wait_recorded():
@@ -1040,7 +1049,7 @@ class Worker:
                 if redis_full(exc):
                     self._checkpoint_not_saved(run)
                     return
-                if run.stop_reason is not None:
+                if not _may_checkpoint(run):
                     raise LeaseLost(f"task {task.id}: run stopped; checkpoint not saved") from exc
                 await backoff.sleep()
         self._redis_ok()
@@ -1370,8 +1379,10 @@ class Worker:
         if run.reported:
             return
         if run.stop_reason == CANCELLED:
+            run.reported = True
             self._report(task, lambda: self.queue.cancelled(task))
         elif run.stop_reason == RELEASE:
+            run.reported = True
             self._report(task, lambda: self.queue.release(task, "worker shutting down"))
 
     def _report(self, task: ClaimedTask, send: Callable[[], Awaitable[FailOutcome]]) -> None:
