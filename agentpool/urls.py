@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 URL_PREFIXES = (
     "redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://",
@@ -88,6 +88,6 @@ def with_credentials(url: str, username: str, password: str) -> str:
     parts = urlsplit(url)
     hostport = parts.netloc.rpartition("@")[2]
     userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    query = urlencode([(k, v) for k, v in pairs if k.lower() not in _USER_QUERY_KEYS])
+    query = "&".join(piece for piece in parts.query.split("&")
+                     if unquote(piece.partition("=")[0]).lower() not in _USER_QUERY_KEYS)
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}", query=query))

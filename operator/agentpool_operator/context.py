@@ -13,7 +13,7 @@ import kopf
 from agentpool.protocol import TaskQueue
 from agentpool.scaling.policy import ScalingHistory
 
-from .credentials import KnownSecrets, WorkerCredentials
+from .credentials import Grants, KnownSecrets, WorkerCredentials
 from .disruption_actions import GuardState
 from .installed_crd import InstalledCrd
 from .kube import KubeApi
@@ -117,6 +117,9 @@ class PoolState:
     """Monotonic time stale drain requests of the pool's pods were last cleared."""
     worker_credentials: WorkerCredentials | None = None
     """What the workers connect with, once decided (None: the pool's URL, no condition)."""
+    granted: Grants | None = None
+    """The rate limits and other queues of the spec the worker user's rights were last set
+    for: a spec edit that changes them sets them before the Deployment changes."""
     credential_secrets: KnownSecrets = field(default_factory=KnownSecrets)
     memory: MemoryCheck = field(default_factory=MemoryCheck)
     """Whether the pool's Redis is full (read every round) or may evict its keys (every few

@@ -154,6 +154,12 @@ class Grants:
         return bool(self.limits or self.queues)
 
 
+def spec_grants(spec: Mapping[str, Any]) -> Grants:
+    """What a pool's spec (as the API has it) gives its workers beyond their queue."""
+    return Grants.of((limit.get("name", "") for limit in spec.get("rateLimits") or ()),
+                     (spec.get("worker") or {}).get("submitsTo") or ())
+
+
 def retiring_grants(wanted: Grants, had: Grants | None, retiring: Grants | None, *,
                     rolled_out: bool) -> Grants:
     """The grants kept for pods of an earlier spec (see `RETIRING_GRANTS_ANNOTATION`): those
@@ -431,9 +437,7 @@ async def ensure_worker_credentials(
     retiring = annotations.get(RETIRING_ANNOTATION) or None
     served = annotations.get(ROTATION_ANNOTATION) or None
     user = acl_username(namespace, name, Role.WORKER)
-    spec = pool.get("spec") or {}
-    wanted = Grants.of((limit.get("name", "") for limit in spec.get("rateLimits") or ()),
-                       (spec.get("worker") or {}).get("submitsTo") or ())
+    wanted = spec_grants(pool.get("spec") or {})
 
     def version_of(password: str) -> str:
         return credentials_version(f"{with_credentials(pool_url, user, password)} "

@@ -42,6 +42,7 @@ from .credentials import (
     ensure_worker_credentials,
     per_pool,
     remove_user,
+    spec_grants,
     worker_secret_name,
 )
 from .deployment import (
@@ -224,7 +225,9 @@ async def reconcile(
         raise kopf.PermanentError(f"invalid spec: {sanitize(str(error))}") from None
     try:
         async with state.lock:
-            if ctx.settings.per_pool_credentials:
+            if ctx.settings.per_pool_credentials and (
+                    state.worker_credentials is None
+                    or state.granted != spec_grants(body.get("spec") or {})):
                 # before the Deployment: its pods of a new spec may need rights (a rate
                 # limit, a queue to submit to) the user does not have yet
                 queue, _problem = await open_queue(ctx, state, namespace, name, spec)
@@ -320,6 +323,7 @@ async def refresh_credentials(
                     state.worker_credentials = per_pool(namespace, name, spec.queue_name(name))
         return
     state.worker_credentials = outcome.credentials
+    state.granted = spec_grants(body.get("spec") or {})
     for reason, message in outcome.events:
         post(body, StatusEvent("Normal", reason, message), logger)
     if outcome.credentials.secret is None:

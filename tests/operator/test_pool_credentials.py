@@ -766,12 +766,14 @@ async def test_another_redis_url_rolls_the_pods_and_no_admin_password_reaches_th
         first = await rounds.round()
         base = redis_url.rsplit("/", 1)[0] if urlsplit(redis_url).path not in ("", "/") \
             else redis_url.rstrip("/")
-        rounds.pool_url = f"{base}/3?password=ADMIN-SECRET&socket_timeout=5"
+        rounds.pool_url = (f"{base}/3?password=ADMIN-SECRET&socket_timeout=5"
+                           "&client_name=a/b&health_check_interval")
         moved = await rounds.round()
         assert moved.credentials.version != first.credentials.version
         assert urlsplit(rounds.url).path == "/3"
         assert "ADMIN-SECRET" not in rounds.url
-        assert "socket_timeout=5" in rounds.url
+        assert urlsplit(rounds.url).query == (
+            "socket_timeout=5&client_name=a/b&health_check_interval"), "the others as written"
     finally:
         await credentials.remove_user(redis, NAMESPACE, pool_name)
 
