@@ -58,7 +58,7 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 fi
 # Debian and Ubuntu ship venv's pip bootstrap apart (python3-venv): without it `-m venv`
 # fails half-way, leaving a .venv without pip behind.
-if [ ! -x .venv/bin/pip ] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+if ! .venv/bin/python -c 'import pip' 2>/dev/null && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
     echo "setup: installing python3-venv (venv's pip for $PYTHON)"
     as_root apt-get update -qq
     version=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
@@ -66,10 +66,12 @@ if [ ! -x .venv/bin/pip ] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
         >/dev/null 2>&1 \
         || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
-if [ ! -x .venv/bin/pip ]; then
+if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
-    rm -rf .venv
     "$PYTHON" -m venv .venv
+elif ! .venv/bin/python -c 'import pip' 2>/dev/null; then
+    echo "setup: adding pip to .venv (made without it, or half-made)"
+    .venv/bin/python -m ensurepip --upgrade >/dev/null
 fi
 
 # pip with its full output in .venv/setup.log and a short account of its progress on the

@@ -1118,10 +1118,11 @@ class TaskQueue:
         return [int(size) // NEXT_ENTRY_BYTES for size in sizes]
 
     async def list_tasks(self, state: str, limit: int = 100) -> list[TaskInfo]:
-        """Up to `limit` tasks in one of TASK_LIST_STATES (read-only): queued in claim order
-        and then those that wait for their tenant's cap (`capped`, each tenant's in their
-        order, tenants by name), delayed by due time, deferred in submit order, running by
-        lease expiry, dead newest first."""
+        """Up to `limit` tasks in one of TASK_LIST_STATES (read-only): queued in claim order,
+        then those that wait for their tenant's cap (`capped`, each tenant's in their order,
+        tenants by name), then the delayed ones already due (the next claim queues them; the
+        figures count them as queued, and the delayed list shows them too); delayed by due
+        time, deferred in submit order, running by lease expiry, dead newest first."""
         if state not in TASK_LIST_STATES:
             raise ProtocolError(f"no task state {state!r}: use one of "
                                 f"{', '.join(TASK_LIST_STATES)}")

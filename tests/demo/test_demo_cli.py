@@ -49,14 +49,20 @@ def _children(parent: int) -> dict[int, str]:
     return found
 
 
+def _ignore_hangup() -> None:
+    """What `nohup` does before it starts a command."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 class DemoProcess:
     """The demo as a child process: its output read as it comes, and every process it starts
     recorded (pid and start time) while it runs."""
 
-    def __init__(self, args: list[str], tmpdir: Path) -> None:
+    def __init__(self, args: list[str], tmpdir: Path, *, nohup: bool = False) -> None:
         env = {**os.environ, "TMPDIR": str(tmpdir), "COLUMNS": "100"}
         self.process = subprocess.Popen(
             DEMO + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=_ignore_hangup if nohup else None,
         )
         self.children: dict[int, str] = {}
         self.streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
@@ -115,11 +121,11 @@ def demo_tmp(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[[list[str], Path], DemoProcess]]:
+def spawn() -> Iterator[Callable[..., DemoProcess]]:
     started: list[DemoProcess] = []
 
-    def start(args: list[str], tmpdir: Path) -> DemoProcess:
-        demo = DemoProcess(args, tmpdir)
+    def start(args: list[str], tmpdir: Path, *, nohup: bool = False) -> DemoProcess:
+        demo = DemoProcess(args, tmpdir, nohup=nohup)
         started.append(demo)
         return demo
 
@@ -139,7 +145,7 @@ def _port_open(url: str) -> bool:
         return False
 
 
-Spawn = Callable[[list[str], Path], DemoProcess]
+Spawn = Callable[..., DemoProcess]
 
 
 def test_demo_finishes_every_task_and_leaves_nothing(demo_tmp: Path, spawn: Spawn) -> None:
@@ -201,3 +207,14 @@ def test_a_stopping_signal_while_starting_stops_everything(
     assert demo.finish(timeout=60) == 128 + signum
     assert demo.survivors() == []
     assert list(demo_tmp.iterdir()) == []
+
+
+def test_a_demo_started_with_nohup_goes_on_when_its_terminal_closes(
+    demo_tmp: Path, spawn: Spawn,
+) -> None:
+    demo = spawn(["--tasks", "20", "--workers", "2", "--mean-seconds", "0.05", "--no-live"],
+                 demo_tmp, nohup=True)
+    demo.wait_for_line("started demo-worker-1")
+    demo.process.send_signal(signal.SIGHUP)
+    assert demo.finish(timeout=120) == 0, demo.output()
+    assert demo.survivors() == []

@@ -519,10 +519,16 @@ class Handler:
 
 async def call_hook(hook: Callable[..., Any], *args: Any, threads: DaemonThreads) -> Any:
     """Await an async hook; run a sync one in one of `threads` so it cannot block the loop
-    (given up on, it goes on in its thread, which does not hold the process at exit)."""
+    (given up on, it goes on in its thread, which does not hold the process at exit, nor the
+    calls after it: `DaemonThreads.give_up`)."""
     if _is_async(hook):
         return await hook(*args)
-    return await asyncio.wrap_future(threads.submit(hook, *args))
+    future = threads.submit(hook, *args)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        threads.give_up(future)
+        raise
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

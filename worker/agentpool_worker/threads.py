@@ -19,11 +19,14 @@ _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 class DaemonThreads:
     """Up to `size` daemon threads, started when needed and reused; calls beyond `size` at
-    once wait for a thread. `most` bounds the threads `make_room` may add."""
+    once wait for a thread. A call given up on (`give_up`) keeps its thread while another
+    serves the next calls (at most `most` threads in all); once it returns, its thread serves
+    again and no further thread starts in its stead."""
 
     def __init__(self, size: int, name: str, most: int | None = None) -> None:
         self._size = size
         self._most = max(size, most or size)
+        self._given_up: set[Future[Any]] = set()
         self._name = name
         self._jobs: SimpleQueue[_Job] = SimpleQueue()
         self._idle = threading.Semaphore(0)
@@ -44,20 +47,26 @@ class DaemonThreads:
         if self._idle.acquire(blocking=False):
             return future  # an idle thread takes it
         with self._lock:
-            if self._threads < self._size:
-                self._threads += 1
-                threading.Thread(target=self._work, name=f"{self._name}-{self._threads}",
-                                 daemon=True).start()
+            self._start_thread_locked()
         return future
 
-    def make_room(self) -> bool:
-        """One thread more may start: a call given up on holds its thread, maybe for ever,
-        and must not leave the calls after it waiting for that thread. False once `most`
-        threads may start."""
+    def _start_thread_locked(self) -> None:
+        if self._threads < self._size:
+            self._threads += 1
+            threading.Thread(target=self._work, name=f"{self._name}-{self._threads}",
+                             daemon=True).start()
+
+    def give_up(self, future: Future[Any]) -> bool:
+        """The caller no longer waits for this call. Running, it holds its thread, maybe for
+        ever (a call without a timeout to a service that never answers): one thread more
+        starts for the next calls, and the room goes again when the call returns. False when
+        the call holds no thread, or `most` threads may run already."""
         with self._lock:
-            if self._size >= self._most:
+            if not future.running() or future in self._given_up or self._size >= self._most:
                 return False
+            self._given_up.add(future)
             self._size += 1
+            self._start_thread_locked()
             return True
 
     def _work(self) -> None:
@@ -72,7 +81,10 @@ class DaemonThreads:
                     else:
                         future.set_result(result)
             finally:
-                del future, func, args
                 with self._lock:
                     self._busy -= 1
+                    if future in self._given_up:  # the room it was given goes again
+                        self._given_up.discard(future)
+                        self._size -= 1
+                del future, func, args
             self._idle.release()

@@ -119,10 +119,10 @@ FULL_READY_REASON = ("redis is full (maxmemory reached): new tasks are not claim
 RESULT_TOO_LARGE_HINT = (". Store large output elsewhere and return where it is, or raise "
                          f"{env_name('max_result_bytes')}")
 TICK_SECONDS = 0.25
-AFTER_TASK_SECONDS = 30.0
 AFTER_TASK_THREADS_PER_SLOT = 4
-"""A sync ``after_task`` hook still running after AFTER_TASK_SECONDS keeps its thread; a new
-one serves the next calls, up to this many threads per slot in all."""
+"""A sync ``after_task`` hook still running after AFTER_TASK_SECONDS keeps its thread while
+another serves the next calls, up to this many threads per slot in all."""
+AFTER_TASK_SECONDS = 30.0
 """Longest an ``after_task`` hook may hold a run's slot."""
 READY_CHECK_SECONDS = 5.0
 """Longest a ``ready`` hook may take before it counts as failed."""
@@ -448,12 +448,6 @@ class Worker:
         try:
             async with asyncio.timeout(AFTER_TASK_SECONDS):
                 await call_hook(hook, ctx, outcome, threads=self._after_task_threads)
-        except TimeoutError:
-            room = self._after_task_threads.make_room()
-            self._log.warning("after_task hook did not return in time", task=ctx.task_id,
-                              outcome=outcome.status, seconds=AFTER_TASK_SECONDS,
-                              thread=("left to it; another serves the next calls" if room
-                                      else "left to it; no more threads are added"))
         except HOOK_FAILURES as exc:
             self._log.warning("after_task hook failed", task=ctx.task_id,
                               outcome=outcome.status, error=f"{type(exc).__name__}: {exc}")

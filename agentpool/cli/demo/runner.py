@@ -189,6 +189,8 @@ class Interrupts:
 
     def install(self) -> None:
         for signum in STOPPING_SIGNALS:
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # started with nohup: the terminal may go, the demo goes on
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
