@@ -7,6 +7,7 @@ Screenshots of each page go to .test-output/console/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -34,7 +35,7 @@ from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer, free_port
 
 try:
-    from playwright.sync_api import Browser, Error, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Error, Locator, Page, expect, sync_playwright
 except ImportError:  # pragma: no cover - setup installs it
     pytest.fail("the browser tests need Playwright: run `make setup`", pytrace=False)
 
@@ -270,12 +271,14 @@ class InProcessConsole:
         self.thread.join(timeout=20)
 
 
-def test_a_task_page_misses_and_repeats_no_event_across_a_console_restart(
-    redis_url: str, page: Page
-) -> None:
-    queue = f"restart-{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def task_page_with_two_events(redis_url: str, page: Page,
+                              name: str) -> Iterator[tuple[InProcessConsole, str, Locator]]:
+    """A queued task (no worker: it stays so) with two events, its page open on a console of
+    this process; yields the console, the task and the page's event rows."""
+    queue = f"{name}-{uuid.uuid4().hex[:8]}"
     with SyncClient.from_url(redis_url) as client:
-        task_id = client.queue(queue).submit({"n": 0})  # no worker: it stays queued
+        task_id = client.queue(queue).submit({"n": 0})
     console = InProcessConsole(redis_url, queue)
     try:
         console.emit(task_id, range(0, 2))
@@ -283,6 +286,15 @@ def test_a_task_page_misses_and_repeats_no_event_across_a_console_restart(
         page.goto(f"{console.url}queues/{queue}/tasks/{task_id}")
         rows = page.locator("#events tbody tr")
         expect(rows).to_have_count(2, timeout=LIVE)
+        yield console, task_id, rows
+    finally:
+        console.close()
+
+
+def test_a_task_page_misses_and_repeats_no_event_across_a_console_restart(
+    redis_url: str, page: Page
+) -> None:
+    with task_page_with_two_events(redis_url, page, "restart") as (console, task_id, rows):
         console.stop()
         expect(page.locator("#live")).to_have_text("reconnecting", timeout=LIVE)
         console.emit(task_id, range(2, 4))  # while the page is cut off
@@ -293,8 +305,6 @@ def test_a_task_page_misses_and_repeats_no_event_across_a_console_restart(
         expect(rows).to_have_count(5, timeout=LIVE)
         shown = rows.evaluate_all("rows => rows.map(r => r.cells[3].textContent)")
         assert shown == [json.dumps({"n": n}, separators=(",", ":")) for n in range(5)]
-    finally:
-        console.close()
 
 
 def set_hidden(page: Page, hidden: bool) -> None:
@@ -310,16 +320,7 @@ def test_a_hidden_tab_closes_its_stream_and_resumes_after_the_last_event_it_show
 ) -> None:
     """A browser opens at most six connections to a host: tabs left in the background must
     not hold them all (the seventh tab, and every button's request, would hang)."""
-    queue = f"hidden-{uuid.uuid4().hex[:8]}"
-    with SyncClient.from_url(redis_url) as client:
-        task_id = client.queue(queue).submit({"n": 0})
-    console = InProcessConsole(redis_url, queue)
-    try:
-        console.emit(task_id, range(0, 2))
-        console.start()
-        page.goto(f"{console.url}queues/{queue}/tasks/{task_id}")
-        rows = page.locator("#events tbody tr")
-        expect(rows).to_have_count(2, timeout=LIVE)
+    with task_page_with_two_events(redis_url, page, "hidden") as (console, task_id, rows):
         expect(page.locator("#live")).to_have_text("live", timeout=LIVE)
         set_hidden(page, True)
         expect(page.locator("#live")).to_have_text("paused")
@@ -330,8 +331,6 @@ def test_a_hidden_tab_closes_its_stream_and_resumes_after_the_last_event_it_show
         expect(rows).to_have_count(4, timeout=LIVE)
         shown = rows.evaluate_all("rows => rows.map(r => r.cells[3].textContent)")
         assert shown == [json.dumps({"n": n}, separators=(",", ":")) for n in range(4)]
-    finally:
-        console.close()
 
 
 def test_a_pool_page_opened_before_its_redis_answers_shows_the_pool_once_it_does(
