@@ -70,7 +70,7 @@ def test_the_panels_an_operator_of_a_fleet_looks_for(dashboard: dict[str, Any]) 
     titles = {p["title"] for p in panels(dashboard)}
     assert {
         "Queue depth", "In flight", "Replicas: desired vs ready", "Throughput",
-        "Failure rate", "Wait (submit → start)", "Run duration", "Scale decisions",
+        "Failure rate", "Wait for a worker (ready → start)", "Run duration", "Scale decisions",
         "Recovery",
     } <= titles
     ids = [p["id"] for p in panels(dashboard)]

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from worker_helpers import HANDLERS, HERE, WorkerProcess, eventually, task_in, worker_env
 
 from agentpool.protocol import TaskQueue
+from agentpool.redis_server import free_port
 from agentpool_worker.handlers import HandlerError, load_handler
 from agentpool_worker.main import main
 from agentpool_worker.settings import redact_url, variables
@@ -59,6 +60,8 @@ def base_env(**values: str) -> dict[str, str]:
     env.update({
         "AGENTPOOL_REDIS_URL": "redis://127.0.0.1:1/0",
         "AGENTPOOL_HANDLER": "agentpool_worker.builtin:noop",
+        # not the default 8080, where a demo or a console of the same machine may serve
+        "AGENTPOOL_PORT": str(free_port()),
     })
     env.update({f"AGENTPOOL_{k.upper()}": v for k, v in values.items()})
     return env
