@@ -82,13 +82,13 @@ RETIRING_ANNOTATION = "agentpool.dev/retiring-password-sha256"
 """On the worker Secret during a rotation: the old password's SHA-256 (several, comma-separated,
 when the Secret was re-created while a rotation ran), still accepted until the pods rolled."""
 RETIRING_UNTIL_ANNOTATION = "agentpool.dev/retiring-password-until"
+"""On the producer Secret during a rotation: when (Unix time, seconds) the old password goes."""
 GRANTS_ANNOTATION = "agentpool.dev/grants"
 """On the worker Secret: the rate limits and other queues (`spec.rateLimits`,
 `spec.worker.submitsTo`) the user was last given for the pods of the current spec."""
 RETIRING_GRANTS_ANNOTATION = "agentpool.dev/retiring-grants"
 """On the worker Secret while the pods roll after a spec edit took limits or queues away:
 those the pods of the spec before still use, kept until every pod rolled."""
-"""On the producer Secret during a rotation: when (Unix time, seconds) the old password goes."""
 CONDITION = "Credentials"
 SHARED = "CredentialsShared"
 SECRET_KEY = "url"

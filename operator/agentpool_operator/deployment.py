@@ -90,7 +90,10 @@ _OWNED_PATHS: tuple[tuple[str, ...], ...] = (
 POD_NAME_BASE = 58
 """Kubernetes cuts a generated name's base to this many characters before its random five."""
 _POD_SUFFIX = re.compile(r"[a-z0-9]{5}")
-_HASH = re.compile(r"[a-z0-9]+-?")
+_WHOLE_REST = re.compile(r"[a-z0-9]+-")
+"""After ``<pool>-`` in a base Kubernetes did not cut: the ReplicaSet's hash and a dash."""
+_CUT_REST = re.compile(r"([a-z0-9]+-?)?")
+"""The same, in a base cut to POD_NAME_BASE: any start of it."""
 
 
 def pod_name_prefix(pool: str) -> str:
@@ -102,17 +105,13 @@ def deployment_pod(name: str, pool: str) -> bool:
     """Whether `name` is one the pool's Deployment gives its pods: ``<pool>-<hash>-`` and five
     random characters, the part before them cut to 58 characters for a long pool name."""
     base, suffix = name[:-5], name[-5:]
-    if len(name) <= 5 or not _POD_SUFFIX.fullmatch(suffix):
+    prefix = pod_name_prefix(pool)
+    if (len(base) > POD_NAME_BASE or not _POD_SUFFIX.fullmatch(suffix)
+            or not base.startswith(prefix)):
         return False
-    prefix = f"{pool}-"
-    if len(base) < POD_NAME_BASE:
-        rest = base[len(prefix):] if base.startswith(prefix) else ""
-        return rest.endswith("-") and _HASH.fullmatch(rest) is not None
-    if len(base) != POD_NAME_BASE:
-        return False
-    if len(prefix) >= POD_NAME_BASE:
-        return base == prefix[:POD_NAME_BASE]
-    return base.startswith(prefix) and _HASH.fullmatch(base[len(prefix):]) is not None
+    rest = _WHOLE_REST if len(base) < POD_NAME_BASE else _CUT_REST
+    return rest.fullmatch(base[len(prefix):]) is not None
+
 
 def pool_labels(pool_name: str) -> dict[str, str]:
     return {

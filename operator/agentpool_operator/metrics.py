@@ -405,7 +405,6 @@ def record_limit_waits(namespace: str, pool: str, shares: Mapping[str, float]) -
 _limits_named: dict[tuple[str, str], set[str]] = {}
 """The limits each pool named in its last round: a limit's series go with the last pool that
 names it."""
-_limits_exported: set[str] = set()
 
 LIMIT_UNITS = ("requests", "tokens")
 
@@ -416,26 +415,26 @@ def record_limits(namespace: str, pool: str, states: Iterable[LimitState]) -> No
     for state in states:
         _record_limit(state)
         names.add(state.name)
-    _limits_named[(namespace, pool)] = names
-    _drop_unnamed_limits()
+    _name_limits((namespace, pool), names)
 
 
-def _drop_unnamed_limits() -> None:
-    named = set().union(*_limits_named.values())
-    for name in _limits_exported - named:
+def _name_limits(key: tuple[str, str], names: set[str]) -> None:
+    """The limits pool `key` names now; those no pool names any more lose their series."""
+    before = _limits_named.pop(key, set())
+    if names:
+        _limits_named[key] = names
+    for name in before - set().union(*_limits_named.values()):
         for gauge in (LIMIT_DECLARED_RATE, LIMIT_EFFECTIVE_RATE):
             for unit in LIMIT_UNITS:
                 _remove(gauge, name, unit)
         for gauge in (LIMIT_GRANTS, LIMIT_THROTTLES, LIMIT_WAITING, LIMIT_WAITED,
                       LIMIT_MAX_CONCURRENT, LIMIT_HELD, LIMIT_IN_LINE):
             _remove(gauge, name)
-    _limits_exported.intersection_update(named)
 
 
 def _record_limit(state: LimitState) -> None:
     """A limit's figures as Redis holds them (shared by every pool naming it)."""
     name = state.name
-    _limits_exported.add(name)
     config = state.config
     if config is not None:
         for unit, declared, effective in (
@@ -473,8 +472,7 @@ def forget_pool(namespace: str, pool: str) -> None:
         _remove(POOL_CONDITION, namespace, pool, condition_type)
     for metric, values in _series.pop((namespace, pool), set()):
         _remove(metric, *values)
-    if _limits_named.pop((namespace, pool), None):
-        _drop_unnamed_limits()
+    _name_limits((namespace, pool), set())
 
 
 def _remove(metric: Any, *labels: str) -> None:

@@ -702,80 +702,75 @@ class InMemoryRounds:
         return pod_manifest(self.pool_name, name, done.credentials.version)
 
 
+@pytest.fixture
+async def rounds(redis: aioredis.Redis, redis_url: str,
+                 pool_name: str) -> AsyncIterator[InMemoryRounds]:
+    yield InMemoryRounds(redis, redis_url, pool_name)
+    await credentials.remove_user(redis, NAMESPACE, pool_name)
+
+
 async def test_a_worker_secret_edited_by_hand_keeps_the_running_pods_password_until_they_rolled(
-    redis: aioredis.Redis, redis_url: str, pool_name: str,
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
 ) -> None:
     """A password written into the Secret by hand (or a Secret restored from a backup) is
     taken, and the password the running pods have stays accepted until they rolled."""
-    rounds = InMemoryRounds(redis, redis_url, pool_name)
-    try:
-        first = await rounds.round()
-        old_url = rounds.url
-        await TaskQueue(redis, rounds.queue).submit_many(list(range(5)))
-        edited = with_credentials(redis_url, unquote(urlsplit(old_url).username or ""),
-                                  secrets.token_urlsafe(16))
-        rounds.kube.secrets[rounds.secret]["data"]["url"] = base64.b64encode(
-            edited.encode()).decode()
-        old_pod = rounds.pod("w-old", first)
-        again = await rounds.round([old_pod])
-        assert rounds.url == edited
-        assert again.credentials.version != first.credentials.version, "the pods roll"
-        assert await can_claim(old_url, rounds.queue), "a running pod's reconnect still works"
-        assert await can_claim(edited, rounds.queue)
-        await rounds.round([old_pod, rounds.pod("w-new", again)])
-        assert await can_claim(old_url, rounds.queue)
-        done = await rounds.round([rounds.pod("w-new", again)])
-        assert [reason for reason, _ in done.events] == ["CredentialsRotated"]
-        assert not await can_claim(old_url, rounds.queue)
-        assert await can_claim(edited, rounds.queue)
-    finally:
-        await credentials.remove_user(redis, NAMESPACE, pool_name)
+    first = await rounds.round()
+    old_url = rounds.url
+    await TaskQueue(redis, rounds.queue).submit_many(list(range(5)))
+    edited = with_credentials(redis_url, unquote(urlsplit(old_url).username or ""),
+                              secrets.token_urlsafe(16))
+    rounds.kube.secrets[rounds.secret]["data"]["url"] = base64.b64encode(
+        edited.encode()).decode()
+    old_pod = rounds.pod("w-old", first)
+    again = await rounds.round([old_pod])
+    assert rounds.url == edited
+    assert again.credentials.version != first.credentials.version, "the pods roll"
+    assert await can_claim(old_url, rounds.queue), "a running pod's reconnect still works"
+    assert await can_claim(edited, rounds.queue)
+    await rounds.round([old_pod, rounds.pod("w-new", again)])
+    assert await can_claim(old_url, rounds.queue)
+    done = await rounds.round([rounds.pod("w-new", again)])
+    assert [reason for reason, _ in done.events] == ["CredentialsRotated"]
+    assert not await can_claim(old_url, rounds.queue)
+    assert await can_claim(edited, rounds.queue)
 
 
 async def test_a_rotation_whose_retiring_mark_was_removed_keeps_the_old_password_until_rolled(
-    redis: aioredis.Redis, redis_url: str, pool_name: str,
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
 ) -> None:
-    rounds = InMemoryRounds(redis, redis_url, pool_name)
-    try:
-        first = await rounds.round()
-        old_url, old_pod = rounds.url, rounds.pod("w-old", first)
-        await TaskQueue(redis, rounds.queue).submit_many(list(range(5)))
-        started = await ensure_worker_credentials(
-            rounds.kube, redis, rounds.pool, rounds.queue, redis_url, known=rounds.known,
-            now=rounds.now, pods=[old_pod], request="r-1")
-        assert [reason for reason, _ in started.events] == ["CredentialsRotating"]
-        annotations = rounds.kube.secrets[rounds.secret]["metadata"]["annotations"]
-        del annotations[credentials.RETIRING_ANNOTATION]
-        await rounds.round([old_pod])
-        assert await can_claim(old_url, rounds.queue), "still accepted: a pod has it"
-        done = await rounds.round([rounds.pod("w-new", started)])
-        assert [reason for reason, _ in done.events] == ["CredentialsRotated"]
-        assert not await can_claim(old_url, rounds.queue)
-    finally:
-        await credentials.remove_user(redis, NAMESPACE, pool_name)
+    first = await rounds.round()
+    old_url, old_pod = rounds.url, rounds.pod("w-old", first)
+    await TaskQueue(redis, rounds.queue).submit_many(list(range(5)))
+    started = await ensure_worker_credentials(
+        rounds.kube, redis, rounds.pool, rounds.queue, redis_url, known=rounds.known,
+        now=rounds.now, pods=[old_pod], request="r-1")
+    assert [reason for reason, _ in started.events] == ["CredentialsRotating"]
+    annotations = rounds.kube.secrets[rounds.secret]["metadata"]["annotations"]
+    del annotations[credentials.RETIRING_ANNOTATION]
+    await rounds.round([old_pod])
+    assert await can_claim(old_url, rounds.queue), "still accepted: a pod has it"
+    done = await rounds.round([rounds.pod("w-new", started)])
+    assert [reason for reason, _ in done.events] == ["CredentialsRotated"]
+    assert not await can_claim(old_url, rounds.queue)
 
 
 async def test_another_redis_url_rolls_the_pods_and_no_admin_password_reaches_them(
-    redis: aioredis.Redis, redis_url: str, pool_name: str,
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
 ) -> None:
     """The pool moved to another Redis (here: another database of the same one) keeps its
     password, yet its pods must roll to reach it; an admin password given in the pool URL's
     query goes no further than the operator."""
-    rounds = InMemoryRounds(redis, redis_url, pool_name)
-    try:
-        first = await rounds.round()
-        base = redis_url.rsplit("/", 1)[0] if urlsplit(redis_url).path not in ("", "/") \
-            else redis_url.rstrip("/")
-        rounds.pool_url = (f"{base}/3?password=ADMIN-SECRET&socket_timeout=5"
-                           "&client_name=a/b&health_check_interval")
-        moved = await rounds.round()
-        assert moved.credentials.version != first.credentials.version
-        assert urlsplit(rounds.url).path == "/3"
-        assert "ADMIN-SECRET" not in rounds.url
-        assert urlsplit(rounds.url).query == (
-            "socket_timeout=5&client_name=a/b&health_check_interval"), "the others as written"
-    finally:
-        await credentials.remove_user(redis, NAMESPACE, pool_name)
+    first = await rounds.round()
+    base = redis_url.rsplit("/", 1)[0] if urlsplit(redis_url).path not in ("", "/") \
+        else redis_url.rstrip("/")
+    rounds.pool_url = (f"{base}/3?password=ADMIN-SECRET&socket_timeout=5"
+                       "&client_name=a/b&health_check_interval")
+    moved = await rounds.round()
+    assert moved.credentials.version != first.credentials.version
+    assert urlsplit(rounds.url).path == "/3"
+    assert "ADMIN-SECRET" not in rounds.url
+    assert urlsplit(rounds.url).query == (
+        "socket_timeout=5&client_name=a/b&health_check_interval"), "the others as written"
 
 
 async def may(redis: aioredis.Redis, user: str, *command: str) -> bool:
@@ -784,50 +779,42 @@ async def may(redis: aioredis.Redis, user: str, *command: str) -> bool:
 
 
 async def test_rights_a_spec_edit_takes_away_stay_until_the_pods_rolled(
-    redis: aioredis.Redis, redis_url: str, pool_name: str,
+    redis: aioredis.Redis, pool_name: str, rounds: InMemoryRounds,
 ) -> None:
     """The pods of the spec before run on with its rate limit and its queue to submit to
     until they are replaced: their runs must not be refused half-way."""
-    rounds = InMemoryRounds(redis, redis_url, pool_name)
     user = f"agentpool:{NAMESPACE}:{pool_name}:worker"
     limit_key, other_key = "ap:{rl:search-api}:state", f"ap:{{other-{pool_name}}}:t:x"
     rounds.pool["spec"] = {"rateLimits": [{"name": "search-api", "requestsPerMinute": 60}],
                            "worker": {"submitsTo": [f"other-{pool_name}"]}}
-    try:
-        before = await rounds.round()
-        old_pod = rounds.pod("w-old", before)
-        assert await may(redis, user, "HGET", limit_key, "x")
-        assert await may(redis, user, "HGET", other_key, "payload")
-        rounds.pool["spec"] = {}
-        after = await rounds.round([old_pod])
-        assert after.credentials.version != before.credentials.version, "the pods roll"
-        assert await may(redis, user, "HGET", limit_key, "x"), "an old pod still runs"
-        assert await may(redis, user, "HGET", other_key, "payload")
-        assert after.events == (), "a spec edit is no restored Secret"
-        new_pod = rounds.pod("w-new", after)
-        await rounds.round([old_pod, new_pod])
-        assert await may(redis, user, "HGET", limit_key, "x")
-        await rounds.round([new_pod])
-        assert not await may(redis, user, "HGET", limit_key, "x")
-        assert not await may(redis, user, "HGET", other_key, "payload")
-        annotations = rounds.kube.secrets[rounds.secret]["metadata"]["annotations"]
-        assert credentials.RETIRING_GRANTS_ANNOTATION not in annotations
-    finally:
-        await credentials.remove_user(redis, NAMESPACE, pool_name)
+    before = await rounds.round()
+    old_pod = rounds.pod("w-old", before)
+    assert await may(redis, user, "HGET", limit_key, "x")
+    assert await may(redis, user, "HGET", other_key, "payload")
+    rounds.pool["spec"] = {}
+    after = await rounds.round([old_pod])
+    assert after.credentials.version != before.credentials.version, "the pods roll"
+    assert await may(redis, user, "HGET", limit_key, "x"), "an old pod still runs"
+    assert await may(redis, user, "HGET", other_key, "payload")
+    assert after.events == (), "a spec edit is no restored Secret"
+    new_pod = rounds.pod("w-new", after)
+    await rounds.round([old_pod, new_pod])
+    assert await may(redis, user, "HGET", limit_key, "x")
+    await rounds.round([new_pod])
+    assert not await may(redis, user, "HGET", limit_key, "x")
+    assert not await may(redis, user, "HGET", other_key, "payload")
+    annotations = rounds.kube.secrets[rounds.secret]["metadata"]["annotations"]
+    assert credentials.RETIRING_GRANTS_ANNOTATION not in annotations
 
 
 async def test_a_key_added_to_the_worker_secret_by_hand_is_left_alone(
-    redis: aioredis.Redis, redis_url: str, pool_name: str,
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
 ) -> None:
-    rounds = InMemoryRounds(redis, redis_url, pool_name)
-    try:
-        await rounds.round()
-        rounds.kube.secrets[rounds.secret]["data"]["note"] = base64.b64encode(b"x").decode()
-        for _ in range(3):
-            assert (await rounds.round()).events == ()
-        assert rounds.patches == 0
-    finally:
-        await credentials.remove_user(redis, NAMESPACE, pool_name)
+    await rounds.round()
+    rounds.kube.secrets[rounds.secret]["data"]["note"] = base64.b64encode(b"x").decode()
+    for _ in range(3):
+        assert (await rounds.round()).events == ()
+    assert rounds.patches == 0
 
 
 async def test_a_redis_without_the_acl_command_leaves_the_workers_on_the_pool_url(

@@ -218,8 +218,6 @@ class _Outcome:
     retry_after: float | None = None
     steps: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     """The task id of each step the run submitted with a name."""
-    acting: bool = False
-    """A message is being carried out (a submit or a checkpoint waits for Redis)."""
     stopping: bool = False
     """The run was stopped: of what the program still writes, only a checkpoint counts."""
     read: _ReadProgress = field(default_factory=_ReadProgress)
@@ -395,16 +393,13 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext,
         # Every line it wrote before it exited is carried out, however long that takes. A
         # process that left the group (setsid) may still hold the pipes and write on: what
         # comes after is read for PIPE_DRAIN_SECONDS from the exit, and longer only while a
-        # line read is being carried out.
+        # line read is being carried out (the reader does not wait for bytes).
         stderr_read = asyncio.ensure_future(asyncio.wait((logging,), timeout=PIPE_DRAIN_SECONDS))
         loop = asyncio.get_running_loop()
         until = loop.time() + PIPE_DRAIN_SECONDS
         written, read = command.protocol.stdout_at_exit, outcome.read
-
-        def backlog() -> bool:
-            return read.bytes_read < written or not read.waiting
-
-        while not reading.done() and (backlog() or outcome.acting or loop.time() < until):
+        while not reading.done() and (read.bytes_read < written or not read.waiting
+                                      or loop.time() < until):
             await asyncio.wait((reading,), timeout=max(0.05, until - loop.time()))
         await stderr_read
         if reading.done():
@@ -526,15 +521,12 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
             while kept > MAX_OUTPUT_CHARS and len(output) > 1:
                 kept -= len(output.popleft())
             continue
-        outcome.acting = True
         try:
             await _act(message, outcome, ctx)
         except QueueNotListed as exc:  # the pool's list may come with a rollout: retried
             raise QueueNotListed(f"the command's output line {number}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise PermanentError(f"the command's output line {number}: {exc}") from None
-        finally:
-            outcome.acting = False
 
 
 @dataclass(frozen=True)
@@ -554,13 +546,11 @@ RETRY_AFTER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
 """A retry_after given as text: plain decimal seconds (what an HTTP Retry-After carries)."""
 
 
-async def _lines(stream: asyncio.StreamReader,
-                 progress: _ReadProgress | None = None) -> AsyncIterator[_Line]:
+async def _lines(stream: asyncio.StreamReader, progress: _ReadProgress) -> AsyncIterator[_Line]:
     """The stream's lines; one over MAX_LINE_BYTES is cut to its last MAX_OUTPUT_CHARS bytes
     and keeps how it began. The loop gets a turn after every chunk read, however fast the
     program writes. `progress` counts the bytes taken and tells when every line yielded was
     handled and the next read waits."""
-    progress = progress or _ReadProgress()
     pending = bytearray()
     head: bytes | None = None
     while True:
