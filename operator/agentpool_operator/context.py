@@ -46,7 +46,8 @@ class PoolRecovery:
     pool: Mapping[str, Any] | None = None
     policy: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     unreported: int = 0
-    """Tasks requeued by pod events, not yet counted into the status."""
+    """Tasks requeued (by pod events, the start of a loop or a round), not yet counted into
+    the status."""
     gone_pods_checked: bool = False
     """`recover_gone_pods` ran for this loop."""
     expiry_wake: asyncio.TimerHandle | None = None

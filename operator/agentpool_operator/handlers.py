@@ -483,9 +483,7 @@ async def recover_gone_pods_once(
     them). Tried again next round if Redis or the API fails."""
     known = [str((p.get("metadata") or {}).get("name")) for p in pods or ()]
     try:
-        state.recovery.unreported += await recovery_actions.recover_gone_pods(
-            queue, ctx.api, body, known
-        )
+        await recovery_actions.recover_gone_pods(queue, ctx.api, body, known, state.recovery)
     except (*REDIS_FAILURES, ApiException) as error:
         detail = api_error_message(error) if isinstance(error, ApiException) else repr(error)
         logger.warning("cannot check for pods gone while the operator was away: "

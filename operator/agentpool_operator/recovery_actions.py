@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import time
 import weakref
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -107,26 +107,35 @@ def post(pool: Any, reason: str, message: str, *, pod: str) -> None:
         kopf.info(pool, reason=reason, message=message)
 
 
-async def apply_requeue(queue: TaskQueue, action: Requeue) -> RequeueResult:
+async def requeue_parts(queue: TaskQueue, action: Requeue) -> AsyncIterator[RequeueResult]:
+    """What each protocol call of `action` moved: one call for a pod, one per instance."""
     if action.instances is None:
-        return await queue.requeue_pod(action.pod, reason=action.reason,
-                                       keep_drain=action.keep_drain)
-    total = RequeueResult()
+        yield await queue.requeue_pod(action.pod, reason=action.reason,
+                                      keep_drain=action.keep_drain)
+        return
     for instance in action.instances:
-        total += await queue.requeue_owner(worker_id(action.pod, instance), reason=action.reason)
-    return total
+        yield await queue.requeue_owner(worker_id(action.pod, instance), reason=action.reason)
 
 
 async def requeue_and_report(
-    queue: TaskQueue, pool: Mapping[str, Any] | None, action: Requeue
+    queue: TaskQueue, pool: Mapping[str, Any] | None, action: Requeue, recovery: PoolRecovery
 ) -> int:
-    """Requeue, post an Event when anything moved; the number of tasks taken back."""
-    result = await apply_requeue(queue, action)
-    if result.total:
-        post(pool, "TasksRequeued", requeue_message(action, result), pod=action.pod)
-        namespace, name = pool_identity(pool)
-        if name:
-            metrics.record_requeue_result(namespace, name, action.reason, result)
+    """Requeue, post an Event when anything moved; the number of tasks taken back.
+
+    What moved is counted into `recovery.unreported` (the status's next `recoveredTasks`) and
+    reported even when a later call of the action fails: those tasks are back on the queue.
+    """
+    result = RequeueResult()
+    try:
+        async for part in requeue_parts(queue, action):
+            result += part
+    finally:
+        recovery.unreported += result.total
+        if result.total:
+            post(pool, "TasksRequeued", requeue_message(action, result), pod=action.pod)
+            namespace, name = pool_identity(pool)
+            if name:
+                metrics.record_requeue_result(namespace, name, action.reason, result)
     return result.total
 
 
@@ -173,8 +182,7 @@ async def recover_pod(recovery: PoolRecovery, event_type: str | None,
     taken = 0
     for action in decide_recovery(inputs, recovery.policy, now):
         if isinstance(action, Requeue):
-            taken += await requeue_and_report(queue, recovery.pool, action)
-    recovery.unreported += taken
+            taken += await requeue_and_report(queue, recovery.pool, action, recovery)
     return taken
 
 
@@ -199,7 +207,8 @@ class PodReader(Protocol):
 
 
 async def recover_gone_pods(
-    queue: TaskQueue, kube: PodReader, pool: Mapping[str, Any], known_pods: Collection[str]
+    queue: TaskQueue, kube: PodReader, pool: Mapping[str, Any], known_pods: Collection[str],
+    recovery: PoolRecovery,
 ) -> int:
     """Requeue what worker instances of pods that no longer exist hold; the tasks taken back.
 
@@ -218,7 +227,7 @@ async def recover_gone_pods(
     existing = {*known_pods, *(a.pod for a, pod in zip(suspects, found, strict=True) if pod)}
     taken = 0
     for action in gone_pod_requeues(instances, existing, name):
-        taken += await requeue_and_report(queue, pool, action)
+        taken += await requeue_and_report(queue, pool, action, recovery)
     return taken
 
 
@@ -314,7 +323,7 @@ async def recover(
         )
         for action in decide_recovery(inputs, recovery.policy, now):
             if isinstance(action, Requeue):
-                recovered += await requeue_and_report(queue, observation.pool, action)
+                await requeue_and_report(queue, observation.pool, action, recovery)
             elif observation.spec.paused:
                 continue
             elif isinstance(action, RequestDrain):

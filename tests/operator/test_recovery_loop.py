@@ -18,9 +18,11 @@ import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
 from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agentpool.protocol import (
     WORKER_LIVENESS_WINDOW,
+    RequeueResult,
     TaskQueue,
     WorkerInfo,
     key_prefix,
@@ -559,3 +561,38 @@ async def test_a_pod_deletion_the_api_cannot_confirm_is_taken_as_said() -> None:
     body = pod_manifest("gone", "gone-a")
     body["metadata"]["uid"] = "u1"
     assert not await recovery_actions.still_running(Unanswering(), body)
+
+
+class OwnerRequeueFailsSecond(TaskQueue):
+    """A queue whose Redis goes away after the first instance's requeue of a round."""
+
+    calls = 0
+
+    async def requeue_owner(self, worker: str, reason: str = "worker lost") -> RequeueResult:
+        self.calls += 1
+        if self.calls == 2:
+            raise RedisConnectionError("connection lost")
+        return await super().requeue_owner(worker, reason)
+
+
+async def test_tasks_requeued_before_redis_fails_part_way_are_still_counted(
+    cluster: Cluster, redis: aioredis.Redis
+) -> None:
+    """A restarted container's earlier instances are requeued one by one; when Redis fails
+    after the first, what it moved is back on the queue and counted for the status."""
+    queue = OwnerRequeueFailsSecond(redis, "part")
+    recovery = PoolRecovery(queue=queue)
+    kube = KubeApi.from_environment()
+    now = time.time()
+    moved = await lease(queue, "part-a", "first", 2, started=now - 200)
+    stays = await lease(queue, "part-a", "second", 1, started=now - 100)
+    await lease(queue, "part-a", "now", 1, started=now - 9)
+    await cluster.create(PODS, pod_manifest("part", "part-a",
+                                            pod_status(restarts=2, started=now - 10)))
+
+    with pytest.raises(RedisConnectionError):
+        await recover_pod(recovery, "MODIFIED", cluster.get("v1/pods", "part-a"), kube)
+
+    assert await queued(redis, "part") == set(moved)
+    assert await queue.held_by("part-a:second") == set(stays)
+    assert recovery.take_unreported() == 2
