@@ -1,8 +1,8 @@
 """Evictions that wait for runs, applied to one pool (the decisions are in `disruption`).
 
 Each round: the pool's PodDisruptionBudget is put in place (read again every few minutes, and
-at each new generation of the pool), the nodes of its pods are read (one GET per node, shared
-by every pool for NODE_CACHE_SECONDS) to learn which are going, and the busy label is set on
+at each new generation of the pool), the nodes of its pods are read (`node_reads`: one GET per node,
+shared by every pool) to learn which are going, and the busy label is set on
 or taken off its pods. Scaling (`scaling_actions.scale`) makes the pods of a going node leave.
 """
 
@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -31,10 +30,9 @@ from .disruption import (
     nodes_of,
 )
 from .kube import KubeApi, api_error_message
+from .node_reads import NodeReader, read_nodes
 from .status import Problem
 
-NODE_CACHE_SECONDS = 10.0
-"""A node's cordon or taint is seen within this long (plus a round of the pool's loop)."""
 BUDGET_CHECK_SECONDS = 300.0
 """The budget is read again this often, so one deleted by hand comes back."""
 BUDGET_REASON = "DisruptionBudgetError"
@@ -100,49 +98,19 @@ def _desired(pool: Mapping[str, Any]) -> dict[str, Any]:
                           POOL_LABEL)
 
 
-class NodeReader(Protocol):
-    async def get_node(self, name: str) -> dict[str, Any] | None: ...
-
-
-@dataclass(frozen=True)
-class _Node:
-    body: Mapping[str, Any] | None
-    error: str | None
-    read: float
-
-
-_node_caches: weakref.WeakKeyDictionary[NodeReader, dict[str, _Node]] = (
-    weakref.WeakKeyDictionary())
-
-
 async def going_nodes_of(kube: NodeReader, pods: Sequence[Mapping[str, Any]]
                          ) -> tuple[frozenset[str], Problem | None]:
     """The nodes of these pods that are being emptied, and a problem when some cannot be read
     (their pods are then taken as staying)."""
-    cache = _node_caches.setdefault(kube, {})
-    now = time.monotonic()
-    wanted = sorted(nodes_of(pods))
-    stale = [n for n in wanted if n not in cache or now - cache[n].read >= NODE_CACHE_SECONDS]
-    for name, node in zip(stale, await asyncio.gather(*(_read(kube, n) for n in stale)),
-                          strict=True):
-        cache[name] = node
-    for name in [n for n, node in cache.items() if now - node.read >= 30 * NODE_CACHE_SECONDS]:
-        del cache[name]
-    errors = [(n, cache[n].error) for n in wanted if cache[n].error]
+    nodes = await read_nodes(kube, nodes_of(pods))
+    errors = [(name, node.error) for name, node in nodes.items() if node.error]
     problem = None
     if errors:
         name, error = errors[0]
         problem = Problem(NODES_REASON, (
             f"cannot read node {name} ({error}): pods on a node being drained are not moved "
             "off it, and the drain waits until they are idle"))
-    return going_nodes({n: cache[n].body for n in wanted if not cache[n].error}), problem
-
-
-async def _read(kube: NodeReader, name: str) -> _Node:
-    try:
-        return _Node(await kube.get_node(name), None, time.monotonic())
-    except ApiException as error:
-        return _Node(None, api_error_message(error), time.monotonic())
+    return going_nodes({n: node.body for n, node in nodes.items() if not node.error}), problem
 
 
 LABEL_WRITES_AT_ONCE = 8

@@ -146,16 +146,6 @@ class KubeApi:
             raise
         return True
 
-    async def list_node_names(self) -> frozenset[str] | None:
-        """Names of the cluster's nodes, or None when the operator may not list them."""
-        try:
-            body = await self.request("GET", "/api/v1/nodes")
-        except ApiException as error:
-            if error.status in (401, 403, 404):
-                return None
-            raise
-        return frozenset((n.get("metadata") or {}).get("name", "") for n in body.get("items") or [])
-
     async def get_node(self, name: str) -> Body | None:
         return await self.get(f"/api/v1/nodes/{name}")
 

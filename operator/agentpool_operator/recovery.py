@@ -110,8 +110,8 @@ class RecoveryInputs:
     instances: Sequence[InstanceView] = ()
     drains: Mapping[str, float] = field(default_factory=dict)
     """Pods asked to drain by recovery, with the time the request was made."""
-    nodes: frozenset[str] | None = None
-    """Names of the cluster's nodes, when known; a pod on any other node is gone."""
+    gone_nodes: frozenset[str] = frozenset()
+    """Nodes of the pool's pods that no longer exist: their pods are gone with them."""
     desired_replicas: int = 1
     pods_complete: bool = True
     """The pod list is the full set of the pool's pods (not a single event)."""
@@ -126,7 +126,7 @@ def unavailable_budget(max_unavailable: int | str, replicas: int) -> int:
     return max(1, allowed)
 
 
-def pod_is_dead(pod: PodView, nodes: frozenset[str] | None) -> str | None:
+def pod_is_dead(pod: PodView, gone_nodes: frozenset[str]) -> str | None:
     """Why this pod's workers can no longer run tasks, or None when they still can."""
     if pod.deleting:
         return "pod deleted"
@@ -134,12 +134,12 @@ def pod_is_dead(pod: PodView, nodes: frozenset[str] | None) -> str | None:
         return f"pod {pod.reason.lower() if pod.reason else 'failed'}"
     if pod.phase == "Succeeded":
         return "pod exited"
-    if pod.node is not None and nodes is not None and pod.node not in nodes:
+    if pod.node is not None and pod.node in gone_nodes:
         return f"node {pod.node} is gone"
     return None
 
 
-def shutting_down_gracefully(pod: PodView, nodes: frozenset[str] | None, now: float) -> bool:
+def shutting_down_gracefully(pod: PodView, gone_nodes: frozenset[str], now: float) -> bool:
     """A deleted pod whose worker container still runs within the pod's grace period.
 
     The worker got SIGTERM: it finishes what it can within drainSeconds and hands the rest back
@@ -153,7 +153,7 @@ def shutting_down_gracefully(pod: PodView, nodes: frozenset[str] | None, now: fl
         and pod.container_started_at is not None
         and pod.deletion_deadline is not None
         and now < pod.deletion_deadline
-        and (pod.node is None or nodes is None or pod.node in nodes)
+        and pod.node not in gone_nodes
     )
 
 
@@ -165,9 +165,9 @@ def decide_recovery(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) 
     pods = {pod.name: pod for pod in inputs.pods}
 
     for pod in inputs.pods:
-        dead = pod_is_dead(pod, inputs.nodes)
+        dead = pod_is_dead(pod, inputs.gone_nodes)
         if dead is not None:
-            if shutting_down_gracefully(pod, inputs.nodes, now):
+            if shutting_down_gracefully(pod, inputs.gone_nodes, now):
                 continue
             # A worker that heartbeats on past its pod's end (its node cut off from the API
             # server: the pod stays Terminating) would claim again what is taken back, each

@@ -24,9 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import kopf
@@ -38,6 +36,7 @@ from agentpool.redis_errors import REDIS_FAILURES
 from . import metrics
 from .context import PoolRecovery
 from .kube import KubeApi, api_error_message
+from .node_reads import NodeReader, read_nodes
 from .observation import ActionResult, PoolObservation
 from .recovery import (
     DeletePod,
@@ -56,11 +55,6 @@ from .recovery import (
 )
 
 logger = logging.getLogger(__name__)
-
-NODE_CACHE_SECONDS = 30.0
-"""How long a node list (or the refusal to list nodes) is reused."""
-NODE_RECHECK_SECONDS = 10.0
-"""A pod on a node missing from the cached list: the soonest the list is read again."""
 
 STUCK_POD_DRAIN_SECONDS = 60
 """At most this long between asking a stuck (unready) pod to drain and deleting it. Its runs
@@ -176,7 +170,7 @@ async def recover_pod(recovery: PoolRecovery, event_type: str | None,
         view = dataclasses.replace(view, deleting=True, container_started_at=None)
     now = time.time()
     instances: list[InstanceView] = []
-    if pod_is_dead(view, None) is None and view.restarts and view.container_started_at:
+    if pod_is_dead(view, frozenset()) is None and view.restarts and view.container_started_at:
         instances = [instance_view(i) for i in await queue.instances(pod=view.name)]
     inputs = RecoveryInputs(pods=[view], instances=instances, pods_complete=False)
     taken = 0
@@ -234,44 +228,13 @@ async def recover_gone_pods(
 # -- the pool's round ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Nodes:
-    names: frozenset[str] | None
-    read: float
-
-
-class NodeLister(Protocol):
-    async def list_node_names(self) -> frozenset[str] | None: ...
-
-
-_node_lists: weakref.WeakKeyDictionary[NodeLister, _Nodes] = weakref.WeakKeyDictionary()
-_node_locks: weakref.WeakKeyDictionary[NodeLister, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-async def known_nodes(kube: NodeLister, pods: Sequence[PodView]) -> frozenset[str] | None:
-    """The cluster's node names for judging "node is gone", or None (then nobody is judged).
-
-    Lists are cached (a node list is big, and the chart's RBAC usually refuses it); a pod on a
-    node missing from the cached list triggers a new read, since a new node may have joined,
-    and that pod is only judged on a list read after the pod list. One read at a time: the
-    rounds of many pools that find the cache expired together share the read.
-    """
-    wanted = {pod.node for pod in pods if pod.node}
-    async with _node_locks.setdefault(kube, asyncio.Lock()):
-        cached = _node_lists.get(kube)
-        if cached is not None:
-            age = time.monotonic() - cached.read
-            if age < NODE_CACHE_SECONDS and (cached.names is None or wanted <= cached.names):
-                return cached.names
-            if age < NODE_RECHECK_SECONDS:
-                return None
-        try:
-            names = await kube.list_node_names()
-        except ApiException as error:
-            logger.warning("cannot list nodes: %s", api_error_message(error))
-            names = None
-        _node_lists[kube] = _Nodes(names, time.monotonic())
-        return names
+async def gone_nodes(kube: NodeReader, pods: Sequence[PodView], since: float) -> frozenset[str]:
+    """The nodes of these pods that the API says no longer exist, as read after `since`
+    (when the pod list was taken: a node may be deleted and a new one take its name)."""
+    nodes = await read_nodes(kube, {pod.node for pod in pods if pod.node},
+                             missing_read_after=since)
+    return frozenset(name for name, node in nodes.items()
+                     if node.body is None and node.error is None)
 
 
 def desired_replicas(observation: PoolObservation, pods: Sequence[PodView]) -> int:
@@ -310,6 +273,7 @@ async def recover(
                 post(observation.pool, "LeasesExpired",
                      f"requeued {outcome_text(result)} of pod {pod} whose lease expired", pod=pod)
         views = [pod_view(pod) for pod in pods]
+        listed = time.monotonic()
         now = observation.now.timestamp()
         instances = await queue.instances()
         drains = await queue.drain_requests()
@@ -317,7 +281,7 @@ async def recover(
             pods=views,
             instances=judged_instances(instances, {view.name for view in views}, now),
             drains=drains,
-            nodes=await known_nodes(kube, views),
+            gone_nodes=await gone_nodes(kube, views, listed),
             desired_replicas=desired_replicas(observation, views),
             pods_complete=True,
         )

@@ -123,11 +123,6 @@ GRANT_REASONS = (
     POOL_GRANT_REASONS | CRD_GRANT_REASONS | PEERING_GRANT_REASONS | SECRET_GRANT_REASONS
     | WORKER_SECRET_GRANT_REASONS
 )
-# Requests the operator makes knowing the chart refuses them, and what it does then.
-NOT_GRANTED: dict[Grant, str] = {
-    ("", "nodes", "list"): "KubeApi.list_node_names: refused, no pod is judged gone with its node",
-}
-
 POOL_GRANTS = set(POOL_GRANT_REASONS)
 CRD_GRANTS = set(CRD_GRANT_REASONS)
 CLUSTER_PEERING_GRANTS = {g for g in PEERING_GRANT_REASONS if g[1] == "clusterkopfpeerings"}
@@ -512,10 +507,10 @@ def kopf_handler_grants() -> set[Grant]:
 @pytest.mark.parametrize("call", operator_calls())
 async def test_every_request_of_the_operator_is_granted(call: str) -> None:
     for grant in await grants_of_call(call):
-        assert grant in GRANT_REASONS or grant in NOT_GRANTED, (
+        assert grant in GRANT_REASONS, (
             f"{call} needs {grant}: grant it in templates/_rbac.tpl and give the reason here"
         )
-        assert call in GRANT_REASONS.get(grant, ()) or call in NOT_GRANTED.get(grant, ""), (
+        assert call in GRANT_REASONS[grant], (
             f"{grant} does not name {call} among its reasons"
         )
 

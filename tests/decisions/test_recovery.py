@@ -68,12 +68,12 @@ def test_pod_whose_container_exited_gets_its_tasks_requeued() -> None:
 
 def test_pod_on_a_vanished_node_gets_its_tasks_requeued() -> None:
     actions = decide([PodView("a", node="n2"), PodView("b", node="n1")],
-                     nodes=frozenset({"n1"}))
+                     gone_nodes=frozenset({"n2"}))
     assert actions == [Requeue("a", "node n2 is gone")]
 
 
-def test_unknown_nodes_do_not_count_as_gone() -> None:
-    assert decide([PodView("a", node="n2")], nodes=None) == []
+def test_nodes_not_known_to_be_gone_do_not_count_as_gone() -> None:
+    assert decide([PodView("a", node="n2")]) == []
 
 
 def test_restarted_container_requeues_only_earlier_instances() -> None:
@@ -283,7 +283,7 @@ def test_deleted_pod_whose_worker_still_runs_is_left_to_drain() -> None:
     draining = PodView("a", deleting=True, deletion_deadline=NOW + 30,
                        container_started_at=NOW - 600)
     assert decide([draining]) == []
-    assert decide([draining], nodes=frozenset({"n1"})) == []
+    assert decide([draining], gone_nodes=frozenset({"n2"})) == []
 
 
 def test_deleted_pod_is_requeued_once_its_worker_stopped_or_its_grace_ended() -> None:
@@ -296,7 +296,7 @@ def test_deleted_pod_is_requeued_once_its_worker_stopped_or_its_grace_ended() ->
 def test_deleted_pod_on_a_vanished_node_is_requeued_at_once() -> None:
     pod = PodView("a", deleting=True, deletion_deadline=NOW + 30, node="n2",
                   container_started_at=NOW - 600)
-    assert decide([pod], nodes=frozenset({"n1"})) == [Requeue("a", "pod deleted")]
+    assert decide([pod], gone_nodes=frozenset({"n2"})) == [Requeue("a", "pod deleted")]
 
 
 def test_pod_view_reads_the_deletion_deadline() -> None:

@@ -25,7 +25,7 @@ from test_scaling_loop import (
 )
 
 from agentpool.protocol import TaskQueue
-from agentpool_operator import disruption, disruption_actions
+from agentpool_operator import disruption, disruption_actions, node_reads
 from agentpool_operator.deployment import POOL_LABEL
 from agentpool_operator.disruption import BUSY_LABEL
 from agentpool_operator.scaling_plan import RELEASED_ANNOTATION
@@ -38,7 +38,7 @@ BUDGETS = "policy/v1/poddisruptionbudgets"
 @pytest.fixture(autouse=True)
 def quick_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(disruption, "IDLE_BEFORE_UNGUARDED_SECONDS", 0.5)
-    monkeypatch.setattr(disruption_actions, "NODE_CACHE_SECONDS", 0.2)
+    monkeypatch.setattr(node_reads, "NODE_CACHE_SECONDS", 0.2)
 
 
 def guarded(cluster: Cluster, pod: str) -> bool:
@@ -259,7 +259,7 @@ def on(*nodes: str) -> list[dict[str, Any]]:
 async def test_nodes_are_read_once_per_cache_period_and_a_refusal_is_a_problem(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(disruption_actions, "NODE_CACHE_SECONDS", 60.0)
+    monkeypatch.setattr(node_reads, "NODE_CACHE_SECONDS", 60.0)
     nodes = Nodes({"a": {"spec": {"unschedulable": True}}, "b": {"spec": {}}, "c": 403})
     going, problem = await disruption_actions.going_nodes_of(nodes, on("a", "b", "a"))
     assert (going, problem, sorted(nodes.reads)) == ({"a"}, None, ["a", "b"])

@@ -33,7 +33,7 @@ from agentpool_operator import recovery_actions
 from agentpool_operator.context import PoolRecovery
 from agentpool_operator.kube import KubeApi
 from agentpool_operator.recovery import PodView
-from agentpool_operator.recovery_actions import known_nodes, recover_pod
+from agentpool_operator.recovery_actions import gone_nodes, recover_pod
 from agentpool_operator.settings import OperatorSettings
 
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
@@ -526,29 +526,52 @@ async def test_deleted_pod_whose_worker_drains_keeps_its_tasks_until_it_stops(
     await send(cluster, "PATCH", f"{PODS}/grc-a", {"metadata": {"finalizers": None}})
 
 
-async def test_node_list_is_cached_and_read_again_for_a_pod_on_an_unknown_node(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_pods_on_a_node_that_is_gone_have_their_tasks_requeued(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
 ) -> None:
+    """Nodes are read by name (the chart grants `get` on nodes, not `list`): a pod whose node
+    the API no longer has is dead, while a pod on a node that exists keeps its tasks."""
+    await start_pool(cluster, redis_url, "nod", pods=2, poll_seconds=1)
+    queue = TaskQueue(redis, "nod")
+    await cluster.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
+                                           "metadata": {"name": "n-here"}})
+    for pod, node in (("nod-a", "n-here"), ("nod-b", "n-gone")):
+        manifest = pod_manifest("nod", pod)
+        manifest["spec"]["nodeName"] = node
+        await cluster.create(PODS, manifest)
+    kept = await lease(queue, "nod-a", "i1", 2)
+    lost = await lease(queue, "nod-b", "i1", 3)
+
+    await eventually(lambda: queued(redis, "nod"), within=4)
+    assert await queued(redis, "nod") == set(lost)
+    assert await queue.held_by("nod-a:i1") == set(kept)
+    assert await posted(cluster, "TasksRequeued") == [
+        "requeued 3 tasks of pod nod-b (node n-gone is gone)"]
+    assert cluster.requests("GET", "/api/v1/nodes/n-gone")
+    assert not cluster.requests("GET", "/api/v1/nodes"), "no list of every node"
+
+
+async def test_a_node_found_missing_before_the_pod_list_is_read_again() -> None:
+    """A node deleted and one of the same name joining: a "gone" read older than the pod
+    list proves nothing about the pods in it."""
     class Nodes:
         def __init__(self) -> None:
-            self.reads = 0
-            self.names = frozenset({"n1"})
+            self.reads: list[str] = []
+            self.existing = {"n1"}
 
-        async def list_node_names(self) -> frozenset[str]:
-            self.reads += 1
-            return self.names
+        async def get_node(self, name: str) -> dict[str, Any] | None:
+            self.reads.append(name)
+            return {"metadata": {"name": name}} if name in self.existing else None
 
     kube = Nodes()
     on_n1, on_n2 = [PodView("a", node="n1")], [PodView("a", node="n1"), PodView("b", node="n2")]
-    assert await known_nodes(kube, on_n1) == {"n1"}
-    assert await known_nodes(kube, on_n1) == {"n1"}
-    assert kube.reads == 1
-    kube.names = frozenset({"n1", "n2"})
-    assert await known_nodes(kube, on_n2) is None, "no verdict from a list older than the pod"
-    monkeypatch.setattr(recovery_actions, "NODE_RECHECK_SECONDS", 0.0)
-    assert await known_nodes(kube, on_n2) == {"n1", "n2"}
-    assert kube.reads == 2
-
+    assert await gone_nodes(kube, on_n2, since=time.monotonic()) == {"n2"}
+    assert await gone_nodes(kube, on_n1, since=time.monotonic()) == frozenset()
+    assert kube.reads == ["n1", "n2"], "n1 from the cache"
+    kube.existing.add("n2")
+    listed = time.monotonic()
+    assert await gone_nodes(kube, on_n2, since=listed) == frozenset(), "n2 read again"
+    assert kube.reads == ["n1", "n2", "n2"]
 
 
 async def test_a_pod_deletion_the_api_cannot_confirm_is_taken_as_said() -> None:
