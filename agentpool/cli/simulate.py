@@ -234,24 +234,34 @@ def _rate(text: str) -> float:
     return value * per[unit.strip().lower()]
 
 
+SCALING_OPTIONS = {
+    "minReplicas": "min_replicas",
+    "maxReplicas": "max_replicas",
+    "tasksPerReplica": "tasks_per_replica",
+    "activationDepth": "activation_depth",
+    "pollSeconds": "poll_seconds",
+    "scaleUpCooldownSeconds": "scale_up_cooldown",
+    "scaleDownCooldownSeconds": "scale_down_cooldown",
+    "keepDrainedSeconds": "keep_drained_seconds",
+    "scaleUpStep": "scale_up_step",
+    "scaleDownStep": "scale_down_step",
+}
+"""The pool's scaling fields and the options (argparse names) that set them."""
+
+
 def _scaling_spec(args: argparse.Namespace) -> ScalingSpec:
-    fields = {
-        "minReplicas": args.min_replicas,
-        "maxReplicas": args.max_replicas,
-        "tasksPerReplica": args.tasks_per_replica,
-        "activationDepth": args.activation_depth,
-        "pollSeconds": args.poll_seconds,
-        "scaleUpCooldownSeconds": args.scale_up_cooldown,
-        "scaleDownCooldownSeconds": args.scale_down_cooldown,
-        "keepDrainedSeconds": args.keep_drained_seconds,
-        "scaleUpStep": args.scale_up_step,
-        "scaleDownStep": args.scale_down_step,
-    }
+    fields = {field: getattr(args, option) for field, option in SCALING_OPTIONS.items()}
     try:
         return ScalingSpec.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as error:
-        problems = "; ".join(e["msg"] for e in error.errors())
-        raise ValueError(f"invalid scaling settings: {problems}") from None
+        raise ValueError("invalid scaling settings: " + "; ".join(
+            _option_problem(e["loc"], e["msg"]) for e in error.errors())) from None
+
+
+def _option_problem(loc: tuple[int | str, ...], message: str) -> str:
+    option = SCALING_OPTIONS.get(str(loc[0])) if loc else None
+    message = message.removeprefix("Value error, ")
+    return f"--{option.replace('_', '-')}: {message}" if option else message
 
 
 def _model(args: argparse.Namespace) -> str:

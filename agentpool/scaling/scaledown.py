@@ -120,7 +120,8 @@ class DrainPlan:
     their replicas go."""
 
 
-def plan_drains(loads: Sequence[PodLoad], target: int, keep: int | None = None) -> DrainPlan:
+def plan_drains(loads: Sequence[PodLoad], target: int, keep: int | None = None, *,
+                may_withdraw: bool = True) -> DrainPlan:
     """Move the serving pods to `target`: drain (idle first, by `removal_rank`), or withdraw
     drains (the pods that would have stayed longest first: a busy draining pod keeps its replica
     until its runs end anyway, so taking it back adds no pod, while an idle one's replica can
@@ -128,7 +129,8 @@ def plan_drains(loads: Sequence[PodLoad], target: int, keep: int | None = None) 
     bench/simulate.md) and start the rest; release the
     replica of every draining pod that holds no run, except as many as it takes to keep
     `keep` live pods (default `target`): those wait, drained, to be taken back. Pods leaving
-    with their node are neither taken back nor kept."""
+    with their node are neither taken back nor kept, nor is any pod when not `may_withdraw`
+    (its drain request could not be cleared)."""
     live = [p for p in loads if not p.deleting]
     serving = [p for p in live if not p.draining]
     draining = [p for p in live if p.draining]
@@ -138,7 +140,7 @@ def plan_drains(loads: Sequence[PodLoad], target: int, keep: int | None = None) 
     if target < len(serving):
         drain = choose_pods_to_remove(serving, len(serving) - target)
     elif target > len(serving):
-        returnable = [p for p in draining if not p.leaving]
+        returnable = [p for p in draining if not p.leaving and may_withdraw]
         longest_first = sorted(returnable, key=removal_rank, reverse=True)
         withdraw = [p.pod for p in longest_first[: target - len(serving)]]
         start = target - len(serving) - len(withdraw)

@@ -3,7 +3,8 @@
 Each round of the pool's loop calls `scale` with what it observed; the decisions are pure
 functions in `scaling_plan` (what the policy sees, which pods to mark, how many replicas), and
 this module reads their inputs and applies their outputs. The Deployment is written only when
-its replica count (or the list of replicas given back) changes.
+its replica count changes or a replica is given back (a give-back and a new pod in one round
+leave the count as it was, yet the pod given back must be named).
 
 Scale-down never interrupts a run. A pod chosen for removal (idle first, then the fewest and
 oldest runs, `scaledown.removal_rank`) is *marked* with
@@ -102,6 +103,7 @@ from .scaling_plan import (
 )
 from .status import ConditionUpdate, Problem, rfc3339, sanitize
 
+SCALE_FAILED = "ScaleFailed"
 DRAIN_SWEEP_SECONDS = 30.0
 """Least time between two looks for stale drain requests of one pool."""
 
@@ -205,7 +207,7 @@ async def scale(
         plan = plan_scale(summaries, replicas, given_back, decision.replicas, work, now, drains,
                           decision.keep)
         await _apply_marks(observation, plan, replicas, summaries, work or {}, drains, kube)
-        if plan.replicas != replicas:
+        if plan.replicas != replicas or plan.give_back:
             await _patch_replicas(observation, state, decision, plan, kube)
         await _withdraw_marks(observation, plan.withdraw, kube)
         await _delete_orphans(observation, plan.delete, kube)
@@ -213,8 +215,13 @@ async def scale(
         if work is not None or figures.figures_ok:
             await _guard(observation, state, summaries, work or {}, plan.given_back, now, kube)
     except ScaleAborted as aborted:
+        condition = aborted.condition
+        # The Deployment or a pod refused: the pool cannot grow or shrink, which its health
+        # must say (an unreachable queue says so through QueueReachable already).
+        failed = condition.reason == SCALE_FAILED
         return ActionResult(
-            status_fields={"desiredReplicas": replicas}, conditions=(aborted.condition,)
+            status_fields={"desiredReplicas": replicas}, conditions=(condition,),
+            problems=(Problem(SCALE_FAILED, condition.message),) if failed else (),
         )
 
     state.scaling_history = decision.history
@@ -333,7 +340,7 @@ async def _apply_marks(
             await kube.patch_pod(observation.namespace, name, patch)
         except ApiException as error:
             raise ScaleAborted(ConditionUpdate(
-                "Scaling", "False", "ScaleFailed",
+                "Scaling", "False", SCALE_FAILED,
                 f"cannot mark pod {name} for removal: {api_error_message(error)}",
             )) from None
     queue = observation.queue
@@ -390,7 +397,7 @@ async def _patch_replicas(
         log.warning(f"{observation.namespace}/{observation.name}: scaling failed: "
                     f"{api_error_message(error)}")
         raise ScaleAborted(ConditionUpdate(
-            "Scaling", "False", "ScaleFailed",
+            "Scaling", "False", SCALE_FAILED,
             f"cannot set the Deployment's replicas to {plan.replicas}: "
             f"{api_error_message(error)}",
         )) from None
@@ -404,16 +411,19 @@ async def _withdraw_marks(
     Gives the pods withdrawn (the first failure stops the rest).
 
     In this order a failure half-way leaves the pod marked, so the next round tries again;
-    the other order could leave a drained pod that nothing marks any more.
+    the other order could leave a drained pod that nothing marks any more. Without the queue
+    nothing is withdrawn, for the same reason.
     """
     if not names:
+        return ()
+    queue = observation.queue
+    if queue is None:
         return ()
     patch = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: None}}}
     done: list[str] = []
     try:
         for name in names:
-            if observation.queue is not None:
-                await observation.queue.clear_drain(name)
+            await queue.clear_drain(name)
             await kube.patch_pod(observation.namespace, name, patch)
             done.append(name)
     except ApiException as error:

@@ -191,7 +191,8 @@ def plan_scale(
     Only live unmarked pods are chosen, and no more of them than leave `target` (pods the
     ReplicaSet has not created yet are removed by just not creating them; pods beyond the
     count, a rollout's surge, are not ours to choose). `work` None (the queue is unreadable)
-    counts every pod as busy: nothing is released on missing data. A released pod gives its
+    counts every pod as busy and takes no drain back (its request could not be cleared): new
+    pods start instead, and nothing is released on missing data. A released pod gives its
     replica back once it is unready and no unmarked pod is (so that it is the ReplicaSet's
     first choice), or once its drain is DRAIN_READY_TIMEOUT_SECONDS old (a pod that never
     turns ready must not hold it forever; should the ReplicaSet then remove another pod, the
@@ -224,7 +225,8 @@ def plan_scale(
                        leaving=p.leaving)
 
     live_keep = live_target + max(0, (target if keep is None else keep) - target)
-    plan = plan_drains([load(p) for p in unmarked + out], live_target, live_keep)
+    plan = plan_drains([load(p) for p in unmarked + out], live_target, live_keep,
+                       may_withdraw=known)
     by_name = {p.name: p for p in live}
     chosen = set(plan.drain)
     idle = set(plan.release)

@@ -60,6 +60,10 @@ def test_simulate_refuses_bad_settings_and_missing_files(
 ) -> None:
     assert main(["simulate", str(trace), "--min-replicas", "5", "--max-replicas", "2"]) == 2
     assert "minReplicas must be less than or equal" in capsys.readouterr().err
+    assert main(["simulate", str(trace), "--max-replicas", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "agentpool simulate: invalid scaling settings: "
+        "--max-replicas: Input should be greater than or equal to 1\n")
     assert main(["simulate", str(trace.with_name("missing.csv"))]) == 2
     assert "missing.csv" in capsys.readouterr().err
 

@@ -212,6 +212,14 @@ def test_nothing_is_released_while_the_queue_is_unreadable() -> None:
     assert (plan.release, plan.give_back, len(plan.drain), plan.replicas) == ((), (), 1, 3)
 
 
+def test_nothing_is_withdrawn_while_the_queue_is_unreadable() -> None:
+    """A drain request that cannot be cleared must not lose its mark (the pod would stay
+    idle, counted as serving): a scale-up starts new pods instead."""
+    summaries = pods("a", "b", "c", marked=("b", "c"), unready=("b", "c"))
+    plan = plan_scale(summaries, 3, (), 3, None, NOW)
+    assert (plan.withdraw, plan.start, plan.replicas) == ((), 2, 5)
+
+
 def test_a_starting_pod_holds_the_give_back() -> None:
     """The ReplicaSet removes unready pods first: while an unmarked pod is still starting
     (unready), lowering the count could remove it instead of the released one."""

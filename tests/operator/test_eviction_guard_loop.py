@@ -8,12 +8,14 @@ the operator's side is checked: the budget it writes, the labels, drains and rep
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
+from prometheus_client import REGISTRY
 from test_scaling_loop import (
     cost_of,
     create_pods,
@@ -234,6 +236,61 @@ async def test_pods_of_a_cordoned_node_leave_once_their_runs_end(
     finally:
         await operator.stop()
     assert operator.error is None, operator.error
+
+
+async def test_a_replica_given_back_as_a_new_pod_is_asked_for_is_written_all_the_same(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str,
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """A pod of a cordoned node gives its replica back in the round the load asks for one
+    more pod: the count stays as it was, and the Deployment must still name the pod given
+    back (else every round plans the same, posts the same Events, and the pool stays short)."""
+    queue = TaskQueue(redis, queue_name)
+    serving, leaving, new = "lv-5c6d7-aaaaa", "lv-5c6d7-bbbbb", "lv-5c6d7-ccccc"
+    await create_node(cluster, "node-a", cordoned=True)
+    await create_node(cluster, "node-b", cordoned=False)
+    for pod, node in ((serving, "node-b"), (leaving, "node-a")):
+        await start_worker(queue, pod, busy=False)
+        body = pod_manifest("lv", pod)
+        body["spec"]["nodeName"] = node
+        await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", body)
+    await cluster.create_pool(pool_manifest(
+        "lv", redis_url=redis_url, queue=queue_name,
+        scaling=scaling(minReplicas=2, maxReplicas=5, tasksPerReplica=1),
+    ))
+    operator = OperatorThread(operator_settings)
+    await operator.start()
+    try:
+        await eventually(lambda: cost_of(cluster, leaving) == "-2000")
+        await eventually(lambda: cluster.deployment("lv")["spec"]["replicas"] == 3)
+        await start_worker(queue, new, busy=False)
+        body = pod_manifest("lv", new)
+        body["spec"]["nodeName"] = "node-b"
+        await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", body)
+        created = time.time()
+        await eventually(lambda: last_observed("lv") > created + 0.1)
+
+        # Between two rounds (1 s apart): the load rises to three and the leaving pod turns
+        # unready, so the next round gives its replica back and asks for a new pod at once.
+        await queue.submit_many([{"n": n} for n in range(3)])
+        await set_unready(cluster, leaving)
+
+        await eventually(lambda: (cluster.deployment("lv")["metadata"].get("annotations")
+                                  or {}).get(RELEASED_ANNOTATION) == leaving)
+        assert cluster.deployment("lv")["spec"]["replicas"] == 3
+        await eventually(lambda: cluster.requests("DELETE", f"/pods/{leaving}"))
+        assert len(cluster.events("DrainedPodsRemoved")) == 1
+    finally:
+        await operator.stop()
+    assert operator.error is None, operator.error
+
+
+def last_observed(pool: str) -> float:
+    """When the pool's last round ended (the operator's own gauge)."""
+    return REGISTRY.get_sample_value(
+        "agentpool_operator_pool_last_observed_timestamp_seconds",
+        {"namespace": NAMESPACE, "pool": pool},
+    ) or 0.0
 
 
 class Nodes:

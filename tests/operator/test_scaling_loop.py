@@ -9,11 +9,13 @@ marks stay put round after round.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+from kubernetes.client.exceptions import ApiException
 from operator_harness import (
     NAMESPACE,
     Cluster,
@@ -365,6 +367,36 @@ async def test_backlog_scales_up_once_and_then_holds(
     assert cluster.condition("xi", "Scaling")["reason"] == "AtMaximum"
     assert len(deployment_writes(cluster, "xi")) == 1
     assert len(cluster.events("ScaledUp")) == 1
+
+
+async def test_a_refused_scale_makes_the_pool_degraded(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A quota or a webhook refusing the replica change: the pool cannot grow, which its
+    health says at a glance, not only the Scaling condition."""
+    real_patch = KubeApi.patch_deployment
+
+    async def refuse_replicas(self: KubeApi, namespace: str, name: str,
+                              patch: Mapping[str, Any]) -> Any:
+        if "replicas" in (patch.get("spec") or {}):
+            raise ApiException(status=403, reason="Forbidden: exceeded quota")
+        return await real_patch(self, namespace, name, patch)
+
+    monkeypatch.setattr(KubeApi, "patch_deployment", refuse_replicas)
+    await TaskQueue(redis, queue_name).submit_many([{"n": n} for n in range(6)])
+    await cluster.create_pool(pool_manifest(
+        "rf", redis_url=redis_url, queue=queue_name, scaling=scaling(tasksPerReplica=2),
+    ))
+
+    degraded = await eventually(lambda: (c := cluster.condition("rf", "Degraded"))["status"]
+                                == "True" and c)
+    assert degraded["reason"] == "ScaleFailed"
+    assert degraded["message"] == (
+        "cannot set the Deployment's replicas to 3: 403 Forbidden: exceeded quota")
+    assert cluster.condition("rf", "Scaling")["reason"] == "ScaleFailed"
+    assert cluster.pool("rf")["status"]["health"] == "Degraded"
+    assert cluster.deployment("rf")["spec"]["replicas"] == 1
 
 
 async def test_paused_pool_is_not_scaled(
