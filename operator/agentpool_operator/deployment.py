@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
@@ -186,6 +186,20 @@ def _user_metadata_keys(worker: WorkerSpec, labels: Mapping[str, str]) -> str:
         return ""
     return json.dumps({"labels": user_labels, "annotations": user_annotations},
                       separators=(",", ":"))
+
+
+def borrowed_account(namespace: str, spec: AgentPoolSpec,
+                     protected: Collection[str]) -> str | None:
+    """Why the pool's pods may not run as the ServiceAccount it names, or None.
+
+    The operator creates the pods, so whoever may create a pool could otherwise give its
+    workers the operator's own rights (or the console's) without being allowed those."""
+    account = spec.worker.service_account_name
+    if account is None or f"{namespace}/{account}" not in protected:
+        return None
+    return (f"spec.worker.serviceAccountName: {account} is the ServiceAccount of the "
+            "agentpool operator or console; a pool's workers may not run with its rights "
+            "(give them a ServiceAccount of their own)")
 
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:

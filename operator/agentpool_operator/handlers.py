@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ from .credentials import (
 )
 from .deployment import (
     POOL_LABEL,
+    borrowed_account,
     controlled_by,
     deployment_drift,
     desired_deployment,
@@ -82,8 +83,17 @@ def log_traceback(what: str) -> None:
     trace_log.error("%s\n%s", what, mask_urls(traceback.format_exc()))
 
 
-class DeploymentConflict(Exception):
-    """A Deployment with the pool's name exists and another owner controls it."""
+SERVICE_ACCOUNT_REFUSED = "ServiceAccountRefused"
+
+
+class DeploymentRefused(Exception):
+    """The operator does not write the pool's Deployment; `reason` (a `Degraded` reason)
+    says why: another owner controls one of its name, or the spec asks for what no pool
+    may have."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def context(memo: Any) -> OperatorContext:
@@ -136,17 +146,21 @@ async def ensure_deployment(
     spec: AgentPoolSpec,
     generation: int,
     logger: Logger,
+    protected_accounts: Collection[str] = (),
 ) -> dict[str, Any] | None:
     """Create the pool's Deployment if missing, patch it if owned fields drifted; else no write.
 
     `spec` is the pool's spec at `generation`. A caller that read it before a newer one was
     applied (a round that waited for the lock while the spec changed) writes nothing: it
-    would put the older spec back. Call with `state.lock` held. Raises `DeploymentConflict`
-    and `ApiException`.
+    would put the older spec back. Call with `state.lock` held. Raises `DeploymentRefused`
+    (another owner's Deployment, a ServiceAccount in `protected_accounts`) and `ApiException`.
     """
     namespace, name = pool_key(body)
     if state.newer_spec_applied(generation):
         return state.deployment
+    refusal = borrowed_account(namespace, spec, protected_accounts)
+    if refusal is not None:
+        raise DeploymentRefused(SERVICE_ACCOUNT_REFUSED, refusal)
     if not state.deployment_known:
         state.remember_deployment(await kube.get_deployment(namespace, name))
     credentials = state.worker_credentials
@@ -178,10 +192,9 @@ async def ensure_deployment(
             return created
 
     if not controlled_by(actual, body):
-        raise DeploymentConflict(
+        raise DeploymentRefused("DeploymentConflict", (
             f"Deployment {namespace}/{name} exists and is not controlled by this pool; "
-            "delete or rename it"
-        )
+            "delete or rename it"))
     patch = deployment_drift(desired, actual)
     if patch is None:
         state.reconciled_generation = generation
@@ -233,8 +246,9 @@ async def reconcile(
                 queue, _problem = await open_queue(ctx, state, namespace, name, spec)
                 await refresh_credentials(ctx, state, body, spec, queue, logger)
             if not credentials_pending(ctx, state):
-                await ensure_deployment(ctx.api, state, body, spec, generation, logger)
-    except DeploymentConflict as error:
+                await ensure_deployment(ctx.api, state, body, spec, generation, logger,
+                                        ctx.settings.protected_service_accounts)
+    except DeploymentRefused as error:
         metrics.record_reconcile_error(namespace, name, "deployment")
         raise kopf.TemporaryError(str(error), delay=CONFLICT_RETRY_SECONDS) from None
     except ApiException as error:
@@ -565,9 +579,14 @@ async def observe_once(
                 deployment_problem = Problem("CredentialsPending", CREDENTIALS_PENDING)
             else:
                 deployment = await ensure_deployment(
-                    ctx.api, state, body, spec, generation, logger)
-        except DeploymentConflict as error:
-            deployment, deployment_problem = None, Problem("DeploymentConflict", str(error))
+                    ctx.api, state, body, spec, generation, logger,
+                    ctx.settings.protected_service_accounts)
+        except DeploymentRefused as error:
+            # Another owner's Deployment is not the pool's to scale; its own, refused an
+            # update, serves on as it is.
+            ours = error.reason != "DeploymentConflict"
+            deployment = state.deployment if ours else None
+            deployment_problem = Problem(error.reason, str(error))
         except ApiException as error:
             deployment = state.deployment
             deployment_problem = Problem("DeploymentError", api_error_message(error))

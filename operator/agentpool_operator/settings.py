@@ -61,6 +61,13 @@ class OperatorSettings(BaseSettings):
         "password (the services that submit read the new one from the Secret meanwhile).",
     )
 
+    protected_service_accounts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="ServiceAccounts no pool may run its workers as, namespace/name, "
+        "comma-separated: the operator's own and the console's (the chart sets them), whose "
+        "rights a pool's author must not borrow.",
+    )
+
     redis_address_map: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="host:port=host:port pairs, comma-separated: Redis addresses to reach "
@@ -86,6 +93,18 @@ class OperatorSettings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("protected_service_accounts", mode="before")
+    @classmethod
+    def _split_accounts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        accounts = tuple(part.strip() for part in value.split(",") if part.strip())
+        for account in accounts:
+            namespace, sep, name = account.partition("/")
+            if not (sep and namespace and name) or "/" in name:
+                raise ValueError(f"expected namespace/name pairs, got {account!r}")
+        return accounts
 
     @field_validator("peering")
     @classmethod

@@ -17,6 +17,8 @@ from chart_helpers import NAMESPACE, RELEASE, Helm, Manifest, Rendered
 from fake_kube_api import KOPF_PEERING, fake_kube_api
 from kopf._core.engines.peering import detect_own_id
 
+from agentpool_operator.settings import OperatorSettings
+
 OPERATOR = f"{RELEASE}-operator"
 REDIS = f"{RELEASE}-redis"
 URL_SECRET = "agentpool-redis"
@@ -59,12 +61,27 @@ def test_operator_defaults(helm: Helm) -> None:
         "AGENTPOOL_OPERATOR_LOG_LEVEL": "info",
         "AGENTPOOL_OPERATOR_STATUS_REFRESH_SECONDS": "5",
         "AGENTPOOL_OPERATOR_PER_POOL_CREDENTIALS": "true",
+        "AGENTPOOL_OPERATOR_PROTECTED_SERVICE_ACCOUNTS": f"{NAMESPACE}/{OPERATOR}",
         "POD_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
     }
     spec = deployment["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == rendered.one("ServiceAccount")["metadata"]["name"]
     assert not rendered.of_kind("PodDisruptionBudget")
     assert not [m for m in rendered.manifests if m["apiVersion"].startswith("kopf.dev")]
+
+
+def test_no_pool_may_run_as_the_operators_or_the_consoles_service_account(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered = helm.render({"console": {"enabled": True},
+                            "serviceAccount": {"name": "ops-robot"}})
+    accounts = operator_env(rendered)["AGENTPOOL_OPERATOR_PROTECTED_SERVICE_ACCOUNTS"]
+    console = rendered.one("Deployment", f"{RELEASE}-console")
+    console_account = console["spec"]["template"]["spec"]["serviceAccountName"]
+    assert accounts == f"{NAMESPACE}/ops-robot,{NAMESPACE}/{console_account}"
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_PROTECTED_SERVICE_ACCOUNTS", accounts)
+    assert OperatorSettings().protected_service_accounts == (
+        f"{NAMESPACE}/ops-robot", f"{NAMESPACE}/{console_account}")
 
 
 def test_operator_has_an_identity_under_any_uid(rendered: Rendered) -> None:

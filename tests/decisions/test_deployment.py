@@ -19,6 +19,7 @@ from agentpool_operator.deployment import (
     POOL_LABEL,
     PROBE_KILL_GRACE_SECONDS,
     WORKER_CONTAINER,
+    borrowed_account,
     deployment_drift,
     desired_deployment,
     replayed,
@@ -242,6 +243,17 @@ def test_no_kubernetes_token_in_the_pods_unless_asked() -> None:
     assert pod_spec(render())["automountServiceAccountToken"] is False
     spec = make_spec(serviceAccountName="cluster-agent", automountServiceAccountToken=True)
     assert pod_spec(render(spec))["automountServiceAccountToken"] is True
+
+
+def test_a_pool_may_not_borrow_a_protected_service_account() -> None:
+    protected = ("ap/agentpool-operator", "ap/agentpool-console")
+    borrowing = make_spec(serviceAccountName="agentpool-operator")
+    refusal = borrowed_account("ap", borrowing, protected)
+    assert refusal is not None and refusal.startswith(
+        "spec.worker.serviceAccountName: agentpool-operator is the ServiceAccount")
+    assert borrowed_account("team-a", borrowing, protected) is None, "another namespace's"
+    assert borrowed_account("ap", make_spec(serviceAccountName="agents"), protected) is None
+    assert borrowed_account("ap", make_spec(), protected) is None
 
 
 def test_a_deployment_that_mounts_the_token_gets_it_turned_off() -> None:

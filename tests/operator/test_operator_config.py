@@ -32,8 +32,10 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTPOOL_OPERATOR_PORT", "9090")
     monkeypatch.setenv("AGENTPOOL_OPERATOR_LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("AGENTPOOL_OPERATOR_STATUS_REFRESH_SECONDS", "2.5")
+    monkeypatch.setenv("AGENTPOOL_OPERATOR_PROTECTED_SERVICE_ACCOUNTS", "ap/op, ap/console")
     settings = OperatorSettings()
     assert settings.namespaces == ("team-a", "team-b")
+    assert settings.protected_service_accounts == ("ap/op", "ap/console")
     assert not settings.clusterwide and not settings.standalone
     assert (settings.port, settings.log_level, settings.status_refresh_seconds) == (
         9090, "debug", 2.5)
@@ -54,6 +56,9 @@ def test_kopf_keeps_its_state_in_annotations_and_peers_when_asked() -> None:
     ("AGENTPOOL_OPERATOR_PORT", "70000", "AGENTPOOL_OPERATOR_PORT: Input should be less"),
     ("AGENTPOOL_OPERATOR_LOG_LEVEL", "loud", "AGENTPOOL_OPERATOR_LOG_LEVEL: Input should be"),
     ("AGENTPOOL_OPERATOR_PEERING", "Not_A_Name", "AGENTPOOL_OPERATOR_PEERING: must be"),
+    ("AGENTPOOL_OPERATOR_PROTECTED_SERVICE_ACCOUNTS", "ap/op,console",
+     "AGENTPOOL_OPERATOR_PROTECTED_SERVICE_ACCOUNTS: expected namespace/name pairs, "
+     "got 'console'"),
     ("AGENTPOOL_OPERATOR_STATUS_REFRESH_SECONDS", "0",
      "AGENTPOOL_OPERATOR_STATUS_REFRESH_SECONDS: Input should be greater than 0"),
 ])

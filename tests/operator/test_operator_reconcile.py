@@ -218,6 +218,36 @@ async def test_foreign_deployment_is_left_alone(
     assert pod["containers"][0]["image"] == "other:1"
 
 
+async def test_a_pool_may_not_run_its_workers_as_the_operator(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str
+) -> None:
+    """Whoever may create a pool must not get the operator's rights by naming its
+    ServiceAccount: no Deployment is written, the pool says why, until it names another."""
+    settings = operator_settings.model_copy(update={
+        "protected_service_accounts": (f"{NAMESPACE}/agentpool-operator",)})
+    thread = OperatorThread(settings)
+    await thread.start()
+    try:
+        manifest = pool_manifest("eta", redis_url=redis_url)
+        manifest["spec"]["worker"]["serviceAccountName"] = "agentpool-operator"
+        await cluster.create_pool(manifest)
+
+        degraded = await eventually(
+            lambda: (c := cluster.condition("eta", "Degraded"))["status"] == "True" and c)
+        assert degraded["reason"] == "ServiceAccountRefused"
+        assert degraded["message"].startswith(
+            "spec.worker.serviceAccountName: agentpool-operator is the ServiceAccount of the "
+            "agentpool operator or console")
+        assert cluster.requests("POST", "/deployments") == []
+
+        await cluster.patch_pool("eta", {"spec": {"worker": {"serviceAccountName": "agents"}}})
+        created = await eventually(lambda: cluster.deployment("eta"))
+        assert created["spec"]["template"]["spec"]["serviceAccountName"] == "agents"
+    finally:
+        await thread.stop()
+    assert thread.error is None, thread.error
+
+
 async def test_status_reports_replicas_and_queue_figures(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
 ) -> None:
