@@ -70,6 +70,7 @@ from agentpool.models.redis_spec import (
 )
 from agentpool.models.rules import (
     CEL_RULES,
+    ENV_ONE_VALUE,
     HANDLER_FORMAT,
     INIT_CONTAINER_NAMES,
     INIT_MOUNTS_NAME_VOLUMES,
@@ -129,6 +130,7 @@ __all__ = [
     "CONDITION_TYPES",
     "CRON_PATTERN",
     "DNS_LABEL_PATTERN",
+    "ENV_ONE_VALUE",
     "GROUP",
     "HANDLER_FORMAT",
     "HANDLER_PATTERN",

@@ -21,6 +21,12 @@ MAX_VOLUMES = 32
 MAX_INIT_CONTAINERS = 8
 MAX_POD_METADATA = 64
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+"""The names of most Kubernetes objects (Secrets, ServiceAccounts, classes), up to 253."""
+ENV_NAME_PATTERN = r"^[ -<>-~]+$"
+"""Printable ASCII without '=': what the API server takes for an environment variable's name
+(Kubernetes 1.32 and later; earlier ones also refuse a name starting with a digit)."""
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 VOLUME_SOURCES = ("configMap", "secret", "emptyDir", "persistentVolumeClaim", "projected", "csi",
                   "downwardAPI", "ephemeral")

@@ -8,8 +8,15 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from agentpool.models.base import Model, Quantity
-from agentpool.models.formats import DNS_LABEL_PATTERN, LABEL_VALUE_PATTERN, MAX_VOLUMES
+from agentpool.models.formats import (
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    ENV_NAME_PATTERN,
+    LABEL_VALUE_PATTERN,
+    MAX_VOLUMES,
+)
 from agentpool.models.rules import (
+    ENV_ONE_VALUE,
     MOUNT_NOT_ON_SCRATCH,
     MOUNT_SUB_PATH_RELATIVE,
     VOLUME_ONE_SOURCE,
@@ -31,18 +38,28 @@ class ResourceRequirements(Model):
 class EnvVar(Model):
     """An environment variable of the worker container, as in a Pod spec."""
 
-    name: str = Field(min_length=1, description="Variable name.")
+    model_config = ConfigDict(json_schema_extra=cel(ENV_ONE_VALUE))
+
+    name: str = Field(min_length=1, pattern=ENV_NAME_PATTERN,
+                      description="Variable name (printable ASCII, no '=').")
     value: str | None = Field(default=None, description="Literal value.")
     value_from: dict[str, Any] | None = Field(
         default=None,
         description="Source of the value (secretKeyRef, configMapKeyRef, fieldRef, ...).",
     )
 
+    @model_validator(mode="after")
+    def _one_value(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(ENV_ONE_VALUE.message)
+        return self
+
 
 class LocalObjectReference(Model):
     """A reference to an object in the pool's namespace."""
 
-    name: str = Field(min_length=1, description="Name of the object.")
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN,
+                      description="Name of the object.")
 
 
 def _source(what: str, alias: str | None = None) -> Any:

@@ -116,6 +116,10 @@ RATE_LIMIT_NAMES_UNIQUE = CelRule(
     "self.all(a, self.exists_one(b, b.name == a.name))",
     "rateLimits names must be unique within a pool",
 )
+ENV_ONE_VALUE = CelRule(
+    "!(has(self.value) && has(self.valueFrom))",
+    "an env entry takes value or valueFrom, not both",
+)
 VOLUME_ONE_SOURCE = CelRule(
     "[" + ", ".join(f"has(self.{source})" for source in VOLUME_SOURCES) + "].exists_one(s, s)",
     "each worker.volumes entry needs exactly one of " + ", ".join(VOLUME_SOURCES)
@@ -192,6 +196,7 @@ CEL_RULES: tuple[CelRule, ...] = (
     SCHEDULE_TIMEOUT_WITHIN_POOLS,
     TENANT_NAME_FORMAT,
     TENANT_NAMES_UNIQUE,
+    ENV_ONE_VALUE,
     VOLUME_ONE_SOURCE,
     VOLUME_NAMES_UNIQUE,
     MOUNT_PATHS_UNIQUE,

@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from agentpool.models.base import Model
 from agentpool.models.formats import (
+    DNS_SUBDOMAIN_PATTERN,
     HANDLER_PATTERN,
     MAX_INIT_CONTAINERS,
     MAX_POD_METADATA,
@@ -148,17 +149,20 @@ class WorkerSpec(Model):
         description="Affinity of the worker pods, as in a Pod spec.",
     )
     service_account_name: str | None = Field(
-        default=None, description="Service account the worker pods run as."
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Service account the worker pods run as.",
     )
     image_pull_secrets: list[LocalObjectReference] | None = Field(
         default=None, description="Secrets for pulling the worker image."
     )
     priority_class_name: str | None = Field(
-        default=None, description="Priority class of the worker pods."
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Priority class of the worker pods.",
     )
     runtime_class_name: str | None = Field(
         default=None,
         max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
         description=(
             "RuntimeClass of the worker pods, e.g. gvisor or kata: a sandbox for agents that "
             "run code they generate."

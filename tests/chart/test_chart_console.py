@@ -10,12 +10,8 @@ from typing import Any
 from chart_helpers import COMBINATIONS, NAMESPACE, RELEASE, Helm, Rendered
 
 CONSOLE = f"{RELEASE}-console"
-READ = {"get", "list", "watch"}
-CONSOLE_GRANTS = {
-    (group, resource, verb)
-    for group, resource in [("agentpool.dev", "agentpools"), ("", "events")]
-    for verb in READ
-}
+CONSOLE_GRANTS = {("agentpool.dev", "agentpools", "list"), ("", "events", "list")}
+"""What the console calls: `status.list_pools` and `sources` (a pool's Events)."""
 
 
 def console_grants(rendered: Rendered) -> dict[str, set[tuple[str, str, str]]]:

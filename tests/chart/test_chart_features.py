@@ -84,6 +84,18 @@ def test_no_pool_may_run_as_the_operators_or_the_consoles_service_account(
         f"{NAMESPACE}/ops-robot", f"{NAMESPACE}/{console_account}")
 
 
+def test_the_operators_pod_labels_cannot_replace_the_charts_own(helm: Helm) -> None:
+    """The Deployment's selector and the NetworkPolicy match the chart's labels: a pod label
+    of the same key would break both (a duplicate key, or a selector that no longer matches)."""
+    rendered = helm.render({"operator": {"podLabels": {
+        "app.kubernetes.io/name": "mine", "team": "agents"}}})
+    deployment = rendered.one("Deployment", OPERATOR)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "agents"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert {key: labels[key] for key in selector} == selector
+
+
 def test_operator_has_an_identity_under_any_uid(rendered: Rendered) -> None:
     """kopf names itself by POD_ID, else by getpass.getuser(), which fails under a UID with no
     user entry (OpenShift's restricted-v2 runs pods under an arbitrary one)."""

@@ -254,6 +254,9 @@ def test_every_name_fits_its_kind_with_the_longest_names(
     assert {"Service", "StatefulSet", "Deployment", "ClusterRole"} <= kinds
     problems = [p for m in rendered.manifests for p in name_problems(m)]
     assert not problems, "\n".join(problems)
+    names = [(m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"])
+             for m in rendered.manifests]
+    assert len(names) == len(set(names)), "two objects of one kind share a name"
 
 
 def test_the_name_check_catches_a_redis_statefulset_too_long_for_its_pods() -> None:

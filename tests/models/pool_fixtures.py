@@ -114,6 +114,12 @@ CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
     (models.INIT_MOUNTS_NAME_VOLUMES, minimal_spec(worker=worker(initContainers=[
         {"name": "fetch", "image": "curl", "volumeMounts": [
             {"name": "models", "mountPath": "/models"}]}]))),
+    (models.ENV_ONE_VALUE, minimal_spec(worker=worker(env=[
+        {"name": "KEY", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    ]))),
+    (models.ENV_ONE_VALUE, minimal_spec(worker=worker(initContainers=[
+        {"name": "fetch", "image": "a", "env": [
+            {"name": "KEY", "value": "x", "valueFrom": {"fieldRef": {}}}]}]))),
     (models.INIT_CONTAINER_NAMES, minimal_spec(worker=worker(initContainers=[
         {"name": "fetch", "image": "a"}, {"name": "fetch", "image": "b"}]))),
     (models.INIT_CONTAINER_NAMES, minimal_spec(worker=worker(initContainers=[
@@ -210,6 +216,12 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
                           {"name": "one", "weight": 5, "maxRunning": 1}],
                  tenantMaxRunning=1000),
     minimal_spec(tenantMaxRunning=1),
+    minimal_spec(worker=worker(
+        env=[{"name": "my.var-1", "value": "x"}, {"name": "1_LEADING_DIGIT"},
+             {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+        serviceAccountName="agents.v2", priorityClassName="agents-high",
+        runtimeClassName="gvisor", imagePullSecrets=[{"name": "registry.example-1"}],
+    )),
 ]
 """Specs just inside a rule: both the models and the API server accept them."""
 
@@ -289,6 +301,14 @@ INVALID_SPECS: list[dict[str, Any]] = [
                                                "submitsTo": ["a:{b}"]}},
     {"redis": {"url": "redis://r"}, "worker": {"image": "i", "handler": "m:f",
                                                "submitsTo": ["q"] * 33}},
+    minimal_spec(worker=worker(env=[{"name": "A=B", "value": "1"}])),
+    minimal_spec(worker=worker(env=[{"name": "TAB\tNAME", "value": "1"}])),
+    minimal_spec(worker=worker(initContainers=[
+        {"name": "fetch", "image": "a", "env": [{"name": "X=Y"}]}])),
+    minimal_spec(worker=worker(serviceAccountName="Agents_SA")),
+    minimal_spec(worker=worker(imagePullSecrets=[{"name": "Bad Name"}])),
+    minimal_spec(worker=worker(priorityClassName="High")),
+    minimal_spec(worker=worker(runtimeClassName="gVisor")),
 ]
 
 

@@ -54,10 +54,11 @@ named below.
 {{/* What the console reads: the pools (status, conditions) and their Events. Nothing else:
 it never reads Deployments, pods or Secrets (its Redis URL and token come through the kubelet). */}}
 {{- define "agentpool.consoleRules" -}}
+{{- /* The console lists pools (the fleet page) and a pool's Events (its page); nothing more. */}}
 - apiGroups: ["agentpool.dev"]
   resources: ["agentpools"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
 {{- end -}}
