@@ -8,6 +8,7 @@ import argparse
 from agentpool.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    CommandFailed,
     UsageError,
     add_output_option,
     add_queue_options,
@@ -15,6 +16,7 @@ from agentpool.cli.common import (
     connect,
     emit,
     error_line,
+    never_used,
     print_json,
     queue_name,
     task_id,
@@ -32,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tasks submitted to run after a cancelled one end cancelled too. Exit 1 if the task "
         "is unknown or already finished. With --waiting instead of a task id, cancel every "
         "task of the queue waiting to run (queued, delayed, deferred or waiting to be "
-        "retried) that was submitted before the command; running tasks go on.",
+        "retried) that was submitted before the command; running tasks go on (exit 1 if "
+        "nothing was ever submitted to the queue and no worker serves it).",
     )
     add_queue_options(parser)
     parser.add_argument("task_id", metavar="TASK_ID", nargs="?",
@@ -53,7 +56,10 @@ async def run(args: argparse.Namespace) -> int:
     name = queue_name(args)
     if args.waiting:
         async with connect(args) as client:
-            count = await client.queue(name).cancel_waiting()
+            queue = client.queue(name)
+            count = await queue.cancel_waiting()
+            if not count and not await queue.used():
+                raise CommandFailed(await never_used(queue))
         if args.output == "json":
             print_json({"queue": name, "cancelled": count})
         else:

@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import re
 import select
 import signal
 import sys
@@ -26,6 +27,7 @@ from rich.live import Live
 from rich.text import Text
 
 from agentpool import redis_errors
+from agentpool.cli.terminal import printable
 from agentpool.cli.views import Grid, to_table
 from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
 from agentpool.connection import RedisURLError, is_cluster_url, parse_cluster_url
@@ -269,9 +271,17 @@ def data_lost(before: QueueReading | None, now: QueueReading) -> str | None:
 
 
 def error_line(message: str) -> None:
-    first = " ".join(message.split())
+    """`message` on stderr as one line, its control characters shown as escapes (it may
+    quote a task's error or a name read from Redis)."""
+    first = printable(" ".join(message.split()))
     sys.stderr.write(f"agentpool: {first}\n")
     sys.stderr.flush()
+
+
+def print_line(text: str) -> None:
+    """One line for people on stdout, its control characters shown as escapes."""
+    sys.stdout.write(printable(text) + "\n")
+    sys.stdout.flush()
 
 
 INTERRUPT_RETRY_SECONDS = 0.2
@@ -389,15 +399,25 @@ def stdout_console() -> Console:
     return console
 
 
+C1_AND_DEL = re.compile(r"[\x7f-\x9f]")
+
+
 def print_json(data: Any, *, one_line: bool = False) -> None:
+    """`data` as JSON. JSON escapes the C0 control characters; DEL and the C1 ones (which
+    only a string can hold) are written as their ``\\u`` escapes too: the same document,
+    nothing a terminal acts on."""
     text = json.dumps(data, ensure_ascii=False, default=str,
                       indent=None if one_line else 2)
+    text = C1_AND_DEL.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
 def emit(renderable: RenderableType) -> None:
-    """Print to stdout; when piped, without the trailing blanks rich pads table cells with."""
+    """Print to stdout; when piped, without the trailing blanks rich pads table cells with.
+    A plain string is text (never markup), its control characters shown as escapes."""
+    if isinstance(renderable, str):
+        renderable = Text(printable(renderable))
     console = stdout_console()
     if console.is_terminal:
         console.print(renderable)
@@ -422,12 +442,12 @@ def render(grids: Grid | list[Grid]) -> RenderableType:
     items: list[RenderableType] = []
     for grid in grids if isinstance(grids, list) else [grids]:
         if grid.title:
-            items.append(Text(grid.title, style="bold"))
+            items.append(Text(printable(grid.title), style="bold"))
         if grid.rows or not grid.headers:
             items.append(to_table(grid))
         if grid.notes:
             items.append(Text(""))
-            items.extend(Text(note, style="dim") for note in grid.notes)
+            items.extend(Text(printable(note), style="dim") for note in grid.notes)
     return items[0] if len(items) == 1 else Group(*items)
 
 
@@ -531,5 +551,6 @@ async def show(
                 shown = render(grids(fresh))
                 live.update(shown, refresh=True)
             else:
-                live.update(Group(shown, Text(""), Text(problem or "", style="bold red")),
+                live.update(Group(shown, Text(""),
+                                  Text(printable(problem or ""), style="bold red")),
                             refresh=True)

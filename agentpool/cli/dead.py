@@ -37,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser(
         "list", help="list dead tasks, newest first",
-        description="List dead tasks, newest first, each with its last error. Exit 1 if "
-        "nothing was ever submitted to the queue and no worker serves it.",
+        description="List dead tasks, newest first, each with its last error, and how many "
+        "the queue holds. Exit 1 if nothing was ever submitted to the queue and no worker "
+        "serves it.",
     )
     add_queue_options(listing)
     listing.add_argument("--limit", type=int, default=100, help="at most this many (100)")
@@ -52,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub = actions.add_parser(
             action, help=f"{action} the given dead tasks, or --all",
             description=f"{summary} Exit 1 if some of the given ids were not in the "
-            "dead-letter queue.",
+            "dead-letter queue, or if nothing was ever submitted to the queue and no worker "
+            "serves it.",
         )
         add_queue_options(sub)
         sub.add_argument("task_ids", nargs="*", metavar="TASK_ID")
@@ -69,12 +71,15 @@ async def run_list(args: argparse.Namespace) -> int:
     async with connect(args) as client:
         queue = client.queue(name)
         tasks = await queue.dead_letters(args.limit)
-        if not tasks and not await queue.used():
+        figures = await queue.figures()
+        if not tasks and not figures.used:
             raise CommandFailed(await never_used(queue))
         after_each = await queue.next_counts([t.id for t in tasks])
-    print_view(args, dead_grid(tasks, after_each, time.time(), name),
-               {"queue": name, "tasks": [{**task_json(name, t), "next_count": n}
-                                         for t, n in zip(tasks, after_each, strict=True)]})
+    total = max(figures.dead, len(tasks))
+    print_view(args, dead_grid(tasks, after_each, time.time(), name, total),
+               {"queue": name, "total": total,
+                "tasks": [{**task_json(name, t), "next_count": n}
+                          for t, n in zip(tasks, after_each, strict=True)]})
     return EXIT_OK
 
 
@@ -95,7 +100,10 @@ async def _act(args: argparse.Namespace, past: str,
     name = queue_name(args)
     ids = selected_ids(args)
     async with connect(args) as client:
-        count, revived = await operation(client.queue(name), ids)
+        queue = client.queue(name)
+        count, revived = await operation(queue, ids)
+        if not count and not await queue.used():
+            raise CommandFailed(await never_used(queue))
     if args.output == "json":
         print_json({"queue": name, past: count,
                     **({"revived": revived} if revived is not None else {})})

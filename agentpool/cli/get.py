@@ -19,6 +19,7 @@ from agentpool.cli.common import (
     connect,
     error_line,
     print_json,
+    print_line,
     print_view,
     queue_name,
     task_id,
@@ -96,7 +97,7 @@ async def follow(args: argparse.Namespace, queue: TaskQueue) -> int:
         if args.output == "json":
             print_json(event_json(event), one_line=True)
         elif not event.final:
-            print(event_line(event), flush=True)
+            print_line(event_line(event))
     info = await queue.get(args.task_id)
     if info is None:
         raise TaskNotFound(f"task {args.task_id} in queue {queue.name} is gone")

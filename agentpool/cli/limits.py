@@ -15,6 +15,7 @@ from agentpool.cli.common import (
     show,
 )
 from agentpool.cli.views import Grid, format_age
+from agentpool.client import ENV_REDIS_URL
 from agentpool.ratelimit import LimitState, limit_states
 
 Snapshot = tuple[list[LimitState], float]
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the slots of maxConcurrent in use, workers holding a reservation in the future, "
         "grants and 429s so far, and when the last 429 was reported.",
     )
-    add_redis_option(parser)
+    add_redis_option(parser, help_text="the Redis the pools declare their rate limits on "
+                     f"(default: ${ENV_REDIS_URL})")
     add_output_option(parser)
     add_watch_options(parser)
     parser.set_defaults(func=run)

@@ -119,12 +119,19 @@ def _kube() -> Any:
 
 
 def _kubeconfig_paths(explicit: str | None) -> str | None:
-    """The kubeconfig path list to use, or None when there is no file to read."""
-    value = explicit or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    """The kubeconfig path list to use, or None when there is no file to read (in a cluster:
+    its service account is used). A $KUBECONFIG naming no file that exists is named, out of a
+    cluster, rather than taken for no configuration at all."""
+    from_env = os.environ.get("KUBECONFIG")
+    value = explicit or from_env or os.path.expanduser("~/.kube/config")
     paths = [p for p in value.split(os.pathsep) if p]
     if explicit and not all(os.path.exists(p) for p in paths):
         raise CommandFailed(f"kubeconfig {explicit} not found")
-    return value if any(os.path.exists(p) for p in paths) else None
+    if any(os.path.exists(p) for p in paths):
+        return value
+    if not explicit and from_env and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        raise CommandFailed(f"kubeconfig {from_env} (from $KUBECONFIG) not found")
+    return None
 
 
 @dataclass

@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
+import redis.exceptions
+
 from agentpool.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -24,8 +26,11 @@ from agentpool.cli.common import (
     number,
     print_view,
     queue_name,
+    redis_failure,
+    redis_url,
     task_id,
 )
+from agentpool.cli.terminal import printable
 from agentpool.cli.views import submitted_grid, submitted_json, waited_grid, waited_json
 from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -71,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         type=number(float, low=0.001, high=MAX_TASK_TIMEOUT_SECONDS),
                         help="a run lasting longer is stopped and fails, as one past the "
                         "pool's taskTimeoutSeconds does (which still applies when shorter)")
-    parser.add_argument("--idempotency-key", metavar="KEY",
+    parser.add_argument("--idempotency-key", metavar="KEY", type=idempotency_key,
                         help="a key seen before returns the existing task's id instead of "
                         "queueing another; the payloads of a file, or of several --json, "
                         "each get KEY:N, N counting payloads from 1 (--json first; blank "
@@ -100,6 +105,15 @@ def tenant_name(text: str) -> str:
         return tenant_arg(text)
     except ProtocolError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def idempotency_key(text: str) -> str:
+    """An --idempotency-key as given: an empty or blank one would turn deduplication off
+    without a word (no key), so it is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"an idempotency key must not be empty or blank, got {text!r}")
+    return text
 
 
 def parse_json_payload(text: str, where: str) -> Any:
@@ -148,9 +162,25 @@ def read_payloads(args: argparse.Namespace) -> list[Any]:
     return [payload for _, payload in payloads]
 
 
+SUBMIT_CHUNK = 500
+"""Payloads sent per call: when a call fails (Redis full, gone), the ids of the calls before
+it are known and printed."""
+
+
+class PartlySubmitted(Exception):
+    """Submitting stopped at `error` after the tasks `ids` (of `total`) were stored."""
+
+    def __init__(self, ids: list[str], total: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.ids = ids
+        self.total = total
+        self.error = error
+
+
 async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
                      args: argparse.Namespace) -> list[str]:
-    """One submit with every option, or batches of many in order."""
+    """One submit with every option, or calls of SUBMIT_CHUNK payloads in order; a call
+    failing after others stored their tasks raises PartlySubmitted."""
     keys = idempotency_keys(args, len(payloads))
     if len(payloads) == 1:
         return [await queue.submit(
@@ -158,10 +188,42 @@ async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
             idempotency_key=keys[0], max_attempts=args.max_attempts,
             expires=args.expires, task_timeout=args.task_timeout, after=args.after,
             tenant=args.tenant)]
-    return await queue.submit_many(payloads, priority=args.priority, delay=args.delay,
-                                   max_attempts=args.max_attempts, expires=args.expires,
-                                   task_timeout=args.task_timeout, after=args.after,
-                                   idempotency_keys=keys, tenant=args.tenant)
+    ids: list[str] = []
+    for start in range(0, len(payloads), SUBMIT_CHUNK):
+        end = start + SUBMIT_CHUNK
+        try:
+            ids += await queue.submit_many(
+                payloads[start:end], priority=args.priority, delay=args.delay,
+                max_attempts=args.max_attempts, expires=args.expires,
+                task_timeout=args.task_timeout, after=args.after,
+                idempotency_keys=keys[start:end], tenant=args.tenant, chunk=SUBMIT_CHUNK)
+        except (TaskNotFound, *REDIS_FAILURES) as error:
+            stored = ids + (error.submitted if isinstance(error, TaskNotFound) else [])
+            if not stored:
+                raise
+            raise PartlySubmitted(stored, len(payloads), error) from error
+    return ids
+
+
+def partly_submitted(args: argparse.Namespace, partial: PartlySubmitted) -> str:
+    """The one line for payloads submitted in part: why it stopped, how many tasks went in,
+    and, when Redis failed, how to queue the rest without queueing those again."""
+    error, count = partial.error, len(partial.ids)
+    went_in = (f"{count:,} of {partial.total:,} tasks queued before the error (their ids are "
+               "on stdout)")
+    if isinstance(error, TaskNotFound):
+        reason = str(error).partition("; ")[0]  # its own count is of the failed call only
+        return f"{reason}; {went_in}"
+    if not isinstance(error, redis.exceptions.ResponseError):  # not refused: maybe done
+        went_in += ", and maybe the batch being sent when it came"
+    if args.idempotency_key:
+        retry = ("the same command run again queues only the rest (its --idempotency-key "
+                 "names the tasks queued)")
+    else:
+        retry = (f"a rerun would queue them again: submit the payloads after the first "
+                 f"{count:,} (with --idempotency-key, a command run again queues only the "
+                 "tasks it did not queue before)")
+    return f"{redis_failure(redis_url(args), error)}; {went_in}; {retry}"
 
 
 def idempotency_keys(args: argparse.Namespace, count: int) -> list[str | None]:
@@ -213,7 +275,7 @@ class WaitProgress:
         self.stream.flush()
 
     def _draw(self, line: str) -> None:
-        self.stream.write(f"\r\x1b[K{line}")
+        self.stream.write(f"\r\x1b[K{printable(line)}")
         self.stream.flush()
 
 
@@ -274,11 +336,10 @@ async def run(args: argparse.Namespace) -> int:
         queue = client.queue(name)
         try:
             ids = await submit_all(queue, payloads, args)
-        except TaskNotFound as error:
-            if error.submitted:  # a task to run after went during a long file: say which went in
-                print_view(args, submitted_grid(name, error.submitted),
-                           submitted_json(name, error.submitted))
-            raise
+        except PartlySubmitted as partial:
+            print_view(args, submitted_grid(name, partial.ids), submitted_json(name, partial.ids))
+            error_line(partly_submitted(args, partial))
+            return EXIT_FAILED
         if not args.wait:
             print_view(args, submitted_grid(name, ids), submitted_json(name, ids))
             return EXIT_OK

@@ -19,7 +19,7 @@ from agentpool.cli.common import (
 )
 from agentpool.cli.submit import tenant_name
 from agentpool.cli.views import state_totals, tasks_grids, tasks_json
-from agentpool.protocol import TASK_LIST_STATES, TaskInfo
+from agentpool.protocol import TASK_LIST_STATES, TaskInfo, TaskQueue, task_page
 
 TENANT_LOOK = 10_000
 """With --tenant, the tasks of each state looked at for that tenant's."""
@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tasks",
         help="list tasks by state",
         description="List a queue's tasks by state: queued (in claim order, then those that "
-        "wait for their tenant's cap on runs at once), delayed (by due "
+        "wait for their tenant's cap on runs at once, then the delayed ones already due, as "
+        "`stats` counts them), delayed (not yet due, by due "
         "time), deferred (waiting for the tasks they run after, in submit order), running "
         "(by lease expiry), dead (newest first). Finished tasks are not "
         "listed; read one with `get`. Exit 1 if nothing was ever submitted to the queue and "
@@ -51,6 +52,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+async def listed(queue: TaskQueue, state: str, limit: int, due: int) -> list[TaskInfo]:
+    """Up to `limit` tasks of `state`, a delayed task already due (`due` of them) listed as
+    queued only, as `stats` counts it: `list_tasks` lists it with the queued ones and first
+    among the delayed (by due time), where it is skipped."""
+    if state != "delayed" or not due:
+        return await queue.list_tasks(state, limit)
+    _, rows = await task_page(queue, state, due, limit, preview_bytes=1)
+    return await queue.get_many([row.info.id for row in rows])
+
+
+def listed_once(groups: dict[str, list[TaskInfo]]) -> None:
+    """Drop from the delayed tasks those listed as queued: one that came due after the
+    figures were read is listed in both."""
+    queued = {info.id for info in groups.get("queued", [])}
+    if "delayed" in groups and queued:
+        groups["delayed"] = [info for info in groups["delayed"] if info.id not in queued]
+
+
 @command
 async def run(args: argparse.Namespace) -> int:
     if args.limit < 1:
@@ -68,7 +87,7 @@ async def run(args: argparse.Namespace) -> int:
         filtered = args.tenant is not None or args.no_tenant
         for state in states:
             if not filtered:
-                groups[state] = await queue.list_tasks(state, args.limit)
+                groups[state] = await listed(queue, state, args.limit, figures.due_delayed)
                 continue
             ids, count, cut = await queue.tenant_task_ids(state, args.tenant, args.limit,
                                                           most=TENANT_LOOK)
@@ -76,6 +95,7 @@ async def run(args: argparse.Namespace) -> int:
             totals[state] = max(count, len(groups[state]))
             if cut:
                 partial.append(state)
+        listed_once(groups)
     whose = f" of tenant {args.tenant}" if args.tenant is not None else \
         " without a tenant" if args.no_tenant else ""
     grids = tasks_grids(name, groups, totals, time.time(), whose=whose)
@@ -85,6 +105,9 @@ async def run(args: argparse.Namespace) -> int:
         if state == "queued" and figures.capped and not filtered:
             grid.notes.append(f"{figures.capped:,} of them wait for their tenant's cap on runs "
                               "at once (listed after the queue, marked capped)")
+        if state == "queued" and figures.due_delayed and not filtered:
+            grid.notes.append(f"{figures.due_delayed:,} of them are delayed tasks now due "
+                              "(listed last, marked due: the next claim queues them)")
     doc = tasks_json(name, groups, totals)
     if filtered:
         doc |= {"tenant": args.tenant, "lookedAtFirst": TENANT_LOOK, "cut": partial}

@@ -1,7 +1,7 @@
 """Pure rendering for the CLI: plain data in, table rows or JSON-ready dicts out.
 
 Each view has a ``*_json`` function (the ``-o json`` document) and a ``*_grid`` function (the
-human table as headers and string cells); :func:`to_table` turns a grid into a rich Table.
+human table as headers and string cells); :func:`to_table` turns a grid into a rich renderable.
 Times are passed in (``now`` in seconds since the epoch) so output is deterministic in tests.
 """
 
@@ -15,10 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from agentpool.cli.fleet import PoolSummary, Rates
+from agentpool.cli.terminal import printable
 from agentpool.protocol import (
     CancelOutcome,
     Progress,
@@ -52,20 +55,101 @@ class Grid:
     """Lines printed under the table (e.g. why a figure is missing)."""
 
 
-def to_table(grid: Grid) -> Table:
+ONE_LINE_COLUMNS = frozenset({"PAYLOAD", "ERROR", "RESULT / ERROR", "PROGRESS", "OWNER",
+                              "TENANT", "POD", "NAME", "NAMESPACE", "QUEUE", "LIMIT",
+                              "DECLARED BY"})
+"""Free text and names: on a narrow terminal these give up their width first (the widest
+first), each cell kept on one line and cut with an ellipsis (`-o json` has them whole)."""
+WORDS_COLUMNS = frozenset({"DECLARED", "EFFECTIVE"})
+"""A few figures each (a rate limit's): on a narrow terminal these wrap between them."""
+NARROWEST = 8
+"""A one-line column is left out, rightmost first, rather than cut below this width."""
+GAP = 2
+"""Blanks between two columns."""
+
+
+def to_table(grid: Grid) -> RenderableType:
     """A borderless, kubectl-like table (without the title: titles are printed as their own
     line, so a narrow table does not wrap them); no headers renders as key/value pairs."""
-    table = Table(
-        box=box.SIMPLE_HEAD if grid.headers else None,
-        show_header=bool(grid.headers), show_edge=False, pad_edge=False, highlight=False,
-    )
-    columns = grid.headers or ([""] * max((len(r) for r in grid.rows), default=0))
-    for i, header in enumerate(columns):
-        table.add_column(header, no_wrap=i == 0, overflow="fold", style="bold" if
-                         not grid.headers and i == 0 else None)
-    for row in grid.rows:
-        table.add_row(*(Text(cell) for cell in row))  # cells are data, never markup
+    if not grid.headers:
+        return _key_values(grid)
+    return FittedTable(grid)
+
+
+class FittedTable:
+    """A table with headers, laid out for the width it is given (a terminal's, each refresh
+    of a watch).
+
+    Task ids, states, numbers and ages keep each cell on one line, whole: a narrow terminal
+    takes width from the free-text and name columns (ONE_LINE_COLUMNS), and leaves out the
+    rightmost of them (saying so under the table, unless it had nothing to show) before any
+    would be cut below NARROWEST, never folding "running" into "runni" and "ng"."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        headers = self.grid.headers
+        kept = self._kept(options.max_width)
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False,
+                      padding=(0, GAP - 1, 0, 0))  # and the rule's blank between columns
+        for i in kept:
+            table.add_column(headers[i], overflow="ellipsis",
+                             no_wrap=headers[i] not in ONE_LINE_COLUMNS | WORDS_COLUMNS)
+        for row in self.grid.rows:
+            table.add_row(*(_cell(row[i], one_line=headers[i] in ONE_LINE_COLUMNS)
+                            for i in kept))
+        yield table
+        left_out = [header for i, header in enumerate(headers) if i not in kept
+                    and not _empty(self.grid.rows, i)]
+        if left_out:
+            yield Text(f"too narrow to show {', '.join(left_out)} (widen the terminal, or "
+                       "use -o json)", style="dim")
+
+    def _kept(self, width: int) -> list[int]:
+        """The columns that fit in `width`, each one-line column at least NARROWEST wide (or
+        as wide as its widest cell, if less). The first column is always kept; the others
+        go from the right, those with nothing to show ("-" in every row) first."""
+        headers, rows = self.grid.headers, self.grid.rows
+        widths = [max(cell_len(printable(text)) for text in [header, *(row[i] for row in rows)])
+                  for i, header in enumerate(headers)]
+        least = [min(w, NARROWEST) if h in ONE_LINE_COLUMNS else w
+                 for h, w in zip(headers, widths, strict=True)]
+        kept = list(range(len(headers)))
+        while sum(least[i] for i in kept) + GAP * (len(kept) - 1) > width:
+            droppable = [i for i in kept[1:] if headers[i] in ONE_LINE_COLUMNS]
+            if not droppable:
+                break
+            empty = [i for i in droppable if _empty(rows, i)]
+            kept.remove((empty or droppable)[-1])
+        return kept
+
+
+def _empty(rows: Sequence[Sequence[str]], column: int) -> bool:
+    """Whether a column has nothing to show: "-" in every row."""
+    return all(row[column] == "-" for row in rows)
+
+
+def _key_values(grid: Grid) -> Table:
+    """Keys on one line, values wrapped (a traceback keeps its lines)."""
+    table = Table(box=None, show_header=False, show_edge=False, pad_edge=False,
+                  highlight=False)
+    if not grid.rows:
+        return table
+    table.add_column("", no_wrap=True, style="bold")
+    for _ in range(1, max(len(row) for row in grid.rows)):
+        table.add_column("", overflow="fold")
+    for key, *values in grid.rows:
+        table.add_row(Text(printable(key)),
+                      *(Text(printable(value, keep="\n\t")) for value in values))
     return table
+
+
+def _cell(text: str, *, one_line: bool) -> Text:
+    """A cell's text as it is (data, never markup), control characters shown as escapes."""
+    if one_line:
+        return Text(printable(text), no_wrap=True, overflow="ellipsis")
+    return Text(printable(text))
 
 
 # -- small formatters ----------------------------------------------------------------------
@@ -168,7 +252,8 @@ def event_json(event: TaskEvent) -> dict[str, Any]:
 
 
 def event_line(event: TaskEvent) -> str:
-    """One event for people: time, attempt, kind, data (progress as a percentage)."""
+    """One event for people: time (UTC, marked Z, as every time the CLI prints is UTC),
+    attempt, kind, data (progress as a percentage)."""
     clock = time.strftime("%H:%M:%S", time.gmtime(event.time))
     millis = int(event.id.partition("-")[0]) % 1000
     if event.kind == "progress" and isinstance(event.data, dict):
@@ -178,7 +263,7 @@ def event_line(event: TaskEvent) -> str:
             f" {message}" if message else "")
     else:
         detail = compact(event.data, DETAIL_CHARS)
-    return f"{clock}.{millis:03d} attempt {event.attempt} {event.kind} {detail}"
+    return f"{clock}.{millis:03d}Z attempt {event.attempt} {event.kind} {detail}"
 
 
 NEXT_SHOWN = 5
@@ -224,19 +309,24 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float,
     return Grid(headers=[], rows=rows)
 
 
-def shown_state(info: TaskInfo) -> str:
-    """A task's state, and for a queued one parked for its tenant's cap, that it waits."""
-    return f"{info.state} (capped)" if info.capped else info.state
+def shown_state(info: TaskInfo, *, due: bool = False) -> str:
+    """A task's state, and for a queued one parked for its tenant's cap, that it waits;
+    `due`: a delayed task listed with the queued ones is due (the next claim queues it)."""
+    if info.capped:
+        return f"{info.state} (capped)"
+    return f"{info.state} (due)" if due and info.state == "delayed" else info.state
 
 
 def task_list_grid(tasks: Sequence[TaskInfo], now: float, title: str | None = None,
-                   *, progress: bool = False) -> Grid:
+                   *, progress: bool = False, due: bool = False) -> Grid:
     """Tasks one per row; `progress` adds each task's latest progress (for running ones), and
-    a TENANT column shows when a task of the page has one."""
+    a TENANT column shows when a task of the page has one; `due`: the tasks are the queued
+    ones, a delayed task among them due."""
     tenants = any(t.tenant is not None for t in tasks)
     rows = [
         [
-            t.id, shown_state(t), str(t.priority), *([t.tenant or "-"] if tenants else []),
+            t.id, shown_state(t, due=due), str(t.priority),
+            *([t.tenant or "-"] if tenants else []),
             str(t.attempts),
             *([format_progress(t.progress)] if progress else []), _ago(now, t.created_ms),
             t.owner or "-", compact(t.error, 40) if t.error else "-", compact(t.payload),
@@ -276,9 +366,23 @@ def waited_grid(queue: str, tasks: Sequence[TaskInfo], pending: Sequence[str]) -
 
 
 def ended_line(info: TaskInfo) -> str:
-    """How a finished task ended, with its error unless that only repeats the state."""
-    detail = f": {info.error}" if info.error and info.error != info.state else ""
+    """How a finished task ended, with its error unless that only repeats the state: the
+    error's first line (the exception), not a traceback after it (`get` shows it whole)."""
+    error = exception_line(info.error or "")
+    detail = f": {error}" if error and error != info.state else ""
     return f"task {info.id} ended {info.state}{detail}"
+
+
+TRACEBACK_START = "Traceback (most recent call last):"
+
+
+def exception_line(error: str) -> str:
+    """The exception line of a stored error: its first line that is not blank, or the last
+    one of an error that starts with Python's traceback (which ends with the exception)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if lines[0] == TRACEBACK_START else lines[0]
 
 
 CANCEL_TEXT = {
@@ -368,16 +472,22 @@ def figures_grid(queue: str, figures: QueueFigures, rates: Rates | None = None) 
 
 
 def dead_grid(tasks: Sequence[TaskInfo], after_each: Sequence[int], now: float,
-              queue: str) -> Grid:
+              queue: str, total: int | None = None) -> Grid:
     """`after_each`: how many tasks were submitted to run after each (its requeue brings
-    back those its death cancelled)."""
+    back those its death cancelled); `total`: how many dead tasks the queue holds."""
     rows = [
         [t.id, str(t.attempts), _ago(now, t.finished_ms), str(after), compact(t.error, 50),
          compact(t.payload, 40)]
         for t, after in zip(tasks, after_each, strict=True)
     ]
     return Grid(headers=["ID", "ATTEMPTS", "DIED", "AFTER IT", "ERROR", "PAYLOAD"], rows=rows,
-                title=f"Dead-letter queue of {queue}: {len(tasks)} shown")
+                title=f"Dead-letter queue of {queue}: {_shown(len(tasks), total)}")
+
+
+def _shown(shown: int, total: int | None) -> str:
+    """"3 shown", or "3 of 120 shown" when there are more."""
+    return f"{shown} of {total} shown" if total is not None and total > shown \
+        else f"{shown} shown"
 
 
 # -- workers -------------------------------------------------------------------------------
@@ -523,10 +633,11 @@ def _next_run(pool: PoolSummary, now: float) -> str:
 
 
 def state_totals(figures: QueueFigures) -> dict[str, int]:
-    """How many tasks each listable state holds (due delayed tasks are still delayed)."""
+    """How many tasks each listable state holds, as `stats` counts them: a delayed task
+    already due is queued (the next claim takes it)."""
     return {
-        "queued": sum(figures.queued_by_priority.values()) + figures.capped,
-        "delayed": figures.due_delayed + figures.delayed,
+        "queued": figures.queued,
+        "delayed": figures.delayed,
         "deferred": figures.deferred,
         "running": figures.in_flight,
         "dead": figures.dead,
@@ -551,5 +662,5 @@ def tasks_grids(queue: str, groups: Mapping[str, Sequence[TaskInfo]],
         shown = f"{len(tasks)} of {total}" if total > len(tasks) else str(len(tasks))
         grids.append(task_list_grid(
             tasks, now, title=f"{state.capitalize()} in {queue}{whose}: {shown}",
-            progress=state == "running"))
+            progress=state == "running", due=state == "queued"))
     return grids

@@ -156,6 +156,10 @@ def test_invalid_queue_name_is_a_usage_error(cli: Cli) -> None:
     (["submit", "--json", "1", "--tenant", "a\tb"],
      "argument --tenant: tenant must be a name of 1 to 128 characters, none a control "
      "character, got 'a\\tb'"),
+    (["submit", "--json", "1", "--idempotency-key="],
+     "argument --idempotency-key: an idempotency key must not be empty or blank, got ''"),
+    (["submit", "--json", "1", "--idempotency-key", " \t"],
+     "argument --idempotency-key: an idempotency key must not be empty or blank, got ' \\t'"),
     (["tasks", "--tenant=a\nb"],
      "argument --tenant: tenant must be a name of 1 to 128 characters, none a control "
      "character, got 'a\\nb'"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -73,6 +74,8 @@ def test_get_follow_prints_events_as_they_come_then_the_task(cli: Cli) -> None:
         result = cli("get", task_id, "--follow")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}Z", line.split(" ", 1)[0])
+               for line in lines[:4]), "times are UTC, and say so"
     events = [line.split(" ", 3)[1:] for line in lines[:4]]
     assert events == [["attempt", "1", "progress 50% thinking"],
                       ["attempt", "1", 'token {"text":"t0"}'],

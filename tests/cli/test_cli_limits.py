@@ -9,6 +9,7 @@ import uuid
 import pytest
 from cli_helpers import Cli, table_rows
 
+from agentpool.cli.main import main
 from agentpool.client import Client, SyncClient
 from agentpool.ratelimit import LimitConfig, RateLimiter, UndeclaredLimit, key_prefix
 
@@ -98,3 +99,13 @@ def test_a_sync_producer_holds_a_slot_and_one_interrupted_while_waiting_leaves_t
             assert (state.held, state.in_line) == (1, 0)
         state = limit.state()
         assert (state.held, state.in_line, state.holds) == (0, 0, 1)
+
+
+def test_limits_help_says_which_redis_it_reads(capsys: pytest.CaptureFixture[str]) -> None:
+    """Rate limits are shared by the pools of a Redis: no queue is involved."""
+    with pytest.raises(SystemExit):
+        main(["limits", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--redis-url URL the Redis the pools declare their rate limits on (default: " \
+        "$AGENTPOOL_REDIS_URL)" in text
+    assert "queue" not in text

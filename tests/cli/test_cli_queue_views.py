@@ -75,6 +75,31 @@ def test_tasks_table_with_state_filter_and_limit(cli: Cli) -> None:
     assert "Running" not in out
 
 
+async def due_and_later(q: TaskQueue) -> tuple[list[str], str]:
+    """Two delayed tasks that come due at once (no worker to queue them), one that does not."""
+    due = [await q.submit({"n": n}, delay=0.001) for n in (1, 2)]
+    return due, await q.submit({"n": 3}, delay=300)
+
+
+def test_a_delayed_task_come_due_is_listed_once_as_queued_as_stats_counts_it(cli: Cli) -> None:
+    due, later = with_queue(cli.redis_url, cli.queue, due_and_later)
+    wait_until(lambda: with_queue(cli.redis_url, cli.queue, TaskQueue.figures).due_delayed == 2)
+    stats = cli.ok("stats", "-o", "json").json()
+    assert (stats["queued"], stats["delayed"]) == (2, 1)
+    doc = cli.ok("tasks", "-o", "json").json()
+    assert doc["totals"] == {"queued": 2, "delayed": 1, "deferred": 0, "running": 0, "dead": 0}
+    assert sorted(t["id"] for t in doc["tasks"]) == sorted([*due, later])
+    out = cli.ok("tasks", "--state", "queued", "--state", "delayed").out
+    assert f"Queued in {cli.queue}: 2" in out and f"Delayed in {cli.queue}: 1" in out
+    [queued_table, delayed_table] = out.split(f"Delayed in {cli.queue}")
+    assert {row[0]: row[1] for row in table_rows(queued_table)} == {
+        task_id: "delayed (due)" for task_id in due}
+    assert "2 of them are delayed tasks now due" in queued_table
+    assert [row[0] for row in table_rows(delayed_table)] == [later]
+    only_delayed = cli.ok("tasks", "--state", "delayed", "-o", "json").json()
+    assert [t["id"] for t in only_delayed["tasks"]] == [later]
+
+
 async def tenants_queued(q: TaskQueue) -> list[str]:
     return [await q.submit({"n": 1}, tenant="acme"), await q.submit({"n": 2}),
             await q.submit({"n": 3}, delay=60)]
@@ -270,6 +295,18 @@ def test_dead_list_table_and_json(cli: Cli) -> None:
     assert doc == {"queue": cli.queue, "requeued": 1, "revived": 0}
 
 
+def test_dead_list_says_how_many_of_how_many_it_shows(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, lambda q: make_dead(q, [1, 2, 3]))
+    out = cli.ok("dead", "list", "--limit", "2").out
+    assert out.splitlines()[0] == f"Dead-letter queue of {cli.queue}: 2 of 3 shown"
+    assert len(table_rows(out)) == 2
+    doc = cli.ok("dead", "list", "--limit", "2", "-o", "json").json()
+    assert (doc["total"], len(doc["tasks"])) == (3, 2)
+    assert cli.ok("dead", "list").out.splitlines()[0] == (
+        f"Dead-letter queue of {cli.queue}: 3 shown")
+    assert cli.ok("dead", "list", "-o", "json").json()["total"] == 3
+
+
 def test_dead_requeue_some_then_purge_all(cli: Cli) -> None:
     ids = with_queue(cli.redis_url, cli.queue, lambda q: make_dead(q, [1, 2, 3]))
     result = cli.ok("dead", "requeue", ids[0], ids[1])
@@ -388,7 +425,10 @@ def test_workers_none(cli: Cli) -> None:
     assert cli.ok("workers", "-o", "json").json() == {"queue": cli.queue, "workers": []}
 
 
-NEVER_USED_VIEWS = [["stats"], ["tasks"], ["dead", "list"], ["workers"], ["tenants"]]
+NEVER_USED_VIEWS = [["stats"], ["tasks"], ["dead", "list"], ["workers"], ["tenants"],
+                    ["dead", "purge", "--all"], ["dead", "requeue", "--all"],
+                    ["cancel", "--waiting"]]
+"""The commands that read a queue (or act on all of it) and say so when nobody used it."""
 
 
 def never_used(queue: str) -> str:

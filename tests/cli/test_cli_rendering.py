@@ -19,6 +19,7 @@ from agentpool.cli.fleet import (
 from agentpool.cli.views import (
     FleetRow,
     compact,
+    ended_line,
     figures_grid,
     figures_json,
     fleet_grid,
@@ -239,6 +240,23 @@ def test_task_views() -> None:
     assert fields["Created"].endswith("(1m30s ago)")
     assert len(fields["Payload"]) == 500 and fields["Payload"].endswith("…")
     assert task_json("q", info)["finished"] == "2023-11-14T22:13:15.000+00:00"
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    ("PermanentError: bad input\nTraceback (most recent call last):\n  File \"h.py\", line 3\n",
+     ": PermanentError: bad input"),
+    ("Traceback (most recent call last):\n  File \"h.py\", line 3\nValueError: no\n",
+     ": ValueError: no"),
+    ("\n  model refused  \n", ": model refused"),
+    ("dead", ""),
+    (None, ""),
+])
+def test_the_ended_line_has_the_exception_line_not_the_traceback(error: str | None,
+                                                                  said: str) -> None:
+    info = TaskInfo(id="t1", state="dead", payload=None, attempts=1, priority=0,
+                    created_ms=0, started_ms=None, finished_ms=None, result=None, error=error,
+                    owner=None, max_attempts=1)
+    assert ended_line(info) == f"task t1 ended dead{said}"
 
 
 def test_workers_grid_sorts_and_ages() -> None:

@@ -185,6 +185,16 @@ def test_status_without_any_cluster_configuration(cli: Cli, tmp_path: Path,
     ]
 
 
+def test_status_names_the_kubeconfig_that_kubeconfig_names_when_it_is_not_there(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nonexistent"))
+    result = cli.raw("status")
+    assert (result.code, result.err_lines) == (
+        1, [f"agentpool: kubeconfig {tmp_path / 'nonexistent'} (from $KUBECONFIG) not found"])
+
+
 def test_status_without_the_kubernetes_client(cli: Cli,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """As installed for the demo (`agentpool[demo]`): no Kubernetes client."""

@@ -16,6 +16,7 @@ from cli_helpers import Cli, background_worker, table_rows, wait_until, with_que
 
 from agentpool.cli.main import main
 from agentpool.protocol import DEFAULT_MAX_PAYLOAD_BYTES, TaskQueue, key_prefix, task_queue
+from agentpool.redis_server import RedisServer
 
 HERE = Path(__file__).resolve().parent
 
@@ -339,11 +340,42 @@ def test_a_task_to_run_after_gone_midway_through_a_file_lists_the_tasks_that_wen
     assert len(ids) == 500
     assert result.err_lines == [
         f"agentpool: after: no task {first} in queue {cli.queue} (never submitted, or finished "
-        "longer ago than the result TTL); 500 tasks were submitted before it was found gone, "
-        "the rest were not"]
+        "longer ago than the result TTL); 500 of 600 tasks queued before the error (their ids "
+        "are on stdout)"]
     infos = with_queue(cli.redis_url, cli.queue, lambda q: q.get_many([ids[0], ids[-1]]))
     assert [(i.payload, i.state) for i in infos] == [({"n": 0}, "deferred"),
                                                       ({"n": 499}, "deferred")]
+
+
+def test_redis_gone_midway_through_a_file_lists_the_tasks_that_went_in(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis stops between the two batches of 600 payloads: the ids of the first 500 are
+    printed, and the line says the batch in flight may be in too, not knowing its fate."""
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_text("".join(f'{{"n": {n}}}\n' for n in range(600)))
+    calls = 0
+    in_one_trip = task_queue.scripts_in_one_trip
+    with RedisServer() as server:
+
+        async def redis_stops_after_one_call(redis: Any, calls_of: Any, **options: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                server.stop()
+            return await in_one_trip(redis, calls_of, **options)
+
+        monkeypatch.setattr(task_queue, "scripts_in_one_trip", redis_stops_after_one_call)
+        result = Cli(capsys, server.url, "gone")("submit", "-f", str(lines))
+    assert result.code == 1
+    assert result.out.splitlines()[0] == "Submitted 500 tasks to queue gone"
+    [line] = result.err_lines
+    assert line.startswith(f"agentpool: cannot reach Redis at {server.url}")
+    assert line.endswith("; 500 of 600 tasks queued before the error (their ids are on stdout), "
+                         "and maybe the batch being sent when it came; a rerun would queue them "
+                         "again: submit the payloads after the first 500 (with "
+                         "--idempotency-key, a command run again queues only the tasks it did "
+                         "not queue before)")
 
 
 def test_submit_wait_stopped_by_ctrl_c_still_says_which_tasks_went_in(cli: Cli) -> None:
