@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from agentpool.cli import (
     cancel,
@@ -50,8 +51,16 @@ SUBCOMMANDS: list[ModuleType] = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input is one line on stderr and exit 2, as every other error of the CLI, not
+    argparse's usage block before it (`--help` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="agentpool", description="Run AI-agent tasks from a Redis queue on Kubernetes."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -187,7 +187,8 @@ def test_a_bad_number_or_event_id_is_refused_before_anything_is_sent(
     with pytest.raises(SystemExit) as exited:
         cli.raw(*argv[:1], "--redis-url", cli.redis_url, "--queue", cli.queue, *argv[1:])
     assert exited.value.code == 2
-    assert cli.capsys.readouterr().err.splitlines()[-1] == f"agentpool {argv[0]}: error: {message}"
+    assert cli.capsys.readouterr().err == (
+        f"agentpool {argv[0]}: {message} (see agentpool {argv[0]} --help)\n")
     assert not with_queue(cli.redis_url, cli.queue, TaskQueue.used)
 
 

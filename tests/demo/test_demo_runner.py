@@ -115,5 +115,6 @@ def test_a_non_finite_number_is_a_usage_error(
     with pytest.raises(SystemExit) as exited:
         main(["demo", f"{option}={value}"])
     assert exited.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        f"agentpool demo: error: argument {option}: must be a finite number, got {value}")
+    assert capsys.readouterr().err == (
+        f"agentpool demo: argument {option}: must be a finite number, got {value} "
+        "(see agentpool demo --help)\n")
