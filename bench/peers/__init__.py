@@ -1,9 +1,9 @@
-"""Side-by-side benchmark of agentpool against Celery, RQ, arq and Dramatiq.
+"""Side-by-side benchmark of agentpool against Celery, RQ, arq, Dramatiq and taskiq.
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.peers            # full run (about 10 minutes)
-    .venv/bin/python -m bench.peers --quick    # about 2 minutes, fewer samples, shorter caps
+    .venv/bin/python -m bench.peers            # full run (about 25 minutes for three systems)
+    .venv/bin/python -m bench.peers --quick    # about 6 minutes, fewer samples, shorter caps
 
 The orchestrator (``run.py``) runs in the project's environment. Each peer runs in a virtual
 environment of its own (``venvs.py``): the latest releases of the peers cannot share one

@@ -37,8 +37,12 @@ import redis
 from bench.peers import common
 
 TICKS = os.sysconf("SC_CLK_TCK")
-SCRIPT_CALLS = {"cmdstat_eval", "cmdstat_evalsha", "cmdstat_eval_ro", "cmdstat_evalsha_ro",
-                "cmdstat_fcall", "cmdstat_fcall_ro"}
+WRAPPERS = {"cmdstat_eval", "cmdstat_evalsha", "cmdstat_eval_ro", "cmdstat_evalsha_ro",
+            "cmdstat_fcall", "cmdstat_fcall_ro", "cmdstat_exec"}
+"""Commands whose time holds the time of the commands they ran (a script's, a transaction's),
+which Redis counts on those commands' own lines too."""
+RESETSTAT = ("cmdstat_config|resetstat", "cmdstat_config")
+"""The orchestrator's CONFIG RESETSTAT, as Redis 7 and Redis 6 name it."""
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -56,11 +60,12 @@ def command_stats(r: redis.Redis, own: dict[str, int]) -> tuple[int, float]:
     less the orchestrator's own calls (`own`: command -> calls it made in that window; their
     time is taken off in proportion). A system's own EXISTS or BLPOP counts like any other.
 
-    A script's EVALSHA counts as a command, and so does each command it calls. Redis counts
-    an inner command's time both in its own entry and in the EVALSHA that called it, so the
-    time here leaves EVAL/EVALSHA out: it is the time spent in data commands (direct or
-    called by a script), without the Lua interpreter's own share or the network I/O, which
-    only the process's CPU (``/proc``) shows.
+    A script's EVALSHA counts as a command, and so does each command it calls; a
+    transaction's EXEC and each command queued in it likewise. Redis counts an inner command's
+    time both in its own entry and in the EVALSHA or EXEC that ran it, so the time here
+    leaves those out (WRAPPERS): it is the time spent in data commands (direct, in a script or
+    in a transaction), without the Lua interpreter's own share or the network I/O, which only
+    the process's CPU (``/proc``) shows.
     """
     stats: dict[str, Any] = r.info("commandstats")
     calls, usec = 0, 0.0
@@ -69,7 +74,7 @@ def command_stats(r: redis.Redis, own: dict[str, int]) -> tuple[int, float]:
         made, spent = int(fig["calls"]), float(fig["usec"])
         mine = min(made, own.get(key, 0))
         calls += made - mine
-        if key not in SCRIPT_CALLS and made:
+        if key not in WRAPPERS and made:
             usec += spent * (made - mine) / made
     return calls, usec
 
@@ -135,7 +140,8 @@ def run_case(env: Any, case: Case, n: int, run: Any) -> dict[str, Any] | None:
             trees = [pid for w in started for pid in w.tree()]
             worker_cpu = cpu_seconds(trees) - worker_cpu0
             redis_cpu = cpu_seconds([redis_pid]) - redis_cpu0
-            own = {"cmdstat_config": 1, "cmdstat_blpop": waits, "cmdstat_rename": len(held)}
+            own = {**dict.fromkeys(RESETSTAT, 1), "cmdstat_blpop": waits,
+                   "cmdstat_rename": len(held)}
             calls, usec = command_stats(r, own)
     out: dict[str, Any] = {
         "rate": n / (end - first),
@@ -152,10 +158,14 @@ def run_case(env: Any, case: Case, n: int, run: Any) -> dict[str, Any] | None:
     return out
 
 
-def cases(systems: list[str], batch: dict[str, bool]) -> list[Case]:
+def cases(systems: list[str], batch: dict[str, bool], turn: int = 0) -> list[Case]:
+    """Every case of a round; `turn` rotates which system goes first (the round's number),
+    so no system always runs on a machine fresh from a pause or warm from another's run."""
+    shift = turn % len(systems) if systems else 0
+    order = systems[shift:] + systems[:shift]
     out: list[Case] = []
     for workers in (1, 2):
-        for system in systems:
+        for system in order:
             out.append(Case(system, workers, "single"))
             if batch.get(system):
                 out.append(Case(system, workers, "batch"))
@@ -173,7 +183,7 @@ def bench_e2e(env: Any, systems: list[str], n: int, rounds: int, run: Any,
     loads: list[float] = []
     for i in range(rounds):
         loads.append(os.getloadavg()[0])
-        for case in todo:
+        for case in cases(systems, batch, turn=i):
             try:
                 fig = run_case(env, case, n, run)
             except RuntimeError as exc:
@@ -208,9 +218,12 @@ def _f(value: float | None, digits: int = 0) -> str:
 def render(result: dict[str, Any], systems: list[str]) -> str:
     data: dict[str, Any] = result["cases"]
 
-    def get(system: str, workers: int, mode: str, key: str) -> float | None:
-        fig = data.get(f"{system} W={workers} {mode}")
-        return None if fig is None else fig.get(key)
+    def cell(system: str, workers: int, mode: str, key: str, digits: int) -> str:
+        """The median, marked * when some rounds of the case failed."""
+        fig = data.get(f"{system} W={workers} {mode}") or {}
+        value = _f(fig.get(key), digits)
+        short = fig.get(key) is not None and fig["rounds"] < result["rounds"]
+        return value + "*" if short else value
 
     head = "| figure | " + " | ".join(systems) + " |"
     rule = "|---|" + "---:|" * len(systems)
@@ -218,7 +231,7 @@ def render(result: dict[str, Any], systems: list[str]) -> str:
              head, rule]
 
     def row(label: str, workers: int, mode: str, key: str, digits: int = 0) -> None:
-        values = [_f(get(s, workers, mode, key), digits) for s in systems]
+        values = [cell(s, workers, mode, key, digits) for s in systems]
         if any(v != "—" for v in values):
             lines.append(f"| {label} | " + " | ".join(values) + " |")
 
@@ -251,6 +264,10 @@ def render(result: dict[str, Any], systems: list[str]) -> str:
             "rate")
     loads = ", ".join(f"{x:.1f}" for x in result["load_per_round"])
     lines += ["", f"Load average (1 min) at the start of each round: {loads}."]
+    short = sorted(label for label, fig in data.items() if fig["rounds"] < result["rounds"])
+    if short:
+        lines.append("* median of fewer rounds: some failed (see the log): "
+                     + "; ".join(f"{label} {data[label]['rounds']}" for label in short) + ".")
     return "\n".join(lines)
 
 

@@ -271,7 +271,9 @@ RECOVERY_CONFIG = {
 }
 SCENARIOS = [
     Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
-             "requeue-by-owner on the pod event (TaskQueue.requeue_pod)", requeue_on_kill=True),
+             "requeue-by-owner on the pod event (TaskQueue.requeue_pod called at the kill: "
+             "the data plane alone, without Kubernetes' delay in reporting the pod)",
+             requeue_on_kill=True),
     Scenario("agentpool", RECOVERY_CONFIG["agentpool"], "default",
              f"lease expiry only (default 7 s lease, reaper every {REAP_EVERY:g} s)",
              reaper=True),
@@ -850,7 +852,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="fewer tasks, shorter windows, 45 s recovery cap (~2 min)")
+                        help="fewer tasks, shorter windows, 45 s recovery cap (~6 min for three "
+                             "systems)")
     parser.add_argument("--only", default=",".join(SYSTEMS),
                         help="comma-separated systems to run (default: all)")
     parser.add_argument("--skip", default="",
