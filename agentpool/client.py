@@ -35,6 +35,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -42,7 +43,9 @@ from typing import Any, Self, TypeVar
 import redis.asyncio as aioredis
 
 from agentpool.connection import (
+    ClientClosed,
     redis_from_url,
+    refuse_calls,
     sync_redis_from_url,
 )
 from agentpool.direct import BlockingScriptLine, ScriptLine
@@ -100,7 +103,12 @@ class Client:
     primary).
 
     Use it from one event loop at a time. Kept from one loop to the next (one ``asyncio.run``
-    after another), it lets go of the old loop's connections and opens new ones.
+    after another), it lets go of the old loop's connections and opens new ones. A process
+    forked while it was open (a module-level client in a web server's workers) opens
+    connections of its own and leaves the parent's be.
+
+    Once closed, ``queue`` and ``rate_limit`` raise :class:`ClientClosed`, and so do the later
+    calls of the queues and limiters it gave, as with :class:`SyncClient`.
     """
 
     def __init__(self, redis: aioredis.Redis, *, url: str | None = None,
@@ -111,6 +119,7 @@ class Client:
         self._line = ScriptLine(redis) if url is not None else None
         self._queues: dict[tuple[str, int, Durability], TaskQueue] = {}
         self._limiters: dict[str, RateLimiter] = {}
+        self._closed = False
 
     @classmethod
     def from_url(
@@ -136,6 +145,7 @@ class Client:
     def queue(self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
               durability: Durability | str | None = None) -> TaskQueue:
         """The queue `name`; `durability` defaults to the client's."""
+        self._check_open()
         chosen = self.durability if durability is None else parse_durability(durability)
         key = (name, max_payload_bytes, chosen)
         queue = self._queues.get(key)
@@ -153,6 +163,7 @@ class Client:
         the block in one of its ``maxConcurrent`` slots. An undeclared name raises
         :class:`agentpool.ratelimit.UndeclaredLimit` at the first call. One limiter per name
         and client: the calls and the waits for slots of a process go together."""
+        self._check_open()
         limiter = self._limiters.get(name)
         if limiter is None:  # setdefault: threads of a SyncClient may race here
             limiter = self._limiters.setdefault(
@@ -162,7 +173,15 @@ class Client:
     async def ping(self) -> None:
         await self.redis.ping()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("the client is closed")
+
     async def aclose(self) -> None:
+        """Close the connections; calls made after raise ClientClosed (redis-py's own clients
+        would open new connections for them). Closing twice is harmless."""
+        self._closed = True
+        refuse_calls(self.redis)
         if self._line is not None:
             await self._line.aclose()
         await self.redis.aclose()
@@ -177,10 +196,6 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-class ClientClosed(RuntimeError):
-    """The client was closed (a call made after, or still waiting when it closed)."""
 
 
 _FORK_LOCK = threading.Lock()
@@ -208,7 +223,7 @@ class _LoopThread:
         hand-over."""
         self._waiting: set[concurrent.futures.Future[Any]] = set()
         self._thread = threading.Thread(
-            target=self.loop.run_forever, name="agentpool-client", daemon=True
+            target=_serve, args=(self.loop,), name="agentpool-client", daemon=True
         )
         self._thread.start()
 
@@ -248,12 +263,53 @@ class _LoopThread:
             future.cancel()
         self.loop.close()
 
+    def stop_soon(self, last: Coroutine[Any, Any, Any]) -> None:
+        """`stop` without waiting, for a finalizer (which may run on any thread, this loop's
+        own included): `last` runs, what else runs on the loop is cancelled, and the loop
+        stops; its thread then closes it and ends."""
+        with self._handing_over:
+            self.closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(_last_call(last), self.loop)
+        except RuntimeError:  # the loop is closed already
+            last.close()
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop thread's whole work. It holds the loop, never the SyncClient: a client
+    dropped without being closed is then collected, and its finalizer ends the thread."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
 
 async def _cancel_others() -> None:
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     for task in others:
         task.cancel()
     await asyncio.gather(*others, return_exceptions=True)
+
+
+async def _last_call(last: Coroutine[Any, Any, Any]) -> None:
+    try:
+        await last
+    finally:
+        await _cancel_others()
+        asyncio.get_running_loop().stop()
+
+
+def _release(pid: int, runner: _LoopThread, client: Client,
+             blocking: BlockingScriptLine | None) -> None:
+    """What `SyncClient.close` does, for a client dropped without being closed (a helper that
+    makes one per request), without waiting: its loop thread and its connections would
+    otherwise last as long as the process. Nothing in a forked child: they are the parent's."""
+    if os.getpid() != pid:
+        return
+    if blocking is not None:
+        with contextlib.suppress(Exception):  # closing what may be broken already
+            blocking.close()
+    runner.stop_soon(client.aclose())
 
 
 class SyncClient:
@@ -276,6 +332,8 @@ class SyncClient:
     forks its workers) gets a loop and connections of its own at its first call: the loop's
     thread and the parent's connections stay the parent's. ``close`` ends the calls other
     threads are still waiting in with :class:`ClientClosed`, as it does any call after it.
+    A client dropped without being closed is closed when it is garbage collected (its loop
+    thread ends, its connections close); ``close`` or ``with`` closes it at a known moment.
     """
 
     def __init__(
@@ -291,9 +349,12 @@ class SyncClient:
         self._connect_timeout = connect_timeout
         self._redis_kwargs = redis_kwargs
         self._closed = False
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._start()
 
     def _start(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()  # a forked child's: those parts are the parent's
         self._pid = os.getpid()
         self._runner = _LoopThread()
         self._blocking: BlockingScriptLine | None = None
@@ -308,6 +369,9 @@ class SyncClient:
         except BaseException:
             self._runner.stop()
             raise
+        self._finalizer = weakref.finalize(self, _release, self._pid, self._runner,
+                                           self._client, self._blocking)
+        self._finalizer.atexit = False  # the process's end closes everything anyway
 
     def _parts(self) -> tuple[_LoopThread, Client, BlockingScriptLine | None]:
         """The loop, async client and blocking line of this process."""
@@ -360,6 +424,8 @@ class SyncClient:
         if self._closed:
             return
         self._closed = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
         if self._pid != os.getpid():
             return  # the loop and the connections are the parent's to close
         try:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import socket
 import time
@@ -66,6 +67,10 @@ INVALID_URL_MESSAGE = (
 
 class RedisURLError(ValueError):
     """A URL that names no Redis; the message never quotes the URL's credentials."""
+
+
+class ClientClosed(RuntimeError):
+    """The client was closed (a call made after, or still waiting when it closed)."""
 
 
 @dataclass(frozen=True)
@@ -275,18 +280,36 @@ def _host_port(item: str, default_port: int = DEFAULT_SENTINEL_PORT,
     return host, int(port)
 
 
-class WaitingPool(BlockingConnectionPool):
+class _ClosableForGood:
+    """A pool that `refuse_calls` can close for good: redis-py's pools open connections again
+    for any call after they were closed."""
+
+    refusing = False
+
+    def check_open(self) -> None:
+        if self.refusing:
+            raise ClientClosed("the client is closed")
+
+
+class WaitingPool(_ClosableForGood, BlockingConnectionPool):
     """redis-py's pool that makes callers beyond `max_connections` wait, usable from one
     event loop after another: its lock and condition bind to the loop where they are first
     contended, so a new loop gets new ones (the connections follow by themselves, see
-    `LeanConnection`)."""
+    `LeanConnection`). In a process forked from the one that used it, it starts empty: the
+    connections the parent's calls held at the fork would never come back, and with as many
+    as `max_connections` of them every call of the child would wait for ever."""
 
     _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int | None = None
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self.check_open()
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
+            if self._pid not in (None, os.getpid()):
+                self.reset()  # type: ignore[no-untyped-call]
             self._loop, self._lock, self._condition = loop, asyncio.Lock(), asyncio.Condition()
+            self._pid = os.getpid()
         return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
@@ -296,7 +319,7 @@ def _address(reply: Any) -> tuple[str, int]:
     return host, int(port)
 
 
-class FollowingSentinelConnectionPool(SentinelConnectionPool):
+class FollowingSentinelConnectionPool(_ClosableForGood, SentinelConnectionPool):
     """Connections to the Sentinel primary that leave a primary the sentinels no longer name.
 
     Taking a connection asks the sentinels for the primary when the last answer is older than
@@ -347,6 +370,7 @@ class FollowingSentinelConnectionPool(SentinelConnectionPool):
     async def follow_primary(self) -> None:
         """Ask the sentinels for the primary if the last answer is older than
         PRIMARY_CHECK_SECONDS."""
+        self.check_open()
         now = time.monotonic()
         if self.is_master and self.master_address is not None and (
             now - self._checked_at >= PRIMARY_CHECK_SECONDS
@@ -398,9 +422,15 @@ class LeanConnection(AbstractConnection):
     kept across two ``asyncio.run`` calls, as a test suite or a framework that runs a loop per
     request does), it counts as not connected: its socket is shut down and let go, and it
     opens a new one on the loop at hand instead of failing the call.
+
+    A connection belongs to the process that opened it, too: a child forked while it was open
+    (a module-level client used by a forked worker process) lets go of its copy at once,
+    without a word to Redis or to the parent's event loop (see `_leave_to_parent`), and opens
+    connections of its own.
     """
 
     _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int | None = None
 
     @property
     def is_connected(self) -> bool:
@@ -413,6 +443,8 @@ class LeanConnection(AbstractConnection):
     async def _connect(self) -> None:
         await super()._connect()  # type: ignore[safe-super,no-untyped-call]
         self._loop = asyncio.get_running_loop()
+        self._pid = os.getpid()
+        _OPEN.add(self)
 
     def _on_this_loop(self) -> bool:
         """False for a connection opened on another event loop, after letting it go: only that
@@ -422,6 +454,9 @@ class LeanConnection(AbstractConnection):
         writer = self._writer
         if writer is None or loop is None or loop is self._loop:
             return True
+        if self._pid != os.getpid():  # forked by a way that ran no fork handler
+            self._leave_to_parent()
+            return False
         self._reader = self._writer = None
         self._parser.on_disconnect()  # type: ignore[no-untyped-call]
         transport = writer.transport
@@ -431,6 +466,25 @@ class LeanConnection(AbstractConnection):
         with contextlib.suppress(RuntimeError):  # that loop is closed
             transport.abort()
         return False
+
+    def _leave_to_parent(self) -> None:
+        """Let go of a connection inherited from the parent process, which still uses it.
+
+        The socket's shutdown would end the parent's connection too, and closing the transport
+        would take the socket off the parent's event loop: the epoll instance is shared after
+        a fork, and a socket taken off it never wakes the parent's calls on it again (they
+        wait for their timeout, or for ever). So neither happens: this process's descriptor
+        is pointed at /dev/null instead, which drops this process's hold on the connection
+        and keeps the number taken, so that whatever the stale transport does later (a
+        finalizer closing it, the inherited loop unregistering it) acts on /dev/null, never
+        on the parent's connection nor on a connection of this process given that number."""
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is None:
+            return
+        self._parser.on_disconnect()  # type: ignore[no-untyped-call]
+        socket_ = writer.transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            _point_at_devnull(socket_.fileno())
 
     def pack_command(self, *args: Any) -> list[bytes]:
         name, rest = args[0], args[1:]
@@ -469,6 +523,30 @@ class LeanConnection(AbstractConnection):
         except BaseException:
             await self.disconnect(nowait=True)  # a half-sent command leaves it unusable
             raise
+
+
+_OPEN: weakref.WeakSet[LeanConnection] = weakref.WeakSet()
+"""The connections this process opened: a forked child lets go of its copies at once."""
+
+
+def _point_at_devnull(descriptor: int) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(null, descriptor, inheritable=False)
+    finally:
+        os.close(null)
+
+
+def _leave_inherited_connections() -> None:
+    """In a forked child, before anything can close them the usual way: a parent's
+    connection dropped by the child (a client replaced, garbage collected) would otherwise be
+    closed by redis-py's finalizer, which takes it off the parent's event loop."""
+    for connection in list(_OPEN):
+        connection._leave_to_parent()
+    _OPEN.clear()
+
+
+os.register_at_fork(after_in_child=_leave_inherited_connections)
 
 
 _LEAN: dict[type[AbstractConnection], type[AbstractConnection]] = {}
@@ -559,10 +637,28 @@ class _SlotMapFirst(RedisCluster):
     submits on a new client: about 160 redirected calls); reading the map first routes them
     right the first time."""
 
+    refusing = False
+    """Set by `refuse_calls`: a closed Cluster client would read the slot map again and open
+    connections for the next call."""
+
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if self._initialize:
             await self.initialize()
         return await super().execute_command(*args, **kwargs)
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> Any:
+        if self.refusing:
+            raise ClientClosed("the client is closed")
+        return await super().initialize(*args, **kwargs)
+
+
+def refuse_calls(redis: Any) -> None:
+    """Make every later call on a client of `redis_from_url` raise ClientClosed instead of
+    opening connections again, as redis-py's clients do after they were closed."""
+    if isinstance(redis, _SlotMapFirst):
+        redis.refusing = True
+    elif isinstance(getattr(redis, "connection_pool", None), _ClosableForGood):
+        redis.connection_pool.refusing = True
 
 
 async def node_of_key(redis: aioredis.Redis, key: str) -> ClusterNode:

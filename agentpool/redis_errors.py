@@ -64,6 +64,23 @@ REDIS_FULL = ("Redis is full (used memory reached maxmemory): it refuses new tas
 do about it, instead of Redis's wording, which names the script that was refused."""
 
 
+TASK_NOT_STORED = "Redis is full (maxmemory): the task was not stored"
+TASKS_NOT_STORED = "Redis is full (maxmemory): the tasks were not stored"
+
+
+class RedisFull(redis.exceptions.OutOfMemoryError):
+    """A submit Redis refused for being full (maxmemory reached), in a line that names no
+    script (Redis's own wording names the refused script and the line of it). It is redis-py's
+    OutOfMemoryError, and so a ResponseError, whichever Redis refused: what callers caught
+    before still catches it. `submitted`: the ids of the tasks a ``submit_many`` in several
+    chunks stored before the refused chunk (as TaskNotFound's)."""
+
+    def __init__(self, message: str = TASK_NOT_STORED, submitted: list[str] | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.submitted = submitted or []
+
+
 def redis_full(exc: BaseException) -> bool:
     """Whether Redis refused a write for being full (maxmemory reached): redis-py's
     OutOfMemoryError, or on Redis 6 the error of a script refused there, which wraps Redis's

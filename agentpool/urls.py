@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 URL_PREFIXES = (
     "redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://",
@@ -13,16 +13,18 @@ Redis Cluster (see `agentpool.connection`)."""
 URL_PREFIXES_TEXT = ", ".join(URL_PREFIXES[:-1]) + " or " + URL_PREFIXES[-1]
 
 MASK = "***"
-_SECRET_QUERY_KEYS = frozenset({"password", "pass", "passwd", "token", "sentinel_password"})
+_SHOWN_QUERY_KEYS = frozenset({"db"})
+"""Query options whose value is shown when it is a number: a database number is no secret."""
 
 
 def redact_url(url: str) -> str:
     """The URL with every secret replaced by ``***``, safe for messages and logs.
 
     ``redis://user:pw@host`` keeps the user name; a lone ``redis://secret@host`` is masked
-    whole, because some clients read a single user-info part as the password; a
-    ``?password=`` query parameter is masked too. A string that does not parse as a URL is
-    masked entirely rather than risk echoing a secret.
+    whole, because some clients read a single user-info part as the password. The query keeps
+    its option names, not their values (but a database number's): a misspelled
+    ``?pasword=`` is a secret as much as ``?password=``. A string that does not parse as a URL
+    is masked entirely rather than risk echoing a secret.
     """
     scheme, _, rest = url.partition("://")
     if "@" in after_host(url):
@@ -46,23 +48,31 @@ def redact_url(url: str) -> str:
         netloc = f"{user}:{MASK}@{hostport}" if sep else f"{MASK}@{hostport}"
     elif not host and port is None and not parts.scheme:
         return MASK
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(key.lower() in _SECRET_QUERY_KEYS for key, _ in pairs):
-            changed = True
-            query = urlencode(
-                [(k, MASK if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs],
-                safe="*",
-            )
-    if not changed:
+    query = _masked_query(parts.query)
+    fragment = MASK if parts.fragment else ""  # a secret's tail after a '#' written as is
+    if not changed and query == parts.query and not fragment:
         return url
     rebuilt = f"{parts.scheme}://{netloc}{parts.path}"
     if query:
         rebuilt += f"?{query}"
-    if parts.fragment:
-        rebuilt += f"#{parts.fragment}"
+    if fragment:
+        rebuilt += f"#{fragment}"
     return rebuilt
+
+
+def _masked_query(query: str) -> str:
+    """The query with its option names as written and every value masked (but the numbers of
+    _SHOWN_QUERY_KEYS); a part without '=' may be a value alone, so it is masked whole."""
+    shown: list[str] = []
+    for part in query.split("&") if query else []:
+        key, equals, value = part.partition("=")
+        if not equals:
+            shown.append(MASK if part else part)
+        elif not value or (value.isdigit() and unquote(key).lower() in _SHOWN_QUERY_KEYS):
+            shown.append(part)
+        else:
+            shown.append(f"{key}={MASK}")
+    return "&".join(shown)
 
 
 def after_host(url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -116,8 +117,45 @@ from agentpool.protocol.waiting import (
     waits_subscribed,
     worth_retrying,
 )
-from agentpool.redis_errors import redis_full
-from agentpool.seconds import given_text
+from agentpool.redis_errors import TASKS_NOT_STORED, RedisFull, redis_full
+from agentpool.seconds import given_text, short_repr
+
+_EVENT_ID = re.compile(r"(\d+)(?:-(\d+))?")
+"""A stream entry id as `events(after=...)` takes it: <milliseconds>-<sequence>, or the
+milliseconds alone."""
+_LARGEST_ID_PART = 2**64 - 1
+
+
+def _checked_after(after: str) -> str:
+    """`events`' `after`, refused before Redis answers it with its own error (a part past
+    64 bits, or the largest id, after which Redis reads no interval at all)."""
+    match = _EVENT_ID.fullmatch(after) if isinstance(after, str) else None
+    parts = (int(match[1]), int(match[2] or 0)) if match else (0, 0)
+    if match is None or max(parts) > _LARGEST_ID_PART or min(parts) == _LARGEST_ID_PART:
+        raise ProtocolError(
+            f"after must be an event id, <milliseconds>-<sequence> as TaskEvent.id gives it "
+            f"(e.g. 1700000000000-0), got {short_repr(after)}")
+    return after
+
+
+def _idempotency_arg(key: object) -> str:
+    """The submit script's idempotency key: "" for none (None); an empty or blank key is
+    refused, not read as none."""
+    if key is None:
+        return ""
+    if not isinstance(key, str) or not key.strip():
+        raise ProtocolError(
+            f"an idempotency key is a non-blank string or None, got {short_repr(key)}")
+    return key
+
+
+def _not_stored(start: int, total: int) -> str:
+    """What a submit_many refused by a full Redis at its task `start` (a chunk's first)
+    says."""
+    if not start:
+        return TASKS_NOT_STORED
+    return (f"Redis is full (maxmemory): only the first {start:,} of {total:,} tasks were "
+            "stored (their ids in the error's `submitted`)")
 
 
 class TaskQueue:
@@ -217,7 +255,7 @@ class TaskQueue:
         return [
             new_task_id(), raw, priority, delay_ms,
             "" if max_attempts is None else max_attempts,
-            idempotency_key or "", DEFAULT_IDEMPOTENCY_TTL, expires_ms, timeout_ms,
+            _idempotency_arg(idempotency_key), DEFAULT_IDEMPOTENCY_TTL, expires_ms, timeout_ms,
             after_arg(after), tenant_arg(tenant),
         ]
 
@@ -284,7 +322,12 @@ class TaskQueue:
         return await self._submit(args)
 
     async def _submit(self, args: list[Any]) -> tuple[str, bool]:
-        reply = await self._submits.call(args, size=len(args[1]))
+        try:
+            reply = await self._submits.call(args, size=len(args[1]))
+        except ResponseError as error:
+            if redis_full(error):  # said without the refused script's name and line
+                raise RedisFull() from None
+            raise
         task_id = submitted_id(reply, self.name)
         self._check_replicated("submit", reply[2], task_id)
         return task_id, task_id == args[0]
@@ -327,8 +370,13 @@ class TaskQueue:
         args = self._submit_args(payload, priority, delay, idempotency_key, max_attempts,
                                  expires, task_timeout, after, tenant)
         script = self._script("submit")
-        reply = cast(list[Any], line.run(script.sha, script.script, [self.prefix + "queued"],
-                                         [self.prefix, *args]))
+        try:
+            reply = cast(list[Any], line.run(script.sha, script.script,
+                                             [self.prefix + "queued"], [self.prefix, *args]))
+        except ResponseError as error:
+            if redis_full(error):  # said without the refused script's name and line
+                raise RedisFull() from None
+            raise
         return submitted_id((int(reply[0]), as_text(reply[1]), 1), self.name)
 
     async def submit_many(self, payloads: Iterable[Any], *, priority: int = 0,
@@ -376,8 +424,13 @@ class TaskQueue:
                 call = (self, "submit_many", [priority, *(x for a in part for x in a[:2])])
             else:  # the submit script's group form: each task with all its options
                 call = (self, "submit", [x for args in part for x in args])
-            replies = await scripts_in_one_trip(self.redis, [call, *self._durable_write()],
-                                                 then=self._wait_commands())
+            try:
+                replies = await scripts_in_one_trip(self.redis, [call, *self._durable_write()],
+                                                     then=self._wait_commands())
+            except ResponseError as error:
+                if redis_full(error):
+                    raise RedisFull(_not_stored(start, len(all_args)), created) from None
+                raise
             if self.durability is Durability.REPLICATED:
                 replicated = replicated and int(replies[-1]) >= 1
             if plain:
@@ -615,8 +668,8 @@ class TaskQueue:
         stream's cap dropped it first); a connection lost for WAIT_RECONNECT_SECONDS in a row
         raises, as :meth:`wait` does. Raises TaskNotFound for an unknown task.
         """
+        last = "0-0" if after is None else _checked_after(after)
         key = self.events_key(task_id)
-        last = after or "0-0"
         info = await self.get(task_id)
         if info is None:
             raise TaskNotFound(f"no task {task_id} in queue {self.name}")

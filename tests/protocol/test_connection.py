@@ -18,7 +18,7 @@ from redis.asyncio.connection import Connection, SSLConnection
 from redis.exceptions import DataError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agentpool.client import Client, SyncClient
+from agentpool.client import Client, ClientConfigError, SyncClient
 from agentpool.connection import (
     ClusterURL,
     LeanConnection,
@@ -398,6 +398,28 @@ async def test_a_connection_closed_under_a_command_fails_it_as_a_lost_connection
 
 def test_a_url_with_a_password_that_does_not_parse_is_masked_whole() -> None:
     assert redact_url("redis://:hunter2@[::1/0") == "***"
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://h:1/0?pasword=TopSecret1", "redis://h:1/0?pasword=***"),
+    ("redis://h:1/0?Secret-Key=TopSecret1&db=2", "redis://h:1/0?Secret-Key=***&db=2"),
+    ("redis://h:1/0?TopSecret1", "redis://h:1/0?***"),
+    ("redis://h:1/0?password=Top#Secret1", "redis://h:1/0?password=***#***"),
+    ("rediss+sentinel://h1/svc?sentinel_pasword=TopSecret1",
+     "rediss+sentinel://h1/svc?sentinel_pasword=***"),
+    ("redis://h:1/0?client_name=&db=1", "redis://h:1/0?client_name=&db=1"),
+    ("redis://h:1/0?db=TopSecret1", "redis://h:1/0?db=***"),
+])
+def test_every_query_value_is_masked_whatever_its_option_is_called(url: str, shown: str) -> None:
+    """A misspelled option is as secret as the password it was meant to be."""
+    assert redact_url(url) == shown
+
+
+def test_a_url_refused_for_a_misspelled_option_is_not_quoted_with_its_value() -> None:
+    with pytest.raises(ClientConfigError) as caught:
+        Client.from_url("redis://h:1/0?pasword=TopSecret1")
+    assert "TopSecret1" not in str(caught.value)
+    assert "'pasword'" in str(caught.value)
 
 
 async def test_the_sentinel_that_answered_is_asked_first_next_time(

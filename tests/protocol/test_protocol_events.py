@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 
 import pytest
 import redis.asyncio as aioredis
-from protocol_helpers import RoundTrips, claim_one, eventually
+from protocol_helpers import ONE_SERVER, RoundTrips, claim_one, eventually
 from redis.asyncio.client import Pipeline
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -238,6 +238,37 @@ async def test_bad_events_are_refused_with_a_reason() -> None:
         encode_event("x", "é" * 40_000)
     with pytest.raises(ProtocolError, match="between 0 and 1"):
         encode_progress(1.5)
+
+
+@pytest.mark.parametrize("after", ["abc", "1-", "-1", "1-2-3", "1.5", " 1-0", "1-0\n", "$", "",
+                                   "18446744073709551616-0", "0-18446744073709551616",
+                                   "18446744073709551615-18446744073709551615", 5])
+@pytest.mark.parametrize("follow", [True, False])
+@ONE_SERVER
+async def test_an_after_that_is_no_event_id_is_refused_before_redis_sees_it(
+    queue: TaskQueue, after: object, follow: bool,
+) -> None:
+    """Redis would answer it with its own error (a ResponseError about stream ids)."""
+    task_id = await queue.submit({})
+    await queue.emit(task_id, "note", 1)
+    task = await claim_one(queue, "pod-a:i1")
+    await queue.complete(task)
+    with pytest.raises(ProtocolError, match="after must be an event id"):
+        await collect(queue, task_id, after=after, follow=follow)
+
+
+async def test_after_takes_an_event_id_with_or_without_its_sequence(queue: TaskQueue) -> None:
+    task_id = await queue.submit({})
+    await queue.emit(task_id, "note", 1)
+    task = await claim_one(queue, "pod-a:i1")
+    await queue.complete(task)
+    first, final = await collect(queue, task_id)
+    assert await collect(queue, task_id, after="0") == [first, final]
+    assert await collect(queue, task_id, after=first.id, follow=False) == [final]
+    milliseconds = first.id.partition("-")[0]
+    assert (await collect(queue, task_id, after=milliseconds)
+            == await collect(queue, task_id, after=f"{milliseconds}-0"))
+    assert await collect(queue, task_id, after=final.id) == []
 
 
 async def test_a_follower_resumes_after_a_redis_restart_without_a_miss_or_a_repeat(

@@ -323,6 +323,22 @@ async def test_submit_many_refuses_keys_that_do_not_match_the_payloads(
     assert await queue_keys(queue.redis, queue) == set()
 
 
+@pytest.mark.parametrize("key", ["", " ", "\t\n", 7, b"k"])
+async def test_an_empty_blank_or_non_text_idempotency_key_is_refused_not_read_as_none(
+    queue: TaskQueue, key: Any,
+) -> None:
+    """An empty key used to mean no key: a caller whose key came out empty (a missing field)
+    would queue the same task twice, believing it keyed."""
+    problem = "an idempotency key is a non-(blank|empty) string or None"
+    with pytest.raises(ProtocolError, match=problem):
+        await queue.submit("x", idempotency_key=key)
+    with pytest.raises(ProtocolError, match=problem):
+        await queue.submit_once("x", idempotency_key=key)
+    with pytest.raises(ProtocolError, match=problem):
+        await queue.submit_many(["x", "y"], idempotency_keys=["k1", key])
+    assert await queue_keys(queue.redis, queue) == set()
+
+
 @pytest.mark.parametrize(("options", "problem"), [
     ({"delay": float("nan")}, "delay must be a number of seconds, got nan"),
     ({"delay": float("inf")}, "delay must be a number of seconds, got inf"),

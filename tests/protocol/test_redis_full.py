@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
+from agentpool.client import Client, SyncClient
 from agentpool.protocol import (
     CancelOutcome,
     ClaimedTask,
@@ -28,6 +29,7 @@ from agentpool.protocol import (
 )
 from agentpool.protocol.replies import claim_batch
 from agentpool.ratelimit import LimitConfig, RateLimiter
+from agentpool.redis_errors import TASK_NOT_STORED, TASKS_NOT_STORED, RedisFull, redis_full
 from agentpool.redis_server import RedisServer
 
 LEASE = 60.0
@@ -230,3 +232,71 @@ async def test_events_sent_after_their_success_wait_for_room_too(
     await queue.record(late, [])
     kinds = [event.kind async for event in queue.events(task.id, follow=False)]
     assert kinds == ["log", "log", "final"]
+
+
+def said_in_one_line(error: RedisFull, message: str) -> None:
+    """Caught as before (redis-py's OutOfMemoryError, a ResponseError, `redis_full`), said
+    without Redis's wording, which names the refused script and its line."""
+    assert isinstance(error, OutOfMemoryError) and isinstance(error, ResponseError)
+    assert redis_full(error)
+    assert str(error) == message
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+async def test_a_submit_refused_by_a_full_redis_says_so_in_one_line(
+    full: Memory, server: RedisServer,
+) -> None:
+    async with Client.from_url(server.url) as client:
+        queue = client.queue("full-said")
+        await queue.submit("room")
+        full.fill()
+        refused = {
+            "submit": (lambda: queue.submit({"x": 1}), TASK_NOT_STORED),
+            "submit_once": (lambda: queue.submit_once(1, idempotency_key="k"), TASK_NOT_STORED),
+            "submit_many": (lambda: queue.submit_many([1, {"x": 2}]), TASKS_NOT_STORED),
+            "submit_many with options": (
+                lambda: queue.submit_many([1, 2], idempotency_keys=["a", "b"]),
+                TASKS_NOT_STORED),
+            "submits at once": (lambda: asyncio.gather(*(queue.submit(n) for n in range(20))),
+                                TASK_NOT_STORED),
+        }
+        for name, (call, message) in refused.items():
+            with pytest.raises(RedisFull) as caught:
+                await call()
+            try:
+                said_in_one_line(caught.value, message)
+            except AssertionError as error:
+                raise AssertionError(f"{name}: {caught.value!r}") from error
+
+
+def test_a_blocking_submit_refused_by_a_full_redis_says_so_in_one_line(
+    full: Memory, server: RedisServer,
+) -> None:
+    with SyncClient.from_url(server.url) as client:
+        queue = client.queue("full-said-blocking")
+        queue.submit("room")
+        full.fill()
+        with pytest.raises(RedisFull) as caught:
+            queue.submit({"x": 1})
+        said_in_one_line(caught.value, TASK_NOT_STORED)
+        with pytest.raises(RedisFull) as caught:
+            queue.submit_many([1, 2])
+        said_in_one_line(caught.value, TASKS_NOT_STORED)
+
+
+async def test_a_submit_many_refused_part_way_names_the_tasks_it_stored(
+    full: Memory, client: aioredis.Redis,
+) -> None:
+    """Room for the first chunk, not for the second's large payload (a request counts as
+    used memory while Redis reads it)."""
+    queue = TaskQueue(client, "full-part-way")
+    await queue.submit("scripts loaded")
+    full.admin.config_set("maxmemory", int(full.admin.info("memory")["used_memory"]) + 300_000)
+    with pytest.raises(RedisFull) as caught:
+        await queue.submit_many(["small", "x" * 900_000], chunk=1)
+    said_in_one_line(caught.value, "Redis is full (maxmemory): only the first 1 of 2 tasks were "
+                                   "stored (their ids in the error's `submitted`)")
+    [stored] = caught.value.submitted
+    info = await queue.get(stored)
+    assert info is not None and info.payload == "small"
+    assert (await queue.figures()).queued == 2
