@@ -16,12 +16,12 @@ from agentpool.cli.demo.runner import (
     DemoConfigError,
     DemoError,
     DemoInterrupted,
-    redact,
     run_demo,
 )
 from agentpool.cli.demo.view import LiveReporter, PlainReporter, summary_json, summary_table
 from agentpool.redis_errors import redis_failure
 from agentpool.redis_server import RedisServerError
+from agentpool.urls import redact_url
 
 
 def _fail(message: str) -> None:
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         _fail(str(exc))
         return 1
     except (redis.RedisError, OSError) as exc:
-        url = redact(config.redis_url) if config.redis_url else None
+        url = redact_url(config.redis_url) if config.redis_url else None
         _fail(redis_failure(url, exc))
         return 1
     summary = outcome.summary

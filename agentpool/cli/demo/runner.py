@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import redis
 
@@ -41,6 +41,7 @@ from agentpool.protocol import (
 )
 from agentpool.redis_errors import redis_failure
 from agentpool.redis_server import RedisServer
+from agentpool.urls import redact_url
 
 HANDLER = "agentpool_worker.builtin:simulated_agent"
 RUNNING_ROWS = 6
@@ -155,17 +156,7 @@ def _url_problem(url: str, exc: BaseException) -> str:
     unknown = _UNKNOWN_OPTION.search(str(exc)) if isinstance(exc, TypeError) else None
     reason = (f"unknown option {unknown[1]!r}" if unknown
               else str(exc).removeprefix("invalid Redis URL").strip(" :"))
-    return f"invalid Redis URL {redact(url)}" + (f": {reason}" if reason else "")
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for printing."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return f"invalid Redis URL {redact_url(url)}" + (f": {reason}" if reason else "")
 
 
 STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -280,7 +271,7 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> DemoOutcome:
         return DemoOutcome(
             summary=summary,
             queue=config.queue,
-            redis_url=redact(url),
+            redis_url=redact_url(url),
             pods=list(fleet.workers),
             pids=[w.pid for w in fleet.workers.values()],
         )
