@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -186,20 +187,61 @@ def storable_text(text: str) -> str:
 
 
 def encode_result(result: Any, limit: int | None = None) -> str:
-    """A run's result as stored: JSON, or the JSON string of its ``repr`` when it is not
-    JSON-able. ValueError when neither can be made (nested deeper than Python recurses);
-    PayloadTooLarge (a ValueError) when it is over `limit` bytes."""
+    """A run's result as stored: JSON. ValueError when it is not JSON (a datetime, bytes, a
+    set, NaN or infinity, any other object: stored as its ``repr`` it would pass for a
+    success, and a repr may hold what must not be stored, such as an API key), naming the
+    first such value's place; when it is nested deeper than Python recurses; PayloadTooLarge
+    (a ValueError) when it is over `limit` bytes."""
     if result is None:
         return "null"
     try:
-        try:
-            raw, size = compact_json(result)
-        except (TypeError, ValueError):  # ValueError: NaN or infinity, not JSON
-            raw = json.dumps(repr(result))
-            size = len(raw)
+        raw, size = compact_json(result)
     except RecursionError:
         raise ValueError("the result is nested too deeply to store as JSON") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the result is not JSON: {_not_json(result, exc)}") from None
     if limit is not None and size > limit:
         raise PayloadTooLarge(f"the result is {size} bytes encoded as JSON; the limit is "
                               f"{limit} bytes{_in_binary_units(limit)}")
     return raw
+
+
+def _not_json(value: Any, error: Exception) -> str:
+    """Why `value` is not JSON, and where, e.g. ``Object of type datetime is not JSON
+    serializable at ['when']`` (the encoder's `error` alone when the place cannot be found)."""
+    try:
+        found = _first_not_json(value, "")
+    except RecursionError:
+        found = None
+    if found is None:
+        out_of_range = str(error).startswith("Out of range float")
+        return "NaN or infinity is not JSON" if out_of_range else str(error)
+    place, why = found
+    return f"{why} at {place}" if place else why
+
+
+_JSON_KEYS = (str, int, float, bool)
+
+
+def _first_not_json(value: Any, place: str) -> tuple[str, str] | None:
+    """The place (``['when'][0]``) of the first value in `value` that JSON cannot carry, and
+    why; None when there is none."""
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (place, "NaN or infinity is not JSON")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key is not None and not isinstance(key, _JSON_KEYS):
+                return place, f"a key of type {type(key).__name__} is not JSON"
+            found = _first_not_json(item, f"{place}[{short_repr(key)}]")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _first_not_json(item, f"{place}[{index}]")
+            if found is not None:
+                return found
+        return None
+    return place, f"Object of type {type(value).__name__} is not JSON serializable"

@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from agentpool.connection import is_cluster
 from agentpool.protocol.bounds import NEWS_AT_ONCE
 from agentpool.protocol.replies import as_text
+from agentpool.seconds import seconds_text
 
 
 def worth_retrying(error: BaseException, *, reached: bool = True, failing_for: float = 0.0,
@@ -64,6 +65,13 @@ async def news_of(done: DoneSignal, pending: Mapping[str, object], deadline: flo
 waits_subscribed: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 """Waits holding a subscription, per client; `TaskQueue.as_finished` keeps it under
 bounds.SUBSCRIBED_WAITS."""
+
+
+def not_final(left: int, total: int, queue: str, timeout: float | None) -> TimeoutError:
+    """The error of a wait for `total` tasks of `queue` that ended at its `timeout` with
+    `left` of them not final yet, for a person to read (the builtin one says nothing)."""
+    after = "" if timeout is None else f" after {seconds_text(timeout)}s"
+    return TimeoutError(f"{left} of {total} tasks of queue {queue!r} not final{after}")
 
 
 def time_left(deadline: float | None, at_most: float) -> float:

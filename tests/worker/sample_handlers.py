@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import datetime
 import gc
 import os
 import threading
@@ -12,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from agentpool.errors import PermanentError, Retry
+from agentpool.errors import LeaseLost, PermanentError, Retry
 from agentpool_worker.handlers import TaskContext, WaitCancelled
 
 
@@ -424,6 +426,8 @@ async def misbehaves(payload: Any) -> Any:
         raise UnreadableError("rate limited")
     if kind == "unrepresentable":
         return Unrepresentable()
+    if kind == "datetime":
+        return {"answer": 42, "when": datetime.datetime(2024, 1, 2, 3, 4, 5)}
     if kind == "base":
         raise Interrupted
     if kind == "keyboard":
@@ -458,3 +462,94 @@ async def summariser(payload: Any, ctx: TaskContext) -> dict[str, str]:
     for word in words:
         await ctx.emit("word", {"text": word})
     return {"summary": words[0]}
+
+
+LATE_CALLS: dict[str, dict[str, str]] = {}
+"""What each run's calls after its end or stop came to, by task id: "ok" or the error."""
+LATE_CALLS_MADE = threading.Event()
+
+
+def _late_call(task_id: str, name: str, call: Any) -> None:
+    try:
+        call()
+    except LeaseLost as exc:
+        LATE_CALLS.setdefault(task_id, {})[name] = f"LeaseLost: {exc}"
+    else:
+        LATE_CALLS.setdefault(task_id, {})[name] = "ok"
+
+
+def plans_on_after_its_cancel(payload: Any, ctx: TaskContext) -> Any:
+    """A sync planner that ignores ctx.cancelled: it submits a step, and once cancelled tries
+    to submit more (one by one and in a batch) and read its inputs."""
+    if "step" in payload:
+        return payload["step"]
+    ctx.submit_sync({"step": 0}, delay=3600)
+    ctx.cancelled.wait(30)
+    _late_call(ctx.task_id, "submit", lambda: ctx.submit_sync({"step": 1}, delay=3600))
+    _late_call(ctx.task_id, "submit_many",
+               lambda: ctx.submit_many_sync([{"step": 2}, {"step": 3}], delay=3600))
+    LATE_CALLS_MADE.set()
+    return {"planned": True}
+
+
+BACKGROUND_GATES: dict[str, asyncio.Event] = {}
+"""In-process tests open the gate of a run's background task by its task id."""
+
+
+async def leaves_a_background_task(payload: Any, ctx: TaskContext) -> Any:
+    """Returns at once, leaving a task behind that, once its gate opens (after the run's end),
+    submits, fans out and waits for tasks of another queue."""
+    gate = BACKGROUND_GATES.setdefault(ctx.task_id, asyncio.Event())
+
+    async def later() -> None:
+        await gate.wait()
+        for name, call in (
+                ("submit", lambda: ctx.submit({"late": True})),
+                ("submit_many", lambda: ctx.submit_many([{"late": 1}, {"late": 2}])),
+                ("wait_many", lambda: ctx.wait_many(["x" * 32], queue=payload["other"]))):
+            try:
+                await call()
+            except LeaseLost as exc:
+                LATE_CALLS.setdefault(ctx.task_id, {})[name] = f"LeaseLost: {exc}"
+            else:
+                LATE_CALLS.setdefault(ctx.task_id, {})[name] = "ok"
+        LATE_CALLS_MADE.set()
+
+    LEFT_BEHIND.append(asyncio.get_running_loop().create_task(later()))
+    return {"returned": True}
+
+
+LEFT_BEHIND: list[asyncio.Task[None]] = []
+
+SWALLOWERS: list[asyncio.Task[Any]] = []
+"""The runs of swallows_cancellation, for the test to watch."""
+SWALLOWED: list[str] = []
+"""What each swallowed exception was."""
+SWALLOWING_ENDS = threading.Event()
+"""Set to let swallows_cancellation end at its next (re)cancellation."""
+
+
+async def swallows_cancellation(payload: Any) -> Any:
+    """Retries its "LLM call" on any error, its cancellation included, as careless agent code
+    does: only the test's word ends it."""
+    if "quick" in payload:
+        return payload["quick"]
+    task = asyncio.current_task()
+    assert task is not None
+    SWALLOWERS.append(task)
+    while not SWALLOWING_ENDS.is_set():
+        try:
+            await asyncio.sleep(3600)
+        except BaseException as exc:  # the mistake under test
+            SWALLOWED.append(type(exc).__name__)
+    return {"gave_up": True}
+
+
+def holds_the_gil(payload: Any) -> Any:
+    """A long call into C that holds the GIL (as a huge regex or sort would), `seconds` long
+    each time, `times` times with a moment of Python between: the event loop cannot run."""
+    libc = ctypes.PyDLL(None)  # a PyDLL call keeps the GIL
+    for _ in range(int(payload.get("times", 1))):
+        libc.sleep(int(payload["seconds"]))
+        time.sleep(0.2)
+    return {"held": True}

@@ -1,21 +1,28 @@
 """Task handlers: how a pool's ``package.module:function`` is found and what it is given.
 
 A handler takes the task's payload (decoded JSON) and, if it accepts a second positional
-argument, a :class:`TaskContext`. Its return value (JSON-encodable, at most the worker's
-``AGENTPOOL_MAX_RESULT_BYTES`` once encoded) is the task's result.
+argument, a :class:`TaskContext`. Its return value (JSON, at most the worker's
+``AGENTPOOL_MAX_RESULT_BYTES`` once encoded) is the task's result; one that is not JSON (a
+datetime, bytes, NaN) fails the run without a retry, its error saying what and where.
 
 - ``async def`` handlers run on the worker's event loop. They must not block it: a handler
-  that does blocks heartbeats too, and ``/livez`` reports it.
-- plain functions run in a thread pool sized to the worker's concurrency.
+  that does blocks heartbeats too, and ``/livez`` reports it (the worker logs the stall).
+- plain functions run in a thread pool sized to the worker's concurrency. A long call into C
+  that holds the GIL (a huge regex, ``sorted`` of tens of millions) stops the event loop all
+  the same: run it in a process pool, or in a library that releases the GIL.
 
 Raising :class:`agentpool.errors.PermanentError` dead-letters the task at once; any other
 exception is retried with backoff until the task runs out of attempts. A run that exceeds
 the task timeout counts as a retryable failure.
 
 Cancellation: async handlers receive ``asyncio.CancelledError`` when their task is cancelled,
-times out, or its lease is lost. Threads cannot be interrupted, so sync handlers should look at
-``ctx.cancelled`` (a ``threading.Event``; ``ctx.cancelled.wait(n)`` is an interruptible sleep).
-A sync run that is abandoned keeps its thread, and its concurrency slot, until it returns.
+times out, or its lease is lost; one that has not ended STOP_SECONDS later is given up on (its
+outcome reported) and cancelled again every second, keeping its slot until it ends. Threads
+cannot be interrupted, so sync handlers should look at ``ctx.cancelled`` (a
+``threading.Event``; ``ctx.cancelled.wait(n)`` is an interruptible sleep). A sync run that is
+abandoned keeps its thread, and its concurrency slot, until it returns. Once a run is over or
+told to stop, its ``ctx.submit*``, ``ctx.results_before`` and ``ctx.wait_many`` raise
+LeaseLost.
 
 The handler's module may also define hooks (each sync or async): ``startup(worker_ctx)`` and
 ``shutdown(worker_ctx)`` run once per process (``worker_ctx.state`` reaches every task as
@@ -275,12 +282,20 @@ class TaskContext:
             return options
         return {**options, "tenant": self.tenant}
 
-    def submit_sync(self, payload: Any, **options: Any) -> str:
+    def submit_sync(self, payload: Any, *, priority: int = 0, delay: float = 0,
+                    max_attempts: int | None = None, expires: float | None = None,
+                    task_timeout: float | None = None, after: Iterable[str] | None = None,
+                    key: str | None = None, queue: str | None = None,
+                    tenant: str | None = None) -> str:
         """:meth:`submit` for sync handlers (called from their thread)."""
         if self.channel is None:
             raise RuntimeError("ctx.submit_sync needs the worker behind the run")
         loop = self._loop_for_sync("submit_sync")
-        return asyncio.run_coroutine_threadsafe(self.submit(payload, **options), loop).result()
+        submit = self.submit(payload, priority=priority, delay=delay,
+                             max_attempts=max_attempts, expires=expires,
+                             task_timeout=task_timeout, after=after, key=key, queue=queue,
+                             tenant=tenant)
+        return asyncio.run_coroutine_threadsafe(submit, loop).result()
 
     async def wait_many(self, task_ids: Iterable[str], *, queue: str,
                         timeout: float | None = None) -> list[TaskInfo]:
@@ -314,13 +329,22 @@ class TaskContext:
         waiting.cancel()
         raise WaitCancelled(f"run cancelled while waiting for tasks of queue {queue!r}")
 
-    def submit_many_sync(self, payloads: Iterable[Any], **options: Any) -> list[str]:
+    def submit_many_sync(self, payloads: Iterable[Any], *, priority: int = 0,
+                         delay: float = 0, max_attempts: int | None = None,
+                         expires: float | None = None, task_timeout: float | None = None,
+                         after: Iterable[str] | None = None,
+                         keys: Iterable[str | None] | None = None,
+                         queue: str | None = None,
+                         tenant: str | None = None) -> list[str]:
         """:meth:`submit_many` for sync handlers (called from their thread)."""
         if self.channel is None:
             raise RuntimeError("ctx.submit_many_sync needs the worker behind the run")
         loop = self._loop_for_sync("submit_many_sync")
-        return asyncio.run_coroutine_threadsafe(self.submit_many(payloads, **options),
-                                                loop).result()
+        submit = self.submit_many(payloads, priority=priority, delay=delay,
+                                  max_attempts=max_attempts, expires=expires,
+                                  task_timeout=task_timeout, after=after, keys=keys,
+                                  queue=queue, tenant=tenant)
+        return asyncio.run_coroutine_threadsafe(submit, loop).result()
 
     async def checkpoint(self, state: Any) -> None:
         """Save `state` (JSON) for the next attempt, should this one be lost; it becomes that

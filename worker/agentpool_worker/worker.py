@@ -11,11 +11,13 @@ Six loops share one event loop:
   many tasks, no added delay);
 - the heartbeat, every lease/3, extends the leases of every task the worker holds and learns
   which it lost (stop those runs, never report them), which were cancelled (stop them, record
-  the cancel) and whether the operator asked the pod to drain;
+  the cancel) and whether the operator asked the pod to drain; one that goes out more than a
+  lease after the previous is logged (the process did not run: a handler held the GIL);
 - the reaper requeues the queue's expired leases itself when no operator has for
   UNREAPED_SECONDS (see ``reap_due``);
 - the ready check runs the handler's ``ready`` hook, when it has one, for ``/readyz``;
-- a ticker that proves the loop is responsive to the probe thread.
+- a ticker that proves the loop is responsive to the probe thread, and logs a stall that
+  ``/livez`` would report.
 
 What a run emits waits for Redis in ``outbox.py``; how a run's end is recorded (its timeout,
 a failure, a ``Retry``) is decided in ``run_rules.py``; when to claim again under a dense
@@ -76,6 +78,7 @@ from agentpool.protocol import (
     new_instance_id,
     retry_delay,
 )
+from agentpool.protocol.waiting import not_final
 from agentpool.redis_errors import (
     REDIS_FAILURES,
     TRANSIENT_REFUSALS,
@@ -134,7 +137,8 @@ when no operator does, so that no task waits for one for ever."""
 STOP_SECONDS = 11.0
 """How long runs still going at the end of the SIGTERM drain get to end once told to stop
 (each hands its task back as it ends; those still going, then): a command's grace is at most
-10 s, then SIGKILL."""
+10 s, then SIGKILL. Also how long an async handler told to stop (its timeout, a cancel, a lost
+lease) gets to end before it is given up on (see ``Worker._in_own_task``)."""
 HOOK_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 """What a hook may raise that counts as the hook failing (sys.exit() in a library too)."""
 PASSWORD_PLACE = f"AGENTPOOL_REDIS_URL ({URL_WITH_PASSWORD}), set from the pool's spec.redis"
@@ -154,6 +158,14 @@ def reap_due(overdue: float, reachable_for: float, lease_seconds: float) -> bool
     return overdue >= UNREAPED_SECONDS and reachable_for >= lease_seconds
 
 
+def heartbeat_late(late: float, interval: float, lease: float) -> bool:
+    """Whether a heartbeat `late` seconds behind its time (one every `interval` seconds) went
+    out too late for the leases it renews: more than a lease after the previous one ended,
+    so that they may have run out (and their tasks gone to other workers). The process did
+    not run meanwhile: a handler held the GIL (a long call into C) or blocked the loop."""
+    return interval + late > lease
+
+
 class StartupFailed(Exception):
     """The handler module's ``startup`` hook raised: the worker cannot serve."""
 
@@ -165,7 +177,8 @@ class _StillChecking(Exception):
 class _Run:
     """One task's run in progress."""
 
-    __slots__ = ("ctx", "reported", "stop_reason", "task", "thread", "unsaved", "worker_task")
+    __slots__ = ("ctx", "handler_task", "reported", "stop_reason", "task", "thread", "unsaved",
+                 "worker_task")
 
     def __init__(self, task: ClaimedTask, ctx: TaskContext) -> None:
         self.task = task
@@ -176,6 +189,8 @@ class _Run:
         SIGTERM drain when it had not ended by then."""
         self.worker_task: asyncio.Task[None] | None = None
         self.thread: Future[Any] | None = None
+        self.handler_task: asyncio.Future[Any] | None = None
+        """An async handler's call, in a task of its own (see ``Worker._in_own_task``)."""
         self.unsaved = False
         """A checkpoint of this run was not saved because Redis was full (logged once)."""
 
@@ -276,8 +291,12 @@ class Worker:
             settings.concurrency, "agentpool-after-task",
             most=settings.concurrency * AFTER_TASK_THREADS_PER_SLOT)
         self._abandoned = 0
-        """Slots held by sync runs that ended (timed out, stopped) while their thread did not
-        return."""
+        """Slots held by runs that ended (timed out, stopped) while their handler did not
+        return: a sync handler's thread, or an async handler that ignored its cancellation."""
+        self._abandoned_handlers: set[asyncio.Future[Any]] = set()
+        """Async handlers given up on that have not ended yet."""
+        self._confirming: set[str] = set()
+        """Tasks of a claim read late, whose leases a heartbeat confirms before they start."""
 
         self._held: dict[str, ClaimedTask] = {}
         self._runs: dict[str, _Run] = {}
@@ -333,7 +352,8 @@ class Worker:
     def runs_left(self) -> int:
         """Runs (and their after_task hooks) still going once the worker stopped: handlers
         that ignored their cancellation; their tasks are back in the queue already."""
-        return sum(1 for run in list(self._executing) if not run.done())
+        return (sum(1 for run in list(self._executing) if not run.done())
+                + sum(1 for handler in list(self._abandoned_handlers) if not handler.done()))
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -701,6 +721,16 @@ class Worker:
             self._note_busy()
             self._watch_stuck()
             await asyncio.sleep(TICK_SECONDS)
+            self._note_stall(time.monotonic() - self.health.last_tick)
+
+    def _note_stall(self, stalled: float) -> None:
+        """Log a stall of the event loop that /livez would report (one tick, one line): the
+        kubelet may restart the container for it, and nothing else says why."""
+        if stalled > self.settings.loop_stall_seconds:
+            self._log.warning(
+                f"event loop was blocked for {stalled:.1f} s (an async handler that blocks? "
+                "a sync one holding the GIL?)", blocked_seconds=round(stalled, 1),
+                loop_stall_seconds=self.settings.loop_stall_seconds, in_flight=len(self._runs))
 
     def _note_busy(self) -> None:
         """Tell the probes whether a restart would lose something: runs not over (abandoned
@@ -726,9 +756,20 @@ class Worker:
         while True:
             self._beat_now.clear()
             await self._beat()
+            due = time.monotonic() + s.heartbeat_seconds
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(s.heartbeat_seconds):
                     await self._beat_now.wait()
+            self._note_late_beat(time.monotonic() - due)
+
+    def _note_late_beat(self, late: float) -> None:
+        s = self.settings
+        if heartbeat_late(late, s.heartbeat_seconds, s.lease_seconds):
+            self._log.warning(
+                f"heartbeat {late:.1f} s late (lease {s.lease_seconds:g} s): a handler held "
+                "the GIL or blocked the event loop", late_seconds=round(late, 1),
+                lease_seconds=s.lease_seconds, in_flight=len(self._runs),
+                meanwhile="the leases of the runs in progress may have run out")
 
     async def _beat(self) -> None:
         held = {task_id: task.token for task_id, task in self._held.items()}
@@ -883,7 +924,11 @@ class Worker:
         for task in tasks:
             self._held[task.id] = task
         self._note_busy()
-        await self._beat()
+        self._confirming = {task.id for task in tasks}
+        try:
+            await self._beat()
+        finally:
+            self._confirming = set()
         return [task for task in tasks if self._held.get(task.id) is task]
 
     async def _interruptible(self, call: Awaitable[T]) -> T | None:
@@ -1085,13 +1130,23 @@ class Worker:
         """A run's ``ctx.wait_many``: tasks of another queue the pool submits to, waited for on
         the worker's waiting client (its subscriptions take no connection the claims,
         heartbeats and completions share). The wait rides out lost connections itself; its
-        TimeoutError, TaskNotFound or a refusal is the run's to handle."""
+        TimeoutError (saying how many of the tasks were not final), TaskNotFound or a refusal
+        is the run's to handle. LeaseLost once the run is over or told to stop."""
+        self._run_going(ctx, "wait_many")
         name = self._queue_to_submit_to(queue).name
         waits = self._other_waits.get(name)
         if waits is None:
             waits = self._other_waits[name] = TaskQueue(self._wait_redis, name)
         self.metrics.round_trips.inc()
-        return await waits.wait_many(task_ids, timeout)
+        ids = list(dict.fromkeys(task_ids))
+        infos: dict[str, TaskInfo] = {}
+        try:
+            async with contextlib.aclosing(waits.as_finished(ids, timeout)) as finished:
+                async for info in finished:
+                    infos[info.id] = info
+        except TimeoutError:
+            raise not_final(len(ids) - len(infos), len(ids), name, timeout) from None
+        return [infos[task_id] for task_id in ids]
 
     def _queue_to_submit_to(self, name: str | None) -> TaskQueue:
         """The pool's queue, or one of the other queues its settings list (submits_to)."""
@@ -1115,11 +1170,22 @@ class Worker:
         return await self._for_run(ctx, "results_before",
                                    lambda: self.queue.results_of(ctx.after))
 
+    def _run_going(self, ctx: TaskContext, what: str) -> None:
+        """LeaseLost unless the run of `ctx` goes on: once it is over (returned, failed, timed
+        out, dead-lettered) or told to stop (cancelled, its lease lost, handed back), what it
+        submits or waits for would outlive it (a sync planner that ignores ``ctx.cancelled``,
+        a background task the handler left behind)."""
+        run = self._runs.get(ctx.task_id)
+        if run is None or run.ctx is not ctx or run.stop_reason is not None:
+            raise LeaseLost(f"task {ctx.task_id}: this run is over or stopping; "
+                            f"ctx.{what} refused")
+
     async def _for_run(self, ctx: TaskContext, what: str,
                        call: Callable[[], Awaitable[T]]) -> T:
-        """A call a run makes, tried again while Redis cannot be reached (as the run's outcome
-        would be) until it answers or the run is over (LeaseLost). Redis's refusals (a full
-        Redis, a permission) are the run's to handle."""
+        """A call a run makes while it goes on (else LeaseLost), tried again while Redis cannot
+        be reached (as the run's outcome would be) until it answers or the run is over
+        (LeaseLost). Redis's refusals (a full Redis, a permission) are the run's to handle."""
+        self._run_going(ctx, what)
         backoff = _Backoff()
         while True:
             try:
@@ -1212,7 +1278,7 @@ class Worker:
                 async with asyncio.timeout(run.ctx.timeout_seconds) as deadline:
                     result = await self._call(run, payload)
                     if inspect.iscoroutine(result):  # a plain wrapper around an async function
-                        result = await result
+                        result = await self._in_own_task(run, result)
             except asyncio.CancelledError:
                 this = asyncio.current_task()
                 assert this is not None
@@ -1253,7 +1319,7 @@ class Worker:
                 return
             try:
                 encoded = encode_result(unstreamed(result), self.settings.max_result_bytes)
-            except Exception as exc:  # not JSON, too large, or a value whose repr raises
+            except Exception as exc:  # not JSON, too large, a generator
                 error = "result not stored: " + (
                     str(exc) if isinstance(exc, ValueError) else describe_briefly(exc))
                 if isinstance(exc, PayloadTooLarge):
@@ -1274,8 +1340,10 @@ class Worker:
                 del self._runs[task.id]
             if outcome is not None:
                 await self._after_task(run.ctx, outcome)
-            thread = run.thread
-            if thread is not None and not thread.done():
+            thread, handler = run.thread, run.handler_task
+            if handler is not None and not handler.done():
+                self._abandon_handler(handler)
+            elif thread is not None and not thread.done():
                 self._abandoned += 1
                 self._slots_checked()
                 thread.add_done_callback(self._thread_returned)
@@ -1286,14 +1354,66 @@ class Worker:
         handler, ctx = self.handler, run.ctx
         args = (payload, ctx) if handler.wants_context else (payload,)
         if handler.is_async:
-            coro: Awaitable[Any] = handler.func(*args)
-            return coro
+            return self._in_own_task(run, handler.func(*args))
         assert self._executor is not None
         future = self._executor.submit(handler.func, *args)
         run.thread = future
         self._threads.add(future)
         future.add_done_callback(self._threads.discard)
         return asyncio.wrap_future(future)
+
+    async def _in_own_task(self, run: _Run, call: Awaitable[Any]) -> Any:
+        """Await an async handler's `call` in a task of its own, so that one that ignores
+        being told to stop can be given up on.
+
+        Told to stop (its timeout, a cancel, a lost lease, a drain), the handler gets its
+        CancelledError and STOP_SECONDS to end, as a command gets its grace between SIGTERM and
+        SIGKILL: it is not cancelled again meanwhile, which would cut a cleanup short (a
+        command's ``stop`` takes a second cancellation for SIGKILL now). It ends as it ends (a
+        result, an exception, the CancelledError), and the run's outcome follows as before. One
+        still going then (a retry loop that catches every exception) is given up on: the
+        CancelledError goes on to the run's end, which reports its outcome (timed out,
+        cancelled, handed back) at once, and the handler keeps its slot until it ends, cancelled
+        again every second (see :meth:`_abandon_handler`)."""
+        handler = asyncio.ensure_future(_contained(call))
+        run.handler_task = handler
+        try:
+            try:
+                return await asyncio.shield(handler)
+            except asyncio.CancelledError:
+                if not handler.done():  # else the CancelledError is the handler's own
+                    handler.cancel()
+                    await _grace(handler, STOP_SECONDS)
+                if handler.done() and not handler.cancelled():
+                    return handler.result()
+                if not handler.done():
+                    self._log.warning(
+                        "handler ignored cancellation; given up on: its outcome is reported "
+                        "now, and it keeps its slot until it ends", task=run.task.id,
+                        attempt=run.task.attempts, stopped_by=run.stop_reason or "its timeout",
+                        grace_seconds=STOP_SECONDS)
+                raise
+        except _HandlerExit as contained:
+            raise contained.exc from None
+
+    def _abandon_handler(self, handler: asyncio.Future[Any]) -> None:
+        """An async handler given up on holds its slot until it ends, as an abandoned thread
+        does (so that the worker never runs more than its concurrency), cancelled again every
+        second meanwhile: a loop that retries on any error ends once it runs out of tries."""
+        self._abandoned += 1
+        self._abandoned_handlers.add(handler)
+        self._slots_checked()
+        handler.add_done_callback(self._abandoned_handler_ended)
+        self._cancel_every_second(handler)
+
+    def _cancel_every_second(self, handler: asyncio.Future[Any]) -> None:
+        if not handler.done():
+            handler.cancel()
+            self.loop.call_later(1.0, self._cancel_every_second, handler)
+
+    def _abandoned_handler_ended(self, handler: asyncio.Future[Any]) -> None:
+        self._abandoned_handlers.discard(handler)
+        self._abandoned_returned()
 
     def _thread_returned(self, _: Future[Any]) -> None:
         """An abandoned sync run's thread returned (called in that thread): free its slot."""
@@ -1317,13 +1437,14 @@ class Worker:
         if stuck == bool(self.health.slots_error):
             return
         if stuck:
-            self._log.warning("every slot is held by a stopped run whose thread has not "
+            self._log.warning("every slot is held by a stopped run whose handler has not "
                               "returned; not ready", slots=self.settings.concurrency)
             self.health.slots_stuck(
                 f"all {self.settings.concurrency} slots are held by stopped runs whose "
-                "threads have not returned (a sync handler that ignores ctx.cancelled)")
+                "handlers have not returned (a sync handler that ignores ctx.cancelled, an "
+                "async one that catches its CancelledError)")
         else:
-            self._log.info("a stopped run's thread returned; a slot is free again")
+            self._log.info("a stopped run's handler returned; a slot is free again")
             self.health.slots_stuck("")
 
     def _release_slot(self) -> None:
@@ -1344,10 +1465,20 @@ class Worker:
         if run is not None and run.task is not task:
             run = None
         self._log.warning("lease lost; abandoning the task", task=task_id,
-                          running=run is not None)
+                          run=self._lost_run(task, run))
         if run is not None:
             run.stop(LOST)
         self._maybe_drained()
+
+    def _lost_run(self, task: ClaimedTask, run: _Run | None) -> str:
+        """What becomes of the run of a task whose lease was lost, for the log line."""
+        if run is not None:
+            return "stopped"
+        if task.id in self._confirming:
+            return "not started"
+        if any(done is task for done, _ in self._completions):
+            return "had succeeded; its result is not recorded"
+        return "had ended; its outcome is not recorded"
 
     def _report_failure(self, run: _Run, failure: RunFailure) -> None:
         """Report a failed run: retried after the delay its failure asked for (else the
@@ -1453,6 +1584,33 @@ def _checkpoint(task: ClaimedTask) -> Any:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class _HandlerExit(Exception):
+    """A handler's own KeyboardInterrupt or SystemExit (``sys.exit()`` in a library), carried
+    out of its task: asyncio raises those out of the event loop, which would end the worker."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
+async def _contained(call: Awaitable[Any]) -> Any:
+    try:
+        return await call
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _HandlerExit(exc) from None
+
+
+async def _grace(handler: asyncio.Future[Any], seconds: float) -> None:
+    """Wait up to `seconds` for `handler` to end, whatever cancels the waiter meanwhile (a
+    cancel after a timeout, the drain's stop): the handler's grace is the same whatever comes
+    after its first stop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not handler.done() and (left := deadline - loop.time()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([handler], timeout=left)
 
 
 async def _first(*aws: Awaitable[Any]) -> None:
