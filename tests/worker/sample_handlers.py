@@ -521,30 +521,6 @@ async def leaves_a_background_task(payload: Any, ctx: TaskContext) -> Any:
 
 LEFT_BEHIND: list[asyncio.Task[None]] = []
 
-SWALLOWERS: list[asyncio.Task[Any]] = []
-"""The runs of swallows_cancellation, for the test to watch."""
-SWALLOWED: list[str] = []
-"""What each swallowed exception was."""
-SWALLOWING_ENDS = threading.Event()
-"""Set to let swallows_cancellation end at its next (re)cancellation."""
-
-
-async def swallows_cancellation(payload: Any) -> Any:
-    """Retries its "LLM call" on any error, its cancellation included, as careless agent code
-    does: only the test's word ends it."""
-    if "quick" in payload:
-        return payload["quick"]
-    task = asyncio.current_task()
-    assert task is not None
-    SWALLOWERS.append(task)
-    while not SWALLOWING_ENDS.is_set():
-        try:
-            await asyncio.sleep(3600)
-        except BaseException as exc:  # the mistake under test
-            SWALLOWED.append(type(exc).__name__)
-    return {"gave_up": True}
-
-
 def holds_the_gil(payload: Any) -> Any:
     """A long call into C that holds the GIL (as a huge regex or sort would), `seconds` long
     each time, `times` times with a moment of Python between: the event loop cannot run."""

@@ -102,8 +102,7 @@ async def test_runs_slow_to_stop_are_handed_back_at_the_drain_deadline(
     """A handler that takes long to react to its cancellation (a cleanup call that hangs)
     neither keeps its task until its lease expires (an attempt spent) nor the worker from
     exiting: the task goes back to the queue at the deadline, the worker waits a bounded
-    time for the run. Given up on then (STOP_SECONDS after it was told to stop), the run is
-    cancelled again, which ends the cleanup (a command's stop takes it for SIGKILL)."""
+    time for the run."""
     monkeypatch.setattr(worker_module, "STOP_SECONDS", 1.0)
     queue = TaskQueue(redis, queue_name)
     task_id = await queue.submit({"cleanup": 60})
@@ -117,9 +116,7 @@ async def test_runs_slow_to_stop_are_handed_back_at_the_drain_deadline(
             info = await eventually(lambda: task_in(queue, task_id, "queued"), 5,
                                     "the task handed back")
             assert info.attempts == 0 and info.error == "worker shutting down"
-            [run] = sample_handlers.SLOW_TO_STOP
-            await eventually(run.done, 5, "the cleanup cut short by a second cancellation")
-            assert run.cancelled()
+            assert not sample_handlers.SLOW_TO_STOP[0].done(), "the run is still cleaning up"
         # running() gives the worker drain_seconds + 10 s to return; it returned.
     finally:
         for run in sample_handlers.SLOW_TO_STOP:

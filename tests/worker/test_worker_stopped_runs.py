@@ -15,7 +15,6 @@ import sample_handlers
 from structlog.testing import CapturingLogger
 from worker_helpers import HANDLERS, eventually, running, settings, task_in
 
-import agentpool_worker.worker as worker_module
 from agentpool.protocol import TaskQueue
 from agentpool_worker.handlers import TaskContext
 from agentpool_worker.worker import Worker, heartbeat_late
@@ -83,69 +82,6 @@ async def test_a_task_an_async_handler_left_behind_cannot_act_for_the_run(
     assert late_calls[task_id] == {name: refused(task_id, name)
                                    for name in ("submit", "submit_many", "wait_many")}
     assert (await queue.figures()).stats["submitted"] == 1
-
-
-@pytest.fixture
-def swallowing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """swallows_cancellation, its handlers given up on after a second."""
-    monkeypatch.setattr(worker_module, "STOP_SECONDS", 1.0)
-    sample_handlers.SWALLOWERS.clear()
-    sample_handlers.SWALLOWED.clear()
-    sample_handlers.SWALLOWING_ENDS.clear()
-    yield
-    sample_handlers.SWALLOWING_ENDS.set()
-    for task in sample_handlers.SWALLOWERS:
-        task.cancel()
-
-
-async def test_an_async_handler_that_swallows_its_timeout_is_given_up_on(
-    redis_url: str, queue_name: str, redis: aioredis.Redis, swallowing: None,
-) -> None:
-    """Its task ends timed out at timeout + grace, not when the handler decides; the handler
-    keeps its slot (concurrency 1: the next task waits) until, cancelled again every second,
-    it ends."""
-    queue = TaskQueue(redis, queue_name)
-    task_id = await queue.submit({}, task_timeout=0.5, max_attempts=1)
-    async with running(settings(redis_url, queue_name, f"{HANDLERS}:swallows_cancellation",
-                                concurrency=1)) as worker:
-        log = captured(worker)
-        dead = await eventually(lambda: task_in(queue, task_id, "dead"), 10, "the timeout")
-        assert dead.error == "timed out after 0.5s (the task's own timeout)"
-        [handler] = sample_handlers.SWALLOWERS
-        assert not handler.done(), "the handler goes on"
-        [said] = warnings(log, "handler ignored cancellation")
-        assert (said["task"], said["stopped_by"], said["grace_seconds"]) == (
-            task_id, "its timeout", 1.0)
-        assert worker.runs_left == 1
-        later = await queue.submit({"quick": "next"})
-        await eventually(lambda: len(sample_handlers.SWALLOWED) >= 3, 10,
-                         "cancellations after the first")
-        assert await task_in(queue, later, "queued"), "the slot is still held"
-        sample_handlers.SWALLOWING_ENDS.set()
-        done = await eventually(lambda: task_in(queue, later, "succeeded"), 10, "the next")
-        assert done.result == "next"
-        assert worker.runs_left == 0
-    assert set(sample_handlers.SWALLOWED) == {"CancelledError"}
-
-
-async def test_an_async_handler_that_swallows_its_cancel_is_given_up_on(
-    redis_url: str, queue_name: str, redis: aioredis.Redis, swallowing: None,
-) -> None:
-    queue = TaskQueue(redis, queue_name)
-    task_id = await queue.submit({})
-    async with running(settings(redis_url, queue_name, f"{HANDLERS}:swallows_cancellation",
-                                concurrency=2)) as worker:
-        log = captured(worker)
-        await eventually(lambda: task_in(queue, task_id, "running"), 10, "the run")
-        await queue.cancel(task_id)
-        await eventually(lambda: task_in(queue, task_id, "cancelled"), 10, "the cancel")
-        assert not sample_handlers.SWALLOWERS[0].done()
-        [said] = warnings(log, "handler ignored cancellation")
-        assert said["stopped_by"] == "cancelled"
-        later = await queue.submit({"quick": "next"})
-        await eventually(lambda: task_in(queue, later, "succeeded"), 10, "the other slot")
-        sample_handlers.SWALLOWING_ENDS.set()
-        await eventually(lambda: worker.runs_left == 0, 10, "the handler to end")
 
 
 def test_a_heartbeat_is_late_when_more_than_a_lease_passed_since_the_last() -> None:

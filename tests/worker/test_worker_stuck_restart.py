@@ -37,7 +37,7 @@ from agentpool_worker.settings import ConfigError, load_settings
 
 GRACE = 0.5
 """AGENTPOOL_STUCK_RESTART_SECONDS in the end-to-end tests."""
-SLOTS_REASON = "every slot has been held by stopped runs whose handlers have not returned for"
+SLOTS_REASON = "every slot has been held by stopped runs whose threads have not returned for"
 READY_REASON = "and no run is in progress; a restart starts it afresh"
 STUCK_LOG = "stuck for good; /livez fails so that the container is restarted"
 
@@ -61,7 +61,7 @@ def test_every_slot_stuck_fails_liveness_only_past_the_grace() -> None:
     assert live_at(h, 1300.0) == (True, "ok")
     ok, reason = live_at(h, 1312.0)
     assert not ok
-    assert reason == (f"{SLOTS_REASON} 312.0s (a handler that ignores its cancellation); "
+    assert reason == (f"{SLOTS_REASON} 312.0s (a sync handler that ignores ctx.cancelled); "
                       "a restart frees them")
     assert h.readiness()[1] != "ok"
 

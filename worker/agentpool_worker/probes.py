@@ -12,15 +12,14 @@ and only reads the :class:`Health` record the loop keeps up to date.
   is the startup probe's to judge, not liveness.
   It also fails when the worker is stuck for good, although its loop and heartbeats are fine,
   for longer than ``stuck_restart_seconds`` (0: never), since only a restart frees it:
-  every slot held by stopped runs whose handlers have not returned (a sync handler that
-  ignores ``ctx.cancelled``, an async one that catches its CancelledError; those runs were
-  already reported or handed back), or a sync
+  every slot held by stopped runs whose threads have not returned (a sync handler that
+  ignores ``ctx.cancelled``; those runs were already reported or handed back), or a sync
   ``ready`` check that has not returned (the same call still running in its thread). Neither
   while a run is in progress or an outcome waits for Redis (``busy``): a restart would lose
   them, and a worker that is not ready claims nothing, so its runs end and liveness fails then.
 - ``/readyz`` fails when the last Redis request failed, or the worker is not claiming work
   (starting, draining, drained, stopping), or the handler's ``ready`` hook failed its last
-  check, or every slot is held by a stopped run whose handler has not returned, or Redis is
+  check, or every slot is held by a stopped run whose thread has not returned, or Redis is
   full (maxmemory reached: it refuses claims, so no new task starts). A full Redis is not an
   unreachable one: Redis answers, heartbeats and outcomes go on, and the body says so rather
   than "redis unreachable". Every pod sees a full Redis at once and none is to blame; the
@@ -69,7 +68,7 @@ class Health:
     """How long the worker may be stuck for good (see :meth:`restart_due`) before ``/livez``
     fails; 0 never."""
     slots_stuck_since: float | None = None
-    """Since when every slot has been held by stopped runs whose handlers have not returned."""
+    """Since when every slot has been held by stopped runs whose threads have not returned."""
     ready_hung_since: float | None = None
     """Since when the ``ready`` check still running in its thread was started."""
     busy: int = 0
@@ -140,9 +139,9 @@ class Health:
         if grace <= 0 or self.busy:
             return ""
         if self.slots_stuck_since is not None and now - self.slots_stuck_since > grace:
-            return (f"every slot has been held by stopped runs whose handlers have not "
-                    f"returned for {now - self.slots_stuck_since:.1f}s (a handler that ignores "
-                    "its cancellation); a restart frees them")
+            return (f"every slot has been held by stopped runs whose threads have not "
+                    f"returned for {now - self.slots_stuck_since:.1f}s (a sync handler that "
+                    "ignores ctx.cancelled); a restart frees them")
         if self.ready_hung_since is not None and now - self.ready_hung_since > grace:
             return (f"the ready check has not returned for {now - self.ready_hung_since:.1f}s "
                     "and no run is in progress; a restart starts it afresh")

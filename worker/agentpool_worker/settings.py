@@ -262,7 +262,7 @@ class WorkerSettings:
     stuck_restart_seconds: float = _setting(
         "a number of seconds between 0 and 86400 (0: never restart a stuck worker)",
         seconds(0, 86400), 300.0)
-    """How long every slot may be held by stopped runs whose handlers have not returned, or a
+    """How long every slot may be held by stopped runs whose threads have not returned, or a
     sync ``ready`` check stay hung while no run is in progress, before ``/livez`` fails so
     that the kubelet restarts the container (probes.py)."""
     rate_limits: str = _setting(

@@ -137,8 +137,7 @@ when no operator does, so that no task waits for one for ever."""
 STOP_SECONDS = 11.0
 """How long runs still going at the end of the SIGTERM drain get to end once told to stop
 (each hands its task back as it ends; those still going, then): a command's grace is at most
-10 s, then SIGKILL. Also how long an async handler told to stop (its timeout, a cancel, a lost
-lease) gets to end before it is given up on (see ``Worker._in_own_task``)."""
+10 s, then SIGKILL."""
 HOOK_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 """What a hook may raise that counts as the hook failing (sys.exit() in a library too)."""
 PASSWORD_PLACE = f"AGENTPOOL_REDIS_URL ({URL_WITH_PASSWORD}), set from the pool's spec.redis"
@@ -177,8 +176,7 @@ class _StillChecking(Exception):
 class _Run:
     """One task's run in progress."""
 
-    __slots__ = ("ctx", "handler_task", "reported", "stop_reason", "task", "thread", "unsaved",
-                 "worker_task")
+    __slots__ = ("ctx", "reported", "stop_reason", "task", "thread", "unsaved", "worker_task")
 
     def __init__(self, task: ClaimedTask, ctx: TaskContext) -> None:
         self.task = task
@@ -189,8 +187,6 @@ class _Run:
         SIGTERM drain when it had not ended by then."""
         self.worker_task: asyncio.Task[None] | None = None
         self.thread: Future[Any] | None = None
-        self.handler_task: asyncio.Future[Any] | None = None
-        """An async handler's call, in a task of its own (see ``Worker._in_own_task``)."""
         self.unsaved = False
         """A checkpoint of this run was not saved because Redis was full (logged once)."""
 
@@ -291,10 +287,8 @@ class Worker:
             settings.concurrency, "agentpool-after-task",
             most=settings.concurrency * AFTER_TASK_THREADS_PER_SLOT)
         self._abandoned = 0
-        """Slots held by runs that ended (timed out, stopped) while their handler did not
-        return: a sync handler's thread, or an async handler that ignored its cancellation."""
-        self._abandoned_handlers: set[asyncio.Future[Any]] = set()
-        """Async handlers given up on that have not ended yet."""
+        """Slots held by sync runs that ended (timed out, stopped) while their thread did not
+        return."""
         self._confirming: set[str] = set()
         """Tasks of a claim read late, whose leases a heartbeat confirms before they start."""
 
@@ -352,8 +346,7 @@ class Worker:
     def runs_left(self) -> int:
         """Runs (and their after_task hooks) still going once the worker stopped: handlers
         that ignored their cancellation; their tasks are back in the queue already."""
-        return (sum(1 for run in list(self._executing) if not run.done())
-                + sum(1 for handler in list(self._abandoned_handlers) if not handler.done()))
+        return sum(1 for run in list(self._executing) if not run.done())
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -1278,7 +1271,7 @@ class Worker:
                 async with asyncio.timeout(run.ctx.timeout_seconds) as deadline:
                     result = await self._call(run, payload)
                     if inspect.iscoroutine(result):  # a plain wrapper around an async function
-                        result = await self._in_own_task(run, result)
+                        result = await result
             except asyncio.CancelledError:
                 this = asyncio.current_task()
                 assert this is not None
@@ -1340,10 +1333,8 @@ class Worker:
                 del self._runs[task.id]
             if outcome is not None:
                 await self._after_task(run.ctx, outcome)
-            thread, handler = run.thread, run.handler_task
-            if handler is not None and not handler.done():
-                self._abandon_handler(handler)
-            elif thread is not None and not thread.done():
+            thread = run.thread
+            if thread is not None and not thread.done():
                 self._abandoned += 1
                 self._slots_checked()
                 thread.add_done_callback(self._thread_returned)
@@ -1354,66 +1345,14 @@ class Worker:
         handler, ctx = self.handler, run.ctx
         args = (payload, ctx) if handler.wants_context else (payload,)
         if handler.is_async:
-            return self._in_own_task(run, handler.func(*args))
+            coro: Awaitable[Any] = handler.func(*args)
+            return coro
         assert self._executor is not None
         future = self._executor.submit(handler.func, *args)
         run.thread = future
         self._threads.add(future)
         future.add_done_callback(self._threads.discard)
         return asyncio.wrap_future(future)
-
-    async def _in_own_task(self, run: _Run, call: Awaitable[Any]) -> Any:
-        """Await an async handler's `call` in a task of its own, so that one that ignores
-        being told to stop can be given up on.
-
-        Told to stop (its timeout, a cancel, a lost lease, a drain), the handler gets its
-        CancelledError and STOP_SECONDS to end, as a command gets its grace between SIGTERM and
-        SIGKILL: it is not cancelled again meanwhile, which would cut a cleanup short (a
-        command's ``stop`` takes a second cancellation for SIGKILL now). It ends as it ends (a
-        result, an exception, the CancelledError), and the run's outcome follows as before. One
-        still going then (a retry loop that catches every exception) is given up on: the
-        CancelledError goes on to the run's end, which reports its outcome (timed out,
-        cancelled, handed back) at once, and the handler keeps its slot until it ends, cancelled
-        again every second (see :meth:`_abandon_handler`)."""
-        handler = asyncio.ensure_future(_contained(call))
-        run.handler_task = handler
-        try:
-            try:
-                return await asyncio.shield(handler)
-            except asyncio.CancelledError:
-                if not handler.done():  # else the CancelledError is the handler's own
-                    handler.cancel()
-                    await _grace(handler, STOP_SECONDS)
-                if handler.done() and not handler.cancelled():
-                    return handler.result()
-                if not handler.done():
-                    self._log.warning(
-                        "handler ignored cancellation; given up on: its outcome is reported "
-                        "now, and it keeps its slot until it ends", task=run.task.id,
-                        attempt=run.task.attempts, stopped_by=run.stop_reason or "its timeout",
-                        grace_seconds=STOP_SECONDS)
-                raise
-        except _HandlerExit as contained:
-            raise contained.exc from None
-
-    def _abandon_handler(self, handler: asyncio.Future[Any]) -> None:
-        """An async handler given up on holds its slot until it ends, as an abandoned thread
-        does (so that the worker never runs more than its concurrency), cancelled again every
-        second meanwhile: a loop that retries on any error ends once it runs out of tries."""
-        self._abandoned += 1
-        self._abandoned_handlers.add(handler)
-        self._slots_checked()
-        handler.add_done_callback(self._abandoned_handler_ended)
-        self._cancel_every_second(handler)
-
-    def _cancel_every_second(self, handler: asyncio.Future[Any]) -> None:
-        if not handler.done():
-            handler.cancel()
-            self.loop.call_later(1.0, self._cancel_every_second, handler)
-
-    def _abandoned_handler_ended(self, handler: asyncio.Future[Any]) -> None:
-        self._abandoned_handlers.discard(handler)
-        self._abandoned_returned()
 
     def _thread_returned(self, _: Future[Any]) -> None:
         """An abandoned sync run's thread returned (called in that thread): free its slot."""
@@ -1437,14 +1376,13 @@ class Worker:
         if stuck == bool(self.health.slots_error):
             return
         if stuck:
-            self._log.warning("every slot is held by a stopped run whose handler has not "
+            self._log.warning("every slot is held by a stopped run whose thread has not "
                               "returned; not ready", slots=self.settings.concurrency)
             self.health.slots_stuck(
                 f"all {self.settings.concurrency} slots are held by stopped runs whose "
-                "handlers have not returned (a sync handler that ignores ctx.cancelled, an "
-                "async one that catches its CancelledError)")
+                "threads have not returned (a sync handler that ignores ctx.cancelled)")
         else:
-            self._log.info("a stopped run's handler returned; a slot is free again")
+            self._log.info("a stopped run's thread returned; a slot is free again")
             self.health.slots_stuck("")
 
     def _release_slot(self) -> None:
@@ -1584,33 +1522,6 @@ def _checkpoint(task: ClaimedTask) -> Any:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-class _HandlerExit(Exception):
-    """A handler's own KeyboardInterrupt or SystemExit (``sys.exit()`` in a library), carried
-    out of its task: asyncio raises those out of the event loop, which would end the worker."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(exc)
-        self.exc = exc
-
-
-async def _contained(call: Awaitable[Any]) -> Any:
-    try:
-        return await call
-    except (KeyboardInterrupt, SystemExit) as exc:
-        raise _HandlerExit(exc) from None
-
-
-async def _grace(handler: asyncio.Future[Any], seconds: float) -> None:
-    """Wait up to `seconds` for `handler` to end, whatever cancels the waiter meanwhile (a
-    cancel after a timeout, the drain's stop): the handler's grace is the same whatever comes
-    after its first stop."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not handler.done() and (left := deadline - loop.time()) > 0:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait([handler], timeout=left)
 
 
 async def _first(*aws: Awaitable[Any]) -> None:
