@@ -78,6 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # no encoding writes: print it as its escape rather than fail.
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's own --help lists what it takes
+        parser_of(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     code: int = args.func(args)
     return code
+
+
+def parser_of(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of `command`, a subcommand of `parser`."""
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    sub: argparse.ArgumentParser = commands.choices[command]
+    return sub

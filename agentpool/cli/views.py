@@ -60,6 +60,9 @@ ONE_LINE_COLUMNS = frozenset({"PAYLOAD", "ERROR", "RESULT / ERROR", "PROGRESS", 
                               "DECLARED BY"})
 """Free text and names: on a narrow terminal these give up their width first (the widest
 first), each cell kept on one line and cut with an ellipsis (`-o json` has them whole)."""
+DROPPED_FIRST = frozenset({"TENANT", "NAMESPACE", "DECLARED BY"})
+"""One-line columns a narrow terminal leaves out before the others (a task's payload and error
+say more about it than its tenant)."""
 WORDS_COLUMNS = frozenset({"DECLARED", "EFFECTIVE"})
 """A few figures each (a rate limit's): on a narrow terminal these wrap between them."""
 NARROWEST = 8
@@ -81,21 +84,24 @@ class FittedTable:
     of a watch).
 
     Task ids, states, numbers and ages keep each cell on one line, whole: a narrow terminal
-    takes width from the free-text and name columns (ONE_LINE_COLUMNS), and leaves out the
-    rightmost of them (saying so under the table, unless it had nothing to show) before any
-    would be cut below NARROWEST, never folding "running" into "runni" and "ng"."""
+    takes width from the free-text and name columns (ONE_LINE_COLUMNS), and leaves some of
+    them out (saying so under the table, unless they had nothing to show) before any would
+    be cut below NARROWEST, never folding "running" into "runni" and "ng". Only a terminal
+    too narrow for the ids, states and figures alone wraps them (cut, an id names no task)."""
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         headers = self.grid.headers
-        kept = self._kept(options.max_width)
+        kept, fits = self._kept(options.max_width)
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False,
                       padding=(0, GAP - 1, 0, 0))  # and the rule's blank between columns
         for i in kept:
-            table.add_column(headers[i], overflow="ellipsis",
-                             no_wrap=headers[i] not in ONE_LINE_COLUMNS | WORDS_COLUMNS)
+            whole = headers[i] not in ONE_LINE_COLUMNS | WORDS_COLUMNS
+            # Too narrow even for the ids, states and figures alone: they wrap, never cut.
+            table.add_column(headers[i], overflow="ellipsis" if fits or not whole else "fold",
+                             no_wrap=whole and fits)
         for row in self.grid.rows:
             table.add_row(*(_cell(row[i], one_line=headers[i] in ONE_LINE_COLUMNS)
                             for i in kept))
@@ -106,23 +112,29 @@ class FittedTable:
             yield Text(f"too narrow to show {', '.join(left_out)} (widen the terminal, or "
                        "use -o json)", style="dim")
 
-    def _kept(self, width: int) -> list[int]:
+    def _kept(self, width: int) -> tuple[list[int], bool]:
         """The columns that fit in `width`, each one-line column at least NARROWEST wide (or
-        as wide as its widest cell, if less). The first column is always kept; the others
-        go from the right, those with nothing to show ("-" in every row) first."""
+        as wide as its widest cell, if less), and whether they do. The first column is always
+        kept; the others go, those with nothing to show ("-" in every row) first, then those
+        of DROPPED_FIRST, then from the right."""
         headers, rows = self.grid.headers, self.grid.rows
         widths = [max(cell_len(printable(text)) for text in [header, *(row[i] for row in rows)])
                   for i, header in enumerate(headers)]
         least = [min(w, NARROWEST) if h in ONE_LINE_COLUMNS else w
                  for h, w in zip(headers, widths, strict=True)]
         kept = list(range(len(headers)))
-        while sum(least[i] for i in kept) + GAP * (len(kept) - 1) > width:
+
+        def fits() -> bool:
+            return sum(least[i] for i in kept) + GAP * (len(kept) - 1) <= width
+
+        while not fits():
             droppable = [i for i in kept[1:] if headers[i] in ONE_LINE_COLUMNS]
             if not droppable:
                 break
             empty = [i for i in droppable if _empty(rows, i)]
-            kept.remove((empty or droppable)[-1])
-        return kept
+            first = [i for i in droppable if headers[i] in DROPPED_FIRST]
+            kept.remove((empty or first or droppable)[-1])
+        return kept, fits()
 
 
 def _empty(rows: Sequence[Sequence[str]], column: int) -> bool:
@@ -646,10 +658,13 @@ def state_totals(figures: QueueFigures) -> dict[str, int]:
 
 def tasks_json(queue: str, groups: Mapping[str, Sequence[TaskInfo]],
                totals: Mapping[str, int]) -> dict[str, Any]:
+    """Each task once, with its group (`listed_as`): a delayed task already due is listed,
+    and counted, as queued, as `stats` counts it (its `state` stays delayed)."""
     return {
         "queue": queue,
         "totals": {state: totals.get(state, 0) for state in groups},
-        "tasks": [task_json(queue, t) for tasks in groups.values() for t in tasks],
+        "tasks": [{**task_json(queue, t), "listed_as": group}
+                  for group, tasks in groups.items() for t in tasks],
     }
 
 

@@ -50,7 +50,7 @@ class EnvVar(Model):
 
     @model_validator(mode="after")
     def _one_value(self) -> EnvVar:
-        if self.value is not None and self.value_from is not None:
+        if self.value and self.value_from is not None:
             raise ValueError(ENV_ONE_VALUE.message)
         return self
 

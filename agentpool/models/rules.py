@@ -117,9 +117,10 @@ RATE_LIMIT_NAMES_UNIQUE = CelRule(
     "rateLimits names must be unique within a pool",
 )
 ENV_ONE_VALUE = CelRule(
-    "!(has(self.value) && has(self.valueFrom))",
+    "!(has(self.value) && size(self.value) > 0 && has(self.valueFrom))",
     "an env entry takes value or valueFrom, not both",
 )
+"""As the API server has it: an empty value beside valueFrom is no value."""
 VOLUME_ONE_SOURCE = CelRule(
     "[" + ", ".join(f"has(self.{source})" for source in VOLUME_SOURCES) + "].exists_one(s, s)",
     "each worker.volumes entry needs exactly one of " + ", ".join(VOLUME_SOURCES)

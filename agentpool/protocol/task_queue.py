@@ -660,7 +660,8 @@ class TaskQueue:
 
     async def events(self, task_id: str, *, after: str | None = None, follow: bool = True,
                      block_seconds: float = 1.0) -> AsyncGenerator[TaskEvent, None]:
-        """The task's events, oldest first, from the start or after the event id `after`.
+        """The task's events, oldest first, from the start (`after` None or "", as an absent
+        Last-Event-ID header gives it) or after the event id `after`.
 
         With `follow`, waits for new ones until the task is final (its ``final`` event is the
         last one yielded; a task that never emitted ends without one). Resumes from the last
@@ -668,7 +669,7 @@ class TaskQueue:
         stream's cap dropped it first); a connection lost for WAIT_RECONNECT_SECONDS in a row
         raises, as :meth:`wait` does. Raises TaskNotFound for an unknown task.
         """
-        last = "0-0" if after is None else _checked_after(after)
+        last = "0-0" if after in (None, "") else _checked_after(after)
         key = self.events_key(task_id)
         info = await self.get(task_id)
         if info is None:

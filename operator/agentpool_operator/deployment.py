@@ -202,6 +202,14 @@ def borrowed_account(namespace: str, spec: AgentPoolSpec,
             "(give them a ServiceAccount of their own)")
 
 
+def runs_as_protected(deployment: Mapping[str, Any], namespace: str,
+                      protected: Collection[str]) -> bool:
+    """Whether a Deployment's pods run as one of the `protected` ServiceAccounts."""
+    pod = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+    account = pod.get("serviceAccountName")
+    return account is not None and f"{namespace}/{account}" in protected
+
+
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": owner["apiVersion"],

@@ -52,6 +52,7 @@ from .deployment import (
     deployment_drift,
     desired_deployment,
     replayed,
+    runs_as_protected,
 )
 from .disruption_actions import ensure_budget
 from .kube import KubeApi, api_error_message
@@ -89,11 +90,13 @@ SERVICE_ACCOUNT_REFUSED = "ServiceAccountRefused"
 class DeploymentRefused(Exception):
     """The operator does not write the pool's Deployment; `reason` (a `Degraded` reason)
     says why: another owner controls one of its name, or the spec asks for what no pool
-    may have."""
+    may have. `serving`: the pool's own Deployment that serves on meanwhile, if any."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str,
+                 serving: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.serving = serving
 
 
 def context(memo: Any) -> OperatorContext:
@@ -160,7 +163,8 @@ async def ensure_deployment(
         return state.deployment
     refusal = borrowed_account(namespace, spec, protected_accounts)
     if refusal is not None:
-        raise DeploymentRefused(SERVICE_ACCOUNT_REFUSED, refusal)
+        raise DeploymentRefused(SERVICE_ACCOUNT_REFUSED, refusal, await stop_borrowing(
+            kube, state, body, protected_accounts, logger))
     if not state.deployment_known:
         state.remember_deployment(await kube.get_deployment(namespace, name))
     credentials = state.worker_credentials
@@ -218,6 +222,31 @@ async def ensure_deployment(
     state.reconciled_generation = generation
     post(body, event, logger)
     return patched
+
+
+async def stop_borrowing(kube: KubeApi, state: PoolState, body: Any,
+                         protected_accounts: Collection[str], logger: Logger,
+                         ) -> dict[str, Any] | None:
+    """The pool's Deployment that may serve on while its spec names a protected account (one
+    of an earlier spec, with an account of its own), or None. One whose pods run as a
+    protected account (made before the operator protected it) is scaled to zero: its pods
+    end their runs in their termination grace, and the pool scales it no more."""
+    namespace, name = pool_key(body)
+    if not state.deployment_known:
+        state.remember_deployment(await kube.get_deployment(namespace, name))
+    actual = state.deployment
+    if actual is None or not controlled_by(actual, body):
+        return None
+    if not runs_as_protected(actual, namespace, protected_accounts):
+        return actual
+    if (actual.get("spec") or {}).get("replicas") != 0:
+        state.remember_deployment(
+            await kube.patch_deployment(namespace, name, {"spec": {"replicas": 0}}))
+        post(body, StatusEvent(
+            "Warning", SERVICE_ACCOUNT_REFUSED,
+            f"scaled Deployment {namespace}/{name} to zero: its pods run as the operator's or "
+            "the console's ServiceAccount"), logger)
+    return None
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -582,11 +611,7 @@ async def observe_once(
                     ctx.api, state, body, spec, generation, logger,
                     ctx.settings.protected_service_accounts)
         except DeploymentRefused as error:
-            # Another owner's Deployment is not the pool's to scale; its own, refused an
-            # update, serves on as it is.
-            ours = error.reason != "DeploymentConflict"
-            deployment = state.deployment if ours else None
-            deployment_problem = Problem(error.reason, str(error))
+            deployment, deployment_problem = error.serving, Problem(error.reason, str(error))
         except ApiException as error:
             deployment = state.deployment
             deployment_problem = Problem("DeploymentError", api_error_message(error))

@@ -179,6 +179,7 @@ def test_invalid_queue_name_is_a_usage_error(cli: Cli) -> None:
     (["stats", "--watch", "--window=nan"], "argument --window: must be a finite number, "
      "got nan"),
     (["status", "--sample=nan"], "argument --sample: must be a finite number, got nan"),
+    (["tasks", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_a_bad_number_or_event_id_is_refused_before_anything_is_sent(
     cli: Cli, argv: list[str], message: str,

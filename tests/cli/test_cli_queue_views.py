@@ -89,6 +89,9 @@ def test_a_delayed_task_come_due_is_listed_once_as_queued_as_stats_counts_it(cli
     doc = cli.ok("tasks", "-o", "json").json()
     assert doc["totals"] == {"queued": 2, "delayed": 1, "deferred": 0, "running": 0, "dead": 0}
     assert sorted(t["id"] for t in doc["tasks"]) == sorted([*due, later])
+    listed = {t["id"]: (t["listed_as"], t["state"]) for t in doc["tasks"]}
+    assert listed == {**{task_id: ("queued", "delayed") for task_id in due},
+                      later: ("delayed", "delayed")}
     out = cli.ok("tasks", "--state", "queued", "--state", "delayed").out
     assert f"Queued in {cli.queue}: 2" in out and f"Delayed in {cli.queue}: 1" in out
     [queued_table, delayed_table] = out.split(f"Delayed in {cli.queue}")

@@ -107,6 +107,25 @@ def test_an_80_column_table_keeps_ids_and_states_whole_on_one_line() -> None:
         assert any(line.startswith("too narrow to show ") for line in lines)
 
 
+def test_a_narrow_table_leaves_the_tenant_out_before_the_payload() -> None:
+    header = next(line for line in rendered(110) if line.startswith("ID"))
+    assert "PAYLOAD" in header.split() and "TENANT" not in header.split()
+
+
+def test_a_table_too_narrow_for_its_ids_wraps_them_and_hides_no_column_unsaid() -> None:
+    """At 45 columns not even the ids, states and figures fit: they wrap rather than being
+    cut to "…" (an id cut short names no task), and every column left out is named."""
+    lines = rendered(45)
+    assert all(len(line) <= 45 for line in lines)
+    text = "".join(line.split()[0] for line in lines if line and line[0] in "0123456789abcdef")
+    assert f"{1:032x}" in text and f"{2:032x}" in text, lines
+    assert not any("…" in line.split()[0] for line in lines if line.strip()), lines
+    shown = {word for line in lines[:4] for word in line.split()}
+    said = next(line for line in lines if line.startswith("too narrow to show "))
+    for column in ("STATE", "PRIO", "ATTEMPTS", "AGE"):
+        assert column in shown or column in said, (column, lines)
+
+
 def test_a_wide_terminal_shows_every_column() -> None:
     lines = rendered(200)
     assert lines[1].split() == ["ID", "STATE", "PRIO", "TENANT", "ATTEMPTS", "PROGRESS",

@@ -218,7 +218,8 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
     minimal_spec(tenantMaxRunning=1),
     minimal_spec(worker=worker(
         env=[{"name": "my.var-1", "value": "x"}, {"name": "1_LEADING_DIGIT"},
-             {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+             {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+             {"name": "EMPTY_BESIDE", "value": "", "valueFrom": {"fieldRef": {}}}],
         serviceAccountName="agents.v2", priorityClassName="agents-high",
         runtimeClassName="gvisor", imagePullSecrets=[{"name": "registry.example-1"}],
     )),

@@ -248,6 +248,43 @@ async def test_a_pool_may_not_run_its_workers_as_the_operator(
     assert thread.error is None, thread.error
 
 
+async def test_a_pool_made_before_the_operator_protected_its_account_is_scaled_to_zero(
+    cluster: Cluster, operator_settings: OperatorSettings, redis_url: str
+) -> None:
+    """Its Deployment, written by an operator that did not protect the account, runs pods
+    with the operator's rights: the protecting operator scales it to zero (its runs end in
+    their termination grace) and scales it no more."""
+    manifest = pool_manifest("theta", redis_url=redis_url)
+    manifest["spec"]["worker"]["serviceAccountName"] = "agentpool-operator"
+    manifest["spec"]["scaling"] = {"minReplicas": 2, "maxReplicas": 2}
+    earlier = OperatorThread(operator_settings)
+    await earlier.start()
+    try:
+        await cluster.create_pool(manifest)
+        await eventually(lambda: cluster.deployment("theta")["spec"]["replicas"] == 2)
+    finally:
+        await earlier.stop()
+
+    settings = operator_settings.model_copy(update={
+        "protected_service_accounts": (f"{NAMESPACE}/agentpool-operator",)})
+    protecting = OperatorThread(settings)
+    await protecting.start()
+    try:
+        await eventually(lambda: cluster.deployment("theta")["spec"]["replicas"] == 0)
+        degraded = await eventually(
+            lambda: (c := cluster.condition("theta", "Degraded"))["status"] == "True" and c)
+        assert degraded["reason"] == "ServiceAccountRefused"
+        [event] = await eventually(lambda: [e for e in cluster.events("ServiceAccountRefused")
+                                            if "scaled Deployment" in e["message"]])
+        assert event["type"] == "Warning"
+        await eventually(lambda: cluster.condition("theta", "Scaling")["reason"]
+                         == "DeploymentMissing")
+        assert cluster.deployment("theta")["spec"]["replicas"] == 0
+    finally:
+        await protecting.stop()
+    assert protecting.error is None, protecting.error
+
+
 async def test_status_reports_replicas_and_queue_figures(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis
 ) -> None:

@@ -240,7 +240,7 @@ async def test_bad_events_are_refused_with_a_reason() -> None:
         encode_progress(1.5)
 
 
-@pytest.mark.parametrize("after", ["abc", "1-", "-1", "1-2-3", "1.5", " 1-0", "1-0\n", "$", "",
+@pytest.mark.parametrize("after", ["abc", "1-", "-1", "1-2-3", "1.5", " 1-0", "1-0\n", "$", " ",
                                    "18446744073709551616-0", "0-18446744073709551616",
                                    "18446744073709551615-18446744073709551615", 5])
 @pytest.mark.parametrize("follow", [True, False])
@@ -264,6 +264,7 @@ async def test_after_takes_an_event_id_with_or_without_its_sequence(queue: TaskQ
     await queue.complete(task)
     first, final = await collect(queue, task_id)
     assert await collect(queue, task_id, after="0") == [first, final]
+    assert await collect(queue, task_id, after="") == [first, final], "as no Last-Event-ID"
     assert await collect(queue, task_id, after=first.id, follow=False) == [final]
     milliseconds = first.id.partition("-")[0]
     assert (await collect(queue, task_id, after=milliseconds)

@@ -40,8 +40,18 @@ async def run(payload: dict[str, Any], ctx: TaskContext) -> Any:
     return {"client": ctx.state["client"]}
 
 
+FOLLOW_UPS: dict[str, str] = {}
+"""Per task the test named in AFTER_TASK["follow_up_for"]: the follow-up after_task submitted
+for it, or the name of the error that refused it."""
+
+
 def after_task(ctx: TaskContext, outcome: TaskOutcome) -> None:
     OUTCOMES.setdefault(ctx.task_id, []).append(outcome)
+    if ctx.task_id in AFTER_TASK.get("follow_up_for", ()):
+        try:
+            FOLLOW_UPS[ctx.task_id] = ctx.submit_sync({"follow_up_of": ctx.task_id})
+        except Exception as exc:
+            FOLLOW_UPS[ctx.task_id] = type(exc).__name__
     time.sleep(AFTER_TASK["delay"])
     AFTER_TASK["finished"].append(ctx.task_id)
     raise RuntimeError("billing service down")

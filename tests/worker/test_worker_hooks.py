@@ -36,7 +36,8 @@ def fresh_hook_records() -> None:
     hook_handlers.CALLS.clear()
     hook_handlers.OUTCOMES.clear()
     hook_handlers.READY.update(answer=True, checks=0)
-    hook_handlers.AFTER_TASK.update(delay=0.0, finished=[])
+    hook_handlers.AFTER_TASK.update(delay=0.0, finished=[], follow_up_for=set())
+    hook_handlers.FOLLOW_UPS.clear()
 
 
 async def outcome_of(task_id: str) -> str | None:
@@ -56,6 +57,27 @@ async def test_startup_state_reaches_tasks_and_shutdown_runs_once(
                                     "the task to succeed")
             assert done.result == {"client": f"client-of-{worker.worker_id}"}
     assert hook_handlers.CALLS == ["startup", "shutdown"]
+
+
+async def test_after_task_may_submit_for_a_run_that_ended_not_for_a_stopped_one(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A follow-up (a notification, a next step) submitted from the hook of a run that
+    succeeded or failed is queued; the hook of a cancelled run may not act for it."""
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, HANDLER)):
+        ok = await queue.submit({})
+        failed = await queue.submit({"mode": "fail"})
+        cancelled = await queue.submit({"mode": "sleep", "seconds": 30})
+        hook_handlers.AFTER_TASK["follow_up_for"] = {ok, failed, cancelled}
+        await eventually(lambda: task_in(queue, cancelled, "running"), 10, "a running task")
+        await queue.cancel(cancelled)
+        await eventually(lambda: len(hook_handlers.FOLLOW_UPS) == 3, 10, "the three hooks")
+
+        assert hook_handlers.FOLLOW_UPS[cancelled] == "LeaseLost"
+        for task_id in (ok, failed):
+            follow_up = await queue.get(hook_handlers.FOLLOW_UPS[task_id])
+            assert follow_up is not None and follow_up.payload == {"follow_up_of": task_id}
 
 
 async def test_shutdown_waits_for_after_task_hooks_still_running(

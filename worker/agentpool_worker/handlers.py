@@ -16,13 +16,13 @@ exception is retried with backoff until the task runs out of attempts. A run tha
 the task timeout counts as a retryable failure.
 
 Cancellation: async handlers receive ``asyncio.CancelledError`` when their task is cancelled,
-times out, or its lease is lost; one that has not ended STOP_SECONDS later is given up on (its
-outcome reported) and cancelled again every second, keeping its slot until it ends. Threads
+times out, or its lease is lost, and should let it propagate: one that catches it and goes on
+runs until it returns, holding its lease, however long past its timeout. Threads
 cannot be interrupted, so sync handlers should look at ``ctx.cancelled`` (a
 ``threading.Event``; ``ctx.cancelled.wait(n)`` is an interruptible sleep). A sync run that is
 abandoned keeps its thread, and its concurrency slot, until it returns. Once a run is over or
 told to stop, its ``ctx.submit*``, ``ctx.results_before`` and ``ctx.wait_many`` raise
-LeaseLost.
+LeaseLost (but in the ``after_task`` hook of a run that succeeded or failed).
 
 The handler's module may also define hooks (each sync or async): ``startup(worker_ctx)`` and
 ``shutdown(worker_ctx)`` run once per process (``worker_ctx.state`` reaches every task as

@@ -294,6 +294,8 @@ class Worker:
 
         self._held: dict[str, ClaimedTask] = {}
         self._runs: dict[str, _Run] = {}
+        self._hooked: dict[str, TaskContext] = {}
+        """Runs over on their own whose ``after_task`` hook is running: it may act for them."""
         self._reporting: set[str] = set()
         self._reports: set[asyncio.Task[None]] = set()
         self._completions: list[tuple[ClaimedTask, str]] = []
@@ -455,15 +457,24 @@ class Worker:
             self._log.error("shutdown hook failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _after_task(self, ctx: TaskContext, outcome: TaskOutcome) -> None:
+        """The ``after_task`` hook. After a run that ended on its own (succeeded, failed) the
+        hook may still act for it (``ctx.submit`` a follow-up, say); after a stopped one
+        (lost, cancelled, handed back) not."""
         hook = self.handler.hooks.after_task
         if hook is None:
             return
+        acting = outcome.status not in STOPPED_STATUS.values()
+        if acting:
+            self._hooked[ctx.task_id] = ctx
         try:
             async with asyncio.timeout(AFTER_TASK_SECONDS):
                 await call_hook(hook, ctx, outcome, threads=self._after_task_threads)
         except HOOK_FAILURES as exc:
             self._log.warning("after_task hook failed", task=ctx.task_id,
                               outcome=outcome.status, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if acting and self._hooked.get(ctx.task_id) is ctx:
+                del self._hooked[ctx.task_id]
 
     async def _ready_loop(self) -> None:
         while True:
@@ -1164,10 +1175,13 @@ class Worker:
                                    lambda: self.queue.results_of(ctx.after))
 
     def _run_going(self, ctx: TaskContext, what: str) -> None:
-        """LeaseLost unless the run of `ctx` goes on: once it is over (returned, failed, timed
-        out, dead-lettered) or told to stop (cancelled, its lease lost, handed back), what it
-        submits or waits for would outlive it (a sync planner that ignores ``ctx.cancelled``,
-        a background task the handler left behind)."""
+        """LeaseLost unless the run of `ctx` goes on (or its ``after_task`` hook runs, the run
+        over on its own): once it is over (returned, failed, timed out, dead-lettered) or
+        told to stop (cancelled, its lease lost, handed back), what it submits or waits for
+        would outlive it (a sync planner that ignores ``ctx.cancelled``, a background task
+        the handler left behind)."""
+        if self._hooked.get(ctx.task_id) is ctx:
+            return
         run = self._runs.get(ctx.task_id)
         if run is None or run.ctx is not ctx or run.stop_reason is not None:
             raise LeaseLost(f"task {ctx.task_id}: this run is over or stopping; "
