@@ -90,7 +90,7 @@ from agentpool.protocol.views import (
     task_page,
     task_view,
 )
-from agentpool.protocol.waiting import DoneSignal, retry_delay, worth_retrying
+from agentpool.protocol.waiting import DoneSignal, not_final, retry_delay, worth_retrying
 
 __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
@@ -159,6 +159,7 @@ __all__ = [
     "known_queues",
     "new_instance_id",
     "new_task_id",
+    "not_final",
     "retry_delay",
     "tally_tenants",
     "task_for_idempotency_key",

@@ -260,7 +260,7 @@ def test_requeue_cause_reduces_the_recovery_reasons_to_a_few_codes() -> None:
     instances = [InstanceView("restarted", "old", started=100.0, held=1),
                  InstanceView("vanished", "i1", started=100.0, held=2)]
     actions = decide_recovery(
-        RecoveryInputs(pods=pods, instances=instances, nodes=frozenset({"n1"})),
+        RecoveryInputs(pods=pods, instances=instances, gone_nodes=frozenset({"gone-node"})),
         RecoveryPolicy(), now=1000.0,
     )
     causes = {a.pod: metrics.requeue_cause(a.reason) for a in actions if isinstance(a, Requeue)}

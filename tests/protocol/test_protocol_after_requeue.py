@@ -249,7 +249,7 @@ async def test_a_chain_deeper_than_lua_calls_go_comes_back_in_one_step(
     script = queue._script("submit")
     async with redis.pipeline(transaction=False) as pipe:
         for n, task_id in enumerate(ids):
-            args = queue._submit_args({"n": n}, 0, 0, 1 if n == 0 else None, None,
+            args = queue._submit_args({"n": n}, 0, 0, None, 1 if n == 0 else None,
                                       after=[ids[n - 1]] if n else None)
             args[0] = task_id
             await script(keys=[queue.prefix + "queued"], args=[queue.prefix, *args], client=pipe)

@@ -76,9 +76,9 @@ from agentpool.protocol import (
     WorkerInfo,
     encode_result,
     new_instance_id,
+    not_final,
     retry_delay,
 )
-from agentpool.protocol.waiting import not_final
 from agentpool.redis_errors import (
     REDIS_FAILURES,
     TRANSIENT_REFUSALS,
