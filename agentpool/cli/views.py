@@ -498,8 +498,9 @@ def dead_grid(tasks: Sequence[TaskInfo], after_each: Sequence[int], now: float,
 
 def _shown(shown: int, total: int | None) -> str:
     """"3 shown", or "3 of 120 shown" when there are more."""
-    return f"{shown} of {total} shown" if total is not None and total > shown \
-        else f"{shown} shown"
+    if total is not None and total > shown:
+        return f"{shown} of {total} shown"
+    return f"{shown} shown"
 
 
 # -- workers -------------------------------------------------------------------------------

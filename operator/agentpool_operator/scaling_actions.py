@@ -207,7 +207,7 @@ async def scale(
         plan = plan_scale(summaries, replicas, given_back, decision.replicas, work, now, drains,
                           decision.keep)
         await _apply_marks(observation, plan, replicas, summaries, work or {}, drains, kube)
-        if plan.replicas != replicas or plan.give_back:
+        if plan.writes_deployment(replicas):
             await _patch_replicas(observation, state, decision, plan, kube)
         await _withdraw_marks(observation, plan.withdraw, kube)
         await _delete_orphans(observation, plan.delete, kube)

@@ -169,6 +169,12 @@ class ScalePlan:
     """Given back, yet the ReplicaSet kept them (it removed another pod, or the count rose
     again): drained pods that serve nothing, deleted so that it replaces them."""
 
+    def writes_deployment(self, replicas: int) -> bool:
+        """Whether the Deployment (at `replicas`) must be written: its count changes, or a
+        replica is given back, which must be named even when a new pod asked for in the
+        same round leaves the count as it was."""
+        return self.replicas != replicas or bool(self.give_back)
+
 
 DRAIN_READY_TIMEOUT_SECONDS = 60.0
 """A released pod that still reads Ready this long after its drain request gives back its

@@ -220,6 +220,17 @@ def test_nothing_is_withdrawn_while_the_queue_is_unreadable() -> None:
     assert (plan.withdraw, plan.start, plan.replicas) == ((), 2, 5)
 
 
+def test_a_give_back_in_the_round_a_pod_is_asked_for_still_writes_the_deployment() -> None:
+    """A released pod of a cordoned node gives its replica back as the load asks for one
+    more pod: the count stays, the Deployment must still name the pod given back."""
+    summaries = [PodSummary("serving"), PodSummary("new"),
+                 PodSummary("leaving", ready=False, marked=True, released=True, leaving=True)]
+    plan = plan_scale(summaries, 3, (), 3, {}, NOW, drains={"leaving": NOW - 100})
+    assert (plan.replicas, plan.give_back, plan.start) == (3, ("leaving",), 1)
+    assert plan.writes_deployment(3)
+    assert not plan_scale(summaries[:2], 2, (), 2, {}, NOW).writes_deployment(2)
+
+
 def test_a_starting_pod_holds_the_give_back() -> None:
     """The ReplicaSet removes unready pods first: while an unmarked pod is still starting
     (unready), lowering the count could remove it instead of the released one."""

@@ -26,6 +26,7 @@ import attrs
 import kmock
 import yaml
 from merge_patch import merge_patch
+from prometheus_client import REGISTRY
 
 from agentpool_operator import main as operator_main
 from agentpool_operator.settings import OperatorSettings
@@ -274,6 +275,15 @@ async def eventually(
                 raise failure
             raise AssertionError(f"condition not met within {within}s: {check}")
         await asyncio.sleep(interval)
+
+
+def last_observed(pool: str) -> float:
+    """When the pool's last round ended (the operator's own gauge): a test that must act
+    between two rounds waits for one to end after its set-up."""
+    return REGISTRY.get_sample_value(
+        "agentpool_operator_pool_last_observed_timestamp_seconds",
+        {"namespace": NAMESPACE, "pool": pool},
+    ) or 0.0
 
 
 def pool_manifest(

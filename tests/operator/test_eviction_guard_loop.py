@@ -14,13 +14,19 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException
-from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
-from prometheus_client import REGISTRY
+from operator_harness import (
+    NAMESPACE,
+    Cluster,
+    OperatorThread,
+    eventually,
+    last_observed,
+    pool_manifest,
+)
 from test_scaling_loop import (
     cost_of,
+    create_pod_on,
     create_pods,
     drains_are,
-    pod_manifest,
     scaling,
     set_unready,
     start_worker,
@@ -191,9 +197,7 @@ async def test_pods_of_a_cordoned_node_leave_once_their_runs_end(
     for pod in (idle, elsewhere):
         await start_worker(queue, pod, busy=False)
     for pod, node in ((busy, "node-a"), (idle, "node-a"), (elsewhere, "node-b")):
-        body = pod_manifest("co", pod)
-        body["spec"]["nodeName"] = node
-        await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", body)
+        await create_pod_on(cluster, "co", pod, node)
     await cluster.create_pool(pool_manifest(
         "co", redis_url=redis_url, queue=queue_name,
         scaling=scaling(minReplicas=3, maxReplicas=3),
@@ -251,9 +255,7 @@ async def test_a_replica_given_back_as_a_new_pod_is_asked_for_is_written_all_the
     await create_node(cluster, "node-b", cordoned=False)
     for pod, node in ((serving, "node-b"), (leaving, "node-a")):
         await start_worker(queue, pod, busy=False)
-        body = pod_manifest("lv", pod)
-        body["spec"]["nodeName"] = node
-        await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", body)
+        await create_pod_on(cluster, "lv", pod, node)
     await cluster.create_pool(pool_manifest(
         "lv", redis_url=redis_url, queue=queue_name,
         scaling=scaling(minReplicas=2, maxReplicas=5, tasksPerReplica=1),
@@ -264,9 +266,7 @@ async def test_a_replica_given_back_as_a_new_pod_is_asked_for_is_written_all_the
         await eventually(lambda: cost_of(cluster, leaving) == "-2000")
         await eventually(lambda: cluster.deployment("lv")["spec"]["replicas"] == 3)
         await start_worker(queue, new, busy=False)
-        body = pod_manifest("lv", new)
-        body["spec"]["nodeName"] = "node-b"
-        await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", body)
+        await create_pod_on(cluster, "lv", new, "node-b")
         created = time.time()
         await eventually(lambda: last_observed("lv") > created + 0.1)
 
@@ -283,14 +283,6 @@ async def test_a_replica_given_back_as_a_new_pod_is_asked_for_is_written_all_the
     finally:
         await operator.stop()
     assert operator.error is None, operator.error
-
-
-def last_observed(pool: str) -> float:
-    """When the pool's last round ended (the operator's own gauge)."""
-    return REGISTRY.get_sample_value(
-        "agentpool_operator_pool_last_observed_timestamp_seconds",
-        {"namespace": NAMESPACE, "pool": pool},
-    ) or 0.0
 
 
 class Nodes:

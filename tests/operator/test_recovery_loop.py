@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException
-from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
+from operator_harness import (
+    NAMESPACE,
+    Cluster,
+    OperatorThread,
+    eventually,
+    last_observed,
+    pool_manifest,
+)
 from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -113,14 +120,6 @@ async def fall_silent(queue: TaskQueue, pod: str, instance: str) -> None:
 
 async def queued(redis: aioredis.Redis, queue: str) -> set[str]:
     return {m.decode() for m in await redis.zrange(key_prefix(queue) + "queued", 0, -1)}
-
-
-def last_observed(pool: str) -> float:
-    """When the pool's last round ended (the operator's own gauge)."""
-    return REGISTRY.get_sample_value(
-        "agentpool_operator_pool_last_observed_timestamp_seconds",
-        {"namespace": NAMESPACE, "pool": pool},
-    ) or 0.0
 
 
 def messages(cluster: Cluster, reason: str) -> list[str]:

@@ -69,6 +69,13 @@ async def create_pods(cluster: Cluster, pool: str, names: list[str]) -> None:
         await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", pod_manifest(pool, name))
 
 
+async def create_pod_on(cluster: Cluster, pool: str, name: str, node: str) -> None:
+    """A pool's pod scheduled on `node`."""
+    body = pod_manifest(pool, name)
+    body["spec"]["nodeName"] = node
+    await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", body)
+
+
 async def set_unready(cluster: Cluster, pod: str, *, ready: bool = False) -> None:
     """What the kubelet does once a draining worker fails /readyz (or, `ready`, passes it
     again)."""
@@ -440,9 +447,7 @@ async def test_a_paused_pool_takes_back_the_pods_its_scale_down_drains(
         task = await start_worker(queue, pod, busy=True)
         assert task is not None
         tasks[pod] = task
-        body = pod_manifest("ka", pod)
-        body["spec"]["nodeName"] = "node-b" if pod == leaving else "node-a"
-        await cluster.create(f"/api/v1/namespaces/{NAMESPACE}/pods", body)
+        await create_pod_on(cluster, "ka", pod, "node-b" if pod == leaving else "node-a")
     await cluster.create_pool(pool_manifest(
         "ka", redis_url=redis_url, queue=queue_name,
         scaling=scaling(minReplicas=4, maxReplicas=4, tasksPerReplica=3),
