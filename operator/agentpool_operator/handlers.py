@@ -634,7 +634,7 @@ async def observe_once(
     observation = PoolObservation(
         namespace=namespace, name=name, pool=body, spec=spec, deployment=deployment,
         figures=figures, queue=queue, previous_status=previous, now=now, state=state,
-        pods=pods,
+        pods=pods, deployment_problem=deployment_problem,
     )
     try:
         result = await actions.act(observation, ctx.api)

@@ -40,6 +40,9 @@ class PoolObservation:
     """The pool's pods as the watch knows them; None: `act` lists them."""
     limit_waits: tuple[LimitWait, ...] = ()
     """Share of the workers' run time spent waiting per rate limit (see rate_limit_actions)."""
+    deployment_problem: Problem | None = None
+    """Why the operator did not write the Deployment this round (a refused ServiceAccount,
+    another owner's Deployment, an API error), if it did not."""
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ back and those being deleted keep draining. After the pause a scale-down chooses
 The `Scaling` condition says whether the autoscaler is in control and what it last did:
 True with ScaledUp, ScaledDown, Stable, Stabilizing (a scale-down waits for the
 stabilisation window or the cooldown), CoolingDown (a scale-up waits for its cooldown) or
-AtMaximum; False with Paused, FixedSize or QueueUnavailable; Unknown with DeploymentMissing.
+AtMaximum; False with Paused, FixedSize or QueueUnavailable, or with the reason the operator
+does not write the Deployment (e.g. ServiceAccountRefused); Unknown with DeploymentMissing.
 Its messages avoid figures that move every poll, so holding does not rewrite the status;
 status.drainingReplicas and status.drainingSince say how many pods drain, since when (the pods
 a rollout or a deletion stopped while they run tasks count too).
@@ -146,9 +147,7 @@ async def scale(
     spec = observation.spec
     deployment = observation.deployment
     if deployment is None:
-        return ActionResult(conditions=(ConditionUpdate(
-            "Scaling", "Unknown", "DeploymentMissing", "no Deployment to scale",
-        ),))
+        return ActionResult(conditions=(not_scaling(observation.deployment_problem),))
     replicas = int((deployment.get("spec") or {}).get("replicas", 1))
     state = observation.state if observation.state is not None else PoolState()
     now = observation.now.timestamp()
@@ -468,6 +467,15 @@ async def _sweep_drains(
             await queue.clear_drain(key)
     except REDIS_FAILURES as error:
         log.warning(f"cannot clear stale drain requests: {error}")
+
+
+def not_scaling(refused: Problem | None) -> ConditionUpdate:
+    """The Scaling condition of a round without a Deployment to scale: the reason the
+    operator did not write one if it refused or failed to, else DeploymentMissing."""
+    if refused is None:
+        return ConditionUpdate("Scaling", "Unknown", "DeploymentMissing", "no Deployment to scale")
+    return ConditionUpdate("Scaling", "False", refused.reason,
+                           f"the pool does not scale: {refused.message}")
 
 
 def _redis_problem(current: int, error: BaseException) -> ConditionUpdate:

@@ -239,6 +239,8 @@ async def test_a_pool_may_not_run_its_workers_as_the_operator(
             "spec.worker.serviceAccountName: agentpool-operator is the ServiceAccount of the "
             "agentpool operator or console")
         assert cluster.requests("POST", "/deployments") == []
+        scaling = await eventually(lambda: cluster.condition("eta", "Scaling"))
+        assert (scaling["status"], scaling["reason"]) == ("False", "ServiceAccountRefused")
 
         await cluster.patch_pool("eta", {"spec": {"worker": {"serviceAccountName": "agents"}}})
         created = await eventually(lambda: cluster.deployment("eta"))
@@ -277,8 +279,10 @@ async def test_a_pool_made_before_the_operator_protected_its_account_is_scaled_t
         [event] = await eventually(lambda: [e for e in cluster.events("ServiceAccountRefused")
                                             if "scaled Deployment" in e["message"]])
         assert event["type"] == "Warning"
-        await eventually(lambda: cluster.condition("theta", "Scaling")["reason"]
-                         == "DeploymentMissing")
+        scaling = await eventually(
+            lambda: (c := cluster.condition("theta", "Scaling"))["status"] == "False" and c)
+        assert scaling["reason"] == "ServiceAccountRefused"
+        assert scaling["message"].startswith("the pool does not scale: ")
         assert cluster.deployment("theta")["spec"]["replicas"] == 0
     finally:
         await protecting.stop()
