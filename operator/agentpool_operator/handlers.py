@@ -547,7 +547,10 @@ def spec_problem(error: ValidationError) -> str:
 
 
 async def report_invalid_spec(ctx: OperatorContext, state: PoolState, body: kopf.Body,
-                              problem: str, now: datetime, generation: int) -> None:
+                              problem: str, now: datetime, generation: int,
+                              logger: Logger) -> None:
+    """Degraded with InvalidSpec, and its Warning Event when it turns so, like any other
+    condition turning bad."""
     namespace, name = pool_key(body)
     previous = state.last_status or dict(body.get("status") or {})
     new = invalid_spec_status(previous, problem, now=now, generation=generation)
@@ -555,6 +558,8 @@ async def report_invalid_spec(ctx: OperatorContext, state: PoolState, body: kopf
         await ctx.api.patch_pool_status(namespace, name, new)
         metrics.STATUS_WRITES.inc()
         state.last_status = new
+        for event in condition_events(previous, new):
+            post(body, event, logger)
     metrics.record_status(namespace, name, new)
     metrics.record_reconcile_error(namespace, name, "observe")
 
@@ -584,7 +589,8 @@ async def observe_once(
         spec = parse_spec(body)
     except ValidationError as error:
         state.seen = True
-        await report_invalid_spec(ctx, state, body, spec_problem(error), now, generation)
+        await report_invalid_spec(ctx, state, body, spec_problem(error), now, generation,
+                                  logger)
         return INVALID_SPEC_RETRY_SECONDS
 
     pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)

@@ -585,6 +585,8 @@ async def test_a_spec_the_models_refuse_is_reported_not_silently_left(
     assert degraded["message"].startswith("the spec breaks a rule of this operator")
     assert "spec.scaling" in degraded["message"]
     assert cluster.pool("iota2")["status"]["health"] == "Degraded"
+    [event] = await eventually(lambda: cluster.events("InvalidSpec"))
+    assert (event["type"], event["message"]) == ("Warning", degraded["message"])
     namespace = cluster.pool("iota2")["metadata"]["namespace"]
     assert REGISTRY.get_sample_value("agentpool_pool_condition", {
         "namespace": namespace, "pool": "iota2", "type": "Degraded"}) == 1  # the alert's input
