@@ -581,7 +581,8 @@ local function requeue(id, tk, score, err, now)
 end
 
 -- Return a running task whose holder is gone. The lost run counts as an attempt, so a task
--- that keeps killing its workers ends in the dead-letter queue.
+-- that keeps killing its workers ends in the dead-letter queue. Its error names the holder
+-- (pod/instance), so a person can follow the lost run to its pod's logs.
 -- Returns 1 requeued, 2 dead-lettered, 3 cancelled, 0 nothing to do (not running any more).
 local function requeue_one(id, reason, now)
   local tk = task_key(id)
@@ -591,6 +592,7 @@ local function requeue_one(id, reason, now)
   if f[2] then redis.call('SREM', owner_key(f[2]), id) end
   if f[1] ~= 'running' then return 0 end
   redis.call('HDEL', tk, 'owner', 'token')
+  if f[2] then reason = reason .. ', held by ' .. f[2] end
   local fl = {ev = f[7], cp = f[8]}
   if f[5] == '1' then
     cancelled(id, tk, now, fl)

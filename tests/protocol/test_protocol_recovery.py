@@ -119,7 +119,8 @@ async def test_reaper_requeues_only_expired_leases(queue: TaskQueue) -> None:
     assert result == ReapResult(requeued=1, by_worker={"pod-a:i1": RequeueResult(requeued=1)})
     short = await queue.get(short_id)
     long = await queue.get(long_id)
-    assert short is not None and (short.state, short.error) == ("queued", "lease expired")
+    assert short is not None
+    assert (short.state, short.error) == ("queued", "lease expired, held by pod-a:i1")
     assert long is not None and (long.state, long.owner) == ("running", "pod-b:i1")
     assert await queue.held_by("pod-a:i1") == set()
 

@@ -112,7 +112,7 @@ async def test_worker_crash_counts_as_an_attempt(queue: TaskQueue) -> None:
     info = await queue.get(task_id)
     assert info is not None
     assert info.state == "dead"
-    assert info.error == "worker lost (attempt 3 of 3)"
+    assert info.error == "worker lost, held by pod-a:i3 (attempt 3 of 3)"
     assert [d.id for d in await queue.dead_letters()] == [task_id]
 
 
@@ -126,7 +126,7 @@ async def test_expired_lease_counts_as_an_attempt(queue: TaskQueue) -> None:
     await eventually(reaped)
     info = await queue.get(task_id)
     assert info is not None
-    assert (info.state, info.error) == ("dead", "lease expired (attempt 1 of 1)")
+    assert (info.state, info.error) == ("dead", "lease expired, held by pod-a:i1 (attempt 1 of 1)")
 
 
 async def test_queue_default_max_attempts_and_per_task_override(queue: TaskQueue) -> None:
