@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Container, Iterable, Iterator, Mapping, Sized
 from importlib import metadata
 from typing import Any
 
@@ -35,6 +35,7 @@ from agentpool.models import CONDITION_TYPES, AgentPoolSpec
 from agentpool.protocol import RequeueResult
 from agentpool.ratelimit import LimitState
 from agentpool_operator.credentials import CONDITION as CREDENTIALS_CONDITION
+from agentpool_operator.status import FIGURE_FIELDS, INVALID_SPEC
 
 POOL_LABELS = ("namespace", "pool")
 _FIGURES = {
@@ -64,6 +65,11 @@ POOL_FIGURES = {
 POOL_CONDITION = Gauge(
     "agentpool_pool_condition", "1 when the pool's condition is True, else 0",
     [*POOL_LABELS, "type"],
+)
+POOL_DEGRADED_REASON = Gauge(
+    "agentpool_pool_degraded_reason",
+    "1 for the reason of the pool's Degraded condition while it is True; no series otherwise",
+    [*POOL_LABELS, "reason"],
 )
 DEPLOYMENT_WRITES = Counter(
     "agentpool_operator_deployment_writes",
@@ -232,6 +238,7 @@ REQUEUE_CAUSES = (
 """What `requeue_cause` reduces a recovery reason to."""
 
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_CONDITION_REASON = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
 _NODE_GONE = re.compile(r"node \S+ is gone")
 
 
@@ -298,25 +305,65 @@ def requeue_cause(reason: str) -> str:
     return "other"
 
 
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == kind:
+            return dict(condition)
+    return {}
+
+
+def degraded_reason(status: Mapping[str, Any]) -> str | None:
+    """The label value of the pool's Degraded reason while the condition is True. The
+    operator's reasons are fixed CamelCase codes; anything else (a hand-written status) is
+    `Other`, so the label stays bounded."""
+    degraded = _condition(status, "Degraded")
+    if degraded.get("status") != "True":
+        return None
+    reason = str(degraded.get("reason"))
+    return reason if _CONDITION_REASON.fullmatch(reason) else "Other"
+
+
+def unobserved_figures(status: Mapping[str, Any]) -> frozenset[str]:
+    """The figures of `status` that this round did not read, which the status keeps at their
+    last values: every one while the spec is refused (the pool is not observed at all), the
+    queue's while the queue cannot be read (QueueReachable not True)."""
+    if degraded_reason(status) == INVALID_SPEC:
+        return frozenset(_FIGURES)
+    if _condition(status, "QueueReachable").get("status") != "True":
+        return FIGURE_FIELDS
+    return frozenset()
+
+
 def record_status(namespace: str, pool: str, status: Mapping[str, Any]) -> None:
+    """The status' figures and conditions. Figures it holds from an earlier round (see
+    `unobserved_figures`) lose their series rather than export stale numbers to alerts."""
+    unobserved = unobserved_figures(status)
     for field, gauge in POOL_FIGURES.items():
         value = status.get(field)
-        if isinstance(value, int | float):
+        if field in unobserved:
+            _remove(gauge, namespace, pool)
+        elif isinstance(value, int | float):
             gauge.labels(namespace, pool).set(value)
     for condition in status.get("conditions") or []:
         POOL_CONDITION.labels(namespace, pool, str(condition.get("type"))).set(
             1 if condition.get("status") == "True" else 0
         )
+    reason = degraded_reason(status)
+    _keep_only(POOL_DEGRADED_REASON, namespace, pool, () if reason is None else (reason,))
+    if reason is not None:
+        _child(POOL_DEGRADED_REASON, namespace, pool, reason).set(1)
 
 
 def record_spec(namespace: str, pool: str, spec: AgentPoolSpec) -> None:
     """The spec values alerts compare the figures with (maxReplicas) or filter on (paused).
-    Each schedule's counters start at 0: `increase()` sees no rise in a series whose first
-    sample is already 1 (a first miss, a miss counted by a restarted operator)."""
+    The pool's data-loss counter and each schedule's counters start at 0: `increase()` sees no
+    rise in a series whose first sample is already 1 (a first loss or miss, one counted by a
+    restarted operator)."""
     POOL_MIN_REPLICAS.labels(namespace, pool).set(spec.scaling.min_replicas)
     POOL_MAX_REPLICAS.labels(namespace, pool).set(spec.scaling.max_replicas)
     POOL_PAUSED.labels(namespace, pool).set(1 if spec.paused else 0)
     POOL_POLL_SECONDS.labels(namespace, pool).set(spec.scaling.poll_seconds)
+    _child(QUEUE_DATA_LOST, namespace, pool)
     for schedule in spec.schedules or ():
         _child(SCHEDULED_TASKS, namespace, pool, schedule.name)
         _child(SCHEDULE_TIMES_MISSED, namespace, pool, schedule.name)
@@ -395,11 +442,16 @@ def record_limit_waits(namespace: str, pool: str, shares: Mapping[str, float]) -
     tell, or no longer declared) loses its series rather than keep its last value."""
     for limit, share in shares.items():
         _child(POOL_LIMIT_WAIT_SHARE, namespace, pool, limit).set(share)
+    _keep_only(POOL_LIMIT_WAIT_SHARE, namespace, pool, shares)
+
+
+def _keep_only(metric: Any, namespace: str, pool: str, kept: Container[str]) -> None:
+    """Remove the pool's series of `metric` whose one extra label value is not in `kept`."""
     series = _series.get((namespace, pool), set())
-    for metric, values in list(series):
-        if metric is POOL_LIMIT_WAIT_SHARE and values[2] not in shares:
-            _remove(metric, *values)
-            series.discard((metric, values))
+    for recorded, values in list(series):
+        if recorded is metric and values[2] not in kept:
+            _remove(recorded, *values)
+            series.discard((recorded, values))
 
 
 _limits_named: dict[tuple[str, str], set[str]] = {}

@@ -16,10 +16,13 @@ from observability_helpers import PROMETHEUS_OWN, exported_names, metric_names
 
 HERE = Path(__file__).resolve().parent
 MONITORING = COMBINATIONS["monitoring"]
-OPERATOR_ALERTS = ["AgentPoolOperatorDown", "AgentPoolReconcileErrors", "AgentPoolNotObserved"]
+OPERATOR_ALERTS = [
+    "AgentPoolOperatorDown", "AgentPoolReconcileErrors", "AgentPoolNotObserved",
+    "AgentPoolCRDOutdated",
+]
 POOL_ALERTS = [
-    "AgentPoolQueueUnreachable", "AgentPoolDegraded", "AgentPoolQueueDepthHigh",
-    "AgentPoolQueueDepthCritical",
+    "AgentPoolQueueUnreachable", "AgentPoolQueueDataLost", "AgentPoolRedisFull",
+    "AgentPoolDegraded", "AgentPoolQueueDepthHigh", "AgentPoolQueueDepthCritical",
     "AgentPoolTaskFailureRateHigh", "AgentPoolNoReadyWorkers", "AgentPoolWaitTimeHigh",
     "AgentPoolDeadLettersGrowing", "AgentPoolStuckAtMaxReplicas", "AgentPoolScheduleMissed",
 ]
@@ -121,7 +124,7 @@ def test_thresholds_labels_and_switches_come_from_values(helm: Helm) -> None:
     found = rules(helm, values)
     assert "AgentPoolStuckAtMaxReplicas" not in found
     depth = found["AgentPoolQueueDepthHigh"]
-    assert depth["expr"].endswith("> 250")
+    assert "(agentpool_pool_queued - agentpool_pool_capped) > 250)" in depth["expr"]
     assert depth["for"] == "3m"
     assert depth["labels"] == {"severity": "info", "team": "ml-platform"}
     assert found["AgentPoolQueueDepthCritical"]["labels"]["severity"] == "critical"
@@ -134,8 +137,42 @@ def test_thresholds_labels_and_switches_come_from_values(helm: Helm) -> None:
 def test_a_group_whose_alerts_are_all_off_is_left_out(helm: Helm) -> None:
     off = {"enabled": False}
     values = with_rule({"alerts": {name: off for name in (
-        "operatorDown", "reconcileErrors", "poolNotObserved")}})
+        "operatorDown", "reconcileErrors", "poolNotObserved", "crdOutdated")}})
     assert [g["name"] for g in groups(helm, values)] == ["agentpool-pools"]
+
+
+def test_the_alerts_values_yaml_does_not_list_take_values_given_for_them(helm: Helm) -> None:
+    values = with_rule({"alerts": {
+        "queueDataLost": {"window": "6h", "severity": "page"},
+        "redisFull": {"enabled": False},
+    }})
+    found = {r["alert"]: r for g in groups(helm, values) for r in g["rules"]}
+    lost = found["AgentPoolQueueDataLost"]
+    assert "[6h]" in lost["expr"]
+    assert (lost["for"], lost["labels"]["severity"]) == ("0m", "page")
+    assert "AgentPoolRedisFull" not in found
+    assert found["AgentPoolCRDOutdated"]["for"] == "15m"
+
+
+def test_degraded_leaves_out_only_the_reasons_alerted_on_their_own(helm: Helm) -> None:
+    """A full Redis and an outdated CRD have alerts of their own; with one turned off, its
+    reason is a Degraded pool like any other."""
+    degraded = rules(helm)["AgentPoolDegraded"]["expr"]
+    assert 'agentpool_pool_degraded_reason{reason!~"RedisFull|CRDOutdated"}' in degraded
+    assert "by (namespace, pool, reason)" in degraded
+    values = with_rule({"alerts": {"redisFull": {"enabled": False}}})
+    found = {r["alert"]: r for g in groups(helm, values) for r in g["rules"]}
+    assert 'agentpool_pool_degraded_reason{reason!~"CRDOutdated"}' in \
+        found["AgentPoolDegraded"]["expr"]
+
+
+def test_paused_pools_are_left_out_where_scaling_cannot_help(helm: Helm) -> None:
+    found = rules(helm)
+    paused = "unless on (namespace, pool) (max by (namespace, pool) (agentpool_pool_paused) == 1)"
+    assert paused in found["AgentPoolStuckAtMaxReplicas"]["expr"]
+    assert paused in found["AgentPoolQueueDepthHigh"]["expr"]
+    assert "agentpool_pool_paused" not in found["AgentPoolQueueDepthCritical"]["expr"]
+    assert "spec.paused" in found["AgentPoolQueueDepthCritical"]["annotations"]["description"]
 
 
 def test_operator_down_is_left_out_without_the_charts_service_monitor(helm: Helm) -> None:

@@ -46,6 +46,8 @@ POOL_SERIES = {
     "agentpool_pool_ready_replicas": set(),
     "agentpool_pool_desired_replicas": set(),
     "agentpool_pool_condition": {"type"},
+    "agentpool_pool_degraded_reason": {"reason"},
+    "agentpool_operator_queue_data_lost_total": set(),
 }
 
 
@@ -77,6 +79,7 @@ def record_everything(pool: str) -> None:
         "readyReplicas": 1, "desiredReplicas": 3, "drainingReplicas": 2,
         "conditions": [{"type": "Ready", "status": "False"},
                        {"type": "QueueReachable", "status": "True"},
+                       {"type": "Degraded", "status": "True", "reason": "PodsFailing"},
                        {"type": "Credentials", "status": "True"}],
     })
     metrics.record_spec(NS, pool, spec(minReplicas=1, maxReplicas=7))
@@ -113,6 +116,7 @@ def test_every_record_function_exports_its_series_with_the_documented_labels(
     assert v("agentpool_pool_desired_replicas") == 3
     assert v("agentpool_pool_condition", type="Ready") == 0
     assert v("agentpool_pool_condition", type="QueueReachable") == 1
+    assert v("agentpool_pool_degraded_reason", reason="PodsFailing") == 1
     assert v("agentpool_pool_max_replicas") == 7
     assert v("agentpool_pool_min_replicas") == 1
     assert v("agentpool_pool_paused") == 1
@@ -164,6 +168,75 @@ def test_a_schedules_counters_are_exported_at_zero_before_its_first_task_or_miss
     mine = of_pool(pool)
     assert value(mine, "agentpool_operator_schedule_times_missed_total", schedule="nightly") == 0
     assert value(mine, "agentpool_operator_scheduled_tasks_total", schedule="nightly") == 0
+    metrics.forget_pool(NS, pool)
+
+
+def test_the_data_loss_counter_is_exported_at_zero_before_a_first_loss(pool: str) -> None:
+    """Else the loss alert (`increase()`) would miss the loss that creates the series."""
+    metrics.record_spec(NS, pool, spec())
+    assert value(of_pool(pool), "agentpool_operator_queue_data_lost_total") == 0
+    metrics.record_queue_data_lost(NS, pool)
+    assert value(of_pool(pool), "agentpool_operator_queue_data_lost_total") == 1
+    metrics.forget_pool(NS, pool)
+
+
+def status(*conditions: tuple[str, str, str]) -> dict[str, object]:
+    """A status with figures and the conditions given as (type, status, reason)."""
+    return {
+        "queued": 12, "delayed": 1, "deferred": 0, "capped": 3, "inFlight": 4, "dead": 2,
+        "workers": 2, "replicas": 2, "readyReplicas": 1, "desiredReplicas": 3,
+        "drainingReplicas": 0,
+        "conditions": [{"type": kind, "status": state, "reason": reason}
+                       for kind, state, reason in conditions],
+    }
+
+
+def degraded_reasons(pool: str) -> dict[str, float]:
+    return {s.labels["reason"]: s.value for s in of_pool(pool)
+            if s.name == "agentpool_pool_degraded_reason"}
+
+
+REACHABLE = ("QueueReachable", "True", "Reachable")
+
+
+def test_the_degraded_reason_has_one_series_that_follows_the_condition(pool: str) -> None:
+    metrics.record_status(NS, pool, status(REACHABLE, ("Degraded", "True", "PodsFailing")))
+    assert degraded_reasons(pool) == {"PodsFailing": 1}
+    metrics.record_status(NS, pool, status(REACHABLE, ("Degraded", "True", "RedisFull")))
+    assert degraded_reasons(pool) == {"RedisFull": 1}
+    metrics.record_status(NS, pool, status(REACHABLE, ("Degraded", "False", "AsExpected")))
+    assert degraded_reasons(pool) == {}
+    metrics.record_status(NS, pool, status(REACHABLE, ("Degraded", "True", "not a code!")))
+    assert degraded_reasons(pool) == {"Other": 1}
+    metrics.forget_pool(NS, pool)
+    assert degraded_reasons(pool) == {}
+
+
+QUEUE_SERIES = {"agentpool_pool_queued", "agentpool_pool_delayed", "agentpool_pool_deferred",
+                "agentpool_pool_capped", "agentpool_pool_in_flight", "agentpool_pool_dead",
+                "agentpool_pool_workers"}
+REPLICA_SERIES = {"agentpool_pool_replicas", "agentpool_pool_ready_replicas",
+                  "agentpool_pool_desired_replicas", "agentpool_pool_draining_replicas"}
+
+
+def figure_series(pool: str) -> set[str]:
+    return {s.name for s in of_pool(pool) if s.name in QUEUE_SERIES | REPLICA_SERIES}
+
+
+def test_figures_the_round_did_not_read_are_not_exported(pool: str) -> None:
+    """The status keeps the last figures read: alerts must not act on them."""
+    metrics.record_status(NS, pool, status(REACHABLE))
+    assert figure_series(pool) == QUEUE_SERIES | REPLICA_SERIES
+    unreachable = ("QueueReachable", "False", "RedisUnreachable")
+    metrics.record_status(NS, pool, status(unreachable, ("Degraded", "True", "RedisUnreachable")))
+    assert figure_series(pool) == REPLICA_SERIES
+    assert value(of_pool(pool), "agentpool_pool_condition", type="QueueReachable") == 0
+    metrics.record_status(NS, pool, status(REACHABLE))
+    assert figure_series(pool) == QUEUE_SERIES | REPLICA_SERIES
+    assert value(of_pool(pool), "agentpool_pool_queued") == 12
+    # A spec the operator refuses: the pool is not observed at all.
+    metrics.record_status(NS, pool, status(REACHABLE, ("Degraded", "True", "InvalidSpec")))
+    assert figure_series(pool) == set()
     metrics.forget_pool(NS, pool)
 
 
