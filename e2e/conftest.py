@@ -1,8 +1,10 @@
 """Fixtures of the end-to-end suite: a real cluster from KUBECONFIG (see e2e/README.md).
 
-Session order: namespace -> chart (operator + Redis) or Redis alone -> CRD -> port-forward to
-Redis -> operator (in the cluster, or a local subprocess) -> pools. Teardown runs backwards:
-the suite's pools are deleted while their operator still runs, so finalizers are honoured.
+Session order: namespace -> the check that no other operator serves it -> chart (operator +
+Redis) or Redis alone -> CRD -> port-forward to Redis -> operator (in the cluster, or a local
+subprocess) -> pools. Teardown runs backwards: the suite's pools are deleted while their
+operator still runs, so finalizers are honoured. A set-up step that fails or is interrupted
+removes what it had started before it gives up.
 """
 
 from __future__ import annotations
@@ -11,34 +13,34 @@ import os
 import secrets
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-import redis
 from e2e_cli import AgentpoolCli
 from e2e_config import CRD_FILE, REPO, ConfigError, E2EConfig, timeout_scale
 from e2e_install import (
     LocalOperator,
-    RedisAccess,
+    RedisEndpoint,
+    SetupError,
     apply_crd,
-    competing_operators,
-    copy_secret,
-    delete_namespace,
-    ensure_namespace,
-    install_chart,
-    install_redis_only,
+    check_operators,
+    installed_crd,
+    local_operator,
     operator_logs,
     operator_name,
-    read_secret,
-    redis_name,
-    uninstall_chart,
+    reach_redis,
+    suite_installation,
+    suite_namespace,
     wait_rollout,
 )
-from e2e_kube import CommandError, Kubectl, PortForward, Waiter, run, snapshot
+from e2e_kube import CommandError, Kubectl, Waiter, snapshot, termination_as_interrupt
 from e2e_manifests import Manifest
 from e2e_pools import Pools
+
+T = TypeVar("T")
 
 NO_CLUSTER = "e2e: no cluster configured (KUBECONFIG unset and no ~/.kube/config): skipped"
 
@@ -93,14 +95,6 @@ class Installation:
     kube: Kubectl
 
 
-@dataclass(frozen=True)
-class RedisEndpoint:
-    access: RedisAccess
-    local_url: str
-    """For the CLI running here."""
-    local_address: tuple[str, int]
-
-
 # -- session ----------------------------------------------------------------------------------
 
 
@@ -114,15 +108,15 @@ def e2e_config() -> E2EConfig:
 
 
 @pytest.fixture(scope="session")
-def cluster(e2e_config: E2EConfig) -> Kubectl:
+def cluster(e2e_config: E2EConfig) -> Iterator[Kubectl]:
     """kubectl for the cluster in KUBECONFIG; skips the suite when none is configured."""
     if not cluster_configured():
         pytest.skip(NO_CLUSTER)
     kube = Kubectl()
-    problem = attempt(lambda: kube("version", "--output", "json", timeout=60))
-    if problem:
-        pytest.fail(f"e2e: the cluster in KUBECONFIG does not answer: {problem}", pytrace=False)
-    return kube
+    step("the cluster in KUBECONFIG does not answer",
+         lambda: kube("version", "--output", "json", timeout=60))
+    with termination_as_interrupt():
+        yield kube
 
 
 @pytest.fixture(scope="session")
@@ -140,18 +134,10 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def namespace(e2e_config: E2EConfig, cluster: Kubectl, run_id: str) -> Iterator[str]:
     name = e2e_config.namespace or f"agentpool-e2e-{run_id}"
-    outcome: list[bool] = []
-    problem = attempt(lambda: outcome.append(
-        ensure_namespace(cluster, name, e2e_config.pod_security)))
-    if problem:
-        pytest.fail(f"e2e: cannot create namespace {name}: {problem}", pytrace=False)
-    created = outcome[0]
-    yield name
-    if created and not e2e_config.keep:
-        problem = delete_namespace(cluster, name, timeout=300)
-        if problem:
-            warnings.warn(f"e2e cleanup: namespace {name} not deleted: {problem}",
-                          stacklevel=1)
+    with ExitStack() as stack:
+        step(f"cannot create namespace {name}", lambda: stack.enter_context(suite_namespace(
+            cluster, name, e2e_config.pod_security, keep=e2e_config.keep)))
+        yield name
 
 
 @pytest.fixture(scope="session")
@@ -172,131 +158,56 @@ def waiter(e2e_config: E2EConfig, diagnostics: Diagnostics) -> Waiter:
 
 @pytest.fixture(scope="session")
 def installation(e2e_config: E2EConfig, cluster: Kubectl, namespace: str,
-                 waiter: Waiter, diagnostics: Diagnostics) -> Iterator[Installation]:
+                 diagnostics: Diagnostics) -> Iterator[Installation]:
     """The chart (chart mode), the chart's Redis alone (local mode), or what is installed
-    already (E2E_SKIP_INSTALL=1)."""
+    already (E2E_SKIP_INSTALL=1); first of all, the check that no other operator serves the
+    namespace."""
     release_namespace = e2e_config.release_namespace(namespace)
     release_kube = cluster.in_namespace(release_namespace)
-    installing = e2e_config.installs_chart or e2e_config.installs_redis_only
-    if installing and attempt(lambda: run([e2e_config.helm, "version", "--short"])):
-        pytest.fail(f"e2e: helm does not run at {e2e_config.helm}: run "
-                    "scripts/install-helm.sh or set E2E_HELM", pytrace=False)
-    rendered: list[str] = []
-
-    def install() -> None:
-        if e2e_config.installs_chart:
-            install_chart(e2e_config, namespace)
-        elif e2e_config.installs_redis_only:
-            rendered.append(install_redis_only(e2e_config, release_kube) or "")
-        if e2e_config.redis_url is None:
-            wait_rollout(release_kube, f"statefulset/{redis_name(e2e_config.release)}",
-                         timeout=300 * e2e_config.timeout_scale)
-
-    def uninstall() -> None:
-        """Also after an installation that failed half-way: a release's cluster-wide objects
-        outlive the namespace."""
-        if e2e_config.keep:
-            return
-        if e2e_config.installs_chart:
-            problem = uninstall_chart(e2e_config, namespace)
-            if problem:
-                warnings.warn(f"e2e cleanup: {problem}", stacklevel=1)
-        elif rendered and rendered[0]:
-            release_kube("delete", "--filename", "-", "--ignore-not-found", "--wait=false",
-                         input=rendered[0], check=False)
-
-    problem = attempt(install)
-    if problem:
-        report = diagnostics()
-        uninstall()
-        pytest.fail(f"e2e: installing on the cluster failed: {problem}\n{report}",
-                    pytrace=False)
-    try:
+    for warning in step(f"cannot check which operators serve namespace {namespace}",
+                        lambda: check_operators(e2e_config, cluster, namespace)):
+        warnings.warn(f"e2e: {warning}", stacklevel=1)
+    with ExitStack() as stack:
+        step("installing on the cluster failed", lambda: stack.enter_context(
+            suite_installation(e2e_config, release_kube, diagnostics)))
         yield Installation(e2e_config.release, release_namespace, release_kube)
-    finally:
-        uninstall()
 
 
 @pytest.fixture(scope="session")
-def crd(cluster: Kubectl, installation: Installation, waiter: Waiter) -> dict[str, Any]:
-    """The AgentPool CRD of crds/, applied (the chart installs it only when it is missing)."""
-    applied: list[dict[str, Any]] = []
-    problem = attempt(lambda: applied.append(apply_crd(cluster, waiter)))
-    if problem:
-        pytest.fail(f"e2e: cannot apply the AgentPool CRD ({CRD_FILE.relative_to(REPO)}): "
-                    f"{problem}", pytrace=False)
-    return applied[0]
+def crd(e2e_config: E2EConfig, cluster: Kubectl, installation: Installation,
+        waiter: Waiter) -> dict[str, Any]:
+    """The AgentPool CRD: that of crds/, applied (the chart installs it only when it is
+    missing), or with E2E_SKIP_INSTALL=1 the one installed, left as it is."""
+    if e2e_config.skip_install:
+        return step("cannot read the AgentPool CRD", lambda: installed_crd(cluster, waiter))
+    return step(f"cannot apply the AgentPool CRD ({CRD_FILE.relative_to(REPO)})",
+                lambda: apply_crd(cluster, waiter))
 
 
 @pytest.fixture(scope="session")
 def redis_endpoint(e2e_config: E2EConfig, installation: Installation, kube: Kubectl,
-                   namespace: str, waiter: Waiter, scratch: Path) -> Iterator[RedisEndpoint]:
+                   waiter: Waiter, scratch: Path) -> Iterator[RedisEndpoint]:
     """The Redis the pools use, and a way to reach it from here (a port-forward to the
     bundled Redis Service, or E2E_REDIS_URL)."""
-    data: dict[str, str] = {}
-
-    def read() -> None:
-        data.update(read_secret(installation.kube, e2e_config.redis_secret))
-        if installation.namespace != namespace:
-            copy_secret(installation.kube, kube, e2e_config.redis_secret)
-
-    problem = attempt(read)
-    if problem:
-        pytest.fail(f"e2e: the Redis URL Secret is missing: {problem}", pytrace=False)
-    if "url" not in data:
-        pytest.fail(f"e2e: Secret {e2e_config.redis_secret} has no key `url`", pytrace=False)
-    access = RedisAccess(data["url"])
-    forward: PortForward | None = None
-    if e2e_config.redis_url is not None:
-        local_url = e2e_config.redis_url
-        local = RedisAccess(local_url).host_port().rpartition(":")
-        address = (local[0], int(local[2]))
-    else:
-        forward = PortForward(installation.kube, f"svc/{redis_name(installation.release)}",
-                              6379, scratch / "port-forward.log")
-        problem = attempt(forward.start)
-        if problem or forward.local_port is None:
-            pytest.fail(f"e2e: cannot port-forward to Redis: {problem}", pytrace=False)
-        port = forward.local_port
-        local_url = access.via("127.0.0.1", port)
-        address = ("127.0.0.1", port)
-    client = redis.Redis.from_url(local_url, socket_connect_timeout=5, socket_timeout=5)
-
-    def ping() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    try:
-        waiter.true(ping, timeout=60, what="Redis to answer PING through "
-                    + ("E2E_REDIS_URL" if forward is None else "the port-forward"), interval=1)
-    finally:
-        client.close()
-    yield RedisEndpoint(access, local_url, address)
-    if forward is not None:
-        forward.stop()
+    with ExitStack() as stack:
+        endpoint = step("cannot reach Redis", lambda: stack.enter_context(reach_redis(
+            e2e_config, installation.kube, kube, waiter, scratch / "port-forward.log")))
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
 def operator(e2e_config: E2EConfig, installation: Installation, crd: dict[str, Any],
-             redis_endpoint: RedisEndpoint, namespace: str, waiter: Waiter,
+             redis_endpoint: RedisEndpoint, namespace: str, kube: Kubectl, waiter: Waiter,
              diagnostics: Diagnostics, scratch: Path) -> Iterator[str]:
     """The operator serving the namespace: the chart's Deployment, or a local process."""
-    ours = None
-    if e2e_config.operator_mode == "chart":
-        ours = (installation.namespace, operator_name(installation.release))
-    others = competing_operators(installation.kube, namespace, ours)
-    if others:
-        pytest.fail(f"e2e: other agentpool operators also serve namespace {namespace}: "
-                    f"{', '.join(others)}. Two operators would fight over the same pools: "
-                    "uninstall them, or run the suite in a namespace they do not watch.",
-                    pytrace=False)
     if e2e_config.operator_mode == "chart":
         diagnostics.extras.append(lambda: operator_logs(installation.kube, installation.release))
-        problem = attempt(lambda: wait_rollout(
-            installation.kube, f"deployment/{operator_name(installation.release)}",
-            timeout=300 * e2e_config.timeout_scale))
+        problem = ""
+        try:
+            wait_rollout(installation.kube, f"deployment/{operator_name(installation.release)}",
+                         timeout=300 * e2e_config.timeout_scale)
+        except CommandError as exc:
+            problem = str(exc)
         if problem:
             pytest.fail(f"e2e: the operator did not become ready: {problem}\n{diagnostics()}",
                         pytrace=False)
@@ -306,9 +217,9 @@ def operator(e2e_config: E2EConfig, installation: Installation, crd: dict[str, A
     local = LocalOperator(namespace, redis_endpoint.access.address_map(host, port),
                           scratch / "operator.log")
     diagnostics.extras.append(local.log_tail)
-    local.start(waiter)
-    yield "local"
-    local.stop()
+    kept = Pools(kube, waiter) if e2e_config.keep else None
+    with local_operator(local, waiter, kept_pools=kept):
+        yield "local"
 
 
 @pytest.fixture(scope="session")
@@ -324,8 +235,9 @@ def pools(operator: str, kube: Kubectl, waiter: Waiter,
 
 
 @pytest.fixture(scope="session")
-def cli(redis_endpoint: RedisEndpoint, scratch: Path) -> Iterator[AgentpoolCli]:
-    tool = AgentpoolCli(redis_endpoint.local_url, scratch)
+def cli(redis_endpoint: RedisEndpoint, scratch: Path,
+        diagnostics: Diagnostics) -> Iterator[AgentpoolCli]:
+    tool = AgentpoolCli(redis_endpoint.local_url, scratch, diagnose=diagnostics)
     yield tool
     tool.stop_all()
 
@@ -352,11 +264,13 @@ def make_pool(pools: Pools) -> Iterator[Callable[[Manifest], str]]:
             raise
 
 
-def attempt(action: Callable[[], object]) -> str | None:
-    """Run a set-up step; its failure as text, so that the fixture can fail with one readable
-    message (no traceback of the subprocess plumbing)."""
+def step(failure: str, action: Callable[[], T]) -> T:
+    """Run a set-up step; its failure becomes one readable message (no traceback of the
+    subprocess plumbing): the SetupError's own, or `failure` and the command's."""
     try:
-        action()
+        return action()
+    except SetupError as exc:
+        problem = str(exc)
     except (CommandError, LookupError) as exc:
-        return str(exc)
-    return None
+        problem = f"{failure}: {exc}"
+    pytest.fail(f"e2e: {problem}", pytrace=False)

@@ -8,12 +8,12 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2e_kube import CommandError, run
+from e2e_kube import CommandError, end_process, run, spawn
 
 
 def agentpool_executable() -> str:
@@ -35,27 +35,33 @@ class Background:
     process: subprocess.Popen[bytes]
     stdout_path: Path
     stderr_path: Path
+    diagnose: Callable[[], str] | None = None
+    """A picture of the cluster for the message of a command that did not finish in time."""
 
     def finish(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        """Its output once it exits 0; CommandError, with a picture of the cluster, when it
+        exits otherwise (its own --timeout ran out) or is not done within `timeout`."""
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop()
             raise CommandError(self.argv, None, self._read(self.stdout_path),
                                self._read(self.stderr_path)
-                               + f"\n(not finished after {timeout:g}s)") from None
-        return subprocess.CompletedProcess(self.argv, self.process.returncode,
+                               + f"\n(not finished after {timeout:g}s)",
+                               picture=self._picture()) from None
+        done = subprocess.CompletedProcess(self.argv, self.process.returncode,
                                            self._read(self.stdout_path),
                                            self._read(self.stderr_path))
+        if done.returncode != 0:
+            raise CommandError(self.argv, done.returncode, done.stdout, done.stderr,
+                               picture=self._picture())
+        return done
+
+    def _picture(self) -> str:
+        return self.diagnose() if self.diagnose is not None else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        end_process(self.process)
 
     @staticmethod
     def _read(path: Path) -> str:
@@ -69,6 +75,8 @@ class AgentpoolCli:
 
     redis_url: str
     workdir: Path
+    diagnose: Callable[[], str] | None = None
+    """A picture of the cluster for the message of a wait that ran out or failed."""
     running: list[Background] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -107,8 +115,8 @@ class AgentpoolCli:
         stdout_path = self.workdir / f"submit-{tag}.out"
         stderr_path = self.workdir / f"submit-{tag}.err"
         with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-            process = subprocess.Popen(argv, stdout=out, stderr=err, env=self.env())
-        background = Background(argv, process, stdout_path, stderr_path)
+            process = spawn(argv, stdout=out, stderr=err, env=self.env())
+        background = Background(argv, process, stdout_path, stderr_path, self.diagnose)
         self.running.append(background)
         return background
 
@@ -127,8 +135,11 @@ class AgentpoolCli:
 
     def wait(self, queue: str, task_id: str, timeout: float) -> dict[str, Any]:
         """`agentpool wait`: exit 0 only if the task succeeded."""
-        info: dict[str, Any] = self.json("wait", "--queue", queue, task_id,
-                                         "--timeout", f"{timeout:g}", timeout=timeout + 30)
+        try:
+            info: dict[str, Any] = self.json("wait", "--queue", queue, task_id,
+                                             "--timeout", f"{timeout:g}", timeout=timeout + 30)
+        except CommandError as exc:
+            raise exc.with_picture(self.diagnose() if self.diagnose is not None else "") from None
         return info
 
     def stop_all(self) -> None:

@@ -5,20 +5,23 @@ from __future__ import annotations
 import base64
 import fnmatch
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 import yaml
-from e2e_config import CHART, CRD_FILE, E2EConfig, ImageRef
-from e2e_kube import CommandError, Kubectl, Waiter, run
+from e2e_config import CHART, CRD_FILE, REPO, E2EConfig, ImageRef
+from e2e_kube import CommandError, Kubectl, PortForward, Waiter, end_process, run, spawn
+from e2e_pools import Pools
 
 from agentpool.models import GROUP, PLURAL
 from agentpool.redis_server import free_port
@@ -37,6 +40,11 @@ OPERATOR_SELECTOR = "app.kubernetes.io/name=agentpool-operator"
 POD_SECURITY_LABELS = ("enforce", "warn", "audit")
 
 
+class SetupError(Exception):
+    """A set-up step failed, or refused to touch what it found; str() is one readable
+    message that says what to do."""
+
+
 def operator_name(release: str) -> str:
     return f"{release}-operator"
 
@@ -48,14 +56,9 @@ def redis_name(release: str) -> str:
 # -- namespace and CRD ------------------------------------------------------------------------
 
 
-def ensure_namespace(kube: Kubectl, name: str, pod_security: str) -> bool:
-    """Create the namespace unless it exists; True when the suite created it.
-
-    A namespace the suite creates enforces the Pod Security Standard `pod_security`
-    (default restricted), so every pod of the chart and of the pools must meet it.
-    """
-    if kube.get("namespace", name) is not None:
-        return False
+def create_namespace(kube: Kubectl, name: str, pod_security: str) -> None:
+    """A namespace the suite creates enforces the Pod Security Standard `pod_security`
+    (default restricted), so every pod of the chart and of the pools must meet it."""
     labels = {}
     if pod_security:
         labels = {f"pod-security.kubernetes.io/{mode}": pod_security
@@ -63,7 +66,35 @@ def ensure_namespace(kube: Kubectl, name: str, pod_security: str) -> bool:
     labels["e2e.agentpool.dev/suite"] = "true"
     kube.apply({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": name, "labels": labels}})
-    return True
+
+
+@contextmanager
+def suite_namespace(kube: Kubectl, name: str, pod_security: str, *,
+                    keep: bool) -> Iterator[bool]:
+    """The pools' namespace, created unless it exists (yields True when the suite created
+    it), and deleted at the end, or when its creation is interrupted, if the suite created
+    it and E2E_KEEP is not set."""
+    if kube.get("namespace", name) is not None:
+        yield False
+        return
+
+    def remove(timeout: float) -> None:
+        problem = delete_namespace(kube, name, timeout=timeout)
+        if problem:
+            warnings.warn(f"e2e cleanup: namespace {name} not deleted: {problem}",
+                          stacklevel=1)
+
+    try:
+        create_namespace(kube, name, pod_security)
+    except BaseException:
+        if not keep:
+            remove(timeout=120)
+        raise
+    try:
+        yield True
+    finally:
+        if not keep:
+            remove(timeout=300)
 
 
 def delete_namespace(kube: Kubectl, name: str, timeout: float) -> str | None:
@@ -82,6 +113,21 @@ def apply_crd(kube: Kubectl, waiter: Waiter) -> dict[str, Any]:
     kube.in_namespace(None).apply(CRD_FILE.read_text(encoding="utf-8"), server_side=True)
     crd: dict[str, Any] = waiter.until(
         lambda: kube.in_namespace(None).get("customresourcedefinition", CRD_NAME) or {},
+        lambda c: _established(c), timeout=60, what=f"CRD {CRD_NAME} to be Established",
+        interval=1)
+    return crd
+
+
+def installed_crd(kube: Kubectl, waiter: Waiter) -> dict[str, Any]:
+    """The CRD as the cluster has it (E2E_SKIP_INSTALL=1: the suite leaves the schema of an
+    existing installation alone)."""
+    cluster = kube.in_namespace(None)
+    if cluster.get("customresourcedefinition", CRD_NAME) is None:
+        raise SetupError(f"E2E_SKIP_INSTALL=1 uses what is installed, and the CRD {CRD_NAME} "
+                         "is not: install the chart first, or run without E2E_SKIP_INSTALL "
+                         f"(which applies {CRD_FILE.relative_to(REPO)} of this checkout)")
+    crd: dict[str, Any] = waiter.until(
+        lambda: cluster.get("customresourcedefinition", CRD_NAME) or {},
         lambda c: _established(c), timeout=60, what=f"CRD {CRD_NAME} to be Established",
         interval=1)
     return crd
@@ -114,34 +160,48 @@ def helm_values(config: E2EConfig, namespace: str, *, operator: bool) -> list[st
     return [*args, *config.helm_args]
 
 
-def install_chart(config: E2EConfig, namespace: str) -> None:
-    """helm upgrade --install into `namespace`, operator watching that namespace only."""
+def install_chart(config: E2EConfig, namespace: str, *, operator: bool = True) -> None:
+    """helm upgrade --install into `namespace`, operator watching that namespace only (or,
+    operator=False, without the operator)."""
     run([config.helm, "upgrade", "--install", config.release, str(CHART),
-         "--namespace", namespace, *helm_values(config, namespace, operator=True)],
+         "--namespace", namespace, *helm_values(config, namespace, operator=operator)],
         timeout=300)
 
 
-def install_redis_only(config: E2EConfig, kube: Kubectl) -> str | None:
-    """The chart's Redis without its operator. Returns the manifests applied directly (to be
-    deleted at the end) or None when helm installed a release."""
+def render_redis(config: E2EConfig, kube: Kubectl) -> str:
+    """The chart's bundled Redis alone, rendered by `helm template` (no release)."""
     namespace = kube.namespace
     assert namespace is not None
-    if chart_has_operator_switch():
-        run([config.helm, "upgrade", "--install", config.release, str(CHART),
-             "--namespace", namespace, *helm_values(config, namespace, operator=False)],
-            timeout=300)
-        return None
-    templates = REDIS_TEMPLATES
+    templates: tuple[str, ...] = REDIS_TEMPLATES
     if kube.get("secret", config.redis_secret) is not None:
-        # A namespace kept from an earlier run: its Redis runs with that Secret's password,
+        # A Secret kept from an earlier run: a Redis with that password may still use it,
         # and a new render would draw another one.
         templates = tuple(t for t in templates if t != REDIS_SECRET_TEMPLATE)
     show_only = [arg for template in templates for arg in ("--show-only", template)]
-    rendered = run([config.helm, "template", config.release, str(CHART),
-                    "--namespace", namespace, *show_only, *config.helm_args],
-                   timeout=120).stdout
-    kube.apply(rendered)
+    rendered: str = run([config.helm, "template", config.release, str(CHART),
+                         "--namespace", namespace, *show_only, *config.helm_args],
+                        timeout=120).stdout
     return rendered
+
+
+def manifest_objects(manifests: str) -> list[tuple[str, str]]:
+    """(kind, name) of each object in a multi-document YAML text."""
+    return [(doc["kind"], doc["metadata"]["name"])
+            for doc in yaml.safe_load_all(manifests) if isinstance(doc, dict) and doc]
+
+
+def existing_objects(kube: Kubectl, objects: list[tuple[str, str]]) -> list[str]:
+    return [f"{kind}/{name}" for kind, name in objects if kube.get(kind, name) is not None]
+
+
+def release_exists(config: E2EConfig, namespace: str) -> bool:
+    done = run([config.helm, "status", config.release, "--namespace", namespace],
+               check=False, timeout=60)
+    if done.returncode == 0:
+        return True
+    if "not found" in done.stderr:
+        return False
+    raise CommandError(done.args, done.returncode, done.stdout, done.stderr)
 
 
 def uninstall_chart(config: E2EConfig, namespace: str) -> str | None:
@@ -151,6 +211,86 @@ def uninstall_chart(config: E2EConfig, namespace: str) -> str | None:
     except CommandError as exc:
         return str(exc)
     return None
+
+
+def delete_manifests(kube: Kubectl, manifests: str) -> str | None:
+    done = kube("delete", "--filename", "-", "--ignore-not-found", "--wait=false",
+                input=manifests, check=False)
+    return None if done.returncode == 0 else f"{done.stderr.strip()}"
+
+
+USE_IT_INSTEAD = ("Run the suite against it as it is with E2E_SKIP_INSTALL=1, or set "
+                  "E2E_NAMESPACE to another namespace (unset: a fresh one).")
+
+
+@contextmanager
+def suite_installation(config: E2EConfig, kube: Kubectl,
+                       diagnose: Callable[[], str]) -> Iterator[None]:
+    """What the suite installs in kube's namespace: the chart (chart mode) or the chart's
+    Redis alone (local mode); nothing with E2E_SKIP_INSTALL=1.
+
+    It refuses, before touching anything, to install over a release or Redis objects that
+    are there already (it would upgrade them to its own images and values, and remove them
+    at the end). What it did install is removed when the block ends, and also when the
+    installation fails or is interrupted half-way (a release's ClusterRole and
+    ClusterRoleBinding outlive the namespace); E2E_KEEP=1 keeps it all.
+    """
+    if not (config.installs_chart or config.installs_redis_only):
+        yield
+        return
+    namespace = kube.namespace
+    assert namespace is not None
+    try:
+        run([config.helm, "version", "--short"])
+    except CommandError:
+        raise SetupError(f"helm does not run at {config.helm}: run scripts/install-helm.sh "
+                         "or set E2E_HELM") from None
+    undo: list[Callable[[], str | None]] = []
+
+    def remove() -> None:
+        if config.keep:
+            return
+        for step in reversed(undo):
+            problem = step()
+            if problem:
+                warnings.warn(f"e2e cleanup: {problem}", stacklevel=1)
+        undo.clear()
+
+    try:
+        if config.installs_chart or chart_has_operator_switch():
+            if release_exists(config, namespace):
+                raise SetupError(f"helm release {config.release} is installed in namespace "
+                                 f"{namespace} already: the suite would upgrade it to its own "
+                                 "images and values and uninstall it at the end. "
+                                 + USE_IT_INSTEAD)
+            undo.append(lambda: uninstall_chart(config, namespace))
+            install_chart(config, namespace, operator=config.installs_chart)
+        else:
+            rendered = render_redis(config, kube)
+            found = existing_objects(kube, manifest_objects(rendered))
+            if found:
+                raise SetupError(f"the chart's Redis is in namespace {namespace} already "
+                                 f"({', '.join(found)}): the suite would apply its own over "
+                                 "it and delete it at the end. " + USE_IT_INSTEAD)
+            undo.append(lambda: delete_manifests(kube, rendered))
+            kube.apply(rendered)
+        if config.redis_url is None:
+            wait_rollout(kube, f"statefulset/{redis_name(config.release)}",
+                         timeout=300 * config.timeout_scale)
+    except SetupError:
+        remove()
+        raise
+    except (CommandError, LookupError) as exc:
+        report = diagnose()
+        remove()
+        raise SetupError(f"installing on the cluster failed: {exc}\n{report}") from None
+    except BaseException:
+        remove()
+        raise
+    try:
+        yield
+    finally:
+        remove()
 
 
 def wait_rollout(kube: Kubectl, resource: str, timeout: float) -> None:
@@ -198,10 +338,7 @@ def read_secret(kube: Kubectl, name: str) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
-def copy_secret(source: Kubectl, target: Kubectl, name: str) -> bool:
-    """Copy the Redis URL Secret into the pools' namespace unless it is there already."""
-    if target.get("secret", name) is not None:
-        return False
+def copy_secret(source: Kubectl, target: Kubectl, name: str) -> None:
     data = read_secret(source, name)
     target.apply({
         "apiVersion": "v1", "kind": "Secret",
@@ -209,21 +346,106 @@ def copy_secret(source: Kubectl, target: Kubectl, name: str) -> bool:
         "type": "Opaque",
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     })
-    return True
+
+
+@dataclass(frozen=True)
+class RedisEndpoint:
+    access: RedisAccess
+    local_url: str
+    """For the CLI running here."""
+    local_address: tuple[str, int]
+
+
+@contextmanager
+def reach_redis(config: E2EConfig, release: Kubectl, pools: Kubectl, waiter: Waiter,
+                log_path: Path) -> Iterator[RedisEndpoint]:
+    """The Redis the pools use, and a way to reach it from here (a port-forward to the
+    bundled Redis Service, or E2E_REDIS_URL).
+
+    With the release in another namespace, its Redis URL Secret (password included) is
+    copied into the pools' namespace, and deleted again at the end unless it was there
+    before or E2E_KEEP=1 (the kept pools need it). The port-forward and the copy go also
+    when the set-up fails or is interrupted.
+    """
+    undo: list[Callable[[], None]] = []
+
+    def remove() -> None:
+        for step in reversed(undo):
+            step()
+        undo.clear()
+
+    def delete_copy() -> None:
+        done = pools("delete", "secret", config.redis_secret, "--ignore-not-found",
+                     check=False)
+        if done.returncode != 0:
+            warnings.warn(f"e2e cleanup: the copy of Secret {config.redis_secret} in "
+                          f"namespace {pools.namespace} was not deleted: "
+                          f"{done.stderr.strip()}", stacklevel=1)
+
+    try:
+        try:
+            data = read_secret(release, config.redis_secret)
+            if release.namespace != pools.namespace and pools.get(
+                    "secret", config.redis_secret) is None:
+                if not config.keep:
+                    undo.append(delete_copy)
+                copy_secret(release, pools, config.redis_secret)
+        except (CommandError, LookupError) as exc:
+            raise SetupError(f"the Redis URL Secret is missing: {exc}") from None
+        if "url" not in data:
+            raise SetupError(f"Secret {config.redis_secret} has no key `url`")
+        access = RedisAccess(data["url"])
+        forward: PortForward | None = None
+        if config.redis_url is not None:
+            local_url = config.redis_url
+            host, _, port = RedisAccess(local_url).host_port().rpartition(":")
+            address = (host, int(port))
+        else:
+            forward = PortForward(release, f"svc/{redis_name(config.release)}", REDIS_PORT,
+                                  log_path)
+            undo.append(forward.stop)
+            try:
+                forwarded = forward.start()
+            except CommandError as exc:
+                raise SetupError(f"cannot port-forward to Redis: {exc}") from None
+            local_url = access.via("127.0.0.1", forwarded)
+            address = ("127.0.0.1", forwarded)
+        client = redis.Redis.from_url(local_url, socket_connect_timeout=5, socket_timeout=5)
+
+        def ping() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        try:
+            waiter.true(ping, timeout=60, interval=1, what="Redis to answer PING through "
+                        + ("E2E_REDIS_URL" if forward is None else "the port-forward"))
+        finally:
+            client.close()
+    except BaseException:
+        remove()
+        raise
+    try:
+        yield RedisEndpoint(access, local_url, address)
+    finally:
+        remove()
 
 
 # -- other operators --------------------------------------------------------------------------
 
 
-def competing_operators(kube: Kubectl, namespace: str,
+def operator_deployments(kube: Kubectl) -> list[dict[str, Any]]:
+    """Every agentpool operator Deployment of the cluster (needs cluster-wide list rights)."""
+    listed: list[dict[str, Any]] = kube.in_namespace(None).json(
+        "get", "deployments", "--all-namespaces", "--selector", OPERATOR_SELECTOR)["items"]
+    return listed
+
+
+def competing_operators(deployments: list[dict[str, Any]], namespace: str,
                         ours: tuple[str, str] | None) -> list[str]:
     """agentpool operator Deployments (other than `ours`, (namespace, name)) that also serve
     `namespace`: two operators on one pool would fight over its Deployment."""
-    try:
-        deployments = kube.in_namespace(None).json(
-            "get", "deployments", "--all-namespaces", "--selector", OPERATOR_SELECTOR)["items"]
-    except CommandError:
-        return []
     found = []
     for deployment in deployments:
         meta = deployment["metadata"]
@@ -235,16 +457,68 @@ def competing_operators(kube: Kubectl, namespace: str,
     return found
 
 
-def serves(deployment: Mapping[str, Any], namespace: str) -> bool:
+def watched_namespaces(deployment: Mapping[str, Any]) -> list[str] | None:
+    """The patterns of AGENTPOOL_OPERATOR_NAMESPACES; None: every namespace."""
     containers = deployment["spec"]["template"]["spec"].get("containers") or []
     for container in containers:
         for env in container.get("env") or []:
             if env.get("name") == "AGENTPOOL_OPERATOR_NAMESPACES":
                 patterns = [p.strip() for p in str(env.get("value") or "").split(",")
                             if p.strip()]
-                return not patterns or any(fnmatch.fnmatchcase(namespace, p)
-                                           for p in patterns)
-    return True
+                return patterns or None
+    return None
+
+
+def serves(deployment: Mapping[str, Any], namespace: str) -> bool:
+    patterns = watched_namespaces(deployment)
+    return patterns is None or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+
+def release_operator_problem(deployment: Mapping[str, Any] | None, where: tuple[str, str],
+                             namespace: str) -> str | None:
+    """Why the installed release's operator will not serve the pools of `namespace`."""
+    name = f"{where[0]}/{where[1]}"
+    if deployment is None:
+        return (f"no operator Deployment {name}: E2E_SKIP_INSTALL=1 uses the release "
+                "E2E_RELEASE in E2E_RELEASE_NAMESPACE (else E2E_NAMESPACE), with its operator")
+    if not (deployment.get("spec") or {}).get("replicas", 1):
+        return f"the operator Deployment {name} is scaled to zero: no operator serves the pools"
+    if not serves(deployment, namespace):
+        watched = ",".join(watched_namespaces(deployment) or [])
+        return (f"the operator {name} does not watch namespace {namespace} "
+                f"(AGENTPOOL_OPERATOR_NAMESPACES={watched}): add it to the release's "
+                "watchNamespaces, or set E2E_NAMESPACE to a namespace it watches")
+    return None
+
+
+def check_operators(config: E2EConfig, cluster: Kubectl, namespace: str) -> list[str]:
+    """Before anything is installed: exactly one operator will serve the pools' namespace.
+
+    Raises SetupError when another operator also serves it, or (E2E_SKIP_INSTALL=1, chart
+    mode) when the release's own does not. Returns warnings: the check for other operators
+    lists Deployments of every namespace, which a namespaced user may not do.
+    """
+    release_namespace = config.release_namespace(namespace)
+    ours = None
+    if config.operator_mode == "chart":
+        ours = (release_namespace, operator_name(config.release))
+        if config.skip_install:
+            deployment = cluster.in_namespace(release_namespace).get("deployment", ours[1])
+            problem = release_operator_problem(deployment, ours, namespace)
+            if problem:
+                raise SetupError(problem)
+    try:
+        deployments = operator_deployments(cluster)
+    except CommandError as exc:
+        return [f"could not check whether other agentpool operators serve namespace "
+                f"{namespace} ({exc}); if one does, it and the suite's operator will both act "
+                "on the suite's pools"]
+    others = competing_operators(deployments, namespace, ours)
+    if others:
+        raise SetupError(f"other agentpool operators also serve namespace {namespace}: "
+                         f"{', '.join(others)}. Two operators would fight over the same pools: "
+                         "uninstall them, or run the suite in a namespace they do not watch.")
+    return []
 
 
 # -- local operator ---------------------------------------------------------------------------
@@ -277,11 +551,17 @@ class LocalOperator:
         return env
 
     def start(self, waiter: Waiter) -> None:
+        """Start it and wait for its /healthz; a start that fails or is interrupted leaves
+        no process behind."""
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.env())
-        waiter.true(self.healthy, timeout=90, what="the local operator's /healthz",
-                    interval=1)
+            self.process = spawn(self.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                 env=self.env())
+        try:
+            waiter.true(self.healthy, timeout=90, what="the local operator's /healthz",
+                        interval=1)
+        except BaseException:
+            self.stop()
+            raise
 
     def healthy(self) -> bool:
         assert self.process is not None
@@ -296,14 +576,9 @@ class LocalOperator:
             return False
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        """SIGINT, which kopf takes as the order to stop cleanly; SIGKILL after 30 s."""
+        if self.process is not None:
+            end_process(self.process, grace=30, interrupt=True)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -321,3 +596,18 @@ def operator_logs(kube: Kubectl, release: str, lines: int = 40) -> str:
         out = str(exc)
     return f"--- operator log (tail) ---\n{out.rstrip()}"
 
+
+@contextmanager
+def local_operator(operator: LocalOperator, waiter: Waiter, *,
+                   kept_pools: Pools | None) -> Iterator[LocalOperator]:
+    """The local operator running for the block. With `kept_pools` (E2E_KEEP=1), once it
+    has stopped, the finalizers come off the pools left behind: no operator will be there
+    to remove them when someone deletes those pools or their namespace."""
+    operator.start(waiter)
+    try:
+        yield operator
+    finally:
+        operator.stop()
+        if kept_pools is not None:
+            for problem in kept_pools.release_finalizers():
+                warnings.warn(f"e2e cleanup: {problem}", stacklevel=1)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import re
 import shlex
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,17 +26,23 @@ class CommandError(Exception):
     """A command exited non-zero or ran out of time; str() is one readable paragraph."""
 
     def __init__(self, argv: Sequence[str], returncode: int | None, stdout: str,
-                 stderr: str) -> None:
+                 stderr: str, picture: str = "") -> None:
         self.argv = list(argv)
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
+        self.picture = picture
+        """Of the cluster, when the command was a wait that ran out (Waiter.picture)."""
         super().__init__(str(self))
 
     def __str__(self) -> str:
         how = "timed out" if self.returncode is None else f"exited {self.returncode}"
         output = (self.stderr.strip() or self.stdout.strip())[-2000:]
-        return f"`{shlex.join(self.argv)}` {how}" + (f": {output}" if output else "")
+        return (f"`{shlex.join(self.argv)}` {how}" + (f": {output}" if output else "")
+                + (f"\n{self.picture}" if self.picture else ""))
+
+    def with_picture(self, picture: str) -> CommandError:
+        return CommandError(self.argv, self.returncode, self.stdout, self.stderr, picture)
 
 
 def run(argv: Sequence[str], *, input: str | None = None, timeout: float = DEFAULT_COMMAND_TIMEOUT,
@@ -55,6 +65,69 @@ def _text(data: str | bytes | None) -> str:
     if isinstance(data, bytes):
         return data.decode(errors="replace")
     return data or ""
+
+
+# -- processes left running ------------------------------------------------------------------
+
+_children: list[subprocess.Popen[Any]] = []
+
+
+def spawn(argv: Sequence[str], **options: Any) -> subprocess.Popen[Any]:
+    """Popen for a process the suite leaves running (operator, port-forward, background CLI).
+
+    In a session of its own: a Ctrl-C at the terminal reaches pytest alone, whose teardown
+    still needs these processes (a local operator removes its pools' finalizers) and then
+    stops them itself. Whatever still runs when the interpreter exits is ended then.
+    """
+    process: subprocess.Popen[Any] = subprocess.Popen(list(argv), start_new_session=True,
+                                                      **options)
+    _children.append(process)
+    return process
+
+
+def end_process(process: subprocess.Popen[Any], *, grace: float = 10.0,
+                interrupt: bool = False) -> None:
+    """SIGINT (interrupt) or SIGTERM, then SIGKILL after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    if interrupt:
+        process.send_signal(signal.SIGINT)
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@contextmanager
+def termination_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a terminal closed) stop pytest the way Ctrl-C does: its teardown
+    then removes what the suite made and stops the processes it started, which are in
+    sessions of their own (spawn) and do not get the terminal's signals."""
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, _interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@atexit.register
+def end_children() -> None:
+    """Children that no teardown stopped (pytest killed by a signal it turns into an
+    interrupt, a fixture that never got to its teardown)."""
+    for process in _children:
+        end_process(process, grace=5)
+    _children.clear()
 
 
 @dataclass(frozen=True)
@@ -138,6 +211,16 @@ class Waiter:
              interval: float = 2.0) -> None:
         self.until(probe, bool, timeout=timeout, what=what, interval=interval)
 
+    def picture(self) -> str:
+        """What `diagnose` shows of the cluster now ('' without one): for a wait that is not
+        a probe of this Waiter (a command's own --timeout) to end with the same picture."""
+        if self.diagnose is None:
+            return ""
+        try:
+            return self.diagnose()
+        except Exception as exc:
+            return f"(no diagnostics: {exc})"
+
     def _timeout_message(self, what: str, budget: float, seen: list[Any],
                          error: CommandError | None) -> str:
         lines = [f"timed out after {budget:g}s waiting for {what}"]
@@ -145,11 +228,9 @@ class Waiter:
             lines.append(f"last seen: {seen[0]!r}"[:3000])
         if error is not None:
             lines.append(f"last error: {error}")
-        if self.diagnose is not None:
-            try:
-                lines.append(self.diagnose())
-            except Exception as exc:
-                lines.append(f"(no diagnostics: {exc})")
+        picture = self.picture()
+        if picture:
+            lines.append(picture)
         return "\n".join(lines)
 
 
@@ -276,17 +357,12 @@ class PortForward:
 
     def stop(self) -> None:
         self._stopping.set()
-        with self._lock:
-            process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
         if self._watchdog is not None:
             self._watchdog.join(timeout=10)
+        with self._lock:
+            process = self._process
+        if process is not None:
+            end_process(process)
 
     @property
     def alive(self) -> bool:
@@ -304,9 +380,13 @@ class PortForward:
         log = self.log_path.open("a", encoding="utf-8")
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+        process = spawn(argv, stdout=subprocess.PIPE, stderr=log, text=True)
         log.close()
-        port = self._await_forwarding(process)
+        try:
+            port = self._await_forwarding(process)
+        except BaseException:
+            end_process(process)
+            raise
         with self._lock:
             self._process = process
             self.local_port = port
@@ -331,8 +411,7 @@ class PortForward:
         reader.start()
         ready.wait(self.start_timeout)
         if not found:
-            process.kill()
-            process.wait(timeout=10)
+            end_process(process, grace=0)
             tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-1500:]
             raise CommandError(self._argv(), process.returncode, "",
                                f"no port forwarded within {self.start_timeout:g}s\n{tail}")
@@ -358,3 +437,37 @@ class PortForward:
                 except CommandError:
                     continue
             self._stopping.wait(1.0)
+
+
+# -- nodes ---------------------------------------------------------------------------------
+
+
+def missing_rights(kube: Kubectl, *checks: Sequence[str]) -> list[str]:
+    """The `kubectl auth can-i` questions (e.g. ("patch", "nodes")) not answered yes."""
+    missing = []
+    for question in checks:
+        done = kube("auth", "can-i", *question, check=False, timeout=30)
+        if done.stdout.strip() != "yes":
+            missing.append(" ".join(question))
+    return missing
+
+
+@contextmanager
+def uncordoned_afterwards(kube: Kubectl, node: str) -> Iterator[None]:
+    """Uncordon `node` when the block ends, unless it was cordoned before it (by someone
+    else, for their own reasons). When the block failed, a failure to uncordon is a warning:
+    it must not take the place of the block's own error."""
+    cluster = kube.in_namespace(None)
+    before = cluster.get("node", node) or {}
+    ours = not (before.get("spec") or {}).get("unschedulable")
+    try:
+        yield
+    except BaseException:
+        if ours:
+            done = cluster("uncordon", node, check=False)
+            if done.returncode != 0:
+                warnings.warn(f"e2e: node {node} is left cordoned (kubectl uncordon: "
+                              f"{(done.stderr or done.stdout).strip()})", stacklevel=3)
+        raise
+    if ours:
+        cluster("uncordon", node)

@@ -51,6 +51,16 @@ def example_pool(worker_image: str, *, redis_secret: str = DEFAULT_REDIS_SECRET)
     return pool
 
 
+def demo_pool(name: str, worker_image: str, *,
+              redis_secret: str = DEFAULT_REDIS_SECRET) -> Manifest:
+    """examples/agentpool.yaml under the run's own name and queue (both `name`): a namespace
+    or a Redis shared with the README's quickstart has its own pool and queue `demo`."""
+    pool = example_pool(worker_image, redis_secret=redis_secret)
+    pool["metadata"]["name"] = name
+    pool["spec"]["queue"] = name
+    return pool
+
+
 def derived_pool(name: str, worker_image: str, *, redis_secret: str = DEFAULT_REDIS_SECRET,
                  worker: dict[str, Any] | None = None,
                  scaling: dict[str, Any] | None = None) -> Manifest:
@@ -219,7 +229,7 @@ def pipeline_pools(planners: str, doers: str, worker_image: str, *,
 def applied_pools(worker_image: str) -> list[Manifest]:
     """Every pool the suite applies, under names like the ones it generates."""
     return [
-        example_pool(worker_image),
+        demo_pool("e2e-demo-abc123", worker_image),
         scale_pool("e2e-scale-abc123", worker_image),
         recovery_pool("e2e-recover-abc123", worker_image),
         small_pool("e2e-gc-abc123", worker_image),

@@ -55,9 +55,12 @@ class Pools:
 
     def delete(self, name: str, *, timeout: float = 180) -> None:
         """Delete the pool and wait until it, its Deployment and its pods are gone."""
-        self.kube("delete", "agentpool", name, "--ignore-not-found", "--wait=true",
-                  f"--timeout={int(timeout * self.waiter.scale)}s",
-                  timeout=timeout * self.waiter.scale + 30)
+        try:
+            self.kube("delete", "agentpool", name, "--ignore-not-found", "--wait=true",
+                      f"--timeout={int(timeout * self.waiter.scale)}s",
+                      timeout=timeout * self.waiter.scale + 30)
+        except CommandError as exc:
+            raise exc.with_picture(self.waiter.picture()) from None
         self.waiter.true(lambda: self.deployment(name) is None, timeout=timeout,
                          what=f"the Deployment of deleted pool {name} to be removed")
         self.waiter.true(lambda: not self.pods(name), timeout=timeout,
@@ -84,6 +87,24 @@ class Pools:
             except (CommandError, AssertionError) as exc:
                 problems.append(f"pool {name}: {str(exc).splitlines()[0]}")
                 self.force_remove(name)
+        return problems
+
+    def release_finalizers(self) -> list[str]:
+        """Take the finalizers off the suite's pools, for a namespace kept (E2E_KEEP=1) after
+        its operator is gone: otherwise deleting a pool, or the namespace, would wait for an
+        operator that no longer runs. Only once the operator has stopped: a running one puts
+        its finalizer back. The problems, for the teardown report."""
+        try:
+            names = [p["metadata"]["name"]
+                     for p in self.kube.items("agentpools", f"{SUITE_LABEL}=true")]
+        except CommandError as exc:
+            return [str(exc)]
+        problems = []
+        for name in names:
+            done = self.kube("patch", "agentpool", name, "--type=merge",
+                             "--patch", '{"metadata":{"finalizers":null}}', check=False)
+            if done.returncode != 0:
+                problems.append(f"pool {name}: finalizers not removed: {done.stderr.strip()}")
         return problems
 
     # -- waiting ---------------------------------------------------------------------------

@@ -21,7 +21,9 @@
 #   E2E_OPERATOR_IMAGE [ghcr.io/agentpool/operator:e2e]
 #   E2E_RELEASE [agentpool], E2E_NAMESPACE [agentpool]  the chart's release (chart mode)
 #   E2E_POD_SECURITY [restricted]      Pod Security Standard enforced on that namespace
-#   E2E_HELM_ARGS                      extra helm arguments, e.g. "--set operator.logLevel=debug"
+#   E2E_HELM_ARGS                      extra helm arguments, split like a shell line (quotes
+#                                      group words, as the suite splits them), e.g.
+#                                      "--set operator.logLevel=debug"
 #   HELM [.tools/bin/helm, installed by scripts/install-helm.sh; else helm on PATH]
 set -euo pipefail
 
@@ -62,7 +64,30 @@ OPERATOR_IMAGE="${E2E_OPERATOR_IMAGE:-ghcr.io/agentpool/operator:e2e}"
 RELEASE="${E2E_RELEASE:-agentpool}"
 NAMESPACE="${E2E_NAMESPACE:-agentpool}"
 POD_SECURITY="${E2E_POD_SECURITY-restricted}"
-read -r -a HELM_EXTRA <<<"${E2E_HELM_ARGS:-}"
+HELM_EXTRA=()
+if [ -n "${E2E_HELM_ARGS:-}" ]; then
+    # Split as the suite does (Python's shlex, e2e/e2e_config.py): quotes group words.
+    SHLEX_PYTHON="$ROOT/.venv/bin/python"
+    [ -x "$SHLEX_PYTHON" ] || SHLEX_PYTHON="$(command -v python3 || true)"
+    if [ -z "$SHLEX_PYTHON" ]; then
+        echo "kind-up: E2E_HELM_ARGS is split by Python's shlex: run make setup" >&2
+        exit 2
+    fi
+    split_helm_args() {
+        "$SHLEX_PYTHON" -c '
+import shlex, sys
+try:
+    words = shlex.split(sys.argv[1])
+except ValueError as exc:
+    sys.exit(f"kind-up: E2E_HELM_ARGS: {exc}")
+sys.stdout.write("".join(word + "\0" for word in words))
+' "$E2E_HELM_ARGS"
+    }
+    split_helm_args >/dev/null || exit 2
+    while IFS= read -r -d '' word; do
+        HELM_EXTRA+=("$word")
+    done < <(split_helm_args)
+fi
 CHART="charts/agentpool-operator"
 PYTEST="$ROOT/.venv/bin/pytest"
 

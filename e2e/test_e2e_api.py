@@ -85,16 +85,16 @@ def test_invalid_pool_is_refused_with_a_readable_message(
 
 
 def test_a_pools_queue_cannot_change_once_it_exists(
-    crd: dict[str, Any], kube: Kubectl, e2e_config: E2EConfig
+    crd: dict[str, Any], kube: Kubectl, e2e_config: E2EConfig, run_id: str
 ) -> None:
     """A transition rule: only a real API server, which holds the stored pool, enforces it."""
-    pool = derived_pool("e2e-queue-fixed", e2e_config.worker_image)
+    pool = derived_pool(f"e2e-queue-fixed-{run_id}", e2e_config.worker_image)
     pool["spec"]["paused"] = True
     name = pool["metadata"]["name"]
     kube.apply(pool)
     try:
         moved = copy.deepcopy(pool)
-        moved["spec"]["queue"] = "e2e-queue-elsewhere"
+        moved["spec"]["queue"] = f"e2e-queue-elsewhere-{run_id}"
         result = kube.apply(moved, check=False)
         assert result.returncode != 0, "the API server let a pool move to another queue"
         assert QUEUE_FIXED.message in result.stderr, result.stderr

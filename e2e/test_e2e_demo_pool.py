@@ -1,5 +1,5 @@
-"""examples/agentpool.yaml as a user applies it: tasks submitted with the CLI all finish, and
-`kubectl get agentpools` shows the pool's figures."""
+"""examples/agentpool.yaml as a user applies it (under this run's name and queue): tasks
+submitted with the CLI all finish, and `kubectl get agentpools` shows the pool's figures."""
 
 from __future__ import annotations
 
@@ -10,22 +10,23 @@ import pytest
 from e2e_cli import AgentpoolCli
 from e2e_config import E2EConfig
 from e2e_kube import KUBECTL_AGE, Waiter, condition
-from e2e_manifests import example_pool, load_example, quick_tasks
+from e2e_manifests import demo_pool as demo_manifest
+from e2e_manifests import load_example, quick_tasks
 from e2e_pools import Pools
 
 pytestmark = pytest.mark.e2e
 
 TABLE_HEADERS = ["NAME", "QUEUE", "READY", "DESIRED", "QUEUED", "IN-FLIGHT", "HEALTH", "AGE"]
 EXAMPLE_SPEC = load_example()["spec"]
-DEMO_QUEUE: str = EXAMPLE_SPEC["queue"]
 DEMO_MIN: int = EXAMPLE_SPEC["scaling"]["minReplicas"]
 DEMO_MAX: int = EXAMPLE_SPEC["scaling"]["maxReplicas"]
 
 
 @pytest.fixture(scope="module")
-def demo_pool(pools: Pools, e2e_config: E2EConfig) -> Iterator[str]:
-    name = pools.apply(example_pool(e2e_config.worker_image,
-                                    redis_secret=e2e_config.redis_secret))
+def demo_pool(pools: Pools, e2e_config: E2EConfig, run_id: str) -> Iterator[str]:
+    """The pool's name, which is its queue's too."""
+    name = pools.apply(demo_manifest(f"e2e-demo-{run_id}", e2e_config.worker_image,
+                                     redis_secret=e2e_config.redis_secret))
     pools.wait_serving(name, DEMO_MIN)
     yield name
     pools.delete(name)
@@ -50,11 +51,11 @@ def test_tasks_submitted_with_the_cli_all_finish(
     demo_pool: str, cli: AgentpoolCli, waiter: Waiter
 ) -> None:
     count = 20
-    before = cli.counters(DEMO_QUEUE)
-    ids = cli.submit(DEMO_QUEUE, quick_tasks(count))
+    before = cli.counters(demo_pool)
+    ids = cli.submit(demo_pool, quick_tasks(count))
     assert len(set(ids)) == count
-    await_succeeded(cli, waiter, DEMO_QUEUE, before, count, timeout=300)
-    outcomes = [cli.wait(DEMO_QUEUE, task_id, timeout=60) for task_id in ids]
+    await_succeeded(cli, waiter, demo_pool, before, count, timeout=300)
+    outcomes = [cli.wait(demo_pool, task_id, timeout=60) for task_id in ids]
     assert [o["state"] for o in outcomes] == ["succeeded"] * count
     assert all(o["result"]["attempt"] >= 1 for o in outcomes), "results come from the handler"
 
@@ -68,10 +69,10 @@ def number(row: dict[str, str] | None, column: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def check_row(row: dict[str, str]) -> None:
+def check_row(row: dict[str, str], queue: str) -> None:
     """Values a person reading the table would call sensible."""
     assert list(row) == TABLE_HEADERS
-    assert row["QUEUE"] == DEMO_QUEUE
+    assert row["QUEUE"] == queue
     for column in ("READY", "DESIRED", "QUEUED", "IN-FLIGHT"):
         assert number(row, column) is not None, f"{column} is {row[column]!r}, not a count"
     assert DEMO_MIN <= (number(row, "DESIRED") or 0) <= DEMO_MAX
@@ -91,22 +92,22 @@ def test_get_agentpools_shows_queue_replicas_and_tasks(
     # figures left by an earlier test (written every few seconds) must not pass for these tasks
     waiter.until(lambda: row_of(pools.table(), demo_pool), quiet, timeout=120,
                  what="QUEUED and IN-FLIGHT at 0 before submitting")
-    before = cli.counters(DEMO_QUEUE)
-    cli.submit(DEMO_QUEUE, quick_tasks(count, mean_seconds=8, tag="columns"))
+    before = cli.counters(demo_pool)
+    cli.submit(demo_pool, quick_tasks(count, mean_seconds=8, tag="columns"))
     busy = waiter.until(
         lambda: row_of(pools.table(), demo_pool),
         lambda row: (number(row, "QUEUED") or 0) + (number(row, "IN-FLIGHT") or 0) > 0,
         timeout=120, what="QUEUED or IN-FLIGHT to show the submitted tasks")
     assert busy is not None
-    check_row(busy)
-    await_succeeded(cli, waiter, DEMO_QUEUE, before, count, timeout=300)
+    check_row(busy, demo_pool)
+    await_succeeded(cli, waiter, demo_pool, before, count, timeout=300)
     idle = waiter.until(
         lambda: row_of(pools.table(), demo_pool),
         lambda row: number(row, "QUEUED") == 0 and number(row, "IN-FLIGHT") == 0
         and (number(row, "READY") or 0) >= DEMO_MIN,
         timeout=120, what="QUEUED and IN-FLIGHT back to 0 with ready workers")
     assert idle is not None
-    check_row(idle)
+    check_row(idle, demo_pool)
 
 
 def test_status_reports_the_pool_ready(demo_pool: str, pools: Pools, waiter: Waiter) -> None:
@@ -119,7 +120,7 @@ def test_status_reports_the_pool_ready(demo_pool: str, pools: Pools, waiter: Wai
     pool = waiter.until(lambda: pools.get(demo_pool) or {}, ready, timeout=120,
                         what="status: observedGeneration current, Ready and QueueReachable")
     status = pool["status"]
-    assert status["queue"] == DEMO_QUEUE
+    assert status["queue"] == demo_pool
     assert status["readyReplicas"] >= DEMO_MIN
     assert DEMO_MIN <= status["desiredReplicas"] <= DEMO_MAX
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from e2e_cli import AgentpoolCli
 from e2e_config import E2EConfig
-from e2e_kube import Waiter, is_ready
+from e2e_kube import Waiter, is_ready, missing_rights, uncordoned_afterwards
 from e2e_manifests import EVICTION_TASK, Manifest, small_pool
 from e2e_pools import Pools
 
@@ -73,10 +73,19 @@ def schedulable_nodes(pools: Pools) -> list[str]:
     return names
 
 
+DRAIN_RIGHTS = (("list", "nodes"), ("patch", "nodes"), ("create", "pods/eviction"))
+"""What kubectl drain does: cordon (patch) the node and evict its pods; and what the test
+does to pick a node (list). The node is uncordoned at the end (patch)."""
+
+
 def test_a_node_drain_waits_for_the_run_while_the_pool_moves_to_another_node(
     make_pool: Callable[[Manifest], str], pools: Pools, cli: AgentpoolCli, waiter: Waiter,
     e2e_config: E2EConfig, run_id: str,
 ) -> None:
+    missing = missing_rights(pools.kube, *DRAIN_RIGHTS)
+    if missing:
+        pytest.skip("draining a node needs rights this kubeconfig lacks (kubectl auth can-i: "
+                    f"no to {'; '.join(missing)})")
     if len(schedulable_nodes(pools)) < 2:
         pytest.skip("draining a node needs a second schedulable node for the pool's new pod "
                     "(the cluster of e2e/kind-up.sh has two)")
@@ -91,31 +100,37 @@ def test_a_node_drain_waits_for_the_run_while_the_pool_moves_to_another_node(
 
     # kubectl drain cordons the node and evicts the pool's pod, retrying while the budget
     # refuses; only this pool's pods are evicted, so the rest of the cluster is left alone.
+    # The node is uncordoned afterwards, unless someone had cordoned it before.
     timeout = 900 * e2e_config.timeout_scale
-    drain = subprocess.Popen(
-        [pools.kube.binary, "drain", node, "--pod-selector", f"agentpool.dev/pool={name}",
-         "--delete-emptydir-data", "--ignore-daemonsets", f"--timeout={timeout:g}s"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        def elsewhere() -> list[str]:
-            return [p["metadata"]["name"] for p in pools.live_pods(name)
-                    if p["spec"].get("nodeName") not in (None, node) and is_ready(p)]
+    with uncordoned_afterwards(pools.kube, node):
+        drain = subprocess.Popen(
+            [pools.kube.binary, "drain", node, "--pod-selector", f"agentpool.dev/pool={name}",
+             "--delete-emptydir-data", "--ignore-daemonsets", f"--timeout={timeout:g}s"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            def elsewhere() -> list[str]:
+                return [p["metadata"]["name"] for p in pools.live_pods(name)
+                        if p["spec"].get("nodeName") not in (None, node) and is_ready(p)]
 
-        waiter.until(elsewhere, bool, timeout=300, interval=1,
-                     what=f"a ready pod of {name} on another node than {node}")
+            waiter.until(elsewhere, bool, timeout=300, interval=1,
+                         what=f"a ready pod of {name} on another node than {node}")
 
-        info = cli.wait(name, task_id, timeout=600 * e2e_config.timeout_scale)
-        assert (info["state"], info["attempts"]) == ("succeeded", 1), info
-        output, _ = drain.communicate(timeout=timeout + 60)
-        assert drain.returncode == 0, output
-        assert "evicting pod" in output and "Cannot evict pod" in output, (
-            f"the drain should have been refused while the run went on:\n{output}")
-        assert pools.kube.get("pod", pod) is None
-        assert cli.counters(name)["requeued"] == 0
-        draining = pools.kube.json("get", "events", "--field-selector",
-                                   f"involvedObject.name={name},reason=NodeDraining")
-        assert draining["items"], "no NodeDraining event"
-    finally:
-        if drain.poll() is None:
-            drain.kill()
-        pools.kube.in_namespace(None)("uncordon", node)
+            info = cli.wait(name, task_id, timeout=600 * e2e_config.timeout_scale)
+            assert (info["state"], info["attempts"]) == ("succeeded", 1), info
+            try:
+                output, _ = drain.communicate(timeout=timeout + 60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"kubectl drain {node} did not end within "
+                                     f"{timeout + 60:g}s\n{waiter.picture()}") from None
+            assert drain.returncode == 0, f"{output}\n{waiter.picture()}"
+            assert "evicting pod" in output and "Cannot evict pod" in output, (
+                f"the drain should have been refused while the run went on:\n{output}")
+            assert pools.kube.get("pod", pod) is None
+            assert cli.counters(name)["requeued"] == 0
+            draining = pools.kube.json("get", "events", "--field-selector",
+                                       f"involvedObject.name={name},reason=NodeDraining")
+            assert draining["items"], "no NodeDraining event"
+        finally:
+            if drain.poll() is None:
+                drain.kill()
+                drain.wait(timeout=10)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from e2e_cli import AgentpoolCli
 from e2e_config import E2EConfig
-from e2e_kube import Kubectl, Waiter
+from e2e_kube import CommandError, Kubectl, Waiter
 from e2e_manifests import (
     COMMAND_AGENT_LABEL,
     INIT_MARKER,
@@ -49,8 +49,11 @@ def test_deleting_the_pool_removes_its_deployment(
             for o in owners] == [(f"{GROUP}/{VERSION}", KIND, name,
                                   pool["metadata"]["uid"], True)]
 
-    pools.kube("delete", "agentpool", name, "--wait=true",
-               f"--timeout={int(120 * waiter.scale)}s", timeout=120 * waiter.scale + 30)
+    try:
+        pools.kube("delete", "agentpool", name, "--wait=true",
+                   f"--timeout={int(120 * waiter.scale)}s", timeout=120 * waiter.scale + 30)
+    except CommandError as exc:
+        raise exc.with_picture(waiter.picture()) from None
     assert pools.get(name) is None
     waiter.true(lambda: pools.deployment(name) is None, timeout=120,
                 what=f"garbage collection of the Deployment of deleted pool {name}")
@@ -186,7 +189,7 @@ def test_a_pools_tenant_weights_reach_its_queue_and_follow_an_edit(
 
     waiter.until(weights, lambda w: w.get("gold") == 4 and w.get("Acme Corp") == 2,
                  timeout=60, what=f"pool {name}'s weights on its queue")
-    patch = {"spec": {"tenants": [{"name": "gold", "weight": 9}]}}
+    patch: dict[str, Any] = {"spec": {"tenants": [{"name": "gold", "weight": 9}]}}
     pools.kube("patch", "agentpool", name, "--type", "merge", "--patch", json.dumps(patch))
     waiter.until(weights, lambda w: w.get("gold") == 9 and "Acme Corp" not in w,
                  timeout=60, what=f"pool {name}'s new weights on its queue")

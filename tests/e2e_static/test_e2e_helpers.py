@@ -7,15 +7,32 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_cli import AgentpoolCli
 from e2e_install import RedisAccess, serves
-from e2e_kube import KUBECTL_AGE, CommandError, Kubectl, PortForward, Waiter, parse_table
+from e2e_kube import (
+    KUBECTL_AGE,
+    CommandError,
+    Kubectl,
+    PortForward,
+    Waiter,
+    missing_rights,
+    parse_table,
+    termination_as_interrupt,
+    uncordoned_afterwards,
+)
+from e2e_pools import Pools
+from e2e_stubs import Stubs, answer, refuse
 
+from agentpool.redis_server import RedisServer
 from agentpool_operator.redis_access import rewrite_address
 from agentpool_operator.settings import OperatorSettings
 
@@ -195,3 +212,150 @@ def test_e2e_tests_get_a_timeout_of_their_own_not_the_unit_suites(
     timeout = e2e.get_closest_marker("timeout")
     assert timeout is not None and timeout.args == (seconds,)
     assert unit.get_closest_marker("timeout") is None
+
+
+# -- processes the suite leaves running -------------------------------------------------------
+
+
+def test_a_port_forward_runs_in_a_session_of_its_own(stubs: Stubs, tmp_path: Path) -> None:
+    """A Ctrl-C at the terminal reaches pytest only: the teardown still has the Redis it
+    needs, and stops the port-forward itself."""
+    stubs.rules({**answer("kubectl --namespace e2e port-forward *",
+                          "Forwarding from 127.0.0.1:41234 -> 6379\n"), "sleep": 60})
+    forward = PortForward(stubs.kubectl("e2e"), "svc/agentpool-redis", 6379,
+                          tmp_path / "forward.log")
+    try:
+        forward.start()
+        process = forward._process
+        assert process is not None
+        assert os.getsid(process.pid) == process.pid
+    finally:
+        forward.stop()
+    assert process.poll() is not None
+
+
+CHILD_LEFT_RUNNING = """
+import os, sys
+sys.path.insert(0, {e2e!r})
+from e2e_kube import spawn
+child = spawn(["sleep", "60"])
+print(child.pid, os.getsid(child.pid), flush=True)
+"""
+
+
+def test_processes_left_running_end_when_the_interpreter_exits() -> None:
+    """Pytest stopped (Ctrl-C after its teardown, or SIGTERM, which the suite turns into
+    one) before a fixture could stop what it started: nothing outlives it."""
+    e2e = str(Path(__file__).resolve().parents[2] / "e2e")
+    done = subprocess.run([sys.executable, "-c", CHILD_LEFT_RUNNING.format(e2e=e2e)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    pid, session = (int(word) for word in done.stdout.split())
+    assert session == pid, "in a session of its own"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_sigterm_stops_pytest_the_way_ctrl_c_does() -> None:
+    with termination_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# -- what a wait that runs out shows ------------------------------------------------------------
+
+PICTURE = "--- cluster ---\npods: e2e-scale-1 Pending"
+
+
+def test_a_background_submit_runs_apart_and_ends_with_a_picture(
+    redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    cli = AgentpoolCli(redis_server.url, tmp_path, diagnose=lambda: PICTURE)
+    submission = cli.submit_and_wait(f"e2e-static-{uuid.uuid4().hex[:8]}",
+                                     [{"prompt": "nobody serves this queue"}], timeout=60)
+    try:
+        assert os.getsid(submission.process.pid) == submission.process.pid
+        with pytest.raises(CommandError) as error:
+            submission.finish(timeout=0.5)
+    finally:
+        cli.stop_all()
+    assert submission.process.poll() is not None
+    assert "(not finished after 0.5s)" in str(error.value)
+    assert str(error.value).endswith(PICTURE)
+
+
+def test_a_background_submit_that_gives_up_ends_with_a_picture(
+    redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """Its own --timeout ran out: it exits 1."""
+    cli = AgentpoolCli(redis_server.url, tmp_path, diagnose=lambda: PICTURE)
+    submission = cli.submit_and_wait(f"e2e-static-{uuid.uuid4().hex[:8]}",
+                                     [{"prompt": "nobody serves this queue"}], timeout=0.5)
+    with pytest.raises(CommandError) as error:
+        submission.finish(timeout=60)
+    assert error.value.returncode == 1
+    assert str(error.value).endswith(PICTURE)
+
+
+def test_agentpool_wait_that_fails_ends_with_a_picture(
+    redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    cli = AgentpoolCli(redis_server.url, tmp_path, diagnose=lambda: PICTURE)
+    queue = f"e2e-static-{uuid.uuid4().hex[:8]}"
+    (task_id,) = cli.submit(queue, [{"prompt": "nobody serves this queue"}])
+    with pytest.raises(CommandError) as error:
+        cli.wait(queue, task_id, timeout=0.5)
+    assert error.value.returncode == 1
+    assert str(error.value).endswith(PICTURE)
+
+
+def test_a_pool_deletion_that_times_out_ends_with_a_picture(stubs: Stubs) -> None:
+    stubs.rules(refuse("kubectl --namespace e2e delete agentpool e2e-scale-1 *",
+                       "error: timed out waiting for the condition on agentpools/e2e-scale-1\n"))
+    pools = Pools(stubs.kubectl("e2e"), Waiter(diagnose=lambda: PICTURE))
+    with pytest.raises(CommandError) as error:
+        pools.delete("e2e-scale-1", timeout=1)
+    assert "timed out waiting for the condition" in str(error.value)
+    assert str(error.value).endswith(PICTURE)
+
+
+# -- nodes --------------------------------------------------------------------------------------
+
+
+def test_missing_rights_are_the_questions_not_answered_yes(stubs: Stubs) -> None:
+    stubs.rules(answer("kubectl --namespace e2e auth can-i list nodes", "yes\n"),
+                refuse("kubectl --namespace e2e auth can-i patch nodes", "", rc=1),
+                answer("kubectl --namespace e2e auth can-i create pods/eviction", "yes\n"))
+    assert missing_rights(stubs.kubectl("e2e"), ("list", "nodes"), ("patch", "nodes"),
+                          ("create", "pods/eviction")) == ["patch nodes"]
+
+
+def node(unschedulable: bool) -> dict[str, Any]:
+    return {"kind": "Node", "metadata": {"name": "w1"}, "spec": {"unschedulable": unschedulable}}
+
+
+def test_a_node_cordoned_before_the_drain_stays_cordoned(stubs: Stubs) -> None:
+    stubs.rules(answer("kubectl get node w1 *", node(True)))
+    with uncordoned_afterwards(stubs.kubectl("e2e"), "w1"):
+        pass
+    assert not [c for c in stubs.calls() if "uncordon" in c]
+
+
+def test_the_node_the_test_cordoned_is_uncordoned(stubs: Stubs) -> None:
+    stubs.rules(answer("kubectl get node w1 *", node(False)), answer("kubectl uncordon w1"))
+    with uncordoned_afterwards(stubs.kubectl("e2e"), "w1"):
+        pass
+    assert stubs.calls()[-1] == "kubectl uncordon w1"
+
+
+def test_an_uncordon_that_fails_does_not_hide_the_tests_failure(stubs: Stubs) -> None:
+    stubs.rules(answer("kubectl get node w1 *", node(False)),
+                refuse("kubectl uncordon w1", 'Error from server (Forbidden): nodes "w1"\n'))
+    with pytest.warns(UserWarning, match="node w1 is left cordoned"), \
+            pytest.raises(AssertionError, match="the task was requeued"), \
+            uncordoned_afterwards(stubs.kubectl("e2e"), "w1"):
+        raise AssertionError("the task was requeued")
+    with pytest.raises(CommandError, match="Forbidden"), \
+            uncordoned_afterwards(stubs.kubectl("e2e"), "w1"):
+        pass

@@ -7,12 +7,14 @@ four tools replaced by stubs that only record how they were called.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from e2e_config import E2EConfig
 
 REPO = Path(__file__).resolve().parents[2]
 KIND_UP = REPO / "e2e" / "kind-up.sh"
@@ -242,3 +244,26 @@ def test_kind_down_deletes_the_cluster_and_its_kubeconfig(stubs: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert calls(stubs) == [f"kind delete cluster --name c1 --kubeconfig {kubeconfig}"]
     assert not kubeconfig.exists()
+
+
+HELM_ARGS = """--set 'podAnnotations.note=two words' --set-string x="y z" --set-json 'w=["q"]'"""
+
+
+def test_helm_args_are_split_as_the_suite_splits_them(stubs: Path) -> None:
+    """Quotes group words in kind-up.sh as in the suite (shlex), not only whitespace."""
+    result = script(KIND_UP, "--dry-run", env=stub_env(stubs, E2E_HELM_ARGS=HELM_ARGS))
+    assert result.returncode == 0, result.stderr
+    (helm,) = [line[2:] for line in result.stdout.splitlines()
+               if line.startswith("+ ") and " upgrade --install " in line]
+    words = shlex.split(helm)
+    expected = list(E2EConfig.from_env({"E2E_HELM_ARGS": HELM_ARGS}).helm_args)
+    assert words[-len(expected):] == expected == [
+        "--set", "podAnnotations.note=two words", "--set-string", "x=y z",
+        "--set-json", 'w=["q"]']
+
+
+def test_helm_args_that_do_not_parse_are_refused_before_anything_runs(stubs: Path) -> None:
+    result = script(KIND_UP, "--no-tests", env=stub_env(stubs, E2E_HELM_ARGS="--set 'a=b"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "kind-up: E2E_HELM_ARGS: No closing quotation"
+    assert calls(stubs) == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from e2e_manifests import (
     ROLLOUT_TASK,
     SUITE_LABEL,
     applied_pools,
-    example_pool,
+    demo_pool,
     invalid_pools,
     load_example,
     recovery_pool,
@@ -30,6 +29,7 @@ from e2e_manifests import (
     scale_tasks,
     small_pool,
 )
+from e2e_stubs import Stubs, answer, refuse
 from pydantic import ValidationError
 
 from agentpool.crd import open_api_schema
@@ -129,12 +129,16 @@ def test_pools_the_suite_applies_pass_the_models_and_the_crd_schema(pool: dict[s
     assert re.match(QUEUE_PATTERN, queue)
 
 
-def test_the_demo_pool_is_the_example_with_only_the_image_changed() -> None:
-    example, applied = load_example(), example_pool(IMAGE)
-    assert applied["metadata"]["name"] == example["metadata"]["name"]
-    assert applied["spec"]["queue"] == example["spec"]["queue"]
+def test_the_demo_pool_is_the_example_with_only_the_image_name_and_queue_changed() -> None:
+    """Named for the run: a namespace or Redis shared with the quickstart keeps its pool and
+    queue `demo`."""
+    example, applied = load_example(), demo_pool("e2e-demo-abc123", IMAGE)
+    assert example["metadata"]["name"] == example["spec"]["queue"] == "demo"
+    assert applied["metadata"]["name"] == applied["spec"]["queue"] == "e2e-demo-abc123"
+    assert applied["metadata"]["labels"][SUITE_LABEL] == "true"
     del applied["spec"]["worker"]["image"], example["spec"]["worker"]["image"]
     del applied["spec"]["worker"]["imagePullPolicy"]
+    del applied["spec"]["queue"], example["spec"]["queue"]
     assert applied["spec"] == example["spec"]
 
 
@@ -234,41 +238,28 @@ def test_image_references_split_for_the_chart(image: str, expected: tuple[str, s
 
 # -- fixtures failing -------------------------------------------------------------------------
 
-REFUSING_KUBECTL = """#!{bash}
-# A cluster that answers and has the namespace, but refuses the CRD as an API server would.
-echo "$*" >> "{calls}"
-case "$*" in
-  "version --output json") echo '{{"serverVersion": {{"gitVersion": "v1.36.0"}}}}' ;;
-  "get namespace e2e-offline --output json --ignore-not-found")
-    echo '{{"apiVersion": "v1", "kind": "Namespace", "metadata": {{"name": "e2e-offline"}}}}' ;;
-  apply*)
-    cat > "{manifest}"
-    echo 'Error from server (Forbidden): customresourcedefinitions.apiextensions.k8s.io' \\
-         '"agentpools.agentpool.dev" is forbidden: User "dev" cannot patch resource' \\
-         '"customresourcedefinitions" at the cluster scope' >&2
-    exit 1 ;;
-  *) echo "unexpected: $*" >&2; exit 1 ;;
-esac
-"""
-
-
 def test_a_crd_the_cluster_refuses_fails_the_suite_with_one_readable_message(
-    tmp_path: Path,
+    stubs: Stubs, tmp_path: Path,
 ) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    kubectl = bin_dir / "kubectl"
-    kubectl.write_text(REFUSING_KUBECTL.format(
-        bash=shutil.which("bash") or "/bin/bash", calls=tmp_path / "calls",
-        manifest=tmp_path / "applied.yaml"))
-    kubectl.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("E2E_")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-               KUBECONFIG=str(tmp_path / "kubeconfig"), E2E_SKIP_INSTALL="1",
-               E2E_NAMESPACE="e2e-offline", E2E_REDIS_URL="redis://127.0.0.1:1/0")
-    test = "e2e/test_e2e_api.py::test_crd_is_established_with_printer_columns_and_cel_rules"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "e2e", test],
-                            capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    """A full run applies crds/ of this checkout (after installing the chart, which it then
+    uninstalls); an API server that refuses it fails the suite in one line."""
+    stubs.rules(
+        answer("kubectl get namespace e2e-offline --output json --ignore-not-found",
+               {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "e2e-offline"}}),
+        answer("kubectl get deployments --all-namespaces *", {"items": []}),
+        answer("helm version --short", "v3.16.0\n"),
+        refuse("helm status agentpool --namespace e2e-offline", "Error: release: not found\n"),
+        answer("helm upgrade --install agentpool *"),
+        answer("helm uninstall agentpool --namespace e2e-offline --ignore-not-found"),
+        {**refuse("kubectl apply --filename - --server-side *",
+                  'Error from server (Forbidden): customresourcedefinitions.apiextensions.k8s.io '
+                  '"agentpools.agentpool.dev" is forbidden: User "dev" cannot patch resource '
+                  '"customresourcedefinitions" at the cluster scope\n'),
+         "stdin_to": str(tmp_path / "applied.yaml")},
+    )
+    test = "test_e2e_api.py::test_crd_is_established_with_printer_columns_and_cel_rules"
+    result = stubs.run_e2e(test, E2E_NAMESPACE="e2e-offline",
+                           E2E_REDIS_URL="redis://127.0.0.1:1/0")
 
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
@@ -280,6 +271,8 @@ def test_a_crd_the_cluster_refuses_fails_the_suite_with_one_readable_message(
     assert "raise " not in output, "no source lines of the fixture or of e2e_kube"
     assert (tmp_path / "applied.yaml").read_text() == (
         REPO / "crds" / "agentpool.dev_agentpools.yaml").read_text()
+    assert stubs.calls()[-1] == (
+        "helm uninstall agentpool --namespace e2e-offline --ignore-not-found")
 
 
 def test_the_local_operator_takes_no_operator_setting_from_the_shell(

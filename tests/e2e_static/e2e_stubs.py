@@ -1,0 +1,108 @@
+"""Stand-ins for kubectl and helm that answer from a list of rules and record every call, for
+driving the e2e suite's set-up without a cluster (the fixture `stubs`, conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e2e_kube import Kubectl
+
+REPO = Path(__file__).resolve().parents[2]
+
+STUB = """#!{python} -S
+import fnmatch, json, os, signal, sys, time
+line = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
+with open({log!r}, "a") as log:
+    log.write(line + "\\n")
+with open({rules!r}) as f:
+    rules = json.load(f)
+rule = next((r for r in rules if fnmatch.fnmatchcase(line, r["match"])), None)
+if rule is None:
+    sys.stderr.write(f"stub: unexpected: {{line}}\\n")
+    sys.exit(1)
+if "stdin_to" in rule:
+    with open(rule["stdin_to"], "a") as f:
+        f.write(sys.stdin.read())
+if "pid_to" in rule:
+    with open(rule["pid_to"], "w") as f:
+        f.write(str(os.getpid()))
+sys.stdout.write(rule.get("stdout", ""))
+sys.stdout.flush()
+sys.stderr.write(rule.get("stderr", ""))
+sys.stderr.flush()
+if rule.get("interrupt_parent"):
+    os.kill(os.getppid(), signal.SIGINT)
+time.sleep(rule.get("sleep", 0))
+sys.exit(rule.get("rc", 0))
+"""
+
+Rule = dict[str, Any]
+
+
+def answer(match: str, stdout: str | dict[str, Any] = "", **more: Any) -> Rule:
+    """A rule: a call whose line ("kubectl --namespace x get ...") matches the glob `match`
+    prints `stdout` (a dict as JSON) and exits `rc` (0)."""
+    text = stdout if isinstance(stdout, str) else json.dumps(stdout)
+    return {"match": match, "stdout": text, **more}
+
+
+def refuse(match: str, stderr: str, rc: int = 1) -> Rule:
+    return {"match": match, "stderr": stderr, "rc": rc}
+
+
+@dataclass
+class Stubs:
+    bin_dir: Path
+    log: Path
+    rules_file: Path
+
+    def rules(self, *rules: Rule) -> None:
+        """First match wins; a call no rule matches exits 1 ("stub: unexpected"). The
+        cluster answers `kubectl version` unless a rule says otherwise."""
+        version = answer("kubectl version --output json",
+                         {"serverVersion": {"gitVersion": "v1.36.0"}})
+        self.rules_file.write_text(json.dumps([*rules, version]))
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    @property
+    def helm(self) -> str:
+        return str(self.bin_dir / "helm")
+
+    def kubectl(self, namespace: str | None = None) -> Kubectl:
+        return Kubectl(namespace, binary=str(self.bin_dir / "kubectl"))
+
+    def env(self, **settings: str) -> dict[str, str]:
+        """For a pytest run of e2e/ in a subprocess: the stubs first on PATH, a KUBECONFIG
+        (the file need not exist), no E2E_* of this shell, the stub helm."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("E2E_")}
+        env.update(PATH=f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
+                   KUBECONFIG=str(self.bin_dir.parent / "kubeconfig"), E2E_HELM=self.helm)
+        env.update(settings)
+        return env
+
+    def run_e2e(self, test: str, **settings: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "e2e",
+             f"e2e/{test}"], capture_output=True, text=True, cwd=REPO,
+            env=self.env(**settings), timeout=120)
+
+
+def make_stubs(directory: Path) -> Stubs:
+    bin_dir = directory / "stub-bin"
+    bin_dir.mkdir()
+    found = Stubs(bin_dir, directory / "calls.log", directory / "rules.json")
+    for tool in ("kubectl", "helm"):
+        path = bin_dir / tool
+        path.write_text(STUB.format(python=sys.executable, log=str(found.log),
+                                    rules=str(found.rules_file)))
+        path.chmod(0o755)
+    found.rules()
+    return found
