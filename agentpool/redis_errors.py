@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import os
 import re
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import redis.exceptions
 
-from agentpool.urls import redact_url
+from agentpool.urls import host_port, redact_url
 
 TRANSIENT_REFUSALS = (
     redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError,
@@ -103,10 +104,15 @@ def describe_redis_error(exc: BaseException) -> str:
         return match[2].rstrip(".") or text
     if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError) and not text:
         return "timed out"
-    if " : <redis." in text:
-        # redis-py's Sentinel names the client it asked with its whole repr, a screenful
-        text = text.split(" : <redis.", 1)[0] + " (no sentinel answered, or none knows it)"
-    return " ".join(text.rstrip(".").split()) or type(exc).__name__
+    asked_sentinels = _NO_PRIMARY.match(text)
+    if asked_sentinels is not None:
+        addresses = dict.fromkeys(a for _, _, a in _reprs(text) if not a.startswith("<"))
+        return sentinel_failure(asked_sentinels[1], list(addresses), text)
+    return " ".join(without_object_reprs(text).rstrip(".").split()) or type(exc).__name__
+
+
+_NO_PRIMARY = re.compile(r"^No master found for '([^']*)'")
+"""redis-py's MasterNotFoundError, which names each sentinel it asked by its client's repr."""
 
 
 def _has_user(url: str | None) -> bool:
@@ -150,3 +156,82 @@ def redis_failure(url: str | None, exc: BaseException, *,
                   | ConnectionError | TimeoutError):
         return f"cannot reach {where}: {describe_redis_error(exc)}"
     return f"{where} answered with an error: {describe_redis_error(exc)}"
+
+
+_REPR_START = re.compile(r"<(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*[( ]")
+"""Where an object's repr begins: ``<redis.asyncio.client.Redis(...)>``."""
+_REPR_HOST = re.compile(r"\bhost=([^,()<>\s]+)")
+_REPR_PORT = re.compile(r"\bport=(\d+)")
+
+
+def without_object_reprs(text: str) -> str:
+    """`text` with each object's repr in it (redis-py's errors quote whole clients, a
+    kilobyte each) cut to the address it names (``host:port``), or to its class's name."""
+    shown: list[str] = []
+    start = 0
+    for begin, end, shown_as in _reprs(text):
+        shown += [text[start:begin], shown_as]
+        start = end
+    return "".join(shown) + text[start:]
+
+
+def _reprs(text: str) -> list[tuple[int, int, str]]:
+    """Where each outermost object's repr in `text` begins and ends, and what it names: its
+    address (``host:port``), else its class (``<Retry>``)."""
+    found: list[tuple[int, int, str]] = []
+    start = 0
+    while (opening := _REPR_START.search(text, start)) is not None:
+        end = _repr_end(text, opening.start())
+        inner = text[opening.start():end]
+        host, port = _REPR_HOST.search(inner), _REPR_PORT.search(inner)
+        name = opening.group(0)[1:-1].rpartition(".")[2]
+        found.append((opening.start(), end,
+                      host_port(host[1], int(port[1])) if host and port else f"<{name}>"))
+        start = end
+    return found
+
+
+def _repr_end(text: str, begin: int) -> int:
+    """Where the repr that opens at `begin` ends: after its matching '>' (the end of the text
+    when there is none: cut off)."""
+    depth = 0
+    for index in range(begin, len(text)):
+        if text[index] == "<":
+            depth += 1
+        elif text[index] == ">" and text[index - 1] != "-":  # not an arrow in the text
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    return len(text)
+
+
+_SENTINEL_CAUSE = re.compile(
+    r"^(?:\w+:)?\w+\((['\"])(?P<quoted>.*)\1\)$|^(?:\w+:)?\w+: (?P<text>.*)$", re.S)
+"""How redis-py quotes the error a sentinel gave: ``ConnectionError('...')``, or in 8.x
+``network:ConnectionError: ...`` (its category, its class, its text)."""
+_CONNECT_FAILED = re.compile(r"^Error (\d+) connecting to (\S+?)\.(?:\s|$)")
+
+
+def sentinel_failure(service: str, sentinels: Sequence[str], error: str) -> str:
+    """What a ``MasterNotFoundError`` (its text: `error`) means, in one line: which primary
+    was asked for, of which sentinels (host:port), and the last error one of them gave.
+    redis-py's own text names each sentinel by its client's whole repr, a kilobyte each,
+    followed by `` - `` and that sentinel's error."""
+    asked = f"asked {', '.join(sentinels)}" if sentinels else "asked every sentinel"
+    reprs = _reprs(error)
+    if not reprs:
+        return (f"no sentinel named a primary for {service!r} that is up ({asked}; they "
+                f"answered: is {service!r} the name they monitor?)")
+    cause = _sentinel_cause(error[reprs[-1][1]:].removeprefix(" - "))
+    return f"no sentinel named a primary for {service!r} ({asked}); last error: {cause}"
+
+
+def _sentinel_cause(text: str) -> str:
+    quoted = _SENTINEL_CAUSE.match(text.strip())
+    if quoted is not None:
+        text = quoted["quoted"] if quoted["quoted"] is not None else quoted["text"]
+    text = " ".join(without_object_reprs(text).split()).rstrip(".")
+    failed = _CONNECT_FAILED.match(text)
+    if failed is not None and int(failed[1]) > 0:
+        return f"Error {failed[1]} connecting to {failed[2]}: {os.strerror(int(failed[1]))}"
+    return text

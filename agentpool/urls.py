@@ -1,7 +1,9 @@
-"""Helpers for Redis URLs that may carry credentials."""
+"""Helpers for URLs that may carry credentials, and for texts that may quote them: Redis URLs
+above all, any URL in an error or a program's output too."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 URL_PREFIXES = (
@@ -101,3 +103,68 @@ def with_credentials(url: str, username: str, password: str) -> str:
     query = "&".join(piece for piece in parts.query.split("&")
                      if unquote(piece.partition("=")[0]).lower() not in _USER_QUERY_KEYS)
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}", query=query))
+
+
+URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S+")
+_TRAILING = ".,;:!?)]}>'\"`"
+"""What ends a sentence or a quote around a URL rather than the URL."""
+_REDACTED_SCHEMES = frozenset({"redis", "rediss", "redis+sentinel", "rediss+sentinel",
+                               "redis+cluster", "rediss+cluster", "unix"})
+"""URLs masked as `redact_url` masks them: every option value of their query too."""
+_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|sig|auth|cred|session", re.I)
+"""Names of a query option whose value is a secret in a URL of another scheme
+(``?access_token=``, ``?api_key=``, a presigned URL's ``X-Amz-Signature``)."""
+
+
+def mask_urls(text: str) -> str:
+    """`text` with the secrets of every URL in it masked: a Redis URL's as `redact_url` masks
+    them; any other's password (``https://user:***@host``; a lone ``https://***@host``, a
+    token), and the values of its query options whose name says secret (``?token=***``). The
+    rest of the URL stays, so that the text still says what failed."""
+    if "://" not in text:
+        return text
+    return URL_IN_TEXT.sub(_masked_match, text)
+
+
+def _masked_match(match: re.Match[str]) -> str:
+    found = match.group(0)
+    url = found.rstrip(_TRAILING)
+    scheme = url.partition("://")[0].lower()
+    masked = redact_url(url) if scheme in _REDACTED_SCHEMES else _mask_other(url)
+    return masked + found[len(url):]
+
+
+def _mask_other(url: str) -> str:
+    """A URL of another scheme than Redis's with its password and secret query values masked.
+
+    An '@' after the host part is a password with '/', '?' or '#' written as is only when the
+    host part does not parse (``https://user:pa/ss@host``: no port 'pa'): in a URL that parses,
+    it belongs to the path (``https://www.npmjs.com/package/@types/node``)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        scheme, _, rest = url.partition("://")
+        if "@" not in rest:
+            return MASK
+        masked = f"{scheme}://{MASK}@{rest.rpartition('@')[2]}"
+        return _mask_other(masked) if masked != url else MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hostport}" if sep and user else f"{MASK}@{hostport}"
+    query = "&".join(_secret_masked(part) for part in parts.query.split("&")) \
+        if parts.query else ""
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _secret_masked(option: str) -> str:
+    key, _, value = option.partition("=")
+    return f"{key}={MASK}" if value and _SECRET_QUERY_KEY.search(unquote(key)) else option
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

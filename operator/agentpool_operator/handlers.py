@@ -59,7 +59,7 @@ from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
 from .queue_loss import data_lost, loss_event, marks_of, queue_identity
 from .queue_sharing import queue_address, sharing_problem, unserved_problem
-from .redis_access import QueueAccessError, read_figures, resolve_redis_url
+from .redis_access import QueueAccessError, read_figures, resolve_redis_url, url_origin
 from .status import (
     DeploymentView,
     Problem,
@@ -491,13 +491,15 @@ async def open_queue(
 
 
 async def observe_queue(
-    state: PoolState, queue: TaskQueue | None, problem: Problem | None
+    state: PoolState, queue: TaskQueue | None, problem: Problem | None,
+    origin: str | None = None,
 ) -> tuple[QueueFigures | None, TaskQueue | None, Problem | None]:
-    """The queue's figures; the queue is dropped (and its URL read again) when they fail."""
+    """The queue's figures; the queue is dropped (and its URL read again) when they fail.
+    `origin`: the Secret the pool's URL came from, named when Redis refuses its password."""
     if queue is None:
         return None, None, problem
     try:
-        return await read_figures(queue), queue, None
+        return await read_figures(queue, origin=origin), queue, None
     except QueueAccessError as error:
         state.redis_url = None
         return None, None, error.problem
@@ -628,7 +630,8 @@ async def observe_once(
         budget_problem = await ensure_budget(ctx.api, state.guard, body, spec, generation)
     if queue is not None and not state.recovery.gone_pods_checked:
         await recover_gone_pods_once(ctx, state, queue, body, pods, logger)
-    figures, queue, queue_problem = await observe_queue(state, queue, queue_problem)
+    figures, queue, queue_problem = await observe_queue(
+        state, queue, queue_problem, url_origin(namespace, spec.redis))
     if figures is not None and queue is not None and state.redis_url is not None:
         check_queue_kept(state, body, queue, state.redis_url, figures, logger)
     evicting, full = (

@@ -13,25 +13,34 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from kubernetes.client.exceptions import ApiException
+from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool
 
 from agentpool.acl import close_replica_clients
 from agentpool.connection import (
     INVALID_URL_MESSAGE,
     RedisURLError,
+    is_cluster,
     is_cluster_url,
     is_sentinel_url,
     redis_from_url,
 )
 from agentpool.models import RedisSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
-from agentpool.redis_errors import POOL_PASSWORD_PLACE, redis_failure
-from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
+from agentpool.redis_errors import (
+    POOL_PASSWORD_PLACE,
+    AuthProblem,
+    auth_problem,
+    describe_redis_error,
+    sentinel_failure,
+    without_object_reprs,
+)
+from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT, host_port
 
 from .kube import api_error_message
 from .status import Problem, sanitize
@@ -208,18 +217,78 @@ def _connect(url: str, address_map: Mapping[str, str]) -> aioredis.Redis:
         raise QueueAccessError("InvalidRedisURL", INVALID_URL_MESSAGE) from None
 
 
-async def read_figures(queue: TaskQueue) -> QueueFigures:
-    """The queue's figures, with every Redis failure turned into a `QueueAccessError`."""
+def url_origin(namespace: str, spec: RedisSpec) -> str | None:
+    """Where the pool's URL comes from when a Secret holds it (its name and key, never its
+    value), for messages that tell where to mend a password."""
+    ref = spec.url_secret_ref
+    if spec.url is not None or ref is None:
+        return None
+    return f"Secret {namespace}/{ref.name} key {ref.key!r}"
+
+
+async def read_figures(queue: TaskQueue, *, origin: str | None = None) -> QueueFigures:
+    """The queue's figures, with every Redis failure turned into a `QueueAccessError`.
+    `origin` (see `url_origin`) names the Secret whose URL a refused password came in."""
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT + COMMAND_TIMEOUT):
             return await queue.figures()
     except redis.exceptions.AuthenticationError as error:
         raise QueueAccessError(
-            "RedisAuthFailed", redis_failure(None, error, password_place=POOL_PASSWORD_PLACE)
+            "RedisAuthFailed", auth_message(error, redis_address(queue.redis), origin)
         ) from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
             TimeoutError, redis.exceptions.RedisClusterException) as error:
-        detail = str(error) or type(error).__name__
-        raise QueueAccessError("RedisUnreachable", f"cannot reach Redis: {detail}") from None
+        raise QueueAccessError(
+            "RedisUnreachable", f"cannot reach Redis: {unreachable(queue.redis, error)}"
+        ) from None
     except (redis.exceptions.RedisError, ProtocolError) as error:
         raise QueueAccessError("RedisError", f"Redis answered with an error: {error}") from None
+
+
+def auth_message(error: BaseException, address: str, origin: str | None) -> str:
+    """A refused or missing password: which Redis (host:port), and which Secret's URL
+    carries the password when one does."""
+    where = f"Redis at {address}"
+    if auth_problem(error) is AuthProblem.PASSWORD_REQUIRED:
+        place = f"the URL in {origin}" if origin else POOL_PASSWORD_PLACE
+        return f"{where} requires a password: put it in {place}"
+    refused = f"{where} refused the password" + (f" of the URL in {origin}" if origin else "")
+    if auth_problem(error) is AuthProblem.PASSWORD_REFUSED:
+        return refused
+    return f"{refused}: {describe_redis_error(error)}"
+
+
+def unreachable(client: aioredis.Redis, error: BaseException) -> str:
+    """Why Redis could not be reached, without the client reprs redis-py's errors may quote:
+    through Sentinel, which primary was asked of which sentinels, and the last error."""
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(error, MasterNotFoundError) and isinstance(pool, SentinelConnectionPool):
+        return sentinel_failure(pool.service_name, _sentinel_addresses(pool), str(error))
+    return without_object_reprs(str(error)) or type(error).__name__
+
+
+def redis_address(client: aioredis.Redis) -> str:
+    """Where a client connects, as host:port (never its credentials): through Sentinel, the
+    primary it found last (else the service and its sentinels); of a cluster, the nodes it
+    starts from."""
+    if is_cluster(client):
+        nodes = cast(Any, client).startup_nodes
+        return ", ".join(host_port(node.host, node.port) for node in nodes)
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        if pool.master_address is not None:
+            return host_port(*pool.master_address)
+        return (f"the primary of {pool.service_name!r} "
+                f"(sentinels {', '.join(_sentinel_addresses(pool))})")
+    options = pool.connection_kwargs
+    if "path" in options:
+        return str(options["path"])
+    return host_port(str(options.get("host", "localhost")), int(options.get("port", 6379)))
+
+
+def _sentinel_addresses(pool: SentinelConnectionPool) -> list[str]:
+    addresses = []
+    for sentinel in pool.sentinel_manager.sentinels:
+        options = sentinel.connection_pool.connection_kwargs
+        addresses.append(host_port(str(options.get("host")), int(options.get("port", 26379))))
+    return addresses

@@ -11,7 +11,6 @@ policy) pass through `build_status` untouched unless given as `extra_conditions`
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from typing import Any, Literal
 from agentpool.health import pool_health
 from agentpool.models import CONDITION_TYPES, Condition
 from agentpool.protocol import QueueFigures
-from agentpool.urls import redact_url
+from agentpool.urls import mask_urls as mask_urls  # re-exported: handlers.py imports it here
 
 Status = dict[str, Any]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -30,7 +29,6 @@ FIGURE_FIELDS = frozenset({"queued", "delayed", "deferred", "capped", "inFlight"
 """Fields that move with the queue; written at most every refresh interval."""
 
 MAX_MESSAGE_LENGTH = 1024
-URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
 
 @dataclass(frozen=True)
@@ -81,11 +79,6 @@ class StatusEvent:
 
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def mask_urls(text: str) -> str:
-    """Mask the credentials of any URL in `text`."""
-    return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
 
 
 def sanitize(text: str) -> str:

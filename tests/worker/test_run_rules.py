@@ -169,3 +169,24 @@ def test_a_long_traceback_is_cut_from_its_start_to_fit_the_limit() -> None:
 
 def test_a_message_longer_than_the_limit_is_kept_whole_without_its_traceback() -> None:
     assert describe(_raised(RuntimeError("y" * 10_000))) == "RuntimeError: " + "y" * 10_000
+
+
+def test_an_error_cut_to_fit_masks_the_urls_of_its_traceback_before_the_cut() -> None:
+    """Cut after masking, a password could lose the scheme:// that marks it and stay."""
+    secret = "TopSecret99"
+
+    def connect() -> None:
+        raise ConnectionError(f"cannot reach redis://admin:{secret}@db.internal:6379/0")
+
+    def deep(n: int) -> None:
+        if n == 0:
+            connect()
+        deep(n - 1)
+
+    try:
+        deep(60)
+    except ConnectionError as error:
+        text = describe(error)
+    assert len(text) <= MAX_ERROR_CHARS
+    assert secret not in text
+    assert text.startswith("ConnectionError: cannot reach redis://admin:***@db.internal:6379/0")

@@ -65,11 +65,11 @@ async def test_after_task_may_submit_for_a_run_that_ended_not_for_a_stopped_one(
     """A follow-up (a notification, a next step) submitted from the hook of a run that
     succeeded or failed is queued; the hook of a cancelled run may not act for it."""
     queue = TaskQueue(redis, queue_name)
+    ok = await queue.submit({})
+    failed = await queue.submit({"mode": "fail"})
+    cancelled = await queue.submit({"mode": "sleep", "seconds": 30})
+    hook_handlers.AFTER_TASK["follow_up_for"] = {ok, failed, cancelled}  # before any run ends
     async with running(settings(redis_url, queue_name, HANDLER)):
-        ok = await queue.submit({})
-        failed = await queue.submit({"mode": "fail"})
-        cancelled = await queue.submit({"mode": "sleep", "seconds": 30})
-        hook_handlers.AFTER_TASK["follow_up_for"] = {ok, failed, cancelled}
         await eventually(lambda: task_in(queue, cancelled, "running"), 10, "a running task")
         await queue.cancel(cancelled)
         await eventually(lambda: len(hook_handlers.FOLLOW_UPS) == 3, 10, "the three hooks")

@@ -69,7 +69,9 @@ A run that sent no result has its output as result (text: its last lines, as man
 ``AGENTPOOL_MAX_RESULT_BYTES`` once encoded as JSON, at most ``MAX_OUTPUT_CHARS``), or null
 when there was none. Each line of **stderr** goes to the worker's log with the task's
 id; the last of them are the error of a run that exits with a status other than 0. Such a
-run is retried with backoff like any failed attempt.
+run is retried with backoff like any failed attempt. In both, and in the output kept as a
+result, the secrets of any URL are masked (``https://user:***@host``, ``?token=***``: a
+``git clone`` with a token in its URL prints it); a ``result`` message is kept as sent.
 
 A run that is cancelled, times out, loses its lease or is handed back by a stopping worker
 stops its command: SIGTERM to the process group, SIGKILL after
@@ -116,6 +118,7 @@ from agentpool.protocol import (
     compact_json,
 )
 from agentpool.seconds import short_repr
+from agentpool.urls import mask_urls
 from agentpool_worker.handlers import QueueNotListed, TaskContext, WorkerContext
 from agentpool_worker.settings import (
     DEFAULT_GRACE_SECONDS,
@@ -491,7 +494,7 @@ async def _log_stderr(stderr: asyncio.StreamReader, task_id: str, errors: deque[
             continue
         if not raw:
             return
-        line = raw.decode(errors="replace").rstrip("\n")
+        line = mask_urls(raw.decode(errors="replace").rstrip("\n"))
         errors.append(line)
         _log.info("task stderr", task=task_id, line=line)
 
@@ -516,6 +519,7 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
                 noted = True
                 _log.info("a JSON line of the command's output is not a message; kept as "
                           "output", task=ctx.task_id, line=number, why=why_not)
+            text = mask_urls(_unmarked_secret_cut(text) if line.cut else text)
             output.append(text)
             kept += len(text)
             while kept > MAX_OUTPUT_CHARS and len(output) > 1:
@@ -527,6 +531,15 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
             raise QueueNotListed(f"the command's output line {number}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise PermanentError(f"the command's output line {number}: {exc}") from None
+
+
+_CUT_USERINFO = re.compile(r"^\S*?@")
+
+
+def _unmarked_secret_cut(tail: str) -> str:
+    """The end of a line cut to fit: what precedes its first ``@`` (before any blank) may be
+    the rest of a URL's password whose ``scheme://`` was cut away, so it is masked."""
+    return _CUT_USERINFO.sub("***@", tail, count=1)
 
 
 @dataclass(frozen=True)

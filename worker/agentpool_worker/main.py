@@ -21,6 +21,7 @@ import structlog
 from prometheus_client import disable_created_metrics
 
 from agentpool.entrypoint import refuse, take_no_arguments
+from agentpool.urls import mask_urls
 from agentpool_worker.handlers import HandlerError, load_handler
 from agentpool_worker.logs import configure_logging
 from agentpool_worker.probes import PROBE_HOST
@@ -70,11 +71,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         runner.run(worker.run(install_signal_handlers=True))
     except StartupFailed as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {mask_urls(str(exc))}", file=sys.stderr, flush=True)
         code = EXIT_STARTUP_FAILED
     except Exception as exc:
         structlog.get_logger("agentpool.worker").error(
-            "worker crashed", worker=worker.worker_id, error=f"{type(exc).__name__}: {exc}"
+            "worker crashed", worker=worker.worker_id,
+            error=mask_urls(f"{type(exc).__name__}: {exc}")
         )
         code = 1
     if worker.busy_threads or worker.runs_left:

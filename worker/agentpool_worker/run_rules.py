@@ -12,6 +12,7 @@ from typing import Any
 from agentpool.errors import PermanentError, Retry
 from agentpool.protocol import MAX_ERROR_CHARS, ClaimedTask
 from agentpool.seconds import seconds_text
+from agentpool.urls import mask_urls
 
 
 def own_timeout(task: ClaimedTask) -> float | None:
@@ -105,10 +106,11 @@ def describe_briefly(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: message`` first, then as much of the traceback's end as fits."""
-    head = describe_briefly(exc)
+    """``Type: message`` first, then as much of the traceback's end as fits; URLs' secrets
+    masked before the cut, which could leave a password without the scheme that marks it."""
+    head = mask_urls(describe_briefly(exc))
     try:
-        tb = "".join(traceback.format_exception(exc))
+        tb = mask_urls("".join(traceback.format_exception(exc)))
     except Exception:
         tb = ""
     room = MAX_ERROR_CHARS - len(head) - 1

@@ -57,7 +57,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -86,6 +86,7 @@ from agentpool.redis_errors import (
     auth_failure,
     redis_full,
 )
+from agentpool.urls import mask_urls
 from agentpool_worker import metrics
 from agentpool_worker.claim_pace import ArrivalRate, lingers, wait_before_next_claim
 from agentpool_worker.handlers import (
@@ -98,6 +99,7 @@ from agentpool_worker.handlers import (
     load_handler,
 )
 from agentpool_worker.limits import WorkerLimits
+from agentpool_worker.logs import debug_enabled, redis_error
 from agentpool_worker.outbox import MAX_PENDING_EVENTS, EventOutbox, PendingEvent, by_run
 from agentpool_worker.probes import Health, ProbeServer
 from agentpool_worker.run_rules import (
@@ -276,6 +278,8 @@ class Worker:
         self.metrics.ready.set_function(lambda: float(self.health.readiness()[0]))
         self.probe_port: int | None = None
         self._log = log.bind(worker=self.worker_id, queue=settings.queue)
+        self._debug = debug_enabled(self._log)
+        """Whether a run's start and end are logged (AGENTPOOL_LOG_LEVEL=debug)."""
         self.worker_ctx = WorkerContext(settings.queue, self.worker_id, settings.concurrency,
                                         max_result_bytes=settings.max_result_bytes)
         self._check_ok = True
@@ -443,8 +447,8 @@ class Worker:
         except HOOK_FAILURES as exc:
             # one line, whatever the error's own text (pydantic's spans several)
             why = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-            raise StartupFailed(f"startup hook of {self.handler.name!r} failed: "
-                                f"{type(exc).__name__}: {why}") from exc
+            raise StartupFailed(mask_urls(f"startup hook of {self.handler.name!r} failed: "
+                                          f"{type(exc).__name__}: {why}")) from exc
 
     async def _shutdown_hook(self) -> None:
         hook = self.handler.hooks.shutdown
@@ -454,7 +458,8 @@ class Worker:
             async with asyncio.timeout(self.settings.drain_seconds + 5):
                 await call_hook(hook, self.worker_ctx, threads=self._hook_threads)
         except HOOK_FAILURES as exc:
-            self._log.error("shutdown hook failed", error=f"{type(exc).__name__}: {exc}")
+            self._log.error("shutdown hook failed",
+                            error=mask_urls(f"{type(exc).__name__}: {exc}"))
 
     async def _after_task(self, ctx: TaskContext, outcome: TaskOutcome) -> None:
         """The ``after_task`` hook. After a run that ended on its own (succeeded, failed) the
@@ -471,7 +476,8 @@ class Worker:
                 await call_hook(hook, ctx, outcome, threads=self._after_task_threads)
         except HOOK_FAILURES as exc:
             self._log.warning("after_task hook failed", task=ctx.task_id,
-                              outcome=outcome.status, error=f"{type(exc).__name__}: {exc}")
+                              outcome=outcome.status,
+                              error=mask_urls(f"{type(exc).__name__}: {exc}"))
         finally:
             if acting and self._hooked.get(ctx.task_id) is ctx:
                 del self._hooked[ctx.task_id]
@@ -506,10 +512,10 @@ class Worker:
             if hung_since is None:
                 hung_since = began
         except HOOK_FAILURES as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = mask_urls(f"{type(exc).__name__}: {exc}")
         else:
             reason = "" if answer is None or answer is True else (
-                "ready() returned False" if answer is False else str(answer))
+                "ready() returned False" if answer is False else mask_urls(str(answer)))
         ok = not reason
         if ok != self._check_ok:
             if ok:
@@ -673,11 +679,11 @@ class Worker:
         self._reachable_since = None
         refused = auth_failure(exc, url=self.settings.redis_url,
                                password_place=PASSWORD_PLACE)
+        error = refused or redis_error(exc, self.settings.redis_url)
         if self.health.redis_ok or log:
             self._log.warning("redis refused the worker" if refused else "redis unreachable",
-                              during=during, redis=self.settings.safe_redis_url,
-                              error=refused or f"{type(exc).__name__}: {exc}")
-        self.health.redis_down(refused or exc)
+                              during=during, redis=self.settings.safe_redis_url, error=error)
+        self.health.redis_down(refused or f"redis unreachable: {error}")
 
     def _redis_full(self, exc: BaseException, during: str) -> None:
         """Redis refused a write for being full: it answered (reachable), and it will refuse
@@ -1260,6 +1266,9 @@ class Worker:
         self.metrics.started.inc()
         self.metrics.in_flight.inc()
         self.metrics.wait.observe(task.wait_seconds)
+        if self._debug:
+            self._log.debug("task started", task=task.id, attempt=task.attempts,
+                            waited_seconds=round(task.wait_seconds, 3))
         run.worker_task = asyncio.create_task(self._execute(run))
         self._executing.add(run.worker_task)
         run.worker_task.add_done_callback(self._executing.discard)
@@ -1277,9 +1286,9 @@ class Worker:
             try:
                 payload = json.loads(task.payload_raw)
             except (ValueError, RecursionError) as exc:
-                error = f"malformed payload (not JSON): {exc}"
-                self._report_failure(run, RunFailure(error, False))
-                outcome = ended("failed", error=error)
+                failure = self._report_failure(
+                    run, RunFailure(f"malformed payload (not JSON): {exc}", False))
+                outcome = ended("failed", error=failure.error)
                 return
             try:
                 async with asyncio.timeout(run.ctx.timeout_seconds) as deadline:
@@ -1309,9 +1318,9 @@ class Worker:
                     self._stopped(run)
                     outcome = ended(STOPPED_STATUS[run.stop_reason])
                     return
-                failure = run_failure(exc, deadline.expired(), run.ctx.timeout_seconds, task,
-                                      self.settings.task_timeout_seconds)
-                self._report_failure(run, failure)
+                failure = self._report_failure(run, run_failure(
+                    exc, deadline.expired(), run.ctx.timeout_seconds, task,
+                    self.settings.task_timeout_seconds))
                 outcome = ended("failed", error=failure.error, retryable=failure.retryable)
                 return
             if run.stop_reason is not None:  # e.g. it returned after a LeaseLost
@@ -1319,9 +1328,9 @@ class Worker:
                 outcome = ended(STOPPED_STATUS[run.stop_reason])
                 return
             if deadline.expired():  # it returned, but only once its timeout had cancelled it
-                failure = run_failure(None, True, run.ctx.timeout_seconds, task,
-                                      self.settings.task_timeout_seconds)
-                self._report_failure(run, failure)
+                failure = self._report_failure(run, run_failure(
+                    None, True, run.ctx.timeout_seconds, task,
+                    self.settings.task_timeout_seconds))
                 outcome = ended("failed", error=failure.error, retryable=failure.retryable)
                 return
             try:
@@ -1331,8 +1340,8 @@ class Worker:
                     str(exc) if isinstance(exc, ValueError) else describe_briefly(exc))
                 if isinstance(exc, PayloadTooLarge):
                     error += RESULT_TOO_LARGE_HINT
-                self._report_failure(run, RunFailure(error, False))
-                outcome = ended("failed", error=error, retryable=False)
+                failure = self._report_failure(run, RunFailure(error, False))
+                outcome = ended("failed", error=failure.error, retryable=False)
                 return
             self.metrics.succeeded.inc()
             self.info.done += 1
@@ -1340,7 +1349,12 @@ class Worker:
             self._flush_wanted.set()
             outcome = ended("succeeded", result=result)
         finally:
-            self.metrics.duration.observe(time.monotonic() - began)
+            took = time.monotonic() - began
+            self.metrics.duration.observe(took)
+            if self._debug:
+                self._log.debug("task ended", task=task.id, attempt=task.attempts,
+                                outcome=outcome.status if outcome is not None else "interrupted",
+                                duration_seconds=round(took, 3))
             if self._limits is not None:
                 self._limits.runs_changed(-1)
             if self._runs.get(task.id) is run:
@@ -1432,9 +1446,12 @@ class Worker:
             return "had succeeded; its result is not recorded"
         return "had ended; its outcome is not recorded"
 
-    def _report_failure(self, run: _Run, failure: RunFailure) -> None:
+    def _report_failure(self, run: _Run, failure: RunFailure) -> RunFailure:
         """Report a failed run: retried after the delay its failure asked for (else the
-        worker's backoff) while attempts remain."""
+        worker's backoff) while attempts remain. Its error is logged, stored and returned
+        with the credentials of any URL in it masked (a connection error quoting the URL it
+        failed on, a git command's stderr)."""
+        failure = replace(failure, error=mask_urls(failure.error))
         task = run.task
         if failure.timed_out:
             run.ctx.cancelled.set()
@@ -1450,6 +1467,7 @@ class Worker:
                                 cap=s.retry_backoff_cap_seconds)
         self._report(task, lambda: self.queue.fail(task, failure.error,
                                                    retryable=failure.retryable, delay=delay))
+        return failure
 
     def _stopped(self, run: _Run) -> None:
         task = run.task
