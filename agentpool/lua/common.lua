@@ -301,12 +301,13 @@ end
 -- at once, and '' (no tenant's name) to the cap of every tenant not listed; tasks without a
 -- tenant have none. The operator writes it from spec.tenants and spec.tenantMaxRunning.
 -- While a queue has caps, `runs:<tenant>` holds the ids of the tenant's tasks its claims
--- started (claim.lua adds them, run_ended removes them), and a claim that meets a task of a
--- tenant with as many runs as its cap parks it: the task leaves `queued` for
+-- started (claim.lua adds them, run_ended removes them; set_caps.lua makes them the runs in
+-- progress when the queue gets caps, and drops them when it has none left), and a claim that
+-- meets a task of a tenant with as many runs as its cap parks it: the task leaves `queued` for
 -- `parked:<tenant>`, at the same score, and the tenant joins the set `parked`. A parked task
 -- takes no place a claim has to pass over, and does not hold the band's clock back; it
 -- goes back to `queued` at its place when its tenant has room again: a run of the tenant
--- ended (run_ended), its cap was raised (unpark.lua) or the reaper found room that a run's
+-- ended (run_ended), its cap was raised (set_caps.lua) or the reaper found room that a run's
 -- end did not report (reap.lua).
 local K_CAPS = P .. 'caps'
 local K_PARKED = P .. 'parked'

@@ -961,17 +961,18 @@ class TaskQueue:
                               ) -> bool:
         """Cap how many tasks of each tenant run at once: `caps` per tenant named, `default`
         for every other tenant (None: none); tasks without a tenant are never capped. One
-        MULTI; True when that changed them, and then the tasks parked for a cap that now
-        leaves room go back to the queue. A claim parks the tasks of a tenant that has as
-        many runs as its cap until one of them ends; they keep their places. Runs started
-        while the queue had no caps are not counted. The operator sets them from
-        ``spec.tenants`` and ``spec.tenantMaxRunning``; a producer's ACL user cannot."""
+        script call (set_caps.lua); True when that changed them, and then the tasks parked
+        for a cap that now leaves room go back to the queue in the same step. A claim parks
+        the tasks of a tenant that has as many runs as its cap until one of them ends; they
+        keep their places. Caps set on a queue that had none count the runs in progress,
+        also in that step. The operator sets them from ``spec.tenants`` and
+        ``spec.tenantMaxRunning``; a producer's ACL user cannot."""
         wanted = {tenant_arg(tenant): str(tenant_cap_arg(cap)) for tenant, cap in caps.items()}
         if default is not None:
             wanted[""] = str(tenant_cap_arg(default))
-        if not await self._replace_hash("caps", await self._raw_caps(), wanted):
+        if wanted == await self._raw_caps():
             return False
-        await self._run("unpark")
+        await self._run("set_caps", *(part for pair in wanted.items() for part in pair))
         return True
 
     async def tenant_loads(self, *, most: int = 100_000, page: int = 1_000) -> TenantLoads:

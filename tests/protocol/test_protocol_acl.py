@@ -284,7 +284,7 @@ async def test_caps_work_under_the_users_and_a_producer_can_neither_set_nor_brea
     assert await worker.cancelled(first) is FailOutcome.CANCELLED
     (second,) = (await worker.claim("pod:i", 4, 30)).tasks
     assert second.id == ids[1]
-    with pytest.raises(NoPermissionError):
+    with pytest.raises(ResponseError, match="The user executing the script can't"):
         await producer.set_tenant_caps({"big": 100})
     assert await admin.tenant_caps() == TenantCaps({"big": 1})
     assert (await producer.figures()).capped == 1

@@ -219,15 +219,6 @@ async def test_a_run_counted_without_a_lease_holds_no_room_for_ever(
     assert b"a-run-long-over" not in await redis.smembers(queue.prefix + "runs:a")
 
 
-async def test_runs_started_while_the_queue_had_no_caps_are_not_counted(
-    queue: TaskQueue,
-) -> None:
-    await submit_as(queue, "a", 4)
-    await queue.claim("w1", 2, 30)
-    await queue.set_tenant_caps({"a": 1})
-    assert len((await queue.claim("w1", 2, 30)).tasks) == 1
-
-
 async def test_a_cap_given_to_a_tenant_counts_the_runs_it_has(queue: TaskQueue) -> None:
     """While the queue has caps, every tenant's runs are counted, capped or not."""
     await queue.set_tenant_caps({"other": 5})
