@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import ProtocolError, TaskQueue
 from agentpool.scaling.policy import ScalingHistory
 
 from .credentials import Grants, KnownSecrets, WorkerCredentials
@@ -19,7 +20,7 @@ from .installed_crd import InstalledCrd
 from .kube import KubeApi
 from .queue_loss import QueueMarks
 from .recovery import RecoveryPolicy
-from .redis_access import RedisClients
+from .redis_access import QueueAccessError, RedisClients
 from .redis_memory import MemoryCheck
 from .settings import OperatorSettings
 
@@ -68,6 +69,45 @@ class PoolRecovery:
             )
 
 
+@dataclass(frozen=True)
+class ServedQueue:
+    """The queue a pool's round opened: where (`queue_sharing.queue_address`), and the URL
+    and name to open it again once the pool has moved on (see `queue_moves`)."""
+
+    address: str
+    url: str
+    name: str
+
+
+@dataclass
+class LeftQueue:
+    """A queue the pool served before it moved to another Redis, followed until it is read
+    empty (see `queue_moves`), with a client of its own: the pools' shared client of that
+    Redis closes when its last pool leaves it."""
+
+    url: str
+    name: str
+    warned: bool = False
+    """Its Warning Event was posted."""
+    _queue: TaskQueue | None = field(default=None, init=False, repr=False)
+    _closer: contextlib.AsyncExitStack = field(
+        default_factory=contextlib.AsyncExitStack, init=False, repr=False)
+
+    async def queue(self, clients: RedisClients) -> TaskQueue:
+        """The queue, its client opened at first use. Raises `QueueAccessError`."""
+        if self._queue is None:
+            client = await self._closer.enter_async_context(clients.own(self.url))
+            try:
+                self._queue = TaskQueue(client, self.name)
+            except ProtocolError as error:
+                raise QueueAccessError("InvalidQueueName", str(error)) from None
+        return self._queue
+
+    async def close(self) -> None:
+        self._queue = None
+        await self._closer.aclose()
+
+
 @dataclass
 class PoolState:
     """One pool's loop state, shared by its daemon and the handlers that wake it."""
@@ -98,6 +138,11 @@ class PoolState:
     queue_address: str | None = None
     """The Redis server and queue the pool's workers serve, as last opened (see
     `queue_sharing`); None while the queue cannot be opened."""
+    served: ServedQueue | None = None
+    """The queue the pool's last round that opened one opened (unlike `queue_address`, kept
+    while the queue cannot be opened): a round that opens another one finds the pool moved."""
+    left_queues: dict[str, LeftQueue] = field(default_factory=dict)
+    """Queues the pool left behind holding tasks, by address (see `queue_moves`)."""
     seen: bool = False
     """A round has looked at the pool (its spec read, its queue opened or not)."""
     queue_marks: QueueMarks | None = None
@@ -157,6 +202,11 @@ class PoolState:
         if current is None or _uid(current) == _uid(deleted):
             self.deployment = None
         self.deployment_known = True
+
+    async def close_left_queues(self) -> None:
+        left, self.left_queues = list(self.left_queues.values()), {}
+        for queue in left:
+            await queue.close()
 
     def failing_for(self, now: float) -> float | None:
         return None if self.failing_since is None else now - self.failing_since
@@ -235,10 +285,14 @@ class OperatorContext:
         return self.pools.setdefault((namespace, name), PoolState())
 
     async def forget(self, namespace: str, name: str) -> None:
-        self.pools.pop((namespace, name), None)
+        state = self.pools.pop((namespace, name), None)
+        if state is not None:
+            await state.close_left_queues()
         await self.redis.forget(namespace, name)
 
     async def close(self) -> None:
+        for state in list(self.pools.values()):
+            await state.close_left_queues()
         await self.redis.close()
         if self.kube is not None:
             self.kube.close()

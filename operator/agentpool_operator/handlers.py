@@ -32,7 +32,7 @@ from agentpool.redis_errors import REDIS_FAILURES
 from agentpool.scaling.policy import MIN_POLL_SECONDS
 
 from . import actions, metrics, recovery_actions
-from .context import OperatorContext, PoolPods, PoolState, pods_of
+from .context import LeftQueue, OperatorContext, PoolPods, PoolState, ServedQueue, pods_of
 from .credentials import CONDITION as CREDENTIALS_CONDITION
 from .credentials import (
     PRODUCER_ROTATE_ANNOTATION,
@@ -58,6 +58,7 @@ from .disruption_actions import ensure_budget
 from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
 from .queue_loss import data_lost, loss_event, marks_of, queue_identity
+from .queue_moves import follow, judge_left_queue, queue_change_refused
 from .queue_sharing import queue_address, sharing_problem, unserved_problem
 from .redis_access import QueueAccessError, read_figures, resolve_redis_url, url_origin
 from .status import (
@@ -265,6 +266,10 @@ async def reconcile(
     except ValidationError as error:
         metrics.record_reconcile_error(namespace, name, "deployment")
         raise kopf.PermanentError(f"invalid spec: {sanitize(str(error))}") from None
+    refused = queue_change_refused(dict(body.get("status") or {}), spec.queue_name(name))
+    if refused is not None:
+        metrics.record_reconcile_error(namespace, name, "deployment")
+        raise kopf.PermanentError(f"invalid spec: {refused}")
     try:
         async with state.lock:
             if ctx.settings.per_pool_credentials and (
@@ -519,6 +524,43 @@ def check_queue_kept(state: PoolState, body: Any, queue: TaskQueue, redis_url: s
         post(body, loss_event(loss), logger)
 
 
+async def follow_left_queues(
+    ctx: OperatorContext, state: PoolState, queue: TaskQueue | None, namespace: str,
+) -> tuple[list[Problem], list[StatusEvent]]:
+    """Follow the queues the pool left on another Redis (see `queue_moves`): this round's
+    problems and the Warning Events owed."""
+    current = None
+    if queue is not None and state.redis_url is not None:
+        current = ServedQueue(queue_address(state.redis_url, queue.name, namespace),
+                              state.redis_url, queue.name)
+    served = state.served
+    plan = follow(served.address if served else None,
+                  current.address if current else None, state.left_queues)
+    for address in plan.stop:
+        await state.left_queues.pop(address).close()
+    if plan.start is not None and served is not None:
+        state.left_queues[plan.start] = LeftQueue(served.url, served.name)
+    if current is not None:
+        state.served = current
+    problems: list[Problem] = []
+    events: list[StatusEvent] = []
+    for address, left in list(state.left_queues.items()):
+        figures, failure = None, None
+        try:
+            figures = await read_figures(await left.queue(ctx.redis))
+        except QueueAccessError as error:
+            failure = error.message
+        verdict = judge_left_queue(address, figures, failure, warned=left.warned)
+        if verdict.event is not None:
+            events.append(verdict.event)
+            left.warned = True
+        if verdict.done:
+            await state.left_queues.pop(address).close()
+        elif verdict.problem is not None:
+            problems.append(verdict.problem)
+    return problems, events
+
+
 async def recover_gone_pods_once(
     ctx: OperatorContext, state: PoolState, queue: TaskQueue, body: kopf.Body,
     pods: Sequence[Mapping[str, Any]] | None, logger: Logger,
@@ -575,14 +617,15 @@ async def observe_once(
 ) -> float:
     """One round for one pool; returns the seconds until the next round.
 
-    In order: the spec parsed (an invalid one is reported and nothing else done); the pool's
-    Redis credentials (`refresh_credentials`), its Deployment (`ensure_deployment`), the
-    installed CRD's check and the PodDisruptionBudget (`ensure_budget`); at a pool's first
-    round, the tasks of pods gone while no operator ran; the queue's figures, whether Redis
-    lost the queue (`check_queue_kept`) and may evict or is full (`state.memory`); then
-    `actions.act` (recovery, tenants, rate limits, scaling with the busy labels, schedules);
-    last the status, written when it changed. The pool's pods come from `pool_pods` (the
-    watch); without it, `actions.act` lists them.
+    In order: the spec parsed (an invalid one, or one naming a queue other than the one the
+    pool serves, is reported and nothing else done); the queues the pool left on another
+    Redis (`follow_left_queues`); the pool's Redis credentials (`refresh_credentials`), its
+    Deployment (`ensure_deployment`), the installed CRD's check and the PodDisruptionBudget
+    (`ensure_budget`); at a pool's first round, the tasks of pods gone while no operator ran;
+    the queue's figures, whether Redis lost the queue (`check_queue_kept`) and may evict or
+    is full (`state.memory`); then `actions.act` (recovery, tenants, rate limits, scaling
+    with the busy labels, schedules); last the status, written when it changed. The pool's
+    pods come from `pool_pods` (the watch); without it, `actions.act` lists them.
     """
     namespace, name = pool_key(body)
     generation = generation_of(body)
@@ -594,6 +637,12 @@ async def observe_once(
         await report_invalid_spec(ctx, state, body, spec_problem(error), now, generation,
                                   logger)
         return INVALID_SPEC_RETRY_SECONDS
+    refused = queue_change_refused(state.last_status or dict(body.get("status") or {}),
+                                   spec.queue_name(name))
+    if refused is not None:
+        state.seen = True
+        await report_invalid_spec(ctx, state, body, refused, now, generation, logger)
+        return INVALID_SPEC_RETRY_SECONDS
 
     pods = None if pool_pods is None else pods_of(pool_pods, namespace, name)
     queue, queue_problem = await open_queue(ctx, state, namespace, name, spec, pods)
@@ -602,6 +651,7 @@ async def observe_once(
         else queue_address(state.redis_url, queue.name, namespace)
     )
     state.seen = True
+    left_problems, left_events = await follow_left_queues(ctx, state, queue, namespace)
 
     deployment_problem: Problem | None = None
     async with state.lock:
@@ -673,6 +723,7 @@ async def observe_once(
                            *result.problems,
                            *workload_problems(deployment, pods, now,
                                               ctx.settings.unschedulable_grace_seconds),
+                           *left_problems,
                            *(p for p in (shared, unserved, evicting, budget_problem,
                                          crd_problem) if p is not None)],
         extra_conditions=[
@@ -682,12 +733,17 @@ async def observe_once(
         paused=spec.paused,
         gone_conditions=() if ctx.settings.per_pool_credentials else (CREDENTIALS_CONDITION,),
     )
+    posted: set[str] = set()
     if status_write_needed(previous, new, now, state.last_write,
                            ctx.settings.status_refresh_seconds):
         await ctx.api.patch_pool_status(namespace, name, new)
         metrics.STATUS_WRITES.inc()
         state.last_status, state.last_write = new, now
         for event in condition_events(previous, new):
+            post(body, event, logger)
+            posted.add(event.reason)
+    for event in left_events:
+        if event.reason not in posted:  # Degraded turning so said it already
             post(body, event, logger)
     metrics.record_status(namespace, name, new)
     metrics.record_spec(namespace, name, spec)

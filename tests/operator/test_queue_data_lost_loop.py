@@ -29,9 +29,9 @@ def figure_reads(monkeypatch: pytest.MonkeyPatch) -> list[QueueFigures | None]:
     reads: list[QueueFigures | None] = []
     read = handlers.read_figures
 
-    async def recorded(queue: TaskQueue) -> QueueFigures:
+    async def recorded(queue: TaskQueue, *, origin: str | None = None) -> QueueFigures:
         try:
-            figures = await read(queue)
+            figures = await read(queue, origin=origin)
         except QueueAccessError:
             reads.append(None)
             raise
