@@ -3,6 +3,7 @@ above all, any URL in an error or a program's output too."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -168,3 +169,36 @@ def _secret_masked(option: str) -> str:
 
 def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def redis_server(redis_url: str, namespace: str) -> str:
+    """The Redis server a URL used from `namespace` names, as one text that is the same for
+    the same server: the URL's scheme, hosts and database, without credentials or options;
+    a Kubernetes Service's name written out (`name.namespace.svc`), the default port filled
+    in, several hosts (Sentinel, Cluster) in order."""
+    parts = urlsplit(redis_url)
+    port = "26379" if parts.scheme.endswith("sentinel") else "6379"
+    hosts = ",".join(sorted(_service_host(h, namespace, port)
+                            for h in parts.netloc.rpartition("@")[2].split(",")))
+    database = parts.path.rstrip("/") or "/0"
+    return f"{parts.scheme}://{hosts}{database}"
+
+
+def _service_host(host_port: str, namespace: str, default_port: str) -> str:
+    """`host:port` with a Kubernetes Service's name as `name.namespace.svc`, as a pod in
+    `namespace` resolves it (one label: a Service of its own namespace; two: `name.ns`)."""
+    host_port = host_port.lower()
+    if host_port.startswith("["):  # an IPv6 address
+        return host_port if "]:" in host_port else f"{host_port}:{default_port}"
+    host, _, port = host_port.partition(":")
+    host = host.rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.split(".")
+        if "svc" in labels:
+            host = ".".join(labels[:labels.index("svc") + 1])
+        elif host != "localhost" and len(labels) <= 2:
+            service_namespace = labels[1] if len(labels) == 2 else namespace
+            host = f"{labels[0]}.{service_namespace}.svc"
+    return f"{host}:{port or default_port}"

@@ -26,6 +26,7 @@ from agentpool.cli.common import (
 from agentpool.client import Client
 from agentpool.protocol import QUEUE_NAME
 from agentpool.redis_errors import REDIS_FAILURES
+from agentpool.urls import redis_server
 
 ENV_TOKEN = "AGENTPOOL_CONSOLE_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -138,7 +139,10 @@ async def run(args: argparse.Namespace) -> int:
     client = Client.from_url(redis_url(args), connect_timeout=CLI_CONNECT_TIMEOUT,
                              client_name="agentpool-console")
     problem = await redis_problem(client)
-    sources = Sources(client.redis, kube=kube, namespaces=namespaces, queues=args.queue or ())
+    url = redis_url(args)
+    sources = Sources(client.redis, kube=kube, namespaces=namespaces, queues=args.queue or (),
+                      own_server=None if kube is None or url is None
+                      else redis_server(url, kube.default_namespace))
     for name in args.allowed_host or []:
         if not allowed_name(name):
             raise UsageError(f"--allowed-host {name!r} is not a host name")

@@ -126,6 +126,8 @@ class PoolSummary:
     next_schedule_time: datetime | None = None
     redis_url: str | None = None
     redis_secret: SecretRef | None = None
+    redis_server: str | None = None
+    """The Redis server the operator reached the queue on (status.redis: no credentials)."""
 
 
 def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
@@ -164,6 +166,7 @@ def pool_summary(obj: Mapping[str, Any]) -> PoolSummary:
         redis_url=redis.get("url"),
         redis_secret=SecretRef(str(ref["name"]), str(ref.get("key") or "url"))
         if isinstance(ref, Mapping) and ref.get("name") else None,
+        redis_server=status.redis,
     )
 
 

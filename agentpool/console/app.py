@@ -23,9 +23,9 @@ from agentpool.console.security import (
     secure_headers,
     write_refusal,
 )
-from agentpool.console.sources import MAX_PAGE, NotFound, Sources
+from agentpool.console.sources import MAX_PAGE, NotFound, Sources, Unreadable, redis_problem
 from agentpool.protocol import TASK_LIST_STATES, ProtocolError
-from agentpool.redis_errors import REDIS_FAILURES, describe_redis_error, redis_full
+from agentpool.redis_errors import REDIS_FAILURES, redis_full
 
 STATIC = resources.files("agentpool.console") / "static"
 FLEET_SECONDS = 2.0
@@ -68,14 +68,13 @@ CONFIG = web.AppKey("config", ConsoleConfig)
 
 
 def error_doc(exc: BaseException) -> dict[str, Any]:
-    """A page's error as shown to people: never a Redis URL or a password."""
+    """A page's error as shown to people: never a Redis URL or a password. A refused
+    password says where the password goes, as the CLI does, not Redis's own paragraph."""
     if isinstance(exc, NotFound):
         return {"error": str(exc), "not_found": True}
-    if redis_full(exc):
-        return {"error": describe_redis_error(exc)}
-    if isinstance(exc, REDIS_FAILURES):
-        return {"error": f"cannot read Redis: {describe_redis_error(exc)}"}
-    if isinstance(exc, CommandFailed | ProtocolError):
+    if redis_full(exc) or isinstance(exc, REDIS_FAILURES):
+        return {"error": redis_problem(exc)}
+    if isinstance(exc, CommandFailed | ProtocolError | Unreadable):
         return {"error": str(exc)}
     return {"error": f"unexpected error: {type(exc).__name__}"}
 
@@ -257,7 +256,8 @@ async def find(request: web.Request) -> web.StreamResponse:
     try:
         found = await sources.find(queue, request.query.get("q", ""))
     except Exception as exc:
-        return web.json_response(error_doc(exc), status=502)
+        return web.json_response(error_doc(exc), status=404 if isinstance(exc, NotFound)
+                                 else 502)
     return web.json_response({"queue": queue, "id": found})
 
 
@@ -357,6 +357,7 @@ async def _recorder(app: web.Application) -> Any:
     with contextlib.suppress(asyncio.CancelledError):
         await recorder
     await app[HUB].aclose()
+    await app[SOURCES].aclose()
 
 
 async def _end_streams(app: web.Application) -> None:

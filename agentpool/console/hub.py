@@ -8,7 +8,9 @@ is answered from the topic's latest snapshot.
 A page may also have an event log (a task's events): each reload reads only the events after
 the last one the topic has, in the same Redis round trip as the snapshot, and the topic keeps
 them so every watcher gets each event once, in order, from the start or from the event id it
-last saw (a reconnecting browser's Last-Event-ID).
+last saw (a reconnecting browser's Last-Event-ID). The topics together keep at most
+MAX_EVENT_BYTES of events: past it, the largest drop their oldest, and a watcher that still
+needs those reads them from Redis (through the page's loader) in batches.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import bisect
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 Loader = Callable[[], Awaitable[dict[str, Any]]]
+EventKey = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,21 @@ FeedLoader = Callable[[str | None], Awaitable[Feed]]
 """Loads a page and its events after the given event id (None: from the first)."""
 
 MAX_LOG_EVENTS = 10_000
-"""Events a topic keeps (a task's stream keeps about as many)."""
+"""Events a topic keeps at most (a task's stream keeps about as many)."""
+MAX_EVENT_BYTES = 48 * 1024 * 1024
+"""Bytes of events all topics keep together, EVENT_OVERHEAD_BYTES counted for each besides
+its text: past it, the topics that keep the most drop their oldest events."""
+EVENT_OVERHEAD_BYTES = 160
+"""What keeping one event costs besides its text: its string's header, its key (a tuple of
+two ints) and two list slots."""
+MESSAGE_BYTES = 256 * 1024
+"""The most event text one live message carries (one event more when a single event is
+bigger): a new watcher of a long log gets it in messages of this size, never as one copy of
+the whole log."""
+MAX_DROPPED_READS = 4
+"""Reads of dropped events (for watchers that need them) under way at once, whatever the
+number of watchers: each holds a batch of events in memory while it is sent."""
+BEFORE_FIRST: EventKey = (-1, -1)
 
 
 @dataclass(frozen=True)
@@ -68,10 +85,44 @@ def _unstamped(snapshot: dict[str, Any]) -> str:
     return encode({k: v for k, v in snapshot.items() if k != "at"})
 
 
-def event_key(event_id: str) -> tuple[int, int]:
+def event_key(event_id: str) -> EventKey:
     """A stream entry id (``<ms>-<seq>``) in its order; ValueError when it is not one."""
     ms, _, seq = event_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def event_id(key: EventKey) -> str | None:
+    """The stream entry id of a key (None before the first)."""
+    return None if key == BEFORE_FIRST else f"{key[0]}-{key[1]}"
+
+
+def event_bytes(text: str) -> int:
+    return len(text) + EVENT_OVERHEAD_BYTES
+
+
+def keep_level(sizes: Iterable[int], budget: int) -> int | None:
+    """The most bytes any topic may keep so that all keep at most `budget` together, taking
+    only from those that keep the most; None when they fit already."""
+    ordered = sorted(sizes, reverse=True)
+    rest = sum(ordered)
+    if rest <= budget:
+        return None
+    for cut, size in enumerate(ordered, start=1):
+        rest -= size
+        level = (budget - rest) // cut
+        if level >= (ordered[cut] if cut < len(ordered) else 0):
+            return level
+    return 0  # pragma: no cover - the last round always returns
+
+
+def message_end(texts: list[str], start: int, most: int = MESSAGE_BYTES) -> int:
+    """Where a message of `texts` from `start` ends: at most `most` characters (one text
+    more when the first alone is bigger)."""
+    end, size = start, 0
+    while end < len(texts) and (end == start or size + len(texts[end]) <= most):
+        size += len(texts[end])
+        end += 1
+    return end
 
 
 def plain(load: Loader) -> FeedLoader:
@@ -88,6 +139,8 @@ class Topic:
     load: FeedLoader
     interval: float
     on_error: Callable[[BaseException], dict[str, Any]]
+    on_kept: Callable[[int], None] = lambda change: None
+    """Told how many bytes of events the topic keeps more (or fewer)."""
     watchers: int = 0
     version: int = 0
     """Goes up whenever the snapshot changes or events arrive."""
@@ -96,9 +149,15 @@ class Topic:
     latest_status: int = 200
     compared: str | None = None
     """The latest snapshot without its time: a new one goes out only when this changes."""
-    keys: list[tuple[int, int]] = field(default_factory=list)
+    keys: list[EventKey] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
-    """The encoded events read so far (the last MAX_LOG_EVENTS), in order; `keys` are theirs."""
+    """The encoded events kept (the latest read, at most MAX_LOG_EVENTS), in order; `keys`
+    are theirs."""
+    event_bytes: int = 0
+    """What `events` cost (event_bytes of each)."""
+    dropped: EventKey | None = None
+    """The key of the last event read that the topic no longer keeps (None: it keeps every
+    event it read)."""
     last_event: str | None = None
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     task: asyncio.Task[None] | None = None
@@ -121,14 +180,49 @@ class Topic:
                 self.snapshot_version += 1
             if new:
                 self.last_event = str(new[-1]["id"])
+                texts = [encode(e) for e in new]
                 self.keys.extend(event_key(str(e["id"])) for e in new)
-                self.events.extend(encode(e) for e in new)
+                self.events.extend(texts)
+                added = sum(event_bytes(t) for t in texts)
+                self.event_bytes += added
                 if len(self.events) > MAX_LOG_EVENTS:
-                    del self.keys[:-MAX_LOG_EVENTS], self.events[:-MAX_LOG_EVENTS]
+                    added -= self.drop(len(self.events) - MAX_LOG_EVENTS)
+                self.on_kept(added)
             if new or self.snapshot_version != self.version:
                 self.version += 1
                 self.changed.notify_all()
         return more
+
+    def drop(self, count: int) -> int:
+        """Stop keeping the `count` oldest events; the bytes that frees."""
+        if count <= 0:
+            return 0
+        freed = sum(event_bytes(t) for t in self.events[:count])
+        self.dropped = self.keys[count - 1]
+        del self.keys[:count], self.events[:count]
+        self.event_bytes -= freed
+        return freed
+
+    def drop_to(self, most: int) -> int:
+        """Drop the oldest events until the rest cost at most `most` bytes; the bytes freed."""
+        count, left = 0, self.event_bytes
+        while left > most and count < len(self.events):
+            left -= event_bytes(self.events[count])
+            count += 1
+        return self.drop(count)
+
+    def missing(self, sent: EventKey) -> bool:
+        """Whether events after `sent` were dropped (a watcher reads them from Redis)."""
+        return self.dropped is not None and sent < self.dropped
+
+    def batch_after(self, sent: EventKey) -> tuple[list[str], EventKey]:
+        """The kept events after `sent`, one message's worth, and the key of its last."""
+        start = bisect.bisect_right(self.keys, sent)
+        end = message_end(self.events, start)
+        return self.events[start:end], self.keys[end - 1] if end > start else sent
+
+    def has_after(self, sent: EventKey) -> bool:
+        return bool(self.keys) and self.keys[-1] > sent
 
     async def run(self, loads: Counter[str]) -> None:
         while self.watchers > 0:
@@ -138,11 +232,28 @@ class Topic:
 
 
 class Hub:
-    def __init__(self, on_error: Callable[[BaseException], dict[str, Any]]) -> None:
+    def __init__(self, on_error: Callable[[BaseException], dict[str, Any]],
+                 max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.on_error = on_error
+        self.max_event_bytes = max_event_bytes
+        self.event_bytes = 0
+        """What the events of all topics cost together (at most `max_event_bytes` once a
+        refresh has kept its new ones)."""
         self.topics: dict[str, Topic] = {}
+        self.dropped_reads = asyncio.Semaphore(MAX_DROPPED_READS)
         self.loads: Counter[str] = Counter()
         """Page reloads by page kind: what the watchers cost, however many they are."""
+
+    def _kept(self, change: int) -> None:
+        self.event_bytes += change
+        if self.event_bytes <= self.max_event_bytes:
+            return
+        topics = list(self.topics.values())
+        level = keep_level((t.event_bytes for t in topics), self.max_event_bytes)
+        if level is not None:
+            for topic in topics:
+                if topic.event_bytes > level:
+                    self.event_bytes -= topic.drop_to(level)
 
     async def get(self, key: str, kind: str, load: Loader) -> tuple[str, int]:
         """The page's snapshot (a watched page's latest) and its HTTP status."""
@@ -159,36 +270,67 @@ class Hub:
     async def watch(self, key: str, kind: str, load: FeedLoader, interval: float,
                     after: str | None = None) -> AsyncGenerator[Message, None]:
         """Every new snapshot of the page, starting with the current one, and its events
-        after the event id `after` (from the first when None), in batches."""
+        after the event id `after` (from the first when None), in batches of at most
+        MESSAGE_BYTES; the events the topic dropped are read from Redis."""
         topic = self.topics.get(key)
         if topic is None:
-            topic = self.topics[key] = Topic(key, kind, load, interval, self.on_error)
+            topic = self.topics[key] = Topic(key, kind, load, interval, self.on_error,
+                                             self._kept)
         topic.watchers += 1
         if topic.task is None or topic.task.done():
             topic.task = asyncio.create_task(topic.run(self.loads), name=f"console:{key}")
         seen_version = seen_snapshot = 0
-        sent = event_key(after) if after else (-1, -1)
+        sent = event_key(after) if after else BEFORE_FIRST
+        read_dropped = True
+        """Whether to read dropped events from Redis now: not again after a failed read
+        until the page next changes."""
         try:
             while True:
                 async with topic.changed:
-                    while topic.version <= seen_version:
+                    while topic.version <= seen_version and not (
+                            read_dropped if topic.missing(sent) else topic.has_after(sent)):
                         await topic.changed.wait()
-                    seen_version = topic.version
+                    if topic.version > seen_version:
+                        seen_version, read_dropped = topic.version, True
                     snapshot = None
                     if topic.snapshot_version > seen_snapshot:
                         seen_snapshot, snapshot = topic.snapshot_version, topic.latest
-                    start = bisect.bisect_right(topic.keys, sent)
-                    batch = topic.events[start:]
-                    if batch:
-                        sent, last = topic.keys[-1], topic.last_event
+                    missing = topic.missing(sent)
+                    batch: list[str] = []
+                    if not missing:
+                        batch, last = topic.batch_after(sent)
                 if snapshot is not None:
                     yield Message(snapshot)
                 if batch:
-                    yield Message("[" + ",".join(batch) + "]", event_id=last, name="events")
+                    sent = last
+                    yield Message("[" + ",".join(batch) + "]", event_id=event_id(last),
+                                  name="events")
+                if missing and read_dropped:
+                    try:
+                        async with self.dropped_reads:
+                            texts, keys = await _dropped_events(topic, sent)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        read_dropped = False
+                        continue
+                    if not texts:
+                        sent = max(sent, topic.dropped or sent)  # Redis no longer has them
+                        continue
+                    start = 0
+                    while start < len(texts):
+                        end = message_end(texts, start)
+                        sent = keys[end - 1]
+                        yield Message("[" + ",".join(texts[start:end]) + "]",
+                                      event_id=event_id(sent), name="events")
+                        start = end
         finally:
             topic.watchers -= 1
             if topic.watchers == 0:
-                self.topics.pop(key, None)
+                if self.topics.get(key) is topic:
+                    del self.topics[key]
+                    self.event_bytes -= topic.event_bytes
+                topic.on_kept = lambda change: None
                 if topic.task is not None:
                     topic.task.cancel()
 
@@ -200,3 +342,13 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.topics.clear()
+        self.event_bytes = 0
+
+
+async def _dropped_events(topic: Topic, sent: EventKey) -> tuple[list[str], list[EventKey]]:
+    """The events after `sent` that the topic dropped, one read of its loader's worth, as
+    Redis still has them."""
+    feed = await topic.load(event_id(sent))
+    through = topic.dropped or sent
+    kept = [e for e in feed.events if event_key(str(e["id"])) <= through]
+    return [encode(e) for e in kept], [event_key(str(e["id"])) for e in kept]

@@ -1,8 +1,15 @@
 """What each page shows, read from Redis (and from Kubernetes when the console has access).
 
 The fleet is read by one recorder that runs all the time: one pipelined round trip for the
-figures of every queue per refresh, which also feeds each pool's rates and its last hour of
-history. The other pages are read on demand by their topic in the hub.
+figures of every queue on a Redis per refresh, which also feeds each pool's rates and its last
+hour of history. The other pages are read on demand by their topic in the hub.
+
+With Kubernetes, each pool's queue is read where its spec.redis says: the console's own Redis
+when it names that server, else the pool's own Redis as `agentpool status` reads it (its
+spec.redis.url, or the URL in the Secret of its spec.redis.urlSecretRef when the console may
+read that Secret). A pool whose Redis cannot be read shows the figures of its status, as the
+operator last wrote them, and says why; the task pages read the console's Redis only, so only
+the pools on it link to them.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 from agentpool.cli.fleet import (
     CounterSample,
@@ -36,16 +45,19 @@ from agentpool.cli.views import (
     task_json,
     workers_json,
 )
+from agentpool.connection import is_cluster, redis_from_url
 from agentpool.console.history import History, Point
 from agentpool.console.hub import Feed, encode
 from agentpool.models import RateLimitSpec
 from agentpool.protocol import (
     QUEUE_NAME,
     TASK_LIST_STATES,
+    QueueFigures,
     TaskEvent,
     TaskQueue,
     TaskRow,
     TaskView,
+    TenantLoad,
     figures_and_workers,
     figures_of,
     known_queues,
@@ -54,7 +66,13 @@ from agentpool.protocol import (
     task_view,
 )
 from agentpool.ratelimit import RateLimiter, RateLimitError, limit_configs
-from agentpool.redis_errors import REDIS_FAILURES
+from agentpool.redis_errors import (
+    POOL_PASSWORD_PLACE,
+    REDIS_FAILURES,
+    auth_failure,
+    describe_redis_error,
+    redis_full,
+)
 
 NO_NAMESPACE = "-"
 """The namespace part of a pool's address when the fleet comes from Redis alone."""
@@ -62,6 +80,7 @@ PAGE_SIZE = 50
 TENANT_READ_LIMIT = 10_000
 """The tasks per set (queued, running, delayed, deferred) the tenants page reads on each
 refresh (in pages of 1,000)."""
+TENANT_PAGE = 1_000
 TENANT_READ_SECONDS = 4.0
 """How long a read of a queue's tenants answers the page's requests."""
 MAX_PAGE = 1_000_000_000
@@ -74,8 +93,10 @@ DISCOVERY_SECONDS = 30.0
 DISCOVERY_MAX_KEYS = 5_000_000
 REQUEST_TIMEOUT = 10.0
 MAX_CACHED_QUEUES = 10_000
-EVENT_BATCH = 1000
-"""Events a task page reads per round trip (more are read at once, not after the interval)."""
+EVENT_BATCH = 250
+"""Events a task page reads per round trip (more are read at once, not after the interval):
+what a page catching up on a long backlog holds in memory while it does (about 2.5 MB for
+events of 3,000 characters)."""
 EVENT_DATA_CHARS = 2000
 CHECKPOINT_PREVIEW_BYTES = 65_536
 NEXT_SHOWN = 50
@@ -89,13 +110,99 @@ class NotFound(LookupError):
     pass
 
 
+class Unreadable(RuntimeError):
+    """What a page needed could not be read (Redis or Kubernetes did not answer): its message
+    says why, as the fleet's error does."""
+
+
+CONSOLE_PASSWORD_PLACE = "the console's Redis URL (--redis-url or AGENTPOOL_REDIS_URL)"
+POOL_REDIS_TIMEOUT = 3.0
+"""Seconds to connect to, and wait for, the Redis of a pool that is not the console's."""
+PLACE_SECONDS = 30.0
+"""How long the URL read from a pool's Secret is used before the Secret is read again."""
+MAX_POOL_REDIS = 100
+"""Redis servers besides its own that the console reads pools from at most."""
+OWN_REDIS = "console"
+
+
+def redis_problem(exc: BaseException, *, own: bool = True) -> str:
+    """A failed read of Redis in one line that names no URL: an authentication failure in
+    the words of the CLI (where the password goes), else the reason (`Connection refused`).
+    `own`: the console's Redis, else a pool's."""
+    auth = auth_failure(exc, password_place=CONSOLE_PASSWORD_PLACE if own
+                        else POOL_PASSWORD_PLACE)
+    if own:
+        if auth is not None:
+            return auth
+        if redis_full(exc):
+            return describe_redis_error(exc)
+        return f"cannot read Redis: {describe_redis_error(exc)}"
+    return f"cannot read the pool's Redis: {auth or describe_redis_error(exc)}"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a pool's queue is read."""
+
+    key: str
+    """Pools with the same key share a Redis (their spec.worker.submitsTo is matched)."""
+    redis: aioredis.Redis | None
+    """None: its Redis is not read, its figures are its status's."""
+    own: bool = False
+    """Its queue is on the console's Redis, whose task pages the console shows."""
+    problem: str | None = None
+    """Why its Redis is not read."""
+
+
+def server_of_url(url: str) -> tuple[str, ...] | None:
+    """The server and database a plain Redis URL names (without its credentials), to tell
+    whether two URLs name the same; None for another kind (Sentinel, Cluster)."""
+    try:
+        kwargs = parse_url(url)
+    except (ValueError, TypeError):
+        return None
+    return _server(kwargs)
+
+
+def server_of(redis: aioredis.Redis) -> tuple[str, ...] | None:
+    """The server and database a client of a plain URL connects to; None for another kind."""
+    if is_cluster(redis):
+        return None
+    pool = redis.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        return None
+    return _server(pool.connection_kwargs)
+
+
+def _server(kwargs: Mapping[str, Any]) -> tuple[str, ...] | None:
+    db = str(kwargs.get("db") or 0)
+    if kwargs.get("path"):
+        return ("unix", str(kwargs["path"]), db)
+    host = str(kwargs.get("host") or "localhost").lower()
+    return ("tcp", host, str(kwargs.get("port") or 6379), db)
+
+
 @dataclass
 class PoolRecord:
     summary: PoolSummary
     obj: Mapping[str, Any] | None
     rates: RateTracker
     history: History
-    rates_error: str | None = None
+    place: Place = field(default_factory=lambda: Place(OWN_REDIS, None, own=True))
+
+
+def figures_note(own: bool, from_place: str | None, problem: str | None) -> str | None:
+    """What a pool's page and row say of where its figures come from, None for the console's
+    own Redis read live. `from_place`: "pool" when read from the pool's own Redis."""
+    if problem is not None:
+        note = f"Figures from the pool's status, as the operator last wrote them: {problem}."
+    elif from_place == "pool":
+        note = "Read from the pool's own Redis (its spec.redis), not the console's."
+    else:
+        return None
+    if not own:
+        note += " Its tasks, dead letters and tenants are not on the console's Redis: not shown."
+    return note
 
 
 def submits_to(obj: Mapping[str, Any] | None) -> list[str]:
@@ -111,23 +218,51 @@ def pipeline(records: Mapping[tuple[str, str], PoolRecord], key: tuple[str, str]
     """Where a pool's handlers send tasks and where its queue's tasks come from, among the
     pools the console sees: each queue of its ``submitsTo`` with the pools serving it, and
     the other pools whose ``submitsTo`` names its queue. `pool` is the record of `key` (the
-    fleet may have dropped it meanwhile). Pools are matched by queue name: the console shows
-    one Redis."""
+    fleet may have dropped it meanwhile). Pools are matched by queue name among those on the
+    same Redis (a handler submits to its own pool's Redis)."""
     def ref(pool: tuple[str, str]) -> dict[str, str]:
         return {"namespace": pool[0], "name": pool[1]}
 
-    queue = pool.summary.queue
-    handed = [{"queue": other, "pools": [ref(k) for k, r in sorted(records.items())
-                                         if r.summary.queue == other]}
+    queue, where = pool.summary.queue, pool.place.key
+    near = sorted((k, r) for k, r in records.items() if r.place.key == where)
+    handed = [{"queue": other, "pools": [ref(k) for k, r in near if r.summary.queue == other]}
               for other in submits_to(pool.obj)]
-    fed_by = [ref(k) for k, r in sorted(records.items())
-              if k != key and queue in submits_to(r.obj)]
+    fed_by = [ref(k) for k, r in near if k != key and queue in submits_to(r.obj)]
     return handed, fed_by
+
+
+def status_figures(summary: PoolSummary, obj: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A pool's figures as its status gives them (the operator's last reading)."""
+    status = (obj or {}).get("status") or {}
+    capped = status.get("capped")
+    return {"queue": summary.queue, "queued": summary.queued,
+            "capped": capped if isinstance(capped, int) else 0,
+            "delayed": summary.delayed, "deferred": summary.deferred,
+            "in_flight": summary.in_flight, "dead": summary.dead, "workers": summary.workers,
+            "from_status": True}
+
+
+def due_as_queued(loads: Sequence[TenantLoad],
+                  due: Sequence[tuple[str | None, float | None]]) -> list[TenantLoad]:
+    """Tenants' loads with their delayed tasks already due (tenant, submitted at) counted as
+    queued, not later, as the figures and the task lists count them (the next claim queues
+    them); most queued first, then most running, then by name."""
+    by_tenant = {load.tenant: load for load in loads}
+    for tenant, created in due:
+        load = by_tenant.get(tenant) or TenantLoad(tenant, 1)
+        oldest = load.oldest_queued
+        if created is not None:
+            oldest = created if oldest is None else min(oldest, created)
+        by_tenant[tenant] = replace(load, queued=load.queued + 1,
+                                    later=max(0, load.later - 1), oldest_queued=oldest)
+    return sorted(by_tenant.values(),
+                  key=lambda load: (-load.queued, -load.running, load.tenant or ""))
 
 
 @dataclass
 class Sources:
-    """The console's view of one Redis and, optionally, the AgentPools of a cluster."""
+    """The console's view of one Redis and, optionally, the AgentPools of a cluster (each
+    read from its own Redis when that is another one)."""
 
     redis: aioredis.Redis
     kube: KubeReader | None = None
@@ -135,6 +270,10 @@ class Sources:
     """With Kubernetes: the namespaces shown (None: all)."""
     queues: Sequence[str] = ()
     """Without Kubernetes: the queues to show (empty: every queue found in Redis)."""
+    own_server: str | None = None
+    """The console's Redis server as the operator writes a pool's status.redis
+    (`agentpool.urls.redis_server`): a pool whose Secret the console may not read is read
+    on the console's Redis when its status names that server."""
     pools: dict[tuple[str, str], PoolRecord] = field(default_factory=dict)
     fleet: dict[str, Any] | None = None
     _queues: dict[str, TaskQueue] = field(default_factory=dict)
@@ -142,6 +281,11 @@ class Sources:
     _found_at: float = float("-inf")
     _tenant_reads: dict[str, tuple[float, asyncio.Future[dict[str, Any]]]] = field(
         default_factory=dict)
+    _secrets: dict[tuple[str, str, str], tuple[float, str | None, str | None]] = field(
+        default_factory=dict)
+    """(namespace, Secret, key): when it was read, the URL it holds or why it was not read."""
+    _clients: dict[str, aioredis.Redis] = field(default_factory=dict)
+    """Clients of the pools' Redis servers that are not the console's, by URL."""
 
     @property
     def source(self) -> str:
@@ -156,6 +300,90 @@ class Sources:
                 self._queues.clear()
             queue = self._queues[name] = TaskQueue(self.redis, name)
         return queue
+
+    def _queue_at(self, place: Place, name: str) -> TaskQueue:
+        if place.own or place.redis is None:
+            return self.queue(name)
+        return TaskQueue(place.redis, name)
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # -- where each pool's queue is ----------------------------------------------------------
+
+    async def _places(self, summaries: Sequence[PoolSummary]) -> list[Place]:
+        own = Place(OWN_REDIS, self.redis, own=True)
+        if self.kube is None:
+            return [own] * len(summaries)
+        await self._read_secrets({(s.namespace or "", s.redis_secret.name, s.redis_secret.key)
+                                  for s in summaries
+                                  if s.redis_url is None and s.redis_secret is not None})
+        places = [self._place(summary, own) for summary in summaries]
+        used = {url for url, client in self._clients.items()
+                if any(p.redis is client for p in places)}
+        for url in set(self._clients) - used:
+            with contextlib.suppress(Exception):
+                await self._clients.pop(url).aclose()
+        return places
+
+    async def _read_secrets(self, refs: set[tuple[str, str, str]]) -> None:
+        kube, now = self.kube, time.monotonic()
+        assert kube is not None
+        stale = [ref for ref in refs
+                 if now - self._secrets.get(ref, (float("-inf"), None, None))[0] >= PLACE_SECONDS]
+
+        async def read(ref: tuple[str, str, str]) -> None:
+            namespace, name, key = ref
+            try:
+                url = await asyncio.to_thread(kube.read_secret, namespace, name, key)
+            except LookupError as exc:
+                self._secrets[ref] = (now, None, str(exc))
+            except Exception as exc:
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                self._secrets[ref] = (now, None, f"cannot read Secret {namespace}/{name}: "
+                                                  f"{reason}")
+            else:
+                self._secrets[ref] = (now, url, None)
+
+        await asyncio.gather(*(read(ref) for ref in stale))
+        for ref in set(self._secrets) - refs:
+            del self._secrets[ref]
+
+    def _place(self, summary: PoolSummary, own: Place) -> Place:
+        url, ref = summary.redis_url, summary.redis_secret
+        if url is None and ref is not None:
+            namespace = summary.namespace or ""
+            _, url, problem = self._secrets.get((namespace, ref.name, ref.key),
+                                                (0.0, None, "its Secret was not read yet"))
+            if url is None and self.own_server is not None \
+                    and summary.redis_server == self.own_server:
+                return own  # the operator reached the pool's queue on the console's Redis
+            if url is None:
+                return Place(f"secret:{namespace}/{ref.name}/{ref.key}", None,
+                             problem=f"the console cannot read its Redis URL ({problem})")
+        if not url:
+            return Place(f"none:{summary.namespace}/{summary.name}", None,
+                         problem="the pool names no Redis URL")
+        server = server_of_url(url)
+        if server is not None and server == server_of(self.redis):
+            return own
+        key = f"redis:{server}" if server is not None else f"url:{url}"
+        client = self._clients.get(url)
+        if client is None:
+            if len(self._clients) >= MAX_POOL_REDIS:
+                return Place(key, None, problem=f"the console reads at most {MAX_POOL_REDIS} "
+                             "Redis servers besides its own")
+            try:
+                client = redis_from_url(url, socket_connect_timeout=POOL_REDIS_TIMEOUT,
+                                        socket_timeout=POOL_REDIS_TIMEOUT,
+                                        client_name="agentpool-console")
+            except ValueError:
+                return Place(key, None, problem="its Redis URL is not one the console can use")
+            self._clients[url] = client
+        return Place(key, client)
 
     # -- fleet -----------------------------------------------------------------------------
 
@@ -181,17 +409,53 @@ class Sources:
         pairs = [(pool_summary(o), o) for objects in lists for o in objects]
         return sorted(pairs, key=lambda p: (p[0].namespace or "", p[0].name))
 
+    async def _figures(self, places: Sequence[Place],
+                       names: Sequence[str]) -> list[QueueFigures | str]:
+        """Each pool's figures, one round trip per Redis, or why they were not read. Without
+        Kubernetes (no status to show instead), a failure of Redis is raised."""
+        groups: dict[int, list[int]] = {}
+        for index, place in enumerate(places):
+            if place.redis is not None:
+                groups.setdefault(id(place.redis), []).append(index)
+
+        async def read(indexes: list[int]) -> list[QueueFigures]:
+            place = places[indexes[0]]
+            queues = [self._queue_at(place, names[i]) for i in indexes]
+            if place.own:
+                return await figures_of(queues)
+            async with asyncio.timeout(POOL_REDIS_TIMEOUT + 2):
+                return await figures_of(queues)
+
+        replies = await asyncio.gather(*(read(ix) for ix in groups.values()),
+                                       return_exceptions=True)
+        out: list[QueueFigures | str] = [p.problem or "" for p in places]
+        for indexes, reply in zip(groups.values(), replies, strict=True):
+            if isinstance(reply, BaseException):
+                if self.kube is None or not isinstance(reply, Exception):
+                    raise reply
+                problem = redis_problem(reply, own=places[indexes[0]].own)
+                for i in indexes:
+                    out[i] = problem
+            else:
+                for i, figures in zip(indexes, reply, strict=True):
+                    out[i] = figures
+        return out
+
     async def refresh_fleet(self) -> dict[str, Any]:
-        """Read the fleet (one Redis round trip), record rates and history, keep the snapshot."""
+        """Read the fleet (one Redis round trip per Redis), record rates and history, keep the
+        snapshot."""
         pairs = await self._summaries()
-        queues = [self.queue(summary.queue) for summary, _ in pairs]
-        figures = await figures_of(queues)
+        places = await self._places([summary for summary, _ in pairs])
+        read = await self._figures(places, [summary.queue for summary, _ in pairs])
         now, clock = time.time(), time.monotonic()
         seen: set[tuple[str, str]] = set()
         rows: list[FleetRow] = []
-        conditions: list[list[dict[str, Any]]] = []
-        for (summary, obj), fig in zip(pairs, figures, strict=True):
-            if obj is None:
+        extra: list[dict[str, Any]] = []
+        for (summary, obj), place, fig in zip(pairs, places, read, strict=True):
+            problem = None
+            if isinstance(fig, str):
+                problem = fig
+            elif obj is None:
                 summary = queue_summary(summary.queue, fig)
             else:
                 summary = replace(summary, queued=fig.queued, delayed=fig.delayed,
@@ -202,18 +466,23 @@ class Sources:
             record = self.pools.get(key)
             if record is None:
                 record = self.pools[key] = PoolRecord(summary, obj, RateTracker(), History())
-            record.summary, record.obj = summary, obj
-            record.rates.add(CounterSample(clock, fig.stats))
+            record.summary, record.obj, record.place = summary, obj, place
+            if not isinstance(fig, str):
+                record.rates.add(CounterSample(clock, fig.stats))
             record.history.add(Point(now, summary.queued, summary.in_flight, summary.replicas,
                                      summary.ready_replicas))
-            rows.append(FleetRow(summary, record.rates.rates()))
-            conditions.append(_conditions(obj))
+            rows.append(FleetRow(summary, None if problem else record.rates.rates(), problem))
+            extra.append({
+                "conditions": _conditions(obj), "own_redis": place.own,
+                "figures_from": "status" if problem else OWN_REDIS if place.own else "pool",
+                "figures_note": figures_note(place.own, None if place.own else "pool",
+                                             problem)})
         for gone in set(self.pools) - seen:
             del self.pools[gone]
         pools = fleet_json(rows, now)
-        for doc, conds in zip(pools, conditions, strict=True):
+        for doc, more in zip(pools, extra, strict=True):
             doc["namespace"] = doc["namespace"] or NO_NAMESPACE
-            doc["conditions"] = conds
+            doc.update(more)
         self.fleet = {"source": self.source, "namespaces": self.namespaces, "at": now,
                       "pools": pools}
         return self.fleet
@@ -228,17 +497,40 @@ class Sources:
             await self.refresh_fleet()
             record = self.pools.get((namespace, name))
         if record is None:
+            if self.fleet is not None and self.fleet.get("error"):
+                # the pools could not be read: that is what the page says, not "no such pool"
+                raise Unreadable(str(self.fleet["error"]))
             raise NotFound(f"no pool {name} in namespace {namespace}"
                            if namespace != NO_NAMESPACE else f"no queue {name}")
-        figures, workers = await figures_and_workers(self.queue(record.summary.queue))
-        now = time.time()
+        place, queue_name = record.place, record.summary.queue
         spec = (record.obj or {}).get("spec") or {}
-        rates = record.rates.rates()
+        now = time.time()
+        problem = place.problem
+        figures: dict[str, Any] | None = None
+        workers: list[dict[str, Any]] | None = None
+        limits: list[dict[str, Any]] | None = None
+        if place.redis is not None:
+            try:
+                async with asyncio.timeout(None if place.own else POOL_REDIS_TIMEOUT + 2):
+                    read, live = await figures_and_workers(self._queue_at(place, queue_name))
+                    limits = await limit_rows(place.redis, spec.get("rateLimits"), now)
+            except REDIS_FAILURES as exc:
+                if self.kube is None:
+                    raise
+                problem = redis_problem(exc, own=place.own)
+            else:
+                figures = figures_json(queue_name, read, record.rates.rates())
+                workers = workers_json(live, now)
+        if figures is None:
+            figures = status_figures(pool_summary(record.obj or {}), record.obj)
         events, events_note = await self._events(namespace, name)
         handed_to, fed_by = pipeline(self.pools, (namespace, name), record)
         return {
-            "namespace": namespace, "name": name, "queue": record.summary.queue,
+            "namespace": namespace, "name": name, "queue": queue_name,
             "source": self.source, "at": now,
+            "own_redis": place.own,
+            "figures_from": "status" if problem else OWN_REDIS if place.own else "pool",
+            "figures_note": figures_note(place.own, None if place.own else "pool", problem),
             "health": record.summary.health,
             "replicas": record.summary.replicas,
             "ready_replicas": record.summary.ready_replicas,
@@ -246,15 +538,15 @@ class Sources:
             "draining_replicas": record.summary.draining_replicas,
             "last_scale_reason": record.summary.last_scale_reason,
             "conditions": _conditions(record.obj),
-            "figures": figures_json(record.summary.queue, figures, rates),
+            "figures": figures,
             "history": [[round(p.at, 1), p.queued, p.in_flight, p.replicas, p.ready_replicas]
                         for p in record.history.points()],
-            "workers": workers_json(workers, now),
+            "workers": workers,
             "rate_limits": spec.get("rateLimits"),
             "schedules": pool_schedules(record.obj),
             "submits_to": handed_to,
             "fed_by": fed_by,
-            "limits": await limit_rows(self.redis, spec.get("rateLimits"), now),
+            "limits": limits,
             "events": events,
             "events_note": events_note,
         }
@@ -289,13 +581,20 @@ class Sources:
     # -- tasks -----------------------------------------------------------------------------
 
     async def tasks(self, queue_name: str, state: str, page: int) -> dict[str, Any]:
+        """One page of a task list, in one round trip; the delayed list in two: a delayed
+        task already due is listed (and counted) once, as queued, as the figures count it,
+        so the delayed list starts after the due ones (`agentpool tasks` does the same)."""
         if state not in TASK_LIST_STATES:
             raise NotFound(f"no task state {state!r}: use one of {', '.join(TASK_LIST_STATES)}")
         page = min(max(1, page), MAX_PAGE)
-        total, rows = await task_page(self.queue(queue_name), state, (page - 1) * PAGE_SIZE,
-                                      PAGE_SIZE, preview_bytes=PREVIEW_BYTES)
+        queue = self.queue(queue_name)
+        due = (await queue.figures()).due_delayed if state == "delayed" else 0
+        total, rows = await task_page(queue, state, (page - 1) * PAGE_SIZE + due, PAGE_SIZE,
+                                      preview_bytes=PREVIEW_BYTES)
+        total = max(0, total - due)
         return {
             "queue": queue_name, "state": state, "page": page, "per_page": PAGE_SIZE,
+            "pages": max(1, -(-total // PAGE_SIZE)),
             "total": total, "states": list(TASK_LIST_STATES), "at": time.time(),
             "tasks": [task_row(row) for row in rows],
         }
@@ -321,6 +620,12 @@ class Sources:
         queue_name = queue.name
         loads = await queue.tenant_loads(most=TENANT_READ_LIMIT)
         figures = await queue.figures()
+        due: list[tuple[str | None, float | None]] = []
+        for offset in range(0, min(figures.due_delayed, TENANT_READ_LIMIT), TENANT_PAGE):
+            _, rows = await task_page(queue, "delayed", offset,
+                                      min(TENANT_PAGE, figures.due_delayed - offset),
+                                      preview_bytes=1)
+            due += [(row.info.tenant, row.info.created_ms / 1000) for row in rows]
         return {
             "queue": queue_name, "at": time.time(), "counted": loads.counted,
             "total": loads.total, "capped": figures.capped,
@@ -330,7 +635,7 @@ class Sources:
                  "running": load.running, "later": load.later,
                  "oldest_queued": iso_ms(None if load.oldest_queued is None
                                          else int(load.oldest_queued * 1000))}
-                for load in loads.loads
+                for load in due_as_queued(loads.loads, due)
             ],
         }
 

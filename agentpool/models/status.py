@@ -72,6 +72,14 @@ class AgentPoolStatus(Model):
     """What the operator last observed of the pool and its queue."""
 
     queue: str | None = Field(default=None, description="Name of the queue served.")
+    redis: str | None = Field(
+        default=None,
+        description=(
+            "The Redis server the queue is on, as the operator last reached it: scheme, "
+            "hosts (a Service's name as name.namespace.svc) and database, never credentials. "
+            "The console finds a pool's queue by it when it may not read the pool's Secret."
+        ),
+    )
     health: str | None = Field(
         default=None,
         description=(

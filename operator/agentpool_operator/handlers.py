@@ -30,6 +30,7 @@ from agentpool.models import GROUP, PLURAL, VERSION, AgentPoolSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
 from agentpool.redis_errors import REDIS_FAILURES
 from agentpool.scaling.policy import MIN_POLL_SECONDS
+from agentpool.urls import redis_server
 
 from . import actions, metrics, recovery_actions
 from .context import LeftQueue, OperatorContext, PoolPods, PoolState, ServedQueue, pods_of
@@ -716,7 +717,8 @@ async def observe_once(
         now=now,
         queue_problem=queue_problem,
         deployment_problem=deployment_problem,
-        extra_fields=result.status_fields,
+        extra_fields={**result.status_fields, **(
+            {"redis": redis_server(state.redis_url, namespace)} if state.redis_url else {})},
         # A full Redis comes first of the problems that leave the pool ready: no new run
         # starts and every producer is refused until a person acts (see docs/operator.md).
         degraded_problems=[*([full] if full is not None else []),

@@ -18,9 +18,9 @@ yet. A pool whose queue cannot be opened (its Redis URL unknown) serves no queue
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+
+from agentpool.urls import redis_server
 
 from .status import Problem
 
@@ -29,35 +29,9 @@ UNSERVED = "SubmitsToUnserved"
 
 
 def queue_address(redis_url: str, queue: str, namespace: str) -> str:
-    """Where a pool of `namespace` keeps its tasks: the Redis server (the URL's hosts, port and
-    database, without credentials or options; Service names written out, the default port
-    filled in, several hosts in order) and the queue on it."""
-    parts = urlsplit(redis_url)
-    port = "26379" if parts.scheme.endswith("sentinel") else "6379"
-    hosts = ",".join(sorted(_host(h, namespace, port)
-                            for h in parts.netloc.rpartition("@")[2].split(",")))
-    database = parts.path.rstrip("/") or "/0"
-    return f"{parts.scheme}://{hosts}{database} {queue}"
-
-
-def _host(host_port: str, namespace: str, default_port: str) -> str:
-    """`host:port` with a Kubernetes Service's name as `name.namespace.svc`, as a pod in
-    `namespace` resolves it (one label: a Service of its own namespace; two: `name.ns`)."""
-    host_port = host_port.lower()
-    if host_port.startswith("["):  # an IPv6 address
-        return host_port if "]:" in host_port else f"{host_port}:{default_port}"
-    host, _, port = host_port.partition(":")
-    host = host.rstrip(".")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        labels = host.split(".")
-        if "svc" in labels:
-            host = ".".join(labels[:labels.index("svc") + 1])
-        elif host != "localhost" and len(labels) <= 2:
-            service_namespace = labels[1] if len(labels) == 2 else namespace
-            host = f"{labels[0]}.{service_namespace}.svc"
-    return f"{host}:{port or default_port}"
+    """Where a pool of `namespace` keeps its tasks: its Redis server (`redis_server`) and the
+    queue on it."""
+    return f"{redis_server(redis_url, namespace)} {queue}"
 
 
 def sharing_problem(

@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from console_helpers import TOKEN, eventually
 from redis.asyncio.connection import Connection
 
+from agentpool.connection import redis_from_url
 from agentpool.console import app as console_app
 from agentpool.console.app import ConsoleConfig, build_app
 from agentpool.console.sources import (
@@ -35,8 +36,9 @@ from agentpool.console.sources import (
     PREVIEW_BYTES,
     PREVIEW_CHARS,
     Sources,
+    due_as_queued,
 )
-from agentpool.protocol import TaskQueue, WorkerInfo, encode_checkpoint, task_page
+from agentpool.protocol import TaskQueue, TenantLoad, WorkerInfo, encode_checkpoint, task_page
 from agentpool.redis_server import RedisServer, free_port
 
 Client = TestClient  # type: ignore[type-arg]
@@ -820,16 +822,105 @@ def test_a_cluster_with_no_node_answering_is_a_redis_failure() -> None:
     assert shown == {"error": "cannot read Redis: Redis Cluster cannot be connected"}
 
 
-async def test_a_pool_asked_for_before_redis_first_answered_is_not_called_unknown() -> None:
-    """Started while Redis was down, the console has read no pool yet: a pool page must keep
-    trying (an error, not a 404 that the page takes as final)."""
+async def test_a_pool_asked_for_while_redis_does_not_answer_is_not_called_unknown() -> None:
+    """Started while Redis was down, the console has read no pool: a pool page says why (an
+    error the page retries), not that the pool does not exist (a 404), also once the fleet's
+    recorder has failed."""
     down = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    sources = Sources(down, queues=["evilq"])
     try:
-        sources = Sources(down, queues=["evilq"])
-        with pytest.raises(redis.exceptions.ConnectionError):
-            await sources.refresh_fleet()
         with pytest.raises(redis.exceptions.ConnectionError):
             await sources.pool(NO_NAMESPACE, "evilq")
-        assert "cannot read Redis" in console_app.error_doc(ConnectionRefusedError())["error"]
+        app = build_app(sources, ConsoleConfig(fleet_seconds=0.05))
+        async with TestClient(TestServer(app)) as client:
+            await eventually(lambda: sources.fleet is not None)  # the recorder failed
+            assert sources.fleet is not None and "error" in sources.fleet
+            for _ in range(2):  # before and after the page is watched
+                response = await client.get(f"/api/pools/{NO_NAMESPACE}/evilq")
+                assert response.status == 502
+                assert await response.json() == {
+                    "error": "cannot read Redis: Connection refused"}
     finally:
         await down.aclose()
+
+
+@pytest.mark.parametrize(("password", "error"), [
+    ("", "Redis requires a password: put it in the console's Redis URL (--redis-url or "
+     "AGENTPOOL_REDIS_URL)"),
+    ("wrong-pw", "Redis refused the password"),
+])
+async def test_a_missing_or_wrong_redis_password_says_so_in_one_line(
+    protected_redis: RedisServer, password: str, error: str,
+) -> None:
+    """In the CLI's words, not Redis's paragraph about HELLO AUTH."""
+    auth = f":{password}@" if password else ""
+    client = redis_from_url(f"redis://{auth}127.0.0.1:{protected_redis.port}/0")
+    app = build_app(Sources(client, queues=["q"]), ConsoleConfig(fleet_seconds=0.05))
+    try:
+        async with TestClient(TestServer(app)) as api:
+            for path in ("/api/fleet", "/api/queues/q/tasks", f"/api/pools/{NO_NAMESPACE}/q"):
+                assert await get_json(api, path, 502) == {"error": error}
+    finally:
+        await client.aclose()
+
+
+async def until_due(queue: TaskQueue, count: int) -> None:
+    """Until `count` delayed tasks are due (Redis's clock decides, not this one's)."""
+    while True:
+        if (await queue.figures()).due_delayed >= count:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def test_a_due_delayed_task_is_counted_once_as_queued_on_every_page(
+    api: Client, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """As the figures count it (the next claim queues it): the fleet, the pool, the task
+    lists and the tenants page say queued 1, delayed 2, and list it once."""
+    queue = TaskQueue(redis, queue_name)
+    due = await queue.submit({"n": 0}, delay=0.1, tenant="acme")
+    later = [await queue.submit({"n": n}, delay=3600, tenant="globex") for n in (1, 2)]
+    await asyncio.wait_for(until_due(queue, 1), 10)
+
+    async def fleet_row() -> dict[str, Any]:
+        while True:
+            pools = {p["name"]: p for p in (await get_json(api, "/api/fleet"))["pools"]}
+            if queue_name in pools and pools[queue_name]["queued"]:
+                return pools[queue_name]
+            await asyncio.sleep(0.05)
+
+    row = await asyncio.wait_for(fleet_row(), 10)
+    assert (row["queued"], row["delayed"]) == (1, 2)
+    figures = (await get_json(api, f"/api/pools/{NO_NAMESPACE}/{queue_name}"))["figures"]
+    assert (figures["queued"], figures["delayed"]) == (1, 2)
+    queued = await get_json(api, f"/api/queues/{queue_name}/tasks?state=queued")
+    delayed = await get_json(api, f"/api/queues/{queue_name}/tasks?state=delayed")
+    assert (queued["total"], [t["id"] for t in queued["tasks"]]) == (1, [due])
+    assert (delayed["total"], [t["id"] for t in delayed["tasks"]]) == (2, later)
+    tenants = (await get_json(api, f"/api/queues/{queue_name}/tenants"))["tenants"]
+    assert [(t["tenant"], t["queued"], t["later"]) for t in tenants] == [
+        ("acme", 1, 0), ("globex", 0, 2)]
+    assert tenants[0]["oldest_queued"] is not None and tenants[1]["oldest_queued"] is None
+
+
+def test_tenants_count_due_tasks_as_queued_most_queued_first() -> None:
+    loads = [TenantLoad("a", 1, queued=2, later=1), TenantLoad("b", 2, later=3,
+                                                               oldest_queued=None)]
+    assert due_as_queued(loads, [("b", 50.0), ("b", 40.0), ("c", None)]) == [
+        TenantLoad("a", 1, queued=2, later=1), TenantLoad("b", 2, queued=2, later=1,
+                                                          oldest_queued=40.0),
+        TenantLoad("c", 1, queued=1)]
+
+
+async def test_find_in_a_queue_that_cannot_exist_is_404(api: Client) -> None:
+    doc = await get_json(api, "/api/queues/bad%20name/find?q=x", 404)
+    assert doc == {"error": "no queue named 'bad name'", "not_found": True}
+
+
+async def test_a_task_list_says_how_many_pages_it_has(api: Client, redis: aioredis.Redis,
+                                                      queue_name: str) -> None:
+    await TaskQueue(redis, queue_name).submit_many([{"i": i} for i in range(PAGE_SIZE + 1)])
+    for page, shown in ((1, PAGE_SIZE), (2, 1), (999_999_999, 0)):
+        doc = await get_json(api, f"/api/queues/{queue_name}/tasks?state=queued&page={page}")
+        assert (doc["page"], doc["pages"], doc["total"], len(doc["tasks"])) == (
+            page, 2, PAGE_SIZE + 1, shown)

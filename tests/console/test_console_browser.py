@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -35,7 +36,15 @@ from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer, free_port
 
 try:
-    from playwright.sync_api import Browser, Error, Locator, Page, expect, sync_playwright
+    from playwright.sync_api import (
+        Browser,
+        Error,
+        Locator,
+        Page,
+        Route,
+        expect,
+        sync_playwright,
+    )
 except ImportError:  # pragma: no cover - setup installs it
     pytest.fail("the browser tests need Playwright: run `make setup`", pytrace=False)
 
@@ -307,6 +316,145 @@ def test_a_task_page_misses_and_repeats_no_event_across_a_console_restart(
         assert shown == [json.dumps({"n": n}, separators=(",", ":")) for n in range(5)]
 
 
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+class StandIn:
+    """What answers in front of a console (an ingress): it passes each request on, streams
+    included, and answers 502 Bad Gateway while the console does not answer."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runner: web.AppRunner | None = None
+        self.refused = 0
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=20)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        session = request.app[SESSION]
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("accept", "last-event-id", "host")}
+        try:
+            upstream = await session.get(self.upstream + request.path_qs, headers=headers)
+        except aiohttp.ClientConnectionError:
+            self.refused += 1
+            return web.Response(status=502, text="<html><h1>502 Bad Gateway</h1></html>",
+                                content_type="text/html")
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, headers={
+                k: v for k, v in upstream.headers.items()
+                if k.lower() in ("content-type", "cache-control", "content-security-policy")})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            return response
+
+    def start(self) -> None:
+        async def serve() -> None:
+            app = web.Application()
+            app[SESSION] = aiohttp.ClientSession(auto_decompress=False)
+            app.router.add_route("GET", "/{path:.*}", self.forward)
+
+            async def close_session(app: web.Application) -> None:
+                await app[SESSION].close()
+
+            app.on_cleanup.append(close_session)
+            self.runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2)
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+        self.call(serve())
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.call(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=20)
+
+
+def test_a_task_page_behind_a_proxy_keeps_its_data_through_502s_and_reconnects(
+    redis_url: str, page: Page
+) -> None:
+    """The console is restarted behind a stand-in for an ingress that answers 502 meanwhile:
+    the page keeps what it showed with the error above it, asks again (sooner, then less
+    often), and goes on live once the console answers, missing no event."""
+    queue = f"proxied-{uuid.uuid4().hex[:8]}"
+    with SyncClient.from_url(redis_url) as client:
+        task_id = client.queue(queue).submit({"n": 0})
+    console = InProcessConsole(redis_url, queue)
+    proxy = StandIn(console.url)
+    try:
+        console.emit(task_id, range(0, 2))
+        console.start()
+        proxy.start()
+        page.goto(f"{proxy.url}queues/{queue}/tasks/{task_id}")
+        rows = page.locator("#events tbody tr")
+        expect(rows).to_have_count(2, timeout=LIVE)
+        expect(page.locator("#live")).to_have_text("live", timeout=LIVE)
+        console.stop()
+        error = page.locator("#page-error")
+        expect(error).to_contain_text("the console answered 502 Bad Gateway: trying again in",
+                                      timeout=LIVE)
+        expect(page.locator("#live")).to_have_text("retrying")
+        expect(page.locator("#task-state")).to_have_text("queued")  # what it showed stays
+        expect(rows).to_have_count(2)
+        shot(page, "task-502")
+        asked = proxy.refused
+        wait_for(lambda: proxy.refused >= asked + 2, page)  # it asks again, not once only
+        console.emit(task_id, range(2, 4))
+        console.start()
+        expect(page.locator("#live")).to_have_text("live", timeout=LIVE)
+        expect(rows).to_have_count(4, timeout=LIVE)
+        expect(error).to_have_count(0)
+        shown = rows.evaluate_all("rows => rows.map(r => r.cells[3].textContent)")
+        assert shown == [json.dumps({"n": n}, separators=(",", ":")) for n in range(4)]
+    finally:
+        console.close()  # ends the streams the stand-in passes on
+        proxy.close()
+
+
+def test_a_chatty_task_page_keeps_its_latest_event_rows_and_says_so(
+    redis_url: str, page: Page
+) -> None:
+    with task_page_with_two_events(redis_url, page, "chatty") as (console, task_id, rows):
+        expect(page.locator("#events-dropped")).to_be_hidden()
+        console.emit(task_id, range(2, 1010))
+        expect(page.locator("#events-dropped")).to_have_text(
+            f"The 10 oldest events are not shown: the page keeps the latest 1000 "
+            f"(agentpool get {task_id} --follow prints them all).", timeout=LIVE)
+        expect(rows).to_have_count(1000)
+        console.emit(task_id, range(1010, 1015))
+        expect(page.locator("#events-dropped")).to_contain_text("The 15 oldest", timeout=LIVE)
+        expect(rows).to_have_count(1000)
+        assert rows.first.locator("td").nth(3).inner_text() == '{"n":15}'
+        assert rows.last.locator("td").nth(3).inner_text() == '{"n":1014}'
+
+
+def test_a_page_past_the_last_says_so_and_links_the_last(redis_url: str, page: Page) -> None:
+    queue = f"pages-{uuid.uuid4().hex[:8]}"
+    with SyncClient.from_url(redis_url) as client:
+        client.queue(queue).submit_many([{"n": n} for n in range(51)])
+    console = InProcessConsole(redis_url, queue)
+    try:
+        console.start()
+        page.goto(f"{console.url}queues/{queue}/tasks?state=queued&page=999999999")
+        note = page.locator("#no-such-page")
+        expect(note).to_have_text("There is no page 999999999: the list has 2 pages."
+                                  "Go to page 2", timeout=LIVE)
+        expect(page.get_by_text("previous")).to_have_count(0)
+        note.get_by_role("link").click()
+        expect(page.locator(".pager")).to_have_text("← previouspage 2 of 2", timeout=LIVE)
+        expect(page.locator("#tasks tbody tr")).to_have_count(1)
+    finally:
+        console.close()
+
+
 def set_hidden(page: Page, hidden: bool) -> None:
     """What the browser does when the tab goes to the background or comes back."""
     page.evaluate("""hidden => {
@@ -335,14 +483,16 @@ def test_a_hidden_tab_closes_its_stream_and_resumes_after_the_last_event_it_show
 
 def test_a_pool_page_opened_before_its_redis_answers_shows_the_pool_once_it_does(
         page: Page, tmp_path: Path) -> None:
-    """Not found may mean not yet: the page asks again, and does not keep saying so."""
+    """The page says Redis does not answer (not that the pool does not exist), keeps asking,
+    and shows the pool once Redis answers."""
     queue = f"later-{uuid.uuid4().hex[:8]}"
     server = RedisServer(port=free_port())
     console = InProcessConsole(server.url, queue)
     try:
         console.start()
         page.goto(f"{console.url}pools/-/{queue}")
-        expect(page.locator("#page-error")).to_contain_text(f"no queue {queue}", timeout=LIVE)
+        expect(page.locator("#page-error")).to_have_text(
+            "cannot read Redis: Connection refused", timeout=LIVE)
         server.start()
         expect(page.locator("h1")).to_contain_text(queue, timeout=20_000)
         expect(page.locator("#page-error")).to_have_count(0)
@@ -730,3 +880,57 @@ def test_a_pool_with_draining_pods_shows_how_many(console: Console, page: Page) 
         body=f"data: {json.dumps(document)}\n\n"))
     page.goto(console.url + "pools/team-a/alpha")
     expect(page.locator("#pool-draining")).to_have_text("2", timeout=LIVE)
+
+
+def test_pools_on_another_redis_link_no_task_pages_and_say_where_figures_come_from(
+    console: Console, page: Page,
+) -> None:
+    """The documents the console serves for them (tested from a cluster in
+    test_console_kubernetes): a pool read from its own Redis, one shown from its status."""
+    note = ("Figures from the pool's status, as the operator last wrote them: cannot read "
+            "the pool's Redis: Connection refused. Its tasks, dead letters and tenants are "
+            "not on the console's Redis: not shown.")
+    row = {"namespace": "team-c", "name": "down", "queue": console.queue, "health": "Ready",
+           "problem": None, "replicas": 1, "ready_replicas": 1, "desired_replicas": 1,
+           "draining_replicas": 0, "queued": 420, "delayed": 0, "deferred": 0, "in_flight": 7,
+           "dead": 12, "workers": 0, "rates": None, "conditions": [], "own_redis": False,
+           "figures_from": "status", "figures_note": note}
+    fleet = {"source": "kubernetes", "namespaces": ["team-c"], "at": 0, "pools": [
+        row, {**row, "name": "elsewhere", "queued": 2, "in_flight": 0, "dead": 0,
+              "figures_from": "pool", "figures_note": "Read from the pool's own Redis."}]}
+    pool = {
+        "namespace": "team-c", "name": "down", "queue": console.queue, "source": "kubernetes",
+        "at": 0, "health": "Ready", "replicas": 1, "ready_replicas": 1, "desired_replicas": 1,
+        "last_scale_reason": None, "conditions": [], "history": [], "workers": None,
+        "own_redis": False, "figures_from": "status", "figures_note": note,
+        "figures": {"queue": console.queue, "queued": 420, "in_flight": 7, "delayed": 0,
+                    "deferred": 0, "dead": 12, "workers": 0, "capped": 0, "from_status": True},
+        "rate_limits": None, "limits": None, "events": [], "events_note": None,
+        "submits_to": [{"queue": "next", "pools": []}], "fed_by": [],
+        "schedules": [{"name": "nightly", "cron": "@daily", "time_zone": "UTC",
+                       "concurrency_policy": "Allow", "suspend": False,
+                       "last_schedule_time": None, "last_task_id": "c" * 32,
+                       "next_schedule_time": None}],
+    }
+    def serve(document: dict[str, Any]) -> Callable[[Route], None]:
+        return lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"},
+            body=f"data: {json.dumps(document)}\n\n")
+
+    page.route("**/api/fleet", serve(fleet))
+    page.route("**/api/pools/team-c/down", serve(pool))
+    page.goto(console.url)
+    rows = page.locator("#fleet tbody tr")
+    expect(rows).to_have_count(2, timeout=LIVE)
+    expect(rows.nth(0).locator(".figures-from")).to_have_text("status figures")
+    expect(rows.nth(0).locator(".figures-from")).to_have_attribute("title", note)
+    expect(rows.nth(1).locator(".figures-from")).to_have_text("its own Redis")
+    assert page.locator('#fleet a[href^="/queues/"]').count() == 0
+    shot(page, "fleet-other-redis")
+    page.goto(console.url + "pools/team-c/down")
+    expect(page.locator("#figures-note")).to_have_text(note, timeout=LIVE)
+    expect(page.locator("#pool-queued")).to_have_text("420")
+    expect(page.locator("#workers-unread")).to_be_visible()
+    expect(page.locator("#schedules")).to_contain_text("c" * 32)
+    assert page.locator('main a[href^="/queues/"]').count() == 0
+    shot(page, "pool-other-redis")

@@ -14,7 +14,16 @@ from console_helpers import eventually
 
 from agentpool.cli.main import main
 from agentpool.console.history import History, Point
-from agentpool.console.hub import Feed, Hub, Message, event_key, plain
+from agentpool.console.hub import (
+    EVENT_OVERHEAD_BYTES,
+    MESSAGE_BYTES,
+    Feed,
+    Hub,
+    Message,
+    event_key,
+    keep_level,
+    plain,
+)
 
 
 async def test_many_watchers_of_a_page_share_one_reload_per_refresh() -> None:
@@ -81,10 +90,11 @@ class EventSource:
         self.reads = 0
         self.ms = 1_700_000_000_000
 
-    def emit(self, n: int) -> None:
+    def emit(self, n: int, pad: int = 0) -> None:
         for _ in range(n):
             self.ms += 1
-            self.events.append({"id": f"{self.ms}-0", "kind": "step", "n": len(self.events)})
+            self.events.append({"id": f"{self.ms}-0", "kind": "step", "n": len(self.events),
+                                **({"pad": "x" * pad} if pad else {})})
 
     async def load(self, after: str | None) -> Feed:
         self.reads += 1
@@ -93,12 +103,15 @@ class EventSource:
 
 
 async def collect(watcher: AsyncGenerator[Message, None], until: int,
-                  got: list[dict[str, Any]]) -> str | None:
-    """Events from a watcher until `until` were seen; returns the last batch's event id."""
+                  got: list[dict[str, Any]], sizes: list[int] | None = None) -> str | None:
+    """Events from a watcher until `until` were seen; returns the last batch's event id.
+    `sizes`: gets the length of each batch's message."""
     last = None
     while len(got) < until:
         message = await anext(watcher)
         if message.name == "events":
+            if sizes is not None:
+                sizes.append(len(message.text))
             batch = json.loads(message.text)
             assert message.event_id == batch[-1]["id"]
             got.extend(batch)
@@ -148,6 +161,65 @@ async def test_a_reconnecting_watcher_resumes_after_its_last_event() -> None:
     await collect(again, 4, after)
     assert [e["n"] for e in after] == [4, 5, 6, 7]
     await again.aclose()
+    await keeper.aclose()
+
+
+async def test_topics_keep_at_most_their_budget_of_events_taken_from_the_largest() -> None:
+    """A chatty task and a quiet one: the chatty one drops its oldest events so that both keep
+    at most the budget together, the quiet one keeps all of its; a page opened later still
+    gets every event of each, in order, the dropped ones read again from Redis."""
+    budget = 40_000
+    hub = Hub(lambda exc: {"error": str(exc)}, max_event_bytes=budget)
+    chatty, quiet = EventSource(), EventSource()
+    chatty.emit(100, pad=1000)
+    quiet.emit(10, pad=10)
+    watchers = {"chatty": hub.watch("/api/c", "task", chatty.load, 0.01),
+                "quiet": hub.watch("/api/q", "task", quiet.load, 0.01)}
+    await asyncio.wait_for(asyncio.gather(collect(watchers["chatty"], 100, []),
+                                          collect(watchers["quiet"], 10, [])), 10)
+    topics = hub.topics
+    assert hub.event_bytes == sum(t.event_bytes for t in topics.values()) <= budget
+    assert topics["/api/c"].dropped is not None and topics["/api/c"].event_bytes > budget / 2
+    assert topics["/api/q"].dropped is None and len(topics["/api/q"].events) == 10
+    reads = chatty.reads
+    late: list[dict[str, Any]] = []
+    opened_later = hub.watch("/api/c", "task", chatty.load, 0.01)
+    await asyncio.wait_for(collect(opened_later, 100, late), 10)
+    await opened_later.aclose()
+    assert [e["n"] for e in late] == list(range(100))
+    assert chatty.reads > reads  # what was dropped came from the loader again
+    chatty.emit(50, pad=1000)
+    await asyncio.wait_for(collect(watchers["chatty"], 50, []), 10)
+    assert hub.event_bytes <= budget
+    for watcher in watchers.values():
+        await watcher.aclose()
+    assert hub.topics == {} and hub.event_bytes == 0
+
+
+def test_the_level_topics_are_cut_to_takes_only_from_the_largest() -> None:
+    assert keep_level([100, 50, 10], 200) is None
+    assert keep_level([100, 50, 10], 120) == 60  # 60 + 50 + 10
+    assert keep_level([100, 50, 10], 100) == 45  # 45 + 45 + 10
+    assert keep_level([100, 50, 10], 5) == 1
+
+
+async def test_a_new_watcher_of_a_long_log_gets_it_in_messages_of_bounded_size() -> None:
+    """Not the whole log in one message (which the stream copies twice more on its way)."""
+    hub = Hub(lambda exc: {"error": str(exc)})
+    source = EventSource()
+    source.emit(200, pad=10_000)
+    keeper = hub.watch("/api/t", "task", source.load, 0.01)
+    await collect(keeper, 200, [])
+    sizes: list[int] = []
+    got: list[dict[str, Any]] = []
+    new = hub.watch("/api/t", "task", source.load, 0.01)
+    await asyncio.wait_for(collect(new, 200, got, sizes), 10)
+    await new.aclose()
+    assert [e["n"] for e in got] == list(range(200))
+    assert len(sizes) >= 200 * 10_000 // MESSAGE_BYTES
+    assert max(sizes) <= MESSAGE_BYTES + 200
+    assert hub.event_bytes == sum(len(json.dumps(e, separators=(",", ":"))) + EVENT_OVERHEAD_BYTES
+                                  for e in source.events)
     await keeper.aclose()
 
 

@@ -324,6 +324,8 @@ async def test_status_reports_replicas_and_queue_figures(
         "queued": 3, "delayed": 1, "inFlight": 2, "dead": 0, "workers": 1,
         "observedGeneration": 1,
     }
+    port = redis.connection_pool.connection_kwargs["port"]
+    assert status["redis"] == f"redis://127.0.0.1:{port}/0", "the server, never credentials"
     conditions = {c["type"]: c for c in status["conditions"]}
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
         "True", "ReplicasReady")

@@ -70,42 +70,75 @@ function crumbs(...parts) {
 // connections to one host, and tabs left open in the background must not take them all.
 let stream = null;
 let livePage = null;
+let retryTimer = null;
+// An answer that is not a stream (a proxy's 502 while the console is redeployed, the console's
+// 503 when too many pages are watched) ends an EventSource for good: the page keeps what it
+// shows, says why above it, and opens a new stream after 1 s, 2 s, 4 s ... up to 30 s.
+const RETRY_FIRST_MS = 1000;
+const RETRY_MOST_MS = 30000;
+function showError(text) {
+  const shown = document.getElementById("page-error");
+  if (shown) shown.textContent = text;
+  else main.prepend(el("p", { class: "error", id: "page-error" }, text));
+}
 function live(url, draw, events) {
-  livePage = { url, draw, events, lastEvent: null };
+  livePage = { url, draw, events, lastEvent: null, retryMs: 0 };
   connect(livePage);
+}
+// What the console (or whatever answers in its place) says to a stream request now, and
+// whether asking again cannot help (a refusal of the request itself: 4xx).
+async function probe(url) {
+  const control = new AbortController();
+  try {
+    const response = await fetch(url, { headers: { Accept: "text/event-stream" }, signal: control.signal });
+    if (response.ok && (response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
+      control.abort();
+      return { error: "the live stream ended", final: false };
+    }
+    const doc = await response.json().catch(() => ({}));
+    const final = response.status >= 400 && response.status < 500 && ![408, 429].includes(response.status);
+    return { error: doc.error || `the console answered ${response.status} ${response.statusText}`.trim(), final };
+  } catch (error) {
+    control.abort();
+    return { error: "the console does not answer", final: false };
+  }
 }
 function connect(target) {
   const indicator = document.getElementById("live");
   if (stream) stream.close();
+  clearTimeout(retryTimer);
   const url = target.lastEvent
     ? `${target.url}${target.url.includes("?") ? "&" : "?"}after=${encodeURIComponent(target.lastEvent)}`
     : target.url;
   const source = stream = new EventSource(url);
-  stream.onopen = () => { indicator.textContent = "live"; indicator.className = "live on"; };
+  stream.onopen = () => { indicator.textContent = "live"; indicator.className = "live on"; target.retryMs = 0; };
   stream.onerror = () => {
     indicator.className = "live off";
     if (source.readyState !== EventSource.CLOSED) { indicator.textContent = "reconnecting"; return; }
-    // the browser gave up: the console answered with an error, not a stream; show which
-    indicator.textContent = "stopped";
-    fetch(url, { headers: { Accept: "application/json" } })
-      .then((response) => response.json().catch(() => ({})).then((doc) => response.ok
-        ? "the live stream stopped: reload the page"
-        : doc.error || `the console answered ${response.status} ${response.statusText}`))
-      .catch(() => "the console does not answer")
-      .then((error) => { if (stream === source) render(el("p", { class: "error", id: "page-error" }, error)); });
+    indicator.textContent = "retrying";
+    probe(url).then(({ error, final }) => {
+      if (stream !== source) return;
+      if (final) {  // the console refuses the page itself (a bad state, a page out of range)
+        indicator.textContent = "stopped";
+        render(el("p", { class: "error", id: "page-error" }, error));
+        return;
+      }
+      const wait = target.retryMs = Math.min(RETRY_MOST_MS, Math.max(RETRY_FIRST_MS, target.retryMs * 2));
+      showError(`${error}: trying again in ${Math.round(wait / 1000)} s`);
+      retryTimer = setTimeout(() => { if (stream === source && livePage === target) connect(target); }, wait);
+    });
   };
   stream.onmessage = (event) => {
     const doc = JSON.parse(event.data);
-    const shown = document.getElementById("page-error");
     if (doc.not_found) {
       render(el("p", { class: "error", id: "page-error" }, doc.error));
       source.close();
       stream = livePage = null;
       lookAgain(target.url);
     } else if (doc.error) {  // e.g. Redis unreachable: say so above what the page last showed
-      if (shown) shown.textContent = doc.error;
-      else main.prepend(el("p", { class: "error", id: "page-error" }, doc.error));
+      showError(doc.error);
     } else {
+      const shown = document.getElementById("page-error");
       if (shown) shown.remove();
       target.draw(doc);
     }
@@ -130,6 +163,7 @@ function lookAgain(url) {
 document.addEventListener("visibilitychange", () => {
   if (!livePage) return;
   if (document.hidden) {
+    clearTimeout(retryTimer);
     if (stream) { stream.close(); stream = null; }
     const indicator = document.getElementById("live");
     indicator.textContent = "paused";
@@ -178,15 +212,21 @@ function fleetPage() {
   crumbs("Fleet");
   live("/api/fleet", (doc) => {
     const kube = doc.source === "kubernetes";
+    // a pool on another Redis than the console's has no task pages here; one whose Redis
+    // could not be read shows its status's figures
     const rows = doc.pools.map((p) => el("tr", { "data-pool": p.name },
       el("td", {}, el("a", { href: `/pools/${enc(p.namespace)}/${enc(p.name)}` }, p.name)),
       kube ? el("td", {}, p.namespace) : null,
-      el("td", { class: "mono" }, el("a", { href: `/queues/${enc(p.queue)}/tasks` }, p.queue)),
+      el("td", { class: "mono" }, p.own_redis === false ? p.queue
+        : el("a", { href: `/queues/${enc(p.queue)}/tasks` }, p.queue),
+      p.figures_note ? el("div", { class: "muted figures-from", title: p.figures_note },
+        p.figures_from === "status" ? "status figures" : "its own Redis") : null),
       el("td", { class: "num" }, p.desired_replicas === null ? "-" :
         `${show(p.ready_replicas)}/${p.desired_replicas}` +
         (p.draining_replicas ? ` (+${p.draining_replicas} draining)` : "")),
       num(p.queued), num(p.in_flight),
-      el("td", { class: "num" }, el("a", { href: `/queues/${enc(p.queue)}/dead` }, show(p.dead))),
+      el("td", { class: "num" }, p.own_redis === false ? show(p.dead)
+        : el("a", { href: `/queues/${enc(p.queue)}/dead` }, show(p.dead))),
       num(p.workers), el("td", { class: "num" }, rate(p.rates && p.rates.succeeded_per_second)),
       el("td", {}, state(p.health)),
       el("td", {}, p.conditions.map((c) =>
@@ -267,15 +307,18 @@ function poolPage(namespace, name) {
   live(`/api/pools/${enc(namespace)}/${enc(name)}`, (doc) => {
     const f = doc.figures;
     const q = enc(doc.queue);
+    const here = doc.own_redis !== false;  // its queue is on the console's Redis
     render(
       el("h1", {}, `Pool ${doc.name} `, state(doc.health)),
-      el("p", {}, "Queue ", el("span", { class: "mono" }, doc.queue), " · ",
+      el("p", {}, "Queue ", el("span", { class: "mono" }, doc.queue), here ? [" · ",
         el("a", { href: `/queues/${q}/tasks` }, "tasks"), " · ",
         el("a", { href: `/queues/${q}/tenants` }, "tenants"), " · ",
-        el("a", { href: `/queues/${q}/dead` }, "dead letters")),
+        el("a", { href: `/queues/${q}/dead` }, "dead letters")] : null),
+      doc.figures_note ? el("p", { class: "muted", id: "figures-note" }, doc.figures_note) : null,
       doc.submits_to && doc.submits_to.length ? el("p", { id: "submits-to" }, "Hands tasks to ",
         joined(doc.submits_to.map((s) => [
-          el("a", { class: "mono", href: `/queues/${enc(s.queue)}/tasks` }, s.queue), " (",
+          here ? el("a", { class: "mono", href: `/queues/${enc(s.queue)}/tasks` }, s.queue)
+            : el("span", { class: "mono" }, s.queue), " (",
           s.pools.length ? joined(s.pools.map(poolLink), ", ") : "no pool serves it", ")"]),
         " · ")) : null,
       doc.fed_by && doc.fed_by.length ? el("p", { id: "fed-by" }, "Gets tasks from ",
@@ -298,6 +341,7 @@ function poolPage(namespace, name) {
         el("tr", {}, el("td", {}, c.type), el("td", {}, state(c.status)), el("td", {}, show(c.reason)),
           el("td", {}, show(c.message))))) : null,
       el("h2", {}, "Workers"),
+      doc.workers === null ? el("p", { class: "muted", id: "workers-unread" }, "Not read (see above).") :
       doc.workers.length ? table(["Pod", "Instance", "State", "In flight#", "Done#", "Failed#", "Last heartbeat"],
         doc.workers.map((w) => el("tr", {}, el("td", { class: "mono" }, w.pod),
           el("td", { class: "mono" }, w.instance), el("td", {}, state(w.state)),
@@ -321,8 +365,9 @@ function poolPage(namespace, name) {
             s.concurrency_policy && s.concurrency_policy !== "Allow"
               ? el("div", { class: "muted" }, `${s.concurrency_policy} overlap`) : null),
           el("td", {}, s.suspend ? "suspended" : show(s.next_schedule_time)),
-          el("td", {}, s.last_task_id ? el("a", { class: "mono",
-            href: `/queues/${q}/tasks/${enc(s.last_task_id)}` }, s.last_task_id) : "-",
+          el("td", {}, s.last_task_id ? (here ? el("a", { class: "mono",
+            href: `/queues/${q}/tasks/${enc(s.last_task_id)}` }, s.last_task_id)
+            : el("span", { class: "mono" }, s.last_task_id)) : "-",
           s.last_schedule_time ? el("div", { class: "muted" }, `for ${s.last_schedule_time}`)
             : null))), { id: "schedules" }) : null,
       el("h2", {}, "Scaling decisions and recovery actions"),
@@ -396,16 +441,21 @@ function tasksPage(queue, dead) {
       el("td", { class: "mono" }, show(t.owner)), el("td", { class: "mono" }, t.payload),
       el("td", { class: "mono" }, show(t.error)),
       dead ? num(t.next_count) : null));
-    const pages = Math.max(1, Math.ceil(doc.total / doc.per_page));
+    const pages = doc.pages || Math.max(1, Math.ceil(doc.total / doc.per_page));
     const link = (p) => dead ? `${base}/dead?page=${p}` : `${base}/tasks?state=${enc(taskState)}&page=${p}`;
+    // a page past the last (a shared link to a list that shrank since) says so, with the last
+    const pager = page > pages
+      ? el("p", { class: "pager", id: "no-such-page" }, `There is no page ${page}: the list has ${pages} page${pages === 1 ? "" : "s"}.`,
+        el("a", { href: link(pages) }, `Go to page ${pages}`))
+      : el("div", { class: "pager" }, page > 1 ? el("a", { href: link(page - 1) }, "← previous") : null,
+        `page ${doc.page} of ${pages}`, page < pages ? el("a", { href: link(page + 1) }, "next →") : null);
     holder.replaceChildren(...present([
       el("p", { class: "muted", id: "task-total" }, `${doc.total} ${doc.state} task(s)`),
       rows.length ? table([...(dead && consoleInfo.writes ? [""] : []), "Id", "State",
         ...(tenants ? ["Tenant"] : []), "Attempts#",
         ...(running ? ["Progress"] : []), "Created", "Owner",
         "Payload", "Error", ...(dead ? ["After it#"] : [])], rows, { id: "tasks" }) : el("p", { class: "muted" }, "None."),
-      el("div", { class: "pager" }, page > 1 ? el("a", { href: link(page - 1) }, "← previous") : null,
-        `page ${doc.page} of ${pages}`, page < pages ? el("a", { href: link(page + 1) }, "next →") : null)]));
+      pager]));
   });
 }
 
@@ -456,6 +506,9 @@ function field(title, id, value, bytes) {
     el("pre", { id }, pretty(value))];
 }
 
+// The event rows a task page keeps: a chatty task's older rows go (the page says how many).
+const MAX_EVENT_ROWS = 1000;
+
 function taskPage(queue, id) {
   const base = `/queues/${enc(queue)}`;
   crumbs(["Fleet", "/"], [queue, `${base}/tasks`], id);
@@ -463,6 +516,8 @@ function taskPage(queue, id) {
   const progress = el("div", { id: "task-progress-box" });
   const rows = el("tbody", {});
   const noEvents = el("p", { class: "muted", id: "no-events" }, "No events.");
+  const droppedNote = el("p", { class: "muted", id: "events-dropped", hidden: true });
+  let droppedRows = 0;
   const tail = el("div", {});
   let latest = null;  // the newest progress: its event (with its attempt) or the task's own
   const drawProgress = () => progress.replaceChildren(...present([latest ?
@@ -475,7 +530,7 @@ function taskPage(queue, id) {
     el("button", { id: "cancel", class: "danger", onclick: () => act(`/api${base}/tasks/${enc(id)}/cancel`, {}) }, "Cancel"),
     el("span", { id: "action-message" })) : null;
   render(head, actions, progress,
-    el("h2", {}, "Events"),
+    el("h2", {}, "Events"), droppedNote,
     el("table", { id: "events" }, el("thead", {}, el("tr", {},
       ["Time", "Attempt", "Kind", "Data"].map((h) => el("th", {}, h)))), rows),
     noEvents, tail);
@@ -516,11 +571,21 @@ function taskPage(queue, id) {
       field("Error", "task-error", t.error, t.cut && t.cut.error)]));
   }, (events) => {
     noEvents.remove();
-    rows.append(...events.map((e) => el("tr", { "data-event": e.id, class: e.kind === "final" ? "final" : null },
+    const kept = events.slice(-MAX_EVENT_ROWS);
+    droppedRows += events.length - kept.length;
+    rows.append(...kept.map((e) => el("tr", { "data-event": e.id, class: e.kind === "final" ? "final" : null },
       el("td", { class: "mono" }, clock(e.time)),
       el("td", {}, el("span", { class: "attempt" }, show(e.attempt))),
       el("td", { class: "mono" }, e.kind),
       el("td", { class: "mono" }, eventDetail(e)))));
+    while (rows.children.length > MAX_EVENT_ROWS) {
+      rows.firstElementChild.remove();
+      droppedRows += 1;
+    }
+    if (droppedRows) {
+      droppedNote.hidden = false;
+      droppedNote.textContent = `The ${droppedRows} oldest events are not shown: the page keeps the latest ${MAX_EVENT_ROWS} (agentpool get ${id} --follow prints them all).`;
+    }
     const last = events.filter((e) => e.kind === "progress" && e.data && typeof e.data.fraction === "number").pop();
     if (last) { latest = { ...last.data, attempt: last.attempt }; drawProgress(); }
   });
