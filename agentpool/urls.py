@@ -106,7 +106,9 @@ def with_credentials(url: str, username: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}", query=query))
 
 
-URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S+")
+URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,31}://\S+")
+"""A URL in a text; its scheme bounded, so that a long run of word characters before a
+``://`` costs a look of 32 characters from each place, not one to the run's start."""
 _TRAILING = ".,;:!?)]}>'\"`"
 """What ends a sentence or a quote around a URL rather than the URL."""
 _REDACTED_SCHEMES = frozenset({"redis", "rediss", "redis+sentinel", "rediss+sentinel",
@@ -117,25 +119,27 @@ _SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|sig|auth|cred|session
 (``?access_token=``, ``?api_key=``, a presigned URL's ``X-Amz-Signature``)."""
 
 
-def mask_urls(text: str) -> str:
+def mask_urls(text: str, *, every_query_value: bool = False) -> str:
     """`text` with the secrets of every URL in it masked: a Redis URL's as `redact_url` masks
     them; any other's password (``https://user:***@host``; a lone ``https://***@host``, a
-    token), and the values of its query options whose name says secret (``?token=***``). The
-    rest of the URL stays, so that the text still says what failed."""
+    token), and the values of its query options whose name says secret (``?token=***``), or
+    of all its query options with `every_query_value` (what a status or an Event publishes).
+    The rest of the URL stays, so that the text still says what failed."""
     if "://" not in text:
         return text
-    return URL_IN_TEXT.sub(_masked_match, text)
+    return URL_IN_TEXT.sub(lambda match: _masked_match(match, every_query_value), text)
 
 
-def _masked_match(match: re.Match[str]) -> str:
+def _masked_match(match: re.Match[str], every_query_value: bool) -> str:
     found = match.group(0)
     url = found.rstrip(_TRAILING)
     scheme = url.partition("://")[0].lower()
-    masked = redact_url(url) if scheme in _REDACTED_SCHEMES else _mask_other(url)
+    masked = (redact_url(url) if scheme in _REDACTED_SCHEMES
+              else _mask_other(url, every_query_value))
     return masked + found[len(url):]
 
 
-def _mask_other(url: str) -> str:
+def _mask_other(url: str, every_query_value: bool = False) -> str:
     """A URL of another scheme than Redis's with its password and secret query values masked.
 
     An '@' after the host part is a password with '/', '?' or '#' written as is only when the
@@ -149,22 +153,23 @@ def _mask_other(url: str) -> str:
         if "@" not in rest:
             return MASK
         masked = f"{scheme}://{MASK}@{rest.rpartition('@')[2]}"
-        return _mask_other(masked) if masked != url else MASK
+        return _mask_other(masked, every_query_value) if masked != url else MASK
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         user, sep, _ = userinfo.partition(":")
         netloc = f"{user}:{MASK}@{hostport}" if sep and user else f"{MASK}@{hostport}"
-    query = "&".join(_secret_masked(part) for part in parts.query.split("&")) \
-        if parts.query else ""
+    query = "&".join(_secret_masked(part, every_query_value)
+                     for part in parts.query.split("&")) if parts.query else ""
     if netloc == parts.netloc and query == parts.query:
         return url
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def _secret_masked(option: str) -> str:
+def _secret_masked(option: str, every_query_value: bool) -> str:
     key, _, value = option.partition("=")
-    return f"{key}={MASK}" if value and _SECRET_QUERY_KEY.search(unquote(key)) else option
+    secret = every_query_value or _SECRET_QUERY_KEY.search(unquote(key))
+    return f"{key}={MASK}" if value and secret else option
 
 
 def host_port(host: str, port: int) -> str:
@@ -180,8 +185,18 @@ def redis_server(redis_url: str, namespace: str) -> str:
     port = "26379" if parts.scheme.endswith("sentinel") else "6379"
     hosts = ",".join(sorted(_service_host(h, namespace, port)
                             for h in parts.netloc.rpartition("@")[2].split(",")))
-    database = parts.path.rstrip("/") or "/0"
+    database = parts.path.rstrip("/") or f"/{_query_db(parts.query)}"
     return f"{parts.scheme}://{hosts}{database}"
+
+
+def _query_db(query: str) -> str:
+    """The database a URL without one in its path names with ``?db=`` (as redis-py reads
+    it), else 0."""
+    for option in query.split("&"):
+        key, _, value = option.partition("=")
+        if unquote(key) == "db" and value.isdigit():
+            return str(int(value))
+    return "0"
 
 
 def _service_host(host_port: str, namespace: str, default_port: str) -> str:

@@ -89,6 +89,8 @@ class LeftQueue:
     name: str
     warned: bool = False
     """Its Warning Event was posted."""
+    unreadable_since: float | None = None
+    """When (monotonic) its reads began to fail; None while they succeed."""
     _queue: TaskQueue | None = field(default=None, init=False, repr=False)
     _closer: contextlib.AsyncExitStack = field(
         default_factory=contextlib.AsyncExitStack, init=False, repr=False)

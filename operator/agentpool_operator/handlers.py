@@ -83,7 +83,7 @@ trace_log = logging.getLogger("agentpool.operator")
 def log_traceback(what: str) -> None:
     """The current exception's traceback, credentials masked, to the operator's own log:
     for whoever runs the operator, never in the pool's Events or status."""
-    trace_log.error("%s\n%s", what, mask_urls(traceback.format_exc()))
+    trace_log.error("%s\n%s", what, mask_urls(traceback.format_exc(), every_query_value=True))
 
 
 SERVICE_ACCOUNT_REFUSED = "ServiceAccountRefused"
@@ -525,6 +525,10 @@ def check_queue_kept(state: PoolState, body: Any, queue: TaskQueue, redis_url: s
         post(body, loss_event(loss), logger)
 
 
+LEFT_QUEUE_READ_SECONDS = 2.0
+"""A left queue's read waits no longer: a Redis that hangs must not slow the pool's round."""
+
+
 async def follow_left_queues(
     ctx: OperatorContext, state: PoolState, queue: TaskQueue | None, namespace: str,
 ) -> tuple[list[Problem], list[StatusEvent]]:
@@ -545,13 +549,27 @@ async def follow_left_queues(
         state.served = current
     problems: list[Problem] = []
     events: list[StatusEvent] = []
-    for address, left in list(state.left_queues.items()):
-        figures, failure = None, None
+
+    async def read(left: LeftQueue) -> tuple[QueueFigures | None, str | None]:
         try:
-            figures = await read_figures(await left.queue(ctx.redis))
+            async with asyncio.timeout(LEFT_QUEUE_READ_SECONDS):
+                return await read_figures(await left.queue(ctx.redis)), None
         except QueueAccessError as error:
-            failure = error.message
-        verdict = judge_left_queue(address, figures, failure, warned=left.warned)
+            return None, error.message
+        except TimeoutError:
+            return None, f"no answer within {LEFT_QUEUE_READ_SECONDS:g} s"
+
+    lefts = list(state.left_queues.items())
+    reads = await asyncio.gather(*(read(left) for _, left in lefts))
+    now = time.monotonic()
+    for (address, left), (figures, failure) in zip(lefts, reads, strict=True):
+        if figures is None:
+            left.unreadable_since = left.unreadable_since or now
+        else:
+            left.unreadable_since = None
+        verdict = judge_left_queue(
+            address, figures, failure, warned=left.warned,
+            unreadable_for=now - left.unreadable_since if left.unreadable_since else 0.0)
         if verdict.event is not None:
             events.append(verdict.event)
             left.warned = True

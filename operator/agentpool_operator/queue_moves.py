@@ -11,8 +11,12 @@ pod. The queues are compared by `queue_sharing.queue_address` (hosts, port, data
 queue name, never credentials). When the address the pool serves changes while the operator
 runs, the old queue is followed (`follow`): read each round with a client of its own, it keeps
 the pool `Degraded` with reason `QueueLeftBehind` while it holds tasks, says so once in a
-Warning Event, and is let go once read empty (`judge_left_queue`). An operator that restarts
-knows only the address the pool has now: it follows no queue left before.
+Warning Event, and is let go once read empty (`judge_left_queue`), or once its Redis has not
+answered for GIVE_UP_SECONDS (a Redis taken down after the move: another Warning Event says
+the operator stopped looking). An operator that restarts knows only the address the pool has
+now: it follows no queue left before. The same Redis reached under another name (an IP
+address for a Service's name, a Sentinel URL for a direct one) counts as a move: its "old"
+queue is the pool's own, read busy until its tasks are done.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from agentpool.protocol import QueueFigures
 from .status import Problem, StatusEvent
 
 REASON = "QueueLeftBehind"
+GIVE_UP_SECONDS = 600.0
+"""How long a left queue's Redis may not answer before the operator stops following it."""
 
 
 def queue_change_refused(status: Mapping[str, Any], wanted: str) -> str | None:
@@ -81,11 +87,17 @@ def left_counts(figures: QueueFigures) -> str | None:
 
 
 def judge_left_queue(address: str, figures: QueueFigures | None, failure: str | None, *,
-                     warned: bool) -> LeftVerdict:
+                     warned: bool, unreadable_for: float = 0.0) -> LeftVerdict:
     """A followed queue, as this round read it: `figures`, or `failure` (why it could not be
-    read, safe to publish). `warned`: its Warning Event was posted already."""
+    read, safe to publish) and for how many seconds it has not been read (`unreadable_for`).
+    `warned`: its Warning Event was posted already."""
     server, _, queue = address.rpartition(" ")
     old = f"the pool's old queue {queue!r} on {server}"
+    if figures is None and unreadable_for >= GIVE_UP_SECONDS:
+        return LeftVerdict(event=StatusEvent("Warning", REASON, (
+            f"stopped following {old}: it could not be read for {unreadable_for / 60:.0f} "
+            f"minutes ({failure or 'no answer'}); if its Redis comes back, see what waits there "
+            "with agentpool status --queue NAME --redis-url OLD-URL")), done=True)
     if figures is None:
         return LeftVerdict(Problem(REASON, (
             f"{old} cannot be read ({failure or 'no answer'}): whether tasks were left there "

@@ -83,7 +83,7 @@ def rfc3339(moment: datetime) -> str:
 
 def sanitize(text: str) -> str:
     """Mask credentials of any URL in `text` and cap its length, for status and Events."""
-    cleaned = mask_urls(text).strip()
+    cleaned = mask_urls(text, every_query_value=True).strip()
     if len(cleaned) > MAX_MESSAGE_LENGTH:
         cleaned = cleaned[: MAX_MESSAGE_LENGTH - 3] + "..."
     return cleaned

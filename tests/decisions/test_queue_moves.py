@@ -6,6 +6,7 @@ from __future__ import annotations
 from agentpool.models.rules import QUEUE_FIXED
 from agentpool.protocol import QueueFigures
 from agentpool_operator.queue_moves import (
+    GIVE_UP_SECONDS,
     REASON,
     FollowPlan,
     follow,
@@ -110,3 +111,17 @@ def test_an_unreadable_left_queue_says_so_instead_of_guessing() -> None:
     assert verdict.problem.message.startswith(
         "the pool's old queue 'jobs' on redis://old-redis.team.svc:6379/0 cannot be read "
         "(cannot reach Redis: connection refused): whether tasks were left there is not known")
+
+
+def test_a_left_queue_whose_redis_stays_silent_is_given_up_with_a_warning() -> None:
+    """A Redis taken down after the move would keep the pool Degraded for good."""
+    before = judge_left_queue(OLD, None, "no answer within 2 s", warned=True,
+                              unreadable_for=GIVE_UP_SECONDS - 1)
+    assert not before.done and before.problem is not None
+    verdict = judge_left_queue(OLD, None, "no answer within 2 s", warned=True,
+                               unreadable_for=GIVE_UP_SECONDS)
+    assert verdict.done and verdict.problem is None
+    assert verdict.event is not None and verdict.event.type == "Warning"
+    assert verdict.event.message.startswith(
+        "stopped following the pool's old queue 'jobs' on redis://old-redis.team.svc:6379/0: "
+        "it could not be read for 10 minutes (no answer within 2 s)")

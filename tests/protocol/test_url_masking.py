@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agentpool.redis_errors import sentinel_failure, without_object_reprs
-from agentpool.urls import mask_urls
+from agentpool.urls import mask_urls, redis_server
 
 
 @pytest.mark.parametrize(("text", "shown"), [
@@ -77,3 +77,23 @@ def test_an_unreachable_sentinel_says_what_was_asked_and_the_last_error() -> Non
     assert sentinel_failure("m", ["s:1"], "No master found for 'm'") == (
         "no sentinel named a primary for 'm' that is up (asked s:1; they answered: is 'm' the "
         "name they monitor?)")
+
+
+def test_a_status_masks_every_query_value_of_any_url() -> None:
+    """What a status or an Event publishes keeps no option value a person could not guess
+    is secret (`?pw=`, `?code=`); a worker's log keeps the harmless ones to stay readable."""
+    text = "GET https://api.example/v1?pw=hunter2&code=abc&page=2 failed"
+    assert mask_urls(text, every_query_value=True) == (
+        "GET https://api.example/v1?pw=***&code=***&page=*** failed")
+    assert mask_urls(text) == text
+
+
+@pytest.mark.parametrize(("url", "server"), [
+    ("redis://:pw@h:6379?db=2", "redis://h.team.svc:6379/2"),
+    ("redis://h/3?db=2", "redis://h.team.svc:6379/3"),
+    ("redis://h", "redis://h.team.svc:6379/0"),
+])
+def test_the_server_of_a_url_names_the_database_redis_py_connects_to(
+    url: str, server: str,
+) -> None:
+    assert redis_server(url, "team") == server

@@ -487,14 +487,18 @@ async def _feed(stdin: asyncio.StreamWriter, payload: Any) -> None:
 
 
 async def _log_stderr(stderr: asyncio.StreamReader, task_id: str, errors: deque[str]) -> None:
+    cut = False
     while True:
         try:
             raw = await stderr.readline()
         except ValueError:  # one line over the limit: skip what the buffer holds
+            cut = True
             continue
         if not raw:
             return
-        line = mask_urls(raw.decode(errors="replace").rstrip("\n"))
+        text = raw.decode(errors="replace").rstrip("\n")
+        line = mask_urls(_unmarked_secret_cut(text) if cut else text)
+        cut = False
         errors.append(line)
         _log.info("task stderr", task=task_id, line=line)
 
