@@ -1,12 +1,23 @@
--- ARGV: prefix, action ('requeue' | 'purge'), then task ids (none = every dead task)
--- Returns {how many tasks were requeued or purged, how many tasks after them came back}.
+-- ARGV: prefix, action ('requeue' | 'purge'), call id (random per call), upto (ms; '' = now),
+-- most, then task ids (none = the oldest `most` of the tasks dead at `upto`)
+-- Returns {how many tasks were requeued or purged, how many tasks after them came back, 1 when
+-- tasks dead at `upto` remain (call again with the same `upto`), upto}.
+-- Every task handled leaves the dead set, so the next call takes the next ones from its head,
+-- no cursor needed; `upto` leaves out the tasks that died since the first call (a requeued
+-- one that died again), so the calls end. A call that handled any keeps its answer for a
+-- minute (`deadcall:<id>`): the same call sent again (its reply lost with its connection) gets
+-- it back instead of handling the next ones, so nothing is counted twice or left uncounted.
 run_when_full()
-local action = ARGV[2]
+local action, call, most = ARGV[2], ARGV[3], tonumber(ARGV[5])
+local K_CALL = P .. 'deadcall:' .. call
+local answered = redis.call('GET', K_CALL)
+if answered then return cmsgpack.unpack(answered) end
+local upto = tonumber(ARGV[4]) or now_ms()
 local ids = {}
-if #ARGV > 2 then
-  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ARGV > 5 then
+  for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
 else
-  ids = redis.call('ZRANGE', K_DEAD, 0, -1)
+  ids = redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', upto, 'LIMIT', 0, most)
 end
 -- A task cancelled because a task it runs after ended otherwise than succeeded (its error made
 -- by cut_off()) waits again once every task it runs after has succeeded or is still to end: the tasks a requeued task's
@@ -61,4 +72,8 @@ for _, id in ipairs(ids) do
     n = n + 1
   end
 end
-return {n, revived}
+local more = 0
+if #ARGV <= 5 and redis.call('ZCOUNT', K_DEAD, '-inf', upto) > 0 then more = 1 end
+local out = {n, revived, more, upto}
+if n > 0 then redis.call('SET', K_CALL, cmsgpack.pack(out), 'PX', 60000) end
+return out

@@ -8,8 +8,8 @@
 --                      slots.lua)                                              the declaration
 --   <prefix>held, line, seen, ticket   the slots of `conc` (agentpool/lua/slots.lua)
 --   <prefix>state      hash: tat_r, tat_t (µs), tail (the grant time of the last reservation
---                      handed out, until given back), base, recover_at, pause_until (µs),
---                      counters
+--                      handed out, until given back or a throttle), base, recover_at,
+--                      pause_until (µs), counters
 --   <prefix>waiting    zset: caller -> time of its latest future grant (µs)
 --   <prefix>call:<id>  string (1 min TTL): what the acquire, release or throttle with this
 --                      call id did, so that the same call sent again (its reply lost with its
@@ -226,6 +226,9 @@ if op == 'throttle' then
   redis.call('HSET', K_STATE, 'pause_until', num(until_), 'recover_at', num(until_),
     'last_throttle', num(now))
   redis.call('HINCRBY', K_STATE, 'throttles', 1)
+  -- a reservation handed out before the 429 stays spent: given back, it would move the tat
+  -- back from the empty bucket set below
+  redis.call('HDEL', K_STATE, 'tail')
   local cfg = redis.call('HMGET', K_CONFIG, 'rpm', 'tpm', 'burst')
   if cfg[3] then
     -- the provider's budget is spent: the buckets start empty when the pause ends

@@ -124,6 +124,8 @@ _EVENT_ID = re.compile(r"(\d+)(?:-(\d+))?")
 """A stream entry id as `events(after=...)` takes it: <milliseconds>-<sequence>, or the
 milliseconds alone."""
 _LARGEST_ID_PART = 2**64 - 1
+DEAD_LETTER_PAGE = 1000
+"""The most dead tasks one script call requeues or purges."""
 
 
 def _checked_after(after: str) -> str:
@@ -1203,14 +1205,32 @@ class TaskQueue:
     async def requeue_dead_counted(self, task_ids: Sequence[str] | None = None) -> DeadRequeued:
         """:meth:`requeue_dead`, with how many tasks their deaths had cancelled (those after
         them, and after those) wait for them again (docs/protocol.md)."""
-        if task_ids is not None and not task_ids:
-            return DeadRequeued(0, 0)
-        requeued, revived = await self._run("dead_letters", "requeue", *(task_ids or []))
-        return DeadRequeued(int(requeued), int(revived))
+        requeued, revived = await self._dead_letters("requeue", task_ids)
+        return DeadRequeued(requeued, revived)
 
     async def purge_dead(self, task_ids: Sequence[str] | None = None) -> int:
         """Delete dead tasks for good (every one when `task_ids` is None; none for an empty
         list); how many were deleted."""
-        if task_ids is not None and not task_ids:
-            return 0
-        return int((await self._run("dead_letters", "purge", *(task_ids or [])))[0])
+        return (await self._dead_letters("purge", task_ids))[0]
+
+    async def _dead_letters(self, action: str,
+                            task_ids: Sequence[str] | None) -> tuple[int, int]:
+        """Requeue or purge dead tasks, at most DEAD_LETTER_PAGE per script call, so that
+        Redis serves others between them (one call over 100,000 tasks holds it for seconds).
+        Without ids: the tasks dead when the first call ran, oldest first, each call taking
+        the head of the dead set, until none of them is left. Returns (handled, revived)."""
+        handled = revived = 0
+        if task_ids is not None:
+            for start in range(0, len(task_ids), DEAD_LETTER_PAGE):
+                page = task_ids[start:start + DEAD_LETTER_PAGE]
+                done, back, _, _ = await self._run("dead_letters", action, call_id(), "",
+                                                   DEAD_LETTER_PAGE, *page)
+                handled, revived = handled + int(done), revived + int(back)
+            return handled, revived
+        upto: Any = ""
+        while True:
+            done, back, more, upto = await self._run("dead_letters", action, call_id(), upto,
+                                                     DEAD_LETTER_PAGE)
+            handled, revived = handled + int(done), revived + int(back)
+            if not int(more):
+                return handled, revived
