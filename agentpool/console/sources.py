@@ -7,9 +7,11 @@ hour of history. The other pages are read on demand by their topic in the hub.
 With Kubernetes, each pool's queue is read where its spec.redis says: the console's own Redis
 when it names that server, else the pool's own Redis as `agentpool status` reads it (its
 spec.redis.url, or the URL in the Secret of its spec.redis.urlSecretRef when the console may
-read that Secret). A pool whose Redis cannot be read shows the figures of its status, as the
-operator last wrote them, and says why; the task pages read the console's Redis only, so only
-the pools on it link to them.
+read that Secret). A pool whose Redis cannot be read from here (it does not answer or its
+Secret cannot be read) is read on the console's Redis when that has a queue of its name (a
+console on a laptop, through a port-forward to the cluster's Redis), saying so; else it shows
+the figures of its status, as the operator last wrote them, and says why. The task pages read
+the console's Redis only, so only the pools read there link to them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import SentinelConnectionPool
 
@@ -70,9 +73,11 @@ from agentpool.redis_errors import (
     POOL_PASSWORD_PLACE,
     REDIS_FAILURES,
     auth_failure,
+    auth_problem,
     describe_redis_error,
     redis_full,
 )
+from agentpool.urls import redis_server
 
 NO_NAMESPACE = "-"
 """The namespace part of a pool's address when the fleet comes from Redis alone."""
@@ -123,6 +128,9 @@ PLACE_SECONDS = 30.0
 MAX_POOL_REDIS = 100
 """Redis servers besides its own that the console reads pools from at most."""
 OWN_REDIS = "console"
+FALLBACK = "console-fallback"
+"""`figures_from` of a pool whose own Redis could not be read, read on the console's Redis
+because that has a queue of its name."""
 
 
 def redis_problem(exc: BaseException, *, own: bool = True) -> str:
@@ -140,6 +148,14 @@ def redis_problem(exc: BaseException, *, own: bool = True) -> str:
     return f"cannot read the pool's Redis: {auth or describe_redis_error(exc)}"
 
 
+def unanswered(exc: BaseException) -> bool:
+    """Whether a failed read means the server did not answer (down, a name that does not
+    resolve, timed out), not that it answered with a refusal (password, memory, ACL)."""
+    return auth_problem(exc) is None and isinstance(exc, (
+        redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+        redis.exceptions.RedisClusterException, OSError, TimeoutError))
+
+
 @dataclass(frozen=True)
 class Place:
     """Where a pool's queue is read."""
@@ -152,6 +168,10 @@ class Place:
     """Its queue is on the console's Redis, whose task pages the console shows."""
     problem: str | None = None
     """Why its Redis is not read."""
+    server: str | None = None
+    """The pool's own Redis server (host:port/db, no credentials) when known."""
+    fallback: str | None = None
+    """Why its queue is read on the console's Redis although its spec.redis names another."""
 
 
 def server_of_url(url: str) -> tuple[str, ...] | None:
@@ -191,16 +211,38 @@ class PoolRecord:
     place: Place = field(default_factory=lambda: Place(OWN_REDIS, None, own=True))
 
 
-def figures_note(own: bool, from_place: str | None, problem: str | None) -> str | None:
+def shown_server(server: str | None) -> str | None:
+    """A server as `agentpool.urls.redis_server` writes it, without its scheme (host:port/db),
+    so that no text a page shows reads as a Redis URL."""
+    return None if server is None else server.partition("://")[2] or server
+
+
+def fallback_note(server: str | None, reason: str) -> str:
+    where = f"the pool's own Redis ({server})" if server else "the pool's own Redis"
+    return (f"Read on the console's Redis, which has a queue of this name: {where} could not "
+            f"be read from here: {reason}.")
+
+
+def figures_from(place: Place, problem: str | None) -> str:
+    if problem is not None:
+        return "status"
+    if place.fallback is not None:
+        return FALLBACK
+    return OWN_REDIS if place.own else "pool"
+
+
+def figures_note(place: Place, problem: str | None) -> str | None:
     """What a pool's page and row say of where its figures come from, None for the console's
-    own Redis read live. `from_place`: "pool" when read from the pool's own Redis."""
+    own Redis read live."""
     if problem is not None:
         note = f"Figures from the pool's status, as the operator last wrote them: {problem}."
-    elif from_place == "pool":
+    elif place.fallback is not None:
+        return place.fallback
+    elif not place.own:
         note = "Read from the pool's own Redis (its spec.redis), not the console's."
     else:
         return None
-    if not own:
+    if not place.own:
         note += " Its tasks, dead letters and tenants are not on the console's Redis: not shown."
     return note
 
@@ -363,7 +405,8 @@ class Sources:
                 return own  # the operator reached the pool's queue on the console's Redis
             if url is None:
                 return Place(f"secret:{namespace}/{ref.name}/{ref.key}", None,
-                             problem=f"the console cannot read its Redis URL ({problem})")
+                             problem=f"the console cannot read its Redis URL ({problem})",
+                             server=shown_server(summary.redis_server))
         if not url:
             return Place(f"none:{summary.namespace}/{summary.name}", None,
                          problem="the pool names no Redis URL")
@@ -371,11 +414,15 @@ class Sources:
         if server is not None and server == server_of(self.redis):
             return own
         key = f"redis:{server}" if server is not None else f"url:{url}"
+        try:
+            shown = shown_server(redis_server(url, summary.namespace or "default"))
+        except ValueError:
+            shown = None
         client = self._clients.get(url)
         if client is None:
             if len(self._clients) >= MAX_POOL_REDIS:
                 return Place(key, None, problem=f"the console reads at most {MAX_POOL_REDIS} "
-                             "Redis servers besides its own")
+                             "Redis servers besides its own", server=shown)
             try:
                 client = redis_from_url(url, socket_connect_timeout=POOL_REDIS_TIMEOUT,
                                         socket_timeout=POOL_REDIS_TIMEOUT,
@@ -383,7 +430,7 @@ class Sources:
             except ValueError:
                 return Place(key, None, problem="its Redis URL is not one the console can use")
             self._clients[url] = client
-        return Place(key, client)
+        return Place(key, client, server=shown)
 
     # -- fleet -----------------------------------------------------------------------------
 
@@ -410,9 +457,11 @@ class Sources:
         return sorted(pairs, key=lambda p: (p[0].namespace or "", p[0].name))
 
     async def _figures(self, places: Sequence[Place],
-                       names: Sequence[str]) -> list[QueueFigures | str]:
-        """Each pool's figures, one round trip per Redis, or why they were not read. Without
-        Kubernetes (no status to show instead), a failure of Redis is raised."""
+                       names: Sequence[str]) -> tuple[list[QueueFigures | str], list[str | None]]:
+        """Each pool's figures, one round trip per Redis, or why they were not read; and for
+        each pool whose own Redis could not be read from here (did not answer, or was not
+        read: its Secret, say), why in a few words. Without Kubernetes (no status to show
+        instead), a failure of Redis is raised."""
         groups: dict[int, list[int]] = {}
         for index, place in enumerate(places):
             if place.redis is not None:
@@ -429,6 +478,7 @@ class Sources:
         replies = await asyncio.gather(*(read(ix) for ix in groups.values()),
                                        return_exceptions=True)
         out: list[QueueFigures | str] = [p.problem or "" for p in places]
+        unread: list[str | None] = [p.problem if p.redis is None else None for p in places]
         for indexes, reply in zip(groups.values(), replies, strict=True):
             if isinstance(reply, BaseException):
                 if self.kube is None or not isinstance(reply, Exception):
@@ -436,17 +486,40 @@ class Sources:
                 problem = redis_problem(reply, own=places[indexes[0]].own)
                 for i in indexes:
                     out[i] = problem
+                    if not places[i].own and unanswered(reply):
+                        unread[i] = describe_redis_error(reply)
             else:
                 for i, figures in zip(indexes, reply, strict=True):
                     out[i] = figures
-        return out
+        return out, unread
+
+    async def _fall_back(self, places: list[Place], names: Sequence[str],
+                         read: list[QueueFigures | str], unread: Sequence[str | None]) -> None:
+        """Read on the console's Redis, in one round trip, the pools whose own Redis could not
+        be read from here and that have a queue of their name there (a console on a laptop
+        reaches the cluster's Redis through a port-forward, under another name than the
+        pools' spec.redis); the others keep their status's figures."""
+        indexes = [i for i, reason in enumerate(unread) if reason is not None]
+        if not indexes:
+            return
+        try:
+            found = await figures_of([self.queue(names[i]) for i in indexes])
+        except REDIS_FAILURES:
+            return
+        for i, figures in zip(indexes, found, strict=True):
+            if figures.used:
+                places[i] = Place(OWN_REDIS, self.redis, own=True, fallback=fallback_note(
+                    places[i].server, unread[i] or ""))
+                read[i] = figures
 
     async def refresh_fleet(self) -> dict[str, Any]:
         """Read the fleet (one Redis round trip per Redis), record rates and history, keep the
         snapshot."""
         pairs = await self._summaries()
         places = await self._places([summary for summary, _ in pairs])
-        read = await self._figures(places, [summary.queue for summary, _ in pairs])
+        names = [summary.queue for summary, _ in pairs]
+        read, unread = await self._figures(places, names)
+        await self._fall_back(places, names, read, unread)
         now, clock = time.time(), time.monotonic()
         seen: set[tuple[str, str]] = set()
         rows: list[FleetRow] = []
@@ -474,9 +547,8 @@ class Sources:
             rows.append(FleetRow(summary, None if problem else record.rates.rates(), problem))
             extra.append({
                 "conditions": _conditions(obj), "own_redis": place.own,
-                "figures_from": "status" if problem else OWN_REDIS if place.own else "pool",
-                "figures_note": figures_note(place.own, None if place.own else "pool",
-                                             problem)})
+                "figures_from": figures_from(place, problem),
+                "figures_note": figures_note(place, problem)})
         for gone in set(self.pools) - seen:
             del self.pools[gone]
         pools = fleet_json(rows, now)
@@ -529,8 +601,8 @@ class Sources:
             "namespace": namespace, "name": name, "queue": queue_name,
             "source": self.source, "at": now,
             "own_redis": place.own,
-            "figures_from": "status" if problem else OWN_REDIS if place.own else "pool",
-            "figures_note": figures_note(place.own, None if place.own else "pool", problem),
+            "figures_from": figures_from(place, problem),
+            "figures_note": figures_note(place, problem),
             "health": record.summary.health,
             "replicas": record.summary.replicas,
             "ready_replicas": record.summary.ready_replicas,

@@ -76,8 +76,8 @@ async def test_fleet_lists_the_queue_with_its_figures(api: Client, redis: aiored
                                                       queue_name: str) -> None:
     queue = TaskQueue(redis, queue_name)
     later = await queue.submit({"a": 2}, delay=60)
-    await queue.submit({"a": 1})
     await queue.submit({"a": 3}, after=[later])
+    await queue.submit({"a": 1})  # last: the fleet waits for it, and so sees all three
 
     async def fleet_shows_it() -> dict[str, Any]:
         while True:
@@ -879,7 +879,8 @@ async def test_a_due_delayed_task_is_counted_once_as_queued_on_every_page(
     lists and the tenants page say queued 1, delayed 2, and list it once."""
     queue = TaskQueue(redis, queue_name)
     due = await queue.submit({"n": 0}, delay=0.1, tenant="acme")
-    later = [await queue.submit({"n": n}, delay=3600, tenant="globex") for n in (1, 2)]
+    # distinct delays: tasks due at the same millisecond are listed by id, not submit order
+    later = [await queue.submit({"n": n}, delay=3600 + n, tenant="globex") for n in (1, 2)]
     await asyncio.wait_for(until_due(queue, 1), 10)
 
     async def fleet_row() -> dict[str, Any]:

@@ -170,10 +170,11 @@ async def test_each_pool_is_read_from_its_own_redis_or_shows_its_status(
     reader: KubeReader, kmock: Any, redis: aioredis.Redis, redis_url: str, queue_name: str,
     protected_redis: RedisServer,
 ) -> None:
-    """Four pools with the same queue name: on the console's Redis; on another Redis named by
-    a Secret the console may read (read there, with its password); on a Redis that is down
-    and behind a Secret that cannot be read (both: the status's figures, saying why). None
-    shows the queue of the console's Redis under its name, nor links to its tasks there."""
+    """Four pools: three with the same queue name, on the console's Redis; on another Redis
+    named by a Secret the console may read (read there, with its password, never the
+    console's queue of that name); on a Redis that is down (read on the console's Redis,
+    which has a queue of its name, saying so); and one behind a Secret that cannot be read,
+    whose queue the console's Redis does not have (the status's figures, saying why)."""
     other = redis_from_url(protected_redis.url)
     try:
         await redis.delete("ap:{rl:openai}:config", "ap:{rl:openai}:state")
@@ -194,7 +195,7 @@ async def test_each_pool_is_read_from_its_own_redis_or_shows_its_status(
                          {"url": f"redis://127.0.0.1:{free_port()}/0"})
         down["status"].update(queued=420, inFlight=7, dead=12)
         kmock.objects[RESOURCE, "team-c", "down"] = down
-        hidden = agentpool("team-d", "hidden", queue_name,
+        hidden = agentpool("team-d", "hidden", f"{queue_name}-hidden",
                            {"urlSecretRef": {"name": "not-for-me", "key": "url"}})
         hidden["status"].update(queued=5, inFlight=0, dead=0)
         kmock.objects[RESOURCE, "team-d", "hidden"] = hidden
@@ -207,12 +208,14 @@ async def test_each_pool_is_read_from_its_own_redis_or_shows_its_status(
                        p["figures_from"]) for key, p in rows.items()}
         assert shown[("team-a", "alpha")] == (1, 0, 0, True, "console")
         assert shown[("team-b", "alpha")] == (2, 0, 0, False, "pool")
-        assert shown[("team-c", "down")] == (420, 7, 12, False, "status")
+        assert shown[("team-c", "down")] == (1, 0, 0, True, "console-fallback")
         assert shown[("team-d", "hidden")] == (5, 0, 0, False, "status")
         assert rows[("team-a", "alpha")]["figures_note"] is None
         assert "the pool's own Redis" in rows[("team-b", "alpha")]["figures_note"]
-        assert "cannot read the pool's Redis: Connection refused" in rows[
-            ("team-c", "down")]["figures_note"]
+        assert rows[("team-c", "down")]["figures_note"] == (
+            "Read on the console's Redis, which has a queue of this name: the pool's own Redis "
+            f"({down['spec']['redis']['url'].removeprefix('redis://')}) could not be read from "
+            "here: Connection refused.")
         assert "cannot read Secret team-d/not-for-me" in rows[
             ("team-d", "hidden")]["figures_note"]
         assert rows[("team-b", "alpha")]["workers"] == 1
@@ -226,11 +229,16 @@ async def test_each_pool_is_read_from_its_own_redis_or_shows_its_status(
         assert (theirs["limits"][0]["throttles"], theirs["limits"][0]["conflict"]) == (1, False)
         gone = await sources.pool("team-c", "down")
         assert (gone["figures"]["queued"], gone["figures"]["in_flight"],
-                gone["figures"]["dead"], gone["figures"]["from_status"]) == (420, 7, 12, True)
-        assert (gone["workers"], gone["limits"], gone["own_redis"]) == (None, None, False)
+                gone["figures"]["dead"], "from_status" in gone["figures"]) == (1, 0, 0, False)
+        assert (gone["workers"], gone["own_redis"], gone["figures_from"]) == (
+            [], True, "console-fallback")
         assert "Connection refused" in gone["figures_note"]
-        assert gone["history"][-1][1:3] == [420, 7]
-        text = json.dumps([fleet, mine, theirs, gone])
+        assert gone["history"][-1][1:3] == [1, 0]
+        unseen = await sources.pool("team-d", "hidden")
+        assert (unseen["figures"]["queued"], unseen["figures"]["from_status"],
+                unseen["workers"], unseen["limits"], unseen["own_redis"]) == (
+            5, True, None, None, False)
+        text = json.dumps([fleet, mine, theirs, gone, unseen])
         assert str(protected_redis.password) not in text and "redis://" not in text
         await sources.aclose()
     finally:
@@ -243,12 +251,13 @@ async def test_a_pool_behind_an_unreadable_secret_is_read_where_its_status_says(
 ) -> None:
     """The chart's console may not read Secrets: a pool whose status.redis (written by the
     operator) names the console's own Redis is read live there, with its task links; one
-    whose status names another server shows its status's figures."""
+    whose status names another server, and whose queue the console's Redis does not have,
+    shows its status's figures."""
     await TaskQueue(redis, queue_name).submit_many([{"n": 1}, {"n": 2}])
     own = redis_server(redis_url, "agentpool")
     ours = agentpool("team-e", "ours", queue_name, {"urlSecretRef": {"name": "agentpool-redis"}})
     ours["status"].update(queued=0, redis=own)
-    elsewhere = agentpool("team-e", "elsewhere", queue_name,
+    elsewhere = agentpool("team-e", "elsewhere", f"{queue_name}-elsewhere",
                           {"urlSecretRef": {"name": "agentpool-redis"}})
     elsewhere["status"].update(queued=9, redis="redis://redis.other.svc:6379/0")
     kmock.objects[RESOURCE, "team-e", "ours"] = ours
@@ -261,6 +270,57 @@ async def test_a_pool_behind_an_unreadable_secret_is_read_where_its_status_says(
                 rows["ours"]["figures_from"]) == (2, True, "console")
         assert (rows["elsewhere"]["queued"], rows["elsewhere"]["own_redis"],
                 rows["elsewhere"]["figures_from"]) == (9, False, "status")
+    finally:
+        await sources.aclose()
+        await asyncio.to_thread(reader.close)
+
+
+async def test_a_pool_whose_redis_cannot_be_read_from_here_is_read_on_the_consoles_queue(
+    reader: KubeReader, kmock: Any, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """A console on a laptop, through a port-forward to the cluster's Redis: the pools'
+    spec.redis names an in-cluster Service that does not resolve here, or a Secret it may not
+    read. A pool whose queue the console's Redis has is read there, live, with its task
+    links and a note that says why; one whose queue it does not have shows its status."""
+    queue = TaskQueue(redis, queue_name)
+    await queue.submit_many([{"n": 1}, {"n": 2}, {"n": 3}])
+    await queue.heartbeat(WorkerInfo(pod="pod-l", instance="i1", concurrency=1), {}, 30)
+    in_cluster = {"url": "redis://:in-cluster-s3cret@agentpool-redis.agentpool.svc:6379/0"}
+    laptop = agentpool("team-f", "laptop", queue_name, in_cluster)
+    secret_ref = agentpool("team-f", "secret", queue_name,
+                           {"urlSecretRef": {"name": "agentpool-redis"}})
+    secret_ref["status"].update(redis="redis://agentpool-redis.agentpool.svc:6379/0")
+    unused = agentpool("team-f", "unused", f"{queue_name}-unused",
+                       {"url": f"redis://127.0.0.1:{free_port()}/0"})
+    unused["status"].update(queued=42)
+    for pool in (laptop, secret_ref, unused):
+        kmock.objects[RESOURCE, "team-f", pool["metadata"]["name"]] = pool
+    sources = Sources(redis, kube=reader, namespaces=["team-f"],
+                      own_server="redis://localhost:6379/0")
+    try:
+        fleet = await sources.refresh_fleet()
+        rows = {p["name"]: p for p in fleet["pools"]}
+        assert {name: (p["queued"], p["workers"], p["own_redis"], p["figures_from"])
+                for name, p in rows.items()} == {
+            "laptop": (3, 1, True, "console-fallback"),
+            "secret": (3, 1, True, "console-fallback"),
+            "unused": (42, 0, False, "status")}
+        assert rows["laptop"]["figures_note"].startswith(
+            "Read on the console's Redis, which has a queue of this name: the pool's own Redis "
+            "(agentpool-redis.agentpool.svc:6379/0) could not be read from here: ")
+        assert "cannot read Secret team-f/agentpool-redis" in rows["secret"]["figures_note"]
+        assert "(agentpool-redis.agentpool.svc:6379/0)" in rows["secret"]["figures_note"]
+        assert "Connection refused" in rows["unused"]["figures_note"]
+
+        page = await sources.pool("team-f", "laptop")
+        assert (page["figures"]["queued"], page["own_redis"], page["figures_from"]) == (
+            3, True, "console-fallback")
+        assert [w["pod"] for w in page["workers"]] == ["pod-l"]
+        assert page["figures_note"] == rows["laptop"]["figures_note"]
+        assert "in-cluster-s3cret" not in json.dumps([fleet, page])
+        shown = await sources.pool("team-f", "unused")
+        assert (shown["figures"]["queued"], shown["figures"]["from_status"],
+                shown["own_redis"]) == (42, True, False)
     finally:
         await sources.aclose()
         await asyncio.to_thread(reader.close)

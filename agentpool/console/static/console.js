@@ -213,14 +213,15 @@ function fleetPage() {
   live("/api/fleet", (doc) => {
     const kube = doc.source === "kubernetes";
     // a pool on another Redis than the console's has no task pages here; one whose Redis
-    // could not be read shows its status's figures
+    // could not be read shows its status's figures, or the console's queue of its name
     const rows = doc.pools.map((p) => el("tr", { "data-pool": p.name },
       el("td", {}, el("a", { href: `/pools/${enc(p.namespace)}/${enc(p.name)}` }, p.name)),
       kube ? el("td", {}, p.namespace) : null,
       el("td", { class: "mono" }, p.own_redis === false ? p.queue
         : el("a", { href: `/queues/${enc(p.queue)}/tasks` }, p.queue),
       p.figures_note ? el("div", { class: "muted figures-from", title: p.figures_note },
-        p.figures_from === "status" ? "status figures" : "its own Redis") : null),
+        { status: "status figures", "console-fallback": "console's Redis" }[p.figures_from]
+          || "its own Redis") : null),
       el("td", { class: "num" }, p.desired_replicas === null ? "-" :
         `${show(p.ready_replicas)}/${p.desired_replicas}` +
         (p.draining_replicas ? ` (+${p.draining_replicas} draining)` : "")),
