@@ -106,9 +106,10 @@ def with_credentials(url: str, username: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}", query=query))
 
 
-URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,31}://\S+")
+URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}://\S+")
 """A URL in a text; its scheme bounded, so that a long run of word characters before a
-``://`` costs a look of 32 characters from each place, not one to the run's start."""
+``://`` costs a look of 32 characters from each place, not one to the run's start. No word
+boundary before it: a URL glued to the word before (``failedredis://...``) is masked too."""
 _TRAILING = ".,;:!?)]}>'\"`"
 """What ends a sentence or a quote around a URL rather than the URL."""
 _REDACTED_SCHEMES = frozenset({"redis", "rediss", "redis+sentinel", "rediss+sentinel",
@@ -185,18 +186,18 @@ def redis_server(redis_url: str, namespace: str) -> str:
     port = "26379" if parts.scheme.endswith("sentinel") else "6379"
     hosts = ",".join(sorted(_service_host(h, namespace, port)
                             for h in parts.netloc.rpartition("@")[2].split(",")))
-    database = parts.path.rstrip("/") or f"/{_query_db(parts.query)}"
+    database = _query_db(parts.query) or parts.path.rstrip("/") or "/0"
     return f"{parts.scheme}://{hosts}{database}"
 
 
-def _query_db(query: str) -> str:
-    """The database a URL without one in its path names with ``?db=`` (as redis-py reads
-    it), else 0."""
+def _query_db(query: str) -> str | None:
+    """The database a URL's ``?db=`` names (``/2``), which redis-py prefers to its path's;
+    None without one."""
     for option in query.split("&"):
         key, _, value = option.partition("=")
         if unquote(key) == "db" and value.isdigit():
-            return str(int(value))
-    return "0"
+            return f"/{int(value)}"
+    return None
 
 
 def _service_host(host_port: str, namespace: str, default_port: str) -> str:

@@ -21,10 +21,11 @@ from agentpool.cli.common import (
     print_json,
     print_view,
     queue_name,
+    redis_failure,
     task_id,
 )
 from agentpool.cli.views import dead_grid, task_json
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import DeadLettersCut, TaskQueue
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,7 +102,13 @@ async def _act(args: argparse.Namespace, past: str,
     ids = selected_ids(args)
     async with connect(args) as client:
         queue = client.queue(name)
-        count, revived = await operation(queue, ids)
+        try:
+            count, revived = await operation(queue, ids)
+        except DeadLettersCut as cut:
+            raise CommandFailed(
+                f"{past} {cut.handled} dead tasks of queue {name}, then "
+                f"{redis_failure(client.url, cut.__cause__ or cut)}; run it again for the "
+                "rest") from None
         if not count and not await queue.used():
             raise CommandFailed(await never_used(queue))
     if args.output == "json":

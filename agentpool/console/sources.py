@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import SentinelConnectionPool
 
@@ -73,7 +73,6 @@ from agentpool.redis_errors import (
     POOL_PASSWORD_PLACE,
     REDIS_FAILURES,
     auth_failure,
-    auth_problem,
     describe_redis_error,
     redis_full,
 )
@@ -148,12 +147,20 @@ def redis_problem(exc: BaseException, *, own: bool = True) -> str:
     return f"cannot read the pool's Redis: {auth or describe_redis_error(exc)}"
 
 
-def unanswered(exc: BaseException) -> bool:
-    """Whether a failed read means the server did not answer (down, a name that does not
-    resolve, timed out), not that it answered with a refusal (password, memory, ACL)."""
-    return auth_problem(exc) is None and isinstance(exc, (
-        redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-        redis.exceptions.RedisClusterException, OSError, TimeoutError))
+def unresolved(exc: BaseException) -> bool:
+    """Whether a failed read means the server's name does not resolve from here (a cluster
+    Service's name seen from a laptop), not that the server is down, slow or refusing: only
+    then may the console look for the pool's queue on its own Redis."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+SECRET_PLACE = "secret:"
+"""The key of a place whose Redis URL is in a Secret the console could not read."""
 
 
 @dataclass(frozen=True)
@@ -404,7 +411,7 @@ class Sources:
                     and summary.redis_server == self.own_server:
                 return own  # the operator reached the pool's queue on the console's Redis
             if url is None:
-                return Place(f"secret:{namespace}/{ref.name}/{ref.key}", None,
+                return Place(f"{SECRET_PLACE}{namespace}/{ref.name}/{ref.key}", None,
                              problem=f"the console cannot read its Redis URL ({problem})",
                              server=shown_server(summary.redis_server))
         if not url:
@@ -478,7 +485,9 @@ class Sources:
         replies = await asyncio.gather(*(read(ix) for ix in groups.values()),
                                        return_exceptions=True)
         out: list[QueueFigures | str] = [p.problem or "" for p in places]
-        unread: list[str | None] = [p.problem if p.redis is None else None for p in places]
+        unread: list[str | None] = [
+            p.problem if p.redis is None and p.key.startswith(SECRET_PLACE) else None
+            for p in places]
         for indexes, reply in zip(groups.values(), replies, strict=True):
             if isinstance(reply, BaseException):
                 if self.kube is None or not isinstance(reply, Exception):
@@ -486,7 +495,7 @@ class Sources:
                 problem = redis_problem(reply, own=places[indexes[0]].own)
                 for i in indexes:
                     out[i] = problem
-                    if not places[i].own and unanswered(reply):
+                    if not places[i].own and unresolved(reply):
                         unread[i] = describe_redis_error(reply)
             else:
                 for i, figures in zip(indexes, reply, strict=True):

@@ -20,6 +20,17 @@ class PayloadTooLarge(ProtocolError):
     pass
 
 
+class DeadLettersCut(Exception):
+    """A requeue or purge of dead tasks in pages that Redis failed part-way through: the
+    pages before the failure were done (`handled` dead tasks, `revived` tasks after them
+    back); running it again does the rest. Its cause is Redis's error."""
+
+    def __init__(self, handled: int, revived: int) -> None:
+        super().__init__(f"{handled} dead tasks handled before Redis failed")
+        self.handled = handled
+        self.revived = revived
+
+
 class TaskNotFound(ProtocolError):
     """No such task. Raised by a `submit_many` whose task to run after was found gone after
     some chunks went in, `submitted` holds the ids of those tasks (stored, deferred)."""

@@ -67,6 +67,7 @@ from agentpool.protocol.records import (
     CancelOutcome,
     ClaimBatch,
     ClaimedTask,
+    DeadLettersCut,
     DeadRequeued,
     FailOutcome,
     Heartbeat,
@@ -117,7 +118,7 @@ from agentpool.protocol.waiting import (
     waits_subscribed,
     worth_retrying,
 )
-from agentpool.redis_errors import TASKS_NOT_STORED, RedisFull, redis_full
+from agentpool.redis_errors import REDIS_FAILURES, TASKS_NOT_STORED, RedisFull, redis_full
 from agentpool.seconds import given_text, short_repr
 
 _EVENT_ID = re.compile(r"(\d+)(?:-(\d+))?")
@@ -1218,19 +1219,25 @@ class TaskQueue:
         """Requeue or purge dead tasks, at most DEAD_LETTER_PAGE per script call, so that
         Redis serves others between them (one call over 100,000 tasks holds it for seconds).
         Without ids: the tasks dead when the first call ran, oldest first, each call taking
-        the head of the dead set, until none of them is left. Returns (handled, revived)."""
+        the head of the dead set, until none of them is left. Returns (handled, revived);
+        raises `DeadLettersCut` (from Redis's error) when a page after the first fails."""
         handled = revived = 0
-        if task_ids is not None:
-            for start in range(0, len(task_ids), DEAD_LETTER_PAGE):
-                page = task_ids[start:start + DEAD_LETTER_PAGE]
-                done, back, _, _ = await self._run("dead_letters", action, call_id(), "",
-                                                   DEAD_LETTER_PAGE, *page)
-                handled, revived = handled + int(done), revived + int(back)
-            return handled, revived
-        upto: Any = ""
-        while True:
-            done, back, more, upto = await self._run("dead_letters", action, call_id(), upto,
-                                                     DEAD_LETTER_PAGE)
-            handled, revived = handled + int(done), revived + int(back)
-            if not int(more):
+        try:
+            if task_ids is not None:
+                for start in range(0, len(task_ids), DEAD_LETTER_PAGE):
+                    page = task_ids[start:start + DEAD_LETTER_PAGE]
+                    done, back, _, _ = await self._run("dead_letters", action, call_id(), "",
+                                                       DEAD_LETTER_PAGE, *page)
+                    handled, revived = handled + int(done), revived + int(back)
                 return handled, revived
+            upto: Any = ""
+            while True:
+                done, back, more, upto = await self._run("dead_letters", action, call_id(),
+                                                         upto, DEAD_LETTER_PAGE)
+                handled, revived = handled + int(done), revived + int(back)
+                if not int(more):
+                    return handled, revived
+        except REDIS_FAILURES as error:
+            if not handled:
+                raise
+            raise DeadLettersCut(handled, revived) from error

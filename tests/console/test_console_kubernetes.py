@@ -172,9 +172,10 @@ async def test_each_pool_is_read_from_its_own_redis_or_shows_its_status(
 ) -> None:
     """Four pools: three with the same queue name, on the console's Redis; on another Redis
     named by a Secret the console may read (read there, with its password, never the
-    console's queue of that name); on a Redis that is down (read on the console's Redis,
-    which has a queue of its name, saying so); and one behind a Secret that cannot be read,
-    whose queue the console's Redis does not have (the status's figures, saying why)."""
+    console's queue of that name); on a Redis that is down (the status's figures, saying
+    why: never the console's namesake queue, whose task pages would act on another pool's
+    tasks); and one behind a Secret that cannot be read, whose queue the console's Redis
+    does not have (the status's figures, saying why)."""
     other = redis_from_url(protected_redis.url)
     try:
         await redis.delete("ap:{rl:openai}:config", "ap:{rl:openai}:state")
@@ -208,14 +209,12 @@ async def test_each_pool_is_read_from_its_own_redis_or_shows_its_status(
                        p["figures_from"]) for key, p in rows.items()}
         assert shown[("team-a", "alpha")] == (1, 0, 0, True, "console")
         assert shown[("team-b", "alpha")] == (2, 0, 0, False, "pool")
-        assert shown[("team-c", "down")] == (1, 0, 0, True, "console-fallback")
+        assert shown[("team-c", "down")] == (420, 7, 12, False, "status")
         assert shown[("team-d", "hidden")] == (5, 0, 0, False, "status")
         assert rows[("team-a", "alpha")]["figures_note"] is None
         assert "the pool's own Redis" in rows[("team-b", "alpha")]["figures_note"]
-        assert rows[("team-c", "down")]["figures_note"] == (
-            "Read on the console's Redis, which has a queue of this name: the pool's own Redis "
-            f"({down['spec']['redis']['url'].removeprefix('redis://')}) could not be read from "
-            "here: Connection refused.")
+        assert "cannot read the pool's Redis: Connection refused" in rows[
+            ("team-c", "down")]["figures_note"]
         assert "cannot read Secret team-d/not-for-me" in rows[
             ("team-d", "hidden")]["figures_note"]
         assert rows[("team-b", "alpha")]["workers"] == 1
@@ -229,11 +228,11 @@ async def test_each_pool_is_read_from_its_own_redis_or_shows_its_status(
         assert (theirs["limits"][0]["throttles"], theirs["limits"][0]["conflict"]) == (1, False)
         gone = await sources.pool("team-c", "down")
         assert (gone["figures"]["queued"], gone["figures"]["in_flight"],
-                gone["figures"]["dead"], "from_status" in gone["figures"]) == (1, 0, 0, False)
+                gone["figures"]["dead"], gone["figures"]["from_status"]) == (420, 7, 12, True)
         assert (gone["workers"], gone["own_redis"], gone["figures_from"]) == (
-            [], True, "console-fallback")
+            None, False, "status")
         assert "Connection refused" in gone["figures_note"]
-        assert gone["history"][-1][1:3] == [1, 0]
+        assert gone["history"][-1][1:3] == [420, 7]
         unseen = await sources.pool("team-d", "hidden")
         assert (unseen["figures"]["queued"], unseen["figures"]["from_status"],
                 unseen["workers"], unseen["limits"], unseen["own_redis"]) == (
@@ -281,7 +280,8 @@ async def test_a_pool_whose_redis_cannot_be_read_from_here_is_read_on_the_consol
     """A console on a laptop, through a port-forward to the cluster's Redis: the pools'
     spec.redis names an in-cluster Service that does not resolve here, or a Secret it may not
     read. A pool whose queue the console's Redis has is read there, live, with its task
-    links and a note that says why; one whose queue it does not have shows its status."""
+    links and a note that says why; one whose Redis is down (it resolves: it is not a name
+    of the cluster's) shows its status, though the console's Redis has a queue of its name."""
     queue = TaskQueue(redis, queue_name)
     await queue.submit_many([{"n": 1}, {"n": 2}, {"n": 3}])
     await queue.heartbeat(WorkerInfo(pod="pod-l", instance="i1", concurrency=1), {}, 30)
@@ -290,7 +290,7 @@ async def test_a_pool_whose_redis_cannot_be_read_from_here_is_read_on_the_consol
     secret_ref = agentpool("team-f", "secret", queue_name,
                            {"urlSecretRef": {"name": "agentpool-redis"}})
     secret_ref["status"].update(redis="redis://agentpool-redis.agentpool.svc:6379/0")
-    unused = agentpool("team-f", "unused", f"{queue_name}-unused",
+    unused = agentpool("team-f", "unused", queue_name,
                        {"url": f"redis://127.0.0.1:{free_port()}/0"})
     unused["status"].update(queued=42)
     for pool in (laptop, secret_ref, unused):

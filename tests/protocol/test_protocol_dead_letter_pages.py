@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import drop_queue, eventually, queued_ids, task_keys
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from agentpool.protocol import FailOutcome, TaskQueue
+from agentpool.protocol import DeadLettersCut, FailOutcome, TaskQueue
 from agentpool.protocol.task_queue import DEAD_LETTER_PAGE
 
 DEAD = 2 * DEAD_LETTER_PAGE + DEAD_LETTER_PAGE // 2
@@ -123,3 +124,27 @@ async def test_tasks_that_die_after_the_first_page_are_left_dead(
     assert dead_ids == {late.id}
     assert await redis.zcard(queue.prefix + "dead") == 1
     assert await redis.zscore(queue.prefix + "dead", late.id) is not None
+
+
+async def test_a_requeue_cut_short_by_redis_says_how_much_it_did(queue: TaskQueue) -> None:
+    """Redis lost after the first page: the caller learns that 1,000 were requeued (the CLI
+    says so, and to run it again) instead of a bare connection error."""
+    await make_dead(queue, DEAD)
+    run = queue._run
+    calls = 0
+
+    async def failing(name: str, *args: Any, client: Any = None) -> Any:
+        nonlocal calls
+        if name == "dead_letters":
+            calls += 1
+            if calls == 2:
+                raise RedisConnectionError("Connection refused")
+        return await run(name, *args, client=client)
+
+    queue._run = failing  # type: ignore[method-assign]
+    with pytest.raises(DeadLettersCut) as cut:
+        await queue.requeue_dead()
+    assert (cut.value.handled, type(cut.value.__cause__)) == (
+        DEAD_LETTER_PAGE, RedisConnectionError)
+    queue._run = run  # type: ignore[method-assign]
+    assert await queue.requeue_dead() == DEAD - DEAD_LETTER_PAGE

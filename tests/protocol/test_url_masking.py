@@ -90,10 +90,19 @@ def test_a_status_masks_every_query_value_of_any_url() -> None:
 
 @pytest.mark.parametrize(("url", "server"), [
     ("redis://:pw@h:6379?db=2", "redis://h.team.svc:6379/2"),
-    ("redis://h/3?db=2", "redis://h.team.svc:6379/3"),
+    ("redis://h/3?db=2", "redis://h.team.svc:6379/2"),
     ("redis://h", "redis://h.team.svc:6379/0"),
 ])
 def test_the_server_of_a_url_names_the_database_redis_py_connects_to(
     url: str, server: str,
 ) -> None:
     assert redis_server(url, "team") == server
+
+
+@pytest.mark.parametrize("text", [
+    "Error:connectingtotheprimaryserverfailedrediss://default:s3cret@h:6380",
+    "x" * 31 + "redis://:s3cret@host",
+    "tokenvalue0123456789abcdefghijklmnop" + "https://u:s3cret@h/",
+])
+def test_a_url_glued_to_a_long_word_is_masked(text: str) -> None:
+    assert "s3cret" not in mask_urls(text)
