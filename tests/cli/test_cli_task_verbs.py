@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 from cli_helpers import Cli, background_worker, key_values, make_dead, with_queue
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agentpool.cli import submit as submit_command
 from agentpool.cli.submit import WaitProgress
-from agentpool.protocol import TaskInfo, TaskQueue
+from agentpool.protocol import DeadLettersCut, TaskInfo, TaskQueue
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -104,6 +105,23 @@ def test_dead_requeue_checks_every_id(cli: Cli) -> None:
     result = cli("dead", "requeue", UNKNOWN_ID, "")
     assert (result.code, result.out) == (2, "")
     assert result.err_lines[0].startswith("agentpool: empty task id")
+
+
+def test_a_dead_requeue_cut_short_by_redis_says_how_many_it_requeued(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pages done before Redis failed stay done: the person learns how many, and to run it
+    again, not only that Redis failed."""
+    async def cut_short(self: TaskQueue, ids: list[str] | None) -> Any:
+        raise DeadLettersCut(1000, 0) from RedisConnectionError(
+            "Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(TaskQueue, "requeue_dead_counted", cut_short)
+    result = cli("dead", "requeue", "--all")
+    assert result.code == 1
+    assert result.err_lines == [
+        f"agentpool: requeued 1000 dead tasks of queue {cli.queue}, then cannot reach Redis "
+        f"at {cli.redis_url}: Connection refused; run it again for the rest"]
 
 
 def test_wait_returns_the_result(cli: Cli) -> None:
