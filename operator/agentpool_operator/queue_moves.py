@@ -25,7 +25,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agentpool.models.rules import QUEUE_FIXED
+from agentpool.models import QUEUE_FIXED
 from agentpool.protocol import QueueFigures
 
 from .status import Problem, StatusEvent
