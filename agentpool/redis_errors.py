@@ -91,6 +91,16 @@ def redis_full(exc: BaseException) -> bool:
         and "OOM command not allowed" in str(exc))
 
 
+def error_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def describe_redis_error(exc: BaseException) -> str:
     """The reason in a redis-py error, without its boilerplate (``Error 111 connecting to``)."""
     if redis_full(exc):

@@ -182,16 +182,6 @@ NOT_A_CLUSTER = "Cluster mode is not enabled on this node"
 """redis-py's words when a ``redis+cluster://`` URL names a server that is not in a cluster."""
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """`exc` and the errors it was raised from, outermost first."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
 def cluster_failure(url: str | None, exc: BaseException) -> str | None:
     """One line for redis-py's cluster client failing to start, None for any other error.
 
@@ -202,7 +192,7 @@ def cluster_failure(url: str | None, exc: BaseException) -> str | None:
     """
     if not isinstance(exc, redis.exceptions.RedisClusterException):
         return None
-    causes = _causes(exc)
+    causes = redis_errors.error_chain(exc)
     if any(NOT_A_CLUSTER in str(cause) for cause in causes):
         nodes, single = "Redis", "redis://"
         if url is not None and is_cluster_url(url):

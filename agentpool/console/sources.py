@@ -74,6 +74,7 @@ from agentpool.redis_errors import (
     REDIS_FAILURES,
     auth_failure,
     describe_redis_error,
+    error_chain,
     redis_full,
 )
 from agentpool.urls import redis_server
@@ -151,12 +152,7 @@ def unresolved(exc: BaseException) -> bool:
     """Whether a failed read means the server's name does not resolve from here (a cluster
     Service's name seen from a laptop), not that the server is down, slow or refusing: only
     then may the console look for the pool's queue on its own Redis."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, socket.gaierror):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(cause, socket.gaierror) for cause in error_chain(exc))
 
 
 SECRET_PLACE = "secret:"

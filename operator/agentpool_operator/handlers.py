@@ -30,7 +30,6 @@ from agentpool.models import GROUP, PLURAL, VERSION, AgentPoolSpec
 from agentpool.protocol import ProtocolError, QueueFigures, TaskQueue
 from agentpool.redis_errors import REDIS_FAILURES
 from agentpool.scaling.policy import MIN_POLL_SECONDS
-from agentpool.urls import redis_server
 
 from . import actions, metrics, recovery_actions
 from .context import LeftQueue, OperatorContext, PoolPods, PoolState, ServedQueue, pods_of
@@ -60,7 +59,7 @@ from .kube import KubeApi, api_error_message
 from .observation import ActionResult, PoolObservation
 from .queue_loss import data_lost, loss_event, marks_of, queue_identity
 from .queue_moves import follow, judge_left_queue, queue_change_refused
-from .queue_sharing import queue_address, sharing_problem, unserved_problem
+from .queue_sharing import queue_address, server_of, sharing_problem, unserved_problem
 from .redis_access import QueueAccessError, read_figures, resolve_redis_url, url_origin
 from .status import (
     DeploymentView,
@@ -530,14 +529,13 @@ LEFT_QUEUE_READ_SECONDS = 2.0
 
 
 async def follow_left_queues(
-    ctx: OperatorContext, state: PoolState, queue: TaskQueue | None, namespace: str,
+    ctx: OperatorContext, state: PoolState, queue: TaskQueue | None,
 ) -> tuple[list[Problem], list[StatusEvent]]:
     """Follow the queues the pool left on another Redis (see `queue_moves`): this round's
-    problems and the Warning Events owed."""
+    problems and the Warning Events owed. Call after `state.queue_address` is set."""
     current = None
-    if queue is not None and state.redis_url is not None:
-        current = ServedQueue(queue_address(state.redis_url, queue.name, namespace),
-                              state.redis_url, queue.name)
+    if queue is not None and state.redis_url is not None and state.queue_address is not None:
+        current = ServedQueue(state.queue_address, state.redis_url, queue.name)
     served = state.served
     plan = follow(served.address if served else None,
                   current.address if current else None, state.left_queues)
@@ -670,7 +668,7 @@ async def observe_once(
         else queue_address(state.redis_url, queue.name, namespace)
     )
     state.seen = True
-    left_problems, left_events = await follow_left_queues(ctx, state, queue, namespace)
+    left_problems, left_events = await follow_left_queues(ctx, state, queue)
 
     deployment_problem: Problem | None = None
     async with state.lock:
@@ -736,7 +734,8 @@ async def observe_once(
         queue_problem=queue_problem,
         deployment_problem=deployment_problem,
         extra_fields={**result.status_fields, **(
-            {"redis": redis_server(state.redis_url, namespace)} if state.redis_url else {})},
+            {"redis": server_of(state.queue_address)}
+            if state.redis_url and state.queue_address else {})},
         # A full Redis comes first of the problems that leave the pool ready: no new run
         # starts and every producer is refused until a person acts (see docs/operator.md).
         degraded_problems=[*([full] if full is not None else []),

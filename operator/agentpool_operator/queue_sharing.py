@@ -34,6 +34,11 @@ def queue_address(redis_url: str, queue: str, namespace: str) -> str:
     return f"{redis_server(redis_url, namespace)} {queue}"
 
 
+def server_of(address: str) -> str:
+    """The Redis server of a queue address (what a pool's `status.redis` shows)."""
+    return address.rpartition(" ")[0]
+
+
 def sharing_problem(
     pool: tuple[str, str], addresses: Mapping[tuple[str, str], str | None]
 ) -> Problem | None:
