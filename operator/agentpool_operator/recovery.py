@@ -54,6 +54,10 @@ class InstanceView:
     """Its last heartbeat (epoch seconds), when known."""
 
 
+CONTAINER_RESTARTED = "worker container restarted"
+POD_GONE = "pod no longer exists"
+
+
 @dataclass(frozen=True)
 class Requeue:
     pod: str
@@ -179,13 +183,13 @@ def decide_recovery(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) 
             continue
         previous = _previous_instances(pod, by_pod.get(pod.name, []))
         if previous:
-            actions.append(Requeue(pod.name, "worker container restarted", instances=previous))
+            actions.append(Requeue(pod.name, CONTAINER_RESTARTED, instances=previous))
 
     if inputs.pods_complete:
         for pod_name, instances in sorted(by_pod.items()):
             if pod_name not in pods and any(i.held for i in instances):
                 # only the instances judged (silent): another of the same name may live
-                actions.append(Requeue(pod_name, "pod no longer exists", instances=tuple(
+                actions.append(Requeue(pod_name, POD_GONE, instances=tuple(
                     sorted(i.instance for i in instances if i.held))))
 
     actions.extend(_replace_stuck(inputs, policy, now))
@@ -206,7 +210,7 @@ def gone_pod_requeues(
     queue, keeps its tasks until its heartbeat or its leases run out.
     """
     held = {i.pod for i in instances if i.held and i.pod.startswith(pod_name_prefix(pool))}
-    return [Requeue(pod, "pod no longer exists") for pod in sorted(held - set(pods))]
+    return [Requeue(pod, POD_GONE) for pod in sorted(held - set(pods))]
 
 
 def _previous_instances(pod: PodView, instances: Iterable[InstanceView]) -> tuple[str, ...]:

@@ -39,6 +39,7 @@ from .kube import KubeApi, api_error_message
 from .node_reads import NodeReader, read_nodes
 from .observation import ActionResult, PoolObservation
 from .recovery import (
+    CONTAINER_RESTARTED,
     DeletePod,
     InstanceView,
     PodView,
@@ -77,7 +78,7 @@ def plural(count: int, noun: str) -> str:
 
 def requeue_message(action: Requeue, result: RequeueResult) -> str:
     whose = f"pod {action.pod}"
-    if action.instances is not None:
+    if action.reason == CONTAINER_RESTARTED and action.instances is not None:
         whose += f" ({plural(len(action.instances), 'earlier instance')})"
     return f"requeued {outcome_text(result)} of {whose} ({action.reason})"
 

@@ -4,7 +4,7 @@ import dataclasses
 from types import SimpleNamespace
 
 from agentpool.models import AgentPoolSpec
-from agentpool.protocol import WORKER_LIVENESS_WINDOW, InstanceState
+from agentpool.protocol import WORKER_LIVENESS_WINDOW, InstanceState, RequeueResult
 from agentpool_operator.recovery import (
     DeletePod,
     InstanceView,
@@ -19,7 +19,7 @@ from agentpool_operator.recovery import (
     pod_view,
     unavailable_budget,
 )
-from agentpool_operator.recovery_actions import STUCK_POD_DRAIN_SECONDS, policy_of
+from agentpool_operator.recovery_actions import STUCK_POD_DRAIN_SECONDS, policy_of, requeue_message
 
 NOW = 10_000.0
 RUNNING_SINCE = NOW - 3600
@@ -375,3 +375,18 @@ def test_a_stuck_pod_is_deleted_within_a_minute_whatever_its_drain() -> None:
     default = policy_of(SimpleNamespace(spec=spec()))  # type: ignore[arg-type]
     assert default.drain_seconds == STUCK_POD_DRAIN_SECONDS == 60
     assert policy_of(SimpleNamespace(spec=spec(drainSeconds=5))).drain_seconds == 5  # type: ignore[arg-type]
+
+
+def test_requeue_event_counts_earlier_instances_only_for_a_restarted_container() -> None:
+    """A gone pod's silent instances are all it had: "earlier" would send a reader looking for
+    a later one."""
+    two = RequeueResult(requeued=2)
+    restarted = decide([PodView("w-a", restarts=1, container_started_at=500.0)],
+                       instances=[InstanceView("w-a", "old", 100.0, held=2)])
+    gone = gone_pod_requeues([InstanceView("w-gone", "i", 100.0, held=2)], [], "w")
+    assert [requeue_message(a, two) for a in restarted if isinstance(a, Requeue)] == [
+        "requeued 2 tasks of pod w-a (1 earlier instance) (worker container restarted)"]
+    assert [requeue_message(a, two) for a in gone] == [
+        "requeued 2 tasks of pod w-gone (pod no longer exists)"]
+    silent = Requeue("w-gone", "pod no longer exists", instances=("i",))
+    assert requeue_message(silent, two) == "requeued 2 tasks of pod w-gone (pod no longer exists)"
