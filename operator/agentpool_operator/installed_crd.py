@@ -64,11 +64,16 @@ class SchemaDrift:
 def schema_drift(installed: Mapping[str, Any], expected: Mapping[str, Any]) -> SchemaDrift:
     """Compare two `openAPIV3Schema`s. Array items are written `name[]`, map values `name{}`;
     below a node that keeps unknown fields (`x-kubernetes-preserve-unknown-fields`) nothing is
-    pruned."""
+    pruned, nor in `metadata`, which a CRD may only constrain (`metadata.name`'s length)."""
     missing: list[str] = []
     defaults: dict[str, Any] = {}
-    _compare(installed, expected, "", missing, defaults)
+    _compare(_without_metadata(installed), _without_metadata(expected), "", missing, defaults)
     return SchemaDrift(tuple(missing), tuple(defaults.items()))
+
+
+def _without_metadata(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    properties = {k: v for k, v in (schema.get("properties") or {}).items() if k != "metadata"}
+    return {**schema, "properties": properties}
 
 
 def _compare(installed: Mapping[str, Any], expected: Mapping[str, Any], path: str,

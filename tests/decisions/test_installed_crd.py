@@ -48,6 +48,14 @@ def test_the_operators_own_crd_lacks_nothing() -> None:
     assert outdated_problem(render_crd(), render_crd()) is None
 
 
+def test_a_rule_on_the_pool_name_added_since_is_no_field_dropped() -> None:
+    """The API server never prunes `metadata`: a CRD from before the 63-character name rule
+    loses no field."""
+    old = without(("metadata", "name"))
+    assert not schema_drift(schema(old), schema(render_crd()))
+    assert outdated_problem(old, render_crd()) is None
+
+
 def test_fields_added_since_the_installed_crd_are_named_with_their_paths() -> None:
     old = without(("spec", "worker", "protectBusyPods"), ("status", "drainingReplicas"),
                   ("spec", "schedules", "[]", "concurrencyPolicy"))
