@@ -200,14 +200,25 @@ async def test_silent_pod_unready_past_the_grace_is_drained_deleted_and_requeued
     await eventually(lambda: cluster.requests("DELETE", "/pods/unr-a"), within=4)
     await eventually(lambda: queued(redis, "unr"), within=2)
     assert await queued(redis, "unr") == set(held)
-    assert await queue.drain_requests() == {}, "the requeue clears the drain request"
 
+    async def no_drain_request() -> bool:
+        return await queue.drain_requests() == {}
+
+    # the pod event's requeue clears it, also when a round found the pod gone and moved the tasks
+    await eventually(no_drain_request, within=3)
+
+    def unready_seconds(pattern: str, text: str) -> int:
+        found = re.fullmatch(pattern, text)
+        assert found, text
+        return int(found.group(1))
+
+    # 60 s and the time the operator took to see it (a loaded machine has taken 2 s)
     [drain] = await posted(cluster, "DrainRequested")
-    # (60 s and the time the operator took to see it: a loaded machine has taken 2 s)
-    assert re.fullmatch(r"asked pod unr-a to drain: unready for 6\ds, no worker heartbeat", drain)
+    assert 60 <= unready_seconds(
+        r"asked pod unr-a to drain: unready for (\d+)s, no worker heartbeat", drain) < 120
     [replaced] = await posted(cluster, "PodReplaced")
-    assert re.fullmatch(r"deleted pod unr-a to have it replaced: unready for 6\ds, drained",
-                        replaced)
+    assert 60 <= unready_seconds(
+        r"deleted pod unr-a to have it replaced: unready for (\d+)s, drained", replaced) < 120
     # the deletion's event, or a round that finds the pod gone first (a loaded machine)
     assert await posted(cluster, "TasksRequeued") in (
         ["requeued 2 tasks of pod unr-a (pod deleted)"],
@@ -471,21 +482,21 @@ async def test_a_pod_taken_out_of_the_pool_by_its_label_keeps_its_tasks(
     """The watch selects pods by the pool's label: one whose label is taken off comes as
     deleted, with its labels as they were, while it runs on. Its worker keeps its tasks
     until the pod is really gone."""
-    queue = TaskQueue(redis, "out")
+    queue = TaskQueue(redis, "lbl")
     kube = KubeApi.from_environment()
     recovery = PoolRecovery(queue=queue)
-    await cluster.create(PODS, pod_manifest("out", "out-a"))
-    held = await lease(queue, "out-a", "i1", 2)
-    as_it_was = cluster.get("v1/pods", "out-a")
-    await send(cluster, "PATCH", f"{PODS}/out-a",
+    await cluster.create(PODS, pod_manifest("lbl", "lbl-a"))
+    held = await lease(queue, "lbl-a", "i1", 2)
+    as_it_was = cluster.get("v1/pods", "lbl-a")
+    await send(cluster, "PATCH", f"{PODS}/lbl-a",
                {"metadata": {"labels": {"agentpool.dev/pool": None}}})
 
     assert await recover_pod(recovery, "DELETED", as_it_was, kube) == 0
-    assert await queue.held_by("out-a:i1") == set(held)
+    assert await queue.held_by("lbl-a:i1") == set(held)
 
-    await send(cluster, "DELETE", f"{PODS}/out-a")
+    await send(cluster, "DELETE", f"{PODS}/lbl-a")
     assert await recover_pod(recovery, "DELETED", as_it_was, kube) == 2
-    assert await queue.held_by("out-a:i1") == set()
+    assert await queue.held_by("lbl-a:i1") == set()
 
 
 async def test_expired_leases_of_a_silently_dead_worker_are_requeued(
