@@ -290,3 +290,10 @@ async def delete_user(admin: aioredis.Redis, username: str) -> bool:
     if isinstance(reply, dict):  # a cluster answers per node
         return any(bool(r) for r in reply.values())
     return bool(reply)
+
+
+async def disconnect_user(admin: aioredis.Redis, username: str) -> None:
+    """Close the user's open connections (``CLIENT KILL USER``) on every node, as `set_user`:
+    Redis checks a password only when a connection authenticates, so one opened with a
+    password the user no longer has stays open until closed."""
+    await _on_every_node(admin, "CLIENT KILL", "USER", username)

@@ -36,7 +36,25 @@ applies the user first).
 
 A Redis that cannot have such a user (no ACL command, or the pool's credential may not manage
 users) leaves the workers on the pool's URL, with the condition ``Credentials`` False, reason
-``CredentialsShared``: visible, but not a degradation of the pool.
+``CredentialsShared``: visible, but not a degradation of the pool. Only a pool that never had
+its own user starts so: once its worker Secret exists, a refusal (the pool's credential lost
+``ACL SETUSER``, say) keeps the workers on their user and Secret (``CredentialsUnmanaged``:
+rotations and changes of the user's rights wait); deleting the Secret is how a person moves
+them to the pool's URL.
+
+A Secret of either name is the pool's only when it names an AgentPool of the pool's name as
+its controller (`pool_owns`). Another's Secret of that name (the pool's own URL Secret, one of
+an application) is neither read, written nor adopted, and no user is made for it: the
+condition says ``CredentialsSecretConflict`` until a person renames or deletes it. A Secret the
+API refuses to write (RBAC, a ResourceQuota, a namespace outside ``secretNamespaces``) says
+``CredentialsSecretRefused`` with the API's answer, and the password drawn for it is taken off
+the user again (and drawn no second time): a password is on the user only while a Secret
+holds it, and a Secret holds only passwords the user has. Either problem, and
+``CredentialsUnmanaged``, is a Warning Event once when it begins (`WARNING_REASONS`).
+
+Redis checks a password when a connection authenticates, not afterwards: when a rotation
+removes a password, the user's connections are closed (``CLIENT KILL USER``), and the pods,
+which all hold the new one by then, reconnect with it.
 
 Nothing here logs or reports a password: messages name users and Secrets only.
 """
@@ -44,24 +62,36 @@ Nothing here logs or reports a password: messages name users and Secrets only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from kubernetes.client.exceptions import ApiException
 
-from agentpool.acl import Role, acl_rules, acl_username, delete_user, password_hash, set_user
-from agentpool.models import SecretKeyRef
+from agentpool.acl import (
+    Role,
+    acl_rules,
+    acl_username,
+    delete_user,
+    disconnect_user,
+    password_hash,
+    set_user,
+)
+from agentpool.models import GROUP, SecretKeyRef
+from agentpool.redis_errors import REDIS_FAILURES
 from agentpool.urls import with_credentials
 
 from .deployment import CREDENTIALS_VERSION, owner_reference, pool_labels
-from .status import ConditionUpdate
+from .kube import api_error_message
+from .status import ConditionUpdate, Problem, sanitize
 
 ROTATE_ANNOTATION = "agentpool.dev/rotate-credentials"
 """On the pool, set by a person: rotate the pool's passwords (any value)."""
@@ -91,6 +121,12 @@ RETIRING_GRANTS_ANNOTATION = "agentpool.dev/retiring-grants"
 those the pods of the spec before still use, kept until every pod rolled."""
 CONDITION = "Credentials"
 SHARED = "CredentialsShared"
+CONFLICT = "CredentialsSecretConflict"
+REFUSED = "CredentialsSecretRefused"
+UNMANAGED = "CredentialsUnmanaged"
+WARNING_REASONS = frozenset({CONFLICT, REFUSED, UNMANAGED})
+"""Reasons of the Events (and of the False condition) that need a person: post them as
+Warnings. Each is reported once when it begins."""
 SECRET_KEY = "url"
 PASSWORD_BYTES = 32
 SECRET_RECHECK_SECONDS = 300.0
@@ -115,6 +151,22 @@ class WorkerCredentials:
     condition: ConditionUpdate
     version: str | None = None
     """The pod template's credentials version (None: not known, leave the template as is)."""
+    usable: bool = True
+    """False: the pool has no worker Secret of its own to give its workers (another's Secret
+    holds the name, or the API refused it): no Deployment is to be made for them meanwhile,
+    and one that exists keeps the credentials it has."""
+
+    @property
+    def problem(self) -> Problem | None:
+        """What needs a person (for `Degraded`), or None; `CredentialsShared` is none."""
+        if self.condition.status == "True" or self.condition.reason == SHARED:
+            return None
+        return Problem(self.condition.reason, self.condition.message)
+
+
+def event_type(reason: str) -> Literal["Normal", "Warning"]:
+    """The type of the Event of a round's (reason, message): "Warning" or "Normal"."""
+    return "Warning" if reason in WARNING_REASONS else "Normal"
 
 
 def credentials_version(url: str) -> str:
@@ -267,6 +319,75 @@ def shared(why: str) -> WorkerCredentials:
     return WorkerCredentials(None, ConditionUpdate(CONDITION, "False", SHARED, message))
 
 
+def pool_owns(secret: Mapping[str, Any], pool: Mapping[str, Any]) -> bool:
+    """Whether `secret` is the pool's own: an ownerReference names an AgentPool of the pool's
+    name as its controller. Whatever its uid: a pool deleted and created again under the same
+    name finds the Secret of the earlier one until the garbage collector removes it, holding
+    the password of the same user (``agentpool:<namespace>:<pool>:worker``), and takes it
+    over (its owner is put back to the new pool) instead of reporting a conflict with itself.
+    No one else writes such a reference without the right to write the namespace's Secrets,
+    which needs no pool to overwrite one."""
+    name = (pool.get("metadata") or {}).get("name")
+    return any(
+        ref.get("kind") == "AgentPool" and ref.get("controller") is True
+        and ref.get("name") == name
+        and str(ref.get("apiVersion") or "").partition("/")[0] == GROUP
+        for ref in (secret.get("metadata") or {}).get("ownerReferences") or ()
+    )
+
+
+def _conflict(namespace: str, secret_name: str, pool: str, role: Role) -> str:
+    return (f"Secret {namespace}/{secret_name} exists and is not pool {pool}'s (no "
+            f"ownerReference to AgentPool {pool} as controller): the operator leaves it alone "
+            f"and makes no {role.value} Redis user for it; rename or delete that Secret (a "
+            "URL Secret of the pool's own: copy it under another name for "
+            "spec.redis.urlSecretRef)")
+
+
+def conflicting(namespace: str, pool: str) -> WorkerCredentials:
+    """Another's Secret holds the name of the pool's worker Secret."""
+    name = worker_secret_name(pool)
+    return WorkerCredentials(
+        SecretKeyRef(name=name, key=SECRET_KEY),
+        ConditionUpdate(CONDITION, "False", CONFLICT,
+                        _conflict(namespace, name, pool, Role.WORKER)),
+        usable=False)
+
+
+def refused(namespace: str, pool: str, error: ApiException, *, reading: bool,
+            exists: bool, version: str | None = None) -> WorkerCredentials:
+    """The API refused to read or write the pool's worker Secret; `exists`: the Secret the
+    workers read is there (as it was)."""
+    name = worker_secret_name(pool)
+    user = acl_username(namespace, pool, Role.WORKER)
+    verb = "read" if reading else "write"
+    message = (f"cannot {verb} Secret {namespace}/{name} of Redis user {user}: "
+               f"{sanitize(api_error_message(error))}; the workers' password waits until "
+               "it can (check the operator's rights on Secrets in this namespace: "
+               "secretNamespaces; and any ResourceQuota on Secrets)")
+    return WorkerCredentials(SecretKeyRef(name=name, key=SECRET_KEY),
+                             ConditionUpdate(CONDITION, "False", REFUSED, message),
+                             version, usable=exists)
+
+
+def unmanaged(namespace: str, pool: str, why: str) -> WorkerCredentials:
+    """Redis refuses the pool's user to a pool that has one: its workers keep it."""
+    name = worker_secret_name(pool)
+    user = acl_username(namespace, pool, Role.WORKER)
+    message = (f"{why}: the workers keep Redis user {user} from Secret {namespace}/{name}, "
+               "and its rotations and changes of its rights wait until the operator may "
+               "manage it again (deleting that Secret moves the workers to the pool's URL)")
+    return WorkerCredentials(SecretKeyRef(name=name, key=SECRET_KEY),
+                             ConditionUpdate(CONDITION, "False", UNMANAGED, message))
+
+
+def lasting(error: ApiException) -> bool:
+    """A refusal that the next round meets again (forbidden, over quota, invalid), not a
+    race or an API server's hiccup (a round later tries again, unreported)."""
+    status = int(error.status or 0)
+    return 400 <= status < 500 and status not in (404, 409, 429)
+
+
 def password_of(secret: Mapping[str, Any] | None) -> str | None:
     """The password in the URL of a worker Secret, or None when there is none to reuse."""
     if not secret:
@@ -377,10 +498,19 @@ class ProducerSecretStore(SecretStore, Protocol):
 
 @dataclass
 class KnownSecrets:
-    """A pool's credential Secrets as last read or written, by name (None: there is none)."""
+    """A pool's credential Secrets as last read or written, by name (None: there is none),
+    and what the pool's rounds keep between them about each."""
 
     bodies: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)
     read_at: dict[str, float] = field(default_factory=dict)
+    drawn: dict[str, str] = field(default_factory=dict)
+    """The password drawn for a Secret the API refused to write: the next try writes it,
+    instead of drawing (and giving the user) one more."""
+    reported: dict[str, str] = field(default_factory=dict)
+    """The reason of the problem last reported about a Secret, while it lasts."""
+    closed: dict[str, frozenset[str]] = field(default_factory=dict)
+    """The password hashes whose removal closed the user's connections, until the Secret is
+    written: a round that removes them again (the write was refused) closes none again."""
 
     async def get(self, kube: SecretStore, namespace: str, name: str,
                   now: float) -> Mapping[str, Any] | None:
@@ -393,12 +523,33 @@ class KnownSecrets:
     def remember(self, name: str, body: Mapping[str, Any] | None, now: float) -> None:
         self.bodies[name], self.read_at[name] = body, now
 
+    def forget(self, name: str) -> None:
+        """Read the Secret again next round (a person is to mend it, or a write failed)."""
+        self.bodies.pop(name, None)
+        self.read_at.pop(name, None)
+
+    def report(self, name: str, reason: str, message: str) -> tuple[tuple[str, str], ...]:
+        """The Event of a problem with the Secret, once when it begins."""
+        if self.reported.get(name) == reason:
+            return ()
+        self.reported[name] = reason
+        return ((reason, message),)
+
+    def new_password(self, name: str) -> str:
+        return self.drawn.get(name) or secrets.token_urlsafe(PASSWORD_BYTES)
+
+    def written(self, name: str) -> None:
+        """The Secret holds what the user has: nothing of a refused write is left to keep."""
+        self.drawn.pop(name, None)
+        self.reported.pop(name, None)
+        self.closed.pop(name, None)
+
 
 @dataclass(frozen=True)
 class CredentialsRound:
     credentials: WorkerCredentials
     events: tuple[tuple[str, str], ...] = ()
-    """(reason, message) of what changed."""
+    """(reason, message) of what changed, or of a problem that began (see `event_type`)."""
 
 
 def accept_rotation(annotations: Mapping[str, str], resource_version: str,
@@ -417,6 +568,34 @@ def accept_rotation(annotations: Mapping[str, str], resource_version: str,
 
 
 
+async def _close_connections(admin: aioredis.Redis, user: str, known: KnownSecrets,
+                             secret_name: str, removed: frozenset[str]) -> bool:
+    """Close the connections of `user` once the passwords `removed` are gone from it (the
+    pods hold the one that stays); False when the pool's credential may not (NOPERM)."""
+    if known.closed.get(secret_name) == removed:
+        return True
+    try:
+        await disconnect_user(admin, user)
+    except redis.exceptions.ResponseError as error:
+        if refusal(error) is None:
+            raise
+        return False
+    known.closed[secret_name] = removed
+    return True
+
+
+async def _withdraw(admin: aioredis.Redis, user: str, rules: list[str]) -> None:
+    """Apply `rules` (the user's without a password its Secret did not get), as far as Redis
+    answers: a password left over is drawn no second time (`KnownSecrets.drawn`)."""
+    with contextlib.suppress(*REDIS_FAILURES):
+        await set_user(admin, user, rules)
+
+
+def _without(accepted: Sequence[str], password: str) -> tuple[str, ...]:
+    drawn = password_hash(password)
+    return tuple(h for h in accepted if h != drawn)
+
+
 async def ensure_worker_credentials(
     kube: SecretStore, admin: aioredis.Redis, pool: Mapping[str, Any], queue: str,
     pool_url: str, *, known: KnownSecrets, now: float, request: str | None = None,
@@ -427,17 +606,32 @@ async def ensure_worker_credentials(
     the Secret records it; `pods` are the pool's pods (None: unknown, a rotation waits);
     `known` keeps the Secret between rounds (`now` is monotonic time).
 
-    Raises `redis.exceptions.RedisError` (other than a refusal) and `ApiException`.
+    Raises `redis.exceptions.RedisError` (other than a refusal) and `ApiException` (other
+    than a lasting refusal, see `lasting`).
     """
     namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
     secret_name = worker_secret_name(name)
-    existing = await known.get(kube, namespace, secret_name, now)
+    user = acl_username(namespace, name, Role.WORKER)
+
+    def trouble(credentials: WorkerCredentials) -> CredentialsRound:
+        condition = credentials.condition
+        return CredentialsRound(credentials,
+                                known.report(secret_name, condition.reason, condition.message))
+
+    try:
+        existing = await known.get(kube, namespace, secret_name, now)
+    except ApiException as error:
+        if not lasting(error):
+            raise
+        return trouble(refused(namespace, name, error, reading=True, exists=False))
+    if existing is not None and not pool_owns(existing, pool):
+        known.forget(secret_name)
+        return trouble(conflicting(namespace, name))
     read_now = known.read_at.get(secret_name) == now
     current = password_of(existing)
     annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
     retiring = annotations.get(RETIRING_ANNOTATION) or None
     served = annotations.get(ROTATION_ANNOTATION) or None
-    user = acl_username(namespace, name, Role.WORKER)
     wanted = spec_grants(pool.get("spec") or {})
 
     def version_of(password: str) -> str:
@@ -458,7 +652,7 @@ async def ensure_worker_credentials(
             current, retiring,
             requested=pods is not None and request is not None and request != served,
             rolled_out=current_rolled_out,
-            new_password=secrets.token_urlsafe(PASSWORD_BYTES), live=live,
+            new_password=known.new_password(secret_name), live=live,
         )
         await set_user(admin, user, acl_rules(queue, Role.WORKER, plan.accepted,
                                               granted.limits, granted.queues))
@@ -466,15 +660,46 @@ async def ensure_worker_credentials(
         why = refusal(error)
         if why is None:
             raise
+        if existing is not None:
+            return trouble(unmanaged(namespace, name, why))
+        known.reported.pop(secret_name, None)
         return CredentialsRound(shared(why))
+    closed = True
+    if plan.finished:
+        mine = password_hash(plan.password)
+        removed = frozenset(h for h in retiring_hashes(",".join((retiring or "", *live)))
+                            if h != mine)
+        closed = await _close_connections(admin, user, known, secret_name, removed)
     if plan.started or existing is None:
         served = request
     url = with_credentials(pool_url, user, plan.password)
     desired = desired_worker_secret(namespace, name, pool, url, plan.retiring, rotation=served,
                                     grants=wanted, retiring_grants=kept_grants)
+    patch = None if existing is None else secret_drift(desired, existing)
+    try:
+        if existing is None:
+            written: Mapping[str, Any] | None = await kube.create_secret(namespace, desired)
+        elif patch is not None:
+            written = await kube.patch_secret(namespace, secret_name, patch)
+        else:
+            written = None
+    except ApiException as error:
+        known.forget(secret_name)
+        if plan.password != current:
+            known.drawn[secret_name] = plan.password
+            await _withdraw(admin, user, acl_rules(
+                queue, Role.WORKER, _without(plan.accepted, plan.password),
+                granted.limits, granted.queues))
+        if not lasting(error):
+            raise
+        return trouble(refused(namespace, name, error, reading=False,
+                               exists=existing is not None,
+                               version=version_of(current) if current is not None else None))
+    known.written(secret_name)
+    if written is not None:
+        known.remember(secret_name, written, now)
     events: list[tuple[str, str]] = []
     if existing is None:
-        known.remember(secret_name, await kube.create_secret(namespace, desired), now)
         if plan.retiring:
             events.append(("CredentialsRestored",
                            f"Secret {namespace}/{secret_name} was missing: created it with a "
@@ -483,23 +708,26 @@ async def ensure_worker_credentials(
         else:
             events.append(("CredentialsCreated", f"created Redis user {user} and Secret "
                                                  f"{namespace}/{secret_name} for the workers"))
-    else:
-        patch = secret_drift(desired, existing)
-        if patch is not None:
-            known.remember(secret_name, await kube.patch_secret(namespace, secret_name, patch),
-                           now)
-            if not plan.started and not plan.finished and _restores(patch):
-                events.append(("CredentialsRestored",
-                               f"put back Secret {namespace}/{secret_name} of Redis user {user}"))
+    elif (patch is not None and not plan.started and not plan.finished
+          and _restores(patch)):
+        events.append(("CredentialsRestored",
+                       f"put back Secret {namespace}/{secret_name} of Redis user {user}"))
     if plan.started:
         events.append(("CredentialsRotating", f"new password for Redis user {user}; the old "
                                               "one is accepted until every pod rolled"))
     if plan.finished:
         events.append(("CredentialsRotated",
                        f"every pod uses the new password of Redis user {user}; the old one "
-                       "is removed"))
+                       "is removed" + _closed_note(closed, "pods reconnect with the new one")))
     credentials = per_pool(namespace, name, queue, version_of(plan.password))
     return CredentialsRound(credentials, tuple(events))
+
+
+def _closed_note(closed: bool, then: str) -> str:
+    if closed:
+        return f" and the user's connections closed ({then})"
+    return (", but connections opened with it stay open: the pool's Redis credential may not "
+            "run CLIENT KILL")
 
 
 async def ensure_producer_credentials(
@@ -510,12 +738,22 @@ async def ensure_producer_credentials(
     """Make the pool's producer user and Secret exist (`wanted`) or go, and move a rotation
     on (`rotation`: the request owed, see `PRODUCER_ROTATE_ANNOTATION`; one the Secret
     already served is not done again; `clock` is Unix time, `grace` how long the old password
-    stays accepted); returns (reason, message) for an Event when something changed. A Redis
-    that refuses users is left alone: the workers' credentials report that."""
+    stays accepted); returns (reason, message) for an Event when something changed or a
+    problem began (see `event_type`). A Redis that refuses users to a pool without a producer
+    Secret is left alone: the workers' credentials report that; one that refuses them to a
+    pool with one raises (a rotation owed waits)."""
     namespace, name = pool["metadata"]["namespace"], pool["metadata"]["name"]
     secret_name = producer_secret_name(name)
     user = acl_username(namespace, name, Role.PRODUCER)
     existing = await known.get(kube, namespace, secret_name, now)
+    if existing is not None and not pool_owns(existing, pool):
+        known.forget(secret_name)
+        if not wanted:
+            return None
+        begun = known.report(secret_name, CONFLICT,
+                             _conflict(namespace, secret_name, name, Role.PRODUCER))
+        return begun[0] if begun else None
+    known.reported.pop(secret_name, None)
     if not wanted:
         if existing is None:
             return None
@@ -527,29 +765,50 @@ async def ensure_producer_credentials(
     annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
     served = annotations.get(ROTATION_ANNOTATION) or None
     requested = rotation is not None and existing is not None and rotation != served
+    current = password_of(existing)
+    retiring = annotations.get(RETIRING_ANNOTATION) or None
     plan, until = plan_producer_rotation(
-        password_of(existing), annotations.get(RETIRING_ANNOTATION) or None,
-        _seconds(annotations.get(RETIRING_UNTIL_ANNOTATION)), requested=requested,
-        clock=clock, grace=grace, new_password=secrets.token_urlsafe(PASSWORD_BYTES),
+        current, retiring, _seconds(annotations.get(RETIRING_UNTIL_ANNOTATION)),
+        requested=requested, clock=clock, grace=grace,
+        new_password=known.new_password(secret_name),
     )
     if plan.started or existing is None:
         served = rotation
     try:
         await set_user(admin, user, acl_rules(queue, Role.PRODUCER, plan.accepted))
     except redis.exceptions.ResponseError as error:
-        if refusal(error) is None:
+        if refusal(error) is None or existing is not None:
             raise
         return None
+    closed = True
+    # a password goes: the retiring one at its grace's end, or at once when a new rotation
+    # starts during the grace; every password but the new one when the Secret was missing
+    removed = (set() if existing is not None else {"*"}) | (
+        set(retiring_hashes(retiring)) if plan.finished or plan.started else set())
+    if removed:
+        closed = await _close_connections(admin, user, known, secret_name, frozenset(removed))
     desired = desired_worker_secret(namespace, name, pool,
                                     with_credentials(pool_url, user, plan.password),
                                     plan.retiring, Role.PRODUCER, until, served)
+    try:
+        if existing is None:
+            known.remember(secret_name, await kube.create_secret(namespace, desired), now)
+        else:
+            patch = secret_drift(desired, existing)
+            if patch is not None:
+                known.remember(secret_name,
+                               await kube.patch_secret(namespace, secret_name, patch), now)
+    except ApiException:
+        known.forget(secret_name)
+        if plan.password != current:
+            known.drawn[secret_name] = plan.password
+            await _withdraw(admin, user, acl_rules(
+                queue, Role.PRODUCER, _without(plan.accepted, plan.password)))
+        raise
+    known.written(secret_name)
     if existing is None:
-        known.remember(secret_name, await kube.create_secret(namespace, desired), now)
         return ("CredentialsCreated", f"created producer Redis user {user} and Secret "
                                       f"{namespace}/{secret_name}")
-    patch = secret_drift(desired, existing)
-    if patch is not None:
-        known.remember(secret_name, await kube.patch_secret(namespace, secret_name, patch), now)
     if plan.started:
         ends = datetime.fromtimestamp(int(until or clock), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return ("CredentialsRotating", f"new password for producer Redis user {user} in Secret "
@@ -557,7 +816,8 @@ async def ensure_producer_credentials(
                                        f"until {ends}")
     if plan.finished:
         return ("CredentialsRotated", f"the old password of producer Redis user {user} is "
-                                      "removed")
+                                      "removed" + _closed_note(
+                                          closed, "producers reconnect with the new one"))
     return None
 
 

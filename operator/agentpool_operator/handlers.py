@@ -41,11 +41,14 @@ from .credentials import (
     accept_rotation,
     ensure_producer_credentials,
     ensure_worker_credentials,
+    event_type,
     per_pool,
+    pool_owns,
     remove_user,
     spec_grants,
     worker_secret_name,
 )
+from .credentials import WARNING_REASONS as CREDENTIALS_WARNINGS
 from .deployment import (
     POOL_LABEL,
     borrowed_account,
@@ -330,8 +333,17 @@ CREDENTIALS_PENDING = (
 def credentials_pending(ctx: OperatorContext, state: PoolState) -> bool:
     """Per-pool credentials are on and this pool's are not decided yet: a Deployment now would
     hand its pods the pool's own URL (the operator's credential) until a rollout replaced
-    them, and agent code may have read it by then."""
-    return ctx.settings.per_pool_credentials and state.worker_credentials is None
+    them, and agent code may have read it by then. Nor while the pool has no worker Secret
+    of its own to give them (`WorkerCredentials.usable`): a Deployment is neither made nor
+    changed meanwhile."""
+    credentials = state.worker_credentials
+    return ctx.settings.per_pool_credentials and (credentials is None or not credentials.usable)
+
+
+def pending_problem(state: PoolState) -> Problem:
+    credentials = state.worker_credentials
+    problem = credentials.problem if credentials is not None else None
+    return problem or Problem("CredentialsPending", CREDENTIALS_PENDING)
 
 
 async def refresh_credentials(
@@ -368,14 +380,15 @@ async def refresh_credentials(
         logger.debug(f"cannot check the workers' Redis user: {sanitize(detail)}")
         if state.worker_credentials is None:
             with contextlib.suppress(ApiException):
-                if await ctx.api.get_secret(namespace, worker_secret_name(name)) is not None:
+                secret = await ctx.api.get_secret(namespace, worker_secret_name(name))
+                if secret is not None and pool_owns(secret, body):
                     state.worker_credentials = per_pool(namespace, name, spec.queue_name(name))
         return
     state.worker_credentials = outcome.credentials
     state.granted = spec_grants(body.get("spec") or {})
     for reason, message in outcome.events:
-        post(body, StatusEvent("Normal", reason, message), logger)
-    if outcome.credentials.secret is None:
+        post(body, StatusEvent(event_type(reason), reason, message), logger)
+    if outcome.credentials.secret is None or not outcome.credentials.usable:
         return
     try:
         producer_event = await ensure_producer_credentials(
@@ -385,7 +398,8 @@ async def refresh_credentials(
             grace=ctx.settings.producer_password_grace_seconds,
         )
         if producer_event:
-            post(body, StatusEvent("Normal", *producer_event), logger)
+            reason, message = producer_event
+            post(body, StatusEvent(event_type(reason), reason, message), logger)
         if owed is not None:  # done (the Secret records it): the request may go
             await ctx.api.patch_pool(namespace, name, {"metadata": {"annotations": {
                 PRODUCER_ROTATE_ANNOTATION: None}}})
@@ -510,7 +524,8 @@ async def removal_failed(ctx: OperatorContext, body: kopf.Body, url: str | None,
     namespace, name = pool_key(body)
     worker_secret = True
     with contextlib.suppress(ApiException):
-        worker_secret = await ctx.api.get_secret(namespace, worker_secret_name(name)) is not None
+        secret = await ctx.api.get_secret(namespace, worker_secret_name(name))
+        worker_secret = secret is not None and pool_owns(secret, body)
     if not had_own_users(dict(body.get("status") or {}), worker_secret):
         logger.info("the pool had no Redis user of its own: nothing to delete")
         return
@@ -792,7 +807,7 @@ async def observe_once(
         try:
             deployment: dict[str, Any] | None = None
             if credentials_pending(ctx, state):
-                deployment_problem = Problem("CredentialsPending", CREDENTIALS_PENDING)
+                deployment, deployment_problem = state.deployment, pending_problem(state)
             else:
                 deployment = await ensure_deployment(
                     ctx.api, state, body, spec, generation, logger,
@@ -832,6 +847,10 @@ async def observe_once(
         metrics.record_reconcile_error(namespace, name, "act")
         result = ActionResult()
 
+    credentials_problem = (
+        state.worker_credentials.problem if state.worker_credentials is not None else None)
+    if credentials_problem == deployment_problem:  # said already
+        credentials_problem = None
     addresses = {key: pool.queue_address for key, pool in ctx.pools.items()}
     shared = sharing_problem((namespace, name), addresses)
     unserved = unserved_problem((namespace, name), addresses, spec.worker.submits_to or [],
@@ -856,7 +875,8 @@ async def observe_once(
                                               ctx.settings.unschedulable_grace_seconds),
                            *left_problems,
                            *(p for p in (shared, unserved, evicting, budget_problem,
-                                         crd_problem) if p is not None)],
+                                         crd_problem, credentials_problem)
+                             if p is not None)],
         extra_conditions=[
             *result.conditions,
             *([state.worker_credentials.condition] if state.worker_credentials else []),
@@ -871,6 +891,8 @@ async def observe_once(
         metrics.STATUS_WRITES.inc()
         state.last_status, state.last_write = new, now
         for event in condition_events(previous, new):
+            if event.reason in CREDENTIALS_WARNINGS:  # its credentials round said it
+                continue
             post(body, event, logger)
             posted.add(event.reason)
     for event in left_events:

@@ -6,6 +6,7 @@ import base64
 import copy
 
 import redis.exceptions
+from kubernetes.client.exceptions import ApiException
 
 from agentpool.acl import password_hash
 from agentpool.models import AgentPoolSpec, SecretKeyRef
@@ -14,17 +15,23 @@ from agentpool_operator.credentials import (
     REQUEST_ANNOTATION,
     ROTATE_ANNOTATION,
     accept_rotation,
+    conflicting,
     credentials_version,
     desired_worker_secret,
+    event_type,
+    lasting,
     password_of,
     per_pool,
     plan_producer_rotation,
     plan_rotation,
+    pool_owns,
     refusal,
+    refused,
     retiring_hashes,
     rolled_out,
     secret_drift,
     shared,
+    unmanaged,
 )
 from agentpool_operator.deployment import (
     CREDENTIALS_VERSION,
@@ -62,6 +69,57 @@ def test_drift_puts_back_data_and_owner_only() -> None:
         "data": desired["data"],
         "metadata": {"ownerReferences": desired["metadata"]["ownerReferences"]},
     }
+
+
+def test_a_secret_is_the_pools_only_when_an_agentpool_of_its_name_controls_it() -> None:
+    """Any uid: the Secret of an earlier pool of the same name (deleted and created again,
+    the garbage collector not done yet) is the same user's."""
+    ours = desired_worker_secret("team-a", "summaries", POOL, URL)
+    assert pool_owns(ours, POOL)
+    earlier = {**POOL, "metadata": {**POOL["metadata"], "uid": "u-0"}}
+    assert pool_owns(desired_worker_secret("team-a", "summaries", earlier, URL), POOL)
+    [reference] = ours["metadata"]["ownerReferences"]
+
+    def owned_by(**changes: object) -> dict:
+        return {"metadata": {"name": "summaries-redis-worker",
+                             "ownerReferences": [{**reference, **changes}]}}
+
+    assert not pool_owns({"metadata": {"name": "summaries-redis-worker"}}, POOL)
+    assert not pool_owns(owned_by(name="other"), POOL)
+    assert not pool_owns(owned_by(controller=False), POOL)
+    assert not pool_owns(owned_by(kind="Deployment", apiVersion="apps/v1"), POOL)
+    assert not pool_owns(owned_by(apiVersion="example.com/v1"), POOL)
+
+
+def test_problems_that_need_a_person_are_warnings_and_degrade_the_pool() -> None:
+    forbidden = ApiException(status=403, reason="Forbidden")
+    forbidden.body = ('{"message": "secrets is forbidden: User \\"op\\" cannot create '
+                      'resource \\"secrets\\" (redis://admin:hunter2@redis:6379/0)"}')
+    for credentials in (conflicting("team-a", "summaries"),
+                        refused("team-a", "summaries", forbidden, reading=False,
+                                exists=False),
+                        unmanaged("team-a", "summaries", "NOPERM")):
+        assert credentials.condition.status == "False"
+        assert credentials.secret == SecretKeyRef(name="summaries-redis-worker")
+        assert event_type(credentials.condition.reason) == "Warning"
+        assert credentials.problem is not None
+        assert credentials.problem.reason == credentials.condition.reason
+        assert "team-a/summaries-redis-worker" in credentials.condition.message
+    assert not conflicting("team-a", "summaries").usable
+    assert "rename or delete" in conflicting("team-a", "summaries").condition.message
+    message = refused("team-a", "summaries", forbidden, reading=False,
+                      exists=True).condition.message
+    assert "403 Forbidden: secrets is forbidden" in message
+    assert "hunter2" not in message
+    assert unmanaged("team-a", "summaries", "NOPERM").usable
+    assert shared("no ACLs").problem is None and per_pool("a", "b", "q").problem is None
+    assert event_type("CredentialsCreated") == "Normal"
+
+
+def test_lasting_api_refusals_are_reported_and_races_retried() -> None:
+    assert lasting(ApiException(status=403)) and lasting(ApiException(status=422))
+    for status in (404, 409, 429, 500, 503, 0):
+        assert not lasting(ApiException(status=status)), status
 
 
 def test_refusals_that_mean_no_per_pool_user_and_others_that_do_not() -> None:

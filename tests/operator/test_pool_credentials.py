@@ -20,11 +20,20 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import redis.asyncio as aioredis
-from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
+from kubernetes.client.exceptions import ApiException
+from operator_harness import (
+    NAMESPACE,
+    Cluster,
+    OperatorThread,
+    eventually,
+    last_observed,
+    pool_manifest,
+)
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from agentpool.acl import password_hash
 from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer, free_port
@@ -432,6 +441,8 @@ async def test_rotation_fails_no_claim_and_drops_the_old_password_once_the_pods_
 
     assert await eventually(old_refused, within=10)
     assert await can_claim(new_url, queue)
+    with pytest.raises(RedisConnectionError):  # its connection was closed: no reconnect
+        await TaskQueue(connected, queue).figures()
     secret = cluster.get(SECRETS, f"{pool_name}-redis-worker")
     assert not (secret["metadata"].get("annotations") or {}).get(
         "agentpool.dev/retiring-password-sha256")
@@ -978,3 +989,501 @@ async def test_an_operator_restarted_mid_rotation_rotates_once(
     finally:
         await second.stop()
     assert second.error is None, second.error
+
+
+class RefusingSecrets(SecretsInMemory):
+    """Secrets in memory whose writes the API refuses (as RBAC, a ResourceQuota or a
+    namespace outside secretNamespaces would) while `refusing` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing = True
+
+    def _refuse(self) -> None:
+        if self.refusing:
+            error = ApiException(status=403, reason="Forbidden")
+            error.body = json.dumps({"message": 'secrets is forbidden: exceeded quota: '
+                                                'secrets, requested: secrets=1'})
+            raise error
+
+    async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        self._refuse()
+        return await super().create_secret(namespace, body)
+
+    async def patch_secret(self, namespace: str, name: str,
+                           patch: Mapping[str, Any]) -> dict[str, Any]:
+        self._refuse()
+        return await super().patch_secret(namespace, name, patch)
+
+
+def foreign_secret(name: str, url: str, **metadata: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": NAMESPACE, **metadata},
+            "data": {"url": base64.b64encode(url.encode()).decode(),
+                     "other": base64.b64encode(b"keep").decode()}}
+
+
+async def connects(url: str, queue: str) -> bool:
+    """A new connection with `url` reads the queue's figures."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        return await TaskQueue(client, queue).figures() is not None
+    except AuthenticationError:
+        return False
+    finally:
+        await client.aclose()
+
+
+async def user_hashes(redis: aioredis.Redis, user: str) -> list[str] | None:
+    """The password hashes of `user` (None: no such user)."""
+    info = await redis.execute_command("ACL", "GETUSER", user)
+    if info is None:
+        return None
+    reply = info.get(b"passwords", info.get("passwords"))
+    return [h.decode() if isinstance(h, bytes) else h for h in reply]
+
+
+async def test_another_secret_of_the_worker_secrets_name_is_neither_used_nor_written(
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
+) -> None:
+    """Whoever may create a pool may not take over a Secret they cannot write: one of the
+    worker Secret's name that no AgentPool of the pool's name controls is not patched,
+    adopted or read for its password, and no user is made for it, until a person deletes
+    it."""
+    user = f"agentpool:{NAMESPACE}:{rounds.pool_name}:worker"
+    theirs = foreign_secret(rounds.secret, "redis://app:their-password@db:6379/0",
+                            ownerReferences=[{"apiVersion": "apps/v1", "kind": "Deployment",
+                                              "name": rounds.pool_name, "uid": "d-1",
+                                              "controller": True}])
+    rounds.kube.secrets[rounds.secret] = copy.deepcopy(theirs)
+    first = await rounds.round()
+    assert rounds.kube.secrets[rounds.secret] == theirs
+    assert await user_hashes(redis, user) is None, "a user was made for another's Secret"
+    condition = first.credentials.condition
+    assert (condition.status, condition.reason) == ("False", credentials.CONFLICT)
+    assert f"{NAMESPACE}/{rounds.secret}" in condition.message
+    assert "rename or delete" in condition.message
+    assert not first.credentials.usable
+    assert [reason for reason, _ in first.events] == [credentials.CONFLICT]
+    again = await ensure_worker_credentials(
+        rounds.kube, redis, rounds.pool, rounds.queue, rounds.pool_url, known=rounds.known,
+        now=rounds.now + 1)
+    assert again.credentials.condition.reason == credentials.CONFLICT
+    assert again.events == (), "reported once, when it began"
+    assert "their-password" not in json.dumps([condition.message, again.events])
+
+    del rounds.kube.secrets[rounds.secret]  # a person deleted it
+    ours = await ensure_worker_credentials(
+        rounds.kube, redis, rounds.pool, rounds.queue, rounds.pool_url, known=rounds.known,
+        now=rounds.now + 2)
+    assert ours.credentials.condition.reason == "PerPoolUser"
+    assert [reason for reason, _ in ours.events] == ["CredentialsCreated"]
+    assert password_of(rounds.kube.secrets[rounds.secret]) != "their-password"
+
+
+async def test_the_secret_of_an_earlier_pool_of_the_same_name_is_taken_over(
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
+) -> None:
+    """A pool deleted and created again while the garbage collector has not removed the
+    Secret of the earlier one: the new pool owns it from then on, with its password."""
+    await rounds.round()
+    password = password_of(rounds.kube.secrets[rounds.secret])
+    rounds.pool["metadata"]["uid"] = "u-2"
+    again = await rounds.round()
+    assert again.credentials.condition.reason == "PerPoolUser"
+    secret = rounds.kube.secrets[rounds.secret]
+    assert [ref["uid"] for ref in secret["metadata"]["ownerReferences"]] == ["u-2"]
+    assert password_of(secret) == password
+
+
+async def test_another_secret_of_the_producer_secrets_name_is_neither_used_nor_deleted(
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
+) -> None:
+    user = f"agentpool:{NAMESPACE}:{rounds.pool_name}:producer"
+    name = f"{rounds.pool_name}-redis-producer"
+    theirs = foreign_secret(name, "redis://app:their-password@db:6379/0")
+
+    async def producer_round(wanted: bool, now: float) -> tuple[str, str] | None:
+        kube = ProducerSecrets(rounds.kube)
+        return await credentials.ensure_producer_credentials(
+            kube, redis, rounds.pool, rounds.queue, redis_url, wanted=wanted,
+            known=rounds.known, now=now, clock=time.time(), grace=60.0)
+
+    try:
+        rounds.kube.secrets[name] = copy.deepcopy(theirs)
+        event = await producer_round(True, 1.0)
+        assert event is not None and event[0] == credentials.CONFLICT
+        assert f"{NAMESPACE}/{name}" in event[1]
+        assert await producer_round(True, 2.0) is None, "reported once"
+        assert rounds.kube.secrets[name] == theirs
+        assert await user_hashes(redis, user) is None
+        assert await producer_round(False, 3.0) is None
+        assert rounds.kube.secrets.get(name) == theirs, "another's Secret was deleted"
+    finally:
+        await credentials.remove_user(redis, NAMESPACE, rounds.pool_name, credentials.Role.PRODUCER)
+
+
+class ProducerSecrets:
+    """The Secret calls of the producer's rounds on `SecretsInMemory`, deletion too."""
+
+    def __init__(self, store: SecretsInMemory) -> None:
+        self.store = store
+        self.get_secret = store.get_secret
+        self.create_secret = store.create_secret
+        self.patch_secret = store.patch_secret
+
+    async def delete_secret(self, namespace: str, name: str) -> bool:
+        return self.store.secrets.pop(name, None) is not None
+
+
+async def test_a_worker_secret_the_api_refuses_leaves_no_password_on_the_user(
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
+) -> None:
+    """Round after round of a Secret the API refuses to create: no password gathers on the
+    user (each round's would be one more), the condition says what the API answered, and
+    once the API allows it the Secret and the user hold the same one password."""
+    user = f"agentpool:{NAMESPACE}:{rounds.pool_name}:worker"
+    rounds.kube = RefusingSecrets()
+    reports = []
+    for _ in range(4):
+        refused = await rounds.round()
+        reports.extend(refused.events)
+        assert await user_hashes(redis, user) in (None, []), \
+            "a password no Secret holds is on the user"
+    condition = refused.credentials.condition
+    assert (condition.status, condition.reason) == ("False", credentials.REFUSED)
+    assert "403 Forbidden: secrets is forbidden: exceeded quota" in condition.message
+    assert "does not answer" not in condition.message
+    assert not refused.credentials.usable
+    assert [reason for reason, _ in reports] == [credentials.REFUSED], "once, as it began"
+
+    rounds.kube.refusing = False
+    created = await rounds.round()
+    assert [reason for reason, _ in created.events] == ["CredentialsCreated"]
+    assert created.credentials.condition.reason == "PerPoolUser"
+    assert await user_hashes(redis, user) == [password_hash(password_of(
+        rounds.kube.secrets[rounds.secret]) or "")]
+    assert await connects(rounds.url, rounds.queue)
+
+
+async def test_a_rotation_whose_secret_the_api_refuses_keeps_the_old_password_alone(
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
+) -> None:
+    user = f"agentpool:{NAMESPACE}:{rounds.pool_name}:worker"
+    first = await rounds.round()
+    old_url, old_pod = rounds.url, rounds.pod("w-old", first)
+    secrets_before = copy.deepcopy(rounds.kube.secrets)
+    refusing = RefusingSecrets()
+    refusing.secrets = rounds.kube.secrets
+    rounds.kube = refusing
+    for _ in range(3):
+        waiting = await ensure_worker_credentials(
+            rounds.kube, redis, rounds.pool, rounds.queue, redis_url, known=rounds.known,
+            now=rounds.now, pods=[old_pod], request="r-1")
+        rounds.now += credentials.SECRET_RECHECK_SECONDS + 1
+        assert await user_hashes(redis, user) == [password_hash(urlsplit(old_url).password
+                                                                or "")]
+    assert rounds.kube.secrets == secrets_before
+    assert waiting.credentials.usable, "the workers' Secret is there, as it was"
+    assert waiting.credentials.version == first.credentials.version, "no pod rolls"
+    assert waiting.credentials.condition.reason == credentials.REFUSED
+    refusing.refusing = False
+    started = await ensure_worker_credentials(
+        rounds.kube, redis, rounds.pool, rounds.queue, redis_url, known=rounds.known,
+        now=rounds.now, pods=[old_pod], request="r-1")
+    assert [reason for reason, _ in started.events] == ["CredentialsRotating"]
+    assert started.credentials.condition.reason == "PerPoolUser"
+    assert len(await user_hashes(redis, user) or []) == 2
+    assert await connects(old_url, rounds.queue) and await connects(rounds.url, rounds.queue)
+
+
+@pytest.fixture
+async def operator_user(redis: aioredis.Redis,
+                        redis_url: str) -> AsyncIterator[tuple[str, str, aioredis.Redis]]:
+    """An operator's credential of its own on the test's Redis (its rights narrowed by the
+    test): its user's name, its URL and a client with it."""
+    name, password = f"op-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
+    await redis.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", "~*",
+                                "&*", "+@all")
+    url = with_credentials(redis_url, name, password)
+    client = aioredis.Redis.from_url(url)
+    yield name, url, client
+    await client.aclose()
+    await redis.execute_command("ACL", "DELUSER", name)
+
+
+async def test_a_pool_whose_credential_loses_acl_setuser_keeps_its_workers_user(
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
+    operator_user: tuple[str, str, aioredis.Redis],
+) -> None:
+    """The pool's own credential may no longer manage users: the workers stay on the user
+    they have (not on the pool's URL, the operator's credential), and the condition says
+    rotations wait."""
+    name, _, admin = operator_user
+    rounds.redis = admin
+    first = await rounds.round()
+    url = rounds.url
+    await redis.execute_command("ACL", "SETUSER", name, "-acl|setuser")
+    held = await rounds.round()
+    assert held.credentials.secret is not None
+    assert held.credentials.secret.name == rounds.secret
+    assert held.credentials.usable and held.credentials.version is None
+    condition = held.credentials.condition
+    assert (condition.status, condition.reason) == ("False", credentials.UNMANAGED)
+    assert "may not manage ACL users" in condition.message
+    assert "rotations" in condition.message
+    assert [reason for reason, _ in held.events] == [credentials.UNMANAGED]
+    assert (await rounds.round()).events == (), "reported once"
+    assert rounds.url == url
+    await TaskQueue(redis, rounds.queue).submit("x")
+    assert await can_claim(url, rounds.queue)
+
+    await redis.execute_command("ACL", "SETUSER", name, "+acl|setuser")
+    back = await rounds.round()
+    assert back.credentials.condition.reason == "PerPoolUser"
+    assert back.credentials.version == first.credentials.version
+    assert back.events == ()
+
+
+async def test_a_producer_user_the_credential_may_no_longer_manage_keeps_its_rotation_owed(
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
+    operator_user: tuple[str, str, aioredis.Redis],
+) -> None:
+    """Raised, not returned: a round that returns lets the pool drop the rotation owed."""
+    name, _, admin = operator_user
+    producer = f"{rounds.pool_name}-redis-producer"
+
+    async def producer_round(now: float) -> tuple[str, str] | None:
+        return await credentials.ensure_producer_credentials(
+            ProducerSecrets(rounds.kube), admin, rounds.pool, rounds.queue, redis_url,
+            wanted=True, known=rounds.known, now=now, rotation="r-1", clock=time.time(),
+            grace=60.0)
+
+    try:
+        assert (await producer_round(1.0) or ("",))[0] == "CredentialsCreated"
+        before = copy.deepcopy(rounds.kube.secrets[producer])
+        await redis.execute_command("ACL", "SETUSER", name, "-acl|setuser")
+        with pytest.raises(NoPermissionError):
+            await producer_round(credentials.SECRET_RECHECK_SECONDS + 2)
+        assert rounds.kube.secrets[producer] == before
+    finally:
+        await credentials.remove_user(redis, NAMESPACE, rounds.pool_name,
+                                      credentials.Role.PRODUCER)
+
+
+async def test_connections_opened_with_a_rotated_password_are_closed_when_it_goes(
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
+) -> None:
+    """Redis checks a password when a connection authenticates: removing it from the user
+    leaves a connection opened with it open, until the operator closes the user's
+    connections. The pods reconnect with the new one."""
+    first = await rounds.round()
+    old_url, old_pod = rounds.url, rounds.pod("w-old", first)
+    opened = aioredis.Redis.from_url(old_url, single_connection_client=True)
+    try:
+        assert await opened.ping()
+        started = await ensure_worker_credentials(
+            rounds.kube, redis, rounds.pool, rounds.queue, redis_url, known=rounds.known,
+            now=rounds.now, pods=[old_pod], request="r-1")
+        assert await opened.ping(), "the old password stays until the pods rolled"
+        done = await rounds.round([rounds.pod("w-new", started)])
+        assert [reason for reason, _ in done.events] == ["CredentialsRotated"]
+        assert "connections closed" in done.events[0][1]
+        with pytest.raises(RedisConnectionError):  # closed; reconnecting is refused
+            await TaskQueue(opened, rounds.queue).figures()
+        assert await connects(rounds.url, rounds.queue)
+    finally:
+        await opened.aclose()
+
+
+async def test_producer_connections_opened_with_a_rotated_password_are_closed_when_it_goes(
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
+) -> None:
+    name = f"{rounds.pool_name}-redis-producer"
+    clock = time.time()
+
+    async def producer_round(now: float, rotation: str | None) -> tuple[str, str] | None:
+        return await credentials.ensure_producer_credentials(
+            ProducerSecrets(rounds.kube), redis, rounds.pool, rounds.queue, redis_url,
+            wanted=True, known=rounds.known, now=now, rotation=rotation, clock=clock,
+            grace=60.0)
+
+    def url() -> str:
+        return base64.b64decode(rounds.kube.secrets[name]["data"]["url"]).decode()
+
+    try:
+        await producer_round(1.0, None)
+        opened = aioredis.Redis.from_url(url(), single_connection_client=True)
+        assert await opened.ping()
+        assert (await producer_round(2.0, "r-1") or ("",))[0] == "CredentialsRotating"
+        assert await opened.ping(), "the old password has its grace period"
+        clock += 61
+        done = await producer_round(3.0, None)
+        assert done is not None and done[0] == "CredentialsRotated"
+        with pytest.raises(RedisConnectionError):
+            await TaskQueue(opened, rounds.queue).figures()
+        assert await can_submit(url(), rounds.queue)
+        await opened.aclose()
+    finally:
+        await credentials.remove_user(redis, NAMESPACE, rounds.pool_name,
+                                      credentials.Role.PRODUCER)
+
+
+async def test_a_pool_naming_its_url_secret_like_its_worker_secret_does_not_overwrite_it(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str,
+) -> None:
+    name = f"{pool_name}-redis-worker"
+    await cluster.create_secret(name, {"url": redis_url})
+    before = cluster.get(SECRETS, name)
+    await cluster.create_pool(pool_manifest(pool_name, secret=name))
+    condition = await eventually(
+        lambda: (lambda c: c["reason"] == credentials.CONFLICT and c)(
+            cluster.condition(pool_name, "Credentials")))
+    assert condition["status"] == "False" and name in condition["message"]
+    # rounds later: still untouched, reported once
+    await eventually(lambda: len(cluster.requests("GET", f"/secrets/{name}")) >= 3)
+    assert cluster.get(SECRETS, name) == before
+    assert not cluster.requests("PATCH", f"/secrets/{name}")
+    assert await redis.execute_command(
+        "ACL", "GETUSER", f"agentpool:{NAMESPACE}:{pool_name}:worker") is None
+    assert len(cluster.events(credentials.CONFLICT)) == 1
+
+
+async def test_a_worker_secret_the_api_refuses_gathers_no_passwords_and_says_why(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def refuse(api: KubeApi, namespace: str, body: Mapping[str, Any]) -> Any:
+        raise ApiException(status=403, reason="Forbidden")
+
+    monkeypatch.setattr(KubeApi, "create_secret", refuse)
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url))
+    user = f"agentpool:{NAMESPACE}:{pool_name}:worker"
+    condition = await eventually(lambda: cluster.condition(pool_name, "Credentials"))
+    assert (condition["status"], condition["reason"]) == ("False", credentials.REFUSED)
+    assert "403 Forbidden" in condition["message"]
+    applied = await acl_setuser_calls(redis)
+
+    async def rounds_later() -> bool:
+        return await acl_setuser_calls(redis) >= applied + 8
+
+    await eventually(rounds_later, within=15)
+    assert len(await user_hashes(redis, user) or []) <= 1, \
+        "each round left a password on the user"
+    assert len(cluster.events(credentials.REFUSED)) == 1
+
+
+async def rounds_pass(pool: str, count: int) -> None:
+    """`count` rounds of the pool end (each one that observed it without a failure)."""
+    for _ in range(count):
+        await next_round(pool)
+
+
+async def next_round(pool: str) -> None:
+    seen = last_observed(pool)
+    await eventually(lambda: last_observed(pool) > seen)
+
+
+async def test_a_pool_whose_credential_loses_acl_setuser_keeps_its_workers_off_it(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    pool_name: str, operator_user: tuple[str, aioredis.Redis],
+) -> None:
+    """The workers of a pool that had its own user never move to the pool's URL (the
+    operator's credential) because that credential lost a right."""
+    name, url, _ = operator_user
+    await cluster.create_secret(f"{pool_name}-url", {"url": url})
+    await cluster.create_pool(pool_manifest(pool_name, secret=f"{pool_name}-url"))
+    await eventually(lambda: cluster.condition(pool_name, "Credentials")["reason"]
+                     == "PerPoolUser")
+    own = {"name": "AGENTPOOL_REDIS_URL", "valueFrom": {
+        "secretKeyRef": {"name": f"{pool_name}-redis-worker", "key": "url"}}}
+    assert redis_env(cluster.deployment(pool_name)) == own
+    await redis.execute_command("ACL", "SETUSER", name, "-acl|setuser")
+    condition = await eventually(
+        lambda: (lambda c: c["reason"] == credentials.UNMANAGED and c)(
+            cluster.condition(pool_name, "Credentials")), within=15)
+    assert condition["status"] == "False"
+    await rounds_pass(pool_name, 3)
+    assert redis_env(cluster.deployment(pool_name)) == own
+    assert cluster.condition(pool_name, "Credentials")["reason"] == credentials.UNMANAGED
+    assert len(cluster.events(credentials.UNMANAGED)) == 1
+
+
+async def test_a_pool_whose_worker_secret_name_is_taken_gets_no_deployment(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, pool_name: str,
+) -> None:
+    """Its workers have no Secret of their own: no Deployment hands them another's (here the
+    pool's own URL, the operator's credential), and the pool says why."""
+    name = f"{pool_name}-redis-worker"
+    await cluster.create_secret(name, {"url": redis_url})
+    await cluster.create_pool(pool_manifest(pool_name, secret=name))
+    degraded = await eventually(
+        lambda: (lambda c: c["reason"] == credentials.CONFLICT and c)(
+            cluster.condition(pool_name, "Degraded")))
+    assert degraded["status"] == "True" and name in degraded["message"]
+    assert cluster.condition(pool_name, "Ready")["status"] == "False"
+    await eventually(lambda: len(cluster.requests("GET", f"/secrets/{name}")) >= 3)
+    assert _deployment_or_none(cluster, pool_name) is None
+    assert {e["type"] for e in cluster.events(credentials.CONFLICT)} == {"Warning"}
+
+    await cluster.delete(f"/api/v1/namespaces/{NAMESPACE}/secrets/{name}")
+    await cluster.create_secret(f"{pool_name}-url", {"url": redis_url})
+    await cluster.patch_pool(pool_name, {"spec": {"redis": {"urlSecretRef": {
+        "name": f"{pool_name}-url"}}}})
+    deployment = await eventually(lambda: _deployment_or_none(cluster, pool_name), within=15)
+    assert redis_env(deployment)["valueFrom"]["secretKeyRef"]["name"] == name
+    assert cluster.get(SECRETS, name)["metadata"]["ownerReferences"][0]["name"] == pool_name
+
+
+async def test_a_worker_secret_the_api_refuses_holds_the_pool_back_and_says_why(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, pool_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def refuse(api: KubeApi, namespace: str, body: Mapping[str, Any]) -> Any:
+        raise ApiException(status=403, reason="Forbidden")
+
+    monkeypatch.setattr(KubeApi, "create_secret", refuse)
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url))
+    degraded = await eventually(
+        lambda: (lambda c: c["reason"] == credentials.REFUSED and c)(
+            cluster.condition(pool_name, "Degraded")))
+    assert "403 Forbidden" in degraded["message"]
+    assert "does not answer" not in degraded["message"]
+    assert _deployment_or_none(cluster, pool_name) is None
+    assert {e["type"] for e in cluster.events(credentials.REFUSED)} == {"Warning"}
+
+
+async def test_a_credential_that_lost_acl_setuser_degrades_the_pool_that_still_serves(
+    cluster: Cluster, operator: OperatorThread, redis: aioredis.Redis, pool_name: str,
+    operator_user: tuple[str, str, aioredis.Redis],
+) -> None:
+    name, url, _ = operator_user
+    await cluster.create_secret(f"{pool_name}-url", {"url": url})
+    await cluster.create_pool(pool_manifest(pool_name, secret=f"{pool_name}-url"))
+    await eventually(lambda: cluster.condition(pool_name, "Credentials")["reason"]
+                     == "PerPoolUser")
+    await redis.execute_command("ACL", "SETUSER", name, "-acl|setuser")
+    degraded = await eventually(
+        lambda: (lambda c: c["reason"] == credentials.UNMANAGED and c)(
+            cluster.condition(pool_name, "Degraded")), within=15)
+    assert degraded["status"] == "True"
+    assert cluster.condition(pool_name, "QueueReachable")["status"] == "True"
+    assert {e["type"] for e in cluster.events(credentials.UNMANAGED)} == {"Warning"}
+    await redis.execute_command("ACL", "SETUSER", name, "+acl|setuser")
+    await eventually(lambda: cluster.condition(pool_name, "Degraded")["status"] == "False",
+                     within=15)
+
+
+async def test_a_pool_whose_redis_does_not_answer_takes_no_others_secret_for_its_own(
+    cluster: Cluster, operator: OperatorThread, pool_name: str,
+) -> None:
+    """The Secret is judged before Redis is asked: the conflict is what the pool says."""
+    name = f"{pool_name}-redis-worker"
+    await cluster.create_secret(name, {"url": "redis://app:their-password@db:6379/0"})
+    server = RedisServer(port=free_port())  # not started: Redis does not answer
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=server.url))
+    await eventually(
+        lambda: cluster.condition(pool_name, "Degraded")["reason"] == credentials.CONFLICT)
+    await eventually(lambda: len(cluster.requests("GET", f"/secrets/{name}")) >= 2)
+    assert _deployment_or_none(cluster, pool_name) is None
