@@ -4,6 +4,7 @@ ready joining /readyz, and a failing startup stopping the process with one line.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import hook_handlers
 import pytest
 import redis.asyncio as aioredis
+import structlog
 import unruly_hooks
 from worker_helpers import (
     eventually,
@@ -216,7 +218,9 @@ async def test_a_hung_sync_shutdown_hook_does_not_keep_the_process_alive(
         await eventually(lambda: task_in(queue, task_id, "succeeded"), 20, "a task done")
         worker.signal(signal.SIGTERM)
         assert await worker.exit_code(20) == 0
-    assert "shutdown hook failed" in worker.logs()
+    [failed] = [json.loads(line) for line in worker.logs().splitlines()
+                if '"shutdown hook failed"' in line]
+    assert failed["error"] == "did not return within 6 s", "drainSeconds + 5"
 
 
 async def test_a_hung_sync_ready_check_is_not_called_again_until_it_returns(
@@ -278,13 +282,17 @@ async def test_hung_sync_after_task_hooks_leave_their_threads_and_the_next_calls
     monkeypatch.setattr(worker_module, "AFTER_TASK_SECONDS", 0.3)
     queue = TaskQueue(redis, queue_name)
     unruly["after_task_hang_first"] = 2
-    async with running(settings(redis_url, queue_name, UNRULY, concurrency=2)):
-        hung = await queue.submit_many([{}] * 2)
-        for task_id in hung:
-            await eventually(lambda t=task_id: task_in(queue, t, "succeeded"), 10, "a run")
-        later = await queue.submit_many([{}] * 4)
-        await eventually(lambda: set(later) <= set(unruly["after_task_done"]), 10,
-                         "the after_task hooks of the runs after the hung ones")
+    with structlog.testing.capture_logs() as logs:
+        async with running(settings(redis_url, queue_name, UNRULY, concurrency=2)):
+            hung = await queue.submit_many([{}] * 2)
+            for task_id in hung:
+                await eventually(lambda t=task_id: task_in(queue, t, "succeeded"), 10, "a run")
+            later = await queue.submit_many([{}] * 4)
+            await eventually(lambda: set(later) <= set(unruly["after_task_done"]), 10,
+                             "the after_task hooks of the runs after the hung ones")
+    failed = {entry["task"]: entry["error"] for entry in logs
+              if entry["event"] == "after_task hook failed"}
+    assert failed == {task_id: "did not return within 0.3 s" for task_id in hung}
 
 
 async def test_a_slow_startup_hook_does_not_fail_livez(

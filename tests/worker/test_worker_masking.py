@@ -91,8 +91,7 @@ async def test_a_programs_stderr_and_output_carry_no_token(
     refused = f"fatal: unable to access '{masked}/': The requested URL returned error: 403"
     assert [line["line"] for line in log_lines(logs, "task stderr")] == [
         "Cloning into 'repo'...", refused]
-    assert dead.error.startswith(
-        f"RuntimeError: command exited with status 128: Cloning into 'repo'...\n{refused}\n")
+    assert dead.error == f"command exited with status 128: Cloning into 'repo'...\n{refused}"
     assert pushed.result == f"pushed to {masked}\n"
     assert TOKEN not in logs and TOKEN not in dead.error
 

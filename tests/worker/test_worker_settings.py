@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from agentpool.durability import Durability
@@ -176,3 +179,45 @@ def test_help_shows_every_setting_with_its_default_and_rule() -> None:
     assert shown["AGENTPOOL_CLAIM_LINGER_SECONDS"][0] == "0.002"
     assert shown["AGENTPOOL_TASK_COMMAND"][0] == (
         "required with handler agentpool_worker.command:run")
+
+
+def script(path: Path, first_line: bytes) -> Path:
+    path.write_bytes(first_line + b"\necho '{\"result\": 1}'\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(("first_line", "problem"), [
+    (b"#!/usr/bin/nonexistent-interp", "names '/usr/bin/nonexistent-interp', which does not exist"),
+    (b"#!/bin/sh\r", "ends with a carriage return: the script has Windows line endings "
+                     "(convert it: dos2unix, or sed -i 's/\\r$//')"),
+    (b"#!/usr/bin/env bash\r", "ends with a carriage return: the script has Windows line endings"),
+    (b"#!/usr/bin/env no-such-interp-xyz",
+     "runs 'no-such-interp-xyz' (through /usr/bin/env), which is not an executable found on PATH"),
+    (b"#!/usr/bin/env -S no-such-interp-xyz --flag",
+     "runs 'no-such-interp-xyz' (through /usr/bin/env), which is not an executable found on PATH"),
+    (b"#!/etc/passwd", "names '/etc/passwd', which is not an executable file"),
+    (b"#!/tmp", "names '/tmp', which is not an executable file"),
+    (b"#!  ", "names no interpreter"),
+], ids=["missing", "crlf", "crlf-env", "env-missing", "env-S-missing", "not-executable",
+        "directory", "none"])
+def test_a_script_whose_interpreter_cannot_run_is_refused_at_start(
+    tmp_path: Path, first_line: bytes, problem: str,
+) -> None:
+    """The file exists, its #! line does not work: each run would fail with a 'No such file
+    or directory' naming the script."""
+    agent = script(tmp_path / "agent.sh", first_line)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**COMMAND, "AGENTPOOL_TASK_COMMAND": json.dumps([str(agent), "--fast"])})
+    assert str(caught.value).startswith(f"AGENTPOOL_TASK_COMMAND: the #! line of {agent} ")
+    assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize("first_line", [
+    b"#!/bin/sh", b"#! /bin/sh -e", b"#!/usr/bin/env sh", b"#!/usr/bin/env -S sh -e",
+    b"#!/usr/bin/env PATH=/bin sh", b"echo no #! line at all",
+])
+def test_a_script_whose_interpreter_runs_is_taken(tmp_path: Path, first_line: bytes) -> None:
+    agent = script(tmp_path / "agent.sh", first_line)
+    command = json.dumps([str(agent)])
+    assert load_settings({**COMMAND, "AGENTPOOL_TASK_COMMAND": command}).task_command == command

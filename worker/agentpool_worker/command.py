@@ -13,7 +13,9 @@ its own, with:
   credential reaches), plus ``AGENTPOOL_TASK_ID``,
   ``AGENTPOOL_TASK_ATTEMPT``, ``AGENTPOOL_TASK_MAX_ATTEMPTS``, ``AGENTPOOL_QUEUE`` and
   ``AGENTPOOL_TASK_DEADLINE`` (Unix time, when the run's timeout stops it),
-  ``AGENTPOOL_TASK_TENANT`` when the task has a tenant;
+  ``AGENTPOOL_TASK_TENANT`` when the task has a tenant; ``PYTHONUNBUFFERED=1`` unless the
+  worker's environment sets it (a Python program's output is block-buffered on a pipe
+  otherwise: its progress and checkpoints would die with it when its timeout stops it);
   ``AGENTPOOL_TASK_DIR``, an empty directory of the run's own, removed when the run ends
   (also ``TMPDIR``, and ``HOME`` when the worker's home is missing or not writable, as in a
   pod whose root filesystem is read-only: tools such as git, npm and most agent CLIs write
@@ -63,15 +65,22 @@ structlog, pino or zap: ``{"event": "fetching", "level": "info"}``, ``{"msg": "r
 "error": "ECONNRESET"}``), as is a line over ``MAX_LINE_BYTES`` (binary output, a progress
 bar drawn with carriage returns), cut to its last ``MAX_OUTPUT_CHARS``; but one that begins
 as a result, a checkpoint or a submit message fails the run for good (a message is at most
-``MAX_LINE_BYTES``, so a command's result is too, whatever the worker's result limit).
+``MAX_LINE_BYTES``, so a command's result is too, whatever the worker's result limit). So
+does a line that begins as a result, an error, a checkpoint or a submit message and is no JSON
+(cut off: a program that exits before its output is flushed, as Node's ``process.exit``
+does) when no result comes after it: its text is not the result the program meant. For good:
+such a program cuts off its output again on the next attempt.
 
 A run that sent no result has its output as result (text: its last lines, as many as fit in
 ``AGENTPOOL_MAX_RESULT_BYTES`` once encoded as JSON, at most ``MAX_OUTPUT_CHARS``), or null
 when there was none. Each line of **stderr** goes to the worker's log with the task's
-id; the last of them are the error of a run that exits with a status other than 0. Such a
-run is retried with backoff like any failed attempt. In both, and in the output kept as a
-result, the secrets of any URL are masked (``https://user:***@host``, ``?token=***``: a
-``git clone`` with a token in its URL prints it); a ``result`` message is kept as sent.
+id (a line over ``STDERR_LINE_BYTES``: its start and its end); the last of them are the error
+of a run that exits with a status other than 0. Such a run is retried with backoff like any
+failed attempt. In both, and in the output kept as a result, the secrets of any URL are masked
+(``https://user:***@host``, ``?token=***``: a ``git clone`` with a token in its URL prints
+it); a ``result`` message is kept as sent. A failed run's error is the program's words (its
+error message, or its exit status and stderr), without the worker's traceback; a program that
+cannot be started fails its run with ``cannot start '<program>': <why>``.
 
 A run that is cancelled, times out, loses its lease or is handed back by a stopping worker
 stops its command: SIGTERM to the process group, SIGKILL after
@@ -120,10 +129,12 @@ from agentpool.protocol import (
 from agentpool.seconds import short_repr
 from agentpool.urls import mask_urls
 from agentpool_worker.handlers import QueueNotListed, TaskContext, WorkerContext
+from agentpool_worker.run_rules import Stated
 from agentpool_worker.settings import (
     DEFAULT_GRACE_SECONDS,
     ConfigError,
     env_name,
+    interpreter_problem,
     read_setting,
     task_program,
 )
@@ -138,6 +149,9 @@ good)."""
 MAX_OUTPUT_CHARS = 1024 * 1024
 READ_CHUNK = 64 * 1024
 ERROR_LINES = 20
+STDERR_LINE_BYTES = 15 * 1024
+"""The most of a stderr line one log line carries: with the task's id and the log's own fields
+it stays under the 16 KiB at which container runtimes split a log line."""
 PIPE_DRAIN_SECONDS = 2.0
 """After the program exited, how long its output is still read until end of file (a process
 it left outside its group may hold the pipe open, and write on); a line being carried out
@@ -149,6 +163,15 @@ _log = structlog.get_logger("agentpool.task")
 
 class CommandConfigError(ConfigError):
     """The command settings cannot be used (phrased for a person)."""
+
+
+class CommandFailed(Stated):
+    """A run that failed by what its program did or said: recorded as the program's words
+    (its error message, its exit status and stderr), without the worker's traceback."""
+
+
+class CommandFailedForGood(CommandFailed, PermanentError):
+    """A run that failed by what its program did or said, for good (dead-lettered at once)."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +249,10 @@ class _Outcome:
     read: _ReadProgress = field(default_factory=_ReadProgress)
     """How far the reading of stdout got (after the exit: whether lines written before it
     remain)."""
+    broken: str | None = None
+    """Why the last line that began as a message but was no JSON (cut off, most likely) fails
+    the run, unless a result came after it: the output that would be the result instead is
+    not what the program meant."""
 
 
 async def run(payload: Any, ctx: TaskContext) -> Any:
@@ -237,6 +264,7 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
                "AGENTPOOL_TASK_MAX_ATTEMPTS": str(ctx.max_attempts),
                "AGENTPOOL_TASK_DEADLINE": f"{time.time() + ctx.timeout_seconds:.3f}",
                "AGENTPOOL_QUEUE": ctx.queue, "AGENTPOOL_TASK_DIR": scratch, "TMPDIR": scratch}
+        env.setdefault("PYTHONUNBUFFERED", "1")
         if ctx.tenant is not None:
             env["AGENTPOOL_TASK_TENANT"] = ctx.tenant
         if not settings.home_writable:
@@ -247,7 +275,10 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
         if ctx.after:
             env["AGENTPOOL_RESULTS_BEFORE_FILE"] = _write_json(
                 scratch, "results-before.json", await ctx.results_before())
-        command = await _Command.start(settings.argv, env)
+        try:
+            command = await _Command.start(settings.argv, env)
+        except OSError as exc:
+            raise CommandFailed(cannot_start(settings.argv[0], exc)) from None
         try:
             return await _converse(command, payload, ctx, settings.max_result_bytes,
                                    settings.grace_seconds)
@@ -259,6 +290,15 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
         except OSError as exc:
             _log.warning("the run's directory could not be removed", task=ctx.task_id,
                          directory=scratch, error=f"{type(exc).__name__}: {exc}")
+
+
+def cannot_start(program: str, exc: OSError) -> str:
+    """Why `program` did not start, in one line: the ``#!`` interpreter that is missing when
+    that is why (the file itself exists, whatever ``No such file or directory`` says)."""
+    path = shutil.which(program)
+    why = (interpreter_problem(path) if path is not None else "") \
+        or exc.strerror or str(exc) or type(exc).__name__
+    return f"cannot start {program!r}: {why}"
 
 
 def _inherited(environ: Mapping[str, str]) -> dict[str, str]:
@@ -424,15 +464,17 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext,
         if outcome.retry_after is not None:
             raise Retry(outcome.retry_after, outcome.error)
         if outcome.retry:
-            raise RuntimeError(outcome.error)
-        raise PermanentError(outcome.error)
+            raise CommandFailed(outcome.error)
+        raise CommandFailedForGood(outcome.error)
     if status != 0:
         why = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
         tail = "\n".join(errors)
-        room = MAX_ERROR_CHARS - 200  # the error's own words and type around it
+        room = MAX_ERROR_CHARS - 200  # the error's own words around it
         if len(tail) > room:  # its last lines say most: keep the end
             tail = "…" + tail[-room:]
-        raise RuntimeError(f"command {why}" + (f": {tail}" if tail else ""))
+        raise CommandFailed(f"command {why}" + (f": {tail}" if tail else ""))
+    if outcome.broken is not None:
+        raise CommandFailedForGood(outcome.broken)
     if outcome.has_result:
         return outcome.result
     return output_result(output, max_result_bytes) if output else None
@@ -497,10 +539,43 @@ async def _log_stderr(stderr: asyncio.StreamReader, task_id: str, errors: deque[
         if not raw:
             return
         text = raw.decode(errors="replace").rstrip("\n")
-        line = mask_urls(_unmarked_secret_cut(text) if cut else text)
+        line = logged_line(mask_urls(_unmarked_secret_cut(text) if cut else text))
         cut = False
         errors.append(line)
         _log.info("task stderr", task=task_id, line=line)
+
+
+def logged_line(line: str, limit: int = STDERR_LINE_BYTES) -> str:
+    """`line` as a log line carries it: whole when it is at most `limit` bytes as the log's
+    JSON writes it (non-ASCII and control characters escaped), else its start and its end
+    around ``… N bytes cut …``. Cut after masking, which needs the whole of a URL."""
+    if len(line) <= limit and _logged_size(line) <= limit:
+        return line
+    half = (limit - 64) // 2  # 64: room for the marker (its "…" is 6 bytes in the log)
+    head = line[:_longest(lambda n: _logged_size(line[:n]) <= half, min(len(line), half))]
+    rest = line[len(head):]
+    tail_length = _longest(lambda n: _logged_size(rest[len(rest) - n:]) <= half,
+                           min(len(rest), half))
+    tail = rest[len(rest) - tail_length:]
+    cut = len(rest[:len(rest) - tail_length].encode())
+    return f"{head}… {cut} bytes cut …{tail}"
+
+
+def _logged_size(text: str) -> int:
+    """Bytes of `text` in a JSON log line (json.dumps' escapes), without its quotes."""
+    return len(json.dumps(text)) - 2
+
+
+def _longest(fits: Callable[[int], bool], most: int) -> int:
+    """The largest n from 0 to `most` that `fits` (which holds up to some n, then no more)."""
+    low, high = 0, most
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: _Outcome,
@@ -508,33 +583,39 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
     """Read the messages into `outcome` and the rest into `output`, until end of file."""
     kept = 0
     number = 0
-    noted = False
+    noted: set[str] = set()
     async for line in _lines(stdout, outcome.read):
         number += 1
-        if line.cut and OVERSIZED_MESSAGE.match(line.head):
-            raise PermanentError(
+        if line.cut and MESSAGE_START.match(line.head):
+            raise CommandFailedForGood(
                 f"the command's output line {number}: a message over {MAX_LINE_BYTES} bytes "
                 f"(the longest line read as one); write large output to a file or a store and "
                 f"send where it is")
         text = line.text.decode(errors="replace")
-        message, why_not = (None, "") if line.cut else _message(text)
-        if message is None:
-            if why_not and not noted:  # once per run: a program that logs JSON logs a lot
-                noted = True
-                _log.info("a JSON line of the command's output is not a message; kept as "
-                          "output", task=ctx.task_id, line=number, why=why_not)
+        message = _NotMessage() if line.cut else _message(text)
+        if isinstance(message, _NotMessage):
+            if message.broken:
+                outcome.broken = f"the command's output line {number} {message.why}"
+            if message.why and message.meant not in noted:
+                # once per run, and once for each message a line seems meant as: a program
+                # that logs JSON logs a lot
+                noted.add(message.meant)
+                _log.info(BROKEN_NOTE if message.broken else NOT_A_MESSAGE_NOTE,
+                          task=ctx.task_id, line=number, why=message.why)
             text = mask_urls(_unmarked_secret_cut(text) if line.cut else text)
             output.append(text)
             kept += len(text)
             while kept > MAX_OUTPUT_CHARS and len(output) > 1:
                 kept -= len(output.popleft())
             continue
+        if "result" in message and not outcome.stopping:
+            outcome.broken = None
         try:
             await _act(message, outcome, ctx)
         except QueueNotListed as exc:  # the pool's list may come with a rollout: retried
             raise QueueNotListed(f"the command's output line {number}: {exc}") from None
         except (TypeError, ValueError) as exc:
-            raise PermanentError(f"the command's output line {number}: {exc}") from None
+            raise CommandFailedForGood(f"the command's output line {number}: {exc}") from None
 
 
 _CUT_USERINFO = re.compile(r"^\S*?@")
@@ -556,9 +637,10 @@ class _Line:
 
 
 HEAD_BYTES = 64
-OVERSIZED_MESSAGE = re.compile(rb'\{.*"(result|checkpoint|submit|error)"\s*:', re.DOTALL)
-"""How a cut line that was meant as a result, a checkpoint, a submit or an error begins
-(its key first, or after a short one such as a submit's name)."""
+MESSAGE_START = re.compile(rb'\{.*"(result|checkpoint|submit|error)"\s*:', re.DOTALL)
+"""How a line meant as a result, a checkpoint, a submit or an error begins (its key first, or
+after a short one such as a submit's name): such a line over MAX_LINE_BYTES, or that is not
+JSON, is no output."""
 RETRY_AFTER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
 """A retry_after given as text: plain decimal seconds (what an HTTP Retry-After carries)."""
 
@@ -617,28 +699,63 @@ MESSAGE_KEYS = {
 """Each message's key, and the keys it may have."""
 
 
-def _message(text: str) -> tuple[dict[str, Any] | None, str]:
-    """The line as a message, or None when it is output, with why a JSON object is not a
-    message. A message has one message key and no other key than its own, with values of the
-    right kind: any other line is output, not a failure (a program's JSON log lines)."""
+@dataclass(frozen=True)
+class _NotMessage:
+    """A line of output, with why a line that looks like a message is not one."""
+
+    why: str = ""
+    meant: str = ""
+    """The message it seems meant as (a result with a key too many, a cut-off checkpoint),
+    noted in a log line of its own; "" for the rest (JSON log lines)."""
+    broken: bool = False
+    """It begins as a message, and is no JSON: cut off, most likely."""
+
+
+NOT_A_MESSAGE_NOTE = "a JSON line of the command's output is not a message; kept as output"
+BROKEN_NOTE = "a line of the command's output begins as a message and is no JSON; kept as output"
+MEANT = frozenset({"result", "checkpoint", "submit"})
+"""Messages whose key a JSON log line does not have: a line with one that is no message was
+meant as one."""
+
+
+def _message(text: str) -> dict[str, Any] | _NotMessage:
+    """The line as a message, or output, with why a JSON object is not a message. A message
+    has one message key and no other key than its own, with values of the right kind: any
+    other line is output, not a failure (a program's JSON log lines)."""
     if not text.startswith("{"):
-        return None, ""
+        return _NotMessage()
     try:
         value = json.loads(text)
-    except (ValueError, RecursionError):
-        return None, ""
+    except (ValueError, RecursionError) as exc:
+        return _broken(text, exc)
     if not isinstance(value, dict):
-        return None, ""
+        return _NotMessage()
     kinds = value.keys() & MESSAGE_KEYS.keys()
     if len(kinds) != 1:
-        return None, ("no message key" if not kinds else
-                      f"more than one message key: {', '.join(sorted(kinds))}")
+        return _NotMessage("no message key" if not kinds else
+                           f"more than one message key: {', '.join(sorted(kinds))}")
     kind = kinds.pop()
     extra = value.keys() - MESSAGE_KEYS[kind]
     if extra:
-        return None, f"{kind!r} with other keys: {', '.join(sorted(extra))}"[:200]
+        return _NotMessage(f"{kind!r} with other keys: {', '.join(sorted(extra))}"[:200],
+                           kind if kind in MEANT else "")
     why = _malformed(kind, value)
-    return (None, why) if why else (value, "")
+    return _NotMessage(why) if why else value
+
+
+def _broken(text: str, exc: Exception) -> _NotMessage:
+    """A line that is no JSON: one that begins as a message is cut off (no newline: the
+    program ended before it was written whole) or malformed."""
+    start = MESSAGE_START.match(text[:HEAD_BYTES].encode())
+    if start is None:
+        return _NotMessage()
+    kind = start.group(1).decode()
+    if not text.endswith("\n"):
+        why = (f'looks like a cut-off "{kind}" message (a program that exits before its '
+               "output is flushed, e.g. Node's process.exit)")
+    else:
+        why = f'begins as a "{kind}" message but is not JSON: {exc}'[:300]
+    return _NotMessage(why, kind, broken=True)
 
 
 def _malformed(kind: str, message: dict[str, Any]) -> str:

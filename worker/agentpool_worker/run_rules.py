@@ -105,9 +105,18 @@ def describe_briefly(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
+class Stated(Exception):
+    """A failure its message says all of: recorded as that message alone, without a type or
+    a traceback (a task program's own error, its exit status and stderr: the worker's frames
+    that carried them say nothing about the program)."""
+
+
 def describe(exc: BaseException) -> str:
     """``Type: message`` first, then as much of the traceback's end as fits; URLs' secrets
-    masked before the cut, which could leave a password without the scheme that marks it."""
+    masked before the cut, which could leave a password without the scheme that marks it.
+    A `Stated` failure is its message alone (masked, cut where every error is)."""
+    if isinstance(exc, Stated):
+        return mask_urls(str(exc))
     head = mask_urls(describe_briefly(exc))
     try:
         tb = mask_urls("".join(traceback.format_exception(exc)))

@@ -192,10 +192,51 @@ def task_program(command: str) -> tuple[str, ...]:
     if not argv:
         raise ConfigError(f"{name} must name the command each task runs, "
                           f'e.g. ["node", "/app/agent.js"] (handler {COMMAND_HANDLER})')
-    if shutil.which(argv[0]) is None:
+    path = shutil.which(argv[0])
+    if path is None:
         what = "an executable file" if os.sep in argv[0] else "an executable found on PATH"
         raise ConfigError(f"{name}: {argv[0]!r} is not {what}")
+    problem = interpreter_problem(path)
+    if problem:
+        raise ConfigError(f"{name}: {problem}")
     return argv
+
+
+SHEBANG_BYTES = 4096
+"""How much of a script's first line is read for its ``#!`` line (Linux reads 256 bytes)."""
+
+
+def interpreter_problem(path: str) -> str:
+    """Why the script at `path` cannot start, by the interpreter its ``#!`` line names ("" when
+    nothing is wrong that can be seen, or it is no script, or it cannot be read): the file
+    exists, so the ``No such file or directory`` its start fails with would mislead.
+    ``#!/usr/bin/env prog`` names ``prog``, looked for on PATH."""
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(SHEBANG_BYTES)
+    except OSError:
+        return ""
+    if not first.startswith(b"#!"):
+        return ""
+    line = first[2:].rstrip(b"\n")
+    if line.endswith(b"\r"):
+        return (f"the #! line of {path} ends with a carriage return: the script has Windows "
+                f"line endings (convert it: dos2unix, or sed -i 's/\\r$//')")
+    words = line.decode(errors="replace").split()
+    if not words:
+        return f"the #! line of {path} names no interpreter"
+    interpreter = words[0]
+    if not os.path.exists(interpreter):
+        return f"the #! line of {path} names {interpreter!r}, which does not exist"
+    if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
+        return f"the #! line of {path} names {interpreter!r}, which is not an executable file"
+    if os.path.basename(interpreter) == "env":
+        program = next((word for word in words[1:]
+                        if not word.startswith("-") and "=" not in word), None)
+        if program is not None and shutil.which(program) is None:
+            return (f"the #! line of {path} runs {program!r} (through {interpreter}), which is "
+                    f"not an executable found on PATH")
+    return ""
 
 
 def _setting(rule: str, convert: Convert, default: Any = dataclasses.MISSING, *,

@@ -86,6 +86,7 @@ from agentpool.redis_errors import (
     auth_failure,
     redis_full,
 )
+from agentpool.seconds import seconds_text
 from agentpool.urls import mask_urls
 from agentpool_worker import metrics
 from agentpool_worker.claim_pace import ArrivalRate, lingers, wait_before_next_claim
@@ -208,6 +209,14 @@ def _may_checkpoint(run: _Run) -> bool:
     worker) and not handed back yet, so what it saves on its way out reaches the next
     attempt."""
     return run.stop_reason is None or (run.stop_reason == RELEASE and not run.reported)
+
+
+def _hook_error(exc: BaseException, deadline: asyncio.Timeout, budget: float) -> str:
+    """A failed hook's error for the log: its own, or that its time ran out (a TimeoutError
+    with no words of its own)."""
+    if isinstance(exc, TimeoutError) and deadline.expired():
+        return f"did not return within {seconds_text(budget)} s"
+    return mask_urls(f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -454,12 +463,13 @@ class Worker:
         hook = self.handler.hooks.shutdown
         if hook is None:
             return
+        budget = self.settings.drain_seconds + 5
+        deadline = asyncio.timeout(budget)
         try:
-            async with asyncio.timeout(self.settings.drain_seconds + 5):
+            async with deadline:
                 await call_hook(hook, self.worker_ctx, threads=self._hook_threads)
         except HOOK_FAILURES as exc:
-            self._log.error("shutdown hook failed",
-                            error=mask_urls(f"{type(exc).__name__}: {exc}"))
+            self._log.error("shutdown hook failed", error=_hook_error(exc, deadline, budget))
 
     async def _after_task(self, ctx: TaskContext, outcome: TaskOutcome) -> None:
         """The ``after_task`` hook. After a run that ended on its own (succeeded, failed) the
@@ -471,13 +481,14 @@ class Worker:
         acting = outcome.status not in STOPPED_STATUS.values()
         if acting:
             self._hooked[ctx.task_id] = ctx
+        deadline = asyncio.timeout(AFTER_TASK_SECONDS)
         try:
-            async with asyncio.timeout(AFTER_TASK_SECONDS):
+            async with deadline:
                 await call_hook(hook, ctx, outcome, threads=self._after_task_threads)
         except HOOK_FAILURES as exc:
             self._log.warning("after_task hook failed", task=ctx.task_id,
                               outcome=outcome.status,
-                              error=mask_urls(f"{type(exc).__name__}: {exc}"))
+                              error=_hook_error(exc, deadline, AFTER_TASK_SECONDS))
         finally:
             if acting and self._hooked.get(ctx.task_id) is ctx:
                 del self._hooked[ctx.task_id]
