@@ -124,7 +124,11 @@ SHARED = "CredentialsShared"
 CONFLICT = "CredentialsSecretConflict"
 REFUSED = "CredentialsSecretRefused"
 UNMANAGED = "CredentialsUnmanaged"
-WARNING_REASONS = frozenset({CONFLICT, REFUSED, UNMANAGED})
+DEFAULT_OPEN = "RedisDefaultUserOpen"
+DEFAULT_OPEN_NOTE = ("confined to nothing: Redis's default user needs no password, so any "
+                     "client, an agent too, may switch to it (give it a password or turn it off: "
+                     "docs/security.md)")
+WARNING_REASONS = frozenset({CONFLICT, REFUSED, UNMANAGED, DEFAULT_OPEN})
 """Reasons of the Events (and of the False condition) that need a person: post them as
 Warnings. Each is reported once when it begins."""
 SECRET_KEY = "url"
@@ -301,17 +305,31 @@ def rolled_out(pods: Sequence[Mapping[str, Any]] | None, version: str) -> bool:
 
 
 def per_pool(namespace: str, pool: str, queue: str,
-             version: str | None = None) -> WorkerCredentials:
+             version: str | None = None, *, default_open: bool = False) -> WorkerCredentials:
     user = acl_username(namespace, pool, Role.WORKER)
+    confined = DEFAULT_OPEN_NOTE if default_open else f"confined to queue {queue!r}"
     return WorkerCredentials(
         SecretKeyRef(name=worker_secret_name(pool), key=SECRET_KEY),
         ConditionUpdate(
             CONDITION, "True", "PerPoolUser",
-            f"workers use Redis user {user}, confined to queue {queue!r}, from Secret "
+            f"workers use Redis user {user}, {confined}, from Secret "
             f"{namespace}/{worker_secret_name(pool)}",
         ),
         version,
     )
+
+
+async def default_user_open(admin: aioredis.Redis) -> bool:
+    """Whether Redis's `default` user is on without a password: then `AUTH default <anything>`
+    makes any connection the default user, and a pool's own user confines nothing."""
+    try:
+        reply: Any = await admin.execute_command("ACL GETUSER", "default")  # type: ignore[no-untyped-call]
+    except redis.exceptions.ResponseError:
+        return False
+    replies = reply.values() if isinstance(reply, dict) and "flags" not in reply else [reply]
+    return any({"on", "nopass"} <= {f.decode() if isinstance(f, bytes) else str(f)
+                                     for f in r.get("flags") or ()}
+               for r in replies if isinstance(r, dict))
 
 
 def shared(why: str) -> WorkerCredentials:
@@ -508,6 +526,8 @@ class KnownSecrets:
     instead of drawing (and giving the user) one more."""
     reported: dict[str, str] = field(default_factory=dict)
     """The reason of the problem last reported about a Secret, while it lasts."""
+    default_open: bool = False
+    """Redis's default user was on without a password when last asked (with the Secret)."""
     closed: dict[str, frozenset[str]] = field(default_factory=dict)
     """The password hashes whose removal closed the user's connections, until the Secret is
     written: a round that removes them again (the write was refused) closes none again."""
@@ -719,7 +739,12 @@ async def ensure_worker_credentials(
         events.append(("CredentialsRotated",
                        f"every pod uses the new password of Redis user {user}; the old one "
                        "is removed" + _closed_note(closed, "pods reconnect with the new one")))
-    credentials = per_pool(namespace, name, queue, version_of(plan.password))
+    if read_now or existing is None:
+        was_open, known.default_open = known.default_open, await default_user_open(admin)
+        if known.default_open and not was_open:
+            events.append((DEFAULT_OPEN, f"Redis user {user} is {DEFAULT_OPEN_NOTE}"))
+    credentials = per_pool(namespace, name, queue, version_of(plan.password),
+                           default_open=known.default_open)
     return CredentialsRound(credentials, tuple(events))
 
 

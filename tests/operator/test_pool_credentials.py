@@ -126,6 +126,29 @@ async def test_a_pool_gets_its_own_redis_user_and_the_workers_only_its_secret(
     assert password not in caplog.text
 
 
+async def test_a_redis_whose_default_user_needs_no_password_is_said_to_confine_nothing(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, pool_name: str,
+    protected_redis: RedisServer,
+) -> None:
+    """On a Redis without a password any connection, a pool user's too, may `AUTH default x`
+    and leave its confinement: the condition says so, with one Warning; a Redis whose default
+    user has a password confines."""
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url, queue="jobs"))
+    condition = await eventually(lambda: cluster.condition(pool_name, "Credentials"))
+    assert condition["status"] == "True"
+    assert "confined to nothing: Redis's default user needs no password" in condition["message"]
+    [warning] = await eventually(lambda: cluster.events(credentials.DEFAULT_OPEN))
+    assert warning["type"] == "Warning"
+    assert f"agentpool:{NAMESPACE}:{pool_name}:worker" in warning["message"]
+
+    await cluster.create_secret("guarded-redis", {"url": protected_redis.url})
+    await cluster.create_pool(pool_manifest("guarded", secret="guarded-redis", queue="jobs"))
+    guarded = await eventually(lambda: cluster.condition("guarded", "Credentials"))
+    assert guarded["message"].startswith(
+        f"workers use Redis user agentpool:{NAMESPACE}:guarded:worker, confined to queue 'jobs'")
+    assert len(cluster.events(credentials.DEFAULT_OPEN)) == 1
+
+
 async def test_a_pool_submitting_to_other_queues_may_submit_there_and_not_claim(
     cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
     pool_name: str, worker_client: list[aioredis.Redis],
@@ -1077,7 +1100,8 @@ async def test_another_secret_of_the_worker_secrets_name_is_neither_used_nor_wri
         rounds.kube, redis, rounds.pool, rounds.queue, rounds.pool_url, known=rounds.known,
         now=rounds.now + 2)
     assert ours.credentials.condition.reason == "PerPoolUser"
-    assert [reason for reason, _ in ours.events] == ["CredentialsCreated"]
+    assert [reason for reason, _ in ours.events
+            if reason != credentials.DEFAULT_OPEN] == ["CredentialsCreated"]  # (this Redis)
     assert password_of(rounds.kube.secrets[rounds.secret]) != "their-password"
 
 
@@ -1159,7 +1183,8 @@ async def test_a_worker_secret_the_api_refuses_leaves_no_password_on_the_user(
 
     rounds.kube.refusing = False
     created = await rounds.round()
-    assert [reason for reason, _ in created.events] == ["CredentialsCreated"]
+    assert [reason for reason, _ in created.events
+            if reason != credentials.DEFAULT_OPEN] == ["CredentialsCreated"]  # (this Redis)
     assert created.credentials.condition.reason == "PerPoolUser"
     assert await user_hashes(redis, user) == [password_hash(password_of(
         rounds.kube.secrets[rounds.secret]) or "")]
