@@ -5,6 +5,7 @@ runs' queue depth and replicas over time (needs matplotlib, the `bench` extra)."
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 import sys
@@ -18,8 +19,10 @@ from rich.table import Table
 from agentpool.cli.common import number, plain_command
 from agentpool.cli.simulate_plot import PlotUnavailable, require_matplotlib, write_plot
 from agentpool.models import ScalingSpec, WorkerSpec
+from agentpool.protocol import MAX_TASK_TIMEOUT_SECONDS
 from agentpool.scaling.policy import ScalingPolicy
 from agentpool.scaling.simulation import (
+    GIVE_UP_AFTER_SECONDS,
     Cluster,
     Comparison,
     KedaSettings,
@@ -29,6 +32,7 @@ from agentpool.scaling.simulation import (
     parse_trace,
 )
 
+WAIT_ROWS = ("p50_wait_s", "p95_wait_s", "max_wait_s")
 ROWS = [
     ("tasks", "tasks done"),
     ("tasks_per_minute", "throughput (tasks/min)"),
@@ -56,11 +60,26 @@ COLUMN_TITLES = {
 TRACE_HELP = (
     "TRACE.csv has one task per row: arrival_seconds,service_seconds (when the task arrives, "
     "counted from the start of the trace, at most 30 days, and how long it runs once a worker "
-    "has it). One header "
-    "row, blank lines and '#' comments are skipped. Sample traces (steady, bursty, "
+    "has it). A header row naming these two columns (in either order) says which is which; "
+    "blank lines and '#' comments are skipped; the file is UTF-8. Sample traces (steady, bursty, "
     "diurnal, the long agent runs of longrun, heavytail and mixed, and ratelimited, made "
     "for --rate-limit 120/min) are in the source "
     "tree: bench/traces/*.csv, made by bench/make_traces.py."
+)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds % 3600 == 0 else f"{seconds:g} s"
+
+
+STOP_HELP = (
+    f"A run stops {_duration(GIVE_UP_AFTER_SECONDS)} after the last arrival even with tasks "
+    "unfinished (a pool that cannot keep up would run for ever): a line of its own says how "
+    "many, and their waits count up to the stop, so the waits printed are lower bounds "
+    "(marked >=; waits_lower_bound in the JSON). The exit status is still 0: the figures are "
+    "still a report, and that the pool falls behind is the finding. Tasks running longer than "
+    "--task-timeout-seconds are counted in a line of their own too (a pool would stop them; "
+    "the simulation lets them run)."
 )
 
 
@@ -75,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="compare our autoscaling with KEDA's defaults on an arrival trace",
         description="Replay TRACE.csv through the pool's scaling policy and through KEDA's "
         "defaults over the HPA, on the same simulated cluster, and print waits, "
-        "replica-seconds and tasks interrupted by scale-down. " + TRACE_HELP,
+        "replica-seconds and tasks interrupted by scale-down. " + TRACE_HELP + " " + STOP_HELP,
     )
     parser.add_argument("trace", type=Path, metavar="TRACE.csv",
                         help="the arrival trace, e.g. bench/traces/bursty.csv")
@@ -84,6 +103,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       default=_default(WorkerSpec, "concurrency"),
                       metavar="N",
                       help="tasks per pod (default %(default)s)")
+    pool.add_argument("--task-timeout-seconds", metavar="SECONDS",
+                      type=number(int, low=1, high=MAX_TASK_TIMEOUT_SECONDS),
+                      default=_default(WorkerSpec, "task_timeout_seconds"),
+                      help="the pool's taskTimeoutSeconds: tasks of the trace running longer "
+                      "are counted, as a pool would stop them (default %(default)s)")
     pool.add_argument("--min-replicas", type=int, metavar="N",
                       default=_default(ScalingSpec, "min_replicas"),
                       help="fewest pods; 0 allows scaling to zero (default %(default)s)")
@@ -169,12 +193,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 @plain_command
 def run(args: argparse.Namespace) -> int:
+    """Exit 0 with a report, also when tasks were unfinished at the stop (the report says so in
+    a line of its own and marks its waits as lower bounds: a pool that falls behind is a
+    result, not a failure); 2 for a setting or trace refused; 1 when the plot cannot be
+    written."""
     try:
+        check_options(args)
         if args.plot is not None:
             require_matplotlib()
-        with args.trace.open() as lines:
-            trace = parse_trace(lines)
-        timeline = args.plot is not None or (args.timeline and args.output == "json")
+        trace = parse_trace(read_trace(args.trace))
+        timeline = args.plot is not None or args.timeline
         if timeline:
             check_samples(trace, args.sample_seconds)
         policy = ScalingPolicy.from_spec(_scaling_spec(args), args.concurrency)
@@ -196,10 +224,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"agentpool simulate: {error}", file=sys.stderr)
         return 2
     result = compare(trace, policy, cluster, keda)
+    notes = report_notes(result, trace, args.task_timeout_seconds)
     if args.output == "json":
-        print(json.dumps(_as_json(args, result), indent=2))
+        print(json.dumps(_as_json(args, result, trace, notes), indent=2))
+        for note in notes:
+            print(f"agentpool simulate: {note}", file=sys.stderr)
     else:
-        _print_table(args, result)
+        _print_table(args, result, notes)
     if args.plot is not None:
         try:
             write_plot(result, args.plot, trace=args.trace.name, caption=_model(args))
@@ -208,6 +239,54 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"agentpool simulate: plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options that would be ignored."""
+    if args.rate_limit_burst is not None and args.rate_limit is None:
+        raise ValueError("--rate-limit-burst needs --rate-limit (the burst of which limit?)")
+    if args.timeline and args.output != "json":
+        raise ValueError("--timeline adds the sampled series to the JSON: add -o json "
+                         "(--plot draws them)")
+
+
+def read_trace(path: Path) -> list[str]:
+    """The trace's lines; a file that is not UTF-8 is refused in one line naming it."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path}: line {line} is not UTF-8 text (byte {data[error.start]:#04x}): "
+            "save the trace as UTF-8"
+        ) from None
+
+
+def over_timeout(trace: list[TraceTask], task_timeout: float) -> int:
+    """Tasks of the trace a pool would stop: their runs last longer than taskTimeoutSeconds."""
+    return sum(1 for task in trace if task.service > task_timeout)
+
+
+def report_notes(result: Comparison, trace: list[TraceTask], task_timeout: float) -> list[str]:
+    """Lines the report adds when its waits are lower bounds or the trace has runs a pool
+    would stop."""
+    notes = []
+    stopped = [run for run in result.runs if run.unfinished]
+    if stopped:
+        counts = ", ".join(
+            f"{run.unfinished} under {COLUMN_TITLES[run.name]}" for run in stopped)
+        notes.append(
+            f"stopped {_duration(GIVE_UP_AFTER_SECONDS)} after the last arrival with tasks "
+            f"unfinished (of {len(trace)}): {counts}; an unfinished task's wait counts up to "
+            "the stop, so these runs' waits are lower bounds")
+    over = over_timeout(trace, task_timeout)
+    if over:
+        notes.append(
+            f"{over} of {len(trace)} tasks run longer than taskTimeoutSeconds "
+            f"({task_timeout:g} s): a pool would stop them as failed attempts, the simulation "
+            "lets them run (--task-timeout-seconds sets the pool's)")
+    return notes
 
 
 def check_samples(trace: list[TraceTask], sample_seconds: float) -> None:
@@ -279,11 +358,16 @@ def _model(args: argparse.Namespace) -> str:
     )
 
 
-def _as_json(args: argparse.Namespace, result: Comparison) -> dict[str, Any]:
+def _as_json(args: argparse.Namespace, result: Comparison, trace: list[TraceTask],
+             notes: list[str]) -> dict[str, Any]:
     document: dict[str, Any] = {
         "trace": str(args.trace),
         "model": _model(args),
         "results": [run.summary() for run in result.runs],
+        "stop_after_last_arrival_s": GIVE_UP_AFTER_SECONDS,
+        "task_timeout_seconds": args.task_timeout_seconds,
+        "tasks_over_task_timeout": over_timeout(trace, args.task_timeout_seconds),
+        "warnings": notes,
     }
     if args.timeline:
         document["timeline"] = {run.name: _series(run) for run in result.runs}
@@ -295,12 +379,25 @@ def _series(run: RunResult) -> dict[str, list[float]]:
     return {name: [getattr(sample, name) for sample in run.timeline] for name in names}
 
 
-def _print_table(args: argparse.Namespace, result: Comparison) -> None:
+def _print_table(args: argparse.Namespace, result: Comparison, notes: list[str]) -> None:
     summaries = [run.summary() for run in result.runs]
     table = Table(title=str(args.trace), caption=_model(args))
     table.add_column("")
     for run in result.runs:
         table.add_column(COLUMN_TITLES[run.name], justify="right")
     for key, label in ROWS:
-        table.add_row(label, *(str(summary[key]) for summary in summaries))
-    Console().print(table)
+        table.add_row(label, *(_cell(summary, key) for summary in summaries))
+    console = Console()
+    console.print(table)
+    for note in notes:
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
+
+
+def _cell(summary: dict[str, Any], key: str) -> str:
+    """A figure as the table shows it: `-` for none, `>=` before a lower bound."""
+    value = summary[key]
+    if value is None:
+        return "-"
+    if key in WAIT_ROWS and summary["waits_lower_bound"]:
+        return f">= {value}"
+    return str(value)

@@ -67,4 +67,13 @@ def write_plot(result: Comparison, path: Path, *, trace: str, caption: str) -> N
 
 
 def _p95_line(runs: Sequence[RunResult]) -> str:
-    return ", ".join(f"{SHORT[run.name]} {run.summary()['p95_wait_s']:g} s" for run in runs)
+    return ", ".join(f"{SHORT[run.name]} {_p95(run)}" for run in runs)
+
+
+def _p95(run: RunResult) -> str:
+    """`-` without a wait, `≥` before a lower bound (tasks unfinished at the stop)."""
+    summary = run.summary()
+    value = summary["p95_wait_s"]
+    if value is None:
+        return "-"
+    return f"{'≥ ' if summary['waits_lower_bound'] else ''}{value:g} s"

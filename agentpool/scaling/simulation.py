@@ -43,9 +43,13 @@ for its wait; an interrupted run gives back a grant it had not reached). Our aut
 the share of run time spent waiting over the last minute, as the workers' heartbeats report
 it; `rate_aware=False` runs the same policy blind to it, as a comparison.
 
-The run ends once every task is done and the pool is back at its minimum; replica-seconds
-count every pod from creation to exit, draining ones included; pod starts count every pod
-created after the warm start.
+The run ends once every task is done and the pool is back at its minimum, or at the latest
+`give_up_after_seconds` (6 h) after the last arrival: a pool that cannot keep up would
+otherwise run for ever. The tasks unfinished then count in the waits with what they had
+waited at the stop (a queued one up to the stop, a running one up to the start of its run),
+so the waits of such a run are lower bounds (`waits_lower_bound` in its summary).
+Replica-seconds count every pod from creation to exit, draining ones included; pod starts
+count every pod created after the warm start.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ LIMIT_NAME = "llm"
 MAX_TRACE_DAYS = 30
 MAX_ARRIVAL_SECONDS = MAX_TRACE_DAYS * 86400.0
 """The latest arrival a trace may have: both autoscalers tick from 0 to the last arrival."""
+GIVE_UP_AFTER_SECONDS = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -83,25 +88,32 @@ class TraceTask:
     service: float
 
 
+COLUMNS = ("arrival_seconds", "service_seconds")
+"""The trace's columns; a header row may name them in either order."""
+
+
 def parse_trace(lines: Iterable[str]) -> list[TraceTask]:
-    """CSV rows `arrival_seconds,service_seconds`, sorted by arrival. Blank lines, `#`
-    comments and one header row before the data (two cells, the first not a number) are
-    skipped; anything else, and a trace without a task, is refused with its line number."""
+    """CSV rows `arrival_seconds,service_seconds`, sorted by arrival. Blank lines and `#`
+    comments are skipped; a first row whose first cell starts with a letter is a header: it
+    must name the two columns (in either order, which sets the order of the rows' cells).
+    Anything else, and a trace without a task, is refused with its line number."""
     tasks: list[TraceTask] = []
     header_allowed = True
+    order = (0, 1)
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         cells = [cell.strip() for cell in text.split(",")]
-        if header_allowed and len(cells) == 2 and not _is_number(cells[0]):
+        if header_allowed and _is_header(cells[0]):
+            order = _column_order(cells, number)
             header_allowed = False
             continue
         header_allowed = False
         try:
             if len(cells) != 2:
                 raise ValueError
-            arrival, service = float(cells[0]), float(cells[1])
+            arrival, service = float(cells[order[0]]), float(cells[order[1]])
         except ValueError:
             message = f"line {number}: expected arrival,service in seconds: {text!r}"
             raise ValueError(message) from None
@@ -119,6 +131,22 @@ def parse_trace(lines: Iterable[str]) -> list[TraceTask]:
     return sorted(tasks, key=lambda task: task.arrival)
 
 
+def _is_header(cell: str) -> bool:
+    name = cell.strip('"')
+    return not _is_number(name) and (name[:1].isalpha() or name[:1] == "_")
+
+
+def _column_order(cells: Sequence[str], number: int) -> tuple[int, int]:
+    """Where a header row puts arrival_seconds and service_seconds."""
+    names = [cell.strip('"').lower() for cell in cells]
+    if sorted(names) != sorted(COLUMNS):
+        raise ValueError(
+            f"line {number}: the header names the columns {', '.join(map(repr, names))}: "
+            f"expected {COLUMNS[0]} and {COLUMNS[1]} (in either order)"
+        )
+    return names.index(COLUMNS[0]), names.index(COLUMNS[1])
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -134,7 +162,7 @@ class Cluster:
     concurrency: int = 4
     startup_seconds: float = 20.0
     sample_seconds: float = 10.0
-    give_up_after_seconds: float = 6 * 3600.0
+    give_up_after_seconds: float = GIVE_UP_AFTER_SECONDS
     """How long after the last arrival a run that never settles is stopped."""
     rate_limit_per_minute: float | None = None
     """Grants per minute of a shared rate limit every run waits on; None: no limit."""
@@ -193,6 +221,9 @@ class RunResult:
     unfinished: int
     last_done: float = 0.0
     """When the last task completed."""
+    open_waits: tuple[float, ...] = ()
+    """What each unfinished task had waited when the run was stopped: a queued one up to the
+    stop, a running one up to the start of its run (longer if that run is interrupted)."""
 
     def extended_to(self, horizon: float) -> RunResult:
         """The same run kept idle until `horizon`, so runs of one trace compare in cost."""
@@ -201,17 +232,22 @@ class RunResult:
             self, replica_seconds=self.replica_seconds + extra, end=max(horizon, self.end)
         )
 
-    def summary(self) -> dict[str, float | int | str]:
-        waits = sorted(self.waits)
-        per_minute = 60 * len(waits) / self.last_done if self.last_done > 0 else 0.0
+    def summary(self) -> dict[str, float | int | str | bool | None]:
+        """The run's figures. Waits cover every task, an unfinished one with what it had
+        waited at the stop, so with tasks unfinished they are lower bounds
+        (`waits_lower_bound`); None when there is no task, as is the throughput when no task
+        finished."""
+        waits = sorted(self.waits + self.open_waits)
+        per_minute = 60 * len(self.waits) / self.last_done if self.last_done > 0 else 0.0
         return {
             "autoscaler": self.name,
-            "tasks": len(waits),
-            "tasks_per_minute": round(per_minute, 2),
+            "tasks": len(self.waits),
+            "tasks_per_minute": round(per_minute, 2) if self.waits else None,
             "unfinished": self.unfinished,
-            "p50_wait_s": round(percentile(waits, 50), 2),
-            "p95_wait_s": round(percentile(waits, 95), 2),
-            "max_wait_s": round(waits[-1], 2) if waits else 0.0,
+            "p50_wait_s": round(percentile(waits, 50), 2) if waits else None,
+            "p95_wait_s": round(percentile(waits, 95), 2) if waits else None,
+            "max_wait_s": round(waits[-1], 2) if waits else None,
+            "waits_lower_bound": self.unfinished > 0,
             "replica_seconds": round(self.replica_seconds, 1),
             "interrupted_tasks": self.interrupted,
             "pod_starts": self.pod_starts,
@@ -556,6 +592,15 @@ class _Run:
         pod.granted.clear()
         self.exit(pod, now)
 
+    def open_waits(self, stop: float) -> tuple[float, ...]:
+        """What each unfinished task has waited at `stop` (see `RunResult.open_waits`)."""
+        starts = {task: grant for pod in self.live for task, grant in pod.granted.items()}
+        return tuple(
+            max(0.0, min(starts.get(task, stop), stop) - self.trace[task].arrival)
+            for task in range(len(self.trace))
+            if task not in self.waits
+        )
+
     def settled(self) -> bool:
         return (
             self.arrived == len(self.trace)
@@ -617,6 +662,7 @@ def simulate(
         final_pods=len(run.live),
         unfinished=len(trace) - len(run.waits),
         last_done=run.last_done,
+        open_waits=run.open_waits(min(now, give_up)),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agentpool.cli import simulate as simulate_command
+from agentpool.cli import simulate_plot
 from agentpool.cli.main import build_parser, main
 from agentpool.models import ScalingSpec
 from agentpool.scaling.policy import ScalingPolicy
@@ -155,8 +156,7 @@ def test_simulate_refuses_more_timeline_samples_than_it_keeps(
 
 
 @pytest.mark.parametrize(("extra", "kept"), [
-    ([], False), (["-o", "json"], False), (["--timeline"], False),
-    (["-o", "json", "--timeline"], True),
+    ([], False), (["-o", "json"], False), (["-o", "json", "--timeline"], True),
 ])
 def test_simulate_samples_a_timeline_only_when_asked(
     trace: Path, capsys: pytest.CaptureFixture[str], extra: list[str], kept: bool,
@@ -176,6 +176,145 @@ def test_simulate_samples_a_timeline_only_when_asked(
     if not kept:
         assert simulate(parse_trace(trace.open()), KedaAutoscaler(
             ScalingPolicy.from_spec(ScalingSpec(), 4), KedaSettings()), cluster).timeline == ()
+
+
+STOP_LINE = (
+    "stopped 6 h after the last arrival with tasks unfinished (of 2): 2 under agentpool, "
+    "2 under KEDA defaults; an unfinished task's wait counts up to the stop, so these runs' "
+    "waits are lower bounds")
+TIMEOUT_LINE = (
+    "1 of 2 tasks run longer than taskTimeoutSeconds (600 s): a pool would stop them as "
+    "failed attempts, the simulation lets them run (--task-timeout-seconds sets the pool's)")
+
+
+@pytest.fixture
+def endless(tmp_path: Path) -> Path:
+    """On one slot, a task that outlasts the simulation, and one queued behind it all along."""
+    path = tmp_path / "endless.csv"
+    path.write_text("arrival_seconds,service_seconds\n0,99999999\n1,5\n")
+    return path
+
+
+ONE_SLOT = ["--max-replicas", "1", "--concurrency", "1"]
+
+
+def test_simulate_says_in_a_line_of_its_own_that_it_stopped_with_tasks_unfinished(
+    endless: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", str(endless), *ONE_SLOT]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[-2:] == [STOP_LINE, TIMEOUT_LINE]
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+            for line in lines if line.count("│") == 4}
+    assert rows["tasks done"] == ["0", "0"]
+    assert rows["throughput (tasks/min)"] == ["-", "-"]
+    assert rows["tasks unfinished"] == ["2", "2"]
+    assert rows["max wait (s)"] == [">= 21600.0", ">= 21600.0"]
+    assert rows["p50 wait (s)"] == [">= 10800.0", ">= 10800.0"]
+    assert captured.err == ""
+
+
+def test_simulate_json_says_it_stopped_with_tasks_unfinished(
+    endless: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", str(endless), *ONE_SLOT, "-o", "json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    for result in document["results"]:
+        assert (result["tasks"], result["unfinished"], result["tasks_per_minute"]) == (0, 2, None)
+        assert (result["max_wait_s"], result["waits_lower_bound"]) == (21600.0, True)
+    assert document["stop_after_last_arrival_s"] == 21600
+    assert document["warnings"] == [STOP_LINE, TIMEOUT_LINE]
+    assert captured.err.splitlines() == [
+        f"agentpool simulate: {STOP_LINE}", f"agentpool simulate: {TIMEOUT_LINE}"]
+
+
+def test_a_finished_run_has_exact_waits_and_no_warning(
+    trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", str(trace), "-o", "json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert [result["waits_lower_bound"] for result in document["results"]] == [False, False]
+    assert (document["warnings"], document["tasks_over_task_timeout"]) == ([], 0)
+    assert captured.err == ""
+    assert main(["simulate", str(trace)]) == 0
+    assert ">=" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("timeout", "over"), [(None, 2), ("899", 1), ("900", 0)])
+def test_simulate_counts_the_runs_a_pool_would_stop_at_its_task_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], timeout: str | None, over: int,
+) -> None:
+    path = tmp_path / "long.csv"
+    path.write_text("0,30\n1,600\n2,601\n3,900\n")
+    extra = [] if timeout is None else ["--task-timeout-seconds", timeout]
+    assert main(["simulate", str(path), "-o", "json", *extra]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert (document["task_timeout_seconds"], document["tasks_over_task_timeout"]) == (
+        int(timeout or 600), over)
+    expected = [] if not over else [
+        f"{over} of 4 tasks run longer than taskTimeoutSeconds ({timeout or 600} s): a pool "
+        "would stop them as failed attempts, the simulation lets them run "
+        "(--task-timeout-seconds sets the pool's)"]
+    assert document["warnings"] == expected
+    assert captured.err.splitlines() == [f"agentpool simulate: {line}" for line in expected]
+
+
+@pytest.mark.parametrize(("extra", "error"), [
+    (["--rate-limit-burst", "5"], "--rate-limit-burst needs --rate-limit (the burst of which "
+     "limit?)"),
+    (["--timeline"], "--timeline adds the sampled series to the JSON: add -o json (--plot "
+     "draws them)"),
+    (["--timeline", "-o", "table"], "--timeline adds the sampled series to the JSON: add -o "
+     "json (--plot draws them)"),
+])
+def test_simulate_refuses_options_it_would_ignore(
+    trace: Path, capsys: pytest.CaptureFixture[str], extra: list[str], error: str,
+) -> None:
+    assert main(["simulate", str(trace), *extra]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", f"agentpool simulate: {error}\n")
+
+
+def test_simulate_reads_the_columns_by_the_header_s_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Swapped columns: read by position, each task would arrive after 600 s and run 1 s."""
+    path = tmp_path / "swapped.csv"
+    path.write_text("\ufeffservice_seconds,arrival_seconds\n600,0\n600,1\n")
+    assert main(["simulate", str(path), "-o", "json", "--task-timeout-seconds", "599"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["tasks_over_task_timeout"] == 2
+    path.write_text("start,duration\n0,600\n")
+    assert main(["simulate", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        "agentpool simulate: line 1: the header names the columns 'start', 'duration': "
+        "expected arrival_seconds and service_seconds (in either order)\n")
+
+
+def test_simulate_refuses_a_trace_that_is_not_utf8_in_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("# a trace\n# caf\u00e9\narrival_seconds,service_seconds\n1,2\n".encode(
+        "latin-1"))
+    assert main(["simulate", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", (
+        f"agentpool simulate: {path}: line 2 is not UTF-8 text (byte 0xe9): "
+        "save the trace as UTF-8\n"))
+
+
+def test_the_plot_title_marks_a_lower_bound(endless: Path) -> None:
+    policy = ScalingPolicy(min_replicas=1, max_replicas=1)
+    cluster = Cluster(concurrency=1, startup_seconds=0.0, give_up_after_seconds=100.0)
+    trace = parse_trace(endless.read_text().splitlines())
+    result = Comparison(simulate(trace, OurAutoscaler(policy), cluster),
+                        simulate(trace, KedaAutoscaler(policy, KedaSettings()), cluster))
+    assert simulate_plot._p95_line(result.runs) == "agentpool \u2265 95 s, KEDA \u2265 95 s"
 
 
 def simulate_parser() -> argparse.ArgumentParser:
@@ -207,6 +346,9 @@ def test_simulate_help_says_what_a_trace_is_and_where_samples_are() -> None:
     help_text = " ".join(simulate_parser().format_help().split())
     assert "one task per row: arrival_seconds,service_seconds" in help_text
     assert "bench/traces/*.csv" in help_text
+    assert "A run stops 6 h after the last arrival even with tasks unfinished" in help_text
+    assert "The exit status is still 0" in help_text
+    assert "--task-timeout-seconds SECONDS the pool's taskTimeoutSeconds" in help_text
     samples = sorted(REPO.glob("bench/traces/*.csv"))
     assert samples
     for sample in samples:

@@ -46,7 +46,7 @@ def test_trace_parsing_skips_header_comments_and_blank_lines_and_sorts() -> None
 
 def test_trace_parsing_names_the_bad_line() -> None:
     with pytest.raises(ValueError, match="line 3"):
-        parse_trace(["arrival,service", "1,2", "three,4"])
+        parse_trace(["arrival_seconds,service_seconds", "1,2", "three,4"])
     with pytest.raises(ValueError, match="line 1: times must be finite and non-negative"):
         parse_trace(["-1,2"])
 
@@ -54,8 +54,8 @@ def test_trace_parsing_names_the_bad_line() -> None:
 @pytest.mark.parametrize(("rows", "error"), [
     (["0,30s", "1,10", "2,10"], "line 1"),
     (["1;2", "3;4"], "line 1"),
-    (["arrival,service", "1,2,3"], "line 2"),
-    (["arrival,service", "# nothing else"], "holds no task"),
+    (["arrival_seconds,service_seconds", "1,2,3"], "line 2"),
+    (["arrival_seconds,service_seconds", "# nothing else"], "holds no task"),
     ([], "holds no task"),
 ])
 def test_trace_parsing_takes_no_data_row_for_a_header(rows: list[str], error: str) -> None:
@@ -63,6 +63,23 @@ def test_trace_parsing_takes_no_data_row_for_a_header(rows: list[str], error: st
     row that does not parse, another separator or a third column is refused, not skipped."""
     with pytest.raises(ValueError, match=error):
         parse_trace(rows)
+
+
+def test_a_header_row_says_which_column_is_which() -> None:
+    rows = ["service_seconds, arrival_seconds", "30,1", "5,2"]
+    assert parse_trace(rows) == [TraceTask(1.0, 30.0), TraceTask(2.0, 5.0)]
+    assert parse_trace(['"arrival_seconds","service_seconds"', "1,30"]) == [TraceTask(1.0, 30.0)]
+
+
+@pytest.mark.parametrize("header", [
+    "arrival,service", "start,duration", "arrival_seconds", "arrival_seconds,arrival_seconds",
+    "arrival_seconds,service_seconds,priority",
+])
+def test_a_header_row_naming_other_columns_is_refused(header: str) -> None:
+    with pytest.raises(ValueError, match=(
+            r"^line 2: the header names the columns .*: expected arrival_seconds and "
+            r"service_seconds \(in either order\)$")):
+        parse_trace(["# a trace", header, "1,30"])
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -198,6 +215,34 @@ def test_pod_starts_count_every_pod_created_after_the_warm_start() -> None:
     assert result.ours.pod_starts == ours_up == 8
     keda_up = sum(max(0, e.after - e.before) for e in result.keda.scale_events)
     assert result.keda.pod_starts == keda_up > 0
+
+
+def test_a_run_stopped_with_tasks_unfinished_counts_their_waits_up_to_the_stop() -> None:
+    """One pod of four slots: the first task finishes, three endless runs start at 1 s and a
+    fourth at 5 s, when the first task leaves its slot; the last task waits in the queue until
+    the stop, 100 s after it arrived. Its wait counts to the stop, a running task's to the
+    start of its run, so the figures are lower bounds, and say so."""
+    endless = 1e9
+    trace = [TraceTask(0.0, 5.0), *(TraceTask(1.0, endless) for _ in range(4)),
+             TraceTask(2.0, endless)]
+    cluster = Cluster(concurrency=4, startup_seconds=0.0, give_up_after_seconds=100.0)
+    run = simulate(trace, OurAutoscaler(ScalingPolicy(min_replicas=1, max_replicas=1)), cluster)
+    assert (run.waits, run.unfinished) == ((0.0,), 5)
+    assert sorted(run.open_waits) == [0.0, 0.0, 0.0, 4.0, 100.0]
+    summary = run.summary()
+    assert (summary["tasks"], summary["unfinished"], summary["waits_lower_bound"]) == (1, 5, True)
+    assert (summary["p50_wait_s"], summary["max_wait_s"]) == (0.0, 100.0)
+    assert summary["p95_wait_s"] == pytest.approx(percentile([0, 0, 0, 0, 4, 100], 95))
+
+
+def test_a_run_with_no_task_finished_has_no_throughput_and_no_task_no_waits() -> None:
+    cluster = Cluster(concurrency=1, startup_seconds=0.0, give_up_after_seconds=50.0)
+    policy = ScalingPolicy(min_replicas=1, max_replicas=1)
+    stuck = simulate([TraceTask(0.0, 1e9)], OurAutoscaler(policy), cluster).summary()
+    assert (stuck["tasks"], stuck["tasks_per_minute"], stuck["max_wait_s"]) == (0, None, 0.0)
+    empty = simulate([], OurAutoscaler(policy), cluster).summary()
+    assert {empty[key] for key in ("p50_wait_s", "p95_wait_s", "max_wait_s")} == {None}
+    assert empty["waits_lower_bound"] is False
 
 
 def test_costs_are_counted_to_the_same_moment() -> None:
