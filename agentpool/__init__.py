@@ -1,17 +1,35 @@
-"""agentpool: run AI-agent tasks from a Redis queue on Kubernetes."""
+"""agentpool: run AI-agent tasks from a Redis queue on Kubernetes.
 
-from agentpool.durability import Durability, NotReplicated
-from agentpool.protocol import (
-    CancelOutcome,
-    ClaimedTask,
-    DeadRequeued,
-    FailOutcome,
-    PayloadTooLarge,
-    ProtocolError,
-    QueueFigures,
-    TaskInfo,
-    TaskQueue,
-)
+The names below are imported on first use (PEP 562), so that `import agentpool.<module>`
+(the CLI's entry point, whose Ctrl-C guard starts once it runs) does not load the protocol and
+redis-py first."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentpool.durability import Durability, NotReplicated
+    from agentpool.protocol import (
+        CancelOutcome,
+        ClaimedTask,
+        DeadRequeued,
+        FailOutcome,
+        PayloadTooLarge,
+        ProtocolError,
+        QueueFigures,
+        TaskInfo,
+        TaskQueue,
+    )
+
+_HOMES = {
+    "Durability": "agentpool.durability",
+    "NotReplicated": "agentpool.durability",
+    **dict.fromkeys(("CancelOutcome", "ClaimedTask", "DeadRequeued", "FailOutcome",
+                     "PayloadTooLarge", "ProtocolError", "QueueFigures", "TaskInfo",
+                     "TaskQueue"), "agentpool.protocol"),
+}
 
 __all__ = [
     "CancelOutcome",
@@ -27,3 +45,16 @@ __all__ = [
     "TaskQueue",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'agentpool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

@@ -185,7 +185,7 @@ def test_a_pools_tenant_weights_reach_its_queue_and_follow_an_edit(
 
     def caps() -> dict[str | None, int | None]:
         doc = cli.json("tenants", "--queue", name, timeout=30)
-        return {t["tenant"]: t["maxRunning"] for t in doc["tenants"]}
+        return {t["tenant"]: t["max_running"] for t in doc["tenants"]}
 
     waiter.until(weights, lambda w: w.get("gold") == 4 and w.get("Acme Corp") == 2,
                  timeout=60, what=f"pool {name}'s weights on its queue")

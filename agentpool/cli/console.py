@@ -23,6 +23,7 @@ from agentpool.cli.common import (
     redis_failure,
     redis_url,
 )
+from agentpool.cli.status import _kubeconfig_paths
 from agentpool.client import Client
 from agentpool.protocol import QUEUE_NAME
 from agentpool.redis_errors import REDIS_FAILURES
@@ -31,6 +32,8 @@ from agentpool.urls import redis_server
 ENV_TOKEN = "AGENTPOOL_CONSOLE_TOKEN"
 MIN_TOKEN_CHARS = 16
 DEFAULT_PORT = 8080
+NO_KUBE = ("no kubeconfig, not in a cluster: every queue found in Redis; --kubeconfig shows "
+           "the AgentPools of a cluster")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,6 +105,13 @@ def check_args(args: argparse.Namespace) -> None:
                          "AGENTPOOL_REDIS_URL")
 
 
+def kube_configured(kubeconfig: str | None) -> bool:
+    """A kubeconfig to read, or a cluster to run in (`KubeReader.from_config` says what is
+    wrong with one that is there)."""
+    return _kubeconfig_paths(kubeconfig) is not None or bool(
+        os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
 async def redis_problem(client: Client) -> str | None:
     """Why Redis does not answer the console right now, None when it does."""
     try:
@@ -126,11 +136,14 @@ async def run(args: argparse.Namespace) -> int:
     kube: KubeReader | None = None
     namespaces: list[str] | None = None
     if not (args.redis_only or args.queue):
+        chosen = bool(args.kubeconfig or args.context or args.namespace or args.all_namespaces)
         try:
+            if not chosen and not kube_configured(args.kubeconfig):
+                raise CommandFailed(NO_KUBE)
             kube = await asyncio.to_thread(KubeReader.from_config, args.kubeconfig,
                                            args.context)
         except (CommandFailed, UsageError) as exc:
-            if args.kubeconfig or args.context or args.namespace or args.all_namespaces:
+            if chosen:
                 raise
             print(f"agentpool console: pools from Redis alone ({exc})", file=sys.stderr)
         else:

@@ -2,6 +2,9 @@
 
 Each subcommand lives in its own module with `register(subparsers)`, which adds its parser and
 sets `func`, a callable taking the parsed arguments and returning the exit code.
+
+The subcommands (and Redis, rich, the Kubernetes client with them) are imported inside `main`,
+not here: a Ctrl-C while they load is exit 130, like one during a command, not a traceback.
 """
 
 from __future__ import annotations
@@ -11,44 +14,10 @@ import io
 import logging
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 from typing import NoReturn
 
-from agentpool.cli import (
-    cancel,
-    console,
-    crd,
-    dead,
-    demo,
-    get,
-    limits,
-    simulate,
-    stats,
-    status,
-    submit,
-    tasks,
-    tenants,
-    wait,
-    workers,
-)
-
-SUBCOMMANDS: list[ModuleType] = [
-    crd,
-    demo,
-    simulate,
-    submit,
-    get,
-    wait,
-    cancel,
-    stats,
-    dead,
-    tasks,
-    tenants,
-    workers,
-    limits,
-    status,
-    console,
-]
+EXIT_INTERRUPTED = 130
+"""agentpool.cli.common's, which a Ctrl-C may come before."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -60,16 +29,59 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agentpool.cli import (
+        cancel,
+        console,
+        crd,
+        dead,
+        demo,
+        get,
+        limits,
+        simulate,
+        stats,
+        status,
+        submit,
+        tasks,
+        tenants,
+        wait,
+        workers,
+    )
+
     parser = OneLineParser(
         prog="agentpool", description="Run AI-agent tasks from a Redis queue on Kubernetes."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in SUBCOMMANDS:
+    for module in (crd, demo, simulate, submit, get, wait, cancel, stats, dead, tasks, tenants,
+                   workers, limits, status, console):
         module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if interrupted(exc):
+            return EXIT_INTERRUPTED
+        raise
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether `exc` came of a Ctrl-C: Python 3.11 turns one that lands while a class is
+    created (a descriptor's __set_name__, as a module loads) into a RuntimeError."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _main(argv: Sequence[str] | None) -> int:
     # redis-py logs a Cluster's failed topology refreshes as errors of its own; the commands
     # say what is wrong in their own line.
     logging.getLogger("redis").setLevel(logging.CRITICAL)

@@ -103,10 +103,12 @@ async def run(args: argparse.Namespace) -> int:
         if state in partial:
             grid.notes.append(f"counted among the first {TENANT_LOOK:,} {state} tasks only")
         if state == "queued" and figures.capped and not filtered:
-            grid.notes.append(f"{figures.capped:,} of them wait for their tenant's cap on runs "
-                              "at once (listed after the queue, marked capped)")
+            wait = "waits" if figures.capped == 1 else "wait"
+            grid.notes.append(f"{figures.capped:,} of them {wait} for their tenant's cap on "
+                              "runs at once (listed after the queue, marked capped)")
         if state == "queued" and figures.due_delayed and not filtered:
-            grid.notes.append(f"{figures.due_delayed:,} of them are delayed tasks now due "
+            due = "is a delayed task" if figures.due_delayed == 1 else "are delayed tasks"
+            grid.notes.append(f"{figures.due_delayed:,} of them {due} now due "
                               "(listed last, marked due: the next claim queues them)")
     doc = tasks_json(name, groups, totals)
     if filtered:

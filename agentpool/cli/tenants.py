@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from agentpool.cli.common import (
@@ -20,10 +22,12 @@ from agentpool.cli.common import (
 )
 from agentpool.cli.views import Grid, format_age
 from agentpool.data_loss import reading_of
-from agentpool.protocol import QueueFigures, TenantLoads
+from agentpool.protocol import QueueFigures, TaskQueue, TenantLoad, TenantLoads, task_page
 
 Snapshot = tuple[TenantLoads, float, QueueFigures]
 NO_TENANT = "(none)"
+DUE_PAGE = 1_000
+"""Due delayed tasks read per round trip to count them as their tenants' queued ones."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="list a queue's tenants: tasks queued, running and later, weights and caps",
         description="List the tenants with tasks on a queue (submit(..., tenant=name)), most "
         "queued first: their weight (spec.tenants; 1 unless set), their cap on runs at once "
-        "(spec.tenants, spec.tenantMaxRunning; - for none), tasks queued, running and "
-        "later (delayed or waiting for the tasks they run after), and how long the oldest "
+        "(spec.tenants, spec.tenantMaxRunning; - for none), tasks queued (with their delayed "
+        "tasks already due, as stats and tasks count them), running and later (delayed not "
+        "yet due, or waiting for the tasks they run after), and how long the oldest "
         "queued one has waited; and how many queued tasks wait for their tenant's cap. Tasks "
         "without a tenant show as (none); tenants given a weight or a cap are listed even "
         "without tasks. Read in pages of 1,000 tasks while the queue moves, at "
@@ -46,6 +51,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_output_option(parser)
     add_watch_options(parser, interval=5.0)
     parser.set_defaults(func=run)
+
+
+def due_as_queued(loads: Sequence[TenantLoad],
+                  due: Sequence[tuple[str | None, float | None]]) -> list[TenantLoad]:
+    """Tenants' loads with their delayed tasks already due (tenant, submitted at) counted as
+    queued, not later, as the figures and the task lists count them (the next claim queues
+    them); most queued first, then most running, then by name."""
+    by_tenant = {load.tenant: load for load in loads}
+    for tenant, created in due:
+        load = by_tenant.get(tenant) or TenantLoad(tenant, 1)
+        oldest = load.oldest_queued
+        if created is not None:
+            oldest = created if oldest is None else min(oldest, created)
+        by_tenant[tenant] = replace(load, queued=load.queued + 1,
+                                    later=max(0, load.later - 1), oldest_queued=oldest)
+    return sorted(by_tenant.values(),
+                  key=lambda load: (-load.queued, -load.running, load.tenant or ""))
+
+
+async def read_tenant_loads(queue: TaskQueue, most: int) -> tuple[TenantLoads, QueueFigures]:
+    """Each tenant's load, its delayed tasks already due counted as queued (the one count of
+    `agentpool tenants` and the console's tenants page), and the queue's figures: at most
+    `most` tasks of each set, read `DUE_PAGE` at a time."""
+    loads = await queue.tenant_loads(most=most)
+    figures = await queue.figures()
+    due: list[tuple[str | None, float | None]] = []
+    for offset in range(0, min(figures.due_delayed, most), DUE_PAGE):
+        _, rows = await task_page(queue, "delayed", offset,
+                                  min(DUE_PAGE, figures.due_delayed - offset), preview_bytes=1)
+        due += [(row.info.tenant, row.info.created_ms / 1000) for row in rows]
+    return replace(loads, loads=due_as_queued(loads.loads, due)), figures
 
 
 def tenants_grid(loads: TenantLoads, now: float, queue: str, capped: int = 0) -> Grid:
@@ -77,10 +113,10 @@ def tenants_json(loads: TenantLoads, now: float, queue: str, capped: int = 0
         "total": loads.total,
         "capped": capped,
         "tenants": [
-            {"tenant": load.tenant, "weight": load.weight, "maxRunning": load.cap,
+            {"tenant": load.tenant, "weight": load.weight, "max_running": load.cap,
              "queued": load.queued,
              "running": load.running, "later": load.later,
-             "oldestQueuedWaitSeconds": None if load.oldest_queued is None
+             "oldest_queued_wait_seconds": None if load.oldest_queued is None
              else round(max(0.0, now - load.oldest_queued), 3)}
             for load in loads.loads
         ],
@@ -96,8 +132,8 @@ async def run(args: argparse.Namespace) -> int:
         queue = client.queue(name)
 
         async def snapshot() -> Snapshot:
-            figures = await queue.figures()
-            return await queue.tenant_loads(most=args.most), time.time(), figures
+            loads, figures = await read_tenant_loads(queue, args.most)
+            return loads, time.time(), figures
 
         async def unused(data: Snapshot) -> str | None:
             return None if data[2].used else await never_used(queue)

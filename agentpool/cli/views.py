@@ -186,10 +186,21 @@ def format_span(seconds: float) -> str:
     return f"{seconds:.1f}s" if seconds < 10 else format_age(seconds)
 
 
+def iso_time(moment: datetime) -> str:
+    """A time as every time the CLI prints it: UTC, marked Z (2026-12-07T13:58:37.368Z; a
+    Kubernetes timestamp keeps its whole seconds, 2026-12-07T13:58:37Z)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    text = moment.astimezone(UTC).isoformat(
+        timespec="milliseconds" if moment.microsecond else "seconds")
+    return text.removesuffix("+00:00") + "Z"
+
+
 def iso_ms(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 def iso_s(seconds: float | None) -> str | None:
@@ -578,9 +589,9 @@ def fleet_json(rows: Sequence[FleetRow], now: float) -> list[dict[str, Any]]:
             "workers": p.workers,
             "last_scale_reason": p.last_scale_reason,
             "schedules": p.schedules,
-            "next_schedule_time": p.next_schedule_time.isoformat()
+            "next_schedule_time": iso_time(p.next_schedule_time)
             if p.next_schedule_time else None,
-            "created": p.created.isoformat() if p.created else None,
+            "created": iso_time(p.created) if p.created else None,
             "age_seconds": round(now - p.created.timestamp(), 3) if p.created else None,
             "rates": rates_json(row.rates) if row.rates else None,
             "rates_error": row.rates_error,

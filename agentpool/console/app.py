@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import html
 import json
 import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from aiohttp.web_urldispatcher import MatchInfoError
 
 from agentpool.cli.common import CommandFailed
 from agentpool.console.hub import FeedLoader, Hub, Loader, Message, event_key, plain
@@ -85,6 +89,56 @@ def error_doc(exc: BaseException) -> dict[str, Any]:
 async def shell(request: web.Request) -> web.StreamResponse:
     return web.Response(body=(STATIC / "index.html").read_bytes(),
                         content_type="text/html", charset="utf-8")
+
+
+PAGES = (
+    ("/", "every pool"),
+    ("/pools/<namespace>/<name>", "a pool (namespace - without Kubernetes)"),
+    ("/queues/<queue>/tasks", "a queue's tasks by state"),
+    ("/queues/<queue>/tasks/<id>", "a task"),
+    ("/queues/<queue>/dead", "a queue's dead letters"),
+    ("/queues/<queue>/tenants", "a queue's tenants"),
+)
+"""The console's pages, as a request for none of them lists them."""
+
+
+def not_found_html(path: str) -> str:
+    items = "".join(
+        f'<li><a href="/">/</a>: {text}</li>' if page == "/" else
+        f"<li><code>{html.escape(page)}</code>: {html.escape(text, quote=False)}</li>"
+        for page, text in PAGES)
+    return ('<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            "<title>Not found · agentpool console</title>\n"
+            '<link rel="stylesheet" href="/static/console.css">\n</head>\n<body>\n'
+            '<header><a class="brand" href="/">agentpool</a></header>\n<main>\n'
+            f"<h1>No page at {html.escape(path)}</h1>\n<p>The console's pages:</p>\n"
+            f"<ul>{items}</ul>\n<p>Each page's data is its path under /api "
+            "(/api/fleet for /).</p>\n</main>\n</body>\n</html>\n")
+
+
+def not_found_pages() -> Middleware:
+    """A path that is none of the console's: its own small page naming them (JSON under
+    /api/), not aiohttp's bare "404: Not Found"."""
+
+    @web.middleware
+    async def pages(request: web.Request, handler: Handler) -> web.StreamResponse:
+        match = request.match_info
+        if not (isinstance(match, MatchInfoError) and match.http_exception.status == 404):
+            return await handler(request)
+        if request.path == "/api" or request.path.startswith("/api/"):
+            raise _http_error(404, f"no data at {request.path}: the pages' data is at "
+                              "/api/fleet, /api/pools/<namespace>/<name>, "
+                              "/api/queues/<queue>/tasks, /api/queues/<queue>/tasks/<id>, "
+                              "/api/queues/<queue>/dead and /api/queues/<queue>/tenants")
+        return web.Response(text=not_found_html(request.path), status=404,
+                            content_type="text/html", charset="utf-8")
+
+    return pages
+
+
+async def queue_page(request: web.Request) -> web.StreamResponse:
+    """`/queues/<queue>`, which no page is: its tasks, where the fleet's queue links go."""
+    raise web.HTTPFound(f"/queues/{quote(request.match_info['queue'], safe='')}/tasks")
 
 
 async def asset(request: web.Request) -> web.StreamResponse:
@@ -367,8 +421,9 @@ async def _end_streams(app: web.Application) -> None:
 
 
 def build_app(sources: Sources, config: ConsoleConfig) -> web.Application:
-    app = web.Application(middlewares=[] if config.allowed_hosts is None
-                          else [allowed_hosts(config.allowed_hosts)])
+    app = web.Application(middlewares=[
+        *([] if config.allowed_hosts is None else [allowed_hosts(config.allowed_hosts)]),
+        not_found_pages()])
     app.on_response_prepare.append(secure_headers)
     app[SOURCES] = sources
     app[CONFIG] = config
@@ -378,6 +433,8 @@ def build_app(sources: Sources, config: ConsoleConfig) -> web.Application:
     for path in ("/", "/pools/{namespace}/{name}", "/queues/{queue}/tasks",
                  "/queues/{queue}/tasks/{id}", "/queues/{queue}/dead", "/queues/{queue}/tenants"):
         app.router.add_get(path, shell)
+    for path in ("/queues/{queue}", "/queues/{queue}/"):
+        app.router.add_get(path, queue_page)
     app.router.add_get("/static/{name}", asset)
     app.router.add_get("/api/console", console_info)
     app.router.add_get("/api/fleet", fleet)

@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -38,6 +39,7 @@ from agentpool.cli.fleet import (
     queue_summary,
 )
 from agentpool.cli.status import KubeReader
+from agentpool.cli.tenants import read_tenant_loads
 from agentpool.cli.views import (
     FleetRow,
     compact,
@@ -45,6 +47,7 @@ from agentpool.cli.views import (
     figures_json,
     fleet_json,
     iso_ms,
+    iso_time,
     task_json,
     workers_json,
 )
@@ -60,7 +63,6 @@ from agentpool.protocol import (
     TaskQueue,
     TaskRow,
     TaskView,
-    TenantLoad,
     figures_and_workers,
     figures_of,
     known_queues,
@@ -85,7 +87,6 @@ PAGE_SIZE = 50
 TENANT_READ_LIMIT = 10_000
 """The tasks per set (queued, running, delayed, deferred) the tenants page reads on each
 refresh (in pages of 1,000)."""
-TENANT_PAGE = 1_000
 TENANT_READ_SECONDS = 4.0
 """How long a read of a queue's tenants answers the page's requests."""
 MAX_PAGE = 1_000_000_000
@@ -285,23 +286,6 @@ def status_figures(summary: PoolSummary, obj: Mapping[str, Any] | None) -> dict[
             "delayed": summary.delayed, "deferred": summary.deferred,
             "in_flight": summary.in_flight, "dead": summary.dead, "workers": summary.workers,
             "from_status": True}
-
-
-def due_as_queued(loads: Sequence[TenantLoad],
-                  due: Sequence[tuple[str | None, float | None]]) -> list[TenantLoad]:
-    """Tenants' loads with their delayed tasks already due (tenant, submitted at) counted as
-    queued, not later, as the figures and the task lists count them (the next claim queues
-    them); most queued first, then most running, then by name."""
-    by_tenant = {load.tenant: load for load in loads}
-    for tenant, created in due:
-        load = by_tenant.get(tenant) or TenantLoad(tenant, 1)
-        oldest = load.oldest_queued
-        if created is not None:
-            oldest = created if oldest is None else min(oldest, created)
-        by_tenant[tenant] = replace(load, queued=load.queued + 1,
-                                    later=max(0, load.later - 1), oldest_queued=oldest)
-    return sorted(by_tenant.values(),
-                  key=lambda load: (-load.queued, -load.running, load.tenant or ""))
 
 
 @dataclass
@@ -694,17 +678,9 @@ class Sources:
         return await asyncio.shield(held[1])
 
     async def _read_tenants(self, queue: TaskQueue) -> dict[str, Any]:
-        queue_name = queue.name
-        loads = await queue.tenant_loads(most=TENANT_READ_LIMIT)
-        figures = await queue.figures()
-        due: list[tuple[str | None, float | None]] = []
-        for offset in range(0, min(figures.due_delayed, TENANT_READ_LIMIT), TENANT_PAGE):
-            _, rows = await task_page(queue, "delayed", offset,
-                                      min(TENANT_PAGE, figures.due_delayed - offset),
-                                      preview_bytes=1)
-            due += [(row.info.tenant, row.info.created_ms / 1000) for row in rows]
+        loads, figures = await read_tenant_loads(queue, TENANT_READ_LIMIT)
         return {
-            "queue": queue_name, "at": time.time(), "counted": loads.counted,
+            "queue": queue.name, "at": time.time(), "counted": loads.counted,
             "total": loads.total, "capped": figures.capped,
             "tenants": [
                 {"tenant": load.tenant, "weight": load.weight, "max_running": load.cap,
@@ -712,7 +688,7 @@ class Sources:
                  "running": load.running, "later": load.later,
                  "oldest_queued": iso_ms(None if load.oldest_queued is None
                                          else int(load.oldest_queued * 1000))}
-                for load in due_as_queued(loads.loads, due)
+                for load in loads.loads
             ],
         }
 
@@ -839,4 +815,4 @@ def _conditions(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 def _iso(value: Any) -> str | None:
     if value is None:
         return None
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return iso_time(value) if isinstance(value, datetime) else str(value)

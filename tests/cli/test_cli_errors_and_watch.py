@@ -12,6 +12,7 @@ from cli_helpers import Cli, wait_until, with_queue
 
 from agentpool.cli.common import CLI_CLIENT_NAME, EXIT_PIPE_CLOSED, data_lost
 from agentpool.cli.get import event_id
+from agentpool.cli.main import interrupted
 from agentpool.data_loss import QueueReading
 from agentpool.protocol import TaskQueue, key_prefix
 from agentpool.redis_server import RedisCluster, RedisServer, free_port
@@ -455,6 +456,47 @@ def test_ctrl_c_while_waiting_exits_130_quietly(cli: Cli) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
     assert (proc.returncode, out, err) == (130, "", "")
+
+
+EARLY_CTRL_C_DELAYS = (0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.3, 0.5)
+"""Seconds after the `agentpool` package is loaded: while the entry point imports the
+subcommands (about a quarter of a second), and once `wait` waits (not sooner: the test's own
+`-c` line runs in between)."""
+
+
+def test_ctrl_c_while_the_command_loads_exits_130_quietly(cli: Cli) -> None:
+    """As the console script runs main, from the moment the package is loaded (the
+    interpreter and `import agentpool` before it are outside the CLI's reach)."""
+    task_id = with_queue(cli.redis_url, cli.queue, lambda q: q.submit(1))
+    code = ("import sys, agentpool; print('loaded', flush=True); "
+            "from agentpool.cli.main import main; sys.exit(main())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
+    for delay in EARLY_CTRL_C_DELAYS:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "wait", task_id, "--redis-url", cli.redis_url,
+             "--queue", cli.queue], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "loaded\n"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        assert (delay, proc.returncode, out, err) == (delay, 130, "", "")
+
+
+def test_a_ctrl_c_python_wrapped_in_another_error_is_still_an_interrupt() -> None:
+    class Described:
+        def __set_name__(self, owner: type, name: str) -> None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(RuntimeError) as wrapped:
+        type("Loading", (), {"field": Described()})
+    assert interrupted(wrapped.value)
+    assert interrupted(KeyboardInterrupt())
+    looped = ValueError("bad")
+    looped.__context__ = TypeError("worse")
+    looped.__context__.__context__ = looped
+    assert not interrupted(looped)
 
 
 def test_a_reader_that_left_is_not_blamed_on_redis(cli: Cli) -> None:

@@ -161,10 +161,42 @@ def test_tenants_table_and_json(cli: Cli) -> None:
     assert (doc["counted"], doc["total"]) == (6, 6)
     by_name = {t["tenant"]: t for t in doc["tenants"]}
     assert set(by_name) == {"acme", "gold", None, "idle"}
-    assert by_name["idle"] == {"tenant": "idle", "weight": 2, "maxRunning": None, "queued": 0,
-                               "running": 0, "later": 0, "oldestQueuedWaitSeconds": None}
-    assert by_name["acme"]["oldestQueuedWaitSeconds"] >= 0
+    assert by_name["idle"] == {"tenant": "idle", "weight": 2, "max_running": None, "queued": 0,
+                               "running": 0, "later": 0, "oldest_queued_wait_seconds": None}
+    assert by_name["acme"]["oldest_queued_wait_seconds"] >= 0
     assert doc["capped"] == 0
+
+
+async def four_and_one_due(q: TaskQueue) -> None:
+    for n in range(4):
+        await q.submit({"n": n}, tenant="acme" if n % 2 else None)
+    await q.submit({"n": 4}, tenant="acme", delay=0.001)
+
+
+def test_tenants_count_a_due_delayed_task_as_queued_as_stats_and_tasks_do(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, four_and_one_due)
+    wait_until(lambda: with_queue(cli.redis_url, cli.queue, TaskQueue.figures).due_delayed == 1)
+    assert cli.ok("stats", "-o", "json").json()["queued"] == 5
+    assert cli.ok("tasks", "-o", "json").json()["totals"]["queued"] == 5
+    doc = cli.ok("tenants", "-o", "json").json()
+    assert [(t["tenant"], t["queued"], t["later"]) for t in doc["tenants"]] == [
+        ("acme", 3, 0), (None, 2, 0)]
+    rows = {row[0]: row[3:6] for row in table_rows(cli.ok("tenants").out)}
+    assert rows == {"acme": ["3", "0", "0"], "(none)": ["2", "0", "0"]}
+    assert "1 of them is a delayed task now due (listed last" in cli.ok("tasks").out
+
+
+async def one_capped(q: TaskQueue) -> None:
+    await q.set_tenant_caps({"acme": 1})
+    for n in range(2):
+        await q.submit({"n": n}, tenant="acme")
+    assert len((await q.claim("pod-a:i1", 2, 30)).tasks) == 1
+
+
+def test_tasks_notes_say_one_task_in_the_singular(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue, one_capped)
+    assert "1 of them waits for their tenant's cap on runs at once" in cli.ok("tasks").out
+    assert "1 queued task waits for their tenant's cap" in cli.ok("tenants").out
 
 
 async def tenants_capped(q: TaskQueue) -> None:
@@ -185,7 +217,7 @@ def test_tenants_show_their_caps_and_the_tasks_a_cap_holds(cli: Cli) -> None:
     assert "2 queued tasks wait for their tenant's cap on runs at once" in out
     doc = cli.ok("tenants", "-o", "json").json()
     assert doc["capped"] == 2
-    assert {t["tenant"]: t["maxRunning"] for t in doc["tenants"]} == {
+    assert {t["tenant"]: t["max_running"] for t in doc["tenants"]} == {
         "acme": 1, "vip": 5, None: None}
     assert "2 (2 waiting for their tenant's cap)" in cli.ok("stats").out
     assert cli.ok("stats", "-o", "json").json()["capped"] == 2

@@ -106,7 +106,7 @@ async def test_status_all_namespaces_json(cli: Cli, kubeconfig: Path,
     alpha = pools["team-a", "alpha"]
     assert (alpha["ready_replicas"], alpha["desired_replicas"], alpha["queued"]) == (2, 3, 5)
     assert alpha["rates"]["succeeded_per_second"] == 0.0
-    assert alpha["created"] == "2024-05-01T10:00:00+00:00"
+    assert alpha["created"] == "2024-05-01T10:00:00Z"
     assert pools["team-a", "beta"]["rates"] is not None
     gamma = pools["team-b", "gamma"]
     assert (gamma["health"], gamma["problem"]) == (

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
+import re
 import subprocess
 import sys
 from typing import Any
@@ -13,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agentpool.cli import submit as submit_command
 from agentpool.cli.submit import WaitProgress
-from agentpool.protocol import DeadLettersCut, TaskInfo, TaskQueue
+from agentpool.protocol import DeadLettersCut, TaskInfo, TaskQueue, WorkerInfo
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -42,11 +44,40 @@ def test_get_json_has_every_field(cli: Cli) -> None:
     assert doc["id"] == task_id
     assert doc["state"] == "queued"
     assert doc["payload"] == {"prompt": "x"}
-    assert doc["created"].endswith("+00:00")
     assert set(doc) == {"id", "queue", "state", "priority", "attempts", "max_attempts",
                         "created", "started", "finished", "expires", "timeout_seconds",
                         "after", "tenant", "capped", "next", "owner", "error",
                         "payload", "result", "progress"}
+
+
+ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+"""How every time the CLI prints reads: UTC, marked Z, as `get --follow` prints its clock."""
+
+
+async def ran_once(q: TaskQueue) -> str:
+    task_id = await q.submit({"n": 1})
+    await q.heartbeat(WorkerInfo(pod="pod-z", instance="i1", concurrency=1), {}, 30)
+    [task] = (await q.claim("pod-z:i1", 1, 30)).tasks
+    await q.emit(task_id, "token", {"text": "t"}, attempt=1)
+    await q.complete(task, {"ok": True})
+    return task_id
+
+
+def test_every_time_the_cli_prints_is_utc_marked_z(cli: Cli) -> None:
+    task_id = with_queue(cli.redis_url, cli.queue, ran_once)
+    fields = key_values(cli.ok("get", task_id).out)
+    for name in ("Created", "Started", "Finished"):
+        stamp, ago = fields[name].split(" ", 1)
+        assert ISO_Z.fullmatch(stamp) and ago.endswith(" ago)"), fields[name]
+    doc = cli.ok("get", task_id, "-o", "json").json()
+    assert all(ISO_Z.fullmatch(doc[key]) for key in ("created", "started", "finished")), doc
+    lines = cli.ok("get", task_id, "--follow", "-o", "json").out.splitlines()
+    event = json.loads(lines[0])
+    assert ISO_Z.fullmatch(event["time"]) and event["kind"] == "token"
+    assert re.match(r"\d\d:\d\d:\d\d\.\d{3}Z attempt 1 token ",
+                    cli.ok("get", task_id, "--follow").out)
+    [worker] = cli.ok("workers", "-o", "json").json()["workers"]
+    assert ISO_Z.fullmatch(worker["last_heartbeat"]) and ISO_Z.fullmatch(worker["started"])
 
 
 def test_get_after_without_follow_is_refused(cli: Cli) -> None:

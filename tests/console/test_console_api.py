@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from console_helpers import TOKEN, eventually
 from redis.asyncio.connection import Connection
 
+from agentpool.cli.tenants import due_as_queued
 from agentpool.connection import redis_from_url
 from agentpool.console import app as console_app
 from agentpool.console.app import ConsoleConfig, build_app
@@ -36,7 +38,6 @@ from agentpool.console.sources import (
     PREVIEW_BYTES,
     PREVIEW_CHARS,
     Sources,
-    due_as_queued,
 )
 from agentpool.protocol import TaskQueue, TenantLoad, WorkerInfo, encode_checkpoint, task_page
 from agentpool.redis_server import RedisServer, free_port
@@ -153,7 +154,7 @@ async def test_tenants_page_counts_each_tenants_tasks_with_its_weight(
     assert [t["tenant"] for t in doc["tenants"]][:2] == ["acme", None]
     assert (doc["counted"], doc["total"]) == (5, 5)
     oldest = {t["tenant"]: t["oldest_queued"] for t in doc["tenants"]}
-    assert oldest["gold"] is None and oldest["acme"].endswith("+00:00")
+    assert oldest["gold"] is None and oldest["acme"].endswith("Z")
 
 
 async def test_tenants_page_shows_each_tenants_cap_and_the_tasks_a_cap_holds(
@@ -436,6 +437,54 @@ def test_a_redis_that_does_not_answer_at_start_is_one_warning_and_the_console_se
     assert err.read_text() == (
         f"agentpool console: warning: {warning.format(**ports)} (serving anyway: every "
         "request asks Redis again)\n")
+
+
+def test_a_console_without_kubernetes_says_so_in_its_own_words(redis_url: str,
+                                                              tmp_path: Path) -> None:
+    """Not `status`'s hint (--queue with --redis-url reads one queue): the console shows every
+    queue of its Redis."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AGENTPOOL_") and k not in ("KUBECONFIG",
+                                                            "KUBERNETES_SERVICE_HOST")}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config
+    console = subprocess.Popen(
+        [str(Path(sys.executable).with_name("agentpool")), "console", "--redis-url", redis_url,
+         "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert console.stdout is not None
+        assert console.stdout.readline().endswith("(read-only; pools from Redis)\n")
+        console.terminate()
+        _, err = console.communicate(timeout=15)
+    finally:
+        console.kill()
+        console.wait()
+    assert err == ("agentpool console: pools from Redis alone (no kubeconfig, not in a "
+                   "cluster: every queue found in Redis; --kubeconfig shows the AgentPools "
+                   "of a cluster)\n")
+
+
+async def test_a_queue_alone_is_its_task_list(api: Client) -> None:
+    for path in ("/queues/demo", "/queues/demo/"):
+        response = await api.get(path, allow_redirects=False)
+        assert (response.status, response.headers["Location"]) == (302, "/queues/demo/tasks")
+
+
+async def test_a_path_that_is_no_page_names_the_pages(api: Client) -> None:
+    for path in ("/queues/demo/nope", "/pools/team-a", "/fleet", "/a<b>"):
+        response = await api.get(path)
+        page = await response.text()
+        assert (response.status, response.content_type) == (404, "text/html"), path
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        assert "404: Not Found" not in page
+        assert f"<h1>No page at {path.replace('<', '&lt;').replace('>', '&gt;')}</h1>" in page
+        assert "<code>/queues/&lt;queue&gt;/tenants</code>: a queue's tenants" in page
+        assert '<a href="/">/</a>: every pool' in page
+    doc = await get_json(api, "/api/queues/demo", 404)
+    assert doc["error"].startswith("no data at /api/queues/demo: the pages' data is at ")
+    assert "/api/queues/<queue>/tenants" in doc["error"]
+    response = await api.get("/static/nope.js")
+    assert (response.status, await response.text()) == (404, "no such asset")
+    assert (await api.post("/")).status == 405
 
 
 async def test_the_console_answers_only_to_its_allowed_host_names(redis: aioredis.Redis,
@@ -902,6 +951,39 @@ async def test_a_due_delayed_task_is_counted_once_as_queued_on_every_page(
     assert [(t["tenant"], t["queued"], t["later"]) for t in tenants] == [
         ("acme", 1, 0), ("globex", 0, 2)]
     assert tenants[0]["oldest_queued"] is not None and tenants[1]["oldest_queued"] is None
+
+
+async def test_the_cli_and_the_tenants_page_count_tenants_the_same(
+    api: Client, redis: aioredis.Redis, redis_url: str, queue_name: str,
+) -> None:
+    """One count of a queue's tenants: `agentpool tenants -o json` and the tenants page agree
+    (a due delayed task is queued for both), and their queued add up to the figures'."""
+    queue = TaskQueue(redis, queue_name)
+    await queue.set_tenant_caps({"capped": 1})
+    await queue.set_tenant_weights({"gold": 3})
+    for n in range(4):
+        await queue.submit({"n": n}, tenant="acme" if n % 2 else None)
+    await queue.submit({"n": 4}, tenant="acme", delay=0.05)
+    await queue.submit({"n": 5}, tenant="globex", delay=3600)
+    await queue.submit({"n": 6}, tenant="gold", delay=0.05)
+    await asyncio.wait_for(until_due(queue, 2), 10)
+    cli = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("agentpool")), "tenants", "--redis-url", redis_url,
+        "--queue", queue_name, "-o", "json", stdout=asyncio.subprocess.PIPE)
+    out, _ = await cli.communicate()
+    assert cli.returncode == 0
+    mine, page = json.loads(out), await get_json(api, f"/api/queues/{queue_name}/tenants")
+    fields = ("tenant", "weight", "max_running", "queued", "running", "later")
+    assert [[t[f] for f in fields] for t in mine["tenants"]] == [
+        [t[f] for f in fields] for t in page["tenants"]] == [
+        ["acme", 1, None, 3, 0, 0], [None, 1, None, 2, 0, 0], ["gold", 3, None, 1, 0, 0],
+        ["capped", 1, 1, 0, 0, 0], ["globex", 1, None, 0, 0, 1]]
+    assert [t["oldest_queued_wait_seconds"] is None for t in mine["tenants"]] == [
+        t["oldest_queued"] is None for t in page["tenants"]] == [False] * 3 + [True] * 2
+    assert {k: mine[k] for k in ("counted", "total", "capped")} == {
+        k: page[k] for k in ("counted", "total", "capped")} == {
+        "counted": 7, "total": 7, "capped": 0}
+    assert sum(t["queued"] for t in mine["tenants"]) == (await queue.figures()).queued
 
 
 def test_tenants_count_due_tasks_as_queued_most_queued_first() -> None:
