@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import queue
 import re
+import select
+import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -54,23 +61,37 @@ def _ignore_hangup() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
+def _take_terminal() -> None:
+    """Make stdin, a pty, the controlling terminal of the new session, as a terminal
+    emulator does for its shell: closing the pty then hangs up the session (SIGHUP)."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class DemoProcess:
     """The demo as a child process: its output read as it comes, and every process it starts
-    recorded (pid and start time) while it runs."""
+    recorded (pid and start time) while it runs.
 
-    def __init__(self, args: list[str], tmpdir: Path, *, nohup: bool = False) -> None:
+    A `stdout` other than a pipe (a pty) is the caller's to read; with `controlling`, it is
+    also stdin and the controlling terminal of a session of the demo's own. With
+    `close_after`, the pipe of stdout is closed after that many lines, as `| head -N` does.
+    """
+
+    def __init__(self, args: list[str], tmpdir: Path, *, nohup: bool = False,
+                 stdout: int = subprocess.PIPE, controlling: bool = False,
+                 close_after: int | None = None) -> None:
         env = {**os.environ, "TMPDIR": str(tmpdir), "COLUMNS": "100"}
         self.process = subprocess.Popen(
-            DEMO + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            preexec_fn=_ignore_hangup if nohup else None,
+            DEMO + args, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
+            stdin=stdout if controlling else None, start_new_session=controlling,
+            preexec_fn=_ignore_hangup if nohup else _take_terminal if controlling else None,
         )
+        self.close_after = close_after
         self.children: dict[int, str] = {}
         self.streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._lines: queue.Queue[str] = queue.Queue()
-        self._threads = [
-            threading.Thread(target=self._read, args=(self.process.stdout, "stdout"), daemon=True),
-            threading.Thread(target=self._read, args=(self.process.stderr, "stderr"), daemon=True),
-        ]
+        pipes = [(self.process.stdout, "stdout"), (self.process.stderr, "stderr")]
+        self._threads = [threading.Thread(target=self._read, args=(stream, name), daemon=True)
+                         for stream, name in pipes if stream is not None]
         self._watcher = threading.Thread(target=self._watch_children, daemon=True)
         for thread in [*self._threads, self._watcher]:
             thread.start()
@@ -79,6 +100,9 @@ class DemoProcess:
         for line in stream:
             self.streams[name].append(line)
             self._lines.put(line)
+            if name == "stdout" and len(self.streams[name]) == self.close_after:
+                stream.close()
+                return
 
     def _watch_children(self) -> None:
         while self.process.poll() is None:
@@ -124,16 +148,22 @@ def demo_tmp(tmp_path: Path) -> Path:
 def spawn() -> Iterator[Callable[..., DemoProcess]]:
     started: list[DemoProcess] = []
 
-    def start(args: list[str], tmpdir: Path, *, nohup: bool = False) -> DemoProcess:
-        demo = DemoProcess(args, tmpdir, nohup=nohup)
+    def start(args: list[str], tmpdir: Path, **options: Any) -> DemoProcess:
+        demo = DemoProcess(args, tmpdir, **options)
         started.append(demo)
         return demo
 
     yield start
-    for demo in started:
+    for demo in started:  # a test that failed half-way: stop the demo as Ctrl-C does
         if demo.process.poll() is None:
-            demo.process.kill()
-            demo.process.wait()
+            demo.process.send_signal(signal.SIGINT)
+            try:
+                demo.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                demo.process.kill()
+                demo.process.wait()
+        for pid in demo.survivors():  # its workers and Redis run in sessions of their own
+            os.kill(pid, signal.SIGKILL)
 
 
 def _port_open(url: str) -> bool:
@@ -218,3 +248,116 @@ def test_a_demo_started_with_nohup_goes_on_when_its_terminal_closes(
     demo.process.send_signal(signal.SIGHUP)
     assert demo.finish(timeout=120) == 0, demo.output()
     assert demo.survivors() == []
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_demo_with_141_quietly(
+    demo_tmp: Path, spawn: Spawn,
+) -> None:
+    """`agentpool demo | head -3`: no word on stderr (Redis is not to blame), 141 as for
+    SIGPIPE, and nothing left behind."""
+    demo = spawn(["--tasks", "200", "--workers", "2", "--mean-seconds", "0.1", "--no-console"],
+                 demo_tmp, close_after=3)
+    assert demo.finish(timeout=60) == 141, demo.output()
+    assert len(demo.streams["stdout"]) == 3
+    assert demo.output("stderr") == ""
+    assert demo.survivors() == []
+    assert list(demo_tmp.iterdir()) == []
+
+
+class Terminal:
+    """A real pty, read as a terminal emulator reads it until it closes its end."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = pty.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.text = ""
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closing.is_set():
+            if select.select([self.master], [], [], 0.05)[0]:
+                try:
+                    self.text += os.read(self.master, 65536).decode(errors="replace")
+                except OSError:
+                    return
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.text:
+            assert time.monotonic() < deadline, f"no {text!r} on the terminal:\n{self.text}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """The window closed: the pty's master end goes, the demo's end hangs up."""
+        self._closing.set()
+        self._reader.join(timeout=10)
+        os.close(self.master)
+
+
+@pytest.mark.parametrize("controlling", [True, False], ids=["session", "output-only"])
+def test_a_terminal_that_hangs_up_ends_the_demo_with_129_quietly(
+    demo_tmp: Path, spawn: Spawn, controlling: bool,
+) -> None:
+    """The demo's terminal closed: as the controlling terminal of its session (SIGHUP, then
+    writes fail with EIO) or as its output only (EIO alone). Either way the terminal's
+    error is not Redis's, the demo ends as a hang-up does (129), and nothing is left."""
+    terminal = Terminal()
+    demo = spawn(["--tasks", "400", "--workers", "2", "--mean-seconds", "0.2",
+                  "--no-console"], demo_tmp, stdout=terminal.slave, controlling=controlling)
+    os.close(terminal.slave)
+    terminal.wait_for("submitted 400 tasks")
+    terminal.close()
+    assert demo.finish(timeout=60) == 128 + signal.SIGHUP, demo.output()
+    assert demo.output("stderr") == ""
+    assert demo.survivors() == []
+    assert list(demo_tmp.iterdir()) == []
+
+
+def run_printed(line: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """A command line the demo printed, run as a shell would (its `# ...` a comment)."""
+    argv = shlex.split(line, comments=True)
+    assert argv[0] == "agentpool", line
+    return subprocess.run([*DEMO[:-1], *argv[1:]], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_keep_serves_until_ctrl_c_and_every_printed_command_works(
+    demo_tmp: Path, spawn: Spawn,
+) -> None:
+    demo = spawn(["--tasks", "30", "--workers", "2", "--mean-seconds", "0.2", "--no-live",
+                  "--keep"], demo_tmp)
+    url = demo.wait_for_line("started redis-server on ").rsplit(" ", 1)[1].strip()
+    kept = demo.wait_for_line("The demo keeps running")
+    lines = []
+    while not lines or "agentpool submit " not in lines[-1]:
+        lines.append(demo.wait_for_line("  agentpool ").strip())
+    console = demo.wait_for_line("  console: ").split()[-1] if "console" in kept else None
+    assert "Nothing lost" in demo.output("stdout")
+    assert [shlex.split(line, comments=True)[1] for line in lines] == [
+        "status", "workers", "tasks", "dead", "get", "submit"]
+    for line in lines:
+        assert f"--redis-url {url} --queue demo" in line, line
+        done = run_printed(line)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        shown = done.stdout
+        if " status " in line:
+            assert re.search(r"^demo +demo ", shown, re.MULTILINE), shown
+        elif " workers " in line:
+            assert "Workers of queue demo: 2" in shown, shown
+        elif " get " in line:
+            assert "succeeded" in shown and shlex.split(line, comments=True)[-1] in shown, shown
+        elif " submit " in line:
+            assert re.search(r"[0-9a-f]{32} +succeeded", shown), shown
+    if console is not None:
+        with urllib.request.urlopen(console + "api/fleet", timeout=10) as response:
+            fleet = json.load(response)
+        assert [pool["queue"] for pool in fleet["pools"]] == ["demo"]
+    assert demo.process.poll() is None
+    demo.process.send_signal(signal.SIGINT)
+    assert demo.finish(timeout=60) == 0, demo.output()
+    assert "stopped: all demo processes stopped" in demo.output("stdout")
+    assert demo.survivors() == []
+    assert not _port_open(url)
+    assert list(demo_tmp.iterdir()) == []

@@ -96,3 +96,15 @@ def test_pending_tasks_are_shown_next_to_the_lost_ones() -> None:
     lines = render(summary_table(summarize(records, retried=0, requeued_after_kill=0))).splitlines()
     pending = next(i for i, line in enumerate(lines) if "still pending" in line)
     assert "lost" in lines[pending + 1]
+
+
+def test_summary_table_says_what_the_kill_dead_lettered_instead_of_requeuing() -> None:
+    records = [TaskRecord(id="t1", state="dead", attempts=1, created_ms=0, started_ms=10,
+                          finished_ms=20)]
+    summary = summarize(records, retried=0, requeued_after_kill=0, killed_worker="demo-worker-1",
+                        dead_lettered_after_kill=1)
+    text = " ".join(render(summary_table(summary), width=160).split())
+    assert ("requeued after the kill 0 what demo-worker-1 was running; 1 more dead-lettered "
+            "(attempts used up)") in text
+    plain = summarize(records, retried=0, requeued_after_kill=0, killed_worker="demo-worker-1")
+    assert "dead-lettered (attempts" not in render(summary_table(plain), width=160)

@@ -3,7 +3,8 @@ worker killed half-way and its tasks requeued the way the operator does it.
 
 Everything the demo starts is stopped on the way out, whether it finished, failed, or was
 interrupted by SIGINT, SIGTERM or SIGHUP (its terminal closed); a second signal during that
-clean-up does not cut it short.
+clean-up does not cut it short. With `keep`, the way out waits for one of those signals once
+the run is over, so its Redis, workers and console can be looked at.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import math
 import re
 import signal
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -27,13 +29,19 @@ import redis
 
 from agentpool.cli.demo.console import DemoConsole, start_console
 from agentpool.cli.demo.fleet import WorkerFleet, WorkerProcess, worker_command
-from agentpool.cli.demo.summary import Summary, TaskRecord, summarize
+from agentpool.cli.demo.summary import FINAL_STATES, Summary, TaskRecord, summarize
 from agentpool.cli.demo.view import Reporter, RunningRow, Snapshot, WorkerRow
-from agentpool.connection import redis_from_url, sync_redis_from_url
+from agentpool.connection import (
+    RedisURLError,
+    check_redis_url,
+    redis_from_url,
+    sync_redis_from_url,
+)
 from agentpool.protocol import (
     LISTEN_SECONDS,
     DoneSignal,
     QueueFigures,
+    RequeueResult,
     TaskInfo,
     TaskQueue,
     WorkerState,
@@ -82,6 +90,9 @@ class DemoConfig:
     poll_seconds: float = 0.25
     worker_command: Sequence[str] | None = None
     console: bool = False
+    keep: bool = False
+    """Once the run is over, keep Redis, the workers and the console up until a stopping
+    signal."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +100,17 @@ class DemoOutcome:
     summary: Summary
     queue: str
     redis_url: str
+    """Without its password, for messages."""
     pods: list[str]
     pids: list[int]
+    url: str = ""
+    """The URL the workers use, the password included."""
+    console_url: str | None = None
+    example_task: str | None = None
+    """A task to look at afterwards: one that resumed from its checkpoint after the kill,
+    else one the kill requeued, else the first submitted."""
+    example_note: str = ""
+    """Which of those it is."""
 
 
 def task_payloads(config: DemoConfig) -> list[dict[str, Any]]:
@@ -134,9 +154,14 @@ _UNKNOWN_OPTION = re.compile(r"unexpected keyword argument '([^']+)'")
 def check_redis(url: str) -> None:
     """Reach the Redis given on the command line once, before anything is started.
 
-    Raises DemoConfigError for a URL that cannot be used, DemoError for a Redis that cannot be
-    reached or refuses the password; neither message shows the password.
+    Raises DemoConfigError for a URL that cannot be used (in the words every other command
+    uses), DemoError for a Redis that cannot be reached or refuses the password; neither
+    message shows the password.
     """
+    try:
+        check_redis_url(url)
+    except RedisURLError as exc:
+        raise DemoConfigError(f"invalid Redis URL {redact_url(url)}: {exc}") from None
     try:
         client = sync_redis_from_url(url, socket_connect_timeout=CHECK_TIMEOUT,
                                      socket_timeout=CHECK_TIMEOUT)
@@ -175,6 +200,8 @@ class Interrupts:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.stopped = asyncio.Event()
+        self.received = threading.Event()
+        """`stopped` for code outside the event loop."""
         self._previous: dict[int, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -212,10 +239,18 @@ class Interrupts:
                 waiter.cancel()
         self.check()
 
+    def wait(self) -> int:
+        """Block until a stopping signal arrives (or arrived); its number."""
+        while not self.received.wait(timeout=1.0):
+            pass
+        assert self.signum is not None
+        return self.signum
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
             return
         self.signum = signum
+        self.received.set()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.stopped.set)
 
@@ -228,9 +263,12 @@ class Clock:
         return time.monotonic() - self.start
 
 
-def run_demo(config: DemoConfig, reporter: Reporter) -> DemoOutcome:
+def run_demo(config: DemoConfig, reporter: Reporter,
+             finished: Callable[[DemoOutcome], None] | None = None) -> DemoOutcome:
     """Run the whole demo; raises DemoInterrupted on a stopping signal, DemoError on failure.
 
+    `finished` gets the outcome while everything still runs; with `config.keep`, it all runs
+    on until a stopping signal (which then ends the demo as it would have ended anyway).
     Whatever happens, on return every worker and the private redis-server have exited and the
     demo's temporary directory (worker logs, Redis data) is gone.
     """
@@ -268,13 +306,22 @@ def run_demo(config: DemoConfig, reporter: Reporter) -> DemoOutcome:
         interrupts.check()
         demo = DemoRun(config, fleet, reporter, clock, interrupts, console_url)
         summary = asyncio.run(demo.main(url))
-        return DemoOutcome(
+        outcome = DemoOutcome(
             summary=summary,
             queue=config.queue,
             redis_url=redact_url(url),
             pods=list(fleet.workers),
             pids=[w.pid for w in fleet.workers.values()],
+            url=url,
+            console_url=console_url,
+            example_task=demo.example_task,
+            example_note=demo.example_note,
         )
+        if finished is not None:
+            finished(outcome)
+        if config.keep:
+            interrupts.wait()
+        return outcome
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -302,8 +349,12 @@ class DemoRun:
         self.clock = clock
         self.killed_pod: str | None = None
         self.requeued_after_kill = 0
+        self.dead_lettered_after_kill = 0
         self.requeued_ids: set[str] = set()
-        """What the killed worker held when it died: the tasks requeue_pod hands back."""
+        """What the killed worker held when it died and requeue_pod handed back (not those it
+        dead-lettered or cancelled)."""
+        self.example_task: str | None = None
+        self.example_note = ""
         self._done_seen: dict[str, int] = {}
         self._reported_exits: set[str] = set()
 
@@ -330,6 +381,7 @@ class DemoRun:
         await half_way.start()
         try:
             ids = await queue.submit_many(task_payloads(config))
+            self.example_task, self.example_note = ids[0], "the first task submitted"
             self.interrupts.check()
             self.event(f"submitted {len(ids)} tasks to queue {queue.name}")
             await self.watch(queue, len(ids), half_way)
@@ -344,6 +396,7 @@ class DemoRun:
             requeued_after_kill=self.requeued_after_kill,
             requeued_ids=self.requeued_ids,
             killed_worker=self.killed_pod,
+            dead_lettered_after_kill=self.dead_lettered_after_kill,
         )
 
     def start_worker(self, replacing: str | None = None) -> WorkerProcess:
@@ -429,29 +482,37 @@ class DemoRun:
         pod = max(held, key=lambda p: held[p])
         victim = self.fleet.workers[pod]
         self.killed_pod = pod
-        self.event(f"half-way: kill -9 {pod} (pid {victim.pid}) while it runs {held[pod]} tasks")
         self.fleet.kill(pod)
+        held_ids: set[str] = set()
         for state in states:
             if state.pod == pod:
-                self.requeued_ids |= await queue.held_by(state.worker_id)
+                held_ids |= await queue.held_by(state.worker_id)
+        self.event(f"half-way: kill -9 {pod} (pid {victim.pid}) while it runs "
+                   f"{counted(len(held_ids), 'task')}")
+        before = {info.id: info.attempts for info in await queue.get_many(sorted(held_ids))}
         result = await queue.requeue_pod(pod, reason="pod killed by the demo")
+        after = {info.id: (info.state, info.attempts)
+                 for info in await queue.get_many(sorted(held_ids))}
+        self.requeued_ids = handed_back(before, after)
         self.requeued_after_kill = result.requeued
-        message = (f"requeued its {result.requeued} tasks (requeue_pod, the operator's recovery "
-                   "path)")
-        if result.dead_lettered:
-            message += f"; {result.dead_lettered} dead-lettered (attempts used up)"
-        self.event(message)
+        self.dead_lettered_after_kill = result.dead_lettered
+        self.event(requeue_message(result))
         saved = {task_id: await queue.checkpoint_state(task_id)
                  for task_id in sorted(self.requeued_ids)}
-        steps = {task_id: state["step"] for task_id, state in saved.items()
-                 if isinstance(state, dict) and state.get("step")}
+        steps = checkpointed_steps(saved)
         if steps:
             example = max(steps, key=lambda t: steps[t])
-            self.event(f"{len(steps)} of them will resume from a checkpoint, e.g. task "
-                       f"{example[:8]} after step {steps[example]} of {self.config.steps}")
+            self.example_task = example
+            self.example_note = "a task that resumed from its checkpoint after the kill"
+            self.event(f"{len(steps)} of the requeued tasks will resume from a checkpoint, "
+                       f"e.g. task {example[:8]} after step {steps[example]} of "
+                       f"{self.config.steps}")
             if self.console_url:
                 self.event(f"watch it resume: {self.console_url}queues/"
                            f"{quote(queue.name, safe='')}/tasks/{example}")
+        elif self.requeued_ids:
+            self.example_task = min(self.requeued_ids)
+            self.example_note = "a task the kill interrupted and requeue_pod handed back"
         self.start_worker(replacing=pod)
 
     def check_processes(self, *, fatal: bool) -> None:
@@ -510,6 +571,39 @@ class DemoRun:
                                 t.progress.message if t.progress and t.progress.message
                                 else "") for t in running],
         )
+
+
+def counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def handed_back(before: Mapping[str, int], after: Mapping[str, tuple[str, int]]) -> set[str]:
+    """Of the tasks a killed worker held (their attempts when it died), those requeue_pod
+    returned to the queue: all but those it ended, dead-lettered (attempts used up) or
+    cancelled. Such a task is final and still on the same attempt; a requeued one is
+    pending, or was claimed again since and so is on a later attempt."""
+    handed = set()
+    for task_id, attempts in before.items():
+        found = after.get(task_id)
+        if found is not None and (found[0] not in FINAL_STATES or found[1] > attempts):
+            handed.add(task_id)
+    return handed
+
+
+def requeue_message(result: RequeueResult) -> str:
+    message = (f"requeued {result.requeued} of its tasks (requeue_pod, the operator's "
+               "recovery path)")
+    if result.dead_lettered:
+        message += f"; {result.dead_lettered} dead-lettered (attempts used up)"
+    if result.cancelled:
+        message += f"; {result.cancelled} cancelled (a cancel was pending)"
+    return message
+
+
+def checkpointed_steps(saved: Mapping[str, Any]) -> dict[str, int]:
+    """The step each task's checkpoint saved, for the tasks that saved one past step 0."""
+    return {task_id: state["step"] for task_id, state in saved.items()
+            if isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] > 0}
 
 
 class FinishCounter:

@@ -44,6 +44,8 @@ class Summary:
     killed_worker: str | None
     resumed_from_checkpoint: int = 0
     """Tasks whose last run resumed from a checkpoint instead of starting over."""
+    dead_lettered_after_kill: int = 0
+    """Tasks the killed worker held on their last attempt: dead-lettered, not requeued."""
 
     @property
     def ok(self) -> bool:
@@ -85,6 +87,7 @@ def summarize(
     requeued_after_kill: int,
     requeued_ids: Collection[str] = (),
     killed_worker: str | None = None,
+    dead_lettered_after_kill: int = 0,
 ) -> Summary:
     """Figures for one demo run.
 
@@ -128,4 +131,5 @@ def summarize(
         killed_worker=killed_worker,
         resumed_from_checkpoint=sum(
             1 for r in records if r.state == "succeeded" and r.resumed_from_step > 0),
+        dead_lettered_after_kill=dead_lettered_after_kill,
     )

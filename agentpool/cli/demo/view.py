@@ -7,6 +7,7 @@ reporters only decide where and how often those go.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agentpool.cli.demo.summary import Summary
+from agentpool.urls import redact_url
 
 STATE_STYLES = {
     "running": "green",
@@ -64,6 +66,7 @@ class Snapshot:
 class Reporter(Protocol):
     def update(self, snapshot: Snapshot) -> None: ...
     def event(self, elapsed: float, message: str) -> None: ...
+    def stop(self) -> None: ...
 
 
 def _clock(seconds: float) -> str:
@@ -145,6 +148,9 @@ def summary_table(summary: Summary) -> Table:
     lost_style = "bold green" if summary.lost == 0 else "bold red"
     killed = (f"what {summary.killed_worker} was running" if summary.killed_worker
               else "no worker was killed")
+    if summary.dead_lettered_after_kill:
+        killed += (f"; {summary.dead_lettered_after_kill} more dead-lettered (attempts "
+                   "used up)")
     rows: list[tuple[str, str | Text, str]] = [
         ("submitted", str(summary.submitted), ""),
         ("succeeded", str(summary.succeeded), ""),
@@ -176,6 +182,32 @@ def summary_json(summary: Summary, **extra: object) -> str:
     return json.dumps({**summary.as_dict(), **extra}, indent=2)
 
 
+SUBMIT_ONE_MORE = '{"mean_seconds": 2, "steps": 4}'
+
+
+def try_commands(url: str, queue: str, *, task: str | None = None, task_note: str = "",
+                 console_url: str | None = None) -> list[str]:
+    """What to run against a kept demo, as shell lines (a command, then what it shows).
+
+    A URL with a password is left out of them, so that the password is not printed: they
+    then read it from AGENTPOOL_REDIS_URL, as every command does without --redis-url.
+    """
+    where = ([] if redact_url(url) != url else ["--redis-url", url]) + ["--queue", queue]
+    commands = [
+        (["status", *where], "the queue at a glance"),
+        (["workers", *where], "the workers serving it (the killed one is gone)"),
+        (["tasks", *where], "its tasks by state"),
+        (["dead", "list", *where], "the dead letters, each with its last error"),
+    ]
+    if task is not None:
+        commands.append((["get", *where, task], task_note or "one task"))
+    commands.append((["submit", *where, "--json", SUBMIT_ONE_MORE, "--wait"],
+                     "one more task for the demo's workers; prints its outcome"))
+    if console_url is None:
+        commands.append((["console", "--redis-only", *where], "the web console on it"))
+    return [f"{shlex.join(['agentpool', *argv])}  # {note}" for argv, note in commands]
+
+
 class LiveReporter:
     """A view that redraws in place; events print above it and stay in the scrollback."""
 
@@ -190,6 +222,9 @@ class LiveReporter:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         self.live.stop()
 
     def update(self, snapshot: Snapshot) -> None:
@@ -213,6 +248,9 @@ class PlainReporter:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        return None
+
+    def stop(self) -> None:
         return None
 
     def update(self, snapshot: Snapshot) -> None:
