@@ -40,7 +40,9 @@ users) leaves the workers on the pool's URL, with the condition ``Credentials`` 
 its own user starts so: once its worker Secret exists, a refusal (the pool's credential lost
 ``ACL SETUSER``, say) keeps the workers on their user and Secret (``CredentialsUnmanaged``:
 rotations and changes of the user's rights wait); deleting the Secret is how a person moves
-them to the pool's URL.
+them to the pool's URL. A pool moved to another Redis (its Secret names another server or
+database, `same_server`) has no user there: a refusal there moves its workers with it to the
+pool's URL, as a new pool's, and the message says so.
 
 A Secret of either name is the pool's only when it names an AgentPool of the pool's name as
 its controller (`pool_owns`). Another's Secret of that name (the pool's own URL Secret, one of
@@ -87,7 +89,7 @@ from agentpool.acl import (
 )
 from agentpool.models import GROUP, SecretKeyRef
 from agentpool.redis_errors import REDIS_FAILURES
-from agentpool.urls import with_credentials
+from agentpool.urls import redis_server, with_credentials
 
 from .deployment import CREDENTIALS_VERSION, owner_reference, pool_labels
 from .kube import api_error_message
@@ -399,6 +401,16 @@ def unmanaged(namespace: str, pool: str, why: str) -> WorkerCredentials:
                              ConditionUpdate(CONDITION, "False", UNMANAGED, message))
 
 
+def moved(namespace: str, pool: str, why: str, held: str, pool_url: str) -> WorkerCredentials:
+    """The pool moved to another Redis (`pool_url`; its worker Secret still holds `held`),
+    which refuses it a user: it has none there, and its workers go where the pool went."""
+    user = acl_username(namespace, pool, Role.WORKER)
+    return shared(
+        f"the pool moved to {redis_server(pool_url, namespace)}, where {why}; its workers "
+        f"moved with it from Redis user {user} on {redis_server(held, namespace)} (Secret "
+        f"{namespace}/{worker_secret_name(pool)}, left as it is)")
+
+
 def lasting(error: ApiException) -> bool:
     """A refusal that the next round meets again (forbidden, over quota, invalid), not a
     race or an API server's hiccup (a round later tries again, unreported)."""
@@ -406,18 +418,33 @@ def lasting(error: ApiException) -> bool:
     return 400 <= status < 500 and status not in (404, 409, 429)
 
 
-def password_of(secret: Mapping[str, Any] | None) -> str | None:
-    """The password in the URL of a worker Secret, or None when there is none to reuse."""
-    if not secret:
-        return None
-    raw = (secret.get("data") or {}).get(SECRET_KEY)
+def url_of(secret: Mapping[str, Any] | None) -> str | None:
+    """The URL a worker Secret holds, or None when it has none that parses."""
+    raw = ((secret or {}).get("data") or {}).get(SECRET_KEY)
     if not raw:
         return None
     try:
-        password = urlsplit(base64.b64decode(raw).decode()).password
+        url = base64.b64decode(raw).decode()
+        urlsplit(url)
     except (ValueError, UnicodeDecodeError):
         return None
+    return url
+
+
+def password_of(secret: Mapping[str, Any] | None) -> str | None:
+    """The password in the URL of a worker Secret, or None when there is none to reuse."""
+    url = url_of(secret)
+    password = urlsplit(url).password if url is not None else None
     return unquote(password) if password else None
+
+
+def same_server(url: str, other: str, namespace: str) -> bool:
+    """Whether two Redis URLs used from `namespace` name the same server (or Sentinel group,
+    or Cluster) and database (`redis_server`), TLS or not: there a pool has the same users."""
+    def server(of: str) -> str:
+        named = redis_server(of, namespace)
+        return "redis" + named.removeprefix("rediss") if named.startswith("rediss") else named
+    return server(url) == server(other)
 
 
 def desired_worker_secret(namespace: str, pool: str, owner: Mapping[str, Any],
@@ -487,11 +514,16 @@ def _restores(patch: Mapping[str, Any]) -> bool:
     return "data" in patch or "ownerReferences" in meta or bool(changed)
 
 
+def denied(error: redis.exceptions.ResponseError) -> bool:
+    """Redis refused the command to the pool's credential (NOPERM)."""
+    return isinstance(error, redis.exceptions.NoPermissionError) or "NOPERM" in str(error)
+
+
 def refusal(error: redis.exceptions.ResponseError) -> str | None:
     """Why this Redis cannot have per-pool users, from its answer to ACL SETUSER; None when
     the error says nothing about that (try again next round)."""
     text = str(error)
-    if isinstance(error, redis.exceptions.NoPermissionError) or "NOPERM" in text:
+    if denied(error):
         return "the pool's Redis credential may not manage ACL users (it needs ACL SETUSER)"
     if "unknown command" in text.lower():
         return "this Redis has no ACLs (Redis 6 or later has them)"
@@ -680,9 +712,12 @@ async def ensure_worker_credentials(
         why = refusal(error)
         if why is None:
             raise
-        if existing is not None:
+        held = url_of(existing)
+        if existing is not None and (held is None or same_server(held, pool_url, namespace)):
             return trouble(unmanaged(namespace, name, why))
         known.reported.pop(secret_name, None)
+        if held is not None:
+            return CredentialsRound(moved(namespace, name, why, held, pool_url))
         return CredentialsRound(shared(why))
     closed = True
     if plan.finished:
@@ -872,3 +907,23 @@ async def remove_user(admin: aioredis.Redis, namespace: str, pool: str,
             raise
         return False
 
+
+class UsersKept(Exception):
+    """Redis refused to delete a pool's users: the pool's credential may not (NOPERM)."""
+
+
+async def remove_users(admin: aioredis.Redis, namespace: str, pool: str) -> bool:
+    """Delete the pool's worker and producer users (Redis closes their connections); whether
+    the worker's was there. A Redis without ACLs has none to delete. Raises `UsersKept`
+    when the pool's credential may not delete users."""
+    removed: list[bool] = []
+    for role in (Role.WORKER, Role.PRODUCER):
+        try:
+            removed.append(await delete_user(admin, acl_username(namespace, pool, role)))
+        except redis.exceptions.ResponseError as error:
+            if denied(error):
+                raise UsersKept("the pool's Redis credential may not run ACL DELUSER") from None
+            if refusal(error) is None:
+                raise
+            return False
+    return removed[0]

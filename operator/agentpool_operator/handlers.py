@@ -38,13 +38,14 @@ from .credentials import CONDITION as CREDENTIALS_CONDITION
 from .credentials import (
     PRODUCER_ROTATE_ANNOTATION,
     REQUEST_ANNOTATION,
+    UsersKept,
     accept_rotation,
     ensure_producer_credentials,
     ensure_worker_credentials,
     event_type,
     per_pool,
     pool_owns,
-    remove_user,
+    remove_users,
     spec_grants,
     worker_secret_name,
 )
@@ -498,7 +499,8 @@ async def remove_credentials(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logg
     """Delete the pool's Redis users (their Secrets go with the pool, as its owner). Their
     Redis is the pool's URL, or, with its URL Secret gone first (a namespace deleted whole),
     the one the operator last used for the pool. A Redis that does not answer is tried again
-    for USER_REMOVAL_SECONDS; then the pool goes, with a Warning Event naming the users left."""
+    for USER_REMOVAL_SECONDS; then the pool goes, with a Warning Event naming the users left.
+    So it goes at once when the pool's credential may not delete users (a lasting refusal)."""
     ctx = context(memo)
     namespace, name = pool_key(body)
     known = known_redis_url(ctx, memo, namespace, name)
@@ -506,9 +508,8 @@ async def remove_credentials(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logg
     try:
         url = await removal_url(ctx, body, known)
         async with ctx.redis.own(url) as client:
-            removed = await remove_user(client, namespace, name, Role.WORKER)
-            await remove_user(client, namespace, name, Role.PRODUCER)
-    except (QueueAccessError, *REDIS_FAILURES) as error:
+            removed = await remove_users(client, namespace, name)
+    except (QueueAccessError, UsersKept, *REDIS_FAILURES) as error:
         await removal_failed(ctx, body, url, error, retry, runtime.total_seconds(), logger)
         return
     finally:
@@ -531,6 +532,8 @@ async def removal_failed(ctx: OperatorContext, body: kopf.Body, url: str | None,
         return
     if isinstance(error, QueueAccessError):
         why, transient = error.message, error.reason in TRANSIENT_URL_FAILURES
+    elif isinstance(error, UsersKept):
+        why, transient = str(error), False
     else:
         why = f"Redis failed: {describe_redis_error(error)}"
         transient = True

@@ -29,6 +29,7 @@ from agentpool_operator.credentials import (
     refused,
     retiring_hashes,
     rolled_out,
+    same_server,
     secret_drift,
     shared,
     unmanaged,
@@ -274,3 +275,22 @@ def test_a_new_credentials_version_rolls_the_pods_and_foreign_annotations_stay()
     env = {e["name"]: e for e in first["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AGENTPOOL_REDIS_URL"]["valueFrom"] == {
         "secretKeyRef": {"name": "summaries-redis-worker", "key": "url"}}
+
+
+def test_a_secret_names_the_pools_redis_when_server_and_database_are_the_same() -> None:
+    """What decides whether a refused pool keeps its workers' user (the same Redis: it has
+    the user there) or moves them with it to its URL (another one: it has none there)."""
+    pool = "redis://admin:pw@redis.ns.svc:6379/2?socket_timeout=5"
+    for held in ("redis://agentpool%3Ans%3Ap%3Aworker:x@redis:6379/2",
+                 "redis://u:x@redis.ns.svc.cluster.local/2",
+                 "rediss://u:x@redis.ns.svc:6379/2",
+                 "redis://u:x@redis.ns:6379?db=2"):
+        assert same_server(held, pool, "ns"), held
+    for held in ("redis://u:x@redis.ns.svc:6380/2", "redis://u:x@redis.ns.svc:6379/0",
+                 "redis://u:x@other.ns.svc:6379/2", "redis://u:x@redis.other:6379/2",
+                 "redis+cluster://u:x@redis.ns.svc:6379"):
+        assert not same_server(held, pool, "ns"), held
+    sentinels = "redis+sentinel://a:26379,b:26379/mymaster"
+    assert same_server("redis+sentinel://u:x@b,a/mymaster", sentinels, "ns")
+    assert not same_server("redis+sentinel://u:x@a,b/other", sentinels, "ns")
+    assert not same_server("redis+sentinel://u:x@a,c/mymaster", sentinels, "ns")

@@ -1512,3 +1512,72 @@ async def test_a_pool_whose_redis_does_not_answer_takes_no_others_secret_for_its
         lambda: cluster.condition(pool_name, "Degraded")["reason"] == credentials.CONFLICT)
     await eventually(lambda: len(cluster.requests("GET", f"/secrets/{name}")) >= 2)
     assert _deployment_or_none(cluster, pool_name) is None
+
+
+@pytest.fixture
+async def other_redis() -> AsyncIterator[tuple[RedisServer, str]]:
+    """A second Redis, whose credential for pools (its URL given) may do all but manage users
+    (no ``+acl``)."""
+    with RedisServer(port=free_port()) as server:
+        password = secrets.token_urlsafe(16)
+        root = aioredis.Redis.from_url(server.url)
+        try:
+            await root.execute_command("ACL", "SETUSER", "app", "on", f">{password}", "~*",
+                                       "&*", "+@all", "-acl")
+        finally:
+            await root.aclose()
+        yield server, with_credentials(server.url, "app", password)
+
+
+async def test_a_pool_moved_to_a_redis_that_refuses_it_a_user_takes_its_workers_along(
+    redis: aioredis.Redis, redis_url: str, rounds: InMemoryRounds,
+    other_redis: tuple[RedisServer, str],
+) -> None:
+    """The pool has no user on its new Redis: its workers go to the pool's URL, as a new
+    pool's would, and not stay on a Secret naming the Redis before (whose queue the operator
+    no longer scales on); back on that Redis the pool has its user again."""
+    first = await rounds.round()
+    before = rounds.url
+    server, url = other_redis
+    admin = aioredis.Redis.from_url(url)
+    try:
+        rounds.redis, rounds.pool_url = admin, url
+        moved = await rounds.round()
+    finally:
+        await admin.aclose()
+    assert moved.credentials.secret is None, "the workers use the pool's URL"
+    assert moved.credentials.usable
+    condition = moved.credentials.condition
+    assert (condition.status, condition.reason) == ("False", credentials.SHARED)
+    assert moved.credentials.problem is None and moved.events == ()
+    assert "moved" in condition.message and "may not manage ACL users" in condition.message
+    assert f"127.0.0.1:{server.port}/0" in condition.message
+    assert f"127.0.0.1:{urlsplit(redis_url).port}/0" in condition.message
+    assert "@" not in condition.message and (urlsplit(url).password or "?") not in str(moved)
+    assert rounds.url == before, "the Secret is left as it is"
+
+    rounds.redis, rounds.pool_url = redis, redis_url
+    back = await rounds.round()
+    assert back.credentials.condition.reason == "PerPoolUser"
+    assert back.credentials.version == first.credentials.version
+
+
+async def test_workers_of_a_pool_moved_to_a_redis_that_refuses_it_a_user_follow_the_pool(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, pool_name: str,
+    other_redis: tuple[RedisServer, str],
+) -> None:
+    server, url = other_redis
+    await cluster.create_pool(pool_manifest(pool_name, redis_url=redis_url))
+    await eventually(lambda: cluster.condition(pool_name, "Credentials")["reason"]
+                     == "PerPoolUser")
+    await cluster.create_secret(f"{pool_name}-url", {"url": url})
+    await cluster.patch_pool(pool_name, {"spec": {"redis": {
+        "url": None, "urlSecretRef": {"name": f"{pool_name}-url"}}}})
+    condition = await eventually(
+        lambda: (lambda c: c["reason"] == credentials.SHARED and c)(
+            cluster.condition(pool_name, "Credentials")), within=15)
+    assert f"127.0.0.1:{server.port}/0" in condition["message"] and "moved" in condition["message"]
+    await eventually(lambda: redis_env(cluster.deployment(pool_name)).get("valueFrom") == {
+        "secretKeyRef": {"name": f"{pool_name}-url", "key": "url"}})
+    assert cluster.condition(pool_name, "Degraded")["status"] == "False"
+    assert not cluster.events(credentials.UNMANAGED)
