@@ -31,6 +31,9 @@ _HOMES = {
                      "TaskQueue"), "agentpool.protocol"),
 }
 
+_SUBMODULES = frozenset({"protocol", "durability"})
+"""Reached as attributes before (the package imported them): `agentpool.protocol.X`."""
+
 __all__ = [
     "CancelOutcome",
     "ClaimedTask",
@@ -47,14 +50,17 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'agentpool' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # a type checker sees the imports above, and a misspelt name fails
 
+    def __getattr__(name: str) -> Any:
+        if name in _SUBMODULES:
+            return importlib.import_module(f"agentpool.{name}")
+        home = _HOMES.get(name)
+        if home is None:
+            raise AttributeError(f"module 'agentpool' has no attribute {name!r}")
+        value = getattr(importlib.import_module(home), name)
+        globals()[name] = value
+        return value
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_HOMES})
