@@ -106,6 +106,8 @@ BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
     ),
     ({"operator": {"statusRefreshSeconds": 3601}}, ["/operator/statusRefreshSeconds", "maximum"]),
     ({"fullnameOverride": "f" * 47}, ["/fullnameOverride", "maxLength"]),
+    # Set by the chart: one above the chart's would have a release's upgrade skip keys it lacks.
+    ({"valuesVersion": 3}, ["/valuesVersion", "maximum"]),
     ({"fullnameOverride": "1st"}, ["/fullnameOverride", "does not match pattern"]),
     (
         {"operator": {"extraVolumes": [{"name": "docker", "hostPath": {"path": "/run"}}]}},
