@@ -29,7 +29,7 @@ from agentpool.scaling.simulation import (
     RunResult,
     TraceTask,
     compare,
-    parse_trace,
+    parse_trace_with_warnings,
 )
 
 WAIT_ROWS = ("p50_wait_s", "p95_wait_s", "max_wait_s")
@@ -60,11 +60,12 @@ COLUMN_TITLES = {
 TRACE_HELP = (
     "TRACE.csv has one task per row: arrival_seconds,service_seconds (when the task arrives, "
     "counted from the start of the trace, at most 30 days, and how long it runs once a worker "
-    "has it). A header row naming these two columns (in either order) says which is which; "
-    "blank lines and '#' comments are skipped; the file is UTF-8. Sample traces (steady, bursty, "
-    "diurnal, the long agent runs of longrun, heavytail and mixed, and ratelimited, made "
-    "for --rate-limit 120/min) are in the source "
-    "tree: bench/traces/*.csv, made by bench/make_traces.py."
+    "has it). A header row naming these two columns (in either order; arrival and service "
+    "do too) says which is which; a header of other names is read by position, with a "
+    "warning; blank lines and '#' comments are skipped; the file is UTF-8. Sample traces "
+    "(steady, bursty, diurnal, the long agent runs of longrun, heavytail and mixed, and "
+    "ratelimited, made for --rate-limit 120/min) are in the source tree: bench/traces/*.csv, "
+    "made by bench/make_traces.py."
 )
 
 
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         check_options(args)
         if args.plot is not None:
             require_matplotlib()
-        trace = parse_trace(read_trace(args.trace))
+        trace, trace_warnings = parse_trace_with_warnings(read_trace(args.trace))
         timeline = args.plot is not None or args.timeline
         if timeline:
             check_samples(trace, args.sample_seconds)
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"agentpool simulate: {error}", file=sys.stderr)
         return 2
     result = compare(trace, policy, cluster, keda)
-    notes = report_notes(result, trace, args.task_timeout_seconds)
+    notes = trace_warnings + report_notes(result, trace, args.task_timeout_seconds)
     if args.output == "json":
         print(json.dumps(_as_json(args, result, trace, notes), indent=2))
         for note in notes:

@@ -90,14 +90,23 @@ class TraceTask:
 
 COLUMNS = ("arrival_seconds", "service_seconds")
 """The trace's columns; a header row may name them in either order."""
+ALIASES = {"arrival": COLUMNS[0], "service": COLUMNS[1]}
+"""Shorter names a header row may give the columns (traces written before the names were
+checked use them)."""
 
 
 def parse_trace(lines: Iterable[str]) -> list[TraceTask]:
-    """CSV rows `arrival_seconds,service_seconds`, sorted by arrival. Blank lines and `#`
-    comments are skipped; a first row whose first cell starts with a letter is a header: it
-    must name the two columns (in either order, which sets the order of the rows' cells).
-    Anything else, and a trace without a task, is refused with its line number."""
+    """`parse_trace_with_warnings` without its warnings."""
+    return parse_trace_with_warnings(lines)[0]
+
+
+def parse_trace_with_warnings(lines: Iterable[str]) -> tuple[list[TraceTask], list[str]]:
+    """CSV rows `arrival_seconds,service_seconds`, sorted by arrival, and the warnings the
+    reading gave. Blank lines and `#` comments are skipped; a first row whose first cell
+    starts with a letter is a header (see `_column_order`). Anything else, and a trace without
+    a task, is refused with its line number."""
     tasks: list[TraceTask] = []
+    warnings: list[str] = []
     header_allowed = True
     order = (0, 1)
     for number, line in enumerate(lines, start=1):
@@ -106,7 +115,8 @@ def parse_trace(lines: Iterable[str]) -> list[TraceTask]:
             continue
         cells = [cell.strip() for cell in text.split(",")]
         if header_allowed and _is_header(cells[0]):
-            order = _column_order(cells, number)
+            order, warning = _column_order(cells, number)
+            warnings.extend([warning] if warning else [])
             header_allowed = False
             continue
         header_allowed = False
@@ -115,7 +125,8 @@ def parse_trace(lines: Iterable[str]) -> list[TraceTask]:
                 raise ValueError
             arrival, service = float(cells[order[0]]), float(cells[order[1]])
         except ValueError:
-            message = f"line {number}: expected arrival,service in seconds: {text!r}"
+            expected = ",".join(COLUMNS[order.index(cell)] for cell in range(2))
+            message = f"line {number}: expected {expected} (two numbers of seconds): {text!r}"
             raise ValueError(message) from None
         if not (math.isfinite(arrival) and math.isfinite(service)) or min(arrival, service) < 0:
             raise ValueError(f"line {number}: times must be finite and non-negative")
@@ -127,8 +138,8 @@ def parse_trace(lines: Iterable[str]) -> list[TraceTask]:
             )
         tasks.append(TraceTask(arrival, service))
     if not tasks:
-        raise ValueError("the trace holds no task (rows of arrival,service in seconds)")
-    return sorted(tasks, key=lambda task: task.arrival)
+        raise ValueError(f"the trace holds no task (rows of {','.join(COLUMNS)} in seconds)")
+    return sorted(tasks, key=lambda task: task.arrival), warnings
 
 
 def _is_header(cell: str) -> bool:
@@ -136,15 +147,39 @@ def _is_header(cell: str) -> bool:
     return not _is_number(name) and (name[:1].isalpha() or name[:1] == "_")
 
 
-def _column_order(cells: Sequence[str], number: int) -> tuple[int, int]:
-    """Where a header row puts arrival_seconds and service_seconds."""
-    names = [cell.strip('"').lower() for cell in cells]
-    if sorted(names) != sorted(COLUMNS):
+def _column_order(cells: Sequence[str], number: int) -> tuple[tuple[int, int], str | None]:
+    """Which cells of a row are arrival_seconds and service_seconds, as a header row says, and
+    a warning when it says so only in part. A cell naming a column (or its alias) is that
+    column; the cells of other names take the columns left, in order, so a header of two
+    other names is read by position, as every header was before names were read. Two cells
+    naming one column, or other than two cells, are refused."""
+    names = [cell.strip('"') for cell in cells]
+    quoted = ", ".join(map(repr, names))
+    columns = [_column_named(name) for name in names]
+    if len(names) != 2 or (columns[0] is not None and columns[0] == columns[1]):
         raise ValueError(
-            f"line {number}: the header names the columns {', '.join(map(repr, names))}: "
-            f"expected {COLUMNS[0]} and {COLUMNS[1]} (in either order)"
+            f"line {number}: the header names the columns {quoted}: expected the two "
+            f"columns {COLUMNS[0]} and {COLUMNS[1]} (in either order; or arrival and service)"
         )
-    return names.index(COLUMNS[0]), names.index(COLUMNS[1])
+    left = [column for column in COLUMNS if column not in columns]
+    taken = [column or left.pop(0) for column in columns]
+    order = (taken.index(COLUMNS[0]), taken.index(COLUMNS[1]))
+    guessed = [index for index, column in enumerate(columns) if column is None]
+    if not guessed:
+        return order, None
+    if len(guessed) == 2:
+        took = f"{quoted} as {COLUMNS[0]}, {COLUMNS[1]} by position"
+    else:
+        took = f"{names[guessed[0]]!r} as {taken[guessed[0]]}, the column the other does not name"
+    return order, (
+        f"line {number}: the header names the columns {quoted}: took {took}; name them "
+        f"{COLUMNS[0]},{COLUMNS[1]} (in either order) to say which is which"
+    )
+
+
+def _column_named(name: str) -> str | None:
+    column = ALIASES.get(name.lower(), name.lower())
+    return column if column in COLUMNS else None
 
 
 def _is_number(text: str) -> bool:

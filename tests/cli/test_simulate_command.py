@@ -288,11 +288,48 @@ def test_simulate_reads_the_columns_by_the_header_s_names(
     assert main(["simulate", str(path), "-o", "json", "--task-timeout-seconds", "599"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["tasks_over_task_timeout"] == 2
-    path.write_text("start,duration\n0,600\n")
+    path.write_text("service,arrival\n600,0\n600,1\n")
+    assert main(["simulate", str(path), "-o", "json", "--task-timeout-seconds", "599"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["tasks_over_task_timeout"] == 2
+    assert [line.startswith("2 of 2 tasks run longer") for line in document["warnings"]] == [
+        True]
+    assert captured.err.splitlines() == [
+        f"agentpool simulate: {line}" for line in document["warnings"]]
+
+
+BY_POSITION = ("line 1: the header names the columns 'start', 'duration': took 'start', "
+               "'duration' as arrival_seconds, service_seconds by position; name them "
+               "arrival_seconds,service_seconds (in either order) to say which is which")
+
+
+def test_simulate_reads_a_header_of_other_names_by_position_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "named.csv"
+    path.write_text("start,duration\n0,600\n1,30\n")
+    assert main(["simulate", str(path), "-o", "json", "--task-timeout-seconds", "599"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["tasks_over_task_timeout"] == 1
+    assert document["warnings"][0] == BY_POSITION
+    assert document["warnings"][1].startswith("1 of 2 tasks run longer")
+    assert captured.err.splitlines() == [
+        f"agentpool simulate: {line}" for line in document["warnings"]]
+    assert main(["simulate", str(path)]) == 0
+    assert BY_POSITION in " ".join(capsys.readouterr().out.split())
+
+
+def test_simulate_names_the_columns_of_a_bad_data_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("service_seconds,arrival_seconds\n30,0\n30,soon\n")
     assert main(["simulate", str(path)]) == 2
     assert capsys.readouterr().err == (
-        "agentpool simulate: line 1: the header names the columns 'start', 'duration': "
-        "expected arrival_seconds and service_seconds (in either order)\n")
+        "agentpool simulate: line 3: expected service_seconds,arrival_seconds (two numbers of "
+        "seconds): '30,soon'\n")
 
 
 def test_simulate_refuses_a_trace_that_is_not_utf8_in_one_line_naming_it(

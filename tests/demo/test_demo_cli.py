@@ -73,12 +73,13 @@ class DemoProcess:
 
     A `stdout` other than a pipe (a pty) is the caller's to read; with `controlling`, it is
     also stdin and the controlling terminal of a session of the demo's own. With
-    `close_after`, the pipe of stdout is closed after that many lines, as `| head -N` does.
+    `close_after`, the pipe of `closing` (stdout or stderr) is closed after that many lines,
+    as `| head -N` does.
     """
 
     def __init__(self, args: list[str], tmpdir: Path, *, nohup: bool = False,
                  stdout: int = subprocess.PIPE, controlling: bool = False,
-                 close_after: int | None = None) -> None:
+                 close_after: int | None = None, closing: str = "stdout") -> None:
         env = {**os.environ, "TMPDIR": str(tmpdir), "COLUMNS": "100"}
         self.process = subprocess.Popen(
             DEMO + args, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
@@ -86,6 +87,7 @@ class DemoProcess:
             preexec_fn=_ignore_hangup if nohup else _take_terminal if controlling else None,
         )
         self.close_after = close_after
+        self.closing = closing
         self.children: dict[int, str] = {}
         self.streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._lines: queue.Queue[str] = queue.Queue()
@@ -100,7 +102,7 @@ class DemoProcess:
         for line in stream:
             self.streams[name].append(line)
             self._lines.put(line)
-            if name == "stdout" and len(self.streams[name]) == self.close_after:
+            if name == self.closing and len(self.streams[name]) == self.close_after:
                 stream.close()
                 return
 
@@ -264,6 +266,38 @@ def test_a_reader_that_leaves_the_pipe_ends_the_demo_with_141_quietly(
     assert list(demo_tmp.iterdir()) == []
 
 
+def test_a_reader_of_progress_that_leaves_does_not_end_a_json_demo(
+    demo_tmp: Path, spawn: Spawn,
+) -> None:
+    """`agentpool demo -o json 2> >(head -1)`: progress goes quiet, the summary still comes."""
+    demo = spawn(["--tasks", "30", "--workers", "2", "--mean-seconds", "0.3", "--no-console",
+                  "--no-live", "-o", "json"], demo_tmp, close_after=1, closing="stderr")
+    assert demo.finish(timeout=120) == 0, demo.output()
+    assert len(demo.streams["stderr"]) == 1
+    summary = json.loads(demo.output("stdout"))
+    assert (summary["submitted"], summary["ok"]) == (30, True)
+    assert demo.survivors() == []
+    assert list(demo_tmp.iterdir()) == []
+
+
+def test_a_json_demo_whose_summary_reader_left_ends_with_141(
+    demo_tmp: Path, spawn: Spawn,
+) -> None:
+    """`agentpool demo -o json | true`: the summary cannot be written; 141, nothing left."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        demo = spawn(["--tasks", "20", "--workers", "2", "--mean-seconds", "0.05",
+                      "--no-console", "--no-live", "-o", "json"], demo_tmp, stdout=write)
+    finally:
+        os.close(write)
+    assert demo.finish(timeout=120) == 141, demo.output()
+    assert "half-way: kill -9" in demo.output("stderr")
+    assert "failed" not in demo.output("stderr")
+    assert demo.survivors() == []
+    assert list(demo_tmp.iterdir()) == []
+
+
 class Terminal:
     """A real pty, read as a terminal emulator reads it until it closes its end."""
 
@@ -342,14 +376,18 @@ def test_keep_serves_until_ctrl_c_and_every_printed_command_works(
         done = run_printed(line)
         assert done.returncode == 0, (line, done.stdout, done.stderr)
         shown = done.stdout
-        if " status " in line:
+        argv = shlex.split(line, comments=True)
+        if argv[1] == "status":
             assert re.search(r"^demo +demo ", shown, re.MULTILINE), shown
-        elif " workers " in line:
+        elif argv[1] == "workers":
             assert "Workers of queue demo: 2" in shown, shown
-        elif " get " in line:
-            assert "succeeded" in shown and shlex.split(line, comments=True)[-1] in shown, shown
-        elif " submit " in line:
+        elif argv[1] == "get":
+            assert "succeeded" in shown and argv[-1] in shown, shown
+        elif argv[1] == "submit":
             assert re.search(r"[0-9a-f]{32} +succeeded", shown), shown
+        elif argv[1] == "tasks":  # every task finished: it lists none, as its note says
+            assert "tasks not finished yet" in line and "submit below" in line, line
+            assert "Running in demo: 0" in shown and not re.search(r"[0-9a-f]{32}", shown), shown
     if console is not None:
         with urllib.request.urlopen(console + "api/fleet", timeout=10) as response:
             fleet = json.load(response)
@@ -358,6 +396,25 @@ def test_keep_serves_until_ctrl_c_and_every_printed_command_works(
     demo.process.send_signal(signal.SIGINT)
     assert demo.finish(timeout=60) == 0, demo.output()
     assert "stopped: all demo processes stopped" in demo.output("stdout")
+    assert demo.survivors() == []
+    assert not _port_open(url)
+    assert list(demo_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_kept_demo_stopped_by_sigterm_or_sighup_exits_as_a_run_would(
+    demo_tmp: Path, spawn: Spawn, signum: signal.Signals,
+) -> None:
+    """Ctrl-C is how a kept demo ends (0, as above); another stopping signal interrupts it."""
+    demo = spawn(["--tasks", "10", "--workers", "2", "--mean-seconds", "0.05", "--no-live",
+                  "--no-console", "--keep"], demo_tmp)
+    url = demo.wait_for_line("started redis-server on ").rsplit(" ", 1)[1].strip()
+    demo.wait_for_line("  agentpool submit ")
+    demo.process.send_signal(signum)
+    assert demo.finish(timeout=60) == 128 + signum, demo.output()
+    stdout = demo.output("stdout")
+    assert "Nothing lost" in stdout
+    assert f"interrupted by {signum.name}: all demo processes stopped" in stdout
     assert demo.survivors() == []
     assert not _port_open(url)
     assert list(demo_tmp.iterdir()) == []

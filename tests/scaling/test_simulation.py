@@ -18,6 +18,7 @@ from agentpool.scaling.simulation import (
     TraceTask,
     compare,
     parse_trace,
+    parse_trace_with_warnings,
     percentile,
     simulate,
 )
@@ -72,14 +73,58 @@ def test_a_header_row_says_which_column_is_which() -> None:
 
 
 @pytest.mark.parametrize("header", [
-    "arrival,service", "start,duration", "arrival_seconds", "arrival_seconds,arrival_seconds",
-    "arrival_seconds,service_seconds,priority",
+    "arrival,service", "Arrival, Service", '"arrival","service"', "arrival_seconds,service",
 ])
-def test_a_header_row_naming_other_columns_is_refused(header: str) -> None:
+def test_a_header_row_may_name_the_columns_arrival_and_service(header: str) -> None:
+    assert parse_trace_with_warnings(["# a trace", header, "1,30"]) == (
+        [TraceTask(1.0, 30.0)], [])
+    swapped = ",".join(reversed(header.split(",")))
+    assert parse_trace_with_warnings(["# a trace", swapped, "30,1"]) == (
+        [TraceTask(1.0, 30.0)], [])
+
+
+BY_POSITION = ("line 2: the header names the columns 'time', 'duration': took 'time', "
+               "'duration' as arrival_seconds, service_seconds by position; name them "
+               "arrival_seconds,service_seconds (in either order) to say which is which")
+
+
+@pytest.mark.parametrize(("header", "warning"), [
+    ("time,duration", BY_POSITION),
+    ("service_seconds,start", "line 2: the header names the columns 'service_seconds', "
+     "'start': took 'start' as arrival_seconds, the column the other does not name; name them "
+     "arrival_seconds,service_seconds (in either order) to say which is which"),
+])
+def test_a_header_row_of_other_names_is_read_by_position_with_a_warning(
+    header: str, warning: str,
+) -> None:
+    """As before headers were read by name; a named column keeps its name's place."""
+    rows = ["# a trace", header, "1,30", "0,5"]
+    expected = ([TraceTask(0.0, 5.0), TraceTask(1.0, 30.0)] if header.startswith("time")
+                else [TraceTask(5.0, 0.0), TraceTask(30.0, 1.0)])
+    assert parse_trace_with_warnings(rows) == (expected, [warning])
+
+
+@pytest.mark.parametrize("header", [
+    "arrival_seconds", "arrival_seconds,arrival_seconds", "arrival,arrival_seconds",
+    "arrival_seconds,service_seconds,priority", "time,duration,priority",
+])
+def test_a_header_row_not_of_two_columns_or_naming_one_twice_is_refused(header: str) -> None:
     with pytest.raises(ValueError, match=(
-            r"^line 2: the header names the columns .*: expected arrival_seconds and "
-            r"service_seconds \(in either order\)$")):
+            r"^line 2: the header names the columns .*: expected the two columns "
+            r"arrival_seconds and service_seconds \(in either order; or arrival and "
+            r"service\)$")):
         parse_trace(["# a trace", header, "1,30"])
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("arrival_seconds,service_seconds", "arrival_seconds,service_seconds"),
+    ("service,arrival", "service_seconds,arrival_seconds"),
+    ("time,duration", "arrival_seconds,service_seconds"),
+])
+def test_a_bad_data_row_is_told_the_columns_by_their_names(header: str, expected: str) -> None:
+    with pytest.raises(ValueError, match=(
+            rf"^line 3: expected {expected} \(two numbers of seconds\): '1,x'$")):
+        parse_trace([header, "1,2", "1,x"])
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -104,7 +149,8 @@ def test_shipped_traces_are_what_the_generator_makes_from_its_seed(tmp_path: Pat
         regenerated = tmp_path / f"{name}.csv"
         make_traces.write_trace(regenerated, name, seed)
         assert regenerated.read_text() == shipped.read_text()
-        assert parse_trace(shipped.read_text().splitlines())
+        tasks, warnings = parse_trace_with_warnings(shipped.read_text().splitlines())
+        assert (bool(tasks), warnings) == (True, [])
 
 
 # --- behaviour on small traces -----------------------------------------------------------

@@ -74,10 +74,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="plain progress lines instead of the live view")
     parser.add_argument("--keep", action="store_true",
                         help="after the summary, keep Redis, the workers and the console up "
-                        "until Ctrl-C, and print commands to look at them with (status, "
-                        "tasks, workers, dead, get, submit)")
+                        "until Ctrl-C (then exit as without --keep; SIGTERM or SIGHUP exit "
+                        "128+signal as during the run), and print commands to look at them "
+                        "with (status, tasks, workers, dead, get, submit)")
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text",
-                        help="summary format; with json, progress goes to stderr")
+                        help="summary format; with json, progress goes to stderr (a reader "
+                        "of stderr that leaves only silences it)")
     parser.set_defaults(func=run)
 
 
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, queue="demo")
     as_json = args.output == "json"
     out = guarded_console(sys.stdout)
-    view = guarded_console(sys.stderr) if as_json else out
+    view = guarded_console(sys.stderr, mute=True) if as_json else out
     try:
         return _run(config, out, view, as_json=as_json, live=not args.no_live)
     except OutputGone as exc:

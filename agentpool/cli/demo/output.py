@@ -3,7 +3,9 @@
 A closed terminal (its pty hung up: EIO) or a pipe whose reader left (`| head`: EPIPE) is not
 the demo's failure, let alone Redis's: the first write that finds it raises OutputGone, which
 unwinds the demo through its clean-up and ends it with the exit code a shell expects (129 as
-for SIGHUP, 141 as for SIGPIPE), without a word, since nobody is there to read one.
+for SIGHUP, 141 as for SIGPIPE), without a word, since nobody is there to read one. A stream
+that only carries progress (stderr under `-o json`, whose result goes to stdout) is muted
+instead: its reader leaving ends nothing.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ class OutputGone(Exception):
 
 
 class GuardedStream:
-    """A text stream that raises OutputGone at the first write its reader is not there for,
-    then drops what follows. Its file descriptor then points to /dev/null, so that no later
-    write to it fails, the interpreter's last flush included."""
+    """A text stream that raises OutputGone at the first write its reader is not there for
+    (unless `mute`: then it raises nothing), then drops what follows. Its file descriptor then
+    points to /dev/null, so that no later write to it fails, the interpreter's last flush
+    included."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, mute: bool = False) -> None:
         self.stream = stream
+        self.mute = mute
         self.gone: int | None = None
 
     @property
@@ -77,8 +81,11 @@ class GuardedStream:
             os.dup2(devnull, self.stream.fileno())
         finally:
             os.close(devnull)
-        raise OutputGone(exc.errno) from None
+        if not self.mute:
+            raise OutputGone(exc.errno) from None
 
 
-def guarded_console(stream: TextIO) -> Console:
-    return Console(file=cast(TextIO, GuardedStream(stream)), highlight=False)
+def guarded_console(stream: TextIO, *, mute: bool = False) -> Console:
+    """A console on `stream`: its reader gone ends the demo, or with `mute` only silences
+    it."""
+    return Console(file=cast(TextIO, GuardedStream(stream, mute=mute)), highlight=False)

@@ -4,7 +4,9 @@ worker killed half-way and its tasks requeued the way the operator does it.
 Everything the demo starts is stopped on the way out, whether it finished, failed, or was
 interrupted by SIGINT, SIGTERM or SIGHUP (its terminal closed); a second signal during that
 clean-up does not cut it short. With `keep`, the way out waits for one of those signals once
-the run is over, so its Redis, workers and console can be looked at.
+the run is over, so its Redis, workers and console can be looked at: Ctrl-C (SIGINT) is how
+a kept demo is meant to end, so it ends it as the run ended; SIGTERM or SIGHUP interrupt it
+as they interrupt a run.
 """
 
 from __future__ import annotations
@@ -268,7 +270,8 @@ def run_demo(config: DemoConfig, reporter: Reporter,
     """Run the whole demo; raises DemoInterrupted on a stopping signal, DemoError on failure.
 
     `finished` gets the outcome while everything still runs; with `config.keep`, it all runs
-    on until a stopping signal (which then ends the demo as it would have ended anyway).
+    on until a stopping signal: SIGINT then ends the demo as it would have ended anyway, any
+    other raises DemoInterrupted.
     Whatever happens, on return every worker and the private redis-server have exited and the
     demo's temporary directory (worker logs, Redis data) is gone.
     """
@@ -319,8 +322,8 @@ def run_demo(config: DemoConfig, reporter: Reporter,
         )
         if finished is not None:
             finished(outcome)
-        if config.keep:
-            interrupts.wait()
+        if config.keep and (signum := interrupts.wait()) != signal.SIGINT:
+            raise DemoInterrupted(signum)
         return outcome
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -196,7 +196,8 @@ def try_commands(url: str, queue: str, *, task: str | None = None, task_note: st
     commands = [
         (["status", *where], "the queue at a glance"),
         (["workers", *where], "the workers serving it (the killed one is gone)"),
-        (["tasks", *where], "its tasks by state"),
+        (["tasks", *where], "the tasks not finished yet (queued, running, dead): after the "
+         "run only dead ones, if any; a task the submit below sends shows here until it ends"),
         (["dead", "list", *where], "the dead letters, each with its last error"),
     ]
     if task is not None:
