@@ -398,15 +398,15 @@ BIG_RESULT = json.dumps({"result": "x" * 900_000})
     (BIG_RESULT[:65536], "line 1 " + CUT_OFF.format("result")),  # what a full pipe held
     ('{"error": "the prompt is', "line 1 " + CUT_OFF.format("error")),
     ('{"name": "s1", "submit": {"q":', "line 1 " + CUT_OFF.format("submit")),
-    ('{"result": {"a": 1,}\n', 'line 1 begins as a "result" message but is not JSON: '
-                               "Expecting property name enclosed in double quotes"),
     ('{"result": 1}\n{"result": "x', "line 2 " + CUT_OFF.format("result")),
-], ids=["after-output", "at-64-KiB", "error", "submit", "malformed", "after-a-result"])
-async def test_a_message_cut_off_or_not_json_dead_letters_the_task_not_its_output_as_result(
+    ('{"error": None, "status":', "line 1 " + CUT_OFF.format("error")),
+], ids=["after-output", "at-64-KiB", "error", "submit", "after-a-result", "dict-cut"])
+async def test_a_message_cut_off_dead_letters_the_task_not_its_output_as_result(
     redis_url: str, queue_name: str, redis: aioredis.Redis, raw: str, error: str,
 ) -> None:
-    """The program exited (status 0) before its last message was written whole: its broken
-    text is no result. For good: such a program cuts off again (where the pipe fills)."""
+    """The program exited (status 0) before its last message was written whole: its output
+    ends in a line that begins as a message, is no JSON and has no newline. Its broken text is
+    no result. For good: such a program cuts off again (where the pipe fills)."""
     dead = await outcome(redis, redis_url, queue_name, {"mode": "raw", "raw": raw}, "dead",
                          max_attempts=3)
     assert dead.attempts == 1
@@ -417,13 +417,57 @@ async def test_a_message_cut_off_or_not_json_dead_letters_the_task_not_its_outpu
     ('{"result": "x\n{"result": 2}\n', 2),
     ('{"level": 30, "msg": "a log line cut', '{"level": 30, "msg": "a log line cut'),
     ('{"result": 1, "usage": {"tokens": 5}}\n', '{"result": 1, "usage": {"tokens": 5}}\n'),
-], ids=["then-a-result", "log-line", "other-key"])
+    ('{"result": {"a": 1,}\n', '{"result": {"a": 1,}\n'),
+    ('{"error":"rate limited"} -- giving up', '{"error":"rate limited"} -- giving up'),
+], ids=["then-a-result", "log-line", "other-key", "malformed-last", "whole-then-text"])
 async def test_a_broken_line_before_a_result_or_not_meant_as_a_message_is_output(
     redis_url: str, queue_name: str, redis: aioredis.Redis, raw: str, result: Any,
 ) -> None:
+    """A line that ends with a newline was flushed whole, even the last: it is what the
+    program meant to print, malformed or not, not a message cut off by its exit. Nor is one
+    that holds a whole JSON object followed by more text, newline or not: no cut makes it."""
     done = await outcome(redis, redis_url, queue_name, {"mode": "raw", "raw": raw},
                          "succeeded", max_attempts=1)
     assert done.result == result
+
+
+PROSE = ('Here is the configuration you asked for:\n{"result": true, "items": [\n  1, 2]}\n'
+         "Done.\n")
+
+
+@pytest.mark.parametrize(("raw", "result"), [
+    (PROSE, PROSE),
+    ('{"result": true, "items": [\n  1, 2]}\n', '{"result": true, "items": [\n  1, 2]}\n'),
+    ('{"error":"rate limited"} -- will retry later; final answer: 42\n',
+     '{"error":"rate limited"} -- will retry later; final answer: 42\n'),
+    ('{"error": None, "status": 200}\nanswer: 42\n',
+     '{"error": None, "status": 200}\nanswer: 42\n'),
+    ('{"error": None, "status": 200}\n', '{"error": None, "status": 200}\n'),
+    ('{"result": "a\tb"}\n', "a\tb"),
+], ids=["prose-snippet", "snippet-first", "api-body-then-text", "dict-log-line", "dict-log-last",
+        "literal-tab"])
+async def test_ordinary_output_that_begins_like_a_message_succeeds(
+    redis_url: str, queue_name: str, redis: aioredis.Redis, raw: str, result: Any,
+) -> None:
+    """An agent's prose quoting JSON over two lines, an API body printed before more words, a
+    Python dict logged: output, as the run's result. A result message written by hand with a
+    literal tab in a string is a result (JSON's strict rule on control characters aside)."""
+    done = await outcome(redis, redis_url, queue_name, {"mode": "raw", "raw": raw},
+                         "succeeded", max_attempts=1)
+    assert done.result == result
+
+
+async def test_a_line_that_begins_like_a_message_and_is_no_json_is_noted_in_the_log(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    raw = '{"result": true, "items": [\n  1, 2]}\n'
+    with structlog.testing.capture_logs() as logs:
+        await outcome(redis, redis_url, queue_name, {"mode": "raw", "raw": raw}, "succeeded",
+                      max_attempts=1)
+    notes = [(entry["line"], entry["why"]) for entry in logs
+             if entry["event"] == command.NOT_JSON_NOTE]
+    assert notes == [(1, 'begins as a "result" message but is not JSON: Expecting value: line 1 '
+                         "column 28 (char 27)")]
 
 
 async def test_a_result_with_another_key_is_output_and_the_log_says_which_key(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -199,13 +201,22 @@ def script(path: Path, first_line: bytes) -> Path:
     (b"#!/etc/passwd", "names '/etc/passwd', which is not an executable file"),
     (b"#!/tmp", "names '/tmp', which is not an executable file"),
     (b"#!  ", "names no interpreter"),
+    (b"#!/usr/bin/env -S -u HOME no-such-interp-xyz", "runs 'no-such-interp-xyz'"),
+    (b"#!/usr/bin/env -S -C /tmp no-such-interp-xyz", "runs 'no-such-interp-xyz'"),
+    (b"#!/usr/bin/env -S --unset HOME A=1 no-such-interp-xyz -x", "runs 'no-such-interp-xyz'"),
+    (b"#!/usr/bin/env -S --unset=HOME no-such-interp-xyz", "runs 'no-such-interp-xyz'"),
+    (b"#!/usr/bin/env -S deno run", "runs 'deno' (through /usr/bin/env)"),
+    (b"#!/usr/bin/env -S PATH=/nonexistent sh", "runs 'sh'"),
 ], ids=["missing", "crlf", "crlf-env", "env-missing", "env-S-missing", "not-executable",
-        "directory", "none"])
+        "directory", "none", "env-S-u-missing", "env-S-C-missing", "env-S-long-missing",
+        "env-S-long-equals-missing", "env-S-deno", "env-S-PATH-without-it"])
 def test_a_script_whose_interpreter_cannot_run_is_refused_at_start(
     tmp_path: Path, first_line: bytes, problem: str,
 ) -> None:
     """The file exists, its #! line does not work: each run would fail with a 'No such file
     or directory' naming the script."""
+    if b"deno" in first_line and shutil.which("deno"):
+        pytest.skip("deno is on PATH here")
     agent = script(tmp_path / "agent.sh", first_line)
     with pytest.raises(ConfigError) as caught:
         load_settings({**COMMAND, "AGENTPOOL_TASK_COMMAND": json.dumps([str(agent), "--fast"])})
@@ -219,5 +230,59 @@ def test_a_script_whose_interpreter_cannot_run_is_refused_at_start(
 ])
 def test_a_script_whose_interpreter_runs_is_taken(tmp_path: Path, first_line: bytes) -> None:
     agent = script(tmp_path / "agent.sh", first_line)
+    command = json.dumps([str(agent)])
+    assert load_settings({**COMMAND, "AGENTPOOL_TASK_COMMAND": command}).task_command == command
+
+
+def taken_and_runs(agent: Path, path: str | None = None) -> str:
+    """Taken by the worker's start-up check (with `path` as the worker's PATH), and what the
+    script prints when run."""
+    command = json.dumps([str(agent)])
+    assert load_settings({**COMMAND, "AGENTPOOL_TASK_COMMAND": command}).task_command == command
+    env = None if path is None else {"PATH": path}
+    return subprocess.run([str(agent)], env=env, capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL, check=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("python3") is None, reason="no python3 on PATH")
+@pytest.mark.parametrize("options", [
+    "-S -u HOME", "-S -C /tmp", "-S --unset=HOME", "-S --unset HOME", "-vS", "-S -i",
+    "-S -- A=1",
+])
+def test_a_script_run_through_env_with_options_is_taken(tmp_path: Path, options: str) -> None:
+    """env's options and their values (-u NAME, -C DIR) come before the program; -S splits
+    the one argument Linux gives env (the rest of the #! line) into words."""
+    agent = tmp_path / "agent.py"
+    agent.write_text(f"#!/usr/bin/env {options} python3\nimport os\nprint(os.getcwd())\n")
+    agent.chmod(0o755)
+    assert taken_and_runs(agent).strip() == ("/tmp" if "-C" in options else str(Path.cwd()))
+
+
+@pytest.mark.parametrize("first_line", [
+    b"#!/usr/bin/env -S -i sh", b"#!/usr/bin/env -S -u PATH sh",
+    b"#!/usr/bin/env -S PATH=/usr/bin:/bin sh",
+], ids=["cleared", "unset", "set"])
+def test_a_script_whose_env_line_sets_path_is_judged_by_that_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_line: bytes,
+) -> None:
+    """sh is not on the worker's PATH (an empty directory), but env looks for it on the PATH
+    the line sets, or (PATH cleared) on the C library's default path: not known for sure, so
+    not refused."""
+    agent = script(tmp_path / "agent.sh", first_line)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert taken_and_runs(agent, str(empty)) == '{"result": 1}\n'
+
+
+@pytest.mark.skipif(shutil.which("python3") is None, reason="no python3 on PATH")
+@pytest.mark.parametrize("options", ["-i", "-C /tmp", "-u HOME"])
+def test_an_env_line_with_options_but_no_s_is_not_refused(tmp_path: Path, options: str) -> None:
+    """Linux gives env "-i python3" as one argument: env refuses it (invalid option -- ' ') or
+    takes it all as one option's value (-C ' /tmp python3') and names no program. What env
+    runs is not sure, so the worker does not refuse it; env's error fails each run."""
+    agent = tmp_path / "agent.py"
+    agent.write_text(f"#!/usr/bin/env {options} no-such-interp-xyz\nprint('ran')\n")
+    agent.chmod(0o755)
     command = json.dumps([str(agent)])
     assert load_settings({**COMMAND, "AGENTPOOL_TASK_COMMAND": command}).task_command == command

@@ -66,10 +66,12 @@ structlog, pino or zap: ``{"event": "fetching", "level": "info"}``, ``{"msg": "r
 bar drawn with carriage returns), cut to its last ``MAX_OUTPUT_CHARS``; but one that begins
 as a result, a checkpoint or a submit message fails the run for good (a message is at most
 ``MAX_LINE_BYTES``, so a command's result is too, whatever the worker's result limit). So
-does a line that begins as a result, an error, a checkpoint or a submit message and is no JSON
-(cut off: a program that exits before its output is flushed, as Node's ``process.exit``
-does) when no result comes after it: its text is not the result the program meant. For good:
-such a program cuts off its output again on the next attempt.
+does a cut-off message: the last line of the output, with no newline after it, that begins as
+a result, an error, a checkpoint or a submit message and is no JSON (a program that exits
+before its output is flushed, as Node's ``process.exit`` does): its text is not the result
+the program meant. For good: such a program cuts off its output again on the next attempt.
+A line that begins so, is no JSON and ends with a newline was written whole: it is output
+(prose quoting a JSON snippet over lines, a log line in Python's dict notation).
 
 A run that sent no result has its output as result (text: its last lines, as many as fit in
 ``AGENTPOOL_MAX_RESULT_BYTES`` once encoded as JSON, at most ``MAX_OUTPUT_CHARS``), or null
@@ -249,10 +251,9 @@ class _Outcome:
     read: _ReadProgress = field(default_factory=_ReadProgress)
     """How far the reading of stdout got (after the exit: whether lines written before it
     remain)."""
-    broken: str | None = None
-    """Why the last line that began as a message but was no JSON (cut off, most likely) fails
-    the run, unless a result came after it: the output that would be the result instead is
-    not what the program meant."""
+    cut_off: str | None = None
+    """Why the run fails for good, its output's last line being a cut-off message: the output
+    that would be the result instead is not what the program meant."""
 
 
 async def run(payload: Any, ctx: TaskContext) -> Any:
@@ -473,8 +474,8 @@ async def _converse(command: _Command, payload: Any, ctx: TaskContext,
         if len(tail) > room:  # its last lines say most: keep the end
             tail = "…" + tail[-room:]
         raise CommandFailed(f"command {why}" + (f": {tail}" if tail else ""))
-    if outcome.broken is not None:
-        raise CommandFailedForGood(outcome.broken)
+    if outcome.cut_off is not None:
+        raise CommandFailedForGood(outcome.cut_off)
     if outcome.has_result:
         return outcome.result
     return output_result(output, max_result_bytes) if output else None
@@ -594,13 +595,13 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
         text = line.text.decode(errors="replace")
         message = _NotMessage() if line.cut else _message(text)
         if isinstance(message, _NotMessage):
-            if message.broken:
-                outcome.broken = f"the command's output line {number} {message.why}"
-            if message.why and message.meant not in noted:
+            if message.cut_off:
+                outcome.cut_off = f"the command's output line {number} {message.why}"
+            elif message.why and message.meant not in noted:
                 # once per run, and once for each message a line seems meant as: a program
                 # that logs JSON logs a lot
                 noted.add(message.meant)
-                _log.info(BROKEN_NOTE if message.broken else NOT_A_MESSAGE_NOTE,
+                _log.info(NOT_JSON_NOTE if message.not_json else NOT_A_MESSAGE_NOTE,
                           task=ctx.task_id, line=number, why=message.why)
             text = mask_urls(_unmarked_secret_cut(text) if line.cut else text)
             output.append(text)
@@ -608,8 +609,6 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
             while kept > MAX_OUTPUT_CHARS and len(output) > 1:
                 kept -= len(output.popleft())
             continue
-        if "result" in message and not outcome.stopping:
-            outcome.broken = None
         try:
             await _act(message, outcome, ctx)
         except QueueNotListed as exc:  # the pool's list may come with a rollout: retried
@@ -640,7 +639,7 @@ HEAD_BYTES = 64
 MESSAGE_START = re.compile(rb'\{.*"(result|checkpoint|submit|error)"\s*:', re.DOTALL)
 """How a line meant as a result, a checkpoint, a submit or an error begins (its key first, or
 after a short one such as a submit's name): such a line over MAX_LINE_BYTES, or that is not
-JSON, is no output."""
+JSON and is the last of the output with no newline, is no output."""
 RETRY_AFTER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
 """A retry_after given as text: plain decimal seconds (what an HTTP Retry-After carries)."""
 
@@ -707,12 +706,15 @@ class _NotMessage:
     meant: str = ""
     """The message it seems meant as (a result with a key too many, a cut-off checkpoint),
     noted in a log line of its own; "" for the rest (JSON log lines)."""
-    broken: bool = False
-    """It begins as a message, and is no JSON: cut off, most likely."""
+    not_json: bool = False
+    """It begins as a message, and is no JSON."""
+    cut_off: bool = False
+    """It begins as a message, is no JSON, and is the output's last line with no newline: the
+    program ended before it was written whole."""
 
 
 NOT_A_MESSAGE_NOTE = "a JSON line of the command's output is not a message; kept as output"
-BROKEN_NOTE = "a line of the command's output begins as a message and is no JSON; kept as output"
+NOT_JSON_NOTE = "a line of the command's output begins as a message and is no JSON; kept as output"
 MEANT = frozenset({"result", "checkpoint", "submit"})
 """Messages whose key a JSON log line does not have: a line with one that is no message was
 meant as one."""
@@ -721,13 +723,14 @@ meant as one."""
 def _message(text: str) -> dict[str, Any] | _NotMessage:
     """The line as a message, or output, with why a JSON object is not a message. A message
     has one message key and no other key than its own, with values of the right kind: any
-    other line is output, not a failure (a program's JSON log lines)."""
+    other line is output, not a failure (a program's JSON log lines). Control characters in
+    its strings are taken (a literal tab): a program may print JSON it wrote by hand."""
     if not text.startswith("{"):
         return _NotMessage()
     try:
-        value = json.loads(text)
+        value = json.loads(text.removesuffix("\n"), strict=False)  # its error: "line 1"
     except (ValueError, RecursionError) as exc:
-        return _broken(text, exc)
+        return _not_json(text, exc)
     if not isinstance(value, dict):
         return _NotMessage()
     kinds = value.keys() & MESSAGE_KEYS.keys()
@@ -743,19 +746,23 @@ def _message(text: str) -> dict[str, Any] | _NotMessage:
     return _NotMessage(why) if why else value
 
 
-def _broken(text: str, exc: Exception) -> _NotMessage:
-    """A line that is no JSON: one that begins as a message is cut off (no newline: the
-    program ended before it was written whole) or malformed."""
+def _not_json(text: str, exc: Exception) -> _NotMessage:
+    """A line that is no JSON. One that begins as a message is cut off when no newline ends
+    it (only the last line of the output can lack one: the program ended before it was
+    written whole) and it is not a whole JSON object followed by more text (an API's body
+    printed before other words, which no cutting makes); else it is output, written whole
+    as the program meant it (prose quoting a JSON snippet over lines, a Python dict)."""
     start = MESSAGE_START.match(text[:HEAD_BYTES].encode())
     if start is None:
         return _NotMessage()
     kind = start.group(1).decode()
-    if not text.endswith("\n"):
-        why = (f'looks like a cut-off "{kind}" message (a program that exits before its '
-               "output is flushed, e.g. Node's process.exit)")
-    else:
-        why = f'begins as a "{kind}" message but is not JSON: {exc}'[:300]
-    return _NotMessage(why, kind, broken=True)
+    whole_then_more = isinstance(exc, json.JSONDecodeError) and exc.msg == "Extra data"
+    if not text.endswith("\n") and not whole_then_more:
+        return _NotMessage(f'looks like a cut-off "{kind}" message (a program that exits '
+                           "before its output is flushed, e.g. Node's process.exit)",
+                           kind, not_json=True, cut_off=True)
+    return _NotMessage(f'begins as a "{kind}" message but is not JSON: {exc}'[:300], kind,
+                       not_json=True)
 
 
 def _malformed(kind: str, message: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -210,7 +211,8 @@ def interpreter_problem(path: str) -> str:
     """Why the script at `path` cannot start, by the interpreter its ``#!`` line names ("" when
     nothing is wrong that can be seen, or it is no script, or it cannot be read): the file
     exists, so the ``No such file or directory`` its start fails with would mislead.
-    ``#!/usr/bin/env prog`` names ``prog``, looked for on PATH."""
+    ``#!/usr/bin/env prog`` names ``prog``, looked for on PATH (after env's options and
+    ``NAME=value`` words, as `env_program` tells)."""
     try:
         with open(path, "rb") as file:
             first = file.readline(SHEBANG_BYTES)
@@ -222,21 +224,118 @@ def interpreter_problem(path: str) -> str:
     if line.endswith(b"\r"):
         return (f"the #! line of {path} ends with a carriage return: the script has Windows "
                 f"line endings (convert it: dos2unix, or sed -i 's/\\r$//')")
-    words = line.decode(errors="replace").split()
-    if not words:
+    # Linux: the interpreter ends at a blank; the rest of the line is one argument
+    interpreter, *rest = re.split(r"[ \t]+", line.decode(errors="replace").strip(" \t"),
+                                   maxsplit=1)
+    if not interpreter:
         return f"the #! line of {path} names no interpreter"
-    interpreter = words[0]
     if not os.path.exists(interpreter):
         return f"the #! line of {path} names {interpreter!r}, which does not exist"
     if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
         return f"the #! line of {path} names {interpreter!r}, which is not an executable file"
     if os.path.basename(interpreter) == "env":
-        program = next((word for word in words[1:]
-                        if not word.startswith("-") and "=" not in word), None)
-        if program is not None and shutil.which(program) is None:
-            return (f"the #! line of {path} runs {program!r} (through {interpreter}), which is "
+        run = env_program(rest[0] if rest else "")
+        if run is not None and shutil.which(run[0], path=run[1]) is None:
+            return (f"the #! line of {path} runs {run[0]!r} (through {interpreter}), which is "
                     f"not an executable found on PATH")
     return ""
+
+
+ENV_SHORT_OPTIONS = {"i": False, "0": False, "v": False, "u": True, "C": True, "S": True}
+"""GNU env's short options (coreutils 9), and whether each takes a value."""
+ENV_LONG_OPTIONS: dict[str, str | None] = {
+    "ignore-environment": "i", "null": "0", "debug": "v", "unset": "u", "chdir": "C",
+    "split-string": "S", "block-signal": "", "default-signal": "", "ignore-signal": "",
+    "list-signal-handling": "", "help": None, "version": None,
+}
+"""GNU env's long options, as their short one ("": none, with no value or an optional
+``=value``; None: env exits without running anything)."""
+
+
+def env_program(argument: str) -> tuple[str, str | None] | None:
+    """The program ``#!/usr/bin/env <argument>`` runs with the PATH it is looked for on (None:
+    the worker's), or None when that is not sure. Linux hands env the rest of the ``#!`` line
+    as one argument, in which env takes options (their values too: ``-u NAME``, ``-C DIR``,
+    ``--unset=NAME``) and ``-S`` splits the rest into words, as GNU env does; then come
+    ``NAME=value`` words, then the program. Not sure: env refuses an option (``-i python3`` as
+    one word: ``invalid option -- ' '``), no program follows (``-C /tmp python3`` as one word:
+    env runs the script itself), ``-S`` holds what env splits otherwise than a shell (``$``,
+    ``\\``, ``#``), PATH is unset (``-i``, ``-u PATH``: the C library's default path); env's own
+    error says why at run time. An argument with no option is taken by its first word (env
+    looks for all of it)."""
+    words = [argument] if argument else []
+    index = 0
+    chdir = path_unset = False
+    while index < len(words) and words[index].startswith("-"):
+        word = words[index]
+        index += 1
+        if word == "--":
+            break
+        option = _env_option(word)
+        if option is None:
+            return None
+        clears, letter, value = option
+        path_unset = path_unset or clears
+        if not letter:
+            continue
+        if value is None:
+            if index == len(words):
+                return None
+            value = words[index]
+            index += 1
+        if letter == "C":
+            chdir = True
+        elif letter == "u":
+            path_unset = path_unset or value == "PATH"
+        elif any(character in value for character in "$\\#"):  # -S
+            return None
+        else:
+            try:
+                words[index:index] = shlex.split(value)
+            except ValueError:
+                return None
+    search: str | None = None
+    while index < len(words) and "=" in words[index]:
+        name, _, value = words[index].partition("=")
+        if name == "PATH":
+            search = value
+        index += 1
+    if index == len(words):
+        return None
+    program = words[index] if index else words[index].split()[0]
+    if os.sep in program:
+        return None if chdir and not os.path.isabs(program) else (program, None)
+    if search == "" or (search is None and path_unset):
+        return None
+    return program, search
+
+
+def _env_option(word: str) -> tuple[bool, str, str | None] | None:
+    """An env option word (``-iu NAME``, ``--chdir=DIR``): whether it clears the environment,
+    the option in it that takes a value ("" when none does) and that value when the word
+    holds it; None when env refuses the word or stops at it (``--help``)."""
+    if word.startswith("--"):
+        name, equals, given = word[2:].partition("=")
+        matches = [name] if name in ENV_LONG_OPTIONS else [
+            option for option in ENV_LONG_OPTIONS if option.startswith(name)]
+        if len(matches) != 1:
+            return None
+        letter = ENV_LONG_OPTIONS[matches[0]]
+        if letter is None:
+            return None
+        if letter and ENV_SHORT_OPTIONS[letter]:
+            return False, letter, given if equals else None
+        if equals and letter:  # a flag given a value
+            return None
+        return letter == "i", "", None
+    clears = word == "-"  # "-" alone is -i
+    for position, letter in enumerate(word[1:], start=2):
+        if letter not in ENV_SHORT_OPTIONS:
+            return None
+        if ENV_SHORT_OPTIONS[letter]:
+            return clears, letter, word[position:] or None
+        clears = clears or letter == "i"
+    return clears, "", None
 
 
 def _setting(rule: str, convert: Convert, default: Any = dataclasses.MISSING, *,
