@@ -77,7 +77,6 @@ def test_accepted(name: str, text: str, value: object) -> None:
     ("handler", "module:not-an-identifier"),
     ("handler", ":f"),
     ("redis_url", "http://r:6379"),
-    ("rate_limits", "[1]"),
     ("submits_to", "coder,a b"),
     ("submits_to", "coder;review"),
 ])
@@ -86,6 +85,20 @@ def test_refused_with_the_variable_and_the_value(name: str, text: str) -> None:
         settings_from(**{name: text})
     assert str(caught.value).startswith(f"AGENTPOOL_{name.upper()} must be ")
     assert str(caught.value).endswith(f", got {text!r}")
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("[1]", "rate limits must be a JSON list of objects"),
+    ('[{"name": "llm", "maxConcurrent": 0}]',
+     "rate limit 'llm': rates and maxConcurrent must be at least 1"),
+])
+def test_refused_rate_limits_say_why(text: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from(rate_limits=text)
+    assert str(caught.value) == (
+        "AGENTPOOL_RATE_LIMITS must be a JSON list of rate limits ({name, requestsPerMinute, "
+        "tokensPerMinute, burstSeconds, maxConcurrent}), as the operator sets it from "
+        f"spec.rateLimits: {reason}")
 
 
 def test_the_other_queues_are_those_listed_besides_the_pools_own() -> None:

@@ -34,7 +34,7 @@ from agentpool.protocol import (
     MAX_TASK_TIMEOUT_SECONDS,
     QUEUE_NAME,
 )
-from agentpool.ratelimit import LimitConfig, decode_limits
+from agentpool.ratelimit import LimitConfig, RateLimitError, decode_limits
 from agentpool.urls import URL_PREFIXES
 
 ENV_PREFIX = "AGENTPOOL_"
@@ -151,8 +151,16 @@ def queue_list(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
 
 
+RATE_LIMITS_RULE = ("a JSON list of rate limits ({name, requestsPerMinute, tokensPerMinute, "
+                    "burstSeconds, maxConcurrent}), as the operator sets it from "
+                    "spec.rateLimits")
+
+
 def _rate_limits(value: str) -> bool:
-    decode_limits(value)
+    try:
+        decode_limits(value)
+    except RateLimitError as error:
+        raise SettingError(f"must be {RATE_LIMITS_RULE}: {error}") from None
     return True
 
 
@@ -405,9 +413,7 @@ class WorkerSettings:
     """How long every slot may be held by stopped runs whose threads have not returned, or a
     sync ``ready`` check stay hung while no run is in progress, before ``/livez`` fails so
     that the kubelet restarts the container (probes.py)."""
-    rate_limits: str = _setting(
-        "a JSON list of rate limits ({name, requestsPerMinute, tokensPerMinute, "
-        "burstSeconds}), as the operator sets it from spec.rateLimits", _text(_rate_limits), "")
+    rate_limits: str = _setting(RATE_LIMITS_RULE, _text(_rate_limits), "")
     submits_to: str = _setting(
         "queue names, comma-separated: the other queues handlers submit to (ctx.submit's "
         "queue=), as the operator sets it from spec.worker.submitsTo", _text(_queue_list), "")
