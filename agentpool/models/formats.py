@@ -56,4 +56,57 @@ CRON_PATTERN = (
     ))
     + ")$"
 )
+CRON_TIME_ZONE_PATTERN = "(^|[ ])(CRON_)?TZ="
+"""A time zone written into the cron expression, which a CronJob refuses too (it has a
+field of its own, as a schedule has `timeZone`)."""
+
+
+def _digit_below(value: int) -> str:
+    return "0" if value == 1 else f"[0-{value - 1}]"
+
+
+def _spelt(value: int) -> str:
+    return f"0?{value}" if value < 10 else str(value)
+
+
+def _number_below(value: int) -> str:
+    """Any spelling of a number from 0 to value - 1, for a value from 1 to 20."""
+    ones = f"0?{_digit_below(min(value, 10))}"
+    return ones if value <= 10 else f"{ones}|1{_digit_below(value - 10)}"
+
+
+def _numbers_reversed() -> list[str]:
+    """Ranges of two numbers up to 59 whose start is the greater: its tens greater, or the
+    tens equal and its ones greater (RE2 has no back-references to compare digits with)."""
+    return [
+        *(f"{tens}[0-9]-{_digit_below(tens)}?[0-9]" for tens in range(1, 6)),
+        *(f"0?{ones}-0?{_digit_below(ones)}" for ones in range(1, 10)),
+        *(f"{tens}{ones}-{tens}{_digit_below(ones)}"
+          for tens in range(1, 6) for ones in range(1, 10)),
+    ]
+
+
+def _names_reversed(names: dict[int, str], last: int) -> list[str]:
+    """Ranges of a field with names (its values' numbers are the keys of `names`, up to
+    `last`) that name a value on either side and whose start comes after their end."""
+    ranges = []
+    for value in range(min(names) + 1, last + 1):
+        below = "|".join(name for number, name in names.items() if number < value)
+        if value in names:
+            ranges.append(f"(?i:{names[value]})-({_number_below(value)}|(?i:{below}))")
+        ranges.append(f"{_spelt(value)}-(?i:{below})")
+    return ranges
+
+
+_MONTHS = dict(enumerate(_MONTH_NAMES.split("|"), start=1))
+_DAYS = dict(enumerate(_DAY_NAMES.split("|")))
+CRON_REVERSED_RANGE_PATTERN = (
+    "(^|[ ,])("
+    + "|".join((*_numbers_reversed(), *_names_reversed(_MONTHS, 12),
+                *_names_reversed(_DAYS, 7)))
+    + ")([ ,/]|$)"
+)
+"""A range of a cron field whose start comes after its end (`5-1`, `22-2`, `fri-mon`, `mon-0`;
+Sunday is 0 or 7), found anywhere in the expression: a CronJob refuses it, croniter would
+wrap around. Sought, not matched whole, as CEL's `matches` does."""
 TIME_ZONE_PATTERN = "^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"

@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 from agentpool.models.formats import (
     CRON_PATTERN,
+    CRON_REVERSED_RANGE_PATTERN,
+    CRON_TIME_ZONE_PATTERN,
     HANDLER_PATTERN,
     LIMIT_NAME_PATTERN,
     PERCENT_PATTERN,
@@ -82,9 +84,20 @@ SCHEDULE_NAME_FORMAT = CelRule(
     "ending with a letter or digit",
 )
 SCHEDULE_CRON_FORMAT = CelRule(
-    f"self.matches('{CRON_PATTERN}')",
+    f"self.matches('{CRON_TIME_ZONE_PATTERN}') || self.matches('{CRON_PATTERN}')",
     "schedules[].cron must be five fields (minute hour day-of-month month day-of-week, e.g. "
     "'0 * * * *' or '30 9 * * mon-fri') or @hourly, @daily, @weekly, @monthly or @yearly",
+)
+"""A cron with a time zone in it is left to SCHEDULE_CRON_TIME_ZONE, which says what to do."""
+SCHEDULE_CRON_TIME_ZONE = CelRule(
+    f"!self.matches('{CRON_TIME_ZONE_PATTERN}')",
+    "schedules[].cron cannot hold a time zone (TZ= or CRON_TZ=), as a CronJob's cannot: set "
+    "the schedule's timeZone field instead, e.g. timeZone: Europe/Paris",
+)
+SCHEDULE_CRON_RANGES = CelRule(
+    f"!self.matches('{CRON_REVERSED_RANGE_PATTERN}')",
+    "schedules[].cron ranges must go from low to high, as a CronJob's must (22-2 or fri-mon "
+    "is refused; Sunday is 0): split one that wraps around, e.g. 22-23,0-2 or fri-sat,sun-mon",
 )
 SCHEDULE_TIME_ZONE_FORMAT = CelRule(
     f"self.matches('{TIME_ZONE_PATTERN}')",
@@ -191,6 +204,8 @@ CEL_RULES: tuple[CelRule, ...] = (
     SUBMITS_TO_UNIQUE,
     SCHEDULE_NAME_FORMAT,
     SCHEDULE_CRON_FORMAT,
+    SCHEDULE_CRON_TIME_ZONE,
+    SCHEDULE_CRON_RANGES,
     SCHEDULE_TIME_ZONE_FORMAT,
     SCHEDULE_TENANT_FORMAT,
     SCHEDULE_NAMES_UNIQUE,

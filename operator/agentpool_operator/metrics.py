@@ -142,10 +142,22 @@ SCHEDULE_TIMES_MISSED = Counter(
     "Scheduled times that passed without a task (no operator running, the queue unreachable)",
     [*POOL_LABELS, "schedule"],
 )
+SCHEDULE_LAST_MISSED = Gauge(
+    "agentpool_operator_schedule_last_missed_timestamp_seconds",
+    "Unix time the operator last found scheduled times of the schedule that passed without "
+    "a task (not the missed times themselves, which may be long past); no series before",
+    [*POOL_LABELS, "schedule"],
+)
 QUEUE_DATA_LOST = Counter(
     "agentpool_operator_queue_data_lost",
     "Times the pool's Redis lost its queue's data (came back empty: restart without "
     "persistence, FLUSHALL, failover to an unsynced replica); each posts a QueueDataLost Event",
+    POOL_LABELS,
+)
+QUEUE_LAST_DATA_LOST = Gauge(
+    "agentpool_operator_queue_last_data_lost_timestamp_seconds",
+    "Unix time the operator last found that the pool's Redis lost the queue's data; no series "
+    "before",
     POOL_LABELS,
 )
 RECONCILE_ERRORS = Counter(
@@ -356,9 +368,11 @@ def record_status(namespace: str, pool: str, status: Mapping[str, Any]) -> None:
 
 def record_spec(namespace: str, pool: str, spec: AgentPoolSpec) -> None:
     """The spec values alerts compare the figures with (maxReplicas) or filter on (paused).
-    The pool's data-loss counter and each schedule's counters start at 0: `increase()` sees no
-    rise in a series whose first sample is already 1 (a first loss or miss, one counted by a
-    restarted operator)."""
+    The pool's data-loss counter and each schedule's counters start at 0 from the round that
+    gets here, so that `increase()` sees a later first loss or miss. Not the alerts' signal:
+    a round finds a loss or a miss before it gets here, and a restarted operator finds the
+    times missed while it was down in its very first round, so those series can appear at 1;
+    the alerts read `record_scheduled`'s and `record_queue_data_lost`'s timestamps instead."""
     POOL_MIN_REPLICAS.labels(namespace, pool).set(spec.scaling.min_replicas)
     POOL_MAX_REPLICAS.labels(namespace, pool).set(spec.scaling.max_replicas)
     POOL_PAUSED.labels(namespace, pool).set(1 if spec.paused else 0)
@@ -418,15 +432,23 @@ def record_requeue_result(namespace: str, pool: str, cause: str, result: Requeue
 
 
 def record_scheduled(namespace: str, pool: str, schedule: str, *, submitted: int,
-                     missed: int) -> None:
+                     missed: int, when: float | None = None) -> None:
+    """A schedule's round: the tasks it submitted, and the scheduled times it found missed,
+    counted and, at `when` (now by default), timestamped: the time they were found, which
+    the alert compares with its window, where a missed time itself may be far older (a daily
+    time missed while no operator ran for hours)."""
     if submitted:
         _child(SCHEDULED_TASKS, namespace, pool, schedule).inc(submitted)
     if missed:
         _child(SCHEDULE_TIMES_MISSED, namespace, pool, schedule).inc(missed)
+        _child(SCHEDULE_LAST_MISSED, namespace, pool, schedule).set(
+            time.time() if when is None else when)
 
 
-def record_queue_data_lost(namespace: str, pool: str) -> None:
+def record_queue_data_lost(namespace: str, pool: str, when: float | None = None) -> None:
+    """A loss of the queue's data, found at `when` (now by default)."""
     _child(QUEUE_DATA_LOST, namespace, pool).inc()
+    _child(QUEUE_LAST_DATA_LOST, namespace, pool).set(time.time() if when is None else when)
 
 
 def record_reconcile_error(namespace: str, pool: str, step: str) -> None:

@@ -148,10 +148,27 @@ def test_the_alerts_values_yaml_does_not_list_take_values_given_for_them(helm: H
     }})
     found = {r["alert"]: r for g in groups(helm, values) for r in g["rules"]}
     lost = found["AgentPoolQueueDataLost"]
-    assert "[6h]" in lost["expr"]
+    assert "[6h]" in lost["expr"] and lost["expr"].endswith("< 21600")
     assert (lost["for"], lost["labels"]["severity"]) == ("0m", "page")
     assert "AgentPoolRedisFull" not in found
     assert found["AgentPoolCRDOutdated"]["for"] == "15m"
+
+
+@pytest.mark.parametrize(("window", "seconds"), [
+    ("1h", "3600"), ("90s", "90"), ("1h30m", "5400"), ("2w1d", "1296000"), ("1y", "31536000"),
+    ("1500ms", "1.5"),
+])
+def test_a_window_compared_with_a_timestamp_is_given_in_seconds(
+    helm: Helm, window: str, seconds: str,
+) -> None:
+    """The loss and missed-schedule alerts compare the time since a timestamp with their
+    window, which PromQL takes as a number only."""
+    values = with_rule({"alerts": {"queueDataLost": {"window": window},
+                                   "scheduleMissed": {"window": window}}})
+    found = rules(helm, values)
+    for name in ("AgentPoolQueueDataLost", "AgentPoolScheduleMissed"):
+        expr = found[name]["expr"]
+        assert f"_timestamp_seconds[{window}]))" in expr and expr.endswith(f"< {seconds}"), name
 
 
 def test_degraded_leaves_out_only_the_reasons_alerted_on_their_own(helm: Helm) -> None:

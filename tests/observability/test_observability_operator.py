@@ -157,8 +157,10 @@ def test_forget_pool_drops_every_series_of_that_pool_only(pool: str) -> None:
 def test_a_schedules_counters_are_exported_at_zero_before_its_first_task_or_miss(
     pool: str,
 ) -> None:
-    """`increase()` sees no rise in a series whose first sample is already 1: the missed-time
-    alert would stay silent for a first miss, and for one a restarted operator counts."""
+    """`increase()` sees no rise in a series whose first sample is already 1: at 0 from the
+    pool's round, its counters show a later first task or miss. Not a miss a restarted
+    operator finds in its first round, before this call: the alert reads the time it was found
+    (tests/operator/test_operator_metrics.py)."""
     scheduled = spec().model_copy(update={"schedules": AgentPoolSpec.model_validate({
         "redis": {"url": "redis://redis:6379/0"},
         "worker": {"image": "worker:1", "handler": "app.tasks:run"},
@@ -172,7 +174,8 @@ def test_a_schedules_counters_are_exported_at_zero_before_its_first_task_or_miss
 
 
 def test_the_data_loss_counter_is_exported_at_zero_before_a_first_loss(pool: str) -> None:
-    """Else the loss alert (`increase()`) would miss the loss that creates the series."""
+    """Else `increase()` of the counter would miss the loss that creates the series (the loss
+    alert reads the time the loss was found, which has no such gap)."""
     metrics.record_spec(NS, pool, spec())
     assert value(of_pool(pool), "agentpool_operator_queue_data_lost_total") == 0
     metrics.record_queue_data_lost(NS, pool)

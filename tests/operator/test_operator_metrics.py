@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -11,7 +12,10 @@ import redis.asyncio as aioredis
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue
+from agentpool.redis_server import RedisServer
+from agentpool_operator.status import rfc3339
 
 Labels = tuple[tuple[str, str], ...]
 Scraped = dict[tuple[str, Labels], float]
@@ -94,3 +98,49 @@ async def test_reconcile_errors_are_counted_per_pool_and_step(
     observed = ("agentpool_operator_pool_last_observed_timestamp_seconds",
                 pool_labels("metrics-b"))
     assert observed not in found, "a round that found a problem is not a clean observation"
+
+
+async def test_times_missed_while_no_operator_ran_are_timestamped_in_the_first_round(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, queue_name: str,
+) -> None:
+    """A started operator's first round finds the times missed while none ran: before any
+    scrape could see it at 0, its counter is at 1, and `increase()` would see no rise. The
+    alert reads the timestamp, the time they were found."""
+    now = datetime.now(UTC)
+    missed, cursor = now - timedelta(minutes=30), now - timedelta(hours=2)
+    manifest = pool_manifest(
+        "metrics-missed", redis_url=redis_url, queue=queue_name,
+        schedules=[{"name": "nightly", "cron": f"{missed.minute} {missed.hour} * * *"}])
+    manifest["status"] = {"schedules": [{"name": "nightly", "nextScheduleTime": rfc3339(cursor)}]}
+    labels = pool_labels("metrics-missed", schedule="nightly")
+    stamp = ("agentpool_operator_schedule_last_missed_timestamp_seconds", labels)
+    before = time.time()
+    await cluster.create_pool(manifest)
+    found = await eventually(scraped_when(operator, lambda m: stamp in m))
+    assert before <= found[stamp] <= time.time()
+    assert found[("agentpool_operator_schedule_times_missed_total", labels)] == 1
+
+
+async def test_a_lost_queue_is_timestamped_when_it_is_found(
+    cluster: Cluster, operator: OperatorThread,
+) -> None:
+    with RedisServer() as server:
+        admin = redis_from_url(server.url)
+        try:
+            await cluster.create_pool(pool_manifest("metrics-lost", redis_url=server.url,
+                                                    queue="metrics-lost"))
+            labels = pool_labels("metrics-lost")
+            counter = ("agentpool_operator_queue_data_lost_total", labels)
+            stamp = ("agentpool_operator_queue_last_data_lost_timestamp_seconds", labels)
+            await TaskQueue(admin, "metrics-lost").submit({"n": 1})
+            found = await eventually(scraped_when(
+                operator, lambda m: m.get(("agentpool_pool_queued", labels)) == 1))
+            assert found[counter] == 0
+            assert stamp not in found, "no loss yet, no timestamp"
+            before = time.time()
+            await admin.flushall()
+            found = await eventually(scraped_when(operator, lambda m: stamp in m))
+            assert before <= found[stamp] <= time.time()
+            assert found[counter] == 1
+        finally:
+            await admin.aclose()
