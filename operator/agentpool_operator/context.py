@@ -131,6 +131,9 @@ class PoolState:
     than the deletion (the watch selects by the pool's label: a Deployment whose label was
     taken off comes as deleted, and a read finds it still there)."""
 
+    schedules_round: datetime | None = None
+    """When this loop last ran the pool's schedules (see `schedule_actions`)."""
+
     redis_url: str | None = None
     redis_url_read: float = 0.0
     redis_url_source: str = ""

@@ -66,6 +66,8 @@ from .queue_loss import data_lost, loss_event, marks_of, queue_identity
 from .queue_moves import follow, judge_left_queue, queue_change_refused
 from .queue_sharing import queue_address, server_of, sharing_problem, unserved_problem
 from .redis_access import QueueAccessError, read_figures, resolve_redis_url, url_origin
+from .schedule_actions import upcoming_times
+from .schedules import seconds_until_next
 from .status import (
     DeploymentView,
     Problem,
@@ -591,12 +593,16 @@ async def sleep(state: PoolState, stopped: kopf.DaemonStopped, delay: float) -> 
             waiter.cancel()
 
 
-def next_round_in(poll_seconds: float, failing_for: float | None) -> float:
+def next_round_in(poll_seconds: float, failing_for: float | None,
+                  schedule_due_in: float | None = None) -> float:
     """The poll interval; while failing, as long as the failure lasts (so the pool's own
-    retries back off exponentially), capped. A wake-up (its Deployment or a pod changed)
+    retries back off exponentially), capped; sooner when a schedule's next time comes first
+    (`schedule_due_in`), so that its task is submitted when it comes, not up to a poll later,
+    however short its startingDeadlineSeconds. A wake-up (its Deployment or a pod changed)
     still runs a round at once."""
     base = max(MIN_POLL_SECONDS, poll_seconds)
-    return min(MAX_RETRY_SECONDS, max(base, failing_for or 0.0))
+    delay = min(MAX_RETRY_SECONDS, max(base, failing_for or 0.0))
+    return delay if schedule_due_in is None else min(delay, schedule_due_in)
 
 
 async def open_queue(
@@ -914,4 +920,6 @@ async def observe_once(
     if not failing:
         metrics.record_observed(namespace, name)
     state.failing_since = (state.failing_since or time.monotonic()) if failing else None
-    return next_round_in(spec.scaling.poll_seconds, state.failing_for(time.monotonic()))
+    due_in = seconds_until_next(upcoming_times(spec, result.status_fields), now,
+                                datetime.now(UTC))
+    return next_round_in(spec.scaling.poll_seconds, state.failing_for(time.monotonic()), due_in)

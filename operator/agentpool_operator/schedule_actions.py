@@ -6,6 +6,10 @@ first time, or whose cron or time zone changed, starts from now. A task is submi
 idempotency key made of the pool, the schedule and the scheduled time, so an operator that
 restarts before it wrote the status, or a second operator, submits nothing twice. A Redis
 error leaves the cursor where it was: the time is tried again next round, until its deadline.
+
+Whether a late time was missed depends on the operator's previous round of the pool (see
+`schedules`): its time is kept in memory, by the pool's loop state, so that an operator that
+restarts has none and finds the times it was away for missed.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from typing import Any, cast
 
 import kopf
 
-from agentpool.models import ScheduleSpec, parse_rfc3339
+from agentpool.models import AgentPoolSpec, ScheduleSpec, parse_rfc3339
 from agentpool.protocol import CancelOutcome, ProtocolError, TaskQueue
 from agentpool.redis_errors import REDIS_FAILURES
 
 from . import metrics
+from .context import PoolState
 from .observation import ActionResult, PoolObservation
 from .schedules import (
     Cursor,
@@ -40,7 +45,6 @@ FAILED_REASON = "ScheduleFailed"
 
 log = logging.getLogger(__name__)
 
-
 @dataclass(frozen=True)
 class _Previous:
     cursor: Cursor | None = None
@@ -49,6 +53,7 @@ class _Previous:
 
 
 async def run_schedules(observation: PoolObservation) -> ActionResult:
+    previous_round = _previous_round(observation.state, observation.now)
     schedules = observation.spec.schedules or []
     if not schedules:
         return ActionResult(status_fields={"schedules": None})  # the removed ones' entries go
@@ -57,23 +62,53 @@ async def run_schedules(observation: PoolObservation) -> ActionResult:
     problems: list[Problem] = []
     for schedule in schedules:
         entry, problem = await _run_one(observation, schedule,
-                                        previous.get(schedule.name, _Previous()))
+                                        previous.get(schedule.name, _Previous()),
+                                        previous_round)
         entries.append(entry)
         if problem is not None:
             problems.append(problem)
     return ActionResult(status_fields={"schedules": entries}, problems=tuple(problems))
 
 
-async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
-                   before: _Previous) -> tuple[dict[str, Any], Problem | None]:
-    """One schedule's round: its status entry, and what keeps it from running."""
+def upcoming_times(spec: AgentPoolSpec, status_fields: Mapping[str, Any]) -> list[datetime]:
+    """The next times of the pool's schedules that submit (none while the pool is paused or
+    the schedule suspended), as a round's status entries left them."""
+    if spec.paused:
+        return []
+    submitting = {schedule.name for schedule in spec.schedules or [] if not schedule.suspend}
+    times: list[datetime] = []
+    for entry in status_fields.get("schedules") or []:
+        if isinstance(entry, Mapping) and entry.get("name") in submitting:
+            moment = parse_rfc3339(entry.get("nextScheduleTime"))
+            if moment is not None:
+                times.append(moment)
+    return times
+
+
+def _previous_round(state: PoolState | None, now: datetime) -> datetime | None:
+    """The time of this operator's previous round of the pool (None: this is its first, or
+    the round has no loop state), `now` kept for the next one. Kept as long as the pool's
+    loop state lives: a loop started again (the operator restarted, the pool re-created)
+    has none."""
+    if state is None:
+        return None
+    previous, state.schedules_round = state.schedules_round, now
+    return previous
+
+
+async def _run_one(observation: PoolObservation, schedule: ScheduleSpec, before: _Previous,
+                   previous_round: datetime | None) -> tuple[dict[str, Any], Problem | None]:
+    """One schedule's round: its status entry, and what keeps it from running.
+    `previous_round` is the time of this operator's previous round of the pool, if any."""
     entry: dict[str, Any] = {"name": schedule.name}
     if before.last_time is not None:
         entry["lastScheduleTime"] = before.last_time
     if before.last_task_id is not None:
         entry["lastTaskId"] = before.last_task_id
     start = round_start(schedule, before.cursor, observation.now)
-    turn = schedule_turn(schedule, start, observation.now, active=not observation.spec.paused)
+    failing = observation.state is not None and observation.state.failing_since is not None
+    turn = schedule_turn(schedule, start, observation.now, active=not observation.spec.paused,
+                         previous_round=None if failing else previous_round)
     if turn.problem is not None:
         return entry, Problem(INVALID_REASON, f"schedule {schedule.name!r}: {turn.problem}")
     turn, problem = await _settle_overlap(observation, schedule, turn, before.last_task_id)
@@ -91,7 +126,8 @@ async def _run_one(observation: PoolObservation, schedule: ScheduleSpec,
                f"schedule {schedule.name!r}: {rfc3339(turn.skipped)} skipped: task "
                f"{before.last_task_id} is still queued or running (concurrencyPolicy Forbid)")
     if turn.missed:
-        _event(observation, "Warning", "ScheduleMissed", _missed_message(schedule, turn))
+        _event(observation, "Warning", "ScheduleMissed",
+               missed_message(schedule, turn, previous_round, observation.now))
     metrics.record_scheduled(observation.namespace, observation.name, schedule.name,
                              submitted=int(created), missed=turn.missed)
     if submitted is not None and turn.submit is not None:
@@ -180,11 +216,32 @@ async def _submit(observation: PoolObservation, schedule: ScheduleSpec,
     return task_id, created, None
 
 
-def _missed_message(schedule: ScheduleSpec, turn: ScheduleTurn) -> str:
-    count = f"{turn.missed} scheduled time{'s' if turn.missed != 1 else ''}"
+def missed_message(schedule: ScheduleSpec, turn: ScheduleTurn, previous_round: datetime | None,
+                   now: datetime) -> str:
+    """The ScheduleMissed Event: how many times passed without a task, which, and why: no
+    task could be submitted (no operator ran, or the queue was unreachable), or, for the
+    times that came between two rounds of this operator (`previous_round` and `now`), its
+    rounds came late."""
+    count = (f"{'at least ' if turn.missed_capped else ''}{turn.missed} scheduled "
+             f"time{'s' if turn.missed != 1 else ''}")
+    first, last = turn.first_missed, turn.last_missed
+    if first is not None and last is not None:
+        count += f" ({rfc3339(first)})" if first == last else \
+            f" ({rfc3339(first)} to {rfc3339(last)})"
+    outage = ("while no task could be submitted (no operator running, or the queue "
+              "unreachable)" if previous_round is None else
+              "while this operator could not submit (the queue unreachable, or its rounds "
+              "failing)")
+    if turn.missed_late and previous_round is not None:
+        late = (f"between two rounds of this operator {(now - previous_round).total_seconds():.0f}"
+                " s apart (its own delay, not an outage)")
+        why = (late if turn.missed_late >= turn.missed else
+               f"without a task: {turn.missed - turn.missed_late} {outage}, "
+               f"{turn.missed_late} {late}")
+    else:
+        why = outage
     then = "submitted only the latest" if turn.submit is not None else "none submitted"
-    return (f"schedule {schedule.name!r}: {count} passed while no task could be submitted "
-            f"(no operator running, or the queue unreachable); {then}")
+    return f"schedule {schedule.name!r}: {count} passed {why}; {then}"
 
 
 def _previous_entries(status: Mapping[str, Any]) -> dict[str, _Previous]:

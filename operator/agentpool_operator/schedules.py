@@ -8,9 +8,17 @@ removed and added again under its name with others) starts again from now, as a 
 (`round_start`), and has no task for the times its new expression would have had before.
 Each round, the times from the cursor up to now are dealt with at once:
 
-- the latest of them is submitted, when it is at most ``startingDeadlineSeconds`` old;
+- the latest of them is submitted, unless it is missed (below);
 - the others are missed: an operator back after an outage submits one task, not one per time it
   was away (as a CronJob starts only its latest missed Job);
+- a time older than ``startingDeadlineSeconds`` is missed, not submitted late, when no round
+  could act on it since it came: this round is the operator's first (none ran before it), or
+  its loop was failing (a failed round, the queue unreachable), or a round since saw the time
+  and could not submit it. A time that came after the operator's previous round, its loop
+  not failing, is this round's to submit however late: that lateness is the operator's own (a
+  slow round), not an outage, and the loop wakes at the next scheduled time
+  (`seconds_until_next`) rather than a poll later. Several such times collapse into the
+  latest, the others missed as the operator's delay (`ScheduleTurn.missed_late`);
 - while the schedule is suspended or the pool paused, the times pass and nothing is submitted
   or missed;
 - a time that comes while the previous task is still queued or running is skipped with
@@ -22,8 +30,9 @@ skips fires at the jump, and a time that happens twice fires twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -34,6 +43,9 @@ from agentpool.protocol import TaskInfo
 MISSED_COUNT_CAP = 1000
 """Counting missed times stops here: after a long outage, a schedule of every minute would
 otherwise be walked through minute by minute."""
+WAKE_AFTER_SECONDS = 0.05
+"""How long after a scheduled time the loop wakes: woken a moment early (its timer and the
+wall clock differ), a round would find nothing due and run again at once."""
 _JUST_BEFORE = timedelta(microseconds=1)
 
 
@@ -45,6 +57,13 @@ class ScheduleTurn:
     """The scheduled time to submit a task for now."""
     missed: int = 0
     """Scheduled times that passed without a task (at most MISSED_COUNT_CAP)."""
+    missed_late: int = 0
+    """Of `missed`, the times that came between the operator's previous round and this one
+    (its loop not failing), collapsed into a later one: its rounds came late."""
+    first_missed: datetime | None = None
+    last_missed: datetime | None = None
+    missed_capped: bool = False
+    """More times were missed than `missed` counts (MISSED_COUNT_CAP)."""
     skipped: datetime | None = None
     """The time that came while the previous task still ran (concurrencyPolicy Forbid)."""
     replace_previous: bool = False
@@ -99,34 +118,67 @@ def _first_from(schedule: ScheduleSpec, moment: datetime) -> datetime | None:
 
 
 def schedule_turn(schedule: ScheduleSpec, cursor: datetime, now: datetime, *,
-                  active: bool = True) -> ScheduleTurn:
+                  active: bool = True, previous_round: datetime | None = None) -> ScheduleTurn:
     """The turn of `schedule` for the times in [cursor, now]; `active` is False while the
-    pool is paused. `cursor` and `now` are aware datetimes."""
+    pool is paused. `previous_round` is the time of the operator's previous round, if its
+    loop has not been failing since (None: this round is its first, or it was failing): a
+    time after it is this round's to submit, however late. Aware datetimes."""
     try:
         zone = ZoneInfo(schedule.time_zone)
     except (ZoneInfoNotFoundError, ValueError):
         return ScheduleTurn(problem=f"unknown time zone {schedule.time_zone!r}")
     deadline = now - timedelta(seconds=schedule.starting_deadline_seconds)
+    stale_until = deadline - _JUST_BEFORE
+    if previous_round is not None:
+        stale_until = min(stale_until, previous_round)
     try:
-        times = croniter(schedule.cron, (cursor - _JUST_BEFORE).astimezone(zone))
-        scheduled = _next(times)
-        too_old = 0
-        while scheduled < deadline:
-            too_old += 1
-            if too_old >= MISSED_COUNT_CAP:
-                times = croniter(schedule.cron, (deadline - _JUST_BEFORE).astimezone(zone))
-            scheduled = _next(times)
-        latest: datetime | None = None
-        recent = 0
-        while scheduled <= now:
-            latest, recent = scheduled, recent + 1
-            scheduled = _next(times)
+        turn = _walk(schedule.cron, zone, cursor, now, deadline, stale_until, previous_round)
     except (ValueError, TypeError) as error:  # croniter's errors, and dates that never come
         return ScheduleTurn(problem=f"cron {schedule.cron!r}: {error}")
     if not active or schedule.suspend:
-        return ScheduleTurn(next_time=scheduled)
-    missed = min(MISSED_COUNT_CAP, too_old + max(0, recent - 1))
-    return ScheduleTurn(submit=latest, missed=missed, next_time=scheduled)
+        return ScheduleTurn(next_time=turn.next_time)
+    return turn
+
+
+def _walk(cron: str, zone: tzinfo, cursor: datetime, now: datetime, deadline: datetime,
+          stale_until: datetime, previous_round: datetime | None) -> ScheduleTurn:
+    """The times from `cursor` to `now`: those up to `stale_until` missed, the latest of the
+    others submitted. Past MISSED_COUNT_CAP times, the walk jumps (to `stale_until`, or, as
+    after an outage, to the starting deadline) rather than visit them all."""
+    times = _after(cron, zone, cursor - _JUST_BEFORE)
+    first = scheduled = _next(times)
+    stale, capped = 0, False
+    last_missed: datetime | None = None
+    while scheduled <= stale_until:
+        stale, last_missed = stale + 1, scheduled
+        scheduled = _next(times)
+        if stale >= MISSED_COUNT_CAP and scheduled <= stale_until:
+            times, capped = _after(cron, zone, stale_until), True
+            scheduled = _next(times)
+            last_missed = _before(cron, zone, scheduled)
+    latest: datetime | None = None
+    seen = late = 0
+    while scheduled <= now:
+        if latest is not None:
+            last_missed = latest
+        latest = scheduled
+        if previous_round is not None and scheduled > previous_round:
+            late += 1
+        else:
+            seen += 1
+        scheduled = _next(times)
+        if seen + late >= MISSED_COUNT_CAP and scheduled < deadline:
+            times, capped, latest = _after(cron, zone, deadline - _JUST_BEFORE), True, None
+            scheduled = _next(times)
+            last_missed = _before(cron, zone, scheduled)
+    missed = stale + seen + late - (latest is not None)
+    latest_late = (latest is not None and previous_round is not None
+                   and latest > previous_round)
+    return ScheduleTurn(
+        submit=latest, missed=min(MISSED_COUNT_CAP, missed),
+        missed_late=min(MISSED_COUNT_CAP, late - latest_late),
+        first_missed=first if missed else None, last_missed=last_missed if missed else None,
+        missed_capped=capped or missed > MISSED_COUNT_CAP, next_time=scheduled)
 
 
 def settle_overlap(schedule: ScheduleSpec, turn: ScheduleTurn,
@@ -151,8 +203,32 @@ def previous_unfinished(previous: TaskInfo | None, now: datetime) -> bool:
             and not previous.expired_waiting(now.timestamp() * 1000))
 
 
+def seconds_until_next(next_times: Iterable[datetime], found_at: datetime,
+                       now: datetime) -> float | None:
+    """How long the pool's loop may sleep before the earliest of its schedules' `next_times`
+    comes (None: no schedule waits for a time), `found_at` being the time of the round that
+    found them: a cursor not after it is a time that round could not submit (the queue
+    unreachable), which the loop's poll, with its backoff, tries again."""
+    upcoming = [moment for moment in next_times if moment > found_at]
+    if not upcoming:
+        return None
+    return max(0.0, (min(upcoming) - now).total_seconds()) + WAKE_AFTER_SECONDS
+
+
+def _after(cron: str, zone: tzinfo, moment: datetime) -> croniter:
+    """The schedule's times after `moment`."""
+    return croniter(cron, moment.astimezone(zone))
+
+
 def _next(times: croniter) -> datetime:
     scheduled: datetime = times.get_next(datetime)
+    return scheduled.astimezone(UTC)
+
+
+def _before(cron: str, zone: tzinfo, moment: datetime) -> datetime:
+    """The schedule's last time before `moment`, for a report only: croniter may be an hour
+    off across a daylight-saving change."""
+    scheduled: datetime = croniter(cron, moment.astimezone(zone)).get_prev(datetime)
     return scheduled.astimezone(UTC)
 
 

@@ -1,6 +1,7 @@
 """When schedules are due (agentpool_operator.schedules): the latest time submitted once,
-older ones missed, nothing while suspended or paused, time zones and daylight saving, and a
-schedule whose cron or time zone changed starting again from the change."""
+older ones missed (unless they came while the operator ran), nothing while suspended or
+paused, time zones and daylight saving, a schedule whose cron or time zone changed starting
+again from the change, and how long the pool's loop may sleep before a schedule's next time."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from agentpool.models import ScheduleSpec
 from agentpool.protocol import TaskInfo
 from agentpool_operator.schedules import (
     MISSED_COUNT_CAP,
+    WAKE_AFTER_SECONDS,
     Cursor,
     ScheduleTurn,
     idempotency_key,
     previous_unfinished,
     round_start,
     schedule_turn,
+    seconds_until_next,
     settle_overlap,
 )
 
@@ -59,7 +62,8 @@ def test_after_an_outage_only_the_latest_time_is_submitted_and_the_rest_missed()
 
 def test_a_time_older_than_the_starting_deadline_is_missed_not_submitted() -> None:
     turn = schedule_turn(schedule(startingDeadlineSeconds=300), cursor=at(11), now=at(11, 6))
-    assert turn == ScheduleTurn(missed=1, next_time=at(12))
+    assert turn == ScheduleTurn(missed=1, first_missed=at(11), last_missed=at(11),
+                                next_time=at(12))
     late = schedule_turn(schedule(startingDeadlineSeconds=300), cursor=at(11), now=at(11, 5))
     assert late.submit == at(11)
 
@@ -67,15 +71,150 @@ def test_a_time_older_than_the_starting_deadline_is_missed_not_submitted() -> No
 def test_times_within_the_deadline_collapse_into_the_latest() -> None:
     every_minute = schedule("* * * * *", startingDeadlineSeconds=600)
     turn = schedule_turn(every_minute, cursor=at(11), now=at(11, 3, 30))
-    assert turn == ScheduleTurn(submit=at(11, 3), missed=3, next_time=at(11, 4))
+    assert turn == ScheduleTurn(submit=at(11, 3), missed=3, first_missed=at(11),
+                                last_missed=at(11, 2), next_time=at(11, 4))
 
 
 def test_missed_times_are_counted_up_to_a_cap() -> None:
     every_minute = schedule("* * * * *")
     turn = schedule_turn(every_minute, cursor=at(0, day=1), now=at(0, day=3))
     assert turn.missed == MISSED_COUNT_CAP
+    assert turn.missed_capped
+    assert (turn.first_missed, turn.last_missed) == (at(0, day=1), at(23, 59, day=2))
     assert turn.submit == at(0, day=3)
     assert turn.next_time == at(0, 1, day=3)
+    # with a deadline of a second, every time missed is past it: the last is found after the
+    # count stopped
+    strict = schedule("* * * * *", startingDeadlineSeconds=1)
+    turn = schedule_turn(strict, cursor=at(0, day=1), now=at(0, day=3))
+    assert (turn.missed, turn.missed_capped) == (MISSED_COUNT_CAP, True)
+    assert (turn.first_missed, turn.last_missed) == (at(0, day=1), at(23, 59, day=2))
+    assert turn.submit == at(0, day=3)
+
+
+@pytest.mark.parametrize("minutes, capped", [(1000, False), (1001, True), (1010, True)])
+def test_a_count_at_the_cap_is_exact_and_one_past_it_is_not(minutes: int, capped: bool) -> None:
+    """Every minute, a deadline of 5 minutes: the cursor `minutes` before now leaves
+    `minutes` times missed, the latest submitted; past 1000 the count says 'at least'."""
+    every_minute = schedule("* * * * *")
+    now = at(0, day=3)
+    turn = schedule_turn(every_minute, cursor=now - timedelta(minutes=minutes), now=now)
+    assert (turn.missed, turn.missed_capped) == (min(minutes, MISSED_COUNT_CAP), capped)
+    assert turn.first_missed == now - timedelta(minutes=minutes)
+    assert turn.last_missed == now - timedelta(minutes=1)
+    assert turn.submit == now
+
+
+def test_a_running_operator_frozen_past_the_cap_submits_only_within_the_deadline() -> None:
+    """More than MISSED_COUNT_CAP times between two rounds (the operator's process stopped
+    and went on): counted as capped; the latest, within the deadline, is submitted."""
+    every_minute = schedule("* * * * *")
+    turn = schedule_turn(every_minute, cursor=at(0, 1, day=1), now=at(0, day=3),
+                         previous_round=at(0, day=1))
+    assert (turn.missed, turn.missed_late, turn.missed_capped) == (
+        MISSED_COUNT_CAP, MISSED_COUNT_CAP, True)
+    assert turn.submit == at(0, day=3)
+    assert turn.last_missed == at(23, 59, day=2)
+
+
+def paced(spec: ScheduleSpec, every: timedelta, start: datetime,
+          until: datetime) -> tuple[list[datetime], int]:
+    """The times submitted and the count missed by rounds of a running operator every `every`
+    from `start` until `until`, each round passing the time of the one before."""
+    submitted: list[datetime] = []
+    missed = 0
+    cursor: Cursor | None = None
+    previous: datetime | None = None
+    now = start
+    while now <= until:
+        turn = schedule_turn(spec, round_start(spec, cursor, now), now, previous_round=previous)
+        if turn.submit is not None:
+            submitted.append(turn.submit)
+        missed += turn.missed
+        assert turn.next_time is not None
+        cursor, previous = Cursor(turn.next_time, spec.cron, spec.time_zone), now
+        now += every
+    return submitted, missed
+
+
+@pytest.mark.parametrize("poll, deadline, phase", [
+    (timedelta(seconds=600), 300, timedelta(seconds=400)),
+    (timedelta(seconds=900), 300, timedelta(seconds=7)),
+    (timedelta(seconds=2), 1, timedelta(seconds=1.5)),
+    (timedelta(seconds=30), 10, timedelta(seconds=20)),
+], ids=["poll-600-deadline-300", "poll-900-deadline-300", "poll-2-deadline-1",
+        "poll-30-deadline-10"])
+def test_rounds_further_apart_than_the_deadline_submit_every_time(
+    poll: timedelta, deadline: int, phase: timedelta,
+) -> None:
+    """Hourly, rounds of a running operator further apart than the schedule's deadline (its
+    pollSeconds, or a slow round): each hour is submitted when a round finds it, none missed."""
+    hourly = schedule("0 * * * *", startingDeadlineSeconds=deadline)
+    submitted, missed = paced(hourly, poll, at(0) + phase, at(6) + phase)
+    assert submitted == [at(hour) for hour in range(1, 7)]
+    assert missed == 0
+
+
+def test_a_time_a_round_saw_and_could_not_submit_is_missed_past_its_deadline() -> None:
+    """11:00 came before the previous round (which could not submit it: the queue was
+    unreachable): past its deadline it is missed, as after an outage."""
+    deadline_300 = schedule(startingDeadlineSeconds=300)
+    turn = schedule_turn(deadline_300, cursor=at(11), now=at(11, 6),
+                         previous_round=at(11, 0, 5))
+    assert turn == ScheduleTurn(missed=1, first_missed=at(11), last_missed=at(11),
+                                next_time=at(12))
+    within = schedule_turn(deadline_300, cursor=at(11), now=at(11, 4),
+                           previous_round=at(11, 0, 5))
+    assert within.submit == at(11)
+
+
+def test_times_between_two_rounds_collapse_into_the_latest_as_late() -> None:
+    every_minute = schedule("* * * * *", startingDeadlineSeconds=60)
+    turn = schedule_turn(every_minute, cursor=at(11, 1), now=at(11, 3, 10),
+                         previous_round=at(11, 0, 30))
+    assert turn == ScheduleTurn(submit=at(11, 3), missed=2, missed_late=2,
+                                first_missed=at(11, 1), last_missed=at(11, 2),
+                                next_time=at(11, 4))
+
+
+def test_times_a_round_could_not_submit_and_later_ones_are_missed_each_for_its_cause() -> None:
+    """11:00 and 11:01 came before the previous round, which could not submit them: missed
+    for their age; 11:02 came after it, collapsed into 11:03: missed as late."""
+    every_minute = schedule("* * * * *", startingDeadlineSeconds=60)
+    turn = schedule_turn(every_minute, cursor=at(11), now=at(11, 3, 10),
+                         previous_round=at(11, 1, 30))
+    assert turn == ScheduleTurn(submit=at(11, 3), missed=3, missed_late=1,
+                                first_missed=at(11), last_missed=at(11, 2),
+                                next_time=at(11, 4))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cron=st.sampled_from(["* * * * *", "*/7 * * * *", "0 * * * *", "15,45 */2 * * *",
+                          "@daily", "0 9 * * mon-fri"]),
+    deadline=st.integers(1, 600),
+    start=st.integers(0, 7 * 24 * 60 * 60),
+    steps=st.lists(st.integers(1, 3 * 60 * 60), min_size=1, max_size=10),
+)
+def test_a_running_operator_misses_no_time_for_its_age(
+    cron: str, deadline: int, start: int, steps: list[int],
+) -> None:
+    """Rounds of a running operator, however far apart past the deadline: every time is
+    submitted, or collapsed into a later one as late; none is missed for its age."""
+    spec = schedule(cron, startingDeadlineSeconds=deadline)
+    now = cursor = at(0, day=1) + timedelta(seconds=start)
+    previous: datetime | None = None
+    submitted = missed = 0
+    for step in [0, *steps]:
+        now += timedelta(seconds=step)
+        turn = schedule_turn(spec, cursor=cursor, now=now, previous_round=previous)
+        assert turn.missed == turn.missed_late
+        submitted += turn.submit is not None
+        missed += turn.missed
+        assert turn.next_time is not None
+        cursor, previous = turn.next_time, now
+    every = schedule_turn(spec, cursor=at(0, day=1) + timedelta(seconds=start), now=now)
+    assert submitted + missed == every.missed + (every.submit is not None)
 
 
 @pytest.mark.parametrize("fields, active", [({"suspend": True}, True), ({}, False)])
@@ -165,6 +304,19 @@ def test_the_previous_task_counts_while_it_may_still_run(
     previous: TaskInfo | None, unfinished: bool,
 ) -> None:
     assert previous_unfinished(previous, now=at(11)) is unfinished
+
+
+def test_the_loop_sleeps_until_the_earliest_next_time_after_its_round() -> None:
+    found_at = at(11, 0, 5)
+    assert seconds_until_next([at(12), at(11, 30)], found_at, at(11, 0, 6)) == \
+        29 * 60 + 54 + WAKE_AFTER_SECONDS
+    # a time that came while the round ran: at once
+    assert seconds_until_next([at(11, 0, 6)], found_at, at(11, 0, 7)) == WAKE_AFTER_SECONDS
+    # a cursor left at a time the round could not submit: the poll tries it again
+    assert seconds_until_next([at(11), at(12)], found_at, at(11, 0, 6)) == \
+        59 * 60 + 54 + WAKE_AFTER_SECONDS
+    assert seconds_until_next([at(11)], found_at, at(11, 0, 6)) is None
+    assert seconds_until_next([], found_at, at(11, 0, 6)) is None
 
 
 def test_the_idempotency_key_names_pool_schedule_and_time() -> None:

@@ -3,13 +3,17 @@ its task once (an operator restarted before its status write submits nothing twi
 missed while no operator ran is reported instead of submitted late, a paused pool lets times
 pass, Forbid and Replace settle an overlap (Replace cancels only once its successor is queued),
 a schedule whose cron changed starts again from the change, and a schedule that cannot run
-makes the pool Degraded.
+makes the pool Degraded. The pool's loop wakes at a schedule's next time, not a poll later;
+a time that came between two rounds of a running operator is submitted however late (its
+delay is not an outage), and the ScheduleMissed Event says which times and why.
 
 A pool is created with a status whose schedule cursor (`nextScheduleTime`) is already due, as
-an operator that ran before would have left it: no test waits for a clock minute to turn."""
+an operator that ran before would have left it: only the test of the loop's wake-up waits for
+a clock minute to turn."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -24,8 +28,12 @@ from prometheus_client import REGISTRY
 from agentpool.models import AgentPoolSpec
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import free_port
+from agentpool_operator import schedule_actions
+from agentpool_operator.context import PoolState
+from agentpool_operator.handlers import MAX_RETRY_SECONDS, next_round_in
 from agentpool_operator.observation import PoolObservation
-from agentpool_operator.schedule_actions import run_schedules
+from agentpool_operator.schedule_actions import missed_message, run_schedules, upcoming_times
+from agentpool_operator.schedules import schedule_turn
 from agentpool_operator.status import rfc3339
 
 POOL = "sched"
@@ -226,8 +234,9 @@ async def test_a_time_missed_while_no_operator_ran_is_reported_not_submitted(
     event = await eventually(lambda: (found := cluster.events("ScheduleMissed")) and found[0])
     assert event["type"] == "Warning"
     assert event["message"] == (
-        "schedule 'report': 1 scheduled time passed while no task could be submitted (no "
-        "operator running, or the queue unreachable); none submitted")
+        f"schedule 'report': 1 scheduled time ({rfc3339(minute_floor(missed))}) passed while "
+        "no task could be submitted (no operator running, or the queue unreachable); none "
+        "submitted")
     # the Event goes out before the status is written
     entry = await eventually(
         lambda: (e := schedule_entry(cluster))["nextScheduleTime"] > rfc3339(cursor) and e)
@@ -360,3 +369,156 @@ async def test_replace_leaves_the_previous_task_when_the_queue_refuses_its_succe
         {"name": "report", "lastTaskId": previous, "nextScheduleTime": rfc3339(cursor),
          "cron": "* * * * *", "timeZone": "UTC"}]
     assert await queued_ids(queue) == [previous]
+
+
+async def test_a_time_due_before_the_next_poll_is_submitted_when_it_comes(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    """pollSeconds 30, startingDeadlineSeconds 10: the loop wakes at the schedule's time
+    rather than at its next poll (8 to 25 seconds after it, past the deadline)."""
+    now = datetime.now(UTC)
+    due = minute_floor(now) + timedelta(minutes=1)
+    if (due - now).total_seconds() < 8:
+        due += timedelta(minutes=1)
+    ahead = (due - now).total_seconds()
+    if ahead > 25:
+        await asyncio.sleep(ahead - 20)  # the clock, not a condition: no poll falls near `due`
+    await cluster.create_pool(pool_manifest(
+        POOL, redis_url=redis_url, queue=queue_name, poll_seconds=30,
+        schedules=[{"name": "report", "cron": f"{due.minute} * * * *",
+                    "startingDeadlineSeconds": 10}]))
+    await eventually(lambda: schedule_entry(cluster)["nextScheduleTime"] == rfc3339(due))
+    assert datetime.now(UTC) < due, "the pool's first round came after the time"
+    within = (due - datetime.now(UTC)).total_seconds() + 4
+    entry = await eventually(lambda: "lastTaskId" in (e := schedule_entry(cluster)) and e,
+                             within=within)
+    assert entry["lastScheduleTime"] == rfc3339(due)
+    assert await queued_ids(TaskQueue(redis, queue_name)) == [entry["lastTaskId"]]
+    assert cluster.events("ScheduleMissed") == []
+
+
+def test_the_loop_sleeps_no_longer_than_until_a_schedules_next_time() -> None:
+    assert next_round_in(30, None) == 30
+    assert next_round_in(30, None, schedule_due_in=2.5) == 2.5
+    assert next_round_in(30, None, schedule_due_in=100) == 30
+    assert next_round_in(30, 45, schedule_due_in=2.5) == 2.5  # a failing loop's backoff too
+    assert next_round_in(30, 45) == 45
+    assert next_round_in(30, 600) == MAX_RETRY_SECONDS
+
+
+def test_the_loop_wakes_for_the_schedules_that_submit() -> None:
+    every_minute = {"cron": "* * * * *"}
+    spec = AgentPoolSpec.model_validate(pool_manifest(POOL, schedules=[
+        {"name": "report", **every_minute}, {"name": "digest", **every_minute},
+        {"name": "held", "suspend": True, **every_minute}])["spec"])
+    fields = {"schedules": [
+        {"name": "report", "nextScheduleTime": "2026-12-03T11:00:00Z"},
+        {"name": "digest", "nextScheduleTime": "2026-12-03T11:05:00Z"},
+        {"name": "held", "nextScheduleTime": "2026-12-03T10:59:00Z"},
+        {"name": "gone", "nextScheduleTime": "2026-12-03T10:58:00Z"}]}
+    assert upcoming_times(spec, fields) == [datetime(2026, 12, 3, 11, tzinfo=UTC),
+                                            datetime(2026, 12, 3, 11, 5, tzinfo=UTC)]
+    assert upcoming_times(spec.model_copy(update={"paused": True}), fields) == []
+    assert upcoming_times(spec, {"schedules": None}) == []
+
+
+Posted = list[tuple[str, str, str]]
+
+
+@pytest.fixture
+def posted(monkeypatch: pytest.MonkeyPatch) -> Posted:
+    """The Events the schedules post (kind, reason, message), outside a running operator."""
+    events: Posted = []
+    monkeypatch.setattr(schedule_actions, "_event",
+                        lambda _, kind, reason, message: events.append((kind, reason, message)))
+    return events
+
+
+def at_round(manifest: dict[str, Any], queue: TaskQueue, now: datetime, state: PoolState,
+             previous_status: dict[str, Any]) -> PoolObservation:
+    return PoolObservation(
+        namespace="default", name=POOL, pool=manifest,
+        spec=AgentPoolSpec.model_validate(manifest["spec"]), deployment=None, figures=None,
+        queue=queue, now=now, state=state, previous_status=previous_status)
+
+
+@pytest.mark.parametrize("loop", ["running", "restarted", "failing"])
+async def test_a_time_between_two_rounds_of_a_running_operator_is_submitted_however_late(
+    redis: aioredis.Redis, queue_name: str, posted: Posted, loop: str,
+) -> None:
+    """Rounds 50 s apart, a deadline of 10 s: the time that came between them, found 30 s
+    late, is the operator's to submit. An operator restarted since (a new loop state) or a
+    loop failing since has the CronJob's rule: the time is missed."""
+    queue = TaskQueue(redis, queue_name)
+    due = datetime(2026, 12, 3, 11, 0, tzinfo=UTC)
+    manifest = pool_manifest(POOL, queue=queue_name, schedules=[
+        {"name": "report", "cron": "* * * * *", "startingDeadlineSeconds": 10}])
+    state = PoolState()
+    first = await run_schedules(at_round(manifest, queue, due - timedelta(seconds=20), state, {}))
+    (entry,) = first.status_fields["schedules"]
+    assert entry["nextScheduleTime"] == rfc3339(due)
+    if loop == "restarted":
+        state = PoolState()
+    elif loop == "failing":
+        state.failing_since = time.monotonic()
+    second = await run_schedules(at_round(manifest, queue, due + timedelta(seconds=30), state,
+                                          {"schedules": [entry]}))
+    (entry,) = second.status_fields["schedules"]
+    assert entry["nextScheduleTime"] == rfc3339(due + timedelta(minutes=1))
+    if loop == "running":
+        assert entry["lastScheduleTime"] == rfc3339(due)
+        assert await queued_ids(queue) == [entry["lastTaskId"]]
+        assert [reason for _, reason, _ in posted] == ["Scheduled"]
+        return
+    assert "lastTaskId" not in entry
+    assert await queued_ids(queue) == []
+    why = ("while no task could be submitted (no operator running, or the queue unreachable)"
+           if loop == "restarted" else
+           "while this operator could not submit (the queue unreachable, or its rounds failing)")
+    assert posted == [("Warning", "ScheduleMissed", f"schedule 'report': 1 scheduled time "
+                                                    f"({rfc3339(due)}) passed {why}; none "
+                                                    "submitted")]
+
+
+async def test_times_between_two_late_rounds_are_reported_as_the_operators_delay(
+    redis: aioredis.Redis, queue_name: str, posted: Posted,
+) -> None:
+    """Three minutes came between two rounds 170 s apart (a slow round): the latest is
+    submitted, and the Event blames the operator's delay, not an outage."""
+    queue = TaskQueue(redis, queue_name)
+    due = datetime(2026, 12, 3, 11, 0, tzinfo=UTC)
+    manifest = pool_manifest(POOL, queue=queue_name, schedules=[
+        {"name": "report", "cron": "* * * * *", "startingDeadlineSeconds": 10}])
+    state = PoolState()
+    first = await run_schedules(at_round(manifest, queue, due - timedelta(seconds=20), state, {}))
+    second = await run_schedules(at_round(manifest, queue, due + timedelta(seconds=150), state,
+                                          dict(first.status_fields)))
+    (entry,) = second.status_fields["schedules"]
+    assert entry["lastScheduleTime"] == rfc3339(due + timedelta(minutes=2))
+    assert await queued_ids(queue) == [entry["lastTaskId"]]
+    missed = [message for _, reason, message in posted if reason == "ScheduleMissed"]
+    assert missed == [
+        f"schedule 'report': 2 scheduled times ({rfc3339(due)} to "
+        f"{rfc3339(due + timedelta(minutes=1))}) passed between two rounds of this operator "
+        "170 s apart (its own delay, not an outage); submitted only the latest"]
+
+
+def test_the_missed_event_says_at_least_when_the_count_was_capped() -> None:
+    every_minute = AgentPoolSpec.model_validate(pool_manifest(POOL, schedules=[
+        {"name": "report", "cron": "* * * * *"}])["spec"]).schedules
+    assert every_minute is not None
+    now = datetime(2026, 12, 3, 0, 0, tzinfo=UTC)
+    turn = schedule_turn(every_minute[0], cursor=now - timedelta(days=2), now=now)
+    assert missed_message(every_minute[0], turn, None, now) == (
+        "schedule 'report': at least 1000 scheduled times (2026-12-01T00:00:00Z to "
+        "2026-12-02T23:59:00Z) passed while no task could be submitted (no operator running, "
+        "or the queue unreachable); submitted only the latest")
+    mixed = schedule_turn(every_minute[0], cursor=now - timedelta(minutes=10), now=now,
+                          previous_round=now - timedelta(minutes=2, seconds=30))
+    assert missed_message(every_minute[0], mixed, now - timedelta(minutes=2, seconds=30),
+                          now) == (
+        "schedule 'report': 10 scheduled times (2026-12-02T23:50:00Z to 2026-12-02T23:59:00Z) "
+        "passed without a task: 8 while this operator could not submit (the queue "
+        "unreachable, or its rounds failing), 2 between two rounds of this operator 150 s "
+        "apart (its own delay, not an outage); submitted only the latest")
