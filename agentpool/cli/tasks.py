@@ -62,6 +62,22 @@ async def listed(queue: TaskQueue, state: str, limit: int, due: int) -> list[Tas
     return await queue.get_many([row.info.id for row in rows])
 
 
+async def tenant_listed(queue: TaskQueue, state: str, tenant: str | None, limit: int,
+                        due: list[str]) -> tuple[list[str], int, bool]:
+    """The ids of the first `limit` tasks of `tenant` (None: those without one) in `state`,
+    how many it has among the first `TENANT_LOOK`, and whether the look stopped there; `due`:
+    its delayed tasks already due, listed and counted as queued only, as `listed` does."""
+    if state == "delayed" and due:
+        ids, count, cut = await queue.tenant_task_ids(state, tenant, limit + len(due),
+                                                      most=TENANT_LOOK)
+        skip = set(due)
+        return [i for i in ids if i not in skip][:limit], max(0, count - len(due)), cut
+    ids, count, cut = await queue.tenant_task_ids(state, tenant, limit, most=TENANT_LOOK)
+    if state == "queued":
+        return [*ids, *due][:limit], count + len(due), cut
+    return ids, count, cut
+
+
 def listed_once(groups: dict[str, list[TaskInfo]]) -> None:
     """Drop from the delayed tasks those listed as queued: one that came due after the
     figures were read is listed in both."""
@@ -85,12 +101,17 @@ async def run(args: argparse.Namespace) -> int:
         groups: dict[str, list[TaskInfo]] = {}
         partial: list[str] = []
         filtered = args.tenant is not None or args.no_tenant
+        due_count = figures.due_delayed
+        due: list[str] = []
+        if filtered and due_count and {"queued", "delayed"} & set(states):
+            due, _, _ = await queue.tenant_task_ids("delayed", args.tenant, TENANT_LOOK,
+                                                    most=min(due_count, TENANT_LOOK))
+            due_count = len(due)
         for state in states:
             if not filtered:
                 groups[state] = await listed(queue, state, args.limit, figures.due_delayed)
                 continue
-            ids, count, cut = await queue.tenant_task_ids(state, args.tenant, args.limit,
-                                                          most=TENANT_LOOK)
+            ids, count, cut = await tenant_listed(queue, state, args.tenant, args.limit, due)
             groups[state] = [info for info in await queue.get_many(ids) if info is not None]
             totals[state] = max(count, len(groups[state]))
             if cut:
@@ -106,9 +127,9 @@ async def run(args: argparse.Namespace) -> int:
             wait = "waits" if figures.capped == 1 else "wait"
             grid.notes.append(f"{figures.capped:,} of them {wait} for their tenant's cap on "
                               "runs at once (listed after the queue, marked capped)")
-        if state == "queued" and figures.due_delayed and not filtered:
-            due = "is a delayed task" if figures.due_delayed == 1 else "are delayed tasks"
-            grid.notes.append(f"{figures.due_delayed:,} of them {due} now due "
+        if state == "queued" and due_count:
+            which = "is a delayed task" if due_count == 1 else "are delayed tasks"
+            grid.notes.append(f"{due_count:,} of them {which} now due "
                               "(listed last, marked due: the next claim queues them)")
     doc = tasks_json(name, groups, totals)
     if filtered:

@@ -20,14 +20,17 @@ from agentpool.cli.common import (
     queue_name,
     show,
 )
-from agentpool.cli.views import Grid, format_age
+from agentpool.cli.views import Grid, format_age, shown_tenant
 from agentpool.data_loss import reading_of
-from agentpool.protocol import QueueFigures, TaskQueue, TenantLoad, TenantLoads, task_page
+from agentpool.protocol import QueueFigures, TaskQueue, TenantLoad, TenantLoads
 
 Snapshot = tuple[TenantLoads, float, QueueFigures]
 NO_TENANT = "(none)"
 DUE_PAGE = 1_000
 """Due delayed tasks read per round trip to count them as their tenants' queued ones."""
+TABLE_ROWS = 50
+"""The most tenants the table shows (the first, most queued): a table of thousands takes
+seconds to lay out, near a watch's refresh; `-o json` lists them all."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,11 +42,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(spec.tenants, spec.tenantMaxRunning; - for none), tasks queued (with their delayed "
         "tasks already due, as stats and tasks count them), running and later (delayed not "
         "yet due, or waiting for the tasks they run after), and how long the oldest "
-        "queued one has waited; and how many queued tasks wait for their tenant's cap. Tasks "
-        "without a tenant show as (none); tenants given a weight or a cap are listed even "
-        "without tasks. Read in pages of 1,000 tasks while the queue moves, at "
-        "most --most tasks of each of the queued, running, delayed and deferred sets. Exit 1 "
-        "if nothing was ever submitted to the queue and no worker serves it.",
+        "queued one has waited since it was ready to run (submitted, or come due after a "
+        "delay, a backoff or a requeue); and how many queued tasks wait for their tenant's "
+        f"cap. Tasks without a tenant show as {NO_TENANT}, a tenant named so in quotes; "
+        "tenants given a weight or a cap are listed even without tasks. The table shows the "
+        f"first {TABLE_ROWS} (-o json lists all). Read in pages of 1,000 tasks while the "
+        "queue moves, at most --most tasks of each of the queued, running, delayed and "
+        "deferred sets. Exit 1 if nothing was ever submitted to the queue and no worker "
+        "serves it.",
     )
     add_queue_options(parser)
     parser.add_argument("--most", type=int, default=100_000, metavar="N",
@@ -55,15 +61,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def due_as_queued(loads: Sequence[TenantLoad],
                   due: Sequence[tuple[str | None, float | None]]) -> list[TenantLoad]:
-    """Tenants' loads with their delayed tasks already due (tenant, submitted at) counted as
+    """Tenants' loads with their delayed tasks already due (tenant, ready since) counted as
     queued, not later, as the figures and the task lists count them (the next claim queues
     them); most queued first, then most running, then by name."""
     by_tenant = {load.tenant: load for load in loads}
-    for tenant, created in due:
+    for tenant, ready in due:
         load = by_tenant.get(tenant) or TenantLoad(tenant, 1)
         oldest = load.oldest_queued
-        if created is not None:
-            oldest = created if oldest is None else min(oldest, created)
+        if ready is not None:
+            oldest = ready if oldest is None else min(oldest, ready)
         by_tenant[tenant] = replace(load, queued=load.queued + 1,
                                     later=max(0, load.later - 1), oldest_queued=oldest)
     return sorted(by_tenant.values(),
@@ -77,20 +83,25 @@ async def read_tenant_loads(queue: TaskQueue, most: int) -> tuple[TenantLoads, Q
     loads = await queue.tenant_loads(most=most)
     figures = await queue.figures()
     due: list[tuple[str | None, float | None]] = []
-    for offset in range(0, min(figures.due_delayed, most), DUE_PAGE):
-        _, rows = await task_page(queue, "delayed", offset,
-                                  min(DUE_PAGE, figures.due_delayed - offset), preview_bytes=1)
-        due += [(row.info.tenant, row.info.created_ms / 1000) for row in rows]
+    if figures.due_delayed:
+        # the first of the delayed set, by due time; each ready since it came due
+        async for _, rows in queue._tenant_pages("delayed", min(figures.due_delayed, most),
+                                                 DUE_PAGE):
+            due += [(tenant, ready) for _, tenant, ready in rows]
     return replace(loads, loads=due_as_queued(loads.loads, due)), figures
 
 
 def tenants_grid(loads: TenantLoads, now: float, queue: str, capped: int = 0) -> Grid:
-    rows = [[load.tenant if load.tenant is not None else NO_TENANT, str(load.weight),
+    rows = [[shown_tenant(load.tenant, NO_TENANT), str(load.weight),
              "-" if load.cap is None else str(load.cap),
              str(load.queued), str(load.running), str(load.later),
              format_age(None if load.oldest_queued is None else now - load.oldest_queued)]
-            for load in loads.loads]
+            for load in loads.loads[:TABLE_ROWS]]
     notes = []
+    if len(loads.loads) > TABLE_ROWS:
+        more = len(loads.loads) - TABLE_ROWS
+        notes.append(f"… and {more:,} more tenant{'s' if more != 1 else ''} (-o json lists "
+                     "all; tasks --tenant NAME lists one's tasks)")
     if loads.counted < loads.total:
         notes.append(f"counted the first {loads.counted:,} of {loads.total:,} tasks "
                      "(raise --most to count more)")
@@ -102,7 +113,7 @@ def tenants_grid(loads: TenantLoads, now: float, queue: str, capped: int = 0) ->
                      "or a cap")
     return Grid(headers=["TENANT", "WEIGHT", "CAP", "QUEUED", "RUNNING", "LATER",
                          "OLDEST WAIT"],
-                rows=rows, title=f"Tenants of {queue}: {len(rows)}", notes=notes)
+                rows=rows, title=f"Tenants of {queue}: {len(loads.loads)}", notes=notes)
 
 
 def tenants_json(loads: TenantLoads, now: float, queue: str, capped: int = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -308,7 +309,7 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float,
         ["State", f"{info.state} (waits for its tenant's cap on runs at once)"
                   if info.capped else info.state],
         ["Priority", str(info.priority)],
-        *([["Tenant", info.tenant]] if info.tenant is not None else []),
+        *([["Tenant", shown_tenant(info.tenant, "-")]] if info.tenant is not None else []),
         ["Attempts", attempts],
         ["Created", when(info.created_ms)],
         ["Started", when(info.started_ms)],
@@ -332,6 +333,21 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float,
     return Grid(headers=[], rows=rows)
 
 
+def shown_tenant(tenant: str | None, none: str) -> str:
+    """A tenant's name as a table shows it, `none` for no tenant. A name that could pass for
+    something else (`none` itself, one in quotes, one with a blank at an end or a format
+    character such as U+202E, which submits refuse but an older record may hold) shows in
+    quotes, JSON-escaped, its format characters as escapes: no two tenants look alike."""
+    if tenant is None:
+        return none
+    if tenant != none and not tenant.startswith('"') and tenant == tenant.strip() \
+            and not any(unicodedata.category(c) == "Cf" for c in tenant):
+        return tenant
+    quoted = json.dumps(tenant, ensure_ascii=False)
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cf" else c
+                   for c in quoted)
+
+
 def shown_state(info: TaskInfo, *, due: bool = False) -> str:
     """A task's state, and for a queued one parked for its tenant's cap, that it waits;
     `due`: a delayed task listed with the queued ones is due (the next claim queues it)."""
@@ -349,7 +365,7 @@ def task_list_grid(tasks: Sequence[TaskInfo], now: float, title: str | None = No
     rows = [
         [
             t.id, shown_state(t, due=due), str(t.priority),
-            *([t.tenant or "-"] if tenants else []),
+            *([shown_tenant(t.tenant, "-")] if tenants else []),
             str(t.attempts),
             *([format_progress(t.progress)] if progress else []), _ago(now, t.created_ms),
             t.owner or "-", compact(t.error, 40) if t.error else "-", compact(t.payload),

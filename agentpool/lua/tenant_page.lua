@@ -3,7 +3,8 @@
 -- first (1|0), the id and score of the last task the previous page ended with ('' for the
 -- first page)
 -- Read-only. Returns {size of the set, then per task of the page: its id, score, tenant (''
--- for none) and when it was submitted (ms, '' if unknown)}: what `agentpool tenants` counts
+-- for none) and since when it is ready to run (ms, '' if unknown: its submit, or its 'due'
+-- when later, as claim.lua counts a run's wait)}: what `agentpool tenants` counts
 -- and `agentpool tasks --tenant` picks from, a page per call so that Redis serves others
 -- between pages. A page goes on after the previous one's last task, wherever claims or new
 -- tasks moved it (or, once it left the set, after its score), so a task is read once.
@@ -31,10 +32,12 @@ else
 end
 local out = {size}
 for i = 1, #ids, 2 do
-  local f = redis.call('HMGET', task_key(ids[i]), 'tenant', 'created')
+  local f = redis.call('HMGET', task_key(ids[i]), 'tenant', 'created', 'due')
+  local ready = tonumber(f[2])
+  if ready and tonumber(f[3]) then ready = math.max(ready, tonumber(f[3])) end
   out[#out + 1] = ids[i]
   out[#out + 1] = ids[i + 1]
   out[#out + 1] = f[1] or ''
-  out[#out + 1] = f[2] or ''
+  out[#out + 1] = ready and string.format('%d', ready) or ''
 end
 return out

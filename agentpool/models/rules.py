@@ -19,7 +19,7 @@ from agentpool.models.formats import (
     TIME_ZONE_PATTERN,
     VOLUME_SOURCES,
 )
-from agentpool.protocol import has_control_character
+from agentpool.protocol import unlike_a_tenant_name
 from agentpool.urls import URL_PREFIXES, URL_PREFIXES_TEXT
 
 
@@ -103,15 +103,18 @@ SCHEDULE_TIME_ZONE_FORMAT = CelRule(
     f"self.matches('{TIME_ZONE_PATTERN}')",
     "schedules[].timeZone must be a time zone name such as UTC or Europe/Paris",
 )
-NO_CONTROL_CHARACTER = r"self.matches(r'^\P{Cc}*$')"
-"""A tenant's name as the API server checks it (RE2's Cc, as `has_control_character`)."""
+TENANT_NAME = r"self.matches(r'^[^\p{Z}\p{Cc}\p{Cf}](?:[^\p{Cc}\p{Cf}]*[^\p{Z}\p{Cc}\p{Cf}])?$')"
+"""A tenant's name as the API server checks it (RE2's classes, as `unlike_a_tenant_name`):
+no control or format character, no blank at either end."""
 SCHEDULE_TENANT_FORMAT = CelRule(
-    NO_CONTROL_CHARACTER,
-    "schedules[].tenant must hold no control character (a tab, a line break)",
+    TENANT_NAME,
+    "schedules[].tenant must hold no control or format character (a tab, a line break, "
+    "U+200B) and no blank at its start or end",
 )
 TENANT_NAME_FORMAT = CelRule(
-    NO_CONTROL_CHARACTER,
-    "tenants[].name must hold no control character (a tab, a line break)",
+    TENANT_NAME,
+    "tenants[].name must hold no control or format character (a tab, a line break, "
+    "U+200B) and no blank at its start or end",
 )
 TENANT_NAMES_UNIQUE = CelRule(
     "self.all(a, self.exists_one(b, b.name == a.name))",
@@ -233,7 +236,7 @@ def cel(*rules: CelRule) -> dict[str, Any]:
 
 
 
-def refuse_control_characters(value: str | None, rule: CelRule) -> None:
-    """The Python twin of NO_CONTROL_CHARACTER, refusing with `rule`'s message."""
-    if value is not None and has_control_character(value):
+def refuse_unlike_a_tenant_name(value: str | None, rule: CelRule) -> None:
+    """The Python twin of TENANT_NAME, refusing with `rule`'s message."""
+    if value is not None and unlike_a_tenant_name(value):
         raise ValueError(rule.message)

@@ -37,7 +37,7 @@ from agentpool.models.rules import (
     TENANT_NAME_FORMAT,
     TENANT_NAMES_UNIQUE,
     cel,
-    refuse_control_characters,
+    refuse_unlike_a_tenant_name,
 )
 from agentpool.models.scaling import RecoverySpec, ScalingSpec
 from agentpool.models.worker import WorkerSpec
@@ -223,7 +223,7 @@ class ScheduleSpec(Model):
     @field_validator("tenant")
     @classmethod
     def _tenant(cls, value: str | None) -> str | None:
-        refuse_control_characters(value, SCHEDULE_TENANT_FORMAT)
+        refuse_unlike_a_tenant_name(value, SCHEDULE_TENANT_FORMAT)
         return value
 
 
@@ -273,7 +273,7 @@ class TenantSpec(Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        refuse_control_characters(value, TENANT_NAME_FORMAT)
+        refuse_unlike_a_tenant_name(value, TENANT_NAME_FORMAT)
         return value
 
 

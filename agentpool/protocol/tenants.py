@@ -8,20 +8,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentpool.protocol.bounds import MAX_TENANT_CHARS, MAX_TENANT_RUNS, MAX_TENANT_WEIGHT
-from agentpool.protocol.encoding import has_control_character
+from agentpool.protocol.encoding import unlike_a_tenant_name
 from agentpool.protocol.records import ProtocolError
 from agentpool.seconds import short_repr
 
 
 def tenant_arg(tenant: str | None) -> str:
     """The submit script's `tenant` value ('' for none); ProtocolError for a name that is
-    empty, too long or holds a control character (it is shown in listings and logs)."""
+    empty, too long, holds a control or format character (U+200B, U+202E: it is shown in
+    listings and logs) or starts or ends with a blank ("acme " and "acme" look alike)."""
     if tenant is None:
         return ""
     if not isinstance(tenant, str) or not 1 <= len(tenant) <= MAX_TENANT_CHARS \
-            or has_control_character(tenant):
+            or unlike_a_tenant_name(tenant):
         raise ProtocolError(f"tenant must be a name of 1 to {MAX_TENANT_CHARS} characters, "
-                            f"none a control character, got {short_repr(tenant)}")
+                            "none a control or format character, without a blank at its "
+                            f"start or end, got {short_repr(tenant)}")
     return tenant
 
 
@@ -78,7 +80,8 @@ class TenantLoad:
     """Delayed (a delayed submit, a retry's backoff) or deferred (waiting for the tasks it
     runs after)."""
     oldest_queued: float | None = None
-    """When its longest-waiting queued task was submitted (epoch seconds)."""
+    """Since when its longest-waiting queued task is ready to run (epoch seconds): its submit,
+    or when it came due after a delay, a retry's backoff or a requeue."""
     cap: int | None = None
     """The most of its tasks that run at once; None: no cap."""
 
@@ -101,15 +104,15 @@ def tally_tenants(weights: Mapping[str, int],
                   tasks: Iterable[tuple[str, str | None, float | None]],
                   caps: TenantCaps = TenantCaps()) -> list[TenantLoad]:
     """Each tenant's load from its tasks, given as (kind: queued, running or later; tenant,
-    None for none; submitted at), and each weighted or capped tenant's even without tasks;
+    None for none; ready to run since), and each weighted or capped tenant's even without tasks;
     most queued first, then most running, then by name."""
     counts: dict[str | None, dict[str, Any]] = {
         tenant: {} for tenant in [*weights, *caps.caps]}
-    for kind, tenant, created in tasks:
+    for kind, tenant, ready in tasks:
         load = counts.setdefault(tenant, {})
         load[kind] = load.get(kind, 0) + 1
-        if kind == "queued" and created is not None:
-            load["oldest_queued"] = min(created, load.get("oldest_queued", created))
+        if kind == "queued" and ready is not None:
+            load["oldest_queued"] = min(ready, load.get("oldest_queued", ready))
     loads = [TenantLoad(tenant, weights.get(tenant, 1) if tenant else 1, **fields,
                         cap=caps.of(tenant))
              for tenant, fields in counts.items()]

@@ -13,7 +13,9 @@ from cli_helpers import Cli, key_values, make_dead, table_rows, wait_until, with
 
 from agentpool.cli import dead as dead_cli
 from agentpool.cli import tasks as tasks_cli
+from agentpool.cli import tenants as tenants_cli
 from agentpool.cli.common import never_used_message
+from agentpool.cli.tenants import read_tenant_loads
 from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer
 
@@ -186,6 +188,70 @@ def test_tenants_count_a_due_delayed_task_as_queued_as_stats_and_tasks_do(cli: C
     assert "1 of them is a delayed task now due (listed last" in cli.ok("tasks").out
 
 
+async def oldest_of_the_due(q: TaskQueue) -> tuple[float | None, float]:
+    """What `tenants` reads as acme's oldest queued task (its one delayed task, come due), and
+    since when that task is ready (its `due`)."""
+    loads, _ = await read_tenant_loads(q, 100)
+    [acme] = loads.loads
+    [late] = await q.list_tasks("delayed")
+    due = await q.redis.hget(q.task_key(late.id), "due")
+    assert due is not None
+    return acme.oldest_queued, int(due) / 1000
+
+
+def test_tenants_count_a_due_delayed_tasks_wait_from_when_it_came_due(cli: Cli) -> None:
+    with_queue(cli.redis_url, cli.queue,
+               lambda q: q.submit({"n": 0}, tenant="acme", delay=0.2))
+    wait_until(lambda: with_queue(cli.redis_url, cli.queue, TaskQueue.figures).due_delayed == 1)
+    oldest, due = with_queue(cli.redis_url, cli.queue, oldest_of_the_due)
+    assert oldest == due
+
+
+async def tenants_by_the_dozen(q: TaskQueue) -> None:
+    for n in range(5):
+        await q.submit_many([{"n": i} for i in range(n + 1)], tenant=f"t{n}")
+
+
+def test_tenants_table_shows_the_most_queued_first_and_says_how_many_more(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with_queue(cli.redis_url, cli.queue, tenants_by_the_dozen)
+    monkeypatch.setattr(tenants_cli, "TABLE_ROWS", 2)
+    out = cli.ok("tenants").out
+    assert out.splitlines()[0] == f"Tenants of {cli.queue}: 5"
+    assert [row[0] for row in table_rows(out)] == ["t4", "t3"]
+    assert "… and 3 more tenants (-o json lists all; tasks --tenant NAME lists one's " \
+        "tasks)" in out
+    doc = cli.ok("tenants", "-o", "json").json()
+    assert [t["tenant"] for t in doc["tenants"]] == ["t4", "t3", "t2", "t1", "t0"]
+    monkeypatch.setattr(tenants_cli, "TABLE_ROWS", 5)
+    assert "more tenant" not in cli.ok("tenants").out
+
+
+async def lookalike_tenants(q: TaskQueue) -> dict[str, str | None]:
+    return {await q.submit({"n": n}, tenant=name): name
+            for n, name in enumerate(["(none)", "-", '"x"', None])}
+
+
+def test_a_tenant_named_like_no_tenant_shows_in_quotes(cli: Cli) -> None:
+    ids = with_queue(cli.redis_url, cli.queue, lookalike_tenants)
+    shown = {row[0] for row in table_rows(cli.ok("tenants").out)}
+    assert shown == {'"(none)"', "-", '"\\"x\\""', "(none)"}
+    rows = {row[0]: row[3] for row in table_rows(cli.ok("tasks", "-s", "queued").out)}
+    assert {ids[task_id]: cell for task_id, cell in rows.items()} == {
+        "(none)": "(none)", "-": '"-"', '"x"': '"\\"x\\""', None: "-"}
+    doc = cli.ok("tenants", "-o", "json").json()
+    assert {t["tenant"] for t in doc["tenants"]} == {"(none)", "-", '"x"', None}
+
+
+def test_submit_refuses_a_tenant_that_prints_like_another(cli: Cli) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli("submit", "--tenant", "acme\u200b", "--json", "{}")
+    assert exited.value.code == 2
+    assert "none a control or format character, without a blank at its start or end, " \
+        "got 'acme\\u200b'" in cli.capsys.readouterr().err
+
+
 async def one_capped(q: TaskQueue) -> None:
     await q.set_tenant_caps({"acme": 1})
     for n in range(2):
@@ -260,6 +326,37 @@ def test_tasks_of_one_tenant(cli: Cli) -> None:
     assert plain["tenant"] is None and [t["tenant"] for t in plain["tasks"]] == [None]
     assert cli.ok("tasks", "--no-tenant", "-s", "queued").out.startswith(
         f"Queued in {cli.queue} without a tenant: ")
+
+
+async def due_of_two_tenants(q: TaskQueue) -> None:
+    """acme: two queued, one delayed task come due, one not; other: one come due."""
+    await q.submit_many([{"n": n} for n in range(2)], tenant="acme")
+    await q.submit({"n": 2}, tenant="acme", delay=0.001)
+    await q.submit({"n": 3}, tenant="acme", delay=300)
+    await q.submit({"n": 4}, tenant="other", delay=0.001)
+
+
+def test_tasks_of_one_tenant_count_its_due_delayed_tasks_as_the_unfiltered_view_does(
+    cli: Cli,
+) -> None:
+    with_queue(cli.redis_url, cli.queue, due_of_two_tenants)
+    wait_until(lambda: with_queue(cli.redis_url, cli.queue, TaskQueue.figures).due_delayed == 2)
+    everyone = cli.ok("tasks", "-o", "json").json()
+    acme = cli.ok("tasks", "--tenant", "acme", "-o", "json").json()
+    assert [(t["id"], t["listed_as"]) for t in acme["tasks"]] == [
+        (t["id"], t["listed_as"]) for t in everyone["tasks"] if t["tenant"] == "acme"]
+    assert acme["totals"] == {"queued": 3, "delayed": 1, "deferred": 0, "running": 0,
+                              "dead": 0}
+    tenants = {t["tenant"]: t for t in cli.ok("tenants", "-o", "json").json()["tenants"]}
+    assert (tenants["acme"]["queued"], tenants["acme"]["later"]) == (3, 1)
+    out = cli.ok("tasks", "--tenant", "acme", "-s", "queued", "-s", "delayed").out
+    [queued_table, delayed_table] = out.split(f"Delayed in {cli.queue} of tenant acme: 1")
+    assert [row[1] for row in table_rows(queued_table)] == ["queued", "queued",
+                                                            "delayed (due)"]
+    assert "1 of them is a delayed task now due" in queued_table
+    assert [row[1] for row in table_rows(delayed_table)] == ["delayed"]
+    only_delayed = cli.ok("tasks", "--tenant", "acme", "-s", "delayed", "-o", "json").json()
+    assert only_delayed["totals"] == {"delayed": 1}
 
 
 async def many_of_acme(q: TaskQueue) -> None:

@@ -76,6 +76,11 @@ CEL_VIOLATIONS: list[tuple[CelRule, dict[str, Any]]] = [
      minimal_spec(schedules=[{"name": "a", "cron": "@daily", "tenant": "acme\u0085"}])),
     (models.TENANT_NAME_FORMAT, minimal_spec(tenants=[{"name": "acme\ncorp", "weight": 2}])),
     (models.TENANT_NAME_FORMAT, minimal_spec(tenants=[{"name": "acme\u009f", "weight": 2}])),
+    (models.TENANT_NAME_FORMAT, minimal_spec(tenants=[{"name": "acme ", "weight": 2}])),
+    (models.TENANT_NAME_FORMAT, minimal_spec(tenants=[{"name": "\u3000acme", "weight": 2}])),
+    (models.TENANT_NAME_FORMAT, minimal_spec(tenants=[{"name": "acme\u200b", "weight": 2}])),
+    (models.SCHEDULE_TENANT_FORMAT,
+     minimal_spec(schedules=[{"name": "a", "cron": "@daily", "tenant": "\u202eacme"}])),
     (models.TENANT_NAMES_UNIQUE, minimal_spec(tenants=[
         {"name": "acme", "weight": 2}, {"name": "acme", "weight": 3}])),
     (models.SCHEDULE_NAMES_UNIQUE, minimal_spec(schedules=[
@@ -220,7 +225,7 @@ NEAR_THE_RULES: list[dict[str, Any]] = [
         {"name": "longest-tenant", "cron": "@daily", "tenant": "t" * 128},
     ]),
     minimal_spec(tenants=[{"name": "Acme Corp / équipe 7 \u00a0✓", "weight": 100},
-                          {"name": "t" * 128, "weight": 1}, {"name": "acme ", "weight": 2},
+                          {"name": "t" * 128, "weight": 1}, {"name": "Acme", "weight": 2},
                           {"name": "acme", "weight": 3}]),
     minimal_spec(tenants=[{"name": f"tenant-{n}", "weight": 1 + n % 100} for n in range(64)]),
     minimal_spec(tenants=[]),

@@ -271,12 +271,16 @@ async def test_cancel_waiting_goes_on_past_more_late_tasks_than_one_call_takes(
 
 
 @pytest.mark.parametrize("tenant", ["", "x" * (MAX_TENANT_CHARS + 1), "line\nbreak",
-                                    "c1\u0085", 7])
+                                    "c1\u0085", 7, "acme ", " acme", "acme\u00a0", " ",
+                                    "acme\u200b", "\u202eemca", "ac\u2066me"])
 async def test_a_tenant_that_is_no_name_is_refused_and_nothing_stored(
     queue: TaskQueue, tenant: object,
 ) -> None:
+    """A name is shown in listings: one that prints like another (a blank at an end, a
+    zero-width or bidirectional format character) is refused as a control character is."""
     with pytest.raises(ProtocolError, match="tenant must be a name of 1 to 128 characters, "
-                                            "none a control character, got"):
+                                            "none a control or format character, without a "
+                                            "blank at its start or end, got"):
         await queue.submit({}, tenant=tenant)  # type: ignore[arg-type]
     assert (await queue.figures()).used is False
 
@@ -522,6 +526,35 @@ async def test_tenant_loads_count_each_tenants_tasks_by_state(queue: TaskQueue) 
     assert by_tenant["new"].oldest_queued == new.created_ms / 1000
     assert by_tenant["idle"].oldest_queued is None
     assert loads.counted == loads.total == 11
+
+
+async def test_a_queued_tasks_wait_counts_from_when_it_came_due(
+    queue: TaskQueue, redis: aioredis.Redis,
+) -> None:
+    """A delayed task a claim queued (here parked for its tenant's cap) and a requeued one have
+    waited since their `due`, not since their submit, as a claim counts a run's wait."""
+    await queue.set_tenant_caps({"d": 1})
+    await queue.submit({"n": 0}, tenant="d")
+    late = await queue.submit({"n": 1}, tenant="d", delay=0.2)
+    assert [t.tenant for t in (await queue.claim("w1", 1, 30)).tasks] == ["d"]
+    await eventually(lambda: due_delayed(queue, 1))
+    assert (await queue.claim("w1", 1, 30)).tasks == []  # queues it, parks it
+    again = await queue.submit({"n": 2}, tenant="r")
+    assert [t.id for t in (await queue.claim("w2", 1, 30)).tasks] == [again]
+    await queue.requeue_owner("w2")
+
+    async def ready(task_id: str) -> float:
+        created, due = await redis.hmget(queue.task_key(task_id), "created", "due")
+        assert created is not None and due is not None
+        return max(int(created), int(due)) / 1000
+
+    by_tenant = {load.tenant: load for load in (await queue.tenant_loads()).loads}
+    assert (by_tenant["d"].queued, by_tenant["r"].queued) == (1, 1)
+    late_info = await queue.get(late)
+    assert late_info is not None
+    assert by_tenant["d"].oldest_queued == await ready(late)
+    assert round(by_tenant["d"].oldest_queued * 1000) >= late_info.created_ms + 200
+    assert by_tenant["r"].oldest_queued == await ready(again)
 
 
 async def test_tenant_loads_stop_at_their_bound_and_say_so(queue: TaskQueue) -> None:
