@@ -9,7 +9,9 @@ the line in the call that frees it, and the script names its new holder on the l
 ``freed`` channel, to which a process with waiters subscribes: the waiter's process asks for
 it at once. Every waiter is asked for again once a period, which keeps its place and finds
 any grant that was not told. Slots go in the order asked, across processes; a process that
-dies keeps its slots no longer than HOLD_SECONDS.
+dies keeps its slots no longer than HOLD_SECONDS. A give-back that fails (Redis down or
+frozen) is sent again with the process's next calls until Redis answers, so a slot is back
+within a second of Redis answering, not when its hold lapses.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ FAILING_SECONDS = GRACE_SECONDS
 FAILED_PAUSE_SECONDS = 1.0
 """The longest pause between two failed calls (the pauses double from 2 x POLL_SECONDS):
 holds are renewed within a second of Redis answering again, long before they lapse."""
+HAND_BACK_MOST = 1000
+"""The most give-backs one call sends again (Lua unpacks at most about 8,000 values)."""
 STOP_CHECK_SECONDS = 0.05
 """How often a wait for a thread's caller looks whether that caller gave up."""
 
@@ -105,6 +109,9 @@ class Slots:
         self._script: AsyncScript | None = None
         self._waiting: dict[str, asyncio.Future[bool]] = {}
         self._holding: set[str] = set()
+        self._leaving: dict[str, float] = {}
+        """Holders whose give-back failed, and when (monotonic) their hold or place would
+        have lapsed anyway: the ticker sends them again, and never renews them."""
         self._ticker: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._told = False
@@ -116,7 +123,6 @@ class Slots:
         self._refresh = False
         """Ask for every waiter at the next turn."""
         self._listener: asyncio.Future[None] | None = None
-        self._stray: set[asyncio.Future[Any]] = set()
 
     async def _run(self, *args: Any) -> Any:
         if self._script is None:
@@ -145,20 +151,31 @@ class Slots:
         except BaseException:
             self._waiting.pop(holder, None)
             self._holding.discard(holder)
-            await _shielded(self._leave(holder))
+            await _shielded(self._give_back(holder))
             raise
         return Held(self.name, holder, time.monotonic() - began, capped)
 
     async def release(self, held: Held) -> None:
         """Give the slot back; the next in line gets it at once."""
         self._holding.discard(held.holder)
-        await _shielded(self._leave(held.holder))
+        await _shielded(self._give_back(held.holder))
         if self._waiting and not self._told:  # a told process hears of its grants
             self._refresh = True
             self._kick()
 
-    async def _leave(self, holder: str) -> None:
-        await self._run("leave", *_times(), holder)
+    async def _leave(self, *holders: str) -> None:
+        await self._run("leave", *_times(), *holders)
+
+    async def _give_back(self, holder: str) -> None:
+        """Leave now; failing, leave with the ticker's next call."""
+        try:
+            await self._leave(holder)
+        except Exception:
+            self._leave_later(holder)
+
+    def _leave_later(self, holder: str) -> None:
+        self._leaving.setdefault(holder, time.monotonic() + HOLD_SECONDS)
+        self._kick()
 
     def _kick(self) -> None:
         """Ask Redis now; start this process's ticker if none runs on this loop."""
@@ -178,7 +195,7 @@ class Slots:
         gone += list(self._holding)
         for holder in gone:
             self._waiting.pop(holder, None)
-            self._later(self._leave(holder))
+            self._leaving.setdefault(holder, time.monotonic() + HOLD_SECONDS)
         self._holding.clear()
         self._listener, self._told = None, False  # it ended with its loop
 
@@ -230,13 +247,14 @@ class Slots:
         await _cancelled(listener)
 
     async def _tick_until_idle(self) -> None:
-        """One call at a time: the holds when due for renewal; the waiters that are new or
-        were told of a grant; every waiter once a period, which keeps their places and finds
-        grants nobody told of. Subscribed to the ``freed`` channel while there are waiters."""
+        """One call at a time: the give-backs that failed; the holds when due for renewal;
+        the waiters that are new or were told of a grant; every waiter once a period, which
+        keeps their places and finds grants nobody told of. Subscribed to the ``freed``
+        channel while there are waiters."""
         renewed = asked_all = -math.inf
         failing_since: float | None = None
         failures = 0
-        while self._waiting or self._holding:
+        while self._waiting or self._holding or self._leaving:
             if self._waiting and self._listener is None:
                 self._listener = asyncio.ensure_future(self._listen())
             elif not self._waiting and self._listener is not None:
@@ -245,19 +263,27 @@ class Slots:
             self._asked &= self._waiting.keys()
             self._named &= self._waiting.keys()
             now = time.monotonic()
+            for holder in _lapsed(self._leaving, now):
+                del self._leaving[holder]
+            leaving = sorted(self._leaving)[:HAND_BACK_MOST]
             period = TOLD_POLL_SECONDS if self._told else POLL_SECONDS
-            renew = now - renewed >= RENEW_SECONDS
+            renew = bool(self._holding or self._waiting) and now - renewed >= RENEW_SECONDS
             everyone = bool(self._waiting) and (self._refresh or now - asked_all >= period)
             waiting = [h for h in self._waiting
                        if everyone or h not in self._asked or h in self._named]
             pause: float | None = None
-            if renew or waiting:
+            if leaving or renew or waiting:
                 holding = sorted(self._holding) if renew else []
                 self._refresh = False
                 self._named.difference_update(waiting)
                 try:
+                    if leaving:
+                        await self._leave(*leaving)
+                        for holder in leaving:
+                            self._leaving.pop(holder, None)
                     reply = await self._run("poll", *_times(), *self.declaration,
-                                            len(holding), *holding, *waiting)
+                                            len(holding), *holding, *waiting) \
+                        if renew or waiting else None
                 except Exception as error:
                     failing_since = failing_since or time.monotonic()
                     if time.monotonic() - failing_since >= FAILING_SECONDS:
@@ -267,9 +293,10 @@ class Slots:
                     pause = min(FAILED_PAUSE_SECONDS, POLL_SECONDS * 2 ** failures)
                 else:
                     failing_since, failures = None, 0
-                    renewed = now if renew else renewed
-                    asked_all = now if everyone else asked_all
-                    self._settle([int(x) for x in reply], holding, waiting)
+                    if reply is not None:
+                        renewed = now if renew else renewed
+                        asked_all = now if everyone else asked_all
+                        self._settle([int(x) for x in reply], holding, waiting)
             if pause is None:
                 since = time.monotonic()
                 due = [RENEW_SECONDS - (since - renewed)]
@@ -292,11 +319,11 @@ class Slots:
             if holder in self._holding:
                 self.lapsed += 1
             else:  # given back while this call was on the wire, which took it again
-                self._later(self._leave(holder))
+                self._leave_later(holder)
         for holder, place in zip(waiting, reply[1 + len(holding):], strict=True):
             granted = self._waiting.get(holder)
             if granted is None:  # its caller left while this call was on the wire
-                self._later(self._leave(holder))
+                self._leave_later(holder)
             elif place == 0:
                 del self._waiting[holder]
                 self._holding.add(holder)
@@ -323,19 +350,13 @@ class Slots:
         slot Redis granted them meanwhile goes back)."""
         self._fail(waiting, error)
         for holder in waiting:
-            self._later(self._leave(holder))
+            self._leave_later(holder)
 
     def _fail(self, waiting: list[str], error: Exception) -> None:
         for holder in waiting:
             granted = self._waiting.pop(holder, None)
             if granted is not None and not granted.done():
                 granted.set_exception(error)
-
-    def _later(self, call: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(call)
-        self._stray.add(task)
-        task.add_done_callback(self._stray.discard)
-        task.add_done_callback(_ignore_failure)
 
 
 async def enter_unless(manager: AbstractAsyncContextManager[T],
@@ -378,20 +399,17 @@ def _times() -> tuple[int, int, int]:
     return (int(HOLD_SECONDS * 1000), int(GRACE_SECONDS * 1000), int(QUIET_SECONDS * 1000))
 
 
-def _ignore_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # a failed leave only keeps the place until it lapses
+def _lapsed(leaving: dict[str, float], now: float) -> list[str]:
+    """The failed give-backs no longer worth sending: their holds have lapsed anyway."""
+    return [holder for holder, until in leaving.items() if until <= now]
 
 
-async def _shielded(call: Awaitable[Any], timeout: float = 5.0) -> None:
-    """Run `call` to its end even while the caller is being cancelled; a failure only keeps
-    a slot or a place until it lapses."""
+async def _shielded(call: Awaitable[None], timeout: float = 5.0) -> None:
+    """Run `call` to its end even while the caller is being cancelled."""
     task = asyncio.ensure_future(call)
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
         await asyncio.wait([task], timeout=timeout)
         raise
-    except Exception:
-        return
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from agentpool.cli.common import (
@@ -16,9 +15,11 @@ from agentpool.cli.common import (
 )
 from agentpool.cli.views import Grid, format_age
 from agentpool.client import ENV_REDIS_URL
+from agentpool.protocol.replies import redis_seconds
 from agentpool.ratelimit import LimitState, limit_states
 
 Snapshot = tuple[list[LimitState], float]
+"""The limits and Redis's time when read: a 429's age is on Redis's clock, which stamped it."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -108,7 +109,8 @@ async def run(args: argparse.Namespace) -> int:
     async with connect(args) as client:
 
         async def snapshot() -> Snapshot:
-            return await limit_states(client.redis), time.time()
+            states = await limit_states(client.redis)
+            return states, redis_seconds(await client.redis.time())
 
         return await show(args, snapshot, lambda d: limits_grid(*d),
                           lambda d: {"limits": limits_json(*d)})

@@ -70,6 +70,7 @@ from agentpool.protocol import (
     task_page,
     task_view,
 )
+from agentpool.protocol.replies import redis_seconds
 from agentpool.ratelimit import RateLimiter, RateLimitError, limit_configs
 from agentpool.redis_errors import (
     POOL_PASSWORD_PLACE,
@@ -574,7 +575,7 @@ class Sources:
             try:
                 async with asyncio.timeout(None if place.own else POOL_REDIS_TIMEOUT + 2):
                     read, live = await figures_and_workers(self._queue_at(place, queue_name))
-                    limits = await limit_rows(place.redis, spec.get("rateLimits"), now)
+                    limits = await limit_rows(place.redis, spec.get("rateLimits"))
             except REDIS_FAILURES as exc:
                 if self.kube is None:
                     raise
@@ -745,11 +746,13 @@ def checkpoint_json(view: TaskView) -> dict[str, Any] | None:
     return {"state": state, "bytes": view.checkpoint_bytes, "complete": complete}
 
 
-async def limit_rows(redis: aioredis.Redis, declared: Any, now: float) -> list[dict[str, Any]]:
+async def limit_rows(redis: aioredis.Redis, declared: Any) -> list[dict[str, Any]]:
     """The pool's rate limits as it declares them, with what Redis says of each (the serving
     declaration, effective rate, waiting workers, grants, 429s, slots held and callers in line
-    for them); None figures when unread."""
+    for them); None figures when unread. The last 429's age is on Redis's clock, which
+    stamped it, whatever this machine's clock says."""
     rows: list[dict[str, Any]] = []
+    now: float | None = None
     for item in declared if isinstance(declared, list) else []:
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
             continue
@@ -760,6 +763,8 @@ async def limit_rows(redis: aioredis.Redis, declared: Any, now: float) -> list[d
                                "held": None, "in_line": None}
         try:
             state = await RateLimiter(redis, item["name"]).state()
+            if now is None and state.last_throttle is not None:
+                now = redis_seconds(await redis.time())
         except (RateLimitError, *REDIS_FAILURES):
             rows.append(row)
             continue
@@ -774,7 +779,8 @@ async def limit_rows(redis: aioredis.Redis, declared: Any, now: float) -> list[d
             effective_rpm=state.effective_rpm, effective_tpm=state.effective_tpm,
             paused_seconds=round(state.paused_for, 1), waiting=state.waiting,
             grants=state.grants, throttles=state.throttles, held=state.held,
-            in_line=state.in_line, last_throttle_age_seconds=None if state.last_throttle is None
+            in_line=state.in_line,
+            last_throttle_age_seconds=None if state.last_throttle is None or now is None
             else round(now - state.last_throttle, 1),
         )
         rows.append(row)

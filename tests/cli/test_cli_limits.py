@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import uuid
 
 import pytest
@@ -99,6 +100,25 @@ def test_a_sync_producer_holds_a_slot_and_one_interrupted_while_waiting_leaves_t
             assert (state.held, state.in_line) == (1, 0)
         state = limit.state()
         assert (state.held, state.in_line, state.holds) == (0, 0, 1)
+
+
+def test_the_age_of_the_last_429_is_on_redis_clock_not_this_machines(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stamps a 429 with its own time: read from a machine whose clock runs an hour
+    ahead, it is still seconds old."""
+    name = f"l-{uuid.uuid4().hex[:8]}"
+    asyncio.run(declare(cli.redis_url, LimitConfig(name, requests_per_minute=600), "ns/p"))
+    with SyncClient.from_url(cli.redis_url) as client:
+        client.rate_limit(name).throttled(retry_after=1)
+    local = time.time
+    monkeypatch.setattr(time, "time", lambda: local() + 3600)
+    rows = {row[0]: row for row in table_rows(
+        cli.raw("limits", "--redis-url", cli.redis_url).out)}
+    doc = cli.raw("limits", "--redis-url", cli.redis_url, "-o", "json").json()
+    assert rows[name][6].endswith("s ago") and "m" not in rows[name][6], rows[name][6]
+    (found,) = [item for item in doc["limits"] if item["limit"] == name]
+    assert 0 <= found["lastThrottleAgeSeconds"] < 60
 
 
 def test_limits_help_says_which_redis_it_reads(capsys: pytest.CaptureFixture[str]) -> None:

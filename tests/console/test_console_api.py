@@ -38,8 +38,10 @@ from agentpool.console.sources import (
     PREVIEW_BYTES,
     PREVIEW_CHARS,
     Sources,
+    limit_rows,
 )
 from agentpool.protocol import TaskQueue, TenantLoad, WorkerInfo, encode_checkpoint, task_page
+from agentpool.ratelimit import LimitConfig, RateLimiter
 from agentpool.redis_server import RedisServer, free_port
 
 Client = TestClient  # type: ignore[type-arg]
@@ -126,6 +128,21 @@ async def test_unknown_pool_and_task_are_404(api: Client, queue_name: str) -> No
 
 
 @ALSO_ON_A_CLUSTER
+async def test_a_pools_last_429_is_aged_on_redis_clock_not_the_consoles(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stamps a 429 with its own time: a console whose clock runs an hour ahead still
+    shows it seconds old."""
+    name = f"l-{os.urandom(5).hex()}"
+    await RateLimiter(redis, name).declare(LimitConfig(name, requests_per_minute=60), "ns/p")
+    await RateLimiter(redis, name).throttled(retry_after=1)
+    local = time.time
+    monkeypatch.setattr(time, "time", lambda: local() + 3600)
+    [row] = await limit_rows(redis, [{"name": name, "requestsPerMinute": 60}])
+    assert row["throttles"] == 1
+    assert 0 <= row["last_throttle_age_seconds"] < 60
+
+
 async def test_tasks_are_paged_in_claim_order(api: Client, redis: aioredis.Redis,
                                               queue_name: str) -> None:
     queue = TaskQueue(redis, queue_name)

@@ -386,7 +386,7 @@ async def test_a_hold_given_back_while_its_renewal_is_on_the_wire_is_not_left_he
     await renewed.wait()
 
     async def given_back_again() -> bool:
-        return await held(redis, name) == 0 and not slots._stray
+        return await held(redis, name) == 0 and not slots._leaving
 
     await eventually(given_back_again)
     assert slots.lapsed == 0
@@ -602,3 +602,31 @@ async def test_a_line_of_thousands_meeting_as_many_free_slots_is_served_in_calls
     assert await held(redis, name) == 1010
     assert await raw(redis, name, "leave", *times[:3], "held:0") == 1
     assert await held(redis, name) == 2009
+
+
+async def test_a_slot_given_back_while_redis_is_down_is_free_as_soon_as_redis_is_back() -> None:
+    """The give-back fails (Redis restarting, its holds kept on disk): the process sends it
+    again once Redis answers, instead of leaving the slot held until its hold lapses (15 s),
+    and never renews it meanwhile."""
+    name = f"s-{uuid.uuid4().hex[:10]}"
+    with RedisServer(appendonly=True) as server:
+        client = redis_from_url(server.url)
+        try:
+            limiter = await capped(client, name, 1, "restarted")
+            holding = await limiter.slots.acquire()
+            await asyncio.to_thread(server.stop)  # the AOF keeps the hold
+            await limiter.slots.release(holding)  # refused: kept to be sent again
+            await asyncio.to_thread(server.start)
+            back = time.monotonic()
+
+            async def free() -> bool:
+                return await held(client, name) == 0
+
+            await eventually(free, within=2.5)
+            assert time.monotonic() - back < slots_module.HOLD_SECONDS / 3
+            async with asyncio.timeout(5):
+                async with limiter.hold() as again:
+                    assert again.capped
+            assert not limiter.slots._leaving
+        finally:
+            await client.aclose()

@@ -5,6 +5,7 @@ Assertions are on the grant times Redis computed and on what Redis recorded, not
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from pathlib import Path
@@ -22,10 +23,13 @@ from worker_helpers import (
     worker_processes,
 )
 
+from agentpool.connection import redis_from_url, sync_redis_from_url
 from agentpool.protocol import TaskQueue
 from agentpool.ratelimit import LimitConfig, RateLimiter, encode_limits, key_prefix
 from agentpool.redis_server import free_port
 from agentpool_worker import metrics
+from agentpool_worker.handlers import TaskContext
+from agentpool_worker.limits import WorkerLimits
 from agentpool_worker.settings import ConfigError, load_settings
 
 US = 1_000_000
@@ -293,3 +297,80 @@ async def test_the_simulated_agent_sleeps_in_a_slot_and_submits_its_next_step(
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
     steps = [await later.get(r["submitted"]) for r in done]
     assert sorted(s.payload["step"] for s in steps if s is not None) == [0, 1, 2, 3]
+
+
+async def nested_hold(payload: Any, ctx: TaskContext) -> dict[str, Any]:
+    """A handler whose helper holds the slot its caller holds already."""
+    async with ctx.hold(payload["limit"]) as outer:
+        async with ctx.hold(payload["limit"]) as inner:
+            same = inner.holder == outer.holder
+        client = redis_from_url(payload["redis"])
+        try:
+            after = (await RateLimiter(client, payload["limit"]).state()).held
+        finally:
+            await client.aclose()
+    return {"same": same, "held_after_inner": after}
+
+
+def nested_hold_sync(payload: Any, ctx: TaskContext) -> dict[str, Any]:
+    with ctx.hold_sync(payload["limit"]) as outer:
+        with ctx.hold_sync(payload["limit"]) as inner:
+            same = inner.holder == outer.holder
+        client = sync_redis_from_url(payload["redis"])
+        try:
+            after = int(client.zcard(key_prefix(payload["limit"]) + "held"))
+        finally:
+            client.close()
+    return {"same": same, "held_after_inner": after}
+
+
+NESTED = {"async": f"{__name__}:nested_hold", "sync": f"{__name__}:nested_hold_sync"}
+
+
+@pytest.mark.parametrize("kind", sorted(NESTED))
+async def test_a_run_that_holds_a_limit_it_holds_already_takes_no_second_slot(
+    redis: aioredis.Redis, redis_url: str, queue_name: str, limit: str, kind: str
+) -> None:
+    """Two such runs under a cap of one: a second slot per run would make both wait until
+    their timeout, and every other holder of the limit with them."""
+    config = LimitConfig(limit, max_concurrent=1)
+    await declared_long_ago(redis, config)
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, NESTED[kind], concurrency=2,
+                                rate_limits=limits_env(config))):
+        ids = await queue.submit_many([{"limit": limit, "redis": redis_url}] * 2)
+        infos = [await queue.wait(task_id, timeout=10) for task_id in ids]
+    assert [i.state for i in infos] == ["succeeded"] * 2, [i.error for i in infos]
+    assert [i.result for i in infos] == [{"same": True, "held_after_inner": 1}] * 2
+    state = await RateLimiter(redis, limit).state()
+    assert (state.held, state.in_line, state.holds) == (0, 0, 2)
+
+
+async def test_blocks_running_side_by_side_take_a_slot_each_and_share_the_slot_they_run_in(
+    redis: aioredis.Redis, limit: str
+) -> None:
+    """Re-entrance follows the task: sibling tasks each hold a slot of their own; tasks
+    started inside a held block run in its slot."""
+    config = LimitConfig(limit, max_concurrent=2)
+    await declared_long_ago(redis, config)
+    limits = WorkerLimits(redis, {limit: config}, caller="side", queue="q")
+    inside = asyncio.Barrier(3)
+
+    async def one() -> str:
+        async with limits.hold(limit) as held:
+            await inside.wait()
+            return held.holder
+
+    siblings = asyncio.gather(one(), one())
+    await inside.wait()
+    assert (await RateLimiter(redis, limit).state()).held == 2
+    first, second = await siblings
+    assert first != second
+    async with limits.hold(limit) as outer:
+        inside = asyncio.Barrier(3)
+        children = asyncio.gather(one(), one())
+        async with asyncio.timeout(10):  # a guard: a slot each would wait forever here
+            await inside.wait()
+        assert (await RateLimiter(redis, limit).state()).held == 1
+        assert await children == [outer.holder, outer.holder]
+    assert (await RateLimiter(redis, limit).state()).held == 0

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,11 +33,24 @@ from agentpool.ratelimit import (
     UndeclaredLimit,
     give_back,
 )
-from agentpool.slots import Held, NoConcurrencyLimit
+from agentpool.slots import Held, NoConcurrencyLimit, Slots
 from agentpool_worker import metrics
 
 WINDOW_SECONDS = 60.0
 """How far back the reported waiting share looks."""
+
+_HOLDING: ContextVar[Mapping[Slots, Held]] = ContextVar(
+    "agentpool_holding", default=MappingProxyType({}))
+"""The slots the current task holds (``ctx.hold``); a task it starts inherits them."""
+
+
+def _sync_thread() -> int | None:
+    """The calling thread when no event loop runs in it (a sync handler's), else None."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return threading.get_ident()
+    return None
 
 
 @dataclass
@@ -66,6 +82,8 @@ class WorkerLimits:
         """Waits for a slot in progress: limit and when each began (monotonic)."""
         self._slot_wait_ids = itertools.count()
         self._lapsed_seen: dict[str, int] = {}
+        self._thread_holds: dict[tuple[int, Slots], Held] = {}
+        """The slots sync handlers' threads hold (``hold_sync``)."""
 
     def limiter(self, name: str) -> RateLimiter:
         found = self._limiters.get(name)
@@ -158,14 +176,47 @@ class WorkerLimits:
                 metrics.for_limit(self._queue, name).lapsed.inc(new)
         return found
 
+    def hold(self, name: str) -> AbstractAsyncContextManager[Held]:
+        """A slot of `name` for the block. Re-entrant: a hold nested in a hold of the same
+        name (in the same task, a task started inside the outer block, or the same sync
+        handler's thread) takes no second slot, which it could wait for forever under a cap
+        its own run fills; the slot goes back when the outer block ends."""
+        return self._hold(name, _HOLDING.get(), _sync_thread())
+
     @asynccontextmanager
-    async def hold(self, name: str) -> AsyncIterator[Held]:
+    async def _hold(self, name: str, holding: Mapping[Slots, Held],
+                    thread: int | None) -> AsyncIterator[Held]:
+        """`holding`: the slots the caller's task holds; `thread`: the caller's thread when
+        it is a sync handler's (``hold_sync`` enters and exits on the worker's loop, in tasks
+        of their own, so a thread's holds are kept in `_thread_holds` instead)."""
         limiter = self.limiter(name)
         if limiter.config is not None and limiter.config.max_concurrent is None:
             raise NoConcurrencyLimit(
                 f"rate limit {name!r} declares no maxConcurrent for this pool: add "
                 "maxConcurrent to its entry in spec.rateLimits to hold slots of it")
         slots = limiter.slots
+        outer = holding.get(slots)
+        if outer is None and thread is not None:
+            outer = self._thread_holds.get((thread, slots))
+        if outer is not None:
+            yield outer
+            return
+        async with self._slot(name, slots) as held:
+            if thread is not None:
+                self._thread_holds[thread, slots] = held
+                try:
+                    yield held
+                finally:
+                    del self._thread_holds[thread, slots]
+                return
+            _HOLDING.set({**holding, slots: held})
+            try:
+                yield held
+            finally:
+                _HOLDING.set(holding)
+
+    @asynccontextmanager
+    async def _slot(self, name: str, slots: Slots) -> AsyncIterator[Held]:
         bound = metrics.for_limit(self._queue, name)
         wait_id = next(self._slot_wait_ids)
         began = time.monotonic()
