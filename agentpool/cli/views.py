@@ -336,7 +336,7 @@ def task_detail_grid(queue: str, info: TaskInfo, now: float,
 def shown_tenant(tenant: str | None, none: str) -> str:
     """A tenant's name as a table shows it, `none` for no tenant. A name that could pass for
     something else (`none` itself, one in quotes, one with a blank at an end or a format
-    character such as U+202E, which submits refuse but an older record may hold) shows in
+    character such as U+202E: names are compared exactly, so "acme " is not "acme") shows in
     quotes, JSON-escaped, its format characters as escapes: no two tenants look alike."""
     if tenant is None:
         return none

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from agentpool.models.formats import (
     CRON_PATTERN,
-    CRON_REVERSED_RANGE_PATTERN,
     CRON_TIME_ZONE_PATTERN,
     DNS_LABEL_PATTERN,
     GROUP,
@@ -92,7 +91,6 @@ from agentpool.models.rules import (
     SCALE_DOWN_STEP_MIN,
     SCALE_UP_STEP_MIN,
     SCHEDULE_CRON_FORMAT,
-    SCHEDULE_CRON_RANGES,
     SCHEDULE_CRON_TIME_ZONE,
     SCHEDULE_NAME_FORMAT,
     SCHEDULE_NAMES_UNIQUE,
@@ -133,7 +131,6 @@ __all__ = [
     "CEL_RULES",
     "CONDITION_TYPES",
     "CRON_PATTERN",
-    "CRON_REVERSED_RANGE_PATTERN",
     "CRON_TIME_ZONE_PATTERN",
     "DNS_LABEL_PATTERN",
     "ENV_ONE_VALUE",
@@ -172,7 +169,6 @@ __all__ = [
     "SCALE_DOWN_STEP_MIN",
     "SCALE_UP_STEP_MIN",
     "SCHEDULE_CRON_FORMAT",
-    "SCHEDULE_CRON_RANGES",
     "SCHEDULE_CRON_TIME_ZONE",
     "SCHEDULE_NAMES_UNIQUE",
     "SCHEDULE_NAME_FORMAT",

@@ -49,7 +49,6 @@ from agentpool.protocol.encoding import (
     encode_progress,
     encode_result,
     has_control_character,
-    unlike_a_tenant_name,
 )
 from agentpool.protocol.ids import call_id, key_prefix, new_instance_id, new_task_id, worker_id
 from agentpool.protocol.records import (
@@ -169,7 +168,6 @@ __all__ = [
     "task_page",
     "task_view",
     "tenant_arg",
-    "unlike_a_tenant_name",
     "worker_id",
     "worth_retrying",
 ]

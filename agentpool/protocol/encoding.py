@@ -78,14 +78,6 @@ def has_control_character(text: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in text)
 
 
-def unlike_a_tenant_name(text: str) -> bool:
-    """Whether `text` may not name a tenant: it holds a control or format character (U+200B,
-    U+202E: shown in listings and logs) or starts or ends with a blank ("acme " and "acme"
-    look alike); what the CRD's `TENANT_NAME` rule refuses."""
-    return (has_control_character(text) or text != text.strip()
-            or any(unicodedata.category(c) == "Cf" for c in text))
-
-
 def after_arg(after: Iterable[str] | None) -> str:
     """The submit script's `after` value: the ids, comma-separated, each once, in order."""
     if after is None:

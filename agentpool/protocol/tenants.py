@@ -8,22 +8,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentpool.protocol.bounds import MAX_TENANT_CHARS, MAX_TENANT_RUNS, MAX_TENANT_WEIGHT
-from agentpool.protocol.encoding import unlike_a_tenant_name
+from agentpool.protocol.encoding import has_control_character
 from agentpool.protocol.records import ProtocolError
 from agentpool.seconds import short_repr
 
 
 def tenant_arg(tenant: str | None) -> str:
     """The submit script's `tenant` value ('' for none); ProtocolError for a name that is
-    empty, too long, holds a control or format character (U+200B, U+202E: it is shown in
-    listings and logs) or starts or ends with a blank ("acme " and "acme" look alike)."""
+    empty, too long or holds a control character (it is shown in listings and logs)."""
     if tenant is None:
         return ""
     if not isinstance(tenant, str) or not 1 <= len(tenant) <= MAX_TENANT_CHARS \
-            or unlike_a_tenant_name(tenant):
+            or has_control_character(tenant):
         raise ProtocolError(f"tenant must be a name of 1 to {MAX_TENANT_CHARS} characters, "
-                            "none a control or format character, without a blank at its "
-                            f"start or end, got {short_repr(tenant)}")
+                            f"none a control character, got {short_repr(tenant)}")
     return tenant
 
 

@@ -271,16 +271,12 @@ async def test_cancel_waiting_goes_on_past_more_late_tasks_than_one_call_takes(
 
 
 @pytest.mark.parametrize("tenant", ["", "x" * (MAX_TENANT_CHARS + 1), "line\nbreak",
-                                    "c1\u0085", 7, "acme ", " acme", "acme\u00a0", " ",
-                                    "acme\u200b", "\u202eemca", "ac\u2066me"])
+                                    "c1\u0085", 7])
 async def test_a_tenant_that_is_no_name_is_refused_and_nothing_stored(
     queue: TaskQueue, tenant: object,
 ) -> None:
-    """A name is shown in listings: one that prints like another (a blank at an end, a
-    zero-width or bidirectional format character) is refused as a control character is."""
     with pytest.raises(ProtocolError, match="tenant must be a name of 1 to 128 characters, "
-                                            "none a control or format character, without a "
-                                            "blank at its start or end, got"):
+                                            "none a control character, got"):
         await queue.submit({}, tenant=tenant)  # type: ignore[arg-type]
     assert (await queue.figures()).used is False
 
@@ -289,6 +285,19 @@ async def test_any_other_name_is_a_tenant(queue: TaskQueue) -> None:
     names = ["x" * MAX_TENANT_CHARS, "Acme Corp / équipe 7 \u00a0✓", "0:1", "{other}"]
     ids = [await queue.submit({}, tenant=name) for name in names]
     assert [info.tenant for info in await queue.get_many(ids)] == names
+
+
+async def test_names_are_compared_exactly(queue: TaskQueue) -> None:
+    """A blank at an end or a format character makes another tenant, which pools stored by an
+    older CRD may name: their weights and caps are set as the operator sets them."""
+    names = ["acme", "acme ", " ", "acme\u200b", "\u202eemca"]
+    await queue.set_tenant_weights({name: 2 + n for n, name in enumerate(names)})
+    await queue.set_tenant_caps({name: 1 for name in names})
+    ids = [await queue.submit({}, tenant=name) for name in names]
+    assert [info.tenant for info in await queue.get_many(ids)] == names
+    loads = {load.tenant: load for load in (await queue.tenant_loads()).loads}
+    assert {name: (loads[name].weight, loads[name].queued, loads[name].cap)
+            for name in names} == {name: (2 + n, 1, 1) for n, name in enumerate(names)}
 
 
 async def test_a_retry_keeps_its_place_and_a_released_task_takes_its_turn(
