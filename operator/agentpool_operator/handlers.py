@@ -596,13 +596,16 @@ async def sleep(state: PoolState, stopped: kopf.DaemonStopped, delay: float) -> 
 def next_round_in(poll_seconds: float, failing_for: float | None,
                   schedule_due_in: float | None = None) -> float:
     """The poll interval; while failing, as long as the failure lasts (so the pool's own
-    retries back off exponentially), capped; sooner when a schedule's next time comes first
-    (`schedule_due_in`), so that its task is submitted when it comes, not up to a poll later,
-    however short its startingDeadlineSeconds. A wake-up (its Deployment or a pod changed)
-    still runs a round at once."""
+    retries back off exponentially), capped; when not failing, sooner when a schedule's next
+    time comes first (`schedule_due_in`), so that its task is submitted when it comes, not up
+    to a poll later, however short its startingDeadlineSeconds. A failing loop keeps its
+    backoff: it could not submit the task, and would otherwise run a round at every time of
+    every schedule. A wake-up (its Deployment or a pod changed) still runs a round at once."""
     base = max(MIN_POLL_SECONDS, poll_seconds)
     delay = min(MAX_RETRY_SECONDS, max(base, failing_for or 0.0))
-    return delay if schedule_due_in is None else min(delay, schedule_due_in)
+    if schedule_due_in is None or failing_for is not None:
+        return delay
+    return min(delay, schedule_due_in)
 
 
 async def open_queue(

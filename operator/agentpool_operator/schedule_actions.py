@@ -9,7 +9,8 @@ error leaves the cursor where it was: the time is tried again next round, until 
 
 Whether a late time was missed depends on the operator's previous round of the pool (see
 `schedules`): its time is kept in memory, by the pool's loop state, so that an operator that
-restarts has none and finds the times it was away for missed.
+restarts has none and finds the times it was away for missed, and counts only when it is
+recent (`recent_round`), so that a process frozen for hours does not submit them however late.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .schedules import (
     ScheduleTurn,
     idempotency_key,
     previous_unfinished,
+    recent_round,
     round_start,
     schedule_turn,
     settle_overlap,
@@ -53,7 +55,8 @@ class _Previous:
 
 
 async def run_schedules(observation: PoolObservation) -> ActionResult:
-    previous_round = _previous_round(observation.state, observation.now)
+    previous_round = recent_round(_previous_round(observation.state, observation.now),
+                                  observation.now, observation.spec.scaling.poll_seconds)
     schedules = observation.spec.schedules or []
     if not schedules:
         return ActionResult(status_fields={"schedules": None})  # the removed ones' entries go
@@ -99,7 +102,8 @@ def _previous_round(state: PoolState | None, now: datetime) -> datetime | None:
 async def _run_one(observation: PoolObservation, schedule: ScheduleSpec, before: _Previous,
                    previous_round: datetime | None) -> tuple[dict[str, Any], Problem | None]:
     """One schedule's round: its status entry, and what keeps it from running.
-    `previous_round` is the time of this operator's previous round of the pool, if any."""
+    `previous_round` is the time of this operator's previous round of the pool, if any and
+    recent."""
     entry: dict[str, Any] = {"name": schedule.name}
     if before.last_time is not None:
         entry["lastScheduleTime"] = before.last_time

@@ -14,11 +14,14 @@ Each round, the times from the cursor up to now are dealt with at once:
 - a time older than ``startingDeadlineSeconds`` is missed, not submitted late, when no round
   could act on it since it came: this round is the operator's first (none ran before it), or
   its loop was failing (a failed round, the queue unreachable), or a round since saw the time
-  and could not submit it. A time that came after the operator's previous round, its loop
-  not failing, is this round's to submit however late: that lateness is the operator's own (a
-  slow round), not an outage, and the loop wakes at the next scheduled time
-  (`seconds_until_next`) rather than a poll later. Several such times collapse into the
-  latest, the others missed as the operator's delay (`ScheduleTurn.missed_late`);
+  and could not submit it, or the previous round is further back than a running loop's
+  longest gap (`recent_round`: the process stopped or frozen, its rounds raising before
+  the schedules). A time that came after the operator's previous round, its loop not
+  failing and that round recent, is this round's to submit however late: that lateness is
+  the operator's own (a slow round), not an outage, and the loop wakes at the next
+  scheduled time (`seconds_until_next`) rather than a poll later. Several such times
+  collapse into the latest, the others missed as the operator's delay
+  (`ScheduleTurn.missed_late`);
 - while the schedule is suspended or the pool paused, the times pass and nothing is submitted
   or missed;
 - a time that comes while the previous task is still queued or running is skipped with
@@ -46,6 +49,10 @@ otherwise be walked through minute by minute."""
 WAKE_AFTER_SECONDS = 0.05
 """How long after a scheduled time the loop wakes: woken a moment early (its timer and the
 wall clock differ), a round would find nothing due and run again at once."""
+ROUND_GAP_SLACK_SECONDS = 180.0
+"""How much longer than its pollSeconds two rounds of a running pool loop may be apart: its
+longest failure backoff (`handlers.MAX_RETRY_SECONDS`, 60 s) and a slow round's own time
+(Kubernetes calls of up to 30 s, Redis commands of up to 5 s)."""
 _JUST_BEFORE = timedelta(microseconds=1)
 
 
@@ -121,8 +128,9 @@ def schedule_turn(schedule: ScheduleSpec, cursor: datetime, now: datetime, *,
                   active: bool = True, previous_round: datetime | None = None) -> ScheduleTurn:
     """The turn of `schedule` for the times in [cursor, now]; `active` is False while the
     pool is paused. `previous_round` is the time of the operator's previous round, if its
-    loop has not been failing since (None: this round is its first, or it was failing): a
-    time after it is this round's to submit, however late. Aware datetimes."""
+    loop has not been failing since and that round is recent (`recent_round`; None: this
+    round is its first, it was failing, or an outage came between): a time after it is this
+    round's to submit, however late. Aware datetimes."""
     try:
         zone = ZoneInfo(schedule.time_zone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -201,6 +209,18 @@ def previous_unfinished(previous: TaskInfo | None, now: datetime) -> bool:
     it: it never runs, so it holds back no time)."""
     return (previous is not None and not previous.done
             and not previous.expired_waiting(now.timestamp() * 1000))
+
+
+def recent_round(previous_round: datetime | None, now: datetime,
+                 poll_seconds: float) -> datetime | None:
+    """`previous_round`, when a running loop could have taken the time since it (pollSeconds
+    and ROUND_GAP_SLACK_SECONDS); None otherwise: the gap was an outage (the process stopped
+    or frozen, or its rounds failing before they reached the schedules), and a time that
+    came in it is missed past its deadline, not submitted however late."""
+    if previous_round is None:
+        return None
+    gap = (now - previous_round).total_seconds()
+    return previous_round if gap <= poll_seconds + ROUND_GAP_SLACK_SECONDS else None
 
 
 def seconds_until_next(next_times: Iterable[datetime], found_at: datetime,

@@ -16,11 +16,13 @@ from agentpool.models import ScheduleSpec
 from agentpool.protocol import TaskInfo
 from agentpool_operator.schedules import (
     MISSED_COUNT_CAP,
+    ROUND_GAP_SLACK_SECONDS,
     WAKE_AFTER_SECONDS,
     Cursor,
     ScheduleTurn,
     idempotency_key,
     previous_unfinished,
+    recent_round,
     round_start,
     schedule_turn,
     seconds_until_next,
@@ -166,6 +168,31 @@ def test_a_time_a_round_saw_and_could_not_submit_is_missed_past_its_deadline() -
     within = schedule_turn(deadline_300, cursor=at(11), now=at(11, 4),
                            previous_round=at(11, 0, 5))
     assert within.submit == at(11)
+
+
+def test_only_a_round_a_running_loop_could_have_come_after_counts_as_previous() -> None:
+    poll = 600
+    longest = timedelta(seconds=poll + ROUND_GAP_SLACK_SECONDS)
+    assert recent_round(None, at(3), poll) is None
+    assert recent_round(at(3) - longest, at(3), poll) == at(3) - longest
+    assert recent_round(at(3) - longest - timedelta(seconds=1), at(3), poll) is None
+
+
+@pytest.mark.parametrize("cron, previous, now, missed", [
+    ("0 3 * * *", at(2, 59), at(22), 1),
+    ("0 * * * *", at(2, 59), at(9, 30), 7),
+    ("@yearly", datetime(2026, 12, 31, 23, 59, tzinfo=UTC),
+     datetime(2027, 7, 20, tzinfo=UTC), 1),
+], ids=["daily-frozen-19h", "hourly-frozen-6.5h", "yearly-frozen-200d"])
+def test_a_loop_frozen_for_hours_misses_the_times_past_their_deadline(
+    cron: str, previous: datetime, now: datetime, missed: int,
+) -> None:
+    """The process frozen after a round: the times of the gap are an outage's, missed past
+    their deadline, none submitted hours late as the operator's own delay."""
+    spec = schedule(cron, startingDeadlineSeconds=60)
+    turn = schedule_turn(spec, cursor=previous + timedelta(seconds=1), now=now,
+                         previous_round=recent_round(previous, now, 2))
+    assert (turn.submit, turn.missed, turn.missed_late) == (None, missed, 0)
 
 
 def test_times_between_two_rounds_collapse_into_the_latest_as_late() -> None:

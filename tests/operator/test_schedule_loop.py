@@ -28,12 +28,13 @@ from prometheus_client import REGISTRY
 from agentpool.models import AgentPoolSpec
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import free_port
+from agentpool.scaling.policy import MIN_POLL_SECONDS
 from agentpool_operator import schedule_actions
 from agentpool_operator.context import PoolState
 from agentpool_operator.handlers import MAX_RETRY_SECONDS, next_round_in
 from agentpool_operator.observation import PoolObservation
 from agentpool_operator.schedule_actions import missed_message, run_schedules, upcoming_times
-from agentpool_operator.schedules import schedule_turn
+from agentpool_operator.schedules import ROUND_GAP_SLACK_SECONDS, schedule_turn
 from agentpool_operator.status import rfc3339
 
 POOL = "sched"
@@ -402,7 +403,8 @@ def test_the_loop_sleeps_no_longer_than_until_a_schedules_next_time() -> None:
     assert next_round_in(30, None) == 30
     assert next_round_in(30, None, schedule_due_in=2.5) == 2.5
     assert next_round_in(30, None, schedule_due_in=100) == 30
-    assert next_round_in(30, 45, schedule_due_in=2.5) == 2.5  # a failing loop's backoff too
+    assert next_round_in(30, 45, schedule_due_in=2.5) == 45  # a failing loop keeps its backoff
+    assert next_round_in(0.5, 0.2, schedule_due_in=0.05) == 1.0
     assert next_round_in(30, 45) == 45
     assert next_round_in(30, 600) == MAX_RETRY_SECONDS
 
@@ -502,6 +504,55 @@ async def test_times_between_two_late_rounds_are_reported_as_the_operators_delay
         f"schedule 'report': 2 scheduled times ({rfc3339(due)} to "
         f"{rfc3339(due + timedelta(minutes=1))}) passed between two rounds of this operator "
         "170 s apart (its own delay, not an outage); submitted only the latest"]
+
+
+@pytest.mark.parametrize("cron, poll, previous, now, submitted", [
+    ("0 3 * * *", 1, datetime(2026, 12, 3, 2, 59, tzinfo=UTC),
+     datetime(2026, 12, 3, 22, 0, tzinfo=UTC), []),
+    ("0 * * * *", 1, datetime(2026, 12, 3, 2, 59, tzinfo=UTC),
+     datetime(2026, 12, 3, 9, 30, tzinfo=UTC), []),
+    ("0 * * * *", 600, datetime(2026, 12, 3, 2, 55, tzinfo=UTC),
+     datetime(2026, 12, 3, 3, 5, tzinfo=UTC), [datetime(2026, 12, 3, 3, tzinfo=UTC)]),
+    ("0 * * * *", 600, datetime(2026, 12, 3, 2, 55, tzinfo=UTC),
+     datetime(2026, 12, 3, 3, 8, 1, tzinfo=UTC), []),
+], ids=["daily-frozen-19h", "hourly-frozen-6.5h", "poll-600", "poll-600-plus-181s"])
+async def test_a_gap_longer_than_a_running_loop_takes_is_an_outage(
+    redis: aioredis.Redis, queue_name: str, posted: Posted, cron: str, poll: float,
+    previous: datetime, now: datetime, submitted: list[datetime],
+) -> None:
+    """A deadline of 60 s: rounds of a running loop (at most its pollSeconds and
+    ROUND_GAP_SLACK_SECONDS apart) submit the time that came between them however late;
+    rounds further apart (the process frozen for hours) had an outage between them: its
+    times are missed, as after a restart, not submitted hours late as the operator's delay."""
+    queue = TaskQueue(redis, queue_name)
+    manifest = pool_manifest(POOL, queue=queue_name, poll_seconds=poll, schedules=[
+        {"name": "report", "cron": cron, "startingDeadlineSeconds": 60}])
+    state = PoolState()
+    first = await run_schedules(at_round(manifest, queue, previous, state, {}))
+    assert state.schedules_round == previous
+    second = await run_schedules(at_round(manifest, queue, now, state,
+                                          dict(first.status_fields)))
+    (entry,) = second.status_fields["schedules"]
+    assert state.schedules_round == now
+    if submitted:
+        assert entry["lastScheduleTime"] == rfc3339(submitted[-1])
+        assert await queued_ids(queue) == [entry["lastTaskId"]]
+        assert [reason for _, reason, _ in posted] == ["Scheduled"]
+        return
+    assert "lastTaskId" not in entry
+    assert await queued_ids(queue) == []
+    (message,) = [message for _, reason, message in posted if reason == "ScheduleMissed"]
+    assert "passed while no task could be submitted (no operator running, or the queue " \
+        "unreachable); none submitted" in message
+    assert "its own delay" not in message
+
+
+def test_a_loop_never_sleeps_longer_than_a_schedules_round_gap_allows() -> None:
+    """`recent_round`'s bound covers the longest sleep of the pool's loop, failing or not."""
+    for poll in (0.5, 2, 600, 3600):
+        longest = max(next_round_in(poll, None), next_round_in(poll, 1e9),
+                      next_round_in(MIN_POLL_SECONDS, 1e9))
+        assert longest + 120 <= poll + ROUND_GAP_SLACK_SECONDS
 
 
 def test_the_missed_event_says_at_least_when_the_count_was_capped() -> None:
