@@ -346,6 +346,31 @@ async def test_a_run_that_holds_a_limit_it_holds_already_takes_no_second_slot(
     assert (state.held, state.in_line, state.holds) == (0, 0, 2)
 
 
+async def test_a_task_that_outlives_the_held_block_takes_a_slot_of_its_own(
+    redis: aioredis.Redis, limit: str
+) -> None:
+    """Its context still names the outer hold, whose slot went back when the block ended:
+    reusing it would let it run beside the slot's next holder, past the cap."""
+    config = LimitConfig(limit, max_concurrent=1)
+    await declared_long_ago(redis, config)
+    limits = WorkerLimits(redis, {limit: config}, caller="outlive", queue="q")
+    block_ended = asyncio.Event()
+
+    async def later() -> tuple[str, int]:
+        await block_ended.wait()
+        async with limits.hold(limit) as held:
+            return held.holder, (await RateLimiter(redis, limit).state()).held
+
+    async with limits.hold(limit) as outer:
+        child = asyncio.create_task(later())
+    assert (await RateLimiter(redis, limit).state()).held == 0
+    block_ended.set()
+    async with asyncio.timeout(10):
+        holder, held_then = await child
+    assert holder != outer.holder and held_then == 1
+    assert (await RateLimiter(redis, limit).state()).held == 0
+
+
 async def test_blocks_running_side_by_side_take_a_slot_each_and_share_the_slot_they_run_in(
     redis: aioredis.Redis, limit: str
 ) -> None:

@@ -83,6 +83,9 @@ class WorkerLimits:
         self._slot_wait_ids = itertools.count()
         self._lapsed_seen: dict[str, int] = {}
         self._thread_holds: dict[tuple[int, Slots], Held] = {}
+        self._live_holds: set[int] = set()
+        """The ids of the holds whose outer block is still open: a task that outlives the
+        block still carries the hold in its context, and must take a slot of its own."""
         """The slots sync handlers' threads hold (``hold_sync``)."""
 
     def limiter(self, name: str) -> RateLimiter:
@@ -198,10 +201,10 @@ class WorkerLimits:
         outer = holding.get(slots)
         if outer is None and thread is not None:
             outer = self._thread_holds.get((thread, slots))
-        if outer is not None:
+        if outer is not None and id(outer) in self._live_holds:
             yield outer
             return
-        async with self._slot(name, slots) as held:
+        async with self._slot(name, slots) as held, self._live(held):
             if thread is not None:
                 self._thread_holds[thread, slots] = held
                 try:
@@ -214,6 +217,14 @@ class WorkerLimits:
                 yield held
             finally:
                 _HOLDING.set(holding)
+
+    @asynccontextmanager
+    async def _live(self, held: Held) -> AsyncIterator[None]:
+        self._live_holds.add(id(held))
+        try:
+            yield
+        finally:
+            self._live_holds.discard(id(held))
 
     @asynccontextmanager
     async def _slot(self, name: str, slots: Slots) -> AsyncIterator[Held]:
