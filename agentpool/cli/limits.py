@@ -15,7 +15,7 @@ from agentpool.cli.common import (
 )
 from agentpool.cli.views import Grid, format_age
 from agentpool.client import ENV_REDIS_URL
-from agentpool.protocol.replies import redis_seconds
+from agentpool.protocol import redis_seconds
 from agentpool.ratelimit import LimitState, limit_states
 
 Snapshot = tuple[list[LimitState], float]

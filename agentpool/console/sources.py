@@ -66,11 +66,11 @@ from agentpool.protocol import (
     figures_and_workers,
     figures_of,
     known_queues,
+    redis_seconds,
     task_for_idempotency_key,
     task_page,
     task_view,
 )
-from agentpool.protocol.replies import redis_seconds
 from agentpool.ratelimit import RateLimiter, RateLimitError, limit_configs
 from agentpool.redis_errors import (
     POOL_PASSWORD_PLACE,

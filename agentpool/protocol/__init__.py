@@ -73,6 +73,7 @@ from agentpool.protocol.records import (
     WorkerInfo,
     WorkerState,
 )
+from agentpool.protocol.replies import redis_seconds
 from agentpool.protocol.task_queue import TaskQueue
 from agentpool.protocol.tenants import (
     TenantCaps,
@@ -162,6 +163,7 @@ __all__ = [
     "new_instance_id",
     "new_task_id",
     "not_final",
+    "redis_seconds",
     "retry_delay",
     "tally_tenants",
     "task_for_idempotency_key",
