@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,19 @@ def cluster(
 @pytest.fixture
 def operator_settings() -> OperatorSettings:
     return OperatorSettings(port=free_port(), status_refresh_seconds=0.5)
+
+
+@pytest.fixture
+def per_pool_settings() -> OperatorSettings:
+    """`operator_settings` with per-pool Redis users on (a module sets its `operator_settings`
+    to it)."""
+    return OperatorSettings(port=free_port(), status_refresh_seconds=0.5,
+                            per_pool_credentials=True)
+
+
+@pytest.fixture
+def pool_name() -> str:
+    return f"p-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

@@ -54,14 +54,8 @@ SECRETS = "v1/secrets"
 
 
 @pytest.fixture
-def operator_settings() -> OperatorSettings:
-    return OperatorSettings(port=free_port(), status_refresh_seconds=0.5,
-                            per_pool_credentials=True)
-
-
-@pytest.fixture
-def pool_name() -> str:
-    return f"p-{uuid.uuid4().hex[:8]}"
+def operator_settings(per_pool_settings: OperatorSettings) -> OperatorSettings:
+    return per_pool_settings
 
 
 @pytest.fixture
