@@ -131,7 +131,9 @@ async def test_a_real_run_is_counted_with_the_documented_names_and_labels(
         assert 0 < value(mine, f"{histogram}_sum") < 60
     wait = dict((float(s.labels["le"]), s.value) for s in mine
                 if s.name == "agentpool_worker_task_wait_seconds_bucket")
-    assert wait[0.01] == 0, "every run waited at least 50 ms after its submit"
+    # every first run waited at least 50 ms after its submit; a retry waits from when its
+    # delay ended, and an idle worker may claim it within 10 ms of that
+    assert wait[0.01] <= counter("retried"), "a first run waited less than 50 ms"
     assert wait[60.0] == counter("started")
 
 
