@@ -13,6 +13,7 @@ Label values stay few: the `record_*` functions take either a short code (`backl
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import time
 from collections.abc import Container, Iterable, Iterator, Mapping, Sized
@@ -248,6 +249,25 @@ REQUEUE_CAUSES = (
     "container_restarted", "pod_unready", "lease_expired", "other",
 )
 """What `requeue_cause` reduces a recovery reason to."""
+DEPLOYMENT_ACTIONS = ("created", "updated", "restored")
+
+BORN_AT_ZERO: tuple[tuple[Counter, tuple[tuple[str, ...], ...]], ...] = (
+    (SCALE_DECISIONS, tuple(itertools.product(SCALE_DIRECTIONS, SCALE_REASONS))),
+    (POD_STARTS, ((),)),
+    (PODS_REPLACED, ((),)),
+    (DRAINS_REQUESTED, tuple((purpose,) for purpose in DRAIN_PURPOSES)),
+    (TASKS_REQUEUED, tuple((cause,) for cause in REQUEUE_CAUSES)),
+    (TASKS_DEAD_LETTERED, tuple((cause,) for cause in REQUEUE_CAUSES)),
+    (RECONCILE_ERRORS, tuple((step,) for step in RECONCILE_STEPS)),
+    (QUEUE_DATA_LOST, ((),)),
+)
+"""Each pool's counters whose extra labels come from a fixed set, with every value of it:
+`record_spec` exports them at 0. The autoscaler's and recovery's reasons reduce to
+SCALE_REASONS and REQUEUE_CAUSES; only a short code a caller passes as it is (`lease_expired`
+is one of the set) could make another series, born at its first count."""
+
+for _action in DEPLOYMENT_ACTIONS:
+    DEPLOYMENT_WRITES.labels(_action)
 
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _CONDITION_REASON = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
@@ -368,16 +388,21 @@ def record_status(namespace: str, pool: str, status: Mapping[str, Any]) -> None:
 
 def record_spec(namespace: str, pool: str, spec: AgentPoolSpec) -> None:
     """The spec values alerts compare the figures with (maxReplicas) or filter on (paused).
-    The pool's data-loss counter and each schedule's counters start at 0 from the round that
-    gets here, so that `increase()` sees a later first loss or miss. Not the alerts' signal:
-    a round finds a loss or a miss before it gets here, and a restarted operator finds the
-    times missed while it was down in its very first round, so those series can appear at 1;
-    the alerts read `record_scheduled`'s and `record_queue_data_lost`'s timestamps instead."""
+    The pool's counters of BORN_AT_ZERO (scale decisions, pod starts, pods replaced, drains,
+    requeued and dead-lettered tasks, reconcile errors, data losses) and each schedule's
+    counters start at 0 from the round that gets here, so that `increase()` and `rate()` see
+    a later first event: a series born at its first count shows no rise. What the pool's
+    first round itself does comes before (a first scale-up, tasks of pods gone while no
+    operator ran, the times missed while it was down), so those series can appear above 0;
+    the loss and miss alerts read `record_queue_data_lost`'s and `record_scheduled`'s
+    timestamps instead."""
     POOL_MIN_REPLICAS.labels(namespace, pool).set(spec.scaling.min_replicas)
     POOL_MAX_REPLICAS.labels(namespace, pool).set(spec.scaling.max_replicas)
     POOL_PAUSED.labels(namespace, pool).set(1 if spec.paused else 0)
     POOL_POLL_SECONDS.labels(namespace, pool).set(spec.scaling.poll_seconds)
-    _child(QUEUE_DATA_LOST, namespace, pool)
+    for counter, label_sets in BORN_AT_ZERO:
+        for labels in label_sets:
+            _child(counter, namespace, pool, *labels)
     for schedule in spec.schedules or ():
         _child(SCHEDULED_TASKS, namespace, pool, schedule.name)
         _child(SCHEDULE_TIMES_MISSED, namespace, pool, schedule.name)

@@ -100,7 +100,7 @@ async def test_a_real_run_is_counted_with_the_documented_names_and_labels(
         "agentpool_worker_task_wait_seconds_bucket",
         "agentpool_worker_task_duration_seconds_count",
     }
-    assert all(set(s.labels) - {"le"} == {"queue"} for s in mine)
+    assert all(set(s.labels) - {"le", "to"} == {"queue"} for s in mine)  # to: submitted_total
 
     def counter(name: str) -> float:
         return value(mine, f"agentpool_worker_tasks_{name}_total")

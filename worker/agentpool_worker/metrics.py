@@ -6,6 +6,7 @@ so the per-task cost is an attribute lookup and an increment.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
@@ -134,7 +135,8 @@ LIMIT_NAMES = (
     "agentpool_worker_limit_lapsed_total",
     "agentpool_worker_limit_rate_factor",
 )
-"""The rate-limit series: exposed once a handler used a limit (one series per limit)."""
+"""The rate-limit series, one per limit: the counters from the worker's start for each limit
+the pool declares (:func:`start_at_zero`), the gauges once a handler used the limit."""
 
 
 
@@ -212,3 +214,19 @@ def for_limit(queue: str, limit: str) -> LimitMetrics:
         lapsed=LIMIT_LAPSED.labels(queue, limit),
         factor=LIMIT_FACTOR.labels(queue, limit),
     )
+
+
+LIMIT_COUNTERS = (LIMIT_GRANTS, LIMIT_TOKENS, LIMIT_WAITED, LIMIT_RELEASED, LIMIT_THROTTLES,
+                  LIMIT_HOLDS, LIMIT_LAPSED)
+
+
+def start_at_zero(queue: str, submits_to: Iterable[str], limits: Iterable[str]) -> None:
+    """Export at 0 the counters whose extra label takes its values from the worker's settings:
+    submitted tasks for the pool's own queue and each of `submits_to`, and the counters of
+    each declared limit. A series born at its first count shows no rise to `increase()` and
+    `rate()`, which would miss a pipeline's first 25 tasks or a limit's first 429."""
+    for target in (queue, *submits_to):
+        SUBMITTED.labels(queue, target)
+    for limit in limits:
+        for counter in LIMIT_COUNTERS:
+            counter.labels(queue, limit)

@@ -283,6 +283,7 @@ class Worker:
         self._restart_due = False
         """/livez fails because the worker is stuck for good (logged once)."""
         self.metrics = metrics.for_queue(settings.queue)
+        metrics.start_at_zero(settings.queue, settings.other_queues, settings.limits)
         # read at each scrape, from what /readyz answers: the two cannot disagree
         self.metrics.ready.set_function(lambda: float(self.health.readiness()[0]))
         self.probe_port: int | None = None
