@@ -841,7 +841,8 @@ async def observe_once(
     if figures is not None and queue is not None and state.redis_url is not None:
         check_queue_kept(state, body, queue, state.redis_url, figures, logger)
     evicting, full = (
-        await state.memory.current(queue.redis) if queue is not None else (None, None))
+        await state.memory.current(queue.redis, queue=queue.name) if queue is not None
+        else (None, None))
     previous = state.last_status
     if previous is None:
         previous = dict(body.get("status") or {})

@@ -6,26 +6,38 @@ they are lost, and nothing in the protocol can notice. With a `volatile-*` polic
 with a TTL go: finished tasks' results and events, idempotency keys (a submit with a key whose
 record went makes a second task) and workers' records. Managed Redis services often default
 to `volatile-lru`. The policy is read from `INFO memory` (every primary of a Cluster) every
-round, which needs no `CONFIG` right; a Redis that refuses `INFO` is not judged.
+round, which needs no `CONFIG` right; a Redis that refuses `INFO` is not judged. On a Cluster
+every primary's policy counts, not only the one holding the pool's queue: a policy is a
+setting that waits for its moment, and a resharding or a failover can move the queue's slot
+onto an evicting primary at any time (then its keys can go before a round notices); the
+pool's rate limits live on other primaries too.
 
 Whether the pool's Redis is full, read from the same `INFO memory` every round: a Redis with
 `noeviction` at its `maxmemory` refuses every write that may grow memory. The scripts then
 refuse submits and claims (no new run starts) and events and checkpoints, while runs in
 progress go on (heartbeats, completions, reaps and requeues are accepted): nothing fails in a
-way a person sees, so the pool says it (`RedisFull`).
+way a person sees, so the pool says it (`RedisFull`). On a Cluster only the primary that holds
+the pool's queue (the slot of `ap:{<queue>}:`, from the client's slot map, which follows a
+moved slot at the first MOVED reply) is judged: every key a submit, a claim, an event or a
+checkpoint writes is under that hash tag. A full primary holding one of the pool's rate
+limits (`ap:{rl:<name>}:`) does not hold the pool up: grants, give-backs, 429 reports and
+concurrency slots write there after a first write that cannot grow memory (the EXPIRE in
+rate_limit.lua and slots.lua), so a full Redis runs them; a full primary holding other
+queues only is those queues' pools' problem.
 """
 
 from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
 from agentpool.connection import is_cluster
+from agentpool.protocol.ids import key_prefix
 from agentpool.redis_errors import REDIS_FAILURES
 
 from .status import Problem
@@ -98,24 +110,44 @@ def size_text(size: int) -> str:
     return f"{value:.{digits}f} {unit}"
 
 
-def full_problem(nodes: Mapping[str, NodeMemory]) -> Problem | None:
-    """The problem with the Redis nodes' memory (node -> its memory), if any is full. A
-    Cluster names its full primaries: the queues and rate limits in their slots are affected."""
-    full = {node: memory for node, memory in sorted(nodes.items()) if is_full(memory)}
+def full_problem(nodes: Mapping[str, NodeMemory],
+                 serving: Collection[str] | None = None) -> Problem | None:
+    """The problem with the Redis nodes' memory (node -> its memory), if any is full. Only
+    the nodes in `serving` are judged when it is given (a Cluster's primary that holds the
+    pool's queue), every node otherwise. A Cluster names its full primaries."""
+    judged = nodes if serving is None else {
+        node: memory for node, memory in nodes.items() if node in serving}
+    full = {node: memory for node, memory in sorted(judged.items()) if is_full(memory)}
     if not full:
         return None
     node, memory = next(iter(full.items()))
     figures = f"used memory {size_text(memory.used)} of maxmemory {size_text(memory.maxmemory)}"
+    others = [name for name in full if name != node]
+    also = f"; {', '.join(others)} full too" if others else ""
     if len(nodes) == 1:
         where, refused = f": {figures}", "submits and new runs are refused"
+    elif serving is not None:
+        where = f" on {node}, which holds the queue ({figures}{also})"
+        refused = "submits and new runs are refused"
     else:
-        others = [name for name in full if name != node]
-        also = f"; {', '.join(others)} full too" if others else ""
         where = f" on {node} ({figures}{also})"
         refused = "submits and new runs of the queues held there are refused"
     return Problem(FULL_REASON, (
         f"Redis is full{where}: {refused}, runs in progress go on; free memory "
         f"(agentpool dead purge, a shorter AGENTPOOL_RESULT_TTL_SECONDS) or raise maxmemory"))
+
+
+def queue_nodes(client: Any, queue: str | None) -> frozenset[str] | None:
+    """The nodes that hold `queue`'s keys, by the client's slot map: None for every node (a
+    Redis that is not a Cluster, or no queue named), none while the map does not cover the
+    slot (a Cluster reconfigured, the map being refreshed)."""
+    if queue is None or not is_cluster(client):
+        return None
+    try:
+        node = client.get_node_from_key(key_prefix(queue) + "queued")
+    except REDIS_FAILURES:
+        return frozenset()
+    return frozenset() if node is None else frozenset({str(node.name)})
 
 
 async def read_memory_info(client: Any) -> dict[str, NodeInfo] | None:
@@ -173,23 +205,25 @@ async def shared_memory_info(client: Any, now: float) -> dict[str, NodeInfo] | N
 class MemoryCheck:
     """A pool's view of its Redis's memory, from one `INFO memory` a round (every primary of a
     Cluster; shared by the pools on that Redis): whether it may evict keys, and whether it is
-    full. A read that fails (Redis refuses INFO, or is away for a moment) keeps what the last
-    one said."""
+    full (on a Cluster: the primary that holds the pool's queue). A read that fails (Redis
+    refuses INFO, or is away for a moment), or a Cluster whose slot map names no primary that
+    answered for the queue, keeps what the last one said."""
 
     def __init__(self) -> None:
         self.evicting: Problem | None = None
         self.full: Problem | None = None
 
-    async def current(self, client: Any,
-                      now: float | None = None) -> tuple[Problem | None, Problem | None]:
-        """(the eviction problem, the full problem) of the pool's Redis; `now` is monotonic
-        time."""
+    async def current(self, client: Any, now: float | None = None, *,
+                      queue: str | None = None) -> tuple[Problem | None, Problem | None]:
+        """(the eviction problem, the full problem) of the pool's Redis, the pool's queue being
+        `queue` (None: every node judged); `now` is monotonic time."""
         per_node = await shared_memory_info(client, time.monotonic() if now is None else now)
         if per_node is not None:
             policies = policies_of(per_node)
             if policies is not None:
                 self.evicting = eviction_problem(policies)
             memory = memory_of(per_node)
-            if memory:
-                self.full = full_problem(memory)
+            serving = queue_nodes(client, queue)
+            if memory and (serving is None or not serving.isdisjoint(memory)):
+                self.full = full_problem(memory, serving)
         return self.evicting, self.full
