@@ -68,6 +68,11 @@ def gone(cluster: Cluster, pool: str) -> bool:
     return False
 
 
+def left_warnings(cluster: Cluster, pool: str) -> list[dict]:
+    """The pool's CredentialsLeft Events (kopf posts them later than the handler runs)."""
+    return [e for e in cluster.events(CREDENTIALS_LEFT) if e["involvedObject"]["name"] == pool]
+
+
 def tried_once(cluster: Cluster, pool: str) -> bool:
     """The delete handler failed once and waits to try again (kopf's progress annotation), or
     the pool is gone already."""
@@ -155,8 +160,8 @@ async def test_a_redis_gone_for_good_lets_the_pool_go_with_a_warning_naming_the_
     await cluster.delete_pool(pool_name)
 
     await eventually(lambda: gone(cluster, pool_name), within=20)
-    [event] = [e for e in cluster.events(CREDENTIALS_LEFT)
-               if e["involvedObject"]["name"] == pool_name]
+    # kopf posts Events from a queue of its own: the Warning may come after the pool went
+    [event] = await eventually(lambda: left_warnings(cluster, pool_name))
     assert event["type"] == "Warning"
     message = event["message"]
     assert all(user in message for user in users), message
@@ -184,8 +189,8 @@ async def test_a_credential_that_may_not_delete_users_lets_the_pool_go_with_a_wa
     assert await existing(admin, users) == users
     # kopf may run a delete handler once more for a stale event of the pool (it did in one
     # run of 25 here): the same Warning then comes twice
-    left = [e for e in cluster.events(CREDENTIALS_LEFT) if e["involvedObject"]["name"] == pool_name]
-    assert left and {e["type"] for e in left} == {"Warning"}
+    left = await eventually(lambda: left_warnings(cluster, pool_name))
+    assert {e["type"] for e in left} == {"Warning"}
     [message] = {e["message"] for e in left}
     assert all(user in message for user in users), message
     assert f"127.0.0.1:{acl_server.port}" in message and "may not run ACL DELUSER" in message

@@ -248,6 +248,7 @@ async def test_operator_restart_between_drain_and_delete_loses_and_duplicates_no
             ready=False, ready_since=time.time() - 60)))
         await eventually(queue.drain_requests, within=3)
         assert not cluster.requests("DELETE", "/pods/rsd-a"), "the drain gets its time"
+        await posted(cluster, "DrainRequested")  # kopf drops at its stop what it did not post
     finally:
         await first.stop()
     assert first.error is None, first.error
