@@ -206,6 +206,32 @@ def spawn(*argv: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
+def scripts_run(url: str, queue: str) -> int:
+    """The scripts Redis at `url` ran to the end (EVALSHA calls; those refused with NOSCRIPT,
+    which the client loads and sends again, are failed calls and do not count)."""
+
+    async def read(q: TaskQueue) -> int:
+        stats = (await q.redis.info("commandstats")).get("cmdstat_evalsha", {})
+        return int(stats.get("calls", 0)) - int(stats.get("failed_calls", 0))
+
+    return with_queue(url, queue, read)
+
+
+def wait_for_a_refresh(url: str, queue: str, before: int, per_view: int) -> None:
+    """Until a table --watch started when Redis had run `before` scripts has taken its first
+    view and begun the next (each view runs `per_view` scripts): only then is the first on
+    show, and Ctrl-C or an outage met by the live view. Its connection being open says less:
+    Redis going away during the first view ends the command (exit 1), and Ctrl-C before the
+    view is on show leaves nothing on stdout."""
+
+    async def cli_connections(q: TaskQueue) -> int:
+        clients = await q.redis.client_list()
+        return sum(c.get("name") == CLI_CLIENT_NAME for c in clients)
+
+    wait_until(lambda: with_queue(url, queue, cli_connections) > 0
+               and scripts_run(url, queue) > before + per_view, within=20)
+
+
 def test_watch_json_streams_lines_until_ctrl_c(cli: Cli) -> None:
     with_queue(cli.redis_url, cli.queue, lambda q: q.submit(1))
     proc = spawn("stats", "--redis-url", cli.redis_url, "--queue", cli.queue, "--watch",
@@ -272,14 +298,10 @@ def test_watch_table_shows_that_redis_is_down_under_the_last_view(cli: Cli) -> N
     with RedisServer() as server:
         url = server.url
         with_queue(url, cli.queue, lambda q: q.submit(1))
+        before = scripts_run(url, cli.queue)
         proc = spawn("stats", "--redis-url", url, "--queue", cli.queue, "--watch",
                      "--interval", "0.1")
-
-        async def cli_connections(q: TaskQueue) -> int:
-            clients = await q.redis.client_list()
-            return sum(c.get("name") == CLI_CLIENT_NAME for c in clients)
-
-        wait_until(lambda: with_queue(url, cli.queue, cli_connections) > 0, within=20)
+        wait_for_a_refresh(url, cli.queue, before, per_view=1)  # the figures
     time.sleep(0.5)
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
@@ -292,14 +314,10 @@ def test_watch_table_shows_that_redis_is_down_under_the_last_view(cli: Cli) -> N
 
 def test_watch_table_refreshes_until_ctrl_c(cli: Cli) -> None:
     with_queue(cli.redis_url, cli.queue, lambda q: q.submit(1))
+    before = scripts_run(cli.redis_url, cli.queue)
     proc = spawn("workers", "--redis-url", cli.redis_url, "--queue", cli.queue, "-w",
                  "--interval", "0.1")
-
-    async def cli_connections(q: TaskQueue) -> int:
-        clients = await q.redis.client_list()
-        return sum(c.get("name") == CLI_CLIENT_NAME for c in clients)
-
-    wait_until(lambda: with_queue(cli.redis_url, cli.queue, cli_connections) > 0, within=20)
+    wait_for_a_refresh(cli.redis_url, cli.queue, before, per_view=2)  # figures, workers
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
@@ -335,14 +353,10 @@ def test_watch_of_a_never_used_queue_says_so_once_then_shows_it_when_it_appears(
 
 
 def test_watch_table_of_a_never_used_queue_says_so_once(cli: Cli) -> None:
+    before = scripts_run(cli.redis_url, cli.queue)
     proc = spawn("workers", "--redis-url", cli.redis_url, "--queue", cli.queue, "-w",
                  "--interval", "0.1")
-
-    async def cli_connections(q: TaskQueue) -> int:
-        clients = await q.redis.client_list()
-        return sum(c.get("name") == CLI_CLIENT_NAME for c in clients)
-
-    wait_until(lambda: with_queue(cli.redis_url, cli.queue, cli_connections) > 0, within=20)
+    wait_for_a_refresh(cli.redis_url, cli.queue, before, per_view=2)  # figures, workers
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
@@ -459,17 +473,23 @@ def test_ctrl_c_while_waiting_exits_130_quietly(cli: Cli) -> None:
 
 
 EARLY_CTRL_C_DELAYS = (0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.3, 0.5)
-"""Seconds after the `agentpool` package is loaded: while the entry point imports the
-subcommands (about a quarter of a second), and once `wait` waits (not sooner: the test's own
-`-c` line runs in between)."""
+"""Seconds after `main` is imported, as it is called: while it imports the subcommands (about
+a quarter of a second), and once `wait` waits."""
 
 
 def test_ctrl_c_while_the_command_loads_exits_130_quietly(cli: Cli) -> None:
-    """As the console script runs main, from the moment the package is loaded (the
-    interpreter and `import agentpool` before it are outside the CLI's reach)."""
+    """As the console script runs main, from the moment it is called (the interpreter and
+    the imports of `agentpool` and of `main` before it are outside the CLI's reach)."""
     task_id = with_queue(cli.redis_url, cli.queue, lambda q: q.submit(1))
-    code = ("import sys, agentpool; print('loaded', flush=True); "
-            "from agentpool.cli.main import main; sys.exit(main())")
+    # Ctrl-C as a terminal sends it to a command in the foreground, whose Python handles
+    # SIGINT from the start. A child inherits an ignored SIGINT (pytest run as a background
+    # job, until a test in it has added and removed an asyncio handler for SIGINT, which
+    # leaves Python's own): it would ignore the signal while it loads, and wait for ever.
+    # 'loaded' once main is imported too: a Ctrl-C before main() runs is outside the CLI's
+    # reach (a traceback), and on a loaded machine that import alone outlasts 20 ms.
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "import sys, agentpool; from agentpool.cli.main import main; "
+            "print('loaded', flush=True); sys.exit(main())")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_")}
     for delay in EARLY_CTRL_C_DELAYS:
         proc = subprocess.Popen(

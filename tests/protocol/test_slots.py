@@ -181,9 +181,18 @@ async def test_a_caller_cancelled_while_it_waits_leaves_the_line_at_once(
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    assert await in_line(redis, name) == 0
+    # A poll of the quitter's process on the wire meanwhile may reach Redis after its
+    # give-back (another connection) and put it in line again, or be handed the slot freed
+    # below: its reply finds the caller gone and gives that back at once. So at once is a
+    # round trip or two here, far less than the place in line lasts unasked (GRACE_SECONDS)
+    # and a hold unrenewed (HOLD_SECONDS), which a caller left behind would take.
+    await eventually(lambda: _line_is(redis, name, 0), within=1.0)
     await first.slots.release(holding)
-    assert await held(redis, name) == 0
+
+    async def free() -> bool:
+        return await held(redis, name) == 0
+
+    await eventually(free, within=1.0)
 
 
 async def test_a_hold_that_lapsed_while_its_process_was_frozen_is_taken_again_and_counted(
@@ -432,9 +441,11 @@ async def test_waiters_ride_out_a_brief_failure_and_give_up_on_a_long_one(
     send = slots._run
     failing = {"left": 2}
     calls: list[float] = []
+    told: list[bool] = []
 
     async def flaky(*args: object) -> object:
         calls.append(time.monotonic())
+        told.append(slots._told)
         if args[0] == "poll" and failing["left"]:
             failing["left"] -= 1
             raise redis_errors.ConnectionError("connection reset")
@@ -446,12 +457,21 @@ async def test_waiters_ride_out_a_brief_failure_and_give_up_on_a_long_one(
     await slots.release(got)
     failing["left"] = 1000
     calls.clear()
+    told.clear()
     with pytest.raises(redis_errors.ConnectionError):
         await slots.acquire()
-    gaps = [later - earlier for earlier, later in itertools.pairwise(calls)]
-    assert len(gaps) >= 2
-    for number, gap in enumerate(gaps[:3], start=1):  # backing off, never spinning
-        assert gap >= 0.01 * 2 ** number * 0.9
+    # The pause after the n-th failed call is 0.01 * 2**n (backing off, never spinning).
+    # One pause may be cut short by design: the listener's subscribing (`_told` turning
+    # True) wakes the ticker to ask at once. It subscribed during the first acquire, and
+    # stays, unless that took longer than the first acquire's pauses (a loaded machine):
+    # then the grant stopped it, and this acquire's listener wakes the ticker in a pause.
+    gaps = [(later - earlier, was_told == is_told) for (earlier, was_told), (later, is_told)
+            in itertools.pairwise(zip(calls, told, strict=True))]
+    judged = [(number, gap) for number, (gap, unwoken) in enumerate(gaps[:4], start=1)
+              if unwoken]
+    assert len(judged) >= 2
+    for number, gap in judged:
+        assert gap >= 0.01 * 2 ** number * 0.9, (number, gaps)
 
 
 def test_a_process_waits_for_the_slots_of_a_limit_through_one_limiter(redis_url: str) -> None:

@@ -310,9 +310,11 @@ async def test_every_line_written_before_the_exit_is_carried_out_however_long_it
     monkeypatch.setattr(command, "PIPE_DRAIN_SECONDS", 0.0)
     monkeypatch.setattr(command, "READ_CHUNK", 256)  # many turns between two messages
     steps = 1500
+    # one slot: the steps it submits wait for the run to end, instead of running a program
+    # each beside it (1,500 of them, starving it of CPU on a loaded machine)
     done = await outcome(redis, redis_url, queue_name,
                          {"mode": "big-plan", "steps": steps, "pad": 2500}, "succeeded",
-                         task_timeout_seconds=120)
+                         task_timeout_seconds=120, concurrency=1)
     assert done.result == "planned"
     assert (await TaskQueue(redis, queue_name).figures()).stats["submitted"] == steps + 1
 

@@ -279,7 +279,10 @@ async def test_hung_sync_after_task_hooks_leave_their_threads_and_the_next_calls
 ) -> None:
     """As many hung billing calls as slots: the hooks of the runs after them still run (each
     waited for a thread the hung call holds, its run's slot held meanwhile)."""
-    monkeypatch.setattr(worker_module, "AFTER_TASK_SECONDS", 0.3)
+    # One deadline for every call: short enough to give up on the hung ones (20 s) early,
+    # long enough for the quick ones to get a thread and return on a loaded machine (one
+    # took longer than 0.3 s there); a call waiting behind a hung one would still fail.
+    monkeypatch.setattr(worker_module, "AFTER_TASK_SECONDS", 2.0)
     queue = TaskQueue(redis, queue_name)
     unruly["after_task_hang_first"] = 2
     with structlog.testing.capture_logs() as logs:
@@ -292,7 +295,7 @@ async def test_hung_sync_after_task_hooks_leave_their_threads_and_the_next_calls
                              "the after_task hooks of the runs after the hung ones")
     failed = {entry["task"]: entry["error"] for entry in logs
               if entry["event"] == "after_task hook failed"}
-    assert failed == {task_id: "did not return within 0.3 s" for task_id in hung}
+    assert failed == {task_id: "did not return within 2 s" for task_id in hung}
 
 
 async def test_a_slow_startup_hook_does_not_fail_livez(
