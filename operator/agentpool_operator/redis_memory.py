@@ -37,7 +37,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from agentpool.connection import is_cluster
-from agentpool.protocol.ids import key_prefix
+from agentpool.protocol import key_prefix
 from agentpool.redis_errors import REDIS_FAILURES
 
 from .status import Problem

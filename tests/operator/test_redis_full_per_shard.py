@@ -95,7 +95,7 @@ def fill(port: int) -> None:
     """Make the primary full: maxmemory below what it uses, noeviction."""
     with sentinel_admin(port) as node:
         node.config_set("maxmemory-policy", "noeviction")
-        node.config_set("maxmemory", int(node.info("memory")["used_memory"]) - 100_000)
+        node.config_set("maxmemory", int(node.info("memory")["used_memory"]) // 2)
 
 
 def move_queue_slot(shards: RedisCluster, source: int, target: int) -> None:
