@@ -13,7 +13,8 @@ the script, which is what applies them).
 
 Keys: ``ap:{rl:<name>}:config|state|waiting|call:<id>``, one hash tag per limit (one Redis
 Cluster slot), plus the set ``ap:ratelimits`` of declared names, which the ``agentpool limits``
-view reads.
+view reads. While that slot moves to another primary (a reshard), the calls wait for the move
+to end (`agentpool.slots.SlotMoves`): Redis refuses them before they run.
 """
 
 from __future__ import annotations
@@ -316,9 +317,13 @@ class RateLimiter:
         return self.slots.hold()
 
     async def _run(self, *args: Any) -> Any:
+        """One script call, sent again while the limit's slot moves (Redis refused it before
+        it ran; a call id in `args` would make it do its work once anyway)."""
         if self._script is None:
             self._script = self.redis.register_script(_lua())
-        return await self._script(keys=[self.prefix + "state"], args=[self.prefix, *args])
+        script = self._script
+        return await self.slots.moves.wait_out(
+            lambda: script(keys=[self.prefix + "state"], args=[self.prefix, *args]))
 
     async def reserve(self, *, tokens: int = 0, requests: int = 1) -> Reservation:
         """Take a reservation; the caller must wait `wait` seconds. One round trip, shared

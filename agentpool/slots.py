@@ -12,11 +12,16 @@ any grant that was not told. Slots go in the order asked, across processes; a pr
 dies keeps its slots no longer than HOLD_SECONDS. A give-back that fails (Redis down or
 frozen) is sent again with the process's next calls until Redis answers, so a slot is back
 within a second of Redis answering, not when its hold lapses.
+
+On a Redis Cluster a limit's slot may move to another primary (a reshard): while it is
+MIGRATING, Redis refuses the limit's scripts before they run. A call so refused waits and is
+sent again (:class:`SlotMoves`), as a pause, up to MOVING_SECONDS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import secrets
 import threading
@@ -30,6 +35,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 
 from agentpool.errors import PermanentError
 from agentpool.protocol import DoneSignal
@@ -59,6 +65,18 @@ HAND_BACK_MOST = 1000
 """The most give-backs one call sends again (Lua unpacks at most about 8,000 values)."""
 STOP_CHECK_SECONDS = 0.05
 """How often a wait for a thread's caller looks whether that caller gave up."""
+MOVING_SECONDS = 30.0
+"""How long a call of a limit waits for the limit's Redis Cluster slot to finish moving to
+another primary before it raises SlotMoving. A run's timeout, which cancels its calls, ends
+the wait sooner. A reshard moves a limit's few keys in well under a second."""
+MOVING_FIRST_PAUSE = 0.05
+MOVING_MOST_PAUSE = 1.0
+"""The pauses between two calls refused while the slot moves double from the first to this."""
+NON_LOCAL_KEY = "attempted to access a non local key"
+"""Redis's refusal of a script touching a key its node does not serve now (``Script ...`` on
+Redis 7, ``Lua script ...`` on Redis 6)."""
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -66,6 +84,88 @@ T = TypeVar("T")
 class NoConcurrencyLimit(ValueError, PermanentError):
     """A caller asked for a slot of a limit declared without ``maxConcurrent``: a
     configuration error that no retry mends."""
+
+
+class SlotMoving(TryAgainError):
+    """A limit's Redis Cluster slot has been moving for MOVING_SECONDS, and Redis has refused
+    the limit's calls all that time (a reshard that stalled)."""
+
+
+def slot_moving(error: BaseException) -> bool:
+    """Whether `error` is Redis refusing a limit's call because the limit's slot is moving
+    between primaries: nothing of the call ran, so it may be sent again.
+
+    Every key of a limit shares one hash tag, so a script of it touches a key its node does not
+    serve only while the slot moves: MIGRATING, the source refuses it a key not there (a key
+    that never exists, the scripts' first command, or one moved already). ``TRYAGAIN`` and an
+    ``ASK`` the client did not follow say the same. A ``MOVED`` does not: the slot has moved,
+    and a client that does not follow it (a standalone client for a cluster node) never will."""
+    if isinstance(error, MovedError):
+        return False
+    if isinstance(error, (TryAgainError, AskError)):
+        return True
+    return isinstance(error, ResponseError) and NON_LOCAL_KEY in str(error)
+
+
+def moving_pause(refusals: int) -> float:
+    """The pause after the `refusals`-th call in a row refused while the slot moves."""
+    return min(MOVING_MOST_PAUSE, MOVING_FIRST_PAUSE * 2.0 ** max(0, refusals - 1))
+
+
+class SlotMoves:
+    """One limit's pauses while its slot moves, shared by its rate and slot calls in a
+    process: one log line per pause, not one per call sent again."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pauses = 0
+        """Pauses met so far."""
+        self._moving = False
+        self._settled = -math.inf
+        """When (monotonic) the latest call that Redis answered was sent."""
+
+    def refused(self, sent: float) -> None:
+        """A call sent at `sent` was refused. One sent before a call that Redis answered was
+        refused by the move that has ended since: it begins no pause."""
+        if self._moving or sent < self._settled:
+            return
+        self._moving = True
+        self.pauses += 1
+        log.warning("rate limit %r: its Redis Cluster slot is moving to another primary; its "
+                    "calls wait for the move to end (at most %gs)", self.name, MOVING_SECONDS)
+
+    def answered(self, sent: float) -> None:
+        self._settled = max(self._settled, sent)
+        self._moving = False
+
+    def too_long(self, since: float, error: BaseException) -> SlotMoving:
+        return SlotMoving(
+            f"rate limit {self.name!r}: its Redis Cluster slot has been moving to another "
+            f"primary for {time.monotonic() - since:.0f}s, and Redis refuses the limit's calls "
+            f"until the move ends (CLUSTER SETSLOT ... NODE or STABLE): {error}")
+
+    async def wait_out(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, sent again while Redis refuses it for the slot moving, for at most
+        MOVING_SECONDS (a caller cancelled meanwhile stops it)."""
+        since: float | None = None
+        refusals = 0
+        while True:
+            sent = time.monotonic()
+            try:
+                reply = await call()
+            except Exception as error:
+                if not slot_moving(error):
+                    raise
+                self.refused(sent)
+                since = sent if since is None else since
+                refusals += 1
+                left = MOVING_SECONDS - (time.monotonic() - since)
+                if left <= 0:
+                    raise self.too_long(since, error) from error
+                await asyncio.sleep(min(left, moving_pause(refusals)))
+                continue
+            self.answered(sent)
+            return reply
 
 
 @dataclass(frozen=True)
@@ -123,6 +223,8 @@ class Slots:
         self._refresh = False
         """Ask for every waiter at the next turn."""
         self._listener: asyncio.Future[None] | None = None
+        self.moves = SlotMoves(name)
+        """The limit's pauses while its Redis Cluster slot moves (shared with its rates)."""
 
     async def _run(self, *args: Any) -> Any:
         if self._script is None:
@@ -250,9 +352,12 @@ class Slots:
         """One call at a time: the give-backs that failed; the holds when due for renewal;
         the waiters that are new or were told of a grant; every waiter once a period, which
         keeps their places and finds grants nobody told of. Subscribed to the ``freed``
-        channel while there are waiters."""
+        channel while there are waiters. Calls that fail are sent again after a pause:
+        waiters give up after FAILING_SECONDS of failures, or MOVING_SECONDS of refusals
+        for the limit's slot moving."""
         renewed = asked_all = -math.inf
         failing_since: float | None = None
+        moving_since: float | None = None
         failures = 0
         while self._waiting or self._holding or self._leaving:
             if self._waiting and self._listener is None:
@@ -276,6 +381,7 @@ class Slots:
                 holding = sorted(self._holding) if renew else []
                 self._refresh = False
                 self._named.difference_update(waiting)
+                sent = time.monotonic()
                 try:
                     if leaving:
                         await self._leave(*leaving)
@@ -285,14 +391,22 @@ class Slots:
                                             len(holding), *holding, *waiting) \
                         if renew or waiting else None
                 except Exception as error:
-                    failing_since = failing_since or time.monotonic()
-                    if time.monotonic() - failing_since >= FAILING_SECONDS:
-                        self._give_up(waiting, error)
                     failures += 1
                     self._refresh = True
-                    pause = min(FAILED_PAUSE_SECONDS, POLL_SECONDS * 2 ** failures)
+                    if slot_moving(error):
+                        self.moves.refused(sent)
+                        failing_since, moving_since = None, moving_since or sent
+                        if time.monotonic() - moving_since >= MOVING_SECONDS:
+                            self._give_up(waiting, self.moves.too_long(moving_since, error))
+                        pause = moving_pause(failures)
+                    else:
+                        failing_since, moving_since = failing_since or time.monotonic(), None
+                        if time.monotonic() - failing_since >= FAILING_SECONDS:
+                            self._give_up(waiting, error)
+                        pause = min(FAILED_PAUSE_SECONDS, POLL_SECONDS * 2 ** failures)
                 else:
-                    failing_since, failures = None, 0
+                    failing_since, moving_since, failures = None, None, 0
+                    self.moves.answered(sent)
                     if reply is not None:
                         renewed = now if renew else renewed
                         asked_all = now if everyone else asked_all

@@ -47,6 +47,13 @@ local K_CONFIG, K_STATE, K_WAITING = P .. 'config', P .. 'state', P .. 'waiting'
 local DECREASE, MIN_FACTOR, STEP, INTERVAL_US = 0.5, 0.1, 0.1, 6e6
 local CALL_TTL_MS = 60000
 
+-- While the limit's slot moves to another primary (a reshard), its keys are split between the
+-- two, and a call sent on to the new one (ASK) would see part of them (and write a declaration
+-- there that stops the move: MIGRATE refuses a key that exists). A command on two keys that
+-- never exist is refused on either primary while the slot moves, before anything ran; the
+-- client sends the call again (agentpool/slots.py, SlotMoves).
+redis.call('EXISTS', P .. 'full', P .. 'moving')
+
 local function call_key(id) return P .. 'call:' .. id end
 
 -- Grants serve runs in progress, so they go on when Redis is full: a first write that cannot

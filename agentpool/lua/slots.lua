@@ -38,6 +38,13 @@ local K_CONFIG, K_STATE = P .. 'config', P .. 'state'
 local K_HELD, K_LINE, K_SEEN, K_TICKET = P .. 'held', P .. 'line', P .. 'seen', P .. 'ticket'
 local K_FREED = P .. 'freed'
 
+-- While the limit's slot moves to another primary (a reshard), its keys are split between the
+-- two, and a call sent on to the new one (ASK) would see part of them (and write a declaration
+-- there that stops the move: MIGRATE refuses a key that exists). A command on two keys that
+-- never exist is refused on either primary while the slot moves, before anything ran; the
+-- client sends the call again (agentpool/slots.py, SlotMoves).
+redis.call('EXISTS', P .. 'full', P .. 'moving')
+
 -- Slots serve runs in progress, so they go on when Redis is full (run_when_full in
 -- common.lua): a first write that cannot grow memory lets the rest of the script write.
 redis.call('EXPIRE', P .. 'full', 1)
