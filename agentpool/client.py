@@ -32,13 +32,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
+import inspect
 import os
 import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -54,6 +56,7 @@ from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     CancelOutcome,
     DeadRequeued,
+    OneLoop,
     QueueFigures,
     TaskEvent,
     TaskInfo,
@@ -87,6 +90,59 @@ def resolve_redis_url(url: str | None = None) -> str:
     return resolved
 
 
+def _call_on_one_loop(method: Callable[..., Coroutine[Any, Any, T]]
+                      ) -> Callable[..., Coroutine[Any, Any, T]]:
+    @functools.wraps(method)
+    async def call(self: _ClientQueue, *args: Any, **kwargs: Any) -> T:
+        loop = self.one_loop.enter()
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self.one_loop.leave(loop)
+    return call
+
+
+def _stream_on_one_loop(method: Callable[..., AsyncGenerator[T, None]]
+                        ) -> Callable[..., AsyncGenerator[T, None]]:
+    """The stream counts as one call in flight from its first step until it is closed."""
+    @functools.wraps(method)
+    async def stream(self: _ClientQueue, *args: Any, **kwargs: Any) -> AsyncGenerator[T, None]:
+        loop = self.one_loop.enter()
+        try:
+            async with contextlib.aclosing(method(self, *args, **kwargs)) as steps:
+                async for item in steps:
+                    yield item
+        finally:
+            self.one_loop.leave(loop)
+    return stream
+
+
+Q = TypeVar("Q", bound=type[TaskQueue])
+
+_KEPT_INSIDE = frozenset({"submit", "submit_once"})
+"""TaskQueue methods that keep to the queue's `one_loop` themselves."""
+
+
+def _each_call_on_one_loop(cls: Q) -> Q:
+    """Every other public coroutine and stream of TaskQueue, kept by the queue's
+    `one_loop`."""
+    for name, method in vars(TaskQueue).items():
+        if name.startswith("_") or name in _KEPT_INSIDE:
+            continue
+        if inspect.isasyncgenfunction(method):
+            setattr(cls, name, _stream_on_one_loop(method))
+        elif inspect.iscoroutinefunction(method):
+            setattr(cls, name, _call_on_one_loop(method))
+    return cls
+
+
+@_each_call_on_one_loop
+class _ClientQueue(TaskQueue):
+    """A Client's queue: its calls keep to one event loop at a time (see `OneLoop`)."""
+
+    one_loop: OneLoop
+
+
 def _connect(url: str, connect_timeout: float, **redis_kwargs: Any) -> aioredis.Redis:
     redis_kwargs.setdefault("socket_connect_timeout", connect_timeout)
     try:
@@ -102,8 +158,10 @@ class Client:
     :class:`agentpool.direct.ScriptLine` of the client's (on a Cluster, to each queue's
     primary).
 
-    Use it from one event loop at a time. Kept from one loop to the next (one ``asyncio.run``
-    after another), it lets go of the old loop's connections and opens new ones. A process
+    Use it from one event loop at a time: a call made on another loop while calls are in
+    flight on the one in use raises RuntimeError (threads that each run a loop make a Client
+    each, or share a SyncClient). Kept from one loop to the next (one ``asyncio.run`` after
+    another), it lets go of the old loop's connections and opens new ones. A process
     forked while it was open (a module-level client in a web server's workers) opens
     connections of its own and leaves the parent's be.
 
@@ -120,6 +178,7 @@ class Client:
         self._queues: dict[tuple[str, int, Durability], TaskQueue] = {}
         self._limiters: dict[str, RateLimiter] = {}
         self._closed = False
+        self._one_loop = OneLoop()
 
     @classmethod
     def from_url(
@@ -150,9 +209,9 @@ class Client:
         key = (name, max_payload_bytes, chosen)
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = TaskQueue(
+            queue = self._queues[key] = _ClientQueue(
                 self.redis, name, max_payload_bytes=max_payload_bytes, durability=chosen,
-                line=self._line,
+                line=self._line, one_loop=self._one_loop,
             )
         return queue
 
@@ -171,7 +230,11 @@ class Client:
         return limiter
 
     async def ping(self) -> None:
-        await self.redis.ping()
+        loop = self._one_loop.enter()
+        try:
+            await self.redis.ping()
+        finally:
+            self._one_loop.leave(loop)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -299,6 +362,17 @@ async def _last_call(last: Coroutine[Any, Any, Any]) -> None:
         asyncio.get_running_loop().stop()
 
 
+class _Parts(NamedTuple):
+    """What a SyncClient runs on in process `pid`, published whole: a thread that reads them
+    while another makes them (the first calls of a forked child, from several threads at
+    once) sees either the parent's, with the parent's pid, or this process's, never a mix."""
+
+    pid: int
+    runner: _LoopThread
+    client: Client
+    blocking: BlockingScriptLine | None
+
+
 def _release(pid: int, runner: _LoopThread, client: Client,
              blocking: BlockingScriptLine | None) -> None:
     """What `SyncClient.close` does, for a client dropped without being closed (a helper that
@@ -350,38 +424,49 @@ class SyncClient:
         self._redis_kwargs = redis_kwargs
         self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._start()
+        self._here = self._start()
 
-    def _start(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer.detach()  # a forked child's: those parts are the parent's
-        self._pid = os.getpid()
-        self._runner = _LoopThread()
-        self._blocking: BlockingScriptLine | None = None
+    def _start(self) -> _Parts:
+        """A loop thread, async client and blocking line for this process, and the finalizer
+        that closes them (a forked child's previous one, its parent's, is detached)."""
+        runner = _LoopThread()
         try:
-            self._client = self._runner.call(_make_client(
+            client = runner.call(_make_client(
                 self._url, self._connect_timeout, self._durability, self._redis_kwargs))
             blocking_kwargs = {key: value for key, value in self._redis_kwargs.items()
                                if key not in ASYNC_ONLY_OPTIONS}
-            self._blocking = BlockingScriptLine(sync_redis_from_url(
+            blocking = BlockingScriptLine(sync_redis_from_url(
                 self._url, **{"socket_connect_timeout": self._connect_timeout,
                               **blocking_kwargs}))
         except BaseException:
-            self._runner.stop()
+            runner.stop()
             raise
-        self._finalizer = weakref.finalize(self, _release, self._pid, self._runner,
-                                           self._client, self._blocking)
+        parts = _Parts(os.getpid(), runner, client, blocking)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _release, *parts)
         self._finalizer.atexit = False  # the process's end closes everything anyway
+        return parts
 
     def _parts(self) -> tuple[_LoopThread, Client, BlockingScriptLine | None]:
         """The loop, async client and blocking line of this process."""
         if self._closed:
             raise ClientClosed("the client is closed")
-        if self._pid != os.getpid():
+        here = self._here
+        if here.pid != os.getpid():
             with _FORK_LOCK:
-                if self._pid != os.getpid():
-                    self._start()
-        return self._runner, self._client, self._blocking
+                here = self._here
+                if here.pid != os.getpid():
+                    here = self._here = self._start()
+        return here.runner, here.client, here.blocking
+
+    @property
+    def _runner(self) -> _LoopThread:
+        return self._here.runner
+
+    @property
+    def _blocking(self) -> BlockingScriptLine | None:
+        return self._here.blocking
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
@@ -426,15 +511,16 @@ class SyncClient:
         self._closed = True
         if self._finalizer is not None:
             self._finalizer.detach()
-        if self._pid != os.getpid():
+        here = self._here
+        if here.pid != os.getpid():
             return  # the loop and the connections are the parent's to close
         try:
-            if self._blocking is not None:
-                self._blocking.close()
+            if here.blocking is not None:
+                here.blocking.close()
             with contextlib.suppress(ClientClosed):
-                self._runner.call(self._client.aclose())
+                here.runner.call(here.client.aclose())
         finally:
-            self._runner.stop()
+            here.runner.stop()
 
     def __enter__(self) -> Self:
         return self

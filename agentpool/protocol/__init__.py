@@ -74,7 +74,7 @@ from agentpool.protocol.records import (
     WorkerState,
 )
 from agentpool.protocol.replies import redis_seconds
-from agentpool.protocol.task_queue import TaskQueue
+from agentpool.protocol.task_queue import OneLoop, TaskQueue
 from agentpool.protocol.tenants import (
     TenantCaps,
     TenantLoad,
@@ -130,6 +130,7 @@ __all__ = [
     "FailOutcome",
     "Heartbeat",
     "InstanceState",
+    "OneLoop",
     "PayloadTooLarge",
     "Progress",
     "ProtocolError",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import threading
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -45,7 +47,6 @@ from agentpool.protocol.bounds import (
     NEXT_ENTRY_BYTES,
     QUEUE_NAME,
     STATE_SETS,
-    SUBSCRIBED_WAITS,
     TASK_LIST_STATES,
     WAIT_RECONNECT_SECONDS,
     WORKER_LIVENESS_WINDOW,
@@ -113,7 +114,9 @@ from agentpool.protocol.tenants import (
 from agentpool.protocol.waiting import (
     DoneSignal,
     news_of,
+    not_final,
     retry_delay,
+    subscriptions_allowed,
     time_left,
     waits_subscribed,
     worth_retrying,
@@ -161,6 +164,61 @@ def _not_stored(start: int, total: int) -> str:
             "stored (their ids in the error's `submitted`)")
 
 
+_ONE_LOOP_LOCK = threading.Lock()
+
+
+def _new_one_loop_lock() -> None:
+    """A lock held by another thread when the process forked stays held in the child."""
+    global _ONE_LOOP_LOCK
+    _ONE_LOOP_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_one_loop_lock)
+
+
+class OneLoop:
+    """The event loop the calls of a client's queues run on, and how many of them are in
+    flight there (`enter` as one starts, `leave` with the loop `enter` gave as it ends).
+
+    A client's pool, script line and submit groups keep their state for one loop at a time
+    and follow a new one; shared by two loops at once (threads each running ``asyncio.run``,
+    Django's ``async_to_sync``), their calls waited for ever. So a call made on another loop
+    while calls are in flight on the one in use raises RuntimeError at once. A loop takes
+    over once the one before has no call in flight, no longer runs (closed, or between two
+    ``run_until_complete``), or is the parent process's."""
+
+    __slots__ = ("_calls", "_loop", "_pid")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._calls = 0
+        self._pid = os.getpid()
+
+    def enter(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:  # the loop in use counts its own calls, on its own thread
+            self._calls += 1
+            return loop
+        with _ONE_LOOP_LOCK:
+            if loop is not self._loop:
+                self._take_over(loop)
+            self._calls += 1
+        return loop
+
+    def _take_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        owner, pid = self._loop, os.getpid()
+        if owner is not None and self._calls > 0 and self._pid == pid and owner.is_running():
+            raise RuntimeError(
+                "this Client has calls in flight on another event loop, and a Client serves "
+                "one event loop at a time: make one Client per event loop (per thread that "
+                "runs one), or use SyncClient from threads")
+        self._loop, self._calls, self._pid = loop, 0, pid
+
+    def leave(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is self._loop:
+            self._calls -= 1
+
+
 class TaskQueue:
     """One named queue on one Redis. Cheap to create; scripts load on first use."""
 
@@ -173,10 +231,12 @@ class TaskQueue:
         durability: Durability | str = Durability.NONE,
         replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
         line: ScriptLine | None = None,
+        one_loop: OneLoop | None = None,
     ) -> None:
         """`durability` replicated: submits and completions wait for one replica
         (agentpool.durability). With a `line` (agentpool.direct), script calls on the queue's
-        own client go on the line's connections."""
+        own client go on the line's connections. `one_loop`: the submits keep to one event
+        loop at a time (a Client's queues, whose other calls its wrappers keep)."""
         if not QUEUE_NAME.match(name):
             raise ProtocolError(
                 f"invalid queue name {name!r}: use 1-100 letters, digits, '.', '_' or '-', "
@@ -189,6 +249,7 @@ class TaskQueue:
         self.durability = parse_durability(durability)
         self.replica_timeout = replica_timeout
         self.line = line
+        self.one_loop = one_loop
         self._scripts: dict[str, AsyncScript] = {}
         self._submits: Coalescer[list[Any], tuple[int, str, int]] = Coalescer(
             self._submit_group, line.limit if line is not None else DEFAULT_LINE_LIMIT,
@@ -325,12 +386,19 @@ class TaskQueue:
         return await self._submit(args)
 
     async def _submit(self, args: list[Any]) -> tuple[str, bool]:
+        # kept here rather than by a wrapper: a coroutine more per submit costs a sixth of a
+        # gathered submit's client CPU
+        one_loop = self.one_loop
+        loop = None if one_loop is None else one_loop.enter()
         try:
             reply = await self._submits.call(args, size=len(args[1]))
         except ResponseError as error:
             if redis_full(error):  # said without the refused script's name and line
                 raise RedisFull() from None
             raise
+        finally:
+            if one_loop is not None and loop is not None:
+                one_loop.leave(loop)
         task_id = submitted_id(reply, self.name)
         self._check_replicated("submit", reply[2], task_id)
         return task_id, task_id == args[0]
@@ -536,8 +604,9 @@ class TaskQueue:
         """Each task's final info as it reaches its final state (those final already first),
         each id once, as :meth:`wait` waits for one: TaskNotFound for an id the queue does not
         know (checked for all before anything is handed over), TimeoutError once `timeout`
-        seconds passed since the call (the tasks final by the first read are handed over
-        first, even with timeout 0), lost connections retried the same way. A caller that
+        seconds passed since the call, saying how many of the tasks were not final ("2 of 5
+        tasks of queue 'q' not final after 60s"; the tasks final by the first read are handed
+        over first, even with timeout 0), lost connections retried the same way. A caller that
         stops before the last closes it (``contextlib.aclosing``), which ends its subscription.
 
         One subscription to the queue's finishes serves every id: a finish published reads
@@ -553,7 +622,10 @@ class TaskQueue:
         """The ids still to hand over, each with its state last read (None: not read yet)."""
         if not pending:
             return
-        subscribed = waits_subscribed.get(self.redis, 0) < SUBSCRIBED_WAITS
+        total = len(pending)
+        pool_size = getattr(getattr(self.redis, "connection_pool", None), "max_connections",
+                            None)
+        subscribed = waits_subscribed.get(self.redis, 0) < subscriptions_allowed(pool_size)
         done = DoneSignal(self.redis, self.prefix + "done", poll=not subscribed)
         if subscribed:
             waits_subscribed[self.redis] = waits_subscribed.get(self.redis, 0) + 1
@@ -584,6 +656,8 @@ class TaskQueue:
                         finished = await self._finished_among(to_read, pending)
                         reached, news_first, failing_since = True, True, None
                 except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                    if isinstance(error, TimeoutError) and deadline is not None:
+                        raise not_final(len(pending), total, self.name, timeout) from None
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if not worth_retrying(error, reached=reached,

@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentpool.connection import is_cluster
-from agentpool.protocol.bounds import NEWS_AT_ONCE
+from agentpool.protocol.bounds import NEWS_AT_ONCE, SUBSCRIBED_WAITS
 from agentpool.protocol.replies import as_text
 from agentpool.seconds import seconds_text
 
@@ -64,7 +64,19 @@ async def news_of(done: DoneSignal, pending: Mapping[str, object], deadline: flo
 
 waits_subscribed: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 """Waits holding a subscription, per client; `TaskQueue.as_finished` keeps it under
-bounds.SUBSCRIBED_WAITS."""
+`subscriptions_allowed`."""
+
+
+def subscriptions_allowed(max_connections: int | None) -> int:
+    """How many waits of a client whose pool holds at most `max_connections` (None: a
+    Cluster client's, whose per-node pools have no cap) may hold a subscription:
+    SUBSCRIBED_WAITS, and at most half the pool. A subscription holds a pooled connection
+    while its wait reads the task on another: with the pool's every connection subscribed (a
+    client made with ``max_connections=20`` and 20 waits), no wait could read, and each
+    waited for its timeout, or for ever."""
+    if max_connections is None:
+        return SUBSCRIBED_WAITS
+    return min(SUBSCRIBED_WAITS, max_connections // 2)
 
 
 def not_final(left: int, total: int, queue: str, timeout: float | None) -> TimeoutError:
