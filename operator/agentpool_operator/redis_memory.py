@@ -22,8 +22,10 @@ moved slot at the first MOVED reply) is judged: every key a submit, a claim, an 
 checkpoint writes is under that hash tag. A full primary holding one of the pool's rate
 limits (`ap:{rl:<name>}:`) does not hold the pool up: grants, give-backs, 429 reports and
 concurrency slots write there after a first write that cannot grow memory (the EXPIRE in
-rate_limit.lua and slots.lua), so a full Redis runs them; a full primary holding other
-queues only is those queues' pools' problem.
+rate_limit.lua and slots.lua), so a full Redis runs them (not the operator's declaration of
+a limit, whose registry write a full primary refuses: the round then logs that it cannot
+read the pool's rate limits, and the grants go on under the declaration already stored); a
+full primary holding other queues only is those queues' pools' problem.
 """
 
 from __future__ import annotations
