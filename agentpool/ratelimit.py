@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from agentpool.errors import PermanentError
-from agentpool.slots import Held, Slots
+from agentpool.slots import GLANCE_MOVING_SECONDS, Held, Slots
 
 if TYPE_CHECKING:  # the worker reads limits from its environment and never loads the models
     from agentpool.models import RateLimitSpec
@@ -316,14 +316,15 @@ class RateLimiter:
         A limit declared without ``maxConcurrent`` raises NoConcurrencyLimit."""
         return self.slots.hold()
 
-    async def _run(self, *args: Any) -> Any:
+    async def _run(self, *args: Any, within: float | None = None) -> Any:
         """One script call, sent again while the limit's slot moves (Redis refused it before
-        it ran; a call id in `args` would make it do its work once anyway)."""
+        it ran; a call id in `args` would make it do its work once anyway), for at most
+        `within` seconds (`SlotMoves.wait_out`)."""
         if self._script is None:
             self._script = self.redis.register_script(_lua())
         script = self._script
         return await self.slots.moves.wait_out(
-            lambda: script(keys=[self.prefix + "state"], args=[self.prefix, *args]))
+            lambda: script(keys=[self.prefix + "state"], args=[self.prefix, *args]), within)
 
     async def reserve(self, *, tokens: int = 0, requests: int = 1) -> Reservation:
         """Take a reservation; the caller must wait `wait` seconds. One round trip, shared
@@ -431,17 +432,21 @@ class RateLimiter:
     async def declare(self, config: LimitConfig, owner: str) -> Declaration:
         """Declare (or confirm) the limit for pool `owner`. The first declaration serves; a
         different one is refused as a conflict unless the serving one is `owner`'s own or
-        has not been confirmed for OWNER_STALE_SECONDS."""
+        has not been confirmed for OWNER_STALE_SECONDS. Waits for the limit's slot to move
+        at most GLANCE_MOVING_SECONDS (the operator declares again next round)."""
         outcome, holder, rpm, tpm, burst, most = (_s(x) for x in await self._run(
-            "declare", *config.wire, owner, int(OWNER_STALE_SECONDS * 1000)))
+            "declare", *config.wire, owner, int(OWNER_STALE_SECONDS * 1000),
+            within=GLANCE_MOVING_SECONDS))
         await self.redis.sadd(REGISTRY_KEY, self.name)
         return Declaration(outcome, holder,
                            LimitConfig.from_wire(self.name, rpm, tpm, burst, most))
 
     async def state(self) -> LimitState:
+        """The limit as ``agentpool limits`` shows it; waits for the limit's slot to move at
+        most GLANCE_MOVING_SECONDS (a view reads it again)."""
         (rpm, tpm, burst, owner, factor, now, pause_until, grants, tokens, throttles, last,
          waited, released, waiting, most, held, in_line, holds) = (
-            _s(x) for x in await self._run("read"))
+            _s(x) for x in await self._run("read", within=GLANCE_MOVING_SECONDS))
         config = LimitConfig.from_wire(self.name, rpm, tpm, burst, most) if burst else None
         return LimitState(
             name=self.name, config=config, owner=owner, factor=float(factor),

@@ -15,7 +15,8 @@ within a second of Redis answering, not when its hold lapses.
 
 On a Redis Cluster a limit's slot may move to another primary (a reshard): while it is
 MIGRATING, Redis refuses the limit's scripts before they run. A call so refused waits and is
-sent again (:class:`SlotMoves`), as a pause, up to MOVING_SECONDS.
+sent again (:class:`SlotMoves`), as a pause, up to MOVING_SECONDS (GLANCE_MOVING_SECONDS
+for the operator's declarations and the views' reads).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
+from redis.exceptions import AskError, ClusterError, MovedError, ResponseError, TryAgainError
 
 from agentpool.errors import PermanentError
 from agentpool.protocol import DoneSignal
@@ -69,12 +70,27 @@ MOVING_SECONDS = 30.0
 """How long a call of a limit waits for the limit's Redis Cluster slot to finish moving to
 another primary before it raises SlotMoving. A run's timeout, which cancels its calls, ends
 the wait sooner. A reshard moves a limit's few keys in well under a second."""
+GLANCE_MOVING_SECONDS = 2.0
+"""How long a declaration (the operator's, every round of every pool naming the limit) or a
+read of the limit's state (``agentpool limits``, the console) waits for the slot to finish
+moving before it raises SlotMoving: both come again with the next round or view, and a
+reshard that stalled must not hold each of them MOVING_SECONDS. A reshard that goes on
+moves a limit's few keys well within it."""
 MOVING_FIRST_PAUSE = 0.05
 MOVING_MOST_PAUSE = 1.0
 """The pauses between two calls refused while the slot moves double from the first to this."""
 NON_LOCAL_KEY = "attempted to access a non local key"
 """Redis's refusal of a script touching a key its node does not serve now (``Script ...`` on
-Redis 7, ``Lua script ...`` on Redis 6)."""
+Redis 7.0 to 7.2, ``Lua script ...`` on Redis 6)."""
+REHASHING_SLOT = "during rehashing of the slot"
+"""The same refusal on the node importing the slot from Redis 7.4 and Valkey 8 on (``Unable to
+execute command ... in script because undeclared keys were accessed during rehashing of the
+slot``)."""
+REDIRECTS_EXHAUSTED = "TTL exhausted"
+"""redis-py's cluster client giving up after 16 redirects in a row (MOVED, ASK, TRYAGAIN),
+none of which ran the call: while the keys are split between the two primaries, an ASKING
+and the script it allows may go out on two pooled connections to the new one, which then
+answers MOVED back to the old one, which answers ASK again."""
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +103,9 @@ class NoConcurrencyLimit(ValueError, PermanentError):
 
 
 class SlotMoving(TryAgainError):
-    """A limit's Redis Cluster slot has been moving for MOVING_SECONDS, and Redis has refused
-    the limit's calls all that time (a reshard that stalled)."""
+    """A limit's Redis Cluster slot has been moving for MOVING_SECONDS (GLANCE_MOVING_SECONDS
+    for a declaration or a read of its state), and Redis has refused the limit's calls all
+    that time (a reshard that stalled)."""
 
 
 def slot_moving(error: BaseException) -> bool:
@@ -98,13 +115,18 @@ def slot_moving(error: BaseException) -> bool:
     Every key of a limit shares one hash tag, so a script of it touches a key its node does not
     serve only while the slot moves: MIGRATING, the source refuses it a key not there (a key
     that never exists, the scripts' first command, or one moved already). ``TRYAGAIN`` and an
-    ``ASK`` the client did not follow say the same. A ``MOVED`` does not: the slot has moved,
+    ``ASK`` the client did not follow say the same, and so does the cluster client running out
+    of redirects (REDIRECTS_EXHAUSTED: it raises that only after a chain of MOVED, ASK and
+    TRYAGAIN replies, never after a script ran). A ``MOVED`` does not: the slot has moved,
     and a client that does not follow it (a standalone client for a cluster node) never will."""
     if isinstance(error, MovedError):
         return False
     if isinstance(error, (TryAgainError, AskError)):
         return True
-    return isinstance(error, ResponseError) and NON_LOCAL_KEY in str(error)
+    if isinstance(error, ClusterError):
+        return REDIRECTS_EXHAUSTED in str(error)
+    return isinstance(error, ResponseError) and (
+        NON_LOCAL_KEY in str(error) or REHASHING_SLOT in str(error))
 
 
 def moving_pause(refusals: int) -> float:
@@ -124,15 +146,16 @@ class SlotMoves:
         self._settled = -math.inf
         """When (monotonic) the latest call that Redis answered was sent."""
 
-    def refused(self, sent: float) -> None:
-        """A call sent at `sent` was refused. One sent before a call that Redis answered was
-        refused by the move that has ended since: it begins no pause."""
+    def refused(self, sent: float, within: float) -> None:
+        """A call sent at `sent`, to wait at most `within` seconds, was refused. One sent
+        before a call that Redis answered was refused by the move that has ended since: it
+        begins no pause."""
         if self._moving or sent < self._settled:
             return
         self._moving = True
         self.pauses += 1
         log.warning("rate limit %r: its Redis Cluster slot is moving to another primary; its "
-                    "calls wait for the move to end (at most %gs)", self.name, MOVING_SECONDS)
+                    "calls wait for the move to end (at most %gs)", self.name, within)
 
     def answered(self, sent: float) -> None:
         self._settled = max(self._settled, sent)
@@ -144,9 +167,11 @@ class SlotMoves:
             f"primary for {time.monotonic() - since:.0f}s, and Redis refuses the limit's calls "
             f"until the move ends (CLUSTER SETSLOT ... NODE or STABLE): {error}")
 
-    async def wait_out(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def wait_out(self, call: Callable[[], Awaitable[T]],
+                       within: float | None = None) -> T:
         """`call`, sent again while Redis refuses it for the slot moving, for at most
-        MOVING_SECONDS (a caller cancelled meanwhile stops it)."""
+        `within` seconds, MOVING_SECONDS if None (a caller cancelled meanwhile stops it)."""
+        within = MOVING_SECONDS if within is None else within
         since: float | None = None
         refusals = 0
         while True:
@@ -156,10 +181,10 @@ class SlotMoves:
             except Exception as error:
                 if not slot_moving(error):
                     raise
-                self.refused(sent)
+                self.refused(sent, within)
                 since = sent if since is None else since
                 refusals += 1
-                left = MOVING_SECONDS - (time.monotonic() - since)
+                left = within - (time.monotonic() - since)
                 if left <= 0:
                     raise self.too_long(since, error) from error
                 await asyncio.sleep(min(left, moving_pause(refusals)))
@@ -394,7 +419,7 @@ class Slots:
                     failures += 1
                     self._refresh = True
                     if slot_moving(error):
-                        self.moves.refused(sent)
+                        self.moves.refused(sent, MOVING_SECONDS)
                         failing_since, moving_since = None, moving_since or sent
                         if time.monotonic() - moving_since >= MOVING_SECONDS:
                             self._give_up(waiting, self.moves.too_long(moving_since, error))

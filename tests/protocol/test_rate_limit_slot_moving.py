@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 from redis.cluster import key_slot
-from redis.exceptions import MovedError
+from redis.exceptions import AskError, ClusterError, MovedError, ResponseError, TryAgainError
 
 from agentpool import slots as slots_module
 from agentpool.connection import redis_from_url
 from agentpool.ratelimit import LimitConfig, RateLimiter, key_prefix
 from agentpool.redis_server import RedisCluster, sentinel_admin
-from agentpool.slots import SlotMoving
+from agentpool.slots import SlotMoving, slot_moving
 
 STILL_WAITING = 1.5
 """How long the calls are seen waiting: longer than a failing Redis keeps a waiter for a
@@ -157,11 +157,18 @@ async def test_calls_wait_while_the_keys_are_split_between_the_primaries(
     config = LimitConfig(name, requests_per_minute=60000, max_concurrent=1)
     limiter = await declared(redis, config, "mover")
     await limiter.acquire()
+    # Idle connections to the new primary, as a busy process has: the client then sends an
+    # ASK's ASKING and the call on two of them, and the two primaries bounce the call
+    # (MOVED, ASK) until the client gives up on it (ClusterError: TTL exhausted).
+    assert isinstance(redis, aioredis.RedisCluster)
+    target = redis.get_node(host="127.0.0.1", port=move.target)
+    await asyncio.gather(*(redis.execute_command("PING", target_nodes=target)
+                           for _ in range(4)))
     move.begin()
     move.migrate(f"{key_prefix(name)}state")  # the key that routes the rate calls, not the rest
     acquiring = asyncio.ensure_future(limiter.acquire())
     holding = asyncio.ensure_future(limiter.slots.acquire())
-    done, _ = await asyncio.wait([acquiring, holding], timeout=0.3)
+    done, _ = await asyncio.wait([acquiring, holding], timeout=STILL_WAITING)
     assert not done  # not run on the new primary without the declaration (still on the old)
 
     move.complete()  # MIGRATE refuses a key the new primary has already
@@ -196,6 +203,55 @@ async def test_give_backs_during_the_move_land_when_it_ends(
     assert (state.released, state.held, state.holds) == (1, 1, 2)
     await next_in_line.slots.release(taken)
     assert (await limiter.state()).held == 0
+
+
+async def test_a_stalled_move_keeps_declarations_and_views_waiting_briefly(
+        redis: aioredis.Redis, name: str, move: Move) -> None:
+    """The operator declares every limit of every pool each round, and ``agentpool limits``
+    reads every limit: a reshard that stalled holds each of them GLANCE_MOVING_SECONDS, not
+    MOVING_SECONDS, while a run's calls go on waiting for the move."""
+    config = LimitConfig(name, requests_per_minute=60000, max_concurrent=1)
+    limiter = await declared(redis, config, "mover")
+    await limiter.acquire()
+    move.begin()  # and never ended
+    acquiring = asyncio.ensure_future(limiter.acquire())
+    holding = asyncio.ensure_future(limiter.slots.acquire())
+    began = asyncio.get_running_loop().time()
+    async with asyncio.timeout(3):
+        declaring, reading = await asyncio.gather(
+            RateLimiter(redis, name).declare(config, "tests/pool"),
+            RateLimiter(redis, name).state(), return_exceptions=True)
+    assert asyncio.get_running_loop().time() - began >= 1.5  # it rides out a short move
+    for refused in (declaring, reading):
+        assert isinstance(refused, SlotMoving), refused
+        assert f"rate limit '{name}': its Redis Cluster slot has been moving" in str(refused)
+    assert not acquiring.done() and not holding.done()
+
+    move.abandon()
+    _, held = await asyncio.wait_for(asyncio.gather(acquiring, holding), 10)
+    assert held.capped
+    await limiter.slots.release(held)
+
+
+@pytest.mark.parametrize("error", [
+    ResponseError("Script attempted to access a non local key in a cluster node script"),
+    ResponseError("Unable to execute command 'exists' in script because undeclared keys "
+                  "were accessed during rehashing of the slot 1234 (Redis 7.4, Valkey 8)"),
+    ClusterError("TTL exhausted."),
+    TryAgainError("Multiple keys request during rehashing of slot"),
+    AskError("1234 127.0.0.1:7001"),
+])
+def test_refusals_while_the_slot_moves_are_sent_again(error: Exception) -> None:
+    assert slot_moving(error)
+
+
+@pytest.mark.parametrize("error", [
+    MovedError("1234 127.0.0.1:7001"),
+    ResponseError("ERR Error running script: attempt to compare nil with number"),
+    ClusterError("Cluster is down"),
+])
+def test_other_errors_are_not_taken_for_a_moving_slot(error: Exception) -> None:
+    assert not slot_moving(error)
 
 
 async def test_a_move_that_never_ends_raises_after_moving_seconds(
