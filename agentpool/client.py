@@ -94,11 +94,11 @@ def _call_on_one_loop(method: Callable[..., Coroutine[Any, Any, T]]
                       ) -> Callable[..., Coroutine[Any, Any, T]]:
     @functools.wraps(method)
     async def call(self: _ClientQueue, *args: Any, **kwargs: Any) -> T:
-        loop = self.one_loop.enter()
+        turn = self.one_loop.enter()
         try:
             return await method(self, *args, **kwargs)
         finally:
-            self.one_loop.leave(loop)
+            self.one_loop.leave(turn)
     return call
 
 
@@ -107,13 +107,13 @@ def _stream_on_one_loop(method: Callable[..., AsyncGenerator[T, None]]
     """The stream counts as one call in flight from its first step until it is closed."""
     @functools.wraps(method)
     async def stream(self: _ClientQueue, *args: Any, **kwargs: Any) -> AsyncGenerator[T, None]:
-        loop = self.one_loop.enter()
+        turn = self.one_loop.enter()
         try:
             async with contextlib.aclosing(method(self, *args, **kwargs)) as steps:
                 async for item in steps:
                     yield item
         finally:
-            self.one_loop.leave(loop)
+            self.one_loop.leave(turn)
     return stream
 
 
@@ -230,11 +230,11 @@ class Client:
         return limiter
 
     async def ping(self) -> None:
-        loop = self._one_loop.enter()
+        turn = self._one_loop.enter()
         try:
             await self.redis.ping()
         finally:
-            self._one_loop.leave(loop)
+            self._one_loop.leave(turn)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -437,7 +437,8 @@ class SyncClient:
                                if key not in ASYNC_ONLY_OPTIONS}
             blocking = BlockingScriptLine(sync_redis_from_url(
                 self._url, **{"socket_connect_timeout": self._connect_timeout,
-                              **blocking_kwargs}))
+                              **blocking_kwargs}),
+                pool_timeout=self._redis_kwargs.get("pool_timeout"))
         except BaseException:
             runner.stop()
             raise
@@ -454,7 +455,9 @@ class SyncClient:
             raise ClientClosed("the client is closed")
         here = self._here
         if here.pid != os.getpid():
-            with _FORK_LOCK:
+            with _FORK_LOCK:  # held by `close` too: no parts are made once it has run
+                if self._closed:
+                    raise ClientClosed("the client is closed")
                 here = self._here
                 if here.pid != os.getpid():
                     here = self._here = self._start()
@@ -506,12 +509,13 @@ class SyncClient:
         self._call(self._parts()[1].ping())
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        here = self._here
+        with _FORK_LOCK:  # parts a forked child's first call is making are closed here
+            if self._closed:
+                return
+            self._closed = True
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            here = self._here
         if here.pid != os.getpid():
             return  # the loop and the connections are the parent's to close
         try:

@@ -16,7 +16,8 @@ raises as redis-py's own parser does.
   KILL``) fails on its next call; the call is sent once more on a new connection.
 - A call that times out (the client's ``socket_timeout``) or stops half-way (cancelled,
   Ctrl-C) closes its connection: a reply left on the wire must never answer the next call.
-- Callers beyond `limit` at once go through the client's pool.
+- Callers beyond `limit` at once go through the client's pool (a blocking line's wait there
+  for a connection: see `BlockingScriptLine`).
 - On a RESP3 connection a push message the server sends unasked (a client-tracking
   invalidation, a maintenance notice) is not a reply: it is skipped.
 - The client's ``health_check_interval`` does not apply to a line's connections: the call
@@ -376,15 +377,32 @@ def _maker(pool: redis.ConnectionPool) -> Callable[[], redis.Connection]:
     return lambda: pool.connection_class(**pool.connection_kwargs)
 
 
+def _pool_cap(client: redis.Redis | redis.cluster.RedisCluster) -> int:
+    """The most connections `client`'s pool (a Cluster client's: each node's) opens."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        cap = client.nodes_manager.connection_kwargs.get("max_connections")
+    else:
+        cap = client.connection_pool.max_connections
+    return int(cap or 2**31)
+
+
 class BlockingScriptLine:
     """Direct script calls for a blocking client; thread-safe, and safe across ``fork``
     (a child process opens connections of its own instead of sharing its parent's). On
     Sentinel, one call a second asks the sentinels for the primary, and the line's
-    connections to any other server are shut down. On a Cluster, as an asyncio line does."""
+    connections to any other server are shut down. On a Cluster, as an asyncio line does.
+
+    Calls that go through the client wait for one of its pool's connections, up to
+    `pool_timeout` seconds (None: as long as it takes), as an asyncio client's waiting pool
+    makes them. redis-py's pool raises at its ``max_connections`` instead (a SyncClient made
+    with ``max_connections=20``, whose line's connections were all in use, lost submits from
+    threads beyond that), and its waiting pool has no Sentinel or Cluster kind."""
 
     def __init__(self, client: redis.Redis | redis.cluster.RedisCluster,
-                 limit: int = DEFAULT_LIMIT) -> None:
+                 limit: int = DEFAULT_LIMIT, pool_timeout: float | None = None) -> None:
         self._client = client
+        self._pool_cap = _pool_cap(client)
+        self._pool_timeout = pool_timeout
         self._cluster = client if isinstance(client, redis.cluster.RedisCluster) else None
         self._sentinel: SentinelConnectionPool | None = None
         self._make_one: Callable[[], Any] | None = None
@@ -403,6 +421,7 @@ class BlockingScriptLine:
         self._one = _Server[_Wire](self._make_one) if self._make_one else None
         self._nodes: dict[str, _Server[_Wire]] = {}
         self._wires: weakref.WeakSet[_Wire] = weakref.WeakSet()
+        self._through = threading.Semaphore(self._pool_cap)
 
     def busy(self, key: str) -> bool:
         """Every connection of the line to `key`'s server is in use (a call for it now would
@@ -445,11 +464,16 @@ class BlockingScriptLine:
 
     def _through_client(self, sha: str, source: ScriptTextT, keys: Sequence[Any],
                         args: Sequence[Any]) -> Any:
+        through = self._through
+        if not through.acquire(timeout=self._pool_timeout):
+            raise RedisConnectionError("No connection available.")
         try:
             return self._client.evalsha(sha, len(keys), *keys, *args)
         except NoScriptError:
             self._client.script_load(source)
             return self._client.evalsha(sha, len(keys), *keys, *args)
+        finally:
+            through.release()
 
     def _follow_primary(self, pool: SentinelConnectionPool) -> None:
         now = time.monotonic()

@@ -116,6 +116,7 @@ from agentpool.protocol.waiting import (
     news_of,
     not_final,
     retry_delay,
+    silence,
     subscriptions_allowed,
     time_left,
     waits_subscribed,
@@ -178,32 +179,36 @@ os.register_at_fork(after_in_child=_new_one_loop_lock)
 
 class OneLoop:
     """The event loop the calls of a client's queues run on, and how many of them are in
-    flight there (`enter` as one starts, `leave` with the loop `enter` gave as it ends).
+    flight there (`enter` as one starts, `leave` with the number `enter` gave as it ends).
 
     A client's pool, script line and submit groups keep their state for one loop at a time
     and follow a new one; shared by two loops at once (threads each running ``asyncio.run``,
     Django's ``async_to_sync``), their calls waited for ever. So a call made on another loop
     while calls are in flight on the one in use raises RuntimeError at once. A loop takes
     over once the one before has no call in flight, no longer runs (closed, or between two
-    ``run_until_complete``), or is the parent process's."""
+    ``run_until_complete``), or is the parent process's. Each taking over starts a new turn:
+    the calls of an earlier one (a stopped loop's, which ran on and took the client back)
+    are no longer counted, and their ends count nothing."""
 
-    __slots__ = ("_calls", "_loop", "_pid")
+    __slots__ = ("_calls", "_loop", "_pid", "_turn")
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._calls = 0
         self._pid = os.getpid()
+        self._turn = 0
 
-    def enter(self) -> asyncio.AbstractEventLoop:
+    def enter(self) -> int:
+        """The turn the call is counted in, for `leave`."""
         loop = asyncio.get_running_loop()
         if loop is self._loop:  # the loop in use counts its own calls, on its own thread
             self._calls += 1
-            return loop
+            return self._turn
         with _ONE_LOOP_LOCK:
             if loop is not self._loop:
                 self._take_over(loop)
             self._calls += 1
-        return loop
+            return self._turn
 
     def _take_over(self, loop: asyncio.AbstractEventLoop) -> None:
         owner, pid = self._loop, os.getpid()
@@ -213,9 +218,10 @@ class OneLoop:
                 "one event loop at a time: make one Client per event loop (per thread that "
                 "runs one), or use SyncClient from threads")
         self._loop, self._calls, self._pid = loop, 0, pid
+        self._turn += 1
 
-    def leave(self, loop: asyncio.AbstractEventLoop) -> None:
-        if loop is self._loop:
+    def leave(self, turn: int) -> None:
+        if turn == self._turn and self._calls > 0:
             self._calls -= 1
 
 
@@ -389,7 +395,7 @@ class TaskQueue:
         # kept here rather than by a wrapper: a coroutine more per submit costs a sixth of a
         # gathered submit's client CPU
         one_loop = self.one_loop
-        loop = None if one_loop is None else one_loop.enter()
+        turn = None if one_loop is None else one_loop.enter()
         try:
             reply = await self._submits.call(args, size=len(args[1]))
         except ResponseError as error:
@@ -397,8 +403,8 @@ class TaskQueue:
                 raise RedisFull() from None
             raise
         finally:
-            if one_loop is not None and loop is not None:
-                one_loop.leave(loop)
+            if one_loop is not None and turn is not None:
+                one_loop.leave(turn)
         task_id = submitted_id(reply, self.name)
         self._check_replicated("submit", reply[2], task_id)
         return task_id, task_id == args[0]
@@ -605,9 +611,11 @@ class TaskQueue:
         each id once, as :meth:`wait` waits for one: TaskNotFound for an id the queue does not
         know (checked for all before anything is handed over), TimeoutError once `timeout`
         seconds passed since the call, saying how many of the tasks were not final ("2 of 5
-        tasks of queue 'q' not final after 60s"; the tasks final by the first read are handed
-        over first, even with timeout 0), lost connections retried the same way. A caller that
-        stops before the last closes it (``contextlib.aclosing``), which ends its subscription.
+        tasks of queue 'q' not final after 60s", with "; Redis did not answer" when no read
+        was answered, or the last one not for a second or more; the tasks final by the first
+        read are handed over first, even with timeout 0), lost connections retried the same
+        way. A caller that stops before the last closes it (``contextlib.aclosing``), which
+        ends its subscription.
 
         One subscription to the queue's finishes serves every id: a finish published reads
         that task's state again, and a second without one, a renewal of the listening flag
@@ -631,6 +639,8 @@ class TaskQueue:
             waits_subscribed[self.redis] = waits_subscribed.get(self.redis, 0) + 1
         deadline = None if timeout is None else time.monotonic() + timeout
         failing_since: float | None = None
+        unanswered_since: float | None = None
+        """When the read Redis has not answered yet (or its first try, failing since) began."""
         reached = False
         listened = -float(LISTEN_SECONDS)
         to_read, news_first = set(pending), False
@@ -645,6 +655,7 @@ class TaskQueue:
                         if news_first:
                             to_read = await news_of(done, pending, deadline,
                                                      until=listened + LISTEN_SECONDS / 3)
+                        unanswered_since = unanswered_since or time.monotonic()
                         if subscribed and time.monotonic() - listened > LISTEN_SECONDS / 3:
                             await done.subscribe()
                             try:
@@ -655,9 +666,13 @@ class TaskQueue:
                             listened, to_read = time.monotonic(), set(pending)
                         finished = await self._finished_among(to_read, pending)
                         reached, news_first, failing_since = True, True, None
+                        unanswered_since = None
                 except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                     if isinstance(error, TimeoutError) and deadline is not None:
-                        raise not_final(len(pending), total, self.name, timeout) from None
+                        unanswered_for = (None if unanswered_since is None
+                                          else time.monotonic() - unanswered_since)
+                        raise not_final(len(pending), total, self.name, timeout,
+                                        silence(reached, unanswered_for)) from None
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if not worth_retrying(error, reached=reached,

@@ -79,11 +79,30 @@ def subscriptions_allowed(max_connections: int | None) -> int:
     return min(SUBSCRIBED_WAITS, max_connections // 2)
 
 
-def not_final(left: int, total: int, queue: str, timeout: float | None) -> TimeoutError:
+UNANSWERED_SECONDS = 1.0
+"""A read that Redis had not answered for this long when a wait's time ran out is told in
+the wait's TimeoutError (a shorter one is a read the deadline happened to cut)."""
+
+
+def silence(reached: bool, unanswered_for: float | None) -> str:
+    """What a wait's TimeoutError says of Redis: nothing when it answered the wait's reads,
+    else that it did not answer any (`reached` False), or not the last one, that had waited
+    `unanswered_for` seconds (None: no read was waiting)."""
+    if not reached:
+        return "Redis did not answer"
+    if unanswered_for is not None and unanswered_for >= UNANSWERED_SECONDS:
+        return f"Redis did not answer for the last {seconds_text(round(unanswered_for, 1))}s"
+    return ""
+
+
+def not_final(left: int, total: int, queue: str, timeout: float | None,
+              redis_silence: str = "") -> TimeoutError:
     """The error of a wait for `total` tasks of `queue` that ended at its `timeout` with
-    `left` of them not final yet, for a person to read (the builtin one says nothing)."""
+    `left` of them not final yet, for a person to read (the builtin one says nothing);
+    `redis_silence` from `silence`."""
     after = "" if timeout is None else f" after {seconds_text(timeout)}s"
-    return TimeoutError(f"{left} of {total} tasks of queue {queue!r} not final{after}")
+    said = f"; {redis_silence}" if redis_silence else ""
+    return TimeoutError(f"{left} of {total} tasks of queue {queue!r} not final{after}{said}")
 
 
 def time_left(deadline: float | None, at_most: float) -> float:

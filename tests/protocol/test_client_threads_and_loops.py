@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import pytest
+from redis_freeze import frozen
 
 from agentpool.client import Client, SyncClient
 from agentpool.protocol import TaskInfo
@@ -78,6 +79,12 @@ def test_threads_making_a_forked_childs_first_calls_together_are_all_answered(
         assert queue.get("0" * 32) is None  # the parent's client carries on
     finally:
         client.close()
+
+
+async def _cancelled(call: asyncio.Task[Any]) -> None:
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
 
 
 async def _within(call: Awaitable[Any]) -> Any:
@@ -225,3 +232,151 @@ async def test_waits_on_a_client_with_a_small_pool_see_their_tasks_finish(
             assert await done.complete(task, "done")
         infos = await asyncio.gather(*waits)
         assert [info.state for info in infos] == ["succeeded"] * len(ids)
+
+
+def test_threads_submitting_through_a_sync_client_with_a_small_pool_all_get_through() -> None:
+    """``max_connections=`` makes the blocking client's pool small too: submits beyond the
+    line's connections (here every first one, whose script the new server does not know yet)
+    went through redis-py's pool, which raised "Too many connections" past its cap instead of
+    waiting for a connection."""
+    threads, each = 48, 5
+    with RedisServer() as server, SyncClient.from_url(server.url, max_connections=2) as client:
+        queue = client.queue("small-sync-pool")
+        barrier = threading.Barrier(threads)
+        failed: list[str] = []
+        submitted: list[str] = []
+
+        def submit() -> None:
+            barrier.wait()
+            for n in range(each):
+                try:
+                    submitted.append(queue.submit(n))
+                except Exception as error:  # counted below
+                    failed.append(f"{type(error).__name__}: {error}")
+
+        workers = [threading.Thread(target=submit) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert not any(worker.is_alive() for worker in workers)
+        assert failed == []
+        assert len(set(submitted)) == queue.figures().queued == threads * each
+
+
+def test_a_loop_that_takes_the_client_back_still_refuses_another_loop(
+    redis_server: RedisServer,
+) -> None:
+    """A loop stopped with a call in flight gives way to another; when it takes the client
+    back and that old call ends, the end used to come off the new count: below zero, the next
+    call in flight counted nothing, and a second loop was let in beside the first."""
+    client = Client.from_url(redis_server.url)
+    queue = client.queue(f"turns-{uuid.uuid4().hex[:8]}")
+    task_id = asyncio.run(queue.submit("waited for"))
+    first = asyncio.new_event_loop()
+
+    async def start_a_wait(timeout: float) -> asyncio.Task[TaskInfo]:
+        call = asyncio.ensure_future(queue.wait(task_id, timeout=timeout))
+        await asyncio.sleep(0.1)  # the wait is in flight
+        return call
+
+    async def take_back_and_see_it_end(call: asyncio.Task[TaskInfo]) -> None:
+        await queue.get(task_id)
+        with pytest.raises(TimeoutError):
+            await call
+
+    left_behind = first.run_until_complete(start_a_wait(0.5))
+    asyncio.run(_within(queue.get(task_id)))  # the stopped loop gives way
+    first.run_until_complete(take_back_and_see_it_end(left_behind))
+    running = threading.Thread(target=first.run_forever)
+    running.start()
+    try:
+        in_flight = asyncio.run_coroutine_threadsafe(start_a_wait(30), first).result(10)
+        with pytest.raises(RuntimeError, match="calls in flight on another event loop"):
+            asyncio.run(_within(queue.get(task_id)))
+        asyncio.run_coroutine_threadsafe(_cancelled(in_flight), first).result(10)
+    finally:
+        first.call_soon_threadsafe(first.stop)
+        running.join(timeout=30)
+        first.close()
+        asyncio.run(client.aclose())
+
+
+async def test_a_wait_that_runs_out_of_time_on_a_redis_that_does_not_answer_says_so() -> None:
+    """A frozen Redis: the wait's TimeoutError said the task was not final, as though Redis
+    had answered that it was not."""
+    with RedisServer() as server:
+        async with Client.from_url(server.url) as client:
+            queue = client.queue("frozen")
+            task_id = await queue.submit("never read")
+            with frozen(server), pytest.raises(
+                    TimeoutError, match=r"^1 of 1 tasks of queue 'frozen' not final after "
+                                        r"1\.5s; Redis did not answer$"):
+                await queue.wait(task_id, timeout=1.5)
+
+            async def wait_while_it_freezes() -> None:
+                waiting = asyncio.ensure_future(queue.wait(task_id, timeout=4))
+                await asyncio.sleep(1.5)  # read once, then again after a second without news
+                with frozen(server):
+                    await waiting
+
+            with pytest.raises(TimeoutError, match=(
+                    r"^1 of 1 tasks of queue 'frozen' not final after 4s; Redis did not "
+                    r"answer for the last [\d.]+s$")):
+                await wait_while_it_freezes()
+
+
+def _close_while_the_first_call_starts(client: SyncClient, queue: Any, delay: float,
+                                       report: int) -> NoReturn:
+    """A forked child's body: a thread makes the child's first call while the main thread
+    closes the client; the child writes how many of the client's loop threads still run."""
+    code = 1
+    try:
+        signal.alarm(30)
+
+        def first_call() -> None:
+            with contextlib.suppress(Exception):  # ClientClosed, or answered before close
+                queue.get("0" * 32)
+
+        caller = threading.Thread(target=first_call, daemon=True)
+        caller.start()
+        time.sleep(delay)
+        client.close()
+        caller.join(timeout=15)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+                thread.name == "agentpool-client" for thread in threading.enumerate()):
+            time.sleep(0.01)
+        running = sum(thread.name == "agentpool-client" for thread in threading.enumerate())
+        os.write(report, f"{running}".encode())
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def test_closing_a_forked_sync_client_as_its_first_call_starts_leaves_nothing_running(
+    redis_server: RedisServer,
+) -> None:
+    """``close`` in a forked child while another thread's first call was making the child's
+    loop and connections: close saw the parent's, left them be, and the child's were made
+    after it and ran on, a loop thread and its connections for the rest of the process."""
+    client = SyncClient.from_url(redis_server.url)
+    queue = client.queue(f"fork-close-{uuid.uuid4().hex[:8]}")
+    client.ping()
+    left: list[str] = []
+    try:
+        for attempt in range(16):  # the race is lost some of the time, not every time
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(read)
+                _close_while_the_first_call_starts(client, queue, attempt % 4 / 1000, write)
+            os.close(write)
+            with os.fdopen(read, "rb") as reader:
+                left.append(reader.read().decode())
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, "the child did not report"
+        assert left == ["0"] * 16
+        assert queue.get("0" * 32) is None  # the parent's client carries on
+    finally:
+        client.close()
