@@ -92,11 +92,14 @@ def resolve_redis_url(url: str | None = None) -> str:
 
 def _call_on_one_loop(method: Callable[..., Coroutine[Any, Any, T]]
                       ) -> Callable[..., Coroutine[Any, Any, T]]:
+    name = method.__name__
+
     @functools.wraps(method)
     async def call(self: _ClientQueue, *args: Any, **kwargs: Any) -> T:
         turn = self.one_loop.enter()
-        try:
-            return await method(self, *args, **kwargs)
+        try:  # TaskQueue's method as it is now (a test may have replaced it)
+            current: Callable[..., Coroutine[Any, Any, T]] = getattr(TaskQueue, name)
+            return await current(self, *args, **kwargs)
         finally:
             self.one_loop.leave(turn)
     return call
@@ -105,11 +108,14 @@ def _call_on_one_loop(method: Callable[..., Coroutine[Any, Any, T]]
 def _stream_on_one_loop(method: Callable[..., AsyncGenerator[T, None]]
                         ) -> Callable[..., AsyncGenerator[T, None]]:
     """The stream counts as one call in flight from its first step until it is closed."""
+    name = method.__name__
+
     @functools.wraps(method)
     async def stream(self: _ClientQueue, *args: Any, **kwargs: Any) -> AsyncGenerator[T, None]:
         turn = self.one_loop.enter()
         try:
-            async with contextlib.aclosing(method(self, *args, **kwargs)) as steps:
+            async with contextlib.aclosing(
+                    getattr(TaskQueue, name)(self, *args, **kwargs)) as steps:
                 async for item in steps:
                     yield item
         finally:
