@@ -52,6 +52,7 @@ from agentpool.connection import (
 )
 from agentpool.direct import BlockingScriptLine, ScriptLine
 from agentpool.durability import Durability, parse_durability
+from agentpool.forks import ForkSafeLock
 from agentpool.protocol import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     CancelOutcome,
@@ -267,16 +268,7 @@ class Client:
         await self.aclose()
 
 
-_FORK_LOCK = threading.Lock()
-
-
-def _new_fork_lock() -> None:
-    """A lock held by another thread when the process forked stays held in the child."""
-    global _FORK_LOCK
-    _FORK_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_fork_lock)
+_FORK_LOCK = ForkSafeLock()
 
 
 class _LoopThread:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import threading
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -30,6 +29,7 @@ from agentpool.durability import (
     parse_durability,
     wait_command,
 )
+from agentpool.forks import ForkSafeLock
 from agentpool.lua_source import script_source
 from agentpool.protocol.bounds import (
     COMPLETE_CHUNK,
@@ -165,16 +165,7 @@ def _not_stored(start: int, total: int) -> str:
             "stored (their ids in the error's `submitted`)")
 
 
-_ONE_LOOP_LOCK = threading.Lock()
-
-
-def _new_one_loop_lock() -> None:
-    """A lock held by another thread when the process forked stays held in the child."""
-    global _ONE_LOOP_LOCK
-    _ONE_LOOP_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_one_loop_lock)
+_ONE_LOOP_LOCK = ForkSafeLock()
 
 
 class OneLoop:
