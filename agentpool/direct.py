@@ -72,6 +72,7 @@ from redis.typing import ScriptTextT
 
 from agentpool.connection import (
     PRIMARY_CHECK_SECONDS,
+    ClientClosed,
     FollowingSentinelConnectionPool,
     node_of_key,
     pack_command,
@@ -468,6 +469,8 @@ class BlockingScriptLine:
         if not through.acquire(timeout=self._pool_timeout):
             raise RedisConnectionError("No connection available.")
         try:
+            if self._closed:  # closed while this call waited for a connection
+                raise ClientClosed("the client closed while this call waited")
             return self._client.evalsha(sha, len(keys), *keys, *args)
         except NoScriptError:
             self._client.script_load(source)

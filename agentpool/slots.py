@@ -154,8 +154,9 @@ class SlotMoves:
             return
         self._moving = True
         self.pauses += 1
-        log.warning("rate limit %r: its Redis Cluster slot is moving to another primary; its "
-                    "calls wait for the move to end (at most %gs)", self.name, within)
+        log.warning("rate limit %r: its Redis Cluster slot is moving to another primary; "
+                    "grants and slots wait for the move to end (at most %gs), declarations "
+                    "and views at most %gs", self.name, MOVING_SECONDS, GLANCE_MOVING_SECONDS)
 
     def answered(self, sent: float) -> None:
         self._settled = max(self._settled, sent)

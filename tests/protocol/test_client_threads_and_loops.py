@@ -18,6 +18,7 @@ import pytest
 from redis_freeze import frozen
 
 from agentpool.client import Client, SyncClient
+from agentpool.connection import ClientClosed
 from agentpool.protocol import TaskInfo
 from agentpool.redis_server import RedisServer
 
@@ -262,6 +263,36 @@ def test_threads_submitting_through_a_sync_client_with_a_small_pool_all_get_thro
         assert not any(worker.is_alive() for worker in workers)
         assert failed == []
         assert len(set(submitted)) == queue.figures().queued == threads * each
+
+
+def test_a_submit_waiting_for_a_connection_when_the_client_closes_is_not_sent() -> None:
+    """`close` ends the calls other threads wait in: one waiting for a connection of the
+    blocking client's pool raises ClientClosed once it gets one, instead of submitting on a
+    connection the closed client then leaves open."""
+    with RedisServer() as server:
+        client = SyncClient.from_url(server.url, max_connections=1)
+        queue = client.queue("closed-while-waiting")
+        queue.submit("first")  # the client's parts and the script, made
+        line = client._blocking
+        assert line is not None
+        line._through.acquire()  # the pool's one connection, busy
+        outcome: list[str] = []
+
+        def submit() -> None:
+            try:
+                line._through_client("0" * 40, "return 1", ["ap:{x}:queued"], [])
+                outcome.append("sent")
+            except ClientClosed:
+                outcome.append("ClientClosed")
+            except Exception as error:  # shown by the assertion
+                outcome.append(f"{type(error).__name__}: {error}")
+
+        waiting = threading.Thread(target=submit)
+        waiting.start()
+        client.close()
+        line._through.release()
+        waiting.join(timeout=10)
+        assert outcome == ["ClientClosed"]
 
 
 def test_a_loop_that_takes_the_client_back_still_refuses_another_loop(
