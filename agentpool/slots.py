@@ -146,10 +146,9 @@ class SlotMoves:
         self._settled = -math.inf
         """When (monotonic) the latest call that Redis answered was sent."""
 
-    def refused(self, sent: float, within: float) -> None:
-        """A call sent at `sent`, to wait at most `within` seconds, was refused. One sent
-        before a call that Redis answered was refused by the move that has ended since: it
-        begins no pause."""
+    def refused(self, sent: float) -> None:
+        """A call sent at `sent` was refused. One sent before a call that Redis answered was
+        refused by the move that has ended since: it begins no pause."""
         if self._moving or sent < self._settled:
             return
         self._moving = True
@@ -182,7 +181,7 @@ class SlotMoves:
             except Exception as error:
                 if not slot_moving(error):
                     raise
-                self.refused(sent, within)
+                self.refused(sent)
                 since = sent if since is None else since
                 refusals += 1
                 left = within - (time.monotonic() - since)
@@ -420,7 +419,7 @@ class Slots:
                     failures += 1
                     self._refresh = True
                     if slot_moving(error):
-                        self.moves.refused(sent, MOVING_SECONDS)
+                        self.moves.refused(sent)
                         failing_since, moving_since = None, moving_since or sent
                         if time.monotonic() - moving_since >= MOVING_SECONDS:
                             self._give_up(waiting, self.moves.too_long(moving_since, error))

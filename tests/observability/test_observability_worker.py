@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from observability_helpers import (
 from prometheus_client import REGISTRY
 
 from agentpool.protocol import TaskQueue
+from agentpool.ratelimit import LimitConfig, encode_limits
 from agentpool.redis_server import free_port
+from agentpool_worker.handlers import TaskContext
 from agentpool_worker.metrics import BUCKETS, NAMES
 from agentpool_worker.settings import WorkerSettings
 from agentpool_worker.worker import Worker
@@ -197,3 +200,42 @@ async def test_the_worker_entrypoint_serves_metrics(
 async def _in(queue: TaskQueue, task_id: str, state: str) -> bool:
     info = await queue.get(task_id)
     return info is not None and info.state == state
+
+
+async def relay(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    """The born-at-zero test's handler: submits `n` tasks to the queue `to`."""
+    return await ctx.submit_many([{"step": i} for i in range(payload["n"])], queue=payload["to"])
+
+
+async def test_a_workers_submitted_and_limit_counters_are_at_zero_before_any_use(
+    redis_url: str, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """Counters exported at 0 from the worker's start: `increase()` sees the first count."""
+    pipe, limit = f"{queue_name}-pipe", f"llm-{uuid.uuid4().hex[:6]}"
+    settings = WorkerSettings(
+        redis_url=redis_url, queue=queue_name, handler=f"{__name__}:relay",
+        pod_name="pod-zero", port=free_port(), poll_seconds=0.2, submits_to=pipe,
+        rate_limits=encode_limits([LimitConfig(limit, requests_per_minute=600)]))
+    async with running(settings) as worker:
+        port = worker.probe_port
+        assert port is not None
+        mine = [s for s in samples(await asyncio.to_thread(scrape, port))
+                if s.labels.get("queue") == queue_name]
+        submitted = {s.labels["to"]: s.value for s in mine
+                     if s.name == "agentpool_worker_submitted_total"}
+        assert submitted == {queue_name: 0, pipe: 0}
+        limits = {s.name: s.value for s in mine
+                  if s.labels.get("limit") == limit and s.name.endswith("_total")}
+        assert limits == {
+            f"agentpool_worker_limit_{c}_total": 0 for c in (
+                "grants", "tokens", "wait_seconds", "released", "throttles", "holds", "lapsed")
+        }
+
+        await TaskQueue(redis, queue_name).submit({"n": 3, "to": pipe})
+
+        async def relayed() -> bool:
+            found = samples(await asyncio.to_thread(scrape, port))
+            return any(s.name == "agentpool_worker_submitted_total" and s.value == 3
+                       and s.labels == {"queue": queue_name, "to": pipe} for s in found)
+
+        await eventually(relayed, what="the relayed tasks counted")

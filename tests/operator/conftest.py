@@ -17,6 +17,7 @@ from operator_harness import (
 )
 
 from agentpool.redis_server import free_port
+from agentpool_operator import redis_memory
 from agentpool_operator.settings import OperatorSettings
 
 
@@ -64,3 +65,17 @@ async def operator(
     yield thread
     await thread.stop()
     assert thread.error is None, thread.error
+
+
+@pytest.fixture
+def memory_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per INFO memory read of the operator: its rounds, counted without a clock."""
+    reads: list[int] = []
+    read = redis_memory.read_memory_info
+
+    async def counted(client: Any) -> dict[str, redis_memory.NodeInfo] | None:
+        reads.append(1)
+        return await read(client)
+
+    monkeypatch.setattr(redis_memory, "read_memory_info", counted)
+    return reads

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer
+from agentpool_operator import metrics as operator_metrics
 from agentpool_operator.status import rfc3339
 
 Labels = tuple[tuple[str, str], ...]
@@ -144,3 +147,82 @@ async def test_a_lost_queue_is_timestamped_when_it_is_found(
             assert found[counter] == 1
         finally:
             await admin.aclose()
+
+
+# -- counters at 0 before their first event: increase() and rate() see no rise in a series
+# whose first sample is already its first count (40 tasks requeued would show 0) ----------
+
+
+def expected_at_zero() -> set[tuple[str, tuple[str, ...]]]:
+    """Every series of a pool's counters with fixed label values, by the documented sets."""
+    one = [("",)]
+    return {
+        (name, labels) for name, label_sets in (
+            ("agentpool_operator_scale_decisions_total", itertools.product(
+                operator_metrics.SCALE_DIRECTIONS, operator_metrics.SCALE_REASONS)),
+            ("agentpool_operator_pod_starts_total", one),
+            ("agentpool_operator_pods_replaced_total", one),
+            ("agentpool_operator_drains_requested_total",
+             [(p,) for p in operator_metrics.DRAIN_PURPOSES]),
+            ("agentpool_operator_tasks_requeued_total",
+             [(c,) for c in operator_metrics.REQUEUE_CAUSES]),
+            ("agentpool_operator_tasks_dead_lettered_total",
+             [(c,) for c in operator_metrics.REQUEUE_CAUSES]),
+            ("agentpool_operator_reconcile_errors_total",
+             [(s,) for s in operator_metrics.RECONCILE_STEPS]),
+            ("agentpool_operator_queue_data_lost_total", one),
+        ) for labels in label_sets
+    }
+
+
+EXTRA_LABEL = ("direction", "reason", "purpose", "cause", "step")
+
+
+Counters = dict[tuple[str, tuple[str, ...]], float]
+
+
+async def pool_counters(operator: OperatorThread, pool: str) -> Counters:
+    """The pool's series: (name, its values of EXTRA_LABEL, or ("",)) -> value."""
+    found: Counters = {}
+    for (name, labels), value in (await scrape(operator)).items():
+        named = dict(labels)
+        if named.get("namespace") == NAMESPACE and named.get("pool") == pool:
+            extra = tuple(named[k] for k in EXTRA_LABEL if k in named)
+            found[name, extra or ("",)] = value
+    return found
+
+
+async def test_a_pools_counters_are_at_zero_after_its_first_round_and_go_with_the_pool(
+    cluster: Cluster, operator: OperatorThread, redis_url: str, redis: aioredis.Redis,
+    queue_name: str,
+) -> None:
+    pool = f"zero-{uuid.uuid4().hex[:8]}"
+    await cluster.create_pool(pool_manifest(
+        pool, redis_url=redis_url, queue=queue_name,
+        scaling={"minReplicas": 1, "maxReplicas": 3, "pollSeconds": 1}))
+
+    async def first_round() -> Counters | None:
+        found = await pool_counters(operator, pool)
+        observed = ("agentpool_operator_pool_last_observed_timestamp_seconds", ("",))
+        return found if observed in found else None
+
+    found = await eventually(first_round)
+    counters = {k: v for k, v in found.items() if k[0] in {n for n, _ in expected_at_zero()}}
+    assert set(counters) == expected_at_zero()
+    assert set(counters.values()) == {0}, {k: v for k, v in counters.items() if v}
+
+    # the same series then counts the pool's first scale-up: a rise from 0
+    await TaskQueue(redis, queue_name).submit_many([{"n": n} for n in range(10)])
+    up = ("agentpool_operator_scale_decisions_total", ("up", "backlog"))
+
+    async def scaled() -> bool:
+        return (await pool_counters(operator, pool)).get(up) == 1
+
+    await eventually(scaled)
+
+    await cluster.delete_pool(pool)
+
+    async def gone() -> bool:
+        return await pool_counters(operator, pool) == {}
+
+    await eventually(gone)

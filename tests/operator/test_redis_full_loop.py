@@ -4,7 +4,6 @@ one Warning Event) while Redis refuses writes, and stops saying so once memory i
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,20 +14,6 @@ from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue
 from agentpool.redis_server import RedisServer
 from agentpool_operator import redis_memory
-
-
-@pytest.fixture
-def memory_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per INFO memory read of the operator: its rounds, counted without a clock."""
-    reads: list[int] = []
-    read = redis_memory.read_memory_info
-
-    async def counted(client: Any) -> dict[str, redis_memory.NodeInfo] | None:
-        reads.append(1)
-        return await read(client)
-
-    monkeypatch.setattr(redis_memory, "read_memory_info", counted)
-    return reads
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ against kmock."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -17,7 +16,6 @@ from agentpool.connection import redis_from_url
 from agentpool.protocol import TaskQueue
 from agentpool.protocol.ids import key_prefix
 from agentpool.redis_server import RedisCluster, RedisServer, sentinel_admin
-from agentpool_operator import redis_memory
 from agentpool_operator.redis_memory import (
     FULL_REASON,
     MemoryCheck,
@@ -155,20 +153,6 @@ async def test_the_verdict_follows_the_queue_slot_to_another_primary(
     assert full.message.startswith(f"Redis is full on 127.0.0.1:{target}, which holds the queue")
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         await TaskQueue(client, QUEUE).submit({"n": 2})
-
-
-@pytest.fixture
-def memory_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per INFO memory read of the operator: its rounds, counted without a clock."""
-    reads: list[int] = []
-    read = redis_memory.read_memory_info
-
-    async def counted(client: Any) -> dict[str, redis_memory.NodeInfo] | None:
-        reads.append(1)
-        return await read(client)
-
-    monkeypatch.setattr(redis_memory, "read_memory_info", counted)
-    return reads
 
 
 async def test_only_the_pool_whose_queue_is_on_the_full_primary_is_degraded(

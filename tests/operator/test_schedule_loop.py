@@ -461,6 +461,15 @@ def at_round(manifest: dict[str, Any], queue: TaskQueue, now: datetime, state: P
         queue=queue, now=now, state=state, previous_status=previous_status)
 
 
+REPORT_DUE = datetime(2026, 12, 3, 11, 0, tzinfo=UTC)
+
+
+def every_minute(queue_name: str) -> dict[str, Any]:
+    """A pool whose schedule `report` runs every minute, with a deadline of 10 s."""
+    return pool_manifest(POOL, queue=queue_name, schedules=[
+        {"name": "report", "cron": "* * * * *", "startingDeadlineSeconds": 10}])
+
+
 @pytest.mark.parametrize("loop", ["running", "restarted", "failing"])
 async def test_a_time_between_two_rounds_of_a_running_operator_is_submitted_however_late(
     redis: aioredis.Redis, queue_name: str, posted: Posted, loop: str,
@@ -468,10 +477,7 @@ async def test_a_time_between_two_rounds_of_a_running_operator_is_submitted_howe
     """Rounds 50 s apart, a deadline of 10 s: the time that came between them, found 30 s
     late, is the operator's to submit. An operator restarted since (a new loop state) or a
     loop failing since has the CronJob's rule: the time is missed."""
-    queue = TaskQueue(redis, queue_name)
-    due = datetime(2026, 12, 3, 11, 0, tzinfo=UTC)
-    manifest = pool_manifest(POOL, queue=queue_name, schedules=[
-        {"name": "report", "cron": "* * * * *", "startingDeadlineSeconds": 10}])
+    queue, due, manifest = TaskQueue(redis, queue_name), REPORT_DUE, every_minute(queue_name)
     state = PoolState()
     first = await run_schedules(at_round(manifest, queue, due - timedelta(seconds=20), state, {}))
     (entry,) = first.status_fields["schedules"]
@@ -504,10 +510,7 @@ async def test_times_between_two_late_rounds_are_reported_as_the_operators_delay
 ) -> None:
     """Three minutes came between two rounds 170 s apart (a slow round): the latest is
     submitted, and the Event blames the operator's delay, not an outage."""
-    queue = TaskQueue(redis, queue_name)
-    due = datetime(2026, 12, 3, 11, 0, tzinfo=UTC)
-    manifest = pool_manifest(POOL, queue=queue_name, schedules=[
-        {"name": "report", "cron": "* * * * *", "startingDeadlineSeconds": 10}])
+    queue, due, manifest = TaskQueue(redis, queue_name), REPORT_DUE, every_minute(queue_name)
     state = PoolState()
     first = await run_schedules(at_round(manifest, queue, due - timedelta(seconds=20), state, {}))
     second = await run_schedules(at_round(manifest, queue, due + timedelta(seconds=150), state,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -23,6 +24,22 @@ from agentpool.protocol import TaskInfo
 from agentpool.redis_server import RedisServer
 
 THREADS = 8
+
+
+def _forked(child: Callable[[int], NoReturn]) -> str:
+    """Run `child(write)` in a forked process that reports on the pipe `write`: what it
+    reported, once it exited 0."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        child(write)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        said = reader.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, said or "the child did not report"
+    return said
 
 
 def _first_calls_from_threads(queue: Any, report: int) -> NoReturn:
@@ -67,16 +84,7 @@ def test_threads_making_a_forked_childs_first_calls_together_are_all_answered(
     client.ping()
     try:
         for _ in range(5):  # the race is lost most of the time, not every time
-            read, write = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(read)
-                _first_calls_from_threads(queue, write)
-            os.close(write)
-            with os.fdopen(read, "rb") as reader:
-                said = reader.read().decode()
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0, said or "the child did not report"
+            _forked(lambda write: _first_calls_from_threads(queue, write))
         assert queue.get("0" * 32) is None  # the parent's client carries on
     finally:
         client.close()
@@ -397,16 +405,8 @@ def test_closing_a_forked_sync_client_as_its_first_call_starts_leaves_nothing_ru
     left: list[str] = []
     try:
         for attempt in range(16):  # the race is lost some of the time, not every time
-            read, write = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(read)
-                _close_while_the_first_call_starts(client, queue, attempt % 4 / 1000, write)
-            os.close(write)
-            with os.fdopen(read, "rb") as reader:
-                left.append(reader.read().decode())
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0, "the child did not report"
+            left.append(_forked(functools.partial(
+                _close_while_the_first_call_starts, client, queue, attempt % 4 / 1000)))
         assert left == ["0"] * 16
         assert queue.get("0" * 32) is None  # the parent's client carries on
     finally:
