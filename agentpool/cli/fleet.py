@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from agentpool.health import pool_health, pool_problem
 from agentpool.models import AgentPoolStatus, parse_rfc3339
 from agentpool.protocol import QueueFigures
+from agentpool.redis_errors import REDIS_FULL
 
 DEFAULT_RATE_WINDOW = 300.0
 MAX_WINDOW = 86400.0
@@ -200,8 +201,10 @@ def _next_schedule_time(schedules: Sequence[Mapping[str, Any]], paused: bool) ->
     return min((t for t in times if t is not None), default=None)
 
 
-def queue_summary(queue: str, figures: QueueFigures) -> PoolSummary:
-    """Summary of a bare queue read from Redis (no AgentPool, so no replica figures)."""
+def queue_summary(queue: str, figures: QueueFigures, *, full: bool = False) -> PoolSummary:
+    """Summary of a bare queue read from Redis (no AgentPool, so no replica figures); `full`:
+    its Redis refuses writes that may grow memory (what an operator would call Degraded,
+    RedisFull)."""
     return PoolSummary(
         name=queue,
         queue=queue,
@@ -211,5 +214,6 @@ def queue_summary(queue: str, figures: QueueFigures) -> PoolSummary:
         in_flight=figures.in_flight,
         dead=figures.dead,
         workers=figures.workers,
-        health="Active" if figures.workers else "NoWorkers",
+        health="Degraded" if full else "Active" if figures.workers else "NoWorkers",
+        problem=f"RedisFull: {REDIS_FULL}" if full else None,
     )

@@ -53,7 +53,7 @@ from agentpool.client import ENV_REDIS_URL, Client, ClientConfigError
 from agentpool.data_loss import QueueReading, reading_of
 from agentpool.kubeconfig import kubeconfig_problem
 from agentpool.models import GROUP, PLURAL, VERSION
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import TaskQueue, full_among
 from agentpool.redis_errors import REDIS_FAILURES
 from agentpool.urls import redact_url
 
@@ -378,7 +378,9 @@ async def show_queue(args: argparse.Namespace) -> int:
                 figures = await queue.figures()
                 tracker.add(CounterSample(time.monotonic(), figures.stats))
             marks = reading_of(name, figures)
-            return [FleetRow(queue_summary(name, figures), tracker.rates())], time.time()
+            full = name in await full_among([queue])
+            return ([FleetRow(queue_summary(name, figures, full=full), tracker.rates())],
+                    time.time())
 
         async def unused(_: Snapshot) -> str | None:
             return None if marks.used else await never_used(queue)

@@ -65,6 +65,7 @@ from agentpool.protocol import (
     TaskView,
     figures_and_workers,
     figures_of,
+    full_among,
     known_queues,
     redis_seconds,
     task_for_idempotency_key,
@@ -502,6 +503,14 @@ class Sources:
                     places[i].server, unread[i] or ""))
                 read[i] = figures
 
+    async def _full(self, names: Sequence[str]) -> set[str]:
+        """The queues, of those found in Redis alone, whose Redis refuses new tasks (no
+        operator says so of a queue without a pool); none when Redis does not answer."""
+        try:
+            return await full_among([self.queue(name) for name in names])
+        except REDIS_FAILURES:
+            return set()
+
     async def refresh_fleet(self) -> dict[str, Any]:
         """Read the fleet (one Redis round trip per Redis), record rates and history, keep the
         snapshot."""
@@ -510,6 +519,9 @@ class Sources:
         names = [summary.queue for summary, _ in pairs]
         read, unread = await self._figures(places, names)
         await self._fall_back(places, names, read, unread)
+        full = await self._full([summary.queue for (summary, obj), fig in zip(pairs, read,
+                                                                                strict=True)
+                                 if obj is None and not isinstance(fig, str)])
         now, clock = time.time(), time.monotonic()
         seen: set[tuple[str, str]] = set()
         rows: list[FleetRow] = []
@@ -519,7 +531,7 @@ class Sources:
             if isinstance(fig, str):
                 problem = fig
             elif obj is None:
-                summary = queue_summary(summary.queue, fig)
+                summary = queue_summary(summary.queue, fig, full=summary.queue in full)
             else:
                 summary = replace(summary, queued=fig.queued, delayed=fig.delayed,
                                   deferred=fig.deferred, in_flight=fig.in_flight, dead=fig.dead,

@@ -87,12 +87,13 @@ from agentpool.protocol.views import (
     TaskView,
     figures_and_workers,
     figures_of,
+    full_among,
     known_queues,
     task_for_idempotency_key,
     task_page,
     task_view,
 )
-from agentpool.protocol.waiting import DoneSignal, not_final, retry_delay, worth_retrying
+from agentpool.protocol.waiting import DoneSignal, retry_delay, worth_retrying
 
 __all__ = [
     "DEFAULT_IDEMPOTENCY_TTL",
@@ -158,12 +159,12 @@ __all__ = [
     "encode_result",
     "figures_and_workers",
     "figures_of",
+    "full_among",
     "has_control_character",
     "key_prefix",
     "known_queues",
     "new_instance_id",
     "new_task_id",
-    "not_final",
     "redis_seconds",
     "retry_delay",
     "tally_tenants",

@@ -28,6 +28,7 @@ from agentpool.protocol.replies import (
     worker_states,
 )
 from agentpool.protocol.round_trips import scripts_in_one_trip
+from agentpool.redis_errors import redis_full
 
 if TYPE_CHECKING:
     from agentpool.protocol.task_queue import TaskQueue
@@ -77,6 +78,20 @@ async def figures_of(queues: Sequence[TaskQueue]) -> list[QueueFigures]:
     replies = await scripts_in_one_trip(queues[0].redis,
                                          [(q, "figures", [window]) for q in queues])
     return [queue_figures(reply) for reply in replies]
+
+
+async def full_among(queues: Sequence[TaskQueue]) -> set[str]:
+    """The names of those of `queues` (on the same Redis) whose Redis refuses writes that may
+    grow memory, in one round trip: :meth:`TaskQueue.has_room`'s question for each. A queue
+    the caller's Redis user may not ask about (a user that may not write) is not counted."""
+    if not queues:
+        return set()
+    async with queues[0].redis.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.set(queue.prefix + "full", "", xx=True)
+        replies = await pipe.execute(raise_on_error=False)
+    return {queue.name for queue, reply in zip(queues, replies, strict=True)
+            if isinstance(reply, Exception) and redis_full(reply)}
 
 
 async def figures_and_workers(queue: TaskQueue) -> tuple[QueueFigures, list[WorkerState]]:

@@ -95,3 +95,27 @@ def test_a_file_under_a_key_that_fills_redis_queues_the_rest_when_run_again(
     admin.close()
     assert cli(*argv).code == 0
     assert with_queue(redis_url, "full", TaskQueue.figures).queued == 1 + 1200
+
+
+def test_the_status_of_a_queue_on_a_full_redis_says_degraded_and_why(
+    capsys: pytest.CaptureFixture[str], redis_url: str,
+) -> None:
+    """Without a cluster no operator says RedisFull: the view asks Redis itself (a queue
+    with no workers is not merely NoWorkers when nothing can be submitted to it)."""
+    cli = Cli(capsys, redis_url, "full")
+    assert cli("submit", "--json", '{"first": 1}').code == 0
+    argv = ("status", "--redis-url", redis_url, "--queue", "full", "--sample", "0")
+    [before] = cli(*argv, "-o", "json").json()["pools"]
+    assert (before["health"], before["problem"]) == ("NoWorkers", None)
+    admin = redis.Redis.from_url(redis_url)
+    admin.config_set("maxmemory", str(int(admin.info("memory")["used_memory"]) - 200_000))
+    try:
+        full = cli(*argv)
+        [entry] = cli(*argv, "-o", "json").json()["pools"]
+    finally:
+        admin.config_set("maxmemory", "0")
+        admin.close()
+    assert full.code == 0
+    assert f"full: Degraded: RedisFull: {REDIS_FULL}" in full.out
+    assert (entry["health"], entry["queued"]) == ("Degraded", 1)
+    assert entry["problem"] == f"RedisFull: {REDIS_FULL}"

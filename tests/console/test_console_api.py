@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -42,6 +42,7 @@ from agentpool.console.sources import (
 )
 from agentpool.protocol import TaskQueue, TenantLoad, WorkerInfo, encode_checkpoint, task_page
 from agentpool.ratelimit import LimitConfig, RateLimiter
+from agentpool.redis_errors import REDIS_FULL
 from agentpool.redis_server import RedisServer, free_port
 
 Client = TestClient  # type: ignore[type-arg]
@@ -95,6 +96,37 @@ async def test_fleet_lists_the_queue_with_its_figures(api: Client, redis: aiored
     assert doc["source"] == "redis"
     assert (pool["namespace"], pool["queue"], pool["delayed"], pool["deferred"],
             pool["health"]) == ("-", queue_name, 1, 1, "NoWorkers")
+
+
+async def test_a_queue_found_in_redis_alone_on_a_full_redis_is_degraded(
+    queue_name: str,
+) -> None:
+    """No operator says RedisFull of a queue without a pool: the Redis-only fleet asks Redis
+    (a queue that takes no task is not merely NoWorkers)."""
+    with RedisServer(extra_args=("--maxmemory-policy", "noeviction")) as server:
+        redis = aioredis.Redis.from_url(server.url)
+        await TaskQueue(redis, queue_name).submit({"a": 1})
+        app = build_app(Sources(redis, queues=[queue_name]),
+                        ConsoleConfig(token=TOKEN, fleet_seconds=0.2))
+        try:
+            async with TestClient(TestServer(app)) as api:
+                async def health_turns(word: str) -> str | None:
+                    """The fleet's problem of the queue once its health is `word`."""
+                    while True:
+                        pools = (await get_json(api, "/api/fleet"))["pools"]
+                        if pools and pools[0]["health"] == word:
+                            return cast(str | None, pools[0]["problem"])
+                        await asyncio.sleep(0.05)
+
+                assert await asyncio.wait_for(health_turns("NoWorkers"), 10) is None
+                used = int((await redis.info("memory"))["used_memory"])
+                await redis.config_set("maxmemory", used - 200_000)
+                assert await asyncio.wait_for(health_turns("Degraded"), 10) == (
+                    f"RedisFull: {REDIS_FULL}")
+                await redis.config_set("maxmemory", 0)
+                assert await asyncio.wait_for(health_turns("NoWorkers"), 10) is None
+        finally:
+            await redis.aclose()
 
 
 @ALSO_ON_A_CLUSTER

@@ -7,7 +7,7 @@ import asyncio
 import redis.asyncio as aioredis
 from protocol_helpers import RoundTrips, claim_one, database_of_its_own, eventually, scan_keys
 
-from agentpool.protocol import TaskQueue, WorkerInfo, known_queues
+from agentpool.protocol import TaskQueue, WorkerInfo, full_among, known_queues
 
 
 def crc16_xmodem(data: bytes) -> int:
@@ -166,3 +166,15 @@ async def test_known_queues_lists_used_queues_and_says_when_it_stopped_early(
     finally:
         await client.flushdb()
         await client.aclose()
+
+
+async def test_which_queues_are_full_is_answered_on_every_deployment(
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """On a Cluster the queues' keys sit on different primaries: one pipeline asks each (a
+    Redis with room answers for every queue; test_redis_full.py fills one)."""
+    queues = [TaskQueue(redis, f"{queue_name}-{n}") for n in range(6)]
+    await queues[0].submit({"x": 1})
+    assert await full_among(queues) == set()
+    assert await scan_keys(redis, f"ap:{{{queue_name}-*") == await scan_keys(
+        redis, f"ap:{{{queue_name}-0}}:*"), "asking wrote nothing"

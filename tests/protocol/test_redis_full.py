@@ -26,6 +26,7 @@ from agentpool.protocol import (
     RunEvents,
     TaskQueue,
     WorkerInfo,
+    full_among,
 )
 from agentpool.protocol.replies import claim_batch
 from agentpool.ratelimit import LimitConfig, RateLimiter
@@ -183,6 +184,30 @@ async def test_runs_in_progress_go_on_to_their_end(
     full.free()
     figures = await queue.figures()
     assert figures.queued == 5  # failed, released, the reaped, the orphan, the dead requeued
+
+
+async def test_views_ask_in_one_trip_which_queues_a_full_redis_refuses(
+    full: Memory, client: aioredis.Redis, server: RedisServer,
+) -> None:
+    """A queue without a pool has no operator to say RedisFull: `agentpool status --queue`
+    and the console's Redis-only view ask Redis, with writes that write nothing."""
+    queues = [TaskQueue(client, name) for name in ("full-view-a", "full-view-b")]
+    await queues[0].submit({"x": 1})
+    assert await full_among(queues) == set()
+    full.fill()
+    before = full.snapshot("full-view-a")
+    assert await full_among(queues) == {"full-view-a", "full-view-b"}
+    assert full.snapshot("full-view-a") == before
+    full.admin.acl_setuser("reader", enabled=True, passwords=["+reader-secret"],
+                           keys=["*"], commands=["+@read", "+@connection"])
+    try:
+        reader = aioredis.Redis.from_url(server.url, username="reader",
+                                         password="reader-secret")
+        assert await full_among([TaskQueue(reader, "full-view-a")]) == set(), (
+            "a user that may not write is not told full")
+        await reader.aclose()
+    finally:
+        full.admin.acl_deluser("reader")
 
 
 async def test_dead_letters_can_be_purged_to_free_memory(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,10 +14,12 @@ from typing import cast
 import pytest
 import redis.asyncio as aioredis
 import sample_handlers
+from redis_freeze import frozen
 from worker_helpers import HANDLERS, eventually, running, settings, task_in
 
 from agentpool.acl import Role, acl_rules, delete_user, password_hash, set_user
 from agentpool.protocol import ProtocolError, TaskQueue
+from agentpool.redis_server import RedisServer
 from agentpool.urls import with_credentials
 from agentpool_worker import metrics
 from agentpool_worker.handlers import RunChannel, TaskContext
@@ -134,6 +137,38 @@ async def test_a_runs_wait_for_another_pools_tasks_ends_at_its_timeout(
     head, _, traceback = dead.error.partition("\n")
     assert head == f"TimeoutError: 2 of 2 tasks of queue '{coder}' not final after 0.5s"
     assert "site-packages/redis" not in traceback, "the wait's own timeout, not redis-py's"
+
+
+async def test_a_runs_wait_that_ends_on_a_redis_that_does_not_answer_says_so(
+    queue_name: str,
+) -> None:
+    """The run's TimeoutError tells a frozen Redis from tasks that are merely slow, as a
+    producer's wait does."""
+    coder = f"{queue_name}-coder"
+    with RedisServer() as server:
+        redis = aioredis.Redis.from_url(server.url)
+        planner = TaskQueue(redis, queue_name)
+        try:
+            async with running(settings(server.url, queue_name,
+                                        f"{HANDLERS}:delegate_and_gather", max_attempts=1,
+                                        submits_to=coder, lease_seconds=30)):
+                task = await planner.submit({"words": ["x", "y"], "to": coder, "timeout": 3})
+                await eventually(lambda: _queued(redis, coder, 2), 10, "the run's two steps")
+                with frozen(server):
+                    await asyncio.sleep(4)  # past the wait's 3 s
+                dead = await eventually(lambda: task_in(planner, task, "dead"), 10,
+                                        "the run, failed by its wait's TimeoutError")
+        finally:
+            await redis.aclose()
+    assert dead.error is not None
+    assert re.fullmatch(rf"TimeoutError: 2 of 2 tasks of queue '{coder}' not final after 3s; "
+                        r"Redis did not answer( for the last [\d.]+s)?",
+                        dead.error.partition("\n")[0]), dead.error
+
+
+async def _queued(redis: aioredis.Redis, queue: str, count: int) -> bool:
+    figures = await TaskQueue(redis, queue).figures()
+    return sum(figures.queued_by_priority.values()) >= count
 
 
 async def test_a_run_does_not_wait_for_tasks_of_its_own_queue() -> None:

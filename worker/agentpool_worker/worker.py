@@ -76,7 +76,6 @@ from agentpool.protocol import (
     WorkerInfo,
     encode_result,
     new_instance_id,
-    not_final,
     retry_delay,
 )
 from agentpool.redis_errors import (
@@ -1152,7 +1151,8 @@ class Worker:
         """A run's ``ctx.wait_many``: tasks of another queue the pool submits to, waited for on
         the worker's waiting client (its subscriptions take no connection the claims,
         heartbeats and completions share). The wait rides out lost connections itself; its
-        TimeoutError (saying how many of the tasks were not final), TaskNotFound or a refusal
+        TimeoutError (saying how many of the tasks were not final, and whether Redis stopped
+        answering), TaskNotFound or a refusal
         is the run's to handle. LeaseLost once the run is over or told to stop."""
         self._run_going(ctx, "wait_many")
         name = self._queue_to_submit_to(queue).name
@@ -1162,12 +1162,9 @@ class Worker:
         self.metrics.round_trips.inc()
         ids = list(dict.fromkeys(task_ids))
         infos: dict[str, TaskInfo] = {}
-        try:
-            async with contextlib.aclosing(waits.as_finished(ids, timeout)) as finished:
-                async for info in finished:
-                    infos[info.id] = info
-        except TimeoutError:
-            raise not_final(len(ids) - len(infos), len(ids), name, timeout) from None
+        async with contextlib.aclosing(waits.as_finished(ids, timeout)) as finished:
+            async for info in finished:
+                infos[info.id] = info
         return [infos[task_id] for task_id in ids]
 
     def _queue_to_submit_to(self, name: str | None) -> TaskQueue:
