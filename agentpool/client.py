@@ -712,6 +712,10 @@ class SyncQueue:
         """:meth:`TaskQueue.cancel_waiting`: every task waiting to run, submitted before."""
         return self._run(lambda q: q.cancel_waiting(batch=batch))
 
+    def cancel_waiting_of(self, tenant: str | None, *, batch: int = 500) -> int:
+        """:meth:`TaskQueue.cancel_waiting_of`: a tenant's tasks waiting to run."""
+        return self._run(lambda q: q.cancel_waiting_of(tenant, batch=batch))
+
     def figures(self) -> QueueFigures:
         return self._run(lambda q: q.figures())
 

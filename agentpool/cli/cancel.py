@@ -1,5 +1,6 @@
 """`agentpool cancel TASK_ID`: remove a waiting task, or ask a running one to stop;
-`agentpool cancel --waiting`: remove every task waiting to run."""
+`agentpool cancel --waiting`: remove every task waiting to run (`--tenant NAME`: of one
+tenant)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from agentpool.cli.common import (
     queue_name,
     task_id,
 )
+from agentpool.cli.submit import tenant_name
 from agentpool.cli.views import cancel_json, cancel_line
 from agentpool.protocol import CancelOutcome
 
@@ -35,13 +37,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "is unknown or already finished. With --waiting instead of a task id, cancel every "
         "task of the queue waiting to run (queued, delayed, deferred or waiting to be "
         "retried) that was submitted before the command; running tasks go on (exit 1 if "
-        "nothing was ever submitted to the queue and no worker serves it).",
+        "nothing was ever submitted to the queue and no worker serves it). With --tenant, "
+        "only that tenant's (a customer gone, a runaway producer).",
     )
     add_queue_options(parser)
     parser.add_argument("task_id", metavar="TASK_ID", nargs="?",
                         help="the id submit printed (32 hex digits)")
     parser.add_argument("--waiting", action="store_true",
                         help="cancel every task waiting to run instead of one task")
+    parser.add_argument("--tenant", type=tenant_name, metavar="NAME",
+                        help="with --waiting: only this tenant's tasks")
     add_output_option(parser)
     parser.set_defaults(func=run)
 
@@ -51,20 +56,25 @@ async def run(args: argparse.Namespace) -> int:
     if args.waiting == (args.task_id is not None):
         raise UsageError("give a TASK_ID or --waiting (every task waiting to run), not "
                          + ("both" if args.waiting else "neither"))
+    if args.tenant is not None and not args.waiting:
+        raise UsageError("--tenant goes with --waiting (a tenant's tasks waiting to run)")
     if not args.waiting:
         args.task_id = task_id(args.task_id)
     name = queue_name(args)
     if args.waiting:
         async with connect(args) as client:
             queue = client.queue(name)
-            count = await queue.cancel_waiting()
+            count = await (queue.cancel_waiting() if args.tenant is None
+                           else queue.cancel_waiting_of(args.tenant))
             if not count and not await queue.used():
                 raise CommandFailed(await never_used(queue))
+        whose = "" if args.tenant is None else f" of tenant {args.tenant}"
         if args.output == "json":
-            print_json({"queue": name, "cancelled": count})
+            print_json({"queue": name, "cancelled": count}
+                       | ({} if args.tenant is None else {"tenant": args.tenant}))
         else:
-            emit(f"Cancelled {count} waiting task{'' if count == 1 else 's'} of queue {name}; "
-                 "running tasks go on")
+            emit(f"Cancelled {count} waiting task{'' if count == 1 else 's'}{whose} of queue "
+                 f"{name}; running tasks go on")
         return EXIT_OK
     async with connect(args) as client:
         outcome = await client.queue(name).cancel(args.task_id)

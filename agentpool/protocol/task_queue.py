@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -846,6 +847,32 @@ class TaskQueue:
                 return total
             this_pass = band = 0
             cursor = after = tops = ""
+
+    async def cancel_waiting_of(self, tenant: str | None, *, batch: int = 500) -> int:
+        """Cancel the tasks of `tenant` (None: those without one) waiting to run (queued,
+        parked for the tenant's cap, deferred, delayed) that were submitted before this call,
+        as :meth:`cancel` cancels one; running tasks go on. The waiting sets are read page by
+        page first (tenant_page.lua, as :meth:`tenant_task_ids` reads them), then the tasks
+        found are cancelled `batch` at a time, one round trip each, each only if it still
+        waits and was submitted before the call (by the queue's submit counter, as
+        :meth:`cancel_waiting` tells them; a task claimed meanwhile runs on). Returns how many
+        were cancelled (not counting the tasks that run after them, which end with them)."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a whole number of at least 1, got {batch!r}")
+        last = int(await self.redis.get(self.prefix + "seq") or 0)
+        sets = ([f"parked:{tenant}"] if tenant is not None else []) + [
+            STATE_SETS[state] for state in ("queued", "deferred", "delayed")]
+        found: dict[str, None] = {}
+        for name in sets:
+            async for _, rows in self._tenant_pages(name, sys.maxsize, 1_000):
+                found.update((task_id, None) for task_id, owner, _ in rows if owner == tenant)
+        ids, cancelled = list(found), 0
+        for start in range(0, len(ids), batch):
+            replies = await scripts_in_one_trip(self.redis, [
+                (self, "cancel", [task_id, call_id(), "waiting", last])
+                for task_id in ids[start:start + batch]])
+            cancelled += sum(as_text(reply) == CancelOutcome.CANCELLED for reply in replies)
+        return cancelled
 
     # -- workers ---------------------------------------------------------------------------
 

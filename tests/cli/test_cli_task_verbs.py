@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -242,6 +243,23 @@ def test_cancel_waiting_cancels_every_waiting_task_and_leaves_the_running_one(cl
     assert [i.state for i in infos if i] == ["running", "cancelled", "cancelled", "cancelled"]
     assert cli.ok("cancel", "--waiting", "-o", "json").json() == {"queue": cli.queue,
                                                                   "cancelled": 0}
+
+
+def test_cancel_waiting_of_one_tenant_leaves_the_others(cli: Cli) -> None:
+    ids = with_queue(cli.redis_url, cli.queue, lambda q: asyncio.gather(
+        *(q.submit({"n": n}, tenant=tenant) for n, tenant in enumerate(["gone", "stays",
+                                                                         "gone", None]))))
+    result = cli.ok("cancel", "--waiting", "--tenant", "gone")
+    assert result.out.strip() == (f"Cancelled 2 waiting tasks of tenant gone of queue "
+                                  f"{cli.queue}; running tasks go on")
+    infos = with_queue(cli.redis_url, cli.queue, lambda q: q.get_many(ids))
+    assert [i.state for i in infos] == ["cancelled", "queued", "cancelled", "queued"]
+    assert cli.ok("cancel", "--waiting", "--tenant", "stays", "-o", "json").json() == {
+        "queue": cli.queue, "tenant": "stays", "cancelled": 1}
+    alone = cli("cancel", ids[3], "--tenant", "stays")
+    assert alone.code == 2
+    assert alone.err_lines == ["agentpool: --tenant goes with --waiting (a tenant's tasks "
+                               "waiting to run)"]
 
 
 @pytest.mark.parametrize(("argv", "which"), [(["--waiting", UNKNOWN_ID], "both"), ([], "neither")])

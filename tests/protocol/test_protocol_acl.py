@@ -288,8 +288,11 @@ async def test_caps_work_under_the_users_and_a_producer_can_neither_set_nor_brea
         await producer.set_tenant_caps({"big": 100})
     assert await admin.tenant_caps() == TenantCaps({"big": 1})
     assert (await producer.figures()).capped == 1
-    assert await producer.cancel_waiting() == 1, "the task parked for the cap"
+    other = await producer.submit({"n": 9}, tenant="other")
+    assert await producer.cancel_waiting_of("big") == 1, "its task parked for the cap"
+    assert await producer.cancel_waiting() == 1, "the other tenant's"
     assert (await producer.figures()).queued == 0
+    assert (await producer.get(other)).state == "cancelled"  # type: ignore[union-attr]
 
 
 @ONE_SERVER

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from protocol_helpers import claim_one
 
+from agentpool.client import SyncClient
 from agentpool.protocol import FailOutcome, TaskQueue
 
 
@@ -185,3 +186,88 @@ async def test_an_old_delayed_task_is_found_when_the_newer_one_passed_over_is_pr
     assert await queue.cancel_waiting(batch=1) == 1
     assert calls >= 2
     assert await states(queue, [old, *newer]) == ["cancelled", "running"]
+
+
+async def test_one_tenants_waiting_tasks_are_cancelled_and_the_others_left(
+    queue: TaskQueue,
+) -> None:
+    """A customer gone: its queued tasks (those parked for its cap too), deferred, delayed and
+    retrying ones are cancelled, with the tasks that run after them; its running task and its
+    dead letter are left, and so is every other tenant's task and those without a tenant."""
+    [retrying, dead] = [await queue.submit({"r": r}, tenant="gone") for r in range(2)]
+    taken = {t.id: t for t in (await queue.claim("w2", 2, 30)).tasks}
+    assert await queue.fail(taken[retrying], "later", delay=3600) == FailOutcome.RETRY
+    assert await queue.fail(taken[dead], "bad", retryable=False) == FailOutcome.DEAD
+    await queue.set_tenant_caps({"gone": 2})
+    gone = [await queue.submit({"n": n}, tenant="gone") for n in range(6)]
+    runs = (await queue.claim("w1", 6, 30)).tasks
+    assert {run.id for run in runs} == set(gone[:2]), "two runs: the rest park for the cap"
+    stays = [await queue.submit({"n": n}, tenant="stays") for n in range(3)]
+    untenanted = await queue.submit({"plain": True})
+    delayed = await queue.submit({"later": True}, tenant="gone", delay=3600)
+    deferred = await queue.submit({"after": True}, tenant="gone", after=[gone[0]])
+    follower = await queue.submit({"follows": True}, tenant="stays", after=[gone[5]])
+
+    count = await queue.cancel_waiting_of("gone", batch=2)
+    assert count == 7
+    assert await states(queue, [*gone[2:], retrying, delayed, deferred]) == ["cancelled"] * 7
+    assert await states(queue, gone[:2]) == ["running", "running"]
+    assert await states(queue, [dead, *stays, untenanted]) == ["dead"] + ["queued"] * 4
+    assert await states(queue, [follower]) == ["cancelled"], "ends with the task it follows"
+    figures = await queue.figures()
+    assert (figures.capped, figures.in_flight) == (0, 2)
+    assert all([await queue.complete(run, "done") for run in runs]), "runs go on to their end"
+
+
+async def test_the_tasks_without_a_tenant_are_cancelled_with_none(queue: TaskQueue) -> None:
+    plain = [await queue.submit({"n": n}) for n in range(3)]
+    owned = await queue.submit({"n": 9}, tenant="a")
+    assert await queue.cancel_waiting_of(None) == 3
+    assert await states(queue, [*plain, owned]) == ["cancelled"] * 3 + ["queued"]
+    assert await queue.cancel_waiting_of("nobody") == 0
+
+
+async def test_a_tenants_task_claimed_after_it_was_read_runs_on(queue: TaskQueue) -> None:
+    """Between reading the waiting sets and cancelling, a worker claims one: it runs on
+    (the cancel of a task found waiting is for a task still waiting)."""
+    ids = [await queue.submit({"n": n}, tenant="a") for n in range(3)]
+    real_run = queue._run
+    claimed: list[str] = []
+
+    async def claim_first(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "cancel" and not claimed:
+            claimed.append((await claim_one(queue, "w1")).id)
+        return await real_run(name, *args, **kwargs)
+
+    queue._run = claim_first  # type: ignore[method-assign]
+    assert await queue.cancel_waiting_of("a", batch=1) == 2
+    assert claimed == [ids[0]]
+    assert await states(queue, ids) == ["running", "cancelled", "cancelled"]
+    assert await queue.redis.hget(queue.task_key(ids[0]), "cancel") is None, "not told to stop"
+
+
+async def test_a_tenants_task_submitted_after_the_call_began_is_left(queue: TaskQueue) -> None:
+    """Submitted as the call reads the waiting sets, it is found there, and left: what is
+    cancelled is what was submitted before the call."""
+    old = [await queue.submit({"n": n}, tenant="a") for n in range(2)]
+    real_run = queue._run
+    late: list[str] = []
+
+    async def submit_while_reading(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "tenant_page" and not late:
+            late.append(await queue.submit({"late": True}, tenant="a"))
+        return await real_run(name, *args, **kwargs)
+
+    queue._run = submit_while_reading  # type: ignore[method-assign]
+    assert await queue.cancel_waiting_of("a") == 2
+    assert await states(queue, [*old, *late]) == ["cancelled", "cancelled", "queued"]
+
+
+def test_a_blocking_client_cancels_a_tenants_waiting_tasks(redis_url: str,
+                                                           queue_name: str) -> None:
+    with SyncClient.from_url(redis_url) as client:
+        queue = client.queue(queue_name)
+        ids = [queue.submit({"n": n}, tenant=tenant) for n, tenant in enumerate("aab")]
+        assert queue.cancel_waiting_of("a") == 2
+        assert [queue.get(task_id).state for task_id in ids] == [  # type: ignore[union-attr]
+            "cancelled", "cancelled", "queued"]
