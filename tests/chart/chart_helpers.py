@@ -22,6 +22,13 @@ KUBE_VERSION = "1.33.0"
 
 Manifest = dict[str, Any]
 
+# An ingress controller's pods, and a proxy outside the cluster: peers admitted to the console.
+INGRESS_PEERS: list[dict[str, Any]] = [
+    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}},
+    {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.1.0/24"]}},
+]
+
 # Named values combinations; every rendering test runs against each of them.
 COMBINATIONS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -68,6 +75,8 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "console": {"console": {"enabled": True, "writeActions": {"enabled": True}},
                 "networkPolicy": {"enabled": True}},
     "console-namespaced": {"console": {"enabled": True}, "watchNamespaces": ["team-a", "team-b"]},
+    "console-ingress": {"console": {"enabled": True, "allowedHosts": ["console.example.com"],
+                                    "networkPolicy": {"from": INGRESS_PEERS}}},
 }
 
 

@@ -1,13 +1,14 @@
 """The optional console: off by default; when on, a Deployment and a Service run
 `agentpool console` with its own ServiceAccount that can only read pools and their Events where
-the operator watches (all it shows), and the write token comes from a Secret."""
+the operator watches (all it shows), and the write token comes from a Secret. Its reads take no
+token: a NetworkPolicy admits to its port only the peers given, none by default."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-from chart_helpers import COMBINATIONS, NAMESPACE, RELEASE, Helm, Rendered
+from chart_helpers import COMBINATIONS, INGRESS_PEERS, NAMESPACE, RELEASE, Helm, Rendered
 
 CONSOLE = f"{RELEASE}-console"
 CONSOLE_GRANTS = {("agentpool.dev", "agentpools", "list"), ("", "events", "list")}
@@ -94,9 +95,47 @@ def test_console_service_and_network_policy(helm: Helm) -> None:
     service = rendered.one("Service", CONSOLE)
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"][0]["targetPort"] == "http"
-    policy = rendered.one("NetworkPolicy")
+    policy = rendered.one("NetworkPolicy", f"{RELEASE}-redis")
     clients = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
     assert "agentpool-console" in clients["values"]
+
+
+def console_policy(rendered: Rendered) -> dict[str, Any]:
+    """The console's NetworkPolicy, checked to select exactly the console's pods."""
+    policy = rendered.one("NetworkPolicy", CONSOLE)
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    selector = policy["spec"]["podSelector"]
+    assert set(selector) == {"matchLabels"}
+    selected = {(m["kind"], m["metadata"]["name"]) for m in rendered.manifests
+                if m["kind"] in {"Deployment", "StatefulSet"}
+                and selector["matchLabels"].items()
+                <= m["spec"]["template"]["metadata"]["labels"].items()}
+    assert selected == {("Deployment", CONSOLE)}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    return dict(policy)
+
+
+def test_no_pod_reaches_the_console_by_default(helm: Helm) -> None:
+    """Its reads take no token: no ingress rule at all (a rule without `from` would admit
+    every source), whatever networkPolicy.enabled, which is the bundled Redis's."""
+    for values in (COMBINATIONS["console"], COMBINATIONS["console-namespaced"]):
+        assert console_policy(helm.render(values))["spec"]["ingress"] == []
+
+
+def test_only_the_peers_given_reach_the_consoles_port(helm: Helm) -> None:
+    rendered = helm.render(COMBINATIONS["console-ingress"])
+    (rule,) = console_policy(rendered)["spec"]["ingress"]
+    assert rule == {"ports": [{"port": "http", "protocol": "TCP"}], "from": INGRESS_PEERS}
+    [port] = console_container(rendered)["ports"]
+    assert port["name"] == "http"
+
+
+def test_no_console_policy_without_the_console_or_when_turned_off(helm: Helm) -> None:
+    without = helm.render({"networkPolicy": {"enabled": True}})
+    assert [m["metadata"]["name"] for m in without.of_kind("NetworkPolicy")] == [
+        f"{RELEASE}-redis"]
+    off = helm.render({"console": {"enabled": True, "networkPolicy": {"enabled": False}}})
+    assert not off.of_kind("NetworkPolicy")
 
 
 def test_console_uses_the_external_redis_secret(helm: Helm) -> None:

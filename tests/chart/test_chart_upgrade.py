@@ -56,7 +56,7 @@ SCHEMA = CHART / "values.schema.json"
 # The keys listed under each valuesVersion in templates/_defaults.tpl, by digest (keys_digest). A
 # chart with that valuesVersion may have been installed: a key added to its list later would be
 # missing from such a release's values and, the release carrying that valuesVersion, not filled in.
-ADDED_KEYS = {2: "58f0930c38d2"}
+ADDED_KEYS = {2: "58f0930c38d2", 3: "f1f68e915d9e"}
 
 # What users of those charts had set, or set at the upgrade to turn on what is new since.
 USER_VALUES: dict[str, dict[str, Any]] = {
@@ -85,7 +85,7 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "monitoring": {("PrometheusRule", RELEASE), ("ServiceMonitor", f"{RELEASE}-operator"),
                    ("PodMonitor", f"{RELEASE}-workers"), ("ConfigMap", f"{RELEASE}-dashboard")},
     "console": {("Deployment", f"{RELEASE}-console"), ("Secret", f"{RELEASE}-console-token"),
-                ("NetworkPolicy", f"{RELEASE}-redis")},
+                ("NetworkPolicy", f"{RELEASE}-redis"), ("NetworkPolicy", f"{RELEASE}-console")},
     "external-redis-namespaced": {("Role", f"{RELEASE}-operator"),
                                   ("Secret", "agentpool-redis")},
 }

@@ -55,11 +55,13 @@ BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
     ({"operator": {"logLevel": "verbose"}}, ["/operator/logLevel", "'info'"]),
     ({"watchNamespaces": ["Team_A"]}, ["/watchNamespaces/0"]),
     ({"watchNamespaces": "team-a"}, ["/watchNamespaces", "want array"]),
-    ({"redis": {"external": {"url": "http://redis:6379"}}}, ["/redis/external/url"]),
+    ({"redis": {"enabled": False, "external": {"url": "http://redis:6379"}}},
+     ["redis.external.mode=standalone takes a URL starting with redis:// or rediss://"]),
     ({"redis": {"persistence": {"size": "lots"}}}, ["/redis/persistence/size"]),
     ({"redis": {"persistence": {"size": "8g"}}}, ["/redis/persistence/size"]),
     ({"redis": {"external": {"mode": "replicated"}}}, ["/redis/external/mode"]),
-    ({"redis": {"external": {"url": "sentinel://s1:26379/m"}}}, ["/redis/external/url"]),
+    ({"redis": {"enabled": False, "external": {"mode": "sentinel", "url": "sentinel://s1/m"}}},
+     ["redis.external.mode=sentinel takes a URL starting with redis+sentinel://"]),
     ({"monitoring": {"serviceMonitor": {"enabled": 1}}}, ["/monitoring/serviceMonitor/enabled"]),
     # Keys no template reads, refused rather than ignored:
     ({"monitoring": {"serviceMonitor": {"enabled": True, "namespace": "monitoring"}}},
@@ -107,7 +109,7 @@ BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
     ({"operator": {"statusRefreshSeconds": 3601}}, ["/operator/statusRefreshSeconds", "maximum"]),
     ({"fullnameOverride": "f" * 47}, ["/fullnameOverride", "maxLength"]),
     # Set by the chart: one above the chart's would have a release's upgrade skip keys it lacks.
-    ({"valuesVersion": 3}, ["/valuesVersion", "maximum"]),
+    ({"valuesVersion": 4}, ["/valuesVersion", "maximum"]),
     ({"fullnameOverride": "1st"}, ["/fullnameOverride", "does not match pattern"]),
     (
         {"operator": {"extraVolumes": [{"name": "docker", "hostPath": {"path": "/run"}}]}},
@@ -121,6 +123,24 @@ BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
         {"serviceAccount": {"create": False}},
         ["serviceAccount.create=false needs serviceAccount.name"],
     ),
+    # A NetworkPolicyPeer that is empty or has a misspelt key: refused here, not by the API server.
+    ({"console": {"networkPolicy": {"from": [{}]}}},
+     ["/console/networkPolicy/from/0", "minProperties"]),
+    ({"console": {"networkPolicy": {"from": [{"podSelecter": {}}]}}},
+     ["/console/networkPolicy/from/0", "'podSelecter' not allowed"]),
+]
+
+PASSWORD = "hunter2"
+# A URL of the wrong scheme is refused by the templates (`agentpool.validate`), which name the
+# problem, not the URL: a schema pattern would echo the URL, password and all.
+BAD_URLS: list[tuple[dict[str, Any], str]] = [
+    ({"redis": {"enabled": False, "external": {"url": f"http://:{PASSWORD}@r.example:6379/0"}}},
+     "redis.external.mode=standalone takes a URL starting with redis:// or rediss://"),
+    ({"redis": {"enabled": False, "external": {
+        "mode": "sentinel", "url": f"redis://:{PASSWORD}@r.example:6379/0"}}},
+     "redis.external.mode=sentinel takes a URL starting with redis+sentinel://"),
+    ({"redis": {"external": {"url": f"http://:{PASSWORD}@r.example:6379/0"}}},
+     "need redis.enabled=false"),
 ]
 
 
@@ -134,6 +154,19 @@ def test_bad_values_fail_with_a_readable_message(
     for part in expected:
         assert part in message, message
     assert len(message.splitlines()) <= 6, f"not a short message:\n{message}"
+
+
+@pytest.mark.parametrize(("values", "expected"), BAD_URLS,
+                         ids=["standalone", "sentinel", "bundled"])
+def test_a_bad_redis_url_is_refused_without_its_password(
+    helm: Helm, values: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(HelmError) as failure:
+        helm.template(values)
+    message = failure.value.stderr
+    assert expected in message, message
+    assert PASSWORD not in message, message
+    assert len([line for line in message.splitlines() if line.strip()]) <= 2, message
 
 
 def test_an_existing_service_account_gets_the_operators_rights(helm: Helm) -> None:

@@ -97,6 +97,12 @@ here too.
         deadLettersGrowing: {enabled: true, threshold: 0, window: 30m, for: 0m, severity: warning}
         stuckAtMaxReplicas: {enabled: true, window: 15m, for: 15m, severity: warning}
         scheduleMissed: {enabled: true, window: 1h, for: 0m, severity: warning}
+# The console's NetworkPolicy.
+3:
+  console:
+    networkPolicy:
+      enabled: true
+      from: []
 {{- end -}}
 
 {{/*
