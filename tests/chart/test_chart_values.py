@@ -141,6 +141,10 @@ BAD_URLS: list[tuple[dict[str, Any], str]] = [
      "redis.external.mode=sentinel takes a URL starting with redis+sentinel://"),
     ({"redis": {"external": {"url": f"http://:{PASSWORD}@r.example:6379/0"}}},
      "need redis.enabled=false"),
+    ({"redis": {"enabled": False, "external": {"url": f"redis://:{PASSWORD}@"}}},
+     "redis.external.url names no host"),
+    ({"redis": {"enabled": False, "external": {"url": f"redis://:{PASSWORD}@:6379/0"}}},
+     "redis.external.url names no host"),
 ]
 
 
@@ -157,7 +161,7 @@ def test_bad_values_fail_with_a_readable_message(
 
 
 @pytest.mark.parametrize(("values", "expected"), BAD_URLS,
-                         ids=["standalone", "sentinel", "bundled"])
+                         ids=["standalone", "sentinel", "bundled", "no-host", "port-only"])
 def test_a_bad_redis_url_is_refused_without_its_password(
     helm: Helm, values: dict[str, Any], expected: str
 ) -> None:

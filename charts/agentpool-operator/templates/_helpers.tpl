@@ -111,6 +111,9 @@ Included by the operator Deployment, so every render runs it.
 {{- if not (or (hasPrefix (index $wanted 0) $external.url) (hasPrefix (index $wanted 1) $external.url)) -}}
 {{- fail (printf "redis.external.mode=%s takes a URL starting with %s or %s" $mode (index $wanted 0) (index $wanted 1)) -}}
 {{- end -}}
+{{- if not (regexMatch "^[a-z+]+://([^@/?#]*@)?[^@/?#:]" $external.url) -}}
+{{- fail "redis.external.url names no host (expected scheme://[user:password@]host[:port][/db])" -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.networkPolicy.enabled (not .Values.redis.enabled) -}}
 {{- fail "networkPolicy.enabled protects the bundled Redis: it needs redis.enabled=true" -}}
