@@ -9,6 +9,7 @@ removes what it had started before it gives up.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import warnings
@@ -20,7 +21,14 @@ from typing import Any, TypeVar
 
 import pytest
 from e2e_cli import AgentpoolCli
-from e2e_config import CRD_FILE, REPO, ConfigError, E2EConfig, timeout_scale
+from e2e_config import (
+    CRD_FILE,
+    REPO,
+    ConfigError,
+    E2EConfig,
+    missing_kubeconfig,
+    timeout_scale,
+)
 from e2e_install import (
     LocalOperator,
     RedisEndpoint,
@@ -36,22 +44,38 @@ from e2e_install import (
     suite_namespace,
     wait_rollout,
 )
-from e2e_kube import CommandError, Kubectl, Waiter, snapshot, termination_as_interrupt
+from e2e_kube import (
+    CommandError,
+    Kubectl,
+    Waiter,
+    run,
+    snapshot,
+    termination_as_interrupt,
+)
 from e2e_manifests import Manifest
 from e2e_pools import Pools
 
+from agentpool.urls import mask_urls
+
 T = TypeVar("T")
 
-NO_CLUSTER = "e2e: no cluster configured (KUBECONFIG unset and no ~/.kube/config): skipped"
+NO_CLUSTER = ("e2e: KUBECONFIG is not set: skipped (the suite installs into the cluster it "
+              "names, so it never takes ~/.kube/config by itself)")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which cluster the suite will touch, before it touches it."""
     if not cluster_configured():
         return [NO_CLUSTER]
+    problem = kubeconfig_problem()
+    if problem:
+        return [f"e2e: {problem}"]
+    lines = [f"e2e: cluster: {current_cluster()} (KUBECONFIG={os.environ['KUBECONFIG']})"]
     try:
-        return [f"e2e: {E2EConfig.from_env().describe()}"]
+        lines.append(f"e2e: {E2EConfig.from_env().describe()}")
     except ConfigError as exc:
-        return [f"e2e: configuration error: {exc}"]
+        lines.append(f"e2e: configuration error: {exc}")
+    return lines
 
 
 E2E_TEST_SECONDS = 1800
@@ -72,9 +96,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def cluster_configured() -> bool:
-    if os.environ.get("KUBECONFIG") or os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return True
-    return Path("~/.kube/config").expanduser().is_file()
+    """Only a KUBECONFIG set for the run: never ~/.kube/config (often a work cluster) or a
+    pod's service account, which kubectl would take without being told."""
+    return bool(os.environ.get("KUBECONFIG"))
+
+
+def kubeconfig_problem() -> str | None:
+    missing = missing_kubeconfig(os.environ.get("KUBECONFIG", ""))
+    if not missing:
+        return None
+    return (f"KUBECONFIG names {', '.join(missing)}, which is not a file (kubectl would skip "
+            "it, and without a cluster try localhost:8080)")
+
+
+def current_cluster() -> str:
+    """`context <name>, API server <url>` as kubectl reads KUBECONFIG (nothing is contacted)."""
+    try:
+        done = run([Kubectl().binary, "config", "view", "--minify", "--output", "json"],
+                   check=False, timeout=30)
+    except CommandError as exc:
+        return f"unknown ({exc})"
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).strip() or f"exit {done.returncode}"
+        return f"unknown (kubectl config view: {why})"
+    try:
+        view = json.loads(done.stdout)
+        context = view.get("current-context") or "unknown"
+        server = view["clusters"][0]["cluster"]["server"]
+    except (ValueError, LookupError, TypeError, AttributeError):
+        return "unknown (kubectl config view printed no cluster)"
+    return f"context {context}, API server {mask_urls(server)}"
 
 
 @dataclass
@@ -112,6 +163,9 @@ def cluster(e2e_config: E2EConfig) -> Iterator[Kubectl]:
     """kubectl for the cluster in KUBECONFIG; skips the suite when none is configured."""
     if not cluster_configured():
         pytest.skip(NO_CLUSTER)
+    problem = kubeconfig_problem()
+    if problem:
+        pytest.fail(f"e2e: {problem}", pytrace=False)
     kube = Kubectl()
     step("the cluster in KUBECONFIG does not answer",
          lambda: kube("version", "--output", "json", timeout=60))
@@ -198,7 +252,7 @@ def redis_endpoint(e2e_config: E2EConfig, installation: Installation, kube: Kube
 @pytest.fixture(scope="session")
 def operator(e2e_config: E2EConfig, installation: Installation, crd: dict[str, Any],
              redis_endpoint: RedisEndpoint, namespace: str, kube: Kubectl, waiter: Waiter,
-             diagnostics: Diagnostics, scratch: Path) -> Iterator[str]:
+             diagnostics: Diagnostics, scratch: Path, run_id: str) -> Iterator[str]:
     """The operator serving the namespace: the chart's Deployment, or a local process."""
     if e2e_config.operator_mode == "chart":
         diagnostics.extras.append(lambda: operator_logs(installation.kube, installation.release))
@@ -217,17 +271,19 @@ def operator(e2e_config: E2EConfig, installation: Installation, crd: dict[str, A
     local = LocalOperator(namespace, redis_endpoint.access.address_map(host, port),
                           scratch / "operator.log")
     diagnostics.extras.append(local.log_tail)
-    kept = Pools(kube, waiter) if e2e_config.keep else None
-    with local_operator(local, waiter, kept_pools=kept):
+    kept = Pools(kube, waiter, run_id) if e2e_config.keep else None
+    with ExitStack() as stack:
+        step("the local operator did not start", lambda: stack.enter_context(
+            local_operator(local, waiter, kept_pools=kept)))
         yield "local"
 
 
 @pytest.fixture(scope="session")
-def pools(operator: str, kube: Kubectl, waiter: Waiter,
-          e2e_config: E2EConfig) -> Iterator[Pools]:
-    """Pool operations; at the end of the session the suite's pools are deleted (while the
+def pools(operator: str, kube: Kubectl, waiter: Waiter, e2e_config: E2EConfig,
+          run_id: str) -> Iterator[Pools]:
+    """Pool operations; at the end of the session this run's pools are deleted (while the
     operator still runs, so that its finalizer is removed the normal way)."""
-    ops = Pools(kube, waiter)
+    ops = Pools(kube, waiter, run_id)
     yield ops
     if not e2e_config.keep:
         for problem in ops.delete_suite_pools():

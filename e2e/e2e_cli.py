@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2e_config import redacted_repr
 from e2e_kube import CommandError, end_process, run, spawn
 
 
@@ -78,6 +79,8 @@ class AgentpoolCli:
     diagnose: Callable[[], str] | None = None
     """A picture of the cluster for the message of a wait that ran out or failed."""
     running: list[Background] = field(default_factory=list)
+
+    __repr__ = redacted_repr
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "AGENTPOOL_QUEUE"}

@@ -7,9 +7,12 @@ import re
 import shlex
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from agentpool.urls import redact_url
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "agentpool-operator"
@@ -31,6 +34,50 @@ OperatorMode = Literal["chart", "local"]
 
 class ConfigError(ValueError):
     """An E2E_* variable has a value the suite cannot use."""
+
+
+def redacted_repr(obj: Any) -> str:
+    """The dataclass's repr with the secrets of its URLs masked: pytest prints the repr of
+    every fixture value a failing test took, and some hold a Redis password."""
+    shown = ", ".join(f"{f.name}={_shown(getattr(obj, f.name))}" for f in fields(obj) if f.repr)
+    return f"{type(obj).__name__}({shown})"
+
+
+def _shown(value: object) -> str:
+    return repr(redact_url(value)) if isinstance(value, str) and "://" in value else repr(value)
+
+
+STANDALONE_SCHEMES = frozenset({"redis", "rediss"})
+
+
+def standalone_url_problem(url: str) -> str | None:
+    """Why the suite cannot reach Redis through `url`, None when it can. The suite needs one
+    host:port (a port-forward, the local operator's address map, its own PING), which a
+    Sentinel or Cluster URL does not name."""
+    scheme = url.partition("://")[0].lower()
+    if scheme not in STANDALONE_SCHEMES:
+        return f"{redact_url(url)} is not a redis:// or rediss:// URL"
+    parts = urlsplit(url)
+    if "," in parts.netloc:
+        return f"{redact_url(url)} names several hosts"
+    try:
+        _ = parts.port
+    except ValueError:
+        return f"{redact_url(url)} has a port that is not a number"
+    if not parts.hostname:
+        return f"{redact_url(url)} names no host"
+    return None
+
+
+STANDALONE_ONLY = ("the e2e suite needs a standalone Redis URL (redis:// or rediss://, one "
+                   "host:port), not a Sentinel or Cluster one")
+
+
+def missing_kubeconfig(value: str) -> list[str]:
+    """The paths of a KUBECONFIG value (os.pathsep-separated) that are no file: kubectl
+    would skip them, and with none left talk to localhost:8080."""
+    return [path for path in value.split(os.pathsep)
+            if path.strip() and not Path(path).expanduser().is_file()]
 
 
 @dataclass(frozen=True)
@@ -68,6 +115,10 @@ class E2EConfig:
     pod_security: str
     timeout_scale: float
     keep: bool
+    node_drain: bool
+    """E2E_NODE_DRAIN=1: the drain test may cordon a node of the cluster."""
+
+    __repr__ = redacted_repr
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> E2EConfig:
@@ -93,6 +144,11 @@ class E2EConfig:
             helm_args = tuple(shlex.split(env.get("E2E_HELM_ARGS", "")))
         except ValueError as exc:
             raise ConfigError(f"E2E_HELM_ARGS: {exc}") from None
+        redis_url = env.get("E2E_REDIS_URL", "").strip() or None
+        if redis_url is not None:
+            problem = standalone_url_problem(redis_url)
+            if problem:
+                raise ConfigError(f"E2E_REDIS_URL: {problem}: {STANDALONE_ONLY}")
         return cls(
             operator_mode="local" if mode == "local" else "chart",
             skip_install=skip_install,
@@ -104,10 +160,11 @@ class E2EConfig:
             helm=env.get("E2E_HELM", "").strip() or default_helm(),
             helm_args=helm_args,
             redis_secret=_name(env, "E2E_REDIS_SECRET") or DEFAULT_REDIS_SECRET,
-            redis_url=env.get("E2E_REDIS_URL", "").strip() or None,
+            redis_url=redis_url,
             pod_security=env.get("E2E_POD_SECURITY", "restricted").strip(),
             timeout_scale=timeout_scale(env),
             keep=_flag(env, "E2E_KEEP"),
+            node_drain=_flag(env, "E2E_NODE_DRAIN"),
         )
 
     @property
@@ -127,7 +184,14 @@ class E2EConfig:
         where = self.namespace or "a fresh namespace"
         return (f"operator={self.operator_mode} ({install}), namespace={where}, "
                 f"release={self.release}, worker image={self.worker_image}"
-                + (f", operator image={self.operator_image}" if self.installs_chart else ""))
+                + (f", operator image={self.operator_image}" if self.installs_chart else "")
+                + (", node drain test on (E2E_NODE_DRAIN=1)" if self.node_drain else ""))
+
+
+def node_drain_enabled(env: Mapping[str, str]) -> bool:
+    """E2E_NODE_DRAIN, read where the configuration cannot be (a skip mark at collection); a
+    value that is no flag is E2EConfig's error to report."""
+    return env.get("E2E_NODE_DRAIN", "").strip().lower() in TRUE
 
 
 def default_helm() -> str:

@@ -19,12 +19,22 @@ from urllib.parse import urlsplit
 
 import redis
 import yaml
-from e2e_config import CHART, CRD_FILE, REPO, E2EConfig, ImageRef
+from e2e_config import (
+    CHART,
+    CRD_FILE,
+    REPO,
+    STANDALONE_ONLY,
+    E2EConfig,
+    ImageRef,
+    redacted_repr,
+    standalone_url_problem,
+)
 from e2e_kube import CommandError, Kubectl, PortForward, Waiter, end_process, run, spawn
 from e2e_pools import Pools
 
 from agentpool.models import GROUP, PLURAL
 from agentpool.redis_server import free_port
+from agentpool.urls import mask_urls
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 REDIS_PORT = 6379
@@ -213,6 +223,29 @@ def uninstall_chart(config: E2EConfig, namespace: str) -> str | None:
     return None
 
 
+def redis_claim_selector(release: str) -> str:
+    """The labels of the PersistentVolumeClaims of the release's Redis: the chart gives its
+    StatefulSet's volumeClaimTemplates the Redis selector labels."""
+    return f"app.kubernetes.io/name=agentpool-redis,app.kubernetes.io/instance={release}"
+
+
+def redis_claims(kube: Kubectl, release: str) -> list[str]:
+    return [claim["metadata"]["name"]
+            for claim in kube.items("persistentvolumeclaims", redis_claim_selector(release))]
+
+
+def delete_redis_claims(kube: Kubectl, release: str) -> str | None:
+    """The claims of the suite's Redis, which outlive its StatefulSet: a later run in the same
+    namespace would mount their data."""
+    selector = redis_claim_selector(release)
+    done = kube("delete", "persistentvolumeclaims", "--selector", selector,
+                "--ignore-not-found", "--wait=false", check=False)
+    if done.returncode == 0:
+        return None
+    return f"the PersistentVolumeClaims of Redis ({selector}) were not deleted: " + (
+        done.stderr.strip())
+
+
 def delete_manifests(kube: Kubectl, manifests: str) -> str | None:
     done = kube("delete", "--filename", "-", "--ignore-not-found", "--wait=false",
                 input=manifests, check=False)
@@ -231,9 +264,10 @@ def suite_installation(config: E2EConfig, kube: Kubectl,
 
     It refuses, before touching anything, to install over a release or Redis objects that
     are there already (it would upgrade them to its own images and values, and remove them
-    at the end). What it did install is removed when the block ends, and also when the
-    installation fails or is interrupted half-way (a release's ClusterRole and
-    ClusterRoleBinding outlive the namespace); E2E_KEEP=1 keeps it all.
+    at the end), or next to claims of an earlier Redis of the release (its Redis would mount
+    their data). What it did install is removed when the block ends, its Redis's claims
+    included, and also when the installation fails or is interrupted half-way (a release's
+    ClusterRole and ClusterRoleBinding outlive the namespace); E2E_KEEP=1 keeps it all.
     """
     if not (config.installs_chart or config.installs_redis_only):
         yield
@@ -256,6 +290,17 @@ def suite_installation(config: E2EConfig, kube: Kubectl,
                 warnings.warn(f"e2e cleanup: {problem}", stacklevel=1)
         undo.clear()
 
+    def no_earlier_claims() -> None:
+        claims = redis_claims(kube, config.release)
+        if claims:
+            raise SetupError(
+                f"PersistentVolumeClaim {', '.join(claims)} of an earlier Redis of release "
+                f"{config.release} is in namespace {namespace}: the suite's Redis would mount "
+                f"its data. Delete it if nobody needs it (kubectl delete pvc --namespace "
+                f"{namespace} {' '.join(claims)}), or set E2E_NAMESPACE to another namespace "
+                "(unset: a fresh one).")
+        undo.append(lambda: delete_redis_claims(kube, config.release))
+
     try:
         if config.installs_chart or chart_has_operator_switch():
             if release_exists(config, namespace):
@@ -263,6 +308,7 @@ def suite_installation(config: E2EConfig, kube: Kubectl,
                                  f"{namespace} already: the suite would upgrade it to its own "
                                  "images and values and uninstall it at the end. "
                                  + USE_IT_INSTEAD)
+            no_earlier_claims()
             undo.append(lambda: uninstall_chart(config, namespace))
             install_chart(config, namespace, operator=config.installs_chart)
         else:
@@ -272,6 +318,7 @@ def suite_installation(config: E2EConfig, kube: Kubectl,
                 raise SetupError(f"the chart's Redis is in namespace {namespace} already "
                                  f"({', '.join(found)}): the suite would apply its own over "
                                  "it and delete it at the end. " + USE_IT_INSTEAD)
+            no_earlier_claims()
             undo.append(lambda: delete_manifests(kube, rendered))
             kube.apply(rendered)
         if config.redis_url is None:
@@ -305,6 +352,8 @@ def wait_rollout(kube: Kubectl, resource: str, timeout: float) -> None:
 class RedisAccess:
     in_cluster_url: str
     """As the Secret holds it: what the pools' workers (and an in-cluster operator) use."""
+
+    __repr__ = redacted_repr
 
     def host_port(self) -> str:
         """host:port as written in the URL (the port defaulted), which is how the operator
@@ -355,6 +404,8 @@ class RedisEndpoint:
     """For the CLI running here."""
     local_address: tuple[str, int]
 
+    __repr__ = redacted_repr
+
 
 @contextmanager
 def reach_redis(config: E2EConfig, release: Kubectl, pools: Kubectl, waiter: Waiter,
@@ -395,6 +446,11 @@ def reach_redis(config: E2EConfig, release: Kubectl, pools: Kubectl, waiter: Wai
         if "url" not in data:
             raise SetupError(f"Secret {config.redis_secret} has no key `url`")
         access = RedisAccess(data["url"])
+        if config.redis_url is None or config.operator_mode == "local":
+            problem = standalone_url_problem(access.in_cluster_url)
+            if problem:
+                raise SetupError(f"the Redis URL of Secret {config.redis_secret} in namespace "
+                                 f"{release.namespace}: {problem}: {STANDALONE_ONLY}")
         forward: PortForward | None = None
         if config.redis_url is not None:
             local_url = config.redis_url
@@ -410,19 +466,8 @@ def reach_redis(config: E2EConfig, release: Kubectl, pools: Kubectl, waiter: Wai
                 raise SetupError(f"cannot port-forward to Redis: {exc}") from None
             local_url = access.via("127.0.0.1", forwarded)
             address = ("127.0.0.1", forwarded)
-        client = redis.Redis.from_url(local_url, socket_connect_timeout=5, socket_timeout=5)
-
-        def ping() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        try:
-            waiter.true(ping, timeout=60, interval=1, what="Redis to answer PING through "
-                        + ("E2E_REDIS_URL" if forward is None else "the port-forward"))
-        finally:
-            client.close()
+        await_ping(local_url, waiter, picture=forward is not None,
+                   through="E2E_REDIS_URL" if forward is None else "the port-forward")
     except BaseException:
         remove()
         raise
@@ -430,6 +475,32 @@ def reach_redis(config: E2EConfig, release: Kubectl, pools: Kubectl, waiter: Wai
         yield RedisEndpoint(access, local_url, address)
     finally:
         remove()
+
+
+def await_ping(url: str, waiter: Waiter, *, through: str, picture: bool,
+               timeout: float = 60) -> None:
+    """Wait until Redis answers PING at `url`; SetupError with Redis's last error (and, with
+    `picture`, the waiter's picture of the cluster) when it does not."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    last: list[str] = []
+
+    def ping() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError as exc:
+            last[:] = [mask_urls(f"{type(exc).__name__}: {exc}")]
+            return False
+
+    try:
+        Waiter(scale=waiter.scale).true(ping, timeout=timeout, interval=1,
+                                        what=f"Redis to answer PING through {through}")
+    except AssertionError:
+        problem = (f"Redis did not answer PING through {through} within "
+                   f"{timeout * waiter.scale:g}s (last error: {last[0] if last else 'none'})")
+        shown = waiter.picture() if picture else ""
+        raise SetupError(problem + (f"\n{shown}" if shown else "")) from None
+    finally:
+        client.close()
 
 
 # -- other operators --------------------------------------------------------------------------
@@ -516,9 +587,20 @@ def check_operators(config: E2EConfig, cluster: Kubectl, namespace: str) -> list
     others = competing_operators(deployments, namespace, ours)
     if others:
         raise SetupError(f"other agentpool operators also serve namespace {namespace}: "
-                         f"{', '.join(others)}. Two operators would fight over the same pools: "
-                         "uninstall them, or run the suite in a namespace they do not watch.")
+                         f"{', '.join(others)}. Two operators would fight over the same pools. "
+                         + use_their_release(others[0], namespace))
     return []
+
+
+def use_their_release(operator: str, namespace: str) -> str:
+    """What to do instead, for a cluster shared with another installation (`operator` is
+    namespace/name of its Deployment): test that release as it is, or go elsewhere."""
+    where, _, name = operator.partition("/")
+    release = name.removesuffix("-operator") or name
+    return (f"On a shared cluster, run the suite against that release as it is: "
+            f"E2E_OPERATOR=chart E2E_SKIP_INSTALL=1 E2E_RELEASE_NAMESPACE={where} "
+            f"E2E_RELEASE={release} E2E_NAMESPACE={namespace}; or set E2E_NAMESPACE to a "
+            "namespace no other operator watches; or uninstall them.")
 
 
 # -- local operator ---------------------------------------------------------------------------
@@ -552,13 +634,16 @@ class LocalOperator:
 
     def start(self, waiter: Waiter) -> None:
         """Start it and wait for its /healthz; a start that fails or is interrupted leaves
-        no process behind."""
+        no process behind. SetupError when it exits or does not answer in time."""
         with self.log_path.open("ab") as log:
             self.process = spawn(self.argv(), stdout=log, stderr=subprocess.STDOUT,
                                  env=self.env())
         try:
             waiter.true(self.healthy, timeout=90, what="the local operator's /healthz",
                         interval=1)
+        except AssertionError as exc:
+            self.stop()
+            raise SetupError(f"the local operator did not start: {exc}") from None
         except BaseException:
             self.stop()
             raise
@@ -566,8 +651,8 @@ class LocalOperator:
     def healthy(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"the local operator exited with {self.process.returncode}:\n"
-                                 + self.log_tail())
+            raise SetupError(f"the local operator exited with {self.process.returncode} as "
+                             f"it started: {self.last_log_line()} (log: {self.log_path})")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz",
                                         timeout=5) as response:
@@ -579,6 +664,14 @@ class LocalOperator:
         """SIGINT, which kopf takes as the order to stop cleanly; SIGKILL after 30 s."""
         if self.process is not None:
             end_process(self.process, grace=30, interrupt=True)
+
+    def last_log_line(self) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no operator log)"
+        lines = [line for line in text.splitlines() if line.strip()]
+        return lines[-1].strip() if lines else "(its log is empty)"
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -27,9 +27,23 @@ from agentpool.models import (
 )
 
 SUITE_LABEL = "e2e.agentpool.dev/suite"
-"""On every pool the suite creates, so that it can clean up after itself."""
+"""On every pool the suite creates."""
+RUN_LABEL = "e2e.agentpool.dev/run"
+"""The run that created the pool: a run's teardown deletes its own pools and no others (two
+runs may share a namespace)."""
 
 Manifest = dict[str, Any]
+
+
+def of_run(manifest: Manifest, run_id: str) -> Manifest:
+    """The manifest labelled with the run that applies it."""
+    metadata = manifest.get("metadata") or {}
+    labels = {**(metadata.get("labels") or {}), RUN_LABEL: run_id}
+    return {**manifest, "metadata": {**metadata, "labels": labels}}
+
+
+def run_selector(run_id: str) -> str:
+    return f"{SUITE_LABEL}=true,{RUN_LABEL}={run_id}"
 
 
 def load_example() -> Manifest:

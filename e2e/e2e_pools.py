@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2e_kube import CommandError, Kubectl, Waiter, is_terminating, parse_table, pod_troubles
-from e2e_manifests import SUITE_LABEL
+from e2e_manifests import of_run, run_selector
 
 POOL_LABEL = "agentpool.dev/pool"
 FATAL_POD_REASONS = frozenset({"ErrImageNeverPull", "InvalidImageName", "ImagePullBackOff"})
@@ -18,6 +18,8 @@ FATAL_POD_REASONS = frozenset({"ErrImageNeverPull", "InvalidImageName", "ImagePu
 class Pools:
     kube: Kubectl
     waiter: Waiter
+    run_id: str
+    """Labelled on every pool applied here; teardown selects on it."""
     applied: list[str] = field(default_factory=list)
 
     # -- reading ---------------------------------------------------------------------------
@@ -48,7 +50,7 @@ class Pools:
 
     def apply(self, manifest: Mapping[str, Any]) -> str:
         name: str = manifest["metadata"]["name"]
-        self.kube.apply(manifest)
+        self.kube.apply(of_run(dict(manifest), self.run_id))
         if name not in self.applied:
             self.applied.append(name)
         return name
@@ -74,11 +76,11 @@ class Pools:
                   check=False)
 
     def delete_suite_pools(self, timeout: float = 180) -> list[str]:
-        """Delete every pool the suite labelled; the problems, for the teardown report."""
+        """Delete every pool this run labelled (another run's in the same namespace stay);
+        the problems, for the teardown report."""
         problems = []
         try:
-            names = [p["metadata"]["name"]
-                     for p in self.kube.items("agentpools", f"{SUITE_LABEL}=true")]
+            names = self.names_of_run()
         except CommandError as exc:
             return [str(exc)]
         for name in names:
@@ -89,14 +91,17 @@ class Pools:
                 self.force_remove(name)
         return problems
 
+    def names_of_run(self) -> list[str]:
+        return [p["metadata"]["name"]
+                for p in self.kube.items("agentpools", run_selector(self.run_id))]
+
     def release_finalizers(self) -> list[str]:
-        """Take the finalizers off the suite's pools, for a namespace kept (E2E_KEEP=1) after
+        """Take the finalizers off this run's pools, for a namespace kept (E2E_KEEP=1) after
         its operator is gone: otherwise deleting a pool, or the namespace, would wait for an
         operator that no longer runs. Only once the operator has stopped: a running one puts
         its finalizer back. The problems, for the teardown report."""
         try:
-            names = [p["metadata"]["name"]
-                     for p in self.kube.items("agentpools", f"{SUITE_LABEL}=true")]
+            names = self.names_of_run()
         except CommandError as exc:
             return [str(exc)]
         problems = []

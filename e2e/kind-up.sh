@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Creates (or reuses) a kind cluster, builds both images, loads them into the cluster, installs
-# the chart with them and runs the end-to-end suite against it. The cluster stays up afterwards
-# (e2e/kind-down.sh deletes it).
+# the chart with them and runs the end-to-end suite against it, with E2E_NODE_DRAIN=1 (the drain
+# test may cordon a node of this cluster). The cluster stays up afterwards (e2e/kind-down.sh
+# deletes it). The release it installs carries the helm label e2e.agentpool.dev/kind-up=true:
+# --mode local uninstalls that release alone.
 #
 # Usage: e2e/kind-up.sh [options] [-- PYTEST_ARGS...]
 #   --mode chart|local  chart (default): the operator runs in the cluster, installed by the
@@ -212,6 +214,53 @@ fi
 export KUBECONFIG="$KUBECONFIG_FILE"
 say "KUBECONFIG=$KUBECONFIG"
 
+KIND_UP_LABEL="e2e.agentpool.dev/kind-up=true"
+
+release_installed() {
+    [ "$DRY_RUN" = 0 ] && "$HELM_BIN" status "$RELEASE" --namespace "$NAMESPACE" >/dev/null 2>&1
+}
+
+# deployed, failed, pending-install, ... ("" without a release, and in a dry run).
+release_status() {
+    [ "$DRY_RUN" = 0 ] || return 0
+    { "$HELM_BIN" status "$RELEASE" --namespace "$NAMESPACE" 2>/dev/null || true; } \
+        | sed -n 's/^STATUS: //p'
+}
+
+# A release kind-up installed (its helm label), as opposed to one installed by hand.
+release_is_kind_ups() {
+    [ "$DRY_RUN" = 0 ] || return 1
+    "$HELM_BIN" list --namespace "$NAMESPACE" --selector "$KIND_UP_LABEL" \
+        --deployed --failed --pending --short 2>/dev/null | grep -qx "$RELEASE"
+}
+
+# An install or upgrade interrupted half-way leaves the release pending-*, and every later
+# `helm upgrade` fails with "another operation is in progress".
+settle_pending_release() {
+    local status
+    status="$(release_status)"
+    case "$status" in
+        pending-install)
+            say "release $RELEASE is pending-install (an install was interrupted): uninstalling it first"
+            run "$HELM_BIN" uninstall "$RELEASE" --namespace "$NAMESPACE" --wait ;;
+        pending-upgrade|pending-rollback)
+            say "release $RELEASE is $status (an upgrade was interrupted): rolling it back first"
+            run "$HELM_BIN" rollback "$RELEASE" --namespace "$NAMESPACE" ;;
+    esac
+}
+
+# A release kind-up did not install is left alone: a local run next to it would have two
+# operators on its pools.
+if [ "$MODE" = local ] && release_installed && ! release_is_kind_ups; then
+    echo "kind-up: local mode: release $RELEASE in namespace $NAMESPACE was not installed by" \
+        "kind-up (no helm label $KIND_UP_LABEL), so kind-up leaves it alone, and its operator" \
+        "would compete with the local one. Uninstall it yourself, or test that release as it" \
+        "is, the way to use a shared staging cluster: KUBECONFIG=$KUBECONFIG" \
+        "E2E_OPERATOR=chart E2E_SKIP_INSTALL=1 E2E_RELEASE_NAMESPACE=$NAMESPACE" \
+        "E2E_RELEASE=$RELEASE $PYTEST e2e -m e2e -rs" >&2
+    exit 1
+fi
+
 # -- images ----------------------------------------------------------------------------------
 
 # Without attestations: with Docker's containerd image store, `kind load` cannot copy an
@@ -234,10 +283,6 @@ run kind load docker-image --name "$CLUSTER" "${images[@]}"
 
 # -- chart -----------------------------------------------------------------------------------
 
-release_installed() {
-    [ "$DRY_RUN" = 0 ] && "$HELM_BIN" status "$RELEASE" --namespace "$NAMESPACE" >/dev/null 2>&1
-}
-
 if [ "$MODE" = chart ]; then
     # The CRD first: helm installs a chart's crds/ only when they are missing, never upgrades.
     run kubectl apply --server-side --force-conflicts --field-manager agentpool-e2e \
@@ -250,10 +295,12 @@ if [ "$MODE" = chart ]; then
             "pod-security.kubernetes.io/enforce=$POD_SECURITY" \
             "pod-security.kubernetes.io/warn=$POD_SECURITY"
     fi
+    settle_pending_release
     upgrading=0
     release_installed && upgrading=1
     say "installing the chart as release $RELEASE in namespace $NAMESPACE"
     run "$HELM_BIN" upgrade --install "$RELEASE" "$CHART" --namespace "$NAMESPACE" \
+        --labels "$KIND_UP_LABEL" \
         --set-string "operator.image.repository=$operator_repository" \
         --set-string "operator.image.tag=$operator_tag" \
         --set-string "operator.image.pullPolicy=IfNotPresent" \
@@ -268,8 +315,9 @@ if [ "$MODE" = chart ]; then
     run kubectl --namespace "$NAMESPACE" rollout status "statefulset/$RELEASE-redis" --timeout=300s
     run kubectl --namespace "$NAMESPACE" rollout status "deployment/$RELEASE-operator" --timeout=300s
 elif release_installed; then
-    # A chart-installed operator would serve the local run's pools too.
-    say "local mode: uninstalling release $RELEASE (its operator would compete)"
+    # A chart-installed operator would serve the local run's pools too (kind-up's own: checked
+    # before the images were built).
+    say "local mode: uninstalling release $RELEASE (kind-up installed it; its operator would compete)"
     run "$HELM_BIN" uninstall "$RELEASE" --namespace "$NAMESPACE" --wait
 fi
 
@@ -283,6 +331,7 @@ suite_env=(
     "E2E_RELEASE=$RELEASE"
     "E2E_POD_SECURITY=$POD_SECURITY"
     "E2E_HELM=$HELM_BIN"
+    "E2E_NODE_DRAIN=1"
 )
 if [ "$MODE" = chart ]; then
     # The suite uses the release installed above, pools in its namespace (as the README does).

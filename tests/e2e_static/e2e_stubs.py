@@ -44,6 +44,9 @@ sys.exit(rule.get("rc", 0))
 
 Rule = dict[str, Any]
 
+STUB_CONTEXT = "kind-stub"
+STUB_SERVER = "https://127.0.0.1:6443"
+
 
 def answer(match: str, stdout: str | dict[str, Any] = "", **more: Any) -> Rule:
     """A rule: a call whose line ("kubectl --namespace x get ...") matches the glob `match`
@@ -64,10 +67,14 @@ class Stubs:
 
     def rules(self, *rules: Rule) -> None:
         """First match wins; a call no rule matches exits 1 ("stub: unexpected"). The
-        cluster answers `kubectl version` unless a rule says otherwise."""
+        cluster answers `kubectl version`, and kubectl names the kubeconfig's context
+        (STUB_CONTEXT, STUB_SERVER), unless a rule says otherwise."""
         version = answer("kubectl version --output json",
                          {"serverVersion": {"gitVersion": "v1.36.0"}})
-        self.rules_file.write_text(json.dumps([*rules, version]))
+        view = answer("kubectl config view --minify --output json", {
+            "current-context": STUB_CONTEXT,
+            "clusters": [{"name": STUB_CONTEXT, "cluster": {"server": STUB_SERVER}}]})
+        self.rules_file.write_text(json.dumps([*rules, version, view]))
 
     def calls(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log.exists() else []
@@ -79,20 +86,28 @@ class Stubs:
     def kubectl(self, namespace: str | None = None) -> Kubectl:
         return Kubectl(namespace, binary=str(self.bin_dir / "kubectl"))
 
+    @property
+    def kubeconfig(self) -> Path:
+        """A file the stub kubectl never reads; the suite checks that KUBECONFIG's exist."""
+        return self.bin_dir.parent / "kubeconfig"
+
     def env(self, **settings: str) -> dict[str, str]:
-        """For a pytest run of e2e/ in a subprocess: the stubs first on PATH, a KUBECONFIG
-        (the file need not exist), no E2E_* of this shell, the stub helm."""
+        """For a pytest run of e2e/ in a subprocess: the stubs first on PATH, a KUBECONFIG,
+        no E2E_* of this shell, the stub helm."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("E2E_")}
         env.update(PATH=f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
-                   KUBECONFIG=str(self.bin_dir.parent / "kubeconfig"), E2E_HELM=self.helm)
+                   KUBECONFIG=str(self.kubeconfig), E2E_HELM=self.helm)
         env.update(settings)
         return env
 
-    def run_e2e(self, test: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    def run_e2e(self, test: str, *options: str, unset: tuple[str, ...] = (),
+                **settings: str) -> subprocess.CompletedProcess[str]:
+        """pytest -m e2e on e2e/`test`, quiet unless `options` say otherwise (-v cancels
+        the -q: pytest's header shows again); `unset` leaves those variables out."""
+        env = {k: v for k, v in self.env(**settings).items() if k not in unset}
         return subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "e2e",
-             f"e2e/{test}"], capture_output=True, text=True, cwd=REPO,
-            env=self.env(**settings), timeout=120)
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "e2e", *options,
+             f"e2e/{test}"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
 
 
 def make_stubs(directory: Path) -> Stubs:
@@ -104,5 +119,6 @@ def make_stubs(directory: Path) -> Stubs:
         path.write_text(STUB.format(python=sys.executable, log=str(found.log),
                                     rules=str(found.rules_file)))
         path.chmod(0o755)
+    found.kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
     found.rules()
     return found

@@ -313,7 +313,7 @@ def test_agentpool_wait_that_fails_ends_with_a_picture(
 def test_a_pool_deletion_that_times_out_ends_with_a_picture(stubs: Stubs) -> None:
     stubs.rules(refuse("kubectl --namespace e2e delete agentpool e2e-scale-1 *",
                        "error: timed out waiting for the condition on agentpools/e2e-scale-1\n"))
-    pools = Pools(stubs.kubectl("e2e"), Waiter(diagnose=lambda: PICTURE))
+    pools = Pools(stubs.kubectl("e2e"), Waiter(diagnose=lambda: PICTURE), "abc123")
     with pytest.raises(CommandError) as error:
         pools.delete("e2e-scale-1", timeout=1)
     assert "timed out waiting for the condition" in str(error.value)

