@@ -34,6 +34,14 @@ from .settings import ENV_PREFIX, OperatorSettings, load_settings
 
 FINALIZER = f"{GROUP}/finalizer"
 REPORTING_COMPONENT = "agentpool-operator"
+KOPF_PATTERN = re.compile(r"[!*?,]")
+"""What makes a kopf namespace entry a pattern (a glob, a negation, several in one) rather than
+a name: kopf's own test (select_specific_namespaces, kopf/_cogs/structs/references.py)."""
+
+
+def names_only(namespaces: Sequence[str]) -> bool:
+    """Whether the operator serves a list of namespaces, all given by exact name."""
+    return bool(namespaces) and not any(KOPF_PATTERN.search(name) for name in namespaces)
 
 
 def kopf_settings(config: OperatorSettings) -> kopf.OperatorSettings:
@@ -51,6 +59,10 @@ def kopf_settings(config: OperatorSettings) -> kopf.OperatorSettings:
     # Only the pools' Deployments and pods are of interest: let the API server filter them.
     settings.watching.label_selectors["apps", "v1", "deployments"] = POOL_LABEL
     settings.watching.label_selectors["v1", "pods"] = POOL_LABEL
+    # Listed names need no scanning: with it, kopf lists and watches namespaces cluster-wide (the
+    # chart does not grant that) and backs off ~54 s on the 403 before serving. Without it, kopf
+    # does not follow CRDs either: it serves the AgentPool CRD it finds at start.
+    settings.scanning.disabled = names_only(config.namespaces)
     settings.peering.standalone = config.standalone
     if config.peering:
         settings.peering.name = config.peering

@@ -26,7 +26,7 @@ from chart_helpers import (
 )
 
 import agentpool_operator.main  # noqa: F401  (registers the operator's handlers with kopf)
-from agentpool_operator.installed_crd import InstalledCrd
+from agentpool_operator.installed_crd import CRD_NAME, InstalledCrd
 from agentpool_operator.kube import KubeApi
 
 # Custom resources kubernetes_validate has no schema for: checked structurally below.
@@ -55,16 +55,17 @@ Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 # - KOPF_HANDLERS: kopf lists and watches every resource the operator's handlers serve, and
 #   patches (finalizers, progress annotations) those of its changing handlers and daemons.
 #   Derived below from kopf's registry of the operator's handlers.
-# - the other kopf reasons are requests kopf makes on its own: it follows the CRDs it serves, posts
-#   Events (kopf.info, kopf.warn) and, with peering, follows and patches the peering object
-#   (kopf/_core/engines/peering.py). kopf never reads one object by name and never PUTs
-#   (kopf/_cogs/clients), and lists or watches namespaces only when it serves a list of
-#   namespaces, falling back to that list when refused (kopf/_core/reactor/observation.py).
+# - the other kopf reasons are requests kopf makes on its own: cluster-wide, it follows the CRDs
+#   it serves; it posts Events (kopf.info, kopf.warn) and, with peering, follows and patches the
+#   peering object (kopf/_core/engines/peering.py). kopf never reads one object by name and never
+#   PUTs (kopf/_cogs/clients). Serving a list of namespaces, it would list and watch namespaces
+#   and CRDs cluster-wide, which the operator stops by turning kopf's scanning off
+#   (kopf_settings in agentpool_operator/main.py; kopf/_core/reactor/observation.py).
 # - OWNER_REFERENCES: what the OwnerReferencesPermissionEnforcement admission plugin asks of who
 #   sets an owner reference.
 KOPF_HANDLERS = "kopf: the operator's handlers"
 KOPF_EVENTS = "kopf: posts Events (kopf.info, kopf.warn)"
-KOPF_CRDS = "kopf: follows the CRDs it serves"
+KOPF_CRDS = "kopf: follows the CRDs it serves (cluster-wide only)"
 KOPF_PEERING_WATCH = "kopf: follows the peering object"
 KOPF_PEERING_PATCH = "kopf: writes its own entry in the peering object (touch, clean)"
 OWNER_REFERENCES = (
@@ -125,6 +126,7 @@ GRANT_REASONS = (
 )
 POOL_GRANTS = set(POOL_GRANT_REASONS)
 CRD_GRANTS = set(CRD_GRANT_REASONS)
+NAMESPACED_CRD_GRANTS = {g for g, reasons in CRD_GRANT_REASONS.items() if KOPF_CRDS not in reasons}
 CLUSTER_PEERING_GRANTS = {g for g in PEERING_GRANT_REASONS if g[1] == "clusterkopfpeerings"}
 PEERING_GRANTS = {g for g in PEERING_GRANT_REASONS if g[1] == "kopfpeerings"}
 SECRET_GRANTS = set(SECRET_GRANT_REASONS)
@@ -403,7 +405,7 @@ def expected_grants(values: dict[str, Any]) -> dict[str, set[Grant]]:
     peering = values.get("operator", {}).get("replicas", 1) > 1
     expected: dict[str, set[Grant]] = defaultdict(set)
     if watched:
-        expected["cluster"] = set(CRD_GRANTS)
+        expected["cluster"] = set(NAMESPACED_CRD_GRANTS)
         for namespace in watched:
             expected[namespace] |= POOL_GRANTS | (PEERING_GRANTS if peering else set())
     else:
@@ -554,6 +556,15 @@ def test_namespaced_mode_grants_nothing_namespaced_cluster_wide(
     for role in helm.render(COMBINATIONS[combination]).of_kind("ClusterRole"):
         for rule in rules_of(role):
             assert set(rule["resources"]) <= CLUSTER_SCOPED_RESOURCES - {"namespaces"}, rule
+
+
+@pytest.mark.parametrize(
+    "combination", sorted(name for name, v in COMBINATIONS.items() if v.get("watchNamespaces"))
+)
+def test_namespaced_mode_reads_the_agentpool_crd_alone(helm: Helm, combination: str) -> None:
+    crd_rules = [rule for role in helm.render(COMBINATIONS[combination]).of_kind("ClusterRole")
+                 for rule in rules_of(role) if "customresourcedefinitions" in rule["resources"]]
+    assert crd_rules and all(rule.get("resourceNames") == [CRD_NAME] for rule in crd_rules)
 
 
 def test_secret_namespaces_can_be_chosen(helm: Helm) -> None:

@@ -35,10 +35,19 @@ named below.
   verbs: ["get", "create", "patch", "delete"]
 {{- end -}}
 {{- define "agentpool.clusterScopedRules" -}}
+{{- if .Values.watchNamespaces -}}
+# get: is the installed AgentPool CRD current? Serving listed namespaces, kopf neither lists nor
+# watches CRDs (the operator turns its scanning off: operator/agentpool_operator/main.py).
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  resourceNames: ["agentpools.agentpool.dev"]
+  verbs: ["get"]
+{{- else -}}
 # get: is the installed AgentPool CRD current? list, watch: kopf follows the CRDs it serves.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+{{- end }}
 # One node at a time, by name: whether the node of a worker pod is being drained.
 - apiGroups: [""]
   resources: ["nodes"]
