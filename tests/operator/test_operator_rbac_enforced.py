@@ -34,7 +34,11 @@ from chart_helpers import NAMESPACE as RELEASE_NAMESPACE
 
 NAMESPACES_ENV = "AGENTPOOL_OPERATOR_NAMESPACES"
 CRD_READ = Need("get", "apiextensions.k8s.io", "customresourcedefinitions", name=CRD_NAME)
-MODES = {"cluster-wide": {}, "namespaced": {"watchNamespaces": [NAMESPACE]}}
+PER_POOL_ENV = "AGENTPOOL_OPERATOR_PER_POOL_CREDENTIALS"
+MODES = {"cluster-wide": {"secretNamespaces": [NAMESPACE]},
+         "namespaced": {"watchNamespaces": [NAMESPACE]}}
+"""The chart's defaults (per-pool Redis users among them), with the pools' namespace where
+each mode lets the operator manage their Secrets."""
 
 
 @attrs.define(kw_only=True)
@@ -93,10 +97,11 @@ def kmock_options(kmock_options: dict[str, Any], rendered: Rendered) -> dict[str
 
 @pytest.fixture
 def operator_settings(rendered: Rendered) -> OperatorSettings:
-    """The namespaces the chart gives the operator."""
+    """The namespaces and per-pool credentials the chart gives the operator."""
     _, env = chart_operator(rendered)
     return OperatorSettings(port=free_port(), status_refresh_seconds=0.5,
-                            namespaces=env[NAMESPACES_ENV])
+                            namespaces=env[NAMESPACES_ENV],
+                            per_pool_credentials=env[PER_POOL_ENV] == "true")
 
 
 async def test_the_operator_serves_a_pool_with_the_charts_rbac_alone(
@@ -115,6 +120,8 @@ async def test_the_operator_serves_a_pool_with_the_charts_rbac_alone(
     refused = [str(need) for need in kmock.denied]
     assert not refused, "the chart's RBAC refused:\n" + "\n".join(refused)
     assert CRD_READ in kmock.allowed, "the installed CRD was not read (or not under RBAC)"
+    assert Need("create", "", "secrets", NAMESPACE) in kmock.allowed, (
+        "the pool's Redis user's Secret was not written (per-pool credentials, the default)")
 
 
 def test_kopf_scans_namespaces_and_crds_unless_given_names_only() -> None:
