@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.peers            # full run (about 25 minutes for three systems)
-    .venv/bin/python -m bench.peers --quick    # about 6 minutes, fewer samples, shorter caps
+    .venv/bin/python -m bench.peers            # full run (about 20 minutes for all six systems)
+    .venv/bin/python -m bench.peers --quick    # about 9 minutes, fewer samples, shorter caps
 
 The orchestrator (``run.py``) runs in the project's environment. Each peer runs in a virtual
 environment of its own (``venvs.py``): the latest releases of the peers cannot share one

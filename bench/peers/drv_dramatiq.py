@@ -1,9 +1,11 @@
 """Dramatiq with its Redis broker. Worker: ``dramatiq bench.peers.drv_dramatiq --processes 1
---threads 8 --queues bench`` (Dramatiq's CLI forks the worker processes from a supervisor).
+--threads T --queues bench`` (Dramatiq's CLI forks the worker processes from a supervisor);
+T is 32 in the high-throughput configuration (``run.DRAMATIQ_THREADS``) and Dramatiq's
+default 8 otherwise.
 
 Profiles:
-- ``throughput`` / ``default``: Dramatiq's defaults (8 threads, prefetch 2 per thread,
-  default middleware).
+- ``throughput`` / ``default``: Dramatiq's defaults but for the threads (prefetch 2 per
+  thread, default middleware).
 - ``reliable``: the Redis broker's recovery knobs: a broker process whose heartbeat is older
   than ``heartbeat_timeout`` (default 60 s; here 15 s) is dead, and its unacknowledged
   messages go back on the queue at the next maintenance run, which each broker command

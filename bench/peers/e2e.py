@@ -56,9 +56,15 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def command_stats(r: redis.Redis, own: dict[str, int]) -> tuple[int, float]:
-    """(commands executed, microseconds spent in commands) since the last CONFIG RESETSTAT,
-    less the orchestrator's own calls (`own`: command -> calls it made in that window; their
-    time is taken off in proportion). A system's own EXISTS or BLPOP counts like any other.
+    """``count_commands`` of the server's ``INFO commandstats``."""
+    return count_commands(r.info("commandstats"), own)
+
+
+def count_commands(stats: dict[str, Any], own: dict[str, int]) -> tuple[int, float]:
+    """(commands executed, microseconds spent in commands) in ``INFO commandstats`` since the
+    last CONFIG RESETSTAT, less the orchestrator's own calls (`own`: command -> calls it made
+    in that window; their time is taken off in proportion). A system's own EXISTS or BLPOP
+    counts like any other.
 
     A script's EVALSHA counts as a command, and so does each command it calls; a
     transaction's EXEC and each command queued in it likewise. Redis counts an inner command's
@@ -67,7 +73,6 @@ def command_stats(r: redis.Redis, own: dict[str, int]) -> tuple[int, float]:
     in a transaction), without the Lua interpreter's own share or the network I/O, which only
     the process's CPU (``/proc``) shows.
     """
-    stats: dict[str, Any] = r.info("commandstats")
     calls, usec = 0, 0.0
     for name, fig in stats.items():
         key = name if name.startswith("cmdstat_") else f"cmdstat_{name}"

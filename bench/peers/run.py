@@ -1,4 +1,5 @@
-"""Run the same workloads through agentpool, Celery, RQ, arq and Dramatiq; print the tables.
+"""Run the same workloads through agentpool, Celery, RQ, arq, Dramatiq and taskiq; print the
+tables.
 
     .venv/bin/python -m bench.peers [--quick] [--only agentpool,celery,...] [--json FILE]
 
@@ -209,9 +210,19 @@ def _arq(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
     return WorkerSpec([str(env.pythons["arq"]), "-m", "bench.peers.drv_arq", "worker", "{}"])
 
 
-def _dramatiq(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
-    return WorkerSpec([env.bin("dramatiq", "dramatiq"), "bench.peers.drv_dramatiq",
-                       "--processes", "1", "--threads", "8", "--queues", common.QUEUE])
+def _dramatiq(threads: int) -> Callable[[Env, str, str, str], WorkerSpec]:
+    def spec(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
+        return WorkerSpec([env.bin("dramatiq", "dramatiq"), "bench.peers.drv_dramatiq",
+                           "--processes", "1", "--threads", str(threads),
+                           "--queues", common.QUEUE])
+
+    return spec
+
+
+DRAMATIQ_THREADS = 32
+"""Dramatiq's threads per process in its high-throughput configuration (its default is 8):
+the best of 8, 32, 64 and 100 on the end-to-end workload (bench/README.md, Configurations).
+Its prefetch follows: twice the threads."""
 
 
 def _taskiq(env: Env, phase: str, profile: str, name: str) -> WorkerSpec:
@@ -227,16 +238,28 @@ CONFIGS = [
     Config("agentpool concurrency 8", "agentpool", "agentpool-worker, concurrency 8",
            _agentpool(8)),
     Config("celery prefork", "celery", "prefork pool, 1 child per worker, prefetch x64, "
-           "without gossip/mingle/heartbeat", _celery("prefork", 1)),
+           "without gossip/mingle/heartbeat, early ack", _celery("prefork", 1)),
     Config("celery threads", "celery", "threads pool, 8 threads, prefetch x64, "
-           "without gossip/mingle/heartbeat", _celery("threads", 8)),
+           "without gossip/mingle/heartbeat, early ack", _celery("threads", 8)),
     Config("rq SimpleWorker", "rq", "rq worker --worker-class rq.SimpleWorker",
            _rq("rq.SimpleWorker")),
     Config("rq Worker", "rq", "rq worker (forks a work horse per job; RQ's default)", _rq(None)),
     Config("arq", "arq", "max_jobs 100, poll_delay 0.05 s", _arq),
-    Config("dramatiq", "dramatiq", "1 process x 8 threads (defaults), prefetch 16", _dramatiq),
+    Config("dramatiq", "dramatiq", f"1 process x {DRAMATIQ_THREADS} threads (tuned; default 8), "
+           f"prefetch {2 * DRAMATIQ_THREADS}", _dramatiq(DRAMATIQ_THREADS)),
+    Config("dramatiq 8 threads", "dramatiq", "1 process x 8 threads (defaults), prefetch 16",
+           _dramatiq(8)),
     Config("taskiq", "taskiq", "stream broker, 1 process, 100 async tasks (defaults)", _taskiq),
 ]
+
+
+def with_dramatiq_threads(configs: list[Config], threads: int) -> list[Config]:
+    """``configs`` with Dramatiq's high-throughput configuration at ``threads`` threads."""
+    tuned = Config("dramatiq", "dramatiq", f"1 process x {threads} threads, prefetch "
+                   f"{2 * threads}", _dramatiq(threads))
+    return [tuned if c.label == "dramatiq" else c for c in configs]
+
+
 E2E_CONFIGS = {
     "agentpool": CONFIGS[0],
     **{c.system: c for c in CONFIGS if c.label in (
@@ -266,7 +289,7 @@ RECOVERY_CONFIG = {
     "celery": Config("celery", "celery", "", _celery(None, None)),
     "rq": Config("rq", "rq", "", _rq(None)),
     "arq": Config("arq", "arq", "", _arq),
-    "dramatiq": Config("dramatiq", "dramatiq", "", _dramatiq),
+    "dramatiq": Config("dramatiq", "dramatiq", "", _dramatiq(8)),
     "taskiq": Config("taskiq", "taskiq", "", _taskiq),
 }
 SCENARIOS = [
@@ -678,8 +701,25 @@ def _ratio(ours: float | None, best: float | None) -> str:
     return f"{ratio:.2g}×" if ratio < 0.1 else f"{ratio:.2f}×"
 
 
-def render(results: dict[str, Any]) -> str:
+def versions_line(versions: dict[str, dict[str, str]]) -> str:
+    """``celery 5.7.0 (kombu 5.7.0, redis 6.4.0, hiredis 3.5.0); ...``: the peers are not
+    pinned, so every run says what it ran."""
+    parts = []
+    for system, found in versions.items():
+        own = found.get(system)
+        rest = ", ".join(f"{d} {v}" for d, v in found.items() if d != system)
+        parts.append(f"{system} {own or '?'}" + (f" ({rest})" if rest else ""))
+    return "; ".join(parts)
+
+
+def render(results: dict[str, Any], e2e_systems: list[str] | None = None) -> str:
+    """Every table of a run: the versions, the end-to-end table (the headline; its columns
+    ``e2e_systems``), the secondary workloads' tables, agentpool against the best peer."""
     lines: list[str] = []
+    if results.get("versions"):
+        lines += [f"Versions: {versions_line(results['versions'])}.", ""]
+    if results.get("e2e") and e2e_systems:
+        lines += [e2e.render(results["e2e"], e2e_systems), ""]
     enqueue: dict[str, dict[str, Any]] = results["enqueue"]
     if enqueue:
         lines += [f"### Enqueue (no-op tasks: one producer, or {common.PRODUCERS} at once)", "",
@@ -725,13 +765,32 @@ def render(results: dict[str, Any]) -> str:
             text = item["outcome"] + (f" ({item['error']})" if item["error"] else "")
             lines.append(f"| {item['system']} | {item['setting']} | {text} |")
         lines.append("")
-    rows = summary(results)
-    if rows:  # none when every workload that has a row was skipped
-        lines += ["### agentpool against the best peer", "",
-                  "| figure | agentpool | best peer | agentpool ÷ best peer | better |",
-                  "|---|---:|---:|---:|---|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += summary_lines(summary(results))
     return "\n".join(lines)
+
+
+def summary_lines(rows: list[SummaryRow]) -> list[str]:
+    """The table of ``summary``; the peers a row lacks, and why, in numbered notes below it."""
+    if not rows:  # every workload that has a row was skipped
+        return []
+    lines = ["### agentpool against the best peer", "",
+             "End-to-end rows (the headline) first; rows marked (secondary) come from the "
+             "secondary workloads (submits alone, the pre-filled no-op drain, latency, recovery).",
+             "", "| figure | agentpool | best peer | agentpool ÷ best peer | better |",
+             "|---|---:|---:|---:|---|"]
+    notes: list[str] = []
+    for row in rows:
+        marks = []
+        for note in row.missing:
+            if note not in notes:
+                notes.append(note)
+            marks.append(f"[{notes.index(note) + 1}]")
+        figure = row.figure + (" (secondary)" if row.secondary else "")
+        figure += " " + "".join(marks) if marks else ""
+        lines.append(f"| {figure} | {row.ours} | {row.best} | {row.ratio} | {row.better} |")
+    if notes:
+        lines += ["", *(f"[{i}] {note}" for i, note in enumerate(notes, start=1))]
+    return lines
 
 
 def _enqueue_round_ratios(enqueue: dict[str, dict[str, Any]]) -> list[str]:
@@ -759,8 +818,52 @@ def _enqueue_round_ratios(enqueue: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def summary(results: dict[str, Any]) -> list[list[str]]:
-    rows: list[list[str]] = []
+@dataclass(frozen=True)
+class SummaryRow:
+    figure: str
+    ours: str
+    best: str
+    ratio: str
+    better: str
+    secondary: bool
+    """From a secondary workload (a kinder method, or not a throughput figure at all)."""
+    missing: tuple[str, ...] = ()
+    """Why a peer that ran has no figure in this row, one note per peer."""
+
+
+NO_DRAIN = {
+    "taskiq": "taskiq: no pre-filled no-op drain figure: the drain is read from the queue's "
+              "depth, and taskiq-redis's stream keeps every entry after XACK (nothing trims "
+              "it), so its length never shrinks; the end-to-end pre-filled row, timed by the "
+              "tasks' own writes, has taskiq",
+}
+"""Peers the no-op drain cannot measure, and why."""
+
+
+def missing_notes(peers: list[str], workload: str,
+                  outcomes: dict[str, str] | None = None) -> tuple[str, ...]:
+    """Why ``peers``, which ran, have no figure in a row of ``workload``: one note per reason.
+    ``outcomes``: a recovery scenario's outcome (lost, over the cap, error) by peer."""
+    if not peers:
+        return ()
+    if outcomes is not None:
+        return ("no recovery within the cap: "
+                + "; ".join(f"{p} {outcomes.get(p, '—')}" for p in peers),)
+    notes = [NO_DRAIN[p] for p in peers if workload == "drain" and p in NO_DRAIN]
+    rest = [p for p in peers if not (workload == "drain" and p in NO_DRAIN)]
+    if rest and workload == "batch":
+        notes.append(f"{', '.join(rest)}: no batch submit in the driver")
+    elif rest:
+        notes.append(f"{', '.join(rest)}: no figure in this run (failed or skipped; see the "
+                     f"log)")
+    return tuple(notes)
+
+
+def summary(results: dict[str, Any]) -> list[SummaryRow]:
+    """agentpool against the best peer, figure by figure: the end-to-end rows first, then the
+    secondary workloads' rows, marked so; a peer that ran but has no figure in a row is named
+    in the row's notes, with the reason where it is known."""
+    rows: list[SummaryRow] = []
     enqueue: dict[str, dict[str, Any]] = results["enqueue"]
     work: dict[str, dict[str, Any]] = results["workers"]
 
@@ -772,23 +875,27 @@ def summary(results: dict[str, Any]) -> list[list[str]]:
         return name, known[name]
 
     def add(figure: str, ours: float | None, peers: dict[str, float | None], higher: bool,
-            unit: str, digits: int) -> None:
+            unit: str, digits: int, secondary: bool, workload: str = "",
+            outcomes: dict[str, str] | None = None) -> None:
         name, value = best(peers, higher)
         if ours is None and value is None:
             return
-        rows.append([figure, _num(ours, unit, digits),
-                     f"{_num(value, unit, digits)} ({name})" if value is not None else "—",
-                     _ratio(ours, value), "higher" if higher else "lower"])
+        missing = missing_notes([k for k, v in peers.items() if v is None], workload, outcomes)
+        rows.append(SummaryRow(figure, _num(ours, unit, digits),
+                               f"{_num(value, unit, digits)} ({name})" if value is not None
+                               else "—", _ratio(ours, value), "higher" if higher else "lower",
+                               secondary, missing))
 
     e2e_cases: dict[str, dict[str, Any]] = (results.get("e2e") or {}).get("cases", {})
-    e2e_peers = sorted({c["system"] for c in e2e_cases.values()} - {"agentpool", BEFORE})
+    e2e_peers = sorted(({c["system"] for c in e2e_cases.values()}
+                        | set(results.get("versions") or {})) - {"agentpool", BEFORE})
 
     def e2e_row(figure: str, workers: int, mode: str, key: str, higher: bool,
                 unit: str) -> None:
         def of(system: str) -> float | None:
             return e2e_cases.get(f"{system} W={workers} {mode}", {}).get(key)
 
-        add(figure, of("agentpool"), {p: of(p) for p in e2e_peers}, higher, unit, 0)
+        add(figure, of("agentpool"), {p: of(p) for p in e2e_peers}, higher, unit, 0, False)
 
     if "agentpool W=1 single" in e2e_cases:
         for w in (1, 2):
@@ -805,28 +912,28 @@ def summary(results: dict[str, Any]) -> list[list[str]]:
         e2e_row("producer CPU per task, end to end (single)", 1, "single",
                 "producer_cpu_us", False, " µs")
     if "agentpool" in enqueue:
+        peers = {k: v for k, v in enqueue.items() if k not in ("agentpool", BEFORE)}
         for mode, label in (("single", "single"), ("concurrent",
                                                    f"{common.PRODUCERS} producers at once"),
                             ("batch", "batch")):
-            peers = {k: v for k, v in enqueue.items() if k not in ("agentpool", BEFORE)}
             add(f"enqueue, {label}", enqueue["agentpool"].get(mode),
-                {k: v.get(mode) for k, v in peers.items()}, True, "/s", 0)
+                {k: v.get(mode) for k, v in peers.items()}, True, "/s", 0, True, mode)
             add(f"Redis CPU per submitted task, {label}",
                 enqueue["agentpool"].get("redis_cpu_us", {}).get(mode),
                 {k: v.get("redis_cpu_us", {}).get(mode) for k, v in peers.items()},
-                False, " µs", 0)
+                False, " µs", 0, True, mode)
         if enqueue["agentpool"].get("sync") is not None:
             add("enqueue, single, blocking client", enqueue["agentpool"]["sync"],
-                {k: v["single"] for k, v in peers.items()}, True, "/s", 0)
+                {k: v.get("single") for k, v in peers.items()}, True, "/s", 0, True)
             add(f"enqueue, {common.PRODUCERS} producers at once, blocking client",
                 enqueue["agentpool"].get("sync_concurrent"),
-                {k: v.get("concurrent") for k, v in peers.items()}, True, "/s", 0)
+                {k: v.get("concurrent") for k, v in peers.items()}, True, "/s", 0, True)
     if "agentpool" in work:
+        peer_work = {k: v for k, v in work.items() if not k.startswith("agentpool")}
         for key, figure in (("drain_1", "no-op drain, 1 process"),
                             ("drain_2", "no-op drain, 2 processes")):
             add(figure, work["agentpool"].get(key),
-                {k: v.get(key) for k, v in work.items() if not k.startswith("agentpool")},
-                True, "/s", 0)
+                {k: v.get(key) for k, v in peer_work.items()}, True, "/s", 0, True, "drain")
         for label in ("agentpool", "agentpool concurrency 8"):
             if label not in work:
                 continue
@@ -834,14 +941,16 @@ def summary(results: dict[str, Any]) -> list[list[str]]:
             for key, figure in (("p50_ms", "p50 submit→start"),
                                 ("p99_ms", "p99 submit→start")):
                 add(figure + suffix, (work[label].get("latency") or {}).get(key),
-                    {k: (v.get("latency") or {}).get(key) for k, v in work.items()
-                     if not k.startswith("agentpool")}, False, " ms", 2)
+                    {k: (v.get("latency") or {}).get(key) for k, v in peer_work.items()},
+                    False, " ms", 2, True)
     recovery: list[dict[str, Any]] = results["recovery"]
     ours = [r for r in recovery if r["system"] == "agentpool"]
-    peers = {f"{r['system']} {r['profile']}": r["seconds"] for r in recovery
-             if r["system"] != "agentpool"}
+    others = [r for r in recovery if r["system"] != "agentpool"]
+    seconds = {f"{r['system']} {r['profile']}": r["seconds"] for r in others}
+    outcomes = {f"{r['system']} {r['profile']}": r["outcome"] for r in others}
     for item in ours:
-        add(f"recovery, {item['setting']}", item["seconds"], peers, False, " s", 2)
+        add(f"recovery, {item['setting']}", item["seconds"], seconds, False, " s", 2, True,
+            outcomes=outcomes)
     return rows
 
 
@@ -852,8 +961,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="fewer tasks, shorter windows, 45 s recovery cap (~6 min for three "
-                             "systems)")
+                        help="fewer tasks, shorter windows, 45 s recovery cap (~9 min for all "
+                             "six systems)")
     parser.add_argument("--only", default=",".join(SYSTEMS),
                         help="comma-separated systems to run (default: all)")
     parser.add_argument("--skip", default="",
@@ -870,9 +979,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the peers' environments live (default: %(default)s)")
     parser.add_argument("--upgrade-peers", action="store_true",
                         help="reinstall the peers' latest releases before running")
+    parser.add_argument("--dramatiq-threads", type=int, default=DRAMATIQ_THREADS,
+                        help="Dramatiq's threads per process in its high-throughput "
+                             "configuration (default %(default)s; bench/README.md says why)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the raw results here (default: bench/results/)")
     args = parser.parse_args(argv)
+    if args.dramatiq_threads != DRAMATIQ_THREADS:
+        CONFIGS[:] = with_dramatiq_threads(CONFIGS, args.dramatiq_threads)
+        E2E_CONFIGS["dramatiq"] = next(c for c in CONFIGS if c.label == "dramatiq")
     plan = Plan.quick() if args.quick else Plan.full()
     systems = [s for s in SYSTEMS if s in args.only.split(",")]
     skip = set(filter(None, args.skip.split(",")))
@@ -885,16 +1000,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.before is not None:
         global _before_root
         _before_root = args.before.resolve()
-    for peer in (s for s in systems if s != "agentpool"):
-        log(f"environment for {peer} ({args.venvs / peer})")
-        pythons[peer] = venvs.ensure(args.venvs, peer, upgrade=args.upgrade_peers,
-                                     log=logs / "pip.log")
+    try:
+        for peer in (s for s in systems if s != "agentpool"):
+            log(f"environment for {peer} ({args.venvs / peer})")
+            pythons[peer] = venvs.ensure(args.venvs, peer, upgrade=args.upgrade_peers,
+                                         log=logs / "pip.log")
+        versions = {s: venvs.versions(pythons[s], s) for s in systems}
+    except venvs.InstallFailed as exc:
+        raise SystemExit(str(exc)) from None
+    log("versions: " + versions_line(versions))
     results: dict[str, Any] = {
         "command": " ".join(["python -m bench.peers", *(argv or sys.argv[1:])]),
         "machine": machine(),
-        "versions": {s: venvs.versions(pythons[s], s) for s in systems},
+        "versions": versions,
         "before": str(_before_root) if _before_root else None,
         "plan": plan.__dict__, "e2e": {}, "enqueue": {}, "workers": {}, "recovery": [],
+        "e2e_configs": {s: E2E_CONFIGS[s].describe for s in systems},
     }
     e2e_systems = [BEFORE, *systems] if _before_root else systems
     started = time.monotonic()
@@ -905,7 +1026,6 @@ def main(argv: list[str] | None = None) -> None:
             n = args.tasks or (2_000 if args.quick else 10_000)
             results["e2e"] = e2e.bench_e2e(env, e2e_systems, n, args.rounds,
                                            sys.modules[__name__], E2E_BATCH)
-            print(e2e.render(results["e2e"], e2e_systems), flush=True)
         if "enqueue" not in skip:
             results["enqueue"] = bench_enqueue(env, plan, e2e_systems, args.rounds)
         configs = [c for c in CONFIGS if c.system in systems]
@@ -939,9 +1059,7 @@ def main(argv: list[str] | None = None) -> None:
     results["machine"]["load_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     path = args.json or out_dir / f"peers-{stamp}.json"
     path.write_text(json.dumps(results, indent=2))
-    if results["e2e"]:
-        print(e2e.render(results["e2e"], e2e_systems) + "\n")
-    print(render(results))
+    print(render(results, e2e_systems))
     print(f"\n{results['total_seconds']:.0f} s; raw results: {path}; worker logs: {logs}")
 
 

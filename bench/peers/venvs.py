@@ -5,6 +5,8 @@ The peers cannot share the product's environment or each other's: Celery 5.7 pin
 later), and arq 0.28 requires ``redis<6`` while kombu's Redis transport requires ``redis>=6.4``.
 So each peer gets its own environment under ``--venvs`` (default
 ``~/.cache/agentpool-bench/venvs``), made with this interpreter's ``venv`` and ``pip``.
+An environment counts as installed once ``pip`` succeeded in it (``MARKER``); the peers are
+not pinned, so every run records the versions it ran (``versions``).
 """
 
 from __future__ import annotations
@@ -43,27 +45,64 @@ def python_of(root: Path, peer: str) -> Path:
     return root / peer / "bin" / "python"
 
 
+MARKER = "agentpool-bench-installed"
+"""Written into a peer's environment once its install succeeded: an environment without it
+(its interpreter made, then pip failed) is installed again on the next run."""
+
+
+class InstallFailed(Exception):
+    """A peer's environment could not be made; the message says where pip's output went."""
+
+
+def installed(root: Path, peer: str) -> bool:
+    return (root / peer / MARKER).exists()
+
+
 def ensure(root: Path, peer: str, *, upgrade: bool = False, log: Path | None = None) -> Path:
-    """The peer's interpreter, creating (or upgrading) its environment when asked or missing."""
+    """The peer's interpreter, creating (or upgrading) its environment when asked, missing or
+    left half-made by a failed install."""
     python = python_of(root, peer)
-    if python.exists() and not upgrade:
+    if installed(root, peer) and python.exists() and not upgrade:
         return python
     root.mkdir(parents=True, exist_ok=True)
+    (root / peer / MARKER).unlink(missing_ok=True)
     with contextlib.ExitStack() as stack:
         out: IO[bytes] | int = stack.enter_context(log.open("ab")) if log else subprocess.DEVNULL
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(root / peer)], check=True,
-                           stdout=out, stderr=out)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-             "--upgrade", *REQUIREMENTS[peer]],
-            check=True, stdout=out, stderr=out,
-        )
+        try:
+            if not python.exists():
+                subprocess.run([sys.executable, "-m", "venv", str(root / peer)], check=True,
+                               stdout=out, stderr=out)
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                 *(["--upgrade"] if upgrade else []), *REQUIREMENTS[peer]],
+                check=True, stdout=out, stderr=out,
+            )
+        except (subprocess.CalledProcessError, OSError) as exc:
+            raise InstallFailed(install_failure(peer, root, log, exc)) from exc
+    (root / peer / MARKER).write_text(" ".join(REQUIREMENTS[peer]) + "\n")
     return python
 
 
+def install_failure(peer: str, root: Path, log: Path | None, exc: Exception) -> str:
+    """The one line a failed install prints."""
+    why = (f"exit status {exc.returncode}" if isinstance(exc, subprocess.CalledProcessError)
+           else str(exc))
+    where = f"pip's output: {log}" if log else "pip's output was not kept"
+    return (f"installing {peer} into {root / peer} failed ({why}); {where}; the next run "
+            f"tries again, --upgrade-peers installs the latest releases")
+
+
 def versions(python: Path | str, system: str) -> dict[str, str]:
-    reply = subprocess.run([str(python), "-c", _VERSIONS, *DISTRIBUTIONS[system]],
-                           check=True, capture_output=True, text=True)
+    """The installed versions of the system's distributions (the peers are unpinned: each run
+    records what it ran)."""
+    try:
+        reply = subprocess.run([str(python), "-c", _VERSIONS, *DISTRIBUTIONS[system]],
+                               check=True, capture_output=True, text=True)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise InstallFailed(
+            f"{system}'s environment ({python}) cannot report its versions: "
+            f"{detail.strip().splitlines()[-1] if detail.strip() else exc}; "
+            f"run with --upgrade-peers to install it again") from exc
     result: dict[str, str] = json.loads(reply.stdout)
     return result
