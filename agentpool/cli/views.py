@@ -464,7 +464,7 @@ def figures_json(queue: str, figures: QueueFigures,
 
 def rates_json(rates: Rates) -> dict[str, Any]:
     return {
-        "window_seconds": round(rates.window_seconds, 3),
+        "window_seconds": round(rates.window_seconds),
         "submitted_per_second": round(rates.submitted_per_second, 3),
         "succeeded_per_second": round(rates.succeeded_per_second, 3),
         "failed_per_second": round(rates.failed_per_second, 3),

@@ -149,6 +149,9 @@ class Topic:
     latest_status: int = 200
     compared: str | None = None
     """The latest snapshot without its time: a new one goes out only when this changes."""
+    good_at: float | None = None
+    """The time ("at") of the latest snapshot read without an error: a page that cannot be
+    read now shows what it showed then, and its error says so ("as_of")."""
     keys: list[EventKey] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     """The encoded events kept (the latest read, at most MAX_LOG_EVENTS), in order; `keys`
@@ -172,10 +175,14 @@ class Topic:
             raise
         except Exception as exc:
             snapshot, new = self.on_error(exc), []
+        snapshot = self.dated(snapshot)
         compared = _unstamped(snapshot)
         async with self.changed:
+            # an unchanged snapshot is not sent again, but the latest keeps its new time: a
+            # browser that opens the page now sets its clock by it
+            self.latest = encode(snapshot)
             if compared != self.compared:
-                self.latest, self.compared = encode(snapshot), compared
+                self.compared = compared
                 self.latest_status = status_of(snapshot)
                 self.snapshot_version += 1
             if new:
@@ -192,6 +199,18 @@ class Topic:
                 self.version += 1
                 self.changed.notify_all()
         return more
+
+    def dated(self, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """The snapshot; an error of a page that was read before with the time of that read
+        ("as_of"), which stays the same while the error does."""
+        if "error" not in snapshot:
+            at = snapshot.get("at")
+            if isinstance(at, int | float):
+                self.good_at = float(at)
+            return snapshot
+        if snapshot.get("not_found") or self.good_at is None or "as_of" in snapshot:
+            return snapshot
+        return {**snapshot, "as_of": self.good_at}
 
     def drop(self, count: int) -> int:
         """Stop keeping the `count` oldest events; the bytes that frees."""

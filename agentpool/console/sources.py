@@ -21,7 +21,7 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -47,6 +47,7 @@ from agentpool.cli.views import (
     figures_json,
     fleet_json,
     iso_ms,
+    iso_s,
     iso_time,
     task_json,
     workers_json,
@@ -54,7 +55,8 @@ from agentpool.cli.views import (
 from agentpool.connection import is_cluster, redis_from_url
 from agentpool.console.history import History, Point
 from agentpool.console.hub import Feed, encode
-from agentpool.models import RateLimitSpec
+from agentpool.health import pool_health
+from agentpool.models import Condition, RateLimitSpec
 from agentpool.protocol import (
     QUEUE_NAME,
     TASK_LIST_STATES,
@@ -63,6 +65,7 @@ from agentpool.protocol import (
     TaskQueue,
     TaskRow,
     TaskView,
+    WorkerState,
     figures_and_workers,
     figures_of,
     full_among,
@@ -100,6 +103,10 @@ PROGRESS_CHARS = 60
 DISCOVERY_SECONDS = 30.0
 DISCOVERY_MAX_KEYS = 5_000_000
 REQUEST_TIMEOUT = 10.0
+REDIS_ANSWER_SECONDS = 5.0
+"""How long a page's read waits for the console's Redis: one that does not answer (a Redis
+hung or paused, a network that drops its packets) is an error the page shows within seconds,
+not a page that goes on showing what it read last as if it were current."""
 MAX_CACHED_QUEUES = 10_000
 EVENT_BATCH = 250
 """Events a task page reads per round trip (more are read at once, not after the interval):
@@ -149,6 +156,20 @@ def redis_problem(exc: BaseException, *, own: bool = True) -> str:
             return describe_redis_error(exc)
         return f"cannot read Redis: {describe_redis_error(exc)}"
     return f"cannot read the pool's Redis: {auth or describe_redis_error(exc)}"
+
+
+@contextlib.asynccontextmanager
+async def answer_within(seconds: float) -> AsyncIterator[None]:
+    """Reads of Redis that must end within `seconds`: past it they are cancelled and a
+    TimeoutError says so ("no answer within 5 s")."""
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            yield
+    except TimeoutError as exc:
+        if deadline.expired():
+            raise TimeoutError(f"no answer within {seconds:g} s") from exc
+        raise
 
 
 def unresolved(exc: BaseException) -> bool:
@@ -460,7 +481,8 @@ class Sources:
             place = places[indexes[0]]
             queues = [self._queue_at(place, names[i]) for i in indexes]
             if place.own:
-                return await figures_of(queues)
+                async with answer_within(REDIS_ANSWER_SECONDS):
+                    return await figures_of(queues)
             async with asyncio.timeout(POOL_REDIS_TIMEOUT + 2):
                 return await figures_of(queues)
 
@@ -494,7 +516,8 @@ class Sources:
         if not indexes:
             return
         try:
-            found = await figures_of([self.queue(names[i]) for i in indexes])
+            async with answer_within(REDIS_ANSWER_SECONDS):
+                found = await figures_of([self.queue(names[i]) for i in indexes])
         except REDIS_FAILURES:
             return
         for i, figures in zip(indexes, found, strict=True):
@@ -507,7 +530,8 @@ class Sources:
         """The queues, of those found in Redis alone, whose Redis refuses new tasks (no
         operator says so of a queue without a pool); none when Redis does not answer."""
         try:
-            return await full_among([self.queue(name) for name in names])
+            async with answer_within(REDIS_ANSWER_SECONDS):
+                return await full_among([self.queue(name) for name in names])
         except REDIS_FAILURES:
             return set()
 
@@ -585,7 +609,8 @@ class Sources:
         limits: list[dict[str, Any]] | None = None
         if place.redis is not None:
             try:
-                async with asyncio.timeout(None if place.own else POOL_REDIS_TIMEOUT + 2):
+                async with answer_within(REDIS_ANSWER_SECONDS if place.own
+                                         else POOL_REDIS_TIMEOUT + 2):
                     read, live = await figures_and_workers(self._queue_at(place, queue_name))
                     limits = await limit_rows(place.redis, spec.get("rateLimits"))
             except REDIS_FAILURES as exc:
@@ -594,7 +619,7 @@ class Sources:
                 problem = redis_problem(exc, own=place.own)
             else:
                 figures = figures_json(queue_name, read, record.rates.rates())
-                workers = workers_json(live, now)
+                workers = page_workers(live, now)
         if figures is None:
             figures = status_figures(pool_summary(record.obj or {}), record.obj)
         events, events_note = await self._events(namespace, name)
@@ -662,9 +687,10 @@ class Sources:
             raise NotFound(f"no task state {state!r}: use one of {', '.join(TASK_LIST_STATES)}")
         page = min(max(1, page), MAX_PAGE)
         queue = self.queue(queue_name)
-        due = (await queue.figures()).due_delayed if state == "delayed" else 0
-        total, rows = await task_page(queue, state, (page - 1) * PAGE_SIZE + due, PAGE_SIZE,
-                                      preview_bytes=PREVIEW_BYTES)
+        async with answer_within(REDIS_ANSWER_SECONDS):
+            due = (await queue.figures()).due_delayed if state == "delayed" else 0
+            total, rows = await task_page(queue, state, (page - 1) * PAGE_SIZE + due,
+                                          PAGE_SIZE, preview_bytes=PREVIEW_BYTES)
         total = max(0, total - due)
         return {
             "queue": queue_name, "state": state, "page": page, "per_page": PAGE_SIZE,
@@ -711,9 +737,10 @@ class Sources:
         text = text.strip()
         if not text:
             return None
-        if await queue.redis.exists(queue.task_key(text)):
-            return text
-        return await task_for_idempotency_key(queue, text)
+        async with answer_within(REDIS_ANSWER_SECONDS):
+            if await queue.redis.exists(queue.task_key(text)):
+                return text
+            return await task_for_idempotency_key(queue, text)
 
     async def task(self, queue_name: str, task_id: str) -> dict[str, Any]:
         return (await self.task_feed(queue_name, task_id, None, events=False)).snapshot
@@ -722,10 +749,12 @@ class Sources:
                         events: bool = True) -> Feed:
         """The task page: the task, its checkpoint and its events after `after`, one round
         trip."""
-        view = await task_view(self.queue(queue_name), task_id, after=after,
-                               count=EVENT_BATCH if events else 0,
-                               checkpoint_bytes=CHECKPOINT_PREVIEW_BYTES,
-                               field_bytes=FIELD_PREVIEW_BYTES, next_count=NEXT_SHOWN)
+        queue = self.queue(queue_name)
+        async with answer_within(REDIS_ANSWER_SECONDS):
+            view = await task_view(queue, task_id, after=after,
+                                   count=EVENT_BATCH if events else 0,
+                                   checkpoint_bytes=CHECKPOINT_PREVIEW_BYTES,
+                                   field_bytes=FIELD_PREVIEW_BYTES, next_count=NEXT_SHOWN)
         info = view.info
         if info is None:
             raise NotFound(f"no task {task_id} in queue {queue_name} (it may have expired)")
@@ -761,22 +790,26 @@ def checkpoint_json(view: TaskView) -> dict[str, Any] | None:
 async def limit_rows(redis: aioredis.Redis, declared: Any) -> list[dict[str, Any]]:
     """The pool's rate limits as it declares them, with what Redis says of each (the serving
     declaration, effective rate, waiting workers, grants, 429s, slots held and callers in line
-    for them); None figures when unread. The last 429's age is on Redis's clock, which
-    stamped it, whatever this machine's clock says."""
+    for them); None figures when unread. The last 429 is stamped by Redis's clock: it is given
+    on this machine's clock (as the page's "at", which the browser ages it by), in whole
+    seconds, so that its age is right whatever the two clocks say and a pool that is not
+    throttled again reads the same on every refresh."""
     rows: list[dict[str, Any]] = []
-    now: float | None = None
+    skew: float | None = None
+    """This machine's clock minus Redis's."""
     for item in declared if isinstance(declared, list) else []:
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
             continue
         row: dict[str, Any] = {"name": item["name"], "declared": dict(item), "serving": None,
                                "conflict": False, "effective_rpm": None, "effective_tpm": None,
                                "paused_seconds": None, "waiting": None, "grants": None,
-                               "throttles": None, "last_throttle_age_seconds": None,
+                               "throttles": None, "last_throttle": None,
                                "held": None, "in_line": None}
         try:
             state = await RateLimiter(redis, item["name"]).state()
-            if now is None and state.last_throttle is not None:
-                now = redis_seconds(await redis.time())
+            if skew is None and state.last_throttle is not None:
+                redis_now = redis_seconds(await redis.time())
+                skew = time.time() - redis_now
         except (RateLimitError, *REDIS_FAILURES):
             rows.append(row)
             continue
@@ -792,8 +825,8 @@ async def limit_rows(redis: aioredis.Redis, declared: Any) -> list[dict[str, Any
             paused_seconds=round(state.paused_for, 1), waiting=state.waiting,
             grants=state.grants, throttles=state.throttles, held=state.held,
             in_line=state.in_line,
-            last_throttle_age_seconds=None if state.last_throttle is None or now is None
-            else round(now - state.last_throttle, 1),
+            last_throttle=None if state.last_throttle is None or skew is None
+            else iso_s(round(state.last_throttle + skew)),
         )
         rows.append(row)
     return rows
@@ -804,7 +837,8 @@ def task_row(row: TaskRow) -> dict[str, Any]:
     return {
         "id": info.id, "state": info.state, "priority": info.priority,
         "attempts": info.attempts, "max_attempts": info.max_attempts,
-        "created": iso_ms(info.created_ms), "finished": iso_ms(info.finished_ms),
+        "created": iso_ms(info.created_ms), "started": iso_ms(info.started_ms),
+        "finished": iso_ms(info.finished_ms),
         "owner": info.owner, "tenant": info.tenant, "capped": info.capped,
         "next_count": row.next_count,
         "error": None if info.error is None else _preview(info.error, "error" in row.cut),
@@ -822,12 +856,31 @@ def _preview(value: Any, cut: bool) -> str:
     return text if not cut or text.endswith("…") else text + "…"
 
 
+def condition_bad(kind: Any, status: Any) -> bool:
+    """Whether a condition in this state is a problem, as the pool's health word reads it
+    (Degraded True, QueueReachable False, Ready False or Unknown)."""
+    if not isinstance(kind, str) or status not in ("True", "False", "Unknown"):
+        return False
+    return pool_health([Condition(type=kind, status=status)], paused=False) not in (
+        "Ready", "Pending")
+
+
 def _conditions(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The pool's conditions, each with whether it is a problem ("bad")."""
     status = (obj or {}).get("status") or {}
     return [
-        {k: c.get(k) for k in ("type", "status", "reason", "message", "lastTransitionTime")}
+        {**{k: c.get(k) for k in ("type", "status", "reason", "message",
+                                  "lastTransitionTime")},
+         "bad": condition_bad(c.get("type"), c.get("status"))}
         for c in status.get("conditions") or [] if isinstance(c, Mapping)
     ]
+
+
+def page_workers(workers: Sequence[WorkerState], now: float) -> list[dict[str, Any]]:
+    """The workers as the pool page shows them: with their last heartbeat, which the browser
+    ages, and not that age, which would make the page change on every read."""
+    return [{k: v for k, v in w.items() if k != "heartbeat_age_seconds"}
+            for w in workers_json(workers, now)]
 
 
 def _iso(value: Any) -> str | None:

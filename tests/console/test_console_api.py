@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +29,7 @@ from redis.asyncio.connection import Connection
 from agentpool.cli.tenants import due_as_queued
 from agentpool.connection import redis_from_url
 from agentpool.console import app as console_app
+from agentpool.console import sources as console_sources
 from agentpool.console.app import ConsoleConfig, build_app
 from agentpool.console.sources import (
     CHECKPOINT_PREVIEW_BYTES,
@@ -38,6 +41,7 @@ from agentpool.console.sources import (
     PREVIEW_BYTES,
     PREVIEW_CHARS,
     Sources,
+    _conditions,
     limit_rows,
 )
 from agentpool.protocol import TaskQueue, TenantLoad, WorkerInfo, encode_checkpoint, task_page
@@ -164,15 +168,20 @@ async def test_a_pools_last_429_is_aged_on_redis_clock_not_the_consoles(
     redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis stamps a 429 with its own time: a console whose clock runs an hour ahead still
-    shows it seconds old."""
+    shows it seconds old (the page ages it by the console's clock, as the snapshot's "at"),
+    and reads the same time on every refresh."""
     name = f"l-{os.urandom(5).hex()}"
     await RateLimiter(redis, name).declare(LimitConfig(name, requests_per_minute=60), "ns/p")
     await RateLimiter(redis, name).throttled(retry_after=1)
     local = time.time
     monkeypatch.setattr(time, "time", lambda: local() + 3600)
-    [row] = await limit_rows(redis, [{"name": name, "requestsPerMinute": 60}])
+    declared = [{"name": name, "requestsPerMinute": 60}]
+    [row] = await limit_rows(redis, declared)
     assert row["throttles"] == 1
-    assert 0 <= row["last_throttle_age_seconds"] < 60
+    at = datetime.fromisoformat(row["last_throttle"]).timestamp()
+    assert -1 < time.time() - at < 60  # whole seconds: up to half of one ahead
+    assert at == int(at)
+    assert [await limit_rows(redis, declared) for _ in range(3)] == [[row]] * 3
 
 
 async def test_tasks_are_paged_in_claim_order(api: Client, redis: aioredis.Redis,
@@ -1056,3 +1065,111 @@ async def test_a_task_list_says_how_many_pages_it_has(api: Client, redis: aiored
         doc = await get_json(api, f"/api/queues/{queue_name}/tasks?state=queued&page={page}")
         assert (doc["page"], doc["pages"], doc["total"], len(doc["tasks"])) == (
             page, 2, PAGE_SIZE + 1, shown)
+
+
+async def test_a_redis_that_hangs_is_an_error_within_seconds_and_says_as_of_when(
+    queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Redis that stops answering (here paused with SIGSTOP) is not a page that keeps its
+    last data as if current: each read gives up after REDIS_ANSWER_SECONDS, and a watched
+    page's error says when it was last read."""
+    monkeypatch.setattr(console_sources, "REDIS_ANSWER_SECONDS", 0.5)
+    with RedisServer() as server:
+        redis = aioredis.Redis.from_url(server.url)
+        await TaskQueue(redis, queue_name).submit({"a": 1})
+        sources = Sources(redis, queues=[queue_name])
+        app = build_app(sources, ConsoleConfig(fleet_seconds=0.1))
+        path = f"/api/queues/{queue_name}/tasks?state=queued"
+        assert server.process is not None
+        pid = server.process.pid
+        try:
+            async with TestClient(TestServer(app)) as client:
+                stream = await client.get(path, headers={"Accept": "text/event-stream"})
+
+                async def next_data() -> dict[str, Any]:
+                    while True:
+                        line = (await stream.content.readline()).decode()
+                        if line.startswith("data: "):
+                            return dict(json.loads(line[6:]))
+
+                shown = await asyncio.wait_for(next_data(), 10)
+                assert shown["total"] == 1
+                await eventually(lambda: sources.fleet is not None and "error" not in
+                                 sources.fleet)
+                os.kill(pid, signal.SIGSTOP)
+                stopped = time.time()
+                try:
+                    response = await client.get(f"/api/queues/{queue_name}/tasks?state=dead")
+                    assert response.status == 502
+                    assert await response.json() == {
+                        "error": "cannot read Redis: no answer within 0.5 s"}
+                    assert time.time() - stopped < 3
+                    failed = await asyncio.wait_for(next_data(), 5)
+                    assert failed["error"] == "cannot read Redis: no answer within 0.5 s"
+                    assert shown["at"] <= failed["as_of"] <= stopped
+                    await eventually(lambda: sources.fleet is not None
+                                     and "error" in sources.fleet, within=5)
+                    assert sources.fleet["error"] == "cannot read Redis: no answer within 0.5 s"
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                assert (await asyncio.wait_for(next_data(), 10))["total"] == 1
+                stream.close()
+        finally:
+            await redis.aclose()
+
+
+async def test_a_quiet_pool_and_fleet_read_the_same_on_every_refresh(
+    redis: aioredis.Redis, queue_name: str,
+) -> None:
+    """A snapshot goes to the browsers only when it changed: a worker's heartbeat is sent as
+    its time (the browser ages it), the rates' window in whole seconds, so a quiet pool does
+    not redraw its page every refresh."""
+    queue = TaskQueue(redis, queue_name)
+    await queue.submit({"a": 1})
+    await queue.heartbeat(WorkerInfo(pod="pod-a", instance="i1", concurrency=1), {}, 30)
+    sources = Sources(redis, queues=[queue_name])
+
+    def unstamped(doc: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in doc.items() if k != "at"}
+
+    fleets = []
+    for _ in range(3):
+        fleets.append(unstamped(await sources.refresh_fleet()))
+        await asyncio.sleep(0.05)  # time passes between refreshes: the point of the test
+    assert fleets[1]["pools"][0]["rates"] is not None
+    assert fleets[1] == fleets[2]
+    pools = []
+    for _ in range(2):
+        pools.append(unstamped(await sources.pool(NO_NAMESPACE, queue_name)))
+        await asyncio.sleep(0.05)
+    assert pools[0] == pools[1]
+    [worker] = pools[0]["workers"]
+    assert worker["last_heartbeat"].endswith("Z") and "heartbeat_age_seconds" not in worker
+
+
+def test_a_conditions_status_says_whether_it_is_a_problem() -> None:
+    """As the pool's health reads them: Degraded True, QueueReachable False and Ready False or
+    Unknown are problems; the same words in the other states are not."""
+    states = [("Degraded", "True"), ("Degraded", "False"), ("QueueReachable", "False"),
+              ("QueueReachable", "True"), ("Ready", "False"), ("Ready", "Unknown"),
+              ("Ready", "True"), ("Scaling", "True")]
+    shown = _conditions({"status": {"conditions": [
+        {"type": kind, "status": status, "reason": "R"} for kind, status in states]}})
+    assert [(c["type"], c["status"], c["bad"]) for c in shown] == [
+        ("Degraded", "True", True), ("Degraded", "False", False),
+        ("QueueReachable", "False", True), ("QueueReachable", "True", False),
+        ("Ready", "False", True), ("Ready", "Unknown", True), ("Ready", "True", False),
+        ("Scaling", "True", False)]
+
+
+async def test_task_lists_give_when_running_tasks_started_and_dead_ones_died(
+    api: Client, redis: aioredis.Redis, queue_name: str,
+) -> None:
+    queue = TaskQueue(redis, queue_name)
+    running = await queue.submit({"n": 1})
+    await queue.claim("pod-x:i1", 1, 30)
+    dead = await dead_task(queue)
+    [row] = (await get_json(api, f"/api/queues/{queue_name}/tasks?state=running"))["tasks"]
+    assert row["id"] == running and row["started"].endswith("Z")
+    [row] = (await get_json(api, f"/api/queues/{queue_name}/dead"))["tasks"]
+    assert row["id"] == dead and row["finished"].endswith("Z")

@@ -15,10 +15,12 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,13 @@ from agentpool.cli.views import iso_ms
 from agentpool.client import SyncClient
 from agentpool.console.app import ConsoleConfig, build_app
 from agentpool.console.sources import Sources
-from agentpool.protocol import TaskQueue
+from agentpool.protocol import TaskQueue, WorkerInfo
 from agentpool.redis_server import RedisServer, free_port
 
 try:
     from playwright.sync_api import (
         Browser,
+        Dialog,
         Error,
         Locator,
         Page,
@@ -135,15 +138,43 @@ def console(redis_server: object, tmp_path_factory: pytest.TempPathFactory) -> I
     assert redis_server.url not in log and "redis://" not in log
 
 
+@dataclass
+class Dialogs:
+    """The dialogs a page opens (confirm): each answered as the test said it would be, in
+    turn; one it did not expect is dismissed and fails the test."""
+
+    answers: list[bool] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def answer(self, *accept: bool) -> None:
+        self.answers.extend(accept)
+
+    def handle(self, dialog: Dialog) -> None:
+        if not self.answers:
+            self.unexpected.append(dialog.message)
+            dialog.dismiss()
+            return
+        self.seen.append(dialog.message)
+        if self.answers.pop(0):
+            dialog.accept()
+        else:
+            dialog.dismiss()
+
+
 @pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+def dialogs() -> Dialogs:
+    return Dialogs()
+
+
+@pytest.fixture
+def page(browser: Browser, dialogs: Dialogs) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
-    dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("dialog", dialogs.handle)
     yield page
     context.close()
-    assert dialogs == [], f"the page opened dialogs: {dialogs}"
+    assert dialogs.unexpected == [], f"the page opened dialogs: {dialogs.unexpected}"
 
 
 def shot(page: Page, name: str) -> None:
@@ -272,6 +303,11 @@ class InProcessConsole:
                                                              attempt=1)
 
         self.call(append())
+
+    def heartbeat(self, pod: str) -> None:
+        """A worker of the queue, as its heartbeat shows it."""
+        info = WorkerInfo(pod=pod, instance="i1", concurrency=2)
+        self.call(TaskQueue(self.redis, self.queue).heartbeat(info, {}, 30))
 
     def close(self) -> None:
         self.stop()
@@ -586,7 +622,7 @@ def test_a_done_action_leaves_nothing_checked_for_the_next_one(
 
 
 def test_the_token_box_keeps_what_is_typed_and_its_focus_while_the_task_changes(
-    console: Console, page: Page
+    console: Console, page: Page, dialogs: Dialogs
 ) -> None:
     gates = console.tmp / f"token-{uuid.uuid4().hex[:6]}"
     task_id = console.submit({"steps": 3, "gates": str(gates)})
@@ -600,6 +636,7 @@ def test_the_token_box_keeps_what_is_typed_and_its_focus_while_the_task_changes(
     page.keyboard.type("-token")
     expect(token).to_have_value("not-the-token")
     assert page.evaluate("document.activeElement.id") == "token"
+    dialogs.answer(True)
     page.locator("#cancel").click()
     message = page.locator("#action-message")
     expect(message).to_have_text("refused: a valid token is required for write actions")
@@ -618,10 +655,10 @@ def test_a_big_payload_and_result_show_their_start_and_their_size(
     wait_for(lambda: console.state(task_id) == "succeeded", page)
     page.goto(f"{console.url}queues/{console.queue}/tasks/{task_id}")
     expect(page.locator("#task-state")).to_have_text("succeeded", timeout=LIVE)
-    for field in ("payload", "result"):
-        expect(page.locator(f"#task-{field}-cut")).to_have_text(
+    for shown in ("payload", "result"):
+        expect(page.locator(f"#task-{shown}-cut")).to_have_text(
             "the first 65536 characters of 100010 bytes")
-        expect(page.locator(f"#task-{field}")).to_have_text('{"big":"' + "x" * 65528)
+        expect(page.locator(f"#task-{shown}")).to_have_text('{"big":"' + "x" * 65528)
     expect(page.locator("#task-error-cut")).to_have_count(0)
 
 
@@ -935,3 +972,240 @@ def test_pools_on_another_redis_link_no_task_pages_and_say_where_figures_come_fr
     expect(page.locator("#schedules")).to_contain_text("c" * 32)
     assert page.locator('main a[href^="/queues/"]').count() == 0
     shot(page, "pool-other-redis")
+
+
+AS_OF = re.compile(r" — showing data as of \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def test_a_page_whose_redis_stops_answering_is_marked_stale_until_it_answers(
+    page: Page,
+) -> None:
+    """What the page showed stays, dimmed, with the badge and a line that stays in view
+    saying why and as of when; the worker's heartbeat age counts on meanwhile."""
+    queue = f"stale-{uuid.uuid4().hex[:8]}"
+    server = RedisServer(port=free_port()).start()
+    console = InProcessConsole(server.url, queue)
+    try:
+        console.heartbeat("pod-a")
+        console.start()
+        page.set_viewport_size({"width": 1280, "height": 300})
+        page.goto(f"{console.url}pools/-/{queue}")
+        heartbeat = page.locator("#workers tbody tr td").nth(6)
+        expect(heartbeat).to_have_text(re.compile(r"^[0-9]+s ago$"), timeout=LIVE)
+        expect(page.locator("#live")).to_have_text("live")
+        server.stop()
+        expect(page.locator("#live")).to_have_text("stale: cannot read Redis", timeout=LIVE)
+        error = page.locator("#page-error")
+        expect(error).to_have_text(re.compile(r"^cannot read Redis: Connection refused"))
+        expect(error).to_have_text(AS_OF)
+        expect(error).to_have_attribute("aria-live", "polite")
+        expect(page.locator("main")).to_have_class(re.compile(r"\bstale\b"))
+        assert page.locator("#pool-in-flight").evaluate(
+            "e => getComputedStyle(e.closest('main > *')).opacity") == "0.45"
+        page.mouse.wheel(0, 2000)  # read further down: the error stays in view
+        expect(page.locator("#workers")).to_be_in_viewport()
+        expect(error).to_be_in_viewport()
+        shot(page, "pool-stale")
+        counted = heartbeat.inner_text()
+        expect(heartbeat).not_to_have_text(counted, timeout=LIVE)
+        server.start()
+        expect(page.locator("#live")).to_have_text("live", timeout=LIVE)
+        expect(error).to_have_count(0)
+        expect(page.locator("main")).not_to_have_class(re.compile(r"\bstale\b"))
+    finally:
+        console.close()
+        server.close()
+
+
+def test_a_fleet_pools_conditions_say_their_status_and_colour_the_bad_ones(
+    console: Console, page: Page,
+) -> None:
+    """Degraded True is a problem and Ready False one too (red), written out, not a colour
+    alone; the console says which are (`bad`)."""
+    row = {"namespace": "team-a", "name": "alpha", "queue": console.queue, "health": "Degraded",
+           "problem": None, "replicas": 1, "ready_replicas": 0, "desired_replicas": 1,
+           "draining_replicas": 0, "queued": 1, "delayed": 0, "deferred": 0, "in_flight": 0,
+           "dead": 0, "workers": 0, "rates": None, "own_redis": True, "figures_from": "console",
+           "figures_note": None, "conditions": [
+               {"type": "Ready", "status": "False", "reason": "NoReplicas", "message": "0/1",
+                "bad": True},
+               {"type": "QueueReachable", "status": "True", "reason": "Ok", "message": None,
+                "bad": False},
+               {"type": "Degraded", "status": "True", "reason": "CrashLoop",
+                "message": "pods restart", "bad": True},
+               {"type": "Scaling", "status": "Unknown", "reason": None, "message": None,
+                "bad": False}]}
+    fleet = {"source": "kubernetes", "namespaces": ["team-a"], "at": 0, "pools": [row]}
+    page.route("**/api/fleet", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"},
+        body=f"data: {json.dumps(fleet)}\n\n"))
+    page.goto(console.url)
+    shown = page.locator("#fleet td.conditions .condition")
+    expect(shown).to_have_text(["Ready: False", "QueueReachable: True", "Degraded: True",
+                                "Scaling: Unknown"], timeout=LIVE)
+    colours = shown.evaluate_all("spans => spans.map(s => getComputedStyle(s).color)")
+    bad, good = "rgb(179, 38, 30)", "rgb(31, 122, 58)"
+    assert colours[0] == colours[2] == bad
+    assert colours[1] == good and colours[3] not in (bad, good)
+    expect(shown.nth(2)).to_have_attribute("title", "CrashLoop: pods restart")
+    shot(page, "fleet-conditions")
+
+
+def test_cancel_asks_first_naming_the_task_and_its_state(
+    console: Console, page: Page, dialogs: Dialogs,
+) -> None:
+    task_id = console.submit({"echo": "later"}, delay=3600)
+    page.goto(f"{console.url}queues/{console.queue}/tasks/{task_id}")
+    expect(page.locator("#task-state")).to_have_text("delayed", timeout=LIVE)
+    page.locator("#token").fill(TOKEN)
+    dialogs.answer(False)
+    page.locator("#cancel").click()
+    wait_for(lambda: len(dialogs.seen) == 1, page)
+    assert dialogs.seen == [f"Cancel task {task_id}? It is delayed."]
+    expect(page.locator("#action-message")).to_have_text("")
+    assert console.state(task_id) == "delayed"
+    dialogs.answer(True)
+    page.locator("#cancel").click()
+    expect(page.locator("#action-message")).to_have_text("outcome: cancelled")
+    assert console.state(task_id) == "cancelled"
+
+
+def test_a_quiet_page_keeps_the_focus_and_the_selection_while_a_row_changes(
+    redis_url: str, page: Page,
+) -> None:
+    """A live redraw changes only what changed: the link a keyboard user is on and the text
+    someone selected to copy stay, on the fleet and on a task list."""
+    queue = f"focus-{uuid.uuid4().hex[:8]}"
+    console = InProcessConsole(redis_url, queue)
+    select = """cell => { const range = document.createRange(); range.selectNodeContents(cell);
+        getSelection().removeAllRanges(); getSelection().addRange(range); }"""
+    focused = "() => [document.activeElement.getAttribute('href'), getSelection().toString()]"
+    try:
+        console.start()
+        page.goto(console.url)
+        row = page.locator(f'#fleet tr[data-pool="{queue}"]')
+        expect(row.locator("td").nth(3)).to_have_text("0", timeout=LIVE)  # queued
+        row.locator("td").first.get_by_role("link").focus()
+        row.locator("td").nth(1).get_by_role("link").evaluate(select)
+        first = console.call(TaskQueue(console.redis, queue).submit({"n": 1}))
+        expect(row.locator("td").nth(3)).to_have_text("1", timeout=LIVE)
+        assert page.evaluate(focused) == [f"/pools/-/{queue}", queue]
+        page.goto(f"{console.url}queues/{queue}/tasks")
+        link = page.locator(f'#tasks tr[data-task="{first}"] a')
+        expect(link).to_be_visible(timeout=LIVE)
+        link.focus()
+        page.locator(f'#tasks tr[data-task="{first}"] td.payload').first.evaluate(select)
+        console.call(TaskQueue(console.redis, queue).submit({"n": 2}))
+        expect(page.locator("#tasks tbody tr")).to_have_count(2, timeout=LIVE)
+        assert page.evaluate(focused) == [f"/queues/{queue}/tasks/{first}", '{"n":1}']
+    finally:
+        console.close()
+
+
+def test_long_unbroken_text_wraps_in_its_cell_and_a_dead_letter_shows_its_error_first(
+    console: Console, page: Page,
+) -> None:
+    task_id = console.submit({"fail_unless": "/nonexistent/never", "error": "E" * 300,
+                              "blob": "x" * 300})
+    wait_for(lambda: console.state(task_id) == "dead", page)
+    page.set_viewport_size({"width": 1024, "height": 700})
+    page.goto(f"{console.url}queues/{console.queue}/dead")
+    row = page.locator(f'#tasks tr[data-task="{task_id}"]')
+    expect(row).to_contain_text("EEEE", timeout=LIVE)
+    headers = page.locator("#tasks th").all_inner_texts()
+    assert headers.index("Error") < headers.index("Payload")
+    assert "Died" in headers
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    width = row.locator("td.payload").first.evaluate("td => td.getBoundingClientRect().width")
+    assert width <= 32 * 12.5 + 20 + 1  # at most 32em of its 12.5px text, and its padding
+    shot(page, "dead-long")
+
+
+def test_ages_count_on_the_consoles_clock_and_long_ones_in_days(
+    console: Console, page: Page,
+) -> None:
+    """The console's clock an hour ahead of the browser's: a heartbeat 30 s before the
+    snapshot was read is 30 s old, not 0; an Event 40 days old says so, with its time."""
+    now = time.time() + 3600
+    pool = {
+        "namespace": "team-a", "name": "alpha", "queue": console.queue, "source": "kubernetes",
+        "at": now, "health": "Ready", "replicas": 1, "ready_replicas": 1, "desired_replicas": 1,
+        "last_scale_reason": None, "conditions": [], "history": [],
+        "workers": [{"pod": "pod-a", "instance": "i1", "state": "running", "in_flight": 0,
+                     "concurrency": 1, "done": 0, "failed": 0,
+                     "last_heartbeat": iso_ms(int((now - 30) * 1000))}],
+        "figures": {"queued": 0, "in_flight": 0, "delayed": 0, "dead": 0, "workers": 1,
+                    "rates": None},
+        "rate_limits": None, "limits": [], "schedules": [], "events_note": None,
+        "events": [{"type": "Normal", "reason": "ScaledUp", "message": "1 → 2", "count": 1,
+                    "last": "2020-01-01T00:00:00Z"}],
+    }
+    old = (now - datetime.fromisoformat("2020-01-01T00:00:00+00:00").timestamp()) // 3600
+    page.route("**/api/pools/team-a/alpha", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"},
+        body=f"data: {json.dumps(pool)}\n\n"))
+    page.goto(console.url + "pools/team-a/alpha")
+    expect(page.locator("#workers tbody td").nth(6)).to_have_text(
+        re.compile(r"^3[0-9]s ago$"), timeout=LIVE)
+    event = page.locator("main table").last.locator("tbody td").first.locator(".ago")
+    expect(event).to_have_text(re.compile(rf"^{int(old // 24)}d {int(old % 24)}h ago$"))
+    expect(event).to_have_attribute("title", "2020-01-01T00:00:00Z")
+
+
+def test_a_task_pages_event_times_have_their_date_and_zone(
+    redis_url: str, page: Page,
+) -> None:
+    with task_page_with_two_events(redis_url, page, "dates") as (_, _, rows):
+        times = rows.evaluate_all("rows => rows.map(r => r.cells[0].textContent)")
+        assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", t) for t in times)
+
+
+def test_an_action_answered_by_something_else_says_its_outcome_is_unknown(
+    console: Console, page: Page, dialogs: Dialogs,
+) -> None:
+    """A proxy's 502 page (not the console's JSON) may come after the cancel was done or
+    before: the page says it cannot tell, not a JavaScript error."""
+    task_id = console.submit({"echo": "later"}, delay=3600)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.route("**/cancel", lambda route: route.fulfill(
+        status=502, content_type="text/html", body="<html><h1>502 Bad Gateway</h1></html>"))
+    page.goto(f"{console.url}queues/{console.queue}/tasks/{task_id}")
+    expect(page.locator("#task-state")).to_have_text("delayed", timeout=LIVE)
+    page.locator("#token").fill(TOKEN)
+    dialogs.answer(True)
+    page.locator("#cancel").click()
+    expect(page.locator("#action-message")).to_have_text(
+        "the answer was 502 Bad Gateway, not the console's: whether it was done is unknown: "
+        "reload the page to see")
+    assert errors == []
+
+
+def test_dead_letters_are_checked_by_name_or_all_at_once_and_pages_say_what_they_are(
+    console: Console, page: Page,
+) -> None:
+    task_id = console.submit({"fail_unless": "/nonexistent/never", "error": "nope"})
+    wait_for(lambda: console.state(task_id) == "dead", page)
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.goto(f"{console.url}queues/{console.queue}/dead")
+    expect(page).to_have_title(f"{console.queue}: dead letters — agentpool console")
+    box = page.get_by_role("checkbox", name=f"select {task_id}")
+    expect(box).to_be_visible(timeout=LIVE)
+    page.locator("#token").fill(TOKEN)
+    page.locator("#requeue").click()
+    message = page.locator("#action-message")
+    expect(message).to_have_text("Check the dead letters to requeue first.")
+    expect(message).to_have_attribute("aria-live", "polite")
+    page.get_by_role("checkbox", name="select every dead letter shown").check()
+    expect(box).to_be_checked()
+    assert page.locator("#tasks input[data-id]:not(:checked)").count() == 0
+    page.get_by_role("checkbox", name="select every dead letter shown").uncheck()
+    expect(box).not_to_be_checked()
+    assert not [url for url in asked if "/dead/requeue" in url or "favicon" in url]
+    assert page.locator("link[rel=icon]").get_attribute("href").startswith(
+        "data:image/svg+xml,")
+    page.goto(f"{console.url}queues/{console.queue}/tasks/no-such-task")
+    expect(page.locator("#page-error")).to_contain_text("no task no-such-task", timeout=LIVE)
+    expect(page.locator("#live")).to_have_text("checking again every 5 s")
+    expect(page).to_have_title("task no-such-task — agentpool console")

@@ -82,6 +82,38 @@ async def test_a_snapshot_goes_out_only_when_more_than_its_time_changed() -> Non
     await watcher.aclose()
 
 
+async def test_an_error_says_as_of_when_the_page_was_last_read_and_the_latest_is_current(
+) -> None:
+    """A page that cannot be read keeps what it showed: its error carries the time of the
+    last read that worked ("as_of", the same while the error lasts). An unchanged snapshot
+    is not sent, but a new browser gets it with its latest time (its clock is set by it)."""
+    hub = Hub(lambda exc: {"error": str(exc)})
+    reads: list[float] = []
+    failing = False
+
+    async def load() -> dict[str, Any]:
+        if failing:
+            raise ConnectionError("down")
+        reads.append(time.time())
+        return {"at": reads[-1], "value": 1}
+
+    watcher = hub.watch("/api/a", "a", plain(load), 0.001)
+    first = json.loads((await anext(watcher)).text)
+    await eventually(lambda: len(reads) >= 5)
+    text, status = await hub.get("/api/a", "a", load)
+    assert status == 200 and json.loads(text)["at"] > first["at"]
+    failing = True
+    failed = json.loads((await anext(watcher)).text)
+    assert failed == {"error": "down", "as_of": reads[-1]}
+    following = asyncio.ensure_future(anext(watcher))
+    loads = hub.loads["a"]
+    await eventually(lambda: hub.loads["a"] >= loads + 5)
+    assert not following.done()  # the same error, as of the same time: nothing new to send
+    failing = False
+    assert json.loads((await asyncio.wait_for(following, 10)).text)["value"] == 1
+    await watcher.aclose()
+
+
 class EventSource:
     """A task page's data: its events grow while the test runs; every read is counted."""
 

@@ -108,6 +108,7 @@ async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredi
         # live from Redis, not the status's last figures
         assert (pool["queued"], pool["deferred"]) == (1, 1)
         assert pool["conditions"][0]["message"] == "2/3 ready"
+        assert pool["conditions"][0]["bad"] is False
 
         page = await sources.pool("team-a", "alpha")
         assert page["draining_replicas"] == 1
@@ -127,7 +128,7 @@ async def test_fleet_and_pool_from_kubernetes(reader: KubeReader, redis: aioredi
         assert limit["declared"] == {"name": "openai", "requestsPerMinute": 500}
         assert limit["serving"] == first.to_json() and limit["conflict"] is True
         assert (limit["effective_rpm"], limit["throttles"], limit["grants"]) == (300, 1, 0)
-        assert limit["last_throttle_age_seconds"] is not None
+        assert limit["last_throttle"] is not None
         assert page["history"][-1][3:] == [3, 2]
 
         everywhere = await Sources(redis, kube=reader).refresh_fleet()

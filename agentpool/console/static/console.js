@@ -6,14 +6,17 @@ const main = document.getElementById("main");
 const SVG = "http://www.w3.org/2000/svg";
 const FINAL = new Set(["succeeded", "dead", "cancelled"]);
 let consoleInfo = { writes: false, source: "redis" };
+const listeners = new WeakMap();  // an element's handlers as el() added them (see patch)
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
     if (value === null || value === undefined || value === false) continue;
     if (key === "class") node.className = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : String(value));
+    else if (key.startsWith("on")) {
+      node.addEventListener(key.slice(2), value);
+      listeners.set(node, [...(listeners.get(node) || []), [key.slice(2), value]]);
+    } else node.setAttribute(key, value === true ? "" : String(value));
   }
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
@@ -23,7 +26,61 @@ function el(tag, attrs, ...children) {
 }
 
 const present = (nodes) => nodes.flat().filter((n) => n !== null && n !== undefined);
+// A page's first drawing; its live redraws go through redraw.
 const render = (...nodes) => main.replaceChildren(...present(nodes));
+
+// A live redraw changes only what changed, in place: a link or box that has the focus keeps
+// it, selected text stays selected, and a snapshot like the one shown changes nothing.
+// Children are matched by id or row key (data-task, data-pool, data-event), else by position.
+const keyOf = (node) => {
+  if (node.nodeType !== Node.ELEMENT_NODE) return null;
+  if (node.id) return `#${node.id}`;
+  const row = node.dataset && (node.dataset.task ?? node.dataset.pool ?? node.dataset.event);
+  return row === undefined ? null : `${node.nodeName}:${row}`;
+};
+const sameKind = (a, b) => a.nodeType === b.nodeType && a.nodeName === b.nodeName;
+function patch(old, fresh) {
+  if (old.nodeType !== Node.ELEMENT_NODE) {
+    if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
+    return;
+  }
+  for (const { name } of [...old.attributes]) if (!fresh.hasAttribute(name)) old.removeAttribute(name);
+  for (const { name, value } of fresh.attributes) {
+    if (old.getAttribute(name) !== value) old.setAttribute(name, value);
+  }
+  for (const [type, handler] of listeners.get(old) || []) old.removeEventListener(type, handler);
+  for (const [type, handler] of listeners.get(fresh) || []) old.addEventListener(type, handler);
+  listeners.set(old, listeners.get(fresh) || []);
+  if (old instanceof HTMLInputElement && old.checked !== fresh.checked) old.checked = fresh.checked;
+  morph(old, [...fresh.childNodes]);
+}
+function morph(parent, fresh) {
+  const keyed = new Map();
+  for (const child of parent.childNodes) {
+    const key = keyOf(child);
+    if (key) keyed.set(key, child);
+  }
+  let cursor = parent.firstChild;
+  for (const node of fresh) {
+    const key = keyOf(node);
+    let match = key ? keyed.get(key) : cursor && !keyOf(cursor) && sameKind(cursor, node) ? cursor : null;
+    if (match && !sameKind(match, node)) match = null;
+    if (!match) {
+      parent.insertBefore(node, cursor);
+      continue;
+    }
+    if (key) keyed.delete(key);
+    if (match === cursor) cursor = cursor.nextSibling;
+    else parent.insertBefore(match, cursor);
+    patch(match, node);
+  }
+  while (cursor) {
+    const next = cursor.nextSibling;
+    cursor.remove();
+    cursor = next;
+  }
+}
+const redraw = (parent, ...nodes) => morph(parent, present(nodes));
 const enc = encodeURIComponent;
 const show = (value) => (value === null || value === undefined ? "-" : String(value));
 const pretty = (value) =>
@@ -31,16 +88,31 @@ const pretty = (value) =>
     typeof value === "string" ? value : JSON.stringify(value, null, 2);
 const rate = (value) => (value === null || value === undefined ? "-" : `${value.toFixed(1)}/s`);
 const state = (name) => el("span", { class: `state ${name}` }, show(name));
+
+// Ages are counted on the console's clock, not this browser's: each snapshot says when the
+// console read it ("at", seconds), which sets how far apart the two clocks are. A snapshot
+// is sent a moment after it was read, so each one gives a lower bound: the largest is kept.
+let clockSkewMs = null;
+function heardAt(at) {
+  if (typeof at !== "number" || !(at > 0)) return;
+  const skew = at * 1000 - Date.now();
+  clockSkewMs = clockSkewMs === null ? skew : Math.max(clockSkewMs, skew);
+}
+const serverNow = () => Date.now() + (clockSkewMs || 0);
+const utc = (ms) => new Date(ms).toISOString().replace(/\.\d+Z$/, "Z");
 function agoText(iso) {
-  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  const s = Math.max(0, Math.round((serverNow() - Date.parse(iso)) / 1000));
   if (s < 60) return `${s}s ago`;
   if (s < 3600) return `${Math.floor(s / 60)}m ago`;
-  return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m ago`;
+  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h ago`;
 }
 // A time shown as its age keeps counting between updates: a quiet page is sent nothing new.
 function ago(iso) {
   if (!iso) return "-";
-  return el("span", { class: "ago", "data-since": iso }, agoText(iso));
+  const ms = Date.parse(iso);
+  return el("span", { class: "ago", "data-since": iso, title: Number.isNaN(ms) ? iso : utc(ms) },
+    agoText(iso));
 }
 setInterval(() => {
   for (const span of document.querySelectorAll("span.ago[data-since]")) {
@@ -49,7 +121,7 @@ setInterval(() => {
 }, 1000);
 function table(headers, rows, attrs) {
   return el("table", attrs,
-    el("thead", {}, el("tr", {}, headers.map((h) =>
+    el("thead", {}, el("tr", {}, headers.map((h) => h instanceof Node ? el("th", {}, h) :
       el("th", { class: h.endsWith("#") ? "num" : null }, h.replace(/#$/, ""))))),
     el("tbody", {}, rows));
 }
@@ -58,7 +130,8 @@ const card = (label, value, id) =>
   el("div", { class: "card" }, el("div", { class: "label" }, label),
     el("div", { class: "value", id }, show(value)));
 
-function crumbs(...parts) {
+function crumbs(title, ...parts) {
+  document.title = `${title} — agentpool console`;
   const nav = document.getElementById("crumbs");
   nav.replaceChildren(...parts.flatMap((p, i) => [i ? " / " : "",
     Array.isArray(p) ? el("a", { href: p[1] }, p[0]) : p]));
@@ -76,13 +149,33 @@ let retryTimer = null;
 // shows, says why above it, and opens a new stream after 1 s, 2 s, 4 s ... up to 30 s.
 const RETRY_FIRST_MS = 1000;
 const RETRY_MOST_MS = 30000;
+function setIndicator(text, kind, title) {
+  const indicator = document.getElementById("live");
+  indicator.textContent = text;
+  indicator.className = `live ${kind}`;
+  indicator.title = title || "live updates";
+}
+const errorLine = (text) => el("p", { class: "error", id: "page-error", "aria-live": "polite" }, text);
 function showError(text) {
   const shown = document.getElementById("page-error");
   if (shown) shown.textContent = text;
-  else main.prepend(el("p", { class: "error", id: "page-error" }, text));
+  else main.prepend(errorLine(text));
+}
+// While a page's data cannot be read (Redis or the console does not answer), what it shows
+// stays, dimmed, with the reason and the time it was last read above it (a line that stays
+// in view while the page scrolls).
+function markStale(target, reason) {
+  const shown = target.drawn !== null;
+  if (shown) main.classList.add("stale");
+  showError(shown && target.asOf ? `${reason} — showing data as of ${utc(target.asOf)}` : reason);
+}
+function markFresh() {
+  main.classList.remove("stale");
+  const shown = document.getElementById("page-error");
+  if (shown) shown.remove();
 }
 function live(url, draw, events) {
-  livePage = { url, draw, events, lastEvent: null, retryMs: 0 };
+  livePage = { url, draw, events, lastEvent: null, retryMs: 0, drawn: null, asOf: null, failing: null };
   connect(livePage);
 }
 // What the console (or whatever answers in its place) says to a stream request now, and
@@ -104,43 +197,58 @@ async function probe(url) {
   }
 }
 function connect(target) {
-  const indicator = document.getElementById("live");
   if (stream) stream.close();
   clearTimeout(retryTimer);
   const url = target.lastEvent
     ? `${target.url}${target.url.includes("?") ? "&" : "?"}after=${encodeURIComponent(target.lastEvent)}`
     : target.url;
   const source = stream = new EventSource(url);
-  stream.onopen = () => { indicator.textContent = "live"; indicator.className = "live on"; target.retryMs = 0; };
+  stream.onopen = () => {
+    if (target.failing === null) setIndicator("live", "on");
+    target.retryMs = 0;
+  };
   stream.onerror = () => {
-    indicator.className = "live off";
-    if (source.readyState !== EventSource.CLOSED) { indicator.textContent = "reconnecting"; return; }
-    indicator.textContent = "retrying";
+    // what the page shows was current until now: the console sends every change
+    if (target.asOf === null && target.drawn !== null) target.asOf = serverNow();
+    if (source.readyState !== EventSource.CLOSED) { setIndicator("reconnecting", "off"); return; }
+    setIndicator("retrying", "off");
     probe(url).then(({ error, final }) => {
       if (stream !== source) return;
       if (final) {  // the console refuses the page itself (a bad state, a page out of range)
-        indicator.textContent = "stopped";
-        render(el("p", { class: "error", id: "page-error" }, error));
+        setIndicator("stopped", "off");
+        main.classList.remove("stale");
+        render(errorLine(error));
         return;
       }
       const wait = target.retryMs = Math.min(RETRY_MOST_MS, Math.max(RETRY_FIRST_MS, target.retryMs * 2));
-      showError(`${error}: trying again in ${Math.round(wait / 1000)} s`);
+      markStale(target, `${error}: trying again in ${Math.round(wait / 1000)} s`);
       retryTimer = setTimeout(() => { if (stream === source && livePage === target) connect(target); }, wait);
     });
   };
   stream.onmessage = (event) => {
     const doc = JSON.parse(event.data);
+    heardAt(doc.at);
     if (doc.not_found) {
-      render(el("p", { class: "error", id: "page-error" }, doc.error));
+      render(errorLine(doc.error));
       source.close();
       stream = livePage = null;
+      setIndicator(`checking again every ${NOT_FOUND_RETRY_MS / 1000} s`, "off");
       lookAgain(target.url);
-    } else if (doc.error) {  // e.g. Redis unreachable: say so above what the page last showed
-      showError(doc.error);
+    } else if (doc.error) {  // e.g. Redis unreachable: what the page showed stays, marked stale
+      target.failing = doc.error;
+      if (typeof doc.as_of === "number") target.asOf = doc.as_of * 1000;
+      const reason = doc.error.split(": ")[0];
+      setIndicator(target.drawn === null ? reason : `stale: ${reason}`, "off", doc.error);
+      markStale(target, doc.error);
     } else {
-      const shown = document.getElementById("page-error");
-      if (shown) shown.remove();
-      target.draw(doc);
+      target.failing = target.asOf = null;
+      setIndicator("live", "on");
+      markFresh();
+      const drawn = JSON.stringify({ ...doc, at: null });
+      if (drawn !== target.drawn) {
+        target.drawn = drawn;
+        target.draw(doc);
+      }
     }
   };
   // a batch of the page's events; the browser resumes after the last one it got (Last-Event-ID)
@@ -165,9 +273,7 @@ document.addEventListener("visibilitychange", () => {
   if (document.hidden) {
     clearTimeout(retryTimer);
     if (stream) { stream.close(); stream = null; }
-    const indicator = document.getElementById("live");
-    indicator.textContent = "paused";
-    indicator.className = "live off";
+    setIndicator("paused", "off");
   } else if (!stream) {
     connect(livePage);
   }
@@ -183,33 +289,48 @@ function tokenBox() {
       oninput: (e) => sessionStorage.setItem("agentpool-token", e.target.value) }));
 }
 
-async function act(url, body) {
+const actionMessage = () => el("span", { id: "action-message", "aria-live": "polite" });
+function say(text, ok) {
   const message = document.getElementById("action-message");
+  message.className = ok ? "ok" : "error";
+  message.textContent = text;
+}
+const UNKNOWN = "whether it was done is unknown: reload the page to see";
+
+// An answer that is not the console's JSON (a proxy's 502 page, a plain-text refusal) or no
+// answer at all may come after the action was done, or before: the page says it cannot tell.
+async function act(url, body) {
   const token = (document.getElementById("token") || {}).value || "";
   const headers = { "Content-Type": "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
-  let text;
-  let done = false;
+  let response;
   try {
-    const response = await fetch(url, { method: "POST", headers, body: JSON.stringify(body),
+    response = await fetch(url, { method: "POST", headers, body: JSON.stringify(body),
       credentials: "same-origin" });
-    const doc = await response.json();
-    text = response.ok ? Object.entries(doc).map(([k, v]) => `${k}: ${v}`).join(", ")
-      : `refused: ${doc.error || response.status}`;
-    message.className = response.ok ? "ok" : "error";
-    done = response.ok;
   } catch (error) {
-    text = `failed: ${error}`;
-    message.className = "error";
+    say(`no answer (${error.message || error}): ${UNKNOWN}`, false);
+    return false;
   }
-  message.textContent = text;
-  return done;
+  const doc = await response.json().catch(() => null);
+  if (doc === null || typeof doc !== "object" || Array.isArray(doc)) {
+    say(`the answer was ${`${response.status} ${response.statusText}`.trim()}, not the console's: ${UNKNOWN}`, false);
+    return false;
+  }
+  say(response.ok ? Object.entries(doc).map(([k, v]) => `${k}: ${v}`).join(", ")
+    : `refused: ${doc.error || response.status}`, response.ok);
+  return response.ok;
 }
 
 // -- pages -------------------------------------------------------------------------------
 
+// A condition's status as text, coloured by whether it is a problem (the console says which:
+// Degraded True, QueueReachable False, Ready False or Unknown), not by its word alone.
+const conditionClass = (c) => (c.bad ? "bad" : c.status === "True" || c.status === "False" ? "good" : "unknown");
+const condition = (c) => el("span", { class: `state condition ${conditionClass(c)}`,
+  title: [c.reason, c.message].filter(Boolean).join(": ") || null }, `${c.type}: ${show(c.status)}`);
+
 function fleetPage() {
-  crumbs("Fleet");
+  crumbs("Fleet", "Fleet");
   live("/api/fleet", (doc) => {
     const kube = doc.source === "kubernetes";
     // a pool on another Redis than the console's has no task pages here; one whose Redis
@@ -230,11 +351,10 @@ function fleetPage() {
         : el("a", { href: `/queues/${enc(p.queue)}/dead` }, show(p.dead))),
       num(p.workers), el("td", { class: "num" }, rate(p.rates && p.rates.succeeded_per_second)),
       el("td", {}, state(p.health)),
-      el("td", {}, p.conditions.map((c) =>
-        el("span", { class: `state ${c.status}`, title: c.message || "" }, `${c.type} `)))));
+      el("td", { class: "conditions" }, joined(p.conditions.map(condition), " "))));
     const headers = ["Pool", ...(kube ? ["Namespace"] : []), "Queue", "Ready#", "Queued#",
       "In flight#", "Dead#", "Workers#", "Done#", "Health", "Conditions"];
-    render(
+    redraw(main,
       el("h1", {}, "Fleet"),
       el("p", { class: "muted" }, kube ? `AgentPools from Kubernetes (${doc.namespaces ? doc.namespaces.join(", ") : "all namespaces"})`
         : "Queues found in Redis (no Kubernetes access)"),
@@ -248,7 +368,7 @@ function chart(history) {
   svg.setAttribute("viewBox", "0 0 1000 220");
   svg.setAttribute("preserveAspectRatio", "none");
   // the last hour, or the span the console has seen so far (at least a minute)
-  const now = Date.now() / 1000;
+  const now = serverNow() / 1000;
   const start = Math.min(now - 60, Math.max(now - 3600, history.length ? history[0][0] : now));
   const span = now - start;
   const max = Math.max(1, ...history.flatMap((p) => [p[1], p[2], p[3] || 0]));
@@ -304,12 +424,12 @@ const poolLink = (p) => el("a", { href: `/pools/${enc(p.namespace)}/${enc(p.name
 const joined = (items, separator) => items.flatMap((item, i) => (i ? [separator, item] : [item]));
 
 function poolPage(namespace, name) {
-  crumbs(["Fleet", "/"], name);
+  crumbs(`Pool ${name}`, ["Fleet", "/"], name);
   live(`/api/pools/${enc(namespace)}/${enc(name)}`, (doc) => {
     const f = doc.figures;
     const q = enc(doc.queue);
     const here = doc.own_redis !== false;  // its queue is on the console's Redis
-    render(
+    redraw(main,
       el("h1", {}, `Pool ${doc.name} `, state(doc.health)),
       el("p", {}, "Queue ", el("span", { class: "mono" }, doc.queue), here ? [" · ",
         el("a", { href: `/queues/${q}/tasks` }, "tasks"), " · ",
@@ -339,7 +459,8 @@ function poolPage(namespace, name) {
       chart(doc.history),
       doc.conditions.length ? el("h2", {}, "Conditions") : null,
       doc.conditions.length ? table(["Type", "Status", "Reason", "Message"], doc.conditions.map((c) =>
-        el("tr", {}, el("td", {}, c.type), el("td", {}, state(c.status)), el("td", {}, show(c.reason)),
+        el("tr", {}, el("td", {}, c.type), el("td", {}, el("span", { class: `state ${conditionClass(c)}` },
+          show(c.status))), el("td", {}, show(c.reason)),
           el("td", {}, show(c.message))))) : null,
       el("h2", {}, "Workers"),
       doc.workers === null ? el("p", { class: "muted", id: "workers-unread" }, "Not read (see above).") :
@@ -347,7 +468,7 @@ function poolPage(namespace, name) {
         doc.workers.map((w) => el("tr", {}, el("td", { class: "mono" }, w.pod),
           el("td", { class: "mono" }, w.instance), el("td", {}, state(w.state)),
           num(`${w.in_flight}/${w.concurrency}`), num(w.done), num(w.failed),
-          el("td", {}, `${w.heartbeat_age_seconds.toFixed(0)}s ago`))), { id: "workers" })
+          el("td", {}, ago(w.last_heartbeat)))), { id: "workers" })
         : el("p", { class: "muted" }, "No live workers."),
       doc.limits && doc.limits.length ? el("h2", {}, "Rate limits") : null,
       doc.limits && doc.limits.length ? table(
@@ -357,8 +478,7 @@ function poolPage(namespace, name) {
             l.conflict ? el("div", { class: "muted" }, `serving: ${limitRates(l.serving)}`) : null),
           el("td", {}, effectiveRates(l)), num(show(l.waiting)), num(show(l.grants)),
           num(show(l.throttles)),
-          el("td", {}, l.last_throttle_age_seconds === null ? "never" :
-            `${l.last_throttle_age_seconds.toFixed(0)}s ago`))), { id: "limits" }) : null,
+          el("td", {}, l.last_throttle ? ago(l.last_throttle) : "never"))), { id: "limits" }) : null,
       doc.schedules && doc.schedules.length ? el("h2", {}, "Schedules") : null,
       doc.schedules && doc.schedules.length ? table(["Schedule", "When", "Next", "Last task"],
         doc.schedules.map((s) => el("tr", {}, el("td", { class: "mono" }, s.name),
@@ -386,19 +506,23 @@ function tasksPage(queue, dead) {
   const running = taskState === "running";
   const page = Math.max(1, Number(params.get("page")) || 1);
   const base = `/queues/${enc(queue)}`;
-  crumbs(["Fleet", "/"], queue, dead ? "Dead letters" : "Tasks");
+  crumbs(`${queue}: ${dead ? "dead letters" : `${taskState} tasks`}`, ["Fleet", "/"], queue,
+    dead ? "Dead letters" : "Tasks");
   const selected = new Set();
+  let shownIds = new Set();
   const api = dead ? `/api${base}/dead?page=${page}` : `/api${base}/tasks?state=${enc(taskState)}&page=${page}`;
   const search = el("form", { class: "toolbar", id: "search", onsubmit: async (event) => {
     event.preventDefault();
     const text = event.target.elements.q.value.trim();
     const out = document.getElementById("search-result");
     const response = await fetch(`/api${base}/find?q=${enc(text)}`);
-    const doc = await response.json();
+    const doc = await response.json().catch(() => ({ error: `the console answered ${response.status}` }));
     if (doc.id) location.assign(`${base}/tasks/${enc(doc.id)}`);
     else out.textContent = doc.error || `no task with id or idempotency key ${text}`;
-  } }, el("input", { type: "text", name: "q", placeholder: "task id or idempotency key" }),
-  el("button", { type: "submit" }, "Find"), el("span", { id: "search-result", class: "muted" }));
+  } }, el("input", { type: "text", name: "q", placeholder: "task id or idempotency key",
+    "aria-label": "task id or idempotency key" }),
+  el("button", { type: "submit" }, "Find"), el("span", { id: "search-result", class: "muted", "aria-live": "polite" }));
+  const boxes = () => document.querySelectorAll("#tasks input[data-id], #select-all");
   // An action acts on the tasks checked on the page as it is shown, once: the buttons wait
   // for its answer, and a done action leaves nothing checked (a task that comes back dead
   // again must not be acted on by the next click).
@@ -408,19 +532,31 @@ function tasksPage(queue, dead) {
     try {
       if (await act(url, { ids: [...selected] })) {
         selected.clear();
-        document.querySelectorAll("#tasks input[data-id]").forEach((box) => { box.checked = false; });
+        boxes().forEach((box) => { box.checked = false; });
       }
     } finally {
       buttons.forEach((b) => { b.disabled = false; });
     }
   };
+  const noneChecked = (verb) => {
+    if (selected.size) return false;
+    say(`Check the dead letters to ${verb} first.`, false);
+    return true;
+  };
   const actions = dead && consoleInfo.writes ? el("div", { class: "toolbar" }, tokenBox(),
-    el("button", { id: "requeue", onclick: () => onSelected(`/api${base}/dead/requeue`) },
-      "Requeue selected"),
+    el("button", { id: "requeue", onclick: () => {
+      if (!noneChecked("requeue")) onSelected(`/api${base}/dead/requeue`);
+    } }, "Requeue selected"),
     el("button", { id: "purge", class: "danger", onclick: () => {
-      if (confirm(`Purge ${selected.size} dead task(s) for good?`)) onSelected(`/api${base}/dead/purge`);
+      if (!noneChecked("purge") && confirm(`Purge ${selected.size} dead task(s) for good?`)) {
+        onSelected(`/api${base}/dead/purge`);
+      }
     } }, "Purge selected"),
-    el("span", { id: "action-message" })) : null;
+    actionMessage()) : null;
+  const selectAll = (event) => {
+    for (const id of shownIds) (event.target.checked ? selected.add(id) : selected.delete(id));
+    document.querySelectorAll("#tasks input[data-id]").forEach((box) => { box.checked = event.target.checked; });
+  };
   const holder = el("div", {}, el("p", { class: "muted" }, "Loading…"));
   render(el("h1", {}, dead ? `Dead letters of ${queue}` : `Tasks of ${queue}`),
     dead ? null : el("div", { class: "tabs" }, ["queued", "delayed", "deferred", "running", "dead"].map((s) =>
@@ -428,19 +564,27 @@ function tasksPage(queue, dead) {
     search, actions, holder);
   live(api, (doc) => {
     // only what the page shows can be acted on
-    const shownIds = new Set(doc.tasks.map((t) => t.id));
+    shownIds = new Set(doc.tasks.map((t) => t.id));
     for (const id of [...selected]) if (!shownIds.has(id)) selected.delete(id);
+    const checks = dead && consoleInfo.writes;
     const tenants = doc.tasks.some((t) => t.tenant != null);
+    const payload = (t) => el("td", { class: "mono payload" }, t.payload);
+    const error = (t) => el("td", { class: "mono payload" }, show(t.error));
     const rows = doc.tasks.map((t) => el("tr", { "data-task": t.id },
-      dead && consoleInfo.writes ? el("td", {}, el("input", { type: "checkbox", "data-id": t.id,
-        checked: selected.has(t.id), onchange: (e) => (e.target.checked ? selected.add(t.id) : selected.delete(t.id)) })) : null,
-      el("td", { class: "mono" }, el("a", { href: `${base}/tasks/${enc(t.id)}` }, t.id)),
+      checks ? el("td", {}, el("input", { type: "checkbox", "data-id": t.id, "aria-label": `select ${t.id}`,
+        checked: selected.has(t.id), onchange: (e) => {
+          if (e.target.checked) selected.add(t.id); else selected.delete(t.id);
+          document.getElementById("select-all").checked = selected.size === shownIds.size;
+        } })) : null,
+      el("td", { class: "mono id" }, el("a", { href: `${base}/tasks/${enc(t.id)}` }, t.id)),
       el("td", {}, state(t.state), t.capped ? el("span", { class: "muted capped", title: "waits for its tenant's cap on runs at once" }, " capped") : null),
       tenants ? el("td", { class: "tenant" }, show(t.tenant)) : null,
       num(t.max_attempts ? `${t.attempts}/${t.max_attempts}` : t.attempts),
       running ? el("td", {}, progressBar(t.progress) || "-") : null, el("td", {}, ago(t.created)),
-      el("td", { class: "mono" }, show(t.owner)), el("td", { class: "mono" }, t.payload),
-      el("td", { class: "mono" }, show(t.error)),
+      running ? el("td", {}, ago(t.started)) : null, dead ? el("td", {}, ago(t.finished)) : null,
+      el("td", { class: "mono" }, show(t.owner)),
+      // a dead letter is looked at for its error first
+      dead ? [error(t), payload(t)] : [payload(t), error(t)],
       dead ? num(t.next_count) : null));
     const pages = doc.pages || Math.max(1, Math.ceil(doc.total / doc.per_page));
     const link = (p) => dead ? `${base}/dead?page=${p}` : `${base}/tasks?state=${enc(taskState)}&page=${p}`;
@@ -450,21 +594,25 @@ function tasksPage(queue, dead) {
         el("a", { href: link(pages) }, `Go to page ${pages}`))
       : el("div", { class: "pager" }, page > 1 ? el("a", { href: link(page - 1) }, "← previous") : null,
         `page ${doc.page} of ${pages}`, page < pages ? el("a", { href: link(page + 1) }, "next →") : null);
-    holder.replaceChildren(...present([
+    const all = el("input", { type: "checkbox", id: "select-all", "aria-label": "select every dead letter shown",
+      checked: shownIds.size > 0 && selected.size === shownIds.size, onchange: selectAll });
+    redraw(holder,
       el("p", { class: "muted", id: "task-total" }, `${doc.total} ${doc.state} task(s)`),
-      rows.length ? table([...(dead && consoleInfo.writes ? [""] : []), "Id", "State",
+      rows.length ? table([...(checks ? [all] : []), "Id", "State",
         ...(tenants ? ["Tenant"] : []), "Attempts#",
-        ...(running ? ["Progress"] : []), "Created", "Owner",
-        "Payload", "Error", ...(dead ? ["After it#"] : [])], rows, { id: "tasks" }) : el("p", { class: "muted" }, "None."),
-      pager]));
+        ...(running ? ["Progress"] : []), "Created", ...(running ? ["Started"] : []),
+        ...(dead ? ["Died"] : []), "Owner",
+        ...(dead ? ["Error", "Payload"] : ["Payload", "Error"]), ...(dead ? ["After it#"] : [])],
+      rows, { id: "tasks" }) : el("p", { class: "muted" }, "None."),
+      pager);
   });
 }
 
 function tenantsPage(queue) {
   const base = `/queues/${enc(queue)}`;
-  crumbs(["Fleet", "/"], queue, "Tenants");
+  crumbs(`${queue}: tenants`, ["Fleet", "/"], queue, "Tenants");
   live(`/api${base}/tenants`, (doc) => {
-    render(el("h1", {}, `Tenants of ${queue}`),
+    redraw(main, el("h1", {}, `Tenants of ${queue}`),
       el("p", { class: "muted" }, "Tenants take turns within a priority; a tenant of weight w ",
         "takes w turns to one of weight 1, and runs at most its cap of tasks at once. ",
         el("a", { href: `${base}/tasks` }, "tasks")),
@@ -489,9 +637,8 @@ function progressBar(progress, id) {
     el("progress", { max: "1", value: String(progress.fraction) }),
     ` ${percent(progress.fraction)}${progress.message ? ` ${progress.message}` : ""}`);
 }
-function clock(iso) {
-  return iso ? iso.slice(11, 23) : "-";
-}
+// an event's time as the CLI prints times: UTC, with its date, marked Z
+const clock = (iso) => iso || "-";
 function eventDetail(e) {
   if (e.kind === "progress" && e.data && typeof e.data.fraction === "number") {
     return `${percent(e.data.fraction)}${e.data.message ? ` ${e.data.message}` : ""}`;
@@ -512,7 +659,7 @@ const MAX_EVENT_ROWS = 1000;
 
 function taskPage(queue, id) {
   const base = `/queues/${enc(queue)}`;
-  crumbs(["Fleet", "/"], [queue, `${base}/tasks`], id);
+  crumbs(`task ${id}`, ["Fleet", "/"], [queue, `${base}/tasks`], id);
   const head = el("div", {}, el("p", { class: "muted" }, "Loading…"));
   const progress = el("div", { id: "task-progress-box" });
   const rows = el("tbody", {});
@@ -521,15 +668,20 @@ function taskPage(queue, id) {
   let droppedRows = 0;
   const tail = el("div", {});
   let latest = null;  // the newest progress: its event (with its attempt) or the task's own
-  const drawProgress = () => progress.replaceChildren(...present([latest ?
+  const drawProgress = () => redraw(progress, latest ?
     el("div", { class: "toolbar" }, latest.attempt ? el("span", { class: "attempt" }, `attempt ${latest.attempt}`) : null,
-      progressBar(latest, "task-progress")) : null]));
+      progressBar(latest, "task-progress")) : null);
+  let shownState = null;  // the task's state as the page shows it
+  const cancel = () => {
+    const now = shownState === "running" ? "running: its worker will be told to stop it" : shownState;
+    if (confirm(`Cancel task ${id}? It is ${now || "not shown yet"}.`)) act(`/api${base}/tasks/${enc(id)}/cancel`, {});
+  };
   // built once, outside the live redraw: what is typed in the token box and the outcome of a
   // cancel stay while the task changes
   const actions = consoleInfo.writes ? el("div", { class: "toolbar", id: "task-actions", hidden: true },
     tokenBox(),
-    el("button", { id: "cancel", class: "danger", onclick: () => act(`/api${base}/tasks/${enc(id)}/cancel`, {}) }, "Cancel"),
-    el("span", { id: "action-message" })) : null;
+    el("button", { id: "cancel", class: "danger", onclick: cancel }, "Cancel"),
+    actionMessage()) : null;
   render(head, actions, progress,
     el("h2", {}, "Events"), droppedNote,
     el("table", { id: "events" }, el("thead", {}, el("tr", {},
@@ -538,8 +690,9 @@ function taskPage(queue, id) {
   live(`/api${base}/tasks/${enc(id)}`, (doc) => {
     const t = doc.task;
     const running = !FINAL.has(t.state);
+    shownState = t.state;
     if (!latest && t.progress) { latest = t.progress; drawProgress(); }
-    head.replaceChildren(
+    redraw(head,
       el("h1", {}, "Task ", el("span", { class: "mono" }, t.id), " ",
         el("span", { class: `state ${t.state}`, id: "task-state" }, t.state),
         t.capped ? el("span", { class: "muted", id: "task-capped" }, " waits for its tenant's cap on runs at once") : null),
@@ -560,7 +713,7 @@ function taskPage(queue, id) {
     if (actions && running) actions.hidden = false;
     if (actions) document.getElementById("cancel").disabled = !running;
     const cp = doc.checkpoint;
-    tail.replaceChildren(...present([
+    redraw(tail, ...present([
       el("h2", {}, "Checkpoint"),
       cp ? el("p", { class: "muted" }, `${cp.complete ? `${cp.bytes} bytes`
         : `the first ${cp.state.length} characters of ${cp.bytes} bytes`}${
@@ -604,7 +757,10 @@ async function start() {
   else if (parts[0] === "queues" && parts[2] === "tasks" && parts.length === 4) taskPage(parts[1], parts[3]);
   else if (parts[0] === "queues" && parts[2] === "dead") tasksPage(parts[1], true);
   else if (parts[0] === "queues" && parts[2] === "tenants" && parts.length === 3) tenantsPage(parts[1]);
-  else render(el("p", { class: "error" }, "No such page."));
+  else {
+    crumbs("No such page");
+    render(el("p", { class: "error" }, "No such page."));
+  }
 }
 
 start();
