@@ -229,9 +229,21 @@ def redis_claim_selector(release: str) -> str:
     return f"app.kubernetes.io/name=agentpool-redis,app.kubernetes.io/instance={release}"
 
 
+CLAIM_GONE_SECONDS = 120
+
+
 def redis_claims(kube: Kubectl, release: str) -> list[str]:
-    return [claim["metadata"]["name"]
-            for claim in kube.items("persistentvolumeclaims", redis_claim_selector(release))]
+    """The claims of the release's Redis left by an earlier install. Those being deleted (an
+    earlier run's teardown, which does not wait for them) are waited for: a Redis started
+    meanwhile would stay Pending on them."""
+    selector = redis_claim_selector(release)
+    claims = kube.items("persistentvolumeclaims", selector)
+    ending = [c["metadata"]["name"] for c in claims if c["metadata"].get("deletionTimestamp")]
+    if ending:
+        kube("wait", "--for=delete", "persistentvolumeclaims", *ending,
+             f"--timeout={CLAIM_GONE_SECONDS}s", check=False, timeout=CLAIM_GONE_SECONDS + 30)
+        claims = kube.items("persistentvolumeclaims", selector)
+    return [claim["metadata"]["name"] for claim in claims]
 
 
 def delete_redis_claims(kube: Kubectl, release: str) -> str | None:

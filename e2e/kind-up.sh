@@ -254,7 +254,9 @@ settle_pending_release() {
 if [ "$MODE" = local ] && release_installed && ! release_is_kind_ups; then
     echo "kind-up: local mode: release $RELEASE in namespace $NAMESPACE was not installed by" \
         "kind-up (no helm label $KIND_UP_LABEL), so kind-up leaves it alone, and its operator" \
-        "would compete with the local one. Uninstall it yourself, or test that release as it" \
+        "would compete with the local one (a release an earlier kind-up made has no label" \
+        "either). Uninstall it yourself (helm uninstall $RELEASE --namespace $NAMESPACE), or" \
+        "test that release as it" \
         "is, the way to use a shared staging cluster: KUBECONFIG=$KUBECONFIG" \
         "E2E_OPERATOR=chart E2E_SKIP_INSTALL=1 E2E_RELEASE_NAMESPACE=$NAMESPACE" \
         "E2E_RELEASE=$RELEASE $PYTEST e2e -m e2e -rs" >&2

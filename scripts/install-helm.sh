@@ -18,7 +18,9 @@ fi
 
 on_path="$(command -v helm || true)"
 if [ -n "$on_path" ] && version="$("$on_path" version --short 2>/dev/null)"; then
-    echo "install-helm: using the helm on PATH: $on_path ($version)"
+    mkdir -p "$(dirname "$HELM")"
+    ln -sf "$on_path" "$HELM"
+    echo "install-helm: using the helm on PATH: $on_path ($version), linked as $HELM"
     exit 0
 fi
 

@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "task of the queue waiting to run (queued, delayed, deferred or waiting to be "
         "retried) that was submitted before the command; running tasks go on (exit 1 if "
         "nothing was ever submitted to the queue and no worker serves it). With --tenant, "
-        "only that tenant's (a customer gone, a runaway producer).",
+        "only that tenant's (a customer gone, a runaway producer); the count then leaves out "
+        "the tasks that end with them (submitted to run after one of them).",
     )
     add_queue_options(parser)
     parser.add_argument("task_id", metavar="TASK_ID", nargs="?",

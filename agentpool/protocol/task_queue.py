@@ -855,24 +855,33 @@ class TaskQueue:
         page first (tenant_page.lua, as :meth:`tenant_task_ids` reads them), then the tasks
         found are cancelled `batch` at a time, one round trip each, each only if it still
         waits and was submitted before the call (by the queue's submit counter, as
-        :meth:`cancel_waiting` tells them; a task claimed meanwhile runs on). Returns how many
-        were cancelled (not counting the tasks that run after them, which end with them)."""
+        :meth:`cancel_waiting` tells them; a task claimed meanwhile runs on). A task that
+        moves from one set to another while a pass reads them (a claim parks it for the cap,
+        it comes due, the task it waits for ends) may hide from that pass: passes repeat
+        until one cancels nothing, two at least. Each pass reads the whole of those sets,
+        every tenant's tasks (300,000 tasks: about 20 s). Returns how many were cancelled
+        (not counting the tasks that run after them, which end with them)."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a whole number of at least 1, got {batch!r}")
         last = int(await self.redis.get(self.prefix + "seq") or 0)
         sets = ([f"parked:{tenant}"] if tenant is not None else []) + [
             STATE_SETS[state] for state in ("queued", "deferred", "delayed")]
-        found: dict[str, None] = {}
-        for name in sets:
-            async for _, rows in self._tenant_pages(name, sys.maxsize, 1_000):
-                found.update((task_id, None) for task_id, owner, _ in rows if owner == tenant)
-        ids, cancelled = list(found), 0
-        for start in range(0, len(ids), batch):
-            replies = await scripts_in_one_trip(self.redis, [
-                (self, "cancel", [task_id, call_id(), "waiting", last])
-                for task_id in ids[start:start + batch]])
-            cancelled += sum(as_text(reply) == CancelOutcome.CANCELLED for reply in replies)
-        return cancelled
+        total, passes = 0, 0
+        while True:
+            found: dict[str, None] = {}
+            for name in sets:
+                async for _, rows in self._tenant_pages(name, sys.maxsize, 1_000):
+                    found.update((task_id, None) for task_id, owner, _ in rows
+                                 if owner == tenant)
+            ids, cancelled = list(found), 0
+            for start in range(0, len(ids), batch):
+                replies = await scripts_in_one_trip(self.redis, [
+                    (self, "cancel", [task_id, call_id(), "waiting", last])
+                    for task_id in ids[start:start + batch]])
+                cancelled += sum(as_text(reply) == CancelOutcome.CANCELLED for reply in replies)
+            total, passes = total + cancelled, passes + 1
+            if not cancelled and passes >= 2:
+                return total
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from . import metrics
 from . import pod_events as _pod_events  # noqa: F401  (registers the pod event handler)
 from .context import OperatorContext
 from .deployment import POOL_LABEL
+from .installed_crd import CRD_NAME
 from .kube import KubeApi, KubeconfigError
 from .settings import ENV_PREFIX, OperatorSettings, load_settings
 
@@ -109,6 +110,27 @@ class PortUnavailable(Exception):
     """The operator cannot listen on its configured port."""
 
 
+class CrdMissing(Exception):
+    """The AgentPool CRD is not installed, and the operator would not notice it appear."""
+
+
+async def require_crd(kube: KubeApi) -> None:
+    """With listed namespaces kopf does not watch for CRDs (scanning is off, see
+    kopf_settings): started before its CRD, the operator would run, ready, and serve nothing
+    until restarted. It stops instead, so that Kubernetes restarts it once the CRD is there.
+    A CRD it may not read is not judged here."""
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
+    try:
+        found = await kube.get(path)
+    except Exception:  # unreadable: InstalledCrd's check says why, later
+        return
+    if found is None:
+        raise CrdMissing(
+            f"the AgentPool CRD ({CRD_NAME}) is not installed: apply it first (kubectl apply "
+            "-f charts/agentpool-operator/crds/); an operator serving listed namespaces does "
+            "not watch for it to appear")
+
+
 async def run(
     config: OperatorSettings,
     *,
@@ -117,6 +139,8 @@ async def run(
 ) -> None:
     """Run the operator until it is stopped (a signal, or `stop_flag`)."""
     kube = await asyncio.to_thread(KubeApi.from_environment)
+    if names_only(config.namespaces):
+        await require_crd(kube)
     ctx = OperatorContext(settings=config, kube=kube)
     metrics.count_redis_clients(ctx.redis)
     try:
@@ -152,7 +176,8 @@ DESCRIPTION = (
 EXIT_STATUS = (
     "exit status: 0 when stopped (SIGTERM/SIGINT); 2 on a bad configuration (an argument, a "
     "setting, an unreadable kubeconfig, a port in use: one line on stderr); 1 without "
-    "Kubernetes credentials, or on an unexpected error."
+    "Kubernetes credentials, without the AgentPool CRD when serving listed namespaces (one "
+    "line), or on an unexpected error."
 )
 
 
@@ -193,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (KubeconfigError, PortUnavailable) as error:
         print(f"agentpool-operator: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except CrdMissing as error:
+        print(f"agentpool-operator: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     except kubernetes.config.ConfigException as error:
         print(
             "agentpool-operator: no Kubernetes credentials: not in a cluster, and no usable "

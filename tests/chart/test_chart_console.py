@@ -130,6 +130,21 @@ def test_only_the_peers_given_reach_the_consoles_port(helm: Helm) -> None:
     assert port["name"] == "http"
 
 
+def test_the_notes_warn_a_console_behind_an_ingress_that_the_policy_keeps_it_out(
+    helm: Helm,
+) -> None:
+    """An upgrade turns the policy on: a release whose console has host names of an ingress
+    is told at once, not when the ingress answers 504."""
+    behind = helm.notes({"console": {"enabled": True, "allowedHosts": ["console.example.com"]}})
+    assert "WARNING: console.allowedHosts names console.example.com, but no ingress" in behind
+    let_in = helm.notes({"console": {"enabled": True, "allowedHosts": ["console.example.com"],
+                                     "networkPolicy": {"from": INGRESS_PEERS}}})
+    plain = helm.notes({"console": {"enabled": True}})
+    for notes in (let_in, plain):
+        assert "WARNING" not in notes
+        assert f"port-forward svc/{RELEASE}-console 8080:80" in notes
+
+
 def test_no_console_policy_without_the_console_or_when_turned_off(helm: Helm) -> None:
     without = helm.render({"networkPolicy": {"enabled": True}})
     assert [m["metadata"]["name"] for m in without.of_kind("NetworkPolicy")] == [

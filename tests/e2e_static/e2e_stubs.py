@@ -22,10 +22,13 @@ with open({log!r}, "a") as log:
     log.write(line + "\\n")
 with open({rules!r}) as f:
     rules = json.load(f)
-rule = next((r for r in rules if fnmatch.fnmatchcase(line, r["match"])), None)
+rule = next((r for r in rules if fnmatch.fnmatchcase(line, r["match"])
+             and not os.path.exists(r.get("unless", "/nonexistent"))), None)
 if rule is None:
     sys.stderr.write(f"stub: unexpected: {{line}}\\n")
     sys.exit(1)
+if "touch" in rule:
+    open(rule["touch"], "a").close()
 if "stdin_to" in rule:
     with open(rule["stdin_to"], "a") as f:
         f.write(sys.stdin.read())
@@ -50,7 +53,8 @@ STUB_SERVER = "https://127.0.0.1:6443"
 
 def answer(match: str, stdout: str | dict[str, Any] = "", **more: Any) -> Rule:
     """A rule: a call whose line ("kubectl --namespace x get ...") matches the glob `match`
-    prints `stdout` (a dict as JSON) and exits `rc` (0)."""
+    prints `stdout` (a dict as JSON) and exits `rc` (0). `unless`: a path whose existence
+    turns the rule off; `touch`: a path the call creates (a cluster whose answers change)."""
     text = stdout if isinstance(stdout, str) else json.dumps(stdout)
     return {"match": match, "stdout": text, **more}
 

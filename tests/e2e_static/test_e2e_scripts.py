@@ -336,7 +336,7 @@ def mac(tmp_path: Path, *, helm: bool) -> tuple[Path, dict[str, str]]:
     shutil.copy(INSTALL_HELM, checkout / "scripts" / "install-helm.sh")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("dirname", "mktemp", "rm", "cat", "mkdir"):
+    for tool in ("dirname", "mktemp", "rm", "cat", "mkdir", "ln"):
         found = shutil.which(tool)
         assert found is not None
         (bin_dir / tool).symlink_to(found)
@@ -354,8 +354,12 @@ def test_install_helm_uses_a_helm_on_path_on_any_platform(tmp_path: Path) -> Non
     result = script(checkout / "scripts" / "install-helm.sh", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
-        f"install-helm: using the helm on PATH: {tmp_path / 'bin' / 'helm'} (v3.15.4+gfa9efb0)")
-    assert not (checkout / ".tools").exists(), "nothing downloaded"
+        f"install-helm: using the helm on PATH: {tmp_path / 'bin' / 'helm'} (v3.15.4+gfa9efb0),"
+        " linked as .tools/bin/helm")
+    linked = checkout / ".tools" / "bin" / "helm"
+    assert linked.is_symlink() and linked.resolve() == (tmp_path / "bin" / "helm").resolve(), (
+        "where the chart tests look for it; nothing downloaded")
+    assert [p.name for p in (checkout / ".tools" / "bin").iterdir()] == ["helm"]
 
 
 def test_install_helm_without_one_on_a_mac_says_what_to_do(tmp_path: Path) -> None:

@@ -560,6 +560,27 @@ def test_an_earlier_redis_claim_is_refused_before_anything_is_installed(stubs: S
                 if c.startswith(("helm upgrade", "helm uninstall")) or " delete " in c]
 
 
+def test_an_earlier_runs_claim_still_being_deleted_is_waited_for(stubs: Stubs) -> None:
+    """The teardown of a run just before does not wait for its claims to go: the next run
+    waits for them instead of refusing them (or starting a Redis that stays Pending)."""
+    ending = {"name": "data-agentpool-redis-0", "deletionTimestamp": "2026-12-07T20:00:00Z"}
+    gone = stubs.bin_dir.parent / "claim-gone"
+    stubs.rules(
+        answer(f"kubectl --namespace e2e-x get persistentvolumeclaims {CLAIMS_SELECTOR} "
+               "--output json", {"items": [{"metadata": ending}]}, unless=str(gone)),
+        answer("kubectl --namespace e2e-x wait --for=delete persistentvolumeclaims "
+               "data-agentpool-redis-0 --timeout=120s", touch=str(gone)),
+        *INSTALL_ANSWERS,
+    )
+    config = E2EConfig.from_env({"E2E_NAMESPACE": "e2e-x", "E2E_HELM": stubs.helm,
+                                 "E2E_REDIS_URL": "redis://127.0.0.1:1/0"})
+    with suite_installation(config, stubs.kubectl("e2e-x"), lambda: "picture"):
+        calls = stubs.calls()
+    waited = calls.index("kubectl --namespace e2e-x wait --for=delete persistentvolumeclaims "
+                         "data-agentpool-redis-0 --timeout=120s")
+    assert waited < calls.index(starting(calls, "helm upgrade --install agentpool")[0]), calls
+
+
 @pytest.mark.parametrize("keep", [False, True])
 def test_the_claims_of_the_suites_redis_go_after_it_unless_kept(
     stubs: Stubs, keep: bool,

@@ -8,12 +8,16 @@ checked: it reads the installed CRD, compares it with its models' and reports th
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from typing import Any
 
 import pytest
-from operator_harness import Cluster, OperatorThread, eventually, pool_manifest
+from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
 
 from agentpool.crd import render_crd
+from agentpool.redis_server import free_port
 from agentpool_operator import installed_crd
 from agentpool_operator.settings import OperatorSettings
 
@@ -76,3 +80,22 @@ async def test_the_operators_own_crd_leaves_pools_healthy(
     finally:
         await operator.stop()
     assert operator.error is None, operator.error
+
+
+async def test_an_operator_of_listed_namespaces_stops_in_one_line_without_its_crd(
+    cluster: Cluster,
+) -> None:
+    """It would not notice the CRD appear (kopf's scanning is off for listed namespaces):
+    running on, ready, it would serve nothing until restarted. Kubernetes restarts it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOOL_OPERATOR_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from agentpool_operator.main import main; main()",
+        env={**env, "AGENTPOOL_OPERATOR_PORT": str(free_port()),
+             "AGENTPOOL_OPERATOR_NAMESPACES": NAMESPACE},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert stderr.decode() == (
+        f"agentpool-operator: the AgentPool CRD ({installed_crd.CRD_NAME}) is not installed: "
+        "apply it first (kubectl apply -f charts/agentpool-operator/crds/); an operator "
+        "serving listed namespaces does not watch for it to appear\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from operator_harness import (
 )
 from rbac_rules import Grants, Need, Rule, request_need, service_account_grants
 
+from agentpool.crd import render_crd
 from agentpool.redis_server import free_port
 from agentpool_operator.installed_crd import CRD_NAME
 from agentpool_operator.main import kopf_settings
@@ -33,6 +35,7 @@ from chart_helpers import HELM, Helm, Rendered
 from chart_helpers import NAMESPACE as RELEASE_NAMESPACE
 
 NAMESPACES_ENV = "AGENTPOOL_OPERATOR_NAMESPACES"
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 CRD_READ = Need("get", "apiextensions.k8s.io", "customresourcedefinitions", name=CRD_NAME)
 PER_POOL_ENV = "AGENTPOOL_OPERATOR_PER_POOL_CREDENTIALS"
 MODES = {"cluster-wide": {"secretNamespaces": [NAMESPACE]},
@@ -93,6 +96,19 @@ def kmock_options(kmock_options: dict[str, Any], rendered: Rendered) -> dict[str
     account, _ = chart_operator(rendered)
     grants = service_account_grants(rendered.manifests, RELEASE_NAMESPACE, account)
     return {**kmock_options, "cls": RbacEnforcingEmulator, "grants": grants}
+
+
+@pytest.fixture
+async def operator(cluster: Cluster, operator_settings: OperatorSettings
+                   ) -> AsyncIterator[OperatorThread]:
+    """Started once the CRD is installed, as Helm installs it (an operator serving listed
+    namespaces refuses to start without it)."""
+    await cluster.create(CRDS, render_crd())
+    thread = OperatorThread(operator_settings)
+    await thread.start()
+    yield thread
+    await thread.stop()
+    assert thread.error is None, thread.error
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from protocol_helpers import claim_one
 
 from agentpool.client import SyncClient
-from agentpool.protocol import FailOutcome, TaskQueue
+from agentpool.protocol import ClaimedTask, FailOutcome, TaskQueue
 
 
 async def states(queue: TaskQueue, ids: list[str]) -> list[str]:
@@ -271,3 +271,36 @@ def test_a_blocking_client_cancels_a_tenants_waiting_tasks(redis_url: str,
         assert queue.cancel_waiting_of("a") == 2
         assert [queue.get(task_id).state for task_id in ids] == [  # type: ignore[union-attr]
             "cancelled", "cancelled", "queued"]
+
+
+async def test_a_tenants_tasks_that_move_while_a_pass_reads_are_found_by_the_next(
+    queue: TaskQueue,
+) -> None:
+    """A claim parks the capped tenant's queued tasks after the parked set was read, and a
+    deferred task comes out into the queue after the queue was read: the first pass sees
+    neither, the second does."""
+    await queue.set_tenant_caps({"a": 1})
+    first = await queue.submit({"first": True}, tenant="a")
+    running = await claim_one(queue, "w1")
+    assert running.id == first
+    queued = [await queue.submit({"n": n}, tenant="a") for n in range(3)]
+    parent = await queue.submit({"parent": True}, tenant="b")
+    child = await queue.submit({"child": True}, tenant="a", after=[parent])
+    real_run = queue._run
+    claimed: list[ClaimedTask] = []
+
+    async def move_while_reading(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "tenant_page" and args[0] == "queued" and not claimed:
+            # a claim reaches a's tasks: they park for its cap
+            claimed.extend((await queue.claim("w2", 5, 30)).tasks)
+            assert [task.id for task in claimed] == [parent]
+            assert (await queue.figures()).capped == 3
+        if name == "tenant_page" and args[0] == "deferred" and len(claimed) == 1:
+            assert await queue.complete(claimed[0], "done")  # the child goes to the queue
+            claimed.append(claimed[0])
+        return await real_run(name, *args, **kwargs)
+
+    queue._run = move_while_reading  # type: ignore[method-assign]
+    assert await queue.cancel_waiting_of("a") == 4
+    assert await states(queue, [*queued, child]) == ["cancelled"] * 4
+    assert await states(queue, [first]) == ["running"]

@@ -112,7 +112,7 @@ Included by the operator Deployment, so every render runs it.
 {{- fail (printf "redis.external.mode=%s takes a URL starting with %s or %s" $mode (index $wanted 0) (index $wanted 1)) -}}
 {{- end -}}
 {{- if not (regexMatch "^[a-z+]+://([^@/?#]*@)?[^@/?#:]" $external.url) -}}
-{{- fail "redis.external.url names no host (expected scheme://[user:password@]host[:port][/db])" -}}
+{{- fail "redis.external.url names no host (expected scheme://[user:password@]host[:port][/db]; percent-encode / ? # @ in a password)" -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.networkPolicy.enabled (not .Values.redis.enabled) -}}
