@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -99,20 +98,14 @@ def kmock_options(kmock_options: dict[str, Any], rendered: Rendered) -> dict[str
 
 
 @pytest.fixture
-async def operator(cluster: Cluster, operator_settings: OperatorSettings
-                   ) -> AsyncIterator[OperatorThread]:
-    """Started once the CRD is installed, as Helm installs it (an operator serving listed
-    namespaces refuses to start without it)."""
+async def crd_installed(cluster: Cluster) -> None:
+    """As Helm installs it, before the operator (one serving listed namespaces refuses to
+    start without it)."""
     await cluster.create(CRDS, render_crd())
-    thread = OperatorThread(operator_settings)
-    await thread.start()
-    yield thread
-    await thread.stop()
-    assert thread.error is None, thread.error
 
 
 @pytest.fixture
-def operator_settings(rendered: Rendered) -> OperatorSettings:
+def operator_settings(rendered: Rendered, crd_installed: None) -> OperatorSettings:
     """The namespaces and per-pool credentials the chart gives the operator."""
     _, env = chart_operator(rendered)
     return OperatorSettings(port=free_port(), status_refresh_seconds=0.5,
