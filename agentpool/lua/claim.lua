@@ -24,6 +24,7 @@ local SKIPPED_PER_CLAIM = 200
 local PARKED_PER_CLAIM = 1000
 local UNPARK_LOOK_MS = 1000
 local PARK_BATCH = 64
+local ENDED = {succeeded = true, cancelled = true, dead = true}
 local now = now_ms()
 -- the delayed head: the due tasks to promote and, after them, the next due time
 local head = redis.call('ZRANGE', K_DELAYED, 0, resent and 0 or promote, 'WITHSCORES')
@@ -123,12 +124,16 @@ elseif not drain_requested(worker, pod) then
       local id, score = popped[2 * i - 1], popped[2 * i]
       local tk = task_key(id)
       local f = #held < count and redis.call('HMGET', tk, 'payload', 'created', 'max',
-        'attempts', 'cp', 'timeout', 'expires', 'ev', 'after', 'tenant', 'due')
+        'attempts', 'cp', 'timeout', 'expires', 'ev', 'after', 'tenant', 'due', 'state')
       local expires = f and tonumber(f[7])  -- a field written by hand may be no number
       local tenant = f and f[10] and caps_on() and f[10]
       if not f then
         put_back[#put_back + 1] = score
         put_back[#put_back + 1] = id
+      elseif ENDED[f[12]] then
+        -- Ended while its id waited (an older producer's cancel took a parked task out of
+        -- the queue but not out of its tenant's parked set): dropped, never run.
+        skipped = skipped + 1
       elseif expires and now >= expires then
         local what = 'not started'
         if redis.call('HEXISTS', tk, 'started') == 1 then what = 'not started again' end

@@ -621,3 +621,23 @@ async def test_tenant_loads_show_each_tenants_cap(queue: TaskQueue) -> None:
     await queue.set_tenant_caps({"listed": 4}, default=2)
     loads = {load.tenant: load for load in (await queue.tenant_loads()).loads}
     assert (loads["a"].cap, loads["listed"].cap, loads[None].cap) == (2, 4, None)
+
+
+async def test_a_parked_task_an_older_producers_cancel_ended_is_dropped_not_run(
+    queue: TaskQueue,
+) -> None:
+    """A producer older than caps cancels a parked task as it did a queued one: the task
+    ends cancelled, but its id stays in its tenant's parked set, and goes back to the queue
+    when the tenant has room: the claim that pops it must not run an ended task."""
+    await queue.set_tenant_caps({"a": 1})
+    ids = await submit_as(queue, "a", 3)
+    (first,) = (await queue.claim("w1", 3, 30)).tasks
+    assert (await queue.figures()).capped == 2
+    await queue.redis.hset(queue.task_key(ids[1]), mapping={"state": "cancelled"})
+    assert await queue.complete(first, "done")
+    claimed = (await queue.claim("w1", 3, 30)).tasks
+    assert [task.id for task in claimed] == [ids[2]]
+    info = await queue.get(ids[1])
+    assert info is not None and info.state == "cancelled"
+    figures = await queue.figures()
+    assert (figures.queued, figures.capped, figures.in_flight) == (0, 0, 1)
