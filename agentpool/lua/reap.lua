@@ -96,6 +96,42 @@ end)
 sweep_index(K_PARKED_EXPIRY, 'queued', function(id, tenant)
   return tenant and redis.call('ZREM', parked_key(tenant), id) == 1
 end)
+-- Deferred tasks whose parents have all ended without releasing them: a worker older than
+-- `after=` (its image not yet rolled during an upgrade) ends a task without looking for the
+-- tasks that run after it. The oldest deferred tasks are looked at, each up to its first
+-- parent still going (one read for a task that waits as it should); one whose parents all
+-- succeeded is released as the last one's end would have, one with a parent dead or
+-- cancelled ends with it. A parent whose record has gone leaves the task as it is.
+local DEFERRED_LOOKED_PER_REAP = 50
+for _, child in ipairs(redis.call('ZRANGE', K_DEFERRED, 0, DEFERRED_LOOKED_PER_REAP - 1)) do
+  local ck = task_key(child)
+  local c = redis.call('HMGET', ck, 'state', 'after', 'score', 'due', 'ev', 'cp', 'dn',
+    'expires', 'tenant', 'seq')
+  local waiting, failed, how = c[1] ~= 'deferred' or not c[2], nil, nil
+  for parent in string.gmatch(waiting and '' or c[2], '[^,]+') do
+    local state = redis.call('HGET', task_key(parent), 'state')
+    if state == 'dead' or state == 'cancelled' then
+      failed, how = failed or parent, how or state
+    elseif state ~= 'succeeded' then
+      waiting = true
+      break
+    end
+  end
+  if not waiting then
+    undefer(child, c[8])
+    if failed then
+      finished(child, ck, 'cancelled', now, {ev = c[5], cp = c[6], dn = c[7]},
+        {'error', cut_off(failed, how)})
+    elseif tonumber(c[4]) and tonumber(c[4]) > now then
+      redis.call('HSET', ck, 'state', 'delayed', 'waits', 0)
+      redis.call('ZADD', K_DELAYED, tonumber(c[4]), child)
+    else
+      redis.call('HSET', ck, 'state', 'queued', 'due', now, 'waits', 0)
+      redis.call('ZADD', K_QUEUED, fair().entry(ck, c[3], c[9], c[10]), child)
+      wake(1)
+    end
+  end
+end
 -- Places a turn or more before their band's clock count as none (common.lua's fair()):
 -- dropped, so `fair` holds only the tenants with tasks near or ahead of the turn being served
 -- (up to 1,000 a reap, so none is slow).

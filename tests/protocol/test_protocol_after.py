@@ -454,3 +454,42 @@ async def test_a_known_idempotency_key_answers_before_the_tasks_it_would_run_aft
     first = await queue.submit({"n": 1})
     second = await queue.submit({"n": 2}, after=[first], idempotency_key="k")
     assert await queue.submit({"n": 2}, after=["gone"], idempotency_key="k") == second
+
+
+async def ended_as_an_older_worker_ends_it(queue: TaskQueue, task_id: str, state: str) -> None:
+    """What a worker older than `after=` leaves when it ends a run it holds: the task's state,
+    and nothing done for the tasks that run after it."""
+    task = await claim_within(queue, "old-worker")
+    assert task.id == task_id
+    await queue.redis.hset(queue.task_key(task_id), mapping={"state": state, "finished": 1})
+    await queue.redis.zrem(queue.prefix + "leases", task_id)
+    await queue.redis.srem(queue.prefix + "owner:old-worker", task_id)
+
+
+@pytest.mark.parametrize(("ended", "then"), [("succeeded", "queued"), ("dead", "cancelled")])
+async def test_tasks_an_older_worker_left_deferred_are_released_by_a_reap(
+    queue: TaskQueue, ended: str, then: str,
+) -> None:
+    """During an upgrade, a worker not rolled yet ends a task others run after: the next reap
+    releases them as the end would have (or ends them with it). A task that also runs after
+    one still going waits for it (a reap reads its parents up to the first one going), and
+    is released, or ended, by the reap after that one's end."""
+    parent = await queue.submit({"parent": True})
+    other = await queue.submit({"other": True})
+    after_parent = await queue.submit({"child": True}, after=[parent])
+    after_both = await queue.submit({"child": 2}, after=[other, parent])
+    await ended_as_an_older_worker_ends_it(queue, parent, ended)
+    assert await state(queue, after_parent) == "deferred"
+    await queue.reap_expired()
+    assert await state(queue, after_parent) == then
+    assert await state(queue, after_both) == "deferred"
+    await run(queue, other)
+    await queue.reap_expired()
+    assert await state(queue, after_both) == then
+    if ended == "succeeded":
+        await run(queue, after_parent)
+        await run(queue, after_both)
+    else:
+        info = await queue.get(after_parent)
+        assert info is not None and info.error == (
+            f"cancelled: the task {parent} it runs after ended dead")
