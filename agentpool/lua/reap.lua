@@ -101,14 +101,23 @@ end)
 -- tasks that run after it. The oldest deferred tasks are looked at, each up to its first
 -- parent still going (one read for a task that waits as it should); one whose parents all
 -- succeeded is released as the last one's end would have, one with a parent dead or
--- cancelled ends with it. A parent whose record has gone leaves the task as it is.
-local DEFERRED_LOOKED_PER_REAP = 50
+-- cancelled ends with it. A parent whose record has gone leaves the task as it is. At most
+-- 500 parents are read a reap, five tasks' worth at least (a task runs after 100 at most):
+-- fan-ins whose first parents have ended would read most of theirs every reap otherwise.
+local DEFERRED_LOOKED_PER_REAP, PARENTS_READ_PER_REAP = 50, 500
+local parents_read = 0
 for _, child in ipairs(redis.call('ZRANGE', K_DEFERRED, 0, DEFERRED_LOOKED_PER_REAP - 1)) do
+  if parents_read >= PARENTS_READ_PER_REAP then break end
   local ck = task_key(child)
   local c = redis.call('HMGET', ck, 'state', 'after', 'score', 'due', 'ev', 'cp', 'dn',
     'expires', 'tenant', 'seq')
   local waiting, failed, how = c[1] ~= 'deferred' or not c[2], nil, nil
   for parent in string.gmatch(waiting and '' or c[2], '[^,]+') do
+    parents_read = parents_read + 1
+    if parents_read > PARENTS_READ_PER_REAP then
+      waiting = true
+      break
+    end
     local state = redis.call('HGET', task_key(parent), 'state')
     if state == 'dead' or state == 'cancelled' then
       failed, how = failed or parent, how or state
