@@ -106,7 +106,9 @@ async def test_a_run_waits_for_the_tasks_it_handed_to_another_pool(
         async with running(settings(url, queue_name, f"{HANDLERS}:{handler}", concurrency=1,
                                     submits_to=coder)):
             stranded = await planner.submit({"words": ["x"], "to": coder})
-            await eventually(lambda: task_in(planner, stranded, "running"), 10, "a waiting run")
+            # Its step queued, not merely its task claimed: a cancel the worker learns of
+            # before the run's submit ends the run there (LeaseLost), never in its wait.
+            await eventually(lambda: _queued(redis, coder, 1), 10, "a waiting run's step")
             await planner.cancel(stranded)
             await eventually(lambda: task_in(planner, stranded, "cancelled"), 10, "cancelled")
             if handler.startswith("sync_"):

@@ -1152,7 +1152,8 @@ class Worker:
         the worker's waiting client (its subscriptions take no connection the claims,
         heartbeats and completions share). The wait rides out lost connections itself; its
         TimeoutError (saying how many of the tasks were not final, and whether Redis stopped
-        answering), TaskNotFound or a refusal
+        answering; redis-py's own when Redis stops answering before the wait's first read
+        and its socket timeout comes first), TaskNotFound or a refusal
         is the run's to handle. LeaseLost once the run is over or told to stop."""
         self._run_going(ctx, "wait_many")
         name = self._queue_to_submit_to(queue).name
