@@ -132,6 +132,8 @@ milliseconds alone."""
 _LARGEST_ID_PART = 2**64 - 1
 DEAD_LETTER_PAGE = 1000
 """The most dead tasks one script call requeues or purges."""
+CANCEL_WAITING_OF_PASSES = 5
+"""The most passes `cancel_waiting_of` makes over a queue's waiting tasks."""
 
 
 def _checked_after(after: str) -> str:
@@ -858,9 +860,11 @@ class TaskQueue:
         :meth:`cancel_waiting` tells them; a task claimed meanwhile runs on). A task that
         moves from one set to another while a pass reads them (a claim parks it for the cap,
         it comes due, the task it waits for ends) may hide from that pass: passes repeat
-        until one cancels nothing, two at least. Each pass reads the whole of those sets,
-        every tenant's tasks (300,000 tasks: about 20 s). Returns how many were cancelled
-        (not counting the tasks that run after them, which end with them)."""
+        until one cancels nothing, two at least and CANCEL_WAITING_OF_PASSES at most (the
+        tenant's runs that keep failing into a retry each make one more: a few may be left
+        waiting; call again). Each pass reads the whole of those sets, every tenant's tasks
+        (300,000: about a second). Returns how many were cancelled (not counting the tasks
+        that run after them, which end with them)."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a whole number of at least 1, got {batch!r}")
         last = int(await self.redis.get(self.prefix + "seq") or 0)
@@ -880,7 +884,7 @@ class TaskQueue:
                     for task_id in ids[start:start + batch]])
                 cancelled += sum(as_text(reply) == CancelOutcome.CANCELLED for reply in replies)
             total, passes = total + cancelled, passes + 1
-            if not cancelled and passes >= 2:
+            if (not cancelled and passes >= 2) or passes == CANCEL_WAITING_OF_PASSES:
                 return total
 
     # -- workers ---------------------------------------------------------------------------

@@ -110,6 +110,12 @@ class PortUnavailable(Exception):
     """The operator cannot listen on its configured port."""
 
 
+CRD_CHECK_SECONDS = 5.0
+"""How long the start-up look for the CRD may take: the health port is not served yet, and
+the client's own timeout and retries against a hung API server take two minutes, past what
+the liveness probe allows."""
+
+
 class CrdMissing(Exception):
     """The AgentPool CRD is not installed, and the operator would not notice it appear."""
 
@@ -121,8 +127,8 @@ async def require_crd(kube: KubeApi) -> None:
     A CRD it may not read is not judged here."""
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
     try:
-        found = await kube.get(path)
-    except Exception:  # unreadable: InstalledCrd's check says why, later
+        found = await asyncio.wait_for(kube.get(path), CRD_CHECK_SECONDS)
+    except Exception:  # unreadable, or an API server that hangs: InstalledCrd's check later
         return
     if found is None:
         raise CrdMissing(

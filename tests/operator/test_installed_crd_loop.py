@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from typing import Any
 
+import kubernetes
 import pytest
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
 
 from agentpool.crd import render_crd
 from agentpool.redis_server import free_port
 from agentpool_operator import installed_crd
+from agentpool_operator.kube import KubeApi
+from agentpool_operator.main import CRD_CHECK_SECONDS, require_crd
 from agentpool_operator.settings import OperatorSettings
 
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -99,3 +103,17 @@ async def test_an_operator_of_listed_namespaces_stops_in_one_line_without_its_cr
         f"agentpool-operator: the AgentPool CRD ({installed_crd.CRD_NAME}) is not installed: "
         "apply it first (kubectl apply -f charts/agentpool-operator/crds/); an operator "
         "serving listed namespaces does not watch for it to appear\n")
+
+
+async def test_the_start_up_look_for_the_crd_gives_up_on_an_api_server_that_hangs() -> None:
+    """Before the health port is served: the client's own timeouts and retries would take two
+    minutes, and the liveness probe would restart the pod meanwhile, for ever."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        kube = KubeApi(kubernetes.client.ApiClient(configuration=kubernetes.client.Configuration(
+            host=f"http://127.0.0.1:{silent.getsockname()[1]}")))
+        assert await asyncio.wait_for(require_crd(kube), CRD_CHECK_SECONDS + 10) is None
+    finally:
+        silent.close()

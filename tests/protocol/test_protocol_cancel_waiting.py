@@ -12,6 +12,7 @@ from protocol_helpers import claim_one
 
 from agentpool.client import SyncClient
 from agentpool.protocol import ClaimedTask, FailOutcome, TaskQueue
+from agentpool.protocol.task_queue import CANCEL_WAITING_OF_PASSES
 
 
 async def states(queue: TaskQueue, ids: list[str]) -> list[str]:
@@ -304,3 +305,26 @@ async def test_a_tenants_tasks_that_move_while_a_pass_reads_are_found_by_the_nex
     assert await queue.cancel_waiting_of("a") == 4
     assert await states(queue, [*queued, child]) == ["cancelled"] * 4
     assert await states(queue, [first]) == ["running"]
+
+
+async def test_passes_end_after_a_few_while_a_tenants_runs_keep_failing_into_retries(
+    queue: TaskQueue,
+) -> None:
+    """Each pass finds one more of its runs come back to wait for a retry: the passes stop at
+    CANCEL_WAITING_OF_PASSES, leaving the rest running (a call again takes them later)."""
+    await queue.submit_many([{"n": n} for n in range(10)], tenant="a")
+    runs = list((await queue.claim("w1", 10, 30)).tasks)
+    real_run = queue._run
+    passes = 0
+
+    async def one_run_fails_per_pass(name: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal passes
+        if name == "tenant_page" and args[0] == "queued" and args[3] == "":
+            passes += 1
+            assert await queue.fail(runs.pop(), "flaky", delay=3600) == FailOutcome.RETRY
+        return await real_run(name, *args, **kwargs)
+
+    queue._run = one_run_fails_per_pass  # type: ignore[method-assign]
+    assert await queue.cancel_waiting_of("a") == CANCEL_WAITING_OF_PASSES
+    assert passes == CANCEL_WAITING_OF_PASSES
+    assert (await queue.figures()).in_flight == 10 - CANCEL_WAITING_OF_PASSES
