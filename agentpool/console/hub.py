@@ -58,6 +58,10 @@ number of watchers: each holds a batch of events in memory while it is sent."""
 BEFORE_FIRST: EventKey = (-1, -1)
 
 
+AGE_SUFFIX = "_age_seconds"
+"""What ends the name of an age a snapshot gives (it changes on every read)."""
+
+
 @dataclass(frozen=True)
 class Message:
     text: str
@@ -80,9 +84,19 @@ def status_of(snapshot: dict[str, Any]) -> int:
     return 404 if snapshot.get("not_found") else 502
 
 
+def _ageless(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _ageless(v) for k, v in value.items() if not k.endswith(AGE_SUFFIX)}
+    if isinstance(value, list):
+        return [_ageless(v) for v in value]
+    return value
+
+
 def _unstamped(snapshot: dict[str, Any]) -> str:
-    """A snapshot without its reading time ("at"): what tells whether the page changed."""
-    return encode({k: v for k, v in snapshot.items() if k != "at"})
+    """A snapshot without its reading time ("at") and the ages it gives for scripts
+    ("heartbeat_age_seconds", which the pages compute from the time beside it): what tells
+    whether the page changed."""
+    return encode(_ageless({k: v for k, v in snapshot.items() if k != "at"}))
 
 
 def event_key(event_id: str) -> EventKey:

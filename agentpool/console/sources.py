@@ -107,6 +107,9 @@ REDIS_ANSWER_SECONDS = 5.0
 """How long a page's read waits for the console's Redis: one that does not answer (a Redis
 hung or paused, a network that drops its packets) is an error the page shows within seconds,
 not a page that goes on showing what it read last as if it were current."""
+TENANT_ANSWER_SECONDS = 10.0
+"""How long the tenants page's read (up to 40 round trips) waits for the console's Redis, as
+REDIS_ANSWER_SECONDS for the other pages' single round trip."""
 MAX_CACHED_QUEUES = 10_000
 EVENT_BATCH = 250
 """Events a task page reads per round trip (more are read at once, not after the interval):
@@ -717,7 +720,8 @@ class Sources:
         return await asyncio.shield(held[1])
 
     async def _read_tenants(self, queue: TaskQueue) -> dict[str, Any]:
-        loads, figures = await read_tenant_loads(queue, TENANT_READ_LIMIT)
+        async with answer_within(TENANT_ANSWER_SECONDS):
+            loads, figures = await read_tenant_loads(queue, TENANT_READ_LIMIT)
         return {
             "queue": queue.name, "at": time.time(), "counted": loads.counted,
             "total": loads.total, "capped": figures.capped,
@@ -793,7 +797,9 @@ async def limit_rows(redis: aioredis.Redis, declared: Any) -> list[dict[str, Any
     for them); None figures when unread. The last 429 is stamped by Redis's clock: it is given
     on this machine's clock (as the page's "at", which the browser ages it by), in whole
     seconds, so that its age is right whatever the two clocks say and a pool that is not
-    throttled again reads the same on every refresh."""
+    throttled again reads the same on every refresh; its age on Redis's clock
+    ("last_throttle_age_seconds", as the CLI gives it) is left out of that comparison by the
+    hub."""
     rows: list[dict[str, Any]] = []
     skew: float | None = None
     """This machine's clock minus Redis's."""
@@ -804,6 +810,7 @@ async def limit_rows(redis: aioredis.Redis, declared: Any) -> list[dict[str, Any
                                "conflict": False, "effective_rpm": None, "effective_tpm": None,
                                "paused_seconds": None, "waiting": None, "grants": None,
                                "throttles": None, "last_throttle": None,
+                               "last_throttle_age_seconds": None,
                                "held": None, "in_line": None}
         try:
             state = await RateLimiter(redis, item["name"]).state()
@@ -827,6 +834,8 @@ async def limit_rows(redis: aioredis.Redis, declared: Any) -> list[dict[str, Any
             in_line=state.in_line,
             last_throttle=None if state.last_throttle is None or skew is None
             else iso_s(round(state.last_throttle + skew)),
+            last_throttle_age_seconds=None if state.last_throttle is None or skew is None
+            else round(time.time() - skew - state.last_throttle, 1),
         )
         rows.append(row)
     return rows
@@ -877,10 +886,9 @@ def _conditions(obj: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def page_workers(workers: Sequence[WorkerState], now: float) -> list[dict[str, Any]]:
-    """The workers as the pool page shows them: with their last heartbeat, which the browser
-    ages, and not that age, which would make the page change on every read."""
-    return [{k: v for k, v in w.items() if k != "heartbeat_age_seconds"}
-            for w in workers_json(workers, now)]
+    """The workers as the CLI's JSON gives them: their last heartbeat, which the browser ages,
+    and its age for scripts, which the hub leaves out when it tells whether a page changed."""
+    return workers_json(workers, now)
 
 
 def _iso(value: Any) -> str | None:

@@ -31,6 +31,7 @@ from agentpool.connection import redis_from_url
 from agentpool.console import app as console_app
 from agentpool.console import sources as console_sources
 from agentpool.console.app import ConsoleConfig, build_app
+from agentpool.console.hub import _unstamped
 from agentpool.console.sources import (
     CHECKPOINT_PREVIEW_BYTES,
     FIELD_PREVIEW_BYTES,
@@ -181,7 +182,9 @@ async def test_a_pools_last_429_is_aged_on_redis_clock_not_the_consoles(
     at = datetime.fromisoformat(row["last_throttle"]).timestamp()
     assert -1 < time.time() - at < 60  # whole seconds: up to half of one ahead
     assert at == int(at)
-    assert [await limit_rows(redis, declared) for _ in range(3)] == [[row]] * 3
+    assert 0 <= row["last_throttle_age_seconds"] < 60  # as the CLI gives it, on Redis's clock
+    reads = [await limit_rows(redis, declared) for _ in range(3)]
+    assert [_unstamped({"limits": r}) for r in reads] == [_unstamped({"limits": [row]})] * 3
 
 
 async def test_tasks_are_paged_in_claim_order(api: Client, redis: aioredis.Redis,
@@ -1118,6 +1121,32 @@ async def test_a_redis_that_hangs_is_an_error_within_seconds_and_says_as_of_when
             await redis.aclose()
 
 
+async def test_a_tenants_read_of_a_redis_that_hangs_gives_up_within_its_limit(
+    queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(console_sources, "TENANT_ANSWER_SECONDS", 0.5)
+    with RedisServer() as server:
+        redis = aioredis.Redis.from_url(server.url)
+        await TaskQueue(redis, queue_name).submit({"a": 1}, tenant="t1")
+        app = build_app(Sources(redis, queues=[queue_name]), ConsoleConfig(fleet_seconds=0.1))
+        assert server.process is not None
+        pid = server.process.pid
+        try:
+            async with TestClient(TestServer(app)) as client:
+                os.kill(pid, signal.SIGSTOP)
+                stopped = time.time()
+                try:
+                    response = await client.get(f"/api/queues/{queue_name}/tenants")
+                    assert response.status == 502
+                    assert await response.json() == {
+                        "error": "cannot read Redis: no answer within 0.5 s"}
+                    assert time.time() - stopped < 3
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+        finally:
+            await redis.aclose()
+
+
 async def test_a_quiet_pool_and_fleet_read_the_same_on_every_refresh(
     redis: aioredis.Redis, queue_name: str,
 ) -> None:
@@ -1140,11 +1169,13 @@ async def test_a_quiet_pool_and_fleet_read_the_same_on_every_refresh(
     assert fleets[1] == fleets[2]
     pools = []
     for _ in range(2):
-        pools.append(unstamped(await sources.pool(NO_NAMESPACE, queue_name)))
+        pools.append(await sources.pool(NO_NAMESPACE, queue_name))
         await asyncio.sleep(0.05)
-    assert pools[0] == pools[1]
+    assert _unstamped(pools[0]) == _unstamped(pools[1])  # what the hub compares: no resend
+    ages = [p["workers"][0]["heartbeat_age_seconds"] for p in pools]
+    assert 0 <= ages[0] < ages[1]  # the API still gives the age, as the CLI's JSON does
     [worker] = pools[0]["workers"]
-    assert worker["last_heartbeat"].endswith("Z") and "heartbeat_age_seconds" not in worker
+    assert worker["last_heartbeat"].endswith("Z")
 
 
 def test_a_conditions_status_says_whether_it_is_a_problem() -> None:

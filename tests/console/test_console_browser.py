@@ -1209,3 +1209,90 @@ def test_dead_letters_are_checked_by_name_or_all_at_once_and_pages_say_what_they
     expect(page.locator("#page-error")).to_contain_text("no task no-such-task", timeout=LIVE)
     expect(page.locator("#live")).to_have_text("checking again every 5 s")
     expect(page).to_have_title("task no-such-task — agentpool console")
+
+
+def test_a_page_whose_console_stops_answering_is_marked_stale_until_it_answers(
+    page: Page,
+) -> None:
+    """The console itself down (a restart, a port-forward that exited): the browser keeps
+    trying by itself (`reconnecting`), and the page is dimmed with the time of its last data
+    from the first failed try until its next snapshot."""
+    queue = f"gone-{uuid.uuid4().hex[:8]}"
+    server = RedisServer(port=free_port()).start()
+    console = InProcessConsole(server.url, queue)
+    try:
+        console.heartbeat("pod-a")
+        console.start()
+        page.goto(f"{console.url}pools/-/{queue}")
+        expect(page.locator("#workers tbody tr")).to_have_count(1, timeout=LIVE)
+        expect(page.locator("#live")).to_have_text("live")
+        console.stop()
+        expect(page.locator("#live")).to_have_text("reconnecting", timeout=LIVE)
+        error = page.locator("#page-error")
+        expect(error).to_have_text(re.compile(r"^the console does not answer"), timeout=LIVE)
+        expect(error).to_have_text(AS_OF)
+        expect(page.locator("main")).to_have_class(re.compile(r"\bstale\b"))
+        console.start()
+        expect(page.locator("#live")).to_have_text("live", timeout=LIVE)
+        expect(error).to_have_count(0, timeout=LIVE)
+        expect(page.locator("main")).not_to_have_class(re.compile(r"\bstale\b"))
+    finally:
+        console.close()
+        server.close()
+
+
+def test_ages_follow_a_browser_clock_corrected_while_the_page_is_open(
+    page: Page,
+) -> None:
+    """The browser's clock an hour behind, then put right: the next snapshot sets the
+    difference again, and a heartbeat seconds old reads so, not an hour old."""
+    queue = f"clock-{uuid.uuid4().hex[:8]}"
+    server = RedisServer(port=free_port()).start()
+    console = InProcessConsole(server.url, queue)
+    page.add_init_script("""(() => { const real = Date.now.bind(Date); window.__off = -3600000;
+        Date.now = () => real() + window.__off; })();""")
+    try:
+        console.heartbeat("pod-a")
+        console.start()
+        page.goto(f"{console.url}pools/-/{queue}")
+        rows = page.locator("#workers tbody tr")
+        seconds = re.compile(r"^[0-9]+s ago$")
+        expect(rows.first.locator("td").nth(6)).to_have_text(seconds, timeout=LIVE)
+        page.evaluate("window.__off = 0")
+        console.heartbeat("pod-b")  # a change: the next snapshot
+        expect(rows).to_have_count(2, timeout=LIVE)
+        for row in rows.all():
+            expect(row.locator("td").nth(6)).to_have_text(seconds)
+    finally:
+        console.close()
+        server.close()
+
+
+def test_a_running_list_whose_rows_reorder_keeps_the_focused_link(
+    redis_url: str, page: Page,
+) -> None:
+    """The running list is in lease order, which a heartbeat changes: the row whose link has
+    the keyboard's focus goes up without losing it."""
+    queue = f"order-{uuid.uuid4().hex[:8]}"
+    console = InProcessConsole(redis_url, queue)
+    worker = WorkerInfo(pod="pod-a", instance="i1", concurrency=2)
+    tasks = TaskQueue(console.redis, queue)
+    try:
+        first = console.call(tasks.submit({"n": 1}))
+        second = console.call(tasks.submit({"n": 2}))
+        [held] = console.call(tasks.claim(worker.worker_id, 1, 30)).tasks
+        assert held.id == first
+        console.call(tasks.claim(worker.worker_id, 1, 60))
+        console.start()
+        page.goto(f"{console.url}queues/{queue}/tasks?state=running")
+        rows = page.locator("#tasks tbody tr")
+        expect(rows).to_have_count(2, timeout=LIVE)
+        expect(rows.first).to_have_attribute("data-task", first)
+        link = page.locator(f'#tasks tr[data-task="{second}"] a').first
+        link.focus()
+        console.call(tasks.heartbeat(worker, {first: held.token}, 120))  # first goes last
+        expect(rows.first).to_have_attribute("data-task", second, timeout=LIVE)
+        assert page.evaluate("document.activeElement.getAttribute('href')") == (
+            f"/queues/{queue}/tasks/{second}")
+    finally:
+        console.close()

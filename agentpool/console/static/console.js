@@ -54,6 +54,16 @@ function patch(old, fresh) {
   if (old instanceof HTMLInputElement && old.checked !== fresh.checked) old.checked = fresh.checked;
   morph(old, [...fresh.childNodes]);
 }
+// A node that holds the focus is never moved (moving it blurs it): when the order changes
+// (the running list reorders on heartbeats), the nodes from `first` up to it go after it.
+function moveAfter(parent, first, anchor) {
+  const after = anchor.nextSibling;
+  for (let node = first; node !== anchor;) {
+    const next = node.nextSibling;
+    parent.insertBefore(node, after);
+    node = next;
+  }
+}
 function morph(parent, fresh) {
   const keyed = new Map();
   for (const child of parent.childNodes) {
@@ -71,6 +81,7 @@ function morph(parent, fresh) {
     }
     if (key) keyed.delete(key);
     if (match === cursor) cursor = cursor.nextSibling;
+    else if (match.contains(document.activeElement)) moveAfter(parent, cursor, match);
     else parent.insertBefore(match, cursor);
     patch(match, node);
   }
@@ -91,12 +102,13 @@ const state = (name) => el("span", { class: `state ${name}` }, show(name));
 
 // Ages are counted on the console's clock, not this browser's: each snapshot says when the
 // console read it ("at", seconds), which sets how far apart the two clocks are. A snapshot
-// is sent a moment after it was read, so each one gives a lower bound: the largest is kept.
+// is sent a moment after it was read (the one a new stream starts with too: the console
+// stamps its latest on every read), so the latest sets it: either clock may be corrected
+// while the page is open.
 let clockSkewMs = null;
 function heardAt(at) {
   if (typeof at !== "number" || !(at > 0)) return;
-  const skew = at * 1000 - Date.now();
-  clockSkewMs = clockSkewMs === null ? skew : Math.max(clockSkewMs, skew);
+  clockSkewMs = at * 1000 - Date.now();
 }
 const serverNow = () => Date.now() + (clockSkewMs || 0);
 const utc = (ms) => new Date(ms).toISOString().replace(/\.\d+Z$/, "Z");
@@ -210,7 +222,11 @@ function connect(target) {
   stream.onerror = () => {
     // what the page shows was current until now: the console sends every change
     if (target.asOf === null && target.drawn !== null) target.asOf = serverNow();
-    if (source.readyState !== EventSource.CLOSED) { setIndicator("reconnecting", "off"); return; }
+    if (source.readyState !== EventSource.CLOSED) {  // the browser tries again by itself
+      setIndicator("reconnecting", "off");
+      markStale(target, "the console does not answer: reconnecting");
+      return;
+    }
     setIndicator("retrying", "off");
     probe(url).then(({ error, final }) => {
       if (stream !== source) return;
