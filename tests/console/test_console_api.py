@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from console_helpers import TOKEN, eventually
 from redis.asyncio.connection import Connection
+from redis_freeze import frozen
 
 from agentpool.cli.tenants import due_as_queued
 from agentpool.connection import redis_from_url
@@ -1083,8 +1083,6 @@ async def test_a_redis_that_hangs_is_an_error_within_seconds_and_says_as_of_when
         sources = Sources(redis, queues=[queue_name])
         app = build_app(sources, ConsoleConfig(fleet_seconds=0.1))
         path = f"/api/queues/{queue_name}/tasks?state=queued"
-        assert server.process is not None
-        pid = server.process.pid
         try:
             async with TestClient(TestServer(app)) as client:
                 stream = await client.get(path, headers={"Accept": "text/event-stream"})
@@ -1099,9 +1097,8 @@ async def test_a_redis_that_hangs_is_an_error_within_seconds_and_says_as_of_when
                 assert shown["total"] == 1
                 await eventually(lambda: sources.fleet is not None and "error" not in
                                  sources.fleet)
-                os.kill(pid, signal.SIGSTOP)
-                stopped = time.time()
-                try:
+                with frozen(server):
+                    stopped = time.time()
                     response = await client.get(f"/api/queues/{queue_name}/tasks?state=dead")
                     assert response.status == 502
                     assert await response.json() == {
@@ -1113,8 +1110,6 @@ async def test_a_redis_that_hangs_is_an_error_within_seconds_and_says_as_of_when
                     await eventually(lambda: sources.fleet is not None
                                      and "error" in sources.fleet, within=5)
                     assert sources.fleet["error"] == "cannot read Redis: no answer within 0.5 s"
-                finally:
-                    os.kill(pid, signal.SIGCONT)
                 assert (await asyncio.wait_for(next_data(), 10))["total"] == 1
                 stream.close()
         finally:
@@ -1129,20 +1124,15 @@ async def test_a_tenants_read_of_a_redis_that_hangs_gives_up_within_its_limit(
         redis = aioredis.Redis.from_url(server.url)
         await TaskQueue(redis, queue_name).submit({"a": 1}, tenant="t1")
         app = build_app(Sources(redis, queues=[queue_name]), ConsoleConfig(fleet_seconds=0.1))
-        assert server.process is not None
-        pid = server.process.pid
         try:
             async with TestClient(TestServer(app)) as client:
-                os.kill(pid, signal.SIGSTOP)
-                stopped = time.time()
-                try:
+                with frozen(server):
+                    stopped = time.time()
                     response = await client.get(f"/api/queues/{queue_name}/tenants")
                     assert response.status == 502
                     assert await response.json() == {
                         "error": "cannot read Redis: no answer within 0.5 s"}
                     assert time.time() - stopped < 3
-                finally:
-                    os.kill(pid, signal.SIGCONT)
         finally:
             await redis.aclose()
 
