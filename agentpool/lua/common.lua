@@ -464,6 +464,20 @@ local function run_ended(id, tk)
   end
 end
 
+-- A deferred task out of the deferred set whose parents have all succeeded: to the queue (its
+-- tenant's turn taken now), or to the delayed tasks while its own delay runs (`due`).
+local function release_deferred(id, tk, score, due, tenant, seq, now)
+  due = tonumber(due)
+  if due and due > now then
+    redis.call('HSET', tk, 'state', 'delayed')
+    redis.call('ZADD', K_DELAYED, due, id)
+  else
+    redis.call('HSET', tk, 'state', 'queued', 'due', now)
+    redis.call('ZADD', K_QUEUED, fair().entry(tk, score, tenant, seq), id)
+    wake(1)
+  end
+end
+
 -- A task reached a final state (succeeded, dead, cancelled): keep it for the result TTL
 -- (dead tasks stay until purged) and tell waiting producers. `f` holds the task's 'ev' and
 -- 'cp' flags (read by the caller) and may hold 'dn' (read here when it does not); `extra`
@@ -537,15 +551,7 @@ local function finished(id, tk, state, now, f, extra, count)
             {'error', cut_off(id, how)}}
         elseif redis.call('HINCRBY', ck, 'waits', -1) <= 0 then
           undefer(child, c[7])
-          local due = tonumber(c[3])
-          if due and due > now then
-            redis.call('HSET', ck, 'state', 'delayed')
-            redis.call('ZADD', K_DELAYED, due, child)
-          else
-            redis.call('HSET', ck, 'state', 'queued', 'due', now)
-            redis.call('ZADD', K_QUEUED, fair().entry(ck, c[2], c[8], c[9]), child)
-            wake(1)
-          end
+          release_deferred(child, ck, c[2], c[3], c[8], c[9], now)
         end
       end
     end

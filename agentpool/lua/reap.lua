@@ -131,13 +131,9 @@ for _, child in ipairs(redis.call('ZRANGE', K_DEFERRED, 0, DEFERRED_LOOKED_PER_R
     if failed then
       finished(child, ck, 'cancelled', now, {ev = c[5], cp = c[6], dn = c[7]},
         {'error', cut_off(failed, how)})
-    elseif tonumber(c[4]) and tonumber(c[4]) > now then
-      redis.call('HSET', ck, 'state', 'delayed', 'waits', 0)
-      redis.call('ZADD', K_DELAYED, tonumber(c[4]), child)
     else
-      redis.call('HSET', ck, 'state', 'queued', 'due', now, 'waits', 0)
-      redis.call('ZADD', K_QUEUED, fair().entry(ck, c[3], c[9], c[10]), child)
-      wake(1)
+      redis.call('HSET', ck, 'waits', 0)
+      release_deferred(child, ck, c[3], c[4], c[9], c[10], now)
     end
   end
 end

@@ -28,6 +28,7 @@ from .status import Problem
 
 REASON = "CRDOutdated"
 CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
+CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
 CHECK_SECONDS = 60.0
 """The installed CRD is read again this often (one GET for the whole operator)."""
 NAMED_AT_MOST = 6
@@ -159,8 +160,7 @@ class InstalledCrd:
             return self.problem
         self.read_at = now
         try:
-            body = await kube.get(
-                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}")
+            body = await kube.get(CRD_PATH)
         except Exception as error:  # a check of its own: it never fails the pool's round
             reason = (api_error_message(error) if isinstance(error, ApiException)
                       else f"{type(error).__name__}: {error}")

@@ -29,7 +29,7 @@ from . import metrics
 from . import pod_events as _pod_events  # noqa: F401  (registers the pod event handler)
 from .context import OperatorContext
 from .deployment import POOL_LABEL
-from .installed_crd import CRD_NAME
+from .installed_crd import CRD_NAME, CRD_PATH
 from .kube import KubeApi, KubeconfigError
 from .settings import ENV_PREFIX, OperatorSettings, load_settings
 
@@ -125,9 +125,8 @@ async def require_crd(kube: KubeApi) -> None:
     kopf_settings): started before its CRD, the operator would run, ready, and serve nothing
     until restarted. It stops instead, so that Kubernetes restarts it once the CRD is there.
     A CRD it may not read is not judged here."""
-    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
     try:
-        found = await asyncio.wait_for(kube.get(path), CRD_CHECK_SECONDS)
+        found = await asyncio.wait_for(kube.get(CRD_PATH), CRD_CHECK_SECONDS)
     except Exception:  # unreadable, or an API server that hangs: InstalledCrd's check later
         return
     if found is None:
