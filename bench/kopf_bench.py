@@ -2,7 +2,8 @@
 
 A private redis-server, kmock's Kubernetes emulation, a kubeconfig pointing at it, the
 operator (kopf, in its own thread), and the given pools created and reconciled once. Import it
-after ``sys.path`` holds ``tests/operator`` (the scripts put it there for ``operator_harness``).
+after ``sys.path`` holds ``tests`` and ``tests/operator`` (the scripts put them there for
+``operator_harness`` and what it imports).
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ from agentpool.scaling.scaledown import CHOSEN_COST, DELETION_COST_ANNOTATION, R
 from agentpool_operator.deployment import POOL_LABEL, WORKER_CONTAINER
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "operator"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "operator")]
 
 from operator_harness import (  # noqa: E402
     NAMESPACE,

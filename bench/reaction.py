@@ -41,7 +41,7 @@ from agentpool.scaling.simulation import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "operator"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "operator")]
 
 from kopf_bench import operator_with_pools  # noqa: E402
 from operator_harness import (  # noqa: E402

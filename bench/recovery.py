@@ -45,7 +45,7 @@ from agentpool_operator import recovery_actions
 from agentpool_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "operator"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "operator")]
 
 from kopf_bench import create_pool, emulated_cluster, operator_with_pools  # noqa: E402
 from operator_harness import (  # noqa: E402
