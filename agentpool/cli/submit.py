@@ -205,6 +205,11 @@ async def submit_all(queue: TaskQueue, payloads: Sequence[Any],
     return ids
 
 
+def show_submitted(args: argparse.Namespace, queue: str, ids: Sequence[str]) -> None:
+    print_view(args, submitted_grid(queue, ids, keyed=bool(args.idempotency_key)),
+               submitted_json(queue, ids))
+
+
 def partly_submitted(args: argparse.Namespace, partial: PartlySubmitted) -> str:
     """The one line for payloads submitted in part: why it stopped, how many tasks went in,
     and, when Redis failed, how to queue the rest without queueing those again."""
@@ -337,17 +342,17 @@ async def run(args: argparse.Namespace) -> int:
         try:
             ids = await submit_all(queue, payloads, args)
         except PartlySubmitted as partial:
-            print_view(args, submitted_grid(name, partial.ids), submitted_json(name, partial.ids))
+            show_submitted(args, name, partial.ids)
             error_line(partly_submitted(args, partial))
             return EXIT_FAILED
         if not args.wait:
-            print_view(args, submitted_grid(name, ids), submitted_json(name, ids))
+            show_submitted(args, name, ids)
             return EXIT_OK
         try:
             tasks, pending = await wait_all(queue, ids, args.timeout,
                                             WaitProgress.on_terminal(len(ids)))
         except (asyncio.CancelledError, *REDIS_FAILURES):
             # Ctrl-C or Redis gone during the wait: the tasks are in; say which they are.
-            print_view(args, submitted_grid(name, ids), submitted_json(name, ids))
+            show_submitted(args, name, ids)
             raise
     return show_waited(args, name, tasks, pending)

@@ -381,10 +381,14 @@ def submitted_json(queue: str, ids: Sequence[str]) -> dict[str, Any]:
     return {"queue": queue, "ids": list(ids)}
 
 
-def submitted_grid(queue: str, ids: Sequence[str]) -> Grid:
+def submitted_grid(queue: str, ids: Sequence[str], *, keyed: bool = False) -> Grid:
+    """With an idempotency key the ids include those of tasks an earlier run queued under it
+    (not queued again): the title says so rather than count them as new."""
     noun = "task" if len(ids) == 1 else "tasks"
-    return Grid(headers=["ID"], rows=[[i] for i in ids],
-                title=f"Submitted {len(ids)} {noun} to queue {queue}")
+    title = f"Submitted {len(ids)} {noun} to queue {queue}"
+    if keyed:
+        title += " (under an idempotency key: tasks queued before under it keep their ids)"
+    return Grid(headers=["ID"], rows=[[i] for i in ids], title=title)
 
 
 def waited_json(queue: str, tasks: Sequence[TaskInfo],

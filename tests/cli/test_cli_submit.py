@@ -138,6 +138,19 @@ def test_a_file_submitted_again_under_one_key_queues_only_its_new_lines(
     assert twice.json()["ids"][0] == ids[0]
 
 
+def test_a_keyed_submit_does_not_count_tasks_queued_before_as_new(cli: Cli,
+                                                                  tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('"a"\n"b"\n')
+    plain = cli.ok("submit", "-f", str(path))
+    assert plain.out.splitlines()[0] == f"Submitted 2 tasks to queue {cli.queue}"
+    cli.ok("submit", "-f", str(path), "--idempotency-key", "batch")
+    again = cli.ok("submit", "-f", str(path), "--idempotency-key", "batch")
+    assert again.out.splitlines()[0] == (
+        f"Submitted 2 tasks to queue {cli.queue} (under an idempotency key: tasks queued "
+        "before under it keep their ids)")
+
+
 def test_bad_json_payload_is_one_line_and_exit_2(cli: Cli) -> None:
     result = cli("submit", "--json", "{bad")
     assert result.code == 2

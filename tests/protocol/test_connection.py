@@ -25,6 +25,7 @@ from agentpool.connection import (
     RedisURLError,
     SentinelURL,
     _lean,
+    check_redis_url,
     is_cluster,
     is_cluster_url,
     is_sentinel_url,
@@ -340,6 +341,14 @@ def test_tls_options_of_sentinel_and_cluster_urls(url: str,
 def test_wrong_tls_options_are_refused_with_one_line(url: str, message: str) -> None:
     with pytest.raises(RedisURLError, match=message):
         redis_from_url(url)
+
+
+def test_a_tls_option_on_a_plain_url_asks_for_rediss() -> None:
+    with pytest.raises(RedisURLError, match=r"TLS options \(ssl_ca_certs\) need a TLS URL "
+                                            r"\(rediss://\)"):
+        check_redis_url("redis://127.0.0.1:6379/0?ssl_ca_certs=/etc/redis-tls/ca.crt")
+    with pytest.raises(RedisURLError, match="'bogus_option' that Redis connections do not take"):
+        check_redis_url("redis://127.0.0.1:6379/0?bogus_option=1")
 
 
 def test_a_sentinel_clients_data_connections_carry_the_tls_options() -> None:
