@@ -29,6 +29,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
      "priority": 1},
     {"name": "Scaling", "type": "string",
      "jsonPath": '.status.conditions[?(@.type=="Scaling")].reason', "priority": 1},
+    {"name": "Last-Scale", "type": "date", "jsonPath": ".status.lastScaleTime", "priority": 1},
     {"name": "Rate-Limited", "type": "string", "jsonPath": ".status.rateLimitedBy",
      "priority": 1},
     {"name": "Degraded", "type": "string",

@@ -108,8 +108,10 @@ class RecoverySpec(Model):
     max_unavailable: IntOrString = Field(
         default="25%",
         description=(
-            "Most pods recovery replaces at the same time: a count or a percentage of the "
-            "desired replicas."
+            "Most stuck pods recovery replaces at the same time (pods being deleted count): a "
+            "count, or a percentage of the desired replicas rounded down but at least one. 0 "
+            "or 0% replaces none: a stuck pod stays until the kubelet restarts its worker or "
+            "someone deletes it. The tasks of dead pods are requeued either way."
         ),
         json_schema_extra=cel(MAX_UNAVAILABLE_FORMAT),
     )

@@ -122,12 +122,13 @@ class RecoveryInputs:
 
 
 def unavailable_budget(max_unavailable: int | str, replicas: int) -> int:
-    """Pods that may be replaced at once; at least one, like maxUnavailable rounding down."""
+    """Pods that may be replaced at once. A percentage rounds down, as a Deployment's
+    maxUnavailable does, yet allows at least one when it is not 0: the default 25% of a pool of
+    one to three pods would otherwise replace none. 0 (or 0%) allows none, as in Kubernetes."""
     if isinstance(max_unavailable, str) and max_unavailable.endswith("%"):
-        allowed = math.floor(replicas * float(max_unavailable[:-1]) / 100)
-    else:
-        allowed = int(max_unavailable)
-    return max(1, allowed)
+        share = float(max_unavailable[:-1])
+        return 0 if share == 0 else max(1, math.floor(replicas * share / 100))
+    return max(0, int(max_unavailable))
 
 
 def pod_is_dead(pod: PodView, gone_nodes: frozenset[str]) -> str | None:
@@ -255,6 +256,9 @@ def _replace_stuck(inputs: RecoveryInputs, policy: RecoveryPolicy, now: float) -
     A worker that heartbeats is alive and reaches Redis: its unreadiness is its own verdict
     (its `ready` hook failing while an LLM API is down, say). A new pod would be just as
     unready, and during a shared outage replacing them would cycle through the whole pool.
+
+    A budget of 0 starts no drain; a pod asked to drain before is still deleted once drained:
+    it takes no work any more, and would stay idle.
     """
     budget = unavailable_budget(policy.max_unavailable, max(1, inputs.desired_replicas))
     candidates = [pod for pod in inputs.pods if not pod.scaling_down]

@@ -251,11 +251,33 @@ def test_pods_already_being_replaced_use_up_the_budget() -> None:
     assert actions == []
 
 
-def test_budget_rounds_down_but_allows_one() -> None:
+def test_budget_rounds_down_but_allows_one_unless_it_is_zero() -> None:
     assert unavailable_budget("25%", 3) == 1
     assert unavailable_budget("25%", 8) == 2
+    assert unavailable_budget("1%", 1) == 1
     assert unavailable_budget(3, 10) == 3
-    assert unavailable_budget(0, 10) == 1
+    assert unavailable_budget(0, 10) == 0
+    assert unavailable_budget("0%", 10) == 0
+
+
+def test_max_unavailable_zero_replaces_no_stuck_pod_yet_requeues_the_dead() -> None:
+    """As in Kubernetes, 0 allows none at a time: a stuck pod stays. Its tasks come back with
+    their leases; a dead pod's tasks are requeued as ever (the ReplicaSet replaces the pod);
+    a pod asked to drain under an earlier budget is deleted once drained, not left idle."""
+    stuck = PodView("a", ready=False, ready_changed_at=NOW - 900,
+                    container_started_at=RUNNING_SINCE)
+    drained = dataclasses.replace(stuck, name="b")
+    dead = PodView("c", phase="Failed", reason="Evicted")
+    inputs = RecoveryInputs(pods=[stuck, dead], desired_replicas=3)
+    draining = RecoveryInputs(pods=[stuck, drained, dead], drains={"b": NOW - 5},
+                              desired_replicas=3)
+    for none in (0, "0%"):
+        policy = RecoveryPolicy(unready_grace_seconds=60, drain_seconds=30, max_unavailable=none)
+        assert decide_recovery(inputs, policy, NOW) == [Requeue("c", "pod evicted")]
+        assert decide_recovery(draining, policy, NOW) == [
+            Requeue("c", "pod evicted"), DeletePod("b", "unready for 900s, drained")]
+    assert decide_recovery(inputs, POLICY, NOW) == [
+        Requeue("c", "pod evicted"), RequestDrain("a", "unready for 900s, no worker heartbeat")]
 
 
 def test_pod_view_reads_the_api_shape() -> None:

@@ -101,14 +101,15 @@ def test_names_scope_and_subresources() -> None:
         "Dead": ".status.dead",
         "Draining": ".status.drainingReplicas",
         "Scaling": '.status.conditions[?(@.type=="Scaling")].reason',
+        "Last-Scale": ".status.lastScaleTime",
         "Rate-Limited": ".status.rateLimitedBy",
         "Degraded": '.status.conditions[?(@.type=="Degraded")].reason',
         "Health": ".status.health",
         "Age": ".metadata.creationTimestamp",
     }
     wide_only = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
-    assert wide_only == ["Delayed", "Deferred", "Dead", "Draining", "Scaling", "Rate-Limited",
-                         "Degraded"]
+    assert wide_only == ["Delayed", "Deferred", "Dead", "Draining", "Scaling", "Last-Scale",
+                         "Rate-Limited", "Degraded"]
     status = open_api_schema()["properties"]["status"]["properties"]
     for path in columns.values():
         if path.startswith(".status."):
