@@ -270,12 +270,10 @@ async def reconcile(
     generation = generation_of(body)
     try:
         spec = parse_spec(body)
-    except ValidationError as error:
-        metrics.record_reconcile_error(namespace, name, "deployment")
+    except ValidationError as error:  # the pool's owner's to fix: Degraded says so
         raise kopf.PermanentError(f"invalid spec: {sanitize(str(error))}") from None
     refused = queue_change_refused(dict(body.get("status") or {}), spec.queue_name(name))
     if refused is not None:
-        metrics.record_reconcile_error(namespace, name, "deployment")
         raise kopf.PermanentError(f"invalid spec: {refused}")
     try:
         async with state.lock:
@@ -750,7 +748,8 @@ async def report_invalid_spec(ctx: OperatorContext, state: PoolState, body: kopf
                               problem: str, now: datetime, generation: int,
                               logger: Logger) -> None:
     """Degraded with InvalidSpec, and its Warning Event when it turns so, like any other
-    condition turning bad."""
+    condition turning bad. Not a reconcile error: the operator did nothing wrong, and the
+    condition (its metric, AgentPoolDegraded) already says what the pool's owner must fix."""
     namespace, name = pool_key(body)
     previous = state.last_status or dict(body.get("status") or {})
     new = invalid_spec_status(previous, problem, now=now, generation=generation)
@@ -761,7 +760,6 @@ async def report_invalid_spec(ctx: OperatorContext, state: PoolState, body: kopf
         for event in condition_events(previous, new):
             post(body, event, logger)
     metrics.record_status(namespace, name, new)
-    metrics.record_reconcile_error(namespace, name, "observe")
 
 
 async def observe_once(

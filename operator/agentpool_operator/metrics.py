@@ -27,6 +27,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Info,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily
@@ -595,7 +596,10 @@ def count_redis_clients(clients: Sized) -> None:
 
 
 async def serve(port: int, host: str = "0.0.0.0") -> aiohttp.web.AppRunner:
-    """Start serving; the caller cleans the returned runner up."""
+    """Start serving; the caller cleans the returned runner up. Without the `_created` series
+    prometheus_client adds to every counter (as the worker does): nothing reads them, and they
+    would add one per counter series of every pool."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     OPERATOR_UP.set(1)
     app = aiohttp.web.Application()
     app.add_routes([aiohttp.web.get("/healthz", _healthz), aiohttp.web.get("/metrics", _metrics)])

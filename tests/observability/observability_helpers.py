@@ -20,15 +20,17 @@ import agentpool_operator.metrics  # noqa: F401  (registers the operator's metri
 import agentpool_worker.metrics  # noqa: F401  (registers the worker's metrics)
 
 SUFFIXES = {
-    "counter": ("_total", "_created"),
+    "counter": ("_total",),
     "gauge": ("",),
-    "histogram": ("_bucket", "_sum", "_count", "_created"),
-    "summary": ("", "_sum", "_count", "_created"),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("", "_sum", "_count"),
     "info": ("_info",),
     "stateset": ("",),
     "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
     "unknown": ("",),
 }
+"""The series of each metric type, as the worker and the operator serve them: without the
+`_created` ones (both call prometheus_client's `disable_created_metrics`)."""
 
 PROMETHEUS_OWN = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 """Series Prometheus itself adds to every target."""

@@ -113,7 +113,7 @@ def test_every_alert_is_documented_and_routable(helm: Helm) -> None:
 
 def test_thresholds_labels_and_switches_come_from_values(helm: Helm) -> None:
     values = with_rule({
-        "alertLabels": {"team": "ml-platform", "severity": "ignored"},
+        "alertLabels": {"team": "ml-platform"},
         "alerts": {
             "queueDepthHigh": {"threshold": 250, "for": "3m", "severity": "info"},
             "failureRateHigh": {"threshold": 0.25, "window": "30m"},
