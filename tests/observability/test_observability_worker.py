@@ -83,6 +83,15 @@ async def test_a_real_run_is_counted_with_the_documented_names_and_labels(
             await eventually(lambda t=task_id: _in(queue, t, "succeeded"), what="successes")
         for task_id in (broken, refused, hung):
             await eventually(lambda t=task_id: _in(queue, t, "dead"), what="dead letters")
+
+        def counted(name: str) -> float:
+            return REGISTRY.get_sample_value(f"agentpool_worker_tasks_{name}_total",
+                                             {"queue": queue_name}) or 0.0
+
+        # outcomes are counted once the worker reads Redis's answer, a moment after Redis
+        # shows them
+        await eventually(lambda: counted("succeeded") == 4 and counted("dead_lettered") == 3,
+                         what="the outcomes counted")
         exposition = await asyncio.to_thread(scrape, worker.probe_port)
 
     kinds = families(exposition)
@@ -177,11 +186,14 @@ async def test_the_worker_entrypoint_serves_metrics(
             await eventually(lambda t=task_id: _in(queue, t, "succeeded"), what="successes")
 
         async def scraped() -> list[Any] | None:
+            """The samples once every success is counted (the worker counts one when it
+            reads Redis's answer, a moment after Redis shows it)."""
             try:
                 found = samples(await asyncio.to_thread(scrape, port))
             except OSError:
                 return None
-            return found
+            mine = [s for s in found if s.labels.get("queue") == queue_name]
+            return found if value(mine, "agentpool_worker_tasks_succeeded_total") == 5 else None
 
         found = await eventually(scraped, what="/metrics")
         mine = [s for s in found if s.labels.get("queue") == queue_name]

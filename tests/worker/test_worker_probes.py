@@ -103,6 +103,9 @@ async def test_metrics_expose_the_documented_names(
     async with running(settings(redis_url, queue_name, port=port)):
         task_id = await queue.submit(None)
         await eventually(lambda: task_in(queue, task_id, "succeeded"), 5, "a task")
+        # counted once the worker reads Redis's answer, a moment after Redis shows it
+        await eventually(lambda: REGISTRY.get_sample_value(
+            "agentpool_worker_tasks_succeeded_total", {"queue": queue_name}) == 1, 5, "count")
         status, text = await probe(port, "/metrics")
     assert status == 200
     names = {line.split("{")[0].split(" ")[0] for line in text.splitlines()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 from redis.exceptions import RedisError
 from worker_helpers import (
     HANDLERS,
@@ -391,6 +392,10 @@ async def test_reclaiming_a_task_it_lost_keeps_the_worker_whole(
             return worker._free == 2 and not worker._runs and not worker._held
 
         await eventually(idle, what="both slots free again")
+        counts = {name: REGISTRY.get_sample_value(f"agentpool_worker_tasks_{name}_total",
+                                                  {"queue": queue_name})
+                  for name in ("succeeded", "lost")}
+        assert counts == {"succeeded": 1, "lost": 1}, "the first claim's run counts as lost"
 
 
 @pytest.mark.parametrize("overdue, reachable_for, due", [

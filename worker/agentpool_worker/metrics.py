@@ -44,7 +44,8 @@ TASKS_CANCELLED = Counter(
     "agentpool_worker_tasks_cancelled", "Running tasks stopped on a cancel request", ["queue"])
 TASKS_LOST = Counter(
     "agentpool_worker_tasks_lost",
-    "Runs abandoned because their lease was lost (the task went to another worker)", ["queue"])
+    "Runs abandoned because their lease was lost or Redis refused their outcome (the "
+    "task went to another run)", ["queue"])
 TASKS_IN_FLIGHT = Gauge(
     "agentpool_worker_tasks_in_flight", "Task runs in progress", ["queue"])
 TASK_DURATION = Histogram(

@@ -31,16 +31,23 @@ Both recover by themselves when the cause goes away.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 PROBE_HOST = "0.0.0.0"
 """Where the probe server listens: every interface, as the kubelet probes the pod's IP."""
+
+CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+"""A client that went away before its reply (a probe or scrape that timed out): no error."""
+
+log = structlog.get_logger("agentpool.worker")
 
 
 @dataclass
@@ -191,6 +198,15 @@ class _Handler(BaseHTTPRequestHandler):
 class _ProbeServer(ThreadingHTTPServer):
     daemon_threads = True
     health: Health
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Instead of the stdlib's traceback on stderr (not a JSON line): nothing for a client
+        that went away, one log line for anything else."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, CLIENT_GONE):
+            return
+        log.error("probe request failed", client=client_address[0],
+                  error=f"{type(exc).__name__}: {exc}")
 
 
 class ProbeServer:

@@ -148,6 +148,9 @@ RUNNING, STARTING, DRAINING, DRAINED, STOPPING = (
     "running", "starting", "draining", "drained", "stopping",
 )
 LOST, CANCELLED, RELEASE = "lost", "cancelled", "release"
+FAILURE_RECORDED = frozenset({FailOutcome.RETRY, FailOutcome.DEAD, FailOutcome.EXPIRED})
+"""What Redis answers to a failure it recorded (it may instead have ended the task
+cancelled, on a cancel request, or refused the report: STALE)."""
 STOPPED_STATUS = {LOST: "lost", CANCELLED: "cancelled", RELEASE: "released"}
 
 
@@ -1066,7 +1069,10 @@ class Worker:
                 if held.get(task.id) is task:
                     del held[task.id]
             fenced = [i for i, ok in zip(ids, recorded, strict=True) if not ok]
+            self.metrics.succeeded.inc(len(ids) - len(fenced))
+            self.info.done += len(ids) - len(fenced)
             if fenced:
+                self.metrics.lost.inc(len(fenced))
                 self._log.warning(
                     "completion refused: the task is no longer held by this worker",
                     count=len(fenced), tasks=fenced[:10],
@@ -1271,6 +1277,8 @@ class Worker:
         self._free -= 1
         if self._limits is not None:
             self._limits.runs_changed(+1)
+        if self._held.get(task.id) not in (None, task):
+            self.metrics.lost.inc()  # the earlier claim's outcome will never be recorded
         self._held[task.id] = task
         self._runs[task.id] = run
         self.metrics.started.inc()
@@ -1353,8 +1361,6 @@ class Worker:
                 failure = self._report_failure(run, RunFailure(error, False))
                 outcome = ended("failed", error=failure.error, retryable=False)
                 return
-            self.metrics.succeeded.inc()
-            self.info.done += 1
             self._completions.append((task, encoded))
             self._flush_wanted.set()
             outcome = ended("succeeded", result=result)
@@ -1465,9 +1471,6 @@ class Worker:
         task = run.task
         if failure.timed_out:
             run.ctx.cancelled.set()
-            self.metrics.timed_out.inc()
-        self.metrics.failed.inc()
-        self.info.failed += 1
         self._log.warning("task failed", task=task.id, attempt=task.attempts,
                           retryable=failure.retryable, error=failure.error.splitlines()[0][:500])
         delay = failure.retry_after
@@ -1476,7 +1479,8 @@ class Worker:
             delay = retry_delay(task.attempts, base=s.retry_backoff_base_seconds,
                                 cap=s.retry_backoff_cap_seconds)
         self._report(task, lambda: self.queue.fail(task, failure.error,
-                                                   retryable=failure.retryable, delay=delay))
+                                                   retryable=failure.retryable, delay=delay),
+                     failure)
         return failure
 
     def _stopped(self, run: _Run) -> None:
@@ -1490,13 +1494,14 @@ class Worker:
             run.reported = True
             self._report(task, lambda: self.queue.release(task, "worker shutting down"))
 
-    def _report(self, task: ClaimedTask, send: Callable[[], Awaitable[FailOutcome]]) -> None:
-        report = asyncio.create_task(self._send_report(task, send))
+    def _report(self, task: ClaimedTask, send: Callable[[], Awaitable[FailOutcome]],
+                failure: RunFailure | None = None) -> None:
+        report = asyncio.create_task(self._send_report(task, send, failure))
         self._reports.add(report)
         report.add_done_callback(self._reports.discard)
 
-    async def _send_report(self, task: ClaimedTask,
-                           send: Callable[[], Awaitable[FailOutcome]]) -> None:
+    async def _send_report(self, task: ClaimedTask, send: Callable[[], Awaitable[FailOutcome]],
+                           failure: RunFailure | None) -> None:
         """Record a failure, cancel or release once the events emitted so far are recorded;
         at once when Redis refuses those for being full (it takes the outcome): the run's own
         events are then lost, as Redis would refuse them after its outcome."""
@@ -1521,12 +1526,19 @@ class Worker:
             self._redis_ok()
             if self._held.get(task.id) is task:
                 del self._held[task.id]
-            self._count(task, outcome)
+            self._count(task, outcome, failure)
             break
         self._maybe_drained()
 
-    def _count(self, task: ClaimedTask, outcome: FailOutcome) -> None:
+    def _count(self, task: ClaimedTask, outcome: FailOutcome,
+               failure: RunFailure | None) -> None:
+        """Count what Redis recorded of a run's report (`failure`: the run failed)."""
         m = self.metrics
+        if failure is not None and outcome in FAILURE_RECORDED:
+            m.failed.inc()
+            self.info.failed += 1
+            if failure.timed_out:
+                m.timed_out.inc()
         if outcome is FailOutcome.RETRY:
             m.retried.inc()
         elif outcome is FailOutcome.DEAD:
@@ -1540,6 +1552,7 @@ class Worker:
         elif outcome is FailOutcome.EXPIRED:
             self._log.info("task expired: no retry could start before its expiry", task=task.id)
         elif outcome is FailOutcome.STALE:
+            m.lost.inc()
             self._log.warning("outcome refused: the task is no longer held by this worker",
                               task=task.id)
 
