@@ -22,7 +22,12 @@ Rules, in the order `decide` applies them:
   time), remembered with a slow decay (`run_memory_seconds`) so that the young runs of a burst
   do not pass for short ones; without reported run ages, or within ABSORB_AFTER_SECONDS of a
   fresh history, nothing is absorbed;
-- activation: a pool at zero stays there until the backlog exceeds activationDepth;
+- activation: a pool at zero stays there until the backlog exceeds activationDepth. A pool
+  is at zero when its last decision was zero (kept in the history), not whenever no pod
+  serves: a pool whose only pods leave with their node, or were taken off by hand, is awake
+  with no serving pod, and starts one for its backlog at once, or for a whole window after it
+  served its last task (zero comes only after a whole idle window). A history that does not
+  know its last decision (an older operator's) takes no serving pod for zero;
 - bounds [minReplicas, maxReplicas]; minReplicas == maxReplicas is a fixed-size pool;
 - scale-up: at once (no stabilisation), unless inside scaleUpCooldownSeconds of the previous
   scale-up; waking from zero ignores that cooldown, as no worker at all serves the queue;
@@ -218,6 +223,9 @@ class ScalingHistory:
     run_seconds: float | None = None
     """The estimate of a run's remaining time, as of `run_seconds_at`."""
     run_seconds_at: float | None = None
+    replicas: int | None = None
+    """The serving replicas the last decision with figures set (None: not known). Zero means
+    the pool is asleep."""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -228,6 +236,7 @@ class ScalingHistory:
             "idleSince": self.idle_since,
             "runSeconds": self.run_seconds,
             "runSecondsAt": self.run_seconds_at,
+            "replicas": self.replicas,
         }
         if self.rate_limited is not None:
             data["rateLimited"] = self.rate_limited
@@ -254,6 +263,7 @@ class ScalingHistory:
             rate_limited_size=_optional_count(data.get("rateLimitedSize")),
             run_seconds=_optional_number(data.get("runSeconds")),
             run_seconds_at=_optional_number(data.get("runSecondsAt")),
+            replicas=_optional_count(data.get("replicas")),
         )
 
 
@@ -362,6 +372,9 @@ class Decision:
     need: int | None = None
     """The need this poll, within the bounds, the absorbed tasks left out; None when the
     figures were not read or the pool has a fixed size."""
+    asleep: bool = False
+    """The decision is zero (with the figures read): the pool sleeps, and wakes only when the
+    backlog exceeds activationDepth, whatever pods still finish their runs."""
 
     def __post_init__(self) -> None:
         if self.keep < self.replicas:
@@ -385,15 +398,16 @@ def decide(
     history = replace(history, since=since)
     if not load.figures_ok:
         held = replace(history, idle_since=None)
-        return _settle(policy, current, current, "queue figures unavailable", held, now)
+        blind = _settle(policy, current, current, "queue figures unavailable", held, now)
+        return replace(blind, history=replace(blind.history, replicas=history.replicas))
     backlog = load.backlog
     idle_since = history.idle_since if history.idle_since is not None else now
     history = replace(history, idle_since=None if backlog else idle_since)
     if policy.fixed:
         return _settle(policy, current, policy.min_replicas, "fixed-size pool", history, now)
 
-    tpr = policy.tasks_per_replica
-    asleep = current == 0 and backlog <= policy.activation_depth
+    previous = history.replicas if history.replicas is not None else current
+    asleep = current == 0 and previous == 0 and backlog <= policy.activation_depth
     run_seconds = _run_estimate(policy, load.run_ages, history, now)
     history = replace(history, run_seconds=run_seconds,
                       run_seconds_at=now if run_seconds is not None else None)
@@ -401,7 +415,7 @@ def decide(
     if now - since >= ABSORB_AFTER_SECONDS:
         ending = _ending_soon(policy, load.run_ages, run_seconds)
         absorbed = min(load.queued, load.in_flight, ending)
-    raw = 0 if asleep else math.ceil(round((backlog - absorbed) / tpr, 6))
+    raw = 0 if asleep else math.ceil(round((backlog - absorbed) / policy.tasks_per_replica, 6))
     need = policy.clamp(raw)
     limited = rate_limit_cap(policy, load.limit_waits, current, history, now,
                              load.draining_runs)
@@ -423,10 +437,9 @@ def decide(
         history,
         recommendations=_remember(history.recommendations, Recommendation(now, need), memory),
     )
-    decision = replace(
-        _decide_serving(policy, load, current, history, now, need, raw, absorbed, limited),
-        need=need,
-    )
+    decision = _decide_serving(policy, load, current, history, now, need, raw, absorbed,
+                               limited, asleep)
+    decision = replace(decision, need=need, asleep=decision.replicas == 0)
     if decision.replicas == 0:
         return decision
     since_keep = now - policy.keep_drained_seconds
@@ -445,11 +458,11 @@ def _decide_serving(
     raw: int,
     absorbed: float,
     limited: RateLimitCap | None,
+    asleep: bool,
 ) -> Decision:
     backlog = load.backlog
     tpr = policy.tasks_per_replica
     window = policy.scale_down_cooldown_seconds
-    asleep = current == 0 and backlog <= policy.activation_depth
     if need > current and raw < need:
         explain = f"below minReplicas {policy.min_replicas}"
         return replace(_scale_up(policy, current, need, explain, history, now), limited=limited)
@@ -463,6 +476,12 @@ def _decide_serving(
         if limited is not None:
             explain += f"; {limited.describe()}"
         return replace(_scale_up(policy, current, need, explain, history, now), limited=limited)
+    if current == 0 and not asleep and need == 0:
+        idle_for = now - history.idle_since if history.idle_since is not None else 0.0
+        if idle_for < window:
+            explain = (f"no pod serves, and the queue idle for {_ago(idle_for)} < {window:g}s "
+                       "before scaling to zero")
+            return _scale_up(policy, current, 1, explain, history, now)
     highest = max([need, *(r.replicas for r in history.recommendations if r.at > now - window)])
     if highest < current:
         decision = _scale_down(policy, current, highest, backlog, history, now)
@@ -620,6 +639,7 @@ def _settle(
         reason = f"{explain}: holding {_replicas(current)}"
     else:
         reason = f"{explain}: scaling {current} → {replicas}"
+    history = replace(history, replicas=replicas)
     if replicas > current:
         history = replace(history, last_scale_up=now)
     elif replicas < current:

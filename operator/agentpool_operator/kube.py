@@ -17,12 +17,16 @@ from urllib.parse import quote
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from agentpool import __version__
 from agentpool.kubeconfig import kubeconfig_problem
 from agentpool.models import GROUP, PLURAL, VERSION
 
 Body = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30.0
+
+FIELD_MANAGER = "agentpool-operator"
+"""Who the API server says wrote what the operator writes (managedFields, audit logs)."""
 
 
 class KubeconfigError(Exception):
@@ -63,7 +67,10 @@ class KubeApi:
 
     @classmethod
     def from_environment(cls) -> KubeApi:
-        return cls(kubernetes.client.ApiClient(configuration=load_configuration()))
+        client = kubernetes.client.ApiClient(configuration=load_configuration())
+        # the API server names a write's field manager after it, and audit logs show it
+        client.user_agent = f"{FIELD_MANAGER}/{__version__}"
+        return cls(client)
 
     def close(self) -> None:
         self._client.close()

@@ -35,7 +35,14 @@ annotation of the Deployment, in the same write as the replica count, so a resta
 keeps its scale times. A restored history restarts its stabilisation window: the
 recommendations the operator did not see while it was away might have forbidden a scale-down.
 A paused pool's history restarts it too (and its idle time), at the first round after the
-pause: no decision saw the queue meanwhile.
+pause: no decision saw the queue meanwhile. The count written rides in another annotation: a
+count that differs from it was written by someone else (kubectl scale, a leftover HPA), which
+one Warning `ReplicasChangedOutside` says, naming the writer from the Deployment's
+managedFields, in the round that writes the operator's own count back.
+
+A marked pod deleted by someone else (by hand, a rollout, an eviction) before its replica was
+given back takes the replica with it (`scaling_plan.lost_replicas`): the ReplicaSet removes
+the pod it started in its place instead of the operator draining and removing that one later.
 
 A paused pool keeps its replica count and chooses no pod, and it takes back into service the
 pods its scale-downs asked to drain (`scaling_plan.plan_paused`): whoever pauses a pool wants
@@ -47,6 +54,8 @@ True with ScaledUp, ScaledDown, Stable, Stabilizing (a scale-down waits for the
 stabilisation window or the cooldown), CoolingDown (a scale-up waits for its cooldown) or
 AtMaximum; False with Paused, FixedSize or QueueUnavailable, or with the reason the operator
 does not write the Deployment (e.g. ServiceAccountRefused); Unknown with DeploymentMissing.
+A pool whose decision is zero also words `Ready` (True, ScaledToZero): the pods that finish
+their runs hold replicas and are unready on purpose, not missing workers.
 Its messages avoid figures that move every poll, so holding does not rewrite the status;
 status.drainingReplicas and status.drainingSince say how many pods drain, since when (the pods
 a rollout or a deletion stopped while they run tasks count too).
@@ -87,20 +96,24 @@ from .observation import ActionResult, PoolObservation
 from .scaling_plan import (
     HISTORY_ANNOTATION,
     RELEASED_ANNOTATION,
+    REPLICAS_ANNOTATION,
     PodSummary,
     PodWork,
     ScalePlan,
     draining_fields,
+    lost_replicas,
     not_serving_pods,
     plan_paused,
     plan_scale,
     queue_load,
+    replicas_changed_outside,
     replicas_text,
     restore_history,
     scaling_condition,
     serving_load,
     serving_replicas,
     stale_drains,
+    zero_ready,
 )
 from .status import ConditionUpdate, Problem, rfc3339, sanitize
 
@@ -161,7 +174,7 @@ async def scale(
         state.scaling_history = replace(history, since=None, idle_since=None)
         draining, problem = await _pause(observation, state, pods, replicas, now, kube)
         return ActionResult(
-            status_fields={"desiredReplicas": replicas, **draining},
+            status_fields={"desiredReplicas": replicas, "rateLimitedBy": None, **draining},
             conditions=(ConditionUpdate(
                 "Scaling", "False", "Paused",
                 f"spec.paused is set: the pool keeps {replicas_text(replicas)}",
@@ -194,10 +207,13 @@ async def scale(
     try:
         figures = queue_load(observation.figures)
         guarded = any(p.guarded for p in summaries)
+        deleted_marked = any(p.marked and p.stopping_since is not None
+                             and p.name not in given_back for p in summaries)
         if ((figures.figures_ok and figures.in_flight)
-                or not_serving_pods(summaries, given_back) or guarded):
+                or not_serving_pods(summaries, given_back) or guarded or deleted_marked):
             await read_work()
-        serving = serving_replicas(summaries, replicas, given_back)
+        serving = serving_replicas(summaries, replicas, given_back,
+                                   lost_replicas(summaries, given_back, work))
         load = serving_load(figures, summaries, work or {}, given_back, now)
         load = replace(load, limit_waits=observation.limit_waits)
         decision = decide(policy, load, serving, state.scaling_history, now)
@@ -206,8 +222,12 @@ async def scale(
         plan = plan_scale(summaries, replicas, given_back, decision.replicas, work, now, drains,
                           decision.keep)
         await _apply_marks(observation, plan, replicas, summaries, work or {}, drains, kube)
-        if plan.writes_deployment(replicas):
+        outside = replicas_changed_outside(deployment)
+        if plan.writes_deployment(replicas) or outside is not None:
             await _patch_replicas(observation, state, decision, plan, kube)
+            if outside is not None:
+                _post(observation, "ReplicasChangedOutside", outside.message(plan.replicas),
+                      warning=True)
         await _withdraw_marks(observation, plan.withdraw, kube)
         await _delete_orphans(observation, plan.delete, kube)
         await _sweep_drains(observation, state, summaries)
@@ -224,14 +244,19 @@ async def scale(
         )
 
     state.scaling_history = decision.history
-    fields: dict[str, Any] = {"desiredReplicas": plan.replicas, **draining_fields(
-        summaries, plan, drains, work or {})}
+    drains_read = work is not None or (queue is not None and figures.figures_ok)
+    draining = draining_fields(summaries, plan, drains if drains_read else None, work or {})
+    fields: dict[str, Any] = {"desiredReplicas": plan.replicas, **draining}
     fields["rateLimitedBy"] = decision.limited.limit if decision.limited else None
     if plan.start:
         metrics.record_pod_starts(observation.namespace, observation.name, plan.start)
     if plan.give_back:
         _post(observation, "DrainedPodsRemoved",
               f"pods {', '.join(plan.give_back)} finished their runs; their replicas go")
+    if plan.lost:
+        _post(observation, "DrainedPodsRemoved",
+              f"pods {', '.join(plan.lost)} were deleted while they drained; their replicas go "
+              "with them (the pods started in their place are removed)")
     if decision.changed:
         fields["lastScaleTime"] = rfc3339(observation.now)
         fields["lastScaleReason"] = sanitize(decision.reason)
@@ -244,8 +269,11 @@ async def scale(
         if plan.withdraw:
             message += f"; back from draining: {', '.join(plan.withdraw)}"
         _post(observation, "ScaledUp" if direction == "up" else "ScaledDown", message)
+    conditions = [scaling_condition(policy, load, decision)]
+    if decision.replicas == 0:
+        conditions.append(zero_ready(policy, draining.get("drainingReplicas")))
     return ActionResult(
-        status_fields=fields, conditions=(scaling_condition(policy, load, decision),),
+        status_fields=fields, conditions=tuple(conditions),
         problems=(node_problem,) if node_problem else (),
     )
 
@@ -385,6 +413,7 @@ async def _patch_replicas(
         "metadata": {"annotations": {
             HISTORY_ANNOTATION: history,
             RELEASED_ANNOTATION: ",".join(plan.given_back) or None,
+            REPLICAS_ANNOTATION: str(plan.replicas),
         }},
         "spec": {"replicas": plan.replicas},
     }
@@ -487,7 +516,13 @@ def _redis_problem(current: int, error: BaseException) -> ConditionUpdate:
     )
 
 
-def _post(observation: PoolObservation, reason: str, message: str) -> None:
+def _post(observation: PoolObservation, reason: str, message: str,
+          warning: bool = False) -> None:
     text = sanitize(message)
-    log.info(f"{observation.namespace}/{observation.name}: {reason}: {text}")
-    kopf.info(cast(kopf.Body, observation.pool), reason=reason, message=text)
+    body = cast(kopf.Body, observation.pool)
+    if warning:
+        log.warning(f"{observation.namespace}/{observation.name}: {reason}: {text}")
+        kopf.warn(body, reason=reason, message=text)
+    else:
+        log.info(f"{observation.namespace}/{observation.name}: {reason}: {text}")
+        kopf.info(body, reason=reason, message=text)

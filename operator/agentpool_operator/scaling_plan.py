@@ -8,8 +8,9 @@ terminating (a rollout's, finishing them within drainSeconds) hold no slot of th
 release once their runs ended, which drains to withdraw when the load comes back, and how many
 replicas the Deployment keeps (see `scaling_actions`, which applies the plan); `plan_paused`
 the drains a paused pool withdraws.
-`scaling_condition` words the `Scaling` condition; `draining_fields` the status's count of
-pods that finish their runs before they go.
+`scaling_condition` words the `Scaling` condition, `zero_ready` the `Ready` condition of a
+pool that wants no serving pod; `draining_fields` the status's count of pods that finish their
+runs before they go; `replicas_changed_outside` tells a replica count someone else wrote.
 """
 
 from __future__ import annotations
@@ -40,12 +41,19 @@ from agentpool.scaling.scaledown import (
 
 from .deployment import deployment_pod
 from .disruption import BUSY_LABEL, BUSY_VALUE
+from .kube import FIELD_MANAGER
 from .status import ConditionUpdate, rfc3339
 
 HISTORY_ANNOTATION = "agentpool.dev/scaling-history"
 """On the Deployment: the scaling policy's history, so a restarted operator keeps its times."""
 RELEASED_ANNOTATION = "agentpool.dev/replicas-given-back"
 """On the Deployment: the drained pods whose replica the last replica count already left out."""
+REPLICAS_ANNOTATION = "agentpool.dev/replicas"
+"""On the Deployment: the replica count the operator last wrote, so that one written by
+someone else (kubectl scale, an HPA) is told apart."""
+OWN_FIELD_MANAGERS = frozenset({FIELD_MANAGER, "OpenAPI-Generator"})
+"""The field managers of the operator's own writes (an older operator named none, so the API
+server took the Kubernetes client's user agent)."""
 STALE_DRAIN_SECONDS = 30.0
 """A drain request of a pod that no longer exists is cleared once it is this old."""
 
@@ -71,6 +79,8 @@ class PodSummary:
     stopping_since: float | None = None
     """Deleted (a rollout, a deletion) while it still runs: when the deletion was asked (its
     worker finishes its runs within drainSeconds)."""
+    created: float | None = None
+    """Its creationTimestamp."""
 
     @property
     def not_serving(self) -> bool:
@@ -95,6 +105,7 @@ class PodSummary:
         if deadline is not None and status.get("phase") not in ("Succeeded", "Failed"):
             grace = float(meta.get("deletionGracePeriodSeconds") or 0)
             stopping_since = deadline.timestamp() - grace
+        created = parse_rfc3339(meta.get("creationTimestamp"))
         return cls(
             name=str(meta.get("name", "")),
             ready=ready,
@@ -104,6 +115,7 @@ class PodSummary:
             leaving=not gone and (pod.get("spec") or {}).get("nodeName") in going,
             guarded=(meta.get("labels") or {}).get(BUSY_LABEL) == BUSY_VALUE,
             stopping_since=stopping_since,
+            created=created.timestamp() if created is not None else None,
         )
 
 
@@ -121,9 +133,42 @@ def not_serving_pods(pods: Sequence[PodSummary], given_back: Collection[str]) ->
 
 
 def serving_replicas(pods: Sequence[PodSummary], replicas: int,
-                     given_back: Collection[str]) -> int:
-    """The replicas that take work: the Deployment's count less the marked pods holding one."""
-    return max(0, replicas - len(not_serving_pods(pods, given_back)))
+                     given_back: Collection[str], lost: Collection[str] = ()) -> int:
+    """The replicas that take work: the Deployment's count less the marked pods holding one,
+    and less the `lost` replicas (see `lost_replicas`) given back this round."""
+    return max(0, replicas - len(not_serving_pods(pods, given_back)) - len(lost))
+
+
+def lost_replicas(pods: Sequence[PodSummary], given_back: Collection[str],
+                  work: Mapping[str, PodWork] | None) -> tuple[str, ...]:
+    """Marked pods deleted by someone else (by hand, a rollout, an eviction) before their
+    replica was given back, when their replicas may be given back now.
+
+    The ReplicaSet replaces such a pod with a new one, which a scale-down would only drain
+    and remove again: giving the replica back removes the replacement instead. Only when no
+    pod with a run can go in its place: the ReplicaSet removes unready pods first, then the
+    lowest deletion cost, so every live pod that is unready or marked must be idle, and the
+    replacements must be there (as many unready unmarked pods created since the deletion as
+    lost pods). None without the pods' work (`work` None), nor for a pod deleted and gone
+    from the listing before a round saw it (nothing tells it was marked)."""
+    if work is None:
+        return ()
+    deleted = [p for p in pods if p.gone and p.marked and p.name not in given_back
+               and p.stopping_since is not None]
+    live = [p for p in pods if not p.gone]
+    if not deleted or any(work.get(p.name, PodWork()).in_flight > 0
+                          for p in live if not p.ready or p.marked):
+        return ()
+    since = math.floor(min(p.stopping_since or 0.0 for p in deleted))
+    replacements = replacement_pods(pods, since)
+    return tuple(sorted(p.name for p in deleted)) if len(replacements) >= len(deleted) else ()
+
+
+def replacement_pods(pods: Sequence[PodSummary], since: float) -> list[str]:
+    """Live unmarked pods not ready yet, created at `since` or later, oldest first."""
+    new = [p for p in pods if not p.gone and not p.ready and not p.marked
+           and p.created is not None and p.created >= since]
+    return [p.name for p in sorted(new, key=lambda p: (p.created or 0.0, p.name))]
 
 
 def serving_load(load: QueueLoad, pods: Sequence[PodSummary], work: Mapping[str, PodWork],
@@ -161,8 +206,13 @@ class ScalePlan:
     """Marked before, back to work."""
     give_back: tuple[str, ...] = ()
     """Released, unready: their replicas are taken off `replicas` now."""
+    lost: tuple[str, ...] = ()
+    """Marked, deleted by someone else before their replica was given back: their replicas
+    are taken off `replicas` now (see `lost_replicas`)."""
     given_back: tuple[str, ...] = ()
-    """Every live pod whose replica was given back, for the Deployment's annotation."""
+    """Every listed pod (live, or terminating) whose replica was given back, for the
+    Deployment's annotation: a terminating one stays named, so that it never passes for a
+    deleted pod that still holds its replica (see `lost_replicas`)."""
     start: int = 0
     """New pods this round asks for."""
     delete: tuple[str, ...] = ()
@@ -173,12 +223,13 @@ class ScalePlan:
         """Whether the Deployment (at `replicas`) must be written: its count changes, or a
         replica is given back, which must be named even when a new pod asked for in the
         same round leaves the count as it was."""
-        return self.replicas != replicas or bool(self.give_back)
+        return self.replicas != replicas or bool(self.give_back) or bool(self.lost)
 
 
 DRAIN_READY_TIMEOUT_SECONDS = 60.0
 """A released pod that still reads Ready this long after its drain request gives back its
-replica anyway (a worker image without the readiness probe, say)."""
+replica anyway (a worker image without the readiness probe, say), once no other pod is unready
+(the ReplicaSet would remove that one first)."""
 
 
 def plan_scale(
@@ -202,7 +253,10 @@ def plan_scale(
     replica back once it is unready and no unmarked pod is (so that it is the ReplicaSet's
     first choice), or once its drain is DRAIN_READY_TIMEOUT_SECONDS old (a pod that never
     turns ready must not hold it forever; should the ReplicaSet then remove another pod, the
-    released one is deleted, see `ScalePlan.delete`).
+    released one is deleted, see `ScalePlan.delete`). A released pod still Ready goes only
+    while no other live pod is unready: the ReplicaSet removes unready pods before ready ones
+    whatever their cost, and the busy pods chosen for removal are unready while they drain.
+    The replicas of marked pods deleted by someone else go too (`lost_replicas`).
 
     A released pod that holds a run again (it claimed one between its mark and its drain
     request) goes back to the chosen cost, and the round that moves it gives no replica back:
@@ -211,14 +265,17 @@ def plan_scale(
     """
     requested = drains or {}
     known = work is not None
+    live = [p for p in pods if not p.gone]
+    names = {p.name for p in pods if p.marked}
+    given = tuple(sorted(n for n in given_back if n in names))
+    lost = lost_replicas(pods, given, work)
     if work is None:
         work = {p.name: PodWork(in_flight=1) for p in pods}
-    live = [p for p in pods if not p.gone]
-    names = {p.name for p in live if p.marked}
-    given = tuple(sorted(n for n in given_back if n in names))
     out = not_serving_pods(pods, given)
-    unmarked = [p for p in live if not p.not_serving]
-    serving = max(0, replicas - len(out))
+    stopped = [p.stopping_since or 0.0 for p in pods if p.name in lost]
+    replaced = set(replacement_pods(pods, math.floor(min(stopped)))[:len(lost)] if lost else ())
+    unmarked = [p for p in live if not p.not_serving and p.name not in replaced]
+    serving = serving_replicas(pods, replicas, given, lost)
     if target < serving:
         live_target = len(unmarked) - max(0, min(serving - target, len(unmarked) - target))
     else:
@@ -253,15 +310,18 @@ def plan_scale(
         n for n in plan.release
         if n not in chosen and by_name[n].released and may_go(n) and not busy_again
     ]
+    if any(not p.ready for p in live if p.name not in give_back):
+        give_back = [n for n in give_back if not by_name[n].ready]
     kept = len(out) - len(plan.withdraw) - len(give_back) + len(plan.drain)
-    orphans = given if len(live) <= replicas else ()
+    orphans = tuple(n for n in given if n in by_name) if len(live) <= replicas else ()
     return ScalePlan(
         replicas=target + kept,
         drain=(*(n for n in plan.drain if n not in idle), *leavers, *busy_again),
         release=tuple(release),
         withdraw=plan.withdraw,
         give_back=tuple(give_back),
-        given_back=tuple(sorted({*given, *give_back})),
+        lost=lost,
+        given_back=tuple(sorted({*given, *give_back, *lost})),
         start=plan.start,
         delete=orphans,
     )
@@ -381,7 +441,7 @@ def _scaling_condition(
             "Scaling", "True", "AtMaximum",
             f"the backlog needs more than maxReplicas ({policy.max_replicas}) {TIMES} {tpr} tasks",
         )
-    if current == 0 and load.backlog <= policy.activation_depth:
+    if decision.asleep:
         return ConditionUpdate(
             "Scaling", "True", "Stable",
             f"scaled to zero; wakes when more than {policy.activation_depth} tasks are queued",
@@ -413,11 +473,28 @@ def replicas_text(count: int) -> str:
     return f"{count} replica" if count == 1 else f"{count} replicas"
 
 
-def draining_fields(pods: Sequence[PodSummary], plan: ScalePlan, drains: Mapping[str, float],
+def zero_ready(policy: ScalingPolicy, draining: int | None) -> ConditionUpdate:
+    """Ready of a pool whose decision wants no serving pod: its pods that still finish their
+    runs (`draining`, None when not known) are unready on purpose, not missing workers."""
+    depth = policy.activation_depth
+    wakes = f"more than {depth} tasks are queued" if depth else "tasks arrive"
+    finishing = ""
+    if draining:
+        finishing = ("; 1 pod finishes its runs before it goes" if draining == 1
+                     else f"; {draining} pods finish their runs before they go")
+    return ConditionUpdate("Ready", "True", "ScaledToZero",
+                           f"no worker wanted{finishing}; the pool wakes when {wakes}")
+
+
+def draining_fields(pods: Sequence[PodSummary], plan: ScalePlan,
+                    drains: Mapping[str, float] | None,
                     work: Mapping[str, PodWork]) -> dict[str, Any]:
     """status.drainingReplicas and drainingSince: the pods that claim nothing new and finish
     their runs before they go (chosen by a scale-down, on a node being emptied, or stopped by
-    a rollout or a deletion while they hold runs), and when the first was asked to."""
+    a rollout or a deletion while they hold runs), and when the first was asked to. `drains`
+    None (the queue could not be read): none, so that the status keeps the last ones."""
+    if drains is None:
+        return {}
     gone = {*plan.withdraw, *plan.given_back}
     draining = [p.name for p in pods if p.marked and not p.gone and p.name not in gone]
     draining += [n for n in dict.fromkeys((*plan.drain, *plan.release)) if n not in draining]
@@ -428,3 +505,47 @@ def draining_fields(pods: Sequence[PodSummary], plan: ScalePlan, drains: Mapping
     times += stopping.values()
     since = rfc3339(datetime.fromtimestamp(min(times), UTC)) if times else None
     return {"drainingReplicas": len(draining), "drainingSince": since}
+
+
+@dataclass(frozen=True)
+class OutsideChange:
+    """A replica count someone else wrote over the operator's."""
+
+    replicas: int
+    """The Deployment's count now."""
+    written: int
+    """The count the operator last wrote."""
+    by: str | None
+    """The field manager that wrote it, when the Deployment's managedFields tell."""
+
+    def message(self, decided: int) -> str:
+        by = f" by {self.by}" if self.by else ""
+        return (f"the Deployment's replicas were changed to {self.replicas}{by}, outside the "
+                f"operator (it had set {self.written}): the operator sizes the pool itself and "
+                f"sets {decided}. Remove the other writer (an HPA, a KEDA ScaledObject), or set "
+                "spec.paused to size the pool by hand")
+
+
+def replicas_changed_outside(deployment: Mapping[str, Any]) -> OutsideChange | None:
+    """Whether the Deployment's spec.replicas differs from the count the operator last wrote
+    (REPLICAS_ANNOTATION; None when it wrote none yet), and by whom: the latest field manager
+    owning spec.replicas that is not the operator's own."""
+    meta = deployment.get("metadata") or {}
+    written = (meta.get("annotations") or {}).get(REPLICAS_ANNOTATION)
+    replicas = (deployment.get("spec") or {}).get("replicas", 1)
+    if written is None or not str(written).isdigit() or not isinstance(replicas, int):
+        return None
+    if int(written) == replicas:
+        return None
+    writers = []
+    for entry in meta.get("managedFields") or ():
+        if not isinstance(entry, Mapping):
+            continue
+        fields = entry.get("fieldsV1") or {}
+        spec = fields.get("f:spec") if isinstance(fields, Mapping) else None
+        manager = entry.get("manager")
+        if (isinstance(spec, Mapping) and "f:replicas" in spec and isinstance(manager, str)
+                and manager not in OWN_FIELD_MANAGERS):
+            at = parse_rfc3339(entry.get("time"))
+            writers.append((at.timestamp() if at is not None else 0.0, manager))
+    return OutsideChange(replicas, int(written), max(writers)[1] if writers else None)

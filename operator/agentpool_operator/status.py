@@ -6,7 +6,9 @@ patch, Kubernetes Events). Conditions follow the Kubernetes conventions: `lastTr
 moves only when a condition's status changes, and each carries the generation it was set for.
 
 Conditions owned here: Ready, QueueReachable, Degraded. Others (Scaling, set by the scaling
-policy) pass through `build_status` untouched unless given as `extra_conditions`.
+policy) pass through `build_status` untouched unless given as `extra_conditions`. A Ready among
+those is the scaling round's word on a pool that wants no serving pod while some pods finish
+their runs: it stands in for the Deployment's counts, not for a problem.
 """
 
 from __future__ import annotations
@@ -142,9 +144,12 @@ def pool_conditions(
     queue_problem: Problem | None,
     deployment_problem: Problem | None,
     degraded_only: Sequence[Problem] = (),
+    serving_ready: ConditionUpdate | None = None,
 ) -> list[ConditionUpdate]:
     """Ready, QueueReachable and Degraded from the observations. `degraded_only` problems
-    make the pool Degraded but not unready (it still serves)."""
+    make the pool Degraded but not unready (it still serves). `serving_ready`, Ready as the
+    scaling round sees the pods that should serve, replaces the word of the Deployment's counts
+    (which hold the replicas of pods that finish their runs before they go)."""
     if queue_problem is not None:
         reachable = ConditionUpdate(
             "QueueReachable", "False", queue_problem.reason, queue_problem.message
@@ -176,6 +181,8 @@ def pool_conditions(
         ready = ConditionUpdate(
             "Ready", "False", "DeploymentMissing", "the worker Deployment does not exist"
         )
+    elif serving_ready is not None:
+        ready = serving_ready
     elif deployment.desired == 0:
         ready = ConditionUpdate(
             "Ready", "True", "ScaledToZero", "no worker wanted; the pool wakes when tasks arrive"
@@ -236,14 +243,16 @@ def build_status(
 
     conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []
                                          if c.get("type") not in gone_conditions]
+    serving_ready = [c for c in extra_conditions if c.type == "Ready"]
     updates = pool_conditions(
         queue=queue,
         deployment=deployment,
         queue_problem=queue_problem,
         deployment_problem=deployment_problem,
         degraded_only=degraded_problems,
+        serving_ready=serving_ready[-1] if serving_ready else None,
     )
-    for update in [*updates, *extra_conditions]:
+    for update in [*updates, *(c for c in extra_conditions if c.type != "Ready")]:
         conditions = set_condition(conditions, update, now=now, generation=generation)
     status["conditions"] = conditions
     status["health"] = pool_health(

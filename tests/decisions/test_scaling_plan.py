@@ -18,18 +18,23 @@ from agentpool.scaling.policy import (
 )
 from agentpool_operator.scaling_plan import (
     DRAIN_READY_TIMEOUT_SECONDS,
+    REPLICAS_ANNOTATION,
+    OutsideChange,
     PodSummary,
     PodWork,
     ScalePlan,
     draining_fields,
+    lost_replicas,
     not_serving_pods,
     plan_paused,
     plan_scale,
+    replicas_changed_outside,
     restore_history,
     scaling_condition,
     serving_load,
     serving_replicas,
     stale_drains,
+    zero_ready,
 )
 
 
@@ -329,7 +334,8 @@ def test_plan_invariants(spec: list[tuple[int, str, bool, bool]], replicas: int,
     assert all(busy[n].in_flight == 0 for n in plan.give_back)
     assert all(busy[n].in_flight == 0 for n in plan.release)
     assert set(plan.drain) | set(plan.release) | set(plan.withdraw) <= live
-    assert set(plan.given_back) <= live
+    # a pod whose replica went stays named while it is listed (terminating)
+    assert set(plan.given_back) <= {p.name for p in summaries}
     # the serving replicas reach the target
     after = applied(summaries, plan)
     assert serving_replicas(after, plan.replicas, plan.given_back) == target
@@ -487,3 +493,123 @@ def test_rounds_never_remove_a_pod_with_a_run_in_flight(
             name = f"p{serial}"
             live[name] = PodSummary(name, ready=False)
             runs[name] = 0
+
+
+def test_a_released_pod_still_ready_waits_while_a_busy_pod_drains_unready() -> None:
+    """The 60 s fallback: released pod x still reads Ready long after its drain request. The
+    busy pod a, chosen for removal, is unready while it drains, and the ReplicaSet removes
+    unready pods before ready ones whatever their cost: giving x's replica back now would
+    remove a. It waits until no other pod is unready."""
+    summaries = [PodSummary("a", ready=False, marked=True),
+                 PodSummary("x", marked=True, released=True), PodSummary("b")]
+    runs = {"a": PodWork(1, (NOW - 300,)), "b": PodWork(2, (NOW - 5, NOW - 5))}
+    late = {"a": NOW - 200, "x": NOW - DRAIN_READY_TIMEOUT_SECONDS - 1}
+    plan = plan_scale(summaries, 3, (), 1, runs, NOW, late, 1)
+    assert (plan.give_back, plan.replicas) == ((), 3)
+    assert not [n for n in replicaset_removes(applied(summaries, plan), 3 - plan.replicas)
+                if runs.get(n, PodWork()).in_flight]
+    a_done = [replace(summaries[0], released=True), *summaries[1:]]
+    plan = plan_scale(a_done, 3, (), 1, {"b": runs["b"]}, NOW, late, 1)
+    assert (sorted(plan.give_back), plan.replicas) == (["a", "x"], 1)
+    assert sorted(replicaset_removes(applied(a_done, plan), 2)) == ["a", "x"]
+
+
+def deleted(name: str, *, at: float = NOW - 5, cost: str = "-1000") -> PodSummary:
+    """A marked pod deleted at `at` (by hand, say), finishing its runs while it terminates."""
+    return PodSummary(name, ready=False, gone=True, marked=True, released=cost == "-2000",
+                      stopping_since=at)
+
+
+def test_a_draining_pod_deleted_by_hand_gives_its_replica_back_with_it() -> None:
+    """Busy draining pod d is deleted: the ReplicaSet started r in its place. The replica d
+    held goes now (named given back, so once only), and the ReplicaSet removes r, not a pod
+    with a run; the plan drains nobody."""
+    summaries = [PodSummary("s"), deleted("d"), PodSummary("r", ready=False, created=NOW - 4)]
+    runs = {"s": PodWork(1, (NOW - 30,)), "d": PodWork(1, (NOW - 300,))}
+    assert lost_replicas(summaries, (), runs) == ("d",)
+    serving = serving_replicas(summaries, 2, (), ("d",))
+    assert serving == 1
+    plan = plan_scale(summaries, 2, (), serving, runs, NOW, {"d": NOW - 100}, serving)
+    assert (plan.replicas, plan.lost, plan.given_back, plan.drain, plan.release) == (
+        1, ("d",), ("d",), (), ())
+    assert plan.writes_deployment(2)
+    live = [p for p in summaries if not p.gone]
+    assert replicaset_removes(live, len(live) - plan.replicas) == ["r"]
+    again = plan_scale(summaries, 1, plan.given_back, 1, runs, NOW, {"d": NOW - 100}, 1)
+    assert (again.lost, again.given_back, again.replicas) == ((), ("d",), 1), "once only"
+
+
+def test_a_deleted_pods_replica_stays_while_a_pod_with_a_run_could_go_instead() -> None:
+    runs = {"s": PodWork(1), "d": PodWork(1), "busy": PodWork(2)}
+    replacement = PodSummary("r", ready=False, created=NOW - 4)
+    draining_busy = [PodSummary("s"), deleted("d"), replacement,
+                     PodSummary("busy", ready=False, marked=True)]
+    assert lost_replicas(draining_busy, (), runs) == ()
+    assert lost_replicas([PodSummary("s"), deleted("d")], (), runs) == (), "no replacement yet"
+    older = [PodSummary("s"), deleted("d"), replace(replacement, created=NOW - 60)]
+    assert lost_replicas(older, (), runs) == (), "a pod from before the deletion"
+    given = [PodSummary("s"), deleted("d", cost="-2000"), replacement]
+    assert lost_replicas(given, ("d",), runs) == (), "its replica went already"
+    assert lost_replicas([PodSummary("s"), deleted("d"), replacement], (), None) == ()
+
+
+def test_a_pod_given_back_stays_named_while_it_terminates() -> None:
+    """The ReplicaSet deletes the pod whose replica was given back; until it is gone from the
+    listing, a later write keeps its name, so it never passes for a deleted pod whose replica
+    is still held."""
+    summaries = [PodSummary("s"), deleted("g", cost="-2000"),
+                 PodSummary("new", ready=False, created=NOW - 1)]
+    plan = plan_scale(summaries, 2, ("g",), 2, work(s=1), NOW)
+    assert (plan.given_back, plan.lost, plan.delete) == (("g",), (), ())
+
+
+def test_draining_fields_are_not_written_without_the_drain_requests() -> None:
+    summaries = [PodSummary("a"), PodSummary("b", ready=False, marked=True)]
+    assert draining_fields(summaries, ScalePlan(replicas=2), None, {}) == {}
+
+
+def test_a_pool_awake_with_no_serving_pod_does_not_read_scaled_to_zero() -> None:
+    """Its only pod leaves with its node: it starts one for its queue, and says so."""
+    policy = ScalingPolicy(min_replicas=0, max_replicas=3, activation_depth=5)
+    load = QueueLoad(queued=3)
+    awake = decide(policy, load, 0, ScalingHistory(since=0.0, replicas=1), 100.0)
+    update = scaling_condition(policy, load, awake)
+    assert (update.reason, awake.replicas) == ("ScaledUp", 1)
+    asleep = decide(policy, load, 0, ScalingHistory(since=0.0, replicas=0), 100.0)
+    assert "scaled to zero" in scaling_condition(policy, load, asleep).message
+
+
+def test_ready_of_a_pool_that_wants_no_serving_pod() -> None:
+    policy = ScalingPolicy(min_replicas=0, max_replicas=3, activation_depth=5)
+    update = zero_ready(policy, 2)
+    assert (update.type, update.status, update.reason) == ("Ready", "True", "ScaledToZero")
+    assert update.message == ("no worker wanted; 2 pods finish their runs before they go; "
+                              "the pool wakes when more than 5 tasks are queued")
+    assert zero_ready(replace(policy, activation_depth=0), None).message == (
+        "no worker wanted; the pool wakes when tasks arrive")
+
+
+def scaled(replicas: int, written: str | None, *fields: dict[str, object]) -> dict[str, object]:
+    annotations = {} if written is None else {REPLICAS_ANNOTATION: written}
+    return {"metadata": {"annotations": annotations, "managedFields": list(fields)},
+            "spec": {"replicas": replicas}}
+
+
+def owns_replicas(manager: str, at: str) -> dict[str, object]:
+    return {"manager": manager, "operation": "Update", "time": at,
+            "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+
+
+def test_replicas_written_outside_the_operator_and_by_whom() -> None:
+    hpa = owns_replicas("kube-controller-manager", "2025-01-01T00:10:00Z")
+    kubectl = owns_replicas("kubectl", "2025-01-01T00:05:00Z")
+    ours = owns_replicas("OpenAPI-Generator", "2025-01-01T00:20:00Z")
+    assert replicas_changed_outside(scaled(4, "4", hpa)) is None
+    assert replicas_changed_outside(scaled(4, None, hpa)) is None, "nothing written yet"
+    assert replicas_changed_outside(scaled(6, "4", kubectl, hpa, ours)) == OutsideChange(
+        6, 4, "kube-controller-manager")
+    change = replicas_changed_outside(scaled(1, "4", ours))
+    assert change == OutsideChange(1, 4, None)
+    assert change.message(4).startswith(
+        "the Deployment's replicas were changed to 1, outside the operator (it had set 4): "
+        "the operator sizes the pool itself and sets 4")

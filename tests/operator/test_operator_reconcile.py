@@ -23,7 +23,8 @@ from agentpool.redis_server import RedisServer, free_port
 from agentpool_operator import handlers
 from agentpool_operator.context import OperatorContext, PoolState
 from agentpool_operator.handlers import generation_of, parse_spec
-from agentpool_operator.kube import KubeApi
+from agentpool_operator.kube import FIELD_MANAGER, KubeApi
+from agentpool_operator.scaling_plan import OWN_FIELD_MANAGERS
 from agentpool_operator.settings import OperatorSettings
 
 IMAGE = "registry.example/agent-worker:1.0"
@@ -639,6 +640,21 @@ async def test_a_round_that_read_an_older_spec_does_not_put_it_back(
     assert container(cluster.deployment("gamma"))["image"] == "registry.example/w:2"
     assert len(deployment_patches(cluster, "gamma")) == 1
     assert posted == ["DeploymentCreated", "DeploymentUpdated"]
+
+
+async def test_the_operators_writes_name_it_as_their_field_manager(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API server names a write's field manager after the client's user agent: the
+    operator's own replica writes are told apart from `kubectl scale` or an HPA's by it."""
+    monkeypatch.setattr(handlers, "post", lambda _body, _event, _logger: None)
+    kube = KubeApi.from_environment()
+    pool = await cluster.create_pool(pool_manifest("epsilon"))
+    await handlers.ensure_deployment(kube, PoolState(), pool, parse_spec(pool), 1,
+                                     logging.getLogger("test.pool"))
+    [create] = cluster.requests("POST", "/deployments")
+    assert create.headers["User-Agent"].startswith(f"{FIELD_MANAGER}/")
+    assert FIELD_MANAGER in OWN_FIELD_MANAGERS
 
 
 async def test_a_round_that_read_an_older_spec_acts_on_nothing(
