@@ -1,4 +1,4 @@
-"""An agent handler: streams an OpenAI-style chat model's tokens as task events, runs the tools
+"""An agent handler: streams an OpenAI-style chat model's text as task events, runs the tools
 it asks for, checkpoints after each tool call, and resumes from there after a lost run; and a
 planner that fans questions out to agent runs and a summary of their answers.
 
@@ -8,20 +8,22 @@ planner that fans questions out to agent runs and a summary of their answers.
 
 from __future__ import annotations
 
-import asyncio
 import json
+import math
 import os
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import structlog
 
-from agentpool.errors import PermanentError
+from agentpool.errors import PermanentError, Retry
 from agentpool_worker.handlers import TaskContext, TaskOutcome, WorkerContext
 
 MODEL = os.environ.get("LLM_MODEL", "gpt-4o-mini")
 MAX_TURNS = 8
-MAX_RATE_LIMIT_WAITS = 3
+CHUNK_CHARS, CHUNK_SECONDS = 200, 0.5  # a task's stream keeps ~10,000 events: not one a token
 TOOLS: dict[str, Any] = {
     "add": lambda a, b: a + b,
     "word_count": lambda text: len(text.split()),
@@ -34,10 +36,6 @@ TOOL_SPECS = [
 ]
 log = structlog.get_logger("llm_agent")
 _session: aiohttp.ClientSession | None = None
-
-
-class RateLimited(Exception):
-    """The API kept answering 429: let the worker retry the task later (with backoff)."""
 
 
 async def startup(worker_ctx: WorkerContext) -> None:
@@ -62,10 +60,13 @@ async def shutdown(worker_ctx: WorkerContext) -> None:
 
 
 async def ready() -> str | None:
-    """Not ready (no claims, /readyz 503) while the API cannot be reached."""
+    """Not ready (no claims, /readyz 503) while the API cannot be reached or refuses the key:
+    a revoked key takes the pod out of service rather than failing every task."""
     assert _session is not None
     try:
         async with _session.get("/v1/models", timeout=aiohttp.ClientTimeout(total=3)) as resp:
+            if resp.status in (401, 403):
+                return f"LLM API refuses the key: {resp.status}"
             return None if resp.status < 500 else f"LLM API answers {resp.status}"
     except (aiohttp.ClientError, TimeoutError) as exc:
         return f"LLM API unreachable: {type(exc).__name__}"
@@ -132,26 +133,45 @@ def run_tool(name: str, arguments: str) -> Any:
 
 async def chat(session: aiohttp.ClientSession, messages: list[dict[str, Any]],
                ctx: TaskContext) -> dict[str, Any]:
-    """One streamed completion: tokens go out as events; returns the assistant message."""
+    """One streamed completion: its text goes out as events; returns the assistant message.
+    Retried by the worker from the last checkpoint after a 5xx, a 429 (when the API says: with
+    a limit in spec.rateLimits, ctx.throttled pauses every worker instead) or a refused key
+    (while ready() takes the pod out of service); dead-lettered after another 4xx."""
     body = {"model": MODEL, "messages": messages, "tools": TOOL_SPECS, "stream": True}
-    for _ in range(MAX_RATE_LIMIT_WAITS):
-        async with session.post("/v1/chat/completions", json=body) as resp:
-            if resp.status == 429:
-                wait = float(resp.headers.get("Retry-After", "1"))
-                await ctx.emit("rate_limited", {"retry_after": wait})
-                await asyncio.sleep(wait)
-                continue
-            if 400 <= resp.status < 500:
-                raise PermanentError(f"LLM API refused the request: {resp.status} "
-                                     f"{(await resp.text())[:200]}")
-            resp.raise_for_status()  # 5xx: retried by the worker, from the last checkpoint
-            return await read_stream(resp, ctx)
-    raise RateLimited(f"still rate limited after {MAX_RATE_LIMIT_WAITS} waits")
+    async with session.post("/v1/chat/completions", json=body) as resp:
+        if resp.status == 429:
+            wait = retry_after(resp.headers.get("Retry-After"))
+            await ctx.emit("rate_limited", {"retry_after": wait})
+            raise Retry(wait, "LLM API rate limit")
+        if resp.status in (401, 403):
+            raise Retry(60, f"LLM API refuses the key: {resp.status}")
+        if 400 <= resp.status < 500:
+            raise PermanentError(f"LLM API refused the request: {resp.status} "
+                                 f"{(await resp.text())[:200]}")
+        resp.raise_for_status()
+        return await read_stream(resp, ctx)
+
+
+def retry_after(header: str | None, default: float = 10.0) -> float:
+    """An HTTP Retry-After in seconds (0 to a day): a number, or a date (RFC 9110)."""
+    if not header:
+        return default
+    try:
+        seconds = float(header)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(header).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return default
+    return min(max(seconds, 0.0), 86400.0) if math.isfinite(seconds) else default
 
 
 async def read_stream(resp: aiohttp.ClientResponse, ctx: TaskContext) -> dict[str, Any]:
+    """The streamed reply; its text goes out as `token` events of CHUNK_CHARS characters, or
+    of what came within CHUNK_SECONDS."""
     content: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
+    unsent, sent_at = "", time.monotonic()
     async for raw in resp.content:
         line = raw.decode().strip()
         if not line.startswith("data:"):
@@ -162,7 +182,10 @@ async def read_stream(resp: aiohttp.ClientResponse, ctx: TaskContext) -> dict[st
         delta = json.loads(data)["choices"][0]["delta"]
         if delta.get("content"):
             content.append(delta["content"])
-            await ctx.emit("token", {"text": delta["content"]})
+            unsent += delta["content"]
+            if len(unsent) >= CHUNK_CHARS or time.monotonic() - sent_at >= CHUNK_SECONDS:
+                await ctx.emit("token", {"text": unsent})
+                unsent, sent_at = "", time.monotonic()
         for part in delta.get("tool_calls") or []:
             call = calls.setdefault(part["index"], {
                 "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
@@ -170,6 +193,8 @@ async def read_stream(resp: aiohttp.ClientResponse, ctx: TaskContext) -> dict[st
             function = part.get("function") or {}
             call["function"]["name"] += function.get("name") or ""
             call["function"]["arguments"] += function.get("arguments") or ""
+    if unsent:
+        await ctx.emit("token", {"text": unsent})
     message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
     if calls:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]

@@ -5,6 +5,7 @@ stopped run leaving no process behind."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import command_hooks
 import pytest
 import redis.asyncio as aioredis
 import structlog
@@ -49,6 +51,7 @@ from agentpool_worker.command import (
     command_settings,
     output_result,
 )
+from agentpool_worker.settings import ELF_MACHINES
 
 HANDLER = "agentpool_worker.command:run"
 AGENT = [sys.executable, str(HERE / "command_agent.py")]
@@ -217,8 +220,10 @@ async def test_a_submit_to_a_queue_the_pool_does_not_list_is_retried(
                          "dead", max_attempts=2)
     assert done.attempts == 2
     assert done.error.startswith(
-        "QueueNotListed: the command's output line 1: queue 'elsewhere' is not one this pool "
-        "submits to (listed: none): add it to the pool's spec.worker.submitsTo"), done.error
+        "the command's output line 1: queue 'elsewhere' is not one this pool submits to "
+        "(listed: none): add it to the pool's spec.worker.submitsTo"), done.error
+    assert "Traceback" not in done.error and "\n" not in done.error, (
+        "the program's words, no traceback of the worker's")
 
 
 async def test_a_program_submits_to_another_queue_its_pool_lists(
@@ -540,27 +545,89 @@ def executable(path: Path, text: str) -> Path:
     return path
 
 
+async def test_a_module_of_ones_own_adds_hooks_to_the_command_handler(
+    redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """It takes run without startup: the command is read at the first run."""
+    command_hooks.BILLED.clear()
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, "command_hooks:run")):
+        task_id = await queue.submit({"mode": "result"})
+        done = await finished(queue, task_id, "succeeded")
+        billed = await eventually(lambda: command_hooks.BILLED, 5, "the after_task hook")
+    assert done.result["task"] == task_id
+    assert billed == [(task_id, "succeeded", None)]
+
+
+async def test_a_module_of_ones_own_without_a_command_fails_its_runs_saying_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    monkeypatch.delenv(COMMAND_ENV)
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, "command_hooks:run", max_attempts=1)):
+        dead = await finished(queue, await queue.submit({"mode": "result"}), "dead")
+    assert dead.error == (
+        'AGENTPOOL_TASK_COMMAND must name the command each task runs, e.g. ["node", '
+        '"/app/agent.js"] (handler agentpool_worker.command:run) (to have it checked at start '
+        "instead, the handler's module imports startup from agentpool_worker.command too)")
+
+
+def elf_header(machine: int) -> bytes:
+    """The start of a 64-bit little-endian ELF executable for `machine`."""
+    return b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + (2).to_bytes(2, "little") + \
+        machine.to_bytes(2, "little") + bytes(44)
+
+
+def own_machine() -> int:
+    return int.from_bytes(Path(os.path.realpath(sys.executable)).read_bytes()[18:20], "little")
+
+
+def other_machine() -> int:
+    """An ELF machine this one does not run: AArch64, or x86-64 on an AArch64 machine."""
+    return 62 if own_machine() == 183 else 183
+
+
 async def test_a_program_that_cannot_start_fails_its_run_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str, queue_name: str,
     redis: aioredis.Redis,
 ) -> None:
-    """The start-up checks passed, then the program's #! interpreter went away; and a file
-    that is neither a binary nor a #! script, which the worker does not check at start."""
+    """The start-up checks passed, then the program's #! interpreter went away (retried: it
+    may come back)."""
     interpreter = executable(tmp_path / "interp", "#!/bin/sh\nexec /bin/sh \"$@\"\n")
     script = executable(tmp_path / "agent.sh", f"#!{interpreter}\necho '{{\"result\": 1}}'\n")
-    plain = executable(tmp_path / "plain", "echo '{\"result\": 1}'\n")
     queue = TaskQueue(redis, queue_name)
     monkeypatch.setenv(COMMAND_ENV, json.dumps([str(script)]))
-    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=1)):
+    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=2)):
         assert (await finished(queue, await queue.submit({}), "succeeded")).result == 1
         interpreter.unlink()
         gone = await finished(queue, await queue.submit({}), "dead")
-    monkeypatch.setenv(COMMAND_ENV, json.dumps([str(plain)]))
-    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=1)):
-        unknown = await finished(queue, await queue.submit({}), "dead")
     assert gone.error == (f"cannot start {str(script)!r}: the #! line of {script} names "
                           f"{str(interpreter)!r}, which does not exist")
-    assert unknown.error == f"cannot start {str(plain)!r}: Exec format error"
+    assert gone.attempts == 2
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"echo '{\"result\": 1}'\n", "{path} is neither a binary nor a script with a #! line, "
+     "which Linux cannot run: begin it with one (#!/bin/sh, #!/usr/bin/env python3)"),
+    (None, "{path} is a binary for {machine}, which this machine ({own}) cannot run: build "
+     "it, or take the image, for {own}"),
+], ids=["no-shebang", "other-machine"])
+async def test_a_program_linux_cannot_run_dead_letters_its_task_at_once_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str, queue_name: str,
+    redis: aioredis.Redis, content: bytes | None, why: str,
+) -> None:
+    """Replaced after the start-up check: every attempt would fail with the same Exec format
+    error."""
+    agent = executable(tmp_path / "agent", "#!/bin/sh\necho '{\"result\": 1}'\n")
+    queue = TaskQueue(redis, queue_name)
+    monkeypatch.setenv(COMMAND_ENV, json.dumps([str(agent)]))
+    async with running(settings(redis_url, queue_name, HANDLER, max_attempts=3)):
+        assert (await finished(queue, await queue.submit({}), "succeeded")).result == 1
+        agent.write_bytes(content or elf_header(other_machine()))
+        dead = await finished(queue, await queue.submit({}), "dead")
+    assert dead.error == f"cannot start {str(agent)!r}: " + why.format(
+        path=agent, machine=ELF_MACHINES[other_machine()], own=ELF_MACHINES[own_machine()])
+    assert dead.attempts == 1, "no retry: the next attempt would fail the same"
 
 
 @pytest.mark.parametrize(("lines", "limit", "kept"), [
@@ -957,6 +1024,48 @@ async def test_a_worker_whose_script_has_windows_line_endings_stops_at_start_and
     assert lines == [f"agentpool-worker: AGENTPOOL_TASK_COMMAND: the #! line of {agent} ends "
                      "with a carriage return: the script has Windows line endings (convert it: "
                      "dos2unix, or sed -i 's/\\r$//')"]
+
+
+ELF_OBJECT = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + (1).to_bytes(2, "little") + bytes(46)
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"echo '{\"result\": 1}'\n", "is neither a binary nor a script with a #! line, which "
+     "Linux cannot run: begin it with one (#!/bin/sh, #!/usr/bin/env python3)"),
+    (b"", "is neither a binary nor a script with a #! line"),
+    (b"\xef\xbb\xbf#!/bin/sh\necho\n", "begins with a byte-order mark before its #! line, "
+     "which Linux cannot run: save it as UTF-8 without a BOM"),
+    (None, "is a binary for {machine}, which this machine ({own}) cannot run"),
+    (ELF_OBJECT, "is an ELF file but no program Linux can run (an object file?)"),
+], ids=["no-shebang", "empty", "bom", "other-machine", "object-file"])
+def test_a_file_linux_cannot_run_is_refused_at_start(
+    tmp_path: Path, content: bytes | None, why: str,
+) -> None:
+    agent = tmp_path / "agent"
+    agent.write_bytes(elf_header(other_machine()) if content is None else content)
+    agent.chmod(0o755)
+    with pytest.raises(OSError) as run:
+        subprocess.run([str(agent)], check=False)
+    assert run.value.errno == errno.ENOEXEC, "Linux runs it: no reason to refuse it"
+    with pytest.raises(CommandConfigError) as refused:
+        command_settings({COMMAND_ENV: json.dumps([str(agent)])})
+    assert str(refused.value).startswith(f"AGENTPOOL_TASK_COMMAND: {agent} " + why.format(
+        machine=ELF_MACHINES[other_machine()], own=ELF_MACHINES[own_machine()]))
+
+
+async def test_a_worker_whose_script_has_no_shebang_stops_at_start_and_says_so(
+    tmp_path: Path, redis_url: str, queue_name: str,
+) -> None:
+    agent = executable(tmp_path / "agent.sh", "echo '{\"result\": 1}'\n")
+    env = worker_env(redis_url, queue_name, HANDLER)
+    env[COMMAND_ENV] = str(agent)
+    with worker_processes(tmp_path) as start:
+        worker = start(env)
+        assert await worker.exit_code(20) == 2
+        lines = worker.logs().strip().splitlines()
+    assert lines == [f"agentpool-worker: AGENTPOOL_TASK_COMMAND: {agent} is neither a binary "
+                     "nor a script with a #! line, which Linux cannot run: begin it with one "
+                     "(#!/bin/sh, #!/usr/bin/env python3)"]
 
 
 LONG_STDERR = """

@@ -82,12 +82,17 @@ failed attempt. In both, and in the output kept as a result, the secrets of any 
 (``https://user:***@host``, ``?token=***``: a ``git clone`` with a token in its URL prints
 it); a ``result`` message is kept as sent. A failed run's error is the program's words (its
 error message, or its exit status and stderr), without the worker's traceback; a program that
-cannot be started fails its run with ``cannot start '<program>': <why>``.
+cannot be started fails its run with ``cannot start '<program>': <why>``, for good when Linux
+cannot run it (``Exec format error``: no ``#!`` line, another machine's binary).
 
 A run that is cancelled, times out, loses its lease or is handed back by a stopping worker
 stops its command: SIGTERM to the process group, SIGKILL after
 ``AGENTPOOL_TASK_COMMAND_GRACE_SECONDS`` (default 5). Whatever the command left running in its
 group when it exits is killed too.
+
+A module of one's own adds hooks to it (``after_task`` to bill each run, ``ready``): it
+imports ``run`` and ``startup`` from here and is the handler (``hooks:run``). Without
+``startup`` the command is read and checked at the first run instead of at start.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import math
@@ -136,7 +142,7 @@ from agentpool_worker.settings import (
     DEFAULT_GRACE_SECONDS,
     ConfigError,
     env_name,
-    interpreter_problem,
+    program_problem,
     read_setting,
     task_program,
 )
@@ -208,6 +214,23 @@ def startup(worker: WorkerContext) -> None:
     _not_dumpable()
 
 
+def _settings(state: dict[str, Any]) -> CommandSettings:
+    """The settings `startup` left in the worker's state; read, checked and kept now when a
+    module of one's own took `run` without it (to add hooks): a command that is not set or
+    cannot start fails the run with the line the start-up check gives."""
+    settings: CommandSettings | None = state.get(STATE_KEY)
+    if settings is None:
+        try:
+            settings = replace(command_settings(os.environ), max_result_bytes=read_setting(
+                "max_result_bytes", os.environ))
+        except ConfigError as exc:
+            raise CommandFailed(f"{exc} (to have it checked at start instead, the handler's "
+                                f"module imports startup from {__name__} too)") from None
+        state[STATE_KEY] = settings
+        _not_dumpable()
+    return settings
+
+
 PR_SET_DUMPABLE = 4
 
 
@@ -257,7 +280,7 @@ class _Outcome:
 
 
 async def run(payload: Any, ctx: TaskContext) -> Any:
-    settings: CommandSettings = ctx.state[STATE_KEY]
+    settings = _settings(ctx.state)
     scratch = tempfile.mkdtemp(prefix="agentpool-run-")
     try:
         env = {**_inherited(os.environ), "AGENTPOOL_TASK_ID": ctx.task_id,
@@ -279,7 +302,10 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
         try:
             command = await _Command.start(settings.argv, env)
         except OSError as exc:
-            raise CommandFailed(cannot_start(settings.argv[0], exc)) from None
+            # Exec format error: not a program Linux runs (no #! line, another machine's
+            # binary), which no later attempt changes
+            failed = CommandFailedForGood if exc.errno == errno.ENOEXEC else CommandFailed
+            raise failed(cannot_start(settings.argv[0], exc)) from None
         try:
             return await _converse(command, payload, ctx, settings.max_result_bytes,
                                    settings.grace_seconds)
@@ -294,10 +320,11 @@ async def run(payload: Any, ctx: TaskContext) -> Any:
 
 
 def cannot_start(program: str, exc: OSError) -> str:
-    """Why `program` did not start, in one line: the ``#!`` interpreter that is missing when
-    that is why (the file itself exists, whatever ``No such file or directory`` says)."""
+    """Why `program` did not start, in one line: what `program_problem` sees when it sees
+    something (the ``#!`` interpreter that is missing: the file itself exists, whatever ``No
+    such file or directory`` says; what makes an ``Exec format error``)."""
     path = shutil.which(program)
-    why = (interpreter_problem(path) if path is not None else "") \
+    why = (program_problem(path) if path is not None else "") \
         or exc.strerror or str(exc) or type(exc).__name__
     return f"cannot start {program!r}: {why}"
 
@@ -612,7 +639,7 @@ async def _read_stdout(stdout: asyncio.StreamReader, ctx: TaskContext, outcome: 
         try:
             await _act(message, outcome, ctx)
         except QueueNotListed as exc:  # the pool's list may come with a rollout: retried
-            raise QueueNotListed(f"the command's output line {number}: {exc}") from None
+            raise CommandFailed(f"the command's output line {number}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise CommandFailedForGood(f"the command's output line {number}: {exc}") from None
 

@@ -12,6 +12,7 @@ burst (bench/README.md, "Idle fleet and start-up").
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import re
 import shlex
 import shutil
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -192,7 +194,8 @@ def _task_command(value: str) -> bool:
 
 def task_program(command: str) -> tuple[str, ...]:
     """The words of ``AGENTPOOL_TASK_COMMAND`` as the command handler needs them: given, and
-    naming an executable that exists now, not at the first task. ConfigError otherwise."""
+    naming an executable that exists and can start (`program_problem`) now, not at the first
+    task. ConfigError otherwise."""
     name = _variable("task_command")
     try:
         argv = task_argv(command)
@@ -205,10 +208,73 @@ def task_program(command: str) -> tuple[str, ...]:
     if path is None:
         what = "an executable file" if os.sep in argv[0] else "an executable found on PATH"
         raise ConfigError(f"{name}: {argv[0]!r} is not {what}")
-    problem = interpreter_problem(path)
+    problem = program_problem(path)
     if problem:
         raise ConfigError(f"{name}: {problem}")
     return argv
+
+
+ELF_MAGIC = b"\x7fELF"
+ELF_PROGRAMS = (2, 3)
+"""The ELF file types Linux runs: an executable, a position-independent one (or a shared
+library that runs, as the C library does). An object file or a core dump does not."""
+ELF_MACHINES = {3: "x86 (32-bit)", 8: "MIPS", 20: "PowerPC", 21: "PowerPC 64", 22: "s390",
+                40: "ARM (32-bit)", 62: "x86-64 (amd64)", 183: "AArch64 (arm64)",
+                243: "RISC-V", 258: "LoongArch"}
+ALSO_RUNS = {62: {3}, 183: {40}}
+"""Machines whose kernels commonly run another's binaries too: x86-64 runs x86, AArch64 (most
+of it) 32-bit ARM."""
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def program_problem(path: str) -> str:
+    """Why the executable file at `path` cannot start ("" when nothing that can be seen is
+    wrong, or it cannot be read): a script whose ``#!`` interpreter cannot run
+    (`interpreter_problem`); a file that is neither a ``#!`` script nor an ELF program, or an
+    ELF program for another machine than the worker's, which Linux refuses on every run
+    (``Exec format error``)."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(20)
+    except OSError:
+        return ""
+    if start.startswith(b"#!"):
+        return interpreter_problem(path)
+    if start.startswith(UTF8_BOM + b"#!"):
+        return (f"{path} begins with a byte-order mark before its #! line, which Linux cannot "
+                f"run: save it as UTF-8 without a BOM")
+    if not start.startswith(ELF_MAGIC):
+        return (f"{path} is neither a binary nor a script with a #! line, which Linux cannot "
+                f"run: begin it with one (#!/bin/sh, #!/usr/bin/env python3)")
+    if len(start) < 20 or _elf_field(start, 16) not in ELF_PROGRAMS:
+        return f"{path} is an ELF file but no program Linux can run (an object file?)"
+    machine, own = _elf_field(start, 18), _own_machine()
+    if own is None or machine == own or machine in ALSO_RUNS.get(own, ()):
+        return ""
+    return (f"{path} is a binary for {_machine_name(machine)}, which this machine "
+            f"({_machine_name(own)}) cannot run: build it, or take the image, for "
+            f"{_machine_name(own)}")
+
+
+def _elf_field(header: bytes, offset: int) -> int:
+    """A 16-bit field of an ELF header, in the file's byte order."""
+    return int.from_bytes(header[offset:offset + 2], "big" if header[5] == 2 else "little")
+
+
+@functools.cache
+def _own_machine() -> int | None:
+    """The ELF machine of the worker's own interpreter (None when it cannot be told)."""
+    try:
+        with open(os.path.realpath(sys.executable), "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return None
+    return _elf_field(header, 18) if header.startswith(ELF_MAGIC) and len(header) == 20 \
+        else None
+
+
+def _machine_name(machine: int) -> str:
+    return ELF_MACHINES.get(machine, f"ELF machine {machine}")
 
 
 SHEBANG_BYTES = 4096

@@ -1,0 +1,14 @@
+"""A module of one's own that adds a hook to the command handler (docs/worker.md, Hooks of a
+pool of programs): ``run`` taken from agentpool_worker.command without its ``startup``, so
+that the command is read at the first run, and an ``after_task`` hook."""
+
+from agentpool_worker.command import run
+from agentpool_worker.handlers import TaskContext, TaskOutcome
+
+__all__ = ["after_task", "run"]
+
+BILLED: list[tuple[str, str, str | None]] = []
+
+
+async def after_task(ctx: TaskContext, outcome: TaskOutcome) -> None:
+    BILLED.append((ctx.task_id, outcome.status, outcome.error))
