@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from agentpool.client import Client, ClientClosed, SyncClient
     from agentpool.durability import Durability, NotReplicated
     from agentpool.protocol import (
         CancelOutcome,
@@ -20,15 +21,19 @@ if TYPE_CHECKING:
         ProtocolError,
         QueueFigures,
         TaskInfo,
+        TaskNotFound,
         TaskQueue,
     )
+    from agentpool.redis_errors import RedisFull
 
 _HOMES = {
+    **dict.fromkeys(("Client", "ClientClosed", "SyncClient"), "agentpool.client"),
     "Durability": "agentpool.durability",
     "NotReplicated": "agentpool.durability",
     **dict.fromkeys(("CancelOutcome", "ClaimedTask", "DeadRequeued", "FailOutcome",
                      "PayloadTooLarge", "ProtocolError", "QueueFigures", "TaskInfo",
-                     "TaskQueue"), "agentpool.protocol"),
+                     "TaskNotFound", "TaskQueue"), "agentpool.protocol"),
+    "RedisFull": "agentpool.redis_errors",
 }
 
 _SUBMODULES = frozenset({"protocol", "durability"})
@@ -37,6 +42,8 @@ _SUBMODULES = frozenset({"protocol", "durability"})
 __all__ = [
     "CancelOutcome",
     "ClaimedTask",
+    "Client",
+    "ClientClosed",
     "DeadRequeued",
     "Durability",
     "FailOutcome",
@@ -44,7 +51,10 @@ __all__ = [
     "PayloadTooLarge",
     "ProtocolError",
     "QueueFigures",
+    "RedisFull",
+    "SyncClient",
     "TaskInfo",
+    "TaskNotFound",
     "TaskQueue",
 ]
 __version__ = "0.1.0"

@@ -24,7 +24,14 @@ durability=...)``) makes submits wait for one Redis replica, so a failover loses
 ``submit`` returned; see :mod:`agentpool.durability`.
 
 Both read the URL from ``AGENTPOOL_REDIS_URL`` when none is given. The protocol itself lives in
-:mod:`agentpool.protocol`; these classes only manage the connection around it.
+:mod:`agentpool.protocol`; these classes only manage the connection around it. The errors a
+producer catches are exported here and from :mod:`agentpool` alike: :class:`ClientClosed`,
+:class:`TaskNotFound`, :class:`RedisFull` (a submit Redis refused for being full: the task
+was not stored).
+
+A Python handler's failure is stored in ``TaskInfo.error`` as its type and message followed
+by the end of its traceback (the worker's file paths and code lines; URLs' passwords masked):
+log it, but do not show it to a web app's end users as it is.
 """
 
 from __future__ import annotations
@@ -33,14 +40,24 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import gc
 import inspect
 import os
+import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from types import TracebackType
-from typing import Any, NamedTuple, Self, TypeVar
+from typing import Any, Generic, NamedTuple, Self, TypeVar, cast, overload
 
 import redis.asyncio as aioredis
 
@@ -61,10 +78,12 @@ from agentpool.protocol import (
     QueueFigures,
     TaskEvent,
     TaskInfo,
+    TaskNotFound,
     TaskQueue,
     WorkerState,
 )
 from agentpool.ratelimit import LimitState, RateLimiter, Reservation, Throttle
+from agentpool.redis_errors import RedisFull
 from agentpool.slots import Held, enter_unless
 from agentpool.urls import redact_url
 
@@ -76,6 +95,20 @@ ASYNC_ONLY_OPTIONS = frozenset({"pool_timeout", "retry"})
 """Options of the asyncio client that its blocking line (redis-py's blocking client) does not
 take (`retry` is an asyncio object there)."""
 
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "ENV_REDIS_URL",
+    "Client",
+    "ClientClosed",
+    "ClientConfigError",
+    "RedisFull",
+    "SyncClient",
+    "SyncQueue",
+    "SyncRateLimit",
+    "TaskNotFound",
+    "resolve_redis_url",
+]
+
 T = TypeVar("T")
 
 
@@ -83,11 +116,13 @@ class ClientConfigError(ValueError):
     """No usable Redis URL was given."""
 
 
-def resolve_redis_url(url: str | None = None) -> str:
-    """`url`, else ``$AGENTPOOL_REDIS_URL``; raises ClientConfigError when neither is set."""
+def resolve_redis_url(url: str | None = None, *, pass_as: str = "Client.from_url(url)") -> str:
+    """`url`, else ``$AGENTPOOL_REDIS_URL``; raises ClientConfigError when neither is set,
+    telling to pass it as `pass_as` says (the call that takes it)."""
     resolved = url or os.environ.get(ENV_REDIS_URL)
     if not resolved:
-        raise ClientConfigError(f"no Redis URL: pass --redis-url or set {ENV_REDIS_URL}")
+        raise ClientConfigError(
+            f"no Redis URL: pass a Redis URL ({pass_as}) or set {ENV_REDIS_URL}")
     return resolved
 
 
@@ -180,6 +215,8 @@ class Client:
                  durability: Durability | str = Durability.NONE) -> None:
         self.redis = redis
         self.url = url
+        """The URL as given, its password included (kept for compatibility): messages and
+        logs show :attr:`display_url` instead."""
         self.durability = parse_durability(durability)
         self._line = ScriptLine(redis) if url is not None else None
         self._queues: dict[tuple[str, int, Durability], TaskQueue] = {}
@@ -207,6 +244,9 @@ class Client:
     def display_url(self) -> str:
         """The URL without its password, for messages."""
         return redact_url(self.url) if self.url else "Redis"
+
+    def __repr__(self) -> str:
+        return f"Client({self.display_url!r})"
 
     def queue(self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
               durability: Durability | str | None = None) -> TaskQueue:
@@ -288,19 +328,52 @@ class _LoopThread:
         )
         self._thread.start()
 
+    def on_own_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def refuse_own_thread(self) -> None:
+        """A blocking call from the loop's own thread (a coroutine or callback running there,
+        a finalizer that the garbage collector happened to run there) would wait for what
+        only that thread runs: for ever, and every later call with it."""
+        if self.on_own_thread():
+            raise RuntimeError(
+                "a blocking SyncClient call was made on the client's own event loop thread "
+                "(from a coroutine or callback running on it, or a finalizer run there), where "
+                "it would wait for itself: use the async Client in coroutines")
+
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            self.refuse_own_thread()
+        except RuntimeError:
+            coro.close()
+            raise
+        return self.result(self.start(coro))
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Hand `coro` over to the loop, without waiting for it (from any thread). Refused
+        once the interpreter is exiting: its daemon threads, this loop's, no longer run (an
+        iterator left in a module's globals is closed then)."""
         with self._handing_over:
-            if self.closed:
+            if self.closed or sys.is_finalizing():
                 coro.close()
-                raise ClientClosed("the client is closed")
+                raise ClientClosed("the client is closed" if self.closed
+                                   else "the interpreter is exiting")
             try:
                 future = asyncio.run_coroutine_threadsafe(coro, self.loop)
             except RuntimeError:  # closed by a signal handler in this very hand-over
                 coro.close()
                 raise ClientClosed("the client is closed") from None
             self._waiting.add(future)
+        future.add_done_callback(self._waiting.discard)
+        return future
+
+    def result(self, future: concurrent.futures.Future[T], timeout: float | None = None) -> T:
+        """What `future` (of `start`) gives, waited for in this thread; `_StillRunning` once
+        `timeout` seconds passed first, and it runs on. An interrupted wait cancels it."""
+        self.refuse_own_thread()
         try:
-            return future.result()
+            if timeout is None or concurrent.futures.wait([future], timeout).done:
+                return future.result()
         except concurrent.futures.CancelledError:
             if self.closed:
                 raise ClientClosed("the client closed while this call waited") from None
@@ -308,8 +381,7 @@ class _LoopThread:
         except BaseException:
             future.cancel()
             raise
-        finally:
-            self._waiting.discard(future)
+        raise _StillRunning
 
     def stop(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
         """Cancel what still runs on the loop (its callers get ClientClosed), then stop it."""
@@ -334,6 +406,25 @@ class _LoopThread:
             asyncio.run_coroutine_threadsafe(_last_call(last), self.loop)
         except RuntimeError:  # the loop is closed already
             last.close()
+
+
+class _Collecting(threading.local):
+    now = False
+    """Whether this thread runs a garbage collection (and the finalizers it calls)."""
+
+
+_COLLECTING = _Collecting()
+
+
+def _note_collection(phase: str, info: dict[str, int]) -> None:
+    _COLLECTING.now = phase == "start"
+
+
+gc.callbacks.append(_note_collection)
+
+
+class _StillRunning(Exception):
+    """The wait for a step of the loop ran out; the step runs on."""
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
@@ -416,7 +507,7 @@ class SyncClient:
         durability: Durability | str = Durability.NONE,
         **redis_kwargs: Any,
     ) -> None:
-        self._url = resolve_redis_url(url)
+        self._url = resolve_redis_url(url, pass_as="SyncClient(url)")
         self._durability = parse_durability(durability)
         self._connect_timeout = connect_timeout
         self._redis_kwargs = redis_kwargs
@@ -491,6 +582,9 @@ class SyncClient:
     @property
     def display_url(self) -> str:
         return redact_url(self._url)
+
+    def __repr__(self) -> str:
+        return f"SyncClient({self.display_url!r})"
 
     def queue(
         self, name: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
@@ -574,10 +668,11 @@ class SyncRateLimit:
         """``with limit.hold():`` waits in the caller's thread for one of the limit's
         ``maxConcurrent`` slots and gives it back after the block. A caller interrupted while
         it waits (KeyboardInterrupt, say) leaves the line."""
+        runner = self._client._parts()[0]
+        runner.refuse_own_thread()
         manager = self.limiter.hold()
         stop = threading.Event()
-        entered = asyncio.run_coroutine_threadsafe(enter_unless(manager, stop),
-                                                   self._client._parts()[0].loop)
+        entered = asyncio.run_coroutine_threadsafe(enter_unless(manager, stop), runner.loop)
         try:
             held = entered.result()
         except concurrent.futures.CancelledError:
@@ -680,30 +775,77 @@ class SyncQueue:
         ids = list(task_ids)
         return self._run(lambda q: q.wait_many(ids, timeout))
 
-    def events(self, task_id: str, *, after: str | None = None,
-               follow: bool = True) -> Iterator[TaskEvent]:
+    @overload
+    def events(self, task_id: str, *, after: str | None = None, follow: bool = True,
+               idle: None = None) -> Generator[TaskEvent, None, None]: ...
+
+    @overload
+    def events(self, task_id: str, *, after: str | None = None, follow: bool = True,
+               idle: float) -> Generator[TaskEvent | None, None, None]: ...
+
+    def events(self, task_id: str, *, after: str | None = None, follow: bool = True,
+               idle: float | None = None,
+               ) -> Generator[TaskEvent, None, None] | Generator[TaskEvent | None, None, None]:
         """The task's events as :meth:`TaskQueue.events` yields them, one blocking step at a
-        time (with `follow`, until the task is final)."""
-        return self._steps(self.queue.events(task_id, after=after, follow=follow))
+        time (with `follow`, until the task is final).
+
+        With `idle` (seconds), a step that has waited that long for the next event yields None
+        instead, and the next step goes on waiting for it: a server-sent-events view of a web
+        framework's thread writes a keep-alive comment then, and a browser that left fails
+        that write, instead of holding the thread until the task ends. Close the iterator
+        when the view ends early (``with contextlib.closing(queue.events(...)) as events:``):
+        its step still waiting is cancelled, and the stream's connection freed."""
+        if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float)
+                                 or not 0 < idle < float("inf")):
+            raise ValueError(f"idle must be a positive number of seconds, got {idle!r}")
+        steps = self._steps(self.queue.events(task_id, after=after, follow=follow), idle)
+        return steps if idle is not None else cast(Generator[TaskEvent, None, None], steps)
 
     def as_finished(self, task_ids: Iterable[str],
-                    timeout: float | None = None) -> Iterator[TaskInfo]:
+                    timeout: float | None = None) -> Generator[TaskInfo, None, None]:
         """Each task's final info as it ends (:meth:`TaskQueue.as_finished`), one blocking
         step at a time; leaving the loop early ends the subscription."""
-        return self._steps(self.queue.as_finished(list(task_ids), timeout))
+        return cast(Generator[TaskInfo, None, None],
+                    self._steps(self.queue.as_finished(list(task_ids), timeout)))
 
-    def _steps(self, stream: AsyncGenerator[T, None]) -> Iterator[T]:
-        """An async generator of the client's loop, one blocking step at a time; closed with
-        the iterator (early or not)."""
+    def _steps(self, stream: AsyncGenerator[T, None],
+               idle: float | None = None) -> Generator[T | None, None, None]:
+        """An async generator of the client's loop, one blocking step at a time (None for
+        each `idle` seconds a step waits); closed with the iterator (early or not)."""
+        step: _Step[T] | None = None
         try:
             while True:
+                if step is None:
+                    step = _Step(stream)
+                    runner = self._client._parts()[0]
+                    future = runner.start(step.run())
                 try:
-                    yield self._client._call(_next(stream))
+                    item = runner.result(future, idle)
+                except _StillRunning:
+                    yield None
+                    continue
                 except StopAsyncIteration:
                     return
+                step = None
+                yield item
         finally:
-            with contextlib.suppress(ClientClosed):
-                self._client._call(stream.aclose())
+            self._close(stream, step)
+
+    def _close(self, stream: AsyncGenerator[Any, None], step: _Step[Any] | None) -> None:
+        """Close `stream` on the loop once its `step` still running, if any, is cancelled.
+        Waited for, except in a garbage collection: the collector finalizes the iterator
+        on whichever thread allocated last, the loop's own, or one that holds a lock the
+        loop needs next (a future's), where a wait would never end."""
+        closing = _close_stream(stream, step)
+        here = self._client._here
+        if here.pid != os.getpid():  # a stream of the parent's loop, which runs no more here
+            closing.close()
+            return
+        with contextlib.suppress(ClientClosed):
+            if _COLLECTING.now or here.runner.on_own_thread():
+                here.runner.start(closing)
+            else:
+                here.runner.call(closing)
 
     def cancel(self, task_id: str) -> CancelOutcome:
         return self._run(lambda q: q.cancel(task_id))
@@ -735,5 +877,26 @@ class SyncQueue:
         return self._run(lambda q: q.purge_dead(task_ids))
 
 
-async def _next(stream: AsyncGenerator[T, None]) -> T:
-    return await anext(stream)
+class _Step(Generic[T]):
+    """One step of a stream on the client's loop, which closing the stream cancels first (an
+    async generator in the middle of a step cannot be closed)."""
+
+    def __init__(self, stream: AsyncGenerator[T, None]) -> None:
+        self.stream = stream
+        self.task: asyncio.Task[Any] | None = None
+        self.dropped = False
+
+    async def run(self) -> T:
+        if self.dropped:
+            raise StopAsyncIteration
+        self.task = asyncio.current_task()
+        return await anext(self.stream)
+
+
+async def _close_stream(stream: AsyncGenerator[Any, None], step: _Step[Any] | None) -> None:
+    if step is not None:
+        step.dropped = True
+        if step.task is not None and not step.task.done():
+            step.task.cancel()
+            await asyncio.wait([step.task])
+    await stream.aclose()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import re
 import socket
@@ -313,7 +314,34 @@ class WaitingPool(_ClosableForGood, BlockingConnectionPool):
                 self.reset()  # type: ignore[no-untyped-call]
             self._loop, self._lock, self._condition = loop, asyncio.Lock(), asyncio.Condition()
             self._pid = os.getpid()
+        _ALL_BUSY_SINCE.set(None)
         return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def can_get_connection(self) -> bool:
+        if super().can_get_connection():
+            _ALL_BUSY_SINCE.set(None)
+            return True
+        if _ALL_BUSY_SINCE.get() is None:
+            _ALL_BUSY_SINCE.set((self, time.monotonic()))
+        return False
+
+
+_ALL_BUSY_SINCE: contextvars.ContextVar[tuple[WaitingPool, float] | None] = (
+    contextvars.ContextVar("agentpool_all_busy_since", default=None))
+"""In a task whose last call on a `WaitingPool` is waiting, or was cut off waiting, for one of
+its connections: that pool, and since when (monotonic) all were in use."""
+
+
+def connections_busy_for(redis: Any, since: float) -> float | None:
+    """How long the current task's last call on `redis` (a client of `redis_from_url`) had
+    waited for a pooled connection, every one in use, when it was cut off (a timeout): so
+    that a wait does not blame Redis for the client's own connections. None when that call
+    was not waiting for one, or began waiting before `since` (monotonic)."""
+    busy = _ALL_BUSY_SINCE.get()
+    pool = getattr(redis, "connection_pool", None)
+    if busy is None or busy[0] is not pool or busy[1] < since:
+        return None
+    return time.monotonic() - busy[1]
 
 
 def _address(reply: Any) -> tuple[str, int]:

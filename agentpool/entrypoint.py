@@ -2,7 +2,8 @@
 
 Both are configured by environment variables only (set by the operator or the chart);
 ``--help`` lists them from the settings' own definitions, so the list cannot drift, and any
-other argument is refused in one line with exit status 2, as a bad setting is.
+other argument is refused in one line with exit status 2, as a bad setting is, the secrets of
+any URL it holds masked.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 import textwrap
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
+
+from agentpool.urls import mask_urls
 
 EXIT_CONFIG = 2
 
@@ -25,7 +28,7 @@ def refuse(line: str) -> NoReturn:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        refuse(f"{self.prog}: {message} (see --help)")
+        refuse(f"{self.prog}: {mask_urls(message)} (see --help)")
 
 
 def take_no_arguments(argv: Sequence[str], *, prog: str, description: str,
@@ -44,5 +47,7 @@ def take_no_arguments(argv: Sequence[str], *, prog: str, description: str,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _, extra = parser.parse_known_args(list(argv))
     if extra:
-        refuse(f"{prog} takes no arguments (got {' '.join(extra)!r}): configure it with "
+        # a Redis URL given as an argument carries its password: never echoed
+        got = mask_urls(" ".join(extra))
+        refuse(f"{prog} takes no arguments (got {got!r}): configure it with "
                f"{env_prefix}* environment variables (see --help)")

@@ -161,7 +161,10 @@ def task_id(text: str) -> str:
 
 def connect(args: argparse.Namespace) -> Client:
     """The client of a queue verb; its connections are named so CLIENT LIST shows them."""
-    return Client.from_url(redis_url(args), connect_timeout=CLI_CONNECT_TIMEOUT,
+    url = redis_url(args)
+    if not url:
+        raise UsageError(f"no Redis URL: pass --redis-url or set {ENV_REDIS_URL}")
+    return Client.from_url(url, connect_timeout=CLI_CONNECT_TIMEOUT,
                            client_name=CLI_CLIENT_NAME)
 
 

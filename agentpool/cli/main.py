@@ -22,10 +22,14 @@ EXIT_INTERRUPTED = 130
 
 class OneLineParser(argparse.ArgumentParser):
     """Bad input is one line on stderr and exit 2, as every other error of the CLI, not
-    argparse's usage block before it (`--help` shows the usage)."""
+    argparse's usage block before it (`--help` shows the usage). The arguments it quotes have
+    the secrets of their URLs masked: a Redis URL given where another argument was wanted
+    (`-s URL`, an option misspelled before it) carries its password."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        from agentpool.urls import mask_urls
+
+        self.exit(2, f"{self.prog}: {mask_urls(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -543,6 +543,35 @@ def worker_state(worker: WorkerState) -> str:
     return worker.state
 
 
+def worker_state_shown(worker: WorkerState) -> str:
+    """The table's STATE: ``running (not ready)`` for a running worker that claims nothing
+    (why, under the table: see not_ready_notes)."""
+    state = worker_state(worker)
+    if state == "running" and worker.not_ready:
+        return "running (not ready)"
+    return state
+
+
+NOT_READY_NAMED = 3
+"""Workers named in a not-ready note; the others sharing its reason are counted."""
+
+
+def not_ready_notes(workers: Sequence[WorkerState]) -> list[str]:
+    """Why the workers shown ``running (not ready)`` claim nothing, one line per reason (as
+    their ``/readyz`` says it), naming the workers: a table cell would be too narrow."""
+    by_reason: dict[str, list[str]] = {}
+    for w in sorted(workers, key=lambda w: (w.pod, w.instance)):
+        if worker_state_shown(w) == "running (not ready)":
+            by_reason.setdefault(w.not_ready, []).append(w.worker_id)
+    notes = []
+    for reason, ids in by_reason.items():
+        named = ", ".join(ids[:NOT_READY_NAMED])
+        if len(ids) > NOT_READY_NAMED:
+            named += f" and {len(ids) - NOT_READY_NAMED} more"
+        notes.append(f"not ready ({named}): {reason}")
+    return notes
+
+
 def workers_json(workers: Sequence[WorkerState], now: float) -> list[dict[str, Any]]:
     return [
         {
@@ -550,6 +579,7 @@ def workers_json(workers: Sequence[WorkerState], now: float) -> list[dict[str, A
             "pod": w.pod,
             "instance": w.instance,
             "state": worker_state(w),
+            "not_ready": w.not_ready or None,
             "in_flight": w.in_flight,
             "concurrency": w.concurrency,
             "done": w.done,
@@ -565,7 +595,7 @@ def workers_json(workers: Sequence[WorkerState], now: float) -> list[dict[str, A
 def workers_grid(workers: Sequence[WorkerState], now: float, queue: str) -> Grid:
     rows = [
         [
-            w.pod, w.instance, worker_state(w), f"{w.in_flight}/{w.concurrency}",
+            w.pod, w.instance, worker_state_shown(w), f"{w.in_flight}/{w.concurrency}",
             str(w.done), str(w.failed), format_age(now - w.last_heartbeat),
             format_age(now - w.started) if w.started else "-",
         ]
@@ -574,6 +604,7 @@ def workers_grid(workers: Sequence[WorkerState], now: float, queue: str) -> Grid
     return Grid(
         headers=["POD", "INSTANCE", "STATE", "IN-FLIGHT", "DONE", "FAILED", "HEARTBEAT", "UP"],
         rows=rows, title=f"Workers of queue {queue}: {len(workers)}",
+        notes=not_ready_notes(workers),
     )
 
 

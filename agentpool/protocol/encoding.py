@@ -70,6 +70,9 @@ def _checked_json(value: Any, what: str) -> tuple[str, int]:
         return compact_json(value)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(f"{what} is nested too deeply to encode as JSON (deeper than "
+                            "Python's recursion limit)") from None
 
 
 def has_control_character(text: str) -> bool:

@@ -283,6 +283,10 @@ class WorkerInfo:
     limit_window: Mapping[str, Any] | None = None
     """Run-seconds busy and spent waiting on each rate limit over the last minute
     (``{"busy": s, "waited": {limit: s}}``), when the pool declares rate limits."""
+    not_ready: str = ""
+    """Why a ``running`` worker claims nothing, as its ``/readyz`` says it (its ``ready`` hook
+    failed, every slot is stuck, Redis is full); "" while it claims. For the listings only:
+    nothing decides on it."""
 
     @property
     def worker_id(self) -> str:
@@ -310,6 +314,9 @@ class WorkerState:
     drain_requested: bool = False
     limit_window: Mapping[str, Any] | None = None
     """What the worker reported of its rate-limit waits (see WorkerInfo.limit_window)."""
+    not_ready: str = ""
+    """Why a ``running`` worker claims nothing, as of its last heartbeat (see
+    WorkerInfo.not_ready); "" while it claims, or from a worker that does not say."""
 
 
 @dataclass(frozen=True)

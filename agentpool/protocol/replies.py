@@ -157,8 +157,13 @@ def worker_states(reply: Sequence[Any]) -> list[WorkerState]:
             last_heartbeat=float(score) / 1000, started=float(info.get("started", 0)),
             drain_requested=bool(int(drain)),
             limit_window=_limit_window(info.get("limitWindow")),
+            not_ready=_text_or_empty(info.get("notReady")),
         ))
     return out
+
+
+def _text_or_empty(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _limit_window(value: Any) -> Mapping[str, Any] | None:

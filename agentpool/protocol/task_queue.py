@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+import weakref
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -20,7 +21,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentpool.coalesce import Coalescer
-from agentpool.connection import is_cluster, node_of_key
+from agentpool.connection import connections_busy_for, is_cluster, node_of_key
 from agentpool.direct import DEFAULT_LIMIT as DEFAULT_LINE_LIMIT
 from agentpool.direct import BlockingScriptLine, ScriptLine
 from agentpool.durability import (
@@ -124,7 +125,7 @@ from agentpool.protocol.waiting import (
     worth_retrying,
 )
 from agentpool.redis_errors import REDIS_FAILURES, TASKS_NOT_STORED, RedisFull, redis_full
-from agentpool.seconds import given_text, short_repr
+from agentpool.seconds import given_text, seconds_text, short_repr
 
 _EVENT_ID = re.compile(r"(\d+)(?:-(\d+))?")
 """A stream entry id as `events(after=...)` takes it: <milliseconds>-<sequence>, or the
@@ -146,6 +147,36 @@ def _checked_after(after: str) -> str:
             f"after must be an event id, <milliseconds>-<sequence> as TaskEvent.id gives it "
             f"(e.g. 1700000000000-0), got {short_repr(after)}")
     return after
+
+
+follows_blocking: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+"""`TaskQueue.events` followers whose blocking XREAD is in flight, per client: each holds a
+pooled connection until its read returns."""
+
+
+def holds_allowed(held: int, max_connections: int | None) -> bool:
+    """Whether one more connection of a client's pool (of at most `max_connections`) may be
+    held long, by a wait's subscription or a follower's blocking read, while `held` are.
+    Together they keep to `subscriptions_allowed`, at most half the pool: a follower asks again
+    as soon as its read returns, and redis-py's pool lets it take its connection straight back,
+    so with the pool's every connection held that way another call waited for ever."""
+    return held < subscriptions_allowed(max_connections)
+
+
+def _pool_size(redis: Any) -> int | None:
+    """A client's pool's `max_connections` (None: a Cluster client's, not capped)."""
+    size: int | None = getattr(getattr(redis, "connection_pool", None), "max_connections", None)
+    return size
+
+
+def _held_long(redis: Any) -> int:
+    return waits_subscribed.get(redis, 0) + follows_blocking.get(redis, 0)
+
+
+def _all_busy(redis: Any, busy_for: float) -> str:
+    """What a wait's TimeoutError says when it was cut off waiting for a pooled connection."""
+    return (f"the client's {_pool_size(redis)} connections (max_connections) were all in use "
+            f"for the last {seconds_text(round(busy_for, 1))}s")
 
 
 def _idempotency_arg(key: object) -> str:
@@ -625,13 +656,12 @@ class TaskQueue:
         if not pending:
             return
         total = len(pending)
-        pool_size = getattr(getattr(self.redis, "connection_pool", None), "max_connections",
-                            None)
-        subscribed = waits_subscribed.get(self.redis, 0) < subscriptions_allowed(pool_size)
+        subscribed = holds_allowed(_held_long(self.redis), _pool_size(self.redis))
         done = DoneSignal(self.redis, self.prefix + "done", poll=not subscribed)
         if subscribed:
             waits_subscribed[self.redis] = waits_subscribed.get(self.redis, 0) + 1
-        deadline = None if timeout is None else time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = None if timeout is None else began + timeout
         failing_since: float | None = None
         unanswered_since: float | None = None
         """When the read Redis has not answered yet (or its first try, failing since) began."""
@@ -663,10 +693,12 @@ class TaskQueue:
                         unanswered_since = None
                 except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                     if isinstance(error, TimeoutError) and deadline is not None:
+                        busy_for = connections_busy_for(self.redis, began)
                         unanswered_for = (None if unanswered_since is None
                                           else time.monotonic() - unanswered_since)
                         raise not_final(len(pending), total, self.name, timeout,
-                                        silence(reached, unanswered_for)) from None
+                                        silence(reached, unanswered_for) if busy_for is None
+                                        else _all_busy(self.redis, busy_for)) from None
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if not worth_retrying(error, reached=reached,
@@ -754,6 +786,13 @@ class TaskQueue:
         event it yielded after a lost connection, so none is missed or repeated (unless the
         stream's cap dropped it first); a connection lost for WAIT_RECONNECT_SECONDS in a row
         raises, as :meth:`wait` does. Raises TaskNotFound for an unknown task.
+
+        A follower waits for new events in an XREAD that blocks up to `block_seconds` on one
+        of the client's pooled connections while the connections held that way, with waits'
+        subscriptions, are under `subscriptions_allowed` (32, at most half the pool); more
+        followers read without blocking every `block_seconds` (the same two commands a
+        second, an event up to that much later), so that other calls always find a
+        connection.
         """
         last = "0-0" if after in (None, "") else _checked_after(after)
         key = self.events_key(task_id)
@@ -771,9 +810,7 @@ class TaskQueue:
                 after_final = False
                 entries: list[Any]
                 if follow:
-                    reply = cast(list[Any], await self.redis.xread(
-                        {key: last}, count=1000, block=int(block_seconds * 1000)))
-                    entries = reply[0][1] if reply else []
+                    entries = await self._entries_after(key, last, block_seconds)
                 else:
                     entries = cast(list[Any], await self.redis.xrange(
                         key, min=f"({last}", count=1000))
@@ -805,6 +842,23 @@ class TaskQueue:
                 last = event.id
                 yield event
             after_final = event.final
+
+    async def _entries_after(self, key: str, last: str, block_seconds: float) -> list[Any]:
+        """The stream's entries after `last`, waiting up to `block_seconds` for the first: in
+        a read that blocks, holding a pooled connection, while `holds_allowed`; else in one
+        that does not, then a sleep when it found none."""
+        if holds_allowed(_held_long(self.redis), _pool_size(self.redis)):
+            follows_blocking[self.redis] = follows_blocking.get(self.redis, 0) + 1
+            try:
+                reply = cast(list[Any], await self.redis.xread(
+                    {key: last}, count=1000, block=max(1, round(block_seconds * 1000))))
+            finally:
+                follows_blocking[self.redis] -= 1
+        else:
+            reply = cast(list[Any], await self.redis.xread({key: last}, count=1000))
+            if not reply:
+                await asyncio.sleep(block_seconds)
+        return cast(list[Any], reply[0][1]) if reply else []
 
     async def _ended_at(self, task_id: str, key: str, last: str) -> bool:
         """A ``final`` event ends the stream unless the task went on (a dead task requeued
@@ -1013,6 +1067,7 @@ class TaskQueue:
             "concurrency": worker.concurrency, "started": worker.started,
             "runsSince": list(worker.runs_since),
             **({"limitWindow": worker.limit_window} if worker.limit_window is not None else {}),
+            **({"notReady": worker.not_ready} if worker.not_ready else {}),
         })
         pairs = [x for item in held.items() for x in item]
         max_attempts, result_ttl = settings if settings is not None else ("", "")

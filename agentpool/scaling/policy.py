@@ -479,8 +479,8 @@ def _decide_serving(
     if current == 0 and not asleep and need == 0:
         idle_for = now - history.idle_since if history.idle_since is not None else 0.0
         if idle_for < window:
-            explain = (f"no pod serves, and the queue idle for {_ago(idle_for)} < {window:g}s "
-                       "before scaling to zero")
+            explain = (f"no pod serves and the queue was busy {_ago(idle_for)} ago: keeping "
+                       f"one pod for the {window:g}s window")
             return _scale_up(policy, current, 1, explain, history, now)
     highest = max([need, *(r.replicas for r in history.recommendations if r.at > now - window)])
     if highest < current:

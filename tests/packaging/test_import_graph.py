@@ -35,7 +35,8 @@ def offending(prefix: str, *, forbidden: tuple[str, ...],
     for module, targets in imports_of(prefix).items():
         if any(module == e or module.startswith(e + ".") for e in exempt):
             continue
-        found.extend(f"{module} -> {t}" for t in sorted(targets) if t.startswith(forbidden))
+        found.extend(f"{module} -> {t}" for t in sorted(targets)
+                     if any(t == f or t.startswith(f + ".") for f in forbidden))
     return found
 
 

@@ -35,6 +35,8 @@ async def run(payload: dict[str, Any], ctx: TaskContext) -> Any:
     mode = payload.get("mode", "ok")
     if mode == "fail":
         raise PermanentError("bad prompt")
+    if mode == "error":
+        raise RuntimeError("the LLM API answered 500")
     if mode == "sleep":
         await asyncio.sleep(float(payload["seconds"]))
     return {"client": ctx.state["client"]}

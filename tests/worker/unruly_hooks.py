@@ -1,6 +1,7 @@
 """Sync hooks that hang, are slow or call sys.exit(), for the worker hook tests. In a worker
 subprocess, UNRULY_HOOKS (comma-separated) says which misbehave: ``hang-shutdown``,
-``exit`` (sys.exit in ready's first check, every after_task and shutdown)."""
+``exit`` (sys.exit in ready's first check, every after_task and shutdown); ``short-grace``
+gives the shutdown hook 2 s past the drain rather than the pod's 14 s."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from typing import Any
 from agentpool_worker.handlers import TaskContext, TaskOutcome, WorkerContext
 
 MODES = set(filter(None, os.environ.get("UNRULY_HOOKS", "").split(",")))
+if "short-grace" in MODES:
+    from agentpool_worker import worker
+
+    worker.SHUTDOWN_GRACE_SECONDS = 2.0
 STATE: dict[str, Any] = {"startup_seconds": 0.0, "ready_hangs": False, "ready_checks": 0,
                          "after_task_gated": False, "after_task_hang_first": 0,
                          "after_task_done": [], "startup_began": False}

@@ -324,7 +324,7 @@ def cannot_start(program: str, exc: OSError) -> str:
     something (the ``#!`` interpreter that is missing: the file itself exists, whatever ``No
     such file or directory`` says; what makes an ``Exec format error``)."""
     path = shutil.which(program)
-    why = (program_problem(path) if path is not None else "") \
+    why = (program_problem(path, machine=True) if path is not None else "") \
         or exc.strerror or str(exc) or type(exc).__name__
     return f"cannot start {program!r}: {why}"
 

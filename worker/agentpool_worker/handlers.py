@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -57,7 +57,7 @@ from agentpool.protocol import (
     encode_event,
     encode_progress,
 )
-from agentpool.ratelimit import RateLimitError, Reservation, Throttle
+from agentpool.ratelimit import RateLimitError, Reservation, Throttle, UndeclaredLimit
 from agentpool.slots import Held, enter_unless
 from agentpool_worker.threads import DaemonThreads
 
@@ -427,13 +427,14 @@ class TaskContext:
         """Wait until rate limit `name` (one of the pool's spec.rateLimits) allows a call
         spending `requests` requests and `tokens` tokens, then return. One round trip to
         Redis; the wait is a sleep until the reserved time. Cancelled while it waits, it
-        gives the reservation back. An undeclared name raises RateLimitError."""
-        return await self._limits().limit(name, tokens, requests)
+        gives the reservation back. An undeclared name raises UndeclaredLimit (permanent: its
+        task is dead-lettered)."""
+        return await self._limits(name).limit(name, tokens, requests)
 
     def limit_sync(self, name: str, tokens: int = 0, *, requests: int = 1) -> Reservation:
         """:meth:`limit` for sync handlers. The wait ends early when ``ctx.cancelled`` is set:
         the reservation is given back and LimitWaitCancelled is raised."""
-        limits, loop = self._limits(), self._loop_for_sync("limit_sync")
+        limits, loop = self._limits(name), self._loop_for_sync("limit_sync")
         reservation = asyncio.run_coroutine_threadsafe(
             limits.reserve(name, tokens, requests), loop).result()
         began = time.monotonic()
@@ -447,10 +448,10 @@ class TaskContext:
     async def throttled(self, name: str, retry_after: float | None = None) -> Throttle:
         """The provider answered 429 (rate limited): pause limit `name` for every worker of
         every pool for `retry_after` seconds, then let its rate recover step by step."""
-        return await self._limits().throttled(name, retry_after)
+        return await self._limits(name).throttled(name, retry_after)
 
     def throttled_sync(self, name: str, retry_after: float | None = None) -> Throttle:
-        limits, loop = self._limits(), self._loop_for_sync("throttled_sync")
+        limits, loop = self._limits(name), self._loop_for_sync("throttled_sync")
         return asyncio.run_coroutine_threadsafe(limits.throttled(name, retry_after),
                                                 loop).result()
 
@@ -458,15 +459,15 @@ class TaskContext:
         """``async with ctx.hold(name):`` waits for one of the ``maxConcurrent`` slots of
         limit `name` (shared with every worker of every pool naming it; first come, first
         served) and gives it back when the block ends, however it ends. A limit declared
-        without maxConcurrent raises NoConcurrencyLimit, an undeclared one RateLimitError."""
-        return self._limits().hold(name)
+        without maxConcurrent raises NoConcurrencyLimit, an undeclared one UndeclaredLimit."""
+        return self._limits(name).hold(name)
 
     @contextmanager
     def hold_sync(self, name: str) -> Iterator[Held]:
         """:meth:`hold` for sync handlers: ``with ctx.hold_sync(name):``. The wait ends early
         when ``ctx.cancelled`` is set: the caller leaves the line and LimitWaitCancelled is
         raised."""
-        manager = self._limits().hold(name)
+        manager = self._limits(name).hold(name)
         loop = self._loop_for_sync("hold_sync")
         held = asyncio.run_coroutine_threadsafe(
             enter_unless(manager, self.cancelled), loop).result()
@@ -477,10 +478,16 @@ class TaskContext:
         finally:
             asyncio.run_coroutine_threadsafe(manager.__aexit__(None, None, None), loop).result()
 
-    def _limits(self) -> LimitChannel:
-        limits = self.channel.limits if self.channel is not None else None
-        if limits is None:
+    def _limits(self, name: str) -> LimitChannel:
+        """The worker's limits; a worker whose pool declares none refuses `name` as one that
+        declares others does (UndeclaredLimit: permanent, no retry declares it)."""
+        if self.channel is None:
             raise RateLimitError("no rate limits here: this run has no worker behind it")
+        limits = self.channel.limits
+        if limits is None:
+            raise UndeclaredLimit(
+                f"rate limit {name!r} is not declared for this pool: add it to the pool's "
+                "spec.rateLimits (declared: none)")
         return limits
 
     def _loop_for_sync(self, what: str) -> asyncio.AbstractEventLoop:
@@ -518,7 +525,9 @@ class TaskOutcome:
     result: Any = None
     error: str | None = None
     retryable: bool = False
-    """For ``failed``: another attempt may follow (when attempts remain)."""
+    """For ``failed``: another attempt may follow (the failure is retryable and attempts
+    remain); False on the last attempt, whose task goes to the dead letters. Redis may still
+    end it otherwise: a cancel request, an expiry that comes before the retry."""
 
 
 @dataclass(frozen=True)
@@ -539,6 +548,11 @@ class Handler:
     is_async: bool
     wants_context: bool
     hooks: Hooks = field(default_factory=Hooks)
+
+    @property
+    def runs_commands(self) -> bool:
+        """The command handler, under its own name or taken into a module of one's own."""
+        return getattr(self.func, "__module__", None) == COMMAND_MODULE
 
 
 async def call_hook(hook: Callable[..., Any], *args: Any, threads: DaemonThreads) -> Any:
@@ -599,6 +613,10 @@ def _where_modules_are_searched() -> str:
     return f"searched: {', '.join(places[:-1])} and {places[-1]}"
 
 
+COMMAND_MODULE = "agentpool_worker.command"
+"""Where the handler of pools of programs (``spec.worker.taskCommand``) lives."""
+
+
 def load_handler(name: str) -> Handler:
     """Import ``package.module:function`` and work out how to call it."""
     module_name, sep, attr = name.partition(":")
@@ -626,8 +644,14 @@ def load_handler(name: str) -> Handler:
             ) from None
     if not callable(obj):
         raise HandlerError(f"handler {name!r} is not callable")
-    return Handler(name, obj, _is_async(obj), _wants_context(name, obj),
-                   _hooks(name, module))
+    handler = Handler(name, obj, _is_async(obj), _wants_context(name, obj),
+                      _hooks(name, module))
+    if handler.runs_commands and handler.hooks.startup is None:
+        # taken into a module of one's own (to add hooks to it): the command's settings are
+        # still read at start
+        startup = getattr(sys.modules[COMMAND_MODULE], "startup", None)
+        handler = replace(handler, hooks=replace(handler.hooks, startup=startup))
+    return handler
 
 
 def _hooks(name: str, module: ModuleType) -> Hooks:

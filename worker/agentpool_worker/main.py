@@ -30,6 +30,7 @@ from agentpool_worker.settings import (
     ConfigError,
     env_name,
     load_settings,
+    task_program,
     variables,
 )
 from agentpool_worker.worker import StartupFailed, Worker
@@ -60,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = load_settings()
         _check_port(settings.port)
         handler = load_handler(settings.handler)
+        if handler.runs_commands and not settings.runs_commands:
+            # the command handler in a module of one's own: its command checked as for the
+            # handler itself, so a wrong one stops the worker rather than fail every task
+            task_program(settings.task_command)
     except (ConfigError, HandlerError) as exc:
         refuse(f"{PROG}: {exc}")
     configure_logging(settings.log_level)

@@ -18,7 +18,8 @@ and only reads the :class:`Health` record the loop keeps up to date.
   while a run is in progress or an outcome waits for Redis (``busy``): a restart would lose
   them, and a worker that is not ready claims nothing, so its runs end and liveness fails then.
 - ``/readyz`` fails when the last Redis request failed, or the worker is not claiming work
-  (starting, draining, drained, stopping), or the handler's ``ready`` hook failed its last
+  (starting, the body saying so while the ``startup`` hook runs; draining, drained,
+  stopping), or the handler's ``ready`` hook failed its last
   check, or every slot is held by a stopped run whose thread has not returned, or Redis is
   full (maxmemory reached: it refuses claims, so no new task starts). A full Redis is not an
   unreachable one: Redis answers, heartbeats and outcomes go on, and the body says so rather
@@ -71,6 +72,9 @@ class Health:
     knows)."""
     heartbeating: bool = False
     """Heartbeats are due: the worker is past its ``startup`` hook."""
+    startup_hook_since: float | None = None
+    """Since when (monotonic) the handler's ``startup`` hook has been running; None when it
+    is not."""
     stuck_restart_seconds: float = 0.0
     """How long the worker may be stuck for good (see :meth:`restart_due`) before ``/livez``
     fails; 0 never."""
@@ -154,7 +158,15 @@ class Health:
                     "and no run is in progress; a restart starts it afresh")
         return ""
 
-    def readiness(self) -> tuple[bool, str]:
+    def startup_hook(self, running: bool) -> None:
+        self.startup_hook_since = time.monotonic() if running else None
+
+    def readiness(self, now: float | None = None) -> tuple[bool, str]:
+        since = self.startup_hook_since
+        if since is not None:
+            now = time.monotonic() if now is None else now
+            return False, (f"the startup hook has been running for {now - since:.1f}s; the "
+                           "worker connects to Redis once it returns")
         if not self.redis_ok:
             return False, self.redis_error
         if self.state != "running":

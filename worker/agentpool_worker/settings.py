@@ -227,12 +227,14 @@ of it) 32-bit ARM."""
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def program_problem(path: str) -> str:
+def program_problem(path: str, *, machine: bool = False) -> str:
     """Why the executable file at `path` cannot start ("" when nothing that can be seen is
     wrong, or it cannot be read): a script whose ``#!`` interpreter cannot run
-    (`interpreter_problem`); a file that is neither a ``#!`` script nor an ELF program, or an
-    ELF program for another machine than the worker's, which Linux refuses on every run
-    (``Exec format error``)."""
+    (`interpreter_problem`); a file that is neither a ``#!`` script nor an ELF program, which
+    Linux refuses on every run (``Exec format error``). With `machine` (once Linux refused
+    it), also an ELF program for another machine than the worker's: not at start, where a
+    kernel that runs other machines' binaries too (a 32-bit image on a 64-bit kernel,
+    binfmt_misc and qemu) would be refused a program it runs."""
     try:
         with open(path, "rb") as file:
             start = file.read(20)
@@ -248,10 +250,12 @@ def program_problem(path: str) -> str:
                 f"run: begin it with one (#!/bin/sh, #!/usr/bin/env python3)")
     if len(start) < 20 or _elf_field(start, 16) not in ELF_PROGRAMS:
         return f"{path} is an ELF file but no program Linux can run (an object file?)"
-    machine, own = _elf_field(start, 18), _own_machine()
-    if own is None or machine == own or machine in ALSO_RUNS.get(own, ()):
+    if not machine:
         return ""
-    return (f"{path} is a binary for {_machine_name(machine)}, which this machine "
+    elf_machine, own = _elf_field(start, 18), _own_machine()
+    if own is None or elf_machine == own or elf_machine in ALSO_RUNS.get(own, ()):
+        return ""
+    return (f"{path} is a binary for {_machine_name(elf_machine)}, which this machine "
             f"({_machine_name(own)}) cannot run: build it, or take the image, for "
             f"{_machine_name(own)}")
 

@@ -140,6 +140,12 @@ STOP_SECONDS = 11.0
 """How long runs still going at the end of the SIGTERM drain get to end once told to stop
 (each hands its task back as it ends; those still going, then): a command's grace is at most
 10 s, then SIGKILL."""
+SHUTDOWN_GRACE_SECONDS = 14.0
+"""How long after the stop request, beyond ``drain_seconds``, the ``shutdown`` hook may still
+be running: the pod's termination grace is drainSeconds + 15 s (the operator's
+GRACE_MARGIN_SECONDS), less a second to close the connections and exit before the SIGKILL."""
+SHUTDOWN_FLOOR_SECONDS = 3.0
+"""The least a ``shutdown`` hook gets, when the stop took the whole grace already."""
 HOOK_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 """What a hook may raise that counts as the hook failing (sys.exit() in a library too)."""
 PASSWORD_PLACE = f"AGENTPOOL_REDIS_URL ({URL_WITH_PASSWORD}), set from the pool's spec.redis"
@@ -162,12 +168,37 @@ def reap_due(overdue: float, reachable_for: float, lease_seconds: float) -> bool
     return overdue >= UNREAPED_SECONDS and reachable_for >= lease_seconds
 
 
+def shutdown_budget(drain_seconds: float, since_stop: float) -> float:
+    """Seconds the ``shutdown`` hook gets, `since_stop` seconds after the stop request: what
+    remains of ``drain_seconds`` + SHUTDOWN_GRACE_SECONDS, but at least SHUTDOWN_FLOOR_SECONDS
+    (to the tenth of a second, as the log line says it)."""
+    left = drain_seconds + SHUTDOWN_GRACE_SECONDS - since_stop
+    return round(max(SHUTDOWN_FLOOR_SECONDS, left), 1)
+
+
+def not_ready_reason(health: Health) -> str:
+    """Why a ``running`` worker claims nothing, for its heartbeat record ("" while it claims,
+    and in every other state, which says it itself): what ``/readyz`` answers, but an
+    unreachable Redis (a heartbeat that gets through shows it reachable again)."""
+    if health.state != RUNNING:
+        return ""
+    if health.check_error:
+        return f"ready check failed: {health.check_error}"
+    return health.slots_error or health.full_error
+
+
 def heartbeat_late(late: float, interval: float, lease: float) -> bool:
     """Whether a heartbeat `late` seconds behind its time (one every `interval` seconds) went
     out too late for the leases it renews: more than a lease after the previous one ended,
     so that they may have run out (and their tasks gone to other workers). The process did
     not run meanwhile: a handler held the GIL (a long call into C) or blocked the loop."""
     return interval + late > lease
+
+
+def another_attempt(retryable: bool, task: ClaimedTask) -> bool:
+    """Whether a failed run's task may run again (``TaskOutcome.retryable``): its failure is
+    retryable and attempts remain; the last attempt's goes to the dead letters."""
+    return retryable and task.attempts < task.max_attempts
 
 
 class StartupFailed(Exception):
@@ -339,6 +370,8 @@ class Worker:
         self._outbox = EventOutbox(wake=self._flush_wanted)
         self._beat_now = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        self._stopped_at: float | None = None
+        """When the stop was requested (monotonic): the pod's termination grace began."""
         self._started = asyncio.Event()
         self._claim_uncertain = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -354,6 +387,7 @@ class Worker:
         if not self._stop_requested.is_set():
             self._log.info("stop requested", state=self.state, in_flight=len(self._runs))
             self._stop_requested.set()
+            self._stopped_at = time.monotonic()
 
     @property
     def busy_threads(self) -> int:
@@ -454,6 +488,7 @@ class Worker:
         hook = self.handler.hooks.startup
         if hook is None:
             return
+        self.health.startup_hook(True)
         try:
             await call_hook(hook, self.worker_ctx, threads=self._hook_threads)
         except HOOK_FAILURES as exc:
@@ -461,12 +496,16 @@ class Worker:
             why = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
             raise StartupFailed(mask_urls(f"startup hook of {self.handler.name!r} failed: "
                                           f"{type(exc).__name__}: {why}")) from exc
+        finally:
+            self.health.startup_hook(False)
 
     async def _shutdown_hook(self) -> None:
         hook = self.handler.hooks.shutdown
         if hook is None:
             return
-        budget = self.settings.drain_seconds + 5
+        now = time.monotonic()
+        since_stop = 0.0 if self._stopped_at is None else now - self._stopped_at
+        budget = shutdown_budget(self.settings.drain_seconds, since_stop)
         deadline = asyncio.timeout(budget)
         try:
             async with deadline:
@@ -536,6 +575,7 @@ class Worker:
                 self._log.info("ready check passes again")
             else:
                 self._log.warning("ready check failed; not claiming", reason=reason)
+            self._beat_now.set()  # the listings say why it claims nothing, or no longer
         self._check_ok = ok
         self.health.check_failed(reason[:500])
         self.health.ready_check_hung(hung_since)
@@ -798,6 +838,7 @@ class Worker:
     async def _beat(self) -> None:
         held = {task_id: task.token for task_id, task in self._held.items()}
         self.info.runs_since = tuple(sorted(task.claimed_ms for task in self._held.values()))
+        self.info.not_ready = not_ready_reason(self.health)
         if self._limits is not None:
             self.info.limit_window = self._limits.window()
             for name, count in self._limits.lapsed().items():
@@ -1277,8 +1318,10 @@ class Worker:
         self._free -= 1
         if self._limits is not None:
             self._limits.runs_changed(+1)
-        if self._held.get(task.id) not in (None, task):
-            self.metrics.lost.inc()  # the earlier claim's outcome will never be recorded
+        if self._held.get(task.id) not in (None, task) and task.id not in self._reporting:
+            # the earlier claim's outcome will never be recorded (one on its way to Redis is
+            # counted when Redis refuses it)
+            self.metrics.lost.inc()
         self._held[task.id] = task
         self._runs[task.id] = run
         self.metrics.started.inc()
@@ -1297,8 +1340,9 @@ class Worker:
         began = time.monotonic()
         outcome: TaskOutcome | None = None
 
-        def ended(status: str, **details: Any) -> TaskOutcome:
-            return TaskOutcome(status, time.monotonic() - began, **details)
+        def ended(status: str, *, retryable: bool = False, **details: Any) -> TaskOutcome:
+            return TaskOutcome(status, time.monotonic() - began,
+                               retryable=another_attempt(retryable, task), **details)
 
         try:
             try:
