@@ -176,7 +176,8 @@ def _check_server_url(url: str) -> None:
     except TypeError as error:
         option = re.search(r"unexpected keyword argument '([^']+)'", str(error))
         name = f" {option.group(1)!r}" if option else ""
-        if option and option.group(1).startswith("ssl_") and url.lower().startswith("redis://"):
+        if (option and option.group(1).startswith("ssl")
+                and url.lower().startswith("redis://")):
             raise RedisURLError(f"TLS options ({option.group(1)}) need a TLS URL (rediss://)"
                                 ) from None
         raise RedisURLError(

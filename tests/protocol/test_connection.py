@@ -347,6 +347,8 @@ def test_a_tls_option_on_a_plain_url_asks_for_rediss() -> None:
     with pytest.raises(RedisURLError, match=r"TLS options \(ssl_ca_certs\) need a TLS URL "
                                             r"\(rediss://\)"):
         check_redis_url("redis://127.0.0.1:6379/0?ssl_ca_certs=/etc/redis-tls/ca.crt")
+    with pytest.raises(RedisURLError, match=r"TLS options \(ssl\) need a TLS URL \(rediss://\)"):
+        check_redis_url("redis://127.0.0.1:6379/0?ssl=true")
     with pytest.raises(RedisURLError, match="'bogus_option' that Redis connections do not take"):
         check_redis_url("redis://127.0.0.1:6379/0?bogus_option=1")
 
