@@ -17,9 +17,12 @@ from worker_helpers import eventually, settings, task_in
 from agentpool.protocol import TaskQueue
 from agentpool_worker import worker as worker_module
 from agentpool_worker.worker import (
+    AFTER_TASK_SECONDS,
     SHUTDOWN_FLOOR_SECONDS,
     SHUTDOWN_GRACE_SECONDS,
+    STOP_SECONDS,
     Worker,
+    after_task_wait,
     shutdown_budget,
 )
 
@@ -44,6 +47,19 @@ def test_the_hook_gets_what_remains_of_the_grace_with_a_floor(
     drain: float, since_stop: float, budget: float,
 ) -> None:
     assert shutdown_budget(drain, since_stop) == budget
+
+
+@pytest.mark.parametrize(("drain", "since_stop", "wait"), [
+    (60.0, 0.0, AFTER_TASK_SECONDS),
+    (2.0, 2.0 + STOP_SECONDS, SHUTDOWN_GRACE_SECONDS - STOP_SECONDS - SHUTDOWN_FLOOR_SECONDS),
+    (2.0, 16.0, 0.0),
+])
+def test_after_task_hooks_at_exit_leave_the_shutdown_hook_its_floor_within_the_grace(
+    drain: float, since_stop: float, wait: float,
+) -> None:
+    assert after_task_wait(drain, since_stop) == pytest.approx(wait)
+    assert since_stop + wait + SHUTDOWN_FLOOR_SECONDS <= max(
+        drain + SHUTDOWN_GRACE_SECONDS, since_stop + SHUTDOWN_FLOOR_SECONDS)
 
 
 def test_the_hook_ends_before_the_pods_termination_grace() -> None:

@@ -176,6 +176,14 @@ def shutdown_budget(drain_seconds: float, since_stop: float) -> float:
     return round(max(SHUTDOWN_FLOOR_SECONDS, left), 1)
 
 
+def after_task_wait(drain_seconds: float, since_stop: float) -> float:
+    """Seconds the exit waits for ``after_task`` hooks still running, `since_stop` seconds after
+    the stop request: AFTER_TASK_SECONDS at most, and no later than leaves the ``shutdown``
+    hook its SHUTDOWN_FLOOR_SECONDS within the grace (`shutdown_budget`)."""
+    left = drain_seconds + SHUTDOWN_GRACE_SECONDS - SHUTDOWN_FLOOR_SECONDS - since_stop
+    return min(AFTER_TASK_SECONDS, max(0.0, left))
+
+
 def not_ready_reason(health: Health) -> str:
     """Why a ``running`` worker claims nothing, for its heartbeat record ("" while it claims,
     and in every other state, which says it itself): what ``/readyz`` answers, but an
@@ -672,7 +680,9 @@ class Worker:
             )
         hooks = self._executing - late  # after_task hooks still running
         if hooks:
-            await asyncio.wait(hooks, timeout=AFTER_TASK_SECONDS)
+            now = time.monotonic()
+            since_stop = 0.0 if self._stopped_at is None else now - self._stopped_at
+            await asyncio.wait(hooks, timeout=after_task_wait(s.drain_seconds, since_stop))
         with contextlib.suppress(*REDIS_FAILURES, TimeoutError):
             async with asyncio.timeout(s.redis_timeout_seconds):
                 await self._rt(self.queue.requeue_owner(self.worker_id, reason="worker stopped"))
