@@ -3,8 +3,9 @@
 Each round of the pool's loop calls `scale` with what it observed; the decisions are pure
 functions in `scaling_plan` (what the policy sees, which pods to mark, how many replicas), and
 this module reads their inputs and applies their outputs. The Deployment is written only when
-its replica count changes or a replica is given back (a give-back and a new pod in one round
-leave the count as it was, yet the pod given back must be named).
+its replica count changes, a replica is given back (a give-back and a new pod in one round
+leave the count as it was, yet the pod given back must be named), the last decision turns zero
+or back (see below) or someone else wrote the count.
 
 Scale-down never interrupts a run. A pod chosen for removal (idle first, then the fewest and
 oldest runs, `scaledown.removal_rank`) is *marked* with
@@ -32,13 +33,19 @@ never only in memory, so a retried round or a restarted operator chooses no more
 
 The policy's history lives in the pool's `PoolState`; each scale also records it in an
 annotation of the Deployment, in the same write as the replica count, so a restarted operator
-keeps its scale times. A restored history restarts its stabilisation window: the
-recommendations the operator did not see while it was away might have forbidden a scale-down.
+keeps its scale times; and also when its last decision turns zero or back without a change of
+the count (a decision of zero only releases pods at first), as a restarted operator tells an
+asleep pool by it. A restored history restarts its stabilisation window: the recommendations
+the operator did not see while it was away might have forbidden a scale-down.
 A paused pool's history restarts it too (and its idle time), at the first round after the
 pause: no decision saw the queue meanwhile. The count written rides in another annotation: a
 count that differs from it was written by someone else (kubectl scale, a leftover HPA), which
 one Warning `ReplicasChangedOutside` says, naming the writer from the Deployment's
-managedFields, in the round that writes the operator's own count back.
+managedFields, in the round that writes the operator's own count back (no Warning when the
+operator's own field manager wrote it last: an older operator, which kept no annotation).
+A count set while paused is the user's: the paused round records it in both annotations
+(`_accept_count`), and the first round after the pause takes it as the last decision, so a
+pool set to zero by hand stays asleep and one set above zero is awake.
 
 A marked pod deleted by someone else (by hand, a rollout, an eviction) before its replica was
 given back takes the replica with it (`scaling_plan.lost_replicas`): the ReplicaSet removes
@@ -112,6 +119,7 @@ from .scaling_plan import (
     scaling_condition,
     serving_load,
     serving_replicas,
+    sleep_unrecorded,
     stale_drains,
     zero_ready,
 )
@@ -172,6 +180,7 @@ async def scale(
         if history is None:
             history = restore_history(annotations.get(HISTORY_ANNOTATION), now)
         state.scaling_history = replace(history, since=None, idle_since=None)
+        await _accept_count(observation, state, replicas, kube)
         draining, problem = await _pause(observation, state, pods, replicas, now, kube)
         return ActionResult(
             status_fields={"desiredReplicas": replicas, "rateLimitedBy": None, **draining},
@@ -182,8 +191,14 @@ async def scale(
             problems=(problem,) if problem else (),
         )
 
+    # A history kept with no start of its window: the first round after a pause. The count
+    # found is the user's, not another writer's, and the pool is asleep only if it is zero,
+    # whatever was decided before the pause.
+    resumed = state.scaling_history is not None and state.scaling_history.since is None
     if state.scaling_history is None:
         state.scaling_history = restore_history(annotations.get(HISTORY_ANNOTATION), now)
+    if resumed:
+        state.scaling_history = replace(state.scaling_history, replicas=replicas)
     given_back = _names(annotations.get(RELEASED_ANNOTATION))
     policy = ScalingPolicy.from_spec(spec.scaling, spec.worker.concurrency,
                                      [limit.name for limit in spec.rate_limits or ()])
@@ -223,9 +238,10 @@ async def scale(
                           decision.keep)
         await _apply_marks(observation, plan, replicas, summaries, work or {}, drains, kube)
         outside = replicas_changed_outside(deployment)
-        if plan.writes_deployment(replicas) or outside is not None:
-            await _patch_replicas(observation, state, decision, plan, kube)
-            if outside is not None:
+        count = plan.writes_deployment(replicas) or outside is not None
+        if count or sleep_unrecorded(annotations.get(HISTORY_ANNOTATION), decision.history):
+            await _patch_replicas(observation, state, decision, plan, kube, count=count)
+            if outside is not None and not resumed:
                 _post(observation, "ReplicasChangedOutside", outside.message(plan.replicas),
                       warning=True)
         await _withdraw_marks(observation, plan.withdraw, kube)
@@ -254,9 +270,7 @@ async def scale(
         _post(observation, "DrainedPodsRemoved",
               f"pods {', '.join(plan.give_back)} finished their runs; their replicas go")
     if plan.lost:
-        _post(observation, "DrainedPodsRemoved",
-              f"pods {', '.join(plan.lost)} were deleted while they drained; their replicas go "
-              "with them (the pods started in their place are removed)")
+        _post(observation, "DrainedPodsRemoved", _lost_message(plan))
     if decision.changed:
         fields["lastScaleTime"] = rfc3339(observation.now)
         fields["lastScaleReason"] = sanitize(decision.reason)
@@ -276,6 +290,18 @@ async def scale(
         status_fields=fields, conditions=tuple(conditions),
         problems=(node_problem,) if node_problem else (),
     )
+
+
+def _lost_message(plan: ScalePlan) -> str:
+    deleted = f"pods {', '.join(plan.lost)} were deleted while they drained"
+    kept = plan.replacements_kept
+    if not kept:
+        return (f"{deleted}; their replicas go with them (the pods started in their place are "
+                "removed)")
+    if kept == len(plan.lost):
+        return f"{deleted}; the pods started in their place stay, as the scale-up's new pods"
+    return (f"{deleted}; {kept} of the pods started in their place stay as the scale-up's new "
+            "pods, the others go with the replicas of the deleted ones")
 
 
 async def _guard(
@@ -406,22 +432,28 @@ def _report_drains(observation: PoolObservation, purpose: str, names: Sequence[s
 
 async def _patch_replicas(
     observation: PoolObservation, state: PoolState, decision: Decision, plan: ScalePlan,
-    kube: KubeApi,
+    kube: KubeApi, count: bool = True,
 ) -> None:
+    """Write the count with the history, or (`count` False) the history alone: a count
+    written from this round's read of the Deployment could undo, unseen, one set since by
+    someone else. The history alone failing only logs: the decision stands in memory."""
     history = json.dumps(decision.history.to_json(), separators=(",", ":"))
-    patch = {
-        "metadata": {"annotations": {
-            HISTORY_ANNOTATION: history,
+    patch: dict[str, Any] = {"metadata": {"annotations": {HISTORY_ANNOTATION: history}}}
+    if count:
+        patch["metadata"]["annotations"].update({
             RELEASED_ANNOTATION: ",".join(plan.given_back) or None,
             REPLICAS_ANNOTATION: str(plan.replicas),
-        }},
-        "spec": {"replicas": plan.replicas},
-    }
+        })
+        patch["spec"] = {"replicas": plan.replicas}
     try:
         async with state.lock:
             patched = await kube.patch_deployment(observation.namespace, observation.name, patch)
             state.remember_deployment(patched)
     except ApiException as error:
+        if not count:
+            log.warning(f"{observation.namespace}/{observation.name}: cannot record the "
+                        f"scaling history: {api_error_message(error)}")
+            return
         log.warning(f"{observation.namespace}/{observation.name}: scaling failed: "
                     f"{api_error_message(error)}")
         raise ScaleAborted(ConditionUpdate(
@@ -429,6 +461,34 @@ async def _patch_replicas(
             f"cannot set the Deployment's replicas to {plan.replicas}: "
             f"{api_error_message(error)}",
         )) from None
+
+
+async def _accept_count(
+    observation: PoolObservation, state: PoolState, replicas: int, kube: KubeApi
+) -> None:
+    """Paused, the pool's count is the user's: a count set by hand becomes the one the
+    operator keeps (REPLICAS_ANNOTATION, so resuming warns of no other writer) and the last
+    decision (the history's, so that a pool set to zero sleeps once resumed, and one set
+    above zero is awake), also for an operator restarted before the resume's first round."""
+    deployment = observation.deployment or {}
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    written = annotations.get(REPLICAS_ANNOTATION)
+    if state.scaling_history is None or written is None or written == str(replicas):
+        return
+    history = replace(state.scaling_history, replicas=replicas)
+    patch = {"metadata": {"annotations": {
+        HISTORY_ANNOTATION: json.dumps(history.to_json(), separators=(",", ":")),
+        REPLICAS_ANNOTATION: str(replicas),
+    }}}
+    try:
+        async with state.lock:
+            patched = await kube.patch_deployment(observation.namespace, observation.name, patch)
+            state.remember_deployment(patched)
+    except ApiException as error:
+        log.warning(f"{observation.namespace}/{observation.name}: cannot record the count set "
+                    f"while paused: {api_error_message(error)}")
+        return
+    state.scaling_history = history
 
 
 async def _withdraw_marks(

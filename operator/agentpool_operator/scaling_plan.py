@@ -10,7 +10,8 @@ replicas the Deployment keeps (see `scaling_actions`, which applies the plan); `
 the drains a paused pool withdraws.
 `scaling_condition` words the `Scaling` condition, `zero_ready` the `Ready` condition of a
 pool that wants no serving pod; `draining_fields` the status's count of pods that finish their
-runs before they go; `replicas_changed_outside` tells a replica count someone else wrote.
+runs before they go; `replicas_changed_outside` tells a replica count someone else wrote;
+`sleep_unrecorded` whether the history must be written though the count stays.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ HISTORY_ANNOTATION = "agentpool.dev/scaling-history"
 RELEASED_ANNOTATION = "agentpool.dev/replicas-given-back"
 """On the Deployment: the drained pods whose replica the last replica count already left out."""
 REPLICAS_ANNOTATION = "agentpool.dev/replicas"
-"""On the Deployment: the replica count the operator last wrote, so that one written by
-someone else (kubectl scale, an HPA) is told apart."""
+"""On the Deployment: the replica count the operator last wrote (or, paused, found: a count
+set by hand while paused is the user's), so that one written by someone else (kubectl scale,
+an HPA) is told apart."""
 OWN_FIELD_MANAGERS = frozenset({FIELD_MANAGER, "OpenAPI-Generator"})
 """The field managers of the operator's own writes (an older operator named none, so the API
 server took the Kubernetes client's user agent)."""
@@ -214,7 +216,11 @@ class ScalePlan:
     Deployment's annotation: a terminating one stays named, so that it never passes for a
     deleted pod that still holds its replica (see `lost_replicas`)."""
     start: int = 0
-    """New pods this round asks for."""
+    """New pods this round asks for (the pods started in place of `lost` ones that stay are
+    not new: see `replacements_kept`)."""
+    replacements_kept: int = 0
+    """Pods the ReplicaSet started in place of `lost` ones that stay: a scale-up in the same
+    round takes them, so the count gives back fewer replicas than pods were lost."""
     delete: tuple[str, ...] = ()
     """Given back, yet the ReplicaSet kept them (it removed another pod, or the count rose
     again): drained pods that serve nothing, deleted so that it replaces them."""
@@ -256,7 +262,8 @@ def plan_scale(
     released one is deleted, see `ScalePlan.delete`). A released pod still Ready goes only
     while no other live pod is unready: the ReplicaSet removes unready pods before ready ones
     whatever their cost, and the busy pods chosen for removal are unready while they drain.
-    The replicas of marked pods deleted by someone else go too (`lost_replicas`).
+    The replicas of marked pods deleted by someone else go too (`lost_replicas`); a scale-up
+    in the same round keeps the pods started in their place as the new pods it asks for.
 
     A released pod that holds a run again (it claimed one between its mark and its drain
     request) goes back to the chosen cost, and the round that moves it gives no replica back:
@@ -314,6 +321,7 @@ def plan_scale(
         give_back = [n for n in give_back if not by_name[n].ready]
     kept = len(out) - len(plan.withdraw) - len(give_back) + len(plan.drain)
     orphans = tuple(n for n in given if n in by_name) if len(live) <= replicas else ()
+    kept_replacements = min(len(replaced), plan.start)
     return ScalePlan(
         replicas=target + kept,
         drain=(*(n for n in plan.drain if n not in idle), *leavers, *busy_again),
@@ -322,7 +330,8 @@ def plan_scale(
         give_back=tuple(give_back),
         lost=lost,
         given_back=tuple(sorted({*given, *give_back, *lost})),
-        start=plan.start,
+        start=plan.start - kept_replacements,
+        replacements_kept=kept_replacements,
         delete=orphans,
     )
 
@@ -386,6 +395,19 @@ def restore_history(annotation: str | None, now: float) -> ScalingHistory:
         log.warning(f"ignoring unreadable {HISTORY_ANNOTATION}: {error}")
         return ScalingHistory()
     return replace(history, since=now)
+
+
+def sleep_unrecorded(annotation: str | None, history: ScalingHistory) -> bool:
+    """Whether the history annotation (`annotation`) and `history` disagree on whether the last
+    decision was zero. A restarted operator tells an asleep pool by it, so a round writes it
+    when that changes, even with the count as it was (a decision of zero only releases pods
+    at first); other changes of the decision wait for a change of the count."""
+    try:
+        data = json.loads(annotation) if annotation else {}
+    except ValueError:
+        data = {}
+    recorded = data.get("replicas") if isinstance(data, dict) else None
+    return (recorded == 0) != (history.replicas == 0)
 
 
 def scaling_condition(
@@ -519,17 +541,26 @@ class OutsideChange:
     """The field manager that wrote it, when the Deployment's managedFields tell."""
 
     def message(self, decided: int) -> str:
+        """`decided`: the count the operator writes now; the other writer's while a
+        scale-down waits for its window."""
         by = f" by {self.by}" if self.by else ""
+        if decided == self.replicas:
+            action = f"keeps {decided} for now and sizes the pool by its queue from here"
+        else:
+            action = f"sizes the pool itself and sets {decided}"
         return (f"the Deployment's replicas were changed to {self.replicas}{by}, outside the "
-                f"operator (it had set {self.written}): the operator sizes the pool itself and "
-                f"sets {decided}. Remove the other writer (an HPA, a KEDA ScaledObject), or set "
-                "spec.paused to size the pool by hand")
+                f"operator (it had set {self.written}): the operator {action}. Remove the "
+                "other writer (an HPA, a KEDA ScaledObject), or set spec.paused to size the "
+                "pool by hand")
 
 
 def replicas_changed_outside(deployment: Mapping[str, Any]) -> OutsideChange | None:
     """Whether the Deployment's spec.replicas differs from the count the operator last wrote
     (REPLICAS_ANNOTATION; None when it wrote none yet), and by whom: the latest field manager
-    owning spec.replicas that is not the operator's own."""
+    owning spec.replicas that is not the operator's own.
+
+    None too when the latest owner is one of the operator's own (OWN_FIELD_MANAGERS): an
+    operator that kept no annotation wrote it (a downgrade to an older version, and back)."""
     meta = deployment.get("metadata") or {}
     written = (meta.get("annotations") or {}).get(REPLICAS_ANNOTATION)
     replicas = (deployment.get("spec") or {}).get("replicas", 1)
@@ -537,15 +568,18 @@ def replicas_changed_outside(deployment: Mapping[str, Any]) -> OutsideChange | N
         return None
     if int(written) == replicas:
         return None
-    writers = []
+    writers: list[tuple[float, str]] = []
+    own: list[tuple[float, str]] = []
     for entry in meta.get("managedFields") or ():
         if not isinstance(entry, Mapping):
             continue
         fields = entry.get("fieldsV1") or {}
         spec = fields.get("f:spec") if isinstance(fields, Mapping) else None
         manager = entry.get("manager")
-        if (isinstance(spec, Mapping) and "f:replicas" in spec and isinstance(manager, str)
-                and manager not in OWN_FIELD_MANAGERS):
+        if isinstance(spec, Mapping) and "f:replicas" in spec and isinstance(manager, str):
             at = parse_rfc3339(entry.get("time"))
-            writers.append((at.timestamp() if at is not None else 0.0, manager))
+            written_at = at.timestamp() if at is not None else 0.0
+            (own if manager in OWN_FIELD_MANAGERS else writers).append((written_at, manager))
+    if own and (not writers or max(own)[0] >= max(writers)[0]):
+        return None
     return OutsideChange(replicas, int(written), max(writers)[1] if writers else None)

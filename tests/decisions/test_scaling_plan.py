@@ -33,6 +33,7 @@ from agentpool_operator.scaling_plan import (
     scaling_condition,
     serving_load,
     serving_replicas,
+    sleep_unrecorded,
     stale_drains,
     zero_ready,
 )
@@ -539,6 +540,21 @@ def test_a_draining_pod_deleted_by_hand_gives_its_replica_back_with_it() -> None
     assert (again.lost, again.given_back, again.replicas) == ((), ("d",), 1), "once only"
 
 
+def test_a_scale_up_in_the_round_a_draining_pod_is_found_deleted_keeps_its_replacement(
+) -> None:
+    """Busy draining d was deleted by hand and r started in its place; the same round needs
+    a third serving pod: r is that pod. The count stays, nothing new starts."""
+    summaries = [PodSummary("a"), PodSummary("b"), deleted("d"),
+                 PodSummary("r", ready=False, created=NOW - 4)]
+    runs = work(a=2, b=2, d=1)
+    plan = plan_scale(summaries, 3, (), 3, runs, NOW)
+    assert (plan.replicas, plan.lost, plan.start, plan.replacements_kept) == (3, ("d",), 0, 1)
+    steady = plan_scale(summaries, 3, (), 2, runs, NOW)
+    assert (steady.replicas, steady.start, steady.replacements_kept) == (2, 0, 0)
+    more = plan_scale(summaries, 3, (), 4, runs, NOW)
+    assert (more.replicas, more.start, more.replacements_kept) == (4, 1, 1)
+
+
 def test_a_deleted_pods_replica_stays_while_a_pod_with_a_run_could_go_instead() -> None:
     runs = {"s": PodWork(1), "d": PodWork(1), "busy": PodWork(2)}
     replacement = PodSummary("r", ready=False, created=NOW - 4)
@@ -603,13 +619,48 @@ def owns_replicas(manager: str, at: str) -> dict[str, object]:
 def test_replicas_written_outside_the_operator_and_by_whom() -> None:
     hpa = owns_replicas("kube-controller-manager", "2025-01-01T00:10:00Z")
     kubectl = owns_replicas("kubectl", "2025-01-01T00:05:00Z")
-    ours = owns_replicas("OpenAPI-Generator", "2025-01-01T00:20:00Z")
+    ours = owns_replicas("OpenAPI-Generator", "2025-01-01T00:01:00Z")
     assert replicas_changed_outside(scaled(4, "4", hpa)) is None
     assert replicas_changed_outside(scaled(4, None, hpa)) is None, "nothing written yet"
     assert replicas_changed_outside(scaled(6, "4", kubectl, hpa, ours)) == OutsideChange(
         6, 4, "kube-controller-manager")
-    change = replicas_changed_outside(scaled(1, "4", ours))
+    change = replicas_changed_outside(scaled(1, "4"))
     assert change == OutsideChange(1, 4, None)
     assert change.message(4).startswith(
         "the Deployment's replicas were changed to 1, outside the operator (it had set 4): "
         "the operator sizes the pool itself and sets 4")
+
+
+def test_a_count_the_operator_wrote_last_is_not_someone_elses() -> None:
+    """Downgraded to an operator that keeps no agentpool.dev/replicas, which changed the
+    count, and upgraded back: the managedFields say the operator wrote it last."""
+    older = owns_replicas("OpenAPI-Generator", "2025-01-01T00:20:00Z")
+    assert replicas_changed_outside(scaled(3, "2", older)) is None
+    kubectl = owns_replicas("kubectl", "2025-01-01T00:05:00Z")
+    assert replicas_changed_outside(scaled(3, "2", kubectl, older)) is None
+    ours = owns_replicas("agentpool-operator", "2025-01-01T00:20:00Z")
+    assert replicas_changed_outside(scaled(3, "2", ours)) is None
+    later = owns_replicas("kubectl", "2025-01-01T00:30:00Z")
+    assert replicas_changed_outside(scaled(3, "2", later, older)) == OutsideChange(
+        3, 2, "kubectl")
+
+
+def test_a_count_kept_from_the_other_writer_is_not_said_to_be_set() -> None:
+    """The operator's scale-down waits for its window: it keeps the other writer's count."""
+    message = OutsideChange(4, 2, "kubectl").message(4)
+    assert "keeps 4 for now and sizes the pool by its queue from here" in message
+    assert "sets 4" not in message
+
+
+def test_a_decision_of_zero_or_back_is_recorded_without_a_change_of_count() -> None:
+    def annotation(replicas: int | None) -> str:
+        return json.dumps(ScalingHistory(since=1.0, replicas=replicas).to_json())
+
+    assert sleep_unrecorded(annotation(1), ScalingHistory(replicas=0))
+    assert sleep_unrecorded(annotation(0), ScalingHistory(replicas=2))
+    assert sleep_unrecorded(None, ScalingHistory(replicas=0))
+    assert sleep_unrecorded("not json", ScalingHistory(replicas=0))
+    assert not sleep_unrecorded(annotation(0), ScalingHistory(replicas=0))
+    assert not sleep_unrecorded(annotation(3), ScalingHistory(replicas=2)), "awake either way"
+    assert not sleep_unrecorded(None, ScalingHistory(replicas=2))
+    assert not sleep_unrecorded(annotation(None), ScalingHistory(replicas=None))

@@ -4,22 +4,30 @@ status, and replica counts written by someone else."""
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, pool_manifest
+from prometheus_client import REGISTRY
 from test_scaling_loop import cost_of, create_pods, pod_manifest, scaling, set_unready, start_worker
 
 from agentpool.models import AgentPoolSpec
 from agentpool.protocol import TaskQueue
+from agentpool.scaling.policy import ScalingHistory
 from agentpool.scaling.scaledown import DELETION_COST_ANNOTATION
 from agentpool_operator import scaling_actions
 from agentpool_operator.context import PoolState
 from agentpool_operator.kube import KubeApi
 from agentpool_operator.observation import PoolObservation
-from agentpool_operator.scaling_plan import RELEASED_ANNOTATION, REPLICAS_ANNOTATION
+from agentpool_operator.scaling_plan import (
+    HISTORY_ANNOTATION,
+    RELEASED_ANNOTATION,
+    REPLICAS_ANNOTATION,
+)
 from agentpool_operator.status import ConditionUpdate, DeploymentView, Problem, build_status
 
 
@@ -103,7 +111,7 @@ class Kube:
     async def patch_deployment(self, namespace: str, name: str,
                                patch: dict[str, Any]) -> dict[str, Any]:
         self.deployment_patches.append(patch)
-        return {"metadata": {"name": name, **patch["metadata"]}, "spec": patch["spec"]}
+        return {"metadata": {"name": name, **patch["metadata"]}, "spec": patch.get("spec", {})}
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         self.deleted.append(name)
@@ -242,6 +250,9 @@ async def test_replicas_written_by_someone_else_are_reported_once(
     warnings = [(reason, message) for reason, message, warning in events if warning]
     assert [reason for reason, _ in warnings] == ["ReplicasChangedOutside"]
     assert "changed to 4 by kubectl" in warnings[0][1] and "had set 2" in warnings[0][1]
+    # a new history holds the scale-down for a window: the other writer's count stays so far
+    assert "keeps 4 for now and sizes the pool by its queue from here" in warnings[0][1]
+    assert "sets 4" not in warnings[0][1]
     assert len(kube.deployment_patches) == 1
     written = kube.deployment_patches[0]
     assert written["metadata"]["annotations"][REPLICAS_ANNOTATION] == str(
@@ -255,3 +266,204 @@ async def test_replicas_written_by_someone_else_are_reported_once(
         observation("ho", queue, again, state, await queue.figures(), **spec), pods,
         cast(KubeApi, kube))
     assert not [reason for reason, _, warning in events if warning]
+
+
+def merged(deployment: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The Deployment after a merge patch of its annotations (and count)."""
+    annotations = {**deployment["metadata"].get("annotations", {}),
+                   **patch["metadata"]["annotations"]}
+    return {**deployment, "metadata": {**deployment["metadata"], "annotations": annotations},
+            "spec": {**deployment["spec"], **patch.get("spec", {})}}
+
+
+def recorded(deployment: dict[str, Any]) -> ScalingHistory:
+    return ScalingHistory.from_json(json.loads(
+        deployment["metadata"]["annotations"][HISTORY_ANNOTATION]))
+
+
+def hand_scaled(pool: str, written: int | None, replicas: int,
+                history: ScalingHistory) -> dict[str, Any]:
+    """A Deployment the operator had scaled to `written` (None: an operator that kept no
+    count), set to `replicas` by kubectl since."""
+    annotations = {HISTORY_ANNOTATION: json.dumps(history.to_json())}
+    if written is not None:
+        annotations[REPLICAS_ANNOTATION] = str(written)
+    return {
+        "metadata": {"name": pool, "annotations": annotations, "managedFields": [
+            {"manager": "kubectl", "operation": "Update", "subresource": "scale",
+             "time": "2025-01-01T00:05:00Z", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+        "spec": {"replicas": replicas},
+    }
+
+
+async def test_a_count_set_by_hand_while_paused_is_the_users_once_resumed(
+    redis: aioredis.Redis, queue_name: str, events: Events,
+) -> None:
+    """The operator had set 2; paused, kubectl scale set 3, which is what pausing is for: the
+    paused round takes 3 as the count it keeps (annotations only), and neither the resumed
+    pool nor an operator restarted then warns of another writer."""
+    queue = TaskQueue(redis, queue_name)
+    pods = [pod_manifest("pp", f"pp-5b8c7-{s}") for s in ("aaaaa", "bbbbb", "ccccc")]
+    for pod in pods:
+        await start_worker(queue, pod["metadata"]["name"], busy=False)
+    deployment = hand_scaled("pp", 2, 3, ScalingHistory(since=1.0, replicas=2))
+    spec = {"scaling": scaling(minReplicas=1, maxReplicas=5, tasksPerReplica=4)}
+    state = PoolState()
+    kube = Kube()
+
+    await scaling_actions.scale(
+        observation("pp", queue, deployment, state, await queue.figures(), paused=True, **spec),
+        pods, cast(KubeApi, kube))
+    [accepted] = kube.deployment_patches
+    assert "spec" not in accepted, "the count is the user's: only the annotations follow it"
+    deployment = merged(deployment, accepted)
+    assert deployment["metadata"]["annotations"][REPLICAS_ANNOTATION] == "3"
+    assert recorded(deployment).replicas == 3
+
+    for resumed_state in (state, PoolState()):
+        await scaling_actions.scale(
+            observation("pp", queue, deployment, resumed_state, await queue.figures(), **spec),
+            pods, cast(KubeApi, kube))
+    assert not [reason for reason, _, warning in events if warning], events
+
+
+async def test_the_first_round_after_a_pause_takes_the_count_it_finds_as_the_users(
+    redis: aioredis.Redis, queue_name: str, events: Events,
+) -> None:
+    """kubectl scale and the resume came in before a paused round saw the count: the first
+    round after the pause takes it as the user's too, and records it as the count it keeps."""
+    queue = TaskQueue(redis, queue_name)
+    pods = [pod_manifest("pq", f"pq-5b8c7-{s}") for s in ("aaaaa", "bbbbb", "ccccc")]
+    for pod in pods:
+        await start_worker(queue, pod["metadata"]["name"], busy=False)
+    before = hand_scaled("pq", 2, 2, ScalingHistory(since=1.0, replicas=2))
+    spec = {"scaling": scaling(minReplicas=1, maxReplicas=5, tasksPerReplica=4)}
+    state = PoolState()
+    kube = Kube()
+    await scaling_actions.scale(
+        observation("pq", queue, before, state, await queue.figures(), paused=True, **spec),
+        pods[:2], cast(KubeApi, kube))
+    assert kube.deployment_patches == []
+
+    after = hand_scaled("pq", 2, 3, ScalingHistory(since=1.0, replicas=2))
+    await scaling_actions.scale(
+        observation("pq", queue, after, state, await queue.figures(), **spec),
+        pods, cast(KubeApi, kube))
+    assert not [reason for reason, _, warning in events if warning], events
+    [written] = kube.deployment_patches
+    assert written["metadata"]["annotations"][REPLICAS_ANNOTATION] == "3"
+    assert written["spec"]["replicas"] == 3, "the scale-down waits for its window"
+
+
+@pytest.mark.parametrize("operator_count", [2, None], ids=["counted", "older-operator"])
+async def test_a_pool_set_to_zero_by_hand_while_paused_stays_asleep_once_resumed(
+    redis: aioredis.Redis, queue_name: str, events: Events, operator_count: int | None,
+) -> None:
+    """An awake pool (its last decision 2) is paused and set to zero by hand; resumed with
+    an empty queue it is asleep, not a pool whose pods left: no pod starts for a window. Its
+    history records the zero, for an operator restarted after the resume."""
+    queue = TaskQueue(redis, queue_name)
+    deployment = hand_scaled("pz", operator_count, 0,
+                             ScalingHistory(since=1.0, replicas=2, idle_since=1.0))
+    spec = {"scaling": scaling(minReplicas=0, maxReplicas=5, tasksPerReplica=4)}
+    state = PoolState()
+    kube = Kube()
+    await scaling_actions.scale(
+        observation("pz", queue, deployment, state, await queue.figures(), paused=True, **spec),
+        [], cast(KubeApi, kube))
+    for patch in kube.deployment_patches:
+        deployment = merged(deployment, patch)
+
+    for resumed_state in (state, PoolState()):
+        result = await scaling_actions.scale(
+            observation("pz", queue, deployment, resumed_state, await queue.figures(), **spec),
+            [], cast(KubeApi, kube))
+        assert [reason for reason, *_ in events] == []
+        scaling_ = next(c for c in result.conditions if c.type == "Scaling")
+        assert (scaling_.reason, scaling_.message) == (
+            "Stable", "scaled to zero; wakes when more than 0 tasks are queued")
+        for patch in kube.deployment_patches:
+            deployment = merged(deployment, patch)
+    assert [p["spec"]["replicas"] for p in kube.deployment_patches if "spec" in p] == []
+    assert recorded(deployment).replicas == 0
+
+
+async def test_a_decision_of_zero_is_recorded_before_the_last_pods_replica_goes(
+    redis: aioredis.Redis, queue_name: str, events: Events,
+) -> None:
+    """An idle one-pod pool decides zero: the round only releases the pod (its replica goes
+    once it is unready), yet it records the zero. An operator restarted before the replica
+    goes finds the pool asleep: it gives the replica back, and takes no pod back to work."""
+    queue = TaskQueue(redis, queue_name)
+    name = "rz-5b8c7-aaaaa"
+    await start_worker(queue, name, busy=False)
+    long_ago = time.time() - 3600
+    deployment: dict[str, Any] = {
+        "metadata": {"name": "rz", "annotations": {
+            HISTORY_ANNOTATION: json.dumps(ScalingHistory(since=long_ago, replicas=1).to_json()),
+            REPLICAS_ANNOTATION: "1"}},
+        "spec": {"replicas": 1},
+    }
+    spec = {"scaling": scaling(minReplicas=0, maxReplicas=5, tasksPerReplica=4)}
+    state = PoolState()
+    state.scaling_history = ScalingHistory(since=long_ago, replicas=1, idle_since=long_ago)
+    kube = Kube()
+    await scaling_actions.scale(
+        observation("rz", queue, deployment, state, await queue.figures(), **spec),
+        [pod_manifest("rz", name)], cast(KubeApi, kube))
+    [history_only] = kube.deployment_patches
+    assert "spec" not in history_only, "the count stays while the pod is still ready"
+    deployment = merged(deployment, history_only)
+    assert recorded(deployment).replicas == 0
+    [(_, mark)] = kube.pod_patches
+    released = marked(pod_manifest("rz", name), mark["metadata"]["annotations"][
+        DELETION_COST_ANNOTATION])
+
+    events.clear()
+    restarted = Kube()
+    await scaling_actions.scale(
+        observation("rz", queue, deployment, PoolState(), await queue.figures(), **spec),
+        [released], cast(KubeApi, restarted))
+    assert [reason for reason, *_ in events] == ["DrainedPodsRemoved"]
+    assert [p["spec"]["replicas"] for p in restarted.deployment_patches] == [0]
+    assert restarted.pod_patches == []
+
+
+async def test_a_draining_pod_deleted_in_a_scale_up_round_leaves_its_replacement_serving(
+    redis: aioredis.Redis, queue_name: str, events: Events,
+) -> None:
+    """Busy draining pod d is deleted by hand and the ReplicaSet started r in its place,
+    while the backlog comes back for a third serving pod: r is that pod. The count stays at
+    3, the Event says r stays, and no pod start is counted."""
+    queue = TaskQueue(redis, queue_name)
+    now = datetime.now(UTC)
+    first, second, deleted, replacement = (f"su-5b8c7-{s}" for s in (
+        "aaaaa", "bbbbb", "ddddd", "rrrrr"))
+    await queue.submit_many([{"n": n} for n in range(4)])
+    for pod in (deleted, first, second):
+        await start_worker(queue, pod, busy=True)
+    await queue.request_drain(deleted)
+    gone = marked(pod_manifest("su", deleted))
+    gone["metadata"].update(deletionTimestamp=stamp(now + timedelta(seconds=590)),
+                            deletionGracePeriodSeconds=600)
+    new = pod_manifest("su", replacement)
+    new["metadata"]["creationTimestamp"] = stamp(now)
+    new["status"] = {"phase": "Pending"}
+    deployment = {"metadata": {"name": "su", "annotations": {}}, "spec": {"replicas": 3}}
+    kube = Kube()
+    starts = REGISTRY.get_sample_value("agentpool_operator_pod_starts_total",
+                                       {"namespace": NAMESPACE, "pool": "su"}) or 0.0
+
+    await scaling_actions.scale(
+        observation("su", queue, deployment, PoolState(), await queue.figures(),
+                    scaling=scaling(minReplicas=1, tasksPerReplica=1)),
+        [pod_manifest("su", first), pod_manifest("su", second), gone, new],
+        cast(KubeApi, kube))
+
+    assert [p["spec"]["replicas"] for p in kube.deployment_patches] == [3]
+    assert kube.deployment_patches[0]["metadata"]["annotations"][RELEASED_ANNOTATION] == deleted
+    assert [reason for reason, *_ in events] == ["DrainedPodsRemoved", "ScaledUp"]
+    removed = events[0][1]
+    assert deleted in removed and "stay" in removed and "are removed" not in removed
+    assert (REGISTRY.get_sample_value("agentpool_operator_pod_starts_total",
+                                      {"namespace": NAMESPACE, "pool": "su"}) or 0.0) == starts

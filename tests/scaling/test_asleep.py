@@ -29,7 +29,8 @@ def test_an_awake_pool_whose_only_pod_leaves_serves_its_queue_below_the_activati
 def test_an_awake_pool_with_no_serving_pod_waits_a_whole_idle_window_before_zero() -> None:
     early = decide(POLICY, QueueLoad(), 0, history(1), NOW)
     assert (early.replicas, early.asleep) == (1, False)
-    assert "before scaling to zero" in early.reason
+    assert early.reason == ("no pod serves and the queue was busy 0s ago: keeping one pod for "
+                            "the 60s window: scaling 0 → 1"), "a scale-up, not towards zero"
     late = decide(POLICY, QueueLoad(), 0, history(1, idle_since=NOW - 60), NOW)
     assert (late.replicas, late.asleep) == (0, True)
     again = decide(POLICY, QueueLoad(queued=3), 0, late.history, NOW + 1)
