@@ -1017,6 +1017,38 @@ def test_a_page_whose_redis_stops_answering_is_marked_stale_until_it_answers(
         server.close()
 
 
+def test_a_running_worker_that_claims_nothing_says_so_and_why_in_its_row(
+    redis_url: str, page: Page,
+) -> None:
+    """A worker whose heartbeat says why it does not claim (`notReady`) reads `running (not
+    ready)` as a warning with the reason, as text, in its row; one that claims reads
+    `running`."""
+    queue = f"notready-{uuid.uuid4().hex[:8]}"
+    console = InProcessConsole(redis_url, queue)
+    tasks = TaskQueue(console.redis, queue)
+    reason = "ready hook failed: <b>model endpoint</b> answered 503"
+    try:
+        console.call(tasks.heartbeat(
+            WorkerInfo(pod="pod-a", instance="i1", concurrency=2, not_ready=reason), {}, 30))
+        console.heartbeat("pod-b")
+        console.start()
+        page.goto(f"{console.url}pools/-/{queue}")
+        rows = page.locator("#workers tbody tr")
+        expect(rows).to_have_count(2, timeout=LIVE)
+        idle = rows.filter(has_text="pod-a").locator("td").nth(2)
+        expect(idle).to_have_text("running (not ready)" + reason)
+        expect(idle.locator(".state")).to_have_text("running (not ready)")
+        expect(idle.locator(".not-ready")).to_have_text(reason)
+        expect(idle.locator("b")).to_have_count(0)
+        expect(idle.locator(".state")).to_have_css("color", "rgb(154, 103, 0)")  # --warn
+        expect(rows.filter(has_text="pod-b").locator("td").nth(2)).to_have_text("running")
+        shot(page, "pool-not-ready")
+        console.heartbeat("pod-a")  # it claims again
+        expect(idle).to_have_text("running", timeout=LIVE)
+    finally:
+        console.close()
+
+
 def test_a_fleet_pools_conditions_say_their_status_and_colour_the_bad_ones(
     console: Console, page: Page,
 ) -> None:

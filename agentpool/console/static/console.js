@@ -437,6 +437,12 @@ function effectiveRates(l) {
 
 const poolLink = (p) => el("a", { href: `/pools/${enc(p.namespace)}/${enc(p.name)}` },
   p.namespace === "-" ? p.name : `${p.namespace}/${p.name}`);
+// A running worker that claims nothing (its ready hook fails, its slots are stuck, Redis is
+// full) says so, with why under it: a tooltip alone would hide it from a screen reader.
+const workerState = (w) => (w.state === "running" && w.not_ready
+  ? [el("span", { class: "state NotReady" }, "running (not ready)"),
+    el("div", { class: "muted not-ready" }, w.not_ready)]
+  : state(w.state));
 const joined = (items, separator) => items.flatMap((item, i) => (i ? [separator, item] : [item]));
 
 function poolPage(namespace, name) {
@@ -482,7 +488,7 @@ function poolPage(namespace, name) {
       doc.workers === null ? el("p", { class: "muted", id: "workers-unread" }, "Not read (see above).") :
       doc.workers.length ? table(["Pod", "Instance", "State", "In flight#", "Done#", "Failed#", "Last heartbeat"],
         doc.workers.map((w) => el("tr", {}, el("td", { class: "mono" }, w.pod),
-          el("td", { class: "mono" }, w.instance), el("td", {}, state(w.state)),
+          el("td", { class: "mono" }, w.instance), el("td", {}, workerState(w)),
           num(`${w.in_flight}/${w.concurrency}`), num(w.done), num(w.failed),
           el("td", {}, ago(w.last_heartbeat)))), { id: "workers" })
         : el("p", { class: "muted" }, "No live workers."),
