@@ -384,7 +384,12 @@ class _LoopThread:
         raise _StillRunning
 
     def stop(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
-        """Cancel what still runs on the loop (its callers get ClientClosed), then stop it."""
+        """Cancel what still runs on the loop (its callers get ClientClosed), then stop it.
+        From the loop's own thread, or as the interpreter exits, as `stop_soon` does: the
+        wait would hold up the very loop it waits for, or one whose thread runs no more."""
+        if self.on_own_thread() or sys.is_finalizing():
+            self.stop_soon()
+            return
         with self._handing_over:
             self.closed = True
         if self.loop.is_running():
@@ -396,16 +401,19 @@ class _LoopThread:
             future.cancel()
         self.loop.close()
 
-    def stop_soon(self, last: Coroutine[Any, Any, Any]) -> None:
+    def stop_soon(self, last: Coroutine[Any, Any, Any] | None = None) -> None:
         """`stop` without waiting, for a finalizer (which may run on any thread, this loop's
         own included): `last` runs, what else runs on the loop is cancelled, and the loop
         stops; its thread then closes it and ends."""
         with self._handing_over:
             self.closed = True
+        finale = _last_call(last)
         try:
-            asyncio.run_coroutine_threadsafe(_last_call(last), self.loop)
+            asyncio.run_coroutine_threadsafe(finale, self.loop)
         except RuntimeError:  # the loop is closed already
-            last.close()
+            finale.close()
+            if last is not None:
+                last.close()
 
 
 class _Collecting(threading.local):
@@ -443,9 +451,10 @@ async def _cancel_others() -> None:
     await asyncio.gather(*others, return_exceptions=True)
 
 
-async def _last_call(last: Coroutine[Any, Any, Any]) -> None:
+async def _last_call(last: Coroutine[Any, Any, Any] | None) -> None:
     try:
-        await last
+        if last is not None:
+            await last
     finally:
         await _cancel_others()
         asyncio.get_running_loop().stop()
@@ -601,6 +610,11 @@ class SyncClient:
         self._call(self._parts()[1].ping())
 
     def close(self) -> None:
+        """Close the connections and end the loop's thread once the calls in flight are
+        cancelled (waiting for them at most CLOSE_GRACE_SECONDS). From the loop's own thread
+        (a coroutine there, a ``__del__`` the garbage collector runs there) it returns at
+        once, and the loop closes the rest by itself; as the interpreter exits, the loop's
+        thread runs no more, and the process's end closes the rest."""
         with _FORK_LOCK:  # parts a forked child's first call is making are closed here
             if self._closed:
                 return
@@ -610,6 +624,9 @@ class SyncClient:
             here = self._here
         if here.pid != os.getpid():
             return  # the loop and the connections are the parent's to close
+        if here.runner.on_own_thread() or sys.is_finalizing():
+            _release(*here)
+            return
         try:
             if here.blocking is not None:
                 here.blocking.close()

@@ -1,7 +1,7 @@
 """A SyncClient's event loop thread in a web app: a stream iterator that the garbage collector
-finalizes there or on a thread the loop must not be waited from, a blocking call made there or
-as the interpreter exits, and an ``events()`` view that writes keep-alives while its task is
-quiet."""
+finalizes there or on a thread the loop must not be waited from, a blocking call or a close
+made there or as the interpreter exits, and an ``events()`` view that writes keep-alives while
+its task is quiet."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import pytest
 import redis
 from protocol_helpers import claim_one
 
-from agentpool.client import SyncClient
-from agentpool.connection import redis_from_url
+from agentpool.client import CLOSE_GRACE_SECONDS, SyncClient
+from agentpool.connection import ClientClosed, redis_from_url
 from agentpool.protocol import RunEvents, TaskEvent, TaskQueue
 from agentpool.redis_server import RedisServer
 
@@ -29,6 +29,8 @@ T = TypeVar("T")
 
 BOUND = 10.0
 """Seconds within which a call that must not hang returns."""
+PROMPTLY = CLOSE_GRACE_SECONDS / 2
+"""Seconds within which a close that must not wait for the calls it cancels has returned."""
 
 
 def within(call: Callable[[], T], seconds: float = BOUND) -> T:
@@ -239,3 +241,118 @@ def test_a_call_made_as_the_interpreter_exits_is_refused_not_waited_for(
                           timeout=BOUND)
     assert done.returncode == 0, done.stderr
     assert "ClientClosed: the interpreter is exiting" in done.stderr
+
+
+def test_close_called_on_the_loop_thread_returns_at_once_and_ends_the_other_calls(
+    redis_server: RedisServer, queue_name: str,
+) -> None:
+    """A coroutine on the client's loop closes it: a close that waited there for the calls it
+    cancels held up the loop, every other thread's call with it, for CLOSE_GRACE_SECONDS,
+    then failed, the async client left open."""
+    client = SyncClient(redis_server.url)
+    queue = client.queue(queue_name)
+    task_id = queue.submit({})
+    runner = client._runner
+    ended: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            queue.wait(task_id, timeout=BOUND * 3)
+        except BaseException as error:  # handed to the test's thread
+            ended.append(error)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + BOUND
+    while not runner._waiting:
+        assert time.monotonic() < deadline, "the other thread's wait was never handed over"
+        time.sleep(0.01)
+
+    async def close_on_the_loop() -> float:
+        started = time.monotonic()
+        client.close()
+        return time.monotonic() - started
+
+    took = asyncio.run_coroutine_threadsafe(close_on_the_loop(), runner.loop).result(BOUND)
+    assert took < PROMPTLY
+    waiter.join(PROMPTLY)
+    assert not waiter.is_alive(), "the other thread's wait was not ended"
+    assert len(ended) == 1 and isinstance(ended[0], ClientClosed), ended
+    runner._thread.join(PROMPTLY)
+    assert not runner._thread.is_alive() and runner.loop.is_closed()
+    with pytest.raises(ClientClosed):
+        queue.get(task_id)
+
+
+def test_a_del_the_collector_runs_on_the_loop_thread_closes_the_client_cleanly(
+    redis_server: RedisServer, queue_name: str, tmp_path: Path,
+) -> None:
+    """An object that closes its client in ``__del__``, collected on the client's loop
+    thread: the async client's close runs there after it, so the process prints no
+    coroutine never awaited nor task destroyed while pending."""
+    script = tmp_path / "closes_on_the_loop.py"
+    script.write_text(textwrap.dedent(f"""\
+        import asyncio, gc, sys
+        from agentpool.client import SyncClient
+        from agentpool.connection import ClientClosed
+
+        class Tidy:
+            def __init__(self) -> None:
+                self.client = SyncClient({redis_server.url!r})
+                self.queue = self.client.queue({queue_name!r})
+                self.cycle = self
+
+            def __del__(self) -> None:
+                self.client.close()
+
+        async def collect() -> int:
+            return gc.collect()
+
+        tidy = Tidy()
+        queue, runner = tidy.queue, tidy.client._runner
+        task_id = queue.submit({{}})
+        gc.disable()
+        del tidy
+        asyncio.run_coroutine_threadsafe(collect(), runner.loop).result({BOUND})
+        gc.enable()
+        runner._thread.join({PROMPTLY})
+        print("loop thread alive:", runner._thread.is_alive())
+        try:
+            queue.get(task_id)
+        except ClientClosed as error:
+            print("later call:", error)
+        gc.collect()
+        """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=BOUND)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "loop thread alive: False\nlater call: the client is closed\n"
+
+
+def test_a_script_whose_global_closes_its_client_in_del_exits_at_once(
+    redis_server: RedisServer, queue_name: str, tmp_path: Path,
+) -> None:
+    """The interpreter runs the ``__del__`` as it clears the module, once the loop's daemon
+    thread runs no more: a close that waited for the loop held the exit up for
+    CLOSE_GRACE_SECONDS, then failed closing a loop still marked running."""
+    script = tmp_path / "closes_at_exit.py"
+    script.write_text(textwrap.dedent(f"""\
+        import time
+        from agentpool.client import SyncClient
+
+        class Tidy:
+            def __init__(self) -> None:
+                self.client = SyncClient({redis_server.url!r})
+                self.client.queue({queue_name!r}).get("0" * 32)
+
+            def __del__(self) -> None:
+                self.client.close()
+
+        tidy = Tidy()
+        print(time.time())
+        """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=BOUND)
+    exited = time.time()
+    assert (done.returncode, done.stderr) == (0, "")
+    assert exited - float(done.stdout) < PROMPTLY
