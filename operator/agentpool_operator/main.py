@@ -27,6 +27,7 @@ from agentpool.models import GROUP
 from . import handlers as _handlers  # noqa: F401  (registers the handlers with kopf)
 from . import metrics
 from . import pod_events as _pod_events  # noqa: F401  (registers the pod event handler)
+from . import pool_deletion as _pool_deletion  # noqa: F401  (registers the delete handler)
 from .context import OperatorContext
 from .deployment import POOL_LABEL
 from .installed_crd import CRD_NAME, CRD_PATH

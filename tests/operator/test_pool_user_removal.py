@@ -16,7 +16,7 @@ from operator_harness import NAMESPACE, Cluster, OperatorThread, eventually, poo
 
 from agentpool.redis_server import RedisServer, free_port
 from agentpool.urls import with_credentials
-from agentpool_operator import handlers
+from agentpool_operator import pool_deletion
 from agentpool_operator.settings import OperatorSettings
 
 SECRETS_PATH = f"/api/v1/namespaces/{NAMESPACE}/secrets"
@@ -154,7 +154,7 @@ async def test_a_redis_gone_for_good_lets_the_pool_go_with_a_warning_naming_the_
     cluster: Cluster, operator: OperatorThread, acl_server: RedisServer,
     admin: aioredis.Redis, pool_name: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(handlers, "USER_REMOVAL_SECONDS", 3.0)
+    monkeypatch.setattr(pool_deletion, "USER_REMOVAL_SECONDS", 3.0)
     users = await start_pool(cluster, admin, pool_name, url=acl_server.url)
     acl_server.stop()
     await cluster.delete_pool(pool_name)
@@ -217,13 +217,13 @@ async def test_a_pool_that_never_had_a_user_goes_at_once_when_its_redis_does_not
 def test_removal_is_tried_again_ever_less_often_until_the_bound(
     elapsed: float, retry: int, expected: float | None,
 ) -> None:
-    assert handlers.removal_retry(elapsed, retry, 300.0) == expected
+    assert pool_deletion.removal_retry(elapsed, retry, 300.0) == expected
 
 
 def test_only_a_pool_that_had_its_own_user_is_waited_for() -> None:
     own = {"conditions": [{"type": "Credentials", "status": "True"}]}
     shared = {"conditions": [{"type": "Credentials", "status": "False"}]}
-    assert handlers.had_own_users(own, worker_secret=False)
-    assert handlers.had_own_users(shared, worker_secret=True)
-    assert not handlers.had_own_users(shared, worker_secret=False)
-    assert not handlers.had_own_users({}, worker_secret=False)
+    assert pool_deletion.had_own_users(own, worker_secret=False)
+    assert pool_deletion.had_own_users(shared, worker_secret=True)
+    assert not pool_deletion.had_own_users(shared, worker_secret=False)
+    assert not pool_deletion.had_own_users({}, worker_secret=False)
