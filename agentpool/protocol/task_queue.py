@@ -115,6 +115,7 @@ from agentpool.protocol.tenants import (
 )
 from agentpool.protocol.waiting import (
     DoneSignal,
+    follows_allowed,
     news_of,
     not_final,
     retry_delay,
@@ -151,16 +152,7 @@ def _checked_after(after: str) -> str:
 
 follows_blocking: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 """`TaskQueue.events` followers whose blocking XREAD is in flight, per client: each holds a
-pooled connection until its read returns."""
-
-
-def holds_allowed(held: int, max_connections: int | None) -> bool:
-    """Whether one more connection of a client's pool (of at most `max_connections`) may be
-    held long, by a wait's subscription or a follower's blocking read, while `held` are.
-    Together they keep to `subscriptions_allowed`, at most half the pool: a follower asks again
-    as soon as its read returns, and redis-py's pool lets it take its connection straight back,
-    so with the pool's every connection held that way another call waited for ever."""
-    return held < subscriptions_allowed(max_connections)
+pooled connection until its read returns; kept under `follows_allowed`."""
 
 
 def _pool_size(redis: Any) -> int | None:
@@ -169,8 +161,14 @@ def _pool_size(redis: Any) -> int | None:
     return size
 
 
-def _held_long(redis: Any) -> int:
-    return waits_subscribed.get(redis, 0) + follows_blocking.get(redis, 0)
+def _may_subscribe(redis: Any) -> bool:
+    """Whether one more wait on `redis` may hold a subscription (see `subscriptions_allowed`)."""
+    return waits_subscribed.get(redis, 0) < subscriptions_allowed(_pool_size(redis))
+
+
+def _may_block(redis: Any) -> bool:
+    """Whether one more follower on `redis` may block in an XREAD (see `follows_allowed`)."""
+    return follows_blocking.get(redis, 0) < follows_allowed(_pool_size(redis))
 
 
 def _all_busy(redis: Any, busy_for: float) -> str:
@@ -648,18 +646,20 @@ class TaskQueue:
         pending task's, a pipelined HGET each (a subscription confirmed late, a finish
         published while it was being renewed, a flag Redis lost: the read catches up with
         whatever the channel missed). A task's record is read whole once, when it is final.
-        The loop checks the deadline itself as well: on Python 3.11 a cancellation that meets
-        a finishing ``asyncio.wait_for`` inside redis-py is dropped, and a timeout's single
-        cancellation with it."""
+        While the client's waits hold `subscriptions_allowed` subscriptions (32, at most half
+        the pool; followers of `events` cannot take them), a wait reads its tasks once a second
+        instead, and subscribes at the first of those reads that finds one free (then reads
+        them all again: a finish before the subscription is not missed). The loop checks the
+        deadline itself as well: on Python 3.11 a cancellation that meets a finishing
+        ``asyncio.wait_for`` inside redis-py is dropped, and a timeout's single cancellation
+        with it."""
         pending: dict[str, str | None] = dict.fromkeys(task_ids)
         """The ids still to hand over, each with its state last read (None: not read yet)."""
         if not pending:
             return
         total = len(pending)
-        subscribed = holds_allowed(_held_long(self.redis), _pool_size(self.redis))
-        done = DoneSignal(self.redis, self.prefix + "done", poll=not subscribed)
-        if subscribed:
-            waits_subscribed[self.redis] = waits_subscribed.get(self.redis, 0) + 1
+        subscribed = False
+        done = DoneSignal(self.redis, self.prefix + "done", poll=True)
         began = time.monotonic()
         deadline = None if timeout is None else began + timeout
         failing_since: float | None = None
@@ -670,6 +670,10 @@ class TaskQueue:
         to_read, news_first = set(pending), False
         try:
             while pending:
+                if not subscribed and _may_subscribe(self.redis):
+                    waits_subscribed[self.redis] = waits_subscribed.get(self.redis, 0) + 1
+                    subscribed, news_first, listened = True, False, -float(LISTEN_SECONDS)
+                    done = DoneSignal(self.redis, self.prefix + "done")
                 finished: list[TaskInfo] = []
                 try:
                     async with asyncio.timeout(
@@ -788,11 +792,11 @@ class TaskQueue:
         raises, as :meth:`wait` does. Raises TaskNotFound for an unknown task.
 
         A follower waits for new events in an XREAD that blocks up to `block_seconds` on one
-        of the client's pooled connections while the connections held that way, with waits'
-        subscriptions, are under `subscriptions_allowed` (32, at most half the pool); more
-        followers read without blocking every `block_seconds` (the same two commands a
-        second, an event up to that much later), so that other calls always find a
-        connection.
+        of the client's pooled connections while the client's followers blocked that way are
+        under `follows_allowed` (16, at most a quarter of the pool, apart from waits' half);
+        more followers read without blocking every `block_seconds` (the same two commands a
+        second, an event up to that much later), each asking again before its every read, so
+        that other calls and waits always find a connection.
         """
         last = "0-0" if after in (None, "") else _checked_after(after)
         key = self.events_key(task_id)
@@ -845,9 +849,9 @@ class TaskQueue:
 
     async def _entries_after(self, key: str, last: str, block_seconds: float) -> list[Any]:
         """The stream's entries after `last`, waiting up to `block_seconds` for the first: in
-        a read that blocks, holding a pooled connection, while `holds_allowed`; else in one
+        a read that blocks, holding a pooled connection, while `follows_allowed`; else in one
         that does not, then a sleep when it found none."""
-        if holds_allowed(_held_long(self.redis), _pool_size(self.redis)):
+        if _may_block(self.redis):
             follows_blocking[self.redis] = follows_blocking.get(self.redis, 0) + 1
             try:
                 reply = cast(list[Any], await self.redis.xread(

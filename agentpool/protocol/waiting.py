@@ -66,6 +66,10 @@ waits_subscribed: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionar
 """Waits holding a subscription, per client; `TaskQueue.as_finished` keeps it under
 `subscriptions_allowed`."""
 
+BLOCKING_FOLLOWS = 16
+"""`TaskQueue.events` followers of one client that wait for new events in a blocking XREAD;
+more read without blocking once per `block_seconds`."""
+
 
 def subscriptions_allowed(max_connections: int | None) -> int:
     """How many waits of a client whose pool holds at most `max_connections` (None: a
@@ -73,10 +77,24 @@ def subscriptions_allowed(max_connections: int | None) -> int:
     SUBSCRIBED_WAITS, and at most half the pool. A subscription holds a pooled connection
     while its wait reads the task on another: with the pool's every connection subscribed (a
     client made with ``max_connections=20`` and 20 waits), no wait could read, and each
-    waited for its timeout, or for ever."""
+    waited for its timeout, or for ever. Followers' blocking reads do not count against it:
+    they have `follows_allowed` of their own."""
     if max_connections is None:
         return SUBSCRIBED_WAITS
     return min(SUBSCRIBED_WAITS, max_connections // 2)
+
+
+def follows_allowed(max_connections: int | None) -> int:
+    """How many `TaskQueue.events` followers of a client whose pool holds at most
+    `max_connections` may block in an XREAD, each holding a pooled connection until its read
+    returns: BLOCKING_FOLLOWS, and at most a quarter of the pool. A follower asks again as soon
+    as its read returns and redis-py's pool lets it take its connection straight back, so
+    followers sharing the waits' half took it whole (a wait then polled). A half and a quarter
+    leave at least a quarter of the pool, and one connection however small it is, to other
+    calls: a subscribed wait's reads and a follower's between its blocking ones among them."""
+    if max_connections is None:
+        return BLOCKING_FOLLOWS
+    return min(BLOCKING_FOLLOWS, max_connections // 4)
 
 
 UNANSWERED_SECONDS = 1.0
