@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import os
 import re
 import socket
@@ -114,9 +115,11 @@ def _tls_options(query: str, tls: bool, others: tuple[str, ...] = ()
     but those and `others` is refused: a misspelled one would be ignored without a word."""
     unknown = sorted({k for k, _ in parse_qsl(query)} - {*TLS_OPTIONS, *others})
     if unknown:
+        tls_scheme = ("; for TLS, the scheme says so: rediss+sentinel:// or rediss+cluster://"
+                      if unknown[0] == "ssl" else "")
         raise RedisURLError(
             f"its query names an option {unknown[0]!r} that this URL does not take (it takes "
-            f"{', '.join((*others, *TLS_OPTIONS))})")
+            f"{', '.join((*others, *TLS_OPTIONS))}){tls_scheme}")
     options: dict[str, Any] = {k: v for k, v in parse_qsl(query) if k in TLS_OPTIONS}
     if options and not tls:
         raise RedisURLError(
@@ -176,8 +179,7 @@ def _check_server_url(url: str) -> None:
     except TypeError as error:
         option = re.search(r"unexpected keyword argument '([^']+)'", str(error))
         name = f" {option.group(1)!r}" if option else ""
-        if (option and option.group(1).startswith("ssl")
-                and url.lower().startswith("redis://")):
+        if option and asks_for_tls(option.group(1), url):
             raise RedisURLError(f"TLS options ({option.group(1)}) need a TLS URL (rediss://)"
                                 ) from None
         raise RedisURLError(
@@ -188,6 +190,21 @@ def _check_server_url(url: str) -> None:
             "must be percent-encoded)") from None
     except redis.exceptions.RedisError as error:  # e.g. ssl_cert_reqs=bogus
         raise RedisURLError(f"its query's options do not parse: {error}") from None
+
+
+SERVER_TLS_OPTIONS = frozenset(
+    name for name in inspect.signature(redis.connection.SSLConnection.__init__).parameters
+    if name.startswith("ssl_"))
+"""The options of a TLS connection to one server, as redis-py names them."""
+
+
+def asks_for_tls(option: str, url: str) -> bool:
+    """Whether an option a ``redis://`` URL's connections refused is one of TLS (a TLS option,
+    or ``ssl`` set true), which the ``rediss://`` scheme takes."""
+    if option == "ssl":
+        values = [v for k, v in parse_qsl(urlsplit(url).query) if k == "ssl"]
+        return any(_FLAGS.get(v.lower()) for v in values)
+    return option in SERVER_TLS_OPTIONS
 
 
 def has_unencoded_userinfo(url: str) -> bool:

@@ -409,6 +409,8 @@ KNOWN_URL_MEMO = "pool_redis_url"
 """In the pool's own memo (kopf keeps one per object, shared by its daemon and its handlers,
 forgotten with the object): the Redis URL the pool's loop last used, for the delete handler
 when the pool's URL Secret is gone before the pool. Its loop ends as the deletion starts."""
+
+
 def known_redis_url(ctx: OperatorContext, memo: kopf.Memo, namespace: str,
                     name: str) -> str | None:
     """The Redis URL the pool's loop last used, kept in the pool's memo (see
@@ -448,7 +450,7 @@ async def observe_pool(
                 delay = next_round_in(MIN_POLL_SECONDS, state.failing_for(time.monotonic()))
             await sleep(state, stopped, delay)
     finally:
-        known_redis_url(ctx, memo, namespace, name)  # for the delete handler, see there
+        known_redis_url(ctx, memo, namespace, name)  # for pool_deletion, see there
         await ctx.forget(namespace, name)
         metrics.forget_pool(namespace, name)
 

@@ -153,5 +153,3 @@ async def removal_failed(ctx: OperatorContext, body: kopf.Body, url: str | None,
              else str((body.get("status") or {}).get("redis") or "the pool's Redis"))
     post(body, users_left_event(pool_users(namespace, name, dict(body.get("spec") or {})),
                                 where, why), logger)
-
-

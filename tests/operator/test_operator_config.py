@@ -167,3 +167,25 @@ def test_an_argument_is_one_line_and_exit_2() -> None:
     assert result.stderr == (
         "agentpool-operator takes no arguments (got '--namespace team-a'): configure it with "
         "AGENTPOOL_OPERATOR_* environment variables (see --help)\n")
+
+
+def test_the_entry_point_registers_every_handler_of_the_operator() -> None:
+    """In a process of its own: the test modules import handler modules themselves, which
+    would hide one the entry point no longer imports (the pool's delete handler, say)."""
+    script = (
+        "import kopf, agentpool_operator.main\n"
+        "registry = kopf.get_default_registry()\n"
+        "for handler in registry._changing.get_all_handlers():\n"
+        "    print('changing', handler.id, handler.reason)\n"
+        "for handler in registry._spawning.get_all_handlers():\n"
+        "    print('spawning', handler.id)\n"
+        "for handler in registry._watching.get_all_handlers():\n"
+        "    print('watching', handler.id)\n"
+        "for handler in registry._indexing.get_all_handlers():\n"
+        "    print('indexing', handler.id)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True)
+    found = set(run.stdout.splitlines())
+    assert {"changing remove_credentials delete", "changing reconcile create",
+            "spawning observe", "indexing pool_pods"} <= found, run.stdout

@@ -349,6 +349,11 @@ def test_a_tls_option_on_a_plain_url_asks_for_rediss() -> None:
         check_redis_url("redis://127.0.0.1:6379/0?ssl_ca_certs=/etc/redis-tls/ca.crt")
     with pytest.raises(RedisURLError, match=r"TLS options \(ssl\) need a TLS URL \(rediss://\)"):
         check_redis_url("redis://127.0.0.1:6379/0?ssl=true")
+    for not_tls in ("ssl=false", "sslx=1"):
+        with pytest.raises(RedisURLError, match="that Redis connections do not take"):
+            check_redis_url(f"redis://127.0.0.1:6379/0?{not_tls}")
+    with pytest.raises(RedisURLError, match=r"for TLS, the scheme says so: rediss\+sentinel://"):
+        check_redis_url("redis+sentinel://127.0.0.1:26379/svc?ssl=true")
     with pytest.raises(RedisURLError, match="'bogus_option' that Redis connections do not take"):
         check_redis_url("redis://127.0.0.1:6379/0?bogus_option=1")
 
