@@ -1,6 +1,7 @@
 """A module of one's own that adds a hook to the command handler (docs/worker.md, Hooks of a
-pool of programs): ``run`` taken from agentpool_worker.command without its ``startup``, so
-that the command is read at the first run, and an ``after_task`` hook."""
+pool of programs): ``run`` taken from agentpool_worker.command without its ``startup`` (the
+worker gives the module the command's own, so the command is checked at start), and an
+``after_task`` hook."""
 
 from agentpool_worker.command import run
 from agentpool_worker.handlers import TaskContext, TaskOutcome

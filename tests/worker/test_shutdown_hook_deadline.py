@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import exit_after_task_hooks
 import pytest
 import redis.asyncio as aioredis
 import slow_shutdown_hooks
@@ -33,6 +34,14 @@ def hung_shutdown() -> Iterator[None]:
     slow_shutdown_hooks.STATE["shutdown_began"] = None
     yield
     slow_shutdown_hooks.GATE.set()
+
+
+@pytest.fixture
+def hung_after_task() -> Iterator[None]:
+    exit_after_task_hooks.GATE.clear()
+    exit_after_task_hooks.STATE.update(after_task_began=False, shutdown_began=None)
+    yield
+    exit_after_task_hooks.GATE.set()
 
 
 @pytest.mark.parametrize(("drain", "since_stop", "budget"), [
@@ -101,3 +110,41 @@ async def test_a_hung_shutdown_hook_after_a_full_drain_is_given_up_on_within_the
     assert 0.2 <= given <= 1.5, failed["error"]
     assert took < drain + 1.5 + 1.0, "the hook ran past the grace"
     assert await task_in(queue, task_id, "queued"), "the run's task was handed back"
+
+
+async def test_after_task_hooks_hung_at_exit_leave_the_shutdown_hook_its_floor_in_time(
+    monkeypatch: pytest.MonkeyPatch, hung_after_task: None, redis_url: str, queue_name: str,
+    redis: aioredis.Redis,
+) -> None:
+    """A billing call still hanging when the worker stops is waited for only until the
+    shutdown hook's floor is left of the grace, not for the after_task hook's own time."""
+    # a grace of 4 s past the drain (the pod's is 14 s), an after_task hook's time of 10 s
+    monkeypatch.setattr(worker_module, "SHUTDOWN_GRACE_SECONDS", 4.0)
+    monkeypatch.setattr(worker_module, "AFTER_TASK_SECONDS", 10.0)
+    drain = 0.5
+    latest = drain + 4.0 - SHUTDOWN_FLOOR_SECONDS  # the hook's start, from the stop request
+    queue = TaskQueue(redis, queue_name)
+    worker = Worker(settings(redis_url, queue_name, "exit_after_task_hooks:run",
+                             drain_seconds=drain))
+    with structlog.testing.capture_logs() as logs:
+        run = asyncio.create_task(worker.run())
+        try:
+            await worker.wait_started()
+            task_id = await queue.submit({})
+            await eventually(lambda: exit_after_task_hooks.STATE["after_task_began"], 10,
+                             "the run's after_task hook")
+            stopped = time.monotonic()
+            worker.stop()
+            await asyncio.wait_for(asyncio.shield(run), 20)
+        finally:
+            if not run.done():
+                run.cancel()
+            exit_after_task_hooks.GATE.set()
+            await eventually(lambda: worker.runs_left == 0, 10, "the hung hook to return")
+    began = exit_after_task_hooks.STATE["shutdown_began"]
+    assert began is not None, "the shutdown hook did not run"
+    assert latest - 0.1 <= began - stopped <= latest + 1.0, began - stopped
+    [failed] = [entry for entry in logs if entry["event"] == "shutdown hook failed"]
+    given = float(failed["error"].removeprefix("did not return within ").removesuffix(" s"))
+    assert given >= SHUTDOWN_FLOOR_SECONDS, failed["error"]
+    assert await task_in(queue, task_id, "succeeded")

@@ -548,7 +548,8 @@ def executable(path: Path, text: str) -> Path:
 async def test_a_module_of_ones_own_adds_hooks_to_the_command_handler(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
-    """It takes run without startup: the command is read at the first run."""
+    """It takes run without startup: the worker runs the command's own at start all the
+    same."""
     command_hooks.BILLED.clear()
     queue = TaskQueue(redis, queue_name)
     async with running(settings(redis_url, queue_name, "command_hooks:run")):
@@ -572,6 +573,23 @@ async def test_a_module_of_ones_own_with_a_bad_command_stops_at_start_like_the_h
         lines = worker.logs().strip().splitlines()
     assert (code, lines) == (2, ["agentpool-worker: AGENTPOOL_TASK_COMMAND: '/opt/agent/missing' "
                                  "is not an executable file"])
+
+
+async def test_a_handler_of_ones_own_calling_run_without_a_command_fails_its_run_saying_so(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, queue_name: str, redis: aioredis.Redis,
+) -> None:
+    """A function of one's own that calls run is not the command handler to the worker: its
+    command is read at its first run, and one that is not set fails the run with the start-up
+    check's line (no traceback) and how to have it checked at start."""
+    monkeypatch.delenv(COMMAND_ENV)
+    queue = TaskQueue(redis, queue_name)
+    async with running(settings(redis_url, queue_name, "command_own_handler:run",
+                                max_attempts=1)):
+        done = await finished(queue, await queue.submit({}), "dead")
+    assert done.error == (
+        f"{COMMAND_ENV} must name the command each task runs, e.g. "
+        f'["node", "/app/agent.js"] (handler {HANDLER}) (to have it checked at start '
+        "instead, the handler's module imports startup from agentpool_worker.command too)")
 
 
 def elf_header(machine: int) -> bytes:

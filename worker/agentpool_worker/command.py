@@ -91,8 +91,10 @@ stops its command: SIGTERM to the process group, SIGKILL after
 group when it exits is killed too.
 
 A module of one's own adds hooks to it (``after_task`` to bill each run, ``ready``): it
-imports ``run`` and ``startup`` from here and is the handler (``hooks:run``). Without
-``startup`` the command is read and checked at the first run instead of at start.
+imports ``run`` from here and is the handler (``hooks:run``). Its command is still checked at
+start: without a ``startup`` of its own the module is given this one's, and one of its own
+calls this one's. A handler function of one's own that calls ``run`` is not the command
+handler to the worker: its command is read and checked at its first run (`_settings`).
 """
 
 from __future__ import annotations
@@ -215,9 +217,10 @@ def startup(worker: WorkerContext) -> None:
 
 
 def _settings(state: dict[str, Any]) -> CommandSettings:
-    """The settings `startup` left in the worker's state; read, checked and kept now when a
-    module of one's own took `run` without it (to add hooks): a command that is not set or
-    cannot start fails the run with the line the start-up check gives."""
+    """The settings `startup` left in the worker's state; read, checked and kept now when it
+    did not run (a handler function of one's own that calls `run`, a module's own `startup`
+    that does not call this one's): a command that is not set or cannot start fails the run
+    with the line the start-up check gives."""
     settings: CommandSettings | None = state.get(STATE_KEY)
     if settings is None:
         try:
