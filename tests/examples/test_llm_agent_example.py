@@ -159,9 +159,11 @@ async def test_a_429_whose_retry_after_is_a_date_runs_the_task_again_then(
 ) -> None:
     """Retry-After as an HTTP date (RFC 9110), to the second: the retry is due then, not
     after the worker's backoff (0.05 s here)."""
-    fake_llm.retry_after = formatdate(time.time() + 3, usegmt=True)
     queue = TaskQueue(redis, queue_name)
     async with running(settings(redis_url, queue_name, "llm_agent:run")):
+        # dated once the worker is up: the date drops the second's fraction, which leaves the
+        # run (2, 3] s from here, and a worker's start on a loaded machine would eat into that
+        fake_llm.retry_after = formatdate(time.time() + 3, usegmt=True)
         task_id = await queue.submit({"prompt": "What is 2 + 3?"})
         waited = await retry_wait(queue, task_id)
         done = await queue.wait(task_id, timeout=20)

@@ -174,7 +174,10 @@ def main() -> None:
                                  start_new_session=True)
         say({"result": {"escaped": child.pid}})
     elif mode == "escape_chatty":
-        chatter = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.3)\n"
+        # writes on once the worker stops reading (a closed pipe does not end it), so that
+        # the test finds it alive whenever it looks
+        chatter = ("import os, time\nwhile True:\n    try:\n        os.write(1, b'tick\\n')\n"
+                   "    except OSError:\n        pass\n    time.sleep(0.3)\n")
         child = subprocess.Popen([sys.executable, "-c", chatter], start_new_session=True)
         say({"result": {"escaped": child.pid}})
     elif mode == "leftover":

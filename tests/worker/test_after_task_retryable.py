@@ -13,7 +13,10 @@ from agentpool.protocol import TaskQueue
 async def test_the_last_attempt_of_a_retryable_failure_is_not_retryable(
     redis_url: str, queue_name: str, redis: aioredis.Redis,
 ) -> None:
+    # hook_handlers' state is shared with test_worker_hooks, whose tests leave theirs behind
     hook_handlers.OUTCOMES.clear()
+    hook_handlers.READY.update(answer=True, checks=0)
+    hook_handlers.AFTER_TASK.update(delay=0.0, finished=[], follow_up_for=set())
     queue = TaskQueue(redis, queue_name)
     async with running(settings(redis_url, queue_name, "hook_handlers:run")):
         task_id = await queue.submit({"mode": "error"}, max_attempts=3)

@@ -244,7 +244,8 @@ async def test_a_frozen_idle_worker_holds_back_one_task_at_most_and_only_for_its
     with worker_processes(tmp_path) as start:
         frozen = start(worker_env(redis_url, queue_name, pod_name="pod-f", lease_seconds=2,
                                   concurrency=8, poll_seconds=30))
-        await eventually(lambda: blocked_clients(redis), 15, "the idle worker's wait")
+        await eventually(lambda: blocked_clients(redis, frozen.pid), 15,
+                         "the idle worker's wait")
         frozen.signal(signal.SIGSTOP)
         try:
             ids = await queue.submit_many(list(range(6)))
@@ -274,7 +275,8 @@ async def test_a_worker_frozen_past_the_lease_does_not_run_what_was_claimed_else
     with worker_processes(tmp_path) as start:
         frozen = start(worker_env(redis_url, queue_name, f"{HANDLERS}:recorded",
                                   pod_name="pod-f", lease_seconds=2, poll_seconds=30))
-        await eventually(lambda: blocked_clients(redis), 15, "the idle worker's wait")
+        await eventually(lambda: blocked_clients(redis, frozen.pid), 15,
+                         "the idle worker's wait")
         frozen.signal(signal.SIGSTOP)
         try:
             task_id = await queue.submit(payload)
@@ -304,9 +306,36 @@ async def test_a_worker_frozen_past_the_lease_does_not_run_what_was_claimed_else
     assert [int(pid) for pid in runs] == [os.getpid()]
 
 
-async def blocked_clients(redis: aioredis.Redis) -> bool:
-    info = await redis.info("clients")
-    return int(info["blocked_clients"]) > 0
+async def blocked_clients(redis: aioredis.Redis, pid: int) -> bool:
+    """Whether a connection of process `pid` is blocked in Redis (the idle worker's wait): the
+    server is the session's, where another test's client may be blocked too."""
+    ports = local_ports(pid)
+    return any("b" in c["flags"] and int(c["addr"].rpartition(":")[2]) in ports
+               for c in await redis.client_list())
+
+
+def local_ports(pid: int) -> set[int]:
+    """The local TCP ports of process `pid`'s sockets."""
+    inodes: set[str] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
 
 
 async def test_a_poison_task_that_kills_its_worker_ends_in_the_dead_letter_queue(
