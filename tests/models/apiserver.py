@@ -198,10 +198,39 @@ def unknown_field_errors(node: Schema, value: Any, path: str) -> list[FieldError
     return errors
 
 
+COLUMN_TYPES = frozenset({"integer", "number", "string", "boolean", "date"})
+"""The types kube-apiserver takes for an additional printer column (its CRD validation)."""
+
+
+def column_problems(columns: list[dict[str, Any]]) -> list[str]:
+    """Why the API server would refuse these additional printer columns, as its CRD validation
+    does: a name and a JSONPath each, a known type, a priority that is a whole number >= 0,
+    no name twice."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, column in enumerate(columns):
+        where = f"additionalPrinterColumns[{index}]"
+        name, path = column.get("name"), column.get("jsonPath")
+        if not name:
+            problems.append(f"{where}.name: Required value")
+        elif name in seen:
+            problems.append(f"{where}.name: Duplicate value: {name!r}")
+        seen.add(str(name))
+        if column.get("type") not in COLUMN_TYPES:
+            problems.append(f"{where}.type: Unsupported value: {column.get('type')!r}")
+        if not path or not str(path).startswith("."):
+            problems.append(f"{where}.jsonPath: Invalid value: {path!r}")
+        priority = column.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+            problems.append(f"{where}.priority: Invalid value: {priority!r}")
+    return problems
+
+
 def crd_problems(crd: dict[str, Any]) -> list[str]:
     """Why the API server would refuse this CustomResourceDefinition; empty when it accepts."""
     problems: list[str] = []
     for version in crd["spec"]["versions"]:
+        problems += column_problems(version.get("additionalPrinterColumns") or [])
         schema = version["schema"]["openAPIV3Schema"]
         for path, rule in rules_of(schema):
             try:

@@ -72,6 +72,22 @@ def test_the_api_server_accepts_the_shipped_crd(crd_file: Path) -> None:
     assert crd_problems(crd) == []
 
 
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"type": "datetime"}, "type: Unsupported value: 'datetime'"),
+    ({"jsonPath": "status.lastScaleTime"}, "jsonPath: Invalid value"),
+    ({"priority": -1}, "priority: Invalid value: -1"),
+    ({"name": "Queue"}, "name: Duplicate value: 'Queue'"),
+])
+def test_a_printer_column_the_api_server_would_refuse_is_caught(
+    change: dict[str, Any], problem: str,
+) -> None:
+    crd = copy.deepcopy(render_crd())  # the rendered CRD is shared between tests
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    last_scale = next(c for c in columns if c["name"] == "Last-Scale")
+    last_scale.update(change)
+    assert any(problem in found for found in crd_problems(crd)), crd_problems(crd)
+
+
 @pytest.mark.parametrize(("path", "rule"), all_rules(), ids=lambda x: str(x)[:60])
 def test_every_rule_compiles_with_standard_cel(path: str, rule: dict[str, str]) -> None:
     compile_rule(rule["rule"])
