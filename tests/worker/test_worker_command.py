@@ -57,6 +57,14 @@ HANDLER = "agentpool_worker.command:run"
 AGENT = [sys.executable, str(HERE / "command_agent.py")]
 
 
+async def refused_at_start(tmp_path: Path, env: dict[str, str]) -> list[str]:
+    """The lines of a worker process that stops at start for its configuration (exit 2)."""
+    with worker_processes(tmp_path) as start:
+        worker = start(env)
+        assert await worker.exit_code(20) == 2
+        return worker.logs().strip().splitlines()
+
+
 @pytest.fixture(autouse=True)
 def agent_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(COMMAND_ENV, json.dumps(AGENT))
@@ -567,12 +575,8 @@ async def test_a_module_of_ones_own_with_a_bad_command_stops_at_start_like_the_h
     start: a wrong one stops the worker, rather than fail every task of the queue."""
     env = worker_env(redis_url, queue_name, "command_hooks:run")
     env[COMMAND_ENV] = "/opt/agent/missing --fast"
-    with worker_processes(tmp_path) as start:
-        worker = start(env)
-        code = await worker.exit_code(20)
-        lines = worker.logs().strip().splitlines()
-    assert (code, lines) == (2, ["agentpool-worker: AGENTPOOL_TASK_COMMAND: '/opt/agent/missing' "
-                                 "is not an executable file"])
+    assert await refused_at_start(tmp_path, env) == [
+        "agentpool-worker: AGENTPOOL_TASK_COMMAND: '/opt/agent/missing' is not an executable file"]
 
 
 async def test_a_handler_of_ones_own_calling_run_without_a_command_fails_its_run_saying_so(
@@ -1022,10 +1026,7 @@ async def test_a_worker_with_a_bad_command_stops_at_start_with_one_line_and_exit
     hook of the user's code (exit 3)."""
     env = worker_env(redis_url, queue_name, HANDLER)
     env[COMMAND_ENV] = command
-    with worker_processes(tmp_path) as start:
-        worker = start(env)
-        assert await worker.exit_code(20) == 2
-        lines = worker.logs().strip().splitlines()
+    lines = await refused_at_start(tmp_path, env)
     assert lines == [f"agentpool-worker: {line}"]
 
 
@@ -1037,10 +1038,7 @@ async def test_a_worker_whose_script_has_windows_line_endings_stops_at_start_and
     agent.chmod(0o755)
     env = worker_env(redis_url, queue_name, HANDLER)
     env[COMMAND_ENV] = str(agent)
-    with worker_processes(tmp_path) as start:
-        worker = start(env)
-        assert await worker.exit_code(20) == 2
-        lines = worker.logs().strip().splitlines()
+    lines = await refused_at_start(tmp_path, env)
     assert lines == [f"agentpool-worker: AGENTPOOL_TASK_COMMAND: the #! line of {agent} ends "
                      "with a carriage return: the script has Windows line endings (convert it: "
                      "dos2unix, or sed -i 's/\\r$//')"]
@@ -1088,10 +1086,7 @@ async def test_a_worker_whose_script_has_no_shebang_stops_at_start_and_says_so(
     agent = executable(tmp_path / "agent.sh", "echo '{\"result\": 1}'\n")
     env = worker_env(redis_url, queue_name, HANDLER)
     env[COMMAND_ENV] = str(agent)
-    with worker_processes(tmp_path) as start:
-        worker = start(env)
-        assert await worker.exit_code(20) == 2
-        lines = worker.logs().strip().splitlines()
+    lines = await refused_at_start(tmp_path, env)
     assert lines == [f"agentpool-worker: AGENTPOOL_TASK_COMMAND: {agent} is neither a binary "
                      "nor a script with a #! line, which Linux cannot run: begin it with one "
                      "(#!/bin/sh, #!/usr/bin/env python3)"]
